@@ -1,0 +1,204 @@
+// The shared vocabulary of the request pipeline (SPEC §1, §2, §6, §7).
+// Every stage talks in these types; nothing here depends on a library.
+import type { IncomingHttpHeaders } from 'node:http'
+
+export const KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'] as const
+export type Kind = (typeof KINDS)[number]
+
+export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous'] as const
+export type Source = (typeof SOURCES)[number]
+
+export interface Identity {
+  name: string
+  kind: Kind
+  source: Source
+  /** true only if a signature, certificate chain or api-key hash was checked */
+  verified: boolean
+  team?: string
+  zone?: string
+  /** name of the rule that matched, or "builtin:<what>" */
+  rule?: string
+  attributes: Record<string, string>
+  /** earliest credential expiry (unix seconds); kubernetes warnafter counts as expiry */
+  expiresAt?: number
+  /** from the matching rule: job liveness window in ms */
+  expectEveryMs?: number
+}
+
+export const FAILURE_REASONS = [
+  'expired',
+  'not_yet_valid',
+  'bad_signature',
+  'unknown_kid',
+  'wrong_audience',
+  'wrong_issuer',
+  'alg_not_allowed',
+  'malformed',
+  'cert_untrusted',
+  'cert_expired',
+  'spiffe_invalid',
+  'apikey_unknown',
+  'untrusted_forwarder',
+] as const
+export type FailureReason = (typeof FAILURE_REASONS)[number]
+
+/** A credential that was presented but did not check out. Never carries the raw credential. */
+export interface Failure {
+  failed: true
+  source: Source
+  reason: FailureReason
+  /** short human-readable detail, safe to log (no secret material) */
+  detail?: string
+  /** sha256 prefix of the presented credential, when there was one */
+  fingerprint?: string
+  /** unverified claims/fields that are safe to keep as evidence (iss, sub, kid…) */
+  attributes?: Record<string, string>
+}
+
+export const ANOMALY_TYPES = [
+  'binding_mismatch',
+  'identity_mismatch',
+  'token_shared',
+  'expired_in_use',
+  'unknown_kid',
+  'spoofed_header',
+] as const
+export type AnomalyType = (typeof ANOMALY_TYPES)[number]
+
+export interface JwtEvidence {
+  source: 'jwt'
+  verified: true
+  issuer: string
+  /** IdP profile configured for this issuer, if any */
+  profile?: string
+  claims: Readonly<Record<string, unknown>>
+  alg: string
+  kid?: string
+  /** sha256 prefix (16 hex) of the raw token */
+  fingerprint: string
+  /** exp claim, unix seconds */
+  exp?: number
+}
+
+export interface CertEvidence {
+  source: 'mtls' | 'xfcc'
+  /** mtls: chain verified by the TLS stack against clientCA; xfcc: vouched for by a trusted proxy */
+  verified: boolean
+  /** present only when the certificate carries exactly one valid SPIFFE URI SAN */
+  spiffeId?: string
+  subject?: string
+  cn?: string
+  dnsSans: string[]
+  uriSans: string[]
+  /** sha256 of the DER certificate, lowercase hex (RFC 8705 x5t#S256 uses base64url of the same bytes) */
+  sha256?: string
+  /** unix seconds */
+  notAfter?: number
+  /** xfcc: which header format carried it */
+  via?: 'xfcc' | 'client-cert' | 'alb' | 'nginx'
+}
+
+export interface ApiKeyEvidence {
+  source: 'apikey'
+  verified: true
+  name: string
+  kind?: Kind
+  team?: string
+  fingerprint: string
+}
+
+export type UserAgentCategory = 'browser' | 'bot' | 'agent' | 'unknown'
+export interface UserAgentEvidence {
+  source: 'useragent'
+  verified: false
+  ua: string
+  category: UserAgentCategory
+  /** short stable product name, e.g. "googlebot", "gptbot", "curl", "chrome" */
+  product: string
+}
+
+export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | UserAgentEvidence
+
+/** Everything the identify stage learned about one request. */
+export interface EvidenceSet {
+  jwt?: JwtEvidence
+  mtls?: CertEvidence
+  xfcc?: CertEvidence
+  apikey?: ApiKeyEvidence
+  useragent?: UserAgentEvidence
+  failures: Failure[]
+  anomalies: AnomalyType[]
+}
+
+/** What an extractor sees of the request. Headers are Node's lower-cased header object. */
+export interface RequestInfo {
+  method: string
+  /** path without query string */
+  path: string
+  /** raw request target (path + query) */
+  url: string
+  headers: IncomingHttpHeaders
+}
+
+/** Per-connection facts, computed once per TCP/TLS connection. */
+export interface ConnectionInfo {
+  remoteAddress: string
+  remotePort: number
+  tls: boolean
+  /** parsed once per TLS connection; Failure when the presented cert did not verify */
+  peerCert?: CertEvidence | Failure
+}
+
+export type MaybePromise<T> = T | Promise<T>
+
+/** One file per credential source (src/identity/extractors). */
+export interface Extractor {
+  readonly source: Source
+  extract(req: RequestInfo, conn: ConnectionInfo): MaybePromise<Evidence | Failure | undefined>
+}
+
+export type Decision = 'allow' | 'deny' | 'would_deny'
+export interface PolicyDecision {
+  decision: Decision
+  /** policy rule name/route that decided, or "default" */
+  rule: string
+  /** present when policy is off: nothing was evaluated */
+  skipped?: boolean
+}
+
+export type UpstreamErrorReason = 'connect' | 'timeout' | 'reset'
+
+/** The one record every recorder sees, after the response has ended. Never carries raw credentials. */
+export interface RequestEvent {
+  /** unix ms at request start */
+  time: number
+  traceId: string
+  spanId: string
+  requestId: string
+  identity: Identity
+  /** sha256 prefixes of presented credentials */
+  fingerprints: { jwt?: string; cert?: string; apikey?: string }
+  failures: Failure[]
+  anomalies: AnomalyType[]
+  decision: PolicyDecision
+  clientAddress: string
+  method: string
+  path: string
+  /** bounded route label: a configured template or "other" */
+  route: string
+  status: number
+  durationMs: number
+  /** time the upstream took (0 when not forwarded) */
+  upstreamMs: number
+  bytesIn: number
+  bytesOut: number
+  upstreamError?: UpstreamErrorReason
+  /** the service this sidecar fronts (callee) */
+  service: string
+}
+
+/** One file per output (src/telemetry). Must never throw, never block, keep memory bounded. */
+export interface Recorder {
+  record(event: RequestEvent): void
+  close?(): void | Promise<void>
+}

@@ -1,0 +1,105 @@
+// A real JWKS served over HTTP, with key rotation, and a token minter.
+import { once } from 'node:events'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { type CryptoKey, exportJWK, generateKeyPair, type JWK, type JWTPayload, SignJWT } from 'jose'
+
+export interface SigningKey {
+  kid: string
+  alg: string
+  privateKey: CryptoKey
+  publicJwk: JWK
+}
+
+export async function createSigningKey(kid: string, alg = 'RS256'): Promise<SigningKey> {
+  const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true })
+  const publicJwk = { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' }
+  return { kid, alg, privateKey, publicJwk }
+}
+
+export interface JwksServer {
+  server: Server
+  /** base URL, e.g. http://127.0.0.1:1234 — also the issuer when discovery is used */
+  url: string
+  jwksUri: string
+  keys: SigningKey[]
+  /** number of GETs of the key set so far */
+  hits: number
+  /** make the key set endpoint fail (status) or serve junk ('junk') or hang ('hang') */
+  fault?: number | 'junk' | 'hang'
+  setKeys(keys: SigningKey[]): void
+  close(): Promise<void>
+}
+
+/** Serves /jwks.json and /.well-known/openid-configuration (issuer = url). */
+export async function startJwksServer(initial: SigningKey[]): Promise<JwksServer> {
+  const state: JwksServer = {
+    server: undefined as unknown as Server,
+    url: '',
+    jwksUri: '',
+    keys: initial,
+    hits: 0,
+    setKeys(keys) {
+      state.keys = keys
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        state.server.closeAllConnections()
+        state.server.close(() => resolve())
+      }),
+  }
+  state.server = createServer((req, res) => {
+    if (req.url === '/.well-known/openid-configuration') {
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ issuer: state.url, jwks_uri: state.jwksUri }))
+      return
+    }
+    if (req.url === '/jwks.json') {
+      state.hits++
+      if (state.fault === 'hang') return
+      if (state.fault === 'junk') {
+        res.end('{"keys": [ not json')
+        return
+      }
+      if (typeof state.fault === 'number') {
+        res.statusCode = state.fault
+        res.end('down')
+        return
+      }
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ keys: state.keys.map((k) => k.publicJwk) }))
+      return
+    }
+    res.statusCode = 404
+    res.end()
+  })
+  state.server.listen(0, '127.0.0.1')
+  await once(state.server, 'listening')
+  const port = (state.server.address() as AddressInfo).port
+  state.url = `http://127.0.0.1:${port}`
+  state.jwksUri = `${state.url}/jwks.json`
+  return state
+}
+
+export interface MintOptions {
+  issuer: string
+  audience?: string | string[]
+  subject?: string
+  /** seconds from now; negative → already expired */
+  expiresIn?: number
+  notBefore?: number
+  header?: Record<string, unknown>
+}
+
+export async function mintToken(key: SigningKey, claims: JWTPayload, opts: MintOptions): Promise<string> {
+  const now = Math.floor(Date.now() / 1000)
+  const jwt = new SignJWT({ ...claims })
+    .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: 'JWT', ...opts.header })
+    .setIssuer(opts.issuer)
+    .setIssuedAt(now)
+    .setExpirationTime(now + (opts.expiresIn ?? 3600))
+  if (opts.audience) jwt.setAudience(opts.audience)
+  if (opts.subject) jwt.setSubject(opts.subject)
+  if (opts.notBefore !== undefined) jwt.setNotBefore(now + opts.notBefore)
+  return jwt.sign(key.privateKey)
+}

@@ -1,0 +1,130 @@
+// Real X.509 material for tests, made with the openssl CLI (EC P-256: fast to generate).
+import { execFile } from 'node:child_process'
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+
+const run = promisify(execFile)
+let serial = 1000
+
+export interface KeyPair {
+  certPem: string
+  keyPem: string
+  certFile: string
+  keyFile: string
+}
+export interface CA extends KeyPair {
+  dir: string
+  name: string
+}
+
+export interface LeafOptions {
+  cn?: string
+  uriSans?: string[]
+  dnsSans?: string[]
+  /** negative → already expired */
+  days?: number
+  /** add extendedKeyUsage serverAuth (for server certs) */
+  server?: boolean
+}
+
+export async function createCA(name = 'test-ca', dir?: string): Promise<CA> {
+  const d = dir ?? (await mkdtemp(join(tmpdir(), 'nhi-pki-')))
+  const certFile = join(d, `${name}.crt`)
+  const keyFile = join(d, `${name}.key`)
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    keyFile,
+    '-out',
+    certFile,
+    '-subj',
+    `/CN=${name}`,
+    '-days',
+    '30',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ])
+  return {
+    dir: d,
+    name,
+    certFile,
+    keyFile,
+    certPem: await readFile(certFile, 'utf8'),
+    keyPem: await readFile(keyFile, 'utf8'),
+  }
+}
+
+export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair> {
+  const id = `leaf-${++serial}`
+  const keyFile = join(ca.dir, `${id}.key`)
+  const csrFile = join(ca.dir, `${id}.csr`)
+  const certFile = join(ca.dir, `${id}.crt`)
+  const extFile = join(ca.dir, `${id}.ext`)
+  const sans = [
+    ...(opts.uriSans ?? []).map((u) => `URI:${u}`),
+    ...(opts.dnsSans ?? []).map((d) => `DNS:${d}`),
+  ]
+  const ext = [
+    'basicConstraints=CA:FALSE',
+    `extendedKeyUsage=${opts.server ? 'serverAuth,clientAuth' : 'clientAuth'}`,
+    ...(sans.length ? [`subjectAltName=${sans.join(',')}`] : []),
+  ]
+  await writeFile(extFile, ext.join('\n') + '\n')
+  const subj = opts.cn ? `/CN=${opts.cn}` : '/O=nhi-test'
+  await run('openssl', [
+    'req',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    keyFile,
+    '-out',
+    csrFile,
+    '-subj',
+    subj,
+  ])
+  await run('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    csrFile,
+    '-CA',
+    ca.certFile,
+    '-CAkey',
+    ca.keyFile,
+    '-set_serial',
+    String(serial),
+    '-days',
+    String(opts.days ?? 7),
+    '-extfile',
+    extFile,
+    '-out',
+    certFile,
+  ])
+  return {
+    certFile,
+    keyFile,
+    certPem: await readFile(certFile, 'utf8'),
+    keyPem: await readFile(keyFile, 'utf8'),
+  }
+}
+
+/** A CA plus a server cert for 127.0.0.1/localhost, ready for an https listener. */
+export async function createServerPki(): Promise<{ ca: CA; server: KeyPair }> {
+  const ca = await createCA('server-ca')
+  const server = await issueCert(ca, { cn: 'localhost', dnsSans: ['localhost'], server: true })
+  // IP SAN for 127.0.0.1
+  return { ca, server }
+}
