@@ -1,0 +1,29 @@
+// The contract between the proxy (accept/forward) and everything else (identify → classify → decide → record).
+// The proxy holds a `() => Pipeline` so a config reload swaps the whole pipeline atomically between requests.
+import type {
+  ConnectionInfo,
+  EvidenceSet,
+  Identity,
+  PolicyDecision,
+  RequestEvent,
+  RequestInfo,
+} from './types.ts'
+
+export interface Attribution {
+  identity: Identity
+  evidence: EvidenceSet
+  decision: PolicyDecision
+  /** bounded route label (configured template or "other") */
+  route: string
+  /** when set, the proxy answers with this instead of forwarding (401 invalid token, 403 policy deny) */
+  reject?: { status: number; body: string; headers?: Record<string, string> }
+}
+
+export interface Pipeline {
+  /** the service name this sidecar fronts (metric label `service`) */
+  readonly service: string
+  /** identify → classify → decide. Must not throw for any client input. */
+  attribute(req: RequestInfo, conn: ConnectionInfo): Promise<Attribution>
+  /** called once per request after the response has ended (or failed) */
+  record(event: RequestEvent): void
+}
