@@ -26,4 +26,13 @@ export interface Pipeline {
   attribute(req: RequestInfo, conn: ConnectionInfo): Promise<Attribution>
   /** called once per request after the response has ended (or failed) */
   record(event: RequestEvent): void
+  /**
+   * Last word on the headers sent upstream (after the proxy has stripped hop-by-hop and x-nhi-* headers and
+   * set the identity headers): removes forwarded-certificate headers from untrusted peers, or rewrites them.
+   */
+  prepareUpstreamHeaders?(
+    headers: Record<string, string | string[] | undefined>,
+    attribution: Attribution,
+    conn: ConnectionInfo,
+  ): void
 }
