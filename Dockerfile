@@ -1,0 +1,36 @@
+# nhi-proxy container image.
+#   docker build -t nhi-proxy .
+#   docker run --read-only --tmpfs /tmp -p 8080:8080 -p 9464:9464 \
+#     -v "$PWD/config.yaml:/etc/nhi-proxy/config.yaml:ro" nhi-proxy
+# Runs as a numeric non-root user and writes nothing outside /tmp (audit goes to stdout), so it works
+# with a read-only root filesystem. No HEALTHCHECK: Kubernetes probes /healthz and /readyz on port 9464.
+
+# ---- build: compile TypeScript to dist/ --------------------------------------------------------
+FROM node:24-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build
+
+# ---- runtime: production dependencies + compiled output only ------------------------------------
+FROM node:24-bookworm-slim AS runtime
+ENV NODE_ENV=production \
+    HOME=/tmp
+WORKDIR /app
+COPY package.json package-lock.json ./
+# --ignore-scripts: no dependency needs an install script, and none should run in the image
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && npm cache clean --force \
+ && mkdir -p /etc/nhi-proxy \
+ && printf '# defaults only; mount the real config (e.g. a ConfigMap) over this file\n{}\n' \
+      > /etc/nhi-proxy/config.yaml
+COPY --from=build /app/dist ./dist
+COPY config ./config
+
+# 65532 is the conventional "nonroot" uid/gid; numeric so runAsNonRoot can verify it
+USER 65532:65532
+EXPOSE 8080 8443 9464
+ENTRYPOINT ["node", "dist/cli/main.js"]
+CMD ["run", "-c", "/etc/nhi-proxy/config.yaml"]
