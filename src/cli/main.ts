@@ -1,0 +1,229 @@
+#!/usr/bin/env node
+// nhi-proxy command line (SPEC §3). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
+import { Command, InvalidArgumentError, Option } from 'commander'
+import pino from 'pino'
+import { runDemo } from '../demo/demo.ts'
+import { StartupError, startSidecar } from '../runtime.ts'
+import { VERSION } from '../version.ts'
+import { runCheck } from './check.ts'
+import { runExplain } from './explain.ts'
+import { runSchema } from './schema.ts'
+import { runRuleTests } from './test.ts'
+
+const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value]
+}
+
+function positiveInt(value: string): number {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive whole number')
+  return n
+}
+
+/** Operational logs go to stderr as JSON lines; stdout is reserved for the audit trail. */
+function operationalLogger() {
+  return pino(
+    { level: process.env['NHI_LOG_LEVEL'] ?? 'info', base: { svc: 'nhi-proxy' } },
+    pino.destination(2),
+  )
+}
+
+/** SIGTERM/SIGINT drain in-flight requests then exit 0; SIGHUP reloads the config. */
+function handleSignals(close: () => Promise<void>, reload?: () => Promise<boolean>) {
+  let stopping = false
+  const stop = (signal: string) => {
+    if (stopping) return
+    stopping = true
+    process.stderr.write(`nhi-proxy: ${signal}, draining in-flight requests\n`)
+    close().then(
+      () => process.exit(0),
+      () => process.exit(2),
+    )
+  }
+  process.on('SIGTERM', () => stop('SIGTERM'))
+  process.on('SIGINT', () => stop('SIGINT'))
+  if (reload) process.on('SIGHUP', () => void reload())
+}
+
+function fail(err: unknown): never {
+  if (err instanceof StartupError) {
+    process.stderr.write(`nhi-proxy: ${err.message}\n`)
+    process.exit(err.exitCode)
+  }
+  process.stderr.write(`nhi-proxy: ${(err as Error).message ?? String(err)}\n`)
+  process.exit(2)
+}
+
+const program = new Command()
+program
+  .name('nhi-proxy')
+  .description(
+    'HTTP reverse-proxy sidecar that attributes every request to a person or a non-human identity\n' +
+      '(service, job, bot, AI agent) and exports per-identity metrics, an audit trail and a live view.',
+  )
+  .version(VERSION, '-v, --version')
+  .showHelpAfterError('(run with --help for usage)')
+  .addHelpText(
+    'after',
+    `
+Quick start:
+  nhi-proxy demo                                   everything on loopback, no files needed
+  nhi-proxy run -c config/nhi-proxy.yaml           in front of your service
+  nhi-proxy check config/nhi-proxy.yaml            validate rules (FILE:LINE:COL errors)
+  nhi-proxy explain -c rules.yaml --ua 'GPTBot/1.2' --path /docs   why a request gets its identity
+
+Exit codes: 0 ok, 1 invalid input or config, 2 runtime failure (port in use, bad upstream).`,
+  )
+
+program
+  .command('run')
+  .description('run the sidecar: proxy listener(s), admin endpoints, hot-reloaded identity rules')
+  .option('-c, --config <file>', 'config file (default: $NHI_PROXY_CONFIG; none → built-in defaults)')
+  .option('--listen <addr>', 'HTTP listen address, overrides listen.http (e.g. 0.0.0.0:8080)')
+  .option('--upstream <url>', 'upstream base URL, overrides upstream (e.g. http://127.0.0.1:3000)')
+  .option('--admin <addr>', 'admin listen address for /metrics, /ui…, overrides admin (e.g. 0.0.0.0:9464)')
+  .addHelpText(
+    'after',
+    `
+Signals: SIGHUP reloads the config (so does any change to the file or its ConfigMap directory);
+SIGTERM drains in-flight requests for up to timeouts.drain, then exits 0.`,
+  )
+  .action(async (o: { config?: string; listen?: string; upstream?: string; admin?: string }) => {
+    const log = operationalLogger()
+    try {
+      const sidecar = await startSidecar({
+        configPath: o.config ?? process.env['NHI_PROXY_CONFIG'],
+        overrides: { listen: o.listen, upstream: o.upstream, admin: o.admin },
+        log,
+      })
+      const admin = `http://${fmtHost(sidecar.adminAddress)}`
+      log.info(
+        {
+          event: 'started',
+          version: VERSION,
+          listen: fmtHost(sidecar.proxyAddress),
+          https: sidecar.httpsAddress ? fmtHost(sidecar.httpsAddress) : undefined,
+          upstream: sidecar.config().upstream,
+          metrics: `${admin}/metrics`,
+          ui: `${admin}/ui`,
+        },
+        'nhi-proxy started',
+      )
+      handleSignals(() => sidecar.close(), sidecar.reload)
+    } catch (err) {
+      fail(err)
+    }
+  })
+
+program
+  .command('check')
+  .description('validate config files; every problem as FILE:LINE:COL message (hint); exit 1 on errors')
+  .argument('[files...]', 'config files (default: $NHI_PROXY_CONFIG or config/nhi-proxy.yaml)')
+  .action(async (files: string[]) => {
+    process.exitCode = await runCheck(files, out)
+  })
+
+program
+  .command('explain')
+  .description(
+    'show the identity a request would get: evidence, every rule tried and why, the policy decision',
+  )
+  .requiredOption('-c, --config <file>', 'config file')
+  .option('-H, --header <header>', "request header 'Name: value' (repeatable)", collect, [])
+  .option('--token <jwt>', 'bearer token (verified against the configured issuers)')
+  .option('--cert <file>', 'client certificate PEM file (as if presented over mTLS)')
+  .option('--ua <user-agent>', 'user agent')
+  .option('--method <method>', 'HTTP method', 'GET')
+  .option('--path <path>', 'request path', '/')
+  .option('--remote-addr <ip>', 'client address', '127.0.0.1')
+  .option('--json', 'machine-readable output')
+  .action(
+    async (o: {
+      config: string
+      header: string[]
+      token?: string
+      cert?: string
+      ua?: string
+      method: string
+      path: string
+      remoteAddr: string
+      json?: boolean
+    }) => {
+      process.exitCode = await runExplain(
+        {
+          config: o.config,
+          headers: o.header,
+          token: o.token,
+          cert: o.cert,
+          ua: o.ua,
+          method: o.method,
+          path: o.path,
+          remoteAddr: o.remoteAddr,
+          json: o.json === true,
+        },
+        out,
+      )
+    },
+  )
+
+program
+  .command('test')
+  .description('run rule unit tests (YAML: requests + expected identity/kind/verified/decision)')
+  .argument('<files...>', 'rule test files, e.g. config/examples/*.test.yaml')
+  .action(async (files: string[]) => {
+    process.exitCode = await runRuleTests(files, out)
+  })
+
+program
+  .command('demo')
+  .description(
+    'built-in upstream + synthetic traffic (humans, services, jobs, bots, AI agents) through a real proxy',
+  )
+  .option('--listen <addr>', 'proxy HTTP address', '127.0.0.1:8080')
+  .option('--https <addr>', 'proxy mTLS address', '127.0.0.1:8443')
+  .option('--admin <addr>', 'admin address (/metrics, /ui)', '127.0.0.1:9464')
+  .addOption(new Option('--rate <n>', 'synthetic requests per second').argParser(positiveInt).default(25))
+  .option('--duration <seconds>', 'stop after this many seconds (default: run until Ctrl-C)', positiveInt)
+  .option('--audit', 'print the audit trail (JSON lines) to stdout')
+  .action(
+    async (o: {
+      listen: string
+      https: string
+      admin: string
+      rate: number
+      duration?: number
+      audit?: boolean
+    }) => {
+      try {
+        const demo = await runDemo({ ...o, audit: o.audit === true, log: operationalLogger(), print: out })
+        handleSignals(() => demo.close())
+        if (o.duration) {
+          setTimeout(() => {
+            demo.close().then(
+              () => process.exit(0),
+              () => process.exit(2),
+            )
+          }, o.duration * 1000).unref()
+        }
+      } catch (err) {
+        fail(err)
+      }
+    },
+  )
+
+program
+  .command('schema')
+  .description('print the JSON Schema of the config file (for yaml-language-server and editors)')
+  .action(() => {
+    process.exitCode = runSchema(out)
+  })
+
+function fmtHost(a: { address: string; port: number; family?: string }): string {
+  return a.family === 'IPv6' || a.address.includes(':')
+    ? `[${a.address}]:${a.port}`
+    : `${a.address}:${a.port}`
+}
+
+program.parseAsync(process.argv).catch(fail)

@@ -1,0 +1,154 @@
+// identify → classify → decide for one request. One Engine per loaded config; a reload builds a new one and
+// swaps it in between requests, so every request sees exactly one consistent config.
+import type { Config } from './config/schema.ts'
+import { AnomalyDetector, anomaliesFromFailures } from './identity/anomalies.ts'
+import { ApiKeyExtractor } from './identity/extractors/apikey.ts'
+import { JwtExtractor } from './identity/extractors/jwt.ts'
+import { mtlsExtractor } from './identity/extractors/mtls.ts'
+import { useragentExtractor } from './identity/extractors/useragent.ts'
+import { XfccExtractor } from './identity/extractors/xfcc.ts'
+import type { JwksObserver } from './identity/jwt/jwks.ts'
+import type { Attribution } from './pipeline.ts'
+import { compilePolicy, denyResponse, type Policy } from './policy/policy.ts'
+import { compileRules, type RuleSet, type RuleTrace } from './rules/engine.ts'
+import { compileRoutes } from './rules/routes.ts'
+import type {
+  AnomalyType,
+  ConnectionInfo,
+  Evidence,
+  EvidenceSet,
+  Extractor,
+  Failure,
+  RequestInfo,
+} from './types.ts'
+
+export interface Evaluation extends Attribution {
+  trace: RuleTrace[]
+}
+
+export interface EngineOptions {
+  jwksObserver?: JwksObserver
+  now?: () => number
+}
+
+const INVALID_TOKEN_HEADERS = Object.freeze({
+  'content-type': 'application/json',
+  'www-authenticate': 'Bearer error="invalid_token"',
+})
+
+function isFailure(x: Evidence | Failure): x is Failure {
+  return (x as Failure).failed === true
+}
+
+/** Any incoming x-nhi-* header is a spoofing attempt: only this proxy may set them. */
+function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
+  for (const name in headers) {
+    if (name.length > 6 && name.charCodeAt(0) === 120 && name.startsWith('x-nhi-')) return true
+  }
+  return false
+}
+
+export class Engine {
+  readonly config: Config
+  readonly jwt: JwtExtractor
+  readonly xfcc: XfccExtractor
+  private readonly extractors: readonly Extractor[]
+  private readonly rules: RuleSet
+  private readonly policy: Policy
+  private readonly routes: { match(path: string): string }
+  private readonly anomalies: AnomalyDetector
+
+  constructor(config: Config, opts: EngineOptions = {}) {
+    this.config = config
+    this.jwt = new JwtExtractor(config.jwt, { observer: opts.jwksObserver, now: opts.now })
+    this.xfcc = new XfccExtractor(config.forwardedClientCert)
+    // Order is irrelevant for precedence (the rules engine applies SPEC §2 precedence); cheap ones first.
+    this.extractors = [
+      mtlsExtractor,
+      this.xfcc,
+      new ApiKeyExtractor(config.apiKeys),
+      useragentExtractor,
+      this.jwt,
+    ]
+    this.rules = compileRules(config)
+    this.policy = compilePolicy(config.policy)
+    this.routes = compileRoutes(config.metrics.routes)
+    this.anomalies = new AnomalyDetector(config.anomalies, opts.now)
+  }
+
+  /** Initial JWKS fetch. Never throws: an IdP that is down leaves the engine not-ready, not dead. */
+  start(): Promise<void> {
+    return this.jwt.start()
+  }
+
+  ready(): boolean {
+    return this.jwt.ready()
+  }
+
+  close(): void {
+    this.jwt.close()
+  }
+
+  /** Runs every extractor; synchronous extractors (and cached JWT verifications) never await. */
+  async identify(req: RequestInfo, conn: ConnectionInfo): Promise<EvidenceSet> {
+    const evidence: EvidenceSet = { failures: [], anomalies: [] }
+    for (const extractor of this.extractors) {
+      let result = extractor.extract(req, conn)
+      if (result instanceof Promise) result = await result
+      if (result === undefined) continue
+      if (isFailure(result)) evidence.failures.push(result)
+      else addEvidence(evidence, result)
+    }
+    if (hasSpoofedIdentityHeader(req.headers)) evidence.anomalies.push('spoofed_header')
+    return evidence
+  }
+
+  async evaluate(
+    req: RequestInfo,
+    conn: ConnectionInfo,
+    opts: { trace?: boolean } = {},
+  ): Promise<Evaluation> {
+    const evidence = await this.identify(req, conn)
+    const trace: RuleTrace[] = []
+    const identity = this.rules.classify(evidence, req, conn, opts.trace ? trace : undefined)
+    const found: AnomalyType[] = [
+      ...anomaliesFromFailures(evidence.failures),
+      ...this.anomalies.inspect(evidence, identity, conn),
+    ]
+    for (const a of found) if (!evidence.anomalies.includes(a)) evidence.anomalies.push(a)
+    const route = this.routes.match(req.path)
+    const decision = this.policy.decide(identity, req)
+    const attribution: Evaluation = { identity, evidence, decision, route, trace }
+    const jwtFailure = evidence.failures.find((f) => f.source === 'jwt')
+    if (jwtFailure && this.config.jwt.onInvalid === 'reject') {
+      attribution.reject = {
+        status: 401,
+        body: JSON.stringify({ error: 'invalid_token', reason: jwtFailure.reason }),
+        headers: INVALID_TOKEN_HEADERS,
+      }
+    } else if (decision.decision === 'deny') {
+      attribution.reject = denyResponse(identity, decision)
+    }
+    return attribution
+  }
+}
+
+function addEvidence(set: EvidenceSet, ev: Evidence): void {
+  switch (ev.source) {
+    case 'jwt':
+      set.jwt = ev
+      break
+    case 'mtls':
+      set.mtls = ev
+      break
+    case 'xfcc':
+      set.xfcc = ev
+      break
+    case 'apikey':
+      set.apikey = ev
+      break
+    case 'useragent':
+      set.useragent = ev
+      break
+  }
+}

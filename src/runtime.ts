@@ -1,0 +1,286 @@
+// Assembles a running sidecar from a config: proxy listeners, the identify/classify/decide engine,
+// telemetry recorders and the admin server. Owns hot reload (file watch + SIGHUP) and graceful drain.
+import { type FSWatcher, watch } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import { basename, dirname, resolve } from 'node:path'
+import type { Logger } from 'pino'
+import { createAdminServer } from './admin/server.ts'
+import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
+import { redactConfig } from './config/redact.ts'
+import { type Config, configSchema } from './config/schema.ts'
+import { Engine } from './engine.ts'
+import { parsePeerCertificate } from './identity/certificate.ts'
+import { sanitizeForwardedCertHeaders } from './identity/forwarded/sanitize.ts'
+import type { Attribution, Pipeline } from './pipeline.ts'
+import { createProxy, type ProxyServer } from './proxy/server.ts'
+import { Telemetry } from './telemetry/index.ts'
+import type { ConnectionInfo } from './types.ts'
+import { CidrSet } from './util/cidr.ts'
+import { VERSION } from './version.ts'
+
+export class StartupError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: 1 | 2,
+  ) {
+    super(message)
+  }
+}
+
+export interface ListenOverrides {
+  listen?: string
+  upstream?: string
+  admin?: string
+}
+
+export interface StartOptions {
+  /** a config file (watched for changes) … */
+  configPath?: string
+  /** … or an in-memory config (demo, tests); not watched */
+  config?: Config
+  overrides?: ListenOverrides
+  /** PEM material for the https listener instead of reading listen.https.cert/key/clientCA files */
+  tls?: { cert: string; key: string; ca?: string }
+  log: Logger
+  /** wait at most this long for the first JWKS fetch before accepting traffic */
+  jwksStartTimeoutMs?: number
+}
+
+export interface Sidecar {
+  readonly proxyAddress: AddressInfo
+  readonly httpsAddress?: AddressInfo
+  readonly adminAddress: AddressInfo
+  readonly telemetry: Telemetry
+  engine(): Engine
+  config(): Config
+  /** re-read the config file; false (and the old config keeps serving) when it is invalid */
+  reload(): Promise<boolean>
+  /** drain in-flight requests (bounded by timeouts.drain) and close everything */
+  close(): Promise<void>
+}
+
+export function splitAddress(addr: string): { host: string; port: number } {
+  const i = addr.lastIndexOf(':')
+  let host = addr.slice(0, i)
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1)
+  return { host: host || '0.0.0.0', port: Number(addr.slice(i + 1)) }
+}
+
+/** CLI flags win over the file; they are validated by the same schema as the file. */
+function applyOverrides(config: Config, o: ListenOverrides | undefined): Config {
+  if (!o || (!o.listen && !o.upstream && !o.admin)) return config
+  const shape = configSchema.shape
+  const check = <T>(
+    schema: { safeParse(v: unknown): { success: boolean; data?: T } },
+    v: string,
+    flag: string,
+  ): T => {
+    const r = schema.safeParse(v)
+    if (!r.success) throw new StartupError(`invalid ${flag} "${v}"`, 1)
+    return r.data as T
+  }
+  return {
+    ...config,
+    listen: o.listen
+      ? { ...config.listen, http: check<string>(shape.admin, o.listen, '--listen') }
+      : config.listen,
+    admin: o.admin ? check<string>(shape.admin, o.admin, '--admin') : config.admin,
+    upstream: o.upstream ? check<string>(shape.upstream, o.upstream, '--upstream') : config.upstream,
+  }
+}
+
+async function loadOrFail(path: string): Promise<Config> {
+  const result = await loadConfigFile(path)
+  if (!result.ok) throw new StartupError(result.errors.map(formatDiagnostic).join('\n'), 1)
+  return result.config
+}
+
+async function readTls(config: Config, tls: StartOptions['tls']) {
+  const https = config.listen.https
+  if (!https) return undefined
+  if (tls) return { ...splitAddress(https.address), ...tls, clientCert: https.clientCert }
+  try {
+    const [cert, key, ca] = await Promise.all([
+      readFile(https.cert, 'utf8'),
+      readFile(https.key, 'utf8'),
+      https.clientCA ? readFile(https.clientCA, 'utf8') : undefined,
+    ])
+    return { ...splitAddress(https.address), cert, key, ca, clientCert: https.clientCert }
+  } catch (err) {
+    throw new StartupError(`cannot read TLS material: ${(err as Error).message}`, 1)
+  }
+}
+
+function withTimeout(p: Promise<void>, ms: number): Promise<void> {
+  return new Promise((done) => {
+    const t = setTimeout(done, ms)
+    p.then(
+      () => {
+        clearTimeout(t)
+        done()
+      },
+      () => {
+        clearTimeout(t)
+        done()
+      },
+    )
+  })
+}
+
+class ActivePipeline implements Pipeline {
+  readonly service: string
+  private readonly trustedForwarders: CidrSet
+  private readonly certMode: Config['forwardedClientCert']['toUpstream']
+
+  constructor(
+    readonly engine: Engine,
+    private readonly telemetry: Telemetry,
+  ) {
+    this.service = engine.config.service
+    this.trustedForwarders = new CidrSet(engine.config.forwardedClientCert.trustedProxies)
+    this.certMode = engine.config.forwardedClientCert.toUpstream
+  }
+
+  attribute: Pipeline['attribute'] = (req, conn) => this.engine.evaluate(req, conn)
+
+  record: Pipeline['record'] = (event) => this.telemetry.record(event)
+
+  prepareUpstreamHeaders(
+    headers: Record<string, string | string[] | undefined>,
+    attribution: Attribution,
+    conn: ConnectionInfo,
+  ): void {
+    const trusted = this.trustedForwarders.has(conn.remoteAddress)
+    sanitizeForwardedCertHeaders(
+      headers,
+      trusted,
+      this.certMode,
+      attribution.evidence.xfcc ?? attribution.evidence.mtls,
+    )
+  }
+}
+
+export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
+  const log = opts.log
+  const configPath = opts.configPath ? resolve(opts.configPath) : undefined
+  let config = applyOverrides(
+    configPath ? await loadOrFail(configPath) : (opts.config ?? configSchema.parse({})),
+    opts.overrides,
+  )
+  const telemetry = new Telemetry(config, { version: VERSION })
+  const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
+
+  let engine = new Engine(config, { jwksObserver: telemetry.jwksObserver })
+  await withTimeout(engine.start(), jwksStartTimeout)
+  let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
+
+  const tls = await readTls(config, opts.tls)
+  const proxy: ProxyServer = createProxy({
+    getPipeline: () => pipeline,
+    upstream: config.upstream,
+    http: splitAddress(config.listen.http),
+    https: tls,
+    parsePeerCert: parsePeerCertificate,
+    timeouts: config.timeouts,
+    limits: config.limits,
+  })
+
+  const admin = createAdminServer({
+    ...splitAddress(config.admin),
+    telemetry,
+    ready: async () => {
+      const checks = { config: true, upstream: await proxy.upstreamReachable(), jwks: engine.ready() }
+      return { ok: checks.config && checks.upstream && checks.jwks, checks }
+    },
+    effectiveConfig: () => redactConfig(config),
+  })
+
+  let proxyAddrs: Awaited<ReturnType<ProxyServer['listen']>>
+  let adminAddress: AddressInfo
+  try {
+    proxyAddrs = await proxy.listen()
+    adminAddress = await admin.listen()
+  } catch (err) {
+    engine.close()
+    await proxy.close(0).catch(() => {})
+    await admin.close().catch(() => {})
+    await telemetry.close()
+    const e = err as NodeJS.ErrnoException
+    throw new StartupError(`cannot listen: ${e.code === 'EADDRINUSE' ? 'address in use' : e.message}`, 2)
+  }
+  if (!proxyAddrs.http) throw new StartupError('http listener did not start', 2)
+
+  let reloading: Promise<boolean> | undefined
+  const reload = async (): Promise<boolean> => {
+    if (!configPath) return false
+    const result = await loadConfigFile(configPath)
+    if (!result.ok) {
+      for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
+      telemetry.configReloaded('failure')
+      return false
+    }
+    const next = applyOverrides(result.config, opts.overrides)
+    const nextEngine = new Engine(next, { jwksObserver: telemetry.jwksObserver })
+    await withTimeout(nextEngine.start(), jwksStartTimeout)
+    const previous = engine
+    engine = nextEngine
+    config = next
+    pipeline = new ActivePipeline(nextEngine, telemetry)
+    proxy.setUpstream(next.upstream)
+    telemetry.reconfigure(next)
+    telemetry.configReloaded('success')
+    // In-flight requests hold their own attribution; the old key caches can go.
+    previous.close()
+    for (const d of result.warnings) log.warn(formatDiagnostic(d))
+    log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
+    return true
+  }
+  const serialReload = (): Promise<boolean> => {
+    // one reload at a time; a change during a reload triggers one more afterwards
+    const run = (reloading ?? Promise.resolve(true)).then(reload, reload)
+    reloading = run
+    return run
+  }
+
+  let watcher: FSWatcher | undefined
+  if (configPath) {
+    // Watch the directory, not the file: editors replace files and Kubernetes swaps the ConfigMap's
+    // `..data` symlink, both of which orphan a watch on the file itself.
+    let timer: NodeJS.Timeout | undefined
+    const file = basename(configPath)
+    try {
+      watcher = watch(dirname(configPath), (_event, name) => {
+        if (name && name !== file && name !== '..data' && !name.startsWith('..')) return
+        clearTimeout(timer)
+        timer = setTimeout(() => void serialReload(), 150)
+      })
+      watcher.on('error', (err) =>
+        log.warn({ err: err.message }, 'config watch failed; SIGHUP still reloads'),
+      )
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'cannot watch config; SIGHUP still reloads')
+    }
+  }
+
+  let closing: Promise<void> | undefined
+  return {
+    proxyAddress: proxyAddrs.http,
+    httpsAddress: proxyAddrs.https,
+    adminAddress,
+    telemetry,
+    engine: () => engine,
+    config: () => config,
+    reload: serialReload,
+    close() {
+      closing ??= (async () => {
+        watcher?.close()
+        await proxy.close(config.timeouts.drain)
+        await admin.close()
+        engine.close()
+        await telemetry.close()
+      })()
+      return closing
+    },
+  }
+}
