@@ -1,0 +1,151 @@
+// Credential cross-checks that look at more than one piece of evidence, or at more than one request.
+// Memory stays bounded whatever clients send: one LRU of token fingerprints, each with a capped peer set.
+import { LRUCache } from 'lru-cache'
+import type { Config } from '../config/schema.ts'
+import type {
+  AnomalyType,
+  CertEvidence,
+  ConnectionInfo,
+  EvidenceSet,
+  Failure,
+  Identity,
+  JwtEvidence,
+} from '../types.ts'
+import { spiffeNamespaceServiceAccount } from './spiffe.ts'
+
+/** Anomalies implied by a credential failure on its own. */
+export function anomaliesFromFailures(failures: readonly Failure[]): AnomalyType[] {
+  const out: AnomalyType[] = []
+  const add = (a: AnomalyType) => {
+    if (!out.includes(a)) out.push(a)
+  }
+  for (const f of failures) {
+    if (f.reason === 'untrusted_forwarder') add('spoofed_header')
+    else if (f.reason === 'unknown_kid') add('unknown_kid')
+    else if (f.reason === 'expired') add('expired_in_use')
+  }
+  return out
+}
+
+export interface AnomalyDetectorOptions {
+  /** how many distinct token fingerprints are tracked for sharing (least recently seen are forgotten) */
+  maxTokens?: number
+}
+
+interface TokenPeers {
+  windowStart: number
+  peers: Set<string>
+  reported: boolean
+}
+
+export class AnomalyDetector {
+  private readonly tokens: LRUCache<string, TokenPeers>
+  private readonly maxPeers: number
+
+  constructor(
+    private readonly cfg: Config['anomalies'],
+    private readonly now: () => number = Date.now,
+    opts: AnomalyDetectorOptions = {},
+  ) {
+    this.tokens = new LRUCache({ max: opts.maxTokens ?? 10_000 })
+    // once a token has more peers than allowed we know enough; never keep more than that per token
+    this.maxPeers = cfg.tokenSharedPeers + 1
+  }
+
+  /** Number of token fingerprints currently tracked (for tests and metrics). */
+  get trackedTokens(): number {
+    return this.tokens.size
+  }
+
+  /** NEW anomalies for this request; the caller appends them to evidence.anomalies. */
+  inspect(ev: EvidenceSet, _identity: Identity, conn: ConnectionInfo): AnomalyType[] {
+    const out: AnomalyType[] = []
+    const jwt = ev.jwt
+    if (!jwt) return out
+    const cert = ev.mtls ?? ev.xfcc
+    if (bindingMismatch(jwt, cert)) out.push('binding_mismatch')
+    if (this.cfg.requireCertTokenMatch && cert && identityMismatch(jwt, cert)) out.push('identity_mismatch')
+    if (this.tokenShared(jwt.fingerprint, cert?.sha256 ?? conn.remoteAddress)) out.push('token_shared')
+    return out
+  }
+
+  private tokenShared(fp: string, peer: string): boolean {
+    const t = this.now()
+    let entry = this.tokens.get(fp)
+    if (!entry || t - entry.windowStart > this.cfg.tokenSharedWindow) {
+      entry = { windowStart: t, peers: new Set(), reported: false }
+      this.tokens.set(fp, entry)
+    }
+    if (entry.peers.size < this.maxPeers) entry.peers.add(peer)
+    if (!entry.reported && entry.peers.size > this.cfg.tokenSharedPeers) {
+      entry.reported = true
+      return true
+    }
+    return false
+  }
+}
+
+/** RFC 8705 certificate-bound token: cnf["x5t#S256"] must equal the base64url sha256 of the presented cert. */
+function bindingMismatch(jwt: JwtEvidence, cert: CertEvidence | undefined): boolean {
+  const cnf = jwt.claims['cnf']
+  if (!cnf || typeof cnf !== 'object') return false
+  const thumbprint = (cnf as Record<string, unknown>)['x5t#S256']
+  if (typeof thumbprint !== 'string') return false
+  if (!cert?.sha256) return true
+  const presented = Buffer.from(cert.sha256, 'hex').toString('base64url')
+  return presented !== thumbprint.replace(/=+$/, '')
+}
+
+interface Workload {
+  /** "ns/sa" for Kubernetes-style identities */
+  nsSa?: string
+  /** full SPIFFE ID */
+  spiffeId?: string
+}
+
+function certWorkload(cert: CertEvidence): Workload {
+  const w: Workload = {}
+  if (cert.spiffeId) {
+    w.spiffeId = cert.spiffeId
+    const nsSa = spiffeNamespaceServiceAccount(cert.spiffeId)
+    if (nsSa) w.nsSa = nsSa
+  } else if (cert.cn && /^[^/\s]+\/[^/\s]+$/.test(cert.cn)) {
+    // a cert named "ns/sa" speaks for that workload too
+    w.nsSa = cert.cn
+  }
+  return w
+}
+
+function str(v: unknown): string | undefined {
+  return typeof v === 'string' && v !== '' ? v : undefined
+}
+
+function tokenWorkload(jwt: JwtEvidence): Workload {
+  const w: Workload = {}
+  const sub = str(jwt.claims['sub'])
+  if (jwt.profile === 'kubernetes') {
+    const k8s = jwt.claims['kubernetes.io']
+    if (k8s && typeof k8s === 'object') {
+      const ns = str((k8s as Record<string, unknown>)['namespace'])
+      const sa = (k8s as Record<string, unknown>)['serviceaccount']
+      const saName = sa && typeof sa === 'object' ? str((sa as Record<string, unknown>)['name']) : undefined
+      if (ns && saName) w.nsSa = `${ns}/${saName}`
+    }
+    const m = sub ? /^system:serviceaccount:([^:]+):([^:]+)$/.exec(sub) : null
+    if (!w.nsSa && m) w.nsSa = `${m[1]}/${m[2]}`
+  } else if (jwt.profile === 'spiffe' && sub?.startsWith('spiffe://')) {
+    w.spiffeId = sub
+    const nsSa = spiffeNamespaceServiceAccount(sub)
+    if (nsSa) w.nsSa = nsSa
+  }
+  return w
+}
+
+/** Only compares what both sides state; a side that names no workload cannot disagree. */
+function identityMismatch(jwt: JwtEvidence, cert: CertEvidence): boolean {
+  const token = tokenWorkload(jwt)
+  const c = certWorkload(cert)
+  if (token.spiffeId && c.spiffeId) return token.spiffeId !== c.spiffeId
+  if (token.nsSa && c.nsSa) return token.nsSa !== c.nsSa
+  return false
+}

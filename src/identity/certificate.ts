@@ -1,0 +1,228 @@
+// Client certificates → CertEvidence. Used once per TLS connection (mTLS) and by the forwarded-cert parsers.
+import { X509Certificate } from 'node:crypto'
+import type { TLSSocket } from 'node:tls'
+import type { CertEvidence, Failure } from '../types.ts'
+import { sha256Hex } from '../util/fingerprint.ts'
+import { parseSpiffeId } from './spiffe.ts'
+
+export type CertSource = CertEvidence['source']
+export type ForwardedVia = NonNullable<CertEvidence['via']>
+
+const SPIFFE_SCHEME_RE = /^spiffe:/i
+
+/**
+ * Parses the verified peer certificate of a TLS connection. No certificate → undefined; a chain the TLS
+ * stack did not verify → Failure (cert_expired / cert_untrusted); invalid SPIFFE SAN → Failure spiffe_invalid.
+ */
+export function parsePeerCertificate(socket: TLSSocket): CertEvidence | Failure | undefined {
+  let x: X509Certificate | undefined
+  try {
+    x = socket.getPeerX509Certificate()
+  } catch {
+    return undefined
+  }
+  if (!x) return undefined
+  if (!socket.authorized) {
+    const code = errorCode(socket.authorizationError)
+    return {
+      failed: true,
+      source: 'mtls',
+      reason: code === 'CERT_HAS_EXPIRED' ? 'cert_expired' : 'cert_untrusted',
+      detail: code ?? 'client certificate not verified',
+      fingerprint: sha256Hex(x.raw).slice(0, 16),
+      attributes: safeAttributes(x),
+    }
+  }
+  return certEvidenceFromX509(x, 'mtls', true)
+}
+
+function errorCode(err: Error | string | null | undefined): string | undefined {
+  if (!err) return undefined
+  if (typeof err === 'string') return err
+  const code = (err as Error & { code?: unknown }).code
+  return typeof code === 'string' ? code : err.message
+}
+
+function safeAttributes(x: X509Certificate): Record<string, string> {
+  const attrs: Record<string, string> = { cert_sha256: sha256Hex(x.raw) }
+  const subject = subjectOneLine(x.subject)
+  if (subject) attrs['subject'] = subject
+  return attrs
+}
+
+/** Node prints the subject one RDN per line; we keep it as "CN=a, O=b" in evidence. */
+function subjectOneLine(subject: string | undefined): string | undefined {
+  if (!subject) return undefined
+  return subject.split('\n').filter(Boolean).join(', ')
+}
+
+function commonName(subject: string | undefined): string | undefined {
+  if (!subject) return undefined
+  for (const line of subject.split('\n')) {
+    if (line.startsWith('CN=')) return unquote(line.slice(3))
+  }
+  return undefined
+}
+
+function unquote(v: string): string {
+  if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) {
+    try {
+      const parsed: unknown = JSON.parse(v)
+      if (typeof parsed === 'string') return parsed
+    } catch {
+      // not JSON-quoted after all; keep as is
+    }
+  }
+  return v
+}
+
+export interface SubjectAltNames {
+  dns: string[]
+  uri: string[]
+}
+
+/**
+ * Parses Node's `subjectAltName` text: "DNS:a, URI:spiffe://x, IP Address:1.2.3.4". Node JSON-quotes a value
+ * that contains a separator or quote (e.g. URI:"http://a, b"), so commas inside quotes do not split.
+ */
+export function parseSubjectAltName(text: string | undefined): SubjectAltNames {
+  const out: SubjectAltNames = { dns: [], uri: [] }
+  if (!text) return out
+  let i = 0
+  const n = text.length
+  while (i < n) {
+    while (i < n && (text[i] === ' ' || text[i] === ',')) i++
+    const colon = text.indexOf(':', i)
+    if (colon === -1) break
+    const type = text.slice(i, colon)
+    i = colon + 1
+    let value: string
+    if (text[i] === '"') {
+      let j = i + 1
+      while (j < n && text[j] !== '"') j += text[j] === '\\' ? 2 : 1
+      value = unquote(text.slice(i, j + 1))
+      i = j + 1
+    } else {
+      const comma = text.indexOf(', ', i)
+      const end = comma === -1 ? n : comma
+      value = text.slice(i, end)
+      i = end
+    }
+    if (type === 'DNS') out.dns.push(value)
+    else if (type === 'URI') out.uri.push(value)
+  }
+  return out
+}
+
+export interface CertFields {
+  subject?: string
+  cn?: string
+  dnsSans: string[]
+  uriSans: string[]
+  sha256?: string
+  notAfter?: number
+}
+
+/**
+ * Builds evidence from certificate fields, applying the X.509-SVID rule: a SPIFFE ID only when the cert has
+ * exactly one URI SAN and it is valid; any spiffe: URI that is invalid or not alone → Failure spiffe_invalid.
+ */
+export function certEvidenceFromFields(
+  fields: CertFields,
+  source: CertSource,
+  verified: boolean,
+  via?: ForwardedVia,
+): CertEvidence | Failure {
+  const spiffeUris = fields.uriSans.filter((u) => SPIFFE_SCHEME_RE.test(u))
+  let spiffeId: string | undefined
+  if (spiffeUris.length > 0) {
+    const fp = fields.sha256?.slice(0, 16)
+    const fail = (detail: string): Failure => ({
+      failed: true,
+      source,
+      reason: 'spiffe_invalid',
+      detail,
+      ...(fp ? { fingerprint: fp } : {}),
+      attributes: fields.sha256 ? { cert_sha256: fields.sha256 } : {},
+    })
+    if (fields.uriSans.length !== 1) return fail('an X.509-SVID must carry exactly one URI SAN')
+    const candidate = spiffeUris[0]!
+    const parsed = parseSpiffeId(candidate)
+    if ('error' in parsed) return fail(`invalid SPIFFE ID: ${parsed.error}`)
+    spiffeId = candidate
+  }
+  const ev: CertEvidence = {
+    source,
+    verified,
+    dnsSans: fields.dnsSans,
+    uriSans: fields.uriSans,
+  }
+  if (spiffeId) ev.spiffeId = spiffeId
+  if (fields.subject) ev.subject = fields.subject
+  if (fields.cn) ev.cn = fields.cn
+  if (fields.sha256) ev.sha256 = fields.sha256
+  if (fields.notAfter !== undefined) ev.notAfter = fields.notAfter
+  if (via) ev.via = via
+  return ev
+}
+
+export function certEvidenceFromX509(
+  x: X509Certificate,
+  source: CertSource,
+  verified: boolean,
+  via?: ForwardedVia,
+): CertEvidence | Failure {
+  const sans = parseSubjectAltName(x.subjectAltName)
+  const notAfterMs = Date.parse(x.validTo)
+  const fields: CertFields = {
+    dnsSans: sans.dns,
+    uriSans: sans.uri,
+    sha256: sha256Hex(x.raw),
+  }
+  const subject = subjectOneLine(x.subject)
+  if (subject) fields.subject = subject
+  const cn = commonName(x.subject)
+  if (cn) fields.cn = cn
+  if (Number.isFinite(notAfterMs)) fields.notAfter = Math.floor(notAfterMs / 1000)
+  return certEvidenceFromFields(fields, source, verified, via)
+}
+
+const PEM_BEGIN = '-----BEGIN CERTIFICATE-----'
+const PEM_END = '-----END CERTIFICATE-----'
+const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/
+
+/**
+ * DER bytes of the first certificate in PEM-ish text. Tolerates the ways proxies mangle PEM into a header:
+ * newlines replaced by spaces or tabs, or missing. Returns undefined when there is no well-formed block.
+ */
+export function firstPemCertificate(text: string): Buffer | undefined {
+  const begin = text.indexOf(PEM_BEGIN)
+  if (begin === -1) return undefined
+  const end = text.indexOf(PEM_END, begin + PEM_BEGIN.length)
+  if (end === -1) return undefined
+  const body = text.slice(begin + PEM_BEGIN.length, end).replace(/\s+/g, '')
+  if (body.length === 0 || !BASE64_RE.test(body)) return undefined
+  return Buffer.from(body, 'base64')
+}
+
+/** Parses DER bytes as a certificate; undefined when they are not one. */
+export function x509FromDer(der: Buffer): X509Certificate | undefined {
+  try {
+    return new X509Certificate(der)
+  } catch {
+    return undefined
+  }
+}
+
+/** PEM (possibly mangled by a proxy) → evidence; Failure malformed when it is not a certificate. */
+export function certEvidenceFromPem(
+  pem: string,
+  source: CertSource,
+  verified: boolean,
+  via?: ForwardedVia,
+): CertEvidence | Failure {
+  const der = firstPemCertificate(pem)
+  const x = der ? x509FromDer(der) : undefined
+  if (!x) return { failed: true, source, reason: 'malformed', detail: 'not a PEM certificate' }
+  return certEvidenceFromX509(x, source, verified, via)
+}

@@ -1,0 +1,153 @@
+// Envoy / Istio x-forwarded-client-cert. Grammar: elements separated by ","; each element is ";"-separated
+// Key=Value pairs; keys are case-insensitive; a value may be double-quoted with backslash escapes (commas
+// and semicolons inside quotes do not split). The LEFTMOST element describes the original client.
+import type { CertEvidence, Failure } from '../../types.ts'
+import {
+  certEvidenceFromFields,
+  certEvidenceFromX509,
+  firstPemCertificate,
+  x509FromDer,
+} from '../certificate.ts'
+import { cnFromSubject, sha256HexOrUndefined, urlDecode } from './decode.ts'
+
+export interface XfccElement {
+  by: string[]
+  hash?: string
+  /** URL-encoded PEM, as sent */
+  cert?: string
+  chain?: string
+  subject?: string
+  uri: string[]
+  dns: string[]
+}
+
+export const MAX_XFCC_ELEMENTS = 32
+const MAX_PAIRS_PER_ELEMENT = 64
+
+function newElement(): XfccElement {
+  return { by: [], uri: [], dns: [] }
+}
+
+function assign(el: XfccElement, key: string, value: string): void {
+  if (value === '') return
+  switch (key) {
+    case 'by':
+      el.by.push(value)
+      break
+    case 'hash':
+      el.hash = value
+      break
+    case 'cert':
+      el.cert = value
+      break
+    case 'chain':
+      el.chain = value
+      break
+    case 'subject':
+      el.subject = value
+      break
+    case 'uri':
+      el.uri.push(value)
+      break
+    case 'dns':
+      el.dns.push(value)
+      break
+  }
+}
+
+/** Parses a whole XFCC header value; undefined when it is malformed or exceeds the bounds. */
+export function parseXfcc(value: string): XfccElement[] | undefined {
+  const elements: XfccElement[] = []
+  let el = newElement()
+  let pairs = 0
+  let i = 0
+  const n = value.length
+  while (i < n) {
+    while (i < n && (value[i] === ' ' || value[i] === '\t')) i++
+    const eq = value.indexOf('=', i)
+    if (eq === -1) return undefined
+    const key = value.slice(i, eq).trim().toLowerCase()
+    if (key === '' || /[;,"]/.test(key)) return undefined
+    i = eq + 1
+    let v = ''
+    if (value[i] === '"') {
+      i++
+      let closed = false
+      while (i < n) {
+        const c = value[i]!
+        if (c === '\\' && i + 1 < n) {
+          v += value[i + 1]
+          i += 2
+        } else if (c === '"') {
+          closed = true
+          i++
+          break
+        } else {
+          v += c
+          i++
+        }
+      }
+      if (!closed) return undefined
+      while (i < n && (value[i] === ' ' || value[i] === '\t')) i++
+      if (i < n && value[i] !== ';' && value[i] !== ',') return undefined
+    } else {
+      let j = i
+      while (j < n && value[j] !== ';' && value[j] !== ',') j++
+      v = value.slice(i, j).trim()
+      if (v.includes('"')) return undefined
+      i = j
+    }
+    if (++pairs > MAX_PAIRS_PER_ELEMENT) return undefined
+    assign(el, key, v)
+    if (i >= n) break
+    const sep = value[i]
+    i++
+    if (sep === ',') {
+      elements.push(el)
+      if (elements.length >= MAX_XFCC_ELEMENTS) return undefined
+      el = newElement()
+      pairs = 0
+    }
+  }
+  elements.push(el)
+  return elements
+}
+
+function malformed(detail: string): Failure {
+  return { failed: true, source: 'xfcc', reason: 'malformed', detail }
+}
+
+/** Evidence for the original client (leftmost element). */
+export function xfccEvidence(value: string): CertEvidence | Failure {
+  const elements = parseXfcc(value)
+  const first = elements?.[0]
+  if (!first) return malformed('x-forwarded-client-cert does not parse')
+  return xfccElementEvidence(first)
+}
+
+export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
+  if (el.cert !== undefined) {
+    const pem = urlDecode(el.cert)
+    const der = pem === undefined ? undefined : firstPemCertificate(pem)
+    const x = der ? x509FromDer(der) : undefined
+    if (!x) return malformed('x-forwarded-client-cert Cert is not a URL-encoded PEM certificate')
+    return certEvidenceFromX509(x, 'xfcc', true, 'xfcc')
+  }
+  const sha256 = sha256HexOrUndefined(el.hash)
+  if (!sha256 && el.subject === undefined && el.uri.length === 0 && el.dns.length === 0) {
+    return malformed('x-forwarded-client-cert element has no Hash, Cert, Subject, URI or DNS')
+  }
+  const cn = el.subject === undefined ? undefined : cnFromSubject(el.subject)
+  return certEvidenceFromFields(
+    {
+      ...(sha256 ? { sha256 } : {}),
+      ...(el.subject ? { subject: el.subject } : {}),
+      ...(cn ? { cn } : {}),
+      uriSans: el.uri,
+      dnsSans: el.dns,
+    },
+    'xfcc',
+    true,
+    'xfcc',
+  )
+}

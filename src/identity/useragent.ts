@@ -1,0 +1,76 @@
+// User agent → category (browser | bot | agent | unknown) and a short product name. Known AI agents are
+// data (agents.ts) and win; bots, crawlers, HTTP libraries and probes come from the isbot library.
+import { isbot, isbotMatch } from 'isbot'
+import { LRUCache } from 'lru-cache'
+import type { Extractor, UserAgentCategory, UserAgentEvidence } from '../types.ts'
+import { findAgent } from './agents.ts'
+
+/** Longer user agents are classified by their first 512 characters. */
+export const MAX_UA_LENGTH = 512
+const CACHE_SIZE = 5000
+const MAX_PRODUCT_LENGTH = 40
+
+const cache = new LRUCache<string, UserAgentEvidence>({ max: CACHE_SIZE })
+
+const BROWSERS: readonly (readonly [RegExp, string])[] = [
+  [/\bEdg(?:e|A|iOS)?\//, 'edge'],
+  [/\bOPR\/|\bOpera\b/, 'opera'],
+  [/\bSamsungBrowser\//, 'samsung'],
+  [/\bFirefox\/|\bFxiOS\//, 'firefox'],
+  [/\bChrome\/|\bCriOS\/|\bChromium\//, 'chrome'],
+  [/\bVersion\/[\d.]+.*\bSafari\/|\bMobile\/\w+ Safari\//, 'safari'],
+]
+const ENGINE_RE = /\bAppleWebKit\/|\bGecko\/|\bTrident\/|\bPresto\//
+const TOKEN_CHAR_RE = /[A-Za-z0-9-]/
+
+function evidence(ua: string, category: UserAgentCategory, product: string): UserAgentEvidence {
+  // cached and shared between requests, so nobody may change it
+  return Object.freeze({ source: 'useragent', verified: false, ua, category, product }) as UserAgentEvidence
+}
+
+/** The word around isbot's match, e.g. "Google" in "Googlebot/2.1" → "googlebot". */
+function productAround(ua: string, fragment: string | null): string {
+  let at = fragment ? ua.indexOf(fragment) : -1
+  if (at < 0) at = 0
+  let start = at
+  while (start > 0 && TOKEN_CHAR_RE.test(ua[start - 1]!)) start--
+  let end = at
+  while (end < ua.length && TOKEN_CHAR_RE.test(ua[end]!)) end++
+  const product = ua
+    .slice(start, end)
+    .replace(/^-+|-+$/g, '')
+    .toLowerCase()
+  return product.slice(0, MAX_PRODUCT_LENGTH) || 'bot'
+}
+
+function classify(ua: string): UserAgentEvidence {
+  const agent = findAgent(ua)
+  if (agent) return evidence(ua, 'agent', agent.product)
+  if (isbot(ua)) return evidence(ua, 'bot', productAround(ua, isbotMatch(ua)))
+  if (ua.startsWith('Mozilla/') && ENGINE_RE.test(ua)) {
+    for (const [re, product] of BROWSERS) {
+      if (re.test(ua)) return evidence(ua, 'browser', product)
+    }
+    return evidence(ua, 'browser', 'browser')
+  }
+  return evidence(ua, 'unknown', 'unknown')
+}
+
+export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
+  const text = (ua ?? '').trim().slice(0, MAX_UA_LENGTH)
+  if (text === '') return evidence('', 'unknown', 'unknown')
+  const hit = cache.get(text)
+  if (hit) return hit
+  const ev = classify(text)
+  cache.set(text, ev)
+  return ev
+}
+
+export const useragentExtractor: Extractor = {
+  source: 'useragent',
+  extract(req) {
+    const ua = req.headers['user-agent']
+    if (!ua) return undefined
+    return classifyUserAgent(ua)
+  },
+}
