@@ -1,0 +1,155 @@
+// Authorization: Bearer <JWT> → verified JwtEvidence, or a typed Failure. Results are cached by token hash so the
+// hot path (a token seen before) is one sha256 and one LRU lookup, answered synchronously.
+import { LRUCache } from 'lru-cache'
+import type { Config } from '../../config/schema.ts'
+import type {
+  ConnectionInfo,
+  Extractor,
+  Failure,
+  FailureReason,
+  JwtEvidence,
+  MaybePromise,
+  RequestInfo,
+} from '../../types.ts'
+import { sha256Hex } from '../../util/fingerprint.ts'
+import type { JwksObserver } from '../jwt/jwks.ts'
+import { bearerToken, peekToken, safeAttributes, type UnverifiedToken } from '../jwt/token.ts'
+import { IssuerVerifier } from '../jwt/verifier.ts'
+
+export interface JwtExtractorOptions {
+  observer?: JwksObserver
+  /** unix ms clock (tests) */
+  now?: () => number
+  fetchTimeoutMs?: number
+  unknownKidCooldownMs?: number
+  retryMs?: number
+}
+
+type Result = JwtEvidence | Failure
+
+/** tokens without exp are re-verified at least this often */
+const MAX_CACHE_MS = 5 * 60_000
+/** failures are cached briefly so a flood of the same bad token stays cheap */
+const FAILURE_CACHE_MS = 5_000
+const FINGERPRINT_CHARS = 16
+/** bound on concurrent first-time verifications that share one promise */
+const MAX_INFLIGHT = 10_000
+const EMBEDDED_KEY_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const
+
+export class JwtExtractor implements Extractor {
+  readonly source = 'jwt' as const
+  private readonly verifiers = new Map<string, IssuerVerifier>()
+  private readonly cache: LRUCache<string, Result>
+  private readonly inflight = new Map<string, Promise<Result>>()
+  private readonly now: () => number
+
+  constructor(cfg: Config['jwt'], opts: JwtExtractorOptions = {}) {
+    this.now = opts.now ?? Date.now
+    const clock = this.now
+    for (const issuer of cfg.issuers) {
+      this.verifiers.set(issuer.issuer, new IssuerVerifier(issuer, { ...opts, clockSkewMs: cfg.clockSkew }))
+    }
+    this.cache = new LRUCache<string, Result>({ max: cfg.cacheSize, perf: { now: clock } })
+  }
+
+  /** Initial key fetch for every issuer. Never throws; an unreachable IdP just leaves ready() false. */
+  async start(): Promise<void> {
+    await Promise.all([...this.verifiers.values()].map((v) => v.keys.start()))
+  }
+
+  /** every configured issuer has had keys at least once (for /readyz) */
+  ready(): boolean {
+    for (const v of this.verifiers.values()) if (!v.keys.ready()) return false
+    return true
+  }
+
+  /** per-issuer key state, for diagnostics */
+  issuers(): { issuer: string; ready: boolean; keys: number; lastError?: string }[] {
+    return [...this.verifiers.values()].map((v) => ({
+      issuer: v.issuer,
+      ready: v.keys.ready(),
+      keys: v.keys.size,
+      ...(v.keys.lastError ? { lastError: v.keys.lastError } : {}),
+    }))
+  }
+
+  close(): void {
+    for (const v of this.verifiers.values()) v.keys.close()
+    this.cache.clear()
+    this.inflight.clear()
+  }
+
+  extract(req: RequestInfo, _conn: ConnectionInfo): MaybePromise<Result | undefined> {
+    const auth = req.headers.authorization
+    const bearer = bearerToken(typeof auth === 'string' ? auth : undefined)
+    if (!bearer) return undefined
+    if ('malformed' in bearer) return failure('malformed', bearer.malformed)
+    const token = bearer.token
+    const hash = sha256Hex(token)
+    const cached = this.cache.get(hash)
+    if (cached) return cached
+    const pending = this.inflight.get(hash)
+    if (pending) return pending
+    const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS)).then((result) => {
+      this.inflight.delete(hash)
+      const ttl = this.ttlFor(result)
+      if (ttl > 0) this.cache.set(hash, result, { ttl })
+      return result
+    })
+    if (this.inflight.size < MAX_INFLIGHT) this.inflight.set(hash, verification)
+    return verification
+  }
+
+  private async verify(token: string, fp: string): Promise<Result> {
+    try {
+      return await this.check(token, fp)
+    } catch {
+      // defensive: client input must never surface as an exception
+      return failure('malformed', 'token could not be processed', fp)
+    }
+  }
+
+  private async check(token: string, fp: string): Promise<Result> {
+    const peeked = peekToken(token)
+    if (typeof peeked === 'string') return failure('malformed', peeked, fp)
+    const fail = (reason: FailureReason, detail: string) => failure(reason, detail, fp, peeked)
+    const { header, claims } = peeked
+    if (typeof header['alg'] !== 'string' || header['alg'].toLowerCase() === 'none') {
+      return fail('alg_not_allowed', 'unsigned token (alg none) is never accepted')
+    }
+    // keys named or carried by the token itself are attacker-controlled: refuse rather than ignore
+    if (EMBEDDED_KEY_HEADERS.some((h) => h in header)) {
+      return fail('bad_signature', 'token header carries its own key reference (jku/x5u/jwk/x5c)')
+    }
+    if ('crit' in header) return fail('malformed', 'critical header extensions are not supported')
+    if ('kid' in header && typeof header['kid'] !== 'string') return fail('malformed', 'kid is not a string')
+    const iss = claims['iss']
+    const verifier = typeof iss === 'string' ? this.verifiers.get(iss) : undefined
+    if (!verifier)
+      return fail('wrong_issuer', typeof iss === 'string' ? 'issuer not configured' : 'no iss claim')
+    if (!verifier.allows(header['alg']))
+      return fail('alg_not_allowed', 'algorithm not allowed for this issuer')
+    const result = await verifier.verify(token, fp)
+    return 'source' in result ? result : fail(result.reason, result.detail)
+  }
+
+  /** cache lifetime in ms: never past exp, at most 5 min, failures 5 s, unknown kids not at all (rotation) */
+  private ttlFor(result: Result): number {
+    if ('failed' in result) return result.reason === 'unknown_kid' ? 0 : FAILURE_CACHE_MS
+    if (result.exp === undefined) return MAX_CACHE_MS
+    return Math.min(result.exp * 1000 - this.now(), MAX_CACHE_MS)
+  }
+}
+
+function failure(
+  reason: FailureReason,
+  detail: string,
+  fingerprint?: string,
+  token?: UnverifiedToken,
+): Failure {
+  const f: Failure = { failed: true, source: 'jwt', reason, detail }
+  if (fingerprint) f.fingerprint = fingerprint
+  const attributes = safeAttributes(token)
+  if (attributes) f.attributes = attributes
+  return f
+}

@@ -1,0 +1,263 @@
+// Verification keys for one JWT issuer: a JWKS fetched over HTTP(S) (optionally via OIDC discovery, a custom CA
+// and a rotating bearer token), a local JWKS file, and/or an HMAC secret file.
+// The last good key set keeps serving through IdP outages; unknown kids trigger a rate-limited refetch.
+import { readFile } from 'node:fs/promises'
+import { createLocalJWKSet, errors, type FlattenedJWSInput, type JWK, type JWSHeaderParameters } from 'jose'
+import { Agent, type Dispatcher, request } from 'undici'
+import type { IssuerConfig } from '../../config/schema.ts'
+
+export interface JwksObserver {
+  /** called after every refresh attempt; `at` is unix ms, keyCount the number of keys now in use */
+  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number): void
+}
+
+export interface KeySetOptions {
+  observer?: JwksObserver
+  /** unix ms clock */
+  now?: () => number
+  /** deadline for one HTTP fetch (discovery or key set) */
+  fetchTimeoutMs?: number
+  /** minimum gap between refetches triggered by tokens with an unknown kid */
+  unknownKidCooldownMs?: number
+  /** how soon to retry after a failed refresh (capped by the issuer's refreshInterval) */
+  retryMs?: number
+}
+
+export const DEFAULT_REFRESH_MS = 10 * 60_000
+export const DEFAULT_FETCH_TIMEOUT_MS = 5_000
+export const DEFAULT_UNKNOWN_KID_COOLDOWN_MS = 30_000
+const MAX_DOCUMENT_BYTES = 512 * 1024
+const MAX_KEYS = 100
+// private-key members: a JWKS that carries them is misconfigured; never hold private keys in memory
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const
+
+export type VerificationKey = CryptoKey | Uint8Array
+
+type LocalKeySet = ReturnType<typeof createLocalJWKSet>
+
+export class IssuerKeySet {
+  readonly issuer: string
+  private readonly cfg: IssuerConfig
+  private readonly observer: JwksObserver | undefined
+  private readonly now: () => number
+  private readonly fetchTimeoutMs: number
+  private readonly cooldownMs: number
+  private readonly refreshMs: number
+  private readonly retryMs: number
+  private keys: LocalKeySet | undefined
+  private keyCount = 0
+  private secret: Uint8Array | undefined
+  private discoveredJwksUri: string | undefined
+  private lastAttemptAt = Number.NEGATIVE_INFINITY
+  private inflight: Promise<boolean> | undefined
+  private timer: NodeJS.Timeout | undefined
+  private closed = false
+  private agent: Agent | undefined
+  private agentCa: string | undefined
+  /** why the last refresh failed (safe to log), undefined after a success */
+  lastError: string | undefined
+
+  constructor(cfg: IssuerConfig, opts: KeySetOptions = {}) {
+    this.issuer = cfg.issuer
+    this.cfg = cfg
+    this.observer = opts.observer
+    this.now = opts.now ?? Date.now
+    this.fetchTimeoutMs = opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS
+    this.cooldownMs = opts.unknownKidCooldownMs ?? DEFAULT_UNKNOWN_KID_COOLDOWN_MS
+    this.refreshMs = Math.max(1000, cfg.refreshInterval ?? DEFAULT_REFRESH_MS)
+    this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? this.cooldownMs)
+  }
+
+  private get hasKeySource(): boolean {
+    return Boolean(this.cfg.jwksUri || this.cfg.jwksFile || this.cfg.discovery)
+  }
+
+  /** Initial load; never throws. Schedules periodic refreshes. */
+  async start(): Promise<void> {
+    await this.refresh()
+  }
+
+  /** every configured source has delivered keys at least once */
+  ready(): boolean {
+    return (
+      (!this.hasKeySource || this.keys !== undefined) && (!this.cfg.secretFile || this.secret !== undefined)
+    )
+  }
+
+  get size(): number {
+    return this.keyCount + (this.secret ? 1 : 0)
+  }
+
+  /** Refetch now (shares an in-flight refresh). Resolves true when the key set was updated. */
+  refresh(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false)
+    if (!this.inflight) {
+      this.lastAttemptAt = this.now()
+      this.inflight = this.load().finally(() => {
+        this.inflight = undefined
+      })
+    }
+    return this.inflight
+  }
+
+  /**
+   * A token named a kid we do not have: refetch, unless one happened within the cooldown (so a flood of random
+   * kids cannot hammer the IdP). Returns undefined when no refetch is allowed.
+   */
+  refreshForUnknownKid(): Promise<boolean> | undefined {
+    if (this.inflight) return this.inflight
+    if (!this.hasKeySource || this.now() - this.lastAttemptAt < this.cooldownMs) return undefined
+    return this.refresh()
+  }
+
+  /** Key for a token header. Throws jose's JWKSNoMatchingKey / JWKSMultipleMatchingKeys like a jose key set. */
+  getKey = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<VerificationKey> => {
+    if (typeof header.alg === 'string' && header.alg.startsWith('HS')) {
+      if (!this.secret) throw new errors.JWKSNoMatchingKey()
+      return this.secret
+    }
+    if (!this.keys) throw new errors.JWKSNoMatchingKey()
+    return this.keys(header, token)
+  }
+
+  close(): void {
+    this.closed = true
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+    void this.agent?.close().catch(() => {})
+    this.agent = undefined
+  }
+
+  private async load(): Promise<boolean> {
+    let ok = true
+    let detail: unknown
+    try {
+      if (this.cfg.secretFile) this.secret = await readSecret(this.cfg.secretFile)
+      if (this.hasKeySource) {
+        const jwks = await this.fetchKeySet()
+        const { set, count } = buildKeySet(jwks)
+        this.keys = set
+        this.keyCount = count
+      }
+    } catch (err) {
+      ok = false
+      detail = err
+    }
+    if (this.closed) return false
+    this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now())
+    this.lastError = ok ? undefined : describe(detail)
+    this.schedule(ok ? this.refreshMs : this.retryMs)
+    return ok
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.closed) return
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = setTimeout(() => void this.refresh(), delayMs)
+    this.timer.unref()
+  }
+
+  private async fetchKeySet(): Promise<unknown> {
+    if (this.cfg.jwksUri) return this.fetchJson(this.cfg.jwksUri)
+    if (this.cfg.jwksFile) return JSON.parse(await readFile(this.cfg.jwksFile, 'utf8'))
+    // discovery: re-discover only when we have no jwks_uri yet or the last refresh failed
+    if (!this.discoveredJwksUri || this.lastError) this.discoveredJwksUri = await this.discover()
+    return this.fetchJson(this.discoveredJwksUri)
+  }
+
+  private async discover(): Promise<string> {
+    const base = this.issuer.endsWith('/') ? this.issuer.slice(0, -1) : this.issuer
+    const doc = await this.fetchJson(`${base}/.well-known/openid-configuration`)
+    if (!isRecord(doc)) throw new Error('discovery document is not a JSON object')
+    if (doc['issuer'] !== this.issuer)
+      throw new Error('discovery document issuer does not match the configured issuer')
+    const uri = doc['jwks_uri']
+    if (typeof uri !== 'string' || !/^https?:\/\//.test(uri))
+      throw new Error('discovery document has no http(s) jwks_uri')
+    return uri
+  }
+
+  private async fetchJson(url: string): Promise<unknown> {
+    const headers: Record<string, string> = { accept: 'application/json' }
+    // projected service-account tokens rotate: read the file on every fetch
+    if (this.cfg.bearerTokenFile) {
+      headers['authorization'] = `Bearer ${(await readFile(this.cfg.bearerTokenFile, 'utf8')).trim()}`
+    }
+    const dispatcher = await this.dispatcher()
+    const res = await request(url, {
+      method: 'GET',
+      headers,
+      ...(dispatcher ? { dispatcher } : {}),
+      signal: AbortSignal.timeout(this.fetchTimeoutMs),
+      headersTimeout: this.fetchTimeoutMs,
+      bodyTimeout: this.fetchTimeoutMs,
+    })
+    if (res.statusCode !== 200) {
+      await res.body.dump().catch(() => {})
+      throw new Error(`GET ${safeUrl(url)} answered HTTP ${res.statusCode}`)
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      size += chunk.length
+      if (size > MAX_DOCUMENT_BYTES) {
+        res.body.destroy()
+        throw new Error(`GET ${safeUrl(url)} answered more than ${MAX_DOCUMENT_BYTES} bytes`)
+      }
+      chunks.push(chunk)
+    }
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  }
+
+  /** A dispatcher trusting caFile (re-read on each refresh, as cluster CAs rotate), else the global one. */
+  private async dispatcher(): Promise<Dispatcher | undefined> {
+    if (!this.cfg.caFile) return undefined
+    const ca = await readFile(this.cfg.caFile, 'utf8')
+    if (!this.agent || ca !== this.agentCa) {
+      void this.agent?.close().catch(() => {})
+      this.agent = new Agent({ connect: { ca } })
+      this.agentCa = ca
+    }
+    return this.agent
+  }
+}
+
+function buildKeySet(doc: unknown): { set: LocalKeySet; count: number } {
+  if (!isRecord(doc) || !Array.isArray(doc['keys']))
+    throw new Error('key set is not a JWKS ({"keys": [...]})')
+  const keys: JWK[] = []
+  for (const k of doc['keys'].slice(0, MAX_KEYS)) {
+    // symmetric keys never come from a JWKS (algorithm confusion); private members mean a leaked private key
+    if (!isRecord(k) || typeof k['kty'] !== 'string' || k['kty'] === 'oct') continue
+    if (PRIVATE_MEMBERS.some((m) => m in k)) continue
+    keys.push(k as JWK)
+  }
+  if (keys.length === 0) throw new Error('key set has no usable public signing keys')
+  return { set: createLocalJWKSet({ keys }), count: keys.length }
+}
+
+async function readSecret(path: string): Promise<Uint8Array> {
+  const text = (await readFile(path, 'utf8')).replace(/\r?\n$/, '')
+  if (text.length === 0) throw new Error('secretFile is empty')
+  return new TextEncoder().encode(text)
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function safeUrl(url: string): string {
+  try {
+    const u = new URL(url)
+    return `${u.origin}${u.pathname}`
+  } catch {
+    return '<invalid url>'
+  }
+}
+
+function describe(err: unknown): string {
+  if (err instanceof SyntaxError) return 'response is not valid JSON'
+  if (err instanceof Error)
+    return err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timed out' : err.message
+  return String(err)
+}

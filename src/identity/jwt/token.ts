@@ -1,0 +1,54 @@
+// Reading a bearer JWT off a request without trusting it: the Authorization header grammar, a size cap, and the
+// unverified header/claims needed to pick an issuer. Nothing here verifies anything.
+import { decodeJwt, decodeProtectedHeader } from 'jose'
+
+/** Tokens larger than this are refused without parsing. */
+export const MAX_TOKEN_CHARS = 8 * 1024
+const MAX_ATTRIBUTE_CHARS = 256
+
+const BEARER_PREFIX = /^bearer/i
+// RFC 6750 §2.1: "Bearer" 1*SP b64token; we accept exactly one space and one token
+const BEARER = /^bearer ([A-Za-z0-9\-._~+/]+=*)$/i
+const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
+
+export type BearerToken = { token: string } | { malformed: string }
+
+/** undefined: no bearer credential at all (no header, or another scheme such as Basic). */
+export function bearerToken(authorization: string | undefined): BearerToken | undefined {
+  if (!authorization || !BEARER_PREFIX.test(authorization)) return undefined
+  if (authorization.length > MAX_TOKEN_CHARS + 7)
+    return { malformed: `token longer than ${MAX_TOKEN_CHARS} bytes` }
+  const m = BEARER.exec(authorization)
+  if (!m) return { malformed: 'expected "Bearer <token>" with exactly one space and one token' }
+  const token = m[1]!
+  if (!JWS_COMPACT.test(token))
+    return { malformed: 'bearer token is not a compact JWS (header.payload.signature)' }
+  return { token }
+}
+
+export interface UnverifiedToken {
+  header: Readonly<Record<string, unknown>>
+  claims: Readonly<Record<string, unknown>>
+}
+
+/** Decodes header and claims without verifying; a string is the reason it could not. */
+export function peekToken(token: string): UnverifiedToken | string {
+  try {
+    return { header: decodeProtectedHeader(token), claims: decodeJwt(token) }
+  } catch {
+    return 'header or payload is not base64url-encoded JSON'
+  }
+}
+
+/** Unverified iss/sub/kid, safe to keep as evidence on a failure (never the token itself). */
+export function safeAttributes(t: UnverifiedToken | undefined): Record<string, string> | undefined {
+  if (!t) return undefined
+  const out: Record<string, string> = {}
+  const put = (key: string, v: unknown) => {
+    if (typeof v === 'string' && v.length > 0) out[key] = v.slice(0, MAX_ATTRIBUTE_CHARS)
+  }
+  put('iss', t.claims['iss'])
+  put('sub', t.claims['sub'])
+  put('kid', t.header['kid'])
+  return Object.keys(out).length > 0 ? out : undefined
+}

@@ -1,0 +1,294 @@
+// Built-in IdP knowledge (SPEC §5): how each identity provider's verified claims name a workload or a person.
+// Used for tokens no identity rule matched. Names are stable (built from immutable ids, never from display names).
+import type { JwtEvidence, Kind } from '../types.ts'
+
+export const PROFILE_NAMES = [
+  'kubernetes',
+  'github-actions',
+  'auth0',
+  'azure-ad',
+  'okta',
+  'keycloak',
+  'google',
+  'spiffe',
+  'generic',
+] as const
+export type ProfileName = (typeof PROFILE_NAMES)[number]
+
+export interface ProfileIdentity {
+  name: string
+  kind: Kind
+  attributes: Record<string, string>
+  /** unix seconds; kubernetes warnafter counts as expiry */
+  expiresAt?: number
+  /** "builtin:profile:<name>" */
+  rule: string
+}
+
+type Claims = Readonly<Record<string, unknown>>
+interface Classified {
+  name: string
+  kind: Kind
+  attributes?: Record<string, string | undefined>
+  expiresAt?: number
+}
+/** undefined: the token does not have this IdP's shape, fall back to generic */
+type Profile = (claims: Claims, jwt: JwtEvidence) => Classified | undefined
+
+const GITHUB_ISSUER = 'https://token.actions.githubusercontent.com'
+const K8S_SUB = /^system:serviceaccount:([^:]+):([^:]+)$/
+const GOOGLE_SERVICE_ACCOUNT = /@[a-z0-9.-]*gserviceaccount\.com$/
+const SPIFFE_ID = /^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/
+const KEYCLOAK_SERVICE_ACCOUNT = 'service-account-'
+
+function str(claims: Claims | undefined, key: string): string | undefined {
+  const v = claims?.[key]
+  if (typeof v === 'string') return v.length > 0 ? v : undefined
+  if (typeof v === 'number' && Number.isFinite(v)) return String(v)
+  return undefined
+}
+
+function num(claims: Claims | undefined, key: string): number | undefined {
+  const v = claims?.[key]
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined
+}
+
+function obj(claims: Claims | undefined, key: string): Claims | undefined {
+  const v = claims?.[key]
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Claims) : undefined
+}
+
+function list(claims: Claims, key: string): string | undefined {
+  const v = claims[key]
+  if (Array.isArray(v)) {
+    const items = v.filter((x): x is string => typeof x === 'string')
+    return items.length > 0 ? items.join(',') : undefined
+  }
+  return str(claims, key)
+}
+
+function issuerHost(iss: string): string {
+  try {
+    return new URL(iss).host || iss
+  } catch {
+    return iss
+  }
+}
+
+function clientId(claims: Claims): string | undefined {
+  return str(claims, 'client_id') ?? str(claims, 'cid') ?? str(claims, 'appid') ?? str(claims, 'clientId')
+}
+
+/** markers that a token was issued to an application (OAuth client credentials), not a person */
+function isClientCredentials(claims: Claims): boolean {
+  const sub = str(claims, 'sub')
+  const cid = clientId(claims)
+  return (
+    str(claims, 'gty') === 'client-credentials' ||
+    str(claims, 'grant_type') === 'client_credentials' ||
+    str(claims, 'idtyp') === 'app' ||
+    (sub !== undefined && (sub.endsWith('@clients') || sub === cid)) ||
+    (str(claims, 'preferred_username')?.startsWith(KEYCLOAK_SERVICE_ACCOUNT) ?? false) ||
+    GOOGLE_SERVICE_ACCOUNT.test(str(claims, 'email') ?? '')
+  )
+}
+
+function looksLikePerson(claims: Claims): boolean {
+  if (isClientCredentials(claims)) return false
+  return ['email', 'preferred_username', 'upn', 'unique_name', 'given_name', 'family_name'].some(
+    (k) => str(claims, k) !== undefined,
+  )
+}
+
+function personAttributes(claims: Claims): Record<string, string | undefined> {
+  return {
+    email: str(claims, 'email'),
+    preferred_username: str(claims, 'preferred_username'),
+  }
+}
+
+function genericName(claims: Claims, jwt: JwtEvidence): string {
+  const host = issuerHost(jwt.issuer)
+  const id = str(claims, 'sub') ?? clientId(claims)
+  return id ? `${host}/${id}` : host
+}
+
+/** a person, named by the stable subject id (display names and emails change; they go to attributes) */
+function person(claims: Claims, jwt: JwtEvidence): Classified {
+  return { name: genericName(claims, jwt), kind: 'human', attributes: personAttributes(claims) }
+}
+
+const generic: Profile = (claims, jwt) =>
+  looksLikePerson(claims) ? person(claims, jwt) : { name: genericName(claims, jwt), kind: 'service' }
+
+const kubernetes: Profile = (claims) => {
+  const k8s = obj(claims, 'kubernetes.io')
+  const fromSub = K8S_SUB.exec(str(claims, 'sub') ?? '')
+  const ns = str(k8s, 'namespace') ?? fromSub?.[1]
+  const sa = str(obj(k8s, 'serviceaccount'), 'name') ?? fromSub?.[2]
+  if (!ns || !sa) return undefined
+  const warnafter = num(k8s, 'warnafter')
+  const exp = num(claims, 'exp')
+  const expiresAt =
+    warnafter !== undefined && exp !== undefined ? Math.min(warnafter, exp) : (warnafter ?? exp)
+  return {
+    name: `${ns}/${sa}`,
+    kind: 'service',
+    attributes: {
+      ns,
+      sa,
+      sa_uid: str(obj(k8s, 'serviceaccount'), 'uid'),
+      pod: str(obj(k8s, 'pod'), 'name'),
+      pod_uid: str(obj(k8s, 'pod'), 'uid'),
+      node: str(obj(k8s, 'node'), 'name'),
+    },
+    ...(expiresAt !== undefined ? { expiresAt } : {}),
+  }
+}
+
+const githubActions: Profile = (claims) => {
+  const repository = str(claims, 'repository')
+  if (!repository) return undefined
+  const attributes: Record<string, string | undefined> = {}
+  for (const k of [
+    'repository',
+    'repository_owner',
+    'workflow',
+    'workflow_ref',
+    'job_workflow_ref',
+    'ref',
+    'ref_type',
+    'sha',
+    'run_id',
+    'run_attempt',
+    'actor',
+    'event_name',
+    'environment',
+    'runner_environment',
+  ]) {
+    attributes[k] = str(claims, k)
+  }
+  return { name: `github/${repository}`, kind: 'job', attributes }
+}
+
+const auth0: Profile = (claims, jwt) => {
+  const sub = str(claims, 'sub') ?? ''
+  // user access tokens: sub "<connection>|<user id>", usually without email
+  if (str(claims, 'gty') !== 'client-credentials' && !sub.endsWith('@clients')) return person(claims, jwt)
+  const id = str(claims, 'azp') ?? (sub.endsWith('@clients') ? sub.slice(0, -'@clients'.length) : sub)
+  if (!id) return undefined
+  return { name: id, kind: 'service', attributes: { scope: str(claims, 'scope') } }
+}
+
+const azureAd: Profile = (claims, jwt) => {
+  const idtyp = str(claims, 'idtyp')
+  const scp = str(claims, 'scp')
+  const user =
+    idtyp === 'user' || (idtyp !== 'app' && (str(claims, 'upn') ?? str(claims, 'preferred_username') ?? scp))
+  const tenant = { tid: str(claims, 'tid'), oid: str(claims, 'oid') }
+  if (user)
+    return {
+      ...person(claims, jwt),
+      attributes: { ...personAttributes(claims), ...tenant, upn: str(claims, 'upn') },
+    }
+  const app = idtyp === 'app' || Array.isArray(claims['roles'])
+  const id = str(claims, 'azp') ?? str(claims, 'appid')
+  if (!app || !id) return undefined
+  return { name: id, kind: 'service', attributes: { ...tenant, appid: id, roles: list(claims, 'roles') } }
+}
+
+const okta: Profile = (claims, jwt) => {
+  const cid = str(claims, 'cid')
+  const sub = str(claims, 'sub')
+  // user access tokens: sub is the login, uid the user id
+  if (!cid || sub !== cid)
+    return { ...person(claims, jwt), attributes: { ...personAttributes(claims), uid: str(claims, 'uid') } }
+  return { name: cid, kind: 'service', attributes: { scp: list(claims, 'scp') } }
+}
+
+const keycloak: Profile = (claims, jwt) => {
+  const username = str(claims, 'preferred_username')
+  if (!username?.startsWith(KEYCLOAK_SERVICE_ACCOUNT)) return person(claims, jwt)
+  const id =
+    str(claims, 'client_id') ??
+    str(claims, 'clientId') ??
+    str(claims, 'azp') ??
+    username.slice(KEYCLOAK_SERVICE_ACCOUNT.length)
+  return { name: id, kind: 'service', attributes: { preferred_username: username } }
+}
+
+const google: Profile = (claims, jwt) => {
+  const email = str(claims, 'email')
+  if (!email || !GOOGLE_SERVICE_ACCOUNT.test(email)) return person(claims, jwt)
+  return { name: email, kind: 'service', attributes: { email } }
+}
+
+const spiffe: Profile = (claims) => {
+  const sub = str(claims, 'sub')
+  if (!sub || !SPIFFE_ID.test(sub) || /\/\.\.?(\/|$)/.test(sub)) return undefined
+  return { name: sub, kind: 'service', attributes: { spiffe_id: sub } }
+}
+
+const PROFILES: Record<ProfileName, Profile> = {
+  kubernetes,
+  'github-actions': githubActions,
+  auth0,
+  'azure-ad': azureAd,
+  okta,
+  keycloak,
+  google,
+  spiffe,
+  generic,
+}
+
+/** For issuers configured without a profile: recognise well-known IdPs by issuer and claim shape. */
+export function detectProfile(jwt: JwtEvidence): ProfileName {
+  const claims = jwt.claims
+  const iss = jwt.issuer
+  const host = issuerHost(iss)
+  const sub = str(claims, 'sub') ?? ''
+  if (obj(claims, 'kubernetes.io') || K8S_SUB.test(sub)) return 'kubernetes'
+  if (iss === GITHUB_ISSUER) return 'github-actions'
+  if (iss === 'https://accounts.google.com' || iss === 'accounts.google.com') return 'google'
+  if (host === 'login.microsoftonline.com' || host === 'sts.windows.net') return 'azure-ad'
+  if (sub.startsWith('spiffe://')) return 'spiffe'
+  if (host.endsWith('.auth0.com')) return 'auth0'
+  if (host.endsWith('.okta.com') || host.endsWith('.oktapreview.com')) return 'okta'
+  if (/\/realms\/[^/]+\/?$/.test(iss)) return 'keycloak'
+  return 'generic'
+}
+
+function isProfileName(p: string | undefined): p is ProfileName {
+  return p !== undefined && (PROFILE_NAMES as readonly string[]).includes(p)
+}
+
+/** Identity for a verified token that no identity rule matched. */
+export function profileIdentity(jwt: JwtEvidence): ProfileIdentity {
+  const claims = jwt.claims
+  const profile = isProfileName(jwt.profile) ? jwt.profile : detectProfile(jwt)
+  const specific = PROFILES[profile](claims, jwt)
+  const applied: ProfileName = specific ? profile : 'generic'
+  const result = specific ?? generic(claims, jwt)!
+
+  const attributes: Record<string, string> = {}
+  const common: Record<string, string | undefined> = {
+    iss: jwt.issuer,
+    sub: str(claims, 'sub'),
+    aud: list(claims, 'aud'),
+    client_id: clientId(claims),
+    azp: str(claims, 'azp'),
+    jti: str(claims, 'jti'),
+    ...result.attributes,
+  }
+  for (const [k, v] of Object.entries(common)) if (v !== undefined) attributes[k] = v
+
+  const identity: ProfileIdentity = {
+    name: result.name,
+    kind: result.kind,
+    attributes,
+    rule: `builtin:profile:${applied}`,
+  }
+  const expiresAt = result.expiresAt ?? jwt.exp
+  if (expiresAt !== undefined) identity.expiresAt = expiresAt
+  return identity
+}
