@@ -1,0 +1,259 @@
+// Checks the schema cannot express: CIDRs, patterns, captures, shadowed or duplicate rules, references to
+// issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
+
+import {
+  isUniversalPattern,
+  normalisePattern,
+  type PatternOptions,
+  patternCaptures,
+  patternError,
+  templateError,
+} from '../rules/pattern.ts'
+import { routeError } from '../rules/routes.ts'
+import { cidrError } from '../util/cidr.ts'
+import type { Severity } from './diagnostics.ts'
+import type { Config, MatchConfig } from './schema.ts'
+import type { Path } from './yaml-schema.ts'
+
+export interface SemanticIssue {
+  path: Path
+  /** point at the key rather than the value */
+  at?: 'key' | 'value'
+  message: string
+  hint?: string
+  severity: Severity
+}
+
+export const USER_AGENT_BUILTINS = ['builtin:bots', 'builtin:agents', 'builtin:browsers'] as const
+/** captures every rule can use when user-agent evidence is present */
+export const USER_AGENT_CAPTURES = ['bot', 'agent', 'product'] as const
+const SEGMENT: PatternOptions = { separator: '/' }
+
+/** Every pattern of a rule's match block with its config path and compile options. */
+export function matchPatterns(m: MatchConfig): { path: Path; pattern: string; opts?: PatternOptions }[] {
+  const out: { path: Path; pattern: string; opts?: PatternOptions }[] = []
+  if (m.spiffe !== undefined) out.push({ path: ['spiffe'], pattern: m.spiffe, opts: SEGMENT })
+  if (m.path !== undefined) out.push({ path: ['path'], pattern: m.path, opts: SEGMENT })
+  if (m.jwt?.issuer !== undefined) out.push({ path: ['jwt', 'issuer'], pattern: m.jwt.issuer })
+  for (const [claim, p] of Object.entries(m.jwt?.claims ?? {}))
+    out.push({ path: ['jwt', 'claims', claim], pattern: p })
+  if (m.cert?.subject !== undefined) out.push({ path: ['cert', 'subject'], pattern: m.cert.subject })
+  if (m.cert?.san !== undefined) out.push({ path: ['cert', 'san'], pattern: m.cert.san })
+  if (m.apiKey !== undefined) out.push({ path: ['apiKey'], pattern: m.apiKey })
+  for (const [name, p] of Object.entries(m.header ?? {})) out.push({ path: ['header', name], pattern: p })
+  if (m.userAgent !== undefined && !m.userAgent.startsWith('builtin:')) {
+    out.push({ path: ['userAgent'], pattern: m.userAgent, opts: { ignoreCase: true } })
+  }
+  return out
+}
+
+export function semanticCheck(config: Config): SemanticIssue[] {
+  const issues: SemanticIssue[] = []
+  const error = (path: Path, message: string, hint?: string, at?: 'key' | 'value') =>
+    issues.push({ path, message, hint, severity: 'error', at })
+  const warn = (path: Path, message: string, hint?: string, at?: 'key' | 'value') =>
+    issues.push({ path, message, hint, severity: 'warning', at })
+
+  config.forwardedClientCert.trustedProxies.forEach((c, i) => {
+    const e = cidrError(c)
+    if (e) error(['forwardedClientCert', 'trustedProxies', i], e, 'use e.g. 10.0.0.0/8 or 192.168.1.10')
+  })
+
+  config.jwt.issuers.forEach((iss, i) => {
+    if (!iss.jwksUri && !iss.jwksFile && !iss.discovery) {
+      error(
+        ['jwt', 'issuers', i],
+        `issuer "${iss.issuer}" has no key source`,
+        'set jwksUri, jwksFile or discovery: true',
+      )
+    }
+    const hs = (iss.algorithms ?? []).filter((a) => a.startsWith('HS'))
+    if (hs.length && !iss.secretFile) {
+      error(
+        ['jwt', 'issuers', i, 'algorithms'],
+        `${hs.join(', ')} need a shared secret`,
+        'set secretFile, or use an asymmetric algorithm',
+      )
+    }
+  })
+  const issuerNames = new Set(config.jwt.issuers.map((i) => i.issuer))
+  const keyNames = new Set(config.apiKeys.keys.map((k) => k.name))
+
+  config.metrics.routes.forEach((r, i) => {
+    const e = routeError(r)
+    if (e) error(['metrics', 'routes', i], e, 'e.g. /api/v1/orders/:id')
+  })
+
+  const ruleNames = new Map<string, number>()
+  config.identities.forEach((rule, i) => {
+    const base: Path = ['identities', i]
+    const m = rule.match
+    const defined = new Set<string>()
+    for (const { path, pattern, opts } of matchPatterns(m)) {
+      const e = patternError(pattern, opts)
+      if (e) error([...base, 'match', ...path], `invalid pattern "${pattern}": ${e}`)
+      else for (const c of patternCaptures(pattern)) defined.add(c)
+    }
+    if (
+      m.userAgent?.startsWith('builtin:') &&
+      !(USER_AGENT_BUILTINS as readonly string[]).includes(m.userAgent)
+    ) {
+      error(
+        [...base, 'match', 'userAgent'],
+        `unknown user-agent class "${m.userAgent}"`,
+        `one of: ${USER_AGENT_BUILTINS.join(', ')}`,
+      )
+    }
+    m.remoteAddr?.forEach((c, j) => {
+      const e = cidrError(c)
+      if (e) error([...base, 'match', 'remoteAddr', j], e, 'use e.g. 10.0.0.0/8 or 192.168.1.10')
+    })
+    for (const field of ['name', 'team', 'zone'] as const) {
+      const tpl = rule[field]
+      if (tpl === undefined) continue
+      const te = templateError(tpl)
+      if (te) {
+        error([...base, field], `invalid template "${tpl}": ${te}`)
+        continue
+      }
+      for (const c of patternCaptures(tpl.replaceAll('*', ''))) {
+        if (defined.has(c)) continue
+        if ((USER_AGENT_CAPTURES as readonly string[]).includes(c)) {
+          if (m.userAgent === undefined) {
+            warn(
+              [...base, field],
+              `{${c}} is only set when the request has a user agent`,
+              'add a userAgent condition to this rule',
+            )
+          }
+          continue
+        }
+        const known = [...defined, ...USER_AGENT_CAPTURES]
+        error(
+          [...base, field],
+          `{${c}} is not captured by any match pattern of this rule`,
+          `captures available: ${known.join(', ')}`,
+        )
+      }
+    }
+    if (
+      m.jwt?.issuer !== undefined &&
+      patternCaptures(m.jwt.issuer).length === 0 &&
+      !/\*/.test(m.jwt.issuer)
+    ) {
+      if (!issuerNames.has(m.jwt.issuer)) {
+        warn(
+          [...base, 'match', 'jwt', 'issuer'],
+          `issuer "${m.jwt.issuer}" is not configured in jwt.issuers`,
+          'tokens from it are never verified, so this rule cannot match',
+        )
+      }
+    }
+    if (m.apiKey !== undefined && patternCaptures(m.apiKey).length === 0 && !m.apiKey.includes('*')) {
+      if (!keyNames.has(m.apiKey)) {
+        error(
+          [...base, 'match', 'apiKey'],
+          `no api key named "${m.apiKey}" in apiKeys.keys`,
+          keyNames.size ? `configured: ${[...keyNames].join(', ')}` : undefined,
+        )
+      }
+    }
+    if (rule.rule !== undefined) {
+      const first = ruleNames.get(rule.rule)
+      if (first !== undefined)
+        error([...base, 'rule'], `duplicate rule name "${rule.rule}" (also identities[${first}])`)
+      else ruleNames.set(rule.rule, i)
+    }
+    for (let j = 0; j < i; j++) {
+      const earlier = config.identities[j]!
+      if (covers(earlier.match, m)) {
+        warn(
+          base,
+          `rule is unreachable: identities[${j}]${earlier.rule ? ` (${earlier.rule})` : ''} matches every request it does`,
+          'move the more specific rule first',
+          'value',
+        )
+        break
+      }
+    }
+  })
+
+  const policyNames = new Map<string, number>()
+  config.policy.rules.forEach((rule, i) => {
+    const base: Path = ['policy', 'rules', i]
+    const e = patternError(rule.route, SEGMENT)
+    if (e) error([...base, 'route'], `invalid route pattern "${rule.route}": ${e}`)
+    else if (!rule.route.startsWith('/'))
+      error([...base, 'route'], `route "${rule.route}" must start with "/"`)
+    rule.allow.forEach((a, j) => {
+      if (a.identity !== undefined) {
+        const ie = patternError(a.identity)
+        if (ie) error([...base, 'allow', j, 'identity'], `invalid identity pattern "${a.identity}": ${ie}`)
+      }
+    })
+    if (rule.name !== undefined) {
+      const first = policyNames.get(rule.name)
+      if (first !== undefined)
+        error([...base, 'name'], `duplicate policy rule name "${rule.name}" (also policy.rules[${first}])`)
+      else policyNames.set(rule.name, i)
+    }
+  })
+  if (config.policy.mode !== 'off' && config.policy.rules.length === 0) {
+    warn(
+      ['policy', 'mode'],
+      `policy mode is "${config.policy.mode}" but there are no policy rules`,
+      'everything is allowed',
+    )
+  }
+  return issues
+}
+
+// Shadowing: `a` covers `b` when every request matching `b` also matches `a`. Conservative: only conditions
+// that are identical (modulo capture names) or universal count as covering; anything else is "maybe not".
+function coversPattern(a: string | undefined, b: string | undefined, opts?: PatternOptions): boolean {
+  if (a === undefined) return true
+  if (b === undefined) return false
+  return normalisePattern(a) === normalisePattern(b) || isUniversalPattern(a, opts)
+}
+
+function coversRecord(a: Record<string, string> | undefined, b: Record<string, string> | undefined): boolean {
+  if (!a) return true
+  for (const [k, p] of Object.entries(a)) if (!coversPattern(p, b?.[k])) return false
+  return true
+}
+
+function methods(m: string | string[] | undefined): Set<string> | undefined {
+  if (m === undefined) return undefined
+  return new Set((Array.isArray(m) ? m : [m]).map((x) => x.toUpperCase()))
+}
+
+export function covers(a: MatchConfig, b: MatchConfig): boolean {
+  if (!coversPattern(a.spiffe, b.spiffe, SEGMENT)) return false
+  if (!coversPattern(a.path, b.path, SEGMENT)) return false
+  if (a.jwt) {
+    if (!b.jwt) return false
+    if (!coversPattern(a.jwt.issuer, b.jwt.issuer) || !coversRecord(a.jwt.claims, b.jwt.claims)) return false
+  }
+  if (a.cert) {
+    if (!b.cert) return false
+    if (!coversPattern(a.cert.subject, b.cert.subject) || !coversPattern(a.cert.san, b.cert.san)) return false
+    if (a.cert.sha256 !== undefined && a.cert.sha256.toLowerCase() !== b.cert.sha256?.toLowerCase())
+      return false
+  }
+  if (!coversPattern(a.apiKey, b.apiKey)) return false
+  if (!coversRecord(a.header, b.header)) return false
+  if (a.userAgent !== undefined && a.userAgent !== b.userAgent) return false
+  if (a.remoteAddr !== undefined) {
+    if (!b.remoteAddr) return false
+    const bs = new Set(b.remoteAddr)
+    if (!b.remoteAddr.every((c) => a.remoteAddr!.includes(c)) || bs.size === 0) return false
+  }
+  const am = methods(a.method)
+  if (am) {
+    const bm = methods(b.method)
+    if (!bm || ![...bm].every((x) => am.has(x))) return false
+  }
+  if (a.verified !== undefined && a.verified !== b.verified) return false
+  if (a.source !== undefined && a.source !== b.source) return false
+  return true
+}
