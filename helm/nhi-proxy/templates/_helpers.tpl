@@ -1,0 +1,187 @@
+{{/* Chart name, truncated to the 63 characters a DNS label allows. */}}
+{{- define "nhi-proxy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nhi-proxy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "nhi-proxy.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nhi-proxy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nhi-proxy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nhi-proxy.labels" -}}
+helm.sh/chart: {{ include "nhi-proxy.chart" . }}
+{{ include "nhi-proxy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "nhi-proxy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "nhi-proxy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "nhi-proxy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The `service` label of every metric. */}}
+{{- define "nhi-proxy.serviceName" -}}
+{{- if .Values.serviceName }}{{ .Values.serviceName }}
+{{- else if eq .Values.mode "sidecar" }}{{ .Values.app.name }}
+{{- else }}{{ include "nhi-proxy.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{- define "nhi-proxy.upstream" -}}
+{{- if eq .Values.mode "sidecar" }}
+{{- printf "http://127.0.0.1:%d" (int .Values.app.port) }}
+{{- else }}
+{{- required "upstream is required in deployment mode (e.g. http://my-app.my-ns.svc:80)" .Values.upstream }}
+{{- end }}
+{{- end }}
+
+{{/*
+The config.yaml nhi-proxy reads: the `config` values with service, listeners, admin and upstream filled in
+from the chart values, so ports in the config always match the container and Service ports.
+*/}}
+{{- define "nhi-proxy.effectiveConfig" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- $listen := dict }}
+{{- if hasKey $cfg "listen" }}{{ $listen = deepCopy (get $cfg "listen") }}{{ end }}
+{{- $_ := set $listen "http" (printf "0.0.0.0:%d" (int .Values.ports.http)) }}
+{{- if hasKey $listen "https" }}
+{{- $_ := set (get $listen "https") "address" (printf "0.0.0.0:%d" (int .Values.ports.https)) }}
+{{- end }}
+{{- $_ := set $cfg "listen" $listen }}
+{{- $_ := set $cfg "admin" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
+{{- $_ := set $cfg "upstream" (include "nhi-proxy.upstream" .) }}
+{{- if not (hasKey $cfg "service") }}{{ $_ := set $cfg "service" (include "nhi-proxy.serviceName" .) }}{{ end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/*
+Checksum for the pod template. Hot reload applies everything except what is bound when the process starts
+(listeners, admin, upstream, limits, timeouts), so only those roll the pods unless rollOnAnyConfigChange.
+*/}}
+{{- define "nhi-proxy.configChecksum" -}}
+{{- $cfg := include "nhi-proxy.effectiveConfig" . | fromYaml }}
+{{- if .Values.rollOnAnyConfigChange }}
+{{- toYaml $cfg | sha256sum }}
+{{- else }}
+{{- pick $cfg "listen" "admin" "upstream" "limits" "timeouts" | toYaml | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* The nhi-proxy container, without restartPolicy (see nhi-proxy.sidecar). */}}
+{{- define "nhi-proxy.container" -}}
+name: nhi-proxy
+image: {{ include "nhi-proxy.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+args: [run, -c, /etc/nhi-proxy/config.yaml]
+ports:
+  - name: nhi-http
+    containerPort: {{ .Values.ports.http }}
+    protocol: TCP
+  {{- if and .Values.config (hasKey .Values.config "listen") (hasKey (.Values.config.listen | default dict) "https") }}
+  - name: nhi-https
+    containerPort: {{ .Values.ports.https }}
+    protocol: TCP
+  {{- end }}
+  - name: nhi-admin
+    containerPort: {{ .Values.ports.admin }}
+    protocol: TCP
+{{- with .Values.probes }}
+startupProbe:
+  httpGet: { path: {{ .startup.path }}, port: nhi-admin }
+  periodSeconds: {{ .startup.periodSeconds }}
+  timeoutSeconds: {{ .startup.timeoutSeconds }}
+  failureThreshold: {{ .startup.failureThreshold }}
+livenessProbe:
+  httpGet: { path: {{ .liveness.path }}, port: nhi-admin }
+  periodSeconds: {{ .liveness.periodSeconds }}
+  timeoutSeconds: {{ .liveness.timeoutSeconds }}
+  failureThreshold: {{ .liveness.failureThreshold }}
+readinessProbe:
+  httpGet: { path: {{ .readiness.path }}, port: nhi-admin }
+  periodSeconds: {{ .readiness.periodSeconds }}
+  timeoutSeconds: {{ .readiness.timeoutSeconds }}
+  failureThreshold: {{ .readiness.failureThreshold }}
+{{- end }}
+resources:
+  {{- toYaml .Values.resources | nindent 2 }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: nhi-proxy-config
+    mountPath: /etc/nhi-proxy
+    readOnly: true
+  - name: nhi-proxy-tmp
+    mountPath: /tmp
+  {{- if .Values.kubeApiAccess.enabled }}
+  - name: nhi-proxy-kube-api
+    mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+    readOnly: true
+  {{- end }}
+{{- end }}
+
+{{/*
+nhi-proxy as a native sidecar: one list item for a pod's initContainers (Kubernetes >= 1.29). It starts
+before the app, is "started" once /healthz answers (startupProbe), and stops after the app.
+Usage in a pod spec:   initContainers:
+                         {{- include "nhi-proxy.sidecar" . | nindent 8 }}
+together with "nhi-proxy.sidecarVolumes" under volumes.
+*/}}
+{{- define "nhi-proxy.sidecar" -}}
+- restartPolicy: Always
+  {{- include "nhi-proxy.container" . | nindent 2 }}
+{{- end }}
+
+{{/* Volumes the nhi-proxy container mounts: list items for a pod's volumes. */}}
+{{- define "nhi-proxy.sidecarVolumes" -}}
+- name: nhi-proxy-config
+  configMap:
+    name: {{ include "nhi-proxy.fullname" . }}
+- name: nhi-proxy-tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if .Values.kubeApiAccess.enabled }}
+- name: nhi-proxy-kube-api
+  projected:
+    defaultMode: {{ .Values.kubeApiAccess.defaultMode }}
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: {{ .Values.kubeApiAccess.expirationSeconds }}
+          {{- with .Values.kubeApiAccess.audience }}
+          audience: {{ . | quote }}
+          {{- end }}
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - { key: ca.crt, path: ca.crt }
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef: { fieldPath: metadata.namespace }
+{{- end }}
+{{- end }}
