@@ -1,0 +1,275 @@
+// The sidecar end to end over real sockets: JWKS over HTTP with a key rotation, mTLS with SPIFFE certs
+// generated here, spoofing, the cardinality guard, and an upstream that dies and comes back.
+import { request as httpsRequest } from 'node:https'
+import pino from 'pino'
+import t from 'tap'
+import { Agent, request } from 'undici'
+import { configSchema } from '../src/config/schema.ts'
+import { startSidecar } from '../src/runtime.ts'
+import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
+import { metricValue, scrape, seriesCount } from './helpers/metrics.ts'
+import { createCA, issueCert } from './helpers/pki.ts'
+import { startUpstream } from './helpers/upstream.ts'
+
+const silent = pino({ level: 'silent' })
+const ISSUER = 'https://idp.test.example'
+
+t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream death', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key1 = await createSigningKey('k1')
+  const jwks = await startJwksServer([key1])
+  t.teardown(() => jwks.close())
+  const config = configSchema.parse({
+    service: 'orders',
+    listen: { http: '127.0.0.1:0' },
+    admin: '127.0.0.1:0',
+    upstream: upstream.url,
+    audit: { output: 'off' },
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
+    identities: [
+      {
+        name: 'svc/{client}',
+        kind: 'service',
+        match: { jwt: { issuer: ISSUER, claims: { azp: '{client}' } } },
+      },
+    ],
+    metrics: { routes: ['/echo', '/orders/:id'] },
+  })
+  const sidecar = await startSidecar({ config, log: silent })
+  t.teardown(() => sidecar.close())
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+
+  const call = async (headers: Record<string, string>, path = '/echo') => {
+    const res = await fetch(`${proxy}${path}`, { headers })
+    const text = await res.text()
+    return {
+      status: res.status,
+      headers:
+        res.status === 200 && path === '/echo' ? (JSON.parse(text).headers as Record<string, string>) : {},
+    }
+  }
+
+  const token1 = await mintToken(
+    key1,
+    { azp: 'billing' },
+    { issuer: ISSUER, audience: 'orders', subject: 'billing' },
+  )
+  let r = await call({
+    authorization: `Bearer ${token1}`,
+    'x-nhi-identity': 'root',
+    'x-nhi-verified': 'true',
+  })
+  t.equal(r.headers['x-nhi-identity'], 'svc/billing', 'identity from the rule')
+  t.equal(r.headers['x-nhi-kind'], 'service')
+  t.equal(r.headers['x-nhi-source'], 'jwt')
+  t.equal(r.headers['x-nhi-verified'], 'true')
+  t.equal(r.headers['authorization'], `Bearer ${token1}`, 'Authorization forwarded unchanged')
+  t.match(r.headers['traceparent'], /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/, 'traceparent created')
+  t.ok(r.headers['x-request-id'], 'x-request-id created')
+
+  // spoofed identity headers never reach the upstream, whatever the credential
+  r = await call({
+    'x-nhi-identity': 'admin',
+    'x-nhi-kind': 'human',
+    'x-nhi-verified': 'true',
+    'user-agent': 'curl/8.5.0',
+  })
+  t.not(r.headers['x-nhi-identity'], 'admin', 'spoofed identity replaced')
+  t.equal(r.headers['x-nhi-verified'], 'false', 'spoofed verified flag replaced')
+  t.notOk(
+    upstream.received.some(
+      (x) => x.headers['x-nhi-identity'] === 'admin' || x.headers['x-nhi-identity'] === 'root',
+    ),
+  )
+
+  // rotate: the IdP now signs with k2 only; the proxy must refetch on the unknown kid, no restart
+  const key2 = await createSigningKey('k2')
+  jwks.setKeys([key2])
+  const token2 = await mintToken(
+    key2,
+    { azp: 'shipping' },
+    { issuer: ISSUER, audience: 'orders', subject: 'shipping' },
+  )
+  r = await call({ authorization: `Bearer ${token2}` })
+  t.equal(r.headers['x-nhi-identity'], 'svc/shipping', 'rotated key verified without restart')
+  t.equal(r.headers['x-nhi-verified'], 'true')
+
+  // failure reasons, each counted with its label
+  const expired = await mintToken(
+    key2,
+    { azp: 'old' },
+    { issuer: ISSUER, audience: 'orders', expiresIn: -3600 },
+  )
+  const wrongAud = await mintToken(key2, { azp: 'x' }, { issuer: ISSUER, audience: 'someone-else' })
+  const rogue = await createSigningKey('k2') // same kid, different key → bad signature
+  const forged = await mintToken(rogue, { azp: 'x' }, { issuer: ISSUER, audience: 'orders' })
+  for (const [token, reason] of [
+    [expired, 'expired'],
+    [wrongAud, 'wrong_audience'],
+    [forged, 'bad_signature'],
+    ['not.a.jwt', 'malformed'],
+  ] as const) {
+    r = await call({ authorization: `Bearer ${token}` })
+    t.equal(r.status, 200, `${reason}: attributed, still forwarded (onInvalid: attribute)`)
+    t.equal(r.headers['x-nhi-verified'], 'false', `${reason}: not verified`)
+  }
+  let m = await scrape(admin)
+  for (const reason of ['expired', 'wrong_audience', 'bad_signature', 'malformed']) {
+    t.equal(
+      metricValue(m, 'nhi_auth_failures_total', { source: 'jwt', reason, service: 'orders' }),
+      1,
+      `one ${reason} failure`,
+    )
+  }
+  t.ok(
+    metricValue(m, 'nhi_requests_total', {
+      identity: 'svc/billing',
+      kind: 'service',
+      verified: 'true',
+      route: '/echo',
+      code: '200',
+    }) >= 1,
+  )
+  t.ok(metricValue(m, 'nhi_jwks_refresh_total', { result: 'success' }) >= 2, 'JWKS refreshed on rotation')
+
+  // upstream killed mid-test → 502 counted; proxy keeps serving after it returns
+  const port = upstream.port
+  await upstream.close()
+  r = await call({ authorization: `Bearer ${token2}` })
+  t.equal(r.status, 502, 'upstream down → 502')
+  m = await scrape(admin)
+  t.ok(metricValue(m, 'nhi_upstream_errors_total', { reason: 'connect' }) >= 1, 'connect error counted')
+  const again = await startUpstream(port)
+  t.teardown(() => again.close())
+  r = await call({ authorization: `Bearer ${token2}` })
+  t.equal(r.status, 200, 'proxy serves again once the upstream is back')
+})
+
+t.test('cardinality guard: 10,000 identities with maxIdentities 100', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const config = configSchema.parse({
+    listen: { http: '127.0.0.1:0' },
+    admin: '127.0.0.1:0',
+    upstream: upstream.url,
+    audit: { output: 'off' },
+    identities: [{ name: 'user-{id}', kind: 'service', match: { header: { 'x-user': '{id}' } } }],
+    metrics: { maxIdentities: 100 },
+  })
+  const sidecar = await startSidecar({ config, log: silent })
+  t.teardown(() => sidecar.close())
+  const agent = new Agent({ connections: 16 })
+  t.teardown(() => agent.close())
+  const base = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  let next = 0
+  const worker = async () => {
+    while (next < 10_000) {
+      const i = next++
+      const res = await request(`${base}/x/${i}`, { headers: { 'x-user': `u${i}` }, dispatcher: agent })
+      await res.body.dump()
+    }
+  }
+  await Promise.all(Array.from({ length: 16 }, worker))
+  const m = await scrape(`http://127.0.0.1:${sidecar.adminAddress.port}`)
+  const identities = new Set(
+    m.filter((s) => s.name === 'nhi_requests_total').map((s) => s.labels['identity']),
+  )
+  t.ok(identities.size <= 101, `at most 101 identity label values (got ${identities.size})`)
+  t.ok(identities.has('__overflow__'), 'overflow identity present')
+  t.equal(metricValue(m, 'nhi_identity_overflow_total'), 9900, 'every overflowed request counted')
+  t.equal(metricValue(m, 'nhi_requests_total'), 10_000, 'every request counted')
+  t.equal(
+    metricValue(m, 'nhi_requests_total', { route: 'other' }),
+    10_000,
+    'unmatched paths share route "other"',
+  )
+  t.ok(seriesCount(m, 'nhi_identity_last_seen_timestamp_seconds') <= 101)
+})
+
+t.test('mTLS listener: SPIFFE identity, untrusted CA and expired cert counted', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const serverCa = await createCA('srv-ca')
+  const serverCert = await issueCert(serverCa, { cn: 'localhost', dnsSans: ['localhost'], server: true })
+  const clientCa = await createCA('client-ca')
+  const workload = await issueCert(clientCa, { uriSans: ['spiffe://cluster.local/ns/payments/sa/api'] })
+  const expiredCert = await issueCert(clientCa, {
+    uriSans: ['spiffe://cluster.local/ns/old/sa/job'],
+    days: -1,
+  })
+  const rogueCa = await createCA('rogue-ca')
+  const rogue = await issueCert(rogueCa, { uriSans: ['spiffe://cluster.local/ns/payments/sa/api'] })
+
+  const config = configSchema.parse({
+    listen: {
+      http: '127.0.0.1:0',
+      https: {
+        address: '127.0.0.1:0',
+        cert: serverCert.certFile,
+        key: serverCert.keyFile,
+        clientCA: clientCa.certFile,
+      },
+    },
+    admin: '127.0.0.1:0',
+    upstream: upstream.url,
+    audit: { output: 'off' },
+    identities: [
+      { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
+    ],
+  })
+  const sidecar = await startSidecar({ config, log: silent })
+  t.teardown(() => sidecar.close())
+  const port = sidecar.httpsAddress!.port
+
+  const get = (client?: { certPem: string; keyPem: string }) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpsRequest(
+        {
+          host: '127.0.0.1',
+          port,
+          path: '/echo',
+          servername: 'localhost',
+          ca: serverCa.certPem,
+          cert: client?.certPem,
+          key: client?.keyPem,
+          agent: false,
+        },
+        (res) => {
+          let body = ''
+          res.on('data', (c) => {
+            body += c
+          })
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+        },
+      )
+      req.on('error', reject)
+      req.end()
+    })
+
+  const ok = await get(workload)
+  t.equal(ok.status, 200)
+  const headers = JSON.parse(ok.body).headers as Record<string, string>
+  t.equal(headers['x-nhi-identity'], 'payments/api')
+  t.equal(headers['x-nhi-source'], 'mtls')
+  t.equal(headers['x-nhi-verified'], 'true')
+  t.equal(headers['x-forwarded-proto'], 'https')
+
+  const untrusted = await get(rogue)
+  t.equal(
+    JSON.parse(untrusted.body).headers['x-nhi-verified'],
+    'false',
+    'untrusted CA: not verified (optional mode)',
+  )
+  const old = await get(expiredCert)
+  t.equal(JSON.parse(old.body).headers['x-nhi-verified'], 'false', 'expired cert: not verified')
+
+  const m = await scrape(`http://127.0.0.1:${sidecar.adminAddress.port}`)
+  t.equal(metricValue(m, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_untrusted' }), 1)
+  t.equal(metricValue(m, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_expired' }), 1)
+  t.ok(
+    metricValue(m, 'nhi_credential_expiry_timestamp_seconds', { identity: 'payments/api', source: 'mtls' }) >
+      Date.now() / 1000,
+  )
+})

@@ -1,0 +1,52 @@
+// `nhi-proxy demo` end to end: it starts from nothing, prints its URLs, and its traffic shows every kind of
+// caller, verified and unverified sources, and every anomaly type.
+import t from 'tap'
+import { ANOMALY_TYPES } from '../src/types.ts'
+import { metricValue, scrape } from './helpers/metrics.ts'
+import { spawnCli } from './helpers/sidecar.ts'
+
+t.test('demo shows every kind, source and anomaly', async (t) => {
+  const demo = spawnCli([
+    'demo',
+    '--listen',
+    '127.0.0.1:0',
+    '--https',
+    '127.0.0.1:0',
+    '--admin',
+    '127.0.0.1:0',
+    '--rate',
+    '40',
+  ])
+  t.teardown(() => demo.kill('SIGKILL'))
+  const metricsLine = await demo.waitFor(/metrics\s+(http:\/\/127\.0\.0\.1:\d+)\/metrics/, 30_000)
+  await demo.waitFor(/live view\s+http:\/\/127\.0\.0\.1:\d+\/ui/)
+  const admin = metricsLine[1]!
+  await new Promise((r) => setTimeout(r, 1500))
+  const m = await scrape(admin)
+  for (const kind of ['human', 'service', 'job', 'bot', 'agent']) {
+    t.ok(metricValue(m, 'nhi_requests_total', { kind }) > 0, `kind ${kind} has traffic`)
+  }
+  for (const source of ['mtls', 'xfcc', 'jwt', 'apikey', 'useragent']) {
+    t.ok(metricValue(m, 'nhi_requests_total', { source }) > 0, `source ${source} has traffic`)
+  }
+  for (const type of ANOMALY_TYPES) {
+    t.ok(metricValue(m, 'nhi_credential_anomalies_total', { type }) > 0, `anomaly ${type} provoked`)
+  }
+  for (const identity of [
+    'payments/api',
+    'orders/worker',
+    'inventory/sync',
+    'ci/nightly-etl',
+    'billing-export',
+  ]) {
+    t.ok(metricValue(m, 'nhi_requests_total', { identity }) > 0, `identity ${identity} seen`)
+  }
+  t.ok(
+    metricValue(m, 'nhi_policy_decisions_total', { decision: 'would_deny' }) > 0,
+    'observe mode records would_deny',
+  )
+  const ids = (await (await fetch(`${admin}/identities`)).json()) as unknown
+  t.ok(JSON.stringify(ids).includes('payments/api'), '/identities lists the demo services')
+  demo.kill('SIGTERM')
+  t.equal(await demo.exited, 0, 'demo exits 0 on SIGTERM')
+})
