@@ -1,0 +1,94 @@
+// Policy (SPEC §4): off | observe (record would_deny) | enforce (403). First policy rule whose route and
+// method match decides; a request is allowed when any of its allow matchers matches the identity.
+import type { Config } from '../config/schema.ts'
+import { type CompiledPattern, compilePattern } from '../rules/pattern.ts'
+import type { Identity, Kind, PolicyDecision, RequestInfo } from '../types.ts'
+
+export type PolicyMode = Config['policy']['mode']
+
+export interface Policy {
+  readonly mode: PolicyMode
+  decide(identity: Identity, req: RequestInfo): PolicyDecision
+}
+
+interface AllowMatcher {
+  identity?: CompiledPattern
+  kind?: Kind
+  team?: string
+  verified?: boolean
+}
+
+interface CompiledPolicyRule {
+  label: string
+  route: CompiledPattern
+  methods?: ReadonlySet<string>
+  allow: AllowMatcher[]
+  /** decisions are constant per rule and mode, so they are allocated once */
+  allowed: PolicyDecision
+  denied: PolicyDecision
+}
+
+const OFF: PolicyDecision = Object.freeze({ decision: 'allow', rule: 'off', skipped: true })
+const DEFAULT_ALLOW: PolicyDecision = Object.freeze({ decision: 'allow', rule: 'default' })
+
+function allows(m: AllowMatcher, id: Identity): boolean {
+  if (m.kind !== undefined && id.kind !== m.kind) return false
+  if (m.team !== undefined && id.team !== m.team) return false
+  if (m.verified !== undefined && id.verified !== m.verified) return false
+  if (m.identity && !m.identity.match(id.name)) return false
+  return true
+}
+
+export function compilePolicy(cfg: Config['policy']): Policy {
+  const mode = cfg.mode
+  if (mode === 'off') return { mode, decide: () => OFF }
+  const denyDecision = mode === 'enforce' ? 'deny' : 'would_deny'
+  const rules: CompiledPolicyRule[] = cfg.rules.map((r) => {
+    const label = r.name ?? r.route
+    const rule: CompiledPolicyRule = {
+      label,
+      route: compilePattern(r.route, { separator: '/' }),
+      allow: r.allow.map((a) => {
+        const m: AllowMatcher = {}
+        if (a.identity !== undefined) m.identity = compilePattern(a.identity)
+        if (a.kind !== undefined) m.kind = a.kind
+        if (a.team !== undefined) m.team = a.team
+        if (a.verified !== undefined) m.verified = a.verified
+        return m
+      }),
+      allowed: Object.freeze({ decision: 'allow', rule: label }),
+      denied: Object.freeze({ decision: denyDecision, rule: label }),
+    }
+    if (r.methods?.length) rule.methods = new Set(r.methods.map((x) => x.toUpperCase()))
+    return rule
+  })
+  return {
+    mode,
+    decide(identity, req) {
+      for (const rule of rules) {
+        if (rule.methods && !rule.methods.has(req.method.toUpperCase())) continue
+        if (!rule.route.match(req.path)) continue
+        for (const m of rule.allow) if (allows(m, identity)) return rule.allowed
+        return rule.denied
+      }
+      return DEFAULT_ALLOW
+    },
+  }
+}
+
+export interface DenyResponse {
+  status: number
+  body: string
+  headers: Record<string, string>
+}
+
+const DENY_HEADERS = Object.freeze({ 'content-type': 'application/json' }) as Record<string, string>
+
+/** 403 body for enforce mode; names the identity and rule so a caller can tell why, never a credential. */
+export function denyResponse(identity: Identity, decision: PolicyDecision): DenyResponse {
+  return {
+    status: 403,
+    body: JSON.stringify({ error: 'forbidden', identity: identity.name, rule: decision.rule }),
+    headers: DENY_HEADERS,
+  }
+}
