@@ -1,0 +1,298 @@
+// Browser code of the live view (plain ES2020, no framework, no external assets). It polls /identities
+// every 2 s, follows /events over SSE and fetches /audit when an event is clicked.
+export const UI_SCRIPT = `
+'use strict';
+(function () {
+  var KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'];
+  var MACHINE = { service: true, job: true, bot: true, agent: true };
+  var HISTORY = 150; // 5 minutes at one sample every 2 s
+  var MAX_EVENTS = 200;
+  var state = { rows: [], edges: [], currency: 'USD', sortKey: 'rps', sortDir: -1, search: '', history: [], selected: null };
+  var $ = function (id) { return document.getElementById(id); };
+
+  function esc(v) {
+    return String(v == null ? '' : v).replace(/[&<>"']/g, function (c) {
+      return { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c];
+    });
+  }
+  function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+  function fmtNum(n, d) { return n == null ? '' : Number(n).toFixed(d == null ? 1 : d); }
+  function fmtBytes(n) {
+    if (!n) return '0 B';
+    var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
+    while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : n) + ' ' + u[i];
+  }
+  function fmtCost(n) {
+    if (!n) return '';
+    return (n < 0.01 ? n.toPrecision(2) : n.toFixed(2)) + ' ' + state.currency;
+  }
+  function fmtRel(iso) {
+    if (!iso) return '';
+    var s = (Date.parse(iso) - Date.now()) / 1000, a = Math.abs(s), t;
+    if (a < 60) t = Math.round(a) + 's';
+    else if (a < 3600) t = Math.round(a / 60) + 'm';
+    else if (a < 172800) t = Math.round(a / 3600) + 'h';
+    else t = Math.round(a / 86400) + 'd';
+    return s < 0 ? t + ' ago' : 'in ' + t;
+  }
+  function kindBadge(k) { return '<span class="badge kind-' + esc(k) + '">' + esc(k) + '</span>'; }
+
+  // ---- header stats
+  function renderStats(view) {
+    var human = 0, machine = 0, total = view.totals.rps || 0, errors = 0, requests = 0;
+    view.identities.forEach(function (r) {
+      if (r.kind === 'human') human += r.rps; else if (MACHINE[r.kind]) machine += r.rps;
+      errors += r.errors; requests += r.requests;
+    });
+    $('stat-identities').textContent = view.tracked + ' / ' + view.maxIdentities;
+    $('stat-rps').textContent = fmtNum(total, 1);
+    $('stat-human').textContent = total ? Math.round((human / total) * 100) + '%' : '–';
+    $('stat-machine').textContent = total ? Math.round((machine / total) * 100) + '%' : '–';
+    $('stat-errors').textContent = requests ? fmtNum((errors / requests) * 100, 1) + '%' : '–';
+  }
+
+  // ---- human vs machine split (stacked area of req/s by kind)
+  function pushHistory(view) {
+    var sample = { t: Date.now() };
+    KINDS.forEach(function (k) { sample[k] = (view.totals.byKind[k] && view.totals.byKind[k].rps) || 0; });
+    state.history.push(sample);
+    if (state.history.length > HISTORY) state.history.shift();
+  }
+  function renderLegend() {
+    var last = state.history[state.history.length - 1] || {};
+    var html = KINDS.map(function (k) {
+      return '<span><i class="swatch" style="background:var(--' + k + ')"></i>' + k + ' <b>' + fmtNum(last[k] || 0, 1) + '</b></span>';
+    }).join('');
+    $('split-legend').innerHTML = html + '<span class="muted">req/s, last 5 min</span>';
+  }
+  function renderChart() {
+    var canvas = $('split-canvas');
+    var dpr = window.devicePixelRatio || 1;
+    var w = canvas.clientWidth, h = canvas.clientHeight;
+    if (!w || !h) return;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+    }
+    var ctx = canvas.getContext('2d');
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    var pad = { l: 34, r: 6, t: 6, b: 16 };
+    var data = state.history, max = 0;
+    data.forEach(function (s) { var sum = 0; KINDS.forEach(function (k) { sum += s[k]; }); if (sum > max) max = sum; });
+    max = max > 0 ? niceCeil(max) : 1;
+    var x = function (i) { return pad.l + ((w - pad.l - pad.r) * (i + HISTORY - data.length)) / (HISTORY - 1); };
+    var y = function (v) { return h - pad.b - ((h - pad.t - pad.b) * v) / max; };
+    ctx.strokeStyle = cssVar('--border'); ctx.fillStyle = cssVar('--muted'); ctx.lineWidth = 1;
+    ctx.font = '10px system-ui, sans-serif'; ctx.textAlign = 'right'; ctx.textBaseline = 'middle';
+    for (var g = 0; g <= 4; g++) {
+      var gv = (max * g) / 4, gy = Math.round(y(gv)) + 0.5;
+      ctx.beginPath(); ctx.moveTo(pad.l, gy); ctx.lineTo(w - pad.r, gy); ctx.stroke();
+      ctx.fillText(gv >= 10 ? Math.round(gv) : gv.toFixed(1), pad.l - 4, gy);
+    }
+    ctx.textAlign = 'left'; ctx.textBaseline = 'alphabetic';
+    ctx.fillText('-5m', pad.l, h - 3); ctx.textAlign = 'right'; ctx.fillText('now', w - pad.r, h - 3);
+    if (data.length < 2) return;
+    var base = data.map(function () { return 0; });
+    KINDS.forEach(function (k) {
+      var top = data.map(function (s, i) { return base[i] + s[k]; });
+      ctx.beginPath();
+      top.forEach(function (v, i) { if (i) ctx.lineTo(x(i), y(v)); else ctx.moveTo(x(i), y(v)); });
+      for (var i = data.length - 1; i >= 0; i--) ctx.lineTo(x(i), y(base[i]));
+      ctx.closePath();
+      ctx.globalAlpha = 0.75; ctx.fillStyle = cssVar('--' + k); ctx.fill(); ctx.globalAlpha = 1;
+      base = top;
+    });
+  }
+  function niceCeil(v) {
+    var p = Math.pow(10, Math.floor(Math.log10(v))), n = v / p;
+    return (n <= 1 ? 1 : n <= 2 ? 2 : n <= 5 ? 5 : 10) * p;
+  }
+
+  // ---- dependency and trust-boundary graph
+  var GROUPS = [
+    { id: 'internal-verified', label: 'Internal · verified' },
+    { id: 'unverified', label: 'Unverified' },
+    { id: 'external', label: 'External' },
+  ];
+  var PER_GROUP = 4;
+  function renderGraph() {
+    var byGroup = {}, callees = [];
+    GROUPS.forEach(function (g) { byGroup[g.id] = []; });
+    state.edges.forEach(function (e) {
+      (byGroup[e.boundary] || byGroup.unverified).push(e);
+      if (callees.indexOf(e.callee) < 0) callees.push(e.callee);
+    });
+    var W = 520, nodeH = 20, gap = 4, groupPad = 20, y = 4, body = '', nodes = [], maxReq = 1;
+    state.edges.forEach(function (e) { if (e.requests > maxReq) maxReq = e.requests; });
+    GROUPS.forEach(function (g) {
+      var list = byGroup[g.id];
+      var shown = list.slice(0, PER_GROUP), more = list.length - shown.length;
+      var rows = Math.max(1, shown.length + (more > 0 ? 1 : 0));
+      var gh = groupPad + rows * (nodeH + gap) + 4;
+      body += '<g class="group ' + g.id + '" data-boundary="' + g.id + '"><rect x="2" y="' + y + '" width="290" height="' + gh + '"></rect>' +
+        '<text class="group-label" x="12" y="' + (y + 14) + '">' + esc(g.label) + ' (' + list.length + ')</text></g>';
+      var ny = y + groupPad;
+      if (!list.length) body += '<text x="12" y="' + (ny + 14) + '" class="group-label" style="opacity:.5;text-transform:none">none</text>';
+      shown.forEach(function (e) {
+        nodes.push({ e: e, y: ny + nodeH / 2 });
+        body += '<g class="node caller" data-identity="' + esc(e.caller) + '"><rect x="10" y="' + ny + '" width="274" height="' + nodeH + '" rx="5"></rect>' +
+          '<circle cx="21" cy="' + (ny + nodeH / 2) + '" r="4" fill="var(--' + esc(e.kind) + ')"></circle>' +
+          '<text x="31" y="' + (ny + 14) + '">' + esc(e.caller.length > 38 ? e.caller.slice(0, 37) + '…' : e.caller) + '<title>' + esc(e.caller + ' → ' + e.callee + ': ' + e.requests + ' requests') + '</title></text></g>';
+        ny += nodeH + gap;
+      });
+      if (more > 0) {
+        body += '<text x="31" y="' + (ny + 14) + '" class="group-label" style="text-transform:none;font-weight:400">+' + more + ' more</text>';
+      }
+      y += gh + 6;
+    });
+    var H = Math.max(y, 60), calleeY = {};
+    callees.forEach(function (c, i) {
+      var cy = (H * (i + 1)) / (callees.length + 1);
+      calleeY[c] = cy;
+      body += '<g class="node callee" data-service="' + esc(c) + '"><rect x="' + (W - 150) + '" y="' + (cy - 16) + '" width="146" height="32" rx="8"></rect>' +
+        '<text x="' + (W - 77) + '" y="' + (cy + 4) + '" text-anchor="middle" font-weight="600">' + esc(c.length > 20 ? c.slice(0, 19) + '…' : c) + '</text></g>';
+    });
+    var edges = nodes.map(function (n) {
+      var ty = calleeY[n.e.callee], sx = 284, tx = W - 150, mx = (sx + tx) / 2;
+      var sw = 1 + 3 * Math.log(1 + n.e.requests) / Math.log(1 + maxReq);
+      return '<path class="edge ' + esc(n.e.boundary) + '" stroke-width="' + sw.toFixed(1) + '" d="M' + sx + ' ' + n.y + ' C' + mx + ' ' + n.y + ' ' + mx + ' ' + ty + ' ' + tx + ' ' + ty + '"></path>';
+    }).join('');
+    $('graph').innerHTML = callees.length
+      ? '<svg viewBox="0 0 ' + W + ' ' + H + '" role="img" aria-label="Callers grouped by trust boundary and the services they call">' + edges + body + '</svg>'
+      : '<div class="empty">No traffic yet</div>';
+  }
+
+  // ---- identity table
+  var COLUMNS = {
+    name: function (r) { return r.name; }, kind: function (r) { return r.kind; }, source: function (r) { return r.source; },
+    verified: function (r) { return r.verified ? 1 : 0; }, rps: function (r) { return r.rps; },
+    errors: function (r) { return r.errorRatio; }, p95: function (r) { return r.p95Ms || 0; },
+    bytes: function (r) { return r.bytesIn + r.bytesOut; }, cost: function (r) { return r.cost; },
+    lastSeen: function (r) { return r.lastSeen; }, expiry: function (r) { return r.credentialExpiry || '~'; },
+  };
+  function renderTable() {
+    var q = state.search.toLowerCase(), key = COLUMNS[state.sortKey], dir = state.sortDir;
+    var rows = q ? state.rows.filter(function (r) {
+      return (r.name + ' ' + r.kind + ' ' + r.source + ' ' + (r.team || '') + ' ' + (r.rule || '')).toLowerCase().indexOf(q) >= 0;
+    }) : state.rows.slice();
+    rows.sort(function (a, b) { var x = key(a), y = key(b); return x < y ? -dir : x > y ? dir : 0; });
+    var now = Date.now(), html = new Array(rows.length);
+    for (var i = 0; i < rows.length; i++) {
+      var r = rows[i], exp = r.credentialExpiry ? Date.parse(r.credentialExpiry) : 0;
+      var expClass = !exp ? '' : exp < now ? 'bad' : exp - now < 3600e3 ? 'warn' : '';
+      var job = r.job ? (r.job.overdue ? ' <span class="badge bad" title="no success within expectEvery">overdue</span>'
+        : r.job.consecutiveFailures ? ' <span class="badge warn">' + r.job.consecutiveFailures + ' failing</span>' : '') : '';
+      html[i] = '<tr data-identity="' + esc(r.name) + '" data-kind="' + esc(r.kind) + '">' +
+        '<td class="name" title="' + esc(r.name + (r.rule ? ' (rule ' + r.rule + ')' : '')) + '">' + esc(r.name) + job + '</td>' +
+        '<td>' + kindBadge(r.kind) + '</td><td>' + esc(r.source) + '</td>' +
+        '<td>' + (r.verified ? '<span class="ok" title="verified">✓ yes</span>' : '<span class="muted">no</span>') + '</td>' +
+        '<td class="num">' + fmtNum(r.rps, 2) + '</td>' +
+        '<td class="num ' + (r.errorRatio > 0.05 ? 'bad' : '') + '">' + fmtNum(r.errorRatio * 100, 1) + '%</td>' +
+        '<td class="num">' + (r.p95Ms == null ? '' : fmtNum(r.p95Ms, 1) + ' ms') + '</td>' +
+        '<td class="num">' + fmtBytes(r.bytesIn) + ' / ' + fmtBytes(r.bytesOut) + '</td>' +
+        '<td class="num">' + fmtCost(r.cost) + '</td>' +
+        '<td>' + fmtRel(r.lastSeen) + '</td>' +
+        '<td class="' + expClass + '">' + fmtRel(r.credentialExpiry) + '</td></tr>';
+    }
+    $('identity-rows').innerHTML = html.join('') || '<tr><td colspan="11" class="empty">No identities</td></tr>';
+    $('table-count').textContent = rows.length + ' of ' + state.rows.length + ' identities';
+    Array.prototype.forEach.call(document.querySelectorAll('#identity-table th'), function (th) {
+      th.setAttribute('aria-sort', th.dataset.sort === state.sortKey ? (dir > 0 ? 'ascending' : 'descending') : 'none');
+    });
+  }
+
+  // ---- polling
+  function refresh() {
+    if (document.hidden) return;
+    fetch('/identities?sort=requests').then(function (r) { return r.json(); }).then(function (view) {
+      state.rows = view.identities; state.edges = view.edges; state.currency = view.currency || 'USD';
+      pushHistory(view); renderStats(view); renderLegend(); renderChart(); renderGraph(); renderTable();
+      document.body.dataset.loaded = 'true';
+    }).catch(function () { setStatus('down', 'admin unreachable'); });
+  }
+
+  // ---- live events
+  var source = null, pending = [], flushScheduled = false;
+  function setStatus(cls, text) { var s = $('live-status'); s.className = 'status ' + cls; $('live-text').textContent = text; }
+  function connect() {
+    if (source) source.close();
+    var who = $('event-filter').value.trim();
+    source = new EventSource('/events' + (who ? '?identity=' + encodeURIComponent(who) : ''));
+    source.onopen = function () { setStatus('live', 'live'); };
+    source.onerror = function () { setStatus('down', 'reconnecting…'); };
+    source.onmessage = function (m) {
+      try { pending.push(JSON.parse(m.data)); } catch (e) { return; }
+      if (pending.length > MAX_EVENTS) pending.splice(0, pending.length - MAX_EVENTS);
+      if (!flushScheduled) { flushScheduled = true; requestAnimationFrame(flushEvents); }
+    };
+  }
+  function flushEvents() {
+    flushScheduled = false;
+    var list = $('events'), frag = document.createDocumentFragment();
+    for (var i = 0; i < pending.length; i++) frag.insertBefore(eventItem(pending[i]), frag.firstChild);
+    pending = [];
+    list.insertBefore(frag, list.firstChild);
+    while (list.children.length > MAX_EVENTS) list.removeChild(list.lastChild);
+  }
+  function eventItem(e) {
+    var li = document.createElement('li');
+    li.tabIndex = 0;
+    li.dataset.requestId = e.id; li.dataset.traceId = e.trace; li.dataset.identity = e.identity;
+    var d = new Date(e.t), hh = String(d.getHours()).padStart(2, '0'), mm = String(d.getMinutes()).padStart(2, '0'), ss = String(d.getSeconds()).padStart(2, '0');
+    var flags = (e.decision ? ' · ' + e.decision : '') + (e.error ? ' · upstream ' + e.error : '') + (e.failures ? ' · ' + e.failures.join(', ') : '') + (e.anomalies ? ' · ' + e.anomalies.join(', ') : '');
+    li.innerHTML = '<span class="time">' + hh + ':' + mm + ':' + ss + '</span>' +
+      '<span class="code s' + String(e.status).charAt(0) + '">' + esc(e.status) + '</span>' +
+      '<span class="what">' + esc(e.method + ' ' + e.path) + '<span class="who"><i class="dot" style="background:var(--' + esc(e.kind) + ')"></i> ' + esc(e.identity) + ' · ' + esc(e.kind) + esc(flags) + '</span></span>' +
+      '<span class="ms">' + fmtNum(e.ms, 1) + ' ms</span>';
+    return li;
+  }
+  function showAudit(li) {
+    if (state.selected) state.selected.classList.remove('selected');
+    state.selected = li; li.classList.add('selected');
+    var detail = $('audit-detail');
+    detail.innerHTML = '<div class="empty">Loading…</div>';
+    var q = li.dataset.requestId ? 'request_id=' + encodeURIComponent(li.dataset.requestId) : 'trace_id=' + encodeURIComponent(li.dataset.traceId);
+    fetch('/audit?limit=1&' + q).then(function (r) { return r.json(); }).then(function (body) {
+      var rec = body.events && body.events[0];
+      if (!rec) { detail.innerHTML = '<div class="empty">This request is no longer in the audit ring</div>'; return; }
+      var html = '<dl data-request-id="' + esc(rec.request_id) + '">';
+      Object.keys(rec).forEach(function (k) {
+        var v = rec[k];
+        if (v == null || (Array.isArray(v) && !v.length)) return;
+        if (typeof v === 'object') v = Array.isArray(v) ? v.map(function (x) { return typeof x === 'object' ? x.source + ':' + x.reason : x; }).join(', ')
+          : Object.keys(v).map(function (f) { return f + '=' + v[f]; }).join(', ');
+        if (v === '') return;
+        html += '<dt>' + esc(k) + '</dt><dd data-field="' + esc(k) + '">' + esc(v) + '</dd>';
+      });
+      detail.innerHTML = html + '</dl>';
+    }).catch(function () { detail.innerHTML = '<div class="empty">Could not load the audit record</div>'; });
+  }
+
+  // ---- wiring
+  $('events').addEventListener('click', function (ev) { var li = ev.target.closest('li'); if (li) showAudit(li); });
+  $('events').addEventListener('keydown', function (ev) {
+    if (ev.key === 'Enter' && ev.target.tagName === 'LI') showAudit(ev.target);
+  });
+  document.querySelector('#identity-table thead').addEventListener('click', function (ev) {
+    var th = ev.target.closest('th'); if (!th) return;
+    if (state.sortKey === th.dataset.sort) state.sortDir = -state.sortDir;
+    else { state.sortKey = th.dataset.sort; state.sortDir = th.dataset.sort === 'name' || th.dataset.sort === 'kind' || th.dataset.sort === 'source' ? 1 : -1; }
+    renderTable();
+  });
+  var searchTimer = 0;
+  $('identity-search').addEventListener('input', function (ev) {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(function () { state.search = ev.target.value.trim(); renderTable(); }, 120);
+  });
+  var filterTimer = 0;
+  $('event-filter').addEventListener('input', function () {
+    clearTimeout(filterTimer); filterTimer = setTimeout(function () { $('events').innerHTML = ''; connect(); }, 300);
+  });
+  window.addEventListener('resize', renderChart);
+  window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', function () { renderChart(); });
+  connect();
+  refresh();
+  setInterval(refresh, 2000);
+})();
+`

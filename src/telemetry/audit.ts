@@ -1,0 +1,227 @@
+// The audit trail: one JSON line per request (pino, async destination) plus a bounded in-memory ring
+// that serves /audit. Lines are sampled by `audit.sample`, except that anything worth investigating
+// (status >= 400, credential failures, denials, anomalies) is always written.
+import pino, { type DestinationStream, type Logger } from 'pino'
+import type { Config } from '../config/schema.ts'
+import type { RequestEvent } from '../types.ts'
+
+export interface AuditRecord {
+  time: string
+  trace_id: string
+  span_id: string
+  request_id: string
+  identity: string
+  kind: string
+  source: string
+  verified: boolean
+  rule?: string
+  team?: string
+  zone?: string
+  fingerprints: RequestEvent['fingerprints']
+  iss?: string
+  sub?: string
+  jti?: string
+  client_address: string
+  method: string
+  path: string
+  route: string
+  service: string
+  status: number
+  duration_ms: number
+  upstream_ms: number
+  bytes_in: number
+  bytes_out: number
+  upstream_error?: string
+  decision: string
+  policy_rule: string
+  failures: { source: string; reason: string }[]
+  anomalies: string[]
+}
+
+export interface AuditQuery {
+  identity?: string
+  traceId?: string
+  requestId?: string
+  limit?: number
+}
+
+export const DEFAULT_AUDIT_LIMIT = 100
+export const MAX_AUDIT_LIMIT = 1000
+
+/** Requests that are always audited regardless of sampling. */
+export function isNoteworthy(event: RequestEvent): boolean {
+  return (
+    event.status >= 400 ||
+    event.failures.length > 0 ||
+    event.anomalies.length > 0 ||
+    event.upstreamError !== undefined ||
+    (!event.decision.skipped && event.decision.decision !== 'allow')
+  )
+}
+
+export function toAuditRecord(event: RequestEvent): AuditRecord {
+  const id = event.identity
+  const attrs = id.attributes
+  return {
+    time: new Date(event.time).toISOString(),
+    trace_id: event.traceId,
+    span_id: event.spanId,
+    request_id: event.requestId,
+    identity: id.name,
+    kind: id.kind,
+    source: id.source,
+    verified: id.verified,
+    rule: id.rule,
+    team: id.team,
+    zone: id.zone,
+    fingerprints: event.fingerprints,
+    iss: attrs['iss'],
+    sub: attrs['sub'],
+    jti: attrs['jti'],
+    client_address: event.clientAddress,
+    method: event.method,
+    path: event.path,
+    route: event.route,
+    service: event.service,
+    status: event.status,
+    duration_ms: Math.round(event.durationMs * 1000) / 1000,
+    upstream_ms: Math.round(event.upstreamMs * 1000) / 1000,
+    bytes_in: event.bytesIn,
+    bytes_out: event.bytesOut,
+    upstream_error: event.upstreamError,
+    decision: event.decision.skipped ? 'none' : event.decision.decision,
+    policy_rule: event.decision.rule,
+    failures: event.failures.map((f) => ({ source: f.source, reason: f.reason })),
+    anomalies: event.anomalies,
+  }
+}
+
+/** Newest-first bounded history of request events; records are formatted only when queried. */
+export class AuditRing {
+  private buffer: (RequestEvent | undefined)[]
+  private next = 0
+
+  constructor(private capacity: number) {
+    this.buffer = new Array(capacity)
+  }
+
+  push(event: RequestEvent): void {
+    this.buffer[this.next] = event
+    this.next = (this.next + 1) % this.capacity
+  }
+
+  resize(capacity: number): void {
+    if (capacity === this.capacity) return
+    const kept = [...this.newest()].slice(0, capacity).reverse()
+    this.capacity = capacity
+    this.buffer = new Array(capacity)
+    this.next = 0
+    for (const e of kept) this.push(e)
+  }
+
+  *newest(): Generator<RequestEvent> {
+    for (let i = 1; i <= this.capacity; i++) {
+      const e = this.buffer[(this.next - i + this.capacity) % this.capacity]
+      if (!e) return
+      yield e
+    }
+  }
+
+  query(q: AuditQuery): AuditRecord[] {
+    const limit = Math.min(MAX_AUDIT_LIMIT, Math.max(1, q.limit ?? DEFAULT_AUDIT_LIMIT))
+    const out: AuditRecord[] = []
+    for (const e of this.newest()) {
+      if (q.identity !== undefined && e.identity.name !== q.identity) continue
+      if (q.traceId !== undefined && e.traceId !== q.traceId) continue
+      if (q.requestId !== undefined && e.requestId !== q.requestId) continue
+      out.push(toAuditRecord(e))
+      if (out.length >= limit) break
+    }
+    return out
+  }
+}
+
+type AuditConfig = Config['audit']
+
+export interface AuditLogOptions {
+  /** injectable for tests: returns [0, 1) */
+  random?: () => number
+}
+
+export class AuditLog {
+  readonly ring: AuditRing
+  private sample: number
+  private logger: Logger | undefined
+  private destination: (DestinationStream & { flushSync?(): void; end?(): void }) | undefined
+  private readonly random: () => number
+  private written = 0
+
+  constructor(config: AuditConfig, opts: AuditLogOptions = {}) {
+    this.ring = new AuditRing(config.ringSize)
+    this.sample = config.sample
+    this.random = opts.random ?? Math.random
+    this.open(config.output)
+  }
+
+  private open(output: string): void {
+    if (output === 'off') return
+    const destination = pino.destination({
+      dest: output === 'stdout' ? 1 : output,
+      sync: false,
+      mkdir: output !== 'stdout',
+    })
+    // A failing disk must not take the proxy down: drop lines rather than crash.
+    destination.on('error', () => {})
+    this.destination = destination
+    this.logger = pino(
+      { base: undefined, timestamp: false, messageKey: 'message', formatters: { level: () => ({}) } },
+      destination,
+    )
+  }
+
+  /** lines handed to the destination so far */
+  get linesWritten(): number {
+    return this.written
+  }
+
+  record(event: RequestEvent): void {
+    this.ring.push(event)
+    if (!this.logger) return
+    if (this.sample < 1 && !isNoteworthy(event) && this.random() >= this.sample) return
+    this.logger.info(toAuditRecord(event))
+    this.written++
+  }
+
+  /** sample and ring size change in place; a new output path takes effect on restart */
+  reconfigure(config: AuditConfig): void {
+    this.sample = config.sample
+    this.ring.resize(config.ringSize)
+  }
+
+  async close(): Promise<void> {
+    const dest = this.destination as unknown as
+      | (NodeJS.EventEmitter & { fd?: number; flushSync(): void; end(): void; destroyed?: boolean })
+      | undefined
+    this.logger = undefined
+    this.destination = undefined
+    if (!dest) return
+    await new Promise<void>((resolve) => {
+      const finish = () => {
+        try {
+          dest.flushSync()
+        } catch {
+          // nothing more we can do for an unwritable destination
+        }
+        if (dest.fd === 1) return resolve()
+        dest.once('close', () => resolve())
+        dest.once('error', () => resolve())
+        dest.end()
+      }
+      if (typeof dest.fd === 'number' && dest.fd >= 0) finish()
+      else {
+        dest.once('ready', finish)
+        dest.once('error', () => resolve())
+      }
+    })
+  }
+}

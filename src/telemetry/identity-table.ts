@@ -1,0 +1,201 @@
+// The cardinality guard: a bounded table of the identities we keep per-identity state (and metric series)
+// for. Admission is first-come: once `maxIdentities` names are tracked, new names share one
+// `__overflow__` entry until an idle identity frees its slot.
+import type { Identity, Kind, Source } from '../types.ts'
+import { LatencyReservoir, RateWindow } from './windows.ts'
+
+export const OVERFLOW_IDENTITY = '__overflow__'
+/** caller → callee edges kept per identity (one per fronted service; the cap guards misconfiguration) */
+const MAX_EDGES_PER_IDENTITY = 16
+
+export type TrustBoundary = 'internal-verified' | 'unverified' | 'external'
+
+export interface Edge {
+  callee: string
+  requests: number
+  verified: boolean
+  zone?: string
+  boundary: TrustBoundary
+  lastSeen: number
+}
+
+/** A label set created for one metric series; kept so idle identities can be removed from every metric. */
+export type Labels = Record<string, string>
+
+export interface IdentityEntry {
+  readonly name: string
+  readonly overflow: boolean
+  kind: Kind
+  source: Source
+  verified: boolean
+  team?: string
+  zone?: string
+  rule?: string
+  /** unix ms */
+  firstSeen: number
+  lastSeen: number
+  /** unix seconds */
+  expiresAt?: number
+  expectEveryMs?: number
+  requests: number
+  errors: number
+  bytesIn: number
+  bytesOut: number
+  upstreamMs: number
+  cost: number
+  /** job bookkeeping (kind job): unix ms of the last successful run, failures since */
+  lastSuccess?: number
+  consecutiveFailures: number
+  readonly rate: RateWindow
+  readonly latency: LatencyReservoir
+  readonly edges: Map<string, Edge>
+  /** metric label sets created for this identity, keyed by metric and a compact key of the varying labels */
+  readonly series: {
+    requests: Map<string, Labels>
+    duration: Map<string, Labels>
+    perKind: Map<Kind, Labels>
+    cost: Map<string, Labels>
+  }
+}
+
+export interface IdentityTableLimits {
+  maxIdentities: number
+  idleTtlMs: number
+}
+
+export interface Admission {
+  entry: IdentityEntry
+  /** true when the identity did not fit and was recorded as `__overflow__` */
+  overflowed: boolean
+}
+
+function newEntry(name: string, identity: Identity, now: number): IdentityEntry {
+  return {
+    name,
+    overflow: name === OVERFLOW_IDENTITY,
+    kind: identity.kind,
+    source: identity.source,
+    verified: identity.verified,
+    firstSeen: now,
+    lastSeen: now,
+    requests: 0,
+    errors: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    upstreamMs: 0,
+    cost: 0,
+    consecutiveFailures: 0,
+    rate: new RateWindow(),
+    latency: new LatencyReservoir(),
+    edges: new Map(),
+    series: { requests: new Map(), duration: new Map(), perKind: new Map(), cost: new Map() },
+  }
+}
+
+/** verified & zone not external → internal-verified; unverified → unverified; external zone or anonymous/bot/agent → external */
+export function trustBoundary(identity: Identity): TrustBoundary {
+  if (identity.zone === 'external') return 'external'
+  if (identity.kind === 'bot' || identity.kind === 'agent') return 'external'
+  if (identity.source === 'anonymous' || (identity.source === 'useragent' && identity.kind === 'human')) {
+    return 'external'
+  }
+  return identity.verified ? 'internal-verified' : 'unverified'
+}
+
+export class IdentityTable {
+  private readonly entries = new Map<string, IdentityEntry>()
+  private limits: IdentityTableLimits
+
+  constructor(
+    limits: IdentityTableLimits,
+    private readonly onEvict: (entry: IdentityEntry) => void,
+  ) {
+    this.limits = { ...limits }
+  }
+
+  setLimits(limits: IdentityTableLimits): void {
+    // A lower cap does not evict anyone: existing identities keep their series until they go idle.
+    this.limits = { ...limits }
+  }
+
+  get size(): number {
+    return this.entries.size
+  }
+
+  /** tracked identities, excluding the overflow entry */
+  get tracked(): number {
+    return this.entries.has(OVERFLOW_IDENTITY) ? this.entries.size - 1 : this.entries.size
+  }
+
+  get(name: string): IdentityEntry | undefined {
+    return this.entries.get(name)
+  }
+
+  values(): IterableIterator<IdentityEntry> {
+    return this.entries.values()
+  }
+
+  admit(identity: Identity, now: number): Admission {
+    let entry = this.entries.get(identity.name)
+    let overflowed = false
+    if (!entry) {
+      if (identity.name !== OVERFLOW_IDENTITY && this.tracked < this.limits.maxIdentities) {
+        entry = newEntry(identity.name, identity, now)
+      } else {
+        overflowed = identity.name !== OVERFLOW_IDENTITY
+        entry = this.entries.get(OVERFLOW_IDENTITY) ?? newEntry(OVERFLOW_IDENTITY, identity, now)
+      }
+      this.entries.set(entry.name, entry)
+    }
+    entry.lastSeen = now
+    entry.kind = identity.kind
+    entry.source = identity.source
+    entry.verified = identity.verified
+    if (!entry.overflow) {
+      entry.team = identity.team
+      entry.zone = identity.zone
+      entry.rule = identity.rule
+      entry.expiresAt = identity.expiresAt
+      entry.expectEveryMs = identity.expectEveryMs
+    }
+    return { entry, overflowed }
+  }
+
+  /** idle time after which an entry is dropped; jobs with expectEvery are kept long enough to be seen overdue */
+  ttlFor(entry: IdentityEntry): number {
+    const ttl = this.limits.idleTtlMs
+    return entry.expectEveryMs ? Math.max(ttl, entry.expectEveryMs * 2) : ttl
+  }
+
+  /** drops idle identities (freeing their slots and metric series); returns how many were dropped */
+  sweep(now: number): number {
+    let dropped = 0
+    for (const entry of this.entries.values()) {
+      if (now - entry.lastSeen > this.ttlFor(entry)) {
+        this.entries.delete(entry.name)
+        this.onEvict(entry)
+        dropped++
+      }
+    }
+    return dropped
+  }
+
+  clear(): void {
+    for (const entry of this.entries.values()) this.onEvict(entry)
+    this.entries.clear()
+  }
+
+  recordEdge(entry: IdentityEntry, callee: string, identity: Identity, now: number): void {
+    let edge = entry.edges.get(callee)
+    if (!edge) {
+      if (entry.edges.size >= MAX_EDGES_PER_IDENTITY) return
+      edge = { callee, requests: 0, verified: false, boundary: 'unverified', lastSeen: now }
+      entry.edges.set(callee, edge)
+    }
+    edge.requests++
+    edge.verified = identity.verified
+    edge.zone = identity.zone
+    edge.boundary = trustBoundary(identity)
+    edge.lastSeen = now
+  }
+}
