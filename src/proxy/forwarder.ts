@@ -1,0 +1,358 @@
+// Forwarders carry one request to the upstream and stream the answer back (SPEC §1 "forward").
+// The undici forwarder drives `Pool.dispatch` with a handler that writes straight into the client's
+// response: no intermediate streams, no buffering, backpressure through undici's pause/resume.
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { type Dispatcher, Pool } from 'undici'
+import type { UpstreamErrorReason } from '../types.ts'
+import { downstreamHeaders } from './headers.ts'
+
+/** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
+export interface ForwardTarget {
+  origin: string
+  path: string
+}
+
+export interface ForwardResult {
+  /** upstream status, or 0 when no response headers arrived */
+  status: number
+  /** from dispatch until the upstream response ended or failed */
+  upstreamMs: number
+  /** response body bytes written to the client (for upgrades: bytes sent to the client after the 101) */
+  bytesOut: number
+  /** upgrades only: bytes the client sent through the tunnel */
+  bytesIn?: number
+  upstreamError?: UpstreamErrorReason
+  /** the client went away before the response was complete */
+  clientAborted?: boolean
+}
+
+export interface Forwarder {
+  /**
+   * Streams `req` to the target and the response into `res`. Never rejects. When the upstream fails before
+   * answering, nothing is written to `res` (status 0 + upstreamError) so the caller answers 502/504;
+   * after headers were sent, a failure destroys `res`.
+   */
+  forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: ForwardTarget,
+    headers: string[],
+  ): Promise<ForwardResult>
+  /**
+   * Forwards an `Upgrade` request; on 101 pipes both sockets until either side closes, then resolves.
+   * On a failure before any response, resolves with status 0 and writes nothing to `socket`.
+   */
+  upgrade(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    target: ForwardTarget,
+    headers: string[],
+  ): Promise<ForwardResult>
+  /** Releases connections to origins other than `keep` (after a config reload changed the upstream). */
+  prune(keep: string): void
+  /** Closes all upstream connections. */
+  close(): Promise<void>
+}
+
+export interface UndiciForwarderOptions {
+  /** response headers deadline, ms (→ 504) */
+  headersTimeout: number
+  /** longest pause between response body chunks while the client is reading, ms */
+  bodyTimeout: number
+  /** TCP connect deadline, ms (→ 502) */
+  connectTimeout?: number
+  /** idle keep-alive of upstream connections, ms */
+  keepAliveTimeout?: number
+}
+
+class ClientGoneError extends Error {
+  override readonly name = 'ClientGoneError'
+}
+
+function classify(err: unknown, connected: boolean): UpstreamErrorReason {
+  const code = (err as { code?: unknown } | null)?.code
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout'
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') return 'connect'
+  return connected ? 'reset' : 'connect'
+}
+
+function requestHasBody(req: IncomingMessage): boolean {
+  const h = req.headers
+  if (h['transfer-encoding'] !== undefined) return true
+  const cl = h['content-length']
+  return cl !== undefined && cl !== '0'
+}
+
+const kCall = Symbol('nhi.forwardCall')
+type Tagged<T> = T & { [kCall]?: ResponseCall }
+
+function onResponseDrain(this: Tagged<ServerResponse>): void {
+  this[kCall]?.resumeUpstream()
+}
+function onResponseClose(this: Tagged<ServerResponse>): void {
+  this[kCall]?.clientClosed()
+}
+
+/** One in-flight request: undici's legacy handler interface is the lowest-overhead one. */
+class ResponseCall implements Dispatcher.DispatchHandler {
+  private status = 0
+  private bytesOut = 0
+  private connected = false
+  private settled = false
+  private clientGone = false
+  private abortUpstream: ((err?: Error) => void) | undefined
+  private resume: (() => void) | undefined
+  private readonly started = performance.now()
+
+  constructor(
+    private readonly res: Tagged<ServerResponse>,
+    private readonly done: (result: ForwardResult) => void,
+  ) {
+    res[kCall] = this
+    res.on('drain', onResponseDrain)
+    res.on('close', onResponseClose)
+  }
+
+  resumeUpstream(): void {
+    this.resume?.()
+  }
+
+  clientClosed(): void {
+    if (this.settled || this.res.writableFinished) return
+    this.clientGone = true
+    this.abortUpstream?.(new ClientGoneError('client closed the connection'))
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.connected = true
+    this.abortUpstream = abort
+    if (this.clientGone) abort(new ClientGoneError('client closed the connection'))
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true
+    this.status = statusCode
+    this.resume = resume
+    if (this.clientGone) return false
+    this.res.writeHead(statusCode, downstreamHeaders(rawHeaders))
+    return true
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.bytesOut += chunk.length
+    return this.res.write(chunk)
+  }
+
+  onComplete(): void {
+    this.res.end()
+    this.settle(undefined)
+  }
+
+  onError(err: Error): void {
+    const clientAborted =
+      this.clientGone ||
+      err instanceof ClientGoneError ||
+      (err as { code?: string }).code === 'UND_ERR_ABORTED'
+    if (this.res.headersSent && !this.res.writableFinished) this.res.destroy()
+    this.settle(clientAborted ? undefined : classify(err, this.connected), clientAborted)
+  }
+
+  private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
+    if (this.settled) return
+    this.settled = true
+    this.res.off('drain', onResponseDrain)
+    this.res.off('close', onResponseClose)
+    this.res[kCall] = undefined
+    const result: ForwardResult = {
+      status: this.status,
+      upstreamMs: performance.now() - this.started,
+      bytesOut: this.bytesOut,
+    }
+    if (upstreamError) result.upstreamError = upstreamError
+    if (clientAborted) result.clientAborted = true
+    this.done(result)
+  }
+}
+
+/** Upgrade (websocket) tunnel: answers non-101 responses like a normal response on the raw socket. */
+class UpgradeCall implements Dispatcher.DispatchHandler {
+  private status = 0
+  private bytesIn = 0
+  private bytesOut = 0
+  private connected = false
+  private settled = false
+  private upstreamMs = 0
+  private readonly started = performance.now()
+
+  constructor(
+    private readonly client: Duplex,
+    private readonly head: Buffer,
+    private readonly done: (result: ForwardResult) => void,
+  ) {}
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.connected = true
+    if (this.client.destroyed) abort(new ClientGoneError('client closed the connection'))
+    else this.client.once('close', () => abort(new ClientGoneError('client closed the connection')))
+  }
+
+  onUpgrade(statusCode: number, rawHeaders: Buffer[] | string[] | null, upstream: Duplex): void {
+    this.status = statusCode
+    this.upstreamMs = performance.now() - this.started
+    const client = this.client
+    if (client.destroyed) {
+      upstream.destroy()
+      this.settle(undefined, true)
+      return
+    }
+    let head = `HTTP/1.1 ${statusCode} Switching Protocols\r\n`
+    const raw = rawHeaders ?? []
+    for (let i = 0; i + 1 < raw.length; i += 2) head += `${raw[i]!.toString()}: ${raw[i + 1]!.toString()}\r\n`
+    client.write(`${head}\r\n`)
+    this.bytesIn = this.head.length
+    if (this.head.length > 0) upstream.write(this.head)
+    let open = 2
+    const closed = () => {
+      if (--open === 0) this.settle(undefined)
+    }
+    client.on('data', (c: Buffer) => {
+      this.bytesIn += c.length
+    })
+    upstream.on('data', (c: Buffer) => {
+      this.bytesOut += c.length
+    })
+    client.on('error', () => upstream.destroy())
+    upstream.on('error', () => client.destroy())
+    client.once('close', () => {
+      upstream.destroy()
+      closed()
+    })
+    upstream.once('close', () => {
+      client.destroy()
+      closed()
+    })
+    upstream.pipe(client)
+    client.pipe(upstream)
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[]): boolean {
+    if (statusCode < 200) return true
+    this.status = statusCode
+    this.upstreamMs = performance.now() - this.started
+    const headers = downstreamHeaders(rawHeaders)
+    let head = `HTTP/1.1 ${statusCode} \r\n`
+    for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
+    this.client.write(`${head}connection: close\r\n\r\n`, 'latin1')
+    return true
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.bytesOut += chunk.length
+    return this.client.write(chunk)
+  }
+
+  onComplete(): void {
+    this.client.end()
+    this.settle(undefined)
+  }
+
+  onError(err: Error): void {
+    const clientAborted = err instanceof ClientGoneError || this.client.destroyed
+    if (this.status !== 0) this.client.destroy()
+    this.settle(clientAborted ? undefined : classify(err, this.connected), clientAborted)
+  }
+
+  private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
+    if (this.settled) return
+    this.settled = true
+    const result: ForwardResult = {
+      status: this.status,
+      upstreamMs: this.upstreamMs || performance.now() - this.started,
+      bytesOut: this.bytesOut,
+      bytesIn: this.bytesIn,
+    }
+    if (upstreamError) result.upstreamError = upstreamError
+    if (clientAborted) result.clientAborted = true
+    this.done(result)
+  }
+}
+
+/** The production forwarder: one keep-alive undici Pool per upstream origin. */
+export class UndiciForwarder implements Forwarder {
+  private readonly pools = new Map<string, Pool>()
+
+  constructor(private readonly options: UndiciForwarderOptions) {}
+
+  private pool(origin: string): Pool {
+    let pool = this.pools.get(origin)
+    if (pool === undefined) {
+      const o = this.options
+      pool = new Pool(origin, {
+        headersTimeout: o.headersTimeout,
+        bodyTimeout: o.bodyTimeout,
+        keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
+        connect: { timeout: o.connectTimeout ?? Math.min(o.headersTimeout, 10_000) },
+      })
+      this.pools.set(origin, pool)
+    }
+    return pool
+  }
+
+  forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: ForwardTarget,
+    headers: string[],
+  ): Promise<ForwardResult> {
+    return new Promise((resolve) => {
+      const call = new ResponseCall(res, resolve)
+      this.pool(target.origin).dispatch(
+        {
+          path: target.path,
+          method: req.method as Dispatcher.HttpMethod,
+          headers,
+          body: requestHasBody(req) ? req : null,
+        },
+        call,
+      )
+    })
+  }
+
+  upgrade(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    target: ForwardTarget,
+    headers: string[],
+  ): Promise<ForwardResult> {
+    return new Promise((resolve) => {
+      const call = new UpgradeCall(socket, head, resolve)
+      this.pool(target.origin).dispatch(
+        {
+          path: target.path,
+          method: req.method as Dispatcher.HttpMethod,
+          headers,
+          upgrade: req.headers.upgrade ?? 'websocket',
+        },
+        call,
+      )
+    })
+  }
+
+  prune(keep: string): void {
+    for (const [origin, pool] of this.pools) {
+      if (origin === keep) continue
+      this.pools.delete(origin)
+      // in-flight requests on the old origin finish; the pool closes after them
+      pool.close().catch(() => {})
+    }
+  }
+
+  async close(): Promise<void> {
+    const pools = [...this.pools.values()]
+    this.pools.clear()
+    await Promise.all(pools.map((p) => p.destroy().catch(() => {})))
+  }
+}

@@ -1,0 +1,134 @@
+// Header rewriting for both directions of the hop (SPEC §8, RFC 9110 §7.6.1).
+// Header-name sets are built once; a request costs one pass over its headers.
+import type { IncomingHttpHeaders } from 'node:http'
+import type { Identity } from '../types.ts'
+import type { TraceContext } from './ids.ts'
+
+/** Hop-by-hop headers that never cross the proxy (in either direction). */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+])
+
+/** Request headers we set ourselves, so incoming copies are dropped (forwarded-* are appended below). */
+const SET_BY_PROXY = new Set([
+  'x-request-id',
+  'traceparent',
+  'tracestate',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  // answered by the proxy's own HTTP server; the upstream client must not repeat it
+  'expect',
+])
+
+const NHI_PREFIX = 'x-nhi-'
+const SAFE_VALUE_RE = /^[\x20-\x7e]*$/
+
+/** Header names listed in a Connection header, lower-cased; undefined for the common single tokens. */
+function connectionListed(connection: string | undefined): Set<string> | undefined {
+  if (connection === undefined || connection === 'keep-alive' || connection === 'close') return undefined
+  const listed = new Set<string>()
+  for (const token of connection.split(',')) {
+    const name = token.trim().toLowerCase()
+    if (name) listed.add(name)
+  }
+  return listed
+}
+
+/** Header values we derive from client-controlled text must stay printable ASCII. */
+export function safeHeaderValue(value: string): string {
+  return SAFE_VALUE_RE.test(value) ? value : encodeURIComponent(value)
+}
+
+export interface HopContext {
+  identity: Identity
+  trace: TraceContext
+  requestId: string
+  clientIp: string
+  proto: 'http' | 'https'
+}
+
+function appendChain(existing: string | string[] | undefined, value: string): string {
+  if (existing === undefined || existing === '') return value
+  return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
+}
+
+/**
+ * The headers sent upstream, as a flat [name, value, …] list: the client's end-to-end headers,
+ * minus hop-by-hop and incoming x-nhi-*, plus identity, request id, trace context and forwarded-*.
+ */
+export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): string[] {
+  const out: string[] = []
+  const listed = connectionListed(headers.connection)
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || SET_BY_PROXY.has(name) || name.startsWith(NHI_PREFIX)) {
+      if (name === 'te' && /\btrailers\b/i.test(String(headers.te))) out.push('te', 'trailers')
+      continue
+    }
+    if (listed?.has(name)) continue
+    const value = headers[name]
+    if (value === undefined) continue
+    if (typeof value === 'string') out.push(name, value)
+    else for (const v of value) out.push(name, v)
+  }
+  const { identity, trace } = ctx
+  out.push(
+    'x-nhi-identity',
+    safeHeaderValue(identity.name),
+    'x-nhi-kind',
+    identity.kind,
+    'x-nhi-source',
+    identity.source,
+    'x-nhi-verified',
+    identity.verified ? 'true' : 'false',
+    'x-request-id',
+    ctx.requestId,
+    'traceparent',
+    trace.traceparent,
+  )
+  const tracestate = headers.tracestate
+  if (trace.continued && tracestate !== undefined && tracestate !== '')
+    out.push('tracestate', String(tracestate))
+  out.push(
+    'x-forwarded-for',
+    appendChain(headers['x-forwarded-for'], ctx.clientIp),
+    'x-forwarded-proto',
+    appendChain(headers['x-forwarded-proto'], ctx.proto),
+  )
+  const host = headers.host
+  const forwardedHost = headers['x-forwarded-host']
+  if (host !== undefined) out.push('x-forwarded-host', appendChain(forwardedHost, host))
+  else if (forwardedHost !== undefined)
+    out.push('x-forwarded-host', appendChain(undefined, String(forwardedHost)))
+  return out
+}
+
+/** Response headers from the upstream's raw [name, value, …] buffers, minus hop-by-hop ones. */
+export function downstreamHeaders(raw: readonly Buffer[]): string[] {
+  const out: string[] = []
+  let listed: Set<string> | undefined
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1')
+    const lower = name.toLowerCase()
+    if (lower === 'connection') {
+      listed = connectionListed(raw[i + 1]!.toString('latin1').toLowerCase())
+      continue
+    }
+    if (HOP_BY_HOP.has(lower)) continue
+    out.push(name, raw[i + 1]!.toString('latin1'))
+  }
+  if (listed === undefined) return out
+  const kept: string[] = []
+  for (let i = 0; i < out.length; i += 2) {
+    if (!listed.has(out[i]!.toLowerCase())) kept.push(out[i]!, out[i + 1]!)
+  }
+  return kept
+}

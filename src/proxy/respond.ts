@@ -1,0 +1,73 @@
+// Short JSON answers the proxy gives on its own behalf: never a stack trace, never client input echoed.
+import { type ServerResponse, STATUS_CODES } from 'node:http'
+import type { Duplex } from 'node:stream'
+import type { UpstreamErrorReason } from '../types.ts'
+
+interface Canned {
+  status: number
+  body: string
+}
+
+function canned(status: number, error: string, message: string): Canned {
+  return { status, body: JSON.stringify({ error, message }) }
+}
+
+export const UPSTREAM_ERRORS: Record<UpstreamErrorReason, Canned> = {
+  connect: canned(502, 'bad_gateway', 'upstream unreachable'),
+  reset: canned(502, 'bad_gateway', 'upstream closed the connection'),
+  timeout: canned(504, 'gateway_timeout', 'upstream did not answer in time'),
+}
+export const BAD_REQUEST = canned(400, 'bad_request', 'request target must be origin-form or absolute-form')
+export const INTERNAL_ERROR = canned(500, 'internal_error', 'the proxy failed to handle the request')
+
+/** Writes a complete JSON response unless the response already started or the client is gone. */
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: string,
+  extraHeaders?: Record<string, string>,
+): boolean {
+  if (res.headersSent || res.destroyed) return false
+  try {
+    const headers: Record<string, string | number> = {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      'cache-control': 'no-store',
+    }
+    if (extraHeaders) {
+      for (const name in extraHeaders) {
+        const lower = name.toLowerCase()
+        if (lower !== 'content-length' && lower !== 'transfer-encoding') headers[lower] = extraHeaders[name]!
+      }
+    }
+    res.writeHead(status, headers)
+    res.end(body)
+    return true
+  } catch {
+    // an invalid header from a rejecting stage must not take the request down with it
+    if (!res.headersSent) {
+      res.writeHead(500, { 'content-type': 'application/json' })
+      res.end(INTERNAL_ERROR.body)
+    } else res.destroy()
+    return false
+  }
+}
+
+/** The same on a raw socket (upgrade requests), closing the connection afterwards. */
+export function sendJsonRaw(
+  socket: Duplex,
+  status: number,
+  body: string,
+  extraHeaders?: Record<string, string>,
+): void {
+  if (socket.destroyed) return
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\ncache-control: no-store\r\nconnection: close\r\n`
+  if (extraHeaders) {
+    for (const name in extraHeaders) {
+      const value = extraHeaders[name]!
+      // refuse anything that could split the response
+      if (/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) && !/[\r\n]/.test(value)) head += `${name}: ${value}\r\n`
+    }
+  }
+  socket.end(`${head}\r\n${body}`)
+}
