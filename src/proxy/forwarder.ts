@@ -5,7 +5,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { type Dispatcher, Pool } from 'undici'
 import type { UpstreamErrorReason } from '../types.ts'
-import { downstreamHeaders } from './headers.ts'
+import { downstreamHeaders, type UpstreamHeaders } from './headers.ts'
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
 export interface ForwardTarget {
@@ -37,7 +37,7 @@ export interface Forwarder {
     req: IncomingMessage,
     res: ServerResponse,
     target: ForwardTarget,
-    headers: string[],
+    headers: UpstreamHeaders,
   ): Promise<ForwardResult>
   /**
    * Forwards an `Upgrade` request; on 101 pipes both sockets until either side closes, then resolves.
@@ -48,7 +48,7 @@ export interface Forwarder {
     socket: Duplex,
     head: Buffer,
     target: ForwardTarget,
-    headers: string[],
+    headers: UpstreamHeaders,
   ): Promise<ForwardResult>
   /** Releases connections to origins other than `keep` (after a config reload changed the upstream). */
   prune(keep: string): void
@@ -304,7 +304,7 @@ export class UndiciForwarder implements Forwarder {
     req: IncomingMessage,
     res: ServerResponse,
     target: ForwardTarget,
-    headers: string[],
+    headers: UpstreamHeaders,
   ): Promise<ForwardResult> {
     return new Promise((resolve) => {
       const call = new ResponseCall(res, resolve)
@@ -325,7 +325,7 @@ export class UndiciForwarder implements Forwarder {
     socket: Duplex,
     head: Buffer,
     target: ForwardTarget,
-    headers: string[],
+    headers: UpstreamHeaders,
   ): Promise<ForwardResult> {
     return new Promise((resolve) => {
       const call = new UpgradeCall(socket, head, resolve)

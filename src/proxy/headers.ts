@@ -61,53 +61,40 @@ function appendChain(existing: string | string[] | undefined, value: string): st
   return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
 }
 
+/** Headers for the upstream request; a stage may delete or overwrite entries before it is sent. */
+export type UpstreamHeaders = Record<string, string | string[] | undefined>
+
 /**
- * The headers sent upstream, as a flat [name, value, …] list: the client's end-to-end headers,
- * minus hop-by-hop and incoming x-nhi-*, plus identity, request id, trace context and forwarded-*.
+ * The headers sent upstream: the client's end-to-end headers, minus hop-by-hop and incoming x-nhi-*,
+ * plus identity, request id, trace context and forwarded-*.
  */
-export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): string[] {
-  const out: string[] = []
+export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): UpstreamHeaders {
+  const out: UpstreamHeaders = {}
   const listed = connectionListed(headers.connection)
   for (const name in headers) {
     if (HOP_BY_HOP.has(name) || SET_BY_PROXY.has(name) || name.startsWith(NHI_PREFIX)) {
-      if (name === 'te' && /\btrailers\b/i.test(String(headers.te))) out.push('te', 'trailers')
+      if (name === 'te' && /\btrailers\b/i.test(String(headers.te))) out.te = 'trailers'
       continue
     }
     if (listed?.has(name)) continue
     const value = headers[name]
-    if (value === undefined) continue
-    if (typeof value === 'string') out.push(name, value)
-    else for (const v of value) out.push(name, v)
+    if (value !== undefined) out[name] = value
   }
   const { identity, trace } = ctx
-  out.push(
-    'x-nhi-identity',
-    safeHeaderValue(identity.name),
-    'x-nhi-kind',
-    identity.kind,
-    'x-nhi-source',
-    identity.source,
-    'x-nhi-verified',
-    identity.verified ? 'true' : 'false',
-    'x-request-id',
-    ctx.requestId,
-    'traceparent',
-    trace.traceparent,
-  )
+  out['x-nhi-identity'] = safeHeaderValue(identity.name)
+  out['x-nhi-kind'] = identity.kind
+  out['x-nhi-source'] = identity.source
+  out['x-nhi-verified'] = identity.verified ? 'true' : 'false'
+  out['x-request-id'] = ctx.requestId
+  out.traceparent = trace.traceparent
   const tracestate = headers.tracestate
-  if (trace.continued && tracestate !== undefined && tracestate !== '')
-    out.push('tracestate', String(tracestate))
-  out.push(
-    'x-forwarded-for',
-    appendChain(headers['x-forwarded-for'], ctx.clientIp),
-    'x-forwarded-proto',
-    appendChain(headers['x-forwarded-proto'], ctx.proto),
-  )
+  if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
+  out['x-forwarded-for'] = appendChain(headers['x-forwarded-for'], ctx.clientIp)
+  out['x-forwarded-proto'] = appendChain(headers['x-forwarded-proto'], ctx.proto)
   const host = headers.host
   const forwardedHost = headers['x-forwarded-host']
-  if (host !== undefined) out.push('x-forwarded-host', appendChain(forwardedHost, host))
-  else if (forwardedHost !== undefined)
-    out.push('x-forwarded-host', appendChain(undefined, String(forwardedHost)))
+  if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
+  else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
   return out
 }
 

@@ -5,16 +5,20 @@ import type { Duplex } from 'node:stream'
 import httpProxy from 'http-proxy'
 import type { UpstreamErrorReason } from '../types.ts'
 import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
+import type { UpstreamHeaders } from './headers.ts'
 
 const kHeaders = Symbol('nhi.upstreamHeaders')
-type Tagged = IncomingMessage & { [kHeaders]?: string[] }
+type Tagged = IncomingMessage & { [kHeaders]?: UpstreamHeaders }
 
 /** http-proxy copies the client's headers; replace them with the proxy's computed list. */
 function replaceHeaders(proxyReq: ClientRequest, req: Tagged): void {
   const headers = req[kHeaders]
   if (headers === undefined) return
   for (const name of proxyReq.getHeaderNames()) proxyReq.removeHeader(name)
-  for (let i = 0; i + 1 < headers.length; i += 2) proxyReq.appendHeader(headers[i]!, headers[i + 1]!)
+  for (const name in headers) {
+    const value = headers[name]
+    if (value !== undefined) proxyReq.setHeader(name, value)
+  }
 }
 
 function classify(err: NodeJS.ErrnoException): UpstreamErrorReason {
@@ -42,7 +46,7 @@ export class HttpProxyForwarder implements Forwarder {
     req: IncomingMessage,
     res: ServerResponse,
     target: ForwardTarget,
-    headers: string[],
+    headers: UpstreamHeaders,
   ): Promise<ForwardResult> {
     return new Promise((resolve) => {
       const started = performance.now()
@@ -85,7 +89,7 @@ export class HttpProxyForwarder implements Forwarder {
     socket: Duplex,
     head: Buffer,
     target: ForwardTarget,
-    headers: string[],
+    headers: UpstreamHeaders,
   ): Promise<ForwardResult> {
     return new Promise((resolve) => {
       const started = performance.now()

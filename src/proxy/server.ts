@@ -18,7 +18,7 @@ import type { Attribution, Pipeline } from '../pipeline.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestEvent, RequestInfo } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { type Forwarder, type ForwardResult, UndiciForwarder } from './forwarder.ts'
-import { upstreamHeaders } from './headers.ts'
+import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestId, type TraceContext, traceContext } from './ids.ts'
 import { BAD_REQUEST, INTERNAL_ERROR, sendJson, sendJsonRaw, UPSTREAM_ERRORS } from './respond.ts'
 
@@ -38,11 +38,6 @@ export interface ProxyOptions {
   }
   /** called once per TLS connection; the result lands in ConnectionInfo.peerCert */
   parsePeerCert?: (socket: TLSSocket) => CertEvidence | Failure | undefined
-  /**
-   * Strips or rewrites, in place, headers the identity stage must not trust from this peer (e.g. XFCC from an
-   * untrusted hop). Runs before attribution and forwarding. Incoming x-nhi-* are always stripped regardless.
-   */
-  sanitizeHeaders?: (headers: IncomingHttpHeaders, conn: ConnectionInfo) => void
   timeouts: Config['timeouts']
   limits: Config['limits']
   /** default: undici Pool forwarder */
@@ -288,14 +283,17 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     }
   }
 
-  function hopHeaders(ex: Exchange, req: IncomingMessage): string[] {
-    return upstreamHeaders(req.headers, {
+  function hopHeaders(ex: Exchange, req: IncomingMessage): UpstreamHeaders {
+    const headers = upstreamHeaders(req.headers, {
       identity: ex.attribution.identity,
       trace: ex.trace,
       requestId: ex.requestId,
       clientIp: ex.conn.remoteAddress,
       proto: ex.conn.tls ? 'https' : 'http',
     })
+    // the pipeline has the last word (e.g. forwarded-certificate headers from untrusted peers)
+    ex.pipeline?.prepareUpstreamHeaders?.(headers, ex.attribution, ex.conn)
+    return headers
   }
 
   async function handleRequest(req: TaggedRequest, res: TaggedResponse): Promise<void> {
@@ -320,7 +318,6 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         req.pause()
         req.on('data', countRequestBytes)
       }
-      opts.sanitizeHeaders?.(req.headers, conn)
       await attribute(ex, { method, path: parsed.path, url: parsed.target, headers: req.headers })
       if (res.destroyed) {
         ex.status = CLIENT_CLOSED
@@ -365,7 +362,6 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         sendJsonRaw(socket, answer.status, answer.body)
         return
       }
-      opts.sanitizeHeaders?.(req.headers, conn)
       await attribute(ex, { method, path: parsed.path, url: parsed.target, headers: req.headers })
       const reject = ex.attribution.reject
       if (reject) {
