@@ -1,0 +1,164 @@
+// External tools for the packaging tests: helm/kubectl unpacked by scripts/tools.mjs into .tools/bin,
+// promtool/prometheus from the system. Commands run with a deadline and never through a shell.
+import { execFile, execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url))
+export const CHART_DIR = join(REPO_ROOT, 'helm', 'nhi-proxy')
+
+export interface RunResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+export interface RunOptions {
+  input?: string
+  cwd?: string
+  env?: NodeJS.ProcessEnv
+  timeoutMs?: number
+}
+
+/** Runs a command to completion; a non-zero exit is a result, not an exception. */
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      cmd,
+      args,
+      {
+        cwd: opts.cwd ?? REPO_ROOT,
+        env: { ...process.env, ...opts.env },
+        timeout: opts.timeoutMs ?? 60_000,
+        maxBuffer: 64 * 1024 * 1024,
+        encoding: 'utf8',
+      },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0
+        resolve({ code, stdout, stderr: err && !stderr ? String(err.message) : stderr })
+      },
+    )
+    if (opts.input !== undefined) child.stdin?.end(opts.input)
+  })
+}
+
+/** Path of helm or kubectl in .tools/bin, unpacking them first if needed. */
+export function localTool(name: 'helm' | 'kubectl'): string {
+  const path = join(REPO_ROOT, '.tools', 'bin', name)
+  if (!existsSync(path)) execFileSync(process.execPath, [join(REPO_ROOT, 'scripts', 'tools.mjs')])
+  return path
+}
+
+/** Absolute path of a system binary, or undefined when it is not installed. */
+export function systemTool(name: string): string | undefined {
+  for (const dir of (process.env['PATH'] ?? '').split(':')) {
+    const p = join(dir, name)
+    if (dir && existsSync(p)) return p
+  }
+  return undefined
+}
+
+const DISCOVERY: Record<string, [resource: string, kind: string, namespaced: boolean][]> = {
+  v1: [
+    ['configmaps', 'ConfigMap', true],
+    ['services', 'Service', true],
+    ['serviceaccounts', 'ServiceAccount', true],
+    ['pods', 'Pod', true],
+  ],
+  'apps/v1': [['deployments', 'Deployment', true]],
+  'rbac.authorization.k8s.io/v1': [['clusterrolebindings', 'ClusterRoleBinding', false]],
+  'monitoring.coreos.com/v1': [
+    ['servicemonitors', 'ServiceMonitor', true],
+    ['podmonitors', 'PodMonitor', true],
+    ['prometheusrules', 'PrometheusRule', true],
+  ],
+}
+
+/**
+ * kubectl arguments and environment for a client-side dry run that never reaches a server: a kubeconfig
+ * for an unreachable 127.0.0.1:1 cluster plus a pre-seeded API discovery cache, so kubectl can map every
+ * kind the chart renders (and rejects unknown apiVersion/kind pairs) without a network call.
+ */
+export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv } {
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-kubectl-'))
+  const kubeconfig = join(dir, 'kubeconfig')
+  writeFileSync(
+    kubeconfig,
+    [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters: [{ name: offline, cluster: { server: "https://127.0.0.1:1" } }]',
+      'users: [{ name: offline, user: { token: offline } }]',
+      'contexts: [{ name: offline, context: { cluster: offline, user: offline, namespace: default } }]',
+      'current-context: offline',
+      '',
+    ].join('\n'),
+  )
+  const cache = join(dir, 'cache')
+  const base = join(cache, 'discovery', '127.0.0.1_1')
+  const groups = Object.keys(DISCOVERY).map((gv) => {
+    const [group, version] = gv.includes('/') ? gv.split('/') : ['', gv]
+    return {
+      name: group,
+      versions: [{ groupVersion: gv, version }],
+      preferredVersion: { groupVersion: gv, version },
+    }
+  })
+  mkdirSync(base, { recursive: true })
+  writeFileSync(
+    join(base, 'servergroups.json'),
+    JSON.stringify({ kind: 'APIGroupList', apiVersion: 'v1', groups }),
+  )
+  for (const [gv, resources] of Object.entries(DISCOVERY)) {
+    mkdirSync(join(base, gv), { recursive: true })
+    const list = {
+      kind: 'APIResourceList',
+      apiVersion: 'v1',
+      groupVersion: gv,
+      resources: resources.map(([name, kind, namespaced]) => ({
+        name,
+        singularName: '',
+        namespaced,
+        kind,
+        verbs: ['create', 'get', 'list'],
+      })),
+    }
+    writeFileSync(join(base, gv, 'serverresources.json'), JSON.stringify(list))
+  }
+  return { args: [`--cache-dir=${cache}`], env: { KUBECONFIG: kubeconfig } }
+}
+
+/** Metric names of SPEC §7 plus the job-interval gauge the alerts use. */
+export const SPEC_METRICS: ReadonlySet<string> = new Set([
+  'nhi_requests_total',
+  'nhi_request_duration_seconds',
+  'nhi_request_bytes_total',
+  'nhi_response_bytes_total',
+  'nhi_upstream_seconds_total',
+  'nhi_cost_total',
+  'nhi_auth_failures_total',
+  'nhi_credential_expiry_timestamp_seconds',
+  'nhi_identity_last_seen_timestamp_seconds',
+  'nhi_job_last_success_timestamp_seconds',
+  'nhi_job_consecutive_failures',
+  'nhi_job_expected_interval_seconds',
+  'nhi_identities',
+  'nhi_identity_overflow_total',
+  'nhi_credential_anomalies_total',
+  'nhi_policy_decisions_total',
+  'nhi_upstream_errors_total',
+  'nhi_jwks_refresh_total',
+  'nhi_jwks_keys',
+  'nhi_jwks_last_success_timestamp_seconds',
+  'nhi_config_reloads_total',
+  'nhi_config_last_reload_success_timestamp_seconds',
+  'nhi_build_info',
+])
+
+/** nhi_* metric names referenced in PromQL text (histogram suffixes folded onto the family). */
+export function metricNamesIn(promql: string): string[] {
+  const names = promql.match(/\bnhi_[a-z_]+/g) ?? []
+  return [...new Set(names.map((n) => n.replace(/_(bucket|sum|count)$/, '')))]
+}
