@@ -3,6 +3,7 @@
 // per config load; classify() runs no regex compilation and creates no closures.
 import { LRUCache } from 'lru-cache'
 import type { Config, IdentityRuleConfig, MatchConfig } from '../config/schema.ts'
+import { profileIdentity as builtinProfileIdentity } from '../identity/profiles.ts'
 import type {
   CertEvidence,
   ConnectionInfo,
@@ -476,39 +477,10 @@ function userAgentCaptures(ev: EvidenceSet, s: Scratch): void {
   if (ua.category === 'agent') s.captures['agent'] ??= ua.product
 }
 
-/** Without a profile module, a verified token is named by issuer profile-agnostic claims. */
-export function genericTokenIdentity(jwt: JwtEvidence): ProfileIdentity {
-  const c = jwt.claims
-  const str = (k: string) => (typeof c[k] === 'string' ? (c[k] as string) : undefined)
-  const email = str('email')
-  const name = email ?? str('client_id') ?? str('azp') ?? str('sub') ?? jwt.issuer
-  const human = email !== undefined || str('preferred_username') !== undefined
-  const out: ProfileIdentity = {
-    name,
-    kind: human ? 'human' : 'service',
-    attributes: {},
-    rule: 'builtin:jwt',
-  }
-  if (jwt.exp !== undefined) out.expiresAt = jwt.exp
-  return out
-}
+type BuiltinIdentity = Omit<Identity, 'source' | 'verified' | 'attributes'>
 
-type BuiltinIdentity = Omit<Identity, 'source' | 'verified' | 'attributes'> & {
-  attributes?: Record<string, string>
-}
-
-function builtinIdentity(ev: EvidenceSet, profileIdentity: ProfileIdentityFn): BuiltinIdentity {
-  if (ev.jwt) {
-    const p = profileIdentity(ev.jwt)
-    const out: BuiltinIdentity = {
-      name: p.name,
-      kind: p.kind,
-      rule: p.rule,
-      attributes: p.attributes,
-    }
-    if (p.expiresAt !== undefined) out.expiresAt = p.expiresAt
-    return out
-  }
+function builtinIdentity(ev: EvidenceSet, profile: ProfileIdentity | undefined): BuiltinIdentity {
+  if (profile) return { name: profile.name, kind: profile.kind, rule: profile.rule }
   const cert = certOf(ev)
   if (cert) {
     const name =
@@ -556,7 +528,7 @@ function evidenceKey(ev: EvidenceSet): string | undefined {
 
 export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   const rules = config.identities.map(compileRule)
-  const profileIdentity = opts.profileIdentity ?? genericTokenIdentity
+  const profileIdentity = opts.profileIdentity ?? builtinProfileIdentity
   const perRequest = rules.some((r) => r.conditions.some((c) => c.perRequest))
   const cacheSize = opts.cacheSize ?? 10_000
   const cache = !perRequest && cacheSize > 0 ? new LRUCache<string, Identity>({ max: cacheSize }) : undefined
@@ -569,8 +541,11 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
     trace?: RuleTrace[],
   ): Identity {
     const { source, verified } = strongest(ev)
+    const profile = ev.jwt ? profileIdentity(ev.jwt) : undefined
     const attributes = evidenceAttributes(ev)
-    const expiry = evidenceExpiry(ev)
+    // profile attributes (ns, sa, pod, repository…) and expiry (kubernetes warnafter) apply whichever rule matches
+    if (profile) Object.assign(attributes, profile.attributes)
+    const expiry = minDefined(evidenceExpiry(ev), profile?.expiresAt)
     for (const rule of rules) {
       scratch.captures = undefined
       scratch.reason = ''
@@ -608,13 +583,12 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       if (rule.zone) identity.zone = rule.zone.render(values)
       if (expiry !== undefined) identity.expiresAt = expiry
       if (rule.expectEveryMs !== undefined) identity.expectEveryMs = rule.expectEveryMs
-      if (!rule.kind) identity.kind = defaultKind(ev, profileIdentity)
+      if (!rule.kind) identity.kind = profile && !ev.mtls && !ev.xfcc ? profile.kind : defaultKind(ev)
       return identity
     }
-    const b = builtinIdentity(ev, profileIdentity)
-    const identity: Identity = { ...b, source, verified, attributes: { ...attributes, ...b.attributes } }
-    const exp = minDefined(expiry, b.expiresAt)
-    if (exp !== undefined) identity.expiresAt = exp
+    const b = builtinIdentity(ev, profile)
+    const identity: Identity = { ...b, source, verified, attributes }
+    if (expiry !== undefined) identity.expiresAt = expiry
     return identity
   }
 
@@ -634,9 +608,8 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
 }
 
 /** A rule without `kind` inherits what the built-in knowledge would say about the evidence. */
-function defaultKind(ev: EvidenceSet, profileIdentity: ProfileIdentityFn): Kind {
+function defaultKind(ev: EvidenceSet): Kind {
   if (ev.mtls || ev.xfcc) return 'service'
-  if (ev.jwt) return profileIdentity(ev.jwt).kind
   if (ev.apikey) return ev.apikey.kind ?? 'service'
   if (ev.useragent?.category === 'bot' || ev.useragent?.category === 'agent') return ev.useragent.category
   if (ev.useragent?.category === 'browser') return 'human'

@@ -1,0 +1,234 @@
+// `nhi-proxy test FILE…`: rule unit tests, like `promtool test rules`. A test file names a config and lists
+// requests with the identity and decision they must get. Credentials are given as already-verified
+// evidence: rule tests exercise classification and policy, not cryptography.
+import { readFile } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import { z } from 'zod'
+import { formatDiagnostic } from '../config/diagnostics.ts'
+import { loadConfigFile } from '../config/loader.ts'
+import type { Config } from '../config/schema.ts'
+import { parseYamlWith } from '../config/yaml-schema.ts'
+import { certEvidenceFromFields } from '../identity/certificate.ts'
+import { classifyUserAgent } from '../identity/useragent.ts'
+import { compilePolicy } from '../policy/policy.ts'
+import { compileRules } from '../rules/engine.ts'
+import type { ConnectionInfo, EvidenceSet, Identity, PolicyDecision, RequestInfo } from '../types.ts'
+import { KINDS, SOURCES } from '../types.ts'
+import { fingerprint, sha256Hex } from '../util/fingerprint.ts'
+import type { Out } from './check.ts'
+
+const stringList = z.union([z.string(), z.array(z.string())])
+
+export const ruleTestFileSchema = z.strictObject({
+  config: z.string().min(1).meta({ description: 'config file, relative to this test file' }),
+  tests: z.array(
+    z.strictObject({
+      name: z.string().min(1),
+      request: z
+        .strictObject({
+          method: z.string().default('GET'),
+          path: z.string().default('/'),
+          headers: z.record(z.string(), z.string()).default({}),
+          remoteAddr: z.string().default('127.0.0.1'),
+          userAgent: z.string().optional(),
+          /** verified token claims: iss, sub, and any other claim (nested objects allowed) */
+          jwt: z.looseObject({ iss: z.string() }).optional(),
+          cert: z
+            .strictObject({
+              spiffe: z.string().optional(),
+              uri: stringList.optional(),
+              dns: stringList.optional(),
+              subject: z.string().optional(),
+              sha256: z.string().optional(),
+              /** as forwarded by a trusted proxy (XFCC) instead of presented over mTLS */
+              forwarded: z.boolean().default(false),
+              verified: z.boolean().default(true),
+            })
+            .optional(),
+          apiKey: z.string().optional().meta({ description: 'name of a configured api key' }),
+        })
+        .prefault({}),
+      expect: z.strictObject({
+        identity: z.string().optional(),
+        kind: z.enum(KINDS).optional(),
+        verified: z.boolean().optional(),
+        source: z.enum(SOURCES).optional(),
+        team: z.string().optional(),
+        zone: z.string().optional(),
+        /** identity rule that matched, e.g. "ci-jobs" or "builtin:useragent" */
+        rule: z.string().optional(),
+        decision: z.enum(['allow', 'deny', 'would_deny']).optional(),
+        /** policy rule that decided */
+        policyRule: z.string().optional(),
+      }),
+    }),
+  ),
+})
+export type RuleTestFile = z.output<typeof ruleTestFileSchema>
+export type RuleTestCase = RuleTestFile['tests'][number]
+type TestRequest = RuleTestCase['request']
+
+const asList = (v: string | string[] | undefined): string[] =>
+  v === undefined ? [] : Array.isArray(v) ? v : [v]
+
+/** Builds the evidence the extractors would have produced for a verified request. */
+export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
+  const ev: EvidenceSet = { failures: [], anomalies: [] }
+  if (r.jwt) {
+    const claims = r.jwt as Record<string, unknown>
+    const issuer = r.jwt.iss
+    const configured = config.jwt.issuers.find((i) => i.issuer === issuer)
+    ev.jwt = {
+      source: 'jwt',
+      verified: true,
+      issuer,
+      claims,
+      alg: 'RS256',
+      fingerprint: fingerprint(JSON.stringify(claims)),
+    }
+    if (configured?.profile) ev.jwt.profile = configured.profile
+    if (typeof claims['exp'] === 'number') ev.jwt.exp = claims['exp']
+  }
+  if (r.cert) {
+    const c = r.cert
+    const uriSans = [...(c.spiffe ? [c.spiffe] : []), ...asList(c.uri)]
+    const cn = c.subject ? /(?:^|[,/])\s*CN=([^,/]+)/.exec(c.subject)?.[1] : undefined
+    const source = c.forwarded ? 'xfcc' : 'mtls'
+    const cert = certEvidenceFromFields(
+      {
+        dnsSans: asList(c.dns),
+        uriSans,
+        sha256: c.sha256?.toLowerCase() ?? sha256Hex(JSON.stringify(c)),
+        ...(c.subject ? { subject: c.subject } : {}),
+        ...(cn ? { cn } : {}),
+      },
+      source,
+      c.verified,
+      c.forwarded ? 'xfcc' : undefined,
+    )
+    if ('failed' in cert) ev.failures.push(cert)
+    else if (source === 'xfcc') ev.xfcc = cert
+    else ev.mtls = cert
+  }
+  if (r.apiKey !== undefined) {
+    const key = config.apiKeys.keys.find((k) => k.name === r.apiKey)
+    if (key) {
+      ev.apikey = { source: 'apikey', verified: true, name: key.name, fingerprint: fingerprint(key.name) }
+      if (key.kind) ev.apikey.kind = key.kind
+      if (key.team) ev.apikey.team = key.team
+    } else {
+      ev.failures.push({
+        failed: true,
+        source: 'apikey',
+        reason: 'apikey_unknown',
+        detail: `no key named ${r.apiKey}`,
+      })
+    }
+  }
+  const ua = r.userAgent ?? headerValue(r.headers, 'user-agent')
+  if (ua) ev.useragent = classifyUserAgent(ua)
+  return ev
+}
+
+function headerValue(headers: Record<string, string>, name: string): string | undefined {
+  for (const [k, v] of Object.entries(headers)) if (k.toLowerCase() === name) return v
+  return undefined
+}
+
+export function requestForTest(r: TestRequest): { req: RequestInfo; conn: ConnectionInfo } {
+  const headers: Record<string, string> = {}
+  for (const [k, v] of Object.entries(r.headers)) headers[k.toLowerCase()] = v
+  if (r.userAgent !== undefined) headers['user-agent'] = r.userAgent
+  const q = r.path.indexOf('?')
+  return {
+    req: { method: r.method.toUpperCase(), path: q < 0 ? r.path : r.path.slice(0, q), url: r.path, headers },
+    conn: { remoteAddress: r.remoteAddr, remotePort: 0, tls: r.cert !== undefined && !r.cert.forwarded },
+  }
+}
+
+export interface CaseResult {
+  name: string
+  ok: boolean
+  /** one line per mismatched field */
+  mismatches: string[]
+  identity: Identity
+  decision: PolicyDecision
+}
+
+export function runCase(config: Config, c: RuleTestCase): CaseResult {
+  const rules = compileRules(config, { cacheSize: 0 })
+  const policy = compilePolicy(config.policy)
+  const { req, conn } = requestForTest(c.request)
+  const identity = rules.classify(evidenceForTest(config, c.request), req, conn)
+  const decision = policy.decide(identity, req)
+  const actual: Record<keyof RuleTestCase['expect'], unknown> = {
+    identity: identity.name,
+    kind: identity.kind,
+    verified: identity.verified,
+    source: identity.source,
+    team: identity.team,
+    zone: identity.zone,
+    rule: identity.rule,
+    decision: decision.decision,
+    policyRule: decision.rule,
+  }
+  const mismatches: string[] = []
+  for (const [field, want] of Object.entries(c.expect)) {
+    if (want === undefined) continue
+    const got = actual[field as keyof typeof actual]
+    if (got !== want)
+      mismatches.push(`${field}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got) ?? 'nothing'}`)
+  }
+  return { name: c.name, ok: mismatches.length === 0, mismatches, identity, decision }
+}
+
+export async function runRuleTests(files: string[], out: Out): Promise<number> {
+  let n = 0
+  let passed = 0
+  let failed = 0
+  let broken = false
+  for (const file of files) {
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch {
+      out(`${file}:1:1 file not found`)
+      broken = true
+      continue
+    }
+    const parsed = parseYamlWith(text, file, ruleTestFileSchema)
+    if (!parsed.value) {
+      for (const d of parsed.errors) out(formatDiagnostic(d))
+      broken = true
+      continue
+    }
+    const configPath = resolve(dirname(file), parsed.value.config)
+    const loaded = await loadConfigFile(configPath)
+    out(`# ${file} (config ${parsed.value.config})`)
+    if (!loaded.ok) {
+      for (const d of loaded.errors) out(formatDiagnostic(d))
+      broken = true
+      continue
+    }
+    for (const c of parsed.value.tests) {
+      n++
+      const result = runCase(loaded.config, c)
+      if (result.ok) {
+        passed++
+        out(`ok ${n} - ${c.name}`)
+      } else {
+        failed++
+        out(`not ok ${n} - ${c.name}`)
+        out('  ---')
+        for (const m of result.mismatches) out(`  ${m}`)
+        out(
+          `  identity: ${result.identity.name} (${result.identity.kind}, ${result.identity.source}, rule ${result.identity.rule})`,
+        )
+        out('  ...')
+      }
+    }
+  }
+  out(`1..${n}`)
+  out(`# ${n} tests, ${passed} passed, ${failed} failed${broken ? ', some files could not be loaded' : ''}`)
+  return failed || broken ? 1 : 0
+}
