@@ -1,0 +1,509 @@
+// The throughput bench: every configuration runs in its own processes on loopback and is measured in
+// interleaved rounds (a, b, b2, c, … then again), so slow drift of the machine hits all of them alike.
+import { execFileSync } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { request } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createCA, issueCert } from '../../test/helpers/pki.ts'
+import { ensureWrk, hasCommand, type LoadResult, type LoadSpec, runLoad } from './load.ts'
+import { startNginx } from './nginx.ts'
+import { distBuilt, nhiCommand, nhiConfigYaml, REPO_ROOT, startNhi } from './nhi.ts'
+import {
+  cpuMicros,
+  freePort,
+  type ServerProcess,
+  sleep,
+  spawnProcess,
+  stopAll,
+  treeCpuMicros,
+  waitForPorts,
+} from './procs.ts'
+import { type TokenSet, tokenSet } from './tokens.ts'
+
+export type ConfigId = 'a' | 'b' | 'b2' | 'c' | 'a-tls' | 'd' | 'e' | 'nginx'
+
+export const CONFIG_LABELS: Record<ConfigId, string> = {
+  a: 'direct to upstream',
+  b: 'bare proxy, undici (same engine)',
+  b2: 'bare proxy, http-proxy',
+  c: 'nhi-proxy, JWT RS256 (1,000 tokens, cache warm)',
+  'a-tls': 'direct to upstream over mTLS (loadgen ceiling)',
+  d: 'nhi-proxy, mTLS clients',
+  e: 'nhi-proxy, anonymous browser',
+  nginx: 'nginx 1 worker (reference proxy)',
+}
+
+export const BROWSER_UA =
+  'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36'
+
+export interface BenchOptions {
+  durationS: number
+  rounds: number
+  connections: number
+  quick: boolean
+  /** warm-up pass per configuration before the rounds */
+  warmup: boolean
+  /** try apt-get install wrk when it is missing (root only) */
+  installWrk: boolean
+  /** 'build' runs `npm run build` and starts dist/cli/main.js; 'tsx' runs the sources */
+  coldStart: 'build' | 'tsx' | 'skip'
+  /** audit output for nhi-proxy (default /dev/null: serialised, not stored) */
+  audit: string
+  log: (line: string) => void
+}
+
+export interface RoundSample extends LoadResult {
+  round: number
+  /** µs of proxy CPU (utime+stime) per request; undefined without a proxy */
+  proxyCpuUs?: number
+  upstreamCpuUs: number
+}
+
+export interface ConfigResult {
+  id: ConfigId
+  label: string
+  tool: 'wrk' | 'node'
+  rounds: RoundSample[]
+  /** medians over rounds */
+  rps: number
+  p50Ms: number
+  p99Ms: number
+  proxyCpuUs?: number
+  upstreamCpuUs: number
+  requests: number
+  errors: number
+  non2xx: number
+}
+
+export interface Target {
+  name: string
+  value: number
+  target: number
+  unit: string
+  /** ≥ or ≤ */
+  direction: 'min' | 'max'
+  pass: boolean
+  margin: number
+  note?: string
+}
+
+export interface BenchResult {
+  startedAt: string
+  machine: MachineInfo
+  options: Omit<BenchOptions, 'log'>
+  configs: ConfigResult[]
+  flood?: ConfigResult & { tokens: number; wrapped: boolean }
+  coldStart?: { ms: number[]; medianMs: number; how: string }
+  ratios: Record<string, number>
+  targets: Target[]
+  notes: string[]
+}
+
+export interface MachineInfo {
+  nproc: number
+  cpu: string
+  memoryGiB: number
+  node: string
+  wrk: string
+  nginx: string
+  kernel: string
+}
+
+function sh(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim()
+  } catch (err) {
+    // nginx -v and wrk --version print to stderr and wrk exits 1
+    const e = err as { stderr?: string; stdout?: string }
+    return `${e.stdout ?? ''}${e.stderr ?? ''}`.trim()
+  }
+}
+
+export function machineInfo(): MachineInfo {
+  const cpuinfo = sh('cat', ['/proc/cpuinfo'])
+  const meminfo = sh('cat', ['/proc/meminfo'])
+  const memKb = Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0)
+  return {
+    nproc: Number(sh('nproc', [])) || 0,
+    cpu: /model name\s*:\s*(.+)/.exec(cpuinfo)?.[1]?.trim() ?? 'unknown',
+    memoryGiB: Math.round((memKb / 1024 / 1024) * 10) / 10,
+    node: process.version,
+    wrk: hasCommand('wrk')
+      ? (sh('wrk', ['--version']).split('\n')[0] ?? '').replace(/ Copyright.*/, '')
+      : 'not installed',
+    nginx: sh('sh', ['-c', 'nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1']).split('\n')[0] ?? 'not installed',
+    kernel: sh('uname', ['-r']),
+  }
+}
+
+const median = (xs: number[]): number => {
+  if (xs.length === 0) return 0
+  const s = [...xs].sort((x, y) => x - y)
+  const m = s.length >> 1
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
+}
+
+function summarize(id: ConfigId, label: string, rounds: RoundSample[]): ConfigResult {
+  const cpus = rounds.map((r) => r.proxyCpuUs).filter((x): x is number => x !== undefined)
+  return {
+    id,
+    label,
+    tool: rounds[0]?.tool ?? 'wrk',
+    rounds,
+    rps: median(rounds.map((r) => r.rps)),
+    p50Ms: median(rounds.map((r) => r.p50Ms)),
+    p99Ms: median(rounds.map((r) => r.p99Ms)),
+    proxyCpuUs: cpus.length ? median(cpus) : undefined,
+    upstreamCpuUs: median(rounds.map((r) => r.upstreamCpuUs)),
+    requests: rounds.reduce((n, r) => n + r.requests, 0),
+    errors: rounds.reduce((n, r) => n + r.errors, 0),
+    non2xx: rounds.reduce((n, r) => n + r.non2xx, 0),
+  }
+}
+
+interface Runnable {
+  id: ConfigId
+  spec: LoadSpec
+  proxy?: ServerProcess
+  /** nginx: count the workers too */
+  tree?: boolean
+}
+
+async function measure(
+  r: Runnable,
+  upstream: ServerProcess,
+  useWrk: boolean,
+  round: number,
+  durationS: number,
+): Promise<RoundSample> {
+  const cpuOf = (p: ServerProcess) => (r.tree ? treeCpuMicros(p.pid) : cpuMicros(p.pid))
+  const proxyBefore = r.proxy ? await cpuOf(r.proxy) : 0
+  const upBefore = await cpuMicros(upstream.pid)
+  const load = await runLoad({ ...r.spec, durationS }, useWrk)
+  const proxyAfter = r.proxy ? await cpuOf(r.proxy) : 0
+  const upAfter = await cpuMicros(upstream.pid)
+  const n = Math.max(1, load.requests)
+  const sample: RoundSample = { ...load, round, upstreamCpuUs: (upAfter - upBefore) / n }
+  if (r.proxy) sample.proxyCpuUs = (proxyAfter - proxyBefore) / n
+  return sample
+}
+
+/** Time from spawning `nhi-proxy run` until the first request through it answers 200. */
+async function coldStart(dir: string, upstream: string, jwksFile: string, dist: boolean): Promise<number> {
+  const port = await freePort()
+  const adminPort = await freePort()
+  const file = join(dir, `cold-${port}.yaml`)
+  await writeFile(file, nhiConfigYaml({ port, adminPort, upstream, jwksFile }))
+  const { command, args } = nhiCommand(file, { dist })
+  const started = performance.now()
+  const proc = spawnProcess('cold-start', command, args, { env: { NHI_LOG_LEVEL: 'warn' } })
+  try {
+    const deadline = started + 15_000
+    while (performance.now() < deadline) {
+      const status = await new Promise<number>((resolve) => {
+        const req = request({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
+          res.resume()
+          resolve(res.statusCode ?? 0)
+        })
+        req.on('error', () => resolve(0))
+        req.end()
+      })
+      if (status === 200) return performance.now() - started
+      if (proc.child.exitCode !== null)
+        throw new Error(`nhi-proxy exited during cold start:\n${proc.stderrTail()}`)
+      await sleep(5)
+    }
+    throw new Error('nhi-proxy did not answer within 15 s of starting')
+  } finally {
+    await proc.stop()
+  }
+}
+
+function target(
+  name: string,
+  value: number,
+  goal: number,
+  direction: 'min' | 'max',
+  unit = '',
+  note?: string,
+): Target {
+  const pass = direction === 'min' ? value >= goal : value <= goal
+  const t: Target = {
+    name,
+    value,
+    target: goal,
+    unit,
+    direction,
+    pass,
+    margin: direction === 'min' ? value - goal : goal - value,
+  }
+  if (note) t.note = note
+  return t
+}
+
+export async function runBench(opts: BenchOptions): Promise<BenchResult> {
+  const log = opts.log
+  const notes: string[] = []
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-bench-'))
+  const procs: ServerProcess[] = []
+  try {
+    const useWrk = opts.installWrk ? ensureWrk(log) : hasCommand('wrk')
+    if (!useWrk) notes.push('wrk is not installed: plain-HTTP configurations used the Node load generator')
+    const machine = machineInfo()
+
+    log('preparing PKI and tokens')
+    const ca = await createCA('bench-ca', dir)
+    const server = await issueCert(ca, { cn: 'localhost', dnsSans: ['localhost'], server: true })
+    const clients = await Promise.all(
+      ['orders', 'billing', 'search', 'ledger'].map((sa) =>
+        issueCert(ca, { uriSans: [`spiffe://bench.local/ns/shop/sa/${sa}`] }),
+      ),
+    )
+    const floodCount = opts.quick ? 4_000 : 40_000
+    const [rotating, flood] = await Promise.all([
+      tokenSet('rotating', 'RS256', 1_000, 100),
+      tokenSet('flood', 'RS256', floodCount, 100),
+    ])
+    for (const set of [rotating, flood] as TokenSet[]) {
+      if (!set.cached)
+        log(`  signed ${set.tokens.length} RS256 tokens in ${(set.mintMs / 1000).toFixed(1)} s`)
+    }
+    const tokensFile = join(dir, 'tokens.txt')
+    const floodFile = join(dir, 'flood.txt')
+    const jwksFile = join(dir, 'jwks.json')
+    await writeFile(tokensFile, `${rotating.tokens.join('\n')}\n`)
+    await writeFile(floodFile, `${flood.tokens.join('\n')}\n`)
+    await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk, flood.key.publicJwk] }))
+
+    log('starting servers')
+    const ports = {
+      up: await freePort(),
+      upTls: await freePort(),
+      b: await freePort(),
+      b2: await freePort(),
+      nginx: await freePort(),
+    }
+    const tsx = ['--import', 'tsx']
+    const upstream = spawnProcess('upstream', process.execPath, [
+      ...tsx,
+      join(REPO_ROOT, 'bench/upstream.ts'),
+      JSON.stringify({
+        http: ports.up,
+        https: { port: ports.upTls, cert: server.certFile, key: server.keyFile, ca: ca.certFile },
+      }),
+    ])
+    procs.push(upstream)
+    const upstreamUrl = `http://127.0.0.1:${ports.up}`
+    const bare = (name: string, script: string, port: number) => {
+      const p = spawnProcess(name, process.execPath, [
+        ...tsx,
+        join(REPO_ROOT, script),
+        JSON.stringify({ port, upstream: upstreamUrl }),
+      ])
+      procs.push(p)
+      return p
+    }
+    const bareUndici = bare('bare-undici', 'bench/bare-undici-proxy.ts', ports.b)
+    const bareHttpProxy = bare('bare-http-proxy', 'bench/bare-http-proxy.ts', ports.b2)
+
+    const nhiPorts = async () => ({
+      port: await freePort(),
+      adminPort: await freePort(),
+      tls: await freePort(),
+    })
+    const nhi = { c: await nhiPorts(), d: await nhiPorts(), e: await nhiPorts() }
+    const startOne = (name: 'c' | 'd' | 'e') =>
+      startNhi(`nhi-${name}`, dir, {
+        port: nhi[name].port,
+        adminPort: nhi[name].adminPort,
+        upstream: upstreamUrl,
+        jwksFile,
+        audit: opts.audit,
+        https: { port: nhi[name].tls, cert: server.certFile, key: server.keyFile, ca: ca.certFile },
+      })
+    const [nhiC, nhiD, nhiE] = await Promise.all([startOne('c'), startOne('d'), startOne('e')])
+    procs.push(nhiC, nhiD, nhiE)
+    await Promise.all([
+      waitForPorts(upstream, [ports.up, ports.upTls]),
+      waitForPorts(bareUndici, [ports.b]),
+      waitForPorts(bareHttpProxy, [ports.b2]),
+    ])
+    let nginx: ServerProcess | undefined
+    try {
+      nginx = await startNginx(dir, ports.nginx, ports.up)
+      procs.push(nginx)
+    } catch (err) {
+      notes.push(`nginx reference skipped: ${(err as Error).message.split('\n')[0]}`)
+    }
+
+    const http = (port: number) => `http://127.0.0.1:${port}`
+    const base = { connections: opts.connections, durationS: opts.durationS, path: '/api/v1/orders/42' }
+    const tlsClients = clients.map((c) => ({ cert: c.certFile, key: c.keyFile }))
+    const runnables: Runnable[] = [
+      { id: 'a', spec: { ...base, url: upstreamUrl, tokensFile } },
+      { id: 'b', spec: { ...base, url: http(ports.b), tokensFile }, proxy: bareUndici },
+      { id: 'b2', spec: { ...base, url: http(ports.b2), tokensFile }, proxy: bareHttpProxy },
+      { id: 'c', spec: { ...base, url: http(nhi.c.port), tokensFile }, proxy: nhiC },
+      {
+        id: 'a-tls',
+        spec: {
+          ...base,
+          url: `https://127.0.0.1:${ports.upTls}`,
+          tls: { ca: ca.certFile, clients: tlsClients },
+        },
+      },
+      {
+        id: 'd',
+        spec: {
+          ...base,
+          url: `https://127.0.0.1:${nhi.d.tls}`,
+          tls: { ca: ca.certFile, clients: tlsClients },
+        },
+        proxy: nhiD,
+      },
+      { id: 'e', spec: { ...base, url: http(nhi.e.port), userAgent: BROWSER_UA }, proxy: nhiE },
+    ]
+    if (nginx)
+      runnables.push({
+        id: 'nginx',
+        spec: { ...base, url: http(ports.nginx), tokensFile },
+        proxy: nginx,
+        tree: true,
+      })
+
+    if (opts.warmup) {
+      log('warm-up pass (JIT, keep-alive pools, token cache)')
+      for (const r of runnables) await runLoad({ ...r.spec, durationS: opts.quick ? 1 : 3 }, useWrk)
+    }
+
+    const samples = new Map<ConfigId, RoundSample[]>(runnables.map((r) => [r.id, []]))
+    for (let round = 1; round <= opts.rounds; round++) {
+      for (const r of runnables) {
+        const s = await measure(r, upstream, useWrk, round, opts.durationS)
+        samples.get(r.id)!.push(s)
+        log(
+          `  round ${round} ${r.id.padEnd(5)} ${s.rps.toFixed(0).padStart(7)} req/s  p50 ${s.p50Ms.toFixed(2)} ms  p99 ${s.p99Ms.toFixed(2)} ms` +
+            (s.proxyCpuUs !== undefined ? `  ${s.proxyCpuUs.toFixed(1)} µs CPU/req` : '') +
+            (s.errors || s.non2xx ? `  errors ${s.errors} non-2xx ${s.non2xx}` : ''),
+        )
+      }
+    }
+    const configs = runnables.map((r) => summarize(r.id, CONFIG_LABELS[r.id], samples.get(r.id)!))
+
+    log('cache-miss flood (every RS256 token new)')
+    const floodDuration = Math.min(opts.durationS, opts.quick ? 1 : 5)
+    const floodSample = await measure(
+      { id: 'c', spec: { ...base, url: http(nhi.c.port), tokensFile: floodFile }, proxy: nhiC },
+      upstream,
+      useWrk,
+      1,
+      floodDuration,
+    )
+    const floodResult = {
+      ...summarize(
+        'c',
+        `nhi-proxy, JWT cache-miss flood (${floodCount.toLocaleString('en')} new RS256 tokens)`,
+        [floodSample],
+      ),
+      tokens: floodCount,
+      wrapped: floodSample.requests > floodCount,
+    }
+    if (floodResult.wrapped) {
+      notes.push(
+        `cache-miss flood sent ${floodSample.requests} requests but had ${floodCount} tokens: the rest were cache hits, so the flood number is optimistic`,
+      )
+    }
+
+    let cold: BenchResult['coldStart']
+    if (opts.coldStart !== 'skip') {
+      let dist = false
+      if (opts.coldStart === 'build') {
+        log('npm run build (for the cold-start measurement)')
+        try {
+          execFileSync('npm', ['run', 'build'], { cwd: REPO_ROOT, stdio: 'ignore', timeout: 180_000 })
+        } catch {
+          notes.push('npm run build reported errors; cold start used whatever dist/ it emitted, or tsx')
+        }
+        dist = distBuilt()
+      }
+      const tries = opts.quick ? 1 : 3
+      const ms: number[] = []
+      for (let i = 0; i < tries; i++) ms.push(await coldStart(dir, upstreamUrl, jwksFile, dist))
+      cold = {
+        ms,
+        medianMs: median(ms),
+        how: dist ? 'node dist/cli/main.js run -c FILE' : 'node --import tsx src/cli/main.ts run -c FILE',
+      }
+      log(`  cold start ${ms.map((m) => m.toFixed(0)).join(', ')} ms (${cold.how})`)
+    }
+
+    const get = (id: ConfigId) => configs.find((c) => c.id === id)
+    const c = get('c')!
+    const a = get('a')!
+    const b = get('b')!
+    const b2 = get('b2')!
+    const ng = get('nginx')
+    const d = get('d')!
+    const aTls = get('a-tls')!
+    const ratios: Record<string, number> = {
+      'c/b': c.rps / b.rps,
+      'c/b2': c.rps / b2.rps,
+      'c/a': c.rps / a.rps,
+      'd/a-tls': d.rps / aTls.rps,
+      'e/b': get('e')!.rps / b.rps,
+      'flood/b': floodResult.rps / b.rps,
+      'p50(c)−p50(a) ms': c.p50Ms - a.p50Ms,
+      'p99(c)−p99(a) ms': c.p99Ms - a.p99Ms,
+      'p99(c)−p99(b) ms': c.p99Ms - b.p99Ms,
+    }
+    if (ng) ratios['c/nginx'] = c.rps / ng.rps
+    const targets: Target[] = [
+      target('c ≥ 1.3× b2 (throughput vs http-proxy)', ratios['c/b2']!, 1.3, 'min', '×'),
+      target('c ≥ 0.9× b (throughput vs bare undici proxy)', ratios['c/b']!, 0.9, 'min', '×'),
+      ...(ng ? [target('c ≥ 0.6× nginx', ratios['c/nginx']!, 0.6, 'min', '×')] : []),
+      target(
+        `p50 added ≤ 1 ms at ${opts.connections} connections (c − a)`,
+        ratios['p50(c)−p50(a) ms']!,
+        1,
+        'max',
+        'ms',
+      ),
+      target(
+        `p99 added ≤ 3 ms at ${opts.connections} connections (c − a)`,
+        ratios['p99(c)−p99(a) ms']!,
+        3,
+        'max',
+        'ms',
+      ),
+      target(
+        'cache-miss flood ≥ 0.5× b',
+        ratios['flood/b']!,
+        0.5,
+        'min',
+        '×',
+        floodResult.wrapped ? 'tokens wrapped' : undefined,
+      ),
+    ]
+    if (cold)
+      targets.push(
+        target('cold start to first proxied 200 ≤ 400 ms', cold.medianMs, 400, 'max', 'ms', cold.how),
+      )
+
+    const { log: _log, ...rest } = opts
+    return {
+      startedAt: new Date().toISOString(),
+      machine,
+      options: rest,
+      configs,
+      flood: floodResult,
+      coldStart: cold,
+      ratios,
+      targets,
+      notes,
+    }
+  } finally {
+    await stopAll(procs)
+    await rm(dir, { recursive: true, force: true }).catch(() => {})
+  }
+}

@@ -1,0 +1,260 @@
+// Memory mode: floods nhi-proxy with identity cardinality — N distinct valid ES256 tokens (one service
+// account each) plus N/10 distinct client identities forwarded in XFCC by a trusted peer — and samples the
+// proxy's RSS, the nhi_requests_total identity series and the /metrics scrape time as it goes.
+import { createHash } from 'node:crypto'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Pool } from 'undici'
+import { parseMetrics } from '../../test/helpers/metrics.ts'
+import { type MachineInfo, machineInfo, type Target } from './harness.ts'
+import { REPO_ROOT, startNhi } from './nhi.ts'
+import { freePort, rssBytes, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import { Minter, newSigningMaterial } from './tokens.ts'
+
+export interface MemoryOptions {
+  quick: boolean
+  log: (line: string) => void
+  /** overrides for tests */
+  tokens?: number
+  xfccIdentities?: number
+  maxIdentities?: number
+  timeLimitS?: number
+}
+
+export interface MemorySample {
+  t: number
+  tokensSent: number
+  xfccSent: number
+  rssMB: number
+  series: number
+  scrapeMs: number
+}
+
+export interface MemoryResult {
+  startedAt: string
+  machine: MachineInfo
+  tokens: number
+  xfccIdentities: number
+  maxIdentities: number
+  minting: string
+  samples: MemorySample[]
+  requests: number
+  failures: number
+  completed: boolean
+  targets: Target[]
+}
+
+const CONCURRENCY = 32
+const CHUNK = 5_000
+
+function t(name: string, value: number, goal: number, unit: string, note?: string): Target {
+  const r: Target = {
+    name,
+    value,
+    target: goal,
+    unit,
+    direction: 'max',
+    pass: value <= goal,
+    margin: goal - value,
+  }
+  if (note) r.note = note
+  return r
+}
+
+async function sample(
+  pid: number,
+  adminUrl: string,
+): Promise<{ rssMB: number; series: number; scrapeMs: number }> {
+  const started = performance.now()
+  const text = await (await fetch(`${adminUrl}/metrics`)).text()
+  const scrapeMs = performance.now() - started
+  const identities = new Set<string>()
+  for (const s of parseMetrics(text))
+    if (s.name === 'nhi_requests_total') identities.add(s.labels['identity'] ?? '')
+  return { rssMB: (await rssBytes(pid)) / 1024 / 1024, series: identities.size, scrapeMs }
+}
+
+/** Growth over the last third of the run, relative to the value at its start. */
+function tailGrowth(values: number[]): number {
+  if (values.length < 3) return 0
+  const from = values[Math.floor((values.length * 2) / 3)]!
+  const to = values[values.length - 1]!
+  return from > 0 ? (to - from) / from : 0
+}
+
+export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
+  const log = opts.log
+  const tokenCount = opts.tokens ?? (opts.quick ? 100_000 : 1_000_000)
+  const xfccCount = opts.xfccIdentities ?? Math.round(tokenCount / 10)
+  const maxIdentities = opts.maxIdentities ?? 1000
+  const timeLimitMs = (opts.timeLimitS ?? (opts.quick ? 300 : 1800)) * 1000
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-bench-mem-'))
+  const procs: ServerProcess[] = []
+  const key = newSigningMaterial('ES256', 'bench-memory')
+  const minter = new Minter(key, { identities: tokenCount, exp: Math.floor(Date.now() / 1000) + 86_400 }, 1)
+  try {
+    const jwksFile = join(dir, 'jwks.json')
+    await writeFile(jwksFile, JSON.stringify({ keys: [key.publicJwk] }))
+    const upPort = await freePort()
+    const upstream = spawnProcess('upstream', process.execPath, [
+      '--import',
+      'tsx',
+      join(REPO_ROOT, 'bench/upstream.ts'),
+      JSON.stringify({ http: upPort }),
+    ])
+    procs.push(upstream)
+    await waitForPorts(upstream, [upPort])
+    const port = await freePort()
+    const adminPort = await freePort()
+    const nhi = await startNhi('nhi-memory', dir, {
+      port,
+      adminPort,
+      upstream: `http://127.0.0.1:${upPort}`,
+      jwksFile,
+      trustedProxies: ['127.0.0.1/32'],
+      maxIdentities,
+    })
+    procs.push(nhi)
+    const adminUrl = `http://127.0.0.1:${adminPort}`
+    const pool = new Pool(`http://127.0.0.1:${port}`, { connections: CONCURRENCY })
+
+    const started = performance.now()
+    const samples: MemorySample[] = []
+    let tokensSent = 0
+    let xfccSent = 0
+    let failures = 0
+    const takeSample = async () => {
+      const s = await sample(nhi.pid, adminUrl)
+      const row = { t: (performance.now() - started) / 1000, tokensSent, xfccSent, ...s }
+      samples.push(row)
+      log(
+        `  ${row.t.toFixed(0).padStart(5)} s  tokens ${tokensSent.toLocaleString('en').padStart(9)}  xfcc ${xfccSent.toLocaleString('en').padStart(7)}  RSS ${row.rssMB.toFixed(1)} MB  series ${row.series}  scrape ${row.scrapeMs.toFixed(1)} ms`,
+      )
+    }
+    const interval = opts.quick ? 2_000 : 5_000
+    let sampling = Promise.resolve()
+    const sampler = setInterval(() => {
+      sampling = sampling.then(takeSample, takeSample).catch(() => {})
+    }, interval)
+
+    const xfccHeader = (i: number) => {
+      const ns = `tenant-${i % 101}`
+      const uri = `spiffe://bench.local/ns/${ns}/sa/client-${i}`
+      const hash = createHash('sha256').update(uri).digest('hex')
+      return `By=spiffe://bench.local/ns/mesh/sa/gateway;Hash=${hash};URI=${uri}`
+    }
+    const send = async (headers: Record<string, string>) => {
+      try {
+        const res = await pool.request({ path: '/api/v1/orders/7', method: 'GET', headers })
+        await res.body.dump()
+        if (res.statusCode !== 200) failures++
+      } catch {
+        failures++
+      }
+    }
+    // pre-sign the next chunk while the current one is being sent
+    let next = minter.mint(0, Math.min(CHUNK, tokenCount))
+    let completed = true
+    const xfccEvery = Math.max(1, Math.round(tokenCount / Math.max(1, xfccCount)))
+    log(
+      `memory mode: ${tokenCount.toLocaleString('en')} ES256 tokens, ${xfccCount.toLocaleString('en')} XFCC identities`,
+    )
+    for (let start = 0; start < tokenCount; start += CHUNK) {
+      const chunk = await next
+      const following = start + CHUNK
+      if (following < tokenCount) next = minter.mint(following, Math.min(CHUNK, tokenCount - following))
+      let i = 0
+      const lane = async () => {
+        while (i < chunk.length) {
+          const token = chunk[i++]!
+          await send({ authorization: `Bearer ${token}` })
+          tokensSent++
+          if (tokensSent % xfccEvery === 0 && xfccSent < xfccCount) {
+            await send({ 'x-forwarded-client-cert': xfccHeader(xfccSent++) })
+          }
+        }
+      }
+      await Promise.all(Array.from({ length: CONCURRENCY }, lane))
+      if (performance.now() - started > timeLimitMs) {
+        completed = false
+        log(`  time limit reached after ${tokensSent} tokens`)
+        break
+      }
+    }
+    while (xfccSent < xfccCount && completed)
+      await send({ 'x-forwarded-client-cert': xfccHeader(xfccSent++) })
+    // a few more samples after the flood: does memory come back down or at least stay flat?
+    const settleUntil = performance.now() + interval * 3
+    while (performance.now() < settleUntil) await new Promise((r) => setTimeout(r, 250))
+    clearInterval(sampler)
+    await sampling
+    await takeSample()
+    await pool.close()
+
+    const final = samples[samples.length - 1]!
+    const rss = samples.map((s) => s.rssMB)
+    const series = samples.map((s) => s.series)
+    const targets = [
+      t(`RSS after ${tokensSent.toLocaleString('en')} tokens`, final.rssMB, 120, 'MB'),
+      t(
+        'identity series',
+        Math.max(...series),
+        maxIdentities + 1,
+        '',
+        `maxIdentities ${maxIdentities} + __overflow__`,
+      ),
+      t('/metrics scrape (slowest sample)', Math.max(...samples.map((s) => s.scrapeMs)), 50, 'ms'),
+      t('RSS growth over the last third of the run', tailGrowth(rss) * 100, 10, '%', 'levels off'),
+    ]
+    return {
+      startedAt: new Date(Date.now() - (performance.now() - started)).toISOString(),
+      machine: machineInfo(),
+      tokens: tokensSent,
+      xfccIdentities: xfccSent,
+      maxIdentities,
+      minting: `ES256, one P-256 key, node:crypto sign in ${minter.threads} worker thread, ${CHUNK}-token chunks signed ahead of sending`,
+      samples,
+      requests: tokensSent + xfccSent,
+      failures,
+      completed,
+      targets,
+    }
+  } finally {
+    await minter.close()
+    await stopAll(procs)
+    await rm(dir, { recursive: true, force: true }).catch(() => {})
+  }
+}
+
+export function memoryMarkdown(r: MemoryResult): string {
+  const lines = [
+    `# nhi-proxy memory bench — ${r.startedAt}`,
+    '',
+    `${r.tokens.toLocaleString('en')} distinct valid tokens and ${r.xfccIdentities.toLocaleString('en')} distinct XFCC client identities (trusted peer 127.0.0.1/32), metrics.maxIdentities ${r.maxIdentities}; ${r.requests.toLocaleString('en')} requests, ${r.failures} failed${r.completed ? '' : ' (stopped at the time limit)'}.`,
+    `Tokens: ${r.minting}.`,
+    '',
+    '| t (s) | tokens sent | XFCC sent | RSS MB | identity series | scrape ms |',
+    '|---:|---:|---:|---:|---:|---:|',
+    ...r.samples.map(
+      (s) =>
+        `| ${s.t.toFixed(0)} | ${s.tokensSent.toLocaleString('en')} | ${s.xfccSent.toLocaleString('en')} | ${s.rssMB.toFixed(1)} | ${s.series} | ${s.scrapeMs.toFixed(1)} |`,
+    ),
+    '',
+    '```',
+    ...r.targets.map(
+      (x) =>
+        `${x.pass ? 'PASS' : 'MISS'}  ${x.name}: ${x.value.toFixed(1)} ${x.unit} (target ≤ ${x.target} ${x.unit})${x.note ? ` — ${x.note}` : ''}`,
+    ),
+    '```',
+  ]
+  return `${lines.join('\n')}\n`
+}
+
+export async function writeMemoryResults(dir: string, r: MemoryResult): Promise<string[]> {
+  const name = r.tokens >= 1_000_000 ? 'memory' : 'memory-quick'
+  const files = [join(dir, `${name}.md`), join(dir, `${name}.json`)]
+  await writeFile(files[0]!, memoryMarkdown(r))
+  await writeFile(files[1]!, `${JSON.stringify(r, null, 2)}\n`)
+  return files
+}

@@ -1,0 +1,58 @@
+// nginx as the reference reverse proxy: one worker (like one node process), upstream keep-alive, no
+// access log, on loopback, with a throwaway config and prefix directory.
+import { existsSync } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { hasCommand } from './load.ts'
+import { type ServerProcess, spawnProcess, waitForPorts } from './procs.ts'
+
+export function nginxBinary(): string | undefined {
+  if (hasCommand('nginx')) return 'nginx'
+  // Debian puts it in sbin, which is not on every user's PATH
+  return existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : undefined
+}
+
+export async function startNginx(dir: string, port: number, upstreamPort: number): Promise<ServerProcess> {
+  const bin = nginxBinary()
+  if (!bin) throw new Error('nginx is not installed')
+  const prefix = join(dir, 'nginx')
+  await mkdir(join(prefix, 'logs'), { recursive: true })
+  const conf = join(prefix, 'nginx.conf')
+  const tmp = (name: string) => join(prefix, name)
+  await writeFile(
+    conf,
+    `daemon off;
+master_process on;
+worker_processes 1;
+${process.getuid?.() === 0 ? 'user root;' : ''}
+pid ${tmp('nginx.pid')};
+error_log ${tmp('logs/error.log')} warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${tmp('body')};
+  proxy_temp_path ${tmp('proxy')};
+  fastcgi_temp_path ${tmp('fastcgi')};
+  uwsgi_temp_path ${tmp('uwsgi')};
+  scgi_temp_path ${tmp('scgi')};
+  keepalive_requests 1000000;
+  upstream app {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }
+  }
+}
+`,
+  )
+  const proc = spawnProcess('nginx', bin, ['-p', prefix, '-c', conf])
+  await waitForPorts(proc, [port])
+  return proc
+}

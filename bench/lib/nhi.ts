@@ -1,0 +1,104 @@
+// Starts nhi-proxy the way an operator does — `nhi-proxy run -c FILE` in its own process — with a bench
+// config: a Kubernetes-profile JWT issuer (JWKS from a file), an optional mTLS listener and trusted XFCC peers.
+import { existsSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { type ServerProcess, spawnProcess, waitForPorts } from './procs.ts'
+import { BENCH_AUDIENCE, BENCH_ISSUER } from './tokens.ts'
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
+const SRC_MAIN = join(REPO_ROOT, 'src/cli/main.ts')
+const DIST_MAIN = join(REPO_ROOT, 'dist/cli/main.js')
+const LAG_PROBE = join(REPO_ROOT, 'bench/lag-probe.ts')
+
+export interface NhiConfigOptions {
+  port: number
+  adminPort: number
+  upstream: string
+  jwksFile: string
+  https?: { port: number; cert: string; key: string; ca: string }
+  trustedProxies?: string[]
+  maxIdentities?: number
+  /** audit trail destination; the bench default /dev/null keeps the serialisation cost without disk I/O */
+  audit?: string
+  policy?: 'off' | 'observe'
+}
+
+export function nhiConfigYaml(o: NhiConfigOptions): string {
+  const https = o.https
+    ? `  https:
+    address: 127.0.0.1:${o.https.port}
+    cert: ${o.https.cert}
+    key: ${o.https.key}
+    clientCA: ${o.https.ca}
+    clientCert: optional
+`
+    : ''
+  return `service: bench
+listen:
+  http: 127.0.0.1:${o.port}
+${https}upstream: ${o.upstream}
+admin: 127.0.0.1:${o.adminPort}
+forwardedClientCert:
+  trustedProxies: [${(o.trustedProxies ?? []).join(', ')}]
+jwt:
+  issuers:
+    - issuer: ${BENCH_ISSUER}
+      profile: kubernetes
+      jwksFile: ${o.jwksFile}
+      audiences: [${BENCH_AUDIENCE}]
+      algorithms: [RS256, ES256]
+identities:
+  - rule: mesh-workloads
+    name: "{ns}/{sa}"
+    kind: service
+    team: "{ns}"
+    match: { spiffe: "spiffe://bench.local/ns/{ns}/sa/{sa}" }
+metrics:
+  maxIdentities: ${o.maxIdentities ?? 1000}
+  routes: [/api/v1/orders/:id, /healthz]
+audit:
+  output: ${o.audit ?? '/dev/null'}
+policy:
+  mode: ${o.policy ?? 'observe'}
+  rules:
+    - route: /admin/**
+      allow: [{ kind: human }]
+`
+}
+
+export interface NhiLaunch {
+  /** use the compiled dist/cli/main.js instead of running the TypeScript sources through tsx */
+  dist?: boolean
+  /** inject bench/lag-probe.ts, writing event-loop delay samples to this file */
+  lagFile?: string
+}
+
+export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { command: string; args: string[] } {
+  const args: string[] = []
+  if (!launch.dist || launch.lagFile) args.push('--import', 'tsx')
+  if (launch.lagFile) args.push('--import', LAG_PROBE)
+  args.push(launch.dist ? DIST_MAIN : SRC_MAIN, 'run', '-c', configFile)
+  return { command: process.execPath, args }
+}
+
+export function distBuilt(): boolean {
+  return existsSync(DIST_MAIN)
+}
+
+export async function startNhi(
+  name: string,
+  dir: string,
+  cfg: NhiConfigOptions,
+  launch: NhiLaunch = {},
+): Promise<ServerProcess> {
+  const file = join(dir, `${name}.yaml`)
+  await writeFile(file, nhiConfigYaml(cfg))
+  const { command, args } = nhiCommand(file, launch)
+  const env: Record<string, string> = { NHI_LOG_LEVEL: 'warn' }
+  if (launch.lagFile) env['NHI_LAG_FILE'] = launch.lagFile
+  const proc = spawnProcess(name, command, args, { env })
+  await waitForPorts(proc, [cfg.port, cfg.adminPort, ...(cfg.https ? [cfg.https.port] : [])], 30_000)
+  return proc
+}

@@ -1,0 +1,96 @@
+// Bench reports: a Markdown table, the raw JSON, and a hand-written SVG bar chart of req/s.
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { BenchResult, ConfigResult, Target } from './harness.ts'
+
+const fmt = (n: number | undefined, digits = 2) =>
+  n === undefined || !Number.isFinite(n) ? '—' : n.toFixed(digits)
+const int = (n: number) => Math.round(n).toLocaleString('en')
+
+export function targetLine(t: Target): string {
+  const sign = t.direction === 'min' ? '≥' : '≤'
+  const margin = `${t.margin >= 0 ? '+' : ''}${fmt(t.margin)}${t.unit === '×' ? '' : ` ${t.unit}`}`
+  return `${t.pass ? 'PASS' : 'MISS'}  ${t.name}: ${fmt(t.value)}${t.unit === '×' ? '×' : ` ${t.unit}`} (target ${sign} ${t.target}${t.unit === '×' ? '×' : ` ${t.unit}`}, margin ${margin})${t.note ? ` — ${t.note}` : ''}`
+}
+
+function row(c: ConfigResult): string {
+  return `| ${c.id} | ${c.label} | ${c.tool} | ${int(c.rps)} | ${fmt(c.p50Ms)} | ${fmt(c.p99Ms)} | ${fmt(c.proxyCpuUs, 1)} | ${fmt(c.upstreamCpuUs, 1)} | ${int(c.requests)} | ${c.errors} / ${c.non2xx} |`
+}
+
+export function markdown(r: BenchResult): string {
+  const m = r.machine
+  const o = r.options
+  const lines = [
+    `# nhi-proxy bench — ${r.startedAt}`,
+    '',
+    `Machine: ${m.nproc} × ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.wrk}, ${m.nginx}.`,
+    `Run: ${o.rounds} interleaved round(s) × ${o.durationS} s per configuration, ${o.connections} connections, load generator, proxy and upstream on the same ${m.nproc} cores.`,
+    '',
+    '| id | configuration | load | req/s | p50 ms | p99 ms | proxy CPU µs/req | upstream CPU µs/req | requests | errors / non-2xx |',
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---|',
+    ...r.configs.map(row),
+    ...(r.flood ? [row(r.flood)] : []),
+    '',
+    'Medians over rounds. CPU is utime+stime from /proc/<pid>/stat over each round divided by its requests (nginx: master + worker).',
+    '',
+    '## Ratios',
+    '',
+    ...Object.entries(r.ratios).map(([k, v]) => `- ${k}: ${fmt(v)}`),
+    '',
+    '## Targets',
+    '',
+    '```',
+    ...r.targets.map(targetLine),
+    '```',
+  ]
+  if (r.coldStart)
+    lines.push(
+      '',
+      `Cold start: ${r.coldStart.ms.map((x) => fmt(x, 0)).join(', ')} ms via \`${r.coldStart.how}\`.`,
+    )
+  if (r.notes.length) lines.push('', '## Notes', '', ...r.notes.map((n) => `- ${n}`))
+  return `${lines.join('\n')}\n`
+}
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
+
+/** Horizontal bars of req/s per configuration, nhi-proxy bars highlighted. */
+export function svgChart(r: BenchResult): string {
+  const bars = [...r.configs, ...(r.flood ? [{ ...r.flood, id: 'flood' as const }] : [])]
+  const max = Math.max(1, ...bars.map((b) => b.rps))
+  const rowH = 30
+  const left = 330
+  const width = 860
+  const plot = width - left - 110
+  const top = 40
+  const height = top + bars.length * rowH + 30
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="13">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="12" y="24" font-size="15" font-weight="bold">req/s (median of ${r.options.rounds} rounds, ${r.options.connections} connections, ${r.machine.nproc} cores shared)</text>`,
+  ]
+  bars.forEach((b, i) => {
+    const y = top + i * rowH
+    const w = Math.max(1, (b.rps / max) * plot)
+    const ours = b.id === 'c' || b.id === 'd' || b.id === 'e' || b.id === 'flood'
+    parts.push(
+      `<text x="${left - 8}" y="${y + 18}" text-anchor="end">${esc(`${b.id}: ${b.label}`.slice(0, 48))}</text>`,
+      `<rect x="${left}" y="${y + 4}" width="${w.toFixed(1)}" height="${rowH - 10}" fill="${ours ? '#2b6cb0' : '#a0aec0'}"/>`,
+      `<text x="${(left + w + 6).toFixed(1)}" y="${y + 18}">${int(b.rps)}</text>`,
+    )
+  })
+  parts.push(
+    `<text x="12" y="${height - 10}" fill="#4a5568">blue: nhi-proxy; grey: baselines. p50/p99 and CPU per request in latest.md</text>`,
+    '</svg>',
+  )
+  return `${parts.join('\n')}\n`
+}
+
+export async function writeResults(dir: string, r: BenchResult, name = 'latest'): Promise<string[]> {
+  await mkdir(dir, { recursive: true })
+  const files = [join(dir, `${name}.md`), join(dir, `${name}.json`), join(dir, `${name}.svg`)]
+  await writeFile(files[0]!, markdown(r))
+  await writeFile(files[1]!, `${JSON.stringify(r, null, 2)}\n`)
+  await writeFile(files[2]!, svgChart(r))
+  return files
+}

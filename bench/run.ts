@@ -1,0 +1,72 @@
+// npm run bench [-- --duration 10 --rounds 3 --connections 64 | --quick | --memory | --memory-quick]
+// Throughput/latency/CPU of nhi-proxy against baselines, or (memory modes) RSS and series under
+// identity cardinality floods. Writes bench/results/latest.{md,json,svg} (memory: memory.{md,json}).
+import { fileURLToPath } from 'node:url'
+import { Command, InvalidArgumentError } from 'commander'
+import { runBench } from './lib/harness.ts'
+import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
+import { markdown, targetLine, writeResults } from './lib/report.ts'
+
+const positive = (v: string) => {
+  const n = Number(v)
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected a positive number')
+  return n
+}
+
+const program = new Command()
+  .name('bench')
+  .option('--duration <s>', 'seconds per configuration per round', positive, 10)
+  .option('--rounds <n>', 'interleaved rounds', positive, 3)
+  .option('--connections <n>', 'concurrent connections', positive, 64)
+  .option('--quick', '1 round of 2 s, fewer flood tokens, no build for the cold start')
+  .option('--no-warmup', 'skip the warm-up pass')
+  .option('--no-write', 'print only; do not write bench/results')
+  .option('--audit <output>', 'nhi-proxy audit output (off | /dev/null | file)', '/dev/null')
+  .option('--cold-start <how>', 'build (npm run build, dist) | tsx | skip', 'build')
+  .option('--memory', 'memory mode: 1,000,000 tokens + 100,000 XFCC identities')
+  .option('--memory-quick', 'memory mode with 100,000 tokens + 10,000 XFCC identities')
+  .parse()
+
+const o = program.opts<{
+  duration: number
+  rounds: number
+  connections: number
+  quick?: boolean
+  warmup: boolean
+  write: boolean
+  audit: string
+  coldStart: string
+  memory?: boolean
+  memoryQuick?: boolean
+}>()
+const results = fileURLToPath(new URL('./results/', import.meta.url))
+const log = (s: string) => process.stderr.write(`${s}\n`)
+
+async function memoryMode(): Promise<void> {
+  const r = await runMemory({ quick: o.memoryQuick === true, log })
+  process.stdout.write(memoryMarkdown(r))
+  for (const t of r.targets) log(targetLine(t))
+  if (o.write) log(`wrote ${(await writeMemoryResults(results, r)).join(', ')}`)
+}
+
+async function throughputMode(): Promise<void> {
+  const quick = o.quick === true
+  const coldStart = o.coldStart === 'tsx' || o.coldStart === 'skip' ? o.coldStart : 'build'
+  const r = await runBench({
+    durationS: quick ? Math.min(o.duration, 2) : o.duration,
+    rounds: quick ? 1 : Math.round(o.rounds),
+    connections: Math.round(o.connections),
+    quick,
+    warmup: o.warmup,
+    installWrk: true,
+    coldStart: quick && coldStart === 'build' ? 'tsx' : coldStart,
+    audit: o.audit,
+    log,
+  })
+  process.stdout.write(markdown(r))
+  log('')
+  for (const t of r.targets) log(targetLine(t))
+  if (o.write) log(`wrote ${(await writeResults(results, r)).join(', ')}`)
+}
+
+await (o.memory || o.memoryQuick ? memoryMode() : throughputMode())
