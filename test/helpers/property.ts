@@ -2,7 +2,7 @@
 import fc from 'fast-check'
 import type { Test } from 'tap'
 
-export function checkProperty(t: Test, name: string, prop: fc.IProperty<never>, numRuns = 1000): void {
+export function checkProperty<Ts>(t: Test, name: string, prop: fc.IProperty<Ts>, numRuns = 1000): void {
   const result = fc.check(prop, { numRuns })
   t.notOk(result.failed, name, {
     counterexample: result.counterexample,
