@@ -173,8 +173,14 @@ export class AuditLog {
     // A failing disk must not take the proxy down: drop lines rather than crash.
     destination.on('error', () => {})
     this.destination = destination
+    // `type: "audit"` replaces pino's level so audit lines are easy to pick out of a shared stdout
     this.logger = pino(
-      { base: undefined, timestamp: false, messageKey: 'message', formatters: { level: () => ({}) } },
+      {
+        base: undefined,
+        timestamp: false,
+        messageKey: 'message',
+        formatters: { level: () => ({ type: 'audit' }) },
+      },
       destination,
     )
   }

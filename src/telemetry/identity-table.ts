@@ -105,6 +105,7 @@ export function trustBoundary(identity: Identity): TrustBoundary {
 export class IdentityTable {
   private readonly entries = new Map<string, IdentityEntry>()
   private limits: IdentityTableLimits
+  private lastSweep = 0
 
   constructor(
     limits: IdentityTableLimits,
@@ -139,6 +140,8 @@ export class IdentityTable {
     let entry = this.entries.get(identity.name)
     let overflowed = false
     if (!entry) {
+      // A full table first tries to free idle slots, at most once a second so overflow traffic stays cheap.
+      if (this.tracked >= this.limits.maxIdentities && now - this.lastSweep >= 1000) this.sweep(now)
       if (identity.name !== OVERFLOW_IDENTITY && this.tracked < this.limits.maxIdentities) {
         entry = newEntry(identity.name, identity, now)
       } else {
@@ -169,6 +172,7 @@ export class IdentityTable {
 
   /** drops idle identities (freeing their slots and metric series); returns how many were dropped */
   sweep(now: number): number {
+    this.lastSweep = now
     let dropped = 0
     for (const entry of this.entries.values()) {
       if (now - entry.lastSeen > this.ttlFor(entry)) {

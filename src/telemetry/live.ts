@@ -33,6 +33,8 @@ export interface LiveStats {
   subscribers: number
   delivered: number
   dropped: number
+  /** bytes queued in user space for all subscribers (bounded by the per-socket high-water mark) */
+  bufferedBytes: number
 }
 
 interface Subscriber {
@@ -81,7 +83,14 @@ export class LiveFeed {
   }
 
   stats(): LiveStats {
-    return { subscribers: this.subscribers.size, delivered: this.delivered, dropped: this.dropped }
+    let bufferedBytes = 0
+    for (const sub of this.subscribers) bufferedBytes += sub.res.writableLength
+    return {
+      subscribers: this.subscribers.size,
+      delivered: this.delivered,
+      dropped: this.dropped,
+      bufferedBytes,
+    }
   }
 
   /** Takes over the response as an event stream; answers 503 when the subscriber cap is reached. */

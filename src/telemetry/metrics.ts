@@ -59,7 +59,16 @@ export class Metrics {
     this.openMetrics.setContentType(Registry.OPENMETRICS_CONTENT_TYPE)
     const registers = [this.text, this.openMetrics]
     const counter = (name: string, help: string, labelNames: string[], enableExemplars = false) => {
-      const c = new Counter({ name, help, labelNames, registers, enableExemplars })
+      // prom-client refuses exemplar-enabled metrics on a text registry at construction time only; the text
+      // rendering simply leaves exemplars out, so such metrics are added to the text registry afterwards.
+      const c = new Counter({
+        name,
+        help,
+        labelNames,
+        registers: enableExemplars ? [this.openMetrics] : registers,
+        enableExemplars,
+      })
+      if (enableExemplars) this.text.registerMetric(c)
       this.counterNames.set(c as unknown as Metric, name)
       return c
     }
@@ -88,9 +97,10 @@ export class Metrics {
       help: 'Request duration by identity, from first byte in to last byte out',
       labelNames: [...id, 'route'],
       buckets: opts.buckets,
-      registers,
+      registers: [this.openMetrics],
       enableExemplars: true,
     })
+    this.text.registerMetric(this.duration)
     this.requestBytes = counter('nhi_request_bytes_total', 'Request body bytes received by identity', id)
     this.responseBytes = counter('nhi_response_bytes_total', 'Response body bytes sent by identity', id)
     this.upstreamSeconds = counter('nhi_upstream_seconds_total', 'Time the upstream spent on requests', id)
@@ -108,6 +118,8 @@ export class Metrics {
       'Requests recorded as __overflow__ because metrics.maxIdentities was reached',
       ['service'],
     )
+    // exported from the start at 0 so an overflow alert can use rate()/increase() on it
+    this.overflow.inc(this.serviceLabels, 0)
     this.anomalies = counter('nhi_credential_anomalies_total', 'Credential anomalies detected', [
       'service',
       'type',
@@ -301,6 +313,7 @@ export class Metrics {
     ]) {
       c.reset()
     }
+    this.overflow.inc(this.serviceLabels, 0)
   }
 
   readonly jwksObserver: JwksObserver = {
