@@ -6,7 +6,7 @@ import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { type Config, configSchema, type IssuerConfig } from '../src/config/schema.ts'
 import { JwtExtractor } from '../src/identity/extractors/jwt.ts'
 import { IssuerKeySet, type JwksObserver } from '../src/identity/jwt/jwks.ts'
@@ -49,13 +49,22 @@ function recordingObserver(): JwksObserver & { events: Refresh[] } {
   }
 }
 
-async function serve(t: Test, keys: SigningKey[]): Promise<JwksServer> {
+/** the part of a tap test the helpers need */
+interface Teardown {
+  teardown(fn: () => unknown): void
+}
+
+async function serve(t: Teardown, keys: SigningKey[]): Promise<JwksServer> {
   const s = await startJwksServer(keys)
   t.teardown(() => s.close())
   return s
 }
 
-function extractor(t: Test, cfg: Config['jwt'], opts: ConstructorParameters<typeof JwtExtractor>[1] = {}) {
+function extractor(
+  t: Teardown,
+  cfg: Config['jwt'],
+  opts: ConstructorParameters<typeof JwtExtractor>[1] = {},
+) {
   const x = new JwtExtractor(cfg, opts)
   t.teardown(() => x.close())
   return x

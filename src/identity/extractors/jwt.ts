@@ -49,7 +49,7 @@ export class JwtExtractor implements Extractor {
     for (const issuer of cfg.issuers) {
       this.verifiers.set(issuer.issuer, new IssuerVerifier(issuer, { ...opts, clockSkewMs: cfg.clockSkew }))
     }
-    this.cache = new LRUCache<string, Result>({ max: cfg.cacheSize, perf: { now: clock } })
+    this.cache = new LRUCache<string, Result>({ max: cfg.cacheSize, perf: { now: clock }, ttlResolution: 0 })
   }
 
   /** Initial key fetch for every issuer. Never throws; an unreachable IdP just leaves ready() false. */
