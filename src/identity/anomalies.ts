@@ -57,6 +57,11 @@ export class AnomalyDetector {
     return this.tokens.size
   }
 
+  /** Distinct peers remembered for one token fingerprint in its current window. */
+  peersOf(fingerprint: string): number {
+    return this.tokens.peek(fingerprint)?.peers.size ?? 0
+  }
+
   /** NEW anomalies for this request; the caller appends them to evidence.anomalies. */
   inspect(ev: EvidenceSet, _identity: Identity, conn: ConnectionInfo): AnomalyType[] {
     const out: AnomalyType[] = []

@@ -22,6 +22,10 @@ const BROWSERS: readonly (readonly [RegExp, string])[] = [
 ]
 const ENGINE_RE = /\bAppleWebKit\/|\bGecko\/|\bTrident\/|\bPresto\//
 const TOKEN_CHAR_RE = /[A-Za-z0-9-]/
+/** "name/version …" or "name …" at the start of a UA that does not pretend to be a browser */
+const LEADING_PRODUCT_RE = /^([A-Za-z][A-Za-z0-9-]*)/
+/** a program announcing itself as "name/version", which isbot leaves alone when comments follow */
+const PROGRAM_RE = /^[A-Za-z][A-Za-z0-9._-]*\/v?\d/
 
 function evidence(ua: string, category: UserAgentCategory, product: string): UserAgentEvidence {
   // cached and shared between requests, so nobody may change it
@@ -43,10 +47,18 @@ function productAround(ua: string, fragment: string | null): string {
   return product.slice(0, MAX_PRODUCT_LENGTH) || 'bot'
 }
 
+/** Programs name themselves first ("curl/8.4.0"); crawlers posing as Mozilla are named where isbot matched. */
+function botProduct(ua: string): string {
+  const lead = ua.startsWith('Mozilla/') ? undefined : LEADING_PRODUCT_RE.exec(ua)?.[1]
+  if (lead) return lead.toLowerCase().slice(0, MAX_PRODUCT_LENGTH)
+  return productAround(ua, isbotMatch(ua))
+}
+
 function classify(ua: string): UserAgentEvidence {
   const agent = findAgent(ua)
   if (agent) return evidence(ua, 'agent', agent.product)
-  if (isbot(ua)) return evidence(ua, 'bot', productAround(ua, isbotMatch(ua)))
+  if (isbot(ua) || (!ua.startsWith('Mozilla/') && PROGRAM_RE.test(ua)))
+    return evidence(ua, 'bot', botProduct(ua))
   if (ua.startsWith('Mozilla/') && ENGINE_RE.test(ua)) {
     for (const [re, product] of BROWSERS) {
       if (re.test(ua)) return evidence(ua, 'browser', product)
@@ -64,6 +76,11 @@ export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
   const ev = classify(text)
   cache.set(text, ev)
   return ev
+}
+
+/** Entries in the classification cache (bounded by its LRU). */
+export function userAgentCacheSize(): number {
+  return cache.size
 }
 
 export const useragentExtractor: Extractor = {
