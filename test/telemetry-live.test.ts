@@ -22,7 +22,7 @@ async function subscribe(url: string, signal: AbortSignal) {
   const done = (async () => {
     const decoder = new TextDecoder()
     try {
-      for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
         buffer += decoder.decode(chunk, { stream: true })
         let end = buffer.indexOf('\n\n')
         while (end >= 0) {

@@ -153,6 +153,7 @@ export class Telemetry implements Recorder {
   }
 
   identities(sort?: IdentitySort): IdentitiesView {
+    this.sweep()
     return buildIdentitiesView(this.table, {
       now: this.now(),
       sort,
