@@ -1,0 +1,172 @@
+// The container image, checked without a Docker engine: two Dockerfile linters, the image's contract
+// (user, ports, entrypoint, no HEALTHCHECK), and the runtime layout staged exactly as the Dockerfile does
+// it (compiled dist/ + production-only dependencies), then started.
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { validate } from 'dockerfile-utils'
+import t from 'tap'
+import { REPO_ROOT, run } from './helpers/tools.ts'
+
+const dockerfile = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8')
+const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as {
+  version: string
+  dependencies: Record<string, string>
+  devDependencies: Record<string, string>
+}
+
+interface Instruction {
+  keyword: string
+  args: string
+}
+
+/** Dockerfile instructions with line continuations joined and comments dropped. */
+function instructions(text: string): Instruction[] {
+  const joined = text
+    .split('\n')
+    .filter((l) => !l.trimStart().startsWith('#'))
+    .join('\n')
+    .replace(/\\\n/g, ' ')
+  return joined
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .map((l) => {
+      const [keyword = '', ...rest] = l.split(/\s+/)
+      return { keyword: keyword.toUpperCase(), args: rest.join(' ') }
+    })
+}
+
+/** Instructions of the last stage (what the image runs). */
+function finalStage(all: Instruction[]): Instruction[] {
+  const lastFrom = all.map((i) => i.keyword).lastIndexOf('FROM')
+  return all.slice(lastFrom)
+}
+
+t.test('dockerfilelint finds no issues', async (t) => {
+  const r = await run(join(REPO_ROOT, 'node_modules', '.bin', 'dockerfilelint'), ['Dockerfile'])
+  t.equal(r.code, 0, r.stdout + r.stderr)
+  t.match(r.stdout, /Issues: None found/)
+})
+
+t.test('dockerfile-utils validation is clean', async (t) => {
+  t.same(validate(dockerfile), [], 'no syntax or instruction errors')
+  // the validator does catch what it should, so an empty list above means something
+  const broken = validate('FROM node:24-bookworm-slim AS build\nCOPY --fromm=build a b\nEXPOSE http\n')
+  t.equal(broken.length, 2, 'a mistyped flag and a bad port are reported')
+})
+
+t.test('image contract', async (t) => {
+  const all = instructions(dockerfile)
+  const froms = all.filter((i) => i.keyword === 'FROM')
+  t.ok(froms.length >= 2, 'multi-stage build')
+  for (const f of froms) t.match(f.args, /^node:\d+-[a-z]+-slim\b/, `slim Node image: ${f.args}`)
+  const major = (s: string) => Number(/^node:(\d+)/.exec(s)?.[1])
+  t.ok(
+    froms.every((f) => major(f.args) % 2 === 0 && major(f.args) >= 22),
+    'an even-numbered (LTS) Node major',
+  )
+  t.ok(
+    all.some((i) => i.keyword === 'RUN' && /npm ci\b/.test(i.args) && !/--omit=dev/.test(i.args)),
+    'build stage installs dev dependencies to compile',
+  )
+  t.ok(
+    all.some((i) => i.keyword === 'RUN' && /npm run build/.test(i.args)),
+    'build stage runs npm run build',
+  )
+
+  const last = finalStage(all)
+  const lastRun = last.filter((i) => i.keyword === 'RUN').map((i) => i.args)
+  t.ok(
+    lastRun.some((r) => /npm ci\b.*--omit=dev/.test(r)),
+    'runtime stage installs production dependencies only',
+  )
+  t.ok(
+    last.some((i) => i.keyword === 'COPY' && /--from=build\s+\S*dist\b/.test(i.args)),
+    'runtime copies dist/ from the build stage',
+  )
+  t.ok(
+    last.some((i) => i.keyword === 'COPY' && /^config\b/.test(i.args)),
+    'runtime copies config/',
+  )
+  const users = last.filter((i) => i.keyword === 'USER')
+  t.equal(users.length, 1)
+  t.match(users[0]?.args, /^[1-9]\d*(:[1-9]\d*)?$/, 'numeric non-root user (runAsNonRoot can verify it)')
+  t.notOk(
+    all.some((i) => i.keyword === 'HEALTHCHECK'),
+    'no HEALTHCHECK: Kubernetes probes do that',
+  )
+  const exposed = last
+    .filter((i) => i.keyword === 'EXPOSE')
+    .flatMap((i) => i.args.split(/\s+/))
+    .sort()
+  t.same(exposed, ['8080', '8443', '9464'])
+  t.same(JSON.parse(last.find((i) => i.keyword === 'ENTRYPOINT')?.args ?? 'null'), [
+    'node',
+    'dist/cli/main.js',
+  ])
+  t.same(JSON.parse(last.find((i) => i.keyword === 'CMD')?.args ?? 'null'), [
+    'run',
+    '-c',
+    '/etc/nhi-proxy/config.yaml',
+  ])
+  // nothing in the runtime stage writes outside /tmp at run time; volumes would be writable layers
+  t.notOk(
+    last.some((i) => i.keyword === 'VOLUME'),
+    'no VOLUME (read-only root fs plus an emptyDir /tmp)',
+  )
+
+  const ignore = readFileSync(join(REPO_ROOT, '.dockerignore'), 'utf8').split('\n')
+  for (const p of ['node_modules', 'dist', '.git', '.tools', 'test']) {
+    t.ok(ignore.includes(p), `.dockerignore excludes ${p}`)
+  }
+})
+
+t.test('runtime layout staged like the image runs', { timeout: 180_000 }, async (t) => {
+  const stage = mkdtempSync(join(tmpdir(), 'nhi-image-'))
+  t.teardown(() => rmSync(stage, { recursive: true, force: true }))
+
+  // build stage: tsc with the build config. --noCheck because `npm run typecheck` already type-checks the
+  // same sources; the emitted JavaScript is identical and the build takes a fraction of the time.
+  const tsc = join(REPO_ROOT, 'node_modules', '.bin', 'tsc')
+  const build = await run(tsc, ['-p', 'tsconfig.build.json', '--noCheck', '--outDir', join(stage, 'dist')], {
+    timeoutMs: 120_000,
+  })
+  t.equal(build.code, 0, `build: ${build.stdout}${build.stderr}`)
+  if (build.code !== 0) return
+
+  // runtime stage: package*.json + config/ + production dependencies, no install scripts
+  for (const f of ['package.json', 'package-lock.json']) cpSync(join(REPO_ROOT, f), join(stage, f))
+  if (existsSync(join(REPO_ROOT, 'config'))) {
+    cpSync(join(REPO_ROOT, 'config'), join(stage, 'config'), { recursive: true })
+  }
+  const ci = await run(
+    'npm',
+    [
+      'ci',
+      '--omit=dev',
+      '--ignore-scripts',
+      '--no-audit',
+      '--no-fund',
+      '--prefer-offline',
+      '--loglevel=error',
+    ],
+    { cwd: stage, timeoutMs: 120_000 },
+  )
+  t.equal(ci.code, 0, `npm ci --omit=dev: ${ci.stderr}`)
+  for (const dev of Object.keys(pkg.devDependencies)) {
+    t.notOk(existsSync(join(stage, 'node_modules', dev)), `dev dependency ${dev} is not in the image`)
+  }
+
+  const env = { NODE_ENV: 'production', HOME: join(stage, 'home') }
+  const version = await run(process.execPath, ['dist/cli/main.js', '--version'], { cwd: stage, env })
+  t.equal(version.code, 0, version.stderr)
+  t.equal(version.stdout.trim(), pkg.version, 'the compiled CLI starts with production deps only')
+
+  // the image's fallback config (written by the Dockerfile) must be a valid config
+  const fallback = /printf '([^']*)'/.exec(dockerfile)?.[1]
+  t.ok(fallback, 'Dockerfile writes a fallback config')
+  writeFileSync(join(stage, 'config.yaml'), (fallback ?? '').replace(/\\n/g, '\n'))
+  const check = await run(process.execPath, ['dist/cli/main.js', 'check', 'config.yaml'], { cwd: stage, env })
+  t.equal(check.code, 0, `fallback config is valid: ${check.stdout}${check.stderr}`)
+})
