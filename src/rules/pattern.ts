@@ -95,11 +95,11 @@ function buildRegExp(tokens: Token[], sep: string | undefined): { re: string; ca
         const prev = tokens[i - 1]
         const next = tokens[i + 1]
         const startsSegment = !prev || (prev.t === 'lit' && prev.v.endsWith(sep))
-        const endsPattern = !next
-        const endsSegment = endsPattern || (next.t === 'lit' && next.v.startsWith(sep))
+        const endsSegment = !next || (next.t === 'lit' && next.v.startsWith(sep))
         if (!startsSegment || !endsSegment) return '"**" must be a whole segment, e.g. /api/**'
-        if (endsPattern && prev) {
-          // "/a/**" also matches "/a": drop the separator we already emitted and make it optional.
+        if (prev) {
+          // "/a/**" also matches "/a" and "/a/**/z" matches "/a/z": zero segments is allowed, so the
+          // separator already emitted becomes part of an optional group.
           re = re.slice(0, re.length - escapeRegExp(sep).length)
           re += `(?:${escapeRegExp(sep)}[\\s\\S]*)?`
         } else re += '[\\s\\S]*'
