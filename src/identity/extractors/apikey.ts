@@ -12,40 +12,41 @@ interface KeyEntry {
   digest: Buffer
 }
 
-export interface ApiKeyExtractor extends Extractor {
-  readonly source: 'apikey'
+export class ApiKeyExtractor implements Extractor {
+  readonly source = 'apikey' as const
   readonly header: string
+  private readonly byHash = new Map<string, KeyEntry>()
+
+  constructor(cfg: Config['apiKeys']) {
+    this.header = cfg.header.toLowerCase()
+    for (const k of cfg.keys) {
+      const hex = k.sha256.toLowerCase()
+      this.byHash.set(hex, {
+        name: k.name,
+        digest: Buffer.from(hex, 'hex'),
+        ...(k.kind ? { kind: k.kind } : {}),
+        ...(k.team ? { team: k.team } : {}),
+      })
+    }
+  }
+
+  extract(req: RequestInfo): ApiKeyEvidence | Failure | undefined {
+    const raw = req.headers[this.header]
+    const key = Array.isArray(raw) ? raw[0] : raw
+    if (!key) return undefined
+    const digest = createHash('sha256').update(key).digest()
+    const fp = fingerprint(key)
+    const entry = this.byHash.get(digest.toString('hex'))
+    if (!entry || !timingSafeEqual(digest, entry.digest)) {
+      return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint: fp }
+    }
+    const ev: ApiKeyEvidence = { source: 'apikey', verified: true, name: entry.name, fingerprint: fp }
+    if (entry.kind) ev.kind = entry.kind
+    if (entry.team) ev.team = entry.team
+    return ev
+  }
 }
 
 export function createApiKeyExtractor(cfg: Config['apiKeys']): ApiKeyExtractor {
-  const header = cfg.header.toLowerCase()
-  const byHash = new Map<string, KeyEntry>()
-  for (const k of cfg.keys) {
-    const hex = k.sha256.toLowerCase()
-    byHash.set(hex, {
-      name: k.name,
-      digest: Buffer.from(hex, 'hex'),
-      ...(k.kind ? { kind: k.kind } : {}),
-      ...(k.team ? { team: k.team } : {}),
-    })
-  }
-  return {
-    source: 'apikey',
-    header,
-    extract(req: RequestInfo): ApiKeyEvidence | Failure | undefined {
-      const raw = req.headers[header]
-      const key = Array.isArray(raw) ? raw[0] : raw
-      if (!key) return undefined
-      const digest = createHash('sha256').update(key).digest()
-      const fp = fingerprint(key)
-      const entry = byHash.get(digest.toString('hex'))
-      if (!entry || !timingSafeEqual(digest, entry.digest)) {
-        return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint: fp }
-      }
-      const ev: ApiKeyEvidence = { source: 'apikey', verified: true, name: entry.name, fingerprint: fp }
-      if (entry.kind) ev.kind = entry.kind
-      if (entry.team) ev.team = entry.team
-      return ev
-    },
-  }
+  return new ApiKeyExtractor(cfg)
 }

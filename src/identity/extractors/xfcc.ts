@@ -15,31 +15,36 @@ import {
 import { nginxCertEvidence } from '../forwarded/nginx.ts'
 import { xfccEvidence } from '../forwarded/xfcc.ts'
 
-export interface ForwardedCertExtractor extends Extractor {
-  readonly source: 'xfcc'
+export class XfccExtractor implements Extractor {
+  readonly source = 'xfcc' as const
+  private readonly trusted: CidrSet
+
+  constructor(cfg: Config['forwardedClientCert']) {
+    this.trusted = new CidrSet(cfg.trustedProxies)
+  }
+
   /** whether the direct peer may vouch for a client certificate */
-  isTrusted(remoteAddress: string): boolean
+  isTrusted(remoteAddress: string): boolean {
+    return this.trusted.has(remoteAddress)
+  }
+
+  extract(req: RequestInfo, conn: ConnectionInfo): CertEvidence | Failure | undefined {
+    if (!hasForwardedCertHeader(req.headers)) return undefined
+    if (!this.trusted.has(conn.remoteAddress)) {
+      return {
+        failed: true,
+        source: 'xfcc',
+        reason: 'untrusted_forwarder',
+        detail: 'forwarded client certificate header from a peer not in trustedProxies',
+        attributes: { peer: conn.remoteAddress },
+      }
+    }
+    return forwardedCertEvidence(req)
+  }
 }
 
-export function createForwardedCertExtractor(cfg: Config['forwardedClientCert']): ForwardedCertExtractor {
-  const trusted = new CidrSet(cfg.trustedProxies)
-  return {
-    source: 'xfcc',
-    isTrusted: (addr) => trusted.has(addr),
-    extract(req: RequestInfo, conn: ConnectionInfo): CertEvidence | Failure | undefined {
-      if (!hasForwardedCertHeader(req.headers)) return undefined
-      if (!trusted.has(conn.remoteAddress)) {
-        return {
-          failed: true,
-          source: 'xfcc',
-          reason: 'untrusted_forwarder',
-          detail: 'forwarded client certificate header from a peer not in trustedProxies',
-          attributes: { peer: conn.remoteAddress },
-        }
-      }
-      return forwardedCertEvidence(req)
-    },
-  }
+export function createForwardedCertExtractor(cfg: Config['forwardedClientCert']): XfccExtractor {
+  return new XfccExtractor(cfg)
 }
 
 /** Evidence from whichever forwarded-cert header is present, in order XFCC, Client-Cert, ALB, nginx. */
