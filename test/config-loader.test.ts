@@ -81,11 +81,14 @@ t.test('bad CIDRs in trustedProxies and remoteAddr', async (t) => {
     'c.yaml:2:32 invalid CIDR "10.0.0.300/8": "10.0.0.300" is not an IP address (hint: use e.g. 10.0.0.0/8 or 192.168.1.10)',
   ])
   const e = errorsOf('identities:\n  - name: a\n    match:\n      remoteAddr:\n        - 10.0.0.0/33\n')
-  t.same(lines(e), ['c.yaml:5:11 invalid CIDR "10.0.0.0/33": prefix must be 0-32 (hint: use e.g. 10.0.0.0/8 or 192.168.1.10)'])
+  t.same(lines(e), [
+    'c.yaml:5:11 invalid CIDR "10.0.0.0/33": prefix must be 0-32 (hint: use e.g. 10.0.0.0/8 or 192.168.1.10)',
+  ])
 })
 
 t.test('captures used in templates must be defined by a match pattern', async (t) => {
-  const text = 'identities:\n  - name: "{ns}/{sa}"\n    team: "{team}"\n    match: { spiffe: "spiffe://c/ns/{ns}/sa/{sa}" }\n'
+  const text =
+    'identities:\n  - name: "{ns}/{sa}"\n    team: "{team}"\n    match: { spiffe: "spiffe://c/ns/{ns}/sa/{sa}" }\n'
   t.same(lines(errorsOf(text)), [
     'c.yaml:3:11 {team} is not captured by any match pattern of this rule (hint: captures available: ns, sa, bot, agent, product)',
   ])
@@ -96,13 +99,22 @@ t.test('captures used in templates must be defined by a match pattern', async (t
 })
 
 t.test('invalid patterns, templates and builtins', async (t) => {
-  t.match(errorsOf('identities:\n  - name: a\n    match: { spiffe: "spiffe://x/{ns" }\n')[0]?.message, /unclosed "\{"/)
+  t.match(
+    errorsOf('identities:\n  - name: a\n    match: { spiffe: "spiffe://x/{ns" }\n')[0]?.message,
+    /unclosed "\{"/,
+  )
   t.match(errorsOf('identities:\n  - name: a\n    match: { path: "/a**" }\n')[0]?.message, /whole segment/)
   t.match(errorsOf('identities:\n  - name: "{a"\n    match: {}\n')[0]?.message, /invalid template/)
   const ua = errorsOf('identities:\n  - name: a\n    match: { userAgent: "builtin:robots" }\n')[0]
   t.match(ua?.hint, /builtin:bots/)
-  t.match(errorsOf('policy:\n  rules:\n    - route: "/a/{x"\n      allow: []\n')[0]?.message, /invalid route pattern/)
-  t.match(errorsOf('policy:\n  rules:\n    - route: "admin"\n      allow: []\n')[0]?.message, /must start with/)
+  t.match(
+    errorsOf('policy:\n  rules:\n    - route: "/a/{x"\n      allow: []\n')[0]?.message,
+    /invalid route pattern/,
+  )
+  t.match(
+    errorsOf('policy:\n  rules:\n    - route: "admin"\n      allow: []\n')[0]?.message,
+    /must start with/,
+  )
   t.match(errorsOf('metrics:\n  routes: ["/a/**/b"]\n')[0]?.message, /last segment/)
 })
 
@@ -128,29 +140,47 @@ t.test('shadowed rules are warnings pointing at the unreachable rule', async (t)
     ],
   )
   // a narrower earlier rule does not shadow a broader later one
-  const ok = 'identities:\n  - name: a\n    match: { spiffe: "spiffe://c/ns/x/sa/{sa}" }\n  - name: b\n    match: { spiffe: "spiffe://c/ns/{ns}/sa/{sa}" }\n'
+  const ok =
+    'identities:\n  - name: a\n    match: { spiffe: "spiffe://c/ns/x/sa/{sa}" }\n  - name: b\n    match: { spiffe: "spiffe://c/ns/{ns}/sa/{sa}" }\n'
   t.same(warningsOf(ok), [])
   // different methods: not provably shadowed
-  const m = 'identities:\n  - name: a\n    match: { method: GET }\n  - name: b\n    match: { method: [GET, POST] }\n'
+  const m =
+    'identities:\n  - name: a\n    match: { method: GET }\n  - name: b\n    match: { method: [GET, POST] }\n'
   t.same(warningsOf(m), [])
-  const m2 = 'identities:\n  - name: a\n    match: { method: [get, post] }\n  - name: b\n    match: { method: POST }\n'
+  const m2 =
+    'identities:\n  - name: a\n    match: { method: [get, post] }\n  - name: b\n    match: { method: POST }\n'
   t.equal(warningsOf(m2).length, 1)
 })
 
 t.test('duplicate rule names, issuers and api keys', async (t) => {
-  const dup = 'identities:\n  - name: a\n    rule: r\n    match: { path: /a }\n  - name: b\n    rule: r\n    match: { path: /b }\n'
+  const dup =
+    'identities:\n  - name: a\n    rule: r\n    match: { path: /a }\n  - name: b\n    rule: r\n    match: { path: /b }\n'
   t.same(lines(errorsOf(dup)), ['c.yaml:6:11 duplicate rule name "r" (also identities[0])'])
   const w = warningsOf('identities:\n  - name: a\n    match: { jwt: { issuer: https://idp.example.com } }\n')
   t.match(w[0]?.message, /not configured in jwt.issuers/)
   t.equal(w[0]?.line, 3)
-  const key = 'apiKeys:\n  keys: [{ name: export, sha256: "' + 'a'.repeat(64) + '" }]\nidentities:\n  - name: a\n    match: { apiKey: exprot }\n'
-  t.same(lines(errorsOf(key)), ['c.yaml:5:22 no api key named "exprot" in apiKeys.keys (hint: configured: export)'])
+  const key =
+    'apiKeys:\n  keys: [{ name: export, sha256: "' +
+    'a'.repeat(64) +
+    '" }]\nidentities:\n  - name: a\n    match: { apiKey: exprot }\n'
+  t.same(lines(errorsOf(key)), [
+    'c.yaml:5:22 no api key named "exprot" in apiKeys.keys (hint: configured: export)',
+  ])
   const noSource = errorsOf('jwt:\n  issuers:\n    - issuer: https://idp\n')
-  t.same(lines(noSource), ['c.yaml:3:7 issuer "https://idp" has no key source (hint: set jwksUri, jwksFile or discovery: true)'])
-  const hs = errorsOf('jwt:\n  issuers:\n    - issuer: https://idp\n      discovery: true\n      algorithms: [HS256]\n')
+  t.same(lines(noSource), [
+    'c.yaml:3:7 issuer "https://idp" has no key source (hint: set jwksUri, jwksFile or discovery: true)',
+  ])
+  const hs = errorsOf(
+    'jwt:\n  issuers:\n    - issuer: https://idp\n      discovery: true\n      algorithms: [HS256]\n',
+  )
   t.match(hs[0]?.message, /HS256 need a shared secret/)
   t.equal(hs[0]?.line, 5)
-  t.ok(parseConfigText('jwt:\n  issuers:\n    - { issuer: a, jwksFile: /k, algorithms: [HS256], secretFile: /s }\n', 'c').ok)
+  t.ok(
+    parseConfigText(
+      'jwt:\n  issuers:\n    - { issuer: a, jwksFile: /k, algorithms: [HS256], secretFile: /s }\n',
+      'c',
+    ).ok,
+  )
 })
 
 t.test('loadConfigFile reads files and reports missing ones', async (t) => {

@@ -70,7 +70,13 @@ t.test('templates fill captures', async (t) => {
 })
 
 t.test('route templates', async (t) => {
-  const routes = compileRoutes(['/api/v1/orders/:id', '/api/v1/orders', '/healthz', '/static/**', '/api/*/items/:id'])
+  const routes = compileRoutes([
+    '/api/v1/orders/:id',
+    '/api/v1/orders',
+    '/healthz',
+    '/static/**',
+    '/api/*/items/:id',
+  ])
   t.equal(routes.match('/api/v1/orders/42'), '/api/v1/orders/:id')
   t.equal(routes.match('/api/v1/orders/42/'), '/api/v1/orders/:id', 'trailing slash')
   t.equal(routes.match('/api/v1/orders'), '/api/v1/orders')
@@ -96,12 +102,16 @@ const path = fc.array(segment, { maxLength: 6 }).map((s) => `/${s.join('/')}`)
 
 t.test('property: a pattern built from a path matches it and captures its segments', async (t) => {
   fc.assert(
-    fc.property(fc.array(segment, { minLength: 1, maxLength: 6 }), fc.array(fc.boolean(), { minLength: 6, maxLength: 6 }), (segs, capture) => {
-      const pattern = `/${segs.map((s, i) => (capture[i] ? `{c${i}}` : s)).join('/')}`
-      const m = compilePattern(pattern, SEG).match(`/${segs.join('/')}`)
-      if (!m) return false
-      return segs.every((s, i) => !capture[i] || m[`c${i}`] === s)
-    }),
+    fc.property(
+      fc.array(segment, { minLength: 1, maxLength: 6 }),
+      fc.array(fc.boolean(), { minLength: 6, maxLength: 6 }),
+      (segs, capture) => {
+        const pattern = `/${segs.map((s, i) => (capture[i] ? `{c${i}}` : s)).join('/')}`
+        const m = compilePattern(pattern, SEG).match(`/${segs.join('/')}`)
+        if (!m) return false
+        return segs.every((s, i) => !capture[i] || m[`c${i}`] === s)
+      },
+    ),
   )
   t.pass('held')
 })
@@ -130,20 +140,25 @@ t.test('property: ** matches every path under its prefix', async (t) => {
   t.pass('held')
 })
 
-t.test('property: the route templater returns a configured template or "other", consistent with a naive matcher', async (t) => {
-  const template = fc.array(fc.oneof(segment, fc.constant(':id'), fc.constant('*')), { maxLength: 5 }).map((s) => `/${s.join('/')}`)
-  fc.assert(
-    fc.property(fc.array(template, { maxLength: 6 }), path, (templates, p) => {
-      const valid = templates.filter((x) => !routeError(x))
-      const got = compileRoutes(valid).match(p)
-      const naive = valid.find((tpl) => {
-        const ts = tpl === '/' ? [] : tpl.split('/').slice(1)
-        const ps = p === '/' ? [] : p.split('/').slice(1)
-        return ts.length === ps.length && ts.every((s, i) => s === '*' || s.startsWith(':') || s === ps[i])
-      })
-      return got === (naive ?? 'other')
-    }),
-    { numRuns: 1000 },
-  )
-  t.pass('held')
-})
+t.test(
+  'property: the route templater returns a configured template or "other", consistent with a naive matcher',
+  async (t) => {
+    const template = fc
+      .array(fc.oneof(segment, fc.constant(':id'), fc.constant('*')), { maxLength: 5 })
+      .map((s) => `/${s.join('/')}`)
+    fc.assert(
+      fc.property(fc.array(template, { maxLength: 6 }), path, (templates, p) => {
+        const valid = templates.filter((x) => !routeError(x))
+        const got = compileRoutes(valid).match(p)
+        const naive = valid.find((tpl) => {
+          const ts = tpl === '/' ? [] : tpl.split('/').slice(1)
+          const ps = p === '/' ? [] : p.split('/').slice(1)
+          return ts.length === ps.length && ts.every((s, i) => s === '*' || s.startsWith(':') || s === ps[i])
+        })
+        return got === (naive ?? 'other')
+      }),
+      { numRuns: 1000 },
+    )
+    t.pass('held')
+  },
+)
