@@ -1,0 +1,200 @@
+// End to end with a real Prometheus: the demo (real proxy + synthetic callers of every kind) is scraped
+// every second; PromQL over the scraped data must show each kind of identity, our alert rules must load
+// and evaluate cleanly, and `promtool check metrics` must accept the exposition.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { spawnCli } from './helpers/sidecar.ts'
+import { CHART_DIR, run, systemTool } from './helpers/tools.ts'
+
+const prometheusBin = systemTool('prometheus')
+const promtool = systemTool('promtool')
+const DEADLINE_MS = 60_000
+const KINDS = ['agent', 'bot', 'human', 'job', 'service']
+
+async function freePort(): Promise<number> {
+  const srv = createServer()
+  srv.listen(0, '127.0.0.1')
+  await once(srv, 'listening')
+  const { port } = srv.address() as { port: number }
+  srv.close()
+  await once(srv, 'close')
+  return port
+}
+
+interface VectorSample {
+  metric: Record<string, string>
+  value: [number, string]
+}
+interface ApiResponse<T> {
+  status: string
+  error?: string
+  data: T
+}
+
+async function api<T>(base: string, path: string): Promise<ApiResponse<T>> {
+  const res = await fetch(`${base}${path}`, { signal: AbortSignal.timeout(5_000) })
+  return (await res.json()) as ApiResponse<T>
+}
+
+function query(base: string, promql: string) {
+  return api<{ resultType: string; result: VectorSample[] }>(
+    base,
+    `/api/v1/query?query=${encodeURIComponent(promql)}`,
+  )
+}
+
+/** Polls `probe` until it returns a value or the deadline passes. */
+async function waitFor<T>(what: string, until: number, probe: () => Promise<T | undefined>): Promise<T> {
+  let last: unknown
+  while (Date.now() < until) {
+    try {
+      const v = await probe()
+      if (v !== undefined) return v
+    } catch (err) {
+      last = err
+    }
+    await new Promise((r) => setTimeout(r, 500))
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`)
+}
+
+t.test(
+  'demo traffic scraped by a real Prometheus',
+  {
+    skip: !(prometheusBin && promtool) && 'prometheus/promtool not installed',
+    timeout: DEADLINE_MS + 20_000,
+  },
+  async (t) => {
+    const until = Date.now() + DEADLINE_MS
+    const adminPort = await freePort()
+    const demo = spawnCli([
+      'demo',
+      '--listen',
+      '127.0.0.1:0',
+      '--https',
+      '127.0.0.1:0',
+      '--admin',
+      `127.0.0.1:${adminPort}`,
+    ])
+    t.teardown(async () => {
+      demo.kill('SIGKILL')
+      await demo.exited
+    })
+    const [, metricsUrl] = await demo.waitFor(/metrics\s+(http:\/\/\S+\/metrics)/, 30_000)
+    t.equal(metricsUrl, `http://127.0.0.1:${adminPort}/metrics`, 'demo prints its /metrics URL')
+    t.match(
+      demo.stdout() + demo.stderr(),
+      new RegExp(`http://127\\.0\\.0\\.1:${adminPort}/ui`),
+      'and its /ui URL',
+    )
+
+    const dir = mkdtempSync(join(tmpdir(), 'nhi-prometheus-'))
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+    const rulesFile = join(dir, 'nhi-proxy.rules.yaml')
+    writeFileSync(rulesFile, readFileSync(join(CHART_DIR, 'alerts', 'nhi-proxy.rules.yaml')))
+    const configFile = join(dir, 'prometheus.yml')
+    writeFileSync(
+      configFile,
+      [
+        'global: { scrape_interval: 1s, evaluation_interval: 1s }',
+        `rule_files: [${JSON.stringify(rulesFile)}]`,
+        'scrape_configs:',
+        '  - job_name: nhi-proxy',
+        `    static_configs: [{ targets: ["127.0.0.1:${adminPort}"] }]`,
+        '',
+      ].join('\n'),
+    )
+    const promPort = await freePort()
+    const prom = spawn(
+      prometheusBin!,
+      [
+        `--config.file=${configFile}`,
+        `--storage.tsdb.path=${join(dir, 'data')}`,
+        `--web.listen-address=127.0.0.1:${promPort}`,
+        '--log.level=warn',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    )
+    let promLog = ''
+    prom.stderr.on('data', (c: Buffer) => {
+      promLog = (promLog + c.toString()).slice(-4000)
+    })
+    const promExited = once(prom, 'exit')
+    t.teardown(async () => {
+      if (prom.exitCode === null) prom.kill('SIGKILL')
+      await promExited
+    })
+    const base = `http://127.0.0.1:${promPort}`
+    await waitFor('prometheus ready', until, async () => {
+      if (prom.exitCode !== null) throw new Error(`prometheus exited: ${promLog}`)
+      return (await fetch(`${base}/-/ready`)).ok || undefined
+    })
+
+    const byKind = await waitFor('every kind in PromQL results', until, async () => {
+      const r = await query(base, 'sum by (identity, kind) (rate(nhi_requests_total[30s]))')
+      const kinds = new Set(r.data.result.filter((s) => Number(s.value[1]) > 0).map((s) => s.metric['kind']))
+      return KINDS.every((k) => kinds.has(k)) ? r.data.result : undefined
+    })
+    const kindOf = new Map(byKind.map((s) => [s.metric['identity'], s.metric['kind']]))
+    t.same(
+      [...new Set(kindOf.values())].filter((k) => k !== 'unknown').sort(),
+      KINDS,
+      'human, service, job, bot, agent',
+    )
+    t.ok(
+      byKind.every((s) => s.metric['identity'] && s.metric['kind']),
+      'every series carries identity and kind',
+    )
+    // identities the demo sends with well-known credentials keep their kind in the scraped data
+    for (const [identity, kind] of kindOf) {
+      if (/gptbot|claudebot|perplexity/i.test(identity ?? ''))
+        t.equal(kind, 'agent', `${identity} is an agent`)
+    }
+
+    const targets = await api<{ activeTargets: { health: string }[] }>(base, '/api/v1/targets')
+    t.same(
+      targets.data.activeTargets.map((x) => x.health),
+      ['up'],
+      'the admin endpoint is a healthy scrape target',
+    )
+
+    const rules = await waitFor('alert rules evaluated', until, async () => {
+      const r = await api<{ groups: { rules: { name: string; health: string; lastError?: string }[] }[] }>(
+        base,
+        '/api/v1/rules',
+      )
+      const all = r.data.groups.flatMap((g) => g.rules)
+      return all.length > 0 && all.every((x) => x.health !== 'unknown') ? all : undefined
+    })
+    t.equal(rules.length, 7, 'all alert rules loaded')
+    for (const rule of rules)
+      t.equal(rule.health, 'ok', `${rule.name} evaluates without error ${rule.lastError ?? ''}`)
+
+    const dashboard = JSON.parse(readFileSync(join(CHART_DIR, 'dashboards', 'nhi-proxy.json'), 'utf8')) as {
+      panels: { title: string; targets: { expr: string }[] }[]
+    }
+    for (const panel of dashboard.panels) {
+      for (const target of panel.targets) {
+        const expr = target.expr
+          .replaceAll('$__rate_interval', '30s')
+          .replaceAll('$__range', '1m')
+          .replaceAll('$service', '.*')
+        const r = await query(base, expr)
+        t.equal(r.status, 'success', `dashboard "${panel.title}" query runs: ${r.error ?? ''}`)
+      }
+    }
+    const requests = await query(base, 'sum by (kind) (rate(nhi_requests_total[30s]))')
+    t.ok(requests.data.result.length >= KINDS.length, 'the dashboard\'s "requests by kind" has data')
+
+    const exposition = await (await fetch(metricsUrl!)).text()
+    const check = await run(promtool!, ['check', 'metrics'], { input: exposition })
+    t.equal(check.code, 0, `promtool check metrics: ${check.stdout}${check.stderr}`)
+    t.equal(check.stderr.trim(), '', 'no lint findings')
+    t.ok(Date.now() <= until, 'finished within the deadline')
+  },
+)
