@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
-import { tmpdir } from 'node:os'
+import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createCA, issueCert } from '../../test/helpers/pki.ts'
 import { ensureWrk, hasCommand, type LoadResult, type LoadSpec, runLoad } from './load.ts'
@@ -108,6 +108,8 @@ export interface MachineInfo {
   wrk: string
   nginx: string
   kernel: string
+  /** 1-minute load average when the run started: anything near nproc means the numbers are shared */
+  loadAvg: number
 }
 
 function sh(cmd: string, args: string[]): string {
@@ -134,6 +136,7 @@ export function machineInfo(): MachineInfo {
       : 'not installed',
     nginx: sh('sh', ['-c', 'nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1']).split('\n')[0] ?? 'not installed',
     kernel: sh('uname', ['-r']),
+    loadAvg: loadavg()[0] ?? 0,
   }
 }
 
@@ -251,6 +254,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     const useWrk = opts.installWrk ? ensureWrk(log) : hasCommand('wrk')
     if (!useWrk) notes.push('wrk is not installed: plain-HTTP configurations used the Node load generator')
     const machine = machineInfo()
+    if (machine.loadAvg > machine.nproc / 2) {
+      notes.push(
+        `load average was ${machine.loadAvg.toFixed(1)} on ${machine.nproc} cores when the run started: other work shared the CPUs, absolute numbers are low`,
+      )
+    }
 
     log('preparing PKI and tokens')
     const ca = await createCA('bench-ca', dir)

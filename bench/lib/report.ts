@@ -23,7 +23,7 @@ export function markdown(r: BenchResult): string {
   const lines = [
     `# nhi-proxy bench — ${r.startedAt}`,
     '',
-    `Machine: ${m.nproc} × ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.wrk}, ${m.nginx}.`,
+    `Machine: ${m.nproc} × ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.wrk}, ${m.nginx}; load average ${m.loadAvg.toFixed(1)} at start.`,
     `Run: ${o.rounds} interleaved round(s) × ${o.durationS} s per configuration, ${o.connections} connections, load generator, proxy and upstream on the same ${m.nproc} cores.`,
     '',
     '| id | configuration | load | req/s | p50 ms | p99 ms | proxy CPU µs/req | upstream CPU µs/req | requests | errors / non-2xx |',

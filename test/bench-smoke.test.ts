@@ -1,0 +1,66 @@
+// The bench harness itself, in its quickest form: every configuration (direct, bare undici proxy, bare
+// http-proxy, nhi-proxy with JWT / mTLS / browser traffic, nginx when installed, the cache-miss flood)
+// must serve real traffic without socket errors or failed responses, and every process must be gone after.
+import t from 'tap'
+import { runBench } from '../bench/lib/harness.ts'
+import { runMemory } from '../bench/lib/memory.ts'
+import { childPids } from '../bench/lib/procs.ts'
+
+t.setTimeout(90_000)
+
+t.test('quick bench: every configuration serves traffic without errors', async (t) => {
+  const lines: string[] = []
+  const before = new Set(await childPids(process.pid))
+  const r = await runBench({
+    durationS: 1,
+    rounds: 1,
+    connections: 8,
+    quick: true,
+    warmup: false,
+    installWrk: false,
+    coldStart: 'tsx',
+    audit: '/dev/null',
+    log: (s) => lines.push(s),
+  })
+  const ids = r.configs.map((c) => c.id)
+  t.same(
+    ids.slice(0, 7),
+    ['a', 'b', 'b2', 'c', 'a-tls', 'd', 'e'],
+    'all configurations ran, interleaved in order',
+  )
+  for (const c of [...r.configs, r.flood!]) {
+    t.ok(c.requests > 0, `${c.id} (${c.label}) served ${c.requests} requests`)
+    t.equal(c.errors, 0, `${c.id}: no socket errors`)
+    t.equal(c.non2xx, 0, `${c.id}: no non-2xx responses`)
+    t.ok(c.p99Ms >= c.p50Ms && c.p50Ms > 0, `${c.id}: latency percentiles are measured`)
+  }
+  for (const id of ['b', 'b2', 'c', 'd', 'e'] as const) {
+    const cpu = r.configs.find((c) => c.id === id)?.proxyCpuUs
+    t.ok(cpu !== undefined && cpu > 0, `${id}: proxy CPU per request measured (${cpu?.toFixed(1)} µs)`)
+  }
+  t.ok(r.coldStart && r.coldStart.medianMs > 0, 'cold start measured')
+  t.ok(
+    r.targets.some((x) => x.name.startsWith('c ≥ 0.9× b')),
+    'targets are evaluated',
+  )
+  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
+  t.same(after, [], 'no child process outlives the run')
+})
+
+t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped', async (t) => {
+  const r = await runMemory({
+    quick: true,
+    tokens: 600,
+    xfccIdentities: 60,
+    maxIdentities: 50,
+    log: () => {},
+  })
+  t.equal(r.failures, 0, 'every request answered 200')
+  t.equal(r.requests, 660, 'all tokens and XFCC identities were sent')
+  const last = r.samples.at(-1)!
+  t.ok(
+    last.series > 0 && last.series <= 51,
+    `identity series capped at maxIdentities + overflow (${last.series})`,
+  )
+  t.ok(last.rssMB > 0, 'RSS sampled')
+})
