@@ -73,9 +73,9 @@ export class DemoTraffic {
 
   constructor(private readonly opts: TrafficOptions) {
     this.local = new Agent({ connections: 32 })
-    this.mesh = new Agent({ connect: { localAddress: '127.0.0.2' }, connections: 4 })
+    this.mesh = new Agent({ localAddress: '127.0.0.2', connections: 4 })
     this.replay = ['127.0.0.3', '127.0.0.4', '127.0.0.5', '127.0.0.6'].map(
-      (localAddress) => new Agent({ connect: { localAddress }, connections: 1 }),
+      (localAddress) => new Agent({ localAddress, connections: 1 }),
     )
     this.mtls = opts.httpsUrl
       ? new Agent({
