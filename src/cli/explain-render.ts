@@ -81,7 +81,7 @@ export function renderExplain(r: ExplainReport): string[] {
   if (last?.matched && r.trace.length < r.ruleCount) {
     lines.push(`  (${r.ruleCount - r.trace.length} later rules not evaluated)`)
   }
-  if (!last?.matched) lines.push(`  no rule matched: built-in ${r.identity.rule ?? 'default'}`)
+  if (!last?.matched) lines.push(`  no rule matched: using ${r.identity.rule ?? 'the default'}`)
   const id = r.identity
   lines.push(`identity: ${id.name}`)
   lines.push(`  kind=${id.kind} source=${id.source} verified=${id.verified} rule=${id.rule ?? '-'}`)

@@ -1,0 +1,59 @@
+import t from 'tap'
+import { runCheck } from '../src/cli/check.ts'
+import { golden } from './helpers/golden.ts'
+
+async function check(files: string[]): Promise<{ code: number; text: string }> {
+  const lines: string[] = []
+  const code = await runCheck(files, (l) => lines.push(l))
+  return { code, text: `${lines.join('\n')}\n` }
+}
+
+t.test('schema errors: FILE:LINE:COL message (hint), exit 1', async (t) => {
+  const r = await check(['test/golden/bad-config.yaml'])
+  t.equal(r.code, 1)
+  t.equal(r.text, golden('check-bad-config.txt', r.text))
+  t.match(
+    r.text,
+    /^test\/golden\/bad-config\.yaml:3:1 unknown key "upstreem" \(hint: did you mean "upstream"\?\)$/m,
+  )
+})
+
+t.test('semantic errors and warnings, exit 1', async (t) => {
+  const r = await check(['test/golden/semantic-config.yaml'])
+  t.equal(r.code, 1)
+  t.equal(r.text, golden('check-semantic-config.txt', r.text))
+})
+
+t.test('every shipped config is valid', async (t) => {
+  const files = [
+    'config/nhi-proxy.yaml',
+    'config/examples/kubernetes-sidecar.yaml',
+    'config/examples/github-actions-jobs.yaml',
+    'config/examples/public-api-with-bots.yaml',
+    'config/examples/mesh-xfcc.yaml',
+    'config/examples/policy-enforce.yaml',
+  ]
+  const r = await check(files)
+  t.equal(r.code, 0, r.text)
+  t.notMatch(r.text, /warning/)
+  t.equal(r.text.trim().split('\n').length, files.length)
+})
+
+t.test('without files: $NHI_PROXY_CONFIG, else config/nhi-proxy.yaml', async (t) => {
+  const saved = process.env['NHI_PROXY_CONFIG']
+  t.teardown(() => {
+    if (saved === undefined) delete process.env['NHI_PROXY_CONFIG']
+    else process.env['NHI_PROXY_CONFIG'] = saved
+  })
+  process.env['NHI_PROXY_CONFIG'] = 'test/golden/bad-config.yaml'
+  const env = await check([])
+  t.equal(env.code, 1)
+  t.match(env.text, /^test\/golden\/bad-config\.yaml:/)
+  delete process.env['NHI_PROXY_CONFIG']
+  const def = await check([])
+  t.equal(def.code, 0)
+  t.match(def.text, /^config\/nhi-proxy\.yaml: ok/)
+  const missing = await check(['does/not/exist.yaml'])
+  t.equal(missing.code, 1)
+  t.match(missing.text, /does\/not\/exist\.yaml:1:1 file not found/)
+})
