@@ -26,7 +26,10 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
     admin: '127.0.0.1:0',
     upstream: upstream.url,
     audit: { output: 'off' },
-    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
+    jwt: {
+      issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'] }],
+      unknownKidCooldown: '200ms',
+    },
     identities: [
       {
         name: 'svc/{client}',
@@ -87,6 +90,7 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
   // rotate: the IdP now signs with k2 only; the proxy must refetch on the unknown kid, no restart
   const key2 = await createSigningKey('k2')
   jwks.setKeys([key2])
+  await new Promise((r) => setTimeout(r, 300)) // past the refetch cooldown that follows the initial load
   const token2 = await mintToken(
     key2,
     { azp: 'shipping' },

@@ -47,7 +47,14 @@ export class JwtExtractor implements Extractor {
     this.now = opts.now ?? Date.now
     const clock = this.now
     for (const issuer of cfg.issuers) {
-      this.verifiers.set(issuer.issuer, new IssuerVerifier(issuer, { ...opts, clockSkewMs: cfg.clockSkew }))
+      this.verifiers.set(
+        issuer.issuer,
+        new IssuerVerifier(issuer, {
+          unknownKidCooldownMs: cfg.unknownKidCooldown,
+          ...opts,
+          clockSkewMs: cfg.clockSkew,
+        }),
+      )
     }
     this.cache = new LRUCache<string, Result>({ max: cfg.cacheSize, perf: { now: clock }, ttlResolution: 0 })
   }
