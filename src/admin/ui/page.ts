@@ -8,6 +8,7 @@ const HTML = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>nhi-proxy · live identities</title>
+<link rel="icon" href="data:,">
 <style>__STYLES__</style>
 </head>
 <body>
@@ -31,7 +32,7 @@ const HTML = `<!doctype html>
     </div>
   </section>
   <section class="panel" id="graph-panel" aria-labelledby="graph-title">
-    <h2 id="graph-title">Callers and trust boundaries<span class="spacer"></span>
+    <h2 id="graph-title">Trust boundaries<span class="spacer"></span>
       <span class="graph-legend"><span><i class="line internal-verified"></i>verified</span><span><i class="line unverified"></i>unverified</span><span><i class="line external"></i>external</span></span>
     </h2>
     <div id="graph" data-testid="graph"><div class="empty">No traffic yet</div></div>
@@ -50,10 +51,10 @@ const HTML = `<!doctype html>
           <th data-sort="rps" scope="col" class="num">Req/s</th>
           <th data-sort="errors" scope="col" class="num">Errors</th>
           <th data-sort="p95" scope="col" class="num">p95</th>
-          <th data-sort="bytes" scope="col" class="num">Bytes in / out</th>
+          <th data-sort="bytes" scope="col" class="num">In / out</th>
           <th data-sort="cost" scope="col" class="num">Cost</th>
           <th data-sort="lastSeen" scope="col">Last seen</th>
-          <th data-sort="expiry" scope="col">Credential expiry</th>
+          <th data-sort="expiry" scope="col" title="Earliest expiry of the presented credential">Expires</th>
         </tr></thead>
         <tbody id="identity-rows"></tbody>
       </table>

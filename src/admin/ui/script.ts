@@ -109,58 +109,57 @@ export const UI_SCRIPT = `
     return (n <= 1 ? 1 : n <= 2 ? 2 : n <= 5 ? 5 : 10) * p;
   }
 
-  // ---- dependency and trust-boundary graph
+  // ---- dependency and trust-boundary graph: caller groups (one per trust boundary) → the fronted service
   var GROUPS = [
     { id: 'internal-verified', label: 'Internal · verified' },
     { id: 'unverified', label: 'Unverified' },
     { id: 'external', label: 'External' },
   ];
   var PER_GROUP = 4;
+  function trunc(s, n) { return s.length > n ? s.slice(0, n - 1) + '…' : s; }
   function renderGraph() {
-    var byGroup = {}, callees = [];
-    GROUPS.forEach(function (g) { byGroup[g.id] = []; });
+    var byGroup = {}, callees = [], W = 540, H = 200, colW = 170, gapX = 15, nodeH = 19;
+    GROUPS.forEach(function (g) { byGroup[g.id] = { list: [], requests: 0 }; });
     state.edges.forEach(function (e) {
-      (byGroup[e.boundary] || byGroup.unverified).push(e);
+      var g = byGroup[e.boundary] || byGroup.unverified;
+      g.list.push(e); g.requests += e.requests;
       if (callees.indexOf(e.callee) < 0) callees.push(e.callee);
     });
-    var W = 520, nodeH = 20, gap = 4, groupPad = 20, y = 4, body = '', nodes = [], maxReq = 1;
-    state.edges.forEach(function (e) { if (e.requests > maxReq) maxReq = e.requests; });
-    GROUPS.forEach(function (g) {
-      var list = byGroup[g.id];
-      var shown = list.slice(0, PER_GROUP), more = list.length - shown.length;
-      var rows = Math.max(1, shown.length + (more > 0 ? 1 : 0));
-      var gh = groupPad + rows * (nodeH + gap) + 4;
-      body += '<g class="group ' + g.id + '" data-boundary="' + g.id + '"><rect x="2" y="' + y + '" width="290" height="' + gh + '"></rect>' +
-        '<text class="group-label" x="12" y="' + (y + 14) + '">' + esc(g.label) + ' (' + list.length + ')</text></g>';
-      var ny = y + groupPad;
-      if (!list.length) body += '<text x="12" y="' + (ny + 14) + '" class="group-label" style="opacity:.5;text-transform:none">none</text>';
-      shown.forEach(function (e) {
-        nodes.push({ e: e, y: ny + nodeH / 2 });
-        body += '<g class="node caller" data-identity="' + esc(e.caller) + '"><rect x="10" y="' + ny + '" width="274" height="' + nodeH + '" rx="5"></rect>' +
-          '<circle cx="21" cy="' + (ny + nodeH / 2) + '" r="4" fill="var(--' + esc(e.kind) + ')"></circle>' +
-          '<text x="31" y="' + (ny + 14) + '">' + esc(e.caller.length > 38 ? e.caller.slice(0, 37) + '…' : e.caller) + '<title>' + esc(e.caller + ' → ' + e.callee + ': ' + e.requests + ' requests') + '</title></text></g>';
-        ny += nodeH + gap;
-      });
-      if (more > 0) {
-        body += '<text x="31" y="' + (ny + 14) + '" class="group-label" style="text-transform:none;font-weight:400">+' + more + ' more</text>';
-      }
-      y += gh + 6;
-    });
-    var H = Math.max(y, 60), calleeY = {};
+    if (!callees.length) { $('graph').innerHTML = '<div class="empty">No traffic yet</div>'; return; }
+    var maxReq = 1, boxes = '', edges = '', services = '';
+    GROUPS.forEach(function (g) { if (byGroup[g.id].requests > maxReq) maxReq = byGroup[g.id].requests; });
+    var serviceY = H - 34, boxH = 24 + (PER_GROUP + 1) * (nodeH + 3);
     callees.forEach(function (c, i) {
-      var cy = (H * (i + 1)) / (callees.length + 1);
-      calleeY[c] = cy;
-      body += '<g class="node callee" data-service="' + esc(c) + '"><rect x="' + (W - 150) + '" y="' + (cy - 16) + '" width="146" height="32" rx="8"></rect>' +
-        '<text x="' + (W - 77) + '" y="' + (cy + 4) + '" text-anchor="middle" font-weight="600">' + esc(c.length > 20 ? c.slice(0, 19) + '…' : c) + '</text></g>';
+      var cw = 150, cx = (W * (i + 1)) / (callees.length + 1) - cw / 2;
+      services += '<g class="node callee" data-service="' + esc(c) + '"><rect x="' + cx + '" y="' + serviceY + '" width="' + cw + '" height="30" rx="8"></rect>' +
+        '<text x="' + (cx + cw / 2) + '" y="' + (serviceY + 19) + '" text-anchor="middle" font-weight="600">' + esc(trunc(c, 20)) + '</text></g>';
     });
-    var edges = nodes.map(function (n) {
-      var ty = calleeY[n.e.callee], sx = 284, tx = W - 150, mx = (sx + tx) / 2;
-      var sw = 1 + 3 * Math.log(1 + n.e.requests) / Math.log(1 + maxReq);
-      return '<path class="edge ' + esc(n.e.boundary) + '" stroke-width="' + sw.toFixed(1) + '" d="M' + sx + ' ' + n.y + ' C' + mx + ' ' + n.y + ' ' + mx + ' ' + ty + ' ' + tx + ' ' + ty + '"></path>';
-    }).join('');
-    $('graph').innerHTML = callees.length
-      ? '<svg viewBox="0 0 ' + W + ' ' + H + '" role="img" aria-label="Callers grouped by trust boundary and the services they call">' + edges + body + '</svg>'
-      : '<div class="empty">No traffic yet</div>';
+    GROUPS.forEach(function (g, gi) {
+      var grp = byGroup[g.id], x = gi * (colW + gapX) + 2, y = 2;
+      var shown = grp.list.slice(0, PER_GROUP), more = grp.list.length - shown.length;
+      boxes += '<g class="group ' + g.id + '" data-boundary="' + g.id + '"><rect x="' + x + '" y="' + y + '" width="' + colW + '" height="' + boxH + '"></rect>' +
+        '<text class="group-label" x="' + (x + 8) + '" y="' + (y + 15) + '">' + esc(g.label) + ' · ' + grp.list.length + '</text></g>';
+      var ny = y + 22;
+      if (!grp.list.length) boxes += '<text x="' + (x + 10) + '" y="' + (ny + 13) + '" class="muted-label">no callers</text>';
+      shown.forEach(function (e) {
+        boxes += '<g class="node caller" data-identity="' + esc(e.caller) + '"><rect x="' + (x + 6) + '" y="' + ny + '" width="' + (colW - 12) + '" height="' + nodeH + '" rx="5"></rect>' +
+          '<circle cx="' + (x + 15) + '" cy="' + (ny + nodeH / 2) + '" r="3.5" fill="var(--' + esc(e.kind) + ')"></circle>' +
+          '<text x="' + (x + 23) + '" y="' + (ny + 13) + '">' + esc(trunc(e.caller, 22)) + '<title>' + esc(e.caller + ' → ' + e.callee + ': ' + e.requests + ' requests') + '</title></text></g>';
+        ny += nodeH + 3;
+      });
+      if (more > 0) boxes += '<text x="' + (x + 10) + '" y="' + (ny + 13) + '" class="muted-label">+' + more + ' more</text>';
+      if (!grp.requests) return;
+      var sx = x + colW / 2, sy = y + boxH, sw = 1.5 + (4 * Math.log(1 + grp.requests)) / Math.log(1 + maxReq);
+      var targets = {};
+      grp.list.forEach(function (e) { targets[e.callee] = (targets[e.callee] || 0) + e.requests; });
+      Object.keys(targets).forEach(function (c) {
+        var tx = (W * (callees.indexOf(c) + 1)) / (callees.length + 1), ty = serviceY, my = (sy + ty) / 2;
+        edges += '<path class="edge ' + g.id + '" stroke-width="' + sw.toFixed(1) + '" d="M' + sx + ' ' + sy + ' C' + sx + ' ' + my + ' ' + tx + ' ' + my + ' ' + tx + ' ' + ty + '">' +
+          '<title>' + esc(g.label + ' → ' + c + ': ' + targets[c] + ' requests') + '</title></path>';
+      });
+    });
+    $('graph').innerHTML = '<svg viewBox="-2 -2 ' + (W + 4) + ' ' + (H + 4) + '" preserveAspectRatio="xMidYMid meet" role="img" aria-label="Callers grouped by trust boundary and the services they call">' +
+      edges + boxes + services + '</svg>';
   }
 
   // ---- identity table

@@ -64,12 +64,13 @@ main {
 .legend { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: 11.5px; color: var(--muted); padding-bottom: 4px; }
 .legend b { color: var(--text); font-weight: 600; }
 .swatch { width: 10px; height: 10px; border-radius: 2px; display: inline-block; margin-right: 4px; vertical-align: -1px; }
-#graph { flex: 1; min-height: 0; overflow: auto; padding: 4px 6px; }
-#graph svg { display: block; width: 100%; height: auto; }
+#graph { flex: 1; min-height: 0; overflow: hidden; padding: 6px 8px; }
+#graph svg { display: block; width: 100%; height: 100%; }
 #graph .node rect { fill: var(--panel-2); stroke: var(--border); }
 #graph .node text, #graph .group-label { fill: var(--text); font-size: 11px; }
 #graph .group-label { font-weight: 600; font-size: 10.5px; letter-spacing: .5px; text-transform: uppercase; }
 #graph .group rect { fill: none; stroke-width: 1.2; rx: 8; }
+#graph .muted-label { fill: var(--muted); font-size: 11px; }
 #graph .callee rect { fill: color-mix(in srgb, var(--accent) 18%, var(--panel)); stroke: var(--accent); stroke-width: 1.5; }
 #graph .edge { fill: none; opacity: .85; }
 #graph .edge.internal-verified, #graph .group.internal-verified rect { stroke: var(--good); }
@@ -94,14 +95,14 @@ input[type=search]:focus { outline: 2px solid var(--accent); outline-offset: -1p
 table { width: 100%; border-collapse: separate; border-spacing: 0; font-variant-numeric: tabular-nums; }
 thead th {
   position: sticky; top: 0; z-index: 1; background: var(--panel); text-align: left; font-weight: 600; font-size: 11.5px;
-  color: var(--muted); padding: 6px 8px; border-bottom: 1px solid var(--border); cursor: pointer; user-select: none; white-space: nowrap;
+  color: var(--muted); padding: 6px 7px; border-bottom: 1px solid var(--border); cursor: pointer; user-select: none; white-space: nowrap;
 }
 thead th.num, td.num { text-align: right; }
 thead th[aria-sort=ascending]::after { content: " \25B2"; font-size: 9px; }
 thead th[aria-sort=descending]::after { content: " \25BC"; font-size: 9px; }
-tbody td { padding: 4px 8px; border-bottom: 1px solid var(--border); white-space: nowrap; }
+tbody td { padding: 4px 7px; border-bottom: 1px solid var(--border); white-space: nowrap; }
 tbody tr:hover { background: var(--row-hover); }
-td.name { max-width: 320px; overflow: hidden; text-overflow: ellipsis; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
+td.name { max-width: 230px; overflow: hidden; text-overflow: ellipsis; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
 .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 11px; font-weight: 600; line-height: 17px; border: 1px solid; }
 .kind-human { color: var(--human); } .kind-service { color: var(--service); } .kind-job { color: var(--job); }
 .kind-bot { color: var(--bot); } .kind-agent { color: var(--agent); } .kind-unknown { color: var(--unknown); }
