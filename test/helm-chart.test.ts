@@ -259,6 +259,7 @@ t.test('toggles render their objects', async (t) => {
 t.test('offline kubectl dry run accepts every rendering', async (t) => {
   const kubectl = localTool('kubectl')
   const offline = offlineKubectl()
+  t.teardown(() => rm(offline.dir, { recursive: true, force: true }))
   const all =
     '--set=metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,rbac.issuerDiscovery=true'
   for (const args of [[], ['-f', SIDECAR_VALUES], [all], ['-f', SIDECAR_VALUES, all]]) {

@@ -94,7 +94,6 @@ t.test(
     )
 
     const dir = mkdtempSync(join(tmpdir(), 'nhi-prometheus-'))
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }))
     const rulesFile = join(dir, 'nhi-proxy.rules.yaml')
     writeFileSync(rulesFile, readFileSync(join(CHART_DIR, 'alerts', 'nhi-proxy.rules.yaml')))
     const configFile = join(dir, 'prometheus.yml')
@@ -125,9 +124,11 @@ t.test(
       promLog = (promLog + c.toString()).slice(-4000)
     })
     const promExited = once(prom, 'exit')
+    // stop Prometheus before removing its data directory
     t.teardown(async () => {
       if (prom.exitCode === null) prom.kill('SIGKILL')
       await promExited
+      rmSync(dir, { recursive: true, force: true })
     })
     const base = `http://127.0.0.1:${promPort}`
     await waitFor('prometheus ready', until, async () => {

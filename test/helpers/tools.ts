@@ -79,9 +79,10 @@ const DISCOVERY: Record<string, [resource: string, kind: string, namespaced: boo
 /**
  * kubectl arguments and environment for a client-side dry run that never reaches a server: a kubeconfig
  * for an unreachable 127.0.0.1:1 cluster plus a pre-seeded API discovery cache, so kubectl can map every
- * kind the chart renders (and rejects unknown apiVersion/kind pairs) without a network call.
+ * kind the chart renders (and rejects unknown apiVersion/kind pairs) without a network call. The caller
+ * removes `dir`.
  */
-export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv } {
+export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv; dir: string } {
   const dir = mkdtempSync(join(tmpdir(), 'nhi-kubectl-'))
   const kubeconfig = join(dir, 'kubeconfig')
   writeFileSync(
@@ -127,7 +128,7 @@ export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv } {
     }
     writeFileSync(join(base, gv, 'serverresources.json'), JSON.stringify(list))
   }
-  return { args: [`--cache-dir=${cache}`], env: { KUBECONFIG: kubeconfig } }
+  return { args: [`--cache-dir=${cache}`], env: { KUBECONFIG: kubeconfig }, dir }
 }
 
 /** Metric names of SPEC §7 plus the job-interval gauge the alerts use. */
