@@ -222,7 +222,7 @@ export async function runRuleTests(files: string[], out: Out): Promise<number> {
         out('  ---')
         for (const m of result.mismatches) out(`  ${m}`)
         out(
-          `  identity: ${result.identity.name} (${result.identity.kind}, ${result.identity.source}, rule ${result.identity.rule})`,
+          `  actual: ${result.identity.name} (${result.identity.kind}, ${result.identity.source}, rule ${result.identity.rule})`,
         )
         out('  ...')
       }
