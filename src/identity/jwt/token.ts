@@ -33,11 +33,50 @@ export interface UnverifiedToken {
 
 /** Decodes header and claims without verifying; a string is the reason it could not. */
 export function peekToken(token: string): UnverifiedToken | string {
+  let peeked: UnverifiedToken
   try {
-    return { header: decodeProtectedHeader(token), claims: decodeJwt(token) }
+    peeked = { header: decodeProtectedHeader(token), claims: decodeJwt(token) }
   } catch {
     return 'header or payload is not base64url-encoded JSON'
   }
+  // JSON.parse keeps the last of duplicate members while other parsers (the upstream's) may keep the first:
+  // a signed token with two "sub" claims would mean different identities to us and to the upstream.
+  const [h, p] = token.split('.', 2)
+  if (hasDuplicateMember(base64urlText(h)) || hasDuplicateMember(base64urlText(p))) {
+    return 'header or payload has a duplicate member name'
+  }
+  return peeked
+}
+
+function base64urlText(segment: string | undefined): string {
+  return Buffer.from(segment ?? '', 'base64url').toString('utf8')
+}
+
+/** Scans JSON text that already parsed (so it is well-formed) for an object with a repeated member name. */
+export function hasDuplicateMember(json: string): boolean {
+  const frames: ({ keys: Set<string>; expectKey: boolean } | null)[] = []
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i]
+    if (c === '{') frames.push({ keys: new Set(), expectKey: true })
+    else if (c === '[') frames.push(null)
+    else if (c === '}' || c === ']') frames.pop()
+    else if (c === ',') {
+      const top = frames[frames.length - 1]
+      if (top) top.expectKey = true
+    } else if (c === '"') {
+      const start = i
+      for (i++; i < json.length && json[i] !== '"'; i++) if (json[i] === '\\') i++
+      const top = frames[frames.length - 1]
+      if (top?.expectKey) {
+        // compare decoded names: "sub" and "\u0073ub" are the same member
+        const name = JSON.parse(json.slice(start, i + 1)) as string
+        if (top.keys.has(name)) return true
+        top.keys.add(name)
+        top.expectKey = false
+      }
+    }
+  }
+  return false
 }
 
 /** Unverified iss/sub/kid, safe to keep as evidence on a failure (never the token itself). */
