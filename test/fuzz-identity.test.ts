@@ -3,6 +3,7 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { MAX_XFCC_ELEMENTS, parseXfcc, xfccEvidence } from '../src/identity/forwarded/xfcc.ts'
+import { hasDuplicateMember } from '../src/identity/jwt/token.ts'
 import { isSpiffeId, parseSpiffeId } from '../src/identity/spiffe.ts'
 import { checkProperty } from './helpers/property.ts'
 
@@ -171,4 +172,36 @@ t.test('XFCC + SPIFFE: a URI SAN becomes the SPIFFE ID only when it is exactly o
   )
   const two = xfccEvidence('URI=spiffe://a/x;URI=spiffe://a/y')
   t.ok('failed' in two && two.reason === 'spiffe_invalid', 'two URI SANs are not an X.509-SVID')
+})
+
+t.test('JWT JSON: duplicate member names are found at any depth, and only then', async (t) => {
+  const json = fc.jsonValue({ maxDepth: 3 })
+  checkProperty(
+    t,
+    'JSON.stringify output never has duplicates',
+    fc.property(json, (v) => !hasDuplicateMember(JSON.stringify(v))),
+  )
+  checkProperty(
+    t,
+    'a repeated member anywhere is detected, even spelled with escapes',
+    fc.property(
+      fc.dictionary(fc.string({ maxLength: 6 }), json, { minKeys: 1, maxKeys: 4 }),
+      fc.boolean(),
+      fc.boolean(),
+      (obj, nest, escaped) => {
+        const [name] = Object.keys(obj)
+        const text = JSON.stringify(obj)
+        const key =
+          escaped && name
+            ? `"${[...name].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('')}"`
+            : JSON.stringify(name)
+        const dup = `${text.slice(0, -1)},${key}:1}`
+        return hasDuplicateMember(nest ? `{"a":[1,${dup}]}` : dup)
+      },
+    ),
+  )
+  t.notOk(
+    hasDuplicateMember('{"a":{"b":1},"b":2,"c":"{\\"a\\":1,\\"a\\":2}"}'),
+    'same name at different depths',
+  )
 })
