@@ -6,7 +6,8 @@ import { runBench } from '../bench/lib/harness.ts'
 import { runMemory } from '../bench/lib/memory.ts'
 import { childPids } from '../bench/lib/procs.ts'
 
-t.setTimeout(90_000)
+// ~20 s on an idle 2-core machine; the margin is for CI hosts that run other test files at the same time
+t.setTimeout(150_000)
 
 t.test('quick bench: every configuration serves traffic without errors', async (t) => {
   const lines: string[] = []
@@ -18,7 +19,7 @@ t.test('quick bench: every configuration serves traffic without errors', async (
     quick: true,
     warmup: false,
     installWrk: false,
-    coldStart: 'tsx',
+    coldStart: 'skip',
     audit: '/dev/null',
     log: (s) => lines.push(s),
   })
@@ -38,7 +39,6 @@ t.test('quick bench: every configuration serves traffic without errors', async (
     const cpu = r.configs.find((c) => c.id === id)?.proxyCpuUs
     t.ok(cpu !== undefined && cpu > 0, `${id}: proxy CPU per request measured (${cpu?.toFixed(1)} µs)`)
   }
-  t.ok(r.coldStart && r.coldStart.medianMs > 0, 'cold start measured')
   t.ok(
     r.targets.some((x) => x.name.startsWith('c ≥ 0.9× b')),
     'targets are evaluated',
@@ -56,10 +56,10 @@ t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped',
     log: () => {},
   })
   t.equal(r.failures, 0, 'every request answered 200')
-  t.equal(r.requests, 660, 'all tokens and XFCC identities were sent')
+  t.equal(r.requests, 330, 'all tokens and XFCC identities were sent')
   const last = r.samples.at(-1)!
   t.ok(
-    last.series > 0 && last.series <= 51,
+    last.series > 0 && last.series <= 21,
     `identity series capped at maxIdentities + overflow (${last.series})`,
   )
   t.ok(last.rssMB > 0, 'RSS sampled')

@@ -268,7 +268,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         issueCert(ca, { uriSans: [`spiffe://bench.local/ns/shop/sa/${sa}`] }),
       ),
     )
-    const floodCount = opts.quick ? 4_000 : 40_000
+    const floodCount = opts.quick ? 4_000 : 30_000
     const [rotating, flood] = await Promise.all([
       tokenSet('rotating', 'RS256', 1_000, 100),
       tokenSet('flood', 'RS256', floodCount, 100),

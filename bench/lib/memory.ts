@@ -20,6 +20,7 @@ export interface MemoryOptions {
   xfccIdentities?: number
   maxIdentities?: number
   timeLimitS?: number
+  sampleEveryMs?: number
 }
 
 export interface MemorySample {
@@ -132,7 +133,7 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
         `  ${row.t.toFixed(0).padStart(5)} s  tokens ${tokensSent.toLocaleString('en').padStart(9)}  xfcc ${xfccSent.toLocaleString('en').padStart(7)}  RSS ${row.rssMB.toFixed(1)} MB  series ${row.series}  scrape ${row.scrapeMs.toFixed(1)} ms`,
       )
     }
-    const interval = opts.quick ? 2_000 : 5_000
+    const interval = opts.sampleEveryMs ?? (opts.quick ? 2_000 : 5_000)
     let sampling = Promise.resolve()
     const sampler = setInterval(() => {
       sampling = sampling.then(takeSample, takeSample).catch(() => {})
