@@ -372,3 +372,48 @@ t.test('another chart can inject the sidecar with the named templates', async (t
   ])
   t.match(cm.stdout, /upstream: http:\/\/127\.0\.0\.1:5000/, 'the subchart ConfigMap points at the app port')
 })
+
+t.test('mTLS listener: port, Service port and the TLS secret mount follow config.listen.https', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-tls-values-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const values = join(dir, 'values.yaml')
+  writeFileSync(
+    values,
+    [
+      'config:',
+      '  listen:',
+      '    https: { cert: /etc/nhi-tls/tls.crt, key: /etc/nhi-tls/tls.key, clientCA: /etc/nhi-tls/ca.crt }',
+      'extraVolumes:',
+      '  - { name: nhi-tls, secret: { secretName: checkout-nhi-tls } }',
+      'extraVolumeMounts:',
+      '  - { name: nhi-tls, mountPath: /etc/nhi-tls, readOnly: true }',
+      '',
+    ].join('\n'),
+  )
+  const { objects } = await render(['-f', values])
+  checkConfig(t, objects)
+  const https = (configOf(objects).value['listen'] as { https: { address: string } }).https
+  t.equal(https.address, '0.0.0.0:8443', 'the chart fills in the listener address')
+  const pod = podSpec(objects)
+  const proxy = proxyContainer(pod)
+  t.equal(proxy.ports?.find((p) => p.name === 'nhi-https')?.containerPort, 8443)
+  t.ok(
+    proxy.volumeMounts?.some((m) => m.mountPath === '/etc/nhi-tls' && m.readOnly),
+    'TLS secret mounted',
+  )
+  t.ok(
+    pod.volumes.some((v) => v.name === 'nhi-tls'),
+    'TLS secret volume added',
+  )
+  const svc = find(objects, 'Service').spec as { ports: { name: string; port: number; targetPort: number }[] }
+  t.match(
+    svc.ports.find((p) => p.name === 'https'),
+    { port: 443, targetPort: 8443 },
+  )
+
+  const plain = podSpec((await render()).objects)
+  t.notOk(
+    proxyContainer(plain).ports?.some((p) => p.name === 'nhi-https'),
+    'no mTLS port unless configured',
+  )
+})

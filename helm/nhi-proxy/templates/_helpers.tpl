@@ -40,6 +40,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Non-empty when the config asks for the mTLS listener (config.listen.https). */}}
+{{- define "nhi-proxy.httpsEnabled" -}}
+{{- $listen := (.Values.config | default dict).listen | default dict }}
+{{- if hasKey $listen "https" }}true{{ end }}
+{{- end }}
+
 {{- define "nhi-proxy.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -102,7 +108,7 @@ ports:
   - name: nhi-http
     containerPort: {{ .Values.ports.http }}
     protocol: TCP
-  {{- if and .Values.config (hasKey .Values.config "listen") (hasKey (.Values.config.listen | default dict) "https") }}
+  {{- if include "nhi-proxy.httpsEnabled" . }}
   - name: nhi-https
     containerPort: {{ .Values.ports.https }}
     protocol: TCP
@@ -141,6 +147,9 @@ volumeMounts:
   - name: nhi-proxy-kube-api
     mountPath: /var/run/secrets/kubernetes.io/serviceaccount
     readOnly: true
+  {{- end }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end }}
 
@@ -183,5 +192,8 @@ together with "nhi-proxy.sidecarVolumes" under volumes.
           items:
             - path: namespace
               fieldRef: { fieldPath: metadata.namespace }
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
