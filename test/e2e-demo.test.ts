@@ -8,6 +8,8 @@ import { spawnCli } from './helpers/sidecar.ts'
 t.test('demo shows every kind, source and anomaly', async (t) => {
   const demo = spawnCli([
     'demo',
+    '--idp',
+    '127.0.0.1:0',
     '--listen',
     '127.0.0.1:0',
     '--https',

@@ -184,6 +184,7 @@ program
   .option('--listen <addr>', 'proxy HTTP address', '127.0.0.1:8080')
   .option('--https <addr>', 'proxy mTLS address', '127.0.0.1:8443')
   .option('--admin <addr>', 'admin address (/metrics, /ui)', '127.0.0.1:9464')
+  .option('--idp <addr>', 'demo identity provider (JWKS and sample tokens for curl)', '127.0.0.1:9400')
   .addOption(new Option('--rate <n>', 'synthetic requests per second').argParser(positiveInt).default(25))
   .option('--duration <seconds>', 'stop after this many seconds (default: run until Ctrl-C)', positiveInt)
   .option('--audit', 'print the audit trail (JSON lines) to stdout')
@@ -192,6 +193,7 @@ program
       listen: string
       https: string
       admin: string
+      idp: string
       rate: number
       duration?: number
       audit?: boolean

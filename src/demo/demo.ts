@@ -2,7 +2,7 @@
 // all on loopback, through the real proxy with a real (embedded) config. Needs no files and no network.
 import type { Logger } from 'pino'
 import { formatDiagnostic, parseConfigText } from '../config/loader.ts'
-import { type Sidecar, StartupError, startSidecar } from '../runtime.ts'
+import { type Sidecar, StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { demoConfigYaml } from './config.ts'
 import { DemoIdp } from './idp.ts'
 import { caCert, serverCert, serverKey } from './pki.ts'
@@ -13,6 +13,8 @@ export interface DemoOptions {
   listen: string
   https: string
   admin: string
+  /** demo identity provider: JWKS and sample tokens */
+  idp: string
   rate: number
   audit: boolean
   log: Logger
@@ -31,8 +33,15 @@ function url(a: { address: string; port: number }, scheme = 'http'): string {
 }
 
 export async function runDemo(o: DemoOptions): Promise<Demo> {
+  const idpAddr = splitAddress(o.idp)
   const upstream = await startDemoUpstream()
-  const idp = await DemoIdp.start()
+  let idp: DemoIdp
+  try {
+    idp = await DemoIdp.start(idpAddr.host, idpAddr.port)
+  } catch (err) {
+    await upstream.close()
+    throw new StartupError(`cannot listen on ${o.idp}: ${(err as Error).message}`, 2)
+  }
   const yaml = demoConfigYaml({ ...o, upstream: upstream.url, jwksUri: idp.jwksUri })
   const parsed = parseConfigText(yaml, '<demo>')
   if (!parsed.ok) throw new StartupError(parsed.errors.map(formatDiagnostic).join('\n'), 1)
@@ -66,6 +75,7 @@ export async function runDemo(o: DemoOptions): Promise<Demo> {
       `  identities    ${admin}/identities`,
       `  audit trail   ${admin}/audit?limit=20`,
       `  proxy         ${proxyUrl}   (mTLS: ${httpsUrl ?? 'off'})`,
+      `  sample tokens ${idp.tokensUrl}/{kubernetes,github,auth0-client,auth0-user,expired,unknown-kid,bound}`,
       '',
       `Try: curl -s ${proxyUrl}/docs/x -A 'GPTBot/1.2' -o /dev/null && curl -s ${admin}/identities | head -c 600`,
       'Ctrl-C stops the demo.',

@@ -12,6 +12,7 @@ export const ISSUERS = {
   auth0: 'https://acme.eu.auth0.com/',
 } as const
 export const AUDIENCE = 'checkout'
+const SAMPLES = ['kubernetes', 'github', 'auth0-client', 'auth0-user', 'expired', 'unknown-kid', 'bound']
 
 interface Key {
   kid: string
@@ -33,23 +34,71 @@ export class DemoIdp {
     private readonly rogueKey: Key,
   ) {}
 
-  static async start(host = '127.0.0.1'): Promise<DemoIdp> {
+  /** base URL of the sample-token endpoint (GET /tokens/<name>) */
+  tokensUrl = ''
+
+  static async start(host = '127.0.0.1', port = 0): Promise<DemoIdp> {
     const key = await newKey('demo-2026')
     const rogue = await newKey('rogue-1')
     const body = JSON.stringify({ keys: [key.jwk] })
+    let idp: DemoIdp | undefined
     const server = createServer((req, res) => {
-      if (req.url === '/openid/v1/jwks') {
+      const url = new URL(req.url ?? '/', 'http://demo')
+      if (url.pathname === '/openid/v1/jwks') {
         res.setHeader('content-type', 'application/json')
         res.end(body)
-      } else {
-        res.statusCode = 404
-        res.end()
+        return
       }
+      const mint =
+        idp && url.pathname.startsWith('/tokens/')
+          ? idp.sample(url.pathname.slice(8), url.searchParams)
+          : undefined
+      if (!mint) {
+        res.statusCode = 404
+        res.end(`unknown path; try ${SAMPLES.map((s) => `/tokens/${s}`).join(' ')}\n`)
+        return
+      }
+      mint.then(
+        (token) => {
+          res.setHeader('content-type', 'text/plain')
+          res.end(token)
+        },
+        () => {
+          res.statusCode = 500
+          res.end()
+        },
+      )
     })
-    server.listen(0, host)
+    server.listen(port, host)
     await once(server, 'listening')
-    const { port } = server.address() as AddressInfo
-    return new DemoIdp(server, `http://${host}:${port}/openid/v1/jwks`, key, rogue)
+    const bound = server.address() as AddressInfo
+    idp = new DemoIdp(server, `http://${host}:${bound.port}/openid/v1/jwks`, key, rogue)
+    idp.tokensUrl = `http://${host}:${bound.port}/tokens`
+    return idp
+  }
+
+  /** Sample tokens so a person can provoke each identity and anomaly with curl (demo only). */
+  private sample(name: string, q: URLSearchParams): Promise<string> | undefined {
+    switch (name) {
+      case 'kubernetes':
+        return this.kubernetes(q.get('ns') ?? 'payments', q.get('sa') ?? 'api', q.get('pod') ?? 'curl-pod')
+      case 'github':
+        return this.githubActions(q.get('repository') ?? 'acme/nightly-etl', q.get('workflow') ?? 'nightly')
+      case 'auth0-client':
+        return this.auth0Client(q.get('client') ?? 'reporting-service')
+      case 'auth0-user':
+        return this.auth0User(q.get('email') ?? 'carol@acme.example')
+      case 'expired':
+        return this.expired()
+      case 'unknown-kid':
+        return this.unknownKid()
+      case 'bound':
+        return this.kubernetes('inventory', 'sync', 'inventory-sync-0', {
+          cnfCertDer: Buffer.from('a certificate nobody presents'),
+        })
+      default:
+        return undefined
+    }
   }
 
   private sign(iss: string, claims: JWTPayload, ttlSeconds: number, key = this.key): Promise<string> {
