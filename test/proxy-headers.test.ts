@@ -1,6 +1,8 @@
 import { get as httpGet } from 'node:http'
 import t from 'tap'
 import { Agent, request } from 'undici'
+import { downstreamHeaders } from '../src/proxy/headers.ts'
+import { HttpProxyForwarder } from '../src/proxy/http-proxy-forwarder.ts'
 import { requestId, traceContext } from '../src/proxy/ids.ts'
 import { startUpstream } from './helpers/upstream.ts'
 import { SERVICE_IDENTITY, startProxy, TestPipeline } from './proxy-fixture.ts'
@@ -245,4 +247,54 @@ t.test('upstream base path is prefixed', async (t) => {
   const res = await request(`${url}/a/b?c=d`, { dispatcher: agent })
   const echo = (await res.body.json()) as { url: string }
   t.equal(echo.url, '/echo/base/a/b?c=d')
+})
+
+t.test('response hop-by-hop headers are dropped, repeated headers kept', async (t) => {
+  const raw = [
+    'Content-Type',
+    'text/plain',
+    'Set-Cookie',
+    'a=1',
+    'Set-Cookie',
+    'b=2',
+    'Connection',
+    'keep-alive, X-Hop',
+    'X-Hop',
+    'secret',
+    'Keep-Alive',
+    'timeout=5',
+    'Transfer-Encoding',
+    'chunked',
+    'Upgrade',
+    'h2c',
+    'Trailer',
+    'x-checksum',
+    'X-Kept',
+    'yes',
+  ].map((s) => Buffer.from(s))
+  t.same(downstreamHeaders(raw), [
+    'Content-Type',
+    'text/plain',
+    'Set-Cookie',
+    'a=1',
+    'Set-Cookie',
+    'b=2',
+    'X-Kept',
+    'yes',
+  ])
+})
+
+t.test('the http-proxy baseline forwarder honours the same contract', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const forwarder = new HttpProxyForwarder({ headersTimeout: 5000 })
+  const { url, pipeline } = await startProxy(t, { upstream: up.url, forwarder })
+  const res = await request(`${url}/echo?q=1`, { dispatcher: agent, headers: { 'x-nhi-identity': 'spoof' } })
+  t.equal(res.statusCode, 200)
+  const echo = (await res.body.json()) as { url: string; headers: Record<string, string> }
+  t.equal(echo.url, '/echo?q=1')
+  t.equal(echo.headers['x-nhi-identity'], SERVICE_IDENTITY.name)
+  const [event] = await pipeline.waitForEvents(1)
+  t.equal(event!.status, 200)
+  t.ok(event!.bytesOut > 0)
 })

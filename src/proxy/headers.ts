@@ -17,6 +17,8 @@ const HOP_BY_HOP = new Set([
   'upgrade',
 ])
 
+const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map((name) => name.length))
+
 /** Request headers we set ourselves, so incoming copies are dropped (forwarded-* are appended below). */
 const SET_BY_PROXY = new Set([
   'x-request-id',
@@ -103,13 +105,17 @@ export function downstreamHeaders(raw: readonly Buffer[]): string[] {
   const out: string[] = []
   let listed: Set<string> | undefined
   for (let i = 0; i + 1 < raw.length; i += 2) {
-    const name = raw[i]!.toString('latin1')
-    const lower = name.toLowerCase()
-    if (lower === 'connection') {
-      listed = connectionListed(raw[i + 1]!.toString('latin1').toLowerCase())
-      continue
+    const nameBuf = raw[i]!
+    const name = nameBuf.toString('latin1')
+    // only names as long as a hop-by-hop one need the case-insensitive check
+    if (HOP_BY_HOP_LENGTHS.has(nameBuf.length)) {
+      const lower = name.toLowerCase()
+      if (lower === 'connection') {
+        listed = connectionListed(raw[i + 1]!.toString('latin1').toLowerCase())
+        continue
+      }
+      if (HOP_BY_HOP.has(lower)) continue
     }
-    if (HOP_BY_HOP.has(lower)) continue
     out.push(name, raw[i + 1]!.toString('latin1'))
   }
   if (listed === undefined) return out

@@ -212,7 +212,7 @@ function requestHasBody(headers: IncomingHttpHeaders): boolean {
   return cl !== undefined && cl !== '0'
 }
 
-function isUpgradeToWebsocketLike(req: IncomingMessage): boolean {
+function hasUpgradeHeader(req: IncomingMessage): boolean {
   return typeof req.headers.upgrade === 'string' && req.headers.upgrade.length > 0
 }
 
@@ -304,7 +304,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     inFlight++
     req[kExchange] = ex
     res[kExchange] = ex
-    res.once('close', onResponseClose)
+    res.on('close', onResponseClose)
     if (closing) res.shouldKeepAlive = false
     try {
       if (parsed === undefined) {
@@ -355,7 +355,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     tunnels.add(socket)
     ex.responseClosed = true
     try {
-      if (closing || parsed === undefined || !isUpgradeToWebsocketLike(req)) {
+      if (closing || parsed === undefined || !hasUpgradeHeader(req)) {
         ex.pipeline = opts.getPipeline()
         const answer = closing ? { status: 503, body: '{"error":"unavailable"}' } : BAD_REQUEST
         ex.status = answer.status
