@@ -14,6 +14,7 @@ import type {
   RequestInfo,
   Source,
 } from '../types.ts'
+import { SOURCES } from '../types.ts'
 import { CidrSet } from '../util/cidr.ts'
 import { type CompiledPattern, type CompiledTemplate, compilePattern, compileTemplate } from './pattern.ts'
 
@@ -96,15 +97,11 @@ class SpiffeCondition implements Condition {
   readonly perRequest = false
   constructor(private readonly p: CompiledPattern) {}
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
-    const certs = [ev.mtls, ev.xfcc]
-    let sawCert = false
-    for (const cert of certs) {
-      if (!cert) continue
-      sawCert = true
-      if (cert.spiffeId === undefined) continue
-      if (matchInto(this.p, cert.spiffeId, 'spiffe', s)) return true
-      return false
-    }
+    // mtls first, then a forwarded certificate; the first one carrying a SPIFFE ID decides
+    const cert =
+      ev.mtls?.spiffeId !== undefined ? ev.mtls : ev.xfcc?.spiffeId !== undefined ? ev.xfcc : undefined
+    if (cert) return matchInto(this.p, cert.spiffeId!, 'spiffe', s)
+    const sawCert = ev.mtls !== undefined || ev.xfcc !== undefined
     s.reason = sawCert ? 'spiffe: certificate has no SPIFFE ID' : 'spiffe: no client certificate'
     return false
   }
@@ -202,6 +199,16 @@ class CertCondition implements Condition {
     this.san = cfg.san !== undefined ? compilePattern(cfg.san) : undefined
     this.sha256 = cfg.sha256?.toLowerCase().replaceAll(':', '')
   }
+  private matchSan(sans: readonly string[], s: Scratch): boolean {
+    for (const san of sans) {
+      const m = this.san!.match(san)
+      if (m) {
+        if (this.san!.captures.length) addCaptures(s, m)
+        return true
+      }
+    }
+    return false
+  }
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     const cert = certOf(ev)
     if (!cert) {
@@ -223,19 +230,7 @@ class CertCondition implements Condition {
       if (this.subject.captures.length) addCaptures(s, m)
     }
     if (this.san) {
-      let hit = false
-      for (const list of [cert.dnsSans, cert.uriSans]) {
-        for (const san of list) {
-          const m = this.san.match(san)
-          if (m) {
-            if (this.san.captures.length) addCaptures(s, m)
-            hit = true
-            break
-          }
-        }
-        if (hit) break
-      }
-      if (!hit) {
+      if (!this.matchSan(cert.dnsSans, s) && !this.matchSan(cert.uriSans, s)) {
         s.reason = `cert.san: no SAN matches ${show(this.san.source)}`
         return false
       }
@@ -352,14 +347,26 @@ class MethodCondition implements Condition {
   }
 }
 
-/** Strongest credential present (SPEC §2): decides `source` and `verified`. */
-export function strongest(ev: EvidenceSet): { source: Source; verified: boolean } {
-  if (ev.mtls) return { source: 'mtls', verified: ev.mtls.verified }
-  if (ev.xfcc) return { source: 'xfcc', verified: ev.xfcc.verified }
-  if (ev.jwt) return { source: 'jwt', verified: true }
-  if (ev.apikey) return { source: 'apikey', verified: true }
-  if (ev.useragent && ev.useragent.ua !== '') return { source: 'useragent', verified: false }
-  return { source: 'anonymous', verified: false }
+interface Strongest {
+  readonly source: Source
+  readonly verified: boolean
+}
+const STRONGEST: Record<Source, readonly [Strongest, Strongest]> = Object.fromEntries(
+  SOURCES.map((source) => [
+    source,
+    [Object.freeze({ source, verified: false }), Object.freeze({ source, verified: true })],
+  ]),
+) as unknown as Record<Source, readonly [Strongest, Strongest]>
+const pick = (source: Source, verified: boolean): Strongest => STRONGEST[source][verified ? 1 : 0]
+
+/** Strongest credential present (SPEC §2): decides `source` and `verified`. Allocation-free. */
+export function strongest(ev: EvidenceSet): Strongest {
+  if (ev.mtls) return pick('mtls', ev.mtls.verified)
+  if (ev.xfcc) return pick('xfcc', ev.xfcc.verified)
+  if (ev.jwt) return pick('jwt', true)
+  if (ev.apikey) return pick('apikey', true)
+  if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', false)
+  return pick('anonymous', false)
 }
 
 class VerifiedCondition implements Condition {
