@@ -453,6 +453,28 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     return server.address() as AddressInfo
   }
 
+  async function shutdown(drainMs: number): Promise<void> {
+    closing = true
+    const closed = servers.map((s) =>
+      s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve(),
+    )
+    for (const s of servers) s.closeIdleConnections()
+    if (inFlight > 0) {
+      let timer: NodeJS.Timeout | undefined
+      await new Promise<void>((resolve) => {
+        drained = resolve
+        timer = setTimeout(resolve, drainMs)
+      })
+      clearTimeout(timer)
+    }
+    for (const s of servers) s.closeAllConnections()
+    for (const t of tunnels) t.destroy()
+    await forwarder.close()
+    await Promise.all(closed)
+  }
+
+  let closePromise: Promise<void> | undefined
+
   return {
     async listen() {
       const out: { http?: AddressInfo; https?: AddressInfo } = {}
@@ -461,25 +483,9 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
       return out
     },
 
-    async close(drainMs = timeouts.drain) {
-      if (closing) return
-      closing = true
-      const closed = servers.map((s) =>
-        s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve(),
-      )
-      for (const s of servers) s.closeIdleConnections()
-      if (inFlight > 0) {
-        let timer: NodeJS.Timeout | undefined
-        await new Promise<void>((resolve) => {
-          drained = resolve
-          timer = setTimeout(resolve, drainMs)
-        })
-        clearTimeout(timer)
-      }
-      for (const s of servers) s.closeAllConnections()
-      for (const t of tunnels) t.destroy()
-      await forwarder.close()
-      await Promise.all(closed)
+    close(drainMs = timeouts.drain) {
+      closePromise ??= shutdown(drainMs)
+      return closePromise
     },
 
     inFlight: () => inFlight,
