@@ -101,8 +101,9 @@ t.test(
 
     // every identity appears with its kind
     await page.waitForFunction(
-      (n) => document.querySelectorAll('#identity-rows tr[data-identity]').length >= n,
-      EVERYONE.length,
+      (names) =>
+        names.every((n) => document.querySelector(`#identity-rows tr[data-identity="${CSS.escape(n)}"]`)),
+      EVERYONE.map((who) => who.name),
     )
     const rows = await page
       .locator('#identity-rows tr')

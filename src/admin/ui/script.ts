@@ -226,8 +226,11 @@ export const UI_SCRIPT = `
       if (!flushScheduled) { flushScheduled = true; requestAnimationFrame(flushEvents); }
     };
   }
+  // While the pointer is over the feed it holds still (new events wait, bounded), so a row can be clicked.
+  var feedHeld = false;
   function flushEvents() {
     flushScheduled = false;
+    if (feedHeld) return;
     var list = $('events'), frag = document.createDocumentFragment();
     for (var i = 0; i < pending.length; i++) frag.insertBefore(eventItem(pending[i]), frag.firstChild);
     pending = [];
@@ -270,6 +273,11 @@ export const UI_SCRIPT = `
 
   // ---- wiring
   $('events').addEventListener('click', function (ev) { var li = ev.target.closest('li'); if (li) showAudit(li); });
+  $('events').addEventListener('mouseenter', function () { feedHeld = true; $('events').classList.add('held'); });
+  $('events').addEventListener('mouseleave', function () {
+    feedHeld = false; $('events').classList.remove('held');
+    if (pending.length && !flushScheduled) { flushScheduled = true; requestAnimationFrame(flushEvents); }
+  });
   $('events').addEventListener('keydown', function (ev) {
     if (ev.key === 'Enter' && ev.target.tagName === 'LI') showAudit(ev.target);
   });
