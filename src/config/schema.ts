@@ -180,11 +180,9 @@ export const configSchema = z.strictObject({
       clockSkew: duration.default(30_000),
       onInvalid: z.enum(['attribute', 'reject']).default('attribute'),
       cacheSize: z.number().int().positive().default(10_000),
-      unknownKidCooldown: duration
-        .default(30_000)
-        .meta({
-          description: 'a token with an unknown kid triggers a key refetch at most this often per issuer',
-        }),
+      unknownKidCooldown: duration.default(30_000).meta({
+        description: 'a token with an unknown kid triggers a key refetch at most this often per issuer',
+      }),
     })
     .prefault({}),
   apiKeys: z

@@ -2,7 +2,7 @@
 // confirmed with a constant-time comparison of the digests.
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { Config } from '../../config/schema.ts'
-import type { ApiKeyEvidence, Extractor, Failure, Kind, RequestInfo } from '../../types.ts'
+import type { ApiKeyEvidence, ConnectionInfo, Extractor, Failure, Kind, RequestInfo } from '../../types.ts'
 import { fingerprint } from '../../util/fingerprint.ts'
 
 interface KeyEntry {
@@ -30,7 +30,7 @@ export class ApiKeyExtractor implements Extractor {
     }
   }
 
-  extract(req: RequestInfo): ApiKeyEvidence | Failure | undefined {
+  extract(req: RequestInfo, _conn?: ConnectionInfo): ApiKeyEvidence | Failure | undefined {
     const raw = req.headers[this.header]
     const key = Array.isArray(raw) ? raw[0] : raw
     if (!key) return undefined
