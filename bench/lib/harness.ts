@@ -466,6 +466,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       'p99(c)−p99(b) ms': c.p99Ms - b.p99Ms,
     }
     if (ng) ratios['c/nginx'] = c.rps / ng.rps
+    // On a shared machine req/s swings with everything else running; CPU per request of the proxy process
+    // is the steadier measure of what attribution costs: requests per CPU-second, c relative to baseline
+    const perCpu = (x: ConfigResult | undefined) => (x?.proxyCpuUs ? 1 / x.proxyCpuUs : Number.NaN)
+    ratios['c/b per CPU-second'] = perCpu(c) / perCpu(b)
+    ratios['c/b2 per CPU-second'] = perCpu(c) / perCpu(b2)
+    if (ng) ratios['c/nginx per CPU-second'] = perCpu(c) / perCpu(ng)
+    ratios['c − b proxy CPU µs/req'] = (c.proxyCpuUs ?? Number.NaN) - (b.proxyCpuUs ?? Number.NaN)
     const targets: Target[] = [
       target('c ≥ 1.3× b2 (throughput vs http-proxy)', ratios['c/b2']!, 1.3, 'min', '×'),
       target('c ≥ 0.9× b (throughput vs bare undici proxy)', ratios['c/b']!, 0.9, 'min', '×'),
