@@ -122,10 +122,15 @@ t.test('every request sent is counted once, per status class, under load with fa
   t.same(Object.fromEntries(countedByClass), Object.fromEntries(sentByClass), 'each status class matches')
   const timeouts = metricValue(samples, 'nhi_upstream_errors_total', { reason: 'timeout' })
   t.ok(timeouts > 0, 'injected hangs happened')
-  t.equal(timeouts, metricValue(samples, 'nhi_requests_total', { code: '504' }), 'every 504 is an upstream timeout')
+  t.equal(
+    timeouts,
+    metricValue(samples, 'nhi_requests_total', { code: '504' }),
+    'every 504 is an upstream timeout',
+  )
+  t.ok(
     metricValue(samples, 'nhi_requests_total', { identity: 'svc/billing', verified: 'true' }) > 0,
     'JWT identities',
   )
-  t.ok(metricValue(samples, 'nhi_requests_total', source: 'apikey' ) > 0, 'API key identities')
-  t.ok(metricValue(samples, 'nhi_requests_total', kind: 'agent' ) > 0, 'AI agent identities')
+  t.ok(metricValue(samples, 'nhi_requests_total', { source: 'apikey' }) > 0, 'API key identities')
+  t.ok(metricValue(samples, 'nhi_requests_total', { kind: 'agent' }) > 0, 'AI agent identities')
 })
