@@ -120,7 +120,17 @@ t.test('raw-socket abuse leaves the proxy serving', async (t) => {
       const statuses = [...r.text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]))
       t.ok(statuses.length <= 1, `${name}: at most one response on the connection`, { statuses })
       t.equal(smuggled() - before, 0, `${name}: no smuggled request reached the upstream`)
-      if (statuses[0] !== undefined && statuses[0] !== 400) {
+      if (
+        [
+          'CL + TE',
+          'duplicate Content-Length',
+          'TE: xchunked',
+          'TE with leading space',
+          'TE with a tab',
+        ].includes(name)
+      ) {
+        t.equal(statuses[0], 400, `${name}: refused with 400`)
+      } else if (statuses[0] !== undefined && statuses[0] !== 400) {
         t.equal(statuses[0], 200, `${name}: either refused (400) or one well-framed request`)
       }
     }
