@@ -50,9 +50,10 @@ t.test('quick bench: every configuration serves traffic without errors', async (
 t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped', async (t) => {
   const r = await runMemory({
     quick: true,
-    tokens: 600,
-    xfccIdentities: 60,
-    maxIdentities: 50,
+    tokens: 300,
+    xfccIdentities: 30,
+    maxIdentities: 20,
+    sampleEveryMs: 300,
     log: () => {},
   })
   t.equal(r.failures, 0, 'every request answered 200')
