@@ -53,6 +53,11 @@ http {
 `,
   )
   const proc = spawnProcess('nginx', bin, ['-p', prefix, '-c', conf])
-  await waitForPorts(proc, [port])
+  try {
+    await waitForPorts(proc, [port])
+  } catch (err) {
+    await proc.stop()
+    throw err
+  }
   return proc
 }

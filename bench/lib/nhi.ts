@@ -99,6 +99,11 @@ export async function startNhi(
   const env: Record<string, string> = { NHI_LOG_LEVEL: 'warn' }
   if (launch.lagFile) env['NHI_LAG_FILE'] = launch.lagFile
   const proc = spawnProcess(name, command, args, { env })
-  await waitForPorts(proc, [cfg.port, cfg.adminPort, ...(cfg.https ? [cfg.https.port] : [])], 30_000)
+  try {
+    await waitForPorts(proc, [cfg.port, cfg.adminPort, ...(cfg.https ? [cfg.https.port] : [])], 30_000)
+  } catch (err) {
+    await proc.stop()
+    throw err
+  }
   return proc
 }
