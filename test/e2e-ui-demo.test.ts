@@ -87,11 +87,22 @@ t.test(
 
     // clicking a live event shows that request's audit record
     await page.waitForSelector('#events li[data-request-id]', { timeout: 10_000 })
-    const event = page.locator('#events li[data-request-id]').first()
-    const requestId = (await event.getAttribute('data-request-id'))!
+    // the feed holds still while the pointer is over it, as it does for a person reading it; locators are
+    // lazy, so the row is pinned by its request id rather than by position
+    await page.hover('#events')
+    const requestId = (await page
+      .locator('#events li[data-request-id]')
+      .nth(2)
+      .getAttribute('data-request-id'))!
+    const event = page.locator(`#events li[data-request-id="${requestId}"]`)
     const who = (await event.getAttribute('data-identity'))!
     await event.click()
-    await page.waitForSelector(`#audit-detail dl[data-request-id="${requestId}"]`, { timeout: 5000 })
+    await page
+      .waitForSelector(`#audit-detail dl[data-request-id="${requestId}"]`, { timeout: 15_000 })
+      .catch(async (err) => {
+        t.comment(`audit panel after click: ${await page.locator('#audit-detail').innerHTML()}`)
+        throw err
+      })
     t.equal(await page.locator('#audit-detail dd[data-field="identity"]').textContent(), who)
     t.match(await page.locator('#audit-detail dd[data-field="trace_id"]').textContent(), /^[0-9a-f]{32}$/)
 

@@ -25,7 +25,8 @@ export const UI_SCRIPT = `
   }
   function fmtCost(n) {
     if (!n) return '';
-    return (n < 0.01 ? n.toPrecision(2) : n.toFixed(2)) + ' ' + state.currency;
+    // compact: the currency sits in the column header, tiny per-identity costs in exponent form
+    return n >= 1 ? n.toFixed(2) : n >= 0.01 ? n.toFixed(3) : n.toExponential(1);
   }
   function fmtRel(iso) {
     if (!iso) return '';
@@ -206,6 +207,8 @@ export const UI_SCRIPT = `
     if (document.hidden) return;
     fetch('/identities?sort=requests').then(function (r) { return r.json(); }).then(function (view) {
       state.rows = view.identities; state.edges = view.edges; state.currency = view.currency || 'USD';
+      var costHead = document.querySelector('#identity-table th[data-sort="cost"]');
+      if (costHead) costHead.textContent = 'Cost ' + state.currency;
       pushHistory(view); renderStats(view); renderLegend(); renderChart(); renderGraph(); renderTable();
       document.body.dataset.loaded = 'true';
     }).catch(function () { setStatus('down', 'admin unreachable'); });
