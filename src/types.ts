@@ -25,6 +25,35 @@ export interface Identity {
   expectEveryMs?: number
 }
 
+/** JWT signature algorithms: asymmetric ones are the default allowlist; HMAC only with a configured secret. */
+export const ASYMMETRIC_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+] as const
+export const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'] as const
+
+/** Built-in IdP claim mappings (SPEC §5). */
+export const PROFILE_NAMES = [
+  'kubernetes',
+  'github-actions',
+  'auth0',
+  'azure-ad',
+  'okta',
+  'keycloak',
+  'google',
+  'spiffe',
+  'generic',
+] as const
+export type ProfileName = (typeof PROFILE_NAMES)[number]
+
 export const FAILURE_REASONS = [
   'expired',
   'not_yet_valid',

@@ -2,7 +2,7 @@
 // and every module reads the parsed, defaulted `Config` type from it. Unknown keys are errors everywhere.
 import { hostname } from 'node:os'
 import { z } from 'zod'
-import { KINDS } from '../types.ts'
+import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, KINDS, PROFILE_NAMES } from '../types.ts'
 import { parseDuration } from '../util/duration.ts'
 
 /** "30s" | "5m" | 10 (seconds) → milliseconds */
@@ -70,44 +70,14 @@ export const identityRuleSchema = z.strictObject({
 
 export const issuerSchema = z.strictObject({
   issuer: z.string().min(1),
-  profile: z
-    .enum([
-      'kubernetes',
-      'github-actions',
-      'auth0',
-      'azure-ad',
-      'okta',
-      'keycloak',
-      'google',
-      'spiffe',
-      'generic',
-    ])
-    .optional(),
+  profile: z.enum(PROFILE_NAMES).optional(),
   jwksUri: z.url().optional(),
   jwksFile: z.string().optional(),
   discovery: z.boolean().optional(),
   /** HS* shared secret (file path); HS algorithms are only allowed when this is set */
   secretFile: z.string().optional(),
   audiences: z.array(z.string()).optional(),
-  algorithms: z
-    .array(
-      z.enum([
-        'RS256',
-        'RS384',
-        'RS512',
-        'PS256',
-        'PS384',
-        'PS512',
-        'ES256',
-        'ES384',
-        'ES512',
-        'EdDSA',
-        'HS256',
-        'HS384',
-        'HS512',
-      ]),
-    )
-    .optional(),
+  algorithms: z.array(z.enum([...ASYMMETRIC_ALGORITHMS, ...HMAC_ALGORITHMS])).optional(),
   caFile: z.string().optional(),
   bearerTokenFile: z.string().optional(),
   /** how often to refresh a remote key set even without an unknown kid */

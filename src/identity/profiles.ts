@@ -1,19 +1,6 @@
 // Built-in IdP knowledge (SPEC §5): how each identity provider's verified claims name a workload or a person.
 // Used for tokens no identity rule matched. Names are stable (built from immutable ids, never from display names).
-import type { JwtEvidence, Kind } from '../types.ts'
-
-export const PROFILE_NAMES = [
-  'kubernetes',
-  'github-actions',
-  'auth0',
-  'azure-ad',
-  'okta',
-  'keycloak',
-  'google',
-  'spiffe',
-  'generic',
-] as const
-export type ProfileName = (typeof PROFILE_NAMES)[number]
+import { type JwtEvidence, type Kind, PROFILE_NAMES, type ProfileName } from '../types.ts'
 
 export interface ProfileIdentity {
   name: string

@@ -2,23 +2,9 @@
 // IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation).
 import { errors, type JWTPayload, type JWTVerifyOptions, type JWTVerifyResult, jwtVerify } from 'jose'
 import type { IssuerConfig } from '../../config/schema.ts'
-import type { JwtEvidence } from '../../types.ts'
+import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
 import { IssuerKeySet, type KeySetOptions, type VerificationKey } from './jwks.ts'
-
-export const ASYMMETRIC_ALGORITHMS = [
-  'RS256',
-  'RS384',
-  'RS512',
-  'PS256',
-  'PS384',
-  'PS512',
-  'ES256',
-  'ES384',
-  'ES512',
-  'EdDSA',
-] as const
-export const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'] as const
 
 export interface VerifierOptions extends KeySetOptions {
   clockSkewMs: number
