@@ -11,6 +11,7 @@ export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const SRC_MAIN = join(REPO_ROOT, 'src/cli/main.ts')
 const DIST_MAIN = join(REPO_ROOT, 'dist/cli/main.js')
 const LAG_PROBE = join(REPO_ROOT, 'bench/lag-probe.ts')
+const ORPHAN_GUARD = join(REPO_ROOT, 'bench/orphan-guard.ts')
 
 export interface NhiConfigOptions {
   port: number
@@ -77,7 +78,9 @@ export interface NhiLaunch {
 
 export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { command: string; args: string[] } {
   const args: string[] = []
-  if (!launch.dist || launch.lagFile) args.push('--import', 'tsx')
+  // The compiled build runs bare so the cold start measures nhi-proxy alone (those processes live for
+  // seconds inside a try/finally); otherwise tsx is loaded anyway and the orphan guard costs nothing.
+  if (!launch.dist || launch.lagFile) args.push('--import', 'tsx', '--import', ORPHAN_GUARD)
   if (launch.lagFile) args.push('--import', LAG_PROBE)
   args.push(launch.dist ? DIST_MAIN : SRC_MAIN, 'run', '-c', configFile)
   return { command: process.execPath, args }
