@@ -3,22 +3,10 @@
 import t from 'tap'
 import { ANOMALY_TYPES } from '../src/types.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
-import { spawnCli } from './helpers/sidecar.ts'
+import { spawnDemo } from './helpers/sidecar.ts'
 
 t.test('demo shows every kind, source and anomaly', async (t) => {
-  const demo = spawnCli([
-    'demo',
-    '--idp',
-    '127.0.0.1:0',
-    '--listen',
-    '127.0.0.1:0',
-    '--https',
-    '127.0.0.1:0',
-    '--admin',
-    '127.0.0.1:0',
-    '--rate',
-    '40',
-  ])
+  const demo = spawnDemo({ rate: 40 })
   t.teardown(() => demo.kill('SIGKILL'))
   const metricsLine = await demo.waitFor(/metrics\s+(http:\/\/127\.0\.0\.1:\d+)\/metrics/, 30_000)
   await demo.waitFor(/live view\s+http:\/\/127\.0\.0\.1:\d+\/ui/)

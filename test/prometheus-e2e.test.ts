@@ -8,7 +8,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { spawnCli } from './helpers/sidecar.ts'
+import { spawnDemo } from './helpers/sidecar.ts'
 import { CHART_DIR, run, systemTool } from './helpers/tools.ts'
 
 const prometheusBin = systemTool('prometheus')
@@ -72,15 +72,7 @@ t.test(
   async (t) => {
     const until = Date.now() + DEADLINE_MS
     const adminPort = await freePort()
-    const demo = spawnCli([
-      'demo',
-      '--listen',
-      '127.0.0.1:0',
-      '--https',
-      '127.0.0.1:0',
-      '--admin',
-      `127.0.0.1:${adminPort}`,
-    ])
+    const demo = spawnDemo({ admin: `127.0.0.1:${adminPort}` })
     t.teardown(async () => {
       demo.kill('SIGKILL')
       await demo.exited

@@ -56,3 +56,13 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProces
     },
   }
 }
+
+/** `nhi-proxy demo` with every listener on an ephemeral port, so demos in parallel test files never clash. */
+export function spawnDemo(opts: { admin?: string; rate?: number } = {}): CliProcess {
+  const ephemeral = '127.0.0.1:0'
+  return spawnCli([
+    'demo',
+    ...['--listen', ephemeral, '--https', ephemeral, '--idp', ephemeral],
+    ...['--admin', opts.admin ?? ephemeral, '--rate', String(opts.rate ?? 30)],
+  ])
+}
