@@ -1,7 +1,7 @@
-// The audit trail: one JSON line per request (pino, async destination) plus a bounded in-memory ring
+// The audit trail: one JSON line per request (pino's async destination) plus a bounded in-memory ring
 // that serves /audit. Lines are sampled by `audit.sample`, except that anything worth investigating
 // (status >= 400, credential failures, denials, anomalies) is always written.
-import pino, { type DestinationStream, type Logger } from 'pino'
+import pino, { type DestinationStream } from 'pino'
 import type { Config } from '../config/schema.ts'
 import type { RequestEvent } from '../types.ts'
 
@@ -151,7 +151,6 @@ export interface AuditLogOptions {
 export class AuditLog {
   readonly ring: AuditRing
   private sample: number
-  private logger: Logger | undefined
   private destination: (DestinationStream & { flushSync?(): void; end?(): void }) | undefined
   private readonly random: () => number
   private written = 0
@@ -173,16 +172,6 @@ export class AuditLog {
     // A failing disk must not take the proxy down: drop lines rather than crash.
     destination.on('error', () => {})
     this.destination = destination
-    // `type: "audit"` replaces pino's level so audit lines are easy to pick out of a shared stdout
-    this.logger = pino(
-      {
-        base: undefined,
-        timestamp: false,
-        messageKey: 'message',
-        formatters: { level: () => ({ type: 'audit' }) },
-      },
-      destination,
-    )
   }
 
   /** lines handed to the destination so far */
@@ -192,9 +181,12 @@ export class AuditLog {
 
   record(event: RequestEvent): void {
     this.ring.push(event)
-    if (!this.logger) return
+    if (!this.destination) return
     if (this.sample < 1 && !isNoteworthy(event) && this.random() >= this.sample) return
-    this.logger.info(toAuditRecord(event))
+    // The record is flat and already JSON-safe, so native JSON.stringify is exact and several times faster
+    // than a logger's per-key serialiser; pino's async destination does the buffered, non-blocking I/O.
+    // `type: "audit"` (first key) makes audit lines easy to pick out of a shared stdout.
+    this.destination.write(`{"type":"audit",${JSON.stringify(toAuditRecord(event)).slice(1)}\n`)
     this.written++
   }
 
@@ -208,7 +200,6 @@ export class AuditLog {
     const dest = this.destination as unknown as
       | (NodeJS.EventEmitter & { fd?: number; flushSync(): void; end(): void; destroyed?: boolean })
       | undefined
-    this.logger = undefined
     this.destination = undefined
     if (!dest) return
     await new Promise<void>((resolve) => {
