@@ -46,6 +46,9 @@ export interface AuditQuery {
 }
 
 export const DEFAULT_AUDIT_LIMIT = 100
+const AUDIT_BATCH_BYTES = 8192
+/** longest time an audit line waits in the batch buffer */
+export const AUDIT_FLUSH_MS = 500
 export const MAX_AUDIT_LIMIT = 1000
 
 /** Requests that are always audited regardless of sampling. */
@@ -153,6 +156,7 @@ export class AuditLog {
   private sample: number
   private destination: (DestinationStream & { flushSync?(): void; end?(): void }) | undefined
   private readonly random: () => number
+  private flushTimer: NodeJS.Timeout | undefined
   private written = 0
 
   constructor(config: AuditConfig, opts: AuditLogOptions = {}) {
@@ -168,10 +172,21 @@ export class AuditLog {
       dest: output === 'stdout' ? 1 : output,
       sync: false,
       mkdir: output !== 'stdout',
+      // batch lines into one write of up to 8 KiB instead of one write per request; the timer below
+      // bounds how long a line may wait on a quiet proxy
+      minLength: AUDIT_BATCH_BYTES,
     })
     // A failing disk must not take the proxy down: drop lines rather than crash.
     destination.on('error', () => {})
     this.destination = destination
+    this.flushTimer = setInterval(() => {
+      try {
+        destination.flush()
+      } catch {
+        // not open yet, or already closed: the next tick or close() flushes
+      }
+    }, AUDIT_FLUSH_MS)
+    this.flushTimer.unref()
   }
 
   /** lines handed to the destination so far */
@@ -201,6 +216,7 @@ export class AuditLog {
       | (NodeJS.EventEmitter & { fd?: number; flushSync(): void; end(): void; destroyed?: boolean })
       | undefined
     this.destination = undefined
+    clearInterval(this.flushTimer)
     if (!dest) return
     await new Promise<void>((resolve) => {
       const finish = () => {
