@@ -63,12 +63,14 @@ export class Engine {
     this.jwt = new JwtExtractor(config.jwt, { observer: opts.jwksObserver, now: opts.now })
     this.xfcc = new XfccExtractor(config.forwardedClientCert)
     // Order is irrelevant for precedence (the rules engine applies SPEC §2 precedence); cheap ones first.
+    // Without configured issuers a bearer token is the service's own business (opaque tokens, sessions):
+    // there is nothing to verify it against, so it is neither evidence nor an auth failure.
     this.extractors = [
       mtlsExtractor,
       this.xfcc,
       new ApiKeyExtractor(config.apiKeys),
       useragentExtractor,
-      this.jwt,
+      ...(config.jwt.issuers.length > 0 ? [this.jwt] : []),
     ]
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)
