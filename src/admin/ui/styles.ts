@@ -95,14 +95,14 @@ input[type=search]:focus { outline: 2px solid var(--accent); outline-offset: -1p
 table { width: 100%; border-collapse: separate; border-spacing: 0; font-variant-numeric: tabular-nums; }
 thead th {
   position: sticky; top: 0; z-index: 1; background: var(--panel); text-align: left; font-weight: 600; font-size: 11.5px;
-  color: var(--muted); padding: 6px 7px; border-bottom: 1px solid var(--border); cursor: pointer; user-select: none; white-space: nowrap;
+  color: var(--muted); padding: 6px 6px; border-bottom: 1px solid var(--border); cursor: pointer; user-select: none; white-space: nowrap;
 }
 thead th.num, td.num { text-align: right; }
 thead th[aria-sort=ascending]::after { content: " \25B2"; font-size: 9px; }
 thead th[aria-sort=descending]::after { content: " \25BC"; font-size: 9px; }
-tbody td { padding: 4px 7px; border-bottom: 1px solid var(--border); white-space: nowrap; }
+tbody td { padding: 4px 6px; border-bottom: 1px solid var(--border); white-space: nowrap; font-size: 12.5px; }
 tbody tr:hover { background: var(--row-hover); }
-td.name { max-width: 230px; overflow: hidden; text-overflow: ellipsis; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
+td.name { max-width: 190px; overflow: hidden; text-overflow: ellipsis; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
 .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 11px; font-weight: 600; line-height: 17px; border: 1px solid; }
 .kind-human { color: var(--human); } .kind-service { color: var(--service); } .kind-job { color: var(--job); }
 .kind-bot { color: var(--bot); } .kind-agent { color: var(--agent); } .kind-unknown { color: var(--unknown); }
