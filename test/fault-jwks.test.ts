@@ -3,13 +3,12 @@
 import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
-const silent = pino({ level: 'silent' })
+const _silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.fault.test'
 
 t.test('JWKS down, junk or hanging: last good keys verify, failures are counted', async (t) => {
@@ -18,20 +17,13 @@ t.test('JWKS down, junk or hanging: last good keys verify, failures are counted'
   const key = await createSigningKey('k1')
   const jwks = await startJwksServer([key])
   t.teardown(() => jwks.close())
-  const sidecar = await startSidecar({
-    config: configSchema.parse({
-      service: 'orders',
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      audit: { output: 'off' },
-      jwt: {
-        issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'], refreshInterval: '1s' }],
-      },
-    }),
-    log: silent,
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    jwt: {
+      issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'], refreshInterval: '1s' }],
+    },
   })
-  t.teardown(() => sidecar.close())
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
   const refreshes = async (result: string) =>

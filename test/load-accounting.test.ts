@@ -5,13 +5,12 @@ import { createHash } from 'node:crypto'
 import pino from 'pino'
 import t from 'tap'
 import { Agent, request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, parseMetrics } from './helpers/metrics.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
-const silent = pino({ level: 'silent' })
+const _silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.load.test'
 const SECONDS = Number(process.env['LOAD_SECONDS'] ?? 12)
 const CONCURRENCY = 32
@@ -23,30 +22,23 @@ t.test('every request sent is counted once, per status class, under load with fa
   const jwks = await startJwksServer([key])
   t.teardown(() => jwks.close())
   const apiKeys = ['load-key-alpha-7f3a', 'load-key-beta-91c2']
-  const sidecar = await startSidecar({
-    config: configSchema.parse({
-      service: 'load',
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      audit: { output: 'off' },
-      timeouts: { upstream: '300ms' },
-      jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['load'] }] },
-      apiKeys: {
-        keys: apiKeys.map((k, i) => ({
-          name: `key-${i}`,
-          kind: 'job' as const,
-          sha256: createHash('sha256').update(k).digest('hex'),
-        })),
-      },
-      identities: [
-        { name: 'svc/{c}', kind: 'service', match: { jwt: { issuer: ISSUER, claims: { azp: '{c}' } } } },
-      ],
-      metrics: { routes: ['/echo', '/slow/:ms', '/status/:code'] },
-    }),
-    log: silent,
+  const sidecar = await startTestSidecar(t, {
+    service: 'load',
+    upstream: upstream.url,
+    timeouts: { upstream: '300ms' },
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['load'] }] },
+    apiKeys: {
+      keys: apiKeys.map((k, i) => ({
+        name: `key-${i}`,
+        kind: 'job' as const,
+        sha256: createHash('sha256').update(k).digest('hex'),
+      })),
+    },
+    identities: [
+      { name: 'svc/{c}', kind: 'service', match: { jwt: { issuer: ISSUER, claims: { azp: '{c}' } } } },
+    ],
+    metrics: { routes: ['/echo', '/slow/:ms', '/status/:code'] },
   })
-  t.teardown(() => sidecar.close())
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
 

@@ -8,6 +8,7 @@ import { configSchema } from '../src/config/schema.ts'
 import { startSidecar } from '../src/runtime.ts'
 import { createSigningKey, mintToken, type SigningKey, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
 const silent = pino({ level: 'silent' })
@@ -266,19 +267,12 @@ t.test('Authorization header oddities and size limits', async (t) => {
   const idpKey = await createSigningKey('idp-1')
   const jwks = await startJwksServer([idpKey])
   t.teardown(() => jwks.close())
-  const sidecar = await startSidecar({
-    config: configSchema.parse({
-      service: 'orders',
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      audit: { output: 'off' },
-      limits: { maxHeaderBytes: 16_384 },
-      jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: [AUD] }] },
-    }),
-    log: silent,
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    limits: { maxHeaderBytes: 16_384 },
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: [AUD] }] },
   })
-  t.teardown(() => sidecar.close())
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
   const good = await mintToken(

@@ -4,11 +4,10 @@ import { connect, type Socket } from 'node:net'
 import pino from 'pino'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
-const silent = pino({ level: 'silent' })
+const _silent = pino({ level: 'silent' })
 
 interface Exchange {
   text: string
@@ -55,19 +54,12 @@ const statusOf = (text: string) => Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] 
 t.test('raw-socket abuse leaves the proxy serving', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const sidecar = await startSidecar({
-    config: configSchema.parse({
-      service: 'orders',
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      audit: { output: 'off' },
-      timeouts: { headers: '1s', request: '2s', upstream: '2s' },
-      limits: { maxHeaderBytes: 8192 },
-    }),
-    log: silent,
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    timeouts: { headers: '1s', request: '2s', upstream: '2s' },
+    limits: { maxHeaderBytes: 8192 },
   })
-  t.teardown(() => sidecar.close())
   const port = sidecar.proxyAddress.port
   const proxy = `http://127.0.0.1:${port}`
   const stillServing = async (t: Test, what: string) => {

@@ -4,38 +4,30 @@
 import pino from 'pino'
 import t from 'tap'
 import { Agent, request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
-const silent = pino({ level: 'silent' })
+const _silent = pino({ level: 'silent' })
 const ADMIN_SPIFFE = 'spiffe://cluster.local/ns/prod/sa/admin'
 
 t.test('spoofed identity, forwarded-cert and forwarded-for headers', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const sidecar = await startSidecar({
-    config: configSchema.parse({
-      service: 'orders',
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      audit: { output: 'off' },
-      forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], toUpstream: 'sanitize_set' },
-      identities: [
-        { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
-        { name: 'internal-network', kind: 'service', match: { remoteAddr: ['10.0.0.0/8'] } },
-        {
-          name: 'header-says-admin',
-          kind: 'human',
-          match: { header: { 'x-nhi-identity': 'admin' }, verified: true },
-        },
-      ],
-    }),
-    log: silent,
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], toUpstream: 'sanitize_set' },
+    identities: [
+      { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
+      { name: 'internal-network', kind: 'service', match: { remoteAddr: ['10.0.0.0/8'] } },
+      {
+        name: 'header-says-admin',
+        kind: 'human',
+        match: { header: { 'x-nhi-identity': 'admin' }, verified: true },
+      },
+    ],
   })
-  t.teardown(() => sidecar.close())
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
   const fromTrusted = new Agent({ localAddress: '127.0.0.2' })

@@ -2,6 +2,10 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
+import pino from 'pino'
+import type { Test } from 'tap'
+import { configSchema } from '../../src/config/schema.ts'
+import { type Sidecar, startSidecar } from '../../src/runtime.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const CLI = ['--import', 'tsx', 'src/cli/main.ts']
@@ -65,4 +69,22 @@ export function spawnDemo(opts: { admin?: string; rate?: number } = {}): CliProc
     ...['--listen', ephemeral, '--https', ephemeral, '--idp', ephemeral],
     ...['--admin', opts.admin ?? ephemeral, '--rate', String(opts.rate ?? 30)],
   ])
+}
+
+/**
+ * The sidecar in-process on ephemeral loopback ports with the audit trail off and a silent log, closed at
+ * the end of the test. `config` is the config file's content (it wins over these defaults).
+ */
+export async function startTestSidecar(t: Test, config: Record<string, unknown>): Promise<Sidecar> {
+  const sidecar = await startSidecar({
+    config: configSchema.parse({
+      listen: { http: '127.0.0.1:0' },
+      admin: '127.0.0.1:0',
+      audit: { output: 'off' },
+      ...config,
+    }),
+    log: pino({ level: 'silent' }),
+  })
+  t.teardown(() => sidecar.close())
+  return sidecar
 }
