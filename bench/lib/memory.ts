@@ -8,8 +8,8 @@ import { join } from 'node:path'
 import { Pool } from 'undici'
 import { parseMetrics } from '../../test/helpers/metrics.ts'
 import { type MachineInfo, machineInfo, type Target } from './harness.ts'
-import { REPO_ROOT, startNhi } from './nhi.ts'
-import { freePort, rssBytes, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import { startNhi, startPlainUpstream } from './nhi.ts'
+import { freePort, rssBytes, type ServerProcess, stopAll } from './procs.ts'
 import { Minter, newSigningMaterial } from './tokens.ts'
 
 export interface MemoryOptions {
@@ -102,21 +102,13 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
   try {
     const jwksFile = join(dir, 'jwks.json')
     await writeFile(jwksFile, JSON.stringify({ keys: [key.publicJwk] }))
-    const upPort = await freePort()
-    const upstream = spawnProcess('upstream', process.execPath, [
-      '--import',
-      'tsx',
-      join(REPO_ROOT, 'bench/upstream.ts'),
-      JSON.stringify({ http: upPort }),
-    ])
-    procs.push(upstream)
-    await waitForPorts(upstream, [upPort])
+    const upstreamUrl = await startPlainUpstream(procs)
     const port = await freePort()
     const adminPort = await freePort()
     const nhi = await startNhi('nhi-memory', dir, {
       port,
       adminPort,
-      upstream: `http://127.0.0.1:${upPort}`,
+      upstream: upstreamUrl,
       jwksFile,
       trustedProxies: ['127.0.0.1/32'],
       maxIdentities,

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { type ServerProcess, spawnProcess, waitForPorts } from './procs.ts'
+import { freePort, type ServerProcess, spawnProcess, waitForPorts } from './procs.ts'
 import { BENCH_AUDIENCE, BENCH_ISSUER } from './tokens.ts'
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
@@ -109,4 +109,18 @@ export async function startNhi(
     throw err
   }
   return proc
+}
+
+/** The bench's plain-HTTP upstream (bench/upstream.ts) as a child process; resolves with its URL once it listens. */
+export async function startPlainUpstream(procs: ServerProcess[]): Promise<string> {
+  const port = await freePort()
+  const upstream = spawnProcess('upstream', process.execPath, [
+    '--import',
+    'tsx',
+    join(REPO_ROOT, 'bench/upstream.ts'),
+    JSON.stringify({ http: port }),
+  ])
+  procs.push(upstream)
+  await waitForPorts(upstream, [port])
+  return `http://127.0.0.1:${port}`
 }

@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
 import { BROWSER_UA, type MachineInfo, machineInfo } from './harness.ts'
-import { REPO_ROOT, startNhi } from './nhi.ts'
-import { freePort, rssBytes, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import { startNhi, startPlainUpstream } from './nhi.ts'
+import { freePort, rssBytes, type ServerProcess, stopAll } from './procs.ts'
 import { tokenSet } from './tokens.ts'
 
 export interface SoakOptions {
@@ -139,15 +139,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     ])
     const jwksFile = join(dir, 'jwks.json')
     await writeFile(jwksFile, JSON.stringify({ keys: [cached.key.publicJwk, fresh.key.publicJwk] }))
-    const upPort = await freePort()
-    const upstream = spawnProcess('upstream', process.execPath, [
-      '--import',
-      'tsx',
-      join(REPO_ROOT, 'bench/upstream.ts'),
-      JSON.stringify({ http: upPort }),
-    ])
-    procs.push(upstream)
-    await waitForPorts(upstream, [upPort])
+    const upstreamUrl = await startPlainUpstream(procs)
     const port = await freePort()
     const adminPort = await freePort()
     const lagFile = join(dir, 'lag.jsonl')
@@ -157,7 +149,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       {
         port,
         adminPort,
-        upstream: `http://127.0.0.1:${upPort}`,
+        upstream: upstreamUrl,
         jwksFile,
         trustedProxies: ['127.0.0.1/32'],
       },
