@@ -1,6 +1,6 @@
 // The /identities view: one row per tracked identity plus caller → callee edges, built on demand from
 // the bounded identity table (so its size is bounded by metrics.maxIdentities too).
-import type { Kind, Source } from '../types.ts'
+import type { Identity, Kind } from '../types.ts'
 import type { IdentityEntry, IdentityTable, TrustBoundary } from './identity-table.ts'
 
 export type IdentitySort = 'cost' | 'requests' | 'errors'
@@ -15,14 +15,8 @@ export interface JobStatus {
   overdue: boolean
 }
 
-export interface IdentityRow {
-  name: string
-  kind: Kind
-  source: Source
-  verified: boolean
-  team?: string
-  zone?: string
-  rule?: string
+export interface IdentityRow
+  extends Pick<Identity, 'name' | 'kind' | 'source' | 'verified' | 'team' | 'zone' | 'rule'> {
   overflow: boolean
   requests: number
   errors: number
