@@ -1,17 +1,14 @@
 // The sidecar end to end over real sockets: JWKS over HTTP with a key rotation, mTLS with SPIFFE certs
 // generated here, spoofing, the cardinality guard, and an upstream that dies and comes back.
 import { request as httpsRequest } from 'node:https'
-import pino from 'pino'
 import t from 'tap'
 import { Agent, request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, scrape, seriesCount } from './helpers/metrics.ts'
 import { createCA, issueCert } from './helpers/pki.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
-const silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.test.example'
 
 t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream death', async (t) => {
@@ -20,12 +17,9 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
   const key1 = await createSigningKey('k1')
   const jwks = await startJwksServer([key1])
   t.teardown(() => jwks.close())
-  const config = configSchema.parse({
+  const sidecar = await startTestSidecar(t, {
     service: 'orders',
-    listen: { http: '127.0.0.1:0' },
-    admin: '127.0.0.1:0',
     upstream: upstream.url,
-    audit: { output: 'off' },
     jwt: {
       issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'] }],
       unknownKidCooldown: '200ms',
@@ -39,8 +33,6 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
     ],
     metrics: { routes: ['/echo', '/orders/:id'] },
   })
-  const sidecar = await startSidecar({ config, log: silent })
-  t.teardown(() => sidecar.close())
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
 
@@ -154,16 +146,11 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
 t.test('cardinality guard: 10,000 identities with maxIdentities 100', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const config = configSchema.parse({
-    listen: { http: '127.0.0.1:0' },
-    admin: '127.0.0.1:0',
+  const sidecar = await startTestSidecar(t, {
     upstream: upstream.url,
-    audit: { output: 'off' },
     identities: [{ name: 'user-{id}', kind: 'service', match: { header: { 'x-user': '{id}' } } }],
     metrics: { maxIdentities: 100 },
   })
-  const sidecar = await startSidecar({ config, log: silent })
-  t.teardown(() => sidecar.close())
   const agent = new Agent({ connections: 16 })
   t.teardown(() => agent.close())
   const base = `http://127.0.0.1:${sidecar.proxyAddress.port}`
@@ -206,7 +193,7 @@ t.test('mTLS listener: SPIFFE identity, untrusted CA and expired cert counted', 
   const rogueCa = await createCA('rogue-ca')
   const rogue = await issueCert(rogueCa, { uriSans: ['spiffe://cluster.local/ns/payments/sa/api'] })
 
-  const config = configSchema.parse({
+  const sidecar = await startTestSidecar(t, {
     listen: {
       http: '127.0.0.1:0',
       https: {
@@ -216,15 +203,11 @@ t.test('mTLS listener: SPIFFE identity, untrusted CA and expired cert counted', 
         clientCA: clientCa.certFile,
       },
     },
-    admin: '127.0.0.1:0',
     upstream: upstream.url,
-    audit: { output: 'off' },
     identities: [
       { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
     ],
   })
-  const sidecar = await startSidecar({ config, log: silent })
-  t.teardown(() => sidecar.close())
   const port = sidecar.httpsAddress!.port
 
   const get = (client?: { certPem: string; keyPem: string }) =>
