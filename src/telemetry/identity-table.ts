@@ -2,6 +2,7 @@
 // for. Admission is first-come: once `maxIdentities` names are tracked, new names share one
 // `__overflow__` entry until an idle identity frees its slot.
 import type { Identity, Kind, Source } from '../types.ts'
+import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
 
 export const OVERFLOW_IDENTITY = '__overflow__'
@@ -19,8 +20,22 @@ export interface Edge {
   lastSeen: number
 }
 
-/** A label set created for one metric series; kept so idle identities can be removed from every metric. */
-export type Labels = Record<string, string>
+/** The byte/time counters of one identity under one kind. */
+export interface KindSeries {
+  /** `service="…",identity="…",kind="…"`, the label text the identity's other series start with */
+  readonly labels: string
+  readonly requestBytes: CounterSeries
+  readonly responseBytes: CounterSeries
+  readonly upstreamSeconds: CounterSeries
+}
+
+/** The metric series one identity created, keyed by a compact key of their varying labels. */
+export interface IdentitySeries {
+  readonly requests: Map<string, CounterSeries>
+  readonly duration: Map<string, HistogramSeries>
+  readonly perKind: Map<Kind, KindSeries>
+  readonly cost: Map<string, CounterSeries>
+}
 
 export interface IdentityEntry {
   readonly name: string
@@ -49,13 +64,8 @@ export interface IdentityEntry {
   readonly rate: RateWindow
   readonly latency: LatencyReservoir
   readonly edges: Map<string, Edge>
-  /** metric label sets created for this identity, keyed by metric and a compact key of the varying labels */
-  readonly series: {
-    requests: Map<string, Labels>
-    duration: Map<string, Labels>
-    perKind: Map<Kind, Labels>
-    cost: Map<string, Labels>
-  }
+  /** its metric series: they are rendered from the table, so they go when the entry goes */
+  readonly series: IdentitySeries
 }
 
 export interface IdentityTableLimits {
@@ -107,10 +117,7 @@ export class IdentityTable {
   private limits: IdentityTableLimits
   private lastSweep = 0
 
-  constructor(
-    limits: IdentityTableLimits,
-    private readonly onEvict: (entry: IdentityEntry) => void,
-  ) {
+  constructor(limits: IdentityTableLimits) {
     this.limits = { ...limits }
   }
 
@@ -177,7 +184,6 @@ export class IdentityTable {
     for (const entry of this.entries.values()) {
       if (now - entry.lastSeen > this.ttlFor(entry)) {
         this.entries.delete(entry.name)
-        this.onEvict(entry)
         dropped++
       }
     }
@@ -185,7 +191,6 @@ export class IdentityTable {
   }
 
   clear(): void {
-    for (const entry of this.entries.values()) this.onEvict(entry)
     this.entries.clear()
   }
 

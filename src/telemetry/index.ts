@@ -4,7 +4,7 @@ import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import { AuditLog, type AuditLogOptions, type AuditQuery, type AuditRecord } from './audit.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
-import { type IdentityEntry, IdentityTable } from './identity-table.ts'
+import { IdentityTable } from './identity-table.ts'
 import { LiveFeed, type LiveOptions, type LiveStats } from './live.ts'
 import { type JwksObserver, Metrics, type Scrape } from './metrics.ts'
 
@@ -56,10 +56,10 @@ export class Telemetry implements Recorder {
   constructor(config: Config, opts: TelemetryOptions) {
     this.config = config
     this.now = opts.now ?? Date.now
-    this.table = new IdentityTable(
-      { maxIdentities: config.metrics.maxIdentities, idleTtlMs: config.metrics.idleTtl },
-      (entry: IdentityEntry) => this.metrics.forget(entry),
-    )
+    this.table = new IdentityTable({
+      maxIdentities: config.metrics.maxIdentities,
+      idleTtlMs: config.metrics.idleTtl,
+    })
     this.metrics = new Metrics({
       service: config.service,
       buckets: config.metrics.buckets,
