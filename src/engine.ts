@@ -19,6 +19,7 @@ import type {
   EvidenceSet,
   Extractor,
   Failure,
+  MaybePromise,
   RequestInfo,
 } from './types.ts'
 
@@ -91,26 +92,54 @@ export class Engine {
     this.jwt.close()
   }
 
-  /** Runs every extractor; synchronous extractors (and cached JWT verifications) never await. */
-  async identify(req: RequestInfo, conn: ConnectionInfo): Promise<EvidenceSet> {
+  /**
+   * Runs every extractor. Synchronous extractors (and cached JWT verifications) never await, and when none
+   * has to, neither does the caller: the common request is attributed without a promise.
+   */
+  identify(req: RequestInfo, conn: ConnectionInfo): MaybePromise<EvidenceSet> {
     const evidence: EvidenceSet = { failures: [], anomalies: [] }
-    for (const extractor of this.extractors) {
-      let result = extractor.extract(req, conn)
-      if (result instanceof Promise) result = await result
-      if (result === undefined) continue
-      if (isFailure(result)) evidence.failures.push(result)
-      else addEvidence(evidence, result)
+    const extractors = this.extractors
+    for (let i = 0; i < extractors.length; i++) {
+      const result = extractors[i]!.extract(req, conn)
+      if (result instanceof Promise) return this.identifyAsync(req, conn, evidence, i, result)
+      if (result !== undefined) collect(evidence, result)
     }
     if (hasSpoofedIdentityHeader(req.headers)) evidence.anomalies.push('spoofed_header')
     return evidence
   }
 
-  async evaluate(
+  /** identify() from the first extractor that had to wait (a JWT verification not in the cache) */
+  private async identifyAsync(
     req: RequestInfo,
     conn: ConnectionInfo,
-    opts: { trace?: boolean } = {},
-  ): Promise<Evaluation> {
-    const evidence = await this.identify(req, conn)
+    evidence: EvidenceSet,
+    from: number,
+    pending: Promise<Evidence | Failure | undefined>,
+  ): Promise<EvidenceSet> {
+    const first = await pending
+    if (first !== undefined) collect(evidence, first)
+    const extractors = this.extractors
+    for (let i = from + 1; i < extractors.length; i++) {
+      const result = await extractors[i]!.extract(req, conn)
+      if (result !== undefined) collect(evidence, result)
+    }
+    if (hasSpoofedIdentityHeader(req.headers)) evidence.anomalies.push('spoofed_header')
+    return evidence
+  }
+
+  evaluate(req: RequestInfo, conn: ConnectionInfo, opts: { trace?: boolean } = {}): MaybePromise<Evaluation> {
+    const evidence = this.identify(req, conn)
+    if (evidence instanceof Promise) return evidence.then((ev) => this.decide(ev, req, conn, opts))
+    return this.decide(evidence, req, conn, opts)
+  }
+
+  /** classify → anomalies → route → policy, on the evidence identify() collected */
+  private decide(
+    evidence: EvidenceSet,
+    req: RequestInfo,
+    conn: ConnectionInfo,
+    opts: { trace?: boolean },
+  ): Evaluation {
     const trace: RuleTrace[] = []
     const identity = this.rules.classify(evidence, req, conn, opts.trace ? trace : undefined)
     const found: AnomalyType[] = [
@@ -133,6 +162,11 @@ export class Engine {
     }
     return attribution
   }
+}
+
+function collect(set: EvidenceSet, result: Evidence | Failure): void {
+  if (isFailure(result)) set.failures.push(result)
+  else addEvidence(set, result)
 }
 
 function addEvidence(set: EvidenceSet, ev: Evidence): void {

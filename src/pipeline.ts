@@ -4,6 +4,7 @@ import type {
   ConnectionInfo,
   EvidenceSet,
   Identity,
+  MaybePromise,
   PolicyDecision,
   RequestEvent,
   RequestInfo,
@@ -22,8 +23,11 @@ export interface Attribution {
 export interface Pipeline {
   /** the service name this sidecar fronts (metric label `service`) */
   readonly service: string
-  /** identify → classify → decide. Must not throw for any client input. */
-  attribute(req: RequestInfo, conn: ConnectionInfo): Promise<Attribution>
+  /**
+   * identify → classify → decide. Must not throw for any client input. Returns the attribution directly when
+   * nothing had to wait (the common case), a promise otherwise.
+   */
+  attribute(req: RequestInfo, conn: ConnectionInfo): MaybePromise<Attribution>
   /** called once per request after the response has ended (or failed) */
   record(event: RequestEvent): void
   /**

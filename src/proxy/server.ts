@@ -15,7 +15,14 @@ import type { Duplex } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
 import type { Attribution, Pipeline } from '../pipeline.ts'
-import type { CertEvidence, ConnectionInfo, Failure, RequestEvent, RequestInfo } from '../types.ts'
+import type {
+  CertEvidence,
+  ConnectionInfo,
+  Failure,
+  MaybePromise,
+  RequestEvent,
+  RequestInfo,
+} from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { type Forwarder, type ForwardResult, UndiciForwarder } from './forwarder.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
@@ -272,15 +279,32 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     finish(ex)
   }
 
-  /** Runs the identify → classify → decide stages; a failing stage makes the request anonymous. */
-  async function attribute(ex: Exchange, info: RequestInfo): Promise<void> {
+  /**
+   * Runs the identify → classify → decide stages; a failing stage makes the request anonymous. Returns a
+   * promise only when a stage had to wait, so the common request is attributed without a microtask hop.
+   */
+  function attribute(ex: Exchange, info: RequestInfo): Promise<void> | undefined {
+    let result: MaybePromise<Attribution>
     try {
       const pipeline = opts.getPipeline()
       ex.pipeline = pipeline
-      ex.attribution = await pipeline.attribute(info, ex.conn)
+      result = pipeline.attribute(info, ex.conn)
     } catch {
       ex.attribution = FALLBACK_ATTRIBUTION
+      return undefined
     }
+    if (!(result instanceof Promise)) {
+      ex.attribution = result
+      return undefined
+    }
+    return result.then(
+      (attribution) => {
+        ex.attribution = attribution
+      },
+      () => {
+        ex.attribution = FALLBACK_ATTRIBUTION
+      },
+    )
   }
 
   function hopHeaders(ex: Exchange, req: IncomingMessage): UpstreamHeaders {
@@ -318,7 +342,13 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         req.pause()
         req.on('data', countRequestBytes)
       }
-      await attribute(ex, { method, path: parsed.path, url: parsed.target, headers: req.headers })
+      const attributing = attribute(ex, {
+        method,
+        path: parsed.path,
+        url: parsed.target,
+        headers: req.headers,
+      })
+      if (attributing) await attributing
       if (res.destroyed) {
         ex.status = CLIENT_CLOSED
         return
@@ -362,7 +392,13 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         sendJsonRaw(socket, answer.status, answer.body)
         return
       }
-      await attribute(ex, { method, path: parsed.path, url: parsed.target, headers: req.headers })
+      const attributing = attribute(ex, {
+        method,
+        path: parsed.path,
+        url: parsed.target,
+        headers: req.headers,
+      })
+      if (attributing) await attributing
       const reject = ex.attribution.reject
       if (reject) {
         ex.status = reject.status
