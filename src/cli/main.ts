@@ -2,13 +2,10 @@
 // nhi-proxy command line (SPEC §3). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
-import { runDemo } from '../demo/demo.ts'
 import { StartupError, startSidecar } from '../runtime.ts'
 import { VERSION } from '../version.ts'
-import { runCheck } from './check.ts'
-import { runExplain } from './explain.ts'
-import { runSchema } from './schema.ts'
-import { runRuleTests } from './test.ts'
+
+// Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
 
 const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
 
@@ -122,6 +119,7 @@ program
   .description('validate config files; every problem as FILE:LINE:COL message (hint); exit 1 on errors')
   .argument('[files...]', 'config files (default: $NHI_PROXY_CONFIG or config/nhi-proxy.yaml)')
   .action(async (files: string[]) => {
+    const { runCheck } = await import('./check.ts')
     process.exitCode = await runCheck(files, out)
   })
 
@@ -151,6 +149,7 @@ program
       remoteAddr: string
       json?: boolean
     }) => {
+      const { runExplain } = await import('./explain.ts')
       process.exitCode = await runExplain(
         {
           config: o.config,
@@ -173,6 +172,7 @@ program
   .description('run rule unit tests (YAML: requests + expected identity/kind/verified/decision)')
   .argument('<files...>', 'rule test files, e.g. config/examples/*.test.yaml')
   .action(async (files: string[]) => {
+    const { runRuleTests } = await import('./test.ts')
     process.exitCode = await runRuleTests(files, out)
   })
 
@@ -199,6 +199,7 @@ program
       audit?: boolean
     }) => {
       try {
+        const { runDemo } = await import('../demo/demo.ts')
         const demo = await runDemo({ ...o, audit: o.audit === true, log: operationalLogger(), print: out })
         handleSignals(() => demo.close())
         if (o.duration) {
@@ -218,7 +219,8 @@ program
 program
   .command('schema')
   .description('print the JSON Schema of the config file (for yaml-language-server and editors)')
-  .action(() => {
+  .action(async () => {
+    const { runSchema } = await import('./schema.ts')
     process.exitCode = runSchema(out)
   })
 

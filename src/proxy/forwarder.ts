@@ -3,9 +3,10 @@
 // response: no intermediate streams, no buffering, backpressure through undici's pause/resume.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
-import { type Dispatcher, Pool } from 'undici'
+import type { Dispatcher } from 'undici'
 import type { UpstreamErrorReason } from '../types.ts'
 import { downstreamHeaders, type UpstreamHeaders } from './headers.ts'
+import { Pool } from './undici-pool.ts'
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
 export interface ForwardTarget {

@@ -3,8 +3,16 @@
 // The last good key set keeps serving through IdP outages; unknown kids trigger a rate-limited refetch.
 import { readFile } from 'node:fs/promises'
 import { createLocalJWKSet, errors, type FlattenedJWSInput, type JWK, type JWSHeaderParameters } from 'jose'
-import { Agent, type Dispatcher, request } from 'undici'
+import type { Agent, Dispatcher } from 'undici'
 import type { IssuerConfig } from '../../config/schema.ts'
+
+// The HTTP client is loaded with the first key-set fetch: a sidecar whose key sets are files (or that has no
+// issuers) never pays for loading it at start-up, which keeps the cold start short.
+let undici: Promise<typeof import('undici')> | undefined
+const loadUndici = () => {
+  undici ??= import('undici')
+  return undici
+}
 
 export interface JwksObserver {
   /** called after every refresh attempt; `at` is unix ms, keyCount the number of keys now in use */
@@ -184,6 +192,7 @@ export class IssuerKeySet {
       headers['authorization'] = `Bearer ${(await readFile(this.cfg.bearerTokenFile, 'utf8')).trim()}`
     }
     const dispatcher = await this.dispatcher()
+    const { request } = await loadUndici()
     const res = await request(url, {
       method: 'GET',
       headers,
@@ -212,6 +221,7 @@ export class IssuerKeySet {
   /** A dispatcher trusting caFile (re-read on each refresh, as cluster CAs rotate), else the global one. */
   private async dispatcher(): Promise<Dispatcher | undefined> {
     if (!this.cfg.caFile) return undefined
+    const { Agent } = await loadUndici()
     const ca = await readFile(this.cfg.caFile, 'utf8')
     if (!this.agent || ca !== this.agentCa) {
       void this.agent?.close().catch(() => {})

@@ -1,0 +1,5 @@
+// undici has no exports map, so its modules can be imported one by one; only the entry point has types.
+declare module 'undici/lib/dispatcher/pool.js' {
+  const Pool: unknown
+  export default Pool
+}
