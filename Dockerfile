@@ -11,6 +11,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle.mjs ./scripts/
 COPY src ./src
 RUN npm run build
 
@@ -32,5 +33,5 @@ COPY config ./config
 # 65532 is the conventional "nonroot" uid/gid; numeric so runAsNonRoot can verify it
 USER 65532:65532
 EXPOSE 8080 8443 9464
-ENTRYPOINT ["node", "dist/cli/main.js"]
+ENTRYPOINT ["node", "dist/nhi-proxy.mjs"]
 CMD ["run", "-c", "/etc/nhi-proxy/config.yaml"]

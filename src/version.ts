@@ -1,5 +1,8 @@
 import { readFileSync } from 'node:fs'
 
+/** set by the bundler (scripts/bundle.mjs); undefined when running the compiled or TypeScript sources */
+declare const __NHI_VERSION__: string | undefined
+
 // Read once at startup (src/ and dist/ both sit one level below the package root).
 function readVersion(): string {
   try {
@@ -12,4 +15,4 @@ function readVersion(): string {
   }
 }
 
-export const VERSION = readVersion()
+export const VERSION = typeof __NHI_VERSION__ === 'string' ? __NHI_VERSION__ : readVersion()

@@ -96,7 +96,7 @@ t.test('image contract', async (t) => {
   t.same(exposed, ['8080', '8443', '9464'])
   t.same(JSON.parse(last.find((i) => i.keyword === 'ENTRYPOINT')?.args ?? 'null'), [
     'node',
-    'dist/cli/main.js',
+    'dist/nhi-proxy.mjs',
   ])
   t.same(JSON.parse(last.find((i) => i.keyword === 'CMD')?.args ?? 'null'), [
     'run',

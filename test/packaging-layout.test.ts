@@ -28,6 +28,14 @@ t.test('runtime layout staged like the image runs', { timeout: 160_000 }, async 
   })
   t.equal(build.code, 0, `build: ${build.stdout}${build.stderr}`)
   if (build.code !== 0) return
+  // then the bundle the image starts (scripts/bundle.mjs writes next to the compiled files)
+  const bundle = await run(process.execPath, [join(REPO_ROOT, 'scripts', 'bundle.mjs')], {
+    cwd: REPO_ROOT,
+    env: { NHI_BUNDLE_OUTDIR: join(stage, 'dist') },
+    timeoutMs: 120_000,
+  })
+  t.equal(bundle.code, 0, `bundle: ${bundle.stdout}${bundle.stderr}`)
+  if (bundle.code !== 0) return
 
   // runtime stage: package*.json + config/ + production dependencies, no install scripts
   for (const f of ['package.json', 'package-lock.json']) cpSync(join(REPO_ROOT, f), join(stage, f))
@@ -53,14 +61,17 @@ t.test('runtime layout staged like the image runs', { timeout: 160_000 }, async 
   }
 
   const env = { NODE_ENV: 'production', HOME: join(stage, 'home') }
-  const version = await run(process.execPath, ['dist/cli/main.js', '--version'], { cwd: stage, env })
+  const version = await run(process.execPath, ['dist/nhi-proxy.mjs', '--version'], { cwd: stage, env })
   t.equal(version.code, 0, version.stderr)
-  t.equal(version.stdout.trim(), pkg.version, 'the compiled CLI starts with production deps only')
+  t.equal(version.stdout.trim(), pkg.version, 'the bundled CLI starts with production deps only')
 
   // the image's fallback config (written by the Dockerfile) must be a valid config
   const fallback = /printf '([^']*)'/.exec(dockerfile)?.[1]
   t.ok(fallback, 'Dockerfile writes a fallback config')
   writeFileSync(join(stage, 'config.yaml'), (fallback ?? '').replace(/\\n/g, '\n'))
-  const check = await run(process.execPath, ['dist/cli/main.js', 'check', 'config.yaml'], { cwd: stage, env })
+  const check = await run(process.execPath, ['dist/nhi-proxy.mjs', 'check', 'config.yaml'], {
+    cwd: stage,
+    env,
+  })
   t.equal(check.code, 0, `fallback config is valid: ${check.stdout}${check.stderr}`)
 })

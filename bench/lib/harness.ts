@@ -46,7 +46,7 @@ export interface BenchOptions {
   warmup: boolean
   /** try apt-get install wrk when it is missing (root only) */
   installWrk: boolean
-  /** 'build' runs `npm run build` and starts dist/cli/main.js; 'tsx' runs the sources */
+  /** 'build' runs `npm run build` and starts dist/nhi-proxy.mjs; 'tsx' runs the sources */
   coldStart: 'build' | 'tsx' | 'skip'
   /** audit output for nhi-proxy (default /dev/null: serialised, not stored) */
   audit: string
@@ -441,7 +441,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       cold = {
         ms,
         medianMs: median(ms),
-        how: dist ? 'node dist/cli/main.js run -c FILE' : 'node --import tsx src/cli/main.ts run -c FILE',
+        how: dist ? 'node dist/nhi-proxy.mjs run -c FILE' : 'node --import tsx src/cli/main.ts run -c FILE',
       }
       log(`  cold start ${ms.map((m) => m.toFixed(0)).join(', ')} ms (${cold.how})`)
     }

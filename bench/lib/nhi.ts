@@ -9,7 +9,7 @@ import { BENCH_AUDIENCE, BENCH_ISSUER } from './tokens.ts'
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const SRC_MAIN = join(REPO_ROOT, 'src/cli/main.ts')
-const DIST_MAIN = join(REPO_ROOT, 'dist/cli/main.js')
+const DIST_MAIN = join(REPO_ROOT, 'dist/nhi-proxy.mjs')
 const LAG_PROBE = join(REPO_ROOT, 'bench/lag-probe.ts')
 const ORPHAN_GUARD = join(REPO_ROOT, 'bench/orphan-guard.ts')
 
@@ -70,7 +70,7 @@ policy:
 }
 
 export interface NhiLaunch {
-  /** use the compiled dist/cli/main.js instead of running the TypeScript sources through tsx */
+  /** use the bundled dist/nhi-proxy.mjs (npm run build) instead of running the TypeScript sources through tsx */
   dist?: boolean
   /** inject bench/lag-probe.ts, writing event-loop delay samples to this file */
   lagFile?: string
