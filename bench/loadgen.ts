@@ -2,7 +2,7 @@
 // presenting client certificates (wrk cannot). Used for the mTLS configurations and as the fallback when
 // wrk is missing. Its own ceiling is measured against the upstream directly, over the same TLS.
 // Run as a child process: node --import tsx bench/loadgen.ts '<LoadSpec json>'; prints one NHI_JSON line.
-import './orphan-guard.ts'
+import './orphan-guard.mjs'
 import { readFileSync } from 'node:fs'
 import { createHistogram } from 'node:perf_hooks'
 import { Pool } from 'undici'

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { runBench } from './lib/harness.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
+import { buildDist } from './lib/nhi.ts'
 import { markdown, targetLine, writeResults } from './lib/report.ts'
 
 const positive = (v: string) => {
@@ -43,7 +44,10 @@ const results = fileURLToPath(new URL('./results/', import.meta.url))
 const log = (s: string) => process.stderr.write(`${s}\n`)
 
 async function memoryMode(): Promise<void> {
-  const r = await runMemory({ quick: o.memoryQuick === true, log })
+  log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
+  const dist = buildDist()
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  const r = await runMemory({ quick: o.memoryQuick === true, log, dist })
   process.stdout.write(memoryMarkdown(r))
   for (const t of r.targets) log(targetLine(t))
   if (o.write) log(`wrote ${(await writeMemoryResults(results, r)).join(', ')}`)

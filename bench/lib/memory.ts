@@ -15,6 +15,8 @@ import { Minter, newSigningMaterial } from './tokens.ts'
 export interface MemoryOptions {
   quick: boolean
   log: (line: string) => void
+  /** run the bundle (dist/nhi-proxy.mjs, as shipped) instead of the sources through tsx */
+  dist?: boolean
   /** overrides for tests */
   tokens?: number
   xfccIdentities?: number
@@ -105,14 +107,19 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
     const upstreamUrl = await startPlainUpstream(procs)
     const port = await freePort()
     const adminPort = await freePort()
-    const nhi = await startNhi('nhi-memory', dir, {
-      port,
-      adminPort,
-      upstream: upstreamUrl,
-      jwksFile,
-      trustedProxies: ['127.0.0.1/32'],
-      maxIdentities,
-    })
+    const nhi = await startNhi(
+      'nhi-memory',
+      dir,
+      {
+        port,
+        adminPort,
+        upstream: upstreamUrl,
+        jwksFile,
+        trustedProxies: ['127.0.0.1/32'],
+        maxIdentities,
+      },
+      { dist: opts.dist === true },
+    )
     procs.push(nhi)
     const adminUrl = `http://127.0.0.1:${adminPort}`
     const pool = new Pool(`http://127.0.0.1:${port}`, { connections: CONCURRENCY })

@@ -1,5 +1,6 @@
 // Starts nhi-proxy the way an operator does — `nhi-proxy run -c FILE` in its own process — with a bench
 // config: a Kubernetes-profile JWT issuer (JWKS from a file), an optional mTLS listener and trusted XFCC peers.
+import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -11,7 +12,7 @@ export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const SRC_MAIN = join(REPO_ROOT, 'src/cli/main.ts')
 const DIST_MAIN = join(REPO_ROOT, 'dist/nhi-proxy.mjs')
 const LAG_PROBE = join(REPO_ROOT, 'bench/lag-probe.ts')
-const ORPHAN_GUARD = join(REPO_ROOT, 'bench/orphan-guard.ts')
+const ORPHAN_GUARD = join(REPO_ROOT, 'bench/orphan-guard.mjs')
 
 export interface NhiConfigOptions {
   port: number
@@ -72,21 +73,29 @@ policy:
 export interface NhiLaunch {
   /** use the bundled dist/nhi-proxy.mjs (npm run build) instead of running the TypeScript sources through tsx */
   dist?: boolean
+  /** exit when the harness is gone (default); the cold start leaves it out to time nhi-proxy alone */
+  orphanGuard?: boolean
   /** inject bench/lag-probe.ts, writing event-loop delay samples to this file */
   lagFile?: string
 }
 
 export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { command: string; args: string[] } {
   const args: string[] = []
-  // The compiled build runs bare so the cold start measures nhi-proxy alone (those processes live for
-  // seconds inside a try/finally); otherwise tsx is loaded anyway and the orphan guard costs nothing.
-  if (!launch.dist || launch.lagFile) args.push('--import', 'tsx', '--import', ORPHAN_GUARD)
+  // The bundle runs as the image runs it; the TypeScript sources (and the lag probe) need tsx.
+  if (!launch.dist || launch.lagFile) args.push('--import', 'tsx')
+  if (launch.orphanGuard !== false) args.push('--import', ORPHAN_GUARD)
   if (launch.lagFile) args.push('--import', LAG_PROBE)
   args.push(launch.dist ? DIST_MAIN : SRC_MAIN, 'run', '-c', configFile)
   return { command: process.execPath, args }
 }
 
-export function distBuilt(): boolean {
+/** `npm run build`; true when the bundle exists afterwards */
+export function buildDist(): boolean {
+  try {
+    execFileSync('npm', ['run', 'build'], { cwd: REPO_ROOT, stdio: 'ignore', timeout: 180_000 })
+  } catch {
+    return false
+  }
   return existsSync(DIST_MAIN)
 }
 
