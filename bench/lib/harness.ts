@@ -464,9 +464,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       'd/a-tls': d.rps / aTls.rps,
       'e/b': get('e')!.rps / b.rps,
       'flood/b': floodResult.rps / b.rps,
+      'p50(c)−p50(b) ms': c.p50Ms - b.p50Ms,
+      'p99(c)−p99(b) ms': c.p99Ms - b.p99Ms,
       'p50(c)−p50(a) ms': c.p50Ms - a.p50Ms,
       'p99(c)−p99(a) ms': c.p99Ms - a.p99Ms,
-      'p99(c)−p99(b) ms': c.p99Ms - b.p99Ms,
     }
     if (ng) ratios['c/nginx'] = c.rps / ng.rps
     // On a shared machine req/s swings with everything else running; CPU per request of the proxy process
@@ -481,15 +482,16 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       target('c ≥ 0.9× b (throughput vs bare undici proxy)', ratios['c/b']!, 0.9, 'min', '×'),
       ...(ng ? [target('c ≥ 0.6× nginx', ratios['c/nginx']!, 0.6, 'min', '×')] : []),
       target(
-        `p50 added ≤ 1 ms at ${opts.connections} connections (c − a)`,
-        ratios['p50(c)−p50(a) ms']!,
+        // the issue's "added latency vs the bare same-engine proxy"
+        `p50 added ≤ 1 ms at ${opts.connections} connections (c − b)`,
+        ratios['p50(c)−p50(b) ms']!,
         1,
         'max',
         'ms',
       ),
       target(
-        `p99 added ≤ 3 ms at ${opts.connections} connections (c − a)`,
-        ratios['p99(c)−p99(a) ms']!,
+        `p99 added ≤ 3 ms at ${opts.connections} connections (c − b)`,
+        ratios['p99(c)−p99(b) ms']!,
         3,
         'max',
         'ms',
