@@ -193,7 +193,10 @@ export const configSchema = z.strictObject({
     .strictObject({
       output: z.string().default('stdout').meta({ description: 'stdout | file path | off' }),
       sample: z.number().min(0).max(1).default(1),
-      ringSize: z.number().int().positive().default(10_000),
+      // Every event in the ring outlives a young-generation GC or two and is promoted: at 10,000 the ring alone
+      // cost ≈ 10 % of the proxy's CPU at 3,500 req/s. 1,000 keeps the live view's click-through working;
+      // the audit trail (output) is the complete record.
+      ringSize: z.number().int().positive().default(1_000),
     })
     .prefault({}),
   anomalies: z
