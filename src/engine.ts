@@ -104,8 +104,7 @@ export class Engine {
       if (result instanceof Promise) return this.identifyAsync(req, conn, evidence, i, result)
       if (result !== undefined) collect(evidence, result)
     }
-    if (hasSpoofedIdentityHeader(req.headers)) evidence.anomalies.push('spoofed_header')
-    return evidence
+    return withHeaderAnomalies(evidence, req)
   }
 
   /** identify() from the first extractor that had to wait (a JWT verification not in the cache) */
@@ -123,8 +122,7 @@ export class Engine {
       const result = await extractors[i]!.extract(req, conn)
       if (result !== undefined) collect(evidence, result)
     }
-    if (hasSpoofedIdentityHeader(req.headers)) evidence.anomalies.push('spoofed_header')
-    return evidence
+    return withHeaderAnomalies(evidence, req)
   }
 
   evaluate(req: RequestInfo, conn: ConnectionInfo, opts: { trace?: boolean } = {}): MaybePromise<Evaluation> {
@@ -162,6 +160,11 @@ export class Engine {
     }
     return attribution
   }
+}
+
+function withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo): EvidenceSet {
+  if (hasSpoofedIdentityHeader(req.headers)) evidence.anomalies.push('spoofed_header')
+  return evidence
 }
 
 function collect(set: EvidenceSet, result: Evidence | Failure): void {
