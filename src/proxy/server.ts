@@ -283,11 +283,21 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
    * Runs the identify → classify → decide stages; a failing stage makes the request anonymous. Returns a
    * promise only when a stage had to wait, so the common request is attributed without a microtask hop.
    */
-  function attribute(ex: Exchange, info: RequestInfo): Promise<void> | undefined {
+  function attribute(
+    ex: Exchange,
+    parsed: { target: string; path: string },
+    req: IncomingMessage,
+  ): Promise<void> | undefined {
     let result: MaybePromise<Attribution>
     try {
       const pipeline = opts.getPipeline()
       ex.pipeline = pipeline
+      const info: RequestInfo = {
+        method: ex.method,
+        path: parsed.path,
+        url: parsed.target,
+        headers: req.headers,
+      }
       result = pipeline.attribute(info, ex.conn)
     } catch {
       ex.attribution = FALLBACK_ATTRIBUTION
@@ -342,12 +352,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         req.pause()
         req.on('data', countRequestBytes)
       }
-      const attributing = attribute(ex, {
-        method,
-        path: parsed.path,
-        url: parsed.target,
-        headers: req.headers,
-      })
+      const attributing = attribute(ex, parsed, req)
       if (attributing) await attributing
       if (res.destroyed) {
         ex.status = CLIENT_CLOSED
@@ -392,12 +397,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         sendJsonRaw(socket, answer.status, answer.body)
         return
       }
-      const attributing = attribute(ex, {
-        method,
-        path: parsed.path,
-        url: parsed.target,
-        headers: req.headers,
-      })
+      const attributing = attribute(ex, parsed, req)
       if (attributing) await attributing
       const reject = ex.attribution.reject
       if (reject) {
