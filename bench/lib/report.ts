@@ -13,8 +13,14 @@ export function targetLine(t: Target): string {
   return `${t.pass ? 'PASS' : 'MISS'}  ${t.name}: ${fmt(t.value)}${t.unit === '×' ? '×' : ` ${t.unit}`} (target ${sign} ${t.target}${t.unit === '×' ? '×' : ` ${t.unit}`}, margin ${margin})${t.note ? ` — ${t.note}` : ''}`
 }
 
+/** each round's proxy CPU per request: on a shared machine the spread says how far to trust the median */
+function perRound(c: ConfigResult): string {
+  const cpu = c.rounds.map((r) => r.proxyCpuUs).filter((x): x is number => x !== undefined)
+  return cpu.length > 1 ? cpu.map((x) => x.toFixed(0)).join(' / ') : '—'
+}
+
 function row(c: ConfigResult): string {
-  return `| ${c.id} | ${c.label} | ${c.tool} | ${int(c.rps)} | ${fmt(c.p50Ms)} | ${fmt(c.p99Ms)} | ${fmt(c.proxyCpuUs, 1)} | ${fmt(c.upstreamCpuUs, 1)} | ${int(c.requests)} | ${c.errors} / ${c.non2xx} |`
+  return `| ${c.id} | ${c.label} | ${c.tool} | ${int(c.rps)} | ${fmt(c.p50Ms)} | ${fmt(c.p99Ms)} | ${fmt(c.proxyCpuUs, 1)} | ${perRound(c)} | ${fmt(c.upstreamCpuUs, 1)} | ${int(c.requests)} | ${c.errors} / ${c.non2xx} |`
 }
 
 export function markdown(r: BenchResult): string {
@@ -26,8 +32,8 @@ export function markdown(r: BenchResult): string {
     `Machine: ${m.nproc} × ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.wrk}, ${m.nginx}; load average ${m.loadAvg.toFixed(1)} at start.`,
     `Run: ${o.rounds} interleaved round(s) × ${o.durationS} s per configuration, ${o.connections} connections, load generator, proxy and upstream on the same ${m.nproc} cores.`,
     '',
-    '| id | configuration | load | req/s | p50 ms | p99 ms | proxy CPU µs/req | upstream CPU µs/req | requests | errors / non-2xx |',
-    '|---|---|---|---:|---:|---:|---:|---:|---:|---|',
+    '| id | configuration | load | req/s | p50 ms | p99 ms | proxy CPU µs/req | … per round | upstream CPU µs/req | requests | errors / non-2xx |',
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|',
     ...r.configs.map(row),
     ...(r.flood ? [row(r.flood)] : []),
     '',
