@@ -1,11 +1,13 @@
 // Audit lines are batched into larger writes, but a line on a quiet proxy still reaches the file within the
 // flush interval, without waiting for more traffic or a shutdown.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtemp, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { configSchema } from '../src/config/schema.ts'
-import { AUDIT_FLUSH_MS, AuditLog } from '../src/telemetry/audit.ts'
+import { AUDIT_FLUSH_MS, AUDIT_MAX_PENDING_BYTES, AuditLog } from '../src/telemetry/audit.ts'
 import { requestEvent } from './helpers/events.ts'
 
 t.test('a lone audit line is flushed within the flush interval', async (t) => {
@@ -38,5 +40,34 @@ t.test('a burst is batched and nothing is lost on close', async (t) => {
   t.ok(
     lines.every((l) => ids.has((JSON.parse(l) as { request_id: string }).request_id)),
     'every line is whole JSON',
+  )
+})
+
+t.test('a stalled output drops and counts lines instead of buffering without bound', async (t) => {
+  // stdout is a pipe nobody reads: it fills after 64 KiB and every later line waits in the destination
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', join(import.meta.dirname, 'fixtures', 'audit-stalled-stdout.ts'), '40000'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  t.teardown(() => {
+    child.kill('SIGKILL')
+  })
+  let stderr = ''
+  await new Promise<void>((resolve, reject) => {
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString()
+      if (stderr.includes('"dropped"')) resolve()
+    })
+    child.once('exit', (code) => reject(new Error(`child exited (${code}) before reporting: ${stderr}`)))
+  })
+  child.kill('SIGKILL')
+  await once(child, 'exit')
+  const report = JSON.parse(stderr.trim().split('\n').pop() ?? '{}') as { dropped?: number }
+  // 40,000 lines of ~1 KiB are ~40 MiB; at most AUDIT_MAX_PENDING_BYTES (16 MiB) may wait
+  const lineBytes = 40_000 * 1024
+  t.ok(
+    (report.dropped ?? 0) >= Math.floor((lineBytes - 2 * AUDIT_MAX_PENDING_BYTES) / 1024),
+    `lines beyond the pending bound are dropped and counted in nhi_audit_dropped_lines_total (${report.dropped})`,
   )
 })

@@ -47,6 +47,11 @@ export interface AuditQuery {
 
 export const DEFAULT_AUDIT_LIMIT = 100
 const AUDIT_BATCH_CHARS = 8192
+/**
+ * Audit bytes that may wait for a slow or stalled output (a log collector that stopped reading stdout);
+ * beyond this, lines are dropped and counted instead of growing the sidecar's memory without bound.
+ */
+export const AUDIT_MAX_PENDING_BYTES = 16 * 1024 * 1024
 /** longest time an audit line waits in the batch buffer */
 export const AUDIT_FLUSH_MS = 500
 export const MAX_AUDIT_LIMIT = 1000
@@ -193,6 +198,7 @@ export class AuditLog {
   private readonly random: () => number
   private flushTimer: NodeJS.Timeout | undefined
   private written = 0
+  private dropped = 0
   /** lines not yet handed to the destination, and their length in characters */
   private batch: string[] = []
   private batchChars = 0
@@ -210,9 +216,15 @@ export class AuditLog {
       dest: output === 'stdout' ? 1 : output,
       sync: false,
       mkdir: output !== 'stdout',
+      maxLength: AUDIT_MAX_PENDING_BYTES,
     })
     // A failing disk must not take the proxy down: drop lines rather than crash.
     destination.on('error', () => {})
+    destination.on('drop', (data: string) => {
+      let lines = 0
+      for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) lines++
+      this.dropped += lines
+    })
     this.destination = destination
     this.flushTimer = setInterval(() => {
       this.handOver()
@@ -228,6 +240,11 @@ export class AuditLog {
   /** lines handed to the destination so far */
   get linesWritten(): number {
     return this.written
+  }
+
+  /** lines dropped because the output fell more than AUDIT_MAX_PENDING_BYTES behind */
+  get linesDropped(): number {
+    return this.dropped
   }
 
   record(event: RequestEvent): void {

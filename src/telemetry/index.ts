@@ -65,6 +65,7 @@ export class Telemetry implements Recorder {
       buckets: config.metrics.buckets,
       version: opts.version,
       table: this.table,
+      auditLinesDropped: () => this.audit.linesDropped,
     })
     this.audit = new AuditLog(config.audit, opts.audit)
     this.live = new LiveFeed(opts.live)

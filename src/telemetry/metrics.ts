@@ -33,6 +33,8 @@ export interface MetricsOptions {
   buckets: number[]
   version: string
   table: IdentityTable
+  /** audit lines dropped because the audit output stalled (read at scrape time) */
+  auditLinesDropped?: () => number
 }
 
 export interface Scrape {
@@ -61,6 +63,10 @@ const REQUEST_BYTES = counter('nhi_request_bytes', 'Request body bytes received 
 const RESPONSE_BYTES = counter('nhi_response_bytes', 'Response body bytes sent by identity')
 const UPSTREAM_SECONDS = counter('nhi_upstream_seconds', 'Time the upstream spent on requests')
 const COST = counter('nhi_cost', 'Modelled cost of the traffic by identity')
+const AUDIT_DROPPED = counter(
+  'nhi_audit_dropped_lines',
+  'Audit lines dropped because the audit output fell too far behind (a stalled stdout or disk)',
+)
 const IDENTITIES = gauge('nhi_identities', 'Identities currently tracked, by kind')
 const LAST_SEEN = gauge('nhi_identity_last_seen_timestamp_seconds', 'Last request of an identity')
 const EXPIRY = gauge(
@@ -87,6 +93,7 @@ export class Metrics {
   private readonly table: IdentityTable
   private readonly buckets: Buckets
   private overflowSeries: CounterSeries
+  private readonly auditLinesDropped: () => number
 
   private readonly authFailures = new CounterFamily(
     counter('nhi_auth_failures', 'Presented credentials that did not check out'),
@@ -141,6 +148,7 @@ export class Metrics {
     this.serviceLabel = `service="${escapeLabelValue(opts.service)}"`
     this.table = opts.table
     this.buckets = new Buckets(opts.buckets)
+    this.auditLinesDropped = opts.auditLinesDropped ?? (() => 0)
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
     this.configLastSuccess.set([], 0)
@@ -299,6 +307,9 @@ export class Metrics {
     ]) {
       family.write(out, om)
     }
+
+    writeHeader(out, AUDIT_DROPPED, om)
+    writeSample(out, `${AUDIT_DROPPED.name}_total`, this.serviceLabel, this.auditLinesDropped())
 
     writeHeader(out, IDENTITIES, om)
     const kinds = new Map<Kind, number>()
