@@ -486,6 +486,25 @@ function userAgentCaptures(ev: EvidenceSet, s: Scratch): void {
 
 type BuiltinIdentity = Omit<Identity, 'source' | 'verified' | 'attributes'>
 
+/**
+ * Every identity gets the same properties in the same order (absent ones undefined): they are read on every
+ * request by the recorders, and one object shape keeps those reads monomorphic.
+ */
+function identityOf(i: Identity): Identity {
+  return {
+    name: i.name,
+    kind: i.kind,
+    source: i.source,
+    verified: i.verified,
+    team: i.team,
+    zone: i.zone,
+    rule: i.rule,
+    attributes: i.attributes,
+    expiresAt: i.expiresAt,
+    expectEveryMs: i.expectEveryMs,
+  }
+}
+
 function builtinIdentity(ev: EvidenceSet, profile: ProfileIdentity | undefined): BuiltinIdentity {
   if (profile) return { name: profile.name, kind: profile.kind, rule: profile.rule }
   const cert = certOf(ev)
@@ -578,25 +597,21 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       if (!ok) continue
       userAgentCaptures(ev, scratch)
       const values = (scratch.captures as Captures | undefined) ?? NO_VALUES
-      const identity: Identity = {
+      return identityOf({
         name: rule.name.render(values),
-        kind: rule.kind ?? 'unknown',
+        kind: rule.kind ?? (profile && !ev.mtls && !ev.xfcc ? profile.kind : defaultKind(ev)),
         source,
         verified,
+        team: rule.team?.render(values),
+        zone: rule.zone?.render(values),
         rule: rule.label,
         attributes,
-      }
-      if (rule.team) identity.team = rule.team.render(values)
-      if (rule.zone) identity.zone = rule.zone.render(values)
-      if (expiry !== undefined) identity.expiresAt = expiry
-      if (rule.expectEveryMs !== undefined) identity.expectEveryMs = rule.expectEveryMs
-      if (!rule.kind) identity.kind = profile && !ev.mtls && !ev.xfcc ? profile.kind : defaultKind(ev)
-      return identity
+        expiresAt: expiry,
+        expectEveryMs: rule.expectEveryMs,
+      })
     }
     const b = builtinIdentity(ev, profile)
-    const identity: Identity = { ...b, source, verified, attributes }
-    if (expiry !== undefined) identity.expiresAt = expiry
-    return identity
+    return identityOf({ ...b, source, verified, attributes, expiresAt: expiry })
   }
 
   return {
