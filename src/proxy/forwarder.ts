@@ -105,6 +105,8 @@ class ResponseCall implements Dispatcher.DispatchHandler {
   private clientGone = false
   private abortUpstream: ((err?: Error) => void) | undefined
   private resume: (() => void) | undefined
+  /** the drain listener is added at the first backpressure only; most responses never see one */
+  private drainListening = false
   private readonly started = performance.now()
 
   constructor(
@@ -112,7 +114,6 @@ class ResponseCall implements Dispatcher.DispatchHandler {
     private readonly done: (result: ForwardResult) => void,
   ) {
     res[kCall] = this
-    res.on('drain', onResponseDrain)
     res.on('close', onResponseClose)
   }
 
@@ -143,7 +144,12 @@ class ResponseCall implements Dispatcher.DispatchHandler {
 
   onData(chunk: Buffer): boolean {
     this.bytesOut += chunk.length
-    return this.res.write(chunk)
+    const flowing = this.res.write(chunk)
+    if (!flowing && !this.drainListening) {
+      this.drainListening = true
+      this.res.on('drain', onResponseDrain)
+    }
+    return flowing
   }
 
   onComplete(): void {
@@ -163,7 +169,7 @@ class ResponseCall implements Dispatcher.DispatchHandler {
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
     if (this.settled) return
     this.settled = true
-    this.res.off('drain', onResponseDrain)
+    if (this.drainListening) this.res.off('drain', onResponseDrain)
     this.res.off('close', onResponseClose)
     this.res[kCall] = undefined
     const result: ForwardResult = {
