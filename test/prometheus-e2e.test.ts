@@ -164,7 +164,7 @@ t.test(
       const all = r.data.groups.flatMap((g) => g.rules)
       return all.length > 0 && all.every((x) => x.health !== 'unknown') ? all : undefined
     })
-    t.equal(rules.length, 7, 'all alert rules loaded')
+    t.equal(rules.length, 8, 'all alert rules loaded')
     for (const rule of rules)
       t.equal(rule.health, 'ok', `${rule.name} evaluates without error ${rule.lastError ?? ''}`)
 
