@@ -211,9 +211,14 @@ t.test('every failure reason', async (t) => {
   t.equal(idp.hits, hitsBefore, 'hostile kids did not refetch within the cooldown')
 })
 
-t.test('odd Authorization spellings are malformed', async (t) => {
+t.test('odd Authorization spellings are malformed, even for a token already cached', async (t) => {
   const token = await mint(keyA)
+  // verified (and cached) first: a spelling that differs from "Bearer <token>" must not ride on that entry
+  t.match(await extract(x, bearer(token)), { source: 'jwt', verified: true })
+  t.match(await extract(x, `bEaReR ${token}`), { source: 'jwt', verified: true }, 'the scheme is case-insensitive')
   for (const auth of [
+    `Bearer ${token} `,
+    `Bearer ${token}\n`,
     `Bearer  ${token}`,
     'Bearer',
     'Bearer ',
