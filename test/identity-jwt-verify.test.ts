@@ -215,7 +215,11 @@ t.test('odd Authorization spellings are malformed, even for a token already cach
   const token = await mint(keyA)
   // verified (and cached) first: a spelling that differs from "Bearer <token>" must not ride on that entry
   t.match(await extract(x, bearer(token)), { source: 'jwt', verified: true })
-  t.match(await extract(x, `bEaReR ${token}`), { source: 'jwt', verified: true }, 'the scheme is case-insensitive')
+  t.match(
+    await extract(x, `bEaReR ${token}`),
+    { source: 'jwt', verified: true },
+    'the scheme is case-insensitive',
+  )
   for (const auth of [
     `Bearer ${token} `,
     `Bearer ${token}\n`,
@@ -303,6 +307,27 @@ t.test('cache: tokens without exp are re-verified after at most 5 minutes', asyn
   t.notOk(ex.extract(withAuth(bearer(token)), conn) instanceof Promise, 'cached within 5 minutes')
   clock += 2 * 60_000
   t.ok(ex.extract(withAuth(bearer(token)), conn) instanceof Promise, 're-verified after 5 minutes')
+})
+
+t.test('cache: tokens verified together are not all re-verified in the same second', async (t) => {
+  const start = Date.now()
+  let clock = start
+  const draws = [0, 0.25, 0.5, 0.75, 0.999]
+  let next = 0
+  const ex = new JwtExtractor(jwtConfig([{ issuer: HMAC_ISSUER, secretFile }]), {
+    now: () => clock,
+    random: () => draws[next++ % draws.length]!,
+  })
+  t.teardown(() => ex.close())
+  await ex.start()
+  const tokens = draws.map((_, i) => hs256({ alg: 'HS256' }, { iss: HMAC_ISSUER, sub: `batch-${i}` }, SECRET))
+  for (const tok of tokens) t.match(await ex.extract(withAuth(bearer(tok)), conn), { verified: true })
+  const stillCached = () =>
+    tokens.filter((tok) => !(ex.extract(withAuth(bearer(tok)), conn) instanceof Promise))
+  clock = start + 4 * 60_000
+  t.equal(stillCached().length, 5, 'all cached for the first four minutes')
+  clock = start + 4.5 * 60_000 + 1
+  t.equal(stillCached().length, 2, 'half a minute later only the longer-drawn lifetimes remain')
 })
 
 t.test('cache size is bounded by cacheSize', async (t) => {

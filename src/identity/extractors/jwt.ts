@@ -26,6 +26,8 @@ export interface JwtExtractorOptions {
   observer?: JwksObserver
   /** unix ms clock (tests) */
   now?: () => number
+  /** [0, 1) source for spreading cache lifetimes (tests) */
+  random?: () => number
   fetchTimeoutMs?: number
   unknownKidCooldownMs?: number
   retryMs?: number
@@ -33,8 +35,14 @@ export interface JwtExtractorOptions {
 
 type Result = JwtEvidence | Failure
 
-/** tokens without exp are re-verified at least this often */
+/** a cached verification is redone at least this often (a key may have been withdrawn; tokens without exp) */
 const MAX_CACHE_MS = 5 * 60_000
+/**
+ * Lifetimes are spread over the last minute before MAX_CACHE_MS: tokens first seen together (a warm-up, a
+ * restart behind busy clients) would otherwise all be re-verified in the same second, a burst of RSA work
+ * that stalled every request for tens of milliseconds.
+ */
+const CACHE_SPREAD_MS = 60_000
 /** failures are cached briefly so a flood of the same bad token stays cheap */
 const FAILURE_CACHE_MS = 5_000
 const FINGERPRINT_CHARS = 16
@@ -51,9 +59,11 @@ export class JwtExtractor implements Extractor {
   private readonly cache: LRUCache<string, Result>
   private readonly inflight = new Map<string, Promise<Result>>()
   private readonly now: () => number
+  private readonly random: () => number
 
   constructor(cfg: Config['jwt'], opts: JwtExtractorOptions = {}) {
     this.now = opts.now ?? Date.now
+    this.random = opts.random ?? Math.random
     const clock = this.now
     for (const issuer of cfg.issuers) {
       this.verifiers.set(
@@ -159,11 +169,12 @@ export class JwtExtractor implements Extractor {
     return 'source' in result ? result : fail(result.reason, result.detail)
   }
 
-  /** cache lifetime in ms: never past exp, at most 5 min, failures 5 s, unknown kids not at all (rotation) */
+  /** cache lifetime in ms: never past exp, 4–5 min at most, failures 5 s, unknown kids not at all (rotation) */
   private ttlFor(result: Result): number {
     if ('failed' in result) return result.reason === 'unknown_kid' ? 0 : FAILURE_CACHE_MS
-    if (result.exp === undefined) return MAX_CACHE_MS
-    return Math.min(result.exp * 1000 - this.now(), MAX_CACHE_MS)
+    const cap = MAX_CACHE_MS - Math.floor(this.random() * CACHE_SPREAD_MS)
+    if (result.exp === undefined) return cap
+    return Math.min(result.exp * 1000 - this.now(), cap)
   }
 }
 
