@@ -1,6 +1,5 @@
 // Reading a bearer JWT off a request without trusting it: the Authorization header grammar, a size cap, and the
 // unverified header/claims needed to pick an issuer. Nothing here verifies anything.
-import { decodeJwt, decodeProtectedHeader } from 'jose'
 
 /** Tokens larger than this are refused without parsing. */
 export const MAX_TOKEN_CHARS = 8 * 1024
@@ -31,45 +30,71 @@ export interface UnverifiedToken {
   claims: Readonly<Record<string, unknown>>
 }
 
-/** Decodes header and claims without verifying; a string is the reason it could not. */
+/**
+ * Decodes header and claims without verifying; a string is the reason it could not. Each segment is decoded
+ * and parsed once (the caller already checked the compact-JWS alphabet), and the same text is scanned for
+ * duplicate members: this runs for every token not seen before, so a flood of new tokens pays it each time.
+ */
 export function peekToken(token: string): UnverifiedToken | string {
-  let peeked: UnverifiedToken
+  const dot = token.indexOf('.')
+  const dot2 = token.indexOf('.', dot + 1)
+  if (dot <= 0 || dot2 === -1) return 'header or payload is not base64url-encoded JSON'
+  const headerText = base64urlText(token.slice(0, dot))
+  const claimsText = base64urlText(token.slice(dot + 1, dot2))
+  let header: unknown
+  let claims: unknown
   try {
-    peeked = { header: decodeProtectedHeader(token), claims: decodeJwt(token) }
+    header = JSON.parse(headerText)
+    claims = JSON.parse(claimsText)
   } catch {
     return 'header or payload is not base64url-encoded JSON'
   }
+  if (!isJsonObject(header) || !isJsonObject(claims)) return 'header or payload is not a JSON object'
   // JSON.parse keeps the last of duplicate members while other parsers (the upstream's) may keep the first:
   // a signed token with two "sub" claims would mean different identities to us and to the upstream.
-  const [h, p] = token.split('.', 2)
-  if (hasDuplicateMember(base64urlText(h)) || hasDuplicateMember(base64urlText(p))) {
+  if (hasDuplicateMember(headerText) || hasDuplicateMember(claimsText)) {
     return 'header or payload has a duplicate member name'
   }
-  return peeked
+  return { header, claims }
 }
 
-function base64urlText(segment: string | undefined): string {
-  return Buffer.from(segment ?? '', 'base64url').toString('utf8')
+function isJsonObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
+
+function base64urlText(segment: string): string {
+  return Buffer.from(segment, 'base64url').toString('utf8')
+}
+
+const QUOTE = 34
+const BACKSLASH = 92
 
 /** Scans JSON text that already parsed (so it is well-formed) for an object with a repeated member name. */
 export function hasDuplicateMember(json: string): boolean {
   const frames: ({ keys: Set<string>; expectKey: boolean } | null)[] = []
   for (let i = 0; i < json.length; i++) {
-    const c = json[i]
-    if (c === '{') frames.push({ keys: new Set(), expectKey: true })
-    else if (c === '[') frames.push(null)
-    else if (c === '}' || c === ']') frames.pop()
-    else if (c === ',') {
+    const c = json.charCodeAt(i)
+    if (c === 123 /* { */) frames.push({ keys: new Set(), expectKey: true })
+    else if (c === 91 /* [ */) frames.push(null)
+    else if (c === 125 /* } */ || c === 93 /* ] */) frames.pop()
+    else if (c === 44 /* , */) {
       const top = frames[frames.length - 1]
       if (top) top.expectKey = true
-    } else if (c === '"') {
+    } else if (c === QUOTE) {
       const start = i
-      for (i++; i < json.length && json[i] !== '"'; i++) if (json[i] === '\\') i++
+      let escaped = false
+      for (i++; i < json.length; i++) {
+        const d = json.charCodeAt(i)
+        if (d === QUOTE) break
+        if (d === BACKSLASH) {
+          escaped = true
+          i++
+        }
+      }
       const top = frames[frames.length - 1]
       if (top?.expectKey) {
         // compare decoded names: "sub" and "\u0073ub" are the same member
-        const name = JSON.parse(json.slice(start, i + 1)) as string
+        const name = escaped ? (JSON.parse(json.slice(start, i + 1)) as string) : json.slice(start + 1, i)
         if (top.keys.has(name)) return true
         top.keys.add(name)
         top.expectKey = false
