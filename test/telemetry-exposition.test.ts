@@ -61,6 +61,29 @@ t.test('histogram buckets are cumulative and keep one exemplar per bucket', asyn
   t.equal(out.join(''), 'n_total 3 # {trace_id="dddd"} 1 5.500\n')
 })
 
+t.test('a series renders again after any change, and in the format asked for', async (t) => {
+  const render = (s: { write(out: string[], family: string, om: boolean): void }, om: boolean) => {
+    const out: string[] = []
+    s.write(out, 'x', om)
+    return out.join('')
+  }
+  const h = new HistogramSeries('', new Buckets([1]))
+  h.observe(0.5, 'aaaa', 1_000)
+  t.equal(render(h, false), 'x_bucket{le="1"} 1\nx_bucket{le="+Inf"} 1\nx_sum 0.5\nx_count 1\n')
+  t.equal(render(h, false), render(h, false), 'unchanged series, same text')
+  t.match(render(h, true), /^x_bucket\{le="1"\} 1 # \{trace_id="aaaa"\}/, 'switching format re-renders')
+  h.observe(2, '', 2_000)
+  t.equal(render(h, false), 'x_bucket{le="1"} 1\nx_bucket{le="+Inf"} 2\nx_sum 2.5\nx_count 2\n', 'observe')
+
+  const c = new CounterSeries('k="v"')
+  t.equal(render(c, false), 'x_total{k="v"} 0\n')
+  c.inc(2)
+  t.equal(render(c, false), 'x_total{k="v"} 2\n', 'inc')
+  c.incWithExemplar(1, 'bbbb', 3_000)
+  t.equal(render(c, true), 'x_total{k="v"} 3 # {trace_id="bbbb"} 1 3.000\n', 'incWithExemplar')
+  t.equal(render(c, false), 'x_total{k="v"} 3\n')
+})
+
 const promtool = systemTool('promtool')
 
 t.test('a scrape with hostile identity names is valid exposition (promtool check metrics)', async (t) => {

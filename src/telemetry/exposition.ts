@@ -58,21 +58,47 @@ export function writeHeader(out: string[], family: FamilyInfo, openMetrics: bool
   out.push(`# HELP ${name} ${escapeHelp(family.help)}\n# TYPE ${name} ${family.type}\n`)
 }
 
+/**
+ * The text a series rendered at the last scrape, kept until the series changes: most identities are idle
+ * between two scrapes, and re-rendering an unchanged histogram is most of a scrape's cost. One format is
+ * kept (a Prometheus server scrapes in one format), so the cache never holds more than one scrape body.
+ */
+const NOT_RENDERED = 0
+const RENDERED_TEXT = 1
+const RENDERED_OPENMETRICS = 2
+
+function renderedFormat(openMetrics: boolean): number {
+  return openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
+}
+
+/**
+ * Concatenation builds a tree of string pieces; reading one character makes V8 flatten it in place, so
+ * the scrape's final join copies one piece per series instead of walking every tree again.
+ */
+function flat(text: string): string {
+  text.charCodeAt(0)
+  return text
+}
+
 /** A counter series; keeps the trace id of its latest increment as the OpenMetrics exemplar. */
 export class CounterSeries {
   value = 0
   private exemplarTrace = ''
   private exemplarValue = 0
   private exemplarAt = 0
+  private rendered = ''
+  private renderedAs = NOT_RENDERED
 
   constructor(readonly labels: string) {}
 
   inc(amount: number): void {
     this.value += amount
+    this.renderedAs = NOT_RENDERED
   }
 
   incWithExemplar(amount: number, traceId: string, atMs: number): void {
     this.value += amount
+    this.renderedAs = NOT_RENDERED
     if (traceId === '') return
     this.exemplarTrace = traceId
     this.exemplarValue = amount
@@ -80,10 +106,15 @@ export class CounterSeries {
   }
 
   write(out: string[], family: string, openMetrics: boolean): void {
-    let line = `${family}_total${braces(this.labels)} ${formatValue(this.value)}`
-    if (openMetrics && this.exemplarTrace !== '')
-      line += exemplar(this.exemplarTrace, this.exemplarValue, this.exemplarAt)
-    out.push(`${line}\n`)
+    const format = renderedFormat(openMetrics)
+    if (this.renderedAs !== format) {
+      let line = `${family}_total${braces(this.labels)} ${formatValue(this.value)}`
+      if (openMetrics && this.exemplarTrace !== '')
+        line += exemplar(this.exemplarTrace, this.exemplarValue, this.exemplarAt)
+      this.rendered = `${line}\n`
+      this.renderedAs = format
+    }
+    out.push(this.rendered)
   }
 }
 
@@ -104,6 +135,8 @@ export class HistogramSeries {
   private readonly exemplarAts: Float64Array
   sum = 0
   count = 0
+  private rendered = ''
+  private renderedAs = NOT_RENDERED
 
   constructor(
     readonly labels: string,
@@ -123,6 +156,7 @@ export class HistogramSeries {
     this.counts[i]!++
     this.sum += value
     this.count++
+    this.renderedAs = NOT_RENDERED
     if (traceId !== '') {
       this.exemplarTraces[i] = traceId
       this.exemplarValues[i] = value
@@ -131,18 +165,28 @@ export class HistogramSeries {
   }
 
   write(out: string[], family: string, openMetrics: boolean): void {
+    const format = renderedFormat(openMetrics)
+    if (this.renderedAs !== format) {
+      this.rendered = this.render(family, openMetrics)
+      this.renderedAs = format
+    }
+    out.push(this.rendered)
+  }
+
+  private render(family: string, openMetrics: boolean): string {
     const le = this.buckets.le
     const prefix = this.labels === '' ? `${family}_bucket{le="` : `${family}_bucket{${this.labels},le="`
+    let text = ''
     let cumulative = 0
     for (let i = 0; i < le.length; i++) {
       cumulative += this.counts[i]!
-      let line = `${prefix}${le[i]}"} ${cumulative}`
+      text += `${prefix}${le[i]}"} ${cumulative}`
       const trace = this.exemplarTraces[i]!
-      if (openMetrics && trace !== '') line += exemplar(trace, this.exemplarValues[i]!, this.exemplarAts[i]!)
-      out.push(`${line}\n`)
+      if (openMetrics && trace !== '') text += exemplar(trace, this.exemplarValues[i]!, this.exemplarAts[i]!)
+      text += '\n'
     }
     const b = braces(this.labels)
-    out.push(`${family}_sum${b} ${formatValue(this.sum)}\n${family}_count${b} ${this.count}\n`)
+    return flat(`${text}${family}_sum${b} ${formatValue(this.sum)}\n${family}_count${b} ${this.count}\n`)
   }
 }
 
