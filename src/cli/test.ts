@@ -3,7 +3,7 @@
 // evidence: rule tests exercise classification and policy, not cryptography.
 import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
-import { z } from 'zod'
+import * as z from 'zod/mini'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
 import type { Config } from '../config/schema.ts'
@@ -20,46 +20,51 @@ import type { Out } from './check.ts'
 const stringList = z.union([z.string(), z.array(z.string())])
 
 export const ruleTestFileSchema = z.strictObject({
-  config: z.string().min(1).meta({ description: 'config file, relative to this test file' }),
+  config: z.string().check(z.minLength(1)).register(z.globalRegistry, {
+    description: 'config file, relative to this test file',
+  }),
   tests: z.array(
     z.strictObject({
-      name: z.string().min(1),
-      request: z
-        .strictObject({
-          method: z.string().default('GET'),
-          path: z.string().default('/'),
-          headers: z.record(z.string(), z.string()).default({}),
-          remoteAddr: z.string().default('127.0.0.1'),
-          userAgent: z.string().optional(),
+      name: z.string().check(z.minLength(1)),
+      request: z.prefault(
+        z.strictObject({
+          method: z._default(z.string(), 'GET'),
+          path: z._default(z.string(), '/'),
+          headers: z._default(z.record(z.string(), z.string()), {}),
+          remoteAddr: z._default(z.string(), '127.0.0.1'),
+          userAgent: z.optional(z.string()),
           /** verified token claims: iss, sub, and any other claim (nested objects allowed) */
-          jwt: z.looseObject({ iss: z.string() }).optional(),
-          cert: z
-            .strictObject({
-              spiffe: z.string().optional(),
-              uri: stringList.optional(),
-              dns: stringList.optional(),
-              subject: z.string().optional(),
-              sha256: z.string().optional(),
+          jwt: z.optional(z.looseObject({ iss: z.string() })),
+          cert: z.optional(
+            z.strictObject({
+              spiffe: z.optional(z.string()),
+              uri: z.optional(stringList),
+              dns: z.optional(stringList),
+              subject: z.optional(z.string()),
+              sha256: z.optional(z.string()),
               /** as forwarded by a trusted proxy (XFCC) instead of presented over mTLS */
-              forwarded: z.boolean().default(false),
-              verified: z.boolean().default(true),
-            })
-            .optional(),
-          apiKey: z.string().optional().meta({ description: 'name of a configured api key' }),
-        })
-        .prefault({}),
+              forwarded: z._default(z.boolean(), false),
+              verified: z._default(z.boolean(), true),
+            }),
+          ),
+          apiKey: z
+            .optional(z.string())
+            .register(z.globalRegistry, { description: 'name of a configured api key' }),
+        }),
+        {},
+      ),
       expect: z.strictObject({
-        identity: z.string().optional(),
-        kind: z.enum(KINDS).optional(),
-        verified: z.boolean().optional(),
-        source: z.enum(SOURCES).optional(),
-        team: z.string().optional(),
-        zone: z.string().optional(),
+        identity: z.optional(z.string()),
+        kind: z.optional(z.enum(KINDS)),
+        verified: z.optional(z.boolean()),
+        source: z.optional(z.enum(SOURCES)),
+        team: z.optional(z.string()),
+        zone: z.optional(z.string()),
         /** identity rule that matched, e.g. "ci-jobs" or "builtin:useragent" */
-        rule: z.string().optional(),
-        decision: z.enum(['allow', 'deny', 'would_deny']).optional(),
+        rule: z.optional(z.string()),
+        decision: z.optional(z.enum(['allow', 'deny', 'would_deny'])),
         /** policy rule that decided */
-        policyRule: z.string().optional(),
+        policyRule: z.optional(z.string()),
       }),
     }),
   ),

@@ -1,220 +1,253 @@
 // The one config schema (SPEC §4). The loader validates with it, `nhi-proxy schema` prints its JSON Schema,
 // and every module reads the parsed, defaulted `Config` type from it. Unknown keys are errors everywhere.
 import { hostname } from 'node:os'
-import { z } from 'zod'
+import * as z from 'zod/mini'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, KINDS, PROFILE_NAMES } from '../types.ts'
 import { parseDuration } from '../util/duration.ts'
 
+// zod/mini, not zod: the same validation as functions rather than methods, so a bundle keeps only what is
+// used. The full package put 460 KB (every one of its locales) on the sidecar's startup path, some 45 ms of
+// its cold start. The English messages are installed where diagnostics are made (yaml-schema.ts).
+
+/** For the JSON Schema. Registers the schema itself, not a copy: pass it where it is made, never a reused one. */
+function described<T extends z.ZodMiniType>(schema: T, description: string): T {
+  z.globalRegistry.add(schema, { description })
+  return schema
+}
+
 /** "30s" | "5m" | 10 (seconds) → milliseconds */
-export const duration = z
-  .union([z.string(), z.number().nonnegative()])
-  .transform((v, ctx) => {
-    const ms = parseDuration(v)
-    if (ms === undefined) {
-      ctx.addIssue({ code: 'custom', message: `invalid duration "${v}" (use e.g. 500ms, 30s, 5m, 24h, 7d)` })
-      return z.NEVER
-    }
-    return ms
-  })
-  .meta({ description: 'Duration such as 500ms, 30s, 5m, 24h, 7d, or a number of seconds' })
+export const duration = described(
+  z.pipe(
+    z.union([z.string(), z.number().check(z.nonnegative())]),
+    z.transform((v: string | number, ctx) => {
+      const ms = parseDuration(v)
+      if (ms === undefined) {
+        ctx.issues.push({
+          code: 'custom',
+          message: `invalid duration "${v}" (use e.g. 500ms, 30s, 5m, 24h, 7d)`,
+          input: v,
+        })
+        return z.NEVER
+      }
+      return ms
+    }),
+  ),
+  'Duration such as 500ms, 30s, 5m, 24h, 7d, or a number of seconds',
+)
 
 /** host:port, [v6]:port or :port */
 export const address = z
   .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/, 'expected HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080')
+  .check(
+    z.regex(
+      /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/,
+      'expected HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080',
+    ),
+  )
 
 export const kind = z.enum(KINDS)
 
-export const matchSchema = z
-  .strictObject({
-    spiffe: z
-      .string()
-      .optional()
-      .meta({ description: 'SPIFFE ID pattern, e.g. spiffe://cluster.local/ns/{ns}/sa/{sa}' }),
-    jwt: z
-      .strictObject({
-        issuer: z.string().optional(),
-        claims: z.record(z.string(), z.string()).optional(),
-      })
-      .optional(),
-    cert: z
-      .strictObject({
-        subject: z.string().optional(),
-        san: z.string().optional(),
-        sha256: z.string().optional(),
-      })
-      .optional(),
-    apiKey: z.string().optional().meta({ description: 'name of a configured api key (pattern)' }),
-    header: z.record(z.string(), z.string()).optional(),
-    userAgent: z
-      .string()
-      .optional()
-      .meta({ description: 'pattern, or builtin:bots | builtin:agents | builtin:browsers' }),
-    remoteAddr: z.array(z.string()).optional().meta({ description: 'CIDRs' }),
-    path: z.string().optional(),
-    method: z.union([z.string(), z.array(z.string())]).optional(),
-    verified: z.boolean().optional(),
-    source: z.enum(['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous']).optional(),
-  })
-  .meta({ description: 'All listed conditions must hold' })
+const positiveInt = z.number().check(z.int(), z.positive())
+
+export const matchSchema = described(
+  z.strictObject({
+    spiffe: described(
+      z.optional(z.string()),
+      'SPIFFE ID pattern, e.g. spiffe://cluster.local/ns/{ns}/sa/{sa}',
+    ),
+    jwt: z.optional(
+      z.strictObject({
+        issuer: z.optional(z.string()),
+        claims: z.optional(z.record(z.string(), z.string())),
+      }),
+    ),
+    cert: z.optional(
+      z.strictObject({
+        subject: z.optional(z.string()),
+        san: z.optional(z.string()),
+        sha256: z.optional(z.string()),
+      }),
+    ),
+    apiKey: described(z.optional(z.string()), 'name of a configured api key (pattern)'),
+    header: z.optional(z.record(z.string(), z.string())),
+    userAgent: described(
+      z.optional(z.string()),
+      'pattern, or builtin:bots | builtin:agents | builtin:browsers',
+    ),
+    remoteAddr: described(z.optional(z.array(z.string())), 'CIDRs'),
+    path: z.optional(z.string()),
+    method: z.optional(z.union([z.string(), z.array(z.string())])),
+    verified: z.optional(z.boolean()),
+    source: z.optional(z.enum(['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous'])),
+  }),
+  'All listed conditions must hold',
+)
 
 export const identityRuleSchema = z.strictObject({
-  name: z.string().min(1).meta({ description: 'identity name template; {captures} from match patterns' }),
-  rule: z.string().optional().meta({ description: 'rule name shown in metrics/audit (default: "rule-<n>")' }),
-  kind: kind.optional(),
-  team: z.string().optional(),
-  zone: z.string().optional(),
-  expectEvery: duration.optional(),
-  match: matchSchema.prefault({}),
+  name: described(z.string().check(z.minLength(1)), 'identity name template; {captures} from match patterns'),
+  rule: described(z.optional(z.string()), 'rule name shown in metrics/audit (default: "rule-<n>")'),
+  kind: z.optional(kind),
+  team: z.optional(z.string()),
+  zone: z.optional(z.string()),
+  expectEvery: z.optional(duration),
+  match: z.prefault(matchSchema, {}),
 })
 
 export const issuerSchema = z.strictObject({
-  issuer: z.string().min(1),
-  profile: z.enum(PROFILE_NAMES).optional(),
-  jwksUri: z.url().optional(),
-  jwksFile: z.string().optional(),
-  discovery: z.boolean().optional(),
+  issuer: z.string().check(z.minLength(1)),
+  profile: z.optional(z.enum(PROFILE_NAMES)),
+  jwksUri: z.optional(z.url()),
+  jwksFile: z.optional(z.string()),
+  discovery: z.optional(z.boolean()),
   /** HS* shared secret (file path); HS algorithms are only allowed when this is set */
-  secretFile: z.string().optional(),
-  audiences: z.array(z.string()).optional(),
-  algorithms: z.array(z.enum([...ASYMMETRIC_ALGORITHMS, ...HMAC_ALGORITHMS])).optional(),
-  caFile: z.string().optional(),
-  bearerTokenFile: z.string().optional(),
+  secretFile: z.optional(z.string()),
+  audiences: z.optional(z.array(z.string())),
+  algorithms: z.optional(z.array(z.enum([...ASYMMETRIC_ALGORITHMS, ...HMAC_ALGORITHMS]))),
+  caFile: z.optional(z.string()),
+  bearerTokenFile: z.optional(z.string()),
   /** how often to refresh a remote key set even without an unknown kid */
-  refreshInterval: duration.optional(),
+  refreshInterval: z.optional(duration),
 })
 
 export const policyRuleSchema = z.strictObject({
-  name: z.string().optional(),
-  route: z.string().min(1).meta({ description: 'path pattern: * one segment, ** the rest' }),
-  methods: z.array(z.string()).optional(),
+  name: z.optional(z.string()),
+  route: described(z.string().check(z.minLength(1)), 'path pattern: * one segment, ** the rest'),
+  methods: z.optional(z.array(z.string())),
   allow: z.array(
     z.strictObject({
-      identity: z.string().optional(),
-      kind: kind.optional(),
-      team: z.string().optional(),
-      verified: z.boolean().optional(),
+      identity: z.optional(z.string()),
+      kind: z.optional(kind),
+      team: z.optional(z.string()),
+      verified: z.optional(z.boolean()),
     }),
   ),
 })
 
 export const configSchema = z.strictObject({
-  service: z
-    .string()
-    .min(1)
-    .default(() => process.env['NHI_SERVICE'] || hostname()),
-  listen: z
-    .strictObject({
-      http: address.default('0.0.0.0:8080'),
-      https: z
-        .strictObject({
-          address: address.default('0.0.0.0:8443'),
+  service: z._default(z.string().check(z.minLength(1)), () => process.env['NHI_SERVICE'] || hostname()),
+  listen: z.prefault(
+    z.strictObject({
+      http: z._default(address, '0.0.0.0:8080'),
+      https: z.optional(
+        z.strictObject({
+          address: z._default(address, '0.0.0.0:8443'),
           cert: z.string(),
           key: z.string(),
-          clientCA: z.string().optional(),
-          clientCert: z.enum(['optional', 'required']).default('optional'),
-        })
-        .optional(),
-    })
-    .prefault({}),
-  upstream: z.url().default('http://127.0.0.1:3000'),
-  admin: address.default('0.0.0.0:9464'),
-  timeouts: z
-    .strictObject({
-      upstream: duration.default(30_000).meta({ description: 'upstream response headers deadline → 504' }),
-      headers: duration.default(10_000).meta({ description: 'client must send headers within this' }),
-      request: duration
-        .default(300_000)
-        .meta({ description: 'client must send the whole request within this' }),
-      idle: duration
-        .default(65_000)
-        .meta({ description: 'idle keep-alive connections are closed after this' }),
-      drain: duration.default(15_000).meta({ description: 'on SIGTERM, in-flight requests get this long' }),
-    })
-    .prefault({}),
-  limits: z
-    .strictObject({
-      maxHeaderBytes: z.number().int().positive().default(16_384),
-      maxConnections: z.number().int().positive().default(10_000),
-    })
-    .prefault({}),
-  forwardedClientCert: z
-    .strictObject({
-      trustedProxies: z.array(z.string()).default([]),
-      toUpstream: z.enum(['sanitize', 'sanitize_set', 'forward']).default('sanitize_set'),
-    })
-    .prefault({}),
-  jwt: z
-    .strictObject({
-      issuers: z.array(issuerSchema).default([]),
-      clockSkew: duration.default(30_000),
-      onInvalid: z.enum(['attribute', 'reject']).default('attribute'),
-      cacheSize: z.number().int().positive().default(10_000),
-      unknownKidCooldown: duration.default(30_000).meta({
-        description: 'a token with an unknown kid triggers a key refetch at most this often per issuer',
-      }),
-    })
-    .prefault({}),
-  apiKeys: z
-    .strictObject({
-      header: z.string().default('x-api-key'),
-      keys: z
-        .array(
+          clientCA: z.optional(z.string()),
+          clientCert: z._default(z.enum(['optional', 'required']), 'optional'),
+        }),
+      ),
+    }),
+    {},
+  ),
+  upstream: z._default(z.url(), 'http://127.0.0.1:3000'),
+  admin: z._default(address, '0.0.0.0:9464'),
+  timeouts: z.prefault(
+    z.strictObject({
+      upstream: described(z._default(duration, 30_000), 'upstream response headers deadline → 504'),
+      headers: described(z._default(duration, 10_000), 'client must send headers within this'),
+      request: described(z._default(duration, 300_000), 'client must send the whole request within this'),
+      idle: described(z._default(duration, 65_000), 'idle keep-alive connections are closed after this'),
+      drain: described(z._default(duration, 15_000), 'on SIGTERM, in-flight requests get this long'),
+    }),
+    {},
+  ),
+  limits: z.prefault(
+    z.strictObject({
+      maxHeaderBytes: z._default(positiveInt, 16_384),
+      maxConnections: z._default(positiveInt, 10_000),
+    }),
+    {},
+  ),
+  forwardedClientCert: z.prefault(
+    z.strictObject({
+      trustedProxies: z._default(z.array(z.string()), []),
+      toUpstream: z._default(z.enum(['sanitize', 'sanitize_set', 'forward']), 'sanitize_set'),
+    }),
+    {},
+  ),
+  jwt: z.prefault(
+    z.strictObject({
+      issuers: z._default(z.array(issuerSchema), []),
+      clockSkew: z._default(duration, 30_000),
+      onInvalid: z._default(z.enum(['attribute', 'reject']), 'attribute'),
+      cacheSize: z._default(positiveInt, 10_000),
+      unknownKidCooldown: described(
+        z._default(duration, 30_000),
+        'a token with an unknown kid triggers a key refetch at most this often per issuer',
+      ),
+    }),
+    {},
+  ),
+  apiKeys: z.prefault(
+    z.strictObject({
+      header: z._default(z.string(), 'x-api-key'),
+      keys: z._default(
+        z.array(
           z.strictObject({
-            name: z.string().min(1),
-            kind: kind.optional(),
-            team: z.string().optional(),
-            sha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'expected 64 hex characters (sha256 of the key)'),
+            name: z.string().check(z.minLength(1)),
+            kind: z.optional(kind),
+            team: z.optional(z.string()),
+            sha256: z
+              .string()
+              .check(z.regex(/^[0-9a-fA-F]{64}$/, 'expected 64 hex characters (sha256 of the key)')),
           }),
-        )
-        .default([]),
-    })
-    .prefault({}),
-  identities: z.array(identityRuleSchema).default([]),
-  metrics: z
-    .strictObject({
-      maxIdentities: z.number().int().positive().default(1000),
-      routes: z.array(z.string()).default([]),
-      buckets: z
-        .array(z.number().positive())
-        .default([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]),
-      idleTtl: duration.default(3_600_000),
-    })
-    .prefault({}),
-  cost: z
-    .strictObject({
-      currency: z.string().default('USD'),
-      perRequest: z.number().nonnegative().default(0),
-      perGiB: z.number().nonnegative().default(0),
-      perUpstreamSecond: z.number().nonnegative().default(0),
-    })
-    .optional(),
-  audit: z
-    .strictObject({
-      output: z.string().default('stdout').meta({ description: 'stdout | file path | off' }),
-      sample: z.number().min(0).max(1).default(1),
+        ),
+        [],
+      ),
+    }),
+    {},
+  ),
+  identities: z._default(z.array(identityRuleSchema), []),
+  metrics: z.prefault(
+    z.strictObject({
+      maxIdentities: z._default(positiveInt, 1000),
+      routes: z._default(z.array(z.string()), []),
+      buckets: z._default(
+        z.array(z.number().check(z.positive())),
+        [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      ),
+      idleTtl: z._default(duration, 3_600_000),
+    }),
+    {},
+  ),
+  cost: z.optional(
+    z.strictObject({
+      currency: z._default(z.string(), 'USD'),
+      perRequest: z._default(z.number().check(z.nonnegative()), 0),
+      perGiB: z._default(z.number().check(z.nonnegative()), 0),
+      perUpstreamSecond: z._default(z.number().check(z.nonnegative()), 0),
+    }),
+  ),
+  audit: z.prefault(
+    z.strictObject({
+      output: described(z._default(z.string(), 'stdout'), 'stdout | file path | off'),
+      sample: z._default(z.number().check(z.minimum(0), z.maximum(1)), 1),
       // Every event in the ring outlives a young-generation GC or two and is promoted: at 10,000 the ring alone
       // cost ≈ 10 % of the proxy's CPU at 3,500 req/s. 1,000 keeps the live view's click-through working;
       // the audit trail (output) is the complete record.
-      ringSize: z.number().int().positive().default(1_000),
-    })
-    .prefault({}),
-  anomalies: z
-    .strictObject({
-      tokenSharedPeers: z.number().int().positive().default(3),
-      tokenSharedWindow: duration.default(300_000),
-      requireCertTokenMatch: z
-        .boolean()
-        .default(false)
-        .meta({ description: 'identity_mismatch when the cert and token identities disagree' }),
-    })
-    .prefault({}),
-  policy: z
-    .strictObject({
-      mode: z.enum(['off', 'observe', 'enforce']).default('off'),
-      rules: z.array(policyRuleSchema).default([]),
-    })
-    .prefault({}),
+      ringSize: z._default(positiveInt, 1_000),
+    }),
+    {},
+  ),
+  anomalies: z.prefault(
+    z.strictObject({
+      tokenSharedPeers: z._default(positiveInt, 3),
+      tokenSharedWindow: z._default(duration, 300_000),
+      requireCertTokenMatch: described(
+        z._default(z.boolean(), false),
+        'identity_mismatch when the cert and token identities disagree',
+      ),
+    }),
+    {},
+  ),
+  policy: z.prefault(
+    z.strictObject({
+      mode: z._default(z.enum(['off', 'observe', 'enforce']), 'off'),
+      rules: z._default(z.array(policyRuleSchema), []),
+    }),
+    {},
+  ),
 })
 
 /** Parsed, defaulted config; durations are milliseconds. */

@@ -1,8 +1,13 @@
 // YAML text → value validated by a zod schema, with every problem mapped back to FILE:LINE:COL.
 // Used for the config file and for rule-test files, so both report errors the same way.
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from 'yaml'
-import type { z } from 'zod'
+import { en } from 'zod/locales'
+import * as z from 'zod/mini'
 import { type Diagnostic, nearest, type Severity } from './diagnostics.ts'
+
+// zod/mini reports every issue as "Invalid input"; the messages below quote zod's English ones and rewrite
+// some by their wording. Imported by name, so a bundle keeps only this one of zod's locales.
+z.config(en())
 
 export type PathKey = string | number
 export type Path = readonly PathKey[]
@@ -36,7 +41,7 @@ function unwrap(def: ZodDefLike): ZodDefLike {
   return d
 }
 
-function defAt(schema: z.ZodType, path: Path): ZodDefLike | undefined {
+function defAt(schema: z.ZodMiniType, path: Path): ZodDefLike | undefined {
   let def: ZodDefLike | undefined = unwrap((schema as unknown as { _zod: { def: ZodDefLike } })._zod.def)
   for (const key of path) {
     if (!def) return undefined
@@ -54,7 +59,7 @@ function defAt(schema: z.ZodType, path: Path): ZodDefLike | undefined {
 }
 
 /** The keys a strict object accepts at `path` in `schema`. */
-export function allowedKeys(schema: z.ZodType, path: Path): string[] {
+export function allowedKeys(schema: z.ZodMiniType, path: Path): string[] {
   const def = defAt(schema, path)
   return def?.type === 'object' && def.shape ? Object.keys(def.shape) : []
 }
@@ -69,7 +74,7 @@ function describeReceived(message: string): string {
   return message.replace(/^Invalid input: /, '').replace(/^Invalid option: /, '')
 }
 
-export function parseYamlWith<S extends z.ZodType>(
+export function parseYamlWith<S extends z.ZodMiniType>(
   text: string,
   file: string,
   schema: S,
