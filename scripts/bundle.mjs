@@ -2,17 +2,22 @@
 // A few files instead of some hundreds of ES modules take roughly a third off the time from `node` to
 // the first proxied request (module resolution and loading dominate a sidecar's cold start). Code that
 // `run` does not need (demo, rule tests, explain, the full HTTP client) goes to chunks loaded on demand.
-import { readFileSync } from 'node:fs'
+import { readFileSync, rmSync } from 'node:fs'
+import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'))
 
+const outdir = process.env.NHI_BUNDLE_OUTDIR ?? 'dist'
+// chunk names carry content hashes: without this, every build would leave the previous build's chunks behind
+rmSync(resolve(root, outdir, 'chunks'), { recursive: true, force: true })
+
 await build({
   absWorkingDir: root,
   entryPoints: { 'nhi-proxy': 'src/cli/main.ts' },
-  outdir: process.env.NHI_BUNDLE_OUTDIR ?? 'dist',
+  outdir,
   outExtension: { '.js': '.mjs' },
   chunkNames: 'chunks/[name]-[hash]',
   splitting: true,
