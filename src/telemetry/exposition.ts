@@ -58,63 +58,70 @@ export function writeHeader(out: string[], family: FamilyInfo, openMetrics: bool
   out.push(`# HELP ${name} ${escapeHelp(family.help)}\n# TYPE ${name} ${family.type}\n`)
 }
 
-/**
- * The text a series rendered at the last scrape, kept until the series changes: most identities are idle
- * between two scrapes, and re-rendering an unchanged histogram is most of a scrape's cost. One format is
- * kept (a Prometheus server scrapes in one format), so the cache never holds more than one scrape body.
- */
 const NOT_RENDERED = 0
 const RENDERED_TEXT = 1
 const RENDERED_OPENMETRICS = 2
 
-function renderedFormat(openMetrics: boolean): number {
-  return openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
-}
-
 /**
- * Concatenation builds a tree of string pieces; reading one character makes V8 flatten it in place, so
- * the scrape's final join copies one piece per series instead of walking every tree again.
+ * A series that keeps the text it rendered at the last scrape until it changes: most identities are idle
+ * between two scrapes, and re-rendering an unchanged histogram is most of a scrape's cost. One format is
+ * kept (a Prometheus server scrapes in one format), so the cache never holds more than one scrape body.
  */
-function flat(text: string): string {
-  text.charCodeAt(0)
-  return text
+abstract class RenderedSeries {
+  private rendered = ''
+  private renderedAs = NOT_RENDERED
+
+  /** every update calls this, so the next scrape renders again */
+  protected changed(): void {
+    this.renderedAs = NOT_RENDERED
+  }
+
+  write(out: string[], family: string, openMetrics: boolean): void {
+    const format = openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
+    if (this.renderedAs !== format) {
+      const text = this.render(family, openMetrics)
+      // Concatenation builds a tree of string pieces; reading one character makes V8 flatten it in place,
+      // so the scrape's final join copies one piece per series instead of walking every tree again.
+      text.charCodeAt(0)
+      this.rendered = text
+      this.renderedAs = format
+    }
+    out.push(this.rendered)
+  }
+
+  protected abstract render(family: string, openMetrics: boolean): string
 }
 
 /** A counter series; keeps the trace id of its latest increment as the OpenMetrics exemplar. */
-export class CounterSeries {
+export class CounterSeries extends RenderedSeries {
   value = 0
   private exemplarTrace = ''
   private exemplarValue = 0
   private exemplarAt = 0
-  private rendered = ''
-  private renderedAs = NOT_RENDERED
 
-  constructor(readonly labels: string) {}
+  constructor(readonly labels: string) {
+    super()
+  }
 
   inc(amount: number): void {
     this.value += amount
-    this.renderedAs = NOT_RENDERED
+    this.changed()
   }
 
   incWithExemplar(amount: number, traceId: string, atMs: number): void {
     this.value += amount
-    this.renderedAs = NOT_RENDERED
+    this.changed()
     if (traceId === '') return
     this.exemplarTrace = traceId
     this.exemplarValue = amount
     this.exemplarAt = atMs
   }
 
-  write(out: string[], family: string, openMetrics: boolean): void {
-    const format = renderedFormat(openMetrics)
-    if (this.renderedAs !== format) {
-      let line = `${family}_total${braces(this.labels)} ${formatValue(this.value)}`
-      if (openMetrics && this.exemplarTrace !== '')
-        line += exemplar(this.exemplarTrace, this.exemplarValue, this.exemplarAt)
-      this.rendered = `${line}\n`
-      this.renderedAs = format
-    }
-    out.push(this.rendered)
+  protected render(family: string, openMetrics: boolean): string {
+    let line = `${family}_total${braces(this.labels)} ${formatValue(this.value)}`
+    if (openMetrics && this.exemplarTrace !== '')
+      line += exemplar(this.exemplarTrace, this.exemplarValue, this.exemplarAt)
+    return `${line}\n`
   }
 }
 
@@ -128,20 +135,19 @@ export class Buckets {
 }
 
 /** A histogram series: per-bucket counts (not cumulative until rendered) and one exemplar per bucket. */
-export class HistogramSeries {
+export class HistogramSeries extends RenderedSeries {
   private readonly counts: Float64Array
   private readonly exemplarTraces: string[]
   private readonly exemplarValues: Float64Array
   private readonly exemplarAts: Float64Array
   sum = 0
   count = 0
-  private rendered = ''
-  private renderedAs = NOT_RENDERED
 
   constructor(
     readonly labels: string,
     private readonly buckets: Buckets,
   ) {
+    super()
     const n = buckets.le.length
     this.counts = new Float64Array(n)
     this.exemplarTraces = new Array<string>(n).fill('')
@@ -156,7 +162,7 @@ export class HistogramSeries {
     this.counts[i]!++
     this.sum += value
     this.count++
-    this.renderedAs = NOT_RENDERED
+    this.changed()
     if (traceId !== '') {
       this.exemplarTraces[i] = traceId
       this.exemplarValues[i] = value
@@ -164,16 +170,7 @@ export class HistogramSeries {
     }
   }
 
-  write(out: string[], family: string, openMetrics: boolean): void {
-    const format = renderedFormat(openMetrics)
-    if (this.renderedAs !== format) {
-      this.rendered = this.render(family, openMetrics)
-      this.renderedAs = format
-    }
-    out.push(this.rendered)
-  }
-
-  private render(family: string, openMetrics: boolean): string {
+  protected render(family: string, openMetrics: boolean): string {
     const le = this.buckets.le
     const prefix = this.labels === '' ? `${family}_bucket{le="` : `${family}_bucket{${this.labels},le="`
     let text = ''
@@ -186,7 +183,7 @@ export class HistogramSeries {
       text += '\n'
     }
     const b = braces(this.labels)
-    return flat(`${text}${family}_sum${b} ${formatValue(this.sum)}\n${family}_count${b} ${this.count}\n`)
+    return `${text}${family}_sum${b} ${formatValue(this.sum)}\n${family}_count${b} ${this.count}\n`
   }
 }
 
