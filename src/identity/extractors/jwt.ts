@@ -13,13 +13,7 @@ import type {
 } from '../../types.ts'
 import { sha256Hex } from '../../util/fingerprint.ts'
 import type { JwksObserver } from '../jwt/jwks.ts'
-import {
-  bearerToken,
-  MAX_TOKEN_CHARS,
-  peekToken,
-  safeAttributes,
-  type UnverifiedToken,
-} from '../jwt/token.ts'
+import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
 import { IssuerVerifier } from '../jwt/verifier.ts'
 
 export interface JwtExtractorOptions {
@@ -48,9 +42,6 @@ const FAILURE_CACHE_MS = 5_000
 const FINGERPRINT_CHARS = 16
 /** bound on concurrent first-time verifications that share one promise */
 const MAX_INFLIGHT = 10_000
-const BEARER_SPACE = /^bearer /i
-const BEARER_SPACE_LENGTH = 'bearer '.length
-const MAX_HEADER_CHARS = MAX_TOKEN_CHARS + BEARER_SPACE_LENGTH
 const EMBEDDED_KEY_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const
 
 export class JwtExtractor implements Extractor {
@@ -110,10 +101,8 @@ export class JwtExtractor implements Extractor {
     if (typeof auth !== 'string') return undefined
     // Only tokens that passed the Authorization grammar are ever cached, so a hit on the bytes after
     // "Bearer " proves they passed it: the common request skips the grammar's scans of an 800-byte token.
-    const seen =
-      auth.length <= MAX_HEADER_CHARS && BEARER_SPACE.test(auth)
-        ? sha256Hex(auth.slice(BEARER_SPACE_LENGTH))
-        : undefined
+    const candidate = tokenCandidate(auth)
+    const seen = candidate === undefined ? undefined : sha256Hex(candidate)
     if (seen !== undefined) {
       const cached = this.cache.get(seen)
       if (cached) return cached
