@@ -8,8 +8,8 @@ import { join } from 'node:path'
 import { Pool } from 'undici'
 import { parseMetrics } from '../../test/helpers/metrics.ts'
 import { type MachineInfo, machineInfo, type Target } from './harness.ts'
-import { startNhi, startPlainUpstream } from './nhi.ts'
-import { freePort, rssBytes, type ServerProcess, stopAll } from './procs.ts'
+import { startNhiWithUpstream } from './nhi.ts'
+import { rssBytes, type ServerProcess, stopAll } from './procs.ts'
 import { Minter, newSigningMaterial } from './tokens.ts'
 
 export interface MemoryOptions {
@@ -102,25 +102,14 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
   const key = newSigningMaterial('ES256', 'bench-memory')
   const minter = new Minter(key, { identities: tokenCount, exp: Math.floor(Date.now() / 1000) + 86_400 }, 1)
   try {
-    const jwksFile = join(dir, 'jwks.json')
-    await writeFile(jwksFile, JSON.stringify({ keys: [key.publicJwk] }))
-    const upstreamUrl = await startPlainUpstream(procs)
-    const port = await freePort()
-    const adminPort = await freePort()
-    const nhi = await startNhi(
+    const { nhi, port, adminPort } = await startNhiWithUpstream(
       'nhi-memory',
       dir,
-      {
-        port,
-        adminPort,
-        upstream: upstreamUrl,
-        jwksFile,
-        trustedProxies: ['127.0.0.1/32'],
-        maxIdentities,
-      },
+      procs,
+      [key.publicJwk],
+      { maxIdentities },
       { dist: opts.dist === true },
     )
-    procs.push(nhi)
     const adminUrl = `http://127.0.0.1:${adminPort}`
     const pool = new Pool(`http://127.0.0.1:${port}`, { connections: CONCURRENCY })
 

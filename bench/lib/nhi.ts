@@ -133,3 +133,30 @@ export async function startPlainUpstream(procs: ServerProcess[]): Promise<string
   await waitForPorts(upstream, [port])
   return `http://127.0.0.1:${port}`
 }
+
+/**
+ * One nhi-proxy in front of the plain upstream, on fresh ports, with `publicJwks` as its key set and XFCC
+ * trusted from loopback: the setup the memory bench and the soak share. Both processes join `procs`.
+ */
+export async function startNhiWithUpstream(
+  name: string,
+  dir: string,
+  procs: ServerProcess[],
+  publicJwks: readonly unknown[],
+  cfg: Pick<NhiConfigOptions, 'maxIdentities'> = {},
+  launch: NhiLaunch = {},
+): Promise<{ nhi: ServerProcess; port: number; adminPort: number }> {
+  const jwksFile = join(dir, 'jwks.json')
+  await writeFile(jwksFile, JSON.stringify({ keys: publicJwks }))
+  const upstream = await startPlainUpstream(procs)
+  const port = await freePort()
+  const adminPort = await freePort()
+  const nhi = await startNhi(
+    name,
+    dir,
+    { ...cfg, port, adminPort, upstream, jwksFile, trustedProxies: ['127.0.0.1/32'] },
+    launch,
+  )
+  procs.push(nhi)
+  return { nhi, port, adminPort }
+}

@@ -1,13 +1,13 @@
 // Soak: mixed identities and faults at a steady rate through nhi-proxy for a long time, watching RSS and
 // event-loop delay (bench/lag-probe.ts inside the proxy process) for growth.
 import { createHash } from 'node:crypto'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
 import { BROWSER_UA, type MachineInfo, machineInfo } from './harness.ts'
-import { startNhi, startPlainUpstream } from './nhi.ts'
-import { freePort, rssBytes, type ServerProcess, stopAll } from './procs.ts'
+import { startNhiWithUpstream } from './nhi.ts'
+import { rssBytes, type ServerProcess, stopAll } from './procs.ts'
 import { tokenSet } from './tokens.ts'
 
 export interface SoakOptions {
@@ -137,25 +137,15 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       tokenSet('rotating', 'RS256', 1_000, 100),
       tokenSet('soak-fresh', 'RS256', 20_000, 100),
     ])
-    const jwksFile = join(dir, 'jwks.json')
-    await writeFile(jwksFile, JSON.stringify({ keys: [cached.key.publicJwk, fresh.key.publicJwk] }))
-    const upstreamUrl = await startPlainUpstream(procs)
-    const port = await freePort()
-    const adminPort = await freePort()
     const lagFile = join(dir, 'lag.jsonl')
-    const nhi = await startNhi(
+    const { nhi, port } = await startNhiWithUpstream(
       'nhi-soak',
       dir,
-      {
-        port,
-        adminPort,
-        upstream: upstreamUrl,
-        jwksFile,
-        trustedProxies: ['127.0.0.1/32'],
-      },
+      procs,
+      [cached.key.publicJwk, fresh.key.publicJwk],
+      {},
       { lagFile },
     )
-    procs.push(nhi)
 
     const mix = trafficMix(cached.tokens, fresh.tokens)
     const wheel: ((n: number) => Shot)[] = []
