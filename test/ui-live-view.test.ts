@@ -33,6 +33,8 @@ const MORE: Identity[] = [
   }),
 ]
 const EVERYONE = [...SAMPLE_IDENTITIES, ...MORE]
+// Not part of the random traffic: its failures are recorded once, so its badge is known.
+const FAILING_JOB = identity('ci/acme/flaky-deploy', { kind: 'job', source: 'jwt', verified: true })
 const PATHS = ['/api/v1/orders/42', '/api/v1/orders/7', '/healthz', '/api/v1/cart', '/admin/users']
 
 function traffic(telemetry: Telemetry, n: number): void {
@@ -70,6 +72,7 @@ t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) =
   )
   const url = await startAdmin(t, telemetry)
   traffic(telemetry, 200)
+  for (let i = 0; i < 3; i++) telemetry.record(requestEvent({ identity: FAILING_JOB, status: 503 }))
   let feeder = setInterval(() => traffic(telemetry, 8), 100)
   t.teardown(() => clearInterval(feeder))
 
@@ -85,15 +88,24 @@ t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) =
   await page.waitForFunction(
     (names) =>
       names.every((n) => document.querySelector(`#identity-rows tr[data-identity="${CSS.escape(n)}"]`)),
-    EVERYONE.map((who) => who.name),
+    [...EVERYONE, FAILING_JOB].map((who) => who.name),
   )
-  const rows = await page
-    .locator('#identity-rows tr')
-    .evaluateAll((trs) =>
-      trs.map((tr) => [tr.getAttribute('data-identity'), tr.querySelector('.badge')?.textContent]),
-    )
+  const rows = await page.locator('#identity-rows tr').evaluateAll((trs) =>
+    // a job's name cell can carry its own "N failing"/"overdue" badge, so read the kind column's badge
+    trs.map((tr) => [
+      tr.getAttribute('data-identity'),
+      tr.querySelector('td:nth-child(2) .badge')?.textContent,
+    ]),
+  )
   const kinds = new Map(rows as [string, string][])
-  for (const who of EVERYONE) t.equal(kinds.get(who.name), who.kind, `${who.name} is listed as ${who.kind}`)
+  for (const who of [...EVERYONE, FAILING_JOB]) {
+    t.equal(kinds.get(who.name), who.kind, `${who.name} is listed as ${who.kind}`)
+  }
+  t.equal(
+    await page.locator(`#identity-rows tr[data-identity="${FAILING_JOB.name}"] td.name .badge`).textContent(),
+    '3 failing',
+    'a job whose last three runs failed carries a "3 failing" badge',
+  )
 
   // the trust-boundary graph renders callers in all three groups with edges to the service
   await page.waitForSelector('#graph svg path.edge')
