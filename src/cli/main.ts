@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { StartupError, startSidecar } from '../runtime.ts'
+import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { VERSION } from '../version.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
@@ -89,6 +90,7 @@ SIGTERM drains in-flight requests for up to timeouts.drain, then exits 0.`,
   )
   .action(async (o: { config?: string; listen?: string; upstream?: string; admin?: string }) => {
     const log = operationalLogger()
+    tuneHeapGrowth()
     try {
       const sidecar = await startSidecar({
         configPath: o.config ?? process.env['NHI_PROXY_CONFIG'],
