@@ -34,8 +34,14 @@ export interface AnomalyDetectorOptions {
 
 interface TokenPeers {
   windowStart: number
-  peers: Set<string>
+  /** nearly every token is only ever used by one peer: a Set is made when a second one shows up */
+  first: string
+  others: Set<string> | undefined
   reported: boolean
+}
+
+function peerCount(p: TokenPeers): number {
+  return p.others === undefined ? 1 : p.others.size + 1
 }
 
 export class AnomalyDetector {
@@ -59,7 +65,8 @@ export class AnomalyDetector {
 
   /** Distinct peers remembered for one token fingerprint in its current window. */
   peersOf(fingerprint: string): number {
-    return this.tokens.peek(fingerprint)?.peers.size ?? 0
+    const entry = this.tokens.peek(fingerprint)
+    return entry === undefined ? 0 : peerCount(entry)
   }
 
   /** NEW anomalies for this request; the caller appends them to evidence.anomalies. */
@@ -76,13 +83,15 @@ export class AnomalyDetector {
 
   private tokenShared(fp: string, peer: string): boolean {
     const t = this.now()
-    let entry = this.tokens.get(fp)
+    const entry = this.tokens.get(fp)
     if (!entry || t - entry.windowStart > this.cfg.tokenSharedWindow) {
-      entry = { windowStart: t, peers: new Set(), reported: false }
-      this.tokens.set(fp, entry)
+      this.tokens.set(fp, { windowStart: t, first: peer, others: undefined, reported: false })
+      return false
     }
-    if (entry.peers.size < this.maxPeers) entry.peers.add(peer)
-    if (!entry.reported && entry.peers.size > this.cfg.tokenSharedPeers) {
+    if (peer === entry.first) return false
+    if (entry.others === undefined) entry.others = new Set([peer])
+    else if (entry.others.size + 1 < this.maxPeers) entry.others.add(peer)
+    if (!entry.reported && peerCount(entry) > this.cfg.tokenSharedPeers) {
       entry.reported = true
       return true
     }
