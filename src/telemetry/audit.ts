@@ -4,6 +4,7 @@
 import pino, { type DestinationStream } from 'pino'
 import type { Config } from '../config/schema.ts'
 import type { Identity, RequestEvent } from '../types.ts'
+import { flattened } from '../util/flat.ts'
 
 export interface AuditRecord {
   time: string
@@ -138,8 +139,10 @@ function identityText(id: Identity): IdentityText {
   if (text === undefined) {
     const attrs = id.attributes
     text = {
-      head: `"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)}`,
-      claims: `${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}`,
+      head: flattened(
+        `"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)}`,
+      ),
+      claims: flattened(`${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}`),
     }
     identityTexts.set(id, text)
   }

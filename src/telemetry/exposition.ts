@@ -5,6 +5,8 @@
 // concatenation. Measured at 1,000 identities: ≈ 6× cheaper updates and ≈ 3× faster scrapes than a
 // general-purpose Prometheus client library doing the same work (measured here on prom-client 15).
 
+import { flattened } from '../util/flat.ts'
+
 export const TEXT_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 export const OPENMETRICS_CONTENT_TYPE = 'application/openmetrics-text; version=1.0.0; charset=utf-8'
 
@@ -79,11 +81,8 @@ abstract class RenderedSeries {
   write(out: string[], family: string, openMetrics: boolean): void {
     const format = openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
     if (this.renderedAs !== format) {
-      const text = this.render(family, openMetrics)
-      // Concatenation builds a tree of string pieces; reading one character makes V8 flatten it in place,
-      // so the scrape's final join copies one piece per series instead of walking every tree again.
-      text.charCodeAt(0)
-      this.rendered = text
+      // flat, the scrape's final join copies one piece per series instead of walking every tree again
+      this.rendered = flattened(this.render(family, openMetrics))
       this.renderedAs = format
     }
     out.push(this.rendered)
