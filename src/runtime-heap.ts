@@ -2,7 +2,7 @@
 // A sidecar's live set is small and steady (bounded caches, a bounded identity table), but a stream of new
 // credentials turns cache entries over: each evicted entry is old-generation garbage, and with the default
 // growth the heap, and so RSS, settled at about 2× what was live. Capping growth at 10% over the live set
-// took the 1,000,000-token memory bench from ≈ 230 MB to ≈ 170 MB RSS with no throughput difference that
+// took the 1,000,000-token memory bench from ≈ 230 MB to ≈ 165 MB RSS with no throughput difference that
 // the benchmark could separate from noise (bench/README.md). The flag is read at every collection, so it
 // can be set after start-up.
 import { setFlagsFromString } from 'node:v8'
