@@ -6,7 +6,7 @@ import { dirname, resolve } from 'node:path'
 import * as z from 'zod/mini'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
-import type { Config } from '../config/schema.ts'
+import { type Config, described } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
 import { certEvidenceFromFields } from '../identity/certificate.ts'
 import { classifyUserAgent } from '../identity/useragent.ts'
@@ -20,9 +20,7 @@ import type { Out } from './check.ts'
 const stringList = z.union([z.string(), z.array(z.string())])
 
 export const ruleTestFileSchema = z.strictObject({
-  config: z.string().check(z.minLength(1)).register(z.globalRegistry, {
-    description: 'config file, relative to this test file',
-  }),
+  config: described(z.string().check(z.minLength(1)), 'config file, relative to this test file'),
   tests: z.array(
     z.strictObject({
       name: z.string().check(z.minLength(1)),
@@ -47,9 +45,7 @@ export const ruleTestFileSchema = z.strictObject({
               verified: z._default(z.boolean(), true),
             }),
           ),
-          apiKey: z
-            .optional(z.string())
-            .register(z.globalRegistry, { description: 'name of a configured api key' }),
+          apiKey: described(z.optional(z.string()), 'name of a configured api key'),
         }),
         {},
       ),

@@ -10,7 +10,7 @@ import { parseDuration } from '../util/duration.ts'
 // its cold start. The English messages are installed where diagnostics are made (yaml-schema.ts).
 
 /** For the JSON Schema. Registers the schema itself, not a copy: pass it where it is made, never a reused one. */
-function described<T extends z.ZodMiniType>(schema: T, description: string): T {
+export function described<T extends z.ZodMiniType>(schema: T, description: string): T {
   z.globalRegistry.add(schema, { description })
   return schema
 }
