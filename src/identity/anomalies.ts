@@ -90,7 +90,7 @@ export class AnomalyDetector {
     }
     if (peer === entry.first) return false
     if (entry.others === undefined) entry.others = new Set([peer])
-    else if (entry.others.size + 1 < this.maxPeers) entry.others.add(peer)
+    else if (peerCount(entry) < this.maxPeers) entry.others.add(peer)
     if (!entry.reported && peerCount(entry) > this.cfg.tokenSharedPeers) {
       entry.reported = true
       return true
