@@ -1,7 +1,7 @@
 // identify → classify → decide for one request. One Engine per loaded config; a reload builds a new one and
 // swaps it in between requests, so every request sees exactly one consistent config.
 import type { Config } from './config/schema.ts'
-import { AnomalyDetector, anomaliesFromFailures } from './identity/anomalies.ts'
+import { AnomalyDetector, addFailureAnomalies } from './identity/anomalies.ts'
 import { ApiKeyExtractor } from './identity/extractors/apikey.ts'
 import { JwtExtractor } from './identity/extractors/jwt.ts'
 import { mtlsExtractor } from './identity/extractors/mtls.ts'
@@ -13,7 +13,6 @@ import { compilePolicy, denyResponse, type Policy } from './policy/policy.ts'
 import { compileRules, type RuleSet, type RuleTrace } from './rules/engine.ts'
 import { compileRoutes } from './rules/routes.ts'
 import type {
-  AnomalyType,
   ConnectionInfo,
   Evidence,
   EvidenceSet,
@@ -31,6 +30,10 @@ export interface EngineOptions {
   jwksObserver?: JwksObserver
   now?: () => number
 }
+
+/** requests that are not explained share one empty, frozen trace instead of allocating their own */
+const NO_TRACE = Object.freeze([]) as unknown as RuleTrace[]
+const NO_OPTIONS: { trace?: boolean } = Object.freeze({})
 
 const INVALID_TOKEN_HEADERS = Object.freeze({
   'content-type': 'application/json',
@@ -125,7 +128,11 @@ export class Engine {
     return withHeaderAnomalies(evidence, req)
   }
 
-  evaluate(req: RequestInfo, conn: ConnectionInfo, opts: { trace?: boolean } = {}): MaybePromise<Evaluation> {
+  evaluate(
+    req: RequestInfo,
+    conn: ConnectionInfo,
+    opts: { trace?: boolean } = NO_OPTIONS,
+  ): MaybePromise<Evaluation> {
     const evidence = this.identify(req, conn)
     if (evidence instanceof Promise) return evidence.then((ev) => this.decide(ev, req, conn, opts))
     return this.decide(evidence, req, conn, opts)
@@ -138,13 +145,10 @@ export class Engine {
     conn: ConnectionInfo,
     opts: { trace?: boolean },
   ): Evaluation {
-    const trace: RuleTrace[] = []
+    const trace: RuleTrace[] = opts.trace ? [] : NO_TRACE
     const identity = this.rules.classify(evidence, req, conn, opts.trace ? trace : undefined)
-    const found: AnomalyType[] = [
-      ...anomaliesFromFailures(evidence.failures),
-      ...this.anomalies.inspect(evidence, identity, conn),
-    ]
-    for (const a of found) if (!evidence.anomalies.includes(a)) evidence.anomalies.push(a)
+    addFailureAnomalies(evidence.failures, evidence.anomalies)
+    this.anomalies.inspectInto(evidence, identity, conn, evidence.anomalies)
     const route = this.routes.match(req.path)
     const decision = this.policy.decide(identity, req)
     const attribution: Evaluation = { identity, evidence, decision, route, trace }

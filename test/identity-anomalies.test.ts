@@ -1,5 +1,5 @@
 import t from 'tap'
-import { AnomalyDetector, anomaliesFromFailures } from '../src/identity/anomalies.ts'
+import { AnomalyDetector, addFailureAnomalies, anomaliesFromFailures } from '../src/identity/anomalies.ts'
 import { certEvidenceFromPem } from '../src/identity/certificate.ts'
 import type { CertEvidence, ConnectionInfo, EvidenceSet, Identity, JwtEvidence } from '../src/types.ts'
 import { createCA, issueCert } from './helpers/pki.ts'
@@ -135,4 +135,31 @@ t.test('anomalies implied by failures', async (t) => {
     ['spoofed_header', 'unknown_kid', 'expired_in_use'],
   )
   t.same(anomaliesFromFailures([]), [])
+})
+
+t.test('the per-request forms append to the request’s own list, each anomaly once', async (t) => {
+  const into: EvidenceSet['anomalies'] = ['spoofed_header']
+  addFailureAnomalies(
+    [
+      { failed: true, source: 'xfcc', reason: 'untrusted_forwarder' },
+      { failed: true, source: 'jwt', reason: 'expired' },
+    ],
+    into,
+  )
+  t.same(into, ['spoofed_header', 'expired_in_use'], 'an anomaly already listed is not repeated')
+
+  const d = new AnomalyDetector({ ...defaults, tokenSharedPeers: 1 })
+  const bound = jwt({ cnf: { 'x5t#S256': x5t(apiCert) } }, undefined, 'bbbbbbbbbbbbbbbb')
+  const list: EvidenceSet['anomalies'] = []
+  d.inspectInto(evidence({ jwt: bound, mtls: workerCert }), identity, conn('10.0.0.1'), list)
+  t.same(list, ['binding_mismatch'], 'first peer: only the binding mismatch')
+  d.inspectInto(evidence({ jwt: bound, mtls: workerCert }), identity, conn('10.0.0.2'), list)
+  t.same(list, ['binding_mismatch'], 'same certificate again: same peer, nothing new and no duplicate')
+  d.inspectInto(evidence({ jwt: bound, mtls: apiCert }), identity, conn('10.0.0.3'), list)
+  t.same(list, ['binding_mismatch', 'token_shared'], 'a second certificate shares the token')
+  t.same(
+    d.inspect(evidence({ jwt: bound, mtls: apiCert }), identity, conn()),
+    [],
+    'inspect() returns a fresh list and reports token_shared once per window',
+  )
 })

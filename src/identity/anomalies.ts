@@ -16,15 +16,31 @@ import { spiffeNamespaceServiceAccount } from './spiffe.ts'
 /** Anomalies implied by a credential failure on its own. */
 export function anomaliesFromFailures(failures: readonly Failure[]): AnomalyType[] {
   const out: AnomalyType[] = []
-  const add = (a: AnomalyType) => {
-    if (!out.includes(a)) out.push(a)
-  }
-  for (const f of failures) {
-    if (f.reason === 'untrusted_forwarder') add('spoofed_header')
-    else if (f.reason === 'unknown_kid') add('unknown_kid')
-    else if (f.reason === 'expired') add('expired_in_use')
-  }
+  addFailureAnomalies(failures, out)
   return out
+}
+
+/**
+ * Appends the anomalies `failures` imply to `into`, each once. Runs on every request, so it neither
+ * allocates nor creates a closure when there is nothing to add (nearly always).
+ */
+export function addFailureAnomalies(failures: readonly Failure[], into: AnomalyType[]): void {
+  for (let i = 0; i < failures.length; i++) {
+    const reason = failures[i]!.reason
+    const a: AnomalyType | undefined =
+      reason === 'untrusted_forwarder'
+        ? 'spoofed_header'
+        : reason === 'unknown_kid'
+          ? 'unknown_kid'
+          : reason === 'expired'
+            ? 'expired_in_use'
+            : undefined
+    if (a !== undefined) addOnce(into, a)
+  }
+}
+
+function addOnce(into: AnomalyType[], a: AnomalyType): void {
+  if (!into.includes(a)) into.push(a)
 }
 
 export interface AnomalyDetectorOptions {
@@ -70,15 +86,21 @@ export class AnomalyDetector {
   }
 
   /** NEW anomalies for this request; the caller appends them to evidence.anomalies. */
-  inspect(ev: EvidenceSet, _identity: Identity, conn: ConnectionInfo): AnomalyType[] {
+  inspect(ev: EvidenceSet, identity: Identity, conn: ConnectionInfo): AnomalyType[] {
     const out: AnomalyType[] = []
-    const jwt = ev.jwt
-    if (!jwt) return out
-    const cert = ev.mtls ?? ev.xfcc
-    if (bindingMismatch(jwt, cert)) out.push('binding_mismatch')
-    if (this.cfg.requireCertTokenMatch && cert && identityMismatch(jwt, cert)) out.push('identity_mismatch')
-    if (this.tokenShared(jwt.fingerprint, cert?.sha256 ?? conn.remoteAddress)) out.push('token_shared')
+    this.inspectInto(ev, identity, conn, out)
     return out
+  }
+
+  /** inspect(), appending to `into` what it does not hold yet: the per-request form, without an array of its own */
+  inspectInto(ev: EvidenceSet, _identity: Identity, conn: ConnectionInfo, into: AnomalyType[]): void {
+    const jwt = ev.jwt
+    if (!jwt) return
+    const cert = ev.mtls ?? ev.xfcc
+    if (bindingMismatch(jwt, cert)) addOnce(into, 'binding_mismatch')
+    if (this.cfg.requireCertTokenMatch && cert && identityMismatch(jwt, cert))
+      addOnce(into, 'identity_mismatch')
+    if (this.tokenShared(jwt.fingerprint, cert?.sha256 ?? conn.remoteAddress)) addOnce(into, 'token_shared')
   }
 
   private tokenShared(fp: string, peer: string): boolean {
