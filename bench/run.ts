@@ -1,4 +1,4 @@
-// npm run bench [-- --duration 10 --rounds 3 --connections 64 | --quick | --memory | --memory-quick]
+// npm run bench [-- --duration 10 --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick]
 // Throughput/latency/CPU of nhi-proxy against baselines, or (memory modes) RSS and series under
 // identity cardinality floods. Writes bench/results/latest.{md,json,svg} (memory: memory.{md,json}).
 import { fileURLToPath } from 'node:url'
@@ -14,11 +14,23 @@ const positive = (v: string) => {
   return n
 }
 
+const nonNegative = (v: string) => {
+  const n = Number(v)
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected a number ≥ 0')
+  return n
+}
+
 const program = new Command()
   .name('bench')
   .option('--duration <s>', 'seconds per configuration per round', positive, 10)
   .option('--rounds <n>', 'interleaved rounds', positive, 3)
   .option('--connections <n>', 'concurrent connections', positive, 64)
+  .option(
+    '--rate <n>',
+    'req/s of the open-loop latency rounds (a, b, c, nginx at a fixed rate below saturation; 0 skips them)',
+    nonNegative,
+    1000,
+  )
   .option('--quick', '1 round of 2 s, fewer flood tokens, no build for the cold start')
   .option('--no-warmup', 'skip the warm-up pass')
   .option('--no-write', 'print only; do not write bench/results')
@@ -32,6 +44,7 @@ const o = program.opts<{
   duration: number
   rounds: number
   connections: number
+  rate: number
   quick?: boolean
   warmup: boolean
   write: boolean
@@ -60,6 +73,7 @@ async function throughputMode(): Promise<void> {
     durationS: quick ? Math.min(o.duration, 2) : o.duration,
     rounds: quick ? 1 : Math.round(o.rounds),
     connections: Math.round(o.connections),
+    rate: o.rate,
     quick,
     warmup: o.warmup,
     installWrk: true,

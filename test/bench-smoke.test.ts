@@ -16,6 +16,7 @@ t.test('quick bench: every configuration serves traffic without errors', async (
     durationS: 1,
     rounds: 1,
     connections: 8,
+    rate: 200,
     quick: true,
     warmup: false,
     installWrk: false,
@@ -35,6 +36,20 @@ t.test('quick bench: every configuration serves traffic without errors', async (
     t.equal(c.non2xx, 0, `${c.id}: no non-2xx responses`)
     t.ok(c.p99Ms >= c.p50Ms && c.p50Ms > 0, `${c.id}: latency percentiles are measured`)
   }
+  t.same(
+    r.fixedRate?.map((x) => x.id).slice(0, 3),
+    ['a', 'b', 'c'],
+    'the open-loop latency rounds ran for a, b and c',
+  )
+  for (const x of r.fixedRate ?? []) {
+    t.equal(x.requests, 200, `${x.id} at a fixed rate: every scheduled request was sent and answered`)
+    t.equal(x.errors + x.non2xx, 0, `${x.id} at a fixed rate: no errors`)
+    t.ok(x.p999Ms >= x.p99Ms && x.p99Ms >= x.p50Ms && x.p50Ms > 0, `${x.id} at a fixed rate: percentiles`)
+  }
+  t.ok(
+    r.targets.some((x) => x.name.startsWith('p50 added ≤ 1 ms at 200 req/s')),
+    'the added latency below saturation is a target',
+  )
   for (const id of ['b', 'b2', 'c', 'd', 'e'] as const) {
     const cpu = r.configs.find((c) => c.id === id)?.proxyCpuUs
     t.ok(cpu !== undefined && cpu > 0, `${id}: proxy CPU per request measured (${cpu?.toFixed(1)} µs)`)

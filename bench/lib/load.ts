@@ -10,6 +10,8 @@ export interface LoadResult {
   rps: number
   p50Ms: number
   p99Ms: number
+  /** open-loop runs only */
+  p999Ms?: number
   /** socket errors (connect/read/write/timeouts) */
   errors: number
   /** responses with status ≥ 400 (wrk) or outside 2xx (loadgen) */
@@ -25,6 +27,10 @@ export interface LoadSpec {
   userAgent?: string
   /** file with one bearer token per line */
   tokensFile?: string
+  /** open loop: this many requests per second on a fixed schedule (Node load generator only) */
+  rate?: number
+  /** open loop: seconds at the same rate before measuring, not counted */
+  warmupS?: number
   /** mTLS: client cert/key pairs spread over the connections, and the CA that signed the server */
   tls?: { ca: string; clients: { cert: string; key: string }[] }
 }
@@ -133,5 +139,5 @@ export function runNodeLoad(spec: LoadSpec): Promise<LoadResult> {
 }
 
 export function runLoad(spec: LoadSpec, useWrk: boolean): Promise<LoadResult> {
-  return useWrk && !spec.tls ? runWrk(spec) : runNodeLoad(spec)
+  return useWrk && !spec.tls && spec.rate === undefined ? runWrk(spec) : runNodeLoad(spec)
 }

@@ -1,7 +1,7 @@
 // Bench reports: a Markdown table, the raw JSON, and a hand-written SVG bar chart of req/s.
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { BenchResult, ConfigResult, Target } from './harness.ts'
+import type { BenchResult, ConfigResult, FixedRateResult, Target } from './harness.ts'
 
 const fmt = (n: number | undefined, digits = 2) =>
   n === undefined || !Number.isFinite(n) ? '—' : n.toFixed(digits)
@@ -23,6 +23,27 @@ function row(c: ConfigResult): string {
   return `| ${c.id} | ${c.label} | ${c.tool} | ${int(c.rps)} | ${fmt(c.p50Ms)} | ${fmt(c.p99Ms)} | ${fmt(c.proxyCpuUs, 1)} | ${perRound(c)} | ${fmt(c.upstreamCpuUs, 1)} | ${int(c.requests)} | ${c.errors} / ${c.non2xx} |`
 }
 
+function fixedRateRow(x: FixedRateResult): string {
+  const p99s = x.rounds.map((s) => s.p99Ms.toFixed(2)).join(' / ')
+  return `| ${x.id} | ${x.label} | ${int(x.rate)} | ${fmt(x.p50Ms)} | ${fmt(x.p99Ms)} | ${p99s} | ${fmt(x.p999Ms)} | ${int(x.requests)} | ${x.errors} / ${x.non2xx} |`
+}
+
+function fixedRateSection(r: BenchResult): string[] {
+  if (!r.fixedRate?.length) return []
+  const rate = r.fixedRate[0]!.rate
+  return [
+    '',
+    `## Latency at a fixed ${int(rate)} req/s (open loop, ${r.options.connections} connections)`,
+    '',
+    'The same requests on a fixed schedule below every configuration’s capacity (Node load generator): the',
+    'latency a request sees through each proxy when it is not saturated. Medians over rounds.',
+    '',
+    '| id | configuration | req/s | p50 ms | p99 ms | … per round | p99.9 ms | requests | errors / non-2xx |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---|',
+    ...r.fixedRate.map(fixedRateRow),
+  ]
+}
+
 export function markdown(r: BenchResult): string {
   const m = r.machine
   const o = r.options
@@ -38,6 +59,7 @@ export function markdown(r: BenchResult): string {
     ...(r.flood ? [row(r.flood)] : []),
     '',
     'Medians over rounds. CPU is utime+stime from /proc/<pid>/stat over each round divided by its requests (nginx: master + worker).',
+    ...fixedRateSection(r),
     '',
     '## Ratios',
     '',
