@@ -2,12 +2,18 @@
 // flush interval, without waiting for more traffic or a shutdown.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import fs from 'node:fs'
 import { mkdtemp, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { configSchema } from '../src/config/schema.ts'
-import { AUDIT_FLUSH_MS, AUDIT_MAX_PENDING_BYTES, AuditLog } from '../src/telemetry/audit.ts'
+import {
+  AUDIT_BATCH_CHARS,
+  AUDIT_FLUSH_MS,
+  AUDIT_MAX_PENDING_BYTES,
+  AuditLog,
+} from '../src/telemetry/audit.ts'
 import { requestEvent } from './helpers/events.ts'
 
 t.test('a lone audit line is flushed within the flush interval', async (t) => {
@@ -40,6 +46,42 @@ t.test('a burst is batched and nothing is lost on close', async (t) => {
   t.ok(
     lines.every((l) => ids.has((JSON.parse(l) as { request_id: string }).request_id)),
     'every line is whole JSON',
+  )
+})
+
+t.test('lines reach the output in large batches: a few writes for thousands of lines', async (t) => {
+  const file = join(await mkdtemp(join(tmpdir(), 'nhi-audit-batches-')), 'audit.log')
+  const audit = new AuditLog(configSchema.parse({ audit: { output: file } }).audit)
+  // the destination writes through fs.write, and fs.writeSync when it flushes on close: count the audit writes
+  const original = { write: fs.write, writeSync: fs.writeSync }
+  let writes = 0
+  let bytes = 0
+  const counted =
+    <F extends (...args: never[]) => unknown>(f: F) =>
+    (...args: unknown[]) => {
+      const data = args[1]
+      if (typeof data === 'string' && data.startsWith('{"type":"audit"')) {
+        writes++
+        bytes += Buffer.byteLength(data)
+      }
+      return (f as unknown as (...a: unknown[]) => unknown).apply(fs, args)
+    }
+  fs.write = counted(original.write) as unknown as typeof fs.write
+  fs.writeSync = counted(original.writeSync) as unknown as typeof fs.writeSync
+  t.teardown(() => {
+    fs.write = original.write
+    fs.writeSync = original.writeSync
+  })
+  // the file is open before the lines come, as on a running proxy
+  await new Promise((r) => setTimeout(r, 50))
+  for (let i = 0; i < 5000; i++) audit.record(requestEvent())
+  await audit.close()
+  const lines = (await readFile(file, 'utf8')).split('\n').filter(Boolean)
+  t.equal(lines.length, 5000, 'every line written')
+  const batches = Math.ceil(bytes / AUDIT_BATCH_CHARS)
+  t.ok(
+    writes >= 1 && writes <= batches + 2,
+    `${writes} writes for ${bytes} bytes (batches of ${AUDIT_BATCH_CHARS})`,
   )
 })
 

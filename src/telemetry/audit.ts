@@ -47,7 +47,13 @@ export interface AuditQuery {
 }
 
 export const DEFAULT_AUDIT_LIMIT = 100
-const AUDIT_BATCH_CHARS = 8192
+/**
+ * Lines are handed to the destination in batches of about this many characters. Every hand-over becomes a
+ * write on libuv's thread pool, and on a saturated CPU waking a pool thread costs far more than writing the
+ * bytes: 64 KiB batches (≈ 90 lines, one write every ≈ 25 ms at 4,000 req/s) measured cheaper than 8 KiB ones
+ * in alternating bench rounds (median 281 → 258 µs of CPU per request).
+ */
+export const AUDIT_BATCH_CHARS = 64 * 1024
 /**
  * Audit bytes that may wait for a slow or stalled output (a log collector that stopped reading stdout);
  * beyond this, lines are dropped and counted instead of growing the sidecar's memory without bound.
@@ -255,6 +261,8 @@ export class AuditLog {
       sync: false,
       mkdir: output !== 'stdout',
       maxLength: AUDIT_MAX_PENDING_BYTES,
+      // batches that pile up while a write is in flight go out together in the next one
+      maxWrite: 2 * AUDIT_BATCH_CHARS,
     })
     // A failing disk must not take the proxy down: drop lines rather than crash.
     destination.on('error', () => {})
@@ -298,7 +306,7 @@ export class AuditLog {
   }
 
   /**
-   * Lines are batched here and handed to the destination about 8 KiB at a time: one write per batch
+   * Lines are batched here and handed to the destination AUDIT_BATCH_CHARS at a time: one write per batch
    * instead of one per request (the destination's own per-write bookkeeping costs more than the line).
    * The flush timer bounds how long a line may wait on a quiet proxy.
    */
