@@ -82,16 +82,29 @@ export function markdown(r: BenchResult): string {
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
-/** Horizontal bars of req/s per configuration, nhi-proxy bars highlighted. */
+const NHI_IDS: ReadonlySet<string> = new Set(['c', 'd', 'e', 'flood'])
+
+/**
+ * Horizontal bars of req/s per configuration, nhi-proxy bars highlighted; below them, when the open-loop
+ * rounds ran, p50 and p99 at the fixed rate per configuration.
+ */
 export function svgChart(r: BenchResult): string {
   const bars = [...r.configs, ...(r.flood ? [{ ...r.flood, id: 'flood' as const }] : [])]
   const max = Math.max(1, ...bars.map((b) => b.rps))
+  const fixed = r.fixedRate ?? []
+  const maxMs = Math.max(0.001, ...fixed.map((x) => x.p99Ms))
   const rowH = 30
-  const left = 330
-  const width = 860
+  const left = 350
+  const width = 880
   const plot = width - left - 110
   const top = 40
-  const height = top + bars.length * rowH + 30
+  const fixedTop = top + bars.length * rowH + 50
+  const height = (fixed.length ? fixedTop + fixed.length * rowH : top + bars.length * rowH) + 30
+  const label = (id: string, text: string, y: number) => {
+    const full = `${id}: ${text}`
+    const shown = full.length > 46 ? `${full.slice(0, 45)}…` : full
+    return `<text x="${left - 8}" y="${y + 18}" text-anchor="end">${esc(shown)}</text>`
+  }
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="13">`,
     `<rect width="100%" height="100%" fill="#ffffff"/>`,
@@ -100,15 +113,31 @@ export function svgChart(r: BenchResult): string {
   bars.forEach((b, i) => {
     const y = top + i * rowH
     const w = Math.max(1, (b.rps / max) * plot)
-    const ours = b.id === 'c' || b.id === 'd' || b.id === 'e' || b.id === 'flood'
     parts.push(
-      `<text x="${left - 8}" y="${y + 18}" text-anchor="end">${esc(`${b.id}: ${b.label}`.slice(0, 48))}</text>`,
-      `<rect x="${left}" y="${y + 4}" width="${w.toFixed(1)}" height="${rowH - 10}" fill="${ours ? '#2b6cb0' : '#a0aec0'}"/>`,
+      label(b.id, b.label, y),
+      `<rect x="${left}" y="${y + 4}" width="${w.toFixed(1)}" height="${rowH - 10}" fill="${NHI_IDS.has(b.id) ? '#2b6cb0' : '#a0aec0'}"/>`,
       `<text x="${(left + w + 6).toFixed(1)}" y="${y + 18}">${int(b.rps)}</text>`,
     )
   })
+  if (fixed.length) {
+    parts.push(
+      `<text x="12" y="${fixedTop - 14}" font-size="15" font-weight="bold">latency at a fixed ${int(fixed[0]!.rate)} req/s, open loop: p50 (dark) and p99 (light), ms</text>`,
+    )
+    fixed.forEach((x, i) => {
+      const y = fixedTop + i * rowH
+      const w50 = Math.max(1, (x.p50Ms / maxMs) * plot)
+      const w99 = Math.max(1, (x.p99Ms / maxMs) * plot)
+      const ours = NHI_IDS.has(x.id)
+      parts.push(
+        label(x.id, x.label, y),
+        `<rect x="${left}" y="${y + 4}" width="${w99.toFixed(1)}" height="${rowH - 10}" fill="${ours ? '#90cdf4' : '#e2e8f0'}"/>`,
+        `<rect x="${left}" y="${y + 4}" width="${w50.toFixed(1)}" height="${rowH - 10}" fill="${ours ? '#2b6cb0' : '#a0aec0'}"/>`,
+        `<text x="${(left + w99 + 6).toFixed(1)}" y="${y + 18}">${fmt(x.p50Ms)} / ${fmt(x.p99Ms)}</text>`,
+      )
+    })
+  }
   parts.push(
-    `<text x="12" y="${height - 10}" fill="#4a5568">blue: nhi-proxy; grey: baselines. p50/p99 and CPU per request in latest.md</text>`,
+    `<text x="12" y="${height - 10}" fill="#4a5568">blue: nhi-proxy; grey: baselines. p99.9 and CPU per request in latest.md</text>`,
     '</svg>',
   )
   return `${parts.join('\n')}\n`
