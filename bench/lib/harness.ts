@@ -164,6 +164,17 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
 }
 
+/** What every summary of rounds shares: median latency percentiles and the totals of the counts. */
+function acrossRounds(rounds: readonly LoadResult[]) {
+  return {
+    p50Ms: median(rounds.map((r) => r.p50Ms)),
+    p99Ms: median(rounds.map((r) => r.p99Ms)),
+    requests: rounds.reduce((n, r) => n + r.requests, 0),
+    errors: rounds.reduce((n, r) => n + r.errors, 0),
+    non2xx: rounds.reduce((n, r) => n + r.non2xx, 0),
+  }
+}
+
 function summarize(id: ConfigId, label: string, rounds: RoundSample[]): ConfigResult {
   const cpus = rounds.map((r) => r.proxyCpuUs).filter((x): x is number => x !== undefined)
   return {
@@ -172,14 +183,18 @@ function summarize(id: ConfigId, label: string, rounds: RoundSample[]): ConfigRe
     tool: rounds[0]?.tool ?? 'wrk',
     rounds,
     rps: median(rounds.map((r) => r.rps)),
-    p50Ms: median(rounds.map((r) => r.p50Ms)),
-    p99Ms: median(rounds.map((r) => r.p99Ms)),
     proxyCpuUs: cpus.length ? median(cpus) : undefined,
     upstreamCpuUs: median(rounds.map((r) => r.upstreamCpuUs)),
-    requests: rounds.reduce((n, r) => n + r.requests, 0),
-    errors: rounds.reduce((n, r) => n + r.errors, 0),
-    non2xx: rounds.reduce((n, r) => n + r.non2xx, 0),
+    ...acrossRounds(rounds),
   }
+}
+
+/** The progress line of one measured round; `extra` goes after the percentiles. */
+function roundLine(round: number, id: ConfigId, s: LoadResult, extra = ''): string {
+  return (
+    `  round ${round} ${id.padEnd(5)} ${s.rps.toFixed(0).padStart(7)} req/s  p50 ${s.p50Ms.toFixed(2)} ms  p99 ${s.p99Ms.toFixed(2)} ms${extra}` +
+    (s.errors || s.non2xx ? `  errors ${s.errors} non-2xx ${s.non2xx}` : '')
+  )
 }
 
 interface Runnable {
@@ -421,9 +436,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         const s = await measure(r, upstream, useWrk, round, opts.durationS)
         samples.get(r.id)!.push(s)
         log(
-          `  round ${round} ${r.id.padEnd(5)} ${s.rps.toFixed(0).padStart(7)} req/s  p50 ${s.p50Ms.toFixed(2)} ms  p99 ${s.p99Ms.toFixed(2)} ms` +
-            (s.proxyCpuUs !== undefined ? `  ${s.proxyCpuUs.toFixed(1)} µs CPU/req` : '') +
-            (s.errors || s.non2xx ? `  errors ${s.errors} non-2xx ${s.non2xx}` : ''),
+          roundLine(
+            round,
+            r.id,
+            s,
+            s.proxyCpuUs !== undefined ? `  ${s.proxyCpuUs.toFixed(1)} µs CPU/req` : '',
+          ),
         )
       }
     }
@@ -445,10 +463,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
             useWrk,
           )
           rounds.get(r.id)!.push(s)
-          log(
-            `  round ${round} ${r.id.padEnd(5)} ${s.rps.toFixed(0).padStart(7)} req/s  p50 ${s.p50Ms.toFixed(2)} ms  p99 ${s.p99Ms.toFixed(2)} ms  p99.9 ${(s.p999Ms ?? 0).toFixed(2)} ms` +
-              (s.errors || s.non2xx ? `  errors ${s.errors} non-2xx ${s.non2xx}` : ''),
-          )
+          log(roundLine(round, r.id, s, `  p99.9 ${(s.p999Ms ?? 0).toFixed(2)} ms`))
         }
       }
       fixedRate = measured.map((r) => {
@@ -458,12 +473,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
           label: CONFIG_LABELS[r.id],
           rate: opts.rate,
           rounds: rs,
-          p50Ms: median(rs.map((x) => x.p50Ms)),
-          p99Ms: median(rs.map((x) => x.p99Ms)),
           p999Ms: median(rs.map((x) => x.p999Ms ?? 0)),
-          requests: rs.reduce((n, x) => n + x.requests, 0),
-          errors: rs.reduce((n, x) => n + x.errors, 0),
-          non2xx: rs.reduce((n, x) => n + x.non2xx, 0),
+          ...acrossRounds(rs),
         }
       })
     }
