@@ -56,18 +56,17 @@ t.test('lines reach the output in large batches: a few writes for thousands of l
   const original = { write: fs.write, writeSync: fs.writeSync }
   let writes = 0
   let bytes = 0
-  const counted =
-    <F extends (...args: never[]) => unknown>(f: F) =>
-    (...args: unknown[]) => {
+  const counted = (f: (...args: unknown[]) => unknown) =>
+    function (this: unknown, ...args: unknown[]) {
       const data = args[1]
       if (typeof data === 'string' && data.startsWith('{"type":"audit"')) {
         writes++
         bytes += Buffer.byteLength(data)
       }
-      return (f as unknown as (...a: unknown[]) => unknown).apply(fs, args)
+      return f.apply(this, args)
     }
-  fs.write = counted(original.write) as unknown as typeof fs.write
-  fs.writeSync = counted(original.writeSync) as unknown as typeof fs.writeSync
+  fs.write = counted(original.write as (...args: unknown[]) => unknown) as typeof fs.write
+  fs.writeSync = counted(original.writeSync as (...args: unknown[]) => unknown) as typeof fs.writeSync
   t.teardown(() => {
     fs.write = original.write
     fs.writeSync = original.writeSync
