@@ -8,9 +8,12 @@ import type { IssuerConfig } from '../../config/schema.ts'
 
 // The HTTP client is loaded with the first key-set fetch: a sidecar whose key sets are files (or that has no
 // issuers) never pays for loading it at start-up, which keeps the cold start short.
-let undici: Promise<typeof import('undici')> | undefined
-const loadUndici = () => {
-  undici ??= import('undici')
+// undici is CommonJS: only `default` (module.exports) is the same under Node's own loader and in the bundle,
+// where the lazily loaded chunk exposes nothing but `default`, so named exports are never read off the module.
+type Undici = typeof import('undici').default
+let undici: Promise<Undici> | undefined
+const loadUndici = (): Promise<Undici> => {
+  undici ??= import('undici').then((m) => m.default)
   return undici
 }
 
