@@ -6,6 +6,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
   buildBundle,
@@ -26,7 +27,7 @@ const { values } = parseArgs({
 })
 const size = Number(values.size) * MB
 const repeat = Number(values.repeat)
-const root = new URL('../', import.meta.url).pathname
+const root = fileURLToPath(new URL('../', import.meta.url))
 
 function nodeFor(major: string): string | undefined {
   if (process.version.startsWith(`v${major}.`)) return process.execPath
