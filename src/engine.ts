@@ -7,6 +7,7 @@ import { JwtExtractor } from './identity/extractors/jwt.ts'
 import { mtlsExtractor } from './identity/extractors/mtls.ts'
 import { useragentExtractor } from './identity/extractors/useragent.ts'
 import { XfccExtractor } from './identity/extractors/xfcc.ts'
+import { isForwardedCertVariant } from './identity/forwarded/headers.ts'
 import type { JwksObserver } from './identity/jwt/jwks.ts'
 import type { Attribution } from './pipeline.ts'
 import { compilePolicy, denyResponse, type Policy } from './policy/policy.ts'
@@ -21,6 +22,7 @@ import type {
   MaybePromise,
   RequestInfo,
 } from './types.ts'
+import { isIdentityHeaderName } from './util/header-names.ts'
 
 export interface Evaluation extends Attribution {
   trace: RuleTrace[]
@@ -44,10 +46,14 @@ function isFailure(x: Evidence | Failure): x is Failure {
   return (x as Failure).failed === true
 }
 
-/** Any incoming x-nhi-* header is a spoofing attempt: only this proxy may set them. */
+/**
+ * Any incoming x-nhi-* header is a spoofing attempt: only this proxy may set them. So is a forwarded-cert
+ * header under a spelling no proxy sets. Names are compared as an upstream framework would merge them
+ * (case, "_" for "-"): X_NHI_IDENTITY and x-nhi-identity are the same header to a CGI/WSGI/Rack app.
+ */
 function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
   for (const name in headers) {
-    if (name.length > 6 && name.charCodeAt(0) === 120 && name.startsWith('x-nhi-')) return true
+    if (isIdentityHeaderName(name) || isForwardedCertVariant(name)) return true
   }
   return false
 }

@@ -1,6 +1,7 @@
 // Names of every header that can carry a forwarded client certificate, and what we send upstream.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
 import type { CertEvidence } from '../../types.ts'
+import { normalizeHeaderName } from '../../util/header-names.ts'
 
 export const XFCC_HEADER = 'x-forwarded-client-cert'
 export const CLIENT_CERT_HEADER = 'client-cert'
@@ -26,6 +27,7 @@ export const FORWARDED_CERT_HEADERS: readonly string[] = [
 ]
 
 const ALB_PREFIX = 'x-amzn-mtls-clientcert'
+const CERT_HEADER_SET = new Set(FORWARDED_CERT_HEADERS)
 
 /** Upper bound on any one forwarded-cert header we parse; a cert chain in PEM is a few KiB. */
 export const MAX_FORWARDED_HEADER_BYTES = 64 * 1024
@@ -46,9 +48,21 @@ export function hasForwardedCertHeader(headers: IncomingHttpHeaders): boolean {
   return false
 }
 
-function isForwardedCertHeader(name: string): boolean {
-  const lower = name.toLowerCase()
-  return FORWARDED_CERT_HEADERS.includes(lower) || lower.startsWith(ALB_PREFIX)
+/**
+ * Whether `name`, in any spelling an upstream would merge with it (case, "_" for "-"), is a forwarded-cert
+ * header. Names that cannot be one (first letter not c/s/x, or too short) return at once.
+ */
+export function isForwardedCertHeader(name: string): boolean {
+  if (name.length < 11) return false
+  const c = name.charCodeAt(0) | 0x20
+  if (c !== 120 && c !== 99 && c !== 115) return false
+  const n = normalizeHeaderName(name)
+  return CERT_HEADER_SET.has(n) || n.startsWith(ALB_PREFIX)
+}
+
+/** A forwarded-cert header under a spelling no proxy sets (underscores, upper case): always a spoof. */
+export function isForwardedCertVariant(name: string): boolean {
+  return isForwardedCertHeader(name) && normalizeHeaderName(name) !== name
 }
 
 /**
@@ -56,7 +70,7 @@ function isForwardedCertHeader(name: string): boolean {
  * - sanitize: remove all of them
  * - sanitize_set: remove, then describe the client we verified (when we have evidence) in a clean XFCC
  * - forward: keep them only when they came from a trusted proxy
- * Copies from untrusted peers are always removed.
+ * Copies from untrusted peers, and every spelling other than the canonical one, are always removed.
  */
 export function sanitizeForwardedCertHeaders(
   headers: OutgoingHttpHeaders | IncomingHttpHeaders,
@@ -64,9 +78,11 @@ export function sanitizeForwardedCertHeaders(
   mode: 'sanitize' | 'sanitize_set' | 'forward',
   evidence?: CertEvidence,
 ): void {
-  if (mode === 'forward' && trusted) return
+  const keep = mode === 'forward' && trusted
   for (const name of Object.keys(headers)) {
-    if (isForwardedCertHeader(name)) delete headers[name]
+    if (!isForwardedCertHeader(name)) continue
+    if (keep && normalizeHeaderName(name) === name) continue
+    delete headers[name]
   }
   if (mode === 'sanitize_set' && evidence) {
     const xfcc = formatXfcc(evidence)
