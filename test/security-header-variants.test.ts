@@ -45,7 +45,7 @@ t.test(
     const sidecar = await startTestSidecar(t, {
       service: 'variants',
       upstream: upstream.url,
-      forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], toUpstream: 'forward' },
+      forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], format: 'xfcc', toUpstream: 'forward' },
       identities: [
         { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
       ],

@@ -1,6 +1,6 @@
 // Names of every header that can carry a forwarded client certificate, and what we send upstream.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
-import type { CertEvidence } from '../../types.ts'
+import type { CertEvidence, ForwardedCertFormat } from '../../types.ts'
 import { normalizeHeaderName } from '../../util/header-names.ts'
 
 export const XFCC_HEADER = 'x-forwarded-client-cert'
@@ -11,7 +11,10 @@ export const ALB_LEAF_HEADER = 'x-amzn-mtls-clientcert-leaf'
 export const ALB_SUBJECT_HEADER = 'x-amzn-mtls-clientcert-subject'
 export const ALB_SAN_HEADER = 'x-amzn-mtls-clientcert-san'
 export const ALB_SERIAL_HEADER = 'x-amzn-mtls-clientcert-serial-number'
-export const NGINX_CERT_HEADERS = ['ssl-client-cert', 'x-ssl-client-cert'] as const
+/** The header nginx's $ssl_client_escaped_cert is conventionally set in: the one the nginx format reads. */
+export const NGINX_CERT_HEADER = 'x-ssl-client-cert'
+/** Other spellings front proxies have used for the same thing; never read, always stripped. */
+export const NGINX_CERT_HEADERS = ['ssl-client-cert', NGINX_CERT_HEADER] as const
 
 /** Headers whose presence means "a client certificate is being forwarded to us". */
 export const FORWARDED_CERT_HEADERS: readonly string[] = [
@@ -26,8 +29,24 @@ export const FORWARDED_CERT_HEADERS: readonly string[] = [
   ...NGINX_CERT_HEADERS,
 ]
 
+export { FORWARDED_CERT_FORMATS, type ForwardedCertFormat } from '../../types.ts'
+
 const ALB_PREFIX = 'x-amzn-mtls-clientcert'
 const CERT_HEADER_SET = new Set(FORWARDED_CERT_HEADERS)
+const FORMAT_HEADERS: Record<Exclude<ForwardedCertFormat, 'alb'>, ReadonlySet<string>> = {
+  xfcc: new Set([XFCC_HEADER]),
+  rfc9440: new Set([CLIENT_CERT_HEADER, CLIENT_CERT_CHAIN_HEADER]),
+  nginx: new Set([NGINX_CERT_HEADER]),
+}
+
+/**
+ * Whether `name` is a header the proxy of `format` sets, under the exact spelling it sets it in (Node hands us
+ * names lower-cased; an underscore spelling is never the proxy's).
+ */
+export function isFormatHeader(name: string, format: ForwardedCertFormat): boolean {
+  if (format === 'alb') return name.startsWith(ALB_PREFIX) && normalizeHeaderName(name) === name
+  return FORMAT_HEADERS[format].has(name)
+}
 
 /** Upper bound on any one forwarded-cert header we parse; a cert chain in PEM is a few KiB. */
 export const MAX_FORWARDED_HEADER_BYTES = 64 * 1024
@@ -66,28 +85,45 @@ export function isForwardedCertVariant(name: string): boolean {
 }
 
 /**
- * Rewrites the forwarded-cert headers of an outgoing request in place.
+ * Rewrites the forwarded-cert headers of an outgoing request in place. `format` is the one header format the
+ * direct peer is trusted to set (undefined: an untrusted peer).
  * - sanitize: remove all of them
  * - sanitize_set: remove, then describe the client we verified (when we have evidence) in a clean XFCC
- * - forward: keep them only when they came from a trusted proxy
- * Copies from untrusted peers, and every spelling other than the canonical one, are always removed.
+ * - forward: keep the trusted proxy's own format, under its own spelling; remove every other one
  */
 export function sanitizeForwardedCertHeaders(
   headers: OutgoingHttpHeaders | IncomingHttpHeaders,
-  trusted: boolean,
+  format: ForwardedCertFormat | undefined,
   mode: 'sanitize' | 'sanitize_set' | 'forward',
   evidence?: CertEvidence,
 ): void {
-  const keep = mode === 'forward' && trusted
+  const keep = mode === 'forward' ? format : undefined
   for (const name of Object.keys(headers)) {
     if (!isForwardedCertHeader(name)) continue
-    if (keep && normalizeHeaderName(name) === name) continue
+    if (keep !== undefined && isFormatHeader(name, keep)) continue
     delete headers[name]
   }
   if (mode === 'sanitize_set' && evidence) {
     const xfcc = formatXfcc(evidence)
     if (xfcc) headers[XFCC_HEADER] = xfcc
   }
+}
+
+/**
+ * Whether the request carries a forwarded-cert header its peer may not set: any of them from an untrusted
+ * peer (format undefined), or from a trusted one a header of another family or under another spelling.
+ */
+export function hasForeignForwardedCertHeader(
+  headers: IncomingHttpHeaders,
+  format: () => ForwardedCertFormat | undefined,
+): boolean {
+  let f: ForwardedCertFormat | undefined | null = null
+  for (const name in headers) {
+    if (!isForwardedCertHeader(name)) continue
+    if (f === null) f = format()
+    if (f === undefined || !isFormatHeader(name, f)) return true
+  }
+  return false
 }
 
 const NEEDS_QUOTES_RE = /[,;="\\\s]/

@@ -1,6 +1,9 @@
 // Envoy / Istio x-forwarded-client-cert. Grammar: elements separated by ","; each element is ";"-separated
 // Key=Value pairs; keys are case-insensitive; a value may be double-quoted with backslash escapes (commas
-// and semicolons inside quotes do not split). The LEFTMOST element describes the original client.
+// and semicolons inside quotes do not split). Several header lines are one list (Node joins them with ", ").
+// Each hop APPENDS its own element (Envoy's append_forward), so everything left of the rightmost element is
+// whatever the client, or a hop before the trusted one, chose to send: only the RIGHTMOST element, the one
+// the trusted proxy itself added, describes a certificate that proxy verified.
 import type { CertEvidence, Failure } from '../../types.ts'
 import {
   certEvidenceFromFields,
@@ -117,12 +120,12 @@ function malformed(detail: string): Failure {
   return { failed: true, source: 'xfcc', reason: 'malformed', detail }
 }
 
-/** Evidence for the original client (leftmost element). */
+/** Evidence for the client the trusted hop itself verified: the rightmost element, the one it appended. */
 export function xfccEvidence(value: string): CertEvidence | Failure {
   const elements = parseXfcc(value)
-  const first = elements?.[0]
-  if (!first) return malformed('x-forwarded-client-cert does not parse')
-  return xfccElementEvidence(first)
+  const last = elements ? elements[elements.length - 1] : undefined
+  if (!last) return malformed('x-forwarded-client-cert does not parse')
+  return xfccElementEvidence(last)
 }
 
 export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
