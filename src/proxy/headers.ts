@@ -45,9 +45,19 @@ function connectionListed(connection: string | undefined): Set<string> | undefin
   return listed
 }
 
-/** Header values we derive from client-controlled text must stay printable ASCII. */
+const LONE_SURROGATE_RE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
+
+/**
+ * Header values we derive from client-controlled text (token claims, certificate fields) must stay printable
+ * ASCII; anything else is percent-encoded as UTF-8. Never throws (a lone surrogate becomes U+FFFD).
+ */
 export function safeHeaderValue(value: string): string {
-  return SAFE_VALUE_RE.test(value) ? value : encodeURIComponent(value)
+  if (SAFE_VALUE_RE.test(value)) return value
+  try {
+    return encodeURIComponent(value)
+  } catch {
+    return encodeURIComponent(value.replace(LONE_SURROGATE_RE, '\uFFFD'))
+  }
 }
 
 export interface HopContext {

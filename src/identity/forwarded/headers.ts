@@ -127,18 +127,42 @@ export function hasForeignForwardedCertHeader(
 }
 
 const NEEDS_QUOTES_RE = /[,;="\\\s]/
+const UNSAFE_RE = /[^\x20-\x7e]/
 
-function xfccValue(v: string): string {
-  if (!NEEDS_QUOTES_RE.test(v)) return v
-  return `"${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`
+/**
+ * Percent-encodes, as UTF-8, every character outside printable ASCII (and "%" itself when `escapePercent`),
+ * so the value is a valid header value whatever the certificate said. Never throws: a lone surrogate becomes
+ * U+FFFD on the way to UTF-8.
+ */
+export function percentEncodeUnsafe(v: string, escapePercent: boolean): string {
+  if (!UNSAFE_RE.test(v) && !(escapePercent && v.includes('%'))) return v
+  let out = ''
+  for (const b of Buffer.from(v, 'utf8')) {
+    out +=
+      b < 0x20 || b > 0x7e || (escapePercent && b === 0x25)
+        ? `%${b.toString(16).toUpperCase().padStart(2, '0')}`
+        : String.fromCharCode(b)
+  }
+  return out
 }
 
-/** One XFCC element (Envoy format) describing a verified client certificate. */
+/**
+ * One XFCC value: printable ASCII only, double-quoted with backslash escapes when it holds a separator.
+ * Subject is percent-encoded where needed ("%" included, so parseXfcc decodes it unambiguously); a URI or
+ * DNS name gets its non-ASCII characters percent-encoded, which is their own escape syntax.
+ */
+function xfccValue(v: string, escapePercent: boolean): string {
+  const safe = percentEncodeUnsafe(v, escapePercent)
+  if (!NEEDS_QUOTES_RE.test(safe)) return safe
+  return `"${safe.replace(/[\\"]/g, (c) => `\\${c}`)}"`
+}
+
+/** One XFCC element (Envoy format) describing a verified client certificate; always a valid header value. */
 export function formatXfcc(ev: CertEvidence): string {
   const parts: string[] = []
-  if (ev.sha256) parts.push(`Hash=${ev.sha256}`)
-  if (ev.subject) parts.push(`Subject=${xfccValue(ev.subject)}`)
-  for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri)}`)
-  for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns)}`)
+  if (ev.sha256) parts.push(`Hash=${xfccValue(ev.sha256, false)}`)
+  if (ev.subject) parts.push(`Subject=${xfccValue(ev.subject, true)}`)
+  for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri, false)}`)
+  for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns, false)}`)
   return parts.join(';')
 }

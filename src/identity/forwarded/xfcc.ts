@@ -116,6 +116,23 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
   return elements
 }
 
+const ESCAPE_RE = /%([0-9A-Fa-f]{2})?/g
+
+/**
+ * Undoes formatXfcc's percent-encoding of a Subject: only when every escape in it is one formatXfcc makes
+ * (a byte outside printable ASCII, or "%" itself) and the bytes are UTF-8. Anything else is taken as sent,
+ * so a subject that merely contains "%61" is never turned into a different name.
+ */
+export function decodeSubject(v: string): string {
+  if (!v.includes('%')) return v
+  for (const m of v.matchAll(ESCAPE_RE)) {
+    if (m[1] === undefined) return v
+    const b = Number.parseInt(m[1], 16)
+    if (b >= 0x20 && b <= 0x7e && b !== 0x25) return v
+  }
+  return urlDecode(v) ?? v
+}
+
 function malformed(detail: string): Failure {
   return { failed: true, source: 'xfcc', reason: 'malformed', detail }
 }
@@ -140,11 +157,12 @@ export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
   if (!sha256 && el.subject === undefined && el.uri.length === 0 && el.dns.length === 0) {
     return malformed('x-forwarded-client-cert element has no Hash, Cert, Subject, URI or DNS')
   }
-  const cn = el.subject === undefined ? undefined : cnFromSubject(el.subject)
+  const subject = el.subject === undefined ? undefined : decodeSubject(el.subject)
+  const cn = subject === undefined ? undefined : cnFromSubject(subject)
   return certEvidenceFromFields(
     {
       ...(sha256 ? { sha256 } : {}),
-      ...(el.subject ? { subject: el.subject } : {}),
+      ...(subject ? { subject } : {}),
       ...(cn ? { cn } : {}),
       uriSans: el.uri,
       dnsSans: el.dns,
