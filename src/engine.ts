@@ -7,6 +7,7 @@ import { JwtExtractor } from './identity/extractors/jwt.ts'
 import { mtlsExtractor } from './identity/extractors/mtls.ts'
 import { useragentExtractor } from './identity/extractors/useragent.ts'
 import { XfccExtractor } from './identity/extractors/xfcc.ts'
+import { hasForeignForwardedCertHeader } from './identity/forwarded/headers.ts'
 import type { JwksObserver } from './identity/jwt/jwks.ts'
 import type { Attribution } from './pipeline.ts'
 import { compilePolicy, denyResponse, type Policy } from './policy/policy.ts'
@@ -21,6 +22,7 @@ import type {
   MaybePromise,
   RequestInfo,
 } from './types.ts'
+import { isIdentityHeaderName } from './util/header-names.ts'
 
 export interface Evaluation extends Attribution {
   trace: RuleTrace[]
@@ -47,7 +49,7 @@ function isFailure(x: Evidence | Failure): x is Failure {
 /** Any incoming x-nhi-* header is a spoofing attempt: only this proxy may set them. */
 function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
   for (const name in headers) {
-    if (name.length > 6 && name.charCodeAt(0) === 120 && name.startsWith('x-nhi-')) return true
+    if (isIdentityHeaderName(name)) return true
   }
   return false
 }
@@ -107,7 +109,7 @@ export class Engine {
       if (result instanceof Promise) return this.identifyAsync(req, conn, evidence, i, result)
       if (result !== undefined) collect(evidence, result)
     }
-    return withHeaderAnomalies(evidence, req)
+    return this.withHeaderAnomalies(evidence, req, conn)
   }
 
   /** identify() from the first extractor that had to wait (a JWT verification not in the cache) */
@@ -125,7 +127,22 @@ export class Engine {
       const result = await extractors[i]!.extract(req, conn)
       if (result !== undefined) collect(evidence, result)
     }
-    return withHeaderAnomalies(evidence, req)
+    return this.withHeaderAnomalies(evidence, req, conn)
+  }
+
+  /**
+   * Headers only this proxy, or the one format of the trusted front proxy, may set are spoofed otherwise.
+   * Names are compared as an upstream framework would merge them (case, "_" for "-"): X_NHI_IDENTITY and
+   * x-nhi-identity are the same header to a CGI/WSGI/Rack app.
+   */
+  private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
+    if (
+      hasSpoofedIdentityHeader(req.headers) ||
+      hasForeignForwardedCertHeader(req.headers, () => this.xfcc.formatFor(conn.remoteAddress))
+    ) {
+      evidence.anomalies.push('spoofed_header')
+    }
+    return evidence
   }
 
   evaluate(
@@ -164,11 +181,6 @@ export class Engine {
     }
     return attribution
   }
-}
-
-function withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo): EvidenceSet {
-  if (hasSpoofedIdentityHeader(req.headers)) evidence.anomalies.push('spoofed_header')
-  return evidence
 }
 
 function collect(set: EvidenceSet, result: Evidence | Failure): void {

@@ -16,7 +16,6 @@ import type { Attribution, Pipeline } from './pipeline.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { Telemetry } from './telemetry/index.ts'
 import type { ConnectionInfo } from './types.ts'
-import { CidrSet } from './util/cidr.ts'
 import { VERSION } from './version.ts'
 
 export class StartupError extends Error {
@@ -130,7 +129,6 @@ function withTimeout(p: Promise<void>, ms: number): Promise<void> {
 
 class ActivePipeline implements Pipeline {
   readonly service: string
-  private readonly trustedForwarders: CidrSet
   private readonly certMode: Config['forwardedClientCert']['toUpstream']
 
   constructor(
@@ -138,7 +136,6 @@ class ActivePipeline implements Pipeline {
     private readonly telemetry: Telemetry,
   ) {
     this.service = engine.config.service
-    this.trustedForwarders = new CidrSet(engine.config.forwardedClientCert.trustedProxies)
     this.certMode = engine.config.forwardedClientCert.toUpstream
   }
 
@@ -151,10 +148,9 @@ class ActivePipeline implements Pipeline {
     attribution: Attribution,
     conn: ConnectionInfo,
   ): void {
-    const trusted = this.trustedForwarders.has(conn.remoteAddress)
     sanitizeForwardedCertHeaders(
       headers,
-      trusted,
+      this.engine.xfcc.formatFor(conn.remoteAddress),
       this.certMode,
       attribution.evidence.xfcc ?? attribution.evidence.mtls,
     )

@@ -5,6 +5,10 @@ import type { IncomingHttpHeaders } from 'node:http'
 export const KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'] as const
 export type Kind = (typeof KINDS)[number]
 
+/** The header a trusted front proxy passes a client certificate in (forwardedClientCert.format). */
+export const FORWARDED_CERT_FORMATS = ['xfcc', 'rfc9440', 'alb', 'nginx'] as const
+export type ForwardedCertFormat = (typeof FORWARDED_CERT_FORMATS)[number]
+
 export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous'] as const
 export type Source = (typeof SOURCES)[number]
 

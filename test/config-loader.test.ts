@@ -77,12 +77,40 @@ t.test('YAML syntax errors carry their position', async (t) => {
 })
 
 t.test('bad CIDRs in trustedProxies and remoteAddr', async (t) => {
-  t.same(lines(errorsOf('forwardedClientCert:\n  trustedProxies: [10.0.0.0/8, 10.0.0.300/8]\n')), [
-    'c.yaml:2:32 invalid CIDR "10.0.0.300/8": "10.0.0.300" is not an IP address (hint: use e.g. 10.0.0.0/8 or 192.168.1.10)',
-  ])
+  t.same(
+    lines(errorsOf('forwardedClientCert:\n  format: xfcc\n  trustedProxies: [10.0.3.17, 10.0.0.300/8]\n')),
+    [
+      'c.yaml:3:31 invalid CIDR "10.0.0.300/8": "10.0.0.300" is not an IP address (hint: use the front proxy\'s own address, e.g. 10.0.3.17 or 10.0.3.16/28)',
+    ],
+  )
   const e = errorsOf('identities:\n  - name: a\n    match:\n      remoteAddr:\n        - 10.0.0.0/33\n')
   t.same(lines(e), [
     'c.yaml:5:11 invalid CIDR "10.0.0.0/33": prefix must be 0-32 (hint: use e.g. 10.0.0.0/8 or 192.168.1.10)',
+  ])
+})
+
+t.test('trusted proxies need the header format they set, and broad ranges are flagged', async (t) => {
+  t.same(lines(errorsOf('forwardedClientCert:\n  trustedProxies: [10.0.3.17]\n')), [
+    'c.yaml:2:20 trusted proxy "10.0.3.17" has no header format, so no forwarded certificate from it is believed (hint: set forwardedClientCert.format (xfcc | rfc9440 | alb | nginx) to the one header that proxy sets, or write the entry as {cidr, format})',
+  ])
+  t.same(lines(errorsOf('forwardedClientCert:\n  trustedProxies: [{ cidr: 10.0.3.17 }]\n')).length, 1)
+  t.same(lines(errorsOf('forwardedClientCert:\n  format: haproxy\n')).length, 1, 'unknown format')
+  t.same(
+    warningsOf(
+      'forwardedClientCert:\n  format: nginx\n  trustedProxies: [10.0.3.17/32, 10.1.0.0/16, "fd00::/48"]\n',
+    ),
+    [],
+  )
+  t.same(warningsOf('forwardedClientCert:\n  trustedProxies: [{ cidr: 10.0.3.17, format: alb }]\n'), [])
+  const broad = warningsOf(
+    'forwardedClientCert:\n  format: xfcc\n  trustedProxies:\n    - 10.0.0.0/8\n    - 0.0.0.0/0\n    - "fd00::/8"\n    - "::ffff:10.0.0.0/104"\n    - { cidr: 172.16.0.0/12, format: nginx }\n',
+  )
+  t.same(lines(broad), [
+    'c.yaml:4:7 warning: trusted proxy range "10.0.0.0/8" covers 16,777,216 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:5:7 warning: trusted proxy range "0.0.0.0/0" covers every IPv4 address: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:6:7 warning: trusted proxy range "fd00::/8" covers an IPv6 /8: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:7:7 warning: trusted proxy range "::ffff:10.0.0.0/104" covers 16,777,216 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:8:15 warning: trusted proxy range "172.16.0.0/12" covers 1,048,576 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
   ])
 })
 

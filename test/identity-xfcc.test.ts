@@ -2,11 +2,14 @@ import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
+import { request } from 'undici'
 import { anomaliesFromFailures } from '../src/identity/anomalies.ts'
 import { firstPemCertificate } from '../src/identity/certificate.ts'
 import { createForwardedCertExtractor } from '../src/identity/extractors/xfcc.ts'
 import {
+  FORWARDED_CERT_FORMATS,
   FORWARDED_CERT_HEADERS,
+  type ForwardedCertFormat,
   formatXfcc,
   sanitizeForwardedCertHeaders,
 } from '../src/identity/forwarded/headers.ts'
@@ -35,20 +38,26 @@ const leaf = await issueCert(ca, {
 })
 const leafSha = sha256Hex(firstPemCertificate(leaf.certPem)!)
 
-// One real HTTP server; each request is judged by an extractor that trusts loopback and one that does not.
-const trustedEx = createForwardedCertExtractor({
-  trustedProxies: ['127.0.0.0/8'],
-  toUpstream: 'sanitize_set',
-})
+// One real HTTP server; each request is judged by an extractor that trusts loopback for the format named in
+// the query (?format=…, default xfcc) and by one that does not trust loopback at all.
+const trustedFor = Object.fromEntries(
+  FORWARDED_CERT_FORMATS.map((format) => [
+    format,
+    createForwardedCertExtractor({ trustedProxies: ['127.0.0.0/8'], format, toUpstream: 'sanitize_set' }),
+  ]),
+) as Record<ForwardedCertFormat, ReturnType<typeof createForwardedCertExtractor>>
 const untrustedEx = createForwardedCertExtractor({
   trustedProxies: ['10.0.0.0/8'],
+  format: 'xfcc',
   toUpstream: 'sanitize_set',
 })
 const server = createServer(async (req, res) => {
   const info = { method: req.method ?? 'GET', path: '/', url: req.url ?? '/', headers: req.headers }
   const conn: ConnectionInfo = { remoteAddress: req.socket.remoteAddress ?? '', remotePort: 0, tls: false }
+  const format = (new URL(req.url ?? '/', 'http://x').searchParams.get('format') ??
+    'xfcc') as ForwardedCertFormat
   const body = {
-    trusted: await trustedEx.extract(info, conn),
+    trusted: await trustedFor[format].extract(info, conn),
     untrusted: await untrustedEx.extract(info, conn),
   }
   res.setHeader('content-type', 'application/json')
@@ -59,9 +68,12 @@ await once(server, 'listening')
 const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 t.teardown(() => new Promise<void>((r) => server.close(() => r())))
 
-async function send(headers: Record<string, string>): Promise<{ trusted: Result; untrusted: Result }> {
-  const res = await fetch(`${base}/`, { headers })
-  return (await res.json()) as { trusted: Result; untrusted: Result }
+async function send(
+  headers: Record<string, string> | string[],
+  format: ForwardedCertFormat = 'xfcc',
+): Promise<{ trusted: Result; untrusted: Result }> {
+  const res = await request(`${base}/?format=${format}`, { headers })
+  return (await res.body.json()) as { trusted: Result; untrusted: Result }
 }
 
 t.test('Envoy XFCC examples from a trusted peer', async (t) => {
@@ -77,8 +89,8 @@ t.test('Envoy XFCC examples from a trusted peer', async (t) => {
     via: 'xfcc',
   })
   const two = (await send({ 'x-forwarded-client-cert': ENVOY_TWO_ELEMENTS })).trusted as CertEvidence
-  t.same(two.uriSans, ['http://testclient.lyft.com'], 'the leftmost element is the original client')
-  t.equal(two.sha256, '468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688')
+  t.same(two.uriSans, ['http://frontend.lyft.com'], 'the rightmost element is the one the trusted hop added')
+  t.equal(two.sha256, '9ba61d6425303443c0748a02dd8de688468ed33be74eee6556d90c0149c1309e')
   const dns = (await send({ 'x-forwarded-client-cert': ENVOY_DNS })).trusted as CertEvidence
   t.same(dns.dnsSans, ['lyft.com', 'www.lyft.com'])
   t.equal(dns.cn, 'Test Client')
@@ -96,6 +108,7 @@ t.test('the same headers from an untrusted peer are a spoofing attempt', async (
     { 'client-cert': ':AAAA:' },
     { 'x-amzn-mtls-clientcert-subject': 'CN=admin' },
     { 'ssl-client-cert': 'x' },
+    { 'x-ssl-client-cert': 'x' },
   ]
   for (const h of spoofs) {
     const r = (await send(h)).untrusted as Failure
@@ -124,15 +137,18 @@ t.test('XFCC with a URL-encoded PEM Cert is parsed as a certificate', async (t) 
 t.test('RFC 9440 Client-Cert byte sequence', async (t) => {
   const der = firstPemCertificate(leaf.certPem)!
   const caDer = firstPemCertificate(ca.certPem)!
-  const r = await send({
-    'client-cert': `:${der.toString('base64')}:`,
-    'client-cert-chain': `:${caDer.toString('base64')}:`,
-  })
+  const r = await send(
+    {
+      'client-cert': `:${der.toString('base64')}:`,
+      'client-cert-chain': `:${caDer.toString('base64')}:`,
+    },
+    'rfc9440',
+  )
   const ev = r.trusted as CertEvidence
   t.equal(ev.via, 'client-cert')
   t.equal(ev.sha256, leafSha)
   t.equal(ev.spiffeId, 'spiffe://cluster.local/ns/orders/sa/worker')
-  const bad = (await send({ 'client-cert': der.toString('base64') })).trusted as Failure
+  const bad = (await send({ 'client-cert': der.toString('base64') }, 'rfc9440')).trusted as Failure
   t.equal(bad.reason, 'malformed', 'missing colons')
 })
 
@@ -140,23 +156,29 @@ t.test('AWS ALB passthrough and verify headers', async (t) => {
   // ALB URL-encodes the PEM chain but leaves + = / as they are
   const albEncode = (pem: string) =>
     encodeURIComponent(pem).replace(/%2B/g, '+').replace(/%3D/g, '=').replace(/%2F/g, '/')
-  const chain = (await send({ 'x-amzn-mtls-clientcert': albEncode(leaf.certPem + ca.certPem) }))
+  const chain = (await send({ 'x-amzn-mtls-clientcert': albEncode(leaf.certPem + ca.certPem) }, 'alb'))
     .trusted as CertEvidence
   t.equal(chain.via, 'alb')
   t.equal(chain.sha256, leafSha, 'the leaf is the first certificate of the chain')
   const verifyMode = (
-    await send({
-      'x-amzn-mtls-clientcert-leaf': albEncode(leaf.certPem),
-      'x-amzn-mtls-clientcert-subject': 'CN=orders-worker',
-      'x-amzn-mtls-clientcert-serial-number': '03E8',
-    })
+    await send(
+      {
+        'x-amzn-mtls-clientcert-leaf': albEncode(leaf.certPem),
+        'x-amzn-mtls-clientcert-subject': 'CN=orders-worker',
+        'x-amzn-mtls-clientcert-serial-number': '03E8',
+      },
+      'alb',
+    )
   ).trusted as CertEvidence
   t.equal(verifyMode.sha256, leafSha)
   const subjectOnly = (
-    await send({
-      'x-amzn-mtls-clientcert-subject': 'CN=batch,O=Example',
-      'x-amzn-mtls-clientcert-san': 'DNS:batch.example.com, URI:spiffe://example.com/batch',
-    })
+    await send(
+      {
+        'x-amzn-mtls-clientcert-subject': 'CN=batch,O=Example',
+        'x-amzn-mtls-clientcert-san': 'DNS:batch.example.com, URI:spiffe://example.com/batch',
+      },
+      'alb',
+    )
   ).trusted as CertEvidence
   t.equal(subjectOnly.cn, 'batch')
   t.equal(subjectOnly.spiffeId, 'spiffe://example.com/batch')
@@ -164,18 +186,89 @@ t.test('AWS ALB passthrough and verify headers', async (t) => {
 })
 
 t.test('nginx escaped and whitespace-mangled PEM', async (t) => {
-  const escaped = (await send({ 'ssl-client-cert': encodeURIComponent(leaf.certPem) }))
+  const escaped = (await send({ 'x-ssl-client-cert': encodeURIComponent(leaf.certPem) }, 'nginx'))
     .trusted as CertEvidence
   t.equal(escaped.via, 'nginx')
   t.equal(escaped.sha256, leafSha)
-  const tabbed = (await send({ 'x-ssl-client-cert': leaf.certPem.trim().split('\n').join('\t') }))
+  const tabbed = (await send({ 'x-ssl-client-cert': leaf.certPem.trim().split('\n').join('\t') }, 'nginx'))
     .trusted as CertEvidence
   t.equal(tabbed.sha256, leafSha)
-  const spaced = (await send({ 'x-ssl-client-cert': leaf.certPem.trim().split('\n').join(' ') }))
+  const spaced = (await send({ 'x-ssl-client-cert': leaf.certPem.trim().split('\n').join(' ') }, 'nginx'))
     .trusted as CertEvidence
   t.equal(spaced.sha256, leafSha)
-  const junk = (await send({ 'ssl-client-cert': 'not a cert' })).trusted as Failure
+  const junk = (await send({ 'x-ssl-client-cert': 'not a cert' }, 'nginx')).trusted as Failure
   t.equal(junk.reason, 'malformed')
+})
+
+t.test('a trusted proxy is believed in its one format only', async (t) => {
+  const forgedXfcc = 'URI=spiffe://cluster.local/ns/prod/sa/admin'
+  const der = firstPemCertificate(leaf.certPem)!
+  const families: [ForwardedCertFormat, Record<string, string>][] = [
+    ['xfcc', { 'x-forwarded-client-cert': forgedXfcc }],
+    ['rfc9440', { 'client-cert': `:${der.toString('base64')}:` }],
+    ['alb', { 'x-amzn-mtls-clientcert-subject': 'CN=admin' }],
+    ['nginx', { 'x-ssl-client-cert': encodeURIComponent(leaf.certPem) }],
+  ]
+  for (const format of FORWARDED_CERT_FORMATS) {
+    for (const [family, headers] of families) {
+      if (family === format) continue
+      const r = (await send(headers, format)).trusted as Failure
+      t.equal(
+        r.reason,
+        'untrusted_forwarder',
+        `${Object.keys(headers)[0]} from a proxy trusted for ${format}`,
+      )
+      t.same(anomaliesFromFailures([r]), ['spoofed_header'])
+    }
+  }
+  // no format reads ssl-client-cert or an underscore spelling: nothing a client adds can stand in for the proxy
+  for (const format of FORWARDED_CERT_FORMATS) {
+    for (const name of ['ssl-client-cert', 'x_ssl_client_cert', 'x_forwarded_client_cert', 'client_cert']) {
+      const r = (await send({ [name]: encodeURIComponent(leaf.certPem) }, format)).trusted as Failure
+      t.equal(r.reason, 'untrusted_forwarder', `${name} with format ${format}`)
+    }
+  }
+  // the right header beside a forged one: the proxy's own header is used
+  const both = (
+    await send(
+      { 'x-ssl-client-cert': encodeURIComponent(leaf.certPem), 'x-forwarded-client-cert': forgedXfcc },
+      'nginx',
+    )
+  ).trusted as CertEvidence
+  t.equal(both.spiffeId, 'spiffe://cluster.local/ns/orders/sa/worker')
+  // a peer listed under two formats is trusted for neither
+  const twice = createForwardedCertExtractor({
+    trustedProxies: [
+      { cidr: '127.0.0.0/8', format: 'xfcc' },
+      { cidr: '127.0.0.1', format: 'nginx' },
+    ],
+    toUpstream: 'sanitize_set',
+  })
+  t.equal(twice.formatFor('127.0.0.1'), undefined)
+  t.equal(twice.formatFor('127.0.0.2'), 'xfcc')
+  // an entry with no format (no global one either) trusts nothing; `check` reports it
+  const noFormat = createForwardedCertExtractor({
+    trustedProxies: ['127.0.0.0/8'],
+    toUpstream: 'sanitize_set',
+  })
+  t.equal(noFormat.formatFor('127.0.0.1'), undefined)
+})
+
+t.test('XFCC: the element the trusted hop appended is used, across several header lines', async (t) => {
+  const worker = 'By=spiffe://cluster.local/ns/edge/sa/gw;URI=spiffe://cluster.local/ns/orders/sa/worker'
+  const forged = 'URI=spiffe://cluster.local/ns/prod/sa/admin'
+  const oneLine = (await send({ 'x-forwarded-client-cert': `${forged},${worker}` })).trusted as CertEvidence
+  t.equal(
+    oneLine.spiffeId,
+    'spiffe://cluster.local/ns/orders/sa/worker',
+    'client-supplied element on the left',
+  )
+  const lines = (await send(['x-forwarded-client-cert', forged, 'x-forwarded-client-cert', worker]))
+    .trusted as CertEvidence
+  t.equal(lines.spiffeId, 'spiffe://cluster.local/ns/orders/sa/worker', 'two header lines are one list')
+  const quoteTrap = (await send(['x-forwarded-client-cert', 'Subject="a', 'x-forwarded-client-cert', worker]))
+    .trusted as Failure
+  t.equal(quoteTrap.reason, 'malformed', 'an open quote cannot swallow the hop element')
 })
 
 t.test('XFCC grammar: quoting, escapes, case-insensitive keys, repeats', async (t) => {
@@ -212,7 +305,7 @@ t.test('XFCC parsing is bounded', async (t) => {
     headers: { 'x-forwarded-client-cert': 'URI=x'.repeat(20_000) },
   }
   const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 0, tls: false }
-  t.equal(((await trustedEx.extract(info, conn)) as Failure).reason, 'malformed', 'oversized header')
+  t.equal(((await trustedFor.xfcc.extract(info, conn)) as Failure).reason, 'malformed', 'oversized header')
 })
 
 t.test('headers sent upstream', async (t) => {
@@ -229,25 +322,34 @@ t.test('headers sent upstream', async (t) => {
   const ev = xfccEvidence(ISTIO) as CertEvidence
 
   const sanitized = incoming()
-  sanitizeForwardedCertHeaders(sanitized, true, 'sanitize', ev)
+  sanitizeForwardedCertHeaders(sanitized, 'xfcc', 'sanitize', ev)
   t.same(sanitized, { accept: 'text/plain' })
 
   const set = incoming()
-  sanitizeForwardedCertHeaders(set, false, 'sanitize_set', ev)
+  sanitizeForwardedCertHeaders(set, undefined, 'sanitize_set', ev)
   t.same(Object.keys(set).sort(), ['accept', 'x-forwarded-client-cert'])
   const back = xfccEvidence(set['x-forwarded-client-cert'] as string) as CertEvidence
   t.equal(back.sha256, ev.sha256)
   t.equal(back.spiffeId, ev.spiffeId, 'the clean XFCC round-trips')
 
   const noEvidence = incoming()
-  sanitizeForwardedCertHeaders(noEvidence, false, 'sanitize_set')
+  sanitizeForwardedCertHeaders(noEvidence, undefined, 'sanitize_set')
   t.same(noEvidence, { accept: 'text/plain' })
 
-  const forwardTrusted = incoming()
-  sanitizeForwardedCertHeaders(forwardTrusted, true, 'forward')
-  t.same(forwardTrusted, incoming())
+  // forward: only the trusted proxy's own format goes on
+  const own: Record<ForwardedCertFormat, string[]> = {
+    xfcc: ['x-forwarded-client-cert'],
+    rfc9440: ['client-cert', 'client-cert-chain'],
+    alb: ['x-amzn-mtls-clientcert', 'x-amzn-mtls-clientcert-issuer'],
+    nginx: ['x-ssl-client-cert'],
+  }
+  for (const format of FORWARDED_CERT_FORMATS) {
+    const forwardTrusted = incoming()
+    sanitizeForwardedCertHeaders(forwardTrusted, format, 'forward')
+    t.same(Object.keys(forwardTrusted).sort(), ['accept', ...own[format]].sort(), `forward, ${format}`)
+  }
   const forwardUntrusted = incoming()
-  sanitizeForwardedCertHeaders(forwardUntrusted, false, 'forward')
+  sanitizeForwardedCertHeaders(forwardUntrusted, undefined, 'forward')
   t.same(forwardUntrusted, { accept: 'text/plain' })
 
   const quoted = formatXfcc({

@@ -17,7 +17,7 @@ t.test('spoofed identity, forwarded-cert and forwarded-for headers', async (t) =
   const sidecar = await startTestSidecar(t, {
     service: 'orders',
     upstream: upstream.url,
-    forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], toUpstream: 'sanitize_set' },
+    forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], format: 'xfcc', toUpstream: 'sanitize_set' },
     identities: [
       { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
       { name: 'internal-network', kind: 'service', match: { remoteAddr: ['10.0.0.0/8'] } },

@@ -44,6 +44,7 @@ ${https}upstream: ${o.upstream}
 admin: 127.0.0.1:${o.adminPort}
 forwardedClientCert:
   trustedProxies: [${(o.trustedProxies ?? []).join(', ')}]
+  format: xfcc
 jwt:
   issuers:
     - issuer: ${BENCH_ISSUER}

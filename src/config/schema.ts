@@ -2,7 +2,13 @@
 // and every module reads the parsed, defaulted `Config` type from it. Unknown keys are errors everywhere.
 import { hostname } from 'node:os'
 import * as z from 'zod/mini'
-import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, KINDS, PROFILE_NAMES } from '../types.ts'
+import {
+  ASYMMETRIC_ALGORITHMS,
+  FORWARDED_CERT_FORMATS,
+  HMAC_ALGORITHMS,
+  KINDS,
+  PROFILE_NAMES,
+} from '../types.ts'
 import { parseDuration } from '../util/duration.ts'
 
 // zod/mini, not zod: the same validation as functions rather than methods, so a bundle keeps only what is
@@ -46,6 +52,13 @@ export const address = z
   )
 
 export const kind = z.enum(KINDS)
+
+/** The header a trusted front proxy passes the client certificate in: one per proxy. */
+export const forwardedCertFormat = described(
+  z.enum(FORWARDED_CERT_FORMATS),
+  'xfcc: X-Forwarded-Client-Cert (Envoy/Istio) · rfc9440: Client-Cert · alb: X-Amzn-Mtls-Clientcert-* · ' +
+    'nginx: X-SSL-Client-Cert ($ssl_client_escaped_cert)',
+)
 
 const positiveInt = z.number().check(z.int(), z.positive())
 
@@ -161,7 +174,27 @@ export const configSchema = z.strictObject({
   ),
   forwardedClientCert: z.prefault(
     z.strictObject({
-      trustedProxies: z._default(z.array(z.string()), []),
+      format: described(
+        z.optional(forwardedCertFormat),
+        'the one header format the trusted proxies set (xfcc | rfc9440 | alb | nginx); required when a ' +
+          'trustedProxies entry names none. Every other forwarded-cert header is stripped and counted as spoofed',
+      ),
+      trustedProxies: described(
+        z._default(
+          z.array(
+            z.union([
+              z.string(),
+              z.strictObject({
+                cidr: z.string(),
+                format: forwardedCertFormat,
+              }),
+            ]),
+          ),
+          [],
+        ),
+        "the front proxy's own addresses (CIDR), never a whole pod range; an entry may be " +
+          '{cidr, format} to name the header format of that proxy',
+      ),
       toUpstream: z._default(z.enum(['sanitize', 'sanitize_set', 'forward']), 'sanitize_set'),
     }),
     {},

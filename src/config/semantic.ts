@@ -1,6 +1,6 @@
 // Checks the schema cannot express: CIDRs, patterns, captures, shadowed or duplicate rules, references to
 // issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
-
+import { isIPv4 } from 'node:net'
 import {
   isUniversalPattern,
   normalisePattern,
@@ -54,10 +54,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
   const warn = (path: Path, message: string, hint?: string, at?: 'key' | 'value') =>
     issues.push({ path, message, hint, severity: 'warning', at })
 
-  config.forwardedClientCert.trustedProxies.forEach((c, i) => {
-    const e = cidrError(c)
-    if (e) error(['forwardedClientCert', 'trustedProxies', i], e, 'use e.g. 10.0.0.0/8 or 192.168.1.10')
-  })
+  forwardedCertIssues(config.forwardedClientCert, error, warn)
 
   config.jwt.issuers.forEach((iss, i) => {
     if (!iss.jwksUri && !iss.jwksFile && !iss.discovery) {
@@ -206,6 +203,59 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     )
   }
   return issues
+}
+
+type Report = (path: Path, message: string, hint?: string, at?: 'key' | 'value') => void
+
+/** Shortest prefixes `check` accepts without a warning for a trusted proxy: /16 (IPv4), /48 (IPv6). */
+export const BROAD_TRUSTED_PROXY_PREFIX = { ipv4: 16, ipv6: 48 } as const
+
+function forwardedCertIssues(fc: Config['forwardedClientCert'], error: Report, warn: Report): void {
+  const base: Path = ['forwardedClientCert', 'trustedProxies']
+  fc.trustedProxies.forEach((entry, i) => {
+    const cidr = typeof entry === 'string' ? entry : entry.cidr
+    const path: Path = typeof entry === 'string' ? [...base, i] : [...base, i, 'cidr']
+    const e = cidrError(cidr)
+    if (e) {
+      error(path, e, "use the front proxy's own address, e.g. 10.0.3.17 or 10.0.3.16/28")
+      return
+    }
+    if (typeof entry === 'string' && fc.format === undefined) {
+      error(
+        path,
+        `trusted proxy "${cidr}" has no header format, so no forwarded certificate from it is believed`,
+        'set forwardedClientCert.format (xfcc | rfc9440 | alb | nginx) to the one header that proxy sets, ' +
+          'or write the entry as {cidr, format}',
+      )
+    }
+    const broad = broadRange(cidr)
+    if (broad) {
+      warn(
+        path,
+        `trusted proxy range "${cidr}" covers ${broad}: every host in it can claim to be any client certificate`,
+        "list only the front proxy's own addresses (IPv4 /16 or longer, IPv6 /48 or longer)",
+      )
+    }
+  })
+}
+
+/** A description of the range when it is broader than BROAD_TRUSTED_PROXY_PREFIX, else undefined. */
+function broadRange(cidr: string): string | undefined {
+  const [ip, bitsText] = cidr.split('/') as [string, string | undefined]
+  if (bitsText === undefined) return undefined
+  let bits = Number(bitsText)
+  let v4 = isIPv4(ip)
+  // ::ffff:a.b.c.d/n is an IPv4 range written in IPv6
+  if (!v4 && /^::ffff:/i.test(ip) && bits >= 96) {
+    v4 = true
+    bits -= 96
+  }
+  if (v4) {
+    if (bits >= BROAD_TRUSTED_PROXY_PREFIX.ipv4) return undefined
+    return bits === 0 ? 'every IPv4 address' : `${(2 ** (32 - bits)).toLocaleString('en')} IPv4 addresses`
+  }
+  if (bits >= BROAD_TRUSTED_PROXY_PREFIX.ipv6) return undefined
+  return bits === 0 ? 'every IPv6 address' : `an IPv6 /${bits}`
 }
 
 // Shadowing: `a` covers `b` when every request matching `b` also matches `a`. Conservative: only conditions

@@ -28,6 +28,7 @@ admin: ${o.admin}
 forwardedClientCert:
   # the demo's "mesh gateway" connects from 127.0.0.2; anyone else sending XFCC is spoofing
   trustedProxies: [127.0.0.2/32]
+  format: xfcc                    # the one header the gateway sets; any other family is a spoof
   toUpstream: sanitize_set
 jwt:
   issuers:

@@ -56,10 +56,16 @@ function subjectOneLine(subject: string | undefined): string | undefined {
   return subject.split('\n').filter(Boolean).join(', ')
 }
 
+/** RFC 4514 escapes of special characters, as Node prints them in a subject ("CN=a\\,b" is the CN "a,b"). */
+export const DN_ESCAPE_RE = /\\([ "#+,;<=>\\])/g
+
 function commonName(subject: string | undefined): string | undefined {
   if (!subject) return undefined
   for (const line of subject.split('\n')) {
-    if (line.startsWith('CN=')) return unquote(line.slice(3))
+    if (!line.startsWith('CN=')) continue
+    const v = line.slice(3)
+    const unquoted = unquote(v)
+    return unquoted === v ? v.replace(DN_ESCAPE_RE, '$1') : unquoted
   }
   return undefined
 }

@@ -2,6 +2,7 @@
 // Header-name sets are built once; a request costs one pass over its headers.
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Identity } from '../types.ts'
+import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import type { TraceContext } from './ids.ts'
 
 /** Hop-by-hop headers that never cross the proxy (in either direction). */
@@ -31,7 +32,6 @@ const SET_BY_PROXY = new Set([
   'expect',
 ])
 
-const NHI_PREFIX = 'x-nhi-'
 const SAFE_VALUE_RE = /^[\x20-\x7e]*$/
 
 /** Header names listed in a Connection header, lower-cased; undefined for the common single tokens. */
@@ -45,9 +45,19 @@ function connectionListed(connection: string | undefined): Set<string> | undefin
   return listed
 }
 
-/** Header values we derive from client-controlled text must stay printable ASCII. */
+const LONE_SURROGATE_RE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
+
+/**
+ * Header values we derive from client-controlled text (token claims, certificate fields) must stay printable
+ * ASCII; anything else is percent-encoded as UTF-8. Never throws (a lone surrogate becomes U+FFFD).
+ */
 export function safeHeaderValue(value: string): string {
-  return SAFE_VALUE_RE.test(value) ? value : encodeURIComponent(value)
+  if (SAFE_VALUE_RE.test(value)) return value
+  try {
+    return encodeURIComponent(value)
+  } catch {
+    return encodeURIComponent(value.replace(LONE_SURROGATE_RE, '\uFFFD'))
+  }
 }
 
 export interface HopContext {
@@ -67,18 +77,21 @@ function appendChain(existing: string | string[] | undefined, value: string): st
 export type UpstreamHeaders = Record<string, string | string[] | undefined>
 
 /**
- * The headers sent upstream: the client's end-to-end headers, minus hop-by-hop and incoming x-nhi-*,
+ * The headers sent upstream: the client's end-to-end headers, minus hop-by-hop and incoming x-nhi-* (in any
+ * spelling an upstream framework would read as one, e.g. x_nhi_identity),
  * plus identity, request id, trace context and forwarded-*.
  */
 export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): UpstreamHeaders {
   const out: UpstreamHeaders = {}
   const listed = connectionListed(headers.connection)
   for (const name in headers) {
-    if (HOP_BY_HOP.has(name) || SET_BY_PROXY.has(name) || name.startsWith(NHI_PREFIX)) {
+    if (HOP_BY_HOP.has(name) || SET_BY_PROXY.has(name) || isIdentityHeaderName(name)) {
       if (name === 'te' && /\btrailers\b/i.test(String(headers.te))) out.te = 'trailers'
       continue
     }
     if (listed?.has(name)) continue
+    // x_forwarded_for is HTTP_X_FORWARDED_FOR to a CGI/WSGI/Rack app, like the one we set
+    if (name.indexOf('_') !== -1 && SET_BY_PROXY.has(normalizeHeaderName(name))) continue
     const value = headers[name]
     if (value !== undefined) out[name] = value
   }

@@ -21,6 +21,8 @@ export interface CA extends KeyPair {
 
 export interface LeafOptions {
   cn?: string
+  /** the whole subject in openssl's -subj form (UTF-8 allowed), e.g. "/O=Müller/CN=Ω"; wins over cn */
+  subject?: string
   uriSans?: string[]
   dnsSans?: string[]
   /** negative → already expired */
@@ -80,7 +82,7 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
     ...(sans.length ? [`subjectAltName=${sans.join(',')}`] : []),
   ]
   await writeFile(extFile, ext.join('\n') + '\n')
-  const subj = opts.cn ? `/CN=${opts.cn}` : '/O=nhi-test'
+  const subj = opts.subject ?? (opts.cn ? `/CN=${opts.cn}` : '/O=nhi-test')
   await run('openssl', [
     'req',
     '-newkey',
@@ -94,6 +96,8 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
     csrFile,
     '-subj',
     subj,
+    // UTF-8 subjects stay UTF8String fields instead of bytes read as Latin-1
+    ...(/[^\x00-\x7f]/.test(subj) ? ['-utf8'] : []),
   ])
   await run('openssl', [
     'x509',

@@ -1,36 +1,89 @@
 // Forwarded client certificates (XFCC, RFC 9440 Client-Cert, AWS ALB, nginx). Only a trusted proxy may
-// vouch for a client certificate; from anyone else the headers are a spoofing attempt.
+// vouch for a client certificate, and only in the ONE header format configured for it: a front proxy sets
+// its own header but passes every other one on as the client sent it, so a header of any other family (or
+// under another spelling) is the client's, not the proxy's, and is a spoofing attempt even from a trusted peer.
 import type { Config } from '../../config/schema.ts'
-import type { CertEvidence, ConnectionInfo, Extractor, Failure, RequestInfo } from '../../types.ts'
+import type {
+  CertEvidence,
+  ConnectionInfo,
+  Extractor,
+  Failure,
+  ForwardedCertFormat,
+  RequestInfo,
+} from '../../types.ts'
 import { CidrSet } from '../../util/cidr.ts'
 import { albEvidence } from '../forwarded/alb.ts'
 import { clientCertEvidence } from '../forwarded/client-cert.ts'
 import {
   CLIENT_CERT_HEADER,
-  hasForwardedCertHeader,
+  FORWARDED_CERT_FORMATS,
   headerText,
-  NGINX_CERT_HEADERS,
+  isFormatHeader,
+  isForwardedCertHeader,
+  NGINX_CERT_HEADER,
   XFCC_HEADER,
 } from '../forwarded/headers.ts'
 import { nginxCertEvidence } from '../forwarded/nginx.ts'
 import { xfccEvidence } from '../forwarded/xfcc.ts'
 
-export class XfccExtractor implements Extractor {
-  readonly source = 'xfcc' as const
-  private readonly trusted: CidrSet
+type ForwardedConfig = Config['forwardedClientCert']
 
-  constructor(cfg: Config['forwardedClientCert']) {
-    this.trusted = new CidrSet(cfg.trustedProxies)
+/** trustedProxies compiled per header format; an address is trusted for at most one format. */
+export class TrustedForwarders {
+  private readonly sets: [ForwardedCertFormat, CidrSet][] = []
+
+  constructor(cfg: Pick<ForwardedConfig, 'trustedProxies' | 'format'>) {
+    const byFormat = new Map<ForwardedCertFormat, string[]>()
+    for (const entry of cfg.trustedProxies) {
+      // an entry without a format of its own and no global one is trusted for nothing (`check` errors)
+      const format = typeof entry === 'string' ? cfg.format : entry.format
+      if (format === undefined) continue
+      const cidr = typeof entry === 'string' ? entry : entry.cidr
+      byFormat.set(format, [...(byFormat.get(format) ?? []), cidr])
+    }
+    for (const f of FORWARDED_CERT_FORMATS) {
+      const cidrs = byFormat.get(f)
+      if (cidrs) this.sets.push([f, new CidrSet(cidrs)])
+    }
   }
 
-  /** whether the direct peer may vouch for a client certificate */
-  isTrusted(remoteAddress: string): boolean {
-    return this.trusted.has(remoteAddress)
+  /** The one format the peer may set; undefined when it is not trusted (or listed under two formats). */
+  formatFor(remoteAddress: string): ForwardedCertFormat | undefined {
+    let found: ForwardedCertFormat | undefined
+    for (const [format, set] of this.sets) {
+      if (!set.has(remoteAddress)) continue
+      if (found !== undefined) return undefined
+      found = format
+    }
+    return found
+  }
+}
+
+export class XfccExtractor implements Extractor {
+  readonly source = 'xfcc' as const
+  readonly forwarders: TrustedForwarders
+
+  constructor(cfg: ForwardedConfig) {
+    this.forwarders = new TrustedForwarders(cfg)
+  }
+
+  /** the header format the direct peer may vouch for a client certificate in; undefined: none */
+  formatFor(remoteAddress: string): ForwardedCertFormat | undefined {
+    return this.forwarders.formatFor(remoteAddress)
   }
 
   extract(req: RequestInfo, conn: ConnectionInfo): CertEvidence | Failure | undefined {
-    if (!hasForwardedCertHeader(req.headers)) return undefined
-    if (!this.trusted.has(conn.remoteAddress)) {
+    let any = false
+    let own = false
+    let format: ForwardedCertFormat | undefined | null = null
+    for (const name in req.headers) {
+      if (!isForwardedCertHeader(name)) continue
+      any = true
+      if (format === null) format = this.formatFor(conn.remoteAddress)
+      if (format !== undefined && isFormatHeader(name, format)) own = true
+    }
+    if (!any) return undefined
+    if (format === undefined || format === null) {
       return {
         failed: true,
         source: 'xfcc',
@@ -39,30 +92,53 @@ export class XfccExtractor implements Extractor {
         attributes: { peer: conn.remoteAddress },
       }
     }
-    return forwardedCertEvidence(req)
+    if (!own) {
+      return {
+        failed: true,
+        source: 'xfcc',
+        reason: 'untrusted_forwarder',
+        detail: `forwarded client certificate header other than the ${format} format this proxy is trusted for`,
+        attributes: { peer: conn.remoteAddress, format },
+      }
+    }
+    return forwardedCertEvidence(req, format)
   }
 }
 
-export function createForwardedCertExtractor(cfg: Config['forwardedClientCert']): XfccExtractor {
+export function createForwardedCertExtractor(cfg: ForwardedConfig): XfccExtractor {
   return new XfccExtractor(cfg)
 }
 
-/** Evidence from whichever forwarded-cert header is present, in order XFCC, Client-Cert, ALB, nginx. */
-export function forwardedCertEvidence(req: RequestInfo): CertEvidence | Failure | undefined {
-  const xfcc = headerText(req.headers, XFCC_HEADER)
-  if (xfcc !== undefined) return xfccEvidence(xfcc)
-  const clientCert = headerText(req.headers, CLIENT_CERT_HEADER)
-  if (clientCert !== undefined) return clientCertEvidence(clientCert)
-  const alb = albEvidence(req.headers)
-  if (alb) return alb
-  for (const name of NGINX_CERT_HEADERS) {
-    const v = headerText(req.headers, name)
-    if (v !== undefined) return nginxCertEvidence(v)
-  }
+function tooLarge(): Failure {
   return {
     failed: true,
     source: 'xfcc',
     reason: 'malformed',
     detail: 'forwarded client certificate header too large or empty',
+  }
+}
+
+/** Evidence from the header(s) of the one format the peer is trusted for; other headers are never read. */
+export function forwardedCertEvidence(
+  req: RequestInfo,
+  format: ForwardedCertFormat,
+): CertEvidence | Failure | undefined {
+  switch (format) {
+    case 'xfcc': {
+      const v = headerText(req.headers, XFCC_HEADER)
+      return v === undefined ? tooLarge() : xfccEvidence(v)
+    }
+    case 'rfc9440': {
+      const v = headerText(req.headers, CLIENT_CERT_HEADER)
+      // Client-Cert-Chain alone says nothing about the client
+      if (v === undefined) return req.headers[CLIENT_CERT_HEADER] === undefined ? undefined : tooLarge()
+      return clientCertEvidence(v)
+    }
+    case 'alb':
+      return albEvidence(req.headers) ?? undefined
+    case 'nginx': {
+      const v = headerText(req.headers, NGINX_CERT_HEADER)
+      return v === undefined ? tooLarge() : nginxCertEvidence(v)
+    }
   }
 }

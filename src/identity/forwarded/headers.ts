@@ -1,6 +1,7 @@
 // Names of every header that can carry a forwarded client certificate, and what we send upstream.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
-import type { CertEvidence } from '../../types.ts'
+import type { CertEvidence, ForwardedCertFormat } from '../../types.ts'
+import { normalizeHeaderName } from '../../util/header-names.ts'
 
 export const XFCC_HEADER = 'x-forwarded-client-cert'
 export const CLIENT_CERT_HEADER = 'client-cert'
@@ -10,7 +11,10 @@ export const ALB_LEAF_HEADER = 'x-amzn-mtls-clientcert-leaf'
 export const ALB_SUBJECT_HEADER = 'x-amzn-mtls-clientcert-subject'
 export const ALB_SAN_HEADER = 'x-amzn-mtls-clientcert-san'
 export const ALB_SERIAL_HEADER = 'x-amzn-mtls-clientcert-serial-number'
-export const NGINX_CERT_HEADERS = ['ssl-client-cert', 'x-ssl-client-cert'] as const
+/** The header nginx's $ssl_client_escaped_cert is conventionally set in: the one the nginx format reads. */
+export const NGINX_CERT_HEADER = 'x-ssl-client-cert'
+/** Other spellings front proxies have used for the same thing; never read, always stripped. */
+export const NGINX_CERT_HEADERS = ['ssl-client-cert', NGINX_CERT_HEADER] as const
 
 /** Headers whose presence means "a client certificate is being forwarded to us". */
 export const FORWARDED_CERT_HEADERS: readonly string[] = [
@@ -25,7 +29,24 @@ export const FORWARDED_CERT_HEADERS: readonly string[] = [
   ...NGINX_CERT_HEADERS,
 ]
 
+export { FORWARDED_CERT_FORMATS, type ForwardedCertFormat } from '../../types.ts'
+
 const ALB_PREFIX = 'x-amzn-mtls-clientcert'
+const CERT_HEADER_SET = new Set(FORWARDED_CERT_HEADERS)
+const FORMAT_HEADERS: Record<Exclude<ForwardedCertFormat, 'alb'>, ReadonlySet<string>> = {
+  xfcc: new Set([XFCC_HEADER]),
+  rfc9440: new Set([CLIENT_CERT_HEADER, CLIENT_CERT_CHAIN_HEADER]),
+  nginx: new Set([NGINX_CERT_HEADER]),
+}
+
+/**
+ * Whether `name` is a header the proxy of `format` sets, under the exact spelling it sets it in (Node hands us
+ * names lower-cased; an underscore spelling is never the proxy's).
+ */
+export function isFormatHeader(name: string, format: ForwardedCertFormat): boolean {
+  if (format === 'alb') return name.startsWith(ALB_PREFIX) && normalizeHeaderName(name) === name
+  return FORMAT_HEADERS[format].has(name)
+}
 
 /** Upper bound on any one forwarded-cert header we parse; a cert chain in PEM is a few KiB. */
 export const MAX_FORWARDED_HEADER_BYTES = 64 * 1024
@@ -46,27 +67,41 @@ export function hasForwardedCertHeader(headers: IncomingHttpHeaders): boolean {
   return false
 }
 
-function isForwardedCertHeader(name: string): boolean {
-  const lower = name.toLowerCase()
-  return FORWARDED_CERT_HEADERS.includes(lower) || lower.startsWith(ALB_PREFIX)
+/**
+ * Whether `name`, in any spelling an upstream would merge with it (case, "_" for "-"), is a forwarded-cert
+ * header. Names that cannot be one (first letter not c/s/x, or too short) return at once.
+ */
+export function isForwardedCertHeader(name: string): boolean {
+  if (name.length < 11) return false
+  const c = name.charCodeAt(0) | 0x20
+  if (c !== 120 && c !== 99 && c !== 115) return false
+  const n = normalizeHeaderName(name)
+  return CERT_HEADER_SET.has(n) || n.startsWith(ALB_PREFIX)
+}
+
+/** A forwarded-cert header under a spelling no proxy sets (underscores, upper case): always a spoof. */
+export function isForwardedCertVariant(name: string): boolean {
+  return isForwardedCertHeader(name) && normalizeHeaderName(name) !== name
 }
 
 /**
- * Rewrites the forwarded-cert headers of an outgoing request in place.
+ * Rewrites the forwarded-cert headers of an outgoing request in place. `format` is the one header format the
+ * direct peer is trusted to set (undefined: an untrusted peer).
  * - sanitize: remove all of them
  * - sanitize_set: remove, then describe the client we verified (when we have evidence) in a clean XFCC
- * - forward: keep them only when they came from a trusted proxy
- * Copies from untrusted peers are always removed.
+ * - forward: keep the trusted proxy's own format, under its own spelling; remove every other one
  */
 export function sanitizeForwardedCertHeaders(
   headers: OutgoingHttpHeaders | IncomingHttpHeaders,
-  trusted: boolean,
+  format: ForwardedCertFormat | undefined,
   mode: 'sanitize' | 'sanitize_set' | 'forward',
   evidence?: CertEvidence,
 ): void {
-  if (mode === 'forward' && trusted) return
+  const keep = mode === 'forward' ? format : undefined
   for (const name of Object.keys(headers)) {
-    if (isForwardedCertHeader(name)) delete headers[name]
+    if (!isForwardedCertHeader(name)) continue
+    if (keep !== undefined && isFormatHeader(name, keep)) continue
+    delete headers[name]
   }
   if (mode === 'sanitize_set' && evidence) {
     const xfcc = formatXfcc(evidence)
@@ -74,19 +109,60 @@ export function sanitizeForwardedCertHeaders(
   }
 }
 
-const NEEDS_QUOTES_RE = /[,;="\\\s]/
-
-function xfccValue(v: string): string {
-  if (!NEEDS_QUOTES_RE.test(v)) return v
-  return `"${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`
+/**
+ * Whether the request carries a forwarded-cert header its peer may not set: any of them from an untrusted
+ * peer (format undefined), or from a trusted one a header of another family or under another spelling.
+ */
+export function hasForeignForwardedCertHeader(
+  headers: IncomingHttpHeaders,
+  format: () => ForwardedCertFormat | undefined,
+): boolean {
+  let f: ForwardedCertFormat | undefined | null = null
+  for (const name in headers) {
+    if (!isForwardedCertHeader(name)) continue
+    if (f === null) f = format()
+    if (f === undefined || !isFormatHeader(name, f)) return true
+  }
+  return false
 }
 
-/** One XFCC element (Envoy format) describing a verified client certificate. */
+const NEEDS_QUOTES_RE = /[,;="\\\s]/
+const UNSAFE_RE = /[^\x20-\x7e]/
+
+/**
+ * Percent-encodes, as UTF-8, every character outside printable ASCII (and "%" itself when `escapePercent`),
+ * so the value is a valid header value whatever the certificate said. Never throws: a lone surrogate becomes
+ * U+FFFD on the way to UTF-8.
+ */
+export function percentEncodeUnsafe(v: string, escapePercent: boolean): string {
+  if (!UNSAFE_RE.test(v) && !(escapePercent && v.includes('%'))) return v
+  let out = ''
+  for (const b of Buffer.from(v, 'utf8')) {
+    out +=
+      b < 0x20 || b > 0x7e || (escapePercent && b === 0x25)
+        ? `%${b.toString(16).toUpperCase().padStart(2, '0')}`
+        : String.fromCharCode(b)
+  }
+  return out
+}
+
+/**
+ * One XFCC value: printable ASCII only, double-quoted with backslash escapes when it holds a separator.
+ * Subject is percent-encoded where needed ("%" included, so parseXfcc decodes it unambiguously); a URI or
+ * DNS name gets its non-ASCII characters percent-encoded, which is their own escape syntax.
+ */
+function xfccValue(v: string, escapePercent: boolean): string {
+  const safe = percentEncodeUnsafe(v, escapePercent)
+  if (!NEEDS_QUOTES_RE.test(safe)) return safe
+  return `"${safe.replace(/[\\"]/g, (c) => `\\${c}`)}"`
+}
+
+/** One XFCC element (Envoy format) describing a verified client certificate; always a valid header value. */
 export function formatXfcc(ev: CertEvidence): string {
   const parts: string[] = []
-  if (ev.sha256) parts.push(`Hash=${ev.sha256}`)
-  if (ev.subject) parts.push(`Subject=${xfccValue(ev.subject)}`)
-  for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri)}`)
-  for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns)}`)
+  if (ev.sha256) parts.push(`Hash=${xfccValue(ev.sha256, false)}`)
+  if (ev.subject) parts.push(`Subject=${xfccValue(ev.subject, true)}`)
+  for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri, false)}`)
+  for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns, false)}`)
   return parts.join(';')
 }

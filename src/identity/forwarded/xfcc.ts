@@ -1,6 +1,9 @@
 // Envoy / Istio x-forwarded-client-cert. Grammar: elements separated by ","; each element is ";"-separated
 // Key=Value pairs; keys are case-insensitive; a value may be double-quoted with backslash escapes (commas
-// and semicolons inside quotes do not split). The LEFTMOST element describes the original client.
+// and semicolons inside quotes do not split). Several header lines are one list (Node joins them with ", ").
+// Each hop APPENDS its own element (Envoy's append_forward), so everything left of the rightmost element is
+// whatever the client, or a hop before the trusted one, chose to send: only the RIGHTMOST element, the one
+// the trusted proxy itself added, describes a certificate that proxy verified.
 import type { CertEvidence, Failure } from '../../types.ts'
 import {
   certEvidenceFromFields,
@@ -113,16 +116,33 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
   return elements
 }
 
+const ESCAPE_RE = /%([0-9A-Fa-f]{2})?/g
+
+/**
+ * Undoes formatXfcc's percent-encoding of a Subject: only when every escape in it is one formatXfcc makes
+ * (a byte outside printable ASCII, or "%" itself) and the bytes are UTF-8. Anything else is taken as sent,
+ * so a subject that merely contains "%61" is never turned into a different name.
+ */
+export function decodeSubject(v: string): string {
+  if (!v.includes('%')) return v
+  for (const m of v.matchAll(ESCAPE_RE)) {
+    if (m[1] === undefined) return v
+    const b = Number.parseInt(m[1], 16)
+    if (b >= 0x20 && b <= 0x7e && b !== 0x25) return v
+  }
+  return urlDecode(v) ?? v
+}
+
 function malformed(detail: string): Failure {
   return { failed: true, source: 'xfcc', reason: 'malformed', detail }
 }
 
-/** Evidence for the original client (leftmost element). */
+/** Evidence for the client the trusted hop itself verified: the rightmost element, the one it appended. */
 export function xfccEvidence(value: string): CertEvidence | Failure {
   const elements = parseXfcc(value)
-  const first = elements?.[0]
-  if (!first) return malformed('x-forwarded-client-cert does not parse')
-  return xfccElementEvidence(first)
+  const last = elements ? elements[elements.length - 1] : undefined
+  if (!last) return malformed('x-forwarded-client-cert does not parse')
+  return xfccElementEvidence(last)
 }
 
 export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
@@ -137,11 +157,12 @@ export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
   if (!sha256 && el.subject === undefined && el.uri.length === 0 && el.dns.length === 0) {
     return malformed('x-forwarded-client-cert element has no Hash, Cert, Subject, URI or DNS')
   }
-  const cn = el.subject === undefined ? undefined : cnFromSubject(el.subject)
+  const subject = el.subject === undefined ? undefined : decodeSubject(el.subject)
+  const cn = subject === undefined ? undefined : cnFromSubject(subject)
   return certEvidenceFromFields(
     {
       ...(sha256 ? { sha256 } : {}),
-      ...(el.subject ? { subject: el.subject } : {}),
+      ...(subject ? { subject } : {}),
       ...(cn ? { cn } : {}),
       uriSans: el.uri,
       dnsSans: el.dns,
