@@ -7,7 +7,7 @@ import {
   type IncomingMessage,
   type Server,
   type ServerOptions,
-  type ServerResponse,
+  ServerResponse,
 } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { type AddressInfo, connect, type Socket } from 'node:net'
@@ -219,9 +219,27 @@ function requestHasBody(headers: IncomingHttpHeaders): boolean {
   return cl !== undefined && cl !== '0'
 }
 
-function hasUpgradeHeader(req: IncomingMessage): boolean {
-  return typeof req.headers.upgrade === 'string' && req.headers.upgrade.length > 0
+/**
+ * True when the Upgrade header offers `websocket` (any case, anywhere in a token list). Every other
+ * protocol (h2c above all) is never switched to: a raw tunnel would carry requests that attribution,
+ * policy and audit never see.
+ */
+function offersWebSocket(upgrade: string | undefined): boolean {
+  if (upgrade === undefined) return false
+  for (const token of upgrade.split(',')) if (token.trim().toLowerCase() === 'websocket') return true
+  return false
 }
+
+/** RFC 6455 §4.1: a GET with a Sec-WebSocket-Key; anything else is not a handshake a websocket server takes. */
+function isWebSocketHandshake(req: IncomingMessage): boolean {
+  const key = req.headers['sec-websocket-key']
+  return req.method === 'GET' && typeof key === 'string' && key.length > 0
+}
+
+const NOT_WEBSOCKET = Object.freeze({
+  status: 400,
+  body: JSON.stringify({ error: 'bad_request', message: 'only websocket upgrades are supported' }),
+})
 
 export function createProxy(opts: ProxyOptions): ProxyServer {
   let upstream = parseUpstream(opts.upstream)
@@ -380,8 +398,32 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     }
   }
 
+  /**
+   * A request that asked for an upgrade other than websocket: served as a plain request (Upgrade,
+   * HTTP2-Settings and the Connection tokens are hop-by-hop and never forwarded) on a connection that is
+   * closed after the answer. Bytes the client sent after the header block are dropped with it.
+   */
+  function serveWithoutUpgrade(req: TaggedRequest, socket: Duplex): void {
+    const res = new ServerResponse(req) as TaggedResponse
+    res.shouldKeepAlive = false
+    res.assignSocket(socket as Socket)
+    // the HTTP server's timeouts no longer watch a detached socket
+    ;(socket as Socket).setTimeout?.(timeouts.idle, () => socket.destroy())
+    res.once('finish', () => {
+      res.detachSocket(socket as Socket)
+      socket.end()
+      process.nextTick(() => res.emit('close'))
+    })
+    void handleRequest(req, res)
+  }
+
   async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on('error', () => socket.destroy())
+    const websocket = offersWebSocket(req.headers.upgrade)
+    if (!websocket && !closing && !requestHasBody(req.headers)) {
+      serveWithoutUpgrade(req, socket)
+      return
+    }
     const conn = connectionInfo(req.socket as TaggedSocket)
     const method = req.method ?? 'GET'
     const parsed = requestTarget(req.url ?? '/')
@@ -390,9 +432,13 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     tunnels.add(socket)
     ex.responseClosed = true
     try {
-      if (closing || parsed === undefined || !hasUpgradeHeader(req)) {
+      if (closing || parsed === undefined || !websocket || !isWebSocketHandshake(req)) {
         ex.pipeline = opts.getPipeline()
-        const answer = closing ? { status: 503, body: '{"error":"unavailable"}' } : BAD_REQUEST
+        const answer = closing
+          ? { status: 503, body: '{"error":"unavailable"}' }
+          : parsed === undefined
+            ? BAD_REQUEST
+            : NOT_WEBSOCKET
         ex.status = answer.status
         sendJsonRaw(socket, answer.status, answer.body)
         return
