@@ -39,20 +39,31 @@ export function parseHeaderArgs(args: readonly string[]): Record<string, string>
   return headers
 }
 
-/** mTLS evidence from a PEM file, verified against listen.https.clientCA when one is configured. */
-async function certFromFile(path: string, config: Config, notes: string[]): Promise<CertEvidence | Failure> {
+/**
+ * mTLS evidence from a PEM file, verified against listen.https.clientCA. Without a clientCA the live
+ * listener does not request client certificates, so the certificate is no evidence here either.
+ */
+async function certFromFile(
+  path: string,
+  config: Config,
+  notes: string[],
+): Promise<CertEvidence | Failure | undefined> {
   const cert = new X509Certificate(await readFile(path))
   const caFile = config.listen.https?.clientCA
+  if (!caFile) {
+    notes.push(
+      'no listen.https.clientCA configured: the listener does not request client certificates, so --cert is ignored',
+    )
+    return undefined
+  }
   let verified = false
-  if (caFile) {
-    try {
-      const ca = new X509Certificate(await readFile(caFile))
-      verified = cert.checkIssued(ca) && cert.verify(ca.publicKey)
-      if (!verified) notes.push(`certificate is not issued by ${caFile}`)
-    } catch (e) {
-      notes.push(`cannot read clientCA ${caFile}: ${(e as Error).message}`)
-    }
-  } else notes.push('no listen.https.clientCA configured: the certificate is treated as unverified')
+  try {
+    const ca = new X509Certificate(await readFile(caFile))
+    verified = cert.checkIssued(ca) && cert.verify(ca.publicKey)
+    if (!verified) notes.push(`certificate is not issued by ${caFile}`)
+  } catch (e) {
+    notes.push(`cannot read clientCA ${caFile}: ${(e as Error).message}`)
+  }
   return certEvidenceFromX509(cert, 'mtls', verified)
 }
 
@@ -75,7 +86,8 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   const conn: ConnectionInfo = { remoteAddress: remoteAddr, remotePort: 0, tls: opts.cert !== undefined }
   if (opts.cert) {
     try {
-      conn.peerCert = await certFromFile(opts.cert, config, notes)
+      const peerCert = await certFromFile(opts.cert, config, notes)
+      if (peerCert) conn.peerCert = peerCert
     } catch (e) {
       out(`${opts.cert}: cannot read certificate: ${(e as Error).message}`)
       return 1

@@ -241,6 +241,26 @@ const NOT_WEBSOCKET = Object.freeze({
   body: JSON.stringify({ error: 'bad_request', message: 'only websocket upgrades are supported' }),
 })
 
+/**
+ * TLS options of the https listener. Client certificates are requested only when a client CA is given, and
+ * then verified against that CA alone: without `ca`, Node would verify them against its default store
+ * (public roots and NODE_EXTRA_CA_CERTS), making any such certificate a verified identity.
+ */
+export function httpsOptions(https: NonNullable<ProxyOptions['https']>, base: ServerOptions) {
+  if (!https.ca && https.clientCert === 'required') {
+    throw new Error('listen.https.clientCert: required needs listen.https.clientCA')
+  }
+  const handshakeTimeout = base.headersTimeout
+  const common = { ...base, cert: https.cert, key: https.key, handshakeTimeout }
+  if (!https.ca) return { ...common, requestCert: false, rejectUnauthorized: false }
+  return {
+    ...common,
+    ca: https.ca,
+    requestCert: true,
+    rejectUnauthorized: https.clientCert === 'required',
+  }
+}
+
 export function createProxy(opts: ProxyOptions): ProxyServer {
   let upstream = parseUpstream(opts.upstream)
   const { timeouts, limits } = opts
@@ -495,17 +515,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
 
   const httpServer = opts.http ? setup(createServer(serverOptions)) : undefined
   const httpsServer = opts.https
-    ? setup(
-        createHttpsServer({
-          ...serverOptions,
-          cert: opts.https.cert,
-          key: opts.https.key,
-          ...(opts.https.ca ? { ca: opts.https.ca } : {}),
-          requestCert: true,
-          rejectUnauthorized: opts.https.clientCert === 'required',
-          handshakeTimeout: headersTimeout,
-        }),
-      )
+    ? setup(createHttpsServer(httpsOptions(opts.https, serverOptions)))
     : undefined
 
   let reachability: { at: number; result: Promise<boolean> } | undefined
