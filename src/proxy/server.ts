@@ -27,6 +27,7 @@ import { normaliseAddress } from '../util/cidr.ts'
 import { type Forwarder, type ForwardResult, UndiciForwarder } from './forwarder.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestId, type TraceContext, traceContext } from './ids.ts'
+import { normalizePath } from './path.ts'
 import { BAD_REQUEST, INTERNAL_ERROR, sendJson, sendJsonRaw, UPSTREAM_ERRORS } from './respond.ts'
 
 export interface ProxyOptions {
@@ -111,21 +112,31 @@ const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
 /** nginx's "client closed request": recorded when the client left before an answer */
 const CLIENT_CLOSED = 499
 
-/** Splits the request target into the path sent upstream and the query-less path for rules. */
-function requestTarget(url: string): { target: string; path: string } | undefined {
+const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i
+
+/**
+ * The request target as the upstream will get it: the normalized path (see path.ts) plus the untouched
+ * query. Rules, policy, metrics routes and audit see that same path. undefined → 400 (a target that is
+ * neither origin- nor absolute-form, or a path that cannot be normalized unambiguously).
+ */
+export function requestTarget(url: string): { target: string; path: string } | undefined {
   let target = url
   if (target.charCodeAt(0) !== 47 /* / */) {
-    // absolute-form (RFC 9112 §3.2.2): keep only path and query
-    if (!/^https?:\/\//i.test(target)) return undefined
-    try {
-      const u = new URL(target)
-      target = u.pathname + u.search
-    } catch {
-      return undefined
+    // absolute-form (RFC 9112 §3.2.2): keep only path and query, as sent (no URL-parser rewriting)
+    const authority = ABSOLUTE_FORM.exec(target)
+    if (authority === null) return undefined
+    target = target.slice(authority[0].length)
+    if (target.charCodeAt(0) !== 47) {
+      if (target !== '' && target.charCodeAt(0) !== 63 /* ? */) return undefined
+      target = `/${target}`
     }
   }
   const q = target.indexOf('?')
-  return { target, path: q === -1 ? target : target.slice(0, q) }
+  const raw = q === -1 ? target : target.slice(0, q)
+  const path = normalizePath(raw)
+  if (path === undefined) return undefined
+  if (path === raw) return { target, path }
+  return { target: q === -1 ? path : path + target.slice(q), path }
 }
 
 /** All we need to build the RequestEvent; lives from accept to record. */
