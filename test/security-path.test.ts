@@ -4,9 +4,13 @@
 // that fetch() would rewrite before sending.
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
+import { runExplain } from '../src/cli/explain.ts'
 import { normalizePath } from '../src/proxy/path.ts'
 import { eventually } from './helpers/eventually.ts'
 import { startTestSidecar } from './helpers/sidecar.ts'
@@ -218,4 +222,23 @@ t.test('property: the path the policy matched is the path the upstream received'
       t.equal(up.received.length, before, `${path}: nothing reached the upstream`)
     }
   }
+})
+
+t.test('explain agrees with the live proxy about the path', async (t) => {
+  const config = join(mkdtempSync(join(tmpdir(), 'nhi-path-')), 'c.yaml')
+  writeFileSync(config, JSON.stringify({ policy: POLICY }))
+  const explain = async (path: string, method = 'GET') => {
+    const lines: string[] = []
+    const code = await runExplain({ config, headers: [], method, path, json: true }, (l) => lines.push(l))
+    return { code, text: lines.join('\n') }
+  }
+  for (const path of ['/public/%2e%2e/admin', '/%61dmin;x=1', '//admin/']) {
+    const r = await explain(path)
+    t.equal(r.code, 0)
+    t.match(JSON.parse(r.text).decision, { decision: 'deny', rule: 'admin' }, `${path} is denied`)
+  }
+  t.match(JSON.parse((await explain('/admin', 'HEAD')).text).decision, { decision: 'deny' }, 'HEAD as GET')
+  const refused = await explain('/public%2f..%2fadmin')
+  t.equal(refused.code, 1)
+  t.match(refused.text, /refuses this request target with 400/)
 })

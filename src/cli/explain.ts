@@ -7,6 +7,7 @@ import { loadConfigFile } from '../config/loader.ts'
 import type { Config } from '../config/schema.ts'
 import { Engine } from '../engine.ts'
 import { certEvidenceFromX509 } from '../identity/certificate.ts'
+import { requestTarget } from '../proxy/path.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
@@ -93,11 +94,19 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
       return 1
     }
   }
-  const q = opts.path.indexOf('?')
+  // the path as the live proxy normalizes it (and refuses it)
+  const target = requestTarget(opts.path)
+  if (target === undefined) {
+    out(
+      `${opts.path}: the proxy refuses this request target with 400 (not origin- or absolute-form, or an ambiguous path)`,
+    )
+    return 1
+  }
+  if (target.path !== opts.path.split('?')[0]) notes.push(`path normalized to ${target.path}`)
   const req: RequestInfo = {
     method: opts.method.toUpperCase(),
-    path: q < 0 ? opts.path : opts.path.slice(0, q),
-    url: opts.path,
+    path: target.path,
+    url: target.target,
     headers,
   }
   const engine = new Engine(config)

@@ -100,3 +100,30 @@ function isUnreserved(b: number): boolean {
     b === 0x7e
   )
 }
+
+const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i
+
+/**
+ * The request target as the upstream will get it: the normalized path (normalizePath) plus the untouched
+ * query. Rules, policy, metrics routes and audit see that same path. undefined → 400 (a target that is
+ * neither origin- nor absolute-form, or a path that cannot be normalized unambiguously).
+ */
+export function requestTarget(url: string): { target: string; path: string } | undefined {
+  let target = url
+  if (target.charCodeAt(0) !== 47 /* / */) {
+    // absolute-form (RFC 9112 §3.2.2): keep only path and query, as sent (no URL-parser rewriting)
+    const authority = ABSOLUTE_FORM.exec(target)
+    if (authority === null) return undefined
+    target = target.slice(authority[0].length)
+    if (target.charCodeAt(0) !== 47) {
+      if (target !== '' && target.charCodeAt(0) !== 63 /* ? */) return undefined
+      target = `/${target}`
+    }
+  }
+  const q = target.indexOf('?')
+  const raw = q === -1 ? target : target.slice(0, q)
+  const path = normalizePath(raw)
+  if (path === undefined) return undefined
+  if (path === raw) return { target, path }
+  return { target: q === -1 ? path : path + target.slice(q), path }
+}

@@ -27,7 +27,7 @@ import { normaliseAddress } from '../util/cidr.ts'
 import { type Forwarder, type ForwardResult, UndiciForwarder } from './forwarder.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestId, type TraceContext, traceContext } from './ids.ts'
-import { normalizePath } from './path.ts'
+import { requestTarget } from './path.ts'
 import { BAD_REQUEST, INTERNAL_ERROR, sendJson, sendJsonRaw, UPSTREAM_ERRORS } from './respond.ts'
 
 export interface ProxyOptions {
@@ -111,33 +111,6 @@ const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
 
 /** nginx's "client closed request": recorded when the client left before an answer */
 const CLIENT_CLOSED = 499
-
-const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i
-
-/**
- * The request target as the upstream will get it: the normalized path (see path.ts) plus the untouched
- * query. Rules, policy, metrics routes and audit see that same path. undefined → 400 (a target that is
- * neither origin- nor absolute-form, or a path that cannot be normalized unambiguously).
- */
-export function requestTarget(url: string): { target: string; path: string } | undefined {
-  let target = url
-  if (target.charCodeAt(0) !== 47 /* / */) {
-    // absolute-form (RFC 9112 §3.2.2): keep only path and query, as sent (no URL-parser rewriting)
-    const authority = ABSOLUTE_FORM.exec(target)
-    if (authority === null) return undefined
-    target = target.slice(authority[0].length)
-    if (target.charCodeAt(0) !== 47) {
-      if (target !== '' && target.charCodeAt(0) !== 63 /* ? */) return undefined
-      target = `/${target}`
-    }
-  }
-  const q = target.indexOf('?')
-  const raw = q === -1 ? target : target.slice(0, q)
-  const path = normalizePath(raw)
-  if (path === undefined) return undefined
-  if (path === raw) return { target, path }
-  return { target: q === -1 ? path : path + target.slice(q), path }
-}
 
 /** All we need to build the RequestEvent; lives from accept to record. */
 class Exchange {
