@@ -242,3 +242,24 @@ t.test('explain agrees with the live proxy about the path', async (t) => {
   t.equal(refused.code, 1)
   t.match(refused.text, /refuses this request target with 400/)
 })
+
+t.test(
+  'policy.pathCase: insensitive makes routes match in any case, for upstreams that fold case',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const sidecar = await startTestSidecar(t, {
+      upstream: up.url,
+      policy: { ...POLICY, pathCase: 'insensitive' },
+    })
+    const port = sidecar.proxyAddress.port
+    for (const target of ['/ADMIN', '/Admin/users', '/%41dmin/', '/INTERNAL', '/public/../Internal;x'])
+      t.equal(await rawStatus(port, target), 403, target)
+    t.equal(await rawStatus(port, '/Public/page'), 200)
+    t.same(
+      up.received.map((r) => r.url),
+      ['/Public/page'],
+      'only the allowed request reached the upstream, with its case kept',
+    )
+  },
+)

@@ -52,11 +52,13 @@ export function compilePolicy(cfg: Config['policy']): Policy {
   const mode = cfg.mode
   if (mode === 'off') return { mode, decide: () => OFF }
   const denyDecision = mode === 'enforce' ? 'deny' : 'would_deny'
+  // paths arrive normalized but with their case; an upstream that folds case needs routes that do too
+  const ignoreCase = cfg.pathCase === 'insensitive'
   const rules: CompiledPolicyRule[] = cfg.rules.map((r) => {
     const label = r.name ?? r.route
     const rule: CompiledPolicyRule = {
       label,
-      route: compilePattern(r.route, { separator: '/' }),
+      route: compilePattern(r.route, { separator: '/', ignoreCase }),
       allow: r.allow.map((a) => {
         const m: AllowMatcher = {}
         if (a.identity !== undefined) m.identity = compilePattern(a.identity)
