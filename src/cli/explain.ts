@@ -7,6 +7,7 @@ import { loadConfigFile } from '../config/loader.ts'
 import type { Config } from '../config/schema.ts'
 import { Engine } from '../engine.ts'
 import { certEvidenceFromX509 } from '../identity/certificate.ts'
+import { requestTarget } from '../proxy/path.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
@@ -39,20 +40,31 @@ export function parseHeaderArgs(args: readonly string[]): Record<string, string>
   return headers
 }
 
-/** mTLS evidence from a PEM file, verified against listen.https.clientCA when one is configured. */
-async function certFromFile(path: string, config: Config, notes: string[]): Promise<CertEvidence | Failure> {
+/**
+ * mTLS evidence from a PEM file, verified against listen.https.clientCA. Without a clientCA the live
+ * listener does not request client certificates, so the certificate is no evidence here either.
+ */
+async function certFromFile(
+  path: string,
+  config: Config,
+  notes: string[],
+): Promise<CertEvidence | Failure | undefined> {
   const cert = new X509Certificate(await readFile(path))
   const caFile = config.listen.https?.clientCA
+  if (!caFile) {
+    notes.push(
+      'no listen.https.clientCA configured: the listener does not request client certificates, so --cert is ignored',
+    )
+    return undefined
+  }
   let verified = false
-  if (caFile) {
-    try {
-      const ca = new X509Certificate(await readFile(caFile))
-      verified = cert.checkIssued(ca) && cert.verify(ca.publicKey)
-      if (!verified) notes.push(`certificate is not issued by ${caFile}`)
-    } catch (e) {
-      notes.push(`cannot read clientCA ${caFile}: ${(e as Error).message}`)
-    }
-  } else notes.push('no listen.https.clientCA configured: the certificate is treated as unverified')
+  try {
+    const ca = new X509Certificate(await readFile(caFile))
+    verified = cert.checkIssued(ca) && cert.verify(ca.publicKey)
+    if (!verified) notes.push(`certificate is not issued by ${caFile}`)
+  } catch (e) {
+    notes.push(`cannot read clientCA ${caFile}: ${(e as Error).message}`)
+  }
   return certEvidenceFromX509(cert, 'mtls', verified)
 }
 
@@ -75,17 +87,26 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   const conn: ConnectionInfo = { remoteAddress: remoteAddr, remotePort: 0, tls: opts.cert !== undefined }
   if (opts.cert) {
     try {
-      conn.peerCert = await certFromFile(opts.cert, config, notes)
+      const peerCert = await certFromFile(opts.cert, config, notes)
+      if (peerCert) conn.peerCert = peerCert
     } catch (e) {
       out(`${opts.cert}: cannot read certificate: ${(e as Error).message}`)
       return 1
     }
   }
-  const q = opts.path.indexOf('?')
+  // the path as the live proxy normalizes it (and refuses it)
+  const target = requestTarget(opts.path)
+  if (target === undefined) {
+    out(
+      `${opts.path}: the proxy refuses this request target with 400 (not origin- or absolute-form, or an ambiguous path)`,
+    )
+    return 1
+  }
+  if (target.path !== opts.path.split('?')[0]) notes.push(`path normalized to ${target.path}`)
   const req: RequestInfo = {
     method: opts.method.toUpperCase(),
-    path: q < 0 ? opts.path : opts.path.slice(0, q),
-    url: opts.path,
+    path: target.path,
+    url: target.target,
     headers,
   }
   const engine = new Engine(config)

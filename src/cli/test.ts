@@ -11,6 +11,7 @@ import { parseYamlWith } from '../config/yaml-schema.ts'
 import { certEvidenceFromFields } from '../identity/certificate.ts'
 import { classifyUserAgent } from '../identity/useragent.ts'
 import { compilePolicy } from '../policy/policy.ts'
+import { requestTarget } from '../proxy/path.ts'
 import { compileRules } from '../rules/engine.ts'
 import type { ConnectionInfo, EvidenceSet, Identity, PolicyDecision, RequestInfo } from '../types.ts'
 import { KINDS, SOURCES } from '../types.ts'
@@ -141,8 +142,10 @@ export function requestForTest(r: TestRequest): { req: RequestInfo; conn: Connec
   for (const [k, v] of Object.entries(r.headers)) headers[k.toLowerCase()] = v
   if (r.userAgent !== undefined) headers['user-agent'] = r.userAgent
   const q = r.path.indexOf('?')
+  // the path as the live proxy normalizes it before rules and policy see it
+  const target = requestTarget(r.path) ?? { path: q < 0 ? r.path : r.path.slice(0, q), target: r.path }
   return {
-    req: { method: r.method.toUpperCase(), path: q < 0 ? r.path : r.path.slice(0, q), url: r.path, headers },
+    req: { method: r.method.toUpperCase(), path: target.path, url: target.target, headers },
     conn: { remoteAddress: r.remoteAddr, remotePort: 0, tls: r.cert !== undefined && !r.cert.forwarded },
   }
 }

@@ -277,6 +277,10 @@ export const configSchema = z.strictObject({
   policy: z.prefault(
     z.strictObject({
       mode: z._default(z.enum(['off', 'observe', 'enforce']), 'off'),
+      pathCase: described(
+        z._default(z.enum(['sensitive', 'insensitive']), 'sensitive'),
+        'how the upstream routes paths: insensitive (Express, ASP.NET) makes policy routes match in any case',
+      ),
       rules: z._default(z.array(policyRuleSchema), []),
     }),
     {},

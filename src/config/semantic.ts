@@ -56,6 +56,26 @@ export function semanticCheck(config: Config): SemanticIssue[] {
 
   forwardedCertIssues(config.forwardedClientCert, error, warn)
 
+  // Without a configured CA the listener does not ask for client certificates: Node's default store
+  // (public roots, NODE_EXTRA_CA_CERTS) must never make a client certificate a verified identity.
+  const https = config.listen.https
+  if (https && !https.clientCA) {
+    if (https.clientCert === 'required') {
+      error(
+        ['listen', 'https', 'clientCert'],
+        'clientCert: required needs listen.https.clientCA',
+        'set clientCA to the CA that issues your client certificates',
+      )
+    } else {
+      warn(
+        ['listen', 'https'],
+        'no clientCA: the https listener does not request client certificates (TLS without mTLS identities)',
+        'set clientCA to the CA that issues your client certificates',
+        'key',
+      )
+    }
+  }
+
   config.jwt.issuers.forEach((iss, i) => {
     if (!iss.jwksUri && !iss.jwksFile && !iss.discovery) {
       error(

@@ -39,15 +39,26 @@ function allows(m: AllowMatcher, id: Identity): boolean {
   return true
 }
 
+/**
+ * `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts).
+ * A trailing slash is optional, as most frameworks route "/admin/" to "/admin".
+ */
+function routeMatches(route: CompiledPattern, path: string): boolean {
+  if (route.match(path)) return true
+  return path.length > 1 && path.charCodeAt(path.length - 1) === 47 && route.match(path.slice(0, -1)) !== null
+}
+
 export function compilePolicy(cfg: Config['policy']): Policy {
   const mode = cfg.mode
   if (mode === 'off') return { mode, decide: () => OFF }
   const denyDecision = mode === 'enforce' ? 'deny' : 'would_deny'
+  // paths arrive normalized but with their case; an upstream that folds case needs routes that do too
+  const ignoreCase = cfg.pathCase === 'insensitive'
   const rules: CompiledPolicyRule[] = cfg.rules.map((r) => {
     const label = r.name ?? r.route
     const rule: CompiledPolicyRule = {
       label,
-      route: compilePattern(r.route, { separator: '/' }),
+      route: compilePattern(r.route, { separator: '/', ignoreCase }),
       allow: r.allow.map((a) => {
         const m: AllowMatcher = {}
         if (a.identity !== undefined) m.identity = compilePattern(a.identity)
@@ -59,7 +70,12 @@ export function compilePolicy(cfg: Config['policy']): Policy {
       allowed: Object.freeze({ decision: 'allow', rule: label }),
       denied: Object.freeze({ decision: denyDecision, rule: label }),
     }
-    if (r.methods?.length) rule.methods = new Set(r.methods.map((x) => x.toUpperCase()))
+    if (r.methods?.length) {
+      const methods = new Set(r.methods.map((x) => x.toUpperCase()))
+      // HEAD is a GET without the body (RFC 9110 §9.3.2): a rule about GET covers it
+      if (methods.has('GET')) methods.add('HEAD')
+      rule.methods = methods
+    }
     return rule
   })
   return {
@@ -67,7 +83,7 @@ export function compilePolicy(cfg: Config['policy']): Policy {
     decide(identity, req) {
       for (const rule of rules) {
         if (rule.methods && !rule.methods.has(req.method.toUpperCase())) continue
-        if (!rule.route.match(req.path)) continue
+        if (!routeMatches(rule.route, req.path)) continue
         for (const m of rule.allow) if (allows(m, identity)) return rule.allowed
         return rule.denied
       }

@@ -1,6 +1,7 @@
 // Forwarders carry one request to the upstream and stream the answer back (SPEC §1 "forward").
 // The undici forwarder drives `Pool.dispatch` with a handler that writes straight into the client's
 // response: no intermediate streams, no buffering, backpressure through undici's pause/resume.
+import { createHash } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
@@ -183,6 +184,27 @@ class ResponseCall implements Dispatcher.DispatchHandler {
   }
 }
 
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
+
+/**
+ * RFC 6455 §4.1: a 101 counts only when it switches to websocket and proves it read this handshake's key.
+ * An upstream that switches to anything it is asked for never gets a raw tunnel out of the proxy.
+ */
+function isWebSocketAccept(rawHeaders: Buffer[] | string[] | null, key: string | undefined): boolean {
+  if (!key) return false
+  const expected = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64')
+  let upgrade = false
+  let accept = false
+  const raw = rawHeaders ?? []
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toString().toLowerCase()
+    const value = raw[i + 1]!.toString().trim()
+    if (name === 'upgrade') upgrade = value.toLowerCase() === 'websocket'
+    else if (name === 'sec-websocket-accept') accept = value === expected
+  }
+  return upgrade && accept
+}
+
 /** Upgrade (websocket) tunnel: answers non-101 responses like a normal response on the raw socket. */
 class UpgradeCall implements Dispatcher.DispatchHandler {
   private status = 0
@@ -196,6 +218,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   constructor(
     private readonly client: Duplex,
     private readonly head: Buffer,
+    private readonly key: string | undefined,
     private readonly done: (result: ForwardResult) => void,
   ) {}
 
@@ -212,6 +235,13 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     if (client.destroyed) {
       upstream.destroy()
       this.settle(undefined, true)
+      return
+    }
+    if (!isWebSocketAccept(rawHeaders, this.key)) {
+      // not a websocket answer: no tunnel; the caller answers 502
+      upstream.destroy()
+      this.status = 0
+      this.settle('reset')
       return
     }
     let head = `HTTP/1.1 ${statusCode} Switching Protocols\r\n`
@@ -335,13 +365,15 @@ export class UndiciForwarder implements Forwarder {
     headers: UpstreamHeaders,
   ): Promise<ForwardResult> {
     return new Promise((resolve) => {
-      const call = new UpgradeCall(socket, head, resolve)
+      const key = req.headers['sec-websocket-key']
+      const call = new UpgradeCall(socket, head, typeof key === 'string' ? key : undefined, resolve)
       this.pool(target.origin).dispatch(
         {
           path: target.path,
           method: req.method as Dispatcher.HttpMethod,
           headers,
-          upgrade: req.headers.upgrade ?? 'websocket',
+          // only websocket is ever offered upstream, whatever else the client listed
+          upgrade: 'websocket',
         },
         call,
       )

@@ -16,6 +16,8 @@ const HOP_BY_HOP = new Set([
   'trailer',
   'transfer-encoding',
   'upgrade',
+  // RFC 9113 §3.2.1: only meaningful with an h2c upgrade, which the proxy never performs
+  'http2-settings',
 ])
 
 const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map((name) => name.length))

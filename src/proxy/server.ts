@@ -7,7 +7,7 @@ import {
   type IncomingMessage,
   type Server,
   type ServerOptions,
-  type ServerResponse,
+  ServerResponse,
 } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { type AddressInfo, connect, type Socket } from 'node:net'
@@ -27,6 +27,7 @@ import { normaliseAddress } from '../util/cidr.ts'
 import { type Forwarder, type ForwardResult, UndiciForwarder } from './forwarder.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestId, type TraceContext, traceContext } from './ids.ts'
+import { requestTarget } from './path.ts'
 import { BAD_REQUEST, INTERNAL_ERROR, sendJson, sendJsonRaw, UPSTREAM_ERRORS } from './respond.ts'
 
 export interface ProxyOptions {
@@ -110,23 +111,6 @@ const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
 
 /** nginx's "client closed request": recorded when the client left before an answer */
 const CLIENT_CLOSED = 499
-
-/** Splits the request target into the path sent upstream and the query-less path for rules. */
-function requestTarget(url: string): { target: string; path: string } | undefined {
-  let target = url
-  if (target.charCodeAt(0) !== 47 /* / */) {
-    // absolute-form (RFC 9112 §3.2.2): keep only path and query
-    if (!/^https?:\/\//i.test(target)) return undefined
-    try {
-      const u = new URL(target)
-      target = u.pathname + u.search
-    } catch {
-      return undefined
-    }
-  }
-  const q = target.indexOf('?')
-  return { target, path: q === -1 ? target : target.slice(0, q) }
-}
 
 /** All we need to build the RequestEvent; lives from accept to record. */
 class Exchange {
@@ -219,8 +203,46 @@ function requestHasBody(headers: IncomingHttpHeaders): boolean {
   return cl !== undefined && cl !== '0'
 }
 
-function hasUpgradeHeader(req: IncomingMessage): boolean {
-  return typeof req.headers.upgrade === 'string' && req.headers.upgrade.length > 0
+/**
+ * True when the Upgrade header offers `websocket` (any case, anywhere in a token list). Every other
+ * protocol (h2c above all) is never switched to: a raw tunnel would carry requests that attribution,
+ * policy and audit never see.
+ */
+function offersWebSocket(upgrade: string | undefined): boolean {
+  if (upgrade === undefined) return false
+  for (const token of upgrade.split(',')) if (token.trim().toLowerCase() === 'websocket') return true
+  return false
+}
+
+/** RFC 6455 §4.1: a GET with a Sec-WebSocket-Key; anything else is not a handshake a websocket server takes. */
+function isWebSocketHandshake(req: IncomingMessage): boolean {
+  const key = req.headers['sec-websocket-key']
+  return req.method === 'GET' && typeof key === 'string' && key.length > 0
+}
+
+const NOT_WEBSOCKET = Object.freeze({
+  status: 400,
+  body: JSON.stringify({ error: 'bad_request', message: 'only websocket upgrades are supported' }),
+})
+
+/**
+ * TLS options of the https listener. Client certificates are requested only when a client CA is given, and
+ * then verified against that CA alone: without `ca`, Node would verify them against its default store
+ * (public roots and NODE_EXTRA_CA_CERTS), making any such certificate a verified identity.
+ */
+export function httpsOptions(https: NonNullable<ProxyOptions['https']>, base: ServerOptions) {
+  if (!https.ca && https.clientCert === 'required') {
+    throw new Error('listen.https.clientCert: required needs listen.https.clientCA')
+  }
+  const handshakeTimeout = base.headersTimeout
+  const common = { ...base, cert: https.cert, key: https.key, handshakeTimeout }
+  if (!https.ca) return { ...common, requestCert: false, rejectUnauthorized: false }
+  return {
+    ...common,
+    ca: https.ca,
+    requestCert: true,
+    rejectUnauthorized: https.clientCert === 'required',
+  }
 }
 
 export function createProxy(opts: ProxyOptions): ProxyServer {
@@ -380,8 +402,32 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     }
   }
 
+  /**
+   * A request that asked for an upgrade other than websocket: served as a plain request (Upgrade,
+   * HTTP2-Settings and the Connection tokens are hop-by-hop and never forwarded) on a connection that is
+   * closed after the answer. Bytes the client sent after the header block are dropped with it.
+   */
+  function serveWithoutUpgrade(req: TaggedRequest, socket: Duplex): void {
+    const res = new ServerResponse(req) as TaggedResponse
+    res.shouldKeepAlive = false
+    res.assignSocket(socket as Socket)
+    // the HTTP server's timeouts no longer watch a detached socket
+    ;(socket as Socket).setTimeout?.(timeouts.idle, () => socket.destroy())
+    res.once('finish', () => {
+      res.detachSocket(socket as Socket)
+      socket.end()
+      process.nextTick(() => res.emit('close'))
+    })
+    void handleRequest(req, res)
+  }
+
   async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on('error', () => socket.destroy())
+    const websocket = offersWebSocket(req.headers.upgrade)
+    if (!websocket && !closing && !requestHasBody(req.headers)) {
+      serveWithoutUpgrade(req, socket)
+      return
+    }
     const conn = connectionInfo(req.socket as TaggedSocket)
     const method = req.method ?? 'GET'
     const parsed = requestTarget(req.url ?? '/')
@@ -390,9 +436,13 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     tunnels.add(socket)
     ex.responseClosed = true
     try {
-      if (closing || parsed === undefined || !hasUpgradeHeader(req)) {
+      if (closing || parsed === undefined || !websocket || !isWebSocketHandshake(req)) {
         ex.pipeline = opts.getPipeline()
-        const answer = closing ? { status: 503, body: '{"error":"unavailable"}' } : BAD_REQUEST
+        const answer = closing
+          ? { status: 503, body: '{"error":"unavailable"}' }
+          : parsed === undefined
+            ? BAD_REQUEST
+            : NOT_WEBSOCKET
         ex.status = answer.status
         sendJsonRaw(socket, answer.status, answer.body)
         return
@@ -449,17 +499,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
 
   const httpServer = opts.http ? setup(createServer(serverOptions)) : undefined
   const httpsServer = opts.https
-    ? setup(
-        createHttpsServer({
-          ...serverOptions,
-          cert: opts.https.cert,
-          key: opts.https.key,
-          ...(opts.https.ca ? { ca: opts.https.ca } : {}),
-          requestCert: true,
-          rejectUnauthorized: opts.https.clientCert === 'required',
-          handshakeTimeout: headersTimeout,
-        }),
-      )
+    ? setup(createHttpsServer(httpsOptions(opts.https, serverOptions)))
     : undefined
 
   let reachability: { at: number; result: Promise<boolean> } | undefined

@@ -1,0 +1,129 @@
+// The one request path everything sees (issue: "policy sees the path the upstream will see"). The proxy
+// normalizes the path once, matches identity rules, policy and metrics routes against the result and
+// forwards exactly that result, so no encoding trick can make the checks and the upstream disagree —
+// the same idea as Envoy's normalize_path + merge_slashes + path_with_escaped_slashes_action.
+//
+//   - percent-encoded unreserved characters (RFC 3986 §2.3: A-Z a-z 0-9 - . _ ~) are decoded, every other
+//     percent-encoding keeps its meaning with upper-case hex (§6.2.2.1): /%61dmin → /admin, %c3%a9 → %C3%A9
+//   - path parameters are removed from every segment, as Tomcat and Spring do: /admin;x=1 → /admin
+//   - empty segments are merged (//admin → /admin) and dot segments resolved (§5.2.4), never above the
+//     root: /a/./b/../c → /a/c, /../admin → /admin (so a base path on the upstream cannot be escaped)
+//   - a path no two servers agree on is refused (400): an encoded "/" or "\" (%2F, %5C), a backslash,
+//     an encoded control character (%00-%1F, %7F), an invalid percent-encoding, or a "#"
+//   - letter case is kept; matching is case-sensitive, and the upstream receives the very bytes matched
+// The query string is not part of the path and is never touched.
+
+/** The normalized path, or undefined when the path must be refused (400). */
+export function normalizePath(path: string): string | undefined {
+  if (path.charCodeAt(0) !== 0x2f /* / */) return undefined
+  if (!needsNormalizing(path)) return path
+  let decoded = ''
+  let from = 0
+  for (let i = 0; i < path.length; i++) {
+    const c = path.charCodeAt(i)
+    if (c === 0x5c /* \ */ || c === 0x23 /* # */) return undefined
+    if (c !== 0x25 /* % */) continue
+    const byte = hexByte(path, i + 1)
+    if (byte < 0 || byte === 0x2f || byte === 0x5c || byte < 0x20 || byte === 0x7f) return undefined
+    decoded += path.slice(from, i)
+    decoded += isUnreserved(byte) ? String.fromCharCode(byte) : `%${HEX[byte >> 4]}${HEX[byte & 15]}`
+    i += 2
+    from = i + 1
+  }
+  decoded += path.slice(from)
+
+  const segments = decoded.split('/')
+  const out: string[] = []
+  // "/a/", "/a/." and "/a/b/.." name a directory: the trailing slash stays
+  let trailingSlash = false
+  // segments[0] is what precedes the leading "/" (always empty for origin-form)
+  for (let i = 1; i < segments.length; i++) {
+    let s = segments[i]!
+    const semicolon = s.indexOf(';')
+    if (semicolon !== -1) s = s.slice(0, semicolon)
+    if (s === '' || s === '.') {
+      trailingSlash = true
+      continue
+    }
+    if (s === '..') {
+      out.pop()
+      trailingSlash = true
+      continue
+    }
+    out.push(s)
+    trailingSlash = false
+  }
+  if (out.length === 0) return '/'
+  return trailingSlash ? `/${out.join('/')}/` : `/${out.join('/')}`
+}
+
+/**
+ * The fast path: a path without "%", "\", ";", "#", "//" or a segment starting with "." is already normal.
+ * One scan, no allocation; most real paths take it.
+ */
+function needsNormalizing(path: string): boolean {
+  for (let i = 0; i < path.length; i++) {
+    const c = path.charCodeAt(i)
+    if (c === 0x25 || c === 0x5c || c === 0x3b || c === 0x23) return true
+    if (c === 0x2f) {
+      const next = path.charCodeAt(i + 1)
+      if (next === 0x2f || next === 0x2e) return true
+    }
+  }
+  return false
+}
+
+const HEX = '0123456789ABCDEF'
+
+function hexDigit(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30
+  if (c >= 0x41 && c <= 0x46) return c - 0x37
+  if (c >= 0x61 && c <= 0x66) return c - 0x57
+  return -1
+}
+
+function hexByte(s: string, at: number): number {
+  if (at + 1 >= s.length) return -1
+  const hi = hexDigit(s.charCodeAt(at))
+  const lo = hexDigit(s.charCodeAt(at + 1))
+  return hi < 0 || lo < 0 ? -1 : (hi << 4) | lo
+}
+
+function isUnreserved(b: number): boolean {
+  return (
+    (b >= 0x41 && b <= 0x5a) ||
+    (b >= 0x61 && b <= 0x7a) ||
+    (b >= 0x30 && b <= 0x39) ||
+    b === 0x2d ||
+    b === 0x2e ||
+    b === 0x5f ||
+    b === 0x7e
+  )
+}
+
+const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i
+
+/**
+ * The request target as the upstream will get it: the normalized path (normalizePath) plus the untouched
+ * query. Rules, policy, metrics routes and audit see that same path. undefined → 400 (a target that is
+ * neither origin- nor absolute-form, or a path that cannot be normalized unambiguously).
+ */
+export function requestTarget(url: string): { target: string; path: string } | undefined {
+  let target = url
+  if (target.charCodeAt(0) !== 47 /* / */) {
+    // absolute-form (RFC 9112 §3.2.2): keep only path and query, as sent (no URL-parser rewriting)
+    const authority = ABSOLUTE_FORM.exec(target)
+    if (authority === null) return undefined
+    target = target.slice(authority[0].length)
+    if (target.charCodeAt(0) !== 47) {
+      if (target !== '' && target.charCodeAt(0) !== 63 /* ? */) return undefined
+      target = `/${target}`
+    }
+  }
+  const q = target.indexOf('?')
+  const raw = q === -1 ? target : target.slice(0, q)
+  const path = normalizePath(raw)
+  if (path === undefined) return undefined
+  if (path === raw) return { target, path }
+  return { target: q === -1 ? path : path + target.slice(q), path }
+}
