@@ -4,7 +4,7 @@ import { X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
-import type { Config } from '../config/schema.ts'
+import { type Config, configSchema } from '../config/schema.ts'
 import { Engine } from '../engine.ts'
 import { certEvidenceFromX509 } from '../identity/certificate.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
@@ -14,7 +14,8 @@ import { type ExplainReport, renderExplain } from './explain-render.ts'
 export type { ExplainReport } from './explain-render.ts'
 
 export interface ExplainOptions {
-  config: string
+  /** config file; none → the built-in defaults (no rules, no issuers: built-in knowledge only) */
+  config?: string
   /** 'Name: value' */
   headers: string[]
   token?: string
@@ -57,12 +58,19 @@ async function certFromFile(path: string, config: Config, notes: string[]): Prom
 }
 
 export async function runExplain(opts: ExplainOptions, out: Out): Promise<number> {
-  const loaded = await loadConfigFile(opts.config)
-  if (!loaded.ok) {
-    for (const d of loaded.errors) out(formatDiagnostic(d))
-    return 1
+  const notes: string[] = []
+  let config: Config
+  if (opts.config === undefined) {
+    config = configSchema.parse({})
+    notes.push('no config file (-c): built-in defaults, so no identity rules and no token issuers')
+  } else {
+    const loaded = await loadConfigFile(opts.config)
+    if (!loaded.ok) {
+      for (const d of loaded.errors) out(formatDiagnostic(d))
+      return 1
+    }
+    config = loaded.config
   }
-  const config = loaded.config
   const headers = parseHeaderArgs(opts.headers)
   if (typeof headers === 'string') {
     out(headers)
@@ -70,7 +78,6 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   }
   if (opts.token) headers['authorization'] = `Bearer ${opts.token}`
   if (opts.ua !== undefined) headers['user-agent'] = opts.ua
-  const notes: string[] = []
   const remoteAddr = opts.remoteAddr ?? '127.0.0.1'
   const conn: ConnectionInfo = { remoteAddress: remoteAddr, remotePort: 0, tls: opts.cert !== undefined }
   if (opts.cert) {
