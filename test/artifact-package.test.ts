@@ -31,6 +31,32 @@ interface PackedFile {
 
 const npmVersion = await run('npm', ['--version'], { timeoutMs: 30_000 })
 
+t.test('npm lifecycle: npm ci builds dist/, pack rebuilds it, start and test run the bundle', async (t) => {
+  const { scripts } = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as {
+    scripts: Record<string, string>
+  }
+  t.equal(scripts['build'], 'node scripts/bundle.mjs')
+  t.equal(scripts['prepare'], 'node scripts/prepare.mjs', 'npm ci / npm install in a clone build dist/')
+  t.equal(scripts['prepack'], 'npm run build', 'npm pack / publish build dist/ first')
+  t.equal(scripts['start'], 'node dist/nhi-proxy.mjs demo', 'npm start runs the bundle')
+  t.match(scripts['test'], /npm run build && tap$/, 'npm test builds the bundle before the tests start it')
+
+  // prepare builds on install and stays out of the way on pack, where prepack has just built
+  const out = mkdtempSync(join(tmpdir(), 'nhi-prepare-'))
+  t.teardown(() => rmSync(out, { recursive: true, force: true }))
+  const prepare = (npmCommand: string, dir: string) =>
+    run(process.execPath, ['scripts/prepare.mjs'], {
+      env: { npm_command: npmCommand, NHI_BUNDLE_OUTDIR: join(out, dir) },
+      timeoutMs: 120_000,
+    })
+  const onCi = await prepare('ci', 'ci')
+  t.equal(onCi.code, 0, onCi.stderr)
+  t.ok(existsSync(join(out, 'ci', 'nhi-proxy.mjs')), 'prepare on npm ci writes the bundle')
+  const onPack = await prepare('pack', 'pack')
+  t.equal(onPack.code, 0, onPack.stderr)
+  t.notOk(existsSync(join(out, 'pack')), 'prepare on npm pack leaves the build to prepack')
+})
+
 if (npmVersion.code !== 0) {
   t.skip(
     `npm is not available (${npmVersion.stderr.trim() || `exit ${npmVersion.code}`}): cannot pack or install`,
