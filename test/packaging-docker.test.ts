@@ -40,6 +40,12 @@ t.test('image contract', async (t) => {
     all.some((i) => i.keyword === 'RUN' && /npm run build/.test(i.args)),
     'build stage runs npm run build',
   )
+  const firstInstall = all.findIndex((i) => i.keyword === 'RUN' && /npm ci\b/.test(i.args))
+  const copiesSrc = all.findIndex((i) => i.keyword === 'COPY' && /^src\b/.test(i.args))
+  t.ok(
+    firstInstall < copiesSrc && /--ignore-scripts/.test(all[firstInstall]?.args ?? ''),
+    "the build stage installs with --ignore-scripts: the package's prepare would build before src/ is there",
+  )
 
   const last = finalStage(all)
   const lastRun = last.filter((i) => i.keyword === 'RUN').map((i) => i.args)
