@@ -5,17 +5,19 @@
 # Runs as a numeric non-root user and writes nothing outside /tmp (audit goes to stdout), so it works
 # with a read-only root filesystem. No HEALTHCHECK: Kubernetes probes /healthz and /readyz on port 9464.
 
-# ---- build: compile TypeScript to dist/ --------------------------------------------------------
+# ---- build: bundle the TypeScript sources into dist/ ---------------------------------------------
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
-COPY tsconfig.json tsconfig.build.json ./
+# --ignore-scripts: the package's own `prepare` would build before src/ is here (the build runs below);
+# esbuild needs no install script (its binary comes from a platform package)
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json ./
 COPY scripts/bundle.mjs ./scripts/
 COPY src ./src
 RUN npm run build
 
-# ---- runtime: production dependencies + compiled output only ------------------------------------
+# ---- runtime: production dependencies + the bundle only -----------------------------------------
 FROM node:24-bookworm-slim AS runtime
 ENV NODE_ENV=production \
     HOME=/tmp
@@ -29,6 +31,8 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
       > /etc/nhi-proxy/config.yaml
 COPY --from=build /app/dist ./dist
 COPY config ./config
+COPY schema ./schema
+COPY LICENSE ./
 
 # 65532 is the conventional "nonroot" uid/gid; numeric so runAsNonRoot can verify it
 USER 65532:65532

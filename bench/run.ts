@@ -1,8 +1,9 @@
-// npm run bench [-- --duration 10 --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick]
 // Throughput/latency/CPU of nhi-proxy against baselines, or (memory modes) RSS and series under
 // identity cardinality floods. Writes bench/results/latest.{md,json,svg} (memory: memory.{md,json}).
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
+import { parseDuration } from '../src/util/duration.ts'
 import { runBench } from './lib/harness.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
 import { buildDist } from './lib/nhi.ts'
@@ -14,6 +15,14 @@ const positive = (v: string) => {
   return n
 }
 
+/** seconds, from a duration as config files write them (10s, 2m) or a bare number of seconds */
+const seconds = (v: string) => {
+  const text = v.trim()
+  const ms = parseDuration(/^\d+(\.\d+)?$/.test(text) ? Number(text) : text)
+  if (ms === undefined || ms <= 0) throw new InvalidArgumentError('expected a duration such as 10s or 2m')
+  return ms / 1000
+}
+
 const nonNegative = (v: string) => {
   const n = Number(v)
   if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected a number ≥ 0')
@@ -22,7 +31,7 @@ const nonNegative = (v: string) => {
 
 const program = new Command()
   .name('bench')
-  .option('--duration <s>', 'seconds per configuration per round', positive, 10)
+  .option('--duration <duration>', 'per configuration per round, e.g. 10s or 1m (or seconds)', seconds, 10)
   .option('--rounds <n>', 'interleaved rounds', positive, 3)
   .option('--connections <n>', 'concurrent connections', positive, 64)
   .option(

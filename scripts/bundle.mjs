@@ -11,11 +11,19 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'))
 
 const outdir = process.env.NHI_BUNDLE_OUTDIR ?? 'dist'
-// chunk names carry content hashes: without this, every build would leave the previous build's chunks behind
-rmSync(resolve(root, outdir, 'chunks'), { recursive: true, force: true })
+// dist/ holds the bundle and nothing else: chunk names carry content hashes, so without this every build
+// would leave the previous build's chunks behind (and whatever else once landed there would ship)
+rmSync(resolve(root, outdir), { recursive: true, force: true })
 
-await build({
+// A package imported lazily (`await import('pkg')`) lands in a chunk of its own. When the package is
+// CommonJS, that chunk's namespace has only `default` (module.exports), whatever Node's own loader would
+// offer: named exports read from it are undefined at run time in the bundle and nowhere else. Each such
+// import is listed here once its importer was checked to read `.default`; any other fails the build.
+const LAZY_COMMONJS_READ_THROUGH_DEFAULT = new Set(['undici'])
+
+const result = await build({
   absWorkingDir: root,
+  metafile: true,
   entryPoints: { 'nhi-proxy': 'src/cli/main.ts' },
   outdir,
   outExtension: { '.js': '.mjs' },
@@ -37,3 +45,21 @@ await build({
   },
   logLevel: 'warning',
 })
+
+const unchecked = []
+for (const [file, input] of Object.entries(result.metafile.inputs)) {
+  for (const imp of input.imports) {
+    if (imp.kind !== 'dynamic-import' || imp.external) continue
+    const target = result.metafile.inputs[imp.path]
+    const specifier = imp.original ?? imp.path
+    if (target?.format === 'cjs' && !LAZY_COMMONJS_READ_THROUGH_DEFAULT.has(specifier)) {
+      unchecked.push(`${file}: import('${specifier}') is CommonJS: read it through .default, then list it`)
+    }
+  }
+}
+if (unchecked.length) {
+  process.stderr.write(
+    `lazily imported CommonJS modules (scripts/bundle.mjs):\n  ${unchecked.join('\n  ')}\n`,
+  )
+  process.exit(1)
+}

@@ -202,8 +202,12 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     await proxy.close(0).catch(() => {})
     await admin.close().catch(() => {})
     await telemetry.close()
-    const e = err as NodeJS.ErrnoException
-    throw new StartupError(`cannot listen: ${e.code === 'EADDRINUSE' ? 'address in use' : e.message}`, 2)
+    const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
+    const where =
+      e.address === undefined ? '' : ` on ${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`
+    const why =
+      e.code === 'EADDRINUSE' ? 'address in use' : e.code === 'EACCES' ? 'permission denied' : e.message
+    throw new StartupError(`cannot listen${where}: ${why}`, 2)
   }
   if (!proxyAddrs.http) throw new StartupError('http listener did not start', 2)
 

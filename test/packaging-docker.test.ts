@@ -1,40 +1,13 @@
 // The container image, checked without a Docker engine: two Dockerfile linters and the image's contract
 // (user, ports, entrypoint, no HEALTHCHECK). test/packaging-layout.test.ts starts the staged runtime.
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { validate } from 'dockerfile-utils'
 import t from 'tap'
+import { finalStage, instructions } from './helpers/dockerfile.ts'
 import { REPO_ROOT, run } from './helpers/tools.ts'
 
 const dockerfile = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8')
-
-interface Instruction {
-  keyword: string
-  args: string
-}
-
-/** Dockerfile instructions with line continuations joined and comments dropped. */
-function instructions(text: string): Instruction[] {
-  const joined = text
-    .split('\n')
-    .filter((l) => !l.trimStart().startsWith('#'))
-    .join('\n')
-    .replace(/\\\n/g, ' ')
-  return joined
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean)
-    .map((l) => {
-      const [keyword = '', ...rest] = l.split(/\s+/)
-      return { keyword: keyword.toUpperCase(), args: rest.join(' ') }
-    })
-}
-
-/** Instructions of the last stage (what the image runs). */
-function finalStage(all: Instruction[]): Instruction[] {
-  const lastFrom = all.map((i) => i.keyword).lastIndexOf('FROM')
-  return all.slice(lastFrom)
-}
 
 t.test('dockerfilelint finds no issues', async (t) => {
   const r = await run(join(REPO_ROOT, 'node_modules', '.bin', 'dockerfilelint'), ['Dockerfile'])
@@ -66,6 +39,12 @@ t.test('image contract', async (t) => {
   t.ok(
     all.some((i) => i.keyword === 'RUN' && /npm run build/.test(i.args)),
     'build stage runs npm run build',
+  )
+  const firstInstall = all.findIndex((i) => i.keyword === 'RUN' && /npm ci\b/.test(i.args))
+  const copiesSrc = all.findIndex((i) => i.keyword === 'COPY' && /^src\b/.test(i.args))
+  t.ok(
+    firstInstall < copiesSrc && /--ignore-scripts/.test(all[firstInstall]?.args ?? ''),
+    "the build stage installs with --ignore-scripts: the package's prepare would build before src/ is there",
   )
 
   const last = finalStage(all)
@@ -113,4 +92,41 @@ t.test('image contract', async (t) => {
   for (const p of ['node_modules', 'dist', '.git', '.tools', 'test']) {
     t.ok(ignore.includes(p), `.dockerignore excludes ${p}`)
   }
+  t.ok(
+    last.some((i) => i.keyword === 'COPY' && /^schema\b/.test(i.args)),
+    "runtime copies schema/ (the configs' $schema references)",
+  )
+  t.ok(
+    last.some((i) => i.keyword === 'COPY' && /^LICENSE\b/.test(i.args)),
+    'runtime copies LICENSE',
+  )
+})
+
+t.test('every file the Dockerfile copies from the build context is in the context', async (t) => {
+  const rules = readFileSync(join(REPO_ROOT, '.dockerignore'), 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'))
+  const matches = (pattern: string, path: string) =>
+    pattern.startsWith('*.')
+      ? path.endsWith(pattern.slice(1))
+      : path === pattern || path.startsWith(`${pattern}/`)
+  /** .dockerignore semantics: the last matching rule wins, `!` re-includes */
+  const ignored = (path: string) => {
+    let out = false
+    for (const r of rules) {
+      if (r.startsWith('!') ? matches(r.slice(1), path) : matches(r, path)) out = !r.startsWith('!')
+    }
+    return out
+  }
+  const copies = instructions(dockerfile).filter((i) => i.keyword === 'COPY' && !/--from=/.test(i.args))
+  t.ok(copies.length >= 5, 'the build and runtime stages copy from the context')
+  for (const c of copies) {
+    const sources = c.args.split(' ').slice(0, -1)
+    for (const src of sources) {
+      t.ok(existsSync(join(REPO_ROOT, src)), `${src} exists`)
+      t.notOk(ignored(src), `${src} is not excluded by .dockerignore`)
+    }
+  }
+  t.ok(ignored('test/x.test.ts') && ignored('README.md') && !ignored('src/cli/main.ts'), 'the matcher works')
 })

@@ -18,7 +18,7 @@ export async function runCheck(files: string[], out: Out): Promise<number> {
   const targets = files.length ? files : [defaultConfigPath()]
   let failed = false
   for (const file of targets) {
-    const result = await loadConfigFile(file)
+    const result = await loadConfigFile(file, { checkFiles: true })
     const diagnostics = result.ok ? result.warnings : [...result.errors, ...result.warnings]
     diagnostics.sort((a, b) => a.line - b.line || a.col - b.col)
     for (const d of diagnostics) out(formatDiagnostic(d))

@@ -4,7 +4,7 @@ import { X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
-import type { Config } from '../config/schema.ts'
+import { type Config, configSchema } from '../config/schema.ts'
 import { Engine } from '../engine.ts'
 import { certEvidenceFromX509 } from '../identity/certificate.ts'
 import { requestTarget } from '../proxy/path.ts'
@@ -15,7 +15,8 @@ import { type ExplainReport, renderExplain } from './explain-render.ts'
 export type { ExplainReport } from './explain-render.ts'
 
 export interface ExplainOptions {
-  config: string
+  /** config file; none → the built-in defaults (no rules, no issuers: built-in knowledge only) */
+  config?: string
   /** 'Name: value' */
   headers: string[]
   token?: string
@@ -69,12 +70,19 @@ async function certFromFile(
 }
 
 export async function runExplain(opts: ExplainOptions, out: Out): Promise<number> {
-  const loaded = await loadConfigFile(opts.config)
-  if (!loaded.ok) {
-    for (const d of loaded.errors) out(formatDiagnostic(d))
-    return 1
+  const notes: string[] = []
+  let config: Config
+  if (opts.config === undefined) {
+    config = configSchema.parse({})
+    notes.push('no config file (-c): built-in defaults, so no identity rules and no token issuers')
+  } else {
+    const loaded = await loadConfigFile(opts.config)
+    if (!loaded.ok) {
+      for (const d of loaded.errors) out(formatDiagnostic(d))
+      return 1
+    }
+    config = loaded.config
   }
-  const config = loaded.config
   const headers = parseHeaderArgs(opts.headers)
   if (typeof headers === 'string') {
     out(headers)
@@ -82,7 +90,6 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   }
   if (opts.token) headers['authorization'] = `Bearer ${opts.token}`
   if (opts.ua !== undefined) headers['user-agent'] = opts.ua
-  const notes: string[] = []
   const remoteAddr = opts.remoteAddr ?? '127.0.0.1'
   const conn: ConnectionInfo = { remoteAddress: remoteAddr, remotePort: 0, tls: opts.cert !== undefined }
   if (opts.cert) {

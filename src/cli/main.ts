@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { StartupError, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
+import { parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
@@ -18,6 +19,16 @@ function positiveInt(value: string): number {
   const n = Number(value)
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive whole number')
   return n
+}
+
+/** A duration as config files write them ("20s", "500ms", "5m"), or a bare number of seconds. */
+function positiveDuration(value: string): number {
+  const text = value.trim()
+  const ms = parseDuration(/^\d+(\.\d+)?$/.test(text) ? Number(text) : text)
+  if (ms === undefined || ms <= 0) {
+    throw new InvalidArgumentError('expected a duration such as 20s, 500ms or 5m (or a number of seconds)')
+  }
+  return ms
 }
 
 /** Operational logs go to stderr as JSON lines; stdout is reserved for the audit trail. */
@@ -119,6 +130,13 @@ SIGTERM drains in-flight requests for up to timeouts.drain, then exits 0.`,
 program
   .command('check')
   .description('validate config files; every problem as FILE:LINE:COL message (hint); exit 1 on errors')
+  .addHelpText(
+    'after',
+    `
+Files the config names (jwksFile, secretFile, caFile, bearerTokenFile, listen.https cert/key/clientCA) must
+exist, relative paths from the current directory as the sidecar reads them. An absolute path whose directory
+does not exist here either (a secret mounted only where the sidecar runs) is not reported.`,
+  )
   .argument('[files...]', 'config files (default: $NHI_PROXY_CONFIG or config/nhi-proxy.yaml)')
   .action(async (files: string[]) => {
     const { runCheck } = await import('./check.ts')
@@ -130,7 +148,7 @@ program
   .description(
     'show the identity a request would get: evidence, every rule tried and why, the policy decision',
   )
-  .requiredOption('-c, --config <file>', 'config file')
+  .option('-c, --config <file>', 'config file (default: $NHI_PROXY_CONFIG; none → built-in defaults)')
   .option('-H, --header <header>', "request header 'Name: value' (repeatable)", collect, [])
   .option('--token <jwt>', 'bearer token (verified against the configured issuers)')
   .option('--cert <file>', 'client certificate PEM file (as if presented over mTLS)')
@@ -141,7 +159,7 @@ program
   .option('--json', 'machine-readable output')
   .action(
     async (o: {
-      config: string
+      config?: string
       header: string[]
       token?: string
       cert?: string
@@ -154,7 +172,7 @@ program
       const { runExplain } = await import('./explain.ts')
       process.exitCode = await runExplain(
         {
-          config: o.config,
+          config: o.config ?? (process.env['NHI_PROXY_CONFIG'] || undefined),
           headers: o.header,
           token: o.token,
           cert: o.cert,
@@ -188,7 +206,11 @@ program
   .option('--admin <addr>', 'admin address (/metrics, /ui)', '127.0.0.1:9464')
   .option('--idp <addr>', 'demo identity provider (JWKS and sample tokens for curl)', '127.0.0.1:9400')
   .addOption(new Option('--rate <n>', 'synthetic requests per second').argParser(positiveInt).default(25))
-  .option('--duration <seconds>', 'stop after this many seconds (default: run until Ctrl-C)', positiveInt)
+  .option(
+    '--duration <duration>',
+    'stop after this long, e.g. 20s or 5m, or a number of seconds (default: run until Ctrl-C)',
+    positiveDuration,
+  )
   .option('--audit', 'print the audit trail (JSON lines) to stdout')
   .action(
     async (o: {
@@ -210,7 +232,7 @@ program
               () => process.exit(0),
               () => process.exit(2),
             )
-          }, o.duration * 1000).unref()
+          }, o.duration).unref()
         }
       } catch (err) {
         fail(err)

@@ -1,9 +1,10 @@
 // Config file → validated, defaulted Config, or diagnostics with FILE:LINE:COL (SPEC §4).
-import { readFile } from 'node:fs/promises'
+import { readFile, stat } from 'node:fs/promises'
+import { dirname, isAbsolute } from 'node:path'
 import { type Diagnostic, formatDiagnostic } from './diagnostics.ts'
 import { type Config, configSchema } from './schema.ts'
 import { semanticCheck } from './semantic.ts'
-import { parseYamlWith } from './yaml-schema.ts'
+import { type Path, parseYamlWith } from './yaml-schema.ts'
 
 export type { Diagnostic } from './diagnostics.ts'
 export { formatDiagnostic }
@@ -14,11 +15,15 @@ export type LoadResult =
 
 const byPosition = (a: Diagnostic, b: Diagnostic) => a.line - b.line || a.col - b.col
 
-/** Never throws: every problem with the text becomes a Diagnostic. */
-export function parseConfigText(text: string, file: string): LoadResult {
+type Locate = (path: Path, at?: 'key' | 'value') => { line: number; col: number }
+
+function parseLocated(text: string, file: string): { result: LoadResult; locate: Locate } {
   const parsed = parseYamlWith(text, file, configSchema)
   if (parsed.errors.length || parsed.value === undefined) {
-    return { ok: false, errors: parsed.errors.sort(byPosition), warnings: [] }
+    return {
+      result: { ok: false, errors: parsed.errors.sort(byPosition), warnings: [] },
+      locate: parsed.locate,
+    }
   }
   const config = parsed.value
   const errors: Diagnostic[] = []
@@ -35,10 +40,77 @@ export function parseConfigText(text: string, file: string): LoadResult {
   }
   errors.sort(byPosition)
   warnings.sort(byPosition)
-  return errors.length ? { ok: false, errors, warnings } : { ok: true, config, warnings }
+  const result: LoadResult = errors.length ? { ok: false, errors, warnings } : { ok: true, config, warnings }
+  return { result, locate: parsed.locate }
 }
 
-export async function loadConfigFile(path: string): Promise<LoadResult> {
+/** Never throws: every problem with the text becomes a Diagnostic. */
+export function parseConfigText(text: string, file: string): LoadResult {
+  return parseLocated(text, file).result
+}
+
+/** The files a config names (key sources, secrets, TLS material), with where it names them. */
+function referencedFiles(config: Config): { path: Path; name: string; value: string }[] {
+  const files: { path: Path; name: string; value: string }[] = []
+  config.jwt.issuers.forEach((iss, i) => {
+    for (const name of ['jwksFile', 'secretFile', 'caFile', 'bearerTokenFile'] as const) {
+      const value = iss[name]
+      if (value !== undefined) files.push({ path: ['jwt', 'issuers', i, name], name, value })
+    }
+  })
+  const https = config.listen.https
+  if (https) {
+    for (const name of ['cert', 'key', 'clientCA'] as const) {
+      const value = https[name]
+      if (value !== undefined) files.push({ path: ['listen', 'https', name], name, value })
+    }
+  }
+  return files
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * A named file that is missing is an error: the sidecar would start and then fail every refresh (or not
+ * start at all). An absolute path whose directory is missing too is most likely mounted only where the
+ * sidecar runs (a Kubernetes secret, a service account token): not reported, so a config can be checked
+ * elsewhere. Relative paths start at the working directory, as the sidecar reads them.
+ */
+async function fileErrors(config: Config, locate: Locate, file: string): Promise<Diagnostic[]> {
+  const out: Diagnostic[] = []
+  for (const ref of referencedFiles(config)) {
+    let problem: string | undefined
+    try {
+      if ((await stat(ref.value)).isDirectory()) problem = 'is a directory'
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') problem = (e as Error).message
+      else if (!isAbsolute(ref.value) || (await exists(dirname(ref.value)))) problem = 'file not found'
+    }
+    if (problem === undefined) continue
+    out.push({
+      file,
+      ...locate(ref.path),
+      message: `${ref.name} "${ref.value}": ${problem}`,
+      hint: 'relative paths start at the working directory of the sidecar',
+      severity: 'error',
+    })
+  }
+  return out
+}
+
+export interface LoadOptions {
+  /** also report files the config names that are missing (`check`) */
+  checkFiles?: boolean
+}
+
+export async function loadConfigFile(path: string, opts: LoadOptions = {}): Promise<LoadResult> {
   let text: string
   try {
     text = await readFile(path, 'utf8')
@@ -47,5 +119,8 @@ export async function loadConfigFile(path: string): Promise<LoadResult> {
     const message = code === 'ENOENT' ? 'file not found' : `cannot read file: ${(e as Error).message}`
     return { ok: false, errors: [{ file: path, line: 1, col: 1, message, severity: 'error' }], warnings: [] }
   }
-  return parseConfigText(text, path)
+  const { result, locate } = parseLocated(text, path)
+  if (!opts.checkFiles || !result.ok) return result
+  const errors = await fileErrors(result.config, locate, path)
+  return errors.length ? { ok: false, errors, warnings: result.warnings } : result
 }

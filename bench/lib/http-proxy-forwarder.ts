@@ -1,11 +1,11 @@
 // The benchmark baseline: the same Forwarder contract on the classic http-proxy library.
-// Not used by the running proxy; it exists so the benchmark compares engines, not feature sets.
+// Not part of the proxy or its package; it exists so the benchmark compares engines, not feature sets.
 import { Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import httpProxy from 'http-proxy'
-import type { UpstreamErrorReason } from '../types.ts'
-import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
-import type { UpstreamHeaders } from './headers.ts'
+import type { Forwarder, ForwardResult, ForwardTarget } from '../../src/proxy/forwarder.ts'
+import type { UpstreamHeaders } from '../../src/proxy/headers.ts'
+import type { UpstreamErrorReason } from '../../src/types.ts'
 
 const kHeaders = Symbol('nhi.upstreamHeaders')
 type Tagged = IncomingMessage & { [kHeaders]?: UpstreamHeaders }
