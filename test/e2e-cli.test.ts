@@ -7,7 +7,7 @@ import { runCli as cli, ROOT } from './helpers/sidecar.ts'
 t.test('--help teaches and --version answers', async (t) => {
   const help = await cli(['--help'])
   t.equal(help.code, 0)
-  for (const cmd of ['run', 'check', 'explain', 'test', 'demo', 'schema'])
+  for (const cmd of ['run', 'check', 'explain', 'test', 'demo', 'demo-idp', 'schema'])
     t.match(help.stdout, new RegExp(`\\n\\s+${cmd}\\b`))
   t.match(help.stdout, /Exit codes/)
   const runHelp = await cli(['run', '--help'])

@@ -220,6 +220,39 @@ program
   )
 
 program
+  .command('demo-idp')
+  .description(
+    "the demo's identity provider alone: a JWKS and sample tokens on loopback, to try JWT attribution\n" +
+      'with your own config and no cloud IdP (demo keys, regenerated at every start)',
+  )
+  .option('--listen <addr>', 'address of the JWKS and token endpoints', '127.0.0.1:9400')
+  .addHelpText(
+    'after',
+    `
+Tokens: GET /tokens/github?repository=acme/web, /tokens/kubernetes?ns=NS&sa=SA, /tokens/auth0-client,
+/tokens/auth0-user, /tokens/expired, /tokens/unknown-kid, /tokens/bound. They carry the real issuers'
+iss values and aud "checkout"; point an issuer's jwksUri at the printed JWKS to verify them.`,
+  )
+  .action(async (o: { listen: string }) => {
+    try {
+      const { splitAddress } = await import('../runtime.ts')
+      const { AUDIENCE, DemoIdp, ISSUERS, SAMPLES } = await import('../demo/idp.ts')
+      const { host, port } = splitAddress(o.listen)
+      const idp = await DemoIdp.start(host, port).catch((err: Error) => {
+        throw new StartupError(`cannot listen on ${o.listen}: ${err.message}`, 2)
+      })
+      out('nhi-proxy demo identity provider (demo keys: never trust them outside a try-out)')
+      out(`  jwks      ${idp.jwksUri}`)
+      out(`  tokens    ${idp.tokensUrl}/{${SAMPLES.join(',')}}`)
+      for (const [name, iss] of Object.entries(ISSUERS)) out(`  issuer    ${iss} (${name})`)
+      out(`  audience  ${AUDIENCE}`)
+      handleSignals(() => idp.close())
+    } catch (err) {
+      fail(err)
+    }
+  })
+
+program
   .command('schema')
   .description('print the JSON Schema of the config file (for yaml-language-server and editors)')
   .action(async () => {
