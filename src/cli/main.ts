@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// nhi-proxy command line (SPEC §3). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
+// nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { StartupError, startSidecar } from '../runtime.ts'
