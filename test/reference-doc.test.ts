@@ -9,10 +9,10 @@ import { ROOT } from './helpers/sidecar.ts'
 
 const doc = readFileSync(join(ROOT, 'docs/reference.md'), 'utf8')
 const source = (path: string) => readFileSync(join(ROOT, path), 'utf8')
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+const literal = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 /** `name` inside backticks, alone or as part of a dotted key or a command line */
 const named = (name: string) =>
-  new RegExp(`\`[^\`\\n]*(?<![\\w-])${escape(name)}(?![\\w-])[^\`\\n]*\``).test(doc)
+  new RegExp(`\`[^\`\\n]*(?<![\\w-])${literal(name)}(?![\\w-])[^\`\\n]*\``).test(doc)
 
 interface JsonSchema {
   properties?: Record<string, JsonSchema>
@@ -55,7 +55,7 @@ t.test('every CLI command and admin endpoint is documented', async (t) => {
   const commands = [...source('src/cli/main.ts').matchAll(/\.command\('([\w-]+)'\)/g)].map((m) => m[1]!)
   t.ok(commands.length >= 7, `${commands.length} commands`)
   for (const command of commands)
-    t.match(doc, new RegExp(`^\\| \`${escape(command)}(?: |\`)`, 'm'), `command ${command} has a row`)
+    t.match(doc, new RegExp(`^\\| \`${literal(command)}(?: |\`)`, 'm'), `command ${command} has a row`)
   const paths = [...source('src/admin/server.ts').matchAll(/case '(\/[a-z]*)'/g)].map((m) => m[1]!)
   t.ok(paths.length >= 9, `${paths.length} admin paths`)
   for (const path of paths) t.ok(named(path), `admin path ${path}`)
