@@ -2,7 +2,7 @@
 // nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
-import { StartupError, startSidecar } from '../runtime.ts'
+import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { VERSION } from '../version.ts'
 
@@ -235,7 +235,6 @@ iss values and aud "checkout"; point an issuer's jwksUri at the printed JWKS to 
   )
   .action(async (o: { listen: string }) => {
     try {
-      const { splitAddress } = await import('../runtime.ts')
       const { AUDIENCE, DemoIdp, ISSUERS, SAMPLES } = await import('../demo/idp.ts')
       const { host, port } = splitAddress(o.listen)
       const idp = await DemoIdp.start(host, port).catch((err: Error) => {
