@@ -39,13 +39,15 @@ t.test('every shipped config is valid', async (t) => {
 })
 
 t.test('without files: $NHI_PROXY_CONFIG, else config/nhi-proxy.yaml', async (t) => {
-  const env = await check([], { NHI_PROXY_CONFIG: 'test/golden/bad-config.yaml' })
+  const [env, def, missing] = await Promise.all([
+    check([], { NHI_PROXY_CONFIG: 'test/golden/bad-config.yaml' }),
+    check([]),
+    check(['does/not/exist.yaml']),
+  ])
   t.equal(env.code, 1)
   t.match(env.text, /^test\/golden\/bad-config\.yaml:/)
-  const def = await check([])
   t.equal(def.code, 0)
   t.match(def.text, /^config\/nhi-proxy\.yaml: ok/)
-  const missing = await check(['does/not/exist.yaml'])
   t.equal(missing.code, 1)
   t.match(missing.text, /does\/not\/exist\.yaml:1:1 file not found/)
 })

@@ -129,9 +129,14 @@ identities:
 })
 
 t.test('bad input exits 1', async (t) => {
-  t.equal((await explain({ config: 'test/golden/bad-config.yaml' })).code, 1)
-  t.equal((await explain({ config: 'config/nhi-proxy.yaml', headers: ['no colon'] })).code, 1)
-  t.equal((await explain({ config: 'config/nhi-proxy.yaml', cert: 'no/such.pem' })).code, 1)
+  const [badConfig, badHeader, noCert] = await Promise.all([
+    explain({ config: 'test/golden/bad-config.yaml' }),
+    explain({ config: 'config/nhi-proxy.yaml', headers: ['no colon'] }),
+    explain({ config: 'config/nhi-proxy.yaml', cert: 'no/such.pem' }),
+  ])
+  t.equal(badConfig.code, 1, 'invalid config')
+  t.equal(badHeader.code, 1, 'header without a colon')
+  t.equal(noCert.code, 1, 'missing certificate file')
 })
 
 t.test('rendering without the engine: anonymous request, no rules', async (t) => {
