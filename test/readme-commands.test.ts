@@ -13,6 +13,7 @@ import { type AddressInfo, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { parse } from 'yaml'
 import { eventually } from './helpers/eventually.ts'
 import { assertFreshBundle, BUNDLE, ROOT } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
@@ -257,4 +258,32 @@ t.test('the README commands work against the built bundle', async (t) => {
   }
   for (const [name, bg] of background)
     t.ok(bg.child.exitCode === null, `the background \`${name}\` still runs`, { output: bg.output() })
+})
+
+t.test('every issuer in the README names its audiences', async (t) => {
+  const issuers: Array<{ line: number; issuer: Record<string, unknown> }> = []
+  const walk = (node: unknown, line: number) => {
+    if (Array.isArray(node)) for (const item of node) walk(item, line)
+    else if (node && typeof node === 'object') {
+      const o = node as Record<string, unknown>
+      if (typeof o['issuer'] === 'string' && ('jwksUri' in o || 'jwksFile' in o || 'discovery' in o))
+        issuers.push({ line, issuer: o })
+      for (const v of Object.values(o)) walk(v, line)
+    }
+  }
+  for (const b of blocks.filter((b) => b.lang === 'yaml')) {
+    let doc: unknown
+    try {
+      doc = parse(b.body)
+    } catch {
+      continue // a Helm template fragment, not a config
+    }
+    walk(doc, b.line)
+  }
+  t.ok(issuers.length >= 4, `${issuers.length} issuer examples found`)
+  for (const { line, issuer } of issuers)
+    t.ok(
+      Array.isArray(issuer['audiences']) && issuer['audiences'].length > 0,
+      `README.md:${line}: ${issuer['issuer']} has audiences`,
+    )
 })
