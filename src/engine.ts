@@ -68,7 +68,7 @@ export class Engine {
     this.config = config
     this.jwt = new JwtExtractor(config.jwt, { observer: opts.jwksObserver, now: opts.now })
     this.xfcc = new XfccExtractor(config.forwardedClientCert)
-    // Order is irrelevant for precedence (the rules engine applies SPEC §2 precedence); cheap ones first.
+    // Order is irrelevant for precedence (the rules engine applies docs/reference.md "Identity model" precedence); cheap ones first.
     // Without configured issuers a bearer token is the service's own business (opaque tokens, sessions):
     // there is nothing to verify it against, so it is neither evidence nor an auth failure.
     this.extractors = [

@@ -1,4 +1,4 @@
-// The shared vocabulary of the request pipeline (SPEC §1, §2, §6, §7).
+// The shared vocabulary of the request pipeline (docs/reference.md "Request pipeline", "Identity model", "Metrics").
 // Every stage talks in these types; nothing here depends on a library.
 import type { IncomingHttpHeaders } from 'node:http'
 
@@ -44,7 +44,7 @@ export const ASYMMETRIC_ALGORITHMS = [
 ] as const
 export const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'] as const
 
-/** Built-in IdP claim mappings (SPEC §5). */
+/** Built-in IdP claim mappings (docs/reference.md "Built-in knowledge"). */
 export const PROFILE_NAMES = [
   'kubernetes',
   'github-actions',

@@ -1,11 +1,10 @@
 import t from 'tap'
-import { runCheck } from '../src/cli/check.ts'
 import { golden } from './helpers/golden.ts'
+import { runCli } from './helpers/sidecar.ts'
 
-async function check(files: string[]): Promise<{ code: number; text: string }> {
-  const lines: string[] = []
-  const code = await runCheck(files, (l) => lines.push(l))
-  return { code, text: `${lines.join('\n')}\n` }
+async function check(files: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; text: string }> {
+  const r = await runCli(['check', ...files], { env: { NHI_PROXY_CONFIG: undefined, ...env } })
+  return { code: r.code, text: r.stdout }
 }
 
 t.test('schema errors: FILE:LINE:COL message (hint), exit 1', async (t) => {
@@ -40,20 +39,15 @@ t.test('every shipped config is valid', async (t) => {
 })
 
 t.test('without files: $NHI_PROXY_CONFIG, else config/nhi-proxy.yaml', async (t) => {
-  const saved = process.env['NHI_PROXY_CONFIG']
-  t.teardown(() => {
-    if (saved === undefined) delete process.env['NHI_PROXY_CONFIG']
-    else process.env['NHI_PROXY_CONFIG'] = saved
-  })
-  process.env['NHI_PROXY_CONFIG'] = 'test/golden/bad-config.yaml'
-  const env = await check([])
+  const [env, def, missing] = await Promise.all([
+    check([], { NHI_PROXY_CONFIG: 'test/golden/bad-config.yaml' }),
+    check([]),
+    check(['does/not/exist.yaml']),
+  ])
   t.equal(env.code, 1)
   t.match(env.text, /^test\/golden\/bad-config\.yaml:/)
-  delete process.env['NHI_PROXY_CONFIG']
-  const def = await check([])
   t.equal(def.code, 0)
   t.match(def.text, /^config\/nhi-proxy\.yaml: ok/)
-  const missing = await check(['does/not/exist.yaml'])
   t.equal(missing.code, 1)
   t.match(missing.text, /does\/not\/exist\.yaml:1:1 file not found/)
 })

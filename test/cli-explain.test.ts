@@ -2,22 +2,37 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { type ExplainOptions, runExplain } from '../src/cli/explain.ts'
 import { renderExplain } from '../src/cli/explain-render.ts'
 import { golden } from './helpers/golden.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { createCA, issueCert } from './helpers/pki.ts'
+import { runCli } from './helpers/sidecar.ts'
 
 const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
 
-async function explain(
-  o: Partial<ExplainOptions> & { config: string },
-): Promise<{ code: number; text: string }> {
-  const lines: string[] = []
-  const code = await runExplain({ headers: [], method: 'GET', path: '/', json: false, ...o }, (l) =>
-    lines.push(l),
-  )
-  return { code, text: `${lines.join('\n')}\n` }
+interface ExplainArgs {
+  config: string
+  headers?: string[]
+  token?: string
+  cert?: string
+  ua?: string
+  method?: string
+  path?: string
+  json?: boolean
+}
+
+/** `nhi-proxy explain` through the built bundle */
+async function explain(o: ExplainArgs): Promise<{ code: number; text: string }> {
+  const args = ['explain', '-c', o.config]
+  for (const h of o.headers ?? []) args.push('-H', h)
+  if (o.token !== undefined) args.push('--token', o.token)
+  if (o.cert !== undefined) args.push('--cert', o.cert)
+  if (o.ua !== undefined) args.push('--ua', o.ua)
+  if (o.method !== undefined) args.push('--method', o.method)
+  if (o.path !== undefined) args.push('--path', o.path)
+  if (o.json) args.push('--json')
+  const r = await runCli(args)
+  return { code: r.code, text: r.stdout }
 }
 
 t.test('explain a crawler: every rule tried, why it failed, identity and policy', async (t) => {
@@ -33,20 +48,15 @@ t.test('explain a crawler: every rule tried, why it failed, identity and policy'
 })
 
 t.test('--json carries the same report', async (t) => {
-  const lines: string[] = []
-  const code = await runExplain(
-    {
-      config: 'config/examples/public-api-with-bots.yaml',
-      headers: [],
-      ua: GOOGLEBOT,
-      method: 'get',
-      path: '/',
-      json: true,
-    },
-    (l) => lines.push(l),
-  )
-  t.equal(code, 0)
-  const report = JSON.parse(lines.join('\n'))
+  const r = await explain({
+    config: 'config/examples/public-api-with-bots.yaml',
+    ua: GOOGLEBOT,
+    method: 'get',
+    path: '/',
+    json: true,
+  })
+  t.equal(r.code, 0)
+  const report = JSON.parse(r.text)
   t.match(report.identity, { name: 'crawler/googlebot', kind: 'bot', rule: 'crawlers' })
   t.equal(report.trace.length, 3)
   t.equal(report.decision.decision, 'allow')
@@ -119,9 +129,14 @@ identities:
 })
 
 t.test('bad input exits 1', async (t) => {
-  t.equal((await explain({ config: 'test/golden/bad-config.yaml' })).code, 1)
-  t.equal((await explain({ config: 'config/nhi-proxy.yaml', headers: ['no colon'] })).code, 1)
-  t.equal((await explain({ config: 'config/nhi-proxy.yaml', cert: 'no/such.pem' })).code, 1)
+  const [badConfig, badHeader, noCert] = await Promise.all([
+    explain({ config: 'test/golden/bad-config.yaml' }),
+    explain({ config: 'config/nhi-proxy.yaml', headers: ['no colon'] }),
+    explain({ config: 'config/nhi-proxy.yaml', cert: 'no/such.pem' }),
+  ])
+  t.equal(badConfig.code, 1, 'invalid config')
+  t.equal(badHeader.code, 1, 'header without a colon')
+  t.equal(noCert.code, 1, 'missing certificate file')
 })
 
 t.test('rendering without the engine: anonymous request, no rules', async (t) => {

@@ -1,12 +1,11 @@
 import { readdirSync } from 'node:fs'
 import t from 'tap'
-import { runRuleTests } from '../src/cli/test.ts'
 import { golden } from './helpers/golden.ts'
+import { runCli } from './helpers/sidecar.ts'
 
 async function run(files: string[]): Promise<{ code: number; text: string }> {
-  const lines: string[] = []
-  const code = await runRuleTests(files, (l) => lines.push(l))
-  return { code, text: `${lines.join('\n')}\n` }
+  const r = await runCli(['test', ...files])
+  return { code: r.code, text: r.stdout }
 }
 
 const exampleTests = readdirSync('config/examples')

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import t from 'tap'
-import { runSchema, schemaText } from '../src/cli/schema.ts'
+import { schemaText } from '../src/cli/schema.ts'
+import { runCli } from './helpers/sidecar.ts'
 
 t.test('schema/nhi-proxy.schema.json is up to date with the config schema', async (t) => {
   const stored = readFileSync('schema/nhi-proxy.schema.json', 'utf8')
@@ -12,13 +13,10 @@ t.test('schema/nhi-proxy.schema.json is up to date with the config schema', asyn
   t.notOk(schema.properties.service.default, 'no host-dependent default')
 })
 
-t.test('runSchema prints it and exits 0', async (t) => {
-  const out: string[] = []
-  t.equal(
-    runSchema((l) => out.push(l)),
-    0,
-  )
-  t.equal(out.join('\n'), schemaText())
+t.test('`nhi-proxy schema` prints it and exits 0', async (t) => {
+  const r = await runCli(['schema'])
+  t.equal(r.code, 0)
+  t.equal(r.stdout, `${schemaText()}\n`)
 })
 
 t.test('every example config points editors at the schema', async (t) => {

@@ -1,31 +1,13 @@
 // The command line as a user meets it: help, version, exit codes, shipped configs.
-import { execFile } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { promisify } from 'node:util'
 import t from 'tap'
-import { CLI, ROOT } from './helpers/sidecar.ts'
-
-const exec = promisify(execFile)
-
-async function cli(args: string[], env: NodeJS.ProcessEnv = {}) {
-  try {
-    const r = await exec(process.execPath, [...CLI, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, ...env },
-      timeout: 20_000,
-    })
-    return { code: 0, stdout: r.stdout, stderr: r.stderr }
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
+import { runCli as cli, ROOT } from './helpers/sidecar.ts'
 
 t.test('--help teaches and --version answers', async (t) => {
   const help = await cli(['--help'])
   t.equal(help.code, 0)
-  for (const cmd of ['run', 'check', 'explain', 'test', 'demo', 'schema'])
+  for (const cmd of ['run', 'check', 'explain', 'test', 'demo', 'demo-idp', 'schema'])
     t.match(help.stdout, new RegExp(`\\n\\s+${cmd}\\b`))
   t.match(help.stdout, /Exit codes/)
   const runHelp = await cli(['run', '--help'])

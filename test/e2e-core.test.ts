@@ -1,6 +1,10 @@
 // The sidecar end to end over real sockets: JWKS over HTTP with a key rotation, mTLS with SPIFFE certs
 // generated here, spoofing, the cardinality guard, and an upstream that dies and comes back.
-import { request as httpsRequest } from 'node:https'
+import { once } from 'node:events'
+import { writeFile } from 'node:fs/promises'
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https'
+import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
@@ -260,3 +264,86 @@ t.test('mTLS listener: SPIFFE identity, untrusted CA and expired cert counted', 
       Date.now() / 1000,
   )
 })
+
+t.test(
+  'key sets from OIDC discovery and from an HTTPS JWKS behind a private CA with a bearer token',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    // discovery: <issuer>/.well-known/openid-configuration names the JWKS
+    const discoveredKey = await createSigningKey('d1')
+    const oidc = await startJwksServer([discoveredKey])
+    t.teardown(() => oidc.close())
+    // in-cluster style: HTTPS with a self-made CA (caFile) that wants the projected token (bearerTokenFile)
+    const clusterKey = await createSigningKey('c1')
+    const ca = await createCA('jwks-ca')
+    const serverCert = await issueCert(ca, { cn: 'localhost', dnsSans: ['localhost'], server: true })
+    const tokenFile = join(ca.dir, 'token')
+    await writeFile(tokenFile, 'projected-token\n')
+    const seenAuth: Array<string | undefined> = []
+    const https = createHttpsServer({ cert: serverCert.certPem, key: serverCert.keyPem }, (req, res) => {
+      seenAuth.push(req.headers.authorization)
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ keys: [clusterKey.publicJwk] }))
+    })
+    https.listen(0, '127.0.0.1')
+    await once(https, 'listening')
+    t.teardown(
+      () =>
+        new Promise<void>((resolve) => {
+          https.closeAllConnections()
+          https.close(() => resolve())
+        }),
+    )
+    const CLUSTER = 'https://kubernetes.default.svc.cluster.local'
+    const sidecar = await startTestSidecar(t, {
+      upstream: upstream.url,
+      jwt: {
+        issuers: [
+          { issuer: oidc.url, discovery: true, audiences: ['orders'] },
+          {
+            issuer: CLUSTER,
+            profile: 'kubernetes',
+            jwksUri: `https://localhost:${(https.address() as AddressInfo).port}/openid/v1/jwks`,
+            caFile: ca.certFile,
+            bearerTokenFile: tokenFile,
+            audiences: ['orders'],
+          },
+        ],
+      },
+    })
+    const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const seen = async (token: string) => {
+      const res = await fetch(`${proxy}/echo`, { headers: { authorization: `Bearer ${token}` } })
+      return (await res.json()).headers as Record<string, string>
+    }
+
+    const ready = await fetch(`${admin}/readyz`)
+    t.equal(ready.status, 200, 'ready: both key sets were fetched')
+    t.match(await ready.json(), { checks: { jwks: true } })
+
+    const viaDiscovery = await seen(
+      await mintToken(discoveredKey, {}, { issuer: oidc.url, audience: 'orders', subject: 'reports' }),
+    )
+    t.equal(viaDiscovery['x-nhi-verified'], 'true', 'a token from the discovered key set is verified')
+    t.equal(viaDiscovery['x-nhi-source'], 'jwt')
+
+    const viaCa = await seen(
+      await mintToken(
+        clusterKey,
+        { 'kubernetes.io': { namespace: 'billing', serviceaccount: { name: 'exporter' } } },
+        { issuer: CLUSTER, audience: 'orders', subject: 'system:serviceaccount:billing:exporter' },
+      ),
+    )
+    t.equal(
+      viaCa['x-nhi-verified'],
+      'true',
+      'a token from the HTTPS key set behind the private CA is verified',
+    )
+    t.equal(viaCa['x-nhi-identity'], 'billing/exporter', 'named by the kubernetes profile')
+    t.equal(seenAuth[0], 'Bearer projected-token', 'the JWKS was fetched with the bearer token from the file')
+    const m = await scrape(admin)
+    t.equal(metricValue(m, 'nhi_auth_failures_total'), 0, 'no auth failures')
+  },
+)

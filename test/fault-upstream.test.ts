@@ -2,14 +2,10 @@
 // garbage. Each becomes 502/504 (or a cut response), is counted by reason, and the proxy stays healthy.
 import { once } from 'node:events'
 import { type AddressInfo, createServer, type Socket } from 'node:net'
-import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
-
-const silent = pino({ level: 'silent' })
+import { startTestSidecar } from './helpers/sidecar.ts'
 
 /** An HTTP/1.1 "server" that reads the request line and misbehaves according to the path. */
 async function startBadUpstream() {
@@ -55,21 +51,12 @@ async function freePort(): Promise<number> {
   return port
 }
 
-const config = (upstream: string) =>
-  configSchema.parse({
-    service: 'orders',
-    listen: { http: '127.0.0.1:0' },
-    admin: '127.0.0.1:0',
-    upstream,
-    audit: { output: 'off' },
-    timeouts: { upstream: '1s' },
-  })
+const config = (upstream: string) => ({ service: 'orders', upstream, timeouts: { upstream: '1s' } })
 
 t.test('upstream faults become 502/504, are counted, and the proxy stays healthy', async (t) => {
   const bad = await startBadUpstream()
   t.teardown(() => bad.close())
-  const sidecar = await startSidecar({ config: config(bad.url), log: silent })
-  t.teardown(() => sidecar.close())
+  const sidecar = await startTestSidecar(t, config(bad.url))
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
   const errors = async (reason?: string) =>
@@ -122,8 +109,7 @@ t.test('upstream faults become 502/504, are counted, and the proxy stays healthy
 })
 
 t.test('a refused connection → 502 counted as connect', async (t) => {
-  const sidecar = await startSidecar({ config: config(`http://127.0.0.1:${await freePort()}`), log: silent })
-  t.teardown(() => sidecar.close())
+  const sidecar = await startTestSidecar(t, config(`http://127.0.0.1:${await freePort()}`))
   const res = await request(`http://127.0.0.1:${sidecar.proxyAddress.port}/x`)
   await res.body.dump()
   t.equal(res.statusCode, 502)

@@ -4,14 +4,11 @@
 import { mkdir, mkdtemp, rename, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import pino from 'pino'
 import t from 'tap'
-import { startSidecar } from '../src/runtime.ts'
+import { eventually } from './helpers/eventually.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
-import { spawnCli } from './helpers/sidecar.ts'
+import { spawnCli, startSidecarFromFile, startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
-
-const silent = pino({ level: 'silent' })
 
 function configText(upstream: string, namePrefix: string, extra = ''): string {
   return `service: reload-test
@@ -32,14 +29,8 @@ async function identityOf(proxy: string, path = '/echo'): Promise<string> {
   return body.headers['x-nhi-identity'] ?? ''
 }
 
-async function until(cond: () => Promise<boolean>, ms = 8000): Promise<boolean> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await cond()) return true
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  return false
-}
+const until = (cond: () => Promise<boolean>): Promise<boolean> =>
+  eventually(cond, { timeoutMs: 8000, intervalMs: 50 })
 
 t.test('file change reloads without dropping in-flight requests; broken file keeps last good', async (t) => {
   const upstream = await startUpstream()
@@ -47,8 +38,7 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
   const dir = await mkdtemp(join(tmpdir(), 'nhi-reload-'))
   const file = join(dir, 'config.yaml')
   await writeFile(file, configText(upstream.url, 'team'))
-  const sidecar = await startSidecar({ configPath: file, log: silent })
-  t.teardown(() => sidecar.close())
+  const sidecar = await startSidecarFromFile(t, file)
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
 
@@ -88,8 +78,7 @@ t.test('Kubernetes ConfigMap ..data symlink swap is picked up', async (t) => {
   await writeFile(join(dir, '..v1', 'config.yaml'), configText(upstream.url, 'v1'))
   await symlink('..v1', join(dir, '..data'))
   await symlink('..data/config.yaml', join(dir, 'config.yaml'))
-  const sidecar = await startSidecar({ configPath: join(dir, 'config.yaml'), log: silent })
-  t.teardown(() => sidecar.close())
+  const sidecar = await startSidecarFromFile(t, join(dir, 'config.yaml'))
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   t.equal(await identityOf(proxy), 'v1-blue')
 
@@ -129,4 +118,26 @@ t.test('SIGHUP reloads; SIGTERM drains in-flight requests and exits 0', async (t
   t.equal(await res.text(), 'slow ok')
   t.equal(await cli.exited, 0, 'exit code 0 after drain')
   await t.rejects(fetch(`${proxy}/echo`), 'new connections are refused after shutdown')
+})
+
+t.test('the test sidecar reload(): a rewritten config applies, a broken one is refused', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const rules = (prefix: string) => ({
+    upstream: upstream.url,
+    identities: [{ name: `${prefix}-{team}`, kind: 'service', match: { header: { 'x-team': '{team}' } } }],
+  })
+  const sidecar = await startTestSidecar(t, rules('first'))
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  t.equal(await identityOf(proxy), 'first-blue')
+  t.equal(await sidecar.reload(rules('second')), true, 'a valid config reloads')
+  t.equal(await identityOf(proxy), 'second-blue', 'and applies to the next request')
+  t.equal(
+    await sidecar.reload({ ...rules('third'), metrics: { maxIdentitis: 5 } }),
+    false,
+    'a typo is refused',
+  )
+  t.equal(await identityOf(proxy), 'second-blue', 'the last good config keeps serving')
+  t.equal(await sidecar.reload(), false, 'SIGHUP re-reads the same broken file')
+  t.equal(await sidecar.close(), 0, 'SIGTERM exits 0')
 })

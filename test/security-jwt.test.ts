@@ -1,17 +1,13 @@
 // Forged and hostile bearer tokens through the real proxy: none may ever be `verified`, each is counted with
 // the right reason, and with `onInvalid: reject` each is answered 401 invalid_token without echoing it.
 import { createHmac, createPublicKey, KeyObject, sign } from 'node:crypto'
-import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
 import { createSigningKey, mintToken, type SigningKey, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
 import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
-const silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.security.test'
 const AUD = 'orders'
 
@@ -48,10 +44,7 @@ t.test('hostile tokens are never verified, are counted by reason, and are reject
 
   const base = {
     service: 'orders',
-    listen: { http: '127.0.0.1:0' },
-    admin: '127.0.0.1:0',
     upstream: upstream.url,
-    audit: { output: 'off' },
     jwt: {
       issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: [AUD], algorithms: ['RS256' as const] }],
     },
@@ -63,13 +56,10 @@ t.test('hostile tokens are never verified, are counted by reason, and are reject
       },
     ],
   }
-  const attribute = await startSidecar({ config: configSchema.parse(base), log: silent })
-  t.teardown(() => attribute.close())
-  const reject = await startSidecar({
-    config: configSchema.parse({ ...base, jwt: { ...base.jwt, onInvalid: 'reject' } }),
-    log: silent,
-  })
-  t.teardown(() => reject.close())
+  const [attribute, reject] = await Promise.all([
+    startTestSidecar(t, base),
+    startTestSidecar(t, { ...base, jwt: { ...base.jwt, onInvalid: 'reject' } }),
+  ])
   const attributeUrl = `http://127.0.0.1:${attribute.proxyAddress.port}`
   const rejectUrl = `http://127.0.0.1:${reject.proxyAddress.port}`
   const adminUrl = `http://127.0.0.1:${attribute.adminAddress.port}`

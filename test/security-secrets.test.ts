@@ -5,14 +5,11 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
-import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
-import { configSchema } from '../src/config/schema.ts'
-import { startSidecar } from '../src/runtime.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { createCA, issueCert } from './helpers/pki.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
 const ISSUER = 'https://idp.secrets.test'
@@ -26,25 +23,18 @@ t.test('credentials never appear in any output', async (t) => {
   const ca = await createCA('secrets-ca')
   const server = await issueCert(ca, { cn: 'localhost', dnsSans: ['localhost'], server: true })
 
-  let logs = ''
-  const logStream = new Writable({
-    write(chunk, _enc, done) {
-      logs += chunk.toString()
-      done()
-    },
-  })
-  const log = pino({ level: 'trace' }, logStream)
   const apiKey = `ak_${randomBytes(18).toString('hex')}`
   const cookie = `sess_${randomBytes(18).toString('hex')}`
   const auditFile = join(ca.dir, 'audit.jsonl')
-  const sidecar = await startSidecar({
-    config: configSchema.parse({
+  // the most talkative log level the sidecar has: whatever it logs, credentials must not be in it
+  const sidecar = await startTestSidecar(
+    t,
+    {
       service: 'orders',
       listen: {
         http: '127.0.0.1:0',
         https: { address: '127.0.0.1:0', cert: server.certFile, key: server.keyFile, clientCA: ca.certFile },
       },
-      admin: '127.0.0.1:0',
       upstream: upstream.url,
       audit: { output: auditFile, sample: 1 },
       jwt: {
@@ -55,10 +45,9 @@ t.test('credentials never appear in any output', async (t) => {
         keys: [{ name: 'export', kind: 'job', sha256: createHash('sha256').update(apiKey).digest('hex') }],
       },
       policy: { mode: 'enforce', rules: [{ route: '/admin/**', allow: [{ kind: 'human' }] }] },
-    }),
-    log,
-  })
-  t.teardown(() => sidecar.close())
+    },
+    { env: { NHI_LOG_LEVEL: 'trace' } },
+  )
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
 
@@ -120,13 +109,15 @@ t.test('credentials never appear in any output', async (t) => {
   }
   await sidecar.close()
   outputs['audit file'] = await readFile(auditFile, 'utf8').catch(() => '')
-  outputs['operational logs'] = logs
+  outputs['operational logs'] = sidecar.process.stderr()
+  outputs['stdout'] = sidecar.process.stdout()
 
   t.match(outputs['audit file'], /billing/, 'the audit file names the identity (the search is not vacuous)')
   t.match(outputs['/metrics'], /nhi_requests_total/, 'metrics were served')
   t.match(outputs['/audit'], /billing/, '/audit has the events')
   t.ok(events.length > 0, 'live events were received')
   t.ok(bodies.length >= 6, 'error bodies were captured')
+  t.match(outputs['operational logs'], /"event":"started"/, 'the operational log was captured')
 
   const keyPem = await readFile(server.keyFile, 'utf8')
   const keyLine = keyPem.split('\n').find((l) => l.length > 40 && !l.startsWith('-----'))

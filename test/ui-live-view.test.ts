@@ -1,3 +1,7 @@
+// The live view's page logic in real headless Chromium against controlled data: an in-process admin server
+// (helpers/admin.ts) around a Telemetry fed with synthetic events, so the test can pin exact kinds, badges,
+// boundary groups, search, sorting and a 1,000-row refresh. It checks rendering, not the product end to end:
+// e2e-ui-demo drives the same page served by the built bundle (`nhi-proxy demo`) with real traffic.
 import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// nhi-proxy command line (SPEC §3). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
+// nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
-import { StartupError, startSidecar } from '../runtime.ts'
+import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
@@ -115,6 +115,7 @@ SIGTERM drains in-flight requests for up to timeouts.drain, then exits 0.`,
           version: VERSION,
           listen: fmtHost(sidecar.proxyAddress),
           https: sidecar.httpsAddress ? fmtHost(sidecar.httpsAddress) : undefined,
+          admin: fmtHost(sidecar.adminAddress),
           upstream: sidecar.config().upstream,
           metrics: `${admin}/metrics`,
           ui: `${admin}/ui`,
@@ -239,6 +240,38 @@ program
       }
     },
   )
+
+program
+  .command('demo-idp')
+  .description(
+    "the demo's identity provider alone: a JWKS and sample tokens on loopback, to try JWT attribution\n" +
+      'with your own config and no cloud IdP (demo keys, regenerated at every start)',
+  )
+  .option('--listen <addr>', 'address of the JWKS and token endpoints', '127.0.0.1:9400')
+  .addHelpText(
+    'after',
+    `
+Tokens: GET /tokens/github?repository=acme/web, /tokens/kubernetes?ns=NS&sa=SA, /tokens/auth0-client,
+/tokens/auth0-user, /tokens/expired, /tokens/unknown-kid, /tokens/bound. They carry the real issuers'
+iss values and aud "checkout"; point an issuer's jwksUri at the printed JWKS to verify them.`,
+  )
+  .action(async (o: { listen: string }) => {
+    try {
+      const { AUDIENCE, DemoIdp, ISSUERS, SAMPLES } = await import('../demo/idp.ts')
+      const { host, port } = splitAddress(o.listen)
+      const idp = await DemoIdp.start(host, port).catch((err: Error) => {
+        throw new StartupError(`cannot listen on ${o.listen}: ${err.message}`, 2)
+      })
+      out('nhi-proxy demo identity provider (demo keys: never trust them outside a try-out)')
+      out(`  jwks      ${idp.jwksUri}`)
+      out(`  tokens    ${idp.tokensUrl}/{${SAMPLES.join(',')}}`)
+      for (const [name, iss] of Object.entries(ISSUERS)) out(`  issuer    ${iss} (${name})`)
+      out(`  audience  ${AUDIENCE}`)
+      handleSignals(() => idp.close())
+    } catch (err) {
+      fail(err)
+    }
+  })
 
 program
   .command('schema')

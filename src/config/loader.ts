@@ -1,4 +1,4 @@
-// Config file → validated, defaulted Config, or diagnostics with FILE:LINE:COL (SPEC §4).
+// Config file → validated, defaulted Config, or diagnostics with FILE:LINE:COL (docs/reference.md "Config file").
 import { readFile, stat } from 'node:fs/promises'
 import { dirname, isAbsolute } from 'node:path'
 import { type Diagnostic, formatDiagnostic } from './diagnostics.ts'

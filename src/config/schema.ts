@@ -1,4 +1,4 @@
-// The one config schema (SPEC §4). The loader validates with it, `nhi-proxy schema` prints its JSON Schema,
+// The one config schema (docs/reference.md "Config file"). The loader validates with it, `nhi-proxy schema` prints its JSON Schema,
 // and every module reads the parsed, defaulted `Config` type from it. Unknown keys are errors everywhere.
 import { hostname } from 'node:os'
 import * as z from 'zod/mini'

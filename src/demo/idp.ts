@@ -12,7 +12,15 @@ export const ISSUERS = {
   auth0: 'https://acme.eu.auth0.com/',
 } as const
 export const AUDIENCE = 'checkout'
-const SAMPLES = ['kubernetes', 'github', 'auth0-client', 'auth0-user', 'expired', 'unknown-kid', 'bound']
+export const SAMPLES = [
+  'kubernetes',
+  'github',
+  'auth0-client',
+  'auth0-user',
+  'expired',
+  'unknown-kid',
+  'bound',
+]
 
 interface Key {
   kid: string

@@ -1,4 +1,4 @@
-// Built-in IdP knowledge (SPEC §5): how each identity provider's verified claims name a workload or a person.
+// Built-in IdP knowledge (docs/reference.md "Built-in knowledge"): how each identity provider's verified claims name a workload or a person.
 // Used for tokens no identity rule matched. Names are stable (built from immutable ids, never from display names).
 import { type JwtEvidence, type Kind, PROFILE_NAMES, type ProfileName } from '../types.ts'
 

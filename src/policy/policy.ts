@@ -1,4 +1,4 @@
-// Policy (SPEC §4): off | observe (record would_deny) | enforce (403). First policy rule whose route and
+// Policy (docs/reference.md "Config file"): off | observe (record would_deny) | enforce (403). First policy rule whose route and
 // method match decides; a request is allowed when any of its allow matchers matches the identity.
 import type { Config } from '../config/schema.ts'
 import { type CompiledPattern, compilePattern } from '../rules/pattern.ts'

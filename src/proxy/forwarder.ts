@@ -1,4 +1,4 @@
-// Forwarders carry one request to the upstream and stream the answer back (SPEC §1 "forward").
+// Forwarders carry one request to the upstream and stream the answer back (docs/reference.md "Request pipeline" "forward").
 // The undici forwarder drives `Pool.dispatch` with a handler that writes straight into the client's
 // response: no intermediate streams, no buffering, backpressure through undici's pause/resume.
 import { createHash } from 'node:crypto'

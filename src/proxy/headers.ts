@@ -1,4 +1,4 @@
-// Header rewriting for both directions of the hop (SPEC §8, RFC 9110 §7.6.1).
+// Header rewriting for both directions of the hop (docs/reference.md "Headers", RFC 9110 §7.6.1).
 // Header-name sets are built once; a request costs one pass over its headers.
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Identity } from '../types.ts'

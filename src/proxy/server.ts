@@ -1,4 +1,4 @@
-// The accept → forward half of the pipeline (SPEC §1, §8, §10): listeners, per-connection facts,
+// The accept → forward half of the pipeline (docs/reference.md "Request pipeline", "Headers", "Errors"): listeners, per-connection facts,
 // attribution through the swappable Pipeline, header rewriting, forwarding, and one record per request.
 import { once } from 'node:events'
 import {

@@ -1,4 +1,4 @@
-// Ordered identity rules (SPEC §4): first match wins; captures fill name/team/zone. Unmatched requests fall
+// Ordered identity rules (docs/reference.md "Config file"): first match wins; captures fill name/team/zone. Unmatched requests fall
 // back to built-in knowledge (IdP profiles, certificates, api keys, user agents). Everything is compiled once
 // per config load; classify() runs no regex compilation and creates no closures.
 import { LRUCache } from 'lru-cache'
@@ -87,7 +87,7 @@ function matchInto(p: CompiledPattern, value: string, label: string, s: Scratch)
   return true
 }
 
-/** Strongest certificate: mtls over forwarded (SPEC §2). */
+/** Strongest certificate: mtls over forwarded (docs/reference.md "Identity model"). */
 function certOf(ev: EvidenceSet): CertEvidence | undefined {
   return ev.mtls ?? ev.xfcc
 }
@@ -359,7 +359,7 @@ const STRONGEST: Record<Source, readonly [Strongest, Strongest]> = Object.fromEn
 ) as unknown as Record<Source, readonly [Strongest, Strongest]>
 const pick = (source: Source, verified: boolean): Strongest => STRONGEST[source][verified ? 1 : 0]
 
-/** Strongest credential present (SPEC §2): decides `source` and `verified`. Allocation-free. */
+/** Strongest credential present (docs/reference.md "Identity model"): decides `source` and `verified`. Allocation-free. */
 export function strongest(ev: EvidenceSet): Strongest {
   if (ev.mtls) return pick('mtls', ev.mtls.verified)
   if (ev.xfcc) return pick('xfcc', ev.xfcc.verified)

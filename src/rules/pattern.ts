@@ -1,4 +1,4 @@
-// Identity-rule patterns (SPEC §4). Two modes, chosen once at compile time:
+// Identity-rule patterns (docs/reference.md "Config file"). Two modes, chosen once at compile time:
 //  - segment mode (separator '/', used for paths, SPIFFE IDs, and any pattern that contains '/'):
 //    `{name}` captures one segment, `*` matches one segment (or, inside a segment, any run of non-'/'
 //    characters), `**` as a whole segment matches the rest (zero or more segments).

@@ -1,4 +1,4 @@
-// Route label templates (SPEC §7 `route` label): "/api/v1/orders/:id" → the template, anything else →
+// Route label templates (docs/reference.md "Metrics" `route` label): "/api/v1/orders/:id" → the template, anything else →
 // "other". The label set is bounded by the config. `:param` and `*` match one segment, a trailing `**`
 // matches the rest. Templates are bucketed by segment count so a lookup tests only plausible candidates.
 

@@ -1,4 +1,4 @@
-// Prometheus metrics of SPEC §7. Per-identity series live on their identity-table entry (created on first
+// Prometheus metrics of docs/reference.md "Metrics". Per-identity series live on their identity-table entry (created on first
 // use with their label text escaped once) and are rendered straight from the table, so an idle identity's
 // series disappear with its entry and a request updates a handful of numbers. Per-identity gauges are
 // derived from the table at scrape time. One registry renders both Prometheus text and OpenMetrics

@@ -1,14 +1,81 @@
-// Start the real CLI (`nhi-proxy run|demo`) as a child process and learn its addresses from its own output.
-import { type ChildProcess, spawn } from 'node:child_process'
+// The product as users start it: the built bundle `dist/nhi-proxy.mjs` (the package `bin` and the image's
+// ENTRYPOINT) run as `node dist/nhi-proxy.mjs …` in a child process. Addresses are learnt from the sidecar's
+// own machine-readable startup line, reloads from its log, so the end-to-end suites test the artifact that
+// ships and nothing inside it.
+import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { existsSync, readdirSync, statSync } from 'node:fs'
+import { mkdtemp, writeFile } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import pino from 'pino'
 import type { Test } from 'tap'
-import { configSchema } from '../../src/config/schema.ts'
-import { type Sidecar, startSidecar } from '../../src/runtime.ts'
+import { stringify } from 'yaml'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
-export const CLI = ['--import', 'tsx', 'src/cli/main.ts']
+export const BUNDLE = join(ROOT, 'dist', 'nhi-proxy.mjs')
+/** `node` arguments that start the CLI exactly as the package `bin` and the image do */
+export const CLI = [BUNDLE]
+
+function newestFile(dir: string): { path: string; mtimeMs: number } {
+  let newest = { path: dir, mtimeMs: 0 }
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    const candidate = entry.isDirectory() ? newestFile(path) : { path, mtimeMs: statSync(path).mtimeMs }
+    if (candidate.mtimeMs > newest.mtimeMs) newest = candidate
+  }
+  return newest
+}
+
+let bundleChecked = false
+/**
+ * Throws unless `dist/nhi-proxy.mjs` exists and is newer than every file under src/ and the bundler script:
+ * a test must never pass or fail on a stale build.
+ */
+export function assertFreshBundle(): void {
+  if (bundleChecked) return
+  if (!existsSync(BUNDLE))
+    throw new Error('dist/nhi-proxy.mjs is missing: run `npm run build` before the end-to-end tests')
+  const built = statSync(BUNDLE).mtimeMs
+  for (const source of [newestFile(join(ROOT, 'src')), newestFile(join(ROOT, 'scripts'))]) {
+    if (source.mtimeMs > built)
+      throw new Error(
+        `dist/nhi-proxy.mjs is older than ${relative(ROOT, source.path)}: run \`npm run build\` so the tests run the current code`,
+      )
+  }
+  bundleChecked = true
+}
+
+export interface CliResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+/** Runs `node dist/nhi-proxy.mjs ARGS…` to completion (cwd: the project root unless given). */
+export async function runCli(
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {},
+): Promise<CliResult> {
+  assertFreshBundle()
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [...CLI, ...args],
+      {
+        cwd: opts.cwd ?? ROOT,
+        env: { ...process.env, ...opts.env },
+        timeout: opts.timeoutMs ?? 20_000,
+        maxBuffer: 16 * 1024 * 1024,
+      },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0
+        resolve({ code, stdout, stderr })
+      },
+    )
+  })
+}
 
 export interface CliProcess {
   child: ChildProcess
@@ -16,11 +83,22 @@ export interface CliProcess {
   stderr: () => string
   /** resolves with the first match of `re` in stdout+stderr, or rejects after timeoutMs */
   waitFor(re: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>
+  /**
+   * resolves with the first JSON log line on stderr, at or after character offset `from`, for which
+   * `accept` holds; rejects when the process exits first or after timeoutMs
+   */
+  waitForLog(
+    accept: (line: Record<string, unknown>) => boolean,
+    from?: number,
+    timeoutMs?: number,
+  ): Promise<Record<string, unknown>>
   exited: Promise<number | null>
   kill(signal?: NodeJS.Signals): void
 }
 
+/** Starts `node dist/nhi-proxy.mjs ARGS…` in the background. */
 export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
+  assertFreshBundle()
   const child = spawn(process.execPath, [...CLI, ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
@@ -35,29 +113,51 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProces
     err += c.toString()
   })
   const exited = once(child, 'exit').then(([code]) => code as number | null)
+  const poll = <T>(probe: () => T | undefined, what: string, timeoutMs: number) =>
+    new Promise<T>((resolve, reject) => {
+      const started = Date.now()
+      const attempt = () => {
+        const found = probe()
+        if (found !== undefined) return resolve(found)
+        if (child.exitCode !== null || child.signalCode !== null)
+          return reject(
+            new Error(`exited ${child.exitCode ?? child.signalCode} before ${what}: ${out}${err}`),
+          )
+        if (Date.now() - started > timeoutMs)
+          return reject(new Error(`timeout waiting for ${what}: ${out}${err}`))
+        setTimeout(attempt, 25)
+      }
+      attempt()
+    })
   return {
     child,
     stdout: () => out,
     stderr: () => err,
     exited,
     kill: (signal = 'SIGTERM') => {
-      if (child.exitCode === null) child.kill(signal)
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal)
     },
-    waitFor(re, timeoutMs = 20_000) {
-      return new Promise((resolve, reject) => {
-        const started = Date.now()
-        const poll = () => {
-          const m = (out + err).match(re)
-          if (m) return resolve(m)
-          if (child.exitCode !== null)
-            return reject(new Error(`exited ${child.exitCode} before ${re}: ${out}${err}`))
-          if (Date.now() - started > timeoutMs)
-            return reject(new Error(`timeout waiting for ${re}: ${out}${err}`))
-          setTimeout(poll, 50)
-        }
-        poll()
-      })
-    },
+    waitFor: (re, timeoutMs = 20_000) =>
+      poll(() => (out + err).match(re) ?? undefined, String(re), timeoutMs),
+    waitForLog: (accept, from = 0, timeoutMs = 20_000) =>
+      poll(
+        () => {
+          const text = err.slice(from)
+          // only complete lines: a line still being written is not JSON yet
+          for (const line of text.slice(0, text.lastIndexOf('\n') + 1).split('\n')) {
+            if (!line.startsWith('{')) continue
+            try {
+              const parsed = JSON.parse(line) as Record<string, unknown>
+              if (accept(parsed)) return parsed
+            } catch {
+              // not a log line
+            }
+          }
+          return undefined
+        },
+        'a matching log line',
+        timeoutMs,
+      ),
   }
 }
 
@@ -71,20 +171,103 @@ export function spawnDemo(opts: { admin?: string; rate?: number } = {}): CliProc
   ])
 }
 
+/** "127.0.0.1:8080" or "[::1]:8080", as the startup line prints listeners */
+export function parseHostPort(text: string): AddressInfo {
+  const i = text.lastIndexOf(':')
+  const host = text.slice(0, i)
+  const v6 = host.startsWith('[')
+  return {
+    address: v6 ? host.slice(1, -1) : host,
+    port: Number(text.slice(i + 1)),
+    family: v6 ? 'IPv6' : 'IPv4',
+  }
+}
+
+/** A running `nhi-proxy run` child process. */
+export interface TestSidecar {
+  readonly proxyAddress: AddressInfo
+  readonly httpsAddress?: AddressInfo
+  readonly adminAddress: AddressInfo
+  /** the config file it runs */
+  readonly configPath: string
+  readonly process: CliProcess
+  /**
+   * With `config`: rewrites the config file (same defaults as at start) and waits for the file watcher's
+   * reload; without: sends SIGHUP. Resolves true when the sidecar logged `config_reloaded`, false when it
+   * logged `config_reload_failed` (the last good config keeps serving).
+   */
+  reload(config?: Record<string, unknown>): Promise<boolean>
+  /** SIGTERM (drain) and wait for the exit; resolves with the exit code */
+  close(): Promise<number | null>
+}
+
+/** What the test sidecar runs with unless the test's config says otherwise. */
+const TEST_DEFAULTS = {
+  listen: { http: '127.0.0.1:0' },
+  admin: '127.0.0.1:0',
+  audit: { output: 'off' },
+}
+
+export interface SidecarOptions {
+  /** extra environment (e.g. NHI_LOG_LEVEL) */
+  env?: NodeJS.ProcessEnv
+  /** extra `run` flags */
+  args?: string[]
+}
+
 /**
- * The sidecar in-process on ephemeral loopback ports with the audit trail off and a silent log, closed at
- * the end of the test. `config` is the config file's content (it wins over these defaults).
+ * `node dist/nhi-proxy.mjs run -c FILE` where FILE holds `config` over test defaults (ephemeral loopback
+ * listener and admin, audit off), stopped at the end of the test.
  */
-export async function startTestSidecar(t: Test, config: Record<string, unknown>): Promise<Sidecar> {
-  const sidecar = await startSidecar({
-    config: configSchema.parse({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      audit: { output: 'off' },
-      ...config,
-    }),
-    log: pino({ level: 'silent' }),
-  })
-  t.teardown(() => sidecar.close())
-  return sidecar
+export async function startTestSidecar(
+  t: Test,
+  config: Record<string, unknown>,
+  opts: SidecarOptions = {},
+): Promise<TestSidecar> {
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-sidecar-'))
+  const file = join(dir, 'config.yaml')
+  await writeFile(file, stringify({ ...TEST_DEFAULTS, ...config }))
+  return startSidecarFromFile(t, file, opts)
+}
+
+/** `node dist/nhi-proxy.mjs run -c FILE` for a config file the test wrote itself, stopped at the end of the test. */
+export async function startSidecarFromFile(
+  t: Test,
+  file: string,
+  opts: SidecarOptions = {},
+): Promise<TestSidecar> {
+  const cli = spawnCli(['run', '-c', file, ...(opts.args ?? [])], opts.env)
+  let closing: Promise<number | null> | undefined
+  const close = () => {
+    closing ??= (async () => {
+      cli.kill('SIGTERM')
+      const timer = setTimeout(() => cli.kill('SIGKILL'), 15_000)
+      try {
+        return await cli.exited
+      } finally {
+        clearTimeout(timer)
+      }
+    })()
+    return closing
+  }
+  t.teardown(close)
+  const started = await cli.waitForLog((l) => l['event'] === 'started')
+  const reloadResult = (from: number) =>
+    cli
+      .waitForLog((l) => l['event'] === 'config_reloaded' || l['event'] === 'config_reload_failed', from)
+      .then((l) => l['event'] === 'config_reloaded')
+  return {
+    proxyAddress: parseHostPort(String(started['listen'])),
+    httpsAddress: started['https'] ? parseHostPort(String(started['https'])) : undefined,
+    adminAddress: parseHostPort(String(started['admin'])),
+    configPath: file,
+    process: cli,
+    async reload(config) {
+      const from = cli.stderr().length
+      if (config) await writeFile(file, stringify({ ...TEST_DEFAULTS, ...config }))
+      else cli.kill('SIGHUP')
+      return reloadResult(from)
+    },
+    close,
+  }
 }

@@ -131,7 +131,7 @@ export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv; dir:
   return { args: [`--cache-dir=${cache}`], env: { KUBECONFIG: kubeconfig }, dir }
 }
 
-/** Metric names of SPEC §7 plus our documented additions the alerts use (job interval, audit drops). */
+/** Metric names of docs/reference.md "Metrics" plus our documented additions the alerts use (job interval, audit drops). */
 export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_requests_total',
   'nhi_request_duration_seconds',

@@ -1,4 +1,4 @@
-// jose's errors → the auth-failure reasons of SPEC §7. Details are fixed strings: never echo token content.
+// jose's errors → the auth-failure reasons of docs/reference.md "Metrics". Details are fixed strings: never echo token content.
 import { errors } from 'jose'
 import type { FailureReason } from '../../types.ts'
 
