@@ -97,7 +97,7 @@ t.test('spiffe from mtls or xfcc, captures into name/team/zone', async (t) => {
 t.test('jwt issuer and claims, nested by dotted path, arrays, numbers', async (t) => {
   const rules = compileRules(
     config(`jwt:
-  issuers: [{ issuer: https://k8s, jwksFile: /k }, { issuer: https://gh, jwksFile: /k }]
+  issuers: [{ issuer: https://k8s, jwksFile: /k, audiences: any }, { issuer: https://gh, jwksFile: /k, audiences: any }]
 identities:
   - name: "{ns}/{sa}"
     rule: k8s

@@ -101,7 +101,10 @@ export const issuerSchema = z.strictObject({
   discovery: z.optional(z.boolean()),
   /** HS* shared secret (file path); HS algorithms are only allowed when this is set */
   secretFile: z.optional(z.string()),
-  audiences: z.optional(z.array(z.string())),
+  audiences: described(
+    z.optional(z.union([z.literal('any'), z.array(z.string().check(z.minLength(1)))])),
+    'accepted "aud" values (any one must be in the token); required: `any` accepts every audience, written out',
+  ),
   algorithms: z.optional(z.array(z.enum([...ASYMMETRIC_ALGORITHMS, ...HMAC_ALGORITHMS]))),
   caFile: z.optional(z.string()),
   bearerTokenFile: z.optional(z.string()),

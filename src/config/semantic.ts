@@ -67,6 +67,19 @@ export function semanticCheck(config: Config): SemanticIssue[] {
         'set jwksUri, jwksFile or discovery: true',
       )
     }
+    if (iss.audiences === undefined) {
+      error(
+        ['jwt', 'issuers', i],
+        `issuer "${iss.issuer}" has no audiences: it would accept tokens minted for any other service`,
+        'set audiences: [<the audience your callers request, e.g. this service>], or audiences: any to accept every audience',
+      )
+    } else if (iss.audiences !== 'any' && iss.audiences.length === 0) {
+      error(
+        ['jwt', 'issuers', i, 'audiences'],
+        `issuer "${iss.issuer}" has an empty audiences list: no token would verify`,
+        'list the accepted audiences, or write audiences: any',
+      )
+    }
     const hs = (iss.algorithms ?? []).filter((a) => a.startsWith('HS'))
     if (hs.length && !iss.secretFile) {
       error(
