@@ -166,6 +166,14 @@ t.test('duplicate rule names, issuers and api keys', async (t) => {
   t.same(lines(errorsOf(key)), [
     'c.yaml:5:22 no api key named "exprot" in apiKeys.keys (hint: configured: export)',
   ])
+  const reserved = errorsOf(
+    'apiKeys:\n  keys:\n    - { name: anonymous, sha256: "' +
+      'a'.repeat(64) +
+      '" }\n    - { name: "ua:curl", sha256: "' +
+      'b'.repeat(64) +
+      '" }\n',
+  )
+  t.match(lines(reserved), [/c\.yaml:3:15 .*"anonymous" is reserved/, /c\.yaml:4:15 .*"ua:curl" is reserved/])
   const noSource = errorsOf('jwt:\n  issuers:\n    - issuer: https://idp\n      audiences: [orders]\n')
   t.same(lines(noSource), [
     'c.yaml:3:7 issuer "https://idp" has no key source (hint: set jwksUri, jwksFile or discovery: true)',

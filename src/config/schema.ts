@@ -2,7 +2,7 @@
 // and every module reads the parsed, defaulted `Config` type from it. Unknown keys are errors everywhere.
 import { hostname } from 'node:os'
 import * as z from 'zod/mini'
-import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, KINDS, PROFILE_NAMES } from '../types.ts'
+import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, KINDS, PROFILE_NAMES, SOURCES } from '../types.ts'
 import { parseDuration } from '../util/duration.ts'
 
 // zod/mini, not zod: the same validation as functions rather than methods, so a bundle keeps only what is
@@ -118,10 +118,17 @@ export const policyRuleSchema = z.strictObject({
   methods: z.optional(z.array(z.string())),
   allow: z.array(
     z.strictObject({
-      identity: z.optional(z.string()),
+      identity: described(
+        z.optional(z.string()),
+        'identity-name pattern; matches verified identities only unless `verified` or `source` is given',
+      ),
       kind: z.optional(kind),
       team: z.optional(z.string()),
       verified: z.optional(z.boolean()),
+      source: described(
+        z.optional(z.union([z.enum(SOURCES), z.array(z.enum(SOURCES))])),
+        'credential source(s) the identity must come from (mtls, xfcc, jwt, apikey, useragent, anonymous)',
+      ),
     }),
   ),
 })

@@ -91,6 +91,15 @@ export function semanticCheck(config: Config): SemanticIssue[] {
   })
   const issuerNames = new Set(config.jwt.issuers.map((i) => i.issuer))
   const keyNames = new Set(config.apiKeys.keys.map((k) => k.name))
+  config.apiKeys.keys.forEach((k, i) => {
+    if (k.name === 'anonymous' || k.name.startsWith('ua:')) {
+      error(
+        ['apiKeys', 'keys', i, 'name'],
+        `api key name "${k.name}" is reserved for unverified callers`,
+        '"anonymous" and names starting with "ua:" name requests that verified nothing',
+      )
+    }
+  })
 
   config.metrics.routes.forEach((r, i) => {
     const e = routeError(r)
