@@ -212,6 +212,10 @@ export const configSchema = z.strictObject({
   metrics: z.prefault(
     z.strictObject({
       maxIdentities: z._default(positiveInt, 1000),
+      maxUnverifiedIdentities: described(
+        z.optional(positiveInt),
+        'cap for unverified identities (user agents, header captures), within maxIdentities; default maxIdentities / 4',
+      ),
       routes: z._default(z.array(z.string()), []),
       buckets: z._default(
         z.array(z.number().check(z.positive())),
