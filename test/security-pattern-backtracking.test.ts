@@ -89,9 +89,10 @@ t.test('a long header against a `{a}-{b}-{c}` rule does not stall the proxy', as
   const body = JSON.parse(await res.body.text()) as { headers: Record<string, string> }
   const ms = performance.now() - started
   t.equal(res.statusCode, 200)
-  t.not(body.headers['x-nhi-identity']?.startsWith('tenant/'), true, 'the rule does not match')
+  t.notOk(body.headers['x-nhi-identity']?.includes('tenant/'), 'the rule does not match')
   t.ok(ms < 1000, `answered in ${ms.toFixed(0)} ms (< 1 s)`)
   const ok = await request(`${proxy}/echo`, { headers: { 'x-tenant': 'acme-eu-1.x' } })
   const okBody = JSON.parse(await ok.body.text()) as { headers: Record<string, string> }
-  t.equal(okBody.headers['x-nhi-identity'], 'tenant/acme', 'the rule still matches what it should')
+  // a header names nothing verified: the name is in the ua: namespace
+  t.equal(okBody.headers['x-nhi-identity'], 'ua:tenant/acme', 'the rule still matches what it should')
 })
