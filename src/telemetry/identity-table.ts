@@ -153,11 +153,6 @@ export class IdentityTable {
     this.maxUnverified = unverifiedCap(limits)
   }
 
-  /** tracked unverified identities (they count against both caps) */
-  get trackedUnverified(): number {
-    return this.unverified
-  }
-
   private fits(identity: Identity): boolean {
     if (identity.name === OVERFLOW_IDENTITY) return false
     if (this.tracked >= this.limits.maxIdentities) return false
