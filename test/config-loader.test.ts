@@ -194,18 +194,26 @@ t.test('duplicate rule names, issuers and api keys', async (t) => {
   t.same(lines(errorsOf(key)), [
     'c.yaml:5:22 no api key named "exprot" in apiKeys.keys (hint: configured: export)',
   ])
-  const noSource = errorsOf('jwt:\n  issuers:\n    - issuer: https://idp\n')
+  const reserved = errorsOf(
+    'apiKeys:\n  keys:\n    - { name: anonymous, sha256: "' +
+      'a'.repeat(64) +
+      '" }\n    - { name: "ua:curl", sha256: "' +
+      'b'.repeat(64) +
+      '" }\n',
+  )
+  t.match(lines(reserved), [/c\.yaml:3:15 .*"anonymous" is reserved/, /c\.yaml:4:15 .*"ua:curl" is reserved/])
+  const noSource = errorsOf('jwt:\n  issuers:\n    - issuer: https://idp\n      audiences: [orders]\n')
   t.same(lines(noSource), [
     'c.yaml:3:7 issuer "https://idp" has no key source (hint: set jwksUri, jwksFile or discovery: true)',
   ])
   const hs = errorsOf(
-    'jwt:\n  issuers:\n    - issuer: https://idp\n      discovery: true\n      algorithms: [HS256]\n',
+    'jwt:\n  issuers:\n    - issuer: https://idp\n      discovery: true\n      audiences: any\n      algorithms: [HS256]\n',
   )
   t.match(hs[0]?.message, /HS256 need a shared secret/)
-  t.equal(hs[0]?.line, 5)
+  t.equal(hs[0]?.line, 6)
   t.ok(
     parseConfigText(
-      'jwt:\n  issuers:\n    - { issuer: a, jwksFile: /k, algorithms: [HS256], secretFile: /s }\n',
+      'jwt:\n  issuers:\n    - { issuer: a, jwksFile: /k, algorithms: [HS256], secretFile: /s, audiences: [b] }\n',
       'c',
     ).ok,
   )

@@ -17,10 +17,11 @@ const DEMO_IDENTITIES: Record<string, string> = {
   'ci/nightly-etl': 'job',
   'billing-export': 'job',
   anonymous: 'human',
-  googlebot: 'bot',
-  'kube-probe': 'bot',
-  gptbot: 'agent',
-  claudebot: 'agent',
+  // named by their user agent only: the ua: namespace, which no verified identity can share
+  'ua:googlebot': 'bot',
+  'ua:kube-probe': 'bot',
+  'ua:gptbot': 'agent',
+  'ua:claudebot': 'agent',
 }
 
 t.test('live view of the demo in Chromium', { skip: skipWithoutChromium }, async (t) => {

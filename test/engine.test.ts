@@ -32,7 +32,9 @@ t.test(
       configSchema.parse({
         jwt: {
           onInvalid: 'reject',
-          issuers: [{ issuer: 'https://idp.example', jwksUri: 'http://127.0.0.1:9/jwks' }],
+          issuers: [
+            { issuer: 'https://idp.example', jwksUri: 'http://127.0.0.1:9/jwks', audiences: ['orders'] },
+          ],
         },
       }),
     )

@@ -144,6 +144,15 @@ function checkConfig(t: Test, objects: K8sObject[]) {
   const issuer = loaded.config.jwt.issuers.find((i) => i.profile === 'kubernetes')
   t.equal(issuer?.caFile, `${TOKEN_DIR}/ca.crt`, 'kubernetes issuer CA is the mounted cluster CA')
   t.equal(issuer?.bearerTokenFile, `${TOKEN_DIR}/token`, 'kubernetes issuer token is the projected token')
+  // never "any" and never the API server's audience, which every pod's own token carries
+  t.ok(
+    Array.isArray(issuer?.audiences) && issuer.audiences.length > 0,
+    'kubernetes issuer accepts named audiences only',
+  )
+  t.notOk(
+    Array.isArray(issuer?.audiences) && issuer.audiences.some((a) => a.startsWith('https://kubernetes.')),
+    'not the API server audience',
+  )
   t.equal(loaded.config.admin, '0.0.0.0:9464')
   t.equal(value['admin'], loaded.config.admin)
 }
@@ -299,6 +308,23 @@ t.test('config checksum rolls pods only for settings hot reload cannot apply', a
     checksum((await render(['--set', 'rollOnAnyConfigChange=true'])).objects),
     'rollOnAnyConfigChange rolls on any change',
   )
+})
+
+t.test('the default kubernetes issuer accepts tokens minted for this service only', async (t) => {
+  const { objects } = await render(['--set', 'upstream=http://orders.shop.svc:8080,serviceName=orders'])
+  const { text } = configOf(objects)
+  const loaded = parseConfigText(text, 'config.yaml')
+  t.ok(loaded.ok, 'rendered config loads')
+  if (!loaded.ok) return
+  t.same(loaded.config.jwt.issuers[0]?.audiences, ['orders'], 'audiences default to [serviceName]')
+  const explicit = await render([
+    '--set',
+    'upstream=http://x:1',
+    '--set-json',
+    'config.jwt.issuers=[{"issuer":"https://idp","jwksUri":"https://idp/jwks","audiences":"any"}]',
+  ])
+  const kept = parseConfigText(configOf(explicit.objects).text, 'config.yaml')
+  t.ok(kept.ok && kept.config.jwt.issuers[0]?.audiences === 'any', 'an explicit choice is kept')
 })
 
 t.test('token audience is configurable', async (t) => {

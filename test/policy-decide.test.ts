@@ -53,12 +53,20 @@ t.test('enforce: first matching route decides, any allow matcher admits', async 
     decision: 'deny',
     rule: 'admin',
   })
-  t.same(p.decide(id({ name: 'ops/rotator', kind: 'service' }), req('/admin')), {
-    decision: 'allow',
-    rule: 'admin',
-  })
   t.same(
-    p.decide(id({ name: 'ops/a/b', kind: 'service' }), req('/admin')),
+    p.decide(id({ name: 'ops/rotator', kind: 'service', source: 'jwt', verified: true }), req('/admin')),
+    {
+      decision: 'allow',
+      rule: 'admin',
+    },
+  )
+  t.same(
+    p.decide(id({ name: 'ops/rotator', kind: 'service', source: 'useragent' }), req('/admin')),
+    { decision: 'deny', rule: 'admin' },
+    'an identity: entry names verified identities only',
+  )
+  t.same(
+    p.decide(id({ name: 'ops/a/b', kind: 'service', source: 'jwt', verified: true }), req('/admin')),
     { decision: 'deny', rule: 'admin' },
     '* is one segment',
   )
@@ -99,4 +107,34 @@ t.test('deny response names identity and rule, as JSON', async (t) => {
   t.equal(r.status, 403)
   t.same(JSON.parse(r.body), { error: 'forbidden', identity: 'shop/web', rule: 'admin' })
   t.equal(r.headers['content-type'], 'application/json')
+})
+
+t.test('identity entries: verified only unless `verified` or `source` says otherwise', async (t) => {
+  const r = parseConfigText(
+    `policy:
+  mode: enforce
+  rules:
+    - route: "/a"
+      allow: [{ identity: "*" }]
+    - route: "/b"
+      allow: [{ identity: "ua:*", source: useragent }]
+    - route: "/c"
+      allow: [{ identity: "*", verified: false }]
+    - route: "/d"
+      allow: [{ source: [mtls, xfcc] }]
+`,
+    'p.yaml',
+  )
+  if (!r.ok) throw new Error(r.errors[0]?.message)
+  const p = compilePolicy(r.config.policy)
+  const ua = id({ name: 'ua:curl', source: 'useragent' })
+  const key = id({ name: 'billing', source: 'apikey', verified: true })
+  const cert = id({ name: 'web', source: 'xfcc', verified: true })
+  t.equal(p.decide(ua, req('/a')).decision, 'deny', 'implicit verified: true')
+  t.equal(p.decide(key, req('/a')).decision, 'allow')
+  t.equal(p.decide(ua, req('/b')).decision, 'allow', 'source: useragent admits user agents')
+  t.equal(p.decide(key, req('/b')).decision, 'deny', 'and nothing else')
+  t.equal(p.decide(ua, req('/c')).decision, 'allow', 'verified: false is explicit')
+  t.equal(p.decide(cert, req('/d')).decision, 'allow')
+  t.equal(p.decide(key, req('/d')).decision, 'deny')
 })

@@ -3,7 +3,7 @@ import { parseConfigText } from '../src/config/loader.ts'
 import type { Config } from '../src/config/schema.ts'
 import { certEvidenceFromFields } from '../src/identity/certificate.ts'
 import { classifyUserAgent } from '../src/identity/useragent.ts'
-import { compileRules, type RuleTrace } from '../src/rules/engine.ts'
+import { compileRules, namespacedName, type RuleTrace } from '../src/rules/engine.ts'
 import type { CertEvidence, ConnectionInfo, EvidenceSet, JwtEvidence, RequestInfo } from '../src/types.ts'
 import { sha256Hex } from '../src/util/fingerprint.ts'
 
@@ -97,7 +97,7 @@ t.test('spiffe from mtls or xfcc, captures into name/team/zone', async (t) => {
 t.test('jwt issuer and claims, nested by dotted path, arrays, numbers', async (t) => {
   const rules = compileRules(
     config(`jwt:
-  issuers: [{ issuer: https://k8s, jwksFile: /k }, { issuer: https://gh, jwksFile: /k }]
+  issuers: [{ issuer: https://k8s, jwksFile: /k, audiences: any }, { issuer: https://gh, jwksFile: /k, audiences: any }]
 identities:
   - name: "{ns}/{sa}"
     rule: k8s
@@ -200,9 +200,9 @@ identities:
   )
   t.match(key, { name: 'partner/acme', source: 'apikey', verified: true, kind: 'service' })
   t.equal(key.attributes['api_key'], 'partner-acme')
-  t.equal(rules.classify(ev(), req({ headers: { 'x-tenant': 'blue' } }), conn).name, 'tenant/blue')
+  t.equal(rules.classify(ev(), req({ headers: { 'x-tenant': 'blue' } }), conn).name, 'ua:tenant/blue')
   t.match(rules.classify(ev({ useragent: classifyUserAgent(GPTBOT) }), req(), conn), {
-    name: 'ai/gptbot',
+    name: 'ua:ai/gptbot',
     kind: 'agent',
     verified: false,
     source: 'useragent',
@@ -221,7 +221,7 @@ identities:
   rules.classify(ev(), req({ path: '/intranet' }), conn, trace2)
   t.same(trace2[5]?.reasons, ['remoteAddr: "127.0.0.1" is not in 10.0.0.0/8'])
   t.match(rules.classify(ev({ useragent: classifyUserAgent(CHROME) }), req(), conn), {
-    name: 'unverified-chrome',
+    name: 'ua:unverified-chrome',
     rule: 'unverified',
   })
 })
@@ -335,13 +335,13 @@ t.test('first match wins; trace explains every rule tried; expectEvery carried',
   )
   const trace: RuleTrace[] = []
   const id = rules.classify(ev(), req({ path: '/b' }), conn, trace)
-  t.match(id, { name: 'b', rule: 'second', kind: 'job', expectEveryMs: 86_400_000 })
+  t.match(id, { name: 'ua:b', rule: 'second', kind: 'job', expectEveryMs: 86_400_000 })
   t.same(trace, [
     { index: 0, rule: 'first', matched: false, reasons: ['path: "/b" does not match "/a"'] },
     { index: 1, rule: 'second', matched: true, reasons: ['path: ok'], captures: { x: 'b' } },
   ])
-  t.equal(rules.classify(ev(), req({ path: '/a' }), conn).name, 'a')
-  t.equal(rules.classify(ev(), req({ path: '/x/y' }), conn).name, 'c')
+  t.equal(rules.classify(ev(), req({ path: '/a' }), conn).name, 'ua:a')
+  t.equal(rules.classify(ev(), req({ path: '/x/y' }), conn).name, 'ua:c')
 })
 
 t.test('classification is cached per credential set only when rules ignore the request', async (t) => {
@@ -357,10 +357,10 @@ t.test('classification is cached per credential set only when rules ignore the r
   )
   t.not(credOnly.classify(ev({ useragent: classifyUserAgent(GPTBOT) }), req(), conn), first)
   const perRequest = compileRules(config(`identities:\n  - { name: admin, match: { path: "/admin/**" } }`))
-  t.equal(perRequest.classify(e, req({ path: '/admin/x' }), conn).name, 'admin')
+  t.equal(perRequest.classify(e, req({ path: '/admin/x' }), conn).name, 'ua:admin')
   t.not(
     perRequest.classify(e, req({ path: '/' }), conn).name,
-    'admin',
+    'ua:admin',
     'path rules are never served from cache',
   )
 })
@@ -383,4 +383,15 @@ t.test('hostile input never throws', async (t) => {
       [],
     ),
   )
+})
+
+t.test('unverified names live in the ua: namespace; verified ones never do', async (t) => {
+  t.equal(namespacedName('curl', 'useragent', false), 'ua:curl')
+  t.equal(namespacedName('admin', 'anonymous', false), 'ua:admin')
+  t.equal(namespacedName('anonymous', 'useragent', false), 'anonymous')
+  t.equal(namespacedName('ua:curl', 'useragent', false), 'ua:curl')
+  t.equal(namespacedName('web', 'mtls', false), 'ua:web', 'an unverified certificate names nothing verified')
+  t.equal(namespacedName('billing', 'apikey', true), 'billing')
+  t.equal(namespacedName('anonymous', 'apikey', true), 'apikey:anonymous')
+  t.equal(namespacedName('ua:curl', 'jwt', true), 'jwt:ua:curl')
 })

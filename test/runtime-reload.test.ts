@@ -42,7 +42,7 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
 
-  t.equal(await identityOf(proxy), 'team-blue')
+  t.equal(await identityOf(proxy), 'ua:team-blue')
 
   const inFlight = fetch(`${proxy}/slow/1200`, { headers: { 'x-team': 'blue' } })
   await new Promise((r) => setTimeout(r, 100))
@@ -53,7 +53,7 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
     ),
     'reload counted as success',
   )
-  t.equal(await identityOf(proxy), 'squad-blue', 'new rules apply to new requests')
+  t.equal(await identityOf(proxy), 'ua:squad-blue', 'new rules apply to new requests')
   const slow = await inFlight
   t.equal(slow.status, 200, 'the in-flight request finished')
   t.equal(await slow.text(), 'slow ok')
@@ -65,7 +65,7 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
     ),
     'broken reload counted as failure',
   )
-  t.equal(await identityOf(proxy), 'squad-blue', 'last good config keeps serving')
+  t.equal(await identityOf(proxy), 'ua:squad-blue', 'last good config keeps serving')
   t.ok(metricValue(await scrape(admin), 'nhi_config_last_reload_success_timestamp_seconds') > 0)
 })
 
@@ -80,13 +80,13 @@ t.test('Kubernetes ConfigMap ..data symlink swap is picked up', async (t) => {
   await symlink('..data/config.yaml', join(dir, 'config.yaml'))
   const sidecar = await startSidecarFromFile(t, join(dir, 'config.yaml'))
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  t.equal(await identityOf(proxy), 'v1-blue')
+  t.equal(await identityOf(proxy), 'ua:v1-blue')
 
   await mkdir(join(dir, '..v2'))
   await writeFile(join(dir, '..v2', 'config.yaml'), configText(upstream.url, 'v2'))
   await symlink('..v2', join(dir, '..data_tmp'))
   await rename(join(dir, '..data_tmp'), join(dir, '..data'))
-  t.ok(await until(async () => (await identityOf(proxy)) === 'v2-blue'), 'new ConfigMap version applied')
+  t.ok(await until(async () => (await identityOf(proxy)) === 'ua:v2-blue'), 'new ConfigMap version applied')
 })
 
 t.test('SIGHUP reloads; SIGTERM drains in-flight requests and exits 0', async (t) => {
@@ -100,7 +100,7 @@ t.test('SIGHUP reloads; SIGTERM drains in-flight requests and exits 0', async (t
   const started = await cli.waitFor(/"listen":"127\.0\.0\.1:(\d+)".*"metrics":"(http:[^"]+)\/metrics"/)
   const proxy = `http://127.0.0.1:${started[1]}`
   const admin = started[2]!
-  t.equal(await identityOf(proxy), 'team-blue')
+  t.equal(await identityOf(proxy), 'ua:team-blue')
 
   cli.child.kill('SIGHUP')
   t.ok(

@@ -8,6 +8,7 @@ import {
   HMAC_ALGORITHMS,
   KINDS,
   PROFILE_NAMES,
+  SOURCES,
 } from '../types.ts'
 import { parseDuration } from '../util/duration.ts'
 
@@ -114,7 +115,10 @@ export const issuerSchema = z.strictObject({
   discovery: z.optional(z.boolean()),
   /** HS* shared secret (file path); HS algorithms are only allowed when this is set */
   secretFile: z.optional(z.string()),
-  audiences: z.optional(z.array(z.string())),
+  audiences: described(
+    z.optional(z.union([z.literal('any'), z.array(z.string().check(z.minLength(1)))])),
+    'accepted "aud" values (any one must be in the token); required: `any` accepts every audience, written out',
+  ),
   algorithms: z.optional(z.array(z.enum([...ASYMMETRIC_ALGORITHMS, ...HMAC_ALGORITHMS]))),
   caFile: z.optional(z.string()),
   bearerTokenFile: z.optional(z.string()),
@@ -128,10 +132,17 @@ export const policyRuleSchema = z.strictObject({
   methods: z.optional(z.array(z.string())),
   allow: z.array(
     z.strictObject({
-      identity: z.optional(z.string()),
+      identity: described(
+        z.optional(z.string()),
+        'identity-name pattern; matches verified identities only unless `verified` or `source` is given',
+      ),
       kind: z.optional(kind),
       team: z.optional(z.string()),
       verified: z.optional(z.boolean()),
+      source: described(
+        z.optional(z.union([z.enum(SOURCES), z.array(z.enum(SOURCES))])),
+        'credential source(s) the identity must come from (mtls, xfcc, jwt, apikey, useragent, anonymous)',
+      ),
     }),
   ),
 })
@@ -235,6 +246,10 @@ export const configSchema = z.strictObject({
   metrics: z.prefault(
     z.strictObject({
       maxIdentities: z._default(positiveInt, 1000),
+      maxUnverifiedIdentities: described(
+        z.optional(positiveInt),
+        'cap for unverified identities (user agents, header captures), within maxIdentities; default maxIdentities / 4',
+      ),
       routes: z._default(z.array(z.string()), []),
       buckets: z._default(
         z.array(z.number().check(z.positive())),

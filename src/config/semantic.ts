@@ -84,6 +84,19 @@ export function semanticCheck(config: Config): SemanticIssue[] {
         'set jwksUri, jwksFile or discovery: true',
       )
     }
+    if (iss.audiences === undefined) {
+      error(
+        ['jwt', 'issuers', i],
+        `issuer "${iss.issuer}" has no audiences: it would accept tokens minted for any other service`,
+        'set audiences: [<the audience your callers request, e.g. this service>], or audiences: any to accept every audience',
+      )
+    } else if (iss.audiences !== 'any' && iss.audiences.length === 0) {
+      error(
+        ['jwt', 'issuers', i, 'audiences'],
+        `issuer "${iss.issuer}" has an empty audiences list: no token would verify`,
+        'list the accepted audiences, or write audiences: any',
+      )
+    }
     const hs = (iss.algorithms ?? []).filter((a) => a.startsWith('HS'))
     if (hs.length && !iss.secretFile) {
       error(
@@ -95,6 +108,15 @@ export function semanticCheck(config: Config): SemanticIssue[] {
   })
   const issuerNames = new Set(config.jwt.issuers.map((i) => i.issuer))
   const keyNames = new Set(config.apiKeys.keys.map((k) => k.name))
+  config.apiKeys.keys.forEach((k, i) => {
+    if (k.name === 'anonymous' || k.name.startsWith('ua:')) {
+      error(
+        ['apiKeys', 'keys', i, 'name'],
+        `api key name "${k.name}" is reserved for unverified callers`,
+        '"anonymous" and names starting with "ua:" name requests that verified nothing',
+      )
+    }
+  })
 
   config.metrics.routes.forEach((r, i) => {
     const e = routeError(r)

@@ -191,6 +191,11 @@ export class DemoTraffic {
         weight: 0.3,
         run: () => this.get('/api/v1/orders', { 'user-agent': UA.curl, 'x-nhi-identity': 'admin' }),
       },
+      // an impostor naming itself after the export job's api key: shows up as ua:billing-export
+      {
+        weight: 0.3,
+        run: () => this.get('/api/v1/reports/billing', { 'user-agent': 'billing-export/1.0' }),
+      },
       {
         weight: 0.3,
         run: () =>

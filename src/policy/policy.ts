@@ -2,7 +2,7 @@
 // method match decides; a request is allowed when any of its allow matchers matches the identity.
 import type { Config } from '../config/schema.ts'
 import { type CompiledPattern, compilePattern } from '../rules/pattern.ts'
-import type { Identity, Kind, PolicyDecision, RequestInfo } from '../types.ts'
+import type { Identity, Kind, PolicyDecision, RequestInfo, Source } from '../types.ts'
 
 export type PolicyMode = Config['policy']['mode']
 
@@ -16,6 +16,7 @@ interface AllowMatcher {
   kind?: Kind
   team?: string
   verified?: boolean
+  sources?: ReadonlySet<Source>
 }
 
 interface CompiledPolicyRule {
@@ -35,6 +36,7 @@ function allows(m: AllowMatcher, id: Identity): boolean {
   if (m.kind !== undefined && id.kind !== m.kind) return false
   if (m.team !== undefined && id.team !== m.team) return false
   if (m.verified !== undefined && id.verified !== m.verified) return false
+  if (m.sources && !m.sources.has(id.source)) return false
   if (m.identity && !m.identity.match(id.name)) return false
   return true
 }
@@ -65,6 +67,10 @@ export function compilePolicy(cfg: Config['policy']): Policy {
         if (a.kind !== undefined) m.kind = a.kind
         if (a.team !== undefined) m.team = a.team
         if (a.verified !== undefined) m.verified = a.verified
+        if (a.source !== undefined) m.sources = new Set(Array.isArray(a.source) ? a.source : [a.source])
+        // An identity name is only as good as what verified it: an `identity:` entry names verified
+        // identities unless it says otherwise (`verified: false`, or the `source` it means).
+        if (a.identity !== undefined && a.verified === undefined && a.source === undefined) m.verified = true
         return m
       }),
       allowed: Object.freeze({ decision: 'allow', rule: label }),

@@ -16,7 +16,13 @@ import type {
 } from '../types.ts'
 import { SOURCES } from '../types.ts'
 import { CidrSet } from '../util/cidr.ts'
-import { type CompiledPattern, type CompiledTemplate, compilePattern, compileTemplate } from './pattern.ts'
+import {
+  type CompiledPattern,
+  type CompiledTemplate,
+  compilePattern,
+  compileTemplate,
+  patternCaptures,
+} from './pattern.ts'
 
 export interface RuleTrace {
   index: number
@@ -417,14 +423,22 @@ interface CompiledRule {
   zone: CompiledTemplate | undefined
   kind: Kind | undefined
   expectEveryMs: number | undefined
+  /** the name template uses what the user agent says ({bot}, {agent}, {product}, userAgent captures) */
+  uaNamed: boolean
 }
 
+const UA_CAPTURES: ReadonlySet<string> = new Set(['bot', 'agent', 'product'])
+
 function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
+  const name = compileTemplate(r.name)
+  const ua = r.match.userAgent
+  const uaCaptures = ua !== undefined && !ua.startsWith('builtin:') ? patternCaptures(ua) : []
   return {
     index,
     label: r.rule ?? `rule-${index + 1}`,
     conditions: compileConditions(r.match),
-    name: compileTemplate(r.name),
+    uaNamed: name.captures.some((c) => UA_CAPTURES.has(c) || uaCaptures.includes(c)),
+    name,
     team: r.team !== undefined ? compileTemplate(r.team) : undefined,
     zone: r.zone !== undefined ? compileTemplate(r.zone) : undefined,
     kind: r.kind,
@@ -492,7 +506,7 @@ type BuiltinIdentity = Omit<Identity, 'source' | 'verified' | 'attributes'>
  */
 function identityOf(i: Identity): Identity {
   return {
-    name: i.name,
+    name: namespacedName(i.name, i.source, i.verified),
     kind: i.kind,
     source: i.source,
     verified: i.verified,
@@ -533,6 +547,24 @@ function builtinIdentity(ev: EvidenceSet, profile: ProfileIdentity | undefined):
   }
   if (ua?.category === 'browser') return { name: 'anonymous', kind: 'human', rule: 'builtin:anonymous' }
   return { name: 'anonymous', kind: 'unknown', rule: 'builtin:anonymous' }
+}
+
+/** Names of requests that verified nothing (user agents, headers, unverified certificates) live here. */
+export const UNVERIFIED_PREFIX = 'ua:'
+/** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */
+export const ANONYMOUS = 'anonymous'
+
+/**
+ * Keeps the names of unverified and verified identities apart, whatever rules and built-ins produce, so a
+ * client can never take the name of an api key, certificate or token by what it says (`curl -A
+ * billing-export/1.0`): an unverified name other than `anonymous` is prefixed `ua:` (`ua:curl`,
+ * `ua:googlebot`), and a verified name that would fall into that namespace (`anonymous`, `ua:…`) is
+ * prefixed with its source instead (`apikey:anonymous`).
+ */
+export function namespacedName(name: string, source: Source, verified: boolean): string {
+  if (!verified)
+    return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? name : UNVERIFIED_PREFIX + name
+  return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? `${source}:${name}` : name
 }
 
 /** Cache key over everything a credential-only rule set can look at; undefined when not cacheable. */
@@ -597,8 +629,12 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       if (!ok) continue
       userAgentCaptures(ev, scratch)
       const values = (scratch.captures as Captures | undefined) ?? NO_VALUES
+      const rendered = rule.name.render(values)
       return identityOf({
-        name: rule.name.render(values),
+        // a name made from what the user agent says is a ua: name even on a verified request (where
+        // identityOf then prefixes it with the source: apikey:ua:curl), never a verified-looking one
+        name:
+          rule.uaNamed && !rendered.startsWith(UNVERIFIED_PREFIX) ? UNVERIFIED_PREFIX + rendered : rendered,
         kind: rule.kind ?? (profile && !ev.mtls && !ev.xfcc ? profile.kind : defaultKind(ev)),
         source,
         verified,

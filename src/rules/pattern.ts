@@ -4,7 +4,8 @@
 //    characters), `**` as a whole segment matches the rest (zero or more segments).
 //  - value mode (header, user-agent, claim, subject patterns without '/'): the pattern matches the whole
 //    value; `*` and `**` match any run of characters (possibly empty), `{name}` captures a non-empty run.
-// Everything else is literal (regex metacharacters are escaped). Each pattern compiles to one RegExp.
+// Everything else is literal. Matching is linear in the value's length (see compileValue below); the
+// RegExp form of a pattern is built only to validate it and to document its semantics.
 
 export interface CompiledPattern {
   readonly source: string
@@ -110,6 +111,16 @@ function buildRegExp(tokens: Token[], sep: string | undefined): { re: string; ca
   return { re: `${re}$`, captures }
 }
 
+/** The RegExp with the semantics of a pattern, for tests and documentation only: client values are never
+ *  matched with it (a backtracking engine can take seconds on a long value, see compilePattern). */
+export function referenceRegExp(p: string, opts?: PatternOptions): RegExp {
+  const tokens = tokenize(p)
+  if (typeof tokens === 'string') throw new Error(`invalid pattern "${p}": ${tokens}`)
+  const built = buildRegExp(tokens, isSegmentMode(p, opts))
+  if (typeof built === 'string') throw new Error(`invalid pattern "${p}": ${built}`)
+  return new RegExp(built.re, opts?.ignoreCase ? 'i' : '')
+}
+
 /** Returns an error message, or undefined when the pattern is valid. */
 export function patternError(p: string, opts?: PatternOptions): string | undefined {
   const tokens = tokenize(p)
@@ -141,28 +152,196 @@ export function normalisePattern(p: string): string {
 export function compilePattern(p: string, opts?: PatternOptions): CompiledPattern {
   const tokens = tokenize(p)
   if (typeof tokens === 'string') throw new Error(`invalid pattern "${p}": ${tokens}`)
-  const built = buildRegExp(tokens, isSegmentMode(p, opts))
+  const sep = isSegmentMode(p, opts)
+  const built = buildRegExp(tokens, sep)
   if (typeof built === 'string') throw new Error(`invalid pattern "${p}": ${built}`)
   const { captures } = built
   const literal = tokens.every((t) => t.t === 'lit')
   if (literal && !opts?.ignoreCase) {
     return { source: p, captures, literal, match: (v) => (v === p ? NO_CAPTURES : null) }
   }
-  const re = new RegExp(built.re, opts?.ignoreCase ? 'i' : '')
-  if (captures.length === 0) {
-    return { source: p, captures, literal, match: (v) => (re.test(v) ? NO_CAPTURES : null) }
-  }
+  const ignoreCase = opts?.ignoreCase === true
+  const matcher = sep ? compileSegments(tokens, sep, ignoreCase) : compileValue(tokens, ignoreCase)
   return {
     source: p,
     captures,
     literal,
     match(v) {
-      const m = re.exec(v)
-      if (!m) return null
       const out: Record<string, string> = {}
-      for (let i = 0; i < captures.length; i++) out[captures[i]!] = m[i + 1]!
-      return out
+      if (!matcher(ignoreCase ? canonical(v) : v, v, out)) return null
+      return captures.length === 0 ? NO_CAPTURES : out
     },
+  }
+}
+
+// Matching is a hand-written, linear-time matcher instead of a RegExp: a pattern like `{a}-{b}-{c}.x`
+// compiled to `^([^/]+)-([^/]+)-([^/]+)\.x$` makes a backtracking engine try every split of a long
+// client-controlled value (seconds of blocked event loop for a few KiB). The matcher gives exactly the
+// captures the greedy RegExp gave: each wildcard takes as much as it can while the rest still matches,
+// which is the same as placing every literal at its rightmost possible position, working from the end.
+// Each literal is searched for once, in a window that only shrinks, so a match costs O(value length ×
+// literal length) at worst and never backtracks.
+
+/** `matcher(folded, original, out)`: `folded` is the value to compare (case-folded when ignoreCase),
+ *  captures are sliced from `original` (same length) into `out` */
+type Matcher = (folded: string, original: string, out: Record<string, string>) => boolean
+
+/** Per UTF-16 unit case folding with the RegExp `i` flag's rule (no `u` flag): the upper-case form when it
+ *  is one unit long, else the unit itself. Keeps the length, so offsets map back to the original value. */
+function canonical(s: string): string {
+  let ascii = true
+  for (let i = 0; i < s.length; i++) {
+    if (s.charCodeAt(i) > 0x7f) {
+      ascii = false
+      break
+    }
+  }
+  if (ascii) return s.toUpperCase()
+  let out = ''
+  for (const c of s.split('')) {
+    const u = c.toUpperCase()
+    out += u.length === 1 && (c.charCodeAt(0) < 0x80 || u.charCodeAt(0) >= 0x80) ? u : c
+  }
+  return out
+}
+
+interface Wildcard {
+  /** capture name, or undefined for `*` / `**` */
+  name?: string
+}
+
+/** A value-mode pattern: lits[0] G1 lits[1] G2 … Gk lits[k], each Gi a run of adjacent wildcards. */
+function compileValue(tokens: readonly Token[], ignoreCase: boolean): Matcher {
+  const lits: string[] = ['']
+  const groups: Wildcard[][] = []
+  for (const tok of tokens) {
+    if (tok.t === 'lit') {
+      lits[lits.length - 1] += ignoreCase ? canonical(tok.v) : tok.v
+    } else {
+      const w: Wildcard = tok.t === 'cap' ? { name: tok.v } : {}
+      if (lits.length > groups.length && lits[lits.length - 1] === '' && groups.length > 0) {
+        groups[groups.length - 1]!.push(w)
+      } else {
+        groups.push([w])
+        lits.push('')
+      }
+    }
+  }
+  const mins = groups.map((g) => g.filter((w) => w.name !== undefined).length)
+  const k = groups.length
+  const head = lits[0]!
+  const tail = lits[k]!
+  let minLength = k === 0 ? head.length : head.length + tail.length
+  for (let i = 0; i < k; i++) minLength += mins[i]! + (i > 0 ? lits[i]!.length : 0)
+  const starts = new Array<number>(k + 1)
+  return (v, original, out) => {
+    if (v.length < minLength || !v.startsWith(head) || !v.endsWith(tail)) return false
+    if (k === 0) return v.length === head.length
+    // starts[i]: where lits[i] begins; lits[k] is anchored at the end
+    starts[k] = v.length - tail.length
+    for (let i = k - 1; i >= 1; i--) {
+      const lit = lits[i]!
+      const from = starts[i + 1]! - mins[i]! - lit.length
+      if (from < 0) return false
+      const at = v.lastIndexOf(lit, from)
+      if (at < 0) return false
+      starts[i] = at
+    }
+    starts[0] = 0
+    for (let i = 0; i < k; i++) {
+      const begin = starts[i]! + lits[i]!.length
+      const end = starts[i + 1]!
+      if (end - begin < mins[i]!) return false
+      assign(groups[i]!, begin, end, original, out)
+    }
+    return true
+  }
+}
+
+/** Splits [begin, end) over adjacent wildcards: the first takes all but the minimum the others need. */
+function assign(
+  group: readonly Wildcard[],
+  begin: number,
+  end: number,
+  v: string,
+  out: Record<string, string>,
+) {
+  let rest = 0
+  for (let j = 1; j < group.length; j++) if (group[j]!.name !== undefined) rest++
+  let at = begin
+  for (let j = 0; j < group.length; j++) {
+    const w = group[j]!
+    const len = j === 0 ? end - begin - rest : w.name !== undefined ? 1 : 0
+    if (w.name !== undefined) out[w.name] = v.slice(at, at + len)
+    at += len
+  }
+}
+
+type Segment = { globstar: true } | { globstar: false; match: Matcher }
+
+/** A segment-mode pattern: the value is split on the separator and each pattern segment matches one
+ *  value segment in value mode; `**` segments match runs of segments, placed like wildcards above. */
+function compileSegments(tokens: readonly Token[], sep: string, ignoreCase: boolean): Matcher {
+  const segs: Token[][] = [[]]
+  for (const tok of tokens) {
+    if (tok.t !== 'lit') {
+      segs[segs.length - 1]!.push(tok)
+      continue
+    }
+    const parts = tok.v.split(sep)
+    for (let i = 0; i < parts.length; i++) {
+      if (i > 0) segs.push([])
+      if (parts[i]) segs[segs.length - 1]!.push({ t: 'lit', v: parts[i]! })
+    }
+  }
+  const pattern: Segment[] = segs.map((s) =>
+    s.length === 1 && s[0]!.t === 'globstar'
+      ? { globstar: true }
+      : { globstar: false, match: compileValue(s, ignoreCase) },
+  )
+  // blocks[0] ** blocks[1] ** … blocks[k]: runs of ordinary segments between `**` segments
+  const blocks: Segment[][] = [[]]
+  for (const s of pattern) {
+    if (s.globstar) blocks.push([])
+    else blocks[blocks.length - 1]!.push(s)
+  }
+  const k = blocks.length - 1
+  // A leading `**` compiled to `[\s\S]*`: at least one (possibly empty) segment; any other `**`
+  // compiled to `(?:/[\s\S]*)?`: zero or more segments.
+  const globMin = (i: number) => (i === 0 && blocks[0]!.length === 0 ? 1 : 0)
+  const blockAt = (block: Segment[], at: number, vs: string[], os: string[], out: Record<string, string>) => {
+    for (let j = 0; j < block.length; j++) {
+      const s = block[j] as { match: Matcher }
+      if (!s.match(vs[at + j]!, os[at + j]!, out)) return false
+    }
+    return true
+  }
+  return (v, original, out) => {
+    const vs = v.split(sep)
+    const os = ignoreCase ? original.split(sep) : vs
+    const n = vs.length
+    const head = blocks[0]!
+    const tail = blocks[k]!
+    if (k === 0) return n === head.length && blockAt(head, 0, vs, os, out)
+    let minSegments = head.length + tail.length
+    for (let i = 0; i < k; i++) minSegments += globMin(i) + (i > 0 ? blocks[i]!.length : 0)
+    if (n < minSegments) return false
+    // place the tail, then every middle block at its rightmost position, then the head
+    let end = n - tail.length
+    const placed: number[] = []
+    for (let i = k - 1; i >= 1; i--) {
+      const block = blocks[i]!
+      let at = end - globMin(i) - block.length
+      const scratch: Record<string, string> = {}
+      while (at >= 0 && !blockAt(block, at, vs, os, scratch)) at--
+      if (at < 0) return false
+      placed[i] = at
+      end = at
+    }
+    if (end - head.length < globMin(0)) return false
+    if (!blockAt(head, 0, vs, os, out)) return false
+    for (let i = 1; i < k; i++) blockAt(blocks[i]!, placed[i]!, vs, os, out)
+    return blockAt(tail, n - tail.length, vs, os, out)
   }
 }
 

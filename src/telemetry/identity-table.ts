@@ -1,6 +1,9 @@
 // The cardinality guard: a bounded table of the identities we keep per-identity state (and metric series)
 // for. Admission is first-come: once `maxIdentities` names are tracked, new names share one
-// `__overflow__` entry until an idle identity frees its slot.
+// `__overflow__` entry until an idle identity frees its slot. Unverified identities (user agents, header
+// captures: names a client can make up) have their own smaller cap, `maxUnverifiedIdentities`, so a flood
+// of made-up names can never take the slots of verified callers: those always have at least
+// `maxIdentities - maxUnverifiedIdentities` slots to themselves.
 import type { Identity, Kind, Source } from '../types.ts'
 import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
@@ -40,6 +43,8 @@ export interface IdentitySeries {
 export interface IdentityEntry {
   readonly name: string
   readonly overflow: boolean
+  /** admitted under the unverified cap (its slot is returned there when it goes) */
+  readonly unverifiedSlot: boolean
   kind: Kind
   source: Source
   verified: boolean
@@ -70,7 +75,15 @@ export interface IdentityEntry {
 
 export interface IdentityTableLimits {
   maxIdentities: number
+  /** cap for unverified identities; default a quarter of maxIdentities (at least 1), never above it */
+  maxUnverifiedIdentities?: number
   idleTtlMs: number
+}
+
+/** The effective cap for unverified identities. */
+export function unverifiedCap(limits: IdentityTableLimits): number {
+  const cap = limits.maxUnverifiedIdentities ?? Math.max(1, Math.floor(limits.maxIdentities / 4))
+  return Math.min(cap, limits.maxIdentities)
 }
 
 export interface Admission {
@@ -83,6 +96,7 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
   return {
     name,
     overflow: name === OVERFLOW_IDENTITY,
+    unverifiedSlot: name !== OVERFLOW_IDENTITY && !identity.verified,
     kind: identity.kind,
     source: identity.source,
     verified: identity.verified,
@@ -123,15 +137,26 @@ export function trustBoundary(identity: Identity): TrustBoundary {
 export class IdentityTable {
   private readonly entries = new Map<string, IdentityEntry>()
   private limits: IdentityTableLimits
+  private maxUnverified: number
+  /** tracked entries holding an unverified slot */
+  private unverified = 0
   private lastSweep = 0
 
   constructor(limits: IdentityTableLimits) {
     this.limits = { ...limits }
+    this.maxUnverified = unverifiedCap(limits)
   }
 
   setLimits(limits: IdentityTableLimits): void {
     // A lower cap does not evict anyone: existing identities keep their series until they go idle.
     this.limits = { ...limits }
+    this.maxUnverified = unverifiedCap(limits)
+  }
+
+  private fits(identity: Identity): boolean {
+    if (identity.name === OVERFLOW_IDENTITY) return false
+    if (this.tracked >= this.limits.maxIdentities) return false
+    return identity.verified || this.unverified < this.maxUnverified
   }
 
   get size(): number {
@@ -156,9 +181,10 @@ export class IdentityTable {
     let overflowed = false
     if (!entry) {
       // A full table first tries to free idle slots, at most once a second so overflow traffic stays cheap.
-      if (this.tracked >= this.limits.maxIdentities && now - this.lastSweep >= 1000) this.sweep(now)
-      if (identity.name !== OVERFLOW_IDENTITY && this.tracked < this.limits.maxIdentities) {
+      if (!this.fits(identity) && now - this.lastSweep >= 1000) this.sweep(now)
+      if (this.fits(identity)) {
         entry = newEntry(identity.name, identity, now)
+        if (entry.unverifiedSlot) this.unverified++
       } else {
         overflowed = identity.name !== OVERFLOW_IDENTITY
         entry = this.entries.get(OVERFLOW_IDENTITY) ?? newEntry(OVERFLOW_IDENTITY, identity, now)
@@ -192,6 +218,7 @@ export class IdentityTable {
     for (const entry of this.entries.values()) {
       if (now - entry.lastSeen > this.ttlFor(entry)) {
         this.entries.delete(entry.name)
+        if (entry.unverifiedSlot) this.unverified--
         dropped++
       }
     }
@@ -200,6 +227,7 @@ export class IdentityTable {
 
   clear(): void {
     this.entries.clear()
+    this.unverified = 0
   }
 
   recordEdge(entry: IdentityEntry, callee: string, identity: Identity, now: number): void {

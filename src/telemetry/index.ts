@@ -4,7 +4,7 @@ import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import { AuditLog, type AuditLogOptions, type AuditQuery, type AuditRecord } from './audit.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
-import { IdentityTable } from './identity-table.ts'
+import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
 import { LiveFeed, type LiveOptions, type LiveStats } from './live.ts'
 import { type JwksObserver, Metrics, type Scrape } from './metrics.ts'
 
@@ -56,10 +56,7 @@ export class Telemetry implements Recorder {
   constructor(config: Config, opts: TelemetryOptions) {
     this.config = config
     this.now = opts.now ?? Date.now
-    this.table = new IdentityTable({
-      maxIdentities: config.metrics.maxIdentities,
-      idleTtlMs: config.metrics.idleTtl,
-    })
+    this.table = new IdentityTable(tableLimits(config))
     this.metrics = new Metrics({
       service: config.service,
       buckets: config.metrics.buckets,
@@ -143,7 +140,7 @@ export class Telemetry implements Recorder {
       this.table.clear()
       this.metrics.setService(config.service)
     }
-    this.table.setLimits({ maxIdentities: config.metrics.maxIdentities, idleTtlMs: config.metrics.idleTtl })
+    this.table.setLimits(tableLimits(config))
     this.audit.reconfigure(config.audit)
     this.config = config
   }
@@ -175,5 +172,16 @@ export class Telemetry implements Recorder {
     clearInterval(this.sweeper)
     this.live.close()
     await this.audit.close()
+  }
+}
+
+function tableLimits(config: Config): IdentityTableLimits {
+  const m = config.metrics
+  return {
+    maxIdentities: m.maxIdentities,
+    idleTtlMs: m.idleTtl,
+    ...(m.maxUnverifiedIdentities !== undefined
+      ? { maxUnverifiedIdentities: m.maxUnverifiedIdentities }
+      : {}),
   }
 }

@@ -82,6 +82,13 @@ from the chart values, so ports in the config always match the container and Ser
 {{- $_ := set $cfg "admin" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
 {{- $_ := set $cfg "upstream" (include "nhi-proxy.upstream" .) }}
 {{- if not (hasKey $cfg "service") }}{{ $_ := set $cfg "service" (include "nhi-proxy.serviceName" .) }}{{ end }}
+{{- /* An issuer without audiences would accept tokens minted for any other service (or the API server):
+       it accepts tokens for this service's name only, unless it lists its audiences or says `any`. */}}
+{{- if hasKey $cfg "jwt" }}
+{{- range (get (get $cfg "jwt") "issuers" | default list) }}
+{{- if not (hasKey . "audiences") }}{{ $_ := set . "audiences" (list (get $cfg "service")) }}{{ end }}
+{{- end }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}
 

@@ -39,7 +39,9 @@ export class IssuerVerifier {
       issuer: cfg.issuer,
       algorithms,
       clockTolerance: opts.clockSkewMs / 1000,
-      ...(cfg.audiences?.length ? { audience: cfg.audiences } : {}),
+      // The audience check is on unless the issuer says `audiences: any`; a config that names no audience
+      // (only possible without the loader, which refuses it) accepts no token at all (wrong_audience).
+      ...(cfg.audiences === 'any' ? {} : { audience: cfg.audiences ?? [] }),
     }
   }
 
