@@ -8,6 +8,8 @@ import { UI_PAGE } from './ui/page.ts'
 export interface ReadyState {
   ok: boolean
   checks: Record<string, boolean>
+  /** more for humans: which checks gate readiness, per-issuer key state */
+  detail?: Record<string, unknown>
 }
 
 export interface AdminServerOptions {
@@ -92,7 +94,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         return sendJson(res, 200, { ok: true })
       case '/readyz': {
         const state = await opts.ready()
-        return sendJson(res, state.ok ? 200 : 503, { ok: state.ok, checks: state.checks })
+        return sendJson(res, state.ok ? 200 : 503, { ok: state.ok, checks: state.checks, ...state.detail })
       }
       case '/identities': {
         const sort = param(url, 'sort')

@@ -25,7 +25,7 @@ import {
 } from './identity-table.ts'
 
 export interface JwksObserver {
-  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number): void
+  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number, error?: string): void
 }
 
 export interface MetricsOptions {
