@@ -133,6 +133,46 @@ function withTimeout(p: Promise<void>, ms: number): Promise<void> {
   })
 }
 
+/**
+ * The admin bearer token (adminAccess.tokenFile, e.g. a mounted Kubernetes Secret): read at start and on
+ * every reload, and again when older than TOKEN_MAX_AGE_MS, so a rotated Secret takes effect on its own.
+ */
+class TokenFile {
+  private path: string | undefined
+  private value: string | undefined
+  private readAt = 0
+
+  constructor(private readonly log: Logger) {}
+
+  async load(path: string | undefined): Promise<void> {
+    this.path = path
+    this.value = undefined
+    if (path) await this.read(path)
+  }
+
+  async get(): Promise<string | undefined> {
+    if (this.path && Date.now() - this.readAt > TOKEN_MAX_AGE_MS) await this.read(this.path)
+    return this.value
+  }
+
+  private async read(path: string): Promise<void> {
+    this.readAt = Date.now()
+    try {
+      const text = (await readFile(path, 'utf8')).trim()
+      if (!text) this.log.warn({ event: 'admin_token_empty', file: path }, 'admin token file is empty')
+      this.value = text || undefined
+    } catch (err) {
+      this.value = undefined
+      this.log.warn(
+        { event: 'admin_token_unreadable', file: path, err: (err as NodeJS.ErrnoException).code },
+        'cannot read the admin token file: operator endpoints are served to loopback peers only',
+      )
+    }
+  }
+}
+
+const TOKEN_MAX_AGE_MS = 30_000
+
 class ActivePipeline implements Pipeline {
   readonly service: string
   private readonly trustedForwarders: CidrSet
@@ -194,9 +234,12 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
 
   let draining = false
   let listening = false
+  const adminToken = new TokenFile(log)
+  await adminToken.load(config.adminAccess.tokenFile)
   const admin = createAdminServer({
     ...splitAddress(config.admin),
     telemetry,
+    access: () => ({ token: () => adminToken.get(), allowedHosts: config.adminAccess.allowedHosts }),
     ready: async () => {
       const { readiness } = config
       const checks = {
@@ -248,6 +291,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
       return false
     }
     const next = applyOverrides(result.config, opts.overrides)
+    await adminToken.load(next.adminAccess.tokenFile)
     const nextEngine = new Engine(next, { jwksObserver })
     await withTimeout(nextEngine.start(), jwksStartTimeout)
     const previous = engine

@@ -5,7 +5,7 @@ import type { Recorder, RequestEvent } from '../types.ts'
 import { AuditLog, type AuditLogOptions, type AuditQuery, type AuditRecord } from './audit.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
 import { IdentityTable } from './identity-table.ts'
-import { LiveFeed, type LiveOptions, type LiveStats } from './live.ts'
+import { LiveFeed, type LiveLimits, type LiveOptions, type LiveStats } from './live.ts'
 import { type JwksObserver, Metrics, type Scrape } from './metrics.ts'
 
 export type { AuditQuery, AuditRecord } from './audit.ts'
@@ -26,6 +26,15 @@ export interface TelemetryOptions {
 }
 
 const GIB = 1024 ** 3
+
+function liveLimits(config: Config): LiveLimits {
+  const a = config.adminAccess
+  return {
+    maxSubscribers: a.liveClients,
+    writeTimeoutMs: a.liveWriteTimeout,
+    maxDurationMs: a.liveMaxDuration,
+  }
+}
 
 /**
  * Job outcome of one request. Failure: status >= 500, an upstream error, 401/403 or a policy deny.
@@ -68,7 +77,7 @@ export class Telemetry implements Recorder {
       auditLinesDropped: () => this.audit.linesDropped,
     })
     this.audit = new AuditLog(config.audit, opts.audit)
-    this.live = new LiveFeed(opts.live)
+    this.live = new LiveFeed({ ...liveLimits(config), ...opts.live })
     const interval = opts.sweepIntervalMs ?? Math.max(1000, Math.min(config.metrics.idleTtl / 4, 60_000))
     this.sweeper = setInterval(() => this.sweep(), interval)
     this.sweeper.unref()
@@ -145,6 +154,7 @@ export class Telemetry implements Recorder {
     }
     this.table.setLimits({ maxIdentities: config.metrics.maxIdentities, idleTtlMs: config.metrics.idleTtl })
     this.audit.reconfigure(config.audit)
+    this.live.configure(liveLimits(config))
     this.config = config
   }
 
