@@ -280,6 +280,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   }
   if (!proxyAddrs.http) throw new StartupError('http listener did not start', 2)
   listening = true
+  void telemetry.startProcessMetrics()
 
   let reloading: Promise<boolean> | undefined
   const reload = async (): Promise<boolean> => {

@@ -7,6 +7,7 @@ import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './i
 import { IdentityTable } from './identity-table.ts'
 import { LiveFeed, type LiveLimits, type LiveOptions, type LiveStats } from './live.ts'
 import { type JwksObserver, Metrics, type Scrape } from './metrics.ts'
+import { ProcessMetrics } from './process-metrics.ts'
 
 export type { AuditQuery, AuditRecord } from './audit.ts'
 export type { IdentitiesView, IdentityRow, IdentitySort } from './identities.ts'
@@ -59,6 +60,7 @@ export class Telemetry implements Recorder {
   private readonly metrics: Metrics
   private readonly audit: AuditLog
   readonly live: LiveFeed
+  private readonly process = new ProcessMetrics()
   private readonly sweeper: NodeJS.Timeout
   private recordErrors = 0
 
@@ -158,9 +160,20 @@ export class Telemetry implements Recorder {
     this.config = config
   }
 
-  scrape(openMetrics: boolean): Promise<Scrape> {
+  /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */
+  startProcessMetrics(): Promise<unknown> {
+    return this.process.start()
+  }
+
+  async scrape(openMetrics: boolean): Promise<Scrape> {
     this.sweep()
-    return this.metrics.scrape(openMetrics)
+    const scrape = await this.metrics.scrape(openMetrics)
+    const runtime = await this.process.render(openMetrics)
+    if (!runtime) return scrape
+    const body = openMetrics
+      ? `${scrape.body.replace(/# EOF\n$/, '')}${runtime}# EOF\n`
+      : `${scrape.body}${runtime}`
+    return { contentType: scrape.contentType, body }
   }
 
   identities(sort?: IdentitySort): IdentitiesView {
@@ -183,6 +196,7 @@ export class Telemetry implements Recorder {
 
   async close(): Promise<void> {
     clearInterval(this.sweeper)
+    this.process.stop()
     this.live.close()
     await this.audit.close()
   }
