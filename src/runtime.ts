@@ -137,12 +137,15 @@ function withTimeout(p: Promise<void>, ms: number): Promise<void> {
  * The admin bearer token (adminAccess.tokenFile, e.g. a mounted Kubernetes Secret): read at start and on
  * every reload, and again when older than TOKEN_MAX_AGE_MS, so a rotated Secret takes effect on its own.
  */
-class TokenFile {
+export class TokenFile {
   private path: string | undefined
   private value: string | undefined
   private readAt = 0
 
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   async load(path: string | undefined): Promise<void> {
     this.path = path
@@ -151,12 +154,12 @@ class TokenFile {
   }
 
   async get(): Promise<string | undefined> {
-    if (this.path && Date.now() - this.readAt > TOKEN_MAX_AGE_MS) await this.read(this.path)
+    if (this.path && this.now() - this.readAt > TOKEN_MAX_AGE_MS) await this.read(this.path)
     return this.value
   }
 
   private async read(path: string): Promise<void> {
-    this.readAt = Date.now()
+    this.readAt = this.now()
     try {
       const text = (await readFile(path, 'utf8')).trim()
       if (!text) this.log.warn({ event: 'admin_token_empty', file: path }, 'admin token file is empty')

@@ -1,13 +1,18 @@
 // Admin isolation: /metrics /healthz /readyz for anyone who can reach the port; the operator endpoints
 // (/audit /events /identities /config /ui) for loopback peers or with the bearer token, behind a Host check
 // (DNS rebinding); /config without URL credentials; /events slots freed from clients that never read.
-import { once } from 'node:events'
+import { EventEmitter, once } from 'node:events'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { connect, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import pino from 'pino'
 import t, { type Test } from 'tap'
 import { type AdminAccess, createAdminServer } from '../src/admin/server.ts'
 import { redactConfig, redactUrl } from '../src/config/redact.ts'
 import { configSchema } from '../src/config/schema.ts'
+import { TokenFile } from '../src/runtime.ts'
 import { Telemetry } from '../src/telemetry/index.ts'
 import { LiveFeed } from '../src/telemetry/live.ts'
 import { requestEvent } from './helpers/events.ts'
@@ -127,7 +132,6 @@ t.test('a subscriber that stops reading is disconnected after the write timeout'
   let now = 1_000_000
   const feed = new LiveFeed({ maxSubscribers: 1, writeTimeoutMs: 5_000, now: () => now, sweepMs: 60_000 })
   t.teardown(() => feed.close())
-  const { EventEmitter } = await import('node:events')
   const fake = () => {
     const res = Object.assign(new EventEmitter(), {
       destroyed: false,
@@ -208,4 +212,30 @@ t.test('a remote live view with the token streams events', async (t) => {
   const { value } = await reader.read()
   t.match(new TextDecoder().decode(value), /^data: /)
   await reader.cancel()
+})
+
+t.test('the admin token file: read at start and on reload, re-read when stale, never fatal', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-token-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'token')
+  writeFileSync(file, 'first\n')
+  let now = 1_000_000
+  const lines: string[] = []
+  const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) })
+  const token = new TokenFile(log, () => now)
+  await token.load(file)
+  t.equal(await token.get(), 'first', 'read at start, trailing newline trimmed')
+  writeFileSync(file, 'second')
+  t.equal(await token.get(), 'first', 'cached between reloads')
+  await token.load(file)
+  t.equal(await token.get(), 'second', 're-read on reload')
+  writeFileSync(file, 'third')
+  now += 30_001
+  t.equal(await token.get(), 'third', 're-read when older than 30 s (Secret rotation)')
+  await token.load(join(dir, 'missing'))
+  t.equal(await token.get(), undefined, 'an unreadable file: no token, loopback only')
+  t.match(lines.join(''), /admin_token_unreadable/, 'and a warning')
+  t.notMatch(lines.join(''), /first|second|third/, 'the token is never logged')
+  await token.load(undefined)
+  t.equal(await token.get(), undefined, 'no tokenFile: no token')
 })

@@ -66,6 +66,11 @@ t.test('IdP unreachable: Ready, traffic flows unverified as keys_unavailable, on
     { what: 'three failed JWKS refreshes' },
   )
   t.equal(metricValue(samples, 'nhi_auth_failures_total', { reason: 'keys_unavailable' }), 3)
+  t.equal(
+    samples.filter((s) => s.name === 'nhi_jwks_keys' && s.labels['issuer'] === issuer).map((s) => s.value)[0],
+    0,
+    'nhi_jwks_keys reports 0 keys for the issuer',
+  )
   t.equal(metricValue(samples, 'nhi_auth_failures_total', { reason: 'unknown_kid' }), 0, 'not unknown_kid')
 
   const failures = sidecar.logs().filter((l) => l['event'] === 'jwks_refresh_failed')

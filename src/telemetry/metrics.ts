@@ -254,10 +254,9 @@ export class Metrics {
   readonly jwksObserver: JwksObserver = {
     refreshed: (issuer, result, keyCount, at) => {
       this.jwksRefresh.inc([issuer, result])
-      if (result === 'success') {
-        this.jwksKeys.set([issuer], keyCount)
-        this.jwksLastSuccess.set([issuer], at / 1000)
-      }
+      // keys in use, after failures too: 0 for an issuer whose keys were never fetched (keys_unavailable)
+      this.jwksKeys.set([issuer], keyCount)
+      if (result === 'success') this.jwksLastSuccess.set([issuer], at / 1000)
     },
   }
 
