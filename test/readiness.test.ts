@@ -8,6 +8,7 @@ import { startBin } from './helpers/bin.ts'
 import { eventually } from './helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, parseMetrics } from './helpers/metrics.ts'
+import { startTestSidecar } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
 /** a loopback port nothing listens on */
@@ -123,4 +124,20 @@ t.test('readiness.requireJwks: NotReady until keys arrive, then Ready; recovery 
   })
   t.equal(events.filter((e) => e === 'jwks_refresh_failed').length, 1, 'one failure line')
   t.equal(events.filter((e) => e === 'jwks_recovered').length, 1, 'one recovery line')
+})
+
+t.test('an upstream that refuses connections is reported; it gates only with requireUpstream', async (t) => {
+  const upstream = `http://127.0.0.1:${await closedPort()}`
+  const observing = await startTestSidecar(t, { upstream })
+  const a = await readyz(`http://127.0.0.1:${observing.adminAddress.port}`)
+  t.equal(a.status, 200, 'Ready by default: the app may still be starting')
+  t.match(a.body, { ok: true, checks: { upstream: false } })
+  const gating = await startTestSidecar(t, { upstream, readiness: { requireUpstream: true } })
+  const b = await readyz(`http://127.0.0.1:${gating.adminAddress.port}`)
+  t.equal(b.status, 503, 'NotReady with readiness.requireUpstream')
+  t.match(b.body, {
+    ok: false,
+    checks: { upstream: false },
+    gates: ['config', 'listeners', 'draining', 'upstream'],
+  })
 })
