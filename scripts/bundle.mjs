@@ -19,7 +19,7 @@ rmSync(resolve(root, outdir), { recursive: true, force: true })
 // CommonJS, that chunk's namespace has only `default` (module.exports), whatever Node's own loader would
 // offer: named exports read from it are undefined at run time in the bundle and nowhere else. Each such
 // import is listed here once its importer was checked to read `.default`; any other fails the build.
-const LAZY_COMMONJS_READ_THROUGH_DEFAULT = new Set(['undici'])
+const LAZY_COMMONJS_READ_THROUGH_DEFAULT = new Set(['undici', 'prom-client'])
 
 const result = await build({
   absWorkingDir: root,

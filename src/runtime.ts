@@ -14,7 +14,7 @@ import { parsePeerCertificate } from './identity/certificate.ts'
 import { sanitizeForwardedCertHeaders } from './identity/forwarded/sanitize.ts'
 import type { Attribution, Pipeline } from './pipeline.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
-import { Telemetry } from './telemetry/index.ts'
+import { type JwksObserver, Telemetry } from './telemetry/index.ts'
 import type { ConnectionInfo } from './types.ts'
 import { VERSION } from './version.ts'
 
@@ -55,6 +55,11 @@ export interface Sidecar {
   config(): Config
   /** re-read the config file; false (and the old config keeps serving) when it is invalid */
   reload(): Promise<boolean>
+  /**
+   * SIGTERM: /readyz turns 503 at once, the listeners keep accepting for timeouts.drainDelay (answering with
+   * Connection: close), then close() drains in-flight requests. A close() during the delay cuts it short.
+   */
+  shutdown(): Promise<void>
   /** drain in-flight requests (bounded by timeouts.drain) and close everything */
   close(): Promise<void>
 }
@@ -127,6 +132,49 @@ function withTimeout(p: Promise<void>, ms: number): Promise<void> {
   })
 }
 
+/**
+ * The admin bearer token (adminAccess.tokenFile, e.g. a mounted Kubernetes Secret): read at start and on
+ * every reload, and again when older than TOKEN_MAX_AGE_MS, so a rotated Secret takes effect on its own.
+ */
+export class TokenFile {
+  private path: string | undefined
+  private value: string | undefined
+  private readAt = 0
+
+  constructor(
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async load(path: string | undefined): Promise<void> {
+    this.path = path
+    this.value = undefined
+    if (path) await this.read(path)
+  }
+
+  async get(): Promise<string | undefined> {
+    if (this.path && this.now() - this.readAt > TOKEN_MAX_AGE_MS) await this.read(this.path)
+    return this.value
+  }
+
+  private async read(path: string): Promise<void> {
+    this.readAt = this.now()
+    try {
+      const text = (await readFile(path, 'utf8')).trim()
+      if (!text) this.log.warn({ event: 'admin_token_empty', file: path }, 'admin token file is empty')
+      this.value = text || undefined
+    } catch (err) {
+      this.value = undefined
+      this.log.warn(
+        { event: 'admin_token_unreadable', file: path, err: (err as NodeJS.ErrnoException).code },
+        'cannot read the admin token file: operator endpoints are served to loopback peers only',
+      )
+    }
+  }
+}
+
+const TOKEN_MAX_AGE_MS = 30_000
+
 class ActivePipeline implements Pipeline {
   readonly service: string
   private readonly certMode: Config['forwardedClientCert']['toUpstream']
@@ -166,8 +214,9 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   )
   const telemetry = new Telemetry(config, { version: VERSION })
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
+  const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
 
-  let engine = new Engine(config, { jwksObserver: telemetry.jwksObserver })
+  let engine = new Engine(config, { jwksObserver })
   await withTimeout(engine.start(), jwksStartTimeout)
   let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
 
@@ -182,12 +231,35 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     limits: config.limits,
   })
 
+  let draining = false
+  let listening = false
+  const adminToken = new TokenFile(log)
+  await adminToken.load(config.adminAccess.tokenFile)
   const admin = createAdminServer({
     ...splitAddress(config.admin),
     telemetry,
+    access: () => ({ token: () => adminToken.get(), allowedHosts: config.adminAccess.allowedHosts }),
     ready: async () => {
-      const checks = { config: true, upstream: await proxy.upstreamReachable(), jwks: engine.ready() }
-      return { ok: checks.config && checks.upstream && checks.jwks, checks }
+      const { readiness } = config
+      const checks = {
+        config: true,
+        listeners: listening,
+        draining,
+        upstream: await proxy.upstreamReachable(),
+        jwks: engine.ready(),
+      }
+      // By default readiness means "this proxy can serve": an IdP or upstream outage is reported, not gated
+      // on, so a sidecar never takes its app's pod out of rotation for something the app may not need.
+      const gates = ['config', 'listeners', 'draining']
+      if (readiness.requireUpstream) gates.push('upstream')
+      if (readiness.requireJwks) gates.push('jwks')
+      const ok =
+        checks.config &&
+        checks.listeners &&
+        !checks.draining &&
+        (!readiness.requireUpstream || checks.upstream) &&
+        (!readiness.requireJwks || checks.jwks)
+      return { ok, checks, detail: { gates, issuers: engine.jwt.issuers() } }
     },
     effectiveConfig: () => redactConfig(config),
   })
@@ -210,6 +282,8 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     throw new StartupError(`cannot listen${where}: ${why}`, 2)
   }
   if (!proxyAddrs.http) throw new StartupError('http listener did not start', 2)
+  listening = true
+  void telemetry.startProcessMetrics()
 
   let reloading: Promise<boolean> | undefined
   const reload = async (): Promise<boolean> => {
@@ -221,7 +295,8 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
       return false
     }
     const next = applyOverrides(result.config, opts.overrides)
-    const nextEngine = new Engine(next, { jwksObserver: telemetry.jwksObserver })
+    await adminToken.load(next.adminAccess.tokenFile)
+    const nextEngine = new Engine(next, { jwksObserver })
     await withTimeout(nextEngine.start(), jwksStartTimeout)
     const previous = engine
     engine = nextEngine
@@ -264,6 +339,20 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   }
 
   let closing: Promise<void> | undefined
+  let shuttingDown: Promise<void> | undefined
+  let skipDrainDelay: (() => void) | undefined
+  const close = (): Promise<void> => {
+    skipDrainDelay?.()
+    closing ??= (async () => {
+      draining = true
+      watcher?.close()
+      await proxy.close(config.timeouts.drain)
+      await admin.close()
+      engine.close()
+      await telemetry.close()
+    })()
+    return closing
+  }
   return {
     proxyAddress: proxyAddrs.http,
     httpsAddress: proxyAddrs.https,
@@ -272,15 +361,56 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     engine: () => engine,
     config: () => config,
     reload: serialReload,
-    close() {
-      closing ??= (async () => {
-        watcher?.close()
-        await proxy.close(config.timeouts.drain)
-        await admin.close()
-        engine.close()
-        await telemetry.close()
+    shutdown() {
+      shuttingDown ??= (async () => {
+        draining = true
+        proxy.drain()
+        const delayMs = config.timeouts.drainDelay
+        log.info(
+          { event: 'draining', drainDelayMs: delayMs, drainMs: config.timeouts.drain },
+          'draining: /readyz answers 503, listeners accept with Connection: close until the drain delay ends',
+        )
+        if (delayMs > 0 && !closing) {
+          await new Promise<void>((done) => {
+            const timer = setTimeout(done, delayMs)
+            skipDrainDelay = () => {
+              clearTimeout(timer)
+              done()
+            }
+          })
+        }
+        await close()
       })()
-      return closing
+      return shuttingDown
+    },
+    close,
+  }
+}
+
+/**
+ * Metrics for every JWKS/discovery refresh, and one log line per change of an issuer's state (failing, or
+ * recovered) with the safe reason, never one per attempt or per request. Shared by every engine a reload
+ * builds, so a reload does not repeat a known outage.
+ */
+function loggingJwksObserver(metrics: JwksObserver, log: Logger): JwksObserver {
+  const failing = new Map<string, boolean>()
+  return {
+    refreshed(issuer, result, keyCount, at, error) {
+      metrics.refreshed(issuer, result, keyCount, at, error)
+      const was = failing.get(issuer)
+      if (result === 'failure' && was !== true) {
+        failing.set(issuer, true)
+        log.warn(
+          { event: 'jwks_refresh_failed', issuer, reason: error ?? 'unknown', keys: keyCount },
+          keyCount > 0
+            ? 'JWKS refresh failed; the last good keys keep serving'
+            : 'JWKS refresh failed; tokens from this issuer are attributed unverified (keys_unavailable) until keys arrive',
+        )
+      } else if (result === 'success' && was !== false) {
+        failing.set(issuer, false)
+        if (was === true)
+          log.info({ event: 'jwks_recovered', issuer, keys: keyCount }, 'JWKS refresh recovered')
+      }
     },
   }
 }

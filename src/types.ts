@@ -63,6 +63,8 @@ export const FAILURE_REASONS = [
   'not_yet_valid',
   'bad_signature',
   'unknown_kid',
+  // a token for an issuer whose keys have never been fetched (IdP unreachable since start): not a bad token
+  'keys_unavailable',
   'wrong_audience',
   'wrong_issuer',
   'alg_not_allowed',

@@ -1,5 +1,5 @@
 // SIGTERM under load, through the real CLI: every in-flight request finishes, connections opened during the
-// drain are refused cleanly (never hang, never a half answer), and the process exits 0.
+// drain delay are still answered (never refused, never a hang or a half answer), and the process exits 0.
 import { mkdtemp, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -33,7 +33,7 @@ function freshRequest(port: number, timeoutMs = 4000): Promise<string> {
   })
 }
 
-t.test('SIGTERM with 40 requests in flight: all finish, new ones are refused, exit 0', async (t) => {
+t.test('SIGTERM with 40 requests in flight: all finish, new ones are still answered, exit 0', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
   const dir = await mkdtemp(join(tmpdir(), 'nhi-term-'))
@@ -45,7 +45,7 @@ listen: { http: 127.0.0.1:0 }
 admin: 127.0.0.1:0
 upstream: ${upstream.url}
 audit: { output: off }
-timeouts: { drain: 10s }
+timeouts: { drain: 10s, drainDelay: 1s }
 `,
   )
   const cli = spawnCli(['run', '-c', file])
@@ -68,16 +68,13 @@ timeouts: { drain: 10s }
   cli.child.kill('SIGTERM')
   await new Promise((r) => setTimeout(r, 200))
 
-  // while draining: new connections are refused or closed, never left hanging, never half answered
+  // during the drain delay: new connections are still accepted and answered (endpoints may lag behind)
   const during = await Promise.all(Array.from({ length: 10 }, () => freshRequest(port)))
-  for (const outcome of during)
-    t.ok(
-      ['refused', 'closed', '503'].includes(outcome),
-      'a new request during the drain is refused cleanly',
-      {
-        outcome,
-      },
-    )
+  t.same(
+    during.filter((outcome) => outcome !== '200'),
+    [],
+    'a new request during the drain delay is answered',
+  )
 
   const results = await Promise.all(inFlight)
   t.same(

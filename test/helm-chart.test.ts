@@ -167,7 +167,13 @@ t.test('helm lint passes for both modes', async (t) => {
 
 t.test('deployment mode: standalone proxy in front of an upstream Service', async (t) => {
   const { objects } = await render(['--set', 'upstream=http://orders.shop.svc:8080'])
-  t.same(objects.map((o) => o.kind).sort(), ['ConfigMap', 'Deployment', 'Service', 'ServiceAccount'])
+  t.same(objects.map((o) => o.kind).sort(), [
+    'ConfigMap',
+    'Deployment',
+    'PodDisruptionBudget',
+    'Service',
+    'ServiceAccount',
+  ])
   const pod = podSpec(objects)
   t.equal(pod.initContainers, undefined, 'no init containers in deployment mode')
   t.equal(pod.containers.length, 1)
@@ -177,10 +183,7 @@ t.test('deployment mode: standalone proxy in front of an upstream Service', asyn
   t.equal(configOf(objects).value['upstream'], 'http://orders.shop.svc:8080')
 
   const svc = find(objects, 'Service').spec as { ports: { name: string; port: number; targetPort: number }[] }
-  t.match(svc.ports, [
-    { name: 'http', port: 80, targetPort: 8080 },
-    { name: 'metrics', port: 9464, targetPort: 9464 },
-  ])
+  t.same(svc.ports, [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }], 'only the proxy port')
 })
 
 t.test('sidecar mode: app with nhi-proxy as a native sidecar', async (t) => {
@@ -222,8 +225,23 @@ t.test('toggles render their objects', async (t) => {
     '--set',
     'grafanaDashboard.enabled=true,rbac.issuerDiscovery=true',
   ])
-  const sm = find(objects, 'ServiceMonitor').spec as { endpoints: { port: string; path: string }[] }
+  const sm = find(objects, 'ServiceMonitor').spec as {
+    endpoints: { port: string; path: string }[]
+    selector: { matchLabels: Record<string, string> }
+  }
   t.match(sm.endpoints, [{ port: 'metrics', path: '/metrics' }])
+  const metricsSvc = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'shop-nhi-proxy-metrics')
+  t.ok(metricsSvc, 'the ServiceMonitor brings the metrics Service')
+  t.match(metricsSvc?.metadata.labels, sm.selector.matchLabels, 'and selects it')
+  const appSvc = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'shop-nhi-proxy')
+  t.notMatch(appSvc?.metadata.labels, sm.selector.matchLabels, 'not the app Service')
+  t.same(
+    ((metricsSvc?.spec ?? { ports: [] }) as { ports: { name: string; targetPort: number }[] }).ports.map(
+      (p) => [p.name, p.targetPort],
+    ),
+    [['metrics', 9464]],
+    'the metrics Service has the admin port only',
+  )
   const pm = find(objects, 'PodMonitor').spec as { podMetricsEndpoints: { port: string; path: string }[] }
   t.match(pm.podMetricsEndpoints, [{ port: 'nhi-admin', path: '/metrics' }])
 
@@ -271,7 +289,7 @@ t.test('offline kubectl dry run accepts every rendering', async (t) => {
   t.teardown(() => rm(offline.dir, { recursive: true, force: true }))
   const all =
     '--set=metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,rbac.issuerDiscovery=true'
-  for (const args of [[], ['-f', SIDECAR_VALUES], [all], ['-f', SIDECAR_VALUES, all]]) {
+  for (const args of VALUE_COMBINATIONS.flatMap((c) => [c, [...c, all]])) {
     const { text, objects } = await render(args)
     const r = await run(
       kubectl,
@@ -291,6 +309,146 @@ t.test('offline kubectl dry run accepts every rendering', async (t) => {
     },
   )
   t.not(bad.code, 0, 'and rejects a kind it does not know')
+})
+
+/** every values combination the chart ships or documents; each is linted, rendered and dry-run */
+const VALUE_COMBINATIONS: string[][] = [
+  [],
+  ['-f', SIDECAR_VALUES],
+  ['--set', 'networkPolicy.enabled=true,metrics.service.enabled=true'],
+  ['--set', 'adminToken.existingSecret=shop-admin-token,preStopSleepSeconds=5'],
+  ['--set', 'replicaCount=1,podDisruptionBudget.enabled=false'],
+  ['-f', SIDECAR_VALUES, '--set', 'adminToken.existingSecret=shop-admin-token,app.preStopSleepSeconds=0'],
+  [
+    '-f',
+    SIDECAR_VALUES,
+    '--set',
+    'networkPolicy.proxyFrom[0].namespaceSelector.matchLabels.team=shop,metrics.service.enabled=true',
+  ],
+]
+
+interface ServicePort {
+  name: string
+  port: number
+  targetPort: number
+}
+
+t.test('every values combination: lint passes, the app Service never carries the admin port', async (t) => {
+  for (const args of VALUE_COMBINATIONS) {
+    const lint = await run(helm, ['lint', CHART_DIR, '--strict', ...args])
+    t.equal(lint.code, 0, `helm lint ${args.join(' ')}: ${lint.stdout}${lint.stderr}`)
+    const { objects } = await render(args)
+    const appSvc = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'shop-nhi-proxy')
+    const ports = ((appSvc?.spec ?? { ports: [] }) as { ports: ServicePort[] }).ports
+    t.ok(ports.length > 0, 'the app Service exists')
+    t.notOk(
+      ports.some((p) => p.targetPort === 9464 || p.port === 9464 || p.name === 'metrics'),
+      `app Service has no admin port (${args.join(' ')})`,
+    )
+    for (const svc of objects.filter((o) => o.kind === 'Service' && o !== appSvc)) {
+      t.same(
+        (svc.spec as { ports: ServicePort[] }).ports.map((p) => p.targetPort),
+        [9464],
+        'any other Service is the metrics Service, with the admin port only',
+      )
+    }
+    checkConfig(t, objects)
+  }
+})
+
+t.test('NetworkPolicy: only the proxy port, and the admin port from the scrapers', async (t) => {
+  t.notOk(
+    (await render()).objects.some((o) => o.kind === 'NetworkPolicy'),
+    'off by default',
+  )
+  const { objects } = await render(['-f', SIDECAR_VALUES])
+  const np = find(objects, 'NetworkPolicy').spec as {
+    podSelector: { matchLabels: Record<string, string> }
+    policyTypes: string[]
+    ingress: { ports: { port: number; protocol: string }[]; from?: Record<string, unknown>[] }[]
+  }
+  const pod = find(objects, 'Deployment').spec as {
+    template: { metadata: { labels: Record<string, string> } }
+  }
+  t.match(pod.template.metadata.labels, np.podSelector.matchLabels, 'selects the pods')
+  t.same(np.policyTypes, ['Ingress'])
+  t.same(np.ingress, [
+    { ports: [{ port: 8080, protocol: 'TCP' }] },
+    {
+      ports: [{ port: 9464, protocol: 'TCP' }],
+      from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }],
+    },
+  ])
+  const admitted = np.ingress.flatMap((r) => r.ports.map((p) => p.port))
+  t.notOk(admitted.includes(3000), "the app's own port is not admitted")
+
+  const custom = await render([
+    '--set',
+    'networkPolicy.enabled=true,networkPolicy.proxyFrom[0].podSelector.matchLabels.role=frontend',
+    '--set',
+    'networkPolicy.metrics.from[0].namespaceSelector.matchLabels.team=observability',
+  ])
+  const spec = find(custom.objects, 'NetworkPolicy').spec as typeof np
+  t.same(spec.ingress[0]?.from, [{ podSelector: { matchLabels: { role: 'frontend' } } }], 'proxyFrom')
+  t.same(
+    spec.ingress[1]?.from,
+    [{ namespaceSelector: { matchLabels: { team: 'observability' } } }],
+    'configurable scraper namespace',
+  )
+})
+
+t.test('termination: grace period, preStop, PodDisruptionBudget', async (t) => {
+  const sidecar = podSpec((await render(['-f', SIDECAR_VALUES])).objects) as PodSpec & {
+    terminationGracePeriodSeconds: number
+  }
+  t.equal(sidecar.terminationGracePeriodSeconds, 30, 'covers drainDelay 5s + drain 15s')
+  const app = sidecar.containers[0] as Container & { lifecycle?: unknown; args: string[] }
+  t.same(
+    app.lifecycle,
+    { preStop: { sleep: { seconds: 5 } } },
+    'the app keeps serving while endpoints update',
+  )
+  t.ok(
+    app.args.some((a) => a.includes('127.0.0.1:3000')),
+    'the example app binds 127.0.0.1 only',
+  )
+  const proxy = proxyContainer(sidecar) as Container & { lifecycle?: unknown }
+  t.equal(proxy.lifecycle, undefined, 'the proxy needs no preStop: its drain delay keeps it accepting')
+  const withSleep = proxyContainer(podSpec((await render(['--set', 'preStopSleepSeconds=3'])).objects))
+  t.same((withSleep as { lifecycle?: unknown }).lifecycle, { preStop: { sleep: { seconds: 3 } } })
+
+  const pdb = find((await render()).objects, 'PodDisruptionBudget').spec as {
+    minAvailable: number
+    selector: { matchLabels: Record<string, string> }
+  }
+  t.equal(pdb.minAvailable, 1)
+  t.same(pdb.selector.matchLabels, {
+    'app.kubernetes.io/name': 'nhi-proxy',
+    'app.kubernetes.io/instance': 'shop',
+  })
+  t.notOk(
+    (await render(['--set', 'replicaCount=1'])).objects.some((o) => o.kind === 'PodDisruptionBudget'),
+    'no PDB for a single replica (it would block node drains)',
+  )
+  t.notOk(
+    (await render(['-f', SIDECAR_VALUES])).objects.some((o) => o.kind === 'PodDisruptionBudget'),
+    'none in sidecar mode (the app owns its pods)',
+  )
+})
+
+t.test('admin token from an existing Secret', async (t) => {
+  const { objects } = await render(['--set', 'adminToken.existingSecret=shop-admin-token'])
+  checkConfig(t, objects)
+  const { value } = configOf(objects)
+  t.same(value['adminAccess'], { tokenFile: '/etc/nhi-proxy-admin/token' })
+  const pod = podSpec(objects)
+  const mount = proxyContainer(pod).volumeMounts?.find((m) => m.mountPath === '/etc/nhi-proxy-admin')
+  t.ok(mount?.readOnly, 'mounted read-only')
+  const volume = pod.volumes.find((v) => v.name === mount?.name) as Volume & {
+    secret?: { secretName: string }
+  }
+  t.equal(volume?.secret?.secretName, 'shop-admin-token')
+  t.notOk(configOf((await render()).objects).value['adminAccess'], 'no token by default: loopback only')
 })
 
 t.test('config checksum rolls pods only for settings hot reload cannot apply', async (t) => {

@@ -95,7 +95,7 @@ t.test('a reader that never reads is dropped from, not buffered for; others keep
   const stalled: Socket = connect({ host: '127.0.0.1', port: Number(port) })
   t.teardown(() => stalled.destroy())
   await new Promise((r) => stalled.once('connect', r))
-  stalled.write('GET /events HTTP/1.1\r\nHost: admin\r\n\r\n')
+  stalled.write(`GET /events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
   stalled.pause() // never read: the kernel buffers fill up, then the server sees backpressure
   const abort = new AbortController()
   t.teardown(() => abort.abort())

@@ -1,13 +1,16 @@
 // The admin port: metrics, health, the identities/audit/events APIs, the live web view and the effective
 // config. Separate from the proxy port so it can stay private to the cluster.
+import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { type AddressInfo, isIP } from 'node:net'
 import { IDENTITY_SORTS, type IdentitySort, type Telemetry } from '../telemetry/index.ts'
 import { UI_PAGE } from './ui/page.ts'
 
 export interface ReadyState {
   ok: boolean
   checks: Record<string, boolean>
+  /** more for humans: which checks gate readiness, per-issuer key state */
+  detail?: Record<string, unknown>
 }
 
 export interface AdminServerOptions {
@@ -17,6 +20,65 @@ export interface AdminServerOptions {
   ready: () => Promise<ReadyState>
   /** already redacted by the caller; secret-named fields are masked again here */
   effectiveConfig: () => unknown
+  /** who may read the operator endpoints beyond loopback peers; read per request (reload changes it) */
+  access?: () => AdminAccess
+  /** test seam: is this peer address on this host? (default: loopback addresses) */
+  isLocalPeer?: (address: string) => boolean
+}
+
+export interface AdminAccess {
+  /** the current bearer token (e.g. from adminAccess.tokenFile); undefined: loopback peers only */
+  token(): Promise<string | undefined> | string | undefined
+  /** Host names accepted besides IP literals and localhost */
+  allowedHosts: readonly string[]
+}
+
+/** Scraped from the pod network by Prometheus and the kubelet: no Host check, no token. */
+const PUBLIC_PATHS = new Set(['/metrics', '/healthz', '/readyz', '/'])
+
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false
+  const a = address.startsWith('::ffff:') ? address.slice(7) : address
+  return a === '::1' || (isIP(a) === 4 && a.startsWith('127.'))
+}
+
+/** The host name of a Host header (port and IPv6 brackets removed), lower-cased; undefined when malformed. */
+export function hostName(header: string | undefined): string | undefined {
+  if (!header) return undefined
+  const h = header.trim().toLowerCase()
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']')
+    return end > 0 ? h.slice(1, end) : undefined
+  }
+  const colon = h.indexOf(':')
+  return colon === -1 ? h : h.slice(0, colon)
+}
+
+/**
+ * DNS-rebinding guard: a page on evil.example that resolves its name to 127.0.0.1 sends Host: evil.example.
+ * IP literals and localhost cannot be rebound; other names must be configured.
+ */
+export function hostAllowed(header: string | undefined, allowed: readonly string[]): boolean {
+  const name = hostName(header)
+  if (!name) return false
+  if (isIP(name) !== 0 || name === 'localhost' || name.endsWith('.localhost')) return true
+  return allowed.some((a) => a.toLowerCase() === name)
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest()
+}
+
+/** constant-time: both sides hashed to the same length first */
+export function tokenMatches(presented: string, expected: string): boolean {
+  return timingSafeEqual(digest(presented), digest(expected))
+}
+
+function bearer(req: IncomingMessage): string | undefined {
+  const auth = req.headers.authorization
+  if (typeof auth !== 'string') return undefined
+  const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(auth)
+  return m?.[1]
 }
 
 export interface AdminServer {
@@ -71,9 +133,37 @@ const UI_HEADERS = {
   'referrer-policy': 'no-referrer',
 }
 
+const NO_ACCESS: AdminAccess = { token: () => undefined, allowedHosts: [] }
+
 export function createAdminServer(opts: AdminServerOptions): AdminServer {
   const { telemetry } = opts
   const page = Buffer.from(UI_PAGE)
+  const isLocalPeer = opts.isLocalPeer ?? isLoopback
+
+  /** Operator endpoints: a permitted Host, and a loopback peer or the bearer token. Answers when refused. */
+  async function admitted(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+    const access = opts.access?.() ?? NO_ACCESS
+    if (!hostAllowed(req.headers.host, access.allowedHosts)) {
+      sendJson(res, 403, {
+        error:
+          'host not allowed: use an IP address or localhost, or list the name in adminAccess.allowedHosts',
+      })
+      return false
+    }
+    if (isLocalPeer(req.socket.remoteAddress ?? '')) return true
+    const expected = await access.token()
+    const presented = bearer(req)
+    if (expected && presented !== undefined && tokenMatches(presented, expected)) return true
+    if (!expected) {
+      sendJson(res, 403, {
+        error: 'served to loopback peers only (kubectl port-forward), or set adminAccess.tokenFile',
+      })
+    } else {
+      res.setHeader('www-authenticate', 'Bearer realm="nhi-proxy admin"')
+      sendJson(res, 401, { error: 'bearer token required' })
+    }
+    return false
+  }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://admin.invalid')
@@ -81,6 +171,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
       res.setHeader('allow', 'GET, HEAD')
       return sendJson(res, 405, { error: 'method not allowed' })
     }
+    if (!PUBLIC_PATHS.has(url.pathname) && !(await admitted(req, res))) return
     switch (url.pathname) {
       case '/metrics': {
         const scrape = await telemetry.scrape(wantsOpenMetrics(req))
@@ -92,7 +183,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         return sendJson(res, 200, { ok: true })
       case '/readyz': {
         const state = await opts.ready()
-        return sendJson(res, state.ok ? 200 : 503, { ok: state.ok, checks: state.checks })
+        return sendJson(res, state.ok ? 200 : 503, { ok: state.ok, checks: state.checks, ...state.detail })
       }
       case '/identities': {
         const sort = param(url, 'sort')

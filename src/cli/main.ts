@@ -39,14 +39,24 @@ function operationalLogger() {
   )
 }
 
-/** SIGTERM/SIGINT drain in-flight requests then exit 0; SIGHUP reloads the config. */
-function handleSignals(close: () => Promise<void>, reload?: () => Promise<boolean>) {
+/**
+ * SIGTERM/SIGINT: `shutdown` (drain delay, then in-flight requests) then exit 0; a second signal skips what
+ * is left of the drain delay (`close`). SIGHUP reloads the config.
+ */
+function handleSignals(
+  close: () => Promise<void>,
+  reload?: () => Promise<boolean>,
+  shutdown: () => Promise<void> = close,
+) {
   let stopping = false
   const stop = (signal: string) => {
-    if (stopping) return
+    if (stopping) {
+      void close()
+      return
+    }
     stopping = true
-    process.stderr.write(`nhi-proxy: ${signal}, draining in-flight requests\n`)
-    close().then(
+    process.stderr.write(`nhi-proxy: ${signal}, draining\n`)
+    shutdown().then(
       () => process.exit(0),
       () => process.exit(2),
     )
@@ -97,7 +107,8 @@ program
     'after',
     `
 Signals: SIGHUP reloads the config (so does any change to the file or its ConfigMap directory);
-SIGTERM drains in-flight requests for up to timeouts.drain, then exits 0.`,
+SIGTERM: /readyz turns 503, the listeners keep accepting (Connection: close) for timeouts.drainDelay,
+then in-flight requests get up to timeouts.drain; exit 0. A second signal skips the rest of the delay.`,
   )
   .action(async (o: { config?: string; listen?: string; upstream?: string; admin?: string }) => {
     const log = operationalLogger()
@@ -122,7 +133,7 @@ SIGTERM drains in-flight requests for up to timeouts.drain, then exits 0.`,
         },
         'nhi-proxy started',
       )
-      handleSignals(() => sidecar.close(), sidecar.reload)
+      handleSignals(sidecar.close, sidecar.reload, sidecar.shutdown)
     } catch (err) {
       fail(err)
     }

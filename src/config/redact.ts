@@ -3,7 +3,36 @@
 const SECRET_FIELD = /(secret|password|token|sha256|key)$/i
 const KEEP = new Set(['bearerTokenFile', 'secretFile', 'key', 'maxIdentities', 'apiKey'])
 
+/** query parameters that carry credentials in URLs (signed URLs, tokens in links) */
+const SECRET_PARAM =
+  /^(access_token|id_token|refresh_token|token|api_?key|key|secret|client_secret|password|passwd|pwd|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|auth|authorization|code)$/i
+
+/** Masks userinfo and secret-looking query parameters of a URL-shaped string; anything else is returned as is. */
+export function redactUrl(text: string): string {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return text
+  let u: URL
+  try {
+    u = new URL(text)
+  } catch {
+    return text
+  }
+  let changed = false
+  if (u.username || u.password) {
+    u.username = 'redacted'
+    u.password = ''
+    changed = true
+  }
+  for (const name of new Set(u.searchParams.keys())) {
+    if (SECRET_PARAM.test(name) || SECRET_FIELD.test(name)) {
+      u.searchParams.set(name, 'redacted')
+      changed = true
+    }
+  }
+  return changed ? u.toString() : text
+}
+
 export function redactConfig(value: unknown, field = ''): unknown {
+  if (typeof value === 'string') return redactUrl(value)
   if (Array.isArray(value)) return value.map((v) => redactConfig(v, field))
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {}

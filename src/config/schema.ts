@@ -166,13 +166,55 @@ export const configSchema = z.strictObject({
   ),
   upstream: z._default(z.url(), 'http://127.0.0.1:3000'),
   admin: z._default(address, '0.0.0.0:9464'),
+  adminAccess: z.prefault(
+    z.strictObject({
+      tokenFile: described(
+        z.optional(z.string()),
+        'file holding a bearer token that opens /audit /events /identities /config /ui to non-loopback peers',
+      ),
+      allowedHosts: described(
+        z._default(z.array(z.string()), []),
+        'Host names accepted besides IP literals and localhost (DNS-rebinding guard)',
+      ),
+      liveClients: described(z._default(positiveInt, 100), 'concurrent /events streams'),
+      liveWriteTimeout: described(
+        z._default(duration, 10_000),
+        'an /events client that reads nothing for this long is disconnected',
+      ),
+      liveMaxDuration: described(
+        z._default(duration, 600_000),
+        'an /events stream is closed after this long; browsers reconnect on their own',
+      ),
+    }),
+    {},
+  ),
+  readiness: z.prefault(
+    z.strictObject({
+      requireJwks: described(
+        z._default(z.boolean(), false),
+        '/readyz fails until every issuer has keys (else JWKS state is only reported)',
+      ),
+      requireUpstream: described(
+        z._default(z.boolean(), false),
+        '/readyz fails while the upstream refuses TCP connections (else only reported)',
+      ),
+    }),
+    {},
+  ),
   timeouts: z.prefault(
     z.strictObject({
       upstream: described(z._default(duration, 30_000), 'upstream response headers deadline → 504'),
       headers: described(z._default(duration, 10_000), 'client must send headers within this'),
       request: described(z._default(duration, 300_000), 'client must send the whole request within this'),
       idle: described(z._default(duration, 65_000), 'idle keep-alive connections are closed after this'),
-      drain: described(z._default(duration, 15_000), 'on SIGTERM, in-flight requests get this long'),
+      drain: described(
+        z._default(duration, 15_000),
+        'on SIGTERM, after drainDelay, in-flight requests get this long',
+      ),
+      drainDelay: described(
+        z._default(duration, 5_000),
+        'on SIGTERM, keep accepting (Connection: close, /readyz 503) this long before closing listeners',
+      ),
     }),
     {},
   ),

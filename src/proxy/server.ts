@@ -54,6 +54,11 @@ export interface ProxyOptions {
 
 export interface ProxyServer {
   listen(): Promise<{ http?: AddressInfo; https?: AddressInfo }>
+  /**
+   * Drain phase before close: keep accepting, but every response from now on carries `Connection: close`
+   * so clients reconnect (to another endpoint once this one is out of rotation).
+   */
+  drain(): void
   /** stop accepting, let in-flight requests finish up to drainMs, then close everything; resolves when done */
   close(drainMs?: number): Promise<void>
   inFlight(): number
@@ -259,6 +264,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
   const tunnels = new Set<Duplex>()
   let inFlight = 0
   let closing = false
+  let draining = false
   let drained: (() => void) | undefined
 
   function connectionInfo(socket: TaggedSocket): ConnectionInfo {
@@ -361,7 +367,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     req[kExchange] = ex
     res[kExchange] = ex
     res.on('close', onResponseClose)
-    if (closing) res.shouldKeepAlive = false
+    if (draining || closing) res.shouldKeepAlive = false
     try {
       if (parsed === undefined) {
         ex.pipeline = opts.getPipeline()
@@ -557,6 +563,10 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
       if (httpServer && opts.http) out.http = await listenOn(httpServer, opts.http.host, opts.http.port)
       if (httpsServer && opts.https) out.https = await listenOn(httpsServer, opts.https.host, opts.https.port)
       return out
+    },
+
+    drain() {
+      draining = true
     },
 
     close(drainMs = timeouts.drain) {

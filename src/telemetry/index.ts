@@ -5,8 +5,9 @@ import type { Recorder, RequestEvent } from '../types.ts'
 import { AuditLog, type AuditLogOptions, type AuditQuery, type AuditRecord } from './audit.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
 import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
-import { LiveFeed, type LiveOptions, type LiveStats } from './live.ts'
+import { LiveFeed, type LiveLimits, type LiveOptions, type LiveStats } from './live.ts'
 import { type JwksObserver, Metrics, type Scrape } from './metrics.ts'
+import { ProcessMetrics } from './process-metrics.ts'
 
 export type { AuditQuery, AuditRecord } from './audit.ts'
 export type { IdentitiesView, IdentityRow, IdentitySort } from './identities.ts'
@@ -26,6 +27,15 @@ export interface TelemetryOptions {
 }
 
 const GIB = 1024 ** 3
+
+function liveLimits(config: Config): LiveLimits {
+  const a = config.adminAccess
+  return {
+    maxSubscribers: a.liveClients,
+    writeTimeoutMs: a.liveWriteTimeout,
+    maxDurationMs: a.liveMaxDuration,
+  }
+}
 
 /**
  * Job outcome of one request. Failure: status >= 500, an upstream error, 401/403 or a policy deny.
@@ -50,6 +60,7 @@ export class Telemetry implements Recorder {
   private readonly metrics: Metrics
   private readonly audit: AuditLog
   readonly live: LiveFeed
+  private readonly process = new ProcessMetrics()
   private readonly sweeper: NodeJS.Timeout
   private recordErrors = 0
 
@@ -65,7 +76,7 @@ export class Telemetry implements Recorder {
       auditLinesDropped: () => this.audit.linesDropped,
     })
     this.audit = new AuditLog(config.audit, opts.audit)
-    this.live = new LiveFeed(opts.live)
+    this.live = new LiveFeed({ ...liveLimits(config), ...opts.live })
     const interval = opts.sweepIntervalMs ?? Math.max(1000, Math.min(config.metrics.idleTtl / 4, 60_000))
     this.sweeper = setInterval(() => this.sweep(), interval)
     this.sweeper.unref()
@@ -142,12 +153,24 @@ export class Telemetry implements Recorder {
     }
     this.table.setLimits(tableLimits(config))
     this.audit.reconfigure(config.audit)
+    this.live.configure(liveLimits(config))
     this.config = config
   }
 
-  scrape(openMetrics: boolean): Promise<Scrape> {
+  /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */
+  startProcessMetrics(): Promise<unknown> {
+    return this.process.start()
+  }
+
+  async scrape(openMetrics: boolean): Promise<Scrape> {
     this.sweep()
-    return this.metrics.scrape(openMetrics)
+    const scrape = await this.metrics.scrape(openMetrics)
+    const runtime = await this.process.render(openMetrics)
+    if (!runtime) return scrape
+    const body = openMetrics
+      ? `${scrape.body.replace(/# EOF\n$/, '')}${runtime}# EOF\n`
+      : `${scrape.body}${runtime}`
+    return { contentType: scrape.contentType, body }
   }
 
   identities(sort?: IdentitySort): IdentitiesView {
@@ -170,6 +193,7 @@ export class Telemetry implements Recorder {
 
   async close(): Promise<void> {
     clearInterval(this.sweeper)
+    this.process.stop()
     this.live.close()
     await this.audit.close()
   }

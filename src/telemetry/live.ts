@@ -1,6 +1,8 @@
 // Server-sent events of live requests. Never buffers for a slow client: when a socket stops accepting
 // writes the client misses events (counted) until it drains again, so memory stays bounded and the
-// request path never waits on a subscriber.
+// request path never waits on a subscriber. A client that stays blocked for writeTimeoutMs is disconnected,
+// and every stream ends after maxDurationMs (EventSource reconnects by itself), so clients that never read
+// cannot hold the subscriber slots for ever.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { RequestEvent } from '../types.ts'
 
@@ -24,9 +26,20 @@ export interface LiveEvent {
   anomalies?: string[]
 }
 
-export interface LiveOptions {
+export interface LiveLimits {
   maxSubscribers?: number
+  /** a subscriber whose socket accepts no writes for this long is disconnected */
+  writeTimeoutMs?: number
+  /** every stream is ended after this long */
+  maxDurationMs?: number
+}
+
+export interface LiveOptions extends LiveLimits {
   heartbeatMs?: number
+  /** unix ms clock (tests) */
+  now?: () => number
+  /** how often blocked and old streams are looked for (default: 1 s) */
+  sweepMs?: number
 }
 
 export interface LiveStats {
@@ -35,16 +48,23 @@ export interface LiveStats {
   dropped: number
   /** bytes queued in user space for all subscribers (bounded by the per-socket high-water mark) */
   bufferedBytes: number
+  /** streams cut because the client stopped reading */
+  evicted: number
 }
 
 interface Subscriber {
   res: ServerResponse
   identity?: string
   blocked: boolean
+  /** when the socket last refused a write (unix ms), while blocked */
+  blockedSince: number
+  connectedAt: number
   dropped: number
 }
 
 export const DEFAULT_MAX_SUBSCRIBERS = 100
+export const DEFAULT_WRITE_TIMEOUT_MS = 10_000
+export const DEFAULT_MAX_DURATION_MS = 600_000
 
 export function toLiveEvent(e: RequestEvent): LiveEvent {
   const out: LiveEvent = {
@@ -71,15 +91,54 @@ export function toLiveEvent(e: RequestEvent): LiveEvent {
 
 export class LiveFeed {
   private readonly subscribers = new Set<Subscriber>()
-  private readonly maxSubscribers: number
+  private maxSubscribers = DEFAULT_MAX_SUBSCRIBERS
+  private writeTimeoutMs = DEFAULT_WRITE_TIMEOUT_MS
+  private maxDurationMs = DEFAULT_MAX_DURATION_MS
   private readonly heartbeat: NodeJS.Timeout
+  private readonly sweeper: NodeJS.Timeout
+  private readonly now: () => number
   private delivered = 0
   private dropped = 0
+  private evicted = 0
 
   constructor(opts: LiveOptions = {}) {
-    this.maxSubscribers = opts.maxSubscribers ?? DEFAULT_MAX_SUBSCRIBERS
+    this.now = opts.now ?? Date.now
+    this.configure(opts)
     this.heartbeat = setInterval(() => this.beat(), opts.heartbeatMs ?? 15_000)
     this.heartbeat.unref()
+    this.sweeper = setInterval(() => this.sweep(), opts.sweepMs ?? 1000)
+    this.sweeper.unref()
+  }
+
+  /** new limits (config reload); existing streams are not cut for a lower cap */
+  configure(limits: LiveLimits): void {
+    this.maxSubscribers = limits.maxSubscribers ?? this.maxSubscribers
+    this.writeTimeoutMs = limits.writeTimeoutMs ?? this.writeTimeoutMs
+    this.maxDurationMs = limits.maxDurationMs ?? this.maxDurationMs
+  }
+
+  /** Disconnects subscribers blocked longer than the write timeout; ends streams older than the max duration. */
+  sweep(): void {
+    const now = this.now()
+    for (const sub of this.subscribers) {
+      if (sub.blocked && now - sub.blockedSince >= this.writeTimeoutMs) this.evict(sub)
+      else if (now - sub.connectedAt >= this.maxDurationMs) {
+        this.subscribers.delete(sub)
+        sub.res.end()
+      }
+    }
+  }
+
+  private evict(sub: Subscriber): void {
+    this.subscribers.delete(sub)
+    this.evicted++
+    sub.res.destroy()
+  }
+
+  private block(sub: Subscriber): void {
+    if (sub.blocked) return
+    sub.blocked = true
+    sub.blockedSince = this.now()
   }
 
   stats(): LiveStats {
@@ -90,17 +149,34 @@ export class LiveFeed {
       delivered: this.delivered,
       dropped: this.dropped,
       bufferedBytes,
+      evicted: this.evicted,
     }
   }
 
   /** Takes over the response as an event stream; answers 503 when the subscriber cap is reached. */
   subscribe(req: IncomingMessage, res: ServerResponse, identity?: string): void {
     if (this.subscribers.size >= this.maxSubscribers) {
+      // a subscriber that is not reading gives its slot to one that will
+      for (const sub of this.subscribers) {
+        if (sub.blocked) {
+          this.evict(sub)
+          break
+        }
+      }
+    }
+    if (this.subscribers.size >= this.maxSubscribers) {
       res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '5' })
       res.end('{"error":"too many live subscribers"}')
       return
     }
-    const sub: Subscriber = { res, identity: identity || undefined, blocked: false, dropped: 0 }
+    const sub: Subscriber = {
+      res,
+      identity: identity || undefined,
+      blocked: false,
+      blockedSince: 0,
+      connectedAt: this.now(),
+      dropped: 0,
+    }
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
@@ -108,7 +184,7 @@ export class LiveFeed {
       'x-accel-buffering': 'no',
     })
     res.socket?.setNoDelay(true)
-    res.write(': connected\nretry: 2000\n\n')
+    if (!res.write(': connected\nretry: 2000\n\n')) this.block(sub)
     res.on('drain', () => {
       sub.blocked = false
     })
@@ -130,17 +206,20 @@ export class LiveFeed {
         continue
       }
       frame ??= `data: ${JSON.stringify(toLiveEvent(event))}\n\n`
-      if (!sub.res.write(frame)) sub.blocked = true
+      if (!sub.res.write(frame)) this.block(sub)
       this.delivered++
     }
   }
 
   private beat(): void {
-    for (const sub of this.subscribers) if (!sub.blocked) sub.res.write(': heartbeat\n\n')
+    for (const sub of this.subscribers) {
+      if (!sub.blocked && !sub.res.write(': heartbeat\n\n')) this.block(sub)
+    }
   }
 
   close(): void {
     clearInterval(this.heartbeat)
+    clearInterval(this.sweeper)
     for (const sub of this.subscribers) sub.res.end()
     this.subscribers.clear()
   }

@@ -25,7 +25,7 @@ import {
 } from './identity-table.ts'
 
 export interface JwksObserver {
-  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number): void
+  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number, error?: string): void
 }
 
 export interface MetricsOptions {
@@ -254,10 +254,9 @@ export class Metrics {
   readonly jwksObserver: JwksObserver = {
     refreshed: (issuer, result, keyCount, at) => {
       this.jwksRefresh.inc([issuer, result])
-      if (result === 'success') {
-        this.jwksKeys.set([issuer], keyCount)
-        this.jwksLastSuccess.set([issuer], at / 1000)
-      }
+      // keys in use, after failures too: 0 for an issuer whose keys were never fetched (keys_unavailable)
+      this.jwksKeys.set([issuer], keyCount)
+      if (result === 'success') this.jwksLastSuccess.set([issuer], at / 1000)
     },
   }
 

@@ -69,6 +69,8 @@ const DISCOVERY: Record<string, [resource: string, kind: string, namespaced: boo
   ],
   'apps/v1': [['deployments', 'Deployment', true]],
   'rbac.authorization.k8s.io/v1': [['clusterrolebindings', 'ClusterRoleBinding', false]],
+  'networking.k8s.io/v1': [['networkpolicies', 'NetworkPolicy', true]],
+  'policy/v1': [['poddisruptionbudgets', 'PodDisruptionBudget', true]],
   'monitoring.coreos.com/v1': [
     ['servicemonitors', 'ServiceMonitor', true],
     ['podmonitors', 'PodMonitor', true],

@@ -81,6 +81,12 @@ from the chart values, so ports in the config always match the container and Ser
 {{- $_ := set $cfg "listen" $listen }}
 {{- $_ := set $cfg "admin" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
 {{- $_ := set $cfg "upstream" (include "nhi-proxy.upstream" .) }}
+{{- if .Values.adminToken.existingSecret }}
+{{- $access := dict }}
+{{- if hasKey $cfg "adminAccess" }}{{ $access = deepCopy (get $cfg "adminAccess") }}{{ end }}
+{{- $_ := set $access "tokenFile" (printf "/etc/nhi-proxy-admin/%s" .Values.adminToken.key) }}
+{{- $_ := set $cfg "adminAccess" $access }}
+{{- end }}
 {{- if not (hasKey $cfg "service") }}{{ $_ := set $cfg "service" (include "nhi-proxy.serviceName" .) }}{{ end }}
 {{- /* An issuer without audiences would accept tokens minted for any other service (or the API server):
        it accepts tokens for this service's name only, unless it lists its audiences or says `any`. */}}
@@ -140,6 +146,11 @@ readinessProbe:
   timeoutSeconds: {{ .readiness.timeoutSeconds }}
   failureThreshold: {{ .readiness.failureThreshold }}
 {{- end }}
+{{- if .Values.preStopSleepSeconds }}
+lifecycle:
+  preStop:
+    sleep: { seconds: {{ .Values.preStopSleepSeconds }} }
+{{- end }}
 resources:
   {{- toYaml .Values.resources | nindent 2 }}
 securityContext:
@@ -153,6 +164,11 @@ volumeMounts:
   {{- if .Values.kubeApiAccess.enabled }}
   - name: nhi-proxy-kube-api
     mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+    readOnly: true
+  {{- end }}
+  {{- if .Values.adminToken.existingSecret }}
+  - name: nhi-proxy-admin-token
+    mountPath: /etc/nhi-proxy-admin
     readOnly: true
   {{- end }}
   {{- with .Values.extraVolumeMounts }}
@@ -199,6 +215,14 @@ together with "nhi-proxy.sidecarVolumes" under volumes.
           items:
             - path: namespace
               fieldRef: { fieldPath: metadata.namespace }
+{{- end }}
+{{- if .Values.adminToken.existingSecret }}
+- name: nhi-proxy-admin-token
+  secret:
+    secretName: {{ .Values.adminToken.existingSecret }}
+    defaultMode: 0440
+    items:
+      - { key: {{ .Values.adminToken.key }}, path: {{ .Values.adminToken.key }} }
 {{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}

@@ -29,6 +29,13 @@ export interface JwtExtractorOptions {
 
 type Result = JwtEvidence | Failure
 
+export interface IssuerKeyState {
+  issuer: string
+  ready: boolean
+  keys: number
+  lastError?: string
+}
+
 /** a cached verification is redone at least this often (a key may have been withdrawn; tokens without exp) */
 const MAX_CACHE_MS = 5 * 60_000
 /**
@@ -80,8 +87,8 @@ export class JwtExtractor implements Extractor {
     return true
   }
 
-  /** per-issuer key state, for diagnostics */
-  issuers(): { issuer: string; ready: boolean; keys: number; lastError?: string }[] {
+  /** per-issuer key state, for diagnostics (/readyz detail) */
+  issuers(): IssuerKeyState[] {
     return [...this.verifiers.values()].map((v) => ({
       issuer: v.issuer,
       ready: v.keys.ready(),
@@ -160,7 +167,8 @@ export class JwtExtractor implements Extractor {
 
   /** cache lifetime in ms: never past exp, 4–5 min at most, failures 5 s, unknown kids not at all (rotation) */
   private ttlFor(result: Result): number {
-    if ('failed' in result) return result.reason === 'unknown_kid' ? 0 : FAILURE_CACHE_MS
+    if ('failed' in result)
+      return result.reason === 'unknown_kid' || result.reason === 'keys_unavailable' ? 0 : FAILURE_CACHE_MS
     const cap = MAX_CACHE_MS - Math.floor(this.random() * CACHE_SPREAD_MS)
     if (result.exp === undefined) return cap
     return Math.min(result.exp * 1000 - this.now(), cap)

@@ -18,8 +18,11 @@ const loadUndici = (): Promise<Undici> => {
 }
 
 export interface JwksObserver {
-  /** called after every refresh attempt; `at` is unix ms, keyCount the number of keys now in use */
-  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number): void
+  /**
+   * called after every refresh attempt; `at` is unix ms, keyCount the number of keys now in use, `error`
+   * why a failed attempt failed (safe to log: no token, no URL query or credentials)
+   */
+  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number, error?: string): void
 }
 
 export interface KeySetOptions {
@@ -95,6 +98,12 @@ export class IssuerKeySet {
     )
   }
 
+  /** keys for this algorithm have been loaded at least once (HS*: the secret; otherwise the key set) */
+  hasKeysFor(alg: unknown): boolean {
+    if (typeof alg === 'string' && alg.startsWith('HS')) return this.secret !== undefined
+    return this.keys !== undefined
+  }
+
   get size(): number {
     return this.keyCount + (this.secret ? 1 : 0)
   }
@@ -155,8 +164,8 @@ export class IssuerKeySet {
       detail = err
     }
     if (this.closed) return false
-    this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now())
     this.lastError = ok ? undefined : describe(detail)
+    this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now(), this.lastError)
     this.schedule(ok ? this.refreshMs : this.retryMs)
     return ok
   }

@@ -1,6 +1,13 @@
 // Verifies a token for one configured issuer: algorithm allowlist, audiences, clock skew, and keys from its
 // IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation).
-import { errors, type JWTPayload, type JWTVerifyOptions, type JWTVerifyResult, jwtVerify } from 'jose'
+import {
+  decodeProtectedHeader,
+  errors,
+  type JWTPayload,
+  type JWTVerifyOptions,
+  type JWTVerifyResult,
+  jwtVerify,
+} from 'jose'
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
@@ -18,6 +25,14 @@ export function allowedAlgorithms(cfg: IssuerConfig): string[] {
     ...(cfg.secretFile ? HMAC_ALGORITHMS : []),
   ]
   return configured.filter((alg) => (hmac.includes(alg) ? Boolean(cfg.secretFile) : alg !== 'none'))
+}
+
+function headerAlg(token: string): unknown {
+  try {
+    return decodeProtectedHeader(token).alg
+  } catch {
+    return undefined
+  }
 }
 
 export class IssuerVerifier {
@@ -66,6 +81,10 @@ export class IssuerVerifier {
       if (typeof payload.exp === 'number') evidence.exp = payload.exp
       return evidence
     } catch (err) {
+      // no key because none was ever fetched (IdP unreachable since start), not because the kid is unknown
+      if (err instanceof errors.JWKSNoMatchingKey && !this.keys.hasKeysFor(headerAlg(token))) {
+        return { reason: 'keys_unavailable', detail: "the issuer's keys have not been fetched yet" }
+      }
       return failureCause(err)
     }
   }

@@ -1,0 +1,62 @@
+// Process and runtime metrics every Node service exports (process_* CPU, memory, file descriptors, start
+// time; nodejs_* event-loop lag, heap, GC, handles) from prom-client's default collector, appended to the
+// hand-rendered nhi_* families on /metrics.
+// prom-client is loaded after the listeners are up, so the sidecar's cold start does not pay for it, and it
+// is CommonJS: only `default` (module.exports) is read, the one shape Node's loader and the bundle share.
+import type { OpenMetricsContentType, Registry } from 'prom-client'
+
+type PromClient = typeof import('prom-client')
+
+interface Registries {
+  text: Registry
+  openMetrics: Registry<OpenMetricsContentType>
+}
+
+export class ProcessMetrics {
+  private registries: Promise<Registries | undefined> | undefined
+
+  /** Starts collecting (event-loop lag and GC are observed continuously); idempotent, never throws. */
+  start(): Promise<unknown> {
+    this.registries ??= import('prom-client').then(
+      // the types describe module.exports as the namespace; at run time it is `default`
+      (m) => create((m as unknown as { default: PromClient }).default),
+      () => undefined,
+    )
+    return this.registries
+  }
+
+  /** The default metrics in the requested format, without a trailing `# EOF`; '' when not started. */
+  async render(openMetrics: boolean): Promise<string> {
+    const registries = await this.registries
+    if (!registries) return ''
+    try {
+      // prom-client writes NaN (an event-loop histogram without samples yet) as "Nan": OpenMetrics allows
+      // only "NaN"
+      const text = (await (openMetrics ? registries.openMetrics : registries.text).metrics()).replace(
+        / Nan$/gm,
+        ' NaN',
+      )
+      return openMetrics ? text.replace(/# EOF\n?$/, '') : text
+    } catch {
+      return ''
+    }
+  }
+
+  stop(): void {
+    void this.registries?.then((r) => {
+      r?.text.clear()
+      r?.openMetrics.clear()
+    })
+  }
+}
+
+// One registry per format: prom-client renames counters in place when it renders OpenMetrics, so one
+// registry cannot serve both formats.
+function create(prom: PromClient): Registries {
+  const text = new prom.Registry()
+  const openMetrics = new prom.Registry<OpenMetricsContentType>()
+  openMetrics.setContentType(prom.Registry.OPENMETRICS_CONTENT_TYPE)
+  prom.collectDefaultMetrics({ register: text })
+  prom.collectDefaultMetrics({ register: openMetrics })
+  return { text, openMetrics }
+}
