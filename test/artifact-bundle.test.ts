@@ -184,10 +184,12 @@ if (bundleBuilt(t)) {
         `      jwksFile: ${file('jwks.json')}`,
         `      secretFile: ${file('secret')}`,
         '      algorithms: [HS256]',
+        '      audiences: [app]',
         '    - issuer: https://cluster.example.com',
         '      jwksUri: https://cluster.example.com/keys',
         `      caFile: ${file('ca.crt')}`,
         `      bearerTokenFile: ${file('token')}`,
+        '      audiences: [app]',
         '',
       ].join('\n')
     writeFileSync(join(dir, 'ca.crt'), 'not checked for content')
@@ -207,8 +209,8 @@ if (bundleBuilt(t)) {
     t.equal(missing.code, 1, 'missing files are errors')
     t.match(missing.stdout, 'missing.yaml:4:17 jwksFile "./typo-jwks.json": file not found')
     t.match(missing.stdout, 'missing.yaml:5:19 secretFile "./typo-secret": file not found')
-    t.match(missing.stdout, 'missing.yaml:9:15 caFile "./typo-ca.crt": file not found')
-    t.match(missing.stdout, 'missing.yaml:10:24 bearerTokenFile "./typo-token": file not found')
+    t.match(missing.stdout, 'missing.yaml:10:15 caFile "./typo-ca.crt": file not found')
+    t.match(missing.stdout, 'missing.yaml:11:24 bearerTokenFile "./typo-token": file not found')
     t.match(missing.stdout, /^missing\.yaml: 4 errors$/m)
 
     // an absolute path in a directory that does not exist here is mounted where the sidecar runs

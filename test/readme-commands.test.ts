@@ -40,7 +40,7 @@ const SKIPPED: Record<string, string> = {
     'needs a Kubernetes cluster (helm-chart renders the chart and dry-runs it through kubectl)',
   'helm install shop ./helm/nhi-proxy -n shop -f helm/nhi-proxy/examples/sidecar-values.yaml --set image.repository=registry.example.com/nhi-proxy':
     'needs a Kubernetes cluster (helm-chart renders the sidecar example)',
-  'kubectl -n shop port-forward svc/shop-nhi-proxy 9464': 'needs a Kubernetes cluster',
+  'kubectl -n shop port-forward deploy/shop-nhi-proxy 9464': 'needs a Kubernetes cluster',
   'open http://127.0.0.1:9464/ui': 'opens a browser through the port-forward to a cluster',
   'curl http://127.0.0.1:9464/metrics': 'through the port-forward to a cluster',
   'npm ci': 'installs the dependencies (done before any test runs)',
@@ -60,7 +60,7 @@ const SKIPPED: Record<string, string> = {
 const EXPECT: Array<{ command: string; output: RegExp; absent?: RegExp }> = [
   // the guide's own rules must all be reachable: no "can never match" warning
   { command: 'nhi-proxy check rules.yaml', output: /rules\.yaml: ok/, absent: /warning/ },
-  { command: 'nhi-proxy explain -c rules.yaml', output: /identity: gptbot\n\s+kind=agent/ },
+  { command: 'nhi-proxy explain -c rules.yaml', output: /identity: ua:gptbot\n\s+kind=agent/ },
   { command: 'grep nhi_requests_total', output: /^nhi_requests_total\{/m },
   {
     command: 'explain -c local-jwt.yaml --token',

@@ -32,10 +32,12 @@ export class ProcessMetrics {
     try {
       // prom-client writes NaN (an event-loop histogram without samples yet) as "Nan": OpenMetrics allows
       // only "NaN"
-      const text = (await (openMetrics ? registries.openMetrics : registries.text).metrics()).replace(
-        / Nan$/gm,
-        ' NaN',
-      )
+      const text = (await (openMetrics ? registries.openMetrics : registries.text).metrics())
+        .replace(/ Nan$/gm, ' NaN')
+        // prom-client's totals of active handles/requests/resources are gauges named like counters, which
+        // Prometheus lint rejects ("non-counter metrics should not have _total suffix"); they are the sums of
+        // nodejs_active_handles/requests/resources by type, exported beside them, so they are left out
+        .replace(ACTIVE_TOTAL, '')
       return openMetrics ? text.replace(/# EOF\n?$/, '') : text
     } catch {
       return ''
@@ -49,6 +51,8 @@ export class ProcessMetrics {
     })
   }
 }
+
+const ACTIVE_TOTAL = /^(?:# (?:HELP|TYPE) )?nodejs_active_(?:handles|requests|resources)_total[ {].*\n/gm
 
 // One registry per format: prom-client renames counters in place when it renders OpenMetrics, so one
 // registry cannot serve both formats.

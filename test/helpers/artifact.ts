@@ -26,7 +26,10 @@ export interface Proc {
   /** first match of `re` in stdout+stderr; rejects when the process exits first or after timeoutMs */
   waitFor(re: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>
   exited: Promise<number | null>
-  /** SIGTERM to the process group (npx starts the bin as a child of its own), SIGKILL after 5 s */
+  /**
+   * SIGTERM to the process group (npx starts the bin as a child of its own), SIGKILL after 20 s: the default
+   * drain (timeouts.drainDelay 5 s, then in-flight requests) is what users get, so it is waited out
+   */
   stop(): Promise<void>
 }
 
@@ -51,7 +54,7 @@ export function startProcess(t: Test, cmd: string, args: string[], opts: SpawnOp
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return
     signal('SIGTERM')
-    const killer = setTimeout(() => signal('SIGKILL'), 5_000)
+    const killer = setTimeout(() => signal('SIGKILL'), 20_000)
     await exited
     clearTimeout(killer)
   }

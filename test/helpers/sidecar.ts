@@ -207,6 +207,14 @@ const TEST_DEFAULTS = {
   admin: '127.0.0.1:0',
   audit: { output: 'off' },
 }
+// A test's sidecar stops at once on SIGTERM: waiting out the production drain delay (5 s) at every teardown
+// would add minutes to the suite. drain.test.ts and fault-shutdown.test.ts set their own and test it.
+const TEST_TIMEOUTS = { drainDelay: '0s' }
+
+function withTestDefaults(config: Record<string, unknown>): Record<string, unknown> {
+  const timeouts = config['timeouts'] as Record<string, unknown> | undefined
+  return { ...TEST_DEFAULTS, ...config, timeouts: { ...TEST_TIMEOUTS, ...timeouts } }
+}
 
 export interface SidecarOptions {
   /** extra environment (e.g. NHI_LOG_LEVEL) */
@@ -226,7 +234,7 @@ export async function startTestSidecar(
 ): Promise<TestSidecar> {
   const dir = await mkdtemp(join(tmpdir(), 'nhi-sidecar-'))
   const file = join(dir, 'config.yaml')
-  await writeFile(file, stringify({ ...TEST_DEFAULTS, ...config }))
+  await writeFile(file, stringify(withTestDefaults(config)))
   return startSidecarFromFile(t, file, opts)
 }
 
@@ -264,7 +272,7 @@ export async function startSidecarFromFile(
     process: cli,
     async reload(config) {
       const from = cli.stderr().length
-      if (config) await writeFile(file, stringify({ ...TEST_DEFAULTS, ...config }))
+      if (config) await writeFile(file, stringify(withTestDefaults(config)))
       else cli.kill('SIGHUP')
       return reloadResult(from)
     },
