@@ -86,6 +86,16 @@ t.test('an api key and a JWT caller with the same name are two identities', asyn
     'edges keep the sources apart',
   )
 
+  // the audit ring (and the live stream) take the source next to the name
+  const audit = (await (await fetch(`${admin}/audit?identity=payments&source=jwt&limit=100`)).json()) as {
+    events: { source: string }[]
+  }
+  t.same(
+    audit.events.map((e) => e.source),
+    ['jwt', 'jwt', 'jwt', 'jwt', 'jwt'],
+    '/audit?identity=payments&source=jwt: the token caller only',
+  )
+
   const text = await (await fetch(`${admin}/metrics`)).text()
   const samples = parseMetrics(text)
   const seen = new Set<string>()
