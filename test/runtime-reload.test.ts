@@ -129,15 +129,15 @@ t.test('the test sidecar reload(): a rewritten config applies, a broken one is r
   })
   const sidecar = await startTestSidecar(t, rules('first'))
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  t.equal(await identityOf(proxy), 'first-blue')
+  t.equal(await identityOf(proxy), 'ua:first-blue', 'a header-captured name is unverified: a ua: name')
   t.equal(await sidecar.reload(rules('second')), true, 'a valid config reloads')
-  t.equal(await identityOf(proxy), 'second-blue', 'and applies to the next request')
+  t.equal(await identityOf(proxy), 'ua:second-blue', 'and applies to the next request')
   t.equal(
     await sidecar.reload({ ...rules('third'), metrics: { maxIdentitis: 5 } }),
     false,
     'a typo is refused',
   )
-  t.equal(await identityOf(proxy), 'second-blue', 'the last good config keeps serving')
+  t.equal(await identityOf(proxy), 'ua:second-blue', 'the last good config keeps serving')
   t.equal(await sidecar.reload(), false, 'SIGHUP re-reads the same broken file')
   t.equal(await sidecar.close(), 0, 'SIGTERM exits 0')
 })
