@@ -60,7 +60,7 @@ const SKIPPED: Record<string, string> = {
 const EXPECT: Array<{ command: string; output: RegExp; absent?: RegExp }> = [
   // the guide's own rules must all be reachable: no "can never match" warning
   { command: 'nhi-proxy check rules.yaml', output: /rules\.yaml: ok/, absent: /warning/ },
-  { command: 'nhi-proxy explain -c rules.yaml', output: /identity: gptbot\n\s+kind=agent/ },
+  { command: 'nhi-proxy explain -c rules.yaml', output: /identity: ua:gptbot\n\s+kind=agent/ },
   { command: 'grep nhi_requests_total', output: /^nhi_requests_total\{/m },
   {
     command: 'explain -c local-jwt.yaml --token',
