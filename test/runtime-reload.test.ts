@@ -129,7 +129,7 @@ t.test('the test sidecar reload(): a rewritten config applies, a broken one is r
   })
   const sidecar = await startTestSidecar(t, rules('first'))
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  t.equal(await identityOf(proxy), 'ua:first-blue')
+  t.equal(await identityOf(proxy), 'ua:first-blue', 'a header-captured name is unverified: a ua: name')
   t.equal(await sidecar.reload(rules('second')), true, 'a valid config reloads')
   t.equal(await identityOf(proxy), 'ua:second-blue', 'and applies to the next request')
   t.equal(

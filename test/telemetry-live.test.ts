@@ -50,6 +50,29 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
   }
 }
 
+t.test('identity and source together pick one of the identities that share a name', async (t) => {
+  const telemetry = newTelemetry({ heartbeatMs: 1000 })
+  const url = await startAdmin(t, telemetry)
+  const abort = new AbortController()
+  t.teardown(() => abort.abort())
+  const keyOnly = await subscribe(`${url}/events?identity=payments&source=apikey`, abort.signal)
+  await until(() => telemetry.liveStats().subscribers === 1)
+  telemetry.record(requestEvent({ requestId: 'jwt-1', identity: identity('payments', { source: 'jwt' }) }))
+  telemetry.record(requestEvent({ requestId: 'key-1', identity: identity('payments', { source: 'apikey' }) }))
+  // frames on one stream arrive in order: had the jwt event been sent, it would come first
+  await until(() => keyOnly.events.length >= 1)
+  t.same(
+    keyOnly.events.map((e) => [e['id'], e['source']]),
+    [['key-1', 'apikey']],
+  )
+  const audit = telemetry.auditQuery({ identity: 'payments', source: 'jwt' })
+  t.same(
+    audit.map((r) => [r.request_id, r.source]),
+    [['jwt-1', 'jwt']],
+    'the audit ring filters by source too',
+  )
+})
+
 t.test('live events stream through a real socket, with identity filter and heartbeats', async (t) => {
   const telemetry = newTelemetry({ heartbeatMs: 50 })
   const url = await startAdmin(t, telemetry)

@@ -10,18 +10,19 @@ function config(overrides: Record<string, unknown> = {}): Config {
 }
 
 const SPEC_LABELS: Record<string, string[]> = {
-  nhi_requests_total: ['service', 'identity', 'kind', 'source', 'verified', 'method', 'route', 'code'],
-  nhi_request_duration_seconds_bucket: ['service', 'identity', 'kind', 'route', 'le'],
-  nhi_request_duration_seconds_count: ['service', 'identity', 'kind', 'route'],
-  nhi_request_bytes_total: ['service', 'identity', 'kind'],
-  nhi_response_bytes_total: ['service', 'identity', 'kind'],
-  nhi_upstream_seconds_total: ['service', 'identity', 'kind'],
-  nhi_cost_total: ['service', 'identity', 'kind', 'currency'],
+  // every per-identity family carries source: an identity is its (source, name)
+  nhi_requests_total: ['service', 'identity', 'source', 'kind', 'verified', 'method', 'route', 'code'],
+  nhi_request_duration_seconds_bucket: ['service', 'identity', 'source', 'kind', 'route', 'le'],
+  nhi_request_duration_seconds_count: ['service', 'identity', 'source', 'kind', 'route'],
+  nhi_request_bytes_total: ['service', 'identity', 'source', 'kind'],
+  nhi_response_bytes_total: ['service', 'identity', 'source', 'kind'],
+  nhi_upstream_seconds_total: ['service', 'identity', 'source', 'kind'],
+  nhi_cost_total: ['service', 'identity', 'source', 'kind', 'currency'],
   nhi_auth_failures_total: ['service', 'source', 'reason'],
   nhi_credential_expiry_timestamp_seconds: ['service', 'identity', 'source'],
-  nhi_identity_last_seen_timestamp_seconds: ['service', 'identity', 'kind'],
-  nhi_job_last_success_timestamp_seconds: ['service', 'identity'],
-  nhi_job_consecutive_failures: ['service', 'identity'],
+  nhi_identity_last_seen_timestamp_seconds: ['service', 'identity', 'source', 'kind'],
+  nhi_job_last_success_timestamp_seconds: ['service', 'identity', 'source'],
+  nhi_job_consecutive_failures: ['service', 'identity', 'source'],
   nhi_identities: ['service', 'kind'],
   nhi_identity_overflow_total: ['service'],
   nhi_credential_anomalies_total: ['service', 'type'],
@@ -138,6 +139,46 @@ t.test('10,000 identities with maxIdentities 100 stay within 101 identity series
   t.equal(metricValue(m, 'nhi_identities'), 100, 'the overflow bucket is not an identity')
   t.ok(scrapeMs < 1000, `scrape took ${scrapeMs.toFixed(1)} ms`)
   t.equal(telemetry.identities().identities.length, 101, '/identities is bounded by the same table')
+})
+
+t.test('one name under two sources is two identities, and overflow never mixes sources', async (t) => {
+  const telemetry = new Telemetry(config({ metrics: { maxIdentities: 2 } }), { version: 'test' })
+  const url = await startAdmin(t, telemetry)
+  const key = identity('payments', { source: 'apikey', kind: 'job' })
+  const cert = identity('payments', { source: 'mtls', kind: 'job', expiresAt: 2e9 })
+  for (let i = 0; i < 2; i++) telemetry.record(requestEvent({ identity: key }))
+  for (let i = 0; i < 3; i++) telemetry.record(requestEvent({ identity: cert, status: 500 }))
+  // the table is full (two entries): newcomers overflow into their own source's bucket
+  telemetry.record(requestEvent({ identity: identity('late-token', { source: 'jwt' }) }))
+  telemetry.record(requestEvent({ identity: identity('late-key', { source: 'apikey' }) }))
+  telemetry.record(requestEvent({ identity: identity('late-key-2', { source: 'apikey' }) }))
+
+  const view = telemetry.identities()
+  t.equal(view.tracked, 2, 'maxIdentities counts (source, name) entries')
+  const rows = view.identities.map((r) => [r.name, r.source, r.requests, r.job?.consecutiveFailures ?? null])
+  t.same(
+    rows.sort(),
+    [
+      ['__overflow__', 'apikey', 2, null],
+      ['__overflow__', 'jwt', 1, null],
+      ['payments', 'apikey', 2, 0],
+      ['payments', 'mtls', 3, 3],
+    ],
+    'two payments rows, each with its own counts and job state; one overflow row per source',
+  )
+
+  const m = await scrape(url)
+  const keys = m.map((s) => `${s.name}${JSON.stringify(Object.entries(s.labels).sort())}`)
+  t.equal(new Set(keys).size, keys.length, 'no duplicate series')
+  t.equal(metricValue(m, 'nhi_requests_total', { identity: 'payments', source: 'apikey' }), 2)
+  t.equal(metricValue(m, 'nhi_requests_total', { identity: 'payments', source: 'mtls' }), 3)
+  t.equal(metricValue(m, 'nhi_job_consecutive_failures', { identity: 'payments', source: 'mtls' }), 3)
+  t.equal(metricValue(m, 'nhi_job_consecutive_failures', { identity: 'payments', source: 'apikey' }), 0)
+  t.equal(seriesCount(m, 'nhi_credential_expiry_timestamp_seconds'), 1, 'only the certificate expires')
+  t.equal(metricValue(m, 'nhi_requests_total', { identity: '__overflow__', source: 'apikey' }), 2)
+  t.equal(metricValue(m, 'nhi_identity_overflow_total'), 3)
+  t.equal(metricValue(m, 'nhi_identities'), 2)
+  t.equal(telemetry.recordFailures, 0)
 })
 
 t.test('idle identities are dropped from every metric and free their slot', async (t) => {

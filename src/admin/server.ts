@@ -199,6 +199,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
           return sendJson(res, 400, { error: 'limit must be a positive integer' })
         const events = telemetry.auditQuery({
           identity: param(url, 'identity'),
+          source: param(url, 'source'),
           traceId: param(url, 'trace_id'),
           requestId: param(url, 'request_id'),
           limit,
@@ -206,7 +207,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         return sendJson(res, 200, { events })
       }
       case '/events':
-        telemetry.live.subscribe(req, res, param(url, 'identity'))
+        telemetry.live.subscribe(req, res, param(url, 'identity'), param(url, 'source'))
         return
       case '/':
         res.writeHead(302, { location: '/ui' })

@@ -41,6 +41,8 @@ export interface AuditRecord {
 
 export interface AuditQuery {
   identity?: string
+  /** with identity: one of the identities that share a name under different sources */
+  source?: string
   traceId?: string
   requestId?: string
   limit?: number
@@ -219,6 +221,7 @@ export class AuditRing {
     const out: AuditRecord[] = []
     for (const e of this.newest()) {
       if (q.identity !== undefined && e.identity.name !== q.identity) continue
+      if (q.source !== undefined && e.identity.source !== q.source) continue
       if (q.traceId !== undefined && e.traceId !== q.traceId) continue
       if (q.requestId !== undefined && e.requestId !== q.requestId) continue
       out.push(toAuditRecord(e))

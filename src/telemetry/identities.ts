@@ -1,6 +1,7 @@
-// The /identities view: one row per tracked identity plus caller → callee edges, built on demand from
-// the bounded identity table (so its size is bounded by metrics.maxIdentities too).
-import type { Identity, Kind } from '../types.ts'
+// The /identities view: one row per tracked identity (a source and a name: one name under two sources is two
+// rows) plus caller → callee edges, built on demand from the bounded identity table (so its size is bounded
+// by metrics.maxIdentities too).
+import type { Identity, Kind, Source } from '../types.ts'
 import type { IdentityEntry, IdentityTable, TrustBoundary } from './identity-table.ts'
 
 export type IdentitySort = 'cost' | 'requests' | 'errors'
@@ -38,6 +39,8 @@ export interface IdentityRow
 
 export interface EdgeRow {
   caller: string
+  /** the caller's source: with `caller` it names the identity row the edge belongs to */
+  callerSource: Source
   callee: string
   kind: Kind
   requests: number
@@ -129,6 +132,7 @@ export function buildIdentitiesView(
     for (const edge of e.edges.values()) {
       edges.push({
         caller: e.name,
+        callerSource: e.source,
         callee: edge.callee,
         kind: e.kind,
         requests: edge.requests,

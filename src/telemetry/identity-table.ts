@@ -1,10 +1,11 @@
 // The cardinality guard: a bounded table of the identities we keep per-identity state (and metric series)
-// for. Admission is first-come: once `maxIdentities` names are tracked, new names share one
-// `__overflow__` entry until an idle identity frees its slot. Unverified identities (user agents, header
+// for. An identity is its (source, name) pair: an api key and a client certificate that resolve to the same
+// name are two entries, never one. Admission is first-come: once `maxIdentities` identities are tracked,
+// new ones share their source's `__overflow__` entry until an idle identity frees its slot. Unverified identities (user agents, header
 // captures: names a client can make up) have their own smaller cap, `maxUnverifiedIdentities`, so a flood
 // of made-up names can never take the slots of verified callers: those always have at least
 // `maxIdentities - maxUnverifiedIdentities` slots to themselves.
-import type { Identity, Kind, Source } from '../types.ts'
+import { type Identity, type Kind, SOURCES, type Source } from '../types.ts'
 import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
 
@@ -25,7 +26,7 @@ export interface Edge {
 
 /** The byte/time counters of one identity under one kind. */
 export interface KindSeries {
-  /** `service="…",identity="…",kind="…"`, the label text the identity's other series start with */
+  /** `service="…",identity="…",source="…",kind="…"`, the label text the identity's other series start with */
   readonly labels: string
   readonly requestBytes: CounterSeries
   readonly responseBytes: CounterSeries
@@ -42,11 +43,12 @@ export interface IdentitySeries {
 
 export interface IdentityEntry {
   readonly name: string
+  /** part of the entry's key: two sources never share an entry */
+  readonly source: Source
   readonly overflow: boolean
   /** admitted under the unverified cap (its slot is returned there when it goes) */
   readonly unverifiedSlot: boolean
   kind: Kind
-  source: Source
   verified: boolean
   team?: string
   zone?: string
@@ -95,10 +97,10 @@ export interface Admission {
 function newEntry(name: string, identity: Identity, now: number): IdentityEntry {
   return {
     name,
+    source: identity.source,
     overflow: name === OVERFLOW_IDENTITY,
     unverifiedSlot: name !== OVERFLOW_IDENTITY && !identity.verified,
     kind: identity.kind,
-    source: identity.source,
     verified: identity.verified,
     // every optional field is present from the start, so all entries share one object shape and the
     // per-request updates stay monomorphic
@@ -135,11 +137,21 @@ export function trustBoundary(identity: Identity): TrustBoundary {
 }
 
 export class IdentityTable {
-  private readonly entries = new Map<string, IdentityEntry>()
+  /**
+   * One name → entry map per source: a lookup is two map reads on values the identity already holds, no
+   * composite key string per request.
+   */
+  private readonly bySource = Object.fromEntries(
+    SOURCES.map((source) => [source, new Map<string, IdentityEntry>()]),
+  ) as Record<Source, Map<string, IdentityEntry>>
+  /** every entry in admission order (what scrapes and the identities view iterate) */
+  private readonly entries = new Set<IdentityEntry>()
   private limits: IdentityTableLimits
   private maxUnverified: number
   /** tracked entries holding an unverified slot */
   private unverified = 0
+  /** overflow entries (one per source at most) */
+  private overflows = 0
   private lastSweep = 0
 
   constructor(limits: IdentityTableLimits) {
@@ -163,37 +175,55 @@ export class IdentityTable {
     return this.entries.size
   }
 
-  /** tracked identities, excluding the overflow entry */
+  /** tracked identities, excluding the overflow entries */
   get tracked(): number {
-    return this.entries.has(OVERFLOW_IDENTITY) ? this.entries.size - 1 : this.entries.size
+    return this.entries.size - this.overflows
   }
 
-  get(name: string): IdentityEntry | undefined {
-    return this.entries.get(name)
+  get(source: Source, name: string): IdentityEntry | undefined {
+    return this.bySource[source].get(name)
   }
 
   values(): IterableIterator<IdentityEntry> {
     return this.entries.values()
   }
 
+  private add(entry: IdentityEntry): void {
+    this.bySource[entry.source].set(entry.name, entry)
+    this.entries.add(entry)
+    if (entry.unverifiedSlot) this.unverified++
+    if (entry.overflow) this.overflows++
+  }
+
+  private remove(entry: IdentityEntry): void {
+    this.bySource[entry.source].delete(entry.name)
+    this.entries.delete(entry)
+    if (entry.unverifiedSlot) this.unverified--
+    if (entry.overflow) this.overflows--
+  }
+
   admit(identity: Identity, now: number): Admission {
-    let entry = this.entries.get(identity.name)
+    const bySource = this.bySource[identity.source]
+    let entry = bySource.get(identity.name)
     let overflowed = false
     if (!entry) {
       // A full table first tries to free idle slots, at most once a second so overflow traffic stays cheap.
       if (!this.fits(identity) && now - this.lastSweep >= 1000) this.sweep(now)
       if (this.fits(identity)) {
         entry = newEntry(identity.name, identity, now)
-        if (entry.unverifiedSlot) this.unverified++
+        this.add(entry)
       } else {
         overflowed = identity.name !== OVERFLOW_IDENTITY
-        entry = this.entries.get(OVERFLOW_IDENTITY) ?? newEntry(OVERFLOW_IDENTITY, identity, now)
+        // overflow is per source too, so even the overflow bucket never mixes sources
+        entry = bySource.get(OVERFLOW_IDENTITY)
+        if (!entry) {
+          entry = newEntry(OVERFLOW_IDENTITY, identity, now)
+          this.add(entry)
+        }
       }
-      this.entries.set(entry.name, entry)
     }
     entry.lastSeen = now
     entry.kind = identity.kind
-    entry.source = identity.source
     entry.verified = identity.verified
     if (!entry.overflow) {
       entry.team = identity.team
@@ -215,10 +245,9 @@ export class IdentityTable {
   sweep(now: number): number {
     this.lastSweep = now
     let dropped = 0
-    for (const entry of this.entries.values()) {
+    for (const entry of this.entries) {
       if (now - entry.lastSeen > this.ttlFor(entry)) {
-        this.entries.delete(entry.name)
-        if (entry.unverifiedSlot) this.unverified--
+        this.remove(entry)
         dropped++
       }
     }
@@ -226,8 +255,10 @@ export class IdentityTable {
   }
 
   clear(): void {
+    for (const map of Object.values(this.bySource)) map.clear()
     this.entries.clear()
     this.unverified = 0
+    this.overflows = 0
   }
 
   recordEdge(entry: IdentityEntry, callee: string, identity: Identity, now: number): void {

@@ -55,6 +55,7 @@ export interface LiveStats {
 interface Subscriber {
   res: ServerResponse
   identity?: string
+  source?: string
   blocked: boolean
   /** when the socket last refused a write (unix ms), while blocked */
   blockedSince: number
@@ -154,7 +155,7 @@ export class LiveFeed {
   }
 
   /** Takes over the response as an event stream; answers 503 when the subscriber cap is reached. */
-  subscribe(req: IncomingMessage, res: ServerResponse, identity?: string): void {
+  subscribe(req: IncomingMessage, res: ServerResponse, identity?: string, source?: string): void {
     if (this.subscribers.size >= this.maxSubscribers) {
       // a subscriber that is not reading gives its slot to one that will
       for (const sub of this.subscribers) {
@@ -172,6 +173,7 @@ export class LiveFeed {
     const sub: Subscriber = {
       res,
       identity: identity || undefined,
+      source: source || undefined,
       blocked: false,
       blockedSince: 0,
       connectedAt: this.now(),
@@ -200,6 +202,7 @@ export class LiveFeed {
     let frame: string | undefined
     for (const sub of this.subscribers) {
       if (sub.identity !== undefined && sub.identity !== event.identity.name) continue
+      if (sub.source !== undefined && sub.source !== event.identity.source) continue
       if (sub.blocked) {
         sub.dropped++
         this.dropped++

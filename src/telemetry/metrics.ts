@@ -155,15 +155,18 @@ export class Metrics {
     this.buildInfo.set([opts.version, process.version], 1)
   }
 
-  /** `service="…",identity="…"` plus escaped extra labels */
-  private identityLabels(name: string, extra: string): string {
-    return `${this.serviceLabel},identity="${escapeLabelValue(name)}"${extra}`
+  /**
+   * `service="…",identity="…",source="…"` plus escaped extra labels. Every per-identity family carries the
+   * source: an identity is its (source, name) pair, so two sources with one name are two sets of series.
+   */
+  private identityLabels(entry: IdentityEntry, extra: string): string {
+    return `${this.serviceLabel},identity="${escapeLabelValue(entry.name)}",source="${entry.source}"${extra}`
   }
 
   private kindSeries(entry: IdentityEntry, kind: Kind): KindSeries {
     let series = entry.series.perKind.get(kind)
     if (series === undefined) {
-      const labels = this.identityLabels(entry.name, `,kind="${kind}"`)
+      const labels = this.identityLabels(entry, `,kind="${kind}"`)
       series = {
         labels,
         requestBytes: new CounterSeries(labels),
@@ -193,11 +196,12 @@ export class Metrics {
     const at = event.time
     const perKind = this.kindSeries(entry, kind)
 
-    const reqKey = `${kind}\u0000${identity.source}\u0000${verified}\u0000${method}\u0000${route}\u0000${event.status}`
+    // the entry is one source's: its series need no source in their key
+    const reqKey = `${kind}\u0000${verified}\u0000${method}\u0000${route}\u0000${event.status}`
     let requests = series.requests.get(reqKey)
     if (requests === undefined) {
       requests = new CounterSeries(
-        `${perKind.labels},source="${identity.source}",verified="${verified}",method="${method}",route="${escapeLabelValue(route)}",code="${event.status}"`,
+        `${perKind.labels},verified="${verified}",method="${method}",route="${escapeLabelValue(route)}",code="${event.status}"`,
       )
       series.requests.set(reqKey, requests)
     }
@@ -321,26 +325,25 @@ export class Metrics {
 
     writeHeader(out, LAST_SEEN, om)
     for (const e of entries) {
-      writeSample(out, LAST_SEEN.name, this.identityLabels(e.name, `,kind="${e.kind}"`), e.lastSeen / 1000)
+      writeSample(out, LAST_SEEN.name, this.identityLabels(e, `,kind="${e.kind}"`), e.lastSeen / 1000)
     }
     writeHeader(out, EXPIRY, om)
     for (const e of entries) {
-      if (e.expiresAt !== undefined)
-        writeSample(out, EXPIRY.name, this.identityLabels(e.name, `,source="${e.source}"`), e.expiresAt)
+      if (e.expiresAt !== undefined) writeSample(out, EXPIRY.name, this.identityLabels(e, ''), e.expiresAt)
     }
     const jobs = entries.filter((e) => e.kind === 'job' && !e.overflow)
     writeHeader(out, JOB_LAST_SUCCESS, om)
     for (const e of jobs) {
       if (e.lastSuccess !== undefined)
-        writeSample(out, JOB_LAST_SUCCESS.name, this.identityLabels(e.name, ''), e.lastSuccess / 1000)
+        writeSample(out, JOB_LAST_SUCCESS.name, this.identityLabels(e, ''), e.lastSuccess / 1000)
     }
     writeHeader(out, JOB_FAILURES, om)
     for (const e of jobs)
-      writeSample(out, JOB_FAILURES.name, this.identityLabels(e.name, ''), e.consecutiveFailures)
+      writeSample(out, JOB_FAILURES.name, this.identityLabels(e, ''), e.consecutiveFailures)
     writeHeader(out, JOB_INTERVAL, om)
     for (const e of jobs) {
       if (e.expectEveryMs)
-        writeSample(out, JOB_INTERVAL.name, this.identityLabels(e.name, ''), e.expectEveryMs / 1000)
+        writeSample(out, JOB_INTERVAL.name, this.identityLabels(e, ''), e.expectEveryMs / 1000)
     }
 
     if (om) out.push('# EOF\n')

@@ -143,9 +143,9 @@ export const UI_SCRIPT = `
       var ny = y + 22;
       if (!grp.list.length) boxes += '<text x="' + (x + 10) + '" y="' + (ny + 13) + '" class="muted-label">no callers</text>';
       shown.forEach(function (e) {
-        boxes += '<g class="node caller" data-identity="' + esc(e.caller) + '"><rect x="' + (x + 6) + '" y="' + ny + '" width="' + (colW - 12) + '" height="' + nodeH + '" rx="5"></rect>' +
+        boxes += '<g class="node caller" data-identity="' + esc(e.caller) + '" data-source="' + esc(e.callerSource) + '"><rect x="' + (x + 6) + '" y="' + ny + '" width="' + (colW - 12) + '" height="' + nodeH + '" rx="5"></rect>' +
           '<circle cx="' + (x + 15) + '" cy="' + (ny + nodeH / 2) + '" r="3.5" fill="var(--' + esc(e.kind) + ')"></circle>' +
-          '<text x="' + (x + 23) + '" y="' + (ny + 13) + '">' + esc(trunc(e.caller, 22)) + '<title>' + esc(e.caller + ' → ' + e.callee + ': ' + e.requests + ' requests') + '</title></text></g>';
+          '<text x="' + (x + 23) + '" y="' + (ny + 13) + '">' + esc(trunc(e.caller, 22)) + '<title>' + esc(e.caller + ' (' + e.callerSource + ') → ' + e.callee + ': ' + e.requests + ' requests') + '</title></text></g>';
         ny += nodeH + 3;
       });
       if (more > 0) boxes += '<text x="' + (x + 10) + '" y="' + (ny + 13) + '" class="muted-label">+' + more + ' more</text>';
@@ -183,7 +183,7 @@ export const UI_SCRIPT = `
       var expClass = !exp ? '' : exp < now ? 'bad' : exp - now < 3600e3 ? 'warn' : '';
       var job = r.job ? (r.job.overdue ? ' <span class="badge bad" title="no success within expectEvery">overdue</span>'
         : r.job.consecutiveFailures ? ' <span class="badge warn">' + r.job.consecutiveFailures + ' failing</span>' : '') : '';
-      html[i] = '<tr data-identity="' + esc(r.name) + '" data-kind="' + esc(r.kind) + '">' +
+      html[i] = '<tr data-identity="' + esc(r.name) + '" data-source="' + esc(r.source) + '" data-kind="' + esc(r.kind) + '">' +
         '<td class="name" title="' + esc(r.name + (r.rule ? ' (rule ' + r.rule + ')' : '')) + '">' + esc(r.name) + job + '</td>' +
         '<td>' + kindBadge(r.kind) + '</td><td>' + esc(r.source) + '</td>' +
         '<td>' + (r.verified ? '<span class="ok" title="verified">✓ yes</span>' : '<span class="muted">no</span>') + '</td>' +
@@ -243,12 +243,12 @@ export const UI_SCRIPT = `
   function eventItem(e) {
     var li = document.createElement('li');
     li.tabIndex = 0;
-    li.dataset.requestId = e.id; li.dataset.traceId = e.trace; li.dataset.identity = e.identity;
+    li.dataset.requestId = e.id; li.dataset.traceId = e.trace; li.dataset.identity = e.identity; li.dataset.source = e.source;
     var d = new Date(e.t), hh = String(d.getHours()).padStart(2, '0'), mm = String(d.getMinutes()).padStart(2, '0'), ss = String(d.getSeconds()).padStart(2, '0');
     var flags = (e.decision ? ' · ' + e.decision : '') + (e.error ? ' · upstream ' + e.error : '') + (e.failures ? ' · ' + e.failures.join(', ') : '') + (e.anomalies ? ' · ' + e.anomalies.join(', ') : '');
     li.innerHTML = '<span class="time">' + hh + ':' + mm + ':' + ss + '</span>' +
       '<span class="code s' + String(e.status).charAt(0) + '">' + esc(e.status) + '</span>' +
-      '<span class="what">' + esc(e.method + ' ' + e.path) + '<span class="who"><i class="dot" style="background:var(--' + esc(e.kind) + ')"></i> ' + esc(e.identity) + ' · ' + esc(e.kind) + esc(flags) + '</span></span>' +
+      '<span class="what">' + esc(e.method + ' ' + e.path) + '<span class="who"><i class="dot" style="background:var(--' + esc(e.kind) + ')"></i> ' + esc(e.identity) + ' · ' + esc(e.source) + ' · ' + esc(e.kind) + esc(flags) + '</span></span>' +
       '<span class="ms">' + fmtNum(e.ms, 1) + ' ms</span>';
     return li;
   }
