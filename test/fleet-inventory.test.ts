@@ -5,14 +5,14 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from './helpers/eventually.ts'
 import { runCli, startTestSidecar, type TestSidecar } from './helpers/sidecar.ts'
-import { systemTool } from './helpers/tools.ts'
+import { CHART_DIR, systemTool } from './helpers/tools.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
 const prometheusBin = systemTool('prometheus')
@@ -343,6 +343,40 @@ t.test(
     t.equal(fleetTable.code, 0, fleetTable.stderr)
     t.match(fleetTable.stdout, /Edges \(identity → service\):/)
     t.match(fleetTable.stdout, /ua:gptbot\s+agent\s+search\s+2\s+0\s+no/)
+
+    // the dashboard's fleet panels run on the same data and name the same identities and edges
+    const dashboard = JSON.parse(readFileSync(join(CHART_DIR, 'dashboards', 'nhi-proxy.json'), 'utf8')) as {
+      panels: { title: string; targets: { expr: string }[] }[]
+    }
+    const panelRows = async (title: string) => {
+      const panel = dashboard.panels.find((p) => p.title === title)
+      t.ok(panel, `dashboard panel "${title}"`)
+      const rows: Record<string, string>[][] = []
+      for (const target of panel?.targets ?? []) {
+        const expr = target.expr.replaceAll('$__range', '10m').replaceAll('$service', '.*')
+        const res = await fetch(`${base}/api/v1/query?query=${encodeURIComponent(expr)}`)
+        const body = (await res.json()) as {
+          status: string
+          error?: string
+          data: { result: { metric: Record<string, string> }[] }
+        }
+        t.equal(body.status, 'success', `"${title}" query runs: ${body.error ?? ''}`)
+        rows.push(body.data.result.map((r) => r.metric))
+      }
+      return rows
+    }
+    const [edgeRows] = await panelRows('Fleet edges: identity \u2192 service')
+    t.same(
+      edgeRows?.map((m) => `${m['identity']}->${m['service']}`).sort(),
+      fleet.edges.map((e) => `${e.identity}->${e.service}`).sort(),
+      'the edges panel lists the edges fleet prints',
+    )
+    const [lastSeenRows] = await panelRows('NHI inventory')
+    t.same(
+      lastSeenRows?.map((m) => m['identity']).sort(),
+      ['inventory-sync', 'nightly-export', 'ua:gptbot'],
+      'the inventory panel lists the identities inventory prints',
+    )
   },
 )
 
