@@ -304,7 +304,7 @@ const queryTimeoutOption = () =>
 program
   .command('inventory')
   .description(
-    'every non-human identity the sidecars saw in a window, from Prometheus: kind, source, verified,\n' +
+    'every non-human identity the sidecars saw in a window, from Prometheus: kind, source, verified, ' +
       'first/last seen, services called, credential expiry, error ratio; dormant ones flagged',
   )
   .addOption(prometheusOption())
@@ -360,7 +360,7 @@ Examples:
 program
   .command('fleet')
   .description(
-    'the cross-service picture from Prometheus: identity → service edges, human vs machine share per\n' +
+    'the cross-service picture from Prometheus: identity → service edges, human vs machine share per ' +
       'service, failing and silent jobs, credentials about to expire, cost per identity, unverified callers',
   )
   .addOption(prometheusOption())

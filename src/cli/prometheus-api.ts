@@ -1,6 +1,7 @@
 // A minimal client of the Prometheus HTTP API (instant queries, /api/v1/query) for `inventory` and `fleet`:
 // every nhi_* series every sidecar exported, read from the Prometheus (or Thanos/Mimir) users already run.
 // Errors are PromError with the exit code of docs/reference.md "Command line" and a message without a stack.
+import { formatDuration } from '../util/duration.ts'
 
 export class PromError extends Error {
   constructor(
@@ -37,9 +38,9 @@ export function prometheusBase(text: string): string {
   return url.href.replace(/\/+$/, '')
 }
 
-/** The window as PromQL writes it (whole seconds, at least 1s). */
+/** The window as PromQL writes it, in whole seconds (at least 1s): 90s, 10m, 24h, 7d. */
 export function promDuration(ms: number): string {
-  return `${Math.max(1, Math.round(ms / 1000))}s`
+  return formatDuration(Math.max(1, Math.round(ms / 1000)) * 1000)
 }
 
 export class PrometheusClient {
