@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from './helpers/eventually.ts'
+import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { runCli, startTestSidecar, type TestSidecar } from './helpers/sidecar.ts'
 import { CHART_DIR, systemTool } from './helpers/tools.ts'
 import { startUpstream } from './helpers/upstream.ts'
@@ -65,6 +66,10 @@ t.test(
   async (t) => {
     const upstream = await startUpstream()
     t.teardown(() => upstream.close())
+    const key = await createSigningKey('k1')
+    const jwks = await startJwksServer([key])
+    t.teardown(() => jwks.close())
+    const issuer = jwks.url
     const keys = {
       header: 'x-api-key',
       keys: [
@@ -92,7 +97,14 @@ t.test(
         apiKeys: keys,
         identities: [nightly],
       }),
-      startTestSidecar(t, { service: 'search', upstream: upstream.url }),
+      startTestSidecar(t, {
+        service: 'search',
+        upstream: upstream.url,
+        jwt: { issuers: [{ issuer, jwksUri: jwks.jwksUri, audiences: ['search'] }] },
+        identities: [
+          { name: 'svc/{client}', kind: 'service', match: { jwt: { issuer, claims: { azp: '{client}' } } } },
+        ],
+      }),
     ])
     const sync = { 'x-api-key': KEYS['inventory-sync'] }
     const exporter = { 'x-api-key': KEYS['nightly-export'] }
@@ -102,6 +114,12 @@ t.test(
     await send(billing!, '/status/500', exporter)
     await send(search!, '/docs', { 'user-agent': 'GPTBot/1.2' }, 2)
     await send(search!, '/', { 'user-agent': BROWSER })
+    // a verified workload token that expires in an hour
+    const token = await mintToken(key, { azp: 'reports' }, { issuer, audience: 'search', expiresIn: 3600 })
+    const tokenExp = (
+      JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { exp: number }
+    ).exp
+    await send(search!, '/reports', { authorization: `Bearer ${token}` })
 
     const dir = mkdtempSync(join(tmpdir(), 'nhi-fleet-prometheus-'))
     const targets = [orders!, billing!, search!].map((s) => `"127.0.0.1:${s.adminAddress.port}"`)
@@ -153,9 +171,9 @@ t.test(
         if (r.code !== 0) throw new Error(r.stderr)
         const inv = JSON.parse(r.stdout) as { identities: InventoryRow[] }
         const total = inv.identities.reduce((n, x) => n + x.requests, 0)
-        return total === 9 && inv.identities.every((x) => x.lastSeen !== null) ? inv : undefined
+        return total === 10 && inv.identities.every((x) => x.lastSeen !== null) ? inv : undefined
       },
-      { timeoutMs: 40_000, intervalMs: 500, what: 'all nine non-human requests in the inventory' },
+      { timeoutMs: 40_000, intervalMs: 500, what: 'all ten non-human requests in the inventory' },
     )
     const pick = (r: InventoryRow) => ({
       identity: r.identity,
@@ -194,6 +212,17 @@ t.test(
           expectedIntervalSeconds: 1,
         },
         {
+          identity: 'svc/reports',
+          kind: 'service',
+          sources: ['jwt'],
+          verified: true,
+          services: ['search'],
+          requests: 1,
+          errors: 0,
+          errorRatio: 0,
+          expectedIntervalSeconds: null,
+        },
+        {
           identity: 'ua:gptbot',
           kind: 'agent',
           sources: ['useragent'],
@@ -212,6 +241,12 @@ t.test(
     }
     const byName = new Map(inventory.identities.map((r) => [r.identity, r]))
     t.equal(byName.get('inventory-sync')?.dormant, false, 'a caller seen just now is active')
+    t.equal(
+      byName.get('svc/reports')?.credentialExpiry,
+      new Date(tokenExp * 1000).toISOString().replace('.000Z', 'Z'),
+      "the token's exp is the credential expiry",
+    )
+    t.equal(byName.get('inventory-sync')?.credentialExpiry, null, 'api keys do not expire')
     t.equal(byName.get('nightly-export')?.dormant, true, 'a job past its 1s expected interval is dormant')
     t.match(byName.get('nightly-export')?.dormantReason, /job overdue/)
 
@@ -243,7 +278,7 @@ t.test(
       'identity,kind,sources,verified,first_seen,last_seen,services,requests,errors,error_ratio,credential_expiry,expected_interval_seconds,last_success,dormant,dormant_reason',
       'CSV header',
     )
-    t.equal(lines.length, 4, 'one row per identity')
+    t.equal(lines.length, 5, 'one row per identity')
     t.match(lines[1], /^inventory-sync,service,apikey,true,[^,]+,[^,]+,billing;orders,5,0,0,,,,false,$/)
     t.ok(
       lines.slice(1).every((l) => l.split(',').length >= 15),
@@ -272,6 +307,13 @@ t.test(
       silentJobs: { identity: string }[]
       unverifiedCallers: { identity: string; kind: string; services: string[]; requests: number }[]
       cost: unknown[]
+      expiringCredentials: {
+        identity: string
+        service: string
+        source: string
+        expires: string
+        inSeconds: number
+      }[]
     }
     t.same(
       fleet.edges,
@@ -309,6 +351,14 @@ t.test(
           verified: true,
         },
         { identity: 'anonymous', kind: 'human', service: 'search', requests: 1, errors: 0, verified: false },
+        {
+          identity: 'svc/reports',
+          kind: 'service',
+          service: 'search',
+          requests: 1,
+          errors: 0,
+          verified: true,
+        },
         { identity: 'ua:gptbot', kind: 'agent', service: 'search', requests: 2, errors: 0, verified: false },
       ],
       'identity → service edges across the three sidecars',
@@ -318,7 +368,7 @@ t.test(
       [
         ['billing', 3, 0, 3, 1],
         ['orders', 4, 0, 4, 1],
-        ['search', 3, 1, 2, 0.6667],
+        ['search', 4, 1, 3, 0.75],
       ],
       'human vs machine share per service',
     )
@@ -338,6 +388,15 @@ t.test(
       'unverified non-human callers',
     )
     t.same(fleet.cost, [], 'no cost model, no cost')
+    t.same(
+      fleet.expiringCredentials.map((c) => [c.identity, c.service, c.source]),
+      [['svc/reports', 'search', 'jwt']],
+      'the token expiring within the default 7d',
+    )
+    t.ok(
+      fleet.expiringCredentials.every((c) => c.inSeconds > 3000 && c.inSeconds <= 3600),
+      'in about an hour',
+    )
 
     const fleetTable = await runCli(['fleet', '--prometheus', base, '--window', '10m'])
     t.equal(fleetTable.code, 0, fleetTable.stderr)
@@ -374,7 +433,7 @@ t.test(
     const [lastSeenRows] = await panelRows('NHI inventory')
     t.same(
       lastSeenRows?.map((m) => m['identity']).sort(),
-      ['inventory-sync', 'nightly-export', 'ua:gptbot'],
+      ['inventory-sync', 'nightly-export', 'svc/reports', 'ua:gptbot'],
       'the inventory panel lists the identities inventory prints',
     )
   },
