@@ -44,6 +44,10 @@ const SKIPPED: Record<string, string> = {
   'open http://127.0.0.1:9464/ui': 'opens a browser through the port-forward to a cluster',
   'curl http://127.0.0.1:9464/metrics': 'through the port-forward to a cluster',
   'npm ci': 'installs the dependencies (done before any test runs)',
+  'nhi-proxy inventory --prometheus http://prometheus.monitoring:9090 --window 7d --csv > nhi-inventory.csv':
+    'needs a Prometheus scraping a fleet (fleet-inventory runs inventory against a real one scraping three sidecars)',
+  'nhi-proxy fleet --prometheus http://prometheus.monitoring:9090 --window 24h':
+    'needs a Prometheus scraping a fleet (fleet-inventory runs fleet against a real one scraping three sidecars)',
   'npm run build': 'builds the bundle every end-to-end test runs (done before the tests)',
   'npm run bench':
     'a benchmark of minutes on a quiet machine, run on its own (bench-smoke covers its plumbing)',

@@ -292,6 +292,118 @@ program
     process.exitCode = runSchema(out)
   })
 
+const prometheusOption = () =>
+  new Option('--prometheus <url>', 'Prometheus (or Thanos/Mimir) base URL, e.g. http://prometheus:9090')
+    .env('NHI_PROMETHEUS_URL')
+    .makeOptionMandatory()
+const queryTimeoutOption = () =>
+  new Option('--timeout <duration>', 'deadline of each Prometheus query')
+    .argParser(positiveDuration)
+    .default(10_000, '10s')
+
+program
+  .command('inventory')
+  .description(
+    'every non-human identity the sidecars saw in a window, from Prometheus: kind, source, verified, ' +
+      'first/last seen, services called, credential expiry, error ratio; dormant ones flagged',
+  )
+  .addOption(prometheusOption())
+  .addOption(
+    new Option('--window <duration>', 'how far back to look')
+      .argParser(positiveDuration)
+      .default(86_400_000, '24h'),
+  )
+  .addOption(
+    new Option('--dormant-after <duration>', 'silent this long → dormant (jobs: their expectEvery instead)')
+      .argParser(positiveDuration)
+      .default(3_600_000, '1h'),
+  )
+  .addOption(queryTimeoutOption())
+  .addOption(new Option('--json', 'machine-readable output').conflicts('csv'))
+  .option('--csv', 'one row per identity, for a spreadsheet')
+  .addHelpText(
+    'after',
+    `
+Reads only the Prometheus HTTP API (instant queries over the nhi_* series every sidecar exports); it never
+contacts the pods. Errors count 5xx, 401 and 403. Exit 1 on a bad flag or URL, 2 when Prometheus is
+unreachable, times out or rejects a query.
+
+Examples:
+  nhi-proxy inventory --prometheus http://prometheus:9090
+  nhi-proxy inventory --prometheus http://localhost:9090 --window 7d --dormant-after 24h --csv > nhi.csv
+  nhi-proxy inventory --prometheus http://thanos-query:9090 --json | jq '.identities[] | select(.dormant)'`,
+  )
+  .action(
+    async (o: {
+      prometheus: string
+      window: number
+      dormantAfter: number
+      timeout: number
+      json?: boolean
+      csv?: boolean
+    }) => {
+      const { runInventory } = await import('./inventory.ts')
+      process.exitCode = await runInventory(
+        {
+          prometheus: o.prometheus,
+          window: o.window,
+          dormantAfter: o.dormantAfter,
+          timeout: o.timeout,
+          format: o.json ? 'json' : o.csv ? 'csv' : 'table',
+        },
+        out,
+        (s) => process.stderr.write(`${s}\n`),
+      )
+    },
+  )
+
+program
+  .command('fleet')
+  .description(
+    'the cross-service picture from Prometheus: identity → service edges, human vs machine share per ' +
+      'service, failing and silent jobs, credentials about to expire, cost per identity, unverified callers',
+  )
+  .addOption(prometheusOption())
+  .addOption(
+    new Option('--window <duration>', 'how far back to look')
+      .argParser(positiveDuration)
+      .default(3_600_000, '1h'),
+  )
+  .addOption(
+    new Option('--expiring-within <duration>', 'list credentials expiring within this')
+      .argParser(positiveDuration)
+      .default(7 * 86_400_000, '7d'),
+  )
+  .addOption(queryTimeoutOption())
+  .option('--json', 'machine-readable output')
+  .addHelpText(
+    'after',
+    `
+Every sidecar labels its series with its own service (the callee), so the nhi_* series of all of them in one
+Prometheus make the fleet's dependency graph. Reads only the Prometheus HTTP API (instant queries); it never
+contacts the pods. Errors count 5xx, 401 and 403. Exit 1 on a bad flag or URL, 2 when Prometheus is
+unreachable, times out or rejects a query.
+
+Examples:
+  nhi-proxy fleet --prometheus http://prometheus:9090
+  nhi-proxy fleet --prometheus http://localhost:9090 --window 24h --expiring-within 2d
+  nhi-proxy fleet --prometheus http://thanos-query:9090 --json | jq '.edges[] | select(.verified | not)'`,
+  )
+  .action(
+    async (o: {
+      prometheus: string
+      window: number
+      expiringWithin: number
+      timeout: number
+      json?: boolean
+    }) => {
+      const { runFleet } = await import('./fleet.ts')
+      process.exitCode = await runFleet({ ...o, json: o.json === true }, out, (s) =>
+        process.stderr.write(`${s}\n`),
+      )
+    },
+  )
+
 function fmtHost(a: { address: string; port: number; family?: string }): string {
   return a.family === 'IPv6' || a.address.includes(':')
     ? `[${a.address}]:${a.port}`

@@ -1,0 +1,151 @@
+// A minimal client of the Prometheus HTTP API (instant queries, /api/v1/query) for `inventory` and `fleet`:
+// every nhi_* series every sidecar exported, read from the Prometheus (or Thanos/Mimir) users already run.
+// Errors are PromError with the exit code of docs/reference.md "Command line" and a message without a stack.
+import { formatDuration } from '../util/duration.ts'
+
+export class PromError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: 1 | 2,
+  ) {
+    super(message)
+  }
+}
+
+export interface Sample {
+  labels: Record<string, string>
+  value: number
+}
+
+interface ApiBody {
+  status?: string
+  errorType?: string
+  error?: string
+  data?: { resultType?: string; result?: { metric: Record<string, string>; value: [number, string] }[] }
+}
+
+/** Validates the --prometheus URL: http(s), no query or fragment; a trailing path (e.g. /prometheus) is kept. */
+export function prometheusBase(text: string): string {
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    throw new PromError(`--prometheus ${JSON.stringify(text)} is not a URL (e.g. http://prometheus:9090)`, 1)
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new PromError(`--prometheus must be an http:// or https:// URL, got ${url.protocol}`, 1)
+  if (url.search || url.hash) throw new PromError('--prometheus takes no query string or fragment', 1)
+  return url.href.replace(/\/+$/, '')
+}
+
+/** The window as PromQL writes it, in whole seconds (at least 1s): 90s, 10m, 24h, 7d. */
+export function promDuration(ms: number): string {
+  return formatDuration(Math.max(1, Math.round(ms / 1000)) * 1000)
+}
+
+export class PrometheusClient {
+  constructor(
+    readonly base: string,
+    private readonly timeoutMs: number,
+    /** evaluation time of every query, in seconds: one consistent snapshot */
+    readonly time: number = Date.now() / 1000,
+  ) {}
+
+  /** An instant query at `time`; only vector results. */
+  async query(promql: string): Promise<Sample[]> {
+    const body = new URLSearchParams({ query: promql, time: String(this.time) })
+    const url = `${this.base}/api/v1/query`
+    let res: Response
+    try {
+      res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
+        body,
+        signal: AbortSignal.timeout(this.timeoutMs),
+      })
+    } catch (err) {
+      const e = err as Error & { cause?: { code?: string; message?: string } }
+      if (e.name === 'TimeoutError' || e.name === 'AbortError')
+        throw new PromError(`Prometheus at ${this.base} did not answer within ${this.timeoutMs} ms`, 2)
+      const why = e.cause?.code ?? e.cause?.message ?? e.message
+      throw new PromError(`cannot reach Prometheus at ${this.base}: ${why}`, 2)
+    }
+    let parsed: ApiBody | undefined
+    const text = await res.text().catch(() => '')
+    try {
+      parsed = JSON.parse(text) as ApiBody
+    } catch {
+      parsed = undefined
+    }
+    if (!res.ok || parsed?.status !== 'success') {
+      const detail = parsed?.error ?? text.slice(0, 200).trim()
+      throw new PromError(
+        `Prometheus at ${this.base} answered HTTP ${res.status}${detail ? `: ${detail}` : ''} (query: ${promql})`,
+        2,
+      )
+    }
+    const data = parsed.data
+    if (data?.resultType !== 'vector' || !Array.isArray(data.result))
+      throw new PromError(`Prometheus at ${this.base} answered an unexpected ${data?.resultType} result`, 2)
+    return data.result
+      .map((r) => ({ labels: r.metric, value: Number(r.value[1]) }))
+      .filter((s) => !Number.isNaN(s.value))
+  }
+}
+
+/**
+ * Increase of a counter over the window at the evaluation time, counting a series born inside the window
+ * from 0 (Prometheus's increase() loses a new series' first value, which is most of a short-lived caller).
+ * A counter reset (sidecar restart) inside the window counts as its last value.
+ */
+export function windowIncrease(selector: string, window: string): string {
+  const last = `last_over_time(${selector}[${window}])`
+  return `((${last} - ${selector} offset ${window}) >= 0 or ${last})`
+}
+
+/** Seconds since the epoch → `2026-01-02T03:04:05Z`; undefined for a missing or non-finite value. */
+export function isoSeconds(s: number | undefined): string | undefined {
+  if (s === undefined || !Number.isFinite(s) || s <= 0) return undefined
+  return new Date(Math.round(s) * 1000).toISOString().replace('.000Z', 'Z')
+}
+
+/** A whole number of seconds as "3d4h", "5m", "12s" (the largest two units). */
+export function humanSeconds(total: number): string {
+  let s = Math.max(0, Math.round(total))
+  const parts: string[] = []
+  for (const [unit, size] of [
+    ['d', 86_400],
+    ['h', 3_600],
+    ['m', 60],
+    ['s', 1],
+  ] as const) {
+    if (s >= size || (unit === 's' && parts.length === 0)) {
+      parts.push(`${Math.floor(s / size)}${unit}`)
+      s %= size
+    }
+  }
+  return parts.slice(0, 2).join('')
+}
+
+/** Left-aligned columns separated by two spaces; the first row is the header. */
+export function renderTable(rows: string[][]): string[] {
+  const widths: number[] = []
+  for (const row of rows) {
+    for (const [i, cell] of row.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length)
+  }
+  return rows.map((row) =>
+    row
+      .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd(),
+  )
+}
+
+/** One RFC 4180 field; a value a spreadsheet would run as a formula gets a leading apostrophe. */
+export function csvField(value: string): string {
+  const safe = /^[=+\-@\t\r]/.test(value) ? `'${value}` : value
+  return /[",\r\n]/.test(safe) ? `"${safe.replaceAll('"', '""')}"` : safe
+}
+
+/** Requests counted as errors in `inventory` and `fleet`: 5xx, 401 and 403 (as the job failure metric). */
+export const ERROR_CODES = '5..|401|403'
