@@ -43,7 +43,10 @@ export function requiredLiteral(pattern: string): string {
       else if (depth === 0) run += n
       continue
     }
-    if (c === '|') return depth === 0 ? '' : best
+    if (c === '|') {
+      if (depth === 0) return ''
+      continue
+    }
     if (c === '[') {
       end()
       for (i++; i < pattern.length && pattern[i] !== ']'; i++) if (pattern[i] === '\\') i++
