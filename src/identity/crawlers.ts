@@ -17,6 +17,8 @@ export interface CrawlerMatch {
 interface Compiled {
   re: RegExp
   ai: boolean
+  /** lower-cased text every match contains ('' when unknown): a cheap includes() before the RegExp */
+  literal: string
 }
 
 export const CRAWLER_DATA_VERSION: string = data.version
@@ -85,11 +87,10 @@ const unindexed: number[] = []
 
 for (const [pattern, ai] of data.patterns as [string, number][]) {
   // AI-tagged entries first, so a user agent that names an AI crawler and another bot is the AI crawler
-  compiled.push({ re: new RegExp(pattern), ai: ai === 1 })
+  compiled.push({ re: new RegExp(pattern), ai: ai === 1, literal: requiredLiteral(pattern).toLowerCase() })
 }
 compiled.sort((a, b) => Number(b.ai) - Number(a.ai))
-compiled.forEach(({ re }, i) => {
-  const literal = requiredLiteral(re.source).toLowerCase()
+compiled.forEach(({ literal }, i) => {
   if (literal.length < GRAM) {
     unindexed.push(i)
     return
@@ -100,6 +101,9 @@ compiled.forEach(({ re }, i) => {
   else byGram.set(gram, [i])
 })
 
+const tried = new Uint32Array(compiled.length)
+let epoch = 0
+
 /** patterns tried on every lookup because they have no literal text to index them by */
 export const UNINDEXED_PATTERNS = unindexed.length
 export const CRAWLER_PATTERNS = compiled.length
@@ -109,9 +113,17 @@ export function findCrawler(ua: string): CrawlerMatch | undefined {
   const lower = ua.toLowerCase()
   let best = Number.POSITIVE_INFINITY
   let hit: RegExpExecArray | null = null
+  // each pattern runs at most once per lookup, however often its literal recurs in the user agent
+  if (++epoch === 0xffffffff) {
+    tried.fill(0)
+    epoch = 1
+  }
   const tryOne = (i: number) => {
-    if (i >= best) return
-    const m = compiled[i]!.re.exec(ua)
+    if (i >= best || tried[i] === epoch) return
+    tried[i] = epoch
+    const c = compiled[i]!
+    if (c.literal !== '' && !lower.includes(c.literal)) return
+    const m = c.re.exec(ua)
     if (m) {
       best = i
       hit = m
