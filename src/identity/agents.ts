@@ -4,12 +4,14 @@
 // it does list, which it does not record. Rows are tried in order, so a more specific token
 // (Applebot-Extended) comes before anything it contains.
 
+import type { UserAgentEvidence } from '../types.ts'
+
 /**
  * Why an agent calls: `training` collects data for models, `search` indexes for an AI search or answer
  * engine, `assistant` fetches a page because a person just asked, `coding` is a coding agent acting in a
  * developer's tools, `autonomous` is an agent acting on its own on a task.
  */
-export type AgentPurpose = 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
+export type AgentPurpose = NonNullable<UserAgentEvidence['purpose']>
 export const AGENT_PURPOSES: readonly AgentPurpose[] = [
   'training',
   'search',
