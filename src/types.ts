@@ -150,6 +150,10 @@ export interface UserAgentEvidence {
   category: UserAgentCategory
   /** short stable product name, e.g. "googlebot", "gptbot", "curl", "chrome" */
   product: string
+  /** known AI agents only: who runs it, e.g. "OpenAI" */
+  operator?: string
+  /** known AI agents only: training | search | assistant | coding | autonomous */
+  purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
 }
 
 export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | UserAgentEvidence

@@ -25,7 +25,7 @@ t.test('every listed AI agent is covered by the fixture table', async (t) => {
   const seen = new Set(USER_AGENTS.filter((c) => c.category === 'agent').map((c) => c.product))
   for (const a of KNOWN_AGENTS) t.ok(seen.has(a.product), `fixture has ${a.product}`)
   t.equal(new Set(KNOWN_AGENTS.map((a) => a.product)).size, KNOWN_AGENTS.length, 'products are unique')
-  t.equal(findAgent('Applebot-Extended')?.vendor, 'Apple')
+  t.equal(findAgent('Applebot-Extended')?.operator, 'Apple')
   t.equal(findAgent('Mozilla/5.0 (compatible; Googlebot/2.1)'), undefined)
 })
 

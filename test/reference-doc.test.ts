@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
+import { AGENT_PURPOSES } from '../src/identity/agents.ts'
 import { ANOMALY_TYPES, FAILURE_REASONS } from '../src/types.ts'
 import { ROOT } from './helpers/sidecar.ts'
 
@@ -59,4 +60,9 @@ t.test('every CLI command and admin endpoint is documented', async (t) => {
   const paths = [...source('src/admin/server.ts').matchAll(/case '(\/[a-z]*)'/g)].map((m) => m[1]!)
   t.ok(paths.length >= 9, `${paths.length} admin paths`)
   for (const path of paths) t.ok(named(path), `admin path ${path}`)
+})
+
+t.test('every AI-agent purpose and attribute is documented', async (t) => {
+  for (const purpose of AGENT_PURPOSES) t.ok(named(purpose), `agent purpose ${purpose}`)
+  for (const attribute of ['agent_operator', 'agent_purpose']) t.ok(named(attribute), attribute)
 })

@@ -60,7 +60,9 @@ export function renderExplain(r: ExplainReport): string[] {
     any = true
   }
   if (ev.useragent && ev.useragent.ua !== '') {
-    lines.push(`  useragent  ${ev.useragent.category} product=${ev.useragent.product}`)
+    const ua = ev.useragent
+    const agent = `${ua.operator ? ` operator=${ua.operator}` : ''}${ua.purpose ? ` purpose=${ua.purpose}` : ''}`
+    lines.push(`  useragent  ${ua.category} product=${ua.product}${agent}`)
     any = true
   }
   for (const f of ev.failures) {

@@ -1,9 +1,12 @@
-// User agent → category (browser | bot | agent | unknown) and a short product name. Known AI agents are
-// data (agents.ts) and win; bots, crawlers, HTTP libraries and probes come from the isbot library.
+// User agent → category (browser | bot | agent | unknown) and a short product name. The local overlay of
+// AI agents (agents.ts, with operator and purpose) wins; then the maintained crawler corpus (crawlers.ts:
+// entries tagged ai-crawler are agents, the rest bots); then the isbot library for bots, HTTP libraries and
+// probes the corpus does not list. Results are cached per user agent string.
 import { isbot, isbotMatch } from 'isbot'
 import { LRUCache } from 'lru-cache'
 import type { Extractor, UserAgentCategory, UserAgentEvidence } from '../types.ts'
-import { findAgent } from './agents.ts'
+import { type AgentPurpose, findAgent } from './agents.ts'
+import { findCrawler } from './crawlers.ts'
 
 /** Longer user agents are classified by their first 512 characters. */
 export const MAX_UA_LENGTH = 512
@@ -27,14 +30,44 @@ const LEADING_PRODUCT_RE = /^([A-Za-z][A-Za-z0-9-]*)/
 /** a program announcing itself as "name/version", which isbot leaves alone when comments follow */
 const PROGRAM_RE = /^[A-Za-z][A-Za-z0-9._-]*\/v?\d/
 
-function evidence(ua: string, category: UserAgentCategory, product: string): UserAgentEvidence {
+/** Words in a crawler's user agent that never name it. */
+const NOT_A_NAME = new Set([
+  'mozilla',
+  'compatible',
+  'http',
+  'https',
+  'www',
+  'windows',
+  'linux',
+  'macintosh',
+  'applewebkit',
+  'khtml',
+  'like',
+  'gecko',
+  'chrome',
+  'safari',
+  'mobile',
+  'version',
+])
+const WORD_RE = /[A-Za-z][A-Za-z0-9-]*/g
+
+function evidence(
+  ua: string,
+  category: UserAgentCategory,
+  product: string,
+  operator?: string,
+  purpose?: AgentPurpose,
+): UserAgentEvidence {
+  const ev: UserAgentEvidence = { source: 'useragent', verified: false, ua, category, product }
+  if (operator) ev.operator = operator
+  if (purpose) ev.purpose = purpose
   // cached and shared between requests, so nobody may change it
-  return Object.freeze({ source: 'useragent', verified: false, ua, category, product }) as UserAgentEvidence
+  return Object.freeze(ev)
 }
 
 /** The word around isbot's match, e.g. "Google" in "Googlebot/2.1" → "googlebot". */
-function productAround(ua: string, fragment: string | null): string {
-  let at = fragment ? ua.indexOf(fragment) : -1
+function productAround(ua: string, fragment: string | null, from = 0): string {
+  let at = fragment ? ua.indexOf(fragment, from) : -1
   if (at < 0) at = 0
   let start = at
   while (start > 0 && TOKEN_CHAR_RE.test(ua[start - 1]!)) start--
@@ -54,9 +87,32 @@ function botProduct(ua: string): string {
   return productAround(ua, isbotMatch(ua))
 }
 
+/**
+ * The product token inside a corpus match, widened to the whole word of the user agent: "bingbot" in
+ * "Mozilla/5.0 (compatible; bingbot/2.0)", never "mozilla" or "compatible".
+ */
+function crawlerProduct(ua: string, index: number, text: string): string | undefined {
+  // a pattern that matched the crawler's info URL ("yandex.com/bots") names it poorly: the bot word wins
+  if (/\.[A-Za-z]{2}/.test(text) || /:\/\/\S*$/.test(ua.slice(0, index))) {
+    const named = botProduct(ua)
+    if (named !== 'bot' && !NOT_A_NAME.has(named)) return named
+  }
+  for (const w of text.matchAll(WORD_RE)) {
+    if (NOT_A_NAME.has(w[0].toLowerCase())) continue
+    const name = productAround(ua, ua.slice(index + w.index, index + w.index + w[0].length), index + w.index)
+    if (!NOT_A_NAME.has(name)) return name
+  }
+  return undefined
+}
+
 function classify(ua: string): UserAgentEvidence {
   const agent = findAgent(ua)
-  if (agent) return evidence(ua, 'agent', agent.product)
+  if (agent) return evidence(ua, 'agent', agent.product, agent.operator, agent.purpose)
+  const crawler = findCrawler(ua)
+  if (crawler) {
+    const product = crawlerProduct(ua, crawler.index, crawler.text) ?? botProduct(ua)
+    return evidence(ua, crawler.ai ? 'agent' : 'bot', product)
+  }
   if (isbot(ua) || (!ua.startsWith('Mozilla/') && PROGRAM_RE.test(ua)))
     return evidence(ua, 'bot', botProduct(ua))
   if (ua.startsWith('Mozilla/') && ENGINE_RE.test(ua)) {

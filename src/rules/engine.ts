@@ -480,6 +480,8 @@ function evidenceAttributes(ev: EvidenceSet): Record<string, string> {
   if (ev.useragent && ev.useragent.ua !== '') {
     a['ua_product'] = ev.useragent.product
     a['ua_category'] = ev.useragent.category
+    if (ev.useragent.operator) a['agent_operator'] = ev.useragent.operator
+    if (ev.useragent.purpose) a['agent_purpose'] = ev.useragent.purpose
   }
   return a
 }

@@ -22,6 +22,9 @@ export interface AuditRecord {
   iss?: string
   sub?: string
   jti?: string
+  /** a known AI agent's operator and purpose (from its user agent) */
+  agent_operator?: string
+  agent_purpose?: string
   client_address: string
   method: string
   path: string
@@ -95,6 +98,8 @@ export function toAuditRecord(event: RequestEvent): AuditRecord {
     iss: attrs['iss'],
     sub: attrs['sub'],
     jti: attrs['jti'],
+    agent_operator: attrs['agent_operator'],
+    agent_purpose: attrs['agent_purpose'],
     client_address: event.clientAddress,
     method: event.method,
     path: event.path,
@@ -137,7 +142,7 @@ const opt = (key: string, value: string | undefined) =>
 interface IdentityText {
   /** "identity" … "zone" */
   head: string
-  /** "iss", "sub", "jti" */
+  /** "iss", "sub", "jti", "agent_operator", "agent_purpose" */
   claims: string
 }
 const identityTexts = new WeakMap<Identity, IdentityText>()
@@ -150,7 +155,9 @@ function identityText(id: Identity): IdentityText {
       head: flattened(
         `"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)}`,
       ),
-      claims: flattened(`${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}`),
+      claims: flattened(
+        `${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}${opt('agent_operator', attrs['agent_operator'])}${opt('agent_purpose', attrs['agent_purpose'])}`,
+      ),
     }
     identityTexts.set(id, text)
   }

@@ -19,6 +19,10 @@ export interface JobStatus {
 export interface IdentityRow
   extends Pick<Identity, 'name' | 'kind' | 'source' | 'verified' | 'team' | 'zone' | 'rule'> {
   overflow: boolean
+  /** a known AI agent's operator, e.g. "OpenAI" */
+  operator?: string
+  /** a known AI agent's purpose: training | search | assistant | coding | autonomous */
+  purpose?: string
   requests: number
   errors: number
   /** requests per second over the last minute */
@@ -81,6 +85,8 @@ function toRow(e: IdentityEntry, now: number): IdentityRow {
     zone: e.zone,
     rule: e.rule,
     overflow: e.overflow,
+    operator: e.operator,
+    purpose: e.purpose,
     requests: e.requests,
     errors: e.errors,
     rps: round(window.perSecond),

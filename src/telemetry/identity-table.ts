@@ -53,6 +53,9 @@ export interface IdentityEntry {
   team?: string
   zone?: string
   rule?: string
+  /** a known AI agent's operator and purpose, from its user agent */
+  operator?: string
+  purpose?: string
   /** unix ms */
   firstSeen: number
   lastSeen: number
@@ -107,6 +110,8 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     team: undefined,
     zone: undefined,
     rule: undefined,
+    operator: undefined,
+    purpose: undefined,
     firstSeen: now,
     lastSeen: now,
     expiresAt: undefined,
@@ -229,6 +234,8 @@ export class IdentityTable {
       entry.team = identity.team
       entry.zone = identity.zone
       entry.rule = identity.rule
+      entry.operator = identity.attributes['agent_operator']
+      entry.purpose = identity.attributes['agent_purpose']
       entry.expiresAt = identity.expiresAt
       entry.expectEveryMs = identity.expectEveryMs
     }
