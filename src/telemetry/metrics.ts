@@ -35,6 +35,8 @@ export interface MetricsOptions {
   table: IdentityTable
   /** audit lines dropped because the audit output stalled (read at scrape time) */
   auditLinesDropped?: () => number
+  /** OTLP span export counts, undefined while export is off (read at scrape time) */
+  otlpSpans?: () => { exported: number; queueFull: number; exportFailed: number } | undefined
 }
 
 export interface Scrape {
@@ -67,6 +69,11 @@ const AUDIT_DROPPED = counter(
   'nhi_audit_dropped_lines',
   'Audit lines dropped because the audit output fell too far behind (a stalled stdout or disk)',
 )
+const OTLP_EXPORTED = counter('nhi_otlp_spans_exported', 'Spans the OTLP collector accepted')
+const OTLP_DROPPED = counter(
+  'nhi_otlp_spans_dropped',
+  'Spans not exported: queue_full (the export queue was full: collector slow or down) or export_failed (retries exhausted)',
+)
 const IDENTITIES = gauge('nhi_identities', 'Identities currently tracked, by kind')
 const LAST_SEEN = gauge('nhi_identity_last_seen_timestamp_seconds', 'Last request of an identity')
 const EXPIRY = gauge(
@@ -94,6 +101,7 @@ export class Metrics {
   private readonly buckets: Buckets
   private overflowSeries: CounterSeries
   private readonly auditLinesDropped: () => number
+  private readonly otlpSpans: NonNullable<MetricsOptions['otlpSpans']>
 
   private readonly authFailures = new CounterFamily(
     counter('nhi_auth_failures', 'Presented credentials that did not check out'),
@@ -149,6 +157,7 @@ export class Metrics {
     this.table = opts.table
     this.buckets = new Buckets(opts.buckets)
     this.auditLinesDropped = opts.auditLinesDropped ?? (() => 0)
+    this.otlpSpans = opts.otlpSpans ?? (() => undefined)
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
     this.configLastSuccess.set([], 0)
@@ -313,6 +322,16 @@ export class Metrics {
 
     writeHeader(out, AUDIT_DROPPED, om)
     writeSample(out, `${AUDIT_DROPPED.name}_total`, this.serviceLabel, this.auditLinesDropped())
+
+    const otlp = this.otlpSpans()
+    if (otlp) {
+      writeHeader(out, OTLP_EXPORTED, om)
+      writeSample(out, `${OTLP_EXPORTED.name}_total`, this.serviceLabel, otlp.exported)
+      writeHeader(out, OTLP_DROPPED, om)
+      const dropped = `${OTLP_DROPPED.name}_total`
+      writeSample(out, dropped, `${this.serviceLabel},reason="queue_full"`, otlp.queueFull)
+      writeSample(out, dropped, `${this.serviceLabel},reason="export_failed"`, otlp.exportFailed)
+    }
 
     writeHeader(out, IDENTITIES, om)
     const kinds = new Map<Kind, number>()
