@@ -56,6 +56,7 @@ t.test('a request across two sidecars is one trace: two server spans, parent and
   const sidecarB = await startTestSidecar(
     t,
     {
+      timeouts: { drainDelay: 0 },
       service: 'orders',
       upstream: appB.url,
       apiKeys: { keys: [{ name: 'billing', kind: 'service', sha256: sha256(API_KEY) }] },
@@ -93,6 +94,7 @@ t.test('a request across two sidecars is one trace: two server spans, parent and
   const sidecarA = await startTestSidecar(
     t,
     {
+      timeouts: { drainDelay: 0 },
       service: 'billing',
       upstream: url(appA.address() as AddressInfo),
       otlp: { endpoint: collector.url, scheduledDelay: '100ms' },
@@ -177,6 +179,7 @@ t.test('anomalies and credential failures are span events; 5xx is an error statu
   const sidecar = await startTestSidecar(
     t,
     {
+      timeouts: { drainDelay: 0 },
       service: 'orders',
       upstream: app.url,
       apiKeys: { keys: [{ name: 'billing', kind: 'service', sha256: sha256(API_KEY) }] },
@@ -212,6 +215,7 @@ t.test('collector down: traffic is not slowed, lost spans are counted', async (t
   const sidecar = await startTestSidecar(
     t,
     {
+      timeouts: { drainDelay: 0 },
       service: 'orders',
       upstream: app.url,
       otlp: {
