@@ -183,7 +183,7 @@ t.test('anomalies and credential failures are span events; 5xx is an error statu
       service: 'orders',
       upstream: app.url,
       apiKeys: { keys: [{ name: 'billing', kind: 'service', sha256: sha256(API_KEY) }] },
-      otlp: { endpoint: collector.url, scheduledDelay: '50ms' },
+      otlp: { endpoint: collector.url, scheduledDelay: '50ms', logs: true },
     },
     { env: CLEAN_OTEL_ENV },
   )
@@ -201,6 +201,32 @@ t.test('anomalies and credential failures are span events; 5xx is an error statu
     ),
   )
   t.notOk(dump(span).includes('not-a-known-key-42'), 'the presented key is in no attribute')
+
+  // otlp.logs: the audit record as a log record in the same trace
+  const [log] = await eventually(() => (collector.logs.length > 0 ? collector.logs : undefined), {
+    what: 'the audit log record',
+  })
+  t.equal(log!.eventName, 'nhi.audit')
+  t.equal(log!.service, 'orders')
+  t.equal(log!.traceId, span!.traceId)
+  t.equal(log!.spanId, span!.spanId)
+  t.equal(log!.severityText, 'WARN')
+  t.match(log!.body, {
+    trace_id: span!.traceId,
+    status: 503,
+    source: 'anonymous',
+    failures: [{ reason: 'apikey_unknown' }],
+  })
+  t.match(log!.attributes, {
+    'nhi.identity': span!.attributes['nhi.identity'],
+    'http.response.status_code': 503,
+  })
+  t.notOk(JSON.stringify(log).includes('not-a-known-key-42'), 'the presented key is in no log field')
+  const samples = await eventually(async () => {
+    const s = await scrape(url(sidecar.adminAddress))
+    return metricValue(s, 'nhi_otlp_log_records_exported_total') >= 1 ? s : undefined
+  })
+  t.equal(metricValue(samples, 'nhi_otlp_log_records_dropped_total'), 0)
 })
 
 t.test('collector down: traffic is not slowed, lost spans are counted', async (t) => {

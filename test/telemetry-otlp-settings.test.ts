@@ -51,3 +51,17 @@ t.test('OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER=none turn it off', async (t) 
 t.test('only http(s) endpoints are accepted in the config', async (t) => {
   t.notOk(configSchema.safeParse({ otlp: { endpoint: 'collector:4317' } }).success)
 })
+
+t.test('audit log records: otlp.logs, or OTEL_LOGS_EXPORTER which wins', async (t) => {
+  const on = config({ endpoint: 'http://collector:4318', logs: true })
+  const off = config({ endpoint: 'http://collector:4318' })
+  t.equal(otlpSettings(off, {})?.logs, undefined, 'off by default')
+  t.same(otlpSettings(on, {})?.logs, { url: 'http://collector:4318/v1/logs' })
+  t.same(otlpSettings(off, { OTEL_LOGS_EXPORTER: 'otlp' })?.logs, { url: 'http://collector:4318/v1/logs' })
+  t.equal(otlpSettings(on, { OTEL_LOGS_EXPORTER: 'none' })?.logs, undefined)
+  t.same(
+    otlpSettings(on, { OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: 'http://logs:4318/v1/logs' })?.logs,
+    {},
+    'the exporter reads the endpoint variable itself',
+  )
+})

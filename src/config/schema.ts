@@ -327,6 +327,10 @@ export const configSchema = z.strictObject({
         'OTLP/HTTP (protobuf) collector base URL, e.g. http://otel-collector:4318; spans go to <endpoint>/v1/traces. ' +
           'Setting it (or OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, which win) turns trace export on',
       ),
+      logs: described(
+        z._default(z.boolean(), false),
+        "also send each request's audit record as an OTLP log record to <endpoint>/v1/logs (OTEL_LOGS_EXPORTER=otlp|none wins)",
+      ),
       timeout: described(
         z._default(duration, 10_000),
         'deadline of one export, retries with backoff included (OTEL_EXPORTER_OTLP_TIMEOUT wins)',

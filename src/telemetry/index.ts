@@ -82,6 +82,7 @@ export class Telemetry implements Recorder {
       table: this.table,
       auditLinesDropped: () => this.audit.linesDropped,
       otlpSpans: () => this.otlp?.counts,
+      otlpLogs: () => this.otlp?.logCounts,
     })
     this.audit = new AuditLog(config.audit, opts.audit)
     this.live = new LiveFeed({ ...liveLimits(config), ...opts.live })

@@ -36,7 +36,15 @@ export interface MetricsOptions {
   /** audit lines dropped because the audit output stalled (read at scrape time) */
   auditLinesDropped?: () => number
   /** OTLP span export counts, undefined while export is off (read at scrape time) */
-  otlpSpans?: () => { exported: number; queueFull: number; exportFailed: number } | undefined
+  otlpSpans?: () => OtlpCounts | undefined
+  /** the same for audit log records, undefined while log export is off */
+  otlpLogs?: () => OtlpCounts | undefined
+}
+
+interface OtlpCounts {
+  exported: number
+  queueFull: number
+  exportFailed: number
 }
 
 export interface Scrape {
@@ -74,6 +82,14 @@ const OTLP_DROPPED = counter(
   'nhi_otlp_spans_dropped',
   'Spans not exported: queue_full (the export queue was full: collector slow or down) or export_failed (retries exhausted)',
 )
+const OTLP_LOGS_EXPORTED = counter(
+  'nhi_otlp_log_records_exported',
+  'Audit log records the OTLP collector accepted',
+)
+const OTLP_LOGS_DROPPED = counter(
+  'nhi_otlp_log_records_dropped',
+  'Audit log records not exported: queue_full or export_failed (as for spans)',
+)
 const IDENTITIES = gauge('nhi_identities', 'Identities currently tracked, by kind')
 const LAST_SEEN = gauge('nhi_identity_last_seen_timestamp_seconds', 'Last request of an identity')
 const EXPIRY = gauge(
@@ -102,6 +118,7 @@ export class Metrics {
   private overflowSeries: CounterSeries
   private readonly auditLinesDropped: () => number
   private readonly otlpSpans: NonNullable<MetricsOptions['otlpSpans']>
+  private readonly otlpLogs: NonNullable<MetricsOptions['otlpLogs']>
 
   private readonly authFailures = new CounterFamily(
     counter('nhi_auth_failures', 'Presented credentials that did not check out'),
@@ -158,6 +175,7 @@ export class Metrics {
     this.buckets = new Buckets(opts.buckets)
     this.auditLinesDropped = opts.auditLinesDropped ?? (() => 0)
     this.otlpSpans = opts.otlpSpans ?? (() => undefined)
+    this.otlpLogs = opts.otlpLogs ?? (() => undefined)
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
     this.configLastSuccess.set([], 0)
@@ -165,6 +183,26 @@ export class Metrics {
   }
 
   /** `service="…",identity="…"` plus escaped extra labels */
+  private writeOtlp(
+    out: string[],
+    om: boolean,
+    counts: OtlpCounts | undefined,
+    exported: FamilyInfo,
+    dropped: FamilyInfo,
+  ): void {
+    if (!counts) return
+    writeHeader(out, exported, om)
+    writeSample(out, `${exported.name}_total`, this.serviceLabel, counts.exported)
+    writeHeader(out, dropped, om)
+    writeSample(out, `${dropped.name}_total`, `${this.serviceLabel},reason="queue_full"`, counts.queueFull)
+    writeSample(
+      out,
+      `${dropped.name}_total`,
+      `${this.serviceLabel},reason="export_failed"`,
+      counts.exportFailed,
+    )
+  }
+
   private identityLabels(name: string, extra: string): string {
     return `${this.serviceLabel},identity="${escapeLabelValue(name)}"${extra}`
   }
@@ -323,15 +361,8 @@ export class Metrics {
     writeHeader(out, AUDIT_DROPPED, om)
     writeSample(out, `${AUDIT_DROPPED.name}_total`, this.serviceLabel, this.auditLinesDropped())
 
-    const otlp = this.otlpSpans()
-    if (otlp) {
-      writeHeader(out, OTLP_EXPORTED, om)
-      writeSample(out, `${OTLP_EXPORTED.name}_total`, this.serviceLabel, otlp.exported)
-      writeHeader(out, OTLP_DROPPED, om)
-      const dropped = `${OTLP_DROPPED.name}_total`
-      writeSample(out, dropped, `${this.serviceLabel},reason="queue_full"`, otlp.queueFull)
-      writeSample(out, dropped, `${this.serviceLabel},reason="export_failed"`, otlp.exportFailed)
-    }
+    this.writeOtlp(out, om, this.otlpSpans(), OTLP_EXPORTED, OTLP_DROPPED)
+    this.writeOtlp(out, om, this.otlpLogs(), OTLP_LOGS_EXPORTED, OTLP_LOGS_DROPPED)
 
     writeHeader(out, IDENTITIES, om)
     const kinds = new Map<Kind, number>()

@@ -13,6 +13,8 @@ export interface OtlpSettings {
   maxQueueSize: number
   maxExportBatchSize: number
   scheduledDelayMillis: number
+  /** the audit record as OTLP log records too; url undefined when the exporter reads it from OTEL_* */
+  logs?: { url?: string }
   /** service.name unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say otherwise */
   serviceName: string
 }
@@ -51,6 +53,16 @@ export function otlpSettings(config: Config, env: Env = process.env): OtlpSettin
     serviceName: config.service,
   }
   if (url !== undefined) settings.url = url
+  const logExporters = set(env, 'OTEL_LOGS_EXPORTER')
+  const logs = logExporters === undefined ? o.logs : logExporters.split(',').some((e) => e.trim() === 'otlp')
+  if (logs) {
+    const logsFromEnv =
+      set(env, 'OTEL_EXPORTER_OTLP_LOGS_ENDPOINT') ?? set(env, 'OTEL_EXPORTER_OTLP_ENDPOINT')
+    settings.logs =
+      logsFromEnv === undefined && o.endpoint !== undefined
+        ? { url: `${o.endpoint.replace(/\/+$/, '')}/v1/logs` }
+        : {}
+  }
   if (!envTimeout) settings.timeoutMillis = o.timeout
   return settings
 }

@@ -14,6 +14,8 @@ import {
   SpanStatusCode,
   trace,
 } from '@opentelemetry/api'
+import { type Logger, SeverityNumber } from '@opentelemetry/api-logs'
+import { OTLPLogExporter } from '@opentelemetry/exporter-logs-otlp-proto'
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto'
 import {
   defaultResource,
@@ -21,6 +23,7 @@ import {
   envDetector,
   resourceFromAttributes,
 } from '@opentelemetry/resources'
+import { BatchLogRecordProcessor, LoggerProvider } from '@opentelemetry/sdk-logs'
 import { BasicTracerProvider, BatchSpanProcessor, type IdGenerator } from '@opentelemetry/sdk-trace-base'
 import {
   ATTR_CLIENT_ADDRESS,
@@ -35,6 +38,7 @@ import {
   ATTR_URL_PATH,
 } from '@opentelemetry/semantic-conventions'
 import type { Recorder, RequestEvent } from '../types.ts'
+import { toAuditRecord } from './audit.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 
 export interface OtlpCounts {
@@ -46,8 +50,9 @@ export interface OtlpCounts {
   exportFailed: number
 }
 
-// the SDK's own self-observability counter (semantic conventions for OTel SDK metrics)
-const PROCESSED = 'otel.sdk.processor.span.processed'
+// the SDK's own self-observability counters (semantic conventions for OTel SDK metrics)
+const SPANS_PROCESSED = 'otel.sdk.processor.span.processed'
+const LOGS_PROCESSED = 'otel.sdk.processor.log.processed'
 
 /** The ids of the request being recorded: the SDK asks for them while the span starts. */
 class EventIds implements IdGenerator {
@@ -61,12 +66,12 @@ class EventIds implements IdGenerator {
   }
 }
 
-/** A meter that keeps the batch processor's span counts and ignores every other instrument. */
-function countingMeterProvider(counts: OtlpCounts): MeterProvider {
+/** A meter that keeps a batch processor's counts (spans or log records) and ignores every other instrument. */
+function countingMeterProvider(processed: string, counts: OtlpCounts): MeterProvider {
   const meter = createNoopMeter()
   const noopCounter = meter.createCounter.bind(meter)
   meter.createCounter = ((name: string, options?: object) => {
-    if (name !== PROCESSED) return noopCounter(name, options)
+    if (name !== processed) return noopCounter(name, options)
     const counter: Counter = {
       add(value: number, attributes?: Attributes) {
         const error = attributes?.[ATTR_ERROR_TYPE]
@@ -89,6 +94,10 @@ function hostAndPort(host: string): { address: string; port?: number } {
 
 export class OtlpRecorder implements Recorder {
   readonly counts: OtlpCounts = { exported: 0, queueFull: 0, exportFailed: 0 }
+  /** log records; undefined unless the audit record is exported too */
+  readonly logCounts: OtlpCounts | undefined
+  private readonly loggerProvider: LoggerProvider | undefined
+  private readonly logger: Logger | undefined
   private readonly ids = new EventIds()
   private readonly provider: BasicTracerProvider
   private readonly tracer: ReturnType<BasicTracerProvider['getTracer']>
@@ -104,7 +113,7 @@ export class OtlpRecorder implements Recorder {
       maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
       scheduledDelayMillis: settings.scheduledDelayMillis,
       exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
-      selfObsMeterProvider: countingMeterProvider(this.counts),
+      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, this.counts),
     } as ConstructorParameters<typeof BatchSpanProcessor>[1])
     // service.name: the config's service, unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name one
     const resource = defaultResource()
@@ -122,6 +131,28 @@ export class OtlpRecorder implements Recorder {
       spanProcessors: [processor],
     })
     this.tracer = this.provider.getTracer('nhi-proxy', version)
+    if (settings.logs) {
+      const logCounts: OtlpCounts = { exported: 0, queueFull: 0, exportFailed: 0 }
+      this.logCounts = logCounts
+      const logExporter = new OTLPLogExporter({
+        ...(settings.logs.url !== undefined ? { url: settings.logs.url } : {}),
+        ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
+      })
+      this.loggerProvider = new LoggerProvider({
+        resource,
+        processors: [
+          new BatchLogRecordProcessor({
+            exporter: logExporter,
+            maxQueueSize: settings.maxQueueSize,
+            maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
+            scheduledDelayMillis: settings.scheduledDelayMillis,
+            exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
+            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, logCounts),
+          }),
+        ],
+      })
+      this.logger = this.loggerProvider.getLogger('nhi-proxy.audit', version)
+    }
     this.shutdownTimeoutMs = Math.min(settings.timeoutMillis ?? 10_000, 5_000)
   }
 
@@ -178,6 +209,7 @@ export class OtlpRecorder implements Recorder {
       { kind: SpanKind.SERVER, startTime: event.time, attributes },
       parent,
     )
+    if (this.logger) this.emitAudit(this.logger, event, span.spanContext().traceFlags)
     if (!span.isRecording()) return
     for (const type of event.anomalies) span.addEvent('nhi.anomaly', { 'nhi.anomaly.type': type }, event.time)
     for (const f of event.failures) {
@@ -192,11 +224,48 @@ export class OtlpRecorder implements Recorder {
     span.end(event.time + event.durationMs)
   }
 
+  /**
+   * The audit record of the request as one log record (event name `nhi.audit`), in the request's trace
+   * (trace id and our hop's span id), with the identity attributes the span has. Every request, whatever
+   * audit.sample says: sampling belongs to the log pipeline here.
+   */
+  private emitAudit(logger: Logger, event: RequestEvent, traceFlags: number): void {
+    const { identity, decision } = event
+    const noteworthy = event.status >= 500 || event.upstreamError !== undefined || event.anomalies.length > 0
+    const attributes: Attributes = {
+      'nhi.identity': identity.name,
+      'nhi.kind': identity.kind,
+      'nhi.source': identity.source,
+      'nhi.verified': identity.verified,
+      'nhi.decision': decision.skipped ? 'none' : decision.decision,
+      [ATTR_HTTP_REQUEST_METHOD]: event.method,
+      [ATTR_URL_PATH]: event.path,
+      [ATTR_HTTP_RESPONSE_STATUS_CODE]: event.status,
+    }
+    if (identity.rule !== undefined) attributes['nhi.rule'] = identity.rule
+    logger.emit({
+      eventName: 'nhi.audit',
+      timestamp: event.time,
+      severityNumber: noteworthy ? SeverityNumber.WARN : SeverityNumber.INFO,
+      severityText: noteworthy ? 'WARN' : 'INFO',
+      body: JSON.parse(JSON.stringify(toAuditRecord(event))),
+      attributes,
+      context: trace.setSpanContext(ROOT_CONTEXT, {
+        traceId: event.traceId,
+        spanId: event.spanId,
+        traceFlags,
+      }),
+    })
+  }
+
   /** sends what is queued, bounded: a collector that is down must not hold up the shutdown */
   async close(): Promise<void> {
     let timer: NodeJS.Timeout | undefined
     await Promise.race([
-      this.provider.shutdown().catch(() => {}),
+      Promise.all([
+        this.provider.shutdown().catch(() => {}),
+        this.loggerProvider?.shutdown().catch(() => {}),
+      ]),
       new Promise<void>((done) => {
         timer = setTimeout(done, this.shutdownTimeoutMs)
         timer.unref()
