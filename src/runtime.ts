@@ -220,6 +220,14 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   await withTimeout(engine.start(), jwksStartTimeout)
   let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
 
+  try {
+    const target = await telemetry.startExport()
+    if (target !== undefined) log.info({ event: 'otlp_export', target }, 'exporting spans over OTLP')
+  } catch (err) {
+    // tracing is an output like any other: a broken exporter setup is reported, traffic is served
+    log.error({ event: 'otlp_export_failed', err: (err as Error).message }, 'OTLP export is off')
+  }
+
   const tls = await readTls(config, opts.tls)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,

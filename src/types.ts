@@ -212,7 +212,12 @@ export interface RequestEvent {
   /** unix ms at request start */
   time: number
   traceId: string
+  /** our hop's span id: the parent the upstream sees in `traceparent` */
   spanId: string
+  /** the caller's span id, when the request came with a valid `traceparent` */
+  parentSpanId?: string
+  /** W3C trace flags (2 hex) sent upstream; "01" = sampled */
+  traceFlags?: string
   requestId: string
   identity: Identity
   /** sha256 prefixes of presented credentials */
@@ -221,6 +226,8 @@ export interface RequestEvent {
   anomalies: AnomalyType[]
   decision: PolicyDecision
   clientAddress: string
+  /** the Host header (or :authority) the client addressed, when it sent one */
+  host?: string
   method: string
   path: string
   /** bounded route label: a configured template or "other" */

@@ -33,6 +33,8 @@ const SKIPPED: Record<string, string> = {
   'npm ci && npm start':
     'installs the dependencies (done before any test runs) and starts `nhi-proxy demo`, which this test and e2e-demo run',
   'npm test': 'the test suite itself',
+  'OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318 nhi-proxy run -c nhi-proxy.yaml':
+    'needs a collector at that address (otlp-export starts sidecars exporting to a real OTLP receiver)',
   'docker build -t registry.example.com/nhi-proxy:0.1.0 .':
     'needs a container engine (the image layout is staged and started by packaging-docker)',
   'docker push registry.example.com/nhi-proxy:0.1.0': 'needs a container engine and a registry',

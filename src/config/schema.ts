@@ -320,6 +320,36 @@ export const configSchema = z.strictObject({
     }),
     {},
   ),
+  otlp: z.prefault(
+    z.strictObject({
+      endpoint: described(
+        z.optional(z.string().check(z.regex(/^https?:\/\/[^\s]+$/, 'expected an http(s) URL'))),
+        'OTLP/HTTP (protobuf) collector base URL, e.g. http://otel-collector:4318; spans go to <endpoint>/v1/traces. ' +
+          'Setting it (or OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, which win) turns trace export on',
+      ),
+      logs: described(
+        z._default(z.boolean(), false),
+        "also send each request's audit record as an OTLP log record to <endpoint>/v1/logs (OTEL_LOGS_EXPORTER=otlp|none wins)",
+      ),
+      timeout: described(
+        z._default(duration, 10_000),
+        'deadline of one export, retries with backoff included (OTEL_EXPORTER_OTLP_TIMEOUT wins)',
+      ),
+      maxQueueSize: described(
+        z._default(positiveInt, 2048),
+        'finished spans waiting for export; beyond it spans are dropped and counted (OTEL_BSP_MAX_QUEUE_SIZE wins)',
+      ),
+      maxExportBatchSize: described(
+        z._default(positiveInt, 512),
+        'spans per export request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE wins)',
+      ),
+      scheduledDelay: described(
+        z._default(duration, 5_000),
+        'longest wait before a partial batch is sent (OTEL_BSP_SCHEDULE_DELAY, in ms, wins)',
+      ),
+    }),
+    {},
+  ),
   anomalies: z.prefault(
     z.strictObject({
       tokenSharedPeers: z._default(positiveInt, 3),

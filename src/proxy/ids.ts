@@ -35,6 +35,8 @@ export interface TraceContext {
   traceId: string
   /** the span id we send upstream (our hop) */
   spanId: string
+  /** the caller's span id from a valid incoming `traceparent` (the parent of our hop) */
+  parentSpanId?: string
   flags: string
   /** the incoming parent was valid, so `tracestate` may be kept */
   continued: boolean
@@ -60,7 +62,14 @@ export function traceContext(incoming: string | undefined): TraceContext {
       if (valid) {
         const spanId = newSpanId()
         const flags = m[4]!
-        return { traceId, spanId, flags, continued: true, traceparent: `00-${traceId}-${spanId}-${flags}` }
+        return {
+          traceId,
+          spanId,
+          parentSpanId: m[3]!,
+          flags,
+          continued: true,
+          traceparent: `00-${traceId}-${spanId}-${flags}`,
+        }
       }
     }
   }

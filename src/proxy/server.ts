@@ -135,6 +135,7 @@ class Exchange {
   recorded = false
   readonly trace: TraceContext
   readonly requestId: string
+  readonly host: string | undefined
 
   constructor(
     readonly conn: ConnectionInfo,
@@ -146,6 +147,7 @@ class Exchange {
     this.trace = traceContext(typeof tp === 'string' ? tp : undefined)
     const rid = headers['x-request-id']
     this.requestId = requestId(typeof rid === 'string' ? rid : undefined)
+    this.host = headers.host
   }
 
   applyForward(result: ForwardResult): void {
@@ -193,6 +195,9 @@ class Exchange {
       service: this.pipeline?.service ?? '',
     }
     if (this.upstreamError) event.upstreamError = this.upstreamError
+    if (this.trace.parentSpanId !== undefined) event.parentSpanId = this.trace.parentSpanId
+    if (this.trace.flags !== '01') event.traceFlags = this.trace.flags
+    if (this.host !== undefined) event.host = this.host
     return event
   }
 }

@@ -7,6 +7,8 @@ import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './i
 import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
 import { LiveFeed, type LiveLimits, type LiveOptions, type LiveStats } from './live.ts'
 import { type JwksObserver, Metrics, type Scrape } from './metrics.ts'
+import type { OtlpRecorder } from './otlp.ts'
+import { otlpSettings } from './otlp-settings.ts'
 import { ProcessMetrics } from './process-metrics.ts'
 
 export type { AuditQuery, AuditRecord } from './audit.ts'
@@ -63,9 +65,14 @@ export class Telemetry implements Recorder {
   private readonly process = new ProcessMetrics()
   private readonly sweeper: NodeJS.Timeout
   private recordErrors = 0
+  /** OTLP span export; undefined (and the SDK never loaded) while export is off */
+  private otlp: OtlpRecorder | undefined
+
+  private readonly version: string
 
   constructor(config: Config, opts: TelemetryOptions) {
     this.config = config
+    this.version = opts.version
     this.now = opts.now ?? Date.now
     this.table = new IdentityTable(tableLimits(config))
     this.metrics = new Metrics({
@@ -74,6 +81,8 @@ export class Telemetry implements Recorder {
       version: opts.version,
       table: this.table,
       auditLinesDropped: () => this.audit.linesDropped,
+      otlpSpans: () => this.otlp?.counts,
+      otlpLogs: () => this.otlp?.logCounts,
     })
     this.audit = new AuditLog(config.audit, opts.audit)
     this.live = new LiveFeed({ ...liveLimits(config), ...opts.live })
@@ -124,6 +133,7 @@ export class Telemetry implements Recorder {
     this.metrics.observe(entry, event, overflowed, cost, this.config.cost?.currency ?? 'USD')
     this.audit.record(event)
     this.live.publish(event)
+    this.otlp?.record(event)
   }
 
   private costOf(event: RequestEvent): number {
@@ -155,6 +165,18 @@ export class Telemetry implements Recorder {
     this.audit.reconfigure(config.audit)
     this.live.configure(liveLimits(config))
     this.config = config
+  }
+
+  /**
+   * Starts OTLP span export when the `otlp` block or OTEL_* variables ask for it (read once: a reload does
+   * not change it). Returns where spans go, or undefined when export is off. The SDK is loaded only then.
+   */
+  async startExport(env: Record<string, string | undefined> = process.env): Promise<string | undefined> {
+    const settings = otlpSettings(this.config, env)
+    if (!settings || this.otlp) return undefined
+    const { OtlpRecorder } = await import('./otlp.ts')
+    this.otlp = new OtlpRecorder(settings, this.version)
+    return settings.target
   }
 
   /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */
@@ -195,7 +217,7 @@ export class Telemetry implements Recorder {
     clearInterval(this.sweeper)
     this.process.stop()
     this.live.close()
-    await this.audit.close()
+    await Promise.all([this.audit.close(), this.otlp?.close()])
   }
 }
 

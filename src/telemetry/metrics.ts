@@ -35,6 +35,16 @@ export interface MetricsOptions {
   table: IdentityTable
   /** audit lines dropped because the audit output stalled (read at scrape time) */
   auditLinesDropped?: () => number
+  /** OTLP span export counts, undefined while export is off (read at scrape time) */
+  otlpSpans?: () => OtlpCounts | undefined
+  /** the same for audit log records, undefined while log export is off */
+  otlpLogs?: () => OtlpCounts | undefined
+}
+
+interface OtlpCounts {
+  exported: number
+  queueFull: number
+  exportFailed: number
 }
 
 export interface Scrape {
@@ -67,6 +77,19 @@ const AUDIT_DROPPED = counter(
   'nhi_audit_dropped_lines',
   'Audit lines dropped because the audit output fell too far behind (a stalled stdout or disk)',
 )
+const OTLP_EXPORTED = counter('nhi_otlp_spans_exported', 'Spans the OTLP collector accepted')
+const OTLP_DROPPED = counter(
+  'nhi_otlp_spans_dropped',
+  'Spans not exported: queue_full (the export queue was full: collector slow or down) or export_failed (retries exhausted)',
+)
+const OTLP_LOGS_EXPORTED = counter(
+  'nhi_otlp_log_records_exported',
+  'Audit log records the OTLP collector accepted',
+)
+const OTLP_LOGS_DROPPED = counter(
+  'nhi_otlp_log_records_dropped',
+  'Audit log records not exported: queue_full or export_failed (as for spans)',
+)
 const IDENTITIES = gauge('nhi_identities', 'Identities currently tracked, by kind')
 const LAST_SEEN = gauge('nhi_identity_last_seen_timestamp_seconds', 'Last request of an identity')
 const EXPIRY = gauge(
@@ -94,6 +117,8 @@ export class Metrics {
   private readonly buckets: Buckets
   private overflowSeries: CounterSeries
   private readonly auditLinesDropped: () => number
+  private readonly otlpSpans: NonNullable<MetricsOptions['otlpSpans']>
+  private readonly otlpLogs: NonNullable<MetricsOptions['otlpLogs']>
 
   private readonly authFailures = new CounterFamily(
     counter('nhi_auth_failures', 'Presented credentials that did not check out'),
@@ -149,10 +174,32 @@ export class Metrics {
     this.table = opts.table
     this.buckets = new Buckets(opts.buckets)
     this.auditLinesDropped = opts.auditLinesDropped ?? (() => 0)
+    this.otlpSpans = opts.otlpSpans ?? (() => undefined)
+    this.otlpLogs = opts.otlpLogs ?? (() => undefined)
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
     this.configLastSuccess.set([], 0)
     this.buildInfo.set([opts.version, process.version], 1)
+  }
+
+  private writeOtlp(
+    out: string[],
+    om: boolean,
+    counts: OtlpCounts | undefined,
+    exported: FamilyInfo,
+    dropped: FamilyInfo,
+  ): void {
+    if (!counts) return
+    writeHeader(out, exported, om)
+    writeSample(out, `${exported.name}_total`, this.serviceLabel, counts.exported)
+    writeHeader(out, dropped, om)
+    writeSample(out, `${dropped.name}_total`, `${this.serviceLabel},reason="queue_full"`, counts.queueFull)
+    writeSample(
+      out,
+      `${dropped.name}_total`,
+      `${this.serviceLabel},reason="export_failed"`,
+      counts.exportFailed,
+    )
   }
 
   /**
@@ -317,6 +364,9 @@ export class Metrics {
 
     writeHeader(out, AUDIT_DROPPED, om)
     writeSample(out, `${AUDIT_DROPPED.name}_total`, this.serviceLabel, this.auditLinesDropped())
+
+    this.writeOtlp(out, om, this.otlpSpans(), OTLP_EXPORTED, OTLP_DROPPED)
+    this.writeOtlp(out, om, this.otlpLogs(), OTLP_LOGS_EXPORTED, OTLP_LOGS_DROPPED)
 
     writeHeader(out, IDENTITIES, om)
     const kinds = new Map<Kind, number>()

@@ -1,0 +1,276 @@
+// OTLP trace export (docs/reference.md "OpenTelemetry export"): one SERVER span per finished request, built
+// from the RequestEvent with the OpenTelemetry SDK and sent in batches over OTLP/HTTP (protobuf).
+// The span is our hop: its trace id and span id are the ones the upstream receives in `traceparent`, its
+// parent is the caller's span from the incoming `traceparent`. Loaded only when export is on.
+// Never blocks a request: spans wait in the batch processor's bounded queue, which drops (and counts) when
+// the collector is slow or down; the exporter retries with backoff within its timeout.
+import {
+  type Attributes,
+  type Counter,
+  createNoopMeter,
+  type MeterProvider,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+} from '@opentelemetry/api'
+import { type Logger, SeverityNumber } from '@opentelemetry/api-logs'
+import { OTLPLogExporter } from '@opentelemetry/exporter-logs-otlp-proto'
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto'
+import {
+  defaultResource,
+  detectResources,
+  envDetector,
+  resourceFromAttributes,
+} from '@opentelemetry/resources'
+import { BatchLogRecordProcessor, LoggerProvider } from '@opentelemetry/sdk-logs'
+import { BasicTracerProvider, BatchSpanProcessor, type IdGenerator } from '@opentelemetry/sdk-trace-base'
+import {
+  ATTR_CLIENT_ADDRESS,
+  ATTR_ERROR_TYPE,
+  ATTR_HTTP_REQUEST_METHOD,
+  ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_HTTP_ROUTE,
+  ATTR_SERVER_ADDRESS,
+  ATTR_SERVER_PORT,
+  ATTR_SERVICE_NAME,
+  ATTR_SERVICE_VERSION,
+  ATTR_URL_PATH,
+} from '@opentelemetry/semantic-conventions'
+import type { Recorder, RequestEvent } from '../types.ts'
+import { toAuditRecord } from './audit.ts'
+import type { OtlpSettings } from './otlp-settings.ts'
+
+export interface OtlpCounts {
+  /** spans the collector accepted */
+  exported: number
+  /** spans dropped because the queue was full (collector slow or down) */
+  queueFull: number
+  /** spans dropped because their export failed after the exporter's retries */
+  exportFailed: number
+}
+
+// the SDK's own self-observability counters (semantic conventions for OTel SDK metrics)
+const SPANS_PROCESSED = 'otel.sdk.processor.span.processed'
+const LOGS_PROCESSED = 'otel.sdk.processor.log.processed'
+
+/** The ids of the request being recorded: the SDK asks for them while the span starts. */
+class EventIds implements IdGenerator {
+  traceId = ''
+  spanId = ''
+  generateTraceId(): string {
+    return this.traceId
+  }
+  generateSpanId(): string {
+    return this.spanId
+  }
+}
+
+/** A meter that keeps a batch processor's counts (spans or log records) and ignores every other instrument. */
+function countingMeterProvider(processed: string, counts: OtlpCounts): MeterProvider {
+  const meter = createNoopMeter()
+  const noopCounter = meter.createCounter.bind(meter)
+  meter.createCounter = ((name: string, options?: object) => {
+    if (name !== processed) return noopCounter(name, options)
+    const counter: Counter = {
+      add(value: number, attributes?: Attributes) {
+        const error = attributes?.[ATTR_ERROR_TYPE]
+        if (error === undefined) counts.exported += value
+        else if (error === 'queue_full') counts.queueFull += value
+        else counts.exportFailed += value
+      },
+    }
+    return counter
+  }) as typeof meter.createCounter
+  return { getMeter: () => meter }
+}
+
+function hostAndPort(host: string): { address: string; port?: number } {
+  const m = /^(\[[^\]]*\]|[^:]*)(?::(\d{1,5}))?$/.exec(host)
+  if (!m) return { address: host }
+  const address = m[1]!.startsWith('[') ? m[1]!.slice(1, -1) : m[1]!
+  return m[2] === undefined ? { address } : { address, port: Number(m[2]) }
+}
+
+export class OtlpRecorder implements Recorder {
+  readonly counts: OtlpCounts = { exported: 0, queueFull: 0, exportFailed: 0 }
+  /** log records; undefined unless the audit record is exported too */
+  readonly logCounts: OtlpCounts | undefined
+  private readonly loggerProvider: LoggerProvider | undefined
+  private readonly logger: Logger | undefined
+  private readonly ids = new EventIds()
+  private readonly provider: BasicTracerProvider
+  private readonly tracer: ReturnType<BasicTracerProvider['getTracer']>
+  private readonly shutdownTimeoutMs: number
+
+  constructor(settings: OtlpSettings, version: string) {
+    const exporter = new OTLPTraceExporter({
+      ...(settings.url !== undefined ? { url: settings.url } : {}),
+      ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
+    })
+    const processor = new BatchSpanProcessor(exporter, {
+      maxQueueSize: settings.maxQueueSize,
+      maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
+      scheduledDelayMillis: settings.scheduledDelayMillis,
+      exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
+      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, this.counts),
+    } as ConstructorParameters<typeof BatchSpanProcessor>[1])
+    // service.name: the config's service, unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name one
+    const resource = defaultResource()
+      .merge(
+        resourceFromAttributes({
+          [ATTR_SERVICE_NAME]: settings.serviceName,
+          [ATTR_SERVICE_VERSION]: version,
+        }),
+      )
+      .merge(detectResources({ detectors: [envDetector] }))
+    // the sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on)
+    this.provider = new BasicTracerProvider({
+      resource,
+      idGenerator: this.ids,
+      spanProcessors: [processor],
+    })
+    this.tracer = this.provider.getTracer('nhi-proxy', version)
+    if (settings.logs) {
+      const logCounts: OtlpCounts = { exported: 0, queueFull: 0, exportFailed: 0 }
+      this.logCounts = logCounts
+      const logExporter = new OTLPLogExporter({
+        ...(settings.logs.url !== undefined ? { url: settings.logs.url } : {}),
+        ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
+      })
+      this.loggerProvider = new LoggerProvider({
+        resource,
+        processors: [
+          new BatchLogRecordProcessor({
+            exporter: logExporter,
+            maxQueueSize: settings.maxQueueSize,
+            maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
+            scheduledDelayMillis: settings.scheduledDelayMillis,
+            exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
+            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, logCounts),
+          }),
+        ],
+      })
+      this.logger = this.loggerProvider.getLogger('nhi-proxy.audit', version)
+    }
+    this.shutdownTimeoutMs = Math.min(settings.timeoutMillis ?? 10_000, 5_000)
+  }
+
+  record(event: RequestEvent): void {
+    const { identity, decision } = event
+    const attributes: Attributes = {
+      [ATTR_HTTP_REQUEST_METHOD]: event.method,
+      [ATTR_URL_PATH]: event.path,
+      [ATTR_HTTP_RESPONSE_STATUS_CODE]: event.status,
+      [ATTR_CLIENT_ADDRESS]: event.clientAddress,
+      'http.request.body.size': event.bytesIn,
+      'http.response.body.size': event.bytesOut,
+      'nhi.identity': identity.name,
+      'nhi.kind': identity.kind,
+      'nhi.source': identity.source,
+      'nhi.verified': identity.verified,
+      'nhi.decision': decision.skipped ? 'none' : decision.decision,
+      'nhi.policy_rule': decision.rule,
+      'nhi.request_id': event.requestId,
+      'nhi.upstream_ms': event.upstreamMs,
+    }
+    if (identity.rule !== undefined) attributes['nhi.rule'] = identity.rule
+    if (identity.team !== undefined) attributes['nhi.team'] = identity.team
+    if (identity.zone !== undefined) attributes['nhi.zone'] = identity.zone
+    if (event.failures.length > 0)
+      attributes['nhi.credential_failures'] = event.failures.map((f) => `${f.source}:${f.reason}`)
+    if (event.host !== undefined) {
+      const { address, port } = hostAndPort(event.host)
+      attributes[ATTR_SERVER_ADDRESS] = address
+      if (port !== undefined) attributes[ATTR_SERVER_PORT] = port
+    }
+    let name = event.method
+    if (event.route !== 'other') {
+      attributes[ATTR_HTTP_ROUTE] = event.route
+      name = `${event.method} ${event.route}`
+    }
+    if (event.upstreamError !== undefined) attributes[ATTR_ERROR_TYPE] = event.upstreamError
+    else if (event.status >= 500) attributes[ATTR_ERROR_TYPE] = String(event.status)
+
+    const flags = event.traceFlags === undefined ? 1 : Number.parseInt(event.traceFlags, 16) & 0xff
+    const parent =
+      event.parentSpanId === undefined
+        ? ROOT_CONTEXT
+        : trace.setSpanContext(ROOT_CONTEXT, {
+            traceId: event.traceId,
+            spanId: event.parentSpanId,
+            traceFlags: flags,
+            isRemote: true,
+          })
+    this.ids.traceId = event.traceId
+    this.ids.spanId = event.spanId
+    const span = this.tracer.startSpan(
+      name,
+      { kind: SpanKind.SERVER, startTime: event.time, attributes },
+      parent,
+    )
+    if (this.logger) this.emitAudit(this.logger, event, span.spanContext().traceFlags)
+    if (!span.isRecording()) return
+    for (const type of event.anomalies) span.addEvent('nhi.anomaly', { 'nhi.anomaly.type': type }, event.time)
+    for (const f of event.failures) {
+      span.addEvent(
+        'nhi.credential_failure',
+        { 'nhi.source': f.source, 'nhi.failure.reason': f.reason },
+        event.time,
+      )
+    }
+    if (event.status >= 500 || event.upstreamError !== undefined)
+      span.setStatus({ code: SpanStatusCode.ERROR })
+    span.end(event.time + event.durationMs)
+  }
+
+  /**
+   * The audit record of the request as one log record (event name `nhi.audit`), in the request's trace
+   * (trace id and our hop's span id), with the identity attributes the span has. Every request, whatever
+   * audit.sample says: sampling belongs to the log pipeline here.
+   */
+  private emitAudit(logger: Logger, event: RequestEvent, traceFlags: number): void {
+    const { identity, decision } = event
+    const noteworthy = event.status >= 500 || event.upstreamError !== undefined || event.anomalies.length > 0
+    const attributes: Attributes = {
+      'nhi.identity': identity.name,
+      'nhi.kind': identity.kind,
+      'nhi.source': identity.source,
+      'nhi.verified': identity.verified,
+      'nhi.decision': decision.skipped ? 'none' : decision.decision,
+      [ATTR_HTTP_REQUEST_METHOD]: event.method,
+      [ATTR_URL_PATH]: event.path,
+      [ATTR_HTTP_RESPONSE_STATUS_CODE]: event.status,
+    }
+    if (identity.rule !== undefined) attributes['nhi.rule'] = identity.rule
+    logger.emit({
+      eventName: 'nhi.audit',
+      timestamp: event.time,
+      severityNumber: noteworthy ? SeverityNumber.WARN : SeverityNumber.INFO,
+      severityText: noteworthy ? 'WARN' : 'INFO',
+      body: JSON.parse(JSON.stringify(toAuditRecord(event))),
+      attributes,
+      context: trace.setSpanContext(ROOT_CONTEXT, {
+        traceId: event.traceId,
+        spanId: event.spanId,
+        traceFlags,
+      }),
+    })
+  }
+
+  /** sends what is queued, bounded: a collector that is down must not hold up the shutdown */
+  async close(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      Promise.all([
+        this.provider.shutdown().catch(() => {}),
+        this.loggerProvider?.shutdown().catch(() => {}),
+      ]),
+      new Promise<void>((done) => {
+        timer = setTimeout(done, this.shutdownTimeoutMs)
+        timer.unref()
+      }),
+    ])
+    clearTimeout(timer)
+  }
+}
