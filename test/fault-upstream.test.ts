@@ -5,6 +5,7 @@ import { type AddressInfo, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { metricValue, scrape } from './helpers/metrics.ts'
+import { freePort } from './helpers/net.ts'
 import { startTestSidecar } from './helpers/sidecar.ts'
 
 /** An HTTP/1.1 "server" that reads the request line and misbehaves according to the path. */
@@ -41,14 +42,6 @@ async function startBadUpstream() {
         server.close(() => resolve())
       }),
   }
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1')
-  await once(s, 'listening')
-  const port = (s.address() as AddressInfo).port
-  await new Promise((r) => s.close(r))
-  return port
 }
 
 const config = (upstream: string) => ({ service: 'orders', upstream, timeouts: { upstream: '1s' } })

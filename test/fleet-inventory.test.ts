@@ -2,16 +2,14 @@
 // the built bundle: known callers (api keys, an AI agent's user agent, a browser) cross them, Prometheus
 // scrapes every second, and the built CLI must list exactly those identities and edges. Plus the CSV shape
 // and the errors (Prometheus down, bad URL).
-import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { once } from 'node:events'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from './helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
+import { freePort } from './helpers/net.ts'
+import { startPrometheus } from './helpers/prometheus.ts'
 import { runCli, startTestSidecar, type TestSidecar } from './helpers/sidecar.ts'
 import { CHART_DIR, systemTool } from './helpers/tools.ts'
 import { startUpstream } from './helpers/upstream.ts'
@@ -21,16 +19,6 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 const KEYS = { 'inventory-sync': 'sync-key-0123456789', 'nightly-export': 'export-key-0123456789' }
 const BROWSER =
   'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36'
-
-async function freePort(): Promise<number> {
-  const srv = createServer()
-  srv.listen(0, '127.0.0.1')
-  await once(srv, 'listening')
-  const { port } = srv.address() as { port: number }
-  srv.close()
-  await once(srv, 'close')
-  return port
-}
 
 interface InventoryRow {
   identity: string
@@ -121,11 +109,8 @@ t.test(
     ).exp
     await send(search!, '/reports', { authorization: `Bearer ${token}` })
 
-    const dir = mkdtempSync(join(tmpdir(), 'nhi-fleet-prometheus-'))
     const targets = [orders!, billing!, search!].map((s) => `"127.0.0.1:${s.adminAddress.port}"`)
-    const configFile = join(dir, 'prometheus.yml')
-    writeFileSync(
-      configFile,
+    const { base } = await startPrometheus(t, prometheusBin!, () =>
       [
         'global: { scrape_interval: 1s, evaluation_interval: 1s }',
         'scrape_configs:',
@@ -133,35 +118,6 @@ t.test(
         `    static_configs: [{ targets: [${targets.join(', ')}] }]`,
         '',
       ].join('\n'),
-    )
-    const promPort = await freePort()
-    const prom = spawn(
-      prometheusBin!,
-      [
-        `--config.file=${configFile}`,
-        `--storage.tsdb.path=${join(dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${promPort}`,
-        '--log.level=warn',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    )
-    let promLog = ''
-    prom.stderr.on('data', (c: Buffer) => {
-      promLog = (promLog + c.toString()).slice(-4000)
-    })
-    const promExited = once(prom, 'exit')
-    t.teardown(async () => {
-      if (prom.exitCode === null) prom.kill('SIGKILL')
-      await promExited
-      rmSync(dir, { recursive: true, force: true })
-    })
-    const base = `http://127.0.0.1:${promPort}`
-    await eventually(
-      async () => {
-        if (prom.exitCode !== null) throw new Error(`prometheus exited: ${promLog}`)
-        return (await fetch(`${base}/-/ready`)).ok
-      },
-      { timeoutMs: 30_000, intervalMs: 200, what: 'prometheus ready' },
     )
 
     // the three sidecars scraped after the traffic: every request counted

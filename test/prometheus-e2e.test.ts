@@ -1,13 +1,12 @@
 // End to end with a real Prometheus: the demo (real proxy + synthetic callers of every kind) is scraped
 // every second; PromQL over the scraped data must show each kind of identity, our alert rules must load
 // and evaluate cleanly, and `promtool check metrics` must accept the exposition.
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
+import { eventually } from './helpers/eventually.ts'
+import { freePort } from './helpers/net.ts'
+import { startPrometheus } from './helpers/prometheus.ts'
 import { spawnDemo } from './helpers/sidecar.ts'
 import { CHART_DIR, run, systemTool } from './helpers/tools.ts'
 
@@ -15,16 +14,6 @@ const prometheusBin = systemTool('prometheus')
 const promtool = systemTool('promtool')
 const DEADLINE_MS = 60_000
 const KINDS = ['agent', 'bot', 'human', 'job', 'service']
-
-async function freePort(): Promise<number> {
-  const srv = createServer()
-  srv.listen(0, '127.0.0.1')
-  await once(srv, 'listening')
-  const { port } = srv.address() as { port: number }
-  srv.close()
-  await once(srv, 'close')
-  return port
-}
 
 interface VectorSample {
   metric: Record<string, string>
@@ -48,19 +37,13 @@ function query(base: string, promql: string) {
   )
 }
 
-/** Polls `probe` until it returns a value or the deadline passes. */
-async function waitFor<T>(what: string, until: number, probe: () => Promise<T | undefined>): Promise<T> {
-  let last: unknown
-  while (Date.now() < until) {
-    try {
-      const v = await probe()
-      if (v !== undefined) return v
-    } catch (err) {
-      last = err
-    }
-    await new Promise((r) => setTimeout(r, 500))
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`)
+/** Polls `probe` until it returns a value, within what is left of the test's deadline. */
+function waitFor<T>(what: string, until: number, probe: () => Promise<T | undefined>): Promise<T> {
+  return eventually(probe, {
+    timeoutMs: Math.max(0, until - Date.now()),
+    intervalMs: 500,
+    what,
+  }) as Promise<T>
 }
 
 t.test(
@@ -85,47 +68,17 @@ t.test(
       'and its /ui URL',
     )
 
-    const dir = mkdtempSync(join(tmpdir(), 'nhi-prometheus-'))
-    const rulesFile = join(dir, 'nhi-proxy.rules.yaml')
-    writeFileSync(rulesFile, readFileSync(join(CHART_DIR, 'alerts', 'nhi-proxy.rules.yaml')))
-    const configFile = join(dir, 'prometheus.yml')
-    writeFileSync(
-      configFile,
-      [
+    const { base } = await startPrometheus(t, prometheusBin!, (dir) => {
+      const rulesFile = join(dir, 'nhi-proxy.rules.yaml')
+      writeFileSync(rulesFile, readFileSync(join(CHART_DIR, 'alerts', 'nhi-proxy.rules.yaml')))
+      return [
         'global: { scrape_interval: 1s, evaluation_interval: 1s }',
         `rule_files: [${JSON.stringify(rulesFile)}]`,
         'scrape_configs:',
         '  - job_name: nhi-proxy',
         `    static_configs: [{ targets: ["127.0.0.1:${adminPort}"] }]`,
         '',
-      ].join('\n'),
-    )
-    const promPort = await freePort()
-    const prom = spawn(
-      prometheusBin!,
-      [
-        `--config.file=${configFile}`,
-        `--storage.tsdb.path=${join(dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${promPort}`,
-        '--log.level=warn',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    )
-    let promLog = ''
-    prom.stderr.on('data', (c: Buffer) => {
-      promLog = (promLog + c.toString()).slice(-4000)
-    })
-    const promExited = once(prom, 'exit')
-    // stop Prometheus before removing its data directory
-    t.teardown(async () => {
-      if (prom.exitCode === null) prom.kill('SIGKILL')
-      await promExited
-      rmSync(dir, { recursive: true, force: true })
-    })
-    const base = `http://127.0.0.1:${promPort}`
-    await waitFor('prometheus ready', until, async () => {
-      if (prom.exitCode !== null) throw new Error(`prometheus exited: ${promLog}`)
-      return (await fetch(`${base}/-/ready`)).ok || undefined
+      ].join('\n')
     })
 
     const byKind = await waitFor('every kind in PromQL results', until, async () => {

@@ -4,20 +4,12 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { defaultConfig } from '../src/config/schema.ts'
+import { freePort } from './helpers/net.ts'
 import { startUpstream } from './helpers/upstream.ts'
 import { startProxy } from './proxy-fixture.ts'
 
 const agent = new Agent()
 t.teardown(() => agent.close())
-
-async function freePort(): Promise<number> {
-  const s = createServer()
-  s.listen(0, '127.0.0.1')
-  await once(s, 'listening')
-  const { port } = s.address() as AddressInfo
-  await new Promise((r) => s.close(r))
-  return port
-}
 
 t.test('upstream down → 502, back up → 200', async (t) => {
   const port = await freePort()

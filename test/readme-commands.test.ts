@@ -9,12 +9,12 @@ import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import { mkdtemp, symlink, writeFile } from 'node:fs/promises'
-import { type AddressInfo, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { parse } from 'yaml'
 import { eventually } from './helpers/eventually.ts'
+import { freePort } from './helpers/net.ts'
 import { assertFreshBundle, BUNDLE, ROOT } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
@@ -140,14 +140,6 @@ function logicalLines(body: string): string[] {
 }
 
 const BACKGROUND = /^npx nhi-proxy (demo-idp|demo|run)\b/
-
-async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1')
-  await once(s, 'listening')
-  const port = (s.address() as AddressInfo).port
-  await new Promise((r) => s.close(r))
-  return port
-}
 
 const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
 const blocks = parseBlocks(readme)

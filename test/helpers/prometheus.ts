@@ -1,0 +1,62 @@
+// A real Prometheus on loopback for the tests that scrape the sidecar through it, stopped (before its data
+// directory is removed) at the end of the test.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { Test } from 'tap'
+import { eventually } from './eventually.ts'
+import { freePort } from './net.ts'
+
+export interface RunningPrometheus {
+  /** http://127.0.0.1:PORT */
+  base: string
+  /** the last lines Prometheus logged (for failure messages) */
+  log(): string
+}
+
+/**
+ * Starts `bin` with the config `configFor(dir)` returns (`dir` is its own temporary directory, for rule files
+ * the config names) and resolves once `/-/ready` answers.
+ */
+export async function startPrometheus(
+  t: Test,
+  bin: string,
+  configFor: (dir: string) => string,
+  readyTimeoutMs = 30_000,
+): Promise<RunningPrometheus> {
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-prometheus-'))
+  const configFile = join(dir, 'prometheus.yml')
+  writeFileSync(configFile, configFor(dir))
+  const port = await freePort()
+  const prom = spawn(
+    bin,
+    [
+      `--config.file=${configFile}`,
+      `--storage.tsdb.path=${join(dir, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--log.level=warn',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  )
+  let log = ''
+  prom.stderr.on('data', (c: Buffer) => {
+    log = (log + c.toString()).slice(-4000)
+  })
+  const exited = once(prom, 'exit')
+  t.teardown(async () => {
+    if (prom.exitCode === null) prom.kill('SIGKILL')
+    await exited
+    rmSync(dir, { recursive: true, force: true })
+  })
+  const base = `http://127.0.0.1:${port}`
+  await eventually(
+    async () => {
+      if (prom.exitCode !== null) throw new Error(`prometheus exited: ${log}`)
+      return (await fetch(`${base}/-/ready`)).ok
+    },
+    { timeoutMs: readyTimeoutMs, intervalMs: 200, what: 'prometheus ready' },
+  )
+  return { base, log: () => log }
+}
