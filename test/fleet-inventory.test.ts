@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
+import type { InventoryRow } from '../src/cli/inventory.ts'
 import { eventually } from './helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { freePort } from './helpers/net.ts'
@@ -19,23 +20,6 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 const KEYS = { 'inventory-sync': 'sync-key-0123456789', 'nightly-export': 'export-key-0123456789' }
 const BROWSER =
   'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36'
-
-interface InventoryRow {
-  identity: string
-  kind: string
-  sources: string[]
-  verified: boolean
-  firstSeen: string | null
-  lastSeen: string | null
-  services: string[]
-  requests: number
-  errors: number
-  errorRatio: number | null
-  credentialExpiry: string | null
-  expectedIntervalSeconds: number | null
-  dormant: boolean
-  dormantReason: string | null
-}
 
 async function send(sidecar: TestSidecar, path: string, headers: Record<string, string>, times = 1) {
   const { address, port } = sidecar.proxyAddress

@@ -56,7 +56,6 @@ t.test('a request across two sidecars is one trace: two server spans, parent and
   const sidecarB = await startTestSidecar(
     t,
     {
-      timeouts: { drainDelay: 0 },
       service: 'orders',
       upstream: appB.url,
       apiKeys: { keys: [{ name: 'billing', kind: 'service', sha256: sha256(API_KEY) }] },
@@ -94,7 +93,6 @@ t.test('a request across two sidecars is one trace: two server spans, parent and
   const sidecarA = await startTestSidecar(
     t,
     {
-      timeouts: { drainDelay: 0 },
       service: 'billing',
       upstream: url(appA.address() as AddressInfo),
       otlp: { endpoint: collector.url, scheduledDelay: '100ms' },
@@ -179,7 +177,6 @@ t.test('anomalies and credential failures are span events; 5xx is an error statu
   const sidecar = await startTestSidecar(
     t,
     {
-      timeouts: { drainDelay: 0 },
       service: 'orders',
       upstream: app.url,
       apiKeys: { keys: [{ name: 'billing', kind: 'service', sha256: sha256(API_KEY) }] },
@@ -241,7 +238,6 @@ t.test('collector down: traffic is not slowed, lost spans are counted', async (t
   const sidecar = await startTestSidecar(
     t,
     {
-      timeouts: { drainDelay: 0 },
       service: 'orders',
       upstream: app.url,
       otlp: {
@@ -297,7 +293,6 @@ t.test('spans still queued at shutdown are sent before the sidecar exits', async
   const sidecar = await startTestSidecar(
     t,
     {
-      timeouts: { drainDelay: 0 },
       service: 'orders',
       upstream: app.url,
       // a batch would wait a minute: only the shutdown flush sends it in time
