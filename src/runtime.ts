@@ -1,4 +1,4 @@
-// Assembles a running sidecar from a config: proxy listeners, the identify/classify/decide engine,
+// Assembles a running sidecar from a config: proxy listeners, the attribution pipeline,
 // telemetry recorders and the admin server. Owns hot reload (file watch + SIGHUP) and graceful drain.
 import { type FSWatcher, watch } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -9,13 +9,10 @@ import { createAdminServer } from './admin/server.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
-import { Engine } from './engine.ts'
 import { parsePeerCertificate } from './identity/certificate.ts'
-import { sanitizeForwardedCertHeaders } from './identity/forwarded/sanitize.ts'
-import type { Attribution, Pipeline } from './pipeline.ts'
+import { AttributionPipeline } from './pipeline/index.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { type JwksObserver, Telemetry } from './telemetry/index.ts'
-import type { ConnectionInfo } from './types.ts'
 import { VERSION } from './version.ts'
 
 export class StartupError extends Error {
@@ -51,7 +48,8 @@ export interface Sidecar {
   readonly httpsAddress?: AddressInfo
   readonly adminAddress: AddressInfo
   readonly telemetry: Telemetry
-  engine(): Engine
+  /** the pipeline serving requests now (a reload swaps it) */
+  pipeline(): AttributionPipeline
   config(): Config
   /** re-read the config file; false (and the old config keeps serving) when it is invalid */
   reload(): Promise<boolean>
@@ -175,36 +173,6 @@ export class TokenFile {
 
 const TOKEN_MAX_AGE_MS = 30_000
 
-class ActivePipeline implements Pipeline {
-  readonly service: string
-  private readonly certMode: Config['forwardedClientCert']['toUpstream']
-
-  constructor(
-    readonly engine: Engine,
-    private readonly telemetry: Telemetry,
-  ) {
-    this.service = engine.config.service
-    this.certMode = engine.config.forwardedClientCert.toUpstream
-  }
-
-  attribute: Pipeline['attribute'] = (req, conn) => this.engine.evaluate(req, conn)
-
-  record: Pipeline['record'] = (event) => this.telemetry.record(event)
-
-  prepareUpstreamHeaders(
-    headers: Record<string, string | string[] | undefined>,
-    attribution: Attribution,
-    conn: ConnectionInfo,
-  ): void {
-    sanitizeForwardedCertHeaders(
-      headers,
-      this.engine.xfcc.formatFor(conn.remoteAddress),
-      this.certMode,
-      attribution.evidence.xfcc ?? attribution.evidence.mtls,
-    )
-  }
-}
-
 export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   const log = opts.log
   const configPath = opts.configPath ? resolve(opts.configPath) : undefined
@@ -216,9 +184,8 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
 
-  let engine = new Engine(config, { jwksObserver })
-  await withTimeout(engine.start(), jwksStartTimeout)
-  let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
+  let pipeline = new AttributionPipeline(config, { jwksObserver, recorder: telemetry })
+  await withTimeout(pipeline.start(), jwksStartTimeout)
 
   try {
     const target = await telemetry.startExport()
@@ -254,7 +221,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
         listeners: listening,
         draining,
         upstream: await proxy.upstreamReachable(),
-        jwks: engine.ready(),
+        jwks: pipeline.ready(),
       }
       // By default readiness means "this proxy can serve": an IdP or upstream outage is reported, not gated
       // on, so a sidecar never takes its app's pod out of rotation for something the app may not need.
@@ -267,7 +234,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
         !checks.draining &&
         (!readiness.requireUpstream || checks.upstream) &&
         (!readiness.requireJwks || checks.jwks)
-      return { ok, checks, detail: { gates, issuers: engine.jwt.issuers() } }
+      return { ok, checks, detail: { gates, ...pipeline.readinessDetail() } }
     },
     effectiveConfig: () => redactConfig(config),
   })
@@ -278,7 +245,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     proxyAddrs = await proxy.listen()
     adminAddress = await admin.listen()
   } catch (err) {
-    engine.close()
+    pipeline.close()
     await proxy.close(0).catch(() => {})
     await admin.close().catch(() => {})
     await telemetry.close()
@@ -304,12 +271,11 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     }
     const next = applyOverrides(result.config, opts.overrides)
     await adminToken.load(next.adminAccess.tokenFile)
-    const nextEngine = new Engine(next, { jwksObserver })
-    await withTimeout(nextEngine.start(), jwksStartTimeout)
-    const previous = engine
-    engine = nextEngine
+    const nextPipeline = new AttributionPipeline(next, { jwksObserver, recorder: telemetry })
+    await withTimeout(nextPipeline.start(), jwksStartTimeout)
+    const previous = pipeline
+    pipeline = nextPipeline
     config = next
-    pipeline = new ActivePipeline(nextEngine, telemetry)
     proxy.setUpstream(next.upstream)
     telemetry.reconfigure(next)
     telemetry.configReloaded('success')
@@ -356,7 +322,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
       watcher?.close()
       await proxy.close(config.timeouts.drain)
       await admin.close()
-      engine.close()
+      pipeline.close()
       await telemetry.close()
     })()
     return closing
@@ -366,7 +332,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     httpsAddress: proxyAddrs.https,
     adminAddress,
     telemetry,
-    engine: () => engine,
+    pipeline: () => pipeline,
     config: () => config,
     reload: serialReload,
     shutdown() {
@@ -397,7 +363,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
 
 /**
  * Metrics for every JWKS/discovery refresh, and one log line per change of an issuer's state (failing, or
- * recovered) with the safe reason, never one per attempt or per request. Shared by every engine a reload
+ * recovered) with the safe reason, never one per attempt or per request. Shared by every pipeline a reload
  * builds, so a reload does not repeat a known outage.
  */
 function loggingJwksObserver(metrics: JwksObserver, log: Logger): JwksObserver {

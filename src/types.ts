@@ -1,6 +1,7 @@
 // The shared vocabulary of the request pipeline (docs/reference.md "Request pipeline", "Identity model", "Metrics").
 // Every stage talks in these types; nothing here depends on a library.
 import type { IncomingHttpHeaders } from 'node:http'
+import type { CredentialSource } from './identity/sources/source.ts'
 
 export const KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'] as const
 export type Kind = (typeof KINDS)[number]
@@ -9,8 +10,11 @@ export type Kind = (typeof KINDS)[number]
 export const FORWARDED_CERT_FORMATS = ['xfcc', 'rfc9440', 'alb', 'nginx'] as const
 export type ForwardedCertFormat = (typeof FORWARDED_CERT_FORMATS)[number]
 
-export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous'] as const
-export type Source = (typeof SOURCES)[number]
+/**
+ * The name of the credential source an identity or failure came from (src/identity/sources lists them), or
+ * "anonymous" for a request that presented nothing.
+ */
+export type Source = string
 
 export interface Identity {
   name: string
@@ -133,15 +137,6 @@ export interface CertEvidence {
   via?: 'xfcc' | 'client-cert' | 'alb' | 'nginx'
 }
 
-export interface ApiKeyEvidence {
-  source: 'apikey'
-  verified: true
-  name: string
-  kind?: Kind
-  team?: string
-  fingerprint: string
-}
-
 export type UserAgentCategory = 'browser' | 'bot' | 'agent' | 'unknown'
 export interface UserAgentEvidence {
   source: 'useragent'
@@ -156,15 +151,23 @@ export interface UserAgentEvidence {
   purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
 }
 
-export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | UserAgentEvidence
+/** What every source's evidence has in common; each source adds its own fields (JwtEvidence, CertEvidence…). */
+export interface Evidence {
+  readonly source: Source
+  /** a signature, certificate chain or key hash was checked (or a trusted proxy vouched for it) */
+  readonly verified: boolean
+}
+
+/** One credential that checked out, with the source that read it. */
+export interface Credential<E extends Evidence = Evidence> {
+  readonly source: CredentialSource<E>
+  readonly evidence: E
+}
 
 /** Everything the identify stage learned about one request. */
 export interface EvidenceSet {
-  jwt?: JwtEvidence
-  mtls?: CertEvidence
-  xfcc?: CertEvidence
-  apikey?: ApiKeyEvidence
-  useragent?: UserAgentEvidence
+  /** strongest first (source precedence), at most one per source */
+  credentials: Credential[]
   failures: Failure[]
   anomalies: AnomalyType[]
 }
@@ -189,12 +192,6 @@ export interface ConnectionInfo {
 }
 
 export type MaybePromise<T> = T | Promise<T>
-
-/** One file per credential source (src/identity/extractors). */
-export interface Extractor {
-  readonly source: Source
-  extract(req: RequestInfo, conn: ConnectionInfo): MaybePromise<Evidence | Failure | undefined>
-}
 
 export type Decision = 'allow' | 'deny' | 'would_deny'
 export interface PolicyDecision {

@@ -14,7 +14,7 @@ import { type AddressInfo, connect, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
-import type { Attribution, Pipeline } from '../pipeline.ts'
+import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type {
   CertEvidence,
   ConnectionInfo,
@@ -109,7 +109,7 @@ const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
     verified: false,
     attributes: Object.freeze({}) as Record<string, string>,
   }),
-  evidence: Object.freeze({ failures: [], anomalies: [] }),
+  evidence: Object.freeze({ credentials: [], failures: [], anomalies: [] }),
   decision: Object.freeze({ decision: 'allow', rule: 'default', skipped: true }),
   route: 'other',
 }) as Attribution
@@ -162,17 +162,7 @@ class Exchange {
 
   event(): RequestEvent {
     const { identity, evidence, decision, route } = this.attribution
-    const cert = evidence.mtls ?? evidence.xfcc
-    const fingerprints: RequestEvent['fingerprints'] = {}
-    if (evidence.jwt) fingerprints.jwt = evidence.jwt.fingerprint
-    if (cert?.sha256) fingerprints.cert = cert.sha256.slice(0, 16)
-    if (evidence.apikey) fingerprints.apikey = evidence.apikey.fingerprint
-    for (const f of evidence.failures) {
-      if (!f.fingerprint) continue
-      if (f.source === 'jwt') fingerprints.jwt ??= f.fingerprint
-      else if (f.source === 'apikey') fingerprints.apikey ??= f.fingerprint
-      else if (f.source === 'mtls' || f.source === 'xfcc') fingerprints.cert ??= f.fingerprint
-    }
+    const fingerprints = this.attribution.fingerprints ?? {}
     const event: RequestEvent = {
       time: this.time,
       traceId: this.trace.traceId,

@@ -4,7 +4,6 @@ import { LRUCache } from 'lru-cache'
 import type { Config } from '../../config/schema.ts'
 import type {
   ConnectionInfo,
-  Extractor,
   Failure,
   FailureReason,
   JwtEvidence,
@@ -15,6 +14,7 @@ import { sha256Hex } from '../../util/fingerprint.ts'
 import type { JwksObserver } from '../jwt/jwks.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
 import { IssuerVerifier } from '../jwt/verifier.ts'
+import type { SourceExtractor } from '../sources/source.ts'
 
 export interface JwtExtractorOptions {
   observer?: JwksObserver
@@ -51,7 +51,7 @@ const FINGERPRINT_CHARS = 16
 const MAX_INFLIGHT = 10_000
 const EMBEDDED_KEY_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const
 
-export class JwtExtractor implements Extractor {
+export class JwtExtractor implements SourceExtractor<JwtEvidence> {
   readonly source = 'jwt' as const
   private readonly verifiers = new Map<string, IssuerVerifier>()
   private readonly cache: LRUCache<string, Result>

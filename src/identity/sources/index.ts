@@ -1,0 +1,29 @@
+// The credential sources, in the order their readers run (cheap, synchronous ones first; precedence is each
+// source's own). The only list of them: a new source is its own file plus one line here.
+import { apiKeySource } from './apikey.ts'
+import { forwardedCertSource } from './forwarded-cert.ts'
+import { jwtSource } from './jwt.ts'
+import { mtlsSource } from './mtls.ts'
+import type { CredentialSource } from './source.ts'
+import { userAgentSource } from './useragent.ts'
+
+export const CREDENTIAL_SOURCES: readonly CredentialSource[] = [
+  mtlsSource,
+  forwardedCertSource,
+  apiKeySource,
+  userAgentSource,
+  jwtSource,
+] as CredentialSource[]
+
+/** What an identity's `source` can be: a source's name, or "anonymous" when nothing was presented. */
+export const SOURCE_NAMES: readonly string[] = [
+  ...[...CREDENTIAL_SOURCES].sort((a, b) => a.precedence - b.precedence).map((s) => s.name),
+  'anonymous',
+]
+
+/** The registered source of that name (`nhi-proxy test` builds evidence by source). */
+export function sourceNamed(name: string): CredentialSource {
+  const s = CREDENTIAL_SOURCES.find((x) => x.name === name)
+  if (!s) throw new Error(`no credential source named ${name}`)
+  return s
+}
