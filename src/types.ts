@@ -62,6 +62,10 @@ export const PROFILE_NAMES = [
 ] as const
 export type ProfileName = (typeof PROFILE_NAMES)[number]
 
+/**
+ * Why a token or certificate did not check out. A source may add reasons of its own
+ * (CredentialSource.failureReasons); identity/sources/index.ts ALL_FAILURE_REASONS lists every one.
+ */
 export const FAILURE_REASONS = [
   'expired',
   'not_yet_valid',
@@ -76,7 +80,6 @@ export const FAILURE_REASONS = [
   'cert_untrusted',
   'cert_expired',
   'spiffe_invalid',
-  'apikey_unknown',
   'untrusted_forwarder',
 ] as const
 export type FailureReason = (typeof FAILURE_REASONS)[number]
@@ -85,7 +88,8 @@ export type FailureReason = (typeof FAILURE_REASONS)[number]
 export interface Failure {
   failed: true
   source: Source
-  reason: FailureReason
+  /** a FailureReason, or one of the failing source's own failureReasons */
+  reason: string
   /** short human-readable detail, safe to log (no secret material) */
   detail?: string
   /** sha256 prefix of the presented credential, when there was one */

@@ -96,6 +96,7 @@ export const apiKeySource: CredentialSource<ApiKeyEvidence> = {
   name: 'apikey',
   precedence: 40,
   fingerprintField: 'apikey',
+  failureReasons: ['apikey_unknown'],
   create: (config) => new ApiKeyExtractor(config.apiKeys),
   fingerprint: (ev) => ev.fingerprint,
   attributes(ev, a) {

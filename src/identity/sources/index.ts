@@ -1,5 +1,7 @@
 // The credential sources, in the order their readers run (cheap, synchronous ones first; precedence is each
 // source's own). The only list of them: a new source is its own file plus one line here.
+
+import { FAILURE_REASONS } from '../../types.ts'
 import { apiKeySource } from './apikey.ts'
 import { forwardedCertSource } from './forwarded-cert.ts'
 import { jwtSource } from './jwt.ts'
@@ -19,6 +21,11 @@ export const CREDENTIAL_SOURCES: readonly CredentialSource[] = [
 export const SOURCE_NAMES: readonly string[] = [
   ...[...CREDENTIAL_SOURCES].sort((a, b) => a.precedence - b.precedence).map((s) => s.name),
   'anonymous',
+]
+
+/** Every reason a failure can carry: the shared ones and each source's own. */
+export const ALL_FAILURE_REASONS: readonly string[] = [
+  ...new Set([...FAILURE_REASONS, ...CREDENTIAL_SOURCES.flatMap((s) => s.failureReasons ?? [])]),
 ]
 
 /** The registered source of that name (`nhi-proxy test` builds evidence by source). */

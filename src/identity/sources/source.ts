@@ -77,6 +77,8 @@ export interface CredentialSource<E extends Evidence = Evidence> {
   readonly namingPrecedence?: number
   /** the request event's fingerprint slot for this source's credential (audit `fingerprints`) */
   readonly fingerprintField?: keyof RequestEvent['fingerprints']
+  /** failure reasons of its own, beyond the shared FAILURE_REASONS (metric label values, audit) */
+  readonly failureReasons?: readonly string[]
   /** the reader for this config, or undefined when the config leaves the source nothing to read */
   create(config: Config, ctx: SourceContext): SourceExtractor<E> | undefined
   /** sha256 prefix (or certificate hash prefix) of the presented credential; never the credential */
