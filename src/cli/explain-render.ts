@@ -1,8 +1,8 @@
-// Text rendering of `nhi-proxy explain`, separate from the engine so it can be golden-tested on its own.
+// Text rendering of `nhi-proxy explain`, separate from the pipeline so it can be golden-tested on its own.
 import type { RuleTrace } from '../rules/rule-set.ts'
 import type { EvidenceSet, Identity, PolicyDecision } from '../types.ts'
 
-/** What explain renders; the engine's evaluation plus the request and the rule count. */
+/** What explain renders; the pipeline's evaluation plus the request and the rule count. */
 export interface ExplainReport {
   request: { method: string; path: string; remoteAddr: string; headers: string[] }
   evidence: EvidenceSet
