@@ -176,15 +176,16 @@ const TOKEN_MAX_AGE_MS = 30_000
 export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   const log = opts.log
   const configPath = opts.configPath ? resolve(opts.configPath) : undefined
-  let config = applyOverrides(
+  const initial = applyOverrides(
     configPath ? await loadOrFail(configPath) : (opts.config ?? configSchema.parse({})),
     opts.overrides,
   )
-  const telemetry = new Telemetry(config, { version: VERSION })
+  const telemetry = new Telemetry(initial, { version: VERSION })
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
 
-  let pipeline = new AttributionPipeline(config, { jwksObserver, recorder: telemetry })
+  // the serving pipeline carries the serving config: a reload swaps both at once
+  let pipeline = new AttributionPipeline(initial, { jwksObserver, recorder: telemetry })
   await withTimeout(pipeline.start(), jwksStartTimeout)
 
   try {
@@ -195,27 +196,27 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     log.error({ event: 'otlp_export_failed', err: (err as Error).message }, 'OTLP export is off')
   }
 
-  const tls = await readTls(config, opts.tls)
+  const tls = await readTls(initial, opts.tls)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
-    upstream: config.upstream,
-    http: splitAddress(config.listen.http),
+    upstream: initial.upstream,
+    http: splitAddress(initial.listen.http),
     https: tls,
     parsePeerCert: parsePeerCertificate,
-    timeouts: config.timeouts,
-    limits: config.limits,
+    timeouts: initial.timeouts,
+    limits: initial.limits,
   })
 
   let draining = false
   let listening = false
   const adminToken = new TokenFile(log)
-  await adminToken.load(config.adminAccess.tokenFile)
+  await adminToken.load(initial.adminAccess.tokenFile)
   const admin = createAdminServer({
-    ...splitAddress(config.admin),
+    ...splitAddress(initial.admin),
     telemetry,
-    access: () => ({ token: () => adminToken.get(), allowedHosts: config.adminAccess.allowedHosts }),
+    access: () => ({ token: () => adminToken.get(), allowedHosts: pipeline.config.adminAccess.allowedHosts }),
     ready: async () => {
-      const { readiness } = config
+      const { readiness } = pipeline.config
       const checks = {
         config: true,
         listeners: listening,
@@ -236,7 +237,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
         (!readiness.requireJwks || checks.jwks)
       return { ok, checks, detail: { gates, ...pipeline.readinessDetail() } }
     },
-    effectiveConfig: () => redactConfig(config),
+    effectiveConfig: () => redactConfig(pipeline.config),
   })
 
   let proxyAddrs: Awaited<ReturnType<ProxyServer['listen']>>
@@ -275,7 +276,6 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     await withTimeout(nextPipeline.start(), jwksStartTimeout)
     const previous = pipeline
     pipeline = nextPipeline
-    config = next
     proxy.setUpstream(next.upstream)
     telemetry.reconfigure(next)
     telemetry.configReloaded('success')
@@ -320,7 +320,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     closing ??= (async () => {
       draining = true
       watcher?.close()
-      await proxy.close(config.timeouts.drain)
+      await proxy.close(pipeline.config.timeouts.drain)
       await admin.close()
       pipeline.close()
       await telemetry.close()
@@ -333,15 +333,15 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     adminAddress,
     telemetry,
     pipeline: () => pipeline,
-    config: () => config,
+    config: () => pipeline.config,
     reload: serialReload,
     shutdown() {
       shuttingDown ??= (async () => {
         draining = true
         proxy.drain()
-        const delayMs = config.timeouts.drainDelay
+        const { drainDelay: delayMs, drain: drainMs } = pipeline.config.timeouts
         log.info(
-          { event: 'draining', drainDelayMs: delayMs, drainMs: config.timeouts.drain },
+          { event: 'draining', drainDelayMs: delayMs, drainMs },
           'draining: /readyz answers 503, listeners accept with Connection: close until the drain delay ends',
         )
         if (delayMs > 0 && !closing) {
