@@ -31,15 +31,31 @@ export function redactUrl(text: string): string {
   return changed ? u.toString() : text
 }
 
-export function redactConfig(value: unknown, field = ''): unknown {
+/** Field names that are secrets wherever they appear, whatever their value's type. */
+const SECRET_NAME =
+  /^(key|secret|token|password|passphrase)$|(?:Key|Secret|Token|Password|Passphrase)$|[_-](?:key|secret|token|password)$/
+export const REDACTED = '<redacted>'
+/** deeper than any config: a cycle or a hostile value is cut off instead of recursing without end */
+const MAX_DEPTH = 32
+
+function isSecretField(name: string, value: unknown): boolean {
+  if (value === null || typeof value === 'object') return false
+  if (SECRET_NAME.test(name)) return true
+  return typeof value === 'string' && SECRET_FIELD.test(name) && !KEEP.has(name)
+}
+
+/**
+ * The one secret masker for anything shown to an operator (/config, diagnostics): secret-named fields
+ * become "<redacted>", credentials in URL-shaped strings are masked (redactUrl). Idempotent.
+ */
+export function redactConfig(value: unknown, depth = 0): unknown {
+  if (depth > MAX_DEPTH) return null
   if (typeof value === 'string') return redactUrl(value)
-  if (Array.isArray(value)) return value.map((v) => redactConfig(v, field))
+  if (Array.isArray(value)) return value.map((v) => redactConfig(v, depth + 1))
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {}
-    for (const [k, v] of Object.entries(value)) {
-      out[k] =
-        typeof v === 'string' && SECRET_FIELD.test(k) && !KEEP.has(k) ? '<redacted>' : redactConfig(v, k)
-    }
+    for (const [k, v] of Object.entries(value))
+      out[k] = isSecretField(k, v) ? REDACTED : redactConfig(v, depth + 1)
     return out
   }
   return value
