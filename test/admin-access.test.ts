@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import pino from 'pino'
 import t, { type Test } from 'tap'
 import { type AdminAccess, createAdminServer } from '../src/admin/server.ts'
-import { redactConfig, redactUrl } from '../src/config/redact.ts'
+import { redactConfig, redactHeader, redactUrl } from '../src/config/redact.ts'
 import { configSchema } from '../src/config/schema.ts'
 import { TokenFile } from '../src/runtime.ts'
 import { Telemetry } from '../src/telemetry/index.ts'
@@ -156,6 +156,9 @@ t.test(
     let deep: Record<string, unknown> = { v: 1 }
     for (let i = 0; i < 100; i++) deep = { deep }
     t.doesNotThrow(() => redactConfig(deep), 'a deep value is cut off, not recursed without end')
+    for (const name of ['Authorization', 'proxy-authorization', 'cookie', 'X-API-Key'])
+      t.equal(redactHeader(name, 'secret-value'), '<redacted>', name)
+    t.equal(redactHeader('user-agent', 'curl/8'), 'curl/8', 'other headers are shown')
   },
 )
 

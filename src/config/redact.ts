@@ -44,6 +44,14 @@ function isSecretField(name: string, value: unknown): boolean {
   return typeof value === 'string' && SECRET_FIELD.test(name) && !KEEP.has(name)
 }
 
+/** request headers that carry credentials: their values are never echoed */
+const CREDENTIAL_HEADER = /^(authorization|proxy-authorization|cookie|x-api-key)$/i
+
+/** A request header's value for display: credential headers masked. */
+export function redactHeader(name: string, value: string): string {
+  return CREDENTIAL_HEADER.test(name) ? REDACTED : value
+}
+
 /**
  * The one secret masker for anything shown to an operator (/config, diagnostics): secret-named fields
  * become "<redacted>", credentials in URL-shaped strings are masked (redactUrl). Idempotent.
