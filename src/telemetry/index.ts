@@ -157,7 +157,6 @@ export class Telemetry {
                 () => reject(new Error(`${what} took over ${this.timeoutMs} ms`)),
                 this.timeoutMs,
               )
-              timer.unref()
             }),
           ])
         } catch (err) {
