@@ -1,5 +1,6 @@
 // OTLP settings follow a config reload on the built sidecar, no restart: export turned on, moved to another
-// collector (with audit log records switched on there), turned off and on again; the export counters go on.
+// collector (with audit log records and an auth header switched on there), turned off and on again with a
+// rotated header; the export counters go on; the header value is shown nowhere.
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { eventually } from './helpers/eventually.ts'
@@ -66,7 +67,12 @@ t.test('turning OTLP export on, moving it and turning it off take effect on relo
   t.ok(
     await sidecar.reload({
       ...base,
-      otlp: { endpoint: collectorB.url, scheduledDelay: '50ms', logs: true },
+      otlp: {
+        endpoint: collectorB.url,
+        scheduledDelay: '50ms',
+        logs: true,
+        headers: { authorization: 'Bearer collector-token-1' },
+      },
     }),
   )
   const atB = await request()
@@ -75,6 +81,10 @@ t.test('turning OTLP export on, moving it and turning it off take effect on relo
     what: 'the audit log record at B',
   })
   t.equal(log.eventName, 'nhi.audit')
+  const carrying = (collector: typeof collectorA, traceId: string) =>
+    collector.exports.filter((e) => e.traceIds.includes(traceId)).map((e) => e.headers.authorization)
+  t.same(carrying(collectorB, atB), ['Bearer collector-token-1', 'Bearer collector-token-1'], 'span and log')
+  t.same(carrying(collectorA, atA), [undefined], 'no header before it was configured')
   t.notOk(
     collectorA.spans.some((s) => s.traceId === atB),
     'after the move nothing goes to the old collector',
@@ -91,9 +101,23 @@ t.test('turning OTLP export on, moving it and turning it off take effect on relo
   t.equal(seriesCount(await scrape(admin), 'nhi_otlp_spans_exported_total'), 0, 'export off again')
   const whileOff = await request()
 
-  t.ok(await sidecar.reload({ ...base, otlp: { endpoint: collectorB.url, scheduledDelay: '50ms' } }))
+  const rotated = { authorization: 'Bearer collector-token-2' }
+  t.ok(
+    await sidecar.reload({
+      ...base,
+      otlp: { endpoint: collectorB.url, scheduledDelay: '50ms', headers: rotated },
+    }),
+  )
   const backOn = await request()
   await spanAt(collectorB, backOn)
+  t.same(carrying(collectorB, backOn), ['Bearer collector-token-2'], 'the rotated header is used')
+  const effective = await (await fetch(`${admin}/config`)).text()
+  t.match(effective, /"authorization":"<redacted>"/, '/config masks header values')
+  t.notMatch(
+    effective + sidecar.process.stdout() + sidecar.process.stderr(),
+    /collector-token/,
+    'nowhere shown',
+  )
   t.notOk(
     collectorB.spans.some((s) => s.traceId === whileOff),
     'a request while export was off was not exported',

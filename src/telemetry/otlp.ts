@@ -108,6 +108,7 @@ export class OtlpExport {
   constructor(settings: OtlpSettings, version: string, counts: { spans: OtlpCounts; logs: OtlpCounts }) {
     const exporter = new OTLPTraceExporter({
       ...(settings.url !== undefined ? { url: settings.url } : {}),
+      ...(settings.headers !== undefined ? { headers: settings.headers } : {}),
       ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
     })
     const processor = new BatchSpanProcessor(exporter, {
@@ -136,6 +137,7 @@ export class OtlpExport {
     if (settings.logs) {
       const logExporter = new OTLPLogExporter({
         ...(settings.logs.url !== undefined ? { url: settings.logs.url } : {}),
+        ...(settings.headers !== undefined ? { headers: settings.headers } : {}),
         ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
       })
       this.loggerProvider = new LoggerProvider({
