@@ -50,6 +50,12 @@ const rejecting: Recorder = {
   }) as Recorder['record'],
 }
 
+/** an output whose writes never complete (a destination that stopped answering) */
+const stalled: Recorder = {
+  name: 'stalled',
+  record: (() => new Promise<void>(() => {})) as Recorder['record'],
+}
+
 function sidecarConfig(upstream: string, service: string): Record<string, unknown> {
   return {
     service,
@@ -106,7 +112,7 @@ t.test('a toy recorder in the same list sees every request, each reload and the 
   t.ok(counting.closed, 'closed with the sidecar')
 })
 
-t.test('a throwing or rejecting recorder breaks neither the others nor the request', async (t) => {
+t.test('a throwing, rejecting or stalled recorder breaks neither the others nor the request', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
   const counting = new CountingRecorder()
@@ -114,7 +120,7 @@ t.test('a throwing or rejecting recorder breaks neither the others nor the reque
     config: configSchema.parse(sidecarConfig(upstream.url, 'orders')),
     log: pino({ level: 'silent' }),
     // the broken ones first: recorders after them must still see every request
-    recorders: [throwing, rejecting, counting],
+    recorders: [throwing, rejecting, stalled, counting],
   })
   t.teardown(() => sidecar.close())
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
@@ -135,6 +141,7 @@ t.test('a throwing or rejecting recorder breaks neither the others nor the reque
   )
   t.equal(metricValue(m, 'nhi_recorder_failures_total', { recorder: 'throwing' }), 4)
   t.equal(metricValue(m, 'nhi_recorder_failures_total', { recorder: 'counting' }), 0)
+  t.equal(metricValue(m, 'nhi_recorder_failures_total', { recorder: 'stalled' }), 0)
   t.equal(metricValue(m, 'nhi_requests_total', { identity: 'ua:team-blue' }), 4, 'metrics recorded all')
   t.equal(sidecar.telemetry.auditQuery({}).length, 4, 'the audit ring recorded all')
 })
