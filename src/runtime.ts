@@ -14,8 +14,8 @@ import { parsePeerCertificate } from './identity/certificate.ts'
 import { sanitizeForwardedCertHeaders } from './identity/forwarded/sanitize.ts'
 import type { Attribution, Pipeline } from './pipeline.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
-import { type JwksObserver, Telemetry } from './telemetry/index.ts'
-import type { ConnectionInfo } from './types.ts'
+import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
+import type { ConnectionInfo, Recorder } from './types.ts'
 import { VERSION } from './version.ts'
 
 export class StartupError extends Error {
@@ -44,6 +44,8 @@ export interface StartOptions {
   log: Logger
   /** wait at most this long for the first JWKS fetch before accepting traffic */
   jwksStartTimeoutMs?: number
+  /** outputs of an embedding program, recorded and reconfigured like the built-in ones */
+  recorders?: Recorder[]
 }
 
 export interface Sidecar {
@@ -212,7 +214,10 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     configPath ? await loadOrFail(configPath) : (opts.config ?? configSchema.parse({})),
     opts.overrides,
   )
-  const telemetry = new Telemetry(config, { version: VERSION })
+  const telemetry = new Telemetry(config, {
+    version: VERSION,
+    ...(opts.recorders ? { recorders: opts.recorders } : {}),
+  })
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
 
@@ -220,13 +225,10 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   await withTimeout(engine.start(), jwksStartTimeout)
   let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
 
-  try {
-    const target = await telemetry.startExport()
-    if (target !== undefined) log.info({ event: 'otlp_export', target }, 'exporting spans over OTLP')
-  } catch (err) {
-    // tracing is an output like any other: a broken exporter setup is reported, traffic is served
-    log.error({ event: 'otlp_export_failed', err: (err as Error).message }, 'OTLP export is off')
-  }
+  // an output is not the proxy: one that cannot apply its config is reported, traffic is served
+  logRecorderFailures(log, await telemetry.start())
+  if (telemetry.otlp.target !== undefined)
+    log.info({ event: 'otlp_export', target: telemetry.otlp.target }, 'exporting spans over OTLP')
 
   const tls = await readTls(config, opts.tls)
   const proxy: ProxyServer = createProxy({
@@ -311,7 +313,13 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     config = next
     pipeline = new ActivePipeline(nextEngine, telemetry)
     proxy.setUpstream(next.upstream)
-    telemetry.reconfigure(next)
+    const otlpBefore = telemetry.otlp.target
+    logRecorderFailures(log, await telemetry.reconfigure(next))
+    const otlpTarget = telemetry.otlp.target
+    if (otlpTarget !== otlpBefore) {
+      if (otlpTarget === undefined) log.info({ event: 'otlp_export_off' }, 'OTLP export is off')
+      else log.info({ event: 'otlp_export', target: otlpTarget }, 'exporting spans over OTLP')
+    }
     telemetry.configReloaded('success')
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
@@ -357,7 +365,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
       await proxy.close(config.timeouts.drain)
       await admin.close()
       engine.close()
-      await telemetry.close()
+      logRecorderFailures(log, await telemetry.close())
     })()
     return closing
   }
@@ -393,6 +401,11 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     },
     close,
   }
+}
+
+function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
+  for (const { recorder, error } of failures)
+    log.error({ event: 'recorder_failed', recorder, err: error }, `the ${recorder} output failed: ${error}`)
 }
 
 /**

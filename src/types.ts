@@ -1,6 +1,7 @@
 // The shared vocabulary of the request pipeline (docs/reference.md "Request pipeline", "Identity model", "Metrics").
 // Every stage talks in these types; nothing here depends on a library.
 import type { IncomingHttpHeaders } from 'node:http'
+import type { Config } from './config/schema.ts'
 
 export const KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'] as const
 export type Kind = (typeof KINDS)[number]
@@ -243,8 +244,18 @@ export interface RequestEvent {
   service: string
 }
 
-/** One file per output (src/telemetry). Must never throw, never block, keep memory bounded. */
+/**
+ * One output of finished requests (metrics, audit, live feed, OTLP…), one file each under src/telemetry,
+ * listed once in the telemetry facade. record() must not block and must keep memory bounded; the facade
+ * contains a recorder that throws or rejects anyway, so one broken output never reaches the others or the
+ * request.
+ */
 export interface Recorder {
+  /** label of `nhi_recorder_failures_total` and of log lines about this recorder */
+  readonly name: string
   record(event: RequestEvent): void
+  /** applies a reloaded config (and the initial one, once at start) */
+  reconfigure?(config: Config): void | Promise<void>
+  /** sends or writes what is pending; bounded */
   close?(): void | Promise<void>
 }

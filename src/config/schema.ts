@@ -347,6 +347,15 @@ export const configSchema = z.strictObject({
         z._default(duration, 5_000),
         'longest wait before a partial batch is sent (OTEL_BSP_SCHEDULE_DELAY, in ms, wins)',
       ),
+      headers: described(
+        z.optional(
+          z.record(
+            z.string().check(z.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'expected an HTTP header name')),
+            z.string().check(z.regex(/^[^\r\n]*$/, 'expected a single-line header value')),
+          ),
+        ),
+        'headers of every export request, e.g. a collector token (masked on /config; a name also set in OTEL_EXPORTER_OTLP_HEADERS is taken from there)',
+      ),
     }),
     {},
   ),
