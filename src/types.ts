@@ -97,6 +97,8 @@ export const ANOMALY_TYPES = [
   'expired_in_use',
   'unknown_kid',
   'spoofed_header',
+  // a user agent claiming a well-known crawler operator from outside that operator's published ranges
+  'unverified_claim',
 ] as const
 export type AnomalyType = (typeof ANOMALY_TYPES)[number]
 
@@ -145,7 +147,10 @@ export interface ApiKeyEvidence {
 export type UserAgentCategory = 'browser' | 'bot' | 'agent' | 'unknown'
 export interface UserAgentEvidence {
   source: 'useragent'
-  verified: false
+  /** true only for a crawler whose claimed operator was confirmed by its published IP ranges or DNS */
+  verified: boolean
+  /** how a verified crawler was confirmed */
+  verifiedBy?: 'ranges' | 'dns'
   ua: string
   category: UserAgentCategory
   /** short stable product name, e.g. "googlebot", "gptbot", "curl", "chrome" */
