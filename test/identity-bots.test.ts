@@ -1,10 +1,16 @@
 // Verified bots: a user agent claiming a well-known crawler is verified only from its operator's published
 // ranges (or by reverse-then-forward DNS when enabled), the range files refresh with the JWKS rules (last
 // good keeps serving), and only a trusted proxy can say where a client is.
+
+import { execFile } from 'node:child_process'
 import { createSocket, type Socket } from 'node:dgram'
 import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
 import t from 'tap'
 import { configSchema } from '../src/config/schema.ts'
 import { Engine } from '../src/engine.ts'
@@ -338,4 +344,50 @@ t.test('DNS that never answers: bounded by the timeout, never verified, asked ag
   t.equal(v.verifyBotClaim('Bing', '192.0.2.50'), 'unknown', 'a timeout is not an answer')
   await v.dnsSettled()
   t.ok(dns.queries.length >= 2, 'the next claim asks again')
+})
+
+t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published files', async (t) => {
+  const server = createServer((req, res) => {
+    if (req.url === '/down.json') {
+      res.statusCode = 503
+      res.end()
+      return
+    }
+    res.end(
+      JSON.stringify({
+        creationTime: '2026-11-30T10:00:00Z',
+        prefixes: [{ ipv4Prefix: '192.0.2.0/24' }, { ipv6Prefix: '2001:db8::/32' }, { ipv4Prefix: 'junk' }],
+      }),
+    )
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const out = join(tmpdir(), `bot-ranges-${process.pid}.json`)
+  await promisify(execFile)(process.execPath, [
+    'scripts/refresh-bot-ranges.mjs',
+    '--out',
+    out,
+    '--url',
+    `Bing=${base}/bingbot.json`,
+    '--url',
+    `Perplexity=${base}/down.json`,
+  ]).catch((err: { stderr?: string }) => {
+    t.fail(err.stderr ?? String(err))
+  })
+  const written = JSON.parse(readFileSync(out, 'utf8'))
+  t.match(written.asOf, /^\d{4}-\d{2}-\d{2}$/)
+  t.same(
+    written.sources,
+    [
+      {
+        operator: 'Bing',
+        url: `${base}/bingbot.json`,
+        creationTime: '2026-11-30T10:00:00Z',
+        prefixes: ['192.0.2.0/24', '2001:db8::/32'],
+      },
+    ],
+    'the file that failed is left out (no previous entry), junk prefixes are dropped',
+  )
 })
