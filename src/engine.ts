@@ -90,7 +90,10 @@ export class Engine {
     this.anomalies = new AnomalyDetector(config.anomalies, opts.now)
   }
 
-  /** Initial JWKS fetch. Never throws: an IdP that is down leaves the engine not-ready, not dead. */
+  /**
+   * Initial JWKS and crawler-range fetches. Never throws: an IdP that is down leaves the engine not-ready,
+   * not dead; a range file that cannot be fetched leaves the shipped snapshot serving.
+   */
   start(): Promise<void> {
     return Promise.all([this.jwt.start(), this.bots.start()]).then(() => {})
   }
@@ -143,6 +146,7 @@ export class Engine {
    * x-nhi-identity are the same header to a CGI/WSGI/Rack app.
    */
   private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
+    // the one place a crawler claim meets the client address: verified, or an unverified_claim anomaly
     this.bots.attest(evidence, req, conn)
     if (
       hasSpoofedIdentityHeader(req.headers) ||

@@ -16,7 +16,10 @@ export interface Identity {
   name: string
   kind: Kind
   source: Source
-  /** true only if a signature, certificate chain or api-key hash was checked */
+  /**
+   * true only if a signature, certificate chain or api-key hash was checked, or a crawler's claimed operator
+   * was confirmed by its published IP ranges or DNS
+   */
   verified: boolean
   team?: string
   zone?: string
