@@ -10,6 +10,7 @@ import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { Engine } from './engine.ts'
+import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { parsePeerCertificate } from './identity/certificate.ts'
 import { sanitizeForwardedCertHeaders } from './identity/forwarded/sanitize.ts'
 import type { Attribution, Pipeline } from './pipeline.ts'
@@ -220,8 +221,9 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   })
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
+  const botRangesObserver = loggingBotRangesObserver(log)
 
-  let engine = new Engine(config, { jwksObserver })
+  let engine = new Engine(config, { jwksObserver, botRangesObserver })
   await withTimeout(engine.start(), jwksStartTimeout)
   let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
 
@@ -306,7 +308,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     }
     const next = applyOverrides(result.config, opts.overrides)
     await adminToken.load(next.adminAccess.tokenFile)
-    const nextEngine = new Engine(next, { jwksObserver })
+    const nextEngine = new Engine(next, { jwksObserver, botRangesObserver })
     await withTimeout(nextEngine.start(), jwksStartTimeout)
     const previous = engine
     engine = nextEngine
@@ -413,6 +415,26 @@ function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
  * recovered) with the safe reason, never one per attempt or per request. Shared by every engine a reload
  * builds, so a reload does not repeat a known outage.
  */
+/** Logs the first failure of a crawler range file and its recovery, not every retry. */
+function loggingBotRangesObserver(log: Logger): BotRangesObserver {
+  const failing = new Set<string>()
+  return {
+    refreshed(operator, url, result, prefixes, error) {
+      if (result === 'failure' && !failing.has(url)) {
+        failing.add(url)
+        log.warn(
+          { event: 'bot_ranges_refresh_failed', operator, reason: error ?? 'unknown', prefixes },
+          prefixes > 0
+            ? 'crawler range refresh failed; the last good ranges keep serving'
+            : 'crawler range refresh failed; claims of this operator stay unknown until it arrives',
+        )
+      } else if (result === 'success' && failing.delete(url)) {
+        log.info({ event: 'bot_ranges_recovered', operator, prefixes }, 'crawler range refresh recovered')
+      }
+    },
+  }
+}
+
 function loggingJwksObserver(metrics: JwksObserver, log: Logger): JwksObserver {
   const failing = new Map<string, boolean>()
   return {

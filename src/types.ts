@@ -17,7 +17,10 @@ export interface Identity {
   name: string
   kind: Kind
   source: Source
-  /** true only if a signature, certificate chain or api-key hash was checked */
+  /**
+   * true only if a signature, certificate chain or api-key hash was checked, or a crawler's claimed operator
+   * was confirmed by its published IP ranges or DNS
+   */
   verified: boolean
   team?: string
   zone?: string
@@ -98,6 +101,8 @@ export const ANOMALY_TYPES = [
   'expired_in_use',
   'unknown_kid',
   'spoofed_header',
+  // a user agent claiming a well-known crawler operator from outside that operator's published ranges
+  'unverified_claim',
 ] as const
 export type AnomalyType = (typeof ANOMALY_TYPES)[number]
 
@@ -146,7 +151,10 @@ export interface ApiKeyEvidence {
 export type UserAgentCategory = 'browser' | 'bot' | 'agent' | 'unknown'
 export interface UserAgentEvidence {
   source: 'useragent'
-  verified: false
+  /** true only for a crawler whose claimed operator was confirmed by its published IP ranges or DNS */
+  verified: boolean
+  /** how a verified crawler was confirmed */
+  verifiedBy?: 'ranges' | 'dns'
   ua: string
   category: UserAgentCategory
   /** short stable product name, e.g. "googlebot", "gptbot", "curl", "chrome" */
