@@ -2,6 +2,7 @@
 // swaps it in between requests, so every request sees exactly one consistent config.
 import type { Config } from './config/schema.ts'
 import { AnomalyDetector, addFailureAnomalies } from './identity/anomalies.ts'
+import { type BotRangesObserver, BotVerifier } from './identity/bots/verify.ts'
 import { ApiKeyExtractor } from './identity/extractors/apikey.ts'
 import { JwtExtractor } from './identity/extractors/jwt.ts'
 import { mtlsExtractor } from './identity/extractors/mtls.ts'
@@ -30,6 +31,7 @@ export interface Evaluation extends Attribution {
 
 export interface EngineOptions {
   jwksObserver?: JwksObserver
+  botRangesObserver?: BotRangesObserver
   now?: () => number
 }
 
@@ -58,6 +60,7 @@ export class Engine {
   readonly config: Config
   readonly jwt: JwtExtractor
   readonly xfcc: XfccExtractor
+  readonly bots: BotVerifier
   private readonly extractors: readonly Extractor[]
   private readonly rules: RuleSet
   private readonly policy: Policy
@@ -68,6 +71,9 @@ export class Engine {
     this.config = config
     this.jwt = new JwtExtractor(config.jwt, { observer: opts.jwksObserver, now: opts.now })
     this.xfcc = new XfccExtractor(config.forwardedClientCert)
+    this.bots = new BotVerifier(config.bots.verify, config.forwardedClientCert, {
+      observer: opts.botRangesObserver,
+    })
     // Order is irrelevant for precedence (the rules engine applies docs/reference.md "Identity model" precedence); cheap ones first.
     // Without configured issuers a bearer token is the service's own business (opaque tokens, sessions):
     // there is nothing to verify it against, so it is neither evidence nor an auth failure.
@@ -84,9 +90,12 @@ export class Engine {
     this.anomalies = new AnomalyDetector(config.anomalies, opts.now)
   }
 
-  /** Initial JWKS fetch. Never throws: an IdP that is down leaves the engine not-ready, not dead. */
+  /**
+   * Initial JWKS and crawler-range fetches. Never throws: an IdP that is down leaves the engine not-ready,
+   * not dead; a range file that cannot be fetched leaves the shipped snapshot serving.
+   */
   start(): Promise<void> {
-    return this.jwt.start()
+    return Promise.all([this.jwt.start(), this.bots.start()]).then(() => {})
   }
 
   ready(): boolean {
@@ -95,6 +104,7 @@ export class Engine {
 
   close(): void {
     this.jwt.close()
+    this.bots.close()
   }
 
   /**
@@ -136,6 +146,8 @@ export class Engine {
    * x-nhi-identity are the same header to a CGI/WSGI/Rack app.
    */
   private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
+    // the one place a crawler claim meets the client address: verified, or an unverified_claim anomaly
+    this.bots.attest(evidence, req, conn)
     if (
       hasSpoofedIdentityHeader(req.headers) ||
       hasForeignForwardedCertHeader(req.headers, () => this.xfcc.formatFor(conn.remoteAddress))

@@ -53,8 +53,9 @@ export function redactHeader(name: string, value: string): string {
 }
 
 /**
- * The one secret masker for anything shown to an operator (/config, diagnostics): secret-named fields
- * become "<redacted>", credentials in URL-shaped strings are masked (redactUrl). Idempotent.
+ * The one secret masker for anything shown to an operator (/config, diagnostics): secret-named fields and
+ * every value of a `headers` map become "<redacted>", credentials in URL-shaped strings are masked
+ * (redactUrl). Idempotent.
  */
 export function redactConfig(value: unknown, depth = 0): unknown {
   if (depth > MAX_DEPTH) return null
@@ -62,8 +63,14 @@ export function redactConfig(value: unknown, depth = 0): unknown {
   if (Array.isArray(value)) return value.map((v) => redactConfig(v, depth + 1))
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {}
-    for (const [k, v] of Object.entries(value))
+    for (const [k, v] of Object.entries(value)) {
+      // header values (otlp.headers) are credentials more often than not: a collector's token
+      if (k === 'headers' && v !== null && typeof v === 'object') {
+        out[k] = Object.fromEntries(Object.keys(v).map((name) => [name, REDACTED]))
+        continue
+      }
       out[k] = isSecretField(k, v) ? REDACTED : redactConfig(v, depth + 1)
+    }
     return out
   }
   return value

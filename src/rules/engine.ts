@@ -371,7 +371,7 @@ export function strongest(ev: EvidenceSet): Strongest {
   if (ev.xfcc) return pick('xfcc', ev.xfcc.verified)
   if (ev.jwt) return pick('jwt', true)
   if (ev.apikey) return pick('apikey', true)
-  if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', false)
+  if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', ev.useragent.verified)
   return pick('anonymous', false)
 }
 
@@ -482,6 +482,7 @@ function evidenceAttributes(ev: EvidenceSet): Record<string, string> {
     a['ua_category'] = ev.useragent.category
     if (ev.useragent.operator) a['agent_operator'] = ev.useragent.operator
     if (ev.useragent.purpose) a['agent_purpose'] = ev.useragent.purpose
+    if (ev.useragent.verifiedBy) a['bot_verified_by'] = ev.useragent.verifiedBy
   }
   return a
 }
@@ -582,7 +583,8 @@ function evidenceKey(ev: EvidenceSet): string | undefined {
   }
   key += ev.jwt ? `${ev.jwt.fingerprint}|` : '|'
   key += ev.apikey ? `${ev.apikey.fingerprint}|` : '|'
-  key += ev.useragent ? ev.useragent.ua : ''
+  // a crawler verified by its address is another identity than the same user agent from elsewhere
+  key += ev.useragent ? `${ev.useragent.verifiedBy ?? ''}|${ev.useragent.ua}` : ''
   return key
 }
 
