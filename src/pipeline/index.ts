@@ -92,6 +92,11 @@ export class AttributionPipeline implements Pipeline {
     await Promise.all(this.readers.map((r) => r.extractor.start?.()))
   }
 
+  /** background checks of earlier requests (a crawler's reverse DNS) have answered */
+  async settled(): Promise<void> {
+    await Promise.all(this.readers.map((r) => r.extractor.settled?.()))
+  }
+
   ready(): boolean {
     return this.readers.every((r) => r.extractor.ready?.() ?? true)
   }
@@ -159,6 +164,8 @@ export class AttributionPipeline implements Pipeline {
    * same header to a CGI/WSGI/Rack app.
    */
   private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
+    // the one place a claim meets the client address: verified, or an anomaly (unverified_claim)
+    for (const r of this.readers) r.extractor.attest?.(evidence, req, conn)
     let spoofed = hasSpoofedIdentityHeader(req.headers)
     for (let i = 0; !spoofed && i < this.readers.length; i++) {
       spoofed = this.readers[i]!.extractor.spoofedHeaders?.(req, conn) ?? false

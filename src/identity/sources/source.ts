@@ -17,6 +17,7 @@ import type {
   RequestEvent,
   RequestInfo,
 } from '../../types.ts'
+import type { BotRangesObserver } from '../bots/verify.ts'
 import type { JwksObserver } from '../jwt/jwks.ts'
 
 /** What built-in knowledge names a caller by when no identity rule matched. */
@@ -32,6 +33,7 @@ export interface Rejection {
 /** What a source's extractor may need besides its own config section. */
 export interface SourceContext {
   jwksObserver?: JwksObserver
+  botRangesObserver?: BotRangesObserver
   /** unix ms clock (tests) */
   now?: () => number
 }
@@ -46,6 +48,11 @@ export interface SourceExtractor<E extends Evidence = Evidence> {
   extract(req: RequestInfo, conn: ConnectionInfo): MaybePromise<E | Failure | undefined>
   /** an answer instead of forwarding when this source's credential failed (jwt.onInvalid: reject) */
   reject?(failure: Failure): Rejection | undefined
+  /**
+   * After every source has read the request: cross-checks this source's evidence with the client address;
+   * may replace it with a verified copy (replaceEvidence) or add anomalies.
+   */
+  attest?(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): void
   /** the request carries a header of this source that its peer may not set (anomaly spoofed_header) */
   spoofedHeaders?(req: RequestInfo, conn: ConnectionInfo): boolean
   /** last word on this source's headers sent upstream (after the proxy's own header handling) */
@@ -56,6 +63,8 @@ export interface SourceExtractor<E extends Evidence = Evidence> {
   ): void
   /** initial fetches (keys, lists); never throws: a failed start leaves ready() false */
   start?(): Promise<void>
+  /** resolves once background checks started by earlier requests (DNS lookups) have answered */
+  settled?(): Promise<void>
   /** for /readyz: the source can verify what it is given */
   ready?(): boolean
   /** what /readyz shows about the source (e.g. `issuers`) */
@@ -115,6 +124,14 @@ export function addCredential(set: EvidenceSet, source: CredentialSource, eviden
   let i = list.length
   while (i > 0 && list[i - 1]!.source.precedence > source.precedence) i--
   list.splice(i, 0, { source, evidence })
+}
+
+/** Puts `evidence` in the place of the named source's evidence (a claim verified after the fact). */
+export function replaceEvidence(set: EvidenceSet, name: string, evidence: Evidence): void {
+  const list = set.credentials
+  for (let i = 0; i < list.length; i++) {
+    if (list[i]!.source.name === name) list[i] = { source: list[i]!.source, evidence }
+  }
 }
 
 /** The evidence of the named source, when it presented one. */
