@@ -9,6 +9,7 @@ import { useragentExtractor } from './identity/extractors/useragent.ts'
 import { XfccExtractor } from './identity/extractors/xfcc.ts'
 import { hasForeignForwardedCertHeader } from './identity/forwarded/headers.ts'
 import type { JwksObserver } from './identity/jwt/jwks.ts'
+import { SignatureVerifier } from './identity/signatures/verifier.ts'
 import type { Attribution } from './pipeline.ts'
 import { compilePolicy, denyResponse, type Policy } from './policy/policy.ts'
 import { compileRules, type RuleSet, type RuleTrace } from './rules/engine.ts'
@@ -58,6 +59,8 @@ export class Engine {
   readonly config: Config
   readonly jwt: JwtExtractor
   readonly xfcc: XfccExtractor
+  /** signed agents (Web Bot Auth); a key directory counts as a key set in the nhi_jwks_* families */
+  readonly signatures: SignatureVerifier
   private readonly extractors: readonly Extractor[]
   private readonly rules: RuleSet
   private readonly policy: Policy
@@ -68,6 +71,10 @@ export class Engine {
     this.config = config
     this.jwt = new JwtExtractor(config.jwt, { observer: opts.jwksObserver, now: opts.now })
     this.xfcc = new XfccExtractor(config.forwardedClientCert)
+    this.signatures = new SignatureVerifier(config.signedAgents, {
+      observer: opts.jwksObserver,
+      now: opts.now,
+    })
     // Order is irrelevant for precedence (the rules engine applies docs/reference.md "Identity model" precedence); cheap ones first.
     // Without configured issuers a bearer token is the service's own business (opaque tokens, sessions):
     // there is nothing to verify it against, so it is neither evidence nor an auth failure.
@@ -77,6 +84,8 @@ export class Engine {
       new ApiKeyExtractor(config.apiKeys),
       useragentExtractor,
       ...(config.jwt.issuers.length > 0 ? [this.jwt] : []),
+      // like tokens without issuers: without configured directories a signature is the service's business
+      ...(config.signedAgents.directories.length > 0 ? [this.signatures] : []),
     ]
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)
@@ -85,8 +94,8 @@ export class Engine {
   }
 
   /** Initial JWKS fetch. Never throws: an IdP that is down leaves the engine not-ready, not dead. */
-  start(): Promise<void> {
-    return this.jwt.start()
+  async start(): Promise<void> {
+    await Promise.all([this.jwt.start(), this.signatures.start()])
   }
 
   ready(): boolean {
@@ -95,6 +104,7 @@ export class Engine {
 
   close(): void {
     this.jwt.close()
+    this.signatures.close()
   }
 
   /**
@@ -201,6 +211,9 @@ function addEvidence(set: EvidenceSet, ev: Evidence): void {
       break
     case 'apikey':
       set.apikey = ev
+      break
+    case 'signature':
+      set.signature = ev
       break
     case 'useragent':
       set.useragent = ev

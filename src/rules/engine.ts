@@ -371,6 +371,7 @@ export function strongest(ev: EvidenceSet): Strongest {
   if (ev.xfcc) return pick('xfcc', ev.xfcc.verified)
   if (ev.jwt) return pick('jwt', true)
   if (ev.apikey) return pick('apikey', true)
+  if (ev.signature) return pick('signature', true)
   if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', false)
   return pick('anonymous', false)
 }
@@ -483,6 +484,13 @@ function evidenceAttributes(ev: EvidenceSet): Record<string, string> {
     if (ev.useragent.operator) a['agent_operator'] = ev.useragent.operator
     if (ev.useragent.purpose) a['agent_purpose'] = ev.useragent.purpose
   }
+  if (ev.signature) {
+    // a verified directory's operator and purpose outrank what a user agent claims
+    a['signature_agent'] = ev.signature.directory
+    a['signature_keyid'] = ev.signature.keyid
+    if (ev.signature.operator) a['agent_operator'] = ev.signature.operator
+    if (ev.signature.purpose) a['agent_purpose'] = ev.signature.purpose
+  }
   return a
 }
 
@@ -543,6 +551,7 @@ function builtinIdentity(ev: EvidenceSet, profile: ProfileIdentity | undefined):
     if (ev.apikey.team !== undefined) out.team = ev.apikey.team
     return out
   }
+  if (ev.signature) return { name: ev.signature.name, kind: ev.signature.kind, rule: 'builtin:signature' }
   const ua = ev.useragent
   if (ua && (ua.category === 'bot' || ua.category === 'agent')) {
     return { name: ua.product, kind: ua.category, rule: 'builtin:useragent' }
@@ -582,6 +591,7 @@ function evidenceKey(ev: EvidenceSet): string | undefined {
   }
   key += ev.jwt ? `${ev.jwt.fingerprint}|` : '|'
   key += ev.apikey ? `${ev.apikey.fingerprint}|` : '|'
+  key += ev.signature ? `${ev.signature.directory} ${ev.signature.keyid}|` : '|'
   key += ev.useragent ? ev.useragent.ua : ''
   return key
 }
@@ -671,6 +681,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
 function defaultKind(ev: EvidenceSet): Kind {
   if (ev.mtls || ev.xfcc) return 'service'
   if (ev.apikey) return ev.apikey.kind ?? 'service'
+  if (ev.signature) return ev.signature.kind
   if (ev.useragent?.category === 'bot' || ev.useragent?.category === 'agent') return ev.useragent.category
   if (ev.useragent?.category === 'browser') return 'human'
   return 'unknown'
