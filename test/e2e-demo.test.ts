@@ -16,7 +16,7 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
   for (const kind of ['human', 'service', 'job', 'bot', 'agent']) {
     t.ok(metricValue(m, 'nhi_requests_total', { kind }) > 0, `kind ${kind} has traffic`)
   }
-  for (const source of ['mtls', 'xfcc', 'jwt', 'apikey', 'useragent']) {
+  for (const source of ['mtls', 'xfcc', 'jwt', 'apikey', 'signature', 'useragent']) {
     t.ok(metricValue(m, 'nhi_requests_total', { source }) > 0, `source ${source} has traffic`)
   }
   for (const type of ANOMALY_TYPES) {
@@ -28,6 +28,7 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
     'inventory/sync',
     'ci/nightly-etl',
     'billing-export',
+    'agent.demo',
   ]) {
     t.ok(metricValue(m, 'nhi_requests_total', { identity }) > 0, `identity ${identity} seen`)
   }
@@ -37,6 +38,20 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
   )
   const ids = (await (await fetch(`${admin}/identities`)).json()) as unknown
   t.ok(JSON.stringify(ids).includes('payments/api'), '/identities lists the demo services')
+  t.ok(
+    metricValue(m, 'nhi_requests_total', { identity: 'agent.demo', source: 'signature', verified: 'true' }) >
+      0,
+    'the signed agent is verified',
+  )
+  t.ok(
+    metricValue(m, 'nhi_auth_failures_total', { source: 'signature', reason: 'signature_replayed' }) > 0,
+    'a replayed signature is refused',
+  )
+  const rows = (ids as { identities: { actor?: string; onBehalfOf?: string }[] }).identities
+  t.ok(
+    rows.some((r) => r.actor === 'demo-mail-agent' && r.onBehalfOf),
+    'the delegated agent shows as acting on behalf of its user',
+  )
   demo.kill('SIGTERM')
   t.equal(await demo.exited, 0, 'demo exits 0 on SIGTERM')
 })

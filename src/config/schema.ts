@@ -155,7 +155,7 @@ export const policyRuleSchema = z.strictObject({
       verified: z.optional(z.boolean()),
       source: described(
         z.optional(z.union([z.enum(SOURCES), z.array(z.enum(SOURCES))])),
-        'credential source(s) the identity must come from (mtls, xfcc, jwt, apikey, useragent, anonymous)',
+        'credential source(s) the identity must come from (mtls, xfcc, jwt, apikey, signature, useragent, anonymous)',
       ),
     }),
   ),

@@ -239,7 +239,9 @@ export class IdentityTable {
       entry.rule = identity.rule
       entry.operator = identity.attributes['agent_operator']
       entry.purpose = identity.attributes['agent_purpose']
-      entry.actor = identity.attributes['actor']
+      // kept across the subject's own requests: the row says which agent last acted for it
+      const actor = identity.attributes['actor']
+      if (actor !== undefined) entry.actor = actor
       entry.expiresAt = identity.expiresAt
       entry.expectEveryMs = identity.expectEveryMs
     }

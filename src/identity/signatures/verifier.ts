@@ -20,9 +20,9 @@ import { KeyDirectory } from './directory.ts'
 // http-message-signatures is CommonJS: only `default` (module.exports) is the same under Node's own loader and
 // in the bundle's lazily loaded chunk. It is loaded with the first signed request, so a sidecar without
 // signed agents never pays for it.
-type Hms = typeof import('http-message-signatures')
+export type Hms = typeof import('http-message-signatures')
 let hms: Promise<Hms> | undefined
-const loadHms = (): Promise<Hms> => {
+export const loadHms = (): Promise<Hms> => {
   hms ??= import('http-message-signatures').then((m) => m.default as unknown as Hms)
   return hms
 }
