@@ -2,9 +2,10 @@
 // identity provider) and requests signed with it per RFC 9421, with the same library the proxy verifies with.
 import { generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto'
 import { calculateJwkThumbprint, type JWK } from 'jose'
+import { DIRECTORY_PATH } from '../identity/signatures/directory.ts'
 import { loadHms, WEB_BOT_AUTH_TAG } from '../identity/signatures/verifier.ts'
 
-export const DIRECTORY_PATH = '/.well-known/http-message-signatures-directory'
+export { DIRECTORY_PATH }
 
 export class DemoSignedAgent {
   private constructor(

@@ -18,12 +18,17 @@ export interface DirectoryKey {
   key: KeyObject
 }
 
+export const DIRECTORY_PATH = '/.well-known/http-message-signatures-directory'
 const DIRECTORY_MEDIA_TYPE = 'application/http-message-signatures-directory+json'
 
 export class KeyDirectory {
   readonly url: string
-  /** origin of the directory URL: a Signature-Agent naming just the origin names this directory */
+  /** origin of the directory URL */
   readonly origin: string
+  /** the directory is at the origin's well-known path: a Signature-Agent naming just the origin names it */
+  readonly wellKnown: boolean
+  /** the URL as the URL parser writes it, for comparing with a Signature-Agent URL */
+  readonly href: string
   readonly name: string
   readonly kind: Kind
   readonly operator: string | undefined
@@ -36,6 +41,8 @@ export class KeyDirectory {
     const url = new URL(cfg.url)
     this.url = cfg.url
     this.origin = url.origin
+    this.wellKnown = url.pathname === DIRECTORY_PATH && url.search === ''
+    this.href = url.href
     this.name = cfg.name ?? url.host
     this.kind = cfg.kind
     this.operator = cfg.operator

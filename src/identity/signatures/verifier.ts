@@ -240,7 +240,7 @@ export class SignatureVerifier implements Extractor {
 /**
  * The configured directories a Signature-Agent names: an sf-string (`"https://agent.example"`), the members of
  * a dictionary (`sig1="https://agent.example"`, later drafts) or a bare URL. A value naming an origin names
- * that origin's directory; one naming a URL names the directory with exactly that URL.
+ * a directory configured at that origin's well-known path; one naming a URL, the directory with exactly that URL.
  */
 export function namedDirectories(
   header: string | string[],
@@ -269,7 +269,7 @@ export function namedDirectories(
     const originOnly = url.pathname === '/' && url.search === '' && !raw.endsWith('/?')
     for (const d of directories) {
       if (out.includes(d)) continue
-      if (originOnly ? url.origin === d.origin : url.href === new URL(d.url).href) out.push(d)
+      if (originOnly ? d.wellKnown && url.origin === d.origin : url.href === d.href) out.push(d)
     }
   }
   return out
