@@ -1,11 +1,14 @@
 // Signed agents through the built proxy: requests signed per Web Bot Auth (RFC 9421 message signatures) with
 // the web-bot-auth package's signer, verified against a key directory served over HTTP. Verified, tampered,
 // expired, replayed, unknown key, unconfigured directory, and a directory that goes down (last good keys).
+import { mkdtemp, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from './helpers/eventually.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
-import { startTestSidecar } from './helpers/sidecar.ts'
+import { runCli, startTestSidecar } from './helpers/sidecar.ts'
 import { createAgentKey, signRequest, startKeyDirectory } from './helpers/signed-agent.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
@@ -170,4 +173,25 @@ t.test('Web Bot Auth signatures are verified against the configured key director
     ])
       t.ok(metricValue(m, 'nhi_auth_failures_total', { source: 'signature', reason }) >= 1, reason)
   })
+})
+
+t.test('explain verifies a signed request against the directory and shows the evidence', async (t) => {
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-signed-'))
+  const file = join(dir, 'config.yaml')
+  await writeFile(
+    file,
+    `signedAgents:\n  directories:\n    - { url: ${directory.url}, name: agent.example }\n`,
+  )
+  const signed = await signRequest(key, 'http://shop.test/docs', { agent: JSON.stringify(directory.origin) })
+  const headers = Object.entries({ host: 'shop.test', ...signed }).flatMap(([k, v]) => ['-H', `${k}: ${v}`])
+  const r = await runCli(['explain', '-c', file, '--path', '/docs', ...headers])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, `signature  verified directory=${directory.url} keyid=${key.keyid}`)
+  t.match(
+    r.stdout,
+    /identity: agent\.example\n\s+kind=agent source=signature verified=true rule=builtin:signature/,
+  )
 })
