@@ -1,9 +1,10 @@
 // The signature verifier on its own, against a key directory served over HTTP and requests signed with the
 // web-bot-auth package: the edges the end-to-end suite does not reach (future created, never-fetched
 // directory, signatures that are not Web Bot Auth, malformed headers, Signature-Agent forms).
+import { createPrivateKey } from 'node:crypto'
 import t from 'tap'
 import { defaultConfig } from '../src/config/schema.ts'
-import { namedDirectories, SignatureVerifier } from '../src/identity/signatures/verifier.ts'
+import { loadHms, namedDirectories, SignatureVerifier } from '../src/identity/signatures/verifier.ts'
 import type { ConnectionInfo, RequestInfo } from '../src/types.ts'
 import { createAgentKey, signRequest, startKeyDirectory } from './helpers/signed-agent.ts'
 
@@ -75,6 +76,13 @@ t.test(
       const r = await v.verify(req(headers), conn)
       t.match(r, { failed: true, source: 'signature' }, what)
     }
+    const longNonce = await signRequest(key, `http://${HOST}/docs`)
+    const withLongNonce = longNonce['signature-input']!.replace(/nonce="[^"]*"/, `nonce="${'a'.repeat(300)}"`)
+    t.match(
+      await v.verify(req({ ...longNonce, 'signature-input': withLongNonce }), conn),
+      { failed: true, reason: 'signature_invalid' },
+      'an oversized nonce is refused before the signature is checked',
+    )
     const noHost = { method: 'GET', path: '/', url: '/', headers: { ...signed } }
     t.match(await v.verify(noHost, conn), { failed: true, reason: 'signature_invalid' }, 'no Host')
   },
@@ -98,4 +106,34 @@ t.test('Signature-Agent names a configured directory by origin or by exact URL',
   t.same(names('"http://agent.example"'), [], 'another scheme is another origin')
   t.equal(names('"not a url"'), 'malformed')
   t.equal(names(`"https://agent.example/${'a'.repeat(5000)}"`), 'malformed', 'bounded length')
+})
+
+t.test('signedAgents.requireNonce refuses a signature without a nonce', async (t) => {
+  const key = await createAgentKey()
+  const dir = await startKeyDirectory([key])
+  t.teardown(() => dir.close())
+  const lib = await loadHms()
+  const privateKey = createPrivateKey({ key: key.privateJwk, format: 'jwk' })
+  const now = new Date()
+  // signed by the RFC 9421 library directly: the web-bot-auth signer always adds a nonce
+  const signed = await lib.httpbis.signMessage(
+    {
+      key: lib.createSigner(privateKey, 'ed25519', key.keyid),
+      name: 'sig1',
+      fields: ['@authority'],
+      params: ['created', 'expires', 'keyid', 'alg', 'tag'],
+      paramValues: { created: now, expires: new Date(now.getTime() + 60_000), tag: 'web-bot-auth' },
+    },
+    { method: 'GET', url: `http://${HOST}/docs`, headers: {} },
+  )
+  // as Node hands them over: lower-cased names
+  const headers = Object.fromEntries(
+    Object.entries(signed.headers as Record<string, string>).map(([k, v]) => [k.toLowerCase(), v]),
+  )
+  const lenient = verifierFor([dir.url])
+  await lenient.start()
+  t.match(await lenient.verify(req(headers), conn), { verified: true }, 'accepted by default')
+  const strict = verifierFor([dir.url], { requireNonce: true })
+  await strict.start()
+  t.match(await strict.verify(req(headers), conn), { failed: true, reason: 'signature_invalid' })
 })

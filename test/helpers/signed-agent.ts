@@ -14,13 +14,16 @@ export interface AgentKey {
   /** JWK thumbprint: the Web Bot Auth keyid */
   keyid: string
   publicJwk: JsonWebKey
+  /** for signing with another library than web-bot-auth */
+  privateJwk: import('node:crypto').JsonWebKey
   signer: Ed25519Signer
 }
 
 export async function createAgentKey(): Promise<AgentKey> {
   const { privateKey, publicKey } = generateKeyPairSync('ed25519')
-  const signer = await Ed25519Signer.fromJWK(privateKey.export({ format: 'jwk' }))
-  return { keyid: signer.keyid, publicJwk: publicKey.export({ format: 'jwk' }), signer }
+  const privateJwk = privateKey.export({ format: 'jwk' })
+  const signer = await Ed25519Signer.fromJWK(privateJwk)
+  return { keyid: signer.keyid, publicJwk: publicKey.export({ format: 'jwk' }), privateJwk, signer }
 }
 
 export interface KeyDirectoryServer {

@@ -30,6 +30,8 @@ export const loadHms = (): Promise<Hms> => {
 export const WEB_BOT_AUTH_TAG = 'web-bot-auth'
 const MAX_SIGNATURE_AGENT_CHARS = 2048
 const MAX_SHOWN_KEYID = 64
+/** Web Bot Auth nonces are 64 random bytes (88 base64 characters); longer ones would inflate the nonce cache */
+const MAX_NONCE_CHARS = 256
 
 export interface SignatureVerifierOptions {
   observer?: JwksObserver
@@ -199,7 +201,9 @@ export class SignatureVerifier implements Extractor {
       return failure('signature_expired', 'signature has expired', keyid)
     }
     const nonce = params['nonce']
-    if (nonce !== undefined && typeof nonce !== 'string') return failure('signature_invalid', 'nonce', keyid)
+    if (nonce !== undefined && (typeof nonce !== 'string' || nonce.length > MAX_NONCE_CHARS)) {
+      return failure('signature_invalid', 'nonce is not a string of at most 256 characters', keyid)
+    }
     if (nonce === undefined && this.requireNonce) {
       return failure('signature_invalid', 'a nonce is required', keyid)
     }
