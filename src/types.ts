@@ -1,6 +1,7 @@
 // The shared vocabulary of the request pipeline (docs/reference.md "Request pipeline", "Identity model", "Metrics").
 // Every stage talks in these types; nothing here depends on a library.
 import type { IncomingHttpHeaders } from 'node:http'
+import type { Config } from './config/schema.ts'
 
 export const KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'] as const
 export type Kind = (typeof KINDS)[number]
@@ -16,7 +17,10 @@ export interface Identity {
   name: string
   kind: Kind
   source: Source
-  /** true only if a signature, certificate chain or api-key hash was checked */
+  /**
+   * true only if a signature, certificate chain or api-key hash was checked, or a crawler's claimed operator
+   * was confirmed by its published IP ranges or DNS
+   */
   verified: boolean
   team?: string
   zone?: string
@@ -102,6 +106,8 @@ export const ANOMALY_TYPES = [
   'expired_in_use',
   'unknown_kid',
   'spoofed_header',
+  // a user agent claiming a well-known crawler operator from outside that operator's published ranges
+  'unverified_claim',
 ] as const
 export type AnomalyType = (typeof ANOMALY_TYPES)[number]
 
@@ -150,7 +156,10 @@ export interface ApiKeyEvidence {
 export type UserAgentCategory = 'browser' | 'bot' | 'agent' | 'unknown'
 export interface UserAgentEvidence {
   source: 'useragent'
-  verified: false
+  /** true only for a crawler whose claimed operator was confirmed by its published IP ranges or DNS */
+  verified: boolean
+  /** how a verified crawler was confirmed */
+  verifiedBy?: 'ranges' | 'dns'
   ua: string
   category: UserAgentCategory
   /** short stable product name, e.g. "googlebot", "gptbot", "curl", "chrome" */
@@ -266,8 +275,18 @@ export interface RequestEvent {
   service: string
 }
 
-/** One file per output (src/telemetry). Must never throw, never block, keep memory bounded. */
+/**
+ * One output of finished requests (metrics, audit, live feed, OTLP…), one file each under src/telemetry,
+ * listed once in the telemetry facade. record() must not block and must keep memory bounded; the facade
+ * contains a recorder that throws or rejects anyway, so one broken output never reaches the others or the
+ * request.
+ */
 export interface Recorder {
+  /** label of `nhi_recorder_failures_total` and of log lines about this recorder */
+  readonly name: string
   record(event: RequestEvent): void
+  /** applies a reloaded config (and the initial one, once at start) */
+  reconfigure?(config: Config): void | Promise<void>
+  /** sends or writes what is pending; bounded */
   close?(): void | Promise<void>
 }

@@ -37,6 +37,11 @@ export function redactConfig(value: unknown, field = ''): unknown {
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {}
     for (const [k, v] of Object.entries(value)) {
+      // header values (otlp.headers) are credentials more often than not: a collector's token
+      if (k === 'headers' && v !== null && typeof v === 'object') {
+        out[k] = Object.fromEntries(Object.keys(v).map((name) => [name, '<redacted>']))
+        continue
+      }
       out[k] =
         typeof v === 'string' && SECRET_FIELD.test(k) && !KEEP.has(k) ? '<redacted>' : redactConfig(v, k)
     }

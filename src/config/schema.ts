@@ -383,6 +383,15 @@ export const configSchema = z.strictObject({
         z._default(duration, 5_000),
         'longest wait before a partial batch is sent (OTEL_BSP_SCHEDULE_DELAY, in ms, wins)',
       ),
+      headers: described(
+        z.optional(
+          z.record(
+            z.string().check(z.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'expected an HTTP header name')),
+            z.string().check(z.regex(/^[^\r\n]*$/, 'expected a single-line header value')),
+          ),
+        ),
+        'headers of every export request, e.g. a collector token (masked on /config; a name also set in OTEL_EXPORTER_OTLP_HEADERS is taken from there)',
+      ),
     }),
     {},
   ),
@@ -393,6 +402,68 @@ export const configSchema = z.strictObject({
       requireCertTokenMatch: described(
         z._default(z.boolean(), false),
         'identity_mismatch when the cert and token identities disagree',
+      ),
+    }),
+    {},
+  ),
+  bots: z.prefault(
+    z.strictObject({
+      verify: z.prefault(
+        z.strictObject({
+          enabled: described(
+            z._default(z.boolean(), true),
+            'a user agent claiming a well-known crawler operator is verified only from inside its published ' +
+              'ranges; from outside them it is an unverified_claim anomaly',
+          ),
+          shippedRanges: described(
+            z._default(z.boolean(), true),
+            "start from the dated snapshot of the operators' range files shipped with this release",
+          ),
+          ranges: described(
+            z._default(
+              z.array(z.strictObject({ operator: z.string().check(z.minLength(1)), url: z.url() })),
+              [],
+            ),
+            'range files to fetch at start and refresh, each for one operator (Google, Bing, OpenAI, Apple, ' +
+              'Perplexity, …); none by default',
+          ),
+          refreshInterval: z._default(duration, 24 * 3_600_000),
+          retryInterval: described(
+            z._default(duration, 60_000),
+            'how soon a failed range fetch is retried (capped by refreshInterval); the last good ranges keep serving',
+          ),
+          fetchTimeout: z._default(duration, 5_000),
+          dns: z.prefault(
+            z.strictObject({
+              enabled: described(
+                z._default(z.boolean(), false),
+                'also verify by reverse-then-forward DNS against the operator domains below',
+              ),
+              domains: z._default(
+                z.array(
+                  z.strictObject({
+                    operator: z.string().check(z.minLength(1)),
+                    suffixes: z.array(z.string().check(z.minLength(1))),
+                  }),
+                ),
+                [
+                  { operator: 'Google', suffixes: ['googlebot.com', 'google.com', 'googleusercontent.com'] },
+                  { operator: 'Bing', suffixes: ['search.msn.com'] },
+                  { operator: 'Apple', suffixes: ['applebot.apple.com'] },
+                ],
+              ),
+              timeout: z._default(duration, 2_000),
+              cacheTtl: z._default(duration, 3_600_000),
+              cacheSize: z._default(positiveInt, 10_000),
+              servers: described(
+                z._default(z.array(z.string()), []),
+                "DNS servers (ip or ip:port) for these lookups; default the system's",
+              ),
+            }),
+            {},
+          ),
+        }),
+        {},
       ),
     }),
     {},

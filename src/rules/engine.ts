@@ -372,7 +372,7 @@ export function strongest(ev: EvidenceSet): Strongest {
   if (ev.jwt) return pick('jwt', true)
   if (ev.apikey) return pick('apikey', true)
   if (ev.signature) return pick('signature', true)
-  if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', false)
+  if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', ev.useragent.verified)
   return pick('anonymous', false)
 }
 
@@ -483,6 +483,7 @@ function evidenceAttributes(ev: EvidenceSet): Record<string, string> {
     a['ua_category'] = ev.useragent.category
     if (ev.useragent.operator) a['agent_operator'] = ev.useragent.operator
     if (ev.useragent.purpose) a['agent_purpose'] = ev.useragent.purpose
+    if (ev.useragent.verifiedBy) a['bot_verified_by'] = ev.useragent.verifiedBy
   }
   if (ev.signature) {
     // a verified directory's operator and purpose outrank what a user agent claims
@@ -592,7 +593,8 @@ function evidenceKey(ev: EvidenceSet): string | undefined {
   key += ev.jwt ? `${ev.jwt.fingerprint}|` : '|'
   key += ev.apikey ? `${ev.apikey.fingerprint}|` : '|'
   key += ev.signature ? `${ev.signature.directory} ${ev.signature.keyid}|` : '|'
-  key += ev.useragent ? ev.useragent.ua : ''
+  // a crawler verified by its address is another identity than the same user agent from elsewhere
+  key += ev.useragent ? `${ev.useragent.verifiedBy ?? ''}|${ev.useragent.ua}` : ''
   return key
 }
 

@@ -3,7 +3,7 @@
 // (status >= 400, credential failures, denials, anomalies) is always written.
 import pino, { type DestinationStream } from 'pino'
 import type { Config } from '../config/schema.ts'
-import type { Identity, RequestEvent } from '../types.ts'
+import type { Identity, Recorder, RequestEvent } from '../types.ts'
 import { flattened } from '../util/flat.ts'
 
 export interface AuditRecord {
@@ -255,7 +255,8 @@ export interface AuditLogOptions {
   random?: () => number
 }
 
-export class AuditLog {
+export class AuditLog implements Recorder {
+  readonly name = 'audit'
   readonly ring: AuditRing
   private sample: number
   private destination: (DestinationStream & { flushSync?(): void; end?(): void }) | undefined
@@ -339,9 +340,9 @@ export class AuditLog {
   }
 
   /** sample and ring size change in place; a new output path takes effect on restart */
-  reconfigure(config: AuditConfig): void {
-    this.sample = config.sample
-    this.ring.resize(config.ringSize)
+  reconfigure(config: Config): void {
+    this.sample = config.audit.sample
+    this.ring.resize(config.audit.ringSize)
   }
 
   async close(): Promise<void> {

@@ -4,7 +4,8 @@
 // and every stream ends after maxDurationMs (EventSource reconnects by itself), so clients that never read
 // cannot hold the subscriber slots for ever.
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { RequestEvent } from '../types.ts'
+import type { Config } from '../config/schema.ts'
+import type { Recorder, RequestEvent } from '../types.ts'
 
 export interface LiveEvent {
   t: number
@@ -94,7 +95,18 @@ export function toLiveEvent(e: RequestEvent): LiveEvent {
   return out
 }
 
-export class LiveFeed {
+/** the live feed's limits in a config (adminAccess.live*) */
+export function liveLimits(config: Config): LiveLimits {
+  const a = config.adminAccess
+  return {
+    maxSubscribers: a.liveClients,
+    writeTimeoutMs: a.liveWriteTimeout,
+    maxDurationMs: a.liveMaxDuration,
+  }
+}
+
+export class LiveFeed implements Recorder {
+  readonly name = 'live'
   private readonly subscribers = new Set<Subscriber>()
   private maxSubscribers = DEFAULT_MAX_SUBSCRIBERS
   private writeTimeoutMs = DEFAULT_WRITE_TIMEOUT_MS
@@ -120,6 +132,10 @@ export class LiveFeed {
     this.maxSubscribers = limits.maxSubscribers ?? this.maxSubscribers
     this.writeTimeoutMs = limits.writeTimeoutMs ?? this.writeTimeoutMs
     this.maxDurationMs = limits.maxDurationMs ?? this.maxDurationMs
+  }
+
+  reconfigure(config: Config): void {
+    this.configure(liveLimits(config))
   }
 
   /** Disconnects subscribers blocked longer than the write timeout; ends streams older than the max duration. */
@@ -201,7 +217,7 @@ export class LiveFeed {
     this.subscribers.add(sub)
   }
 
-  publish(event: RequestEvent): void {
+  record(event: RequestEvent): void {
     if (this.subscribers.size === 0) return
     let frame: string | undefined
     for (const sub of this.subscribers) {

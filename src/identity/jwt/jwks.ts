@@ -171,7 +171,7 @@ export class IssuerKeySet {
       detail = err
     }
     if (this.closed) return false
-    this.lastError = ok ? undefined : describe(detail)
+    this.lastError = ok ? undefined : describeFetchError(detail)
     this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now(), this.lastError)
     this.schedule(ok ? this.refreshMs : this.retryMs)
     return ok
@@ -210,31 +210,12 @@ export class IssuerKeySet {
     if (this.cfg.bearerTokenFile) {
       headers['authorization'] = `Bearer ${(await readFile(this.cfg.bearerTokenFile, 'utf8')).trim()}`
     }
-    const dispatcher = await this.dispatcher()
-    const { request } = await loadUndici()
-    const res = await request(url, {
-      method: 'GET',
+    return fetchJsonDocument(url, {
+      timeoutMs: this.fetchTimeoutMs,
+      maxBytes: MAX_DOCUMENT_BYTES,
       headers,
-      ...(dispatcher ? { dispatcher } : {}),
-      signal: AbortSignal.timeout(this.fetchTimeoutMs),
-      headersTimeout: this.fetchTimeoutMs,
-      bodyTimeout: this.fetchTimeoutMs,
+      dispatcher: await this.dispatcher(),
     })
-    if (res.statusCode !== 200) {
-      await res.body.dump().catch(() => {})
-      throw new Error(`GET ${safeUrl(url)} answered HTTP ${res.statusCode}`)
-    }
-    const chunks: Buffer[] = []
-    let size = 0
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
-      size += chunk.length
-      if (size > MAX_DOCUMENT_BYTES) {
-        res.body.destroy()
-        throw new Error(`GET ${safeUrl(url)} answered more than ${MAX_DOCUMENT_BYTES} bytes`)
-      }
-      chunks.push(chunk)
-    }
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
   }
 
   /** A dispatcher trusting caFile (re-read on each refresh, as cluster CAs rotate), else the global one. */
@@ -249,6 +230,46 @@ export class IssuerKeySet {
     }
     return this.agent
   }
+}
+
+export interface FetchJsonOptions {
+  /** deadline for the whole fetch, headers and body */
+  timeoutMs: number
+  /** a larger body is refused */
+  maxBytes: number
+  headers?: Record<string, string>
+  dispatcher?: Dispatcher | undefined
+}
+
+/**
+ * GET one JSON document with a deadline and a size cap; throws with a message safe to log (no query string, no
+ * credentials). Shared by every fetcher of published documents (key sets, crawler IP ranges).
+ */
+export async function fetchJsonDocument(url: string, opts: FetchJsonOptions): Promise<unknown> {
+  const { request } = await loadUndici()
+  const res = await request(url, {
+    method: 'GET',
+    headers: { accept: 'application/json', ...opts.headers },
+    ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}),
+    signal: AbortSignal.timeout(opts.timeoutMs),
+    headersTimeout: opts.timeoutMs,
+    bodyTimeout: opts.timeoutMs,
+  })
+  if (res.statusCode !== 200) {
+    await res.body.dump().catch(() => {})
+    throw new Error(`GET ${safeUrl(url)} answered HTTP ${res.statusCode}`)
+  }
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    size += chunk.length
+    if (size > opts.maxBytes) {
+      res.body.destroy()
+      throw new Error(`GET ${safeUrl(url)} answered more than ${opts.maxBytes} bytes`)
+    }
+    chunks.push(chunk)
+  }
+  return JSON.parse(Buffer.concat(chunks).toString('utf8'))
 }
 
 function buildKeySet(doc: unknown): { set: LocalKeySet; keys: JWK[] } {
@@ -284,7 +305,8 @@ function safeUrl(url: string): string {
   }
 }
 
-function describe(err: unknown): string {
+/** Why a fetch failed, safe to log. */
+export function describeFetchError(err: unknown): string {
   if (err instanceof SyntaxError) return 'response is not valid JSON'
   if (err instanceof Error)
     return err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timed out' : err.message
