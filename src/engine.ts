@@ -10,6 +10,7 @@ import { useragentExtractor } from './identity/extractors/useragent.ts'
 import { XfccExtractor } from './identity/extractors/xfcc.ts'
 import { hasForeignForwardedCertHeader } from './identity/forwarded/headers.ts'
 import type { JwksObserver } from './identity/jwt/jwks.ts'
+import { SignatureVerifier } from './identity/signatures/verifier.ts'
 import type { Attribution } from './pipeline.ts'
 import { compilePolicy, denyResponse, type Policy } from './policy/policy.ts'
 import { compileRules, type RuleSet, type RuleTrace } from './rules/engine.ts'
@@ -60,6 +61,8 @@ export class Engine {
   readonly config: Config
   readonly jwt: JwtExtractor
   readonly xfcc: XfccExtractor
+  /** signed agents (Web Bot Auth); a key directory counts as a key set in the nhi_jwks_* families */
+  readonly signatures: SignatureVerifier
   readonly bots: BotVerifier
   private readonly extractors: readonly Extractor[]
   private readonly rules: RuleSet
@@ -71,6 +74,10 @@ export class Engine {
     this.config = config
     this.jwt = new JwtExtractor(config.jwt, { observer: opts.jwksObserver, now: opts.now })
     this.xfcc = new XfccExtractor(config.forwardedClientCert)
+    this.signatures = new SignatureVerifier(config.signedAgents, {
+      observer: opts.jwksObserver,
+      now: opts.now,
+    })
     this.bots = new BotVerifier(config.bots.verify, config.forwardedClientCert, {
       observer: opts.botRangesObserver,
     })
@@ -83,6 +90,8 @@ export class Engine {
       new ApiKeyExtractor(config.apiKeys),
       useragentExtractor,
       ...(config.jwt.issuers.length > 0 ? [this.jwt] : []),
+      // like tokens without issuers: without configured directories a signature is the service's business
+      ...(config.signedAgents.directories.length > 0 ? [this.signatures] : []),
     ]
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)
@@ -91,11 +100,12 @@ export class Engine {
   }
 
   /**
-   * Initial JWKS and crawler-range fetches. Never throws: an IdP that is down leaves the engine not-ready,
-   * not dead; a range file that cannot be fetched leaves the shipped snapshot serving.
+   * Initial JWKS, crawler-range and key-directory fetches. Never throws: an IdP that is down leaves the engine
+   * not-ready, not dead; a range file that cannot be fetched leaves the shipped snapshot serving; a key
+   * directory that is down leaves its signatures keys_unavailable.
    */
   start(): Promise<void> {
-    return Promise.all([this.jwt.start(), this.bots.start()]).then(() => {})
+    return Promise.all([this.jwt.start(), this.bots.start(), this.signatures.start()]).then(() => {})
   }
 
   ready(): boolean {
@@ -105,6 +115,7 @@ export class Engine {
   close(): void {
     this.jwt.close()
     this.bots.close()
+    this.signatures.close()
   }
 
   /**
@@ -213,6 +224,9 @@ function addEvidence(set: EvidenceSet, ev: Evidence): void {
       break
     case 'apikey':
       set.apikey = ev
+      break
+    case 'signature':
+      set.signature = ev
       break
     case 'useragent':
       set.useragent = ev

@@ -10,7 +10,7 @@ export type Kind = (typeof KINDS)[number]
 export const FORWARDED_CERT_FORMATS = ['xfcc', 'rfc9440', 'alb', 'nginx'] as const
 export type ForwardedCertFormat = (typeof FORWARDED_CERT_FORMATS)[number]
 
-export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous'] as const
+export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'signature', 'useragent', 'anonymous'] as const
 export type Source = (typeof SOURCES)[number]
 
 export interface Identity {
@@ -78,6 +78,11 @@ export const FAILURE_REASONS = [
   'spiffe_invalid',
   'apikey_unknown',
   'untrusted_forwarder',
+  // signed agents (HTTP Message Signatures, Web Bot Auth)
+  'signature_invalid',
+  'signature_expired',
+  'signature_replayed',
+  'signature_unknown_key',
 ] as const
 export type FailureReason = (typeof FAILURE_REASONS)[number]
 
@@ -165,7 +170,24 @@ export interface UserAgentEvidence {
   purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
 }
 
-export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | UserAgentEvidence
+/** A request signature (RFC 9421, Web Bot Auth) that verified against a configured key directory. */
+export interface SignatureEvidence {
+  source: 'signature'
+  verified: true
+  /** the directory's configured name (default: its host) */
+  name: string
+  kind: Kind
+  /** the key directory URL, as configured */
+  directory: string
+  /** JWK thumbprint of the key that signed (public, safe to show) */
+  keyid: string
+  operator?: string
+  purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
+  /** expires parameter of the signature, unix seconds */
+  exp?: number
+}
+
+export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | SignatureEvidence | UserAgentEvidence
 
 /** Everything the identify stage learned about one request. */
 export interface EvidenceSet {
@@ -173,6 +195,7 @@ export interface EvidenceSet {
   mtls?: CertEvidence
   xfcc?: CertEvidence
   apikey?: ApiKeyEvidence
+  signature?: SignatureEvidence
   useragent?: UserAgentEvidence
   failures: Failure[]
   anomalies: AnomalyType[]
