@@ -85,6 +85,11 @@ export const FAILURE_REASONS = [
   'cert_expired',
   'spiffe_invalid',
   'untrusted_forwarder',
+  // signed agents (HTTP Message Signatures, Web Bot Auth)
+  'signature_invalid',
+  'signature_expired',
+  'signature_replayed',
+  'signature_unknown_key',
 ] as const
 export type FailureReason = (typeof FAILURE_REASONS)[number]
 
@@ -162,6 +167,23 @@ export interface UserAgentEvidence {
   operator?: string
   /** known AI agents only: training | search | assistant | coding | autonomous */
   purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
+}
+
+/** A request signature (RFC 9421, Web Bot Auth) that verified against a configured key directory. */
+export interface SignatureEvidence {
+  source: 'signature'
+  verified: true
+  /** the directory's configured name (default: its host) */
+  name: string
+  kind: Kind
+  /** the key directory URL, as configured */
+  directory: string
+  /** JWK thumbprint of the key that signed (public, safe to show) */
+  keyid: string
+  operator?: string
+  purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
+  /** expires parameter of the signature, unix seconds */
+  exp?: number
 }
 
 /** What every source's evidence has in common; each source adds its own fields (JwtEvidence, CertEvidence…). */

@@ -18,7 +18,7 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
       'nhi_requests_total',
       { kind },
     ]),
-    ...['mtls', 'xfcc', 'jwt', 'apikey', 'useragent'].map(
+    ...['mtls', 'xfcc', 'jwt', 'apikey', 'signature', 'useragent'].map(
       (source): [string, string, Record<string, string>] => [
         `source ${source} has traffic`,
         'nhi_requests_total',
@@ -30,13 +30,18 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
       'nhi_credential_anomalies_total',
       { type },
     ]),
-    ...['payments/api', 'orders/worker', 'inventory/sync', 'ci/nightly-etl', 'billing-export'].map(
-      (identity): [string, string, Record<string, string>] => [
-        `identity ${identity} seen`,
-        'nhi_requests_total',
-        { identity },
-      ],
-    ),
+    ...[
+      'payments/api',
+      'orders/worker',
+      'inventory/sync',
+      'ci/nightly-etl',
+      'billing-export',
+      'agent.demo',
+    ].map((identity): [string, string, Record<string, string>] => [
+      `identity ${identity} seen`,
+      'nhi_requests_total',
+      { identity },
+    ]),
     ['observe mode records would_deny', 'nhi_policy_decisions_total', { decision: 'would_deny' }],
   ]
   const seen = (m: Awaited<ReturnType<typeof scrape>>) =>
@@ -52,6 +57,20 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
   for (const [what, name, labels] of expected) t.ok(metricValue(m, name, labels) > 0, what)
   const ids = (await (await fetch(`${admin}/identities`)).json()) as unknown
   t.ok(JSON.stringify(ids).includes('payments/api'), '/identities lists the demo services')
+  t.ok(
+    metricValue(m, 'nhi_requests_total', { identity: 'agent.demo', source: 'signature', verified: 'true' }) >
+      0,
+    'the signed agent is verified',
+  )
+  t.ok(
+    metricValue(m, 'nhi_auth_failures_total', { source: 'signature', reason: 'signature_replayed' }) > 0,
+    'a replayed signature is refused',
+  )
+  const rows = (ids as { identities: { actor?: string; onBehalfOf?: string }[] }).identities
+  t.ok(
+    rows.some((r) => r.actor === 'demo-mail-agent' && r.onBehalfOf),
+    'the delegated agent shows as acting on behalf of its user',
+  )
   demo.kill('SIGTERM')
   t.equal(await demo.exited, 0, 'demo exits 0 on SIGTERM')
 })

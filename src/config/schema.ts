@@ -129,6 +129,20 @@ export const issuerSchema = z.strictObject({
   refreshInterval: z.optional(duration),
 })
 
+/** A signed agents' key directory that is trusted to name who signs (docs/reference.md "Signed agents"). */
+export const signatureDirectorySchema = z.strictObject({
+  url: described(
+    z.url().check(z.regex(/^https?:\/\//, 'expected an http(s) URL')),
+    'the key directory, e.g. https://agent.example/.well-known/http-message-signatures-directory',
+  ),
+  name: described(z.optional(z.string().check(z.minLength(1))), 'identity name (default: the URL host)'),
+  kind: z._default(kind, 'agent'),
+  operator: described(z.optional(z.string()), 'who runs the agent, e.g. "OpenAI" (attribute agent_operator)'),
+  purpose: z.optional(z.enum(['training', 'search', 'assistant', 'coding', 'autonomous'])),
+  caFile: z.optional(z.string()),
+  refreshInterval: described(z.optional(duration), 'refetch the directory this often (default 10m)'),
+})
+
 export const policyRuleSchema = z.strictObject({
   name: z.optional(z.string()),
   route: described(z.string().check(z.minLength(1)), 'path pattern: * one segment, ** the rest'),
@@ -264,6 +278,28 @@ export const configSchema = z.strictObject({
       unknownKidCooldown: described(
         z._default(duration, 30_000),
         'a token with an unknown kid triggers a key refetch at most this often per issuer',
+      ),
+    }),
+    {},
+  ),
+  signedAgents: z.prefault(
+    z.strictObject({
+      directories: described(
+        z._default(z.array(signatureDirectorySchema), []),
+        'the only key directories whose signatures are verified; a Signature-Agent naming any other is unknown',
+      ),
+      clockSkew: described(z._default(duration, 30_000), 'tolerance for the created and expires parameters'),
+      maxAge: described(
+        z._default(duration, 300_000),
+        'a signature created longer ago than this is expired, whatever its expires says',
+      ),
+      requireNonce: described(
+        z._default(z.boolean(), false),
+        'refuse signatures without a nonce (those cannot be checked for replay)',
+      ),
+      nonceCacheSize: described(
+        z._default(positiveInt, 100_000),
+        'nonces remembered (until their signature expires) to refuse replays',
       ),
     }),
     {},

@@ -15,6 +15,8 @@ export interface LiveEvent {
   kind: string
   source: string
   verified: boolean
+  /** RFC 8693 delegation: the actor acting on behalf of the identity */
+  actor?: string
   method: string
   path: string
   route: string
@@ -85,6 +87,8 @@ export function toLiveEvent(e: RequestEvent): LiveEvent {
     service: e.service,
   }
   if (!e.decision.skipped && e.decision.decision !== 'allow') out.decision = e.decision.decision
+  const actor = e.identity.attributes['actor']
+  if (actor !== undefined) out.actor = actor
   if (e.upstreamError) out.error = e.upstreamError
   if (e.failures.length) out.failures = e.failures.map((f) => `${f.source}:${f.reason}`)
   if (e.anomalies.length) out.anomalies = e.anomalies

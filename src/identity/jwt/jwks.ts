@@ -35,6 +35,8 @@ export interface KeySetOptions {
   unknownKidCooldownMs?: number
   /** how soon to retry after a failed refresh (capped by the issuer's refreshInterval) */
   retryMs?: number
+  /** Accept header of the key-set fetch (signed agents' key directories have their own media type) */
+  accept?: string
 }
 
 export const DEFAULT_REFRESH_MS = 10 * 60_000
@@ -58,8 +60,11 @@ export class IssuerKeySet {
   private readonly cooldownMs: number
   private readonly refreshMs: number
   private readonly retryMs: number
+  private readonly accept: string
   private keys: LocalKeySet | undefined
   private keyCount = 0
+  /** the public keys in use, as served (signed agents look keys up by their JWK thumbprint) */
+  publicJwks: readonly JWK[] = []
   private secret: Uint8Array | undefined
   private discoveredJwksUri: string | undefined
   private lastAttemptAt = Number.NEGATIVE_INFINITY
@@ -80,6 +85,7 @@ export class IssuerKeySet {
     this.cooldownMs = opts.unknownKidCooldownMs ?? DEFAULT_UNKNOWN_KID_COOLDOWN_MS
     this.refreshMs = Math.max(1000, cfg.refreshInterval ?? DEFAULT_REFRESH_MS)
     this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? this.cooldownMs)
+    this.accept = opts.accept ?? 'application/json'
   }
 
   private get hasKeySource(): boolean {
@@ -155,9 +161,10 @@ export class IssuerKeySet {
       if (this.cfg.secretFile) this.secret = await readSecret(this.cfg.secretFile)
       if (this.hasKeySource) {
         const jwks = await this.fetchKeySet()
-        const { set, count } = buildKeySet(jwks)
+        const { set, keys } = buildKeySet(jwks)
         this.keys = set
-        this.keyCount = count
+        this.keyCount = keys.length
+        this.publicJwks = keys
       }
     } catch (err) {
       ok = false
@@ -198,7 +205,7 @@ export class IssuerKeySet {
   }
 
   private async fetchJson(url: string): Promise<unknown> {
-    const headers: Record<string, string> = {}
+    const headers: Record<string, string> = { accept: this.accept }
     // projected service-account tokens rotate: read the file on every fetch
     if (this.cfg.bearerTokenFile) {
       headers['authorization'] = `Bearer ${(await readFile(this.cfg.bearerTokenFile, 'utf8')).trim()}`
@@ -265,7 +272,7 @@ export async function fetchJsonDocument(url: string, opts: FetchJsonOptions): Pr
   return JSON.parse(Buffer.concat(chunks).toString('utf8'))
 }
 
-function buildKeySet(doc: unknown): { set: LocalKeySet; count: number } {
+function buildKeySet(doc: unknown): { set: LocalKeySet; keys: JWK[] } {
   if (!isRecord(doc) || !Array.isArray(doc['keys']))
     throw new Error('key set is not a JWKS ({"keys": [...]})')
   const keys: JWK[] = []
@@ -276,7 +283,7 @@ function buildKeySet(doc: unknown): { set: LocalKeySet; count: number } {
     keys.push(k as JWK)
   }
   if (keys.length === 0) throw new Error('key set has no usable public signing keys')
-  return { set: createLocalJWKSet({ keys }), count: keys.length }
+  return { set: createLocalJWKSet({ keys }), keys }
 }
 
 async function readSecret(path: string): Promise<Uint8Array> {

@@ -6,6 +6,7 @@ import { apiKeySource } from './apikey.ts'
 import { forwardedCertSource } from './forwarded-cert.ts'
 import { jwtSource } from './jwt.ts'
 import { mtlsSource } from './mtls.ts'
+import { signatureSource } from './signature.ts'
 import type { CredentialSource } from './source.ts'
 import { userAgentSource } from './useragent.ts'
 
@@ -14,6 +15,7 @@ export const CREDENTIAL_SOURCES: readonly CredentialSource[] = [
   forwardedCertSource,
   apiKeySource,
   userAgentSource,
+  signatureSource,
   jwtSource,
 ] as CredentialSource[]
 
