@@ -222,6 +222,14 @@ export const configSchema = z.strictObject({
     z.strictObject({
       maxHeaderBytes: z._default(positiveInt, 16_384),
       maxConnections: z._default(positiveInt, 10_000),
+      http2MaxConcurrentStreams: described(
+        z._default(positiveInt, 100),
+        'HTTP/2 streams one client connection may have open at once',
+      ),
+      http2MaxResetsPerSecond: described(
+        z._default(positiveInt, 100),
+        'HTTP/2 streams a client may reset per second on one connection before it is closed (rapid reset)',
+      ),
     }),
     {},
   ),

@@ -3,6 +3,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 import type { Attribution, Pipeline } from '../pipeline.ts'
 import type { ConnectionInfo, RequestEvent } from '../types.ts'
 import type { ForwardResult } from './forwarder.ts'
+import { authority } from './headers.ts'
 import { requestId, type TraceContext, traceContext } from './ids.ts'
 import { UPSTREAM_ERRORS } from './respond.ts'
 
@@ -53,7 +54,7 @@ export class Exchange {
     this.trace = traceContext(typeof tp === 'string' ? tp : undefined)
     const rid = headers['x-request-id']
     this.requestId = requestId(typeof rid === 'string' ? rid : undefined)
-    this.host = headers.host
+    this.host = headers.host ?? authority(headers)
   }
 
   applyForward(result: ForwardResult): void {

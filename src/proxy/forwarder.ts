@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import type { UpstreamErrorReason } from '../types.ts'
 import { downstreamHeaders, type UpstreamHeaders } from './headers.ts'
+import { hasBody } from './request-lifecycle.ts'
 import { Pool } from './undici-pool.ts'
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
@@ -78,13 +79,6 @@ function classify(err: unknown, connected: boolean): UpstreamErrorReason {
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout'
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return 'connect'
   return connected ? 'reset' : 'connect'
-}
-
-function requestHasBody(req: IncomingMessage): boolean {
-  const h = req.headers
-  if (h['transfer-encoding'] !== undefined) return true
-  const cl = h['content-length']
-  return cl !== undefined && cl !== '0'
 }
 
 const kCall = Symbol('nhi.forwardCall')
@@ -350,7 +344,7 @@ export class UndiciForwarder implements Forwarder {
           path: target.path,
           method: req.method as Dispatcher.HttpMethod,
           headers,
-          body: requestHasBody(req) ? req : null,
+          body: hasBody(req) ? req : null,
         },
         call,
       )

@@ -1,9 +1,22 @@
 // The proxy's listening sockets: a plain and a TLS listener, their Node server options and shutdown.
 import { once } from 'node:events'
-import { createServer, type Server, type ServerOptions } from 'node:http'
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerOptions,
+  type ServerResponse,
+} from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.ts'
+import {
+  Http2Front,
+  type Http2Handlers,
+  routeTlsConnections,
+  sniffPlainConnections,
+} from './http2-listener.ts'
 
 export interface HttpsListenOptions {
   host: string
@@ -25,7 +38,13 @@ export function httpsOptions(https: HttpsListenOptions, base: ServerOptions) {
     throw new Error('listen.https.clientCert: required needs listen.https.clientCA')
   }
   const handshakeTimeout = base.headersTimeout
-  const common = { ...base, cert: https.cert, key: https.key, handshakeTimeout }
+  const common = {
+    ...base,
+    cert: https.cert,
+    key: https.key,
+    handshakeTimeout,
+    ALPNProtocols: ['h2', 'http/1.1'],
+  }
   if (!https.ca) return { ...common, requestCert: false, rejectUnauthorized: false }
   return {
     ...common,
@@ -51,19 +70,20 @@ export function serverOptions(timeouts: Config['timeouts'], limits: Config['limi
 }
 
 export interface ListenerHandlers {
-  request: (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => void
-  upgrade: (
-    req: import('node:http').IncomingMessage,
-    socket: import('node:stream').Duplex,
-    head: Buffer,
-  ) => void
+  request: (req: IncomingMessage, res: ServerResponse) => void
+  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void
+  http2: Http2Handlers
 }
 
-/** The HTTP/1.1 servers of both listeners, with connection limits, keep-alive and graceful shutdown. */
+/**
+ * The HTTP/1.1 servers of both listeners, with connection limits, keep-alive and graceful shutdown, and the
+ * HTTP/2 front they hand h2 connections to.
+ */
 export class Listeners {
   readonly servers: Server[] = []
   readonly http: Server | undefined
   readonly https: Server | undefined
+  readonly h2: Http2Front
 
   constructor(
     private readonly opts: {
@@ -85,6 +105,17 @@ export class Listeners {
     }
     this.http = opts.http ? setup(createServer(base)) : undefined
     this.https = opts.https ? setup(createHttpsServer(httpsOptions(opts.https, base))) : undefined
+    this.h2 = new Http2Front(
+      handlers.http2,
+      {
+        maxConcurrentStreams: opts.limits.http2MaxConcurrentStreams,
+        maxResetsPerSecond: opts.limits.http2MaxResetsPerSecond,
+      },
+      opts.timeouts,
+      opts.limits.maxHeaderBytes,
+    )
+    if (this.http) sniffPlainConnections(this.http, this.h2, base.headersTimeout ?? opts.timeouts.headers)
+    if (this.https) routeTlsConnections(this.https, this.h2)
   }
 
   async listen(): Promise<{ http?: AddressInfo; https?: AddressInfo }> {
@@ -101,11 +132,13 @@ export class Listeners {
       s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve(),
     )
     for (const s of this.servers) s.closeIdleConnections()
+    this.h2.drain()
     await Promise.all(closed)
   }
 
   closeAllConnections(): void {
     for (const s of this.servers) s.closeAllConnections()
+    this.h2.destroyAll()
   }
 }
 

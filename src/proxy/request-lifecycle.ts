@@ -41,6 +41,18 @@ export function requestHasBody(headers: IncomingHttpHeaders): boolean {
   return cl !== undefined && cl !== '0'
 }
 
+/**
+ * Whether a request has a body to forward. An HTTP/2 stream has one unless its HEADERS frame ended it: gRPC
+ * and most h2 clients send no content-length.
+ */
+export function hasBody(req: IncomingMessage): boolean {
+  if (req.httpVersionMajor === 2) {
+    const stream = (req as unknown as { stream?: { endAfterHeaders?: boolean } }).stream
+    return stream?.endAfterHeaders !== true
+  }
+  return requestHasBody(req.headers)
+}
+
 /** Shared state of all exchanges: the in-flight count drain waits for, and the drain/close flags. */
 export class RequestLifecycle {
   inFlight = 0
@@ -177,7 +189,7 @@ export class RequestLifecycle {
         sendJson(res, BAD_REQUEST.status, BAD_REQUEST.body)
         return
       }
-      if (requestHasBody(req.headers)) {
+      if (hasBody(req)) {
         // paused first so counting does not start the flow before the forwarder consumes the body
         req.pause()
         req.on('data', countRequestBytes)

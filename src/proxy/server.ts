@@ -1,5 +1,6 @@
 // The accept → forward half of the pipeline (docs/reference.md "Request pipeline", "Headers", "Errors"):
 // composes the listeners, the per-request lifecycle, websocket upgrades and the upstream readiness probe.
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
@@ -68,6 +69,11 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     {
       request: (req, res) => void lifecycle.handle(req, res, lifecycle.connectionInfo(req.socket)),
       upgrade: (req, socket, head) => void upgrades.handle(req, socket, head),
+      http2: {
+        connectionInfo: (socket) => lifecycle.connectionInfo(socket),
+        request: (req, res, conn) =>
+          void lifecycle.handle(req as unknown as IncomingMessage, res as unknown as ServerResponse, conn),
+      },
     },
   )
   const probe = new UpstreamProbe(upstream)
@@ -88,6 +94,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     listen: () => listeners.listen(),
     drain() {
       lifecycle.draining = true
+      listeners.h2.drain()
     },
     close(drainMs = timeouts.drain) {
       closePromise ??= shutdown(drainMs)
