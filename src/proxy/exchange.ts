@@ -31,6 +31,7 @@ export class Exchange {
   upstreamMs = 0
   status = 0
   upstreamError: RequestEvent['upstreamError']
+  grpcStatus: number | undefined
   attribution: Attribution = FALLBACK_ATTRIBUTION
   pipeline: Pipeline | undefined
   responseClosed = false
@@ -62,6 +63,7 @@ export class Exchange {
     this.bytesOut = result.bytesOut
     if (result.bytesIn !== undefined) this.bytesIn = result.bytesIn
     if (result.upstreamError) this.upstreamError = result.upstreamError
+    if (result.grpcStatus !== undefined) this.grpcStatus = result.grpcStatus
     if (result.status !== 0) this.status = result.status
     else if (result.upstreamError) this.status = UPSTREAM_ERRORS[result.upstreamError].status
     else if (result.clientAborted) this.status = CLIENT_CLOSED
@@ -102,6 +104,7 @@ export class Exchange {
       service: this.pipeline?.service ?? '',
     }
     if (this.upstreamError) event.upstreamError = this.upstreamError
+    if (this.grpcStatus !== undefined) event.grpcStatus = this.grpcStatus
     if (this.trace.parentSpanId !== undefined) event.parentSpanId = this.trace.parentSpanId
     if (this.trace.flags !== '01') event.traceFlags = this.trace.flags
     if (this.host !== undefined) event.host = this.host

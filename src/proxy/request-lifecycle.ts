@@ -9,7 +9,8 @@ import type { Attribution, Pipeline } from '../pipeline.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise, RequestInfo } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { CLIENT_CLOSED, Exchange, FALLBACK_ATTRIBUTION } from './exchange.ts'
-import type { Forwarder } from './forwarder.ts'
+import type { Forwarder, ForwardTarget } from './forwarder.ts'
+import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestTarget } from './path.ts'
 import { BAD_REQUEST, INTERNAL_ERROR, sendJson, UPSTREAM_ERRORS } from './respond.ts'
@@ -169,9 +170,33 @@ export class RequestLifecycle {
     return headers
   }
 
-  target(parsedTarget: string): { origin: string; path: string } {
+  target(parsedTarget: string): ForwardTarget {
     const upstream = this.opts.upstream()
-    return { origin: upstream.origin, path: upstream.basePath + parsedTarget }
+    return { origin: upstream.origin, path: upstream.basePath + parsedTarget, upstream }
+  }
+
+  /** An answer on the proxy's behalf; a gRPC call gets it as a gRPC status its client can read. */
+  answer(
+    ex: Exchange,
+    req: IncomingMessage,
+    res: ServerResponse,
+    status: number,
+    body: string,
+    headers?: Record<string, string>,
+  ): boolean {
+    ex.status = status
+    if (!isGrpc(req.headers)) return sendJson(res, status, body, headers)
+    ex.status = 200
+    ex.grpcStatus = ex.upstreamError === 'timeout' ? GRPC.DEADLINE_EXCEEDED : grpcStatusForHttp(status)
+    let message = 'request refused by the proxy'
+    try {
+      const parsed = JSON.parse(body) as { message?: unknown; error?: unknown }
+      const text = parsed.message ?? parsed.error
+      if (typeof text === 'string') message = text
+    } catch {
+      // a non-JSON body from a rejecting stage keeps the generic message
+    }
+    return sendGrpcStatus(res, ex.grpcStatus, message)
   }
 
   /** The whole exchange of a request/response pair (HTTP/1.1 request or HTTP/2 stream). */
@@ -185,8 +210,7 @@ export class RequestLifecycle {
     try {
       if (parsed === undefined) {
         ex.pipeline = this.opts.getPipeline()
-        ex.status = BAD_REQUEST.status
-        sendJson(res, BAD_REQUEST.status, BAD_REQUEST.body)
+        this.answer(ex, req, res, BAD_REQUEST.status, BAD_REQUEST.body)
         return
       }
       if (hasBody(req)) {
@@ -203,8 +227,7 @@ export class RequestLifecycle {
       // decide (preHandler): a rejecting stage answers on the proxy's behalf
       const reject = ex.attribution.reject
       if (reject) {
-        ex.status = reject.status
-        sendJson(res, reject.status, reject.body, reject.headers)
+        this.answer(ex, req, res, reject.status, reject.body, reject.headers)
         return
       }
       const result = await this.opts.forwarder.forward(
@@ -216,11 +239,11 @@ export class RequestLifecycle {
       ex.applyForward(result)
       if (result.status === 0 && result.upstreamError) {
         const answer = UPSTREAM_ERRORS[result.upstreamError]
-        sendJson(res, answer.status, answer.body)
+        this.answer(ex, req, res, answer.status, answer.body)
       }
     } catch {
-      ex.status = INTERNAL_ERROR.status
-      if (!sendJson(res, INTERNAL_ERROR.status, INTERNAL_ERROR.body) && !res.writableFinished) res.destroy()
+      if (!this.answer(ex, req, res, INTERNAL_ERROR.status, INTERNAL_ERROR.body) && !res.writableFinished)
+        res.destroy()
     } finally {
       ex.handled = true
       this.record(ex)

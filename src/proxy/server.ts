@@ -2,11 +2,12 @@
 // composes the listeners, the per-request lifecycle, websocket upgrades and the upstream readiness probe.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { TLSSocket } from 'node:tls'
+import type { ConnectionOptions, TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
 import type { Pipeline } from '../pipeline.ts'
 import type { CertEvidence, Failure } from '../types.ts'
 import { type Forwarder, UndiciForwarder } from './forwarder.ts'
+import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
 import { type HttpsListenOptions, Listeners } from './listeners.ts'
 import { UpstreamProbe } from './readiness.ts'
 import { RequestLifecycle } from './request-lifecycle.ts'
@@ -26,7 +27,9 @@ export interface ProxyOptions {
   parsePeerCert?: (socket: TLSSocket) => CertEvidence | Failure | undefined
   timeouts: Config['timeouts']
   limits: Config['limits']
-  /** default: undici Pool forwarder */
+  /** TLS options for https:/h2: upstreams: CA bundle, client certificate and key (PEM), server name */
+  upstreamTls?: ConnectionOptions
+  /** default: undici pools for HTTP/1.1 upstreams, node:http2 sessions for h2c:/h2: upstreams */
   forwarder?: Forwarder
 }
 
@@ -51,11 +54,18 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
   const { timeouts } = opts
   const forwarder: Forwarder =
     opts.forwarder ??
-    new UndiciForwarder({
-      headersTimeout: timeouts.upstream,
-      // a stalled upstream body is cut after the keep-alive idle time (undici does not count paused time)
-      bodyTimeout: timeouts.idle,
-    })
+    new ProtocolForwarder(
+      new UndiciForwarder({
+        headersTimeout: timeouts.upstream,
+        // a stalled upstream body is cut after the keep-alive idle time (undici does not count paused time)
+        bodyTimeout: timeouts.idle,
+        ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
+      }),
+      new Http2Forwarder({
+        headersTimeout: timeouts.upstream,
+        ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
+      }),
+    )
   const lifecycle = new RequestLifecycle({
     getPipeline: opts.getPipeline,
     forwarder,
