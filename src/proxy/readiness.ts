@@ -23,9 +23,9 @@ export class UpstreamProbe {
   }
 
   private probe(): Promise<boolean> {
-    const { host, port } = this.upstream
+    const { host, port, socketPath } = this.upstream
     return new Promise((resolve) => {
-      const socket = connect({ host, port })
+      const socket = socketPath ? connect({ path: socketPath }) : connect({ host, port })
       const done = (ok: boolean) => {
         socket.destroy()
         resolve(ok)
