@@ -103,7 +103,7 @@ function unary(
   }>((resolve) => {
     let headers: grpc.Metadata | undefined
     let trailers: grpc.Metadata | undefined
-    const call = (client as unknown as Record<string, Function>)['Unary']!.call(
+    const call = (client as unknown as Record<string, (...args: unknown[]) => unknown>)['Unary']!.call(
       client,
       msg,
       metadata,
@@ -314,6 +314,26 @@ t.test('upstream down and too slow become UNAVAILABLE and DEADLINE_EXCEEDED', as
     grpc.status.DEADLINE_EXCEEDED,
     'an upstream past timeouts.upstream is DEADLINE_EXCEEDED',
   )
+})
+
+t.test('an invalid token with jwt.onInvalid: reject is UNAUTHENTICATED', async (t) => {
+  const up = await startGrpcUpstream()
+  t.teardown(() => up.close())
+  const key = await createSigningKey('k1')
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: `h2c://127.0.0.1:${up.port}`,
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['echo'] }], onInvalid: 'reject' },
+  })
+  const echo = new Echo(`127.0.0.1:${sidecar.proxyAddress.port}`, grpc.credentials.createInsecure())
+  t.teardown(() => echo.close())
+  const wrongAudience = await mintToken(key, { azp: 'billing' }, { issuer: ISSUER, audience: 'other' })
+  const m = new grpc.Metadata()
+  m.set('authorization', `Bearer ${wrongAudience}`)
+  const r = await unary(echo, { text: 'hi' }, m)
+  t.equal(r.err?.code, grpc.status.UNAUTHENTICATED)
+  t.equal(up.seen.length, 0, 'the call never reached the upstream')
 })
 
 t.test('gRPC over TLS (ALPN h2) with a client certificate as the identity', async (t) => {

@@ -149,7 +149,13 @@ export class Http2Forwarder {
       const onClientClose = () => {
         if (settled || responded) return
         if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
-        if (grpc) grpcStatus = GRPC.CANCELLED
+        if (grpc) {
+          // a client resets the call at its own deadline, which it counted from before the proxy saw the
+          // call: a reset within the last tenth (at most 100 ms) of the deadline is the deadline, not a cancel
+          const elapsed = performance.now() - started
+          const expired = deadline !== undefined && elapsed >= deadline - Math.min(100, deadline / 10)
+          grpcStatus = expired ? GRPC.DEADLINE_EXCEEDED : GRPC.CANCELLED
+        }
         settle(undefined, true)
       }
 
