@@ -246,3 +246,23 @@ t.test('HTTP/2 limits: concurrent streams advertised, rapid reset closes the con
   const answer = await h2get(fresh, '/echo')
   t.equal(answer.status, 200)
 })
+
+t.test('HTTP/2 header list over limits.maxHeaderBytes is refused and never forwarded', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const limits = { ...defaultConfig().limits, maxHeaderBytes: 4096 }
+  const { url } = await startProxy(t, { upstream: up.url, limits })
+  const session = connect(url)
+  t.teardown(() => session.destroy())
+  session.on('error', () => {})
+  await once(session, 'remoteSettings')
+  t.equal(session.remoteSettings.maxHeaderListSize, 4096, 'the limit is advertised')
+  const stream = session.request({ ':path': '/echo', 'x-big': 'a'.repeat(8000) })
+  const outcome = await new Promise<string>((resolve) => {
+    stream.on('response', (h) => resolve(`status ${h[':status']}`))
+    stream.on('error', () => resolve('reset'))
+    stream.on('close', () => resolve('reset'))
+  })
+  t.not(outcome, 'status 200')
+  t.equal(up.received.length, 0, 'the oversized request never reached the upstream')
+})
