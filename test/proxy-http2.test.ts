@@ -266,3 +266,18 @@ t.test('HTTP/2 header list over limits.maxHeaderBytes is refused and never forwa
   t.not(outcome, 'status 200')
   t.equal(up.received.length, 0, 'the oversized request never reached the upstream')
 })
+
+t.test('an idle HTTP/2 connection is closed after timeouts.idle', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const timeouts = { ...defaultConfig().timeouts, idle: 300 }
+  const { url } = await startProxy(t, { upstream: up.url, timeouts })
+  const session = connect(url)
+  t.teardown(() => session.destroy())
+  session.on('error', () => {})
+  const closed = once(session, 'close')
+  t.equal((await h2get(session, '/echo')).status, 200)
+  const started = Date.now()
+  await closed
+  t.ok(Date.now() - started >= 200, 'closed after the idle time, not at once')
+})

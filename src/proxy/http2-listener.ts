@@ -77,7 +77,9 @@ export class Http2Front {
     })
     // the compat layer answers stream errors itself; an error here must not take the process down
     this.server.on('sessionError', () => {})
-    this.server.on('timeout', () => {})
+    // an idle connection gets GOAWAY and closes once its streams are done (a silent long-lived stream is
+    // not cut: close() waits for it)
+    this.server.on('timeout', (session: ServerHttp2Session) => session.close())
   }
 
   private onSession(session: ServerHttp2Session): void {
