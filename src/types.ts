@@ -271,6 +271,8 @@ export interface RequestEvent {
   bytesIn: number
   bytesOut: number
   upstreamError?: UpstreamErrorReason
+  /** gRPC calls only: the call's status code (0 OK … 16 UNAUTHENTICATED), from the upstream or the proxy */
+  grpcStatus?: number
   /** the service this sidecar fronts (callee) */
   service: string
 }

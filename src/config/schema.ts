@@ -179,6 +179,17 @@ export const configSchema = z.strictObject({
     {},
   ),
   upstream: z._default(z.url(), 'http://127.0.0.1:3000'),
+  upstreamTls: z.optional(
+    z.strictObject({
+      ca: described(z.optional(z.string()), 'PEM CA bundle file the https:/h2: upstream is verified against'),
+      cert: described(z.optional(z.string()), 'PEM client certificate file presented to the upstream (mTLS)'),
+      key: described(z.optional(z.string()), 'PEM key file of that client certificate'),
+      servername: described(
+        z.optional(z.string()),
+        'TLS server name (SNI and verification) if not the URL host',
+      ),
+    }),
+  ),
   admin: z._default(address, '0.0.0.0:9464'),
   adminAccess: z.prefault(
     z.strictObject({
@@ -236,6 +247,14 @@ export const configSchema = z.strictObject({
     z.strictObject({
       maxHeaderBytes: z._default(positiveInt, 16_384),
       maxConnections: z._default(positiveInt, 10_000),
+      http2MaxConcurrentStreams: described(
+        z._default(positiveInt, 100),
+        'HTTP/2 streams one client connection may have open at once',
+      ),
+      http2MaxResetsPerSecond: described(
+        z._default(positiveInt, 100),
+        'HTTP/2 streams a client may reset per second on one connection before it is closed (rapid reset)',
+      ),
     }),
     {},
   ),
