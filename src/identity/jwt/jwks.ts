@@ -60,6 +60,8 @@ export class IssuerKeySet {
   private readonly retryMs: number
   private keys: LocalKeySet | undefined
   private keyCount = 0
+  /** the public keys behind `keys`, for verification workers; a new version with every new key set */
+  private workerKeys: { version: number; jwks: JWK[] } | undefined
   private secret: Uint8Array | undefined
   private discoveredJwksUri: string | undefined
   private lastAttemptAt = Number.NEGATIVE_INFINITY
@@ -102,6 +104,11 @@ export class IssuerKeySet {
   hasKeysFor(alg: unknown): boolean {
     if (typeof alg === 'string' && alg.startsWith('HS')) return this.secret !== undefined
     return this.keys !== undefined
+  }
+
+  /** the current public key set (undefined before the first fetch), for verification off the main thread */
+  get publicKeys(): { version: number; jwks: JWK[] } | undefined {
+    return this.workerKeys
   }
 
   get size(): number {
@@ -155,9 +162,10 @@ export class IssuerKeySet {
       if (this.cfg.secretFile) this.secret = await readSecret(this.cfg.secretFile)
       if (this.hasKeySource) {
         const jwks = await this.fetchKeySet()
-        const { set, count } = buildKeySet(jwks)
+        const { set, keys } = buildKeySet(jwks)
         this.keys = set
-        this.keyCount = count
+        this.keyCount = keys.length
+        this.workerKeys = { version: (this.workerKeys?.version ?? 0) + 1, jwks: keys }
       }
     } catch (err) {
       ok = false
@@ -244,7 +252,7 @@ export class IssuerKeySet {
   }
 }
 
-function buildKeySet(doc: unknown): { set: LocalKeySet; count: number } {
+function buildKeySet(doc: unknown): { set: LocalKeySet; keys: JWK[] } {
   if (!isRecord(doc) || !Array.isArray(doc['keys']))
     throw new Error('key set is not a JWKS ({"keys": [...]})')
   const keys: JWK[] = []
@@ -255,7 +263,7 @@ function buildKeySet(doc: unknown): { set: LocalKeySet; count: number } {
     keys.push(k as JWK)
   }
   if (keys.length === 0) throw new Error('key set has no usable public signing keys')
-  return { set: createLocalJWKSet({ keys }), count: keys.length }
+  return { set: createLocalJWKSet({ keys }), keys }
 }
 
 async function readSecret(path: string): Promise<Uint8Array> {

@@ -12,9 +12,39 @@ import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
 import { IssuerKeySet, type KeySetOptions, type VerificationKey } from './jwks.ts'
+import { type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
 
 export interface VerifierOptions extends KeySetOptions {
   clockSkewMs: number
+  /** worker threads for asymmetric signatures; without one (or while it cannot run) verification is inline */
+  pool?: VerifyPool
+}
+
+/** the pool refused the job (its queue for this peer, or all peers, is full) */
+const BUSY: FailureCause = {
+  reason: 'verification_busy',
+  detail: 'too many new tokens are waiting for verification',
+}
+class PoolBusy extends Error {}
+
+// jose's error classes by their code, to raise in the main thread what a worker's jwtVerify raised there,
+// so that failure causes, the unknown-kid refetch and the multiple-key loop see the same errors either way
+const JOSE_ERRORS = new Map<string, new (...args: never[]) => Error>()
+for (const cls of Object.values(errors) as unknown as { code?: unknown }[]) {
+  if (typeof cls.code === 'string')
+    JOSE_ERRORS.set(cls.code, cls as unknown as new (...args: never[]) => Error)
+}
+
+function joseError(code: string, claim: string | undefined): Error {
+  const cls = JOSE_ERRORS.get(code) as
+    | (new (
+        message: string,
+        payload: object,
+        claim: string,
+      ) => Error)
+    | undefined
+  if (!cls) return new Error('verification failed')
+  return new cls('verification failed in a worker', {}, claim ?? 'unspecified')
 }
 
 /** Allowed algorithms: the configured list (default: every asymmetric one); HS* only with a secretFile; never none. */
@@ -25,6 +55,14 @@ export function allowedAlgorithms(cfg: IssuerConfig): string[] {
     ...(cfg.secretFile ? HMAC_ALGORITHMS : []),
   ]
   return configured.filter((alg) => (hmac.includes(alg) ? Boolean(cfg.secretFile) : alg !== 'none'))
+}
+
+type Verified = Pick<JWTVerifyResult<JWTPayload>, 'payload'> & {
+  protectedHeader: { alg: string; kid?: string | undefined }
+}
+
+function isHmac(alg: unknown): boolean {
+  return typeof alg === 'string' && alg.startsWith('HS')
 }
 
 function headerAlg(token: string): unknown {
@@ -42,9 +80,11 @@ export class IssuerVerifier {
   private readonly algorithms: ReadonlySet<string>
   private readonly baseOptions: JWTVerifyOptions
   private readonly now: () => number
+  private readonly pool: VerifyPool | undefined
 
   constructor(cfg: IssuerConfig, opts: VerifierOptions) {
     this.issuer = cfg.issuer
+    this.pool = opts.pool
     this.profile = cfg.profile
     this.keys = new IssuerKeySet(cfg, opts)
     this.now = opts.now ?? Date.now
@@ -64,10 +104,13 @@ export class IssuerVerifier {
     return typeof alg === 'string' && this.algorithms.has(alg)
   }
 
-  /** Never throws: a verified token becomes evidence, anything else a failure cause. */
-  async verify(token: string, fingerprint: string): Promise<JwtEvidence | FailureCause> {
+  /**
+   * Never throws: a verified token becomes evidence, anything else a failure cause. `peer` (the client
+   * address) is the unit of fairness in the worker pool's queue.
+   */
+  async verify(token: string, fingerprint: string, peer = ''): Promise<JwtEvidence | FailureCause> {
     try {
-      const { payload, protectedHeader } = await this.verifyRotating(token)
+      const { payload, protectedHeader } = await this.verifyRotating(token, peer)
       const evidence: JwtEvidence = {
         source: 'jwt',
         verified: true,
@@ -81,6 +124,7 @@ export class IssuerVerifier {
       if (typeof payload.exp === 'number') evidence.exp = payload.exp
       return evidence
     } catch (err) {
+      if (err instanceof PoolBusy) return BUSY
       // no key because none was ever fetched (IdP unreachable since start), not because the kid is unknown
       if (err instanceof errors.JWKSNoMatchingKey && !this.keys.hasKeysFor(headerAlg(token))) {
         return { reason: 'keys_unavailable', detail: "the issuer's keys have not been fetched yet" }
@@ -89,19 +133,45 @@ export class IssuerVerifier {
     }
   }
 
-  private async verifyRotating(token: string): Promise<JWTVerifyResult<JWTPayload>> {
+  private async verifyRotating(token: string, peer: string): Promise<Verified> {
     try {
-      return await this.verifyOnce(token)
+      return await this.verifyOnce(token, peer)
     } catch (err) {
       if (!(err instanceof errors.JWKSNoMatchingKey)) throw err
       const refetch = this.keys.refreshForUnknownKid()
       if (!refetch || !(await refetch)) throw err
-      return this.verifyOnce(token)
+      return this.verifyOnce(token, peer)
     }
   }
 
-  private async verifyOnce(token: string): Promise<JWTVerifyResult<JWTPayload>> {
-    const options = { ...this.baseOptions, currentDate: new Date(this.now()) }
+  private async verifyOnce(token: string, peer: string): Promise<Verified> {
+    const now = this.now()
+    const keys = this.keys.publicKeys
+    // HMAC is cheap and its secret never leaves the main thread; no key set yet is answered inline too
+    if (this.pool?.usable && keys && !isHmac(headerAlg(token))) {
+      const reply = this.pool.verify(
+        {
+          token,
+          issuer: this.issuer,
+          algorithms: this.baseOptions.algorithms as string[],
+          audience: this.baseOptions.audience as string[] | undefined,
+          clockTolerance: this.baseOptions.clockTolerance as number,
+          now,
+        },
+        keys,
+        peer,
+      )
+      if (!reply) throw new PoolBusy()
+      const r: WorkerReply = await reply
+      if ('payload' in r) return { payload: r.payload, protectedHeader: r.header }
+      if (r.code !== WORKER_GONE && JOSE_ERRORS.has(r.code)) throw joseError(r.code, r.claim)
+      // the worker is gone or did not hold these keys: verify here, as without a pool
+    }
+    return this.verifyInline(token, now)
+  }
+
+  private async verifyInline(token: string, now: number): Promise<JWTVerifyResult<JWTPayload>> {
+    const options = { ...this.baseOptions, currentDate: new Date(now) }
     try {
       return await jwtVerify(token, this.keys.getKey, options)
     } catch (err) {
