@@ -47,6 +47,14 @@ const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const
 
 export type VerificationKey = CryptoKey | Uint8Array
 
+export interface PublicKeys {
+  /** increases with every new key set */
+  version: number
+  jwks: JWK[]
+  /** the key ids in jwks */
+  kids: ReadonlySet<string>
+}
+
 type LocalKeySet = ReturnType<typeof createLocalJWKSet>
 
 export class IssuerKeySet {
@@ -61,7 +69,7 @@ export class IssuerKeySet {
   private keys: LocalKeySet | undefined
   private keyCount = 0
   /** the public keys behind `keys`, for verification workers; a new version with every new key set */
-  private workerKeys: { version: number; jwks: JWK[] } | undefined
+  private workerKeys: PublicKeys | undefined
   private secret: Uint8Array | undefined
   private discoveredJwksUri: string | undefined
   private lastAttemptAt = Number.NEGATIVE_INFINITY
@@ -107,7 +115,7 @@ export class IssuerKeySet {
   }
 
   /** the current public key set (undefined before the first fetch), for verification off the main thread */
-  get publicKeys(): { version: number; jwks: JWK[] } | undefined {
+  get publicKeys(): PublicKeys | undefined {
     return this.workerKeys
   }
 
@@ -165,7 +173,11 @@ export class IssuerKeySet {
         const { set, keys } = buildKeySet(jwks)
         this.keys = set
         this.keyCount = keys.length
-        this.workerKeys = { version: (this.workerKeys?.version ?? 0) + 1, jwks: keys }
+        this.workerKeys = {
+          version: (this.workerKeys?.version ?? 0) + 1,
+          jwks: keys,
+          kids: new Set(keys.flatMap((k) => (typeof k.kid === 'string' ? [k.kid] : []))),
+        }
       }
     } catch (err) {
       ok = false

@@ -11,7 +11,7 @@ import {
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
-import { IssuerKeySet, type KeySetOptions, type VerificationKey } from './jwks.ts'
+import { IssuerKeySet, type KeySetOptions, type PublicKeys, type VerificationKey } from './jwks.ts'
 import { type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
 
 export interface VerifierOptions extends KeySetOptions {
@@ -147,8 +147,9 @@ export class IssuerVerifier {
   private async verifyOnce(token: string, peer: string): Promise<Verified> {
     const now = this.now()
     const keys = this.keys.publicKeys
-    // HMAC is cheap and its secret never leaves the main thread; no key set yet is answered inline too
-    if (this.pool?.usable && keys && !isHmac(headerAlg(token))) {
+    // HMAC is cheap and its secret never leaves the main thread. No key set yet, or a kid the key set does
+    // not have, fails without any signature work: inline, so the unknown-kid refetch runs as it always did.
+    if (this.pool?.usable && keys && this.forPool(token, keys)) {
       const reply = this.pool.verify(
         {
           token,
@@ -168,6 +169,16 @@ export class IssuerVerifier {
       // the worker is gone or did not hold these keys: verify here, as without a pool
     }
     return this.verifyInline(token, now)
+  }
+
+  private forPool(token: string, keys: PublicKeys): boolean {
+    let header: ReturnType<typeof decodeProtectedHeader>
+    try {
+      header = decodeProtectedHeader(token)
+    } catch {
+      return false
+    }
+    return !isHmac(header.alg) && (typeof header.kid !== 'string' || keys.kids.has(header.kid))
   }
 
   private async verifyInline(token: string, now: number): Promise<JWTVerifyResult<JWTPayload>> {
