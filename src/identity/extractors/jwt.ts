@@ -47,6 +47,8 @@ const MAX_CACHE_MS = 5 * 60_000
 const CACHE_SPREAD_MS = 60_000
 /** failures are cached briefly so a flood of the same bad token stays cheap */
 const FAILURE_CACHE_MS = 5_000
+/** bound on cached failures (at most jwt.cacheSize) */
+const MAX_FAILURES_CACHED = 4_096
 const FINGERPRINT_CHARS = 16
 /** bound on concurrent first-time verifications that share one promise */
 const MAX_INFLIGHT = 10_000
@@ -69,6 +71,8 @@ export class JwtExtractor implements Extractor {
   readonly source = 'jwt' as const
   private readonly verifiers = new Map<string, IssuerVerifier>()
   private readonly cache: LRUCache<string, Result>
+  /** failed tokens by hash, apart from the verified ones: a flood of bad tokens cannot evict good entries */
+  private readonly failures: LRUCache<string, Failure>
   private readonly inflight = new Map<string, Promise<Result>>()
   private readonly pool: VerifyPool
   private readonly now: () => number
@@ -95,6 +99,11 @@ export class JwtExtractor implements Extractor {
       )
     }
     this.cache = new LRUCache<string, Result>({ max: cfg.cacheSize, perf: { now: clock }, ttlResolution: 0 })
+    this.failures = new LRUCache<string, Failure>({
+      max: Math.min(cfg.cacheSize, MAX_FAILURES_CACHED),
+      perf: { now: clock },
+      ttlResolution: 0,
+    })
   }
 
   /** Initial key fetch for every issuer. Never throws; an unreachable IdP just leaves ready() false. */
@@ -127,6 +136,7 @@ export class JwtExtractor implements Extractor {
     this.pool.close()
     for (const v of this.verifiers.values()) v.keys.close()
     this.cache.clear()
+    this.failures.clear()
     this.inflight.clear()
   }
 
@@ -138,7 +148,7 @@ export class JwtExtractor implements Extractor {
     const candidate = tokenCandidate(auth)
     const seen = candidate === undefined ? undefined : sha256Hex(candidate)
     if (seen !== undefined) {
-      const cached = this.cache.get(seen)
+      const cached = this.cache.get(seen) ?? this.failures.get(seen)
       if (cached) return cached
     }
     const bearer = bearerToken(auth)
@@ -147,13 +157,18 @@ export class JwtExtractor implements Extractor {
     const token = bearer.token
     // a well-formed header's token is exactly the bytes after "Bearer ", already hashed above
     const hash = seen ?? sha256Hex(token)
+    const failed = seen === undefined ? this.failures.get(hash) : undefined
+    if (failed) return failed
     const pending = this.inflight.get(hash)
     if (pending) return pending
     const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS), conn.remoteAddress).then(
       (result) => {
         this.inflight.delete(hash)
         const ttl = this.ttlFor(result)
-        if (ttl > 0) this.cache.set(hash, result, { ttl })
+        if (ttl > 0) {
+          if ('failed' in result) this.failures.set(hash, result, { ttl })
+          else this.cache.set(hash, result, { ttl })
+        }
         return result
       },
     )
