@@ -1,6 +1,7 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick]
-// Throughput/latency/CPU of nhi-proxy against baselines, or (memory modes) RSS and series under
-// identity cardinality floods. Writes bench/results/latest.{md,json,svg} (memory: memory.{md,json}).
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood]
+// Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
+// cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
+// (memory: memory.{md,json}; flood: flood.{md,json}).
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -51,6 +52,11 @@ const program = new Command()
   .option('--memory', 'memory mode: 1,000,000 tokens + 100,000 XFCC identities')
   .option('--memory-quick', 'memory mode with 100,000 tokens + 10,000 XFCC identities')
   .option(
+    '--verify-workers <n>',
+    'memory mode: jwt.verifyWorkers of the proxy (default: its default)',
+    nonNegative,
+  )
+  .option(
     '--flood',
     'flood mode: the cache-miss flood alone, pool vs inline verification, cached callers during it (2 rounds × 4 s unless given)',
   )
@@ -69,6 +75,7 @@ const o = program.opts<{
   memory?: boolean
   memoryQuick?: boolean
   flood?: boolean
+  verifyWorkers?: number
 }>()
 const results = fileURLToPath(new URL('./results/', import.meta.url))
 const log = (s: string) => process.stderr.write(`${s}\n`)
@@ -77,7 +84,12 @@ async function memoryMode(): Promise<void> {
   log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
   const dist = buildDist()
   if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
-  const r = await runMemory({ quick: o.memoryQuick === true, log, dist })
+  const r = await runMemory({
+    quick: o.memoryQuick === true,
+    log,
+    dist,
+    ...(o.verifyWorkers === undefined ? {} : { verifyWorkers: Math.round(o.verifyWorkers) }),
+  })
   process.stdout.write(memoryMarkdown(r))
   for (const t of r.targets) log(targetLine(t))
   if (o.write) log(`wrote ${(await writeMemoryResults(results, r)).join(', ')}`)

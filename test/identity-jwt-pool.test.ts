@@ -46,7 +46,7 @@ t.test('waiting jobs are served round-robin by peer, and the bounds refuse the r
   t.match(pool.stats(), { workers: 1, queued: 5, running: 1, overflowed: 2 })
   const replies = await Promise.all([...a, ...b])
   t.ok(
-    replies.every((r) => r && 'payload' in r),
+    replies.every((r) => r && 'header' in r),
     'every accepted job verified in the worker',
   )
   t.same(order, ['a1', 'a2', 'b1', 'a3', 'b2', 'a4'], 'peers take turns: b is not stuck behind a')

@@ -146,7 +146,7 @@ export async function startNhiWithUpstream(
   dir: string,
   procs: ServerProcess[],
   publicJwks: readonly unknown[],
-  cfg: Pick<NhiConfigOptions, 'maxIdentities'> = {},
+  cfg: Pick<NhiConfigOptions, 'maxIdentities' | 'verifyWorkers'> = {},
   launch: NhiLaunch = {},
 ): Promise<{ nhi: ServerProcess; port: number; adminPort: number }> {
   const jwksFile = join(dir, 'jwks.json')

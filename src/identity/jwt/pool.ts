@@ -6,7 +6,7 @@
 // refused at once (the caller attributes the request as a failed verification, `verification_busy`).
 import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
-import type { JWK, JWTPayload } from 'jose'
+import type { JWK } from 'jose'
 
 /** what a worker is asked: one token, its issuer's options, and the issuer's key set when that worker lacks it */
 export interface WorkerJob {
@@ -25,7 +25,8 @@ export interface WorkerJob {
 }
 
 export type WorkerReply =
-  | { id: number; payload: JWTPayload; header: { alg: string; kid: string | undefined } }
+  /** verified: the caller decodes the payload of the token it sent */
+  | { id: number; header: { alg: string; kid: string | undefined } }
   /** a jose error code (or ERR_NHI_*: the pool's own), with the claim of a claim validation failure */
   | { id: number; code: string; claim?: string | undefined }
 
@@ -264,5 +265,6 @@ function startWorker(): Worker {
       here.pathname.endsWith('/chunks/') ? '../jwt-verify-worker.mjs' : './jwt-verify-worker.mjs',
       here,
     ),
+    { resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 24 } },
   )
 }

@@ -1,6 +1,7 @@
 // Verifies a token for one configured issuer: algorithm allowlist, audiences, clock skew, and keys from its
 // IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation).
 import {
+  decodeJwt,
   decodeProtectedHeader,
   errors,
   type JWTPayload,
@@ -164,7 +165,8 @@ export class IssuerVerifier {
       )
       if (!reply) throw new PoolBusy()
       const r: WorkerReply = await reply
-      if ('payload' in r) return { payload: r.payload, protectedHeader: r.header }
+      // jose verified these exact bytes in the worker: their payload is the one jwtVerify would return
+      if ('header' in r) return { payload: decodeJwt(token), protectedHeader: r.header }
       if (r.code !== WORKER_GONE && JOSE_ERRORS.has(r.code)) throw joseError(r.code, r.claim)
       // the worker is gone or did not hold these keys: verify here, as without a pool
     }
