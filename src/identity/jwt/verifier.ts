@@ -29,7 +29,8 @@ const BUSY: FailureCause = {
 class PoolBusy extends Error {}
 
 // jose's error classes by their code, to raise in the main thread what a worker's jwtVerify raised there,
-// so that failure causes, the unknown-kid refetch and the multiple-key loop see the same errors either way
+// so that failure causes and the unknown-kid refetch see the same errors either way (the worker runs the
+// multiple-key loop itself)
 const JOSE_ERRORS = new Map<string, new (...args: never[]) => Error>()
 for (const cls of Object.values(errors) as unknown as { code?: unknown }[]) {
   if (typeof cls.code === 'string')
