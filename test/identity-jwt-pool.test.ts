@@ -1,11 +1,12 @@
 // The verification worker pool on its own and behind the JWT extractor: jobs waiting for a worker are served
 // one peer at a time in turn, the per-peer and global queue bounds refuse work at once (verification_busy,
 // not cached), and a closed pool answers every waiting job instead of leaving it hanging.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { configSchema } from '../src/config/schema.ts'
 import { JwtExtractor } from '../src/identity/extractors/jwt.ts'
 import { type PoolJob, VerifyPool, WORKER_GONE, type WorkerReply } from '../src/identity/jwt/pool.ts'
 import type { ConnectionInfo, Failure, JwtEvidence } from '../src/types.ts'
+import { eventually } from './helpers/eventually.ts'
 import { createSigningKey, mintToken, type SigningKey, startJwksServer } from './helpers/jwks.ts'
 
 const ISSUER = 'https://idp.pool-unit.example'
@@ -14,6 +15,16 @@ let key: SigningKey
 t.before(async () => {
   key = await createSigningKey('unit-k1', 'ES256')
 })
+
+/** the first job starts the worker and is answered WORKER_GONE (verify inline) until the worker is ready */
+async function ready(t: Test, pool: VerifyPool, token: string, keys: Parameters<VerifyPool['verify']>[1]) {
+  t.match(
+    await pool.verify(job(token), keys, 'warm-up'),
+    { code: WORKER_GONE },
+    'inline while the worker starts',
+  )
+  await eventually(() => pool.stats().workers === 1, { what: 'the worker ready' })
+}
 
 const job = (token: string): PoolJob => ({
   token,
@@ -30,6 +41,7 @@ t.test('waiting jobs are served round-robin by peer, and the bounds refuse the r
   const tokens = await Promise.all(
     Array.from({ length: 8 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: `s${i}` })),
   )
+  await ready(t, pool, tokens[0]!, keys)
   const order: string[] = []
   const submit = (name: string, i: number, peer: string) => {
     const p = pool.verify(job(tokens[i]!), keys, peer)
@@ -57,6 +69,7 @@ t.test('a closed pool answers waiting jobs (the caller then verifies inline)', a
   const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 10, maxQueuePerPeer: 10 })
   const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
   const token = await mintToken(key, {}, { issuer: ISSUER })
+  await ready(t, pool, token, keys)
   const running = pool.verify(job(token), keys, 'a')
   const waiting = pool.verify(job(token), keys, 'a')
   pool.close()
@@ -90,6 +103,13 @@ t.test(
       Array.from({ length: 300 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: 'loud' })),
     )
     const quietToken = await mintToken(key, {}, { issuer: ISSUER, subject: 'quiet' })
+    const warmUp = await mintToken(key, {}, { issuer: ISSUER, subject: 'warm-up' })
+    t.match(
+      await x.extract(req(warmUp), quiet),
+      { verified: true },
+      'verified inline while the worker starts',
+    )
+    await eventually(() => x.verifyPool().workers === 1, { what: 'the worker ready' })
     // all submitted in one turn of the event loop: 8 run in the worker, 256 wait, the rest are refused
     const results = tokens.map((tok) => x.extract(req(tok), loud))
     const quietResult = x.extract(req(quietToken), quiet)

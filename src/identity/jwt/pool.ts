@@ -36,7 +36,10 @@ export interface PoolKeys {
   jwks: JWK[]
 }
 
-/** the worker could not answer (it died, or never started): the caller verifies on the main thread instead */
+/**
+ * no worker could take the job (it died, never started, or is still starting: the first new tokens after
+ * start-up do not wait for a thread to boot): the caller verifies on the main thread instead
+ */
 export const WORKER_GONE = 'ERR_NHI_WORKER_GONE'
 
 export interface VerifyPoolOptions {
@@ -51,7 +54,10 @@ export interface VerifyPoolOptions {
 }
 
 export interface VerifyPoolStats {
+  /** workers ready for jobs */
   workers: number
+  /** workers still starting (jobs meanwhile are verified on the main thread) */
+  starting: number
   /** jobs waiting for a worker */
   queued: number
   /** jobs a worker is verifying */
@@ -73,7 +79,8 @@ interface Slot {
   running: Map<number, Pending>
   /** key set version this worker holds, per issuer */
   versions: Map<string, number>
-  answered: boolean
+  /** the worker has loaded its code and takes jobs */
+  ready: boolean
 }
 
 const DEFAULT_PER_WORKER = 8
@@ -112,7 +119,8 @@ export class VerifyPool {
     let running = 0
     for (const s of this.slots) running += s.running.size
     return {
-      workers: this.slots.length,
+      workers: this.slots.filter((s) => s.ready).length,
+      starting: this.slots.filter((s) => !s.ready).length,
       queued: this.queued,
       running,
       verified: this.verified,
@@ -124,7 +132,7 @@ export class VerifyPool {
   verify(job: PoolJob, keys: PoolKeys, peer: string): Promise<WorkerReply> | undefined {
     if (!this.usable) return Promise.resolve({ id: 0, code: WORKER_GONE })
     const slot = this.waiting.size === 0 ? this.freeSlot() : undefined
-    if (!this.usable) return Promise.resolve({ id: 0, code: WORKER_GONE })
+    if (!this.usable || !this.slots.some((s) => s.ready)) return Promise.resolve({ id: 0, code: WORKER_GONE })
     let queue: Pending[] | undefined
     if (!slot) {
       queue = this.waiting.get(peer)
@@ -153,12 +161,12 @@ export class VerifyPool {
     for (const slot of this.slots.splice(0)) this.retire(slot)
   }
 
-  /** a worker with room for one more job, spawning one while the pool is below its size */
+  /** a ready worker with room for one more job; starts another while the pool is below its size */
   private freeSlot(): Slot | undefined {
     let best: Slot | undefined
-    for (const s of this.slots) if (!best || s.running.size < best.running.size) best = s
+    for (const s of this.slots) if (s.ready && (!best || s.running.size < best.running.size)) best = s
     if (best && best.running.size === 0) return best
-    if (this.slots.length < this.opts.size) return this.spawn()
+    if (this.slots.length < this.opts.size) this.spawn()
     return best && best.running.size < this.opts.perWorker ? best : undefined
   }
 
@@ -173,27 +181,30 @@ export class VerifyPool {
     slot.worker.postMessage(job)
   }
 
-  private spawn(): Slot | undefined {
+  private spawn(): void {
     let worker: Worker
     try {
       worker = startWorker()
     } catch {
       this.broken = true
-      return undefined
+      return
     }
     // an idle pool must not keep the process alive; a worker with jobs is ref'd in start()
     worker.unref()
-    const slot: Slot = { worker, running: new Map(), versions: new Map(), answered: false }
-    worker.on('message', (reply: WorkerReply) => this.answered(slot, reply))
+    const slot: Slot = { worker, running: new Map(), versions: new Map(), ready: false }
+    worker.on('message', (reply: WorkerReply | 'ready') => {
+      if (reply === 'ready') {
+        slot.ready = true
+        this.drain(slot)
+      } else this.answered(slot, reply)
+    })
     const gone = () => this.gone(slot)
     worker.on('error', gone)
     worker.on('exit', gone)
     this.slots.push(slot)
-    return slot
   }
 
   private answered(slot: Slot, reply: WorkerReply): void {
-    slot.answered = true
     const p = slot.running.get(reply.id)
     if (!p) return
     slot.running.delete(reply.id)
@@ -219,7 +230,7 @@ export class VerifyPool {
     const i = this.slots.indexOf(slot)
     if (i === -1) return
     this.slots.splice(i, 1)
-    if (!slot.answered) this.broken = true
+    if (!slot.ready) this.broken = true
     for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
     slot.running.clear()
     void slot.worker.terminate().catch(() => {})
@@ -231,7 +242,7 @@ export class VerifyPool {
         return
       }
     }
-    if (!this.usable || this.slots.length === 0) {
+    if (!this.usable || !this.slots.some((s) => s.ready)) {
       for (const queue of this.waiting.values())
         for (const p of queue) p.resolve({ id: p.job.id, code: WORKER_GONE })
       this.waiting.clear()

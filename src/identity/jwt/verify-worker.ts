@@ -53,3 +53,5 @@ async function verifyWithKeys(token: string, keys: LocalKeySet, options: JWTVeri
 parentPort?.on('message', (job: WorkerJob) => {
   void verify(job).then((reply) => parentPort?.postMessage(reply))
 })
+// jose is loaded: until now the pool verified new tokens on the main thread rather than wait for this thread
+parentPort?.postMessage('ready')
