@@ -19,7 +19,7 @@ rmSync(resolve(root, outdir), { recursive: true, force: true })
 // CommonJS, that chunk's namespace has only `default` (module.exports), whatever Node's own loader would
 // offer: named exports read from it are undefined at run time in the bundle and nowhere else. Each such
 // import is listed here once its importer was checked to read `.default`; any other fails the build.
-const LAZY_COMMONJS_READ_THROUGH_DEFAULT = new Set(['undici', 'prom-client'])
+const LAZY_COMMONJS_READ_THROUGH_DEFAULT = new Set(['undici', 'prom-client', 'http-message-signatures'])
 // Dependency files whose lazy imports the sidecar never reaches: @opentelemetry/resources loads a
 // machine-id reader per platform for its hostDetector; OTLP export uses the envDetector only.
 // (matched by suffix: metafile paths are relative to the working directory, which may not hold node_modules)

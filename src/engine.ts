@@ -2,6 +2,7 @@
 // swaps it in between requests, so every request sees exactly one consistent config.
 import type { Config } from './config/schema.ts'
 import { AnomalyDetector, addFailureAnomalies } from './identity/anomalies.ts'
+import { type BotRangesObserver, BotVerifier } from './identity/bots/verify.ts'
 import { ApiKeyExtractor } from './identity/extractors/apikey.ts'
 import { JwtExtractor } from './identity/extractors/jwt.ts'
 import { mtlsExtractor } from './identity/extractors/mtls.ts'
@@ -9,6 +10,7 @@ import { useragentExtractor } from './identity/extractors/useragent.ts'
 import { XfccExtractor } from './identity/extractors/xfcc.ts'
 import { hasForeignForwardedCertHeader } from './identity/forwarded/headers.ts'
 import type { JwksObserver } from './identity/jwt/jwks.ts'
+import { SignatureVerifier } from './identity/signatures/verifier.ts'
 import type { Attribution } from './pipeline.ts'
 import { compilePolicy, denyResponse, type Policy } from './policy/policy.ts'
 import { compileRules, type RuleSet, type RuleTrace } from './rules/engine.ts'
@@ -30,6 +32,7 @@ export interface Evaluation extends Attribution {
 
 export interface EngineOptions {
   jwksObserver?: JwksObserver
+  botRangesObserver?: BotRangesObserver
   now?: () => number
 }
 
@@ -58,6 +61,9 @@ export class Engine {
   readonly config: Config
   readonly jwt: JwtExtractor
   readonly xfcc: XfccExtractor
+  /** signed agents (Web Bot Auth); a key directory counts as a key set in the nhi_jwks_* families */
+  readonly signatures: SignatureVerifier
+  readonly bots: BotVerifier
   private readonly extractors: readonly Extractor[]
   private readonly rules: RuleSet
   private readonly policy: Policy
@@ -68,6 +74,13 @@ export class Engine {
     this.config = config
     this.jwt = new JwtExtractor(config.jwt, { observer: opts.jwksObserver, now: opts.now })
     this.xfcc = new XfccExtractor(config.forwardedClientCert)
+    this.signatures = new SignatureVerifier(config.signedAgents, {
+      observer: opts.jwksObserver,
+      now: opts.now,
+    })
+    this.bots = new BotVerifier(config.bots.verify, config.forwardedClientCert, {
+      observer: opts.botRangesObserver,
+    })
     // Order is irrelevant for precedence (the rules engine applies docs/reference.md "Identity model" precedence); cheap ones first.
     // Without configured issuers a bearer token is the service's own business (opaque tokens, sessions):
     // there is nothing to verify it against, so it is neither evidence nor an auth failure.
@@ -77,6 +90,8 @@ export class Engine {
       new ApiKeyExtractor(config.apiKeys),
       useragentExtractor,
       ...(config.jwt.issuers.length > 0 ? [this.jwt] : []),
+      // like tokens without issuers: without configured directories a signature is the service's business
+      ...(config.signedAgents.directories.length > 0 ? [this.signatures] : []),
     ]
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)
@@ -84,9 +99,13 @@ export class Engine {
     this.anomalies = new AnomalyDetector(config.anomalies, opts.now)
   }
 
-  /** Initial JWKS fetch. Never throws: an IdP that is down leaves the engine not-ready, not dead. */
+  /**
+   * Initial JWKS, crawler-range and key-directory fetches. Never throws: an IdP that is down leaves the engine
+   * not-ready, not dead; a range file that cannot be fetched leaves the shipped snapshot serving; a key
+   * directory that is down leaves its signatures keys_unavailable.
+   */
   start(): Promise<void> {
-    return this.jwt.start()
+    return Promise.all([this.jwt.start(), this.bots.start(), this.signatures.start()]).then(() => {})
   }
 
   ready(): boolean {
@@ -95,6 +114,8 @@ export class Engine {
 
   close(): void {
     this.jwt.close()
+    this.bots.close()
+    this.signatures.close()
   }
 
   /**
@@ -136,6 +157,8 @@ export class Engine {
    * x-nhi-identity are the same header to a CGI/WSGI/Rack app.
    */
   private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
+    // the one place a crawler claim meets the client address: verified, or an unverified_claim anomaly
+    this.bots.attest(evidence, req, conn)
     if (
       hasSpoofedIdentityHeader(req.headers) ||
       hasForeignForwardedCertHeader(req.headers, () => this.xfcc.formatFor(conn.remoteAddress))
@@ -201,6 +224,9 @@ function addEvidence(set: EvidenceSet, ev: Evidence): void {
       break
     case 'apikey':
       set.apikey = ev
+      break
+    case 'signature':
+      set.signature = ev
       break
     case 'useragent':
       set.useragent = ev

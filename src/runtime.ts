@@ -10,12 +10,13 @@ import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { Engine } from './engine.ts'
+import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { parsePeerCertificate } from './identity/certificate.ts'
 import { sanitizeForwardedCertHeaders } from './identity/forwarded/sanitize.ts'
 import type { Attribution, Pipeline } from './pipeline.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
-import { type JwksObserver, Telemetry } from './telemetry/index.ts'
-import type { ConnectionInfo } from './types.ts'
+import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
+import type { ConnectionInfo, Recorder } from './types.ts'
 import { VERSION } from './version.ts'
 
 export class StartupError extends Error {
@@ -44,6 +45,8 @@ export interface StartOptions {
   log: Logger
   /** wait at most this long for the first JWKS fetch before accepting traffic */
   jwksStartTimeoutMs?: number
+  /** outputs of an embedding program, recorded and reconfigured like the built-in ones */
+  recorders?: Recorder[]
 }
 
 export interface Sidecar {
@@ -212,21 +215,22 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     configPath ? await loadOrFail(configPath) : (opts.config ?? configSchema.parse({})),
     opts.overrides,
   )
-  const telemetry = new Telemetry(config, { version: VERSION })
+  const telemetry = new Telemetry(config, {
+    version: VERSION,
+    ...(opts.recorders ? { recorders: opts.recorders } : {}),
+  })
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
+  const botRangesObserver = loggingBotRangesObserver(log)
 
-  let engine = new Engine(config, { jwksObserver })
+  let engine = new Engine(config, { jwksObserver, botRangesObserver })
   await withTimeout(engine.start(), jwksStartTimeout)
   let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
 
-  try {
-    const target = await telemetry.startExport()
-    if (target !== undefined) log.info({ event: 'otlp_export', target }, 'exporting spans over OTLP')
-  } catch (err) {
-    // tracing is an output like any other: a broken exporter setup is reported, traffic is served
-    log.error({ event: 'otlp_export_failed', err: (err as Error).message }, 'OTLP export is off')
-  }
+  // an output is not the proxy: one that cannot apply its config is reported, traffic is served
+  logRecorderFailures(log, await telemetry.start())
+  if (telemetry.otlp.target !== undefined)
+    log.info({ event: 'otlp_export', target: telemetry.otlp.target }, 'exporting spans over OTLP')
 
   const tls = await readTls(config, opts.tls)
   const proxy: ProxyServer = createProxy({
@@ -308,14 +312,20 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     }
     const next = applyOverrides(result.config, opts.overrides)
     await adminToken.load(next.adminAccess.tokenFile)
-    const nextEngine = new Engine(next, { jwksObserver })
+    const nextEngine = new Engine(next, { jwksObserver, botRangesObserver })
     await withTimeout(nextEngine.start(), jwksStartTimeout)
     const previous = engine
     engine = nextEngine
     config = next
     pipeline = new ActivePipeline(nextEngine, telemetry)
     proxy.setUpstream(next.upstream)
-    telemetry.reconfigure(next)
+    const otlpBefore = telemetry.otlp.target
+    logRecorderFailures(log, await telemetry.reconfigure(next))
+    const otlpTarget = telemetry.otlp.target
+    if (otlpTarget !== otlpBefore) {
+      if (otlpTarget === undefined) log.info({ event: 'otlp_export_off' }, 'OTLP export is off')
+      else log.info({ event: 'otlp_export', target: otlpTarget }, 'exporting spans over OTLP')
+    }
     telemetry.configReloaded('success')
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
@@ -361,7 +371,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
       await proxy.close(config.timeouts.drain)
       await admin.close()
       engine.close()
-      await telemetry.close()
+      logRecorderFailures(log, await telemetry.close())
     })()
     return closing
   }
@@ -399,11 +409,36 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   }
 }
 
+function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
+  for (const { recorder, error } of failures)
+    log.error({ event: 'recorder_failed', recorder, err: error }, `the ${recorder} output failed: ${error}`)
+}
+
 /**
  * Metrics for every JWKS/discovery refresh, and one log line per change of an issuer's state (failing, or
  * recovered) with the safe reason, never one per attempt or per request. Shared by every engine a reload
  * builds, so a reload does not repeat a known outage.
  */
+/** Logs the first failure of a crawler range file and its recovery, not every retry. */
+function loggingBotRangesObserver(log: Logger): BotRangesObserver {
+  const failing = new Set<string>()
+  return {
+    refreshed(operator, url, result, prefixes, error) {
+      if (result === 'failure' && !failing.has(url)) {
+        failing.add(url)
+        log.warn(
+          { event: 'bot_ranges_refresh_failed', operator, reason: error ?? 'unknown', prefixes },
+          prefixes > 0
+            ? 'crawler range refresh failed; the last good ranges keep serving'
+            : 'crawler range refresh failed; claims of this operator stay unknown until it arrives',
+        )
+      } else if (result === 'success' && failing.delete(url)) {
+        log.info({ event: 'bot_ranges_recovered', operator, prefixes }, 'crawler range refresh recovered')
+      }
+    },
+  }
+}
+
 function loggingJwksObserver(metrics: JwksObserver, log: Logger): JwksObserver {
   const failing = new Map<string, boolean>()
   return {

@@ -1,6 +1,7 @@
 // The shared vocabulary of the request pipeline (docs/reference.md "Request pipeline", "Identity model", "Metrics").
 // Every stage talks in these types; nothing here depends on a library.
 import type { IncomingHttpHeaders } from 'node:http'
+import type { Config } from './config/schema.ts'
 
 export const KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'] as const
 export type Kind = (typeof KINDS)[number]
@@ -9,14 +10,17 @@ export type Kind = (typeof KINDS)[number]
 export const FORWARDED_CERT_FORMATS = ['xfcc', 'rfc9440', 'alb', 'nginx'] as const
 export type ForwardedCertFormat = (typeof FORWARDED_CERT_FORMATS)[number]
 
-export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous'] as const
+export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'signature', 'useragent', 'anonymous'] as const
 export type Source = (typeof SOURCES)[number]
 
 export interface Identity {
   name: string
   kind: Kind
   source: Source
-  /** true only if a signature, certificate chain or api-key hash was checked */
+  /**
+   * true only if a signature, certificate chain or api-key hash was checked, or a crawler's claimed operator
+   * was confirmed by its published IP ranges or DNS
+   */
   verified: boolean
   team?: string
   zone?: string
@@ -76,6 +80,11 @@ export const FAILURE_REASONS = [
   'spiffe_invalid',
   'apikey_unknown',
   'untrusted_forwarder',
+  // signed agents (HTTP Message Signatures, Web Bot Auth)
+  'signature_invalid',
+  'signature_expired',
+  'signature_replayed',
+  'signature_unknown_key',
 ] as const
 export type FailureReason = (typeof FAILURE_REASONS)[number]
 
@@ -99,6 +108,8 @@ export const ANOMALY_TYPES = [
   'expired_in_use',
   'unknown_kid',
   'spoofed_header',
+  // a user agent claiming a well-known crawler operator from outside that operator's published ranges
+  'unverified_claim',
 ] as const
 export type AnomalyType = (typeof ANOMALY_TYPES)[number]
 
@@ -147,7 +158,10 @@ export interface ApiKeyEvidence {
 export type UserAgentCategory = 'browser' | 'bot' | 'agent' | 'unknown'
 export interface UserAgentEvidence {
   source: 'useragent'
-  verified: false
+  /** true only for a crawler whose claimed operator was confirmed by its published IP ranges or DNS */
+  verified: boolean
+  /** how a verified crawler was confirmed */
+  verifiedBy?: 'ranges' | 'dns'
   ua: string
   category: UserAgentCategory
   /** short stable product name, e.g. "googlebot", "gptbot", "curl", "chrome" */
@@ -158,7 +172,24 @@ export interface UserAgentEvidence {
   purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
 }
 
-export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | UserAgentEvidence
+/** A request signature (RFC 9421, Web Bot Auth) that verified against a configured key directory. */
+export interface SignatureEvidence {
+  source: 'signature'
+  verified: true
+  /** the directory's configured name (default: its host) */
+  name: string
+  kind: Kind
+  /** the key directory URL, as configured */
+  directory: string
+  /** JWK thumbprint of the key that signed (public, safe to show) */
+  keyid: string
+  operator?: string
+  purpose?: 'training' | 'search' | 'assistant' | 'coding' | 'autonomous'
+  /** expires parameter of the signature, unix seconds */
+  exp?: number
+}
+
+export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | SignatureEvidence | UserAgentEvidence
 
 /** Everything the identify stage learned about one request. */
 export interface EvidenceSet {
@@ -166,6 +197,7 @@ export interface EvidenceSet {
   mtls?: CertEvidence
   xfcc?: CertEvidence
   apikey?: ApiKeyEvidence
+  signature?: SignatureEvidence
   useragent?: UserAgentEvidence
   failures: Failure[]
   anomalies: AnomalyType[]
@@ -245,8 +277,18 @@ export interface RequestEvent {
   service: string
 }
 
-/** One file per output (src/telemetry). Must never throw, never block, keep memory bounded. */
+/**
+ * One output of finished requests (metrics, audit, live feed, OTLP…), one file each under src/telemetry,
+ * listed once in the telemetry facade. record() must not block and must keep memory bounded; the facade
+ * contains a recorder that throws or rejects anyway, so one broken output never reaches the others or the
+ * request.
+ */
 export interface Recorder {
+  /** label of `nhi_recorder_failures_total` and of log lines about this recorder */
+  readonly name: string
   record(event: RequestEvent): void
+  /** applies a reloaded config (and the initial one, once at start) */
+  reconfigure?(config: Config): void | Promise<void>
+  /** sends or writes what is pending; bounded */
   close?(): void | Promise<void>
 }

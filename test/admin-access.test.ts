@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import pino from 'pino'
 import t, { type Test } from 'tap'
 import { type AdminAccess, createAdminServer } from '../src/admin/server.ts'
-import { redactConfig, redactUrl } from '../src/config/redact.ts'
+import { redactConfig, redactHeader, redactUrl } from '../src/config/redact.ts'
 import { configSchema } from '../src/config/schema.ts'
 import { TokenFile } from '../src/runtime.ts'
 import { Telemetry } from '../src/telemetry/index.ts'
@@ -127,6 +127,40 @@ t.test('/config redacts URL userinfo and secret-looking query parameters', async
   }) as { jwt: { issuers: { jwksUri: string }[] } }
   t.notMatch(cfg.jwt.issuers[0]?.jwksUri, /a:b|t0k/)
 })
+
+t.test(
+  'redactConfig is the one secret masker: secret-named fields of any scalar type, URLs, depth',
+  async (t) => {
+    const out = redactConfig({
+      tls: { cert: '/etc/tls/tls.crt', key: '/etc/tls/tls.key' },
+      adminAccess: { tokenFile: '/var/run/token', bearerTokenFile: '/t' },
+      webhook: { apiToken: 12345, client_secret: 's3cr3t', sha256: 'ab'.repeat(32), enabled: true },
+      apiKeys: [{ name: 'billing', sha256: 'cd'.repeat(32) }],
+      metrics: { maxIdentities: 5000 },
+    }) as Record<string, Record<string, unknown>>
+    t.same(out['tls'], { cert: '/etc/tls/tls.crt', key: '<redacted>' })
+    t.same(
+      out['adminAccess'],
+      { tokenFile: '/var/run/token', bearerTokenFile: '/t' },
+      'file paths are not secrets',
+    )
+    t.same(out['webhook'], {
+      apiToken: '<redacted>',
+      client_secret: '<redacted>',
+      sha256: '<redacted>',
+      enabled: true,
+    })
+    t.same(out['apiKeys'], [{ name: 'billing', sha256: '<redacted>' }])
+    t.same(out['metrics'], { maxIdentities: 5000 })
+    t.same(redactConfig(out), out, 'idempotent')
+    let deep: Record<string, unknown> = { v: 1 }
+    for (let i = 0; i < 100; i++) deep = { deep }
+    t.doesNotThrow(() => redactConfig(deep), 'a deep value is cut off, not recursed without end')
+    for (const name of ['Authorization', 'proxy-authorization', 'cookie', 'X-API-Key'])
+      t.equal(redactHeader(name, 'secret-value'), '<redacted>', name)
+    t.equal(redactHeader('user-agent', 'curl/8'), 'curl/8', 'other headers are shown')
+  },
+)
 
 t.test('a subscriber that stops reading is disconnected after the write timeout', async (t) => {
   let now = 1_000_000

@@ -4,11 +4,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { parse } from 'yaml'
-import { CHART_DIR, metricNamesIn, run, SPEC_METRICS, systemTool } from './helpers/tools.ts'
+import { CHART_DIR, metricNamesIn, run, SPEC_METRICS, skipWithout, systemTool } from './helpers/tools.ts'
 
 const ALERTS_DIR = join(CHART_DIR, 'alerts')
 const RULES = join(ALERTS_DIR, 'nhi-proxy.rules.yaml')
 const promtool = systemTool('promtool')
+const skipPromtool = skipWithout('promtool', promtool)
 
 interface Rule {
   alert: string
@@ -35,7 +36,7 @@ t.test('every alert the chart promises is defined', async (t) => {
   }
 })
 
-t.test('promtool check rules', { skip: !promtool && 'promtool not installed' }, async (t) => {
+t.test('promtool check rules', { skip: skipPromtool }, async (t) => {
   const r = await run(promtool!, ['check', 'rules', RULES])
   t.equal(r.code, 0, r.stdout + r.stderr)
   t.match(r.stdout, /SUCCESS: 8 rules found/)
@@ -44,7 +45,7 @@ t.test('promtool check rules', { skip: !promtool && 'promtool not installed' }, 
 t.test(
   'promtool test rules: each alert fires on its trigger and not otherwise',
   {
-    skip: !promtool && 'promtool not installed',
+    skip: skipPromtool,
   },
   async (t) => {
     const r = await run(promtool!, ['test', 'rules', 'tests.yaml'], { cwd: ALERTS_DIR })
@@ -61,7 +62,7 @@ t.test(
   },
 )
 
-t.test('the unit tests catch a broken rule', { skip: !promtool && 'promtool not installed' }, async (t) => {
+t.test('the unit tests catch a broken rule', { skip: skipPromtool }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nhi-alerts-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   writeFileSync(join(dir, 'tests.yaml'), readFileSync(join(ALERTS_DIR, 'tests.yaml')))

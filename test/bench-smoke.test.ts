@@ -5,6 +5,8 @@ import t from 'tap'
 import { runBench } from '../bench/lib/harness.ts'
 import { runMemory } from '../bench/lib/memory.ts'
 import { childPids } from '../bench/lib/procs.ts'
+import { skipWithoutNginx } from './helpers/nginx.ts'
+import { skipWithout, systemTool } from './helpers/tools.ts'
 
 // ~20 s on an idle 2-core machine; the margin is for CI hosts that run other test files at the same time
 t.setTimeout(150_000)
@@ -60,6 +62,17 @@ t.test('quick bench: every configuration serves traffic without errors', async (
   )
   const after = (await childPids(process.pid)).filter((p) => !before.has(p))
   t.same(after, [], 'no child process outlives the run')
+  // the harness falls back quietly when a tool is missing; here the fallback is a visible skip
+  t.test('the nginx reference configuration ran', { skip: skipWithoutNginx }, async (t) => {
+    t.ok(ids.includes('nginx'), 'nginx served traffic next to nhi-proxy')
+  })
+  t.test('wrk drove the closed-loop rounds', { skip: skipWithout('wrk', systemTool('wrk')) }, async (t) => {
+    // configurations that present client certificates are always driven by the node load generator
+    t.ok(
+      r.configs.some((c) => c.tool === 'wrk'),
+      'wrk measured the configurations it can drive, not the node fallback',
+    )
+  })
 })
 
 t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped', async (t) => {

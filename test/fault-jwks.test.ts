@@ -3,6 +3,7 @@
 import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
+import { eventually } from './helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, scrape } from './helpers/metrics.ts'
 import { startTestSidecar } from './helpers/sidecar.ts'
@@ -32,14 +33,11 @@ t.test('JWKS down, junk or hanging: last good keys verify, failures are counted'
     const res = await request(`${proxy}/echo`, { headers: { authorization: `Bearer ${token}` } })
     return (JSON.parse(await res.body.text()).headers as Record<string, string>)['x-nhi-verified']
   }
-  const waitFor = async (cond: () => Promise<boolean>, ms = 8000) => {
-    const end = Date.now() + ms
-    while (Date.now() < end) {
-      if (await cond()) return true
-      await new Promise((r) => setTimeout(r, 100))
-    }
-    return false
-  }
+  const waitFor = (cond: () => Promise<boolean>, timeoutMs = 8000) =>
+    eventually(cond, { timeoutMs, intervalMs: 100 }).then(
+      () => true,
+      () => false,
+    )
 
   t.ok(await refreshes('success'), 'initial fetch counted as success')
   for (const fault of [503, 'junk', 'hang'] as const) {

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { Agent, request } from 'undici'
+import { eventually } from './helpers/eventually.ts'
 import { spawnCli } from './helpers/sidecar.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
@@ -64,9 +65,12 @@ timeouts: { drain: 10s, drainDelay: 1s }
       return `error ${(err as Error).message}`
     }
   })
-  await new Promise((r) => setTimeout(r, 300))
+  await eventually(() => upstream.received.filter((r) => r.url.startsWith('/slow/')).length === 40, {
+    what: '40 requests at the upstream',
+  })
+  const logged = cli.stderr().length
   cli.child.kill('SIGTERM')
-  await new Promise((r) => setTimeout(r, 200))
+  await cli.waitForLog((l) => l['event'] === 'draining', logged)
 
   // during the drain delay: new connections are still accepted and answered (endpoints may lag behind)
   const during = await Promise.all(Array.from({ length: 10 }, () => freshRequest(port)))

@@ -12,7 +12,7 @@ import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { freePort } from './helpers/net.ts'
 import { startPrometheus } from './helpers/prometheus.ts'
 import { runCli, startTestSidecar, type TestSidecar } from './helpers/sidecar.ts'
-import { CHART_DIR, systemTool } from './helpers/tools.ts'
+import { CHART_DIR, skipWithout, systemTool } from './helpers/tools.ts'
 import { startUpstream } from './helpers/upstream.ts'
 
 const prometheusBin = systemTool('prometheus')
@@ -34,7 +34,7 @@ async function send(sidecar: TestSidecar, path: string, headers: Record<string, 
 
 t.test(
   'inventory and fleet over three sidecars scraped by a real Prometheus',
-  { skip: !prometheusBin && 'prometheus not installed', timeout: 90_000 },
+  { skip: skipWithout('prometheus', prometheusBin), timeout: 90_000 },
   async (t) => {
     const upstream = await startUpstream()
     t.teardown(() => upstream.close())

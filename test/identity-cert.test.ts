@@ -4,6 +4,7 @@ import { connect, createServer, type TLSSocket } from 'node:tls'
 import t from 'tap'
 import {
   certEvidenceFromPem,
+  commonName,
   firstPemCertificate,
   parsePeerCertificate,
   parseSubjectAltName,
@@ -145,6 +146,34 @@ t.test('subjectAltName text: quoted values keep their commas', async (t) => {
   t.same(parseSubjectAltName('DNS:"we\\"ird, name"'), { dns: ['we"ird, name'], uri: [] })
   t.same(parseSubjectAltName(undefined), { dns: [], uri: [] })
   t.same(parseSubjectAltName('garbage without colon'), { dns: [], uri: [] })
+})
+
+t.test('the CN of a certificate comes from its parsed subject, not from the printed text', async (t) => {
+  const ca = await createCA('names-ca')
+  for (const [subject, cn] of [
+    ['/CN=a+OU=b/O=x', 'a'], // multi-valued RDN: Node prints "CN=a + OU=b"
+    ['/CN=first/CN=second', 'first'],
+    ['/O=x, CN=evil/CN=real', 'real'], // a CN= inside another attribute's value
+    ['/O=A\\, "B"; C=D/CN=Ω,x', 'Ω,x'], // escapes undone, UTF-8 kept
+    ['/O=no-cn', undefined],
+  ] as const) {
+    const leaf = await issueCert(ca, { subject })
+    const ev = certEvidenceFromPem(leaf.certPem, 'xfcc', true, 'nginx') as CertEvidence
+    t.equal(ev.cn, cn, subject)
+  }
+})
+
+t.test('commonName: the one parser for distinguished-name text from headers', async (t) => {
+  t.equal(commonName('/C=US/O=Acme/CN=web'), 'web', 'slash form')
+  t.equal(commonName('CN=web, O=Acme'), 'web', 'comma form')
+  t.equal(commonName('O=Acme,CN=a\\,b'), 'a,b', 'RFC 4514 escape')
+  t.equal(commonName('O="a, CN=evil", CN=real'), 'real', 'a quoted CN= is not the CN')
+  t.equal(commonName('O=x\\, CN=evil, CN=real'), 'real', 'an escaped comma does not split')
+  t.equal(commonName('CN=a+OU=b, O=x'), 'a', 'multi-valued RDN')
+  t.equal(commonName('CN="Ω \\"q\\""'), 'Ω "q"', 'JSON-quoted value')
+  t.equal(commonName('cn=lower'), 'lower')
+  t.equal(commonName('O=no-cn'), undefined)
+  t.equal(commonName(''), undefined)
 })
 
 t.test('PEM text that is not a certificate is malformed, never a throw', async (t) => {

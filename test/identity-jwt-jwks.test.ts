@@ -11,6 +11,7 @@ import { type Config, configSchema, type IssuerConfig } from '../src/config/sche
 import { JwtExtractor } from '../src/identity/extractors/jwt.ts'
 import { IssuerKeySet, type JwksObserver } from '../src/identity/jwt/jwks.ts'
 import type { ConnectionInfo, Failure, JwtEvidence, RequestInfo } from '../src/types.ts'
+import { eventually } from './helpers/eventually.ts'
 import {
   createSigningKey,
   type JwksServer,
@@ -21,7 +22,17 @@ import {
 import { createServerPki } from './helpers/pki.ts'
 
 const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 40000, tls: false }
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** A clock the test moves: the refetch cooldown and the verdict cache read it instead of waiting it out. */
+function manualClock() {
+  let at = Date.now()
+  return {
+    now: () => at,
+    advance(ms: number) {
+      at += ms
+    },
+  }
+}
 
 function req(token: string): RequestInfo {
   return { method: 'GET', path: '/', url: '/', headers: { authorization: `Bearer ${token}` } }
@@ -118,26 +129,28 @@ t.test('discovery: an issuer mismatch in the document is refused', async (t) => 
 
 t.test('rotation: a new kid verifies without restart via unknown-kid refetch', async (t) => {
   const idp = await serve(t, [keyA])
+  const clock = manualClock()
   const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
     unknownKidCooldownMs: 100,
+    now: clock.now,
   })
   await x.start()
   const tokenB = await mintToken(keyB, {}, { issuer: idp.url })
-  await sleep(150)
+  clock.advance(150)
   t.match(
     await verified(x, tokenB),
     { failed: true, reason: 'unknown_kid' },
     'IdP has not published key-b yet',
   )
   idp.setKeys([keyA, keyB])
-  await sleep(150)
+  clock.advance(150)
   t.match(await verified(x, tokenB), { verified: true, kid: 'key-b', alg: 'ES256' }, 'refetched and verified')
   t.equal(idp.hits, 3)
   // key-a retired by the IdP: it stays usable until the next refresh replaces the whole set
   idp.setKeys([keyB])
   const lateA = await mintToken(keyA, { jti: 'late' }, { issuer: idp.url })
   t.match(await verified(x, lateA), { verified: true }, 'not refetched yet')
-  await sleep(150)
+  clock.advance(150)
   await verified(x, await mintToken(keyB, {}, { issuer: idp.url, header: { kid: 'key-c' } }))
   const laterA = await mintToken(keyA, { jti: 'later' }, { issuer: idp.url })
   t.match(await verified(x, laterA), { failed: true, reason: 'unknown_kid' }, 'gone after the refetch')
@@ -145,11 +158,13 @@ t.test('rotation: a new kid verifies without restart via unknown-kid refetch', a
 
 t.test('cooldown: a flood of random kids causes at most one refetch', async (t) => {
   const idp = await serve(t, [keyA])
+  const clock = manualClock()
   const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
     unknownKidCooldownMs: 300,
+    now: clock.now,
   })
   await x.start()
-  await sleep(350)
+  clock.advance(350)
   const tokens = await Promise.all(
     Array.from({ length: 100 }, (_, i) =>
       mintToken(keyA, { n: i }, { issuer: idp.url, header: { kid: `random-${Math.random()}` } }),
@@ -200,13 +215,15 @@ t.test('IdP outage: down, junk and hanging endpoints keep the last good keys', a
 t.test('IdP outage: verification keeps working on last good keys', async (t) => {
   const idp = await serve(t, [keyA])
   const observer = recordingObserver()
+  const clock = manualClock()
   const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
     observer,
     unknownKidCooldownMs: 50,
+    now: clock.now,
   })
   await x.start()
   idp.fault = 500
-  await sleep(60)
+  clock.advance(60)
   // an unknown kid forces a refetch, which fails
   await verified(x, await mintToken(keyA, {}, { issuer: idp.url, header: { kid: 'unseen' } }))
   t.match(observer.events.at(-1), { result: 'failure', keyCount: 1 })
@@ -216,7 +233,11 @@ t.test('IdP outage: verification keeps working on last good keys', async (t) => 
 t.test('IdP down at start: start() resolves, not ready, recovers when the IdP is back', async (t) => {
   const idp = await serve(t, [keyA])
   idp.fault = 503
-  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), { unknownKidCooldownMs: 50 })
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
+    unknownKidCooldownMs: 50,
+    now: clock.now,
+  })
   await x.start()
   t.equal(x.ready(), false)
   const token = await mintToken(keyA, {}, { issuer: idp.url })
@@ -226,7 +247,7 @@ t.test('IdP down at start: start() resolves, not ready, recovers when the IdP is
     'no keys fetched yet: keys_unavailable, not unknown_kid',
   )
   idp.fault = undefined
-  await sleep(60)
+  clock.advance(60)
   t.match(await verified(x, token), { verified: true }, 'keys_unavailable failures are not cached')
   t.equal(x.ready(), true)
 })
@@ -243,7 +264,9 @@ t.test('periodic refresh picks up new keys without any token asking', async (t) 
   t.teardown(() => keys.close())
   await keys.start()
   idp.setKeys([keyA, keyB])
-  await sleep(1300)
+  await eventually(() => idp.hits >= 2 && observer.events.at(-1)?.keyCount === 2, {
+    what: 'a refetch on the 1 s interval',
+  })
   t.ok(idp.hits >= 2, 'refetched on the interval')
   t.match(observer.events.at(-1), { result: 'success', keyCount: 2 })
 })

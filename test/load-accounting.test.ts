@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto'
 import pino from 'pino'
 import t from 'tap'
 import { Agent, request } from 'undici'
+import { eventually } from './helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { metricValue, parseMetrics } from './helpers/metrics.ts'
 import { startTestSidecar } from './helpers/sidecar.ts'
@@ -99,11 +100,13 @@ t.test('every request sent is counted once, per status class, under load with fa
 
   // recording happens after the response; give the last few a moment
   const counted = async () => parseMetrics(await (await fetch(`${admin}/metrics`)).text())
-  let samples = await counted()
-  for (let k = 0; k < 30 && metricValue(samples, 'nhi_requests_total') < sent; k++) {
-    await new Promise((r) => setTimeout(r, 100))
-    samples = await counted()
-  }
+  const samples = await eventually(
+    async () => {
+      const s = await counted()
+      return metricValue(s, 'nhi_requests_total') >= sent ? s : undefined
+    },
+    { timeoutMs: 3000, intervalMs: 100 },
+  ).catch(counted)
   t.equal(metricValue(samples, 'nhi_requests_total'), sent, 'sum(nhi_requests_total) === requests sent')
   const countedByClass = new Map<string, number>()
   for (const s of samples) {

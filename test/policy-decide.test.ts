@@ -138,3 +138,29 @@ t.test('identity entries: verified only unless `verified` or `source` says other
   t.equal(p.decide(cert, req('/d')).decision, 'allow')
   t.equal(p.decide(key, req('/d')).decision, 'deny')
 })
+
+t.test('policy routes take :id as a spelling of {id}', async (t) => {
+  const r = parseConfigText(
+    `policy:
+  mode: enforce
+  rules:
+    - name: colon
+      route: "/orders/:id/refund"
+      allow: [{ kind: human }]
+    - name: brace
+      route: "/carts/{id}/checkout"
+      allow: [{ kind: human }]
+`,
+    'p.yaml',
+  )
+  if (!r.ok) throw new Error(r.errors[0]?.message)
+  const p = compilePolicy(r.config.policy)
+  for (const [path, rule] of [
+    ['/orders/42/refund', 'colon'],
+    ['/carts/7/checkout', 'brace'],
+  ] as const) {
+    t.same(p.decide(id({ kind: 'service' }), req(path)), { decision: 'deny', rule }, path)
+  }
+  t.same(p.decide(id({ kind: 'service' }), req('/orders/42/lines')), { decision: 'allow', rule: 'default' })
+  t.same(p.decide(id({ kind: 'service' }), req('/orders//refund')), { decision: 'allow', rule: 'default' })
+})

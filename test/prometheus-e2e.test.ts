@@ -8,7 +8,7 @@ import { eventually } from './helpers/eventually.ts'
 import { freePort } from './helpers/net.ts'
 import { startPrometheus } from './helpers/prometheus.ts'
 import { spawnDemo } from './helpers/sidecar.ts'
-import { CHART_DIR, run, systemTool } from './helpers/tools.ts'
+import { CHART_DIR, run, skipWithout, systemTool } from './helpers/tools.ts'
 
 const prometheusBin = systemTool('prometheus')
 const promtool = systemTool('promtool')
@@ -49,7 +49,7 @@ function waitFor<T>(what: string, until: number, probe: () => Promise<T | undefi
 t.test(
   'demo traffic scraped by a real Prometheus',
   {
-    skip: !(prometheusBin && promtool) && 'prometheus/promtool not installed',
+    skip: skipWithout('prometheus', prometheusBin) || skipWithout('promtool', promtool),
     timeout: DEADLINE_MS + 20_000,
   },
   async (t) => {

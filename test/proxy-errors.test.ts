@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { defaultConfig } from '../src/config/schema.ts'
+import { eventually, stillTrueFor } from './helpers/eventually.ts'
 import { freePort } from './helpers/net.ts'
 import { startUpstream } from './helpers/upstream.ts'
 import { startProxy } from './proxy-fixture.ts'
@@ -31,8 +32,11 @@ t.test('upstream down → 502, back up → 200', async (t) => {
   t.equal(events[0]!.upstreamError, 'connect')
   t.equal(events[1]!.status, 200)
   t.notOk(events[1]!.upstreamError)
-  await new Promise((r) => setTimeout(r, 1100))
-  t.equal(await proxy.upstreamReachable(), true, 'reachability re-checked after the cache expires')
+  t.equal(
+    await eventually(() => proxy.upstreamReachable(), { what: 'the cached reachability to expire' }),
+    true,
+    'reachability re-checked after the cache expires',
+  )
 })
 
 t.test('slow upstream → 504', async (t) => {
@@ -61,8 +65,8 @@ t.test('upstream reset mid-stream aborts the client and is counted; before heade
       return
     }
     res.writeHead(200, { 'content-length': '100000' })
-    res.write(Buffer.alloc(1000, 0x61))
-    setTimeout(() => req.socket.destroy(), 50)
+    // cut once the first 1000 bytes are on the wire: the proxy has the headers and part of the body
+    res.write(Buffer.alloc(1000, 0x61), () => req.socket.destroy())
   })
   upstream.listen(0, '127.0.0.1')
   await once(upstream, 'listening')
@@ -92,12 +96,14 @@ t.test('a client that goes away aborts the upstream request and is recorded once
   const { url, pipeline } = await startProxy(t, { upstream: up.url })
   const controller = new AbortController()
   const pending = request(`${url}/slow/5000`, { dispatcher: agent, signal: controller.signal })
-  setTimeout(() => controller.abort(), 100)
+  // go away once the request is at the upstream, i.e. really in flight
+  await eventually(() => up.received.some((r) => r.url === '/slow/5000'), { what: 'the upstream request' })
+  controller.abort()
   await t.rejects(pending)
   const [event] = await pipeline.waitForEvents(1)
   t.equal(event!.status, 499)
   t.notOk(event!.upstreamError, 'not an upstream failure')
-  await new Promise((r) => setTimeout(r, 100))
+  t.ok(await stillTrueFor(() => pipeline.events.length === 1, 100), 'no second record follows')
   t.equal(pipeline.events.length, 1)
 })
 

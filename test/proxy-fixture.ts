@@ -4,6 +4,7 @@ import { defaultConfig } from '../src/config/schema.ts'
 import type { Attribution, Pipeline } from '../src/pipeline.ts'
 import { createProxy, type ProxyOptions, type ProxyServer } from '../src/proxy/server.ts'
 import type { ConnectionInfo, Identity, RequestEvent, RequestInfo } from '../src/types.ts'
+import { eventually } from './helpers/eventually.ts'
 
 export const SERVICE_IDENTITY: Identity = {
   name: 'payments/api',
@@ -42,12 +43,11 @@ export class TestPipeline implements Pipeline {
 
   /** resolves once `n` events were recorded */
   async waitForEvents(n: number, timeoutMs = 5000): Promise<RequestEvent[]> {
-    const deadline = Date.now() + timeoutMs
-    while (this.events.length < n) {
-      if (Date.now() > deadline) throw new Error(`only ${this.events.length} of ${n} events recorded`)
-      await new Promise((r) => setTimeout(r, 5))
-    }
-    return this.events
+    return await eventually(() => this.events.length >= n && this.events, {
+      timeoutMs,
+      intervalMs: 5,
+      what: `${n} recorded events`,
+    })
   }
 }
 

@@ -4,6 +4,7 @@ import { Agent, request } from 'undici'
 import { HttpProxyForwarder } from '../bench/lib/http-proxy-forwarder.ts'
 import { downstreamHeaders } from '../src/proxy/headers.ts'
 import { requestId, traceContext } from '../src/proxy/ids.ts'
+import { stillTrueFor } from './helpers/eventually.ts'
 import { startUpstream } from './helpers/upstream.ts'
 import { SERVICE_IDENTITY, startProxy, TestPipeline } from './proxy-fixture.ts'
 
@@ -234,7 +235,7 @@ t.test('record() is called exactly once per request, with the route from the att
     }),
   )
   await pipeline.waitForEvents(50)
-  await new Promise((r) => setTimeout(r, 100))
+  t.ok(await stillTrueFor(() => pipeline.events.length === 50, 100), 'no request is recorded twice')
   t.equal(pipeline.events.length, 50)
   t.equal(new Set(pipeline.events.map((e) => e.requestId)).size, 50)
   t.ok(pipeline.events.every((e) => e.route === '/bytes/:n' && e.bytesOut === 1000 && e.status === 200))

@@ -18,7 +18,7 @@ import {
   startBundledProxy,
   startStreamUpstream,
 } from '../bench/lib/stream-rss.ts'
-import { eventually } from './helpers/eventually.ts'
+import { eventually, stillTrueFor } from './helpers/eventually.ts'
 
 const SIZE = 256 * MB
 /**
@@ -78,9 +78,16 @@ t.test('a client that stops reading does not make the proxy buffer the response'
     got += c.length
     socket.pause()
   })
-  await new Promise((r) => setTimeout(r, 1500))
+  await eventually(() => got > 0, { what: 'the response to start' })
+  // a negative assertion: for 1.5 s the proxy neither buffers the response nor keeps pulling it upstream
+  const bounded = await stillTrueFor(
+    () => rssOf(proxy.pid) - rssBefore < 64 * MB && upstream.sent() - sentBefore < SIZE / 4,
+    1500,
+    { intervalMs: 100 },
+  )
   const growth = rssOf(proxy.pid) - rssBefore
   const pulled = upstream.sent() - sentBefore
+  t.ok(bounded, 'memory and upstream reads stayed bounded while the client did not read')
   t.ok(got > 0, 'the response started')
   t.ok(
     growth < 64 * MB,

@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import t from 'tap'
 import { WebSocket } from 'undici'
+import { eventually } from './helpers/eventually.ts'
 import { startProxy, TestPipeline } from './proxy-fixture.ts'
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
@@ -88,8 +89,7 @@ t.test('websocket upgrade is tunnelled with identity headers, attributed and rec
   ws.addEventListener('message', (e) => replies.push(String(e.data)))
   ws.send('hello')
   ws.send('x'.repeat(300))
-  const deadline = Date.now() + 3000
-  while (replies.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+  await eventually(() => replies.length >= 2, { timeoutMs: 3000, intervalMs: 10, what: 'two echoed frames' })
   t.same(replies, ['hello', 'x'.repeat(300)], 'frames echoed through the proxy')
 
   const h = up.upgrades[0]!

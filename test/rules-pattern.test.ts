@@ -1,6 +1,13 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { compilePattern, compileTemplate, patternError } from '../src/rules/pattern.ts'
+import {
+  compilePattern,
+  compileTemplate,
+  normalisePattern,
+  patternCaptures,
+  patternError,
+  segmentParam,
+} from '../src/rules/pattern.ts'
 import { compileRoutes, routeError } from '../src/rules/routes.ts'
 
 const SEG = { separator: '/' }
@@ -95,6 +102,44 @@ t.test('route templates', async (t) => {
   t.match(routeError('/a/**/b'), /last segment/)
   t.match(routeError('/a/:1'), /invalid parameter/)
   t.match(routeError('/a/b*'), /whole segment/)
+})
+
+t.test('one parameter syntax: a whole segment :name is {name} in patterns and route templates', async (t) => {
+  t.equal(segmentParam('{id}'), 'id')
+  t.equal(segmentParam(':id'), 'id')
+  for (const s of ['id', ':1x', '{1x}', ':', '{}', 'a:id', '{id', 'x{id}'])
+    t.equal(segmentParam(s), undefined, s)
+
+  const colon = compilePattern('/api/v1/orders/:id/lines/:line', SEG)
+  const brace = compilePattern('/api/v1/orders/{id}/lines/{line}', SEG)
+  for (const p of ['/api/v1/orders/42/lines/7', '/api/v1/orders/42/lines', '/api/v1/orders//lines/7']) {
+    t.same(colon.match(p), brace.match(p), p)
+  }
+  t.same(colon.match('/api/v1/orders/42/lines/7'), { id: '42', line: '7' })
+  t.same(colon.captures, ['id', 'line'])
+  t.same(patternCaptures('spiffe://c/ns/:ns/sa/{sa}', SEG), ['ns', 'sa'], 'both spellings in one pattern')
+  t.same(compilePattern('spiffe://c/ns/:ns/sa/:sa', SEG).match('spiffe://c/ns/ci/sa/x'), {
+    ns: 'ci',
+    sa: 'x',
+  })
+  t.equal(normalisePattern('/a/:x/**', SEG), normalisePattern('/a/{y}/**', SEG), 'same pattern for shadowing')
+  t.match(patternError('/a/:id/b/{id}', SEG), /used twice/, 'one name, either spelling, once')
+
+  // ':' stays literal where it does not start a whole segment, or outside segment mode
+  t.ok(compilePattern('/v1/projects/p:batchGet', SEG).literal)
+  t.ok(compilePattern('spiffe://c/ns/x', SEG).literal)
+  t.ok(compilePattern('/a/:1x', SEG).literal, 'not a parameter name: literal, as before')
+  t.ok(compilePattern(':id').literal, 'value mode: a header value ":id" is literal text')
+  t.same(compilePattern('urn:acme:{x}').match('urn:acme:web'), { x: 'web' })
+
+  const routes = compileRoutes(['/api/v1/orders/{id}', '/api/v2/orders/:id', '/x/{a}/:b'])
+  t.equal(routes.match('/api/v1/orders/42'), '/api/v1/orders/{id}')
+  t.equal(routes.match('/api/v2/orders/42'), '/api/v2/orders/:id')
+  t.equal(routes.match('/x/1/2'), '/x/{a}/:b')
+  t.equal(routes.match('/api/v1/orders/42/x'), 'other')
+  t.equal(routeError('/a/{id}'), undefined)
+  t.match(routeError('/a/{1x}'), /invalid parameter/)
+  t.match(routeError('/a/v{id}'), /invalid parameter/, 'a parameter is a whole segment in route templates')
 })
 
 const segment = fc.stringMatching(/^[a-z0-9._-]{1,8}$/)

@@ -45,7 +45,9 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
   t.equal(await identityOf(proxy), 'ua:team-blue')
 
   const inFlight = fetch(`${proxy}/slow/1200`, { headers: { 'x-team': 'blue' } })
-  await new Promise((r) => setTimeout(r, 100))
+  await eventually(() => upstream.received.some((r) => r.url === '/slow/1200'), {
+    what: 'the request in flight',
+  })
   await writeFile(file, configText(upstream.url, 'squad'))
   t.ok(
     await until(
@@ -111,7 +113,9 @@ t.test('SIGHUP reloads; SIGTERM drains in-flight requests and exits 0', async (t
   )
 
   const inFlight = fetch(`${proxy}/slow/800`)
-  await new Promise((r) => setTimeout(r, 150))
+  await eventually(() => upstream.received.some((r) => r.url === '/slow/800'), {
+    what: 'the request in flight',
+  })
   cli.child.kill('SIGTERM')
   const res = await inFlight
   t.equal(res.status, 200, 'in-flight request completed during drain')

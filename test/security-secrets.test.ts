@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
+import { eventually } from './helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from './helpers/jwks.ts'
 import { createCA, issueCert } from './helpers/pki.ts'
 import { startTestSidecar } from './helpers/sidecar.ts'
@@ -54,16 +55,18 @@ t.test('credentials never appear in any output', async (t) => {
   // live events, read while the traffic flows
   const sse = new AbortController()
   let events = ''
+  let subscribed = false
   const eventsDone = (async () => {
     try {
       const res = await fetch(`${admin}/events`, { signal: sse.signal })
+      subscribed = true
       for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>)
         events += Buffer.from(chunk).toString()
     } catch {
       // aborted
     }
   })()
-  await new Promise((r) => setTimeout(r, 200))
+  await eventually(() => subscribed, { what: 'the /events subscription' })
 
   const valid = await mintToken(
     key,
@@ -89,7 +92,8 @@ t.test('credentials never appear in any output', async (t) => {
   await send('/status/500', { 'x-api-key': apiKey }, 500)
   await send('/echo', { 'x-api-key': `${apiKey}-wrong` }, 200)
 
-  await new Promise((r) => setTimeout(r, 1000))
+  // one live event per request sent above
+  await eventually(() => (events.match(/^data: /gm) ?? []).length >= 6, { what: 'six live events' })
   sse.abort()
   await eventsDone
 

@@ -15,6 +15,7 @@ import {
   AuditLog,
 } from '../src/telemetry/audit.ts'
 import { requestEvent } from './helpers/events.ts'
+import { eventually } from './helpers/eventually.ts'
 
 t.test('a lone audit line is flushed within the flush interval', async (t) => {
   const file = join(await mkdtemp(join(tmpdir(), 'nhi-audit-flush-')), 'audit.log')
@@ -22,8 +23,13 @@ t.test('a lone audit line is flushed within the flush interval', async (t) => {
   t.teardown(() => audit.close())
   const event = requestEvent()
   audit.record(event)
-  await new Promise((r) => setTimeout(r, AUDIT_FLUSH_MS * 3))
-  const text = await readFile(file, 'utf8').catch(() => '')
+  const text = await eventually(
+    async () => {
+      const written = await readFile(file, 'utf8').catch(() => '')
+      return written.includes('\n') ? written : undefined
+    },
+    { timeoutMs: AUDIT_FLUSH_MS * 3, what: 'the line on disk' },
+  ).catch(() => readFile(file, 'utf8').catch(() => ''))
   const lines = text.split('\n').filter(Boolean)
   t.equal(lines.length, 1, 'the line is on disk before close()')
   const rec = JSON.parse(lines[0]!) as Record<string, unknown>
@@ -72,7 +78,7 @@ t.test('lines reach the output in large batches: a few writes for thousands of l
     fs.writeSync = original.writeSync
   })
   // the file is open before the lines come, as on a running proxy
-  await new Promise((r) => setTimeout(r, 50))
+  await eventually(() => fs.existsSync(file), { what: 'the audit file to be opened' })
   for (let i = 0; i < 5000; i++) audit.record(requestEvent())
   await audit.close()
   const lines = (await readFile(file, 'utf8')).split('\n').filter(Boolean)
@@ -88,7 +94,13 @@ t.test('a stalled output drops and counts lines instead of buffering without bou
   // stdout is a pipe nobody reads: it fills after 64 KiB and every later line waits in the destination
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', join(import.meta.dirname, 'fixtures', 'audit-stalled-stdout.ts'), '40000'],
+    [
+      '--import',
+      'tsx',
+      join(import.meta.dirname, 'fixtures', 'audit-stalled-stdout.ts'),
+      '40000',
+      String(Math.floor((40_000 * 1024 - 2 * AUDIT_MAX_PENDING_BYTES) / 1024)),
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   )
   t.teardown(() => {

@@ -65,3 +65,22 @@ t.test('audit log records: otlp.logs, or OTEL_LOGS_EXPORTER which wins', async (
     'the exporter reads the endpoint variable itself',
   )
 })
+
+t.test('otlp.headers: sent with every export, except names OTEL_EXPORTER_OTLP_*HEADERS sets', async (t) => {
+  const c = config({
+    endpoint: 'http://collector:4318',
+    headers: { Authorization: 'Bearer t', 'x-tenant': 'acme' },
+  })
+  t.same(otlpSettings(c, {})?.headers, { Authorization: 'Bearer t', 'x-tenant': 'acme' })
+  t.same(
+    otlpSettings(c, { OTEL_EXPORTER_OTLP_HEADERS: 'authorization=Bearer%20env' })?.headers,
+    { 'x-tenant': 'acme' },
+    'the environment wins (the exporter reads it itself)',
+  )
+  t.equal(
+    otlpSettings(c, { OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'authorization=a,x-tenant=b' })?.headers,
+    undefined,
+  )
+  t.notOk(configSchema.safeParse({ otlp: { headers: { 'bad name': 'x' } } }).success)
+  t.notOk(configSchema.safeParse({ otlp: { headers: { ok: 'two\nlines' } } }).success)
+})

@@ -3,6 +3,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { type AddressInfo, isIP } from 'node:net'
+import { redactConfig } from '../config/redact.ts'
 import { IDENTITY_SORTS, type IdentitySort, type Telemetry } from '../telemetry/index.ts'
 import { UI_PAGE } from './ui/page.ts'
 
@@ -18,7 +19,7 @@ export interface AdminServerOptions {
   port: number
   telemetry: Telemetry
   ready: () => Promise<ReadyState>
-  /** already redacted by the caller; secret-named fields are masked again here */
+  /** served through redactConfig here, whatever the caller already masked */
   effectiveConfig: () => unknown
   /** who may read the operator endpoints beyond loopback peers; read per request (reload changes it) */
   access?: () => AdminAccess
@@ -84,25 +85,6 @@ function bearer(req: IncomingMessage): string | undefined {
 export interface AdminServer {
   listen(): Promise<AddressInfo>
   close(): Promise<void>
-}
-
-const SECRET_NAME =
-  /^(key|secret|token|password|passphrase)$|(?:Key|Secret|Token|Password|Passphrase)$|[_-](?:key|secret|token|password)$/
-const REDACTED = '<redacted>'
-
-/** Masks any field named like a secret, whatever the caller already did. */
-export function maskSecrets(value: unknown, depth = 0): unknown {
-  if (depth > 32) return null
-  if (Array.isArray(value)) return value.map((v) => maskSecrets(v, depth + 1))
-  if (value !== null && typeof value === 'object') {
-    const out: Record<string, unknown> = {}
-    for (const [k, v] of Object.entries(value)) {
-      out[k] =
-        SECRET_NAME.test(k) && v !== null && typeof v !== 'object' ? REDACTED : maskSecrets(v, depth + 1)
-    }
-    return out
-  }
-  return value
 }
 
 function wantsOpenMetrics(req: IncomingMessage): boolean {
@@ -218,7 +200,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         res.end(req.method === 'HEAD' ? undefined : page)
         return
       case '/config':
-        return sendJson(res, 200, maskSecrets(opts.effectiveConfig()))
+        return sendJson(res, 200, redactConfig(opts.effectiveConfig()))
       default:
         return sendJson(res, 404, { error: 'not found' })
     }

@@ -59,6 +59,10 @@ export function renderExplain(r: ExplainReport): string[] {
     lines.push(`  apikey     verified name=${ev.apikey.name} fingerprint=${ev.apikey.fingerprint}`)
     any = true
   }
+  if (ev.signature) {
+    lines.push(`  signature  verified directory=${ev.signature.directory} keyid=${ev.signature.keyid}`)
+    any = true
+  }
   if (ev.useragent && ev.useragent.ua !== '') {
     const ua = ev.useragent
     const agent = `${ua.operator ? ` operator=${ua.operator}` : ''}${ua.purpose ? ` purpose=${ua.purpose}` : ''}`

@@ -4,6 +4,7 @@ import { X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
+import { redactHeader } from '../config/redact.ts'
 import { type Config, configSchema } from '../config/schema.ts'
 import { Engine } from '../engine.ts'
 import { certEvidenceFromX509 } from '../identity/certificate.ts'
@@ -28,8 +29,6 @@ export interface ExplainOptions {
   remoteAddr?: string
   json: boolean
 }
-
-const SAFE_HEADER_ECHO = /^(authorization|cookie|x-api-key|proxy-authorization)$/i
 
 export function parseHeaderArgs(args: readonly string[]): Record<string, string> | string {
   const headers: Record<string, string> = {}
@@ -125,9 +124,7 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
         method: req.method,
         path: opts.path,
         remoteAddr,
-        headers: Object.keys(headers).map(
-          (k) => `${k}: ${SAFE_HEADER_ECHO.test(k) ? '<redacted>' : headers[k]}`,
-        ),
+        headers: Object.keys(headers).map((k) => `${k}: ${redactHeader(k, headers[k]!)}`),
       },
       evidence: result.evidence,
       trace: result.trace,

@@ -8,7 +8,7 @@ import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
 import { type Config, described } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
-import { certEvidenceFromFields } from '../identity/certificate.ts'
+import { certEvidenceFromFields, commonName } from '../identity/certificate.ts'
 import { classifyUserAgent } from '../identity/useragent.ts'
 import { compilePolicy } from '../policy/policy.ts'
 import { requestTarget } from '../proxy/path.ts'
@@ -94,7 +94,7 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
   if (r.cert) {
     const c = r.cert
     const uriSans = [...(c.spiffe ? [c.spiffe] : []), ...asList(c.uri)]
-    const cn = c.subject ? /(?:^|[,/])\s*CN=([^,/]+)/.exec(c.subject)?.[1] : undefined
+    const cn = c.subject ? commonName(c.subject) : undefined
     const source = c.forwarded ? 'xfcc' : 'mtls'
     const cert = certEvidenceFromFields(
       {

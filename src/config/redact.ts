@@ -31,14 +31,45 @@ export function redactUrl(text: string): string {
   return changed ? u.toString() : text
 }
 
-export function redactConfig(value: unknown, field = ''): unknown {
+/** Field names that are secrets wherever they appear, whatever their value's type. */
+const SECRET_NAME =
+  /^(key|secret|token|password|passphrase)$|(?:Key|Secret|Token|Password|Passphrase)$|[_-](?:key|secret|token|password)$/
+export const REDACTED = '<redacted>'
+/** deeper than any config: a cycle or a hostile value is cut off instead of recursing without end */
+const MAX_DEPTH = 32
+
+function isSecretField(name: string, value: unknown): boolean {
+  if (value === null || typeof value === 'object') return false
+  if (SECRET_NAME.test(name)) return true
+  return typeof value === 'string' && SECRET_FIELD.test(name) && !KEEP.has(name)
+}
+
+/** request headers that carry credentials: their values are never echoed */
+const CREDENTIAL_HEADER = /^(authorization|proxy-authorization|cookie|x-api-key)$/i
+
+/** A request header's value for display: credential headers masked. */
+export function redactHeader(name: string, value: string): string {
+  return CREDENTIAL_HEADER.test(name) ? REDACTED : value
+}
+
+/**
+ * The one secret masker for anything shown to an operator (/config, diagnostics): secret-named fields and
+ * every value of a `headers` map become "<redacted>", credentials in URL-shaped strings are masked
+ * (redactUrl). Idempotent.
+ */
+export function redactConfig(value: unknown, depth = 0): unknown {
+  if (depth > MAX_DEPTH) return null
   if (typeof value === 'string') return redactUrl(value)
-  if (Array.isArray(value)) return value.map((v) => redactConfig(v, field))
+  if (Array.isArray(value)) return value.map((v) => redactConfig(v, depth + 1))
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {}
     for (const [k, v] of Object.entries(value)) {
-      out[k] =
-        typeof v === 'string' && SECRET_FIELD.test(k) && !KEEP.has(k) ? '<redacted>' : redactConfig(v, k)
+      // header values (otlp.headers) are credentials more often than not: a collector's token
+      if (k === 'headers' && v !== null && typeof v === 'object') {
+        out[k] = Object.fromEntries(Object.keys(v).map((name) => [name, REDACTED]))
+        continue
+      }
+      out[k] = isSecretField(k, v) ? REDACTED : redactConfig(v, depth + 1)
     }
     return out
   }

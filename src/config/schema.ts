@@ -92,7 +92,7 @@ export const matchSchema = described(
     path: z.optional(z.string()),
     method: z.optional(z.union([z.string(), z.array(z.string())])),
     verified: z.optional(z.boolean()),
-    source: z.optional(z.enum(['mtls', 'xfcc', 'jwt', 'apikey', 'useragent', 'anonymous'])),
+    source: z.optional(z.enum(SOURCES)),
   }),
   'All listed conditions must hold',
 )
@@ -126,6 +126,20 @@ export const issuerSchema = z.strictObject({
   refreshInterval: z.optional(duration),
 })
 
+/** A signed agents' key directory that is trusted to name who signs (docs/reference.md "Signed agents"). */
+export const signatureDirectorySchema = z.strictObject({
+  url: described(
+    z.url().check(z.regex(/^https?:\/\//, 'expected an http(s) URL')),
+    'the key directory, e.g. https://agent.example/.well-known/http-message-signatures-directory',
+  ),
+  name: described(z.optional(z.string().check(z.minLength(1))), 'identity name (default: the URL host)'),
+  kind: z._default(kind, 'agent'),
+  operator: described(z.optional(z.string()), 'who runs the agent, e.g. "OpenAI" (attribute agent_operator)'),
+  purpose: z.optional(z.enum(['training', 'search', 'assistant', 'coding', 'autonomous'])),
+  caFile: z.optional(z.string()),
+  refreshInterval: described(z.optional(duration), 'refetch the directory this often (default 10m)'),
+})
+
 export const policyRuleSchema = z.strictObject({
   name: z.optional(z.string()),
   route: described(z.string().check(z.minLength(1)), 'path pattern: * one segment, ** the rest'),
@@ -141,7 +155,7 @@ export const policyRuleSchema = z.strictObject({
       verified: z.optional(z.boolean()),
       source: described(
         z.optional(z.union([z.enum(SOURCES), z.array(z.enum(SOURCES))])),
-        'credential source(s) the identity must come from (mtls, xfcc, jwt, apikey, useragent, anonymous)',
+        'credential source(s) the identity must come from (mtls, xfcc, jwt, apikey, signature, useragent, anonymous)',
       ),
     }),
   ),
@@ -269,6 +283,28 @@ export const configSchema = z.strictObject({
     }),
     {},
   ),
+  signedAgents: z.prefault(
+    z.strictObject({
+      directories: described(
+        z._default(z.array(signatureDirectorySchema), []),
+        'the only key directories whose signatures are verified; a Signature-Agent naming any other is unknown',
+      ),
+      clockSkew: described(z._default(duration, 30_000), 'tolerance for the created and expires parameters'),
+      maxAge: described(
+        z._default(duration, 300_000),
+        'a signature created longer ago than this is expired, whatever its expires says',
+      ),
+      requireNonce: described(
+        z._default(z.boolean(), false),
+        'refuse signatures without a nonce (those cannot be checked for replay)',
+      ),
+      nonceCacheSize: described(
+        z._default(positiveInt, 100_000),
+        'nonces remembered (until their signature expires) to refuse replays',
+      ),
+    }),
+    {},
+  ),
   apiKeys: z.prefault(
     z.strictObject({
       header: z._default(z.string(), 'x-api-key'),
@@ -351,6 +387,15 @@ export const configSchema = z.strictObject({
         z._default(duration, 5_000),
         'longest wait before a partial batch is sent (OTEL_BSP_SCHEDULE_DELAY, in ms, wins)',
       ),
+      headers: described(
+        z.optional(
+          z.record(
+            z.string().check(z.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'expected an HTTP header name')),
+            z.string().check(z.regex(/^[^\r\n]*$/, 'expected a single-line header value')),
+          ),
+        ),
+        'headers of every export request, e.g. a collector token (masked on /config; a name also set in OTEL_EXPORTER_OTLP_HEADERS is taken from there)',
+      ),
     }),
     {},
   ),
@@ -361,6 +406,68 @@ export const configSchema = z.strictObject({
       requireCertTokenMatch: described(
         z._default(z.boolean(), false),
         'identity_mismatch when the cert and token identities disagree',
+      ),
+    }),
+    {},
+  ),
+  bots: z.prefault(
+    z.strictObject({
+      verify: z.prefault(
+        z.strictObject({
+          enabled: described(
+            z._default(z.boolean(), true),
+            'a user agent claiming a well-known crawler operator is verified only from inside its published ' +
+              'ranges; from outside them it is an unverified_claim anomaly',
+          ),
+          shippedRanges: described(
+            z._default(z.boolean(), true),
+            "start from the dated snapshot of the operators' range files shipped with this release",
+          ),
+          ranges: described(
+            z._default(
+              z.array(z.strictObject({ operator: z.string().check(z.minLength(1)), url: z.url() })),
+              [],
+            ),
+            'range files to fetch at start and refresh, each for one operator (Google, Bing, OpenAI, Apple, ' +
+              'Perplexity, …); none by default',
+          ),
+          refreshInterval: z._default(duration, 24 * 3_600_000),
+          retryInterval: described(
+            z._default(duration, 60_000),
+            'how soon a failed range fetch is retried (capped by refreshInterval); the last good ranges keep serving',
+          ),
+          fetchTimeout: z._default(duration, 5_000),
+          dns: z.prefault(
+            z.strictObject({
+              enabled: described(
+                z._default(z.boolean(), false),
+                'also verify by reverse-then-forward DNS against the operator domains below',
+              ),
+              domains: z._default(
+                z.array(
+                  z.strictObject({
+                    operator: z.string().check(z.minLength(1)),
+                    suffixes: z.array(z.string().check(z.minLength(1))),
+                  }),
+                ),
+                [
+                  { operator: 'Google', suffixes: ['googlebot.com', 'google.com', 'googleusercontent.com'] },
+                  { operator: 'Bing', suffixes: ['search.msn.com'] },
+                  { operator: 'Apple', suffixes: ['applebot.apple.com'] },
+                ],
+              ),
+              timeout: z._default(duration, 2_000),
+              cacheTtl: z._default(duration, 3_600_000),
+              cacheSize: z._default(positiveInt, 10_000),
+              servers: described(
+                z._default(z.array(z.string()), []),
+                "DNS servers (ip or ip:port) for these lookups; default the system's",
+              ),
+            }),
+            {},
+          ),
+        }),
+        {},
       ),
     }),
     {},

@@ -131,7 +131,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     for (const { path, pattern, opts } of matchPatterns(m)) {
       const e = patternError(pattern, opts)
       if (e) error([...base, 'match', ...path], `invalid pattern "${pattern}": ${e}`)
-      else for (const c of patternCaptures(pattern)) defined.add(c)
+      else for (const c of patternCaptures(pattern, opts)) defined.add(c)
     }
     if (
       m.userAgent?.startsWith('builtin:') &&
@@ -305,7 +305,7 @@ function broadRange(cidr: string): string | undefined {
 function coversPattern(a: string | undefined, b: string | undefined, opts?: PatternOptions): boolean {
   if (a === undefined) return true
   if (b === undefined) return false
-  return normalisePattern(a) === normalisePattern(b) || isUniversalPattern(a, opts)
+  return normalisePattern(a, opts) === normalisePattern(b, opts) || isUniversalPattern(a, opts)
 }
 
 function coversRecord(a: Record<string, string> | undefined, b: Record<string, string> | undefined): boolean {

@@ -11,6 +11,8 @@ export function demoConfigYaml(o: {
   admin: string
   upstream: string
   jwksUri: string
+  /** the demo signed agent's key directory */
+  directoryUrl: string
   audit: boolean
 }): string {
   return `# nhi-proxy demo configuration (embedded)
@@ -45,6 +47,10 @@ jwt:
       jwksUri: ${o.jwksUri}
       audiences: [${AUDIENCE}]
   onInvalid: attribute
+signedAgents:
+  # the demo's Web Bot Auth agent publishes its key in this directory; its signed requests are verified
+  directories:
+    - { url: ${o.directoryUrl}, name: agent.demo, operator: Demo Labs, purpose: assistant }
 apiKeys:
   header: x-api-key
   keys:

@@ -42,7 +42,12 @@ export async function runDemo(o: DemoOptions): Promise<Demo> {
     await upstream.close()
     throw new StartupError(`cannot listen on ${o.idp}: ${(err as Error).message}`, 2)
   }
-  const yaml = demoConfigYaml({ ...o, upstream: upstream.url, jwksUri: idp.jwksUri })
+  const yaml = demoConfigYaml({
+    ...o,
+    upstream: upstream.url,
+    jwksUri: idp.jwksUri,
+    directoryUrl: idp.directoryUrl,
+  })
   const parsed = parseConfigText(yaml, '<demo>')
   if (!parsed.ok) throw new StartupError(parsed.errors.map(formatDiagnostic).join('\n'), 1)
 
@@ -75,7 +80,7 @@ export async function runDemo(o: DemoOptions): Promise<Demo> {
       `  identities    ${admin}/identities`,
       `  audit trail   ${admin}/audit?limit=20`,
       `  proxy         ${proxyUrl}   (mTLS: ${httpsUrl ?? 'off'})`,
-      `  sample tokens ${idp.tokensUrl}/{kubernetes,github,auth0-client,auth0-user,expired,unknown-kid,bound}`,
+      `  sample tokens ${idp.tokensUrl}/{kubernetes,github,auth0-client,auth0-user,delegated,expired,unknown-kid,bound}`,
       '',
       `Try: curl -s ${proxyUrl}/docs/x -A 'GPTBot/1.2' -o /dev/null && curl -s ${admin}/identities | head -c 600`,
       'Ctrl-C stops the demo.',

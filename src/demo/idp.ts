@@ -5,6 +5,7 @@ import { once } from 'node:events'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, type JWTPayload, SignJWT } from 'jose'
+import { DemoSignedAgent, DIRECTORY_PATH } from './signed-agent.ts'
 
 export const ISSUERS = {
   kubernetes: 'https://kubernetes.default.svc.cluster.local',
@@ -17,6 +18,7 @@ export const SAMPLES = [
   'github',
   'auth0-client',
   'auth0-user',
+  'delegated',
   'expired',
   'unknown-kid',
   'bound',
@@ -40,7 +42,15 @@ export class DemoIdp {
     private readonly key: Key,
     /** a key the JWKS never publishes: tokens signed with it provoke unknown_kid */
     private readonly rogueKey: Key,
+    /** a Web Bot Auth agent whose key directory this server publishes */
+    readonly agent: DemoSignedAgent,
+    /** the agent's origin (its Signature-Agent) and key directory URL */
+    readonly agentOrigin: string,
   ) {}
+
+  get directoryUrl(): string {
+    return `${this.agentOrigin}${DIRECTORY_PATH}`
+  }
 
   /** base URL of the sample-token endpoint (GET /tokens/<name>) */
   tokensUrl = ''
@@ -49,12 +59,18 @@ export class DemoIdp {
     const key = await newKey('demo-2026')
     const rogue = await newKey('rogue-1')
     const body = JSON.stringify({ keys: [key.jwk] })
+    const agent = await DemoSignedAgent.create()
     let idp: DemoIdp | undefined
     const server = createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://demo')
       if (url.pathname === '/openid/v1/jwks') {
         res.setHeader('content-type', 'application/json')
         res.end(body)
+        return
+      }
+      if (url.pathname === DIRECTORY_PATH) {
+        res.setHeader('content-type', 'application/http-message-signatures-directory+json')
+        res.end(agent.directory())
         return
       }
       const mint =
@@ -80,7 +96,14 @@ export class DemoIdp {
     server.listen(port, host)
     await once(server, 'listening')
     const bound = server.address() as AddressInfo
-    idp = new DemoIdp(server, `http://${host}:${bound.port}/openid/v1/jwks`, key, rogue)
+    idp = new DemoIdp(
+      server,
+      `http://${host}:${bound.port}/openid/v1/jwks`,
+      key,
+      rogue,
+      agent,
+      `http://${host}:${bound.port}`,
+    )
     idp.tokensUrl = `http://${host}:${bound.port}/tokens`
     return idp
   }
@@ -96,6 +119,8 @@ export class DemoIdp {
         return this.auth0Client(q.get('client') ?? 'reporting-service')
       case 'auth0-user':
         return this.auth0User(q.get('email') ?? 'carol@acme.example')
+      case 'delegated':
+        return this.delegated(q.get('email') ?? 'carol@acme.example', q.get('actor') ?? 'demo-mail-agent')
       case 'expired':
         return this.expired()
       case 'unknown-kid':
@@ -183,6 +208,22 @@ export class DemoIdp {
         scope: 'openid profile',
       },
       7200,
+    )
+  }
+
+  /** a person's token exchanged (RFC 8693) for an AI agent acting on their behalf: `act` names the agent */
+  delegated(email: string, actor: string): Promise<string> {
+    return this.sign(
+      ISSUERS.auth0,
+      {
+        sub: `auth0|${createHash('sha1').update(email).digest('hex').slice(0, 24)}`,
+        email,
+        email_verified: true,
+        azp: 'spa-web',
+        scope: 'read:orders',
+        act: { sub: actor },
+      },
+      3600,
     )
   }
 

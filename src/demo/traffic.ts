@@ -35,6 +35,8 @@ interface Tokens {
   reporting: string
   alice: string
   bob: string
+  /** alice's token exchanged for an AI agent acting on her behalf (RFC 8693 act) */
+  delegated: string
   expired: string
   unknownKid: string
   /** k8s token bound (RFC 8705 cnf) to a certificate the caller does not present */
@@ -109,6 +111,17 @@ export class DemoTraffic {
     return res.statusCode
   }
 
+  /** A request signed by the demo's Web Bot Auth agent; `replay` sends the last signature again. */
+  private lastSignature: Record<string, string> | undefined
+  private async signed(path: string, replay = false) {
+    const idp = this.opts.idp
+    const url = `${this.opts.proxyUrl}${path}`
+    const signature =
+      replay && this.lastSignature ? this.lastSignature : await idp.agent.sign(url, idp.agentOrigin)
+    this.lastSignature = signature
+    return this.get(path, { 'user-agent': 'DemoAgent/1.0 (+https://agent.demo)', ...signature })
+  }
+
   private buildScenarios(): Scenario[] {
     const id = () => Math.floor(Math.random() * 9000) + 1000
     const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
@@ -178,6 +191,14 @@ export class DemoTraffic {
       { weight: 3, run: () => this.get(`/docs/page-${id() % 50}`, { 'user-agent': UA.claudebot }) },
       { weight: 2, run: () => this.get('/docs/pricing', { 'user-agent': UA.chatgptUser }) },
       { weight: 1, run: () => this.get('/admin/settings', { 'user-agent': UA.perplexity }) },
+      // a signed agent (Web Bot Auth): verified against its published key directory
+      { weight: 3, run: () => this.signed(`/docs/page-${id() % 50}`) },
+      // an AI agent acting on behalf of alice: her identity, with the agent as actor
+      {
+        weight: 3,
+        run: (t) =>
+          this.get(`/api/v1/orders/${id()}`, { 'user-agent': 'demo-mail-agent/0.3', ...bearer(t.delegated) }),
+      },
       // trouble, so every anomaly and failure reason has a series
       {
         weight: 0.5,
@@ -191,6 +212,8 @@ export class DemoTraffic {
         weight: 0.3,
         run: () => this.get('/api/v1/orders', { 'user-agent': UA.curl, 'x-nhi-identity': 'admin' }),
       },
+      // a captured signature sent again: signature_replayed
+      { weight: 0.3, run: () => this.signed('/docs/pricing', true) },
       // an impostor naming itself after the export job's api key: shows up as ua:billing-export
       {
         weight: 0.3,
@@ -244,7 +267,7 @@ export class DemoTraffic {
   private async mintTokens(): Promise<void> {
     const idp = this.opts.idp
     const otherCert = new X509Certificate(caCert).raw
-    const [payments, orders, nightly, reporting, alice, bob, expired, unknownKid, bound, shared] =
+    const [payments, orders, nightly, reporting, alice, bob, expired, unknownKid, bound, shared, delegated] =
       await Promise.all([
         idp.kubernetes('payments', 'api', 'payments-api-7d9f8'),
         idp.kubernetes('orders', 'worker', 'orders-worker-5c2x1'),
@@ -256,8 +279,21 @@ export class DemoTraffic {
         idp.unknownKid(),
         idp.kubernetes('inventory', 'sync', 'inventory-sync-0', { cnfCertDer: otherCert }),
         idp.kubernetes('legacy', 'batch', 'legacy-batch-1'),
+        idp.delegated('alice@acme.example', 'demo-mail-agent'),
       ])
-    this.tokens = { payments, orders, nightly, reporting, alice, bob, expired, unknownKid, bound, shared }
+    this.tokens = {
+      payments,
+      orders,
+      nightly,
+      reporting,
+      alice,
+      bob,
+      delegated,
+      expired,
+      unknownKid,
+      bound,
+      shared,
+    }
   }
 
   private pick(): Scenario {

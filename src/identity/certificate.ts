@@ -56,18 +56,62 @@ function subjectOneLine(subject: string | undefined): string | undefined {
   return subject.split('\n').filter(Boolean).join(', ')
 }
 
-/** RFC 4514 escapes of special characters, as Node prints them in a subject ("CN=a\\,b" is the CN "a,b"). */
-export const DN_ESCAPE_RE = /\\([ "#+,;<=>\\])/g
+/** RFC 4514 escapes of special characters ("CN=a\\,b" is the CN "a,b"). */
+const DN_ESCAPE_RE = /\\([ "#+,;<=>\\])/g
 
-function commonName(subject: string | undefined): string | undefined {
-  if (!subject) return undefined
-  for (const line of subject.split('\n')) {
-    if (!line.startsWith('CN=')) continue
-    const v = line.slice(3)
-    const unquoted = unquote(v)
-    return unquoted === v ? v.replace(DN_ESCAPE_RE, '$1') : unquoted
+/**
+ * The common name of a certificate, read from its parsed subject (Node's structured view of the RDNs, with
+ * escapes already undone and multi-valued RDNs split), never from the printed text: the first CN when the
+ * subject carries several.
+ */
+function x509CommonName(x: X509Certificate): string | undefined {
+  let cn: unknown
+  try {
+    cn = (x.toLegacyObject().subject as unknown as Record<string, unknown> | undefined)?.['CN']
+  } catch {
+    return undefined
+  }
+  const first = Array.isArray(cn) ? cn[0] : cn
+  return typeof first === 'string' && first !== '' ? first : undefined
+}
+
+/**
+ * The one parser for a common name in distinguished-name text, as proxies forward it: "/C=US/CN=x" (slash)
+ * form or "CN=x, O=y" (comma) form, the latter with RFC 4514 backslash escapes or Node's JSON-quoted values
+ * (`O="a, CN=b"`). Separators inside quotes or after a backslash do not split, so a CN= inside another
+ * attribute's value is never taken for the CN; `+` separates the parts of a multi-valued RDN.
+ */
+export function commonName(subject: string): string | undefined {
+  const slash = subject.startsWith('/')
+  let start = slash ? 1 : 0
+  let quoted = false
+  for (let i = start; i <= subject.length; i++) {
+    const c = subject[i]
+    if (c === '\\' && i + 1 < subject.length) {
+      i++
+      continue
+    }
+    if (c === '"') quoted = !quoted
+    const end = i === subject.length || (!quoted && (slash ? c === '/' : c === ',' || c === '+'))
+    if (!end) continue
+    const part = subject.slice(start, i).trim()
+    start = i + 1
+    if (part.length > 3 && part.slice(0, 3).toUpperCase() === 'CN=') {
+      const cn = unquoteDnValue(part.slice(3).trim())
+      if (cn) return cn
+    }
   }
   return undefined
+}
+
+function unquoteDnValue(v: string): string {
+  if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) {
+    const parsed = unquote(v)
+    if (parsed !== v) return parsed
+    // not JSON: RFC 4514 quoting
+    v = v.slice(1, -1)
+  }
+  return v.replace(DN_ESCAPE_RE, '$1')
 }
 
 function unquote(v: string): string {
@@ -187,7 +231,7 @@ export function certEvidenceFromX509(
   }
   const subject = subjectOneLine(x.subject)
   if (subject) fields.subject = subject
-  const cn = commonName(x.subject)
+  const cn = x509CommonName(x)
   if (cn) fields.cn = cn
   if (Number.isFinite(notAfterMs)) fields.notAfter = Math.floor(notAfterMs / 1000)
   return certEvidenceFromFields(fields, source, verified, via)

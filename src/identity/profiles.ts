@@ -1,6 +1,7 @@
 // Built-in IdP knowledge (docs/reference.md "Built-in knowledge"): how each identity provider's verified claims name a workload or a person.
 // Used for tokens no identity rule matched. Names are stable (built from immutable ids, never from display names).
 import { type JwtEvidence, type Kind, PROFILE_NAMES, type ProfileName } from '../types.ts'
+import { addDelegation } from './jwt/delegation.ts'
 
 export interface ProfileIdentity {
   name: string
@@ -268,6 +269,7 @@ export function profileIdentity(jwt: JwtEvidence): ProfileIdentity {
     ...result.attributes,
   }
   for (const [k, v] of Object.entries(common)) if (v !== undefined) attributes[k] = v
+  addDelegation(claims, result.name, attributes)
 
   const identity: ProfileIdentity = {
     name: result.name,

@@ -371,7 +371,8 @@ export function strongest(ev: EvidenceSet): Strongest {
   if (ev.xfcc) return pick('xfcc', ev.xfcc.verified)
   if (ev.jwt) return pick('jwt', true)
   if (ev.apikey) return pick('apikey', true)
-  if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', false)
+  if (ev.signature) return pick('signature', true)
+  if (ev.useragent && ev.useragent.ua !== '') return pick('useragent', ev.useragent.verified)
   return pick('anonymous', false)
 }
 
@@ -482,6 +483,14 @@ function evidenceAttributes(ev: EvidenceSet): Record<string, string> {
     a['ua_category'] = ev.useragent.category
     if (ev.useragent.operator) a['agent_operator'] = ev.useragent.operator
     if (ev.useragent.purpose) a['agent_purpose'] = ev.useragent.purpose
+    if (ev.useragent.verifiedBy) a['bot_verified_by'] = ev.useragent.verifiedBy
+  }
+  if (ev.signature) {
+    // a verified directory's operator and purpose outrank what a user agent claims
+    a['signature_agent'] = ev.signature.directory
+    a['signature_keyid'] = ev.signature.keyid
+    if (ev.signature.operator) a['agent_operator'] = ev.signature.operator
+    if (ev.signature.purpose) a['agent_purpose'] = ev.signature.purpose
   }
   return a
 }
@@ -543,6 +552,7 @@ function builtinIdentity(ev: EvidenceSet, profile: ProfileIdentity | undefined):
     if (ev.apikey.team !== undefined) out.team = ev.apikey.team
     return out
   }
+  if (ev.signature) return { name: ev.signature.name, kind: ev.signature.kind, rule: 'builtin:signature' }
   const ua = ev.useragent
   if (ua && (ua.category === 'bot' || ua.category === 'agent')) {
     return { name: ua.product, kind: ua.category, rule: 'builtin:useragent' }
@@ -582,7 +592,9 @@ function evidenceKey(ev: EvidenceSet): string | undefined {
   }
   key += ev.jwt ? `${ev.jwt.fingerprint}|` : '|'
   key += ev.apikey ? `${ev.apikey.fingerprint}|` : '|'
-  key += ev.useragent ? ev.useragent.ua : ''
+  key += ev.signature ? `${ev.signature.directory} ${ev.signature.keyid}|` : '|'
+  // a crawler verified by its address is another identity than the same user agent from elsewhere
+  key += ev.useragent ? `${ev.useragent.verifiedBy ?? ''}|${ev.useragent.ua}` : ''
   return key
 }
 
@@ -671,6 +683,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
 function defaultKind(ev: EvidenceSet): Kind {
   if (ev.mtls || ev.xfcc) return 'service'
   if (ev.apikey) return ev.apikey.kind ?? 'service'
+  if (ev.signature) return ev.signature.kind
   if (ev.useragent?.category === 'bot' || ev.useragent?.category === 'agent') return ev.useragent.category
   if (ev.useragent?.category === 'browser') return 'human'
   return 'unknown'

@@ -1,7 +1,9 @@
 // Identity-rule patterns (docs/reference.md "Config file"). Two modes, chosen once at compile time:
 //  - segment mode (separator '/', used for paths, SPIFFE IDs, and any pattern that contains '/'):
 //    `{name}` captures one segment, `*` matches one segment (or, inside a segment, any run of non-'/'
-//    characters), `**` as a whole segment matches the rest (zero or more segments).
+//    characters), `**` as a whole segment matches the rest (zero or more segments). A whole segment
+//    `:name` is another spelling of `{name}`, so route templates written for Express-style routers work
+//    unchanged; the metric route templates (routes.ts) read parameters with segmentParam below too.
 //  - value mode (header, user-agent, claim, subject patterns without '/'): the pattern matches the whole
 //    value; `*` and `**` match any run of characters (possibly empty), `{name}` captures a non-empty run.
 // Everything else is literal. Matching is linear in the value's length (see compileValue below); the
@@ -33,14 +35,43 @@ function escapeRegExp(s: string): string {
 
 type Token = { t: 'lit'; v: string } | { t: 'cap'; v: string } | { t: 'star' } | { t: 'globstar' }
 
-/** Splits a pattern into tokens; returns an error message for malformed patterns. */
-function tokenize(p: string): Token[] | string {
+/**
+ * The parameter name of one whole path segment written `{name}` or `:name`, else undefined. The one
+ * definition of a named segment, shared by identity/policy patterns and metric route templates.
+ */
+export function segmentParam(segment: string): string | undefined {
+  const name =
+    segment.startsWith('{') && segment.endsWith('}')
+      ? segment.slice(1, -1)
+      : segment.startsWith(':')
+        ? segment.slice(1)
+        : undefined
+  return name !== undefined && CAPTURE_NAME.test(name) ? name : undefined
+}
+
+/** Length of a `:name` segment starting at `i` in segment mode, or 0 when there is none there. */
+function colonParamLength(p: string, i: number, sep: string | undefined): number {
+  if (!sep || p[i] !== ':' || (i > 0 && !p.startsWith(sep, i - sep.length))) return 0
+  const next = p.indexOf(sep, i)
+  const end = next < 0 ? p.length : next
+  return segmentParam(p.slice(i, end)) !== undefined ? end - i : 0
+}
+
+/** Splits a pattern into tokens; returns an error message for malformed patterns. `sep` is the segment
+ *  separator in segment mode, where a whole `:name` segment is a capture; elsewhere `:` is literal. */
+function tokenize(p: string, sep?: string): Token[] | string {
   if (p.length > MAX_PATTERN_LENGTH) return `pattern is longer than ${MAX_PATTERN_LENGTH} characters`
   const out: Token[] = []
   let lit = ''
   for (let i = 0; i < p.length; i++) {
     const c = p[i]!
-    if (c === '{') {
+    const colon = colonParamLength(p, i, sep)
+    if (colon > 0) {
+      if (lit) out.push({ t: 'lit', v: lit })
+      lit = ''
+      out.push({ t: 'cap', v: p.slice(i + 1, i + colon) })
+      i += colon - 1
+    } else if (c === '{') {
       const end = p.indexOf('}', i + 1)
       if (end < 0) return `unclosed "{" at position ${i + 1}`
       const name = p.slice(i + 1, end)
@@ -114,24 +145,26 @@ function buildRegExp(tokens: Token[], sep: string | undefined): { re: string; ca
 /** The RegExp with the semantics of a pattern, for tests and documentation only: client values are never
  *  matched with it (a backtracking engine can take seconds on a long value, see compilePattern). */
 export function referenceRegExp(p: string, opts?: PatternOptions): RegExp {
-  const tokens = tokenize(p)
+  const sep = isSegmentMode(p, opts)
+  const tokens = tokenize(p, sep)
   if (typeof tokens === 'string') throw new Error(`invalid pattern "${p}": ${tokens}`)
-  const built = buildRegExp(tokens, isSegmentMode(p, opts))
+  const built = buildRegExp(tokens, sep)
   if (typeof built === 'string') throw new Error(`invalid pattern "${p}": ${built}`)
   return new RegExp(built.re, opts?.ignoreCase ? 'i' : '')
 }
 
 /** Returns an error message, or undefined when the pattern is valid. */
 export function patternError(p: string, opts?: PatternOptions): string | undefined {
-  const tokens = tokenize(p)
+  const sep = isSegmentMode(p, opts)
+  const tokens = tokenize(p, sep)
   if (typeof tokens === 'string') return tokens
-  const built = buildRegExp(tokens, isSegmentMode(p, opts))
+  const built = buildRegExp(tokens, sep)
   return typeof built === 'string' ? built : undefined
 }
 
 /** Capture names defined by a pattern (empty for invalid patterns). */
-export function patternCaptures(p: string): string[] {
-  const tokens = tokenize(p)
+export function patternCaptures(p: string, opts?: PatternOptions): string[] {
+  const tokens = tokenize(p, isSegmentMode(p, opts))
   if (typeof tokens === 'string') return []
   return tokens.filter((t) => t.t === 'cap').map((t) => t.v)
 }
@@ -143,16 +176,22 @@ export function isUniversalPattern(p: string, opts?: PatternOptions): boolean {
   return /^\*+$/.test(p)
 }
 
-/** Patterns that differ only in capture names match the same values. */
-export function normalisePattern(p: string): string {
-  return p.replace(/\{[A-Za-z_][A-Za-z0-9_]*\}/g, '{}')
+/** Patterns that differ only in capture names (or in spelling them `{name}` or `:name`) match the same
+ *  values. */
+export function normalisePattern(p: string, opts?: PatternOptions): string {
+  const sep = isSegmentMode(p, opts)
+  const tokens = tokenize(p, sep)
+  if (typeof tokens === 'string') return p
+  return tokens
+    .map((t) => (t.t === 'lit' ? t.v : t.t === 'cap' ? '{}' : t.t === 'star' ? '*' : '**'))
+    .join('')
 }
 
 /** Compiles a pattern once; throws on a malformed pattern (config is validated before compiling). */
 export function compilePattern(p: string, opts?: PatternOptions): CompiledPattern {
-  const tokens = tokenize(p)
-  if (typeof tokens === 'string') throw new Error(`invalid pattern "${p}": ${tokens}`)
   const sep = isSegmentMode(p, opts)
+  const tokens = tokenize(p, sep)
+  if (typeof tokens === 'string') throw new Error(`invalid pattern "${p}": ${tokens}`)
   const built = buildRegExp(tokens, sep)
   if (typeof built === 'string') throw new Error(`invalid pattern "${p}": ${built}`)
   const { captures } = built

@@ -1,6 +1,8 @@
 // Route label templates (docs/reference.md "Metrics" `route` label): "/api/v1/orders/:id" → the template, anything else →
-// "other". The label set is bounded by the config. `:param` and `*` match one segment, a trailing `**`
-// matches the rest. Templates are bucketed by segment count so a lookup tests only plausible candidates.
+// "other". The label set is bounded by the config. A parameter segment (`:id` or `{id}`, the one syntax of
+// pattern.ts) and `*` match one segment, a trailing `**` matches the rest. Templates are bucketed by
+// segment count so a lookup tests only plausible candidates.
+import { segmentParam } from './pattern.ts'
 
 export const OTHER_ROUTE = 'other'
 const MAX_PATH_SEGMENTS_SCANNED = 64
@@ -31,8 +33,8 @@ export function routeError(template: string): string | undefined {
     const s = segs[i]!
     if (s === '**' && i !== segs.length - 1)
       return `route "${template}": "**" is only allowed as the last segment`
-    if (s.startsWith(':') && !/^:[A-Za-z_][A-Za-z0-9_]*$/.test(s)) {
-      return `route "${template}": invalid parameter "${s}"`
+    if ((s.startsWith(':') || s.includes('{') || s.includes('}')) && segmentParam(s) === undefined) {
+      return `route "${template}": invalid parameter "${s}" (a whole segment :name or {name})`
     }
     if (s !== '*' && s !== '**' && s.includes('*')) return `route "${template}": "*" must be a whole segment`
   }
@@ -53,7 +55,7 @@ function compileRoute(template: string, order: number): CompiledRoute {
   let re = '^'
   for (const s of open ? segs.slice(0, -1) : segs) {
     re += '/'
-    re += s === '*' || s.startsWith(':') ? '[^/]+' : escapeRegExp(s)
+    re += s === '*' || segmentParam(s) !== undefined ? '[^/]+' : escapeRegExp(s)
   }
   re += open ? '(?:/.*)?/?$' : '/?$'
   return { template, order, re: new RegExp(re), segments: open ? segs.length - 1 : segs.length, open }

@@ -3,7 +3,7 @@
 // (status >= 400, credential failures, denials, anomalies) is always written.
 import pino, { type DestinationStream } from 'pino'
 import type { Config } from '../config/schema.ts'
-import type { Identity, RequestEvent } from '../types.ts'
+import type { Identity, Recorder, RequestEvent } from '../types.ts'
 import { flattened } from '../util/flat.ts'
 
 export interface AuditRecord {
@@ -25,6 +25,12 @@ export interface AuditRecord {
   /** a known AI agent's operator and purpose (from its user agent) */
   agent_operator?: string
   agent_purpose?: string
+  /** RFC 8693 delegation: the actor (e.g. an AI agent) acting on behalf of the identity, and earlier actors */
+  actor?: string
+  on_behalf_of?: string
+  actor_chain?: string
+  /** a signed agent's key directory (URL) */
+  signature_agent?: string
   client_address: string
   method: string
   path: string
@@ -100,6 +106,10 @@ export function toAuditRecord(event: RequestEvent): AuditRecord {
     jti: attrs['jti'],
     agent_operator: attrs['agent_operator'],
     agent_purpose: attrs['agent_purpose'],
+    actor: attrs['actor'],
+    on_behalf_of: attrs['on_behalf_of'],
+    actor_chain: attrs['actor_chain'],
+    signature_agent: attrs['signature_agent'],
     client_address: event.clientAddress,
     method: event.method,
     path: event.path,
@@ -142,7 +152,7 @@ const opt = (key: string, value: string | undefined) =>
 interface IdentityText {
   /** "identity" … "zone" */
   head: string
-  /** "iss", "sub", "jti", "agent_operator", "agent_purpose" */
+  /** "iss", "sub", "jti", "agent_operator", "agent_purpose", "actor", "on_behalf_of", "actor_chain", "signature_agent" */
   claims: string
 }
 const identityTexts = new WeakMap<Identity, IdentityText>()
@@ -156,7 +166,7 @@ function identityText(id: Identity): IdentityText {
         `"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)}`,
       ),
       claims: flattened(
-        `${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}${opt('agent_operator', attrs['agent_operator'])}${opt('agent_purpose', attrs['agent_purpose'])}`,
+        `${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}${opt('agent_operator', attrs['agent_operator'])}${opt('agent_purpose', attrs['agent_purpose'])}${opt('actor', attrs['actor'])}${opt('on_behalf_of', attrs['on_behalf_of'])}${opt('actor_chain', attrs['actor_chain'])}${opt('signature_agent', attrs['signature_agent'])}`,
       ),
     }
     identityTexts.set(id, text)
@@ -245,7 +255,8 @@ export interface AuditLogOptions {
   random?: () => number
 }
 
-export class AuditLog {
+export class AuditLog implements Recorder {
+  readonly name = 'audit'
   readonly ring: AuditRing
   private sample: number
   private destination: (DestinationStream & { flushSync?(): void; end?(): void }) | undefined
@@ -329,9 +340,9 @@ export class AuditLog {
   }
 
   /** sample and ring size change in place; a new output path takes effect on restart */
-  reconfigure(config: AuditConfig): void {
-    this.sample = config.sample
-    this.ring.resize(config.ringSize)
+  reconfigure(config: Config): void {
+    this.sample = config.audit.sample
+    this.ring.resize(config.audit.ringSize)
   }
 
   async close(): Promise<void> {

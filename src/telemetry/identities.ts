@@ -23,6 +23,10 @@ export interface IdentityRow
   operator?: string
   /** a known AI agent's purpose: training | search | assistant | coding | autonomous */
   purpose?: string
+  /** RFC 8693 delegation: the actor last seen acting on behalf of this identity */
+  actor?: string
+  /** with actor: the identity it acted for (this row's name), so a row reads "actor on behalf of onBehalfOf" */
+  onBehalfOf?: string
   requests: number
   errors: number
   /** requests per second over the last minute */
@@ -87,6 +91,8 @@ function toRow(e: IdentityEntry, now: number): IdentityRow {
     overflow: e.overflow,
     operator: e.operator,
     purpose: e.purpose,
+    actor: e.actor,
+    onBehalfOf: e.actor === undefined ? undefined : e.name,
     requests: e.requests,
     errors: e.errors,
     rps: round(window.perSecond),

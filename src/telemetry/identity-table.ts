@@ -56,6 +56,8 @@ export interface IdentityEntry {
   /** a known AI agent's operator and purpose, from its user agent */
   operator?: string
   purpose?: string
+  /** RFC 8693 delegation: the actor last seen acting on behalf of this identity */
+  actor?: string
   /** unix ms */
   firstSeen: number
   lastSeen: number
@@ -112,6 +114,7 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     rule: undefined,
     operator: undefined,
     purpose: undefined,
+    actor: undefined,
     firstSeen: now,
     lastSeen: now,
     expiresAt: undefined,
@@ -236,6 +239,9 @@ export class IdentityTable {
       entry.rule = identity.rule
       entry.operator = identity.attributes['agent_operator']
       entry.purpose = identity.attributes['agent_purpose']
+      // kept across the subject's own requests: the row says which agent last acted for it
+      const actor = identity.attributes['actor']
+      if (actor !== undefined) entry.actor = actor
       entry.expiresAt = identity.expiresAt
       entry.expectEveryMs = identity.expectEveryMs
     }

@@ -1,15 +1,15 @@
-// The recorder facade: one RequestEvent in → metrics, identities view, audit trail and live feed.
-// record() must never throw and never wait: everything here is in-memory work plus async writes.
+// The telemetry facade: every finished request goes to a list of recorders (the outputs: metrics, audit
+// trail, live feed, OTLP export), and the admin server reads their views through here.
+// record() never throws and never waits: one recorder that throws or rejects is counted and skipped, the
+// others still record; reconfigure() and close() wait for each recorder at most `recorderTimeoutMs`.
 import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import { AuditLog, type AuditLogOptions, type AuditQuery, type AuditRecord } from './audit.ts'
-import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
-import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
-import { LiveFeed, type LiveLimits, type LiveOptions, type LiveStats } from './live.ts'
-import { type JwksObserver, Metrics, type Scrape } from './metrics.ts'
-import type { OtlpRecorder } from './otlp.ts'
-import { otlpSettings } from './otlp-settings.ts'
-import { ProcessMetrics } from './process-metrics.ts'
+import type { IdentitiesView, IdentitySort } from './identities.ts'
+import { LiveFeed, type LiveOptions, type LiveStats, liveLimits } from './live.ts'
+import type { JwksObserver, Scrape } from './metrics.ts'
+import { MetricsRecorder } from './metrics-recorder.ts'
+import { OtlpRecorder } from './otlp-recorder.ts'
 
 export type { AuditQuery, AuditRecord } from './audit.ts'
 export type { IdentitiesView, IdentityRow, IdentitySort } from './identities.ts'
@@ -17,6 +17,7 @@ export { IDENTITY_SORTS } from './identities.ts'
 export { OVERFLOW_IDENTITY } from './identity-table.ts'
 export type { LiveEvent, LiveStats } from './live.ts'
 export type { JwksObserver, Scrape } from './metrics.ts'
+export { jobOutcome } from './metrics-recorder.ts'
 
 export interface TelemetryOptions {
   version: string
@@ -26,69 +27,62 @@ export interface TelemetryOptions {
   live?: LiveOptions
   /** how often idle identities are swept; default min(idleTtl / 4, 60 s) */
   sweepIntervalMs?: number
+  /** environment the OTLP settings read OTEL_* from; default process.env */
+  env?: Record<string, string | undefined>
+  /** outputs of an embedding program, recorded after the built-in ones and exactly like them */
+  recorders?: Recorder[]
+  /** longest wait for one recorder's reconfigure or close; default 10 s */
+  recorderTimeoutMs?: number
 }
 
-const GIB = 1024 ** 3
-
-function liveLimits(config: Config): LiveLimits {
-  const a = config.adminAccess
-  return {
-    maxSubscribers: a.liveClients,
-    writeTimeoutMs: a.liveWriteTimeout,
-    maxDurationMs: a.liveMaxDuration,
-  }
+/** A recorder whose reconfigure (or close) threw, rejected or did not finish in time. */
+export interface RecorderFailure {
+  recorder: string
+  error: string
 }
 
-/**
- * Job outcome of one request. Failure: status >= 500, an upstream error, 401/403 or a policy deny.
- * Success: status < 400. Other 4xx (404, 409, 429…) are neither: they neither reset nor extend a failure run.
- */
-export function jobOutcome(event: RequestEvent): 'success' | 'failure' | 'neutral' {
-  if (event.upstreamError || event.status >= 500 || event.status === 401 || event.status === 403)
-    return 'failure'
-  if (!event.decision.skipped && event.decision.decision === 'deny') return 'failure'
-  return event.status < 400 ? 'success' : 'neutral'
+const DEFAULT_RECORDER_TIMEOUT_MS = 10_000
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return typeof (v as PromiseLike<unknown> | undefined)?.then === 'function'
 }
 
-/** An error for the identities view: any 4xx/5xx answer or an upstream failure. */
-function isError(event: RequestEvent): boolean {
-  return event.status >= 400 || event.upstreamError !== undefined
-}
-
-export class Telemetry implements Recorder {
+export class Telemetry {
   private config: Config
   private readonly now: () => number
-  private readonly table: IdentityTable
-  private readonly metrics: Metrics
-  private readonly audit: AuditLog
+  readonly metrics: MetricsRecorder
+  readonly audit: AuditLog
   readonly live: LiveFeed
-  private readonly process = new ProcessMetrics()
-  private readonly sweeper: NodeJS.Timeout
-  private recordErrors = 0
-  /** OTLP span export; undefined (and the SDK never loaded) while export is off */
-  private otlp: OtlpRecorder | undefined
-
-  private readonly version: string
+  readonly otlp: OtlpRecorder
+  /**
+   * Every output a finished request goes to, in this order. A new output is its own file implementing
+   * Recorder plus one entry here.
+   */
+  private readonly recorders: readonly Recorder[]
+  /** events each recorder failed to record, in list order (nhi_recorder_failures_total) */
+  private readonly failures: Map<string, number>
+  private readonly timeoutMs: number
 
   constructor(config: Config, opts: TelemetryOptions) {
     this.config = config
-    this.version = opts.version
     this.now = opts.now ?? Date.now
-    this.table = new IdentityTable(tableLimits(config))
-    this.metrics = new Metrics({
-      service: config.service,
-      buckets: config.metrics.buckets,
-      version: opts.version,
-      table: this.table,
-      auditLinesDropped: () => this.audit.linesDropped,
-      otlpSpans: () => this.otlp?.counts,
-      otlpLogs: () => this.otlp?.logCounts,
-    })
+    this.timeoutMs = opts.recorderTimeoutMs ?? DEFAULT_RECORDER_TIMEOUT_MS
     this.audit = new AuditLog(config.audit, opts.audit)
     this.live = new LiveFeed({ ...liveLimits(config), ...opts.live })
-    const interval = opts.sweepIntervalMs ?? Math.max(1000, Math.min(config.metrics.idleTtl / 4, 60_000))
-    this.sweeper = setInterval(() => this.sweep(), interval)
-    this.sweeper.unref()
+    this.otlp = new OtlpRecorder(opts.version, opts.env)
+    this.metrics = new MetricsRecorder(config, {
+      version: opts.version,
+      now: this.now,
+      ...(opts.sweepIntervalMs !== undefined ? { sweepIntervalMs: opts.sweepIntervalMs } : {}),
+      external: {
+        auditLinesDropped: () => this.audit.linesDropped,
+        otlpSpans: () => this.otlp.spans,
+        otlpLogs: () => this.otlp.logs,
+        recorderFailures: () => this.failures,
+      },
+    })
+    this.recorders = [this.metrics, this.audit, this.live, this.otlp, ...(opts.recorders ?? [])]
+    this.failures = new Map(this.recorders.map((r) => [r.name, 0]))
   }
 
   get jwksObserver(): JwksObserver {
@@ -96,113 +90,96 @@ export class Telemetry implements Recorder {
   }
 
   record(event: RequestEvent): void {
-    try {
-      this.recordUnsafe(event)
-    } catch {
-      // A recorder bug must never reach the request path; it shows up in recordFailures instead.
-      this.recordErrors++
+    for (const recorder of this.recorders) {
+      try {
+        const result: unknown = recorder.record(event)
+        // a recorder written as async: its rejection must not become an unhandled one (that ends the process)
+        if (isThenable(result)) result.then(undefined, () => this.failed(recorder))
+      } catch {
+        this.failed(recorder)
+      }
     }
   }
 
-  /** events that could not be recorded (should stay 0) */
+  private failed(recorder: Recorder): void {
+    this.failures.set(recorder.name, (this.failures.get(recorder.name) ?? 0) + 1)
+  }
+
+  /** events that could not be recorded by some recorder (should stay 0) */
   get recordFailures(): number {
-    return this.recordErrors
+    let n = 0
+    for (const v of this.failures.values()) n += v
+    return n
   }
 
-  private recordUnsafe(event: RequestEvent): void {
-    const now = this.now()
-    const { entry, overflowed } = this.table.admit(event.identity, now)
-    const cost = this.costOf(event)
-    const error = isError(event)
-    entry.requests++
-    if (error) entry.errors++
-    entry.bytesIn += event.bytesIn
-    entry.bytesOut += event.bytesOut
-    entry.upstreamMs += event.upstreamMs
-    entry.cost += cost
-    entry.rate.add(now, error)
-    entry.latency.add(event.durationMs)
-    if (entry.kind === 'job' && !entry.overflow) {
-      const outcome = jobOutcome(event)
-      if (outcome === 'success') {
-        entry.lastSuccess = now
-        entry.consecutiveFailures = 0
-      } else if (outcome === 'failure') entry.consecutiveFailures++
-    }
-    if (!entry.overflow) this.table.recordEdge(entry, event.service, event.identity, now)
-    this.metrics.observe(entry, event, overflowed, cost, this.config.cost?.currency ?? 'USD')
-    this.audit.record(event)
-    this.live.publish(event)
-    this.otlp?.record(event)
-  }
-
-  private costOf(event: RequestEvent): number {
-    const c = this.config.cost
-    if (!c) return 0
-    return (
-      c.perRequest +
-      (c.perGiB * (event.bytesIn + event.bytesOut)) / GIB +
-      (c.perUpstreamSecond * event.upstreamMs) / 1000
-    )
+  /**
+   * Loads what the initial config asks for (the OTLP SDK when export is on). Returns the recorders that
+   * could not apply it; they keep recording with what they had, the sidecar serves.
+   */
+  start(): Promise<RecorderFailure[]> {
+    return this.eachRecorder('reconfigure', (r) => r.reconfigure?.(this.config))
   }
 
   /** drops identities idle longer than metrics.idleTtl (jobs with expectEvery: at least 2× that) */
   sweep(): number {
-    return this.table.sweep(this.now())
+    return this.metrics.sweep()
   }
 
   configReloaded(result: 'success' | 'failure', at = this.now()): void {
     this.metrics.configReloaded(result, at)
   }
 
-  /** Applies a reloaded config; existing series are kept unless the service name changed. */
-  reconfigure(config: Config): void {
-    if (config.service !== this.config.service) {
-      this.table.clear()
-      this.metrics.setService(config.service)
-    }
-    this.table.setLimits(tableLimits(config))
-    this.audit.reconfigure(config.audit)
-    this.live.configure(liveLimits(config))
+  /**
+   * Applies a reloaded config to every recorder. Synchronous recorders have applied it when this returns;
+   * the promise settles once the asynchronous ones (OTLP) are done too, with those that failed.
+   */
+  reconfigure(config: Config): Promise<RecorderFailure[]> {
     this.config = config
+    return this.eachRecorder('reconfigure', (r) => r.reconfigure?.(config))
   }
 
-  /**
-   * Starts OTLP span export when the `otlp` block or OTEL_* variables ask for it (read once: a reload does
-   * not change it). Returns where spans go, or undefined when export is off. The SDK is loaded only then.
-   */
-  async startExport(env: Record<string, string | undefined> = process.env): Promise<string | undefined> {
-    const settings = otlpSettings(this.config, env)
-    if (!settings || this.otlp) return undefined
-    const { OtlpRecorder } = await import('./otlp.ts')
-    this.otlp = new OtlpRecorder(settings, this.version)
-    return settings.target
+  /** Runs `step` on every recorder at once; each failure (throw, rejection, timeout) is reported, never thrown. */
+  private async eachRecorder(
+    what: string,
+    step: (r: Recorder) => void | Promise<void> | undefined,
+  ): Promise<RecorderFailure[]> {
+    const failures: RecorderFailure[] = []
+    await Promise.all(
+      this.recorders.map(async (recorder) => {
+        let timer: NodeJS.Timeout | undefined
+        try {
+          const result = step(recorder)
+          if (!isThenable(result)) return
+          await Promise.race([
+            result,
+            new Promise((_, reject) => {
+              timer = setTimeout(
+                () => reject(new Error(`${what} took over ${this.timeoutMs} ms`)),
+                this.timeoutMs,
+              )
+            }),
+          ])
+        } catch (err) {
+          failures.push({ recorder: recorder.name, error: (err as Error)?.message ?? String(err) })
+        } finally {
+          clearTimeout(timer)
+        }
+      }),
+    )
+    return failures
   }
 
   /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */
   startProcessMetrics(): Promise<unknown> {
-    return this.process.start()
+    return this.metrics.startProcessMetrics()
   }
 
-  async scrape(openMetrics: boolean): Promise<Scrape> {
-    this.sweep()
-    const scrape = await this.metrics.scrape(openMetrics)
-    const runtime = await this.process.render(openMetrics)
-    if (!runtime) return scrape
-    const body = openMetrics
-      ? `${scrape.body.replace(/# EOF\n$/, '')}${runtime}# EOF\n`
-      : `${scrape.body}${runtime}`
-    return { contentType: scrape.contentType, body }
+  scrape(openMetrics: boolean): Promise<Scrape> {
+    return this.metrics.scrape(openMetrics)
   }
 
   identities(sort?: IdentitySort): IdentitiesView {
-    this.sweep()
-    return buildIdentitiesView(this.table, {
-      now: this.now(),
-      sort,
-      maxIdentities: this.config.metrics.maxIdentities,
-      currency: this.config.cost?.currency,
-    })
+    return this.metrics.identities(sort)
   }
 
   auditQuery(q: AuditQuery): AuditRecord[] {
@@ -213,21 +190,8 @@ export class Telemetry implements Recorder {
     return this.live.stats()
   }
 
-  async close(): Promise<void> {
-    clearInterval(this.sweeper)
-    this.process.stop()
-    this.live.close()
-    await Promise.all([this.audit.close(), this.otlp?.close()])
-  }
-}
-
-function tableLimits(config: Config): IdentityTableLimits {
-  const m = config.metrics
-  return {
-    maxIdentities: m.maxIdentities,
-    idleTtlMs: m.idleTtl,
-    ...(m.maxUnverifiedIdentities !== undefined
-      ? { maxUnverifiedIdentities: m.maxUnverifiedIdentities }
-      : {}),
+  /** closes every recorder, each bounded by recorderTimeoutMs; returns those that failed or timed out */
+  close(): Promise<RecorderFailure[]> {
+    return this.eachRecorder('close', (r) => r.close?.())
   }
 }

@@ -4,7 +4,8 @@
 // and every stream ends after maxDurationMs (EventSource reconnects by itself), so clients that never read
 // cannot hold the subscriber slots for ever.
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { RequestEvent } from '../types.ts'
+import type { Config } from '../config/schema.ts'
+import type { Recorder, RequestEvent } from '../types.ts'
 
 export interface LiveEvent {
   t: number
@@ -14,6 +15,8 @@ export interface LiveEvent {
   kind: string
   source: string
   verified: boolean
+  /** RFC 8693 delegation: the actor acting on behalf of the identity */
+  actor?: string
   method: string
   path: string
   route: string
@@ -84,13 +87,26 @@ export function toLiveEvent(e: RequestEvent): LiveEvent {
     service: e.service,
   }
   if (!e.decision.skipped && e.decision.decision !== 'allow') out.decision = e.decision.decision
+  const actor = e.identity.attributes['actor']
+  if (actor !== undefined) out.actor = actor
   if (e.upstreamError) out.error = e.upstreamError
   if (e.failures.length) out.failures = e.failures.map((f) => `${f.source}:${f.reason}`)
   if (e.anomalies.length) out.anomalies = e.anomalies
   return out
 }
 
-export class LiveFeed {
+/** the live feed's limits in a config (adminAccess.live*) */
+export function liveLimits(config: Config): LiveLimits {
+  const a = config.adminAccess
+  return {
+    maxSubscribers: a.liveClients,
+    writeTimeoutMs: a.liveWriteTimeout,
+    maxDurationMs: a.liveMaxDuration,
+  }
+}
+
+export class LiveFeed implements Recorder {
+  readonly name = 'live'
   private readonly subscribers = new Set<Subscriber>()
   private maxSubscribers = DEFAULT_MAX_SUBSCRIBERS
   private writeTimeoutMs = DEFAULT_WRITE_TIMEOUT_MS
@@ -116,6 +132,10 @@ export class LiveFeed {
     this.maxSubscribers = limits.maxSubscribers ?? this.maxSubscribers
     this.writeTimeoutMs = limits.writeTimeoutMs ?? this.writeTimeoutMs
     this.maxDurationMs = limits.maxDurationMs ?? this.maxDurationMs
+  }
+
+  reconfigure(config: Config): void {
+    this.configure(liveLimits(config))
   }
 
   /** Disconnects subscribers blocked longer than the write timeout; ends streams older than the max duration. */
@@ -197,7 +217,7 @@ export class LiveFeed {
     this.subscribers.add(sub)
   }
 
-  publish(event: RequestEvent): void {
+  record(event: RequestEvent): void {
     if (this.subscribers.size === 0) return
     let frame: string | undefined
     for (const sub of this.subscribers) {

@@ -39,6 +39,8 @@ export interface MetricsOptions {
   otlpSpans?: () => OtlpCounts | undefined
   /** the same for audit log records, undefined while log export is off */
   otlpLogs?: () => OtlpCounts | undefined
+  /** events each recorder failed to record (threw or rejected), every recorder listed (read at scrape time) */
+  recorderFailures?: () => Iterable<readonly [recorder: string, failures: number]>
 }
 
 interface OtlpCounts {
@@ -90,6 +92,10 @@ const OTLP_LOGS_DROPPED = counter(
   'nhi_otlp_log_records_dropped',
   'Audit log records not exported: queue_full or export_failed (as for spans)',
 )
+const RECORDER_FAILURES = counter(
+  'nhi_recorder_failures',
+  'Requests an output (recorder) failed to record: it threw or its promise rejected; the other outputs recorded them',
+)
 const IDENTITIES = gauge('nhi_identities', 'Identities currently tracked, by kind')
 const LAST_SEEN = gauge('nhi_identity_last_seen_timestamp_seconds', 'Last request of an identity')
 const EXPIRY = gauge(
@@ -119,6 +125,7 @@ export class Metrics {
   private readonly auditLinesDropped: () => number
   private readonly otlpSpans: NonNullable<MetricsOptions['otlpSpans']>
   private readonly otlpLogs: NonNullable<MetricsOptions['otlpLogs']>
+  private readonly recorderFailures: NonNullable<MetricsOptions['recorderFailures']>
 
   private readonly authFailures = new CounterFamily(
     counter('nhi_auth_failures', 'Presented credentials that did not check out'),
@@ -176,6 +183,7 @@ export class Metrics {
     this.auditLinesDropped = opts.auditLinesDropped ?? (() => 0)
     this.otlpSpans = opts.otlpSpans ?? (() => undefined)
     this.otlpLogs = opts.otlpLogs ?? (() => undefined)
+    this.recorderFailures = opts.recorderFailures ?? (() => [])
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
     this.configLastSuccess.set([], 0)
@@ -367,6 +375,12 @@ export class Metrics {
 
     this.writeOtlp(out, om, this.otlpSpans(), OTLP_EXPORTED, OTLP_DROPPED)
     this.writeOtlp(out, om, this.otlpLogs(), OTLP_LOGS_EXPORTED, OTLP_LOGS_DROPPED)
+
+    writeHeader(out, RECORDER_FAILURES, om)
+    for (const [recorder, n] of this.recorderFailures()) {
+      const labels = `${this.serviceLabel},recorder="${escapeLabelValue(recorder)}"`
+      writeSample(out, `${RECORDER_FAILURES.name}_total`, labels, n)
+    }
 
     writeHeader(out, IDENTITIES, om)
     const kinds = new Map<Kind, number>()

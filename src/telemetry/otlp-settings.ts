@@ -17,6 +17,8 @@ export interface OtlpSettings {
   logs?: { url?: string }
   /** service.name unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say otherwise */
   serviceName: string
+  /** otlp.headers, without the names OTEL_EXPORTER_OTLP_*HEADERS set (the exporter reads those) */
+  headers?: Record<string, string>
 }
 
 type Env = Record<string, string | undefined>
@@ -64,5 +66,15 @@ export function otlpSettings(config: Config, env: Env = process.env): OtlpSettin
         : {}
   }
   if (!envTimeout) settings.timeoutMillis = o.timeout
+  if (o.headers) {
+    const fromEnvHeaders = new Set(
+      ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS', 'OTEL_EXPORTER_OTLP_LOGS_HEADERS']
+        .flatMap((name) => (set(env, name) ?? '').split(','))
+        .map((pair) => pair.split('=')[0]!.trim().toLowerCase())
+        .filter(Boolean),
+    )
+    const headers = Object.entries(o.headers).filter(([name]) => !fromEnvHeaders.has(name.toLowerCase()))
+    if (headers.length > 0) settings.headers = Object.fromEntries(headers)
+  }
   return settings
 }

@@ -1,7 +1,8 @@
 // OTLP trace export (docs/reference.md "OpenTelemetry export"): one SERVER span per finished request, built
 // from the RequestEvent with the OpenTelemetry SDK and sent in batches over OTLP/HTTP (protobuf).
 // The span is our hop: its trace id and span id are the ones the upstream receives in `traceparent`, its
-// parent is the caller's span from the incoming `traceparent`. Loaded only when export is on.
+// parent is the caller's span from the incoming `traceparent`. Loaded (by the OTLP recorder,
+// otlp-recorder.ts) only when export is on; one instance per set of settings.
 // Never blocks a request: spans wait in the batch processor's bounded queue, which drops (and counts) when
 // the collector is slow or down; the exporter retries with backoff within its timeout.
 import {
@@ -37,7 +38,7 @@ import {
   ATTR_SERVICE_VERSION,
   ATTR_URL_PATH,
 } from '@opentelemetry/semantic-conventions'
-import type { Recorder, RequestEvent } from '../types.ts'
+import type { RequestEvent } from '../types.ts'
 import { toAuditRecord } from './audit.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 
@@ -92,10 +93,7 @@ function hostAndPort(host: string): { address: string; port?: number } {
   return m[2] === undefined ? { address } : { address, port: Number(m[2]) }
 }
 
-export class OtlpRecorder implements Recorder {
-  readonly counts: OtlpCounts = { exported: 0, queueFull: 0, exportFailed: 0 }
-  /** log records; undefined unless the audit record is exported too */
-  readonly logCounts: OtlpCounts | undefined
+export class OtlpExport {
   private readonly loggerProvider: LoggerProvider | undefined
   private readonly logger: Logger | undefined
   private readonly ids = new EventIds()
@@ -103,9 +101,14 @@ export class OtlpRecorder implements Recorder {
   private readonly tracer: ReturnType<BasicTracerProvider['getTracer']>
   private readonly shutdownTimeoutMs: number
 
-  constructor(settings: OtlpSettings, version: string) {
+  /**
+   * `counts` outlive this instance: a reload that changes the settings replaces the export, the counters go
+   * on (and this instance's last batches, flushed on close, are counted there too).
+   */
+  constructor(settings: OtlpSettings, version: string, counts: { spans: OtlpCounts; logs: OtlpCounts }) {
     const exporter = new OTLPTraceExporter({
       ...(settings.url !== undefined ? { url: settings.url } : {}),
+      ...(settings.headers !== undefined ? { headers: settings.headers } : {}),
       ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
     })
     const processor = new BatchSpanProcessor(exporter, {
@@ -113,7 +116,7 @@ export class OtlpRecorder implements Recorder {
       maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
       scheduledDelayMillis: settings.scheduledDelayMillis,
       exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
-      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, this.counts),
+      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, counts.spans),
     } as ConstructorParameters<typeof BatchSpanProcessor>[1])
     // service.name: the config's service, unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name one
     const resource = defaultResource()
@@ -132,10 +135,9 @@ export class OtlpRecorder implements Recorder {
     })
     this.tracer = this.provider.getTracer('nhi-proxy', version)
     if (settings.logs) {
-      const logCounts: OtlpCounts = { exported: 0, queueFull: 0, exportFailed: 0 }
-      this.logCounts = logCounts
       const logExporter = new OTLPLogExporter({
         ...(settings.logs.url !== undefined ? { url: settings.logs.url } : {}),
+        ...(settings.headers !== undefined ? { headers: settings.headers } : {}),
         ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
       })
       this.loggerProvider = new LoggerProvider({
@@ -147,7 +149,7 @@ export class OtlpRecorder implements Recorder {
             maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
             scheduledDelayMillis: settings.scheduledDelayMillis,
             exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
-            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, logCounts),
+            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, counts.logs),
           }),
         ],
       })

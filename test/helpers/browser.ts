@@ -2,11 +2,12 @@
 // network: this machine has none, and Chromium's background services would otherwise retry forever.
 import { existsSync } from 'node:fs'
 import { type Browser, chromium } from 'playwright-core'
+import { skipWithout } from './tools.ts'
 
 export const CHROMIUM = '/usr/bin/chromium'
 
 /** tap `skip` option: false when Chromium is installed, else the reason */
-export const skipWithoutChromium: false | string = existsSync(CHROMIUM) ? false : `${CHROMIUM} not installed`
+export const skipWithoutChromium: false | string = skipWithout(CHROMIUM, existsSync(CHROMIUM))
 
 export function launchChromium(): Promise<Browser> {
   return chromium.launch({

@@ -35,3 +35,22 @@ export async function eventually<T>(
     await delay(intervalMs)
   }
 }
+
+/**
+ * The one way tests assert that something does NOT happen ("no second event", "the upstream is not drained
+ * by a stalled reader"): there is no event to wait for, so the only honest form is to watch for a fixed,
+ * named window. Checks `probe` every `intervalMs` for `forMs` and resolves true when it held at every
+ * check, false at the first check where it did not.
+ */
+export async function stillTrueFor(
+  probe: () => boolean | Promise<boolean>,
+  forMs: number,
+  { intervalMs = 25 }: { intervalMs?: number } = {},
+): Promise<boolean> {
+  const deadline = Date.now() + forMs
+  for (;;) {
+    if (!(await probe())) return false
+    if (Date.now() >= deadline) return true
+    await delay(Math.min(intervalMs, Math.max(1, deadline - Date.now())))
+  }
+}

@@ -6,9 +6,10 @@ import { join } from 'node:path'
 import type { Test } from 'tap'
 import { nginxBinary } from '../../bench/lib/nginx.ts'
 import { freePort, spawnProcess, waitForPorts } from '../../bench/lib/procs.ts'
+import { skipWithout } from './tools.ts'
 
 /** Why a test that needs nginx cannot run here (t.skip reason), or false when it can. */
-export const skipWithoutNginx: false | string = nginxBinary() ? false : 'nginx is not installed'
+export const skipWithoutNginx: false | string = skipWithout('nginx', nginxBinary())
 
 export interface NginxFrontOptions {
   /** directory for the prefix, config and logs */

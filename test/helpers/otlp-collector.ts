@@ -3,7 +3,7 @@
 // @opentelemetry/otlp-transformer 0.210 shipped, installed under the alias `otlp-proto-root`), never with the
 // code that encoded it. Keeps every span it received, flattened with its resource's service.name.
 import { once } from 'node:events'
-import { createServer, type Server } from 'node:http'
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
 import { gunzipSync } from 'node:zlib'
@@ -110,6 +110,8 @@ export interface TestCollector {
   logs: ReceivedLogRecord[]
   /** export requests received */
   requests: number
+  /** every accepted export request: its path, headers and the trace ids of what it carried */
+  exports: { path: string; headers: IncomingHttpHeaders; traceIds: string[] }[]
   close(): Promise<void>
 }
 
@@ -187,6 +189,7 @@ export async function startCollector(): Promise<TestCollector> {
   const spans: ReceivedSpan[] = []
   const logs: ReceivedLogRecord[] = []
   const state = { requests: 0 }
+  const exports: TestCollector['exports'] = []
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
@@ -200,8 +203,13 @@ export async function startCollector(): Promise<TestCollector> {
         let body = Buffer.concat(chunks)
         if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body)
         if (req.headers['content-type'] !== 'application/x-protobuf') throw new Error('not protobuf')
-        if (req.url === '/v1/logs') logs.push(...flattenLogs(ExportLogsServiceRequest.decode(body)))
-        else spans.push(...flatten(ExportTraceServiceRequest.decode(body)))
+        const received =
+          req.url === '/v1/logs'
+            ? flattenLogs(ExportLogsServiceRequest.decode(body))
+            : flatten(ExportTraceServiceRequest.decode(body))
+        if (req.url === '/v1/logs') logs.push(...(received as ReceivedLogRecord[]))
+        else spans.push(...(received as ReceivedSpan[]))
+        exports.push({ path: req.url, headers: req.headers, traceIds: received.map((r) => r.traceId) })
         state.requests++
         res.setHeader('content-type', 'application/x-protobuf')
         res.end()
@@ -218,6 +226,7 @@ export async function startCollector(): Promise<TestCollector> {
     url: `http://127.0.0.1:${port}`,
     spans,
     logs,
+    exports,
     get requests() {
       return state.requests
     },

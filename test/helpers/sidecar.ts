@@ -12,6 +12,7 @@ import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
+import { eventually } from './eventually.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const BUNDLE = join(ROOT, 'dist', 'nhi-proxy.mjs')
@@ -113,22 +114,18 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProces
     err += c.toString()
   })
   const exited = once(child, 'exit').then(([code]) => code as number | null)
-  const poll = <T>(probe: () => T | undefined, what: string, timeoutMs: number) =>
-    new Promise<T>((resolve, reject) => {
-      const started = Date.now()
-      const attempt = () => {
-        const found = probe()
-        if (found !== undefined) return resolve(found)
-        if (child.exitCode !== null || child.signalCode !== null)
-          return reject(
-            new Error(`exited ${child.exitCode ?? child.signalCode} before ${what}: ${out}${err}`),
-          )
-        if (Date.now() - started > timeoutMs)
-          return reject(new Error(`timeout waiting for ${what}: ${out}${err}`))
-        setTimeout(attempt, 25)
-      }
-      attempt()
+  const exitedEarly = Symbol('exited')
+  const poll = async <T>(probe: () => T | undefined, what: string, timeoutMs: number): Promise<T> => {
+    const found = await eventually(
+      () => probe() ?? (child.exitCode !== null || child.signalCode !== null ? exitedEarly : undefined),
+      { timeoutMs },
+    ).catch(() => {
+      throw new Error(`timeout waiting for ${what}: ${out}${err}`)
     })
+    if (found === exitedEarly)
+      throw new Error(`exited ${child.exitCode ?? child.signalCode} before ${what}: ${out}${err}`)
+    return found as T
+  }
   return {
     child,
     stdout: () => out,

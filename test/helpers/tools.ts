@@ -166,3 +166,18 @@ export function metricNamesIn(promql: string): string[] {
   const names = promql.match(/\bnhi_[a-z_]+/g) ?? []
   return [...new Set(names.map((n) => n.replace(/_(bucket|sum|count)$/, '')))]
 }
+
+/**
+ * tap `skip` option for a test that needs an external tool: false when `present`, else the reason, so the
+ * skip shows in tap's summary instead of the test passing without running. CI installs every tool and sets
+ * NHI_REQUIRE_TOOLS=1: there a missing tool is an error at load time, never a quiet skip.
+ */
+export function skipWithout(tool: string, present: unknown): false | string {
+  if (present) return false
+  if (process.env['NHI_REQUIRE_TOOLS'] === '1') {
+    throw new Error(
+      `${tool} is not installed, and NHI_REQUIRE_TOOLS=1 forbids skipping the tests that need it`,
+    )
+  }
+  return `${tool} not installed`
+}

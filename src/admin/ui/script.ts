@@ -184,7 +184,8 @@ export const UI_SCRIPT = `
       var job = r.job ? (r.job.overdue ? ' <span class="badge bad" title="no success within expectEvery">overdue</span>'
         : r.job.consecutiveFailures ? ' <span class="badge warn">' + r.job.consecutiveFailures + ' failing</span>' : '') : '';
       html[i] = '<tr data-identity="' + esc(r.name) + '" data-source="' + esc(r.source) + '" data-kind="' + esc(r.kind) + '">' +
-        '<td class="name" title="' + esc(r.name + (r.rule ? ' (rule ' + r.rule + ')' : '')) + '">' + esc(r.name) + job + '</td>' +
+        '<td class="name" title="' + esc(r.name + (r.rule ? ' (rule ' + r.rule + ')' : '')) + '">' + esc(r.name) + job +
+        (r.actor ? ' <span class="badge actor" title="' + esc(r.actor + ' on behalf of ' + r.name) + '">via ' + esc(r.actor) + '</span>' : '') + '</td>' +
         '<td>' + kindBadge(r.kind) + '</td><td>' + esc(r.source) + '</td>' +
         '<td>' + (r.verified ? '<span class="ok" title="verified">✓ yes</span>' : '<span class="muted">no</span>') + '</td>' +
         '<td class="num">' + fmtNum(r.rps, 2) + '</td>' +
@@ -248,7 +249,7 @@ export const UI_SCRIPT = `
     var flags = (e.decision ? ' · ' + e.decision : '') + (e.error ? ' · upstream ' + e.error : '') + (e.failures ? ' · ' + e.failures.join(', ') : '') + (e.anomalies ? ' · ' + e.anomalies.join(', ') : '');
     li.innerHTML = '<span class="time">' + hh + ':' + mm + ':' + ss + '</span>' +
       '<span class="code s' + String(e.status).charAt(0) + '">' + esc(e.status) + '</span>' +
-      '<span class="what">' + esc(e.method + ' ' + e.path) + '<span class="who"><i class="dot" style="background:var(--' + esc(e.kind) + ')"></i> ' + esc(e.identity) + ' · ' + esc(e.source) + ' · ' + esc(e.kind) + esc(flags) + '</span></span>' +
+      '<span class="what">' + esc(e.method + ' ' + e.path) + '<span class="who"><i class="dot" style="background:var(--' + esc(e.kind) + ')"></i> ' + (e.actor ? esc(e.actor) + ' on behalf of ' : '') + esc(e.identity) + ' · ' + esc(e.source) + ' · ' + esc(e.kind) + esc(flags) + '</span></span>' +
       '<span class="ms">' + fmtNum(e.ms, 1) + ' ms</span>';
     return li;
   }

@@ -2,8 +2,8 @@
 // in X-Amzn-Mtls-Clientcert; verify mode sends the leaf in -Leaf plus -Subject, -Serial-Number, ….
 import type { IncomingHttpHeaders } from 'node:http'
 import type { CertEvidence, Failure } from '../../types.ts'
-import { certEvidenceFromFields, certEvidenceFromPem } from '../certificate.ts'
-import { cnFromSubject, urlDecode } from './decode.ts'
+import { certEvidenceFromFields, certEvidenceFromPem, commonName } from '../certificate.ts'
+import { urlDecode } from './decode.ts'
 import {
   ALB_CERT_HEADER,
   ALB_LEAF_HEADER,
@@ -35,7 +35,7 @@ export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failur
     if (p.startsWith('URI:')) uriSans.push(p.slice(4))
     else if (p.startsWith('DNS:')) dnsSans.push(p.slice(4))
   }
-  const cn = subject === undefined ? undefined : cnFromSubject(subject)
+  const cn = subject === undefined ? undefined : commonName(subject)
   return certEvidenceFromFields(
     { ...(subject ? { subject } : {}), ...(cn ? { cn } : {}), uriSans, dnsSans },
     'xfcc',

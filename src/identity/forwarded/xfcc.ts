@@ -8,10 +8,11 @@ import type { CertEvidence, Failure } from '../../types.ts'
 import {
   certEvidenceFromFields,
   certEvidenceFromX509,
+  commonName,
   firstPemCertificate,
   x509FromDer,
 } from '../certificate.ts'
-import { cnFromSubject, sha256HexOrUndefined, urlDecode } from './decode.ts'
+import { sha256HexOrUndefined, urlDecode } from './decode.ts'
 
 export interface XfccElement {
   by: string[]
@@ -158,7 +159,7 @@ export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
     return malformed('x-forwarded-client-cert element has no Hash, Cert, Subject, URI or DNS')
   }
   const subject = el.subject === undefined ? undefined : decodeSubject(el.subject)
-  const cn = subject === undefined ? undefined : cnFromSubject(subject)
+  const cn = subject === undefined ? undefined : commonName(subject)
   return certEvidenceFromFields(
     {
       ...(sha256 ? { sha256 } : {}),

@@ -35,6 +35,8 @@ export interface KeySetOptions {
   unknownKidCooldownMs?: number
   /** how soon to retry after a failed refresh (capped by the issuer's refreshInterval) */
   retryMs?: number
+  /** Accept header of the key-set fetch (signed agents' key directories have their own media type) */
+  accept?: string
 }
 
 export const DEFAULT_REFRESH_MS = 10 * 60_000
@@ -66,10 +68,13 @@ export class IssuerKeySet {
   private readonly cooldownMs: number
   private readonly refreshMs: number
   private readonly retryMs: number
+  private readonly accept: string
   private keys: LocalKeySet | undefined
   private keyCount = 0
   /** the public keys behind `keys`, for verification workers; a new version with every new key set */
   private workerKeys: PublicKeys | undefined
+  /** the public keys in use, as served (signed agents look keys up by their JWK thumbprint) */
+  publicJwks: readonly JWK[] = []
   private secret: Uint8Array | undefined
   private discoveredJwksUri: string | undefined
   private lastAttemptAt = Number.NEGATIVE_INFINITY
@@ -90,6 +95,7 @@ export class IssuerKeySet {
     this.cooldownMs = opts.unknownKidCooldownMs ?? DEFAULT_UNKNOWN_KID_COOLDOWN_MS
     this.refreshMs = Math.max(1000, cfg.refreshInterval ?? DEFAULT_REFRESH_MS)
     this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? this.cooldownMs)
+    this.accept = opts.accept ?? 'application/json'
   }
 
   private get hasKeySource(): boolean {
@@ -178,13 +184,14 @@ export class IssuerKeySet {
           jwks: keys,
           kids: new Set(keys.flatMap((k) => (typeof k.kid === 'string' ? [k.kid] : []))),
         }
+        this.publicJwks = keys
       }
     } catch (err) {
       ok = false
       detail = err
     }
     if (this.closed) return false
-    this.lastError = ok ? undefined : describe(detail)
+    this.lastError = ok ? undefined : describeFetchError(detail)
     this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now(), this.lastError)
     this.schedule(ok ? this.refreshMs : this.retryMs)
     return ok
@@ -218,36 +225,17 @@ export class IssuerKeySet {
   }
 
   private async fetchJson(url: string): Promise<unknown> {
-    const headers: Record<string, string> = { accept: 'application/json' }
+    const headers: Record<string, string> = { accept: this.accept }
     // projected service-account tokens rotate: read the file on every fetch
     if (this.cfg.bearerTokenFile) {
       headers['authorization'] = `Bearer ${(await readFile(this.cfg.bearerTokenFile, 'utf8')).trim()}`
     }
-    const dispatcher = await this.dispatcher()
-    const { request } = await loadUndici()
-    const res = await request(url, {
-      method: 'GET',
+    return fetchJsonDocument(url, {
+      timeoutMs: this.fetchTimeoutMs,
+      maxBytes: MAX_DOCUMENT_BYTES,
       headers,
-      ...(dispatcher ? { dispatcher } : {}),
-      signal: AbortSignal.timeout(this.fetchTimeoutMs),
-      headersTimeout: this.fetchTimeoutMs,
-      bodyTimeout: this.fetchTimeoutMs,
+      dispatcher: await this.dispatcher(),
     })
-    if (res.statusCode !== 200) {
-      await res.body.dump().catch(() => {})
-      throw new Error(`GET ${safeUrl(url)} answered HTTP ${res.statusCode}`)
-    }
-    const chunks: Buffer[] = []
-    let size = 0
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
-      size += chunk.length
-      if (size > MAX_DOCUMENT_BYTES) {
-        res.body.destroy()
-        throw new Error(`GET ${safeUrl(url)} answered more than ${MAX_DOCUMENT_BYTES} bytes`)
-      }
-      chunks.push(chunk)
-    }
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
   }
 
   /** A dispatcher trusting caFile (re-read on each refresh, as cluster CAs rotate), else the global one. */
@@ -262,6 +250,46 @@ export class IssuerKeySet {
     }
     return this.agent
   }
+}
+
+export interface FetchJsonOptions {
+  /** deadline for the whole fetch, headers and body */
+  timeoutMs: number
+  /** a larger body is refused */
+  maxBytes: number
+  headers?: Record<string, string>
+  dispatcher?: Dispatcher | undefined
+}
+
+/**
+ * GET one JSON document with a deadline and a size cap; throws with a message safe to log (no query string, no
+ * credentials). Shared by every fetcher of published documents (key sets, crawler IP ranges).
+ */
+export async function fetchJsonDocument(url: string, opts: FetchJsonOptions): Promise<unknown> {
+  const { request } = await loadUndici()
+  const res = await request(url, {
+    method: 'GET',
+    headers: { accept: 'application/json', ...opts.headers },
+    ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}),
+    signal: AbortSignal.timeout(opts.timeoutMs),
+    headersTimeout: opts.timeoutMs,
+    bodyTimeout: opts.timeoutMs,
+  })
+  if (res.statusCode !== 200) {
+    await res.body.dump().catch(() => {})
+    throw new Error(`GET ${safeUrl(url)} answered HTTP ${res.statusCode}`)
+  }
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    size += chunk.length
+    if (size > opts.maxBytes) {
+      res.body.destroy()
+      throw new Error(`GET ${safeUrl(url)} answered more than ${opts.maxBytes} bytes`)
+    }
+    chunks.push(chunk)
+  }
+  return JSON.parse(Buffer.concat(chunks).toString('utf8'))
 }
 
 function buildKeySet(doc: unknown): { set: LocalKeySet; keys: JWK[] } {
@@ -297,7 +325,8 @@ function safeUrl(url: string): string {
   }
 }
 
-function describe(err: unknown): string {
+/** Why a fetch failed, safe to log. */
+export function describeFetchError(err: unknown): string {
   if (err instanceof SyntaxError) return 'response is not valid JSON'
   if (err instanceof Error)
     return err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timed out' : err.message

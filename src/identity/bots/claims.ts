@@ -1,0 +1,37 @@
+// Which operator a user agent claims to be, for the crawlers whose operators publish how to check the claim
+// (IP range files or reverse DNS). Only the products an operator's range files cover are listed: a product
+// crawling from other addresses (Google's AdsBot, its user-triggered fetchers) would otherwise be counted
+// as a spoof whenever it is the real thing.
+import type { UserAgentEvidence } from '../../types.ts'
+
+const CLAIMS: readonly (readonly [RegExp, string])[] = [
+  [
+    /\bGooglebot(?:-Image|-News|-Video)?\/|\bGoogle-InspectionTool\/|\bGoogleOther\b|\bStorebot-Google\//,
+    'Google',
+  ],
+  [/\bbingbot\/|\bBingPreview\/|\badidxbot\/|\bmsnbot\//i, 'Bing'],
+  [/\bGPTBot\/|\bOAI-SearchBot\/|\bChatGPT-User\//i, 'OpenAI'],
+  [/\bApplebot\//i, 'Apple'],
+  [/\bPerplexityBot\/|\bPerplexity-User\//i, 'Perplexity'],
+]
+
+// Evidence objects are shared per user agent string by the classifier's bounded cache, so this map is as
+// bounded as that cache and needs no limit of its own.
+const seen = new WeakMap<UserAgentEvidence, string | null>()
+
+/** The operator `ua` claims to crawl for, or undefined when it claims none this proxy can check. */
+export function claimedOperator(ua: UserAgentEvidence): string | undefined {
+  if (ua.category !== 'bot' && ua.category !== 'agent') return undefined
+  let op = seen.get(ua)
+  if (op === undefined) {
+    op = null
+    for (const [re, operator] of CLAIMS) {
+      if (re.test(ua.ua)) {
+        op = operator
+        break
+      }
+    }
+    seen.set(ua, op)
+  }
+  return op ?? undefined
+}

@@ -1,0 +1,126 @@
+// Reverse-then-forward DNS verification of a crawler's address (what Google and Bing document for their
+// crawlers): the PTR name of the address must end in one of the operator's domains, and that name must
+// resolve back to the same address. Lookups never hold a request: the caller gets the cached answer or
+// "pending", and the answer lands in a bounded cache for the requests that follow.
+import { Resolver } from 'node:dns/promises'
+import { isIPv4 } from 'node:net'
+import { LRUCache } from 'lru-cache'
+
+export type DnsResult = 'verified' | 'unverified' | 'pending'
+
+export interface DnsVerifierOptions {
+  /** operator (any case) → domain suffixes its crawlers' PTR names end in, e.g. ["googlebot.com"] */
+  domains: ReadonlyMap<string, readonly string[]>
+  /** deadline for one lookup (PTR plus forward) */
+  timeoutMs: number
+  /** how long an answer is kept */
+  cacheTtlMs: number
+  cacheSize: number
+  /** at most this many lookups at once; more claims wait for a later request */
+  maxInflight?: number
+  /** DNS servers (ip or ip:port); default: the system's */
+  servers?: readonly string[]
+}
+
+export class DnsVerifier {
+  private readonly resolver: Resolver
+  private readonly cache: LRUCache<string, 'verified' | 'unverified'>
+  private readonly inflight = new Map<string, Promise<void>>()
+  private readonly domains = new Map<string, readonly string[]>()
+  private readonly maxInflight: number
+  private closed = false
+
+  constructor(private readonly opts: DnsVerifierOptions) {
+    // one try per lookup: the deadline below covers the whole verification
+    this.resolver = new Resolver({ timeout: opts.timeoutMs, tries: 1 })
+    if (opts.servers && opts.servers.length > 0) this.resolver.setServers([...opts.servers])
+    this.cache = new LRUCache({ max: opts.cacheSize, ttl: opts.cacheTtlMs })
+    for (const [op, suffixes] of opts.domains) {
+      this.domains.set(
+        op.toLowerCase(),
+        suffixes.map((s) => s.toLowerCase().replace(/^\.+|\.+$/g, '')),
+      )
+    }
+    this.maxInflight = opts.maxInflight ?? 64
+  }
+
+  /** whether DNS can check claims of this operator */
+  covers(operator: string): boolean {
+    return this.domains.has(operator.toLowerCase())
+  }
+
+  /** The cached answer, or 'pending' after starting a lookup in the background. */
+  check(operator: string, address: string): DnsResult {
+    const op = operator.toLowerCase()
+    const key = `${op} ${address}`
+    const hit = this.cache.get(key)
+    if (hit) return hit
+    if (!this.closed && !this.inflight.has(key) && this.inflight.size < this.maxInflight) {
+      const p = this.lookup(op, address).then(
+        (ok) => {
+          if (!this.closed) this.cache.set(key, ok ? 'verified' : 'unverified')
+        },
+        // a timeout or a server failure is not an answer: the next request asks again
+        () => {},
+      )
+      this.inflight.set(key, p)
+      void p.finally(() => this.inflight.delete(key))
+    }
+    return 'pending'
+  }
+
+  /** Resolves when every lookup started so far has finished (for tests and shutdown). */
+  async settled(): Promise<void> {
+    await Promise.all([...this.inflight.values()])
+  }
+
+  close(): void {
+    this.closed = true
+    this.resolver.cancel()
+  }
+
+  private async lookup(op: string, address: string): Promise<boolean> {
+    const suffixes = this.domains.get(op)
+    if (!suffixes) return false
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('DNS verification timed out')), this.opts.timeoutMs)
+      timer.unref()
+    })
+    try {
+      return await Promise.race([this.verify(address, suffixes), deadline])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  private async verify(address: string, suffixes: readonly string[]): Promise<boolean> {
+    let names: string[]
+    try {
+      names = await this.resolver.reverse(address)
+    } catch (err) {
+      // no PTR record is an answer (not the operator's); anything else is a failure to ask again about
+      if ((err as NodeJS.ErrnoException).code === 'ENOTFOUND') return false
+      throw err
+    }
+    for (const raw of names.slice(0, 8)) {
+      const name = raw.toLowerCase().replace(/\.$/, '')
+      if (!suffixes.some((s) => name === s || name.endsWith(`.${s}`))) continue
+      const forward = isIPv4(address)
+        ? await this.resolver.resolve4(name).catch(() => [] as string[])
+        : await this.resolver.resolve6(name).catch(() => [] as string[])
+      if (forward.some((a) => sameAddress(a, address))) return true
+    }
+    return false
+  }
+}
+
+function sameAddress(a: string, b: string): boolean {
+  if (a === b) return true
+  // IPv6 has many spellings of one address: compare them in one canonical form
+  try {
+    return new URL(`http://[${a}]`).hostname === new URL(`http://[${b}]`).hostname
+  } catch {
+    return false
+  }
+}

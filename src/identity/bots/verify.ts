@@ -1,0 +1,182 @@
+// Verified bots: a user agent claiming a well-known crawler operator is verified only when the address it
+// comes from is inside that operator's published IP ranges (or, when enabled, passes reverse-then-forward
+// DNS). A claim from elsewhere is an `unverified_claim` anomaly. Ranges start from the snapshot shipped with
+// the release and are refreshed from the configured URLs with the JWKS fetcher's rules: the last good file
+// keeps serving through failures, a failed fetch is retried sooner than the regular refresh.
+import type { Config } from '../../config/schema.ts'
+import type { ConnectionInfo, EvidenceSet, RequestInfo, UserAgentEvidence } from '../../types.ts'
+import { CidrSet } from '../../util/cidr.ts'
+import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
+import { claimedOperator } from './claims.ts'
+import { clientAddress } from './client-address.ts'
+import { DnsVerifier } from './dns.ts'
+import { OperatorRanges, parseRangeDocument, type RangeSource, SHIPPED_RANGES } from './ranges.ts'
+
+export type BotClaimResult = 'verified' | 'unverified_claim' | 'unknown'
+
+type VerifyConfig = Config['bots']['verify']
+
+export interface BotRangesObserver {
+  /** after every fetch of one range file; `error` is safe to log (no query string, no credentials) */
+  refreshed(
+    operator: string,
+    url: string,
+    result: 'success' | 'failure',
+    prefixes: number,
+    error?: string,
+  ): void
+}
+
+export interface BotVerifierOptions {
+  observer?: BotRangesObserver
+}
+
+/** A range file may be this large; the largest published one is some 30 KiB. */
+const MAX_RANGE_FILE_BYTES = 2 * 1024 * 1024
+
+export class BotVerifier {
+  private readonly cfg: VerifyConfig
+  private readonly trusted: CidrSet
+  private readonly observer: BotRangesObserver | undefined
+  private readonly dns: DnsVerifier | undefined
+  /** last good prefixes per range file URL, with the operator they vouch for */
+  private readonly files = new Map<string, { operator: string; prefixes: string[] }>()
+  private ranges: OperatorRanges
+  private readonly timers = new Set<NodeJS.Timeout>()
+  private closed = false
+
+  constructor(
+    cfg: VerifyConfig,
+    forwarded: Pick<Config['forwardedClientCert'], 'trustedProxies'>,
+    opts: BotVerifierOptions = {},
+  ) {
+    this.cfg = cfg
+    this.observer = opts.observer
+    // the front proxies trusted to vouch for a client certificate are the ones trusted to name the client
+    this.trusted = new CidrSet(forwarded.trustedProxies.map((e) => (typeof e === 'string' ? e : e.cidr)))
+    if (cfg.shippedRanges) {
+      for (const s of SHIPPED_RANGES.sources)
+        this.files.set(s.url, { operator: s.operator, prefixes: s.prefixes })
+    }
+    this.ranges = this.compile()
+    if (cfg.dns.enabled) {
+      this.dns = new DnsVerifier({
+        domains: new Map(cfg.dns.domains.map((d) => [d.operator, d.suffixes])),
+        timeoutMs: cfg.dns.timeout,
+        cacheTtlMs: cfg.dns.cacheTtl,
+        cacheSize: cfg.dns.cacheSize,
+        servers: cfg.dns.servers,
+      })
+    }
+  }
+
+  /** First fetch of every configured range file. Never throws; the snapshot serves until a fetch succeeds. */
+  async start(): Promise<void> {
+    if (!this.cfg.enabled) return
+    await Promise.all(this.cfg.ranges.map((src) => this.refresh(src)))
+  }
+
+  close(): void {
+    this.closed = true
+    for (const t of this.timers) clearTimeout(t)
+    this.timers.clear()
+    this.dns?.close()
+  }
+
+  /** The operators with ranges currently loaded (lower case). */
+  get operators(): string[] {
+    return this.ranges.operators
+  }
+
+  /** Waits for DNS lookups already started (tests). */
+  dnsSettled(): Promise<void> {
+    return this.dns?.settled() ?? Promise.resolve()
+  }
+
+  /**
+   * Whether a claim to crawl for `operator` from `address` holds: `verified` inside its published ranges (or
+   * confirmed by DNS), `unverified_claim` outside them, `unknown` when nothing is known to check it against
+   * (no ranges for the operator, or a DNS answer still on its way).
+   */
+  verifyBotClaim(operator: string, address: string): BotClaimResult {
+    const r = this.check(operator, address)
+    return r === 'ranges' || r === 'dns' ? 'verified' : r
+  }
+
+  /**
+   * Checks the crawler claim of this request's user agent, if it makes one: a verified claim replaces the
+   * user-agent evidence with a verified copy, a false one adds the `unverified_claim` anomaly.
+   */
+  attest(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): void {
+    const ua = evidence.useragent
+    if (!ua || !this.cfg.enabled) return
+    const operator = claimedOperator(ua)
+    if (operator === undefined) return
+    const r = this.check(operator, clientAddress(req.headers, conn.remoteAddress, this.trusted))
+    if (r === 'ranges' || r === 'dns') evidence.useragent = verifiedEvidence(ua, operator, r)
+    else if (r === 'unverified_claim' && !evidence.anomalies.includes('unverified_claim'))
+      evidence.anomalies.push('unverified_claim')
+  }
+
+  private check(operator: string, address: string): 'ranges' | 'dns' | 'unverified_claim' | 'unknown' {
+    if (!this.cfg.enabled) return 'unknown'
+    const ranged = this.ranges.has(operator)
+    if (ranged && this.ranges.contains(operator, address)) return 'ranges'
+    if (this.dns?.covers(operator)) {
+      const d = this.dns.check(operator, address)
+      if (d === 'verified') return 'dns'
+      if (d === 'unverified') return 'unverified_claim'
+      return 'unknown'
+    }
+    return ranged ? 'unverified_claim' : 'unknown'
+  }
+
+  private compile(): OperatorRanges {
+    const byOperator = new Map<string, string[]>()
+    for (const { operator, prefixes } of this.files.values()) {
+      const key = operator.toLowerCase()
+      const list = byOperator.get(key)
+      if (list) list.push(...prefixes)
+      else byOperator.set(key, [...prefixes])
+    }
+    return new OperatorRanges(byOperator)
+  }
+
+  private async refresh(src: RangeSource): Promise<void> {
+    if (this.closed) return
+    let ok = true
+    let error: string | undefined
+    try {
+      const doc = await fetchJsonDocument(src.url, {
+        timeoutMs: this.cfg.fetchTimeout,
+        maxBytes: MAX_RANGE_FILE_BYTES,
+      })
+      const prefixes = parseRangeDocument(doc)
+      if (this.closed) return
+      this.files.set(src.url, { operator: src.operator, prefixes })
+      // parsed once per refresh: requests only ever look up the compiled sets
+      this.ranges = this.compile()
+    } catch (err) {
+      ok = false
+      error = describeFetchError(err)
+    }
+    if (this.closed) return
+    const prefixes = this.files.get(src.url)?.prefixes.length ?? 0
+    this.observer?.refreshed(src.operator, src.url, ok ? 'success' : 'failure', prefixes, error)
+    const refreshMs = Math.max(1000, this.cfg.refreshInterval)
+    this.schedule(src, ok ? refreshMs : Math.min(refreshMs, this.cfg.retryInterval))
+  }
+
+  private schedule(src: RangeSource, delayMs: number): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t)
+      void this.refresh(src)
+    }, delayMs)
+    t.unref()
+    this.timers.add(t)
+  }
+}
+
+function verifiedEvidence(ua: UserAgentEvidence, operator: string, by: 'ranges' | 'dns'): UserAgentEvidence {
+  return Object.freeze({ ...ua, verified: true, operator: ua.operator ?? operator, verifiedBy: by })
+}

@@ -1,0 +1,286 @@
+// Signed agents: a request signed per HTTP Message Signatures (RFC 9421) as Web Bot Auth profiles it —
+// `Signature-Input` with `tag="web-bot-auth"`, `keyid` the JWK thumbprint of a key in the agent's key directory,
+// `Signature-Agent` naming that directory — becomes verified evidence of the directory's agent. The signature
+// base and the signature itself are the `http-message-signatures` library's; this decides which keys may
+// vouch (configured directories only), the time window and replays.
+import { LRUCache } from 'lru-cache'
+import type { Config } from '../../config/schema.ts'
+import type {
+  ConnectionInfo,
+  Extractor,
+  Failure,
+  FailureReason,
+  MaybePromise,
+  RequestInfo,
+  SignatureEvidence,
+} from '../../types.ts'
+import type { JwksObserver } from '../jwt/jwks.ts'
+import { KeyDirectory } from './directory.ts'
+
+// http-message-signatures is CommonJS: only `default` (module.exports) is the same under Node's own loader and
+// in the bundle's lazily loaded chunk. It is loaded with the first signed request, so a sidecar without
+// signed agents never pays for it.
+export type Hms = typeof import('http-message-signatures')
+let hms: Promise<Hms> | undefined
+export const loadHms = (): Promise<Hms> => {
+  hms ??= import('http-message-signatures').then((m) => m.default as unknown as Hms)
+  return hms
+}
+
+export const WEB_BOT_AUTH_TAG = 'web-bot-auth'
+const MAX_SIGNATURE_AGENT_CHARS = 2048
+const MAX_SHOWN_KEYID = 64
+/** Web Bot Auth nonces are 64 random bytes (88 base64 characters); longer ones would inflate the nonce cache */
+const MAX_NONCE_CHARS = 256
+
+export interface SignatureVerifierOptions {
+  observer?: JwksObserver
+  /** unix ms clock */
+  now?: () => number
+  fetchTimeoutMs?: number
+  unknownKeyCooldownMs?: number
+  retryMs?: number
+}
+
+type Result = SignatureEvidence | Failure
+
+/** What the key lookup learnt while the library walked the request's signatures. */
+interface Walk {
+  failure?: Failure
+  verified?: { directory: KeyDirectory; keyid: string; nonce?: string; expires: number }
+}
+
+export class SignatureVerifier implements Extractor {
+  readonly source = 'signature' as const
+  readonly directories: readonly KeyDirectory[]
+  private readonly now: () => number
+  private readonly skewSeconds: number
+  private readonly maxAgeSeconds: number
+  private readonly requireNonce: boolean
+  /** keyid + nonce of every accepted signature until it expires: a second use is a replay */
+  private readonly nonces: LRUCache<string, true>
+
+  constructor(cfg: Config['signedAgents'], opts: SignatureVerifierOptions = {}) {
+    this.now = opts.now ?? Date.now
+    this.skewSeconds = Math.ceil(cfg.clockSkew / 1000)
+    this.maxAgeSeconds = Math.ceil(cfg.maxAge / 1000)
+    this.requireNonce = cfg.requireNonce
+    const keySetOptions = {
+      observer: opts.observer,
+      now: this.now,
+      fetchTimeoutMs: opts.fetchTimeoutMs,
+      unknownKidCooldownMs: opts.unknownKeyCooldownMs,
+      retryMs: opts.retryMs,
+    }
+    this.directories = cfg.directories.map((d) => new KeyDirectory(d, keySetOptions))
+    const clock = this.now
+    this.nonces = new LRUCache<string, true>({
+      max: cfg.nonceCacheSize,
+      perf: { now: clock },
+      ttlResolution: 0,
+    })
+  }
+
+  /** Initial fetch of every directory. Never throws: a directory that is down leaves its keys unavailable. */
+  async start(): Promise<void> {
+    await Promise.all(this.directories.map((d) => d.keys.start()))
+  }
+
+  close(): void {
+    for (const d of this.directories) d.keys.close()
+    this.nonces.clear()
+  }
+
+  extract(req: RequestInfo, conn: ConnectionInfo): MaybePromise<Result | undefined> {
+    const h = req.headers
+    if (h['signature'] === undefined && h['signature-input'] === undefined) return undefined
+    return this.verify(req, conn)
+  }
+
+  /** evidence, a failure, or undefined for signatures that are not Web Bot Auth (the service's own business) */
+  async verify(req: RequestInfo, conn: ConnectionInfo): Promise<Result | undefined> {
+    try {
+      return await this.check(req, conn)
+    } catch {
+      // defensive: client input must never surface as an exception
+      return failure('signature_invalid', 'signature could not be processed')
+    }
+  }
+
+  private async check(req: RequestInfo, conn: ConnectionInfo): Promise<Result | undefined> {
+    const headers = req.headers
+    if (typeof headers['signature'] !== 'string' || typeof headers['signature-input'] !== 'string') {
+      return failure('signature_invalid', 'Signature and Signature-Input must both be present, once')
+    }
+    const host = headers.host
+    if (typeof host !== 'string' || host === '') return failure('signature_invalid', 'no Host to check')
+    const agentHeader = headers['signature-agent']
+    let candidates: readonly KeyDirectory[] = this.directories
+    if (agentHeader !== undefined) {
+      const named = namedDirectories(agentHeader, this.directories)
+      if (named === 'malformed') return failure('signature_invalid', 'Signature-Agent is not a URL string')
+      if (named.length === 0) {
+        return failure('signature_unknown_key', 'Signature-Agent names a directory that is not configured')
+      }
+      candidates = named
+    }
+    const lib = await loadHms()
+    const walk: Walk = {}
+    const keyLookup = async (params: Record<string, unknown>) => {
+      if (params['tag'] !== WEB_BOT_AUTH_TAG) return null
+      const found = await this.lookup(params, candidates)
+      if ('failed' in found) {
+        walk.failure ??= found
+        return null
+      }
+      return {
+        id: found.keyid,
+        algs: [found.key.alg],
+        verify: async (data: Buffer, signature: Buffer) => {
+          const ok = await lib.createVerifier(found.key.key, found.key.alg)(data, signature)
+          if (ok) walk.verified ??= found.accepted
+          return ok
+        },
+      }
+    }
+    const requiredFields = ['@authority']
+    // the directory named in Signature-Agent is only believed when the signature covers the header
+    if (agentHeader !== undefined) requiredFields.push('signature-agent')
+    let result: boolean | null
+    try {
+      result = await lib.httpbis.verifyMessage(
+        {
+          keyLookup,
+          tolerance: this.skewSeconds,
+          maxAge: this.maxAgeSeconds,
+          notAfter: Math.floor(this.now() / 1000),
+          requiredParams: ['created', 'expires', 'keyid'],
+          requiredFields,
+        },
+        {
+          method: req.method,
+          url: `${conn.tls ? 'https' : 'http'}://${host}${req.url}`,
+          headers: headers as Record<string, string | string[]>,
+        },
+      )
+    } catch (err) {
+      if (err instanceof lib.ExpiredError) return failure('signature_expired', 'signature has expired')
+      if (err instanceof lib.UnacceptableSignatureError) {
+        return failure('signature_invalid', 'signature does not cover @authority and Signature-Agent')
+      }
+      return walk.failure ?? failure('signature_invalid', 'signature headers are malformed')
+    }
+    if (walk.failure && !walk.verified) return walk.failure
+    if (result === null) return undefined
+    if (result !== true || !walk.verified) return failure('signature_invalid', 'signature does not verify')
+    return this.accept(walk.verified)
+  }
+
+  /** The key a Web Bot Auth signature names, after its time window and nonce rules; never throws. */
+  private async lookup(
+    params: Record<string, unknown>,
+    candidates: readonly KeyDirectory[],
+  ): Promise<
+    | Failure
+    | {
+        keyid: string
+        key: NonNullable<Awaited<ReturnType<KeyDirectory['key']>>>
+        accepted: NonNullable<Walk['verified']>
+      }
+  > {
+    const keyid = params['keyid']
+    if (typeof keyid !== 'string' || keyid === '') return failure('signature_invalid', 'no keyid')
+    const now = Math.floor(this.now() / 1000)
+    const created = params['created'] instanceof Date ? params['created'].getTime() / 1000 : undefined
+    const expires = typeof params['expires'] === 'number' ? params['expires'] : undefined
+    if (created === undefined || expires === undefined) {
+      return failure('signature_invalid', 'created and expires are required', keyid)
+    }
+    if (created - this.skewSeconds > now) return failure('not_yet_valid', 'created is in the future', keyid)
+    if (expires + this.skewSeconds < now || now - created > this.maxAgeSeconds + this.skewSeconds) {
+      return failure('signature_expired', 'signature has expired', keyid)
+    }
+    const nonce = params['nonce']
+    if (nonce !== undefined && (typeof nonce !== 'string' || nonce.length > MAX_NONCE_CHARS)) {
+      return failure('signature_invalid', 'nonce is not a string of at most 256 characters', keyid)
+    }
+    if (nonce === undefined && this.requireNonce) {
+      return failure('signature_invalid', 'a nonce is required', keyid)
+    }
+    let unavailable = true
+    for (const directory of candidates) {
+      const key = await directory.key(keyid)
+      if (key) return { keyid, key, accepted: { directory, keyid, nonce, expires } }
+      if (directory.loaded()) unavailable = false
+    }
+    return unavailable
+      ? failure('keys_unavailable', 'the key directory has not been fetched yet', keyid)
+      : failure('signature_unknown_key', 'no configured key directory has this keyid', keyid)
+  }
+
+  /** A verified signature: refused when its nonce was seen before, else remembered until it expires. */
+  private accept(v: NonNullable<Walk['verified']>): Result {
+    if (v.nonce !== undefined) {
+      const key = `${v.keyid} ${v.nonce}`
+      if (this.nonces.has(key)) return failure('signature_replayed', 'nonce was already used', v.keyid)
+      const ttl = Math.max(1000, (v.expires + this.skewSeconds) * 1000 - this.now())
+      this.nonces.set(key, true, { ttl })
+    }
+    const d = v.directory
+    const ev: SignatureEvidence = {
+      source: 'signature',
+      verified: true,
+      name: d.name,
+      kind: d.kind,
+      directory: d.url,
+      keyid: v.keyid,
+    }
+    if (d.operator !== undefined) ev.operator = d.operator
+    if (d.purpose !== undefined) ev.purpose = d.purpose
+    return ev
+  }
+}
+
+/**
+ * The configured directories a Signature-Agent names: an sf-string (`"https://agent.example"`), the members of
+ * a dictionary (`sig1="https://agent.example"`, later drafts) or a bare URL. A value naming an origin names
+ * a directory configured at that origin's well-known path; one naming a URL, the directory with exactly that URL.
+ */
+export function namedDirectories(
+  header: string | string[],
+  directories: readonly KeyDirectory[],
+): KeyDirectory[] | 'malformed' {
+  const value = Array.isArray(header) ? header.join(', ') : header
+  if (value.length > MAX_SIGNATURE_AGENT_CHARS) return 'malformed'
+  const urls: string[] = []
+  const trimmed = value.trim()
+  if (/^https?:\/\/[^\s",]+$/.test(trimmed)) urls.push(trimmed)
+  else {
+    for (const member of trimmed.split(',')) {
+      const m = /^\s*(?:[a-z*][a-z0-9_.*-]*=)?"([^"\\]*)"\s*$/.exec(member)
+      if (!m) return 'malformed'
+      urls.push(m[1]!)
+    }
+  }
+  const out: KeyDirectory[] = []
+  for (const raw of urls) {
+    let url: URL
+    try {
+      url = new URL(raw)
+    } catch {
+      return 'malformed'
+    }
+    const originOnly = url.pathname === '/' && url.search === '' && !raw.endsWith('/?')
+    for (const d of directories) {
+      if (out.includes(d)) continue
+      if (originOnly ? d.wellKnown && url.origin === d.origin : url.href === d.href) out.push(d)
+    }
+  }
+  return out
+}
+
+function failure(reason: FailureReason, detail: string, keyid?: string): Failure {
+  const f: Failure = { failed: true, source: 'signature', reason, detail }
+  if (keyid !== undefined) f.attributes = { keyid: keyid.slice(0, MAX_SHOWN_KEYID) }
+  return f
+}

@@ -1,0 +1,160 @@
+// The metrics output: per-identity accounting in the bounded identity table, rendered as the nhi_* families
+// on /metrics and as the /identities view, next to prom-client's process families.
+import type { Config } from '../config/schema.ts'
+import type { Recorder, RequestEvent } from '../types.ts'
+import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
+import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
+import { type JwksObserver, Metrics, type MetricsOptions, type Scrape } from './metrics.ts'
+import { ProcessMetrics } from './process-metrics.ts'
+
+const GIB = 1024 ** 3
+
+/**
+ * Job outcome of one request. Failure: status >= 500, an upstream error, 401/403 or a policy deny.
+ * Success: status < 400. Other 4xx (404, 409, 429…) are neither: they neither reset nor extend a failure run.
+ */
+export function jobOutcome(event: RequestEvent): 'success' | 'failure' | 'neutral' {
+  if (event.upstreamError || event.status >= 500 || event.status === 401 || event.status === 403)
+    return 'failure'
+  if (!event.decision.skipped && event.decision.decision === 'deny') return 'failure'
+  return event.status < 400 ? 'success' : 'neutral'
+}
+
+/** An error for the identities view: any 4xx/5xx answer or an upstream failure. */
+function isError(event: RequestEvent): boolean {
+  return event.status >= 400 || event.upstreamError !== undefined
+}
+
+function tableLimits(config: Config): IdentityTableLimits {
+  const m = config.metrics
+  return {
+    maxIdentities: m.maxIdentities,
+    idleTtlMs: m.idleTtl,
+    ...(m.maxUnverifiedIdentities !== undefined
+      ? { maxUnverifiedIdentities: m.maxUnverifiedIdentities }
+      : {}),
+  }
+}
+
+export interface MetricsRecorderOptions {
+  version: string
+  now: () => number
+  /** how often idle identities are swept; default min(idleTtl / 4, 60 s) */
+  sweepIntervalMs?: number
+  /** counters other outputs keep, rendered with the nhi_* families */
+  external: Pick<MetricsOptions, 'auditLinesDropped' | 'otlpSpans' | 'otlpLogs' | 'recorderFailures'>
+}
+
+export class MetricsRecorder implements Recorder {
+  readonly name = 'metrics'
+  private config: Config
+  private readonly now: () => number
+  private readonly table: IdentityTable
+  private readonly metrics: Metrics
+  private readonly process = new ProcessMetrics()
+  private readonly sweeper: NodeJS.Timeout
+
+  constructor(config: Config, opts: MetricsRecorderOptions) {
+    this.config = config
+    this.now = opts.now
+    this.table = new IdentityTable(tableLimits(config))
+    this.metrics = new Metrics({
+      service: config.service,
+      buckets: config.metrics.buckets,
+      version: opts.version,
+      table: this.table,
+      ...opts.external,
+    })
+    const interval = opts.sweepIntervalMs ?? Math.max(1000, Math.min(config.metrics.idleTtl / 4, 60_000))
+    this.sweeper = setInterval(() => this.sweep(), interval)
+    this.sweeper.unref()
+  }
+
+  get jwksObserver(): JwksObserver {
+    return this.metrics.jwksObserver
+  }
+
+  record(event: RequestEvent): void {
+    const now = this.now()
+    const { entry, overflowed } = this.table.admit(event.identity, now)
+    const cost = this.costOf(event)
+    const error = isError(event)
+    entry.requests++
+    if (error) entry.errors++
+    entry.bytesIn += event.bytesIn
+    entry.bytesOut += event.bytesOut
+    entry.upstreamMs += event.upstreamMs
+    entry.cost += cost
+    entry.rate.add(now, error)
+    entry.latency.add(event.durationMs)
+    if (entry.kind === 'job' && !entry.overflow) {
+      const outcome = jobOutcome(event)
+      if (outcome === 'success') {
+        entry.lastSuccess = now
+        entry.consecutiveFailures = 0
+      } else if (outcome === 'failure') entry.consecutiveFailures++
+    }
+    if (!entry.overflow) this.table.recordEdge(entry, event.service, event.identity, now)
+    this.metrics.observe(entry, event, overflowed, cost, this.config.cost?.currency ?? 'USD')
+  }
+
+  private costOf(event: RequestEvent): number {
+    const c = this.config.cost
+    if (!c) return 0
+    return (
+      c.perRequest +
+      (c.perGiB * (event.bytesIn + event.bytesOut)) / GIB +
+      (c.perUpstreamSecond * event.upstreamMs) / 1000
+    )
+  }
+
+  /** Existing series are kept unless the service name changed; new caps apply to identities seen next. */
+  reconfigure(config: Config): void {
+    if (config.service !== this.config.service) {
+      this.table.clear()
+      this.metrics.setService(config.service)
+    }
+    this.table.setLimits(tableLimits(config))
+    this.config = config
+  }
+
+  /** drops identities idle longer than metrics.idleTtl (jobs with expectEvery: at least 2× that) */
+  sweep(): number {
+    return this.table.sweep(this.now())
+  }
+
+  configReloaded(result: 'success' | 'failure', at: number): void {
+    this.metrics.configReloaded(result, at)
+  }
+
+  /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */
+  startProcessMetrics(): Promise<unknown> {
+    return this.process.start()
+  }
+
+  async scrape(openMetrics: boolean): Promise<Scrape> {
+    this.sweep()
+    const scrape = await this.metrics.scrape(openMetrics)
+    const runtime = await this.process.render(openMetrics)
+    if (!runtime) return scrape
+    const body = openMetrics
+      ? `${scrape.body.replace(/# EOF\n$/, '')}${runtime}# EOF\n`
+      : `${scrape.body}${runtime}`
+    return { contentType: scrape.contentType, body }
+  }
+
+  identities(sort?: IdentitySort): IdentitiesView {
+    this.sweep()
+    return buildIdentitiesView(this.table, {
+      now: this.now(),
+      sort,
+      maxIdentities: this.config.metrics.maxIdentities,
+      currency: this.config.cost?.currency,
+    })
+  }
+
+  close(): void {
+    clearInterval(this.sweeper)
+    this.process.stop()
+  }
+}

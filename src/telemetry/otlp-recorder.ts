@@ -1,0 +1,83 @@
+// The OTLP output. Export is on or off, and aimed where, by the config's `otlp` block and the OTEL_*
+// variables (otlp-settings.ts); every reconfigure (start, then each reload) compares the resulting settings
+// with the running ones and, when they differ, starts a new export and retires the old one, so turning export
+// on or off or moving the collector needs no restart. The SDK (otlp.ts) is imported only once export is on.
+import type { Config } from '../config/schema.ts'
+import type { Recorder, RequestEvent } from '../types.ts'
+import type { OtlpCounts, OtlpExport } from './otlp.ts'
+import { type OtlpSettings, otlpSettings } from './otlp-settings.ts'
+
+type Env = Record<string, string | undefined>
+
+const zero = (): OtlpCounts => ({ exported: 0, queueFull: 0, exportFailed: 0 })
+
+export class OtlpRecorder implements Recorder {
+  readonly name = 'otlp'
+  private export: OtlpExport | undefined
+  private settings: OtlpSettings | undefined
+  /** what the settings of the running export serialise to; undefined while export is off */
+  private key: string | undefined
+  /** bumped by every reconfigure: a slower earlier one must not install its export over a later one's */
+  private generation = 0
+  /** retired exports still sending what they had queued */
+  private readonly retiring = new Set<Promise<void>>()
+  private readonly spanCounts = zero()
+  private readonly logCounts = zero()
+
+  constructor(
+    private readonly version: string,
+    private readonly env: Env = process.env,
+  ) {}
+
+  /** where spans go (for the log), undefined while export is off */
+  get target(): string | undefined {
+    return this.settings?.target
+  }
+
+  /** span counts while export is on */
+  get spans(): OtlpCounts | undefined {
+    return this.settings ? this.spanCounts : undefined
+  }
+
+  /** audit log record counts while log export is on */
+  get logs(): OtlpCounts | undefined {
+    return this.settings?.logs ? this.logCounts : undefined
+  }
+
+  record(event: RequestEvent): void {
+    this.export?.record(event)
+  }
+
+  async reconfigure(config: Config): Promise<void> {
+    const generation = ++this.generation
+    const settings = otlpSettings(config, this.env)
+    const key = settings && JSON.stringify(settings)
+    if (key === this.key) return
+    let next: OtlpExport | undefined
+    if (settings) {
+      const { OtlpExport } = await import('./otlp.ts')
+      if (generation !== this.generation) return
+      next = new OtlpExport(settings, this.version, { spans: this.spanCounts, logs: this.logCounts })
+    }
+    const previous = this.export
+    this.export = next
+    this.settings = settings
+    this.key = key
+    if (previous) this.retire(previous)
+  }
+
+  /** the old export sends what it has queued (bounded by its close) while requests go to the new one */
+  private retire(previous: OtlpExport): void {
+    const closing = previous.close().finally(() => this.retiring.delete(closing))
+    this.retiring.add(closing)
+  }
+
+  async close(): Promise<void> {
+    this.generation++
+    const current = this.export
+    this.export = undefined
+    this.settings = undefined
+    this.key = undefined
+    await Promise.all([current?.close(), ...this.retiring])
+  }
+}

@@ -1,0 +1,100 @@
+// A Web Bot Auth agent for tests: an Ed25519 key pair, its key directory served over HTTP
+// (`/.well-known/http-message-signatures-directory`), and request signing with the `web-bot-auth` package's
+// own signer, so the proxy's verification is checked against an independent implementation.
+import { generateKeyPairSync } from 'node:crypto'
+import { once } from 'node:events'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { signatureHeaders } from 'web-bot-auth'
+import { Ed25519Signer } from 'web-bot-auth/crypto'
+
+export const DIRECTORY_PATH = '/.well-known/http-message-signatures-directory'
+
+export interface AgentKey {
+  /** JWK thumbprint: the Web Bot Auth keyid */
+  keyid: string
+  publicJwk: JsonWebKey
+  /** for signing with another library than web-bot-auth */
+  privateJwk: import('node:crypto').JsonWebKey
+  signer: Ed25519Signer
+}
+
+export async function createAgentKey(): Promise<AgentKey> {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519')
+  const privateJwk = privateKey.export({ format: 'jwk' })
+  const signer = await Ed25519Signer.fromJWK(privateJwk)
+  return { keyid: signer.keyid, publicJwk: publicKey.export({ format: 'jwk' }), privateJwk, signer }
+}
+
+export interface KeyDirectoryServer {
+  /** origin, e.g. http://127.0.0.1:1234: what a Signature-Agent header names */
+  origin: string
+  /** the directory URL */
+  url: string
+  keys: AgentKey[]
+  /** GETs of the directory so far */
+  hits: number
+  /** answer this status instead of the directory */
+  fault?: number
+  close(): Promise<void>
+}
+
+export async function startKeyDirectory(keys: AgentKey[]): Promise<KeyDirectoryServer> {
+  let server: Server | undefined
+  const state: KeyDirectoryServer = {
+    origin: '',
+    url: '',
+    keys,
+    hits: 0,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server!.closeAllConnections()
+        server!.close(() => resolve())
+      }),
+  }
+  server = createServer((req, res) => {
+    if (req.url !== DIRECTORY_PATH) {
+      res.statusCode = 404
+      res.end()
+      return
+    }
+    state.hits++
+    if (state.fault !== undefined) {
+      res.statusCode = state.fault
+      res.end('down')
+      return
+    }
+    res.setHeader('content-type', 'application/http-message-signatures-directory+json')
+    res.end(JSON.stringify({ keys: state.keys.map((k) => k.publicJwk) }))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  state.origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  state.url = `${state.origin}${DIRECTORY_PATH}`
+  return state
+}
+
+export interface SignOptions {
+  /** the Signature-Agent header value; omitted when undefined */
+  agent?: string
+  /** unix ms; default now */
+  created?: number
+  /** lifetime in ms; default 60 s */
+  lifetimeMs?: number
+}
+
+/** Signature, Signature-Input (and Signature-Agent) headers for a request to `url`, as web-bot-auth signs. */
+export async function signRequest(
+  key: AgentKey,
+  url: string,
+  opts: SignOptions = {},
+): Promise<Record<string, string>> {
+  const headers: Record<string, string> = {}
+  if (opts.agent !== undefined) headers['signature-agent'] = opts.agent
+  const created = opts.created ?? Date.now()
+  const signed = await signatureHeaders({ method: 'GET', url, headers }, key.signer, {
+    created: new Date(created),
+    expires: new Date(created + (opts.lifetimeMs ?? 60_000)),
+  })
+  return { ...headers, signature: signed.Signature, 'signature-input': signed['Signature-Input'] }
+}
