@@ -300,7 +300,11 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
         !checks.draining &&
         (!readiness.requireUpstream || checks.upstream) &&
         (!readiness.requireJwks || checks.jwks)
-      return { ok, checks, detail: { gates, issuers: engine.jwt.issuers() } }
+      return {
+        ok,
+        checks,
+        detail: { gates, issuers: engine.jwt.issuers(), verifyPool: engine.jwt.verifyPool() },
+      }
     },
     effectiveConfig: () => redactConfig(config),
   })

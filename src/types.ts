@@ -69,6 +69,8 @@ export const FAILURE_REASONS = [
   'unknown_kid',
   // a token for an issuer whose keys have never been fetched (IdP unreachable since start): not a bad token
   'keys_unavailable',
+  // a new token refused because too many new tokens already wait for the verification workers: not a bad token
+  'verification_busy',
   'wrong_audience',
   'wrong_issuer',
   'alg_not_allowed',

@@ -291,6 +291,10 @@ export const configSchema = z.strictObject({
       clockSkew: z._default(duration, 30_000),
       onInvalid: z._default(z.enum(['attribute', 'reject']), 'attribute'),
       cacheSize: z._default(positiveInt, 10_000),
+      verifyWorkers: described(
+        z.optional(z.number().check(z.int(), z.gte(0), z.lte(16))),
+        'worker threads verifying new asymmetric tokens off the event loop (0: on it); default 1, 2 with 4 or more cores',
+      ),
       unknownKidCooldown: described(
         z._default(duration, 30_000),
         'a token with an unknown kid triggers a key refetch at most this often per issuer',
