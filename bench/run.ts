@@ -1,9 +1,13 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick]
-// Throughput/latency/CPU of nhi-proxy against baselines, or (memory modes) RSS and series under
-// identity cardinality floods. Writes bench/results/latest.{md,json,svg} (memory: memory.{md,json}).
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood]
+// Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
+// cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
+// (memory: memory.{md,json}; flood: flood.{md,json}).
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { parseDuration } from '../src/util/duration.ts'
+import { floodMarkdown, runFlood } from './lib/flood.ts'
 import { runBench } from './lib/harness.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
 import { buildDist } from './lib/nhi.ts'
@@ -47,6 +51,15 @@ const program = new Command()
   .option('--cold-start <how>', 'build (npm run build, dist) | tsx | skip', 'build')
   .option('--memory', 'memory mode: 1,000,000 tokens + 100,000 XFCC identities')
   .option('--memory-quick', 'memory mode with 100,000 tokens + 10,000 XFCC identities')
+  .option(
+    '--verify-workers <n>',
+    'memory mode: jwt.verifyWorkers of the proxy (default: its default)',
+    nonNegative,
+  )
+  .option(
+    '--flood',
+    'flood mode: the cache-miss flood alone, pool vs inline verification, cached callers during it (2 rounds × 4 s unless given)',
+  )
   .parse()
 
 const o = program.opts<{
@@ -61,6 +74,8 @@ const o = program.opts<{
   coldStart: string
   memory?: boolean
   memoryQuick?: boolean
+  flood?: boolean
+  verifyWorkers?: number
 }>()
 const results = fileURLToPath(new URL('./results/', import.meta.url))
 const log = (s: string) => process.stderr.write(`${s}\n`)
@@ -69,7 +84,12 @@ async function memoryMode(): Promise<void> {
   log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
   const dist = buildDist()
   if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
-  const r = await runMemory({ quick: o.memoryQuick === true, log, dist })
+  const r = await runMemory({
+    quick: o.memoryQuick === true,
+    log,
+    dist,
+    ...(o.verifyWorkers === undefined ? {} : { verifyWorkers: Math.round(o.verifyWorkers) }),
+  })
   process.stdout.write(memoryMarkdown(r))
   for (const t of r.targets) log(targetLine(t))
   if (o.write) log(`wrote ${(await writeMemoryResults(results, r)).join(', ')}`)
@@ -96,4 +116,26 @@ async function throughputMode(): Promise<void> {
   if (o.write) log(`wrote ${(await writeResults(results, r)).join(', ')}`)
 }
 
-await (o.memory || o.memoryQuick ? memoryMode() : throughputMode())
+async function floodMode(): Promise<void> {
+  log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
+  const dist = buildDist()
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  const given = (name: string) => program.getOptionValueSource(name) === 'cli'
+  const r = await runFlood({
+    rounds: given('rounds') ? Math.round(o.rounds) : 2,
+    durationS: given('duration') ? o.duration : 4,
+    connections: Math.round(o.connections),
+    rate: given('rate') && o.rate > 0 ? o.rate : 200,
+    dist,
+    log,
+  })
+  const md = floodMarkdown(r)
+  process.stdout.write(md)
+  if (o.write) {
+    await writeFile(join(results, 'flood.md'), md)
+    await writeFile(join(results, 'flood.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'flood.md')}, flood.json`)
+  }
+}
+
+await (o.memory || o.memoryQuick ? memoryMode() : o.flood ? floodMode() : throughputMode())

@@ -30,7 +30,8 @@ const UNREACHED_LAZY_IMPORTERS = [
 const result = await build({
   absWorkingDir: root,
   metafile: true,
-  entryPoints: { 'nhi-proxy': 'src/cli/main.ts' },
+  // the JWT verification worker is a file of its own that the pool starts as a worker thread
+  entryPoints: { 'nhi-proxy': 'src/cli/main.ts', 'jwt-verify-worker': 'src/identity/jwt/verify-worker.ts' },
   outdir,
   outExtension: { '.js': '.mjs' },
   chunkNames: 'chunks/[name]-[hash]',
@@ -44,7 +45,7 @@ const result = await build({
   keepNames: true,
   sourcemap: 'linked',
   legalComments: 'external',
-  define: { __NHI_VERSION__: JSON.stringify(version) },
+  define: { __NHI_VERSION__: JSON.stringify(version), __NHI_BUNDLED__: 'true' },
   // CommonJS dependencies call require() for node built-ins; an ES module has to provide it
   banner: {
     js: "import { createRequire as __nhiRequire } from 'node:module';const require=__nhiRequire(import.meta.url);",

@@ -4,6 +4,7 @@ import { type FSWatcher, watch } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { basename, dirname, resolve } from 'node:path'
+import type { ConnectionOptions } from 'node:tls'
 import type { Logger } from 'pino'
 import { createAdminServer } from './admin/server.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
@@ -118,6 +119,32 @@ async function readTls(config: Config, tls: StartOptions['tls']) {
   }
 }
 
+/** CA bundle and client certificate for https:/h2: upstreams, read once at start like the listener's. */
+async function readUpstreamTls(config: Config): Promise<ConnectionOptions | undefined> {
+  const u = config.upstreamTls
+  if (!u) return undefined
+  if ((u.cert === undefined) !== (u.key === undefined)) {
+    throw new StartupError('upstreamTls: cert and key go together', 1)
+  }
+  try {
+    const [ca, cert, key] = await Promise.all([
+      u.ca ? readFile(u.ca, 'utf8') : undefined,
+      u.cert ? readFile(u.cert, 'utf8') : undefined,
+      u.key ? readFile(u.key, 'utf8') : undefined,
+    ])
+    const out: ConnectionOptions = {}
+    if (ca) out.ca = ca
+    if (cert && key) {
+      out.cert = cert
+      out.key = key
+    }
+    if (u.servername) out.servername = u.servername
+    return out
+  } catch (err) {
+    throw new StartupError(`cannot read upstream TLS material: ${(err as Error).message}`, 1)
+  }
+}
+
 function withTimeout(p: Promise<void>, ms: number): Promise<void> {
   return new Promise((done) => {
     const t = setTimeout(done, ms)
@@ -202,9 +229,11 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     log.info({ event: 'otlp_export', target: telemetry.otlp.target }, 'exporting spans over OTLP')
 
   const tls = await readTls(initial, opts.tls)
+  const upstreamTls = await readUpstreamTls(initial)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
     upstream: initial.upstream,
+    ...(upstreamTls ? { upstreamTls } : {}),
     http: splitAddress(initial.listen.http),
     https: tls,
     parsePeerCert: parsePeerCertificate,

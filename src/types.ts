@@ -77,6 +77,8 @@ export const FAILURE_REASONS = [
   'unknown_kid',
   // a token for an issuer whose keys have never been fetched (IdP unreachable since start): not a bad token
   'keys_unavailable',
+  // a new token refused because too many new tokens already wait for the verification workers: not a bad token
+  'verification_busy',
   'wrong_audience',
   'wrong_issuer',
   'alg_not_allowed',
@@ -271,6 +273,8 @@ export interface RequestEvent {
   bytesIn: number
   bytesOut: number
   upstreamError?: UpstreamErrorReason
+  /** gRPC calls only: the call's status code (0 OK … 16 UNAUTHENTICATED), from the upstream or the proxy */
+  grpcStatus?: number
   /** the service this sidecar fronts (callee) */
   service: string
 }

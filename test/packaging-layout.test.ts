@@ -148,6 +148,8 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
   t.same(image.entrypoint, ['node', 'dist/nhi-proxy.mjs'])
   for (const f of [
     'dist/nhi-proxy.mjs',
+    // started as a worker thread by the JWT verification pool
+    'dist/jwt-verify-worker.mjs',
     'config/nhi-proxy.yaml',
     'schema/nhi-proxy.schema.json',
     'LICENSE',

@@ -14,6 +14,8 @@ import { Minter, newSigningMaterial } from './tokens.ts'
 
 export interface MemoryOptions {
   quick: boolean
+  /** jwt.verifyWorkers of the proxy (unset: its default) */
+  verifyWorkers?: number
   log: (line: string) => void
   /** run the bundle (dist/nhi-proxy.mjs, as shipped) instead of the sources through tsx */
   dist?: boolean
@@ -107,7 +109,7 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
       dir,
       procs,
       [key.publicJwk],
-      { maxIdentities },
+      { maxIdentities, ...(opts.verifyWorkers === undefined ? {} : { verifyWorkers: opts.verifyWorkers }) },
       { dist: opts.dist === true },
     )
     const adminUrl = `http://127.0.0.1:${adminPort}`

@@ -25,6 +25,8 @@ export interface NhiConfigOptions {
   /** audit trail destination; the bench default /dev/null keeps the serialisation cost without disk I/O */
   audit?: string
   policy?: 'off' | 'observe'
+  /** jwt.verifyWorkers (unset: the default) */
+  verifyWorkers?: number
 }
 
 export function nhiConfigYaml(o: NhiConfigOptions): string {
@@ -52,7 +54,7 @@ jwt:
       jwksFile: ${o.jwksFile}
       audiences: [${BENCH_AUDIENCE}]
       algorithms: [RS256, ES256]
-identities:
+${o.verifyWorkers === undefined ? '' : `  verifyWorkers: ${o.verifyWorkers}\n`}identities:
   - rule: mesh-workloads
     name: "{ns}/{sa}"
     kind: service
@@ -144,7 +146,7 @@ export async function startNhiWithUpstream(
   dir: string,
   procs: ServerProcess[],
   publicJwks: readonly unknown[],
-  cfg: Pick<NhiConfigOptions, 'maxIdentities'> = {},
+  cfg: Pick<NhiConfigOptions, 'maxIdentities' | 'verifyWorkers'> = {},
   launch: NhiLaunch = {},
 ): Promise<{ nhi: ServerProcess; port: number; adminPort: number }> {
   const jwksFile = join(dir, 'jwks.json')

@@ -182,6 +182,17 @@ export const configSchema = z.strictObject({
     {},
   ),
   upstream: z._default(z.url(), 'http://127.0.0.1:3000'),
+  upstreamTls: z.optional(
+    z.strictObject({
+      ca: described(z.optional(z.string()), 'PEM CA bundle file the https:/h2: upstream is verified against'),
+      cert: described(z.optional(z.string()), 'PEM client certificate file presented to the upstream (mTLS)'),
+      key: described(z.optional(z.string()), 'PEM key file of that client certificate'),
+      servername: described(
+        z.optional(z.string()),
+        'TLS server name (SNI and verification) if not the URL host',
+      ),
+    }),
+  ),
   admin: z._default(address, '0.0.0.0:9464'),
   adminAccess: z.prefault(
     z.strictObject({
@@ -239,6 +250,14 @@ export const configSchema = z.strictObject({
     z.strictObject({
       maxHeaderBytes: z._default(positiveInt, 16_384),
       maxConnections: z._default(positiveInt, 10_000),
+      http2MaxConcurrentStreams: described(
+        z._default(positiveInt, 100),
+        'HTTP/2 streams one client connection may have open at once',
+      ),
+      http2MaxResetsPerSecond: described(
+        z._default(positiveInt, 100),
+        'HTTP/2 streams a client may reset per second on one connection before it is closed (rapid reset)',
+      ),
     }),
     {},
   ),
@@ -275,6 +294,10 @@ export const configSchema = z.strictObject({
       clockSkew: z._default(duration, 30_000),
       onInvalid: z._default(z.enum(['attribute', 'reject']), 'attribute'),
       cacheSize: z._default(positiveInt, 10_000),
+      verifyWorkers: described(
+        z.optional(z.number().check(z.int(), z.gte(0), z.lte(16))),
+        'worker threads verifying new asymmetric tokens off the event loop (0: on it); default 1, 2 with 4 or more cores',
+      ),
       unknownKidCooldown: described(
         z._default(duration, 30_000),
         'a token with an unknown kid triggers a key refetch at most this often per issuer',

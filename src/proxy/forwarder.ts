@@ -4,15 +4,20 @@
 import { createHash } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
+import type { ConnectionOptions } from 'node:tls'
 import type { Dispatcher } from 'undici'
 import type { UpstreamErrorReason } from '../types.ts'
 import { downstreamHeaders, type UpstreamHeaders } from './headers.ts'
+import { hasBody } from './request-lifecycle.ts'
 import { Pool } from './undici-pool.ts'
+import type { Upstream } from './upstream-url.ts'
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
 export interface ForwardTarget {
   origin: string
   path: string
+  /** how to reach the origin (protocol, TLS, socket path); absent means plain HTTP/1.1 to `origin` */
+  upstream?: Upstream
 }
 
 export interface ForwardResult {
@@ -27,6 +32,8 @@ export interface ForwardResult {
   upstreamError?: UpstreamErrorReason
   /** the client went away before the response was complete */
   clientAborted?: boolean
+  /** gRPC calls: the status from the upstream's trailers (or the one the proxy ended the call with) */
+  grpcStatus?: number
 }
 
 export interface Forwarder {
@@ -67,6 +74,8 @@ export interface UndiciForwarderOptions {
   connectTimeout?: number
   /** idle keep-alive of upstream connections, ms */
   keepAliveTimeout?: number
+  /** TLS to https: upstreams: CA bundle, client certificate (mTLS origination), server name */
+  tls?: ConnectionOptions
 }
 
 class ClientGoneError extends Error {
@@ -78,13 +87,6 @@ function classify(err: unknown, connected: boolean): UpstreamErrorReason {
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout'
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return 'connect'
   return connected ? 'reset' : 'connect'
-}
-
-function requestHasBody(req: IncomingMessage): boolean {
-  const h = req.headers
-  if (h['transfer-encoding'] !== undefined) return true
-  const cl = h['content-length']
-  return cl !== undefined && cl !== '0'
 }
 
 const kCall = Symbol('nhi.forwardCall')
@@ -153,7 +155,20 @@ class ResponseCall implements Dispatcher.DispatchHandler {
     return flowing
   }
 
-  onComplete(): void {
+  onComplete(trailers: (Buffer | string)[] | null): void {
+    if (trailers && trailers.length > 0 && !this.res.writableEnded) {
+      // HTTP/1.1 trailers (TE: trailers) go on as trailers; hop-by-hop names are dropped as in headers
+      const kept = downstreamHeaders(
+        trailers.map((x) => (typeof x === 'string' ? Buffer.from(x, 'latin1') : x)),
+      )
+      const pairs: [string, string][] = []
+      for (let i = 0; i + 1 < kept.length; i += 2) pairs.push([kept[i]!, kept[i + 1]!])
+      try {
+        this.res.addTrailers(pairs)
+      } catch {
+        // an invalid trailer is dropped, the response still ends
+      }
+    }
     this.res.end()
     this.settle(undefined)
   }
@@ -322,15 +337,22 @@ export class UndiciForwarder implements Forwarder {
 
   constructor(private readonly options: UndiciForwarderOptions) {}
 
-  private pool(origin: string): Pool {
+  private pool(target: ForwardTarget): Pool {
+    const origin = target.origin
     let pool = this.pools.get(origin)
     if (pool === undefined) {
       const o = this.options
-      pool = new Pool(origin, {
+      const upstream = target.upstream
+      const timeout = o.connectTimeout ?? Math.min(o.headersTimeout, 10_000)
+      pool = new Pool(upstream?.socketPath ? 'http://localhost' : origin, {
         headersTimeout: o.headersTimeout,
         bodyTimeout: o.bodyTimeout,
         keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
-        connect: { timeout: o.connectTimeout ?? Math.min(o.headersTimeout, 10_000) },
+        connect: {
+          timeout,
+          ...(upstream?.tls ? o.tls : {}),
+          ...(upstream?.socketPath ? { socketPath: upstream.socketPath } : {}),
+        },
       })
       this.pools.set(origin, pool)
     }
@@ -345,12 +367,12 @@ export class UndiciForwarder implements Forwarder {
   ): Promise<ForwardResult> {
     return new Promise((resolve) => {
       const call = new ResponseCall(res, resolve)
-      this.pool(target.origin).dispatch(
+      this.pool(target).dispatch(
         {
           path: target.path,
           method: req.method as Dispatcher.HttpMethod,
           headers,
-          body: requestHasBody(req) ? req : null,
+          body: hasBody(req) ? req : null,
         },
         call,
       )
@@ -367,7 +389,7 @@ export class UndiciForwarder implements Forwarder {
     return new Promise((resolve) => {
       const key = req.headers['sec-websocket-key']
       const call = new UpgradeCall(socket, head, typeof key === 'string' ? key : undefined, resolve)
-      this.pool(target.origin).dispatch(
+      this.pool(target).dispatch(
         {
           path: target.path,
           method: req.method as Dispatcher.HttpMethod,

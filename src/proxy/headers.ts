@@ -75,6 +75,12 @@ function appendChain(existing: string | string[] | undefined, value: string): st
   return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
 }
 
+/** HTTP/2 carries the Host in :authority (RFC 9113 §8.3.1) */
+export function authority(headers: IncomingHttpHeaders): string | undefined {
+  const value = headers[':authority']
+  return typeof value === 'string' ? value : undefined
+}
+
 /** Headers for the upstream request; a stage may delete or overwrite entries before it is sent. */
 export type UpstreamHeaders = Record<string, string | string[] | undefined>
 
@@ -87,6 +93,8 @@ export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): 
   const out: UpstreamHeaders = {}
   const listed = connectionListed(headers.connection)
   for (const name in headers) {
+    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) describe this hop; the upstream request has its own
+    if (name.charCodeAt(0) === 58) continue
     if (HOP_BY_HOP.has(name) || SET_BY_PROXY.has(name) || isIdentityHeaderName(name)) {
       if (name === 'te' && /\btrailers\b/i.test(String(headers.te))) out.te = 'trailers'
       continue
@@ -108,7 +116,8 @@ export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): 
   if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
   out['x-forwarded-for'] = appendChain(headers['x-forwarded-for'], ctx.clientIp)
   out['x-forwarded-proto'] = appendChain(headers['x-forwarded-proto'], ctx.proto)
-  const host = headers.host
+  const host = headers.host ?? authority(headers)
+  if (host !== undefined && out.host === undefined) out.host = host
   const forwardedHost = headers['x-forwarded-host']
   if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
   else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)

@@ -42,6 +42,7 @@ export interface AuditRecord {
   bytes_in: number
   bytes_out: number
   upstream_error?: string
+  grpc_status?: number
   decision: string
   policy_rule: string
   failures: { source: string; reason: string }[]
@@ -121,6 +122,7 @@ export function toAuditRecord(event: RequestEvent): AuditRecord {
     bytes_in: event.bytesIn,
     bytes_out: event.bytesOut,
     upstream_error: event.upstreamError,
+    grpc_status: event.grpcStatus,
     decision: event.decision.skipped ? 'none' : event.decision.decision,
     policy_rule: event.decision.rule,
     failures: event.failures.map((f) => ({ source: f.source, reason: f.reason })),
@@ -199,7 +201,7 @@ export function auditLine(event: RequestEvent): string {
   let anomalies = ''
   for (const a of event.anomalies) anomalies += `${anomalies === '' ? '' : ','}${json(a)}`
   const d = event.decision
-  return `{"type":"audit","time":"${isoTime(event.time)}","trace_id":${json(event.traceId)},"span_id":${json(event.spanId)},"request_id":${json(event.requestId)},${id.head},"fingerprints":{${fp.jwt === undefined ? '' : `"jwt":${json(fp.jwt)}`}${fp.cert === undefined ? '' : `${fp.jwt === undefined ? '' : ','}"cert":${json(fp.cert)}`}${fp.apikey === undefined ? '' : `${fp.jwt === undefined && fp.cert === undefined ? '' : ','}"apikey":${json(fp.apikey)}`}}${id.claims},"client_address":${json(event.clientAddress)},"method":${json(event.method)},"path":${json(event.path)},"route":${json(event.route)},"service":${json(event.service)},"status":${num(event.status)},"duration_ms":${millis(event.durationMs)},"upstream_ms":${millis(event.upstreamMs)},"bytes_in":${num(event.bytesIn)},"bytes_out":${num(event.bytesOut)}${opt('upstream_error', event.upstreamError)},"decision":${json(d.skipped ? 'none' : d.decision)},"policy_rule":${json(d.rule)},"failures":[${failures}],"anomalies":[${anomalies}]}\n`
+  return `{"type":"audit","time":"${isoTime(event.time)}","trace_id":${json(event.traceId)},"span_id":${json(event.spanId)},"request_id":${json(event.requestId)},${id.head},"fingerprints":{${fp.jwt === undefined ? '' : `"jwt":${json(fp.jwt)}`}${fp.cert === undefined ? '' : `${fp.jwt === undefined ? '' : ','}"cert":${json(fp.cert)}`}${fp.apikey === undefined ? '' : `${fp.jwt === undefined && fp.cert === undefined ? '' : ','}"apikey":${json(fp.apikey)}`}}${id.claims},"client_address":${json(event.clientAddress)},"method":${json(event.method)},"path":${json(event.path)},"route":${json(event.route)},"service":${json(event.service)},"status":${num(event.status)},"duration_ms":${millis(event.durationMs)},"upstream_ms":${millis(event.upstreamMs)},"bytes_in":${num(event.bytesIn)},"bytes_out":${num(event.bytesOut)}${opt('upstream_error', event.upstreamError)}${event.grpcStatus === undefined ? '' : `,"grpc_status":${num(event.grpcStatus)}`},"decision":${json(d.skipped ? 'none' : d.decision)},"policy_rule":${json(d.rule)},"failures":[${failures}],"anomalies":[${anomalies}]}\n`
 }
 
 /** Newest-first bounded history of request events; records are formatted only when queried. */

@@ -39,6 +39,8 @@ export interface IdentitySeries {
   readonly duration: Map<string, HistogramSeries>
   readonly perKind: Map<Kind, KindSeries>
   readonly cost: Map<string, CounterSeries>
+  /** gRPC calls by kind, route and status code */
+  readonly grpc: Map<string, CounterSeries>
 }
 
 export interface IdentityEntry {
@@ -130,7 +132,13 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     rate: new RateWindow(),
     latency: new LatencyReservoir(),
     edges: new Map(),
-    series: { requests: new Map(), duration: new Map(), perKind: new Map(), cost: new Map() },
+    series: {
+      requests: new Map(),
+      duration: new Map(),
+      perKind: new Map(),
+      cost: new Map(),
+      grpc: new Map(),
+    },
   }
 }
 

@@ -10,19 +10,24 @@ import { ProcessMetrics } from './process-metrics.ts'
 const GIB = 1024 ** 3
 
 /**
- * Job outcome of one request. Failure: status >= 500, an upstream error, 401/403 or a policy deny.
- * Success: status < 400. Other 4xx (404, 409, 429…) are neither: they neither reset nor extend a failure run.
+ * Job outcome of one request. Failure: status >= 500, an upstream error, 401/403, a policy deny, or a gRPC
+ * call that ended with a non-OK status (its HTTP status is 200). Success: status < 400. Other 4xx (404, 409, 429…) are neither: they neither reset nor extend a failure run.
  */
 export function jobOutcome(event: RequestEvent): 'success' | 'failure' | 'neutral' {
   if (event.upstreamError || event.status >= 500 || event.status === 401 || event.status === 403)
     return 'failure'
+  if (event.grpcStatus !== undefined && event.grpcStatus !== 0) return 'failure'
   if (!event.decision.skipped && event.decision.decision === 'deny') return 'failure'
   return event.status < 400 ? 'success' : 'neutral'
 }
 
 /** An error for the identities view: any 4xx/5xx answer or an upstream failure. */
 function isError(event: RequestEvent): boolean {
-  return event.status >= 400 || event.upstreamError !== undefined
+  return (
+    event.status >= 400 ||
+    event.upstreamError !== undefined ||
+    (event.grpcStatus !== undefined && event.grpcStatus !== 0)
+  )
 }
 
 function tableLimits(config: Config): IdentityTableLimits {

@@ -71,6 +71,10 @@ const DURATION: FamilyInfo = {
   help: 'Request duration by identity, from first byte in to last byte out',
   type: 'histogram',
 }
+const GRPC_REQUESTS = counter(
+  'nhi_grpc_requests',
+  'gRPC calls by identity, route (/package.Service/Method when listed in metrics.routes) and grpc-status code',
+)
 const REQUEST_BYTES = counter('nhi_request_bytes', 'Request body bytes received by identity')
 const RESPONSE_BYTES = counter('nhi_response_bytes', 'Response body bytes sent by identity')
 const UPSTREAM_SECONDS = counter('nhi_upstream_seconds', 'Time the upstream spent on requests')
@@ -270,6 +274,19 @@ export class Metrics {
     }
     duration.observe(event.durationMs / 1000, traceId, at)
 
+    if (event.grpcStatus !== undefined) {
+      // the code is 0–16 and the route a configured template: the label set stays bounded
+      const grpcKey = `${kind}\u0000${route}\u0000${event.grpcStatus}`
+      let grpc = series.grpc.get(grpcKey)
+      if (grpc === undefined) {
+        grpc = new CounterSeries(
+          `${perKind.labels},route="${escapeLabelValue(route)}",grpc_status="${event.grpcStatus}"`,
+        )
+        series.grpc.set(grpcKey, grpc)
+      }
+      grpc.inc(1)
+    }
+
     if (event.bytesIn > 0) perKind.requestBytes.inc(event.bytesIn)
     if (event.bytesOut > 0) perKind.responseBytes.inc(event.bytesOut)
     if (event.upstreamMs > 0) perKind.upstreamSeconds.inc(event.upstreamMs / 1000)
@@ -338,6 +355,8 @@ export class Metrics {
     for (const e of entries) for (const s of e.series.requests.values()) s.write(out, REQUESTS.name, om)
     writeHeader(out, DURATION, om)
     for (const e of entries) for (const s of e.series.duration.values()) s.write(out, DURATION.name, om)
+    writeHeader(out, GRPC_REQUESTS, om)
+    for (const e of entries) for (const s of e.series.grpc.values()) s.write(out, GRPC_REQUESTS.name, om)
     for (const [family, pick] of [
       [REQUEST_BYTES, (k: KindSeries) => k.requestBytes],
       [RESPONSE_BYTES, (k: KindSeries) => k.responseBytes],

@@ -60,7 +60,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "nhi-proxy.upstream" -}}
 {{- if eq .Values.mode "sidecar" }}
-{{- printf "http://127.0.0.1:%d" (int .Values.app.port) }}
+{{- printf "%s://127.0.0.1:%d" (.Values.app.protocol | default "http") (int .Values.app.port) }}
 {{- else }}
 {{- required "upstream is required in deployment mode (e.g. http://my-app.my-ns.svc:80)" .Values.upstream }}
 {{- end }}

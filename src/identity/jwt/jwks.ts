@@ -49,6 +49,14 @@ const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const
 
 export type VerificationKey = CryptoKey | Uint8Array
 
+export interface PublicKeys {
+  /** increases with every new key set */
+  version: number
+  jwks: JWK[]
+  /** the key ids in jwks */
+  kids: ReadonlySet<string>
+}
+
 type LocalKeySet = ReturnType<typeof createLocalJWKSet>
 
 export class IssuerKeySet {
@@ -63,6 +71,8 @@ export class IssuerKeySet {
   private readonly accept: string
   private keys: LocalKeySet | undefined
   private keyCount = 0
+  /** the public keys behind `keys`, for verification workers; a new version with every new key set */
+  private workerKeys: PublicKeys | undefined
   /** the public keys in use, as served (signed agents look keys up by their JWK thumbprint) */
   publicJwks: readonly JWK[] = []
   private secret: Uint8Array | undefined
@@ -108,6 +118,11 @@ export class IssuerKeySet {
   hasKeysFor(alg: unknown): boolean {
     if (typeof alg === 'string' && alg.startsWith('HS')) return this.secret !== undefined
     return this.keys !== undefined
+  }
+
+  /** the current public key set (undefined before the first fetch), for verification off the main thread */
+  get publicKeys(): PublicKeys | undefined {
+    return this.workerKeys
   }
 
   get size(): number {
@@ -164,6 +179,11 @@ export class IssuerKeySet {
         const { set, keys } = buildKeySet(jwks)
         this.keys = set
         this.keyCount = keys.length
+        this.workerKeys = {
+          version: (this.workerKeys?.version ?? 0) + 1,
+          jwks: keys,
+          kids: new Set(keys.flatMap((k) => (typeof k.kid === 'string' ? [k.kid] : []))),
+        }
         this.publicJwks = keys
       }
     } catch (err) {

@@ -1,6 +1,7 @@
 // Verifies a token for one configured issuer: algorithm allowlist, audiences, clock skew, and keys from its
 // IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation).
 import {
+  decodeJwt,
   decodeProtectedHeader,
   errors,
   type JWTPayload,
@@ -11,10 +12,41 @@ import {
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
-import { IssuerKeySet, type KeySetOptions, type VerificationKey } from './jwks.ts'
+import { IssuerKeySet, type KeySetOptions, type PublicKeys, type VerificationKey } from './jwks.ts'
+import { type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
 
 export interface VerifierOptions extends KeySetOptions {
   clockSkewMs: number
+  /** worker threads for asymmetric signatures; without one (or while it cannot run) verification is inline */
+  pool?: VerifyPool
+}
+
+/** the pool refused the job (its queue for this peer, or all peers, is full) */
+const BUSY: FailureCause = {
+  reason: 'verification_busy',
+  detail: 'too many new tokens are waiting for verification',
+}
+class PoolBusy extends Error {}
+
+// jose's error classes by their code, to raise in the main thread what a worker's jwtVerify raised there,
+// so that failure causes and the unknown-kid refetch see the same errors either way (the worker runs the
+// multiple-key loop itself)
+const JOSE_ERRORS = new Map<string, new (...args: never[]) => Error>()
+for (const cls of Object.values(errors) as unknown as { code?: unknown }[]) {
+  if (typeof cls.code === 'string')
+    JOSE_ERRORS.set(cls.code, cls as unknown as new (...args: never[]) => Error)
+}
+
+function joseError(code: string, claim: string | undefined): Error {
+  const cls = JOSE_ERRORS.get(code) as
+    | (new (
+        message: string,
+        payload: object,
+        claim: string,
+      ) => Error)
+    | undefined
+  if (!cls) return new Error('verification failed')
+  return new cls('verification failed in a worker', {}, claim ?? 'unspecified')
 }
 
 /** Allowed algorithms: the configured list (default: every asymmetric one); HS* only with a secretFile; never none. */
@@ -25,6 +57,14 @@ export function allowedAlgorithms(cfg: IssuerConfig): string[] {
     ...(cfg.secretFile ? HMAC_ALGORITHMS : []),
   ]
   return configured.filter((alg) => (hmac.includes(alg) ? Boolean(cfg.secretFile) : alg !== 'none'))
+}
+
+type Verified = Pick<JWTVerifyResult<JWTPayload>, 'payload'> & {
+  protectedHeader: { alg: string; kid?: string | undefined }
+}
+
+function isHmac(alg: unknown): boolean {
+  return typeof alg === 'string' && alg.startsWith('HS')
 }
 
 function headerAlg(token: string): unknown {
@@ -42,9 +82,11 @@ export class IssuerVerifier {
   private readonly algorithms: ReadonlySet<string>
   private readonly baseOptions: JWTVerifyOptions
   private readonly now: () => number
+  private readonly pool: VerifyPool | undefined
 
   constructor(cfg: IssuerConfig, opts: VerifierOptions) {
     this.issuer = cfg.issuer
+    this.pool = opts.pool
     this.profile = cfg.profile
     this.keys = new IssuerKeySet(cfg, opts)
     this.now = opts.now ?? Date.now
@@ -64,10 +106,13 @@ export class IssuerVerifier {
     return typeof alg === 'string' && this.algorithms.has(alg)
   }
 
-  /** Never throws: a verified token becomes evidence, anything else a failure cause. */
-  async verify(token: string, fingerprint: string): Promise<JwtEvidence | FailureCause> {
+  /**
+   * Never throws: a verified token becomes evidence, anything else a failure cause. `peer` (the client
+   * address) is the unit of fairness in the worker pool's queue.
+   */
+  async verify(token: string, fingerprint: string, peer = ''): Promise<JwtEvidence | FailureCause> {
     try {
-      const { payload, protectedHeader } = await this.verifyRotating(token)
+      const { payload, protectedHeader } = await this.verifyRotating(token, peer)
       const evidence: JwtEvidence = {
         source: 'jwt',
         verified: true,
@@ -81,6 +126,7 @@ export class IssuerVerifier {
       if (typeof payload.exp === 'number') evidence.exp = payload.exp
       return evidence
     } catch (err) {
+      if (err instanceof PoolBusy) return BUSY
       // no key because none was ever fetched (IdP unreachable since start), not because the kid is unknown
       if (err instanceof errors.JWKSNoMatchingKey && !this.keys.hasKeysFor(headerAlg(token))) {
         return { reason: 'keys_unavailable', detail: "the issuer's keys have not been fetched yet" }
@@ -89,19 +135,57 @@ export class IssuerVerifier {
     }
   }
 
-  private async verifyRotating(token: string): Promise<JWTVerifyResult<JWTPayload>> {
+  private async verifyRotating(token: string, peer: string): Promise<Verified> {
     try {
-      return await this.verifyOnce(token)
+      return await this.verifyOnce(token, peer)
     } catch (err) {
       if (!(err instanceof errors.JWKSNoMatchingKey)) throw err
       const refetch = this.keys.refreshForUnknownKid()
       if (!refetch || !(await refetch)) throw err
-      return this.verifyOnce(token)
+      return this.verifyOnce(token, peer)
     }
   }
 
-  private async verifyOnce(token: string): Promise<JWTVerifyResult<JWTPayload>> {
-    const options = { ...this.baseOptions, currentDate: new Date(this.now()) }
+  private async verifyOnce(token: string, peer: string): Promise<Verified> {
+    const now = this.now()
+    const keys = this.keys.publicKeys
+    // HMAC is cheap and its secret never leaves the main thread. No key set yet, or a kid the key set does
+    // not have, fails without any signature work: inline, so the unknown-kid refetch runs as it always did.
+    if (this.pool?.usable && keys && this.forPool(token, keys)) {
+      const reply = this.pool.verify(
+        {
+          token,
+          issuer: this.issuer,
+          algorithms: this.baseOptions.algorithms as string[],
+          audience: this.baseOptions.audience as string[] | undefined,
+          clockTolerance: this.baseOptions.clockTolerance as number,
+          now,
+        },
+        keys,
+        peer,
+      )
+      if (!reply) throw new PoolBusy()
+      const r: WorkerReply = await reply
+      // jose verified these exact bytes in the worker: their payload is the one jwtVerify would return
+      if ('header' in r) return { payload: decodeJwt(token), protectedHeader: r.header }
+      if (r.code !== WORKER_GONE && JOSE_ERRORS.has(r.code)) throw joseError(r.code, r.claim)
+      // the worker is gone or did not hold these keys: verify here, as without a pool
+    }
+    return this.verifyInline(token, now)
+  }
+
+  private forPool(token: string, keys: PublicKeys): boolean {
+    let header: ReturnType<typeof decodeProtectedHeader>
+    try {
+      header = decodeProtectedHeader(token)
+    } catch {
+      return false
+    }
+    return !isHmac(header.alg) && (typeof header.kid !== 'string' || keys.kids.has(header.kid))
+  }
+
+  private async verifyInline(token: string, now: number): Promise<JWTVerifyResult<JWTPayload>> {
+    const options = { ...this.baseOptions, currentDate: new Date(now) }
     try {
       return await jwtVerify(token, this.keys.getKey, options)
     } catch (err) {

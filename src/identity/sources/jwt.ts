@@ -2,10 +2,10 @@
 // reader in identity/extractors/jwt.ts; this is what the pipeline makes of a verified token. A token's IdP
 // profile (identity/profiles.ts) names the caller and gives its kind, ahead of a certificate's names.
 import type { Config } from '../../config/schema.ts'
-import type { Failure, JwtEvidence, Kind, RequestInfo } from '../../types.ts'
+import type { ConnectionInfo, Failure, JwtEvidence, Kind, RequestInfo } from '../../types.ts'
 import { JwtExtractor } from '../extractors/jwt.ts'
 import { type ProfileIdentity, profileIdentity } from '../profiles.ts'
-import type { CredentialSource, Rejection, SourceContext, SourceExtractor } from './source.ts'
+import type { CredentialSource, Rejection, SourceContext } from './source.ts'
 
 /**
  * Verified tokens are cached objects (the reader's verification cache), so their profile is worked out once
@@ -31,9 +31,17 @@ const INVALID_TOKEN_HEADERS = Object.freeze({
 /** The token reader, answering 401 for a token that did not verify when jwt.onInvalid is reject. */
 class JwtReader extends JwtExtractor {
   private readonly rejectInvalid: boolean
+  private readonly hasIssuers: boolean
   constructor(cfg: Config['jwt'], ctx: SourceContext) {
     super(cfg, { observer: ctx.jwksObserver, now: ctx.now })
     this.rejectInvalid = cfg.onInvalid === 'reject'
+    this.hasIssuers = cfg.issuers.length > 0
+  }
+
+  override extract(req: RequestInfo, conn: ConnectionInfo): ReturnType<JwtExtractor['extract']> {
+    // Without configured issuers a bearer token is the service's own business (opaque tokens, sessions):
+    // there is nothing to verify it against, so it is neither evidence nor an auth failure.
+    return this.hasIssuers ? super.extract(req, conn) : undefined
   }
 
   reject(failure: Failure): Rejection | undefined {
@@ -46,7 +54,7 @@ class JwtReader extends JwtExtractor {
   }
 
   readinessDetail(): Record<string, unknown> {
-    return { issuers: this.issuers() }
+    return { issuers: this.issuers(), verifyPool: this.verifyPool() }
   }
 }
 
@@ -55,16 +63,7 @@ export const jwtSource: CredentialSource<JwtEvidence> = {
   precedence: 30,
   namingPrecedence: 0,
   fingerprintField: 'jwt',
-  create(config, ctx) {
-    if (config.jwt.issuers.length > 0) return new JwtReader(config.jwt, ctx)
-    // Without configured issuers a bearer token is the service's own business (opaque tokens, sessions):
-    // there is nothing to verify it against, so it is neither evidence nor an auth failure.
-    const none: SourceExtractor<JwtEvidence> = {
-      extract: (_req: RequestInfo) => undefined,
-      readinessDetail: () => ({ issuers: [] }),
-    }
-    return none
-  },
+  create: (config, ctx) => new JwtReader(config.jwt, ctx),
   fingerprint: (jwt) => jwt.fingerprint,
   attributes(jwt, a) {
     a['iss'] = jwt.issuer

@@ -1,0 +1,281 @@
+// A small pool of worker threads for first-time asymmetric signature verification. Cached tokens are answered
+// synchronously and never come here; new tokens do, so a flood of never-seen tokens costs the main thread a
+// message each way instead of jose's whole verification, and everyone else's requests keep being served.
+// Waiting jobs are queued per peer and served round-robin (one client's flood does not delay another
+// client's new token by more than one turn), with a bound per peer and a global one: past either the job is
+// refused at once (the caller attributes the request as a failed verification, `verification_busy`).
+import { availableParallelism } from 'node:os'
+import { Worker } from 'node:worker_threads'
+import type { JWK } from 'jose'
+
+/** what a worker is asked: one token, its issuer's options, and the issuer's key set when that worker lacks it */
+export interface WorkerJob {
+  id: number
+  token: string
+  issuer: string
+  /** the key set's version; the worker refuses a job for a version it does not hold */
+  version: number
+  jwks?: JWK[]
+  algorithms: string[]
+  /** undefined: any audience; [] accepts none (as IssuerVerifier) */
+  audience?: string[]
+  clockTolerance: number
+  /** unix ms, the verifier's clock */
+  now: number
+}
+
+export type WorkerReply =
+  /** verified: the caller decodes the payload of the token it sent */
+  | { id: number; header: { alg: string; kid: string | undefined } }
+  /** a jose error code (or ERR_NHI_*: the pool's own), with the claim of a claim validation failure */
+  | { id: number; code: string; claim?: string | undefined }
+
+export type PoolJob = Omit<WorkerJob, 'id' | 'jwks' | 'version'>
+export interface PoolKeys {
+  version: number
+  jwks: JWK[]
+}
+
+/**
+ * no worker could take the job (it died, never started, or is still starting: the first new tokens after
+ * start-up do not wait for a thread to boot): the caller verifies on the main thread instead
+ */
+export const WORKER_GONE = 'ERR_NHI_WORKER_GONE'
+
+export interface VerifyPoolOptions {
+  /** worker threads, started on first use */
+  size: number
+  /** jobs waiting for a worker, all peers together */
+  maxQueue: number
+  /** jobs waiting for a worker from one peer */
+  maxQueuePerPeer: number
+  /** jobs handed to one worker at once (jose verifies asynchronously, so a worker overlaps a few) */
+  perWorker?: number
+}
+
+export interface VerifyPoolStats {
+  /** workers ready for jobs */
+  workers: number
+  /** workers still starting (jobs meanwhile are verified on the main thread) */
+  starting: number
+  /** jobs waiting for a worker */
+  queued: number
+  /** jobs a worker is verifying */
+  running: number
+  /** jobs answered by a worker since start */
+  verified: number
+  /** jobs refused because a queue bound was reached */
+  overflowed: number
+}
+
+interface Pending {
+  job: WorkerJob
+  keys: PoolKeys
+  resolve: (reply: WorkerReply) => void
+}
+
+interface Slot {
+  worker: Worker
+  running: Map<number, Pending>
+  /** key set version this worker holds, per issuer */
+  versions: Map<string, number>
+  /** the worker has loaded its code and takes jobs */
+  ready: boolean
+}
+
+const DEFAULT_PER_WORKER = 8
+
+/**
+ * One worker leaves the event loop free on a small pod (the RSA/EC work itself runs on libuv's threads
+ * either way); a second only pays with four or more cores, where the main thread is not already short of one.
+ */
+export function defaultVerifyWorkers(): number {
+  return availableParallelism() >= 4 ? 2 : 1
+}
+
+export class VerifyPool {
+  private readonly opts: Required<VerifyPoolOptions>
+  private readonly slots: Slot[] = []
+  /** waiting jobs per peer; Map order is the round-robin order (a served peer moves to the back) */
+  private readonly waiting = new Map<string, Pending[]>()
+  private queued = 0
+  private nextId = 1
+  private verified = 0
+  private overflowed = 0
+  private closed = false
+  /** a worker that exited before answering anything: the pool stops spawning and callers verify inline */
+  private broken = false
+
+  constructor(opts: VerifyPoolOptions) {
+    this.opts = { perWorker: DEFAULT_PER_WORKER, ...opts }
+  }
+
+  /** false once closed, or when workers cannot start here: verify on the main thread */
+  get usable(): boolean {
+    return !this.closed && !this.broken && this.opts.size > 0
+  }
+
+  stats(): VerifyPoolStats {
+    let running = 0
+    for (const s of this.slots) running += s.running.size
+    return {
+      workers: this.slots.filter((s) => s.ready).length,
+      starting: this.slots.filter((s) => !s.ready).length,
+      queued: this.queued,
+      running,
+      verified: this.verified,
+      overflowed: this.overflowed,
+    }
+  }
+
+  /** undefined when the peer's or the global queue is full: the job was refused, nothing was queued */
+  verify(job: PoolJob, keys: PoolKeys, peer: string): Promise<WorkerReply> | undefined {
+    if (!this.usable) return Promise.resolve({ id: 0, code: WORKER_GONE })
+    const slot = this.waiting.size === 0 ? this.freeSlot() : undefined
+    if (!this.usable || !this.slots.some((s) => s.ready)) return Promise.resolve({ id: 0, code: WORKER_GONE })
+    let queue: Pending[] | undefined
+    if (!slot) {
+      queue = this.waiting.get(peer)
+      if (this.queued >= this.opts.maxQueue || (queue?.length ?? 0) >= this.opts.maxQueuePerPeer) {
+        this.overflowed++
+        return undefined
+      }
+    }
+    return new Promise<WorkerReply>((resolve) => {
+      const pending: Pending = { job: { ...job, id: this.nextId++, version: keys.version }, keys, resolve }
+      if (slot) {
+        this.start(slot, pending)
+        return
+      }
+      if (queue) queue.push(pending)
+      else this.waiting.set(peer, [pending])
+      this.queued++
+    })
+  }
+
+  close(): void {
+    this.closed = true
+    for (const queue of this.waiting.values()) for (const p of queue) p.resolve({ id: 0, code: WORKER_GONE })
+    this.waiting.clear()
+    this.queued = 0
+    for (const slot of this.slots.splice(0)) this.retire(slot)
+  }
+
+  /** a ready worker with room for one more job; starts another while the pool is below its size */
+  private freeSlot(): Slot | undefined {
+    let best: Slot | undefined
+    for (const s of this.slots) if (s.ready && (!best || s.running.size < best.running.size)) best = s
+    if (best && best.running.size === 0) return best
+    if (this.slots.length < this.opts.size) this.spawn()
+    return best && best.running.size < this.opts.perWorker ? best : undefined
+  }
+
+  private start(slot: Slot, p: Pending): void {
+    const job = p.job
+    if (slot.versions.get(job.issuer) !== job.version) {
+      job.jwks = p.keys.jwks
+      slot.versions.set(job.issuer, job.version)
+    }
+    if (slot.running.size === 0) slot.worker.ref()
+    slot.running.set(job.id, p)
+    slot.worker.postMessage(job)
+  }
+
+  private spawn(): void {
+    let worker: Worker
+    try {
+      worker = startWorker()
+    } catch {
+      this.broken = true
+      return
+    }
+    // an idle pool must not keep the process alive; a worker with jobs is ref'd in start()
+    worker.unref()
+    const slot: Slot = { worker, running: new Map(), versions: new Map(), ready: false }
+    worker.on('message', (reply: WorkerReply | 'ready') => {
+      if (reply === 'ready') {
+        slot.ready = true
+        this.drain(slot)
+      } else this.answered(slot, reply)
+    })
+    const gone = () => this.gone(slot)
+    worker.on('error', gone)
+    worker.on('exit', gone)
+    this.slots.push(slot)
+  }
+
+  private answered(slot: Slot, reply: WorkerReply): void {
+    const p = slot.running.get(reply.id)
+    if (!p) return
+    slot.running.delete(reply.id)
+    this.verified++
+    p.resolve(reply)
+    this.drain(slot)
+    if (slot.running.size === 0) slot.worker.unref()
+  }
+
+  /** hands waiting jobs to a worker with room, taking one per peer in turn */
+  private drain(slot: Slot): void {
+    while (this.queued > 0 && slot.running.size < this.opts.perWorker) {
+      const [peer, queue] = this.waiting.entries().next().value as [string, Pending[]]
+      const p = queue.shift()!
+      this.waiting.delete(peer)
+      if (queue.length > 0) this.waiting.set(peer, queue)
+      this.queued--
+      this.start(slot, p)
+    }
+  }
+
+  private gone(slot: Slot): void {
+    const i = this.slots.indexOf(slot)
+    if (i === -1) return
+    this.slots.splice(i, 1)
+    if (!slot.ready) this.broken = true
+    for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
+    slot.running.clear()
+    void slot.worker.terminate().catch(() => {})
+    // jobs still waiting go to a replacement worker, or back to their callers to verify inline
+    if (this.usable) {
+      const next = this.queued > 0 ? this.freeSlot() : undefined
+      if (next) {
+        this.drain(next)
+        return
+      }
+    }
+    if (!this.usable || !this.slots.some((s) => s.ready)) {
+      for (const queue of this.waiting.values())
+        for (const p of queue) p.resolve({ id: p.job.id, code: WORKER_GONE })
+      this.waiting.clear()
+      this.queued = 0
+    }
+  }
+
+  private retire(slot: Slot): void {
+    slot.worker.removeAllListeners()
+    for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
+    slot.running.clear()
+    void slot.worker.terminate().catch(() => {})
+  }
+}
+
+// The bundle keeps the worker as an entry of its own beside nhi-proxy.mjs (this code may sit in a chunk one
+// directory down). From the sources (tests, `npm run dev`) the worker is the TypeScript file next to this
+// one; Node 20 does not apply the parent's `--import tsx` to a worker's entry, so the worker registers tsx
+// itself before importing it.
+declare const __NHI_BUNDLED__: boolean | undefined
+function startWorker(): Worker {
+  if (typeof __NHI_BUNDLED__ === 'undefined') {
+    const tsx = import.meta.resolve('tsx/esm/api')
+    const entry = new URL('./verify-worker.ts', import.meta.url).href
+    const code = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}) })`
+    return new Worker(code, { eval: true })
+  }
+  const here = new URL('.', import.meta.url)
+  return new Worker(
+    new URL(
+      here.pathname.endsWith('/chunks/') ? '../jwt-verify-worker.mjs' : './jwt-verify-worker.mjs',
+      here,
+    ),
+    { resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 24 } },
+  )
+}

@@ -1,0 +1,102 @@
+// gRPC over the proxy (docs/reference.md "HTTP/2 and gRPC"): recognising calls, deadlines, and the answers the
+// proxy gives on its own behalf as gRPC statuses a client can read (HTTP 200 + grpc-status), not HTTP errors.
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
+import type { ServerHttp2Stream } from 'node:http2'
+
+export const GRPC = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  DEADLINE_EXCEEDED: 4,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  UNIMPLEMENTED: 12,
+  UNAUTHENTICATED: 16,
+} as const
+
+export function isGrpc(headers: IncomingHttpHeaders): boolean {
+  const ct = headers['content-type']
+  return typeof ct === 'string' && ct.startsWith('application/grpc')
+}
+
+const UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 }
+
+/** `grpc-timeout` (at most 8 digits and a unit) in ms; undefined when absent or malformed */
+export function grpcTimeoutMs(headers: IncomingHttpHeaders): number | undefined {
+  const value = headers['grpc-timeout']
+  if (typeof value !== 'string') return undefined
+  const m = /^(\d{1,8})([HMSmun])$/.exec(value)
+  if (!m) return undefined
+  return Number(m[1]) * UNIT_MS[m[2]!]!
+}
+
+/** The gRPC status for an HTTP status the proxy would otherwise answer with (gRPC's HTTP mapping, plus 504 → 4). */
+export function grpcStatusForHttp(status: number): number {
+  switch (status) {
+    case 401:
+      return GRPC.UNAUTHENTICATED
+    case 403:
+      return GRPC.PERMISSION_DENIED
+    case 404:
+      return GRPC.UNIMPLEMENTED
+    case 429:
+      return GRPC.RESOURCE_EXHAUSTED
+    case 504:
+      return GRPC.DEADLINE_EXCEEDED
+    case 502:
+    case 503:
+      return GRPC.UNAVAILABLE
+    default:
+      return status < 300 ? GRPC.OK : status < 500 ? GRPC.INTERNAL : GRPC.UNKNOWN
+  }
+}
+
+/** RFC 3986 unreserved and a few printable characters stay; the rest is percent-encoded (gRPC's grpc-message). */
+function grpcMessage(text: string): string {
+  return text.replace(/[^\x20-\x24\x26-\x7e]/g, (c) => encodeURIComponent(c))
+}
+
+function h2Stream(res: ServerResponse): ServerHttp2Stream | undefined {
+  return (res as unknown as { stream?: ServerHttp2Stream }).stream
+}
+
+/**
+ * Answers a gRPC call with a status only ("Trailers-Only": one HEADERS frame ending the stream). On HTTP/1.1
+ * (no gRPC client speaks it, but a misdirected one gets something readable) the status goes into headers.
+ * Returns false when the response already started.
+ */
+export function sendGrpcStatus(res: ServerResponse, code: number, message: string): boolean {
+  if (res.headersSent || res.destroyed) return false
+  const headers = {
+    'content-type': 'application/grpc',
+    'grpc-status': String(code),
+    'grpc-message': grpcMessage(message),
+  }
+  const stream = h2Stream(res)
+  try {
+    if (stream) stream.respond({ ':status': 200, ...headers }, { endStream: true })
+    else {
+      res.writeHead(200, headers)
+      res.end()
+    }
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Ends a gRPC response that already sent its headers with a status in trailers (the upstream failed or the
+ * deadline passed mid-call).
+ */
+export function endGrpcWithStatus(res: ServerResponse, code: number, message: string): void {
+  if (res.writableEnded || res.destroyed) return
+  try {
+    res.addTrailers({ 'grpc-status': String(code), 'grpc-message': grpcMessage(message) })
+    res.end()
+  } catch {
+    res.destroy()
+  }
+}

@@ -1,0 +1,285 @@
+// Forwarding to an HTTP/2 upstream (h2c with prior knowledge, or h2 over TLS) with node:http2 client sessions:
+// one session per upstream, one stream per request. Both directions stream with backpressure (a bidi gRPC
+// call runs full duplex), response trailers are passed on, and a client that goes away cancels the upstream
+// stream (RST_STREAM CANCEL, which a gRPC server sees as a cancelled call).
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import {
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  connect,
+  constants,
+  type IncomingHttpHeaders as H2Headers,
+  type IncomingHttpStatusHeader,
+  type ServerHttp2Stream,
+} from 'node:http2'
+import type { SecureContextOptions } from 'node:tls'
+import type { UpstreamErrorReason } from '../types.ts'
+import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
+import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
+import type { UpstreamHeaders } from './headers.ts'
+import { hasBody } from './request-lifecycle.ts'
+
+/** Response headers that are HTTP/1.1 connection-specific and must not be set on an HTTP/2 response (RFC 9113 §8.2.2). */
+const CONNECTION_SPECIFIC = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+])
+
+export interface Http2ForwarderOptions {
+  /** response headers deadline, ms (→ 504, or DEADLINE_EXCEEDED for gRPC) */
+  headersTimeout: number
+  /** TCP/TLS connect deadline, ms */
+  connectTimeout?: number
+  /** extra TLS options for h2 over TLS (CA bundle, client certificate) */
+  tls?: SecureContextOptions & { servername?: string }
+}
+
+function grpcStatusOf(headers: H2Headers | undefined): number | undefined {
+  const v = headers?.['grpc-status']
+  if (typeof v !== 'string') return undefined
+  const n = Number(v)
+  return Number.isInteger(n) && n >= 0 && n <= 16 ? n : GRPC.UNKNOWN
+}
+
+function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {}
+  for (const name in headers) {
+    if (name.charCodeAt(0) === 58 || CONNECTION_SPECIFIC.has(name)) continue
+    out[name] = headers[name]
+  }
+  return out
+}
+
+export class Http2Forwarder {
+  private readonly sessions = new Map<string, ClientHttp2Session>()
+
+  constructor(private readonly options: Http2ForwarderOptions) {}
+
+  private session(origin: string, tls: boolean): { session: ClientHttp2Session; connected: () => boolean } {
+    let session = this.sessions.get(origin)
+    if (session === undefined || session.closed || session.destroyed) {
+      const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
+      const s = connect(url, tls ? { ...this.options.tls } : {})
+      s.on('error', () => {})
+      // an idle upstream session must not keep the process alive
+      s.unref()
+      s.once('close', () => {
+        if (this.sessions.get(origin) === s) this.sessions.delete(origin)
+      })
+      const timeout = this.options.connectTimeout ?? Math.min(this.options.headersTimeout, 10_000)
+      const timer = setTimeout(() => {
+        if (s.connecting) s.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }))
+      }, timeout)
+      timer.unref()
+      s.once('connect', () => clearTimeout(timer))
+      this.sessions.set(origin, s)
+      session = s
+    }
+    const current = session
+    return { session: current, connected: () => !current.connecting }
+  }
+
+  forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: ForwardTarget,
+    headers: UpstreamHeaders,
+  ): Promise<ForwardResult> {
+    const tls = target.upstream?.tls === true
+    return new Promise((resolve) => {
+      const started = performance.now()
+      const grpc = isGrpc(req.headers)
+      const deadline = grpc ? grpcTimeoutMs(req.headers) : undefined
+      const { session, connected } = this.session(target.origin, tls)
+      const out: OutgoingHttpHeaders = {
+        ':method': req.method ?? 'GET',
+        ':path': target.path,
+        ':scheme': tls ? 'https' : 'http',
+        ':authority':
+          typeof headers.host === 'string' ? headers.host : target.origin.replace(/^[a-z0-9]+:\/\//, ''),
+      }
+      for (const name in headers) {
+        if (name === 'host' || CONNECTION_SPECIFIC.has(name)) continue
+        const value = headers[name]
+        if (value !== undefined) out[name] = value
+      }
+      const withBody = hasBody(req)
+      let status = 0
+      let bytesOut = 0
+      let settled = false
+      let grpcStatus: number | undefined
+      let trailers: H2Headers | undefined
+      let stream: ClientHttp2Stream
+      const timers: NodeJS.Timeout[] = []
+
+      const settle = (upstreamError?: UpstreamErrorReason, clientAborted = false) => {
+        if (settled) return
+        settled = true
+        for (const timer of timers) clearTimeout(timer)
+        res.off('close', onClientClose)
+        const result: ForwardResult = { status, upstreamMs: performance.now() - started, bytesOut }
+        if (upstreamError) result.upstreamError = upstreamError
+        if (clientAborted) result.clientAborted = true
+        if (grpcStatus !== undefined) result.grpcStatus = grpcStatus
+        resolve(result)
+      }
+
+      /** the upstream failed or timed out: before headers the caller answers; after, a gRPC call ends with a status */
+      const fail = (reason: UpstreamErrorReason) => {
+        if (settled) return
+        if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
+        if (status !== 0) {
+          if (grpc) {
+            grpcStatus = reason === 'timeout' ? GRPC.DEADLINE_EXCEEDED : GRPC.UNAVAILABLE
+            endGrpcWithStatus(
+              res,
+              grpcStatus,
+              reason === 'timeout' ? 'deadline exceeded' : 'upstream reset the call',
+            )
+          } else res.destroy()
+        }
+        settle(reason)
+      }
+
+      /** the response was ended by us; a close before that means the client went away (or reset the stream) */
+      let responded = false
+      const onClientClose = () => {
+        if (settled || responded) return
+        if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
+        if (grpc) {
+          // a client resets the call at its own deadline, which it counted from before the proxy saw the
+          // call: a reset within the last tenth (at most 100 ms) of the deadline is the deadline, not a cancel
+          const elapsed = performance.now() - started
+          const expired = deadline !== undefined && elapsed >= deadline - Math.min(100, deadline / 10)
+          grpcStatus = expired ? GRPC.DEADLINE_EXCEEDED : GRPC.CANCELLED
+        }
+        settle(undefined, true)
+      }
+
+      try {
+        stream = session.request(out, { endStream: !withBody })
+      } catch {
+        settle('connect')
+        return
+      }
+      stream.on('error', () => fail(connected() ? 'reset' : 'connect'))
+      res.on('close', onClientClose)
+      timers.push(
+        setTimeout(() => {
+          if (status === 0) fail('timeout')
+        }, this.options.headersTimeout),
+      )
+      if (deadline !== undefined) timers.push(setTimeout(() => fail('timeout'), deadline))
+
+      stream.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number) => {
+        status = Number(h[':status'])
+        if (status < 200) return
+        if (grpc) grpcStatus = grpcStatusOf(h)
+        const headersOut = responseHeaders(h)
+        const h2Response = (res as unknown as { stream?: { respond: unknown } }).stream
+        if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
+          // Trailers-Only: a gRPC client reads the status only from a HEADERS frame that ends the stream
+          responded = true
+          ;(res as unknown as { stream: ServerHttp2Stream }).stream.respond(
+            { ':status': status, ...headersOut },
+            { endStream: true },
+          )
+          return
+        }
+        res.writeHead(status, headersOut)
+      })
+      let waitingForDrain = false
+      stream.on('data', (chunk: Buffer) => {
+        bytesOut += chunk.length
+        if (!res.write(chunk) && !waitingForDrain) {
+          waitingForDrain = true
+          stream.pause()
+          res.once('drain', () => {
+            waitingForDrain = false
+            stream.resume()
+          })
+        }
+      })
+      stream.on('trailers', (t: H2Headers) => {
+        trailers = t
+        if (grpc) grpcStatus = grpcStatusOf(t) ?? grpcStatus
+      })
+      stream.on('end', () => {
+        if (settled) return
+        if (status === 0) {
+          fail('reset')
+          return
+        }
+        if (res.destroyed || res.writableEnded) {
+          // the upstream finished after the client had gone
+          onClientClose()
+          return
+        }
+        responded = true
+        if (trailers) res.addTrailers(responseHeaders(trailers) as Record<string, string>)
+        res.end()
+        settle()
+      })
+      stream.on('close', () => {
+        if (settled) return
+        // closed without an end: reset by the upstream
+        fail(connected() ? 'reset' : 'connect')
+      })
+      if (withBody) {
+        req.pipe(stream)
+        // a reset client stream is a cancellation, not the end of the request body
+        const cancel = () => onClientClose()
+        req.on('aborted', cancel)
+        req.on('error', cancel)
+      }
+    })
+  }
+
+  prune(keep: string): void {
+    for (const [origin, session] of this.sessions) {
+      if (origin === keep) continue
+      this.sessions.delete(origin)
+      // in-flight streams finish; the session closes after them
+      session.close()
+    }
+  }
+
+  async close(): Promise<void> {
+    const sessions = [...this.sessions.values()]
+    this.sessions.clear()
+    for (const s of sessions) s.destroy()
+  }
+}
+
+/**
+ * The proxy's forwarder: HTTP/2 upstreams (h2c:, h2:) through node:http2 sessions, everything else (and every
+ * websocket upgrade, an HTTP/1.1 mechanism) through the undici pools.
+ */
+export class ProtocolForwarder implements Forwarder {
+  constructor(
+    private readonly http1: Forwarder,
+    private readonly h2: Http2Forwarder,
+  ) {}
+
+  forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, headers: UpstreamHeaders) {
+    return target.upstream?.protocol === 'h2'
+      ? this.h2.forward(req, res, target, headers)
+      : this.http1.forward(req, res, target, headers)
+  }
+
+  upgrade(...args: Parameters<Forwarder['upgrade']>) {
+    return this.http1.upgrade(...args)
+  }
+
+  prune(keep: string): void {
+    this.http1.prune(keep)
+    this.h2.prune(keep)
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.http1.close(), this.h2.close()])
+  }
+}

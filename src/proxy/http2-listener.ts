@@ -1,0 +1,191 @@
+// HTTP/2 on the proxy's listeners (docs/reference.md "HTTP/2 and gRPC"): h2c with prior knowledge next to
+// HTTP/1.1 on the plain port, ALPN `h2` next to `http/1.1` on the TLS port. One Http2Server that never
+// listens itself takes the connections the HTTP/1.1 servers hand over; every stream then runs the same
+// request lifecycle as an HTTP/1.1 request.
+
+import type { Server } from 'node:http'
+import {
+  constants,
+  createServer as createHttp2Server,
+  type Http2Server,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from 'node:http2'
+import type { Socket } from 'node:net'
+import type { Config } from '../config/schema.ts'
+import type { ConnectionInfo } from '../types.ts'
+
+/** RFC 9113 §3.4: what a client with prior knowledge sends first */
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
+
+export interface Http2Handlers {
+  connectionInfo: (socket: Socket) => ConnectionInfo
+  request: (req: Http2ServerRequest, res: Http2ServerResponse, conn: ConnectionInfo) => void
+  /** a connection was closed for abuse (rapid reset, flooding); for counting */
+  abuse?: (reason: 'rapid_reset') => void
+}
+
+export interface Http2Limits {
+  maxConcurrentStreams: number
+  /** streams a client may reset per second on one connection before it is closed (CVE-2023-44487) */
+  maxResetsPerSecond: number
+}
+
+interface SessionState {
+  conn: ConnectionInfo
+  windowStart: number
+  resets: number
+}
+
+export class Http2Front {
+  readonly server: Http2Server
+  private readonly sessions = new Map<ServerHttp2Session, SessionState>()
+  /** set while a handed-over socket becomes a session (synchronously, inside emit('connection')) */
+  private pending: ConnectionInfo | undefined
+  private draining = false
+
+  constructor(
+    private readonly handlers: Http2Handlers,
+    private readonly limits: Http2Limits,
+    timeouts: Config['timeouts'],
+    maxHeaderBytes: number,
+  ) {
+    this.server = createHttp2Server({
+      settings: {
+        maxConcurrentStreams: limits.maxConcurrentStreams,
+        maxHeaderListSize: maxHeaderBytes,
+        enablePush: false,
+      },
+      maxHeaderListPairs: 256,
+      // PING floods: a peer that does not read our acknowledgements is cut off early (nghttp2 bounds the
+      // queue of SETTINGS/PING acks itself and ends a flooding session)
+      maxOutstandingPings: 10,
+      maxSessionInvalidFrames: 100,
+      maxSessionRejectedStreams: 100,
+    })
+    this.server.setTimeout(timeouts.idle)
+    this.server.on('session', (session: ServerHttp2Session) => this.onSession(session))
+    this.server.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      const state = this.sessions.get(req.stream.session as ServerHttp2Session)
+      if (state === undefined) {
+        req.stream.close(constants.NGHTTP2_REFUSED_STREAM)
+        return
+      }
+      this.handlers.request(req, res, state.conn)
+    })
+    // the compat layer answers stream errors itself; an error here must not take the process down
+    this.server.on('sessionError', () => {})
+    // an idle connection gets GOAWAY and closes once its streams are done (a silent long-lived stream is
+    // not cut: close() waits for it)
+    this.server.on('timeout', (session: ServerHttp2Session) => session.close())
+  }
+
+  private onSession(session: ServerHttp2Session): void {
+    const conn = this.pending
+    this.pending = undefined
+    if (conn === undefined) {
+      session.destroy()
+      return
+    }
+    const state: SessionState = { conn, windowStart: performance.now(), resets: 0 }
+    this.sessions.set(session, state)
+    session.once('close', () => this.sessions.delete(session))
+    session.on('error', () => {})
+    session.on('stream', (stream: ServerHttp2Stream) => {
+      stream.once('aborted', () => this.countReset(session, state))
+      if (this.draining) session.close()
+    })
+    if (this.draining) session.close()
+  }
+
+  /**
+   * Rapid reset (CVE-2023-44487): streams the client opens and resets at once cost the proxy work without
+   * counting against maxConcurrentStreams. Past the per-second budget the connection is closed.
+   */
+  private countReset(session: ServerHttp2Session, state: SessionState): void {
+    const now = performance.now()
+    if (now - state.windowStart >= 1000) {
+      state.windowStart = now
+      state.resets = 0
+    }
+    if (++state.resets <= this.limits.maxResetsPerSecond || session.destroyed) return
+    this.handlers.abuse?.('rapid_reset')
+    session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM)
+    session.destroy()
+  }
+
+  /** hands a connection whose first bytes are the HTTP/2 preface (or that chose h2 by ALPN) to HTTP/2 */
+  accept(socket: Socket): void {
+    this.pending = this.handlers.connectionInfo(socket)
+    try {
+      this.server.emit('connection', socket)
+    } finally {
+      this.pending = undefined
+    }
+  }
+
+  /** the HTTP/2 counterpart of `Connection: close`: GOAWAY, in-flight streams finish */
+  drain(): void {
+    this.draining = true
+    for (const session of this.sessions.keys()) session.close()
+  }
+
+  destroyAll(): void {
+    for (const session of this.sessions.keys()) session.destroy()
+  }
+}
+
+/**
+ * Routes each plain connection by its first bytes: the HTTP/2 preface goes to `h2`, anything else to the
+ * HTTP/1.1 server's own connection handling, each given the bytes read so far.
+ */
+export function sniffPlainConnections(http1: Server, h2: Http2Front, headersTimeout: number): void {
+  const http1Connection = http1.listeners('connection') as ((socket: Socket) => void)[]
+  http1.removeAllListeners('connection')
+  const toHttp1 = (socket: Socket) => {
+    for (const listener of http1Connection) listener.call(http1, socket)
+  }
+  http1.on('connection', (socket: Socket) => {
+    let seen: Buffer = Buffer.alloc(0)
+    const timer = setTimeout(() => socket.destroy(), headersTimeout)
+    const onData = (chunk: Buffer) => {
+      seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk])
+      const n = Math.min(seen.length, PREFACE.length)
+      const prefix = seen.subarray(0, n).equals(PREFACE.subarray(0, n))
+      if (prefix && seen.length < PREFACE.length) return
+      clearTimeout(timer)
+      socket.off('data', onData)
+      socket.off('error', onError)
+      if (prefix) {
+        // the HTTP/2 session reads data left in the socket's buffer before taking over the handle
+        socket.pause()
+        socket.unshift(seen)
+        h2.accept(socket)
+      } else {
+        // the HTTP/1.1 parser reads straight from the handle once attached; the bytes seen so far go in as
+        // the 'data' event it also listens to
+        toHttp1(socket)
+        socket.emit('data', seen)
+      }
+    }
+    const onError = () => {
+      clearTimeout(timer)
+      socket.destroy()
+    }
+    socket.on('data', onData)
+    socket.on('error', onError)
+    socket.once('close', () => clearTimeout(timer))
+  })
+}
+
+/** On the TLS listener, connections that negotiated `h2` by ALPN go to HTTP/2, the rest stay HTTP/1.1. */
+export function routeTlsConnections(https: Server, h2: Http2Front): void {
+  const http1SecureConnection = https.listeners('secureConnection') as ((socket: Socket) => void)[]
+  https.removeAllListeners('secureConnection')
+  https.on('secureConnection', (socket: Socket & { alpnProtocol?: string | false }) => {
+    if (socket.alpnProtocol === 'h2') h2.accept(socket)
+    else for (const listener of http1SecureConnection) listener.call(https, socket)
+  })
+}

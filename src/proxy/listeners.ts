@@ -1,0 +1,154 @@
+// The proxy's listening sockets: a plain and a TLS listener, their Node server options and shutdown.
+import { once } from 'node:events'
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerOptions,
+  type ServerResponse,
+} from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { AddressInfo } from 'node:net'
+import type { Duplex } from 'node:stream'
+import type { Config } from '../config/schema.ts'
+import {
+  Http2Front,
+  type Http2Handlers,
+  routeTlsConnections,
+  sniffPlainConnections,
+} from './http2-listener.ts'
+
+export interface HttpsListenOptions {
+  host: string
+  port: number
+  /** PEM strings */
+  cert: string
+  key: string
+  ca?: string
+  clientCert: 'optional' | 'required'
+}
+
+/**
+ * TLS options of the https listener. Client certificates are requested only when a client CA is given, and
+ * then verified against that CA alone: without `ca`, Node would verify them against its default store
+ * (public roots and NODE_EXTRA_CA_CERTS), making any such certificate a verified identity.
+ */
+export function httpsOptions(https: HttpsListenOptions, base: ServerOptions) {
+  if (!https.ca && https.clientCert === 'required') {
+    throw new Error('listen.https.clientCert: required needs listen.https.clientCA')
+  }
+  const handshakeTimeout = base.headersTimeout
+  const common = {
+    ...base,
+    cert: https.cert,
+    key: https.key,
+    handshakeTimeout,
+    ALPNProtocols: ['h2', 'http/1.1'],
+  }
+  if (!https.ca) return { ...common, requestCert: false, rejectUnauthorized: false }
+  return {
+    ...common,
+    ca: https.ca,
+    requestCert: true,
+    rejectUnauthorized: https.clientCert === 'required',
+  }
+}
+
+/** Node server options from the timeouts and limits settings. */
+export function serverOptions(timeouts: Config['timeouts'], limits: Config['limits']): ServerOptions {
+  const headersTimeout =
+    timeouts.request > 0 ? Math.min(timeouts.headers, timeouts.request) : timeouts.headers
+  return {
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout,
+    requestTimeout: timeouts.request,
+    keepAliveTimeout: timeouts.idle,
+    // header/request deadlines are only enforced at this interval
+    connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(headersTimeout / 4))),
+    insecureHTTPParser: false,
+  }
+}
+
+export interface ListenerHandlers {
+  request: (req: IncomingMessage, res: ServerResponse) => void
+  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void
+  http2: Http2Handlers
+}
+
+/**
+ * The HTTP/1.1 servers of both listeners, with connection limits, keep-alive and graceful shutdown, and the
+ * HTTP/2 front they hand h2 connections to.
+ */
+export class Listeners {
+  readonly servers: Server[] = []
+  readonly http: Server | undefined
+  readonly https: Server | undefined
+  readonly h2: Http2Front
+
+  constructor(
+    private readonly opts: {
+      http?: { host: string; port: number } | undefined
+      https?: HttpsListenOptions | undefined
+      timeouts: Config['timeouts']
+      limits: Config['limits']
+    },
+    handlers: ListenerHandlers,
+  ) {
+    const base = serverOptions(opts.timeouts, opts.limits)
+    const setup = (server: Server): Server => {
+      server.maxConnections = opts.limits.maxConnections
+      server.keepAliveTimeout = opts.timeouts.idle
+      server.on('request', handlers.request)
+      server.on('upgrade', handlers.upgrade)
+      this.servers.push(server)
+      return server
+    }
+    this.http = opts.http ? setup(createServer(base)) : undefined
+    this.https = opts.https ? setup(createHttpsServer(httpsOptions(opts.https, base))) : undefined
+    this.h2 = new Http2Front(
+      handlers.http2,
+      {
+        maxConcurrentStreams: opts.limits.http2MaxConcurrentStreams,
+        maxResetsPerSecond: opts.limits.http2MaxResetsPerSecond,
+      },
+      opts.timeouts,
+      opts.limits.maxHeaderBytes,
+    )
+    if (this.http) sniffPlainConnections(this.http, this.h2, base.headersTimeout ?? opts.timeouts.headers)
+    if (this.https) routeTlsConnections(this.https, this.h2)
+  }
+
+  async listen(): Promise<{ http?: AddressInfo; https?: AddressInfo }> {
+    const out: { http?: AddressInfo; https?: AddressInfo } = {}
+    const { http, https } = this.opts
+    if (this.http && http) out.http = await listenOn(this.http, http.host, http.port)
+    if (this.https && https) out.https = await listenOn(this.https, https.host, https.port)
+    return out
+  }
+
+  /** stops accepting and closes idle keep-alive connections; resolves when the servers are closed */
+  async stopAccepting(): Promise<void> {
+    const closed = this.servers.map((s) =>
+      s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve(),
+    )
+    for (const s of this.servers) s.closeIdleConnections()
+    this.h2.drain()
+    await Promise.all(closed)
+  }
+
+  closeAllConnections(): void {
+    for (const s of this.servers) s.closeAllConnections()
+    this.h2.destroyAll()
+  }
+}
+
+async function listenOn(server: Server, host: string, port: number): Promise<AddressInfo> {
+  server.listen(port, host)
+  await Promise.race([
+    once(server, 'listening'),
+    once(server, 'error').then(([err]) => {
+      throw err
+    }),
+  ])
+  return server.address() as AddressInfo
+}
