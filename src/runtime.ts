@@ -1,4 +1,4 @@
-// Assembles a running sidecar from a config: proxy listeners, the identify/classify/decide engine,
+// Assembles a running sidecar from a config: proxy listeners, the attribution pipeline,
 // telemetry recorders and the admin server. Owns hot reload (file watch + SIGHUP) and graceful drain.
 import { type FSWatcher, watch } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -10,14 +10,12 @@ import { createAdminServer } from './admin/server.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
-import { Engine } from './engine.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { parsePeerCertificate } from './identity/certificate.ts'
-import { sanitizeForwardedCertHeaders } from './identity/forwarded/sanitize.ts'
-import type { Attribution, Pipeline } from './pipeline.ts'
+import { AttributionPipeline } from './pipeline/index.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
-import type { ConnectionInfo, Recorder } from './types.ts'
+import type { Recorder } from './types.ts'
 import { VERSION } from './version.ts'
 
 export class StartupError extends Error {
@@ -55,7 +53,8 @@ export interface Sidecar {
   readonly httpsAddress?: AddressInfo
   readonly adminAddress: AddressInfo
   readonly telemetry: Telemetry
-  engine(): Engine
+  /** the pipeline serving requests now (a reload swaps it) */
+  pipeline(): AttributionPipeline
   config(): Config
   /** re-read the config file; false (and the old config keeps serving) when it is invalid */
   reload(): Promise<boolean>
@@ -205,44 +204,14 @@ export class TokenFile {
 
 const TOKEN_MAX_AGE_MS = 30_000
 
-class ActivePipeline implements Pipeline {
-  readonly service: string
-  private readonly certMode: Config['forwardedClientCert']['toUpstream']
-
-  constructor(
-    readonly engine: Engine,
-    private readonly telemetry: Telemetry,
-  ) {
-    this.service = engine.config.service
-    this.certMode = engine.config.forwardedClientCert.toUpstream
-  }
-
-  attribute: Pipeline['attribute'] = (req, conn) => this.engine.evaluate(req, conn)
-
-  record: Pipeline['record'] = (event) => this.telemetry.record(event)
-
-  prepareUpstreamHeaders(
-    headers: Record<string, string | string[] | undefined>,
-    attribution: Attribution,
-    conn: ConnectionInfo,
-  ): void {
-    sanitizeForwardedCertHeaders(
-      headers,
-      this.engine.xfcc.formatFor(conn.remoteAddress),
-      this.certMode,
-      attribution.evidence.xfcc ?? attribution.evidence.mtls,
-    )
-  }
-}
-
 export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   const log = opts.log
   const configPath = opts.configPath ? resolve(opts.configPath) : undefined
-  let config = applyOverrides(
+  const initial = applyOverrides(
     configPath ? await loadOrFail(configPath) : (opts.config ?? configSchema.parse({})),
     opts.overrides,
   )
-  const telemetry = new Telemetry(config, {
+  const telemetry = new Telemetry(initial, {
     version: VERSION,
     ...(opts.recorders ? { recorders: opts.recorders } : {}),
   })
@@ -250,44 +219,44 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
   const botRangesObserver = loggingBotRangesObserver(log)
 
-  let engine = new Engine(config, { jwksObserver, botRangesObserver })
-  await withTimeout(engine.start(), jwksStartTimeout)
-  let pipeline: Pipeline = new ActivePipeline(engine, telemetry)
+  // the serving pipeline carries the serving config: a reload swaps both at once
+  let pipeline = new AttributionPipeline(initial, { jwksObserver, botRangesObserver, recorder: telemetry })
+  await withTimeout(pipeline.start(), jwksStartTimeout)
 
   // an output is not the proxy: one that cannot apply its config is reported, traffic is served
   logRecorderFailures(log, await telemetry.start())
   if (telemetry.otlp.target !== undefined)
     log.info({ event: 'otlp_export', target: telemetry.otlp.target }, 'exporting spans over OTLP')
 
-  const tls = await readTls(config, opts.tls)
-  const upstreamTls = await readUpstreamTls(config)
+  const tls = await readTls(initial, opts.tls)
+  const upstreamTls = await readUpstreamTls(initial)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
-    upstream: config.upstream,
+    upstream: initial.upstream,
     ...(upstreamTls ? { upstreamTls } : {}),
-    http: splitAddress(config.listen.http),
+    http: splitAddress(initial.listen.http),
     https: tls,
     parsePeerCert: parsePeerCertificate,
-    timeouts: config.timeouts,
-    limits: config.limits,
+    timeouts: initial.timeouts,
+    limits: initial.limits,
   })
 
   let draining = false
   let listening = false
   const adminToken = new TokenFile(log)
-  await adminToken.load(config.adminAccess.tokenFile)
+  await adminToken.load(initial.adminAccess.tokenFile)
   const admin = createAdminServer({
-    ...splitAddress(config.admin),
+    ...splitAddress(initial.admin),
     telemetry,
-    access: () => ({ token: () => adminToken.get(), allowedHosts: config.adminAccess.allowedHosts }),
+    access: () => ({ token: () => adminToken.get(), allowedHosts: pipeline.config.adminAccess.allowedHosts }),
     ready: async () => {
-      const { readiness } = config
+      const { readiness } = pipeline.config
       const checks = {
         config: true,
         listeners: listening,
         draining,
         upstream: await proxy.upstreamReachable(),
-        jwks: engine.ready(),
+        jwks: pipeline.ready(),
       }
       // By default readiness means "this proxy can serve": an IdP or upstream outage is reported, not gated
       // on, so a sidecar never takes its app's pod out of rotation for something the app may not need.
@@ -300,13 +269,9 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
         !checks.draining &&
         (!readiness.requireUpstream || checks.upstream) &&
         (!readiness.requireJwks || checks.jwks)
-      return {
-        ok,
-        checks,
-        detail: { gates, issuers: engine.jwt.issuers(), verifyPool: engine.jwt.verifyPool() },
-      }
+      return { ok, checks, detail: { gates, ...pipeline.readinessDetail() } }
     },
-    effectiveConfig: () => redactConfig(config),
+    effectiveConfig: () => redactConfig(pipeline.config),
   })
 
   let proxyAddrs: Awaited<ReturnType<ProxyServer['listen']>>
@@ -315,7 +280,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     proxyAddrs = await proxy.listen()
     adminAddress = await admin.listen()
   } catch (err) {
-    engine.close()
+    pipeline.close()
     await proxy.close(0).catch(() => {})
     await admin.close().catch(() => {})
     await telemetry.close()
@@ -341,12 +306,14 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     }
     const next = applyOverrides(result.config, opts.overrides)
     await adminToken.load(next.adminAccess.tokenFile)
-    const nextEngine = new Engine(next, { jwksObserver, botRangesObserver })
-    await withTimeout(nextEngine.start(), jwksStartTimeout)
-    const previous = engine
-    engine = nextEngine
-    config = next
-    pipeline = new ActivePipeline(nextEngine, telemetry)
+    const nextPipeline = new AttributionPipeline(next, {
+      jwksObserver,
+      botRangesObserver,
+      recorder: telemetry,
+    })
+    await withTimeout(nextPipeline.start(), jwksStartTimeout)
+    const previous = pipeline
+    pipeline = nextPipeline
     proxy.setUpstream(next.upstream)
     const otlpBefore = telemetry.otlp.target
     logRecorderFailures(log, await telemetry.reconfigure(next))
@@ -397,9 +364,9 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     closing ??= (async () => {
       draining = true
       watcher?.close()
-      await proxy.close(config.timeouts.drain)
+      await proxy.close(pipeline.config.timeouts.drain)
       await admin.close()
-      engine.close()
+      pipeline.close()
       logRecorderFailures(log, await telemetry.close())
     })()
     return closing
@@ -409,16 +376,16 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     httpsAddress: proxyAddrs.https,
     adminAddress,
     telemetry,
-    engine: () => engine,
-    config: () => config,
+    pipeline: () => pipeline,
+    config: () => pipeline.config,
     reload: serialReload,
     shutdown() {
       shuttingDown ??= (async () => {
         draining = true
         proxy.drain()
-        const delayMs = config.timeouts.drainDelay
+        const { drainDelay: delayMs, drain: drainMs } = pipeline.config.timeouts
         log.info(
-          { event: 'draining', drainDelayMs: delayMs, drainMs: config.timeouts.drain },
+          { event: 'draining', drainDelayMs: delayMs, drainMs },
           'draining: /readyz answers 503, listeners accept with Connection: close until the drain delay ends',
         )
         if (delayMs > 0 && !closing) {
@@ -445,7 +412,7 @@ function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
 
 /**
  * Metrics for every JWKS/discovery refresh, and one log line per change of an issuer's state (failing, or
- * recovered) with the safe reason, never one per attempt or per request. Shared by every engine a reload
+ * recovered) with the safe reason, never one per attempt or per request. Shared by every pipeline a reload
  * builds, so a reload does not repeat a known outage.
  */
 /** Logs the first failure of a crawler range file and its recovery, not every retry. */

@@ -2,6 +2,7 @@
 // Every stage talks in these types; nothing here depends on a library.
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Config } from './config/schema.ts'
+import type { CredentialSource } from './identity/sources/source.ts'
 
 export const KINDS = ['human', 'service', 'job', 'bot', 'agent', 'unknown'] as const
 export type Kind = (typeof KINDS)[number]
@@ -10,8 +11,11 @@ export type Kind = (typeof KINDS)[number]
 export const FORWARDED_CERT_FORMATS = ['xfcc', 'rfc9440', 'alb', 'nginx'] as const
 export type ForwardedCertFormat = (typeof FORWARDED_CERT_FORMATS)[number]
 
-export const SOURCES = ['mtls', 'xfcc', 'jwt', 'apikey', 'signature', 'useragent', 'anonymous'] as const
-export type Source = (typeof SOURCES)[number]
+/**
+ * The name of the credential source an identity or failure came from (src/identity/sources lists them), or
+ * "anonymous" for a request that presented nothing.
+ */
+export type Source = string
 
 export interface Identity {
   name: string
@@ -62,6 +66,10 @@ export const PROFILE_NAMES = [
 ] as const
 export type ProfileName = (typeof PROFILE_NAMES)[number]
 
+/**
+ * Why a token or certificate did not check out. A source may add reasons of its own
+ * (CredentialSource.failureReasons); identity/sources/index.ts ALL_FAILURE_REASONS lists every one.
+ */
 export const FAILURE_REASONS = [
   'expired',
   'not_yet_valid',
@@ -78,7 +86,6 @@ export const FAILURE_REASONS = [
   'cert_untrusted',
   'cert_expired',
   'spiffe_invalid',
-  'apikey_unknown',
   'untrusted_forwarder',
   // signed agents (HTTP Message Signatures, Web Bot Auth)
   'signature_invalid',
@@ -92,7 +99,8 @@ export type FailureReason = (typeof FAILURE_REASONS)[number]
 export interface Failure {
   failed: true
   source: Source
-  reason: FailureReason
+  /** a FailureReason, or one of the failing source's own failureReasons */
+  reason: string
   /** short human-readable detail, safe to log (no secret material) */
   detail?: string
   /** sha256 prefix of the presented credential, when there was one */
@@ -146,15 +154,6 @@ export interface CertEvidence {
   via?: 'xfcc' | 'client-cert' | 'alb' | 'nginx'
 }
 
-export interface ApiKeyEvidence {
-  source: 'apikey'
-  verified: true
-  name: string
-  kind?: Kind
-  team?: string
-  fingerprint: string
-}
-
 export type UserAgentCategory = 'browser' | 'bot' | 'agent' | 'unknown'
 export interface UserAgentEvidence {
   source: 'useragent'
@@ -189,16 +188,23 @@ export interface SignatureEvidence {
   exp?: number
 }
 
-export type Evidence = JwtEvidence | CertEvidence | ApiKeyEvidence | SignatureEvidence | UserAgentEvidence
+/** What every source's evidence has in common; each source adds its own fields (JwtEvidence, CertEvidence…). */
+export interface Evidence {
+  readonly source: Source
+  /** a signature, certificate chain or key hash was checked (or a trusted proxy vouched for it) */
+  readonly verified: boolean
+}
+
+/** One credential that checked out, with the source that read it. */
+export interface Credential<E extends Evidence = Evidence> {
+  readonly source: CredentialSource<E>
+  readonly evidence: E
+}
 
 /** Everything the identify stage learned about one request. */
 export interface EvidenceSet {
-  jwt?: JwtEvidence
-  mtls?: CertEvidence
-  xfcc?: CertEvidence
-  apikey?: ApiKeyEvidence
-  signature?: SignatureEvidence
-  useragent?: UserAgentEvidence
+  /** strongest first (source precedence), at most one per source */
+  credentials: Credential[]
   failures: Failure[]
   anomalies: AnomalyType[]
 }
@@ -223,12 +229,6 @@ export interface ConnectionInfo {
 }
 
 export type MaybePromise<T> = T | Promise<T>
-
-/** One file per credential source (src/identity/extractors). */
-export interface Extractor {
-  readonly source: Source
-  extract(req: RequestInfo, conn: ConnectionInfo): MaybePromise<Evidence | Failure | undefined>
-}
 
 export type Decision = 'allow' | 'deny' | 'would_deny'
 export interface PolicyDecision {

@@ -143,6 +143,7 @@ t.test('rendering without the engine: anonymous request, no rules', async (t) =>
   const lines = renderExplain({
     request: { method: 'GET', path: '/', remoteAddr: '10.0.0.1', headers: [] },
     evidence: {
+      credentials: [],
       failures: [{ failed: true, source: 'xfcc', reason: 'untrusted_forwarder' }],
       anomalies: ['spoofed_header'],
     },

@@ -4,8 +4,8 @@ import { stringify } from 'yaml'
 import { parseConfigText } from '../src/config/loader.ts'
 import { configSchema } from '../src/config/schema.ts'
 import { compilePolicy } from '../src/policy/policy.ts'
-import { compileRules } from '../src/rules/engine.ts'
 import { compileRoutes } from '../src/rules/routes.ts'
+import { compileRules } from '../src/rules/rule-set.ts'
 
 const conn = { remoteAddress: '10.1.2.3', remotePort: 1, tls: false }
 
@@ -113,7 +113,7 @@ t.test(
             url: `/${path}`,
             headers: { 'user-agent': ua, 'x-a': path },
           }
-          const identity = rules.classify({ failures: [], anomalies: [] }, req, conn, [])
+          const identity = rules.classify({ credentials: [], failures: [], anomalies: [] }, req, conn, [])
           const decision = policy.decide(identity, req)
           const route = routes.match(req.path)
           return (

@@ -2,6 +2,7 @@ import t from 'tap'
 import { AnomalyDetector, addFailureAnomalies, anomaliesFromFailures } from '../src/identity/anomalies.ts'
 import { certEvidenceFromPem } from '../src/identity/certificate.ts'
 import type { CertEvidence, ConnectionInfo, EvidenceSet, Identity, JwtEvidence } from '../src/types.ts'
+import { type EvidenceParts, evidenceSet } from './helpers/evidence.ts'
 import { createCA, issueCert } from './helpers/pki.ts'
 
 const ca = await createCA('mesh-ca')
@@ -31,8 +32,8 @@ function jwt(claims: Record<string, unknown>, profile?: string, fp = 'aaaaaaaaaa
     ...(profile ? { profile } : {}),
   }
 }
-function evidence(parts: Partial<EvidenceSet>): EvidenceSet {
-  return { failures: [], anomalies: [], ...parts }
+function evidence(parts: EvidenceParts): EvidenceSet {
+  return evidenceSet(parts)
 }
 const defaults = { tokenSharedPeers: 3, tokenSharedWindow: 60_000, requireCertTokenMatch: false }
 

@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
-import { createApiKeyExtractor } from '../src/identity/extractors/apikey.ts'
+import { createApiKeyExtractor } from '../src/identity/sources/apikey.ts'
 import { fingerprint, sha256Hex } from '../src/util/fingerprint.ts'
 
 const BILLING_KEY = 'nhi_live_5f2b8c1e9a7d4e3f'

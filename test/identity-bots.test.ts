@@ -13,10 +13,10 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { configSchema } from '../src/config/schema.ts'
-import { Engine } from '../src/engine.ts'
 import { clientAddress } from '../src/identity/bots/client-address.ts'
 import { OperatorRanges, parseRangeDocument, SHIPPED_RANGES } from '../src/identity/bots/ranges.ts'
 import { BotVerifier } from '../src/identity/bots/verify.ts'
+import { AttributionPipeline } from '../src/pipeline/index.ts'
 import { CidrSet } from '../src/util/cidr.ts'
 import { eventually } from './helpers/eventually.ts'
 
@@ -85,13 +85,13 @@ t.test('verifyBotClaim against the shipped ranges', async (t) => {
 })
 
 t.test(
-  'the engine: in range verified and named without ua:, out of range counted, others untouched',
+  'the pipeline: in range verified and named without ua:, out of range counted, others untouched',
   async (t) => {
-    const engine = new Engine(verifyConfig())
+    const engine = new AttributionPipeline(verifyConfig())
     t.teardown(() => engine.close())
     const from = (remoteAddress: string, ua: string) =>
       engine.evaluate(req({ 'user-agent': ua }), { remoteAddress, remotePort: 1, tls: false }) as Awaited<
-        ReturnType<Engine['evaluate']>
+        ReturnType<AttributionPipeline['evaluate']>
       >
     const real = from('66.249.66.1', GOOGLEBOT)
     t.equal(real.identity.name, 'googlebot')
@@ -300,20 +300,20 @@ t.test('reverse-then-forward DNS on a loopback DNS server', async (t) => {
   })
   t.teardown(() => dns.socket.close())
   const config = verifyConfig({ dns: { enabled: true, servers: [dns.server], timeout: '2s' } })
-  const engine = new Engine(config)
+  const engine = new AttributionPipeline(config)
   t.teardown(() => engine.close())
   const from = (remoteAddress: string) =>
     engine.evaluate(req({ 'user-agent': GOOGLEBOT }), {
       remoteAddress,
       remotePort: 1,
       tls: false,
-    }) as Awaited<ReturnType<Engine['evaluate']>>
+    }) as Awaited<ReturnType<AttributionPipeline['evaluate']>>
 
   const first = from('192.0.2.10')
   t.equal(first.identity.verified, false, 'the first request does not wait for DNS')
   t.same(first.evidence.anomalies, [], 'nor is it counted while the answer is on its way')
   for (const a of ['192.0.2.11', '192.0.2.12', '192.0.2.13']) from(a)
-  await engine.bots.dnsSettled()
+  await engine.settled()
 
   const later = from('192.0.2.10')
   t.equal(later.identity.verified, true, 'PTR in googlebot.com resolving back to the address')
@@ -327,7 +327,7 @@ t.test('reverse-then-forward DNS on a loopback DNS server', async (t) => {
   const asked = dns.queries.length
   from('192.0.2.10')
   from('192.0.2.11')
-  await engine.bots.dnsSettled()
+  await engine.settled()
   t.equal(dns.queries.length, asked, 'answers are cached: no new queries')
 })
 

@@ -2,6 +2,7 @@ import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import { connect, createServer, type TLSSocket } from 'node:tls'
 import t from 'tap'
+import { defaultConfig } from '../src/config/schema.ts'
 import {
   certEvidenceFromPem,
   commonName,
@@ -9,7 +10,7 @@ import {
   parsePeerCertificate,
   parseSubjectAltName,
 } from '../src/identity/certificate.ts'
-import { mtlsExtractor } from '../src/identity/extractors/mtls.ts'
+import { mtlsSource } from '../src/identity/sources/mtls.ts'
 import type { CertEvidence, Failure } from '../src/types.ts'
 import { sha256Hex } from '../src/util/fingerprint.ts'
 import { createCA, createServerPki, issueCert, type KeyPair } from './helpers/pki.ts'
@@ -81,10 +82,12 @@ t.test('a verified SPIFFE X.509-SVID becomes mtls evidence', async (t) => {
   t.ok(ev.notAfter && Math.abs(ev.notAfter - inSevenDays) < 3600, 'notAfter ≈ 7 days from now')
   t.equal(ev.via, undefined)
 
-  const fromExtractor = await mtlsExtractor.extract(
-    { method: 'GET', path: '/', url: '/', headers: {} },
-    { remoteAddress: '127.0.0.1', remotePort: 1, tls: true, peerCert: ev },
-  )
+  const fromExtractor = await mtlsSource
+    .create(defaultConfig(), {})!
+    .extract(
+      { method: 'GET', path: '/', url: '/', headers: {} },
+      { remoteAddress: '127.0.0.1', remotePort: 1, tls: true, peerCert: ev },
+    )
   t.equal(fromExtractor, ev, 'the mtls extractor returns the per-connection result')
 })
 

@@ -2,13 +2,10 @@ import { once } from 'node:events'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
+import { defaultConfig } from '../src/config/schema.ts'
 import { findAgent, KNOWN_AGENTS } from '../src/identity/agents.ts'
-import {
-  classifyUserAgent,
-  MAX_UA_LENGTH,
-  userAgentCacheSize,
-  useragentExtractor,
-} from '../src/identity/useragent.ts'
+import { userAgentSource } from '../src/identity/sources/useragent.ts'
+import { classifyUserAgent, MAX_UA_LENGTH, userAgentCacheSize } from '../src/identity/useragent.ts'
 import { USER_AGENTS } from './fixtures/user-agents.ts'
 
 t.test('every real user agent gets its category and product', async (t) => {
@@ -48,10 +45,12 @@ t.test('the extractor reads the user-agent header of a real request', async (t) 
   const seen: unknown[] = []
   const server = createServer(async (req, res) => {
     seen.push(
-      await useragentExtractor.extract(
-        { method: 'GET', path: '/', url: '/', headers: req.headers },
-        { remoteAddress: '127.0.0.1', remotePort: 0, tls: false },
-      ),
+      await userAgentSource
+        .create(defaultConfig(), {})!
+        .extract(
+          { method: 'GET', path: '/', url: '/', headers: req.headers },
+          { remoteAddress: '127.0.0.1', remotePort: 0, tls: false },
+        ),
     )
     res.end()
   })

@@ -5,7 +5,6 @@ import t from 'tap'
 import { request } from 'undici'
 import { anomaliesFromFailures } from '../src/identity/anomalies.ts'
 import { firstPemCertificate } from '../src/identity/certificate.ts'
-import { createForwardedCertExtractor } from '../src/identity/extractors/xfcc.ts'
 import {
   FORWARDED_CERT_FORMATS,
   FORWARDED_CERT_HEADERS,
@@ -14,6 +13,7 @@ import {
   sanitizeForwardedCertHeaders,
 } from '../src/identity/forwarded/headers.ts'
 import { MAX_XFCC_ELEMENTS, parseXfcc, xfccEvidence } from '../src/identity/forwarded/xfcc.ts'
+import { createForwardedCertExtractor } from '../src/identity/sources/forwarded-cert.ts'
 import type { CertEvidence, ConnectionInfo, Failure } from '../src/types.ts'
 import { sha256Hex } from '../src/util/fingerprint.ts'
 import { createCA, issueCert } from './helpers/pki.ts'

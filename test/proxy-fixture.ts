@@ -1,7 +1,7 @@
 // A small real Pipeline and a proxy in front of a real upstream, shared by the proxy tests.
 import type { AddressInfo } from 'node:net'
 import { defaultConfig } from '../src/config/schema.ts'
-import type { Attribution, Pipeline } from '../src/pipeline.ts'
+import type { Attribution, Pipeline } from '../src/pipeline/index.ts'
 import { createProxy, type ProxyOptions, type ProxyServer } from '../src/proxy/server.ts'
 import type { ConnectionInfo, Identity, RequestEvent, RequestInfo } from '../src/types.ts'
 import { eventually } from './helpers/eventually.ts'
@@ -30,7 +30,7 @@ export class TestPipeline implements Pipeline {
     const extra = await this.decide(req, conn)
     return {
       identity: SERVICE_IDENTITY,
-      evidence: { failures: [], anomalies: [] },
+      evidence: { credentials: [], failures: [], anomalies: [] },
       decision: { decision: 'allow', rule: 'default' },
       route: 'other',
       ...extra,

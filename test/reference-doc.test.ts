@@ -5,7 +5,8 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { AGENT_PURPOSES } from '../src/identity/agents.ts'
-import { ANOMALY_TYPES, FAILURE_REASONS } from '../src/types.ts'
+import { ALL_FAILURE_REASONS } from '../src/identity/sources/index.ts'
+import { ANOMALY_TYPES } from '../src/types.ts'
 import { ROOT } from './helpers/sidecar.ts'
 
 const doc = readFileSync(join(ROOT, 'docs/reference.md'), 'utf8')
@@ -48,7 +49,7 @@ t.test('every metric family is documented', async (t) => {
   ]
   t.ok(families.length >= 20, `${families.length} families in the code`)
   for (const name of families) t.ok(named(name), name)
-  for (const reason of FAILURE_REASONS) t.ok(named(reason), `auth failure reason ${reason}`)
+  for (const reason of ALL_FAILURE_REASONS) t.ok(named(reason), `auth failure reason ${reason}`)
   for (const type of ANOMALY_TYPES) t.ok(named(type), `anomaly type ${type}`)
 })
 

@@ -1,11 +1,13 @@
 import t from 'tap'
 import { parseConfigText } from '../src/config/loader.ts'
 import type { Config } from '../src/config/schema.ts'
+import { namespacedName } from '../src/identity/builtin.ts'
 import { certEvidenceFromFields } from '../src/identity/certificate.ts'
 import { classifyUserAgent } from '../src/identity/useragent.ts'
-import { compileRules, namespacedName, type RuleTrace } from '../src/rules/engine.ts'
+import { compileRules, type RuleTrace } from '../src/rules/rule-set.ts'
 import type { CertEvidence, ConnectionInfo, EvidenceSet, JwtEvidence, RequestInfo } from '../src/types.ts'
 import { sha256Hex } from '../src/util/fingerprint.ts'
+import { type EvidenceParts, evidenceSet } from './helpers/evidence.ts'
 
 function config(yaml: string): Config {
   const r = parseConfigText(yaml, 'test.yaml')
@@ -50,8 +52,8 @@ function cert(
   if ('failed' in ev) throw new Error(ev.detail)
   return ev
 }
-function ev(parts: Partial<EvidenceSet> = {}): EvidenceSet {
-  return { failures: [], anomalies: [], ...parts }
+function ev(parts: EvidenceParts = {}): EvidenceSet {
+  return evidenceSet(parts)
 }
 function req(over: Partial<RequestInfo> = {}): RequestInfo {
   return { method: 'GET', path: '/', url: '/', headers: {}, ...over }

@@ -4,6 +4,7 @@ import { isDeepStrictEqual } from 'node:util'
 import fc from 'fast-check'
 import t from 'tap'
 import { configSchema } from '../src/config/schema.ts'
+import { ALL_FAILURE_REASONS, SOURCE_NAMES } from '../src/identity/sources/index.ts'
 import { auditLine, toAuditRecord } from '../src/telemetry/audit.ts'
 import {
   Buckets,
@@ -13,7 +14,7 @@ import {
   labelText,
 } from '../src/telemetry/exposition.ts'
 import { Telemetry } from '../src/telemetry/index.ts'
-import { ANOMALY_TYPES, FAILURE_REASONS, KINDS, type RequestEvent, SOURCES } from '../src/types.ts'
+import { ANOMALY_TYPES, KINDS, type RequestEvent } from '../src/types.ts'
 import { identity, requestEvent } from './helpers/events.ts'
 import { parseMetrics } from './helpers/metrics.ts'
 import { checkProperty } from './helpers/property.ts'
@@ -130,7 +131,7 @@ const eventArb: fc.Arbitrary<RequestEvent> = fc
   .record({
     name: text,
     kind: fc.constantFrom(...KINDS),
-    source: fc.constantFrom(...SOURCES),
+    source: fc.constantFrom(...SOURCE_NAMES),
     verified: fc.boolean(),
     rule: maybe(text),
     team: maybe(text),
@@ -141,7 +142,7 @@ const eventArb: fc.Arbitrary<RequestEvent> = fc
     jwt: maybe(text),
     cert: maybe(text),
     apikey: maybe(text),
-    failures: fc.array(fc.constantFrom(...FAILURE_REASONS), { maxLength: 3 }),
+    failures: fc.array(fc.constantFrom(...ALL_FAILURE_REASONS), { maxLength: 3 }),
     anomalies: fc.array(fc.constantFrom(...ANOMALY_TYPES), { maxLength: 3 }),
     path: text,
     method: text,

@@ -1,8 +1,8 @@
-// Text rendering of `nhi-proxy explain`, separate from the engine so it can be golden-tested on its own.
-import type { RuleTrace } from '../rules/engine.ts'
-import type { CertEvidence, EvidenceSet, Identity, PolicyDecision } from '../types.ts'
+// Text rendering of `nhi-proxy explain`, separate from the pipeline so it can be golden-tested on its own.
+import type { RuleTrace } from '../rules/rule-set.ts'
+import type { EvidenceSet, Identity, PolicyDecision } from '../types.ts'
 
-/** What explain renders; the engine's evaluation plus the request and the rule count. */
+/** What explain renders; the pipeline's evaluation plus the request and the rule count. */
 export interface ExplainReport {
   request: { method: string; path: string; remoteAddr: string; headers: string[] }
   evidence: EvidenceSet
@@ -13,15 +13,6 @@ export interface ExplainReport {
   policyMode: string
   route: string
   notes: string[]
-}
-
-function describeCert(c: CertEvidence): string {
-  const parts = [c.verified ? 'verified' : 'unverified']
-  if (c.spiffeId) parts.push(c.spiffeId)
-  if (c.subject) parts.push(`subject="${c.subject}"`)
-  if (c.dnsSans.length) parts.push(`dns=${c.dnsSans.join(',')}`)
-  if (c.sha256) parts.push(`sha256=${c.sha256.slice(0, 16)}…`)
-  return parts.join(' ')
 }
 
 function fmtAttrs(attrs: Readonly<Record<string, string>>): string {
@@ -39,34 +30,8 @@ export function renderExplain(r: ExplainReport): string[] {
   lines.push('evidence:')
   const ev = r.evidence
   let any = false
-  if (ev.mtls) {
-    lines.push(`  mtls       ${describeCert(ev.mtls)}`)
-    any = true
-  }
-  if (ev.xfcc) {
-    lines.push(`  xfcc       ${describeCert(ev.xfcc)}${ev.xfcc.via ? ` via ${ev.xfcc.via}` : ''}`)
-    any = true
-  }
-  if (ev.jwt) {
-    const sub = typeof ev.jwt.claims['sub'] === 'string' ? ` sub=${ev.jwt.claims['sub']}` : ''
-    const profile = ev.jwt.profile ? ` profile=${ev.jwt.profile}` : ''
-    lines.push(
-      `  jwt        verified iss=${ev.jwt.issuer}${sub} alg=${ev.jwt.alg}${profile} fingerprint=${ev.jwt.fingerprint}`,
-    )
-    any = true
-  }
-  if (ev.apikey) {
-    lines.push(`  apikey     verified name=${ev.apikey.name} fingerprint=${ev.apikey.fingerprint}`)
-    any = true
-  }
-  if (ev.signature) {
-    lines.push(`  signature  verified directory=${ev.signature.directory} keyid=${ev.signature.keyid}`)
-    any = true
-  }
-  if (ev.useragent && ev.useragent.ua !== '') {
-    const ua = ev.useragent
-    const agent = `${ua.operator ? ` operator=${ua.operator}` : ''}${ua.purpose ? ` purpose=${ua.purpose}` : ''}`
-    lines.push(`  useragent  ${ua.category} product=${ua.product}${agent}`)
+  for (const c of ev.credentials) {
+    lines.push(`  ${c.source.name.padEnd(10)} ${c.source.describe(c.evidence)}`)
     any = true
   }
   for (const f of ev.failures) {

@@ -1,13 +1,14 @@
 // `nhi-proxy explain`: the identity a request would get, with the evidence, every rule tried (and why it
-// did or did not match), and the policy decision. Runs the real engine: tokens are really verified.
+// did or did not match), and the policy decision. Runs the real pipeline: tokens are really verified.
 import { X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
 import { redactHeader } from '../config/redact.ts'
 import { type Config, configSchema } from '../config/schema.ts'
-import { Engine } from '../engine.ts'
 import { certEvidenceFromX509 } from '../identity/certificate.ts'
+import { evidenceByName } from '../identity/sources/source.ts'
+import { AttributionPipeline } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import type { Out } from './check.ts'
@@ -115,10 +116,10 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
     url: target.target,
     headers,
   }
-  const engine = new Engine(config)
+  const pipeline = new AttributionPipeline(config)
   try {
-    if (opts.token) await engine.start()
-    const result = await engine.evaluate(req, conn, { trace: true })
+    if (opts.token) await pipeline.start()
+    const result = await pipeline.evaluate(req, conn, { trace: true })
     const report: ExplainReport = {
       request: {
         method: req.method,
@@ -135,9 +136,10 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
       route: result.route,
       notes,
     }
-    for (const line of opts.json ? [JSON.stringify(report, null, 2)] : renderExplain(report)) out(line)
+    const json = () => JSON.stringify({ ...report, evidence: evidenceByName(report.evidence) }, null, 2)
+    for (const line of opts.json ? [json()] : renderExplain(report)) out(line)
     return 0
   } finally {
-    engine.close()
+    pipeline.close()
   }
 }

@@ -9,12 +9,22 @@ import { loadConfigFile } from '../config/loader.ts'
 import { type Config, described } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
 import { certEvidenceFromFields, commonName } from '../identity/certificate.ts'
+import { apiKeyEvidence } from '../identity/sources/apikey.ts'
+import { SOURCE_NAMES, sourceNamed } from '../identity/sources/index.ts'
+import { addCredential } from '../identity/sources/source.ts'
 import { classifyUserAgent } from '../identity/useragent.ts'
 import { compilePolicy } from '../policy/policy.ts'
 import { requestTarget } from '../proxy/path.ts'
-import { compileRules } from '../rules/engine.ts'
-import type { ConnectionInfo, EvidenceSet, Identity, PolicyDecision, RequestInfo } from '../types.ts'
-import { KINDS, SOURCES } from '../types.ts'
+import { compileRules } from '../rules/rule-set.ts'
+import type {
+  ConnectionInfo,
+  EvidenceSet,
+  Identity,
+  JwtEvidence,
+  PolicyDecision,
+  RequestInfo,
+} from '../types.ts'
+import { KINDS } from '../types.ts'
 import { fingerprint, sha256Hex } from '../util/fingerprint.ts'
 import type { Out } from './check.ts'
 
@@ -54,7 +64,7 @@ export const ruleTestFileSchema = z.strictObject({
         identity: z.optional(z.string()),
         kind: z.optional(z.enum(KINDS)),
         verified: z.optional(z.boolean()),
-        source: z.optional(z.enum(SOURCES)),
+        source: z.optional(z.enum(SOURCE_NAMES as [string, ...string[]])),
         team: z.optional(z.string()),
         zone: z.optional(z.string()),
         /** identity rule that matched, e.g. "ci-jobs" or "builtin:useragent" */
@@ -75,12 +85,12 @@ const asList = (v: string | string[] | undefined): string[] =>
 
 /** Builds the evidence the extractors would have produced for a verified request. */
 export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
-  const ev: EvidenceSet = { failures: [], anomalies: [] }
+  const ev: EvidenceSet = { credentials: [], failures: [], anomalies: [] }
   if (r.jwt) {
     const claims = r.jwt as Record<string, unknown>
     const issuer = r.jwt.iss
     const configured = config.jwt.issuers.find((i) => i.issuer === issuer)
-    ev.jwt = {
+    const jwt: JwtEvidence = {
       source: 'jwt',
       verified: true,
       issuer,
@@ -88,8 +98,9 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
       alg: 'RS256',
       fingerprint: fingerprint(JSON.stringify(claims)),
     }
-    if (configured?.profile) ev.jwt.profile = configured.profile
-    if (typeof claims['exp'] === 'number') ev.jwt.exp = claims['exp']
+    if (configured?.profile) jwt.profile = configured.profile
+    if (typeof claims['exp'] === 'number') jwt.exp = claims['exp']
+    addCredential(ev, sourceNamed('jwt'), jwt)
   }
   if (r.cert) {
     const c = r.cert
@@ -109,15 +120,12 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
       c.forwarded ? 'xfcc' : undefined,
     )
     if ('failed' in cert) ev.failures.push(cert)
-    else if (source === 'xfcc') ev.xfcc = cert
-    else ev.mtls = cert
+    else addCredential(ev, sourceNamed(source), cert)
   }
   if (r.apiKey !== undefined) {
     const key = config.apiKeys.keys.find((k) => k.name === r.apiKey)
     if (key) {
-      ev.apikey = { source: 'apikey', verified: true, name: key.name, fingerprint: fingerprint(key.name) }
-      if (key.kind) ev.apikey.kind = key.kind
-      if (key.team) ev.apikey.team = key.team
+      addCredential(ev, sourceNamed('apikey'), apiKeyEvidence(key, fingerprint(key.name)))
     } else {
       ev.failures.push({
         failed: true,
@@ -128,7 +136,9 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
     }
   }
   const ua = r.userAgent ?? headerValue(r.headers, 'user-agent')
-  if (ua) ev.useragent = classifyUserAgent(ua)
+  const uaEvidence = ua ? classifyUserAgent(ua) : undefined
+  // a blank User-Agent says nothing, as on the live proxy
+  if (uaEvidence && uaEvidence.ua !== '') addCredential(ev, sourceNamed('useragent'), uaEvidence)
   return ev
 }
 

@@ -2,13 +2,14 @@
 // and every module reads the parsed, defaulted `Config` type from it. Unknown keys are errors everywhere.
 import { hostname } from 'node:os'
 import * as z from 'zod/mini'
+import { apiKeysConfigSchema } from '../identity/sources/apikey.ts'
+import { SOURCE_NAMES } from '../identity/sources/index.ts'
 import {
   ASYMMETRIC_ALGORITHMS,
   FORWARDED_CERT_FORMATS,
   HMAC_ALGORITHMS,
   KINDS,
   PROFILE_NAMES,
-  SOURCES,
 } from '../types.ts'
 import { parseDuration } from '../util/duration.ts'
 
@@ -53,6 +54,8 @@ export const address = z
   )
 
 export const kind = z.enum(KINDS)
+/** a credential source's name (identity/sources) or "anonymous"; a new schema each call (see described) */
+const sourceEnum = () => z.enum(SOURCE_NAMES as [string, ...string[]])
 
 /** The header a trusted front proxy passes the client certificate in: one per proxy. */
 export const forwardedCertFormat = described(
@@ -92,7 +95,7 @@ export const matchSchema = described(
     path: z.optional(z.string()),
     method: z.optional(z.union([z.string(), z.array(z.string())])),
     verified: z.optional(z.boolean()),
-    source: z.optional(z.enum(SOURCES)),
+    source: z.optional(sourceEnum()),
   }),
   'All listed conditions must hold',
 )
@@ -154,8 +157,8 @@ export const policyRuleSchema = z.strictObject({
       team: z.optional(z.string()),
       verified: z.optional(z.boolean()),
       source: described(
-        z.optional(z.union([z.enum(SOURCES), z.array(z.enum(SOURCES))])),
-        'credential source(s) the identity must come from (mtls, xfcc, jwt, apikey, signature, useragent, anonymous)',
+        z.optional(z.union([sourceEnum(), z.array(sourceEnum())])),
+        `credential source(s) the identity must come from (${SOURCE_NAMES.join(', ')})`,
       ),
     }),
   ),
@@ -324,25 +327,7 @@ export const configSchema = z.strictObject({
     }),
     {},
   ),
-  apiKeys: z.prefault(
-    z.strictObject({
-      header: z._default(z.string(), 'x-api-key'),
-      keys: z._default(
-        z.array(
-          z.strictObject({
-            name: z.string().check(z.minLength(1)),
-            kind: z.optional(kind),
-            team: z.optional(z.string()),
-            sha256: z
-              .string()
-              .check(z.regex(/^[0-9a-fA-F]{64}$/, 'expected 64 hex characters (sha256 of the key)')),
-          }),
-        ),
-        [],
-      ),
-    }),
-    {},
-  ),
+  apiKeys: apiKeysConfigSchema,
   identities: z._default(z.array(identityRuleSchema), []),
   metrics: z.prefault(
     z.strictObject({

@@ -1,6 +1,7 @@
 // Checks the schema cannot express: CIDRs, patterns, captures, shadowed or duplicate rules, references to
 // issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
 import { isIPv4 } from 'node:net'
+import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import {
   isUniversalPattern,
   normalisePattern,
@@ -108,15 +109,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
   })
   const issuerNames = new Set(config.jwt.issuers.map((i) => i.issuer))
   const keyNames = new Set(config.apiKeys.keys.map((k) => k.name))
-  config.apiKeys.keys.forEach((k, i) => {
-    if (k.name === 'anonymous' || k.name.startsWith('ua:')) {
-      error(
-        ['apiKeys', 'keys', i, 'name'],
-        `api key name "${k.name}" is reserved for unverified callers`,
-        '"anonymous" and names starting with "ua:" name requests that verified nothing',
-      )
-    }
-  })
+  for (const source of CREDENTIAL_SOURCES) source.checkConfig?.(config, error, warn)
 
   config.metrics.routes.forEach((r, i) => {
     const e = routeError(r)

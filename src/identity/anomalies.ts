@@ -11,6 +11,8 @@ import type {
   Identity,
   JwtEvidence,
 } from '../types.ts'
+import { certificateOf } from './sources/certificate.ts'
+import { evidenceOf } from './sources/source.ts'
 import { spiffeNamespaceServiceAccount } from './spiffe.ts'
 
 /** Anomalies implied by a credential failure on its own. */
@@ -94,9 +96,9 @@ export class AnomalyDetector {
 
   /** inspect(), appending to `into` what it does not hold yet: the per-request form, without an array of its own */
   inspectInto(ev: EvidenceSet, _identity: Identity, conn: ConnectionInfo, into: AnomalyType[]): void {
-    const jwt = ev.jwt
+    const jwt = evidenceOf<JwtEvidence>(ev, 'jwt')
     if (!jwt) return
-    const cert = ev.mtls ?? ev.xfcc
+    const cert = certificateOf(ev)
     if (bindingMismatch(jwt, cert)) addOnce(into, 'binding_mismatch')
     if (this.cfg.requireCertTokenMatch && cert && identityMismatch(jwt, cert))
       addOnce(into, 'identity_mismatch')

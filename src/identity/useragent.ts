@@ -4,7 +4,7 @@
 // probes the corpus does not list. Results are cached per user agent string.
 import { isbot, isbotMatch } from 'isbot'
 import { LRUCache } from 'lru-cache'
-import type { Extractor, UserAgentCategory, UserAgentEvidence } from '../types.ts'
+import type { UserAgentCategory, UserAgentEvidence } from '../types.ts'
 import { type AgentPurpose, findAgent } from './agents.ts'
 import { findCrawler } from './crawlers.ts'
 
@@ -137,13 +137,4 @@ export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
 /** Entries in the classification cache (bounded by its LRU). */
 export function userAgentCacheSize(): number {
   return cache.size
-}
-
-export const useragentExtractor: Extractor = {
-  source: 'useragent',
-  extract(req) {
-    const ua = req.headers['user-agent']
-    if (!ua) return undefined
-    return classifyUserAgent(ua)
-  },
 }

@@ -1,6 +1,6 @@
 // One request's facts from accept to record: what the RequestEvent is built from.
 import type { IncomingHttpHeaders } from 'node:http'
-import type { Attribution, Pipeline } from '../pipeline.ts'
+import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { ConnectionInfo, RequestEvent } from '../types.ts'
 import type { ForwardResult } from './forwarder.ts'
 import { authority } from './headers.ts'
@@ -15,7 +15,7 @@ export const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
     verified: false,
     attributes: Object.freeze({}) as Record<string, string>,
   }),
-  evidence: Object.freeze({ failures: [], anomalies: [] }),
+  evidence: Object.freeze({ credentials: [], failures: [], anomalies: [] }),
   decision: Object.freeze({ decision: 'allow', rule: 'default', skipped: true }),
   route: 'other',
 }) as Attribution
@@ -71,17 +71,7 @@ export class Exchange {
 
   event(): RequestEvent {
     const { identity, evidence, decision, route } = this.attribution
-    const cert = evidence.mtls ?? evidence.xfcc
-    const fingerprints: RequestEvent['fingerprints'] = {}
-    if (evidence.jwt) fingerprints.jwt = evidence.jwt.fingerprint
-    if (cert?.sha256) fingerprints.cert = cert.sha256.slice(0, 16)
-    if (evidence.apikey) fingerprints.apikey = evidence.apikey.fingerprint
-    for (const f of evidence.failures) {
-      if (!f.fingerprint) continue
-      if (f.source === 'jwt') fingerprints.jwt ??= f.fingerprint
-      else if (f.source === 'apikey') fingerprints.apikey ??= f.fingerprint
-      else if (f.source === 'mtls' || f.source === 'xfcc') fingerprints.cert ??= f.fingerprint
-    }
+    const fingerprints = this.attribution.fingerprints ?? {}
     const event: RequestEvent = {
       time: this.time,
       traceId: this.trace.traceId,

@@ -5,7 +5,7 @@
 // captures: names a client can make up) have their own smaller cap, `maxUnverifiedIdentities`, so a flood
 // of made-up names can never take the slots of verified callers: those always have at least
 // `maxIdentities - maxUnverifiedIdentities` slots to themselves.
-import { type Identity, type Kind, SOURCES, type Source } from '../types.ts'
+import type { Identity, Kind, Source } from '../types.ts'
 import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
 
@@ -157,9 +157,7 @@ export class IdentityTable {
    * One name → entry map per source: a lookup is two map reads on values the identity already holds, no
    * composite key string per request.
    */
-  private readonly bySource = Object.fromEntries(
-    SOURCES.map((source) => [source, new Map<string, IdentityEntry>()]),
-  ) as Record<Source, Map<string, IdentityEntry>>
+  private readonly bySource = new Map<Source, Map<string, IdentityEntry>>()
   /** every entry in admission order (what scrapes and the identities view iterate) */
   private readonly entries = new Set<IdentityEntry>()
   private limits: IdentityTableLimits
@@ -197,29 +195,39 @@ export class IdentityTable {
   }
 
   get(source: Source, name: string): IdentityEntry | undefined {
-    return this.bySource[source].get(name)
+    return this.bySource.get(source)?.get(name)
   }
 
   values(): IterableIterator<IdentityEntry> {
     return this.entries.values()
   }
 
+  /** sources are the fixed set the code registers (identity/sources), never client input */
+  private namesOf(source: Source): Map<string, IdentityEntry> {
+    let names = this.bySource.get(source)
+    if (names === undefined) {
+      names = new Map()
+      this.bySource.set(source, names)
+    }
+    return names
+  }
+
   private add(entry: IdentityEntry): void {
-    this.bySource[entry.source].set(entry.name, entry)
+    this.namesOf(entry.source).set(entry.name, entry)
     this.entries.add(entry)
     if (entry.unverifiedSlot) this.unverified++
     if (entry.overflow) this.overflows++
   }
 
   private remove(entry: IdentityEntry): void {
-    this.bySource[entry.source].delete(entry.name)
+    this.bySource.get(entry.source)?.delete(entry.name)
     this.entries.delete(entry)
     if (entry.unverifiedSlot) this.unverified--
     if (entry.overflow) this.overflows--
   }
 
   admit(identity: Identity, now: number): Admission {
-    const bySource = this.bySource[identity.source]
+    const bySource = this.namesOf(identity.source)
     let entry = bySource.get(identity.name)
     let overflowed = false
     if (!entry) {
@@ -276,7 +284,7 @@ export class IdentityTable {
   }
 
   clear(): void {
-    for (const map of Object.values(this.bySource)) map.clear()
+    for (const map of this.bySource.values()) map.clear()
     this.entries.clear()
     this.unverified = 0
     this.overflows = 0

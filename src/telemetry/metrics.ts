@@ -3,6 +3,8 @@
 // series disappear with its entry and a request updates a handful of numbers. Per-identity gauges are
 // derived from the table at scrape time. One registry renders both Prometheus text and OpenMetrics
 // (with trace_id exemplars on nhi_requests_total and the duration histogram).
+
+import type { JwksObserver } from '../identity/jwt/jwks.ts'
 import type { Kind, RequestEvent } from '../types.ts'
 import {
   Buckets,
@@ -24,9 +26,7 @@ import {
   OVERFLOW_IDENTITY,
 } from './identity-table.ts'
 
-export interface JwksObserver {
-  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number, error?: string): void
-}
+export type { JwksObserver }
 
 export interface MetricsOptions {
   service: string

@@ -7,6 +7,7 @@ import type { Config } from '../../config/schema.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo, UserAgentEvidence } from '../../types.ts'
 import { CidrSet } from '../../util/cidr.ts'
 import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
+import { evidenceOf, replaceEvidence } from '../sources/source.ts'
 import { claimedOperator } from './claims.ts'
 import { clientAddress } from './client-address.ts'
 import { DnsVerifier } from './dns.ts'
@@ -108,12 +109,13 @@ export class BotVerifier {
    * user-agent evidence with a verified copy, a false one adds the `unverified_claim` anomaly.
    */
   attest(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): void {
-    const ua = evidence.useragent
+    const ua = evidenceOf<UserAgentEvidence>(evidence, 'useragent')
     if (!ua || !this.cfg.enabled) return
     const operator = claimedOperator(ua)
     if (operator === undefined) return
     const r = this.check(operator, clientAddress(req.headers, conn.remoteAddress, this.trusted))
-    if (r === 'ranges' || r === 'dns') evidence.useragent = verifiedEvidence(ua, operator, r)
+    if (r === 'ranges' || r === 'dns')
+      replaceEvidence(evidence, 'useragent', verifiedEvidence(ua, operator, r))
     else if (r === 'unverified_claim' && !evidence.anomalies.includes('unverified_claim'))
       evidence.anomalies.push('unverified_claim')
   }

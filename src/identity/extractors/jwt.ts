@@ -4,7 +4,6 @@ import { LRUCache } from 'lru-cache'
 import type { Config } from '../../config/schema.ts'
 import type {
   ConnectionInfo,
-  Extractor,
   Failure,
   FailureReason,
   JwtEvidence,
@@ -16,6 +15,7 @@ import type { JwksObserver } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
 import { IssuerVerifier } from '../jwt/verifier.ts'
+import type { SourceExtractor } from '../sources/source.ts'
 
 export interface JwtExtractorOptions {
   observer?: JwksObserver
@@ -67,7 +67,7 @@ const NOT_CACHED: ReadonlySet<FailureReason> = new Set([
 ])
 const EMBEDDED_KEY_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const
 
-export class JwtExtractor implements Extractor {
+export class JwtExtractor implements SourceExtractor<JwtEvidence> {
   readonly source = 'jwt' as const
   private readonly verifiers = new Map<string, IssuerVerifier>()
   private readonly cache: LRUCache<string, Result>
@@ -211,7 +211,7 @@ export class JwtExtractor implements Extractor {
 
   /** cache lifetime in ms: never past exp, 4–5 min at most, failures 5 s, unknown kids not at all (rotation) */
   private ttlFor(result: Result): number {
-    if ('failed' in result) return NOT_CACHED.has(result.reason) ? 0 : FAILURE_CACHE_MS
+    if ('failed' in result) return NOT_CACHED.has(result.reason as FailureReason) ? 0 : FAILURE_CACHE_MS
     const cap = MAX_CACHE_MS - Math.floor(this.random() * CACHE_SPREAD_MS)
     if (result.exp === undefined) return cap
     return Math.min(result.exp * 1000 - this.now(), cap)

@@ -7,7 +7,6 @@ import { LRUCache } from 'lru-cache'
 import type { Config } from '../../config/schema.ts'
 import type {
   ConnectionInfo,
-  Extractor,
   Failure,
   FailureReason,
   MaybePromise,
@@ -15,6 +14,7 @@ import type {
   SignatureEvidence,
 } from '../../types.ts'
 import type { JwksObserver } from '../jwt/jwks.ts'
+import type { SourceExtractor } from '../sources/source.ts'
 import { KeyDirectory } from './directory.ts'
 
 // http-message-signatures is CommonJS: only `default` (module.exports) is the same under Node's own loader and
@@ -50,7 +50,7 @@ interface Walk {
   verified?: { directory: KeyDirectory; keyid: string; nonce?: string; expires: number }
 }
 
-export class SignatureVerifier implements Extractor {
+export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   readonly source = 'signature' as const
   readonly directories: readonly KeyDirectory[]
   private readonly now: () => number

@@ -6,7 +6,7 @@ import type { Config } from '../../config/schema.ts'
 import type {
   CertEvidence,
   ConnectionInfo,
-  Extractor,
+  EvidenceSet,
   Failure,
   ForwardedCertFormat,
   RequestInfo,
@@ -17,14 +17,18 @@ import { clientCertEvidence } from '../forwarded/client-cert.ts'
 import {
   CLIENT_CERT_HEADER,
   FORWARDED_CERT_FORMATS,
+  hasForeignForwardedCertHeader,
   headerText,
   isFormatHeader,
   isForwardedCertHeader,
   NGINX_CERT_HEADER,
+  sanitizeForwardedCertHeaders,
   XFCC_HEADER,
 } from '../forwarded/headers.ts'
 import { nginxCertEvidence } from '../forwarded/nginx.ts'
 import { xfccEvidence } from '../forwarded/xfcc.ts'
+import { certificateOf, certificateParts } from './certificate.ts'
+import { type CredentialSource, evidenceOf, type SourceExtractor } from './source.ts'
 
 type ForwardedConfig = Config['forwardedClientCert']
 
@@ -59,12 +63,36 @@ export class TrustedForwarders {
   }
 }
 
-export class XfccExtractor implements Extractor {
+export class XfccExtractor implements SourceExtractor<CertEvidence> {
   readonly source = 'xfcc' as const
   readonly forwarders: TrustedForwarders
+  private readonly toUpstream: ForwardedConfig['toUpstream']
 
   constructor(cfg: ForwardedConfig) {
     this.forwarders = new TrustedForwarders(cfg)
+    this.toUpstream = cfg.toUpstream
+  }
+
+  /**
+   * A front proxy sets the header of its one format and passes every other one on as the client sent it, so
+   * any other forwarded-certificate header (or spelling) is the client's.
+   */
+  spoofedHeaders(req: RequestInfo, conn: ConnectionInfo): boolean {
+    return hasForeignForwardedCertHeader(req.headers, () => this.formatFor(conn.remoteAddress))
+  }
+
+  /** Removes forwarded-certificate headers from untrusted peers, or rewrites them (forwardedClientCert.toUpstream). */
+  prepareUpstreamHeaders(
+    headers: Record<string, string | string[] | undefined>,
+    evidence: EvidenceSet,
+    conn: ConnectionInfo,
+  ): void {
+    sanitizeForwardedCertHeaders(
+      headers,
+      this.formatFor(conn.remoteAddress),
+      this.toUpstream,
+      evidenceOf<CertEvidence>(evidence, 'xfcc') ?? certificateOf(evidence),
+    )
   }
 
   /** the header format the direct peer may vouch for a client certificate in; undefined: none */
@@ -107,6 +135,15 @@ export class XfccExtractor implements Extractor {
 
 export function createForwardedCertExtractor(cfg: ForwardedConfig): XfccExtractor {
   return new XfccExtractor(cfg)
+}
+
+/** Client certificates vouched for by a trusted front proxy (forwardedClientCert). */
+export const forwardedCertSource: CredentialSource<CertEvidence> = {
+  name: 'xfcc',
+  precedence: 20,
+  ...certificateParts,
+  describe: (cert) => `${certificateParts.describe(cert)}${cert.via ? ` via ${cert.via}` : ''}`,
+  create: (config) => new XfccExtractor(config.forwardedClientCert),
 }
 
 function tooLarge(): Failure {

@@ -1,5 +1,7 @@
 // The contract between the proxy (accept/forward) and everything else (identify → classify → decide → record).
 // The proxy holds a `() => Pipeline` so a config reload swaps the whole pipeline atomically between requests.
+// index.ts implements it.
+import type { Rejection } from '../identity/sources/source.ts'
 import type {
   ConnectionInfo,
   EvidenceSet,
@@ -8,7 +10,7 @@ import type {
   PolicyDecision,
   RequestEvent,
   RequestInfo,
-} from './types.ts'
+} from '../types.ts'
 
 export interface Attribution {
   identity: Identity
@@ -16,8 +18,10 @@ export interface Attribution {
   decision: PolicyDecision
   /** bounded route label (configured template or "other") */
   route: string
+  /** sha256 prefixes of the presented credentials (the request event's `fingerprints`) */
+  fingerprints?: RequestEvent['fingerprints']
   /** when set, the proxy answers with this instead of forwarding (401 invalid token, 403 policy deny) */
-  reject?: { status: number; body: string; headers?: Record<string, string> }
+  reject?: Rejection
 }
 
 export interface Pipeline {

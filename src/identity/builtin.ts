@@ -1,0 +1,144 @@
+// What the pipeline knows about a request from its credentials alone, whichever rule matches: the strongest
+// credential (source, verified), the attributes and expiry the identity keeps, the kind a rule without `kind`
+// gives it, the identity built-in knowledge names when no rule matched, and the namespace of unverified
+// names (docs/reference.md "Identity model"). Each credential source says its part (identity/sources).
+import type { Credential, EvidenceSet, Identity, Kind, Source } from '../types.ts'
+import type { BuiltinIdentity, CredentialSource } from './sources/source.ts'
+
+export interface Strongest {
+  readonly source: Source
+  readonly verified: boolean
+}
+
+const ANONYMOUS_CREDENTIAL: Strongest = Object.freeze({ source: 'anonymous', verified: false })
+/** one frozen answer per source and verified flag: strongest() allocates nothing per request */
+const answers = new WeakMap<CredentialSource, readonly [Strongest, Strongest]>()
+
+/** Strongest credential present: decides the identity's `source` and `verified`. */
+export function strongest(ev: EvidenceSet): Strongest {
+  const c = ev.credentials[0]
+  if (c === undefined) return ANONYMOUS_CREDENTIAL
+  let pair = answers.get(c.source)
+  if (pair === undefined) {
+    const name = c.source.name
+    pair = [Object.freeze({ source: name, verified: false }), Object.freeze({ source: name, verified: true })]
+    answers.set(c.source, pair)
+  }
+  return pair[c.evidence.verified ? 1 : 0]
+}
+
+/** Only the strongest certificate describes the caller; a weaker one is evidence, not a name. */
+function describesCaller(c: Credential, sawCertificate: boolean): boolean {
+  return !sawCertificate || c.source.certificate?.(c.evidence) === undefined
+}
+
+/** Evidence worth keeping on the identity: fingerprints and names only, never raw secrets. */
+export function evidenceAttributes(ev: EvidenceSet): Record<string, string> {
+  const a: Record<string, string> = {}
+  let sawCertificate = false
+  for (const c of ev.credentials) {
+    if (!describesCaller(c, sawCertificate)) continue
+    if (c.source.certificate?.(c.evidence)) sawCertificate = true
+    c.source.attributes(c.evidence, a)
+  }
+  return a
+}
+
+/** The earliest expiry of any presented credential (unix seconds). */
+export function evidenceExpiry(ev: EvidenceSet): number | undefined {
+  let out: number | undefined
+  for (const c of ev.credentials) {
+    const e = c.source.expiresAt?.(c.evidence)
+    if (e !== undefined && (out === undefined || e < out)) out = e
+  }
+  return out
+}
+
+/** A rule without `kind` inherits what the strongest kind-giving credential says. */
+export function defaultKind(ev: EvidenceSet): Kind {
+  for (const c of ev.credentials) {
+    const k = c.source.defaultKind?.(c.evidence)
+    if (k !== undefined) return k
+  }
+  return 'unknown'
+}
+
+const ANONYMOUS_IDENTITY: BuiltinIdentity = Object.freeze({
+  name: 'anonymous',
+  kind: 'unknown',
+  rule: 'builtin:anonymous',
+})
+
+/** Who built-in knowledge says the caller is, when no rule matched: the first credential (by naming precedence) that names one. */
+export function builtinIdentity(ev: EvidenceSet): BuiltinIdentity {
+  let best: BuiltinIdentity | undefined
+  let bestRank = Number.POSITIVE_INFINITY
+  for (const c of ev.credentials) {
+    const rank = c.source.namingPrecedence ?? c.source.precedence
+    if (rank >= bestRank) continue
+    const b = c.source.builtinIdentity?.(c.evidence)
+    if (b === undefined) continue
+    best = b
+    bestRank = rank
+  }
+  return best ?? ANONYMOUS_IDENTITY
+}
+
+/** Captures every rule may use ({product}, and {bot}/{agent} when the user agent is one). */
+export function builtinCaptures(ev: EvidenceSet, into: Record<string, string>): void {
+  for (const c of ev.credentials) c.source.captures?.(c.evidence, into)
+}
+
+/** Whether any credential offers rule captures (so a rule without captures of its own needs no object). */
+export function hasBuiltinCaptures(ev: EvidenceSet): boolean {
+  for (const c of ev.credentials) if (c.source.captures) return true
+  return false
+}
+
+/** Cache key over everything a credential-only rule set can look at; undefined when not cacheable. */
+export function evidenceKey(ev: EvidenceSet): string | undefined {
+  let key = ''
+  for (const c of ev.credentials) {
+    const k = c.source.cacheKey(c.evidence)
+    if (k === undefined) return undefined
+    key += `${c.source.name}:${k}|`
+  }
+  return key
+}
+
+/** Names of requests that verified nothing (user agents, headers, unverified certificates) live here. */
+export const UNVERIFIED_PREFIX = 'ua:'
+/** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */
+export const ANONYMOUS = 'anonymous'
+
+/**
+ * Keeps the names of unverified and verified identities apart, whatever rules and built-ins produce, so a
+ * client can never take the name of an api key, certificate or token by what it says (`curl -A
+ * billing-export/1.0`): an unverified name other than `anonymous` is prefixed `ua:` (`ua:curl`,
+ * `ua:googlebot`), and a verified name that would fall into that namespace (`anonymous`, `ua:…`) is
+ * prefixed with its source instead (`apikey:anonymous`).
+ */
+export function namespacedName(name: string, source: Source, verified: boolean): string {
+  if (!verified)
+    return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? name : UNVERIFIED_PREFIX + name
+  return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? `${source}:${name}` : name
+}
+
+/**
+ * Every identity gets the same properties in the same order (absent ones undefined): they are read on every
+ * request by the recorders, and one object shape keeps those reads monomorphic.
+ */
+export function identityOf(i: Identity): Identity {
+  return {
+    name: namespacedName(i.name, i.source, i.verified),
+    kind: i.kind,
+    source: i.source,
+    verified: i.verified,
+    team: i.team,
+    zone: i.zone,
+    rule: i.rule,
+    attributes: i.attributes,
+    expiresAt: i.expiresAt,
+    expectEveryMs: i.expectEveryMs,
+  }
+}

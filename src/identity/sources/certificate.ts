@@ -1,0 +1,69 @@
+// What mTLS and forwarded client certificates have in common as credentials: how a certificate is named,
+// described, cached and turned into attributes. Only the strongest certificate describes the caller.
+import type { CertEvidence, EvidenceSet } from '../../types.ts'
+import type { CredentialSource } from './source.ts'
+
+type CertificateParts = Pick<
+  CredentialSource<CertEvidence>,
+  | 'fingerprintField'
+  | 'fingerprint'
+  | 'attributes'
+  | 'expiresAt'
+  | 'defaultKind'
+  | 'builtinIdentity'
+  | 'cacheKey'
+  | 'describe'
+  | 'certificate'
+>
+
+export const certificateParts: CertificateParts = {
+  fingerprintField: 'cert',
+  fingerprint: (cert) => cert.sha256?.slice(0, 16),
+  attributes(cert, a) {
+    if (cert.spiffeId) a['spiffe_id'] ??= cert.spiffeId
+    if (cert.sha256) a['cert_sha256'] ??= cert.sha256
+    if (cert.subject) a['cert_subject'] ??= cert.subject
+  },
+  expiresAt: (cert) => cert.notAfter,
+  defaultKind: () => 'service',
+  builtinIdentity(cert) {
+    const name =
+      cert.spiffeId ??
+      cert.cn ??
+      cert.dnsSans[0] ??
+      cert.uriSans[0] ??
+      cert.sha256?.slice(0, 16) ??
+      'certificate'
+    return { name, kind: 'service', rule: 'builtin:cert' }
+  },
+  // a certificate without a hash cannot be told apart from another one: not cacheable
+  cacheKey: (cert) => (cert.sha256 ? `${cert.verified ? 1 : 0}:${cert.sha256}` : undefined),
+  describe(c) {
+    const parts = [c.verified ? 'verified' : 'unverified']
+    if (c.spiffeId) parts.push(c.spiffeId)
+    if (c.subject) parts.push(`subject="${c.subject}"`)
+    if (c.dnsSans.length) parts.push(`dns=${c.dnsSans.join(',')}`)
+    if (c.sha256) parts.push(`sha256=${c.sha256.slice(0, 16)}…`)
+    return parts.join(' ')
+  },
+  certificate: (cert) => cert,
+}
+
+/** The presented client certificates, strongest first (rule `cert`/`spiffe` conditions, token binding). */
+export function certificates(set: EvidenceSet): CertEvidence[] {
+  const out: CertEvidence[] = []
+  for (const c of set.credentials) {
+    const cert = c.source.certificate?.(c.evidence)
+    if (cert) out.push(cert)
+  }
+  return out
+}
+
+/** The strongest client certificate presented, if any. */
+export function certificateOf(set: EvidenceSet): CertEvidence | undefined {
+  for (const c of set.credentials) {
+    const cert = c.source.certificate?.(c.evidence)
+    if (cert) return cert
+  }
+  return undefined
+}

@@ -1,0 +1,26 @@
+// Signed agents (signedAgents): HTTP Message Signatures (RFC 9421, Web Bot Auth) verified against configured
+// key directories (identity/signatures). Weaker than an api key, stronger than what a user agent says: a
+// verified directory's operator and purpose outrank the user agent's claim.
+import type { SignatureEvidence } from '../../types.ts'
+import { SignatureVerifier } from '../signatures/verifier.ts'
+import type { CredentialSource } from './source.ts'
+
+export const signatureSource: CredentialSource<SignatureEvidence> = {
+  name: 'signature',
+  precedence: 45,
+  // like tokens without issuers: without configured directories a signature is the service's business
+  create: (config, ctx) =>
+    config.signedAgents.directories.length > 0
+      ? new SignatureVerifier(config.signedAgents, { observer: ctx.jwksObserver, now: ctx.now })
+      : undefined,
+  attributes(sig, a) {
+    a['signature_agent'] ??= sig.directory
+    a['signature_keyid'] ??= sig.keyid
+    if (sig.operator) a['agent_operator'] ??= sig.operator
+    if (sig.purpose) a['agent_purpose'] ??= sig.purpose
+  },
+  defaultKind: (sig) => sig.kind,
+  builtinIdentity: (sig) => ({ name: sig.name, kind: sig.kind, rule: 'builtin:signature' }),
+  cacheKey: (sig) => `${sig.directory} ${sig.keyid}`,
+  describe: (sig) => `verified directory=${sig.directory} keyid=${sig.keyid}`,
+}

@@ -1,0 +1,240 @@
+// The attribution pipeline: identify (every credential source) → classify (identity rules, built-in
+// knowledge) → anomalies → route → policy, and record. One object per loaded config, carrying that config:
+// a reload builds a new one and swaps it in between requests, so every request sees one consistent config.
+import type { Config } from '../config/schema.ts'
+import { AnomalyDetector, addFailureAnomalies } from '../identity/anomalies.ts'
+import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
+import {
+  addCredential,
+  type CredentialSource,
+  type SourceContext,
+  type SourceExtractor,
+} from '../identity/sources/source.ts'
+import { compilePolicy, denyResponse, type Policy } from '../policy/policy.ts'
+import { compileRoutes } from '../rules/routes.ts'
+import { compileRules, type RuleSet, type RuleTrace } from '../rules/rule-set.ts'
+import type {
+  ConnectionInfo,
+  Evidence,
+  EvidenceSet,
+  Failure,
+  MaybePromise,
+  RequestEvent,
+  RequestInfo,
+} from '../types.ts'
+import { isIdentityHeaderName } from '../util/header-names.ts'
+import type { Attribution, Pipeline } from './contract.ts'
+
+export type { Attribution, Pipeline } from './contract.ts'
+
+export interface Evaluation extends Attribution {
+  trace: RuleTrace[]
+}
+
+export interface PipelineOptions extends SourceContext {
+  /** where each request's event goes once the response has ended (the telemetry recorders) */
+  recorder?: { record(event: RequestEvent): void }
+  /** the credential sources to read (default: all of identity/sources) */
+  sources?: readonly CredentialSource[]
+}
+
+interface Reader {
+  readonly source: CredentialSource
+  readonly extractor: SourceExtractor
+}
+
+/** requests that are not explained share one empty, frozen trace instead of allocating their own */
+const NO_TRACE = Object.freeze([]) as unknown as RuleTrace[]
+const NO_OPTIONS: { trace?: boolean } = Object.freeze({})
+
+function isFailure(x: Evidence | Failure): x is Failure {
+  return (x as Failure).failed === true
+}
+
+/** Any incoming x-nhi-* header is a spoofing attempt: only this proxy may set them. */
+function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
+  for (const name in headers) {
+    if (isIdentityHeaderName(name)) return true
+  }
+  return false
+}
+
+export class AttributionPipeline implements Pipeline {
+  readonly config: Config
+  readonly service: string
+  private readonly readers: readonly Reader[]
+  private readonly byName: ReadonlyMap<string, Reader>
+  private readonly rules: RuleSet
+  private readonly policy: Policy
+  private readonly routes: { match(path: string): string }
+  private readonly anomalies: AnomalyDetector
+  private readonly recorder: PipelineOptions['recorder']
+
+  constructor(config: Config, opts: PipelineOptions = {}) {
+    this.config = config
+    this.service = config.service
+    this.recorder = opts.recorder
+    const readers: Reader[] = []
+    for (const source of opts.sources ?? CREDENTIAL_SOURCES) {
+      const extractor = source.create(config, opts)
+      if (extractor) readers.push({ source, extractor })
+    }
+    this.readers = readers
+    this.byName = new Map(readers.map((r) => [r.source.name, r]))
+    this.rules = compileRules(config)
+    this.policy = compilePolicy(config.policy)
+    this.routes = compileRoutes(config.metrics.routes)
+    this.anomalies = new AnomalyDetector(config.anomalies, opts.now)
+  }
+
+  /** Initial fetches (JWKS…). Never throws: an IdP that is down leaves the pipeline not-ready, not dead. */
+  async start(): Promise<void> {
+    await Promise.all(this.readers.map((r) => r.extractor.start?.()))
+  }
+
+  /** background checks of earlier requests (a crawler's reverse DNS) have answered */
+  async settled(): Promise<void> {
+    await Promise.all(this.readers.map((r) => r.extractor.settled?.()))
+  }
+
+  ready(): boolean {
+    return this.readers.every((r) => r.extractor.ready?.() ?? true)
+  }
+
+  /** what /readyz shows about the sources (the JWT issuers' key state) */
+  readinessDetail(): Record<string, unknown> {
+    const out: Record<string, unknown> = {}
+    for (const r of this.readers) Object.assign(out, r.extractor.readinessDetail?.())
+    return out
+  }
+
+  close(): void {
+    for (const r of this.readers) r.extractor.close?.()
+  }
+
+  attribute: Pipeline['attribute'] = (req, conn) => this.evaluate(req, conn)
+
+  record: Pipeline['record'] = (event) => this.recorder?.record(event)
+
+  prepareUpstreamHeaders(
+    headers: Record<string, string | string[] | undefined>,
+    attribution: Attribution,
+    conn: ConnectionInfo,
+  ): void {
+    for (const r of this.readers) r.extractor.prepareUpstreamHeaders?.(headers, attribution.evidence, conn)
+  }
+
+  /**
+   * Runs every source's reader. Synchronous readers (and cached JWT verifications) never await, and when
+   * none has to, neither does the caller: the common request is attributed without a promise.
+   */
+  identify(req: RequestInfo, conn: ConnectionInfo): MaybePromise<EvidenceSet> {
+    const evidence: EvidenceSet = { credentials: [], failures: [], anomalies: [] }
+    const readers = this.readers
+    for (let i = 0; i < readers.length; i++) {
+      const reader = readers[i]!
+      const result = reader.extractor.extract(req, conn)
+      if (result instanceof Promise) return this.identifyAsync(req, conn, evidence, i, result)
+      if (result !== undefined) collect(evidence, reader.source, result)
+    }
+    return this.withHeaderAnomalies(evidence, req, conn)
+  }
+
+  /** identify() from the first reader that had to wait (a JWT verification not in the cache) */
+  private async identifyAsync(
+    req: RequestInfo,
+    conn: ConnectionInfo,
+    evidence: EvidenceSet,
+    from: number,
+    pending: Promise<Evidence | Failure | undefined>,
+  ): Promise<EvidenceSet> {
+    const readers = this.readers
+    const first = await pending
+    if (first !== undefined) collect(evidence, readers[from]!.source, first)
+    for (let i = from + 1; i < readers.length; i++) {
+      const result = await readers[i]!.extractor.extract(req, conn)
+      if (result !== undefined) collect(evidence, readers[i]!.source, result)
+    }
+    return this.withHeaderAnomalies(evidence, req, conn)
+  }
+
+  /**
+   * Headers only this proxy, or a source's trusted peer, may set are spoofed otherwise. Names are compared as
+   * an upstream framework would merge them (case, "_" for "-"): X_NHI_IDENTITY and x-nhi-identity are the
+   * same header to a CGI/WSGI/Rack app.
+   */
+  private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
+    // the one place a claim meets the client address: verified, or an anomaly (unverified_claim)
+    for (const r of this.readers) r.extractor.attest?.(evidence, req, conn)
+    let spoofed = hasSpoofedIdentityHeader(req.headers)
+    for (let i = 0; !spoofed && i < this.readers.length; i++) {
+      spoofed = this.readers[i]!.extractor.spoofedHeaders?.(req, conn) ?? false
+    }
+    if (spoofed) evidence.anomalies.push('spoofed_header')
+    return evidence
+  }
+
+  evaluate(
+    req: RequestInfo,
+    conn: ConnectionInfo,
+    opts: { trace?: boolean } = NO_OPTIONS,
+  ): MaybePromise<Evaluation> {
+    const evidence = this.identify(req, conn)
+    if (evidence instanceof Promise) return evidence.then((ev) => this.decide(ev, req, conn, opts))
+    return this.decide(evidence, req, conn, opts)
+  }
+
+  /** classify → anomalies → route → policy, on the evidence identify() collected */
+  private decide(
+    evidence: EvidenceSet,
+    req: RequestInfo,
+    conn: ConnectionInfo,
+    opts: { trace?: boolean },
+  ): Evaluation {
+    const trace: RuleTrace[] = opts.trace ? [] : NO_TRACE
+    const identity = this.rules.classify(evidence, req, conn, opts.trace ? trace : undefined)
+    addFailureAnomalies(evidence.failures, evidence.anomalies)
+    this.anomalies.inspectInto(evidence, identity, conn, evidence.anomalies)
+    const route = this.routes.match(req.path)
+    const decision = this.policy.decide(identity, req)
+    const attribution: Evaluation = {
+      identity,
+      evidence,
+      decision,
+      route,
+      trace,
+      fingerprints: this.fingerprints(evidence),
+    }
+    for (const f of evidence.failures) {
+      const reject = this.byName.get(f.source)?.extractor.reject?.(f)
+      if (reject) {
+        attribution.reject = reject
+        return attribution
+      }
+    }
+    if (decision.decision === 'deny') attribution.reject = denyResponse(identity, decision)
+    return attribution
+  }
+
+  /** the presented credentials' fingerprints; a valid credential's wins over a failed one of the same slot */
+  private fingerprints(evidence: EvidenceSet): RequestEvent['fingerprints'] {
+    const out: RequestEvent['fingerprints'] = {}
+    for (const c of evidence.credentials) {
+      const field = c.source.fingerprintField
+      if (field === undefined || out[field] !== undefined) continue
+      const fp = c.source.fingerprint?.(c.evidence)
+      if (fp !== undefined) out[field] = fp
+    }
+    for (const f of evidence.failures) {
+      if (!f.fingerprint) continue
+      const field = this.byName.get(f.source)?.source.fingerprintField
+      if (field !== undefined) out[field] ??= f.fingerprint
+    }
+    return out
+  }
+}
+
+function collect(set: EvidenceSet, source: CredentialSource, result: Evidence | Failure): void {
+  if (isFailure(result)) set.failures.push(result)
+  else addCredential(set, source, result)
+}

@@ -1,0 +1,67 @@
+// Conditions on the request itself rather than its credentials (header, remoteAddr, path, method): any of
+// them makes a rule set per-request, which turns the classification cache off.
+import type { ConnectionInfo, EvidenceSet, RequestInfo } from '../../types.ts'
+import { CidrSet } from '../../util/cidr.ts'
+import { type CompiledPattern, compilePattern } from '../pattern.ts'
+import { type Condition, matchInto, type Scratch, show } from './condition.ts'
+
+export class HeaderCondition implements Condition {
+  readonly label = 'header'
+  readonly perRequest = true
+  private readonly headers: { name: string; p: CompiledPattern }[]
+  constructor(cfg: Record<string, string>) {
+    this.headers = Object.entries(cfg).map(([name, p]) => ({
+      name: name.toLowerCase(),
+      p: compilePattern(p),
+    }))
+  }
+  test(_e: EvidenceSet, req: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
+    for (const h of this.headers) {
+      const raw = req.headers[h.name]
+      const value = Array.isArray(raw) ? raw[0] : raw
+      if (value === undefined) {
+        s.reason = `header.${h.name}: not present`
+        return false
+      }
+      if (!matchInto(h.p, value, `header.${h.name}`, s)) return false
+    }
+    return true
+  }
+}
+
+export class RemoteAddrCondition implements Condition {
+  readonly label = 'remoteAddr'
+  readonly perRequest = true
+  private readonly set: CidrSet
+  constructor(private readonly cidrs: string[]) {
+    this.set = new CidrSet(cidrs)
+  }
+  test(_e: EvidenceSet, _r: RequestInfo, conn: ConnectionInfo, s: Scratch): boolean {
+    if (this.set.has(conn.remoteAddress)) return true
+    s.reason = `remoteAddr: ${show(conn.remoteAddress)} is not in ${this.cidrs.join(', ')}`
+    return false
+  }
+}
+
+export class PathCondition implements Condition {
+  readonly label = 'path'
+  readonly perRequest = true
+  constructor(private readonly p: CompiledPattern) {}
+  test(_e: EvidenceSet, req: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
+    return matchInto(this.p, req.path, 'path', s)
+  }
+}
+
+export class MethodCondition implements Condition {
+  readonly label = 'method'
+  readonly perRequest = true
+  private readonly methods: ReadonlySet<string>
+  constructor(m: string | string[]) {
+    this.methods = new Set((Array.isArray(m) ? m : [m]).map((x) => x.toUpperCase()))
+  }
+  test(_e: EvidenceSet, req: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
+    if (this.methods.has(req.method.toUpperCase())) return true
+    s.reason = `method: ${show(req.method)} is not ${[...this.methods].join('|')}`
+    return false
+  }
+}

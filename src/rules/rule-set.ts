@@ -1,0 +1,154 @@
+// Ordered identity rules (docs/reference.md "Config file"): first match wins; captures fill name/team/zone. Unmatched requests fall
+// back to built-in knowledge (identity/builtin.ts: IdP profiles, certificates, api keys, user agents). Everything is
+// compiled once per config load; classify() runs no regex compilation and creates no closures.
+import { LRUCache } from 'lru-cache'
+import type { Config, IdentityRuleConfig } from '../config/schema.ts'
+import {
+  builtinCaptures,
+  builtinIdentity,
+  defaultKind,
+  evidenceAttributes,
+  evidenceExpiry,
+  evidenceKey,
+  hasBuiltinCaptures,
+  identityOf,
+  strongest,
+  UNVERIFIED_PREFIX,
+} from '../identity/builtin.ts'
+import type { ConnectionInfo, EvidenceSet, Identity, Kind, RequestInfo } from '../types.ts'
+import { type Captures, type Condition, compileConditions, type Scratch } from './conditions/index.ts'
+import { type CompiledTemplate, compileTemplate, patternCaptures } from './pattern.ts'
+
+export interface RuleTrace {
+  index: number
+  rule: string
+  matched: boolean
+  /** why the rule did or did not match, one line per condition checked */
+  reasons: string[]
+  captures?: Record<string, string>
+}
+
+export interface RuleSet {
+  readonly size: number
+  classify(ev: EvidenceSet, req: RequestInfo, conn: ConnectionInfo, trace?: RuleTrace[]): Identity
+}
+
+export interface RuleOptions {
+  /** size of the per-credential classification cache (0 disables it) */
+  cacheSize?: number
+}
+
+const NO_VALUES: Readonly<Captures> = Object.freeze({})
+
+interface CompiledRule {
+  index: number
+  label: string
+  conditions: Condition[]
+  name: CompiledTemplate
+  team: CompiledTemplate | undefined
+  zone: CompiledTemplate | undefined
+  kind: Kind | undefined
+  expectEveryMs: number | undefined
+  /** the name template uses what the user agent says ({bot}, {agent}, {product}, userAgent captures) */
+  uaNamed: boolean
+}
+
+const UA_CAPTURES: ReadonlySet<string> = new Set(['bot', 'agent', 'product'])
+
+function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
+  const name = compileTemplate(r.name)
+  const ua = r.match.userAgent
+  const uaCaptures = ua !== undefined && !ua.startsWith('builtin:') ? patternCaptures(ua) : []
+  return {
+    index,
+    label: r.rule ?? `rule-${index + 1}`,
+    conditions: compileConditions(r.match),
+    uaNamed: name.captures.some((c) => UA_CAPTURES.has(c) || uaCaptures.includes(c)),
+    name,
+    team: r.team !== undefined ? compileTemplate(r.team) : undefined,
+    zone: r.zone !== undefined ? compileTemplate(r.zone) : undefined,
+    kind: r.kind,
+    expectEveryMs: r.expectEvery,
+  }
+}
+
+export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
+  const rules = config.identities.map(compileRule)
+  const perRequest = rules.some((r) => r.conditions.some((c) => c.perRequest))
+  const cacheSize = opts.cacheSize ?? 10_000
+  const cache = !perRequest && cacheSize > 0 ? new LRUCache<string, Identity>({ max: cacheSize }) : undefined
+  const scratch: Scratch = { captures: undefined, reason: '' }
+
+  function classifyUncached(
+    ev: EvidenceSet,
+    req: RequestInfo,
+    conn: ConnectionInfo,
+    trace?: RuleTrace[],
+  ): Identity {
+    const { source, verified } = strongest(ev)
+    // attributes and expiry (a profile's kubernetes warnafter…) apply whichever rule matches
+    const attributes = evidenceAttributes(ev)
+    const expiry = evidenceExpiry(ev)
+    for (const rule of rules) {
+      scratch.captures = undefined
+      scratch.reason = ''
+      const reasons: string[] | undefined = trace ? [] : undefined
+      let ok = true
+      for (const cond of rule.conditions) {
+        if (cond.test(ev, req, conn, scratch)) {
+          reasons?.push(`${cond.label}: ok`)
+        } else {
+          ok = false
+          reasons?.push(scratch.reason)
+          break
+        }
+      }
+      if (trace) {
+        const t: RuleTrace = { index: rule.index, rule: rule.label, matched: ok, reasons: reasons! }
+        if (ok && rule.conditions.length === 0) reasons!.push('no conditions: matches every request')
+        // conditions mutate scratch through method calls, which TypeScript's narrowing cannot see
+        const caps = scratch.captures as Captures | undefined
+        if (ok && caps) t.captures = { ...caps }
+        trace.push(t)
+      }
+      if (!ok) continue
+      if (hasBuiltinCaptures(ev)) {
+        scratch.captures ??= {}
+        builtinCaptures(ev, scratch.captures)
+      }
+      const values = (scratch.captures as Captures | undefined) ?? NO_VALUES
+      const rendered = rule.name.render(values)
+      return identityOf({
+        // a name made from what the user agent says is a ua: name even on a verified request (where
+        // identityOf then prefixes it with the source: apikey:ua:curl), never a verified-looking one
+        name:
+          rule.uaNamed && !rendered.startsWith(UNVERIFIED_PREFIX) ? UNVERIFIED_PREFIX + rendered : rendered,
+        kind: rule.kind ?? defaultKind(ev),
+        source,
+        verified,
+        team: rule.team?.render(values),
+        zone: rule.zone?.render(values),
+        rule: rule.label,
+        attributes,
+        expiresAt: expiry,
+        expectEveryMs: rule.expectEveryMs,
+      })
+    }
+    const b = builtinIdentity(ev)
+    return identityOf({ ...b, source, verified, attributes, expiresAt: expiry })
+  }
+
+  return {
+    size: rules.length,
+    classify(ev, req, conn, trace) {
+      if (!cache || trace) return classifyUncached(ev, req, conn, trace)
+      const key = evidenceKey(ev)
+      if (key === undefined) return classifyUncached(ev, req, conn)
+      const hit = cache.get(key)
+      if (hit) return hit
+      const identity = classifyUncached(ev, req, conn)
+      cache.set(key, identity)
+      return identity
+    },
+  }
+}
