@@ -4,8 +4,8 @@ import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { serializeReloads, watchConfig } from '../src/config/watch.ts'
-import { eventually, stillTrueFor } from './helpers/eventually.ts'
+import { serializeReloads, watchConfig } from '../../src/config/watch.ts'
+import { eventually, stillTrueFor } from '../helpers/eventually.ts'
 
 async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'nhi-watch-'))
