@@ -28,7 +28,8 @@ listen:
 upstream: ${o.upstream}
 admin: ${o.admin}
 forwardedClientCert:
-  # the demo's "mesh gateway" connects from 127.0.0.2; anyone else sending XFCC is spoofing
+  # the demo's "mesh gateway" connects from 127.0.0.2; anyone else sending XFCC is spoofing. It is also the
+  # only peer whose X-Forwarded-For names the client address a crawler's claim is checked against
   trustedProxies: [127.0.0.2/32]
   format: xfcc                    # the one header the gateway sets; any other family is a spoof
   toUpstream: sanitize_set

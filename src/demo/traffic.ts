@@ -28,6 +28,9 @@ const UA = {
   goHttp: 'Go-http-client/1.1',
 } as const
 
+/** inside Google's published crawler ranges (src/identity/bots/ranges-snapshot.json) */
+const GOOGLEBOT_ADDRESS = '66.249.66.1'
+
 interface Tokens {
   payments: string
   orders: string
@@ -182,7 +185,25 @@ export class DemoTraffic {
           this.get('/api/v1/reports/billing', { 'user-agent': UA.curl, 'x-api-key': BILLING_EXPORT_KEY }),
       },
       // crawlers, probes, libraries
+      // the real Googlebot, reaching us through the trusted front proxy (127.0.0.2) that names its address
+      // (inside Google's published ranges) in X-Forwarded-For: the verified identity googlebot
+      {
+        weight: 3,
+        run: () =>
+          this.get(
+            `/docs/page-${id() % 50}`,
+            { 'user-agent': UA.googlebot, 'x-forwarded-for': GOOGLEBOT_ADDRESS },
+            this.mesh,
+          ),
+      },
+      // the same user agent straight from an address outside Google's ranges: ua:googlebot, unverified_claim
       { weight: 5, run: () => this.get(`/docs/page-${id() % 50}`, { 'user-agent': UA.googlebot }) },
+      // a spoofer writing Google's address into its own X-Forwarded-For: not a trusted proxy, so not read
+      {
+        weight: 0.5,
+        run: () =>
+          this.get('/docs/pricing', { 'user-agent': UA.googlebot, 'x-forwarded-for': GOOGLEBOT_ADDRESS }),
+      },
       { weight: 2, run: () => this.get(`/docs/page-${id() % 50}`, { 'user-agent': UA.bingbot }) },
       { weight: 4, run: () => this.get('/healthz', { 'user-agent': UA.kubeProbe }) },
       { weight: 1, run: () => this.get('/api/v1/inventory', { 'user-agent': UA.curl }) },

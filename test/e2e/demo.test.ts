@@ -43,6 +43,16 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
       { identity },
     ]),
     ['observe mode records would_deny', 'nhi_policy_decisions_total', { decision: 'would_deny' }],
+    [
+      "the crawler inside Google's ranges is the verified googlebot",
+      'nhi_requests_total',
+      { identity: 'googlebot', source: 'useragent', verified: 'true' },
+    ],
+    [
+      'a Googlebot from outside those ranges stays unverified',
+      'nhi_requests_total',
+      { identity: 'ua:googlebot', source: 'useragent', verified: 'false' },
+    ],
   ]
   const seen = (m: Awaited<ReturnType<typeof scrape>>) =>
     expected.every(([, name, labels]) => metricValue(m, name, labels) > 0)
