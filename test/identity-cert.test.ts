@@ -189,6 +189,21 @@ t.test('a URI SAN that only looks like two SPIFFE IDs in the printed text is one
   t.match(r.detail, /invalid SPIFFE ID/, 'one URI SAN, rejected for what it holds, not for being two')
 })
 
+t.test(
+  'a certificate whose SAN extension does not decode is refused, never read as one without SANs',
+  async (t) => {
+    // an OCTET STRING where GeneralNames (a SEQUENCE) belongs: Node loads the certificate and prints no SANs
+    const leaf = await issueCert(clientCa, { cn: 'bad-san', extensions: ['subjectAltName=DER:04:02:41:41'] })
+    const forwarded = certEvidenceFromPem(leaf.certPem, 'xfcc', true, 'nginx') as Failure
+    t.equal(forwarded.failed, true)
+    t.equal(forwarded.reason, 'malformed')
+    t.equal(forwarded.fingerprint, derSha256(leaf.certPem).slice(0, 16))
+    t.match(forwarded.attributes?.['subject'], /CN=bad-san/)
+    // over mTLS the chain check already refuses an extension it cannot decode
+    t.equal(((await handshake(leaf)) as Failure).reason, 'cert_untrusted')
+  },
+)
+
 t.test('the CN of a certificate comes from its parsed subject, not from the printed text', async (t) => {
   const ca = await createCA('names-ca')
   for (const [subject, cn] of [

@@ -27,6 +27,8 @@ export interface LeafOptions {
   dnsSans?: string[]
   ipSans?: string[]
   emailSans?: string[]
+  /** extension lines in openssl's syntax, as they are: e.g. `subjectAltName=DER:04:00` for a broken encoding */
+  extensions?: string[]
   /** negative → already expired */
   days?: number
   /** add extendedKeyUsage serverAuth (for server certs) */
@@ -85,6 +87,7 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
   const ext = [
     'basicConstraints=CA:FALSE',
     `extendedKeyUsage=${opts.server ? 'serverAuth,clientAuth' : 'clientAuth'}`,
+    ...(opts.extensions ?? []),
     ...(sans.length ? ['subjectAltName=@sans', '[sans]', ...sans] : []),
   ]
   await writeFile(extFile, ext.join('\n') + '\n')
