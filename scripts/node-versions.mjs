@@ -4,7 +4,7 @@
 //
 //   node scripts/node-versions.mjs            # the default majors (22 and 24)
 //   node scripts/node-versions.mjs 24 22.23.0 # a major (newest release of it) or an exact version
-//   PATH="$PWD/.cache/node-24/bin:$PATH" npx tap test/proxy-streaming.test.ts
+//   PATH="$PWD/.cache/node-24/bin:$PATH" npx tap test/proxy/streaming.test.ts
 //
 // Idempotent and offline once cached: a major that is already unpacked (and whose `node --version` answers
 // with that major) is not fetched again; an exact version is fetched again only when the cached build is a

@@ -1,15 +1,16 @@
 // Assembles a running sidecar from a config: proxy listeners, the attribution pipeline,
-// telemetry recorders and the admin server. Owns hot reload (file watch + SIGHUP) and graceful drain.
-import { type FSWatcher, watch } from 'node:fs'
+// telemetry recorders and the admin server. Applies each reloaded config (noticing a change and running
+// reloads one at a time is src/config/watch.ts) and owns graceful drain.
 import { readFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
-import { basename, dirname, resolve } from 'node:path'
+import { resolve } from 'node:path'
 import type { ConnectionOptions } from 'node:tls'
 import type { Logger } from 'pino'
 import { createAdminServer } from './admin/server.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
+import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { parsePeerCertificate } from './identity/certificate.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
@@ -295,7 +296,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   listening = true
   void telemetry.startProcessMetrics()
 
-  let reloading: Promise<boolean> | undefined
+  // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
   const reload = async (): Promise<boolean> => {
     if (!configPath) return false
     const result = await loadConfigFile(configPath)
@@ -329,32 +330,12 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
     return true
   }
-  const serialReload = (): Promise<boolean> => {
-    // one reload at a time; a change during a reload triggers one more afterwards
-    const run = (reloading ?? Promise.resolve(true)).then(reload, reload)
-    reloading = run
-    return run
-  }
-
-  let watcher: FSWatcher | undefined
-  if (configPath) {
-    // Watch the directory, not the file: editors replace files and Kubernetes swaps the ConfigMap's
-    // `..data` symlink, both of which orphan a watch on the file itself.
-    let timer: NodeJS.Timeout | undefined
-    const file = basename(configPath)
-    try {
-      watcher = watch(dirname(configPath), (_event, name) => {
-        if (name && name !== file && name !== '..data' && !name.startsWith('..')) return
-        clearTimeout(timer)
-        timer = setTimeout(() => void serialReload(), 150)
+  const serialReload = serializeReloads(reload)
+  const watcher: ConfigWatcher | undefined = configPath
+    ? watchConfig(configPath, () => void serialReload(), {
+        onError: (message, err) => log.warn({ err }, message),
       })
-      watcher.on('error', (err) =>
-        log.warn({ err: err.message }, 'config watch failed; SIGHUP still reloads'),
-      )
-    } catch (err) {
-      log.warn({ err: (err as Error).message }, 'cannot watch config; SIGHUP still reloads')
-    }
-  }
+    : undefined
 
   let closing: Promise<void> | undefined
   let shuttingDown: Promise<void> | undefined

@@ -1,7 +1,7 @@
 // The proxy's own memory while it streams large bodies: the bundle (`node dist/nhi-proxy.mjs run`, as the
 // image starts it) runs in a child process and its RSS is read from /proc/<pid>/status, so the client and the
 // upstream (in the calling process) never count. Used by bench/stream.ts (1 GB each way per Node version)
-// and by test/proxy-streaming.test.ts.
+// and by test/proxy/streaming.test.ts.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'

@@ -40,7 +40,7 @@ export class Exchange {
   counted = true
   recorded = false
   /** records the exchange when its response closes (a shared listener function has no closure) */
-  owner: { record(ex: Exchange): void } | undefined
+  owner: { onResponse(ex: Exchange): void } | undefined
   readonly trace: TraceContext
   readonly requestId: string
   readonly host: string | undefined

@@ -1,6 +1,7 @@
-// The per-request exchange, in stages named after fastify's lifecycle (docs/reference.md "Request pipeline"):
-// onRequest (connection facts, request id, trace) → identify + decide (one Pipeline.attribute call, the
-// preHandler) → forward → onResponse (one record per request, once the response is closed).
+// The exchange, in stages named after fastify's lifecycle (docs/reference.md "Request pipeline"):
+// onRequest (connection facts, request id, trace) → preHandler (identify + decide, one Pipeline.attribute
+// call) → forward → onResponse (one record per exchange, once the response is closed). Requests and
+// websocket upgrades go through the same `serve`; only the transport (HTTP forward or tunnel) differs.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
@@ -9,7 +10,7 @@ import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise, RequestInfo } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { CLIENT_CLOSED, Exchange, FALLBACK_ATTRIBUTION } from './exchange.ts'
-import type { Forwarder, ForwardTarget } from './forwarder.ts'
+import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestTarget } from './path.ts'
@@ -29,6 +30,26 @@ export interface LifecycleOptions {
   /** called once per TLS connection; the result lands in ConnectionInfo.peerCert */
   parsePeerCert?: ((socket: TLSSocket) => CertEvidence | Failure | undefined) | undefined
   timeouts: Config['timeouts']
+}
+
+/** A proxy answer: a refusal, or an upstream failure translated. */
+export interface ProxyAnswer {
+  status: number
+  body: string
+  headers?: Record<string, string> | undefined
+}
+
+/** Where `serve` sends its answers and what its forward step is: a ServerResponse, or an upgraded socket. */
+export interface Transport {
+  /** a refusal before identification (e.g. an upgrade that is not a websocket handshake) */
+  refusal?(): ProxyAnswer | undefined
+  /** the client went away while the preHandler waited */
+  clientGone?(): boolean
+  /** answers on the proxy's behalf and sets the recorded status; false when nothing could be sent */
+  answer(answer: ProxyAnswer): boolean
+  forward(target: ForwardTarget, headers: UpstreamHeaders): Promise<ForwardResult>
+  /** an internal error that could not be answered */
+  abort?(): void
 }
 
 function countRequestBytes(this: TaggedRequest, chunk: Buffer): void {
@@ -97,16 +118,20 @@ export class RequestLifecycle {
     return info
   }
 
-  /** onRequest: the exchange starts, counted in flight until recorded */
-  onRequest(conn: ConnectionInfo, req: IncomingMessage, path: string): Exchange {
+  /**
+   * onRequest: the exchange starts, counted in flight until recorded unless it is a long-lived tunnel
+   * (drain does not wait for those)
+   */
+  onRequest(conn: ConnectionInfo, req: IncomingMessage, path: string, counted = true): Exchange {
     const ex = new Exchange(conn, req.method ?? 'GET', path, req.headers)
     ex.owner = this
-    this.inFlight++
+    ex.counted = counted
+    if (counted) this.inFlight++
     return ex
   }
 
   /** onResponse: one record per exchange, once it was handled and its response closed */
-  record(ex: Exchange): void {
+  onResponse(ex: Exchange): void {
     if (ex.recorded || !ex.handled || !ex.responseClosed) return
     ex.recorded = true
     if (ex.counted) this.inFlight--
@@ -119,10 +144,11 @@ export class RequestLifecycle {
   }
 
   /**
-   * identify → classify → decide in one Pipeline call; a failing stage makes the request anonymous. Returns a
-   * promise only when a stage had to wait, so the common request is attributed without a microtask hop.
+   * preHandler: identify → classify → decide in one Pipeline call; a failing stage makes the request
+   * anonymous. Returns a promise only when a stage had to wait, so the common request is attributed without a
+   * microtask hop. The decision is `ex.attribution.reject`.
    */
-  identify(
+  preHandler(
     ex: Exchange,
     parsed: { target: string; path: string },
     req: IncomingMessage,
@@ -199,55 +225,68 @@ export class RequestLifecycle {
     return sendGrpcStatus(res, ex.grpcStatus, message)
   }
 
-  /** The whole exchange of a request/response pair (HTTP/1.1 request or HTTP/2 stream). */
-  async handle(req: TaggedRequest, res: TaggedResponse, conn: ConnectionInfo): Promise<void> {
+  /**
+   * The stages every exchange goes through, requests and upgrades alike: refusal, preHandler, the decision,
+   * the transport's forward, upstream failures translated, onResponse.
+   */
+  async serve(
+    ex: Exchange,
+    req: IncomingMessage,
+    parsed: { target: string; path: string } | undefined,
+    transport: Transport,
+  ): Promise<void> {
+    try {
+      const refusal = transport.refusal?.() ?? (parsed === undefined ? BAD_REQUEST : undefined)
+      if (refusal || parsed === undefined) {
+        ex.pipeline = this.opts.getPipeline()
+        transport.answer(refusal ?? BAD_REQUEST)
+        return
+      }
+      const identifying = this.preHandler(ex, parsed, req)
+      if (identifying) await identifying
+      if (transport.clientGone?.()) {
+        ex.status = CLIENT_CLOSED
+        return
+      }
+      // decide: a rejecting stage answers on the proxy's behalf
+      const reject = ex.attribution.reject
+      if (reject) {
+        transport.answer(reject)
+        return
+      }
+      const result = await transport.forward(this.target(parsed.target), this.hopHeaders(ex, req))
+      ex.applyForward(result)
+      if (result.status === 0 && result.upstreamError) transport.answer(UPSTREAM_ERRORS[result.upstreamError])
+    } catch {
+      if (!transport.answer(INTERNAL_ERROR)) transport.abort?.()
+    } finally {
+      ex.handled = true
+      this.onResponse(ex)
+    }
+  }
+
+  /** A request/response pair (HTTP/1.1 request or HTTP/2 stream), forwarded over HTTP. */
+  handle(req: TaggedRequest, res: TaggedResponse, conn: ConnectionInfo): Promise<void> {
     const parsed = requestTarget(req.url ?? '/')
     const ex = this.onRequest(conn, req, parsed?.path ?? '')
     req[kExchange] = ex
     res[kExchange] = ex
     res.on('close', onResponseClose)
     if (this.draining || this.closing) res.shouldKeepAlive = false
-    try {
-      if (parsed === undefined) {
-        ex.pipeline = this.opts.getPipeline()
-        this.answer(ex, req, res, BAD_REQUEST.status, BAD_REQUEST.body)
-        return
-      }
-      if (hasBody(req)) {
-        // paused first so counting does not start the flow before the forwarder consumes the body
-        req.pause()
-        req.on('data', countRequestBytes)
-      }
-      const identifying = this.identify(ex, parsed, req)
-      if (identifying) await identifying
-      if (res.destroyed) {
-        ex.status = CLIENT_CLOSED
-        return
-      }
-      // decide (preHandler): a rejecting stage answers on the proxy's behalf
-      const reject = ex.attribution.reject
-      if (reject) {
-        this.answer(ex, req, res, reject.status, reject.body, reject.headers)
-        return
-      }
-      const result = await this.opts.forwarder.forward(
-        req,
-        res,
-        this.target(parsed.target),
-        this.hopHeaders(ex, req),
-      )
-      ex.applyForward(result)
-      if (result.status === 0 && result.upstreamError) {
-        const answer = UPSTREAM_ERRORS[result.upstreamError]
-        this.answer(ex, req, res, answer.status, answer.body)
-      }
-    } catch {
-      if (!this.answer(ex, req, res, INTERNAL_ERROR.status, INTERNAL_ERROR.body) && !res.writableFinished)
-        res.destroy()
-    } finally {
-      ex.handled = true
-      this.record(ex)
+    if (parsed !== undefined && hasBody(req)) {
+      // paused first so counting does not start the flow before the forwarder consumes the body
+      req.pause()
+      req.on('data', countRequestBytes)
     }
+    const forwarder = this.opts.forwarder
+    return this.serve(ex, req, parsed, {
+      clientGone: () => res.destroyed,
+      answer: (a) => this.answer(ex, req, res, a.status, a.body, a.headers),
+      forward: (target, headers) => forwarder.forward(req, res, target, headers),
+      abort: () => {
+        if (!res.writableFinished) res.destroy()
+      },
+    })
   }
 }
 
@@ -255,5 +294,5 @@ function onResponseClose(this: TaggedResponse): void {
   const ex = this[kExchange]
   if (!ex) return
   ex.responseClosed = true
-  ex.owner?.record(ex)
+  ex.owner?.onResponse(ex)
 }

@@ -3,10 +3,9 @@
 import { type IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import { Exchange } from './exchange.ts'
 import { requestTarget } from './path.ts'
 import { type RequestLifecycle, requestHasBody } from './request-lifecycle.ts'
-import { BAD_REQUEST, INTERNAL_ERROR, sendJsonRaw, UPSTREAM_ERRORS } from './respond.ts'
+import { sendJsonRaw } from './respond.ts'
 
 /** True when the Upgrade header offers `websocket` (any case, anywhere in a token list). */
 function offersWebSocket(upgrade: string | undefined): boolean {
@@ -20,6 +19,8 @@ function isWebSocketHandshake(req: IncomingMessage): boolean {
   const key = req.headers['sec-websocket-key']
   return req.method === 'GET' && typeof key === 'string' && key.length > 0
 }
+
+const UNAVAILABLE = Object.freeze({ status: 503, body: '{"error":"unavailable"}' })
 
 const NOT_WEBSOCKET = Object.freeze({
   status: 400,
@@ -51,6 +52,7 @@ export class UpgradeHandler {
     void this.lifecycle.handle(req, res, this.lifecycle.connectionInfo(req.socket))
   }
 
+  /** An upgrade request: the same stages as any request, with a tunnel as the forward step. */
   async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const lifecycle = this.lifecycle
     socket.on('error', () => socket.destroy())
@@ -59,52 +61,29 @@ export class UpgradeHandler {
       this.serveWithoutUpgrade(req, socket)
       return
     }
-    const conn = lifecycle.connectionInfo(req.socket)
     const parsed = requestTarget(req.url ?? '/')
-    const ex = new Exchange(conn, req.method ?? 'GET', parsed?.path ?? '', req.headers)
-    ex.counted = false
-    this.tunnels.add(socket)
+    const ex = lifecycle.onRequest(lifecycle.connectionInfo(req.socket), req, parsed?.path ?? '', false)
+    // no ServerResponse to wait for: the answer or the tunnel is the response
     ex.responseClosed = true
+    this.tunnels.add(socket)
+    const forwarder = lifecycle.opts.forwarder
     try {
-      if (lifecycle.closing || parsed === undefined || !websocket || !isWebSocketHandshake(req)) {
-        ex.pipeline = lifecycle.opts.getPipeline()
-        const answer = lifecycle.closing
-          ? { status: 503, body: '{"error":"unavailable"}' }
-          : parsed === undefined
-            ? BAD_REQUEST
-            : NOT_WEBSOCKET
-        ex.status = answer.status
-        sendJsonRaw(socket, answer.status, answer.body)
-        return
-      }
-      const identifying = lifecycle.identify(ex, parsed, req)
-      if (identifying) await identifying
-      const reject = ex.attribution.reject
-      if (reject) {
-        ex.status = reject.status
-        sendJsonRaw(socket, reject.status, reject.body, reject.headers)
-        return
-      }
-      const target = lifecycle.target(parsed.target)
-      const result = await lifecycle.opts.forwarder.upgrade(
-        req,
-        socket,
-        head,
-        target,
-        lifecycle.hopHeaders(ex, req),
-      )
-      ex.applyForward(result)
-      if (result.status === 0 && result.upstreamError) {
-        const answer = UPSTREAM_ERRORS[result.upstreamError]
-        sendJsonRaw(socket, answer.status, answer.body)
-      }
-    } catch {
-      ex.status = INTERNAL_ERROR.status
-      sendJsonRaw(socket, INTERNAL_ERROR.status, INTERNAL_ERROR.body)
+      await lifecycle.serve(ex, req, parsed, {
+        refusal: () =>
+          lifecycle.closing
+            ? UNAVAILABLE
+            : parsed !== undefined && (!websocket || !isWebSocketHandshake(req))
+              ? NOT_WEBSOCKET
+              : undefined,
+        answer: (a) => {
+          ex.status = a.status
+          sendJsonRaw(socket, a.status, a.body, a.headers)
+          return true
+        },
+        forward: (target, headers) => forwarder.upgrade(req, socket, head, target, headers),
+      })
     } finally {
       this.tunnels.delete(socket)
-      ex.handled = true
-      lifecycle.record(ex)
     }
   }
 

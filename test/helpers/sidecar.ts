@@ -205,7 +205,7 @@ const TEST_DEFAULTS = {
   audit: { output: 'off' },
 }
 // A test's sidecar stops at once on SIGTERM: waiting out the production drain delay (5 s) at every teardown
-// would add minutes to the suite. drain.test.ts and fault-shutdown.test.ts set their own and test it.
+// would add minutes to the suite. runtime/drain.test.ts and runtime/shutdown-faults.test.ts set their own and test it.
 const TEST_TIMEOUTS = { drainDelay: '0s' }
 
 function withTestDefaults(config: Record<string, unknown>): Record<string, unknown> {

@@ -1,0 +1,167 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { renderExplain } from '../../src/cli/explain-render.ts'
+import { golden } from '../helpers/golden.ts'
+import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { createCA, issueCert } from '../helpers/pki.ts'
+import { runCli } from '../helpers/sidecar.ts'
+
+const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
+
+interface ExplainArgs {
+  config: string
+  headers?: string[]
+  token?: string
+  cert?: string
+  ua?: string
+  method?: string
+  path?: string
+  json?: boolean
+}
+
+/** `nhi-proxy explain` through the built bundle */
+async function explain(o: ExplainArgs): Promise<{ code: number; text: string }> {
+  const args = ['explain', '-c', o.config]
+  for (const h of o.headers ?? []) args.push('-H', h)
+  if (o.token !== undefined) args.push('--token', o.token)
+  if (o.cert !== undefined) args.push('--cert', o.cert)
+  if (o.ua !== undefined) args.push('--ua', o.ua)
+  if (o.method !== undefined) args.push('--method', o.method)
+  if (o.path !== undefined) args.push('--path', o.path)
+  if (o.json) args.push('--json')
+  const r = await runCli(args)
+  return { code: r.code, text: r.stdout }
+}
+
+t.test('explain a crawler: every rule tried, why it failed, identity and policy', async (t) => {
+  const r = await explain({
+    config: 'config/examples/public-api-with-bots.yaml',
+    ua: GOOGLEBOT,
+    path: '/api/v1/search',
+    headers: ['X-Api-Key: not-a-real-key', 'Accept: application/json'],
+  })
+  t.equal(r.code, 0)
+  t.equal(r.text, golden('explain-crawler.txt', r.text))
+  t.notMatch(r.text, /not-a-real-key/, 'credentials are never echoed')
+})
+
+t.test('--json carries the same report', async (t) => {
+  const r = await explain({
+    config: 'config/examples/public-api-with-bots.yaml',
+    ua: GOOGLEBOT,
+    method: 'get',
+    path: '/',
+    json: true,
+  })
+  t.equal(r.code, 0)
+  const report = JSON.parse(r.text)
+  t.match(report.identity, { name: 'crawler/googlebot', kind: 'bot', rule: 'crawlers' })
+  t.equal(report.trace.length, 3)
+  t.equal(report.decision.decision, 'allow')
+  t.equal(report.request.method, 'GET')
+})
+
+t.test('explain a real token verified against a JWKS', async (t) => {
+  const key = await createSigningKey('k1')
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-explain-'))
+  const config = join(dir, 'c.yaml')
+  writeFileSync(
+    config,
+    `jwt:
+  issuers:
+    - { issuer: "${jwks.url}", jwksUri: "${jwks.jwksUri}", audiences: [orders] }
+identities:
+  - { name: admins, rule: admins, kind: human, match: { jwt: { claims: { groups: admin } } } }
+  - { name: "ci/{repo}", rule: ci, kind: job, match: { jwt: { issuer: "${jwks.url}", claims: { repository: "{repo}" } } } }
+policy:
+  mode: enforce
+  rules: [{ route: "/admin/**", allow: [{ kind: human }] }]
+`,
+  )
+  const token = await mintToken(
+    key,
+    { repository: 'acme/web' },
+    { issuer: jwks.url, audience: 'orders', subject: 'repo:acme/web' },
+  )
+  const r = await explain({ config, token, path: '/admin/x' })
+  t.equal(r.code, 0)
+  t.match(r.text, /jwt +verified iss=http:\/\/127\.0\.0\.1:\d+ sub=repo:acme\/web alg=RS256/)
+  t.match(r.text, /no +#1 admins\n +jwt\.claims\.groups: claim not present/)
+  t.match(r.text, /MATCH #2 ci\n +jwt: ok\n +captures: repo=acme\/web/)
+  t.match(r.text, /identity: ci\/acme\/web\n +kind=job source=jwt verified=true rule=ci/)
+  t.match(r.text, /policy: deny \(mode enforce, rule \/admin\/\*\*\)/)
+  t.notMatch(r.text, new RegExp(token.slice(-20)), 'the token itself is never printed')
+  t.match(r.text, /authorization: <redacted>/)
+
+  const bad = await explain({ config, token: `${token.slice(0, -4)}AAAA` })
+  t.equal(bad.code, 0)
+  t.match(bad.text, /failure +jwt: bad_signature/)
+  t.match(bad.text, /identity: anonymous/)
+})
+
+t.test('explain a client certificate, verified against the configured clientCA', async (t) => {
+  const ca = await createCA('explain-ca')
+  const leaf = await issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
+  const other = await createCA('other-ca')
+  const stranger = await issueCert(other, { cn: 'x', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-explain-'))
+  const config = join(dir, 'c.yaml')
+  writeFileSync(
+    config,
+    `listen:
+  https: { cert: ${leaf.certFile}, key: ${leaf.keyFile}, clientCA: ${ca.certFile} }
+identities:
+  - { name: "{ns}/{sa}", rule: workloads, kind: service, match: { spiffe: "spiffe://example.com/ns/{ns}/sa/{sa}", verified: true } }
+`,
+  )
+  const r = await explain({ config, cert: leaf.certFile })
+  t.equal(r.code, 0)
+  t.match(r.text, /mtls +verified spiffe:\/\/example\.com\/ns\/shop\/sa\/web/)
+  t.match(r.text, /identity: shop\/web\n +kind=service source=mtls verified=true rule=workloads/)
+  const s = await explain({ config, cert: stranger.certFile })
+  t.match(s.text, /mtls +unverified/)
+  t.match(s.text, /verified: request is not verified/)
+  t.match(s.text, /note: certificate is not issued by/)
+})
+
+t.test('bad input exits 1', async (t) => {
+  const [badConfig, badHeader, noCert] = await Promise.all([
+    explain({ config: 'test/golden/bad-config.yaml' }),
+    explain({ config: 'config/nhi-proxy.yaml', headers: ['no colon'] }),
+    explain({ config: 'config/nhi-proxy.yaml', cert: 'no/such.pem' }),
+  ])
+  t.equal(badConfig.code, 1, 'invalid config')
+  t.equal(badHeader.code, 1, 'header without a colon')
+  t.equal(noCert.code, 1, 'missing certificate file')
+})
+
+t.test('rendering without the engine: anonymous request, no rules', async (t) => {
+  const lines = renderExplain({
+    request: { method: 'GET', path: '/', remoteAddr: '10.0.0.1', headers: [] },
+    evidence: {
+      credentials: [],
+      failures: [{ failed: true, source: 'xfcc', reason: 'untrusted_forwarder' }],
+      anomalies: ['spoofed_header'],
+    },
+    trace: [],
+    ruleCount: 0,
+    identity: {
+      name: 'anonymous',
+      kind: 'unknown',
+      source: 'anonymous',
+      verified: false,
+      rule: 'builtin:anonymous',
+      attributes: {},
+    },
+    decision: { decision: 'allow', rule: 'off', skipped: true },
+    policyMode: 'off',
+    route: 'other',
+    notes: [],
+  })
+  const text = `${lines.join('\n')}\n`
+  t.equal(text, golden('explain-anonymous.txt', text))
+})

@@ -1,0 +1,401 @@
+// `inventory` and `fleet` against a real Prometheus scraping three sidecars (orders, billing, search) run from
+// the built bundle: known callers (api keys, an AI agent's user agent, a browser) cross them, Prometheus
+// scrapes every second, and the built CLI must list exactly those identities and edges. Plus the CSV shape
+// and the errors (Prometheus down, bad URL).
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import t from 'tap'
+import type { InventoryRow } from '../../src/cli/inventory.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { freePort } from '../helpers/net.ts'
+import { startPrometheus } from '../helpers/prometheus.ts'
+import { runCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { CHART_DIR, skipWithout, systemTool } from '../helpers/tools.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const prometheusBin = systemTool('prometheus')
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
+const KEYS = { 'inventory-sync': 'sync-key-0123456789', 'nightly-export': 'export-key-0123456789' }
+const BROWSER =
+  'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36'
+
+async function send(sidecar: TestSidecar, path: string, headers: Record<string, string>, times = 1) {
+  const { address, port } = sidecar.proxyAddress
+  for (let i = 0; i < times; i++) {
+    const res = await fetch(`http://${address}:${port}${path}`, {
+      headers,
+      signal: AbortSignal.timeout(5_000),
+    })
+    await res.arrayBuffer()
+  }
+}
+
+t.test(
+  'inventory and fleet over three sidecars scraped by a real Prometheus',
+  { skip: skipWithout('prometheus', prometheusBin), timeout: 90_000 },
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const key = await createSigningKey('k1')
+    const jwks = await startJwksServer([key])
+    t.teardown(() => jwks.close())
+    const issuer = jwks.url
+    const keys = {
+      header: 'x-api-key',
+      keys: [
+        { name: 'inventory-sync', kind: 'service', sha256: sha256(KEYS['inventory-sync']) },
+        { name: 'nightly-export', kind: 'job', sha256: sha256(KEYS['nightly-export']) },
+      ],
+    }
+    const nightly = {
+      name: 'nightly-export',
+      rule: 'nightly',
+      kind: 'job',
+      expectEvery: '1s',
+      match: { apiKey: 'nightly-export' },
+    }
+    const [orders, billing, search] = await Promise.all([
+      startTestSidecar(t, {
+        service: 'orders',
+        upstream: upstream.url,
+        apiKeys: keys,
+        identities: [nightly],
+      }),
+      startTestSidecar(t, {
+        service: 'billing',
+        upstream: upstream.url,
+        apiKeys: keys,
+        identities: [nightly],
+      }),
+      startTestSidecar(t, {
+        service: 'search',
+        upstream: upstream.url,
+        jwt: { issuers: [{ issuer, jwksUri: jwks.jwksUri, audiences: ['search'] }] },
+        identities: [
+          { name: 'svc/{client}', kind: 'service', match: { jwt: { issuer, claims: { azp: '{client}' } } } },
+        ],
+      }),
+    ])
+    const sync = { 'x-api-key': KEYS['inventory-sync'] }
+    const exporter = { 'x-api-key': KEYS['nightly-export'] }
+    await send(orders!, '/orders', sync, 3)
+    await send(billing!, '/invoices', sync, 2)
+    await send(orders!, '/export', exporter)
+    await send(billing!, '/status/500', exporter)
+    await send(search!, '/docs', { 'user-agent': 'GPTBot/1.2' }, 2)
+    await send(search!, '/', { 'user-agent': BROWSER })
+    // a verified workload token that expires in an hour
+    const token = await mintToken(key, { azp: 'reports' }, { issuer, audience: 'search', expiresIn: 3600 })
+    const tokenExp = (
+      JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { exp: number }
+    ).exp
+    await send(search!, '/reports', { authorization: `Bearer ${token}` })
+
+    const targets = [orders!, billing!, search!].map((s) => `"127.0.0.1:${s.adminAddress.port}"`)
+    const { base } = await startPrometheus(t, prometheusBin!, () =>
+      [
+        'global: { scrape_interval: 1s, evaluation_interval: 1s }',
+        'scrape_configs:',
+        '  - job_name: nhi-proxy',
+        `    static_configs: [{ targets: [${targets.join(', ')}] }]`,
+        '',
+      ].join('\n'),
+    )
+
+    // the three sidecars scraped after the traffic: every request counted
+    const inventory = await eventually(
+      async () => {
+        const r = await runCli(['inventory', '--prometheus', base, '--window', '10m', '--json'])
+        if (r.code !== 0) throw new Error(r.stderr)
+        const inv = JSON.parse(r.stdout) as { identities: InventoryRow[] }
+        const total = inv.identities.reduce((n, x) => n + x.requests, 0)
+        return total === 10 && inv.identities.every((x) => x.lastSeen !== null) ? inv : undefined
+      },
+      { timeoutMs: 40_000, intervalMs: 500, what: 'all ten non-human requests in the inventory' },
+    )
+    const pick = (r: InventoryRow) => ({
+      identity: r.identity,
+      kind: r.kind,
+      sources: r.sources,
+      verified: r.verified,
+      services: r.services,
+      requests: r.requests,
+      errors: r.errors,
+      errorRatio: r.errorRatio,
+      expectedIntervalSeconds: r.expectedIntervalSeconds,
+    })
+    t.same(
+      inventory.identities.map(pick),
+      [
+        {
+          identity: 'inventory-sync',
+          kind: 'service',
+          sources: ['apikey'],
+          verified: true,
+          services: ['billing', 'orders'],
+          requests: 5,
+          errors: 0,
+          errorRatio: 0,
+          expectedIntervalSeconds: null,
+        },
+        {
+          identity: 'nightly-export',
+          kind: 'job',
+          sources: ['apikey'],
+          verified: true,
+          services: ['billing', 'orders'],
+          requests: 2,
+          errors: 1,
+          errorRatio: 0.5,
+          expectedIntervalSeconds: 1,
+        },
+        {
+          identity: 'svc/reports',
+          kind: 'service',
+          sources: ['jwt'],
+          verified: true,
+          services: ['search'],
+          requests: 1,
+          errors: 0,
+          errorRatio: 0,
+          expectedIntervalSeconds: null,
+        },
+        {
+          identity: 'ua:gptbot',
+          kind: 'agent',
+          sources: ['useragent'],
+          verified: false,
+          services: ['search'],
+          requests: 2,
+          errors: 0,
+          errorRatio: 0,
+          expectedIntervalSeconds: null,
+        },
+      ],
+      'exactly the non-human identities, their kinds, sources and services (the browser is left out)',
+    )
+    for (const r of inventory.identities) {
+      t.ok(r.firstSeen && r.lastSeen && r.firstSeen <= r.lastSeen, `${r.identity}: first seen ≤ last seen`)
+    }
+    const byName = new Map(inventory.identities.map((r) => [r.identity, r]))
+    t.equal(byName.get('inventory-sync')?.dormant, false, 'a caller seen just now is active')
+    t.equal(
+      byName.get('svc/reports')?.credentialExpiry,
+      new Date(tokenExp * 1000).toISOString().replace('.000Z', 'Z'),
+      "the token's exp is the credential expiry",
+    )
+    t.equal(byName.get('inventory-sync')?.credentialExpiry, null, 'api keys do not expire')
+    t.equal(byName.get('nightly-export')?.dormant, true, 'a job past its 1s expected interval is dormant')
+    t.match(byName.get('nightly-export')?.dormantReason, /job overdue/)
+
+    // every identity is dormant once the threshold is shorter than the time since its last request
+    const strict = await eventually(
+      async () => {
+        const r = await runCli([
+          'inventory',
+          '--prometheus',
+          base,
+          '--window',
+          '10m',
+          '--dormant-after',
+          '1s',
+          '--json',
+        ])
+        const inv = JSON.parse(r.stdout) as { identities: InventoryRow[] }
+        return inv.identities.every((x) => x.dormant) ? inv : undefined
+      },
+      { timeoutMs: 20_000, intervalMs: 500, what: 'every identity silent for over 1s' },
+    )
+    t.match(strict.identities.find((r) => r.identity === 'ua:gptbot')?.dormantReason, /silent for/)
+
+    const csv = await runCli(['inventory', '--prometheus', base, '--window', '10m', '--csv'])
+    t.equal(csv.code, 0, csv.stderr)
+    const lines = csv.stdout.trimEnd().split('\n')
+    t.equal(
+      lines[0],
+      'identity,kind,sources,verified,first_seen,last_seen,services,requests,errors,error_ratio,credential_expiry,expected_interval_seconds,last_success,dormant,dormant_reason',
+      'CSV header',
+    )
+    t.equal(lines.length, 5, 'one row per identity')
+    t.match(lines[1], /^inventory-sync,service,apikey,true,[^,]+,[^,]+,billing;orders,5,0,0,,,,false,$/)
+    t.ok(
+      lines.slice(1).every((l) => l.split(',').length >= 15),
+      'every row has every column',
+    )
+
+    const table = await runCli(['inventory', '--prometheus', base, '--window', '10m'])
+    t.equal(table.code, 0, table.stderr)
+    t.match(table.stdout, /IDENTITY\s+KIND\s+SOURCE/, 'a table by default')
+    t.match(table.stdout, /nightly-export\s+job\s+apikey/)
+
+    // fleet: edges, shares, jobs, unverified callers
+    const fleetRun = await runCli(['fleet', '--prometheus', base, '--window', '10m', '--json'])
+    t.equal(fleetRun.code, 0, fleetRun.stderr)
+    const fleet = JSON.parse(fleetRun.stdout) as {
+      services: { service: string; requests: number; human: number; machine: number; machineShare: number }[]
+      edges: {
+        identity: string
+        kind: string
+        service: string
+        requests: number
+        errors: number
+        verified: boolean
+      }[]
+      failingJobs: { identity: string; services: string[]; consecutiveFailures: number }[]
+      silentJobs: { identity: string }[]
+      unverifiedCallers: { identity: string; kind: string; services: string[]; requests: number }[]
+      cost: unknown[]
+      expiringCredentials: {
+        identity: string
+        service: string
+        source: string
+        expires: string
+        inSeconds: number
+      }[]
+    }
+    t.same(
+      fleet.edges,
+      [
+        {
+          identity: 'inventory-sync',
+          kind: 'service',
+          service: 'billing',
+          requests: 2,
+          errors: 0,
+          verified: true,
+        },
+        {
+          identity: 'nightly-export',
+          kind: 'job',
+          service: 'billing',
+          requests: 1,
+          errors: 1,
+          verified: true,
+        },
+        {
+          identity: 'inventory-sync',
+          kind: 'service',
+          service: 'orders',
+          requests: 3,
+          errors: 0,
+          verified: true,
+        },
+        {
+          identity: 'nightly-export',
+          kind: 'job',
+          service: 'orders',
+          requests: 1,
+          errors: 0,
+          verified: true,
+        },
+        { identity: 'anonymous', kind: 'human', service: 'search', requests: 1, errors: 0, verified: false },
+        {
+          identity: 'svc/reports',
+          kind: 'service',
+          service: 'search',
+          requests: 1,
+          errors: 0,
+          verified: true,
+        },
+        { identity: 'ua:gptbot', kind: 'agent', service: 'search', requests: 2, errors: 0, verified: false },
+      ],
+      'identity → service edges across the three sidecars',
+    )
+    t.same(
+      fleet.services.map((s) => [s.service, s.requests, s.human, s.machine, s.machineShare]),
+      [
+        ['billing', 3, 0, 3, 1],
+        ['orders', 4, 0, 4, 1],
+        ['search', 4, 1, 3, 0.75],
+      ],
+      'human vs machine share per service',
+    )
+    t.same(
+      fleet.failingJobs.map((j) => [j.identity, j.services, j.consecutiveFailures]),
+      [['nightly-export', ['billing', 'orders'], 1]],
+      'the job failing at billing',
+    )
+    t.same(
+      fleet.silentJobs.map((j) => j.identity),
+      ['nightly-export'],
+      'and past its expected interval',
+    )
+    t.same(
+      fleet.unverifiedCallers,
+      [{ identity: 'ua:gptbot', kind: 'agent', services: ['search'], requests: 2 }],
+      'unverified non-human callers',
+    )
+    t.same(fleet.cost, [], 'no cost model, no cost')
+    t.same(
+      fleet.expiringCredentials.map((c) => [c.identity, c.service, c.source]),
+      [['svc/reports', 'search', 'jwt']],
+      'the token expiring within the default 7d',
+    )
+    t.ok(
+      fleet.expiringCredentials.every((c) => c.inSeconds > 3000 && c.inSeconds <= 3600),
+      'in about an hour',
+    )
+
+    const fleetTable = await runCli(['fleet', '--prometheus', base, '--window', '10m'])
+    t.equal(fleetTable.code, 0, fleetTable.stderr)
+    t.match(fleetTable.stdout, /Edges \(identity → service\):/)
+    t.match(fleetTable.stdout, /ua:gptbot\s+agent\s+search\s+2\s+0\s+no/)
+
+    // the dashboard's fleet panels run on the same data and name the same identities and edges
+    const dashboard = JSON.parse(readFileSync(join(CHART_DIR, 'dashboards', 'nhi-proxy.json'), 'utf8')) as {
+      panels: { title: string; targets: { expr: string }[] }[]
+    }
+    const panelRows = async (title: string) => {
+      const panel = dashboard.panels.find((p) => p.title === title)
+      t.ok(panel, `dashboard panel "${title}"`)
+      const rows: Record<string, string>[][] = []
+      for (const target of panel?.targets ?? []) {
+        const expr = target.expr.replaceAll('$__range', '10m').replaceAll('$service', '.*')
+        const res = await fetch(`${base}/api/v1/query?query=${encodeURIComponent(expr)}`)
+        const body = (await res.json()) as {
+          status: string
+          error?: string
+          data: { result: { metric: Record<string, string> }[] }
+        }
+        t.equal(body.status, 'success', `"${title}" query runs: ${body.error ?? ''}`)
+        rows.push(body.data.result.map((r) => r.metric))
+      }
+      return rows
+    }
+    const [edgeRows] = await panelRows('Fleet edges: identity \u2192 service')
+    t.same(
+      edgeRows?.map((m) => `${m['identity']}->${m['service']}`).sort(),
+      fleet.edges.map((e) => `${e.identity}->${e.service}`).sort(),
+      'the edges panel lists the edges fleet prints',
+    )
+    const [lastSeenRows] = await panelRows('NHI inventory')
+    t.same(
+      lastSeenRows?.map((m) => m['identity']).sort(),
+      ['inventory-sync', 'nightly-export', 'svc/reports', 'ua:gptbot'],
+      'the inventory panel lists the identities inventory prints',
+    )
+  },
+)
+
+t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', async (t) => {
+  const port = await freePort()
+  for (const command of ['inventory', 'fleet']) {
+    const down = await runCli([command, '--prometheus', `http://127.0.0.1:${port}`, '--timeout', '5s'])
+    t.equal(down.code, 2, `${command}: Prometheus down → exit 2`)
+    t.match(
+      down.stderr,
+      new RegExp(`cannot reach Prometheus at http://127\\.0\\.0\\.1:${port}: ECONNREFUSED`),
+    )
+    t.notMatch(down.stderr, /\n\s+at /, 'no stack trace')
+    t.equal(down.stdout, '', 'nothing on stdout')
+
+    const bad = await runCli([command, '--prometheus', 'prometheus:9090'])
+    t.equal(bad.code, 1, `${command}: a bad URL → exit 1`)
+    t.match(bad.stderr, /--prometheus must be an http:\/\/ or https:\/\/ URL/)
+
+    const missing = await runCli([command])
+    t.equal(missing.code, 1, `${command}: --prometheus is required`)
+  }
+})

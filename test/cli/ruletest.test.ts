@@ -1,0 +1,50 @@
+import { readdirSync } from 'node:fs'
+import t from 'tap'
+import { golden } from '../helpers/golden.ts'
+import { runCli } from '../helpers/sidecar.ts'
+
+async function run(files: string[]): Promise<{ code: number; text: string }> {
+  const r = await runCli(['test', ...files])
+  return { code: r.code, text: r.stdout }
+}
+
+const exampleTests = readdirSync('config/examples')
+  .filter((f) => f.endsWith('.test.yaml'))
+  .map((f) => `config/examples/${f}`)
+
+t.test('every shipped example has rule tests and they pass', async (t) => {
+  const configs = readdirSync('config/examples').filter(
+    (f) => f.endsWith('.yaml') && !f.endsWith('.test.yaml'),
+  )
+  t.ok(configs.length >= 5)
+  for (const c of configs)
+    t.ok(
+      exampleTests.includes(`config/examples/${c.replace(/\.yaml$/, '.test.yaml')}`),
+      `${c} has a test file`,
+    )
+  const r = await run(exampleTests)
+  t.equal(r.code, 0, r.text)
+  t.notMatch(r.text, /not ok/)
+  t.match(r.text, /# \d+ tests, \d+ passed, 0 failed/)
+})
+
+t.test('a failing test file exits 1 with expected/actual', async (t) => {
+  const r = await run(['test/golden/failing.test.yaml'])
+  t.equal(r.code, 1)
+  t.equal(r.text, golden('ruletest-failing.txt', r.text))
+  t.match(r.text, /^ok 1 - passes$/m)
+  t.match(r.text, /^not ok 2 - wrong identity and decision$/m)
+  t.match(r.text, /identity: expected "shop\/api", got "shop\/web"/)
+  t.match(r.text, /decision: expected "allow", got "deny"/)
+})
+
+t.test('an invalid test file is reported with line:col and exits 1', async (t) => {
+  const r = await run(['test/golden/invalid.test.yaml'])
+  t.equal(r.code, 1)
+  t.match(
+    r.text,
+    /test\/golden\/invalid\.test\.yaml:5:15 unknown key "identiy" in tests\[0\]\.expect \(hint: did you mean "identity"\?\)/,
+  )
+  const missing = await run(['no/such.test.yaml'])
+  t.equal(missing.code, 1)
+})

@@ -1,0 +1,237 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import {
+  type Diagnostic,
+  formatDiagnostic,
+  loadConfigFile,
+  parseConfigText,
+} from '../../src/config/loader.ts'
+
+function errorsOf(text: string): Diagnostic[] {
+  const r = parseConfigText(text, 'c.yaml')
+  if (r.ok) throw new Error(`expected errors, config was valid`)
+  return r.errors
+}
+function warningsOf(text: string): Diagnostic[] {
+  const r = parseConfigText(text, 'c.yaml')
+  if (!r.ok) throw new Error(`unexpected errors: ${r.errors.map(formatDiagnostic).join('; ')}`)
+  return r.warnings
+}
+const lines = (ds: Diagnostic[]) => ds.map(formatDiagnostic)
+
+t.test('an empty file is the defaults', async (t) => {
+  for (const text of ['', '# only a comment\n', '---\n']) {
+    const r = parseConfigText(text, 'c.yaml')
+    t.ok(r.ok, JSON.stringify(text))
+    if (r.ok) {
+      t.equal(r.config.upstream, 'http://127.0.0.1:3000')
+      t.equal(r.config.policy.mode, 'off')
+      t.equal(r.config.jwt.clockSkew, 30_000)
+      t.same(r.warnings, [])
+    }
+  }
+})
+
+t.test('unknown keys point at the key with a did-you-mean from the schema', async (t) => {
+  t.same(lines(errorsOf('upstreem: http://x:1\n')), [
+    'c.yaml:1:1 unknown key "upstreem" (hint: did you mean "upstream"?)',
+  ])
+  const nested = 'identities:\n  - name: a\n    match:\n      spifee: "spiffe://x/y"\n'
+  t.same(lines(errorsOf(nested)), [
+    'c.yaml:4:7 unknown key "spifee" in identities[0].match (hint: did you mean "spiffe"?)',
+  ])
+  const far = errorsOf('policy:\n  zzzzzzzz: 1\n')
+  t.equal(far[0]?.line, 2)
+  t.equal(far[0]?.col, 3)
+  t.match(far[0]?.hint, /valid keys: mode, (.*, )?rules/)
+})
+
+t.test('bad types, enums and durations', async (t) => {
+  t.same(lines(errorsOf('metrics:\n  maxIdentities: lots\n')), [
+    'c.yaml:2:18 metrics.maxIdentities: expected number, received string',
+  ])
+  t.same(lines(errorsOf('policy:\n  mode: enforcing\n')), [
+    'c.yaml:2:9 policy.mode: invalid value "enforcing" (hint: did you mean "enforce"? one of: off, observe, enforce)',
+  ])
+  t.same(lines(errorsOf('jwt:\n  clockSkew: 30 seconds\n')), [
+    'c.yaml:2:14 jwt.clockSkew: invalid duration "30 seconds" (hint: durations look like 500ms, 30s, 5m, 24h, 7d or a number of seconds)',
+  ])
+  t.same(lines(errorsOf('identities:\n  - name: a\n    match: { method: 7 }\n')), [
+    'c.yaml:3:22 identities[0].match.method: expected string or array, received number',
+  ])
+  t.same(lines(errorsOf('listen:\n  https: { address: ":8443" }\n')), [
+    'c.yaml:2:10 listen.https.cert: missing required key "cert"',
+    'c.yaml:2:10 listen.https.key: missing required key "key"',
+  ])
+  t.same(lines(errorsOf('- a\n- b\n')), ['c.yaml:1:1 expected a mapping of keys'])
+})
+
+t.test('YAML syntax errors carry their position', async (t) => {
+  const e = errorsOf('service: x\nidentities: [ a, b\nmetrics: {}\n')
+  t.ok(e.length > 0)
+  t.ok((e[0]?.line ?? 0) >= 2, 'points into the broken flow sequence, not at the top')
+  t.same(lines(errorsOf('service: "x\n')).length, 1)
+  const tab = errorsOf('service: x\n\tupstream: y\n')
+  t.equal(tab[0]?.line, 2)
+  t.match(e[0]?.message, /^YAML syntax error: /)
+  const dup = errorsOf('service: a\nservice: b\n')
+  t.equal(dup[0]?.line, 2)
+  t.match(dup[0]?.message, /unique/)
+})
+
+t.test('bad CIDRs in trustedProxies and remoteAddr', async (t) => {
+  t.same(
+    lines(errorsOf('forwardedClientCert:\n  format: xfcc\n  trustedProxies: [10.0.3.17, 10.0.0.300/8]\n')),
+    [
+      'c.yaml:3:31 invalid CIDR "10.0.0.300/8": "10.0.0.300" is not an IP address (hint: use the front proxy\'s own address, e.g. 10.0.3.17 or 10.0.3.16/28)',
+    ],
+  )
+  const e = errorsOf('identities:\n  - name: a\n    match:\n      remoteAddr:\n        - 10.0.0.0/33\n')
+  t.same(lines(e), [
+    'c.yaml:5:11 invalid CIDR "10.0.0.0/33": prefix must be 0-32 (hint: use e.g. 10.0.0.0/8 or 192.168.1.10)',
+  ])
+})
+
+t.test('trusted proxies need the header format they set, and broad ranges are flagged', async (t) => {
+  t.same(lines(errorsOf('forwardedClientCert:\n  trustedProxies: [10.0.3.17]\n')), [
+    'c.yaml:2:20 trusted proxy "10.0.3.17" has no header format, so no forwarded certificate from it is believed (hint: set forwardedClientCert.format (xfcc | rfc9440 | alb | nginx) to the one header that proxy sets, or write the entry as {cidr, format})',
+  ])
+  t.same(lines(errorsOf('forwardedClientCert:\n  trustedProxies: [{ cidr: 10.0.3.17 }]\n')).length, 1)
+  t.same(lines(errorsOf('forwardedClientCert:\n  format: haproxy\n')).length, 1, 'unknown format')
+  t.same(
+    warningsOf(
+      'forwardedClientCert:\n  format: nginx\n  trustedProxies: [10.0.3.17/32, 10.1.0.0/16, "fd00::/48"]\n',
+    ),
+    [],
+  )
+  t.same(warningsOf('forwardedClientCert:\n  trustedProxies: [{ cidr: 10.0.3.17, format: alb }]\n'), [])
+  const broad = warningsOf(
+    'forwardedClientCert:\n  format: xfcc\n  trustedProxies:\n    - 10.0.0.0/8\n    - 0.0.0.0/0\n    - "fd00::/8"\n    - "::ffff:10.0.0.0/104"\n    - { cidr: 172.16.0.0/12, format: nginx }\n',
+  )
+  t.same(lines(broad), [
+    'c.yaml:4:7 warning: trusted proxy range "10.0.0.0/8" covers 16,777,216 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:5:7 warning: trusted proxy range "0.0.0.0/0" covers every IPv4 address: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:6:7 warning: trusted proxy range "fd00::/8" covers an IPv6 /8: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:7:7 warning: trusted proxy range "::ffff:10.0.0.0/104" covers 16,777,216 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:8:15 warning: trusted proxy range "172.16.0.0/12" covers 1,048,576 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+  ])
+})
+
+t.test('captures used in templates must be defined by a match pattern', async (t) => {
+  const text =
+    'identities:\n  - name: "{ns}/{sa}"\n    team: "{team}"\n    match: { spiffe: "spiffe://c/ns/{ns}/sa/{sa}" }\n'
+  t.same(lines(errorsOf(text)), [
+    'c.yaml:3:11 {team} is not captured by any match pattern of this rule (hint: captures available: ns, sa, bot, agent, product)',
+  ])
+  // {bot} without a userAgent condition is allowed but flagged
+  const w = warningsOf('identities:\n  - name: "{bot}"\n    match: { path: "/x" }\n')
+  t.match(w[0]?.message, /only set when the request has a user agent/)
+  t.same(warningsOf('identities:\n  - name: "{bot}"\n    match: { userAgent: "builtin:bots" }\n'), [])
+})
+
+t.test('invalid patterns, templates and builtins', async (t) => {
+  t.match(
+    errorsOf('identities:\n  - name: a\n    match: { spiffe: "spiffe://x/{ns" }\n')[0]?.message,
+    /unclosed "\{"/,
+  )
+  t.match(errorsOf('identities:\n  - name: a\n    match: { path: "/a**" }\n')[0]?.message, /whole segment/)
+  t.match(errorsOf('identities:\n  - name: "{a"\n    match: {}\n')[0]?.message, /invalid template/)
+  const ua = errorsOf('identities:\n  - name: a\n    match: { userAgent: "builtin:robots" }\n')[0]
+  t.match(ua?.hint, /builtin:bots/)
+  t.match(
+    errorsOf('policy:\n  rules:\n    - route: "/a/{x"\n      allow: []\n')[0]?.message,
+    /invalid route pattern/,
+  )
+  t.match(
+    errorsOf('policy:\n  rules:\n    - route: "admin"\n      allow: []\n')[0]?.message,
+    /must start with/,
+  )
+  t.match(errorsOf('metrics:\n  routes: ["/a/**/b"]\n')[0]?.message, /last segment/)
+})
+
+t.test('shadowed rules are warnings pointing at the unreachable rule', async (t) => {
+  const text = [
+    'identities:',
+    '  - name: "{ns}/{sa}"',
+    '    match: { spiffe: "spiffe://c/ns/{ns}/sa/{sa}" }',
+    '  - name: special',
+    '    match: { spiffe: "spiffe://c/ns/{a}/sa/{b}", path: "/admin/**" }',
+    '  - name: any',
+    '    match: {}',
+    '  - name: never',
+    '    match: { userAgent: "builtin:bots" }',
+    '',
+  ].join('\n')
+  const w = warningsOf(text)
+  t.same(
+    w.map((d) => [d.line, d.message]),
+    [
+      [4, 'rule is unreachable: identities[0] matches every request it does'],
+      [8, 'rule is unreachable: identities[2] matches every request it does'],
+    ],
+  )
+  // a narrower earlier rule does not shadow a broader later one
+  const ok =
+    'identities:\n  - name: a\n    match: { spiffe: "spiffe://c/ns/x/sa/{sa}" }\n  - name: b\n    match: { spiffe: "spiffe://c/ns/{ns}/sa/{sa}" }\n'
+  t.same(warningsOf(ok), [])
+  // different methods: not provably shadowed
+  const m =
+    'identities:\n  - name: a\n    match: { method: GET }\n  - name: b\n    match: { method: [GET, POST] }\n'
+  t.same(warningsOf(m), [])
+  const m2 =
+    'identities:\n  - name: a\n    match: { method: [get, post] }\n  - name: b\n    match: { method: POST }\n'
+  t.equal(warningsOf(m2).length, 1)
+})
+
+t.test('duplicate rule names, issuers and api keys', async (t) => {
+  const dup =
+    'identities:\n  - name: a\n    rule: r\n    match: { path: /a }\n  - name: b\n    rule: r\n    match: { path: /b }\n'
+  t.same(lines(errorsOf(dup)), ['c.yaml:6:11 duplicate rule name "r" (also identities[0])'])
+  const w = warningsOf('identities:\n  - name: a\n    match: { jwt: { issuer: https://idp.example.com } }\n')
+  t.match(w[0]?.message, /not configured in jwt.issuers/)
+  t.equal(w[0]?.line, 3)
+  const key =
+    'apiKeys:\n  keys: [{ name: export, sha256: "' +
+    'a'.repeat(64) +
+    '" }]\nidentities:\n  - name: a\n    match: { apiKey: exprot }\n'
+  t.same(lines(errorsOf(key)), [
+    'c.yaml:5:22 no api key named "exprot" in apiKeys.keys (hint: configured: export)',
+  ])
+  const reserved = errorsOf(
+    'apiKeys:\n  keys:\n    - { name: anonymous, sha256: "' +
+      'a'.repeat(64) +
+      '" }\n    - { name: "ua:curl", sha256: "' +
+      'b'.repeat(64) +
+      '" }\n',
+  )
+  t.match(lines(reserved), [/c\.yaml:3:15 .*"anonymous" is reserved/, /c\.yaml:4:15 .*"ua:curl" is reserved/])
+  const noSource = errorsOf('jwt:\n  issuers:\n    - issuer: https://idp\n      audiences: [orders]\n')
+  t.same(lines(noSource), [
+    'c.yaml:3:7 issuer "https://idp" has no key source (hint: set jwksUri, jwksFile or discovery: true)',
+  ])
+  const hs = errorsOf(
+    'jwt:\n  issuers:\n    - issuer: https://idp\n      discovery: true\n      audiences: any\n      algorithms: [HS256]\n',
+  )
+  t.match(hs[0]?.message, /HS256 need a shared secret/)
+  t.equal(hs[0]?.line, 6)
+  t.ok(
+    parseConfigText(
+      'jwt:\n  issuers:\n    - { issuer: a, jwksFile: /k, algorithms: [HS256], secretFile: /s, audiences: [b] }\n',
+      'c',
+    ).ok,
+  )
+})
+
+t.test('loadConfigFile reads files and reports missing ones', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-config-'))
+  const good = join(dir, 'good.yaml')
+  writeFileSync(good, 'service: orders\n')
+  const r = await loadConfigFile(good)
+  t.ok(r.ok)
+  if (r.ok) t.equal(r.config.service, 'orders')
+  const missing = await loadConfigFile(join(dir, 'nope.yaml'))
+  t.notOk(missing.ok)
+  if (!missing.ok) t.match(formatDiagnostic(missing.errors[0]!), /nope\.yaml:1:1 file not found/)
+})

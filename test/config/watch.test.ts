@@ -1,0 +1,125 @@
+// The config watcher and reload serializer on their own: real files in a temp directory, a ConfigMap-style
+// `..data` symlink swap, and a burst of reload requests during a running reload becoming one more run.
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { serializeReloads, watchConfig } from '../../src/config/watch.ts'
+import { eventually, stillTrueFor } from '../helpers/eventually.ts'
+
+async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-watch-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+t.test('an edit of the file calls onChange once per debounced burst', async (t) => {
+  const dir = await tempDir(t)
+  const file = join(dir, 'config.yaml')
+  await writeFile(file, 'service: a\n')
+  let changes = 0
+  const watcher = watchConfig(file, () => changes++, { debounceMs: 250 })
+  t.teardown(() => watcher.close())
+
+  for (let i = 0; i < 5; i++) await writeFile(file, `service: edit-${i}\n`)
+  await eventually(() => changes >= 1, { what: 'a change notification' })
+  t.equal(changes, 1, 'five writes in a row are one notification')
+})
+
+t.test('a ConfigMap `..data` symlink swap is seen through the symlinked file', async (t) => {
+  const dir = await tempDir(t)
+  // the layout the kubelet writes: file -> ..data/file, ..data -> ..<timestamp>/
+  await mkdir(join(dir, '..2026_01'))
+  await writeFile(join(dir, '..2026_01', 'config.yaml'), 'service: one\n')
+  await symlink('..2026_01', join(dir, '..data'))
+  await symlink(join('..data', 'config.yaml'), join(dir, 'config.yaml'))
+  let changes = 0
+  const errors: string[] = []
+  const watcher = watchConfig(join(dir, 'config.yaml'), () => changes++, {
+    debounceMs: 50,
+    onError: (message) => errors.push(message),
+  })
+  t.teardown(() => watcher.close())
+
+  // the swap: a new timestamped folder, a temporary symlink to it, renamed over `..data`
+  await mkdir(join(dir, '..2026_02'))
+  await writeFile(join(dir, '..2026_02', 'config.yaml'), 'service: two\n')
+  await symlink('..2026_02', join(dir, '..data_tmp'))
+  await rename(join(dir, '..data_tmp'), join(dir, '..data'))
+  await eventually(() => changes >= 1, { what: 'the swap to be noticed' })
+  t.same(errors, [])
+})
+
+t.test('other files in the directory do not trigger a reload', async (t) => {
+  const dir = await tempDir(t)
+  const file = join(dir, 'config.yaml')
+  await writeFile(file, 'service: a\n')
+  let changes = 0
+  const watcher = watchConfig(file, () => changes++, { debounceMs: 20 })
+  t.teardown(() => watcher.close())
+
+  await writeFile(join(dir, 'notes.txt'), 'unrelated\n')
+  await writeFile(join(dir, 'config.yaml.swp'), 'editor scratch\n')
+  t.ok(await stillTrueFor(() => changes === 0, 300), 'no notification for unrelated files')
+})
+
+t.test('a directory that cannot be watched reports through onError', async (t) => {
+  const dir = await tempDir(t)
+  const errors: string[] = []
+  const watcher = watchConfig(join(dir, 'missing', 'config.yaml'), () => {}, {
+    onError: (message, err) => errors.push(`${message}: ${err}`),
+  })
+  watcher.close()
+  t.equal(errors.length, 1)
+  t.match(errors[0], /cannot watch config; SIGHUP still reloads: .*ENOENT/)
+})
+
+t.test('reloads run one at a time; requests during one share exactly one more run', async (t) => {
+  let runs = 0
+  let active = 0
+  let maxActive = 0
+  const gates: Array<() => void> = []
+  const reload = serializeReloads(async () => {
+    const n = ++runs
+    active++
+    maxActive = Math.max(maxActive, active)
+    await new Promise<void>((release) => gates.push(release))
+    active--
+    return n
+  })
+
+  const first = reload()
+  await eventually(() => gates.length === 1, { what: 'the first reload to start' })
+  const burst = [reload(), reload(), reload(), reload()]
+  t.equal(new Set(burst).size, 1, 'requests during a reload share one queued run')
+  t.equal(runs, 1, 'the queued run waits for the running one')
+
+  gates[0]?.()
+  t.equal(await first, 1)
+  await eventually(() => gates.length === 2, { what: 'the queued reload to start' })
+  t.equal(runs, 2)
+  const during = reload()
+  t.not(during, burst[0], 'a request during the queued run queues a new one')
+  gates[1]?.()
+  t.same(await Promise.all(burst), [2, 2, 2, 2], 'the burst is answered by the run after it')
+  await eventually(() => gates.length === 3, { what: 'the third reload to start' })
+  gates[2]?.()
+  t.equal(await during, 3)
+  t.equal(maxActive, 1, 'never two reloads at once')
+  t.equal(runs, 3)
+})
+
+t.test('a failed reload does not block the next one', async (t) => {
+  let calls = 0
+  const reload = serializeReloads(async () => {
+    calls++
+    if (calls === 1) throw new Error('boom')
+    return true
+  })
+  const failing = reload()
+  const next = reload()
+  await t.rejects(failing, /boom/)
+  t.equal(await next, true)
+  t.equal(await reload(), true, 'idle again: a new request runs at once')
+  t.equal(calls, 3)
+})

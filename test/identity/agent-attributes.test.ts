@@ -1,0 +1,70 @@
+// A known AI agent's operator and purpose reach /identities and the audit record; crawlers the overlay does
+// not describe carry neither, and names are product tokens in the ua: namespace.
+import t from 'tap'
+import { request } from 'undici'
+import { auditLine, toAuditRecord } from '../../src/telemetry/audit.ts'
+import { identity, requestEvent } from '../helpers/events.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+interface Row {
+  name: string
+  kind: string
+  operator?: string
+  purpose?: string
+}
+
+const GPTBOT =
+  'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)'
+const CHATGPT_USER =
+  'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko); compatible; ChatGPT-User/1.0; +https://openai.com/bot'
+const BINGBOT = 'Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)'
+
+t.test('/identities shows operator and purpose of AI agents seen over the wire', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startTestSidecar(t, { service: 'shop', upstream: upstream.url })
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const names: string[] = []
+  for (const ua of [GPTBOT, CHATGPT_USER, BINGBOT, 'claude-cli/2.0.14 (external, cli)']) {
+    const res = await request(`${proxy}/echo`, { headers: { 'user-agent': ua } })
+    const body = JSON.parse(await res.body.text()) as { headers: Record<string, string> }
+    names.push(body.headers['x-nhi-identity'] ?? '')
+  }
+  t.same(names, ['ua:gptbot', 'ua:chatgpt-user', 'ua:bingbot', 'ua:claude-code'])
+  const view = await eventually(
+    async () => {
+      const v = (await (await fetch(`${admin}/identities`)).json()) as { identities: Row[] }
+      return names.every((n) => v.identities.some((i) => i.name === n)) && v
+    },
+    { what: 'the four identities in /identities' },
+  )
+  const row = (name: string) => {
+    const r = view.identities.find((i) => i.name === name)
+    return r && [r.kind, r.operator, r.purpose]
+  }
+  t.same(row('ua:gptbot'), ['agent', 'OpenAI', 'training'])
+  t.same(row('ua:chatgpt-user'), ['agent', 'OpenAI', 'assistant'])
+  t.same(row('ua:claude-code'), ['agent', 'Anthropic', 'coding'])
+  t.same(row('ua:bingbot'), ['bot', undefined, undefined])
+})
+
+t.test('the audit record and its fast line carry the agent fields', async (t) => {
+  const who = identity('ua:gptbot', {
+    kind: 'agent',
+    source: 'useragent',
+    verified: false,
+    attributes: { ua_product: 'gptbot', agent_operator: 'OpenAI', agent_purpose: 'training' },
+  })
+  const event = requestEvent({ identity: who })
+  const record = toAuditRecord(event)
+  t.equal(record.agent_operator, 'OpenAI')
+  t.equal(record.agent_purpose, 'training')
+  const line = JSON.parse(auditLine(event)) as Record<string, unknown>
+  t.equal(line['agent_operator'], 'OpenAI')
+  t.equal(line['agent_purpose'], 'training')
+  const plain = JSON.parse(auditLine(requestEvent({ identity: identity('ua:bingbot', { kind: 'bot' }) })))
+  t.notOk('agent_operator' in plain, 'absent when unknown')
+})

@@ -1,0 +1,393 @@
+// Verified bots: a user agent claiming a well-known crawler is verified only from its operator's published
+// ranges (or by reverse-then-forward DNS when enabled), the range files refresh with the JWKS rules (last
+// good keeps serving), and only a trusted proxy can say where a client is.
+
+import { execFile } from 'node:child_process'
+import { createSocket, type Socket } from 'node:dgram'
+import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { configSchema } from '../../src/config/schema.ts'
+import { clientAddress } from '../../src/identity/bots/client-address.ts'
+import { OperatorRanges, parseRangeDocument, SHIPPED_RANGES } from '../../src/identity/bots/ranges.ts'
+import { BotVerifier } from '../../src/identity/bots/verify.ts'
+import { AttributionPipeline } from '../../src/pipeline/index.ts'
+import { CidrSet } from '../../src/util/cidr.ts'
+import { eventually } from '../helpers/eventually.ts'
+
+const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
+const GPTBOT =
+  'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)'
+const BINGBOT = 'Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)'
+
+function verifyConfig(verify: Record<string, unknown> = {}, forwarded: Record<string, unknown> = {}) {
+  return configSchema.parse({ bots: { verify }, forwardedClientCert: forwarded })
+}
+
+function req(headers: Record<string, string>) {
+  return { method: 'GET', path: '/', url: '/', headers }
+}
+
+t.test('the shipped snapshot: dated, one entry per published file, every prefix a CIDR', async (t) => {
+  t.match(SHIPPED_RANGES.asOf, /^\d{4}-\d{2}-\d{2}$/)
+  const operators = new Set(SHIPPED_RANGES.sources.map((s) => s.operator))
+  t.ok(operators.has('Google') && operators.has('OpenAI') && operators.has('Apple'))
+  for (const s of SHIPPED_RANGES.sources) {
+    t.match(s.url, /^https:\/\//)
+    t.match(s.creationTime, /^\d{4}-\d{2}-\d{2}T/)
+    const doc = { prefixes: s.prefixes.map((p) => (p.includes(':') ? { ipv6Prefix: p } : { ipv4Prefix: p })) }
+    t.equal(parseRangeDocument(doc).length, s.prefixes.length, `${s.url}: every prefix is a CIDR`)
+  }
+})
+
+t.test('range files: the published layout is parsed, junk is refused or skipped', async (t) => {
+  const doc = {
+    creationTime: '2026-08-20T14:46:45.000000',
+    prefixes: [
+      { ipv6Prefix: '2001:4860:4801:10::/64' },
+      { ipv4Prefix: '66.249.64.0/27' },
+      { ipv4Prefix: '66.249.64.1' },
+      { ipv4Prefix: 'not-an-address/8' },
+      'junk',
+    ],
+  }
+  t.same(parseRangeDocument(doc), ['2001:4860:4801:10::/64', '66.249.64.0/27'])
+  t.throws(() => parseRangeDocument({ keys: [] }), /not \{"prefixes"/)
+  t.throws(() => parseRangeDocument({ prefixes: [{ ipv4Prefix: 'x' }] }), /no usable prefixes/)
+  const r = new OperatorRanges(new Map([['Google', parseRangeDocument(doc)]]))
+  t.ok(r.contains('google', '66.249.64.31'))
+  t.notOk(r.contains('Google', '66.249.64.32'))
+  t.ok(r.contains('Google', '2001:4860:4801:10::1'))
+  t.ok(r.contains('Google', '::ffff:66.249.64.5'), 'a v4-mapped peer matches its v4 range')
+  t.notOk(r.has('Bing'))
+})
+
+t.test('verifyBotClaim against the shipped ranges', async (t) => {
+  const v = new BotVerifier(verifyConfig().bots.verify, verifyConfig().forwardedClientCert)
+  t.teardown(() => v.close())
+  t.equal(v.verifyBotClaim('Google', '66.249.66.1'), 'verified')
+  t.equal(v.verifyBotClaim('Google', '203.0.113.9'), 'unverified_claim')
+  t.equal(v.verifyBotClaim('Google', '20.171.206.7'), 'unverified_claim', "OpenAI's range is not Google's")
+  t.equal(v.verifyBotClaim('OpenAI', '20.171.206.7'), 'verified')
+  t.equal(v.verifyBotClaim('Apple', '17.241.208.170'), 'verified')
+  t.equal(
+    v.verifyBotClaim('Bing', '157.55.39.1'),
+    'unknown',
+    'no Bing ranges shipped: nothing to check against',
+  )
+  const off = new BotVerifier(verifyConfig({ enabled: false }).bots.verify, { trustedProxies: [] })
+  t.equal(off.verifyBotClaim('Google', '203.0.113.9'), 'unknown')
+})
+
+t.test(
+  'the pipeline: in range verified and named without ua:, out of range counted, others untouched',
+  async (t) => {
+    const engine = new AttributionPipeline(verifyConfig())
+    t.teardown(() => engine.close())
+    const from = (remoteAddress: string, ua: string) =>
+      engine.evaluate(req({ 'user-agent': ua }), { remoteAddress, remotePort: 1, tls: false }) as Awaited<
+        ReturnType<AttributionPipeline['evaluate']>
+      >
+    const real = from('66.249.66.1', GOOGLEBOT)
+    t.equal(real.identity.name, 'googlebot')
+    t.equal(real.identity.verified, true)
+    t.equal(real.identity.kind, 'bot')
+    t.equal(real.identity.attributes['bot_verified_by'], 'ranges')
+    t.same(real.evidence.anomalies, [])
+
+    const fake = from('203.0.113.9', GOOGLEBOT)
+    t.equal(fake.identity.name, 'ua:googlebot', 'the same user agent from elsewhere is not the verified one')
+    t.equal(fake.identity.verified, false)
+    t.same(fake.evidence.anomalies, ['unverified_claim'])
+    t.equal(from('66.249.66.1', GOOGLEBOT).identity.verified, true, 'the identity cache keeps them apart')
+
+    t.equal(from('20.171.206.7', GPTBOT).identity.verified, true, 'GPTBot from an OpenAI range')
+    t.same(from('66.249.66.1', GPTBOT).evidence.anomalies, ['unverified_claim'], 'GPTBot from Google is not')
+    t.same(from('203.0.113.9', BINGBOT).evidence.anomalies, [], 'no Bing ranges loaded: not counted')
+    const curl = from('203.0.113.9', 'curl/8.4.0')
+    t.same(curl.evidence.anomalies, [], 'a user agent that claims no crawler operator is never counted')
+  },
+)
+
+t.test('client address: only a trusted proxy names the client', async (t) => {
+  const trusted = new CidrSet(['127.0.0.2/32', '10.0.0.0/30'])
+  const google = '66.249.66.1'
+  // the attacker connects directly from an untrusted address with every header that can name an address
+  const attackerHeaders: Record<string, string>[] = [
+    { 'x-forwarded-for': google },
+    { 'x-forwarded-for': `${google}, ${google}` },
+    { 'x-forwarded-for': `[${google}]:443` },
+    { x_forwarded_for: google },
+    { 'x-real-ip': google },
+    { forwarded: `for=${google}` },
+    { 'true-client-ip': google },
+    { 'cf-connecting-ip': google },
+    { 'x-client-ip': google },
+  ]
+  for (const h of attackerHeaders) {
+    t.equal(clientAddress(h, '203.0.113.9', trusted), '203.0.113.9', `untrusted peer: ${JSON.stringify(h)}`)
+    t.equal(
+      clientAddress(h, '127.0.0.1', trusted),
+      '127.0.0.1',
+      `loopback but untrusted: ${JSON.stringify(h)}`,
+    )
+  }
+  // the trusted proxy appends the real peer: what the client put in front of it never counts
+  t.equal(clientAddress({ 'x-forwarded-for': `${google}, 203.0.113.9` }, '127.0.0.2', trusted), '203.0.113.9')
+  t.equal(clientAddress({ 'x-forwarded-for': google }, '127.0.0.2', trusted), google)
+  t.equal(clientAddress({ 'x-forwarded-for': `${google}:51234` }, '::ffff:127.0.0.2', trusted), google)
+  // a chain of trusted proxies is walked past, and stops at the first address they did not vouch for
+  t.equal(
+    clientAddress({ 'x-forwarded-for': `203.0.113.9, ${google}, 10.0.0.1` }, '127.0.0.2', trusted),
+    google,
+  )
+  // garbage where the trusted proxy's entry should be: the proxy itself is the client (never inside a range)
+  t.equal(clientAddress({ 'x-forwarded-for': 'unknown' }, '127.0.0.2', trusted), '127.0.0.2')
+  t.equal(clientAddress({}, '127.0.0.2', trusted), '127.0.0.2')
+  t.equal(clientAddress({ 'x-forwarded-for': google }, '127.0.0.2', new CidrSet([])), '127.0.0.2')
+})
+
+t.test(
+  'range refresh over HTTP: last good ranges serve through failures, new ones replace them',
+  async (t) => {
+    let answer: { status: number; body: string } = {
+      status: 200,
+      body: JSON.stringify({ creationTime: 'x', prefixes: [{ ipv4Prefix: '198.51.100.0/24' }] }),
+    }
+    let hits = 0
+    const server = createServer((_req, res) => {
+      hits++
+      res.statusCode = answer.status
+      res.end(answer.body)
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.teardown(() => server.close())
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/bingbot.json?sig=secret`
+    const events: { result: string; prefixes: number; error?: string }[] = []
+    const cfg = verifyConfig({
+      shippedRanges: false,
+      ranges: [{ operator: 'Bing', url }],
+      refreshInterval: 1,
+      retryInterval: '50ms',
+    }).bots.verify
+    const v = new BotVerifier(
+      cfg,
+      { trustedProxies: [] },
+      {
+        observer: {
+          refreshed: (_op, _url, result, prefixes, error) => {
+            events.push(error === undefined ? { result, prefixes } : { result, prefixes, error })
+          },
+        },
+      },
+    )
+    t.teardown(() => v.close())
+    t.equal(
+      v.verifyBotClaim('Bing', '198.51.100.7'),
+      'unknown',
+      'before the first fetch: nothing to check against',
+    )
+    await v.start()
+    t.equal(v.verifyBotClaim('Bing', '198.51.100.7'), 'verified')
+    t.equal(v.verifyBotClaim('Bing', '203.0.113.5'), 'unverified_claim')
+
+    answer = { status: 500, body: 'down' }
+    const failure = await eventually(() => events.find((e) => e.result === 'failure'), {
+      what: 'a failed refresh',
+    })
+    t.match(failure.error, /HTTP 500/)
+    t.notMatch(failure.error, /secret/, 'the URL query never reaches a log line')
+    t.equal(failure.prefixes, 1, 'the last good file is still loaded')
+    t.equal(v.verifyBotClaim('Bing', '198.51.100.7'), 'verified', 'the last good ranges keep serving')
+
+    answer = { status: 200, body: '{"prefixes": "not a list"}' }
+    const before = hits
+    await eventually(() => hits > before + 1, { what: 'retries after a failure come at the retry interval' })
+    t.equal(
+      v.verifyBotClaim('Bing', '198.51.100.7'),
+      'verified',
+      'a malformed file does not replace a good one',
+    )
+
+    answer = { status: 200, body: JSON.stringify({ prefixes: [{ ipv4Prefix: '203.0.113.0/24' }] }) }
+    await eventually(() => v.verifyBotClaim('Bing', '203.0.113.5') === 'verified', { what: 'the new ranges' })
+    t.equal(v.verifyBotClaim('Bing', '198.51.100.7'), 'unverified_claim', 'the old ranges are gone')
+  },
+)
+
+// A tiny DNS server on loopback: PTR and A answers from two tables, NXDOMAIN for everything else.
+interface Zone {
+  ptr: Record<string, string>
+  a: Record<string, string>
+}
+
+function encodeName(name: string): Buffer {
+  const parts = name.split('.').filter(Boolean)
+  return Buffer.concat([
+    ...parts.map((p) => Buffer.concat([Buffer.from([p.length]), Buffer.from(p)])),
+    Buffer.from([0]),
+  ])
+}
+
+function answerQuery(msg: Buffer, zone: Zone): Buffer {
+  let off = 12
+  const labels: string[] = []
+  while (msg[off]! !== 0) {
+    const len = msg[off]!
+    labels.push(msg.subarray(off + 1, off + 1 + len).toString())
+    off += len + 1
+  }
+  off++
+  const qtype = msg.readUInt16BE(off)
+  const question = msg.subarray(12, off + 4)
+  const name = labels.join('.').toLowerCase()
+  let rdata: Buffer | undefined
+  if (qtype === 12 && name.endsWith('.in-addr.arpa')) {
+    const ip = labels.slice(0, 4).reverse().join('.')
+    if (zone.ptr[ip]) rdata = encodeName(zone.ptr[ip])
+  } else if (qtype === 1 && zone.a[name]) {
+    rdata = Buffer.from(zone.a[name].split('.').map(Number))
+  }
+  const header = Buffer.alloc(12)
+  header.writeUInt16BE(msg.readUInt16BE(0), 0)
+  header.writeUInt16BE(rdata ? 0x8180 : 0x8183, 2)
+  header.writeUInt16BE(1, 4)
+  header.writeUInt16BE(rdata ? 1 : 0, 6)
+  if (!rdata) return Buffer.concat([header, question])
+  const rr = Buffer.alloc(12)
+  rr.writeUInt16BE(0xc00c, 0)
+  rr.writeUInt16BE(qtype, 2)
+  rr.writeUInt16BE(1, 4)
+  rr.writeUInt32BE(60, 6)
+  rr.writeUInt16BE(rdata.length, 10)
+  return Buffer.concat([header, question, rr, rdata])
+}
+
+async function startDns(
+  zone: Zone,
+  opts: { silent?: boolean } = {},
+): Promise<{ socket: Socket; server: string; queries: string[] }> {
+  const socket = createSocket('udp4')
+  const queries: string[] = []
+  socket.on('message', (msg, rinfo) => {
+    queries.push(msg.toString('latin1'))
+    if (!opts.silent) socket.send(answerQuery(msg, zone), rinfo.port, rinfo.address)
+  })
+  socket.bind(0, '127.0.0.1')
+  await once(socket, 'listening')
+  return { socket, server: `127.0.0.1:${socket.address().port}`, queries }
+}
+
+t.test('reverse-then-forward DNS on a loopback DNS server', async (t) => {
+  const dns = await startDns({
+    ptr: {
+      '192.0.2.10': 'crawl-192-0-2-10.googlebot.com',
+      '192.0.2.11': 'crawl.googlebot.com.attacker.example',
+      '192.0.2.12': 'crawl-192-0-2-12.googlebot.com',
+    },
+    a: {
+      'crawl-192-0-2-10.googlebot.com': '192.0.2.10',
+      'crawl.googlebot.com.attacker.example': '192.0.2.11',
+      // the attacker controls the PTR of its own address, not Google's forward zone
+      'crawl-192-0-2-12.googlebot.com': '192.0.2.99',
+    },
+  })
+  t.teardown(() => dns.socket.close())
+  const config = verifyConfig({ dns: { enabled: true, servers: [dns.server], timeout: '2s' } })
+  const engine = new AttributionPipeline(config)
+  t.teardown(() => engine.close())
+  const from = (remoteAddress: string) =>
+    engine.evaluate(req({ 'user-agent': GOOGLEBOT }), {
+      remoteAddress,
+      remotePort: 1,
+      tls: false,
+    }) as Awaited<ReturnType<AttributionPipeline['evaluate']>>
+
+  const first = from('192.0.2.10')
+  t.equal(first.identity.verified, false, 'the first request does not wait for DNS')
+  t.same(first.evidence.anomalies, [], 'nor is it counted while the answer is on its way')
+  for (const a of ['192.0.2.11', '192.0.2.12', '192.0.2.13']) from(a)
+  await engine.settled()
+
+  const later = from('192.0.2.10')
+  t.equal(later.identity.verified, true, 'PTR in googlebot.com resolving back to the address')
+  t.equal(later.identity.name, 'googlebot')
+  t.equal(later.identity.attributes['bot_verified_by'], 'dns')
+  t.same(from('192.0.2.11').evidence.anomalies, ['unverified_claim'], 'a look-alike domain is not Google')
+  t.same(from('192.0.2.12').evidence.anomalies, ['unverified_claim'], 'forward lookup disagrees with the PTR')
+  t.same(from('192.0.2.13').evidence.anomalies, ['unverified_claim'], 'no PTR record')
+  t.equal(from('66.249.66.1').identity.attributes['bot_verified_by'], 'ranges', 'ranges are checked first')
+
+  const asked = dns.queries.length
+  from('192.0.2.10')
+  from('192.0.2.11')
+  await engine.settled()
+  t.equal(dns.queries.length, asked, 'answers are cached: no new queries')
+})
+
+t.test('DNS that never answers: bounded by the timeout, never verified, asked again later', async (t) => {
+  const dns = await startDns({ ptr: {}, a: {} }, { silent: true })
+  t.teardown(() => dns.socket.close())
+  const cfg = verifyConfig({ dns: { enabled: true, servers: [dns.server], timeout: '150ms' } }).bots.verify
+  const v = new BotVerifier(cfg, { trustedProxies: [] })
+  t.teardown(() => v.close())
+  const started = Date.now()
+  t.equal(v.verifyBotClaim('Bing', '192.0.2.50'), 'unknown')
+  await v.dnsSettled()
+  t.ok(Date.now() - started < 2000, 'the lookup gave up within its budget')
+  t.equal(v.verifyBotClaim('Bing', '192.0.2.50'), 'unknown', 'a timeout is not an answer')
+  await v.dnsSettled()
+  t.ok(dns.queries.length >= 2, 'the next claim asks again')
+})
+
+t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published files', async (t) => {
+  const server = createServer((req, res) => {
+    if (req.url === '/down.json') {
+      res.statusCode = 503
+      res.end()
+      return
+    }
+    res.end(
+      JSON.stringify({
+        creationTime: '2026-11-30T10:00:00Z',
+        prefixes: [{ ipv4Prefix: '192.0.2.0/24' }, { ipv6Prefix: '2001:db8::/32' }, { ipv4Prefix: 'junk' }],
+      }),
+    )
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const out = join(tmpdir(), `bot-ranges-${process.pid}.json`)
+  await promisify(execFile)(process.execPath, [
+    'scripts/refresh-bot-ranges.mjs',
+    '--out',
+    out,
+    '--url',
+    `Bing=${base}/bingbot.json`,
+    '--url',
+    `Perplexity=${base}/down.json`,
+  ]).catch((err: { stderr?: string }) => {
+    t.fail(err.stderr ?? String(err))
+  })
+  const written = JSON.parse(readFileSync(out, 'utf8'))
+  t.match(written.asOf, /^\d{4}-\d{2}-\d{2}$/)
+  t.same(
+    written.sources,
+    [
+      {
+        operator: 'Bing',
+        url: `${base}/bingbot.json`,
+        creationTime: '2026-11-30T10:00:00Z',
+        prefixes: ['192.0.2.0/24', '2001:db8::/32'],
+      },
+    ],
+    'the file that failed is left out (no previous entry), junk prefixes are dropped',
+  )
+})

@@ -1,0 +1,65 @@
+// The IdP's key set endpoint fails while the proxy runs: down (503), junk JSON, hanging. Tokens signed with
+// the last good keys keep verifying through the real proxy, and every failed refresh is counted.
+import pino from 'pino'
+import t from 'tap'
+import { request } from 'undici'
+import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const _silent = pino({ level: 'silent' })
+const ISSUER = 'https://idp.fault.test'
+
+t.test('JWKS down, junk or hanging: last good keys verify, failures are counted', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createSigningKey('k1')
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    jwt: {
+      issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'], refreshInterval: '1s' }],
+    },
+  })
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const refreshes = async (result: string) =>
+    metricValue(await scrape(admin), 'nhi_jwks_refresh_total', { issuer: ISSUER, result })
+  const verifiedWith = async (token: string) => {
+    const res = await request(`${proxy}/echo`, { headers: { authorization: `Bearer ${token}` } })
+    return (JSON.parse(await res.body.text()).headers as Record<string, string>)['x-nhi-verified']
+  }
+  const waitFor = (cond: () => Promise<boolean>, timeoutMs = 8000) =>
+    eventually(cond, { timeoutMs, intervalMs: 100 }).then(
+      () => true,
+      () => false,
+    )
+
+  t.ok(await refreshes('success'), 'initial fetch counted as success')
+  for (const fault of [503, 'junk', 'hang'] as const) {
+    jwks.fault = fault
+    const failuresBefore = await refreshes('failure')
+    t.ok(
+      await waitFor(async () => (await refreshes('failure')) > failuresBefore),
+      `${fault}: nhi_jwks_refresh_total{result="failure"} rises`,
+    )
+    // a token never seen before (not in the verification cache) still verifies with the last good keys
+    const fresh = await mintToken(key, { azp: `during-${fault}` }, { issuer: ISSUER, audience: 'orders' })
+    t.equal(await verifiedWith(fresh), 'true', `${fault}: a new token verifies with the last good keys`)
+    const m = await scrape(admin)
+    t.ok(metricValue(m, 'nhi_jwks_keys', { issuer: ISSUER }) >= 1, `${fault}: keys still loaded`)
+  }
+  jwks.fault = undefined
+  const successBefore = await refreshes('success')
+  t.ok(
+    await waitFor(async () => (await refreshes('success')) > successBefore),
+    'recovers once the IdP is back',
+  )
+  const health = await request(`${admin}/healthz`)
+  await health.body.dump()
+  t.equal(health.statusCode, 200)
+})

@@ -1,0 +1,362 @@
+// Key sources over real HTTP(S): discovery, rotation through unknown kids, refetch cooldown, outages, custom CA
+// and rotating bearer tokens, local JWKS files, periodic refresh.
+import { once } from 'node:events'
+import { mkdtemp, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:https'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { type Config, configSchema, type IssuerConfig } from '../../src/config/schema.ts'
+import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
+import { IssuerKeySet, type JwksObserver } from '../../src/identity/jwt/jwks.ts'
+import type { ConnectionInfo, Failure, JwtEvidence, RequestInfo } from '../../src/types.ts'
+import { eventually } from '../helpers/eventually.ts'
+import {
+  createSigningKey,
+  type JwksServer,
+  mintToken,
+  type SigningKey,
+  startJwksServer,
+} from '../helpers/jwks.ts'
+import { createServerPki } from '../helpers/pki.ts'
+
+const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 40000, tls: false }
+
+/** A clock the test moves: the refetch cooldown and the verdict cache read it instead of waiting it out. */
+function manualClock() {
+  let at = Date.now()
+  return {
+    now: () => at,
+    advance(ms: number) {
+      at += ms
+    },
+  }
+}
+
+function req(token: string): RequestInfo {
+  return { method: 'GET', path: '/', url: '/', headers: { authorization: `Bearer ${token}` } }
+}
+
+function jwtConfig(issuers: Record<string, unknown>[], extra: Record<string, unknown> = {}): Config['jwt'] {
+  // audience is not what most of these tests are about: they accept any audience explicitly
+  const withAud = issuers.map((i) => ({ audiences: 'any', ...i }))
+  return configSchema.parse({ jwt: { issuers: withAud, ...extra } }).jwt
+}
+
+function issuerConfig(cfg: Record<string, unknown>): IssuerConfig {
+  return jwtConfig([cfg]).issuers[0]!
+}
+
+interface Refresh {
+  issuer: string
+  result: 'success' | 'failure'
+  keyCount: number
+  at: number
+}
+function recordingObserver(): JwksObserver & { events: Refresh[] } {
+  const events: Refresh[] = []
+  return {
+    events,
+    refreshed: (issuer, result, keyCount, at) => events.push({ issuer, result, keyCount, at }),
+  }
+}
+
+/** the part of a tap test the helpers need */
+interface Teardown {
+  teardown(fn: () => unknown): void
+}
+
+async function serve(t: Teardown, keys: SigningKey[]): Promise<JwksServer> {
+  const s = await startJwksServer(keys)
+  t.teardown(() => s.close())
+  return s
+}
+
+function extractor(
+  t: Teardown,
+  cfg: Config['jwt'],
+  opts: ConstructorParameters<typeof JwtExtractor>[1] = {},
+) {
+  const x = new JwtExtractor(cfg, opts)
+  t.teardown(() => x.close())
+  return x
+}
+
+async function verified(x: JwtExtractor, token: string): Promise<JwtEvidence | Failure | undefined> {
+  return await x.extract(req(token), conn)
+}
+
+let keyA: SigningKey
+let keyB: SigningKey
+t.before(async () => {
+  keyA = await createSigningKey('key-a')
+  keyB = await createSigningKey('key-b', 'ES256')
+})
+
+t.test('jwksUri: keys load, token verifies, observer sees success', async (t) => {
+  const idp = await serve(t, [keyA])
+  const observer = recordingObserver()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), { observer })
+  t.equal(x.ready(), false, 'not ready before the first fetch')
+  await x.start()
+  t.equal(x.ready(), true)
+  t.match(observer.events, [{ issuer: idp.url, result: 'success', keyCount: 1 }])
+  const ev = await verified(x, await mintToken(keyA, {}, { issuer: idp.url, subject: 'svc' }))
+  t.match(ev, { source: 'jwt', verified: true, issuer: idp.url, alg: 'RS256', kid: 'key-a' })
+})
+
+t.test('discovery: jwks_uri taken from the openid-configuration', async (t) => {
+  const idp = await serve(t, [keyA])
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, discovery: true }]))
+  await x.start()
+  t.equal(x.ready(), true)
+  t.equal(idp.hits, 1, 'key set fetched once via the discovered jwks_uri')
+  t.match(await verified(x, await mintToken(keyA, {}, { issuer: idp.url })), { verified: true })
+})
+
+t.test('discovery: an issuer mismatch in the document is refused', async (t) => {
+  const idp = await serve(t, [keyA])
+  const observer = recordingObserver()
+  // same host, but the configured issuer differs from the document's issuer by a trailing slash
+  const x = extractor(t, jwtConfig([{ issuer: `${idp.url}/`, discovery: true }]), { observer })
+  await x.start()
+  t.equal(x.ready(), false)
+  t.equal(idp.hits, 0, 'key set never fetched')
+  t.match(observer.events, [{ result: 'failure', keyCount: 0 }])
+  t.match(x.issuers()[0]?.lastError, /issuer does not match/)
+})
+
+t.test('rotation: a new kid verifies without restart via unknown-kid refetch', async (t) => {
+  const idp = await serve(t, [keyA])
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
+    unknownKidCooldownMs: 100,
+    now: clock.now,
+  })
+  await x.start()
+  const tokenB = await mintToken(keyB, {}, { issuer: idp.url })
+  clock.advance(150)
+  t.match(
+    await verified(x, tokenB),
+    { failed: true, reason: 'unknown_kid' },
+    'IdP has not published key-b yet',
+  )
+  idp.setKeys([keyA, keyB])
+  clock.advance(150)
+  t.match(await verified(x, tokenB), { verified: true, kid: 'key-b', alg: 'ES256' }, 'refetched and verified')
+  t.equal(idp.hits, 3)
+  // key-a retired by the IdP: it stays usable until the next refresh replaces the whole set
+  idp.setKeys([keyB])
+  const lateA = await mintToken(keyA, { jti: 'late' }, { issuer: idp.url })
+  t.match(await verified(x, lateA), { verified: true }, 'not refetched yet')
+  clock.advance(150)
+  await verified(x, await mintToken(keyB, {}, { issuer: idp.url, header: { kid: 'key-c' } }))
+  const laterA = await mintToken(keyA, { jti: 'later' }, { issuer: idp.url })
+  t.match(await verified(x, laterA), { failed: true, reason: 'unknown_kid' }, 'gone after the refetch')
+})
+
+t.test('cooldown: a flood of random kids causes at most one refetch', async (t) => {
+  const idp = await serve(t, [keyA])
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
+    unknownKidCooldownMs: 300,
+    now: clock.now,
+  })
+  await x.start()
+  clock.advance(350)
+  const tokens = await Promise.all(
+    Array.from({ length: 100 }, (_, i) =>
+      mintToken(keyA, { n: i }, { issuer: idp.url, header: { kid: `random-${Math.random()}` } }),
+    ),
+  )
+  const results = await Promise.all(tokens.map((tok) => verified(x, tok)))
+  t.ok(
+    results.every((r) => r && 'failed' in r && r.reason === 'unknown_kid'),
+    'all unknown',
+  )
+  t.equal(idp.hits, 2, 'initial fetch + one refetch for the whole flood')
+  const more = await Promise.all(
+    tokens
+      .slice(0, 10)
+      .map((_, i) => mintToken(keyA, { m: i }, { issuer: idp.url, header: { kid: `again-${i}` } })),
+  )
+  for (const tok of more) await verified(x, tok)
+  t.equal(idp.hits, 2, 'still within the cooldown: no refetch')
+})
+
+t.test('IdP outage: down, junk and hanging endpoints keep the last good keys', async (t) => {
+  const idp = await serve(t, [keyA])
+  const observer = recordingObserver()
+  const keys = new IssuerKeySet(issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri }), {
+    observer,
+    fetchTimeoutMs: 300,
+  })
+  t.teardown(() => keys.close())
+  await keys.start()
+  t.equal(keys.ready(), true)
+
+  for (const fault of [503, 'junk', 'hang'] as const) {
+    idp.fault = fault
+    const started = Date.now()
+    t.equal(await keys.refresh(), false, `refresh fails on ${fault}`)
+    t.ok(Date.now() - started < 3000, `bounded by the fetch timeout (${fault})`)
+    t.match(observer.events.at(-1), { result: 'failure', keyCount: 1 }, `observer sees failure (${fault})`)
+    t.equal(keys.ready(), true, 'still ready on the last good keys')
+  }
+  t.match(keys.lastError, /timed out/)
+  idp.fault = undefined
+  idp.setKeys([keyA, keyB])
+  t.equal(await keys.refresh(), true)
+  t.match(observer.events.at(-1), { result: 'success', keyCount: 2 })
+  t.equal(keys.lastError, undefined)
+})
+
+t.test('IdP outage: verification keeps working on last good keys', async (t) => {
+  const idp = await serve(t, [keyA])
+  const observer = recordingObserver()
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
+    observer,
+    unknownKidCooldownMs: 50,
+    now: clock.now,
+  })
+  await x.start()
+  idp.fault = 500
+  clock.advance(60)
+  // an unknown kid forces a refetch, which fails
+  await verified(x, await mintToken(keyA, {}, { issuer: idp.url, header: { kid: 'unseen' } }))
+  t.match(observer.events.at(-1), { result: 'failure', keyCount: 1 })
+  t.match(await verified(x, await mintToken(keyA, { jti: 'x' }, { issuer: idp.url })), { verified: true })
+})
+
+t.test('IdP down at start: start() resolves, not ready, recovers when the IdP is back', async (t) => {
+  const idp = await serve(t, [keyA])
+  idp.fault = 503
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
+    unknownKidCooldownMs: 50,
+    now: clock.now,
+  })
+  await x.start()
+  t.equal(x.ready(), false)
+  const token = await mintToken(keyA, {}, { issuer: idp.url })
+  t.match(
+    await verified(x, token),
+    { failed: true, reason: 'keys_unavailable' },
+    'no keys fetched yet: keys_unavailable, not unknown_kid',
+  )
+  idp.fault = undefined
+  clock.advance(60)
+  t.match(await verified(x, token), { verified: true }, 'keys_unavailable failures are not cached')
+  t.equal(x.ready(), true)
+})
+
+t.test('periodic refresh picks up new keys without any token asking', async (t) => {
+  const idp = await serve(t, [keyA])
+  const observer = recordingObserver()
+  const keys = new IssuerKeySet(
+    issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri, refreshInterval: '1s' }),
+    {
+      observer,
+    },
+  )
+  t.teardown(() => keys.close())
+  await keys.start()
+  idp.setKeys([keyA, keyB])
+  await eventually(() => idp.hits >= 2 && observer.events.at(-1)?.keyCount === 2, {
+    what: 'a refetch on the 1 s interval',
+  })
+  t.ok(idp.hits >= 2, 'refetched on the interval')
+  t.match(observer.events.at(-1), { result: 'success', keyCount: 2 })
+})
+
+t.test('jwksFile: local key set read asynchronously', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-jwks-'))
+  const file = join(dir, 'jwks.json')
+  await writeFile(file, JSON.stringify({ keys: [keyA.publicJwk] }))
+  const x = extractor(t, jwtConfig([{ issuer: 'https://files.example', jwksFile: file }]))
+  await x.start()
+  t.equal(x.ready(), true)
+  t.match(await verified(x, await mintToken(keyA, {}, { issuer: 'https://files.example' })), {
+    verified: true,
+  })
+
+  const missing = extractor(t, jwtConfig([{ issuer: 'https://files.example', jwksFile: join(dir, 'nope') }]))
+  await missing.start()
+  t.equal(missing.ready(), false, 'missing file: not ready, no throw')
+})
+
+t.test(
+  'a key set without public signing keys is a failure (private and symmetric keys dropped)',
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'nhi-jwks-'))
+    const file = join(dir, 'jwks.json')
+    await writeFile(
+      file,
+      JSON.stringify({
+        keys: [
+          { kty: 'oct', k: 'c2VjcmV0', kid: 'h' },
+          { ...keyA.publicJwk, d: 'private' },
+        ],
+      }),
+    )
+    const observer = recordingObserver()
+    const keys = new IssuerKeySet(issuerConfig({ issuer: 'https://files.example', jwksFile: file }), {
+      observer,
+    })
+    t.teardown(() => keys.close())
+    await keys.start()
+    t.equal(keys.ready(), false)
+    t.match(observer.events, [{ result: 'failure', keyCount: 0 }])
+  },
+)
+
+t.test(
+  'caFile + bearerTokenFile: HTTPS JWKS trusted via a custom CA, rotating bearer token sent',
+  async (t) => {
+    const { ca, server } = await createServerPki()
+    const seenAuth: (string | undefined)[] = []
+    const https = createServer({ cert: server.certPem, key: server.keyPem }, (rq, rs) => {
+      seenAuth.push(rq.headers.authorization)
+      if (rq.url !== '/openid/v1/jwks') {
+        rs.statusCode = 404
+        rs.end()
+        return
+      }
+      rs.setHeader('content-type', 'application/json')
+      rs.end(JSON.stringify({ keys: [keyA.publicJwk] }))
+    })
+    https.listen(0, '127.0.0.1')
+    await once(https, 'listening')
+    t.teardown(
+      () =>
+        new Promise<void>((resolve) => {
+          https.closeAllConnections()
+          https.close(() => resolve())
+        }),
+    )
+    const port = (https.address() as AddressInfo).port
+    const tokenFile = join(ca.dir, 'token')
+    await writeFile(tokenFile, 'projected-token-1\n')
+    const issuer = 'https://kubernetes.default.svc.cluster.local'
+    const jwksUri = `https://localhost:${port}/openid/v1/jwks`
+
+    const untrusted = new IssuerKeySet(issuerConfig({ issuer, jwksUri }), { fetchTimeoutMs: 2000 })
+    t.teardown(() => untrusted.close())
+    await untrusted.start()
+    t.equal(untrusted.ready(), false, 'without caFile the self-made CA is not trusted')
+    t.match(untrusted.lastError, /certificate|self.signed|issuer/i)
+
+    const keys = new IssuerKeySet(
+      issuerConfig({ issuer, jwksUri, caFile: ca.certFile, bearerTokenFile: tokenFile }),
+    )
+    t.teardown(() => keys.close())
+    await keys.start()
+    t.equal(keys.ready(), true, 'trusted via caFile')
+    t.equal(seenAuth.at(-1), 'Bearer projected-token-1')
+    await writeFile(tokenFile, 'projected-token-2\n')
+    t.equal(await keys.refresh(), true)
+    t.equal(seenAuth.at(-1), 'Bearer projected-token-2', 'token file re-read on every refresh')
+  },
+)

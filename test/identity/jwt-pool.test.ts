@@ -1,0 +1,132 @@
+// The verification worker pool on its own and behind the JWT extractor: jobs waiting for a worker are served
+// one peer at a time in turn, the per-peer and global queue bounds refuse work at once (verification_busy,
+// not cached), and a closed pool answers every waiting job instead of leaving it hanging.
+import t, { type Test } from 'tap'
+import { configSchema } from '../../src/config/schema.ts'
+import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
+import { type PoolJob, VerifyPool, WORKER_GONE, type WorkerReply } from '../../src/identity/jwt/pool.ts'
+import type { ConnectionInfo, Failure, JwtEvidence } from '../../src/types.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey, mintToken, type SigningKey, startJwksServer } from '../helpers/jwks.ts'
+
+const ISSUER = 'https://idp.pool-unit.example'
+
+let key: SigningKey
+t.before(async () => {
+  key = await createSigningKey('unit-k1', 'ES256')
+})
+
+/** the first job starts the worker and is answered WORKER_GONE (verify inline) until the worker is ready */
+async function ready(t: Test, pool: VerifyPool, token: string, keys: Parameters<VerifyPool['verify']>[1]) {
+  t.match(
+    await pool.verify(job(token), keys, 'warm-up'),
+    { code: WORKER_GONE },
+    'inline while the worker starts',
+  )
+  await eventually(() => pool.stats().workers === 1, { what: 'the worker ready' })
+}
+
+const job = (token: string): PoolJob => ({
+  token,
+  issuer: ISSUER,
+  algorithms: ['ES256'],
+  clockTolerance: 30,
+  now: Date.now(),
+})
+
+t.test('waiting jobs are served round-robin by peer, and the bounds refuse the rest at once', async (t) => {
+  const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 5, maxQueuePerPeer: 3 })
+  t.teardown(() => pool.close())
+  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const tokens = await Promise.all(
+    Array.from({ length: 8 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: `s${i}` })),
+  )
+  await ready(t, pool, tokens[0]!, keys)
+  const order: string[] = []
+  const submit = (name: string, i: number, peer: string) => {
+    const p = pool.verify(job(tokens[i]!), keys, peer)
+    return p?.then((r: WorkerReply) => {
+      order.push(name)
+      return r
+    })
+  }
+  // a1 goes straight to the worker; a2–a4 fill peer a's queue; a5 is past it
+  const a = [submit('a1', 0, 'a'), submit('a2', 1, 'a'), submit('a3', 2, 'a'), submit('a4', 3, 'a')]
+  t.equal(submit('a5', 4, 'a'), undefined, "refused: peer a's queue is full")
+  const b = [submit('b1', 5, 'b'), submit('b2', 6, 'b')]
+  t.equal(submit('b3', 7, 'b'), undefined, 'refused: the global queue is full')
+  t.match(pool.stats(), { workers: 1, queued: 5, running: 1, overflowed: 2 })
+  const replies = await Promise.all([...a, ...b])
+  t.ok(
+    replies.every((r) => r && 'header' in r),
+    'every accepted job verified in the worker',
+  )
+  t.same(order, ['a1', 'a2', 'b1', 'a3', 'b2', 'a4'], 'peers take turns: b is not stuck behind a')
+  t.match(pool.stats(), { workers: 1, queued: 0, running: 0, verified: 6, overflowed: 2 })
+})
+
+t.test('a closed pool answers waiting jobs (the caller then verifies inline)', async (t) => {
+  const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 10, maxQueuePerPeer: 10 })
+  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const token = await mintToken(key, {}, { issuer: ISSUER })
+  await ready(t, pool, token, keys)
+  const running = pool.verify(job(token), keys, 'a')
+  const waiting = pool.verify(job(token), keys, 'a')
+  pool.close()
+  t.match(await running, { code: WORKER_GONE })
+  t.match(await waiting, { code: WORKER_GONE })
+  t.equal(pool.usable, false)
+  t.match(await pool.verify(job(token), keys, 'a'), { code: WORKER_GONE }, 'after close: inline')
+})
+
+t.test(
+  'behind the extractor: verification_busy past the per-peer bound, not cached; other peers unaffected',
+  async (t) => {
+    const idp = await startJwksServer([key])
+    t.teardown(() => idp.close())
+    const x = new JwtExtractor(
+      configSchema.parse({
+        jwt: { issuers: [{ issuer: ISSUER, jwksUri: idp.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
+      }).jwt,
+    )
+    t.teardown(() => x.close())
+    await x.start()
+    const loud: ConnectionInfo = { remoteAddress: '10.0.0.1', remotePort: 1, tls: false }
+    const quiet: ConnectionInfo = { remoteAddress: '10.0.0.2', remotePort: 1, tls: false }
+    const req = (token: string) => ({
+      method: 'GET',
+      path: '/',
+      url: '/',
+      headers: { authorization: `Bearer ${token}` },
+    })
+    const tokens = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: 'loud' })),
+    )
+    const quietToken = await mintToken(key, {}, { issuer: ISSUER, subject: 'quiet' })
+    const warmUp = await mintToken(key, {}, { issuer: ISSUER, subject: 'warm-up' })
+    t.match(
+      await x.extract(req(warmUp), quiet),
+      { verified: true },
+      'verified inline while the worker starts',
+    )
+    await eventually(() => x.verifyPool().workers === 1, { what: 'the worker ready' })
+    // all submitted in one turn of the event loop: 8 run in the worker, 256 wait, the rest are refused
+    const results = tokens.map((tok) => x.extract(req(tok), loud))
+    const quietResult = x.extract(req(quietToken), quiet)
+    const settled = (await Promise.all(results)) as (JwtEvidence | Failure)[]
+    const busy = settled.filter((r) => 'failed' in r && r.reason === 'verification_busy')
+    t.equal(busy.length, 300 - 8 - 256, 'past the per-peer bound: verification_busy')
+    t.ok(
+      settled.filter((r) => !('failed' in r)).every((r) => 'verified' in r && r.verified),
+      'the rest verified',
+    )
+    t.match(await quietResult, { verified: true }, "another peer's new token is still accepted and verified")
+    const refused = settled.findIndex((r) => 'failed' in r)
+    t.match(
+      await x.extract(req(tokens[refused]!), loud),
+      { verified: true },
+      'a refused token is not cached as a failure: it verifies once the queue has room',
+    )
+    t.match(x.verifyPool(), { overflowed: busy.length, queued: 0 })
+  },
+)

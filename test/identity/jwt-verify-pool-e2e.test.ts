@@ -1,0 +1,148 @@
+// The built bundle verifies new asymmetric tokens in its worker thread (dist/jwt-verify-worker.mjs), and a
+// flood of new tokens from one client does not hold up another client whose token is already verified.
+// Two clients are two loopback source addresses (127.0.0.1 and 127.0.0.2), which is what the pool's
+// per-peer queues key on.
+import { Agent, request } from 'node:http'
+import t from 'tap'
+import type { VerifyPoolStats } from '../../src/identity/jwt/pool.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const ISSUER = 'https://idp.pool.example'
+const FLOOD = 400
+
+interface Answer {
+  status: number
+  headers: Record<string, string>
+}
+
+function get(port: number, token: string, localAddress: string, agent: Agent): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/echo',
+        localAddress,
+        agent,
+        headers: { authorization: `Bearer ${token}` },
+      },
+      (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (c: string) => {
+          body += c
+        })
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.statusCode === 200 ? (JSON.parse(body).headers as Record<string, string>) : {},
+          }),
+        )
+      },
+    )
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test(
+  'workers verify new tokens; a flood from one peer does not stall cached requests of another',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const key = await createSigningKey('pool-k1')
+    const jwks = await startJwksServer([key])
+    t.teardown(() => jwks.close())
+    const sidecar = await startTestSidecar(t, {
+      service: 'orders',
+      upstream: upstream.url,
+      jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
+      identities: [
+        { name: 'svc/{sub}', kind: 'service', match: { jwt: { issuer: ISSUER, claims: { sub: '{sub}' } } } },
+      ],
+    })
+    const port = sidecar.proxyAddress.port
+    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const pool = async () => {
+      const res = await fetch(`${admin}/readyz`)
+      return ((await res.json()) as { verifyPool: VerifyPoolStats }).verifyPool
+    }
+    t.same(
+      await pool(),
+      { workers: 0, starting: 0, queued: 0, running: 0, verified: 0, overflowed: 0 },
+      'no worker before a new token',
+    )
+
+    const quiet = new Agent({ keepAlive: true, maxSockets: 1 })
+    const loud = new Agent({ keepAlive: true, maxSockets: 64 })
+    t.teardown(() => {
+      quiet.destroy()
+      loud.destroy()
+    })
+    const cachedToken = await mintToken(key, {}, { issuer: ISSUER, subject: 'quiet' })
+    const first = await get(port, cachedToken, '127.0.0.2', quiet)
+    t.equal(first.status, 200)
+    t.equal(first.headers['x-nhi-verified'], 'true', 'verified')
+    t.equal(first.headers['x-nhi-identity'], 'svc/quiet')
+    // the first new token started the worker and, rather than wait for it to boot, was verified inline
+    const afterFirst = await eventually(
+      async () => {
+        const s = await pool()
+        return s.workers === 1 ? s : undefined
+      },
+      { what: 'the worker ready' },
+    )
+    t.equal(afterFirst.verified, 0, 'the first token did not wait for the worker')
+
+    // every flood token is new: each one goes to the worker
+    const floodTokens = await Promise.all(
+      Array.from({ length: FLOOD }, (_, i) =>
+        mintToken(key, { n: i }, { issuer: ISSUER, subject: `loud-${i % 10}` }),
+      ),
+    )
+    let floodDone = 0
+    const flood = Promise.all(
+      floodTokens.map((tok) =>
+        get(port, tok, '127.0.0.1', loud).then((a) => {
+          floodDone++
+          return a
+        }),
+      ),
+    )
+    await eventually(() => floodDone > 0, { what: 'the flood under way' })
+    // the quiet client's cached token is answered while the flood's verifications are still queued
+    const quietAnswers: Answer[] = []
+    for (let i = 0; i < 5; i++) quietAnswers.push(await get(port, cachedToken, '127.0.0.2', quiet))
+    const floodDoneWhenQuietFinished = floodDone
+    const floodAnswers = await flood
+    t.ok(
+      floodDoneWhenQuietFinished < FLOOD,
+      `the cached client was served before the flood ended (${floodDoneWhenQuietFinished} of ${FLOOD} flood requests answered by then)`,
+    )
+    t.same(
+      quietAnswers.map((a) => [a.status, a.headers['x-nhi-verified'], a.headers['x-nhi-identity']]),
+      Array.from({ length: 5 }, () => [200, 'true', 'svc/quiet']),
+      'cached requests verified as before',
+    )
+    // every flood request is answered: verified by the worker, or (past the queue bounds) attributed as an
+    // unverified failure, never a 5xx or a hang
+    const verified = floodAnswers.filter((a) => a.status === 200 && a.headers['x-nhi-verified'] === 'true')
+    const busy = floodAnswers.filter((a) => a.status === 200 && a.headers['x-nhi-verified'] !== 'true')
+    t.equal(verified.length + busy.length, FLOOD, 'every flood request answered 200 (attribute mode)')
+    const stats = await eventually(async () => {
+      const s = await pool()
+      return s.queued === 0 && s.running === 0 ? s : undefined
+    })
+    t.equal(stats.verified, verified.length, 'every verified flood token went through the worker')
+    const samples = await scrape(admin)
+    t.equal(
+      metricValue(samples, 'nhi_auth_failures_total', { reason: 'verification_busy' }),
+      busy.length,
+      'requests past the queue bounds are counted as verification_busy',
+    )
+  },
+)

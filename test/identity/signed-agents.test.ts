@@ -1,0 +1,197 @@
+// Signed agents through the built proxy: requests signed per Web Bot Auth (RFC 9421 message signatures) with
+// the web-bot-auth package's signer, verified against a key directory served over HTTP. Verified, tampered,
+// expired, replayed, unknown key, unconfigured directory, and a directory that goes down (last good keys).
+import { mkdtemp, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { request } from 'undici'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { runCli, startTestSidecar } from '../helpers/sidecar.ts'
+import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+interface Seen {
+  identity: string | undefined
+  source: string | undefined
+  verified: string | undefined
+  audit: Record<string, unknown>
+}
+
+t.test('Web Bot Auth signatures are verified against the configured key directory', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const stranger = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const other = await startKeyDirectory([stranger])
+  t.teardown(() => other.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    signedAgents: {
+      directories: [
+        {
+          url: directory.url,
+          name: 'agent.example',
+          operator: 'Example AI',
+          purpose: 'assistant',
+          refreshInterval: '1s',
+        },
+      ],
+    },
+  })
+  const authority = `127.0.0.1:${sidecar.proxyAddress.port}`
+  const proxy = `http://${authority}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const agent = JSON.stringify(directory.origin)
+  let n = 0
+
+  const send = async (headers: Record<string, string>): Promise<Seen> => {
+    const requestId = `signed-${++n}`
+    const res = await request(`${proxy}/echo`, {
+      headers: { 'user-agent': 'ExampleAgent/1.0', 'x-request-id': requestId, ...headers },
+    })
+    const echoed = JSON.parse(await res.body.text()).headers as Record<string, string>
+    const audit = await eventually(async () => {
+      const r = await request(`${admin}/audit?request_id=${requestId}`)
+      const events = (JSON.parse(await r.body.text()) as { events: Record<string, unknown>[] }).events
+      return events[0]
+    })
+    return {
+      identity: echoed['x-nhi-identity'],
+      source: echoed['x-nhi-source'],
+      verified: echoed['x-nhi-verified'],
+      audit,
+    }
+  }
+  const reasons = (seen: Seen) =>
+    (seen.audit['failures'] as { source: string; reason: string }[])
+      .filter((f) => f.source === 'signature')
+      .map((f) => f.reason)
+
+  await t.test('a valid signature is a verified agent named after its directory', async (t) => {
+    const seen = await send(await signRequest(key, `${proxy}/echo`, { agent }))
+    t.equal(seen.identity, 'agent.example')
+    t.equal(seen.source, 'signature')
+    t.equal(seen.verified, 'true')
+    t.match(seen.audit, {
+      kind: 'agent',
+      rule: 'builtin:signature',
+      agent_operator: 'Example AI',
+      agent_purpose: 'assistant',
+      signature_agent: directory.url,
+      failures: [],
+    })
+  })
+
+  await t.test('without Signature-Agent, the configured directories are searched by keyid', async (t) => {
+    const seen = await send(await signRequest(key, `${proxy}/echo`))
+    t.equal(seen.identity, 'agent.example')
+    t.equal(seen.verified, 'true')
+  })
+
+  await t.test('a header changed after signing does not verify', async (t) => {
+    const signed = await signRequest(key, `${proxy}/echo`, { agent })
+    // the signature covers @authority: the same request addressed to another host name is not what was signed
+    const seen = await send({ ...signed, host: `localhost:${sidecar.proxyAddress.port}` })
+    t.equal(seen.verified, 'false')
+    t.equal(seen.source, 'useragent', 'falls back to what the user agent says')
+    t.same(reasons(seen), ['signature_invalid'])
+    const agentChanged = await send({ ...signed, 'signature-agent': `"${directory.origin}/"` })
+    t.equal(agentChanged.verified, 'false')
+    t.same(reasons(agentChanged), ['signature_invalid'], 'Signature-Agent is covered too')
+  })
+
+  await t.test('an expired signature is refused', async (t) => {
+    const signed = await signRequest(key, `${proxy}/echo`, {
+      agent,
+      created: Date.now() - 10 * 60_000,
+      lifetimeMs: 5 * 60_000,
+    })
+    const seen = await send(signed)
+    t.equal(seen.verified, 'false')
+    t.same(reasons(seen), ['signature_expired'])
+  })
+
+  await t.test('a signature with a long lifetime expires after signedAgents.maxAge', async (t) => {
+    const signed = await signRequest(key, `${proxy}/echo`, {
+      agent,
+      created: Date.now() - 10 * 60_000,
+      lifetimeMs: 60 * 60_000,
+    })
+    t.same(reasons(await send(signed)), ['signature_expired'])
+  })
+
+  await t.test('a replayed nonce is refused', async (t) => {
+    const signed = await signRequest(key, `${proxy}/echo`, { agent })
+    const first = await send(signed)
+    t.equal(first.verified, 'true', 'first use verifies')
+    const second = await send(signed)
+    t.equal(second.verified, 'false', 'the same signature again does not')
+    t.same(reasons(second), ['signature_replayed'])
+  })
+
+  await t.test('a key the directory does not publish is unknown', async (t) => {
+    const seen = await send(await signRequest(stranger, `${proxy}/echo`, { agent }))
+    t.equal(seen.verified, 'false')
+    t.same(reasons(seen), ['signature_unknown_key'])
+  })
+
+  await t.test('a directory that is not configured is never fetched', async (t) => {
+    const hits = other.hits
+    const seen = await send(
+      await signRequest(stranger, `${proxy}/echo`, { agent: JSON.stringify(other.origin) }),
+    )
+    t.equal(seen.verified, 'false')
+    t.same(reasons(seen), ['signature_unknown_key'])
+    t.equal(other.hits, hits, 'the named directory was not contacted')
+  })
+
+  await t.test('the directory goes down: the last good keys keep verifying', async (t) => {
+    const refreshes = async (result: string) =>
+      metricValue(await scrape(admin), 'nhi_jwks_refresh_total', { issuer: directory.url, result })
+    t.ok(await refreshes('success'), 'directory fetches are counted as key-set refreshes')
+    const before = await refreshes('failure')
+    directory.fault = 503
+    await eventually(async () => (await refreshes('failure')) > before, { what: 'a failed refresh' })
+    const seen = await send(await signRequest(key, `${proxy}/echo`, { agent }))
+    t.equal(seen.identity, 'agent.example')
+    t.equal(seen.verified, 'true')
+    directory.fault = undefined
+  })
+
+  await t.test('failures are counted per reason', async (t) => {
+    const m = await scrape(admin)
+    for (const reason of [
+      'signature_invalid',
+      'signature_expired',
+      'signature_replayed',
+      'signature_unknown_key',
+    ])
+      t.ok(metricValue(m, 'nhi_auth_failures_total', { source: 'signature', reason }) >= 1, reason)
+  })
+})
+
+t.test('explain verifies a signed request against the directory and shows the evidence', async (t) => {
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-signed-'))
+  const file = join(dir, 'config.yaml')
+  await writeFile(
+    file,
+    `signedAgents:\n  directories:\n    - { url: ${directory.url}, name: agent.example }\n`,
+  )
+  const signed = await signRequest(key, 'http://shop.test/docs', { agent: JSON.stringify(directory.origin) })
+  const headers = Object.entries({ host: 'shop.test', ...signed }).flatMap(([k, v]) => ['-H', `${k}: ${v}`])
+  const r = await runCli(['explain', '-c', file, '--path', '/docs', ...headers])
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, `signature  verified directory=${directory.url} keyid=${key.keyid}`)
+  t.match(
+    r.stdout,
+    /identity: agent\.example\n\s+kind=agent source=signature verified=true rule=builtin:signature/,
+  )
+})

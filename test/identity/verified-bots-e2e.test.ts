@@ -1,0 +1,117 @@
+// Verified bots end to end, on the built bundle: a Googlebot behind a trusted front proxy that names a
+// Google address is a verified `googlebot`; the same user agent from anywhere else is `ua:googlebot`,
+// unverified and counted as an `unverified_claim` anomaly, whatever address headers the client sends itself.
+import { get as httpGet } from 'node:http'
+import t from 'tap'
+import { request } from 'undici'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
+const GOOGLE_ADDRESS = '66.249.66.1'
+
+async function identityOf(
+  proxy: string,
+  headers: Record<string, string>,
+): Promise<{ identity: string; verified: string }> {
+  const res = await request(`${proxy}/echo`, { headers })
+  const body = (await res.body.json()) as { headers: Record<string, string> }
+  return { identity: body.headers['x-nhi-identity']!, verified: body.headers['x-nhi-verified']! }
+}
+
+t.test(
+  'a trusted proxy on 127.0.0.1 names the client: in range verified, out of range counted',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const sidecar = await startTestSidecar(t, {
+      service: 'shop',
+      upstream: upstream.url,
+      forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.1/32'] },
+    })
+    const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+
+    t.same(await identityOf(proxy, { 'user-agent': GOOGLEBOT, 'x-forwarded-for': GOOGLE_ADDRESS }), {
+      identity: 'googlebot',
+      verified: 'true',
+    })
+    t.same(await identityOf(proxy, { 'user-agent': GOOGLEBOT, 'x-forwarded-for': '203.0.113.50' }), {
+      identity: 'ua:googlebot',
+      verified: 'false',
+    })
+    // the client wrote a Google address itself; the trusted proxy appended the real one after it
+    t.same(
+      await identityOf(proxy, {
+        'user-agent': GOOGLEBOT,
+        'x-forwarded-for': `${GOOGLE_ADDRESS}, 203.0.113.50`,
+      }),
+      { identity: 'ua:googlebot', verified: 'false' },
+    )
+    const m = await scrape(admin)
+    t.equal(metricValue(m, 'nhi_credential_anomalies_total', { type: 'unverified_claim' }), 2)
+    t.equal(metricValue(m, 'nhi_requests_total', { identity: 'googlebot' }), 1)
+  },
+)
+
+t.test('from an untrusted peer no header makes a client look like Google', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    // only 127.0.0.2 is the front proxy; the attacker connects from 127.0.0.1
+    forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.2/32'] },
+  })
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const attempts: Record<string, string>[] = [
+    { 'x-forwarded-for': GOOGLE_ADDRESS },
+    { 'x-forwarded-for': `${GOOGLE_ADDRESS}, ${GOOGLE_ADDRESS}` },
+    { 'x-forwarded-for': `${GOOGLE_ADDRESS}, 127.0.0.2` },
+    { 'X-Forwarded-For': `[${GOOGLE_ADDRESS}]:443` },
+    { x_forwarded_for: GOOGLE_ADDRESS },
+    { 'x-real-ip': GOOGLE_ADDRESS },
+    { forwarded: `for=${GOOGLE_ADDRESS}` },
+    { 'true-client-ip': GOOGLE_ADDRESS },
+  ]
+  for (const h of attempts) {
+    t.same(
+      await identityOf(proxy, { 'user-agent': GOOGLEBOT, ...h }),
+      { identity: 'ua:googlebot', verified: 'false' },
+      JSON.stringify(h),
+    )
+  }
+  t.equal(
+    metricValue(await scrape(admin), 'nhi_credential_anomalies_total', { type: 'unverified_claim' }),
+    attempts.length,
+    'every attempt is counted',
+  )
+
+  // control: the same request from the trusted proxy's address is verified (node:http, as undici's
+  // connect options do not bind a local address)
+  const fromProxy = await new Promise<{ identity: string; verified: string }>((resolve, reject) => {
+    const r = httpGet(
+      {
+        host: '127.0.0.1',
+        port: sidecar.proxyAddress.port,
+        path: '/echo',
+        localAddress: '127.0.0.2',
+        headers: { 'user-agent': GOOGLEBOT, 'x-forwarded-for': GOOGLE_ADDRESS },
+      },
+      (res) => {
+        let text = ''
+        res.on('data', (c: Buffer) => {
+          text += c.toString()
+        })
+        res.on('end', () => {
+          const h = (JSON.parse(text) as { headers: Record<string, string> }).headers
+          resolve({ identity: h['x-nhi-identity']!, verified: h['x-nhi-verified']! })
+        })
+      },
+    )
+    r.on('error', reject)
+  })
+  t.same(fromProxy, { identity: 'googlebot', verified: 'true' })
+})

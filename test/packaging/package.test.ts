@@ -1,0 +1,192 @@
+// The package as a user installs it: `npm pack` from a tree without dist/ (prepack must build it), the
+// tarball installed into an empty directory with `npm install`, then `npx nhi-proxy` check, explain, schema
+// and a short run verifying a token against a JWKS served over HTTP, at a real upstream.
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import t from 'tap'
+import {
+  assertExplainedVerified,
+  assertProxiedVerified,
+  jwtScenario,
+  startProcess,
+} from '../helpers/artifact.ts'
+import { REPO_ROOT, run } from '../helpers/tools.ts'
+
+// packing (a bundle build) and installing from the registry or its cache take a while on a loaded machine
+t.setTimeout(420_000)
+
+interface PackedFile {
+  path: string
+}
+
+const npmVersion = await run('npm', ['--version'], { timeoutMs: 30_000 })
+
+t.test('npm lifecycle: npm ci builds dist/, pack rebuilds it, start and test run the bundle', async (t) => {
+  const { scripts } = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as {
+    scripts: Record<string, string>
+  }
+  t.equal(scripts['build'], 'node scripts/bundle.mjs')
+  t.equal(scripts['prepare'], 'node scripts/prepare.mjs', 'npm ci / npm install in a clone build dist/')
+  t.equal(scripts['prepack'], 'npm run build', 'npm pack / publish build dist/ first')
+  t.equal(scripts['start'], 'node dist/nhi-proxy.mjs demo', 'npm start runs the bundle')
+  t.match(scripts['test'], /npm run build && tap$/, 'npm test builds the bundle before the tests start it')
+
+  // prepare builds on install and stays out of the way on pack, where prepack has just built
+  const out = mkdtempSync(join(tmpdir(), 'nhi-prepare-'))
+  t.teardown(() => rmSync(out, { recursive: true, force: true }))
+  const prepare = (npmCommand: string, dir: string) =>
+    run(process.execPath, ['scripts/prepare.mjs'], {
+      env: { npm_command: npmCommand, NHI_BUNDLE_OUTDIR: join(out, dir) },
+      timeoutMs: 120_000,
+    })
+  const onCi = await prepare('ci', 'ci')
+  t.equal(onCi.code, 0, onCi.stderr)
+  t.ok(existsSync(join(out, 'ci', 'nhi-proxy.mjs')), 'prepare on npm ci writes the bundle')
+  const onPack = await prepare('pack', 'pack')
+  t.equal(onPack.code, 0, onPack.stderr)
+  t.notOk(existsSync(join(out, 'pack')), 'prepare on npm pack leaves the build to prepack')
+})
+
+if (npmVersion.code !== 0) {
+  t.skip(
+    `npm is not available (${npmVersion.stderr.trim() || `exit ${npmVersion.code}`}): cannot pack or install`,
+    async () => {},
+  )
+} else {
+  const work = mkdtempSync(join(tmpdir(), 'nhi-package-'))
+  t.teardown(() => rmSync(work, { recursive: true, force: true }))
+  const tree = join(work, 'tree')
+  const app = join(work, 'app')
+  let tarball = ''
+
+  t.test('npm pack builds dist/ and ships the bundle, config/, schema/ and LICENSE only', async (t) => {
+    // the project's files as a clone has them: no dist/, so the tarball's dist/ comes from prepack
+    mkdirSync(tree)
+    for (const f of ['package.json', 'package-lock.json', 'README.md', 'LICENSE', 'tsconfig.json']) {
+      cpSync(join(REPO_ROOT, f), join(tree, f))
+    }
+    for (const d of ['src', 'scripts', 'config', 'schema']) {
+      cpSync(join(REPO_ROOT, d), join(tree, d), { recursive: true })
+    }
+    symlinkSync(join(REPO_ROOT, 'node_modules'), join(tree, 'node_modules'), 'dir')
+    t.notOk(existsSync(join(tree, 'dist')), 'no dist/ before packing')
+
+    const pack = await run('npm', ['pack', '--json', '--pack-destination', work, '--loglevel=error'], {
+      cwd: tree,
+      timeoutMs: 180_000,
+    })
+    t.equal(pack.code, 0, `npm pack: ${pack.stderr}`)
+    if (pack.code !== 0) return
+    const [info] = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as {
+      filename: string
+      files: PackedFile[]
+    }[]
+    tarball = join(work, info?.filename ?? 'missing.tgz')
+    t.ok(existsSync(tarball), `tarball written: ${tarball}`)
+    const files = (info?.files ?? []).map((f) => f.path).sort()
+
+    for (const f of [
+      'package.json',
+      'README.md',
+      'LICENSE',
+      'dist/nhi-proxy.mjs',
+      'config/nhi-proxy.yaml',
+      'schema/nhi-proxy.schema.json',
+    ]) {
+      t.ok(files.includes(f), `ships ${f}`)
+    }
+    t.ok(
+      files.some((f) => /^dist\/chunks\/explain-[\w-]+\.mjs$/.test(f)),
+      'ships the lazily loaded chunks',
+    )
+    const stray = files.filter(
+      (f) =>
+        !/^(package\.json|README\.md|LICENSE|dist\/.+\.(mjs|LEGAL\.txt)|config\/.+\.yaml|schema\/.+\.json)$/.test(
+          f,
+        ),
+    )
+    t.same(stray, [], 'nothing else: no sources, tests, bench, source maps')
+    t.notOk(
+      files.some((f) => f.includes('http-proxy')),
+      'the http-proxy baseline forwarder is not in the package',
+    )
+    t.notMatch(
+      readFileSync(join(tree, 'dist', 'nhi-proxy.mjs'), 'utf8'),
+      /HttpProxyForwarder/,
+      'nor in the bundle',
+    )
+
+    const pkg = JSON.parse(readFileSync(join(tree, 'package.json'), 'utf8')) as {
+      main?: string
+      bin: Record<string, string>
+      exports?: Record<string, string>
+      license: string
+    }
+    for (const target of [
+      ...Object.values(pkg.bin),
+      ...(pkg.main ? [pkg.main] : []),
+      ...Object.values(pkg.exports ?? {}),
+    ]) {
+      t.ok(files.includes(target.replace(/^\.\//, '')), `package.json points at a shipped file: ${target}`)
+    }
+    t.equal(pkg.license, 'Apache-2.0')
+    t.match(readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'), /Apache License\s+Version 2\.0, January 2004/)
+  })
+
+  t.test('installed from the tarball: npx nhi-proxy check, explain, schema, run', async (t) => {
+    if (!tarball || !existsSync(tarball)) {
+      t.fail('no tarball to install (npm pack failed above)')
+      return
+    }
+    mkdirSync(app)
+    writeFileSync(join(app, 'package.json'), '{ "name": "nhi-proxy-user", "private": true }\n')
+    const install = await run('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error', tarball], {
+      cwd: app,
+      timeoutMs: 240_000,
+    })
+    t.equal(install.code, 0, `npm install <tgz>: ${install.stderr}`)
+    if (install.code !== 0) return
+    const installed = join(app, 'node_modules', 'nhi-proxy')
+    const npx = (args: string[]) =>
+      run('npx', ['--no', '--', 'nhi-proxy', ...args], { cwd: app, timeoutMs: 60_000 })
+
+    const help = await npx(['--help'])
+    t.equal(help.code, 0, help.stderr)
+    t.match(help.stdout, /^Usage: nhi-proxy /m)
+
+    const configs = ['config/nhi-proxy.yaml', 'config/examples/kubernetes-sidecar.yaml'].map((f) =>
+      join(installed, f),
+    )
+    const check = await npx(['check', ...configs])
+    t.equal(check.code, 0, check.stdout + check.stderr)
+    t.match(check.stdout, /nhi-proxy\.yaml: ok \(/)
+    for (const file of configs) {
+      const ref = /\$schema=(\S+)/.exec(readFileSync(file, 'utf8'))?.[1]
+      t.ok(ref && existsSync(resolve(dirname(file), ref)), `${file}: $schema ${ref} resolves in the package`)
+    }
+
+    const schema = await npx(['schema'])
+    t.equal(schema.code, 0, schema.stderr)
+    t.equal(schema.stdout, readFileSync(join(installed, 'schema', 'nhi-proxy.schema.json'), 'utf8'))
+
+    const s = await jwtScenario(t)
+    writeFileSync(join(app, 'config.yaml'), s.config)
+    const explain = await npx(['explain', '-c', 'config.yaml', '--token', s.token, '--json'])
+    t.equal(explain.code, 0, explain.stderr)
+    assertExplainedVerified(t, explain.stdout, s)
+
+    const proc = startProcess(t, 'npx', ['--no', '--', 'nhi-proxy', 'run', '-c', 'config.yaml'], { cwd: app })
+    await assertProxiedVerified(t, proc, s)
+    await proc.stop()
+  })
+}

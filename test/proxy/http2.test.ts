@@ -1,0 +1,283 @@
+// HTTP/2 downstream: h2c with prior knowledge next to HTTP/1.1 on the plain port, ALPN h2 on the TLS port,
+// client certificates on h2, per-stream records, and the HTTP/2 hardening limits.
+import { execFile } from 'node:child_process'
+import { once } from 'node:events'
+import { type ClientHttp2Session, connect, constants } from 'node:http2'
+import type { TLSSocket } from 'node:tls'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { request } from 'undici'
+import { defaultConfig } from '../../src/config/schema.ts'
+import type { CertEvidence } from '../../src/types.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
+import { startProxy } from '../helpers/proxy-fixture.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const run = promisify(execFile)
+
+const { ca: serverCa, server } = await createServerPki()
+const clientCa = await createCA('client-ca')
+const client = await issueCert(clientCa, {
+  cn: 'nightly',
+  uriSans: ['spiffe://cluster.local/ns/ci/sa/nightly'],
+})
+
+/** One h2 request on a session; resolves with status, headers and body text. */
+async function h2get(session: ClientHttp2Session, path: string, headers: Record<string, string> = {}) {
+  const stream = session.request({ ':path': path, ...headers })
+  const [resHeaders] = (await once(stream, 'response')) as [Record<string, string | number>]
+  let body = ''
+  stream.setEncoding('utf8')
+  for await (const chunk of stream) body += chunk
+  return { status: Number(resHeaders[':status']), headers: resHeaders, body }
+}
+
+async function curlHasHttp2(): Promise<string | undefined> {
+  try {
+    const { stdout } = await run('curl', ['-V'])
+    return /\bHTTP2\b/.test(stdout) ? undefined : 'curl was built without HTTP/2'
+  } catch {
+    return 'curl is not installed'
+  }
+}
+
+t.test(
+  'h2c with prior knowledge and HTTP/1.1 share the plain port; every stream is one record',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const { url, pipeline } = await startProxy(t, { upstream: up.url })
+    const session = connect(url)
+    t.teardown(() => session.close())
+    const answers = await Promise.all([
+      h2get(session, '/echo?a=1'),
+      h2get(session, '/echo?a=2'),
+      h2get(session, '/status/404'),
+    ])
+    t.same(
+      answers.map((a) => a.status),
+      [200, 200, 404],
+    )
+    const echoed = JSON.parse(answers[0]!.body) as { url: string; headers: Record<string, string> }
+    t.equal(echoed.url, '/echo?a=1')
+    t.equal(echoed.headers['x-nhi-identity'], 'payments/api', 'the identity header reaches the upstream')
+    t.match(echoed.headers.host, /^127\.0\.0\.1:\d+$/, ':authority becomes the upstream Host')
+    t.notOk(
+      Object.keys(echoed.headers).some((h) => h.startsWith(':')),
+      'no pseudo-header is forwarded',
+    )
+    const events = await pipeline.waitForEvents(3)
+    t.same(events.map((e) => e.status).sort(), [200, 200, 404])
+    t.equal(
+      new Set(pipeline.seen.map((s) => s.conn)).size,
+      1,
+      'one ConnectionInfo for all streams of a connection',
+    )
+    const h1 = await request(`${url}/echo`)
+    t.equal(h1.statusCode, 200, 'HTTP/1.1 still works on the same port')
+    await h1.body.dump()
+  },
+)
+
+t.test('h2c request bodies stream through and are counted', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const { url, pipeline } = await startProxy(t, { upstream: up.url })
+  const session = connect(url)
+  t.teardown(() => session.close())
+  const stream = session.request({ ':path': '/echo', ':method': 'POST' })
+  stream.write(Buffer.alloc(70_000, 1))
+  stream.end(Buffer.alloc(30_000, 2))
+  const [headers] = (await once(stream, 'response')) as [Record<string, string | number>]
+  let body = ''
+  for await (const c of stream) body += c
+  t.equal(headers[':status'], 200)
+  t.equal((JSON.parse(body) as { bodyBytes: number }).bodyBytes, 100_000)
+  const [event] = await pipeline.waitForEvents(1)
+  t.equal(event!.bytesIn, 100_000)
+  t.equal(event!.method, 'POST')
+})
+
+const curlSkip = (await curlHasHttp2()) ?? false
+
+t.test('curl --http2-prior-knowledge', { skip: curlSkip }, async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const { url, pipeline } = await startProxy(t, { upstream: up.url })
+  const { stdout } = await run('curl', [
+    '-sS',
+    '--http2-prior-knowledge',
+    '-o',
+    '/dev/null',
+    '-w',
+    '%{http_version} %{http_code}',
+    `${url}/echo`,
+  ])
+  t.equal(stdout, '2 200')
+  const [event] = await pipeline.waitForEvents(1)
+  t.equal(event!.path, '/echo')
+})
+
+t.test(
+  'TLS: ALPN h2 with a client certificate parsed once per connection; curl --http2 over TLS',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const calls: string[] = []
+    const parsePeerCert = (socket: TLSSocket): CertEvidence | undefined => {
+      const cert = socket.getPeerCertificate()
+      calls.push(String(cert?.subject?.CN ?? ''))
+      if (!cert?.raw) return undefined
+      return {
+        source: 'mtls',
+        verified: socket.authorized,
+        cn: String(cert.subject?.CN),
+        dnsSans: [],
+        uriSans: [],
+        sha256: 'ab',
+      }
+    }
+    const { https, pipeline } = await startProxy(t, {
+      upstream: up.url,
+      https: {
+        host: '127.0.0.1',
+        port: 0,
+        cert: server.certPem,
+        key: server.keyPem,
+        ca: clientCa.certPem,
+        clientCert: 'optional',
+      },
+      parsePeerCert,
+    })
+    const origin = `https://localhost:${https!.port}`
+    const session = connect(origin, {
+      ca: serverCa.certPem,
+      cert: client.certPem,
+      key: client.keyPem,
+      host: '127.0.0.1',
+      servername: 'localhost',
+    })
+    t.teardown(() => session.close())
+    const answers = await Promise.all([
+      h2get(session, '/echo'),
+      h2get(session, '/echo'),
+      h2get(session, '/echo'),
+    ])
+    t.same(
+      answers.map((a) => a.status),
+      [200, 200, 200],
+    )
+    t.equal((session.socket as TLSSocket).alpnProtocol, 'h2')
+    t.same(calls, ['nightly'], 'the certificate is parsed once for three streams')
+    await pipeline.waitForEvents(3)
+    for (const { conn } of pipeline.seen) {
+      t.equal(conn.tls, true)
+      t.equal((conn.peerCert as CertEvidence).cn, 'nightly')
+      t.equal((conn.peerCert as CertEvidence).verified, true)
+    }
+    const echoed = JSON.parse(answers[0]!.body) as { headers: Record<string, string> }
+    t.equal(echoed.headers['x-forwarded-proto'], 'https')
+
+    const skip = await curlHasHttp2()
+    if (skip) {
+      t.comment(`skipped: ${skip}`)
+      return
+    }
+    const { stdout } = await run('curl', [
+      '-sS',
+      '--http2',
+      '--cacert',
+      serverCa.certFile,
+      '--cert',
+      client.certFile,
+      '--key',
+      client.keyFile,
+      '--resolve',
+      `localhost:${https!.port}:127.0.0.1`,
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_version} %{http_code}',
+      `${origin}/echo`,
+    ])
+    t.equal(stdout, '2 200')
+    const { stdout: h1 } = await run('curl', [
+      '-sS',
+      '--http1.1',
+      '--cacert',
+      serverCa.certFile,
+      '--resolve',
+      `localhost:${https!.port}:127.0.0.1`,
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_version} %{http_code}',
+      `${origin}/echo`,
+    ])
+    t.equal(h1, '1.1 200', 'HTTP/1.1 over TLS still works on the same port')
+  },
+)
+
+t.test('HTTP/2 limits: concurrent streams advertised, rapid reset closes the connection', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const limits = { ...defaultConfig().limits, http2MaxConcurrentStreams: 7, http2MaxResetsPerSecond: 20 }
+  const { url, pipeline } = await startProxy(t, { upstream: up.url, limits })
+  const session = connect(url)
+  t.teardown(() => session.destroy())
+  await once(session, 'remoteSettings')
+  t.equal(session.remoteSettings.maxConcurrentStreams, 7)
+  const goaway = once(session, 'goaway')
+  session.on('error', () => {})
+  for (let i = 0; i < 200 && !session.destroyed && !session.closed; i++) {
+    const stream = session.request({ ':path': '/slow/5000' })
+    stream.on('error', () => {})
+    stream.close(constants.NGHTTP2_CANCEL)
+    await new Promise((r) => setImmediate(r))
+  }
+  const [code] = (await goaway) as [number]
+  t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the abusive connection got GOAWAY ENHANCE_YOUR_CALM')
+  await eventually(() => (session.destroyed ? true : undefined))
+  t.ok(pipeline.events.length <= 200)
+  // a well-behaved client is still served
+  const fresh = connect(url)
+  t.teardown(() => fresh.close())
+  const answer = await h2get(fresh, '/echo')
+  t.equal(answer.status, 200)
+})
+
+t.test('HTTP/2 header list over limits.maxHeaderBytes is refused and never forwarded', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const limits = { ...defaultConfig().limits, maxHeaderBytes: 4096 }
+  const { url } = await startProxy(t, { upstream: up.url, limits })
+  const session = connect(url)
+  t.teardown(() => session.destroy())
+  session.on('error', () => {})
+  await once(session, 'remoteSettings')
+  t.equal(session.remoteSettings.maxHeaderListSize, 4096, 'the limit is advertised')
+  const stream = session.request({ ':path': '/echo', 'x-big': 'a'.repeat(8000) })
+  const outcome = await new Promise<string>((resolve) => {
+    stream.on('response', (h) => resolve(`status ${h[':status']}`))
+    stream.on('error', () => resolve('reset'))
+    stream.on('close', () => resolve('reset'))
+  })
+  t.not(outcome, 'status 200')
+  t.equal(up.received.length, 0, 'the oversized request never reached the upstream')
+})
+
+t.test('an idle HTTP/2 connection is closed after timeouts.idle', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const timeouts = { ...defaultConfig().timeouts, idle: 300 }
+  const { url } = await startProxy(t, { upstream: up.url, timeouts })
+  const session = connect(url)
+  t.teardown(() => session.destroy())
+  session.on('error', () => {})
+  const closed = once(session, 'close')
+  t.equal((await h2get(session, '/echo')).status, 200)
+  const started = Date.now()
+  await closed
+  t.ok(Date.now() - started >= 200, 'closed after the idle time, not at once')
+})

@@ -1,0 +1,132 @@
+import type { TLSSocket } from 'node:tls'
+import t from 'tap'
+import { Agent, Client, request } from 'undici'
+import type { CertEvidence } from '../../src/types.ts'
+import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
+import { startProxy, type Teardown } from '../helpers/proxy-fixture.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const { ca: serverCa, server } = await createServerPki()
+const clientCa = await createCA('client-ca')
+const otherCa = await createCA('other-ca')
+const goodClient = await issueCert(clientCa, {
+  cn: 'nightly',
+  uriSans: ['spiffe://cluster.local/ns/ci/sa/nightly'],
+})
+const strangerClient = await issueCert(otherCa, { cn: 'stranger' })
+
+function countingParser() {
+  const calls: string[] = []
+  const parse = (socket: TLSSocket): CertEvidence | undefined => {
+    const cert = socket.getPeerCertificate()
+    calls.push(String(cert?.subject?.CN ?? ''))
+    if (!cert?.raw) return undefined
+    return {
+      source: 'mtls',
+      verified: socket.authorized,
+      cn: String(cert.subject?.CN),
+      dnsSans: [],
+      uriSans: [],
+      sha256: cert.fingerprint256.replace(/:/g, '').toLowerCase(),
+    }
+  }
+  return { calls, parse }
+}
+
+function clientAgent(cert?: { certPem: string; keyPem: string }): Agent {
+  return new Agent({
+    connect: {
+      ca: serverCa.certPem,
+      servername: 'localhost',
+      ...(cert ? { cert: cert.certPem, key: cert.keyPem } : {}),
+    },
+  })
+}
+
+async function startTlsProxy(t: Teardown, clientCert: 'optional' | 'required') {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const parser = countingParser()
+  const running = await startProxy(t, {
+    upstream: up.url,
+    https: {
+      host: '127.0.0.1',
+      port: 0,
+      cert: server.certPem,
+      key: server.keyPem,
+      ca: clientCa.certPem,
+      clientCert,
+    },
+    parsePeerCert: parser.parse,
+  })
+  return { ...running, up, parser, httpsUrl: `https://127.0.0.1:${running.https!.port}` }
+}
+
+t.test('required mTLS: a trusted client cert is parsed once per connection', async (t) => {
+  const { httpsUrl, parser, pipeline, up } = await startTlsProxy(t, 'required')
+  // a Client holds exactly one connection, so five sequential requests share it
+  const client = new Client(httpsUrl, {
+    connect: {
+      ca: serverCa.certPem,
+      servername: 'localhost',
+      cert: goodClient.certPem,
+      key: goodClient.keyPem,
+    },
+  })
+  t.teardown(() => client.close())
+  for (let i = 0; i < 5; i++) {
+    const res = await client.request({ path: '/echo', method: 'GET' })
+    t.equal(res.statusCode, 200)
+    await res.body.dump()
+  }
+  t.same(parser.calls, ['nightly'], 'parsePeerCert called once for five keep-alive requests')
+  const events = await pipeline.waitForEvents(5)
+  t.equal(events.length, 5)
+  const conns = new Set(pipeline.seen.map((s) => s.conn))
+  t.equal(conns.size, 1, 'the same ConnectionInfo object is reused')
+  const conn = pipeline.seen[0]!.conn
+  t.equal(conn.tls, true)
+  t.equal((conn.peerCert as CertEvidence).cn, 'nightly')
+  t.equal((conn.peerCert as CertEvidence).verified, true)
+  t.equal(up.received[0]!.headers['x-forwarded-proto'], 'https')
+})
+
+t.test('required mTLS rejects clients without a cert or with an untrusted one', async (t) => {
+  const { httpsUrl, parser, up } = await startTlsProxy(t, 'required')
+  const noCert = clientAgent()
+  const stranger = clientAgent(strangerClient)
+  t.teardown(() => noCert.close())
+  t.teardown(() => stranger.close())
+  await t.rejects(
+    request(`${httpsUrl}/echo`, { dispatcher: noCert }).then((r) => r.body.text()),
+    'no client cert',
+  )
+  await t.rejects(
+    request(`${httpsUrl}/echo`, { dispatcher: stranger }).then((r) => r.body.text()),
+    'untrusted CA',
+  )
+  t.equal(up.received.length, 0, 'nothing reached the upstream')
+  t.same(parser.calls, [])
+})
+
+t.test('optional mTLS serves clients without a cert and marks untrusted certs unverified', async (t) => {
+  const { httpsUrl, parser, pipeline } = await startTlsProxy(t, 'optional')
+  const noCert = clientAgent()
+  const stranger = clientAgent(strangerClient)
+  t.teardown(() => noCert.close())
+  t.teardown(() => stranger.close())
+  const a = await request(`${httpsUrl}/echo`, { dispatcher: noCert })
+  t.equal(a.statusCode, 200)
+  await a.body.dump()
+  const b = await request(`${httpsUrl}/echo`, { dispatcher: stranger })
+  t.equal(b.statusCode, 200)
+  await b.body.dump()
+  await pipeline.waitForEvents(2)
+  t.equal(parser.calls.length, 2)
+  t.equal(pipeline.seen[0]!.conn.peerCert, undefined, 'no cert, no evidence')
+  t.equal(
+    (pipeline.seen[1]!.conn.peerCert as CertEvidence).verified,
+    false,
+    'untrusted chain is not verified',
+  )
+})

@@ -1,0 +1,114 @@
+// A misbehaving upstream on a raw socket: refuses, resets before or during the response, hangs, or speaks
+// garbage. Each becomes 502/504 (or a cut response), is counted by reason, and the proxy stays healthy.
+import { once } from 'node:events'
+import { type AddressInfo, createServer, type Socket } from 'node:net'
+import t from 'tap'
+import { request } from 'undici'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { freePort } from '../helpers/net.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+
+/** An HTTP/1.1 "server" that reads the request line and misbehaves according to the path. */
+async function startBadUpstream() {
+  const sockets = new Set<Socket>()
+  const server = createServer((s) => {
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+    s.on('error', () => {})
+    let head = ''
+    s.on('data', (c: Buffer) => {
+      head += c.toString('latin1')
+      if (!head.includes('\r\n\r\n')) return
+      const path = /^[A-Z]+ (\S+)/.exec(head)?.[1] ?? '/'
+      head = ''
+      if (path === '/reset-early') s.resetAndDestroy()
+      else if (path === '/reset-mid') {
+        s.write('HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n')
+        s.write('x'.repeat(1000), () => setTimeout(() => s.resetAndDestroy(), 50))
+      } else if (path === '/hang') {
+        // never answer
+      } else if (path === '/garbage') s.end('HTTP/1.1 banana\r\n\r\n')
+      else if (path === '/binary') s.end(Buffer.from([0, 1, 2, 255, 254, 13, 10, 13, 10]))
+      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+    })
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+const config = (upstream: string) => ({ service: 'orders', upstream, timeouts: { upstream: '1s' } })
+
+t.test('upstream faults become 502/504, are counted, and the proxy stays healthy', async (t) => {
+  const bad = await startBadUpstream()
+  t.teardown(() => bad.close())
+  const sidecar = await startTestSidecar(t, config(bad.url))
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const errors = async (reason?: string) =>
+    metricValue(await scrape(admin), 'nhi_upstream_errors_total', reason ? { reason } : {})
+  const get = async (path: string) => {
+    try {
+      const res = await request(`${proxy}${path}`)
+      const body = await res.body.text().catch(() => undefined)
+      return { status: res.statusCode, body }
+    } catch {
+      return { status: 0, body: undefined }
+    }
+  }
+  const healthy = async (what: string) => {
+    const h = await request(`${admin}/healthz`)
+    await h.body.dump()
+    t.equal(h.statusCode, 200, `healthz after ${what}`)
+    t.equal((await get('/fine')).status, 200, `a normal request after ${what}`)
+  }
+
+  for (const [path, status, reason] of [
+    ['/reset-early', 502, 'reset'],
+    ['/hang', 504, 'timeout'],
+    ['/garbage', 502, undefined],
+    ['/binary', 502, undefined],
+  ] as const) {
+    const before = await errors(reason)
+    const started = Date.now()
+    const r = await get(path)
+    t.equal(r.status, status, `${path} → ${status}`)
+    t.notMatch(r.body ?? '', /at .*\.ts:\d+|Error:/, `${path}: no stack trace in the body`)
+    t.ok(Date.now() - started < 5000, `${path}: answered within bounds`)
+    t.equal((await errors(reason)) - before, 1, `${path}: counted${reason ? ` as ${reason}` : ''}`)
+    await healthy(path)
+  }
+
+  // headers already sent: the client sees a cut response, the error is still counted
+  const before = await errors('reset')
+  const mid = await get('/reset-mid')
+  t.ok(
+    mid.status === 0 || mid.body === undefined || mid.body.length < 100_000,
+    'cut response is not completed',
+  )
+  t.equal((await errors('reset')) - before, 1, 'reset mid-response counted as reset')
+  await healthy('/reset-mid')
+
+  const m = await scrape(admin)
+  t.ok(metricValue(m, 'nhi_requests_total', { code: '504' }) >= 1, 'the 504 is in nhi_requests_total')
+  t.ok(metricValue(m, 'nhi_requests_total', { code: '502' }) >= 3, 'the 502s are in nhi_requests_total')
+})
+
+t.test('a refused connection → 502 counted as connect', async (t) => {
+  const sidecar = await startTestSidecar(t, config(`http://127.0.0.1:${await freePort()}`))
+  const res = await request(`http://127.0.0.1:${sidecar.proxyAddress.port}/x`)
+  await res.body.dump()
+  t.equal(res.statusCode, 502)
+  const m = await scrape(`http://127.0.0.1:${sidecar.adminAddress.port}`)
+  t.equal(metricValue(m, 'nhi_upstream_errors_total', { reason: 'connect' }), 1)
+  const h = await request(`http://127.0.0.1:${sidecar.adminAddress.port}/healthz`)
+  await h.body.dump()
+  t.equal(h.statusCode, 200)
+})

@@ -1,0 +1,147 @@
+// Hot reload and signals: a valid change applies without dropping in-flight requests, an invalid one is
+// rejected and counted while the last good config keeps serving, ConfigMap `..data` swaps are seen,
+// SIGHUP reloads, SIGTERM drains and exits 0.
+import { mkdir, mkdtemp, rename, symlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { spawnCli, startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+function configText(upstream: string, namePrefix: string, extra = ''): string {
+  return `service: reload-test
+listen: { http: 127.0.0.1:0 }
+admin: 127.0.0.1:0
+upstream: ${upstream}
+audit: { output: off }
+identities:
+  - name: "${namePrefix}-{team}"
+    kind: service
+    match: { header: { x-team: "{team}" } }
+${extra}`
+}
+
+async function identityOf(proxy: string, path = '/echo'): Promise<string> {
+  const res = await fetch(`${proxy}${path}`, { headers: { 'x-team': 'blue' } })
+  const body = (await res.json()) as { headers: Record<string, string> }
+  return body.headers['x-nhi-identity'] ?? ''
+}
+
+const until = (cond: () => Promise<boolean>): Promise<boolean> =>
+  eventually(cond, { timeoutMs: 8000, intervalMs: 50 })
+
+t.test('file change reloads without dropping in-flight requests; broken file keeps last good', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-reload-'))
+  const file = join(dir, 'config.yaml')
+  await writeFile(file, configText(upstream.url, 'team'))
+  const sidecar = await startSidecarFromFile(t, file)
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+
+  t.equal(await identityOf(proxy), 'ua:team-blue')
+
+  const inFlight = fetch(`${proxy}/slow/1200`, { headers: { 'x-team': 'blue' } })
+  await eventually(() => upstream.received.some((r) => r.url === '/slow/1200'), {
+    what: 'the request in flight',
+  })
+  await writeFile(file, configText(upstream.url, 'squad'))
+  t.ok(
+    await until(
+      async () => metricValue(await scrape(admin), 'nhi_config_reloads_total', { result: 'success' }) === 1,
+    ),
+    'reload counted as success',
+  )
+  t.equal(await identityOf(proxy), 'ua:squad-blue', 'new rules apply to new requests')
+  const slow = await inFlight
+  t.equal(slow.status, 200, 'the in-flight request finished')
+  t.equal(await slow.text(), 'slow ok')
+
+  await writeFile(file, configText(upstream.url, 'broken', 'metrics: { maxIdentitis: 5 }\n'))
+  t.ok(
+    await until(
+      async () => metricValue(await scrape(admin), 'nhi_config_reloads_total', { result: 'failure' }) >= 1,
+    ),
+    'broken reload counted as failure',
+  )
+  t.equal(await identityOf(proxy), 'ua:squad-blue', 'last good config keeps serving')
+  t.ok(metricValue(await scrape(admin), 'nhi_config_last_reload_success_timestamp_seconds') > 0)
+})
+
+t.test('Kubernetes ConfigMap ..data symlink swap is picked up', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-cm-'))
+  // the kubelet's layout: config.yaml → ..data/config.yaml, ..data → ..2026_v1 (swapped atomically)
+  await mkdir(join(dir, '..v1'))
+  await writeFile(join(dir, '..v1', 'config.yaml'), configText(upstream.url, 'v1'))
+  await symlink('..v1', join(dir, '..data'))
+  await symlink('..data/config.yaml', join(dir, 'config.yaml'))
+  const sidecar = await startSidecarFromFile(t, join(dir, 'config.yaml'))
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  t.equal(await identityOf(proxy), 'ua:v1-blue')
+
+  await mkdir(join(dir, '..v2'))
+  await writeFile(join(dir, '..v2', 'config.yaml'), configText(upstream.url, 'v2'))
+  await symlink('..v2', join(dir, '..data_tmp'))
+  await rename(join(dir, '..data_tmp'), join(dir, '..data'))
+  t.ok(await until(async () => (await identityOf(proxy)) === 'ua:v2-blue'), 'new ConfigMap version applied')
+})
+
+t.test('SIGHUP reloads; SIGTERM drains in-flight requests and exits 0', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-sig-'))
+  const file = join(dir, 'config.yaml')
+  await writeFile(file, configText(upstream.url, 'team'))
+  const cli = spawnCli(['run', '-c', file])
+  t.teardown(() => cli.kill('SIGKILL'))
+  const started = await cli.waitFor(/"listen":"127\.0\.0\.1:(\d+)".*"metrics":"(http:[^"]+)\/metrics"/)
+  const proxy = `http://127.0.0.1:${started[1]}`
+  const admin = started[2]!
+  t.equal(await identityOf(proxy), 'ua:team-blue')
+
+  cli.child.kill('SIGHUP')
+  t.ok(
+    await until(
+      async () => metricValue(await scrape(admin), 'nhi_config_reloads_total', { result: 'success' }) === 1,
+    ),
+    'SIGHUP reloaded the config',
+  )
+
+  const inFlight = fetch(`${proxy}/slow/800`)
+  await eventually(() => upstream.received.some((r) => r.url === '/slow/800'), {
+    what: 'the request in flight',
+  })
+  cli.child.kill('SIGTERM')
+  const res = await inFlight
+  t.equal(res.status, 200, 'in-flight request completed during drain')
+  t.equal(await res.text(), 'slow ok')
+  t.equal(await cli.exited, 0, 'exit code 0 after drain')
+  await t.rejects(fetch(`${proxy}/echo`), 'new connections are refused after shutdown')
+})
+
+t.test('the test sidecar reload(): a rewritten config applies, a broken one is refused', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const rules = (prefix: string) => ({
+    upstream: upstream.url,
+    identities: [{ name: `${prefix}-{team}`, kind: 'service', match: { header: { 'x-team': '{team}' } } }],
+  })
+  const sidecar = await startTestSidecar(t, rules('first'))
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  t.equal(await identityOf(proxy), 'ua:first-blue', 'a header-captured name is unverified: a ua: name')
+  t.equal(await sidecar.reload(rules('second')), true, 'a valid config reloads')
+  t.equal(await identityOf(proxy), 'ua:second-blue', 'and applies to the next request')
+  t.equal(
+    await sidecar.reload({ ...rules('third'), metrics: { maxIdentitis: 5 } }),
+    false,
+    'a typo is refused',
+  )
+  t.equal(await identityOf(proxy), 'ua:second-blue', 'the last good config keeps serving')
+  t.equal(await sidecar.reload(), false, 'SIGHUP re-reads the same broken file')
+  t.equal(await sidecar.close(), 0, 'SIGTERM exits 0')
+})

@@ -1,0 +1,171 @@
+// The mTLS listener never verifies client certificates against a CA it was not given (issue 16, item 4).
+// Without listen.https.clientCA the listener does not ask for client certificates at all; with it, only
+// that CA counts. Node's default store (Mozilla roots plus NODE_EXTRA_CA_CERTS) never makes a client
+// certificate "verified". The sidecar runs as its own process so NODE_EXTRA_CA_CERTS can stand in for
+// "a CA this process trusts for outbound connections, but that was never configured for clients".
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { request } from 'node:https'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { runExplain } from '../../src/cli/explain.ts'
+import { type CA, createCA, createServerPki, issueCert, type KeyPair } from '../helpers/pki.ts'
+import { spawnCli } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const SPIFFE = 'spiffe://example.com/ns/shop/sa/web'
+
+let serverCa: CA
+let server: KeyPair
+/** trusted by the sidecar process for outbound TLS (NODE_EXTRA_CA_CERTS), never configured for clients */
+let processCa: CA
+let processLeaf: KeyPair
+/** the CA configured as listen.https.clientCA where a test configures one */
+let clientCa: CA
+let clientLeaf: KeyPair
+
+t.before(async () => {
+  ;({ ca: serverCa, server } = await createServerPki())
+  processCa = await createCA('process-trusted-ca')
+  processLeaf = await issueCert(processCa, { cn: 'web', uriSans: [SPIFFE] })
+  clientCa = await createCA('configured-client-ca')
+  clientLeaf = await issueCert(clientCa, { cn: 'web', uriSans: [SPIFFE] })
+})
+
+function writeConfig(https: Record<string, string>, upstream: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-mtls-ca-'))
+  const file = join(dir, 'config.yaml')
+  writeFileSync(
+    file,
+    JSON.stringify({
+      listen: {
+        http: '127.0.0.1:0',
+        https: { address: '127.0.0.1:0', cert: server.certFile, key: server.keyFile, ...https },
+      },
+      admin: '127.0.0.1:0',
+      upstream,
+      audit: { output: 'off' },
+      identities: [
+        {
+          name: '{ns}/{sa}',
+          rule: 'workloads',
+          kind: 'service',
+          match: { spiffe: 'spiffe://example.com/ns/{ns}/sa/{sa}' },
+        },
+      ],
+    }),
+  )
+  return file
+}
+
+async function startSidecarProcess(t: Test, https: Record<string, string>) {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const cli = spawnCli(['run', '-c', writeConfig(https, up.url)], { NODE_EXTRA_CA_CERTS: processCa.certFile })
+  t.teardown(async () => {
+    cli.kill()
+    await cli.exited
+  })
+  const m = await cli.waitFor(/"https":"127\.0\.0\.1:(\d+)"/)
+  return { up, port: Number(m[1]) }
+}
+
+/** GET /echo over TLS presenting `cert` (or none); resolves with the identity headers the upstream saw. */
+function call(port: number, cert?: KeyPair): Promise<{ status: number; headers: Record<string, unknown> }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/echo',
+        ca: serverCa.certPem,
+        servername: 'localhost',
+        ...(cert ? { cert: cert.certPem, key: cert.keyPem } : {}),
+        agent: false,
+      },
+      (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (c: string) => {
+          body += c
+        })
+        res.on('end', () => {
+          try {
+            resolve({ status: res.statusCode ?? 0, headers: JSON.parse(body).headers })
+          } catch (err) {
+            reject(err)
+          }
+        })
+      },
+    )
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test(
+  'without clientCA, a certificate from a CA the process trusts is never a verified identity',
+  async (t) => {
+    const { port } = await startSidecarProcess(t, {})
+    for (const [what, cert] of [
+      ['a CA in the process trust store', processLeaf],
+      ['a CA configured nowhere', clientLeaf],
+    ] as const) {
+      const r = await call(port, cert)
+      t.equal(r.status, 200, `${what}: the request is served`)
+      t.equal(r.headers['x-nhi-verified'], 'false', `${what}: not verified`)
+      t.not(r.headers['x-nhi-source'], 'mtls', `${what}: not an mTLS identity`)
+      t.not(r.headers['x-nhi-identity'], 'shop/web', `${what}: not the workload the certificate names`)
+    }
+    const plain = await call(port)
+    t.equal(plain.status, 200, 'TLS without a client certificate still works')
+  },
+)
+
+t.test('with clientCA, only that CA verifies: the process trust store does not count', async (t) => {
+  const { port } = await startSidecarProcess(t, { clientCA: clientCa.certFile })
+  const trusted = await call(port, clientLeaf)
+  t.equal(trusted.headers['x-nhi-verified'], 'true', 'a certificate from clientCA is verified')
+  t.equal(trusted.headers['x-nhi-source'], 'mtls')
+  t.equal(trusted.headers['x-nhi-identity'], 'shop/web')
+  const other = await call(port, processLeaf)
+  t.equal(other.headers['x-nhi-verified'], 'false', 'a certificate from the process trust store is not')
+  t.not(other.headers['x-nhi-source'], 'mtls')
+})
+
+t.test('clientCert: required without clientCA refuses to start with a clear error', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const cli = spawnCli(['run', '-c', writeConfig({ clientCert: 'required' }, up.url)], {
+    NODE_EXTRA_CA_CERTS: processCa.certFile,
+  })
+  t.teardown(() => cli.kill())
+  const m = await cli.waitFor(/clientCert: required needs|nhi-proxy started/)
+  t.equal(m[0], 'clientCert: required needs', 'refused, not started')
+  const code = await cli.exited
+  t.equal(code, 1, 'exit 1: invalid config')
+  t.match(cli.stdout() + cli.stderr(), /clientCert: required needs listen\.https\.clientCA/)
+})
+
+t.test('explain agrees: without clientCA a presented certificate is not evidence', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const lines: string[] = []
+  const code = await runExplain(
+    {
+      config: writeConfig({}, up.url),
+      headers: [],
+      cert: processLeaf.certFile,
+      method: 'GET',
+      path: '/echo',
+      json: true,
+    },
+    (line) => lines.push(line),
+  )
+  t.equal(code, 0)
+  const report = JSON.parse(lines.join('\n'))
+  t.equal(report.evidence.mtls, undefined, 'no mTLS evidence, as on the live listener')
+  t.equal(report.identity.verified, false)
+  t.not(report.identity.source, 'mtls')
+  t.match(report.notes.join('\n'), /does not request client certificates/)
+})

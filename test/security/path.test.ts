@@ -1,0 +1,265 @@
+// Policy sees the path the upstream will see (issue 16, item 2). Every spelling of a denied path is either
+// refused (400) or normalized to the denied path and refused (403); what reaches the upstream is exactly
+// the path that was matched. Real sockets: a recording upstream, the sidecar, a raw client for targets
+// that fetch() would rewrite before sending.
+import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import fc from 'fast-check'
+import t, { type Test } from 'tap'
+import { runExplain } from '../../src/cli/explain.ts'
+import { normalizePath } from '../../src/proxy/path.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream, type TestUpstream } from '../helpers/upstream.ts'
+
+/** Sends one request with `target` verbatim; resolves with the status code (0: no answer). */
+async function rawStatus(
+  port: number,
+  target: string,
+  method = 'GET',
+  headers: Record<string, string> = {},
+): Promise<number> {
+  const socket = connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  let text = ''
+  socket.on('data', (c: Buffer) => {
+    text += c.toString('latin1')
+  })
+  socket.on('error', () => {})
+  const extra = Object.entries(headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')
+  socket.write(`${method} ${target} HTTP/1.1\r\nHost: x\r\n${extra}Connection: close\r\n\r\n`)
+  await eventually(() => /^HTTP\/1\.1 \d{3}/.test(text) || socket.destroyed, {
+    what: `an answer to ${target}`,
+  })
+  socket.destroy()
+  return Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0)
+}
+
+const POLICY = {
+  mode: 'enforce',
+  rules: [
+    { name: 'admin', route: '/admin/**', methods: ['GET', 'POST'], allow: [{ identity: 'nobody' }] },
+    { name: 'internal', route: '/internal', allow: [{ identity: 'nobody' }] },
+  ],
+}
+
+async function setup(t: Test, upstreamBase = '') {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url + upstreamBase,
+    policy: POLICY,
+    metrics: { routes: ['/public/:page', '/admin/**'] },
+  })
+  return { up, port: sidecar.proxyAddress.port, admin: sidecar.adminAddress.port }
+}
+
+function reached(up: TestUpstream, re: RegExp): string[] {
+  return up.received.map((r) => r.url).filter((u) => re.test(u))
+}
+
+t.test('no spelling of a denied path gets past the deny rule', async (t) => {
+  const { up, port } = await setup(t)
+  const attempts = [
+    '/admin',
+    '/admin/',
+    '/admin/users',
+    '/%61dmin',
+    '/%61%64%6D%69%6E/users',
+    '//admin',
+    '/./admin',
+    '/public/../admin',
+    '/public/%2e%2e/admin',
+    '/public/%2E%2E/admin',
+    '/public/.%2e/admin',
+    '/public/%2e./admin',
+    '/public/./../admin/users',
+    '/admin;x=1',
+    '/admin;jsessionid=1/users',
+    '/public/..;/admin',
+    '/public;x/../admin',
+    '/../admin',
+    '/%2e%2e/admin',
+    '/internal/',
+    '/internal;a=b',
+    '/public/../internal',
+    'http://x/public/../admin',
+    'http://x/public/%2e%2e/admin?q=1',
+  ]
+  for (const target of attempts) {
+    const status = await rawStatus(port, target)
+    t.ok(status === 403 || status === 400, `${target} → ${status}`)
+  }
+  const ambiguous = [
+    '/%2fadmin',
+    '/public%2f..%2fadmin',
+    '/public%2F..%2Fadmin',
+    '/public/..%5cadmin',
+    '/public\\..\\admin',
+    '/admin%00',
+    '/admin%',
+    '/admin%zz',
+    '/adm%1fin',
+  ]
+  for (const target of ambiguous) t.equal(await rawStatus(port, target), 400, `${target} is refused`)
+  t.same(reached(up, /admin|internal/i), [], 'nothing that names admin or internal reached the upstream')
+})
+
+t.test('HEAD is matched as GET where a rule lists GET', async (t) => {
+  const { up, port } = await setup(t)
+  t.equal(await rawStatus(port, '/admin/users', 'HEAD'), 403)
+  t.equal(await rawStatus(port, '/%61dmin', 'HEAD'), 403)
+  t.equal(await rawStatus(port, '/admin/users', 'DELETE'), 200, 'a method no rule lists is not denied')
+  t.same(reached(up, /admin/), ['/admin/users'])
+})
+
+t.test('the upstream receives the normalized path, the query untouched', async (t) => {
+  const { up, port } = await setup(t)
+  const cases: [string, string][] = [
+    ['/public/page', '/public/page'],
+    ['/public/./a/../b?x=%2e%2e/..&y=%2F', '/public/b?x=%2e%2e/..&y=%2F'],
+    ['//public///page', '/public/page'],
+    ['/public/%7e%75ser', '/public/~user'],
+    ['/caf%c3%a9/', '/caf%C3%A9/'],
+    ['/public/page;v=2', '/public/page'],
+    ['/public/..', '/'],
+    ['/.well-known/x', '/.well-known/x'],
+    // case is kept: the upstream sees exactly what was matched (case-sensitive, so /ADMIN is not /admin)
+    ['/ADMIN', '/ADMIN'],
+  ]
+  for (const [sent, expected] of cases) {
+    const before = up.received.length
+    t.equal(await rawStatus(port, sent), 200, sent)
+    t.equal(up.received[before]?.url, expected, `${sent} → ${expected}`)
+  }
+})
+
+t.test('a base path on the upstream cannot be escaped', async (t) => {
+  const { up, port } = await setup(t, '/api')
+  for (const target of [
+    '/../secret',
+    '/%2e%2e/secret',
+    '/a/../../secret',
+    '/..;/secret',
+    'http://x/../secret',
+  ]) {
+    t.equal(await rawStatus(port, target), 200, target)
+  }
+  t.equal(await rawStatus(port, '/%2f../secret'), 400)
+  t.same(
+    up.received.map((r) => r.url),
+    ['/api/secret', '/api/secret', '/api/secret', '/api/secret', '/api/secret'],
+    'every request stayed under the base path',
+  )
+})
+
+t.test('metrics route labels use the normalized path', async (t) => {
+  const { port, admin } = await setup(t)
+  for (const target of ['//public/a', '/public/./b', '/public/x/../c', '/%70ublic/d'])
+    t.equal(await rawStatus(port, target), 200)
+  const metrics = await eventually(
+    async () => {
+      const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text()
+      return /nhi_requests_total\{[^}]*route="\/public\/:page"[^}]*\} 4\b/.test(text) && text
+    },
+    { what: 'four requests under route="/public/:page"' },
+  )
+  t.ok(metrics)
+})
+
+t.test('property: the path the policy matched is the path the upstream received', async (t) => {
+  const { up, port, admin } = await setup(t)
+  const segment = fc.oneof(
+    fc.constantFrom(
+      'admin',
+      'public',
+      'a',
+      '.',
+      '..',
+      '',
+      '%2e',
+      '%2E%2e',
+      '%61dmin',
+      ';x=1',
+      'p;q',
+      '%7E',
+      '%c3%a9',
+    ),
+    fc.stringMatching(/^[A-Za-z0-9._~-]{1,4}$/),
+  )
+  const pathArb = fc.array(segment, { minLength: 1, maxLength: 6 }).map((s) => `/${s.join('/')}`)
+  const samples = fc.sample(pathArb, { numRuns: 60, seed: 16 })
+  for (const path of samples) {
+    const traceId = randomBytes(16).toString('hex')
+    const before = up.received.length
+    const status = await rawStatus(port, path, 'GET', {
+      traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01`,
+    })
+    const events = await eventually(
+      async () => {
+        const r = await fetch(`http://127.0.0.1:${admin}/audit?trace_id=${traceId}`)
+        const body = (await r.json()) as { path: string }[] | { events: { path: string }[] }
+        const list = Array.isArray(body) ? body : body.events
+        return list.length > 0 && list
+      },
+      { what: `the audit event of ${path}` },
+    )
+    const matched = events[0]!.path
+    if (status === 200) {
+      const received = up.received[before]?.url
+      t.equal(received, matched, `${path}: upstream got ${matched}`)
+      t.equal(normalizePath(received ?? ''), received, `${path}: what the upstream got is already normal`)
+      t.notMatch(received, /^\/admin(\/|$)/, `${path}: not a denied path`)
+    } else {
+      t.equal(status, 403, `${path}: refused by policy`)
+      t.match(matched, /^\/admin(\/|$)/, `${path}: matched ${matched}, a denied path`)
+      t.equal(up.received.length, before, `${path}: nothing reached the upstream`)
+    }
+  }
+})
+
+t.test('explain agrees with the live proxy about the path', async (t) => {
+  const config = join(mkdtempSync(join(tmpdir(), 'nhi-path-')), 'c.yaml')
+  writeFileSync(config, JSON.stringify({ policy: POLICY }))
+  const explain = async (path: string, method = 'GET') => {
+    const lines: string[] = []
+    const code = await runExplain({ config, headers: [], method, path, json: true }, (l) => lines.push(l))
+    return { code, text: lines.join('\n') }
+  }
+  for (const path of ['/public/%2e%2e/admin', '/%61dmin;x=1', '//admin/']) {
+    const r = await explain(path)
+    t.equal(r.code, 0)
+    t.match(JSON.parse(r.text).decision, { decision: 'deny', rule: 'admin' }, `${path} is denied`)
+  }
+  t.match(JSON.parse((await explain('/admin', 'HEAD')).text).decision, { decision: 'deny' }, 'HEAD as GET')
+  const refused = await explain('/public%2f..%2fadmin')
+  t.equal(refused.code, 1)
+  t.match(refused.text, /refuses this request target with 400/)
+})
+
+t.test(
+  'policy.pathCase: insensitive makes routes match in any case, for upstreams that fold case',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const sidecar = await startTestSidecar(t, {
+      upstream: up.url,
+      policy: { ...POLICY, pathCase: 'insensitive' },
+    })
+    const port = sidecar.proxyAddress.port
+    for (const target of ['/ADMIN', '/Admin/users', '/%41dmin/', '/INTERNAL', '/public/../Internal;x'])
+      t.equal(await rawStatus(port, target), 403, target)
+    t.equal(await rawStatus(port, '/Public/page'), 200)
+    t.same(
+      up.received.map((r) => r.url),
+      ['/Public/page'],
+      'only the allowed request reached the upstream, with its case kept',
+    )
+  },
+)

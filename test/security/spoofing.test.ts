@@ -1,0 +1,120 @@
+// Header spoofing through the real proxy: identity headers, forwarded client certificates and
+// x-forwarded-* from an untrusted peer must not change the identity, and must not reach the upstream as
+// if the proxy had said them. The trusted forwarder is 127.0.0.2, everyone else is 127.0.0.1.
+import pino from 'pino'
+import t from 'tap'
+import { Agent, request } from 'undici'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const _silent = pino({ level: 'silent' })
+const ADMIN_SPIFFE = 'spiffe://cluster.local/ns/prod/sa/admin'
+
+t.test('spoofed identity, forwarded-cert and forwarded-for headers', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], format: 'xfcc', toUpstream: 'sanitize_set' },
+    identities: [
+      { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
+      { name: 'internal-network', kind: 'service', match: { remoteAddr: ['10.0.0.0/8'] } },
+      {
+        name: 'header-says-admin',
+        kind: 'human',
+        match: { header: { 'x-nhi-identity': 'admin' }, verified: true },
+      },
+    ],
+  })
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const fromTrusted = new Agent({ localAddress: '127.0.0.2' })
+  t.teardown(() => fromTrusted.close())
+
+  const echo = async (headers: Record<string, string>, dispatcher?: Agent) => {
+    const res = await request(`${proxy}/echo`, { headers, ...(dispatcher ? { dispatcher } : {}) })
+    t.equal(res.statusCode, 200)
+    return JSON.parse(await res.body.text()).headers as Record<string, string | undefined>
+  }
+  const spoof = {
+    'x-nhi-identity': 'admin',
+    'x-nhi-kind': 'human',
+    'x-nhi-source': 'mtls',
+    'x-nhi-verified': 'true',
+    'x-nhi-extra': 'anything',
+    'x-forwarded-client-cert': `By=spiffe://cluster.local/ns/mesh/sa/gw;URI=${ADMIN_SPIFFE}`,
+    'client-cert': ':MIIBdummy:',
+    'x-forwarded-for': '10.0.0.5',
+    'x-forwarded-proto': 'https',
+    'x-forwarded-host': 'admin.internal',
+  }
+
+  // control: the same XFCC from the trusted forwarder does name the workload
+  const trusted = await echo({ 'x-forwarded-client-cert': spoof['x-forwarded-client-cert'] }, fromTrusted)
+  t.equal(trusted['x-nhi-identity'], 'prod/admin', 'control: XFCC honoured from the trusted proxy')
+  t.equal(trusted['x-nhi-source'], 'xfcc')
+
+  const m0 = await scrape(admin)
+  const seen = await echo(spoof)
+  t.not(seen['x-nhi-identity'], 'prod/admin', 'untrusted XFCC does not name the identity')
+  t.not(seen['x-nhi-identity'], 'internal-network', 'x-forwarded-for does not satisfy remoteAddr')
+  t.not(seen['x-nhi-identity'], 'admin')
+  t.not(seen['x-nhi-identity'], 'header-says-admin', 'the spoofed header is not evidence of verification')
+  t.equal(seen['x-nhi-verified'], 'false')
+  t.equal(seen['x-nhi-source'], 'anonymous')
+  t.notOk(seen['x-nhi-extra'], 'every incoming x-nhi-* is stripped')
+  t.notOk(seen['x-forwarded-client-cert'], 'untrusted XFCC not passed upstream')
+  t.notOk(seen['client-cert'], 'untrusted Client-Cert not passed upstream')
+  const xff = String(seen['x-forwarded-for']).split(/,\s*/)
+  t.equal(xff[xff.length - 1], '127.0.0.1', 'x-forwarded-for ends with the real peer')
+  t.equal(
+    String(seen['x-forwarded-proto']).split(/,\s*/).pop(),
+    'http',
+    'x-forwarded-proto ends with the real scheme',
+  )
+
+  const m1 = await scrape(admin)
+  const delta = (name: string, labels: Record<string, string>) =>
+    metricValue(m1, name, labels) - metricValue(m0, name, labels)
+  t.ok(
+    delta('nhi_auth_failures_total', { reason: 'untrusted_forwarder' }) >= 1,
+    'untrusted forwarder counted',
+  )
+  t.ok(
+    delta('nhi_credential_anomalies_total', { type: 'spoofed_header' }) >= 1,
+    'spoofing counted as an anomaly',
+  )
+  t.equal(
+    metricValue(m1, 'nhi_requests_total', { identity: 'admin' }),
+    0,
+    'no metric series for the spoofed name',
+  )
+
+  // the trusted forwarder cannot set identity headers either, nor pick remoteAddr through x-forwarded-for
+  const viaTrusted = await echo(
+    { 'x-nhi-identity': 'admin', 'x-nhi-verified': 'true', 'x-forwarded-for': '10.0.0.5' },
+    fromTrusted,
+  )
+  t.not(viaTrusted['x-nhi-identity'], 'admin', 'x-nhi-* stripped from a trusted proxy too')
+  t.not(
+    viaTrusted['x-nhi-identity'],
+    'internal-network',
+    'remoteAddr is the socket, even behind a trusted proxy',
+  )
+  t.equal(viaTrusted['x-nhi-verified'], 'false')
+  t.equal(String(viaTrusted['x-forwarded-for']).split(/,\s*/).pop(), '127.0.0.2')
+
+  // header name case and duplicates do not sneak identity headers through
+  const res = await request(`${proxy}/echo`, {
+    headers: ['X-NHI-Identity', 'admin', 'x-nhi-identity', 'root', 'X-Nhi-Verified', 'true'],
+  })
+  const dupSeen = JSON.parse(await res.body.text()).headers as Record<string, string>
+  t.equal(dupSeen['x-nhi-verified'], 'false')
+  t.notOk(['admin', 'root'].includes(dupSeen['x-nhi-identity']!), 'mixed-case duplicates stripped')
+  t.notOk(
+    upstream.received.some((r) => ['admin', 'root'].includes(String(r.headers['x-nhi-identity']))),
+    'the upstream never received a spoofed identity',
+  )
+})

@@ -1,0 +1,212 @@
+// Only WebSocket upgrades are tunnelled (issue 16, item 3). Any other Upgrade token (h2c above all) is
+// stripped and the request is served as a plain HTTP/1.1 request on a connection that closes afterwards,
+// so nothing the client sends after it can reach the upstream unseen by attribution, policy and audit.
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import { createServer, type IncomingHttpHeaders } from 'node:http'
+import { type AddressInfo, connect, type Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import t, { type Test } from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
+
+/** An upstream that switches to whatever protocol it is asked for and records every byte of the tunnel. */
+async function startPermissiveUpstream() {
+  const requests: { method: string; url: string; headers: IncomingHttpHeaders }[] = []
+  const upgrades: { url: string; headers: IncomingHttpHeaders }[] = []
+  let tunnelled = ''
+  const sockets = new Set<Duplex>()
+  const server = createServer((req, res) => {
+    requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers })
+    req.resume()
+    req.on('end', () => res.end(`plain ${req.url}`))
+  })
+  server.on('upgrade', (req, socket, head) => {
+    upgrades.push({ url: req.url ?? '', headers: req.headers })
+    sockets.add(socket)
+    tunnelled += head.toString('latin1')
+    socket.on('data', (c: Buffer) => {
+      tunnelled += c.toString('latin1')
+    })
+    socket.on('error', () => {})
+    // /no-accept: switches without proving it read the key (a server that switches to anything)
+    const key = req.url === '/no-accept' ? undefined : req.headers['sec-websocket-key']
+    const accept = key
+      ? `sec-websocket-accept: ${createHash('sha1').update(`${key}${WS_GUID}`).digest('base64')}\r\n`
+      : ''
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${req.headers.upgrade}\r\nconnection: Upgrade\r\n${accept}\r\n`,
+    )
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    upgrades,
+    tunnelled: () => tunnelled,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+interface RawClient {
+  socket: Socket
+  text: () => string
+  closed: () => boolean
+}
+
+async function rawClient(port: number): Promise<RawClient> {
+  const socket = connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  let text = ''
+  let closed = false
+  socket.on('data', (c: Buffer) => {
+    text += c.toString('latin1')
+  })
+  socket.on('error', () => {})
+  socket.on('close', () => {
+    closed = true
+  })
+  return { socket, text: () => text, closed: () => closed }
+}
+
+function statusOf(text: string): number {
+  return Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0)
+}
+
+const FORGED =
+  'GET /second HTTP/1.1\r\nHost: x\r\nx-nhi-identity: forged-admin\r\nx-nhi-verified: true\r\n\r\n'
+
+async function setup(t: Test) {
+  const up = await startPermissiveUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, { upstream: up.url })
+  return { up, port: sidecar.proxyAddress.port, admin: sidecar.adminAddress.port }
+}
+
+t.test('Upgrade: h2c is served as a plain request and nothing after it is tunnelled', async (t) => {
+  const { up, port, admin } = await setup(t)
+  const c = await rawClient(port)
+  c.socket.write(
+    'GET /first HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n' +
+      'HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n',
+  )
+  await eventually(() => c.text().includes('\r\n\r\n'), { what: 'an answer to the h2c request' })
+  t.equal(statusOf(c.text()), 200, 'answered as a plain HTTP/1.1 request, not 101')
+  t.match(c.text(), /connection: close/i, 'and the connection is closed after it')
+  if (!c.closed()) c.socket.write(FORGED)
+  await eventually(() => c.closed() || up.tunnelled().includes('forged-admin'), {
+    what: 'the connection to close (or the forged request to leak)',
+    timeoutMs: 5000,
+  })
+  t.equal(up.upgrades.length, 0, 'the upstream never saw an upgrade')
+  t.notMatch(up.tunnelled(), /forged-admin/, 'the forged x-nhi-identity never reached the upstream')
+  t.equal(up.requests.length, 1, 'exactly one request reached the upstream')
+  const first = up.requests[0]!
+  t.equal(first.url, '/first')
+  t.equal(first.headers.upgrade, undefined, 'Upgrade stripped')
+  t.equal(first.headers['http2-settings'], undefined, 'HTTP2-Settings stripped')
+  t.notMatch(String(first.headers.connection ?? ''), /upgrade/i)
+  t.equal(first.headers['x-nhi-identity'], 'anonymous', 'identity headers were set by the proxy')
+  const metrics = await eventually(
+    async () => {
+      const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text()
+      return /nhi_requests_total\{[^}]*code="200"[^}]*\} 1\b/.test(text) && text
+    },
+    { what: 'the request in /metrics' },
+  )
+  t.ok(metrics, 'the request was recorded')
+})
+
+t.test('other upgrade tokens and mixed lists never open a non-websocket tunnel', async (t) => {
+  const { up, port } = await setup(t)
+  for (const token of ['h2c', 'TLS/1.0', 'foo', 'h2c, websocket-ish', 'HTTP/2.0']) {
+    const c = await rawClient(port)
+    c.socket.write(`GET /t HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: ${token}\r\n\r\n${FORGED}`)
+    await eventually(() => c.closed(), { what: `the connection for "${token}" to close`, timeoutMs: 5000 })
+    t.equal(statusOf(c.text()), 200, `"${token}": plain answer`)
+  }
+  t.equal(up.upgrades.length, 0, 'no upgrade reached the upstream')
+  t.notMatch(up.tunnelled(), /forged-admin/)
+  t.notOk(
+    up.requests.some((r) => r.url === '/second' || r.headers['x-nhi-identity'] === 'forged-admin'),
+    'the pipelined forged request was never forwarded',
+  )
+})
+
+t.test('a non-websocket upgrade with a body is refused with 400', async (t) => {
+  const { up, port } = await setup(t)
+  const c = await rawClient(port)
+  c.socket.write(
+    'POST /t HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello',
+  )
+  await eventually(() => c.closed(), { what: 'the connection to close' })
+  t.equal(statusOf(c.text()), 400)
+  t.equal(up.requests.length + up.upgrades.length, 0, 'nothing reached the upstream')
+})
+
+t.test('HTTP2-Settings never crosses the proxy, even without an upgrade', async (t) => {
+  const { up, port } = await setup(t)
+  const res = await fetch(`http://127.0.0.1:${port}/x`, { headers: { 'http2-settings': 'AAMAAABk' } })
+  t.equal(res.status, 200)
+  await res.text()
+  t.equal(up.requests[0]!.headers['http2-settings'], undefined)
+})
+
+t.test('a websocket offer is tunnelled as websocket only, whatever the case and the list', async (t) => {
+  const { up, port } = await setup(t)
+  for (const token of ['WebSocket', 'h2c, websocket']) {
+    const c = await rawClient(port)
+    c.socket.write(
+      `GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: ${token}\r\n` +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    )
+    await eventually(() => c.text().includes('\r\n\r\n'), { what: `the answer to "${token}"` })
+    t.equal(statusOf(c.text()), 101, `"${token}": switched`)
+    c.socket.destroy()
+  }
+  t.same(
+    up.upgrades.map((u) => u.headers.upgrade),
+    ['websocket', 'websocket'],
+    'the upstream was offered websocket and nothing else',
+  )
+})
+
+t.test('a websocket upgrade that is not a websocket handshake is refused', async (t) => {
+  const { up, port } = await setup(t)
+  for (const req of [
+    // no Sec-WebSocket-Key: not a handshake any websocket server would accept
+    'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+    // RFC 6455 §4.1: the handshake is a GET
+    'POST /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+  ]) {
+    const c = await rawClient(port)
+    c.socket.write(req + FORGED)
+    await eventually(() => c.closed(), { what: 'the connection to close' })
+    t.equal(statusOf(c.text()), 400)
+  }
+  t.equal(up.upgrades.length, 0)
+  t.notMatch(up.tunnelled(), /forged-admin/)
+})
+
+t.test('a 101 that is not a websocket answer to this handshake opens no tunnel (502)', async (t) => {
+  const { up, port } = await setup(t)
+  const c = await rawClient(port)
+  c.socket.write(
+    'GET /no-accept HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+  )
+  await eventually(() => c.closed(), { what: 'the connection to close' })
+  t.equal(statusOf(c.text()), 502)
+  t.equal(up.upgrades.length, 1, 'the upstream was asked')
+  t.equal(up.tunnelled(), '', 'but nothing was tunnelled')
+})

@@ -1,0 +1,83 @@
+// The alert rules file, checked and unit-tested by the real promtool.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { parse } from 'yaml'
+import { CHART_DIR, metricNamesIn, run, SPEC_METRICS, skipWithout, systemTool } from '../helpers/tools.ts'
+
+const ALERTS_DIR = join(CHART_DIR, 'alerts')
+const RULES = join(ALERTS_DIR, 'nhi-proxy.rules.yaml')
+const promtool = systemTool('promtool')
+const skipPromtool = skipWithout('promtool', promtool)
+
+interface Rule {
+  alert: string
+  expr: string
+}
+const rules = (parse(readFileSync(RULES, 'utf8')) as { groups: { rules: Rule[] }[] }).groups.flatMap(
+  (g) => g.rules,
+)
+
+t.test('every alert the chart promises is defined', async (t) => {
+  t.same(rules.map((r) => r.alert).sort(), [
+    'NhiAuditLinesDropped',
+    'NhiAuthFailureSpike',
+    'NhiCredentialExpired',
+    'NhiCredentialExpiringSoon',
+    'NhiIdentityOverflow',
+    'NhiJobFailing',
+    'NhiJobSilent',
+    'NhiJwksRefreshFailing',
+  ])
+  for (const r of rules) {
+    const unknown = metricNamesIn(r.expr).filter((m) => !SPEC_METRICS.has(m))
+    t.same(unknown, [], `${r.alert} uses only metrics named in the spec`)
+  }
+})
+
+t.test('promtool check rules', { skip: skipPromtool }, async (t) => {
+  const r = await run(promtool!, ['check', 'rules', RULES])
+  t.equal(r.code, 0, r.stdout + r.stderr)
+  t.match(r.stdout, /SUCCESS: 8 rules found/)
+})
+
+t.test(
+  'promtool test rules: each alert fires on its trigger and not otherwise',
+  {
+    skip: skipPromtool,
+  },
+  async (t) => {
+    const r = await run(promtool!, ['test', 'rules', 'tests.yaml'], { cwd: ALERTS_DIR })
+    t.equal(r.code, 0, r.stdout + r.stderr)
+    t.match(r.stdout, /SUCCESS/)
+    const tests = readFileSync(join(ALERTS_DIR, 'tests.yaml'), 'utf8')
+    for (const rule of rules) {
+      t.match(
+        tests,
+        new RegExp(`alertname: ${rule.alert}\\n\\s+exp_alerts:\\n\\s+- exp_labels`),
+        `${rule.alert} is tested firing`,
+      )
+    }
+  },
+)
+
+t.test('the unit tests catch a broken rule', { skip: skipPromtool }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nhi-alerts-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'tests.yaml'), readFileSync(join(ALERTS_DIR, 'tests.yaml')))
+  const source = readFileSync(RULES, 'utf8')
+  const mutations: [string, string][] = [
+    ['(nhi_job_consecutive_failures) >= 3', '(nhi_job_consecutive_failures) >= 4'],
+    ['< 86400 > 0', '< 3600 > 0'],
+    ['(rate(nhi_auth_failures_total[5m])) > 0.5', '(rate(nhi_auth_failures_total[5m])) > 0'],
+    ['[10m])) > 0', '[10m])) > 10'],
+    ['<= 900)', '<= 90000)'],
+  ]
+  for (const [from, to] of mutations) {
+    t.ok(source.includes(from), `rule text contains ${from}`)
+    writeFileSync(join(dir, 'nhi-proxy.rules.yaml'), source.replace(from, to))
+    const r = await run(promtool!, ['test', 'rules', 'tests.yaml'], { cwd: dir })
+    t.not(r.code, 0, `changing "${from}" to "${to}" fails the alert tests`)
+  }
+})
