@@ -25,6 +25,10 @@ export interface LeafOptions {
   subject?: string
   uriSans?: string[]
   dnsSans?: string[]
+  ipSans?: string[]
+  emailSans?: string[]
+  /** extension lines in openssl's syntax, as they are: e.g. `subjectAltName=DER:04:00` for a broken encoding */
+  extensions?: string[]
   /** negative → already expired */
   days?: number
   /** add extendedKeyUsage serverAuth (for server certs) */
@@ -72,14 +76,19 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
   const csrFile = join(ca.dir, `${id}.csr`)
   const certFile = join(ca.dir, `${id}.crt`)
   const extFile = join(ca.dir, `${id}.ext`)
+  // one SAN per line of a section: there a value is taken whole, so it may hold commas (`URI:a, DNS:b` is
+  // one URI); backslashes keep openssl's config syntax (quotes, `$`, `#`) literal
   const sans = [
-    ...(opts.uriSans ?? []).map((u) => `URI:${u}`),
-    ...(opts.dnsSans ?? []).map((d) => `DNS:${d}`),
+    ...(opts.uriSans ?? []).map((v, i) => `URI.${i} = ${opensslConfValue(v)}`),
+    ...(opts.dnsSans ?? []).map((v, i) => `DNS.${i} = ${opensslConfValue(v)}`),
+    ...(opts.ipSans ?? []).map((v, i) => `IP.${i} = ${opensslConfValue(v)}`),
+    ...(opts.emailSans ?? []).map((v, i) => `email.${i} = ${opensslConfValue(v)}`),
   ]
   const ext = [
     'basicConstraints=CA:FALSE',
     `extendedKeyUsage=${opts.server ? 'serverAuth,clientAuth' : 'clientAuth'}`,
-    ...(sans.length ? [`subjectAltName=${sans.join(',')}`] : []),
+    ...(opts.extensions ?? []),
+    ...(sans.length ? ['subjectAltName=@sans', '[sans]', ...sans] : []),
   ]
   await writeFile(extFile, ext.join('\n') + '\n')
   const subj = opts.subject ?? (opts.cn ? `/CN=${opts.cn}` : '/O=nhi-test')
@@ -123,6 +132,10 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
     certPem: await readFile(certFile, 'utf8'),
     keyPem: await readFile(keyFile, 'utf8'),
   }
+}
+
+function opensslConfValue(v: string): string {
+  return v.replace(/[\\"'$#;]/g, '\\$&')
 }
 
 /** A CA plus a server cert for 127.0.0.1/localhost, ready for an https listener. */

@@ -5,10 +5,10 @@ import t from 'tap'
 import { defaultConfig } from '../../src/config/schema.ts'
 import {
   certEvidenceFromPem,
+  certificateNames,
   commonName,
   firstPemCertificate,
   parsePeerCertificate,
-  parseSubjectAltName,
 } from '../../src/identity/certificate.ts'
 import { mtlsSource } from '../../src/identity/sources/mtls.ts'
 import type { CertEvidence, Failure } from '../../src/types.ts'
@@ -141,15 +141,68 @@ t.test('no client certificate → undefined', async (t) => {
   t.equal(await handshake(), undefined)
 })
 
-t.test('subjectAltName text: quoted values keep their commas', async (t) => {
-  t.same(parseSubjectAltName('DNS:a.example, URI:"http://x/a, b", URI:spiffe://td/x, IP Address:10.0.0.1'), {
-    dns: ['a.example'],
-    uri: ['http://x/a, b', 'spiffe://td/x'],
+t.test('SANs are decoded from the DER, whatever separators or quotes their values hold', async (t) => {
+  // Node prints these as one comma-separated line where the first URI reads like a URI and a DNS name
+  const leaf = await issueCert(clientCa, {
+    cn: 'sans',
+    uriSans: ['https://a.example/x, DNS:evil.example', 'urn:example:"quoted", URI:spiffe://td/evil', 'urn:c'],
+    dnsSans: ['ok.example'],
+    ipSans: ['10.0.0.1', '2001:db8::1', '::ffff:192.0.2.1'],
+    emailSans: ['ops@example.com', 'a"b@example.com'],
   })
-  t.same(parseSubjectAltName('DNS:"we\\"ird, name"'), { dns: ['we"ird, name'], uri: [] })
-  t.same(parseSubjectAltName(undefined), { dns: [], uri: [] })
-  t.same(parseSubjectAltName('garbage without colon'), { dns: [], uri: [] })
+  const names = certificateNames(firstPemCertificate(leaf.certPem)!)
+  t.same(names, {
+    cn: 'sans',
+    sans: {
+      uri: ['https://a.example/x, DNS:evil.example', 'urn:example:"quoted", URI:spiffe://td/evil', 'urn:c'],
+      dns: ['ok.example'],
+      ip: ['10.0.0.1', '2001:db8::1', '::ffff:c000:201'],
+      email: ['ops@example.com', 'a"b@example.com'],
+    },
+  })
+
+  const ev = (await handshake(leaf)) as CertEvidence
+  t.equal(ev.source, 'mtls')
+  t.equal(ev.verified, true)
+  t.equal(ev.spiffeId, undefined, 'a spiffe: inside another URI is no SPIFFE ID')
+  t.same(ev.dnsSans, ['ok.example'], 'no DNS name made up from a URI')
+  t.same(ev.uriSans, names.sans.uri)
 })
+
+t.test('an SVID with IP and email SANs next to its one URI SAN keeps its SPIFFE ID', async (t) => {
+  const leaf = await issueCert(clientCa, {
+    uriSans: ['spiffe://td.example/ns/a/sa/b'],
+    ipSans: ['fe80::1'],
+    emailSans: ['team@example.com'],
+  })
+  const ev = (await handshake(leaf)) as CertEvidence
+  t.equal(ev.spiffeId, 'spiffe://td.example/ns/a/sa/b')
+  t.same(ev.uriSans, ['spiffe://td.example/ns/a/sa/b'])
+  t.same(ev.dnsSans, [])
+  t.same(certificateNames(firstPemCertificate(leaf.certPem)!).sans.ip, ['fe80::1'])
+})
+
+t.test('a URI SAN that only looks like two SPIFFE IDs in the printed text is one invalid ID', async (t) => {
+  const leaf = await issueCert(clientCa, { uriSans: ['spiffe://td/a, URI:spiffe://td/b'] })
+  const r = (await handshake(leaf)) as Failure
+  t.equal(r.reason, 'spiffe_invalid')
+  t.match(r.detail, /invalid SPIFFE ID/, 'one URI SAN, rejected for what it holds, not for being two')
+})
+
+t.test(
+  'a certificate whose SAN extension does not decode is refused, never read as one without SANs',
+  async (t) => {
+    // an OCTET STRING where GeneralNames (a SEQUENCE) belongs: Node loads the certificate and prints no SANs
+    const leaf = await issueCert(clientCa, { cn: 'bad-san', extensions: ['subjectAltName=DER:04:02:41:41'] })
+    const forwarded = certEvidenceFromPem(leaf.certPem, 'xfcc', true, 'nginx') as Failure
+    t.equal(forwarded.failed, true)
+    t.equal(forwarded.reason, 'malformed')
+    t.equal(forwarded.fingerprint, derSha256(leaf.certPem).slice(0, 16))
+    t.match(forwarded.attributes?.['subject'], /CN=bad-san/)
+    // over mTLS the chain check already refuses an extension it cannot decode
+    t.equal(((await handshake(leaf)) as Failure).reason, 'cert_untrusted')
+  },
+)
 
 t.test('the CN of a certificate comes from its parsed subject, not from the printed text', async (t) => {
   const ca = await createCA('names-ca')
