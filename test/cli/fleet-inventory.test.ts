@@ -345,25 +345,32 @@ t.test(
 
     // the dashboard's fleet panels run on the same data and name the same identities and edges
     const dashboard = JSON.parse(readFileSync(join(CHART_DIR, 'dashboards', 'nhi-proxy.json'), 'utf8')) as {
-      panels: { title: string; targets: { expr: string }[] }[]
+      panels: {
+        title: string
+        type: string
+        targets: { expr: string; refId: string; format?: string; instant?: boolean }[]
+        transformations?: { id: string; options: { renameByName?: Record<string, string> } }[]
+      }[]
     }
-    const panelRows = async (title: string) => {
+    const panelResults = async (title: string) => {
       const panel = dashboard.panels.find((p) => p.title === title)
       t.ok(panel, `dashboard panel "${title}"`)
-      const rows: Record<string, string>[][] = []
+      const results: { metric: Record<string, string>; value: [number, string] }[][] = []
       for (const target of panel?.targets ?? []) {
         const expr = target.expr.replaceAll('$__range', '10m').replaceAll('$service', '.*')
         const res = await fetch(`${base}/api/v1/query?query=${encodeURIComponent(expr)}`)
         const body = (await res.json()) as {
           status: string
           error?: string
-          data: { result: { metric: Record<string, string> }[] }
+          data: { result: { metric: Record<string, string>; value: [number, string] }[] }
         }
         t.equal(body.status, 'success', `"${title}" query runs: ${body.error ?? ''}`)
-        rows.push(body.data.result.map((r) => r.metric))
+        results.push(body.data.result)
       }
-      return rows
+      return results
     }
+    const panelRows = async (title: string) =>
+      (await panelResults(title)).map((result) => result.map((r) => r.metric))
     const [edgeRows] = await panelRows('Fleet edges: identity \u2192 service')
     t.same(
       edgeRows?.map((m) => `${m['identity']}->${m['service']}`).sort(),
@@ -375,6 +382,59 @@ t.test(
       lastSeenRows?.map((m) => m['identity']).sort(),
       ['inventory-sync', 'nightly-export', 'svc/reports', 'ua:gptbot'],
       'the inventory panel lists the identities inventory prints',
+    )
+
+    // the node graph: frames named nodes and edges (by refId) with the field names the panel reads
+    const graphTitle = 'Fleet graph: identity \u2192 service'
+    const graph = dashboard.panels.find((p) => p.title === graphTitle)
+    t.equal(graph?.type, 'nodeGraph', 'a Node Graph panel')
+    t.same(
+      graph?.targets.map((q) => [q.refId, q.format, q.instant]),
+      [
+        ['nodes', 'table', true],
+        ['edges', 'table', true],
+      ],
+      'one instant table query per frame, named as the node graph expects',
+    )
+    const renames = graph?.transformations?.find((x) => x.id === 'organize')?.options.renameByName ?? {}
+    t.equal(renames['Value #nodes'], 'mainstat', 'node value column becomes mainstat')
+    t.equal(renames['Value #edges'], 'mainstat', 'edge value column becomes mainstat')
+    const [nodes, edges] = await panelResults(graphTitle)
+    t.same(
+      edges
+        ?.map((e) => ({
+          id: e.metric['id'],
+          source: e.metric['source'],
+          target: e.metric['target'],
+          mainstat: Math.round(Number(e.value[1])),
+        }))
+        .sort((x, y) => String(x.id).localeCompare(String(y.id))),
+      fleet.edges
+        .map((e) => ({
+          id: `${e.identity} \u2192 ${e.service}`,
+          source: e.identity,
+          target: e.service,
+          mainstat: e.requests,
+        }))
+        .sort((x, y) => x.id.localeCompare(y.id)),
+      'one edge per identity → service pair fleet prints, weighted by its requests',
+    )
+    for (const e of edges ?? [])
+      t.same(Object.keys(e.metric).sort(), ['id', 'source', 'target'], 'edge frame: only node-graph fields')
+    const nodeIds = (nodes ?? []).map((n) => n.metric['id']).sort()
+    t.same(
+      nodeIds,
+      [...new Set([...fleet.edges.map((e) => e.identity), ...fleet.edges.map((e) => e.service)])].sort(),
+      'a node per caller identity and per service, each once',
+    )
+    const node = (id: string) => nodes?.find((n) => n.metric['id'] === id)
+    t.match(node('search')?.metric, { title: 'search', subtitle: 'service' })
+    t.equal(Math.round(Number(node('search')?.value[1])), 4, 'a service node counts the requests it received')
+    t.match(node('inventory-sync')?.metric, { title: 'inventory-sync', subtitle: 'caller' })
+    t.equal(
+      Math.round(Number(node('inventory-sync')?.value[1])),
+      5,
+      'a caller node counts the requests it sent',
     )
   },
 )
