@@ -11,7 +11,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { freePort } from '../helpers/net.ts'
 import { startPrometheus } from '../helpers/prometheus.ts'
-import { runCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { runCli, spawnCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { CHART_DIR, skipWithout, systemTool } from '../helpers/tools.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -436,6 +436,27 @@ t.test(
       5,
       'a caller node counts the requests it sent',
     )
+
+    // --serve: the same picture as a page, queried afresh per load
+    const servePort = await freePort()
+    const served = spawnCli(['fleet', '--prometheus', base, '--window', '10m', '--serve', String(servePort)])
+    t.teardown(() => served.kill())
+    await served.waitFor(new RegExp(`fleet view of .* on http://127\\.0\\.0\\.1:${servePort}/`))
+    const pageUrl = `http://127.0.0.1:${servePort}`
+    for (const path of ['/', '/ui']) {
+      const res = await fetch(`${pageUrl}${path}`)
+      t.equal(res.status, 200, `${path} answers`)
+      t.match(res.headers.get('content-type'), /^text\/html/)
+      const html = await res.text()
+      t.match(html, /Edges \(identity → service\):/)
+      t.match(html, /ua:gptbot\s+agent\s+search\s+2\s+0\s+no/)
+      t.match(html, /svc\/reports\s+service\s+search\s+1\s+0\s+yes/)
+    }
+    const json = (await (await fetch(`${pageUrl}/fleet.json`)).json()) as typeof fleet
+    t.same(json.edges, fleet.edges, '/fleet.json is the --json document')
+    t.equal((await fetch(`${pageUrl}/elsewhere`)).status, 404)
+    served.kill()
+    t.equal(await served.exited, 0, 'SIGTERM: exits 0')
   },
 )
 
@@ -458,4 +479,29 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
     const missing = await runCli([command])
     t.equal(missing.code, 1, `${command}: --prometheus is required`)
   }
+
+  // the page server stays up with Prometheus down and says why on the page
+  const pagePort = await freePort()
+  const served = spawnCli([
+    'fleet',
+    '--prometheus',
+    `http://127.0.0.1:${port}`,
+    '--serve',
+    `127.0.0.1:${pagePort}`,
+  ])
+  t.teardown(() => served.kill())
+  await served.waitFor(/fleet view of/)
+  const res = await fetch(`http://127.0.0.1:${pagePort}/`)
+  t.equal(res.status, 502)
+  t.match(
+    await res.text(),
+    new RegExp(`cannot reach Prometheus at http://127\\.0\\.0\\.1:${port}: ECONNREFUSED`),
+  )
+  t.equal((await fetch(`http://127.0.0.1:${pagePort}/fleet.json`)).status, 502)
+  served.kill()
+  t.equal(await served.exited, 0)
+
+  const badServe = await runCli(['fleet', '--prometheus', 'http://127.0.0.1:9090', '--serve', 'nowhere'])
+  t.equal(badServe.code, 1, 'a bad --serve address → exit 1')
+  t.match(badServe.stderr, /--serve must be HOST:PORT, :PORT or PORT/)
 })
