@@ -262,7 +262,7 @@ export async function buildFleet(o: FleetOptions): Promise<Fleet> {
   }
 }
 
-function printFleet(f: Fleet, out: Out): void {
+export function printFleet(f: Fleet, out: Out): void {
   out(`Fleet over the last ${f.window} (Prometheus ${f.prometheus}, at ${f.time})`)
   const section = (title: string, rows: string[][], empty: string) => {
     out('')

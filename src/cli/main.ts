@@ -376,6 +376,10 @@ program
   )
   .addOption(queryTimeoutOption())
   .option('--json', 'machine-readable output')
+  .option(
+    '--serve <addr>',
+    'serve the picture as a page (/, /ui) and /fleet.json on HOST:PORT (a bare PORT: loopback), re-queried per load',
+  )
   .addHelpText(
     'after',
     `
@@ -387,7 +391,8 @@ unreachable, times out or rejects a query.
 Examples:
   nhi-proxy fleet --prometheus http://prometheus:9090
   nhi-proxy fleet --prometheus http://localhost:9090 --window 24h --expiring-within 2d
-  nhi-proxy fleet --prometheus http://thanos-query:9090 --json | jq '.edges[] | select(.verified | not)'`,
+  nhi-proxy fleet --prometheus http://thanos-query:9090 --json | jq '.edges[] | select(.verified | not)'
+  nhi-proxy fleet --prometheus http://prometheus:9090 --serve 0.0.0.0:9480`,
   )
   .action(
     async (o: {
@@ -396,7 +401,15 @@ Examples:
       expiringWithin: number
       timeout: number
       json?: boolean
+      serve?: string
     }) => {
+      if (o.serve !== undefined) {
+        const { serveFleet } = await import('./fleet-serve.ts')
+        process.exitCode = await serveFleet({ ...o, json: false }, o.serve, out, (s) =>
+          process.stderr.write(`${s}\n`),
+        )
+        return
+      }
       const { runFleet } = await import('./fleet.ts')
       process.exitCode = await runFleet({ ...o, json: o.json === true }, out, (s) =>
         process.stderr.write(`${s}\n`),

@@ -93,6 +93,19 @@ function hostAndPort(host: string): { address: string; port?: number } {
   return m[2] === undefined ? { address } : { address, port: Number(m[2]) }
 }
 
+/**
+ * gRPC statuses that mark a SERVER span as an error (RPC semantic conventions): the server's own faults.
+ * A status the caller caused (NOT_FOUND, PERMISSION_DENIED, …) is the call's answer, not a server failure;
+ * it stays visible in `rpc.grpc.status_code`.
+ */
+const GRPC_SERVER_ERRORS = new Set([2, 4, 12, 13, 14, 15]) // UNKNOWN DEADLINE_EXCEEDED UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS
+
+/** `/pkg.Service/Method` → its parts; undefined for any other shape (no invented rpc.* values) */
+function grpcMethod(path: string): { service: string; method: string } | undefined {
+  const m = /^\/([^/]+)\/([^/]+)$/.exec(path)
+  return m ? { service: m[1]!, method: m[2]! } : undefined
+}
+
 export class OtlpExport {
   private readonly loggerProvider: LoggerProvider | undefined
   private readonly logger: Logger | undefined
@@ -191,8 +204,20 @@ export class OtlpExport {
       attributes[ATTR_HTTP_ROUTE] = event.route
       name = `${event.method} ${event.route}`
     }
+    const rpc = event.grpcStatus === undefined ? undefined : grpcMethod(event.path)
+    if (event.grpcStatus !== undefined) {
+      attributes['rpc.system'] = 'grpc'
+      attributes['rpc.grpc.status_code'] = event.grpcStatus
+      if (rpc) {
+        attributes['rpc.service'] = rpc.service
+        attributes['rpc.method'] = rpc.method
+        name = `${rpc.service}/${rpc.method}`
+      }
+    }
+    const grpcFailed = event.grpcStatus !== undefined && GRPC_SERVER_ERRORS.has(event.grpcStatus)
     if (event.upstreamError !== undefined) attributes[ATTR_ERROR_TYPE] = event.upstreamError
     else if (event.status >= 500) attributes[ATTR_ERROR_TYPE] = String(event.status)
+    else if (grpcFailed) attributes[ATTR_ERROR_TYPE] = String(event.grpcStatus)
 
     const flags = event.traceFlags === undefined ? 1 : Number.parseInt(event.traceFlags, 16) & 0xff
     const parent =
@@ -221,7 +246,7 @@ export class OtlpExport {
         event.time,
       )
     }
-    if (event.status >= 500 || event.upstreamError !== undefined)
+    if (event.status >= 500 || event.upstreamError !== undefined || grpcFailed)
       span.setStatus({ code: SpanStatusCode.ERROR })
     span.end(event.time + event.durationMs)
   }

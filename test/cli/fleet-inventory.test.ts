@@ -11,7 +11,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { freePort } from '../helpers/net.ts'
 import { startPrometheus } from '../helpers/prometheus.ts'
-import { runCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { runCli, spawnCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { CHART_DIR, skipWithout, systemTool } from '../helpers/tools.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -345,25 +345,32 @@ t.test(
 
     // the dashboard's fleet panels run on the same data and name the same identities and edges
     const dashboard = JSON.parse(readFileSync(join(CHART_DIR, 'dashboards', 'nhi-proxy.json'), 'utf8')) as {
-      panels: { title: string; targets: { expr: string }[] }[]
+      panels: {
+        title: string
+        type: string
+        targets: { expr: string; refId: string; format?: string; instant?: boolean }[]
+        transformations?: { id: string; options: { renameByName?: Record<string, string> } }[]
+      }[]
     }
-    const panelRows = async (title: string) => {
+    const panelResults = async (title: string) => {
       const panel = dashboard.panels.find((p) => p.title === title)
       t.ok(panel, `dashboard panel "${title}"`)
-      const rows: Record<string, string>[][] = []
+      const results: { metric: Record<string, string>; value: [number, string] }[][] = []
       for (const target of panel?.targets ?? []) {
         const expr = target.expr.replaceAll('$__range', '10m').replaceAll('$service', '.*')
         const res = await fetch(`${base}/api/v1/query?query=${encodeURIComponent(expr)}`)
         const body = (await res.json()) as {
           status: string
           error?: string
-          data: { result: { metric: Record<string, string> }[] }
+          data: { result: { metric: Record<string, string>; value: [number, string] }[] }
         }
         t.equal(body.status, 'success', `"${title}" query runs: ${body.error ?? ''}`)
-        rows.push(body.data.result.map((r) => r.metric))
+        results.push(body.data.result)
       }
-      return rows
+      return results
     }
+    const panelRows = async (title: string) =>
+      (await panelResults(title)).map((result) => result.map((r) => r.metric))
     const [edgeRows] = await panelRows('Fleet edges: identity \u2192 service')
     t.same(
       edgeRows?.map((m) => `${m['identity']}->${m['service']}`).sort(),
@@ -376,6 +383,80 @@ t.test(
       ['inventory-sync', 'nightly-export', 'svc/reports', 'ua:gptbot'],
       'the inventory panel lists the identities inventory prints',
     )
+
+    // the node graph: frames named nodes and edges (by refId) with the field names the panel reads
+    const graphTitle = 'Fleet graph: identity \u2192 service'
+    const graph = dashboard.panels.find((p) => p.title === graphTitle)
+    t.equal(graph?.type, 'nodeGraph', 'a Node Graph panel')
+    t.same(
+      graph?.targets.map((q) => [q.refId, q.format, q.instant]),
+      [
+        ['nodes', 'table', true],
+        ['edges', 'table', true],
+      ],
+      'one instant table query per frame, named as the node graph expects',
+    )
+    const renames = graph?.transformations?.find((x) => x.id === 'organize')?.options.renameByName ?? {}
+    t.equal(renames['Value #nodes'], 'mainstat', 'node value column becomes mainstat')
+    t.equal(renames['Value #edges'], 'mainstat', 'edge value column becomes mainstat')
+    const [nodes, edges] = await panelResults(graphTitle)
+    t.same(
+      edges
+        ?.map((e) => ({
+          id: e.metric['id'],
+          source: e.metric['source'],
+          target: e.metric['target'],
+          mainstat: Math.round(Number(e.value[1])),
+        }))
+        .sort((x, y) => String(x.id).localeCompare(String(y.id))),
+      fleet.edges
+        .map((e) => ({
+          id: `${e.identity} \u2192 ${e.service}`,
+          source: e.identity,
+          target: e.service,
+          mainstat: e.requests,
+        }))
+        .sort((x, y) => x.id.localeCompare(y.id)),
+      'one edge per identity → service pair fleet prints, weighted by its requests',
+    )
+    for (const e of edges ?? [])
+      t.same(Object.keys(e.metric).sort(), ['id', 'source', 'target'], 'edge frame: only node-graph fields')
+    const nodeIds = (nodes ?? []).map((n) => n.metric['id']).sort()
+    t.same(
+      nodeIds,
+      [...new Set([...fleet.edges.map((e) => e.identity), ...fleet.edges.map((e) => e.service)])].sort(),
+      'a node per caller identity and per service, each once',
+    )
+    const node = (id: string) => nodes?.find((n) => n.metric['id'] === id)
+    t.match(node('search')?.metric, { title: 'search', subtitle: 'service' })
+    t.equal(Math.round(Number(node('search')?.value[1])), 4, 'a service node counts the requests it received')
+    t.match(node('inventory-sync')?.metric, { title: 'inventory-sync', subtitle: 'caller' })
+    t.equal(
+      Math.round(Number(node('inventory-sync')?.value[1])),
+      5,
+      'a caller node counts the requests it sent',
+    )
+
+    // --serve: the same picture as a page, queried afresh per load
+    const servePort = await freePort()
+    const served = spawnCli(['fleet', '--prometheus', base, '--window', '10m', '--serve', String(servePort)])
+    t.teardown(() => served.kill())
+    await served.waitFor(new RegExp(`fleet view of .* on http://127\\.0\\.0\\.1:${servePort}/`))
+    const pageUrl = `http://127.0.0.1:${servePort}`
+    for (const path of ['/', '/ui']) {
+      const res = await fetch(`${pageUrl}${path}`)
+      t.equal(res.status, 200, `${path} answers`)
+      t.match(res.headers.get('content-type'), /^text\/html/)
+      const html = await res.text()
+      t.match(html, /Edges \(identity → service\):/)
+      t.match(html, /ua:gptbot\s+agent\s+search\s+2\s+0\s+no/)
+      t.match(html, /svc\/reports\s+service\s+search\s+1\s+0\s+yes/)
+    }
+    const json = (await (await fetch(`${pageUrl}/fleet.json`)).json()) as typeof fleet
+    t.same(json.edges, fleet.edges, '/fleet.json is the --json document')
+    t.equal((await fetch(`${pageUrl}/elsewhere`)).status, 404)
+    served.kill()
+    t.equal(await served.exited, 0, 'SIGTERM: exits 0')
   },
 )
 
@@ -398,4 +479,29 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
     const missing = await runCli([command])
     t.equal(missing.code, 1, `${command}: --prometheus is required`)
   }
+
+  // the page server stays up with Prometheus down and says why on the page
+  const pagePort = await freePort()
+  const served = spawnCli([
+    'fleet',
+    '--prometheus',
+    `http://127.0.0.1:${port}`,
+    '--serve',
+    `127.0.0.1:${pagePort}`,
+  ])
+  t.teardown(() => served.kill())
+  await served.waitFor(/fleet view of/)
+  const res = await fetch(`http://127.0.0.1:${pagePort}/`)
+  t.equal(res.status, 502)
+  t.match(
+    await res.text(),
+    new RegExp(`cannot reach Prometheus at http://127\\.0\\.0\\.1:${port}: ECONNREFUSED`),
+  )
+  t.equal((await fetch(`http://127.0.0.1:${pagePort}/fleet.json`)).status, 502)
+  served.kill()
+  t.equal(await served.exited, 0)
+
+  const badServe = await runCli(['fleet', '--prometheus', 'http://127.0.0.1:9090', '--serve', 'nowhere'])
+  t.equal(badServe.code, 1, 'a bad --serve address → exit 1')
+  t.match(badServe.stderr, /--serve must be HOST:PORT, :PORT or PORT/)
 })

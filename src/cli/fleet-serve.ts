@@ -1,0 +1,111 @@
+// `nhi-proxy fleet --prometheus URL --serve ADDR`: the fleet picture as a page for people who will not open
+// one /ui per pod. Every page load runs the same Prometheus queries as `fleet` (nothing is cached or
+// stored here, Prometheus stays the only store); `/fleet.json` is the `--json` document.
+import { once } from 'node:events'
+import { createServer, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Out } from './check.ts'
+import { buildFleet, type FleetOptions, printFleet } from './fleet.ts'
+import { PromError } from './prometheus-api.ts'
+
+const HTML_ESCAPES: Record<string, string> = {
+  '&': '&amp;',
+  '<': '&lt;',
+  '>': '&gt;',
+  '"': '&quot;',
+  "'": '&#39;',
+}
+/** identity names and labels come from clients: never markup */
+const escapeHtml = (s: string) => s.replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]!)
+
+/** `host:port`, `[v6]:port`, `:port` (every interface) or `port` (loopback only) */
+export function parseServeAddress(value: string): { host: string | undefined; port: number } {
+  const bare = /^(\d+)$/.exec(value)
+  if (bare) return { host: '127.0.0.1', port: checkPort(Number(bare[1]), value) }
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(value)
+  if (!m) throw new Error(`--serve must be HOST:PORT, :PORT or PORT, got "${value}"`)
+  return { host: m[1] || m[2] || undefined, port: checkPort(Number(m[3]), value) }
+}
+
+function checkPort(port: number, value: string): number {
+  if (port > 65_535) throw new Error(`--serve must be HOST:PORT, :PORT or PORT, got "${value}"`)
+  return port
+}
+
+function page(body: string, refreshSeconds: number): string {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="${refreshSeconds}">
+<title>nhi-proxy fleet</title>
+<style>body{font-family:system-ui,sans-serif;margin:1.5rem}pre{font-size:13px;line-height:1.35}</style>
+</head><body><h1>nhi-proxy fleet</h1>
+<p><a href="fleet.json">fleet.json</a> · refreshes every ${refreshSeconds}s</p>
+${body}
+</body></html>
+`
+}
+
+function send(res: ServerResponse, status: number, type: string, body: string): void {
+  res.writeHead(status, {
+    'content-type': type,
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+    'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'",
+  })
+  res.end(body)
+}
+
+/** Serves until the process is signalled; resolves with the exit code once the server has closed. */
+export async function serveFleet(o: FleetOptions, address: string, out: Out, err: Out): Promise<number> {
+  let host: string | undefined
+  let port: number
+  try {
+    ;({ host, port } = parseServeAddress(address))
+  } catch (e) {
+    err(`nhi-proxy: ${(e as Error).message}`)
+    return 1
+  }
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]
+    if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'text/plain', 'GET only\n')
+    if (path !== '/' && path !== '/ui' && path !== '/fleet.json')
+      return send(res, 404, 'text/plain', 'not found\n')
+    buildFleet(o).then(
+      (fleet) => {
+        if (path === '/fleet.json')
+          return send(res, 200, 'application/json', `${JSON.stringify(fleet, null, 2)}\n`)
+        const lines: string[] = []
+        printFleet(fleet, (line) => lines.push(line))
+        send(res, 200, 'text/html; charset=utf-8', page(`<pre>${escapeHtml(lines.join('\n'))}</pre>`, 30))
+      },
+      (e: unknown) => {
+        // Prometheus down or rejecting a query: the page says so and the server stays up for the next load
+        const message = e instanceof PromError ? e.message : 'internal error'
+        if (!(e instanceof PromError)) err(`nhi-proxy: fleet page failed: ${String(e)}`)
+        if (path === '/fleet.json')
+          return send(res, 502, 'application/json', `${JSON.stringify({ error: message })}\n`)
+        send(res, 502, 'text/html; charset=utf-8', page(`<p>${escapeHtml(message)}</p>`, 30))
+      },
+    )
+  })
+  server.listen(port, host)
+  try {
+    await once(server, 'listening')
+  } catch (e) {
+    err(`nhi-proxy: cannot listen on ${address}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`)
+    return 1
+  }
+  const a = server.address() as AddressInfo
+  const shown = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
+  out(`fleet view of ${o.prometheus} on http://${shown}/`)
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGTERM', stop)
+      process.off('SIGINT', stop)
+      server.close(() => resolve())
+      server.closeAllConnections()
+    }
+    process.on('SIGTERM', stop)
+    process.on('SIGINT', stop)
+  })
+  return 0
+}
