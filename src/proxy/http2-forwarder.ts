@@ -28,6 +28,24 @@ const CONNECTION_SPECIFIC = new Set([
   'upgrade',
 ])
 
+/** Not allowed in a trailer section (RFC 9110 §6.5.1) or meaningless on the next hop. */
+const NOT_TRAILERS = new Set([...CONNECTION_SPECIFIC, 'te', 'trailer', 'host', 'content-length'])
+
+/** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
+function sendRequestTrailers(stream: ClientHttp2Stream, trailers: NodeJS.Dict<string>): void {
+  const out: OutgoingHttpHeaders = {}
+  for (const name in trailers) {
+    if (name.startsWith(':') || NOT_TRAILERS.has(name)) continue
+    out[name] = trailers[name]
+  }
+  try {
+    stream.sendTrailers(out)
+  } catch {
+    // a field node:http2 refuses is dropped with the rest rather than leaving the stream half open
+    if (!stream.destroyed) stream.sendTrailers({})
+  }
+}
+
 export interface Http2ForwarderOptions {
   /** response headers deadline, ms (→ 504, or DEADLINE_EXCEEDED for gRPC) */
   headersTimeout: number
@@ -160,7 +178,8 @@ export class Http2Forwarder {
       }
 
       try {
-        stream = session.request(out, { endStream: !withBody })
+        // with a body, the stream stays open after the last DATA frame so the client's trailers can follow
+        stream = session.request(out, { endStream: !withBody, waitForTrailers: withBody })
       } catch {
         settle('connect')
         return
@@ -229,6 +248,8 @@ export class Http2Forwarder {
         fail(connected() ? 'reset' : 'connect')
       })
       if (withBody) {
+        // the body has ended when this fires, so req.trailers is complete (HTTP/1.1 chunked or h2 trailers)
+        stream.once('wantTrailers', () => sendRequestTrailers(stream, req.trailers))
         req.pipe(stream)
         // a reset client stream is a cancellation, not the end of the request body
         const cancel = () => onClientClose()
