@@ -14,7 +14,7 @@ import {
 } from 'node:http2'
 import type { SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
-import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
+import { connectTimeoutMs, type Forwarder, type ForwardResult, type ForwardTarget } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import type { UpstreamHeaders } from './headers.ts'
 import { hasBody } from './request-lifecycle.ts'
@@ -87,7 +87,7 @@ export class Http2Forwarder {
       s.once('close', () => {
         if (this.sessions.get(origin) === s) this.sessions.delete(origin)
       })
-      const timeout = this.options.connectTimeout ?? Math.min(this.options.headersTimeout, 10_000)
+      const timeout = connectTimeoutMs(this.options)
       const timer = setTimeout(() => {
         if (s.connecting) s.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }))
       }, timeout)
