@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { parseDuration } from '../src/util/duration.ts'
 import { floodMarkdown, runFlood } from './lib/flood.ts'
+import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
 import { buildDist } from './lib/nhi.ts'
@@ -60,6 +61,7 @@ const program = new Command()
     '--flood',
     'flood mode: the cache-miss flood alone, pool vs inline verification, cached callers during it (2 rounds × 4 s unless given)',
   )
+  .option('--h2', 'h2c mode: nhi-proxy vs a bare node:http2 proxy vs direct, node:http2 load client')
   .parse()
 
 const o = program.opts<{
@@ -75,6 +77,7 @@ const o = program.opts<{
   memory?: boolean
   memoryQuick?: boolean
   flood?: boolean
+  h2?: boolean
   verifyWorkers?: number
 }>()
 const results = fileURLToPath(new URL('./results/', import.meta.url))
@@ -138,4 +141,24 @@ async function floodMode(): Promise<void> {
   }
 }
 
-await (o.memory || o.memoryQuick ? memoryMode() : o.flood ? floodMode() : throughputMode())
+async function h2Mode(): Promise<void> {
+  const quick = o.quick === true
+  const dist = !quick && buildDist()
+  const r = await runH2({
+    durationS: quick ? Math.min(o.duration, 2) : o.duration,
+    rounds: quick ? 1 : Math.round(o.rounds),
+    sessions: Math.max(1, Math.round(o.connections / 8)),
+    streams: 8,
+    dist,
+    log,
+  })
+  const md = h2Markdown(r)
+  process.stdout.write(md)
+  if (o.write) {
+    await writeFile(join(results, 'h2.md'), md)
+    await writeFile(join(results, 'h2.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'h2.md')}, h2.json`)
+  }
+}
+
+await (o.memory || o.memoryQuick ? memoryMode() : o.flood ? floodMode() : o.h2 ? h2Mode() : throughputMode())

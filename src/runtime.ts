@@ -240,6 +240,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     parsePeerCert: parsePeerCertificate,
     timeouts: initial.timeouts,
     limits: initial.limits,
+    onHttp2Abuse: (reason) => telemetry.http2ConnectionClosed(reason),
   })
 
   let draining = false

@@ -65,6 +65,14 @@ export interface Forwarder {
   close(): Promise<void>
 }
 
+/**
+ * The upstream connect deadline both forwarders use: the configured one, else the headers deadline capped at
+ * 10 s, so an unreachable upstream fails fast even when slow responses are allowed.
+ */
+export function connectTimeoutMs(o: { connectTimeout?: number | undefined; headersTimeout: number }): number {
+  return o.connectTimeout ?? Math.min(o.headersTimeout, 10_000)
+}
+
 export interface UndiciForwarderOptions {
   /** response headers deadline, ms (→ 504) */
   headersTimeout: number
@@ -343,7 +351,7 @@ export class UndiciForwarder implements Forwarder {
     if (pool === undefined) {
       const o = this.options
       const upstream = target.upstream
-      const timeout = o.connectTimeout ?? Math.min(o.headersTimeout, 10_000)
+      const timeout = connectTimeoutMs(o)
       pool = new Pool(upstream?.socketPath ? 'http://localhost' : origin, {
         headersTimeout: o.headersTimeout,
         bodyTimeout: o.bodyTimeout,

@@ -14,7 +14,7 @@ import {
 } from 'node:http2'
 import type { SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
-import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
+import { connectTimeoutMs, type Forwarder, type ForwardResult, type ForwardTarget } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import type { UpstreamHeaders } from './headers.ts'
 import { hasBody } from './request-lifecycle.ts'
@@ -27,6 +27,24 @@ const CONNECTION_SPECIFIC = new Set([
   'transfer-encoding',
   'upgrade',
 ])
+
+/** Not allowed in a trailer section (RFC 9110 §6.5.1) or meaningless on the next hop. */
+const NOT_TRAILERS = new Set([...CONNECTION_SPECIFIC, 'te', 'trailer', 'host', 'content-length'])
+
+/** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
+function sendRequestTrailers(stream: ClientHttp2Stream, trailers: NodeJS.Dict<string>): void {
+  const out: OutgoingHttpHeaders = {}
+  for (const name in trailers) {
+    if (name.startsWith(':') || NOT_TRAILERS.has(name)) continue
+    out[name] = trailers[name]
+  }
+  try {
+    stream.sendTrailers(out)
+  } catch {
+    // a field node:http2 refuses is dropped with the rest rather than leaving the stream half open
+    if (!stream.destroyed) stream.sendTrailers({})
+  }
+}
 
 export interface Http2ForwarderOptions {
   /** response headers deadline, ms (→ 504, or DEADLINE_EXCEEDED for gRPC) */
@@ -69,7 +87,7 @@ export class Http2Forwarder {
       s.once('close', () => {
         if (this.sessions.get(origin) === s) this.sessions.delete(origin)
       })
-      const timeout = this.options.connectTimeout ?? Math.min(this.options.headersTimeout, 10_000)
+      const timeout = connectTimeoutMs(this.options)
       const timer = setTimeout(() => {
         if (s.connecting) s.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }))
       }, timeout)
@@ -160,7 +178,8 @@ export class Http2Forwarder {
       }
 
       try {
-        stream = session.request(out, { endStream: !withBody })
+        // with a body, the stream stays open after the last DATA frame so the client's trailers can follow
+        stream = session.request(out, { endStream: !withBody, waitForTrailers: withBody })
       } catch {
         settle('connect')
         return
@@ -229,6 +248,8 @@ export class Http2Forwarder {
         fail(connected() ? 'reset' : 'connect')
       })
       if (withBody) {
+        // the body has ended when this fires, so req.trailers is complete (HTTP/1.1 chunked or h2 trailers)
+        stream.once('wantTrailers', () => sendRequestTrailers(stream, req.trailers))
         req.pipe(stream)
         // a reset client stream is a cancellation, not the end of the request body
         const cancel = () => onClientClose()

@@ -15,6 +15,7 @@ import {
 } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Config } from '../config/schema.ts'
+import type { Http2AbuseReason } from '../telemetry/metrics.ts'
 import type { ConnectionInfo } from '../types.ts'
 
 /** RFC 9113 §3.4: what a client with prior knowledge sends first */
@@ -24,7 +25,7 @@ export interface Http2Handlers {
   connectionInfo: (socket: Socket) => ConnectionInfo
   request: (req: Http2ServerRequest, res: Http2ServerResponse, conn: ConnectionInfo) => void
   /** a connection was closed for abuse (rapid reset, flooding); for counting */
-  abuse?: (reason: 'rapid_reset') => void
+  abuse?: (reason: Http2AbuseReason) => void
 }
 
 export interface Http2Limits {

@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import type { ConnectionOptions, TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
 import type { Pipeline } from '../pipeline/index.ts'
+import type { Http2AbuseReason } from '../telemetry/metrics.ts'
 import type { CertEvidence, Failure } from '../types.ts'
 import { type Forwarder, UndiciForwarder } from './forwarder.ts'
 import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
@@ -31,6 +32,8 @@ export interface ProxyOptions {
   upstreamTls?: ConnectionOptions
   /** default: undici pools for HTTP/1.1 upstreams, node:http2 sessions for h2c:/h2: upstreams */
   forwarder?: Forwarder
+  /** an HTTP/2 connection was closed for abuse (rapid reset); for counting */
+  onHttp2Abuse?: (reason: Http2AbuseReason) => void
 }
 
 export interface ProxyServer {
@@ -83,6 +86,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         connectionInfo: (socket) => lifecycle.connectionInfo(socket),
         request: (req, res, conn) =>
           void lifecycle.handle(req as unknown as IncomingMessage, res as unknown as ServerResponse, conn),
+        ...(opts.onHttp2Abuse ? { abuse: opts.onHttp2Abuse } : {}),
       },
     },
   )

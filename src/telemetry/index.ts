@@ -7,7 +7,7 @@ import type { Recorder, RequestEvent } from '../types.ts'
 import { AuditLog, type AuditLogOptions, type AuditQuery, type AuditRecord } from './audit.ts'
 import type { IdentitiesView, IdentitySort } from './identities.ts'
 import { LiveFeed, type LiveOptions, type LiveStats, liveLimits } from './live.ts'
-import type { JwksObserver, Scrape } from './metrics.ts'
+import type { Http2AbuseReason, JwksObserver, Scrape } from './metrics.ts'
 import { MetricsRecorder } from './metrics-recorder.ts'
 import { OtlpRecorder } from './otlp-recorder.ts'
 
@@ -127,6 +127,11 @@ export class Telemetry {
 
   configReloaded(result: 'success' | 'failure', at = this.now()): void {
     this.metrics.configReloaded(result, at)
+  }
+
+  /** an HTTP/2 connection closed for abuse (docs/reference.md "HTTP/2 and gRPC") */
+  http2ConnectionClosed(reason: Http2AbuseReason): void {
+    this.metrics.http2ConnectionClosed(reason)
   }
 
   /**

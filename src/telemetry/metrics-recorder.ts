@@ -4,7 +4,13 @@ import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
 import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
-import { type JwksObserver, Metrics, type MetricsOptions, type Scrape } from './metrics.ts'
+import {
+  type Http2AbuseReason,
+  type JwksObserver,
+  Metrics,
+  type MetricsOptions,
+  type Scrape,
+} from './metrics.ts'
 import { ProcessMetrics } from './process-metrics.ts'
 
 const GIB = 1024 ** 3
@@ -130,6 +136,10 @@ export class MetricsRecorder implements Recorder {
 
   configReloaded(result: 'success' | 'failure', at: number): void {
     this.metrics.configReloaded(result, at)
+  }
+
+  http2ConnectionClosed(reason: Http2AbuseReason): void {
+    this.metrics.http2ConnectionClosed(reason)
   }
 
   /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */

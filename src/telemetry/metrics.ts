@@ -57,6 +57,10 @@ export interface Scrape {
 /** Recognised HTTP methods keep their name; anything else is "OTHER" so the label stays bounded. */
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE'])
 
+/** why the proxy closed an HTTP/2 connection: a fixed set, so the label stays bounded */
+export const HTTP2_ABUSE_REASONS = ['rapid_reset'] as const
+export type Http2AbuseReason = (typeof HTTP2_ABUSE_REASONS)[number]
+
 const counter = (name: string, help: string): FamilyInfo & { type: 'counter' } => ({
   name,
   help,
@@ -155,6 +159,13 @@ export class Metrics {
     counter('nhi_upstream_errors', 'Failed upstream exchanges'),
     ['service', 'reason'],
   )
+  private readonly http2Closed = new CounterFamily(
+    counter(
+      'nhi_http2_connections_closed',
+      'HTTP/2 connections the proxy closed for abuse (rapid_reset: CVE-2023-44487 stream resets past the budget)',
+    ),
+    ['service', 'reason'],
+  )
   private readonly jwksRefresh = new CounterFamily(
     counter('nhi_jwks_refresh', 'JWKS fetches by issuer and result'),
     ['issuer', 'result'],
@@ -190,6 +201,7 @@ export class Metrics {
     this.recorderFailures = opts.recorderFailures ?? (() => [])
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
+    this.zeroAbuseSeries()
     this.configLastSuccess.set([], 0)
     this.buildInfo.set([opts.version, process.version], 1)
   }
@@ -321,10 +333,21 @@ export class Metrics {
       this.anomalies,
       this.policyDecisions,
       this.upstreamErrors,
+      this.http2Closed,
     ]) {
       c.reset()
     }
     this.overflowSeries = this.overflow.child([service])
+    this.zeroAbuseSeries()
+  }
+
+  /** exported at 0 from the start so an alert can use increase() on it before the first attack */
+  private zeroAbuseSeries(): void {
+    for (const reason of HTTP2_ABUSE_REASONS) this.http2Closed.child([this.service, reason])
+  }
+
+  http2ConnectionClosed(reason: Http2AbuseReason): void {
+    this.http2Closed.inc([this.service, reason])
   }
 
   readonly jwksObserver: JwksObserver = {
@@ -379,6 +402,7 @@ export class Metrics {
       this.anomalies,
       this.policyDecisions,
       this.upstreamErrors,
+      this.http2Closed,
       this.jwksRefresh,
       this.jwksKeys,
       this.jwksLastSuccess,

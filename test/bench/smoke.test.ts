@@ -2,6 +2,7 @@
 // http-proxy, nhi-proxy with JWT / mTLS / browser traffic, nginx when installed, the cache-miss flood)
 // must serve real traffic without socket errors or failed responses, and every process must be gone after.
 import t from 'tap'
+import { runH2 } from '../../bench/lib/h2.ts'
 import { runBench } from '../../bench/lib/harness.ts'
 import { runMemory } from '../../bench/lib/memory.ts'
 import { childPids } from '../../bench/lib/procs.ts'
@@ -73,6 +74,21 @@ t.test('quick bench: every configuration serves traffic without errors', async (
       'wrk measured the configurations it can drive, not the node fallback',
     )
   })
+})
+
+t.test('h2c mode: direct, bare node:http2 proxy and nhi-proxy serve h2 traffic without errors', async (t) => {
+  const before = new Set(await childPids(process.pid))
+  const r = await runH2({ durationS: 1, rounds: 1, sessions: 2, streams: 4, dist: false, log: () => {} })
+  t.same(
+    r.map((c) => c.id),
+    ['h2-direct', 'h2-bare', 'h2-nhi'],
+  )
+  for (const c of r) {
+    t.ok(c.requests > 0, `${c.id} served ${c.requests} requests`)
+    t.equal(c.errors + c.non2xx, 0, `${c.id}: no stream errors or non-2xx answers`)
+  }
+  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
+  t.same(after, [], 'no child process outlives the run')
 })
 
 t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped', async (t) => {

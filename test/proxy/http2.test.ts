@@ -10,8 +10,10 @@ import { request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import type { CertEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const run = promisify(execFile)
@@ -228,6 +230,19 @@ t.test('HTTP/2 limits: concurrent streams advertised, rapid reset closes the con
   t.teardown(() => session.destroy())
   await once(session, 'remoteSettings')
   t.equal(session.remoteSettings.maxConcurrentStreams, 7)
+  const code = await rapidReset(session)
+  t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the abusive connection got GOAWAY ENHANCE_YOUR_CALM')
+  await eventually(() => (session.destroyed ? true : undefined))
+  t.ok(pipeline.events.length <= 200)
+  // a well-behaved client is still served
+  const fresh = connect(url)
+  t.teardown(() => fresh.close())
+  const answer = await h2get(fresh, '/echo')
+  t.equal(answer.status, 200)
+})
+
+/** opens and cancels streams on one session until the proxy sends GOAWAY; resolves with its error code */
+async function rapidReset(session: ClientHttp2Session): Promise<number> {
   const goaway = once(session, 'goaway')
   session.on('error', () => {})
   for (let i = 0; i < 200 && !session.destroyed && !session.closed; i++) {
@@ -237,14 +252,36 @@ t.test('HTTP/2 limits: concurrent streams advertised, rapid reset closes the con
     await new Promise((r) => setImmediate(r))
   }
   const [code] = (await goaway) as [number]
-  t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the abusive connection got GOAWAY ENHANCE_YOUR_CALM')
-  await eventually(() => (session.destroyed ? true : undefined))
-  t.ok(pipeline.events.length <= 200)
-  // a well-behaved client is still served
-  const fresh = connect(url)
+  return code
+}
+
+t.test('a connection closed for rapid reset is counted in nhi_http2_connections_closed_total', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    limits: { http2MaxResetsPerSecond: 20 },
+  })
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const closed = (samples: Awaited<ReturnType<typeof scrape>>) =>
+    metricValue(samples, 'nhi_http2_connections_closed_total', { reason: 'rapid_reset' })
+  const before = await scrape(admin)
+  t.ok(
+    before.some(
+      (s) => s.name === 'nhi_http2_connections_closed_total' && s.labels['reason'] === 'rapid_reset',
+    ),
+    'exported at 0 before any abuse',
+  )
+  t.equal(closed(before), 0)
+  const session = connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
+  t.teardown(() => session.destroy())
+  t.equal(await rapidReset(session), constants.NGHTTP2_ENHANCE_YOUR_CALM)
+  await eventually(async () => (closed(await scrape(admin)) === 1 ? true : undefined))
+  // a well-behaved h2 client is neither cut nor counted
+  const fresh = connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
   t.teardown(() => fresh.close())
-  const answer = await h2get(fresh, '/echo')
-  t.equal(answer.status, 200)
+  t.equal((await h2get(fresh, '/echo')).status, 200)
+  t.equal(closed(await scrape(admin)), 1, 'only the abusive connection was counted')
 })
 
 t.test('HTTP/2 header list over limits.maxHeaderBytes is refused and never forwarded', async (t) => {

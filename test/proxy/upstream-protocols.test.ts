@@ -11,7 +11,7 @@ import {
   type Http2ServerResponse,
 } from 'node:http2'
 import { createServer as createHttpsServer } from 'node:https'
-import type { AddressInfo } from 'node:net'
+import { type AddressInfo, connect as connectTcp } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { TLSSocket } from 'node:tls'
@@ -88,6 +88,40 @@ t.test('h2c upstream: HTTP/1.1 and h2 clients both reach it over HTTP/2, with tr
     events.map((e) => e.status),
     [200, 200],
   )
+})
+
+t.test("h2c upstream: an HTTP/1.1 client's chunked request trailers reach the upstream", async (t) => {
+  const seen: { body: string; trailers: Record<string, string> }[] = []
+  const up = createH2cServer((req, res) => {
+    let body = ''
+    req.setEncoding('utf8')
+    req.on('data', (c: string) => {
+      body += c
+    })
+    req.on('end', () => {
+      seen.push({ body, trailers: { ...req.trailers } as Record<string, string> })
+      res.end('ok')
+    })
+  })
+  t.teardown(() => up.close())
+  const port = await listen(up)
+  const { port: proxyPort } = await startProxy(t, { upstream: `h2c://127.0.0.1:${port}` })
+  // a raw socket: no HTTP client library here sends request trailers
+  const socket = connectTcp(proxyPort, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  await once(socket, 'connect')
+  socket.write(
+    'POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\n' +
+      'Connection: close\r\n\r\n5\r\nhello\r\n0\r\nx-digest: sha-256=abc\r\nTE: trailers\r\n\r\n',
+  )
+  let answer = ''
+  socket.setEncoding('utf8')
+  for await (const c of socket) answer += c
+  t.match(answer, /^HTTP\/1\.1 200/)
+  t.equal(seen.length, 1)
+  t.equal(seen[0]?.body, 'hello')
+  t.equal(seen[0]?.trailers['x-digest'], 'sha-256=abc', 'the trailer field reached the upstream')
+  t.notOk('te' in (seen[0]?.trailers ?? {}), 'a hop-by-hop field is not forwarded as a trailer')
 })
 
 t.test('h2 and https upstreams with a CA bundle and a client certificate', async (t) => {

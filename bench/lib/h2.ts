@@ -1,0 +1,165 @@
+// The h2c configuration of the bench: a node:http2 load client against the h2c upstream directly, a bare
+// node:http2 proxy and nhi-proxy with an h2c:// upstream, in interleaved rounds, loopback only. Numbers are
+// indicative: client, proxy and upstream share the machine's cores. nginx grpc_pass is not part of it.
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { connect } from 'node:http2'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createHistogram } from 'node:perf_hooks'
+import { nhiCommand, REPO_ROOT } from './nhi.ts'
+import { freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+
+export interface H2Options {
+  durationS: number
+  rounds: number
+  /** h2 connections of the load client */
+  sessions: number
+  /** concurrent streams per connection */
+  streams: number
+  /** run nhi-proxy from dist/nhi-proxy.mjs rather than the sources through tsx */
+  dist: boolean
+  log: (s: string) => void
+}
+
+export interface H2Result {
+  id: 'h2-direct' | 'h2-bare' | 'h2-nhi'
+  label: string
+  requests: number
+  errors: number
+  non2xx: number
+  rps: number
+  p50Ms: number
+  p99Ms: number
+}
+
+/** closed loop: each of sessions × streams slots sends its next request when the previous one ended */
+export async function h2Load(url: string, o: Pick<H2Options, 'durationS' | 'sessions' | 'streams'>) {
+  const hist = createHistogram()
+  let requests = 0
+  let errors = 0
+  let non2xx = 0
+  const deadline = performance.now() + o.durationS * 1000
+  const one = (session: ReturnType<typeof connect>) =>
+    new Promise<void>((resolve) => {
+      const started = process.hrtime.bigint()
+      const stream = session.request({ ':path': '/api/v1/orders/42', 'user-agent': 'bench-h2/1.0' })
+      stream.on('response', (h) => {
+        if (Number(h[':status']) >= 300) {
+          non2xx++
+        }
+      })
+      let failed = false
+      stream.on('error', () => {
+        failed = true
+        errors++
+      })
+      stream.on('close', () => {
+        if (failed) return resolve()
+        requests++
+        hist.record(Number(process.hrtime.bigint() - started) || 1)
+        resolve()
+      })
+      stream.resume()
+      stream.end()
+    })
+  const sessions = Array.from({ length: o.sessions }, () => {
+    const s = connect(url)
+    s.on('error', () => {})
+    return s
+  })
+  const started = performance.now()
+  await Promise.all(
+    sessions.flatMap((s) =>
+      Array.from({ length: o.streams }, async () => {
+        while (performance.now() < deadline && !s.destroyed) await one(s)
+      }),
+    ),
+  )
+  const elapsedS = (performance.now() - started) / 1000
+  for (const s of sessions) s.destroy()
+  return {
+    requests,
+    errors,
+    non2xx,
+    rps: requests / elapsedS,
+    p50Ms: hist.percentile(50) / 1e6,
+    p99Ms: hist.percentile(99) / 1e6,
+  }
+}
+
+function h2Server(role: 'upstream' | 'bare-proxy', port: number, upstream?: string): ServerProcess {
+  return spawnProcess(`h2-${role}`, process.execPath, [
+    '--import',
+    'tsx',
+    join(REPO_ROOT, 'bench/h2-servers.ts'),
+    JSON.stringify({ role, port, ...(upstream ? { upstream } : {}) }),
+  ])
+}
+
+export async function runH2(o: H2Options): Promise<H2Result[]> {
+  const procs: ServerProcess[] = []
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-bench-h2-'))
+  try {
+    const upPort = await freePort()
+    const up = h2Server('upstream', upPort)
+    procs.push(up)
+    await waitForPorts(up, [upPort])
+    const upstream = `http://127.0.0.1:${upPort}`
+    const barePort = await freePort()
+    const bare = h2Server('bare-proxy', barePort, upstream)
+    procs.push(bare)
+    const nhiPort = await freePort()
+    const adminPort = await freePort()
+    const file = join(dir, 'h2.yaml')
+    await writeFile(
+      file,
+      `service: bench-h2\nlisten:\n  http: 127.0.0.1:${nhiPort}\nupstream: h2c://127.0.0.1:${upPort}\n` +
+        `admin: 127.0.0.1:${adminPort}\naudit:\n  output: /dev/null\nmetrics:\n  routes: [/api/v1/orders/:id]\n`,
+    )
+    const { command, args } = nhiCommand(file, { dist: o.dist })
+    const nhi = spawnProcess('nhi-proxy-h2', command, args, { env: { NHI_LOG_LEVEL: 'warn' } })
+    procs.push(nhi)
+    await waitForPorts(bare, [barePort])
+    await waitForPorts(nhi, [nhiPort, adminPort], 30_000)
+    const targets = [
+      { id: 'h2-direct', label: 'h2c direct to the upstream', url: upstream },
+      { id: 'h2-bare', label: 'bare node:http2 proxy', url: `http://127.0.0.1:${barePort}` },
+      { id: 'h2-nhi', label: 'nhi-proxy, h2c in and out', url: `http://127.0.0.1:${nhiPort}` },
+    ] as const
+    const runs = new Map<string, H2Result[]>()
+    for (let round = 0; round < o.rounds; round++) {
+      for (const t of targets) {
+        const r = await h2Load(t.url, o)
+        o.log(`${t.id} round ${round + 1}: ${r.requests} requests, ${r.rps.toFixed(0)} req/s`)
+        runs.set(t.id, [...(runs.get(t.id) ?? []), { id: t.id, label: t.label, ...r }])
+      }
+    }
+    return targets.map((t) => median(runs.get(t.id) ?? []))
+  } finally {
+    await stopAll(procs)
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+/** the round with the median throughput, with every round's errors summed so none is hidden */
+function median(rs: H2Result[]): H2Result {
+  const sorted = [...rs].sort((a, b) => a.rps - b.rps)
+  const mid = sorted[Math.floor(sorted.length / 2)] as H2Result
+  return {
+    ...mid,
+    errors: rs.reduce((n, r) => n + r.errors, 0),
+    non2xx: rs.reduce((n, r) => n + r.non2xx, 0),
+  }
+}
+
+export function h2Markdown(rs: H2Result[]): string {
+  const lines = [
+    '| id | configuration | req/s | p50 ms | p99 ms | errors |',
+    '|---|---|---|---|---|---|',
+    ...rs.map(
+      (r) =>
+        `| ${r.id} | ${r.label} | ${r.rps.toFixed(0)} | ${r.p50Ms.toFixed(2)} | ${r.p99Ms.toFixed(2)} | ${r.errors + r.non2xx} |`,
+    ),
+  ]
+  return `${lines.join('\n')}\n\nIndicative: load client, proxy and upstream share the machine's cores.\n`
+}
