@@ -1,4 +1,4 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}).
@@ -12,6 +12,7 @@ import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
 import { buildDist } from './lib/nhi.ts'
+import { otlpCostMarkdown, runOtlpCost } from './lib/otlp-cost.ts'
 import { markdown, targetLine, writeResults } from './lib/report.ts'
 
 const positive = (v: string) => {
@@ -62,6 +63,10 @@ const program = new Command()
     'flood mode: the cache-miss flood alone, pool vs inline verification, cached callers during it (2 rounds × 4 s unless given)',
   )
   .option(
+    '--otlp',
+    'OTLP mode: export off vs on (live collector) vs on with the collector down, same JWT load (2 rounds × 4 s unless given)',
+  )
+  .option(
     '--h2',
     'h2c mode: nhi-proxy vs a bare node:http2 proxy vs nginx grpc_pass vs direct, unary gRPC calls',
   )
@@ -80,6 +85,7 @@ const o = program.opts<{
   memory?: boolean
   memoryQuick?: boolean
   flood?: boolean
+  otlp?: boolean
   h2?: boolean
   verifyWorkers?: number
 }>()
@@ -144,6 +150,27 @@ async function floodMode(): Promise<void> {
   }
 }
 
+async function otlpMode(): Promise<void> {
+  log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
+  const dist = buildDist()
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  const given = (name: string) => program.getOptionValueSource(name) === 'cli'
+  const r = await runOtlpCost({
+    rounds: given('rounds') ? Math.round(o.rounds) : 2,
+    durationS: given('duration') ? o.duration : 4,
+    connections: Math.round(o.connections),
+    dist,
+    log,
+  })
+  const md = otlpCostMarkdown(r)
+  process.stdout.write(md)
+  if (o.write) {
+    await writeFile(join(results, 'otlp.md'), md)
+    await writeFile(join(results, 'otlp.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'otlp.md')}, otlp.json`)
+  }
+}
+
 async function h2Mode(): Promise<void> {
   const quick = o.quick === true
   const dist = !quick && buildDist()
@@ -164,4 +191,12 @@ async function h2Mode(): Promise<void> {
   }
 }
 
-await (o.memory || o.memoryQuick ? memoryMode() : o.flood ? floodMode() : o.h2 ? h2Mode() : throughputMode())
+await (o.memory || o.memoryQuick
+  ? memoryMode()
+  : o.flood
+    ? floodMode()
+    : o.otlp
+      ? otlpMode()
+      : o.h2
+        ? h2Mode()
+        : throughputMode())

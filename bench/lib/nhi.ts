@@ -27,6 +27,8 @@ export interface NhiConfigOptions {
   policy?: 'off' | 'observe'
   /** jwt.verifyWorkers (unset: the default) */
   verifyWorkers?: number
+  /** OTLP/HTTP collector base URL: export on, traces and audit log records (unset: export off) */
+  otlpEndpoint?: string
 }
 
 export function nhiConfigYaml(o: NhiConfigOptions): string {
@@ -70,7 +72,7 @@ policy:
   rules:
     - route: /admin/**
       allow: [{ kind: human }]
-`
+${o.otlpEndpoint === undefined ? '' : `otlp:\n  endpoint: ${o.otlpEndpoint}\n  logs: true\n`}`
 }
 
 export interface NhiLaunch {

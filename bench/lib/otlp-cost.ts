@@ -1,0 +1,195 @@
+// OTLP mode (`npm run bench -- --otlp`): what exporting one span and one audit log record per request costs.
+// Three nhi-proxy processes with the same JWT configuration — export off, export on to a live collector, and
+// export on to a collector that is down (a closed port) — and the bare engine, measured in interleaved rounds;
+// ratios are taken within each round. The live collector is a sink in this process that reads each export and
+// answers 200 with an empty OTLP response: it does no decoding, so the proxy's own cost is what is measured.
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer, type Server } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ensureWrk, type LoadResult, runLoad } from './load.ts'
+import { REPO_ROOT, startNhi } from './nhi.ts'
+import { cpuMicros, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import { tokenSet } from './tokens.ts'
+
+export interface OtlpCostOptions {
+  rounds: number
+  durationS: number
+  connections: number
+  dist: boolean
+  log: (line: string) => void
+}
+
+interface Sample extends LoadResult {
+  proxyCpuUs?: number
+}
+
+export interface OtlpCostResult {
+  startedAt: string
+  options: Omit<OtlpCostOptions, 'log'>
+  rows: { id: string; label: string; rounds: Sample[] }[]
+  ratios: Record<string, number>
+  /** export requests and bytes the live sink received */
+  sink: { requests: number; bytes: number }
+}
+
+const LABELS: Record<string, string> = {
+  b: 'bare undici proxy, 1,000 rotating tokens',
+  c: 'nhi-proxy, JWT RS256 (1,000 tokens, cache warm), OTLP export off',
+  'c-otlp': 'the same, OTLP spans + audit log records to a live collector',
+  'c-otlp-down': 'the same, OTLP export on, collector down',
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b)
+  if (s.length === 0) return Number.NaN
+  const mid = s.length >> 1
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2
+}
+
+function startSink(): Promise<{ server: Server; port: number; stats: { requests: number; bytes: number } }> {
+  const stats = { requests: 0, bytes: 0 }
+  const server = createServer((req, res) => {
+    req.on('data', (chunk: Buffer) => {
+      stats.bytes += chunk.length
+    })
+    req.on('end', () => {
+      stats.requests++
+      res.writeHead(200, { 'content-type': 'application/x-protobuf', 'content-length': 0 })
+      res.end()
+    })
+  })
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      resolve({ server, port: typeof address === 'object' && address ? address.port : 0, stats })
+    }),
+  )
+}
+
+export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult> {
+  const log = opts.log
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-otlp-bench-'))
+  const procs: ServerProcess[] = []
+  const sink = await startSink()
+  try {
+    const useWrk = ensureWrk(log)
+    const rotating = await tokenSet('rotating', 'RS256', 1_000, 100)
+    const tokensFile = join(dir, 'tokens.txt')
+    await writeFile(tokensFile, `${rotating.tokens.join('\n')}\n`)
+    const jwksFile = join(dir, 'jwks.json')
+    await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
+
+    const up = await freePort()
+    const bPort = await freePort()
+    const upstream = spawnProcess('upstream', process.execPath, [
+      '--import',
+      'tsx',
+      join(REPO_ROOT, 'bench/upstream.ts'),
+      JSON.stringify({ http: up }),
+    ])
+    procs.push(upstream)
+    const upstreamUrl = `http://127.0.0.1:${up}`
+    const bare = spawnProcess('bare-undici', process.execPath, [
+      '--import',
+      'tsx',
+      join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
+      JSON.stringify({ port: bPort, upstream: upstreamUrl }),
+    ])
+    procs.push(bare)
+    // a port that was free a moment ago and that nothing listens on: every export is refused at once
+    const downPort = await freePort()
+    const start = async (name: string, otlpEndpoint?: string) => {
+      const port = await freePort()
+      const adminPort = await freePort()
+      const p = await startNhi(
+        name,
+        dir,
+        { port, adminPort, upstream: upstreamUrl, jwksFile, ...(otlpEndpoint ? { otlpEndpoint } : {}) },
+        { dist: opts.dist },
+      )
+      procs.push(p)
+      return { proc: p, url: `http://127.0.0.1:${port}` }
+    }
+    const targets = {
+      c: await start('nhi-otlp-off'),
+      'c-otlp': await start('nhi-otlp-live', `http://127.0.0.1:${sink.port}`),
+      'c-otlp-down': await start('nhi-otlp-down', `http://127.0.0.1:${downPort}`),
+    }
+    await waitForPorts(upstream, [up])
+    await waitForPorts(bare, [bPort])
+
+    const spec = (url: string, durationS: number) => ({
+      url,
+      path: '/api/v1/orders/42',
+      connections: opts.connections,
+      tokensFile,
+      durationS,
+    })
+    log('warm-up (JIT, keep-alive pools, token cache, exporter start)')
+    for (const url of [`http://127.0.0.1:${bPort}`, ...Object.values(targets).map((t) => t.url)])
+      await runLoad(spec(url, 3), useWrk)
+
+    const rows = new Map<string, Sample[]>(Object.keys(LABELS).map((id) => [id, []]))
+    const measure = async (id: string, url: string, proxy: ServerProcess) => {
+      const before = await cpuMicros(proxy.pid)
+      const r: Sample = await runLoad(spec(url, opts.durationS), useWrk)
+      r.proxyCpuUs = ((await cpuMicros(proxy.pid)) - before) / Math.max(1, r.requests)
+      rows.get(id)!.push(r)
+      log(
+        `  ${id.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  ${r.proxyCpuUs.toFixed(0)} µs CPU/req` +
+          (r.errors || r.non2xx ? `  errors ${r.errors} non-2xx ${r.non2xx}` : ''),
+      )
+    }
+    for (let round = 1; round <= opts.rounds; round++) {
+      log(`round ${round}`)
+      await measure('b', `http://127.0.0.1:${bPort}`, bare)
+      for (const [id, t] of Object.entries(targets)) await measure(id, t.url, t.proc)
+    }
+    const perRound = (f: (i: number) => number) => median(Array.from({ length: opts.rounds }, (_, i) => f(i)))
+    const rps = (id: string, i: number) => rows.get(id)![i]!.rps
+    const ratio = (a: string, b: string) => perRound((i) => rps(a, i) / rps(b, i))
+    const cpu = (id: string) => perRound((i) => rows.get(id)![i]!.proxyCpuUs ?? Number.NaN)
+    const ratios: Record<string, number> = {
+      'c/b': ratio('c', 'b'),
+      'c-otlp/b': ratio('c-otlp', 'b'),
+      'c-otlp/c': ratio('c-otlp', 'c'),
+      'c-otlp-down/c': ratio('c-otlp-down', 'c'),
+      'proxy CPU µs/req, export off': cpu('c'),
+      'proxy CPU µs/req, export on': cpu('c-otlp'),
+      'proxy CPU µs/req, collector down': cpu('c-otlp-down'),
+    }
+    const { log: _log, ...options } = opts
+    return {
+      startedAt: new Date().toISOString(),
+      options,
+      rows: [...rows].map(([id, rounds]) => ({ id, label: LABELS[id]!, rounds })),
+      ratios,
+      sink: { ...sink.stats },
+    }
+  } finally {
+    await stopAll(procs)
+    sink.server.close()
+    await rm(dir, { recursive: true, force: true }).catch(() => {})
+  }
+}
+
+export function otlpCostMarkdown(r: OtlpCostResult): string {
+  const lines = [
+    `# nhi-proxy OTLP export cost (${r.startedAt})`,
+    '',
+    `${r.options.rounds} interleaved rounds × ${r.options.durationS} s, ${r.options.connections} connections; the live collector received ${r.sink.requests.toLocaleString('en')} export requests (${(r.sink.bytes / 1e6).toFixed(1)} MB).`,
+    '',
+    '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round |',
+    '|---|---|---|---|---|---|',
+  ]
+  for (const row of r.rows) {
+    lines.push(
+      `| ${row.id} | ${row.label} | ${row.rounds.map((s) => s.rps.toFixed(0)).join(' / ')} | ${row.rounds.map((s) => s.p50Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => s.p99Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => (s.proxyCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} |`,
+    )
+  }
+  lines.push('', '| ratio (within each round, median over rounds) | value |', '|---|---:|')
+  for (const [k, v] of Object.entries(r.ratios)) lines.push(`| ${k} | ${v.toFixed(2)} |`)
+  lines.push('')
+  return lines.join('\n')
+}
