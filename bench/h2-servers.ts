@@ -1,5 +1,6 @@
-// The h2c bench's servers, one role per child process: `upstream` (a node:http2 server answering a fixed
-// 2-byte body) or `bare-proxy` (the baseline: a node:http2 server forwarding every stream over one h2c
+// The h2c bench's servers, one role per child process: `upstream` (a node:http2 server answering every
+// stream like a unary gRPC method: one 2-byte length-prefixed message, then `grpc-status: 0` trailers) or
+// `bare-proxy` (the baseline: a node:http2 server forwarding every stream and its trailers over one h2c
 // session to the upstream, nothing else). Run as node --import tsx bench/h2-servers.ts '<json>'.
 import './orphan-guard.mjs'
 import {
@@ -21,10 +22,13 @@ const args = JSON.parse(process.argv[2] ?? '{}') as H2Args
 const server = createServer({ settings: { maxConcurrentStreams: 1000 } })
 
 if (args.role === 'upstream') {
+  // gRPC-shaped so that nginx grpc_pass carries it like the other configurations do
+  const message = Buffer.from([0, 0, 0, 0, 2, 0x6f, 0x6b])
   server.on('stream', (stream) => {
     stream.on('error', () => {})
-    stream.respond({ ':status': 200, 'content-type': 'text/plain' })
-    stream.end('ok')
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }))
+    stream.end(message)
     stream.resume()
   })
 } else {
@@ -46,9 +50,15 @@ if (args.role === 'upstream') {
       if (!stream.headersSent) stream.respond({ ':status': 502 }, { endStream: true })
       else stream.close(constants.NGHTTP2_INTERNAL_ERROR)
     })
+    // gRPC's status travels in trailers: passed on like nhi-proxy and nginx grpc_pass do
+    let trailers: OutgoingHttpHeaders | undefined
+    up.on('trailers', (h) => {
+      trailers = h
+    })
     up.on('response', (h) => {
       const { ':status': status, ...rest } = h
-      stream.respond({ ':status': status ?? 502, ...rest })
+      stream.respond({ ':status': status ?? 502, ...rest }, { waitForTrailers: true })
+      stream.on('wantTrailers', () => (trailers ? stream.sendTrailers(trailers) : stream.close()))
       up.pipe(stream)
     })
     stream.pipe(up)

@@ -66,7 +66,10 @@ const program = new Command()
     '--otlp',
     'OTLP mode: export off vs on (live collector) vs on with the collector down, same JWT load (2 rounds × 4 s unless given)',
   )
-  .option('--h2', 'h2c mode: nhi-proxy vs a bare node:http2 proxy vs direct, node:http2 load client')
+  .option(
+    '--h2',
+    'h2c mode: nhi-proxy vs a bare node:http2 proxy vs nginx grpc_pass vs direct, unary gRPC calls',
+  )
   .parse()
 
 const o = program.opts<{
@@ -171,7 +174,7 @@ async function otlpMode(): Promise<void> {
 async function h2Mode(): Promise<void> {
   const quick = o.quick === true
   const dist = !quick && buildDist()
-  const r = await runH2({
+  const { results: r, notes } = await runH2({
     durationS: quick ? Math.min(o.duration, 2) : o.duration,
     rounds: quick ? 1 : Math.round(o.rounds),
     sessions: Math.max(1, Math.round(o.connections / 8)),
@@ -179,7 +182,7 @@ async function h2Mode(): Promise<void> {
     dist,
     log,
   })
-  const md = h2Markdown(r)
+  const md = h2Markdown(r, notes)
   process.stdout.write(md)
   if (o.write) {
     await writeFile(join(results, 'h2.md'), md)

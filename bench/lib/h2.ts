@@ -1,11 +1,13 @@
 // The h2c configuration of the bench: a node:http2 load client against the h2c upstream directly, a bare
-// node:http2 proxy and nhi-proxy with an h2c:// upstream, in interleaved rounds, loopback only. Numbers are
-// indicative: client, proxy and upstream share the machine's cores. nginx grpc_pass is not part of it.
+// node:http2 proxy, nginx grpc_pass (when installed) and nhi-proxy with an h2c:// upstream, in interleaved
+// rounds, loopback only. Every request is a unary gRPC call (grpc_pass carries nothing else), the same for
+// every configuration. Numbers are indicative: client, proxy and upstream share the machine's cores.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { connect } from 'node:http2'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createHistogram } from 'node:perf_hooks'
+import { startNginxGrpc } from './nginx.ts'
 import { nhiCommand, REPO_ROOT } from './nhi.ts'
 import { freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
 
@@ -22,7 +24,7 @@ export interface H2Options {
 }
 
 export interface H2Result {
-  id: 'h2-direct' | 'h2-bare' | 'h2-nhi'
+  id: 'h2-direct' | 'h2-bare' | 'h2-nginx' | 'h2-nhi'
   label: string
   requests: number
   errors: number
@@ -32,7 +34,13 @@ export interface H2Result {
   p99Ms: number
 }
 
-/** closed loop: each of sessions × streams slots sends its next request when the previous one ended */
+/** the request message of every call: a 5-byte gRPC prefix (uncompressed, length 2) and 2 bytes */
+const GRPC_MESSAGE = Buffer.from([0, 0, 0, 0, 2, 0x08, 0x2a])
+
+/**
+ * closed loop: each of sessions × streams slots sends its next unary gRPC call when the previous one ended;
+ * a call that does not end with `grpc-status: 0` counts as non-2xx
+ */
 export async function h2Load(url: string, o: Pick<H2Options, 'durationS' | 'sessions' | 'streams'>) {
   const hist = createHistogram()
   let requests = 0
@@ -42,11 +50,21 @@ export async function h2Load(url: string, o: Pick<H2Options, 'durationS' | 'sess
   const one = (session: ReturnType<typeof connect>) =>
     new Promise<void>((resolve) => {
       const started = process.hrtime.bigint()
-      const stream = session.request({ ':path': '/api/v1/orders/42', 'user-agent': 'bench-h2/1.0' })
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': '/bench.Orders/Get',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+        'user-agent': 'bench-h2/1.0',
+      })
+      let ok = false
       stream.on('response', (h) => {
-        if (Number(h[':status']) >= 300) {
-          non2xx++
-        }
+        if (Number(h[':status']) >= 300) non2xx++
+        // trailers-only answers carry grpc-status in the headers
+        else if (h['grpc-status'] !== undefined) ok = h['grpc-status'] === '0'
+      })
+      stream.on('trailers', (h) => {
+        ok = h['grpc-status'] === '0'
       })
       let failed = false
       stream.on('error', () => {
@@ -55,12 +73,13 @@ export async function h2Load(url: string, o: Pick<H2Options, 'durationS' | 'sess
       })
       stream.on('close', () => {
         if (failed) return resolve()
+        if (!ok) non2xx++
         requests++
         hist.record(Number(process.hrtime.bigint() - started) || 1)
         resolve()
       })
       stream.resume()
-      stream.end()
+      stream.end(GRPC_MESSAGE)
     })
   const sessions = Array.from({ length: o.sessions }, () => {
     const s = connect(url)
@@ -71,7 +90,7 @@ export async function h2Load(url: string, o: Pick<H2Options, 'durationS' | 'sess
   await Promise.all(
     sessions.flatMap((s) =>
       Array.from({ length: o.streams }, async () => {
-        while (performance.now() < deadline && !s.destroyed) await one(s)
+        while (performance.now() < deadline && !s.closed && !s.destroyed) await one(s)
       }),
     ),
   )
@@ -96,7 +115,13 @@ function h2Server(role: 'upstream' | 'bare-proxy', port: number, upstream?: stri
   ])
 }
 
-export async function runH2(o: H2Options): Promise<H2Result[]> {
+export interface H2Run {
+  results: H2Result[]
+  /** configurations left out, and why (nginx not installed) */
+  notes: string[]
+}
+
+export async function runH2(o: H2Options): Promise<H2Run> {
   const procs: ServerProcess[] = []
   const dir = await mkdtemp(join(tmpdir(), 'nhi-bench-h2-'))
   try {
@@ -114,18 +139,36 @@ export async function runH2(o: H2Options): Promise<H2Result[]> {
     await writeFile(
       file,
       `service: bench-h2\nlisten:\n  http: 127.0.0.1:${nhiPort}\nupstream: h2c://127.0.0.1:${upPort}\n` +
-        `admin: 127.0.0.1:${adminPort}\naudit:\n  output: /dev/null\nmetrics:\n  routes: [/api/v1/orders/:id]\n`,
+        `admin: 127.0.0.1:${adminPort}\naudit:\n  output: /dev/null\nmetrics:\n  routes: [/bench.Orders/Get]\n`,
     )
     const { command, args } = nhiCommand(file, { dist: o.dist })
     const nhi = spawnProcess('nhi-proxy-h2', command, args, { env: { NHI_LOG_LEVEL: 'warn' } })
     procs.push(nhi)
     await waitForPorts(bare, [barePort])
     await waitForPorts(nhi, [nhiPort, adminPort], 30_000)
-    const targets = [
+    const notes: string[] = []
+    const nginxPort = await freePort()
+    let nginx: ServerProcess | undefined
+    try {
+      nginx = await startNginxGrpc(dir, nginxPort, upPort)
+      procs.push(nginx)
+    } catch (err) {
+      notes.push(`nginx grpc_pass skipped: ${(err as Error).message.split('\n')[0]}`)
+    }
+    const targets: { id: H2Result['id']; label: string; url: string }[] = [
       { id: 'h2-direct', label: 'h2c direct to the upstream', url: upstream },
       { id: 'h2-bare', label: 'bare node:http2 proxy', url: `http://127.0.0.1:${barePort}` },
+      ...(nginx
+        ? [
+            {
+              id: 'h2-nginx' as const,
+              label: 'nginx grpc_pass, 1 worker',
+              url: `http://127.0.0.1:${nginxPort}`,
+            },
+          ]
+        : []),
       { id: 'h2-nhi', label: 'nhi-proxy, h2c in and out', url: `http://127.0.0.1:${nhiPort}` },
-    ] as const
+    ]
     const runs = new Map<string, H2Result[]>()
     for (let round = 0; round < o.rounds; round++) {
       for (const t of targets) {
@@ -134,7 +177,8 @@ export async function runH2(o: H2Options): Promise<H2Result[]> {
         runs.set(t.id, [...(runs.get(t.id) ?? []), { id: t.id, label: t.label, ...r }])
       }
     }
-    return targets.map((t) => median(runs.get(t.id) ?? []))
+    for (const n of notes) o.log(n)
+    return { results: targets.map((t) => median(runs.get(t.id) ?? [])), notes }
   } finally {
     await stopAll(procs)
     await rm(dir, { recursive: true, force: true })
@@ -152,7 +196,7 @@ function median(rs: H2Result[]): H2Result {
   }
 }
 
-export function h2Markdown(rs: H2Result[]): string {
+export function h2Markdown(rs: H2Result[], notes: string[] = []): string {
   const lines = [
     '| id | configuration | req/s | p50 ms | p99 ms | errors |',
     '|---|---|---|---|---|---|',
@@ -161,5 +205,6 @@ export function h2Markdown(rs: H2Result[]): string {
         `| ${r.id} | ${r.label} | ${r.rps.toFixed(0)} | ${r.p50Ms.toFixed(2)} | ${r.p99Ms.toFixed(2)} | ${r.errors + r.non2xx} |`,
     ),
   ]
-  return `${lines.join('\n')}\n\nIndicative: load client, proxy and upstream share the machine's cores.\n`
+  const skipped = notes.map((n) => `\n- ${n}`).join('')
+  return `${lines.join('\n')}\n\nIndicative: load client, proxy and upstream share the machine's cores.\n${skipped}${skipped ? '\n' : ''}`
 }

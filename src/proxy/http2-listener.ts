@@ -12,6 +12,7 @@ import {
   type Http2ServerResponse,
   type ServerHttp2Session,
   type ServerHttp2Stream,
+  type ServerOptions,
 } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Config } from '../config/schema.ts'
@@ -20,6 +21,13 @@ import type { ConnectionInfo } from '../types.ts'
 
 /** RFC 9113 §3.4: what a client with prior knowledge sends first */
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
+
+/**
+ * nghttp2's NGHTTP2_ERR_FLOODED (not in http2.constants): more PING/SETTINGS acknowledgements queued than
+ * its fixed bound (1000) because the peer keeps sending without reading. Node then ends the session with
+ * GOAWAY ENHANCE_YOUR_CALM and emits this errno on the session's 'error'.
+ */
+const NGHTTP2_ERR_FLOODED = -904
 
 export interface Http2Handlers {
   connectionInfo: (socket: Socket) => ConnectionInfo
@@ -38,6 +46,11 @@ interface SessionState {
   conn: ConnectionInfo
   windowStart: number
   resets: number
+  /**
+   * the kind of the last PING or SETTINGS frame the peer sent: the flood error does not say which queue
+   * overflowed, the frame that overflowed it is the last one received
+   */
+  lastControl: 'ping' | 'settings' | undefined
 }
 
 export class Http2Front {
@@ -53,19 +66,23 @@ export class Http2Front {
     timeouts: Config['timeouts'],
     maxHeaderBytes: number,
   ) {
-    this.server = createHttp2Server({
+    // maxOutstandingSettings is read by node:http2 but missing from its type definitions
+    const options: ServerOptions & { maxOutstandingSettings: number } = {
       settings: {
         maxConcurrentStreams: limits.maxConcurrentStreams,
         maxHeaderListSize: maxHeaderBytes,
         enablePush: false,
       },
       maxHeaderListPairs: 256,
-      // PING floods: a peer that does not read our acknowledgements is cut off early (nghttp2 bounds the
-      // queue of SETTINGS/PING acks itself and ends a flooding session)
+      // our own PINGs and SETTINGS left unacknowledged (we send one SETTINGS and no PINGs): a peer that
+      // stops acknowledging is not given more. Floods in the other direction are bounded by nghttp2's
+      // queue of acknowledgements, see onSession.
       maxOutstandingPings: 10,
+      maxOutstandingSettings: 10,
       maxSessionInvalidFrames: 100,
       maxSessionRejectedStreams: 100,
-    })
+    }
+    this.server = createHttp2Server(options)
     this.server.setTimeout(timeouts.idle)
     this.server.on('session', (session: ServerHttp2Session) => this.onSession(session))
     this.server.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
@@ -90,10 +107,20 @@ export class Http2Front {
       session.destroy()
       return
     }
-    const state: SessionState = { conn, windowStart: performance.now(), resets: 0 }
+    const state: SessionState = { conn, windowStart: performance.now(), resets: 0, lastControl: undefined }
     this.sessions.set(session, state)
     session.once('close', () => this.sessions.delete(session))
-    session.on('error', () => {})
+    session.on('ping', () => {
+      state.lastControl = 'ping'
+    })
+    session.on('remoteSettings', () => {
+      state.lastControl = 'settings'
+    })
+    // SETTINGS/PING flood: nghttp2 has already sent GOAWAY ENHANCE_YOUR_CALM and Node destroys the session
+    session.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.errno !== NGHTTP2_ERR_FLOODED) return
+      this.handlers.abuse?.(state.lastControl === 'settings' ? 'settings_flood' : 'ping_flood')
+    })
     session.on('stream', (stream: ServerHttp2Stream) => {
       stream.once('aborted', () => this.countReset(session, state))
       if (this.draining) session.close()

@@ -32,7 +32,7 @@ export interface ProxyOptions {
   upstreamTls?: ConnectionOptions
   /** default: undici pools for HTTP/1.1 upstreams, node:http2 sessions for h2c:/h2: upstreams */
   forwarder?: Forwarder
-  /** an HTTP/2 connection was closed for abuse (rapid reset); for counting */
+  /** an HTTP/2 connection was closed for abuse (rapid reset, PING/SETTINGS flood); for counting */
   onHttp2Abuse?: (reason: Http2AbuseReason) => void
 }
 

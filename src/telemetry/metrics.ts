@@ -58,7 +58,7 @@ export interface Scrape {
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE'])
 
 /** why the proxy closed an HTTP/2 connection: a fixed set, so the label stays bounded */
-export const HTTP2_ABUSE_REASONS = ['rapid_reset'] as const
+export const HTTP2_ABUSE_REASONS = ['rapid_reset', 'ping_flood', 'settings_flood'] as const
 export type Http2AbuseReason = (typeof HTTP2_ABUSE_REASONS)[number]
 
 const counter = (name: string, help: string): FamilyInfo & { type: 'counter' } => ({
@@ -162,7 +162,7 @@ export class Metrics {
   private readonly http2Closed = new CounterFamily(
     counter(
       'nhi_http2_connections_closed',
-      'HTTP/2 connections the proxy closed for abuse (rapid_reset: CVE-2023-44487 stream resets past the budget)',
+      'HTTP/2 connections the proxy closed for abuse (rapid_reset: CVE-2023-44487 stream resets past the budget; ping_flood/settings_flood: PING/SETTINGS sent without reading the acknowledgements)',
     ),
     ['service', 'reason'],
   )

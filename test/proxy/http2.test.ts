@@ -3,6 +3,7 @@
 import { execFile } from 'node:child_process'
 import { once } from 'node:events'
 import { type ClientHttp2Session, connect, constants } from 'node:http2'
+import { connect as tcpConnect } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import { promisify } from 'node:util'
 import t from 'tap'
@@ -282,6 +283,96 @@ t.test('a connection closed for rapid reset is counted in nhi_http2_connections_
   t.teardown(() => fresh.close())
   t.equal((await h2get(fresh, '/echo')).status, 200)
   t.equal(closed(await scrape(admin)), 1, 'only the abusive connection was counted')
+})
+
+/** one HTTP/2 frame on stream 0 (RFC 9113 §4.1) */
+function controlFrame(type: number, payload: Buffer): Buffer {
+  const header = Buffer.alloc(9)
+  header.writeUIntBE(payload.length, 0, 3)
+  header[3] = type
+  return Buffer.concat([header, payload])
+}
+
+/** the error code of the first GOAWAY frame (type 7) in what the server sent, if any */
+function goawayCode(received: Buffer): number | undefined {
+  for (let at = 0; at + 9 <= received.length; ) {
+    const length = received.readUIntBE(at, 3)
+    if (received[at + 3] === 7 && at + 9 + 8 <= received.length) return received.readUInt32BE(at + 9 + 4)
+    at += 9 + length
+  }
+  return undefined
+}
+
+/**
+ * A client that writes the h2c preface and then PING or SETTINGS frames in bursts while never reading, so
+ * the server's acknowledgements pile up. Stops sending once `stop()` says so (or after a bounded amount);
+ * resolves with everything the server sent, read after the flood, and whether the connection was closed.
+ */
+async function flood(port: number, kind: 'ping' | 'settings', stop: () => Promise<boolean>) {
+  const socket = tcpConnect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  socket.pause()
+  socket.on('error', () => {})
+  socket.write(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'))
+  socket.write(controlFrame(4, Buffer.alloc(0)))
+  const one =
+    kind === 'ping' ? controlFrame(6, Buffer.alloc(8)) : controlFrame(4, Buffer.from([0, 3, 0, 0, 0, 100])) // SETTINGS_MAX_CONCURRENT_STREAMS = 100
+  const burst = Buffer.concat(Array.from({ length: 2000 }, () => one))
+  let stopped = false
+  for (let i = 0; i < 40 && !stopped && !socket.destroyed; i++) {
+    if (!socket.write(burst)) await Promise.race([once(socket, 'drain'), once(socket, 'close')])
+    stopped = await stop()
+  }
+  const chunks: Buffer[] = []
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+  const closed = once(socket, 'close').then(() => true)
+  socket.resume()
+  const wasClosed = await Promise.race([
+    closed,
+    eventually(() => socket.destroyed || undefined, { what: 'the flooding connection closed' }),
+  ])
+  return { stopped, closed: wasClosed === true, received: Buffer.concat(chunks) }
+}
+
+t.test('PING and SETTINGS floods close the connection and are counted by kind', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, { upstream: up.url })
+  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const closed = async (reason: string) =>
+    metricValue(await scrape(admin), 'nhi_http2_connections_closed_total', { reason })
+  t.equal(await closed('ping_flood'), 0, 'ping_flood exported at 0 before any abuse')
+  t.equal(await closed('settings_flood'), 0, 'settings_flood exported at 0 before any abuse')
+
+  const pings = await flood(sidecar.proxyAddress.port, 'ping', async () => (await closed('ping_flood')) === 1)
+  t.ok(pings.stopped, 'the PING flood was counted while it ran')
+  t.ok(pings.closed, 'the PING-flooding connection was closed')
+  // Node ends a session nghttp2 reports as flooded with GOAWAY INTERNAL_ERROR; the ACKs are never sent
+  t.equal(goawayCode(pings.received), constants.NGHTTP2_INTERNAL_ERROR, 'with a GOAWAY')
+  t.equal(await closed('settings_flood'), 0, 'a PING flood is not counted as a SETTINGS flood')
+
+  const settings = await flood(
+    sidecar.proxyAddress.port,
+    'settings',
+    async () => (await closed('settings_flood')) === 1,
+  )
+  t.ok(settings.stopped, 'the SETTINGS flood was counted while it ran')
+  t.ok(settings.closed, 'the SETTINGS-flooding connection was closed')
+  t.equal(goawayCode(settings.received), constants.NGHTTP2_INTERNAL_ERROR, 'with a GOAWAY')
+  t.equal(await closed('ping_flood'), 1, 'a SETTINGS flood is not counted as a PING flood')
+
+  // a well-behaved client that pings and reads its acknowledgements is served and not counted
+  const session = connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
+  t.teardown(() => session.close())
+  await once(session, 'connect')
+  for (let i = 0; i < 50; i++) {
+    await new Promise<void>((resolve, reject) => {
+      session.ping((err) => (err ? reject(err) : resolve()))
+    })
+  }
+  t.equal((await h2get(session, '/echo')).status, 200, 'a well-behaved client is served')
+  t.equal(await closed('ping_flood'), 1, 'pings that are read are not a flood')
+  t.equal(await closed('rapid_reset'), 0, 'floods are not counted as rapid reset')
 })
 
 t.test('HTTP/2 header list over limits.maxHeaderBytes is refused and never forwarded', async (t) => {
