@@ -7,8 +7,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ensureWrk, type LoadResult, type LoadSpec, runLoad } from './load.ts'
-import { REPO_ROOT, startNhi } from './nhi.ts'
-import { cpuMicros, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
+import { cpuMicros, freePort, type ServerProcess, stopAll } from './procs.ts'
 import { tokenSet } from './tokens.ts'
 
 export interface FloodOptions {
@@ -79,23 +79,8 @@ export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
     const jwksFile = join(dir, 'jwks.json')
     await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk, flood.key.publicJwk] }))
 
-    const up = await freePort()
-    const bPort = await freePort()
-    const upstream = spawnProcess('upstream', process.execPath, [
-      '--import',
-      'tsx',
-      join(REPO_ROOT, 'bench/upstream.ts'),
-      JSON.stringify({ http: up }),
-    ])
-    procs.push(upstream)
-    const upstreamUrl = `http://127.0.0.1:${up}`
-    const bare = spawnProcess('bare-undici', process.execPath, [
-      '--import',
-      'tsx',
-      join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
-      JSON.stringify({ port: bPort, upstream: upstreamUrl }),
-    ])
-    procs.push(bare)
+    const upstreamUrl = await startPlainUpstream(procs)
+    const bare = await startBareUndici(procs, upstreamUrl)
     const start = async (name: string, verifyWorkers?: number) => {
       const port = await freePort()
       const adminPort = await freePort()
@@ -116,8 +101,6 @@ export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
     }
     const pool = await start('nhi-pool')
     const inline = await start('nhi-inline', 0)
-    await waitForPorts(upstream, [up])
-    await waitForPorts(bare, [bPort])
 
     const base = { connections: opts.connections, path: '/api/v1/orders/42' }
     const spec = (url: string, file: string): LoadSpec => ({
@@ -127,7 +110,7 @@ export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
       durationS: opts.durationS,
     })
     log('warm-up (JIT, keep-alive pools, token cache)')
-    for (const url of [`http://127.0.0.1:${bPort}`, pool.url, inline.url])
+    for (const url of [bare.url, pool.url, inline.url])
       await runLoad({ ...spec(url, tokensFile), durationS: 3 }, useWrk)
 
     const rows = new Map<string, Sample[]>(Object.keys(LABELS).map((id) => [id, []]))
@@ -168,7 +151,7 @@ export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
       log(`round ${round}`)
       const alone = sliceFiles[(round - 1) * 2]!
       const under = sliceFiles[(round - 1) * 2 + 1]!
-      await measure('b', () => runLoad(spec(`http://127.0.0.1:${bPort}`, tokensFile), useWrk), bare)
+      await measure('b', () => runLoad(spec(bare.url, tokensFile), useWrk), bare.proc)
       await measure('c-pool', () => runLoad(spec(pool.url, tokensFile), useWrk), pool.proc)
       await measure('flood-pool', () => runLoad(spec(pool.url, alone), useWrk), pool.proc, sliceTokens)
       await measure('flood-inline', () => runLoad(spec(inline.url, alone), useWrk), inline.proc, sliceTokens)

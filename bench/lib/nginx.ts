@@ -12,13 +12,14 @@ export function nginxBinary(): string | undefined {
   return existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : undefined
 }
 
-export async function startNginx(dir: string, port: number, upstreamPort: number): Promise<ServerProcess> {
+/** Runs nginx (one worker, no access log) with `http` as the body of its http block; resolves once `port` listens. */
+async function runNginx(name: string, dir: string, port: number, http: string): Promise<ServerProcess> {
   const bin = nginxBinary()
   if (!bin) throw new Error('nginx is not installed')
-  const prefix = join(dir, 'nginx')
+  const prefix = join(dir, name)
   await mkdir(join(prefix, 'logs'), { recursive: true })
   const conf = join(prefix, 'nginx.conf')
-  const tmp = (name: string) => join(prefix, name)
+  const tmp = (file: string) => join(prefix, file)
   await writeFile(
     conf,
     `daemon off;
@@ -35,7 +36,25 @@ http {
   fastcgi_temp_path ${tmp('fastcgi')};
   uwsgi_temp_path ${tmp('uwsgi')};
   scgi_temp_path ${tmp('scgi')};
-  keepalive_requests 1000000;
+${http}}
+`,
+  )
+  const proc = spawnProcess(name, bin, ['-p', prefix, '-c', conf])
+  try {
+    await waitForPorts(proc, [port])
+  } catch (err) {
+    await proc.stop()
+    throw err
+  }
+  return proc
+}
+
+export function startNginx(dir: string, port: number, upstreamPort: number): Promise<ServerProcess> {
+  return runNginx(
+    'nginx',
+    dir,
+    port,
+    `  keepalive_requests 1000000;
   upstream app {
     server 127.0.0.1:${upstreamPort};
     keepalive 128;
@@ -49,51 +68,20 @@ http {
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }
   }
-}
 `,
   )
-  const proc = spawnProcess('nginx', bin, ['-p', prefix, '-c', conf])
-  try {
-    await waitForPorts(proc, [port])
-  } catch (err) {
-    await proc.stop()
-    throw err
-  }
-  return proc
 }
 
 /**
  * nginx as the reference gRPC proxy of the h2c bench: h2c with prior knowledge in (`listen ... http2`),
  * `grpc_pass` over a kept-alive h2c connection to the upstream, one worker.
  */
-export async function startNginxGrpc(
-  dir: string,
-  port: number,
-  upstreamPort: number,
-): Promise<ServerProcess> {
-  const bin = nginxBinary()
-  if (!bin) throw new Error('nginx is not installed')
-  const prefix = join(dir, 'nginx-grpc')
-  await mkdir(join(prefix, 'logs'), { recursive: true })
-  const conf = join(prefix, 'nginx.conf')
-  const tmp = (name: string) => join(prefix, name)
-  await writeFile(
-    conf,
-    `daemon off;
-master_process on;
-worker_processes 1;
-${process.getuid?.() === 0 ? 'user root;' : ''}
-pid ${tmp('nginx.pid')};
-error_log ${tmp('logs/error.log')} warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${tmp('body')};
-  proxy_temp_path ${tmp('proxy')};
-  fastcgi_temp_path ${tmp('fastcgi')};
-  uwsgi_temp_path ${tmp('uwsgi')};
-  scgi_temp_path ${tmp('scgi')};
-  # streams per client connection before GOAWAY (keepalive_requests applies to HTTP/2 since 1.19.7)
+export function startNginxGrpc(dir: string, port: number, upstreamPort: number): Promise<ServerProcess> {
+  return runNginx(
+    'nginx-grpc',
+    dir,
+    port,
+    `  # streams per client connection before GOAWAY (keepalive_requests applies to HTTP/2 since 1.19.7)
   keepalive_requests 1000000;
   http2_max_concurrent_streams 1000;
   upstream grpc_app {
@@ -107,15 +95,6 @@ http {
       grpc_pass grpc://grpc_app;
     }
   }
-}
 `,
   )
-  const proc = spawnProcess('nginx-grpc', bin, ['-p', prefix, '-c', conf])
-  try {
-    await waitForPorts(proc, [port])
-  } catch (err) {
-    await proc.stop()
-    throw err
-  }
-  return proc
 }

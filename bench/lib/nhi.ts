@@ -139,6 +139,23 @@ export async function startPlainUpstream(procs: ServerProcess[]): Promise<string
   return `http://127.0.0.1:${port}`
 }
 
+/** The bare undici proxy (the forwarding engine alone) in front of `upstream`; returns its process and URL. */
+export async function startBareUndici(
+  procs: ServerProcess[],
+  upstream: string,
+): Promise<{ proc: ServerProcess; url: string }> {
+  const port = await freePort()
+  const proc = spawnProcess('bare-undici', process.execPath, [
+    '--import',
+    'tsx',
+    join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
+    JSON.stringify({ port, upstream }),
+  ])
+  procs.push(proc)
+  await waitForPorts(proc, [port])
+  return { proc, url: `http://127.0.0.1:${port}` }
+}
+
 /**
  * One nhi-proxy in front of the plain upstream, on fresh ports, with `publicJwks` as its key set and XFCC
  * trusted from loopback: the setup the memory bench and the soak share. Both processes join `procs`.

@@ -8,8 +8,8 @@ import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ensureWrk, type LoadResult, runLoad } from './load.ts'
-import { REPO_ROOT, startNhi } from './nhi.ts'
-import { cpuMicros, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
+import { cpuMicros, freePort, type ServerProcess, stopAll } from './procs.ts'
 import { tokenSet } from './tokens.ts'
 
 export interface OtlpCostOptions {
@@ -80,23 +80,8 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     const jwksFile = join(dir, 'jwks.json')
     await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
 
-    const up = await freePort()
-    const bPort = await freePort()
-    const upstream = spawnProcess('upstream', process.execPath, [
-      '--import',
-      'tsx',
-      join(REPO_ROOT, 'bench/upstream.ts'),
-      JSON.stringify({ http: up }),
-    ])
-    procs.push(upstream)
-    const upstreamUrl = `http://127.0.0.1:${up}`
-    const bare = spawnProcess('bare-undici', process.execPath, [
-      '--import',
-      'tsx',
-      join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
-      JSON.stringify({ port: bPort, upstream: upstreamUrl }),
-    ])
-    procs.push(bare)
+    const upstreamUrl = await startPlainUpstream(procs)
+    const bare = await startBareUndici(procs, upstreamUrl)
     // a port that was free a moment ago and that nothing listens on: every export is refused at once
     const downPort = await freePort()
     const start = async (name: string, otlpEndpoint?: string) => {
@@ -116,8 +101,6 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       'c-otlp': await start('nhi-otlp-live', `http://127.0.0.1:${sink.port}`),
       'c-otlp-down': await start('nhi-otlp-down', `http://127.0.0.1:${downPort}`),
     }
-    await waitForPorts(upstream, [up])
-    await waitForPorts(bare, [bPort])
 
     const spec = (url: string, durationS: number) => ({
       url,
@@ -127,7 +110,7 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       durationS,
     })
     log('warm-up (JIT, keep-alive pools, token cache, exporter start)')
-    for (const url of [`http://127.0.0.1:${bPort}`, ...Object.values(targets).map((t) => t.url)])
+    for (const url of [bare.url, ...Object.values(targets).map((t) => t.url)])
       await runLoad(spec(url, 3), useWrk)
 
     const rows = new Map<string, Sample[]>(Object.keys(LABELS).map((id) => [id, []]))
@@ -143,7 +126,7 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     }
     for (let round = 1; round <= opts.rounds; round++) {
       log(`round ${round}`)
-      await measure('b', `http://127.0.0.1:${bPort}`, bare)
+      await measure('b', bare.url, bare.proc)
       for (const [id, t] of Object.entries(targets)) await measure(id, t.url, t.proc)
     }
     const perRound = (f: (i: number) => number) => median(Array.from({ length: opts.rounds }, (_, i) => f(i)))
