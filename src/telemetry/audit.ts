@@ -192,6 +192,17 @@ function isoTime(ms: number): string {
  * JSON.stringify would write, built without the intermediate object (this runs for every request).
  */
 export function auditLine(event: RequestEvent): string {
+  // every recorder that needs the line (the audit file, OTLP log records) sees the same event in turn:
+  // one slot is enough for them to share one serialisation
+  if (event === lastLineEvent) return lastLine
+  lastLine = formatAuditLine(event)
+  lastLineEvent = event
+  return lastLine
+}
+let lastLineEvent: RequestEvent | undefined
+let lastLine = ''
+
+function formatAuditLine(event: RequestEvent): string {
   const id = identityText(event.identity)
   const fp = event.fingerprints
   let failures = ''

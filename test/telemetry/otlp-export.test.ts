@@ -208,7 +208,9 @@ t.test('anomalies and credential failures are span events; 5xx is an error statu
   t.equal(log!.traceId, span!.traceId)
   t.equal(log!.spanId, span!.spanId)
   t.equal(log!.severityText, 'WARN')
-  t.match(log!.body, {
+  t.type(log!.body, 'string', 'the body is the audit line (JSON text)')
+  t.match(JSON.parse(String(log!.body)), {
+    type: 'audit',
     trace_id: span!.traceId,
     status: 503,
     source: 'anonymous',
