@@ -4,7 +4,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { type AddressInfo, isIP } from 'node:net'
 import { redactConfig } from '../config/redact.ts'
-import { IDENTITY_SORTS, type IdentitySort, type Telemetry } from '../telemetry/index.ts'
+import { IDENTITY_SORTS, type IdentitySort, type Scrape, type Telemetry } from '../telemetry/index.ts'
 import { UI_PAGE } from './ui/page.ts'
 
 export interface ReadyState {
@@ -25,6 +25,8 @@ export interface AdminServerOptions {
   access?: () => AdminAccess
   /** test seam: is this peer address on this host? (default: loopback addresses) */
   isLocalPeer?: (address: string) => boolean
+  /** /metrics when it is not this process's telemetry alone (workers: N aggregates every worker's) */
+  scrape?: (openMetrics: boolean) => Promise<Scrape>
 }
 
 export interface AdminAccess {
@@ -156,7 +158,8 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     if (!PUBLIC_PATHS.has(url.pathname) && !(await admitted(req, res))) return
     switch (url.pathname) {
       case '/metrics': {
-        const scrape = await telemetry.scrape(wantsOpenMetrics(req))
+        const om = wantsOpenMetrics(req)
+        const scrape = await (opts.scrape ? opts.scrape(om) : telemetry.scrape(om))
         res.writeHead(200, { 'content-type': scrape.contentType, 'cache-control': 'no-store' })
         res.end(scrape.body)
         return
