@@ -25,8 +25,15 @@ import {
   type WorkerSidecar,
 } from './runtime.ts'
 import { AUDIT_MAX_PENDING_BYTES } from './telemetry/audit.ts'
-import { Telemetry } from './telemetry/index.ts'
+import {
+  type AuditQuery,
+  type AuditRecord,
+  type IdentitiesView,
+  type IdentitySort,
+  Telemetry,
+} from './telemetry/index.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
+import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
 import { VERSION } from './version.ts'
 
 /** `auto` is one worker per core the process may use */
@@ -40,6 +47,8 @@ type Command =
   | { nhi: 'config'; id: number; config: Config }
   | { nhi: 'scrape'; id: number; openMetrics: boolean }
   | { nhi: 'ready'; id: number }
+  | { nhi: 'identities'; id: number; sort: IdentitySort | undefined }
+  | { nhi: 'auditQuery'; id: number; query: AuditQuery }
   | { nhi: 'shutdown' }
   | { nhi: 'close' }
 
@@ -137,6 +146,12 @@ export async function runWorker(log: Logger): Promise<void> {
           (r) => reply(m.id, r),
           () => reply(m.id, undefined),
         )
+        return
+      case 'identities':
+        reply(m.id, sidecar.telemetry.identities(m.sort))
+        return
+      case 'auditQuery':
+        reply(m.id, sidecar.telemetry.auditQuery(m.query))
         return
       case 'config':
         sidecar.applyConfig(m.config).then(
@@ -347,6 +362,21 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     return { contentType: own.contentType, body }
   }
 
+  /** every serving worker's answer to one question (those that did not answer in time left out) */
+  const askAll = async <T>(command: (id: number) => Command & { id: number }): Promise<T[]> =>
+    (await Promise.all(live().map((w) => ask(w, command(nextId++))))).filter(
+      (v): v is T => v !== undefined && v !== null,
+    )
+  const identities = async (sort: IdentitySort | undefined): Promise<IdentitiesView> =>
+    mergeIdentitiesViews(await askAll<IdentitiesView>((id) => ({ nhi: 'identities', id, sort })), {
+      now: Date.now(),
+      sort,
+      maxIdentities: config.metrics.maxIdentities,
+      ...(config.cost?.currency ? { currency: config.cost.currency } : {}),
+    })
+  const auditQuery = async (query: AuditQuery): Promise<AuditRecord[]> =>
+    mergeAuditRecords(await askAll<AuditRecord[]>((id) => ({ nhi: 'auditQuery', id, query })), query)
+
   const adminToken = new TokenFile(log)
   await adminToken.load(config.adminAccess.tokenFile)
   const admin = createAdminServer({
@@ -355,6 +385,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     access: () => ({ token: () => adminToken.get(), allowedHosts: config.adminAccess.allowedHosts }),
     ready,
     scrape,
+    identities,
+    auditQuery,
     effectiveConfig: () => redactConfig(config),
   })
   let adminAddress: AddressInfo

@@ -124,6 +124,18 @@ t.test('workers: 2', async (t) => {
       'one build info',
     )
     t.equal(m.filter((s) => s.name === 'nhi_build_info').length, 1)
+    const view = (await (await fetch(`${admin}/identities`)).json()) as {
+      identities: { name: string; source: string; requests: number }[]
+      totals: { requests: number }
+    }
+    t.equal(view.totals.requests, sent, '/identities merges every worker')
+    t.equal(
+      new Set(view.identities.map((r) => `${r.source} ${r.name}`)).size,
+      view.identities.length,
+      'one row per identity',
+    )
+    const ring = (await (await fetch(`${admin}/audit?limit=1000`)).json()) as { events: { path: string }[] }
+    t.equal(ring.events.length, sent, '/audit queries every worker')
     const lines = await eventually(
       () => {
         const text = readFileSync(auditFile, 'utf8')
