@@ -30,10 +30,13 @@ import {
   type AuditRecord,
   type IdentitiesView,
   type IdentitySort,
+  type LiveEvent,
   Telemetry,
 } from './telemetry/index.ts'
+import { toLiveEvent } from './telemetry/live.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
+import type { Recorder } from './types.ts'
 import { VERSION } from './version.ts'
 
 /** `auto` is one worker per core the process may use */
@@ -49,6 +52,7 @@ type Command =
   | { nhi: 'ready'; id: number }
   | { nhi: 'identities'; id: number; sort: IdentitySort | undefined }
   | { nhi: 'auditQuery'; id: number; query: AuditQuery }
+  | { nhi: 'live'; on: boolean }
   | { nhi: 'shutdown' }
   | { nhi: 'close' }
 
@@ -57,6 +61,7 @@ type Report =
   | { nhi: 'hello' }
   | { nhi: 'listening'; http: string; https?: string }
   | { nhi: 'audit'; lines: string }
+  | { nhi: 'live'; events: LiveEvent[] }
   | { nhi: 'reply'; id: number; value: unknown }
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
@@ -64,6 +69,11 @@ const SLOT_ENV = 'NHI_WORKER_SLOT'
 const ASK_TIMEOUT_MS = 10_000
 /** a worker that exits within this long of its start is started again only after this long */
 const RESTART_BACKOFF_MS = 1_000
+/** live events a worker batches before handing them to the primary, and the most it keeps waiting */
+const LIVE_FLUSH_MS = 100
+const LIVE_MAX_PENDING = 1_000
+/** how often the primary checks whether anyone watches /events (workers forward events only then) */
+const LIVE_POLL_MS = 1_000
 
 export const isWorkerProcess = (): boolean => cluster.isWorker
 
@@ -100,9 +110,30 @@ export async function runWorker(log: Logger): Promise<void> {
     pendingChars -= chars
     if (--pendingSends === 0) for (const done of settled.splice(0)) done()
   }
+  // the live feed's worker half: events go to the primary's /events only while someone watches it
+  let live = false
+  let liveEvents: LiveEvent[] = []
+  let flushScheduled = false
+  const flushLive = () => {
+    flushScheduled = false
+    if (liveEvents.length === 0) return
+    send({ nhi: 'live', events: liveEvents })
+    liveEvents = []
+  }
+  const liveForwarder: Recorder = {
+    name: 'live',
+    record(event) {
+      if (!live || liveEvents.length >= LIVE_MAX_PENDING) return
+      liveEvents.push(toLiveEvent(event))
+      if (flushScheduled) return
+      flushScheduled = true
+      setTimeout(flushLive, LIVE_FLUSH_MS)
+    },
+  }
   const sidecar: WorkerSidecar = await startWorkerSidecar({
     config: first.config,
     log: wlog,
+    recorders: [liveForwarder],
     worker: {
       auditSink(lines) {
         // a primary that stopped reading must not grow this process without bound: drop and count
@@ -158,6 +189,10 @@ export async function runWorker(log: Logger): Promise<void> {
           (ok) => reply(m.id, ok),
           () => reply(m.id, false),
         )
+        return
+      case 'live':
+        live = m.on
+        if (!live) liveEvents = []
         return
       case 'shutdown':
         exit(sidecar.shutdown)
@@ -219,6 +254,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   let nextId = 0
   const waiting = new Map<number, { done: (value: unknown) => void; worker: Worker }>()
   let listeners: { http: string; https?: string } | undefined
+  let watching = false
 
   const ask = (worker: Worker, command: Command & { id: number }): Promise<unknown> =>
     new Promise((done) => {
@@ -247,9 +283,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     worker.on('message', (m: Report) => {
       if (m.nhi === 'hello') worker.send({ nhi: 'start', config } satisfies Command)
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
+      else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
       else if (m.nhi === 'listening') {
         slot.listening = true
+        if (watching) worker.send({ nhi: 'live', on: true } satisfies Command)
         listeners ??= { http: m.http, ...(m.https ? { https: m.https } : {}) }
         listening.add(index)
         if (listening.size === opts.workers) allListening?.()
@@ -399,6 +437,13 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     throw new StartupError(`cannot listen on the admin address ${config.admin}: ${e.code ?? e.message}`, 2)
   }
   void telemetry.startProcessMetrics()
+  const livePoll = setInterval(() => {
+    const now = telemetry.liveStats().subscribers > 0
+    if (now === watching) return
+    watching = now
+    for (const w of live()) w.send({ nhi: 'live', on: now } satisfies Command)
+  }, LIVE_POLL_MS)
+  livePoll.unref()
 
   // validated once here: an invalid file is reported once and no worker sees it
   const reload = async (): Promise<boolean> => {
@@ -445,6 +490,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     draining = true
     stopping = true
     watcher?.close()
+    clearInterval(livePoll)
     const exits = slots.flatMap((s) => (s.worker ? [once(s.worker, 'exit')] : []))
     for (const s of slots) {
       try {

@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { mkdtemp, writeFile } from 'node:fs/promises'
-import { request } from 'node:http'
+import { type IncomingMessage, request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -222,6 +222,41 @@ t.test('workers: 2', async (t) => {
     await sidecar.process.waitForLog(
       (l) => l['event'] === 'config_reloaded' && l['worker'] === undefined,
       badFrom,
+    )
+  })
+
+  await t.test('/events streams the requests of every worker', async (t) => {
+    const received = new Set<string>()
+    const stream = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = request(`${admin}/events`, (res) => resolve(res))
+      req.on('error', reject)
+      req.end()
+    })
+    t.teardown(() => stream.destroy())
+    t.equal(stream.statusCode, 200)
+    stream.setEncoding('utf8')
+    let buffered = ''
+    stream.on('data', (chunk: string) => {
+      buffered += chunk
+      for (let end = buffered.indexOf('\n\n'); end !== -1; end = buffered.indexOf('\n\n')) {
+        const frame = buffered.slice(0, end)
+        buffered = buffered.slice(end + 2)
+        if (frame.startsWith('data: ')) received.add((JSON.parse(frame.slice(6)) as { path: string }).path)
+      }
+    })
+    // consecutive new connections go to alternate workers: a run of them all streamed means both forward
+    let i = 0
+    const run = 6
+    await eventually(
+      async () => {
+        t.equal((await get(`${proxy}/watch/${i++}`, 'watcher')).status, 200)
+        for (let k = 0; k + run <= i; k++) {
+          if (Array.from({ length: run }, (_, j) => `/watch/${k + j}`).every((p) => received.has(p)))
+            return true
+        }
+        return false
+      },
+      { what: `${run} consecutive requests in the live stream` },
     )
   })
 
