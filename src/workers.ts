@@ -293,6 +293,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         if (listening.size === opts.workers) allListening?.()
       }
     })
+    // a send to a worker that is just exiting fails with an 'error' event: its 'exit' handles the rest
+    worker.on('error', (err) => log.debug({ event: 'worker_ipc_error', worker: index + 1, err: err.message }))
     worker.on('exit', (code, signal) => {
       slot.worker = undefined
       slot.listening = false
@@ -367,7 +369,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     return {
       ok,
       checks,
-      detail: { workers: { configured: opts.workers, ready: serving, restarts } },
+      // gates and per-issuer key state as one worker reports them (every worker runs the same config)
+      detail: {
+        ...states.find((s) => s?.detail)?.detail,
+        workers: { configured: opts.workers, ready: serving, restarts },
+      },
     }
   }
 
