@@ -11,6 +11,7 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { run, skipWithout, systemTool } from '../helpers/tools.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 interface Outcome {
@@ -124,6 +125,22 @@ t.test('workers: 2', async (t) => {
       'one build info',
     )
     t.equal(m.filter((s) => s.name === 'nhi_build_info').length, 1)
+    const text = await (await fetch(`${admin}/metrics`)).text()
+    const promtool = systemTool('promtool')
+    t.test(
+      'promtool check metrics accepts the merged exposition',
+      { skip: skipWithout('promtool', promtool) },
+      async (t) => {
+        const r = await run(promtool!, ['check', 'metrics'], { input: text })
+        t.equal(r.code, 0, `promtool check metrics: ${r.stderr}`)
+      },
+    )
+    const om = await (
+      await fetch(`${admin}/metrics`, { headers: { accept: 'application/openmetrics-text' } })
+    ).text()
+    t.ok(om.endsWith('# EOF\n'), 'OpenMetrics: one exposition, one # EOF')
+    t.equal(om.match(/# EOF/g)?.length, 1)
+    t.equal(sum(samples(om), 'nhi_requests_total'), sent)
     const view = (await (await fetch(`${admin}/identities`)).json()) as {
       identities: { name: string; source: string; requests: number }[]
       totals: { requests: number }
