@@ -4,13 +4,14 @@
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { mkdtemp, writeFile } from 'node:fs/promises'
-import { type IncomingMessage, request } from 'node:http'
+import { createServer, type IncomingMessage, request } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
-import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { runCli, startSidecarFromFile } from '../helpers/sidecar.ts'
 import { run, skipWithout, systemTool } from '../helpers/tools.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -312,4 +313,27 @@ t.test('workers: 2', async (t) => {
     t.equal(lines.filter((l) => l.includes('"path":"/slow/1500"')).length, 2, 'their audit lines written')
     t.throws(() => execFileSync('pgrep', ['-P', String(primaryPid)]), 'no worker left behind')
   })
+})
+
+t.test('a worker that cannot listen stops the start with exit 2, and no worker is left behind', async (t) => {
+  const taken = createServer()
+  await new Promise<void>((done) => taken.listen(0, '127.0.0.1', done))
+  t.teardown(() => taken.close())
+  const port = (taken.address() as AddressInfo).port
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-workers-'))
+  const file = join(dir, 'config.yaml')
+  await writeFile(
+    file,
+    stringify({
+      listen: { http: `127.0.0.1:${port}` },
+      admin: '127.0.0.1:0',
+      workers: 2,
+      audit: { output: 'off' },
+    }),
+  )
+  // runCli settles once every process holding the output pipes is gone: a lingering worker keeps them open
+  const r = await runCli(['run', '-c', file])
+  t.equal(r.code, 2)
+  t.match(r.stderr, /address in use/)
+  t.match(r.stderr, /worker \d could not start/)
 })
