@@ -306,7 +306,16 @@ t.test('workers: 2', async (t) => {
     await eventually(() => upstream.received.filter((r) => r.url.startsWith('/slow/')).length === 2, {
       what: 'the slow requests at the upstream',
     })
-    const code = await sidecar.close()
+    sidecar.process.kill('SIGTERM')
+    const unready = await eventually(
+      async () => {
+        const r = await fetch(`${admin}/readyz`)
+        return r.status === 503 ? ((await r.json()) as { checks: { draining: boolean } }) : undefined
+      },
+      { what: '/readyz to fail while the workers drain' },
+    )
+    t.equal(unready.checks.draining, true, '/readyz fails while the workers drain')
+    const code = await sidecar.process.exited
     t.equal(code, 0)
     for (const r of await Promise.all(slow)) t.equal(r.status, 200, 'finished during the drain')
     const lines = readFileSync(auditFile, 'utf8').split('\n').filter(Boolean)
