@@ -11,7 +11,7 @@ import { floodMarkdown, runFlood } from './lib/flood.ts'
 import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
-import { buildDist } from './lib/nhi.ts'
+import { buildDist, freshDist } from './lib/nhi.ts'
 import { otlpCostMarkdown, runOtlpCost } from './lib/otlp-cost.ts'
 import { markdown, targetLine, writeResults } from './lib/report.ts'
 
@@ -173,7 +173,7 @@ async function otlpMode(): Promise<void> {
 
 async function h2Mode(): Promise<void> {
   const quick = o.quick === true
-  const dist = !quick && buildDist()
+  const dist = quick ? freshDist() : buildDist()
   const { results: r, notes } = await runH2({
     durationS: quick ? Math.min(o.duration, 2) : o.duration,
     rounds: quick ? 1 : Math.round(o.rounds),
