@@ -255,7 +255,7 @@ async function coldStart(dir: string, upstream: string, jwksFile: string, dist: 
   }
 }
 
-function target(
+export function target(
   name: string,
   value: number,
   goal: number,
