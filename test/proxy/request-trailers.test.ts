@@ -45,10 +45,14 @@ interface Seen {
  * An upstream that hashes the request body and answers with the digest, a streamed body of `replyBytes` and a
  * response trailer. `hold` keeps the request body unread until `release()`; `silent` never answers.
  */
-function upstreamHandler(opts: { hold?: boolean; silent?: boolean; replyBytes?: number } = {}) {
+function upstreamHandler(
+  opts: { hold?: boolean; silent?: boolean; replyBytes?: number; stallReply?: boolean } = {},
+) {
   const seen: Seen[] = []
   const aborted: Seen[] = []
   let release: () => void = () => {}
+  /** the response body the upstream has written so far, and whether it waits for the proxy to read */
+  const reply = { written: 0, blocked: false }
   const released = new Promise<void>((resolve) => {
     release = resolve
   })
@@ -84,6 +88,12 @@ function upstreamHandler(opts: { hold?: boolean; silent?: boolean; replyBytes?: 
       const s = record(true)
       seen.push(s)
       if (opts.silent) return
+      if (opts.stallReply) {
+        // headers and a first chunk, then silence
+        res.writeHead(200, { 'content-type': 'text/plain' })
+        res.write('first chunk')
+        return
+      }
       res.writeHead(200, { 'content-type': 'application/octet-stream', trailer: 'x-upstream-digest' })
       let left = opts.replyBytes ?? 0
       const chunk = Buffer.alloc(64 * 1024, 0x62)
@@ -91,8 +101,13 @@ function upstreamHandler(opts: { hold?: boolean; silent?: boolean; replyBytes?: 
         while (left > 0) {
           const n = Math.min(left, chunk.length)
           left -= n
+          reply.written += n
           if (!res.write(chunk.subarray(0, n))) {
-            res.once('drain', pump)
+            reply.blocked = true
+            res.once('drain', () => {
+              reply.blocked = false
+              pump()
+            })
             return
           }
         }
@@ -102,7 +117,7 @@ function upstreamHandler(opts: { hold?: boolean; silent?: boolean; replyBytes?: 
       pump()
     })
   }
-  return { handler, seen, aborted, release: () => release() }
+  return { handler, seen, aborted, reply, release: () => release() }
 }
 
 async function listenTcp(server: Server | ReturnType<typeof createH2cServer>): Promise<number> {
@@ -132,6 +147,8 @@ interface UploadOptions {
   /** stop writing after this many bytes and destroy the connection */
   abortAfter?: number
   method?: string
+  /** the response body is not read until this resolves */
+  readResponseAfter?: Promise<void>
 }
 
 /** A chunked upload through node:http's client, which can send request trailers. */
@@ -156,6 +173,10 @@ function upload(port: number, path: string, o: UploadOptions): Promise<Upload> &
     let sent = 0
     req.on('error', reject)
     req.on('response', (res) => {
+      if (o.readResponseAfter) {
+        res.pause()
+        void o.readResponseAfter.then(() => res.resume())
+      }
       const chunks: Buffer[] = []
       let replyBytes = 0
       res.on('data', (c: Buffer) => {
@@ -333,6 +354,37 @@ t.test(
   },
 )
 
+t.test(
+  'the response streams back with backpressure: a client that does not read holds the upstream',
+  async (t) => {
+    const up = upstreamHandler({ replyBytes: 64 * MB })
+    const server = createServer(up.handler)
+    t.teardown(() => server.close())
+    const { port } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`)
+    let read: () => void = () => {}
+    const reading = new Promise<void>((resolve) => {
+      read = resolve
+    })
+    const sending = upload(port, '/download', {
+      bytes: 1024,
+      trailers: { 'x-digest': 'd' },
+      readResponseAfter: reading,
+    })
+    await eventually(() => up.reply.blocked, { what: 'the upstream to be held back' })
+    t.ok(
+      await stillTrueFor(() => up.reply.blocked, 300),
+      'the upstream stays blocked while the client does not read',
+    )
+    t.ok(up.reply.written < 64 * MB, `blocked after ${up.reply.written} bytes: not buffered whole`)
+    read()
+    const res = await sending
+    t.equal(res.status, 200)
+    t.equal(res.replyBytes, 64 * MB, 'every byte arrived once the client read')
+    t.same(res.trailers, { 'x-upstream-digest': up.seen[0]!.sha256 })
+    t.same(up.seen[0]!.trailers, { 'x-digest': 'd' }, 'on the trailer path')
+  },
+)
+
 t.test('without a Trailer header the request stays on undici, which drops the trailers', async (t) => {
   const up = upstreamHandler()
   const server = createServer(up.handler)
@@ -448,6 +500,27 @@ t.test('upstream failures on this path: 504 on a silent upstream, 502 when unrea
     async () =>
       metricValue(await scrape(closed.admin), 'nhi_upstream_errors_total', { reason: 'connect' }) === 1,
     { what: 'the connect failure to be counted' },
+  )
+})
+
+t.test('an upstream that goes silent mid-response is cut after the body deadline', async (t) => {
+  const up = upstreamHandler({ stallReply: true })
+  const server = createServer(up.handler)
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  const { port, admin } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`, {
+    timeouts: { idle: '1s' },
+  })
+  await t.rejects(
+    upload(port, '/stall', { bytes: 1024, trailers: { 'x-digest': 'd' } }),
+    'the client sees the response cut, not a complete one',
+  )
+  t.same(up.seen[0]?.trailers, { 'x-digest': 'd' }, 'on the trailer path')
+  await eventually(
+    async () => metricValue(await scrape(admin), 'nhi_upstream_errors_total', { reason: 'timeout' }) === 1,
+    { what: 'the body timeout to be counted' },
   )
 })
 
