@@ -137,7 +137,10 @@ export class NodeHttpForwarder {
           agent: this.agent(target),
           ...(upstream?.socketPath
             ? { socketPath: upstream.socketPath }
-            : { host: upstream?.host ?? new URL(target.origin).hostname, port: upstream?.port }),
+            : {
+                host: upstream?.host ?? new URL(target.origin).hostname.replace(/^\[|\]$/g, ''),
+                port: upstream?.port,
+              }),
           ...(upstream?.tls ? { protocol: 'https:' } : {}),
         })
       } catch {
@@ -182,6 +185,8 @@ export class NodeHttpForwarder {
       // the request body, chunk by chunk: the client is paused while the upstream socket is full
       const onUpstreamDrain = () => req.resume()
       function onRequestData(chunk: Buffer) {
+        // after a failure the rest of the body is only read off the client connection
+        if (upReq.destroyed) return
         if (!upReq.write(chunk)) {
           req.pause()
           headersTimer?.refresh()
@@ -190,6 +195,7 @@ export class NodeHttpForwarder {
       }
       function onRequestEnd() {
         bodySent = true
+        if (upReq.destroyed) return
         // complete only now: Node fills req.rawTrailers when the chunked body has ended
         const trailers = upstreamTrailers(req.rawTrailers, req.headers)
         if (trailers.length > 0) upReq.addTrailers(trailers)
@@ -212,6 +218,7 @@ export class NodeHttpForwarder {
         const onBodyTimeout = () => fail('timeout')
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
         const onResponseDrain = () => {
+          if (settled) return
           bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
           upRes.resume()
         }
