@@ -53,6 +53,8 @@ function upstreamHandler(
   let release: () => void = () => {}
   /** the response body the upstream has written so far, and whether it waits for the proxy to read */
   const reply = { written: 0, blocked: false }
+  /** request body bytes read so far, over all requests */
+  const received = { bytes: 0 }
   const released = new Promise<void>((resolve) => {
     release = resolve
   })
@@ -75,6 +77,7 @@ function upstreamHandler(
     })
     req.on('data', (c: Buffer) => {
       bytes += c.length
+      received.bytes += c.length
       hash.update(c)
     })
     req.on('close', () => {
@@ -117,7 +120,7 @@ function upstreamHandler(
       pump()
     })
   }
-  return { handler, seen, aborted, reply, release: () => release() }
+  return { handler, seen, aborted, reply, received, release: () => release() }
 }
 
 async function listenTcp(server: Server | ReturnType<typeof createH2cServer>): Promise<number> {
@@ -146,6 +149,9 @@ interface UploadOptions {
   onStall?: (sent: number) => void
   /** stop writing after this many bytes and destroy the connection */
   abortAfter?: number
+  /** stop writing after this many bytes until `resumeWhen` resolves */
+  pauseAfter?: number
+  resumeWhen?: Promise<void>
   method?: string
   /** the response body is not read until this resolves */
   readResponseAfter?: Promise<void>
@@ -198,6 +204,12 @@ function upload(port: number, path: string, o: UploadOptions): Promise<Upload> &
     })
     const write = () => {
       while (sent < o.bytes) {
+        if (o.pauseAfter !== undefined && sent >= o.pauseAfter && o.resumeWhen) {
+          const resumeWhen = o.resumeWhen
+          o.resumeWhen = undefined
+          void resumeWhen.then(write)
+          return
+        }
         if (o.abortAfter !== undefined && sent >= o.abortAfter) {
           req.destroy()
           resolve({
@@ -502,6 +514,55 @@ t.test('upstream failures on this path: 504 on a silent upstream, 502 when unrea
     { what: 'the connect failure to be counted' },
   )
 })
+
+t.test(
+  'the headers deadline: an upstream that stops reading the body trips it, a pausing client does not',
+  async (t) => {
+    const held = upstreamHandler({ hold: true })
+    const heldServer = createServer(held.handler)
+    t.teardown(() => {
+      heldServer.closeAllConnections()
+      heldServer.close()
+    })
+    const stuck = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(heldServer)}`, {
+      timeouts: { upstream: '1s' },
+    })
+    const res = await upload(stuck.port, '/held', { bytes: 64 * MB, trailers: { 'x-digest': 'd' } })
+    t.equal(res.status, 504, 'an upstream that reads nothing for the deadline is a timeout')
+    t.equal(held.received.bytes, 0, 'the upstream read nothing')
+
+    const up = upstreamHandler()
+    const server = createServer(up.handler)
+    t.teardown(() => server.close())
+    const { port } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`, {
+      timeouts: { upstream: '1s' },
+    })
+    let resume: () => void = () => {}
+    const resumed = new Promise<void>((resolve) => {
+      resume = resolve
+    })
+    const sending = upload(port, '/paced', {
+      bytes: 2 * MB,
+      pauseAfter: MB,
+      resumeWhen: resumed,
+      trailers: { 'x-digest': 'paced' },
+    })
+    let answered = false
+    void sending.then(() => {
+      answered = true
+    })
+    await eventually(() => up.received.bytes >= MB, { what: 'the first half to reach the upstream' })
+    t.ok(
+      await stillTrueFor(() => !answered, 1_500),
+      'no 504 while the client itself pauses past the deadline',
+    )
+    resume()
+    const done = await sending
+    t.equal(done.status, 200)
+    t.equal(up.seen[0]?.sha256, done.sentSha256)
+    t.same(up.seen[0]?.trailers, { 'x-digest': 'paced' })
+  },
+)
 
 t.test('an upstream that goes silent mid-response is cut after the body deadline', async (t) => {
   const up = upstreamHandler({ stallReply: true })
