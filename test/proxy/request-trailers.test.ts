@@ -31,6 +31,9 @@ import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 
 const MB = 1024 * 1024
 
+// fifteen sidecar starts and some 200 MB through loopback: above the default file timeout on a loaded machine
+t.setTimeout(180_000)
+
 interface Seen {
   headers: IncomingHttpHeaders
   trailers: Record<string, string>
