@@ -31,7 +31,7 @@ import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 
 const MB = 1024 * 1024
 
-// fifteen sidecar starts and some 200 MB through loopback: above the default file timeout on a loaded machine
+// sixteen sidecar starts and some 200 MB through loopback: above the default file timeout on a loaded machine
 t.setTimeout(180_000)
 
 interface Seen {
@@ -468,6 +468,27 @@ t.test('https upstream with a CA bundle and a client certificate, trailers inclu
   const refused = await upload(untrusting.port, '/tls', { bytes: 1024, trailers: { 'x-digest': 'd' } })
   t.equal(refused.status, 502)
   t.match(refused.body, /bad_gateway/)
+})
+
+t.test('a reload to another upstream moves the trailer path with it', async (t) => {
+  const a = upstreamHandler()
+  const b = upstreamHandler()
+  const serverA = createServer(a.handler)
+  const serverB = createServer(b.handler)
+  t.teardown(() => {
+    serverA.close()
+    serverB.close()
+  })
+  const urlB = `http://127.0.0.1:${await listenTcp(serverB)}`
+  const { sidecar, port } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(serverA)}`)
+  t.equal((await upload(port, '/one', { bytes: 1024, trailers: { 'x-digest': 'a' } })).status, 200)
+  t.ok(await sidecar.reload({ service: 'uploads', upstream: urlB }), 'reloaded')
+  t.equal((await upload(port, '/two', { bytes: 1024, trailers: { 'x-digest': 'b' } })).status, 200)
+  t.same(
+    [a.seen.map((s) => s.trailers['x-digest']), b.seen.map((s) => s.trailers['x-digest'])],
+    [['a'], ['b']],
+    'each upstream got its own request, trailers included',
+  )
 })
 
 t.test('unix: socket upstream', async (t) => {
