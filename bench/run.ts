@@ -1,4 +1,4 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --workers]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}).
@@ -12,8 +12,9 @@ import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
 import { ensureWrk } from './lib/load.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
-import { buildDist } from './lib/nhi.ts'
+import { buildDist, freshDist } from './lib/nhi.ts'
 import { otlpCostMarkdown, runOtlpCost } from './lib/otlp-cost.ts'
+import { promCostMarkdown, runPromCost } from './lib/prom-cost.ts'
 import { markdown, targetLine, writeResults } from './lib/report.ts'
 import { runWorkersBench, workersMarkdown } from './lib/workers.ts'
 
@@ -73,6 +74,15 @@ const program = new Command()
     'h2c mode: nhi-proxy vs a bare node:http2 proxy vs nginx grpc_pass vs direct, unary gRPC calls',
   )
   .option(
+    '--prom',
+    'prom-client mode: per-request update and scrape cost of the nhi_* families, hand-rendered vs prom-client, 1,000 identities in-process (5 rounds unless given)',
+  )
+  .option(
+    '--prom-traffic <mix>',
+    "prom-client mode: bench (one route per identity, the bench's request) | routes (three routes, four method/status pairs)",
+    'bench',
+  )
+  .option(
     '--workers',
     'workers mode: nhi-proxy workers: 1 vs workers: 2 vs nginx with 1 and 2 workers, JWT load (2 rounds × 5 s unless given)',
   )
@@ -93,6 +103,8 @@ const o = program.opts<{
   flood?: boolean
   otlp?: boolean
   h2?: boolean
+  prom?: boolean
+  promTraffic: string
   workers?: boolean
   verifyWorkers?: number
 }>()
@@ -180,7 +192,7 @@ async function otlpMode(): Promise<void> {
 
 async function h2Mode(): Promise<void> {
   const quick = o.quick === true
-  const dist = !quick && buildDist()
+  const dist = quick ? freshDist() : buildDist()
   const { results: r, notes } = await runH2({
     durationS: quick ? Math.min(o.duration, 2) : o.duration,
     rounds: quick ? 1 : Math.round(o.rounds),
@@ -221,6 +233,27 @@ async function workersMode(): Promise<void> {
   }
 }
 
+async function promMode(): Promise<void> {
+  const quick = o.quick === true
+  const r = await runPromCost({
+    identities: 1000,
+    requests: quick ? 50_000 : 200_000,
+    rounds: program.getOptionValueSource('rounds') === 'cli' ? Math.round(o.rounds) : quick ? 3 : 5,
+    scrapes: quick ? 10 : 30,
+    // one of the four stages every request pays for beyond the engine: identify, decide, metrics, audit
+    share: 0.25,
+    traffic: o.promTraffic === 'routes' ? 'routes' : 'bench',
+    log,
+  })
+  const md = promCostMarkdown(r, targetLine)
+  process.stdout.write(md)
+  if (o.write) {
+    await writeFile(join(results, 'prom.md'), md)
+    await writeFile(join(results, 'prom.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'prom.md')}, prom.json`)
+  }
+}
+
 await (o.workers
   ? workersMode()
   : o.memory || o.memoryQuick
@@ -231,4 +264,6 @@ await (o.workers
         ? otlpMode()
         : o.h2
           ? h2Mode()
-          : throughputMode())
+          : o.prom
+            ? promMode()
+            : throughputMode())

@@ -1,7 +1,7 @@
 // Starts nhi-proxy the way an operator does — `nhi-proxy run -c FILE` in its own process — with a bench
 // config: a Kubernetes-profile JWT issuer (JWKS from a file), an optional mTLS listener and trusted XFCC peers.
 import { execFileSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync, statSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -94,6 +94,26 @@ export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { comman
   if (launch.lagFile) args.push('--import', LAG_PROBE)
   args.push(launch.dist ? DIST_MAIN : SRC_MAIN, 'run', '-c', configFile)
   return { command: process.execPath, args }
+}
+
+/**
+ * true when dist/nhi-proxy.mjs exists and is newer than everything under src/ and scripts/: quick runs then
+ * measure the bundle users run without rebuilding it (a rebuild under a running test suite would swap files
+ * other tests are starting)
+ */
+export function freshDist(): boolean {
+  if (!existsSync(DIST_MAIN)) return false
+  const built = statSync(DIST_MAIN).mtimeMs
+  return newestMtime(join(REPO_ROOT, 'src')) <= built && newestMtime(join(REPO_ROOT, 'scripts')) <= built
+}
+
+function newestMtime(dir: string): number {
+  let newest = 0
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(path) : statSync(path).mtimeMs)
+  }
+  return newest
 }
 
 /** `npm run build`; true when the bundle exists afterwards */

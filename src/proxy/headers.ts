@@ -1,6 +1,7 @@
 // Header rewriting for both directions of the hop (docs/reference.md "Headers", RFC 9110 §7.6.1).
 // Header-name sets are built once; a request costs one pass over its headers.
 import type { IncomingHttpHeaders } from 'node:http'
+import { FORWARDED_CERT_HEADERS } from '../identity/forwarded/headers.ts'
 import type { Identity } from '../types.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import type { TraceContext } from './ids.ts'
@@ -148,4 +149,76 @@ export function downstreamHeaders(raw: readonly Buffer[]): string[] {
     if (!listed.has(out[i]!.toLowerCase())) kept.push(out[i]!, out[i + 1]!)
   }
   return kept
+}
+
+/**
+ * Fields that never travel in a request trailer section: RFC 9110 §6.5.1 keeps framing, routing,
+ * authentication, request modifiers and content format out of trailers, and the credentials the proxy
+ * identifies callers by are read from the header section only. An upstream that merges trailers into headers
+ * must not see a second, unverified credential or identity there.
+ */
+const NOT_IN_TRAILERS = new Set([
+  'host',
+  'content-length',
+  'content-type',
+  'content-encoding',
+  'content-range',
+  'authorization',
+  'cookie',
+  'expect',
+  'max-forwards',
+  'range',
+  'cache-control',
+  'pragma',
+  'user-agent',
+  'x-api-key',
+  'signature',
+  'signature-input',
+  'signature-agent',
+  ...FORWARDED_CERT_HEADERS,
+])
+
+/**
+ * Whether a client's request trailer field may go on to the upstream: not dropped by the header rule
+ * (hop-by-hop, listed in Connection, set by the proxy, x-nhi-* in any spelling), not a field trailers may not
+ * carry, and not a field of the request's header section (its value is the one the proxy attributed).
+ * Names are compared the way an upstream framework would merge them ("_" ≡ "-", any case).
+ */
+function trailerAllowed(
+  name: string,
+  headers: IncomingHttpHeaders,
+  listed: Set<string> | undefined,
+): boolean {
+  const n = normalizeHeaderName(name)
+  if (n.length === 0 || n.charCodeAt(0) === 58) return false
+  if (HOP_BY_HOP.has(n) || SET_BY_PROXY.has(n) || NOT_IN_TRAILERS.has(n) || isIdentityHeaderName(n))
+    return false
+  if (listed?.has(n) || headers[n] !== undefined) return false
+  // the header section under another spelling (x_api_key sent as a header, x-api-key as a trailer)
+  for (const h in headers) if (h.indexOf('_') !== -1 && normalizeHeaderName(h) === n) return false
+  return true
+}
+
+/** The client's request trailers for the upstream, as [name, value] pairs from Node's rawTrailers. */
+export function upstreamTrailers(raw: readonly string[], headers: IncomingHttpHeaders): [string, string][] {
+  const listed = connectionListed(headers.connection)
+  const out: [string, string][] = []
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (trailerAllowed(raw[i]!, headers, listed)) out.push([raw[i]!, raw[i + 1]!])
+  }
+  return out
+}
+
+/** The `Trailer` header for the upstream: the fields the client announced that may be forwarded. */
+export function announcedTrailers(headers: IncomingHttpHeaders): string | undefined {
+  const value = headers.trailer
+  if (typeof value !== 'string') return undefined
+  const listed = connectionListed(headers.connection)
+  const kept: string[] = []
+  for (const token of value.split(',')) {
+    const name = token.trim().toLowerCase()
+    if (name && /^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(name) && trailerAllowed(name, headers, listed))
+      kept.push(name)
+  }
+  return kept.length > 0 ? kept.join(', ') : undefined
 }

@@ -16,7 +16,8 @@ import type { SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import { connectTimeoutMs, type Forwarder, type ForwardResult, type ForwardTarget } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
-import type { UpstreamHeaders } from './headers.ts'
+import { type UpstreamHeaders, upstreamTrailers } from './headers.ts'
+import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
 
 /** Response headers that are HTTP/1.1 connection-specific and must not be set on an HTTP/2 response (RFC 9113 §8.2.2). */
@@ -28,15 +29,13 @@ const CONNECTION_SPECIFIC = new Set([
   'upgrade',
 ])
 
-/** Not allowed in a trailer section (RFC 9110 §6.5.1) or meaningless on the next hop. */
-const NOT_TRAILERS = new Set([...CONNECTION_SPECIFIC, 'te', 'trailer', 'host', 'content-length'])
-
 /** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
-function sendRequestTrailers(stream: ClientHttp2Stream, trailers: NodeJS.Dict<string>): void {
+function sendRequestTrailers(stream: ClientHttp2Stream, req: IncomingMessage): void {
   const out: OutgoingHttpHeaders = {}
-  for (const name in trailers) {
-    if (name.startsWith(':') || NOT_TRAILERS.has(name)) continue
-    out[name] = trailers[name]
+  for (const [name, value] of upstreamTrailers(req.rawTrailers, req.headers)) {
+    const lower = name.toLowerCase()
+    const prev = out[lower]
+    out[lower] = prev === undefined ? value : [...(Array.isArray(prev) ? prev : [String(prev)]), value]
   }
   try {
     stream.sendTrailers(out)
@@ -249,7 +248,7 @@ export class Http2Forwarder {
       })
       if (withBody) {
         // the body has ended when this fires, so req.trailers is complete (HTTP/1.1 chunked or h2 trailers)
-        stream.once('wantTrailers', () => sendRequestTrailers(stream, req.trailers))
+        stream.once('wantTrailers', () => sendRequestTrailers(stream, req))
         req.pipe(stream)
         // a reset client stream is a cancellation, not the end of the request body
         const cancel = () => onClientClose()
@@ -276,19 +275,21 @@ export class Http2Forwarder {
 }
 
 /**
- * The proxy's forwarder: HTTP/2 upstreams (h2c:, h2:) through node:http2 sessions, everything else (and every
- * websocket upgrade, an HTTP/1.1 mechanism) through the undici pools.
+ * The proxy's forwarder: HTTP/2 upstreams (h2c:, h2:) through node:http2 sessions, HTTP/1.1 requests that
+ * announce request trailers through node:http (undici cannot send them), everything else (and every websocket
+ * upgrade, an HTTP/1.1 mechanism) through the undici pools.
  */
 export class ProtocolForwarder implements Forwarder {
   constructor(
     private readonly http1: Forwarder,
     private readonly h2: Http2Forwarder,
+    private readonly trailers?: NodeHttpForwarder,
   ) {}
 
   forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, headers: UpstreamHeaders) {
-    return target.upstream?.protocol === 'h2'
-      ? this.h2.forward(req, res, target, headers)
-      : this.http1.forward(req, res, target, headers)
+    if (target.upstream?.protocol === 'h2') return this.h2.forward(req, res, target, headers)
+    if (this.trailers && announcesTrailers(req)) return this.trailers.forward(req, res, target, headers)
+    return this.http1.forward(req, res, target, headers)
   }
 
   upgrade(...args: Parameters<Forwarder['upgrade']>) {
@@ -298,9 +299,10 @@ export class ProtocolForwarder implements Forwarder {
   prune(keep: string): void {
     this.http1.prune(keep)
     this.h2.prune(keep)
+    this.trailers?.prune(keep)
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.http1.close(), this.h2.close()])
+    await Promise.all([this.http1.close(), this.h2.close(), this.trailers?.close()])
   }
 }

@@ -10,6 +10,7 @@ import type { CertEvidence, Failure } from '../types.ts'
 import { type Forwarder, UndiciForwarder } from './forwarder.ts'
 import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
 import { type HttpsListenOptions, Listeners } from './listeners.ts'
+import { NodeHttpForwarder } from './node-http-forwarder.ts'
 import { UpstreamProbe } from './readiness.ts'
 import { RequestLifecycle } from './request-lifecycle.ts'
 import { UpgradeHandler } from './upgrade.ts'
@@ -30,7 +31,10 @@ export interface ProxyOptions {
   limits: Config['limits']
   /** TLS options for https:/h2: upstreams: CA bundle, client certificate and key (PEM), server name */
   upstreamTls?: ConnectionOptions
-  /** default: undici pools for HTTP/1.1 upstreams, node:http2 sessions for h2c:/h2: upstreams */
+  /**
+   * default: undici pools for HTTP/1.1 upstreams (node:http for requests that announce trailers), node:http2
+   * sessions for h2c:/h2: upstreams
+   */
   forwarder?: Forwarder
   /** an HTTP/2 connection was closed for abuse (rapid reset, PING/SETTINGS flood); for counting */
   onHttp2Abuse?: (reason: Http2AbuseReason) => void
@@ -66,6 +70,11 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
       }),
       new Http2Forwarder({
         headersTimeout: timeouts.upstream,
+        ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
+      }),
+      new NodeHttpForwarder({
+        headersTimeout: timeouts.upstream,
+        bodyTimeout: timeouts.idle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
       }),
     )

@@ -7,6 +7,8 @@ import { runBench } from '../../bench/lib/harness.ts'
 import { hasCommand } from '../../bench/lib/load.ts'
 import { runMemory } from '../../bench/lib/memory.ts'
 import { childPids } from '../../bench/lib/procs.ts'
+import { promCostMarkdown, runPromCost } from '../../bench/lib/prom-cost.ts'
+import { targetLine } from '../../bench/lib/report.ts'
 import { runWorkersBench } from '../../bench/lib/workers.ts'
 import { skipWithoutNginx } from '../helpers/nginx.ts'
 import { skipWithout, systemTool } from '../helpers/tools.ts'
@@ -125,6 +127,50 @@ t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped',
     `identity series capped at maxIdentities + overflow (${last.series})`,
   )
   t.ok(last.rssMB > 0, 'RSS sampled')
+})
+
+t.test('prom-client mode, tiny: both ways measured on the same series, budgets judged', async (t) => {
+  const r = await runPromCost({
+    identities: 40,
+    requests: 2_000,
+    rounds: 2,
+    scrapes: 3,
+    share: 0.25,
+    traffic: 'routes',
+    log: () => {},
+  })
+  t.same(
+    r.update.map((u) => u.id),
+    ['hand', 'prom-om', 'prom-text'],
+    'update cost measured for hand-rendered and prom-client with and without exemplars',
+  )
+  for (const u of r.update) {
+    t.equal(u.rounds.length, 2, `${u.id}: one value per round`)
+    t.ok(u.nsPerRequest > 0, `${u.id}: ${u.nsPerRequest.toFixed(0)} ns per request`)
+  }
+  t.equal(r.scrape.length, 8, 'two formats × two ways × changed and idle')
+  for (const s of r.scrape) {
+    t.ok(s.bytes > 0 && s.cpuP99Ms >= s.cpuP50Ms && s.wallP99Ms >= s.wallP50Ms, `${s.label}, ${s.scenario}`)
+  }
+  for (const p of r.parity) {
+    t.ok(p.hand > 0, `${p.family}: rendered (${p.hand} samples)`)
+    t.equal(p.prom, p.hand, `${p.family}: prom-client renders the same series`)
+  }
+  t.ok(r.budget.attributionUs > 0 && r.budget.metricsUs > 0, 'per-request budget derived from b')
+  t.same(
+    r.targets.map((x) => x.name.split(' ')[0]),
+    ['prom-client', 'prom-client', 'hand-rendered', 'hand-rendered'],
+    'update and scrape budgets judged both ways',
+  )
+  t.equal(
+    r.promClientMeetsBudgets,
+    r.targets[0]!.pass && r.targets[1]!.pass,
+    'the decision follows the prom-client targets',
+  )
+  const md = promCostMarkdown(r, targetLine)
+  t.match(md, /^(PASS|MISS) {2}prom-client update ≤ /m, 'PASS/MISS line for the per-request budget')
+  t.match(md, /^(PASS|MISS) {2}prom-client scrape p99 ≤ 50 ms/m, 'PASS/MISS line for the scrape budget')
+  t.match(md, /Decision rule "hand-rendered stays only if prom-client misses a budget"/)
 })
 
 t.test('workers mode, tiny: workers: 1 and workers: 2 (and nginx 1 and 2) serve the JWT load', async (t) => {

@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process'
 import { createSocket, type Socket } from 'node:dgram'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
+import { rm } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -365,6 +366,7 @@ t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published fi
   t.teardown(() => server.close())
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   const out = join(tmpdir(), `bot-ranges-${process.pid}.json`)
+  t.teardown(() => rm(out, { force: true }))
   await promisify(execFile)(process.execPath, [
     'scripts/refresh-bot-ranges.mjs',
     '--out',

@@ -1,0 +1,274 @@
+// HTTP/1.1 forwarding for the one kind of request undici cannot carry: a chunked request body with a trailer
+// section. undici's request writer ends a chunked body with a bare `0\r\n\r\n`, node:http's ClientRequest can
+// add trailers. Only requests that announce trailers come here (`announcesTrailers`); every other request keeps
+// the undici engine. Observable behaviour follows UndiciForwarder: the same headers upstream, streaming with
+// backpressure both ways, the same deadlines and error reasons, response trailers, client aborts.
+import {
+  type ClientRequest,
+  Agent as HttpAgent,
+  type IncomingMessage,
+  request,
+  type ServerResponse,
+} from 'node:http'
+import { Agent as HttpsAgent } from 'node:https'
+import type { Socket } from 'node:net'
+import type { ConnectionOptions } from 'node:tls'
+import type { UpstreamErrorReason } from '../types.ts'
+import { connectTimeoutMs, type ForwardResult, type ForwardTarget } from './forwarder.ts'
+import { announcedTrailers, downstreamHeaders, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
+
+/**
+ * Whether a request goes through this forwarder: an HTTP/1.x request with a chunked body that announces a
+ * trailer section in a `Trailer` header. Other bodies cannot carry trailers (content-length framing), and
+ * unannounced trailers stay on the undici path, which drops them.
+ */
+export function announcesTrailers(req: IncomingMessage): boolean {
+  if (req.headers.trailer === undefined || req.httpVersionMajor !== 1) return false
+  const te = req.headers['transfer-encoding']
+  return typeof te === 'string' && /(?:^|,)\s*chunked\s*$/i.test(te)
+}
+
+export interface NodeHttpForwarderOptions {
+  /** response headers deadline, ms (→ 504) */
+  headersTimeout: number
+  /** longest pause between response body chunks while the client is reading, ms */
+  bodyTimeout: number
+  /** TCP/TLS connect deadline, ms (→ 502) */
+  connectTimeout?: number
+  /** idle keep-alive of upstream connections, ms */
+  keepAliveTimeout?: number
+  /** TLS to https: upstreams: CA bundle, client certificate (mTLS origination), server name */
+  tls?: ConnectionOptions
+}
+
+/** Connections per origin on this path; requests beyond it wait in the agent's queue (within the headers deadline). */
+const MAX_SOCKETS = 64
+const MAX_FREE_SOCKETS = 8
+
+class ConnectTimeoutError extends Error {
+  override readonly name = 'ConnectTimeoutError'
+}
+
+export class NodeHttpForwarder {
+  private readonly agents = new Map<string, HttpAgent>()
+
+  constructor(private readonly options: NodeHttpForwarderOptions) {}
+
+  private agent(target: ForwardTarget): HttpAgent {
+    let agent = this.agents.get(target.origin)
+    if (agent === undefined) {
+      const common = {
+        keepAlive: true,
+        maxSockets: MAX_SOCKETS,
+        maxFreeSockets: MAX_FREE_SOCKETS,
+        // an idle kept-alive socket is closed after this (the agent only times out free sockets)
+        timeout: this.options.keepAliveTimeout ?? 4_000,
+      }
+      agent =
+        target.upstream?.tls === true
+          ? new HttpsAgent({ ...common, ...this.options.tls })
+          : new HttpAgent(common)
+      this.agents.set(target.origin, agent)
+    }
+    return agent
+  }
+
+  forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: ForwardTarget,
+    headers: UpstreamHeaders,
+  ): Promise<ForwardResult> {
+    return new Promise((resolve) => {
+      const o = this.options
+      const started = performance.now()
+      const upstream = target.upstream
+      let status = 0
+      let bytesOut = 0
+      let connected = false
+      let settled = false
+      let bodySent = false
+      let clientGone = false
+      let headersTimer: NodeJS.Timeout | undefined
+      let bodyTimer: NodeJS.Timeout | undefined
+      let connectTimer: NodeJS.Timeout | undefined
+
+      // explicit: node:http frames a GET or DELETE body by connection close unless told to chunk it
+      const out: UpstreamHeaders = { ...headers, 'transfer-encoding': 'chunked' }
+      const announced = announcedTrailers(req.headers)
+      if (announced !== undefined) out.trailer = announced
+
+      const settle = (upstreamError?: UpstreamErrorReason, clientAborted = false) => {
+        if (settled) return
+        settled = true
+        clearTimeout(headersTimer)
+        clearTimeout(bodyTimer)
+        clearTimeout(connectTimer)
+        res.off('close', onClientClose)
+        // a body the upstream no longer takes is read and discarded, so the client connection is not left stalled
+        if (up?.destroyed && !bodySent) req.resume()
+        const result: ForwardResult = { status, upstreamMs: performance.now() - started, bytesOut }
+        if (upstreamError) result.upstreamError = upstreamError
+        if (clientAborted) result.clientAborted = true
+        resolve(result)
+      }
+
+      /** before response headers nothing was written and the caller answers 502/504; after, the response is cut */
+      const fail = (reason: UpstreamErrorReason) => {
+        if (settled) return
+        if (up && !up.destroyed) up.destroy()
+        if (status !== 0 && !res.writableFinished) res.destroy()
+        settle(reason)
+      }
+
+      const onClientClose = () => {
+        if (settled || res.writableFinished) return
+        clientGone = true
+        if (up && !up.destroyed) up.destroy()
+        settle(undefined, true)
+      }
+
+      let up: ClientRequest | undefined
+      try {
+        up = request({
+          method: req.method ?? 'GET',
+          path: target.path,
+          headers: out,
+          agent: this.agent(target),
+          ...(upstream?.socketPath
+            ? { socketPath: upstream.socketPath }
+            : {
+                host: upstream?.host ?? new URL(target.origin).hostname.replace(/^\[|\]$/g, ''),
+                port: upstream?.port,
+              }),
+          ...(upstream?.tls ? { protocol: 'https:' } : {}),
+        })
+      } catch {
+        // a header node:http refuses: undici refuses it too, before connecting
+        settle('connect')
+        return
+      }
+      const upReq = up
+      res.on('close', onClientClose)
+
+      // undici's headers deadline: counted from dispatch, restarted when the upstream stops reading the
+      // body and when the body is complete; a client still uploading at its own pace does not trip it
+      const onHeadersTimeout = () => {
+        if (settled || status !== 0) return
+        if (!bodySent && !upReq.writableNeedDrain) {
+          headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
+          return
+        }
+        fail('timeout')
+      }
+      headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
+
+      upReq.on('socket', (socket: Socket) => {
+        if (!socket.connecting) {
+          connected = true
+          return
+        }
+        connectTimer = setTimeout(() => {
+          if (!connected) upReq.destroy(new ConnectTimeoutError('connect timeout'))
+        }, connectTimeoutMs(o))
+        socket.once(upstream?.tls ? 'secureConnect' : 'connect', () => {
+          connected = true
+          clearTimeout(connectTimer)
+        })
+      })
+      upReq.on('error', (err) => {
+        if (settled) return
+        if (clientGone) settle(undefined, true)
+        else fail(err instanceof ConnectTimeoutError || !connected ? 'connect' : 'reset')
+      })
+
+      // the request body, chunk by chunk: the client is paused while the upstream socket is full
+      const onUpstreamDrain = () => req.resume()
+      function onRequestData(chunk: Buffer) {
+        // after a failure the rest of the body is only read off the client connection
+        if (upReq.destroyed) return
+        if (!upReq.write(chunk)) {
+          req.pause()
+          headersTimer?.refresh()
+          upReq.once('drain', onUpstreamDrain)
+        }
+      }
+      function onRequestEnd() {
+        bodySent = true
+        if (upReq.destroyed) return
+        // complete only now: Node fills req.rawTrailers when the chunked body has ended
+        const trailers = upstreamTrailers(req.rawTrailers, req.headers)
+        if (trailers.length > 0) upReq.addTrailers(trailers)
+        upReq.end()
+        headersTimer?.refresh()
+      }
+      req.on('data', onRequestData)
+      req.on('end', onRequestEnd)
+      req.resume()
+
+      upReq.on('response', (upRes: IncomingMessage) => {
+        if (settled) {
+          upRes.destroy()
+          return
+        }
+        status = upRes.statusCode ?? 0
+        clearTimeout(headersTimer)
+        res.writeHead(status, downstreamHeaders(upRes.rawHeaders.map((x) => Buffer.from(x, 'latin1'))))
+        // undici's body deadline: the longest silence of the upstream while the client is reading
+        const onBodyTimeout = () => fail('timeout')
+        bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
+        const onResponseDrain = () => {
+          if (settled) return
+          bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
+          upRes.resume()
+        }
+        upRes.on('data', (chunk: Buffer) => {
+          if (settled) return
+          bytesOut += chunk.length
+          clearTimeout(bodyTimer)
+          if (res.write(chunk)) bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
+          else {
+            upRes.pause()
+            res.once('drain', onResponseDrain)
+          }
+        })
+        upRes.on('end', () => {
+          if (settled) return
+          const trailers = downstreamHeaders(upRes.rawTrailers.map((x) => Buffer.from(x, 'latin1')))
+          if (trailers.length > 0) {
+            const pairs: [string, string][] = []
+            for (let i = 0; i + 1 < trailers.length; i += 2) pairs.push([trailers[i]!, trailers[i + 1]!])
+            try {
+              res.addTrailers(pairs)
+            } catch {
+              // an invalid trailer is dropped, the response still ends
+            }
+          }
+          res.end()
+          settle()
+        })
+        upRes.on('error', () => fail('reset'))
+        upRes.on('close', () => {
+          // closed before its end: the upstream cut the response
+          if (!upRes.complete) fail('reset')
+        })
+      })
+    })
+  }
+
+  prune(keep: string): void {
+    for (const [origin, agent] of this.agents) {
+      if (origin === keep) continue
+      this.agents.delete(origin)
+      // in-flight requests finish; their sockets are closed instead of kept, idle ones now
+      agent.maxFreeSockets = 0
+      for (const sockets of Object.values(agent.freeSockets)) for (const s of sockets ?? []) s.destroy()
+    }
+  }
+
+  async close(): Promise<void> {
+    const agents = [...this.agents.values()]
+    this.agents.clear()
+    for (const agent of agents) agent.destroy()
+  }
+}
