@@ -1,4 +1,4 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}).
@@ -10,11 +10,13 @@ import { parseDuration } from '../src/util/duration.ts'
 import { floodMarkdown, runFlood } from './lib/flood.ts'
 import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
+import { ensureWrk } from './lib/load.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
 import { buildDist, freshDist } from './lib/nhi.ts'
 import { otlpCostMarkdown, runOtlpCost } from './lib/otlp-cost.ts'
 import { promCostMarkdown, runPromCost } from './lib/prom-cost.ts'
 import { markdown, targetLine, writeResults } from './lib/report.ts'
+import { runWorkersBench, workersMarkdown } from './lib/workers.ts'
 
 const positive = (v: string) => {
   const n = Number(v)
@@ -80,6 +82,10 @@ const program = new Command()
     "prom-client mode: bench (one route per identity, the bench's request) | routes (three routes, four method/status pairs)",
     'bench',
   )
+  .option(
+    '--workers',
+    'workers mode: nhi-proxy workers: 1 vs workers: 2 vs nginx with 1 and 2 workers, JWT load (2 rounds × 5 s unless given)',
+  )
   .parse()
 
 const o = program.opts<{
@@ -99,6 +105,7 @@ const o = program.opts<{
   h2?: boolean
   prom?: boolean
   promTraffic: string
+  workers?: boolean
   verifyWorkers?: number
 }>()
 const results = fileURLToPath(new URL('./results/', import.meta.url))
@@ -203,6 +210,29 @@ async function h2Mode(): Promise<void> {
   }
 }
 
+async function workersMode(): Promise<void> {
+  log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
+  const dist = buildDist()
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  const given = (name: string) => program.getOptionValueSource(name) === 'cli'
+  const r = await runWorkersBench({
+    rounds: given('rounds') ? Math.round(o.rounds) : 2,
+    durationS: given('duration') ? o.duration : 5,
+    connections: Math.round(o.connections),
+    dist,
+    useWrk: ensureWrk(log),
+    log,
+  })
+  const md = workersMarkdown(r)
+  process.stdout.write(md)
+  for (const t of r.targets) log(targetLine(t))
+  if (o.write) {
+    await writeFile(join(results, 'workers.md'), md)
+    await writeFile(join(results, 'workers.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'workers.md')}, workers.json`)
+  }
+}
+
 async function promMode(): Promise<void> {
   const quick = o.quick === true
   const r = await runPromCost({
@@ -224,14 +254,16 @@ async function promMode(): Promise<void> {
   }
 }
 
-await (o.memory || o.memoryQuick
-  ? memoryMode()
-  : o.flood
-    ? floodMode()
-    : o.otlp
-      ? otlpMode()
-      : o.h2
-        ? h2Mode()
-        : o.prom
-          ? promMode()
-          : throughputMode())
+await (o.workers
+  ? workersMode()
+  : o.memory || o.memoryQuick
+    ? memoryMode()
+    : o.flood
+      ? floodMode()
+      : o.otlp
+        ? otlpMode()
+        : o.h2
+          ? h2Mode()
+          : o.prom
+            ? promMode()
+            : throughputMode())

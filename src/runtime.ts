@@ -6,7 +6,8 @@ import type { AddressInfo } from 'node:net'
 import { resolve } from 'node:path'
 import type { ConnectionOptions } from 'node:tls'
 import type { Logger } from 'pino'
-import { createAdminServer } from './admin/server.ts'
+import { type AdminServer, createAdminServer, type ReadyState } from './admin/server.ts'
+import type { Diagnostic } from './config/diagnostics.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
@@ -47,6 +48,11 @@ export interface StartOptions {
   jwksStartTimeoutMs?: number
   /** outputs of an embedding program, recorded and reconfigured like the built-in ones */
   recorders?: Recorder[]
+  /**
+   * A proxy worker of `workers: N` (src/workers.ts): no admin listener and no config watch (the primary
+   * serves the one admin port and tells every worker when to reload); audit lines go to `auditSink`.
+   */
+  worker?: { auditSink: (lines: string) => boolean }
 }
 
 export interface Sidecar {
@@ -57,8 +63,12 @@ export interface Sidecar {
   /** the pipeline serving requests now (a reload swaps it) */
   pipeline(): AttributionPipeline
   config(): Config
+  /** what /readyz answers */
+  ready(): Promise<ReadyState>
   /** re-read the config file; false (and the old config keeps serving) when it is invalid */
   reload(): Promise<boolean>
+  /** serve a config validated elsewhere (a worker gets its config from the primary) */
+  applyConfig(config: Config): Promise<boolean>
   /**
    * SIGTERM: /readyz turns 503 at once, the listeners keep accepting for timeouts.drainDelay (answering with
    * Connection: close), then close() drains in-flight requests. A close() during the delay cuts it short.
@@ -76,7 +86,7 @@ export function splitAddress(addr: string): { host: string; port: number } {
 }
 
 /** CLI flags win over the file; they are validated by the same schema as the file. */
-function applyOverrides(config: Config, o: ListenOverrides | undefined): Config {
+export function applyOverrides(config: Config, o: ListenOverrides | undefined): Config {
   if (!o || (!o.listen && !o.upstream && !o.admin)) return config
   const shape = configSchema.shape
   const check = <T>(
@@ -98,7 +108,7 @@ function applyOverrides(config: Config, o: ListenOverrides | undefined): Config 
   }
 }
 
-async function loadOrFail(path: string): Promise<Config> {
+export async function loadOrFail(path: string): Promise<Config> {
   const result = await loadConfigFile(path)
   if (!result.ok) throw new StartupError(result.errors.map(formatDiagnostic).join('\n'), 1)
   return result.config
@@ -205,7 +215,22 @@ export class TokenFile {
 
 const TOKEN_MAX_AGE_MS = 30_000
 
-export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
+/** A proxy worker of `workers: N`: a sidecar without the admin listener (StartOptions.worker). */
+export type WorkerSidecar = Omit<Sidecar, 'adminAddress'>
+
+export async function startSidecar(opts: StartOptions & { worker?: undefined }): Promise<Sidecar> {
+  const { adminAddress, ...sidecar } = await start(opts)
+  if (!adminAddress) throw new StartupError('admin listener did not start', 2)
+  return { ...sidecar, adminAddress }
+}
+
+export function startWorkerSidecar(
+  opts: StartOptions & { worker: NonNullable<StartOptions['worker']> },
+): Promise<WorkerSidecar> {
+  return start(opts)
+}
+
+async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress?: AddressInfo }> {
   const log = opts.log
   const configPath = opts.configPath ? resolve(opts.configPath) : undefined
   const initial = applyOverrides(
@@ -215,6 +240,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   const telemetry = new Telemetry(initial, {
     version: VERSION,
     ...(opts.recorders ? { recorders: opts.recorders } : {}),
+    ...(opts.worker ? { audit: { sink: opts.worker.auditSink } } : {}),
   })
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
@@ -247,44 +273,50 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   let listening = false
   const adminToken = new TokenFile(log)
   await adminToken.load(initial.adminAccess.tokenFile)
-  const admin = createAdminServer({
-    ...splitAddress(initial.admin),
-    telemetry,
-    access: () => ({ token: () => adminToken.get(), allowedHosts: pipeline.config.adminAccess.allowedHosts }),
-    ready: async () => {
-      const { readiness } = pipeline.config
-      const checks = {
-        config: true,
-        listeners: listening,
-        draining,
-        upstream: await proxy.upstreamReachable(),
-        jwks: pipeline.ready(),
-      }
-      // By default readiness means "this proxy can serve": an IdP or upstream outage is reported, not gated
-      // on, so a sidecar never takes its app's pod out of rotation for something the app may not need.
-      const gates = ['config', 'listeners', 'draining']
-      if (readiness.requireUpstream) gates.push('upstream')
-      if (readiness.requireJwks) gates.push('jwks')
-      const ok =
-        checks.config &&
-        checks.listeners &&
-        !checks.draining &&
-        (!readiness.requireUpstream || checks.upstream) &&
-        (!readiness.requireJwks || checks.jwks)
-      return { ok, checks, detail: { gates, ...pipeline.readinessDetail() } }
-    },
-    effectiveConfig: () => redactConfig(pipeline.config),
-  })
+  const ready = async (): Promise<ReadyState> => {
+    const { readiness } = pipeline.config
+    const checks = {
+      config: true,
+      listeners: listening,
+      draining,
+      upstream: await proxy.upstreamReachable(),
+      jwks: pipeline.ready(),
+    }
+    // By default readiness means "this proxy can serve": an IdP or upstream outage is reported, not gated
+    // on, so a sidecar never takes its app's pod out of rotation for something the app may not need.
+    const gates = ['config', 'listeners', 'draining']
+    if (readiness.requireUpstream) gates.push('upstream')
+    if (readiness.requireJwks) gates.push('jwks')
+    const ok =
+      checks.config &&
+      checks.listeners &&
+      !checks.draining &&
+      (!readiness.requireUpstream || checks.upstream) &&
+      (!readiness.requireJwks || checks.jwks)
+    return { ok, checks, detail: { gates, ...pipeline.readinessDetail() } }
+  }
+  const admin: AdminServer | undefined = opts.worker
+    ? undefined
+    : createAdminServer({
+        ...splitAddress(initial.admin),
+        telemetry,
+        access: () => ({
+          token: () => adminToken.get(),
+          allowedHosts: pipeline.config.adminAccess.allowedHosts,
+        }),
+        ready,
+        effectiveConfig: () => redactConfig(pipeline.config),
+      })
 
   let proxyAddrs: Awaited<ReturnType<ProxyServer['listen']>>
-  let adminAddress: AddressInfo
+  let adminAddress: AddressInfo | undefined
   try {
     proxyAddrs = await proxy.listen()
-    adminAddress = await admin.listen()
+    adminAddress = await admin?.listen()
   } catch (err) {
     pipeline.close()
     await proxy.close(0).catch(() => {})
-    await admin.close().catch(() => {})
+    await admin?.close().catch(() => {})
     await telemetry.close()
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
     const where =
@@ -298,15 +330,8 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   void telemetry.startProcessMetrics()
 
   // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
-  const reload = async (): Promise<boolean> => {
-    if (!configPath) return false
-    const result = await loadConfigFile(configPath)
-    if (!result.ok) {
-      for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
-      telemetry.configReloaded('failure')
-      return false
-    }
-    const next = applyOverrides(result.config, opts.overrides)
+  const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
+    const next = applyOverrides(loaded, opts.overrides)
     await adminToken.load(next.adminAccess.tokenFile)
     const nextPipeline = new AttributionPipeline(next, {
       jwksObserver,
@@ -327,16 +352,34 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
     telemetry.configReloaded('success')
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
-    for (const d of result.warnings) log.warn(formatDiagnostic(d))
+    for (const d of warnings) log.warn(formatDiagnostic(d))
     log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
     return true
   }
+  const reload = async (): Promise<boolean> => {
+    if (!configPath) return false
+    const result = await loadConfigFile(configPath)
+    if (!result.ok) {
+      for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
+      telemetry.configReloaded('failure')
+      return false
+    }
+    return apply(result.config, result.warnings)
+  }
   const serialReload = serializeReloads(reload)
-  const watcher: ConfigWatcher | undefined = configPath
-    ? watchConfig(configPath, () => void serialReload(), {
-        onError: (message, err) => log.warn({ err }, message),
-      })
-    : undefined
+  // configs handed over are applied one at a time, in the order they came
+  let applying: Promise<unknown> = Promise.resolve()
+  const applyConfig = (config: Config): Promise<boolean> => {
+    const run = applying.then(() => apply(config))
+    applying = run.catch(() => {})
+    return run
+  }
+  const watcher: ConfigWatcher | undefined =
+    configPath && !opts.worker
+      ? watchConfig(configPath, () => void serialReload(), {
+          onError: (message, err) => log.warn({ err }, message),
+        })
+      : undefined
 
   let closing: Promise<void> | undefined
   let shuttingDown: Promise<void> | undefined
@@ -347,7 +390,7 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
       draining = true
       watcher?.close()
       await proxy.close(pipeline.config.timeouts.drain)
-      await admin.close()
+      await admin?.close()
       pipeline.close()
       logRecorderFailures(log, await telemetry.close())
     })()
@@ -356,11 +399,13 @@ export async function startSidecar(opts: StartOptions): Promise<Sidecar> {
   return {
     proxyAddress: proxyAddrs.http,
     httpsAddress: proxyAddrs.https,
-    adminAddress,
+    ...(adminAddress ? { adminAddress } : {}),
     telemetry,
     pipeline: () => pipeline,
     config: () => pipeline.config,
+    ready,
     reload: serialReload,
+    applyConfig,
     shutdown() {
       shuttingDown ??= (async () => {
         draining = true

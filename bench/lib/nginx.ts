@@ -12,8 +12,14 @@ export function nginxBinary(): string | undefined {
   return existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : undefined
 }
 
-/** Runs nginx (one worker, no access log) with `http` as the body of its http block; resolves once `port` listens. */
-async function runNginx(name: string, dir: string, port: number, http: string): Promise<ServerProcess> {
+/** Runs nginx (`workers` worker processes, no access log) with `http` as the body of its http block; resolves once `port` listens. */
+async function runNginx(
+  name: string,
+  dir: string,
+  port: number,
+  http: string,
+  workers = 1,
+): Promise<ServerProcess> {
   const bin = nginxBinary()
   if (!bin) throw new Error('nginx is not installed')
   const prefix = join(dir, name)
@@ -24,7 +30,7 @@ async function runNginx(name: string, dir: string, port: number, http: string): 
     conf,
     `daemon off;
 master_process on;
-worker_processes 1;
+worker_processes ${workers};
 ${process.getuid?.() === 0 ? 'user root;' : ''}
 pid ${tmp('nginx.pid')};
 error_log ${tmp('logs/error.log')} warn;
@@ -49,9 +55,14 @@ ${http}}
   return proc
 }
 
-export function startNginx(dir: string, port: number, upstreamPort: number): Promise<ServerProcess> {
+export function startNginx(
+  dir: string,
+  port: number,
+  upstreamPort: number,
+  workers = 1,
+): Promise<ServerProcess> {
   return runNginx(
-    'nginx',
+    workers === 1 ? 'nginx' : `nginx-${workers}w`,
     dir,
     port,
     `  keepalive_requests 1000000;
@@ -69,6 +80,7 @@ export function startNginx(dir: string, port: number, upstreamPort: number): Pro
     }
   }
 `,
+    workers,
   )
 }
 

@@ -29,6 +29,8 @@ export interface NhiConfigOptions {
   verifyWorkers?: number
   /** OTLP/HTTP collector base URL: export on, traces and audit log records (unset: export off) */
   otlpEndpoint?: string
+  /** `workers` (unset: the default, one process) */
+  workers?: number
 }
 
 export function nhiConfigYaml(o: NhiConfigOptions): string {
@@ -72,7 +74,7 @@ policy:
   rules:
     - route: /admin/**
       allow: [{ kind: human }]
-${o.otlpEndpoint === undefined ? '' : `otlp:\n  endpoint: ${o.otlpEndpoint}\n  logs: true\n`}`
+${o.otlpEndpoint === undefined ? '' : `otlp:\n  endpoint: ${o.otlpEndpoint}\n  logs: true\n`}${o.workers === undefined ? '' : `workers: ${o.workers}\n`}`
 }
 
 export interface NhiLaunch {

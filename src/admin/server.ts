@@ -4,7 +4,15 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { type AddressInfo, isIP } from 'node:net'
 import { redactConfig } from '../config/redact.ts'
-import { IDENTITY_SORTS, type IdentitySort, type Telemetry } from '../telemetry/index.ts'
+import {
+  type AuditQuery,
+  type AuditRecord,
+  IDENTITY_SORTS,
+  type IdentitiesView,
+  type IdentitySort,
+  type Scrape,
+  type Telemetry,
+} from '../telemetry/index.ts'
 import { UI_PAGE } from './ui/page.ts'
 
 export interface ReadyState {
@@ -25,6 +33,11 @@ export interface AdminServerOptions {
   access?: () => AdminAccess
   /** test seam: is this peer address on this host? (default: loopback addresses) */
   isLocalPeer?: (address: string) => boolean
+  /** /metrics when it is not this process's telemetry alone (workers: N aggregates every worker's) */
+  scrape?: (openMetrics: boolean) => Promise<Scrape>
+  /** /identities and /audit likewise */
+  identities?: (sort: IdentitySort | undefined) => Promise<IdentitiesView>
+  auditQuery?: (q: AuditQuery) => Promise<AuditRecord[]>
 }
 
 export interface AdminAccess {
@@ -156,7 +169,8 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     if (!PUBLIC_PATHS.has(url.pathname) && !(await admitted(req, res))) return
     switch (url.pathname) {
       case '/metrics': {
-        const scrape = await telemetry.scrape(wantsOpenMetrics(req))
+        const om = wantsOpenMetrics(req)
+        const scrape = await (opts.scrape ? opts.scrape(om) : telemetry.scrape(om))
         res.writeHead(200, { 'content-type': scrape.contentType, 'cache-control': 'no-store' })
         res.end(scrape.body)
         return
@@ -172,20 +186,22 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         if (sort !== undefined && !IDENTITY_SORTS.includes(sort as IdentitySort)) {
           return sendJson(res, 400, { error: `sort must be one of ${IDENTITY_SORTS.join(', ')}` })
         }
-        return sendJson(res, 200, telemetry.identities(sort as IdentitySort | undefined))
+        const by = sort as IdentitySort | undefined
+        return sendJson(res, 200, opts.identities ? await opts.identities(by) : telemetry.identities(by))
       }
       case '/audit': {
         const limitText = param(url, 'limit')
         const limit = limitText === undefined ? undefined : Number.parseInt(limitText, 10)
         if (limit !== undefined && !(limit > 0))
           return sendJson(res, 400, { error: 'limit must be a positive integer' })
-        const events = telemetry.auditQuery({
+        const query: AuditQuery = {
           identity: param(url, 'identity'),
           source: param(url, 'source'),
           traceId: param(url, 'trace_id'),
           requestId: param(url, 'request_id'),
           limit,
-        })
+        }
+        const events = opts.auditQuery ? await opts.auditQuery(query) : telemetry.auditQuery(query)
         return sendJson(res, 200, { events })
       }
       case '/events':

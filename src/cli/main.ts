@@ -2,10 +2,12 @@
 // nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
+import { loadConfigFile } from '../config/loader.ts'
 import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
+import { isWorkerProcess, runWorker, startPod, workerCount } from '../workers.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
 
@@ -13,6 +15,11 @@ const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value]
+}
+
+/** `--workers`: a positive whole number or auto */
+function workersFlag(value: string): number | 'auto' {
+  return value === 'auto' ? 'auto' : positiveInt(value)
 }
 
 function positiveInt(value: string): number {
@@ -75,6 +82,16 @@ function fail(err: unknown): never {
   process.exit(2)
 }
 
+/**
+ * `workers` of the config file; 1 when there is none or it does not load (the single-process start then
+ * reports why, exactly as without this setting).
+ */
+async function configuredWorkers(path: string | undefined): Promise<number | 'auto'> {
+  if (!path) return 1
+  const result = await loadConfigFile(path)
+  return result.ok ? result.config.workers : 1
+}
+
 const program = new Command()
 program
   .name('nhi-proxy')
@@ -103,6 +120,11 @@ program
   .option('--listen <addr>', 'HTTP listen address, overrides listen.http (e.g. 0.0.0.0:8080)')
   .option('--upstream <url>', 'upstream base URL, overrides upstream (e.g. http://127.0.0.1:3000)')
   .option('--admin <addr>', 'admin listen address for /metrics, /ui…, overrides admin (e.g. 0.0.0.0:9464)')
+  .option(
+    '--workers <n>',
+    'proxy worker processes, a number or auto (one per core), overrides workers (default 1: one process)',
+    workersFlag,
+  )
   .addHelpText(
     'after',
     `
@@ -110,34 +132,66 @@ Signals: SIGHUP reloads the config (so does any change to the file or its Config
 SIGTERM: /readyz turns 503, the listeners keep accepting (Connection: close) for timeouts.drainDelay,
 then in-flight requests get up to timeouts.drain; exit 0. A second signal skips the rest of the delay.`,
   )
-  .action(async (o: { config?: string; listen?: string; upstream?: string; admin?: string }) => {
-    const log = operationalLogger()
-    tuneHeapGrowth()
-    try {
-      const sidecar = await startSidecar({
-        configPath: o.config ?? process.env['NHI_PROXY_CONFIG'],
-        overrides: { listen: o.listen, upstream: o.upstream, admin: o.admin },
-        log,
-      })
-      const admin = `http://${fmtHost(sidecar.adminAddress)}`
-      log.info(
-        {
-          event: 'started',
-          version: VERSION,
-          listen: fmtHost(sidecar.proxyAddress),
-          https: sidecar.httpsAddress ? fmtHost(sidecar.httpsAddress) : undefined,
-          admin: fmtHost(sidecar.adminAddress),
-          upstream: sidecar.config().upstream,
-          metrics: `${admin}/metrics`,
-          ui: `${admin}/ui`,
-        },
-        'nhi-proxy started',
-      )
-      handleSignals(sidecar.close, sidecar.reload, sidecar.shutdown)
-    } catch (err) {
-      fail(err)
-    }
-  })
+  .action(
+    async (o: {
+      config?: string
+      listen?: string
+      upstream?: string
+      admin?: string
+      workers?: number | 'auto'
+    }) => {
+      const log = operationalLogger()
+      tuneHeapGrowth()
+      const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
+      const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin }
+      try {
+        if (isWorkerProcess()) return await runWorker(log)
+        const workers = workerCount(o.workers ?? (await configuredWorkers(configPath)))
+        if (workers > 1) {
+          const pod = await startPod({ configPath, overrides, workers, log })
+          const admin = `http://${fmtHost(pod.adminAddress)}`
+          log.info(
+            {
+              event: 'started',
+              version: VERSION,
+              workers,
+              listen: pod.proxyAddress,
+              https: pod.httpsAddress,
+              admin: fmtHost(pod.adminAddress),
+              upstream: pod.config().upstream,
+              metrics: `${admin}/metrics`,
+              ui: `${admin}/ui`,
+            },
+            'nhi-proxy started',
+          )
+          handleSignals(pod.close, pod.reload, pod.shutdown)
+          return
+        }
+        const sidecar = await startSidecar({
+          configPath,
+          overrides,
+          log,
+        })
+        const admin = `http://${fmtHost(sidecar.adminAddress)}`
+        log.info(
+          {
+            event: 'started',
+            version: VERSION,
+            listen: fmtHost(sidecar.proxyAddress),
+            https: sidecar.httpsAddress ? fmtHost(sidecar.httpsAddress) : undefined,
+            admin: fmtHost(sidecar.adminAddress),
+            upstream: sidecar.config().upstream,
+            metrics: `${admin}/metrics`,
+            ui: `${admin}/ui`,
+          },
+          'nhi-proxy started',
+        )
+        handleSignals(sidecar.close, sidecar.reload, sidecar.shutdown)
+      } catch (err) {
+        fail(err)
+      }
+    },
+  )
 
 program
   .command('check')

@@ -194,6 +194,11 @@ export const configSchema = z.strictObject({
     }),
   ),
   admin: z._default(address, '0.0.0.0:9464'),
+  workers: described(
+    z._default(z.union([z.literal('auto'), positiveInt]), 1),
+    'proxy worker processes: 1 serves everything in one process; auto (one per core) or N forks N workers ' +
+      'behind one admin port (read at start only)',
+  ),
   adminAccess: z.prefault(
     z.strictObject({
       tokenFile: described(

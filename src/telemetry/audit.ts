@@ -266,6 +266,17 @@ type AuditConfig = Config['audit']
 export interface AuditLogOptions {
   /** injectable for tests: returns [0, 1) */
   random?: () => number
+  /**
+   * Where batches of whole lines go instead of `audit.output` (a worker hands them to the one process that
+   * writes the output); returns false when it could not take the batch, which then counts as dropped.
+   */
+  sink?: (lines: string) => boolean
+}
+
+function countLines(data: string): number {
+  let lines = 0
+  for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) lines++
+  return lines
 }
 
 export class AuditLog implements Recorder {
@@ -274,6 +285,7 @@ export class AuditLog implements Recorder {
   private sample: number
   private destination: (DestinationStream & { flushSync?(): void; end?(): void }) | undefined
   private readonly random: () => number
+  private readonly sink: ((lines: string) => boolean) | undefined
   private flushTimer: NodeJS.Timeout | undefined
   private written = 0
   private dropped = 0
@@ -285,11 +297,23 @@ export class AuditLog implements Recorder {
     this.ring = new AuditRing(config.ringSize)
     this.sample = config.sample
     this.random = opts.random ?? Math.random
+    this.sink = opts.sink
     this.open(config.output)
   }
 
   private open(output: string): void {
     if (output === 'off') return
+    if (this.sink) {
+      const sink = this.sink
+      this.destination = {
+        write: (data: string) => {
+          if (!sink(data)) this.dropped += countLines(data)
+        },
+      }
+      this.flushTimer = setInterval(() => this.handOver(), AUDIT_FLUSH_MS)
+      this.flushTimer.unref()
+      return
+    }
     const destination = pino.destination({
       dest: output === 'stdout' ? 1 : output,
       sync: false,
@@ -301,9 +325,7 @@ export class AuditLog implements Recorder {
     // A failing disk must not take the proxy down: drop lines rather than crash.
     destination.on('error', () => {})
     destination.on('drop', (data: string) => {
-      let lines = 0
-      for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) lines++
-      this.dropped += lines
+      this.dropped += countLines(data)
     })
     this.destination = destination
     this.flushTimer = setInterval(() => {
@@ -352,6 +374,18 @@ export class AuditLog implements Recorder {
     this.destination.write(data)
   }
 
+  /**
+   * Whole lines another process formatted (a worker's batch), written to this output like its own: one
+   * writer per output, so lines from different processes never interleave mid-line.
+   */
+  writeLines(data: string): void {
+    if (!this.destination || data === '') return
+    this.batch.push(data)
+    this.batchChars += data.length
+    this.written += countLines(data)
+    if (this.batchChars >= AUDIT_BATCH_CHARS) this.handOver()
+  }
+
   /** sample and ring size change in place; a new output path takes effect on restart */
   reconfigure(config: Config): void {
     this.sample = config.audit.sample
@@ -365,7 +399,7 @@ export class AuditLog implements Recorder {
       | undefined
     this.destination = undefined
     clearInterval(this.flushTimer)
-    if (!dest) return
+    if (!dest || this.sink) return
     await new Promise<void>((resolve) => {
       const finish = () => {
         try {

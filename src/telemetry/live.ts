@@ -219,16 +219,26 @@ export class LiveFeed implements Recorder {
 
   record(event: RequestEvent): void {
     if (this.subscribers.size === 0) return
+    this.deliver(event.identity.name, event.identity.source, () => toLiveEvent(event))
+  }
+
+  /** an event another process recorded (a worker of `workers: N`), to this process's subscribers */
+  publish(event: LiveEvent): void {
+    if (this.subscribers.size === 0) return
+    this.deliver(event.identity, event.source, () => event)
+  }
+
+  private deliver(identity: string, source: string, event: () => LiveEvent): void {
     let frame: string | undefined
     for (const sub of this.subscribers) {
-      if (sub.identity !== undefined && sub.identity !== event.identity.name) continue
-      if (sub.source !== undefined && sub.source !== event.identity.source) continue
+      if (sub.identity !== undefined && sub.identity !== identity) continue
+      if (sub.source !== undefined && sub.source !== source) continue
       if (sub.blocked) {
         sub.dropped++
         this.dropped++
         continue
       }
-      frame ??= `data: ${JSON.stringify(toLiveEvent(event))}\n\n`
+      frame ??= `data: ${JSON.stringify(event())}\n\n`
       if (!sub.res.write(frame)) this.block(sub)
       this.delivered++
     }

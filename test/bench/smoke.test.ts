@@ -4,10 +4,12 @@
 import t from 'tap'
 import { runH2 } from '../../bench/lib/h2.ts'
 import { runBench } from '../../bench/lib/harness.ts'
+import { hasCommand } from '../../bench/lib/load.ts'
 import { runMemory } from '../../bench/lib/memory.ts'
 import { childPids } from '../../bench/lib/procs.ts'
 import { promCostMarkdown, runPromCost } from '../../bench/lib/prom-cost.ts'
 import { targetLine } from '../../bench/lib/report.ts'
+import { runWorkersBench } from '../../bench/lib/workers.ts'
 import { skipWithoutNginx } from '../helpers/nginx.ts'
 import { skipWithout, systemTool } from '../helpers/tools.ts'
 
@@ -169,4 +171,34 @@ t.test('prom-client mode, tiny: both ways measured on the same series, budgets j
   t.match(md, /^(PASS|MISS) {2}prom-client update ≤ /m, 'PASS/MISS line for the per-request budget')
   t.match(md, /^(PASS|MISS) {2}prom-client scrape p99 ≤ 50 ms/m, 'PASS/MISS line for the scrape budget')
   t.match(md, /Decision rule "hand-rendered stays only if prom-client misses a budget"/)
+})
+
+t.test('workers mode, tiny: workers: 1 and workers: 2 (and nginx 1 and 2) serve the JWT load', async (t) => {
+  const before = new Set(await childPids(process.pid))
+  const r = await runWorkersBench({
+    rounds: 1,
+    durationS: 1,
+    connections: 8,
+    dist: false,
+    useWrk: hasCommand('wrk'),
+    log: () => {},
+  })
+  const ids = r.rows.map((row) => row.id)
+  t.same(
+    ids.filter((id) => !id.startsWith('nginx')),
+    ['nhi-1', 'nhi-2'],
+  )
+  t.test('the nginx reference rows ran', { skip: skipWithoutNginx }, async (t) => {
+    t.same(ids.slice(2), ['nginx-1', 'nginx-2'])
+  })
+  for (const row of r.rows) {
+    const s = row.rounds[0]!
+    t.ok(s.requests > 0, `${row.id} served ${s.requests} requests`)
+    t.equal(s.errors + s.non2xx, 0, `${row.id}: no socket errors or non-2xx answers`)
+    t.ok(s.proxyCpuUs > 0, `${row.id}: CPU of every proxy process measured`)
+  }
+  t.ok(r.ratios['nhi-2/nhi-1']!.median > 0, 'the scaling ratio is measured')
+  t.equal(r.targets[0]?.target, 1.7, 'and evaluated against its target')
+  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
+  t.same(after, [], 'no child process outlives the run')
 })

@@ -1,0 +1,541 @@
+// `workers: N` (docs/reference.md "Workers"): N proxy processes on Node's cluster module share the proxy
+// listeners, and the primary process serves what must be one per pod: the admin port (one /metrics
+// aggregating every worker, /readyz over all of them), the audit output (workers hand it whole lines), the
+// config (validated once here, then handed to every worker) and the drain on SIGTERM. A worker that exits
+// is started again. With `workers: 1` none of this runs: the CLI starts the single-process sidecar.
+import cluster, { type Worker } from 'node:cluster'
+import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
+import { availableParallelism } from 'node:os'
+import { resolve } from 'node:path'
+import type { Logger } from 'pino'
+import { createAdminServer, type ReadyState } from './admin/server.ts'
+import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
+import { redactConfig } from './config/redact.ts'
+import { type Config, configSchema } from './config/schema.ts'
+import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
+import {
+  applyOverrides,
+  type ListenOverrides,
+  loadOrFail,
+  StartupError,
+  splitAddress,
+  startWorkerSidecar,
+  TokenFile,
+  type WorkerSidecar,
+} from './runtime.ts'
+import { AUDIT_MAX_PENDING_BYTES } from './telemetry/audit.ts'
+import {
+  type AuditQuery,
+  type AuditRecord,
+  type IdentitiesView,
+  type IdentitySort,
+  type LiveEvent,
+  Telemetry,
+} from './telemetry/index.ts'
+import { toLiveEvent } from './telemetry/live.ts'
+import { PodMetrics } from './telemetry/pod-metrics.ts'
+import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
+import type { Recorder } from './types.ts'
+import { VERSION } from './version.ts'
+
+/** `auto` is one worker per core the process may use */
+export function workerCount(setting: number | 'auto'): number {
+  return setting === 'auto' ? availableParallelism() : setting
+}
+
+/** primary → worker */
+type Command =
+  | { nhi: 'start'; config: Config }
+  | { nhi: 'config'; id: number; config: Config }
+  | { nhi: 'scrape'; id: number; openMetrics: boolean }
+  | { nhi: 'ready'; id: number }
+  | { nhi: 'identities'; id: number; sort: IdentitySort | undefined }
+  | { nhi: 'auditQuery'; id: number; query: AuditQuery }
+  | { nhi: 'live'; on: boolean }
+  | { nhi: 'shutdown' }
+  | { nhi: 'close' }
+
+/** worker → primary */
+type Report =
+  | { nhi: 'hello' }
+  | { nhi: 'listening'; http: string; https?: string }
+  | { nhi: 'audit'; lines: string }
+  | { nhi: 'live'; events: LiveEvent[] }
+  | { nhi: 'reply'; id: number; value: unknown }
+
+const SLOT_ENV = 'NHI_WORKER_SLOT'
+/** longest wait for a worker's answer to a scrape, a readiness probe or a new config */
+const ASK_TIMEOUT_MS = 10_000
+/** a worker that exits within this long of its start is started again only after this long */
+const RESTART_BACKOFF_MS = 1_000
+/** live events a worker batches before handing them to the primary, and the most it keeps waiting */
+const LIVE_FLUSH_MS = 100
+const LIVE_MAX_PENDING = 1_000
+/** how often the primary checks whether anyone watches /events (workers forward events only then) */
+const LIVE_POLL_MS = 1_000
+
+export const isWorkerProcess = (): boolean => cluster.isWorker
+
+function fmt(a: AddressInfo): string {
+  return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
+}
+
+function send(message: Report, done?: () => void): void {
+  process.send?.(message, undefined, undefined, () => done?.())
+}
+
+/**
+ * A worker: waits for its config from the primary, serves the proxy listeners, answers the primary's
+ * questions and hands its audit lines over. Resolves once serving; exits the process when told to.
+ */
+export async function runWorker(log: Logger): Promise<void> {
+  const slot = process.env[SLOT_ENV] ?? '?'
+  const wlog = log.child({ worker: slot })
+  // signals are the primary's: a terminal's Ctrl-C reaches every process of the group, and the pod's drain
+  // is one coordinated drain
+  process.on('SIGINT', () => {})
+  process.on('SIGHUP', () => {})
+
+  // asked for rather than pushed at 'online': a message sent before this listener exists is lost
+  const started = once(process, 'message') as Promise<[Command]>
+  send({ nhi: 'hello' })
+  const [first] = await started
+  if (first.nhi !== 'start') throw new StartupError('worker: expected its config first', 2)
+
+  let pendingChars = 0
+  let pendingSends = 0
+  const settled: (() => void)[] = []
+  const sent = (chars: number) => () => {
+    pendingChars -= chars
+    if (--pendingSends === 0) for (const done of settled.splice(0)) done()
+  }
+  // the live feed's worker half: events go to the primary's /events only while someone watches it
+  let live = false
+  let liveEvents: LiveEvent[] = []
+  let flushScheduled = false
+  const flushLive = () => {
+    flushScheduled = false
+    if (liveEvents.length === 0) return
+    send({ nhi: 'live', events: liveEvents })
+    liveEvents = []
+  }
+  const liveForwarder: Recorder = {
+    name: 'live',
+    record(event) {
+      if (!live || liveEvents.length >= LIVE_MAX_PENDING) return
+      liveEvents.push(toLiveEvent(event))
+      if (flushScheduled) return
+      flushScheduled = true
+      setTimeout(flushLive, LIVE_FLUSH_MS)
+    },
+  }
+  const sidecar: WorkerSidecar = await startWorkerSidecar({
+    config: first.config,
+    log: wlog,
+    recorders: [liveForwarder],
+    worker: {
+      auditSink(lines) {
+        // a primary that stopped reading must not grow this process without bound: drop and count
+        if (pendingChars + lines.length > AUDIT_MAX_PENDING_BYTES) return false
+        pendingChars += lines.length
+        pendingSends++
+        send({ nhi: 'audit', lines }, sent(lines.length))
+        return true
+      },
+    },
+  })
+  const handedOver = () =>
+    pendingSends === 0 ? Promise.resolve() : new Promise<void>((done) => settled.push(done))
+
+  let exiting = false
+  const exit = (how: () => Promise<void>) => {
+    if (exiting) return
+    exiting = true
+    how()
+      .then(handedOver)
+      .then(
+        () => process.exit(0),
+        () => process.exit(2),
+      )
+  }
+  process.on('SIGTERM', () => exit(sidecar.shutdown))
+  // the primary is gone: nobody serves the admin port or writes the audit output any more
+  process.on('disconnect', () => exit(sidecar.close))
+
+  const reply = (id: number, value: unknown) => send({ nhi: 'reply', id, value })
+  process.on('message', (m: Command) => {
+    switch (m.nhi) {
+      case 'scrape':
+        sidecar.telemetry.scrape(m.openMetrics).then(
+          (s) => reply(m.id, s.body),
+          () => reply(m.id, undefined),
+        )
+        return
+      case 'ready':
+        sidecar.ready().then(
+          (r) => reply(m.id, r),
+          () => reply(m.id, undefined),
+        )
+        return
+      case 'identities':
+        reply(m.id, sidecar.telemetry.identities(m.sort))
+        return
+      case 'auditQuery':
+        reply(m.id, sidecar.telemetry.auditQuery(m.query))
+        return
+      case 'config':
+        sidecar.applyConfig(m.config).then(
+          (ok) => reply(m.id, ok),
+          () => reply(m.id, false),
+        )
+        return
+      case 'live':
+        live = m.on
+        if (!live) liveEvents = []
+        return
+      case 'shutdown':
+        exit(sidecar.shutdown)
+        return
+      case 'close':
+        // a second signal: skip what is left of the drain delay
+        if (exiting) void sidecar.close()
+        else exit(sidecar.close)
+        return
+    }
+  })
+  send({
+    nhi: 'listening',
+    http: fmt(sidecar.proxyAddress),
+    ...(sidecar.httpsAddress ? { https: fmt(sidecar.httpsAddress) } : {}),
+  })
+}
+
+export interface PodOptions {
+  configPath?: string
+  overrides?: ListenOverrides
+  workers: number
+  log: Logger
+}
+
+export interface Pod {
+  readonly proxyAddress: string
+  readonly httpsAddress?: string
+  readonly adminAddress: AddressInfo
+  config(): Config
+  reload(): Promise<boolean>
+  shutdown(): Promise<void>
+  close(): Promise<void>
+}
+
+interface Slot {
+  worker: Worker | undefined
+  listening: boolean
+  startedAt: number
+}
+
+/** The primary of `workers: N`. Rejects with a StartupError when a worker cannot start. */
+export async function startPod(opts: PodOptions): Promise<Pod> {
+  const { log } = opts
+  // structured clone: a parsed config (numbers, arrays, nested objects) crosses as it is
+  cluster.setupPrimary({ serialization: 'advanced' })
+  const configPath = opts.configPath ? resolve(opts.configPath) : undefined
+  let config = applyOverrides(
+    configPath ? await loadOrFail(configPath) : configSchema.parse({}),
+    opts.overrides,
+  )
+  // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
+  const telemetry = new Telemetry(config, { version: VERSION })
+  const pod = new PodMetrics()
+  const slots: Slot[] = []
+  let restarts = 0
+  let stopping = false
+  let draining = false
+  let nextId = 0
+  const waiting = new Map<number, { done: (value: unknown) => void; worker: Worker }>()
+  let listeners: { http: string; https?: string } | undefined
+  let watching = false
+
+  const ask = (worker: Worker, command: Command & { id: number }): Promise<unknown> =>
+    new Promise((done) => {
+      const timer = setTimeout(() => finish(undefined), ASK_TIMEOUT_MS)
+      const finish = (value: unknown) => {
+        clearTimeout(timer)
+        waiting.delete(command.id)
+        done(value)
+      }
+      waiting.set(command.id, { done: finish, worker })
+      try {
+        worker.send(command)
+      } catch {
+        finish(undefined)
+      }
+    })
+
+  let startupFailed: ((err: StartupError) => void) | undefined
+  const listening = new Set<number>()
+  let allListening: (() => void) | undefined
+
+  const fork = (index: number) => {
+    const worker = cluster.fork({ [SLOT_ENV]: String(index + 1) })
+    const slot: Slot = { worker, listening: false, startedAt: Date.now() }
+    slots[index] = slot
+    worker.on('message', (m: Report) => {
+      if (m.nhi === 'hello') worker.send({ nhi: 'start', config } satisfies Command)
+      else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
+      else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
+      else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
+      else if (m.nhi === 'listening') {
+        slot.listening = true
+        if (watching) worker.send({ nhi: 'live', on: true } satisfies Command)
+        listeners ??= { http: m.http, ...(m.https ? { https: m.https } : {}) }
+        listening.add(index)
+        if (listening.size === opts.workers) allListening?.()
+      }
+    })
+    // a send to a worker that is just exiting fails with an 'error' event: its 'exit' handles the rest
+    worker.on('error', (err) => log.debug({ event: 'worker_ipc_error', worker: index + 1, err: err.message }))
+    worker.on('exit', (code, signal) => {
+      slot.worker = undefined
+      slot.listening = false
+      for (const [id, w] of waiting) if (w.worker === worker) waiting.get(id)?.done(undefined)
+      if (stopping) return
+      if (startupFailed) {
+        startupFailed(
+          new StartupError(
+            `worker ${index + 1} could not start (exit ${code ?? signal})`,
+            code === 1 ? 1 : 2,
+          ),
+        )
+        return
+      }
+      restarts++
+      const soon = Date.now() - slot.startedAt < RESTART_BACKOFF_MS
+      log.error(
+        {
+          event: 'worker_exited',
+          worker: index + 1,
+          code,
+          signal,
+          restartInMs: soon ? RESTART_BACKOFF_MS : 0,
+        },
+        'a worker exited; starting a new one',
+      )
+      setTimeout(
+        () => {
+          if (!stopping) fork(index)
+        },
+        soon ? RESTART_BACKOFF_MS : 0,
+      ).unref()
+    })
+  }
+
+  const killAll = () => {
+    stopping = true
+    for (const s of slots) s?.worker?.process.kill('SIGKILL')
+  }
+  try {
+    await new Promise<void>((ok, fail) => {
+      startupFailed = fail
+      allListening = ok
+      for (let i = 0; i < opts.workers; i++) fork(i)
+    })
+  } catch (err) {
+    killAll()
+    await telemetry.close()
+    throw err
+  } finally {
+    startupFailed = undefined
+    allListening = undefined
+  }
+
+  const live = () => slots.flatMap((s) => (s.worker && s.listening ? [s.worker] : []))
+
+  const ready = async (): Promise<ReadyState> => {
+    const states = (await Promise.all(
+      slots.map((s) => (s.worker && s.listening ? ask(s.worker, { nhi: 'ready', id: nextId++ }) : undefined)),
+    )) as (ReadyState | undefined)[]
+    const serving = states.filter((s) => s?.ok).length
+    const every = (check: string) => states.every((s) => s?.checks[check] === true)
+    const checks = {
+      config: true,
+      listeners: states.every((s) => s !== undefined),
+      draining,
+      upstream: every('upstream'),
+      jwks: every('jwks'),
+      workers: serving === opts.workers,
+    }
+    const ok = !draining && checks.workers
+    return {
+      ok,
+      checks,
+      // gates and per-issuer key state as one worker reports them (every worker runs the same config)
+      detail: {
+        ...states.find((s) => s?.detail)?.detail,
+        workers: { configured: opts.workers, ready: serving, restarts },
+      },
+    }
+  }
+
+  const scrape = async (openMetrics: boolean) => {
+    const bodies = await Promise.all(
+      slots.map(async (s, i) => {
+        if (!s.worker || !s.listening) return undefined
+        const body = await ask(s.worker, { nhi: 'scrape', id: nextId++, openMetrics })
+        return typeof body === 'string' ? { worker: String(i + 1), body } : undefined
+      }),
+    )
+    const own = await telemetry.scrape(openMetrics)
+    const m = config.metrics
+    const body = pod.merge(
+      bodies.filter((b) => b !== undefined),
+      { worker: 'primary', body: own.body },
+      {
+        service: config.service,
+        limits: {
+          maxIdentities: m.maxIdentities,
+          idleTtlMs: m.idleTtl,
+          ...(m.maxUnverifiedIdentities !== undefined
+            ? { maxUnverifiedIdentities: m.maxUnverifiedIdentities }
+            : {}),
+        },
+        restarts,
+      },
+      openMetrics,
+    )
+    return { contentType: own.contentType, body }
+  }
+
+  /** every serving worker's answer to one question (those that did not answer in time left out) */
+  const askAll = async <T>(command: (id: number) => Command & { id: number }): Promise<T[]> =>
+    (await Promise.all(live().map((w) => ask(w, command(nextId++))))).filter(
+      (v): v is T => v !== undefined && v !== null,
+    )
+  const identities = async (sort: IdentitySort | undefined): Promise<IdentitiesView> =>
+    mergeIdentitiesViews(await askAll<IdentitiesView>((id) => ({ nhi: 'identities', id, sort })), {
+      now: Date.now(),
+      sort,
+      maxIdentities: config.metrics.maxIdentities,
+      ...(config.cost?.currency ? { currency: config.cost.currency } : {}),
+    })
+  const auditQuery = async (query: AuditQuery): Promise<AuditRecord[]> =>
+    mergeAuditRecords(await askAll<AuditRecord[]>((id) => ({ nhi: 'auditQuery', id, query })), query)
+
+  const adminToken = new TokenFile(log)
+  await adminToken.load(config.adminAccess.tokenFile)
+  const admin = createAdminServer({
+    ...splitAddress(config.admin),
+    telemetry,
+    access: () => ({ token: () => adminToken.get(), allowedHosts: config.adminAccess.allowedHosts }),
+    ready,
+    scrape,
+    identities,
+    auditQuery,
+    effectiveConfig: () => redactConfig(config),
+  })
+  let adminAddress: AddressInfo
+  try {
+    adminAddress = await admin.listen()
+  } catch (err) {
+    killAll()
+    await telemetry.close()
+    const e = err as NodeJS.ErrnoException
+    throw new StartupError(`cannot listen on the admin address ${config.admin}: ${e.code ?? e.message}`, 2)
+  }
+  void telemetry.startProcessMetrics()
+  const livePoll = setInterval(() => {
+    const now = telemetry.liveStats().subscribers > 0
+    if (now === watching) return
+    watching = now
+    for (const w of live()) w.send({ nhi: 'live', on: now } satisfies Command)
+  }, LIVE_POLL_MS)
+  livePoll.unref()
+
+  // validated once here: an invalid file is reported once and no worker sees it
+  const reload = async (): Promise<boolean> => {
+    if (!configPath) return false
+    const result = await loadConfigFile(configPath)
+    if (!result.ok) {
+      for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
+      telemetry.configReloaded('failure')
+      return false
+    }
+    const next = applyOverrides(result.config, opts.overrides)
+    if (next.workers !== config.workers)
+      log.warn({ event: 'workers_unchanged' }, 'workers is read at start only; restart to change it')
+    config = next
+    await adminToken.load(next.adminAccess.tokenFile)
+    const applied = await Promise.all(
+      live().map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),
+    )
+    for (const { recorder, error } of await telemetry.reconfigure(next))
+      log.error({ event: 'recorder_failed', recorder, err: error }, `the ${recorder} output failed: ${error}`)
+    telemetry.configReloaded('success')
+    for (const d of result.warnings) log.warn(formatDiagnostic(d))
+    const failed = applied.filter((ok) => ok !== true).length
+    if (failed > 0)
+      log.error(
+        { event: 'config_reload_incomplete', workers: failed },
+        'some workers did not apply the config',
+      )
+    log.info(
+      { event: 'config_reloaded', rules: next.identities.length, workers: applied.length - failed },
+      'config reloaded',
+    )
+    return true
+  }
+  const serialReload = serializeReloads(reload)
+  const watcher: ConfigWatcher | undefined = configPath
+    ? watchConfig(configPath, () => void serialReload(), {
+        onError: (message, err) => log.warn({ err }, message),
+      })
+    : undefined
+
+  let closing: Promise<void> | undefined
+  const stop = (command: Command): Promise<void> => {
+    draining = true
+    stopping = true
+    watcher?.close()
+    clearInterval(livePoll)
+    const exits = slots.flatMap((s) => (s.worker ? [once(s.worker, 'exit')] : []))
+    for (const s of slots) {
+      try {
+        s.worker?.send(command)
+      } catch {
+        // already gone
+      }
+    }
+    closing ??= (async () => {
+      const { drainDelay, drain } = config.timeouts
+      const timer = setTimeout(killAll, drainDelay + drain + 5_000)
+      await Promise.all(exits)
+      clearTimeout(timer)
+      await admin.close()
+      for (const { recorder, error } of await telemetry.close())
+        log.error(
+          { event: 'recorder_failed', recorder, err: error },
+          `the ${recorder} output failed: ${error}`,
+        )
+    })()
+    return closing
+  }
+
+  return {
+    proxyAddress: listeners!.http,
+    ...(listeners?.https ? { httpsAddress: listeners.https } : {}),
+    adminAddress,
+    config: () => config,
+    reload: serialReload,
+    shutdown() {
+      if (!draining) {
+        const { drainDelay, drain } = config.timeouts
+        log.info(
+          { event: 'draining', drainDelayMs: drainDelay, drainMs: drain, workers: live().length },
+          'draining every worker: /readyz answers 503, listeners accept with Connection: close until the drain delay ends',
+        )
+      }
+      return stop({ nhi: 'shutdown' })
+    },
+    close: () => stop({ nhi: 'close' }),
+  }
+}
