@@ -6,7 +6,7 @@
 // blocks or buffers traffic. The thread reports the SDK's exported / dropped counts back, so the counters
 // stay exact; a thread that dies is restarted, and what it held is counted as export_failed.
 // Imports nothing from the SDK: that is loaded by the thread only.
-import type { Worker } from 'node:worker_threads'
+import type { ResourceLimits, Worker } from 'node:worker_threads'
 import type { RequestEvent } from '../types.ts'
 import { startWorkerThread } from '../util/worker-thread.ts'
 import type { OtlpCounts } from './otlp.ts'
@@ -22,6 +22,20 @@ const RESTART_MAX_MS = 30_000
 const STABLE_MS = 10_000
 /** the thread's own close is bounded by its exporters' timeout; this is for the last report to arrive */
 const CLOSE_GRACE_MS = 1_000
+
+/**
+ * V8 sizes a thread's young generation by the machine's memory (tens of MB); the SDK's garbage is short-lived
+ * and small, so a few MB do (measured: RSS +57 MB per sidecar without limits). The old generation holds the
+ * processors' queues — a span and a log record, with its audit line, per queued request — so its cap grows
+ * with maxQueueSize instead of killing a thread configured with a large queue.
+ */
+function exportThreadLimits(settings: OtlpSettings): ResourceLimits {
+  const perRecordKb = settings.logs ? 8 : 4
+  return {
+    maxYoungGenerationSizeMb: 4,
+    maxOldGenerationSizeMb: 48 + Math.ceil((settings.maxQueueSize * perRecordKb) / 1024),
+  }
+}
 
 export interface OtlpThreadOptions {
   settings: OtlpSettings
@@ -99,6 +113,7 @@ export class OtlpThread {
     try {
       worker = startWorkerThread(new URL('./otlp-worker.ts', import.meta.url), 'otlp-export-worker.mjs', {
         options: { workerData: data },
+        resourceLimits: exportThreadLimits(this.opts.settings),
       })
     } catch (err) {
       this.died(undefined, err)
