@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { ensureWrk, type LoadResult, type LoadSpec, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, type ServerProcess, stopAll } from './procs.ts'
+import { median } from './stats.ts'
 import { tokenSet } from './tokens.ts'
 
 export interface FloodOptions {
@@ -46,12 +47,6 @@ const LABELS: Record<string, string> = {
 }
 
 /** the middle value; with an even count the mean of the two middle ones */
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b)
-  if (s.length === 0) return Number.NaN
-  const mid = s.length >> 1
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2
-}
 
 export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
   const log = opts.log

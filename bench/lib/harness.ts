@@ -19,6 +19,7 @@ import {
   treeCpuMicros,
   waitForPorts,
 } from './procs.ts'
+import { median as medianOf } from './stats.ts'
 import { type TokenSet, tokenSet } from './tokens.ts'
 
 export type ConfigId = 'a' | 'b' | 'b2' | 'c' | 'a-tls' | 'd' | 'e' | 'nginx'
@@ -157,12 +158,7 @@ export function machineInfo(): MachineInfo {
   }
 }
 
-const median = (xs: number[]): number => {
-  if (xs.length === 0) return 0
-  const s = [...xs].sort((x, y) => x - y)
-  const m = s.length >> 1
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
-}
+const median = (xs: number[]): number => medianOf(xs, 0)
 
 /** What every summary of rounds shares: median latency percentiles and the totals of the counts. */
 function acrossRounds(rounds: readonly LoadResult[]) {

@@ -10,6 +10,7 @@ import { parseMetrics } from '../../test/helpers/metrics.ts'
 import { type MachineInfo, machineInfo, type Target } from './harness.ts'
 import { startNhiWithUpstream } from './nhi.ts'
 import { rssBytes, type ServerProcess, stopAll } from './procs.ts'
+import { median } from './stats.ts'
 import { Minter, newSigningMaterial } from './tokens.ts'
 
 export interface MemoryOptions {
@@ -78,11 +79,6 @@ async function sample(
   for (const s of parseMetrics(text))
     if (s.name === 'nhi_requests_total') identities.add(s.labels['identity'] ?? '')
   return { rssMB: (await rssBytes(pid)) / 1024 / 1024, series: identities.size, scrapeMs }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  return s[s.length >> 1] ?? 0
 }
 
 /** Growth over the last third of the run, relative to the value at its start. */
@@ -202,7 +198,10 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
       ),
       t(
         '/metrics scrape at full cardinality (median)',
-        median(samples.filter((s) => s.series >= final.series).map((s) => s.scrapeMs)),
+        median(
+          samples.filter((s) => s.series >= final.series).map((s) => s.scrapeMs),
+          0,
+        ),
         50,
         'ms',
         `slowest ${Math.max(...samples.map((s) => s.scrapeMs)).toFixed(0)} ms`,

@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { ensureWrk, type LoadResult, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, mainThreadCpuMicros, rssBytes, type ServerProcess, stopAll } from './procs.ts'
+import { median } from './stats.ts'
 import { tokenSet } from './tokens.ts'
 
 export interface OtlpCostOptions {
@@ -42,13 +43,6 @@ const LABELS: Record<string, string> = {
   c: 'nhi-proxy, JWT RS256 (1,000 tokens, cache warm), OTLP export off',
   'c-otlp': 'the same, OTLP spans + audit log records to a live collector',
   'c-otlp-down': 'the same, OTLP export on, collector down',
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b)
-  if (s.length === 0) return Number.NaN
-  const mid = s.length >> 1
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2
 }
 
 function startSink(): Promise<{ server: Server; port: number; stats: { requests: number; bytes: number } }> {

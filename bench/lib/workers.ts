@@ -11,6 +11,7 @@ import { type LoadResult, runLoad } from './load.ts'
 import { nginxBinary, startNginx } from './nginx.ts'
 import { startNhi, startPlainUpstream } from './nhi.ts'
 import { freePort, type ServerProcess, stopAll, treeCpuMicros } from './procs.ts'
+import { median } from './stats.ts'
 import { tokenSet } from './tokens.ts'
 
 export interface WorkersBenchOptions {
@@ -42,13 +43,6 @@ const LABELS: Record<string, string> = {
   'nhi-2': 'nhi-proxy, JWT RS256, workers: 2',
   'nginx-1': 'nginx, 1 worker process',
   'nginx-2': 'nginx, 2 worker processes',
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b)
-  if (s.length === 0) return Number.NaN
-  const mid = s.length >> 1
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2
 }
 
 export async function runWorkersBench(opts: WorkersBenchOptions): Promise<WorkersBenchResult> {

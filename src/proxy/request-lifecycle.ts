@@ -39,17 +39,26 @@ export interface ProxyAnswer {
   headers?: Record<string, string> | undefined
 }
 
-/** Where `serve` sends its answers and what its forward step is: a ServerResponse, or an upgraded socket. */
-export interface Transport {
+/**
+ * Where `serve` sends its answers and what its forward step is: a ServerResponse, or an upgraded socket.
+ * One transport serves every exchange of its kind; what differs per exchange is the context `C` (the
+ * response, or the socket), so the hot path allocates no closures per request.
+ */
+export interface Transport<C> {
   /** a refusal before identification (e.g. an upgrade that is not a websocket handshake) */
-  refusal?(): ProxyAnswer | undefined
+  refusal?(ex: Exchange, req: IncomingMessage, ctx: C): ProxyAnswer | undefined
   /** the client went away while the preHandler waited */
-  clientGone?(): boolean
+  clientGone?(ctx: C): boolean
   /** answers on the proxy's behalf and sets the recorded status; false when nothing could be sent */
-  answer(answer: ProxyAnswer): boolean
-  forward(target: ForwardTarget, headers: UpstreamHeaders): Promise<ForwardResult>
+  answer(ex: Exchange, req: IncomingMessage, ctx: C, answer: ProxyAnswer): boolean
+  forward(
+    req: IncomingMessage,
+    ctx: C,
+    target: ForwardTarget,
+    headers: UpstreamHeaders,
+  ): Promise<ForwardResult>
   /** an internal error that could not be answered */
-  abort?(): void
+  abort?(ctx: C): void
 }
 
 function countRequestBytes(this: TaggedRequest, chunk: Buffer): void {
@@ -82,7 +91,20 @@ export class RequestLifecycle {
   closing = false
   private drained: (() => void) | undefined
 
-  constructor(readonly opts: LifecycleOptions) {}
+  /** the forward step of every HTTP request and HTTP/2 stream: the context is the client's response */
+  private readonly http: Transport<ServerResponse>
+
+  constructor(readonly opts: LifecycleOptions) {
+    const forwarder = opts.forwarder
+    this.http = {
+      clientGone: (res) => res.destroyed,
+      answer: (ex, req, res, a) => this.answer(ex, req, res, a.status, a.body, a.headers),
+      forward: (req, res, target, headers) => forwarder.forward(req, res, target, headers),
+      abort: (res) => {
+        if (!res.writableFinished) res.destroy()
+      },
+    }
+  }
 
   /** resolves when no counted exchange is in flight, or after `ms` */
   async settled(ms: number): Promise<void> {
@@ -229,36 +251,38 @@ export class RequestLifecycle {
    * The stages every exchange goes through, requests and upgrades alike: refusal, preHandler, the decision,
    * the transport's forward, upstream failures translated, onResponse.
    */
-  async serve(
+  async serve<C>(
     ex: Exchange,
     req: IncomingMessage,
     parsed: { target: string; path: string } | undefined,
-    transport: Transport,
+    transport: Transport<C>,
+    ctx: C,
   ): Promise<void> {
     try {
-      const refusal = transport.refusal?.() ?? (parsed === undefined ? BAD_REQUEST : undefined)
+      const refusal = transport.refusal?.(ex, req, ctx) ?? (parsed === undefined ? BAD_REQUEST : undefined)
       if (refusal || parsed === undefined) {
         ex.pipeline = this.opts.getPipeline()
-        transport.answer(refusal ?? BAD_REQUEST)
+        transport.answer(ex, req, ctx, refusal ?? BAD_REQUEST)
         return
       }
       const identifying = this.preHandler(ex, parsed, req)
       if (identifying) await identifying
-      if (transport.clientGone?.()) {
+      if (transport.clientGone?.(ctx)) {
         ex.status = CLIENT_CLOSED
         return
       }
       // decide: a rejecting stage answers on the proxy's behalf
       const reject = ex.attribution.reject
       if (reject) {
-        transport.answer(reject)
+        transport.answer(ex, req, ctx, reject)
         return
       }
-      const result = await transport.forward(this.target(parsed.target), this.hopHeaders(ex, req))
+      const result = await transport.forward(req, ctx, this.target(parsed.target), this.hopHeaders(ex, req))
       ex.applyForward(result)
-      if (result.status === 0 && result.upstreamError) transport.answer(UPSTREAM_ERRORS[result.upstreamError])
+      if (result.status === 0 && result.upstreamError)
+        transport.answer(ex, req, ctx, UPSTREAM_ERRORS[result.upstreamError])
     } catch {
-      if (!transport.answer(INTERNAL_ERROR)) transport.abort?.()
+      if (!transport.answer(ex, req, ctx, INTERNAL_ERROR)) transport.abort?.(ctx)
     } finally {
       ex.handled = true
       this.onResponse(ex)
@@ -278,15 +302,7 @@ export class RequestLifecycle {
       req.pause()
       req.on('data', countRequestBytes)
     }
-    const forwarder = this.opts.forwarder
-    return this.serve(ex, req, parsed, {
-      clientGone: () => res.destroyed,
-      answer: (a) => this.answer(ex, req, res, a.status, a.body, a.headers),
-      forward: (target, headers) => forwarder.forward(req, res, target, headers),
-      abort: () => {
-        if (!res.writableFinished) res.destroy()
-      },
-    })
+    return this.serve(ex, req, parsed, this.http, res)
   }
 }
 

@@ -4,7 +4,7 @@ import { type IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { requestTarget } from './path.ts'
-import { type RequestLifecycle, requestHasBody } from './request-lifecycle.ts'
+import { type RequestLifecycle, requestHasBody, type Transport } from './request-lifecycle.ts'
 import { sendJsonRaw } from './respond.ts'
 
 /** True when the Upgrade header offers `websocket` (any case, anywhere in a token list). */
@@ -27,11 +27,39 @@ const NOT_WEBSOCKET = Object.freeze({
   body: JSON.stringify({ error: 'bad_request', message: 'only websocket upgrades are supported' }),
 })
 
+/** what differs per upgrade: the client's socket, the bytes read past the header block, the handshake kind */
+interface UpgradeContext {
+  socket: Duplex
+  head: Buffer
+  websocket: boolean
+  /** the request target parsed (otherwise the answer is 400, not a refusal) */
+  validTarget: boolean
+}
+
 export class UpgradeHandler {
   /** long-lived tunnels, destroyed at close (drain does not wait for them) */
   readonly tunnels = new Set<Duplex>()
 
-  constructor(private readonly lifecycle: RequestLifecycle) {}
+  /** the forward step of every upgrade: a tunnel, answers written raw to the socket */
+  private readonly tunnel: Transport<UpgradeContext>
+
+  constructor(private readonly lifecycle: RequestLifecycle) {
+    const forwarder = lifecycle.opts.forwarder
+    this.tunnel = {
+      refusal: (_ex, req, ctx) =>
+        lifecycle.closing
+          ? UNAVAILABLE
+          : ctx.validTarget && (!ctx.websocket || !isWebSocketHandshake(req))
+            ? NOT_WEBSOCKET
+            : undefined,
+      answer: (ex, _req, ctx, a) => {
+        ex.status = a.status
+        sendJsonRaw(ctx.socket, a.status, a.body, a.headers)
+        return true
+      },
+      forward: (req, ctx, target, headers) => forwarder.upgrade(req, ctx.socket, ctx.head, target, headers),
+    }
+  }
 
   /**
    * A request that asked for an upgrade other than websocket: served as a plain request (Upgrade,
@@ -66,21 +94,12 @@ export class UpgradeHandler {
     // no ServerResponse to wait for: the answer or the tunnel is the response
     ex.responseClosed = true
     this.tunnels.add(socket)
-    const forwarder = lifecycle.opts.forwarder
     try {
-      await lifecycle.serve(ex, req, parsed, {
-        refusal: () =>
-          lifecycle.closing
-            ? UNAVAILABLE
-            : parsed !== undefined && (!websocket || !isWebSocketHandshake(req))
-              ? NOT_WEBSOCKET
-              : undefined,
-        answer: (a) => {
-          ex.status = a.status
-          sendJsonRaw(socket, a.status, a.body, a.headers)
-          return true
-        },
-        forward: (target, headers) => forwarder.upgrade(req, socket, head, target, headers),
+      await lifecycle.serve(ex, req, parsed, this.tunnel, {
+        socket,
+        head,
+        websocket,
+        validTarget: parsed !== undefined,
       })
     } finally {
       this.tunnels.delete(socket)
