@@ -30,8 +30,12 @@ const UNREACHED_LAZY_IMPORTERS = [
 const result = await build({
   absWorkingDir: root,
   metafile: true,
-  // the JWT verification worker is a file of its own that the pool starts as a worker thread
-  entryPoints: { 'nhi-proxy': 'src/cli/main.ts', 'jwt-verify-worker': 'src/identity/jwt/verify-worker.ts' },
+  // the JWT verification worker and the OTLP export thread are files of their own, started as worker threads
+  entryPoints: {
+    'nhi-proxy': 'src/cli/main.ts',
+    'jwt-verify-worker': 'src/identity/jwt/verify-worker.ts',
+    'otlp-export-worker': 'src/telemetry/otlp-worker.ts',
+  },
   outdir,
   outExtension: { '.js': '.mjs' },
   chunkNames: 'chunks/[name]-[hash]',

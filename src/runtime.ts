@@ -250,6 +250,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   let pipeline = new AttributionPipeline(initial, { jwksObserver, botRangesObserver, recorder: telemetry })
   await withTimeout(pipeline.start(), jwksStartTimeout)
 
+  telemetry.otlp.onThreadExit = (error) =>
+    log.warn({ event: 'otlp_thread_exit', error }, 'OTLP export thread stopped, restarting it')
   // an output is not the proxy: one that cannot apply its config is reported, traffic is served
   logRecorderFailures(log, await telemetry.start())
   if (telemetry.otlp.target !== undefined)

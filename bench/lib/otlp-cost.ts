@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ensureWrk, type LoadResult, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
-import { cpuMicros, freePort, type ServerProcess, stopAll } from './procs.ts'
+import { cpuMicros, freePort, mainThreadCpuMicros, rssBytes, type ServerProcess, stopAll } from './procs.ts'
 import { median } from './stats.ts'
 import { tokenSet } from './tokens.ts'
 
@@ -23,6 +23,10 @@ export interface OtlpCostOptions {
 
 interface Sample extends LoadResult {
   proxyCpuUs?: number
+  /** the main (request) thread's share: export runs in a thread of its own */
+  requestThreadCpuUs?: number
+  /** resident set size after the round */
+  rssMb?: number
 }
 
 export interface OtlpCostResult {
@@ -110,11 +114,14 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     const rows = new Map<string, Sample[]>(Object.keys(LABELS).map((id) => [id, []]))
     const measure = async (id: string, url: string, proxy: ServerProcess) => {
       const before = await cpuMicros(proxy.pid)
+      const mainBefore = await mainThreadCpuMicros(proxy.pid)
       const r: Sample = await runLoad(spec(url, opts.durationS), useWrk)
       r.proxyCpuUs = ((await cpuMicros(proxy.pid)) - before) / Math.max(1, r.requests)
+      r.requestThreadCpuUs = ((await mainThreadCpuMicros(proxy.pid)) - mainBefore) / Math.max(1, r.requests)
+      r.rssMb = (await rssBytes(proxy.pid)) / 1e6
       rows.get(id)!.push(r)
       log(
-        `  ${id.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  ${r.proxyCpuUs.toFixed(0)} µs CPU/req` +
+        `  ${id.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  ${r.proxyCpuUs.toFixed(0)} µs CPU/req (request thread ${r.requestThreadCpuUs.toFixed(0)})  RSS ${r.rssMb.toFixed(0)} MB` +
           (r.errors || r.non2xx ? `  errors ${r.errors} non-2xx ${r.non2xx}` : ''),
       )
     }
@@ -127,6 +134,8 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     const rps = (id: string, i: number) => rows.get(id)![i]!.rps
     const ratio = (a: string, b: string) => perRound((i) => rps(a, i) / rps(b, i))
     const cpu = (id: string) => perRound((i) => rows.get(id)![i]!.proxyCpuUs ?? Number.NaN)
+    const mainCpu = (id: string) => perRound((i) => rows.get(id)![i]!.requestThreadCpuUs ?? Number.NaN)
+    const rss = (id: string) => perRound((i) => rows.get(id)![i]!.rssMb ?? Number.NaN)
     const ratios: Record<string, number> = {
       'c/b': ratio('c', 'b'),
       'c-otlp/b': ratio('c-otlp', 'b'),
@@ -135,6 +144,12 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       'proxy CPU µs/req, export off': cpu('c'),
       'proxy CPU µs/req, export on': cpu('c-otlp'),
       'proxy CPU µs/req, collector down': cpu('c-otlp-down'),
+      'request-thread CPU µs/req, export off': mainCpu('c'),
+      'request-thread CPU µs/req, export on': mainCpu('c-otlp'),
+      'request-thread CPU µs/req, collector down': mainCpu('c-otlp-down'),
+      'RSS MB, export off': rss('c'),
+      'RSS MB, export on': rss('c-otlp'),
+      'RSS MB, collector down': rss('c-otlp-down'),
     }
     const { log: _log, ...options } = opts
     return {
@@ -157,12 +172,12 @@ export function otlpCostMarkdown(r: OtlpCostResult): string {
     '',
     `${r.options.rounds} interleaved rounds × ${r.options.durationS} s, ${r.options.connections} connections; the live collector received ${r.sink.requests.toLocaleString('en')} export requests (${(r.sink.bytes / 1e6).toFixed(1)} MB).`,
     '',
-    '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round |',
-    '|---|---|---|---|---|---|',
+    '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round | of which request thread | RSS MB |',
+    '|---|---|---|---|---|---|---|---|',
   ]
   for (const row of r.rows) {
     lines.push(
-      `| ${row.id} | ${row.label} | ${row.rounds.map((s) => s.rps.toFixed(0)).join(' / ')} | ${row.rounds.map((s) => s.p50Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => s.p99Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => (s.proxyCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} |`,
+      `| ${row.id} | ${row.label} | ${row.rounds.map((s) => s.rps.toFixed(0)).join(' / ')} | ${row.rounds.map((s) => s.p50Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => s.p99Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => (s.proxyCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} | ${row.rounds.map((s) => (s.requestThreadCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} | ${row.rounds.map((s) => (s.rssMb ?? Number.NaN).toFixed(0)).join(' / ')} |`,
     )
   }
   lines.push('', '| ratio (within each round, median over rounds) | value |', '|---|---:|')

@@ -136,6 +136,13 @@ export async function cpuMicros(pid: number): Promise<number> {
   return (ticks * 1_000_000) / (await ticksPerSecond())
 }
 
+/** CPU of a process's main thread only (its worker threads are tasks of their own under /proc/<pid>/task). */
+export async function mainThreadCpuMicros(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/task/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / (await ticksPerSecond())
+}
+
 /** CPU of a process and its direct children (nginx: master + workers). */
 export async function treeCpuMicros(pid: number): Promise<number> {
   let total = await cpuMicros(pid)

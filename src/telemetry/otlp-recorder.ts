@@ -1,11 +1,14 @@
 // The OTLP output. Export is on or off, and aimed where, by the config's `otlp` block and the OTEL_*
 // variables (otlp-settings.ts); every reconfigure (start, then each reload) compares the resulting settings
 // with the running ones and, when they differ, starts a new export and retires the old one, so turning export
-// on or off or moving the collector needs no restart. The SDK (otlp.ts) is imported only once export is on.
+// on or off or moving the collector needs no restart. Each export is a thread of its own (otlp-thread.ts)
+// that alone loads the SDK (otlp.ts), and only once export is on.
 import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
-import type { OtlpCounts, OtlpExport } from './otlp.ts'
-import { type OtlpSettings, otlpSettings } from './otlp-settings.ts'
+import type { OtlpCounts } from './otlp.ts'
+import type { OtlpSettings } from './otlp-settings.ts'
+import { otlpSettings } from './otlp-settings.ts'
+import type { OtlpThread } from './otlp-thread.ts'
 
 type Env = Record<string, string | undefined>
 
@@ -13,7 +16,7 @@ const zero = (): OtlpCounts => ({ exported: 0, queueFull: 0, exportFailed: 0 })
 
 export class OtlpRecorder implements Recorder {
   readonly name = 'otlp'
-  private export: OtlpExport | undefined
+  private export: OtlpThread | undefined
   private settings: OtlpSettings | undefined
   /** what the settings of the running export serialise to; undefined while export is off */
   private key: string | undefined
@@ -23,6 +26,9 @@ export class OtlpRecorder implements Recorder {
   private readonly retiring = new Set<Promise<void>>()
   private readonly spanCounts = zero()
   private readonly logCounts = zero()
+
+  /** told when an export thread died (it is restarted; what it held is counted as export_failed) */
+  onThreadExit: ((error: string) => void) | undefined
 
   constructor(
     private readonly version: string,
@@ -53,11 +59,16 @@ export class OtlpRecorder implements Recorder {
     const settings = otlpSettings(config, this.env)
     const key = settings && JSON.stringify(settings)
     if (key === this.key) return
-    let next: OtlpExport | undefined
+    let next: OtlpThread | undefined
     if (settings) {
-      const { OtlpExport } = await import('./otlp.ts')
+      const { OtlpThread } = await import('./otlp-thread.ts')
       if (generation !== this.generation) return
-      next = new OtlpExport(settings, this.version, { spans: this.spanCounts, logs: this.logCounts })
+      next = new OtlpThread({
+        settings,
+        version: this.version,
+        counts: { spans: this.spanCounts, logs: this.logCounts },
+        onExit: (error) => this.onThreadExit?.(error),
+      })
     }
     const previous = this.export
     this.export = next
@@ -67,7 +78,7 @@ export class OtlpRecorder implements Recorder {
   }
 
   /** the old export sends what it has queued (bounded by its close) while requests go to the new one */
-  private retire(previous: OtlpExport): void {
+  private retire(previous: OtlpThread): void {
     const closing = previous.close().finally(() => this.retiring.delete(closing))
     this.retiring.add(closing)
   }

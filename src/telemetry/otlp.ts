@@ -1,10 +1,11 @@
 // OTLP trace export (docs/reference.md "OpenTelemetry export"): one SERVER span per finished request, built
-// from the RequestEvent with the OpenTelemetry SDK and sent in batches over OTLP/HTTP (protobuf).
+// from its OtlpRecord with the OpenTelemetry SDK and sent in batches over OTLP/HTTP (protobuf).
 // The span is our hop: its trace id and span id are the ones the upstream receives in `traceparent`, its
-// parent is the caller's span from the incoming `traceparent`. Loaded (by the OTLP recorder,
-// otlp-recorder.ts) only when export is on; one instance per set of settings.
-// Never blocks a request: spans wait in the batch processor's bounded queue, which drops (and counts) when
-// the collector is slow or down; the exporter retries with backoff within its timeout.
+// parent is the caller's span from the incoming `traceparent`. Runs only inside the export thread
+// (otlp-worker.ts), one instance per set of settings: the SDK's span building, batching and protobuf
+// encoding cost the request thread nothing.
+// Spans wait in the batch processor's bounded queue, which drops (and counts) when the collector is slow or
+// down; the exporter retries with backoff within its timeout.
 import {
   type Attributes,
   type Counter,
@@ -38,8 +39,7 @@ import {
   ATTR_SERVICE_VERSION,
   ATTR_URL_PATH,
 } from '@opentelemetry/semantic-conventions'
-import type { RequestEvent } from '../types.ts'
-import { auditLine } from './audit.ts'
+import type { OtlpRecord } from './otlp-record.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 
 export interface OtlpCounts {
@@ -50,6 +50,8 @@ export interface OtlpCounts {
   /** spans dropped because their export failed after the exporter's retries */
   exportFailed: number
 }
+
+export const zeroCounts = (): OtlpCounts => ({ exported: 0, queueFull: 0, exportFailed: 0 })
 
 // the SDK's own self-observability counters (semantic conventions for OTel SDK metrics)
 const SPANS_PROCESSED = 'otel.sdk.processor.span.processed'
@@ -113,6 +115,8 @@ export class OtlpExport {
   private readonly provider: BasicTracerProvider
   private readonly tracer: ReturnType<BasicTracerProvider['getTracer']>
   private readonly shutdownTimeoutMs: number
+  /** spans the sampler did not record: they never reach the processor, so no other count sees them */
+  unsampled = 0
 
   /**
    * `counts` outlive this instance: a reload that changes the settings replaces the export, the counters go
@@ -171,8 +175,7 @@ export class OtlpExport {
     this.shutdownTimeoutMs = Math.min(settings.timeoutMillis ?? 10_000, 5_000)
   }
 
-  record(event: RequestEvent): void {
-    const { identity, decision } = event
+  record(event: OtlpRecord): void {
     const attributes: Attributes = {
       [ATTR_HTTP_REQUEST_METHOD]: event.method,
       [ATTR_URL_PATH]: event.path,
@@ -180,20 +183,19 @@ export class OtlpExport {
       [ATTR_CLIENT_ADDRESS]: event.clientAddress,
       'http.request.body.size': event.bytesIn,
       'http.response.body.size': event.bytesOut,
-      'nhi.identity': identity.name,
-      'nhi.kind': identity.kind,
-      'nhi.source': identity.source,
-      'nhi.verified': identity.verified,
-      'nhi.decision': decision.skipped ? 'none' : decision.decision,
-      'nhi.policy_rule': decision.rule,
+      'nhi.identity': event.identity,
+      'nhi.kind': event.kind,
+      'nhi.source': event.source,
+      'nhi.verified': event.verified,
+      'nhi.decision': event.decision,
+      'nhi.policy_rule': event.policyRule,
       'nhi.request_id': event.requestId,
       'nhi.upstream_ms': event.upstreamMs,
     }
-    if (identity.rule !== undefined) attributes['nhi.rule'] = identity.rule
-    if (identity.team !== undefined) attributes['nhi.team'] = identity.team
-    if (identity.zone !== undefined) attributes['nhi.zone'] = identity.zone
-    if (event.failures.length > 0)
-      attributes['nhi.credential_failures'] = event.failures.map((f) => `${f.source}:${f.reason}`)
+    if (event.rule !== undefined) attributes['nhi.rule'] = event.rule
+    if (event.team !== undefined) attributes['nhi.team'] = event.team
+    if (event.zone !== undefined) attributes['nhi.zone'] = event.zone
+    if (event.failures.length > 0) attributes['nhi.credential_failures'] = event.failures
     if (event.host !== undefined) {
       const { address, port } = hostAndPort(event.host)
       attributes[ATTR_SERVER_ADDRESS] = address
@@ -237,12 +239,16 @@ export class OtlpExport {
       parent,
     )
     if (this.logger) this.emitAudit(this.logger, event, span.spanContext().traceFlags)
-    if (!span.isRecording()) return
+    if (!span.isRecording() || (span.spanContext().traceFlags & 1) === 0) {
+      this.unsampled++
+      if (!span.isRecording()) return
+    }
     for (const type of event.anomalies) span.addEvent('nhi.anomaly', { 'nhi.anomaly.type': type }, event.time)
     for (const f of event.failures) {
+      const colon = f.indexOf(':')
       span.addEvent(
         'nhi.credential_failure',
-        { 'nhi.source': f.source, 'nhi.failure.reason': f.reason },
+        { 'nhi.source': f.slice(0, colon), 'nhi.failure.reason': f.slice(colon + 1) },
         event.time,
       )
     }
@@ -256,20 +262,19 @@ export class OtlpExport {
    * (trace id and our hop's span id), with the identity attributes the span has. Every request, whatever
    * audit.sample says: sampling belongs to the log pipeline here.
    */
-  private emitAudit(logger: Logger, event: RequestEvent, traceFlags: number): void {
-    const { identity, decision } = event
+  private emitAudit(logger: Logger, event: OtlpRecord, traceFlags: number): void {
     const noteworthy = event.status >= 500 || event.upstreamError !== undefined || event.anomalies.length > 0
     const attributes: Attributes = {
-      'nhi.identity': identity.name,
-      'nhi.kind': identity.kind,
-      'nhi.source': identity.source,
-      'nhi.verified': identity.verified,
-      'nhi.decision': decision.skipped ? 'none' : decision.decision,
+      'nhi.identity': event.identity,
+      'nhi.kind': event.kind,
+      'nhi.source': event.source,
+      'nhi.verified': event.verified,
+      'nhi.decision': event.decision,
       [ATTR_HTTP_REQUEST_METHOD]: event.method,
       [ATTR_URL_PATH]: event.path,
       [ATTR_HTTP_RESPONSE_STATUS_CODE]: event.status,
     }
-    if (identity.rule !== undefined) attributes['nhi.rule'] = identity.rule
+    if (event.rule !== undefined) attributes['nhi.rule'] = event.rule
     logger.emit({
       eventName: 'nhi.audit',
       timestamp: event.time,
@@ -277,7 +282,7 @@ export class OtlpExport {
       severityText: noteworthy ? 'WARN' : 'INFO',
       // the audit line itself (JSON text, as in the audit file): a string body costs a fraction of the same
       // record as a nested OTLP map to build and to encode, and log backends parse JSON bodies
-      body: auditLine(event).slice(0, -1),
+      body: event.line ?? '',
       attributes,
       context: trace.setSpanContext(ROOT_CONTEXT, {
         traceId: event.traceId,
@@ -285,6 +290,11 @@ export class OtlpExport {
         traceFlags,
       }),
     })
+  }
+
+  /** how long close() may take */
+  get closeTimeoutMs(): number {
+    return this.shutdownTimeoutMs
   }
 
   /** sends what is queued, bounded: a collector that is down must not hold up the shutdown */

@@ -5,8 +5,9 @@
 // client's new token by more than one turn), with a bound per peer and a global one: past either the job is
 // refused at once (the caller attributes the request as a failed verification, `verification_busy`).
 import { availableParallelism } from 'node:os'
-import { Worker } from 'node:worker_threads'
+import type { Worker } from 'node:worker_threads'
 import type { JWK } from 'jose'
+import { startWorkerThread } from '../../util/worker-thread.ts'
 
 /** what a worker is asked: one token, its issuer's options, and the issuer's key set when that worker lacks it */
 export interface WorkerJob {
@@ -258,24 +259,8 @@ export class VerifyPool {
   }
 }
 
-// The bundle keeps the worker as an entry of its own beside nhi-proxy.mjs (this code may sit in a chunk one
-// directory down). From the sources (tests, `npm run dev`) the worker is the TypeScript file next to this
-// one; Node 20 does not apply the parent's `--import tsx` to a worker's entry, so the worker registers tsx
-// itself before importing it.
-declare const __NHI_BUNDLED__: boolean | undefined
 function startWorker(): Worker {
-  if (typeof __NHI_BUNDLED__ === 'undefined') {
-    const tsx = import.meta.resolve('tsx/esm/api')
-    const entry = new URL('./verify-worker.ts', import.meta.url).href
-    const code = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}) })`
-    return new Worker(code, { eval: true })
-  }
-  const here = new URL('.', import.meta.url)
-  return new Worker(
-    new URL(
-      here.pathname.endsWith('/chunks/') ? '../jwt-verify-worker.mjs' : './jwt-verify-worker.mjs',
-      here,
-    ),
-    { resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 24 } },
-  )
+  return startWorkerThread(new URL('./verify-worker.ts', import.meta.url), 'jwt-verify-worker.mjs', {
+    resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 24 },
+  })
 }

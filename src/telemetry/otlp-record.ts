@@ -1,0 +1,80 @@
+// What the request thread hands to the OTLP export thread per finished request: the fields the span and
+// the audit log record are built from, as one flat object of primitives (cheap to structured-clone; the
+// RequestEvent itself carries nested identity, claims and fingerprints the export never reads).
+// Imports nothing from the SDK.
+import type { RequestEvent } from '../types.ts'
+import { auditLine } from './audit.ts'
+
+export interface OtlpRecord {
+  traceId: string
+  spanId: string
+  parentSpanId: string | undefined
+  traceFlags: string | undefined
+  /** unix ms */
+  time: number
+  durationMs: number
+  method: string
+  path: string
+  route: string
+  host: string | undefined
+  status: number
+  grpcStatus: number | undefined
+  upstreamError: string | undefined
+  upstreamMs: number
+  clientAddress: string
+  bytesIn: number
+  bytesOut: number
+  requestId: string
+  identity: string
+  kind: string
+  source: string
+  verified: boolean
+  rule: string | undefined
+  team: string | undefined
+  zone: string | undefined
+  decision: string
+  policyRule: string
+  /** `source:reason` per credential failure */
+  failures: string[]
+  anomalies: string[]
+  /** the audit line without its newline, when log records are exported: the audit file shares it */
+  line: string | undefined
+}
+
+export function otlpRecord(event: RequestEvent, withLine: boolean): OtlpRecord {
+  const { identity, decision } = event
+  const failures: string[] = []
+  for (const f of event.failures) failures.push(`${f.source}:${f.reason}`)
+  return {
+    traceId: event.traceId,
+    spanId: event.spanId,
+    parentSpanId: event.parentSpanId,
+    traceFlags: event.traceFlags,
+    time: event.time,
+    durationMs: event.durationMs,
+    method: event.method,
+    path: event.path,
+    route: event.route,
+    host: event.host,
+    status: event.status,
+    grpcStatus: event.grpcStatus,
+    upstreamError: event.upstreamError,
+    upstreamMs: event.upstreamMs,
+    clientAddress: event.clientAddress,
+    bytesIn: event.bytesIn,
+    bytesOut: event.bytesOut,
+    requestId: event.requestId,
+    identity: identity.name,
+    kind: identity.kind,
+    source: identity.source,
+    verified: identity.verified,
+    rule: identity.rule,
+    team: identity.team,
+    zone: identity.zone,
+    decision: decision.skipped ? 'none' : decision.decision,
+    policyRule: decision.rule,
+    failures,
+    anomalies: event.anomalies.length === 0 ? [] : [...event.anomalies],
+    line: withLine ? auditLine(event).slice(0, -1) : undefined,
+  }
+}

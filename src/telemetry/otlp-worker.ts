@@ -1,0 +1,82 @@
+// The body of the OTLP export thread (otlp-thread.ts starts it): the OpenTelemetry SDK — tracer and logger
+// providers, batch processors, OTLP/HTTP protobuf exporters — fed with batches of OtlpRecords. Building
+// spans and log records and encoding batches is CPU the request thread no longer spends.
+// It answers every batch with how many records it handed to the SDK (the request thread bounds what is on
+// its way here) and reports the SDK's exported / dropped counts as they change, and a last time on close.
+import { parentPort, workerData } from 'node:worker_threads'
+import { OtlpExport, zeroCounts } from './otlp.ts'
+import type { OtlpRecord } from './otlp-record.ts'
+import type { OtlpSettings } from './otlp-settings.ts'
+
+export interface OtlpWorkerData {
+  settings: OtlpSettings
+  version: string
+}
+
+/** counts since the previous report */
+export interface OtlpWorkerReport {
+  type: 'report'
+  /** records handed to the SDK */
+  handled: number
+  /** spans the sampler left out (never exported, never dropped) */
+  unsampled: number
+  spans: { exported: number; queueFull: number; exportFailed: number }
+  logs: { exported: number; queueFull: number; exportFailed: number }
+}
+
+export type OtlpWorkerMessage = OtlpWorkerReport | { type: 'closed' }
+
+/** what the request thread sends: a batch of records, or 'close' */
+export type OtlpThreadMessage = OtlpRecord[] | 'close'
+
+const REPORT_EVERY_MS = 100
+
+const port = parentPort!
+const { settings, version } = workerData as OtlpWorkerData
+const spans = zeroCounts()
+const logs = zeroCounts()
+const exporter = new OtlpExport(settings, version, { spans, logs })
+let handled = 0
+let unsampledReported = 0
+
+function report(): void {
+  const unsampled = exporter.unsampled - unsampledReported
+  const changed =
+    handled +
+    unsampled +
+    spans.exported +
+    spans.queueFull +
+    spans.exportFailed +
+    logs.exported +
+    logs.queueFull +
+    logs.exportFailed
+  if (changed === 0) return
+  const message: OtlpWorkerReport = {
+    type: 'report',
+    handled,
+    unsampled,
+    spans: { ...spans },
+    logs: { ...logs },
+  }
+  handled = 0
+  unsampledReported = exporter.unsampled
+  spans.exported = spans.queueFull = spans.exportFailed = 0
+  logs.exported = logs.queueFull = logs.exportFailed = 0
+  port.postMessage(message)
+}
+
+// exports finish between batches: their counts must reach the metrics without waiting for more traffic
+setInterval(report, REPORT_EVERY_MS).unref()
+
+port.on('message', (message: OtlpThreadMessage) => {
+  if (message === 'close') {
+    void exporter.close().then(() => {
+      report()
+      port.postMessage({ type: 'closed' } satisfies OtlpWorkerMessage)
+    })
+    return
+  }
+  for (const record of message) exporter.record(record)
+  handled += message.length
+  report()
+})
