@@ -150,6 +150,8 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
     'dist/nhi-proxy.mjs',
     // started as a worker thread by the JWT verification pool
     'dist/jwt-verify-worker.mjs',
+    // started as a worker thread when OTLP export is on
+    'dist/otlp-export-worker.mjs',
     'config/nhi-proxy.yaml',
     'schema/nhi-proxy.schema.json',
     'LICENSE',
