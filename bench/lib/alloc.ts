@@ -305,11 +305,12 @@ export async function runAlloc(opts: AllocOptions): Promise<AllocResult> {
     await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
 
     const upstream = await startPlainUpstream(procs)
-    const traced: Record<AllocId, Traced> = {
-      b: await startTracedBare(procs, upstream),
-      c: await startTracedNhi('nhi-alloc-c', dir, procs, upstream, jwksFile, opts.dist),
-      e: await startTracedNhi('nhi-alloc-e', dir, procs, upstream, jwksFile, opts.dist),
-    }
+    const [b, c, e] = await Promise.all([
+      startTracedBare(procs, upstream),
+      startTracedNhi('nhi-alloc-c', dir, procs, upstream, jwksFile, opts.dist),
+      startTracedNhi('nhi-alloc-e', dir, procs, upstream, jwksFile, opts.dist),
+    ])
+    const traced: Record<AllocId, Traced> = { b, c, e }
     // b gets the tokens too, as in the throughput bench: it forwards the same request bytes as c
     const withToken = (n: number) => ({
       'user-agent': 'nhi-bench',
