@@ -1,4 +1,4 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --alloc]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --alloc | --alloc-sites]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}).
@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { parseDuration } from '../src/util/duration.ts'
-import { allocMarkdown, runAlloc } from './lib/alloc.ts'
+import { allocMarkdown, allocSitesMarkdown, runAlloc, runAllocSites } from './lib/alloc.ts'
 import { floodMarkdown, runFlood } from './lib/flood.ts'
 import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
@@ -91,6 +91,10 @@ const program = new Command()
     '--alloc',
     'allocation mode: JavaScript heap bytes per request from the GC trace, bare engine vs nhi-proxy JWT vs browser, and CPU per request (3 rounds × ≥ 200,000 requests; --quick 1 round × 20,000)',
   )
+  .option(
+    '--alloc-sites',
+    'allocation sites of the JWT configuration: a sampling heap profile, top 10 per request (100,000 requests; --quick 20,000)',
+  )
   .option('--requests <n>', 'allocation mode: requests per measured window, at least', positive)
   .parse()
 
@@ -114,6 +118,7 @@ const o = program.opts<{
   workers?: boolean
   verifyWorkers?: number
   alloc?: boolean
+  allocSites?: boolean
   requests?: number
 }>()
 const results = fileURLToPath(new URL('./results/', import.meta.url))
@@ -287,18 +292,38 @@ async function allocMode(): Promise<void> {
   }
 }
 
-await (o.alloc
-  ? allocMode()
-  : o.workers
-    ? workersMode()
-    : o.memory || o.memoryQuick
-      ? memoryMode()
-      : o.flood
-        ? floodMode()
-        : o.otlp
-          ? otlpMode()
-          : o.h2
-            ? h2Mode()
-            : o.prom
-              ? promMode()
-              : throughputMode())
+async function allocSitesMode(): Promise<void> {
+  const quick = o.quick === true
+  const r = await runAllocSites({
+    requests: Math.round(o.requests ?? (quick ? 20_000 : 100_000)),
+    warmup: quick ? 5_000 : 20_000,
+    connections: Math.round(o.connections),
+    top: 10,
+    log,
+  })
+  const md = allocSitesMarkdown(r)
+  process.stdout.write(md)
+  if (o.write) {
+    await writeFile(join(results, 'alloc-sites.md'), md)
+    await writeFile(join(results, 'alloc-sites.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'alloc-sites.md')}, alloc-sites.json`)
+  }
+}
+
+await (o.allocSites
+  ? allocSitesMode()
+  : o.alloc
+    ? allocMode()
+    : o.workers
+      ? workersMode()
+      : o.memory || o.memoryQuick
+        ? memoryMode()
+        : o.flood
+          ? floodMode()
+          : o.otlp
+            ? otlpMode()
+            : o.h2
+              ? h2Mode()
+              : o.prom
+                ? promMode()
+                : throughputMode())

@@ -19,9 +19,11 @@
 // `minGcs` collections long, which makes the residual (≤ connections requests at each end) small. GC
 // lines of other isolates (the token-verification worker, a loader thread) are not the request path; they
 // are counted and reported but not added.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { Pool } from 'undici'
 import { BROWSER_UA, type Target } from './harness.ts'
 import { nhiCommand, nhiConfigYaml, REPO_ROOT, startPlainUpstream } from './nhi.ts'
@@ -159,14 +161,15 @@ async function startTracedNhi(
   upstream: string,
   jwksFile: string,
   dist: boolean,
+  extra: { nodeArgs?: string[]; env?: Record<string, string> } = {},
 ): Promise<Traced> {
   const port = await freePort()
   const adminPort = await freePort()
   const file = join(dir, `${name}.yaml`)
   await writeFile(file, nhiConfigYaml({ port, adminPort, upstream, jwksFile }))
   const { command, args } = nhiCommand(file, { dist })
-  const proc = spawnProcess(name, command, [...TRACE_FLAGS, ...args], {
-    env: { NHI_LOG_LEVEL: 'warn' },
+  const proc = spawnProcess(name, command, [...TRACE_FLAGS, ...(extra.nodeArgs ?? []), ...args], {
+    env: { NHI_LOG_LEVEL: 'warn', ...extra.env },
     stdout: 'pipe',
   })
   procs.push(proc)
@@ -420,4 +423,165 @@ export function allocMarkdown(r: AllocResult, targetLine: (t: Target) => string)
     lines.push(`| ${k} | ${v.median.toFixed(2)} | ${v.rounds.map((x) => x.toFixed(2)).join(' / ')} |`)
   lines.push('', '```', ...r.targets.map(targetLine), '```', '')
   return lines.join('\n')
+}
+
+export interface AllocSite {
+  /** function (file:line) */
+  site: string
+  bytesPerRequest: number
+  /** of everything sampled */
+  share: number
+}
+
+export interface AllocSitesResult {
+  startedAt: string
+  node: string
+  requests: number
+  /** the profile's estimate of all bytes allocated per request (compare with the GC trace's) */
+  sampledBytesPerRequest: number
+  /** where the bytes are allocated (the allocating function itself, often inside Node or a library) */
+  self: AllocSite[]
+  /** the same bytes charged to the innermost nhi-proxy function on the stack: what our code causes */
+  nhi: AllocSite[]
+}
+
+interface ProfileNode {
+  callFrame: { functionName: string; url: string; lineNumber: number }
+  selfSize: number
+  children: ProfileNode[]
+}
+
+const SRC_URL = `${pathToFileURL(join(REPO_ROOT, 'src')).href}/`
+
+function frameName(f: ProfileNode['callFrame']): string {
+  const file = f.url.startsWith(SRC_URL)
+    ? `src/${f.url.slice(SRC_URL.length)}`
+    : f.url.startsWith('node:')
+      ? f.url
+      : (f.url.split('/node_modules/').at(-1) ?? f.url)
+  // tsx's output does not keep the source lines, so our own files are named without one
+  const line = f.url && !f.url.startsWith(SRC_URL) ? `:${f.lineNumber + 1}` : ''
+  return `${f.functionName || '(anonymous)'} (${file || 'native'}${line})`
+}
+
+/**
+ * Allocation sites of configuration c: nhi-proxy from the TypeScript sources (readable names, unlike the
+ * minified bundle), sampled while `requests` cached-token requests go through it. Indicative, as any sampling
+ * profile: it is the guide to where the bytes go, the GC-trace numbers of `runAlloc` are the measurement.
+ */
+export async function runAllocSites(opts: {
+  requests: number
+  warmup: number
+  connections: number
+  top: number
+  log: (line: string) => void
+}): Promise<AllocSitesResult> {
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-alloc-sites-'))
+  const procs: ServerProcess[] = []
+  let driver: Driver | undefined
+  try {
+    const rotating = await tokenSet('rotating', 'RS256', 1_000, 100)
+    const bearer = rotating.tokens.map((x) => `Bearer ${x}`)
+    const jwksFile = join(dir, 'jwks.json')
+    await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
+    const upstream = await startPlainUpstream(procs)
+    const profileFile = join(dir, 'heap.json')
+    const c = await startTracedNhi('nhi-alloc-sites', dir, procs, upstream, jwksFile, false, {
+      nodeArgs: ['--import', join(REPO_ROOT, 'bench/heap-sample.mjs')],
+      env: { NHI_HEAP_SAMPLE_FILE: profileFile },
+    })
+    driver = new Driver(c.url, opts.connections, (n) => ({
+      'user-agent': 'nhi-bench',
+      authorization: bearer[n % bearer.length]!,
+    }))
+    const d = driver
+    const run = async (n: number) => {
+      const until = d.done + n
+      await d.run(() => d.done >= until)
+    }
+    opts.log(`warm-up: ${opts.warmup.toLocaleString('en')} requests`)
+    await run(opts.warmup)
+    const waitFor = async (file: string) => {
+      const deadline = Date.now() + 30_000
+      while (!existsSync(file)) {
+        if (Date.now() > deadline) throw new Error(`no ${file}:\n${c.proc.stderrTail()}`)
+        await new Promise((r) => setTimeout(r, 20))
+      }
+    }
+    c.proc.child.kill('SIGUSR2')
+    await waitFor(`${profileFile}.started`)
+    const from = d.done
+    opts.log(`sampling over ${opts.requests.toLocaleString('en')} requests`)
+    await run(opts.requests)
+    const requests = d.done - from
+    c.proc.child.kill('SIGUSR2')
+    await waitFor(profileFile)
+    // the file is written in one call; a partial read would fail to parse, so retry briefly
+    let head: ProfileNode | undefined
+    for (let i = 0; i < 50 && !head; i++) {
+      try {
+        head = (JSON.parse(await readFile(profileFile, 'utf8')) as { head: ProfileNode }).head
+      } catch {
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    }
+    if (!head) throw new Error('heap profile unreadable')
+    const self = new Map<string, number>()
+    const nhi = new Map<string, number>()
+    let total = 0
+    const walk = (n: ProfileNode, ours: string | undefined) => {
+      const name = frameName(n.callFrame)
+      const mine = n.callFrame.url.startsWith(SRC_URL) ? name : ours
+      if (n.selfSize > 0) {
+        total += n.selfSize
+        self.set(name, (self.get(name) ?? 0) + n.selfSize)
+        const key = mine ?? '(no nhi-proxy frame on the stack)'
+        nhi.set(key, (nhi.get(key) ?? 0) + n.selfSize)
+      }
+      for (const child of n.children) walk(child, mine)
+    }
+    walk(head, undefined)
+    const top = (m: Map<string, number>) =>
+      [...m]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, opts.top)
+        .map(([site, bytes]) => ({ site, bytesPerRequest: bytes / requests, share: bytes / total }))
+    return {
+      startedAt: new Date().toISOString(),
+      node: process.version,
+      requests,
+      sampledBytesPerRequest: total / requests,
+      self: top(self),
+      nhi: top(nhi),
+    }
+  } finally {
+    await driver?.close().catch(() => {})
+    await stopAll(procs)
+    await rm(dir, { recursive: true, force: true }).catch(() => {})
+  }
+}
+
+export function allocSitesMarkdown(r: AllocSitesResult): string {
+  const table = (sites: AllocSite[]) => [
+    '| # | site | bytes/req | share |',
+    '|---:|---|---:|---:|',
+    ...sites.map(
+      (s, i) =>
+        `| ${i + 1} | \`${s.site}\` | ${s.bytesPerRequest.toFixed(0)} | ${(s.share * 100).toFixed(1)} % |`,
+    ),
+  ]
+  return [
+    `# nhi-proxy allocation sites, configuration c (${r.startedAt})`,
+    '',
+    `Node ${r.node}; sampling heap profile (collected objects included) over ${r.requests.toLocaleString('en')} cached-token requests, nhi-proxy from the TypeScript sources; the profile estimates ${(r.sampledBytesPerRequest / 1024).toFixed(1)} KB per request in all.`,
+    '',
+    '## By the innermost nhi-proxy function on the stack',
+    '',
+    ...table(r.nhi),
+    '',
+    '## By the allocating function',
+    '',
+    ...table(r.self),
+    '',
+  ].join('\n')
 }
