@@ -278,6 +278,7 @@ async function allocMode(): Promise<void> {
     requests: Math.round(o.requests ?? (quick ? 20_000 : 200_000)),
     minGcs: quick ? 10 : 50,
     warmup: quick ? 5_000 : 20_000,
+    maxWindowS: 120,
     connections: Math.round(o.connections),
     dist,
     log,

@@ -406,7 +406,7 @@ export function allocMarkdown(r: AllocResult, targetLine: (t: Target) => string)
   const lines = [
     `# nhi-proxy allocation per request (${r.startedAt})`,
     '',
-    `Node ${r.node}, load average ${r.loadAvg.join(' / ')} at start. ${o.rounds} interleaved round(s); each window ≥ ${o.requests.toLocaleString('en')} requests and > ${o.minGcs} collections of the proxy's main isolate, ${o.connections} concurrent request loops, after ${o.warmup.toLocaleString('en')} warm-up requests per configuration. nhi-proxy ran ${o.dist ? 'from the bundle (dist/nhi-proxy.mjs)' : 'from the TypeScript sources through tsx'}.`,
+    `Node ${r.node}, load average ${r.loadAvg.join(' / ')} at start. ${o.rounds} interleaved round(s); each window ≥ ${o.requests.toLocaleString('en')} requests and > ${o.minGcs} collections of the proxy's main isolate (or ${o.maxWindowS ?? 120} s, whichever comes first), ${o.connections} concurrent request loops, after ${o.warmup.toLocaleString('en')} warm-up requests per configuration. nhi-proxy ran ${o.dist ? 'from the bundle (dist/nhi-proxy.mjs)' : 'from the TypeScript sources through tsx'}.`,
     '',
     'Bytes = Σ `allocated=` of the `--trace-gc-nvp` lines between two collections, divided by the responses completed between them (JavaScript heap only; Buffer backing stores are outside it).',
     '',
