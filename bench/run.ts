@@ -1,7 +1,7 @@
 // npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --alloc | --alloc-sites]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
-// (memory: memory.{md,json}; flood: flood.{md,json}).
+// (memory: memory.{md,json}; flood: flood.{md,json}; alloc: alloc.{md,json}; alloc-sites: alloc-sites.{md,json}).
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'

@@ -2,7 +2,13 @@
 // http-proxy, nhi-proxy with JWT / mTLS / browser traffic, nginx when installed, the cache-miss flood)
 // must serve real traffic without socket errors or failed responses, and every process must be gone after.
 import t from 'tap'
-import { ALLOC_TARGET, allocMarkdown, runAlloc } from '../../bench/lib/alloc.ts'
+import {
+  ALLOC_TARGET,
+  allocMarkdown,
+  allocSitesMarkdown,
+  runAlloc,
+  runAllocSites,
+} from '../../bench/lib/alloc.ts'
 import { runH2 } from '../../bench/lib/h2.ts'
 import { runBench } from '../../bench/lib/harness.ts'
 import { hasCommand } from '../../bench/lib/load.ts'
@@ -247,6 +253,26 @@ t.test('allocation mode, tiny: heap bytes and CPU per request of b, c and e from
     /^(PASS|MISS) {2}allocation per request c ≤ 1\.2× b: /m,
     'PASS/MISS line in the report',
   )
+  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
+  t.same(after, [], 'no child process outlives the run')
+})
+
+t.test('allocation sites, tiny: a sampling heap profile of c names nhi-proxy functions', async (t) => {
+  const before = new Set(await childPids(process.pid))
+  const r = await runAllocSites({ requests: 1_500, warmup: 300, connections: 8, top: 5, log: () => {} })
+  t.ok(r.requests >= 1_500, `sampled over ${r.requests} requests`)
+  // collected objects are kept in the profile: a survivors-only profile would show almost nothing per request
+  t.ok(
+    r.sampledBytesPerRequest > 1024,
+    `${(r.sampledBytesPerRequest / 1024).toFixed(1)} KB per request sampled`,
+  )
+  t.equal(r.self.length, 5, 'top sites by allocating function')
+  t.ok(
+    r.nhi.some((s) => s.site.includes('(src/')),
+    'bytes are charged to nhi-proxy functions from the sources',
+  )
+  for (const s of [...r.self, ...r.nhi]) t.ok(s.share > 0 && s.share <= 1, `${s.site}: a share of the total`)
+  t.match(allocSitesMarkdown(r), /By the innermost nhi-proxy function on the stack/)
   const after = (await childPids(process.pid)).filter((p) => !before.has(p))
   t.same(after, [], 'no child process outlives the run')
 })
