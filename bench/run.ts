@@ -1,12 +1,13 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --alloc | --alloc-sites]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
-// (memory: memory.{md,json}; flood: flood.{md,json}).
+// (memory: memory.{md,json}; flood: flood.{md,json}; alloc: alloc.{md,json}; alloc-sites: alloc-sites.{md,json}).
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { parseDuration } from '../src/util/duration.ts'
+import { allocMarkdown, allocSitesMarkdown, runAlloc, runAllocSites } from './lib/alloc.ts'
 import { floodMarkdown, runFlood } from './lib/flood.ts'
 import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
@@ -86,6 +87,15 @@ const program = new Command()
     '--workers',
     'workers mode: nhi-proxy workers: 1 vs workers: 2 vs nginx with 1 and 2 workers, JWT load (2 rounds × 5 s unless given)',
   )
+  .option(
+    '--alloc',
+    'allocation mode: JavaScript heap bytes per request from the GC trace, bare engine vs nhi-proxy JWT vs browser, and CPU per request (3 rounds × ≥ 200,000 requests; --quick 1 round × 20,000)',
+  )
+  .option(
+    '--alloc-sites',
+    'allocation sites of the JWT configuration: a sampling heap profile, top 10 per request (100,000 requests; --quick 20,000)',
+  )
+  .option('--requests <n>', 'allocation mode: requests per measured window, at least', positive)
   .parse()
 
 const o = program.opts<{
@@ -107,6 +117,9 @@ const o = program.opts<{
   promTraffic: string
   workers?: boolean
   verifyWorkers?: number
+  alloc?: boolean
+  allocSites?: boolean
+  requests?: number
 }>()
 const results = fileURLToPath(new URL('./results/', import.meta.url))
 const log = (s: string) => process.stderr.write(`${s}\n`)
@@ -254,16 +267,64 @@ async function promMode(): Promise<void> {
   }
 }
 
-await (o.workers
-  ? workersMode()
-  : o.memory || o.memoryQuick
-    ? memoryMode()
-    : o.flood
-      ? floodMode()
-      : o.otlp
-        ? otlpMode()
-        : o.h2
-          ? h2Mode()
-          : o.prom
-            ? promMode()
-            : throughputMode())
+async function allocMode(): Promise<void> {
+  const quick = o.quick === true
+  // quick runs take an up-to-date bundle as it is, like the h2 mode; full runs build it first
+  const dist = quick ? freshDist() : buildDist()
+  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources through tsx')
+  const given = (name: string) => program.getOptionValueSource(name) === 'cli'
+  const r = await runAlloc({
+    rounds: given('rounds') ? Math.round(o.rounds) : quick ? 1 : 3,
+    requests: Math.round(o.requests ?? (quick ? 20_000 : 200_000)),
+    minGcs: quick ? 10 : 50,
+    warmup: quick ? 5_000 : 20_000,
+    maxWindowS: 120,
+    connections: Math.round(o.connections),
+    dist,
+    log,
+  })
+  const md = allocMarkdown(r, targetLine)
+  process.stdout.write(md)
+  for (const t of r.targets) log(targetLine(t))
+  if (o.write) {
+    await writeFile(join(results, 'alloc.md'), md)
+    await writeFile(join(results, 'alloc.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'alloc.md')}, alloc.json`)
+  }
+}
+
+async function allocSitesMode(): Promise<void> {
+  const quick = o.quick === true
+  const r = await runAllocSites({
+    requests: Math.round(o.requests ?? (quick ? 20_000 : 100_000)),
+    warmup: quick ? 5_000 : 20_000,
+    connections: Math.round(o.connections),
+    top: 10,
+    log,
+  })
+  const md = allocSitesMarkdown(r)
+  process.stdout.write(md)
+  if (o.write) {
+    await writeFile(join(results, 'alloc-sites.md'), md)
+    await writeFile(join(results, 'alloc-sites.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'alloc-sites.md')}, alloc-sites.json`)
+  }
+}
+
+await (o.allocSites
+  ? allocSitesMode()
+  : o.alloc
+    ? allocMode()
+    : o.workers
+      ? workersMode()
+      : o.memory || o.memoryQuick
+        ? memoryMode()
+        : o.flood
+          ? floodMode()
+          : o.otlp
+            ? otlpMode()
+            : o.h2
+              ? h2Mode()
+              : o.prom
+                ? promMode()
+                : throughputMode())

@@ -2,6 +2,13 @@
 // http-proxy, nhi-proxy with JWT / mTLS / browser traffic, nginx when installed, the cache-miss flood)
 // must serve real traffic without socket errors or failed responses, and every process must be gone after.
 import t from 'tap'
+import {
+  ALLOC_TARGET,
+  allocMarkdown,
+  allocSitesMarkdown,
+  runAlloc,
+  runAllocSites,
+} from '../../bench/lib/alloc.ts'
 import { runH2 } from '../../bench/lib/h2.ts'
 import { runBench } from '../../bench/lib/harness.ts'
 import { hasCommand } from '../../bench/lib/load.ts'
@@ -199,6 +206,73 @@ t.test('workers mode, tiny: workers: 1 and workers: 2 (and nginx 1 and 2) serve 
   }
   t.ok(r.ratios['nhi-2/nhi-1']!.median > 0, 'the scaling ratio is measured')
   t.equal(r.targets[0]?.target, 1.7, 'and evaluated against its target')
+  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
+  t.same(after, [], 'no child process outlives the run')
+})
+
+t.test('allocation mode, tiny: heap bytes and CPU per request of b, c and e from the GC trace', async (t) => {
+  const before = new Set(await childPids(process.pid))
+  const r = await runAlloc({
+    rounds: 1,
+    requests: 1_500,
+    minGcs: 3,
+    warmup: 300,
+    connections: 8,
+    dist: false,
+    maxWindowS: 30,
+    log: () => {},
+  })
+  t.same(
+    r.rows.map((row) => row.id),
+    ['b', 'c', 'e'],
+    'bare engine, JWT and browser measured in order',
+  )
+  for (const row of r.rows) {
+    const s = row.rounds[0]!
+    t.ok(s.gcs >= 3 && s.requests >= 1_500, `${row.id}: a window of ${s.requests} requests and ${s.gcs} GCs`)
+    t.equal(s.errors + s.non2xx, 0, `${row.id}: no socket errors or non-2xx answers`)
+    // a request through any proxy allocates at least its parsed headers; far below 1 KB would mean the
+    // GC lines or the request count are misread
+    t.ok(
+      Number.isFinite(row.bytesPerRequest) && row.bytesPerRequest > 1024,
+      `${row.id}: ${(row.bytesPerRequest / 1024).toFixed(1)} KB per request`,
+    )
+    t.ok(Number.isFinite(row.cpuUsPerRequest) && row.cpuUsPerRequest > 0, `${row.id}: CPU per request`)
+  }
+  for (const k of ['c/b', 'e/b'] as const) {
+    const v = r.ratios[k]!.median
+    t.ok(Number.isFinite(v) && v > 0, `${k} = ${v.toFixed(2)}`)
+  }
+  t.same(
+    r.targets.map((x) => [x.target, x.pass, x.direction]),
+    r.targets.map((x) => [ALLOC_TARGET, x.value <= ALLOC_TARGET, 'max']),
+    'both ratios judged against ≤ 1.2×',
+  )
+  t.match(
+    allocMarkdown(r, targetLine),
+    /^(PASS|MISS) {2}allocation per request c ≤ 1\.2× b: /m,
+    'PASS/MISS line in the report',
+  )
+  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
+  t.same(after, [], 'no child process outlives the run')
+})
+
+t.test('allocation sites, tiny: a sampling heap profile of c names nhi-proxy functions', async (t) => {
+  const before = new Set(await childPids(process.pid))
+  const r = await runAllocSites({ requests: 1_500, warmup: 300, connections: 8, top: 5, log: () => {} })
+  t.ok(r.requests >= 1_500, `sampled over ${r.requests} requests`)
+  // collected objects are kept in the profile: a survivors-only profile would show almost nothing per request
+  t.ok(
+    r.sampledBytesPerRequest > 1024,
+    `${(r.sampledBytesPerRequest / 1024).toFixed(1)} KB per request sampled`,
+  )
+  t.equal(r.self.length, 5, 'top sites by allocating function')
+  t.ok(
+    r.nhi.some((s) => s.site.includes('(src/')),
+    'bytes are charged to nhi-proxy functions from the sources',
+  )
+  for (const s of [...r.self, ...r.nhi]) t.ok(s.share > 0 && s.share <= 1, `${s.site}: a share of the total`)
+  t.match(allocSitesMarkdown(r), /By the innermost nhi-proxy function on the stack/)
   const after = (await childPids(process.pid)).filter((p) => !before.has(p))
   t.same(after, [], 'no child process outlives the run')
 })
