@@ -360,13 +360,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   }
   const reload = async (): Promise<boolean> => {
     if (!configPath) return false
-    const result = await loadConfigFile(configPath)
-    if (!result.ok) {
-      for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
-      telemetry.configReloaded('failure')
-      return false
-    }
-    return apply(result.config, result.warnings)
+    const result = await loadForReload(configPath, log, telemetry)
+    return result !== undefined && apply(result.config, result.warnings)
   }
   const serialReload = serializeReloads(reload)
   // configs handed over are applied one at a time, in the order they came
@@ -434,7 +429,23 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   }
 }
 
-function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
+/**
+ * The config file again, for a reload: an invalid one is logged diagnostic by diagnostic and counted as a
+ * failed reload, and the caller keeps what it runs.
+ */
+export async function loadForReload(
+  configPath: string,
+  log: Logger,
+  telemetry: Pick<Telemetry, 'configReloaded'>,
+): Promise<{ config: Config; warnings: Diagnostic[] } | undefined> {
+  const result = await loadConfigFile(configPath)
+  if (result.ok) return result
+  for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
+  telemetry.configReloaded('failure')
+  return undefined
+}
+
+export function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
   for (const { recorder, error } of failures)
     log.error({ event: 'recorder_failed', recorder, err: error }, `the ${recorder} output failed: ${error}`)
 }

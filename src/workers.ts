@@ -10,14 +10,16 @@ import { availableParallelism } from 'node:os'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { createAdminServer, type ReadyState } from './admin/server.ts'
-import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
+import { formatDiagnostic } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import {
   applyOverrides,
   type ListenOverrides,
+  loadForReload,
   loadOrFail,
+  logRecorderFailures,
   StartupError,
   splitAddress,
   startWorkerSidecar,
@@ -454,12 +456,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // validated once here: an invalid file is reported once and no worker sees it
   const reload = async (): Promise<boolean> => {
     if (!configPath) return false
-    const result = await loadConfigFile(configPath)
-    if (!result.ok) {
-      for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
-      telemetry.configReloaded('failure')
-      return false
-    }
+    const result = await loadForReload(configPath, log, telemetry)
+    if (!result) return false
     const next = applyOverrides(result.config, opts.overrides)
     if (next.workers !== config.workers)
       log.warn({ event: 'workers_unchanged' }, 'workers is read at start only; restart to change it')
@@ -468,8 +466,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     const applied = await Promise.all(
       live().map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),
     )
-    for (const { recorder, error } of await telemetry.reconfigure(next))
-      log.error({ event: 'recorder_failed', recorder, err: error }, `the ${recorder} output failed: ${error}`)
+    logRecorderFailures(log, await telemetry.reconfigure(next))
     telemetry.configReloaded('success')
     for (const d of result.warnings) log.warn(formatDiagnostic(d))
     const failed = applied.filter((ok) => ok !== true).length
@@ -511,11 +508,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       await Promise.all(exits)
       clearTimeout(timer)
       await admin.close()
-      for (const { recorder, error } of await telemetry.close())
-        log.error(
-          { event: 'recorder_failed', recorder, err: error },
-          `the ${recorder} output failed: ${error}`,
-        )
+      logRecorderFailures(log, await telemetry.close())
     })()
     return closing
   }
