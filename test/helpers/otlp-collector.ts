@@ -72,6 +72,19 @@ const root = require('otlp-proto-root/build/src/generated/root.js') as {
 const ExportTraceServiceRequest = root.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest
 const ExportLogsServiceRequest = root.opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest
 
+/** env for a sidecar under test: none of the runner's own OTEL_* settings (an empty value counts as unset) */
+export const CLEAN_OTEL_ENV = {
+  OTEL_EXPORTER_OTLP_ENDPOINT: '',
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',
+  OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: '',
+  OTEL_LOGS_EXPORTER: '',
+  OTEL_SERVICE_NAME: '',
+  OTEL_RESOURCE_ATTRIBUTES: '',
+  OTEL_TRACES_SAMPLER: '',
+  OTEL_TRACES_EXPORTER: '',
+  OTEL_SDK_DISABLED: '',
+}
+
 export interface ReceivedLogRecord {
   service: string
   traceId: string

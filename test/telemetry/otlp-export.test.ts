@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { startCollector } from '../helpers/otlp-collector.ts'
+import { CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -18,17 +18,6 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 const url = (a: AddressInfo) => `http://127.0.0.1:${a.port}`
 /** everything a span carries, as text (its nanosecond times are bigints) */
 const dump = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? String(x) : x))
-
-/** env of the sidecars: none of the runner's own OTEL_* settings */
-const CLEAN_OTEL_ENV = {
-  OTEL_EXPORTER_OTLP_ENDPOINT: '',
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',
-  OTEL_SERVICE_NAME: '',
-  OTEL_RESOURCE_ATTRIBUTES: '',
-  OTEL_TRACES_SAMPLER: '',
-  OTEL_TRACES_EXPORTER: '',
-  OTEL_SDK_DISABLED: '',
-}
 
 function get(target: string, headers: Record<string, string> = {}) {
   return new Promise<{ status: number; body: string }>((resolve, reject) => {

@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js'
 import * as protoLoader from '@grpc/proto-loader'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { type ReceivedSpan, startCollector } from '../helpers/otlp-collector.ts'
+import { CLEAN_OTEL_ENV, type ReceivedSpan, startCollector } from '../helpers/otlp-collector.ts'
 import { ROOT, startTestSidecar } from '../helpers/sidecar.ts'
 
 const API_KEY = 'grpc-caller-secret-0123456789'
@@ -22,16 +22,6 @@ const Echo = (
 
 interface Msg {
   text: string
-}
-
-const CLEAN_OTEL_ENV = {
-  OTEL_EXPORTER_OTLP_ENDPOINT: '',
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',
-  OTEL_SERVICE_NAME: '',
-  OTEL_RESOURCE_ATTRIBUTES: '',
-  OTEL_TRACES_SAMPLER: '',
-  OTEL_TRACES_EXPORTER: '',
-  OTEL_SDK_DISABLED: '',
 }
 
 async function startGrpcUpstream() {

@@ -5,22 +5,9 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape, seriesCount } from '../helpers/metrics.ts'
-import { startCollector } from '../helpers/otlp-collector.ts'
+import { CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
-
-/** env of the sidecar: none of the runner's own OTEL_* settings */
-const CLEAN_OTEL_ENV = {
-  OTEL_EXPORTER_OTLP_ENDPOINT: '',
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',
-  OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: '',
-  OTEL_LOGS_EXPORTER: '',
-  OTEL_SERVICE_NAME: '',
-  OTEL_RESOURCE_ATTRIBUTES: '',
-  OTEL_TRACES_SAMPLER: '',
-  OTEL_TRACES_EXPORTER: '',
-  OTEL_SDK_DISABLED: '',
-}
 
 const url = (a: AddressInfo) => `http://127.0.0.1:${a.port}`
 

@@ -12,24 +12,12 @@ import { OtlpThread } from '../../src/telemetry/otlp-thread.ts'
 import { requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { startCollector } from '../helpers/otlp-collector.ts'
+import { CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 // the export thread inherits this process's environment: none of the runner's own OTEL_* settings
 for (const name of Object.keys(process.env)) if (name.startsWith('OTEL_')) delete process.env[name]
-
-const CLEAN_OTEL_ENV = {
-  OTEL_EXPORTER_OTLP_ENDPOINT: '',
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',
-  OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: '',
-  OTEL_LOGS_EXPORTER: '',
-  OTEL_SERVICE_NAME: '',
-  OTEL_RESOURCE_ATTRIBUTES: '',
-  OTEL_TRACES_SAMPLER: '',
-  OTEL_TRACES_EXPORTER: '',
-  OTEL_SDK_DISABLED: '',
-}
 
 const url = (a: AddressInfo) => `http://127.0.0.1:${a.port}`
 
