@@ -29,7 +29,7 @@ import { BROWSER_UA, type Target } from './harness.ts'
 import { nhiCommand, nhiConfigYaml, REPO_ROOT, startPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
 import { median } from './stats.ts'
-import { tokenSet } from './tokens.ts'
+import { rotatingTokens } from './tokens.ts'
 
 export type AllocId = 'b' | 'c' | 'e'
 
@@ -302,10 +302,8 @@ export async function runAlloc(opts: AllocOptions): Promise<AllocResult> {
   const procs: ServerProcess[] = []
   const drivers: Driver[] = []
   try {
-    const rotating = await tokenSet('rotating', 'RS256', 1_000, 100)
-    const bearer = rotating.tokens.map((x) => `Bearer ${x}`)
-    const jwksFile = join(dir, 'jwks.json')
-    await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
+    const { tokens, jwksFile } = await rotatingTokens(dir)
+    const bearer = tokens.map((x) => `Bearer ${x}`)
 
     const upstream = await startPlainUpstream(procs)
     const [b, c, e] = await Promise.all([
@@ -480,10 +478,8 @@ export async function runAllocSites(opts: {
   const procs: ServerProcess[] = []
   let driver: Driver | undefined
   try {
-    const rotating = await tokenSet('rotating', 'RS256', 1_000, 100)
-    const bearer = rotating.tokens.map((x) => `Bearer ${x}`)
-    const jwksFile = join(dir, 'jwks.json')
-    await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
+    const { tokens, jwksFile } = await rotatingTokens(dir)
+    const bearer = tokens.map((x) => `Bearer ${x}`)
     const upstream = await startPlainUpstream(procs)
     const profileFile = join(dir, 'heap.json')
     const c = await startTracedNhi('nhi-alloc-sites', dir, procs, upstream, jwksFile, false, {

@@ -3,7 +3,7 @@
 // export on to a collector that is down (a closed port) — and the bare engine, measured in interleaved rounds;
 // ratios are taken within each round. The live collector is a sink in this process that reads each export and
 // answers 200 with an empty OTLP response: it does no decoding, so the proxy's own cost is what is measured.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -11,7 +11,7 @@ import { ensureWrk, type LoadResult, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, mainThreadCpuMicros, rssBytes, type ServerProcess, stopAll } from './procs.ts'
 import { median } from './stats.ts'
-import { tokenSet } from './tokens.ts'
+import { rotatingTokens } from './tokens.ts'
 
 export interface OtlpCostOptions {
   rounds: number
@@ -72,11 +72,7 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
   const sink = await startSink()
   try {
     const useWrk = ensureWrk(log)
-    const rotating = await tokenSet('rotating', 'RS256', 1_000, 100)
-    const tokensFile = join(dir, 'tokens.txt')
-    await writeFile(tokensFile, `${rotating.tokens.join('\n')}\n`)
-    const jwksFile = join(dir, 'jwks.json')
-    await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
+    const { tokensFile, jwksFile } = await rotatingTokens(dir)
 
     const upstreamUrl = await startPlainUpstream(procs)
     const bare = await startBareUndici(procs, upstreamUrl)

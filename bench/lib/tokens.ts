@@ -172,3 +172,20 @@ export async function tokenSet(
     await minter.close()
   }
 }
+
+/**
+ * The bench's usual JWT load in `dir`: 1,000 RS256 tokens over 100 service accounts, one per line in
+ * `tokens.txt` (what wrk and the load generator read), and `jwks.json`, the key set that verifies them.
+ */
+export async function rotatingTokens(
+  dir: string,
+): Promise<{ tokens: string[]; tokensFile: string; jwksFile: string }> {
+  const rotating = await tokenSet('rotating', 'RS256', 1_000, 100)
+  const tokensFile = join(dir, 'tokens.txt')
+  const jwksFile = join(dir, 'jwks.json')
+  await Promise.all([
+    writeFile(tokensFile, `${rotating.tokens.join('\n')}\n`),
+    writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] })),
+  ])
+  return { tokens: rotating.tokens, tokensFile, jwksFile }
+}

@@ -3,7 +3,7 @@
 // second core can give here, same JWT load (1,000 rotating tokens), interleaved rounds; ratios are taken
 // within each round and their spread over the rounds is reported as the run-to-run noise. The load
 // generator and the upstream share the same cores, so the ceiling is below 2× for every proxy.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Target } from './harness.ts'
@@ -12,7 +12,7 @@ import { nginxBinary, startNginx } from './nginx.ts'
 import { startNhi, startPlainUpstream } from './nhi.ts'
 import { freePort, type ServerProcess, stopAll, treeCpuMicros } from './procs.ts'
 import { median } from './stats.ts'
-import { tokenSet } from './tokens.ts'
+import { rotatingTokens } from './tokens.ts'
 
 export interface WorkersBenchOptions {
   rounds: number
@@ -50,11 +50,7 @@ export async function runWorkersBench(opts: WorkersBenchOptions): Promise<Worker
   const dir = await mkdtemp(join(tmpdir(), 'nhi-workers-bench-'))
   const procs: ServerProcess[] = []
   try {
-    const rotating = await tokenSet('rotating', 'RS256', 1_000, 100)
-    const tokensFile = join(dir, 'tokens.txt')
-    await writeFile(tokensFile, `${rotating.tokens.join('\n')}\n`)
-    const jwksFile = join(dir, 'jwks.json')
-    await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk] }))
+    const { tokensFile, jwksFile } = await rotatingTokens(dir)
     const upstreamUrl = await startPlainUpstream(procs)
     const upstreamPort = Number(new URL(upstreamUrl).port)
 
