@@ -205,7 +205,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       return fail('wrong_issuer', typeof iss === 'string' ? 'issuer not configured' : 'no iss claim')
     if (!verifier.allows(header['alg']))
       return fail('alg_not_allowed', 'algorithm not allowed for this issuer')
-    const result = await verifier.verify(token, fp, peer)
+    const result = await verifier.verify(token, fp, peer, peeked)
     return 'source' in result ? result : fail(result.reason, result.detail)
   }
 
