@@ -33,6 +33,10 @@ export interface MemorySample {
   tokensSent: number
   xfccSent: number
   rssMB: number
+  /** the main thread's V8 heap, committed and used, and memory outside it that V8 tracks (Buffers, ...) */
+  heapTotalMB?: number
+  heapUsedMB?: number
+  externalMB?: number
   series: number
   scrapeMs: number
 }
@@ -71,14 +75,25 @@ function t(name: string, value: number, goal: number, unit: string, note?: strin
 async function sample(
   pid: number,
   adminUrl: string,
-): Promise<{ rssMB: number; series: number; scrapeMs: number }> {
+): Promise<Omit<MemorySample, 't' | 'tokensSent' | 'xfccSent'>> {
   const started = performance.now()
   const text = await (await fetch(`${adminUrl}/metrics`)).text()
   const scrapeMs = performance.now() - started
   const identities = new Set<string>()
-  for (const s of parseMetrics(text))
+  // where the RSS is: the main thread's heap from the process metrics (a worker thread's heap is not in them,
+  // so RSS minus these is node itself, native memory and any worker)
+  const mb: Record<string, number> = {}
+  for (const s of parseMetrics(text)) {
     if (s.name === 'nhi_requests_total') identities.add(s.labels['identity'] ?? '')
-  return { rssMB: (await rssBytes(pid)) / 1024 / 1024, series: identities.size, scrapeMs }
+    else if (HEAP_METRICS[s.name]) mb[HEAP_METRICS[s.name]!] = s.value / 1024 / 1024
+  }
+  return { rssMB: (await rssBytes(pid)) / 1024 / 1024, ...mb, series: identities.size, scrapeMs }
+}
+
+const HEAP_METRICS: Record<string, 'heapTotalMB' | 'heapUsedMB' | 'externalMB'> = {
+  nodejs_heap_size_total_bytes: 'heapTotalMB',
+  nodejs_heap_size_used_bytes: 'heapUsedMB',
+  nodejs_external_memory_bytes: 'externalMB',
 }
 
 /** Growth over the last third of the run, relative to the value at its start. */
@@ -121,7 +136,7 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
       const row = { t: (performance.now() - started) / 1000, tokensSent, xfccSent, ...s }
       samples.push(row)
       log(
-        `  ${row.t.toFixed(0).padStart(5)} s  tokens ${tokensSent.toLocaleString('en').padStart(9)}  xfcc ${xfccSent.toLocaleString('en').padStart(7)}  RSS ${row.rssMB.toFixed(1)} MB  series ${row.series}  scrape ${row.scrapeMs.toFixed(1)} ms`,
+        `  ${row.t.toFixed(0).padStart(5)} s  tokens ${tokensSent.toLocaleString('en').padStart(9)}  xfcc ${xfccSent.toLocaleString('en').padStart(7)}  RSS ${row.rssMB.toFixed(1)} MB  heap ${mb(row.heapTotalMB)} / ${mb(row.heapUsedMB)} MB  external ${mb(row.externalMB)} MB  series ${row.series}  scrape ${row.scrapeMs.toFixed(1)} ms`,
       )
     }
     const interval = opts.sampleEveryMs ?? (opts.quick ? 3_000 : 5_000)
@@ -228,6 +243,8 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
   }
 }
 
+const mb = (v: number | undefined) => (v === undefined ? '—' : v.toFixed(1))
+
 export function memoryMarkdown(r: MemoryResult): string {
   const lines = [
     `# nhi-proxy memory bench — ${r.startedAt}`,
@@ -235,11 +252,11 @@ export function memoryMarkdown(r: MemoryResult): string {
     `${r.tokens.toLocaleString('en')} distinct valid tokens and ${r.xfccIdentities.toLocaleString('en')} distinct XFCC client identities (trusted peer 127.0.0.1/32), metrics.maxIdentities ${r.maxIdentities}; ${r.requests.toLocaleString('en')} requests, ${r.failures} failed${r.completed ? '' : ' (stopped at the time limit)'}.`,
     `Tokens: ${r.minting}.`,
     '',
-    '| t (s) | tokens sent | XFCC sent | RSS MB | identity series | scrape ms |',
-    '|---:|---:|---:|---:|---:|---:|',
+    '| t (s) | tokens sent | XFCC sent | RSS MB | main heap MB (committed / used) | external MB | identity series | scrape ms |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...r.samples.map(
       (s) =>
-        `| ${s.t.toFixed(0)} | ${s.tokensSent.toLocaleString('en')} | ${s.xfccSent.toLocaleString('en')} | ${s.rssMB.toFixed(1)} | ${s.series} | ${s.scrapeMs.toFixed(1)} |`,
+        `| ${s.t.toFixed(0)} | ${s.tokensSent.toLocaleString('en')} | ${s.xfccSent.toLocaleString('en')} | ${s.rssMB.toFixed(1)} | ${mb(s.heapTotalMB)} / ${mb(s.heapUsedMB)} | ${mb(s.externalMB)} | ${s.series} | ${s.scrapeMs.toFixed(1)} |`,
     ),
     '',
     '```',

@@ -123,4 +123,12 @@ t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped',
     `identity series capped at maxIdentities + overflow (${last.series})`,
   )
   t.ok(last.rssMB > 0, 'RSS sampled')
+  t.ok(
+    last.heapUsedMB !== undefined &&
+      last.heapTotalMB !== undefined &&
+      last.heapUsedMB > 0 &&
+      last.heapTotalMB >= last.heapUsedMB &&
+      last.heapTotalMB < last.rssMB,
+    "the main thread's heap sampled from the process metrics, inside the RSS",
+  )
 })

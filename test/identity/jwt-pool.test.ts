@@ -130,3 +130,23 @@ t.test(
     t.match(x.verifyPool(), { overflowed: busy.length, queued: 0 })
   },
 )
+
+t.test('an idle worker is stopped, and the next new token starts one again', async (t) => {
+  const pool = new VerifyPool({ size: 1, maxQueue: 10, maxQueuePerPeer: 10, idleMs: 300 })
+  t.teardown(() => pool.close())
+  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const token = await mintToken(key, {}, { issuer: ISSUER })
+  await ready(t, pool, token, keys)
+  t.match(await pool.verify(job(token), keys, 'a'), { header: { alg: 'ES256' } }, 'verified in the worker')
+  await eventually(() => pool.stats().workers === 0 && pool.stats().starting === 0, {
+    what: 'the idle worker stopped',
+  })
+  t.equal(pool.usable, true, 'a stopped idle worker does not make the pool unusable')
+  // the same as at start-up: the first token after the stop is verified inline while a worker boots
+  await ready(t, pool, token, keys)
+  t.match(
+    await pool.verify(job(token), keys, 'a'),
+    { header: { alg: 'ES256' } },
+    'the new worker was sent the key set again and verifies',
+  )
+})

@@ -11,7 +11,7 @@ import type {
   RequestInfo,
 } from '../../types.ts'
 import { sha256Hex } from '../../util/fingerprint.ts'
-import type { JwksObserver } from '../jwt/jwks.ts'
+import type { IssuerKeySet, JwksObserver } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
 import { IssuerVerifier } from '../jwt/verifier.ts'
@@ -30,6 +30,20 @@ export interface JwtExtractorOptions {
 
 type Result = JwtEvidence | Failure
 
+/** a verification's result and, for a failure, the key set it was found with (its generation before) */
+interface Checked {
+  result: Result
+  keys?: IssuerKeySet
+  generation?: number
+}
+
+interface CachedFailure {
+  failure: Failure
+  /** set for key-dependent reasons: the entry holds while keys.generation is unchanged */
+  keys: IssuerKeySet | undefined
+  generation: number
+}
+
 export interface IssuerKeyState {
   issuer: string
   ready: boolean
@@ -45,8 +59,13 @@ const MAX_CACHE_MS = 5 * 60_000
  * that stalled every request for tens of milliseconds.
  */
 const CACHE_SPREAD_MS = 60_000
-/** failures are cached briefly so a flood of the same bad token stays cheap */
+/** failures that say nothing for sure about the token are cached briefly, so a flood of one bad token stays cheap */
 const FAILURE_CACHE_MS = 5_000
+/**
+ * A bad signature stays bad until the issuer's keys change (a reload invalidates the entry); the lifetime only
+ * bounds how long a wrong answer could live if the keys changed without a reload being seen.
+ */
+const BAD_SIGNATURE_CACHE_MS = 60_000
 /** bound on cached failures (at most jwt.cacheSize) */
 const MAX_FAILURES_CACHED = 4_096
 const FINGERPRINT_CHARS = 16
@@ -60,11 +79,9 @@ const MAX_INFLIGHT = 10_000
 const MAX_POOL_QUEUE = 1024
 const MAX_POOL_QUEUE_PER_PEER = 256
 /** failures that say nothing about the token itself: verify it again next time */
-const NOT_CACHED: ReadonlySet<FailureReason> = new Set([
-  'unknown_kid',
-  'keys_unavailable',
-  'verification_busy',
-])
+const NOT_CACHED: ReadonlySet<FailureReason> = new Set(['keys_unavailable', 'verification_busy'])
+/** failures that hold only for the key set they were found with: a key-set reload drops them */
+const KEY_DEPENDENT: ReadonlySet<FailureReason> = new Set(['unknown_kid', 'bad_signature'])
 const EMBEDDED_KEY_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const
 
 export class JwtExtractor implements SourceExtractor<JwtEvidence> {
@@ -72,7 +89,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
   private readonly verifiers = new Map<string, IssuerVerifier>()
   private readonly cache: LRUCache<string, Result>
   /** failed tokens by hash, apart from the verified ones: a flood of bad tokens cannot evict good entries */
-  private readonly failures: LRUCache<string, Failure>
+  private readonly failures: LRUCache<string, CachedFailure>
   private readonly inflight = new Map<string, Promise<Result>>()
   private readonly pool: VerifyPool
   private readonly now: () => number
@@ -99,7 +116,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       )
     }
     this.cache = new LRUCache<string, Result>({ max: cfg.cacheSize, perf: { now: clock }, ttlResolution: 0 })
-    this.failures = new LRUCache<string, Failure>({
+    this.failures = new LRUCache<string, CachedFailure>({
       max: Math.min(cfg.cacheSize, MAX_FAILURES_CACHED),
       perf: { now: clock },
       ttlResolution: 0,
@@ -148,7 +165,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const candidate = tokenCandidate(auth)
     const seen = candidate === undefined ? undefined : sha256Hex(candidate)
     if (seen !== undefined) {
-      const cached = this.cache.get(seen) ?? this.failures.get(seen)
+      const cached = this.cache.get(seen) ?? this.failed(seen)
       if (cached) return cached
     }
     const bearer = bearerToken(auth)
@@ -157,17 +174,24 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const token = bearer.token
     // a well-formed header's token is exactly the bytes after "Bearer ", already hashed above
     const hash = seen ?? sha256Hex(token)
-    const failed = seen === undefined ? this.failures.get(hash) : undefined
+    const failed = seen === undefined ? this.failed(hash) : undefined
     if (failed) return failed
     const pending = this.inflight.get(hash)
     if (pending) return pending
     const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS), conn.remoteAddress).then(
-      (result) => {
+      (checked) => {
         this.inflight.delete(hash)
-        const ttl = this.ttlFor(result)
+        const result = checked.result
+        const ttl = this.ttlFor(checked)
         if (ttl > 0) {
-          if ('failed' in result) this.failures.set(hash, result, { ttl })
-          else this.cache.set(hash, result, { ttl })
+          if ('failed' in result) {
+            const dependent = KEY_DEPENDENT.has(result.reason as FailureReason) ? checked.keys : undefined
+            this.failures.set(
+              hash,
+              { failure: result, keys: dependent, generation: checked.generation ?? 0 },
+              { ttl },
+            )
+          } else this.cache.set(hash, result, { ttl })
         }
         return result
       },
@@ -176,19 +200,30 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     return verification
   }
 
-  private async verify(token: string, fp: string, peer: string): Promise<Result> {
+  /** a cached failure, unless the key set it was found with has been reloaded since */
+  private failed(hash: string): Failure | undefined {
+    const entry = this.failures.get(hash)
+    if (!entry) return undefined
+    if (entry.keys && entry.keys.generation !== entry.generation) {
+      this.failures.delete(hash)
+      return undefined
+    }
+    return entry.failure
+  }
+
+  private async verify(token: string, fp: string, peer: string): Promise<Checked> {
     try {
       return await this.check(token, fp, peer)
     } catch {
       // defensive: client input must never surface as an exception
-      return failure('malformed', 'token could not be processed', fp)
+      return { result: failure('malformed', 'token could not be processed', fp) }
     }
   }
 
-  private async check(token: string, fp: string, peer: string): Promise<Result> {
+  private async check(token: string, fp: string, peer: string): Promise<Checked> {
     const peeked = peekToken(token)
-    if (typeof peeked === 'string') return failure('malformed', peeked, fp)
-    const fail = (reason: FailureReason, detail: string) => failure(reason, detail, fp, peeked)
+    if (typeof peeked === 'string') return { result: failure('malformed', peeked, fp) }
+    const fail = (reason: FailureReason, detail: string) => ({ result: failure(reason, detail, fp, peeked) })
     const { header, claims } = peeked
     if (typeof header['alg'] !== 'string' || header['alg'].toLowerCase() === 'none') {
       return fail('alg_not_allowed', 'unsigned token (alg none) is never accepted')
@@ -205,13 +240,34 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       return fail('wrong_issuer', typeof iss === 'string' ? 'issuer not configured' : 'no iss claim')
     if (!verifier.allows(header['alg']))
       return fail('alg_not_allowed', 'algorithm not allowed for this issuer')
-    const result = await verifier.verify(token, fp, peer)
-    return 'source' in result ? result : fail(result.reason, result.detail)
+    // taken before verifying: a reload during the verification must invalidate what it finds
+    const keys = verifier.keys
+    const generation = keys.generation
+    const result = await verifier.verify(token, fp, peer, peeked)
+    return {
+      result: 'source' in result ? result : fail(result.reason, result.detail).result,
+      keys,
+      generation,
+    }
   }
 
-  /** cache lifetime in ms: never past exp, 4–5 min at most, failures 5 s, unknown kids not at all (rotation) */
-  private ttlFor(result: Result): number {
-    if ('failed' in result) return NOT_CACHED.has(result.reason as FailureReason) ? 0 : FAILURE_CACHE_MS
+  /**
+   * Cache lifetime in ms. Verified: never past exp, 4–5 min at most. Failed: an expired token stays expired
+   * (as long as a verified one is kept); a bad signature 1 min, an unknown kid for as long as it could not
+   * make the issuer's keys be refetched anyway (both also dropped by a key-set reload, see failed()); other
+   * failures 5 s; failures that say nothing about the token (no keys yet, queue full) not at all.
+   */
+  private ttlFor(checked: Checked): number {
+    const result = checked.result
+    if ('failed' in result) {
+      const reason = result.reason as FailureReason
+      if (NOT_CACHED.has(reason)) return 0
+      if (reason === 'expired') return MAX_CACHE_MS
+      if (reason === 'bad_signature') return BAD_SIGNATURE_CACHE_MS
+      if (reason === 'unknown_kid')
+        return checked.keys ? Math.min(checked.keys.unknownKidBlockedForMs(), MAX_CACHE_MS) : 0
+      return FAILURE_CACHE_MS
+    }
     const cap = MAX_CACHE_MS - Math.floor(this.random() * CACHE_SPREAD_MS)
     if (result.exp === undefined) return cap
     return Math.min(result.exp * 1000 - this.now(), cap)

@@ -85,6 +85,8 @@ export class IssuerKeySet {
   private agentCa: string | undefined
   /** why the last refresh failed (safe to log), undefined after a success */
   lastError: string | undefined
+  /** one more with every successful load: a failure cached against older keys is no longer the answer */
+  generation = 0
 
   constructor(cfg: IssuerConfig, opts: KeySetOptions = {}) {
     this.issuer = cfg.issuer
@@ -151,6 +153,13 @@ export class IssuerKeySet {
     return this.refresh()
   }
 
+  /** how long from now a token with an unknown kid cannot trigger a refetch (0: the next one would) */
+  unknownKidBlockedForMs(): number {
+    if (!this.hasKeySource) return Number.POSITIVE_INFINITY
+    if (this.inflight) return 0
+    return Math.max(0, this.lastAttemptAt + this.cooldownMs - this.now())
+  }
+
   /** Key for a token header. Throws jose's JWKSNoMatchingKey / JWKSMultipleMatchingKeys like a jose key set. */
   getKey = async (header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<VerificationKey> => {
     if (typeof header.alg === 'string' && header.alg.startsWith('HS')) {
@@ -191,6 +200,7 @@ export class IssuerKeySet {
       detail = err
     }
     if (this.closed) return false
+    if (ok) this.generation++
     this.lastError = ok ? undefined : describeFetchError(detail)
     this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now(), this.lastError)
     this.schedule(ok ? this.refreshMs : this.retryMs)

@@ -52,6 +52,8 @@ export interface VerifyPoolOptions {
   maxQueuePerPeer: number
   /** jobs handed to one worker at once (jose verifies asynchronously, so a worker overlaps a few) */
   perWorker?: number
+  /** a worker without a job for this long is stopped; the next new token starts one again */
+  idleMs?: number
 }
 
 export interface VerifyPoolStats {
@@ -82,9 +84,17 @@ interface Slot {
   versions: Map<string, number>
   /** the worker has loaded its code and takes jobs */
   ready: boolean
+  /** stops the worker once it has been idle for idleMs (set while it has no job) */
+  idleTimer?: NodeJS.Timeout | undefined
 }
 
 const DEFAULT_PER_WORKER = 8
+/**
+ * A worker thread holds ≈ 15–30 MB of RSS (bench/README.md). New tokens come in bursts (start-up, a token
+ * refresh wave, a flood); between them a pod whose callers are all cached gives that memory back. A restart
+ * costs the next burst's first tokens being verified inline while the thread boots, as at start-up.
+ */
+const DEFAULT_IDLE_MS = 60_000
 
 /**
  * One worker leaves the event loop free on a small pod (the RSA/EC work itself runs on libuv's threads
@@ -108,7 +118,7 @@ export class VerifyPool {
   private broken = false
 
   constructor(opts: VerifyPoolOptions) {
-    this.opts = { perWorker: DEFAULT_PER_WORKER, ...opts }
+    this.opts = { perWorker: DEFAULT_PER_WORKER, idleMs: DEFAULT_IDLE_MS, ...opts }
   }
 
   /** false once closed, or when workers cannot start here: verify on the main thread */
@@ -177,7 +187,11 @@ export class VerifyPool {
       job.jwks = p.keys.jwks
       slot.versions.set(job.issuer, job.version)
     }
-    if (slot.running.size === 0) slot.worker.ref()
+    if (slot.running.size === 0) {
+      slot.worker.ref()
+      clearTimeout(slot.idleTimer)
+      slot.idleTimer = undefined
+    }
     slot.running.set(job.id, p)
     slot.worker.postMessage(job)
   }
@@ -197,6 +211,7 @@ export class VerifyPool {
       if (reply === 'ready') {
         slot.ready = true
         this.drain(slot)
+        if (slot.running.size === 0) this.idle(slot)
       } else this.answered(slot, reply)
     })
     const gone = () => this.gone(slot)
@@ -212,7 +227,22 @@ export class VerifyPool {
     this.verified++
     p.resolve(reply)
     this.drain(slot)
-    if (slot.running.size === 0) slot.worker.unref()
+    if (slot.running.size === 0) {
+      slot.worker.unref()
+      this.idle(slot)
+    }
+  }
+
+  /** the slot has no job: stop its worker unless one arrives within idleMs */
+  private idle(slot: Slot): void {
+    clearTimeout(slot.idleTimer)
+    slot.idleTimer = setTimeout(() => {
+      const i = this.slots.indexOf(slot)
+      if (i === -1 || slot.running.size > 0) return
+      this.slots.splice(i, 1)
+      this.retire(slot)
+    }, this.opts.idleMs)
+    slot.idleTimer.unref()
   }
 
   /** hands waiting jobs to a worker with room, taking one per peer in turn */
@@ -231,6 +261,7 @@ export class VerifyPool {
     const i = this.slots.indexOf(slot)
     if (i === -1) return
     this.slots.splice(i, 1)
+    clearTimeout(slot.idleTimer)
     if (!slot.ready) this.broken = true
     for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
     slot.running.clear()
@@ -252,6 +283,7 @@ export class VerifyPool {
   }
 
   private retire(slot: Slot): void {
+    clearTimeout(slot.idleTimer)
     slot.worker.removeAllListeners()
     for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
     slot.running.clear()

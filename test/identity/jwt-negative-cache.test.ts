@@ -1,0 +1,149 @@
+// Failed verifications are cached by token hash with a lifetime that fits the reason: an expired token stays
+// expired, a bad signature holds until the issuer's keys change, an unknown kid only while it could not make
+// the keys be refetched anyway, and a key-set reload drops both key-dependent kinds at once. Keys come from a
+// real JWKS server; the clock is a manual one so lifetimes are checked at their edges.
+import t, { type Test } from 'tap'
+import { configSchema } from '../../src/config/schema.ts'
+import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
+import type { ConnectionInfo, Failure, JwtEvidence, RequestInfo } from '../../src/types.ts'
+import { eventually } from '../helpers/eventually.ts'
+import {
+  createSigningKey,
+  type JwksServer,
+  mintToken,
+  type SigningKey,
+  startJwksServer,
+} from '../helpers/jwks.ts'
+
+const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 40000, tls: false }
+const req = (token: string): RequestInfo => ({
+  method: 'GET',
+  path: '/',
+  url: '/',
+  headers: { authorization: `Bearer ${token}` },
+})
+
+let keyA: SigningKey
+let keyB: SigningKey
+t.before(async () => {
+  keyA = await createSigningKey('neg-a', 'ES256')
+  keyB = await createSigningKey('neg-b', 'ES256')
+})
+
+interface Setup {
+  idp: JwksServer
+  clock: { ms: number }
+  extract: (token: string) => Promise<JwtEvidence | Failure>
+  /** the cached answer (given synchronously), or undefined when the token would be verified again */
+  cached: (token: string) => JwtEvidence | Failure | undefined
+}
+
+async function setup(t: Test, opts: { cooldownMs?: number; refreshInterval?: string } = {}): Promise<Setup> {
+  const idp = await startJwksServer([keyA])
+  t.teardown(() => idp.close())
+  const clock = { ms: Date.now() }
+  const x = new JwtExtractor(
+    configSchema.parse({
+      jwt: {
+        issuers: [
+          {
+            issuer: idp.url,
+            jwksUri: idp.jwksUri,
+            audiences: 'any',
+            ...(opts.refreshInterval ? { refreshInterval: opts.refreshInterval } : {}),
+          },
+        ],
+        verifyWorkers: 0,
+      },
+    }).jwt,
+    { now: () => clock.ms, unknownKidCooldownMs: opts.cooldownMs ?? 30_000 },
+  )
+  t.teardown(() => x.close())
+  await x.start()
+  const extract = async (token: string) => (await x.extract(req(token), conn)) as JwtEvidence | Failure
+  const cached = (token: string) => {
+    const r = x.extract(req(token), conn)
+    if (r instanceof Promise) return undefined
+    return r as JwtEvidence | Failure
+  }
+  return { idp, clock, extract, cached }
+}
+
+/** signed by keyB while its header names keyA: a bad signature against the key set */
+function forged(idp: JwksServer, claims: Record<string, unknown> = {}) {
+  return mintToken(keyB, claims, { issuer: idp.url, header: { kid: keyA.kid } })
+}
+
+t.test('an expired token is answered from the cache for as long as a verified one would be', async (t) => {
+  const s = await setup(t)
+  const expired = await mintToken(keyA, {}, { issuer: s.idp.url, expiresIn: -600 })
+  const first = await s.extract(expired)
+  t.match(first, { failed: true, reason: 'expired' })
+  s.clock.ms += 4 * 60_000
+  t.equal(s.cached(expired), first, 'still the cached failure four minutes later')
+  s.clock.ms += 2 * 60_000
+  t.equal(s.cached(expired), undefined, 'verified again after five minutes (the cache bound)')
+})
+
+t.test('a token that is not valid yet is cached for 5 s only', async (t) => {
+  const s = await setup(t)
+  const early = await mintToken(keyA, {}, { issuer: s.idp.url, notBefore: 600 })
+  const first = await s.extract(early)
+  t.match(first, { failed: true, reason: 'not_yet_valid' })
+  s.clock.ms += 4_000
+  t.equal(s.cached(early), first, 'cached within 5 s')
+  s.clock.ms += 2_000
+  t.equal(s.cached(early), undefined, 'verified again after 5 s')
+})
+
+t.test('a bad signature is cached for a minute, and dropped by a key-set reload before that', async (t) => {
+  const s = await setup(t, { cooldownMs: 1_000 })
+  const bad = await forged(s.idp)
+  const first = await s.extract(bad)
+  t.match(first, { failed: true, reason: 'bad_signature' })
+  s.clock.ms += 59_000
+  t.equal(s.cached(bad), first, 'cached for 59 s')
+  s.clock.ms += 2_000
+  t.equal(s.cached(bad), undefined, 'verified again after a minute')
+  t.match(await s.extract(bad), { failed: true, reason: 'bad_signature' })
+  const cachedAgain = s.cached(bad)
+  t.match(cachedAgain, { reason: 'bad_signature' }, 'cached again')
+
+  // another token's unknown kid reloads the key set (past the cooldown): the cached failure no longer holds
+  const hits = s.idp.hits
+  s.clock.ms += 1_500
+  const unknown = await mintToken(keyB, { n: 1 }, { issuer: s.idp.url })
+  t.match(await s.extract(unknown), { failed: true, reason: 'unknown_kid' })
+  t.equal(s.idp.hits, hits + 1, 'the unknown kid refetched the key set')
+  t.equal(s.cached(bad), undefined, 'the bad signature is verified again against the reloaded keys')
+})
+
+t.test('an unknown kid is cached while it could not refetch the keys, not past that', async (t) => {
+  const s = await setup(t, { cooldownMs: 30_000 })
+  const tokenB = await mintToken(keyB, {}, { issuer: s.idp.url })
+  // right after start-up the cooldown blocks a refetch: the answer holds for the rest of the cooldown
+  const first = await s.extract(tokenB)
+  t.match(first, { failed: true, reason: 'unknown_kid' })
+  t.equal(s.idp.hits, 1, 'no refetch within the cooldown')
+  s.clock.ms += 29_000
+  t.equal(s.cached(tokenB), first, 'a repeat within the cooldown is answered from the cache')
+  s.idp.setKeys([keyA, keyB])
+  s.clock.ms += 2_000
+  t.equal(s.cached(tokenB), undefined, 'once a refetch is allowed the token is verified again')
+  t.match(await s.extract(tokenB), { verified: true, kid: keyB.kid }, 'and the refetch finds its key')
+  t.equal(s.idp.hits, 2)
+})
+
+t.test('a key-set reload drops a cached unknown kid before its lifetime ends', async (t) => {
+  // periodic refresh every second (real timers); the manual clock stands still, so only the reload can end it
+  const s = await setup(t, { cooldownMs: 60_000, refreshInterval: '1s' })
+  const tokenB = await mintToken(keyB, {}, { issuer: s.idp.url })
+  const first = await s.extract(tokenB)
+  t.match(first, { failed: true, reason: 'unknown_kid' })
+  t.equal(s.cached(tokenB), first, 'cached')
+  const hits = s.idp.hits
+  s.idp.setKeys([keyA, keyB])
+  await eventually(() => s.idp.hits > hits, { what: 'a periodic refresh of the key set' })
+  await eventually(() => s.cached(tokenB) === undefined, { what: 'the cached unknown kid dropped' })
+  t.match(await s.extract(tokenB), { verified: true, kid: keyB.kid }, 'verified with the reloaded keys')
+})
