@@ -77,6 +77,9 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   const perRequest = rules.some((r) => r.conditions.some((c) => c.perRequest))
   const cacheSize = opts.cacheSize ?? 10_000
   const cache = !perRequest && cacheSize > 0 ? new LRUCache<string, Identity>({ max: cacheSize }) : undefined
+  // the same decision as the cache, keyed by the evidence object itself (evidence is never mutated: a claim
+  // verified after the fact replaces its object); weak, so it lives no longer than the credential caches
+  const byEvidence = cache ? new WeakMap<object, Identity>() : undefined
   const scratch: Scratch = { captures: undefined, reason: '' }
 
   function classifyUncached(
@@ -141,13 +144,22 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   return {
     size: rules.length,
     classify(ev, req, conn, trace) {
-      if (!cache || trace) return classifyUncached(ev, req, conn, trace)
+      if (!cache || !byEvidence || trace) return classifyUncached(ev, req, conn, trace)
+      // one credential whose evidence object an earlier request had (a cached token's): its identity is
+      // found without building the evidence key string
+      const only = ev.credentials.length === 1 ? ev.credentials[0]!.evidence : undefined
+      if (only !== undefined) {
+        const known = byEvidence.get(only)
+        if (known !== undefined) return known
+      }
       const key = evidenceKey(ev)
       if (key === undefined) return classifyUncached(ev, req, conn)
-      const hit = cache.get(key)
-      if (hit) return hit
-      const identity = classifyUncached(ev, req, conn)
-      cache.set(key, identity)
+      let identity = cache.get(key)
+      if (identity === undefined) {
+        identity = classifyUncached(ev, req, conn)
+        cache.set(key, identity)
+      }
+      if (only !== undefined) byEvidence.set(only, identity)
       return identity
     },
   }
