@@ -3,6 +3,7 @@
 import t from 'tap'
 import { parseConfigText } from '../../src/config/loader.ts'
 import type { Config } from '../../src/config/schema.ts'
+import { classifyUserAgent } from '../../src/identity/useragent.ts'
 import { compileRules } from '../../src/rules/rule-set.ts'
 import type { ConnectionInfo, JwtEvidence, RequestInfo } from '../../src/types.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
@@ -65,4 +66,23 @@ t.test('two credentials never share an identity', async (t) => {
   t.equal(rules.classify(evidenceSet({ jwt: alice }), req, conn).name, 'alice')
   // an equal but distinct evidence object (the token verified again) gets the same identity
   t.equal(rules.classify(evidenceSet({ jwt: jwt('alice') }), req, conn).name, 'alice')
+})
+
+t.test('several credentials: remembered for that combination only', async (t) => {
+  const rules = compileRules(
+    config(`identities:
+  - name: "{sub}"
+    match: { jwt: { claims: { sub: "{sub}" } } }`),
+  )
+  const alice = jwt('alice')
+  const bob = jwt('bob')
+  const ua = classifyUserAgent('curl/8.5.0')
+  t.equal(rules.classify(evidenceSet({ jwt: alice, useragent: ua }), req, conn).name, 'alice')
+  t.equal(rules.classify(evidenceSet({ jwt: bob, useragent: ua }), req, conn).name, 'bob')
+  t.equal(rules.classify(evidenceSet({ jwt: alice, useragent: ua }), req, conn).name, 'alice', 'hit')
+  t.equal(
+    rules.classify(evidenceSet({ useragent: ua }), req, conn).name,
+    'ua:curl',
+    'the user agent alone is not alice',
+  )
 })
