@@ -1,8 +1,8 @@
 // One request's facts from accept to record: what the RequestEvent is built from.
-import type { IncomingHttpHeaders } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { ConnectionInfo, RequestEvent } from '../types.ts'
-import type { ForwardResult } from './forwarder.ts'
+import type { ForwardListener, ForwardResult } from './forwarder.ts'
 import { authority } from './headers.ts'
 import { requestId, type TraceContext, traceContext } from './ids.ts'
 import { UPSTREAM_ERRORS } from './respond.ts'
@@ -23,7 +23,13 @@ export const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
 /** nginx's "client closed request": recorded when the client left before an answer */
 export const CLIENT_CLOSED = 499
 
-export class Exchange {
+/** What an exchange reports back to: the lifecycle that serves it. */
+export interface ExchangeOwner {
+  onResponse(ex: Exchange): void
+  forwarded(ex: Exchange, result: ForwardResult): void
+}
+
+export class Exchange implements ForwardListener {
   readonly time = Date.now()
   readonly started = performance.now()
   bytesIn = 0
@@ -40,7 +46,10 @@ export class Exchange {
   counted = true
   recorded = false
   /** records the exchange when its response closes (a shared listener function has no closure) */
-  owner: { onResponse(ex: Exchange): void } | undefined
+  owner: ExchangeOwner | undefined
+  /** an HTTP exchange's request and response, for the steps after its forward */
+  req: IncomingMessage | undefined
+  res: ServerResponse | undefined
   readonly trace: TraceContext
   readonly requestId: string
   readonly host: string | undefined
@@ -56,6 +65,11 @@ export class Exchange {
     const rid = headers['x-request-id']
     this.requestId = requestId(typeof rid === 'string' ? rid : undefined)
     this.host = headers.host ?? authority(headers)
+  }
+
+  /** the forwarder is done: the exchange itself is the listener, so a forward needs no closure */
+  forwarded(result: ForwardResult): void {
+    this.owner?.forwarded(this, result)
   }
 
   applyForward(result: ForwardResult): void {

@@ -36,6 +36,11 @@ export interface ForwardResult {
   grpcStatus?: number
 }
 
+/** Told once when a forward is finished: the promise-free form of `Forwarder.forward`'s result. */
+export interface ForwardListener {
+  forwarded(result: ForwardResult): void
+}
+
 export interface Forwarder {
   /**
    * Streams `req` to the target and the response into `res`. Never rejects. When the upstream fails before
@@ -48,6 +53,18 @@ export interface Forwarder {
     target: ForwardTarget,
     headers: UpstreamHeaders,
   ): Promise<ForwardResult>
+  /**
+   * `forward` without a promise: the result goes to `listener`, once (synchronously when the request is
+   * refused before it is sent). The request path uses it so that its forward step costs no promise and no
+   * closure.
+   */
+  dispatch?(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: ForwardTarget,
+    headers: UpstreamHeaders,
+    listener: ForwardListener,
+  ): void
   /**
    * Forwards an `Upgrade` request; on 101 pipes both sockets until either side closes, then resolves.
    * On a failure before any response, resolves with status 0 and writes nothing to `socket`.
@@ -122,7 +139,7 @@ class ResponseCall implements Dispatcher.DispatchHandler {
 
   constructor(
     private readonly res: Tagged<ServerResponse>,
-    private readonly done: (result: ForwardResult) => void,
+    private readonly done: ((result: ForwardResult) => void) | ForwardListener,
   ) {
     res[kCall] = this
     res.on('close', onResponseClose)
@@ -203,7 +220,9 @@ class ResponseCall implements Dispatcher.DispatchHandler {
     }
     if (upstreamError) result.upstreamError = upstreamError
     if (clientAborted) result.clientAborted = true
-    this.done(result)
+    const done = this.done
+    if (typeof done === 'function') done(result)
+    else done.forwarded(result)
   }
 }
 
@@ -385,6 +404,24 @@ export class UndiciForwarder implements Forwarder {
         call,
       )
     })
+  }
+
+  dispatch(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: ForwardTarget,
+    headers: UpstreamHeaders,
+    listener: ForwardListener,
+  ): void {
+    this.pool(target).dispatch(
+      {
+        path: target.path,
+        method: req.method as Dispatcher.HttpMethod,
+        headers,
+        body: hasBody(req) ? req : null,
+      },
+      new ResponseCall(res, listener),
+    )
   }
 
   upgrade(

@@ -14,7 +14,13 @@ import {
 } from 'node:http2'
 import type { SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
-import { connectTimeoutMs, type Forwarder, type ForwardResult, type ForwardTarget } from './forwarder.ts'
+import {
+  connectTimeoutMs,
+  type Forwarder,
+  type ForwardListener,
+  type ForwardResult,
+  type ForwardTarget,
+} from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
@@ -290,6 +296,22 @@ export class ProtocolForwarder implements Forwarder {
     if (target.upstream?.protocol === 'h2') return this.h2.forward(req, res, target, headers)
     if (this.trailers && announcesTrailers(req)) return this.trailers.forward(req, res, target, headers)
     return this.http1.forward(req, res, target, headers)
+  }
+
+  dispatch(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: ForwardTarget,
+    headers: UpstreamHeaders,
+    listener: ForwardListener,
+  ): void {
+    if (
+      this.http1.dispatch &&
+      target.upstream?.protocol !== 'h2' &&
+      !(this.trailers && announcesTrailers(req))
+    )
+      this.http1.dispatch(req, res, target, headers, listener)
+    else void this.forward(req, res, target, headers).then((result) => listener.forwarded(result))
   }
 
   upgrade(...args: Parameters<Forwarder['upgrade']>) {

@@ -1,19 +1,32 @@
 // Trace and request ids for the hop we add (W3C Trace Context, x-request-id).
-// Random bytes come from a pooled buffer so a request costs no crypto call of its own.
-import { randomFillSync, randomUUID } from 'node:crypto'
+// Ids are written as ASCII into small byte templates and become one string each: random bytes come from a
+// pooled buffer (no crypto call per request) and are hex-encoded in place, so a request's ids cost a string
+// apiece instead of a tree of pieces.
+import { randomFillSync } from 'node:crypto'
 
 const POOL_SIZE = 4096
 const pool = Buffer.allocUnsafe(POOL_SIZE)
 let poolOffset = POOL_SIZE
 
-function randomHex(bytes: number): string {
+/** `bytes` random bytes, hex-encoded into `out` from `at` (2 × bytes ASCII digits) */
+function writeRandomHex(out: Buffer, at: number, bytes: number): void {
   if (poolOffset + bytes > POOL_SIZE) {
     randomFillSync(pool)
     poolOffset = 0
   }
-  const hex = pool.toString('hex', poolOffset, poolOffset + bytes)
+  for (let i = 0; i < bytes; i++) {
+    const b = pool[poolOffset + i]!
+    out[at + 2 * i] = HEX[b >> 4]!
+    out[at + 2 * i + 1] = HEX[b & 15]!
+  }
   poolOffset += bytes
-  return hex
+}
+const HEX = Buffer.from('0123456789abcdef', 'latin1')
+
+function randomHex(bytes: number): string {
+  const out = Buffer.allocUnsafe(2 * bytes)
+  writeRandomHex(out, 0, bytes)
+  return out.toString('latin1')
 }
 
 const ZERO_TRACE = '00000000000000000000000000000000'
@@ -73,14 +86,61 @@ export function traceContext(incoming: string | undefined): TraceContext {
       }
     }
   }
-  const traceId = newTraceId()
-  const spanId = newSpanId()
-  return { traceId, spanId, flags: '01', continued: false, traceparent: `00-${traceId}-${spanId}-01` }
+  return newTrace()
+}
+
+/** `00-<trace id>-<span id>-01`, filled in place; the ids are slices of the one header string */
+const TRACEPARENT = Buffer.from(`00-${'0'.repeat(32)}-${'0'.repeat(16)}-01`, 'latin1')
+
+function newTrace(): TraceContext {
+  writeRandomHex(TRACEPARENT, 3, 16)
+  writeRandomHex(TRACEPARENT, 36, 8)
+  const traceparent = TRACEPARENT.toString('latin1')
+  const traceId = traceparent.slice(3, 35)
+  const spanId = traceparent.slice(36, 52)
+  // all-zero ids are invalid (a chance of 2^-64 at most): draw again
+  if (traceId === ZERO_TRACE || spanId === ZERO_SPAN) return newTrace()
+  return { traceId, spanId, flags: '01', continued: false, traceparent }
 }
 
 const REQUEST_ID_RE = /^[\x21-\x7e]{1,128}$/
 
+/**
+ * Created request ids have the shape of a UUID (8-4-4-4-12 lowercase hex): a random prefix of 80 bits drawn
+ * when the process starts, then a 48-bit counter. Unique across restarts and workers (each draws its own
+ * prefix) without a random draw per request; a new prefix is drawn if the counter ever runs out.
+ */
+const REQUEST_ID = Buffer.alloc(36)
+const COUNTER_AT = 24
+let counterLeft = 0
+
+function newPrefix(): void {
+  writeRandomHex(REQUEST_ID, 0, 4)
+  writeRandomHex(REQUEST_ID, 9, 2)
+  writeRandomHex(REQUEST_ID, 14, 2)
+  writeRandomHex(REQUEST_ID, 19, 2)
+  REQUEST_ID[8] = REQUEST_ID[13] = REQUEST_ID[18] = REQUEST_ID[23] = 0x2d
+  REQUEST_ID.fill(0x30, COUNTER_AT)
+  counterLeft = 2 ** 48 - 1
+}
+
+function nextRequestId(): string {
+  if (counterLeft === 0) newPrefix()
+  counterLeft--
+  // increments the hex counter in place, carrying from the last digit
+  for (let i = REQUEST_ID.length - 1; i >= COUNTER_AT; i--) {
+    const c = REQUEST_ID[i]!
+    if (c === 0x66) {
+      REQUEST_ID[i] = 0x30
+      continue
+    }
+    REQUEST_ID[i] = c === 0x39 ? 0x61 : c + 1
+    break
+  }
+  return REQUEST_ID.toString('latin1')
+}
+
 /** Keeps a printable incoming x-request-id of at most 128 characters, else creates one. */
 export function requestId(incoming: string | undefined): string {
-  return incoming !== undefined && REQUEST_ID_RE.test(incoming) ? incoming : randomUUID()
+  return incoming !== undefined && REQUEST_ID_RE.test(incoming) ? incoming : nextRequestId()
 }

@@ -57,6 +57,11 @@ export interface Transport<C> {
     target: ForwardTarget,
     headers: UpstreamHeaders,
   ): Promise<ForwardResult>
+  /**
+   * `forward` without a promise, where the forwarder offers it: the result comes back through
+   * `RequestLifecycle.forwarded`, which finishes the exchange (HTTP exchanges, whose `ex.req`/`ex.res` are set)
+   */
+  dispatch?(ex: Exchange, req: IncomingMessage, ctx: C, target: ForwardTarget, headers: UpstreamHeaders): void
   /** an internal error that could not be answered */
   abort?(ctx: C): void
 }
@@ -103,6 +108,10 @@ export class RequestLifecycle {
       abort: (res) => {
         if (!res.writableFinished) res.destroy()
       },
+    }
+    if (forwarder.dispatch) {
+      this.http.dispatch = (ex, req, res, target, headers) =>
+        forwarder.dispatch?.(req, res, target, headers, ex)
     }
   }
 
@@ -249,52 +258,145 @@ export class RequestLifecycle {
 
   /**
    * The stages every exchange goes through, requests and upgrades alike: refusal, preHandler, the decision,
-   * the transport's forward, upstream failures translated, onResponse.
+   * the transport's forward, upstream failures translated, onResponse. A request whose identification and
+   * forward need no promise (cached credentials, an HTTP/1.1 upstream) returns undefined and allocates none:
+   * the forwarder reports back through `forwarded`. Otherwise the promise settles when the exchange is done.
    */
-  async serve<C>(
+  serve<C>(
     ex: Exchange,
     req: IncomingMessage,
     parsed: { target: string; path: string } | undefined,
     transport: Transport<C>,
     ctx: C,
-  ): Promise<void> {
+  ): Promise<void> | undefined {
     try {
       const refusal = transport.refusal?.(ex, req, ctx) ?? (parsed === undefined ? BAD_REQUEST : undefined)
       if (refusal || parsed === undefined) {
         ex.pipeline = this.opts.getPipeline()
         transport.answer(ex, req, ctx, refusal ?? BAD_REQUEST)
-        return
+        this.finish(ex)
+        return undefined
       }
       const identifying = this.preHandler(ex, parsed, req)
-      if (identifying) await identifying
-      if (transport.clientGone?.(ctx)) {
-        ex.status = CLIENT_CLOSED
-        return
-      }
-      // decide: a rejecting stage answers on the proxy's behalf
-      const reject = ex.attribution.reject
-      if (reject) {
-        transport.answer(ex, req, ctx, reject)
-        return
-      }
-      const result = await transport.forward(req, ctx, this.target(parsed.target), this.hopHeaders(ex, req))
-      ex.applyForward(result)
-      if (result.status === 0 && result.upstreamError)
-        transport.answer(ex, req, ctx, UPSTREAM_ERRORS[result.upstreamError])
+      if (identifying) return this.serveIdentified(identifying, ex, req, parsed, transport, ctx)
+      return this.decideAndForward(ex, req, parsed, transport, ctx)
     } catch {
-      if (!transport.answer(ex, req, ctx, INTERNAL_ERROR)) transport.abort?.(ctx)
-    } finally {
-      ex.handled = true
-      this.onResponse(ex)
+      this.failed(ex, req, transport, ctx)
+      return undefined
     }
   }
 
+  /** serve() after an identification that had to wait */
+  private async serveIdentified<C>(
+    identifying: Promise<void>,
+    ex: Exchange,
+    req: IncomingMessage,
+    parsed: { target: string; path: string },
+    transport: Transport<C>,
+    ctx: C,
+  ): Promise<void> {
+    try {
+      await identifying
+      await this.decideAndForward(ex, req, parsed, transport, ctx)
+    } catch {
+      this.failed(ex, req, transport, ctx)
+    }
+  }
+
+  /** decide (a rejecting stage answers on the proxy's behalf), then forward; finishes the exchange */
+  private decideAndForward<C>(
+    ex: Exchange,
+    req: IncomingMessage,
+    parsed: { target: string; path: string },
+    transport: Transport<C>,
+    ctx: C,
+  ): Promise<void> | undefined {
+    if (transport.clientGone?.(ctx)) {
+      ex.status = CLIENT_CLOSED
+      this.finish(ex)
+      return undefined
+    }
+    const reject = ex.attribution.reject
+    if (reject) {
+      transport.answer(ex, req, ctx, reject)
+      this.finish(ex)
+      return undefined
+    }
+    const target = this.target(parsed.target)
+    const headers = this.hopHeaders(ex, req)
+    if (transport.dispatch) {
+      transport.dispatch(ex, req, ctx, target, headers)
+      return undefined
+    }
+    return this.forwardAndFinish(ex, req, transport, ctx, target, headers)
+  }
+
+  /** the forward step through the transport's promise (tunnels, forwarders without `dispatch`) */
+  private async forwardAndFinish<C>(
+    ex: Exchange,
+    req: IncomingMessage,
+    transport: Transport<C>,
+    ctx: C,
+    target: ForwardTarget,
+    headers: UpstreamHeaders,
+  ): Promise<void> {
+    try {
+      const result = await transport.forward(req, ctx, target, headers)
+      this.afterForward(ex, req, transport, ctx, result)
+    } catch {
+      this.failed(ex, req, transport, ctx)
+    }
+  }
+
+  /** the forwarder's answer (the promise-free path): upstream failures translated, then onResponse */
+  forwarded(ex: Exchange, result: ForwardResult): void {
+    const req = ex.req
+    const res = ex.res
+    if (req === undefined || res === undefined) return
+    try {
+      this.afterForward(ex, req, this.http, res, result)
+    } catch {
+      this.failed(ex, req, this.http, res)
+    }
+  }
+
+  private afterForward<C>(
+    ex: Exchange,
+    req: IncomingMessage,
+    transport: Transport<C>,
+    ctx: C,
+    result: ForwardResult,
+  ): void {
+    ex.applyForward(result)
+    if (result.status === 0 && result.upstreamError)
+      transport.answer(ex, req, ctx, UPSTREAM_ERRORS[result.upstreamError])
+    this.finish(ex)
+  }
+
+  /** an internal error: answered if the response is still open, else the response is aborted */
+  private failed<C>(ex: Exchange, req: IncomingMessage, transport: Transport<C>, ctx: C): void {
+    if (ex.handled) return
+    try {
+      if (!transport.answer(ex, req, ctx, INTERNAL_ERROR)) transport.abort?.(ctx)
+    } catch {
+      transport.abort?.(ctx)
+    }
+    this.finish(ex)
+  }
+
+  private finish(ex: Exchange): void {
+    ex.handled = true
+    this.onResponse(ex)
+  }
+
   /** A request/response pair (HTTP/1.1 request or HTTP/2 stream), forwarded over HTTP. */
-  handle(req: TaggedRequest, res: TaggedResponse, conn: ConnectionInfo): Promise<void> {
+  handle(req: TaggedRequest, res: TaggedResponse, conn: ConnectionInfo): Promise<void> | undefined {
     const parsed = requestTarget(req.url ?? '/')
     const ex = this.onRequest(conn, req, parsed?.path ?? '')
     req[kExchange] = ex
     res[kExchange] = ex
+    ex.req = req
+    ex.res = res
     res.on('close', onResponseClose)
     if (this.draining || this.closing) res.shouldKeepAlive = false
     if (parsed !== undefined && hasBody(req)) {

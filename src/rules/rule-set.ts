@@ -72,11 +72,41 @@ function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
   }
 }
 
+/** one credential's step in the by-evidence cache: the identity when it is the last, else the next step */
+interface EvidenceNode {
+  identity?: Identity
+  next?: WeakMap<object, EvidenceNode>
+}
+
+function rememberByEvidence(
+  root: WeakMap<object, EvidenceNode>,
+  credentials: EvidenceSet['credentials'],
+  identity: Identity,
+): void {
+  let level = root
+  for (let i = 0; i < credentials.length; i++) {
+    const evidence = credentials[i]!.evidence
+    let node = level.get(evidence)
+    if (node === undefined) {
+      node = {}
+      level.set(evidence, node)
+    }
+    if (i === credentials.length - 1) node.identity = identity
+    else {
+      node.next ??= new WeakMap()
+      level = node.next
+    }
+  }
+}
+
 export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   const rules = config.identities.map(compileRule)
   const perRequest = rules.some((r) => r.conditions.some((c) => c.perRequest))
   const cacheSize = opts.cacheSize ?? 10_000
   const cache = !perRequest && cacheSize > 0 ? new LRUCache<string, Identity>({ max: cacheSize }) : undefined
+  // the same decision as the cache, keyed by the evidence object itself (evidence is never mutated: a claim
+  // verified after the fact replaces its object); weak, so it lives no longer than the credential caches
+  const byEvidence = cache ? new WeakMap<object, EvidenceNode>() : undefined
   const scratch: Scratch = { captures: undefined, reason: '' }
 
   function classifyUncached(
@@ -141,13 +171,25 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   return {
     size: rules.length,
     classify(ev, req, conn, trace) {
-      if (!cache || trace) return classifyUncached(ev, req, conn, trace)
+      if (!cache || !byEvidence || trace) return classifyUncached(ev, req, conn, trace)
+      // credentials whose evidence objects earlier requests had (a cached token's, a known user agent's):
+      // their identity is found without building the evidence key string
+      const credentials = ev.credentials
+      let level: WeakMap<object, EvidenceNode> | undefined = byEvidence
+      for (let i = 0; level !== undefined && i < credentials.length; i++) {
+        const node: EvidenceNode | undefined = level.get(credentials[i]!.evidence)
+        if (node === undefined) break
+        if (i < credentials.length - 1) level = node.next
+        else if (node.identity !== undefined) return node.identity
+      }
       const key = evidenceKey(ev)
       if (key === undefined) return classifyUncached(ev, req, conn)
-      const hit = cache.get(key)
-      if (hit) return hit
-      const identity = classifyUncached(ev, req, conn)
-      cache.set(key, identity)
+      let identity = cache.get(key)
+      if (identity === undefined) {
+        identity = classifyUncached(ev, req, conn)
+        cache.set(key, identity)
+      }
+      if (credentials.length > 0) rememberByEvidence(byEvidence, credentials, identity)
       return identity
     },
   }

@@ -1,10 +1,10 @@
 // The audit trail: one JSON line per request (pino's async destination) plus a bounded in-memory ring
 // that serves /audit. Lines are sampled by `audit.sample`, except that anything worth investigating
 // (status >= 400, credential failures, denials, anomalies) is always written.
-import pino, { type DestinationStream } from 'pino'
+import pino from 'pino'
 import type { Config } from '../config/schema.ts'
-import type { Identity, Recorder, RequestEvent } from '../types.ts'
-import { flattened } from '../util/flat.ts'
+import type { Recorder, RequestEvent } from '../types.ts'
+import { LineBuffer, writeAuditLine } from './audit-line.ts'
 
 export interface AuditRecord {
   time: string
@@ -130,90 +130,22 @@ export function toAuditRecord(event: RequestEvent): AuditRecord {
   }
 }
 
-const json = JSON.stringify
-/** JSON has no NaN or Infinity; JSON.stringify writes null for them, and so do we */
-const num = (n: number) => (Number.isFinite(n) ? String(n) : 'null')
-
 /**
- * Milliseconds with three decimals ("12.345", "0.050"): integer formatting only, because shortest
- * round-trip formatting of an arbitrary double is one of the costliest parts of the line.
- */
-function millis(ms: number): string {
-  if (!Number.isFinite(ms) || ms < 0 || ms >= 1e9) return num(Math.round(ms * 1000) / 1000)
-  const us = Math.round(ms * 1000)
-  const frac = us % 1000
-  return `${(us - frac) / 1000}.${frac < 10 ? '00' : frac < 100 ? '0' : ''}${frac}`
-}
-const opt = (key: string, value: string | undefined) =>
-  value === undefined ? '' : `,"${key}":${json(value)}`
-
-/**
- * The identity's part of a line, escaped once per identity object instead of once per request: the engine
- * hands out the same (never mutated) identity object for every request with the same evidence.
- */
-interface IdentityText {
-  /** "identity" … "zone" */
-  head: string
-  /** "iss", "sub", "jti", "agent_operator", "agent_purpose", "actor", "on_behalf_of", "actor_chain", "signature_agent" */
-  claims: string
-}
-const identityTexts = new WeakMap<Identity, IdentityText>()
-
-function identityText(id: Identity): IdentityText {
-  let text = identityTexts.get(id)
-  if (text === undefined) {
-    const attrs = id.attributes
-    text = {
-      head: flattened(
-        `"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)}`,
-      ),
-      claims: flattened(
-        `${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}${opt('agent_operator', attrs['agent_operator'])}${opt('agent_purpose', attrs['agent_purpose'])}${opt('actor', attrs['actor'])}${opt('on_behalf_of', attrs['on_behalf_of'])}${opt('actor_chain', attrs['actor_chain'])}${opt('signature_agent', attrs['signature_agent'])}`,
-      ),
-    }
-    identityTexts.set(id, text)
-  }
-  return text
-}
-
-// Several requests finish within the same millisecond under load: format each millisecond once.
-let lastTimeMs = Number.NaN
-let lastTimeText = ''
-function isoTime(ms: number): string {
-  if (ms !== lastTimeMs) {
-    lastTimeText = new Date(ms).toISOString()
-    lastTimeMs = ms
-  }
-  return lastTimeText
-}
-
-/**
- * The audit line of one event: `{"type":"audit", …toAuditRecord(event)}` plus a newline, key for key what
- * JSON.stringify would write, built without the intermediate object (this runs for every request).
+ * The audit line of one event as a string: `{"type":"audit", …toAuditRecord(event)}` plus a newline, for
+ * outputs that need it as text (OTLP log records). The audit file gets the same bytes without the string.
  */
 export function auditLine(event: RequestEvent): string {
-  // every recorder that needs the line (the audit file, OTLP log records) sees the same event in turn:
-  // one slot is enough for them to share one serialisation
+  // every recorder that needs the line sees the same event in turn: one slot is enough for them to share
   if (event === lastLineEvent) return lastLine
-  lastLine = formatAuditLine(event)
+  scratch.length = 0
+  writeAuditLine(scratch, event)
+  lastLine = scratch.toString()
   lastLineEvent = event
   return lastLine
 }
+const scratch = new LineBuffer(4096)
 let lastLineEvent: RequestEvent | undefined
 let lastLine = ''
-
-function formatAuditLine(event: RequestEvent): string {
-  const id = identityText(event.identity)
-  const fp = event.fingerprints
-  let failures = ''
-  for (const f of event.failures) {
-    failures += `${failures === '' ? '' : ','}{"source":${json(f.source)},"reason":${json(f.reason)}}`
-  }
-  let anomalies = ''
-  for (const a of event.anomalies) anomalies += `${anomalies === '' ? '' : ','}${json(a)}`
-  const d = event.decision
-  return `{"type":"audit","time":"${isoTime(event.time)}","trace_id":${json(event.traceId)},"span_id":${json(event.spanId)},"request_id":${json(event.requestId)},${id.head},"fingerprints":{${fp.jwt === undefined ? '' : `"jwt":${json(fp.jwt)}`}${fp.cert === undefined ? '' : `${fp.jwt === undefined ? '' : ','}"cert":${json(fp.cert)}`}${fp.apikey === undefined ? '' : `${fp.jwt === undefined && fp.cert === undefined ? '' : ','}"apikey":${json(fp.apikey)}`}}${id.claims},"client_address":${json(event.clientAddress)},"method":${json(event.method)},"path":${json(event.path)},"route":${json(event.route)},"service":${json(event.service)},"status":${num(event.status)},"duration_ms":${millis(event.durationMs)},"upstream_ms":${millis(event.upstreamMs)},"bytes_in":${num(event.bytesIn)},"bytes_out":${num(event.bytesOut)}${opt('upstream_error', event.upstreamError)}${event.grpcStatus === undefined ? '' : `,"grpc_status":${num(event.grpcStatus)}`},"decision":${json(d.skipped ? 'none' : d.decision)},"policy_rule":${json(d.rule)},"failures":[${failures}],"anomalies":[${anomalies}]}\n`
-}
 
 /** Newest-first bounded history of request events; records are formatted only when queried. */
 export class AuditRing {
@@ -273,7 +205,7 @@ export interface AuditLogOptions {
   sink?: (lines: string) => boolean
 }
 
-function countLines(data: string): number {
+function countLines(data: string | Buffer): number {
   let lines = 0
   for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) lines++
   return lines
@@ -283,15 +215,14 @@ export class AuditLog implements Recorder {
   readonly name = 'audit'
   readonly ring: AuditRing
   private sample: number
-  private destination: (DestinationStream & { flushSync?(): void; end?(): void }) | undefined
+  private destination: { write(data: Buffer): void } | undefined
   private readonly random: () => number
   private readonly sink: ((lines: string) => boolean) | undefined
   private flushTimer: NodeJS.Timeout | undefined
   private written = 0
   private dropped = 0
-  /** lines not yet handed to the destination, and their length in characters */
-  private batch: string[] = []
-  private batchChars = 0
+  /** lines not yet handed to the destination, as the bytes that will be written */
+  private readonly batch = new LineBuffer(AUDIT_BATCH_CHARS + 16 * 1024)
 
   constructor(config: AuditConfig, opts: AuditLogOptions = {}) {
     this.ring = new AuditRing(config.ringSize)
@@ -306,8 +237,10 @@ export class AuditLog implements Recorder {
     if (this.sink) {
       const sink = this.sink
       this.destination = {
-        write: (data: string) => {
-          if (!sink(data)) this.dropped += countLines(data)
+        write: (data: Buffer) => {
+          // a worker's batch crosses to the primary as text: one string per batch, not per line
+          const lines = data.toString('utf8')
+          if (!sink(lines)) this.dropped += countLines(lines)
         },
       }
       this.flushTimer = setInterval(() => this.handOver(), AUDIT_FLUSH_MS)
@@ -321,13 +254,16 @@ export class AuditLog implements Recorder {
       maxLength: AUDIT_MAX_PENDING_BYTES,
       // batches that pile up while a write is in flight go out together in the next one
       maxWrite: 2 * AUDIT_BATCH_CHARS,
+      // batches are bytes already: no string per line or per batch on the JavaScript heap
+      contentMode: 'buffer',
     })
     // A failing disk must not take the proxy down: drop lines rather than crash.
     destination.on('error', () => {})
-    destination.on('drop', (data: string) => {
+    destination.on('drop', (data: Buffer) => {
       this.dropped += countLines(data)
     })
-    this.destination = destination
+    // its typings know the utf8 mode only; in buffer mode write() takes the Buffer
+    this.destination = destination as unknown as { write(data: Buffer): void }
     this.flushTimer = setInterval(() => {
       this.handOver()
       try {
@@ -354,11 +290,9 @@ export class AuditLog implements Recorder {
     if (!this.destination) return
     if (this.sample < 1 && !isNoteworthy(event) && this.random() >= this.sample) return
     // `type: "audit"` (first key) makes audit lines easy to pick out of a shared stdout.
-    const line = auditLine(event)
-    this.batch.push(line)
-    this.batchChars += line.length
+    writeAuditLine(this.batch, event)
     this.written++
-    if (this.batchChars >= AUDIT_BATCH_CHARS) this.handOver()
+    if (this.batch.length >= AUDIT_BATCH_CHARS) this.handOver()
   }
 
   /**
@@ -368,10 +302,7 @@ export class AuditLog implements Recorder {
    */
   private handOver(): void {
     if (this.batch.length === 0 || !this.destination) return
-    const data = this.batch.join('')
-    this.batch = []
-    this.batchChars = 0
-    this.destination.write(data)
+    this.destination.write(this.batch.take())
   }
 
   /**
@@ -380,10 +311,9 @@ export class AuditLog implements Recorder {
    */
   writeLines(data: string): void {
     if (!this.destination || data === '') return
-    this.batch.push(data)
-    this.batchChars += data.length
+    this.batch.utf8(data)
     this.written += countLines(data)
-    if (this.batchChars >= AUDIT_BATCH_CHARS) this.handOver()
+    if (this.batch.length >= AUDIT_BATCH_CHARS) this.handOver()
   }
 
   /** sample and ring size change in place; a new output path takes effect on restart */

@@ -5,7 +5,7 @@
 // (with trace_id exemplars on nhi_requests_total and the duration histogram).
 
 import type { JwksObserver } from '../identity/jwt/jwks.ts'
-import type { Kind, RequestEvent } from '../types.ts'
+import type { Kind, PolicyDecision, RequestEvent } from '../types.ts'
 import {
   Buckets,
   CounterFamily,
@@ -55,6 +55,19 @@ export interface Scrape {
 }
 
 /** Recognised HTTP methods keep their name; anything else is "OTHER" so the label stays bounded. */
+/** the series an identity's last request went to, with the labels that chose them */
+interface HotSeries {
+  kind: Kind
+  verified: string
+  method: string
+  route: string
+  status: number
+  requests: CounterSeries
+  duration: HistogramSeries
+}
+/** keyed by the identity entry's series: an entry that goes takes its slot with it */
+const hotSeries = new WeakMap<IdentityEntry['series'], HotSeries>()
+
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE'])
 
 /** why the proxy closed an HTTP/2 connection: a fixed set, so the label stays bounded */
@@ -130,6 +143,8 @@ export class Metrics {
   private readonly table: IdentityTable
   private readonly buckets: Buckets
   private overflowSeries: CounterSeries
+  /** the policy decision series of each (constant) decision object, until the service is renamed */
+  private decisionSeries = new WeakMap<PolicyDecision, CounterSeries>()
   private readonly auditLinesDropped: () => number
   private readonly otlpSpans: NonNullable<MetricsOptions['otlpSpans']>
   private readonly otlpLogs: NonNullable<MetricsOptions['otlpLogs']>
@@ -267,23 +282,33 @@ export class Metrics {
     const at = event.time
     const perKind = this.kindSeries(entry, kind)
 
-    // the entry is one source's: its series need no source in their key
-    const reqKey = `${kind}\u0000${verified}\u0000${method}\u0000${route}\u0000${event.status}`
-    let requests = series.requests.get(reqKey)
-    if (requests === undefined) {
-      requests = new CounterSeries(
-        `${perKind.labels},verified="${verified}",method="${method}",route="${escapeLabelValue(route)}",code="${event.status}"`,
-      )
-      series.requests.set(reqKey, requests)
+    // An identity's requests mostly repeat the labels of its previous one: then its series are found
+    // without building the map keys (a string per key per request).
+    let hot = hotSeries.get(series)
+    const status = event.status
+    let requests: CounterSeries
+    let duration: HistogramSeries
+    if (hot !== undefined && hot.kind === kind && hot.route === route) {
+      duration = hot.duration
+      if (hot.verified === verified && hot.method === method && hot.status === status) requests = hot.requests
+      else requests = this.requestSeries(series, perKind, kind, verified, method, route, status)
+    } else {
+      requests = this.requestSeries(series, perKind, kind, verified, method, route, status)
+      duration = this.durationSeries(series, perKind, kind, route)
+    }
+    if (hot === undefined) {
+      hot = { kind, verified, method, route, status, requests, duration }
+      hotSeries.set(series, hot)
+    } else {
+      hot.kind = kind
+      hot.verified = verified
+      hot.method = method
+      hot.route = route
+      hot.status = status
+      hot.requests = requests
+      hot.duration = duration
     }
     requests.incWithExemplar(1, traceId, at)
-
-    const durKey = `${kind}\u0000${route}`
-    let duration = series.duration.get(durKey)
-    if (duration === undefined) {
-      duration = new HistogramSeries(`${perKind.labels},route="${escapeLabelValue(route)}"`, this.buckets)
-      series.duration.set(durKey, duration)
-    }
     duration.observe(event.durationMs / 1000, traceId, at)
 
     if (event.grpcStatus !== undefined) {
@@ -316,10 +341,53 @@ export class Metrics {
     const service = this.service
     for (const f of event.failures) this.authFailures.inc([service, f.source, f.reason])
     for (const type of event.anomalies) this.anomalies.inc([service, type])
-    if (!event.decision.skipped) {
-      this.policyDecisions.inc([service, event.decision.decision, event.decision.rule])
+    const decision = event.decision
+    if (!decision.skipped) {
+      // policy decisions are constant objects per rule: their series is found without a key per request
+      let decided = this.decisionSeries.get(decision)
+      if (decided === undefined) {
+        decided = this.policyDecisions.child([service, decision.decision, decision.rule])
+        this.decisionSeries.set(decision, decided)
+      }
+      decided.inc(1)
     }
     if (event.upstreamError) this.upstreamErrors.inc([service, event.upstreamError])
+  }
+
+  private requestSeries(
+    series: IdentityEntry['series'],
+    perKind: KindSeries,
+    kind: Kind,
+    verified: string,
+    method: string,
+    route: string,
+    status: number,
+  ): CounterSeries {
+    // the entry is one source's: its series need no source in their key
+    const reqKey = `${kind}\u0000${verified}\u0000${method}\u0000${route}\u0000${status}`
+    let requests = series.requests.get(reqKey)
+    if (requests === undefined) {
+      requests = new CounterSeries(
+        `${perKind.labels},verified="${verified}",method="${method}",route="${escapeLabelValue(route)}",code="${status}"`,
+      )
+      series.requests.set(reqKey, requests)
+    }
+    return requests
+  }
+
+  private durationSeries(
+    series: IdentityEntry['series'],
+    perKind: KindSeries,
+    kind: Kind,
+    route: string,
+  ): HistogramSeries {
+    const durKey = `${kind}\u0000${route}`
+    let duration = series.duration.get(durKey)
+    if (duration === undefined) {
+      duration = new HistogramSeries(`${perKind.labels},route="${escapeLabelValue(route)}"`, this.buckets)
+      series.duration.set(durKey, duration)
+    }
+    return duration
   }
 
   /** A new service name relabels everything: identity series are dropped by the caller, the rest here. */
@@ -338,6 +406,7 @@ export class Metrics {
       c.reset()
     }
     this.overflowSeries = this.overflow.child([service])
+    this.decisionSeries = new WeakMap()
     this.zeroAbuseSeries()
   }
 

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process'
 import { get as httpGet } from 'node:http'
 import t from 'tap'
 import { Agent, request } from 'undici'
@@ -128,7 +129,43 @@ t.test('trace and request id rules', async (t) => {
   t.not(requestId(''), '')
   const ids = new Set(Array.from({ length: 2000 }, () => traceContext(undefined).traceId))
   t.equal(ids.size, 2000, 'trace ids do not repeat')
+  const fresh = traceContext(undefined)
+  t.match(fresh.traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/)
+  t.equal(fresh.traceparent, `00-${fresh.traceId}-${fresh.spanId}-01`, 'the ids are those of the header')
+  t.not(traceContext(undefined).traceparent, fresh.traceparent, 'each trace its own header')
 })
+
+t.test(
+  'created request ids: UUID-shaped, a per-process prefix and a counter that never repeats',
+  async (t) => {
+    // 300 ids carry the counter over two hex digits (…0ff → …100)
+    const created = Array.from({ length: 300 }, () => requestId(undefined))
+    for (const id of created) t.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+    t.equal(new Set(created).size, created.length, 'no id repeats')
+    t.ok(
+      created.every((id) => id.slice(0, 24) === created[0]!.slice(0, 24)),
+      'one random prefix for the process',
+    )
+    const counters = created.map((id) => Number.parseInt(id.slice(24), 16))
+    t.ok(
+      counters.every((n, i) => i === 0 || n === counters[i - 1]! + 1),
+      'the counter counts up by one, hex digits carried',
+    )
+    // another process (a restart, another worker) draws another prefix
+    const other = execFileSync(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '-e',
+        `import('${new URL('../../src/proxy/ids.ts', import.meta.url).href}').then((m) => process.stdout.write(m.requestId(undefined)))`,
+      ],
+      { encoding: 'utf8' },
+    )
+    t.match(other, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+    t.not(other.slice(0, 24), created[0]!.slice(0, 24), 'another process, another prefix')
+  },
+)
 
 t.test('all methods are forwarded with their bodies', async (t) => {
   const up = await startUpstream()

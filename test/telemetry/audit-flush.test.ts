@@ -65,9 +65,10 @@ t.test('lines reach the output in large batches: a few writes for thousands of l
   const counted = (f: (...args: unknown[]) => unknown) =>
     function (this: unknown, ...args: unknown[]) {
       const data = args[1]
-      if (typeof data === 'string' && data.startsWith('{"type":"audit"')) {
+      const text = Buffer.isBuffer(data) ? data.toString('latin1', 0, 15) : data
+      if (typeof text === 'string' && text.startsWith('{"type":"audit"')) {
         writes++
-        bytes += Buffer.byteLength(data)
+        bytes += Buffer.byteLength(data as string | Buffer)
       }
       return f.apply(this, args)
     }

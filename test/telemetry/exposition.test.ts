@@ -210,4 +210,20 @@ t.test('the audit line says exactly what JSON.stringify of the audit record says
     }),
     300,
   )
+  checkProperty(
+    t,
+    'and byte for byte: JSON.stringify of the record, durations written with three decimals',
+    fc.property(eventArb, (event) => line(event) === auditLine(event)),
+    300,
+  )
 })
+
+/** the reference text: JSON.stringify with the two durations in the line's fixed three-decimal form */
+function line(event: RequestEvent): string {
+  const ms = (v: number) =>
+    Number.isFinite(v) && v >= 0 && v < 1e9 ? (Math.round(v * 1000) / 1000).toFixed(3) : JSON.stringify(v)
+  const record = { type: 'audit', ...toAuditRecord(event), duration_ms: '\0d', upstream_ms: '\0u' }
+  return `${JSON.stringify(record)
+    .replace('"\\u0000d"', ms(Math.round(event.durationMs * 1000) / 1000))
+    .replace('"\\u0000u"', ms(Math.round(event.upstreamMs * 1000) / 1000))}\n`
+}

@@ -121,9 +121,15 @@ export interface CredentialSource<E extends Evidence = Evidence> {
 /** Adds a credential, keeping the list strongest first. */
 export function addCredential(set: EvidenceSet, source: CredentialSource, evidence: Evidence): void {
   const list = set.credentials
+  const entry = { source, evidence }
+  // usually appended (sources are read in order): splice would allocate an array for the removed nothing
   let i = list.length
-  while (i > 0 && list[i - 1]!.source.precedence > source.precedence) i--
-  list.splice(i, 0, { source, evidence })
+  list.push(entry)
+  while (i > 0 && list[i - 1]!.source.precedence > source.precedence) {
+    list[i] = list[i - 1]!
+    i--
+  }
+  list[i] = entry
 }
 
 /** Puts `evidence` in the place of the named source's evidence (a claim verified after the fact). */

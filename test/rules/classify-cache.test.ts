@@ -1,0 +1,88 @@
+// Classification is remembered per evidence object (a cached token's evidence is the same object on every
+// request): the remembered identity belongs to that rule set only, and never to another credential.
+import t from 'tap'
+import { parseConfigText } from '../../src/config/loader.ts'
+import type { Config } from '../../src/config/schema.ts'
+import { classifyUserAgent } from '../../src/identity/useragent.ts'
+import { compileRules } from '../../src/rules/rule-set.ts'
+import type { ConnectionInfo, JwtEvidence, RequestInfo } from '../../src/types.ts'
+import { sha256Hex } from '../../src/util/fingerprint.ts'
+import { evidenceSet } from '../helpers/evidence.ts'
+
+function config(yaml: string): Config {
+  const r = parseConfigText(yaml, 'test.yaml')
+  if (!r.ok) throw new Error(r.errors.map((e) => e.message).join('\n'))
+  return r.config
+}
+function jwt(sub: string): JwtEvidence {
+  const claims = { iss: 'https://idp.example.com', sub }
+  return {
+    source: 'jwt',
+    verified: true,
+    issuer: claims.iss,
+    claims,
+    alg: 'RS256',
+    fingerprint: sha256Hex(sub).slice(0, 16),
+  }
+}
+const req: RequestInfo = { method: 'GET', path: '/', url: '/', headers: {} }
+const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 5000, tls: false }
+const rulesFor = (team: string) =>
+  compileRules(
+    config(`identities:
+  - name: "{sub}"
+    team: ${team}
+    match: { jwt: { claims: { sub: "{sub}" } } }`),
+  )
+
+t.test(
+  'the same evidence object: one identity per rule set, a reloaded rule set decides afresh',
+  async (t) => {
+    const alice = jwt('alice')
+    const before = rulesFor('payments')
+    const first = before.classify(evidenceSet({ jwt: alice }), req, conn)
+    t.equal(first.name, 'alice')
+    t.equal(first.team, 'payments')
+    t.equal(before.classify(evidenceSet({ jwt: alice }), req, conn), first, 'remembered for the same object')
+    // a reload compiles a new rule set: the same credential gets the new rules' identity
+    const after = rulesFor('billing')
+    const reloaded = after.classify(evidenceSet({ jwt: alice }), req, conn)
+    t.equal(reloaded.team, 'billing')
+    t.not(reloaded, first)
+    t.equal(
+      before.classify(evidenceSet({ jwt: alice }), req, conn).team,
+      'payments',
+      'the old set is unchanged',
+    )
+  },
+)
+
+t.test('two credentials never share an identity', async (t) => {
+  const rules = rulesFor('payments')
+  const alice = jwt('alice')
+  const bob = jwt('bob')
+  t.equal(rules.classify(evidenceSet({ jwt: alice }), req, conn).name, 'alice')
+  t.equal(rules.classify(evidenceSet({ jwt: bob }), req, conn).name, 'bob')
+  t.equal(rules.classify(evidenceSet({ jwt: alice }), req, conn).name, 'alice')
+  // an equal but distinct evidence object (the token verified again) gets the same identity
+  t.equal(rules.classify(evidenceSet({ jwt: jwt('alice') }), req, conn).name, 'alice')
+})
+
+t.test('several credentials: remembered for that combination only', async (t) => {
+  const rules = compileRules(
+    config(`identities:
+  - name: "{sub}"
+    match: { jwt: { claims: { sub: "{sub}" } } }`),
+  )
+  const alice = jwt('alice')
+  const bob = jwt('bob')
+  const ua = classifyUserAgent('curl/8.5.0')
+  t.equal(rules.classify(evidenceSet({ jwt: alice, useragent: ua }), req, conn).name, 'alice')
+  t.equal(rules.classify(evidenceSet({ jwt: bob, useragent: ua }), req, conn).name, 'bob')
+  t.equal(rules.classify(evidenceSet({ jwt: alice, useragent: ua }), req, conn).name, 'alice', 'hit')
+  t.equal(
+    rules.classify(evidenceSet({ useragent: ua }), req, conn).name,
+    'ua:curl',
+    'the user agent alone is not alice',
+  )
+})
