@@ -6,6 +6,7 @@
 
 import type { JwksObserver } from '../identity/jwt/jwks.ts'
 import type { Kind, RequestEvent } from '../types.ts'
+import { flattened } from '../util/flat.ts'
 import {
   Buckets,
   CounterFamily,
@@ -234,6 +235,27 @@ export class Metrics {
     return `${this.serviceLabel},identity="${escapeLabelValue(entry.name)}",source="${entry.source}"${extra}`
   }
 
+  /**
+   * An entry's `service,identity,source` labels for the per-identity gauges, escaped at its first scrape
+   * rather than at every scrape. Weak, so an entry the table drops takes its text with it; replaced when the
+   * service name changes.
+   */
+  private gaugeLabels = new WeakMap<IdentityEntry, string>()
+
+  private entryLabels(entry: IdentityEntry): string {
+    let labels = this.gaugeLabels.get(entry)
+    if (labels === undefined) {
+      labels = flattened(this.identityLabels(entry, ''))
+      this.gaugeLabels.set(entry, labels)
+    }
+    return labels
+  }
+
+  /** `service,identity,source,kind`: the entry's per-kind series already hold it for its current kind */
+  private entryKindLabels(entry: IdentityEntry): string {
+    return entry.series.perKind.get(entry.kind)?.labels ?? `${this.entryLabels(entry)},kind="${entry.kind}"`
+  }
+
   private kindSeries(entry: IdentityEntry, kind: Kind): KindSeries {
     let series = entry.series.perKind.get(kind)
     if (series === undefined) {
@@ -327,6 +349,7 @@ export class Metrics {
     if (service === this.service) return
     this.service = service
     this.serviceLabel = `service="${escapeLabelValue(service)}"`
+    this.gaugeLabels = new WeakMap()
     for (const c of [
       this.authFailures,
       this.overflow,
@@ -431,26 +454,22 @@ export class Metrics {
     for (const [kind, n] of kinds) writeSample(out, IDENTITIES.name, `${this.serviceLabel},kind="${kind}"`, n)
 
     writeHeader(out, LAST_SEEN, om)
-    for (const e of entries) {
-      writeSample(out, LAST_SEEN.name, this.identityLabels(e, `,kind="${e.kind}"`), e.lastSeen / 1000)
-    }
+    for (const e of entries) writeSample(out, LAST_SEEN.name, this.entryKindLabels(e), e.lastSeen / 1000)
     writeHeader(out, EXPIRY, om)
     for (const e of entries) {
-      if (e.expiresAt !== undefined) writeSample(out, EXPIRY.name, this.identityLabels(e, ''), e.expiresAt)
+      if (e.expiresAt !== undefined) writeSample(out, EXPIRY.name, this.entryLabels(e), e.expiresAt)
     }
     const jobs = entries.filter((e) => e.kind === 'job' && !e.overflow)
     writeHeader(out, JOB_LAST_SUCCESS, om)
     for (const e of jobs) {
       if (e.lastSuccess !== undefined)
-        writeSample(out, JOB_LAST_SUCCESS.name, this.identityLabels(e, ''), e.lastSuccess / 1000)
+        writeSample(out, JOB_LAST_SUCCESS.name, this.entryLabels(e), e.lastSuccess / 1000)
     }
     writeHeader(out, JOB_FAILURES, om)
-    for (const e of jobs)
-      writeSample(out, JOB_FAILURES.name, this.identityLabels(e, ''), e.consecutiveFailures)
+    for (const e of jobs) writeSample(out, JOB_FAILURES.name, this.entryLabels(e), e.consecutiveFailures)
     writeHeader(out, JOB_INTERVAL, om)
     for (const e of jobs) {
-      if (e.expectEveryMs)
-        writeSample(out, JOB_INTERVAL.name, this.identityLabels(e, ''), e.expectEveryMs / 1000)
+      if (e.expectEveryMs) writeSample(out, JOB_INTERVAL.name, this.entryLabels(e), e.expectEveryMs / 1000)
     }
 
     if (om) out.push('# EOF\n')
