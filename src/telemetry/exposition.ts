@@ -168,6 +168,8 @@ export class HistogramSeries extends RenderedSeries {
   sum = 0
   count = 0
   private kept: HistogramLines | undefined
+  /** the kept lines as one string, once they were unchanged at a scrape; '' until then */
+  private whole = ''
 
   constructor(
     readonly labels: string,
@@ -255,12 +257,17 @@ export class HistogramSeries extends RenderedSeries {
 
   write(out: string[], family: string, openMetrics: boolean): void {
     const format = openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
-    const kept =
-      this.renderedAs !== format || this.kept?.family !== family
-        ? this.render(family, openMetrics)
-        : this.kept
-    this.renderedAs = format
-    for (const line of kept.lines) out.push(line)
+    if (this.renderedAs !== format || this.kept?.family !== family) {
+      const kept = this.render(family, openMetrics)
+      this.renderedAs = format
+      this.whole = ''
+      for (const line of kept.lines) out.push(line)
+      return
+    }
+    // unchanged for a whole scrape interval, so likely idle for longer: one piece is cheaper for the next
+    // scrapes' joins than all its lines, and a series that changes at every scrape never pays for the copy
+    if (this.whole === '') this.whole = this.kept.lines.join('')
+    out.push(this.whole)
   }
 }
 
