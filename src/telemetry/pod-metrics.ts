@@ -77,8 +77,10 @@ function escaped(line: string, at: number): boolean {
  */
 function parseSample(line: string): Sample | undefined {
   const n = line.length
-  let i = 0
-  for (let c = line.charCodeAt(0); i < n && c !== OPEN_BRACE && c !== SPACE; c = line.charCodeAt(++i));
+  // the name ends at the first `{` or space: a metric name has neither
+  const space = line.indexOf(' ')
+  const brace = line.indexOf('{')
+  let i = space === -1 ? (brace === -1 ? n : brace) : brace === -1 || space < brace ? space : brace
   const name = line.slice(0, i)
   let labels = ''
   let prefixEnd = i
