@@ -46,6 +46,9 @@ export interface ScrapeRow {
   scenario: 'changed' | 'idle'
   cpuP50Ms: number
   cpuP99Ms: number
+  /** the same for the main thread alone (see mainThreadNs) */
+  mainP50Ms: number
+  mainP99Ms: number
   wallP50Ms: number
   wallP99Ms: number
   /** main-thread GC pauses inside a scrape: the median, and those in the scrape with the most CPU */
@@ -535,6 +538,19 @@ function feed(v: Variant, events: readonly RequestEvent[]): void {
   }
 }
 
+/**
+ * On-CPU time of this thread (the event loop's), in ns, from the scheduler's account; NaN where there is no
+ * /proc. process.cpuUsage() adds V8's background threads (concurrent marking and sweeping, on the other
+ * core): CPU the machine spends, but not time the event loop is blocked.
+ */
+function mainThreadNs(): number {
+  try {
+    return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0])
+  } catch {
+    return Number.NaN
+  }
+}
+
 async function timeScrapes(
   v: Variant,
   openMetrics: boolean,
@@ -543,6 +559,7 @@ async function timeScrapes(
   scrapes: number,
 ): Promise<Omit<ScrapeRow, 'id' | 'label'>> {
   const cpu: number[] = []
+  const main: number[] = []
   const wall: number[] = []
   const windows: [start: number, end: number][] = []
   const pauses: PerformanceEntry[] = []
@@ -561,9 +578,11 @@ async function timeScrapes(
         byCaller.map((shapes) => shapes[i % shapes.length]!),
       )
     const cpuBefore = process.cpuUsage()
+    const mainBefore = mainThreadNs()
     const wallBefore = performance.now()
     const body = await v.render(openMetrics)
     const wallAfter = performance.now()
+    main.push((mainThreadNs() - mainBefore) / 1e6)
     wall.push(wallAfter - wallBefore)
     const used = process.cpuUsage(cpuBefore)
     cpu.push((used.user + used.system) / 1000)
@@ -579,11 +598,14 @@ async function timeScrapes(
   const slowest = cpu.indexOf(Math.max(...cpu))
   const gcSorted = [...gcIn].sort((a, b) => a - b)
   cpu.sort((a, b) => a - b)
+  main.sort((a, b) => a - b)
   wall.sort((a, b) => a - b)
   return {
     scenario,
     cpuP50Ms: percentile(cpu, 50),
     cpuP99Ms: percentile(cpu, 99),
+    mainP50Ms: percentile(main, 50),
+    mainP99Ms: percentile(main, 99),
     wallP50Ms: percentile(wall, 50),
     wallP99Ms: percentile(wall, 99),
     gcP50Ms: percentile(gcSorted, 50),
@@ -735,13 +757,20 @@ export async function runPromCost(opts: PromCostOptions): Promise<PromCostResult
 
   const budget = perRequestBudget(opts.share)
   const us = (id: string) => update.find((u) => u.id === id)!.nsPerRequest / 1000
-  // CPU, not wall time: on shared cores the wall time of a scrape includes other processes' time slices
+  // CPU, not wall time: on shared cores the wall time of a scrape includes other processes' time slices.
+  // The event-loop thread's CPU where /proc has it: the process's adds V8's concurrent GC threads, which
+  // run on the other core beside the scrape instead of blocking it (both are in the table)
   const worstP99 = (who: 'hand' | 'prom') =>
-    Math.max(...scrape.filter((s) => s.label.startsWith(who)).map((s) => s.cpuP99Ms))
+    Math.max(
+      ...scrape
+        .filter((s) => s.label.startsWith(who))
+        .map((s) => (Number.isFinite(s.mainP99Ms) ? s.mainP99Ms : s.cpuP99Ms)),
+    )
+  const threadCpu = scrape.every((s) => Number.isFinite(s.mainP99Ms))
   const shareNote = (x: number) =>
     `${((100 * x) / budget.attributionUs).toFixed(0)} % of the ${budget.attributionUs.toFixed(1)} µs attribution budget, ${((100 * x) / (budget.bareCpuUs / THROUGHPUT_TARGET)).toFixed(1)} % of c's whole ${(budget.bareCpuUs / THROUGHPUT_TARGET).toFixed(0)} µs`
   const perRequest = `update ≤ ${budget.metricsUs.toFixed(1)} µs/req (${Math.round(opts.share * 100)} % of b/0.9 − b)`
-  const scrapeName = `scrape p99 ≤ ${SCRAPE_BUDGET_MS} ms at ${opts.identities.toLocaleString('en')} identities (CPU, both formats, changed and idle)`
+  const scrapeName = `scrape p99 ≤ ${SCRAPE_BUDGET_MS} ms at ${opts.identities.toLocaleString('en')} identities (${threadCpu ? 'CPU of the event-loop thread' : 'CPU'}, both formats, changed and idle)`
   const goal = Number(budget.metricsUs.toFixed(1))
   const targets = [
     target(`prom-client ${perRequest}`, us('prom-om'), goal, 'max', 'µs', shareNote(us('prom-om'))),
@@ -799,16 +828,16 @@ export function promCostMarkdown(r: PromCostResult, targetLine: (t: Target) => s
     '',
     '## Scrape (render /metrics)',
     '',
-    '| variant | since last scrape | CPU p50 ms | CPU p99 ms | wall p50 ms | wall p99 ms | GC pauses p50 / in the CPU p99 scrape, ms | bytes |',
-    '|---|---|---:|---:|---:|---:|---:|---:|',
+    '| variant | since last scrape | CPU p50 ms | CPU p99 ms | main thread CPU p50 / p99 ms | wall p50 ms | wall p99 ms | GC pauses p50 / in the CPU p99 scrape, ms | bytes |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
     ...r.scrape.map(
       (s) =>
-        `| ${s.label} | ${s.scenario === 'changed' ? 'every identity had a request' : 'idle'} | ${f(s.cpuP50Ms)} | ${f(s.cpuP99Ms)} | ${f(s.wallP50Ms)} | ${f(s.wallP99Ms)} | ${f(s.gcP50Ms, 1)} / ${f(s.gcOfSlowestMs, 1)} | ${s.bytes.toLocaleString('en')} |`,
+        `| ${s.label} | ${s.scenario === 'changed' ? 'every identity had a request' : 'idle'} | ${f(s.cpuP50Ms)} | ${f(s.cpuP99Ms)} | ${f(s.mainP50Ms)} / ${f(s.mainP99Ms)} | ${f(s.wallP50Ms)} | ${f(s.wallP99Ms)} | ${f(s.gcP50Ms, 1)} / ${f(s.gcOfSlowestMs, 1)} | ${s.bytes.toLocaleString('en')} |`,
     ),
     '',
     '## Budgets',
     '',
-    `Per-request CPU budget: c ≥ ${THROUGHPUT_TARGET}× b leaves b / ${THROUGHPUT_TARGET} − b = ${f(b.attributionUs, 1)} µs per request for everything nhi-proxy adds to the bare engine (b = ${f(b.bareCpuUs, 1)} µs, ${b.from}); the metrics updates' share is ${Math.round(o.share * 100)} % of it = ${f(b.metricsUs, 1)} µs. Scrape budget: ${SCRAPE_BUDGET_MS} ms.`,
+    `Per-request CPU budget: c ≥ ${THROUGHPUT_TARGET}× b leaves b / ${THROUGHPUT_TARGET} − b = ${f(b.attributionUs, 1)} µs per request for everything nhi-proxy adds to the bare engine (b = ${f(b.bareCpuUs, 1)} µs, ${b.from}); the metrics updates' share is ${Math.round(o.share * 100)} % of it = ${f(b.metricsUs, 1)} µs. Scrape budget: ${SCRAPE_BUDGET_MS} ms of the event-loop thread's CPU at the p99 (the slowest of ${o.scrapes}); the process's CPU, which adds V8's concurrent GC threads on the other core, is the column beside it.`,
     '',
     '```',
     ...r.targets.map(targetLine),
