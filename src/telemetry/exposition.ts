@@ -66,30 +66,21 @@ const RENDERED_TEXT = 1
 const RENDERED_OPENMETRICS = 2
 
 /**
- * A series that keeps the text it rendered at the last scrape until it changes: most identities are idle
+ * A series that keeps the lines it rendered at the last scrape until it changes: most identities are idle
  * between two scrapes, and re-rendering an unchanged histogram is most of a scrape's cost. One format is
  * kept (a Prometheus server scrapes in one format), so the cache never holds more than one scrape body.
+ * Lines are kept flat and pushed one by one: the scrape's one join then copies flat strings, which costs a
+ * fraction of walking a tree of concatenated pieces per series (measured at 1,000 identities).
  */
 abstract class RenderedSeries {
-  private rendered = ''
-  private renderedAs = NOT_RENDERED
+  protected renderedAs = NOT_RENDERED
 
   /** every update calls this, so the next scrape renders again */
   protected changed(): void {
     this.renderedAs = NOT_RENDERED
   }
 
-  write(out: string[], family: string, openMetrics: boolean): void {
-    const format = openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
-    if (this.renderedAs !== format) {
-      // flat, the scrape's final join copies one piece per series instead of walking every tree again
-      this.rendered = flattened(this.render(family, openMetrics))
-      this.renderedAs = format
-    }
-    out.push(this.rendered)
-  }
-
-  protected abstract render(family: string, openMetrics: boolean): string
+  abstract write(out: string[], family: string, openMetrics: boolean): void
 }
 
 /** A counter series; keeps the trace id of its latest increment as the OpenMetrics exemplar. */
@@ -98,6 +89,10 @@ export class CounterSeries extends RenderedSeries {
   private exemplarTrace = ''
   private exemplarValue = 0
   private exemplarAt = 0
+  /** `family_total{labels} `, built at the first scrape: only the value and exemplar change after it */
+  private prefix = ''
+  private prefixFamily = ''
+  private line = ''
 
   constructor(readonly labels: string) {
     super()
@@ -117,11 +112,22 @@ export class CounterSeries extends RenderedSeries {
     this.exemplarAt = atMs
   }
 
-  protected render(family: string, openMetrics: boolean): string {
-    let line = `${family}_total${braces(this.labels)} ${formatValue(this.value)}`
-    if (openMetrics && this.exemplarTrace !== '')
-      line += exemplar(this.exemplarTrace, this.exemplarValue, this.exemplarAt)
-    return `${line}\n`
+  write(out: string[], family: string, openMetrics: boolean): void {
+    const format = openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
+    if (this.renderedAs !== format || this.prefixFamily !== family) {
+      if (this.prefixFamily !== family) {
+        this.prefix = flattened(`${family}_total${braces(this.labels)} `)
+        this.prefixFamily = family
+      }
+      const value = formatValue(this.value)
+      this.line = flattened(
+        openMetrics && this.exemplarTrace !== ''
+          ? `${this.prefix}${value}${exemplar(this.exemplarTrace, this.exemplarValue, this.exemplarAt)}\n`
+          : `${this.prefix}${value}\n`,
+      )
+      this.renderedAs = format
+    }
+    out.push(this.line)
   }
 }
 
@@ -134,6 +140,25 @@ export class Buckets {
   }
 }
 
+/**
+ * What a histogram series keeps between scrapes to render only what changed: the bucket lines' prefixes
+ * (`family_bucket{labels,le="…"} `) and each bucket line as last rendered, with the cumulative count and
+ * the bucket's own count it was rendered from. A line whose cumulative count did not move is unchanged; a
+ * bucket whose own count did not move has the same exemplar, so its exemplar text is reused.
+ */
+interface HistogramLines {
+  family: string
+  openMetrics: boolean
+  prefixes: string[]
+  sumPrefix: string
+  countPrefix: string
+  /** the bucket lines, then the _sum and _count lines */
+  lines: string[]
+  cumulative: Float64Array
+  exemplars: string[]
+  exemplarCounts: Float64Array
+}
+
 /** A histogram series: per-bucket counts (not cumulative until rendered) and one exemplar per bucket. */
 export class HistogramSeries extends RenderedSeries {
   private readonly counts: Float64Array
@@ -142,6 +167,9 @@ export class HistogramSeries extends RenderedSeries {
   private readonly exemplarAts: Float64Array
   sum = 0
   count = 0
+  private kept: HistogramLines | undefined
+  /** the kept lines as one string, once they were unchanged at a scrape; '' until then */
+  private whole = ''
 
   constructor(
     readonly labels: string,
@@ -170,20 +198,76 @@ export class HistogramSeries extends RenderedSeries {
     }
   }
 
-  protected render(family: string, openMetrics: boolean): string {
-    const le = this.buckets.le
-    const prefix = this.labels === '' ? `${family}_bucket{le="` : `${family}_bucket{${this.labels},le="`
-    let text = ''
-    let cumulative = 0
-    for (let i = 0; i < le.length; i++) {
-      cumulative += this.counts[i]!
-      text += `${prefix}${le[i]}"} ${cumulative}`
-      const trace = this.exemplarTraces[i]!
-      if (openMetrics && trace !== '') text += exemplar(trace, this.exemplarValues[i]!, this.exemplarAts[i]!)
-      text += '\n'
+  private linesFor(family: string, openMetrics: boolean): HistogramLines {
+    const kept = this.kept
+    if (kept !== undefined && kept.family === family) {
+      if (kept.openMetrics !== openMetrics) {
+        // the other format: every line has to be rendered again, the prefixes stay
+        kept.openMetrics = openMetrics
+        kept.cumulative.fill(-1)
+        kept.exemplarCounts.fill(-1)
+      }
+      return kept
     }
+    const le = this.buckets.le
+    const head = this.labels === '' ? `${family}_bucket{le="` : `${family}_bucket{${this.labels},le="`
     const b = braces(this.labels)
-    return `${text}${family}_sum${b} ${formatValue(this.sum)}\n${family}_count${b} ${this.count}\n`
+    const n = le.length
+    const lines: HistogramLines = {
+      family,
+      openMetrics,
+      prefixes: le.map((bound) => flattened(`${head}${bound}"} `)),
+      sumPrefix: flattened(`${family}_sum${b} `),
+      countPrefix: flattened(`${family}_count${b} `),
+      lines: new Array<string>(n + 2).fill(''),
+      cumulative: new Float64Array(n).fill(-1),
+      exemplars: new Array<string>(n).fill(''),
+      exemplarCounts: new Float64Array(n).fill(-1),
+    }
+    this.kept = lines
+    return lines
+  }
+
+  private render(family: string, openMetrics: boolean): HistogramLines {
+    const kept = this.linesFor(family, openMetrics)
+    const n = this.counts.length
+    const lines = kept.lines
+    let cumulative = 0
+    for (let i = 0; i < n; i++) {
+      const own = this.counts[i]!
+      cumulative += own
+      if (kept.cumulative[i] === cumulative) continue
+      let line = `${kept.prefixes[i]}${cumulative}`
+      if (openMetrics) {
+        if (kept.exemplarCounts[i] !== own) {
+          const trace = this.exemplarTraces[i]!
+          kept.exemplars[i] =
+            trace === '' ? '' : flattened(exemplar(trace, this.exemplarValues[i]!, this.exemplarAts[i]!))
+          kept.exemplarCounts[i] = own
+        }
+        line += kept.exemplars[i]!
+      }
+      lines[i] = flattened(`${line}\n`)
+      kept.cumulative[i] = cumulative
+    }
+    lines[n] = flattened(`${kept.sumPrefix}${formatValue(this.sum)}\n`)
+    lines[n + 1] = flattened(`${kept.countPrefix}${this.count}\n`)
+    return kept
+  }
+
+  write(out: string[], family: string, openMetrics: boolean): void {
+    const format = openMetrics ? RENDERED_OPENMETRICS : RENDERED_TEXT
+    if (this.renderedAs !== format || this.kept?.family !== family) {
+      const kept = this.render(family, openMetrics)
+      this.renderedAs = format
+      this.whole = ''
+      for (const line of kept.lines) out.push(line)
+      return
+    }
+    // unchanged for a whole scrape interval, so likely idle for longer: one piece is cheaper for the next
+    // scrapes' joins than all its lines, and a series that changes at every scrape never pays for the copy
+    if (this.whole === '') this.whole = this.kept.lines.join('')
+    out.push(this.whole)
   }
 }
 
@@ -243,5 +327,5 @@ export class GaugeFamily {
 }
 
 export function writeSample(out: string[], name: string, labels: string, value: number): void {
-  out.push(`${name}${braces(labels)} ${formatValue(value)}\n`)
+  out.push(labels === '' ? `${name} ${formatValue(value)}\n` : `${name}{${labels}} ${formatValue(value)}\n`)
 }

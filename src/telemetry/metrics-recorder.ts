@@ -149,13 +149,8 @@ export class MetricsRecorder implements Recorder {
 
   async scrape(openMetrics: boolean): Promise<Scrape> {
     this.sweep()
-    const scrape = await this.metrics.scrape(openMetrics)
     const runtime = await this.process.render(openMetrics)
-    if (!runtime) return scrape
-    const body = openMetrics
-      ? `${scrape.body.replace(/# EOF\n$/, '')}${runtime}# EOF\n`
-      : `${scrape.body}${runtime}`
-    return { contentType: scrape.contentType, body }
+    return this.metrics.scrape(openMetrics, runtime)
   }
 
   identities(sort?: IdentitySort): IdentitiesView {

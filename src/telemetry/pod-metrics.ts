@@ -42,35 +42,65 @@ function parseValue(text: string): number {
   return Number(text)
 }
 
-function sample(name: string, labels: string, value: number): Sample {
-  return { prefix: labels === '' ? name : `${name}{${labels}}`, name, labels, value }
+const OPEN_BRACE = 0x7b
+const SPACE = 0x20
+const BACKSLASH = 0x5c
+
+/**
+ * Where the labels that start at `from` end (their `}`), jumping from quote to quote: a `}` inside a quoted
+ * value is not the end, and a quote escaped with a backslash does not close the value.
+ */
+function labelsEnd(line: string, from: number): number {
+  let i = from
+  for (;;) {
+    const brace = line.indexOf('}', i)
+    const open = line.indexOf('"', i)
+    if (open === -1 || brace === -1 || brace < open) return brace === -1 ? line.length : brace
+    let close = open
+    do close = line.indexOf('"', close + 1)
+    while (close !== -1 && escaped(line, close))
+    if (close === -1) return line.length
+    i = close + 1
+  }
 }
 
-/** One sample line; an OpenMetrics exemplar or a timestamp after the value is ignored. */
+/** an odd number of backslashes before the quote at `at` */
+function escaped(line: string, at: number): boolean {
+  let n = 0
+  while (line.charCodeAt(at - 1 - n) === BACKSLASH) n++
+  return n % 2 === 1
+}
+
+/**
+ * One sample line; an OpenMetrics exemplar or a timestamp after the value is ignored. The name, labels and
+ * `name{labels}` are slices of the line, not new strings: a pod scrape parses every worker's 20,000+ lines.
+ */
 function parseSample(line: string): Sample | undefined {
-  let i = 0
-  while (i < line.length && line[i] !== '{' && line[i] !== ' ') i++
+  const n = line.length
+  // the name ends at the first `{` or space: a metric name has neither
+  const space = line.indexOf(' ')
+  const brace = line.indexOf('{')
+  let i = space === -1 ? (brace === -1 ? n : brace) : brace === -1 || space < brace ? space : brace
   const name = line.slice(0, i)
   let labels = ''
-  if (line[i] === '{') {
+  let prefixEnd = i
+  if (line.charCodeAt(i) === OPEN_BRACE) {
     const start = i + 1
-    let quoted = false
-    for (i = start; i < line.length; i++) {
-      const c = line[i]
-      if (quoted) {
-        if (c === '\\') i++
-        else if (c === '"') quoted = false
-      } else if (c === '"') quoted = true
-      else if (c === '}') break
-    }
+    i = labelsEnd(line, start)
     labels = line.slice(start, i)
     i++
+    prefixEnd = i
   }
-  while (line[i] === ' ') i++
+  while (line.charCodeAt(i) === SPACE) i++
   let end = line.indexOf(' ', i)
-  if (end === -1) end = line.length
+  if (end === -1) end = n
   if (name === '' || end === i) return undefined
-  return sample(name, labels, parseValue(line.slice(i, end)))
+  return {
+    prefix: labels === '' ? name : line.slice(0, prefixEnd),
+    name,
+    labels,
+    value: parseValue(line.slice(i, end)),
+  }
 }
 
 /** Families of a Prometheus text or OpenMetrics body, in order, samples grouped under their header. */
@@ -127,7 +157,8 @@ const WORKER_RESTARTS: FamilyInfo & { type: 'counter' } = {
 interface MergedFamily {
   header: string
   type: string
-  samples: Map<string, number>
+  /** one lookup per sample: the second worker's sample adds to the first's in place */
+  samples: Map<string, { value: number }>
 }
 
 interface Present {
@@ -180,14 +211,13 @@ export class PodMetrics {
     }
     const add = (f: MergedFamily, prefix: string, value: number, combine: 'sum' | 'max') => {
       const was = f.samples.get(prefix)
-      f.samples.set(
-        prefix,
-        was === undefined ? value : combine === 'sum' ? was + value : Math.max(was, value),
-      )
+      if (was === undefined) f.samples.set(prefix, { value })
+      else was.value = combine === 'sum' ? was.value + value : Math.max(was.value, value)
     }
     const foldedNow = new Map<string, Map<string, { base: string; value: number }>>()
     const perWorker: [string, number][] = []
 
+    const folding = this.folded.size > 0
     for (const { worker, families } of parsed) {
       let served = 0
       for (const f of families) {
@@ -201,7 +231,8 @@ export class PodMetrics {
         const additive = f.type !== 'gauge'
         for (const s of f.samples) {
           if (f.base === REQUESTS) served += s.value
-          const m = IDENTITY.exec(s.labels)
+          // nothing folded (the pod is under its cap): no identity to look up
+          const m = folding ? IDENTITY.exec(s.labels) : null
           const key = m && m[2] !== OVERFLOW_IDENTITY ? `${m[3]}\u0000${m[2]}` : undefined
           if (m && key !== undefined && this.folded.has(key)) {
             if (!additive && f.base !== LAST_SEEN) continue
@@ -253,12 +284,14 @@ export class PodMetrics {
 
     const identities = merged.get(IDENTITIES)
     if (identities) {
-      const byKind = new Map<string, number>()
+      const byKind = new Map<string, { value: number }>()
       for (const key of this.admitted.keys()) {
         const p = present.get(key)
         if (!p) continue
         const prefix = `${IDENTITIES}{service="${p.service}",kind="${p.kind}"}`
-        byKind.set(prefix, (byKind.get(prefix) ?? 0) + 1)
+        const n = byKind.get(prefix)
+        if (n === undefined) byKind.set(prefix, { value: 1 })
+        else n.value++
       }
       identities.samples = byKind
     }
@@ -266,7 +299,8 @@ export class PodMetrics {
     const out: string[] = []
     for (const f of merged.values()) {
       out.push(f.header)
-      for (const [prefix, value] of f.samples) out.push(`${prefix} ${formatValue(value)}\n`)
+      // the pieces as they are: the one join copies them, with no line string per sample in between
+      for (const [prefix, sample] of f.samples) out.push(prefix, ' ', formatValue(sample.value), '\n')
     }
     const service = `service="${escapeLabelValue(state.service)}"`
     writeHeader(out, WORKER_REQUESTS, openMetrics)

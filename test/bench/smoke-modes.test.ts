@@ -41,6 +41,10 @@ t.test('prom-client mode, tiny: both ways measured on the same series, budgets j
   t.equal(r.scrape.length, 8, 'two formats × two ways × changed and idle')
   for (const s of r.scrape) {
     t.ok(s.bytes > 0 && s.cpuP99Ms >= s.cpuP50Ms && s.wallP99Ms >= s.wallP50Ms, `${s.label}, ${s.scenario}`)
+    t.ok(
+      Number.isFinite(s.gcP50Ms) && Number.isFinite(s.gcOfSlowestMs) && s.gcOfSlowestMs <= s.wallP99Ms,
+      `${s.label}, ${s.scenario}: GC pauses inside the scrapes read (child process)`,
+    )
   }
   for (const p of r.parity) {
     t.ok(p.hand > 0, `${p.family}: rendered (${p.hand} samples)`)

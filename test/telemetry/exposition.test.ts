@@ -85,6 +85,62 @@ t.test('a series renders again after any change, and in the format asked for', a
   t.equal(render(c, false), 'x_total{k="v"} 3\n')
 })
 
+t.test('a series kept between scrapes renders what a new series fed the same updates renders', async (t) => {
+  // the kept bucket lines, exemplars and prefixes are only re-rendered when their counts moved: any
+  // sequence of updates and scrapes, in either format, must still give the text of a series rendered once
+  type Op =
+    | { op: 'observe'; value: number; trace: string; at: number }
+    | { op: 'inc'; amount: number; trace: string; at: number }
+    | { op: 'scrape'; om: boolean }
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({
+      op: fc.constant('observe' as const),
+      value: fc.constantFrom(0, 0.05, 0.1, 0.3, 1, 2.5, 99),
+      trace: fc.constantFrom('', 'aaaa', 'bbbb', 'cccc'),
+      at: fc.integer({ min: 0, max: 5_000 }),
+    }),
+    fc.record({
+      op: fc.constant('inc' as const),
+      amount: fc.constantFrom(1, 2, 0.5),
+      trace: fc.constantFrom('', 'dddd', 'eeee'),
+      at: fc.integer({ min: 0, max: 5_000 }),
+    }),
+    fc.record({ op: fc.constant('scrape' as const), om: fc.boolean() }),
+  )
+  const buckets = new Buckets([0.1, 1, 2.5])
+  const render = (s: { write(out: string[], family: string, om: boolean): void }, om: boolean) => {
+    const out: string[] = []
+    s.write(out, 'f', om)
+    return out.join('')
+  }
+  checkProperty(
+    t,
+    'kept text equals fresh text after every scrape',
+    fc.property(fc.array(op, { maxLength: 40 }), (ops) => {
+      const h = new HistogramSeries('service="s",identity="a\\"b"', buckets)
+      const c = new CounterSeries('service="s"')
+      const done: Op[] = []
+      for (const o of ops) {
+        done.push(o)
+        if (o.op === 'observe') h.observe(o.value, o.trace, o.at)
+        else if (o.op === 'inc') c.incWithExemplar(o.amount, o.trace, o.at)
+        else {
+          const freshH = new HistogramSeries('service="s",identity="a\\"b"', buckets)
+          const freshC = new CounterSeries('service="s"')
+          for (const d of done) {
+            if (d.op === 'observe') freshH.observe(d.value, d.trace, d.at)
+            else if (d.op === 'inc') freshC.incWithExemplar(d.amount, d.trace, d.at)
+          }
+          if (render(h, o.om) !== render(freshH, o.om)) return false
+          if (render(c, o.om) !== render(freshC, o.om)) return false
+        }
+      }
+      return true
+    }),
+    300,
+  )
+})
+
 const promtool = systemTool('promtool')
 
 t.test('a scrape with hostile identity names is valid exposition (promtool check metrics)', async (t) => {

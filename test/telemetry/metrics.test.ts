@@ -254,3 +254,68 @@ t.test('reconfigure keeps existing series and applies the new cap', async (t) =>
   t.equal(metricValue(m, 'nhi_requests_total', { identity: '__overflow__' }), 1)
   t.equal(telemetry.recordFailures, 0)
 })
+
+t.test('every scrape shows what changed since the last one, in both formats', async (t) => {
+  // series keep their rendered lines between scrapes: each scrape here follows a change the kept text
+  // must not hide
+  const telemetry = new Telemetry(config({ metrics: { maxIdentities: 2 } }), { version: 'test' })
+  const url = await startAdmin(t, telemetry)
+  const both = async () => {
+    const om = await fetch(`${url}/metrics`, {
+      headers: { accept: 'application/openmetrics-text; version=1.0.0' },
+    }).then((r) => r.text())
+    // the same values as the text format, exemplars aside
+    const text = await scrape(url)
+    t.same(
+      parseMetrics(om.replace(/ # \{[^}]*\}[^\n]*/g, ''))
+        .filter((s) => s.name.startsWith('nhi_') && s.name !== 'nhi_build_info')
+        .map((s) => `${s.name}${JSON.stringify(s.labels)} ${s.value}`)
+        .sort(),
+      text
+        .filter((s) => s.name.startsWith('nhi_') && s.name !== 'nhi_build_info')
+        .map((s) => `${s.name.replace(/_total$/, '_total')}${JSON.stringify(s.labels)} ${s.value}`)
+        .sort(),
+      'OpenMetrics and text carry the same samples',
+    )
+    return { text, om }
+  }
+  const traceA = '0af7651916cd43dd8448eb211c80319c'
+  telemetry.record(
+    requestEvent({ identity: identity('a', { expiresAt: 2e9 }), durationMs: 50, traceId: traceA }),
+  )
+  let { text, om } = await both()
+  t.equal(metricValue(text, 'nhi_requests_total', { identity: 'a' }), 1)
+  t.equal(metricValue(text, 'nhi_request_duration_seconds_bucket', { identity: 'a', le: '0.025' }), 0)
+  t.equal(metricValue(text, 'nhi_request_duration_seconds_bucket', { identity: 'a', le: '0.05' }), 1)
+  t.match(om, new RegExp(`le="0\\.05"\\} 1 # \\{trace_id="${traceA}"\\} 0\\.05 `))
+
+  const traceB = '1bf7651916cd43dd8448eb211c80319d'
+  telemetry.record(requestEvent({ identity: identity('a'), durationMs: 20, traceId: traceB }))
+  ;({ text, om } = await both())
+  t.equal(metricValue(text, 'nhi_requests_total', { identity: 'a' }), 2, 'a changed value')
+  t.equal(metricValue(text, 'nhi_request_duration_seconds_bucket', { identity: 'a', le: '0.025' }), 1)
+  t.equal(metricValue(text, 'nhi_request_duration_seconds_bucket', { identity: 'a', le: '+Inf' }), 2)
+  t.match(om, new RegExp(`le="0\\.025"\\} 1 # \\{trace_id="${traceB}"\\} 0\\.02 `), 'the new exemplar')
+  t.match(om, new RegExp(`le="0\\.05"\\} 2 # \\{trace_id="${traceA}"\\} 0\\.05 `), 'the older one kept')
+
+  telemetry.record(requestEvent({ identity: identity('b') }))
+  ;({ text } = await both())
+  t.equal(metricValue(text, 'nhi_requests_total', { identity: 'b' }), 1, 'a new identity')
+  t.equal(seriesCount(text, 'nhi_identity_last_seen_timestamp_seconds'), 2)
+
+  for (let i = 0; i < 3; i++) telemetry.record(requestEvent({ identity: identity(`late-${i}`) }))
+  ;({ text } = await both())
+  t.equal(metricValue(text, 'nhi_requests_total', { identity: '__overflow__' }), 3, 'folded past the cap')
+  t.equal(metricValue(text, 'nhi_identity_overflow_total'), 3)
+  telemetry.record(requestEvent({ identity: identity('late-9') }))
+  ;({ text } = await both())
+  t.equal(metricValue(text, 'nhi_requests_total', { identity: '__overflow__' }), 4, 'and counted on')
+
+  await telemetry.reconfigure(config({ service: 'orders', metrics: { maxIdentities: 2 } }))
+  telemetry.record(requestEvent({ identity: identity('a', { expiresAt: 2e9 }) }))
+  ;({ text } = await both())
+  const services = new Set(text.filter((s) => s.name.startsWith('nhi_')).map((s) => s.labels['service']))
+  services.delete(undefined)
+  t.same([...services], ['orders'], 'a new service name relabels every series, the gauges too')
+  t.equal(metricValue(text, 'nhi_credential_expiry_timestamp_seconds', { identity: 'a' }), 2e9)
+})

@@ -129,3 +129,19 @@ t.test('OpenMetrics in, OpenMetrics out: exemplars dropped, one # EOF', async (t
   t.equal(body.match(/# EOF/g)?.length, 1)
   t.match(body, /^# TYPE nhi_worker_requests counter$/m)
 })
+
+t.test('label values with braces, quotes and backslashes parse as one series', async (t) => {
+  // the parser jumps from quote to quote: a `}` inside a value does not end the labels, an escaped quote
+  // does not end the value, an escaped backslash before the closing quote does not escape it
+  const labels = 'identity="a}b \\"c} d\\\\",route="/x{y}"'
+  const body = `# TYPE x counter\nx_total{${labels}} 3 # {trace_id="t"} 1 2.000\nx_total{k="\\\\"} 4\nx_total 5\n`
+  const [family] = parseExposition(body)
+  t.same(
+    family?.samples.map((s) => [s.prefix, s.labels, s.value]),
+    [
+      [`x_total{${labels}}`, labels, 3],
+      ['x_total{k="\\\\"}', 'k="\\\\"', 4],
+      ['x_total', '', 5],
+    ],
+  )
+})
