@@ -139,7 +139,7 @@ class ResponseCall implements Dispatcher.DispatchHandler {
 
   constructor(
     private readonly res: Tagged<ServerResponse>,
-    private readonly done: ((result: ForwardResult) => void) | ForwardListener,
+    private readonly done: ForwardListener,
   ) {
     res[kCall] = this
     res.on('close', onResponseClose)
@@ -220,9 +220,7 @@ class ResponseCall implements Dispatcher.DispatchHandler {
     }
     if (upstreamError) result.upstreamError = upstreamError
     if (clientAborted) result.clientAborted = true
-    const done = this.done
-    if (typeof done === 'function') done(result)
-    else done.forwarded(result)
+    this.done.forwarded(result)
   }
 }
 
@@ -392,18 +390,7 @@ export class UndiciForwarder implements Forwarder {
     target: ForwardTarget,
     headers: UpstreamHeaders,
   ): Promise<ForwardResult> {
-    return new Promise((resolve) => {
-      const call = new ResponseCall(res, resolve)
-      this.pool(target).dispatch(
-        {
-          path: target.path,
-          method: req.method as Dispatcher.HttpMethod,
-          headers,
-          body: hasBody(req) ? req : null,
-        },
-        call,
-      )
-    })
+    return new Promise((resolve) => this.dispatch(req, res, target, headers, { forwarded: resolve }))
   }
 
   dispatch(

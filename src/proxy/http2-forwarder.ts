@@ -292,10 +292,15 @@ export class ProtocolForwarder implements Forwarder {
     private readonly trailers?: NodeHttpForwarder,
   ) {}
 
+  /** the one place that picks the engine for a request: h2 upstreams, requests with trailers, the rest */
+  private engineFor(req: IncomingMessage, target: ForwardTarget): Pick<Forwarder, 'forward' | 'dispatch'> {
+    if (target.upstream?.protocol === 'h2') return this.h2
+    if (this.trailers && announcesTrailers(req)) return this.trailers
+    return this.http1
+  }
+
   forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, headers: UpstreamHeaders) {
-    if (target.upstream?.protocol === 'h2') return this.h2.forward(req, res, target, headers)
-    if (this.trailers && announcesTrailers(req)) return this.trailers.forward(req, res, target, headers)
-    return this.http1.forward(req, res, target, headers)
+    return this.engineFor(req, target).forward(req, res, target, headers)
   }
 
   dispatch(
@@ -305,13 +310,9 @@ export class ProtocolForwarder implements Forwarder {
     headers: UpstreamHeaders,
     listener: ForwardListener,
   ): void {
-    if (
-      this.http1.dispatch &&
-      target.upstream?.protocol !== 'h2' &&
-      !(this.trailers && announcesTrailers(req))
-    )
-      this.http1.dispatch(req, res, target, headers, listener)
-    else void this.forward(req, res, target, headers).then((result) => listener.forwarded(result))
+    const engine = this.engineFor(req, target)
+    if (engine.dispatch) engine.dispatch(req, res, target, headers, listener)
+    else void engine.forward(req, res, target, headers).then((result) => listener.forwarded(result))
   }
 
   upgrade(...args: Parameters<Forwarder['upgrade']>) {
