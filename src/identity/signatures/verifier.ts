@@ -17,13 +17,21 @@ import type { JwksObserver } from '../jwt/jwks.ts'
 import type { SourceExtractor } from '../sources/source.ts'
 import { KeyDirectory } from './directory.ts'
 
-// http-message-signatures is CommonJS: only `default` (module.exports) is the same under Node's own loader and
-// in the bundle's lazily loaded chunk. It is loaded with the first signed request, so a sidecar without
-// signed agents never pays for it.
+// http-message-signatures is CommonJS. Under Node's own loader and in the bundle's lazily loaded chunk its
+// `default` is module.exports; a loader that honours `__esModule` (the TypeScript loader the tests run under)
+// makes `default` the package's `exports.default` (its httpbis half) and puts module.exports' members on the
+// namespace instead. Take whichever object carries the whole API. It is loaded with the first signed request,
+// so a sidecar without signed agents never pays for it.
 export type Hms = typeof import('http-message-signatures')
 let hms: Promise<Hms> | undefined
+const isWholeApi = (m: unknown): m is Hms =>
+  typeof m === 'object' && m !== null && 'httpbis' in m && 'ExpiredError' in m && 'createVerifier' in m
 export const loadHms = (): Promise<Hms> => {
-  hms ??= import('http-message-signatures').then((m) => m.default as unknown as Hms)
+  hms ??= import('http-message-signatures').then((m) => {
+    if (isWholeApi(m.default)) return m.default
+    if (isWholeApi(m)) return m
+    throw new Error('http-message-signatures: unexpected module shape')
+  })
   return hms
 }
 
