@@ -7,7 +7,7 @@
 import { parentPort } from 'node:worker_threads'
 import { createLocalJWKSet, errors } from 'jose'
 import { type JwtCheckOptions, verifyJwt } from './jws.ts'
-import type { WorkerJob, WorkerReply } from './pool.ts'
+import type { WorkerBatch, WorkerJob, WorkerReply } from './pool.ts'
 
 type LocalKeySet = ReturnType<typeof createLocalJWKSet>
 
@@ -51,8 +51,10 @@ async function verifyWithKeys(token: string, keys: LocalKeySet, options: JwtChec
   }
 }
 
-parentPort?.on('message', (job: WorkerJob) => {
-  void verify(job).then((reply) => parentPort?.postMessage(reply))
+// a batch is answered in one message; verification is synchronous once a key is imported, so the batch
+// waits for no more than its own signature checks
+parentPort?.on('message', (batch: WorkerBatch) => {
+  void Promise.all(batch.map(verify)).then((replies) => parentPort?.postMessage(replies))
 })
 // jose is loaded: until now the pool verified new tokens on the main thread rather than wait for this thread
 parentPort?.postMessage('ready')
