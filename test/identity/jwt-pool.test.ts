@@ -92,6 +92,24 @@ t.test('jobs started in one turn of the event loop go to the worker in one messa
   t.match(pool.stats(), { verified: tokens.length, queued: 0, running: 0 })
 })
 
+t.test('a job the worker cannot take does not leave the rest of its batch unanswered', async (t) => {
+  const pool = new VerifyPool({ size: 1, maxQueue: 10, maxQueuePerPeer: 10 })
+  t.teardown(() => pool.close())
+  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const token = await mintToken(key, {}, { issuer: ISSUER })
+  await ready(t, pool, token, keys)
+  const before = pool.stats().batches
+  // a key set jose refuses (not a JWKS) sent with one job, and a good job beside it in the same message
+  const broken = { version: 2, jwks: [null as unknown as typeof key.publicJwk] }
+  const [bad, good] = await Promise.all([
+    pool.verify(job(token), broken, 'a'),
+    pool.verify(job(token), keys, 'b'),
+  ])
+  t.equal(pool.stats().batches - before, 1, 'both went in one message')
+  t.match(bad, { code: 'ERR_NHI_UNKNOWN' }, 'the job that threw is answered (its caller verifies inline)')
+  t.match(good, { header: { alg: 'ES256' } }, 'the other job of the batch verified')
+})
+
 t.test('a closed pool answers waiting jobs (the caller then verifies inline)', async (t) => {
   const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 10, maxQueuePerPeer: 10 })
   const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }

@@ -54,7 +54,12 @@ async function verifyWithKeys(token: string, keys: LocalKeySet, options: JwtChec
 // a batch is answered in one message; verification is synchronous once a key is imported, so the batch
 // waits for no more than its own signature checks
 parentPort?.on('message', (batch: WorkerBatch) => {
-  void Promise.all(batch.map(verify)).then((replies) => parentPort?.postMessage(replies))
+  // one job that throws (a key set jose cannot take) must not leave its batch unanswered: the caller then
+  // verifies that token itself
+  const replies = batch.map((job) =>
+    verify(job).catch((): WorkerReply => ({ id: job.id, code: 'ERR_NHI_UNKNOWN' })),
+  )
+  void Promise.all(replies).then((answered) => parentPort?.postMessage(answered))
 })
 // jose is loaded: until now the pool verified new tokens on the main thread rather than wait for this thread
 parentPort?.postMessage('ready')
