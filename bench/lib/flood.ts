@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ensureWrk, type LoadResult, type LoadSpec, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
-import { cpuMicros, freePort, type ServerProcess, stopAll } from './procs.ts'
+import { cpuMicros, freePort, mainThreadCpuMicros, type ServerProcess, stopAll } from './procs.ts'
 import { median } from './stats.ts'
 import { tokenSet } from './tokens.ts'
 
@@ -24,6 +24,8 @@ export interface FloodOptions {
 
 interface Sample extends LoadResult {
   proxyCpuUs?: number
+  /** the event loop's thread alone: what the flood takes from everyone else's requests */
+  proxyMainCpuUs?: number
   /** the flood sent more requests than its slice had tokens: the rest were cache hits */
   wrapped?: boolean
 }
@@ -116,13 +118,19 @@ export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
       slice?: number,
     ) => {
       const before = proxy ? await cpuMicros(proxy.pid) : 0
+      const mainBefore = proxy ? await mainThreadCpuMicros(proxy.pid) : 0
       const r: Sample = await run()
-      if (proxy) r.proxyCpuUs = ((await cpuMicros(proxy.pid)) - before) / Math.max(1, r.requests)
+      if (proxy) {
+        r.proxyCpuUs = ((await cpuMicros(proxy.pid)) - before) / Math.max(1, r.requests)
+        r.proxyMainCpuUs = ((await mainThreadCpuMicros(proxy.pid)) - mainBefore) / Math.max(1, r.requests)
+      }
       if (slice !== undefined) r.wrapped = r.requests > slice
       rows.get(id)!.push(r)
       log(
         `  ${id.padEnd(20)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms` +
-          (r.proxyCpuUs === undefined ? '' : `  ${r.proxyCpuUs.toFixed(0)} µs CPU/req`) +
+          (r.proxyCpuUs === undefined
+            ? ''
+            : `  ${r.proxyCpuUs.toFixed(0)} µs CPU/req (${r.proxyMainCpuUs?.toFixed(0)} main thread)`) +
           (r.wrapped ? '  (tokens wrapped)' : '') +
           (r.errors || r.non2xx ? `  errors ${r.errors} non-2xx ${r.non2xx}` : ''),
       )
@@ -200,13 +208,14 @@ export function floodMarkdown(r: FloodResult): string {
     '',
     `${r.options.rounds} interleaved rounds × ${r.options.durationS} s, ${r.options.connections} connections; floods send ${r.sliceTokens.toLocaleString('en')} never-seen RS256 tokens per round; cached callers ${r.options.rate} req/s open loop over 8 connections.`,
     '',
-    '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round |',
-    '|---|---|---|---|---|---|',
+    '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round | of it main thread |',
+    '|---|---|---|---|---|---|---|',
   ]
   for (const row of r.rows) {
     const cpu = row.rounds.map((s) => s.proxyCpuUs).filter((x): x is number => x !== undefined)
+    const main = row.rounds.map((s) => s.proxyMainCpuUs).filter((x): x is number => x !== undefined)
     lines.push(
-      `| ${row.id} | ${row.label} | ${row.rounds.map((s) => s.rps.toFixed(0)).join(' / ')} | ${row.rounds.map((s) => s.p50Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => s.p99Ms.toFixed(1)).join(' / ')} | ${cpu.length ? cpu.map((c) => c.toFixed(0)).join(' / ') : '—'} |`,
+      `| ${row.id} | ${row.label} | ${row.rounds.map((s) => s.rps.toFixed(0)).join(' / ')} | ${row.rounds.map((s) => s.p50Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => s.p99Ms.toFixed(1)).join(' / ')} | ${cpu.length ? cpu.map((c) => c.toFixed(0)).join(' / ') : '—'} | ${main.length ? main.map((c) => c.toFixed(0)).join(' / ') : '—'} |`,
     )
   }
   lines.push('', '| ratio (within each round, median over rounds) | value |', '|---|---:|')

@@ -4,7 +4,13 @@
 import t, { type Test } from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
-import { type PoolJob, VerifyPool, WORKER_GONE, type WorkerReply } from '../../src/identity/jwt/pool.ts'
+import {
+  DEFAULT_PER_WORKER,
+  type PoolJob,
+  VerifyPool,
+  WORKER_GONE,
+  type WorkerReply,
+} from '../../src/identity/jwt/pool.ts'
 import type { ConnectionInfo, Failure, JwtEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, type SigningKey, startJwksServer } from '../helpers/jwks.ts'
@@ -65,6 +71,45 @@ t.test('waiting jobs are served round-robin by peer, and the bounds refuse the r
   t.match(pool.stats(), { workers: 1, queued: 0, running: 0, verified: 6, overflowed: 2 })
 })
 
+t.test('jobs started in one turn of the event loop go to the worker in one message', async (t) => {
+  const pool = new VerifyPool({ size: 1, maxQueue: 100, maxQueuePerPeer: 100 })
+  t.teardown(() => pool.close())
+  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const tokens = await Promise.all(
+    Array.from({ length: DEFAULT_PER_WORKER + 4 }, (_, i) =>
+      mintToken(key, { n: i }, { issuer: ISSUER, subject: `s${i}` }),
+    ),
+  )
+  await ready(t, pool, tokens[0]!, keys)
+  const before = pool.stats().batches
+  const replies = await Promise.all(tokens.map((tok, i) => pool.verify(job(tok), keys, `peer-${i % 3}`)))
+  t.ok(
+    replies.every((r) => r && 'header' in r),
+    'every job verified in the worker',
+  )
+  // one full batch at once; the 4 that waited go together when its replies come back
+  t.equal(pool.stats().batches - before, 2, `${tokens.length} jobs in two messages`)
+  t.match(pool.stats(), { verified: tokens.length, queued: 0, running: 0 })
+})
+
+t.test('a job the worker cannot take does not leave the rest of its batch unanswered', async (t) => {
+  const pool = new VerifyPool({ size: 1, maxQueue: 10, maxQueuePerPeer: 10 })
+  t.teardown(() => pool.close())
+  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const token = await mintToken(key, {}, { issuer: ISSUER })
+  await ready(t, pool, token, keys)
+  const before = pool.stats().batches
+  // a key set jose refuses (not a JWKS) sent with one job, and a good job beside it in the same message
+  const broken = { version: 2, jwks: [null as unknown as typeof key.publicJwk] }
+  const [bad, good] = await Promise.all([
+    pool.verify(job(token), broken, 'a'),
+    pool.verify(job(token), keys, 'b'),
+  ])
+  t.equal(pool.stats().batches - before, 1, 'both went in one message')
+  t.match(bad, { code: 'ERR_NHI_UNKNOWN' }, 'the job that threw is answered (its caller verifies inline)')
+  t.match(good, { header: { alg: 'ES256' } }, 'the other job of the batch verified')
+})
+
 t.test('a closed pool answers waiting jobs (the caller then verifies inline)', async (t) => {
   const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 10, maxQueuePerPeer: 10 })
   const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
@@ -110,12 +155,12 @@ t.test(
       'verified inline while the worker starts',
     )
     await eventually(() => x.verifyPool().workers === 1, { what: 'the worker ready' })
-    // all submitted in one turn of the event loop: 8 run in the worker, 256 wait, the rest are refused
+    // all submitted in one turn of the event loop: one batch runs in the worker, 256 wait, the rest are refused
     const results = tokens.map((tok) => x.extract(req(tok), loud))
     const quietResult = x.extract(req(quietToken), quiet)
     const settled = (await Promise.all(results)) as (JwtEvidence | Failure)[]
     const busy = settled.filter((r) => 'failed' in r && r.reason === 'verification_busy')
-    t.equal(busy.length, 300 - 8 - 256, 'past the per-peer bound: verification_busy')
+    t.equal(busy.length, 300 - DEFAULT_PER_WORKER - 256, 'past the per-peer bound: verification_busy')
     t.ok(
       settled.filter((r) => !('failed' in r)).every((r) => 'verified' in r && r.verified),
       'the rest verified',

@@ -73,7 +73,7 @@ t.test(
     }
     t.same(
       await pool(),
-      { workers: 0, starting: 0, queued: 0, running: 0, verified: 0, overflowed: 0 },
+      { workers: 0, starting: 0, queued: 0, running: 0, verified: 0, overflowed: 0, batches: 0 },
       'no worker before a new token',
     )
 

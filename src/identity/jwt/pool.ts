@@ -4,6 +4,9 @@
 // Waiting jobs are queued per peer and served round-robin (one client's flood does not delay another
 // client's new token by more than one turn), with a bound per peer and a global one: past either the job is
 // refused at once (the caller attributes the request as a failed verification, `verification_busy`).
+// Jobs go to a worker in batches (those started in one turn of the event loop, one message) and come back
+// in batches: a message each way per job cost about as much CPU as the signature check itself, most of it
+// in waking the other thread, and on a small pod that is CPU the flood takes from everyone.
 import { availableParallelism } from 'node:os'
 import type { Worker } from 'node:worker_threads'
 import type { JWK } from 'jose'
@@ -24,6 +27,9 @@ export interface WorkerJob {
   /** unix ms, the verifier's clock */
   now: number
 }
+
+/** what a worker is sent: the jobs started in one turn of the event loop */
+export type WorkerBatch = WorkerJob[]
 
 export type WorkerReply =
   /** verified: the caller decodes the payload of the token it sent */
@@ -69,6 +75,8 @@ export interface VerifyPoolStats {
   verified: number
   /** jobs refused because a queue bound was reached */
   overflowed: number
+  /** messages sent to workers, each carrying the jobs started in one turn of the event loop */
+  batches: number
 }
 
 interface Pending {
@@ -80,6 +88,8 @@ interface Pending {
 interface Slot {
   worker: Worker
   running: Map<number, Pending>
+  /** jobs started in this turn of the event loop, sent together by `flush` */
+  outbox: WorkerJob[]
   /** key set version this worker holds, per issuer */
   versions: Map<string, number>
   /** the worker has loaded its code and takes jobs */
@@ -88,7 +98,8 @@ interface Slot {
   idleTimer?: NodeJS.Timeout | undefined
 }
 
-const DEFAULT_PER_WORKER = 8
+// a worker verifies synchronously; the bound is how many jobs one batch (and one reply) may carry
+export const DEFAULT_PER_WORKER = 16
 /**
  * A worker thread holds ≈ 15–30 MB of RSS (bench/README.md). New tokens come in bursts (start-up, a token
  * refresh wave, a flood); between them a pod whose callers are all cached gives that memory back. A restart
@@ -113,6 +124,7 @@ export class VerifyPool {
   private nextId = 1
   private verified = 0
   private overflowed = 0
+  private batches = 0
   private closed = false
   /** a worker that exited before answering anything: the pool stops spawning and callers verify inline */
   private broken = false
@@ -136,6 +148,7 @@ export class VerifyPool {
       running,
       verified: this.verified,
       overflowed: this.overflowed,
+      batches: this.batches,
     }
   }
 
@@ -193,7 +206,19 @@ export class VerifyPool {
       slot.idleTimer = undefined
     }
     slot.running.set(job.id, p)
-    slot.worker.postMessage(job)
+    // setImmediate, not a microtask: each request's tokens arrive in a callback of their own, and the
+    // batch is what one poll of the event loop brought
+    if (slot.outbox.push(job) === 1) setImmediate(() => this.flush(slot))
+  }
+
+  private flush(slot: Slot): void {
+    if (slot.outbox.length === 0) return
+    const batch: WorkerBatch = slot.outbox
+    slot.outbox = []
+    // a retired or dead worker already answered these jobs WORKER_GONE
+    if (!this.slots.includes(slot)) return
+    this.batches++
+    slot.worker.postMessage(batch)
   }
 
   private spawn(): void {
@@ -206,13 +231,13 @@ export class VerifyPool {
     }
     // an idle pool must not keep the process alive; a worker with jobs is ref'd in start()
     worker.unref()
-    const slot: Slot = { worker, running: new Map(), versions: new Map(), ready: false }
-    worker.on('message', (reply: WorkerReply | 'ready') => {
-      if (reply === 'ready') {
+    const slot: Slot = { worker, running: new Map(), outbox: [], versions: new Map(), ready: false }
+    worker.on('message', (replies: WorkerReply[] | 'ready') => {
+      if (replies === 'ready') {
         slot.ready = true
         this.drain(slot)
         if (slot.running.size === 0) this.idle(slot)
-      } else this.answered(slot, reply)
+      } else this.answered(slot, replies)
     })
     const gone = () => this.gone(slot)
     worker.on('error', gone)
@@ -220,12 +245,14 @@ export class VerifyPool {
     this.slots.push(slot)
   }
 
-  private answered(slot: Slot, reply: WorkerReply): void {
-    const p = slot.running.get(reply.id)
-    if (!p) return
-    slot.running.delete(reply.id)
-    this.verified++
-    p.resolve(reply)
+  private answered(slot: Slot, replies: WorkerReply[]): void {
+    for (const reply of replies) {
+      const p = slot.running.get(reply.id)
+      if (!p) continue
+      slot.running.delete(reply.id)
+      this.verified++
+      p.resolve(reply)
+    }
     this.drain(slot)
     if (slot.running.size === 0) {
       slot.worker.unref()
@@ -265,6 +292,7 @@ export class VerifyPool {
     if (!slot.ready) this.broken = true
     for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
     slot.running.clear()
+    slot.outbox = []
     void slot.worker.terminate().catch(() => {})
     // jobs still waiting go to a replacement worker, or back to their callers to verify inline
     if (this.usable) {
@@ -287,6 +315,7 @@ export class VerifyPool {
     slot.worker.removeAllListeners()
     for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
     slot.running.clear()
+    slot.outbox = []
     void slot.worker.terminate().catch(() => {})
   }
 }

@@ -1,18 +1,11 @@
 // Verifies a token for one configured issuer: algorithm allowlist, audiences, clock skew, and keys from its
 // IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation).
-import {
-  decodeJwt,
-  decodeProtectedHeader,
-  errors,
-  type JWTPayload,
-  type JWTVerifyOptions,
-  type JWTVerifyResult,
-  jwtVerify,
-} from 'jose'
+import { decodeJwt, decodeProtectedHeader, errors, type JWTPayload } from 'jose'
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
 import { IssuerKeySet, type KeySetOptions, type PublicKeys, type VerificationKey } from './jwks.ts'
+import { type JwtCheckOptions, verifyJwt } from './jws.ts'
 import { type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
 import type { UnverifiedToken } from './token.ts'
 
@@ -29,7 +22,7 @@ const BUSY: FailureCause = {
 }
 class PoolBusy extends Error {}
 
-// jose's error classes by their code, to raise in the main thread what a worker's jwtVerify raised there,
+// jose's error classes by their code, to raise in the main thread what a worker's verifyJwt raised there,
 // so that failure causes and the unknown-kid refetch see the same errors either way (the worker runs the
 // multiple-key loop itself)
 const JOSE_ERRORS = new Map<string, new (...args: never[]) => Error>()
@@ -60,7 +53,8 @@ export function allowedAlgorithms(cfg: IssuerConfig): string[] {
   return configured.filter((alg) => (hmac.includes(alg) ? Boolean(cfg.secretFile) : alg !== 'none'))
 }
 
-type Verified = Pick<JWTVerifyResult<JWTPayload>, 'payload'> & {
+type Verified = {
+  payload: JWTPayload
   protectedHeader: { alg: string; kid?: string | undefined }
 }
 
@@ -82,7 +76,9 @@ export class IssuerVerifier {
   readonly keys: IssuerKeySet
   private readonly profile: string | undefined
   private readonly algorithms: ReadonlySet<string>
-  private readonly baseOptions: JWTVerifyOptions
+  /** jwtVerify's checks for this issuer, less the clock (verifyJwt, here and in the workers) */
+  private readonly checks: Omit<JwtCheckOptions, 'now'>
+  private readonly algorithmList: string[]
   private readonly now: () => number
   private readonly pool: VerifyPool | undefined
 
@@ -94,13 +90,14 @@ export class IssuerVerifier {
     this.now = opts.now ?? Date.now
     const algorithms = allowedAlgorithms(cfg)
     this.algorithms = new Set(algorithms)
-    this.baseOptions = {
+    this.algorithmList = algorithms
+    this.checks = {
       issuer: cfg.issuer,
-      algorithms,
+      algorithms: this.algorithms,
       clockTolerance: opts.clockSkewMs / 1000,
       // The audience check is on unless the issuer says `audiences: any`; a config that names no audience
       // (only possible without the loader, which refuses it) accepts no token at all (wrong_audience).
-      ...(cfg.audiences === 'any' ? {} : { audience: cfg.audiences ?? [] }),
+      audience: cfg.audiences === 'any' ? undefined : (cfg.audiences ?? []),
     }
   }
 
@@ -165,9 +162,9 @@ export class IssuerVerifier {
         {
           token,
           issuer: this.issuer,
-          algorithms: this.baseOptions.algorithms as string[],
-          audience: this.baseOptions.audience as string[] | undefined,
-          clockTolerance: this.baseOptions.clockTolerance as number,
+          algorithms: this.algorithmList,
+          audience: this.checks.audience as string[] | undefined,
+          clockTolerance: this.checks.clockTolerance,
           now,
         },
         keys,
@@ -175,7 +172,7 @@ export class IssuerVerifier {
       )
       if (!reply) throw new PoolBusy()
       const r: WorkerReply = await reply
-      // jose verified these exact bytes in the worker: their payload is the one jwtVerify would return
+      // the worker verified these exact bytes: their payload is the one verifyJwt would return
       if ('header' in r)
         return {
           payload: (peeked?.claims as JWTPayload | undefined) ?? decodeJwt(token),
@@ -200,16 +197,16 @@ export class IssuerVerifier {
     return !isHmac(header.alg) && (typeof header.kid !== 'string' || keys.kids.has(header.kid))
   }
 
-  private async verifyInline(token: string, now: number): Promise<JWTVerifyResult<JWTPayload>> {
-    const options = { ...this.baseOptions, currentDate: new Date(now) }
+  private async verifyInline(token: string, now: number): Promise<Verified> {
+    const options: JwtCheckOptions = { ...this.checks, now }
     try {
-      return await jwtVerify(token, this.keys.getKey, options)
+      return await verifyJwt(token, this.keys.getKey, options)
     } catch (err) {
       // a token without kid may match several keys: try each, the first that verifies wins
       if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
       for await (const key of err as unknown as AsyncIterable<VerificationKey>) {
         try {
-          return await jwtVerify(token, key, options)
+          return await verifyJwt(token, key, options)
         } catch (inner) {
           if (!(inner instanceof errors.JWSSignatureVerificationFailed)) throw inner
         }
