@@ -464,6 +464,17 @@ export class Metrics {
    * body with, in the same join.
    */
   async scrape(openMetrics: boolean, trailer = ''): Promise<Scrape> {
+    return {
+      contentType: openMetrics ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE,
+      body: this.pieces(openMetrics, trailer).join(''),
+    }
+  }
+
+  /**
+   * The exposition as the pieces scrape() joins: a series unchanged since the last scrape gives the same
+   * string again, which is what a worker of `workers: N` (pod-export.ts) recognises to send only changes.
+   */
+  pieces(openMetrics: boolean, trailer = ''): string[] {
     const out: string[] = []
     const entries = [...this.table.values()]
     const om = openMetrics
@@ -547,7 +558,7 @@ export class Metrics {
     // would be flattened into a second multi-megabyte copy when the response is written
     out.push(trailer)
     if (om) out.push('# EOF\n')
-    return { contentType: om ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE, body: out.join('') }
+    return out
   }
 }
 
