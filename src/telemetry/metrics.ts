@@ -471,8 +471,8 @@ export class Metrics {
   }
 
   /**
-   * The exposition as the pieces scrape() joins: a series unchanged since the last scrape gives the same
-   * string again, which is what a worker of `workers: N` (pod-export.ts) recognises to send only changes.
+   * The exposition as the pieces scrape() joins: a worker of `workers: N` reads them line by line to send
+   * the primary only what changed (pod-export.ts), with no multi-megabyte join it would not use.
    */
   pieces(openMetrics: boolean, trailer = ''): string[] {
     const out: string[] = []
