@@ -138,6 +138,9 @@ export class PodExport {
           key = line.slice(0, space)
           const known = this.ids.get(key)
           if (known === undefined) {
+            // a slice keeps the whole rendered piece it was cut from alive: a key kept for the line's life
+            // is its own copy
+            key = ` ${key}`.slice(1)
             id = this.free.pop() ?? this.keys.length
             this.ids.set(key, id)
             this.keys[id] = key
