@@ -40,7 +40,7 @@ const BACKSLASH = 0x5c
  * Where the labels that start at `from` end (their `}`), jumping from quote to quote: a `}` inside a quoted
  * value is not the end, and a quote escaped with a backslash does not close the value.
  */
-export function labelsEnd(line: string, from: number): number {
+function labelsEnd(line: string, from: number): number {
   let i = from
   for (;;) {
     const brace = line.indexOf('}', i)
@@ -61,7 +61,7 @@ function escaped(line: string, at: number): boolean {
   return n % 2 === 1
 }
 
-export function parseValue(text: string): number {
+function parseValue(text: string): number {
   if (text === '+Inf') return Number.POSITIVE_INFINITY
   if (text === '-Inf') return Number.NEGATIVE_INFINITY
   if (text === 'NaN' || text === 'Nan') return Number.NaN

@@ -10,90 +10,11 @@
 import { flattened } from '../util/flat.ts'
 import { escapeLabelValue, type FamilyInfo, formatValue, writeHeader } from './exposition.ts'
 import { type IdentityTableLimits, OVERFLOW_IDENTITY, unverifiedCap } from './identity-table.ts'
-import { labelsEnd, PodExport, type PodFamilyDef, type PodSnapshot, parseValue } from './pod-export.ts'
+import { PodExport, type PodFamilyDef, type PodSnapshot } from './pod-export.ts'
 
-interface Sample {
-  /** `name{labels}` as rendered (or `name` without labels) */
-  prefix: string
-  name: string
-  labels: string
-  value: number
-}
-
-interface ParsedFamily {
-  /** family name, counters without `_total` (as OpenMetrics names them), so both formats share keys */
-  base: string
-  type: string
-  header: string
-  samples: Sample[]
-}
-
-const HEADER = /^# (HELP|TYPE|UNIT) (\S+)(?: (.*))?$/
 /** the labels every per-identity series starts with */
 const IDENTITY = /^service="((?:[^"\\]|\\.)*)",identity="((?:[^"\\]|\\.)*)",source="([^"]*)"/
 const KIND = /,kind="([^"]*)"/
-
-const OPEN_BRACE = 0x7b
-const SPACE = 0x20
-
-/**
- * One sample line; an OpenMetrics exemplar or a timestamp after the value is ignored. The name, labels and
- * `name{labels}` are slices of the line, not new strings: a pod scrape parses every worker's 20,000+ lines.
- */
-function parseSample(line: string): Sample | undefined {
-  const n = line.length
-  // the name ends at the first `{` or space: a metric name has neither
-  const space = line.indexOf(' ')
-  const brace = line.indexOf('{')
-  let i = space === -1 ? (brace === -1 ? n : brace) : brace === -1 || space < brace ? space : brace
-  const name = line.slice(0, i)
-  let labels = ''
-  let prefixEnd = i
-  if (line.charCodeAt(i) === OPEN_BRACE) {
-    const start = i + 1
-    i = labelsEnd(line, start)
-    labels = line.slice(start, i)
-    i++
-    prefixEnd = i
-  }
-  while (line.charCodeAt(i) === SPACE) i++
-  let end = line.indexOf(' ', i)
-  if (end === -1) end = n
-  if (name === '' || end === i) return undefined
-  return {
-    prefix: labels === '' ? name : line.slice(0, prefixEnd),
-    name,
-    labels,
-    value: parseValue(line.slice(i, end)),
-  }
-}
-
-/** Families of a Prometheus text or OpenMetrics body, in order, samples grouped under their header. */
-export function parseExposition(body: string): ParsedFamily[] {
-  const families: ParsedFamily[] = []
-  let current: (ParsedFamily & { headerName: string }) | undefined
-  for (const line of body.split('\n')) {
-    if (line === '' || line === '# EOF') continue
-    if (line.startsWith('#')) {
-      const m = HEADER.exec(line)
-      if (!m) continue
-      const name = m[2]!
-      if (current?.headerName !== name) {
-        current = { base: name, headerName: name, type: 'untyped', header: '', samples: [] }
-        families.push(current)
-      }
-      current.header += `${line}\n`
-      if (m[1] === 'TYPE') {
-        current.type = m[3] ?? 'untyped'
-        if (current.type === 'counter') current.base = name.replace(/_total$/, '')
-      }
-      continue
-    }
-    const s = parseSample(line)
-    if (s && current) current.samples.push(s)
-  }
-  return families
-}
 
 /** families only the primary reports: it validates and counts reloads, and its build is the pod's */
 const PRIMARY_FAMILIES = new Set([
