@@ -1,4 +1,4 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --alloc | --alloc-sites]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --pod-scrape | --alloc | --alloc-sites]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}; alloc: alloc.{md,json}; alloc-sites: alloc-sites.{md,json}).
@@ -15,6 +15,7 @@ import { ensureWrk } from './lib/load.ts'
 import { memoryMarkdown, runMemory, writeMemoryResults } from './lib/memory.ts'
 import { buildDist, freshDist } from './lib/nhi.ts'
 import { otlpCostMarkdown, runOtlpCost } from './lib/otlp-cost.ts'
+import { podScrapeMarkdown, runPodScrape } from './lib/pod-scrape.ts'
 import { promCostMarkdown, runPromCost } from './lib/prom-cost.ts'
 import { markdown, targetLine, writeResults } from './lib/report.ts'
 import { runWorkersBench, workersMarkdown } from './lib/workers.ts'
@@ -88,6 +89,14 @@ const program = new Command()
     'workers mode: nhi-proxy workers: 1 vs workers: 2 vs nginx with 1 and 2 workers, JWT load (2 rounds × 5 s unless given)',
   )
   .option(
+    '--pod-scrape',
+    "pod scrape mode: CPU of a workers: 2 primary's event loop per /metrics at 1,000 identities, every series changed and idle, both formats (60 scrapes per row; --quick 10)",
+  )
+  .option(
+    '--entry <file>',
+    'pod scrape mode: measure this nhi-proxy bundle (an earlier build) instead of dist/',
+  )
+  .option(
     '--alloc',
     'allocation mode: JavaScript heap bytes per request from the GC trace, bare engine vs nhi-proxy JWT vs browser, and CPU per request (3 rounds × ≥ 200,000 requests; --quick 1 round × 20,000)',
   )
@@ -116,6 +125,8 @@ const o = program.opts<{
   prom?: boolean
   promTraffic: string
   workers?: boolean
+  podScrape?: boolean
+  entry?: string
   verifyWorkers?: number
   alloc?: boolean
   allocSites?: boolean
@@ -246,6 +257,27 @@ async function workersMode(): Promise<void> {
   }
 }
 
+async function podScrapeMode(): Promise<void> {
+  const quick = o.quick === true
+  const dist = o.entry !== undefined || (quick ? freshDist() : buildDist())
+  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources through tsx')
+  const r = await runPodScrape({
+    identities: 1000,
+    scrapes: quick ? 10 : 60,
+    dist,
+    ...(o.entry ? { entry: o.entry } : {}),
+    log,
+  })
+  const md = podScrapeMarkdown(r, targetLine)
+  process.stdout.write(md)
+  log(targetLine(r.target))
+  if (o.write) {
+    await writeFile(join(results, 'pod-scrape.md'), md)
+    await writeFile(join(results, 'pod-scrape.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'pod-scrape.md')}, pod-scrape.json`)
+  }
+}
+
 async function promMode(): Promise<void> {
   const quick = o.quick === true
   const r = await runPromCost({
@@ -327,4 +359,6 @@ await (o.allocSites
               ? h2Mode()
               : o.prom
                 ? promMode()
-                : throughputMode())
+                : o.podScrape
+                  ? podScrapeMode()
+                  : throughputMode())

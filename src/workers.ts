@@ -27,6 +27,7 @@ import {
   type WorkerSidecar,
 } from './runtime.ts'
 import { AUDIT_MAX_PENDING_BYTES } from './telemetry/audit.ts'
+import { OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE } from './telemetry/exposition.ts'
 import {
   type AuditQuery,
   type AuditRecord,
@@ -36,6 +37,7 @@ import {
   Telemetry,
 } from './telemetry/index.ts'
 import { toLiveEvent } from './telemetry/live.ts'
+import { PodExport, type PodSnapshot } from './telemetry/pod-export.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
 import type { Recorder } from './types.ts'
@@ -50,7 +52,7 @@ export function workerCount(setting: number | 'auto'): number {
 type Command =
   | { nhi: 'start'; config: Config }
   | { nhi: 'config'; id: number; config: Config }
-  | { nhi: 'scrape'; id: number; openMetrics: boolean }
+  | { nhi: 'scrape'; id: number; since: number }
   | { nhi: 'ready'; id: number }
   | { nhi: 'identities'; id: number; sort: IdentitySort | undefined }
   | { nhi: 'auditQuery'; id: number; query: AuditQuery }
@@ -166,11 +168,13 @@ export async function runWorker(log: Logger): Promise<void> {
   process.on('disconnect', () => exit(sidecar.close))
 
   const reply = (id: number, value: unknown) => send({ nhi: 'reply', id, value })
+  // the primary keeps this worker's lines between scrapes: each scrape sends only what changed
+  const exporter = new PodExport()
   process.on('message', (m: Command) => {
     switch (m.nhi) {
       case 'scrape':
-        sidecar.telemetry.scrape(m.openMetrics).then(
-          (s) => reply(m.id, s.body),
+        sidecar.telemetry.metrics.pieces().then(
+          (pieces) => reply(m.id, exporter.snapshot(pieces, m.since)),
           () => reply(m.id, undefined),
         )
         return
@@ -249,6 +253,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
   const telemetry = new Telemetry(config, { version: VERSION })
   const pod = new PodMetrics()
+  const own = new PodExport()
   const slots: Slot[] = []
   let restarts = 0
   let stopping = false
@@ -300,6 +305,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     worker.on('exit', (code, signal) => {
       slot.worker = undefined
       slot.listening = false
+      pod.drop(String(index + 1))
       for (const [id, w] of waiting) if (w.worker === worker) waiting.get(id)?.done(undefined)
       if (stopping) return
       if (startupFailed) {
@@ -379,19 +385,26 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     }
   }
 
+  const snapshotOf = (s: Slot, since: number) =>
+    ask(s.worker!, { nhi: 'scrape', id: nextId++, since }) as Promise<PodSnapshot | undefined>
   const scrape = async (openMetrics: boolean) => {
-    const bodies = await Promise.all(
+    await Promise.all(
       slots.map(async (s, i) => {
-        if (!s.worker || !s.listening) return undefined
-        const body = await ask(s.worker, { nhi: 'scrape', id: nextId++, openMetrics })
-        return typeof body === 'string' ? { worker: String(i + 1), body } : undefined
+        const label = String(i + 1)
+        if (!s.worker || !s.listening) {
+          pod.drop(label)
+          return
+        }
+        // applied as each answer arrives, so two scrapes at once apply one worker's snapshots in order
+        const snapshot = await snapshotOf(s, pod.since(label))
+        if (!snapshot || pod.apply(label, snapshot) || !s.worker) return
+        const whole = await snapshotOf(s, -1)
+        if (whole) pod.apply(label, whole)
       }),
     )
-    const own = await telemetry.scrape(openMetrics)
+    pod.apply('primary', own.snapshot(await telemetry.metrics.pieces(), pod.since('primary')))
     const m = config.metrics
-    const body = pod.merge(
-      bodies.filter((b) => b !== undefined),
-      { worker: 'primary', body: own.body },
+    const body = pod.render(
       {
         service: config.service,
         limits: {
@@ -405,7 +418,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       },
       openMetrics,
     )
-    return { contentType: own.contentType, body }
+    return { contentType: openMetrics ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE, body }
   }
 
   /** every serving worker's answer to one question (those that did not answer in time left out) */

@@ -153,6 +153,13 @@ export class MetricsRecorder implements Recorder {
     return this.metrics.scrape(openMetrics, runtime)
   }
 
+  /** the Prometheus text exposition as pieces, unjoined: what a worker of `workers: N` exports from */
+  async pieces(): Promise<string[]> {
+    this.sweep()
+    const runtime = await this.process.render(false)
+    return this.metrics.pieces(false, runtime)
+  }
+
   identities(sort?: IdentitySort): IdentitiesView {
     this.sweep()
     return buildIdentitiesView(this.table, {

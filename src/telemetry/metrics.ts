@@ -464,6 +464,17 @@ export class Metrics {
    * body with, in the same join.
    */
   async scrape(openMetrics: boolean, trailer = ''): Promise<Scrape> {
+    return {
+      contentType: openMetrics ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE,
+      body: this.pieces(openMetrics, trailer).join(''),
+    }
+  }
+
+  /**
+   * The exposition as the pieces scrape() joins: a worker of `workers: N` reads them line by line to send
+   * the primary only what changed (pod-export.ts), with no multi-megabyte join it would not use.
+   */
+  pieces(openMetrics: boolean, trailer = ''): string[] {
     const out: string[] = []
     const entries = [...this.table.values()]
     const om = openMetrics
@@ -547,7 +558,7 @@ export class Metrics {
     // would be flattened into a second multi-megabyte copy when the response is written
     out.push(trailer)
     if (om) out.push('# EOF\n')
-    return { contentType: om ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE, body: out.join('') }
+    return out
   }
 }
 

@@ -5,130 +5,16 @@
 // pod's cap are folded into their source's `__overflow__` series here, with their requests counted in
 // nhi_identity_overflow_total as the single-process mode counts them. Process and runtime families
 // (process_*, nodejs_*) are per process: each keeps its series with a `worker` label.
+// Workers send what changed since their last answer (pod-export.ts), not their text: merging 40,000 lines
+// of text took the primary 80-90 ms of CPU per scrape at 1,000 identities on two workers (bench/README.md).
+import { flattened } from '../util/flat.ts'
 import { escapeLabelValue, type FamilyInfo, formatValue, writeHeader } from './exposition.ts'
 import { type IdentityTableLimits, OVERFLOW_IDENTITY, unverifiedCap } from './identity-table.ts'
+import { PodExport, type PodFamilyDef, type PodSnapshot } from './pod-export.ts'
 
-export interface ProcessExposition {
-  /** the `worker` label of this process's runtime series: "1"…"N", or "primary" */
-  worker: string
-  body: string
-}
-
-interface Sample {
-  /** `name{labels}` as rendered (or `name` without labels) */
-  prefix: string
-  name: string
-  labels: string
-  value: number
-}
-
-interface ParsedFamily {
-  /** family name, counters without `_total` (as OpenMetrics names them), so both formats share keys */
-  base: string
-  type: string
-  header: string
-  samples: Sample[]
-}
-
-const HEADER = /^# (HELP|TYPE|UNIT) (\S+)(?: (.*))?$/
 /** the labels every per-identity series starts with */
 const IDENTITY = /^service="((?:[^"\\]|\\.)*)",identity="((?:[^"\\]|\\.)*)",source="([^"]*)"/
 const KIND = /,kind="([^"]*)"/
-
-function parseValue(text: string): number {
-  if (text === '+Inf') return Number.POSITIVE_INFINITY
-  if (text === '-Inf') return Number.NEGATIVE_INFINITY
-  if (text === 'NaN') return Number.NaN
-  return Number(text)
-}
-
-const OPEN_BRACE = 0x7b
-const SPACE = 0x20
-const BACKSLASH = 0x5c
-
-/**
- * Where the labels that start at `from` end (their `}`), jumping from quote to quote: a `}` inside a quoted
- * value is not the end, and a quote escaped with a backslash does not close the value.
- */
-function labelsEnd(line: string, from: number): number {
-  let i = from
-  for (;;) {
-    const brace = line.indexOf('}', i)
-    const open = line.indexOf('"', i)
-    if (open === -1 || brace === -1 || brace < open) return brace === -1 ? line.length : brace
-    let close = open
-    do close = line.indexOf('"', close + 1)
-    while (close !== -1 && escaped(line, close))
-    if (close === -1) return line.length
-    i = close + 1
-  }
-}
-
-/** an odd number of backslashes before the quote at `at` */
-function escaped(line: string, at: number): boolean {
-  let n = 0
-  while (line.charCodeAt(at - 1 - n) === BACKSLASH) n++
-  return n % 2 === 1
-}
-
-/**
- * One sample line; an OpenMetrics exemplar or a timestamp after the value is ignored. The name, labels and
- * `name{labels}` are slices of the line, not new strings: a pod scrape parses every worker's 20,000+ lines.
- */
-function parseSample(line: string): Sample | undefined {
-  const n = line.length
-  // the name ends at the first `{` or space: a metric name has neither
-  const space = line.indexOf(' ')
-  const brace = line.indexOf('{')
-  let i = space === -1 ? (brace === -1 ? n : brace) : brace === -1 || space < brace ? space : brace
-  const name = line.slice(0, i)
-  let labels = ''
-  let prefixEnd = i
-  if (line.charCodeAt(i) === OPEN_BRACE) {
-    const start = i + 1
-    i = labelsEnd(line, start)
-    labels = line.slice(start, i)
-    i++
-    prefixEnd = i
-  }
-  while (line.charCodeAt(i) === SPACE) i++
-  let end = line.indexOf(' ', i)
-  if (end === -1) end = n
-  if (name === '' || end === i) return undefined
-  return {
-    prefix: labels === '' ? name : line.slice(0, prefixEnd),
-    name,
-    labels,
-    value: parseValue(line.slice(i, end)),
-  }
-}
-
-/** Families of a Prometheus text or OpenMetrics body, in order, samples grouped under their header. */
-export function parseExposition(body: string): ParsedFamily[] {
-  const families: ParsedFamily[] = []
-  let current: (ParsedFamily & { headerName: string }) | undefined
-  for (const line of body.split('\n')) {
-    if (line === '' || line === '# EOF') continue
-    if (line.startsWith('#')) {
-      const m = HEADER.exec(line)
-      if (!m) continue
-      const name = m[2]!
-      if (current?.headerName !== name) {
-        current = { base: name, headerName: name, type: 'untyped', header: '', samples: [] }
-        families.push(current)
-      }
-      current.header += `${line}\n`
-      if (m[1] === 'TYPE') {
-        current.type = m[3] ?? 'untyped'
-        if (current.type === 'counter') current.base = name.replace(/_total$/, '')
-      }
-      continue
-    }
-    const s = parseSample(line)
-    if (s && current) current.samples.push(s)
-  }
-  return families
-}
 
 /** families only the primary reports: it validates and counts reloads, and its build is the pod's */
 const PRIMARY_FAMILIES = new Set([
@@ -154,17 +40,10 @@ const WORKER_RESTARTS: FamilyInfo & { type: 'counter' } = {
   type: 'counter',
 }
 
-interface MergedFamily {
-  header: string
-  type: string
-  /** one lookup per sample: the second worker's sample adds to the first's in place */
-  samples: Map<string, { value: number }>
-}
-
-interface Present {
-  verified: boolean
-  kind: string
-  service: string
+export interface ProcessExposition {
+  /** the `worker` label of this process's runtime series: "1"…"N", or "primary" */
+  worker: string
+  body: string
 }
 
 export interface PodState {
@@ -174,169 +53,322 @@ export interface PodState {
   restarts: number
 }
 
+interface Family {
+  base: string
+  type: string
+  /** HELP and TYPE lines, Prometheus text and OpenMetrics */
+  headers: [text: string, openMetrics: string]
+  /** process_*, nodejs_*: one series per process, told apart by a `worker` label */
+  perProcess: boolean
+  /** which process's lines count: the primary's only, the workers' only, or both summed */
+  from: 'primary' | 'workers' | 'both'
+  lines: Map<string, Line>
+}
+
+/** One merged sample line: each process's latest value, and the line as rendered from their merge. */
+class Line {
+  /** by process slot; undefined where that process has no such line */
+  readonly values: (number | undefined)[] = []
+  processes = 0
+  /** a folded identity's contribution (sum) or last-seen time (max); only overflow lines get one */
+  extra: number | undefined = undefined
+  private merged = 0
+  private dirty = true
+  private rendered = Number.NaN
+  private text = ''
+  /** `source\0name` of a per-identity line (not the overflow identity's) */
+  readonly identity: string | undefined
+  /** the labels of a per-identity line: escaped service, kind; and whether verified="true" */
+  readonly service: string = ''
+  readonly kind: string = ''
+  readonly verified: boolean = false
+  /** the same line of the overflow identity: where this line goes while its identity is folded */
+  readonly overflowKey: string = ''
+
+  constructor(
+    readonly key: string,
+    readonly family: Family,
+  ) {
+    if (!family.base.startsWith('nhi_')) return
+    const brace = key.indexOf('{')
+    if (brace === -1) return
+    const labels = key.slice(brace + 1, -1)
+    const m = IDENTITY.exec(labels)
+    if (!m) return
+    this.service = m[1]!
+    this.kind = KIND.exec(labels)?.[1] ?? ''
+    this.verified = labels.includes(',verified="true"')
+    if (m[2] === OVERFLOW_IDENTITY) return
+    this.identity = `${m[3]}\u0000${m[2]}`
+    this.overflowKey = `${key.slice(0, brace)}{service="${m[1]}",identity="${OVERFLOW_IDENTITY}",source="${m[3]}"${labels.slice(m[0].length)}}`
+  }
+
+  set(slot: number, value: number): void {
+    const was = this.values[slot]
+    if (was === undefined) this.processes++
+    else if (Object.is(was, value)) return
+    this.values[slot] = value
+    this.dirty = true
+  }
+
+  unset(slot: number): void {
+    if (this.values[slot] === undefined) return
+    this.values[slot] = undefined
+    this.processes--
+    this.dirty = true
+  }
+
+  /** counters and histograms summed over the processes, gauges their largest value */
+  value(): number {
+    if (!this.dirty) return this.merged
+    const max = this.family.type === 'gauge'
+    let v: number | undefined
+    for (const x of this.values) {
+      if (x === undefined) continue
+      v = v === undefined ? x : max ? Math.max(v, x) : v + x
+    }
+    this.merged = v ?? 0
+    this.dirty = false
+    return this.merged
+  }
+
+  /** the line as it reads now: rendered again only when its value moved */
+  render(): string {
+    let v = this.value()
+    const extra = this.extra
+    if (extra !== undefined)
+      v = this.processes === 0 ? extra : this.family.type === 'gauge' ? Math.max(v, extra) : v + extra
+    if (this.text === '' || !Object.is(v, this.rendered)) {
+      this.text = flattened(`${this.key} ${formatValue(v)}\n`)
+      this.rendered = v
+    }
+    return this.text
+  }
+}
+
+/** What the primary holds of one process: its lines by the ids its snapshots use. */
+interface Slot {
+  label: string
+  index: number
+  /** the last snapshot applied, -1 before the first and after a reset: the next one must be whole */
+  seq: number
+  /** families by the process's family index; undefined for a family this process does not contribute to */
+  families: (Family | undefined)[]
+  lines: (Line | undefined)[]
+  /** tracked: a worker that exited is dropped and its replacement starts from nothing */
+  active: boolean
+}
+
+interface Present {
+  verified: boolean
+  kind: string
+  service: string
+}
+
+interface Folded {
+  family: Family
+  value: number
+}
+
 /**
- * Merges scrapes. Keeps the pod-wide admission state between scrapes so that, as in one process, an
- * identity keeps its own series (or stays folded) for as long as some worker tracks it.
+ * The pod's /metrics from the processes' snapshots. Keeps every process's latest values line by line and
+ * each merged line as last rendered, so a scrape re-renders only the lines whose merged value moved, as a
+ * single process re-renders only its changed series. Also keeps the pod-wide admission state between
+ * scrapes so that, as in one process, an identity keeps its own series (or stays folded) for as long as
+ * some worker tracks it.
  */
 export class PodMetrics {
+  private readonly families = new Map<string, Family>()
+  private readonly slots = new Map<string, Slot>()
+  /** exporters of the text bodies given to merge() */
+  private readonly exporters = new Map<string, PodExport>()
   /** pod-wide admitted identities (`source\0name`) → holds an unverified slot */
   private readonly admitted = new Map<string, boolean>()
   private unverified = 0
-  /** identities beyond the cap → their counter/histogram samples at the last scrape, relabelled to overflow */
-  private readonly folded = new Map<string, Map<string, { base: string; value: number }>>()
+  /** identities beyond the cap → their counter/histogram values at the last scrape, on overflow lines */
+  private readonly folded = new Map<string, Map<string, Folded>>()
   /**
-   * Samples of folded identities no worker tracks any more: still part of the overflow series, as in one
-   * process the overflow entry keeps what was recorded into it. Keyed by overflow series: bounded like them.
+   * Values of folded identities no worker tracks any more: still part of the overflow series, as in one
+   * process the overflow entry keeps what was recorded into it. Keyed by overflow line: bounded like them.
    */
-  private readonly carried = new Map<string, { base: string; value: number }>()
+  private readonly carried = new Map<string, Folded>()
+  /** lines that got an extra at the last scrape */
+  private extras: Line[] = []
 
+  /** the snapshot the next one from this process should continue (-1: send everything) */
+  since(process: string): number {
+    return this.slots.get(process)?.seq ?? -1
+  }
+
+  /** Applies a process's snapshot; false when it does not continue the last one applied (then ask again). */
+  apply(process: string, snapshot: PodSnapshot): boolean {
+    const slot = this.slot(process)
+    if (snapshot.base === -1) this.clear(slot)
+    else if (snapshot.base !== slot.seq) {
+      slot.seq = -1
+      return false
+    }
+    slot.active = true
+    const primary = process === PRIMARY
+    for (const def of snapshot.families) slot.families[def.index] = this.family(def, primary)
+    const { lineIds, lineFamilies, lineKeys } = snapshot
+    for (let i = 0; i < lineIds.length; i++) {
+      const family = slot.families[lineFamilies[i]!]
+      const id = lineIds[i]!
+      slot.lines[id]?.unset(slot.index)
+      if (family === undefined) {
+        slot.lines[id] = undefined
+        continue
+      }
+      const raw = lineKeys[i]!
+      const key = family.perProcess ? withWorker(raw, process) : raw
+      let line = family.lines.get(key)
+      if (line === undefined) {
+        line = new Line(key, family)
+        family.lines.set(key, line)
+      }
+      slot.lines[id] = line
+    }
+    for (const id of snapshot.removed) {
+      slot.lines[id]?.unset(slot.index)
+      slot.lines[id] = undefined
+    }
+    const { ids, values } = snapshot
+    for (let i = 0; i < ids.length; i++) slot.lines[ids[i]!]?.set(slot.index, values[i]!)
+    slot.seq = snapshot.seq
+    return true
+  }
+
+  /** a process that is gone: its lines leave the merge, and its replacement starts with a whole snapshot */
+  drop(process: string): void {
+    const slot = this.slots.get(process)
+    if (slot === undefined) return
+    this.clear(slot)
+    slot.active = false
+  }
+
+  /** Text bodies through the same path (an exporter per process): tests and the bench measure with it. */
   merge(
     workers: readonly ProcessExposition[],
     primary: ProcessExposition,
     state: PodState,
     openMetrics: boolean,
   ): string {
-    const parsed = workers.map((w) => ({ worker: w.worker, families: parseExposition(w.body) }))
-    const present = this.present(parsed)
+    const given = new Set<string>()
+    for (const p of [...workers, { ...primary, worker: PRIMARY }]) {
+      given.add(p.worker)
+      let exporter = this.exporters.get(p.worker)
+      if (exporter === undefined) {
+        exporter = new PodExport()
+        this.exporters.set(p.worker, exporter)
+      }
+      this.apply(p.worker, exporter.snapshot([p.body], this.since(p.worker)))
+    }
+    for (const label of this.slots.keys()) {
+      if (given.has(label)) continue
+      this.drop(label)
+      this.exporters.delete(label)
+    }
+    return this.render(state, openMetrics)
+  }
+
+  render(state: PodState, openMetrics: boolean): string {
+    const present = this.present()
     this.admit(present, state.limits)
+    this.fold()
 
-    const merged = new Map<string, MergedFamily>()
-    const family = (base: string, type: string, header: string): MergedFamily => {
-      let f = merged.get(base)
-      if (!f) {
-        f = { header, type, samples: new Map() }
-        merged.set(base, f)
+    const format = openMetrics ? 1 : 0
+    const served = new Map<Slot, number>()
+    const workers = [...this.slots.values()].filter((s) => s.active && s.label !== PRIMARY)
+    for (const s of workers) served.set(s, 0)
+    const requests = this.families.get(REQUESTS)
+    if (requests) {
+      for (const line of requests.lines.values()) {
+        for (const s of workers) served.set(s, served.get(s)! + (line.values[s.index] ?? 0))
       }
-      return f
-    }
-    const add = (f: MergedFamily, prefix: string, value: number, combine: 'sum' | 'max') => {
-      const was = f.samples.get(prefix)
-      if (was === undefined) f.samples.set(prefix, { value })
-      else was.value = combine === 'sum' ? was.value + value : Math.max(was.value, value)
-    }
-    const foldedNow = new Map<string, Map<string, { base: string; value: number }>>()
-    const perWorker: [string, number][] = []
-
-    const folding = this.folded.size > 0
-    for (const { worker, families } of parsed) {
-      let served = 0
-      for (const f of families) {
-        if (PRIMARY_FAMILIES.has(f.base)) continue
-        const into = family(f.base, f.type, f.header)
-        if (f.base === IDENTITIES) continue
-        if (!f.base.startsWith('nhi_')) {
-          for (const s of f.samples) add(into, withWorker(s, worker), s.value, 'sum')
-          continue
-        }
-        const additive = f.type !== 'gauge'
-        for (const s of f.samples) {
-          if (f.base === REQUESTS) served += s.value
-          // nothing folded (the pod is under its cap): no identity to look up
-          const m = folding ? IDENTITY.exec(s.labels) : null
-          const key = m && m[2] !== OVERFLOW_IDENTITY ? `${m[3]}\u0000${m[2]}` : undefined
-          if (m && key !== undefined && this.folded.has(key)) {
-            if (!additive && f.base !== LAST_SEEN) continue
-            const labels = `service="${m[1]}",identity="${OVERFLOW_IDENTITY}",source="${m[3]}"${s.labels.slice(m[0].length)}`
-            const prefix = `${s.name}{${labels}}`
-            add(into, prefix, s.value, additive ? 'sum' : 'max')
-            if (!additive) continue
-            let mine = foldedNow.get(key)
-            if (!mine) {
-              mine = new Map()
-              foldedNow.set(key, mine)
-            }
-            const sum = (base: string, p: string, v: number) => {
-              const was = mine!.get(p)
-              mine!.set(p, { base, value: (was?.value ?? 0) + v })
-            }
-            sum(f.base, prefix, s.value)
-            // what one process counts when an identity does not fit: every request it makes
-            if (f.base === REQUESTS) sum(OVERFLOW, `${OVERFLOW}_total{service="${m[1]}"}`, s.value)
-            continue
-          }
-          add(into, s.prefix, s.value, additive ? 'sum' : 'max')
-        }
-      }
-      perWorker.push([worker, served])
-    }
-    for (const [key, samples] of foldedNow) this.folded.set(key, samples)
-    for (const key of this.folded.keys()) if (!foldedNow.has(key)) this.folded.set(key, new Map())
-    const overflowFamily = merged.get(OVERFLOW)
-    for (const samples of foldedNow.values()) {
-      for (const [prefix, { base, value }] of samples) {
-        if (base === OVERFLOW && overflowFamily) add(overflowFamily, prefix, value, 'sum')
-      }
-    }
-    for (const [prefix, { base, value }] of this.carried) {
-      const f = merged.get(base)
-      if (f) add(f, prefix, value, 'sum')
-    }
-
-    for (const f of parseExposition(primary.body)) {
-      if (PRIMARY_FAMILIES.has(f.base) || SUMMED_WITH_PRIMARY.has(f.base)) {
-        const into = family(f.base, f.type, f.header)
-        for (const s of f.samples) add(into, s.prefix, s.value, 'sum')
-      } else if (!f.base.startsWith('nhi_')) {
-        const into = family(f.base, f.type, f.header)
-        for (const s of f.samples) add(into, withWorker(s, primary.worker), s.value, 'sum')
-      }
-    }
-
-    const identities = merged.get(IDENTITIES)
-    if (identities) {
-      const byKind = new Map<string, { value: number }>()
-      for (const key of this.admitted.keys()) {
-        const p = present.get(key)
-        if (!p) continue
-        const prefix = `${IDENTITIES}{service="${p.service}",kind="${p.kind}"}`
-        const n = byKind.get(prefix)
-        if (n === undefined) byKind.set(prefix, { value: 1 })
-        else n.value++
-      }
-      identities.samples = byKind
     }
 
     const out: string[] = []
-    for (const f of merged.values()) {
-      out.push(f.header)
-      // the pieces as they are: the one join copies them, with no line string per sample in between
-      for (const [prefix, sample] of f.samples) out.push(prefix, ' ', formatValue(sample.value), '\n')
+    const folding = this.folded.size > 0
+    for (const f of this.families.values()) {
+      out.push(f.headers[format])
+      if (f.base === IDENTITIES) {
+        this.writeIdentities(out, present)
+        continue
+      }
+      for (const [key, line] of f.lines) {
+        if (line.processes === 0 && line.extra === undefined) {
+          f.lines.delete(key)
+          continue
+        }
+        if (folding && line.identity !== undefined && this.folded.has(line.identity)) continue
+        out.push(line.render())
+      }
     }
     const service = `service="${escapeLabelValue(state.service)}"`
     writeHeader(out, WORKER_REQUESTS, openMetrics)
-    for (const [worker, n] of perWorker)
-      out.push(`${WORKER_REQUESTS.name}_total{${service},worker="${worker}"} ${formatValue(n)}\n`)
+    for (const [s, n] of served)
+      out.push(`${WORKER_REQUESTS.name}_total{${service},worker="${s.label}"} ${formatValue(n)}\n`)
     writeHeader(out, WORKER_RESTARTS, openMetrics)
     out.push(`${WORKER_RESTARTS.name}_total{${service}} ${state.restarts}\n`)
     if (openMetrics) out.push('# EOF\n')
     return out.join('')
   }
 
-  /** identities the workers track now (from their last-seen series), first worker first */
-  private present(parsed: { families: ParsedFamily[] }[]): Map<string, Present> {
-    const present = new Map<string, Present>()
-    for (const { families } of parsed) {
-      for (const f of families) {
-        if (f.base !== LAST_SEEN) continue
-        for (const s of f.samples) {
-          const m = IDENTITY.exec(s.labels)
-          if (!m || m[2] === OVERFLOW_IDENTITY) continue
-          const key = `${m[3]}\u0000${m[2]}`
-          if (!present.has(key))
-            present.set(key, { verified: false, kind: KIND.exec(s.labels)?.[1] ?? '', service: m[1]! })
-        }
-      }
+  private slot(process: string): Slot {
+    let slot = this.slots.get(process)
+    if (slot === undefined) {
+      slot = { label: process, index: this.slots.size, seq: -1, families: [], lines: [], active: true }
+      this.slots.set(process, slot)
     }
-    for (const { families } of parsed) {
-      for (const f of families) {
-        if (f.base !== REQUESTS) continue
-        for (const s of f.samples) {
-          if (!s.labels.includes(',verified="true"')) continue
-          const m = IDENTITY.exec(s.labels)
-          const p = m ? present.get(`${m[3]}\u0000${m[2]}`) : undefined
-          if (p) p.verified = true
-        }
+    return slot
+  }
+
+  private clear(slot: Slot): void {
+    for (const line of slot.lines) line?.unset(slot.index)
+    slot.lines = []
+    slot.families = []
+    slot.seq = -1
+  }
+
+  /** the pod's family of a process's family; undefined when that process's lines of it do not count */
+  private family(def: PodFamilyDef, primary: boolean): Family | undefined {
+    const base = def.type === 'counter' ? def.name.replace(/_total$/, '') : def.name
+    let f = this.families.get(base)
+    if (f === undefined) {
+      const nhi = base.startsWith('nhi_')
+      const help = def.help === '' ? '' : ` ${def.help}`
+      const omName = def.type === 'counter' ? base : def.name
+      f = {
+        base,
+        type: def.type,
+        headers: [
+          `# HELP ${def.name}${help}\n# TYPE ${def.name} ${def.type}\n`,
+          `# HELP ${omName}${help}\n# TYPE ${omName} ${def.type}\n`,
+        ],
+        perProcess: !nhi,
+        from:
+          !nhi || SUMMED_WITH_PRIMARY.has(base) ? 'both' : PRIMARY_FAMILIES.has(base) ? 'primary' : 'workers',
+        lines: new Map(),
       }
+      this.families.set(base, f)
+    }
+    if (f.base === IDENTITIES) return undefined
+    if (f.from === 'both') return f
+    return (f.from === 'primary') === primary ? f : undefined
+  }
+
+  /** identities the workers track now (they have a last-seen line), in the order they first showed up */
+  private present(): Map<string, Present> {
+    const present = new Map<string, Present>()
+    for (const line of this.families.get(LAST_SEEN)?.lines.values() ?? []) {
+      if (line.identity === undefined || line.processes === 0 || present.has(line.identity)) continue
+      present.set(line.identity, { verified: false, kind: line.kind, service: line.service })
+    }
+    for (const line of this.families.get(REQUESTS)?.lines.values() ?? []) {
+      if (!line.verified || line.identity === undefined || line.processes === 0) continue
+      const p = present.get(line.identity)
+      if (p) p.verified = true
     }
     return present
   }
@@ -348,12 +380,12 @@ export class PodMetrics {
       this.admitted.delete(key)
       if (unverifiedSlot) this.unverified--
     }
-    for (const [key, samples] of this.folded) {
+    for (const [key, values] of this.folded) {
       if (present.has(key)) continue
       this.folded.delete(key)
-      for (const [prefix, { base, value }] of samples) {
-        const was = this.carried.get(prefix)
-        this.carried.set(prefix, { base, value: (was?.value ?? 0) + value })
+      for (const [overflowKey, { family, value }] of values) {
+        const was = this.carried.get(overflowKey)
+        this.carried.set(overflowKey, { family, value: (was?.value ?? 0) + value })
       }
     }
     const maxUnverified = unverifiedCap(limits)
@@ -367,8 +399,83 @@ export class PodMetrics {
       } else this.folded.set(key, new Map())
     }
   }
+
+  /**
+   * Folded identities' lines go to their overflow lines (counters and histograms summed, last seen the
+   * latest), and their requests count in nhi_identity_overflow_total, as one process counts a request
+   * that does not fit; with what was carried over from folded identities no worker tracks any more.
+   */
+  private fold(): void {
+    for (const line of this.extras) line.extra = undefined
+    this.extras = []
+    if (this.folded.size === 0 && this.carried.size === 0) return
+    const extra = new Map<string, Folded & { max: boolean }>()
+    const add = (family: Family, key: string, value: number, max: boolean) => {
+      const was = extra.get(key)
+      if (was === undefined) extra.set(key, { family, value, max })
+      else was.value = max ? Math.max(was.value, value) : was.value + value
+    }
+    const foldedNow = new Map<string, Map<string, Folded>>()
+    const overflow = this.families.get(OVERFLOW)
+    if (this.folded.size > 0) {
+      for (const f of this.families.values()) {
+        if (f.perProcess) continue
+        const additive = f.type !== 'gauge'
+        if (!additive && f.base !== LAST_SEEN) continue
+        for (const line of f.lines.values()) {
+          if (line.identity === undefined || line.processes === 0 || !this.folded.has(line.identity)) continue
+          const value = line.value()
+          add(f, line.overflowKey, value, !additive)
+          if (!additive) continue
+          let mine = foldedNow.get(line.identity)
+          if (!mine) {
+            mine = new Map()
+            foldedNow.set(line.identity, mine)
+          }
+          const sum = (family: Family, key: string, v: number) => {
+            const was = mine!.get(key)
+            mine!.set(key, { family, value: (was?.value ?? 0) + v })
+          }
+          sum(f, line.overflowKey, value)
+          // what one process counts when an identity does not fit: every request it makes
+          if (f.base === REQUESTS && overflow)
+            sum(overflow, `${OVERFLOW}_total{service="${line.service}"}`, value)
+        }
+      }
+    }
+    for (const [key, values] of foldedNow) this.folded.set(key, values)
+    for (const key of this.folded.keys()) if (!foldedNow.has(key)) this.folded.set(key, new Map())
+    for (const values of foldedNow.values()) {
+      for (const [key, { family, value }] of values) if (family === overflow) add(family, key, value, false)
+    }
+    for (const [key, { family, value }] of this.carried) add(family, key, value, false)
+
+    for (const [key, { family, value }] of extra) {
+      let line = family.lines.get(key)
+      if (line === undefined) {
+        line = new Line(key, family)
+        family.lines.set(key, line)
+      }
+      line.extra = value
+      this.extras.push(line)
+    }
+  }
+
+  private writeIdentities(out: string[], present: Map<string, Present>): void {
+    const byKind = new Map<string, number>()
+    for (const key of this.admitted.keys()) {
+      const p = present.get(key)
+      if (!p) continue
+      const labels = `service="${p.service}",kind="${p.kind}"`
+      byKind.set(labels, (byKind.get(labels) ?? 0) + 1)
+    }
+    for (const [labels, n] of byKind) out.push(`${IDENTITIES}{${labels}} ${n}\n`)
+  }
 }
 
-function withWorker(s: Sample, worker: string): string {
-  return `${s.name}{${s.labels === '' ? '' : `${s.labels},`}worker="${worker}"}`
+const PRIMARY = 'primary'
+
+function withWorker(key: string, worker: string): string {
+  const brace = key.indexOf('{')
+  return brace === -1 ? `${key}{worker="${worker}"}` : `${key.slice(0, -1)},worker="${worker}"}`
 }

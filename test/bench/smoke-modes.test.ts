@@ -10,6 +10,7 @@ import {
   runAllocSites,
 } from '../../bench/lib/alloc.ts'
 import { hasCommand } from '../../bench/lib/load.ts'
+import { POD_SCRAPE_BUDGET_MS, podScrapeMarkdown, runPodScrape } from '../../bench/lib/pod-scrape.ts'
 import { childPids } from '../../bench/lib/procs.ts'
 import { promCostMarkdown, runPromCost } from '../../bench/lib/prom-cost.ts'
 import { targetLine } from '../../bench/lib/report.ts'
@@ -160,6 +161,31 @@ t.test('allocation sites, tiny: a sampling heap profile of c names nhi-proxy fun
   )
   for (const s of [...r.self, ...r.nhi]) t.ok(s.share > 0 && s.share <= 1, `${s.site}: a share of the total`)
   t.match(allocSitesMarkdown(r), /By the innermost nhi-proxy function on the stack/)
+  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
+  t.same(after, [], 'no child process outlives the run')
+})
+
+t.test('pod scrape mode, tiny: the primary of workers: 2 timed per /metrics, both formats', async (t) => {
+  const before = new Set(await childPids(process.pid))
+  const r = await runPodScrape({ identities: 20, scrapes: 3, dist: false, log: () => {} })
+  t.same(
+    r.rows.map((row) => `${row.scenario} ${row.openMetrics ? 'om' : 'text'}`),
+    ['changed text', 'changed om', 'idle text', 'idle om'],
+  )
+  for (const row of r.rows) {
+    const name = `${row.scenario}, ${row.openMetrics ? 'OpenMetrics' : 'text'}`
+    t.equal(row.scrapes, 3, `${name}: every scrape timed`)
+    t.ok(row.primaryP50Ms > 0 && row.primaryP99Ms >= row.primaryP50Ms, `${name}: primary CPU read`)
+    t.ok(row.workersP50Ms > 0, `${name}: the workers' CPU read`)
+    // 20 callers: their requests, duration buckets and last-seen lines at least
+    t.ok(row.samples > 20 * 3, `${name}: ${row.samples} samples in the pod's /metrics`)
+  }
+  t.equal(r.target.target, POD_SCRAPE_BUDGET_MS)
+  t.match(
+    podScrapeMarkdown(r, targetLine),
+    /^(PASS|MISS) {2}workers: 2 \/metrics p99 ≤ 50 ms at 20 identities/m,
+    'PASS/MISS line for the budget',
+  )
   const after = (await childPids(process.pid)).filter((p) => !before.has(p))
   t.same(after, [], 'no child process outlives the run')
 })

@@ -143,6 +143,13 @@ t.test('workers: 2', async (t) => {
     t.ok(om.endsWith('# EOF\n'), 'OpenMetrics: one exposition, one # EOF')
     t.equal(om.match(/# EOF/g)?.length, 1)
     t.equal(sum(samples(om), 'nhi_requests_total'), sent)
+    // two scrapes at once: each worker answers the second from the snapshot the first moved on from, so
+    // the primary gets a whole snapshot for it and both bodies still hold every request
+    const formats: Record<string, string>[] = [{}, { accept: 'application/openmetrics-text' }]
+    const both = await Promise.all(
+      formats.map(async (headers) => samples(await (await fetch(`${admin}/metrics`, { headers })).text())),
+    )
+    for (const m of both) t.equal(sum(m, 'nhi_requests_total'), sent, 'concurrent scrapes agree')
     const view = (await (await fetch(`${admin}/identities`)).json()) as {
       identities: { name: string; source: string; requests: number }[]
       totals: { requests: number }

@@ -1,8 +1,15 @@
 // The merge behind /metrics with `workers: N`: counters and histograms summed series by series, gauges by
 // their largest value, the identity cap applied once for the pod (folded identities counted as overflow,
 // and still counted there after they go idle), runtime families kept apart by a worker label.
+import fc from 'fast-check'
 import t from 'tap'
-import { PodMetrics, parseExposition } from '../../src/telemetry/pod-metrics.ts'
+import { IdentityTable } from '../../src/telemetry/identity-table.ts'
+import { Metrics } from '../../src/telemetry/metrics.ts'
+import { PodExport } from '../../src/telemetry/pod-export.ts'
+import { PodMetrics } from '../../src/telemetry/pod-metrics.ts'
+import { identity, requestEvent } from '../helpers/events.ts'
+import { parseExposition } from '../helpers/exposition.ts'
+import { checkProperty } from '../helpers/property.ts'
 
 const header = (name: string, type: string) => `# HELP ${name} h\n# TYPE ${name} ${type}\n`
 const id = (name: string, extra = '') => `service="s",identity="${name}",source="apikey"${extra}`
@@ -130,18 +137,240 @@ t.test('OpenMetrics in, OpenMetrics out: exemplars dropped, one # EOF', async (t
   t.match(body, /^# TYPE nhi_worker_requests counter$/m)
 })
 
-t.test('label values with braces, quotes and backslashes parse as one series', async (t) => {
-  // the parser jumps from quote to quote: a `}` inside a value does not end the labels, an escaped quote
-  // does not end the value, an escaped backslash before the closing quote does not escape it
-  const labels = 'identity="a}b \\"c} d\\\\",route="/x{y}"'
-  const body = `# TYPE x counter\nx_total{${labels}} 3 # {trace_id="t"} 1 2.000\nx_total{k="\\\\"} 4\nx_total 5\n`
-  const [family] = parseExposition(body)
+t.test('label values with braces, quotes and backslashes are one line each in a snapshot', async (t) => {
+  // keys end where the labels end: a `}` inside a value does not end them, an escaped quote does not end
+  // the value, an escaped backslash before the closing quote does not escape it; an exemplar is not a value
+  const labels = 'identity="a}b \\"c} # d\\\\",route="/x{y}"'
+  const body = `# TYPE x_total counter\nx_total{${labels}} 3 # {trace_id="t"} 1 2.000\nx_total{k="\\\\"} 4\nx_total 5\n`
+  const s = new PodExport().snapshot([body], -1)
+  t.same(s.lineKeys, [`x_total{${labels}}`, 'x_total{k="\\\\"}', 'x_total'])
+  t.same([...s.values], [3, 4, 5])
   t.same(
-    family?.samples.map((s) => [s.prefix, s.labels, s.value]),
-    [
-      [`x_total{${labels}}`, labels, 3],
-      ['x_total{k="\\\\"}', 'k="\\\\"', 4],
-      ['x_total', '', 5],
-    ],
+    parseExposition(body)[0]?.samples.map((x) => [x.prefix, x.value]),
+    s.lineKeys.map((k, i) => [k, s.values[i]]),
+    "the tests' reference parser reads the same lines",
+  )
+})
+
+// The incremental path as the pod runs it: each worker's real Metrics, rendered as pieces, exported as
+// snapshots of what changed, merged line by line in the primary. After any sequence of updates, idle
+// sweeps, lost replies and worker restarts on several workers, /metrics must hold what merging every
+// worker's fresh text gives: checked against a plain merge of the parsed texts (the oracle below) and
+// against a new PodMetrics given the texts whole, in both formats.
+const NAMES = [
+  identity('payments/api'),
+  identity('ci/nightly', { kind: 'job', source: 'jwt', expectEveryMs: 60_000 }),
+  identity('odd "name" {x} \\ # y', { source: 'apikey' }),
+  identity('ua:crawler', { kind: 'bot', source: 'useragent', verified: false }),
+  identity('agent-7', { kind: 'agent', source: 'jwt', verified: false }),
+]
+const PRIMARY_ONLY = new Set([
+  'nhi_config_reloads',
+  'nhi_config_last_reload_success_timestamp_seconds',
+  'nhi_build_info',
+])
+
+type PodOp =
+  | {
+      op: 'request'
+      worker: number
+      who: number
+      method: string
+      route: string
+      status: number
+      durationMs: number
+      grpc: number | undefined
+    }
+  | { op: 'sweep'; worker: number; idleMs: number }
+  | { op: 'restart'; worker: number }
+  | { op: 'scrape'; om: boolean; lost: number | undefined }
+
+const podOp: fc.Arbitrary<PodOp> = fc.oneof(
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      op: fc.constant('request' as const),
+      worker: fc.integer({ min: 0, max: 2 }),
+      who: fc.integer({ min: 0, max: NAMES.length - 1 }),
+      method: fc.constantFrom('GET', 'POST'),
+      route: fc.constantFrom('/a', '/b/:id'),
+      status: fc.constantFrom(200, 404, 503),
+      durationMs: fc.constantFrom(1, 40, 300, 7000),
+      grpc: fc.option(fc.constantFrom(0, 14), { nil: undefined }),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      op: fc.constant('sweep' as const),
+      worker: fc.integer({ min: 0, max: 2 }),
+      idleMs: fc.constantFrom(600, 1_100),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ op: fc.constant('restart' as const), worker: fc.integer({ min: 0, max: 2 }) }),
+  },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('scrape' as const),
+      om: fc.boolean(),
+      lost: fc.option(fc.integer({ min: 0, max: 2 }), { nil: undefined }),
+    }),
+  },
+)
+
+class FakeWorker {
+  now = 1_000_000
+  private scrapes = 0
+  readonly table = new IdentityTable({ maxIdentities: 100, idleTtlMs: 1_000 })
+  readonly metrics = new Metrics({ service: 's', buckets: [0.01, 0.1, 1], version: '1', table: this.table })
+  readonly exporter = new PodExport()
+  /** runtime families, as prom-client's registry adds them: new values at every scrape */
+  runtime(): string {
+    this.scrapes++
+    return `# HELP process_cpu_seconds_total c\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total ${this.scrapes * 0.25}\n# HELP nodejs_heap_bytes h\n# TYPE nodejs_heap_bytes gauge\nnodejs_heap_bytes{space="old"} ${1000 + (this.scrapes % 3)}\n`
+  }
+}
+
+function samplesOf(body: string): Map<string, number> {
+  const out = new Map<string, number>()
+  for (const f of parseExposition(body)) for (const s of f.samples) out.set(s.prefix, s.value)
+  return out
+}
+
+/**
+ * The same series with the same values, up to the rounding of a floating-point sum: the primary adds the
+ * workers' values in the order it first heard from them, which after a restart is not the workers' order.
+ */
+function sameSamples(got: Map<string, number>, want: Map<string, number>): boolean {
+  if (got.size !== want.size) return false
+  for (const [key, w] of want) {
+    const g = got.get(key)
+    if (g === undefined || !(Object.is(g, w) || Math.abs(g - w) <= 1e-12 * Math.max(1, Math.abs(w))))
+      return false
+  }
+  return true
+}
+
+/** the merge written plainly from the texts: the reference the incremental path must agree with */
+function oracle(workers: { worker: string; body: string }[], primaryBody: string, restarts: number) {
+  const out = new Map<string, number>()
+  const put = (key: string, value: number, max: boolean) => {
+    const was = out.get(key)
+    out.set(key, was === undefined ? value : max ? Math.max(was, value) : was + value)
+  }
+  const withWorker = (s: { name: string; labels: string }, w: string) =>
+    `${s.name}{${s.labels === '' ? '' : `${s.labels},`}worker="${w}"}`
+  const identities = new Map<string, string>()
+  for (const { worker, body } of workers) {
+    let served = 0
+    for (const f of parseExposition(body)) {
+      if (PRIMARY_ONLY.has(f.base) || f.base === 'nhi_identities') continue
+      for (const s of f.samples) {
+        if (!f.base.startsWith('nhi_')) {
+          put(withWorker(s, worker), s.value, false)
+          continue
+        }
+        put(s.prefix, s.value, f.type === 'gauge')
+        if (f.base === 'nhi_requests') served += s.value
+        if (f.base === 'nhi_identity_last_seen_timestamp_seconds') {
+          const m = /^(service="[^"]*"),identity="((?:[^"\\]|\\.)*)",source="([^"]*)",kind="([^"]*)"/.exec(
+            s.labels,
+          )!
+          identities.set(`${m[3]} ${m[2]}`, `nhi_identities{${m[1]},kind="${m[4]}"}`)
+        }
+      }
+    }
+    out.set(`nhi_worker_requests_total{service="s",worker="${worker}"}`, served)
+  }
+  for (const key of identities.values()) put(key, 1, false)
+  for (const f of parseExposition(primaryBody)) {
+    if (f.base.startsWith('nhi_') && !PRIMARY_ONLY.has(f.base) && f.base !== 'nhi_audit_dropped_lines')
+      continue
+    for (const s of f.samples)
+      put(f.base.startsWith('nhi_') ? s.prefix : withWorker(s, 'primary'), s.value, false)
+  }
+  out.set('nhi_worker_restarts_total{service="s"}', restarts)
+  return out
+}
+
+t.test('merged snapshots equal the merge of fresh text, after any updates on several workers', async (t) => {
+  checkProperty(
+    t,
+    'incremental /metrics equals the merge of fresh text, both formats',
+    fc.property(fc.array(podOp, { minLength: 10, maxLength: 80 }), (ops) => {
+      let workers = [new FakeWorker(), new FakeWorker(), new FakeWorker()]
+      const primaryTable = new IdentityTable({ maxIdentities: 100, idleTtlMs: 1_000 })
+      const primaryMetrics = new Metrics({ service: 's', buckets: [0.01], version: '1', table: primaryTable })
+      primaryMetrics.configReloaded('success', 5_000)
+      const primaryExport = new PodExport()
+      const pod = new PodMetrics()
+      let restarts = 0
+      const podState = { service: 's', limits: { maxIdentities: 100, idleTtlMs: 1_000 }, restarts: 0 }
+      for (const o of ops) {
+        if (o.op === 'request') {
+          const w = workers[o.worker]!
+          w.now += 10
+          const { entry, overflowed } = w.table.admit(NAMES[o.who]!, w.now)
+          w.metrics.observe(
+            entry,
+            requestEvent({
+              identity: NAMES[o.who]!,
+              time: w.now,
+              method: o.method,
+              route: o.route,
+              status: o.status,
+              durationMs: o.durationMs,
+              bytesIn: o.method === 'POST' ? 10 : 0,
+              ...(o.grpc === undefined ? {} : { grpcStatus: o.grpc }),
+            }),
+            overflowed,
+            0,
+            'USD',
+          )
+          continue
+        }
+        if (o.op === 'sweep') {
+          const w = workers[o.worker]!
+          w.now += o.idleMs
+          w.table.sweep(w.now)
+          continue
+        }
+        if (o.op === 'restart') {
+          workers = workers.map((w, i) => (i === o.worker ? new FakeWorker() : w))
+          pod.drop(String(o.worker + 1))
+          restarts++
+          continue
+        }
+        const texts: { worker: string; body: string }[] = []
+        workers.forEach((w, i) => {
+          const runtime = w.runtime()
+          const label = String(i + 1)
+          const snapshot = w.exporter.snapshot(w.metrics.pieces(false, runtime), pod.since(label))
+          texts.push({ worker: label, body: w.metrics.pieces(false, runtime).join('') })
+          // a reply that arrived after the primary stopped waiting: never applied
+          if (o.lost !== i) pod.apply(label, snapshot)
+        })
+        const primaryBody = primaryMetrics.pieces(false).join('')
+        pod.apply('primary', primaryExport.snapshot([primaryBody], pod.since('primary')))
+        podState.restarts = restarts
+        const merged = pod.render(podState, o.om)
+        const applied = texts.filter((_, i) => o.lost !== i)
+        // a worker whose reply was lost counts with its previous snapshot: compare the others' scrape
+        if (o.lost !== undefined) continue
+        const want = oracle(applied, primaryBody, restarts)
+        if (!sameSamples(samplesOf(merged), want)) return false
+        const fresh = new PodMetrics().merge(texts, { worker: 'primary', body: primaryBody }, podState, o.om)
+        if (!sameSamples(samplesOf(fresh), want)) return false
+        const types: string[] = merged.match(/^# TYPE \S+/gm) ?? []
+        if (new Set(types).size !== types.length) return false
+        if (o.om !== merged.endsWith('# EOF\n')) return false
+        if (o.om && !types.includes('# TYPE nhi_requests')) return false
+      }
+      return true
+    }),
+    200,
   )
 })
