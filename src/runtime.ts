@@ -13,7 +13,7 @@ import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
-import { parsePeerCertificate } from './identity/certificate.ts'
+import { loadCertificateDecoder, parsePeerCertificate } from './identity/certificate.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
@@ -263,6 +263,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     log.info({ event: 'otlp_export', target: telemetry.otlp.target }, 'exporting spans over OTLP')
 
   const tls = await readTls(initial, opts.tls)
+  // the https listener parses a client certificate synchronously as each TLS connection comes in
+  if (tls) await loadCertificateDecoder()
   const upstreamTls = await readUpstreamTls(initial)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
