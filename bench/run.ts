@@ -3,7 +3,7 @@
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}; alloc: alloc.{md,json}; alloc-sites: alloc-sites.{md,json}).
 import { writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { parseDuration } from '../src/util/duration.ts'
@@ -61,6 +61,10 @@ const program = new Command()
     'cold start mode: N starts of the bundle (--starts, default 15) to the first proxied 200, wall clock and CPU time',
   )
   .option('--starts <n>', 'cold start mode: recorded starts', positive, 15)
+  .option(
+    '--cold-start-baseline <bundle>',
+    'cold start mode: another build of dist/nhi-proxy.mjs to start alternately with this one, for before/after',
+  )
   .option('--memory', 'memory mode: 1,000,000 tokens + 100,000 XFCC identities')
   .option('--memory-quick', 'memory mode with 100,000 tokens + 10,000 XFCC identities')
   .option(
@@ -115,6 +119,7 @@ const o = program.opts<{
   audit: string
   coldStart: string
   coldStartOnly?: boolean
+  coldStartBaseline?: string
   starts: number
   memory?: boolean
   memoryQuick?: boolean
@@ -306,7 +311,12 @@ async function coldStartMode(): Promise<void> {
   // --quick takes an up-to-date bundle as it is (like the h2 mode); otherwise the bundle is built first
   const dist = quick ? freshDist() : buildDist()
   if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources through tsx')
-  const r = await runColdStart({ starts: Math.round(o.starts), dist, log })
+  const r = await runColdStart({
+    starts: Math.round(o.starts),
+    dist,
+    log,
+    ...(o.coldStartBaseline ? { baseline: resolve(o.coldStartBaseline) } : {}),
+  })
   const md = coldStartMarkdown(r, targetLine)
   process.stdout.write(md)
   for (const t of r.targets) log(targetLine(t))
