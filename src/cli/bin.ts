@@ -6,9 +6,19 @@
 // Node 20, nothing changes but the time. NODE_DISABLE_COMPILE_CACHE=1 turns it off.
 import module from 'node:module'
 
+const cache = module as { enableCompileCache?: () => unknown; flushCompileCache?: () => void }
 try {
-  ;(module as { enableCompileCache?: () => unknown }).enableCompileCache?.()
+  cache.enableCompileCache?.()
 } catch {
   // a cache that cannot be set up costs compile time, never the start
 }
 await import('./main.ts')
+// Node writes the cache when the process exits, and a sidecar is often killed rather than exited: write it
+// once a start has loaded what it loads (prom-client comes a second after listening), out of its way
+setTimeout(() => {
+  try {
+    cache.flushCompileCache?.()
+  } catch {
+    // as above
+  }
+}, 5000).unref()
