@@ -129,8 +129,9 @@ export async function runColdStart(opts: {
     const runs: { how: string; bundle?: string; samples: ColdStartSample[] }[] = [
       { how: command(opts.dist), samples: [] },
     ]
+    // named by its role, not by its path: the results are committed
     if (opts.baseline)
-      runs.push({ how: `node ${opts.baseline} run -c FILE`, bundle: opts.baseline, samples: [] })
+      runs.push({ how: 'baseline build: node BASELINE run -c FILE', bundle: opts.baseline, samples: [] })
     for (const r of runs) await coldStartOnce(dir, upstream, jwksFile, opts.dist, r.bundle)
     for (let i = 0; i < opts.starts; i++) {
       for (const r of runs) {
