@@ -1,13 +1,14 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --pod-scrape | --alloc | --alloc-sites]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --cold-start-only | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --pod-scrape | --alloc | --alloc-sites]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}; alloc: alloc.{md,json}; alloc-sites: alloc-sites.{md,json}).
 import { writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { parseDuration } from '../src/util/duration.ts'
 import { allocMarkdown, allocSitesMarkdown, runAlloc, runAllocSites } from './lib/alloc.ts'
+import { coldStartMarkdown, runColdStart } from './lib/cold-start.ts'
 import { floodMarkdown, runFlood } from './lib/flood.ts'
 import { h2Markdown, runH2 } from './lib/h2.ts'
 import { runBench } from './lib/harness.ts'
@@ -56,6 +57,15 @@ const program = new Command()
   .option('--no-write', 'print only; do not write bench/results')
   .option('--audit <output>', 'nhi-proxy audit output (off | /dev/null | file)', '/dev/null')
   .option('--cold-start <how>', 'build (npm run build, dist) | tsx | skip', 'build')
+  .option(
+    '--cold-start-only',
+    'cold start mode: N starts of the bundle (--starts, default 15) to the first proxied 200, wall clock and CPU time',
+  )
+  .option('--starts <n>', 'cold start mode: recorded starts', positive, 15)
+  .option(
+    '--cold-start-baseline <bundle>',
+    'cold start mode: another build of dist/nhi-proxy.mjs to start alternately with this one, for before/after',
+  )
   .option('--memory', 'memory mode: 1,000,000 tokens + 100,000 XFCC identities')
   .option('--memory-quick', 'memory mode with 100,000 tokens + 10,000 XFCC identities')
   .option(
@@ -117,6 +127,9 @@ const o = program.opts<{
   write: boolean
   audit: string
   coldStart: string
+  coldStartOnly?: boolean
+  coldStartBaseline?: string
+  starts: number
   memory?: boolean
   memoryQuick?: boolean
   flood?: boolean
@@ -325,6 +338,27 @@ async function allocMode(): Promise<void> {
   }
 }
 
+async function coldStartMode(): Promise<void> {
+  const quick = o.quick === true
+  // --quick takes an up-to-date bundle as it is (like the h2 mode); otherwise the bundle is built first
+  const dist = quick ? freshDist() : buildDist()
+  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources through tsx')
+  const r = await runColdStart({
+    starts: Math.round(o.starts),
+    dist,
+    log,
+    ...(o.coldStartBaseline ? { baseline: resolve(o.coldStartBaseline) } : {}),
+  })
+  const md = coldStartMarkdown(r, targetLine)
+  process.stdout.write(md)
+  for (const t of r.targets) log(targetLine(t))
+  if (o.write) {
+    await writeFile(join(results, 'cold-start.md'), md)
+    await writeFile(join(results, 'cold-start.json'), `${JSON.stringify(r, null, 2)}\n`)
+    log(`wrote ${join(results, 'cold-start.md')}, cold-start.json`)
+  }
+}
+
 async function allocSitesMode(): Promise<void> {
   const quick = o.quick === true
   const r = await runAllocSites({
@@ -343,22 +377,24 @@ async function allocSitesMode(): Promise<void> {
   }
 }
 
-await (o.allocSites
-  ? allocSitesMode()
-  : o.alloc
-    ? allocMode()
-    : o.workers
-      ? workersMode()
-      : o.memory || o.memoryQuick
-        ? memoryMode()
-        : o.flood
-          ? floodMode()
-          : o.otlp
-            ? otlpMode()
-            : o.h2
-              ? h2Mode()
-              : o.prom
-                ? promMode()
-                : o.podScrape
-                  ? podScrapeMode()
-                  : throughputMode())
+await (o.coldStartOnly
+  ? coldStartMode()
+  : o.allocSites
+    ? allocSitesMode()
+    : o.alloc
+      ? allocMode()
+      : o.workers
+        ? workersMode()
+        : o.memory || o.memoryQuick
+          ? memoryMode()
+          : o.flood
+            ? floodMode()
+            : o.otlp
+              ? otlpMode()
+              : o.h2
+                ? h2Mode()
+                : o.prom
+                  ? promMode()
+                  : o.podScrape
+                    ? podScrapeMode()
+                    : throughputMode())

@@ -32,7 +32,8 @@ const result = await build({
   metafile: true,
   // the JWT verification worker and the OTLP export thread are files of their own, started as worker threads
   entryPoints: {
-    'nhi-proxy': 'src/cli/main.ts',
+    // a few lines that turn on the compile cache, then import the CLI (a chunk of its own)
+    'nhi-proxy': 'src/cli/bin.ts',
     'jwt-verify-worker': 'src/identity/jwt/verify-worker.ts',
     'otlp-export-worker': 'src/telemetry/otlp-worker.ts',
   },

@@ -13,7 +13,7 @@ import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
-import { parsePeerCertificate } from './identity/certificate.ts'
+import { loadCertificateDecoder, parsePeerCertificate } from './identity/certificate.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
@@ -38,6 +38,8 @@ export interface ListenOverrides {
 export interface StartOptions {
   /** a config file (watched for changes) … */
   configPath?: string
+  /** … already loaded and valid (the CLI reads it first for `workers`): not read a second time at start */
+  preloaded?: Config
   /** … or an in-memory config (demo, tests); not watched */
   config?: Config
   overrides?: ListenOverrides
@@ -215,6 +217,9 @@ export class TokenFile {
 
 const TOKEN_MAX_AGE_MS = 30_000
 
+/** from listening to loading prom-client's default collectors, unless /metrics is scraped sooner */
+const PROCESS_METRICS_DELAY_MS = 1000
+
 /** A proxy worker of `workers: N`: a sidecar without the admin listener (StartOptions.worker). */
 export type WorkerSidecar = Omit<Sidecar, 'adminAddress'>
 
@@ -234,7 +239,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const log = opts.log
   const configPath = opts.configPath ? resolve(opts.configPath) : undefined
   const initial = applyOverrides(
-    configPath ? await loadOrFail(configPath) : (opts.config ?? configSchema.parse({})),
+    configPath ? (opts.preloaded ?? (await loadOrFail(configPath))) : (opts.config ?? configSchema.parse({})),
     opts.overrides,
   )
   const telemetry = new Telemetry(initial, {
@@ -258,6 +263,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     log.info({ event: 'otlp_export', target: telemetry.otlp.target }, 'exporting spans over OTLP')
 
   const tls = await readTls(initial, opts.tls)
+  // the https listener parses a client certificate synchronously as each TLS connection comes in
+  if (tls) await loadCertificateDecoder()
   const upstreamTls = await readUpstreamTls(initial)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
@@ -329,7 +336,9 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   }
   if (!proxyAddrs.http) throw new StartupError('http listener did not start', 2)
   listening = true
-  void telemetry.startProcessMetrics()
+  // after the first requests rather than in their way (ProcessMetrics: a scrape before then starts it at once)
+  const processMetricsTimer = setTimeout(() => void telemetry.startProcessMetrics(), PROCESS_METRICS_DELAY_MS)
+  processMetricsTimer.unref()
 
   // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
   const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
@@ -385,6 +394,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     skipDrainDelay?.()
     closing ??= (async () => {
       draining = true
+      clearTimeout(processMetricsTimer)
       watcher?.close()
       await proxy.close(pipeline.config.timeouts.drain)
       await admin?.close()

@@ -2,18 +2,17 @@
 // interleaved rounds (a, b, b2, c, … then again), so slow drift of the machine hits all of them alike.
 import { execFileSync } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { request } from 'node:http'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createCA, issueCert } from '../../test/helpers/pki.ts'
+import { coldStartOnce } from './cold-start.ts'
 import { ensureWrk, hasCommand, type LoadResult, type LoadSpec, runLoad } from './load.ts'
 import { startNginx } from './nginx.ts'
-import { buildDist, freshDist, nhiCommand, nhiConfigYaml, REPO_ROOT, startNhi } from './nhi.ts'
+import { buildDist, freshDist, REPO_ROOT, startNhi } from './nhi.ts'
 import {
   cpuMicros,
   freePort,
   type ServerProcess,
-  sleep,
   spawnProcess,
   stopAll,
   treeCpuMicros,
@@ -218,37 +217,6 @@ async function measure(
   const sample: RoundSample = { ...load, round, upstreamCpuUs: (upAfter - upBefore) / n }
   if (r.proxy) sample.proxyCpuUs = (proxyAfter - proxyBefore) / n
   return sample
-}
-
-/** Time from spawning `nhi-proxy run` until the first request through it answers 200. */
-async function coldStart(dir: string, upstream: string, jwksFile: string, dist: boolean): Promise<number> {
-  const port = await freePort()
-  const adminPort = await freePort()
-  const file = join(dir, `cold-${port}.yaml`)
-  await writeFile(file, nhiConfigYaml({ port, adminPort, upstream, jwksFile }))
-  const { command, args } = nhiCommand(file, { dist, orphanGuard: false })
-  const started = performance.now()
-  const proc = spawnProcess('cold-start', command, args, { env: { NHI_LOG_LEVEL: 'warn' } })
-  try {
-    const deadline = started + 15_000
-    while (performance.now() < deadline) {
-      const status = await new Promise<number>((resolve) => {
-        const req = request({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
-          res.resume()
-          resolve(res.statusCode ?? 0)
-        })
-        req.on('error', () => resolve(0))
-        req.end()
-      })
-      if (status === 200) return performance.now() - started
-      if (proc.child.exitCode !== null)
-        throw new Error(`nhi-proxy exited during cold start:\n${proc.stderrTail()}`)
-      await sleep(5)
-    }
-    throw new Error('nhi-proxy did not answer within 15 s of starting')
-  } finally {
-    await proc.stop()
-  }
 }
 
 export function target(
@@ -508,9 +476,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
 
     let cold: BenchResult['coldStart']
     if (opts.coldStart !== 'skip') {
-      const tries = opts.quick ? 1 : 3
+      // five starts: three could not tell a change from one start's spread (bench --cold-start-only for more)
+      const tries = opts.quick ? 1 : 5
       const ms: number[] = []
-      for (let i = 0; i < tries; i++) ms.push(await coldStart(dir, upstreamUrl, jwksFile, dist))
+      for (let i = 0; i < tries; i++)
+        ms.push((await coldStartOnce(dir, upstreamUrl, jwksFile, dist)).firstOkMs)
       cold = {
         ms,
         medianMs: median(ms),

@@ -6,7 +6,7 @@ import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
 import { redactHeader } from '../config/redact.ts'
 import { type Config, configSchema } from '../config/schema.ts'
-import { certEvidenceFromX509 } from '../identity/certificate.ts'
+import { certEvidenceFromX509, loadCertificateDecoder } from '../identity/certificate.ts'
 import { evidenceByName } from '../identity/sources/source.ts'
 import { AttributionPipeline } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
@@ -66,6 +66,7 @@ async function certFromFile(
   } catch (e) {
     notes.push(`cannot read clientCA ${caFile}: ${(e as Error).message}`)
   }
+  await loadCertificateDecoder()
   return certEvidenceFromX509(cert, 'mtls', verified)
 }
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
+import { availableParallelism } from 'node:os'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { loadConfigFile } from '../config/loader.ts'
+import type { Config } from '../config/schema.ts'
 import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
-import { isWorkerProcess, runWorker, startPod, workerCount } from '../workers.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
 
@@ -83,13 +84,25 @@ function fail(err: unknown): never {
 }
 
 /**
- * `workers` of the config file; 1 when there is none or it does not load (the single-process start then
- * reports why, exactly as without this setting).
+ * The config file, loaded once for `workers` and then handed to the sidecar; undefined when there is none or
+ * it does not load (the single-process start then loads it again and reports why, exactly as without
+ * `workers`).
  */
-async function configuredWorkers(path: string | undefined): Promise<number | 'auto'> {
-  if (!path) return 1
+async function preloadConfig(path: string | undefined): Promise<Config | undefined> {
+  if (!path) return undefined
   const result = await loadConfigFile(path)
-  return result.ok ? result.config.workers : 1
+  return result.ok ? result.config : undefined
+}
+
+/**
+ * Whether this is a worker process of `workers: N`. The primary forks every worker with NHI_WORKER_SLOT set
+ * (src/workers.ts), so only then is the pod code (and node:cluster, ≈ 8 ms to load) imported to ask cluster
+ * itself; a one-process start loads neither.
+ */
+async function isClusterWorker(): Promise<boolean> {
+  if (process.env['NHI_WORKER_SLOT'] === undefined) return false
+  const { isWorkerProcess } = await import('../workers.ts')
+  return isWorkerProcess()
 }
 
 const program = new Command()
@@ -145,9 +158,15 @@ then in-flight requests get up to timeouts.drain; exit 0. A second signal skips 
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
       const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin }
       try {
-        if (isWorkerProcess()) return await runWorker(log)
-        const workers = workerCount(o.workers ?? (await configuredWorkers(configPath)))
+        if (await isClusterWorker()) {
+          const { runWorker } = await import('../workers.ts')
+          return await runWorker(log)
+        }
+        const preloaded = await preloadConfig(configPath)
+        const setting = o.workers ?? preloaded?.workers ?? 1
+        const workers = setting === 'auto' ? availableParallelism() : setting
         if (workers > 1) {
+          const { startPod } = await import('../workers.ts')
           const pod = await startPod({ configPath, overrides, workers, log })
           const admin = `http://${fmtHost(pod.adminAddress)}`
           log.info(
@@ -169,6 +188,7 @@ then in-flight requests get up to timeouts.drain; exit 0. A second signal skips 
         }
         const sidecar = await startSidecar({
           configPath,
+          ...(preloaded ? { preloaded } : {}),
           overrides,
           log,
         })

@@ -1,8 +1,6 @@
 // Client certificates → CertEvidence. Used once per TLS connection (mTLS) and by the forwarded-cert parsers.
 import { X509Certificate } from 'node:crypto'
 import type { TLSSocket } from 'node:tls'
-import { AsnConvert } from '@peculiar/asn1-schema'
-import { Certificate, id_ce_subjectAltName, SubjectAlternativeName } from '@peculiar/asn1-x509'
 import { LRUCache } from 'lru-cache'
 import type { CertEvidence, Failure } from '../types.ts'
 import { sha256Hex } from '../util/fingerprint.ts'
@@ -127,36 +125,31 @@ export interface CertificateNames {
   sans: SubjectAltNames
 }
 
-const OID_COMMON_NAME = '2.5.4.3'
+type Decoder = typeof import('./certificate-names.ts')
+let decoder: Decoder | undefined
+let loading: Promise<void> | undefined
 
 /**
- * Decodes the subject CN and the subjectAltName extension from a certificate's DER. Node prints all SANs on
- * one line where a URI may hold ", DNS:" or quotes and reads back right only as long as its quoting does
- * (which changed across Node versions); the decoded GeneralNames need no unquoting, and IPs come from their
- * octets (IPv6 compressed, lower case) rather than Node's expanded upper-case text.
- * Cost: one parse of an EC P-256 SVID leaf took 0.9–1.3 ms in loops of 5 000 on a 2-core machine at load
- * 8–9 (so less on an idle one), 2.5–3× Node's own `new X509Certificate()` of the same DER there. It runs
- * once per TLS connection, and per request for a forwarded certificate, which is parsed by Node as well.
+ * Loads the DER decoder of certificate names (certificate-names.ts). It is an X.509 schema library of some
+ * 180 KB that a sidecar without client certificates never needs, so it is not part of the start: the https
+ * listener with client certificates, the forwarded-certificate source and `explain --cert` load it before
+ * they read a certificate. Idempotent.
  */
+export function loadCertificateDecoder(): Promise<void> {
+  loading ??= import('./certificate-names.ts').then((m) => {
+    decoder = m
+  })
+  return loading
+}
+
+export function certificateDecoderLoaded(): boolean {
+  return decoder !== undefined
+}
+
+/** See certificate-names.ts; the decoder has to be loaded (loadCertificateDecoder) first. */
 export function certificateNames(der: Uint8Array): CertificateNames {
-  const out: CertificateNames = { sans: { dns: [], uri: [], email: [], ip: [] } }
-  const tbs = AsnConvert.parse(der, Certificate).tbsCertificate
-  for (const rdn of tbs.subject) {
-    const cn = rdn.find((a) => a.type === OID_COMMON_NAME)?.value.toString()
-    if (cn) {
-      out.cn = cn
-      break
-    }
-  }
-  const ext = tbs.extensions?.find((e) => e.extnID === id_ce_subjectAltName)
-  if (!ext) return out
-  for (const name of AsnConvert.parse(ext.extnValue, SubjectAlternativeName)) {
-    if (name.dNSName !== undefined) out.sans.dns.push(name.dNSName)
-    else if (name.uniformResourceIdentifier !== undefined) out.sans.uri.push(name.uniformResourceIdentifier)
-    else if (name.rfc822Name !== undefined) out.sans.email.push(name.rfc822Name)
-    else if (name.iPAddress !== undefined) out.sans.ip.push(name.iPAddress)
-  }
-  return out
+  if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
+  return decoder.certificateNames(der)
 }
 
 export interface CertFields {
@@ -224,6 +217,8 @@ export function certEvidenceFromX509(
   verified: boolean,
   via?: ForwardedVia,
 ): CertEvidence | Failure {
+  // not a property of the certificate: a caller that did not load the decoder is a bug, not a malformed cert
+  if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
   const sha256 = sha256Hex(x.raw)
   let names = namesByCertificate.get(sha256)
   try {

@@ -1,7 +1,7 @@
 // Crawlers, bots and AI crawlers from the maintained crawler corpus (crawler-user-agents, shipped here as
-// the snapshot agent-data.generated.json; see scripts/refresh-agents.mjs). Compiled once at startup into
-// one RegExp per pattern plus an index from a 3-letter slice of each pattern's required literal text to
-// the patterns that need it, so a lookup tests only the few patterns whose literal occurs in the user agent
+// the snapshot agent-data.generated.json; see scripts/refresh-agents.mjs). Compiled once, at the first
+// lookup, into one RegExp per pattern plus an index from a 3-letter slice of each pattern's required literal
+// text to the patterns that need it, so a lookup tests only the few patterns whose literal occurs in the user agent
 // instead of all of them (one RegExp alternating ~1,500 patterns is ~50x slower than this in V8).
 import data from './agent-data.generated.json' with { type: 'json' }
 
@@ -81,35 +81,46 @@ export function requiredLiteral(pattern: string): string {
   return best
 }
 
-const compiled: Compiled[] = []
-const byGram = new Map<string, number[]>()
-const unindexed: number[] = []
-
-for (const [pattern, ai] of data.patterns as [string, number][]) {
-  // AI-tagged entries first, so a user agent that names an AI crawler and another bot is the AI crawler
-  compiled.push({ re: new RegExp(pattern), ai: ai === 1, literal: requiredLiteral(pattern).toLowerCase() })
+interface Index {
+  compiled: Compiled[]
+  byGram: Map<string, number[]>
+  /** patterns tried on every lookup because they have no literal text to index them by */
+  unindexed: number[]
+  /** per pattern, the lookup that last tried it */
+  tried: Uint32Array
 }
-compiled.sort((a, b) => Number(b.ai) - Number(a.ai))
-compiled.forEach(({ literal }, i) => {
-  if (literal.length < GRAM) {
-    unindexed.push(i)
-    return
+
+let index: Index | undefined
+
+/** built at the first lookup rather than at import: ~1,500 patterns are a few ms a start need not spend */
+function build(): Index {
+  const compiled: Compiled[] = []
+  const byGram = new Map<string, number[]>()
+  const unindexed: number[] = []
+  for (const [pattern, ai] of data.patterns as [string, number][]) {
+    // AI-tagged entries first, so a user agent that names an AI crawler and another bot is the AI crawler
+    compiled.push({ re: new RegExp(pattern), ai: ai === 1, literal: requiredLiteral(pattern).toLowerCase() })
   }
-  const gram = literal.slice(0, GRAM)
-  const list = byGram.get(gram)
-  if (list) list.push(i)
-  else byGram.set(gram, [i])
-})
+  compiled.sort((a, b) => Number(b.ai) - Number(a.ai))
+  compiled.forEach(({ literal }, i) => {
+    if (literal.length < GRAM) {
+      unindexed.push(i)
+      return
+    }
+    const gram = literal.slice(0, GRAM)
+    const list = byGram.get(gram)
+    if (list) list.push(i)
+    else byGram.set(gram, [i])
+  })
+  return { compiled, byGram, unindexed, tried: new Uint32Array(compiled.length) }
+}
 
-const tried = new Uint32Array(compiled.length)
 let epoch = 0
-
-/** patterns tried on every lookup because they have no literal text to index them by */
-export const UNINDEXED_PATTERNS = unindexed.length
-export const CRAWLER_PATTERNS = compiled.length
 
 /** The corpus entry that matches `ua` (AI-tagged entries first, then corpus order), if any. */
 export function findCrawler(ua: string): CrawlerMatch | undefined {
+  index ??= build()
+  const { compiled, byGram, unindexed, tried } = index
   const lower = ua.toLowerCase()
   let best = Number.POSITIVE_INFINITY
   let hit: RegExpExecArray | null = null

@@ -1,9 +1,12 @@
 import t from 'tap'
 import { AnomalyDetector, addFailureAnomalies, anomaliesFromFailures } from '../../src/identity/anomalies.ts'
-import { certEvidenceFromPem } from '../../src/identity/certificate.ts'
+import { certEvidenceFromPem, loadCertificateDecoder } from '../../src/identity/certificate.ts'
 import type { CertEvidence, ConnectionInfo, EvidenceSet, Identity, JwtEvidence } from '../../src/types.ts'
 import { type EvidenceParts, evidenceSet } from '../helpers/evidence.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
+
+// the X.509 name decoder is loaded on demand (as the sidecar does before it reads a certificate)
+await loadCertificateDecoder()
 
 const ca = await createCA('mesh-ca')
 const apiCert = certEvidenceFromPem(

@@ -8,12 +8,16 @@ import {
   certificateNames,
   commonName,
   firstPemCertificate,
+  loadCertificateDecoder,
   parsePeerCertificate,
 } from '../../src/identity/certificate.ts'
 import { mtlsSource } from '../../src/identity/sources/mtls.ts'
 import type { CertEvidence, Failure } from '../../src/types.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { createCA, createServerPki, issueCert, type KeyPair } from '../helpers/pki.ts'
+
+// the X.509 name decoder is loaded on demand (as the sidecar does before it reads a certificate)
+await loadCertificateDecoder()
 
 type Result = CertEvidence | Failure | undefined
 

@@ -2,10 +2,14 @@
 // validator. Nothing may throw, and what parses must mean exactly what was sent.
 import fc from 'fast-check'
 import t from 'tap'
+import { loadCertificateDecoder } from '../../src/identity/certificate.ts'
 import { MAX_XFCC_ELEMENTS, parseXfcc, xfccEvidence } from '../../src/identity/forwarded/xfcc.ts'
 import { hasDuplicateMember } from '../../src/identity/jwt/token.ts'
 import { isSpiffeId, parseSpiffeId } from '../../src/identity/spiffe.ts'
 import { checkProperty } from '../helpers/property.ts'
+
+// the X.509 name decoder is loaded on demand (as the sidecar does before it reads a certificate)
+await loadCertificateDecoder()
 
 // Characters that stress the XFCC grammar: separators, quotes, escapes, whitespace, percent-encoding.
 const xfccAlphabet = fc.constantFrom(

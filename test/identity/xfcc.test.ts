@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { anomaliesFromFailures } from '../../src/identity/anomalies.ts'
-import { firstPemCertificate } from '../../src/identity/certificate.ts'
+import { firstPemCertificate, loadCertificateDecoder } from '../../src/identity/certificate.ts'
 import {
   FORWARDED_CERT_FORMATS,
   FORWARDED_CERT_HEADERS,
@@ -17,6 +17,9 @@ import { createForwardedCertExtractor } from '../../src/identity/sources/forward
 import type { CertEvidence, ConnectionInfo, Failure } from '../../src/types.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
+
+// the X.509 name decoder is loaded on demand (as the sidecar does before it reads a certificate)
+await loadCertificateDecoder()
 
 type Result = CertEvidence | Failure | undefined
 

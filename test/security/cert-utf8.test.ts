@@ -8,7 +8,11 @@ import { request as httpsRequest } from 'node:https'
 import fc from 'fast-check'
 import t from 'tap'
 import { Agent, request } from 'undici'
-import { certEvidenceFromX509, firstPemCertificate } from '../../src/identity/certificate.ts'
+import {
+  certEvidenceFromX509,
+  firstPemCertificate,
+  loadCertificateDecoder,
+} from '../../src/identity/certificate.ts'
 import { formatXfcc } from '../../src/identity/forwarded/headers.ts'
 import {
   decodeSubject,
@@ -22,6 +26,9 @@ import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { checkProperty } from '../helpers/property.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
+
+// the X.509 name decoder is loaded on demand (as the sidecar does before it reads a certificate)
+await loadCertificateDecoder()
 
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/
 

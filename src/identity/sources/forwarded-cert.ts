@@ -12,6 +12,7 @@ import type {
   RequestInfo,
 } from '../../types.ts'
 import { CidrSet } from '../../util/cidr.ts'
+import { certificateDecoderLoaded, loadCertificateDecoder } from '../certificate.ts'
 import { albEvidence } from '../forwarded/alb.ts'
 import { clientCertEvidence } from '../forwarded/client-cert.ts'
 import {
@@ -35,6 +36,11 @@ type ForwardedConfig = Config['forwardedClientCert']
 /** trustedProxies compiled per header format; an address is trusted for at most one format. */
 export class TrustedForwarders {
   private readonly sets: [ForwardedCertFormat, CidrSet][] = []
+
+  /** whether any peer is trusted for any format */
+  get any(): boolean {
+    return this.sets.length > 0
+  }
 
   constructor(cfg: Pick<ForwardedConfig, 'trustedProxies' | 'format'>) {
     const byFormat = new Map<ForwardedCertFormat, string[]>()
@@ -100,7 +106,15 @@ export class XfccExtractor implements SourceExtractor<CertEvidence> {
     return this.forwarders.formatFor(remoteAddress)
   }
 
-  extract(req: RequestInfo, conn: ConnectionInfo): CertEvidence | Failure | undefined {
+  /** the certificate decoder, before the first request of this config can need it */
+  start(): Promise<void> {
+    return this.forwarders.any ? loadCertificateDecoder() : Promise.resolve()
+  }
+
+  extract(
+    req: RequestInfo,
+    conn: ConnectionInfo,
+  ): CertEvidence | Failure | undefined | Promise<CertEvidence | Failure | undefined> {
     let any = false
     let own = false
     let format: ForwardedCertFormat | undefined | null = null
@@ -128,6 +142,11 @@ export class XfccExtractor implements SourceExtractor<CertEvidence> {
         detail: `forwarded client certificate header other than the ${format} format this proxy is trusted for`,
         attributes: { peer: conn.remoteAddress, format },
       }
+    }
+    // start() loads the decoder; only a request racing a start that has not finished waits for it here
+    if (!certificateDecoderLoaded()) {
+      const trusted = format
+      return loadCertificateDecoder().then(() => forwardedCertEvidence(req, trusted))
     }
     return forwardedCertEvidence(req, format)
   }

@@ -1,0 +1,37 @@
+// The DER decoder behind certificateNames (certificate.ts), in a module of its own so that the X.509 schema
+// library it needs is loaded only by a sidecar that reads client certificates (loadCertificateDecoder).
+import { AsnConvert } from '@peculiar/asn1-schema'
+import { Certificate, id_ce_subjectAltName, SubjectAlternativeName } from '@peculiar/asn1-x509'
+import type { CertificateNames } from './certificate.ts'
+
+const OID_COMMON_NAME = '2.5.4.3'
+
+/**
+ * Decodes the subject CN and the subjectAltName extension from a certificate's DER. Node prints all SANs on
+ * one line where a URI may hold ", DNS:" or quotes and reads back right only as long as its quoting does
+ * (which changed across Node versions); the decoded GeneralNames need no unquoting, and IPs come from their
+ * octets (IPv6 compressed, lower case) rather than Node's expanded upper-case text.
+ * Cost: one parse of an EC P-256 SVID leaf took 0.9–1.3 ms in loops of 5 000 on a 2-core machine at load
+ * 8–9 (so less on an idle one), 2.5–3× Node's own `new X509Certificate()` of the same DER there. It runs
+ * once per TLS connection, and per request for a forwarded certificate, which is parsed by Node as well.
+ */
+export function certificateNames(der: Uint8Array): CertificateNames {
+  const out: CertificateNames = { sans: { dns: [], uri: [], email: [], ip: [] } }
+  const tbs = AsnConvert.parse(der, Certificate).tbsCertificate
+  for (const rdn of tbs.subject) {
+    const cn = rdn.find((a) => a.type === OID_COMMON_NAME)?.value.toString()
+    if (cn) {
+      out.cn = cn
+      break
+    }
+  }
+  const ext = tbs.extensions?.find((e) => e.extnID === id_ce_subjectAltName)
+  if (!ext) return out
+  for (const name of AsnConvert.parse(ext.extnValue, SubjectAlternativeName)) {
+    if (name.dNSName !== undefined) out.sans.dns.push(name.dNSName)
+    else if (name.uniformResourceIdentifier !== undefined) out.sans.uri.push(name.uniformResourceIdentifier)
+    else if (name.rfc822Name !== undefined) out.sans.email.push(name.rfc822Name)
+    else if (name.iPAddress !== undefined) out.sans.ip.push(name.iPAddress)
+  }
+  return out
+}
