@@ -35,6 +35,15 @@ const SET_BY_PROXY = new Set([
   'expect',
 ])
 
+/** Request headers the proxy writes on every forwarded request (lower-case, as sent). */
+export const ADDED_REQUEST_HEADERS: readonly string[] = [
+  'x-nhi-identity',
+  'x-nhi-kind',
+  'x-nhi-source',
+  'x-nhi-verified',
+  ...SET_BY_PROXY,
+].filter((name) => name !== 'expect')
+
 const SAFE_VALUE_RE = /^[\x20-\x7e]*$/
 
 /** Header names listed in a Connection header, lower-cased; undefined for the common single tokens. */
