@@ -46,6 +46,14 @@ interface Reader {
 /** requests that are not explained share one empty, frozen trace instead of allocating their own */
 const NO_TRACE = Object.freeze([]) as unknown as RuleTrace[]
 const NO_OPTIONS: { trace?: boolean } = Object.freeze({})
+/**
+ * A request's evidence starts with these shared, frozen empty lists; the first credential or failure replaces
+ * its list (addCredential, collect), so a request with one credential and no failure allocates one
+ * one-element list instead of two empty ones and a push's 17 reserved slots.
+ */
+const NO_FINGERPRINTS: RequestEvent['fingerprints'] = Object.freeze({})
+const NO_CREDENTIALS = Object.freeze([]) as unknown as EvidenceSet['credentials']
+const NO_FAILURES = Object.freeze([]) as unknown as EvidenceSet['failures']
 
 function isFailure(x: Evidence | Failure): x is Failure {
   return (x as Failure).failed === true
@@ -69,6 +77,7 @@ export class AttributionPipeline implements Pipeline {
   private readonly routes: { match(path: string): string }
   private readonly anomalies: AnomalyDetector
   private readonly recorder: PipelineOptions['recorder']
+  private readonly fingerprintsByEvidence = new WeakMap<object, RequestEvent['fingerprints']>()
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
@@ -129,7 +138,7 @@ export class AttributionPipeline implements Pipeline {
    * none has to, neither does the caller: the common request is attributed without a promise.
    */
   identify(req: RequestInfo, conn: ConnectionInfo): MaybePromise<EvidenceSet> {
-    const evidence: EvidenceSet = { credentials: [], failures: [], anomalies: [] }
+    const evidence: EvidenceSet = { credentials: NO_CREDENTIALS, failures: NO_FAILURES, anomalies: [] }
     const readers = this.readers
     for (let i = 0; i < readers.length; i++) {
       const reader = readers[i]!
@@ -216,8 +225,27 @@ export class AttributionPipeline implements Pipeline {
     return attribution
   }
 
-  /** the presented credentials' fingerprints; a valid credential's wins over a failed one of the same slot */
+  /**
+   * The fingerprints of a request with one credential and no failure are those of its evidence object, which a
+   * cached credential (a token, a known user agent) shares with every request that presents it: they are
+   * computed once per evidence object and shared, frozen.
+   */
   private fingerprints(evidence: EvidenceSet): RequestEvent['fingerprints'] {
+    if (evidence.failures.length > 0) return this.collectFingerprints(evidence)
+    const credentials = evidence.credentials
+    if (credentials.length === 0) return NO_FINGERPRINTS
+    if (credentials.length > 1) return this.collectFingerprints(evidence)
+    const key = credentials[0]!.evidence
+    let fingerprints = this.fingerprintsByEvidence.get(key)
+    if (fingerprints === undefined) {
+      fingerprints = Object.freeze(this.collectFingerprints(evidence))
+      this.fingerprintsByEvidence.set(key, fingerprints)
+    }
+    return fingerprints
+  }
+
+  /** the presented credentials' fingerprints; a valid credential's wins over a failed one of the same slot */
+  private collectFingerprints(evidence: EvidenceSet): RequestEvent['fingerprints'] {
     const out: RequestEvent['fingerprints'] = {}
     for (const c of evidence.credentials) {
       const field = c.source.fingerprintField
@@ -235,6 +263,7 @@ export class AttributionPipeline implements Pipeline {
 }
 
 function collect(set: EvidenceSet, source: CredentialSource, result: Evidence | Failure): void {
-  if (isFailure(result)) set.failures.push(result)
-  else addCredential(set, source, result)
+  if (!isFailure(result)) addCredential(set, source, result)
+  else if (set.failures.length === 0) set.failures = [result]
+  else set.failures.push(result)
 }

@@ -72,14 +72,6 @@ export function safeHeaderValue(value: string): string {
   }
 }
 
-export interface HopContext {
-  identity: Identity
-  trace: TraceContext
-  requestId: string
-  clientIp: string
-  proto: 'http' | 'https'
-}
-
 function appendChain(existing: string | string[] | undefined, value: string): string {
   if (existing === undefined || existing === '') return value
   return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
@@ -99,7 +91,14 @@ export type UpstreamHeaders = Record<string, string | string[] | undefined>
  * spelling an upstream framework would read as one, e.g. x_nhi_identity),
  * plus identity, request id, trace context and forwarded-*.
  */
-export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): UpstreamHeaders {
+export function upstreamHeaders(
+  headers: IncomingHttpHeaders,
+  identity: Identity,
+  trace: TraceContext,
+  requestId: string,
+  clientIp: string,
+  proto: 'http' | 'https',
+): UpstreamHeaders {
   const out: UpstreamHeaders = {}
   const listed = connectionListed(headers.connection)
   for (const name in headers) {
@@ -115,17 +114,16 @@ export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): 
     const value = headers[name]
     if (value !== undefined) out[name] = value
   }
-  const { identity, trace } = ctx
   out['x-nhi-identity'] = safeHeaderValue(identity.name)
   out['x-nhi-kind'] = identity.kind
   out['x-nhi-source'] = identity.source
   out['x-nhi-verified'] = identity.verified ? 'true' : 'false'
-  out['x-request-id'] = ctx.requestId
+  out['x-request-id'] = requestId
   out.traceparent = trace.traceparent
   const tracestate = headers.tracestate
   if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
-  out['x-forwarded-for'] = appendChain(headers['x-forwarded-for'], ctx.clientIp)
-  out['x-forwarded-proto'] = appendChain(headers['x-forwarded-proto'], ctx.proto)
+  out['x-forwarded-for'] = appendChain(headers['x-forwarded-for'], clientIp)
+  out['x-forwarded-proto'] = appendChain(headers['x-forwarded-proto'], proto)
   const host = headers.host ?? authority(headers)
   if (host !== undefined && out.host === undefined) out.host = host
   const forwardedHost = headers['x-forwarded-host']

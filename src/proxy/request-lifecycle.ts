@@ -215,13 +215,14 @@ export class RequestLifecycle {
 
   /** the request headers for the upstream hop, after the pipeline had its last word */
   hopHeaders(ex: Exchange, req: IncomingMessage): UpstreamHeaders {
-    const headers = upstreamHeaders(req.headers, {
-      identity: ex.attribution.identity,
-      trace: ex.trace,
-      requestId: ex.requestId,
-      clientIp: ex.conn.remoteAddress,
-      proto: ex.conn.tls ? 'https' : 'http',
-    })
+    const headers = upstreamHeaders(
+      req.headers,
+      ex.attribution.identity,
+      ex.trace,
+      ex.requestId,
+      ex.conn.remoteAddress,
+      ex.conn.tls ? 'https' : 'http',
+    )
     // the pipeline has the last word (e.g. forwarded-certificate headers from untrusted peers)
     ex.pipeline?.prepareUpstreamHeaders?.(headers, ex.attribution, ex.conn)
     return headers

@@ -122,6 +122,11 @@ export interface CredentialSource<E extends Evidence = Evidence> {
 export function addCredential(set: EvidenceSet, source: CredentialSource, evidence: Evidence): void {
   const list = set.credentials
   const entry = { source, evidence }
+  // the first credential gets a list of its own size: a push onto an empty array reserves 17 slots
+  if (list.length === 0) {
+    set.credentials = [entry]
+    return
+  }
   // usually appended (sources are read in order): splice would allocate an array for the removed nothing
   let i = list.length
   list.push(entry)
