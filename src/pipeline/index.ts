@@ -67,6 +67,12 @@ function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
   return false
 }
 
+/** the fingerprints of one combination of evidence objects, and the longer combinations it starts */
+interface FingerprintNode {
+  fingerprints?: RequestEvent['fingerprints']
+  next?: WeakMap<object, FingerprintNode>
+}
+
 export class AttributionPipeline implements Pipeline {
   readonly config: Config
   readonly service: string
@@ -77,7 +83,7 @@ export class AttributionPipeline implements Pipeline {
   private readonly routes: { match(path: string): string }
   private readonly anomalies: AnomalyDetector
   private readonly recorder: PipelineOptions['recorder']
-  private readonly fingerprintsByEvidence = new WeakMap<object, RequestEvent['fingerprints']>()
+  private readonly fingerprintsByEvidence = new WeakMap<object, FingerprintNode>()
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
@@ -214,7 +220,10 @@ export class AttributionPipeline implements Pipeline {
       trace,
       fingerprints: this.fingerprints(evidence),
     }
-    for (const f of evidence.failures) {
+    // indexed loops here: a for-of iterator over the shared frozen empty lists is not optimised away
+    const failures = evidence.failures
+    for (let i = 0; i < failures.length; i++) {
+      const f = failures[i]!
       const reject = this.byName.get(f.source)?.extractor.reject?.(f)
       if (reject) {
         attribution.reject = reject
@@ -234,26 +243,40 @@ export class AttributionPipeline implements Pipeline {
     if (evidence.failures.length > 0) return this.collectFingerprints(evidence)
     const credentials = evidence.credentials
     if (credentials.length === 0) return NO_FINGERPRINTS
-    if (credentials.length > 1) return this.collectFingerprints(evidence)
-    const key = credentials[0]!.evidence
-    let fingerprints = this.fingerprintsByEvidence.get(key)
-    if (fingerprints === undefined) {
-      fingerprints = Object.freeze(this.collectFingerprints(evidence))
-      this.fingerprintsByEvidence.set(key, fingerprints)
+    // one WeakMap level per credential, keyed by its evidence object (a token's and a user agent's, say)
+    let level = this.fingerprintsByEvidence
+    let node: FingerprintNode | undefined
+    for (let i = 0; i < credentials.length; i++) {
+      const key = credentials[i]!.evidence
+      node = level.get(key)
+      if (node === undefined) {
+        node = {}
+        level.set(key, node)
+      }
+      if (i < credentials.length - 1) {
+        node.next ??= new WeakMap()
+        level = node.next
+      }
     }
-    return fingerprints
+    if (node === undefined) return this.collectFingerprints(evidence)
+    node.fingerprints ??= Object.freeze(this.collectFingerprints(evidence))
+    return node.fingerprints
   }
 
   /** the presented credentials' fingerprints; a valid credential's wins over a failed one of the same slot */
   private collectFingerprints(evidence: EvidenceSet): RequestEvent['fingerprints'] {
     const out: RequestEvent['fingerprints'] = {}
-    for (const c of evidence.credentials) {
+    const credentials = evidence.credentials
+    for (let i = 0; i < credentials.length; i++) {
+      const c = credentials[i]!
       const field = c.source.fingerprintField
       if (field === undefined || out[field] !== undefined) continue
       const fp = c.source.fingerprint?.(c.evidence)
       if (fp !== undefined) out[field] = fp
     }
-    for (const f of evidence.failures) {
+    const failures = evidence.failures
+    for (let i = 0; i < failures.length; i++) {
+      const f = failures[i]!
       if (!f.fingerprint) continue
       const field = this.byName.get(f.source)?.source.fingerprintField
       if (field !== undefined) out[field] ??= f.fingerprint
