@@ -99,7 +99,25 @@ export function upstreamHeaders(
   clientIp: string,
   proto: 'http' | 'https',
 ): UpstreamHeaders {
-  const out: UpstreamHeaders = {}
+  const host = headers.host ?? authority(headers)
+  const forwardedHost = headers['x-forwarded-host']
+  // The proxy's own headers come first, as one literal: the object is created with a slot for each of them,
+  // instead of growing its property store as a dozen names are added one by one. A client's copy of any of
+  // them is skipped below, so none is overwritten.
+  const out: UpstreamHeaders = {
+    'x-nhi-identity': safeHeaderValue(identity.name),
+    'x-nhi-kind': identity.kind,
+    'x-nhi-source': identity.source,
+    'x-nhi-verified': identity.verified ? 'true' : 'false',
+    'x-request-id': requestId,
+    traceparent: trace.traceparent,
+    'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+    'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+  }
+  if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
+  else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
+  const tracestate = headers.tracestate
+  if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
   const listed = connectionListed(headers.connection)
   for (const name in headers) {
     // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) describe this hop; the upstream request has its own
@@ -114,21 +132,7 @@ export function upstreamHeaders(
     const value = headers[name]
     if (value !== undefined) out[name] = value
   }
-  out['x-nhi-identity'] = safeHeaderValue(identity.name)
-  out['x-nhi-kind'] = identity.kind
-  out['x-nhi-source'] = identity.source
-  out['x-nhi-verified'] = identity.verified ? 'true' : 'false'
-  out['x-request-id'] = requestId
-  out.traceparent = trace.traceparent
-  const tracestate = headers.tracestate
-  if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
-  out['x-forwarded-for'] = appendChain(headers['x-forwarded-for'], clientIp)
-  out['x-forwarded-proto'] = appendChain(headers['x-forwarded-proto'], proto)
-  const host = headers.host ?? authority(headers)
   if (host !== undefined && out.host === undefined) out.host = host
-  const forwardedHost = headers['x-forwarded-host']
-  if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
-  else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
   return out
 }
 

@@ -15,14 +15,14 @@ export type Pool = UndiciPool
  * tokens already; entered in the record as themselves, they are looked up like `authorization` instead. The
  * record is only ever read as "name → its lower-case form", so this changes no header undici sends.
  */
-export function registerAddedHeaderNames(
-  record: Record<string, string | undefined> | undefined = (
-    constants as { headerNameLowerCasedRecord?: Record<string, string | undefined> }
-  ).headerNameLowerCasedRecord,
-): boolean {
+export function registerAddedHeaderNames(record: unknown): boolean {
+  // an undici without the record (another major version) simply keeps lower-casing
   if (record === null || typeof record !== 'object') return false
-  for (const name of ADDED_REQUEST_HEADERS) record[name] ??= name
+  const names = record as Record<string, string | undefined>
+  for (const name of ADDED_REQUEST_HEADERS) names[name] ??= name
   return true
 }
 
-registerAddedHeaderNames()
+registerAddedHeaderNames(
+  (constants as { headerNameLowerCasedRecord?: unknown } | undefined)?.headerNameLowerCasedRecord,
+)
