@@ -179,10 +179,7 @@ export class RequestLifecycle {
    * anonymous. Returns a promise only when a stage had to wait, so the common request is attributed without a
    * microtask hop. The decision is `ex.attribution.reject`.
    */
-  preHandler(
-    ex: Exchange,
-    parsed: { target: string; path: string },
-  ): Promise<void> | undefined {
+  preHandler(ex: Exchange, parsed: { target: string; path: string }): Promise<void> | undefined {
     let result: MaybePromise<Attribution>
     try {
       const pipeline = this.opts.getPipeline()
