@@ -3,3 +3,7 @@ declare module 'undici/lib/dispatcher/pool.js' {
   const Pool: unknown
   export default Pool
 }
+declare module 'undici/lib/core/constants.js' {
+  const constants: unknown
+  export default constants
+}

@@ -46,6 +46,14 @@ interface Reader {
 /** requests that are not explained share one empty, frozen trace instead of allocating their own */
 const NO_TRACE = Object.freeze([]) as unknown as RuleTrace[]
 const NO_OPTIONS: { trace?: boolean } = Object.freeze({})
+/**
+ * A request's evidence starts with these shared, frozen empty lists; the first credential or failure replaces
+ * its list (addCredential, collect), so a request with one credential and no failure allocates one
+ * one-element list instead of two empty ones and a push's 17 reserved slots.
+ */
+const NO_FINGERPRINTS: RequestEvent['fingerprints'] = Object.freeze({})
+const NO_CREDENTIALS = Object.freeze([]) as unknown as EvidenceSet['credentials']
+const NO_FAILURES = Object.freeze([]) as unknown as EvidenceSet['failures']
 
 function isFailure(x: Evidence | Failure): x is Failure {
   return (x as Failure).failed === true
@@ -59,6 +67,12 @@ function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
   return false
 }
 
+/** the fingerprints of one combination of evidence objects, and the longer combinations it starts */
+interface FingerprintNode {
+  fingerprints?: RequestEvent['fingerprints']
+  next?: WeakMap<object, FingerprintNode>
+}
+
 export class AttributionPipeline implements Pipeline {
   readonly config: Config
   readonly service: string
@@ -69,6 +83,7 @@ export class AttributionPipeline implements Pipeline {
   private readonly routes: { match(path: string): string }
   private readonly anomalies: AnomalyDetector
   private readonly recorder: PipelineOptions['recorder']
+  private readonly fingerprintsByEvidence = new WeakMap<object, FingerprintNode>()
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
@@ -129,7 +144,7 @@ export class AttributionPipeline implements Pipeline {
    * none has to, neither does the caller: the common request is attributed without a promise.
    */
   identify(req: RequestInfo, conn: ConnectionInfo): MaybePromise<EvidenceSet> {
-    const evidence: EvidenceSet = { credentials: [], failures: [], anomalies: [] }
+    const evidence: EvidenceSet = { credentials: NO_CREDENTIALS, failures: NO_FAILURES, anomalies: [] }
     const readers = this.readers
     for (let i = 0; i < readers.length; i++) {
       const reader = readers[i]!
@@ -205,7 +220,10 @@ export class AttributionPipeline implements Pipeline {
       trace,
       fingerprints: this.fingerprints(evidence),
     }
-    for (const f of evidence.failures) {
+    // indexed loops here: a for-of iterator over the shared frozen empty lists is not optimised away
+    const failures = evidence.failures
+    for (let i = 0; i < failures.length; i++) {
+      const f = failures[i]!
       const reject = this.byName.get(f.source)?.extractor.reject?.(f)
       if (reject) {
         attribution.reject = reject
@@ -216,16 +234,49 @@ export class AttributionPipeline implements Pipeline {
     return attribution
   }
 
-  /** the presented credentials' fingerprints; a valid credential's wins over a failed one of the same slot */
+  /**
+   * The fingerprints of a request with one credential and no failure are those of its evidence object, which a
+   * cached credential (a token, a known user agent) shares with every request that presents it: they are
+   * computed once per evidence object and shared, frozen.
+   */
   private fingerprints(evidence: EvidenceSet): RequestEvent['fingerprints'] {
+    if (evidence.failures.length > 0) return this.collectFingerprints(evidence)
+    const credentials = evidence.credentials
+    if (credentials.length === 0) return NO_FINGERPRINTS
+    // one WeakMap level per credential, keyed by its evidence object (a token's and a user agent's, say)
+    let level = this.fingerprintsByEvidence
+    let node: FingerprintNode | undefined
+    for (let i = 0; i < credentials.length; i++) {
+      const key = credentials[i]!.evidence
+      node = level.get(key)
+      if (node === undefined) {
+        node = {}
+        level.set(key, node)
+      }
+      if (i < credentials.length - 1) {
+        node.next ??= new WeakMap()
+        level = node.next
+      }
+    }
+    if (node === undefined) return this.collectFingerprints(evidence)
+    node.fingerprints ??= Object.freeze(this.collectFingerprints(evidence))
+    return node.fingerprints
+  }
+
+  /** the presented credentials' fingerprints; a valid credential's wins over a failed one of the same slot */
+  private collectFingerprints(evidence: EvidenceSet): RequestEvent['fingerprints'] {
     const out: RequestEvent['fingerprints'] = {}
-    for (const c of evidence.credentials) {
+    const credentials = evidence.credentials
+    for (let i = 0; i < credentials.length; i++) {
+      const c = credentials[i]!
       const field = c.source.fingerprintField
       if (field === undefined || out[field] !== undefined) continue
       const fp = c.source.fingerprint?.(c.evidence)
       if (fp !== undefined) out[field] = fp
     }
-    for (const f of evidence.failures) {
+    const failures = evidence.failures
+    for (let i = 0; i < failures.length; i++) {
+      const f = failures[i]!
       if (!f.fingerprint) continue
       const field = this.byName.get(f.source)?.source.fingerprintField
       if (field !== undefined) out[field] ??= f.fingerprint
@@ -235,6 +286,7 @@ export class AttributionPipeline implements Pipeline {
 }
 
 function collect(set: EvidenceSet, source: CredentialSource, result: Evidence | Failure): void {
-  if (isFailure(result)) set.failures.push(result)
-  else addCredential(set, source, result)
+  if (!isFailure(result)) addCredential(set, source, result)
+  else if (set.failures.length === 0) set.failures = [result]
+  else set.failures.push(result)
 }

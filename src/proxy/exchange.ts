@@ -1,7 +1,7 @@
 // One request's facts from accept to record: what the RequestEvent is built from.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Attribution, Pipeline } from '../pipeline/index.ts'
-import type { ConnectionInfo, RequestEvent } from '../types.ts'
+import type { ConnectionInfo, RequestEvent, RequestInfo } from '../types.ts'
 import type { ForwardListener, ForwardResult } from './forwarder.ts'
 import { authority } from './headers.ts'
 import { requestId, type TraceContext, traceContext } from './ids.ts'
@@ -29,7 +29,11 @@ export interface ExchangeOwner {
   forwarded(ex: Exchange, result: ForwardResult): void
 }
 
-export class Exchange implements ForwardListener {
+/**
+ * The exchange is also the request as the pipeline sees it (RequestInfo: method, path, url, headers), so
+ * identification allocates no second request object.
+ */
+export class Exchange implements ForwardListener, RequestInfo {
   readonly time = Date.now()
   readonly started = performance.now()
   bytesIn = 0
@@ -53,12 +57,14 @@ export class Exchange implements ForwardListener {
   readonly trace: TraceContext
   readonly requestId: string
   readonly host: string | undefined
+  /** the raw request target (path + query), once it was parsed */
+  url = ''
 
   constructor(
     readonly conn: ConnectionInfo,
     readonly method: string,
     readonly path: string,
-    headers: IncomingHttpHeaders,
+    readonly headers: IncomingHttpHeaders,
   ) {
     const tp = headers.traceparent
     this.trace = traceContext(typeof tp === 'string' ? tp : undefined)

@@ -124,10 +124,16 @@ function onResponseClose(this: Tagged<ServerResponse>): void {
   this[kCall]?.clientClosed()
 }
 
-/** One in-flight request: undici's legacy handler interface is the lowest-overhead one. */
-class ResponseCall implements Dispatcher.DispatchHandler {
-  private status = 0
-  private bytesOut = 0
+/**
+ * One in-flight request: undici's legacy handler interface is the lowest-overhead one. Once settled it is also
+ * the request's ForwardResult, so a forward allocates no result object.
+ */
+class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
+  status = 0
+  bytesOut = 0
+  upstreamMs = 0
+  upstreamError: UpstreamErrorReason | undefined
+  clientAborted: boolean | undefined
   private connected = false
   private settled = false
   private clientGone = false
@@ -213,14 +219,10 @@ class ResponseCall implements Dispatcher.DispatchHandler {
     if (this.drainListening) this.res.off('drain', onResponseDrain)
     this.res.off('close', onResponseClose)
     this.res[kCall] = undefined
-    const result: ForwardResult = {
-      status: this.status,
-      upstreamMs: performance.now() - this.started,
-      bytesOut: this.bytesOut,
-    }
-    if (upstreamError) result.upstreamError = upstreamError
-    if (clientAborted) result.clientAborted = true
-    this.done.forwarded(result)
+    this.upstreamMs = performance.now() - this.started
+    if (upstreamError) this.upstreamError = upstreamError
+    if (clientAborted) this.clientAborted = true
+    this.done.forwarded(this)
   }
 }
 

@@ -35,6 +35,15 @@ const SET_BY_PROXY = new Set([
   'expect',
 ])
 
+/** Request headers the proxy writes on every forwarded request (lower-case, as sent). */
+export const ADDED_REQUEST_HEADERS: readonly string[] = [
+  'x-nhi-identity',
+  'x-nhi-kind',
+  'x-nhi-source',
+  'x-nhi-verified',
+  ...SET_BY_PROXY,
+].filter((name) => name !== 'expect')
+
 const SAFE_VALUE_RE = /^[\x20-\x7e]*$/
 
 /** Header names listed in a Connection header, lower-cased; undefined for the common single tokens. */
@@ -63,14 +72,6 @@ export function safeHeaderValue(value: string): string {
   }
 }
 
-export interface HopContext {
-  identity: Identity
-  trace: TraceContext
-  requestId: string
-  clientIp: string
-  proto: 'http' | 'https'
-}
-
 function appendChain(existing: string | string[] | undefined, value: string): string {
   if (existing === undefined || existing === '') return value
   return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
@@ -90,8 +91,33 @@ export type UpstreamHeaders = Record<string, string | string[] | undefined>
  * spelling an upstream framework would read as one, e.g. x_nhi_identity),
  * plus identity, request id, trace context and forwarded-*.
  */
-export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): UpstreamHeaders {
-  const out: UpstreamHeaders = {}
+export function upstreamHeaders(
+  headers: IncomingHttpHeaders,
+  identity: Identity,
+  trace: TraceContext,
+  requestId: string,
+  clientIp: string,
+  proto: 'http' | 'https',
+): UpstreamHeaders {
+  const host = headers.host ?? authority(headers)
+  const forwardedHost = headers['x-forwarded-host']
+  // The proxy's own headers come first, as one literal: the object is created with a slot for each of them,
+  // instead of growing its property store as a dozen names are added one by one. A client's copy of any of
+  // them is skipped below, so none is overwritten.
+  const out: UpstreamHeaders = {
+    'x-nhi-identity': safeHeaderValue(identity.name),
+    'x-nhi-kind': identity.kind,
+    'x-nhi-source': identity.source,
+    'x-nhi-verified': identity.verified ? 'true' : 'false',
+    'x-request-id': requestId,
+    traceparent: trace.traceparent,
+    'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+    'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+  }
+  if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
+  else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
+  const tracestate = headers.tracestate
+  if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
   const listed = connectionListed(headers.connection)
   for (const name in headers) {
     // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) describe this hop; the upstream request has its own
@@ -106,22 +132,7 @@ export function upstreamHeaders(headers: IncomingHttpHeaders, ctx: HopContext): 
     const value = headers[name]
     if (value !== undefined) out[name] = value
   }
-  const { identity, trace } = ctx
-  out['x-nhi-identity'] = safeHeaderValue(identity.name)
-  out['x-nhi-kind'] = identity.kind
-  out['x-nhi-source'] = identity.source
-  out['x-nhi-verified'] = identity.verified ? 'true' : 'false'
-  out['x-request-id'] = ctx.requestId
-  out.traceparent = trace.traceparent
-  const tracestate = headers.tracestate
-  if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
-  out['x-forwarded-for'] = appendChain(headers['x-forwarded-for'], ctx.clientIp)
-  out['x-forwarded-proto'] = appendChain(headers['x-forwarded-proto'], ctx.proto)
-  const host = headers.host ?? authority(headers)
   if (host !== undefined && out.host === undefined) out.host = host
-  const forwardedHost = headers['x-forwarded-host']
-  if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
-  else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
   return out
 }
 

@@ -7,7 +7,7 @@ import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
 import type { Attribution, Pipeline } from '../pipeline/index.ts'
-import type { CertEvidence, ConnectionInfo, Failure, MaybePromise, RequestInfo } from '../types.ts'
+import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { CLIENT_CLOSED, Exchange, FALLBACK_ATTRIBUTION } from './exchange.ts'
 import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
@@ -179,22 +179,14 @@ export class RequestLifecycle {
    * anonymous. Returns a promise only when a stage had to wait, so the common request is attributed without a
    * microtask hop. The decision is `ex.attribution.reject`.
    */
-  preHandler(
-    ex: Exchange,
-    parsed: { target: string; path: string },
-    req: IncomingMessage,
-  ): Promise<void> | undefined {
+  preHandler(ex: Exchange, parsed: { target: string; path: string }): Promise<void> | undefined {
     let result: MaybePromise<Attribution>
     try {
       const pipeline = this.opts.getPipeline()
       ex.pipeline = pipeline
-      const info: RequestInfo = {
-        method: ex.method,
-        path: parsed.path,
-        url: parsed.target,
-        headers: req.headers,
-      }
-      result = pipeline.attribute(info, ex.conn)
+      // the exchange is the request info: its method, path and headers are the request's
+      ex.url = parsed.target
+      result = pipeline.attribute(ex, ex.conn)
     } catch {
       ex.attribution = FALLBACK_ATTRIBUTION
       return undefined
@@ -215,13 +207,14 @@ export class RequestLifecycle {
 
   /** the request headers for the upstream hop, after the pipeline had its last word */
   hopHeaders(ex: Exchange, req: IncomingMessage): UpstreamHeaders {
-    const headers = upstreamHeaders(req.headers, {
-      identity: ex.attribution.identity,
-      trace: ex.trace,
-      requestId: ex.requestId,
-      clientIp: ex.conn.remoteAddress,
-      proto: ex.conn.tls ? 'https' : 'http',
-    })
+    const headers = upstreamHeaders(
+      req.headers,
+      ex.attribution.identity,
+      ex.trace,
+      ex.requestId,
+      ex.conn.remoteAddress,
+      ex.conn.tls ? 'https' : 'http',
+    )
     // the pipeline has the last word (e.g. forwarded-certificate headers from untrusted peers)
     ex.pipeline?.prepareUpstreamHeaders?.(headers, ex.attribution, ex.conn)
     return headers
@@ -277,7 +270,7 @@ export class RequestLifecycle {
         this.finish(ex)
         return undefined
       }
-      const identifying = this.preHandler(ex, parsed, req)
+      const identifying = this.preHandler(ex, parsed)
       if (identifying) return this.serveIdentified(identifying, ex, req, parsed, transport, ctx)
       return this.decideAndForward(ex, req, parsed, transport, ctx)
     } catch {

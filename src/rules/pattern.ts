@@ -27,6 +27,8 @@ export interface PatternOptions {
 
 const CAPTURE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const NO_CAPTURES: Record<string, string> = Object.freeze({}) as Record<string, string>
+/** the matchers' `out` for a pattern without named captures: only a named capture is ever written */
+const UNWRITTEN: Record<string, string> = Object.freeze({}) as Record<string, string>
 const MAX_PATTERN_LENGTH = 1024
 
 function escapeRegExp(s: string): string {
@@ -206,7 +208,8 @@ export function compilePattern(p: string, opts?: PatternOptions): CompiledPatter
     captures,
     literal,
     match(v) {
-      const out: Record<string, string> = {}
+      // without named captures nothing is written to `out`, so no object is made for it per call
+      const out: Record<string, string> = captures.length === 0 ? UNWRITTEN : {}
       if (!matcher(ignoreCase ? canonical(v) : v, v, out)) return null
       return captures.length === 0 ? NO_CAPTURES : out
     },
@@ -348,6 +351,16 @@ function compileSegments(tokens: readonly Token[], sep: string, ignoreCase: bool
   // A leading `**` compiled to `[\s\S]*`: at least one (possibly empty) segment; any other `**`
   // compiled to `(?:/[\s\S]*)?`: zero or more segments.
   const globMin = (i: number) => (i === 0 && blocks[0]!.length === 0 ? 1 : 0)
+  // The leading segments that are plain literals, joined: a value that does not begin with them (followed by
+  // a separator or its end) cannot match, and is refused before it is split (most paths miss most routes).
+  let prefix = ''
+  let literalSegments = 0
+  for (const s of segs) {
+    if (s.length > 1 || (s.length === 1 && s[0]!.t !== 'lit')) break
+    const lit = s.length === 1 ? (s[0] as { v: string }).v : ''
+    prefix += (literalSegments > 0 ? sep : '') + (ignoreCase ? canonical(lit) : lit)
+    literalSegments++
+  }
   const blockAt = (block: Segment[], at: number, vs: string[], os: string[], out: Record<string, string>) => {
     for (let j = 0; j < block.length; j++) {
       const s = block[j] as { match: Matcher }
@@ -356,6 +369,11 @@ function compileSegments(tokens: readonly Token[], sep: string, ignoreCase: bool
     return true
   }
   return (v, original, out) => {
+    if (
+      literalSegments > 0 &&
+      !(v.startsWith(prefix) && (v.length === prefix.length || v.startsWith(sep, prefix.length)))
+    )
+      return false
     const vs = v.split(sep)
     const os = ignoreCase ? original.split(sep) : vs
     const n = vs.length

@@ -50,3 +50,56 @@ t.test(
     t.match(r.reject?.headers?.['www-authenticate'], /invalid_token/)
   },
 )
+
+t.test(
+  'evidence lists and fingerprints: exact, shared per evidence combination, rebuilt per pipeline',
+  async (t) => {
+    const { sha256Hex } = await import('../../src/util/fingerprint.ts')
+    const keys = ['key-one-0123456789abcdef', 'key-two-0123456789abcdef']
+    const config = configSchema.parse({
+      apiKeys: { keys: keys.map((k, i) => ({ name: `svc-${i}`, sha256: sha256Hex(k) })) },
+    })
+    const withKey = (key: string, ua = 'curl/8.5.0'): RequestInfo => ({
+      method: 'GET',
+      path: '/orders',
+      url: '/orders',
+      headers: { 'x-api-key': key, 'user-agent': ua },
+    })
+    const pipeline = new AttributionPipeline(config)
+    t.teardown(() => pipeline.close())
+    const a1 = await pipeline.evaluate(withKey(keys[0]!), conn)
+    const a2 = await pipeline.evaluate(withKey(keys[0]!), conn)
+    const b1 = await pipeline.evaluate(withKey(keys[1]!), conn)
+    t.same(
+      a1.evidence.credentials.map((c) => c.source.name),
+      ['apikey', 'useragent'],
+      'two credentials, strongest first',
+    )
+    t.equal(a1.evidence.credentials.length, 2)
+    t.ok(a1.fingerprints?.apikey, 'the key has a fingerprint')
+    t.same(a2.fingerprints, a1.fingerprints, 'the same key, the same fingerprints')
+    const ua = { method: 'GET', path: '/', url: '/', headers: { 'user-agent': 'curl/8.5.0' } }
+    const u1 = await pipeline.evaluate(ua, conn)
+    const u2 = await pipeline.evaluate(ua, conn)
+    t.equal(
+      u2.evidence.credentials[0]?.evidence,
+      u1.evidence.credentials[0]?.evidence,
+      'a known user agent has one evidence object',
+    )
+    t.equal(u2.fingerprints, u1.fingerprints, 'the same evidence objects share one fingerprints object')
+    t.not(b1.fingerprints?.apikey, a1.fingerprints?.apikey, 'another key, another fingerprint')
+    t.ok(Object.isFrozen(a1.fingerprints), 'shared fingerprints cannot be changed by a recorder')
+    t.same(a1.evidence.failures, [])
+    t.throws(() => (a1.evidence.failures as unknown[]).push(1), 'the shared empty failure list is frozen')
+
+    const unknown = await pipeline.evaluate(withKey('not-a-configured-key-0000'), conn)
+    t.equal(unknown.evidence.failures.length, 1, 'a failure gets a list of its own')
+    t.ok(unknown.fingerprints?.apikey, 'a failed key is fingerprinted too')
+    t.not(unknown.evidence.failures, a1.evidence.failures)
+
+    const reloaded = new AttributionPipeline(config)
+    t.teardown(() => reloaded.close())
+    const r = await reloaded.evaluate(withKey(keys[0]!), conn)
+    t.same(r.fingerprints, a1.fingerprints, 'a new pipeline computes the same fingerprints')
+  },
+)

@@ -122,14 +122,22 @@ export interface CredentialSource<E extends Evidence = Evidence> {
 export function addCredential(set: EvidenceSet, source: CredentialSource, evidence: Evidence): void {
   const list = set.credentials
   const entry = { source, evidence }
-  // usually appended (sources are read in order): splice would allocate an array for the removed nothing
-  let i = list.length
-  list.push(entry)
+  // A request presents one or two credentials: a list of exactly the new size is cheaper than a push, which
+  // reserves 17 slots; the list is strongest first, the new entry goes before the first weaker one.
+  const n = list.length
+  if (n === 0) {
+    set.credentials = [entry]
+    return
+  }
+  const next = new Array<Credential>(n + 1)
+  let i = n
   while (i > 0 && list[i - 1]!.source.precedence > source.precedence) {
-    list[i] = list[i - 1]!
+    next[i] = list[i - 1]!
     i--
   }
-  list[i] = entry
+  next[i] = entry
+  for (let j = 0; j < i; j++) next[j] = list[j]!
+  set.credentials = next
 }
 
 /** Puts `evidence` in the place of the named source's evidence (a claim verified after the fact). */
