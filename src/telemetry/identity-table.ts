@@ -37,10 +37,12 @@ export interface KindSeries {
 
 /**
  * The series an identity's last request went to, with what chose them: the next request with the same
- * identity object (so the same kind and verified), method, route and status finds them without a key.
+ * kind, verified, method, route and status finds them without a key. (Matched by value: a name's tokens
+ * are identity objects of their own, and requests alternate between them.)
  */
 export interface HotSeries {
-  identity: Identity
+  kind: Kind
+  verified: boolean
   /** the request's method as it came (the label is normalised) */
   method: string
   route: string

@@ -289,14 +289,14 @@ export class Metrics {
     const at = event.time
     const status = event.status
 
-    // An identity's requests mostly repeat its previous one: the same identity object (so the same kind
-    // and verified), route, method and status. Then its series are found without a lookup or a key built
-    // (a string per key per request).
+    // An identity's requests mostly repeat the labels of its previous one: then its series are found without
+    // a lookup or a key built (a string per key per request).
     const hot = series.hot
     let perKind: KindSeries
     let requests: CounterSeries
     let duration: HistogramSeries
-    if (hot !== undefined && hot.identity === identity && hot.route === route) {
+    const verified = identity.verified
+    if (hot !== undefined && hot.kind === kind && hot.verified === verified && hot.route === route) {
       perKind = hot.perKind
       duration = hot.duration
       if (hot.method === event.method && hot.status === status) requests = hot.requests
@@ -311,9 +311,10 @@ export class Metrics {
       requests = this.requestSeries(series, perKind, identity, event.method, route, status)
       duration = this.durationSeries(series, perKind, kind, route)
       if (hot === undefined) {
-        series.hot = { identity, method: event.method, route, status, perKind, requests, duration }
+        series.hot = { kind, verified, method: event.method, route, status, perKind, requests, duration }
       } else {
-        hot.identity = identity
+        hot.kind = kind
+        hot.verified = verified
         hot.method = event.method
         hot.route = route
         hot.status = status
