@@ -55,20 +55,28 @@ export class LineBuffer {
     this.length += this.bytes.write(s, this.length, 'utf8')
   }
 
-  /** a JSON string literal: printable ASCII without `"` or `\` is copied as is, anything else escaped */
+  /**
+   * A JSON string literal: printable ASCII without `"` or `\` is copied as is, anything else escaped. The
+   * characters are stored as they are checked: Buffer#write's own overhead is several times the cost of
+   * the short texts of a line (ids, addresses, paths).
+   */
   string(s: string): void {
-    for (let i = 0; i < s.length; i++) {
+    const n = s.length
+    this.reserve(n + 2)
+    const b = this.bytes
+    const start = this.length
+    b[start] = 0x22
+    for (let i = 0; i < n; i++) {
       const c = s.charCodeAt(i)
       if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) {
+        // whatever was stored of it is overwritten
         this.utf8(json(s))
         return
       }
+      b[start + 1 + i] = c
     }
-    this.reserve(s.length + 2)
-    const b = this.bytes
-    b[this.length++] = 0x22
-    this.length += b.write(s, this.length, 'latin1')
-    b[this.length++] = 0x22
+    b[start + 1 + n] = 0x22
+    this.length = start + n + 2
   }
 
   /** a JSON number as JSON.stringify writes it (null for NaN and ±Infinity) */
