@@ -3,7 +3,7 @@
 // largest item only nhi-proxy pays); here a request's line goes into the batch buffer piece by piece,
 // constant text and the identity's part are copied from bytes prepared once, and only text that needs JSON
 // escaping takes the string path. The output is byte for byte what JSON.stringify would write, key for key.
-import type { Identity, RequestEvent } from '../types.ts'
+import type { Identity, PolicyDecision, RequestEvent } from '../types.ts'
 
 const json = JSON.stringify
 
@@ -38,7 +38,9 @@ export class LineBuffer {
 
   copy(src: Buffer): void {
     this.reserve(src.length)
-    this.length += src.copy(this.bytes, this.length)
+    // TypedArray#set: Buffer#copy's argument handling costs more than copying a short fragment
+    this.bytes.set(src, this.length)
+    this.length += src.length
   }
 
   /** text known to be ASCII (constant keys, ids we generated, numbers) */
@@ -53,20 +55,28 @@ export class LineBuffer {
     this.length += this.bytes.write(s, this.length, 'utf8')
   }
 
-  /** a JSON string literal: printable ASCII without `"` or `\` is copied as is, anything else escaped */
+  /**
+   * A JSON string literal: printable ASCII without `"` or `\` is copied as is, anything else escaped. The
+   * characters are stored as they are checked: Buffer#write's own overhead is several times the cost of
+   * the short texts of a line (ids, addresses, paths).
+   */
   string(s: string): void {
-    for (let i = 0; i < s.length; i++) {
+    const n = s.length
+    this.reserve(n + 2)
+    const b = this.bytes
+    const start = this.length
+    b[start] = 0x22
+    for (let i = 0; i < n; i++) {
       const c = s.charCodeAt(i)
       if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) {
+        // whatever was stored of it is overwritten
         this.utf8(json(s))
         return
       }
+      b[start + 1 + i] = c
     }
-    this.reserve(s.length + 2)
-    const b = this.bytes
-    b[this.length++] = 0x22
-    this.length += b.write(s, this.length, 'latin1')
-    b[this.length++] = 0x22
+    b[start + 1 + n] = 0x22
+    this.length = start + n + 2
   }
 
   /** a JSON number as JSON.stringify writes it (null for NaN and ±Infinity) */
@@ -120,32 +130,25 @@ export class LineBuffer {
 /** constant pieces of the line, as bytes once */
 const lit = (s: string) => Buffer.from(s, 'latin1')
 const START = lit('{"type":"audit","time":"')
+const TIME_END_TRACE = lit('Z","trace_id":')
 const TRACE = lit('","trace_id":')
 const SPAN = lit(',"span_id":')
 const REQUEST = lit(',"request_id":')
-const FINGERPRINTS = lit(',"fingerprints":{')
 const FP_JWT = lit('"jwt":')
 const FP_CERT = lit('"cert":')
 const FP_APIKEY = lit('"apikey":')
-const CLIENT_KEY = lit('"client_address":')
-const METHOD = lit(',"method":')
-const PATH = lit(',"path":')
-const ROUTE = lit(',"route":')
-const SERVICE = lit(',"service":')
-const STATUS = lit(',"status":')
 const DURATION = lit(',"duration_ms":')
 const UPSTREAM = lit(',"upstream_ms":')
 const BYTES_IN = lit(',"bytes_in":')
 const BYTES_OUT = lit(',"bytes_out":')
 const UPSTREAM_ERROR = lit(',"upstream_error":')
 const GRPC_STATUS = lit(',"grpc_status":')
-const DECISION = lit(',"decision":')
-const POLICY_RULE = lit(',"policy_rule":')
-const FAILURES = lit(',"failures":[')
 const FAILURE_SOURCE = lit('{"source":')
 const FAILURE_REASON = lit(',"reason":')
 const ANOMALIES = lit('],"anomalies":[')
 const END = lit(']}\n')
+/** the usual end of a line: no failures, no anomalies */
+const NOTHING_NOTEWORTHY_END = lit('],"anomalies":[]}\n')
 const COMMA_BYTES = lit(',')
 const CLOSE_BRACE = lit('}')
 
@@ -159,9 +162,9 @@ const opt = (key: string, value: string | undefined) =>
  * so a cached fragment can never describe a different identity.
  */
 interface IdentityBytes {
-  /** ,"identity" … "zone" */
+  /** ,"identity" … "zone", then `,"fingerprints":{` */
   head: Buffer
-  /** "iss", "sub", "jti", "agent_operator", "agent_purpose", "actor", "on_behalf_of", "actor_chain", "signature_agent" */
+  /** `}` closing the fingerprints, "iss" … "signature_agent", then `,"client_address":` */
   claims: Buffer
 }
 const identityFragments = new WeakMap<Identity, IdentityBytes>()
@@ -172,10 +175,10 @@ export function identityBytes(id: Identity): IdentityBytes {
     const attrs = id.attributes
     bytes = {
       head: Buffer.from(
-        `,"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)}`,
+        `,"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)},"fingerprints":{`,
       ),
       claims: Buffer.from(
-        `${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}${opt('agent_operator', attrs['agent_operator'])}${opt('agent_purpose', attrs['agent_purpose'])}${opt('actor', attrs['actor'])}${opt('on_behalf_of', attrs['on_behalf_of'])}${opt('actor_chain', attrs['actor_chain'])}${opt('signature_agent', attrs['signature_agent'])}`,
+        `}${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}${opt('agent_operator', attrs['agent_operator'])}${opt('agent_purpose', attrs['agent_purpose'])}${opt('actor', attrs['actor'])}${opt('on_behalf_of', attrs['on_behalf_of'])}${opt('actor_chain', attrs['actor_chain'])}${opt('signature_agent', attrs['signature_agent'])},"client_address":`,
       ),
     }
     identityFragments.set(id, bytes)
@@ -183,33 +186,120 @@ export function identityBytes(id: Identity): IdentityBytes {
   return bytes
 }
 
-// Several requests finish within the same millisecond under load: format each millisecond once.
-let lastTimeMs = Number.NaN
-let lastTimeText = ''
-function isoTime(ms: number): string {
-  if (ms !== lastTimeMs) {
-    lastTimeText = new Date(ms).toISOString()
-    lastTimeMs = ms
+/**
+ * Text that repeats across requests without being the identity's — the method, the route with the
+ * service, the policy decision — escaped once and kept as bytes. Keyed by the text itself, so a reload
+ * needs no invalidation; bounded because a method is client input (HTTP/2 allows any token): a full map
+ * starts over.
+ */
+const MAX_FRAGMENTS = 256
+const methodFragments = new Map<string, Buffer>()
+interface RouteBytes {
+  service: string
+  bytes: Buffer
+}
+const routeFragments = new Map<string, RouteBytes>()
+
+/** `,"method":…,"path":` */
+function methodBytes(method: string): Buffer {
+  let bytes = methodFragments.get(method)
+  if (bytes === undefined) {
+    if (methodFragments.size >= MAX_FRAGMENTS) methodFragments.clear()
+    bytes = Buffer.from(`,"method":${json(method)},"path":`)
+    methodFragments.set(method, bytes)
   }
-  return lastTimeText
+  return bytes
+}
+
+/** `,"route":…,"service":…,"status":` */
+function routeBytes(route: string, service: string): Buffer {
+  let entry = routeFragments.get(route)
+  if (entry === undefined || entry.service !== service) {
+    if (routeFragments.size >= MAX_FRAGMENTS) routeFragments.clear()
+    entry = { service, bytes: Buffer.from(`,"route":${json(route)},"service":${json(service)},"status":`) }
+    routeFragments.set(route, entry)
+  }
+  return entry.bytes
+}
+
+/**
+ * `,"decision":…,"policy_rule":…,"failures":[`. Decisions are constant objects per policy rule; their
+ * fields are compared anyway, so an embedder that reuses and changes a decision object still gets its text.
+ */
+interface DecisionBytes {
+  decision: string
+  rule: string
+  bytes: Buffer
+}
+const decisionFragments = new WeakMap<PolicyDecision, DecisionBytes>()
+
+function decisionBytes(d: PolicyDecision): Buffer {
+  const decision = d.skipped ? 'none' : d.decision
+  let entry = decisionFragments.get(d)
+  if (entry === undefined || entry.decision !== decision || entry.rule !== d.rule) {
+    entry = {
+      decision,
+      rule: d.rule,
+      bytes: Buffer.from(`,"decision":${json(decision)},"policy_rule":${json(d.rule)},"failures":[`),
+    }
+    decisionFragments.set(d, entry)
+  }
+  return entry.bytes
+}
+
+/**
+ * The line's start up to the time's milliseconds (`{"type":"audit","time":"2026-12-04T00:54:46.`), formatted
+ * once per second: under load nearly every request has a millisecond of its own, so caching whole
+ * timestamps per millisecond still cost a Date and a toISOString per line.
+ */
+let lastSecond = Number.NaN
+let lastSecondBytes: Buffer = START
+/** 0000-01-01 up to 10000-01-01: the years toISOString writes with four digits */
+const MIN_TIME_MS = -62_167_219_200_000
+const MAX_TIME_MS = 253_402_300_800_000
+
+function writeTime(out: LineBuffer, ms: number): void {
+  if (!(ms >= MIN_TIME_MS && ms < MAX_TIME_MS)) {
+    // a six-digit year, or no valid time at all (toISOString throws and the recorder counts the failure)
+    out.copy(START)
+    out.ascii(new Date(ms).toISOString())
+    out.copy(TRACE)
+    return
+  }
+  // the Date constructor truncates a fractional time towards zero
+  const whole = Math.trunc(ms)
+  const second = Math.floor(whole / 1000)
+  if (second !== lastSecond) {
+    const iso = new Date(second * 1000).toISOString()
+    // "…T00:54:46.000Z" without its "000Z"
+    lastSecondBytes = Buffer.from(`{"type":"audit","time":"${iso.slice(0, -4)}`, 'latin1')
+    lastSecond = second
+  }
+  out.copy(lastSecondBytes)
+  out.reserve(3)
+  const b = out.bytes
+  const at = out.length
+  const milli = whole - second * 1000
+  b[at] = 0x30 + Math.floor(milli / 100)
+  b[at + 1] = 0x30 + (Math.floor(milli / 10) % 10)
+  b[at + 2] = 0x30 + (milli % 10)
+  out.length = at + 3
+  out.copy(TIME_END_TRACE)
 }
 
 /**
  * Appends the audit line of one event: `{"type":"audit", …toAuditRecord(event)}` plus a newline, key for
- * key what JSON.stringify would write.
+ * key what JSON.stringify would write (milliseconds always with three decimals).
  */
 export function writeAuditLine(out: LineBuffer, event: RequestEvent): void {
   const id = identityBytes(event.identity)
-  out.copy(START)
-  out.ascii(isoTime(event.time))
-  out.copy(TRACE)
+  writeTime(out, event.time)
   out.string(event.traceId)
   out.copy(SPAN)
   out.string(event.spanId)
   out.copy(REQUEST)
   out.string(event.requestId)
   out.copy(id.head)
-  out.copy(FINGERPRINTS)
   const fp = event.fingerprints
   let first = true
   if (fp.jwt !== undefined) {
@@ -228,21 +318,11 @@ export function writeAuditLine(out: LineBuffer, event: RequestEvent): void {
     out.copy(FP_APIKEY)
     out.string(fp.apikey)
   }
-  // "}" closes the fingerprints; the claims start with their own comma
-  out.copy(CLOSE_BRACE)
   out.copy(id.claims)
-  out.copy(COMMA_BYTES)
-  out.copy(CLIENT_KEY)
   out.string(event.clientAddress)
-  out.copy(METHOD)
-  out.string(event.method)
-  out.copy(PATH)
+  out.copy(methodBytes(event.method))
   out.string(event.path)
-  out.copy(ROUTE)
-  out.string(event.route)
-  out.copy(SERVICE)
-  out.string(event.service)
-  out.copy(STATUS)
+  out.copy(routeBytes(event.route, event.service))
   out.number(event.status)
   out.copy(DURATION)
   out.millis(event.durationMs)
@@ -260,13 +340,13 @@ export function writeAuditLine(out: LineBuffer, event: RequestEvent): void {
     out.copy(GRPC_STATUS)
     out.number(event.grpcStatus)
   }
-  const d = event.decision
-  out.copy(DECISION)
-  out.string(d.skipped ? 'none' : d.decision)
-  out.copy(POLICY_RULE)
-  out.string(d.rule)
-  out.copy(FAILURES)
+  out.copy(decisionBytes(event.decision))
   const failures = event.failures
+  const anomalies = event.anomalies
+  if (failures.length === 0 && anomalies.length === 0) {
+    out.copy(NOTHING_NOTEWORTHY_END)
+    return
+  }
   for (let i = 0; i < failures.length; i++) {
     const f = failures[i]!
     if (i > 0) out.copy(COMMA_BYTES)
@@ -277,7 +357,6 @@ export function writeAuditLine(out: LineBuffer, event: RequestEvent): void {
     out.copy(CLOSE_BRACE)
   }
   out.copy(ANOMALIES)
-  const anomalies = event.anomalies
   for (let i = 0; i < anomalies.length; i++) {
     if (i > 0) out.copy(COMMA_BYTES)
     out.string(anomalies[i]!)

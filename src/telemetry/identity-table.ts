@@ -22,6 +22,8 @@ export interface Edge {
   zone?: string
   boundary: TrustBoundary
   lastSeen: number
+  /** the identity object the edge was last updated from: the same object has the same verified, zone, boundary */
+  seenAs: Identity | undefined
 }
 
 /** The byte/time counters of one identity under one kind. */
@@ -33,6 +35,23 @@ export interface KindSeries {
   readonly upstreamSeconds: CounterSeries
 }
 
+/**
+ * The series an identity's last request went to, with what chose them: the next request with the same
+ * kind, verified, method, route and status finds them without a key. (Matched by value: a name's tokens
+ * are identity objects of their own, and requests alternate between them.)
+ */
+export interface HotSeries {
+  kind: Kind
+  verified: boolean
+  /** the request's method as it came (the label is normalised) */
+  method: string
+  route: string
+  status: number
+  perKind: KindSeries
+  requests: CounterSeries
+  duration: HistogramSeries
+}
+
 /** The metric series one identity created, keyed by a compact key of their varying labels. */
 export interface IdentitySeries {
   readonly requests: Map<string, CounterSeries>
@@ -41,6 +60,7 @@ export interface IdentitySeries {
   readonly cost: Map<string, CounterSeries>
   /** gRPC calls by kind, route and status code */
   readonly grpc: Map<string, CounterSeries>
+  hot: HotSeries | undefined
 }
 
 export interface IdentityEntry {
@@ -78,6 +98,13 @@ export interface IdentityEntry {
   readonly rate: RateWindow
   readonly latency: LatencyReservoir
   readonly edges: Map<string, Edge>
+  /** the edge of the last request: most identities call one service */
+  lastEdge: Edge | undefined
+  /**
+   * the identity object the entry's fields were last copied from: identity objects are never mutated, so
+   * the next request with the same object has nothing to copy
+   */
+  seenAs: Identity | undefined
   /** its metric series: they are rendered from the table, so they go when the entry goes */
   readonly series: IdentitySeries
 }
@@ -132,12 +159,15 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     rate: new RateWindow(),
     latency: new LatencyReservoir(),
     edges: new Map(),
+    lastEdge: undefined,
+    seenAs: undefined,
     series: {
       requests: new Map(),
       duration: new Map(),
       perKind: new Map(),
       cost: new Map(),
       grpc: new Map(),
+      hot: undefined,
     },
   }
 }
@@ -227,6 +257,15 @@ export class IdentityTable {
   }
 
   admit(identity: Identity, now: number): Admission {
+    const entry = this.admitEntry(identity, now)
+    return { entry, overflowed: this.overflowed }
+  }
+
+  /** whether the last admitEntry() recorded its identity as `__overflow__` */
+  overflowed = false
+
+  /** admit() without an object per request: whether it overflowed is left in `overflowed` */
+  admitEntry(identity: Identity, now: number): IdentityEntry {
     const bySource = this.namesOf(identity.source)
     let entry = bySource.get(identity.name)
     let overflowed = false
@@ -246,7 +285,10 @@ export class IdentityTable {
         }
       }
     }
+    this.overflowed = overflowed
     entry.lastSeen = now
+    if (entry.seenAs === identity) return entry
+    entry.seenAs = identity
     entry.kind = identity.kind
     entry.verified = identity.verified
     if (!entry.overflow) {
@@ -261,7 +303,7 @@ export class IdentityTable {
       entry.expiresAt = identity.expiresAt
       entry.expectEveryMs = identity.expectEveryMs
     }
-    return { entry, overflowed }
+    return entry
   }
 
   /** idle time after which an entry is dropped; jobs with expectEvery are kept long enough to be seen overdue */
@@ -291,16 +333,30 @@ export class IdentityTable {
   }
 
   recordEdge(entry: IdentityEntry, callee: string, identity: Identity, now: number): void {
-    let edge = entry.edges.get(callee)
-    if (!edge) {
-      if (entry.edges.size >= MAX_EDGES_PER_IDENTITY) return
-      edge = { callee, requests: 0, verified: false, boundary: 'unverified', lastSeen: now }
-      entry.edges.set(callee, edge)
+    let edge = entry.lastEdge
+    if (edge === undefined || edge.callee !== callee) {
+      edge = entry.edges.get(callee)
+      if (!edge) {
+        if (entry.edges.size >= MAX_EDGES_PER_IDENTITY) return
+        edge = {
+          callee,
+          requests: 0,
+          verified: false,
+          zone: undefined,
+          boundary: 'unverified',
+          lastSeen: now,
+          seenAs: undefined,
+        }
+        entry.edges.set(callee, edge)
+      }
+      entry.lastEdge = edge
     }
     edge.requests++
+    edge.lastSeen = now
+    if (edge.seenAs === identity) return
+    edge.seenAs = identity
     edge.verified = identity.verified
     edge.zone = identity.zone
     edge.boundary = trustBoundary(identity)
-    edge.lastSeen = now
   }
 }

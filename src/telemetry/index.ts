@@ -90,11 +90,14 @@ export class Telemetry {
   }
 
   record(event: RequestEvent): void {
-    for (const recorder of this.recorders) {
+    const recorders = this.recorders
+    // indexed, and the built-in recorders' undefined result is not probed for a `then`: once per request each
+    for (let i = 0; i < recorders.length; i++) {
+      const recorder = recorders[i]!
       try {
         const result: unknown = recorder.record(event)
         // a recorder written as async: its rejection must not become an unhandled one (that ends the process)
-        if (isThenable(result)) result.then(undefined, () => this.failed(recorder))
+        if (result !== undefined && isThenable(result)) result.then(undefined, () => this.failed(recorder))
       } catch {
         this.failed(recorder)
       }

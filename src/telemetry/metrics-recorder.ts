@@ -87,7 +87,8 @@ export class MetricsRecorder implements Recorder {
 
   record(event: RequestEvent): void {
     const now = this.now()
-    const { entry, overflowed } = this.table.admit(event.identity, now)
+    const entry = this.table.admitEntry(event.identity, now)
+    const overflowed = this.table.overflowed
     const cost = this.costOf(event)
     const error = isError(event)
     entry.requests++

@@ -5,7 +5,7 @@
 // (with trace_id exemplars on nhi_requests_total and the duration histogram).
 
 import type { JwksObserver } from '../identity/jwt/jwks.ts'
-import type { Kind, PolicyDecision, RequestEvent } from '../types.ts'
+import type { Identity, Kind, PolicyDecision, RequestEvent } from '../types.ts'
 import { flattened } from '../util/flat.ts'
 import {
   Buckets,
@@ -56,19 +56,6 @@ export interface Scrape {
 }
 
 /** Recognised HTTP methods keep their name; anything else is "OTHER" so the label stays bounded. */
-/** the series an identity's last request went to, with the labels that chose them */
-interface HotSeries {
-  kind: Kind
-  verified: string
-  method: string
-  route: string
-  status: number
-  requests: CounterSeries
-  duration: HistogramSeries
-}
-/** keyed by the identity entry's series: an entry that goes takes its slot with it */
-const hotSeries = new WeakMap<IdentityEntry['series'], HotSeries>()
-
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE'])
 
 /** why the proxy closed an HTTP/2 connection: a fixed set, so the label stays bounded */
@@ -297,38 +284,44 @@ export class Metrics {
     const identity = event.identity
     const kind = identity.kind
     const series = entry.series
-    const method = METHODS.has(event.method) ? event.method : 'OTHER'
-    const verified = identity.verified ? 'true' : 'false'
     const route = event.route
     const traceId = event.traceId
     const at = event.time
-    const perKind = this.kindSeries(entry, kind)
-
-    // An identity's requests mostly repeat the labels of its previous one: then its series are found
-    // without building the map keys (a string per key per request).
-    let hot = hotSeries.get(series)
     const status = event.status
+
+    // An identity's requests mostly repeat the labels of its previous one: then its series are found without
+    // a lookup or a key built (a string per key per request).
+    const hot = series.hot
+    let perKind: KindSeries
     let requests: CounterSeries
     let duration: HistogramSeries
-    if (hot !== undefined && hot.kind === kind && hot.route === route) {
+    const verified = identity.verified
+    if (hot !== undefined && hot.kind === kind && hot.verified === verified && hot.route === route) {
+      perKind = hot.perKind
       duration = hot.duration
-      if (hot.verified === verified && hot.method === method && hot.status === status) requests = hot.requests
-      else requests = this.requestSeries(series, perKind, kind, verified, method, route, status)
+      if (hot.method === event.method && hot.status === status) requests = hot.requests
+      else {
+        requests = this.requestSeries(series, perKind, identity, event.method, route, status)
+        hot.method = event.method
+        hot.status = status
+        hot.requests = requests
+      }
     } else {
-      requests = this.requestSeries(series, perKind, kind, verified, method, route, status)
+      perKind = this.kindSeries(entry, kind)
+      requests = this.requestSeries(series, perKind, identity, event.method, route, status)
       duration = this.durationSeries(series, perKind, kind, route)
-    }
-    if (hot === undefined) {
-      hot = { kind, verified, method, route, status, requests, duration }
-      hotSeries.set(series, hot)
-    } else {
-      hot.kind = kind
-      hot.verified = verified
-      hot.method = method
-      hot.route = route
-      hot.status = status
-      hot.requests = requests
-      hot.duration = duration
+      if (hot === undefined) {
+        series.hot = { kind, verified, method: event.method, route, status, perKind, requests, duration }
+      } else {
+        hot.kind = kind
+        hot.verified = verified
+        hot.method = event.method
+        hot.route = route
+        hot.status = status
+        hot.perKind = perKind
+        hot.requests = requests
+        hot.duration = duration
+      }
     }
     requests.incWithExemplar(1, traceId, at)
     duration.observe(event.durationMs / 1000, traceId, at)
@@ -385,12 +378,14 @@ export class Metrics {
   private requestSeries(
     series: IdentityEntry['series'],
     perKind: KindSeries,
-    kind: Kind,
-    verified: string,
-    method: string,
+    identity: Identity,
+    requestMethod: string,
     route: string,
     status: number,
   ): CounterSeries {
+    const kind = identity.kind
+    const verified = identity.verified ? 'true' : 'false'
+    const method = METHODS.has(requestMethod) ? requestMethod : 'OTHER'
     // the entry is one source's: its series need no source in their key
     const reqKey = `${kind}\u0000${verified}\u0000${method}\u0000${route}\u0000${status}`
     let requests = series.requests.get(reqKey)
