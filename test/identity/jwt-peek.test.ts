@@ -12,7 +12,7 @@ t.test('tokens with the same header bytes share one frozen header, each with its
   const b = peekToken(token(header, { sub: 'b', jti: '2' }))
   if (typeof a === 'string' || typeof b === 'string') throw new Error('both tokens decode')
   t.same(a.header, header)
-  t.equal(b.header, a.header, 'the second token reuses the first one's decoding of the header')
+  t.equal(b.header, a.header, 'the second token reuses the header decoded for the first')
   t.ok(Object.isFrozen(a.header), 'shared, so frozen')
   t.throws(() => {
     ;(a.header as Record<string, unknown>)['alg'] = 'none'

@@ -133,6 +133,17 @@ t.test('one message carries key sets and checks taken on in job order', async (t
   t.match(second, { header: { alg: 'ES256', kid: 'unit-k2' } }, 'verified with the reloaded key set')
   t.match(strict, { code: 'ERR_JWT_CLAIM_VALIDATION_FAILED', claim: 'aud' }, 'its own checks')
   t.match(third, { header: { alg: 'ES256' } }, 'the checks after it are the usual ones again')
+  // a token without kid (the worker tries the key set's keys) answers no kid, and an empty kid is a kid
+  const [noKid, emptyKid] = await Promise.all([
+    pool.verify(
+      job(await mintToken(rotated, {}, { issuer: ISSUER, header: { kid: undefined } })),
+      after,
+      'e',
+    ),
+    pool.verify(job(await mintToken(rotated, {}, { issuer: ISSUER, header: { kid: '' } })), after, 'e'),
+  ])
+  t.same(noKid, { id: (noKid as WorkerReply).id, header: { alg: 'ES256', kid: undefined } }, 'no kid')
+  t.match(emptyKid, { code: 'ERR_JWKS_NO_MATCHING_KEY' }, 'the empty kid is looked up as one (no key has it)')
 })
 
 t.test('a closed pool answers waiting jobs (the caller then verifies inline)', async (t) => {

@@ -18,8 +18,10 @@ export interface IssuerSetup {
  * WorkerBatch.setup of what the worker takes on for this issuer just before this job (-1: nothing)
  */
 export const JOB_FIELDS = 6
-/** fields per job in a reply: id, code ('' when verified), alg (verified) or claim (failed, '' if none), kid ('' if none) */
+/** fields per job in a reply: id, code ('' when verified), alg (verified) or claim (failed), kid */
 export const REPLY_FIELDS = 4
+/** a reply's claim or kid that is not there (a number, so that no string, not even '', is mistaken for it) */
+export const ABSENT = -1
 
 /** what a worker is sent: the jobs started in one turn of the event loop, JOB_FIELDS per job */
 export interface WorkerBatch {

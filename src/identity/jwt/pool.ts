@@ -13,7 +13,13 @@ import { availableParallelism } from 'node:os'
 import type { Worker } from 'node:worker_threads'
 import type { JWK } from 'jose'
 import { startWorkerThread } from '../../util/worker-thread.ts'
-import { type IssuerSetup, REPLY_FIELDS, type WorkerBatch, type WorkerBatchReply } from './pool-wire.ts'
+import {
+  ABSENT,
+  type IssuerSetup,
+  REPLY_FIELDS,
+  type WorkerBatch,
+  type WorkerBatchReply,
+} from './pool-wire.ts'
 
 export type { IssuerSetup, WorkerBatch, WorkerBatchReply } from './pool-wire.ts'
 
@@ -294,11 +300,14 @@ export class VerifyPool {
       slot.running.delete(id)
       this.verified++
       const code = replies[i + 1] as string
-      const detail = replies[i + 2] as string
+      const detail = replies[i + 2]
       if (code === '') {
-        const kid = replies[i + 3] as string
-        p.resolve({ id, header: { alg: detail, kid: kid === '' ? undefined : kid } })
-      } else p.resolve(detail === '' ? { id, code } : { id, code, claim: detail })
+        const kid = replies[i + 3]
+        p.resolve({
+          id,
+          header: { alg: detail as string, kid: kid === ABSENT ? undefined : (kid as string) },
+        })
+      } else p.resolve(detail === ABSENT ? { id, code } : { id, code, claim: detail as string })
     }
     this.drain(slot)
     if (slot.running.size === 0) {

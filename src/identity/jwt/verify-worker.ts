@@ -8,6 +8,7 @@ import { parentPort } from 'node:worker_threads'
 import { createLocalJWKSet, errors } from 'jose'
 import { type JwtCheckOptions, verifyJwt } from './jws.ts'
 import {
+  ABSENT,
   type IssuerSetup,
   JOB_FIELDS,
   REPLY_FIELDS,
@@ -40,26 +41,26 @@ function setUp(s: IssuerSetup): void {
   })
 }
 
-const UNKNOWN = ['ERR_NHI_UNKNOWN', '', ''] as const
+const UNKNOWN = ['ERR_NHI_UNKNOWN', ABSENT, ABSENT] as const
 
-/** the job's reply fields (REPLY_FIELDS) after `id`: code ('' verified), alg or claim, kid */
+/** the job's reply fields (REPLY_FIELDS) after `id`: code ('' verified), alg or claim, kid (ABSENT: none) */
 async function verify(
   issuer: string,
   version: number,
   now: number,
   token: string,
-): Promise<[string, string, string]> {
+): Promise<readonly [string, string | number, string | number]> {
   const held = issuers.get(issuer)
-  if (!held || held.version !== version) return ['ERR_NHI_KEYS_STALE', '', '']
+  if (!held || held.version !== version) return ['ERR_NHI_KEYS_STALE', ABSENT, ABSENT]
   const options: JwtCheckOptions = { ...held.options, now }
   try {
     const { protectedHeader } = await verifyWithKeys(token, held.set, options)
     const kid = protectedHeader.kid
-    return ['', protectedHeader.alg, typeof kid === 'string' ? kid : '']
+    return ['', protectedHeader.alg, typeof kid === 'string' ? kid : ABSENT]
   } catch (err) {
     const code = (err as { code?: unknown }).code
-    const claim = err instanceof errors.JWTClaimValidationFailed ? err.claim : ''
-    return [typeof code === 'string' && code !== '' ? code : 'ERR_NHI_UNKNOWN', claim, '']
+    const claim = err instanceof errors.JWTClaimValidationFailed ? err.claim : ABSENT
+    return [typeof code === 'string' && code !== '' ? code : 'ERR_NHI_UNKNOWN', claim, ABSENT]
   }
 }
 
@@ -90,7 +91,7 @@ parentPort?.on('message', (batch: WorkerBatch) => {
     const id = jobs[i] as number
     const issuer = jobs[i + 1] as string
     const setup = jobs[i + 5] as number
-    const answer = (fields: readonly [string, string, string]) => {
+    const answer = (fields: readonly [string, string | number, string | number]) => {
       out[o] = id
       out[o + 1] = fields[0]
       out[o + 2] = fields[1]
