@@ -37,6 +37,12 @@ t.test(
     if (typeof a === 'string' || typeof b === 'string') throw new Error('both tokens decode')
     t.not(a.header, b.header, 'a header holding an object is decoded per token')
     t.notOk(Object.isFrozen(a.header))
+    const long = { alg: 'RS256', kid: 'k'.repeat(600) }
+    const c = peekToken(token(long, { sub: 'a' }))
+    const d = peekToken(token(long, { sub: 'b' }))
+    if (typeof c === 'string' || typeof d === 'string') throw new Error('both tokens decode')
+    t.not(c.header, d.header, 'a header longer than any real one is decoded per token, not kept')
+    t.same(d.header, long)
     // the header is remembered, the claims are still checked for each token
     const ok = { alg: 'RS256', kid: 'peek-k2' }
     t.type(peekToken(token(ok, { sub: 'a' })), 'object')

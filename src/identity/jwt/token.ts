@@ -82,8 +82,11 @@ export function peekToken(token: string): UnverifiedToken | string {
  */
 const peekedHeaders = new Map<string, Readonly<Record<string, unknown>>>()
 const MAX_PEEKED_HEADERS = 64
+/** a real header ({"alg","kid","typ"}) is ≈ 100 characters: longer ones are decoded per token, not kept */
+const MAX_PEEKED_HEADER_CHARS = 512
 
 function rememberHeader(segment: string, header: Record<string, unknown>): void {
+  if (segment.length > MAX_PEEKED_HEADER_CHARS) return
   for (const k in header) {
     const v = header[k]
     if (typeof v === 'object' && v !== null) return
