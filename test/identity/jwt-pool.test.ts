@@ -110,6 +110,42 @@ t.test('a job the worker cannot take does not leave the rest of its batch unansw
   t.match(good, { header: { alg: 'ES256' } }, 'the other job of the batch verified')
 })
 
+t.test('one message carries key sets and checks taken on in job order', async (t) => {
+  const pool = new VerifyPool({ size: 1, maxQueue: 10, maxQueuePerPeer: 10 })
+  t.teardown(() => pool.close())
+  const rotated = await createSigningKey('unit-k2', 'ES256')
+  const before = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const after = { version: 2, jwks: [rotated.publicJwk], kids: new Set([rotated.kid]) }
+  const old = await mintToken(key, {}, { issuer: ISSUER })
+  const fresh = await mintToken(rotated, {}, { issuer: ISSUER })
+  await ready(t, pool, old, before)
+  const sent = pool.stats().batches
+  // the key set is reloaded between two jobs of one turn: each job is checked against the keys it was sent
+  // with, and a later job's stricter checks do not reach an earlier one
+  const [first, second, strict, third] = await Promise.all([
+    pool.verify(job(old), before, 'a'),
+    pool.verify(job(fresh), after, 'b'),
+    pool.verify({ ...job(fresh), audience: ['nobody'] }, after, 'c'),
+    pool.verify(job(fresh), after, 'd'),
+  ])
+  t.equal(pool.stats().batches - sent, 1, 'all four in one message')
+  t.match(first, { header: { alg: 'ES256', kid: 'unit-k1' } }, 'verified with the key set it was sent with')
+  t.match(second, { header: { alg: 'ES256', kid: 'unit-k2' } }, 'verified with the reloaded key set')
+  t.match(strict, { code: 'ERR_JWT_CLAIM_VALIDATION_FAILED', claim: 'aud' }, 'its own checks')
+  t.match(third, { header: { alg: 'ES256' } }, 'the checks after it are the usual ones again')
+  // a token without kid (the worker tries the key set's keys) answers no kid, and an empty kid is a kid
+  const [noKid, emptyKid] = await Promise.all([
+    pool.verify(
+      job(await mintToken(rotated, {}, { issuer: ISSUER, header: { kid: undefined } })),
+      after,
+      'e',
+    ),
+    pool.verify(job(await mintToken(rotated, {}, { issuer: ISSUER, header: { kid: '' } })), after, 'e'),
+  ])
+  t.same(noKid, { id: (noKid as WorkerReply).id, header: { alg: 'ES256', kid: undefined } }, 'no kid')
+  t.match(emptyKid, { code: 'ERR_JWKS_NO_MATCHING_KEY' }, 'the empty kid is looked up as one (no key has it)')
+})
+
 t.test('a closed pool answers waiting jobs (the caller then verifies inline)', async (t) => {
   const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 10, maxQueuePerPeer: 10 })
   const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }

@@ -6,38 +6,40 @@
 // refused at once (the caller attributes the request as a failed verification, `verification_busy`).
 // Jobs go to a worker in batches (those started in one turn of the event loop, one message) and come back
 // in batches: a message each way per job cost about as much CPU as the signature check itself, most of it
-// in waking the other thread, and on a small pod that is CPU the flood takes from everyone.
+// in waking the other thread, and on a small pod that is CPU the flood takes from everyone. A batch is flat
+// (per job its id, clock and token; an issuer's options and keys only when that worker lacks them) and so is
+// the reply: structured clone pays per object and per property name, and a flood pays it per token.
 import { availableParallelism } from 'node:os'
 import type { Worker } from 'node:worker_threads'
 import type { JWK } from 'jose'
 import { startWorkerThread } from '../../util/worker-thread.ts'
+import {
+  ABSENT,
+  type IssuerSetup,
+  REPLY_FIELDS,
+  type WorkerBatch,
+  type WorkerBatchReply,
+} from './pool-wire.ts'
 
-/** what a worker is asked: one token, its issuer's options, and the issuer's key set when that worker lacks it */
-export interface WorkerJob {
-  id: number
+export type { IssuerSetup, WorkerBatch, WorkerBatchReply } from './pool-wire.ts'
+
+/** what a caller asks: one token and its issuer's checks */
+export interface PoolJob {
   token: string
   issuer: string
-  /** the key set's version; the worker refuses a job for a version it does not hold */
-  version: number
-  jwks?: JWK[]
   algorithms: string[]
   /** undefined: any audience; [] accepts none (as IssuerVerifier) */
-  audience?: string[]
+  audience?: string[] | undefined
   clockTolerance: number
   /** unix ms, the verifier's clock */
   now: number
 }
-
-/** what a worker is sent: the jobs started in one turn of the event loop */
-export type WorkerBatch = WorkerJob[]
 
 export type WorkerReply =
   /** verified: the caller decodes the payload of the token it sent */
   | { id: number; header: { alg: string; kid: string | undefined } }
   /** a jose error code (or ERR_NHI_*: the pool's own), with the claim of a claim validation failure */
   | { id: number; code: string; claim?: string | undefined }
-
-export type PoolJob = Omit<WorkerJob, 'id' | 'jwks' | 'version'>
 export interface PoolKeys {
   version: number
   jwks: JWK[]
@@ -80,18 +82,29 @@ export interface VerifyPoolStats {
 }
 
 interface Pending {
-  job: WorkerJob
+  id: number
+  job: PoolJob
   keys: PoolKeys
   resolve: (reply: WorkerReply) => void
+}
+
+/** what a worker holds for one issuer: the checks and the key-set version */
+interface Held {
+  version: number
+  algorithms: string[]
+  audience: string[] | undefined
+  clockTolerance: number
 }
 
 interface Slot {
   worker: Worker
   running: Map<number, Pending>
-  /** jobs started in this turn of the event loop, sent together by `flush` */
-  outbox: WorkerJob[]
-  /** key set version this worker holds, per issuer */
-  versions: Map<string, number>
+  /** jobs started in this turn of the event loop (JOB_FIELDS each), sent together by `flush` */
+  outbox: (string | number)[]
+  /** issuers' checks and keys the jobs in the outbox refer to */
+  setup: IssuerSetup[] | undefined
+  /** the checks and key-set version this worker holds, per issuer */
+  held: Map<string, Held>
   /** the worker has loaded its code and takes jobs */
   ready: boolean
   /** stops the worker once it has been idle for idleMs (set while it has no job) */
@@ -166,7 +179,7 @@ export class VerifyPool {
       }
     }
     return new Promise<WorkerReply>((resolve) => {
-      const pending: Pending = { job: { ...job, id: this.nextId++, version: keys.version }, keys, resolve }
+      const pending: Pending = { id: this.nextId++, job, keys, resolve }
       if (slot) {
         this.start(slot, pending)
         return
@@ -196,25 +209,52 @@ export class VerifyPool {
 
   private start(slot: Slot, p: Pending): void {
     const job = p.job
-    if (slot.versions.get(job.issuer) !== job.version) {
-      job.jwks = p.keys.jwks
-      slot.versions.set(job.issuer, job.version)
+    const version = p.keys.version
+    const held = slot.held.get(job.issuer)
+    let setupIndex = -1
+    if (
+      held === undefined ||
+      held.version !== version ||
+      held.clockTolerance !== job.clockTolerance ||
+      !sameList(held.algorithms, job.algorithms) ||
+      !sameList(held.audience, job.audience)
+    ) {
+      const setup: IssuerSetup = {
+        issuer: job.issuer,
+        version,
+        jwks: p.keys.jwks,
+        algorithms: job.algorithms,
+        audience: job.audience,
+        clockTolerance: job.clockTolerance,
+      }
+      if (slot.setup === undefined) slot.setup = []
+      setupIndex = slot.setup.push(setup) - 1
+      slot.held.set(job.issuer, {
+        version,
+        algorithms: job.algorithms,
+        audience: job.audience,
+        clockTolerance: job.clockTolerance,
+      })
     }
     if (slot.running.size === 0) {
       slot.worker.ref()
       clearTimeout(slot.idleTimer)
       slot.idleTimer = undefined
     }
-    slot.running.set(job.id, p)
+    slot.running.set(p.id, p)
+    const first = slot.outbox.length === 0
+    slot.outbox.push(p.id, job.issuer, version, job.now, job.token, setupIndex)
     // setImmediate, not a microtask: each request's tokens arrive in a callback of their own, and the
     // batch is what one poll of the event loop brought
-    if (slot.outbox.push(job) === 1) setImmediate(() => this.flush(slot))
+    if (first) setImmediate(() => this.flush(slot))
   }
 
   private flush(slot: Slot): void {
     if (slot.outbox.length === 0) return
-    const batch: WorkerBatch = slot.outbox
+    const batch: WorkerBatch = { jobs: slot.outbox }
+    if (slot.setup) batch.setup = slot.setup
     slot.outbox = []
+    slot.setup = undefined
     // a retired or dead worker already answered these jobs WORKER_GONE
     if (!this.slots.includes(slot)) return
     this.batches++
@@ -231,8 +271,15 @@ export class VerifyPool {
     }
     // an idle pool must not keep the process alive; a worker with jobs is ref'd in start()
     worker.unref()
-    const slot: Slot = { worker, running: new Map(), outbox: [], versions: new Map(), ready: false }
-    worker.on('message', (replies: WorkerReply[] | 'ready') => {
+    const slot: Slot = {
+      worker,
+      running: new Map(),
+      outbox: [],
+      setup: undefined,
+      held: new Map(),
+      ready: false,
+    }
+    worker.on('message', (replies: WorkerBatchReply | 'ready') => {
       if (replies === 'ready') {
         slot.ready = true
         this.drain(slot)
@@ -245,13 +292,22 @@ export class VerifyPool {
     this.slots.push(slot)
   }
 
-  private answered(slot: Slot, replies: WorkerReply[]): void {
-    for (const reply of replies) {
-      const p = slot.running.get(reply.id)
+  private answered(slot: Slot, replies: WorkerBatchReply): void {
+    for (let i = 0; i + REPLY_FIELDS <= replies.length; i += REPLY_FIELDS) {
+      const id = replies[i] as number
+      const p = slot.running.get(id)
       if (!p) continue
-      slot.running.delete(reply.id)
+      slot.running.delete(id)
       this.verified++
-      p.resolve(reply)
+      const code = replies[i + 1] as string
+      const detail = replies[i + 2]
+      if (code === '') {
+        const kid = replies[i + 3]
+        p.resolve({
+          id,
+          header: { alg: detail as string, kid: kid === ABSENT ? undefined : (kid as string) },
+        })
+      } else p.resolve(detail === ABSENT ? { id, code } : { id, code, claim: detail as string })
     }
     this.drain(slot)
     if (slot.running.size === 0) {
@@ -290,9 +346,10 @@ export class VerifyPool {
     this.slots.splice(i, 1)
     clearTimeout(slot.idleTimer)
     if (!slot.ready) this.broken = true
-    for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
+    for (const p of slot.running.values()) p.resolve({ id: p.id, code: WORKER_GONE })
     slot.running.clear()
     slot.outbox = []
+    slot.setup = undefined
     void slot.worker.terminate().catch(() => {})
     // jobs still waiting go to a replacement worker, or back to their callers to verify inline
     if (this.usable) {
@@ -304,7 +361,7 @@ export class VerifyPool {
     }
     if (!this.usable || !this.slots.some((s) => s.ready)) {
       for (const queue of this.waiting.values())
-        for (const p of queue) p.resolve({ id: p.job.id, code: WORKER_GONE })
+        for (const p of queue) p.resolve({ id: p.id, code: WORKER_GONE })
       this.waiting.clear()
       this.queued = 0
     }
@@ -313,11 +370,19 @@ export class VerifyPool {
   private retire(slot: Slot): void {
     clearTimeout(slot.idleTimer)
     slot.worker.removeAllListeners()
-    for (const p of slot.running.values()) p.resolve({ id: p.job.id, code: WORKER_GONE })
+    for (const p of slot.running.values()) p.resolve({ id: p.id, code: WORKER_GONE })
     slot.running.clear()
     slot.outbox = []
+    slot.setup = undefined
     void slot.worker.terminate().catch(() => {})
   }
+}
+
+function sameList(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  if (a === b) return true
+  if (a === undefined || b === undefined || a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
 }
 
 function startWorker(): Worker {

@@ -53,12 +53,13 @@ export function peekToken(token: string): UnverifiedToken | string {
   const dot = token.indexOf('.')
   const dot2 = token.indexOf('.', dot + 1)
   if (dot <= 0 || dot2 === -1) return 'header or payload is not base64url-encoded JSON'
-  const headerText = base64urlText(token.slice(0, dot))
+  const headerSegment = token.slice(0, dot)
+  let header: unknown = peekedHeaders.get(headerSegment)
+  const headerText = header === undefined ? base64urlText(headerSegment) : undefined
   const claimsText = base64urlText(token.slice(dot + 1, dot2))
-  let header: unknown
   let claims: unknown
   try {
-    header = JSON.parse(headerText)
+    if (headerText !== undefined) header = JSON.parse(headerText)
     claims = JSON.parse(claimsText)
   } catch {
     return 'header or payload is not base64url-encoded JSON'
@@ -66,10 +67,32 @@ export function peekToken(token: string): UnverifiedToken | string {
   if (!isJsonObject(header) || !isJsonObject(claims)) return 'header or payload is not a JSON object'
   // JSON.parse keeps the last of duplicate members while other parsers (the upstream's) may keep the first:
   // a signed token with two "sub" claims would mean different identities to us and to the upstream.
-  if (hasDuplicateMember(headerText) || hasDuplicateMember(claimsText)) {
+  if ((headerText !== undefined && hasDuplicateMember(headerText)) || hasDuplicateMember(claimsText)) {
     return 'header or payload has a duplicate member name'
   }
+  if (headerText !== undefined) rememberHeader(headerSegment, header)
   return { header, claims }
+}
+
+/**
+ * Decoded headers by their segment. Every token one key signs has the same header bytes ({"alg","kid","typ"}),
+ * so a flood of new tokens would decode, parse and scan the same ≈ 100 characters each time. Only headers whose
+ * members are all primitives are kept, frozen, so a shared object cannot be changed through one token's view;
+ * the map is client input, so it is bounded and simply starts over when full.
+ */
+const peekedHeaders = new Map<string, Readonly<Record<string, unknown>>>()
+const MAX_PEEKED_HEADERS = 64
+/** a real header ({"alg","kid","typ"}) is ≈ 100 characters: longer ones are decoded per token, not kept */
+const MAX_PEEKED_HEADER_CHARS = 512
+
+function rememberHeader(segment: string, header: Record<string, unknown>): void {
+  if (segment.length > MAX_PEEKED_HEADER_CHARS) return
+  for (const k in header) {
+    const v = header[k]
+    if (typeof v === 'object' && v !== null) return
+  }
+  if (peekedHeaders.size >= MAX_PEEKED_HEADERS) peekedHeaders.clear()
+  peekedHeaders.set(segment, Object.freeze(header))
 }
 
 function isJsonObject(v: unknown): v is Record<string, unknown> {

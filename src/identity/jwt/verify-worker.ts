@@ -7,30 +7,60 @@
 import { parentPort } from 'node:worker_threads'
 import { createLocalJWKSet, errors } from 'jose'
 import { type JwtCheckOptions, verifyJwt } from './jws.ts'
-import type { WorkerBatch, WorkerJob, WorkerReply } from './pool.ts'
+import {
+  ABSENT,
+  type IssuerSetup,
+  JOB_FIELDS,
+  REPLY_FIELDS,
+  type WorkerBatch,
+  type WorkerBatchReply,
+} from './pool-wire.ts'
 
 type LocalKeySet = ReturnType<typeof createLocalJWKSet>
 
-const keySets = new Map<string, { version: number; set: LocalKeySet }>()
+interface Held {
+  version: number
+  set: LocalKeySet
+  /** the issuer's checks; `now` is set per job */
+  options: JwtCheckOptions
+}
 
-async function verify(job: WorkerJob): Promise<WorkerReply> {
-  if (job.jwks) keySets.set(job.issuer, { version: job.version, set: createLocalJWKSet({ keys: job.jwks }) })
-  const held = keySets.get(job.issuer)
-  if (!held || held.version !== job.version) return { id: job.id, code: 'ERR_NHI_KEYS_STALE' }
-  const options: JwtCheckOptions = {
-    issuer: job.issuer,
-    algorithms: new Set(job.algorithms),
-    clockTolerance: job.clockTolerance,
-    now: job.now,
-    audience: job.audience,
-  }
+const issuers = new Map<string, Held>()
+
+function setUp(s: IssuerSetup): void {
+  issuers.set(s.issuer, {
+    version: s.version,
+    set: createLocalJWKSet({ keys: s.jwks }),
+    options: {
+      issuer: s.issuer,
+      algorithms: new Set(s.algorithms),
+      clockTolerance: s.clockTolerance,
+      now: 0,
+      audience: s.audience,
+    },
+  })
+}
+
+const UNKNOWN = ['ERR_NHI_UNKNOWN', ABSENT, ABSENT] as const
+
+/** the job's reply fields (REPLY_FIELDS) after `id`: code ('' verified), alg or claim, kid (ABSENT: none) */
+async function verify(
+  issuer: string,
+  version: number,
+  now: number,
+  token: string,
+): Promise<readonly [string, string | number, string | number]> {
+  const held = issuers.get(issuer)
+  if (!held || held.version !== version) return ['ERR_NHI_KEYS_STALE', ABSENT, ABSENT]
+  const options: JwtCheckOptions = { ...held.options, now }
   try {
-    const { protectedHeader } = await verifyWithKeys(job.token, held.set, options)
-    return { id: job.id, header: { alg: protectedHeader.alg, kid: protectedHeader.kid } }
+    const { protectedHeader } = await verifyWithKeys(token, held.set, options)
+    const kid = protectedHeader.kid
+    return ['', protectedHeader.alg, typeof kid === 'string' ? kid : ABSENT]
   } catch (err) {
     const code = (err as { code?: unknown }).code
-    const claim = err instanceof errors.JWTClaimValidationFailed ? err.claim : undefined
-    return { id: job.id, code: typeof code === 'string' ? code : 'ERR_NHI_UNKNOWN', claim }
+    const claim = err instanceof errors.JWTClaimValidationFailed ? err.claim : ABSENT
+    return [typeof code === 'string' && code !== '' ? code : 'ERR_NHI_UNKNOWN', claim, ABSENT]
   }
 }
 
@@ -54,12 +84,33 @@ async function verifyWithKeys(token: string, keys: LocalKeySet, options: JwtChec
 // a batch is answered in one message; verification is synchronous once a key is imported, so the batch
 // waits for no more than its own signature checks
 parentPort?.on('message', (batch: WorkerBatch) => {
-  // one job that throws (a key set jose cannot take) must not leave its batch unanswered: the caller then
-  // verifies that token itself
-  const replies = batch.map((job) =>
-    verify(job).catch((): WorkerReply => ({ id: job.id, code: 'ERR_NHI_UNKNOWN' })),
-  )
-  void Promise.all(replies).then((answered) => parentPort?.postMessage(answered))
+  const jobs = batch.jobs
+  const out: WorkerBatchReply = new Array((jobs.length / JOB_FIELDS) * REPLY_FIELDS)
+  const answers: Promise<void>[] = []
+  for (let i = 0, o = 0; i + JOB_FIELDS <= jobs.length; i += JOB_FIELDS, o += REPLY_FIELDS) {
+    const id = jobs[i] as number
+    const issuer = jobs[i + 1] as string
+    const setup = jobs[i + 5] as number
+    const answer = (fields: readonly [string, string | number, string | number]) => {
+      out[o] = id
+      out[o + 1] = fields[0]
+      out[o + 2] = fields[1]
+      out[o + 3] = fields[2]
+    }
+    // one job that throws (a key set jose cannot take) must not leave its batch unanswered: the caller then
+    // verifies that token itself. Setups are taken on in job order, so each job meets the keys it was sent with.
+    try {
+      if (setup >= 0) setUp(batch.setup![setup]!)
+      answers.push(
+        verify(issuer, jobs[i + 2] as number, jobs[i + 3] as number, jobs[i + 4] as string)
+          .catch(() => UNKNOWN)
+          .then(answer),
+      )
+    } catch {
+      answer(UNKNOWN)
+    }
+  }
+  void Promise.all(answers).then(() => parentPort?.postMessage(out))
 })
 // jose is loaded: until now the pool verified new tokens on the main thread rather than wait for this thread
 parentPort?.postMessage('ready')
