@@ -327,3 +327,28 @@ function audienceAccepted(aud: unknown, accepted: readonly string[]): boolean {
   if (Array.isArray(aud)) return accepted.some((a) => aud.includes(a))
   return false
 }
+
+/**
+ * verifyJwt with a key set, trying each candidate when the token has no kid and several keys fit its alg
+ * (jose's JWKSMultipleMatchingKeys, iterable over those keys): the first key that verifies wins, and when
+ * none does the multiple-keys error stands. The inline verifier and the verification worker share this loop.
+ */
+export async function verifyJwtWithKeySet(
+  token: string,
+  keys: JwsKeyResolver,
+  opts: JwtCheckOptions,
+): Promise<VerifiedJwt> {
+  try {
+    return await verifyJwt(token, keys, opts)
+  } catch (err) {
+    if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
+    for await (const key of err as unknown as AsyncIterable<JwsKey>) {
+      try {
+        return await verifyJwt(token, key, opts)
+      } catch (inner) {
+        if (!(inner instanceof errors.JWSSignatureVerificationFailed)) throw inner
+      }
+    }
+    throw err
+  }
+}

@@ -4,8 +4,8 @@ import { decodeJwt, decodeProtectedHeader, errors, type JWTPayload } from 'jose'
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
-import { IssuerKeySet, type KeySetOptions, type PublicKeys, type VerificationKey } from './jwks.ts'
-import { type JwtCheckOptions, verifyJwt } from './jws.ts'
+import { IssuerKeySet, type KeySetOptions, type PublicKeys } from './jwks.ts'
+import { type JwtCheckOptions, verifyJwtWithKeySet } from './jws.ts'
 import { type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
 import type { UnverifiedToken } from './token.ts'
 
@@ -197,21 +197,7 @@ export class IssuerVerifier {
     return !isHmac(header.alg) && (typeof header.kid !== 'string' || keys.kids.has(header.kid))
   }
 
-  private async verifyInline(token: string, now: number): Promise<Verified> {
-    const options: JwtCheckOptions = { ...this.checks, now }
-    try {
-      return await verifyJwt(token, this.keys.getKey, options)
-    } catch (err) {
-      // a token without kid may match several keys: try each, the first that verifies wins
-      if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
-      for await (const key of err as unknown as AsyncIterable<VerificationKey>) {
-        try {
-          return await verifyJwt(token, key, options)
-        } catch (inner) {
-          if (!(inner instanceof errors.JWSSignatureVerificationFailed)) throw inner
-        }
-      }
-      throw err
-    }
+  private verifyInline(token: string, now: number): Promise<Verified> {
+    return verifyJwtWithKeySet(token, this.keys.getKey, { ...this.checks, now })
   }
 }

@@ -1,12 +1,12 @@
-// The body of a verification worker thread (see pool.ts): verifyJwt (jws.ts) with the same options and the
-// same multiple-key loop as IssuerVerifier, off the main thread. It holds public keys only (a JWKS never
+// The body of a verification worker thread (see pool.ts): verifyJwtWithKeySet (jws.ts) with the same options
+// as IssuerVerifier, off the main thread. It holds public keys only (a JWKS never
 // brings private members past jwks.ts, and HMAC secrets are never sent here), keeps the last key set it was
 // sent per issuer, and answers with the verified header's alg and kid or the jose error code of the failure.
 // The payload is not sent back: the caller decodes the same bytes itself (a few µs) rather than receiving a
 // structured clone of an object it can build from the token it already holds.
 import { parentPort } from 'node:worker_threads'
 import { createLocalJWKSet, errors } from 'jose'
-import { type JwtCheckOptions, verifyJwt } from './jws.ts'
+import { type JwtCheckOptions, verifyJwtWithKeySet } from './jws.ts'
 import {
   ABSENT,
   type IssuerSetup,
@@ -54,30 +54,13 @@ async function verify(
   if (!held || held.version !== version) return ['ERR_NHI_KEYS_STALE', ABSENT, ABSENT]
   const options: JwtCheckOptions = { ...held.options, now }
   try {
-    const { protectedHeader } = await verifyWithKeys(token, held.set, options)
+    const { protectedHeader } = await verifyJwtWithKeySet(token, held.set, options)
     const kid = protectedHeader.kid
     return ['', protectedHeader.alg, typeof kid === 'string' ? kid : ABSENT]
   } catch (err) {
     const code = (err as { code?: unknown }).code
     const claim = err instanceof errors.JWTClaimValidationFailed ? err.claim : ABSENT
     return [typeof code === 'string' && code !== '' ? code : 'ERR_NHI_UNKNOWN', claim, ABSENT]
-  }
-}
-
-// the same loop as IssuerVerifier.verifyOnce: a token without kid may match several keys
-async function verifyWithKeys(token: string, keys: LocalKeySet, options: JwtCheckOptions) {
-  try {
-    return await verifyJwt(token, keys, options)
-  } catch (err) {
-    if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
-    for await (const key of err as unknown as AsyncIterable<CryptoKey>) {
-      try {
-        return await verifyJwt(token, key, options)
-      } catch (inner) {
-        if (!(inner instanceof errors.JWSSignatureVerificationFailed)) throw inner
-      }
-    }
-    throw err
   }
 }
 
