@@ -1,11 +1,13 @@
 // The body of the OTLP export thread (otlp-thread.ts starts it): the OpenTelemetry SDK — tracer and logger
-// providers, batch processors, OTLP/HTTP protobuf exporters — fed with batches of OtlpRecords. Building
+// providers, batch processors, OTLP/HTTP protobuf exporters — fed with the batches the request thread
+// writes (otlp-batch.ts), read back here into the request's fields. Building
 // spans and log records and encoding batches is CPU the request thread no longer spends.
 // It answers every batch with how many records it handed to the SDK (the request thread bounds what is on
 // its way here) and reports the SDK's exported / dropped counts as they change, and a last time on close.
 import { parentPort, workerData } from 'node:worker_threads'
 import { OtlpExport, zeroCounts } from './otlp.ts'
-import type { OtlpRecord } from './otlp-record.ts'
+import { type OtlpBatch, OtlpBatchReader } from './otlp-batch.ts'
+import { otlpRecord } from './otlp-record.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 
 export interface OtlpWorkerData {
@@ -27,7 +29,7 @@ export interface OtlpWorkerReport {
 export type OtlpWorkerMessage = OtlpWorkerReport | { type: 'closed' }
 
 /** what the request thread sends: a batch of records, or 'close' */
-export type OtlpThreadMessage = OtlpRecord[] | 'close'
+export type OtlpThreadMessage = OtlpBatch | 'close'
 
 const REPORT_EVERY_MS = 100
 
@@ -36,6 +38,8 @@ const { settings, version } = workerData as OtlpWorkerData
 const spans = zeroCounts()
 const logs = zeroCounts()
 const exporter = new OtlpExport(settings, version, { spans, logs })
+const reader = new OtlpBatchReader()
+const withLine = settings.logs !== undefined
 let handled = 0
 let unsampledReported = 0
 
@@ -76,7 +80,7 @@ port.on('message', (message: OtlpThreadMessage) => {
     })
     return
   }
-  for (const record of message) exporter.record(record)
-  handled += message.length
+  reader.read(message, (event) => exporter.record(otlpRecord(event, withLine)))
+  handled += message.records
   report()
 })
