@@ -18,6 +18,8 @@ export interface OtlpCostOptions {
   durationS: number
   connections: number
   dist: boolean
+  /** another build (its nhi-proxy.mjs) run with export on beside the others, interleaved: before/after */
+  baseline?: string
   log: (line: string) => void
 }
 
@@ -43,6 +45,7 @@ const LABELS: Record<string, string> = {
   c: 'nhi-proxy, JWT RS256 (1,000 tokens, cache warm), OTLP export off',
   'c-otlp': 'the same, OTLP spans + audit log records to a live collector',
   'c-otlp-down': 'the same, OTLP export on, collector down',
+  'c-otlp-base': 'the same as c-otlp, with the baseline build (--entry)',
 }
 
 function startSink(): Promise<{ server: Server; port: number; stats: { requests: number; bytes: number } }> {
@@ -78,14 +81,14 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     const bare = await startBareUndici(procs, upstreamUrl)
     // a port that was free a moment ago and that nothing listens on: every export is refused at once
     const downPort = await freePort()
-    const start = async (name: string, otlpEndpoint?: string) => {
+    const start = async (name: string, otlpEndpoint?: string, entry?: string) => {
       const port = await freePort()
       const adminPort = await freePort()
       const p = await startNhi(
         name,
         dir,
         { port, adminPort, upstream: upstreamUrl, jwksFile, ...(otlpEndpoint ? { otlpEndpoint } : {}) },
-        { dist: opts.dist },
+        { dist: opts.dist, ...(entry ? { entry } : {}) },
       )
       procs.push(p)
       return { proc: p, url: `http://127.0.0.1:${port}` }
@@ -94,6 +97,9 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       c: await start('nhi-otlp-off'),
       'c-otlp': await start('nhi-otlp-live', `http://127.0.0.1:${sink.port}`),
       'c-otlp-down': await start('nhi-otlp-down', `http://127.0.0.1:${downPort}`),
+      ...(opts.baseline
+        ? { 'c-otlp-base': await start('nhi-otlp-base', `http://127.0.0.1:${sink.port}`, opts.baseline) }
+        : {}),
     }
 
     const spec = (url: string, durationS: number) => ({
@@ -107,7 +113,7 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     for (const url of [bare.url, ...Object.values(targets).map((t) => t.url)])
       await runLoad(spec(url, 3), useWrk)
 
-    const rows = new Map<string, Sample[]>(Object.keys(LABELS).map((id) => [id, []]))
+    const rows = new Map<string, Sample[]>(['b', ...Object.keys(targets)].map((id) => [id, []]))
     const measure = async (id: string, url: string, proxy: ServerProcess) => {
       const before = await cpuMicros(proxy.pid)
       const mainBefore = await mainThreadCpuMicros(proxy.pid)
@@ -146,6 +152,12 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       'RSS MB, export off': rss('c'),
       'RSS MB, export on': rss('c-otlp'),
       'RSS MB, collector down': rss('c-otlp-down'),
+    }
+    if (opts.baseline) {
+      ratios['c-otlp/c-otlp-base'] = ratio('c-otlp', 'c-otlp-base')
+      ratios['proxy CPU µs/req, baseline build export on'] = cpu('c-otlp-base')
+      ratios['request-thread CPU µs/req, baseline build export on'] = mainCpu('c-otlp-base')
+      ratios['RSS MB, baseline build export on'] = rss('c-otlp-base')
     }
     const { log: _log, ...options } = opts
     return {
