@@ -86,6 +86,8 @@ export interface NhiLaunch {
   lagFile?: string
   /** run this nhi-proxy bundle (an earlier build) instead of dist/nhi-proxy.mjs */
   entry?: string
+  /** added to the process's environment */
+  env?: Record<string, string>
 }
 
 export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { command: string; args: string[] } {
@@ -137,7 +139,7 @@ export async function startNhi(
   const file = join(dir, `${name}.yaml`)
   await writeFile(file, nhiConfigYaml(cfg))
   const { command, args } = nhiCommand(file, launch)
-  const env: Record<string, string> = { NHI_LOG_LEVEL: 'warn' }
+  const env: Record<string, string> = { NHI_LOG_LEVEL: 'warn', ...launch.env }
   if (launch.lagFile) env['NHI_LAG_FILE'] = launch.lagFile
   const proc = spawnProcess(name, command, args, { env })
   try {
