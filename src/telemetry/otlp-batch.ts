@@ -37,6 +37,12 @@ const OP_RECORD = 2
 /** string header: the field is absent / the same as in the previous record of this batch */
 const ABSENT = 0xffffffff
 const SAME = 0xfffffffe
+/** length flag: the text is UTF-16LE (lengths stay far below it: a batch is bytes in memory) */
+const UTF16 = 0x80000000
+
+interface WellFormed {
+  isWellFormed(): boolean
+}
 
 // the text fields remembered per batch for SAME; indexes into `previous`
 const F_METHOD = 0
@@ -158,7 +164,8 @@ export class OtlpBatchWriter {
       records: this.records,
       reset: this.reset,
     }
-    this.capacity = Math.max(INITIAL_BYTES, this.b.length)
+    // the next batch starts with room for this one and a quarter more: one large batch does not stay the size
+    this.capacity = Math.max(INITIAL_BYTES, this.n + (this.n >> 2))
     this.b = Buffer.allocUnsafeSlow(this.capacity)
     this.n = 0
     this.records = 0
@@ -207,14 +214,30 @@ export class OtlpBatchWriter {
     this.b[this.n++] = OP_IDENTITY
     this.n = this.b.writeUInt16LE(slot, this.n)
     this.b[this.n++] = id.verified ? 1 : 0
-    this.text(id.name)
+    this.claim(id.name)
     this.text(id.kind)
     this.text(id.source)
-    this.optional(id.rule)
-    this.optional(id.team)
-    this.optional(id.zone)
+    this.claim(id.rule)
+    this.claim(id.team)
+    this.claim(id.zone)
     const attrs = id.attributes
-    for (const claim of CLAIMS) this.optional(attrs[claim])
+    for (const claim of CLAIMS) this.claim(attrs[claim])
+  }
+
+  /**
+   * Text from a token's claims (JSON, so possibly with lone surrogates, which UTF-8 cannot carry: the audit
+   * line escapes them as \uXXXX) goes as UTF-16 when it is not well-formed, so it arrives unchanged.
+   */
+  private claim(s: string | undefined): void {
+    if (s === undefined || (s as unknown as WellFormed).isWellFormed()) {
+      this.optional(s)
+      return
+    }
+    this.reserve(4 + 2 * s.length)
+    const at = this.n + 4
+    const written = this.b.write(s, at, 'utf16le')
+    this.b.writeUInt32LE((written | UTF16) >>> 0, this.n)
+    this.n = at + written
   }
 
   /** a text field that often repeats from one record to the next */
@@ -267,9 +290,10 @@ export class OtlpBatchReader {
     const previous: (string | undefined)[] = new Array(FIELDS).fill(undefined)
     let n = 0
     const text = (): string => {
-      const len = b.readUInt32LE(n)
+      const header = b.readUInt32LE(n)
       n += 4
-      const s = b.toString('utf8', n, n + len)
+      const len = header & ~UTF16
+      const s = b.toString(header & UTF16 ? 'utf16le' : 'utf8', n, n + len)
       n += len
       return s
     }

@@ -71,6 +71,15 @@ t.test('every field of every kind of request comes back as it went in', async (t
       grpcStatus: 0,
       decision: { decision: 'allow', rule: 'r' },
     }),
+    // claims are JSON: a lone surrogate is possible there, and the audit line escapes it
+    requestEvent({
+      identity: identity('bad\ud800name', {
+        kind: 'human',
+        source: 'jwt',
+        team: 'ünï',
+        attributes: { sub: 'x\udc00', iss: 'https://idp.example' },
+      }),
+    }),
   ]
   const writer = new OtlpBatchWriter()
   for (const e of events) t.ok(writer.write(e))
@@ -85,6 +94,8 @@ t.test('every field of every kind of request comes back as it went in', async (t
     /"path":"\/ördérs\/\\"quoted\\"\\\\back\\u0001"/,
     'the line escapes as JSON does',
   )
+  t.equal(back.at(-1)!.identity.name, 'bad\ud800name', 'a lone surrogate arrives unchanged')
+  t.match(exported(back.at(-1)!).line, /"sub":"x\\udc00"/)
 })
 
 t.test('identities are sent once per table, across batches; a full table starts over', async (t) => {
