@@ -104,7 +104,7 @@ const program = new Command()
   )
   .option(
     '--entry <file>',
-    'pod scrape mode: measure this nhi-proxy bundle (an earlier build) instead of dist/',
+    'pod scrape mode: measure this nhi-proxy bundle (an earlier build) instead of dist/; otlp mode: run this build with export on beside the others (c-otlp-base)',
   )
   .option(
     '--alloc',
@@ -216,6 +216,7 @@ async function otlpMode(): Promise<void> {
     durationS: given('duration') ? o.duration : 4,
     connections: Math.round(o.connections),
     dist,
+    ...(o.entry ? { baseline: o.entry } : {}),
     log,
   })
   const md = otlpCostMarkdown(r)

@@ -84,6 +84,10 @@ export interface NhiLaunch {
   orphanGuard?: boolean
   /** inject bench/lag-probe.ts, writing event-loop delay samples to this file */
   lagFile?: string
+  /** run this nhi-proxy bundle (an earlier build) instead of dist/nhi-proxy.mjs */
+  entry?: string
+  /** added to the process's environment */
+  env?: Record<string, string>
 }
 
 export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { command: string; args: string[] } {
@@ -92,7 +96,7 @@ export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { comman
   if (!launch.dist || launch.lagFile) args.push('--import', 'tsx')
   if (launch.orphanGuard !== false) args.push('--import', ORPHAN_GUARD)
   if (launch.lagFile) args.push('--import', LAG_PROBE)
-  args.push(launch.dist ? DIST_MAIN : SRC_MAIN, 'run', '-c', configFile)
+  args.push(launch.entry ?? (launch.dist ? DIST_MAIN : SRC_MAIN), 'run', '-c', configFile)
   return { command: process.execPath, args }
 }
 
@@ -135,7 +139,7 @@ export async function startNhi(
   const file = join(dir, `${name}.yaml`)
   await writeFile(file, nhiConfigYaml(cfg))
   const { command, args } = nhiCommand(file, launch)
-  const env: Record<string, string> = { NHI_LOG_LEVEL: 'warn' }
+  const env: Record<string, string> = { NHI_LOG_LEVEL: 'warn', ...launch.env }
   if (launch.lagFile) env['NHI_LAG_FILE'] = launch.lagFile
   const proc = spawnProcess(name, command, args, { env })
   try {

@@ -18,6 +18,8 @@ export interface OtlpCostOptions {
   durationS: number
   connections: number
   dist: boolean
+  /** another build (its nhi-proxy.mjs) run with export on beside the others, interleaved: before/after */
+  baseline?: string
   log: (line: string) => void
 }
 
@@ -43,6 +45,9 @@ const LABELS: Record<string, string> = {
   c: 'nhi-proxy, JWT RS256 (1,000 tokens, cache warm), OTLP export off',
   'c-otlp': 'the same, OTLP spans + audit log records to a live collector',
   'c-otlp-down': 'the same, OTLP export on, collector down',
+  'c-otlp-handoff':
+    'the same, OTLP export on, every span left out by the sampler and no log records: the hand-off alone',
+  'c-otlp-base': 'the same as c-otlp, with the baseline build (--entry)',
 }
 
 function startSink(): Promise<{ server: Server; port: number; stats: { requests: number; bytes: number } }> {
@@ -78,14 +83,19 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     const bare = await startBareUndici(procs, upstreamUrl)
     // a port that was free a moment ago and that nothing listens on: every export is refused at once
     const downPort = await freePort()
-    const start = async (name: string, otlpEndpoint?: string) => {
+    const start = async (
+      name: string,
+      otlpEndpoint?: string,
+      entry?: string,
+      env?: Record<string, string>,
+    ) => {
       const port = await freePort()
       const adminPort = await freePort()
       const p = await startNhi(
         name,
         dir,
         { port, adminPort, upstream: upstreamUrl, jwksFile, ...(otlpEndpoint ? { otlpEndpoint } : {}) },
-        { dist: opts.dist },
+        { dist: opts.dist, ...(entry ? { entry } : {}), ...(env ? { env } : {}) },
       )
       procs.push(p)
       return { proc: p, url: `http://127.0.0.1:${port}` }
@@ -94,6 +104,16 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       c: await start('nhi-otlp-off'),
       'c-otlp': await start('nhi-otlp-live', `http://127.0.0.1:${sink.port}`),
       'c-otlp-down': await start('nhi-otlp-down', `http://127.0.0.1:${downPort}`),
+      // the request thread hands every request over as with c-otlp, while the export thread has next to
+      // nothing to do: the difference to c-otlp is what the export thread's CPU costs the request thread on
+      // shared cores, the difference to c is the hand-off itself
+      'c-otlp-handoff': await start('nhi-otlp-handoff', `http://127.0.0.1:${sink.port}`, undefined, {
+        OTEL_TRACES_SAMPLER: 'always_off',
+        OTEL_LOGS_EXPORTER: 'none',
+      }),
+      ...(opts.baseline
+        ? { 'c-otlp-base': await start('nhi-otlp-base', `http://127.0.0.1:${sink.port}`, opts.baseline) }
+        : {}),
     }
 
     const spec = (url: string, durationS: number) => ({
@@ -107,7 +127,7 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     for (const url of [bare.url, ...Object.values(targets).map((t) => t.url)])
       await runLoad(spec(url, 3), useWrk)
 
-    const rows = new Map<string, Sample[]>(Object.keys(LABELS).map((id) => [id, []]))
+    const rows = new Map<string, Sample[]>(['b', ...Object.keys(targets)].map((id) => [id, []]))
     const measure = async (id: string, url: string, proxy: ServerProcess) => {
       const before = await cpuMicros(proxy.pid)
       const mainBefore = await mainThreadCpuMicros(proxy.pid)
@@ -143,9 +163,17 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       'request-thread CPU µs/req, export off': mainCpu('c'),
       'request-thread CPU µs/req, export on': mainCpu('c-otlp'),
       'request-thread CPU µs/req, collector down': mainCpu('c-otlp-down'),
+      'request-thread CPU µs/req, hand-off alone': mainCpu('c-otlp-handoff'),
+      'proxy CPU µs/req, hand-off alone': cpu('c-otlp-handoff'),
       'RSS MB, export off': rss('c'),
       'RSS MB, export on': rss('c-otlp'),
       'RSS MB, collector down': rss('c-otlp-down'),
+    }
+    if (opts.baseline) {
+      ratios['c-otlp/c-otlp-base'] = ratio('c-otlp', 'c-otlp-base')
+      ratios['proxy CPU µs/req, baseline build export on'] = cpu('c-otlp-base')
+      ratios['request-thread CPU µs/req, baseline build export on'] = mainCpu('c-otlp-base')
+      ratios['RSS MB, baseline build export on'] = rss('c-otlp-base')
     }
     const { log: _log, ...options } = opts
     return {

@@ -1,9 +1,8 @@
-// What the request thread hands to the OTLP export thread per finished request: the fields the span and
-// the audit log record are built from, as one flat object of primitives (cheap to structured-clone; the
-// RequestEvent itself carries nested identity, claims and fingerprints the export never reads).
+// The fields the span and the audit log record of one request are built from (otlp.ts), taken in the export
+// thread from the request as read back from its batch (otlp-batch.ts).
 // Imports nothing from the SDK.
 import type { RequestEvent } from '../types.ts'
-import { auditLine } from './audit.ts'
+import { LineBuffer, writeAuditLine } from './audit-line.ts'
 
 export interface OtlpRecord {
   traceId: string
@@ -75,6 +74,14 @@ export function otlpRecord(event: RequestEvent, withLine: boolean): OtlpRecord {
     policyRule: decision.rule,
     failures,
     anomalies: event.anomalies.length === 0 ? [] : [...event.anomalies],
-    line: withLine ? auditLine(event).slice(0, -1) : undefined,
+    line: withLine ? lineOf(event) : undefined,
   }
 }
+
+/** the audit line without its newline, written by the function that writes the audit file's lines */
+function lineOf(event: RequestEvent): string {
+  scratch.length = 0
+  writeAuditLine(scratch, event)
+  return scratch.bytes.toString('utf8', 0, scratch.length - 1)
+}
+const scratch = new LineBuffer(4096)

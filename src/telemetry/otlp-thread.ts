@@ -1,6 +1,6 @@
-// The request thread's side of OTLP export: per finished request it appends one flat record to an array,
-// and posts the array to the export thread (otlp-worker.ts, where the SDK runs) every BATCH records or
-// FLUSH_MS, whichever comes first. That is all a request pays for export.
+// The request thread's side of OTLP export: per finished request it writes the request's fields into the
+// current batch (otlp-batch.ts), and transfers the batch to the export thread (otlp-worker.ts, where the SDK
+// runs) every BATCH records or FLUSH_MS, whichever comes first. That is all a request pays for export.
 // Bounded: records buffered here plus records posted and not yet handed to the SDK never exceed
 // maxQueueSize; past it a record is dropped and counted as queue_full, so a stuck or slow thread never
 // blocks or buffers traffic. The thread reports the SDK's exported / dropped counts back, so the counters
@@ -10,7 +10,7 @@ import type { ResourceLimits, Worker } from 'node:worker_threads'
 import type { RequestEvent } from '../types.ts'
 import { startWorkerThread } from '../util/worker-thread.ts'
 import type { OtlpCounts } from './otlp.ts'
-import { type OtlpRecord, otlpRecord } from './otlp-record.ts'
+import { OtlpBatchWriter } from './otlp-batch.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 import type { OtlpThreadMessage, OtlpWorkerData, OtlpWorkerMessage } from './otlp-worker.ts'
 
@@ -59,7 +59,7 @@ interface Running {
 
 export class OtlpThread {
   private running: Running | undefined
-  private buffer: OtlpRecord[] = []
+  private readonly batchWriter = new OtlpBatchWriter()
   private flushTimer: NodeJS.Timeout | undefined
   private restartTimer: NodeJS.Timeout | undefined
   private restartDelay = RESTART_MIN_MS
@@ -83,13 +83,21 @@ export class OtlpThread {
 
   record(event: RequestEvent): void {
     if (this.closed) return
-    if (this.buffer.length + (this.running?.inFlight ?? 0) >= this.max) {
+    const writer = this.batchWriter
+    if (writer.records + (this.running?.inFlight ?? 0) >= this.max) {
       this.opts.counts.spans.queueFull++
       if (this.logs) this.opts.counts.logs.queueFull++
       return
     }
-    this.buffer.push(otlpRecord(event, this.logs))
-    if (this.buffer.length >= this.batch) this.flush()
+    if (!writer.write(event)) {
+      // the identity table is full: it starts over between batches, so what is written goes first (or, with
+      // no thread to take it, is dropped and counted)
+      this.flush()
+      if (writer.records > 0) this.dropBuffer()
+      writer.startOver()
+      writer.write(event)
+    }
+    if (writer.records >= this.batch) this.flush()
     else if (this.flushTimer === undefined) {
       this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS)
       this.flushTimer.unref()
@@ -101,10 +109,11 @@ export class OtlpThread {
     this.flushTimer = undefined
     const running = this.running
     // without a thread (one is restarting) records wait here, within the same bound
-    if (!running || this.buffer.length === 0) return
-    running.inFlight += this.buffer.length
-    running.worker.postMessage(this.buffer satisfies OtlpThreadMessage)
-    this.buffer = []
+    if (!running || this.batchWriter.records === 0) return
+    const batch = this.batchWriter.take()
+    running.inFlight += batch.records
+    // the bytes move to the thread, not a copy of them
+    running.worker.postMessage(batch satisfies OtlpThreadMessage, [batch.bytes])
   }
 
   private start(): void {
@@ -128,6 +137,9 @@ export class OtlpThread {
     })
     worker.on('error', (err) => this.died(running, err))
     worker.on('exit', (code) => this.died(running, new Error(`exit code ${code}`)))
+    // a new thread knows no identity: the ones that records already written (or written later) refer to first
+    const prelude = this.batchWriter.prelude()
+    if (prelude) worker.postMessage(prelude satisfies OtlpThreadMessage, [prelude.bytes])
     this.flush()
   }
 
@@ -203,8 +215,8 @@ export class OtlpThread {
   }
 
   private dropBuffer(): void {
-    const n = this.buffer.length
-    this.buffer = []
+    const n = this.batchWriter.records
+    this.batchWriter.discard()
     this.opts.counts.spans.exportFailed += n
     if (this.logs) this.opts.counts.logs.exportFailed += n
   }

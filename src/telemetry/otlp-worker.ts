@@ -1,11 +1,15 @@
 // The body of the OTLP export thread (otlp-thread.ts starts it): the OpenTelemetry SDK — tracer and logger
-// providers, batch processors, OTLP/HTTP protobuf exporters — fed with batches of OtlpRecords. Building
+// providers, batch processors, OTLP/HTTP protobuf exporters — fed with the batches the request thread
+// writes (otlp-batch.ts), read back here into the request's fields. Building
 // spans and log records and encoding batches is CPU the request thread no longer spends.
 // It answers every batch with how many records it handed to the SDK (the request thread bounds what is on
 // its way here) and reports the SDK's exported / dropped counts as they change, and a last time on close.
+import { readlinkSync } from 'node:fs'
+import { setPriority } from 'node:os'
 import { parentPort, workerData } from 'node:worker_threads'
 import { OtlpExport, zeroCounts } from './otlp.ts'
-import type { OtlpRecord } from './otlp-record.ts'
+import { type OtlpBatch, OtlpBatchReader } from './otlp-batch.ts'
+import { otlpRecord } from './otlp-record.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 
 export interface OtlpWorkerData {
@@ -27,15 +31,45 @@ export interface OtlpWorkerReport {
 export type OtlpWorkerMessage = OtlpWorkerReport | { type: 'closed' }
 
 /** what the request thread sends: a batch of records, or 'close' */
-export type OtlpThreadMessage = OtlpRecord[] | 'close'
+export type OtlpThreadMessage = OtlpBatch | 'close'
 
 const REPORT_EVERY_MS = 100
+
+/**
+ * The thread's nice value (Linux, where a thread has a priority of its own). Where the cores are busy —
+ * a sidecar sharing its pod's CPU limit with the application, a loaded node — the request thread is served
+ * first and export falls behind, which its bounded queues turn into counted drops, never into slower
+ * traffic. With a core to spare nothing changes.
+ */
+export const EXPORT_THREAD_NICE = 10
+
+/** this thread's own id (/proc/thread-self → "<pid>/task/<tid>"); undefined where there is no such file */
+function threadId(): number | undefined {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop())
+    return Number.isInteger(tid) && tid > 0 ? tid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+const tid = threadId()
+if (tid !== undefined) {
+  try {
+    // lowering one's own priority needs no privilege; only this thread, not the process, is affected
+    setPriority(tid, EXPORT_THREAD_NICE)
+  } catch {
+    // a platform without per-thread priorities: export runs at the process's priority
+  }
+}
 
 const port = parentPort!
 const { settings, version } = workerData as OtlpWorkerData
 const spans = zeroCounts()
 const logs = zeroCounts()
 const exporter = new OtlpExport(settings, version, { spans, logs })
+const reader = new OtlpBatchReader()
+const withLine = settings.logs !== undefined
 let handled = 0
 let unsampledReported = 0
 
@@ -76,7 +110,7 @@ port.on('message', (message: OtlpThreadMessage) => {
     })
     return
   }
-  for (const record of message) exporter.record(record)
-  handled += message.length
+  reader.read(message, (event) => exporter.record(otlpRecord(event, withLine)))
+  handled += message.records
   report()
 })
