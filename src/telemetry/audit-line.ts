@@ -167,6 +167,19 @@ interface IdentityBytes {
   /** `}` closing the fingerprints, "iss" … "signature_agent", then `,"client_address":` */
   claims: Buffer
 }
+/** the identity's claims an audit line shows, in this order (the OTLP batch carries the same ones) */
+export const AUDIT_CLAIMS = [
+  'iss',
+  'sub',
+  'jti',
+  'agent_operator',
+  'agent_purpose',
+  'actor',
+  'on_behalf_of',
+  'actor_chain',
+  'signature_agent',
+] as const
+
 const identityFragments = new WeakMap<Identity, IdentityBytes>()
 
 export function identityBytes(id: Identity): IdentityBytes {
@@ -178,7 +191,7 @@ export function identityBytes(id: Identity): IdentityBytes {
         `,"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)},"fingerprints":{`,
       ),
       claims: Buffer.from(
-        `}${opt('iss', attrs['iss'])}${opt('sub', attrs['sub'])}${opt('jti', attrs['jti'])}${opt('agent_operator', attrs['agent_operator'])}${opt('agent_purpose', attrs['agent_purpose'])}${opt('actor', attrs['actor'])}${opt('on_behalf_of', attrs['on_behalf_of'])}${opt('actor_chain', attrs['actor_chain'])}${opt('signature_agent', attrs['signature_agent'])},"client_address":`,
+        `}${AUDIT_CLAIMS.map((claim) => opt(claim, attrs[claim])).join('')},"client_address":`,
       ),
     }
     identityFragments.set(id, bytes)

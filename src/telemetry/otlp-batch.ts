@@ -14,22 +14,10 @@
 //   line the audit file gets.
 // Imports nothing from the SDK.
 import type { AnomalyType, Failure, Identity, RequestEvent, UpstreamErrorReason } from '../types.ts'
+import { AUDIT_CLAIMS } from './audit-line.ts'
 
 /** identities the two threads remember at once; past it, the table starts over */
 export const TABLE_SLOTS = 2048
-
-/** the claims the audit line shows (audit-line.ts identityBytes); nothing else of `attributes` crosses */
-const CLAIMS = [
-  'iss',
-  'sub',
-  'jti',
-  'agent_operator',
-  'agent_purpose',
-  'actor',
-  'on_behalf_of',
-  'actor_chain',
-  'signature_agent',
-] as const
 
 const OP_IDENTITY = 1
 const OP_RECORD = 2
@@ -221,7 +209,7 @@ export class OtlpBatchWriter {
     this.claim(id.team)
     this.claim(id.zone)
     const attrs = id.attributes
-    for (const claim of CLAIMS) this.claim(attrs[claim])
+    for (const claim of AUDIT_CLAIMS) this.claim(attrs[claim])
   }
 
   /**
@@ -329,7 +317,7 @@ export class OtlpBatchReader {
         if (rule !== undefined) identity.rule = rule
         if (team !== undefined) identity.team = team
         if (zone !== undefined) identity.zone = zone
-        for (const claim of CLAIMS) {
+        for (const claim of AUDIT_CLAIMS) {
           const v = optional()
           if (v !== undefined) identity.attributes[claim] = v
         }
