@@ -3,7 +3,7 @@
 // the documented record. Generated events, seeded so a failure reproduces, with text that needs escaping.
 import t from 'tap'
 import { auditLine, toAuditRecord } from '../../src/telemetry/audit.ts'
-import { LineBuffer, writeAuditLine } from '../../src/telemetry/audit-line.ts'
+import { AUDIT_CLAIMS, LineBuffer, writeAuditLine } from '../../src/telemetry/audit-line.ts'
 import type { Identity, PolicyDecision, RequestEvent } from '../../src/types.ts'
 
 /** mulberry32: small, seeded, good enough to spread cases */
@@ -59,18 +59,8 @@ const maybe = <T>(r: () => number, value: () => T): T | undefined => (r() < 0.5 
 
 function generatedIdentity(r: () => number): Identity {
   const attributes: Record<string, string> = {}
-  for (const key of [
-    'iss',
-    'sub',
-    'jti',
-    'agent_operator',
-    'agent_purpose',
-    'actor',
-    'on_behalf_of',
-    'actor_chain',
-    'signature_agent',
-    'unrelated',
-  ]) {
+  // every claim a line shows, and one it must leave out
+  for (const key of [...AUDIT_CLAIMS, 'unrelated']) {
     if (r() < 0.3) attributes[key] = text(r)
   }
   const id: Identity = {
