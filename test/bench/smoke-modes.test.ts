@@ -1,6 +1,7 @@
-// The bench's measurement modes in their quickest form (the throughput, h2 and memory modes are in
-// smoke.test.ts; two files so the runner can run them side by side): each must measure real traffic and
-// leave no process behind.
+// The bench's prom-client and allocation modes in their quickest form (the throughput harness is in
+// smoke.test.ts, h2 and memory in smoke-h2-memory, workers and pod scrape in smoke-workers: files of
+// ~30 s or less, so the runner spreads them over its jobs): each must measure real traffic and leave no
+// process behind.
 import t from 'tap'
 import {
   ALLOC_TARGET,
@@ -9,16 +10,14 @@ import {
   runAlloc,
   runAllocSites,
 } from '../../bench/lib/alloc.ts'
-import { hasCommand } from '../../bench/lib/load.ts'
-import { POD_SCRAPE_BUDGET_MS, podScrapeMarkdown, runPodScrape } from '../../bench/lib/pod-scrape.ts'
 import { childPids } from '../../bench/lib/procs.ts'
 import { promCostMarkdown, runPromCost } from '../../bench/lib/prom-cost.ts'
 import { targetLine } from '../../bench/lib/report.ts'
-import { runWorkersBench } from '../../bench/lib/workers.ts'
-import { skipWithoutNginx } from '../helpers/nginx.ts'
+import { assertFreshBundle } from '../helpers/sidecar.ts'
 
 // each mode is a few seconds on an idle 2-core machine; the margin is for CI hosts running other files
 t.setTimeout(300_000)
+assertFreshBundle()
 
 t.test('prom-client mode, tiny: both ways measured on the same series, budgets judged', async (t) => {
   const r = await runPromCost({
@@ -68,36 +67,6 @@ t.test('prom-client mode, tiny: both ways measured on the same series, budgets j
   t.match(md, /Decision rule "hand-rendered stays only if prom-client misses a budget"/)
 })
 
-t.test('workers mode, tiny: workers: 1 and workers: 2 (and nginx 1 and 2) serve the JWT load', async (t) => {
-  const before = new Set(await childPids(process.pid))
-  const r = await runWorkersBench({
-    rounds: 1,
-    durationS: 1,
-    connections: 8,
-    dist: false,
-    useWrk: hasCommand('wrk'),
-    log: () => {},
-  })
-  const ids = r.rows.map((row) => row.id)
-  t.same(
-    ids.filter((id) => !id.startsWith('nginx')),
-    ['nhi-1', 'nhi-2'],
-  )
-  t.test('the nginx reference rows ran', { skip: skipWithoutNginx }, async (t) => {
-    t.same(ids.slice(2), ['nginx-1', 'nginx-2'])
-  })
-  for (const row of r.rows) {
-    const s = row.rounds[0]!
-    t.ok(s.requests > 0, `${row.id} served ${s.requests} requests`)
-    t.equal(s.errors + s.non2xx, 0, `${row.id}: no socket errors or non-2xx answers`)
-    t.ok(s.proxyCpuUs > 0, `${row.id}: CPU of every proxy process measured`)
-  }
-  t.ok(r.ratios['nhi-2/nhi-1']!.median > 0, 'the scaling ratio is measured')
-  t.equal(r.targets[0]?.target, 1.7, 'and evaluated against its target')
-  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
-  t.same(after, [], 'no child process outlives the run')
-})
-
 t.test('allocation mode, tiny: heap bytes and CPU per request of b, c and e from the GC trace', async (t) => {
   const before = new Set(await childPids(process.pid))
   const r = await runAlloc({
@@ -106,7 +75,7 @@ t.test('allocation mode, tiny: heap bytes and CPU per request of b, c and e from
     minGcs: 3,
     warmup: 300,
     connections: 8,
-    dist: false,
+    dist: true,
     maxWindowS: 30,
     log: () => {},
   })
@@ -161,31 +130,6 @@ t.test('allocation sites, tiny: a sampling heap profile of c names nhi-proxy fun
   )
   for (const s of [...r.self, ...r.nhi]) t.ok(s.share > 0 && s.share <= 1, `${s.site}: a share of the total`)
   t.match(allocSitesMarkdown(r), /By the innermost nhi-proxy function on the stack/)
-  const after = (await childPids(process.pid)).filter((p) => !before.has(p))
-  t.same(after, [], 'no child process outlives the run')
-})
-
-t.test('pod scrape mode, tiny: the primary of workers: 2 timed per /metrics, both formats', async (t) => {
-  const before = new Set(await childPids(process.pid))
-  const r = await runPodScrape({ identities: 20, scrapes: 3, dist: false, log: () => {} })
-  t.same(
-    r.rows.map((row) => `${row.scenario} ${row.openMetrics ? 'om' : 'text'}`),
-    ['changed text', 'changed om', 'idle text', 'idle om'],
-  )
-  for (const row of r.rows) {
-    const name = `${row.scenario}, ${row.openMetrics ? 'OpenMetrics' : 'text'}`
-    t.equal(row.scrapes, 3, `${name}: every scrape timed`)
-    t.ok(row.primaryP50Ms > 0 && row.primaryP99Ms >= row.primaryP50Ms, `${name}: primary CPU read`)
-    t.ok(row.workersP50Ms > 0, `${name}: the workers' CPU read`)
-    // 20 callers: their requests, duration buckets and last-seen lines at least
-    t.ok(row.samples > 20 * 3, `${name}: ${row.samples} samples in the pod's /metrics`)
-  }
-  t.equal(r.target.target, POD_SCRAPE_BUDGET_MS)
-  t.match(
-    podScrapeMarkdown(r, targetLine),
-    /^(PASS|MISS) {2}workers: 2 \/metrics p99 ≤ 50 ms at 20 identities/m,
-    'PASS/MISS line for the budget',
-  )
   const after = (await childPids(process.pid)).filter((p) => !before.has(p))
   t.same(after, [], 'no child process outlives the run')
 })

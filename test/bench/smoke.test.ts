@@ -1,15 +1,15 @@
 // The bench harness itself, in its quickest form: every configuration (direct, bare undici proxy, bare
 // http-proxy, nhi-proxy with JWT / mTLS / browser traffic, nginx when installed, the cache-miss flood)
 // must serve real traffic without socket errors or failed responses, and every process must be gone after.
+// The other modes are in smoke-h2-memory, smoke-modes and smoke-workers: one file per ~30 s of work, so
+// the runner spreads them over its jobs instead of one long file finishing last.
 import t from 'tap'
-import { runH2 } from '../../bench/lib/h2.ts'
 import { runBench } from '../../bench/lib/harness.ts'
-import { runMemory } from '../../bench/lib/memory.ts'
 import { childPids } from '../../bench/lib/procs.ts'
 import { skipWithoutNginx } from '../helpers/nginx.ts'
 import { skipWithout, systemTool } from '../helpers/tools.ts'
 
-// ~20 s on an idle 2-core machine; the margin is for CI hosts that run other test files at the same time
+// ~15 s on an idle 2-core machine; the margin is for CI hosts that run other test files at the same time
 t.setTimeout(300_000)
 
 t.test('quick bench: every configuration serves traffic without errors', async (t) => {
@@ -74,61 +74,4 @@ t.test('quick bench: every configuration serves traffic without errors', async (
       'wrk measured the configurations it can drive, not the node fallback',
     )
   })
-})
-
-t.test(
-  'h2c mode: direct, bare node:http2 proxy, nginx grpc_pass and nhi-proxy serve gRPC calls',
-  async (t) => {
-    const before = new Set(await childPids(process.pid))
-    const { results: r } = await runH2({
-      durationS: 1,
-      rounds: 1,
-      sessions: 2,
-      streams: 4,
-      dist: false,
-      log: () => {},
-    })
-    const ids = r.map((c) => c.id)
-    t.same(
-      ids.filter((id) => id !== 'h2-nginx'),
-      ['h2-direct', 'h2-bare', 'h2-nhi'],
-    )
-    // the harness leaves nginx out quietly when it is missing; here that is a visible skip
-    t.test('the nginx grpc_pass configuration ran', { skip: skipWithoutNginx }, async (t) => {
-      t.ok(ids.includes('h2-nginx'), 'nginx grpc_pass served traffic next to nhi-proxy')
-    })
-    for (const c of r) {
-      t.ok(c.requests > 0, `${c.id} served ${c.requests} requests`)
-      t.equal(c.errors + c.non2xx, 0, `${c.id}: no stream errors, non-2xx answers or non-OK grpc-status`)
-    }
-    const after = (await childPids(process.pid)).filter((p) => !before.has(p))
-    t.same(after, [], 'no child process outlives the run')
-  },
-)
-
-t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped', async (t) => {
-  const r = await runMemory({
-    quick: true,
-    tokens: 300,
-    xfccIdentities: 30,
-    maxIdentities: 20,
-    sampleEveryMs: 300,
-    log: () => {},
-  })
-  t.equal(r.failures, 0, 'every request answered 200')
-  t.equal(r.requests, 330, 'all tokens and XFCC identities were sent')
-  const last = r.samples.at(-1)!
-  t.ok(
-    last.series > 0 && last.series <= 21,
-    `identity series capped at maxIdentities + overflow (${last.series})`,
-  )
-  t.ok(last.rssMB > 0, 'RSS sampled')
-  t.ok(
-    last.heapUsedMB !== undefined &&
-      last.heapTotalMB !== undefined &&
-      last.heapUsedMB > 0 &&
-      last.heapTotalMB >= last.heapUsedMB &&
-      last.heapTotalMB < last.rssMB,
-    "the main thread's heap sampled from the process metrics, inside the RSS",
-  )
 })

@@ -462,8 +462,19 @@ t.test(
 
 t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', async (t) => {
   const port = await freePort()
-  for (const command of ['inventory', 'fleet']) {
-    const down = await runCli([command, '--prometheus', `http://127.0.0.1:${port}`, '--timeout', '5s'])
+  // every command line at once: each is a process start of its own, which a loaded machine serializes badly
+  const runs = await Promise.all(
+    ['inventory', 'fleet'].map(async (command) => {
+      const [down, bad, missing] = await Promise.all([
+        runCli([command, '--prometheus', `http://127.0.0.1:${port}`, '--timeout', '5s']),
+        runCli([command, '--prometheus', 'prometheus:9090']),
+        runCli([command]),
+      ])
+      return { command, down, bad, missing }
+    }),
+  )
+  const badServePending = runCli(['fleet', '--prometheus', 'http://127.0.0.1:9090', '--serve', 'nowhere'])
+  for (const { command, down, bad, missing } of runs) {
     t.equal(down.code, 2, `${command}: Prometheus down → exit 2`)
     t.match(
       down.stderr,
@@ -472,11 +483,9 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
     t.notMatch(down.stderr, /\n\s+at /, 'no stack trace')
     t.equal(down.stdout, '', 'nothing on stdout')
 
-    const bad = await runCli([command, '--prometheus', 'prometheus:9090'])
     t.equal(bad.code, 1, `${command}: a bad URL → exit 1`)
     t.match(bad.stderr, /--prometheus must be an http:\/\/ or https:\/\/ URL/)
 
-    const missing = await runCli([command])
     t.equal(missing.code, 1, `${command}: --prometheus is required`)
   }
 
@@ -501,7 +510,7 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
   served.kill()
   t.equal(await served.exited, 0)
 
-  const badServe = await runCli(['fleet', '--prometheus', 'http://127.0.0.1:9090', '--serve', 'nowhere'])
+  const badServe = await badServePending
   t.equal(badServe.code, 1, 'a bad --serve address → exit 1')
   t.match(badServe.stderr, /--serve must be HOST:PORT, :PORT or PORT/)
 })

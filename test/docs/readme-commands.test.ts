@@ -184,9 +184,16 @@ t.test('the README commands work against the built bundle', async (t) => {
     const bg = background.get(name)
     if (!bg) return
     background.delete(name)
-    if (bg.child.exitCode === null && bg.child.signalCode === null) {
+    const running = () => bg.child.exitCode === null && bg.child.signalCode === null
+    if (running()) {
       const exited = once(bg.child, 'exit')
       bg.child.kill('SIGTERM')
+      // a `run` drains for the default drain delay (5 s) first; a second signal skips it, as a reader's
+      // second Ctrl-C does (runtime/drain.test.ts tests the drain itself)
+      await eventually(() => !running() || /SIGTERM, draining/.test(bg.output()), {
+        what: `${name} to start draining`,
+      })
+      if (running()) bg.child.kill('SIGTERM')
       await exited
     }
   }

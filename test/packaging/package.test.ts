@@ -160,14 +160,21 @@ if (npmVersion.code !== 0) {
     const npx = (args: string[]) =>
       run('npx', ['--no', '--', 'nhi-proxy', ...args], { cwd: app, timeoutMs: 60_000 })
 
-    const help = await npx(['--help'])
-    t.equal(help.code, 0, help.stderr)
-    t.match(help.stdout, /^Usage: nhi-proxy /m)
-
     const configs = ['config/nhi-proxy.yaml', 'config/examples/kubernetes-sidecar.yaml'].map((f) =>
       join(installed, f),
     )
-    const check = await npx(['check', ...configs])
+    const s = await jwtScenario(t)
+    writeFileSync(join(app, 'config.yaml'), s.config)
+    // independent commands, started together: each is an npx and a node start, slow on a loaded machine
+    const [help, check, schema, explain] = await Promise.all([
+      npx(['--help']),
+      npx(['check', ...configs]),
+      npx(['schema']),
+      npx(['explain', '-c', 'config.yaml', '--token', s.token, '--json']),
+    ])
+    t.equal(help.code, 0, help.stderr)
+    t.match(help.stdout, /^Usage: nhi-proxy /m)
+
     t.equal(check.code, 0, check.stdout + check.stderr)
     t.match(check.stdout, /nhi-proxy\.yaml: ok \(/)
     for (const file of configs) {
@@ -175,13 +182,9 @@ if (npmVersion.code !== 0) {
       t.ok(ref && existsSync(resolve(dirname(file), ref)), `${file}: $schema ${ref} resolves in the package`)
     }
 
-    const schema = await npx(['schema'])
     t.equal(schema.code, 0, schema.stderr)
     t.equal(schema.stdout, readFileSync(join(installed, 'schema', 'nhi-proxy.schema.json'), 'utf8'))
 
-    const s = await jwtScenario(t)
-    writeFileSync(join(app, 'config.yaml'), s.config)
-    const explain = await npx(['explain', '-c', 'config.yaml', '--token', s.token, '--json'])
     t.equal(explain.code, 0, explain.stderr)
     assertExplainedVerified(t, explain.stdout, s)
 

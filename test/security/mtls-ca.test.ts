@@ -45,6 +45,8 @@ function writeConfig(https: Record<string, string>, upstream: string): string {
       admin: '127.0.0.1:0',
       upstream,
       audit: { output: 'off' },
+      // every teardown waits for the exit: not for the production drain delay (5 s) first
+      timeouts: { drainDelay: '0s' },
       identities: [
         {
           name: '{ns}/{sa}',

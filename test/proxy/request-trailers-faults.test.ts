@@ -1,0 +1,194 @@
+// HTTP/1.1 request trailers on the node:http path (see request-trailers.test.ts), end to end through the built
+// sidecar: a unix socket upstream, upstream failures and deadlines, client aborts, and trailer fields a client
+// must not be able to smuggle past the proxy.
+import { once } from 'node:events'
+import { mkdtemp } from 'node:fs/promises'
+import { createServer } from 'node:http'
+import { createServer as createH2cServer } from 'node:http2'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { eventually, stillTrueFor } from '../helpers/eventually.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { freePort } from '../helpers/net.ts'
+import { listenTcp, MB, sidecarFor, upload, upstreamHandler } from '../helpers/trailers.ts'
+
+// sidecar starts and some 100 MB through loopback: above the default file timeout on a loaded machine
+t.setTimeout(180_000)
+
+t.test('unix: socket upstream', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-uds-'))
+  const socketPath = join(dir, 'app.sock')
+  const up = upstreamHandler()
+  const server = createServer(up.handler)
+  t.teardown(() => server.close())
+  server.listen(socketPath)
+  await once(server, 'listening')
+  const { port } = await sidecarFor(t, `unix:${socketPath}`)
+  const res = await upload(port, '/uds', { bytes: MB, trailers: { 'x-digest': 'uds' } })
+  t.equal(res.status, 200)
+  t.same(up.seen[0]?.trailers, { 'x-digest': 'uds' })
+  t.equal(up.seen[0]?.sha256, res.sentSha256)
+})
+
+t.test('upstream failures on this path: 504 on a silent upstream, 502 when unreachable', async (t) => {
+  const up = upstreamHandler({ silent: true })
+  const server = createServer(up.handler)
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  const { port, admin } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`, {
+    timeouts: { upstream: '1s' },
+  })
+  const started = Date.now()
+  const res = await upload(port, '/silent', { bytes: 512 * 1024, trailers: { 'x-digest': 'late' } })
+  const elapsed = Date.now() - started
+  t.equal(res.status, 504)
+  t.match(res.body, /gateway_timeout/)
+  t.ok(elapsed >= 900 && elapsed < 5_000, `answered after the 1 s deadline (${elapsed} ms)`)
+  t.same(up.seen[0]?.trailers, { 'x-digest': 'late' }, 'the request went through the trailer path')
+  await eventually(
+    async () => metricValue(await scrape(admin), 'nhi_upstream_errors_total', { reason: 'timeout' }) === 1,
+    { what: 'the timeout to be counted' },
+  )
+
+  const closed = await sidecarFor(t, `http://127.0.0.1:${await freePort()}`)
+  const refused = await upload(closed.port, '/nowhere', { bytes: 1024, trailers: { 'x-digest': 'd' } })
+  t.equal(refused.status, 502)
+  t.match(refused.body, /upstream unreachable/)
+  await eventually(
+    async () =>
+      metricValue(await scrape(closed.admin), 'nhi_upstream_errors_total', { reason: 'connect' }) === 1,
+    { what: 'the connect failure to be counted' },
+  )
+})
+
+t.test(
+  'the headers deadline: an upstream that stops reading the body trips it, a pausing client does not',
+  async (t) => {
+    const held = upstreamHandler({ hold: true })
+    const heldServer = createServer(held.handler)
+    t.teardown(() => {
+      heldServer.closeAllConnections()
+      heldServer.close()
+    })
+    const stuck = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(heldServer)}`, {
+      timeouts: { upstream: '1s' },
+    })
+    const res = await upload(stuck.port, '/held', { bytes: 64 * MB, trailers: { 'x-digest': 'd' } })
+    t.equal(res.status, 504, 'an upstream that reads nothing for the deadline is a timeout')
+    t.equal(held.received.bytes, 0, 'the upstream read nothing')
+
+    const up = upstreamHandler()
+    const server = createServer(up.handler)
+    t.teardown(() => server.close())
+    const { port } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`, {
+      timeouts: { upstream: '1s' },
+    })
+    let resume: () => void = () => {}
+    const resumed = new Promise<void>((resolve) => {
+      resume = resolve
+    })
+    const sending = upload(port, '/paced', {
+      bytes: 2 * MB,
+      pauseAfter: MB,
+      resumeWhen: resumed,
+      trailers: { 'x-digest': 'paced' },
+    })
+    let answered = false
+    void sending.then(() => {
+      answered = true
+    })
+    await eventually(() => up.received.bytes >= MB, { what: 'the first half to reach the upstream' })
+    t.ok(
+      await stillTrueFor(() => !answered, 1_500),
+      'no 504 while the client itself pauses past the deadline',
+    )
+    resume()
+    const done = await sending
+    t.equal(done.status, 200)
+    t.equal(up.seen[0]?.sha256, done.sentSha256)
+    t.same(up.seen[0]?.trailers, { 'x-digest': 'paced' })
+  },
+)
+
+t.test('an upstream that goes silent mid-response is cut after the body deadline', async (t) => {
+  const up = upstreamHandler({ stallReply: true })
+  const server = createServer(up.handler)
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  const { port, admin } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`, {
+    timeouts: { idle: '1s' },
+  })
+  await t.rejects(
+    upload(port, '/stall', { bytes: 1024, trailers: { 'x-digest': 'd' } }),
+    'the client sees the response cut, not a complete one',
+  )
+  t.same(up.seen[0]?.trailers, { 'x-digest': 'd' }, 'on the trailer path')
+  await eventually(
+    async () => metricValue(await scrape(admin), 'nhi_upstream_errors_total', { reason: 'timeout' }) === 1,
+    { what: 'the body timeout to be counted' },
+  )
+})
+
+t.test('a client that aborts mid-upload cancels the upstream request and is recorded as 499', async (t) => {
+  const up = upstreamHandler()
+  const server = createServer(up.handler)
+  t.teardown(() => server.close())
+  const { port, admin } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`)
+  await upload(port, '/abort', { bytes: 8 * MB, abortAfter: 2 * MB, trailers: { 'x-digest': 'never' } })
+  await eventually(() => up.aborted.length === 1, { what: 'the upstream request to be cut' })
+  t.equal(up.seen.length, 0, 'the upstream never saw a complete request')
+  t.same(up.aborted[0]!.trailers, {})
+  await eventually(
+    async () =>
+      metricValue(await scrape(admin), 'nhi_requests_total', { service: 'uploads', code: '499' }) === 1,
+    { what: 'the aborted exchange to be recorded' },
+  )
+  // the proxy is fine afterwards, on the same path
+  const res = await upload(port, '/after', { bytes: 1024, trailers: { 'x-digest': 'after' } })
+  t.equal(res.status, 200)
+  t.same(up.seen[0]?.trailers, { 'x-digest': 'after' })
+})
+
+t.test('trailers cannot smuggle identity, credential, framing or hop-by-hop fields', async (t) => {
+  const smuggled = {
+    'x-digest': 'sha-256=ok',
+    authorization: 'Bearer smuggled',
+    'x-nhi-identity': 'admin',
+    X_NHI_Kind: 'human',
+    'x-nhi-verified': 'true',
+    host: 'evil.example',
+    'x-forwarded-for': '10.9.9.9',
+    'x-request-id': 'forged',
+    cookie: 'session=stolen',
+    'x-api-key': 'k',
+    'x-forwarded-client-cert': 'By=spiffe://evil',
+    connection: 'close',
+  }
+  const h1 = upstreamHandler()
+  const h1Server = createServer(h1.handler)
+  t.teardown(() => h1Server.close())
+  const h2 = upstreamHandler()
+  const h2Server = createH2cServer(h2.handler as never)
+  t.teardown(() => h2Server.close())
+  for (const [upstream, seen] of [
+    [`http://127.0.0.1:${await listenTcp(h1Server)}`, h1.seen],
+    [`h2c://127.0.0.1:${await listenTcp(h2Server)}`, h2.seen],
+  ] as const) {
+    const { port } = await sidecarFor(t, upstream)
+    const res = await upload(port, '/smuggle', { bytes: 4096, trailers: smuggled })
+    t.equal(res.status, 200, upstream)
+    const s = seen[0]!
+    t.same(s.trailers, { 'x-digest': 'sha-256=ok' }, `${upstream}: only the harmless trailer arrived`)
+    t.equal(s.headers['x-nhi-identity'], 'anonymous', 'the identity is the one the proxy attributed')
+    t.equal(s.headers['x-nhi-verified'], 'false')
+    t.equal(s.headers.authorization, undefined)
+    t.equal(s.sha256, res.sentSha256, 'the body is intact')
+    if (upstream.startsWith('http:'))
+      t.equal(s.headers.trailer, 'x-digest', 'only the harmless field is announced')
+  }
+})
