@@ -125,8 +125,10 @@ export class Listeners {
     if (this.http) sniffPlainConnections(this.http, this.h2, base.headersTimeout ?? opts.timeouts.headers)
     if (this.https) routeTlsConnections(this.https, this.h2)
     // after the routing above, which holds back the HTTP/1.1 server's own 'connection' listeners
-    for (const server of this.servers)
-      server.prependListener('connection', (socket: Socket) => this.track(socket))
+    // a TLS socket's bytes go to the TLSSocket wrapping it, not to its own 'data': only the plain listener
+    // can tell a connection that never sent a byte
+    this.http?.prependListener('connection', (socket: Socket) => this.track(socket, true))
+    this.https?.prependListener('connection', (socket: Socket) => this.track(socket, false))
   }
 
   async listen(): Promise<{ http?: AddressInfo; https?: AddressInfo }> {
@@ -137,10 +139,12 @@ export class Listeners {
     return out
   }
 
-  private track(socket: Socket): void {
+  private track(socket: Socket, watchSilence: boolean): void {
     this.sockets.add(socket)
-    this.silent.add(socket)
-    socket.once('data', () => this.silent.delete(socket))
+    if (watchSilence) {
+      this.silent.add(socket)
+      socket.once('data', () => this.silent.delete(socket))
+    }
     socket.once('close', () => {
       this.sockets.delete(socket)
       this.silent.delete(socket)

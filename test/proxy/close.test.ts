@@ -5,9 +5,10 @@ import { once } from 'node:events'
 import { constants, connect as h2connect } from 'node:http2'
 import { connect } from 'node:net'
 import t from 'tap'
-import { Agent, request } from 'undici'
+import { Agent, Client, request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { createServerPki } from '../helpers/pki.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -108,4 +109,25 @@ t.test('close() after a gRPC call over h2c was rejected on the proxy', async (t)
   await eventually(() => proxy.inFlight() === 0, { what: 'nothing in flight' })
   const ms = await timedClose(() => proxy.close(defaultConfig().timeouts.drain))
   t.ok(ms < PROMPT_MS, `closed in ${Math.round(ms)} ms`)
+})
+
+t.test('close() still lets a request in flight on the TLS listener finish', async (t) => {
+  const { ca, server } = await createServerPki()
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const { proxy, https } = await startProxy(t, {
+    upstream: up.url,
+    https: { host: '127.0.0.1', port: 0, cert: server.certPem, key: server.keyPem, clientCert: 'optional' },
+  })
+  const client = new Client(`https://127.0.0.1:${https!.port}`, {
+    connect: { ca: ca.certPem, servername: 'localhost' },
+  })
+  t.teardown(() => client.destroy())
+  const pending = client.request({ path: '/slow/500', method: 'GET' })
+  await eventually(() => up.received.some((r) => r.url === '/slow/500'), { what: 'the upstream request' })
+  const closed = proxy.close(defaultConfig().timeouts.drain)
+  const res = await pending
+  t.equal(res.statusCode, 200)
+  await res.body.dump()
+  await closed
 })
