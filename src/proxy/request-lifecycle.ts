@@ -102,7 +102,10 @@ export class RequestLifecycle {
   constructor(readonly opts: LifecycleOptions) {
     const forwarder = opts.forwarder
     this.http = {
-      clientGone: (res) => res.destroyed,
+      // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was
+      // being attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and
+      // shutdown would wait out timeouts.drain for it
+      clientGone: (res) => res.destroyed || (res as TaggedResponse)[kExchange]?.responseClosed === true,
       answer: (ex, req, res, a) => this.answer(ex, req, res, a.status, a.body, a.headers),
       forward: (req, res, target, headers) => forwarder.forward(req, res, target, headers),
       abort: (res) => {
@@ -304,10 +307,7 @@ export class RequestLifecycle {
     transport: Transport<C>,
     ctx: C,
   ): Promise<void> | undefined {
-    // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was being
-    // attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and shutdown
-    // would wait out timeouts.drain for it
-    if (ex.responseClosed || transport.clientGone?.(ctx)) {
+    if (transport.clientGone?.(ctx)) {
       ex.status = CLIENT_CLOSED
       this.finish(ex)
       return undefined
