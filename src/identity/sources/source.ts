@@ -118,7 +118,6 @@ export interface CredentialSource<E extends Evidence = Evidence> {
   checkConfig?(config: Config, error: ConfigIssue, warn: ConfigIssue): void
 }
 
-/** Adds a credential, keeping the list strongest first. */
 /**
  * A credential entry per evidence object: a cached credential's evidence (a token's, a known user agent's) is
  * the same object on every request that presents it, and entries are never changed (replaceEvidence puts a
@@ -135,6 +134,7 @@ function entryFor(source: CredentialSource, evidence: Evidence): Credential {
   return entry
 }
 
+/** Adds a credential, keeping the list strongest first. */
 export function addCredential(set: EvidenceSet, source: CredentialSource, evidence: Evidence): void {
   const list = set.credentials
   const entry = entryFor(source, evidence)
