@@ -39,6 +39,17 @@ export interface ForwardResult {
 /** Told once when a forward is finished: the promise-free form of `Forwarder.forward`'s result. */
 export interface ForwardListener {
   forwarded(result: ForwardResult): void
+  /**
+   * true when the listener's owner already listens for the response's `close` and passes it on through
+   * `responseClosed`: the forward then adds no `close` listener of its own (a second one turns the
+   * response's listener slot into an array, per request)
+   */
+  readonly relaysClose?: boolean
+}
+
+/** the client's response closed: a forward still running on it stops (see ForwardListener.relaysClose) */
+export function responseClosed(res: ServerResponse): void {
+  ;(res as Tagged<ServerResponse>)[kCall]?.clientClosed()
 }
 
 export interface Forwarder {
@@ -148,7 +159,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
     private readonly done: ForwardListener,
   ) {
     res[kCall] = this
-    res.on('close', onResponseClose)
+    if (done.relaysClose !== true) res.on('close', onResponseClose)
   }
 
   resumeUpstream(): void {
@@ -219,7 +230,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
     if (this.settled) return
     this.settled = true
     if (this.drainListening) this.res.off('drain', onResponseDrain)
-    this.res.off('close', onResponseClose)
+    if (this.done.relaysClose !== true) this.res.off('close', onResponseClose)
     this.res[kCall] = undefined
     this.upstreamMs = performance.now() - this.started
     if (upstreamError) this.upstreamError = upstreamError

@@ -10,7 +10,7 @@ import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { CLIENT_CLOSED, Exchange, FALLBACK_ATTRIBUTION } from './exchange.ts'
-import type { Forwarder, ForwardResult, ForwardTarget } from './forwarder.ts'
+import { type Forwarder, type ForwardResult, type ForwardTarget, responseClosed } from './forwarder.ts'
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestTarget } from './path.ts'
@@ -412,4 +412,6 @@ function onResponseClose(this: TaggedResponse): void {
   if (!ex) return
   ex.responseClosed = true
   ex.owner?.onResponse(ex)
+  // the forward's own close handling, in the order two listeners had (this one was added first)
+  responseClosed(this)
 }

@@ -118,10 +118,26 @@ export interface CredentialSource<E extends Evidence = Evidence> {
   checkConfig?(config: Config, error: ConfigIssue, warn: ConfigIssue): void
 }
 
+/**
+ * A credential entry per evidence object: a cached credential's evidence (a token's, a known user agent's) is
+ * the same object on every request that presents it, and entries are never changed (replaceEvidence puts a
+ * new one in the list), so its entry is made once instead of per request. Weak: it lives as long as the
+ * credential cache holds the evidence.
+ */
+const entries = new WeakMap<Evidence, Credential>()
+
+function entryFor(source: CredentialSource, evidence: Evidence): Credential {
+  const cached = entries.get(evidence)
+  if (cached !== undefined && cached.source === source) return cached
+  const entry = { source, evidence }
+  entries.set(evidence, entry)
+  return entry
+}
+
 /** Adds a credential, keeping the list strongest first. */
 export function addCredential(set: EvidenceSet, source: CredentialSource, evidence: Evidence): void {
   const list = set.credentials
-  const entry = { source, evidence }
+  const entry = entryFor(source, evidence)
   // A request presents one or two credentials: a list of exactly the new size is cheaper than a push, which
   // reserves 17 slots; the list is strongest first, the new entry goes before the first weaker one.
   const n = list.length
