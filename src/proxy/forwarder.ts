@@ -167,7 +167,9 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   }
 
   clientClosed(): void {
-    if (this.settled || this.res.writableFinished) return
+    // writableEnded, not writableFinished: an HTTP/2 response reports the latter true once its stream was
+    // reset, and the upstream request would run on (and shutdown wait for it)
+    if (this.settled || this.res.writableEnded) return
     this.clientGone = true
     this.abortUpstream?.(new ClientGoneError('client closed the connection'))
   }

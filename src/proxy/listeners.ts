@@ -8,7 +8,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.ts'
 import {
@@ -84,6 +84,14 @@ export class Listeners {
   readonly http: Server | undefined
   readonly https: Server | undefined
   readonly h2: Http2Front
+  /**
+   * every accepted socket until it closes (bounded by limits.maxConnections per server): the HTTP/1.1
+   * servers only know the connections their parser took, not those still being sniffed for the HTTP/2
+   * preface or handed to HTTP/2, and server.close() waits for all of them
+   */
+  private readonly sockets = new Set<Socket>()
+  /** sockets that have not yet sent a byte (no request started): idle, closed when accepting stops */
+  private readonly silent = new Set<Socket>()
 
   constructor(
     private readonly opts: {
@@ -116,6 +124,11 @@ export class Listeners {
     )
     if (this.http) sniffPlainConnections(this.http, this.h2, base.headersTimeout ?? opts.timeouts.headers)
     if (this.https) routeTlsConnections(this.https, this.h2)
+    // after the routing above, which holds back the HTTP/1.1 server's own 'connection' listeners
+    // a TLS socket's bytes go to the TLSSocket wrapping it, not to its own 'data': only the plain listener
+    // can tell a connection that never sent a byte
+    this.http?.prependListener('connection', (socket: Socket) => this.track(socket, true))
+    this.https?.prependListener('connection', (socket: Socket) => this.track(socket, false))
   }
 
   async listen(): Promise<{ http?: AddressInfo; https?: AddressInfo }> {
@@ -126,19 +139,34 @@ export class Listeners {
     return out
   }
 
-  /** stops accepting and closes idle keep-alive connections; resolves when the servers are closed */
+  private track(socket: Socket, watchSilence: boolean): void {
+    this.sockets.add(socket)
+    if (watchSilence) {
+      this.silent.add(socket)
+      socket.once('data', () => this.silent.delete(socket))
+    }
+    socket.once('close', () => {
+      this.sockets.delete(socket)
+      this.silent.delete(socket)
+    })
+  }
+
+  /** stops accepting and closes idle connections; resolves when the servers are closed */
   async stopAccepting(): Promise<void> {
     const closed = this.servers.map((s) =>
       s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve(),
     )
     for (const s of this.servers) s.closeIdleConnections()
+    for (const socket of this.silent) socket.destroy()
     this.h2.drain()
     await Promise.all(closed)
   }
 
+  /** after the drain: whatever is still open carries no request the drain waits for */
   closeAllConnections(): void {
     for (const s of this.servers) s.closeAllConnections()
     this.h2.destroyAll()
+    for (const socket of this.sockets) socket.destroy()
   }
 }
 

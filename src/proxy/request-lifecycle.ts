@@ -102,7 +102,10 @@ export class RequestLifecycle {
   constructor(readonly opts: LifecycleOptions) {
     const forwarder = opts.forwarder
     this.http = {
-      clientGone: (res) => res.destroyed,
+      // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was
+      // being attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and
+      // shutdown would wait out timeouts.drain for it
+      clientGone: (res) => res.destroyed || (res as TaggedResponse)[kExchange]?.responseClosed === true,
       answer: (ex, req, res, a) => this.answer(ex, req, res, a.status, a.body, a.headers),
       forward: (req, res, target, headers) => forwarder.forward(req, res, target, headers),
       abort: (res) => {
@@ -312,6 +315,9 @@ export class RequestLifecycle {
     const reject = ex.attribution.reject
     if (reject) {
       transport.answer(ex, req, ctx, reject)
+      // the body held paused for the forwarder is discarded: an HTTP/2 stream whose body is never read
+      // never closes, so the exchange would stay in flight and shutdown would wait out timeouts.drain
+      if (req.readableFlowing === false) req.resume()
       this.finish(ex)
       return undefined
     }

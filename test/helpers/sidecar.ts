@@ -207,6 +207,8 @@ const TEST_DEFAULTS = {
 // A test's sidecar stops at once on SIGTERM: waiting out the production drain delay (5 s) at every teardown
 // would add minutes to the suite. runtime/drain.test.ts and runtime/shutdown-faults.test.ts set their own and test it.
 const TEST_TIMEOUTS = { drainDelay: '0s' }
+/** after SIGTERM, the test sidecar is killed (and its teardown fails) when it has not exited by then */
+const SIGTERM_EXIT_MS = 15_000
 
 function withTestDefaults(config: Record<string, unknown>): Record<string, unknown> {
   const timeouts = config['timeouts'] as Record<string, unknown> | undefined
@@ -246,7 +248,7 @@ export async function startSidecarFromFile(
   const close = () => {
     closing ??= (async () => {
       cli.kill('SIGTERM')
-      const timer = setTimeout(() => cli.kill('SIGKILL'), 15_000)
+      const timer = setTimeout(() => cli.kill('SIGKILL'), SIGTERM_EXIT_MS)
       try {
         return await cli.exited
       } finally {
@@ -255,7 +257,17 @@ export async function startSidecarFromFile(
     })()
     return closing
   }
-  t.teardown(close)
+  // a sidecar that does not exit by itself on SIGTERM would sit out a pod's whole termination grace period:
+  // every test that leaves the stop to this teardown checks the clean exit (one that stopped the process
+  // itself checks what it expects)
+  t.teardown(async () => {
+    const stoppedByTest = cli.child.exitCode !== null || cli.child.signalCode !== null
+    const code = await close()
+    if (stoppedByTest || code === 0) return
+    throw new Error(
+      `the sidecar did not exit 0 within ${SIGTERM_EXIT_MS} ms of SIGTERM (exit ${code ?? cli.child.signalCode}): ${cli.stderr().slice(-2000)}`,
+    )
+  })
   const started = await cli.waitForLog((l) => l['event'] === 'started')
   const reloadResult = (from: number) =>
     cli

@@ -1,0 +1,101 @@
+// With timeouts.drainDelay 0s and nothing in flight, SIGTERM ends the process at once: a pod's termination
+// grace period is not spent on connections that carry no request. Each case leaves open what a real client
+// would: an HTTP/2 connection after another one was closed for rapid reset, a gRPC-style call rejected on
+// the proxy with its client still connected, a connection that never sent a byte.
+import { once } from 'node:events'
+import { constants, connect as h2connect } from 'node:http2'
+import { connect } from 'node:net'
+import t from 'tap'
+import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+// generous for a loaded machine, far below the drain (15 s) and header (10 s) timeouts a leftover
+// connection or exchange would otherwise sit out
+const PROMPT_MS = 5000
+
+async function timedStop(sidecar: TestSidecar): Promise<{ code: number | null; ms: number }> {
+  const start = performance.now()
+  const code = await sidecar.close()
+  return { code, ms: performance.now() - start }
+}
+
+t.test(
+  'after a rapid reset, with an idle HTTP/2 client and a silent connection: exit 0 at once',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const sidecar = await startTestSidecar(t, { upstream: up.url, limits: { http2MaxResetsPerSecond: 20 } })
+    const url = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+    const abusive = h2connect(url)
+    abusive.on('error', () => {})
+    t.teardown(() => abusive.destroy())
+    const goaway = once(abusive, 'goaway')
+    for (let i = 0; i < 200 && !abusive.destroyed && !abusive.closed; i++) {
+      const stream = abusive.request({ ':path': '/slow/5000' })
+      stream.on('error', () => {})
+      stream.close(constants.NGHTTP2_CANCEL)
+      await new Promise((r) => setImmediate(r))
+    }
+    const [code] = (await goaway) as [number]
+    t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the abusive connection was closed')
+    const idle = h2connect(url)
+    idle.on('error', () => {})
+    t.teardown(() => idle.destroy())
+    const answer = idle.request({ ':path': '/echo' })
+    answer.resume()
+    await once(answer, 'end')
+    const silent = connect(sidecar.proxyAddress.port, '127.0.0.1')
+    silent.on('error', () => {})
+    t.teardown(() => silent.destroy())
+    await once(silent, 'connect')
+
+    const stopped = await timedStop(sidecar)
+    t.equal(stopped.code, 0)
+    t.ok(stopped.ms < PROMPT_MS, `exited ${Math.round(stopped.ms)} ms after SIGTERM`)
+  },
+)
+
+t.test(
+  'after a gRPC call rejected for an invalid token, its client still connected: exit 0 at once',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const issuer = 'https://idp.exit.example'
+    const key = await createSigningKey('k1')
+    const jwks = await startJwksServer([key])
+    t.teardown(() => jwks.close())
+    const sidecar = await startTestSidecar(t, {
+      upstream: up.url,
+      jwt: { issuers: [{ issuer, jwksUri: jwks.jwksUri, audiences: ['echo'] }], onInvalid: 'reject' },
+    })
+    const session = h2connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
+    session.on('error', () => {})
+    t.teardown(() => session.destroy())
+    const token = await mintToken(key, { azp: 'billing' }, { issuer, audience: 'other' })
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': '/demo.v1.Echo/Unary',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      authorization: `Bearer ${token}`,
+    })
+    stream.on('error', () => {})
+    // one length-prefixed message, then END_STREAM, as a unary call sends it
+    stream.end(Buffer.from([0, 0, 0, 0, 2, 10, 0]))
+    // a trailers-only answer carries grpc-status in its headers
+    const grpcStatus = new Promise<unknown>((resolve) => {
+      stream.once('response', (h: Record<string, unknown>) => {
+        if (h['grpc-status'] !== undefined) resolve(h['grpc-status'])
+      })
+      stream.once('trailers', (h: Record<string, unknown>) => resolve(h['grpc-status']))
+    })
+    stream.resume()
+    t.equal(await grpcStatus, '16', 'UNAUTHENTICATED')
+    t.equal(up.received.length, 0, 'the call never reached the upstream')
+
+    const stopped = await timedStop(sidecar)
+    t.equal(stopped.code, 0)
+    t.ok(stopped.ms < PROMPT_MS, `exited ${Math.round(stopped.ms)} ms after SIGTERM`)
+  },
+)
