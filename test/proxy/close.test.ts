@@ -10,6 +10,7 @@ import { defaultConfig } from '../../src/config/schema.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
+import { rapidReset } from '../helpers/rapid-reset.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 // generous for a loaded machine, far below the timeouts (headers 10 s, idle 60 s, drain 15 s) a leftover
@@ -62,16 +63,8 @@ t.test('close() after an HTTP/2 connection was closed for rapid reset, with anot
   const limits = { ...defaultConfig().limits, http2MaxResetsPerSecond: 20 }
   const { url, proxy } = await startProxy(t, { upstream: up.url, limits })
   const abusive = h2connect(url)
-  abusive.on('error', () => {})
   t.teardown(() => abusive.destroy())
-  const goaway = once(abusive, 'goaway')
-  for (let i = 0; i < 200 && !abusive.destroyed && !abusive.closed; i++) {
-    const stream = abusive.request({ ':path': '/slow/5000' })
-    stream.on('error', () => {})
-    stream.close(constants.NGHTTP2_CANCEL)
-    await new Promise((r) => setImmediate(r))
-  }
-  const [code] = (await goaway) as [number]
+  const code = await rapidReset(abusive)
   t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM)
   const idle = h2connect(url)
   idle.on('error', () => {})

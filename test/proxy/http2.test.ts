@@ -14,6 +14,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
+import { rapidReset } from '../helpers/rapid-reset.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -241,20 +242,6 @@ t.test('HTTP/2 limits: concurrent streams advertised, rapid reset closes the con
   const answer = await h2get(fresh, '/echo')
   t.equal(answer.status, 200)
 })
-
-/** opens and cancels streams on one session until the proxy sends GOAWAY; resolves with its error code */
-async function rapidReset(session: ClientHttp2Session): Promise<number> {
-  const goaway = once(session, 'goaway')
-  session.on('error', () => {})
-  for (let i = 0; i < 200 && !session.destroyed && !session.closed; i++) {
-    const stream = session.request({ ':path': '/slow/5000' })
-    stream.on('error', () => {})
-    stream.close(constants.NGHTTP2_CANCEL)
-    await new Promise((r) => setImmediate(r))
-  }
-  const [code] = (await goaway) as [number]
-  return code
-}
 
 t.test('a connection closed for rapid reset is counted in nhi_http2_connections_closed_total', async (t) => {
   const up = await startUpstream()

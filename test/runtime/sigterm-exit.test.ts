@@ -7,6 +7,7 @@ import { constants, connect as h2connect } from 'node:http2'
 import { connect } from 'node:net'
 import t from 'tap'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { rapidReset } from '../helpers/rapid-reset.ts'
 import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -28,16 +29,8 @@ t.test(
     const sidecar = await startTestSidecar(t, { upstream: up.url, limits: { http2MaxResetsPerSecond: 20 } })
     const url = `http://127.0.0.1:${sidecar.proxyAddress.port}`
     const abusive = h2connect(url)
-    abusive.on('error', () => {})
     t.teardown(() => abusive.destroy())
-    const goaway = once(abusive, 'goaway')
-    for (let i = 0; i < 200 && !abusive.destroyed && !abusive.closed; i++) {
-      const stream = abusive.request({ ':path': '/slow/5000' })
-      stream.on('error', () => {})
-      stream.close(constants.NGHTTP2_CANCEL)
-      await new Promise((r) => setImmediate(r))
-    }
-    const [code] = (await goaway) as [number]
+    const code = await rapidReset(abusive)
     t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the abusive connection was closed')
     const idle = h2connect(url)
     idle.on('error', () => {})
