@@ -270,6 +270,12 @@ export class OtlpBatchWriter {
  */
 export class OtlpBatchReader {
   private readonly identities: Identity[] = []
+  /**
+   * the previous record's decision, handed out again while it is unchanged: as on the request path, where the
+   * engine hands out one object per outcome, the audit line writer caches its bytes per object (a new object
+   * per record cost the export thread a string and a Buffer per line)
+   */
+  private decision: RequestEvent['decision'] | undefined
 
   /** calls `each` with every request of the batch, in order */
   read(batch: OtlpBatch, each: (event: RequestEvent) => void): void {
@@ -374,7 +380,7 @@ export class OtlpBatchReader {
         fingerprints,
         failures,
         anomalies,
-        decision: flags & 1 ? { decision, rule, skipped: true } : { decision, rule },
+        decision: this.decisionOf(decision, rule, (flags & 1) === 1),
         clientAddress,
         method,
         path,
@@ -393,5 +399,17 @@ export class OtlpBatchReader {
       if (flags & 8) event.grpcStatus = grpcStatus
       each(event)
     }
+  }
+
+  private decisionOf(
+    decision: RequestEvent['decision']['decision'],
+    rule: string,
+    skipped: boolean,
+  ): RequestEvent['decision'] {
+    const d = this.decision
+    if (d !== undefined && d.decision === decision && d.rule === rule && (d.skipped === true) === skipped)
+      return d
+    this.decision = skipped ? { decision, rule, skipped: true } : { decision, rule }
+    return this.decision
   }
 }
