@@ -48,7 +48,7 @@ const program = new Command()
   .option('--connections <n>', 'concurrent connections', positive, 64)
   .option(
     '--rate <n>',
-    'req/s of the open-loop latency rounds (a, b, c, nginx at a fixed rate below saturation; 0 skips them)',
+    'req/s of the open-loop latency rounds (a, b, c, nginx at a fixed rate below saturation; 0 skips them); otlp mode: every row at this rate (open loop) instead of wrk',
     nonNegative,
     1000,
   )
@@ -217,6 +217,7 @@ async function otlpMode(): Promise<void> {
     connections: Math.round(o.connections),
     dist,
     ...(o.entry ? { baseline: o.entry } : {}),
+    ...(given('rate') && o.rate > 0 ? { rate: Math.round(o.rate) } : {}),
     log,
   })
   const md = otlpCostMarkdown(r)

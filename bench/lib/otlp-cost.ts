@@ -20,6 +20,13 @@ export interface OtlpCostOptions {
   dist: boolean
   /** another build (its nhi-proxy.mjs) run with export on beside the others, interleaved: before/after */
   baseline?: string
+  /**
+   * open loop at this many req/s (the Node load generator) instead of wrk's closed loop: every row then
+   * serves the same throughput, so CPU per request is compared at one operating point. A closed loop
+   * compares rows at whatever throughput each reached, and the request thread's CPU per request depends on
+   * it (fewer requests per event-loop wake-up cost more each).
+   */
+  rate?: number
   log: (line: string) => void
 }
 
@@ -122,6 +129,7 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       connections: opts.connections,
       tokensFile,
       durationS,
+      ...(opts.rate ? { rate: opts.rate } : {}),
     })
     log('warm-up (JIT, keep-alive pools, token cache, exporter start)')
     for (const url of [bare.url, ...Object.values(targets).map((t) => t.url)])
@@ -194,7 +202,7 @@ export function otlpCostMarkdown(r: OtlpCostResult): string {
   const lines = [
     `# nhi-proxy OTLP export cost (${r.startedAt})`,
     '',
-    `${r.options.rounds} interleaved rounds × ${r.options.durationS} s, ${r.options.connections} connections; the live collector received ${r.sink.requests.toLocaleString('en')} export requests (${(r.sink.bytes / 1e6).toFixed(1)} MB).`,
+    `${r.options.rounds} interleaved rounds × ${r.options.durationS} s, ${r.options.connections} connections${r.options.rate ? `, open loop at ${r.options.rate} req/s` : ', closed loop (wrk)'}; the live collector received ${r.sink.requests.toLocaleString('en')} export requests (${(r.sink.bytes / 1e6).toFixed(1)} MB).`,
     '',
     '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round | of which request thread | RSS MB |',
     '|---|---|---|---|---|---|---|---|',

@@ -58,6 +58,11 @@ const INITIAL_BYTES = 64 * 1024
 /** The request thread's side: appends requests to the current batch. */
 export class OtlpBatchWriter {
   private b: Buffer<ArrayBuffer>
+  /**
+   * the same bytes for the numbers: Buffer's writeDoubleLE & co. copy byte by byte in JavaScript, a DataView's
+   * setters compile to stores
+   */
+  private v: DataView
   private n = 0
   /** requests in the current batch */
   records = 0
@@ -70,6 +75,12 @@ export class OtlpBatchWriter {
 
   constructor() {
     this.b = Buffer.allocUnsafeSlow(this.capacity)
+    this.v = new DataView(this.b.buffer)
+  }
+
+  private use(b: Buffer<ArrayBuffer>): void {
+    this.b = b
+    this.v = new DataView(b.buffer, b.byteOffset, b.length)
   }
 
   /**
@@ -99,17 +110,19 @@ export class OtlpBatchWriter {
     if (fp.apikey !== undefined) flags |= 64
     this.reserve(64)
     const b = this.b
+    const v = this.v
     let n = this.n
     b[n++] = OP_RECORD
     b[n++] = flags
-    n = b.writeUInt16LE(slot, n)
-    n = b.writeDoubleLE(event.time, n)
-    n = b.writeDoubleLE(event.durationMs, n)
-    n = b.writeDoubleLE(event.upstreamMs, n)
-    n = b.writeDoubleLE(event.bytesIn, n)
-    n = b.writeDoubleLE(event.bytesOut, n)
-    n = b.writeUInt16LE(event.status, n)
-    n = b.writeInt32LE(event.grpcStatus ?? 0, n)
+    v.setUint16(n, slot, true)
+    v.setFloat64(n + 2, event.time, true)
+    v.setFloat64(n + 10, event.durationMs, true)
+    v.setFloat64(n + 18, event.upstreamMs, true)
+    v.setFloat64(n + 26, event.bytesIn, true)
+    v.setFloat64(n + 34, event.bytesOut, true)
+    v.setUint16(n + 42, event.status, true)
+    v.setInt32(n + 44, event.grpcStatus ?? 0, true)
+    n += 48
     b[n++] = Math.min(failures.length, 255)
     b[n++] = Math.min(anomalies.length, 255)
     this.n = n
@@ -154,7 +167,7 @@ export class OtlpBatchWriter {
     }
     // the next batch starts with room for this one and a quarter more: one large batch does not stay the size
     this.capacity = Math.max(INITIAL_BYTES, this.n + (this.n >> 2))
-    this.b = Buffer.allocUnsafeSlow(this.capacity)
+    this.use(Buffer.allocUnsafeSlow(this.capacity))
     this.n = 0
     this.records = 0
     this.reset = false
@@ -186,11 +199,11 @@ export class OtlpBatchWriter {
   prelude(): OtlpBatch | undefined {
     if (this.slots.size === 0) return undefined
     const main = { b: this.b, n: this.n }
-    this.b = Buffer.allocUnsafeSlow(256 * this.slots.size)
+    this.use(Buffer.allocUnsafeSlow(256 * this.slots.size))
     this.n = 0
     for (const [identity, slot] of this.slots) this.identity(slot, identity)
     const batch: OtlpBatch = { bytes: this.b.buffer, length: this.n, records: 0, reset: true }
-    this.b = main.b
+    this.use(main.b)
     this.n = main.n
     // the records already written need no reset of their own: the prelude brings their identities
     this.reset = false
@@ -200,7 +213,8 @@ export class OtlpBatchWriter {
   private identity(slot: number, id: Identity): void {
     this.reserve(8)
     this.b[this.n++] = OP_IDENTITY
-    this.n = this.b.writeUInt16LE(slot, this.n)
+    this.v.setUint16(this.n, slot, true)
+    this.n += 2
     this.b[this.n++] = id.verified ? 1 : 0
     this.claim(id.name)
     this.text(id.kind)
@@ -224,7 +238,7 @@ export class OtlpBatchWriter {
     this.reserve(4 + 2 * s.length)
     const at = this.n + 4
     const written = this.b.write(s, at, 'utf16le')
-    this.b.writeUInt32LE((written | UTF16) >>> 0, this.n)
+    this.v.setUint32(this.n, (written | UTF16) >>> 0, true)
     this.n = at + written
   }
 
@@ -232,7 +246,8 @@ export class OtlpBatchWriter {
   private field(f: number, s: string | undefined): void {
     if (s !== undefined && s === this.previous[f]) {
       this.reserve(4)
-      this.n = this.b.writeUInt32LE(SAME, this.n)
+      this.v.setUint32(this.n, SAME, true)
+      this.n += 4
       return
     }
     this.previous[f] = s
@@ -242,7 +257,8 @@ export class OtlpBatchWriter {
   private optional(s: string | undefined): void {
     if (s === undefined) {
       this.reserve(4)
-      this.n = this.b.writeUInt32LE(ABSENT, this.n)
+      this.v.setUint32(this.n, ABSENT, true)
+      this.n += 4
     } else this.text(s)
   }
 
@@ -251,7 +267,7 @@ export class OtlpBatchWriter {
     this.reserve(4 + 3 * s.length)
     const at = this.n + 4
     const written = this.b.write(s, at)
-    this.b.writeUInt32LE(written, this.n)
+    this.v.setUint32(this.n, written, true)
     this.n = at + written
   }
 
@@ -260,7 +276,7 @@ export class OtlpBatchWriter {
     if (need <= this.b.length) return
     const grown = Buffer.allocUnsafeSlow(Math.max(need, 2 * this.b.length))
     this.b.copy(grown, 0, 0, this.n)
-    this.b = grown
+    this.use(grown)
   }
 }
 
@@ -270,15 +286,23 @@ export class OtlpBatchWriter {
  */
 export class OtlpBatchReader {
   private readonly identities: Identity[] = []
+  /**
+   * the previous record's decision, handed out again while it is unchanged: as on the request path, where the
+   * engine hands out one object per outcome, the audit line writer caches its bytes per object (a new object
+   * per record cost the export thread a string and a Buffer per line)
+   */
+  private decision: RequestEvent['decision'] | undefined
 
   /** calls `each` with every request of the batch, in order */
   read(batch: OtlpBatch, each: (event: RequestEvent) => void): void {
     if (batch.reset) this.identities.length = 0
     const b = Buffer.from(batch.bytes, 0, batch.length)
+    // Buffer's readDoubleLE & co. copy byte by byte in JavaScript; a DataView's getters compile to loads
+    const v = new DataView(batch.bytes, 0, batch.length)
     const previous: (string | undefined)[] = new Array(FIELDS).fill(undefined)
     let n = 0
     const text = (): string => {
-      const header = b.readUInt32LE(n)
+      const header = v.getUint32(n, true)
       n += 4
       const len = header & ~UTF16
       const s = b.toString(header & UTF16 ? 'utf16le' : 'utf8', n, n + len)
@@ -286,14 +310,14 @@ export class OtlpBatchReader {
       return s
     }
     const optional = (): string | undefined => {
-      if (b.readUInt32LE(n) === ABSENT) {
+      if (v.getUint32(n, true) === ABSENT) {
         n += 4
         return undefined
       }
       return text()
     }
     const field = (f: number): string | undefined => {
-      if (b.readUInt32LE(n) === SAME) {
+      if (v.getUint32(n, true) === SAME) {
         n += 4
         return previous[f]
       }
@@ -304,7 +328,7 @@ export class OtlpBatchReader {
     while (n < batch.length) {
       const op = b[n++]
       if (op === OP_IDENTITY) {
-        const slot = b.readUInt16LE(n)
+        const slot = v.getUint16(n, true)
         const verified = b[n + 2] === 1
         n += 3
         const name = text()
@@ -326,17 +350,17 @@ export class OtlpBatchReader {
       }
       if (op !== OP_RECORD) throw new Error(`OTLP batch: unknown op ${op} at ${n - 1}`)
       const flags = b[n]!
-      const identity = this.identities[b.readUInt16LE(n + 1)]
+      const identity = this.identities[v.getUint16(n + 1, true)]
       if (identity === undefined)
-        throw new Error(`OTLP batch: identity slot ${b.readUInt16LE(n + 1)} unknown`)
+        throw new Error(`OTLP batch: identity slot ${v.getUint16(n + 1, true)} unknown`)
       n += 3
-      const time = b.readDoubleLE(n)
-      const durationMs = b.readDoubleLE(n + 8)
-      const upstreamMs = b.readDoubleLE(n + 16)
-      const bytesIn = b.readDoubleLE(n + 24)
-      const bytesOut = b.readDoubleLE(n + 32)
-      const status = b.readUInt16LE(n + 40)
-      const grpcStatus = b.readInt32LE(n + 42)
+      const time = v.getFloat64(n, true)
+      const durationMs = v.getFloat64(n + 8, true)
+      const upstreamMs = v.getFloat64(n + 16, true)
+      const bytesIn = v.getFloat64(n + 24, true)
+      const bytesOut = v.getFloat64(n + 32, true)
+      const status = v.getUint16(n + 40, true)
+      const grpcStatus = v.getInt32(n + 42, true)
       const failureCount = b[n + 46]!
       const anomalyCount = b[n + 47]!
       n += 48
@@ -374,7 +398,7 @@ export class OtlpBatchReader {
         fingerprints,
         failures,
         anomalies,
-        decision: flags & 1 ? { decision, rule, skipped: true } : { decision, rule },
+        decision: this.decisionOf(decision, rule, (flags & 1) === 1),
         clientAddress,
         method,
         path,
@@ -393,5 +417,17 @@ export class OtlpBatchReader {
       if (flags & 8) event.grpcStatus = grpcStatus
       each(event)
     }
+  }
+
+  private decisionOf(
+    decision: RequestEvent['decision']['decision'],
+    rule: string,
+    skipped: boolean,
+  ): RequestEvent['decision'] {
+    const d = this.decision
+    if (d !== undefined && d.decision === decision && d.rule === rule && (d.skipped === true) === skipped)
+      return d
+    this.decision = skipped ? { decision, rule, skipped: true } : { decision, rule }
+    return this.decision
   }
 }

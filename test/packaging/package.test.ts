@@ -1,6 +1,8 @@
 // The package as a user installs it: `npm pack` from a tree without dist/ (prepack must build it), the
 // tarball installed into an empty directory with `npm install`, then `npx nhi-proxy` check, explain, schema
-// and a short run verifying a token against a JWKS served over HTTP, at a real upstream.
+// and a short run verifying a token against a JWKS served over HTTP, at a real upstream; then a run with OTLP
+// export on, to a receiver that decodes real protobuf, which needs the export thread's own file
+// (dist/otlp-export-worker.mjs) to be in the package and to load from where npm installed it.
 import {
   cpSync,
   existsSync,
@@ -17,9 +19,12 @@ import t from 'tap'
 import {
   assertExplainedVerified,
   assertProxiedVerified,
+  IDENTITY,
   jwtScenario,
   startProcess,
 } from '../helpers/artifact.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { type AttrValue, CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
 import { REPO_ROOT, run } from '../helpers/tools.ts'
 
 // packing (a bundle build) and installing from the registry or its cache take a while on a loaded machine
@@ -68,6 +73,8 @@ if (npmVersion.code !== 0) {
   const tree = join(work, 'tree')
   const app = join(work, 'app')
   let tarball = ''
+  /** set once the tarball is installed into app/ */
+  let installedOk = false
 
   t.test('npm pack builds dist/ and ships the bundle, config/, schema/ and LICENSE only', async (t) => {
     // the project's files as a clone has them: no dist/, so the tarball's dist/ comes from prepack
@@ -100,6 +107,8 @@ if (npmVersion.code !== 0) {
       'README.md',
       'LICENSE',
       'dist/nhi-proxy.mjs',
+      // started as a thread by file name, so a bundler that inlined or renamed it would break export only
+      'dist/otlp-export-worker.mjs',
       'config/nhi-proxy.yaml',
       'schema/nhi-proxy.schema.json',
     ]) {
@@ -156,6 +165,7 @@ if (npmVersion.code !== 0) {
     })
     t.equal(install.code, 0, `npm install <tgz>: ${install.stderr}`)
     if (install.code !== 0) return
+    installedOk = true
     const installed = join(app, 'node_modules', 'nhi-proxy')
     const npx = (args: string[]) =>
       run('npx', ['--no', '--', 'nhi-proxy', ...args], { cwd: app, timeoutMs: 60_000 })
@@ -190,6 +200,80 @@ if (npmVersion.code !== 0) {
 
     const proc = startProcess(t, 'npx', ['--no', '--', 'nhi-proxy', 'run', '-c', 'config.yaml'], { cwd: app })
     await assertProxiedVerified(t, proc, s)
+    await proc.stop()
+  })
+
+  // the installed tarball of the test above: a second pack and install would double the slowest file's time
+  t.test('installed from the tarball: OTLP export reaches a collector, without token material', async (t) => {
+    if (!installedOk) {
+      t.fail('no installed package (the install above failed)')
+      return
+    }
+    const collector = await startCollector()
+    t.teardown(() => collector.close())
+    const s = await jwtScenario(t)
+    const config = `${s.config}otlp: { endpoint: "${collector.url}", logs: true, scheduledDelay: 100ms }\n`
+    writeFileSync(join(app, 'otlp.yaml'), config)
+    const proc = startProcess(t, 'npx', ['--no', '--', 'nhi-proxy', 'run', '-c', 'otlp.yaml'], {
+      cwd: app,
+      // the runner's own OTEL_* must not redirect or turn off the export under test
+      env: { ...process.env, ...CLEAN_OTEL_ENV },
+    })
+    await proc.waitFor(/"event":"otlp_export"/, 45_000)
+    await assertProxiedVerified(t, proc, s)
+    const received = s.upstream.received.find((r) => r.url === '/echo')
+    const traceparent = String(received?.headers['traceparent'] ?? '')
+    const traceId = traceparent.split('-')[1] ?? ''
+    t.match(traceId, /^[0-9a-f]{32}$/, 'the upstream got the trace context of the request')
+
+    const span = await eventually(
+      () => collector.spans.find((sp) => sp.traceId === traceId && sp.attributes['url.path'] === '/echo'),
+      { timeoutMs: 30_000, what: 'the request span at the collector' },
+    ).catch((err: Error) => {
+      t.fail(`${err.message}\n--- output ---\n${proc.output()}`)
+      return undefined
+    })
+    const log = await eventually(() => collector.logs.find((l) => l.traceId === traceId), {
+      timeoutMs: 30_000,
+      what: 'the audit log record at the collector',
+    }).catch((err: Error) => {
+      t.fail(`${err.message}\n--- output ---\n${proc.output()}`)
+      return undefined
+    })
+    t.equal(span?.kind, 2, 'a server span')
+    t.equal(span?.attributes['nhi.identity'], IDENTITY, 'the span names the identity the token was given')
+    t.equal(span?.attributes['nhi.verified'], true, 'verified through the JWKS over HTTP')
+    t.equal(span?.attributes['nhi.source'], 'jwt')
+    t.equal(span?.spanId, traceparent.split('-')[2], 'the span is the hop the upstream saw as its parent')
+    t.ok(log, 'the audit record arrived as a log record of the same trace')
+    t.equal(log?.spanId, span?.spanId, 'the log record belongs to the span')
+    t.notMatch(proc.output(), /otlp_thread_exit/, 'the export thread did not die and restart')
+
+    // no part of the token in anything exported: attributes, events, log bodies
+    const [header = '', payload = '', signature = ''] = s.token.split('.')
+    const texts: string[] = []
+    const walk = (v: AttrValue | Record<string, AttrValue>): void => {
+      if (typeof v === 'string') texts.push(v)
+      else if (Array.isArray(v)) for (const x of v) walk(x)
+      else if (v && typeof v === 'object')
+        for (const [k, x] of Object.entries(v)) {
+          texts.push(k)
+          walk(x)
+        }
+    }
+    for (const sp of collector.spans) {
+      walk(sp.attributes)
+      for (const e of sp.events) walk(e.attributes)
+    }
+    for (const l of collector.logs) {
+      walk(l.attributes)
+      walk(l.body)
+    }
+    t.ok(texts.length > 10, `exported attributes were inspected (${texts.length} strings)`)
+    const leaked = texts.filter(
+      (x) => x.includes(s.token) || x.includes(header) || x.includes(payload) || x.includes(signature),
+    )
+    t.same(leaked, [], 'no token material in any exported attribute or log body')
     await proc.stop()
   })
 }

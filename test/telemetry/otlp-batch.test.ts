@@ -173,3 +173,33 @@ t.test('a discarded batch takes its identity definitions with it', async (t) => 
   t.ok(batch.reset)
   t.equal(readAll(reader, batch)[0]!.identity.name, SAMPLE_IDENTITIES[2]!.name)
 })
+
+t.test(
+  'one decision object while the decision is unchanged: the audit line caches its bytes per object',
+  async (t) => {
+    const allow = { decision: 'allow' as const, rule: 'default' }
+    const skipped = { decision: 'allow' as const, rule: 'default', skipped: true }
+    const deny = { decision: 'deny' as const, rule: 'jobs-only' }
+    const writer = new OtlpBatchWriter()
+    const sent = [allow, allow, skipped, skipped, deny, allow].map((decision) => requestEvent({ decision }))
+    for (const e of sent.slice(0, 3)) writer.write(e)
+    const reader = new OtlpBatchReader()
+    const first = readAll(reader, writer.take())
+    for (const e of sent.slice(3)) writer.write(e)
+    const read = [...first, ...readAll(reader, writer.take())]
+    t.same(
+      read.map((e) => e.decision),
+      sent.map((e) => e.decision),
+      'every decision comes back as it went in',
+    )
+    t.equal(read[1]!.decision, read[0]!.decision, 'the same decision again: the same object')
+    t.equal(read[3]!.decision, read[2]!.decision, 'across batches too')
+    t.not(read[2]!.decision, read[1]!.decision, 'skipped is a different decision')
+    t.not(read[5]!.decision, read[4]!.decision, 'a changed decision: a new object')
+    t.same(
+      read.map(exported).map((r) => r.line),
+      sent.map(exported).map((r) => r.line),
+      'the same audit lines',
+    )
+  },
+)
