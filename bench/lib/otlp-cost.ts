@@ -7,9 +7,11 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { Target } from './harness.ts'
 import { ensureWrk, type LoadResult, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, mainThreadCpuMicros, rssBytes, type ServerProcess, stopAll } from './procs.ts'
+import { targetLine } from './report.ts'
 import { median } from './stats.ts'
 import { rotatingTokens } from './tokens.ts'
 
@@ -45,6 +47,25 @@ export interface OtlpCostResult {
   ratios: Record<string, number>
   /** export requests and bytes the live sink received */
   sink: { requests: number; bytes: number }
+  /**
+   * with `rate`: the performance issue's latency budget at a fixed rate (p50 added ≤ 1 ms, p99 added ≤ 3 ms
+   * over the bare engine) judged with export on and with the collector down
+   */
+  budget?: Target[]
+}
+
+/** added latency over the bare engine, median of the per-round differences, against a ≤ budget in ms */
+function addedLatency(name: string, value: number, target: number, spread: string): Target {
+  return {
+    name,
+    value,
+    target,
+    unit: 'ms',
+    direction: 'max',
+    pass: value <= target,
+    margin: target - value,
+    note: `rounds ${spread}`,
+  }
 }
 
 const LABELS: Record<string, string> = {
@@ -183,8 +204,38 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       ratios['request-thread CPU µs/req, baseline build export on'] = mainCpu('c-otlp-base')
       ratios['RSS MB, baseline build export on'] = rss('c-otlp-base')
     }
+    let budget: Target[] | undefined
+    if (opts.rate) {
+      budget = []
+      const short: Record<string, string> = {
+        c: 'export off',
+        'c-otlp': 'export on',
+        'c-otlp-down': 'export on, collector down',
+      }
+      for (const id of ['c', 'c-otlp', 'c-otlp-down']) {
+        for (const [q, target] of [
+          ['p50', 1],
+          ['p99', 3],
+        ] as const) {
+          const added = Array.from({ length: opts.rounds }, (_, i) => {
+            const mine = rows.get(id)![i]!
+            const bare = rows.get('b')![i]!
+            return q === 'p50' ? mine.p50Ms - bare.p50Ms : mine.p99Ms - bare.p99Ms
+          })
+          budget.push(
+            addedLatency(
+              `${q} added ≤ ${target} ms at ${opts.rate} req/s, ${short[id]} (${id} − b)`,
+              median(added),
+              target,
+              added.map((x) => x.toFixed(2)).join(' / '),
+            ),
+          )
+        }
+      }
+    }
     const { log: _log, ...options } = opts
     return {
+      ...(budget ? { budget } : {}),
       startedAt: new Date().toISOString(),
       options,
       rows: [...rows].map(([id, rounds]) => ({ id, label: LABELS[id]!, rounds })),
@@ -214,6 +265,7 @@ export function otlpCostMarkdown(r: OtlpCostResult): string {
   }
   lines.push('', '| ratio (within each round, median over rounds) | value |', '|---|---:|')
   for (const [k, v] of Object.entries(r.ratios)) lines.push(`| ${k} | ${v.toFixed(2)} |`)
+  if (r.budget) lines.push('', '```', ...r.budget.map(targetLine), '```')
   lines.push('')
   return lines.join('\n')
 }
