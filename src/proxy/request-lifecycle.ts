@@ -213,7 +213,7 @@ export class RequestLifecycle {
     const headers = upstreamHeaders(
       req.headers,
       ex.attribution.identity,
-      ex.trace,
+      ex,
       ex.requestId,
       ex.conn.remoteAddress,
       ex.conn.tls ? 'https' : 'http',
