@@ -72,6 +72,17 @@ export function safeHeaderValue(value: string): string {
   }
 }
 
+/**
+ * The identity headers' first three lines and the fourth's name, `x-nhi-identity: <name>\r\n…x-nhi-verified`,
+ * for an upstream engine that writes `name: value\r\n` (undici, see undici-pool.ts `identityBlock`): sent with
+ * the verified flag as its value, it is the same four lines. Undefined when a part is not printable ASCII.
+ */
+export function identityHeaderBlock(identity: Identity): string | undefined {
+  const name = safeHeaderValue(identity.name)
+  if (!SAFE_VALUE_RE.test(identity.kind) || !SAFE_VALUE_RE.test(identity.source)) return undefined
+  return `x-nhi-identity: ${name}\r\nx-nhi-kind: ${identity.kind}\r\nx-nhi-source: ${identity.source}\r\nx-nhi-verified`
+}
+
 function appendChain(existing: string | string[] | undefined, value: string): string {
   if (existing === undefined || existing === '') return value
   return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
@@ -98,22 +109,34 @@ export function upstreamHeaders(
   requestId: string,
   clientIp: string,
   proto: 'http' | 'https',
+  /** the identity's four lines as one entry (`identityHeaderBlock`), for an engine that takes it */
+  identityBlock?: string,
 ): UpstreamHeaders {
   const host = headers.host ?? authority(headers)
   const forwardedHost = headers['x-forwarded-host']
+  const verified = identity.verified ? 'true' : 'false'
   // The proxy's own headers come first, as one literal: the object is created with a slot for each of them,
   // instead of growing its property store as a dozen names are added one by one. A client's copy of any of
   // them is skipped below, so none is overwritten.
-  const out: UpstreamHeaders = {
-    'x-nhi-identity': safeHeaderValue(identity.name),
-    'x-nhi-kind': identity.kind,
-    'x-nhi-source': identity.source,
-    'x-nhi-verified': identity.verified ? 'true' : 'false',
-    'x-request-id': requestId,
-    traceparent: trace.traceparent,
-    'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
-    'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
-  }
+  const out: UpstreamHeaders =
+    identityBlock === undefined
+      ? {
+          'x-nhi-identity': safeHeaderValue(identity.name),
+          'x-nhi-kind': identity.kind,
+          'x-nhi-source': identity.source,
+          'x-nhi-verified': verified,
+          'x-request-id': requestId,
+          traceparent: trace.traceparent,
+          'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+          'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+        }
+      : {
+          [identityBlock]: verified,
+          'x-request-id': requestId,
+          traceparent: trace.traceparent,
+          'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+          'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+        }
   if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
   else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
   const tracestate = headers.tracestate

@@ -13,7 +13,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2'
 import type { SecureContextOptions } from 'node:tls'
-import type { UpstreamErrorReason } from '../types.ts'
+import type { Identity, UpstreamErrorReason } from '../types.ts'
 import {
   connectTimeoutMs,
   type Forwarder,
@@ -317,6 +317,12 @@ export class ProtocolForwarder implements Forwarder {
 
   upgrade(...args: Parameters<Forwarder['upgrade']>) {
     return this.http1.upgrade(...args)
+  }
+
+  identityBlock(req: IncomingMessage, target: ForwardTarget, identity: Identity): string | undefined {
+    return this.engineFor(req, target) === this.http1
+      ? this.http1.identityBlock?.(req, target, identity)
+      : undefined
   }
 
   prune(keep: string): void {
