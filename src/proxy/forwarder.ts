@@ -6,10 +6,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { ConnectionOptions } from 'node:tls'
 import type { Dispatcher } from 'undici'
-import type { Identity, UpstreamErrorReason } from '../types.ts'
-import { downstreamHeaders, type UpstreamHeaders } from './headers.ts'
+import type { UpstreamErrorReason } from '../types.ts'
+import { downstreamHeaders, type HeaderBlocks, type UpstreamHeaders } from './headers.ts'
 import { hasBody } from './request-lifecycle.ts'
-import { identityBlock, Pool } from './undici-pool.ts'
+import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
 import type { Upstream } from './upstream-url.ts'
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
@@ -88,10 +88,10 @@ export interface Forwarder {
     headers: UpstreamHeaders,
   ): Promise<ForwardResult>
   /**
-   * The identity headers as one prepared entry of the header object (undici-pool.ts `identityBlock`), when
-   * the engine that will carry this request writes it as the same four lines; undefined otherwise.
+   * Prepared header entries (headers.ts HeaderBlocks) when the engine that will carry this request writes
+   * them as the same lines; undefined otherwise.
    */
-  identityBlock?(req: IncomingMessage, target: ForwardTarget, identity: Identity): string | undefined
+  headerBlocks?(req: IncomingMessage, target: ForwardTarget): HeaderBlocks | undefined
   /** Releases connections to origins other than `keep` (after a config reload changed the upstream). */
   prune(keep: string): void
   /** Closes all upstream connections. */
@@ -454,8 +454,8 @@ export class UndiciForwarder implements Forwarder {
     })
   }
 
-  identityBlock(_req: IncomingMessage, _target: ForwardTarget, identity: Identity): string | undefined {
-    return identityBlock(identity)
+  headerBlocks(): HeaderBlocks | undefined {
+    return UNDICI_HEADER_BLOCKS
   }
 
   prune(keep: string): void {

@@ -73,14 +73,31 @@ export function safeHeaderValue(value: string): string {
 }
 
 /**
- * The identity headers' first three lines and the fourth's name, `x-nhi-identity: <name>\r\n…x-nhi-verified`,
- * for an upstream engine that writes `name: value\r\n` (undici, see undici-pool.ts `identityBlock`): sent with
- * the verified flag as its value, it is the same four lines. Undefined when a part is not printable ASCII.
+ * Prepared entries for an upstream engine that writes every header as `name: value\r\n` (undici, see
+ * undici-pool.ts): an entry whose name holds whole lines and ends with the last line's name is sent as those
+ * same lines, for the cost of one. Only names are prepared; values are the request's.
+ */
+export interface HeaderBlocks {
+  /** `identityHeaderBlock` of the identity, when the engine has it entered; undefined otherwise */
+  identity(identity: Identity): string | undefined
+  /** `x-forwarded-proto: <proto>\r\nx-forwarded-host`, for a client that sent no x-forwarded-proto */
+  readonly forwardedProto: { readonly http: string; readonly https: string }
+}
+
+/**
+ * The identity headers' first three lines and the fourth's name, `x-nhi-identity: <name>\r\n…x-nhi-verified`:
+ * sent with the verified flag as its value, it is the same four lines. Undefined when a part is not printable
+ * ASCII.
  */
 export function identityHeaderBlock(identity: Identity): string | undefined {
   const name = safeHeaderValue(identity.name)
   if (!SAFE_VALUE_RE.test(identity.kind) || !SAFE_VALUE_RE.test(identity.source)) return undefined
   return `x-nhi-identity: ${name}\r\nx-nhi-kind: ${identity.kind}\r\nx-nhi-source: ${identity.source}\r\nx-nhi-verified`
+}
+
+/** the x-forwarded-proto line and the x-forwarded-host line's name, sent with the forwarded host as value */
+export function forwardedProtoBlock(proto: 'http' | 'https'): string {
+  return `x-forwarded-proto: ${proto}\r\nx-forwarded-host`
 }
 
 function appendChain(existing: string | string[] | undefined, value: string): string {
@@ -109,8 +126,8 @@ export function upstreamHeaders(
   requestId: string,
   clientIp: string,
   proto: 'http' | 'https',
-  /** the identity's four lines as one entry (`identityHeaderBlock`), for an engine that takes it */
-  identityBlock?: string,
+  /** prepared entries, for an engine that takes them (see HeaderBlocks) */
+  blocks?: HeaderBlocks,
 ): UpstreamHeaders {
   const host = headers.host ?? authority(headers)
   const forwardedHost = headers['x-forwarded-host']
@@ -118,6 +135,12 @@ export function upstreamHeaders(
   // The proxy's own headers come first, as one literal: the object is created with a slot for each of them,
   // instead of growing its property store as a dozen names are added one by one. A client's copy of any of
   // them is skipped below, so none is overwritten.
+  const identityBlock = blocks?.identity(identity)
+  // x-forwarded-proto and -host as one entry: the client sent no x-forwarded-proto, and named a host
+  const protoBlock =
+    identityBlock !== undefined && host !== undefined && headers['x-forwarded-proto'] === undefined
+      ? blocks?.forwardedProto[proto]
+      : undefined
   const out: UpstreamHeaders =
     identityBlock === undefined
       ? {
@@ -130,15 +153,26 @@ export function upstreamHeaders(
           'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
           'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
         }
-      : {
-          [identityBlock]: verified,
-          'x-request-id': requestId,
-          traceparent: trace.traceparent,
-          'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
-          'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
-        }
-  if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
-  else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
+      : protoBlock === undefined
+        ? {
+            [identityBlock]: verified,
+            'x-request-id': requestId,
+            traceparent: trace.traceparent,
+            'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+            'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+          }
+        : {
+            [identityBlock]: verified,
+            'x-request-id': requestId,
+            traceparent: trace.traceparent,
+            'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+            [protoBlock]: appendChain(forwardedHost, host as string),
+          }
+  // with the forwarded-proto block, x-forwarded-host is its value already
+  if (protoBlock === undefined) {
+    if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
+    else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
+  }
   const tracestate = headers.tracestate
   if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
   const listed = connectionListed(headers.connection)

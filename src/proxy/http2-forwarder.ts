@@ -13,7 +13,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2'
 import type { SecureContextOptions } from 'node:tls'
-import type { Identity, UpstreamErrorReason } from '../types.ts'
+import type { UpstreamErrorReason } from '../types.ts'
 import {
   connectTimeoutMs,
   type Forwarder,
@@ -22,7 +22,7 @@ import {
   type ForwardTarget,
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
-import { type UpstreamHeaders, upstreamTrailers } from './headers.ts'
+import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
 
@@ -319,10 +319,8 @@ export class ProtocolForwarder implements Forwarder {
     return this.http1.upgrade(...args)
   }
 
-  identityBlock(req: IncomingMessage, target: ForwardTarget, identity: Identity): string | undefined {
-    return this.engineFor(req, target) === this.http1
-      ? this.http1.identityBlock?.(req, target, identity)
-      : undefined
+  headerBlocks(req: IncomingMessage, target: ForwardTarget): HeaderBlocks | undefined {
+    return this.engineFor(req, target) === this.http1 ? this.http1.headerBlocks?.(req, target) : undefined
   }
 
   prune(keep: string): void {

@@ -218,7 +218,7 @@ export class RequestLifecycle {
       ex.requestId,
       ex.conn.remoteAddress,
       ex.conn.tls ? 'https' : 'http',
-      this.opts.forwarder.identityBlock?.(req, target, identity),
+      this.opts.forwarder.headerBlocks?.(req, target),
     )
     // the pipeline has the last word (e.g. forwarded-certificate headers from untrusted peers)
     ex.pipeline?.prepareUpstreamHeaders?.(headers, ex.attribution, ex.conn)

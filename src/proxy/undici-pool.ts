@@ -5,7 +5,12 @@ import type { Pool as UndiciPool } from 'undici'
 import constants from 'undici/lib/core/constants.js'
 import PoolModule from 'undici/lib/dispatcher/pool.js'
 import type { Identity } from '../types.ts'
-import { ADDED_REQUEST_HEADERS, identityHeaderBlock } from './headers.ts'
+import {
+  ADDED_REQUEST_HEADERS,
+  forwardedProtoBlock,
+  type HeaderBlocks,
+  identityHeaderBlock,
+} from './headers.ts'
 
 export const Pool = PoolModule as typeof UndiciPool
 export type Pool = UndiciPool
@@ -41,6 +46,9 @@ export const MAX_IDENTITY_BLOCKS = 4096
  * The bytes on the wire are the same. The block's parts are printable ASCII (checked when it is made), the
  * one thing undici's name check would have guaranteed. Undefined when undici has no record, for an identity
  * whose parts are not printable ASCII, and once the record holds MAX_IDENTITY_BLOCKS blocks.
+ *
+ * A block is only ever built and handed to undici in one synchronous step (undici copies the headers into
+ * its request as it is dispatched), and entries are never removed, so no block is sent after its entry.
  */
 export function identityBlock(identity: Identity): string | undefined {
   const known = blocks.get(identity)
@@ -59,3 +67,19 @@ export function identityBlock(identity: Identity): string | undefined {
 }
 const blocks = new WeakMap<Identity, string>()
 let blockCount = 0
+
+function entered(block: string): string {
+  ;(record as Record<string, string | undefined>)[block] ??= block
+  return block
+}
+
+/** undici's prepared entries (HeaderBlocks), when its record could take them */
+export const UNDICI_HEADER_BLOCKS: HeaderBlocks | undefined = registered
+  ? {
+      identity: identityBlock,
+      forwardedProto: {
+        http: entered(forwardedProtoBlock('http')),
+        https: entered(forwardedProtoBlock('https')),
+      },
+    }
+  : undefined

@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import constants from 'undici/lib/core/constants.js'
 import { identityHeaderBlock, upstreamHeaders } from '../../src/proxy/headers.ts'
 import { traceContext } from '../../src/proxy/ids.ts'
-import { identityBlock } from '../../src/proxy/undici-pool.ts'
+import { identityBlock, UNDICI_HEADER_BLOCKS } from '../../src/proxy/undici-pool.ts'
 import type { Identity } from '../../src/types.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 
@@ -44,7 +44,7 @@ t.test('a block is the four lines less the last value, known to undici as itself
     'rid',
     '10.0.0.1',
     'http',
-    block,
+    UNDICI_HEADER_BLOCKS,
   )
   t.same(Object.keys(plain).slice(0, 5), [
     'x-nhi-identity',
@@ -55,7 +55,25 @@ t.test('a block is the four lines less the last value, known to undici as itself
   ])
   t.same(Object.keys(blocked).slice(0, 2), [block, 'x-request-id'], 'the block first, where the lines were')
   t.equal(blocked[block!], 'true')
-  t.equal(Object.keys(blocked).length, Object.keys(plain).length - 3)
+  const proto = 'x-forwarded-proto: http\r\nx-forwarded-host'
+  t.equal(record[proto], proto, 'the forwarded-proto block is entered too')
+  t.equal(blocked[proto], 'a', 'x-forwarded-host is its value')
+  t.equal(blocked['x-forwarded-proto'], undefined)
+  t.equal(blocked['x-forwarded-host'], undefined)
+  t.equal(Object.keys(blocked).length, Object.keys(plain).length - 4)
+  // a client's x-forwarded-proto is appended to: no block then
+  const chained = upstreamHeaders(
+    { host: 'a', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'edge' },
+    alice,
+    traceContext(undefined),
+    'rid',
+    '10.0.0.1',
+    'http',
+    UNDICI_HEADER_BLOCKS,
+  )
+  t.equal(chained['x-forwarded-proto'], 'https, http')
+  t.equal(chained['x-forwarded-host'], 'edge, a')
+  t.equal(chained[proto], undefined)
 })
 
 /** An upstream on a raw socket: keeps each request head as sent, answers 200. */
