@@ -82,6 +82,11 @@ export interface HeaderBlocks {
   identity(identity: Identity): string | undefined
   /** `x-forwarded-proto: <proto>\r\nx-forwarded-host`, for a client that sent no x-forwarded-proto */
   readonly forwardedProto: { readonly http: string; readonly https: string }
+  /**
+   * `forwardedBlock(clientIp, proto)` when the engine has it entered, for a client that sent none of
+   * x-forwarded-for and -proto; undefined otherwise
+   */
+  forwarded(clientIp: string, proto: 'http' | 'https'): string | undefined
 }
 
 /**
@@ -93,6 +98,12 @@ export function identityHeaderBlock(identity: Identity): string | undefined {
   const name = safeHeaderValue(identity.name)
   if (!SAFE_VALUE_RE.test(identity.kind) || !SAFE_VALUE_RE.test(identity.source)) return undefined
   return `x-nhi-identity: ${name}\r\nx-nhi-kind: ${identity.kind}\r\nx-nhi-source: ${identity.source}\r\nx-nhi-verified`
+}
+
+/** the x-forwarded-for and -proto lines and x-forwarded-host's name; undefined for an address not printable */
+export function forwardedBlock(clientIp: string, proto: 'http' | 'https'): string | undefined {
+  if (!SAFE_VALUE_RE.test(clientIp)) return undefined
+  return `x-forwarded-for: ${clientIp}\r\n${forwardedProtoBlock(proto)}`
 }
 
 /** the x-forwarded-proto line and the x-forwarded-host line's name, sent with the forwarded host as value */
@@ -136,26 +147,27 @@ export function upstreamHeaders(
   // instead of growing its property store as a dozen names are added one by one. A client's copy of any of
   // them is skipped below, so none is overwritten.
   const identityBlock = blocks?.identity(identity)
-  // x-forwarded-proto and -host as one entry: the client sent no x-forwarded-proto, and named a host
-  const protoBlock =
-    identityBlock !== undefined && host !== undefined && headers['x-forwarded-proto'] === undefined
-      ? blocks?.forwardedProto[proto]
-      : undefined
-  const out: UpstreamHeaders =
-    identityBlock === undefined
-      ? {
-          'x-nhi-identity': safeHeaderValue(identity.name),
-          'x-nhi-kind': identity.kind,
-          'x-nhi-source': identity.source,
-          'x-nhi-verified': verified,
-          'x-request-id': requestId,
-          traceparent: trace.traceparent,
-          'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
-          'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
-        }
-      : protoBlock === undefined
+  let out: UpstreamHeaders
+  if (identityBlock !== undefined && host !== undefined && headers['x-forwarded-proto'] === undefined) {
+    out = withForwardedBlock(
+      headers,
+      identityBlock,
+      verified,
+      trace,
+      requestId,
+      clientIp,
+      proto,
+      host,
+      blocks!,
+    )
+  } else {
+    out =
+      identityBlock === undefined
         ? {
-            [identityBlock]: verified,
+            'x-nhi-identity': safeHeaderValue(identity.name),
+            'x-nhi-kind': identity.kind,
+            'x-nhi-source': identity.source,
+            'x-nhi-verified': verified,
             'x-request-id': requestId,
             traceparent: trace.traceparent,
             'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
@@ -166,10 +178,8 @@ export function upstreamHeaders(
             'x-request-id': requestId,
             traceparent: trace.traceparent,
             'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
-            [protoBlock]: appendChain(forwardedHost, host as string),
+            'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
           }
-  // with the forwarded-proto block, x-forwarded-host is its value already
-  if (protoBlock === undefined) {
     if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
     else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
   }
@@ -191,6 +201,42 @@ export function upstreamHeaders(
   }
   if (host !== undefined && out.host === undefined) out.host = host
   return out
+}
+
+/**
+ * The proxy's headers in block form (HeaderBlocks), for a client that sent no x-forwarded-proto and named a
+ * host: the forwarded-* lines end in one entry whose value is x-forwarded-host's — the address and scheme
+ * lines included when the client sent no x-forwarded-for either, else the scheme line only.
+ */
+function withForwardedBlock(
+  headers: IncomingHttpHeaders,
+  identityBlock: string,
+  verified: string,
+  trace: TraceContext,
+  requestId: string,
+  clientIp: string,
+  proto: 'http' | 'https',
+  host: string,
+  blocks: HeaderBlocks,
+): UpstreamHeaders {
+  const forwardedHost = appendChain(headers['x-forwarded-host'], host)
+  const chain = headers['x-forwarded-for']
+  const forwarded = chain === undefined ? blocks.forwarded(clientIp, proto) : undefined
+  if (forwarded !== undefined) {
+    return {
+      [identityBlock]: verified,
+      'x-request-id': requestId,
+      traceparent: trace.traceparent,
+      [forwarded]: forwardedHost,
+    }
+  }
+  return {
+    [identityBlock]: verified,
+    'x-request-id': requestId,
+    traceparent: trace.traceparent,
+    'x-forwarded-for': appendChain(chain, clientIp),
+    [blocks.forwardedProto[proto]]: forwardedHost,
+  }
 }
 
 /** Response headers from the upstream's raw [name, value, …] buffers, minus hop-by-hop ones. */

@@ -7,6 +7,7 @@ import PoolModule from 'undici/lib/dispatcher/pool.js'
 import type { Identity } from '../types.ts'
 import {
   ADDED_REQUEST_HEADERS,
+  forwardedBlock,
   forwardedProtoBlock,
   type HeaderBlocks,
   identityHeaderBlock,
@@ -33,10 +34,10 @@ const record = (constants as { headerNameLowerCasedRecord?: unknown } | undefine
 const registered = registerAddedHeaderNames(record)
 
 /**
- * Most identity blocks entered in undici's record. Identity names can come from client input, so the record
- * must not grow with them; identities past the cap are sent as four ordinary header lines, as before.
+ * Most identity and client-address blocks entered in undici's record. Identity names and addresses come from
+ * clients, so the record must not grow with them; past the cap, headers are sent as ordinary lines, as before.
  */
-export const MAX_IDENTITY_BLOCKS = 4096
+export const MAX_HEADER_BLOCKS = 4096
 
 /**
  * The identity's first three header lines and the fourth's name as one entry of the upstream header object
@@ -45,7 +46,7 @@ export const MAX_IDENTITY_BLOCKS = 4096
  * prepared entry cost what one line does, and the request's header list grows by one pair instead of four.
  * The bytes on the wire are the same. The block's parts are printable ASCII (checked when it is made), the
  * one thing undici's name check would have guaranteed. Undefined when undici has no record, for an identity
- * whose parts are not printable ASCII, and once the record holds MAX_IDENTITY_BLOCKS blocks.
+ * whose parts are not printable ASCII, and once the record holds MAX_HEADER_BLOCKS blocks.
  *
  * A block is only ever built and handed to undici in one synchronous step (undici copies the headers into
  * its request as it is dispatched), and entries are never removed, so no block is sent after its entry.
@@ -53,20 +54,43 @@ export const MAX_IDENTITY_BLOCKS = 4096
 export function identityBlock(identity: Identity): string | undefined {
   const known = blocks.get(identity)
   if (known !== undefined) return known
-  if (!registered || blockCount >= MAX_IDENTITY_BLOCKS) return undefined
+  if (!registered || blockCount >= MAX_HEADER_BLOCKS) return undefined
   const block = identityHeaderBlock(identity)
   if (block === undefined) return undefined
-  const names = record as Record<string, string | undefined>
-  if (names[block] === undefined) {
-    names[block] = block
-    blockCount++
-  }
+  enter(block)
   // per identity object: a cached credential's identity repeats on every request, and finds its block here
   blocks.set(identity, block)
   return block
 }
 const blocks = new WeakMap<Identity, string>()
 let blockCount = 0
+
+/** enters a block in the record (counted against the cap when new) */
+function enter(block: string): void {
+  const names = record as Record<string, string | undefined>
+  if (names[block] === undefined) {
+    names[block] = block
+    blockCount++
+  }
+}
+
+/**
+ * The forwarded-* block of a client address and scheme (`forwardedBlock`), looked up by the address string,
+ * which a connection's requests share; under the same cap as the identity blocks.
+ */
+function addressBlock(clientIp: string, proto: 'http' | 'https'): string | undefined {
+  const byAddress = proto === 'http' ? httpAddresses : httpsAddresses
+  const known = byAddress.get(clientIp)
+  if (known !== undefined) return known
+  if (!registered || blockCount >= MAX_HEADER_BLOCKS) return undefined
+  const block = forwardedBlock(clientIp, proto)
+  if (block === undefined) return undefined
+  enter(block)
+  byAddress.set(clientIp, block)
+  return block
+}
+const httpAddresses = new Map<string, string>()
+const httpsAddresses = new Map<string, string>()
 
 function entered(block: string): string {
   ;(record as Record<string, string | undefined>)[block] ??= block
@@ -77,6 +101,7 @@ function entered(block: string): string {
 export const UNDICI_HEADER_BLOCKS: HeaderBlocks | undefined = registered
   ? {
       identity: identityBlock,
+      forwarded: addressBlock,
       forwardedProto: {
         http: entered(forwardedProtoBlock('http')),
         https: entered(forwardedProtoBlock('https')),

@@ -55,12 +55,28 @@ t.test('a block is the four lines less the last value, known to undici as itself
   ])
   t.same(Object.keys(blocked).slice(0, 2), [block, 'x-request-id'], 'the block first, where the lines were')
   t.equal(blocked[block!], 'true')
-  const proto = 'x-forwarded-proto: http\r\nx-forwarded-host'
-  t.equal(record[proto], proto, 'the forwarded-proto block is entered too')
-  t.equal(blocked[proto], 'a', 'x-forwarded-host is its value')
+  const fwd = 'x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host'
+  t.equal(record[fwd], fwd, 'the client address block is entered')
+  t.equal(blocked[fwd], 'a', 'x-forwarded-host is its value')
+  t.equal(blocked['x-forwarded-for'], undefined)
   t.equal(blocked['x-forwarded-proto'], undefined)
   t.equal(blocked['x-forwarded-host'], undefined)
-  t.equal(Object.keys(blocked).length, Object.keys(plain).length - 4)
+  t.equal(Object.keys(blocked).length, Object.keys(plain).length - 5)
+  // a client's x-forwarded-for is appended to: the scheme's block only
+  const proto = 'x-forwarded-proto: http\r\nx-forwarded-host'
+  const viaProxy = upstreamHeaders(
+    { host: 'a', 'x-forwarded-for': '192.0.2.1' },
+    alice,
+    traceContext(undefined),
+    'rid',
+    '10.0.0.1',
+    'http',
+    UNDICI_HEADER_BLOCKS,
+  )
+  t.equal(record[proto], proto, 'the scheme block is entered')
+  t.equal(viaProxy['x-forwarded-for'], '192.0.2.1, 10.0.0.1')
+  t.equal(viaProxy[proto], 'a')
+  t.same(Object.keys(viaProxy).slice(0, 5), [block, 'x-request-id', 'traceparent', 'x-forwarded-for', proto])
   // a client's x-forwarded-proto is appended to: no block then
   const chained = upstreamHeaders(
     { host: 'a', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'edge' },
@@ -74,6 +90,7 @@ t.test('a block is the four lines less the last value, known to undici as itself
   t.equal(chained['x-forwarded-proto'], 'https, http')
   t.equal(chained['x-forwarded-host'], 'edge, a')
   t.equal(chained[proto], undefined)
+  t.equal(chained[fwd], undefined)
 })
 
 /** An upstream on a raw socket: keeps each request head as sent, answers 200. */
@@ -137,7 +154,18 @@ t.test('the upstream receives the same four lines for block and plain identities
       ],
       `${who}: the identity lines, in their order, then the request id`,
     )
+    t.match(
+      head.slice(at + 5, at + 9),
+      [
+        /^traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-01$/,
+        /^x-forwarded-for: 127\.0\.0\.1$/,
+        /^x-forwarded-proto: http$/,
+        /^x-forwarded-host: 127\.0\.0\.1:\d+$/,
+      ],
+      `${who}: then the trace and the forwarded-* lines`,
+    )
     t.equal(head.filter((l) => l.startsWith('x-nhi-')).length, 4, `${who}: four identity lines, no more`)
+    t.equal(head.filter((l) => l.startsWith('x-forwarded-')).length, 3, `${who}: three forwarded lines`)
   }
   t.equal(identityBlock(robot)?.startsWith('x-nhi-identity: svc%20orders%2F%C3%BC\r\n'), true)
   // undici rejects a header value that is not a valid field value: the odd identity fails as before
