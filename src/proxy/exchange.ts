@@ -30,6 +30,10 @@ export interface ExchangeOwner {
 }
 
 const NO_FINGERPRINTS: RequestEvent['fingerprints'] = Object.freeze({})
+const RESPONSE_CLOSED = 1
+const HANDLED = 2
+const COUNTED = 4
+const RECORDED = 8
 const NO_HEADERS: IncomingHttpHeaders = Object.freeze({}) as IncomingHttpHeaders
 
 /**
@@ -54,11 +58,8 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
   pipeline: Pipeline | undefined
   /** set when the exchange is recorded (the pipeline reference is dropped then) */
   service = ''
-  responseClosed = false
-  handled = false
-  /** counted in inFlight (long-lived upgrade tunnels are not, so drain does not wait for them) */
-  counted = true
-  recorded = false
+  /** the lifecycle flags below, as bits of one field (four fields would be four slots per request) */
+  private state = COUNTED
   /** records the exchange when its response closes (a shared listener function has no closure) */
   owner: ExchangeOwner | undefined
   /** an HTTP exchange's request and response, for the steps after its forward */
@@ -90,6 +91,32 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
     const rid = headers['x-request-id']
     this.requestId = requestId(typeof rid === 'string' ? rid : undefined)
     this.host = headers.host ?? authority(headers)
+  }
+
+  get responseClosed(): boolean {
+    return (this.state & RESPONSE_CLOSED) !== 0
+  }
+  set responseClosed(on: boolean) {
+    this.state = on ? this.state | RESPONSE_CLOSED : this.state & ~RESPONSE_CLOSED
+  }
+  get handled(): boolean {
+    return (this.state & HANDLED) !== 0
+  }
+  set handled(on: boolean) {
+    this.state = on ? this.state | HANDLED : this.state & ~HANDLED
+  }
+  /** counted in inFlight (long-lived upgrade tunnels are not, so drain does not wait for them) */
+  get counted(): boolean {
+    return (this.state & COUNTED) !== 0
+  }
+  set counted(on: boolean) {
+    this.state = on ? this.state | COUNTED : this.state & ~COUNTED
+  }
+  get recorded(): boolean {
+    return (this.state & RECORDED) !== 0
+  }
+  set recorded(on: boolean) {
+    this.state = on ? this.state | RECORDED : this.state & ~RECORDED
   }
 
   /** the lifecycle's response `close` listener passes the close on to the forward (`responseClosed`) */
