@@ -11,6 +11,7 @@ import type {
   Identity,
   JwtEvidence,
 } from '../types.ts'
+import { lruGet } from '../util/lru-get.ts'
 import { certificateOf } from './sources/certificate.ts'
 import { evidenceOf } from './sources/source.ts'
 import { spiffeNamespaceServiceAccount } from './spiffe.ts'
@@ -107,7 +108,7 @@ export class AnomalyDetector {
 
   private tokenShared(fp: string, peer: string): boolean {
     const t = this.now()
-    const entry = this.tokens.get(fp)
+    const entry = lruGet(this.tokens, fp)
     if (!entry || t - entry.windowStart > this.cfg.tokenSharedWindow) {
       this.tokens.set(fp, { windowStart: t, first: peer, others: undefined, reported: false })
       return false

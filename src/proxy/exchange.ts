@@ -4,7 +4,7 @@ import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { ConnectionInfo, RequestEvent, RequestInfo } from '../types.ts'
 import type { ForwardListener, ForwardResult } from './forwarder.ts'
 import { authority } from './headers.ts'
-import { requestId, type TraceContext, traceContext } from './ids.ts'
+import { requestId, startTrace, type TraceContext } from './ids.ts'
 import { UPSTREAM_ERRORS } from './respond.ts'
 
 export const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
@@ -29,53 +29,126 @@ export interface ExchangeOwner {
   forwarded(ex: Exchange, result: ForwardResult): void
 }
 
+const NO_FINGERPRINTS: RequestEvent['fingerprints'] = Object.freeze({})
+const RESPONSE_CLOSED = 1
+const HANDLED = 2
+const COUNTED = 4
+const RECORDED = 8
+const NO_HEADERS: IncomingHttpHeaders = Object.freeze({}) as IncomingHttpHeaders
+
 /**
- * The exchange is also the request as the pipeline sees it (RequestInfo: method, path, url, headers), so
- * identification allocates no second request object.
+ * One record per request, from accept to record. The exchange is the request as the pipeline sees it
+ * (RequestInfo: method, path, url, headers), its trace context (the fields are its own) and, once recorded,
+ * the request event the recorders get (RequestEvent): a request allocates neither a second request object,
+ * nor a trace object, nor an event. The attribution's parts are read through getters, so they take no slot.
  */
-export class Exchange implements ForwardListener, RequestInfo {
+export class Exchange implements ForwardListener, RequestInfo, TraceContext, RequestEvent {
   readonly time = Date.now()
   readonly started = performance.now()
   bytesIn = 0
   bytesOut = 0
   upstreamMs = 0
+  /** 0 until known; a request recorded without one is recorded as CLIENT_CLOSED */
   status = 0
+  /** set when the exchange is recorded */
+  durationMs = 0
   upstreamError: RequestEvent['upstreamError']
   grpcStatus: number | undefined
   attribution: Attribution = FALLBACK_ATTRIBUTION
   pipeline: Pipeline | undefined
-  responseClosed = false
-  handled = false
-  /** counted in inFlight (long-lived upgrade tunnels are not, so drain does not wait for them) */
-  counted = true
-  recorded = false
+  /** set when the exchange is recorded (the pipeline reference is dropped then) */
+  service = ''
+  /** the lifecycle flags below, as bits of one field (four fields would be four slots per request) */
+  private state = COUNTED
   /** records the exchange when its response closes (a shared listener function has no closure) */
   owner: ExchangeOwner | undefined
   /** an HTTP exchange's request and response, for the steps after its forward */
   req: IncomingMessage | undefined
   res: ServerResponse | undefined
-  readonly trace: TraceContext
+  // the trace context (startTrace writes every field; parentSpanId only for a continued trace)
+  traceId = ''
+  spanId = ''
+  parentSpanId: string | undefined
+  flags = '01'
+  continued = false
+  traceparent = ''
   readonly requestId: string
   readonly host: string | undefined
   /** the raw request target (path + query), once it was parsed */
   url = ''
+  /** the request's headers; emptied when the exchange is recorded (a recorder may keep the event) */
+  headers: IncomingHttpHeaders
 
   constructor(
     readonly conn: ConnectionInfo,
     readonly method: string,
     readonly path: string,
-    readonly headers: IncomingHttpHeaders,
+    headers: IncomingHttpHeaders,
   ) {
+    this.headers = headers
     const tp = headers.traceparent
-    this.trace = traceContext(typeof tp === 'string' ? tp : undefined)
+    startTrace(this, typeof tp === 'string' ? tp : undefined)
     const rid = headers['x-request-id']
     this.requestId = requestId(typeof rid === 'string' ? rid : undefined)
     this.host = headers.host ?? authority(headers)
   }
 
+  get responseClosed(): boolean {
+    return (this.state & RESPONSE_CLOSED) !== 0
+  }
+  set responseClosed(on: boolean) {
+    this.state = on ? this.state | RESPONSE_CLOSED : this.state & ~RESPONSE_CLOSED
+  }
+  get handled(): boolean {
+    return (this.state & HANDLED) !== 0
+  }
+  set handled(on: boolean) {
+    this.state = on ? this.state | HANDLED : this.state & ~HANDLED
+  }
+  /** counted in inFlight (long-lived upgrade tunnels are not, so drain does not wait for them) */
+  get counted(): boolean {
+    return (this.state & COUNTED) !== 0
+  }
+  set counted(on: boolean) {
+    this.state = on ? this.state | COUNTED : this.state & ~COUNTED
+  }
+  get recorded(): boolean {
+    return (this.state & RECORDED) !== 0
+  }
+  set recorded(on: boolean) {
+    this.state = on ? this.state | RECORDED : this.state & ~RECORDED
+  }
+
   /** the lifecycle's response `close` listener passes the close on to the forward (`responseClosed`) */
   get relaysClose(): boolean {
     return true
+  }
+
+  // the request event's attribution fields
+  get identity(): RequestEvent['identity'] {
+    return this.attribution.identity
+  }
+  get fingerprints(): RequestEvent['fingerprints'] {
+    return this.attribution.fingerprints ?? NO_FINGERPRINTS
+  }
+  get failures(): RequestEvent['failures'] {
+    return this.attribution.evidence.failures
+  }
+  get anomalies(): RequestEvent['anomalies'] {
+    return this.attribution.evidence.anomalies
+  }
+  get decision(): RequestEvent['decision'] {
+    return this.attribution.decision
+  }
+  get route(): string {
+    return this.attribution.route
+  }
+  get clientAddress(): string {
+    return this.conn.remoteAddress
+  }
+  /** W3C trace flags sent upstream, when not the default "01" */
+  get traceFlags(): string | undefined {
+    return this.flags === '01' ? undefined : this.flags
   }
 
   /** the forwarder is done: the exchange itself is the listener, so a forward needs no closure */
@@ -94,37 +167,50 @@ export class Exchange implements ForwardListener, RequestInfo {
     else if (result.clientAborted) this.status = CLIENT_CLOSED
   }
 
+  /**
+   * The exchange as the request event, once: its last facts are settled, and what only the request path
+   * needed (request, response, headers, pipeline) is let go, since a recorder may keep the event (the audit
+   * ring does).
+   */
   event(): RequestEvent {
-    const { identity, evidence, decision, route } = this.attribution
-    const fingerprints = this.attribution.fingerprints ?? {}
+    if (this.status === 0) this.status = CLIENT_CLOSED
+    this.durationMs = performance.now() - this.started
+    this.service = this.pipeline?.service ?? ''
+    this.pipeline = undefined
+    this.req = undefined
+    this.res = undefined
+    this.headers = NO_HEADERS
+    return this
+  }
+
+  /** the request event's fields only (what `JSON.stringify` of an event shows an embedding recorder) */
+  toJSON(): RequestEvent {
     const event: RequestEvent = {
       time: this.time,
-      traceId: this.trace.traceId,
-      spanId: this.trace.spanId,
+      traceId: this.traceId,
+      spanId: this.spanId,
       requestId: this.requestId,
-      identity,
-      fingerprints,
-      failures: evidence.failures,
-      anomalies: evidence.anomalies,
-      decision,
-      clientAddress: this.conn.remoteAddress,
+      identity: this.identity,
+      fingerprints: this.fingerprints,
+      failures: this.failures,
+      anomalies: this.anomalies,
+      decision: this.decision,
+      clientAddress: this.clientAddress,
       method: this.method,
       path: this.path,
-      route,
+      route: this.route,
       status: this.status || CLIENT_CLOSED,
-      durationMs: performance.now() - this.started,
+      durationMs: this.durationMs,
       upstreamMs: this.upstreamMs,
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
-      service: this.pipeline?.service ?? '',
-      // in the literal (undefined when the client named no host): nearly every request has one, and a
-      // property added afterwards costs the event a second, out-of-object property store
-      host: this.host,
+      service: this.service,
     }
+    if (this.host !== undefined) event.host = this.host
     if (this.upstreamError) event.upstreamError = this.upstreamError
     if (this.grpcStatus !== undefined) event.grpcStatus = this.grpcStatus
-    if (this.trace.parentSpanId !== undefined) event.parentSpanId = this.trace.parentSpanId
-    if (this.trace.flags !== '01') event.traceFlags = this.trace.flags
+    if (this.parentSpanId !== undefined) event.parentSpanId = this.parentSpanId
+    if (this.traceFlags !== undefined) event.traceFlags = this.traceFlags
     return event
   }
 }

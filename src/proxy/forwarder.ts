@@ -7,9 +7,9 @@ import type { Duplex } from 'node:stream'
 import type { ConnectionOptions } from 'node:tls'
 import type { Dispatcher } from 'undici'
 import type { UpstreamErrorReason } from '../types.ts'
-import { downstreamHeaders, type UpstreamHeaders } from './headers.ts'
+import { downstreamHeaders, type HeaderBlocks, type UpstreamHeaders } from './headers.ts'
 import { hasBody } from './request-lifecycle.ts'
-import { Pool } from './undici-pool.ts'
+import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
 import type { Upstream } from './upstream-url.ts'
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
@@ -87,6 +87,11 @@ export interface Forwarder {
     target: ForwardTarget,
     headers: UpstreamHeaders,
   ): Promise<ForwardResult>
+  /**
+   * Prepared header entries (headers.ts HeaderBlocks) when the engine that will carry this request writes
+   * them as the same lines; undefined otherwise.
+   */
+  headerBlocks?(req: IncomingMessage, target: ForwardTarget): HeaderBlocks | undefined
   /** Releases connections to origins other than `keep` (after a config reload changed the upstream). */
   prune(keep: string): void
   /** Closes all upstream connections. */
@@ -447,6 +452,10 @@ export class UndiciForwarder implements Forwarder {
         call,
       )
     })
+  }
+
+  headerBlocks(): HeaderBlocks | undefined {
+    return UNDICI_HEADER_BLOCKS
   }
 
   prune(keep: string): void {

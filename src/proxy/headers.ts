@@ -72,6 +72,45 @@ export function safeHeaderValue(value: string): string {
   }
 }
 
+/**
+ * Prepared entries for an upstream engine that writes every header as `name: value\r\n` (undici, see
+ * undici-pool.ts): an entry whose name holds whole lines and ends with the last line's name is sent as those
+ * same lines, for the cost of one. Only names are prepared; values are the request's.
+ */
+export interface HeaderBlocks {
+  /** `identityHeaderBlock` of the identity, when the engine has it entered; undefined otherwise */
+  identity(identity: Identity): string | undefined
+  /** `x-forwarded-proto: <proto>\r\nx-forwarded-host`, for a client that sent no x-forwarded-proto */
+  readonly forwardedProto: { readonly http: string; readonly https: string }
+  /**
+   * `forwardedBlock(clientIp, proto)` when the engine has it entered, for a client that sent none of
+   * x-forwarded-for and -proto; undefined otherwise
+   */
+  forwarded(clientIp: string, proto: 'http' | 'https'): string | undefined
+}
+
+/**
+ * The identity headers' first three lines and the fourth's name, `x-nhi-identity: <name>\r\n…x-nhi-verified`:
+ * sent with the verified flag as its value, it is the same four lines. Undefined when a part is not printable
+ * ASCII.
+ */
+export function identityHeaderBlock(identity: Identity): string | undefined {
+  const name = safeHeaderValue(identity.name)
+  if (!SAFE_VALUE_RE.test(identity.kind) || !SAFE_VALUE_RE.test(identity.source)) return undefined
+  return `x-nhi-identity: ${name}\r\nx-nhi-kind: ${identity.kind}\r\nx-nhi-source: ${identity.source}\r\nx-nhi-verified`
+}
+
+/** the x-forwarded-for and -proto lines and x-forwarded-host's name; undefined for an address not printable */
+export function forwardedBlock(clientIp: string, proto: 'http' | 'https'): string | undefined {
+  if (!SAFE_VALUE_RE.test(clientIp)) return undefined
+  return `x-forwarded-for: ${clientIp}\r\n${forwardedProtoBlock(proto)}`
+}
+
+/** the x-forwarded-proto line and the x-forwarded-host line's name, sent with the forwarded host as value */
+export function forwardedProtoBlock(proto: 'http' | 'https'): string {
+  return `x-forwarded-proto: ${proto}\r\nx-forwarded-host`
+}
+
 function appendChain(existing: string | string[] | undefined, value: string): string {
   if (existing === undefined || existing === '') return value
   return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
@@ -98,24 +137,52 @@ export function upstreamHeaders(
   requestId: string,
   clientIp: string,
   proto: 'http' | 'https',
+  /** prepared entries, for an engine that takes them (see HeaderBlocks) */
+  blocks?: HeaderBlocks,
 ): UpstreamHeaders {
   const host = headers.host ?? authority(headers)
   const forwardedHost = headers['x-forwarded-host']
+  const verified = identity.verified ? 'true' : 'false'
   // The proxy's own headers come first, as one literal: the object is created with a slot for each of them,
   // instead of growing its property store as a dozen names are added one by one. A client's copy of any of
   // them is skipped below, so none is overwritten.
-  const out: UpstreamHeaders = {
-    'x-nhi-identity': safeHeaderValue(identity.name),
-    'x-nhi-kind': identity.kind,
-    'x-nhi-source': identity.source,
-    'x-nhi-verified': identity.verified ? 'true' : 'false',
-    'x-request-id': requestId,
-    traceparent: trace.traceparent,
-    'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
-    'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+  const identityBlock = blocks?.identity(identity)
+  let out: UpstreamHeaders
+  if (identityBlock !== undefined && host !== undefined && headers['x-forwarded-proto'] === undefined) {
+    out = withForwardedBlock(
+      headers,
+      identityBlock,
+      verified,
+      trace,
+      requestId,
+      clientIp,
+      proto,
+      host,
+      blocks!,
+    )
+  } else {
+    out =
+      identityBlock === undefined
+        ? {
+            'x-nhi-identity': safeHeaderValue(identity.name),
+            'x-nhi-kind': identity.kind,
+            'x-nhi-source': identity.source,
+            'x-nhi-verified': verified,
+            'x-request-id': requestId,
+            traceparent: trace.traceparent,
+            'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+            'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+          }
+        : {
+            [identityBlock]: verified,
+            'x-request-id': requestId,
+            traceparent: trace.traceparent,
+            'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
+            'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+          }
+    if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
+    else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
   }
-  if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
-  else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
   const tracestate = headers.tracestate
   if (trace.continued && tracestate !== undefined && tracestate !== '') out.tracestate = String(tracestate)
   const listed = connectionListed(headers.connection)
@@ -134,6 +201,42 @@ export function upstreamHeaders(
   }
   if (host !== undefined && out.host === undefined) out.host = host
   return out
+}
+
+/**
+ * The proxy's headers in block form (HeaderBlocks), for a client that sent no x-forwarded-proto and named a
+ * host: the forwarded-* lines end in one entry whose value is x-forwarded-host's — the address and scheme
+ * lines included when the client sent no x-forwarded-for either, else the scheme line only.
+ */
+function withForwardedBlock(
+  headers: IncomingHttpHeaders,
+  identityBlock: string,
+  verified: string,
+  trace: TraceContext,
+  requestId: string,
+  clientIp: string,
+  proto: 'http' | 'https',
+  host: string,
+  blocks: HeaderBlocks,
+): UpstreamHeaders {
+  const forwardedHost = appendChain(headers['x-forwarded-host'], host)
+  const chain = headers['x-forwarded-for']
+  const forwarded = chain === undefined ? blocks.forwarded(clientIp, proto) : undefined
+  if (forwarded !== undefined) {
+    return {
+      [identityBlock]: verified,
+      'x-request-id': requestId,
+      traceparent: trace.traceparent,
+      [forwarded]: forwardedHost,
+    }
+  }
+  return {
+    [identityBlock]: verified,
+    'x-request-id': requestId,
+    traceparent: trace.traceparent,
+    'x-forwarded-for': appendChain(chain, clientIp),
+    [blocks.forwardedProto[proto]]: forwardedHost,
+  }
 }
 
 /** Response headers from the upstream's raw [name, value, …] buffers, minus hop-by-hop ones. */

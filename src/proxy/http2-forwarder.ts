@@ -22,7 +22,7 @@ import {
   type ForwardTarget,
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
-import { type UpstreamHeaders, upstreamTrailers } from './headers.ts'
+import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
 
@@ -317,6 +317,10 @@ export class ProtocolForwarder implements Forwarder {
 
   upgrade(...args: Parameters<Forwarder['upgrade']>) {
     return this.http1.upgrade(...args)
+  }
+
+  headerBlocks(req: IncomingMessage, target: ForwardTarget): HeaderBlocks | undefined {
+    return this.engineFor(req, target) === this.http1 ? this.http1.headerBlocks?.(req, target) : undefined
   }
 
   prune(keep: string): void {

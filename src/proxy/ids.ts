@@ -62,6 +62,16 @@ const TRACEPARENT_RE = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2
 
 /** Continues a valid incoming `traceparent` with a new span for our hop, or starts a new trace. */
 export function traceContext(incoming: string | undefined): TraceContext {
+  const trace: TraceContext = { traceId: '', spanId: '', flags: '01', continued: false, traceparent: '' }
+  startTrace(trace, incoming)
+  return trace
+}
+
+/**
+ * traceContext() written into an object the caller already has (the exchange): a request's trace costs no
+ * object of its own. `parentSpanId` is set only when the incoming parent was valid.
+ */
+export function startTrace(into: TraceContext, incoming: string | undefined): void {
   if (incoming !== undefined && incoming.length >= 55 && incoming.length <= 512) {
     const m = TRACEPARENT_RE.exec(incoming)
     if (m) {
@@ -75,32 +85,38 @@ export function traceContext(incoming: string | undefined): TraceContext {
       if (valid) {
         const spanId = newSpanId()
         const flags = m[4]!
-        return {
-          traceId,
-          spanId,
-          parentSpanId: m[3]!,
-          flags,
-          continued: true,
-          traceparent: `00-${traceId}-${spanId}-${flags}`,
-        }
+        into.traceId = traceId
+        into.spanId = spanId
+        into.parentSpanId = m[3]!
+        into.flags = flags
+        into.continued = true
+        into.traceparent = `00-${traceId}-${spanId}-${flags}`
+        return
       }
     }
   }
-  return newTrace()
+  newTrace(into)
 }
 
 /** `00-<trace id>-<span id>-01`, filled in place; the ids are slices of the one header string */
 const TRACEPARENT = Buffer.from(`00-${'0'.repeat(32)}-${'0'.repeat(16)}-01`, 'latin1')
 
-function newTrace(): TraceContext {
+function newTrace(into: TraceContext): void {
   writeRandomHex(TRACEPARENT, 3, 16)
   writeRandomHex(TRACEPARENT, 36, 8)
   const traceparent = TRACEPARENT.toString('latin1')
   const traceId = traceparent.slice(3, 35)
   const spanId = traceparent.slice(36, 52)
   // all-zero ids are invalid (a chance of 2^-64 at most): draw again
-  if (traceId === ZERO_TRACE || spanId === ZERO_SPAN) return newTrace()
-  return { traceId, spanId, flags: '01', continued: false, traceparent }
+  if (traceId === ZERO_TRACE || spanId === ZERO_SPAN) {
+    newTrace(into)
+    return
+  }
+  into.traceId = traceId
+  into.spanId = spanId
+  into.flags = '01'
+  into.continued = false
+  into.traceparent = traceparent
 }
 
 const REQUEST_ID_RE = /^[\x21-\x7e]{1,128}$/

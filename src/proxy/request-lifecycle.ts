@@ -209,14 +209,16 @@ export class RequestLifecycle {
   }
 
   /** the request headers for the upstream hop, after the pipeline had its last word */
-  hopHeaders(ex: Exchange, req: IncomingMessage): UpstreamHeaders {
+  hopHeaders(ex: Exchange, req: IncomingMessage, target: ForwardTarget): UpstreamHeaders {
+    const identity = ex.attribution.identity
     const headers = upstreamHeaders(
       req.headers,
-      ex.attribution.identity,
-      ex.trace,
+      identity,
+      ex,
       ex.requestId,
       ex.conn.remoteAddress,
       ex.conn.tls ? 'https' : 'http',
+      this.opts.forwarder.headerBlocks?.(req, target),
     )
     // the pipeline has the last word (e.g. forwarded-certificate headers from untrusted peers)
     ex.pipeline?.prepareUpstreamHeaders?.(headers, ex.attribution, ex.conn)
@@ -322,7 +324,7 @@ export class RequestLifecycle {
       return undefined
     }
     const target = this.target(parsed.target)
-    const headers = this.hopHeaders(ex, req)
+    const headers = this.hopHeaders(ex, req, target)
     if (transport.dispatch) {
       transport.dispatch(ex, req, ctx, target, headers)
       return undefined

@@ -11,6 +11,7 @@ import type {
   RequestInfo,
 } from '../../types.ts'
 import { sha256Hex } from '../../util/fingerprint.ts'
+import { lruGet } from '../../util/lru-get.ts'
 import type { IssuerKeySet, JwksObserver } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
@@ -165,7 +166,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const candidate = tokenCandidate(auth)
     const seen = candidate === undefined ? undefined : sha256Hex(candidate)
     if (seen !== undefined) {
-      const cached = this.cache.get(seen) ?? this.failed(seen)
+      const cached = lruGet(this.cache, seen) ?? this.failed(seen)
       if (cached) return cached
     }
     const bearer = bearerToken(auth)
