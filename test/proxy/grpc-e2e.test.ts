@@ -122,9 +122,6 @@ function unary(
   })
 }
 
-// every case has its own upstreams and sidecars; their process starts overlap
-t.jobs = 3
-
 t.test(
   'all four call kinds over h2c, with identity, metadata, trailers, status counting and policy',
   async (t) => {

@@ -35,9 +35,6 @@ async function identityOf(proxy: string, path = '/echo'): Promise<string> {
 const until = (cond: () => Promise<boolean>): Promise<boolean> =>
   eventually(cond, { timeoutMs: 8000, intervalMs: 50 })
 
-// every case has its own upstream, config file and sidecar; their process starts and reload waits overlap
-t.jobs = 3
-
 t.test('file change reloads without dropping in-flight requests; broken file keeps last good', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())

@@ -92,9 +92,6 @@ async function setup(t: Test) {
   return { up, port: sidecar.proxyAddress.port, admin: sidecar.adminAddress.port }
 }
 
-// every case has its own upstream and sidecar; their process starts overlap
-t.jobs = 3
-
 t.test('Upgrade: h2c is served as a plain request and nothing after it is tunnelled', async (t) => {
   const { up, port, admin } = await setup(t)
   const c = await rawClient(port)
