@@ -162,9 +162,12 @@ export class Listeners {
     await Promise.all(closed)
   }
 
-  /** after the drain: whatever is still open carries no request the drain waits for */
+  /**
+   * after the drain: whatever is still open carries no request the drain waits for. The HTTP/1.1 servers'
+   * own closeAllConnections() is not needed: each of their connections is a tracked socket or, on the TLS
+   * listener, the TLSSocket over one, which is destroyed when the socket under it closes (upgraded ones too)
+   */
   closeAllConnections(): void {
-    for (const s of this.servers) s.closeAllConnections()
     this.h2.destroyAll()
     for (const socket of this.sockets) socket.destroy()
   }

@@ -21,6 +21,9 @@ const KEYS = { 'inventory-sync': 'sync-key-0123456789', 'nightly-export': 'expor
 const BROWSER =
   'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36'
 
+// the two subtests share nothing; the first mostly waits for Prometheus, the second starts CLI processes
+t.jobs = 2
+
 async function send(sidecar: TestSidecar, path: string, headers: Record<string, string>, times = 1) {
   const { address, port } = sidecar.proxyAddress
   for (let i = 0; i < times; i++) {
@@ -56,21 +59,43 @@ t.test(
       expectEvery: '1s',
       match: { apiKey: 'nightly-export' },
     }
+    // Prometheus applies its targets only after its discovery interval (5 s): started first, on the admin
+    // ports the sidecars are then given, it waits that out while they start and take the traffic. Scrapes
+    // before the traffic do not change the counts (inventory and fleet take a series' last value over the
+    // window), and the polls below wait for a scrape after it.
+    const adminPorts = new Set<number>()
+    while (adminPorts.size < 3) adminPorts.add(await freePort())
+    const admins = [...adminPorts].map((p) => `127.0.0.1:${p}`)
+    const [ordersAdmin, billingAdmin, searchAdmin] = admins
+    const prometheus = startPrometheus(t, prometheusBin!, () =>
+      [
+        'global: { scrape_interval: 1s, evaluation_interval: 1s }',
+        'scrape_configs:',
+        '  - job_name: nhi-proxy',
+        `    static_configs: [{ targets: [${admins.map((a) => `"${a}"`).join(', ')}] }]`,
+        '',
+      ].join('\n'),
+    )
+    // awaited after the traffic; a failed start must not count as unhandled before that
+    prometheus.catch(() => {})
     const [orders, billing, search] = await Promise.all([
       startTestSidecar(t, {
         service: 'orders',
+        admin: ordersAdmin,
         upstream: upstream.url,
         apiKeys: keys,
         identities: [nightly],
       }),
       startTestSidecar(t, {
         service: 'billing',
+        admin: billingAdmin,
         upstream: upstream.url,
         apiKeys: keys,
         identities: [nightly],
       }),
       startTestSidecar(t, {
         service: 'search',
+        admin: searchAdmin,
         upstream: upstream.url,
         jwt: { issuers: [{ issuer, jwksUri: jwks.jwksUri, audiences: ['search'] }] },
         identities: [
@@ -93,16 +118,7 @@ t.test(
     ).exp
     await send(search!, '/reports', { authorization: `Bearer ${token}` })
 
-    const targets = [orders!, billing!, search!].map((s) => `"127.0.0.1:${s.adminAddress.port}"`)
-    const { base } = await startPrometheus(t, prometheusBin!, () =>
-      [
-        'global: { scrape_interval: 1s, evaluation_interval: 1s }',
-        'scrape_configs:',
-        '  - job_name: nhi-proxy',
-        `    static_configs: [{ targets: [${targets.join(', ')}] }]`,
-        '',
-      ].join('\n'),
-    )
+    const { base } = await prometheus
 
     // the three sidecars scraped after the traffic: every request counted
     const inventory = await eventually(
@@ -111,9 +127,15 @@ t.test(
         if (r.code !== 0) throw new Error(r.stderr)
         const inv = JSON.parse(r.stdout) as { identities: InventoryRow[] }
         const total = inv.identities.reduce((n, x) => n + x.requests, 0)
-        return total === 10 && inv.identities.every((x) => x.lastSeen !== null) ? inv : undefined
+        // a poll can come within the job's 1 s expected interval after the traffic: wait until it is past
+        const overdue = inv.identities.find((x) => x.identity === 'nightly-export')?.dormant === true
+        return total === 10 && inv.identities.every((x) => x.lastSeen !== null) && overdue ? inv : undefined
       },
-      { timeoutMs: 40_000, intervalMs: 500, what: 'all ten non-human requests in the inventory' },
+      {
+        timeoutMs: 40_000,
+        intervalMs: 500,
+        what: 'all ten non-human requests in the inventory, the job past its expected interval',
+      },
     )
     const pick = (r: InventoryRow) => ({
       identity: r.identity,
@@ -210,7 +232,13 @@ t.test(
     )
     t.match(strict.identities.find((r) => r.identity === 'ua:gptbot')?.dormantReason, /silent for/)
 
-    const csv = await runCli(['inventory', '--prometheus', base, '--window', '10m', '--csv'])
+    // the same data in every output format, each its own CLI process: side by side
+    const [csv, table, fleetRun, fleetTable] = await Promise.all([
+      runCli(['inventory', '--prometheus', base, '--window', '10m', '--csv']),
+      runCli(['inventory', '--prometheus', base, '--window', '10m']),
+      runCli(['fleet', '--prometheus', base, '--window', '10m', '--json']),
+      runCli(['fleet', '--prometheus', base, '--window', '10m']),
+    ])
     t.equal(csv.code, 0, csv.stderr)
     const lines = csv.stdout.trimEnd().split('\n')
     t.equal(
@@ -225,13 +253,11 @@ t.test(
       'every row has every column',
     )
 
-    const table = await runCli(['inventory', '--prometheus', base, '--window', '10m'])
     t.equal(table.code, 0, table.stderr)
     t.match(table.stdout, /IDENTITY\s+KIND\s+SOURCE/, 'a table by default')
     t.match(table.stdout, /nightly-export\s+job\s+apikey/)
 
     // fleet: edges, shares, jobs, unverified callers
-    const fleetRun = await runCli(['fleet', '--prometheus', base, '--window', '10m', '--json'])
     t.equal(fleetRun.code, 0, fleetRun.stderr)
     const fleet = JSON.parse(fleetRun.stdout) as {
       services: { service: string; requests: number; human: number; machine: number; machineShare: number }[]
@@ -338,7 +364,6 @@ t.test(
       'in about an hour',
     )
 
-    const fleetTable = await runCli(['fleet', '--prometheus', base, '--window', '10m'])
     t.equal(fleetTable.code, 0, fleetTable.stderr)
     t.match(fleetTable.stdout, /Edges \(identity → service\):/)
     t.match(fleetTable.stdout, /ua:gptbot\s+agent\s+search\s+2\s+0\s+no/)

@@ -20,6 +20,9 @@ import { eventually } from '../helpers/eventually.ts'
 import { REPO_ROOT, run } from '../helpers/tools.ts'
 
 t.setTimeout(240_000)
+// the subtests share nothing (each its own processes, ephemeral ports and temp dirs) and spend most of their
+// time waiting on a child process, the demo for the whole of its --duration: run side by side
+t.jobs = 4
 
 const bin = (args: string[], opts: { cwd?: string; timeoutMs?: number } = {}) =>
   run(process.execPath, [BUNDLE, ...args], { timeoutMs: 60_000, ...opts })
@@ -47,6 +50,42 @@ async function exitWithin(
 }
 
 if (bundleBuilt(t)) {
+  // first: the longest, mostly waiting for its --duration while the others run
+  t.test(
+    'demo (lazily loaded) verifies its identity provider over HTTP and stops after --duration 10s',
+    async (t) => {
+      const ephemeral = '127.0.0.1:0'
+      const args = [
+        'demo',
+        '--listen',
+        ephemeral,
+        '--https',
+        ephemeral,
+        '--idp',
+        ephemeral,
+        '--admin',
+        ephemeral,
+      ]
+      const proc = startProcess(t, process.execPath, [BUNDLE, ...args, '--duration', '10s'], {
+        cwd: REPO_ROOT,
+      })
+      const [, admin] = await proc.waitFor(/live view\s+(http:\/\/\S+)\/ui/, 60_000)
+      const verified = await eventually(
+        async () => {
+          const r = await fetch(`${admin}/identities`)
+          const body = (await r.json()) as {
+            identities: { name: string; source: string; verified: boolean }[]
+          }
+          return body.identities.find((i) => i.source === 'jwt' && i.verified)
+        },
+        { timeoutMs: 8_000, what: 'a demo caller verified by its JWT' },
+      )
+      t.ok(verified, `demo token verified against the demo JWKS: ${verified.name}`)
+      const code = await exitWithin(proc.exited, 60_000)
+      t.equal(code, 0, 'the demo stops by itself after --duration 10s')
+    },
+  )
+
   t.test('help and version', async (t) => {
     const help = await bin(['--help'])
     t.equal(help.code, 0, help.stderr)
@@ -120,41 +159,6 @@ if (bundleBuilt(t)) {
     await proc.stop()
     t.equal(await proc.exited, 0, 'SIGTERM drains and exits 0')
   })
-
-  t.test(
-    'demo (lazily loaded) verifies its identity provider over HTTP and stops after --duration 10s',
-    async (t) => {
-      const ephemeral = '127.0.0.1:0'
-      const args = [
-        'demo',
-        '--listen',
-        ephemeral,
-        '--https',
-        ephemeral,
-        '--idp',
-        ephemeral,
-        '--admin',
-        ephemeral,
-      ]
-      const proc = startProcess(t, process.execPath, [BUNDLE, ...args, '--duration', '10s'], {
-        cwd: REPO_ROOT,
-      })
-      const [, admin] = await proc.waitFor(/live view\s+(http:\/\/\S+)\/ui/, 60_000)
-      const verified = await eventually(
-        async () => {
-          const r = await fetch(`${admin}/identities`)
-          const body = (await r.json()) as {
-            identities: { name: string; source: string; verified: boolean }[]
-          }
-          return body.identities.find((i) => i.source === 'jwt' && i.verified)
-        },
-        { timeoutMs: 8_000, what: 'a demo caller verified by its JWT' },
-      )
-      t.ok(verified, `demo token verified against the demo JWKS: ${verified.name}`)
-      const code = await exitWithin(proc.exited, 60_000)
-      t.equal(code, 0, 'the demo stops by itself after --duration 10s')
-    },
-  )
 
   t.test('demo --duration rejects what is not a duration', async (t) => {
     const r = await bin(['demo', '--duration', '20x'])

@@ -173,7 +173,11 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
   const command = (args: string[]) => ['-i', ...envPairs, ...[...image.entrypoint, ...args].map(imagePath)]
   const ENV = '/usr/bin/env'
 
-  const version = await run(ENV, command(['--version']), { cwd: app })
+  // two process starts, side by side
+  const [version, fallback] = await Promise.all([
+    run(ENV, command(['--version']), { cwd: app }),
+    run(ENV, command(['check', '/etc/nhi-proxy/config.yaml']), { cwd: app }),
+  ])
   t.equal(
     version.stdout.trim(),
     pkg.version,
@@ -181,7 +185,6 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
   )
   // the image's own /etc/nhi-proxy/config.yaml (defaults only) is a valid config
   t.same(image.cmd, ['run', '-c', '/etc/nhi-proxy/config.yaml'])
-  const fallback = await run(ENV, command(['check', '/etc/nhi-proxy/config.yaml']), { cwd: app })
   t.equal(fallback.code, 0, `the image's default config is valid: ${fallback.stdout}${fallback.stderr}`)
 
   // a real config mounted over the default one, as a ConfigMap would be; then the whole tree read-only

@@ -8,6 +8,7 @@ import t from 'tap'
 import { Agent, Client, request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
@@ -66,12 +67,8 @@ t.test('close() after an HTTP/2 connection was closed for rapid reset, with anot
   t.teardown(() => abusive.destroy())
   const code = await rapidReset(abusive)
   t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM)
-  const idle = h2connect(url)
-  idle.on('error', () => {})
-  t.teardown(() => idle.destroy())
-  const answer = idle.request({ ':path': '/echo' })
-  answer.resume()
-  await once(answer, 'end')
+  const idle = await h2SessionAfterOneRequest(t, url)
+  t.equal(idle.status, 200, 'another HTTP/2 client is served')
   await eventually(() => proxy.inFlight() === 0, { what: 'nothing in flight' })
   const ms = await timedClose(() => proxy.close(defaultConfig().timeouts.drain))
   t.ok(ms < PROMPT_MS, `closed in ${Math.round(ms)} ms`)

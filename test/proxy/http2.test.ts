@@ -11,6 +11,7 @@ import { request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import type { CertEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
@@ -237,10 +238,7 @@ t.test('HTTP/2 limits: concurrent streams advertised, rapid reset closes the con
   await eventually(() => (session.destroyed ? true : undefined))
   t.ok(pipeline.events.length <= 200)
   // a well-behaved client is still served
-  const fresh = connect(url)
-  t.teardown(() => fresh.close())
-  const answer = await h2get(fresh, '/echo')
-  t.equal(answer.status, 200)
+  t.equal((await h2SessionAfterOneRequest(t, url)).status, 200)
 })
 
 t.test('a connection closed for rapid reset is counted in nhi_http2_connections_closed_total', async (t) => {
@@ -266,9 +264,7 @@ t.test('a connection closed for rapid reset is counted in nhi_http2_connections_
   t.equal(await rapidReset(session), constants.NGHTTP2_ENHANCE_YOUR_CALM)
   await eventually(async () => (closed(await scrape(admin)) === 1 ? true : undefined))
   // a well-behaved h2 client is neither cut nor counted
-  const fresh = connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
-  t.teardown(() => fresh.close())
-  t.equal((await h2get(fresh, '/echo')).status, 200)
+  t.equal((await h2SessionAfterOneRequest(t, `http://127.0.0.1:${sidecar.proxyAddress.port}`)).status, 200)
   t.equal(closed(await scrape(admin)), 1, 'only the abusive connection was counted')
 })
 

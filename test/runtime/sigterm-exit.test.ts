@@ -6,6 +6,7 @@ import { once } from 'node:events'
 import { constants, connect as h2connect } from 'node:http2'
 import { connect } from 'node:net'
 import t from 'tap'
+import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
 import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
@@ -32,12 +33,8 @@ t.test(
     t.teardown(() => abusive.destroy())
     const code = await rapidReset(abusive)
     t.equal(code, constants.NGHTTP2_ENHANCE_YOUR_CALM, 'the abusive connection was closed')
-    const idle = h2connect(url)
-    idle.on('error', () => {})
-    t.teardown(() => idle.destroy())
-    const answer = idle.request({ ':path': '/echo' })
-    answer.resume()
-    await once(answer, 'end')
+    const idle = await h2SessionAfterOneRequest(t, url)
+    t.equal(idle.status, 200, 'another HTTP/2 client is served')
     const silent = connect(sidecar.proxyAddress.port, '127.0.0.1')
     silent.on('error', () => {})
     t.teardown(() => silent.destroy())
