@@ -169,8 +169,8 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
 
   /**
    * The exchange as the request event, once: its last facts are settled, and what only the request path
-   * needed (request, response, headers, pipeline) is let go, since a recorder may keep the event (the audit
-   * ring does).
+   * needed (request, response, headers, raw target, pipeline) is let go, since a recorder may keep the event
+   * (the audit ring does).
    */
   event(): RequestEvent {
     if (this.status === 0) this.status = CLIENT_CLOSED
@@ -180,6 +180,8 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
     this.req = undefined
     this.res = undefined
     this.headers = NO_HEADERS
+    // the raw target's query can carry a client's secret (?api_key=…): the event has the path only
+    this.url = ''
     return this
   }
 

@@ -231,4 +231,5 @@ t.test('the recorded exchange is the request event, without the request path', a
   t.equal(rest.res, undefined, 'the response is let go')
   t.same(rest.headers, {}, 'the request headers are let go')
   t.equal(rest.pipeline, undefined, 'the pipeline is let go')
+  t.equal(rest.url, '', 'the raw target and its query are let go')
 })
