@@ -1,64 +1,12 @@
-// The audit trail: one JSON line per request (pino's async destination) plus a bounded in-memory ring
+// The audit trail: one JSON line per request (pino's async destination) plus the bounded ring of recent lines
 // that serves /audit. Lines are sampled by `audit.sample`, except that anything worth investigating
 // (status >= 400, credential failures, denials, anomalies) is always written.
 import pino from 'pino'
 import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import { LineBuffer, writeAuditLine } from './audit-line.ts'
+import { type AuditRecord, AuditRing } from './audit-ring.ts'
 
-export interface AuditRecord {
-  time: string
-  trace_id: string
-  span_id: string
-  request_id: string
-  identity: string
-  kind: string
-  source: string
-  verified: boolean
-  rule?: string
-  team?: string
-  zone?: string
-  fingerprints: RequestEvent['fingerprints']
-  iss?: string
-  sub?: string
-  jti?: string
-  /** a known AI agent's operator and purpose (from its user agent) */
-  agent_operator?: string
-  agent_purpose?: string
-  /** RFC 8693 delegation: the actor (e.g. an AI agent) acting on behalf of the identity, and earlier actors */
-  actor?: string
-  on_behalf_of?: string
-  actor_chain?: string
-  /** a signed agent's key directory (URL) */
-  signature_agent?: string
-  client_address: string
-  method: string
-  path: string
-  route: string
-  service: string
-  status: number
-  duration_ms: number
-  upstream_ms: number
-  bytes_in: number
-  bytes_out: number
-  upstream_error?: string
-  grpc_status?: number
-  decision: string
-  policy_rule: string
-  failures: { source: string; reason: string }[]
-  anomalies: string[]
-}
-
-export interface AuditQuery {
-  identity?: string
-  /** with identity: one of the identities that share a name under different sources */
-  source?: string
-  traceId?: string
-  requestId?: string
-  limit?: number
-}
-
-export const DEFAULT_AUDIT_LIMIT = 100
 /**
  * Lines are handed to the destination in batches of about this many characters. Every hand-over becomes a
  * write on libuv's thread pool, and on a saturated CPU waking a pool thread costs far more than writing the
@@ -73,7 +21,6 @@ export const AUDIT_BATCH_CHARS = 64 * 1024
 export const AUDIT_MAX_PENDING_BYTES = 16 * 1024 * 1024
 /** longest time an audit line waits in the batch buffer */
 export const AUDIT_FLUSH_MS = 500
-export const MAX_AUDIT_LIMIT = 1000
 
 /** Requests that are always audited regardless of sampling. */
 export function isNoteworthy(event: RequestEvent): boolean {
@@ -146,52 +93,6 @@ export function auditLine(event: RequestEvent): string {
 const scratch = new LineBuffer(4096)
 let lastLineEvent: RequestEvent | undefined
 let lastLine = ''
-
-/** Newest-first bounded history of request events; records are formatted only when queried. */
-export class AuditRing {
-  private buffer: (RequestEvent | undefined)[]
-  private next = 0
-
-  constructor(private capacity: number) {
-    this.buffer = new Array(capacity)
-  }
-
-  push(event: RequestEvent): void {
-    this.buffer[this.next] = event
-    this.next = (this.next + 1) % this.capacity
-  }
-
-  resize(capacity: number): void {
-    if (capacity === this.capacity) return
-    const kept = [...this.newest()].slice(0, capacity).reverse()
-    this.capacity = capacity
-    this.buffer = new Array(capacity)
-    this.next = 0
-    for (const e of kept) this.push(e)
-  }
-
-  *newest(): Generator<RequestEvent> {
-    for (let i = 1; i <= this.capacity; i++) {
-      const e = this.buffer[(this.next - i + this.capacity) % this.capacity]
-      if (!e) return
-      yield e
-    }
-  }
-
-  query(q: AuditQuery): AuditRecord[] {
-    const limit = Math.min(MAX_AUDIT_LIMIT, Math.max(1, q.limit ?? DEFAULT_AUDIT_LIMIT))
-    const out: AuditRecord[] = []
-    for (const e of this.newest()) {
-      if (q.identity !== undefined && e.identity.name !== q.identity) continue
-      if (q.source !== undefined && e.identity.source !== q.source) continue
-      if (q.traceId !== undefined && e.traceId !== q.traceId) continue
-      if (q.requestId !== undefined && e.requestId !== q.requestId) continue
-      out.push(toAuditRecord(e))
-      if (out.length >= limit) break
-    }
-    return out
-  }
-}
 
 type AuditConfig = Config['audit']
 
@@ -286,11 +187,15 @@ export class AuditLog implements Recorder {
   }
 
   record(event: RequestEvent): void {
-    this.ring.push(event)
-    if (!this.destination) return
-    if (this.sample < 1 && !isNoteworthy(event) && this.random() >= this.sample) return
+    if (!this.destination || (this.sample < 1 && !isNoteworthy(event) && this.random() >= this.sample)) {
+      this.ring.pushEvent(event)
+      return
+    }
     // `type: "audit"` (first key) makes audit lines easy to pick out of a shared stdout.
-    writeAuditLine(this.batch, event)
+    const batch = this.batch
+    const from = batch.length
+    writeAuditLine(batch, event)
+    this.ring.pushLine(batch.bytes, from, batch.length)
     this.written++
     if (this.batch.length >= AUDIT_BATCH_CHARS) this.handOver()
   }

@@ -4,14 +4,15 @@
 // others still record; reconfigure() and close() wait for each recorder at most `recorderTimeoutMs`.
 import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
-import { AuditLog, type AuditLogOptions, type AuditQuery, type AuditRecord } from './audit.ts'
+import { AuditLog, type AuditLogOptions } from './audit.ts'
+import type { AuditQuery, AuditRecord } from './audit-ring.ts'
 import type { IdentitiesView, IdentitySort } from './identities.ts'
 import { LiveFeed, type LiveOptions, type LiveStats, liveLimits } from './live.ts'
 import type { Http2AbuseReason, JwksObserver, Scrape } from './metrics.ts'
 import { MetricsRecorder } from './metrics-recorder.ts'
 import { OtlpRecorder } from './otlp-recorder.ts'
 
-export type { AuditQuery, AuditRecord } from './audit.ts'
+export type { AuditQuery, AuditRecord } from './audit-ring.ts'
 export type { IdentitiesView, IdentityRow, IdentitySort } from './identities.ts'
 export { IDENTITY_SORTS } from './identities.ts'
 export { OVERFLOW_IDENTITY } from './identity-table.ts'

@@ -1,7 +1,6 @@
 // /identities and /audit of a pod running `workers: N`: every worker's view merged into one, so the live
 // view's table and its click-through show the whole pod (docs/reference.md "Workers").
-import type { AuditQuery, AuditRecord } from './audit.ts'
-import { DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT } from './audit.ts'
+import { type AuditQuery, type AuditRecord, DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT } from './audit-ring.ts'
 import type { EdgeRow, IdentitiesView, IdentityRow, IdentitySort } from './identities.ts'
 
 const later = (a: string | undefined, b: string | undefined) =>
