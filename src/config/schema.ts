@@ -362,9 +362,8 @@ export const configSchema = z.strictObject({
     z.strictObject({
       output: described(z._default(z.string(), 'stdout'), 'stdout | file path | off'),
       sample: z._default(z.number().check(z.minimum(0), z.maximum(1)), 1),
-      // Every event in the ring outlives a young-generation GC or two and is promoted: at 10,000 the ring alone
-      // cost ≈ 10 % of the proxy's CPU at 3,500 req/s. 1,000 keeps the live view's click-through working;
-      // the audit trail (output) is the complete record.
+      // The ring holds audit lines in ringSize × 2 KiB outside the heap (telemetry/audit-ring.ts). 1,000 keeps
+      // the live view's click-through working; the audit trail (output) is the complete record.
       ringSize: z._default(positiveInt, 1_000),
     }),
     {},

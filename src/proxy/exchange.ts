@@ -170,7 +170,7 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
   /**
    * The exchange as the request event, once: its last facts are settled, and what only the request path
    * needed (request, response, headers, raw target, pipeline) is let go, since a recorder may keep the event
-   * (the audit ring does).
+   * (the built-in ones copy what they need: the audit ring its line, the OTLP export its bytes).
    */
   event(): RequestEvent {
     if (this.status === 0) this.status = CLIENT_CLOSED
