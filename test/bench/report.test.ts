@@ -1,7 +1,12 @@
 // The bench's chart: req/s bars for every configuration and, when the open-loop rounds ran, p50/p99 bars at
 // the fixed rate; labels are escaped and the document is complete.
 import t from 'tap'
-import type { BenchResult, ConfigResult, FixedRateResult } from '../../bench/lib/harness.ts'
+import {
+  type BenchResult,
+  type ConfigResult,
+  type FixedRateResult,
+  roundSpread,
+} from '../../bench/lib/harness.ts'
 import { markdown, svgChart } from '../../bench/lib/report.ts'
 
 function config(id: ConfigResult['id'], label: string, rps: number): ConfigResult {
@@ -98,3 +103,33 @@ t.test('without open-loop rounds there is no latency panel, in the chart or the 
   t.notMatch(markdown(r), 'Latency at a fixed')
   t.match(markdown(result(true)), '## Latency at a fixed 1,000 req/s')
 })
+
+t.test(
+  'a throughput target shows its ratio within each round and the spread of those as the noise',
+  async (t) => {
+    const rounds = (rps: number[], cpu: number[]) =>
+      rps.map((r, i) => ({
+        round: i + 1,
+        requests: r * 10,
+        durationS: 10,
+        rps: r,
+        p50Ms: 1,
+        p99Ms: 2,
+        errors: 0,
+        non2xx: 0,
+        tool: 'wrk' as const,
+        proxyCpuUs: cpu[i]!,
+        upstreamCpuUs: 30,
+      }))
+    const c = { ...config('c', 'c', 0), rounds: rounds([8000, 6000, 9000], [120, 160, 110]) }
+    const b2 = { ...config('b2', 'b2', 0), rounds: rounds([6400, 5000, 6000], [150, 200, 165]) }
+    t.equal(
+      roundSpread(c, b2),
+      'rounds 1.25 / 1.20 / 1.50 (noise ±0.15); per CPU-second 1.25 / 1.25 / 1.50 (noise ±0.13)',
+    )
+    // nginx has no per-round CPU of its own in a quick run, one round has no spread
+    t.equal(roundSpread({ ...c, rounds: c.rounds.slice(0, 1) }, b2), undefined)
+    const noCpu = { ...b2, rounds: b2.rounds.map(({ proxyCpuUs: _cpu, ...r }) => r) }
+    t.equal(roundSpread(c, noCpu), 'rounds 1.25 / 1.20 / 1.50 (noise ±0.15)')
+  },
+)
