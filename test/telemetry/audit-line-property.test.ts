@@ -5,17 +5,7 @@ import t from 'tap'
 import { auditLine, toAuditRecord } from '../../src/telemetry/audit.ts'
 import { AUDIT_CLAIMS, LineBuffer, writeAuditLine } from '../../src/telemetry/audit-line.ts'
 import type { Identity, PolicyDecision, RequestEvent } from '../../src/types.ts'
-
-/** mulberry32: small, seeded, good enough to spread cases */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = Math.imul(a ^ (a >>> 15), 1 | a)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { rng } from '../helpers/rng.ts'
 
 const PIECES = [
   'a',

@@ -11,17 +11,7 @@ import {
   AuditRing,
 } from '../../src/telemetry/audit-ring.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
-
-/** mulberry32: seeded so a failure reproduces */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = Math.imul(a ^ (a >>> 15), 1 | a)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { rng } from '../helpers/rng.ts'
 
 /** a line of exactly `length` bytes that names its sequence number */
 function line(seq: number, length: number): Buffer {
