@@ -113,7 +113,7 @@ export class AuditRing {
   }
 
   /** one audit line already written (bytes `from`..`to` of `source`, its newline included) */
-  pushLine(source: Uint8Array, from: number, to: number): void {
+  pushLine(source: Buffer, from: number, to: number): void {
     const length = to - from
     const store = this.store
     // a line longer than half the store would wipe out the rest of the history; it stays in the audit output
@@ -131,7 +131,8 @@ export class AuditRing {
       this.dropOldest()
     }
     if (this.count === this.capacity) this.dropOldest()
-    store.set(source.subarray(from, to), at)
+    // Buffer#copy rather than set(subarray()): the same speed for a line, without a view object per request
+    source.copy(store, at, from, to)
     const slot = (this.oldest + this.count) % this.capacity
     this.starts[slot] = at
     this.lengths[slot] = length
