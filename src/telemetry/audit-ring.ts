@@ -67,7 +67,10 @@ export const MAX_AUDIT_LIMIT = 1000
  * longer (long paths, many failures) the ring keeps fewer than ringSize events rather than more memory.
  */
 export const AUDIT_RING_BYTES_PER_EVENT = 2048
-/** the smallest line store, so that one line of any size a request can produce fits in a small ring */
+/**
+ * The smallest line store: even a small ring keeps lines up to half of it (128 KiB), far beyond what the
+ * default `limits.maxHeaderBytes` lets a request's path and credentials add to a line.
+ */
 export const AUDIT_RING_MIN_BYTES = 256 * 1024
 
 const json = JSON.stringify
