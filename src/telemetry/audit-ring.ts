@@ -195,6 +195,7 @@ export class AuditRing {
   }
 }
 
-function storeBytes(capacity: number): number {
+/** the bytes of line storage a ring of `capacity` lines allocates */
+export function storeBytes(capacity: number): number {
   return Math.max(AUDIT_RING_MIN_BYTES, capacity * AUDIT_RING_BYTES_PER_EVENT)
 }

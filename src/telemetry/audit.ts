@@ -197,7 +197,7 @@ export class AuditLog implements Recorder {
     writeAuditLine(batch, event)
     this.ring.pushLine(batch.bytes, from, batch.length)
     this.written++
-    if (this.batch.length >= AUDIT_BATCH_CHARS) this.handOver()
+    if (batch.length >= AUDIT_BATCH_CHARS) this.handOver()
   }
 
   /**

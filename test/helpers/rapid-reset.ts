@@ -14,9 +14,11 @@ const MAX_STREAMS = 2000
 export async function rapidReset(session: ClientHttp2Session): Promise<number> {
   const goaway = once(session, 'goaway')
   let cut = false
-  void goaway.then(() => {
+  // once() rejects if the session emits 'error'; the await below reports that, this only stops the loop
+  const stop = () => {
     cut = true
-  })
+  }
+  goaway.then(stop, stop)
   session.on('error', () => {})
   for (let i = 0; i < MAX_STREAMS && !cut && !session.destroyed && !session.closed; i++) {
     const stream = session.request({ ':path': '/slow/5000' })

@@ -5,11 +5,7 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
 import { toAuditRecord } from '../../src/telemetry/audit.ts'
-import {
-  AUDIT_RING_BYTES_PER_EVENT,
-  AUDIT_RING_MIN_BYTES,
-  AuditRing,
-} from '../../src/telemetry/audit-ring.ts'
+import { AUDIT_RING_MIN_BYTES, AuditRing, storeBytes } from '../../src/telemetry/audit-ring.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { rng } from '../helpers/rng.ts'
 
@@ -29,7 +25,7 @@ t.test('random line lengths: the newest lines, unchanged and in order, as many a
   ] as const) {
     const random = rng(seed)
     const ring = new AuditRing(capacity)
-    const store = Math.max(AUDIT_RING_MIN_BYTES, capacity * AUDIT_RING_BYTES_PER_EVENT)
+    const store = storeBytes(capacity)
     const pushed: Buffer[] = []
     let bad = 0
     for (let seq = 0; seq < 6000; seq++) {
