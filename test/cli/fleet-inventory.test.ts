@@ -9,7 +9,7 @@ import t from 'tap'
 import type { InventoryRow } from '../../src/cli/inventory.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
-import { freePort } from '../helpers/net.ts'
+import { freePort, refusedPort } from '../helpers/net.ts'
 import { startPrometheus } from '../helpers/prometheus.ts'
 import { runCli, spawnCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { CHART_DIR, skipWithout, systemTool } from '../helpers/tools.ts'
@@ -486,7 +486,7 @@ t.test(
 )
 
 t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', async (t) => {
-  const port = await freePort()
+  const port = await refusedPort()
   // every command line at once: each is a process start of its own, which a loaded machine serializes badly
   const runs = await Promise.all(
     ['inventory', 'fleet'].map(async (command) => {

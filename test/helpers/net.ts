@@ -1,6 +1,7 @@
-// Loopback ports for child processes that must be told their port up front (Prometheus, a busy-port check).
+// Loopback ports for child processes that must be told their port up front (Prometheus, a busy-port check),
+// and a port that is sure to refuse connections.
 import { once } from 'node:events'
-import { type AddressInfo, createServer } from 'node:net'
+import { type AddressInfo, connect, createServer } from 'node:net'
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (the OS may hand it out again; use it at once). */
 export async function freePort(): Promise<number> {
@@ -10,4 +11,26 @@ export async function freePort(): Promise<number> {
   server.close()
   await once(server, 'close')
   return port
+}
+
+/**
+ * A TCP port on 127.0.0.1 that refuses connections for the whole test: a privileged port nothing listens on.
+ * A port from `freePort()` cannot stand for "down": a listener started at the same time (a sidecar, a
+ * Prometheus, another test file's upstream) may be handed it, and the "down" request then lands there.
+ * Ports below 1024 are never handed out for port 0, and no test listens on one. 1000-1023 because fetch
+ * refuses, before connecting, the lower ports browsers block (1, 7, 9, ... 995).
+ */
+export async function refusedPort(): Promise<number> {
+  for (let port = 1000; port < 1024; port++) {
+    const refused = await new Promise<boolean>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port })
+      socket.once('connect', () => {
+        socket.destroy()
+        resolve(false)
+      })
+      socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'))
+    })
+    if (refused) return port
+  }
+  throw new Error('ports 1000-1023 on 127.0.0.1 all accept connections: none can stand for a closed port')
 }

@@ -9,7 +9,7 @@ import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { freePort } from '../helpers/net.ts'
+import { refusedPort } from '../helpers/net.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { ROOT, startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -293,7 +293,7 @@ t.test(
 )
 
 t.test('upstream down and too slow become UNAVAILABLE and DEADLINE_EXCEEDED', async (t) => {
-  const deadPort = await freePort()
+  const deadPort = await refusedPort()
   const sidecar = await startTestSidecar(t, { upstream: `h2c://127.0.0.1:${deadPort}` })
   const echo = new Echo(`127.0.0.1:${sidecar.proxyAddress.port}`, grpc.credentials.createInsecure())
   t.teardown(() => echo.close())

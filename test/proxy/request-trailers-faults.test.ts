@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { freePort } from '../helpers/net.ts'
+import { refusedPort } from '../helpers/net.ts'
 import { listenTcp, MB, sidecarFor, upload, upstreamHandler } from '../helpers/trailers.ts'
 
 // sidecar starts and some 100 MB through loopback: above the default file timeout on a loaded machine
@@ -53,7 +53,7 @@ t.test('upstream failures on this path: 504 on a silent upstream, 502 when unrea
     { what: 'the timeout to be counted' },
   )
 
-  const closed = await sidecarFor(t, `http://127.0.0.1:${await freePort()}`)
+  const closed = await sidecarFor(t, `http://127.0.0.1:${await refusedPort()}`)
   const refused = await upload(closed.port, '/nowhere', { bytes: 1024, trailers: { 'x-digest': 'd' } })
   t.equal(refused.status, 502)
   t.match(refused.body, /upstream unreachable/)

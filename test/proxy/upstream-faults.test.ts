@@ -6,7 +6,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { freePort } from '../helpers/net.ts'
+import { refusedPort } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 /** An HTTP/1.1 "server" that reads the request line and misbehaves according to the path. */
@@ -117,7 +117,7 @@ t.test('upstream faults become 502/504, are counted, and the proxy stays healthy
 })
 
 t.test('a refused connection → 502 counted as connect', async (t) => {
-  const sidecar = await startTestSidecar(t, config(`http://127.0.0.1:${await freePort()}`))
+  const sidecar = await startTestSidecar(t, config(`http://127.0.0.1:${await refusedPort()}`))
   const res = await request(`http://127.0.0.1:${sidecar.proxyAddress.port}/x`)
   await res.body.dump()
   t.equal(res.statusCode, 502)
