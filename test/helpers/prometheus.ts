@@ -54,7 +54,10 @@ export async function startPrometheus(
   await eventually(
     async () => {
       if (prom.exitCode !== null) throw new Error(`prometheus exited: ${log}`)
-      return (await fetch(`${base}/-/ready`)).ok
+      // the port was free a moment before the start: whatever answers must be this Prometheus, not a
+      // listener that took the port meanwhile (Prometheus then exits on the busy port, reported above)
+      const res = await fetch(`${base}/-/ready`)
+      return res.ok && /Prometheus/.test(await res.text())
     },
     { timeoutMs: readyTimeoutMs, intervalMs: 200, what: 'prometheus ready' },
   )
