@@ -1,22 +1,14 @@
 // Loopback ports for child processes that must be told their port up front (Prometheus, a busy-port check),
 // and a port that is sure to refuse connections.
-import { once } from 'node:events'
-import { type AddressInfo, connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 
-/** A TCP port on 127.0.0.1 that was free a moment ago (the OS may hand it out again; use it at once). */
-export async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  server.close()
-  await once(server, 'close')
-  return port
-}
+/** A TCP port on 127.0.0.1 that was free a moment ago, from a range the OS never hands to port-0 listeners */
+export { freePort } from '../../bench/lib/procs.ts'
 
 /**
  * A TCP port on 127.0.0.1 that refuses connections for the whole test: a privileged port nothing listens on.
- * A port from `freePort()` cannot stand for "down": a listener started at the same time (a sidecar, a
- * Prometheus, another test file's upstream) may be handed it, and the "down" request then lands there.
+ * A port from `freePort()` cannot stand for "down": it is free only until someone binds it, and another test
+ * process's `freePort()` may hand it to a server of its own, where the "down" request then lands.
  * Ports below 1024 are never handed out for port 0, and no test listens on one. 1000-1023 because fetch
  * refuses, before connecting, the lower ports browsers block (1, 7, 9, ... 995).
  */
