@@ -10,6 +10,7 @@ import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, scrape, seriesCount } from '../helpers/metrics.ts'
+import { freePort } from '../helpers/net.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -17,7 +18,8 @@ import { startUpstream } from '../helpers/upstream.ts'
 const ISSUER = 'https://idp.test.example'
 
 t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream death', async (t) => {
-  const upstream = await startUpstream()
+  // restarted on its port below: a port port 0 never hands out, so no other listener takes it meanwhile
+  const upstream = await startUpstream(await freePort())
   t.teardown(() => upstream.close())
   const key1 = await createSigningKey('k1')
   const jwks = await startJwksServer([key1])
