@@ -104,7 +104,7 @@ const program = new Command()
   )
   .option(
     '--entry <file>',
-    'pod scrape mode: measure this nhi-proxy bundle (an earlier build) instead of dist/; otlp mode: run this build with export on beside the others (c-otlp-base)',
+    'pod scrape mode: measure this nhi-proxy bundle (an earlier build) instead of dist/; otlp mode: run this build with export on and with the collector down beside the others (c-otlp-base, c-otlp-down-base)',
   )
   .option(
     '--alloc',

@@ -10,7 +10,15 @@ import { join } from 'node:path'
 import type { Target } from './harness.ts'
 import { ensureWrk, type LoadResult, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
-import { cpuMicros, freePort, mainThreadCpuMicros, rssBytes, type ServerProcess, stopAll } from './procs.ts'
+import {
+  cpuMicros,
+  freePort,
+  mainThreadCpuMicros,
+  otherThreadsCpuMicros,
+  rssBytes,
+  type ServerProcess,
+  stopAll,
+} from './procs.ts'
 import { targetLine } from './report.ts'
 import { median } from './stats.ts'
 import { rotatingTokens } from './tokens.ts'
@@ -36,6 +44,11 @@ interface Sample extends LoadResult {
   proxyCpuUs?: number
   /** the main (request) thread's share: export runs in a thread of its own */
   requestThreadCpuUs?: number
+  /**
+   * CPU of the busiest other thread: with export on, the export thread (the others — V8's helpers, the
+   * token-verification pool with a warm cache — stay at a few µs)
+   */
+  busiestThreadCpuUs?: number
   /** resident set size after the round */
   rssMb?: number
 }
@@ -76,6 +89,7 @@ const LABELS: Record<string, string> = {
   'c-otlp-handoff':
     'the same, OTLP export on, every span left out by the sampler and no log records: the hand-off alone',
   'c-otlp-base': 'the same as c-otlp, with the baseline build (--entry)',
+  'c-otlp-down-base': 'the same as c-otlp-down, with the baseline build (--entry)',
 }
 
 function startSink(): Promise<{ server: Server; port: number; stats: { requests: number; bytes: number } }> {
@@ -140,7 +154,14 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
         OTEL_LOGS_EXPORTER: 'none',
       }),
       ...(opts.baseline
-        ? { 'c-otlp-base': await start('nhi-otlp-base', `http://127.0.0.1:${sink.port}`, opts.baseline) }
+        ? {
+            'c-otlp-base': await start('nhi-otlp-base', `http://127.0.0.1:${sink.port}`, opts.baseline),
+            'c-otlp-down-base': await start(
+              'nhi-otlp-down-base',
+              `http://127.0.0.1:${downPort}`,
+              opts.baseline,
+            ),
+          }
         : {}),
     }
 
@@ -165,15 +186,20 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     const measure = async (id: string, url: string, proxy: ServerProcess) => {
       const before = await cpuMicros(proxy.pid)
       const mainBefore = await mainThreadCpuMicros(proxy.pid)
+      const othersBefore = await otherThreadsCpuMicros(proxy.pid)
       const r: Sample = await runLoad(spec(url, opts.durationS), useWrk)
       // the CPU readings span the warm-up's requests too (a fixed number at a fixed rate)
       const served = Math.max(1, r.requests + warmupRequests)
       r.proxyCpuUs = ((await cpuMicros(proxy.pid)) - before) / served
       r.requestThreadCpuUs = ((await mainThreadCpuMicros(proxy.pid)) - mainBefore) / served
+      let busiest = 0
+      for (const [tid, us] of await otherThreadsCpuMicros(proxy.pid))
+        busiest = Math.max(busiest, us - (othersBefore.get(tid) ?? 0))
+      r.busiestThreadCpuUs = busiest / served
       r.rssMb = (await rssBytes(proxy.pid)) / 1e6
       rows.get(id)!.push(r)
       log(
-        `  ${id.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  ${r.proxyCpuUs.toFixed(0)} µs CPU/req (request thread ${r.requestThreadCpuUs.toFixed(0)})  RSS ${r.rssMb.toFixed(0)} MB` +
+        `  ${id.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  ${r.proxyCpuUs.toFixed(0)} µs CPU/req (request thread ${r.requestThreadCpuUs.toFixed(0)}, busiest other ${r.busiestThreadCpuUs.toFixed(0)})  RSS ${r.rssMb.toFixed(0)} MB` +
           (r.errors || r.non2xx ? `  errors ${r.errors} non-2xx ${r.non2xx}` : ''),
       )
     }
@@ -187,6 +213,7 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
     const ratio = (a: string, b: string) => perRound((i) => rps(a, i) / rps(b, i))
     const cpu = (id: string) => perRound((i) => rows.get(id)![i]!.proxyCpuUs ?? Number.NaN)
     const mainCpu = (id: string) => perRound((i) => rows.get(id)![i]!.requestThreadCpuUs ?? Number.NaN)
+    const exportCpu = (id: string) => perRound((i) => rows.get(id)![i]!.busiestThreadCpuUs ?? Number.NaN)
     const rss = (id: string) => perRound((i) => rows.get(id)![i]!.rssMb ?? Number.NaN)
     const ratios: Record<string, number> = {
       'c/b': ratio('c', 'b'),
@@ -200,6 +227,9 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       'request-thread CPU µs/req, export on': mainCpu('c-otlp'),
       'request-thread CPU µs/req, collector down': mainCpu('c-otlp-down'),
       'request-thread CPU µs/req, hand-off alone': mainCpu('c-otlp-handoff'),
+      'export-thread CPU µs/req, export on': exportCpu('c-otlp'),
+      'export-thread CPU µs/req, collector down': exportCpu('c-otlp-down'),
+      'export-thread CPU µs/req, hand-off alone': exportCpu('c-otlp-handoff'),
       'proxy CPU µs/req, hand-off alone': cpu('c-otlp-handoff'),
       'RSS MB, export off': rss('c'),
       'RSS MB, export on': rss('c-otlp'),
@@ -210,6 +240,11 @@ export async function runOtlpCost(opts: OtlpCostOptions): Promise<OtlpCostResult
       ratios['proxy CPU µs/req, baseline build export on'] = cpu('c-otlp-base')
       ratios['request-thread CPU µs/req, baseline build export on'] = mainCpu('c-otlp-base')
       ratios['RSS MB, baseline build export on'] = rss('c-otlp-base')
+      ratios['c-otlp-down/c-otlp-down-base'] = ratio('c-otlp-down', 'c-otlp-down-base')
+      ratios['proxy CPU µs/req, baseline build collector down'] = cpu('c-otlp-down-base')
+      ratios['request-thread CPU µs/req, baseline build collector down'] = mainCpu('c-otlp-down-base')
+      ratios['export-thread CPU µs/req, baseline build collector down'] = exportCpu('c-otlp-down-base')
+      ratios['export-thread CPU µs/req, baseline build export on'] = exportCpu('c-otlp-base')
     }
     let budget: Target[] | undefined
     if (opts.rate) {
@@ -262,12 +297,12 @@ export function otlpCostMarkdown(r: OtlpCostResult): string {
     '',
     `${r.options.rounds} interleaved rounds × ${r.options.durationS} s, ${r.options.connections} connections${r.options.rate ? `, open loop at ${r.options.rate} req/s` : ', closed loop (wrk)'}; the live collector received ${r.sink.requests.toLocaleString('en')} export requests (${(r.sink.bytes / 1e6).toFixed(1)} MB).`,
     '',
-    '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round | of which request thread | RSS MB |',
-    '|---|---|---|---|---|---|---|---|',
+    '| id | configuration | req/s per round | p50 ms per round | p99 ms per round | proxy CPU µs/req per round | of which request thread | busiest other thread | RSS MB |',
+    '|---|---|---|---|---|---|---|---|---|',
   ]
   for (const row of r.rows) {
     lines.push(
-      `| ${row.id} | ${row.label} | ${row.rounds.map((s) => s.rps.toFixed(0)).join(' / ')} | ${row.rounds.map((s) => s.p50Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => s.p99Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => (s.proxyCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} | ${row.rounds.map((s) => (s.requestThreadCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} | ${row.rounds.map((s) => (s.rssMb ?? Number.NaN).toFixed(0)).join(' / ')} |`,
+      `| ${row.id} | ${row.label} | ${row.rounds.map((s) => s.rps.toFixed(0)).join(' / ')} | ${row.rounds.map((s) => s.p50Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => s.p99Ms.toFixed(1)).join(' / ')} | ${row.rounds.map((s) => (s.proxyCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} | ${row.rounds.map((s) => (s.requestThreadCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} | ${row.rounds.map((s) => (s.busiestThreadCpuUs ?? Number.NaN).toFixed(0)).join(' / ')} | ${row.rounds.map((s) => (s.rssMb ?? Number.NaN).toFixed(0)).join(' / ')} |`,
     )
   }
   lines.push('', '| ratio (within each round, median over rounds) | value |', '|---|---:|')

@@ -3,7 +3,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
 import { connect, createServer } from 'node:net'
 
 const live = new Set<ChildProcess>()
@@ -182,6 +182,20 @@ export async function mainThreadCpuMicros(pid: number): Promise<number> {
   const stat = await readFile(`/proc/${pid}/task/${pid}/stat`, 'utf8')
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / (await ticksPerSecond())
+}
+
+/** CPU of each thread of a process other than its main thread, by thread id (threads that exited are absent). */
+export async function otherThreadsCpuMicros(pid: number): Promise<Map<number, number>> {
+  const out = new Map<number, number>()
+  const hz = await ticksPerSecond()
+  for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    if (Number(tid) === pid) continue
+    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)
+    if (stat === undefined) continue
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    out.set(Number(tid), ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / hz)
+  }
+  return out
 }
 
 /** CPU of a process and its direct children (nginx: master + workers). */

@@ -9,7 +9,6 @@ import { setPriority } from 'node:os'
 import { parentPort, workerData } from 'node:worker_threads'
 import { OtlpExport, zeroCounts } from './otlp.ts'
 import { type OtlpBatch, OtlpBatchReader } from './otlp-batch.ts'
-import { otlpRecord } from './otlp-record.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 
 export interface OtlpWorkerData {
@@ -69,7 +68,6 @@ const spans = zeroCounts()
 const logs = zeroCounts()
 const exporter = new OtlpExport(settings, version, { spans, logs })
 const reader = new OtlpBatchReader()
-const withLine = settings.logs !== undefined
 let handled = 0
 let unsampledReported = 0
 
@@ -110,7 +108,7 @@ port.on('message', (message: OtlpThreadMessage) => {
     })
     return
   }
-  reader.read(message, (event) => exporter.record(otlpRecord(event, withLine)))
+  reader.read(message, (event) => exporter.record(event))
   handled += message.records
   report()
 })

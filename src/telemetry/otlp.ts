@@ -5,7 +5,8 @@
 // (otlp-worker.ts), one instance per set of settings: the SDK's span building, batching and protobuf
 // encoding cost the request thread nothing.
 // Spans wait in the batch processor's bounded queue, which drops (and counts) when the collector is slow or
-// down; the exporter retries with backoff within its timeout.
+// down; while it is full, record() counts the drop without building what would be dropped. The exporter
+// retries with backoff within its timeout.
 import {
   type Attributes,
   type Counter,
@@ -14,6 +15,7 @@ import {
   ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
+  TraceFlags,
   trace,
 } from '@opentelemetry/api'
 import { type Logger, SeverityNumber } from '@opentelemetry/api-logs'
@@ -39,7 +41,8 @@ import {
   ATTR_SERVICE_VERSION,
   ATTR_URL_PATH,
 } from '@opentelemetry/semantic-conventions'
-import type { OtlpRecord } from './otlp-record.ts'
+import type { RequestEvent } from '../types.ts'
+import { type OtlpRecord, otlpRecord } from './otlp-record.ts'
 import type { OtlpSettings } from './otlp-settings.ts'
 
 export interface OtlpCounts {
@@ -69,14 +72,18 @@ class EventIds implements IdGenerator {
   }
 }
 
-/** A meter that keeps a batch processor's counts (spans or log records) and ignores every other instrument. */
-function countingMeterProvider(processed: string, counts: OtlpCounts): MeterProvider {
+/**
+ * A meter that keeps a batch processor's counts (spans or log records) and ignores every other instrument.
+ * `settled` is this processor's own running total of records exported or dropped, for the queue's fill.
+ */
+function countingMeterProvider(processed: string, counts: OtlpCounts, settled: { n: number }): MeterProvider {
   const meter = createNoopMeter()
   const noopCounter = meter.createCounter.bind(meter)
   meter.createCounter = ((name: string, options?: object) => {
     if (name !== processed) return noopCounter(name, options)
     const counter: Counter = {
       add(value: number, attributes?: Attributes) {
+        settled.n += value
         const error = attributes?.[ATTR_ERROR_TYPE]
         if (error === undefined) counts.exported += value
         else if (error === 'queue_full') counts.queueFull += value
@@ -93,6 +100,25 @@ function hostAndPort(host: string): { address: string; port?: number } {
   if (!m) return { address: host }
   const address = m[1]!.startsWith('[') ? m[1]!.slice(1, -1) : m[1]!
   return m[2] === undefined ? { address } : { address, port: Number(m[2]) }
+}
+
+/**
+ * Whether the sampler the SDK builds from OTEL_TRACES_SAMPLER samples a span, known before it is built for
+ * the samplers that decide by the parent alone: default (unset) and parentbased_always_on follow the caller's
+ * sampled flag, always_on and always_off decide alone. Undefined for every other sampler (a ratio, a
+ * misspelling the SDK replaces with its default): only the SDK can tell.
+ */
+type SampledBy = (parentSpanId: string | undefined, traceFlags: string | undefined) => boolean | undefined
+
+function sampledByEnv(value: string | undefined): SampledBy {
+  const name = value?.trim() ?? ''
+  if (name === '' || name === 'parentbased_always_on') {
+    return (parent, flags) =>
+      parent === undefined || flags === undefined || (Number.parseInt(flags, 16) & 1) === 1
+  }
+  if (name === 'always_on') return () => true
+  if (name === 'always_off') return () => false
+  return () => undefined
 }
 
 /**
@@ -115,14 +141,32 @@ export class OtlpExport {
   private readonly provider: BasicTracerProvider
   private readonly tracer: ReturnType<BasicTracerProvider['getTracer']>
   private readonly shutdownTimeoutMs: number
+  private readonly counts: { spans: OtlpCounts; logs: OtlpCounts }
+  private readonly sampledBy: SampledBy
+  /**
+   * A processor's queue is surely full when this many of its records are neither exported nor dropped: the
+   * queue's size plus one batch, the most that is on its way to the collector (a processor exports one batch
+   * at a time, and the exporter answers within otlp.timeout, before the processor's own export deadline).
+   */
+  private readonly fullAt: number
+  private spansHanded = 0
+  private readonly spansSettled = { n: 0 }
+  private logsHanded = 0
+  private readonly logsSettled = { n: 0 }
   /** spans the sampler did not record: they never reach the processor, so no other count sees them */
   unsampled = 0
+  /** spans and log records counted as queue_full without being built: their processor's queue was full */
+  readonly skipped = { spans: 0, logs: 0 }
 
   /**
    * `counts` outlive this instance: a reload that changes the settings replaces the export, the counters go
    * on (and this instance's last batches, flushed on close, are counted there too).
    */
   constructor(settings: OtlpSettings, version: string, counts: { spans: OtlpCounts; logs: OtlpCounts }) {
+    this.counts = counts
+    this.sampledBy = sampledByEnv(process.env.OTEL_TRACES_SAMPLER)
+    const batchSize = Math.min(settings.maxExportBatchSize, settings.maxQueueSize)
+    this.fullAt = settings.maxQueueSize + batchSize
     const exporter = new OTLPTraceExporter({
       ...(settings.url !== undefined ? { url: settings.url } : {}),
       ...(settings.headers !== undefined ? { headers: settings.headers } : {}),
@@ -130,10 +174,10 @@ export class OtlpExport {
     })
     const processor = new BatchSpanProcessor(exporter, {
       maxQueueSize: settings.maxQueueSize,
-      maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
+      maxExportBatchSize: batchSize,
       scheduledDelayMillis: settings.scheduledDelayMillis,
       exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
-      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, counts.spans),
+      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, counts.spans, this.spansSettled),
     } as ConstructorParameters<typeof BatchSpanProcessor>[1])
     // service.name: the config's service, unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name one
     const resource = defaultResource()
@@ -163,10 +207,10 @@ export class OtlpExport {
           new BatchLogRecordProcessor({
             exporter: logExporter,
             maxQueueSize: settings.maxQueueSize,
-            maxExportBatchSize: Math.min(settings.maxExportBatchSize, settings.maxQueueSize),
+            maxExportBatchSize: batchSize,
             scheduledDelayMillis: settings.scheduledDelayMillis,
             exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
-            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, counts.logs),
+            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, counts.logs, this.logsSettled),
           }),
         ],
       })
@@ -175,7 +219,35 @@ export class OtlpExport {
     this.shutdownTimeoutMs = Math.min(settings.timeoutMillis ?? 10_000, 5_000)
   }
 
-  record(event: OtlpRecord): void {
+  /**
+   * The span and log record of one request. While a processor's queue is full (collector slow or down) its
+   * record is counted as queue_full without being built, as the processor would have dropped it: an outage
+   * costs the export thread next to nothing. A span only when the sampler's answer is known beforehand (see
+   * sampledByEnv); with any other sampler it is built, and dropped by the processor.
+   */
+  record(event: RequestEvent): void {
+    const sampled = this.sampledBy(event.parentSpanId, event.traceFlags)
+    const spanFull = sampled === true && this.spansHanded - this.spansSettled.n >= this.fullAt
+    const logFull = this.logger !== undefined && this.logsHanded - this.logsSettled.n >= this.fullAt
+    if (spanFull) {
+      this.counts.spans.queueFull++
+      this.skipped.spans++
+    }
+    if (logFull) {
+      this.counts.logs.queueFull++
+      this.skipped.logs++
+    }
+    if (spanFull && (this.logger === undefined || logFull)) return
+    const record = otlpRecord(event, this.logger !== undefined && !logFull)
+    if (spanFull) {
+      // a sampled span: the log record is in a sampled trace
+      this.emitAudit(this.logger!, record, TraceFlags.SAMPLED)
+      return
+    }
+    this.recordSpan(record, logFull)
+  }
+
+  private recordSpan(event: OtlpRecord, logFull: boolean): void {
     const attributes: Attributes = {
       [ATTR_HTTP_REQUEST_METHOD]: event.method,
       [ATTR_URL_PATH]: event.path,
@@ -238,10 +310,12 @@ export class OtlpExport {
       { kind: SpanKind.SERVER, startTime: event.time, attributes },
       parent,
     )
-    if (this.logger) this.emitAudit(this.logger, event, span.spanContext().traceFlags)
+    if (this.logger && !logFull) this.emitAudit(this.logger, event, span.spanContext().traceFlags)
     if (!span.isRecording() || (span.spanContext().traceFlags & 1) === 0) {
       this.unsampled++
       if (!span.isRecording()) return
+    } else {
+      this.spansHanded++
     }
     for (const type of event.anomalies) span.addEvent('nhi.anomaly', { 'nhi.anomaly.type': type }, event.time)
     for (const f of event.failures) {
@@ -263,6 +337,7 @@ export class OtlpExport {
    * audit.sample says: sampling belongs to the log pipeline here.
    */
   private emitAudit(logger: Logger, event: OtlpRecord, traceFlags: number): void {
+    this.logsHanded++
     const noteworthy = event.status >= 500 || event.upstreamError !== undefined || event.anomalies.length > 0
     const attributes: Attributes = {
       'nhi.identity': event.identity,
