@@ -168,32 +168,31 @@ async function ticksPerSecond(): Promise<number> {
   return clockTicks
 }
 
-/** utime+stime of a process in microseconds, from /proc/<pid>/stat. */
-export async function cpuMicros(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+/** utime+stime in microseconds of a /proc stat file (a process's, or a thread's under task/) */
+async function statCpuMicros(path: string): Promise<number> {
+  const stat = await readFile(path, 'utf8')
   // the command name may contain spaces and parentheses: fields start after the last ')'
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  const ticks = Number(fields[11]) + Number(fields[12])
-  return (ticks * 1_000_000) / (await ticksPerSecond())
+  return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / (await ticksPerSecond())
+}
+
+/** utime+stime of a process in microseconds, from /proc/<pid>/stat. */
+export function cpuMicros(pid: number): Promise<number> {
+  return statCpuMicros(`/proc/${pid}/stat`)
 }
 
 /** CPU of a process's main thread only (its worker threads are tasks of their own under /proc/<pid>/task). */
-export async function mainThreadCpuMicros(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/task/${pid}/stat`, 'utf8')
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / (await ticksPerSecond())
+export function mainThreadCpuMicros(pid: number): Promise<number> {
+  return statCpuMicros(`/proc/${pid}/task/${pid}/stat`)
 }
 
 /** CPU of each thread of a process other than its main thread, by thread id (threads that exited are absent). */
 export async function otherThreadsCpuMicros(pid: number): Promise<Map<number, number>> {
   const out = new Map<number, number>()
-  const hz = await ticksPerSecond()
   for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
     if (Number(tid) === pid) continue
-    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)
-    if (stat === undefined) continue
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    out.set(Number(tid), ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / hz)
+    const us = await statCpuMicros(`/proc/${pid}/task/${tid}/stat`).catch(() => undefined)
+    if (us !== undefined) out.set(Number(tid), us)
   }
   return out
 }

@@ -110,11 +110,16 @@ function hostAndPort(host: string): { address: string; port?: number } {
  */
 type SampledBy = (parentSpanId: string | undefined, traceFlags: string | undefined) => boolean | undefined
 
+/** the caller's trace flags as the span's parent context carries them: sampled when the caller sent none */
+function callerTraceFlags(traceFlags: string | undefined): number {
+  return traceFlags === undefined ? TraceFlags.SAMPLED : Number.parseInt(traceFlags, 16) & 0xff
+}
+
 function sampledByEnv(value: string | undefined): SampledBy {
   const name = value?.trim() ?? ''
   if (name === '' || name === 'parentbased_always_on') {
     return (parent, flags) =>
-      parent === undefined || flags === undefined || (Number.parseInt(flags, 16) & 1) === 1
+      parent === undefined || (callerTraceFlags(flags) & TraceFlags.SAMPLED) === TraceFlags.SAMPLED
   }
   if (name === 'always_on') return () => true
   if (name === 'always_off') return () => false
@@ -293,7 +298,7 @@ export class OtlpExport {
     else if (event.status >= 500) attributes[ATTR_ERROR_TYPE] = String(event.status)
     else if (grpcFailed) attributes[ATTR_ERROR_TYPE] = String(event.grpcStatus)
 
-    const flags = event.traceFlags === undefined ? 1 : Number.parseInt(event.traceFlags, 16) & 0xff
+    const flags = callerTraceFlags(event.traceFlags)
     const parent =
       event.parentSpanId === undefined
         ? ROOT_CONTEXT
