@@ -47,31 +47,52 @@ function operationalLogger() {
   )
 }
 
+/** What a signal stops: `shutdown` drains (the drain delay, then in-flight requests), `close` stops at once. */
+interface Stoppable {
+  close: () => Promise<void>
+  shutdown?: () => Promise<void>
+  reload?: () => Promise<boolean>
+}
+
 /**
- * SIGTERM/SIGINT: `shutdown` (drain delay, then in-flight requests) then exit 0; a second signal skips what
- * is left of the drain delay (`close`). SIGHUP reloads the config.
+ * SIGTERM/SIGINT: `shutdown` then exit 0; a second signal skips what is left of the drain delay (`close`).
+ * SIGHUP (with `reloads`) reloads the config. Installed before anything listens: Node's default action would
+ * kill a process whose listeners are already open but whose handlers are not yet in place, cutting whatever it
+ * had accepted. A signal that arrives while the process starts is held until `serving` says what to stop; a
+ * second one during startup exits at once (a start that hangs can still be stopped).
  */
-function handleSignals(
-  close: () => Promise<void>,
-  reload?: () => Promise<boolean>,
-  shutdown: () => Promise<void> = close,
-) {
+function holdSignals(opts: { reloads: boolean }): { serving(target: Stoppable): void } {
+  let target: Stoppable | undefined
+  let held: string | undefined
   let stopping = false
   const stop = (signal: string) => {
+    if (target === undefined) {
+      if (held !== undefined) process.exit(0)
+      held = signal
+      return
+    }
     if (stopping) {
-      void close()
+      void target.close()
       return
     }
     stopping = true
     process.stderr.write(`nhi-proxy: ${signal}, draining\n`)
-    shutdown().then(
+    const stopped = target.shutdown ? target.shutdown() : target.close()
+    stopped.then(
       () => process.exit(0),
       () => process.exit(2),
     )
   }
   process.on('SIGTERM', () => stop('SIGTERM'))
   process.on('SIGINT', () => stop('SIGINT'))
-  if (reload) process.on('SIGHUP', () => void reload())
+  // a reload asked for during startup has nothing to do: the config is being read right now
+  if (opts.reloads) process.on('SIGHUP', () => void target?.reload?.())
+  return {
+    serving(t) {
+      target = t
+      if (held !== undefined) stop(held)
+    },
+  }
 }
 
 function fail(err: unknown): never {
@@ -162,6 +183,7 @@ then in-flight requests get up to timeouts.drain; exit 0. A second signal skips 
           const { runWorker } = await import('../workers.ts')
           return await runWorker(log)
         }
+        const signals = holdSignals({ reloads: true })
         const preloaded = await preloadConfig(configPath)
         const setting = o.workers ?? preloaded?.workers ?? 1
         const workers = setting === 'auto' ? availableParallelism() : setting
@@ -183,7 +205,7 @@ then in-flight requests get up to timeouts.drain; exit 0. A second signal skips 
             },
             'nhi-proxy started',
           )
-          handleSignals(pod.close, pod.reload, pod.shutdown)
+          signals.serving(pod)
           return
         }
         const sidecar = await startSidecar({
@@ -206,7 +228,7 @@ then in-flight requests get up to timeouts.drain; exit 0. A second signal skips 
           },
           'nhi-proxy started',
         )
-        handleSignals(sidecar.close, sidecar.reload, sidecar.shutdown)
+        signals.serving(sidecar)
       } catch (err) {
         fail(err)
       }
@@ -309,9 +331,10 @@ program
       audit?: boolean
     }) => {
       try {
+        const signals = holdSignals({ reloads: false })
         const { runDemo } = await import('../demo/demo.ts')
         const demo = await runDemo({ ...o, audit: o.audit === true, log: operationalLogger(), print: out })
-        handleSignals(() => demo.close())
+        signals.serving(demo)
         if (o.duration) {
           setTimeout(() => {
             demo.close().then(
@@ -342,6 +365,7 @@ iss values and aud "checkout"; point an issuer's jwksUri at the printed JWKS to 
   )
   .action(async (o: { listen: string }) => {
     try {
+      const signals = holdSignals({ reloads: false })
       const { AUDIENCE, DemoIdp, ISSUERS, SAMPLES } = await import('../demo/idp.ts')
       const { host, port } = splitAddress(o.listen)
       const idp = await DemoIdp.start(host, port).catch((err: Error) => {
@@ -352,7 +376,7 @@ iss values and aud "checkout"; point an issuer's jwksUri at the printed JWKS to 
       out(`  tokens    ${idp.tokensUrl}/{${SAMPLES.join(',')}}`)
       for (const [name, iss] of Object.entries(ISSUERS)) out(`  issuer    ${iss} (${name})`)
       out(`  audience  ${AUDIENCE}`)
-      handleSignals(() => idp.close())
+      signals.serving(idp)
     } catch (err) {
       fail(err)
     }

@@ -1,15 +1,21 @@
 // With timeouts.drainDelay 0s and nothing in flight, SIGTERM ends the process at once: a pod's termination
 // grace period is not spent on connections that carry no request. Each case leaves open what a real client
 // would: an HTTP/2 connection after another one was closed for rapid reset, a gRPC-style call rejected on
-// the proxy with its client still connected, a connection that never sent a byte.
+// the proxy with its client still connected, a connection that never sent a byte. And a SIGTERM that comes
+// the moment the proxy port accepts, before startup has finished: handled, never Node's default kill.
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { constants, connect as h2connect } from 'node:http2'
 import { connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { freePort } from '../helpers/net.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
-import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { BUNDLE, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 // generous for a loaded machine, far below the drain (15 s) and header (10 s) timeouts a leftover
@@ -89,3 +95,46 @@ t.test(
     t.ok(stopped.ms < PROMPT_MS, `exited ${Math.round(stopped.ms)} ms after SIGTERM`)
   },
 )
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+t.test('SIGTERM the moment the proxy port accepts, while startup finishes: exit 0, not killed', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'nhi-early-term-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  // the listeners open before startup ends (admin, log line); a signal in between used to meet Node's
+  // default action every time
+  for (let start = 1; start <= 5; start++) {
+    const port = await freePort()
+    const config = join(dir, `start-${start}.yaml`)
+    await writeFile(
+      config,
+      `upstream: http://127.0.0.1:9\nlisten:\n  http: 127.0.0.1:${port}\nadmin: 127.0.0.1:0\ntimeouts:\n  drainDelay: 0s\n`,
+    )
+    const child = spawn(process.execPath, [BUNDLE, 'run', '-c', config], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let stderr = ''
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString()
+    })
+    const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+    const deadline = performance.now() + 30_000
+    // polled as fast as a connection attempt goes: the window is the few milliseconds after listen()
+    while (!(await accepts(port))) {
+      if (performance.now() > deadline || child.exitCode !== null) break
+    }
+    child.kill('SIGTERM')
+    const [code, signal] = await exited
+    t.equal(signal, null, `start ${start}: not killed by the signal`)
+    t.equal(code, 0, `start ${start}: exit 0 ${stderr.trim().split('\n').pop() ?? ''}`)
+  }
+})
