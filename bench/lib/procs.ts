@@ -129,7 +129,8 @@ export async function freePort(): Promise<number> {
   return kernelPort()
 }
 
-function canConnect(port: number): Promise<boolean> {
+/** Whether a TCP connection to 127.0.0.1:`port` is accepted right now. */
+export function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(port, '127.0.0.1')
     s.once('connect', () => {

@@ -2,8 +2,11 @@
 // and a port that is sure to refuse connections.
 import { connect } from 'node:net'
 
-/** A TCP port on 127.0.0.1 that was free a moment ago, from a range the OS never hands to port-0 listeners */
-export { freePort } from '../../bench/lib/procs.ts'
+/**
+ * `freePort`: a TCP port on 127.0.0.1 that was free a moment ago, from a range the OS never hands to port-0
+ * listeners. `canConnect`: whether 127.0.0.1:port accepts a connection right now.
+ */
+export { canConnect, freePort } from '../../bench/lib/procs.ts'
 
 /**
  * A TCP port on 127.0.0.1 that refuses connections for the whole test: a privileged port nothing listens on.

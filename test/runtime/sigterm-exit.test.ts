@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
-import { freePort } from '../helpers/net.ts'
+import { canConnect, freePort } from '../helpers/net.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
 import { BUNDLE, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -96,17 +96,6 @@ t.test(
   },
 )
 
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1')
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })
-}
-
 t.test('SIGTERM the moment the proxy port accepts, while startup finishes: exit 0, not killed', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'nhi-early-term-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
@@ -129,7 +118,7 @@ t.test('SIGTERM the moment the proxy port accepts, while startup finishes: exit 
     const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
     const deadline = performance.now() + 30_000
     // polled as fast as a connection attempt goes: the window is the few milliseconds after listen()
-    while (!(await accepts(port))) {
+    while (!(await canConnect(port))) {
       if (performance.now() > deadline || child.exitCode !== null) break
     }
     child.kill('SIGTERM')
