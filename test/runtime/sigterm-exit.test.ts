@@ -3,7 +3,6 @@
 // would: an HTTP/2 connection after another one was closed for rapid reset, a gRPC-style call rejected on
 // the proxy with its client still connected, a connection that never sent a byte. And a SIGTERM that comes
 // the moment the proxy port accepts, before startup has finished: handled, never Node's default kill.
-import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { constants, connect as h2connect } from 'node:http2'
@@ -15,7 +14,7 @@ import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { canConnect, freePort } from '../helpers/net.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
-import { BUNDLE, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { spawnCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 // generous for a loaded machine, far below the drain (15 s) and header (10 s) timeouts a leftover
@@ -108,22 +107,15 @@ t.test('SIGTERM the moment the proxy port accepts, while startup finishes: exit 
       config,
       `upstream: http://127.0.0.1:9\nlisten:\n  http: 127.0.0.1:${port}\nadmin: 127.0.0.1:0\ntimeouts:\n  drainDelay: 0s\n`,
     )
-    const child = spawn(process.execPath, [BUNDLE, 'run', '-c', config], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
-    let stderr = ''
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString()
-    })
-    const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+    const proxy = spawnCli(['run', '-c', config])
     const deadline = performance.now() + 30_000
     // polled as fast as a connection attempt goes: the window is the few milliseconds after listen()
     while (!(await canConnect(port))) {
-      if (performance.now() > deadline || child.exitCode !== null) break
+      if (performance.now() > deadline || proxy.child.exitCode !== null) break
     }
-    child.kill('SIGTERM')
-    const [code, signal] = await exited
-    t.equal(signal, null, `start ${start}: not killed by the signal`)
-    t.equal(code, 0, `start ${start}: exit 0 ${stderr.trim().split('\n').pop() ?? ''}`)
+    proxy.kill('SIGTERM')
+    const code = await proxy.exited
+    t.equal(proxy.child.signalCode, null, `start ${start}: not killed by the signal`)
+    t.equal(code, 0, `start ${start}: exit 0 ${proxy.stderr().trim().split('\n').pop() ?? ''}`)
   }
 })
