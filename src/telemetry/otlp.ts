@@ -73,17 +73,26 @@ class EventIds implements IdGenerator {
 }
 
 /**
- * A meter that keeps a batch processor's counts (spans or log records) and ignores every other instrument.
- * `settled` is this processor's own running total of records exported or dropped, for the queue's fill.
+ * One batch processor's records in flight: handed to it, and settled (exported or dropped) as its meter
+ * reports them. The difference is what its queue and the batch on its way hold.
  */
-function countingMeterProvider(processed: string, counts: OtlpCounts, settled: { n: number }): MeterProvider {
+interface Backlog {
+  handed: number
+  settled: number
+}
+
+/**
+ * A meter that keeps a batch processor's counts (spans or log records) and ignores every other instrument;
+ * what it counts also settles the processor's own `backlog`.
+ */
+function countingMeterProvider(processed: string, counts: OtlpCounts, backlog: Backlog): MeterProvider {
   const meter = createNoopMeter()
   const noopCounter = meter.createCounter.bind(meter)
   meter.createCounter = ((name: string, options?: object) => {
     if (name !== processed) return noopCounter(name, options)
     const counter: Counter = {
       add(value: number, attributes?: Attributes) {
-        settled.n += value
+        backlog.settled += value
         const error = attributes?.[ATTR_ERROR_TYPE]
         if (error === undefined) counts.exported += value
         else if (error === 'queue_full') counts.queueFull += value
@@ -154,10 +163,8 @@ export class OtlpExport {
    * at a time, and the exporter answers within otlp.timeout, before the processor's own export deadline).
    */
   private readonly fullAt: number
-  private spansHanded = 0
-  private readonly spansSettled = { n: 0 }
-  private logsHanded = 0
-  private readonly logsSettled = { n: 0 }
+  private readonly spanBacklog: Backlog = { handed: 0, settled: 0 }
+  private readonly logBacklog: Backlog = { handed: 0, settled: 0 }
   /** spans the sampler did not record: they never reach the processor, so no other count sees them */
   unsampled = 0
   /** spans and log records counted as queue_full without being built: their processor's queue was full */
@@ -182,7 +189,7 @@ export class OtlpExport {
       maxExportBatchSize: batchSize,
       scheduledDelayMillis: settings.scheduledDelayMillis,
       exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
-      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, counts.spans, this.spansSettled),
+      selfObsMeterProvider: countingMeterProvider(SPANS_PROCESSED, counts.spans, this.spanBacklog),
     } as ConstructorParameters<typeof BatchSpanProcessor>[1])
     // service.name: the config's service, unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name one
     const resource = defaultResource()
@@ -215,7 +222,7 @@ export class OtlpExport {
             maxExportBatchSize: batchSize,
             scheduledDelayMillis: settings.scheduledDelayMillis,
             exportTimeoutMillis: (settings.timeoutMillis ?? 10_000) + 1_000,
-            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, counts.logs, this.logsSettled),
+            selfObsMeterProvider: countingMeterProvider(LOGS_PROCESSED, counts.logs, this.logBacklog),
           }),
         ],
       })
@@ -232,8 +239,8 @@ export class OtlpExport {
    */
   record(event: RequestEvent): void {
     const sampled = this.sampledBy(event.parentSpanId, event.traceFlags)
-    const spanFull = sampled === true && this.spansHanded - this.spansSettled.n >= this.fullAt
-    const logFull = this.logger !== undefined && this.logsHanded - this.logsSettled.n >= this.fullAt
+    const spanFull = sampled === true && this.isFull(this.spanBacklog)
+    const logFull = this.logger !== undefined && this.isFull(this.logBacklog)
     if (spanFull) {
       this.counts.spans.queueFull++
       this.skipped.spans++
@@ -250,6 +257,10 @@ export class OtlpExport {
       return
     }
     this.recordSpan(record, logFull)
+  }
+
+  private isFull(backlog: Backlog): boolean {
+    return backlog.handed - backlog.settled >= this.fullAt
   }
 
   private recordSpan(event: OtlpRecord, logFull: boolean): void {
@@ -320,7 +331,7 @@ export class OtlpExport {
       this.unsampled++
       if (!span.isRecording()) return
     } else {
-      this.spansHanded++
+      this.spanBacklog.handed++
     }
     for (const type of event.anomalies) span.addEvent('nhi.anomaly', { 'nhi.anomaly.type': type }, event.time)
     for (const f of event.failures) {
@@ -342,7 +353,7 @@ export class OtlpExport {
    * audit.sample says: sampling belongs to the log pipeline here.
    */
   private emitAudit(logger: Logger, event: OtlpRecord, traceFlags: number): void {
-    this.logsHanded++
+    this.logBacklog.handed++
     const noteworthy = event.status >= 500 || event.upstreamError !== undefined || event.anomalies.length > 0
     const attributes: Attributes = {
       'nhi.identity': event.identity,
