@@ -12,7 +12,7 @@ import { startUpstream } from '../helpers/upstream.ts'
 const KIB64 = 64 * 1024
 const SEG = { separator: '/' }
 
-t.test('a 64 KiB adversarial value is matched in milliseconds, in both modes', async (t) => {
+t.test('a 64 KiB adversarial value is matched in linear time, in both modes', async (t) => {
   const cases: Array<[string, string, { separator?: string; ignoreCase?: boolean }?]> = [
     ['{a}-{b}-{c}.x', '-'.repeat(KIB64)],
     ['{a}-{b}-{c}-{d}!', '-'.repeat(KIB64)],
@@ -28,7 +28,9 @@ t.test('a 64 KiB adversarial value is matched in milliseconds, in both modes', a
     const m = compiled.match(v)
     const ms = performance.now() - started
     t.equal(m, null, `${p} does not match`)
-    t.ok(ms < 50, `${p} against ${v.length} characters took ${ms.toFixed(1)} ms (< 50 ms)`)
+    // Linear matching takes about a millisecond here; anything super-linear takes seconds to hours on 64 KiB
+    // (n^2 alone is 4e9 steps), so the generous bound never trips on a busy machine but catches a regression.
+    t.ok(ms < 1000, `${p} against ${v.length} characters took ${ms.toFixed(1)} ms (< 1 s)`)
   }
   // and a long value that does match still yields the greedy captures
   const m = compilePattern('{a}-{b}-{c}').match(`${'x'.repeat(KIB64)}-y-z`)

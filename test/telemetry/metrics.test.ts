@@ -126,9 +126,7 @@ t.test('10,000 identities with maxIdentities 100 stay within 101 identity series
   const telemetry = new Telemetry(config({ metrics: { maxIdentities: 100 } }), { version: 'test' })
   const url = await startAdmin(t, telemetry)
   for (let i = 0; i < 10_000; i++) telemetry.record(requestEvent({ identity: identity(`svc-${i}`) }))
-  const started = performance.now()
   const m = await scrape(url)
-  const scrapeMs = performance.now() - started
   const identities = new Set(
     m.filter((s) => s.name === 'nhi_requests_total').map((s) => s.labels['identity']),
   )
@@ -137,7 +135,6 @@ t.test('10,000 identities with maxIdentities 100 stay within 101 identity series
   t.equal(metricValue(m, 'nhi_requests_total', { identity: '__overflow__' }), 9_900)
   t.equal(metricValue(m, 'nhi_identity_overflow_total', { service: 'checkout' }), 9_900)
   t.equal(metricValue(m, 'nhi_identities'), 100, 'the overflow bucket is not an identity')
-  t.ok(scrapeMs < 1000, `scrape took ${scrapeMs.toFixed(1)} ms`)
   t.equal(telemetry.identities().identities.length, 101, '/identities is bounded by the same table')
 })
 
