@@ -1,13 +1,14 @@
 // The bench's chart: req/s bars for every configuration and, when the open-loop rounds ran, p50/p99 bars at
 // the fixed rate; labels are escaped and the document is complete.
 import t from 'tap'
+import { floodTarget } from '../../bench/lib/flood.ts'
 import {
   type BenchResult,
   type ConfigResult,
   type FixedRateResult,
   roundSpread,
 } from '../../bench/lib/harness.ts'
-import { markdown, svgChart } from '../../bench/lib/report.ts'
+import { markdown, svgChart, targetLine } from '../../bench/lib/report.ts'
 
 function config(id: ConfigResult['id'], label: string, rps: number): ConfigResult {
   return {
@@ -133,3 +134,18 @@ t.test(
     t.equal(roundSpread(c, noCpu), 'rounds 1.25 / 1.20 / 1.50 (noise ±0.15)')
   },
 )
+
+t.test('the flood verdict is the median round against 0.5×, with the rounds and their noise', async (t) => {
+  t.equal(
+    targetLine(floodTarget([0.67, 0.3])),
+    'MISS  cache-miss flood ≥ 0.5× b (pool, within each round): 0.48× (target ≥ 0.5×, margin -0.02) — rounds 0.67 / 0.30 (noise ±0.19)',
+  )
+  t.equal(
+    targetLine(floodTarget([0.55, 0.61, 0.52])),
+    'PASS  cache-miss flood ≥ 0.5× b (pool, within each round): 0.55× (target ≥ 0.5×, margin +0.05) — rounds 0.55 / 0.61 / 0.52 (noise ±0.04)',
+  )
+  t.equal(
+    targetLine(floodTarget([0.4])),
+    'MISS  cache-miss flood ≥ 0.5× b (pool, within each round): 0.40× (target ≥ 0.5×, margin -0.10) — rounds 0.40',
+  )
+})
