@@ -6,7 +6,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Target, target } from './harness.ts'
+import { floodTarget, type Target } from './harness.ts'
 import { ensureWrk, type LoadResult, type LoadSpec, runLoad } from './load.ts'
 import { startBareUndici, startNhi, startPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, mainThreadCpuMicros, type ServerProcess, stopAll } from './procs.ts'
@@ -200,28 +200,12 @@ export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
       sliceTokens,
       rows: [...rows].map(([id, rounds]) => ({ id, label: LABELS[id]!, rounds })),
       ratios,
-      target: floodTarget(floodRounds),
+      target: floodTarget('cache-miss flood ≥ 0.5× b (pool, within each round)', floodRounds),
     }
   } finally {
     await stopAll(procs)
     await rm(dir, { recursive: true, force: true }).catch(() => {})
   }
-}
-
-/**
- * The flood target from each round's flood-pool/b ratio: their median against ≥ 0.5×, with the rounds and
- * half their range (the run-to-run noise a MISS's margin is judged against), as the other targets print it.
- */
-export function floodTarget(roundRatios: readonly number[]): Target {
-  const noise = (Math.max(...roundRatios) - Math.min(...roundRatios)) / 2
-  return target(
-    'cache-miss flood ≥ 0.5× b (pool, within each round)',
-    median(roundRatios),
-    0.5,
-    'min',
-    '×',
-    `rounds ${roundRatios.map((x) => x.toFixed(2)).join(' / ')}${roundRatios.length > 1 ? ` (noise ±${noise.toFixed(2)})` : ''}`,
-  )
 }
 
 export function floodMarkdown(r: FloodResult): string {

@@ -262,6 +262,17 @@ export function roundSpread(x: ConfigResult, y: ConfigResult): string | undefine
   return `rounds ${spread(throughput)}${perCpu.length === n ? `; per CPU-second ${spread(perCpu)}` : ''}`
 }
 
+/**
+ * The cache-miss flood target from each round's flood/b ratio: their median against ≥ 0.5×, with the rounds
+ * and half their range (the run-to-run noise a MISS's margin is judged against). Both the full bench and the
+ * flood mode judge it this way.
+ */
+export function floodTarget(name: string, roundRatios: readonly number[], extra?: string): Target {
+  const noise = (Math.max(...roundRatios) - Math.min(...roundRatios)) / 2
+  const rounds = `rounds ${roundRatios.map((x) => x.toFixed(2)).join(' / ')}${roundRatios.length > 1 ? ` (noise ±${noise.toFixed(2)})` : ''}`
+  return target(name, median([...roundRatios]), 0.5, 'min', '×', extra ? `${rounds}; ${extra}` : rounds)
+}
+
 export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   const log = opts.log
   const notes: string[] = []
@@ -300,7 +311,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         issueCert(ca, { uriSans: [`spiffe://bench.local/ns/shop/sa/${sa}`] }),
       ),
     )
-    const floodCount = opts.quick ? 4_000 : 30_000
+    // one slice of never-seen tokens per round, each more than a round's flood can send
+    const floodSlice = opts.quick ? 4_000 : 15_000
+    const floodCount = floodSlice * opts.rounds
     const [rotating, flood] = await Promise.all([
       tokenSet('rotating', 'RS256', 1_000, 100),
       tokenSet('flood', 'RS256', floodCount, 100),
@@ -310,10 +323,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         log(`  signed ${set.tokens.length} RS256 tokens in ${(set.mintMs / 1000).toFixed(1)} s`)
     }
     const tokensFile = join(dir, 'tokens.txt')
-    const floodFile = join(dir, 'flood.txt')
+    const floodFiles = Array.from({ length: opts.rounds }, (_, i) => join(dir, `flood-${i + 1}.txt`))
     const jwksFile = join(dir, 'jwks.json')
     await writeFile(tokensFile, `${rotating.tokens.join('\n')}\n`)
-    await writeFile(floodFile, `${flood.tokens.join('\n')}\n`)
+    for (const [i, file] of floodFiles.entries()) {
+      await writeFile(file, `${flood.tokens.slice(i * floodSlice, (i + 1) * floodSlice).join('\n')}\n`)
+    }
     await writeFile(jwksFile, JSON.stringify({ keys: [rotating.key.publicJwk, flood.key.publicJwk] }))
 
     log('starting servers')
@@ -423,19 +438,28 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     }
 
     const samples = new Map<ConfigId, RoundSample[]>(runnables.map((r) => [r.id, []]))
+    // The cache-miss flood runs in every round, after the others, on process c with that round's slice of
+    // never-seen tokens: its ratio to b is taken within the round, like the other ratios, and the spread over
+    // the rounds is its noise. Then c is warmed again with the rotating tokens the flood pushed out of its cache.
+    const floodSamples: RoundSample[] = []
+    const floodDuration = Math.min(opts.durationS, opts.quick ? 1 : 5)
+    const rotatingC = runnables.find((r) => r.id === 'c')!
+    const logRound = (round: number, id: ConfigId, s: RoundSample) =>
+      log(
+        roundLine(round, id, s, s.proxyCpuUs !== undefined ? `  ${s.proxyCpuUs.toFixed(1)} µs CPU/req` : ''),
+      )
     for (let round = 1; round <= opts.rounds; round++) {
       for (const r of runnables) {
         const s = await measure(r, upstream, useWrk, round, opts.durationS)
         samples.get(r.id)!.push(s)
-        log(
-          roundLine(
-            round,
-            r.id,
-            s,
-            s.proxyCpuUs !== undefined ? `  ${s.proxyCpuUs.toFixed(1)} µs CPU/req` : '',
-          ),
-        )
+        logRound(round, r.id, s)
       }
+      const floodRunnable = { ...rotatingC, spec: { ...rotatingC.spec, tokensFile: floodFiles[round - 1]! } }
+      const s = await measure(floodRunnable, upstream, useWrk, round, floodDuration)
+      floodSamples.push(s)
+      log(`  round ${round} flood (every RS256 token new)`)
+      logRound(round, 'c', s)
+      await runLoad({ ...rotatingC.spec, durationS: 1 }, useWrk)
     }
     const configs = runnables.map((r) => summarize(r.id, CONFIG_LABELS[r.id], samples.get(r.id)!))
 
@@ -471,27 +495,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       })
     }
 
-    log('cache-miss flood (every RS256 token new)')
-    const floodDuration = Math.min(opts.durationS, opts.quick ? 1 : 5)
-    const floodSample = await measure(
-      { id: 'c', spec: { ...base, url: http(nhi.c.port), tokensFile: floodFile }, proxy: nhiC },
-      upstream,
-      useWrk,
-      1,
-      floodDuration,
-    )
     const floodResult = {
       ...summarize(
         'c',
-        `nhi-proxy, JWT cache-miss flood (${floodCount.toLocaleString('en')} new RS256 tokens)`,
-        [floodSample],
+        `nhi-proxy, JWT cache-miss flood (${floodSlice.toLocaleString('en')} new RS256 tokens a round)`,
+        floodSamples,
       ),
       tokens: floodCount,
-      wrapped: floodSample.requests > floodCount,
+      wrapped: floodSamples.some((s) => s.requests > floodSlice),
     }
     if (floodResult.wrapped) {
       notes.push(
-        `cache-miss flood sent ${floodSample.requests} requests but had ${floodCount} tokens: the rest were cache hits, so the flood number is optimistic`,
+        `a round's cache-miss flood sent more requests than its ${floodSlice} tokens (${floodSamples.map((s) => s.requests).join(' / ')}): the rest were cache hits, so the flood number is optimistic`,
       )
     }
 
@@ -518,13 +533,14 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     const ng = get('nginx')
     const d = get('d')!
     const aTls = get('a-tls')!
+    const floodRoundRatios = floodSamples.map((f, i) => f.rps / b.rounds[i]!.rps)
     const ratios: Record<string, number> = {
       'c/b': c.rps / b.rps,
       'c/b2': c.rps / b2.rps,
       'c/a': c.rps / a.rps,
       'd/a-tls': d.rps / aTls.rps,
       'e/b': get('e')!.rps / b.rps,
-      'flood/b': floodResult.rps / b.rps,
+      'flood/b': median(floodRoundRatios),
       'p50(c)−p50(b) ms': c.p50Ms - b.p50Ms,
       'p99(c)−p99(b) ms': c.p99Ms - b.p99Ms,
       'p50(c)−p50(a) ms': c.p50Ms - a.p50Ms,
@@ -590,12 +606,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         'max',
         'ms',
       ),
-      target(
+      floodTarget(
         'cache-miss flood ≥ 0.5× b',
-        ratios['flood/b']!,
-        0.5,
-        'min',
-        '×',
+        floodRoundRatios,
         floodResult.wrapped ? 'tokens wrapped' : undefined,
       ),
     ]

@@ -69,6 +69,11 @@ t.test('quick bench: every configuration serves traffic without errors', async (
     r.targets.some((x) => x.name.startsWith('c ≥ 0.9× b')),
     'targets are evaluated',
   )
+  t.match(
+    r.targets.find((x) => x.name.startsWith('cache-miss flood'))?.note,
+    /^rounds \d+\.\d\d/,
+    'the flood is judged within each round, and says so',
+  )
   const after = (await childPids(process.pid)).filter((p) => !before.has(p))
   t.same(after, [], 'no child process outlives the run')
   // the harness falls back quietly when a tool is missing; here the fallback is a visible skip
