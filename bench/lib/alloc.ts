@@ -25,7 +25,7 @@ import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { Pool } from 'undici'
-import { BROWSER_UA, type Target } from './harness.ts'
+import { BROWSER_UA, spreadText, type Target, target } from './harness.ts'
 import { nhiCommand, nhiConfigYaml, REPO_ROOT, startPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
 import { median } from './stats.ts'
@@ -359,17 +359,14 @@ export async function runAlloc(opts: AllocOptions): Promise<AllocResult> {
     const ratios = { 'c/b': ratio('c'), 'e/b': ratio('e') }
     const targets = (['c', 'e'] as const).map((id): Target => {
       const r = ratios[`${id}/b`]
-      const noise = (Math.max(...r.rounds) - Math.min(...r.rounds)) / 2
-      return {
-        name: `allocation per request ${id} ≤ ${ALLOC_TARGET}× b`,
-        value: r.median,
-        target: ALLOC_TARGET,
-        unit: '×',
-        direction: 'max',
-        pass: r.median <= ALLOC_TARGET,
-        margin: ALLOC_TARGET - r.median,
-        note: `rounds ${r.rounds.map((x) => x.toFixed(2)).join(' / ')} (noise ±${noise.toFixed(2)})`,
-      }
+      return target(
+        `allocation per request ${id} ≤ ${ALLOC_TARGET}× b`,
+        r.median,
+        ALLOC_TARGET,
+        'max',
+        '×',
+        `rounds ${spreadText(r.rounds)}`,
+      )
     })
     const { log: _log, ...options } = opts
     return {

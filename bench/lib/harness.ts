@@ -242,6 +242,15 @@ export function target(
 }
 
 /**
+ * Each round's value and half their range, the run-to-run noise a MISS's margin is judged against:
+ * `1.25 / 1.20 / 1.50 (noise ±0.15)`.
+ */
+export function spreadText(values: readonly number[]): string {
+  const noise = (Math.max(...values) - Math.min(...values)) / 2
+  return `${values.map((v) => v.toFixed(2)).join(' / ')} (noise ±${noise.toFixed(2)})`
+}
+
+/**
  * The throughput ratio x/y within each round and its spread over the rounds (half the range: the run-to-run
  * noise a MISS's margin is judged against), with the same for requests per CPU-second. Configurations of one
  * round run ten seconds apart, so a ratio within a round sees less of this VM's drift than the medians do.
@@ -257,9 +266,7 @@ export function roundSpread(x: ConfigResult, y: ConfigResult): string | undefine
     throughput.push(xr.rps / yr.rps)
     if (xr.proxyCpuUs && yr.proxyCpuUs) perCpu.push(yr.proxyCpuUs / xr.proxyCpuUs)
   }
-  const spread = (v: number[]) =>
-    `${v.map((r) => r.toFixed(2)).join(' / ')} (noise ±${((Math.max(...v) - Math.min(...v)) / 2).toFixed(2)})`
-  return `rounds ${spread(throughput)}${perCpu.length === n ? `; per CPU-second ${spread(perCpu)}` : ''}`
+  return `rounds ${spreadText(throughput)}${perCpu.length === n ? `; per CPU-second ${spreadText(perCpu)}` : ''}`
 }
 
 /**
@@ -268,8 +275,7 @@ export function roundSpread(x: ConfigResult, y: ConfigResult): string | undefine
  * flood mode judge it this way.
  */
 export function floodTarget(name: string, roundRatios: readonly number[], extra?: string): Target {
-  const noise = (Math.max(...roundRatios) - Math.min(...roundRatios)) / 2
-  const rounds = `rounds ${roundRatios.map((x) => x.toFixed(2)).join(' / ')}${roundRatios.length > 1 ? ` (noise ±${noise.toFixed(2)})` : ''}`
+  const rounds = `rounds ${roundRatios.length > 1 ? spreadText(roundRatios) : roundRatios.map((x) => x.toFixed(2)).join(' / ')}`
   return target(name, median([...roundRatios]), 0.5, 'min', '×', extra ? `${rounds}; ${extra}` : rounds)
 }
 

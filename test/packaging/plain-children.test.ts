@@ -75,7 +75,7 @@ t.test("the test processes' own tracking preload records no file", async (t) => 
       throw err
     })
     if (file === undefined) return []
-    const info = JSON.parse(await readFile(join(dir, file!), 'utf8')) as { files: string[] }
+    const info = JSON.parse(await readFile(join(dir, file), 'utf8')) as { files: string[] }
     // the entry script is named in the record whatever the pattern; what the pattern stops is the rest
     return info.files.filter((f) => f !== script)
   }
