@@ -2,10 +2,9 @@
 // (/audit /events /identities /config /ui) for loopback peers or with the bearer token, behind a Host check
 // (DNS rebinding); /config without URL credentials; /events slots freed from clients that never read.
 import { EventEmitter, once } from 'node:events'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { connect, type Socket } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pino from 'pino'
 import t, { type Test } from 'tap'
@@ -17,6 +16,7 @@ import { Telemetry } from '../../src/telemetry/index.ts'
 import { LiveFeed } from '../../src/telemetry/live.ts'
 import { requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const OPERATOR = ['/audit', '/events', '/identities', '/config', '/ui']
@@ -249,7 +249,7 @@ t.test('a remote live view with the token streams events', async (t) => {
 })
 
 t.test('the admin token file: read at start and on reload, re-read when stale, never fatal', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-token-'))
+  const dir = scratchDirSync('token')
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const file = join(dir, 'token')
   writeFileSync(file, 'first\n')

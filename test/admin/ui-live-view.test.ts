@@ -2,8 +2,6 @@
 // (helpers/admin.ts) around a Telemetry fed with synthetic events, so the test can pin exact kinds, badges,
 // boundary groups, search, sorting and a 1,000-row refresh. It checks rendering, not the product end to end:
 // e2e-ui-demo drives the same page served by the built bundle (`nhi-proxy demo`) with real traffic.
-import { mkdtemp } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
@@ -12,6 +10,7 @@ import type { Identity } from '../../src/types.ts'
 import { startAdmin } from '../helpers/admin.ts'
 import { launchChromium, skipWithoutChromium } from '../helpers/browser.ts'
 import { identity, requestEvent, SAMPLE_IDENTITIES } from '../helpers/events.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const MORE: Identity[] = [
   identity('orders/worker', {
@@ -142,7 +141,7 @@ t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) =
   t.equal(await page.locator('#audit-detail dd[data-field="request_id"]').textContent(), requestId)
   feeder = setInterval(() => traffic(telemetry, 8), 100)
 
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-ui-'))
+  const dir = await scratchDir('ui')
   const light = join(dir, 'live-view-light.png')
   await page.screenshot({ path: light })
   await page.emulateMedia({ colorScheme: 'dark' })

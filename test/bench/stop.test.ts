@@ -1,16 +1,15 @@
 // The bench stops nhi-proxy between rounds (the cold start six times in a row): with the production drain
 // delay each stop would wait out the harness's 2 s grace and end in SIGKILL. The bench config sets
 // drainDelay 0s, so a stop is a clean exit.
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { rm } from 'node:fs/promises'
 import t from 'tap'
 import { startNhiWithUpstream } from '../../bench/lib/nhi.ts'
 import type { ServerProcess } from '../../bench/lib/procs.ts'
 import { newSigningMaterial } from '../../bench/lib/tokens.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 t.test('a bench nhi-proxy exits 0 on SIGTERM, well within the harness grace', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-bench-stop-'))
+  const dir = await scratchDir('bench-stop')
   const procs: ServerProcess[] = []
   t.teardown(async () => {
     for (const p of procs) await p.stop()

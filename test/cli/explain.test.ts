@@ -1,11 +1,11 @@
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { renderExplain } from '../../src/cli/explain-render.ts'
 import { golden } from '../helpers/golden.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { runCli } from '../helpers/sidecar.ts'
 
 const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
@@ -67,7 +67,7 @@ t.test('explain a real token verified against a JWKS', async (t) => {
   const key = await createSigningKey('k1')
   const jwks = await startJwksServer([key])
   t.teardown(() => jwks.close())
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-explain-'))
+  const dir = scratchDirSync('explain')
   const config = join(dir, 'c.yaml')
   writeFileSync(
     config,
@@ -108,7 +108,7 @@ t.test('explain a client certificate, verified against the configured clientCA',
   const leaf = await issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
   const other = await createCA('other-ca')
   const stranger = await issueCert(other, { cn: 'x', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-explain-'))
+  const dir = scratchDirSync('explain')
   const config = join(dir, 'c.yaml')
   writeFileSync(
     config,

@@ -1,5 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import {
@@ -8,6 +7,7 @@ import {
   loadConfigFile,
   parseConfigText,
 } from '../../src/config/loader.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 
 function errorsOf(text: string): Diagnostic[] {
   const r = parseConfigText(text, 'c.yaml')
@@ -225,7 +225,7 @@ t.test('duplicate rule names, issuers and api keys', async (t) => {
 })
 
 t.test('loadConfigFile reads files and reports missing ones', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-config-'))
+  const dir = scratchDirSync('config')
   const good = join(dir, 'good.yaml')
   writeFileSync(good, 'service: orders\n')
   const r = await loadConfigFile(good)

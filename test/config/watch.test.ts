@@ -1,14 +1,14 @@
 // The config watcher and reload serializer on their own: real files in a temp directory, a ConfigMap-style
 // `..data` symlink swap, and a burst of reload requests during a running reload becoming one more run.
-import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { serializeReloads, watchConfig } from '../../src/config/watch.ts'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-watch-'))
+  const dir = await scratchDir('watch')
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   return dir
 }

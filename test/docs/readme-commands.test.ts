@@ -8,13 +8,13 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
-import { mkdtemp, symlink, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { parse } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { freePort } from '../helpers/net.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { assertFreshBundle, BUNDLE, ROOT } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -161,7 +161,7 @@ t.test('the README commands work against the built bundle', async (t) => {
   assertFreshBundle()
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-readme-'))
+  const dir = await scratchDir('readme')
   // the reader's working directory is a clone: the shipped configs are where the README says
   await symlink(join(ROOT, 'config'), join(dir, 'config'))
   await symlink(join(ROOT, 'schema'), join(dir, 'schema'))

@@ -1,11 +1,10 @@
 // The live view against `nhi-proxy demo` in real headless Chromium: every demo identity with its kind, the
 // trust-boundary graph, an event click that opens its audit record, and a screenshot kept for CI.
 import { existsSync } from 'node:fs'
-import { mkdtemp } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { launchChromium, skipWithoutChromium } from '../helpers/browser.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { spawnDemo } from '../helpers/sidecar.ts'
 
 const DEMO_IDENTITIES: Record<string, string> = {
@@ -79,7 +78,7 @@ t.test('live view of the demo in Chromium', { skip: skipWithoutChromium }, async
   t.match(await page.locator('#audit-detail dd[data-field="trace_id"]').textContent(), /^[0-9a-f]{32}$/)
 
   await page.waitForTimeout(2500) // let the split chart collect a few samples
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-ui-demo-'))
+  const dir = await scratchDir('ui-demo')
   const shot = join(dir, 'live-view-demo.png')
   await page.screenshot({ path: shot })
   t.ok(existsSync(shot), `screenshot written: ${shot}`)

@@ -1,12 +1,12 @@
 // The Helm chart rendered by the real helm binary, checked by helm lint, an offline kubectl dry run and
 // structural assertions on the objects a cluster would receive.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { cp, mkdir, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { parse, parseAllDocuments } from 'yaml'
 import { parseConfigText } from '../../src/config/loader.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { CHART_DIR, localTool, metricNamesIn, offlineKubectl, run, SPEC_METRICS } from '../helpers/tools.ts'
 
 interface Probe {
@@ -516,7 +516,7 @@ t.test('values schema rejects bad values', async (t) => {
 })
 
 t.test('another chart can inject the sidecar with the named templates', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-parent-chart-'))
+  const dir = scratchDirSync('parent-chart')
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await mkdir(join(dir, 'charts'), { recursive: true })
   await mkdir(join(dir, 'templates'), { recursive: true })
@@ -558,7 +558,7 @@ t.test('another chart can inject the sidecar with the named templates', async (t
 })
 
 t.test('mTLS listener: port, Service port and the TLS secret mount follow config.listen.https', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-tls-values-'))
+  const dir = scratchDirSync('tls-values')
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const values = join(dir, 'values.yaml')
   writeFileSync(

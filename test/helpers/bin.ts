@@ -2,12 +2,12 @@
 // real signals. Its addresses come from its own "started" log line. Run `npm run build` after src changes.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from './eventually.ts'
+import { scratchDirSync } from './scratch.ts'
 import { ROOT } from './sidecar.ts'
 
 export const BUNDLE = join(ROOT, 'dist', 'nhi-proxy.mjs')
@@ -28,7 +28,7 @@ export interface BinSidecar {
 /** Starts the bundle on ephemeral loopback ports with `config` (merged over test defaults); killed at teardown. */
 export async function startBin(t: Test, config: Record<string, unknown>): Promise<BinSidecar> {
   if (!existsSync(BUNDLE)) throw new Error('dist/nhi-proxy.mjs is missing: run `npm run build` first')
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-bin-'))
+  const dir = scratchDirSync('bin')
   const configPath = join(dir, 'config.yaml')
   writeFileSync(
     configPath,

@@ -1,9 +1,9 @@
 // Real X.509 material for tests, made with the openssl CLI (EC P-256: fast to generate).
 import { execFile } from 'node:child_process'
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { scratchDir } from './scratch.ts'
 
 const run = promisify(execFile)
 let serial = 1000
@@ -36,7 +36,7 @@ export interface LeafOptions {
 }
 
 export async function createCA(name = 'test-ca', dir?: string): Promise<CA> {
-  const d = dir ?? (await mkdtemp(join(tmpdir(), 'nhi-pki-')))
+  const d = dir ?? (await scratchDir('pki'))
   const certFile = join(d, `${name}.crt`)
   const keyFile = join(d, `${name}.key`)
   await run('openssl', [

@@ -2,12 +2,12 @@
 // directory is removed) at the end of the test.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Test } from 'tap'
 import { eventually } from './eventually.ts'
 import { freePort } from './net.ts'
+import { scratchDirSync } from './scratch.ts'
 
 export interface RunningPrometheus {
   /** http://127.0.0.1:PORT */
@@ -26,7 +26,7 @@ export async function startPrometheus(
   configFor: (dir: string) => string,
   readyTimeoutMs = 30_000,
 ): Promise<RunningPrometheus> {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-prometheus-'))
+  const dir = scratchDirSync('prometheus')
   const configFile = join(dir, 'prometheus.yml')
   writeFileSync(configFile, configFor(dir))
   const port = await freePort()

@@ -5,14 +5,14 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, readdirSync, statSync } from 'node:fs'
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from './eventually.ts'
+import { scratchDir } from './scratch.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const BUNDLE = join(ROOT, 'dist', 'nhi-proxy.mjs')
@@ -231,7 +231,7 @@ export async function startTestSidecar(
   config: Record<string, unknown>,
   opts: SidecarOptions = {},
 ): Promise<TestSidecar> {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-sidecar-'))
+  const dir = await scratchDir('sidecar')
   const file = join(dir, 'config.yaml')
   await writeFile(file, stringify(withTestDefaults(config)))
   return startSidecarFromFile(t, file, opts)

@@ -1,10 +1,10 @@
 // External tools for the packaging tests: helm/kubectl unpacked by scripts/tools.mjs into .tools/bin,
 // promtool/prometheus from the system. Commands run with a deadline and never through a shell.
 import { execFile, execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { scratchDirSync } from './scratch.ts'
 
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const CHART_DIR = join(REPO_ROOT, 'helm', 'nhi-proxy')
@@ -85,7 +85,7 @@ const DISCOVERY: Record<string, [resource: string, kind: string, namespaced: boo
  * removes `dir`.
  */
 export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv; dir: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-kubectl-'))
+  const dir = scratchDirSync('kubectl')
   const kubeconfig = join(dir, 'kubeconfig')
   writeFileSync(
     kubeconfig,

@@ -1,10 +1,9 @@
 // Key sources over real HTTP(S): discovery, rotation through unknown kids, refetch cooldown, outages, custom CA
 // and rotating bearer tokens, local JWKS files, periodic refresh.
 import { once } from 'node:events'
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { type Config, configSchema, type IssuerConfig } from '../../src/config/schema.ts'
@@ -20,6 +19,7 @@ import {
   startJwksServer,
 } from '../helpers/jwks.ts'
 import { createServerPki } from '../helpers/pki.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 40000, tls: false }
 
@@ -272,7 +272,7 @@ t.test('periodic refresh picks up new keys without any token asking', async (t) 
 })
 
 t.test('jwksFile: local key set read asynchronously', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-jwks-'))
+  const dir = await scratchDir('jwks')
   const file = join(dir, 'jwks.json')
   await writeFile(file, JSON.stringify({ keys: [keyA.publicJwk] }))
   const x = extractor(t, jwtConfig([{ issuer: 'https://files.example', jwksFile: file }]))
@@ -290,7 +290,7 @@ t.test('jwksFile: local key set read asynchronously', async (t) => {
 t.test(
   'a key set without public signing keys is a failure (private and symmetric keys dropped)',
   async (t) => {
-    const dir = await mkdtemp(join(tmpdir(), 'nhi-jwks-'))
+    const dir = await scratchDir('jwks')
     const file = join(dir, 'jwks.json')
     await writeFile(
       file,

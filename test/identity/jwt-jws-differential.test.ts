@@ -12,8 +12,7 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from 'node:crypto'
-import { mkdtemp, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createLocalJWKSet, errors, type JWK, type JWSHeaderParameters, jwtVerify } from 'jose'
 import t from 'tap'
@@ -24,6 +23,7 @@ import { VerifyPool } from '../../src/identity/jwt/pool.ts'
 import { IssuerVerifier } from '../../src/identity/jwt/verifier.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const ISSUER = 'https://idp.differential.example'
 const AUDIENCE = 'orders'
@@ -435,7 +435,7 @@ t.test(
 )
 
 t.test('the issuer verifier answers the same inline and through the worker pool', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-jws-diff-'))
+  const dir = await scratchDir('jws-diff')
   const jwksFile = join(dir, 'jwks.json')
   await writeFile(jwksFile, JSON.stringify({ keys: jwks }))
   const cfg = issuerSchema.parse({ issuer: ISSUER, jwksFile, audiences: [AUDIENCE] })

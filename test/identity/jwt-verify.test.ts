@@ -1,8 +1,7 @@
 // The JWT extractor against real keys served over HTTP: every failure reason, hostile tokens, header grammar,
 // HMAC issuers, and the verification cache (synchronous hits, expiry at exp, shared in-flight verifications).
 import { createHmac, createPublicKey } from 'node:crypto'
-import { mkdtemp, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { type Config, configSchema } from '../../src/config/schema.ts'
@@ -15,6 +14,7 @@ import {
   type SigningKey,
   startJwksServer,
 } from '../helpers/jwks.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 40000, tls: false }
 const ES_ONLY = 'https://es-only.example'
@@ -68,7 +68,7 @@ t.before(async () => {
   keyE = await createSigningKey('key-e', 'ES256')
   rogue = await createSigningKey('key-a') // same kid as a published key, different key material
   idp = await startJwksServer([keyA, keyA2, keyE])
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-jwt-'))
+  const dir = await scratchDir('jwt')
   secretFile = join(dir, 'secret')
   await writeFile(secretFile, `${SECRET}\n`)
   x = new JwtExtractor(

@@ -1,13 +1,13 @@
 // Signed agents through the built proxy: requests signed per Web Bot Auth (RFC 9421 message signatures) with
 // the web-bot-auth package's signer, verified against a key directory served over HTTP. Verified, tampered,
 // expired, replayed, unknown key, unconfigured directory, and a directory that goes down (last good keys).
-import { mkdtemp, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { runCli, startTestSidecar } from '../helpers/sidecar.ts'
 import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -179,7 +179,7 @@ t.test('explain verifies a signed request against the directory and shows the ev
   const key = await createAgentKey()
   const directory = await startKeyDirectory([key])
   t.teardown(() => directory.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-signed-'))
+  const dir = await scratchDir('signed')
   const file = join(dir, 'config.yaml')
   await writeFile(
     file,

@@ -3,9 +3,8 @@
 // fetching a JWKS over real HTTP. A dynamic import that resolves to something unusable in the bundle (and
 // only there) fails here. Also the command line's consistency: durations, explain without -c, a busy
 // address named, files the config names checked.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import {
@@ -17,6 +16,7 @@ import {
   startProcess,
 } from '../helpers/artifact.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { REPO_ROOT, run } from '../helpers/tools.ts'
 
 t.setTimeout(240_000)
@@ -28,7 +28,7 @@ const bin = (args: string[], opts: { cwd?: string; timeoutMs?: number } = {}) =>
   run(process.execPath, [BUNDLE, ...args], { timeoutMs: 60_000, ...opts })
 
 function tempDir(t: Test): string {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-bundle-'))
+  const dir = scratchDirSync('bundle')
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   return dir
 }

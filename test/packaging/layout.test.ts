@@ -4,21 +4,12 @@
 // environment. The config "mounted" over /etc/nhi-proxy/config.yaml names a JWKS served over HTTP, and a
 // token signed by it must reach a real upstream verified. An instruction this test cannot carry out fails
 // it, so the Dockerfile and this test cannot drift apart.
-import {
-  chmodSync,
-  cpSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs'
-import { tmpdir } from 'node:os'
+import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import t, { type Test } from 'tap'
 import { assertProxiedVerified, jwtScenario, startProcess } from '../helpers/artifact.ts'
 import { finalStage, instructions, stage as stageOf } from '../helpers/dockerfile.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { REPO_ROOT, run } from '../helpers/tools.ts'
 
 // bundling and installing production dependencies take a while on a loaded machine
@@ -120,7 +111,7 @@ async function runCommand(t: Test, command: string, image: Image, at: (p: string
 }
 
 t.test('the runtime stage, staged read-only and started as the image starts it', async (t) => {
-  const work = mkdtempSync(join(tmpdir(), 'nhi-image-'))
+  const work = scratchDirSync('image')
   t.teardown(() => rmSync(work, { recursive: true, force: true }))
   const buildWorkdir = build.find((i) => i.keyword === 'WORKDIR')?.args ?? '/'
   const buildDir = join(work, 'build')

@@ -3,17 +3,7 @@
 // and a short run verifying a token against a JWKS served over HTTP, at a real upstream; then a run with OTLP
 // export on, to a receiver that decodes real protobuf, which needs the export thread's own file
 // (dist/otlp-export-worker.mjs) to be in the package and to load from where npm installed it.
-import {
-  cpSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs'
-import { tmpdir } from 'node:os'
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import t from 'tap'
 import {
@@ -25,6 +15,7 @@ import {
 } from '../helpers/artifact.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { type AttrValue, CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { REPO_ROOT, run } from '../helpers/tools.ts'
 
 // packing (a bundle build) and installing from the registry or its cache take a while on a loaded machine
@@ -47,7 +38,7 @@ t.test('npm lifecycle: npm ci builds dist/, pack rebuilds it, start and test run
   t.match(scripts['test'], /npm run build && tap$/, 'npm test builds the bundle before the tests start it')
 
   // prepare builds on install and stays out of the way on pack, where prepack has just built
-  const out = mkdtempSync(join(tmpdir(), 'nhi-prepare-'))
+  const out = scratchDirSync('prepare')
   t.teardown(() => rmSync(out, { recursive: true, force: true }))
   const prepare = (npmCommand: string, dir: string) =>
     run(process.execPath, ['scripts/prepare.mjs'], {
@@ -68,7 +59,7 @@ if (npmVersion.code !== 0) {
     async () => {},
   )
 } else {
-  const work = mkdtempSync(join(tmpdir(), 'nhi-package-'))
+  const work = scratchDirSync('package')
   t.teardown(() => rmSync(work, { recursive: true, force: true }))
   const tree = join(work, 'tree')
   const app = join(work, 'app')

@@ -2,11 +2,11 @@
 // (test/helpers/plain-children.ts says why and how). Checked for both ways the helpers start processes.
 import { execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const REPORT = `console.log(JSON.stringify({
   nodeOptions: process.env.NODE_OPTIONS ?? '',
@@ -60,7 +60,7 @@ t.test("the test processes' own tracking preload records no file", async (t) => 
   const preload = import.meta.resolve('@tapjs/processinfo/import')
   const tap = import.meta.resolve('tap')
   const recorded = async (env: Record<string, string>): Promise<string[]> => {
-    const cwd = await mkdtemp(join(tmpdir(), 'nhi-processinfo-'))
+    const cwd = await scratchDir('processinfo')
     t.teardown(() => rm(cwd, { recursive: true, force: true }))
     const script = join(cwd, 'loads.mjs')
     await writeFile(script, `await import('node:path'); await import(${JSON.stringify(tap)})\n`)

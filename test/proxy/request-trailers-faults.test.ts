@@ -2,22 +2,21 @@
 // sidecar: a unix socket upstream, upstream failures and deadlines, client aborts, and trailer fields a client
 // must not be able to smuggle past the proxy.
 import { once } from 'node:events'
-import { mkdtemp } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import { createServer as createH2cServer } from 'node:http2'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { refusedPort } from '../helpers/net.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { listenTcp, MB, sidecarFor, upload, upstreamHandler } from '../helpers/trailers.ts'
 
 // sidecar starts and some 100 MB through loopback: above the default file timeout on a loaded machine
 t.setTimeout(180_000)
 
 t.test('unix: socket upstream', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-uds-'))
+  const dir = await scratchDir('uds')
   const socketPath = join(dir, 'app.sock')
   const up = upstreamHandler()
   const server = createServer(up.handler)

@@ -3,10 +3,8 @@
 // /proc/<pid>/status (samples plus the kernel's peak mark), so only the proxy's memory is measured: this
 // process is the client and the upstream, and their buffers never count. The 1 GB-each-way numbers per
 // Node version are in bench/README.md (`node --import tsx bench/stream.ts`).
-import { mkdtempSync, rmSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import t from 'tap'
 import {
   buildBundle,
@@ -19,6 +17,7 @@ import {
   startStreamUpstream,
 } from '../../bench/lib/stream-rss.ts'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 
 const SIZE = 256 * MB
 /**
@@ -33,7 +32,7 @@ let proxy: ProxyChild
 let upstream: StreamUpstream
 
 t.before(async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-stream-test-'))
+  const dir = scratchDirSync('stream-test')
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   // built from the current sources, so the test never runs a stale dist/
   const bundle = buildBundle(dir)

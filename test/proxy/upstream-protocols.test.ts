@@ -1,7 +1,6 @@
 // Upstream protocols chosen by the upstream URL: h2c://, h2:// (TLS with a CA bundle and a client certificate),
 // https:// with the same TLS options, unix: sockets, and HTTP/1.1 trailers forwarded both ways of the hop.
 import { once } from 'node:events'
-import { mkdtemp } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import {
   connect,
@@ -12,7 +11,6 @@ import {
 } from 'node:http2'
 import { createServer as createHttpsServer } from 'node:https'
 import { type AddressInfo, connect as connectTcp } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { TLSSocket } from 'node:tls'
 import t from 'tap'
@@ -20,6 +18,7 @@ import { request } from 'undici'
 import { parseUpstream } from '../../src/proxy/upstream-url.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const { ca: serverCa, server } = await createServerPki()
 const clientCa = await createCA('upstream-client-ca')
@@ -161,7 +160,7 @@ t.test('h2 and https upstreams with a CA bundle and a client certificate', async
 })
 
 t.test('unix: socket upstream', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-uds-'))
+  const dir = await scratchDir('uds')
   const path = join(dir, 'app.sock')
   const up = createServer(handler)
   up.listen(path)

@@ -1,12 +1,12 @@
 // Hot reload and signals: a valid change applies without dropping in-flight requests, an invalid one is
 // rejected and counted while the last good config keeps serving, ConfigMap `..data` swaps are seen,
 // SIGHUP reloads, SIGTERM drains and exits 0.
-import { mkdir, mkdtemp, rename, symlink, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdir, rename, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { spawnCli, startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -38,7 +38,7 @@ const until = (cond: () => Promise<boolean>): Promise<boolean> =>
 t.test('file change reloads without dropping in-flight requests; broken file keeps last good', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-reload-'))
+  const dir = await scratchDir('reload')
   const file = join(dir, 'config.yaml')
   await writeFile(file, configText(upstream.url, 'team'))
   const sidecar = await startSidecarFromFile(t, file)
@@ -77,7 +77,7 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
 t.test('Kubernetes ConfigMap ..data symlink swap is picked up', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-cm-'))
+  const dir = await scratchDir('cm')
   // the kubelet's layout: config.yaml → ..data/config.yaml, ..data → ..2026_v1 (swapped atomically)
   await mkdir(join(dir, '..v1'))
   await writeFile(join(dir, '..v1', 'config.yaml'), configText(upstream.url, 'v1'))
@@ -97,7 +97,7 @@ t.test('Kubernetes ConfigMap ..data symlink swap is picked up', async (t) => {
 t.test('SIGHUP reloads; SIGTERM drains in-flight requests and exits 0', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-sig-'))
+  const dir = await scratchDir('sig')
   const file = join(dir, 'config.yaml')
   await writeFile(file, configText(upstream.url, 'team'))
   const cli = spawnCli(['run', '-c', file])

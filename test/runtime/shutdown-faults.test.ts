@@ -1,12 +1,12 @@
 // SIGTERM under load, through the real CLI: every in-flight request finishes, connections opened during the
 // drain delay are still answered (never refused, never a hang or a half answer), and the process exits 0.
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { spawnCli } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -37,7 +37,7 @@ function freshRequest(port: number, timeoutMs = 4000): Promise<string> {
 t.test('SIGTERM with 40 requests in flight: all finish, new ones are still answered, exit 0', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-term-'))
+  const dir = await scratchDir('term')
   const file = join(dir, 'config.yaml')
   await writeFile(
     file,

@@ -4,16 +4,16 @@
 // the proxy with its client still connected, a connection that never sent a byte. And a SIGTERM that comes
 // the moment the proxy port accepts, before startup has finished: handled, never Node's default kill.
 import { once } from 'node:events'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { rm, writeFile } from 'node:fs/promises'
 import { constants, connect as h2connect } from 'node:http2'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { canConnect, freePort } from '../helpers/net.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { spawnCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -96,7 +96,7 @@ t.test(
 )
 
 t.test('SIGTERM the moment the proxy port accepts, while startup finishes: exit 0, not killed', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-early-term-'))
+  const dir = await scratchDir('early-term')
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   // the listeners open before startup ends (admin, log line); a signal in between used to meet Node's
   // default action every time

@@ -3,14 +3,14 @@
 // every worker (a bad one is rejected once), a killed worker is replaced, SIGTERM drains in-flight requests.
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, request } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { runCli, startSidecarFromFile } from '../helpers/sidecar.ts'
 import { run, skipWithout, systemTool } from '../helpers/tools.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -61,7 +61,7 @@ const sum = (all: Sample[], name: string, where: (l: Record<string, string>) => 
 t.test('workers: 2', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-workers-'))
+  const dir = await scratchDir('workers')
   const auditFile = join(dir, 'audit.log')
   const configFile = join(dir, 'config.yaml')
   const base = {
@@ -336,7 +336,7 @@ t.test('a worker that cannot listen stops the start with exit 2, and no worker i
   await new Promise<void>((done) => taken.listen(0, '127.0.0.1', done))
   t.teardown(() => taken.close())
   const port = (taken.address() as AddressInfo).port
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-workers-'))
+  const dir = await scratchDir('workers')
   const file = join(dir, 'config.yaml')
   await writeFile(
     file,

@@ -3,15 +3,13 @@
 // forwards every other request header as the client sent it. A client that adds another family of
 // forwarded-cert header (X-Forwarded-Client-Cert, Client-Cert, …) naming a forged SPIFFE ID must not come out
 // as that ID: nhi-proxy believes only the one format configured for that proxy.
-import { mkdtemp } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { skipWithoutNginx, startNginxFront } from '../helpers/nginx.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -25,7 +23,7 @@ t.test(
     skip: skipWithoutNginx,
   },
   async (t) => {
-    const dir = await mkdtemp(join(tmpdir(), 'nhi-nginx-'))
+    const dir = await scratchDir('nginx')
     const clientCA = await createCA('client-ca', dir)
     const worker = await issueCert(clientCA, { cn: 'orders-worker', uriSans: [WORKER] })
     // what an attacker can make without the client CA: a self-signed-CA certificate naming the admin

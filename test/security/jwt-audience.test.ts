@@ -2,8 +2,7 @@
 // service (or for the Kubernetes API server, which every pod's own token is for) as `verified`. Now
 // `check` and `run` refuse such a config, an issuer that somehow has none accepts no token, and accepting
 // every audience takes `audiences: any`, written out.
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
@@ -12,13 +11,14 @@ import { configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { spawnCli, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const API_SERVER_AUD = 'https://kubernetes.default.svc.cluster.local'
 
 t.test('a config whose issuer lists no audiences fails check, and run refuses it', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-aud-'))
+  const dir = scratchDirSync('aud')
   const file = join(dir, 'no-aud.yaml')
   writeFileSync(
     file,

@@ -3,13 +3,13 @@
 // that CA counts. Node's default store (Mozilla roots plus NODE_EXTRA_CA_CERTS) never makes a client
 // certificate "verified". The sidecar runs as its own process so NODE_EXTRA_CA_CERTS can stand in for
 // "a CA this process trusts for outbound connections, but that was never configured for clients".
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { request } from 'node:https'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { runExplain } from '../../src/cli/explain.ts'
 import { type CA, createCA, createServerPki, issueCert, type KeyPair } from '../helpers/pki.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { spawnCli } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -33,7 +33,7 @@ t.before(async () => {
 })
 
 function writeConfig(https: Record<string, string>, upstream: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-mtls-ca-'))
+  const dir = scratchDirSync('mtls-ca')
   const file = join(dir, 'config.yaml')
   writeFileSync(
     file,

@@ -4,15 +4,15 @@
 // that fetch() would rewrite before sending.
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { runExplain } from '../../src/cli/explain.ts'
 import { normalizePath } from '../../src/proxy/path.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream, type TestUpstream } from '../helpers/upstream.ts'
 
@@ -225,7 +225,7 @@ t.test('property: the path the policy matched is the path the upstream received'
 })
 
 t.test('explain agrees with the live proxy about the path', async (t) => {
-  const config = join(mkdtempSync(join(tmpdir(), 'nhi-path-')), 'c.yaml')
+  const config = join(scratchDirSync('path'), 'c.yaml')
   writeFileSync(config, JSON.stringify({ policy: POLICY }))
   const explain = async (path: string, method = 'GET') => {
     const lines: string[] = []

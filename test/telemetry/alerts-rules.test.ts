@@ -1,9 +1,9 @@
 // The alert rules file, checked and unit-tested by the real promtool.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { parse } from 'yaml'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { CHART_DIR, metricNamesIn, run, SPEC_METRICS, skipWithout, systemTool } from '../helpers/tools.ts'
 
 const ALERTS_DIR = join(CHART_DIR, 'alerts')
@@ -63,7 +63,7 @@ t.test(
 )
 
 t.test('the unit tests catch a broken rule', { skip: skipPromtool }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhi-alerts-'))
+  const dir = scratchDirSync('alerts')
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   writeFileSync(join(dir, 'tests.yaml'), readFileSync(join(ALERTS_DIR, 'tests.yaml')))
   const source = readFileSync(RULES, 'utf8')

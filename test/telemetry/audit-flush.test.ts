@@ -3,8 +3,7 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs'
-import { mkdtemp, readFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
@@ -16,9 +15,10 @@ import {
 } from '../../src/telemetry/audit.ts'
 import { requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 t.test('a lone audit line is flushed within the flush interval', async (t) => {
-  const file = join(await mkdtemp(join(tmpdir(), 'nhi-audit-flush-')), 'audit.log')
+  const file = join(await scratchDir('audit-flush'), 'audit.log')
   const audit = new AuditLog(configSchema.parse({ audit: { output: file } }).audit)
   t.teardown(() => audit.close())
   const event = requestEvent()
@@ -38,7 +38,7 @@ t.test('a lone audit line is flushed within the flush interval', async (t) => {
 })
 
 t.test('a burst is batched and nothing is lost on close', async (t) => {
-  const file = join(await mkdtemp(join(tmpdir(), 'nhi-audit-burst-')), 'audit.log')
+  const file = join(await scratchDir('audit-burst'), 'audit.log')
   const audit = new AuditLog(configSchema.parse({ audit: { output: file } }).audit)
   const ids = new Set<string>()
   for (let i = 0; i < 5000; i++) {
@@ -56,7 +56,7 @@ t.test('a burst is batched and nothing is lost on close', async (t) => {
 })
 
 t.test('lines reach the output in large batches: a few writes for thousands of lines', async (t) => {
-  const file = join(await mkdtemp(join(tmpdir(), 'nhi-audit-batches-')), 'audit.log')
+  const file = join(await scratchDir('audit-batches'), 'audit.log')
   const audit = new AuditLog(configSchema.parse({ audit: { output: file } }).audit)
   // the destination writes through fs.write, and fs.writeSync when it flushes on close: count the audit writes
   const original = { write: fs.write, writeSync: fs.writeSync }

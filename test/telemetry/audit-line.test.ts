@@ -1,7 +1,6 @@
 // The audit file is written from bytes prepared per identity and per batch, not from strings: what lands in
 // the output must still be exactly the lines auditLine() formats, whatever the text and however long the line.
-import { mkdtemp, readFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
@@ -9,6 +8,7 @@ import { AUDIT_BATCH_CHARS, AuditLog, auditLine } from '../../src/telemetry/audi
 import { identityBytes, LineBuffer, writeAuditLine } from '../../src/telemetry/audit-line.ts'
 import type { RequestEvent } from '../../src/types.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const auditConfig = (output: string) => configSchema.parse({ audit: { output } }).audit
 
@@ -36,7 +36,7 @@ function hostileEvents(): RequestEvent[] {
 }
 
 t.test('the audit file holds exactly the lines auditLine() formats, in order', async (t) => {
-  const file = join(await mkdtemp(join(tmpdir(), 'nhi-audit-line-')), 'audit.log')
+  const file = join(await scratchDir('audit-line'), 'audit.log')
   const audit = new AuditLog(auditConfig(file))
   const events: RequestEvent[] = []
   // ≈ 1 MB in all, far below what may wait for the output (larger would be dropped and counted)

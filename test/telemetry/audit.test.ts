@@ -1,16 +1,16 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
 import { startAdmin } from '../helpers/admin.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 const RAW_TOKEN = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtc3ViamVjdCJ9.c2lnbmF0dXJl'
 
 async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-audit-'))
+  const dir = await scratchDir('audit')
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   return dir
 }

@@ -1,8 +1,7 @@
 // Outputs are a list of recorders: a toy output joins through the same list as metrics, audit, live feed and
 // OTLP (sees every request, each reload, the close); an output that throws, rejects or hangs is counted or
 // reported and breaks neither the other outputs nor the request.
-import { mkdtemp, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pino from 'pino'
 import t from 'tap'
@@ -15,6 +14,7 @@ import { startAdmin } from '../helpers/admin.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 /** the toy output: counts what it is given */
@@ -71,7 +71,7 @@ function sidecarConfig(upstream: string, service: string): Record<string, unknow
 t.test('a toy recorder in the same list sees every request, each reload and the close', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await mkdtemp(join(tmpdir(), 'nhi-recorders-'))
+  const dir = await scratchDir('recorders')
   const file = join(dir, 'config.yaml')
   await writeFile(file, stringify(sidecarConfig(upstream.url, 'before')))
   const counting = new CountingRecorder()

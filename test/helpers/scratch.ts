@@ -1,0 +1,28 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtemp } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+// Every directory a test process writes (configs, certificates, audit files, sockets, packed tarballs) lives
+// under one root that is removed when the process exits, so a run leaves nothing in the system's temp
+// directory, whether a test passed, failed half-way or forgot to clean up after itself.
+let root: string | undefined
+
+function scratchRoot(): string {
+  if (root === undefined) {
+    const dir = mkdtempSync(join(tmpdir(), 'nhi-test-'))
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+    root = dir
+  }
+  return root
+}
+
+/** a new empty directory `<root>/<prefix>-XXXXXX`, removed with the root when the test process exits */
+export function scratchDir(prefix: string): Promise<string> {
+  return mkdtemp(join(scratchRoot(), `${prefix}-`))
+}
+
+/** scratchDir for code that cannot await (module top level of a CommonJS-style helper, sync setup) */
+export function scratchDirSync(prefix: string): string {
+  return mkdtempSync(join(scratchRoot(), `${prefix}-`))
+}

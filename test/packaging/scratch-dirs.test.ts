@@ -1,0 +1,53 @@
+// A test run leaves nothing in the system's temp directory: every directory a test writes comes from
+// test/helpers/scratch.ts, whose root goes when the test process exits, however it exits.
+import { readdir, readFile } from 'node:fs/promises'
+import { join, relative } from 'node:path'
+import t from 'tap'
+import { scratchDir } from '../helpers/scratch.ts'
+import { REPO_ROOT, run } from '../helpers/tools.ts'
+
+const SCRATCH = join(REPO_ROOT, 'test', 'helpers', 'scratch.ts')
+
+// a test process that makes scratch directories and files, then ends the way the case says
+const child = (ending: string) => `
+  import { writeFileSync } from 'node:fs'
+  import { join } from 'node:path'
+  import { scratchDir, scratchDirSync } from ${JSON.stringify(SCRATCH)}
+  const a = await scratchDir('a')
+  writeFileSync(join(a, 'config.yaml'), 'x')
+  writeFileSync(join(scratchDirSync('b'), 'audit.log'), 'y')
+  ${ending}
+`
+
+for (const [name, ending, code] of [
+  ['a clean exit', '', 0],
+  ['a failing exit code', 'process.exitCode = 1', 1],
+  ['an uncaught error', "throw new Error('boom')", 1],
+  ['process.exit() with work pending', 'setInterval(() => {}, 1000); process.exit(3)', 3],
+] as const) {
+  t.test(`the scratch root is gone after ${name}`, async (t) => {
+    const tmp = await scratchDir('tmpdir')
+    const r = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', child(ending)], {
+      // tsx keeps its transform cache in the temp directory too: off here, so only the scratch root could remain
+      env: { ...process.env, TMPDIR: tmp, TSX_DISABLE_CACHE: '1' },
+    })
+    t.equal(r.code, code, r.stderr)
+    t.same(await readdir(tmp), [], 'nothing left in TMPDIR')
+  })
+}
+
+t.test('no test makes a temp directory of its own outside the scratch root', async (t) => {
+  const offenders: string[] = []
+  const walk = async (dir: string): Promise<void> => {
+    for (const e of await readdir(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name)
+      if (e.isDirectory()) await walk(p)
+      else if (e.name.endsWith('.ts') && p !== SCRATCH) {
+        const src = await readFile(p, 'utf8')
+        if (/\bmkdtemp(Sync)?\(/.test(src)) offenders.push(relative(REPO_ROOT, p))
+      }
+    }
+  }
+  await walk(join(REPO_ROOT, 'test'))
+  t.same(offenders, [], 'mkdtemp is called only by test/helpers/scratch.ts')
+})
