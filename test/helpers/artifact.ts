@@ -6,7 +6,7 @@ import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Test } from 'tap'
-import { eventually } from './eventually.ts'
+import { eventually, GiveUp } from './eventually.ts'
 import { createSigningKey, type JwksServer, mintToken, startJwksServer } from './jwks.ts'
 import { REPO_ROOT } from './tools.ts'
 import { startUpstream, type TestUpstream } from './upstream.ts'
@@ -69,7 +69,7 @@ export function startProcess(t: Test, cmd: string, args: string[], opts: SpawnOp
         () => {
           const m = out.match(re)
           if (m) return m
-          if (child.exitCode !== null) throw new Error(`exited ${child.exitCode} before ${re}: ${out}`)
+          if (child.exitCode !== null) throw new GiveUp(`exited ${child.exitCode} before ${re}`)
           return undefined
         },
         { timeoutMs, intervalMs: 50, what: `${re} in the output of ${cmd} ${args.join(' ')}` },

@@ -6,7 +6,7 @@ import { existsSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
-import { eventually } from './eventually.ts'
+import { eventually, GiveUp } from './eventually.ts'
 import { scratchDirSync } from './scratch.ts'
 import { ROOT } from './sidecar.ts'
 
@@ -56,7 +56,7 @@ export async function startBin(t: Test, config: Record<string, unknown>): Promis
       .map((l) => JSON.parse(l) as Record<string, unknown>)
   const started = await eventually(
     () => {
-      if (child.exitCode !== null) throw new Error(`exited ${child.exitCode}: ${err}`)
+      if (child.exitCode !== null) throw new GiveUp(`exited ${child.exitCode}: ${err}`)
       return logs().find((l) => l['event'] === 'started')
     },
     { timeoutMs: 20_000, what: 'the "started" log line' },

@@ -11,6 +11,12 @@ export interface EventuallyOptions {
 }
 
 /**
+ * Thrown by a probe when waiting longer cannot help (the process it waits on has exited): `eventually` rejects
+ * with it at once instead of polling on to its deadline.
+ */
+export class GiveUp extends Error {}
+
+/**
  * Calls `probe` until it returns a value other than `undefined`/`false` (or stops throwing) and resolves with
  * that value; rejects with the last error or the last value seen when `timeoutMs` runs out.
  */
@@ -26,6 +32,7 @@ export async function eventually<T>(
       if (value !== undefined && value !== false) return value as Exclude<T, false | undefined>
       last = value
     } catch (err) {
+      if (err instanceof GiveUp) throw err
       last = err
     }
     if (Date.now() >= deadline) {

@@ -5,7 +5,7 @@ import { once } from 'node:events'
 import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Test } from 'tap'
-import { eventually } from './eventually.ts'
+import { eventually, GiveUp } from './eventually.ts'
 import { freePort } from './net.ts'
 import { scratchDirSync } from './scratch.ts'
 
@@ -53,7 +53,7 @@ export async function startPrometheus(
   const base = `http://127.0.0.1:${port}`
   await eventually(
     async () => {
-      if (prom.exitCode !== null) throw new Error(`prometheus exited: ${log}`)
+      if (prom.exitCode !== null) throw new GiveUp(`prometheus exited: ${log}`)
       // the port was free a moment before the start: whatever answers must be this Prometheus, not a
       // listener that took the port meanwhile (Prometheus then exits on the busy port, reported above)
       const res = await fetch(`${base}/-/ready`)

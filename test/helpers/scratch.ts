@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs'
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
 import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -11,6 +11,9 @@ let root: string | undefined
 function scratchRoot(): string {
   if (root === undefined) {
     const dir = mkdtempSync(join(tmpdir(), 'nhi-test-'))
+    // other users may pass through (not list): a test that runs the product as the image's unprivileged user
+    // opens its own sub-directory to it; every other sub-directory stays 0700 as mkdtemp makes it
+    chmodSync(dir, 0o711)
     process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
     root = dir
   }
