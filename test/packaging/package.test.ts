@@ -35,7 +35,11 @@ t.test('npm lifecycle: npm ci builds dist/, pack rebuilds it, start and test run
   t.equal(scripts['prepare'], 'node scripts/prepare.mjs', 'npm ci / npm install in a clone build dist/')
   t.equal(scripts['prepack'], 'npm run build', 'npm pack / publish build dist/ first')
   t.equal(scripts['start'], 'node dist/nhi-proxy.mjs demo', 'npm start runs the bundle')
-  t.match(scripts['test'], /npm run build && tap$/, 'npm test builds the bundle before the tests start it')
+  t.match(
+    scripts['test'],
+    /npm run build && node scripts\/tap-plugins\.mjs && tap$/,
+    "npm test builds the bundle, then brings tap's plugin build in line, before the tests start",
+  )
 
   // prepare builds on install and stays out of the way on pack, where prepack has just built
   const out = scratchDirSync('prepare')

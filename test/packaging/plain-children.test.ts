@@ -83,3 +83,20 @@ t.test("the test processes' own tracking preload records no file", async (t) => 
   t.ok((await recorded({})).length > 10, 'without it, every loaded file is recorded (the check can fail)')
   t.same(await recorded({ [name!]: value.join('=') }), [], 'with it, none past the entry script')
 })
+
+// tap hands a test file the module hooks of the plugin set it was built with. A runner that finds that build
+// out of date rebuilds it only for the next run, so `npm test` brings it in line first
+// (scripts/tap-plugins.mjs); without that, the first run after `npm ci` ran every file through ts-node and
+// tap's mock loader as well as tsx.
+t.test('this test process carries only the module hooks of the plugins package.json keeps', async (t) => {
+  const hooks = process.execArgv.filter((a) => /^--(import|loader|experimental-loader)\b/.test(a))
+  t.ok(
+    hooks.some((a) => a === '--import=tsx'),
+    'tsx is there (the check can see the hooks at all)',
+  )
+  t.same(
+    hooks.filter((a) => /@tapjs\/(typescript|mock)\//.test(a)),
+    [],
+    'no ts-node and no mock loader: the plugins package.json switches off',
+  )
+})
