@@ -11,7 +11,7 @@ import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
-import { eventually } from './eventually.ts'
+import { eventually, GiveUp } from './eventually.ts'
 import { scratchDir } from './scratch.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
@@ -114,18 +114,19 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProces
     err += c.toString()
   })
   const exited = once(child, 'exit').then(([code]) => code as number | null)
-  const exitedEarly = Symbol('exited')
-  const poll = async <T>(probe: () => T | undefined, what: string, timeoutMs: number): Promise<T> => {
-    const found = await eventually(
-      () => probe() ?? (child.exitCode !== null || child.signalCode !== null ? exitedEarly : undefined),
+  const poll = <T>(probe: () => T | undefined, what: string, timeoutMs: number): Promise<T> =>
+    eventually(
+      () => {
+        const found = probe()
+        if (found === undefined && (child.exitCode !== null || child.signalCode !== null))
+          throw new GiveUp(`exited ${child.exitCode ?? child.signalCode} before ${what}: ${out}${err}`)
+        return found
+      },
       { timeoutMs },
-    ).catch(() => {
+    ).catch((e: unknown) => {
+      if (e instanceof GiveUp) throw e
       throw new Error(`timeout waiting for ${what}: ${out}${err}`)
-    })
-    if (found === exitedEarly)
-      throw new Error(`exited ${child.exitCode ?? child.signalCode} before ${what}: ${out}${err}`)
-    return found as T
-  }
+    }) as Promise<T>
   return {
     child,
     stdout: () => out,

@@ -29,7 +29,7 @@ for (const [name, ending, code] of [
     const tmp = await scratchDir('tmpdir')
     const r = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', child(ending)], {
       // tsx keeps its transform cache in the temp directory too: off here, so only the scratch root could remain
-      env: { ...process.env, TMPDIR: tmp, TSX_DISABLE_CACHE: '1' },
+      env: { TMPDIR: tmp, TSX_DISABLE_CACHE: '1' },
     })
     t.equal(r.code, code, r.stderr)
     t.same(await readdir(tmp), [], 'nothing left in TMPDIR')
@@ -38,16 +38,11 @@ for (const [name, ending, code] of [
 
 t.test('no test makes a temp directory of its own outside the scratch root', async (t) => {
   const offenders: string[] = []
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const p = join(dir, e.name)
-      if (e.isDirectory()) await walk(p)
-      else if (e.name.endsWith('.ts') && p !== SCRATCH) {
-        const src = await readFile(p, 'utf8')
-        if (/\bmkdtemp(Sync)?\(/.test(src)) offenders.push(relative(REPO_ROOT, p))
-      }
-    }
+  for (const entry of await readdir(join(REPO_ROOT, 'test'), { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile() || !entry.name.endsWith('.ts')) continue
+    const file = join(entry.parentPath, entry.name)
+    if (file !== SCRATCH && /\bmkdtemp(Sync)?\(/.test(await readFile(file, 'utf8')))
+      offenders.push(relative(REPO_ROOT, file))
   }
-  await walk(join(REPO_ROOT, 'test'))
   t.same(offenders, [], 'mkdtemp is called only by test/helpers/scratch.ts')
 })
