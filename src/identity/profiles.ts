@@ -268,7 +268,11 @@ export function profileIdentity(jwt: JwtEvidence): ProfileIdentity {
     jti: str(claims, 'jti'),
     ...result.attributes,
   }
-  for (const [k, v] of Object.entries(common)) if (v !== undefined) attributes[k] = v
+  // for-in, not Object.entries: every never-seen token comes here, and the entry arrays were ≈ 0.8 KB of it
+  for (const k in common) {
+    const v = common[k]
+    if (v !== undefined) attributes[k] = v
+  }
   addDelegation(claims, result.name, attributes)
 
   const identity: ProfileIdentity = {

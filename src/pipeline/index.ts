@@ -167,7 +167,9 @@ export class AttributionPipeline implements Pipeline {
     const first = await pending
     if (first !== undefined) collect(evidence, readers[from]!.source, first)
     for (let i = from + 1; i < readers.length; i++) {
-      const result = await readers[i]!.extractor.extract(req, conn)
+      const extracted = readers[i]!.extractor.extract(req, conn)
+      // awaiting a reader that answered synchronously would still cost a turn of the microtask queue
+      const result = extracted instanceof Promise ? await extracted : extracted
       if (result !== undefined) collect(evidence, readers[i]!.source, result)
     }
     return this.withHeaderAnomalies(evidence, req, conn)

@@ -295,7 +295,9 @@ export class RequestLifecycle {
   ): Promise<void> {
     try {
       await identifying
-      await this.decideAndForward(ex, req, parsed, transport, ctx)
+      // undefined when the forward reports back by itself (an HTTP/1.1 upstream): nothing to wait for
+      const forwarding = this.decideAndForward(ex, req, parsed, transport, ctx)
+      if (forwarding) await forwarding
     } catch {
       this.failed(ex, req, transport, ctx)
     }

@@ -208,4 +208,32 @@ t.test('JWT JSON: duplicate member names are found at any depth, and only then',
     hasDuplicateMember('{"a":{"b":1},"b":2,"c":"{\\"a\\":1,\\"a\\":2}"}'),
     'same name at different depths',
   )
+  // objects past 16 members are compared through a Set: both sides of that switch, at every position
+  checkProperty(
+    t,
+    'objects with many members: a repeat is found before and after the switch to a Set, and only a repeat',
+    fc.property(
+      fc.uniqueArray(fc.string({ minLength: 1, maxLength: 3, unit: 'grapheme-ascii' }), {
+        minLength: 1,
+        maxLength: 40,
+        size: 'max',
+      }),
+      fc.nat(),
+      fc.boolean(),
+      (names, pick, nest) => {
+        const members = names.map((n, i) => `${JSON.stringify(n)}:${i % 3 === 0 ? '{"x":1}' : i}`)
+        const clean = `{${members.join(',')}}`
+        const repeated = JSON.stringify(names[pick % names.length]!)
+        const dup = `{${members.join(',')},${repeated}:0}`
+        const wrap = (s: string) => (nest ? `{"a":[1,${s}],"b":${s}}` : s)
+        return !hasDuplicateMember(wrap(clean)) && hasDuplicateMember(wrap(dup))
+      },
+    ),
+  )
+  t.notOk(
+    hasDuplicateMember('{"a":"a","b":["a","b"],"c":{"a":{"a":1}}}'),
+    'a name repeated as a value or in an inner object',
+  )
+  t.ok(hasDuplicateMember('{"a":{"b":{"c":1}},"d":[{"e":1,"e":2}]}'), 'a repeat in an object inside an array')
+  t.ok(hasDuplicateMember('{"a":{"b":1},"a":2}'), 'a repeat after an inner object')
 })

@@ -212,13 +212,11 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     return entry.failure
   }
 
-  private async verify(token: string, fp: string, peer: string): Promise<Checked> {
-    try {
-      return await this.check(token, fp, peer)
-    } catch {
-      // defensive: client input must never surface as an exception
-      return { result: failure('malformed', 'token could not be processed', fp) }
-    }
+  /** never rejects: client input must never surface as an exception */
+  private verify(token: string, fp: string, peer: string): Promise<Checked> {
+    return this.check(token, fp, peer).catch(() => ({
+      result: failure('malformed', 'token could not be processed', fp),
+    }))
   }
 
   private async check(token: string, fp: string, peer: string): Promise<Checked> {

@@ -106,8 +106,95 @@ function base64urlText(segment: string): string {
 const QUOTE = 34
 const BACKSLASH = 92
 
-/** Scans JSON text that already parsed (so it is well-formed) for an object with a repeated member name. */
+/**
+ * An object's member names are compared by their raw text while it has at most this many; past that (a
+ * crafted token can carry thousands), by a Set, so the scan stays linear.
+ */
+const LINEAR_MEMBERS = 16
+// The scan's stacks, reused from call to call (the scan is synchronous): per open object or array, where its
+// names start in the span arrays (-1: an array), whether a name comes next, and its Set once it has one.
+const frameBase: number[] = []
+const frameExpectsName: boolean[] = []
+const frameNames: (Set<string> | undefined)[] = []
+// the raw text of each open object's member names so far, as [start, end) offsets into the JSON text
+const nameStart: number[] = []
+const nameEnd: number[] = []
+
+/**
+ * Scans JSON text that already parsed (so it is well-formed) for an object with a repeated member name.
+ * Every never-seen token's header and payload come here: text without a backslash (the usual JWT) is
+ * scanned without making a string or a Set per object.
+ */
 export function hasDuplicateMember(json: string): boolean {
+  // with escapes, a name has several spellings ("sub", "\u0073ub"): names must be decoded to compare
+  if (json.includes('\\')) return hasDuplicateDecodedMember(json)
+  let depth = 0
+  let names = 0
+  let sets = false
+  let duplicate = false
+  for (let i = 0; i < json.length && !duplicate; i++) {
+    const c = json.charCodeAt(i)
+    if (c === 123 /* { */ || c === 91 /* [ */) {
+      const object = c === 123
+      frameBase[depth] = object ? names : -1
+      frameExpectsName[depth] = object
+      frameNames[depth] = undefined
+      depth++
+    } else if (c === 125 /* } */ || c === 93 /* ] */) {
+      depth--
+      const base = frameBase[depth]!
+      if (base >= 0) names = base
+    } else if (c === 44 /* , */) {
+      if (depth > 0 && frameBase[depth - 1]! >= 0) frameExpectsName[depth - 1] = true
+    } else if (c === QUOTE) {
+      // no backslash anywhere: a string ends at the next quote
+      const start = i + 1
+      const end = json.indexOf('"', start)
+      if (end === -1) break
+      i = end
+      const top = depth - 1
+      if (top < 0 || !frameExpectsName[top]) continue
+      frameExpectsName[top] = false
+      const base = frameBase[top]!
+      let set = frameNames[top]
+      if (set === undefined && names - base >= LINEAR_MEMBERS) {
+        set = new Set()
+        for (let k = base; k < names; k++) set.add(json.slice(nameStart[k], nameEnd[k]))
+        frameNames[top] = set
+        sets = true
+      }
+      if (set !== undefined) {
+        const name = json.slice(start, i)
+        duplicate = set.has(name)
+        set.add(name)
+        continue
+      }
+      duplicate = sameNameAmong(json, start, i, base, names)
+      nameStart[names] = start
+      nameEnd[names] = i
+      names++
+    }
+  }
+  // the Sets hold slices of this token's text: do not keep them alive until the next scan
+  if (sets) frameNames.length = 0
+  return duplicate
+}
+
+/** whether json[start, end) equals one of the names [from, to) of the span arrays */
+function sameNameAmong(json: string, start: number, end: number, from: number, to: number): boolean {
+  const length = end - start
+  for (let k = from; k < to; k++) {
+    const s = nameStart[k]!
+    if (nameEnd[k]! - s !== length) continue
+    let j = 0
+    while (j < length && json.charCodeAt(s + j) === json.charCodeAt(start + j)) j++
+    if (j === length) return true
+  }
+  return false
+}
+
+/** hasDuplicateMember for text with escapes: names are decoded before they are compared */
+function hasDuplicateDecodedMember(json: string): boolean {
   const frames: ({ keys: Set<string>; expectKey: boolean } | null)[] = []
   for (let i = 0; i < json.length; i++) {
     const c = json.charCodeAt(i)

@@ -118,7 +118,17 @@ export class IssuerVerifier {
     peeked?: UnverifiedToken,
   ): Promise<JwtEvidence | FailureCause> {
     try {
-      const { payload, protectedHeader } = await this.verifyRotating(token, peer, peeked)
+      let verified: Verified
+      try {
+        verified = await this.verifyOnce(token, peer, peeked)
+      } catch (err) {
+        // a kid the key set does not have: the issuer may have rotated its keys, so refetch them once
+        if (!(err instanceof errors.JWKSNoMatchingKey)) throw err
+        const refetch = this.keys.refreshForUnknownKid()
+        if (!refetch || !(await refetch)) throw err
+        verified = await this.verifyOnce(token, peer, peeked)
+      }
+      const { payload, protectedHeader } = verified
       const evidence: JwtEvidence = {
         source: 'jwt',
         verified: true,
@@ -138,17 +148,6 @@ export class IssuerVerifier {
         return { reason: 'keys_unavailable', detail: "the issuer's keys have not been fetched yet" }
       }
       return failureCause(err)
-    }
-  }
-
-  private async verifyRotating(token: string, peer: string, peeked?: UnverifiedToken): Promise<Verified> {
-    try {
-      return await this.verifyOnce(token, peer, peeked)
-    } catch (err) {
-      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err
-      const refetch = this.keys.refreshForUnknownKid()
-      if (!refetch || !(await refetch)) throw err
-      return this.verifyOnce(token, peer, peeked)
     }
   }
 
