@@ -245,17 +245,18 @@ export class AttributionPipeline implements Pipeline {
     if (evidence.failures.length > 0) return this.collectFingerprints(evidence)
     const credentials = evidence.credentials
     if (credentials.length === 0) return NO_FINGERPRINTS
-    // one WeakMap level per credential, keyed by its evidence object (a token's and a user agent's, say)
+    // one WeakMap level per credential, keyed by its evidence object (a token's and a user agent's, say),
+    // from the last credential to the first (why: the note on EvidenceNode in rules/rule-set.ts)
     let level = this.fingerprintsByEvidence
     let node: FingerprintNode | undefined
-    for (let i = 0; i < credentials.length; i++) {
+    for (let i = credentials.length - 1; i >= 0; i--) {
       const key = credentials[i]!.evidence
       node = level.get(key)
       if (node === undefined) {
         node = {}
         level.set(key, node)
       }
-      if (i < credentials.length - 1) {
+      if (i > 0) {
         node.next ??= new WeakMap()
         level = node.next
       }

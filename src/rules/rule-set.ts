@@ -72,6 +72,11 @@ function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
   }
 }
 
+// The by-evidence caches (here and the pipeline's fingerprints) walk a request's credentials from the last to
+// the first. Credentials come strongest first, and the weaker ones are the shared ones: one user agent's
+// evidence object stands for every request that sends it, while each token has its own. Walked this way, a
+// never-seen token adds one entry to the map under its user agent; walked the other way, it added a map of
+// its own (and a node holding it) per cache, which a flood of new tokens paid for in garbage-collector work.
 /** one credential's step in the by-evidence cache: the identity when it is the last, else the next step */
 interface EvidenceNode {
   identity?: Identity
@@ -84,14 +89,14 @@ function rememberByEvidence(
   identity: Identity,
 ): void {
   let level = root
-  for (let i = 0; i < credentials.length; i++) {
+  for (let i = credentials.length - 1; i >= 0; i--) {
     const evidence = credentials[i]!.evidence
     let node = level.get(evidence)
     if (node === undefined) {
       node = {}
       level.set(evidence, node)
     }
-    if (i === credentials.length - 1) node.identity = identity
+    if (i === 0) node.identity = identity
     else {
       node.next ??= new WeakMap()
       level = node.next
@@ -176,10 +181,10 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       // their identity is found without building the evidence key string
       const credentials = ev.credentials
       let level: WeakMap<object, EvidenceNode> | undefined = byEvidence
-      for (let i = 0; level !== undefined && i < credentials.length; i++) {
+      for (let i = credentials.length - 1; level !== undefined && i >= 0; i--) {
         const node: EvidenceNode | undefined = level.get(credentials[i]!.evidence)
         if (node === undefined) break
-        if (i < credentials.length - 1) level = node.next
+        if (i > 0) level = node.next
         else if (node.identity !== undefined) return node.identity
       }
       const key = evidenceKey(ev)
