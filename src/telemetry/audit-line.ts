@@ -152,9 +152,6 @@ const NOTHING_NOTEWORTHY_END = lit('],"anomalies":[]}\n')
 const COMMA_BYTES = lit(',')
 const CLOSE_BRACE = lit('}')
 
-const opt = (key: string, value: string | undefined) =>
-  value === undefined ? '' : `,"${key}":${json(value)}`
-
 /**
  * The identity's part of a line as UTF-8 bytes, escaped once per identity object instead of once per
  * request: the engine hands out the same (never mutated) identity object for every request with the same
@@ -182,19 +179,57 @@ export const AUDIT_CLAIMS = [
 
 const identityFragments = new WeakMap<Identity, IdentityBytes>()
 
+const IDENTITY = lit(',"identity":')
+const KIND = lit(',"kind":')
+const SOURCE = lit(',"source":')
+const VERIFIED = lit(',"verified":true')
+const UNVERIFIED = lit(',"verified":false')
+const RULE = lit(',"rule":')
+const TEAM = lit(',"team":')
+const ZONE = lit(',"zone":')
+const FINGERPRINTS = lit(',"fingerprints":{')
+const CLAIM_KEYS = AUDIT_CLAIMS.map((claim) => lit(`,"${claim}":`))
+const CLIENT_ADDRESS = lit(',"client_address":')
+/**
+ * Where an identity's fragments are written before they are copied out at their own size. Every never-seen
+ * token's identity is written once: as template strings, the pieces, the JSON-escaped values and the joined
+ * text were ≈ 1.5 KB of heap per new token.
+ */
+const fragment = new LineBuffer(512)
+
+function takeFragment(): Buffer {
+  const out = Buffer.allocUnsafe(fragment.length)
+  fragment.bytes.copy(out, 0, 0, fragment.length)
+  fragment.length = 0
+  return out
+}
+
+function optional(key: Buffer, value: string | undefined): void {
+  if (value === undefined) return
+  fragment.copy(key)
+  fragment.string(value)
+}
+
 export function identityBytes(id: Identity): IdentityBytes {
   let bytes = identityFragments.get(id)
   if (bytes === undefined) {
+    fragment.copy(IDENTITY)
+    fragment.string(id.name)
+    fragment.copy(KIND)
+    fragment.string(id.kind)
+    fragment.copy(SOURCE)
+    fragment.string(id.source)
+    fragment.copy(id.verified ? VERIFIED : UNVERIFIED)
+    optional(RULE, id.rule)
+    optional(TEAM, id.team)
+    optional(ZONE, id.zone)
+    fragment.copy(FINGERPRINTS)
+    const head = takeFragment()
+    fragment.copy(CLOSE_BRACE)
     const attrs = id.attributes
-    // a loop, not map/join: every never-seen token's identity comes here once
-    let claims = '}'
-    for (const claim of AUDIT_CLAIMS) claims += opt(claim, attrs[claim])
-    bytes = {
-      head: Buffer.from(
-        `,"identity":${json(id.name)},"kind":${json(id.kind)},"source":${json(id.source)},"verified":${id.verified}${opt('rule', id.rule)}${opt('team', id.team)}${opt('zone', id.zone)},"fingerprints":{`,
-      ),
-      claims: Buffer.from(`${claims},"client_address":`),
-    }
+    for (let i = 0; i < AUDIT_CLAIMS.length; i++) optional(CLAIM_KEYS[i]!, attrs[AUDIT_CLAIMS[i]!])
+    fragment.copy(CLIENT_ADDRESS)
+    bytes = { head, claims: takeFragment() }
     identityFragments.set(id, bytes)
   }
   return bytes
