@@ -87,6 +87,20 @@ t.test(
       'a known user agent has one evidence object',
     )
     t.equal(u2.fingerprints, u1.fingerprints, 'the same evidence objects share one fingerprints object')
+    // the caches walk the user agent's evidence first: the key's requests hang under the same node
+    t.equal(u1.fingerprints?.apikey, undefined, 'the user agent alone has no key fingerprint')
+    t.not(u1.identity.name, a1.identity.name, 'the user agent alone is not the key')
+    t.equal(u2.identity, u1.identity, 'the user agent alone: one identity object')
+    const a3 = await pipeline.evaluate(withKey(keys[0]!), conn)
+    t.equal(a3.identity, a1.identity, 'the key after the user agent alone: still its own identity')
+    t.same(a3.fingerprints, a1.fingerprints, 'and its own fingerprints')
+    const a4 = await pipeline.evaluate(withKey(keys[0]!, 'other-client/2.0'), conn)
+    t.equal(
+      a4.fingerprints?.apikey,
+      a1.fingerprints?.apikey,
+      'the key with another user agent: same key fingerprint',
+    )
+    t.not(a4.fingerprints, a1.fingerprints, 'in a fingerprints object of that combination')
     t.not(b1.fingerprints?.apikey, a1.fingerprints?.apikey, 'another key, another fingerprint')
     t.ok(Object.isFrozen(a1.fingerprints), 'shared fingerprints cannot be changed by a recorder')
     t.same(a1.evidence.failures, [])
