@@ -3,6 +3,7 @@
 // a reload builds a new one and swaps it in between requests, so every request sees one consistent config.
 import type { Config } from '../config/schema.ts'
 import { AnomalyDetector, addFailureAnomalies } from '../identity/anomalies.ts'
+import { type EvidenceTrieNode, evidenceNode } from '../identity/evidence-trie.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import {
   addCredential,
@@ -68,10 +69,10 @@ function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
 }
 
 /** the fingerprints of one combination of evidence objects, and the longer combinations it starts */
-interface FingerprintNode {
+interface FingerprintNode extends EvidenceTrieNode<FingerprintNode> {
   fingerprints?: RequestEvent['fingerprints']
-  next?: WeakMap<object, FingerprintNode>
 }
+const newFingerprintNode = (): FingerprintNode => ({})
 
 export class AttributionPipeline implements Pipeline {
   readonly config: Config
@@ -245,23 +246,7 @@ export class AttributionPipeline implements Pipeline {
     if (evidence.failures.length > 0) return this.collectFingerprints(evidence)
     const credentials = evidence.credentials
     if (credentials.length === 0) return NO_FINGERPRINTS
-    // one WeakMap level per credential, keyed by its evidence object (a token's and a user agent's, say),
-    // from the last credential to the first (why: the note on EvidenceNode in rules/rule-set.ts)
-    let level = this.fingerprintsByEvidence
-    let node: FingerprintNode | undefined
-    for (let i = credentials.length - 1; i >= 0; i--) {
-      const key = credentials[i]!.evidence
-      node = level.get(key)
-      if (node === undefined) {
-        node = {}
-        level.set(key, node)
-      }
-      if (i > 0) {
-        node.next ??= new WeakMap()
-        level = node.next
-      }
-    }
-    if (node === undefined) return this.collectFingerprints(evidence)
+    const node = evidenceNode(this.fingerprintsByEvidence, credentials, newFingerprintNode)
     node.fingerprints ??= Object.freeze(this.collectFingerprints(evidence))
     return node.fingerprints
   }

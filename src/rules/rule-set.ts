@@ -15,6 +15,7 @@ import {
   strongest,
   UNVERIFIED_PREFIX,
 } from '../identity/builtin.ts'
+import { type EvidenceTrieNode, evidenceNode, findEvidenceNode } from '../identity/evidence-trie.ts'
 import type { ConnectionInfo, EvidenceSet, Identity, Kind, RequestInfo } from '../types.ts'
 import { type Captures, type Condition, compileConditions, type Scratch } from './conditions/index.ts'
 import { type CompiledTemplate, compileTemplate, patternCaptures } from './pattern.ts'
@@ -72,37 +73,11 @@ function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
   }
 }
 
-// The by-evidence caches (here and the pipeline's fingerprints) walk a request's credentials from the last to
-// the first. Credentials come strongest first, and the weaker ones are the shared ones: one user agent's
-// evidence object stands for every request that sends it, while each token has its own. Walked this way, a
-// never-seen token adds one entry to the map under its user agent; walked the other way, it added a map of
-// its own (and a node holding it) per cache, which a flood of new tokens paid for in garbage-collector work.
-/** one credential's step in the by-evidence cache: the identity when it is the last, else the next step */
-interface EvidenceNode {
+/** the identity of one combination of evidence objects, and the longer combinations it starts */
+interface EvidenceNode extends EvidenceTrieNode<EvidenceNode> {
   identity?: Identity
-  next?: WeakMap<object, EvidenceNode>
 }
-
-function rememberByEvidence(
-  root: WeakMap<object, EvidenceNode>,
-  credentials: EvidenceSet['credentials'],
-  identity: Identity,
-): void {
-  let level = root
-  for (let i = credentials.length - 1; i >= 0; i--) {
-    const evidence = credentials[i]!.evidence
-    let node = level.get(evidence)
-    if (node === undefined) {
-      node = {}
-      level.set(evidence, node)
-    }
-    if (i === 0) node.identity = identity
-    else {
-      node.next ??= new WeakMap()
-      level = node.next
-    }
-  }
-}
+const newEvidenceNode = (): EvidenceNode => ({})
 
 export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   const rules = config.identities.map(compileRule)
@@ -180,13 +155,8 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       // credentials whose evidence objects earlier requests had (a cached token's, a known user agent's):
       // their identity is found without building the evidence key string
       const credentials = ev.credentials
-      let level: WeakMap<object, EvidenceNode> | undefined = byEvidence
-      for (let i = credentials.length - 1; level !== undefined && i >= 0; i--) {
-        const node: EvidenceNode | undefined = level.get(credentials[i]!.evidence)
-        if (node === undefined) break
-        if (i > 0) level = node.next
-        else if (node.identity !== undefined) return node.identity
-      }
+      const known = findEvidenceNode(byEvidence, credentials)?.identity
+      if (known !== undefined) return known
       const key = evidenceKey(ev)
       if (key === undefined) return classifyUncached(ev, req, conn)
       let identity = cache.get(key)
@@ -194,7 +164,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         identity = classifyUncached(ev, req, conn)
         cache.set(key, identity)
       }
-      if (credentials.length > 0) rememberByEvidence(byEvidence, credentials, identity)
+      if (credentials.length > 0) evidenceNode(byEvidence, credentials, newEvidenceNode).identity = identity
       return identity
     },
   }
