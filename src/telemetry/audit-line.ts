@@ -79,6 +79,13 @@ export class LineBuffer {
     this.length = start + n + 2
   }
 
+  /** an optional string member: its key (`,"name":` as bytes) and value, or nothing without a value */
+  member(key: Buffer, value: string | undefined): void {
+    if (value === undefined) return
+    this.copy(key)
+    this.string(value)
+  }
+
   /** a JSON number as JSON.stringify writes it (null for NaN and ±Infinity) */
   number(n: number): void {
     if (Number.isSafeInteger(n) && n >= 0) this.digits(n)
@@ -204,12 +211,6 @@ function takeFragment(): Buffer {
   return out
 }
 
-function optional(key: Buffer, value: string | undefined): void {
-  if (value === undefined) return
-  fragment.copy(key)
-  fragment.string(value)
-}
-
 export function identityBytes(id: Identity): IdentityBytes {
   let bytes = identityFragments.get(id)
   if (bytes === undefined) {
@@ -220,14 +221,14 @@ export function identityBytes(id: Identity): IdentityBytes {
     fragment.copy(SOURCE)
     fragment.string(id.source)
     fragment.copy(id.verified ? VERIFIED : UNVERIFIED)
-    optional(RULE, id.rule)
-    optional(TEAM, id.team)
-    optional(ZONE, id.zone)
+    fragment.member(RULE, id.rule)
+    fragment.member(TEAM, id.team)
+    fragment.member(ZONE, id.zone)
     fragment.copy(FINGERPRINTS)
     const head = takeFragment()
     fragment.copy(CLOSE_BRACE)
     const attrs = id.attributes
-    for (let i = 0; i < AUDIT_CLAIMS.length; i++) optional(CLAIM_KEYS[i]!, attrs[AUDIT_CLAIMS[i]!])
+    for (let i = 0; i < AUDIT_CLAIMS.length; i++) fragment.member(CLAIM_KEYS[i]!, attrs[AUDIT_CLAIMS[i]!])
     fragment.copy(CLIENT_ADDRESS)
     bytes = { head, claims: takeFragment() }
     identityFragments.set(id, bytes)
@@ -381,10 +382,7 @@ export function writeAuditLine(out: LineBuffer, event: RequestEvent): void {
   out.number(event.bytesIn)
   out.copy(BYTES_OUT)
   out.number(event.bytesOut)
-  if (event.upstreamError !== undefined) {
-    out.copy(UPSTREAM_ERROR)
-    out.string(event.upstreamError)
-  }
+  out.member(UPSTREAM_ERROR, event.upstreamError)
   if (event.grpcStatus !== undefined) {
     out.copy(GRPC_STATUS)
     out.number(event.grpcStatus)
