@@ -17,6 +17,7 @@ import {
 } from '../identity/builtin.ts'
 import { type EvidenceTrieNode, evidenceNode, findEvidenceNode } from '../identity/evidence-trie.ts'
 import type { ConnectionInfo, EvidenceSet, Identity, Kind, RequestInfo } from '../types.ts'
+import { SecondSight } from '../util/second-sight.ts'
 import { type Captures, type Condition, compileConditions, type Scratch } from './conditions/index.ts'
 import { type CompiledTemplate, compileTemplate, patternCaptures } from './pattern.ts'
 
@@ -87,6 +88,9 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   // the same decision as the cache, keyed by the evidence object itself (evidence is never mutated: a claim
   // verified after the fact replaces its object); weak, so it lives no longer than the credential caches
   const byEvidence = cache ? new WeakMap<object, EvidenceNode>() : undefined
+  // an identity is kept from its key's second sight: a never-repeating token's (one per request, or a flood of
+  // them) is worked out, used and dropped, instead of filling the cache and evicting identities still in use
+  const admission = cache ? new SecondSight(cacheSize) : undefined
   const scratch: Scratch = { captures: undefined, reason: '' }
 
   function classifyUncached(
@@ -151,7 +155,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   return {
     size: rules.length,
     classify(ev, req, conn, trace) {
-      if (!cache || !byEvidence || trace) return classifyUncached(ev, req, conn, trace)
+      if (!cache || !byEvidence || !admission || trace) return classifyUncached(ev, req, conn, trace)
       // credentials whose evidence objects earlier requests had (a cached token's, a known user agent's):
       // their identity is found without building the evidence key string
       const credentials = ev.credentials
@@ -162,6 +166,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       let identity = cache.get(key)
       if (identity === undefined) {
         identity = classifyUncached(ev, req, conn)
+        if (!admission.seen(key)) return identity
         cache.set(key, identity)
       }
       if (credentials.length > 0) evidenceNode(byEvidence, credentials, newEvidenceNode).identity = identity

@@ -1,7 +1,8 @@
-// Failed verifications are cached by token hash with a lifetime that fits the reason: an expired token stays
-// expired, a bad signature holds until the issuer's keys change, an unknown kid only while it could not make
-// the keys be refetched anyway, and a key-set reload drops both key-dependent kinds at once. Keys come from a
-// real JWKS server; the clock is a manual one so lifetimes are checked at their edges.
+// Failed verifications are cached by token hash, from a token's second request on, with a lifetime that fits
+// the reason: an expired token stays expired, a bad signature holds until the issuer's keys change, an unknown
+// kid only while it could not make the keys be refetched anyway, and a key-set reload drops both key-dependent
+// kinds at once. Keys come from a real JWKS server; the clock is a manual one so lifetimes are checked at their
+// edges.
 import t, { type Test } from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
@@ -34,6 +35,8 @@ interface Setup {
   idp: JwksServer
   clock: { ms: number }
   extract: (token: string) => Promise<JwtEvidence | Failure>
+  /** a token's first two requests: an answer is kept from a token's second request on; the kept answer */
+  kept: (token: string) => Promise<JwtEvidence | Failure>
   /** the cached answer (given synchronously), or undefined when the token would be verified again */
   cached: (token: string) => JwtEvidence | Failure | undefined
 }
@@ -66,7 +69,17 @@ async function setup(t: Test, opts: { cooldownMs?: number; refreshInterval?: str
     if (r instanceof Promise) return undefined
     return r as JwtEvidence | Failure
   }
-  return { idp, clock, extract, cached }
+  const kept = async (token: string) => {
+    const first = await extract(token)
+    if (cached(token) !== undefined) throw new Error('an answer was kept on its first request')
+    const second = await extract(token)
+    if ('failed' in first && (!('failed' in second) || second.reason !== first.reason))
+      throw new Error(
+        `the second request answered ${JSON.stringify(second)}, the first ${JSON.stringify(first)}`,
+      )
+    return second
+  }
+  return { idp, clock, extract, kept, cached }
 }
 
 /** signed by keyB while its header names keyA: a bad signature against the key set */
@@ -77,7 +90,7 @@ function forged(idp: JwksServer, claims: Record<string, unknown> = {}) {
 t.test('an expired token is answered from the cache for as long as a verified one would be', async (t) => {
   const s = await setup(t)
   const expired = await mintToken(keyA, {}, { issuer: s.idp.url, expiresIn: -600 })
-  const first = await s.extract(expired)
+  const first = await s.kept(expired)
   t.match(first, { failed: true, reason: 'expired' })
   s.clock.ms += 4 * 60_000
   t.equal(s.cached(expired), first, 'still the cached failure four minutes later')
@@ -88,7 +101,7 @@ t.test('an expired token is answered from the cache for as long as a verified on
 t.test('a token that is not valid yet is cached for 5 s only', async (t) => {
   const s = await setup(t)
   const early = await mintToken(keyA, {}, { issuer: s.idp.url, notBefore: 600 })
-  const first = await s.extract(early)
+  const first = await s.kept(early)
   t.match(first, { failed: true, reason: 'not_yet_valid' })
   s.clock.ms += 4_000
   t.equal(s.cached(early), first, 'cached within 5 s')
@@ -99,7 +112,7 @@ t.test('a token that is not valid yet is cached for 5 s only', async (t) => {
 t.test('a bad signature is cached for a minute, and dropped by a key-set reload before that', async (t) => {
   const s = await setup(t, { cooldownMs: 1_000 })
   const bad = await forged(s.idp)
-  const first = await s.extract(bad)
+  const first = await s.kept(bad)
   t.match(first, { failed: true, reason: 'bad_signature' })
   s.clock.ms += 59_000
   t.equal(s.cached(bad), first, 'cached for 59 s')
@@ -122,7 +135,7 @@ t.test('an unknown kid is cached while it could not refetch the keys, not past t
   const s = await setup(t, { cooldownMs: 30_000 })
   const tokenB = await mintToken(keyB, {}, { issuer: s.idp.url })
   // right after start-up the cooldown blocks a refetch: the answer holds for the rest of the cooldown
-  const first = await s.extract(tokenB)
+  const first = await s.kept(tokenB)
   t.match(first, { failed: true, reason: 'unknown_kid' })
   t.equal(s.idp.hits, 1, 'no refetch within the cooldown')
   s.clock.ms += 29_000
@@ -138,7 +151,7 @@ t.test('a key-set reload drops a cached unknown kid before its lifetime ends', a
   // periodic refresh every second (real timers); the manual clock stands still, so only the reload can end it
   const s = await setup(t, { cooldownMs: 60_000, refreshInterval: '1s' })
   const tokenB = await mintToken(keyB, {}, { issuer: s.idp.url })
-  const first = await s.extract(tokenB)
+  const first = await s.kept(tokenB)
   t.match(first, { failed: true, reason: 'unknown_kid' })
   t.equal(s.cached(tokenB), first, 'cached')
   const hits = s.idp.hits

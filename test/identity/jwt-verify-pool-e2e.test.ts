@@ -1,7 +1,8 @@
 // The built bundle verifies new asymmetric tokens in its worker thread (dist/jwt-verify-worker.mjs), and a
 // flood of new tokens from one client does not hold up another client whose token is already verified.
 // Two clients are two loopback source addresses (127.0.0.1 and 127.0.0.2), which is what the pool's
-// per-peer queues key on.
+// per-peer queues key on. Tokens that are never sent again are verified and not kept, so they cannot push a
+// cached token out of the cache.
 import { Agent, request } from 'node:http'
 import t from 'tap'
 import type { VerifyPoolStats } from '../../src/identity/jwt/pool.ts'
@@ -97,6 +98,11 @@ t.test(
       { what: 'the worker ready' },
     )
     t.equal(afterFirst.verified, 0, 'the first token did not wait for the worker')
+    // an answer is kept from a token's second request on: this one makes the quiet client's token a cached one
+    const second = await get(port, cachedToken, '127.0.0.2', quiet)
+    t.equal(second.headers['x-nhi-verified'], 'true', 'verified again on its second request')
+    const beforeFlood = (await pool()).verified
+    t.equal(beforeFlood, 1, 'by the worker')
 
     // every flood token is new: each one goes to the worker
     const floodTokens = await Promise.all(
@@ -137,12 +143,70 @@ t.test(
       const s = await pool()
       return s.queued === 0 && s.running === 0 ? s : undefined
     })
-    t.equal(stats.verified, verified.length, 'every verified flood token went through the worker')
+    t.equal(
+      stats.verified - beforeFlood,
+      verified.length,
+      'every verified flood token went through the worker, and no cached request did',
+    )
     const samples = await scrape(admin)
     t.equal(
       metricValue(samples, 'nhi_auth_failures_total', { reason: 'verification_busy' }),
       busy.length,
       'requests past the queue bounds are counted as verification_busy',
     )
+  },
+)
+
+t.test(
+  'one-off tokens, many times the cache, are verified and forgotten: a cached token stays cached',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const key = await createSigningKey('pool-k2')
+    const jwks = await startJwksServer([key])
+    t.teardown(() => jwks.close())
+    const sidecar = await startTestSidecar(t, {
+      service: 'orders',
+      upstream: upstream.url,
+      jwt: {
+        issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }],
+        verifyWorkers: 1,
+        cacheSize: 8,
+      },
+    })
+    const port = sidecar.proxyAddress.port
+    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const verified = async () =>
+      ((await (await fetch(`${admin}/readyz`)).json()) as { verifyPool: VerifyPoolStats }).verifyPool.verified
+    const agent = new Agent({ keepAlive: true, maxSockets: 8 })
+    t.teardown(() => agent.destroy())
+
+    // the first new token starts the worker (and is verified inline while it boots)
+    const cached = await mintToken(key, { role: 'cached' }, { issuer: ISSUER })
+    t.equal((await get(port, cached, '127.0.0.1', agent)).headers['x-nhi-verified'], 'true')
+    await eventually(
+      async () =>
+        ((await (await fetch(`${admin}/readyz`)).json()) as { verifyPool: VerifyPoolStats }).verifyPool
+          .workers === 1,
+      { what: 'the worker ready' },
+    )
+    // its second request verifies it again, in the worker, and keeps it
+    t.equal((await get(port, cached, '127.0.0.1', agent)).headers['x-nhi-verified'], 'true')
+    const kept = await verified()
+    t.equal((await get(port, cached, '127.0.0.1', agent)).headers['x-nhi-verified'], 'true')
+    t.equal(await verified(), kept, 'its third request is answered from the cache')
+
+    // a client minting a new token for every request: 100 tokens, more than twelve times jwt.cacheSize
+    const oneOff = await Promise.all(
+      Array.from({ length: 100 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER })),
+    )
+    const answers = await Promise.all(oneOff.map((tok) => get(port, tok, '127.0.0.1', agent)))
+    t.ok(
+      answers.every((a) => a.status === 200 && a.headers['x-nhi-verified'] === 'true'),
+      'every one-off token verified',
+    )
+    t.equal(await verified(), kept + 100, 'each verified once, by the worker')
+    t.equal((await get(port, cached, '127.0.0.1', agent)).headers['x-nhi-verified'], 'true')
+    t.equal(await verified(), kept + 100, 'the cached token was not evicted: still answered from the cache')
   },
 )

@@ -267,16 +267,61 @@ t.test(
     const concurrent = x.extract(withAuth(bearer(token)), conn)
     t.ok(first instanceof Promise, 'first verification is asynchronous')
     t.equal(concurrent, first, 'concurrent verification shares one promise')
-    const ev = await first
+    await first
+    // kept from the second request on (admission on second sight)
     const second = x.extract(withAuth(bearer(token)), conn)
-    t.notOk(second instanceof Promise, 'cached hit returns synchronously')
-    t.equal(second, ev)
+    t.ok(second instanceof Promise, 'the second request verifies again')
+    const ev = await second
+    const third = x.extract(withAuth(bearer(token)), conn)
+    t.notOk(third instanceof Promise, 'cached hit returns synchronously')
+    t.equal(third, ev)
 
     const bad = await mint(keyA, {}, { audience: 'other' })
+    await x.extract(withAuth(bearer(bad)), conn)
     await x.extract(withAuth(bearer(bad)), conn)
     const again = x.extract(withAuth(bearer(bad)), conn)
     t.notOk(again instanceof Promise, 'a repeated bad token is answered from the cache')
     t.match(again, { reason: 'wrong_audience' })
+  },
+)
+
+t.test(
+  'cache admission: a token is kept from its second request; one-off tokens never evict it',
+  async (t) => {
+    const ex = new JwtExtractor(jwtConfig([{ issuer: HMAC_ISSUER, secretFile }], { cacheSize: 4 }))
+    t.teardown(() => ex.close())
+    await ex.start()
+    const token = (sub: string) =>
+      hs256({ alg: 'HS256' }, { iss: HMAC_ISSUER, sub, exp: now() + 600 }, SECRET)
+    const kept = token('kept')
+    const first = ex.extract(withAuth(bearer(kept)), conn)
+    t.ok(first instanceof Promise, 'first request: verified')
+    t.match(await first, { verified: true })
+    const second = ex.extract(withAuth(bearer(kept)), conn)
+    t.ok(second instanceof Promise, 'second request: verified again, and kept')
+    const evidence = await second
+    t.equal(ex.extract(withAuth(bearer(kept)), conn), evidence, 'third request: the cached evidence')
+
+    // far more one-off tokens than the cache holds, each sent once: none is kept, so none evicts the kept one
+    for (let i = 0; i < 40; i++) {
+      const once = token(`once-${i}`)
+      t.match(await ex.extract(withAuth(bearer(once)), conn), {
+        verified: true,
+        claims: { sub: `once-${i}` },
+      })
+    }
+    t.equal(ex.extract(withAuth(bearer(kept)), conn), evidence, 'still cached after 40 one-off tokens')
+
+    // a one-off token that comes back is kept from then on, failures as well as verified tokens
+    const back = token('once-7')
+    t.ok(ex.extract(withAuth(bearer(back)), conn) instanceof Promise, 'seen before, not cached: verified')
+    await ex.extract(withAuth(bearer(back)), conn)
+    t.notOk(ex.extract(withAuth(bearer(back)), conn) instanceof Promise, 'then cached')
+    const forged = `${token('forged').slice(0, -4)}AAAA`
+    t.match(await ex.extract(withAuth(bearer(forged)), conn), { reason: 'bad_signature' })
+    t.ok(ex.extract(withAuth(bearer(forged)), conn) instanceof Promise, 'a failure seen once is not cached')
+    await ex.extract(withAuth(bearer(forged)), conn)
+    t.match(ex.extract(withAuth(bearer(forged)), conn), { reason: 'bad_signature' }, 'a repeated one is')
   },
 )
 
@@ -288,6 +333,8 @@ t.test('cache: an entry never outlives exp', async (t) => {
   t.teardown(() => ex.close())
   await ex.start()
   const token = await mint(keyA, {}, { expiresIn: 60 })
+  t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true })
+  // kept from the second request on
   t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true })
   t.notOk(ex.extract(withAuth(bearer(token)), conn) instanceof Promise, 'cached')
   clock += 59_000
@@ -304,6 +351,7 @@ t.test('cache: tokens without exp are re-verified after at most 5 minutes', asyn
   t.teardown(() => ex.close())
   await ex.start()
   const token = hs256({ alg: 'HS256' }, { iss: HMAC_ISSUER, sub: 'forever' }, SECRET)
+  t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true, exp: undefined })
   t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true, exp: undefined })
   clock += 4 * 60_000
   t.notOk(ex.extract(withAuth(bearer(token)), conn) instanceof Promise, 'cached within 5 minutes')
@@ -324,6 +372,8 @@ t.test('cache: tokens verified together are not all re-verified in the same seco
   await ex.start()
   const tokens = draws.map((_, i) => hs256({ alg: 'HS256' }, { iss: HMAC_ISSUER, sub: `batch-${i}` }, SECRET))
   for (const tok of tokens) t.match(await ex.extract(withAuth(bearer(tok)), conn), { verified: true })
+  // the second request of each is the one kept, and draws its lifetime
+  for (const tok of tokens) t.match(await ex.extract(withAuth(bearer(tok)), conn), { verified: true })
   const stillCached = () =>
     tokens.filter((tok) => !(ex.extract(withAuth(bearer(tok)), conn) instanceof Promise))
   clock = start + 4 * 60_000
@@ -337,7 +387,10 @@ t.test('cache size is bounded by cacheSize', async (t) => {
   t.teardown(() => ex.close())
   await ex.start()
   const tokens = await Promise.all([1, 2, 3].map(() => mint(keyA)))
-  for (const tok of tokens) await ex.extract(withAuth(bearer(tok)), conn)
+  for (const tok of tokens) {
+    await ex.extract(withAuth(bearer(tok)), conn)
+    await ex.extract(withAuth(bearer(tok)), conn)
+  }
   t.ok(ex.extract(withAuth(bearer(tokens[0]!)), conn) instanceof Promise, 'oldest entry evicted')
   t.notOk(ex.extract(withAuth(bearer(tokens[2]!)), conn) instanceof Promise, 'newest entry kept')
 })

@@ -90,9 +90,12 @@ t.test(
     // the caches walk the user agent's evidence first: the key's requests hang under the same node
     t.equal(u1.fingerprints?.apikey, undefined, 'the user agent alone has no key fingerprint')
     t.not(u1.identity.name, a1.identity.name, 'the user agent alone is not the key')
-    t.equal(u2.identity, u1.identity, 'the user agent alone: one identity object')
+    // identities are kept from their second request on
+    t.not(u2.identity, u1.identity, 'the user agent alone, second request: worked out again')
+    const u3 = await pipeline.evaluate(ua, conn)
+    t.equal(u3.identity, u2.identity, 'the user agent alone: one identity object from then on')
     const a3 = await pipeline.evaluate(withKey(keys[0]!), conn)
-    t.equal(a3.identity, a1.identity, 'the key after the user agent alone: still its own identity')
+    t.equal(a3.identity, a2.identity, 'the key after the user agent alone: still its own identity')
     t.same(a3.fingerprints, a1.fingerprints, 'and its own fingerprints')
     const a4 = await pipeline.evaluate(withKey(keys[0]!, 'other-client/2.0'), conn)
     t.equal(

@@ -1,5 +1,6 @@
 // Classification is remembered per evidence object (a cached token's evidence is the same object on every
-// request): the remembered identity belongs to that rule set only, and never to another credential.
+// request) and per evidence key, from a key's second request on: the remembered identity belongs to that rule
+// set only, and never to another credential.
 import t from 'tap'
 import { parseConfigText } from '../../src/config/loader.ts'
 import type { Config } from '../../src/config/schema.ts'
@@ -40,7 +41,10 @@ t.test(
   async (t) => {
     const alice = jwt('alice')
     const before = rulesFor('payments')
+    const once = before.classify(evidenceSet({ jwt: alice }), req, conn)
+    t.equal(once.name, 'alice')
     const first = before.classify(evidenceSet({ jwt: alice }), req, conn)
+    t.not(first, once, 'worked out again on its second request, and kept')
     t.equal(first.name, 'alice')
     t.equal(first.team, 'payments')
     t.equal(before.classify(evidenceSet({ jwt: alice }), req, conn), first, 'remembered for the same object')
@@ -85,4 +89,23 @@ t.test('several credentials: remembered for that combination only', async (t) =>
     'ua:curl',
     'the user agent alone is not alice',
   )
+})
+
+t.test('an identity is kept from its second request on; one-off credentials never evict it', async (t) => {
+  const rules = compileRules(
+    config(`identities:
+  - name: "{sub}"
+    match: { jwt: { claims: { sub: "{sub}" } } }`),
+    { cacheSize: 4 },
+  )
+  // equal but distinct evidence objects each time (a token verified again): only the key cache can answer
+  const classify = (sub: string) => rules.classify(evidenceSet({ jwt: jwt(sub) }), req, conn)
+  const once = classify('alice')
+  const kept = classify('alice')
+  t.not(kept, once, 'seen once: not kept, so the second request works it out again')
+  t.equal(classify('alice'), kept, 'kept from the second request on')
+  for (let i = 0; i < 40; i++) t.equal(classify(`once-${i}`).name, `once-${i}`)
+  t.equal(classify('alice'), kept, 'forty one-off credentials, ten times the cache: still kept')
+  const back = classify('once-3')
+  t.equal(classify('once-3'), back, 'a one-off that comes back is kept from then on')
 })

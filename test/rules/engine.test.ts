@@ -351,6 +351,8 @@ t.test('classification is cached per credential set only when rules ignore the r
     config(`identities:\n  - { name: "{bot}", match: { userAgent: "builtin:bots" } }`),
   )
   const e = ev({ useragent: classifyUserAgent(GOOGLEBOT) })
+  // kept from the credentials' second request on
+  credOnly.classify(e, req(), conn)
   const first = credOnly.classify(e, req(), conn)
   t.equal(
     credOnly.classify(ev({ useragent: classifyUserAgent(GOOGLEBOT) }), req(), conn),

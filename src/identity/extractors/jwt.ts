@@ -12,6 +12,7 @@ import type {
 } from '../../types.ts'
 import { sha256Hex } from '../../util/fingerprint.ts'
 import { lruGet } from '../../util/lru-get.ts'
+import { SecondSight } from '../../util/second-sight.ts'
 import type { IssuerKeySet, JwksObserver } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
@@ -91,6 +92,8 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
   private readonly cache: LRUCache<string, Result>
   /** failed tokens by hash, apart from the verified ones: a flood of bad tokens cannot evict good entries */
   private readonly failures: LRUCache<string, CachedFailure>
+  /** hashes of tokens seen once, not cached yet (either answer) */
+  private readonly admission: SecondSight
   private readonly inflight = new Map<string, Promise<Result>>()
   private readonly pool: VerifyPool
   private readonly now: () => number
@@ -122,6 +125,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       perf: { now: clock },
       ttlResolution: 0,
     })
+    this.admission = new SecondSight(cfg.cacheSize)
   }
 
   /** Initial key fetch for every issuer. Never throws; an unreachable IdP just leaves ready() false. */
@@ -155,6 +159,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     for (const v of this.verifiers.values()) v.keys.close()
     this.cache.clear()
     this.failures.clear()
+    this.admission.clear()
     this.inflight.clear()
   }
 
@@ -179,11 +184,14 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     if (failed) return failed
     const pending = this.inflight.get(hash)
     if (pending) return pending
+    // a token's answer is kept from its second request on (util/second-sight.ts): tokens that are never sent
+    // again, a flood of them or one per request, stay out of both caches
+    const keep = this.admission.seen(hash)
     const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS), conn.remoteAddress).then(
       (checked) => {
         this.inflight.delete(hash)
         const result = checked.result
-        const ttl = this.ttlFor(checked)
+        const ttl = keep ? this.ttlFor(checked) : 0
         if (ttl > 0) {
           if ('failed' in result) {
             const dependent = KEY_DEPENDENT.has(result.reason as FailureReason) ? checked.keys : undefined

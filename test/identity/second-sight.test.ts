@@ -1,0 +1,55 @@
+// The admission record the credential caches share (util/second-sight.ts): a key is "seen" from its second
+// sight on; the table is fixed in size whatever the keys, and a key is forgotten only after four later keys
+// landed in its bucket.
+import t from 'tap'
+import { SecondSight } from '../../src/util/second-sight.ts'
+
+t.test('a key is seen from its second sight on', async (t) => {
+  const s = new SecondSight(100, 7)
+  t.equal(s.seen('token-a'), false, 'first sight')
+  t.equal(s.seen('token-a'), true, 'second sight')
+  t.equal(s.seen('token-a'), true, 'and after')
+  t.equal(s.seen('token-b'), false, 'another key is not')
+  t.equal(s.seen('token-A'), false, 'keys are compared exactly')
+  t.equal(s.seen(''), false, 'the empty key is a key like any other')
+  t.equal(s.seen(''), true)
+  s.clear()
+  t.equal(s.seen('token-a'), false, 'clear() forgets every key')
+})
+
+t.test('the table is sized from the cache it admits to, within fixed bounds', async (t) => {
+  t.equal(new SecondSight(1).slots, 4096, 'at least 4,096 slots')
+  t.equal(new SecondSight(10_000).slots, 65_536, 'four slots per cache entry, to a power of two')
+  t.equal(new SecondSight(10_000_000).slots, 1 << 20, 'at most 2^20 slots (4 MiB of tags)')
+})
+
+t.test('many keys seen once: memory stays fixed, recent keys are remembered', async (t) => {
+  const s = new SecondSight(1_000, 11)
+  const slots = s.slots
+  // ten times the table in keys never seen again
+  for (let i = 0; i < slots * 10; i++) s.seen(`flood-${i}`)
+  t.equal(s.slots, slots, 'the table did not grow')
+  // the last keys are still there: a key is forgotten only once four later keys took its bucket
+  let remembered = 0
+  for (let i = slots * 10 - 64; i < slots * 10; i++) if (s.seen(`flood-${i}`)) remembered++
+  t.ok(remembered >= 60, `the 64 most recent keys are remembered (${remembered})`)
+  // the first ones are long gone: seeing one again is a first sight
+  let forgotten = 0
+  for (let i = 0; i < 64; i++) if (!s.seen(`flood-${i}`)) forgotten++
+  t.ok(forgotten >= 60, `the 64 oldest keys were forgotten (${forgotten})`)
+})
+
+t.test('a bucket holds four keys: a fifth replaces the oldest', async (t) => {
+  // a table of one bucket: every key shares it
+  const s = new SecondSight(1, 3, 4)
+  for (const k of ['a', 'b', 'c', 'd']) t.equal(s.seen(k), false, `${k}: first sight`)
+  for (const k of ['a', 'b', 'c', 'd'])
+    t.equal(s.seen(k), true, `${k}: four keys in a bucket, all remembered`)
+  t.equal(s.seen('e'), false, 'a fifth key takes the oldest slot')
+  t.equal(s.seen('a'), false, 'the oldest key is forgotten (and takes the next oldest slot)')
+  t.equal(s.seen('b'), false, 'which was b’s')
+  t.equal(s.seen('e'), true, 'the newer keys are not forgotten')
+  t.equal(s.seen('a'), true)
+  t.throws(() => new SecondSight(1, 3, 6), RangeError, 'a size that is not a power of two')
+  t.throws(() => new SecondSight(1, 3, 2), RangeError, 'a size under one bucket')
+})
