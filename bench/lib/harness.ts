@@ -447,7 +447,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     const samples = new Map<ConfigId, RoundSample[]>(runnables.map((r) => [r.id, []]))
     // The cache-miss flood runs in every round, after the others, on process c with that round's slice of
     // never-seen tokens: its ratio to b is taken within the round, like the other ratios, and the spread over
-    // the rounds is its noise. Then c is warmed again with the rotating tokens the flood pushed out of its cache.
+    // the rounds is its noise. Then c is warmed again with the rotating tokens, so every round starts alike.
     const floodSamples: RoundSample[] = []
     const floodDuration = Math.min(opts.durationS, opts.quick ? 1 : 3)
     const rotatingC = runnables.find((r) => r.id === 'c')!

@@ -54,7 +54,7 @@ t.test('memory mode, tiny: tokens and XFCC identities flow, series stay capped',
     log: () => {},
   })
   t.equal(r.failures, 0, 'every request answered 200')
-  t.equal(r.requests, 330, 'all tokens and XFCC identities were sent')
+  t.equal(r.requests, 660, 'all tokens and XFCC identities were sent, each twice')
   const last = r.samples.at(-1)!
   t.ok(
     last.series > 0 && last.series <= 21,
