@@ -50,6 +50,12 @@ function get(port: number, token: string, localAddress: string, agent: Agent): P
   })
 }
 
+/** the verification pool's load, from /readyz */
+async function poolStats(admin: string): Promise<VerifyPoolStats> {
+  const res = await fetch(`${admin}/readyz`)
+  return ((await res.json()) as { verifyPool: VerifyPoolStats }).verifyPool
+}
+
 t.test(
   'workers verify new tokens; a flood from one peer does not stall cached requests of another',
   async (t) => {
@@ -68,10 +74,7 @@ t.test(
     })
     const port = sidecar.proxyAddress.port
     const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
-    const pool = async () => {
-      const res = await fetch(`${admin}/readyz`)
-      return ((await res.json()) as { verifyPool: VerifyPoolStats }).verifyPool
-    }
+    const pool = () => poolStats(admin)
     t.same(
       await pool(),
       { workers: 0, starting: 0, queued: 0, running: 0, verified: 0, overflowed: 0, batches: 0 },
@@ -176,20 +179,14 @@ t.test(
     })
     const port = sidecar.proxyAddress.port
     const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
-    const verified = async () =>
-      ((await (await fetch(`${admin}/readyz`)).json()) as { verifyPool: VerifyPoolStats }).verifyPool.verified
+    const verified = async () => (await poolStats(admin)).verified
     const agent = new Agent({ keepAlive: true, maxSockets: 8 })
     t.teardown(() => agent.destroy())
 
     // the first new token starts the worker (and is verified inline while it boots)
     const cached = await mintToken(key, { role: 'cached' }, { issuer: ISSUER })
     t.equal((await get(port, cached, '127.0.0.1', agent)).headers['x-nhi-verified'], 'true')
-    await eventually(
-      async () =>
-        ((await (await fetch(`${admin}/readyz`)).json()) as { verifyPool: VerifyPoolStats }).verifyPool
-          .workers === 1,
-      { what: 'the worker ready' },
-    )
+    await eventually(async () => (await poolStats(admin)).workers === 1, { what: 'the worker ready' })
     // its second request verifies it again, in the worker, and keeps it
     t.equal((await get(port, cached, '127.0.0.1', agent)).headers['x-nhi-verified'], 'true')
     const kept = await verified()
