@@ -1,10 +1,12 @@
 // User agent → category (browser | bot | agent | unknown) and a short product name. The local overlay of
 // AI agents (agents.ts, with operator and purpose) wins; then the maintained crawler corpus (crawlers.ts:
 // entries tagged ai-crawler are agents, the rest bots); then the isbot library for bots, HTTP libraries and
-// probes the corpus does not list. Results are cached per user agent string.
+// probes the corpus does not list. Results are cached per user agent string, from its second request on
+// (util/second-sight.ts): user agents that are never sent again do not push the common ones out.
 import { isbot, isbotMatch } from 'isbot'
 import { LRUCache } from 'lru-cache'
 import type { UserAgentCategory, UserAgentEvidence } from '../types.ts'
+import { SecondSight } from '../util/second-sight.ts'
 import { type AgentPurpose, findAgent } from './agents.ts'
 import { findCrawler } from './crawlers.ts'
 
@@ -14,6 +16,7 @@ const CACHE_SIZE = 5000
 const MAX_PRODUCT_LENGTH = 40
 
 const cache = new LRUCache<string, UserAgentEvidence>({ max: CACHE_SIZE })
+const admission = new SecondSight(CACHE_SIZE)
 
 const BROWSERS: readonly (readonly [RegExp, string])[] = [
   [/\bEdg(?:e|A|iOS)?\//, 'edge'],
@@ -130,7 +133,7 @@ export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
   const hit = cache.get(text)
   if (hit) return hit
   const ev = classify(text)
-  cache.set(text, ev)
+  if (admission.seen(text)) cache.set(text, ev)
   return ev
 }
 

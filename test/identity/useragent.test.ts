@@ -32,13 +32,32 @@ t.test('long user agents are cut, and the cache stays bounded', async (t) => {
   t.equal(ev.ua.length, MAX_UA_LENGTH)
   t.equal(ev.product, 'googlebot')
   t.equal(classifyUserAgent(undefined).category, 'unknown')
-  for (let i = 0; i < 20_000; i++) classifyUserAgent(`client-${i}/1.0`)
-  t.ok(userAgentCacheSize() <= 5000, `cache holds ${userAgentCacheSize()}`)
+  // each sent twice: the cache keeps a user agent from its second request on
+  for (let i = 0; i < 20_000; i++) {
+    classifyUserAgent(`client-${i}/1.0`)
+    classifyUserAgent(`client-${i}/1.0`)
+  }
+  t.ok(userAgentCacheSize() >= 4000, `the cache filled (${userAgentCacheSize()})`)
+  t.ok(userAgentCacheSize() <= 5000, `and stays bounded (${userAgentCacheSize()})`)
   t.equal(
     classifyUserAgent('client-19999/1.0'),
     classifyUserAgent('client-19999/1.0'),
     'cached result reused',
   )
+})
+
+t.test('a user agent is kept from its second request on; one-off user agents never evict it', async (t) => {
+  const kept = 'admission-test/3.1 (+https://example.com/bot)'
+  const once = classifyUserAgent(kept)
+  const second = classifyUserAgent(kept)
+  t.not(second, once, 'its second request classifies it again')
+  t.same(second, once, 'to the same answer')
+  t.equal(classifyUserAgent(kept), second, 'and keeps it')
+  // twice the cache in user agents never seen again (a scraper rotating them): none is kept
+  const before = userAgentCacheSize()
+  for (let i = 0; i < 10_000; i++) classifyUserAgent(`rotating-${i} (compatible; x/${i})`)
+  t.equal(userAgentCacheSize(), before, 'the cache did not take any of them')
+  t.equal(classifyUserAgent(kept), second, 'the kept user agent is still cached')
 })
 
 t.test('the extractor reads the user-agent header of a real request', async (t) => {
