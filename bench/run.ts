@@ -66,8 +66,8 @@ const program = new Command()
     '--cold-start-baseline <bundle>',
     'cold start mode: another build of dist/nhi-proxy.mjs to start alternately with this one, for before/after',
   )
-  .option('--memory', 'memory mode: 1,000,000 tokens + 100,000 XFCC identities')
-  .option('--memory-quick', 'memory mode with 100,000 tokens + 10,000 XFCC identities')
+  .option('--memory', 'memory mode: 1,000,000 tokens + 100,000 XFCC identities, each sent twice')
+  .option('--memory-quick', 'memory mode with 100,000 tokens + 10,000 XFCC identities, each sent twice')
   .option(
     '--verify-workers <n>',
     'memory mode: jwt.verifyWorkers of the proxy (default: its default)',
