@@ -1,6 +1,7 @@
 // The admission record the credential caches share (util/second-sight.ts): a key is "seen" from its second
 // sight on; the table is fixed in size whatever the keys, and a key is forgotten only after four later keys
 // landed in its bucket.
+import fc from 'fast-check'
 import t from 'tap'
 import { SecondSight } from '../../src/util/second-sight.ts'
 
@@ -52,4 +53,50 @@ t.test('a bucket holds four keys: a fifth replaces the oldest', async (t) => {
   t.equal(s.seen('a'), true)
   t.throws(() => new SecondSight(1, 3, 6), RangeError, 'a size that is not a power of two')
   t.throws(() => new SecondSight(1, 3, 2), RangeError, 'a size under one bucket')
+})
+
+t.test('property: one bucket behaves as four slots taken in turn, for any order of keys', async (t) => {
+  const keys = Array.from({ length: 12 }, (_, i) => `key-${i}`)
+  /** the same policy on the keys themselves */
+  class Model {
+    private readonly slots: (string | undefined)[] = [undefined, undefined, undefined, undefined]
+    private next = 0
+    seen(key: string): boolean {
+      if (this.slots.includes(key)) return true
+      this.slots[this.next] = key
+      this.next = (this.next + 1) % 4
+      return false
+    }
+  }
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 0, max: 0xffffffff }),
+      fc.array(fc.constantFrom(...keys), { maxLength: 200 }),
+      (seed, sequence) => {
+        const table = new SecondSight(1, seed, 4)
+        const model = new Model()
+        for (const key of sequence) if (table.seen(key) !== model.seen(key)) return false
+        return true
+      },
+    ),
+    { numRuns: 300 },
+  )
+  t.pass('300 sequences of up to 200 keys matched the model')
+})
+
+t.test('property: a key seen twice in a row is seen the second time, whatever came before', async (t) => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.string({ maxLength: 40 }), { maxLength: 500 }),
+      fc.string({ maxLength: 80 }),
+      (before, key) => {
+        const table = new SecondSight(10, 5)
+        for (const k of before) table.seen(k)
+        table.seen(key)
+        return table.seen(key)
+      },
+    ),
+    { numRuns: 200 },
+  )
+  t.pass('200 histories')
 })
