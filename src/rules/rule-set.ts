@@ -84,13 +84,19 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   const rules = config.identities.map(compileRule)
   const perRequest = rules.some((r) => r.conditions.some((c) => c.perRequest))
   const cacheSize = opts.cacheSize ?? 10_000
-  const cache = !perRequest && cacheSize > 0 ? new LRUCache<string, Identity>({ max: cacheSize }) : undefined
-  // the same decision as the cache, keyed by the evidence object itself (evidence is never mutated: a claim
-  // verified after the fact replaces its object); weak, so it lives no longer than the credential caches
-  const byEvidence = cache ? new WeakMap<object, EvidenceNode>() : undefined
-  // an identity is kept from its key's second sight: a never-repeating token's (one per request, or a flood of
-  // them) is worked out, used and dropped, instead of filling the cache and evicting identities still in use
-  const admission = cache ? new SecondSight(cacheSize) : undefined
+  const caches =
+    !perRequest && cacheSize > 0
+      ? {
+          byKey: new LRUCache<string, Identity>({ max: cacheSize }),
+          // the same decision, keyed by the evidence objects themselves (evidence is never mutated: a claim
+          // verified after the fact replaces its object); weak, so it lives no longer than the credential caches
+          byEvidence: new WeakMap<object, EvidenceNode>(),
+          // an identity is kept from its key's second sight: a never-repeating token's (one per request, or a
+          // flood of them) is worked out, used and dropped, instead of filling the cache and evicting
+          // identities still in use
+          admission: new SecondSight(cacheSize),
+        }
+      : undefined
   const scratch: Scratch = { captures: undefined, reason: '' }
 
   function classifyUncached(
@@ -155,7 +161,8 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
   return {
     size: rules.length,
     classify(ev, req, conn, trace) {
-      if (!cache || !byEvidence || !admission || trace) return classifyUncached(ev, req, conn, trace)
+      if (!caches || trace) return classifyUncached(ev, req, conn, trace)
+      const { byKey, byEvidence, admission } = caches
       // credentials whose evidence objects earlier requests had (a cached token's, a known user agent's):
       // their identity is found without building the evidence key string
       const credentials = ev.credentials
@@ -163,11 +170,11 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       if (known !== undefined) return known
       const key = evidenceKey(ev)
       if (key === undefined) return classifyUncached(ev, req, conn)
-      let identity = cache.get(key)
+      let identity = byKey.get(key)
       if (identity === undefined) {
         identity = classifyUncached(ev, req, conn)
         if (!admission.seen(key)) return identity
-        cache.set(key, identity)
+        byKey.set(key, identity)
       }
       if (credentials.length > 0) evidenceNode(byEvidence, credentials, newEvidenceNode).identity = identity
       return identity
