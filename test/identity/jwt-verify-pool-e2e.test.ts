@@ -4,10 +4,10 @@
 // per-peer queues key on. Tokens that are never sent again are verified and not kept, so they cannot push a
 // cached token out of the cache.
 import { Agent, request } from 'node:http'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { VerifyPoolStats } from '../../src/identity/jwt/pool.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { createSigningKey, mintToken, type SigningKey, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -56,24 +56,47 @@ async function poolStats(admin: string): Promise<VerifyPoolStats> {
   return ((await res.json()) as { verifyPool: VerifyPoolStats }).verifyPool
 }
 
+/**
+ * The bundle in front of a real upstream, verifying `ISSUER`'s tokens (keys from a real JWKS server) with one
+ * verification worker; `jwt` and `rest` add to that config. The signing key and the two ports.
+ */
+async function poolSidecar(
+  t: Test,
+  keyName: string,
+  jwt: Record<string, unknown>,
+  rest: Record<string, unknown> = {},
+): Promise<{ key: SigningKey; port: number; admin: string }> {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createSigningKey(keyName)
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }], verifyWorkers: 1, ...jwt },
+    ...rest,
+  })
+  return { key, port: sidecar.proxyAddress.port, admin: `http://127.0.0.1:${sidecar.adminAddress.port}` }
+}
+
 t.test(
   'workers verify new tokens; a flood from one peer does not stall cached requests of another',
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const key = await createSigningKey('pool-k1')
-    const jwks = await startJwksServer([key])
-    t.teardown(() => jwks.close())
-    const sidecar = await startTestSidecar(t, {
-      service: 'orders',
-      upstream: upstream.url,
-      jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
-      identities: [
-        { name: 'svc/{sub}', kind: 'service', match: { jwt: { issuer: ISSUER, claims: { sub: '{sub}' } } } },
-      ],
-    })
-    const port = sidecar.proxyAddress.port
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const { key, port, admin } = await poolSidecar(
+      t,
+      'pool-k1',
+      {},
+      {
+        identities: [
+          {
+            name: 'svc/{sub}',
+            kind: 'service',
+            match: { jwt: { issuer: ISSUER, claims: { sub: '{sub}' } } },
+          },
+        ],
+      },
+    )
     const pool = () => poolStats(admin)
     t.same(
       await pool(),
@@ -163,22 +186,7 @@ t.test(
 t.test(
   'one-off tokens, many times the cache, are verified and forgotten: a cached token stays cached',
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const key = await createSigningKey('pool-k2')
-    const jwks = await startJwksServer([key])
-    t.teardown(() => jwks.close())
-    const sidecar = await startTestSidecar(t, {
-      service: 'orders',
-      upstream: upstream.url,
-      jwt: {
-        issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }],
-        verifyWorkers: 1,
-        cacheSize: 8,
-      },
-    })
-    const port = sidecar.proxyAddress.port
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const { key, port, admin } = await poolSidecar(t, 'pool-k2', { cacheSize: 8 })
     const verified = async () => (await poolStats(admin)).verified
     const agent = new Agent({ keepAlive: true, maxSockets: 8 })
     t.teardown(() => agent.destroy())
