@@ -13,7 +13,9 @@ import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const ISSUER = 'https://idp.pool.example'
-const FLOOD = 400
+// long enough that the flood (bounded by one worker's verifications) outlasts the quiet client's five cached
+// requests by a wide margin on a fast machine too: with 400 a CI run once answered the whole flood first
+const FLOOD = 1200
 
 interface Answer {
   status: number
@@ -137,15 +139,20 @@ t.test(
       ),
     )
     let floodDone = 0
+    let floodUnderWay: () => void = () => {}
+    const firstFloodAnswer = new Promise<void>((resolve) => {
+      floodUnderWay = resolve
+    })
     const flood = Promise.all(
       floodTokens.map((tok) =>
         get(port, tok, '127.0.0.1', loud).then((a) => {
-          floodDone++
+          if (floodDone++ === 0) floodUnderWay()
           return a
         }),
       ),
     )
-    await eventually(() => floodDone > 0, { what: 'the flood under way' })
+    // start the quiet client on the flood's first answer, not at a poll some milliseconds later
+    await firstFloodAnswer
     // the quiet client's cached token is answered while the flood's verifications are still queued
     const quietAnswers: Answer[] = []
     for (let i = 0; i < 5; i++) quietAnswers.push(await get(port, cachedToken, '127.0.0.2', quiet))
