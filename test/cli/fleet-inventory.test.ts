@@ -8,12 +8,11 @@ import { join } from 'node:path'
 import t from 'tap'
 import type { InventoryRow } from '../../src/cli/inventory.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { freePort, refusedPort } from '../helpers/net.ts'
 import { startPrometheus } from '../helpers/prometheus.ts'
 import { runCli, spawnCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { CHART_DIR, skipWithout, systemTool } from '../helpers/tools.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const prometheusBin = systemTool('prometheus')
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
@@ -39,11 +38,7 @@ t.test(
   'inventory and fleet over three sidecars scraped by a real Prometheus',
   { skip: skipWithout('prometheus', prometheusBin), timeout: 90_000 },
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const key = await createSigningKey('k1')
-    const jwks = await startJwksServer([key])
-    t.teardown(() => jwks.close())
+    const { upstream, key, jwks } = await startUpstreamAndJwks(t)
     const issuer = jwks.url
     const keys = {
       header: 'x-api-key',

@@ -40,8 +40,8 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
     ],
     metrics: { routes: ['/echo', '/orders/:id'] },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
 
   const call = async (headers: Record<string, string>, path = '/echo') => {
     const res = await fetch(`${proxy}${path}`, { headers })
@@ -168,7 +168,7 @@ t.test('cardinality guard: 10,000 identities with maxIdentities 100', async (t) 
   })
   const agent = new Agent({ connections: 16 })
   t.teardown(() => agent.close())
-  const base = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const base = sidecar.proxyUrl
   let next = 0
   const worker = async () => {
     while (next < 10_000) {
@@ -178,7 +178,7 @@ t.test('cardinality guard: 10,000 identities with maxIdentities 100', async (t) 
     }
   }
   await Promise.all(Array.from({ length: 16 }, worker))
-  const m = await scrape(`http://127.0.0.1:${sidecar.adminAddress.port}`)
+  const m = await scrape(sidecar.adminUrl)
   const identities = new Set(
     m.filter((s) => s.name === 'nhi_requests_total').map((s) => s.labels['identity']),
   )
@@ -267,7 +267,7 @@ t.test('mTLS listener: SPIFFE identity, untrusted CA and expired cert counted', 
   const old = await get(expiredCert)
   t.equal(JSON.parse(old.body).headers['x-nhi-verified'], 'false', 'expired cert: not verified')
 
-  const m = await scrape(`http://127.0.0.1:${sidecar.adminAddress.port}`)
+  const m = await scrape(sidecar.adminUrl)
   t.equal(metricValue(m, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_untrusted' }), 1)
   t.equal(metricValue(m, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_expired' }), 1)
   t.ok(
@@ -323,8 +323,8 @@ t.test(
         ],
       },
     })
-    const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const proxy = sidecar.proxyUrl
+    const admin = sidecar.adminUrl
     const seen = async (token: string) => {
       const res = await fetch(`${proxy}/echo`, { headers: { authorization: `Bearer ${token}` } })
       return (await res.json()).headers as Record<string, string>

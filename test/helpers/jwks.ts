@@ -3,6 +3,8 @@ import { once } from 'node:events'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, type JWTPayload, SignJWT } from 'jose'
+import type { Test } from 'tap'
+import { startUpstream, type TestUpstream } from './upstream.ts'
 
 export interface SigningKey {
   kid: string
@@ -102,4 +104,20 @@ export async function mintToken(key: SigningKey, claims: JWTPayload, opts: MintO
   if (opts.subject) jwt.setSubject(opts.subject)
   if (opts.notBefore !== undefined) jwt.setNotBefore(now + opts.notBefore)
   return jwt.sign(key.privateKey)
+}
+
+/**
+ * What an end-to-end test of JWT attribution stands a sidecar in front of: a real upstream, and a real JWKS
+ * server publishing one new signing key `kid`. Both are closed when `t` ends.
+ */
+export async function startUpstreamAndJwks(
+  t: Test,
+  kid = 'k1',
+): Promise<{ upstream: TestUpstream; key: SigningKey; jwks: JwksServer }> {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createSigningKey(kid)
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  return { upstream, key, jwks }
 }

@@ -181,11 +181,21 @@ export function parseHostPort(text: string): AddressInfo {
   }
 }
 
+/** The URL a test reaches a listener at: a wildcard address is reached over loopback of its family. */
+export function httpUrl(a: AddressInfo): string {
+  if (a.family === 'IPv6') return `http://[${a.address === '::' ? '::1' : a.address}]:${a.port}`
+  return `http://${a.address === '0.0.0.0' ? '127.0.0.1' : a.address}:${a.port}`
+}
+
 /** A running `nhi-proxy run` child process. */
 export interface TestSidecar {
   readonly proxyAddress: AddressInfo
   readonly httpsAddress?: AddressInfo
   readonly adminAddress: AddressInfo
+  /** `http://HOST:PORT` of the plain listener (a wildcard listen address is reached over loopback) */
+  readonly proxyUrl: string
+  /** `http://HOST:PORT` of the admin listener (/metrics, /readyz, the live view) */
+  readonly adminUrl: string
   /** the config file it runs */
   readonly configPath: string
   readonly process: CliProcess
@@ -274,10 +284,14 @@ export async function startSidecarFromFile(
     cli
       .waitForLog((l) => l['event'] === 'config_reloaded' || l['event'] === 'config_reload_failed', from)
       .then((l) => l['event'] === 'config_reloaded')
+  const proxyAddress = parseHostPort(String(started['listen']))
+  const adminAddress = parseHostPort(String(started['admin']))
   return {
-    proxyAddress: parseHostPort(String(started['listen'])),
+    proxyAddress,
     httpsAddress: started['https'] ? parseHostPort(String(started['https'])) : undefined,
-    adminAddress: parseHostPort(String(started['admin'])),
+    adminAddress,
+    proxyUrl: httpUrl(proxyAddress),
+    adminUrl: httpUrl(adminAddress),
     configPath: file,
     process: cli,
     async reload(config) {

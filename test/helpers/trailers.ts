@@ -240,5 +240,5 @@ export function upload(
 /** The sidecar in front of an upstream, and its admin URL. */
 export async function sidecarFor(t: Test, upstream: string, extra: Record<string, unknown> = {}) {
   const sidecar: TestSidecar = await startTestSidecar(t, { service: 'uploads', upstream, ...extra })
-  return { sidecar, port: sidecar.proxyAddress.port, admin: `http://127.0.0.1:${sidecar.adminAddress.port}` }
+  return { sidecar, port: sidecar.proxyAddress.port, admin: sidecar.adminUrl }
 }

@@ -25,8 +25,8 @@ t.test('/identities shows operator and purpose of AI agents seen over the wire',
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
   const sidecar = await startTestSidecar(t, { service: 'shop', upstream: upstream.url })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const names: string[] = []
   for (const ua of [GPTBOT, CHATGPT_USER, BINGBOT, 'claude-cli/2.0.14 (external, cli)']) {
     const res = await request(`${proxy}/echo`, { headers: { 'user-agent': ua } })

@@ -4,20 +4,15 @@ import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const _silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.fault.test'
 
 t.test('JWKS down, junk or hanging: last good keys verify, failures are counted', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
   const sidecar = await startTestSidecar(t, {
     service: 'orders',
     upstream: upstream.url,
@@ -25,8 +20,8 @@ t.test('JWKS down, junk or hanging: last good keys verify, failures are counted'
       issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'], refreshInterval: '1s' }],
     },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const refreshes = async (result: string) =>
     metricValue(await scrape(admin), 'nhi_jwks_refresh_total', { issuer: ISSUER, result })
   const verifiedWith = async (token: string) => {

@@ -5,9 +5,8 @@ import t from 'tap'
 import { request } from 'undici'
 import { delegationOf, MAX_ACTOR_CHAIN } from '../../src/identity/jwt/delegation.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const ISSUER = 'https://login.delegation.test'
 
@@ -28,18 +27,14 @@ t.test('nested act chains are read to a bound and marked when cut', async (t) =>
 })
 
 t.test('an agent acting on behalf of a person, over the wire', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
   const sidecar = await startTestSidecar(t, {
     service: 'mail',
     upstream: upstream.url,
     jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['mail'] }] },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const token = await mintToken(
     key,
     { email: 'alice@example.com', act: { sub: 'mail-assistant', act: { sub: 'orchestrator' } } },

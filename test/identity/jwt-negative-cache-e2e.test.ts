@@ -49,7 +49,7 @@ t.test('a repeated forged token is verified twice and counted every time', async
     jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
   })
   const port = sidecar.proxyAddress.port
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const admin = sidecar.adminUrl
   const pool = async () =>
     ((await (await fetch(`${admin}/readyz`)).json()) as { verifyPool: VerifyPoolStats }).verifyPool
   const agent = new Agent({ keepAlive: true, maxSockets: 8 })

@@ -7,10 +7,9 @@ import { Agent, request } from 'node:http'
 import t, { type Test } from 'tap'
 import type { VerifyPoolStats } from '../../src/identity/jwt/pool.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, type SigningKey, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, type SigningKey, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const ISSUER = 'https://idp.pool.example'
 // long enough that the flood (bounded by one worker's verifications) outlasts the quiet client's five cached
@@ -68,18 +67,14 @@ async function poolSidecar(
   jwt: Record<string, unknown>,
   rest: Record<string, unknown> = {},
 ): Promise<{ key: SigningKey; port: number; admin: string }> {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey(keyName)
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t, keyName)
   const sidecar = await startTestSidecar(t, {
     service: 'orders',
     upstream: upstream.url,
     jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }], verifyWorkers: 1, ...jwt },
     ...rest,
   })
-  return { key, port: sidecar.proxyAddress.port, admin: `http://127.0.0.1:${sidecar.adminAddress.port}` }
+  return { key, port: sidecar.proxyAddress.port, admin: sidecar.adminUrl }
 }
 
 t.test(

@@ -45,7 +45,7 @@ t.test('Web Bot Auth signatures are verified against the configured key director
   })
   const authority = `127.0.0.1:${sidecar.proxyAddress.port}`
   const proxy = `http://${authority}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const admin = sidecar.adminUrl
   const agent = JSON.stringify(directory.origin)
   let n = 0
 

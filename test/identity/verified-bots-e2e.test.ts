@@ -30,8 +30,8 @@ t.test(
       upstream: upstream.url,
       forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.1/32'] },
     })
-    const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const proxy = sidecar.proxyUrl
+    const admin = sidecar.adminUrl
 
     t.same(await identityOf(proxy, { 'user-agent': GOOGLEBOT, 'x-forwarded-for': GOOGLE_ADDRESS }), {
       identity: 'googlebot',
@@ -64,8 +64,8 @@ t.test('from an untrusted peer no header makes a client look like Google', async
     // only 127.0.0.2 is the front proxy; the attacker connects from 127.0.0.1
     forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.2/32'] },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const attempts: Record<string, string>[] = [
     { 'x-forwarded-for': GOOGLE_ADDRESS },
     { 'x-forwarded-for': `${GOOGLE_ADDRESS}, ${GOOGLE_ADDRESS}` },

@@ -150,7 +150,7 @@ t.test(
         ],
       },
     })
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const admin = sidecar.adminUrl
     const client = new grpc.Client(
       `127.0.0.1:${sidecar.proxyAddress.port}`,
       grpc.credentials.createInsecure(),

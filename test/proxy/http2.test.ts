@@ -248,7 +248,7 @@ t.test('a connection closed for rapid reset is counted in nhi_http2_connections_
     upstream: up.url,
     limits: { http2MaxResetsPerSecond: 20 },
   })
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const admin = sidecar.adminUrl
   const closed = (samples: Awaited<ReturnType<typeof scrape>>) =>
     metricValue(samples, 'nhi_http2_connections_closed_total', { reason: 'rapid_reset' })
   const before = await scrape(admin)
@@ -259,12 +259,12 @@ t.test('a connection closed for rapid reset is counted in nhi_http2_connections_
     'exported at 0 before any abuse',
   )
   t.equal(closed(before), 0)
-  const session = connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
+  const session = connect(sidecar.proxyUrl)
   t.teardown(() => session.destroy())
   t.equal(await rapidReset(session), constants.NGHTTP2_ENHANCE_YOUR_CALM)
   await eventually(async () => (closed(await scrape(admin)) === 1 ? true : undefined))
   // a well-behaved h2 client is neither cut nor counted
-  t.equal((await h2SessionAfterOneRequest(t, `http://127.0.0.1:${sidecar.proxyAddress.port}`)).status, 200)
+  t.equal((await h2SessionAfterOneRequest(t, sidecar.proxyUrl)).status, 200)
   t.equal(closed(await scrape(admin)), 1, 'only the abusive connection was counted')
 })
 
@@ -321,7 +321,7 @@ t.test('PING and SETTINGS floods close the connection and are counted by kind', 
   const up = await startUpstream()
   t.teardown(() => up.close())
   const sidecar = await startTestSidecar(t, { upstream: up.url })
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const admin = sidecar.adminUrl
   const closed = async (reason: string) =>
     metricValue(await scrape(admin), 'nhi_http2_connections_closed_total', { reason })
   t.equal(await closed('ping_flood'), 0, 'ping_flood exported at 0 before any abuse')
@@ -345,7 +345,7 @@ t.test('PING and SETTINGS floods close the connection and are counted by kind', 
   t.equal(await closed('ping_flood'), 1, 'a SETTINGS flood is not counted as a PING flood')
 
   // a well-behaved client that pings and reads its acknowledgements is served and not counted
-  const session = connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
+  const session = connect(sidecar.proxyUrl)
   t.teardown(() => session.close())
   await once(session, 'connect')
   for (let i = 0; i < 50; i++) {

@@ -6,10 +6,9 @@ import pino from 'pino'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, parseMetrics } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const _silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.load.test'
@@ -17,11 +16,7 @@ const SECONDS = Number(process.env['LOAD_SECONDS'] ?? 12)
 const CONCURRENCY = 32
 
 t.test('every request sent is counted once, per status class, under load with faults', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
   const apiKeys = ['load-key-alpha-7f3a', 'load-key-beta-91c2']
   const sidecar = await startTestSidecar(t, {
     service: 'load',
@@ -40,8 +35,8 @@ t.test('every request sent is counted once, per status class, under load with fa
     ],
     metrics: { routes: ['/echo', '/slow/:ms', '/status/:code'] },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
 
   const tokens = await Promise.all(
     ['billing', 'shipping', 'search'].map((c) =>

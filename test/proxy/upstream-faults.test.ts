@@ -51,8 +51,8 @@ t.test('upstream faults become 502/504, are counted, and the proxy stays healthy
   const bad = await startBadUpstream()
   t.teardown(() => bad.close())
   const sidecar = await startTestSidecar(t, config(bad.url))
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const errors = async (reason?: string) =>
     metricValue(await scrape(admin), 'nhi_upstream_errors_total', reason ? { reason } : {})
   // The proxy records a request when its downstream response closes, which can come after the client has
@@ -118,12 +118,12 @@ t.test('upstream faults become 502/504, are counted, and the proxy stays healthy
 
 t.test('a refused connection → 502 counted as connect', async (t) => {
   const sidecar = await startTestSidecar(t, config(`http://127.0.0.1:${await refusedPort()}`))
-  const res = await request(`http://127.0.0.1:${sidecar.proxyAddress.port}/x`)
+  const res = await request(`${sidecar.proxyUrl}/x`)
   await res.body.dump()
   t.equal(res.statusCode, 502)
-  const m = await scrape(`http://127.0.0.1:${sidecar.adminAddress.port}`)
+  const m = await scrape(sidecar.adminUrl)
   t.equal(metricValue(m, 'nhi_upstream_errors_total', { reason: 'connect' }), 1)
-  const h = await request(`http://127.0.0.1:${sidecar.adminAddress.port}/healthz`)
+  const h = await request(`${sidecar.adminUrl}/healthz`)
   await h.body.dump()
   t.equal(h.statusCode, 200)
 })

@@ -6,7 +6,7 @@ import { createServer } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { createSigningKey, mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, parseMetrics } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -82,11 +82,7 @@ t.test('IdP unreachable: Ready, traffic flows unverified as keys_unavailable, on
 })
 
 t.test('readiness.requireJwks: NotReady until keys arrive, then Ready; recovery is logged', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey('k1')
-  const idp = await startJwksServer([key])
-  t.teardown(() => idp.close())
+  const { upstream, key, jwks: idp } = await startUpstreamAndJwks(t)
   idp.fault = 503
   const sidecar = await startBin(t, {
     upstream: upstream.url,
@@ -129,11 +125,11 @@ t.test('readiness.requireJwks: NotReady until keys arrive, then Ready; recovery 
 t.test('an upstream that refuses connections is reported; it gates only with requireUpstream', async (t) => {
   const upstream = `http://127.0.0.1:${await closedPort()}`
   const observing = await startTestSidecar(t, { upstream })
-  const a = await readyz(`http://127.0.0.1:${observing.adminAddress.port}`)
+  const a = await readyz(observing.adminUrl)
   t.equal(a.status, 200, 'Ready by default: the app may still be starting')
   t.match(a.body, { ok: true, checks: { upstream: false } })
   const gating = await startTestSidecar(t, { upstream, readiness: { requireUpstream: true } })
-  const b = await readyz(`http://127.0.0.1:${gating.adminAddress.port}`)
+  const b = await readyz(gating.adminUrl)
   t.equal(b.status, 503, 'NotReady with readiness.requireUpstream')
   t.match(b.body, {
     ok: false,

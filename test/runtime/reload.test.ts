@@ -42,8 +42,8 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
   const file = join(dir, 'config.yaml')
   await writeFile(file, configText(upstream.url, 'team'))
   const sidecar = await startSidecarFromFile(t, file)
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
 
   t.equal(await identityOf(proxy), 'ua:team-blue')
 
@@ -84,7 +84,7 @@ t.test('Kubernetes ConfigMap ..data symlink swap is picked up', async (t) => {
   await symlink('..v1', join(dir, '..data'))
   await symlink('..data/config.yaml', join(dir, 'config.yaml'))
   const sidecar = await startSidecarFromFile(t, join(dir, 'config.yaml'))
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const proxy = sidecar.proxyUrl
   t.equal(await identityOf(proxy), 'ua:v1-blue')
 
   await mkdir(join(dir, '..v2'))
@@ -135,7 +135,7 @@ t.test('the test sidecar reload(): a rewritten config applies, a broken one is r
     identities: [{ name: `${prefix}-{team}`, kind: 'service', match: { header: { 'x-team': '{team}' } } }],
   })
   const sidecar = await startTestSidecar(t, rules('first'))
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const proxy = sidecar.proxyUrl
   t.equal(await identityOf(proxy), 'ua:first-blue', 'a header-captured name is unverified: a ua: name')
   t.equal(await sidecar.reload(rules('second')), true, 'a valid config reloads')
   t.equal(await identityOf(proxy), 'ua:second-blue', 'and applies to the next request')

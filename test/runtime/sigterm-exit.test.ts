@@ -33,7 +33,7 @@ t.test(
     const up = await startUpstream()
     t.teardown(() => up.close())
     const sidecar = await startTestSidecar(t, { upstream: up.url, limits: { http2MaxResetsPerSecond: 20 } })
-    const url = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+    const url = sidecar.proxyUrl
     const abusive = h2connect(url)
     t.teardown(() => abusive.destroy())
     const code = await rapidReset(abusive)
@@ -64,7 +64,7 @@ t.test(
       upstream: up.url,
       jwt: { issuers: [{ issuer, jwksUri: jwks.jwksUri, audiences: ['echo'] }], onInvalid: 'reject' },
     })
-    const session = h2connect(`http://127.0.0.1:${sidecar.proxyAddress.port}`)
+    const session = h2connect(sidecar.proxyUrl)
     session.on('error', () => {})
     t.teardown(() => session.destroy())
     const token = await mintToken(key, { azp: 'billing' }, { issuer, audience: 'other' })

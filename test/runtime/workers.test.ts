@@ -75,8 +75,8 @@ t.test('workers: 2', async (t) => {
   }
   await writeFile(configFile, stringify(base))
   const sidecar = await startSidecarFromFile(t, configFile)
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const metrics = async () => samples(await (await fetch(`${admin}/metrics`)).text())
   const primaryPid = sidecar.process.child.pid!
   const workerPids = () =>

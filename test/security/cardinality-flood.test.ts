@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto'
 import t from 'tap'
 import { Agent, request } from 'undici'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -13,11 +13,7 @@ const KEY = 'export-key-for-the-flood-test'
 const FLOOD = 3000
 
 t.test('thousands of made-up user agents, then verified callers still get their own series', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const signing = await createSigningKey('k1')
-  const idp = await startJwksServer([signing])
-  t.teardown(() => idp.close())
+  const { upstream, key: signing, jwks: idp } = await startUpstreamAndJwks(t)
   const sidecar = await startTestSidecar(t, {
     service: 'orders',
     upstream: upstream.url,
@@ -29,8 +25,8 @@ t.test('thousands of made-up user agents, then verified callers still get their 
     identities: [{ name: 'svc/{client}', kind: 'service', match: { jwt: { claims: { azp: '{client}' } } } }],
     metrics: { maxIdentities: 50, maxUnverifiedIdentities: 10 },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const agent = new Agent({ connections: 16 })
   t.teardown(() => agent.close())
 
@@ -94,8 +90,8 @@ t.test('the default unverified cap is a quarter of maxIdentities', async (t) => 
     },
     metrics: { maxIdentities: 40 },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   for (let i = 0; i < 100; i++) {
     const res = await request(`${proxy}/x`, { headers: { 'user-agent': `made-up-${i}/1.0` } })
     await res.body.dump()

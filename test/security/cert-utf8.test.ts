@@ -129,7 +129,7 @@ t.test('a forwarded certificate with a non-Latin-1 subject is forwarded too', as
   const fromFront = new Agent({ localAddress: '127.0.0.2' })
   t.teardown(() => fromFront.close())
   for (const [i, leaf] of leaves.entries()) {
-    const res = await request(`http://127.0.0.1:${sidecar.proxyAddress.port}/echo`, {
+    const res = await request(`${sidecar.proxyUrl}/echo`, {
       dispatcher: fromFront,
       headers: { 'x-ssl-client-cert': encodeURIComponent(leaf.certPem) },
     })

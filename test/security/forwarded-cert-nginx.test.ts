@@ -50,7 +50,7 @@ t.test(
         { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
       ],
     })
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const admin = sidecar.adminUrl
     const front = await startNginxFront(t, {
       dir,
       upstreamPort: sidecar.proxyAddress.port,

@@ -50,8 +50,8 @@ t.test(
         { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },
       ],
     })
-    const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const proxy = sidecar.proxyUrl
+    const admin = sidecar.adminUrl
     const fromTrusted = new Agent({ localAddress: '127.0.0.2' })
     t.teardown(() => fromTrusted.close())
 
@@ -95,7 +95,7 @@ t.test(
     const upstream = await startUpstream()
     t.teardown(() => upstream.close())
     const sidecar = await startTestSidecar(t, { upstream: upstream.url })
-    const res = await request(`http://127.0.0.1:${sidecar.proxyAddress.port}/echo`, {
+    const res = await request(`${sidecar.proxyUrl}/echo`, {
       headers: ['X_Forwarded_For', '10.0.0.5', 'x_request_id', 'forged', 'X_Forwarded_Proto', 'https'],
     })
     const seen = JSON.parse(await res.body.text()).headers as Record<string, string>

@@ -5,10 +5,9 @@
 import { createHash } from 'node:crypto'
 import t from 'tap'
 import { request } from 'undici'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, parseMetrics } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const ISSUER = 'https://idp.sources.test.example'
 const KEY = 'the-payments-api-key-for-this-test'
@@ -23,11 +22,7 @@ interface Row {
 }
 
 t.test('an api key and a JWT caller with the same name are two identities', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
   const sidecar = await startTestSidecar(t, {
     service: 'ledger',
     upstream: upstream.url,
@@ -39,8 +34,8 @@ t.test('an api key and a JWT caller with the same name are two identities', asyn
     identities: [{ name: 'payments', kind: 'job', match: { jwt: { issuer: ISSUER } } }],
     cost: { perRequest: 0.001 },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const token = await mintToken(key, {}, { issuer: ISSUER, audience: 'ledger', subject: 'payments' })
 
   const send = async (headers: Record<string, string>) => {

@@ -9,11 +9,10 @@ import { request } from 'undici'
 import { runCheck } from '../../src/cli/check.ts'
 import { configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { createSigningKey, mintToken, startJwksServer, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { spawnCli, startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const API_SERVER_AUD = 'https://kubernetes.default.svc.cluster.local'
 
@@ -86,11 +85,7 @@ t.test('an issuer without audiences that bypassed the loader accepts no token', 
 t.test(
   'through the proxy: a token for another audience is not verified; `any` is an explicit choice',
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const key = await createSigningKey('k1')
-    const idp = await startJwksServer([key])
-    t.teardown(() => idp.close())
+    const { upstream, key, jwks: idp } = await startUpstreamAndJwks(t)
     const OPEN = `${idp.url}/open`
     const sidecar = await startTestSidecar(t, {
       service: 'orders',
@@ -102,8 +97,8 @@ t.test(
         ],
       },
     })
-    const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-    const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+    const proxy = sidecar.proxyUrl
+    const admin = sidecar.adminUrl
     const echo = async (token: string) => {
       const res = await request(`${proxy}/echo`, { headers: { authorization: `Bearer ${token}` } })
       t.equal(res.statusCode, 200)

@@ -3,10 +3,15 @@
 import { createHmac, createPublicKey, KeyObject, sign } from 'node:crypto'
 import t from 'tap'
 import { request } from 'undici'
-import { createSigningKey, mintToken, type SigningKey, startJwksServer } from '../helpers/jwks.ts'
+import {
+  createSigningKey,
+  mintToken,
+  type SigningKey,
+  startJwksServer,
+  startUpstreamAndJwks,
+} from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const ISSUER = 'https://idp.security.test'
 const AUD = 'orders'
@@ -32,11 +37,7 @@ function claims(extra: Record<string, unknown> = {}): Record<string, unknown> {
 }
 
 t.test('hostile tokens are never verified, are counted by reason, and are rejected with 401', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const idpKey = await createSigningKey('idp-1')
-  const jwks = await startJwksServer([idpKey])
-  t.teardown(() => jwks.close())
+  const { upstream, key: idpKey, jwks } = await startUpstreamAndJwks(t, 'idp-1')
   // The attacker's own key set, reachable on loopback: the proxy must never fetch it.
   const attackerKey = await createSigningKey('idp-1')
   const attacker = await startJwksServer([attackerKey])
@@ -60,9 +61,9 @@ t.test('hostile tokens are never verified, are counted by reason, and are reject
     startTestSidecar(t, base),
     startTestSidecar(t, { ...base, jwt: { ...base.jwt, onInvalid: 'reject' } }),
   ])
-  const attributeUrl = `http://127.0.0.1:${attribute.proxyAddress.port}`
-  const rejectUrl = `http://127.0.0.1:${reject.proxyAddress.port}`
-  const adminUrl = `http://127.0.0.1:${attribute.adminAddress.port}`
+  const attributeUrl = attribute.proxyUrl
+  const rejectUrl = reject.proxyUrl
+  const adminUrl = attribute.adminUrl
 
   const echo = async (base: string, headers: Record<string, string | string[]>) => {
     const res = await request(`${base}/echo`, { headers })
@@ -252,19 +253,15 @@ t.test('hostile tokens are never verified, are counted by reason, and are reject
 })
 
 t.test('Authorization header oddities and size limits', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const idpKey = await createSigningKey('idp-1')
-  const jwks = await startJwksServer([idpKey])
-  t.teardown(() => jwks.close())
+  const { upstream, key: idpKey, jwks } = await startUpstreamAndJwks(t, 'idp-1')
   const sidecar = await startTestSidecar(t, {
     service: 'orders',
     upstream: upstream.url,
     limits: { maxHeaderBytes: 16_384 },
     jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: [AUD] }] },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const good = await mintToken(
     idpKey,
     { azp: 'billing' },

@@ -8,19 +8,14 @@ import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { createSigningKey, mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const ISSUER = 'https://idp.secrets.test'
 
 t.test('credentials never appear in any output', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
   const ca = await createCA('secrets-ca')
   const server = await issueCert(ca, { cn: 'localhost', dnsSans: ['localhost'], server: true })
 
@@ -49,8 +44,8 @@ t.test('credentials never appear in any output', async (t) => {
     },
     { env: { NHI_LOG_LEVEL: 'trace' } },
   )
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
 
   // live events, read while the traffic flows
   const sse = new AbortController()

@@ -28,8 +28,8 @@ t.test('spoofed identity, forwarded-cert and forwarded-for headers', async (t) =
       },
     ],
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const fromTrusted = new Agent({ localAddress: '127.0.0.2' })
   t.teardown(() => fromTrusted.close())
 

@@ -33,8 +33,8 @@ t.test('a user agent that says it is an api key is named ua:…, denied and coun
       rules: [{ name: 'export', route: '/export/**', allow: [{ identity: 'billing-export' }] }],
     },
   })
-  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
-  const admin = `http://127.0.0.1:${sidecar.adminAddress.port}`
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
   const send = async (path: string, headers: Record<string, string>) => {
     const res = await request(`${proxy}${path}`, { headers })
     const text = await res.body.text()

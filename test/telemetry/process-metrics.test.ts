@@ -57,7 +57,7 @@ function checkExposition(t: Test, body: string, openMetrics: boolean) {
 
 t.test('process_* and nodejs_* metrics next to the nhi_* families', async (t) => {
   const sidecar = await startTestSidecar(t, {})
-  const url = `http://127.0.0.1:${sidecar.adminAddress.port}/metrics`
+  const url = `${sidecar.adminUrl}/metrics`
   const text = await eventually(
     async () => {
       const body = await (await fetch(url)).text()
