@@ -67,9 +67,15 @@ parentPort.on('message', (m) => {
 })
 `
 
-/** A small pool of signing threads; `mint` hands out chunks round-robin. */
+/**
+ * A small pool of signing threads; `mint` hands out chunks round-robin. A thread answers its chunks in the
+ * order it was given them, so each keeps a queue of the callers waiting on it: a chunk given to a thread that
+ * is still busy gets its own answer, not a copy of the one before (which, with one listener per call on a
+ * shared thread, had handed two callers the same tokens).
+ */
 export class Minter {
   private readonly workers: Worker[]
+  private readonly waiting: { resolve: (tokens: string[]) => void; reject: (err: unknown) => void }[][]
   private next = 0
 
   constructor(
@@ -78,22 +84,26 @@ export class Minter {
     threads = Math.max(1, availableParallelism()),
   ) {
     this.workers = Array.from({ length: threads }, () => new Worker(WORKER_SOURCE, { eval: true }))
+    this.waiting = this.workers.map((worker) => {
+      const queue: { resolve: (tokens: string[]) => void; reject: (err: unknown) => void }[] = []
+      worker.on('message', (tokens: string[]) => queue.shift()?.resolve(tokens))
+      worker.on('error', (err) => {
+        for (const waiter of queue.splice(0)) waiter.reject(err)
+      })
+      return queue
+    })
   }
 
   get threads(): number {
     return this.workers.length
   }
 
+  /** the tokens numbered `start` to `start + count - 1` (each number is its own `jti` and pod) */
   mint(start: number, count: number): Promise<string[]> {
-    const worker = this.workers[this.next++ % this.workers.length]!
+    const i = this.next++ % this.workers.length
     return new Promise((resolve, reject) => {
-      const onMessage = (tokens: string[]) => {
-        worker.off('error', reject)
-        resolve(tokens)
-      }
-      worker.once('message', onMessage)
-      worker.once('error', reject)
-      worker.postMessage({
+      this.waiting[i]!.push({ resolve, reject })
+      this.workers[i]!.postMessage({
         pem: this.key.privatePem,
         alg: this.key.alg,
         kid: this.key.kid,
@@ -140,7 +150,10 @@ export interface TokenSet {
 const CACHE_DIR = join(tmpdir(), 'nhi-bench-cache')
 const DAY = 86_400
 
-/** A named set of `count` tokens, reused from the cache while it stays valid for 3 more hours. */
+/**
+ * A named set of `count` distinct tokens, reused from the cache while it stays valid for 3 more hours (and
+ * holds no token twice: sets saved by an older minter could).
+ */
 export async function tokenSet(
   name: string,
   alg: TokenAlg,
@@ -155,7 +168,7 @@ export async function tokenSet(
       exp: number
       tokens: string[]
     }
-    if (saved.exp - now > 3 * 3600 && saved.tokens.length === count) {
+    if (saved.exp - now > 3 * 3600 && saved.tokens.length === count && new Set(saved.tokens).size === count) {
       return { key: saved.key, tokens: saved.tokens, cached: true, mintMs: 0 }
     }
   } catch {}
