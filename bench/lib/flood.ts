@@ -54,7 +54,6 @@ const LABELS: Record<string, string> = {
 
 const FLOOD_RATE_CEILING = 8_000
 
-
 export async function runFlood(opts: FloodOptions): Promise<FloodResult> {
   const log = opts.log
   const dir = await mkdtemp(join(tmpdir(), 'nhi-flood-'))
