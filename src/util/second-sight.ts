@@ -1,7 +1,7 @@
 // Admission for caches keyed by client input: an entry is kept from the second time its key is seen. A stream
 // of keys that never repeat (a flood of new tokens, a client minting a token per request, random user agents)
 // then neither fills a cache with entries no later request reads nor evicts the entries later requests do
-// read; a cache-miss flood costs the process ≈ 11 % less CPU for it (bench/README.md, "Sixth look"). A key
+// read; a cache-miss flood costs the process ≈ 26 % less CPU for it (bench/README.md, "Seventh look"). A key
 // that repeats pays for one more miss: its second request is worked out again, and kept. This is the
 // "doorkeeper" of TinyLFU (Einziger, Friedman and Manes, 2017).
 //
