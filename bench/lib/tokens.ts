@@ -67,6 +67,11 @@ parentPort.on('message', (m) => {
 })
 `
 
+interface Waiter {
+  resolve: (tokens: string[]) => void
+  reject: (err: unknown) => void
+}
+
 /**
  * A small pool of signing threads; `mint` hands out chunks round-robin. A thread answers its chunks in the
  * order it was given them, so each keeps a queue of the callers waiting on it: a chunk given to a thread that
@@ -75,7 +80,8 @@ parentPort.on('message', (m) => {
  */
 export class Minter {
   private readonly workers: Worker[]
-  private readonly waiting: { resolve: (tokens: string[]) => void; reject: (err: unknown) => void }[][]
+  /** per thread, the callers waiting on it, in the order their chunks were given */
+  private readonly waiting: Waiter[][]
   private next = 0
 
   constructor(
@@ -85,7 +91,7 @@ export class Minter {
   ) {
     this.workers = Array.from({ length: threads }, () => new Worker(WORKER_SOURCE, { eval: true }))
     this.waiting = this.workers.map((worker) => {
-      const queue: { resolve: (tokens: string[]) => void; reject: (err: unknown) => void }[] = []
+      const queue: Waiter[] = []
       worker.on('message', (tokens: string[]) => queue.shift()?.resolve(tokens))
       worker.on('error', (err) => {
         for (const waiter of queue.splice(0)) waiter.reject(err)
