@@ -6,10 +6,9 @@ import { Agent, request } from 'node:http'
 import t from 'tap'
 import type { VerifyPoolStats } from '../../src/identity/jwt/pool.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { createSigningKey, mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
 
 const ISSUER = 'https://idp.negative.example'
 const REPEATS = 30
@@ -37,12 +36,8 @@ function get(port: number, token: string, agent: Agent): Promise<{ status: numbe
 }
 
 t.test('a repeated forged token is verified twice and counted every time', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createSigningKey('neg-e2e-k1')
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t, 'neg-e2e-k1')
   const attacker = await createSigningKey('neg-e2e-k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
   const sidecar = await startTestSidecar(t, {
     service: 'orders',
     upstream: upstream.url,

@@ -10,7 +10,7 @@ import { connect } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { canConnect, freePort } from '../helpers/net.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
 import { scratchDir } from '../helpers/scratch.ts'
@@ -54,12 +54,8 @@ t.test(
 t.test(
   'after a gRPC call rejected for an invalid token, its client still connected: exit 0 at once',
   async (t) => {
-    const up = await startUpstream()
-    t.teardown(() => up.close())
+    const { upstream: up, key, jwks } = await startUpstreamAndJwks(t)
     const issuer = 'https://idp.exit.example'
-    const key = await createSigningKey('k1')
-    const jwks = await startJwksServer([key])
-    t.teardown(() => jwks.close())
     const sidecar = await startTestSidecar(t, {
       upstream: up.url,
       jwt: { issuers: [{ issuer, jwksUri: jwks.jwksUri, audiences: ['echo'] }], onInvalid: 'reject' },
