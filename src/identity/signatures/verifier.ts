@@ -120,7 +120,8 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     if (typeof headers['signature'] !== 'string' || typeof headers['signature-input'] !== 'string') {
       return failure('signature_invalid', 'Signature and Signature-Input must both be present, once')
     }
-    const host = headers.host
+    // HTTP/2 names the host in :authority (RFC 9113 §8.3.1), as the upstream request does (proxy/headers.ts)
+    const host = headers.host ?? headers[':authority']
     if (typeof host !== 'string' || host === '') return failure('signature_invalid', 'no Host to check')
     const agentHeader = headers['signature-agent']
     let candidates: readonly KeyDirectory[] = this.directories

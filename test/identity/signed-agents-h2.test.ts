@@ -1,0 +1,49 @@
+// docs/reference.md "HTTP/2 and gRPC": identity works per HTTP/2 stream exactly as per HTTP/1.1 request. An
+// HTTP/2 request names its host in :authority (RFC 9113 §8.3.1; clients send no Host), but the Web Bot Auth
+// check reads the Host header only, so a correctly signed agent over h2c is refused as signature_invalid
+// ("no Host to check") and attributed as an unverified user agent, and counted as an auth failure.
+import { once } from 'node:events'
+import { connect } from 'node:http2'
+import t from 'tap'
+import { request } from 'undici'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+t.test('a signed agent is verified over HTTP/2 as over HTTP/1.1', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    signedAgents: { directories: [{ url: directory.url, name: 'agent.example' }] },
+  })
+  const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
+  const agent = JSON.stringify(directory.origin)
+
+  // control: HTTP/1.1
+  const h1 = await request(`${proxy}/echo`, {
+    headers: { 'user-agent': 'ExampleAgent/1.0', ...(await signRequest(key, `${proxy}/echo`, { agent })) },
+  })
+  const h1seen = JSON.parse(await h1.body.text()).headers as Record<string, string>
+  t.equal(h1seen['x-nhi-identity'], 'agent.example', 'control: verified over HTTP/1.1')
+
+  const session = connect(proxy)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const signed = await signRequest(key, `${proxy}/echo`, { agent })
+  const stream = session.request({ ':path': '/echo', 'user-agent': 'ExampleAgent/1.0', ...signed })
+  let body = ''
+  stream.setEncoding('utf8')
+  stream.on('data', (c: string) => {
+    body += c
+  })
+  await once(stream, 'end')
+  const seen = JSON.parse(body).headers as Record<string, string>
+  t.equal(seen['x-nhi-identity'], 'agent.example', 'verified over h2c')
+  t.equal(seen['x-nhi-source'], 'signature')
+  t.equal(seen['x-nhi-verified'], 'true')
+})
