@@ -293,6 +293,17 @@ const NOT_IN_TRAILERS = new Set([
 ])
 
 /**
+ * Credential headers named by the config (`apiKeys.header`), normalized: kept out of trailers like x-api-key.
+ * Only ever grows (a reload to another name keeps the old one out too, which is stricter, never looser).
+ */
+const CONFIGURED_CREDENTIALS = new Set<string>()
+
+/** a header the loaded config identifies callers by (apiKeys.header) */
+export function registerCredentialHeader(name: string): void {
+  CONFIGURED_CREDENTIALS.add(normalizeHeaderName(name))
+}
+
+/**
  * Whether a client's request trailer field may go on to the upstream: not dropped by the header rule
  * (hop-by-hop, listed in Connection, set by the proxy, x-nhi-* in any spelling), not a field trailers may not
  * carry, and not a field of the request's header section (its value is the one the proxy attributed).
@@ -307,6 +318,7 @@ function trailerAllowed(
   if (n.length === 0 || n.charCodeAt(0) === 58) return false
   if (HOP_BY_HOP.has(n) || SET_BY_PROXY.has(n) || NOT_IN_TRAILERS.has(n) || isIdentityHeaderName(n))
     return false
+  if (CONFIGURED_CREDENTIALS.has(n)) return false
   if (listed?.has(n) || headers[n] !== undefined) return false
   // the header section under another spelling (x_api_key sent as a header, x-api-key as a trailer)
   for (const h in headers) if (h.indexOf('_') !== -1 && normalizeHeaderName(h) === n) return false

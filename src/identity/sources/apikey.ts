@@ -4,8 +4,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import * as z from 'zod/mini'
 import type { Config } from '../../config/schema.ts'
+import { registerCredentialHeader } from '../../proxy/headers.ts'
 import { type ConnectionInfo, type Failure, KINDS, type Kind, type RequestInfo } from '../../types.ts'
 import { fingerprint } from '../../util/fingerprint.ts'
+import { normalizeHeaderName } from '../../util/header-names.ts'
 import type { CredentialSource, SourceExtractor } from './source.ts'
 
 /** The `apiKeys` config section. */
@@ -48,10 +50,15 @@ interface KeyEntry {
 export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   readonly source = 'apikey' as const
   readonly header: string
+  /** the header as an upstream framework names it (CGI/WSGI/Rack: "_" ≡ "-") */
+  private readonly merged: string
   private readonly byHash = new Map<string, KeyEntry>()
 
   constructor(cfg: Config['apiKeys']) {
     this.header = cfg.header.toLowerCase()
+    this.merged = normalizeHeaderName(this.header)
+    // the key travels in the header section only: a trailer of that name is never forwarded
+    registerCredentialHeader(this.header)
     for (const k of cfg.keys) {
       const hex = k.sha256.toLowerCase()
       this.byHash.set(hex, {
@@ -74,6 +81,28 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
       return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint: fp }
     }
     return apiKeyEvidence(entry, fp)
+  }
+
+  /**
+   * Another spelling of the key header (x_api_key for x-api-key): never read here, but the same header to an
+   * upstream framework, which would authenticate a key the proxy did not attribute.
+   */
+  private isVariant(name: string): boolean {
+    return (
+      name.length === this.header.length && name !== this.header && normalizeHeaderName(name) === this.merged
+    )
+  }
+
+  // without keys no spelling of the header is a credential here, and the request path skips both walks
+  spoofedHeaders(req: RequestInfo): boolean {
+    if (this.byHash.size === 0) return false
+    for (const name in req.headers) if (this.isVariant(name)) return true
+    return false
+  }
+
+  prepareUpstreamHeaders(headers: Record<string, string | string[] | undefined>): void {
+    if (this.byHash.size === 0) return
+    for (const name in headers) if (this.isVariant(name)) delete headers[name]
   }
 }
 
