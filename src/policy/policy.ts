@@ -3,6 +3,7 @@
 import type { Config } from '../config/schema.ts'
 import { type CompiledPattern, compilePattern } from '../rules/pattern.ts'
 import type { Identity, Kind, PolicyDecision, RequestInfo, Source } from '../types.ts'
+import { normalizeHeaderName } from '../util/header-names.ts'
 
 export type PolicyMode = Config['policy']['mode']
 
@@ -39,6 +40,30 @@ function allows(m: AllowMatcher, id: Identity): boolean {
   if (m.sources && !m.sources.has(id.source)) return false
   if (m.identity && !m.identity.match(id.name)) return false
   return true
+}
+
+/**
+ * Headers upstream frameworks take the method from on a POST (Symfony/Laravel, Express method-override,
+ * Rack::MethodOverride, ASP.NET Core, OData), compared as an upstream merges names ("_" ≡ "-").
+ */
+const METHOD_OVERRIDE_HEADERS = new Set(['x-http-method-override', 'x-http-method', 'x-method-override'])
+
+/** The methods a request's override headers name, upper-cased; undefined when it has none. */
+function overriddenMethods(headers: RequestInfo['headers']): string[] | undefined {
+  let out: string[] | undefined
+  for (const name in headers) {
+    // all three names start with x (or X): the other headers of the request are passed over at once
+    const c = name.charCodeAt(0)
+    if ((c !== 120 && c !== 88) || !METHOD_OVERRIDE_HEADERS.has(normalizeHeaderName(name))) continue
+    const value = headers[name]
+    for (const m of String(value).split(',')) {
+      const method = m.trim().toUpperCase()
+      if (!method) continue
+      out ??= []
+      out.push(method)
+    }
+  }
+  return out
 }
 
 /**
@@ -84,16 +109,29 @@ export function compilePolicy(cfg: Config['policy']): Policy {
     }
     return rule
   })
+  const byMethod = rules.some((r) => r.methods !== undefined)
+  const decideFor = (identity: Identity, method: string, path: string): PolicyDecision => {
+    for (const rule of rules) {
+      if (rule.methods && !rule.methods.has(method)) continue
+      if (!routeMatches(rule.route, path)) continue
+      for (const m of rule.allow) if (allows(m, identity)) return rule.allowed
+      return rule.denied
+    }
+    return DEFAULT_ALLOW
+  }
   return {
     mode,
     decide(identity, req) {
-      for (const rule of rules) {
-        if (rule.methods && !rule.methods.has(req.method.toUpperCase())) continue
-        if (!routeMatches(rule.route, req.path)) continue
-        for (const m of rule.allow) if (allows(m, identity)) return rule.allowed
-        return rule.denied
+      const decision = decideFor(identity, req.method.toUpperCase(), req.path)
+      if (!byMethod || decision.decision !== 'allow') return decision
+      // the method the upstream may run instead (a POST with X-HTTP-Method-Override) must be allowed too
+      const overrides = overriddenMethods(req.headers)
+      if (overrides === undefined) return decision
+      for (const method of overrides) {
+        const other = decideFor(identity, method, req.path)
+        if (other.decision !== 'allow') return other
       }
-      return DEFAULT_ALLOW
+      return decision
     },
   }
 }
