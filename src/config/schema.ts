@@ -60,7 +60,7 @@ const sourceEnum = () => z.enum(SOURCE_NAMES as [string, ...string[]])
 /** The header a trusted front proxy passes the client certificate in: one per proxy. */
 export const forwardedCertFormat = described(
   z.enum(FORWARDED_CERT_FORMATS),
-  'xfcc: X-Forwarded-Client-Cert (Envoy/Istio) · rfc9440: Client-Cert · alb: X-Amzn-Mtls-Clientcert-* · ' +
+  'xfcc: X-Forwarded-Client-Cert (Envoy/Istio) · rfc9440: Client-Cert · alb: X-Amzn-Mtls-Clientcert-* (verify mode) · ' +
     'nginx: X-SSL-Client-Cert ($ssl_client_escaped_cert)',
 )
 

@@ -159,10 +159,24 @@ t.test('AWS ALB passthrough and verify headers', async (t) => {
   // ALB URL-encodes the PEM chain but leaves + = / as they are
   const albEncode = (pem: string) =>
     encodeURIComponent(pem).replace(/%2B/g, '+').replace(/%3D/g, '=').replace(/%2F/g, '/')
+  // passthrough mode: ALB forwards the chain without verifying it, so it names nobody
   const chain = (await send({ 'x-amzn-mtls-clientcert': albEncode(leaf.certPem + ca.certPem) }, 'alb'))
-    .trusted as CertEvidence
-  t.equal(chain.via, 'alb')
-  t.equal(chain.sha256, leafSha, 'the leaf is the first certificate of the chain')
+    .trusted as Failure
+  t.match(chain, { failed: true, source: 'xfcc', reason: 'cert_untrusted', detail: /passthrough/ })
+  t.equal(chain.fingerprint, leafSha.slice(0, 16), 'the leaf is the first certificate of the chain')
+  t.match(
+    (await send({ 'x-amzn-mtls-clientcert': 'not%20a%20certificate' }, 'alb')).trusted,
+    { reason: 'malformed' },
+    'a passthrough value that is no PEM is malformed',
+  )
+  // a chain the client made itself, naming the admin workload: the reason passthrough is not believed
+  const forged = await createCA('forged-ca')
+  const admin = await issueCert(forged, { cn: 'admin', uriSans: ['spiffe://cluster.local/ns/prod/sa/admin'] })
+  t.match(
+    (await send({ 'x-amzn-mtls-clientcert': albEncode(admin.certPem + forged.certPem) }, 'alb')).trusted,
+    { reason: 'cert_untrusted' },
+    'a self-made chain naming the admin workload is not an identity',
+  )
   const verifyMode = (
     await send(
       {

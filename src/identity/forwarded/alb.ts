@@ -1,8 +1,17 @@
-// AWS ALB mutual TLS headers. Passthrough mode sends the client chain as URL-encoded PEM (+ = / left as is)
-// in X-Amzn-Mtls-Clientcert; verify mode sends the leaf in -Leaf plus -Subject, -Serial-Number, ….
+// AWS ALB mutual TLS headers. Verify mode sends the leaf the load balancer verified against its trust store
+// in X-Amzn-Mtls-Clientcert-Leaf (URL-encoded PEM, + = / left as is) plus -Subject, -Serial-Number, ….
+// Passthrough mode sends the client's chain in X-Amzn-Mtls-Clientcert *without verifying it* (AWS: "targets
+// should verify the client certificate chain"): anyone can present a self-signed certificate naming any
+// SPIFFE ID there, so that chain is never a verified identity here, only a cert_untrusted failure.
 import type { IncomingHttpHeaders } from 'node:http'
 import type { CertEvidence, Failure } from '../../types.ts'
-import { certEvidenceFromFields, certEvidenceFromPem, commonName } from '../certificate.ts'
+import { sha256Hex } from '../../util/fingerprint.ts'
+import {
+  certEvidenceFromFields,
+  certEvidenceFromPem,
+  commonName,
+  firstPemCertificate,
+} from '../certificate.ts'
 import { urlDecode } from './decode.ts'
 import {
   ALB_CERT_HEADER,
@@ -18,12 +27,14 @@ function malformed(detail: string): Failure {
 
 /** undefined when no ALB header is present. */
 export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failure | undefined {
-  const encoded = headerText(headers, ALB_LEAF_HEADER) ?? headerText(headers, ALB_CERT_HEADER)
-  if (encoded !== undefined) {
-    const pem = urlDecode(encoded)
+  const leaf = headerText(headers, ALB_LEAF_HEADER)
+  if (leaf !== undefined) {
+    const pem = urlDecode(leaf)
     if (pem === undefined) return malformed('ALB client certificate is not URL-encoded PEM')
     return certEvidenceFromPem(pem, 'xfcc', true, 'alb')
   }
+  const chain = headerText(headers, ALB_CERT_HEADER)
+  if (chain !== undefined) return passthroughChain(chain)
   const subject = headerText(headers, ALB_SUBJECT_HEADER)
   const san = headerText(headers, ALB_SAN_HEADER)
   if (subject === undefined && san === undefined) return undefined
@@ -42,4 +53,19 @@ export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failur
     true,
     'alb',
   )
+}
+
+/** ALB passthrough mode's chain: nobody verified it, so it is reported, never believed */
+function passthroughChain(encoded: string): Failure {
+  const pem = urlDecode(encoded)
+  const der = pem === undefined ? undefined : firstPemCertificate(pem)
+  if (der === undefined) return malformed('ALB client certificate is not URL-encoded PEM')
+  return {
+    failed: true,
+    source: 'xfcc',
+    reason: 'cert_untrusted',
+    detail:
+      'ALB passthrough mode: the load balancer forwarded this chain without verifying it (use its verify mode)',
+    fingerprint: sha256Hex(der).slice(0, 16),
+  }
 }
