@@ -9,7 +9,7 @@ import type { Logger } from 'pino'
 import { type AdminServer, createAdminServer, type ReadyState } from './admin/server.ts'
 import type { Diagnostic } from './config/diagnostics.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
-import { redactConfig } from './config/redact.ts'
+import { redactConfig, redactUrl } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
@@ -260,7 +260,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   // an output is not the proxy: one that cannot apply its config is reported, traffic is served
   logRecorderFailures(log, await telemetry.start())
   if (telemetry.otlp.target !== undefined)
-    log.info({ event: 'otlp_export', target: telemetry.otlp.target }, 'exporting spans over OTLP')
+    log.info({ event: 'otlp_export', target: redactUrl(telemetry.otlp.target) }, 'exporting spans over OTLP')
 
   const tls = await readTls(initial, opts.tls)
   // the https listener parses a client certificate synchronously as each TLS connection comes in
@@ -350,15 +350,21 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
       recorder: telemetry,
     })
     await withTimeout(nextPipeline.start(), jwksStartTimeout)
+    // before the swap: an upstream the proxy cannot use must leave the running config whole
+    try {
+      proxy.setUpstream(next.upstream)
+    } catch (e) {
+      nextPipeline.close()
+      throw e
+    }
     const previous = pipeline
     pipeline = nextPipeline
-    proxy.setUpstream(next.upstream)
     const otlpBefore = telemetry.otlp.target
     logRecorderFailures(log, await telemetry.reconfigure(next))
     const otlpTarget = telemetry.otlp.target
     if (otlpTarget !== otlpBefore) {
       if (otlpTarget === undefined) log.info({ event: 'otlp_export_off' }, 'OTLP export is off')
-      else log.info({ event: 'otlp_export', target: otlpTarget }, 'exporting spans over OTLP')
+      else log.info({ event: 'otlp_export', target: redactUrl(otlpTarget) }, 'exporting spans over OTLP')
     }
     telemetry.configReloaded('success')
     // In-flight requests hold their own attribution; the old key caches can go.
@@ -370,7 +376,15 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const reload = async (): Promise<boolean> => {
     if (!configPath) return false
     const result = await loadForReload(configPath, log, telemetry)
-    return result !== undefined && apply(result.config, result.warnings)
+    if (result === undefined) return false
+    try {
+      return await apply(result.config, result.warnings)
+    } catch (e) {
+      // never silent: the last good config keeps serving, and the operator is told why
+      log.error({ event: 'config_reload_failed' }, `${configPath}: ${(e as Error).message}`)
+      telemetry.configReloaded('failure')
+      return false
+    }
   }
   const serialReload = serializeReloads(reload)
   // configs handed over are applied one at a time, in the order they came

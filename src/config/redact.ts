@@ -7,14 +7,20 @@ const KEEP = new Set(['bearerTokenFile', 'secretFile', 'key', 'maxIdentities', '
 const SECRET_PARAM =
   /^(access_token|id_token|refresh_token|token|api_?key|key|secret|client_secret|password|passwd|pwd|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|auth|authorization|code)$/i
 
-/** Masks userinfo and secret-looking query parameters of a URL-shaped string; anything else is returned as is. */
+const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i
+
+/**
+ * Masks userinfo and secret-looking query parameters of a URL-shaped string; anything else is returned as is.
+ * A string that only looks like a URL (one `new URL` refuses, e.g. a port out of range) still has its
+ * userinfo masked: it is most likely quoted in a message saying why it was refused.
+ */
 export function redactUrl(text: string): string {
   if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return text
   let u: URL
   try {
     u = new URL(text)
   } catch {
-    return text
+    return text.replace(USERINFO, '$1redacted@')
   }
   let changed = false
   if (u.username || u.password) {

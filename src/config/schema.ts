@@ -44,14 +44,10 @@ export const duration = described(
 )
 
 /** host:port, [v6]:port or :port */
-export const address = z
-  .string()
-  .check(
-    z.regex(
-      /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/,
-      'expected HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080',
-    ),
-  )
+export const address = z.string().check(
+  z.regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/, 'expected HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080'),
+  z.refine((v: string) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65_535, 'port must be 0 to 65535'),
+)
 
 export const kind = z.enum(KINDS)
 /** a credential source's name (identity/sources) or "anonymous"; a new schema each call (see described) */

@@ -2,6 +2,7 @@
 // issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
 import { isIPv4 } from 'node:net'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
+import { parseUpstream } from '../proxy/upstream-url.ts'
 import {
   isUniversalPattern,
   normalisePattern,
@@ -56,6 +57,18 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     issues.push({ path, message, hint, severity: 'warning', at })
 
   forwardedCertIssues(config.forwardedClientCert, error, warn)
+
+  // the schema only knows it is a URL; what the proxy can forward to is decided here, so `check`, a start and a
+  // reload all refuse it the same way (FILE:LINE:COL), instead of a reload half-applying it
+  try {
+    parseUpstream(config.upstream)
+  } catch (e) {
+    error(
+      ['upstream'],
+      (e as Error).message,
+      'http://, https://, h2c://host:port, h2://host:port or unix:/path.sock, without credentials, query or fragment',
+    )
+  }
 
   // Without a configured CA the listener does not ask for client certificates: Node's default store
   // (public roots, NODE_EXTRA_CA_CERTS) must never make a client certificate a verified identity.

@@ -1,4 +1,5 @@
 // The `upstream` setting: which origin requests go to and how (docs/reference.md "upstream").
+import { redactUrl } from '../config/redact.ts'
 
 export interface Upstream {
   /** http1: HTTP/1.1 (http:, https:, unix:); h2: HTTP/2 with prior knowledge (h2c:) or by ALPN over TLS (h2:) */
@@ -27,15 +28,15 @@ export function parseUpstream(url: string): Upstream {
   try {
     u = new URL(url)
   } catch {
-    throw new Error(`invalid upstream URL "${url}"`)
+    throw new Error(`invalid upstream URL "${redactUrl(url)}"`)
   }
   if (u.search || u.hash || u.username || u.password) {
-    throw new Error(`invalid upstream URL "${url}": no query, fragment or credentials allowed`)
+    throw new Error(`invalid upstream URL "${redactUrl(url)}": no query, fragment or credentials allowed`)
   }
   if (u.protocol === 'unix:') {
     // unix:/run/app.sock — HTTP/1.1 over a Unix domain socket, no base path
     if (!u.pathname.startsWith('/'))
-      throw new Error(`invalid upstream URL "${url}": unix: needs an absolute socket path`)
+      throw new Error(`invalid upstream URL "${redactUrl(url)}": unix: needs an absolute socket path`)
     const socketPath = decodeURIComponent(u.pathname)
     return {
       protocol: 'http1',
@@ -49,7 +50,9 @@ export function parseUpstream(url: string): Upstream {
   }
   const scheme = SCHEMES[u.protocol]
   if (scheme === undefined) {
-    throw new Error(`invalid upstream URL "${url}": only http:, https:, h2c:, h2: and unix: are supported`)
+    throw new Error(
+      `invalid upstream URL "${redactUrl(url)}": only http:, https:, h2c:, h2: and unix: are supported`,
+    )
   }
   const basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/+$/, '')
   const port = u.port ? Number(u.port) : scheme.tls ? 443 : 80
