@@ -1,6 +1,8 @@
 // The audit trail: one JSON line per request (pino's async destination) plus the bounded ring of recent lines
 // that serves /audit. Lines are sampled by `audit.sample`, except that anything worth investigating
 // (status >= 400, credential failures, denials, anomalies) is always written.
+import { mkdirSync, openSync } from 'node:fs'
+import { dirname } from 'node:path'
 import pino from 'pino'
 import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
@@ -148,10 +150,21 @@ export class AuditLog implements Recorder {
       this.flushTimer.unref()
       return
     }
+    // Opened here, synchronously: a path that cannot be opened (read-only filesystem, no permission, a parent
+    // that is a file) stops the start with one line naming it, instead of a write on fd -1 crashing the
+    // process under its first traffic.
+    let fd = 1
+    if (output !== 'stdout') {
+      try {
+        mkdirSync(dirname(output), { recursive: true })
+        fd = openSync(output, 'a')
+      } catch (e) {
+        throw new Error(`cannot open audit.output "${output}": ${(e as Error).message}`)
+      }
+    }
     const destination = pino.destination({
-      dest: output === 'stdout' ? 1 : output,
+      dest: fd,
       sync: false,
-      mkdir: output !== 'stdout',
       maxLength: AUDIT_MAX_PENDING_BYTES,
       // batches that pile up while a write is in flight go out together in the next one
       maxWrite: 2 * AUDIT_BATCH_CHARS,
