@@ -4,6 +4,7 @@
 import { once } from 'node:events'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { redactUrl } from '../config/redact.ts'
 import type { Out } from './check.ts'
 import { buildFleet, type FleetOptions, printFleet } from './fleet.ts'
 import { PromError } from './prometheus-api.ts'
@@ -96,7 +97,7 @@ export async function serveFleet(o: FleetOptions, address: string, out: Out, err
   }
   const a = server.address() as AddressInfo
   const shown = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
-  out(`fleet view of ${o.prometheus} on http://${shown}/`)
+  out(`fleet view of ${redactUrl(o.prometheus)} on http://${shown}/`)
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop)

@@ -44,12 +44,26 @@ export function promDuration(ms: number): string {
 }
 
 export class PrometheusClient {
+  /** the base URL without credentials: what messages and the JSON documents show */
+  readonly base: string
+  /** `user:password@` of the URL (Prometheus behind basic auth), sent as a header: fetch refuses them in URLs */
+  private readonly authorization: string | undefined
+
   constructor(
-    readonly base: string,
+    base: string,
     private readonly timeoutMs: number,
     /** evaluation time of every query, in seconds: one consistent snapshot */
     readonly time: number = Date.now() / 1000,
-  ) {}
+  ) {
+    const url = new URL(base)
+    if (url.username || url.password) {
+      const user = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`
+      this.authorization = `Basic ${Buffer.from(user).toString('base64')}`
+      url.username = ''
+      url.password = ''
+    }
+    this.base = url.href.replace(/\/+$/, '')
+  }
 
   /** An instant query at `time`; only vector results. */
   async query(promql: string): Promise<Sample[]> {
@@ -59,7 +73,11 @@ export class PrometheusClient {
     try {
       res = await fetch(url, {
         method: 'POST',
-        headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
+        headers: {
+          'content-type': 'application/x-www-form-urlencoded',
+          accept: 'application/json',
+          ...(this.authorization ? { authorization: this.authorization } : {}),
+        },
         body,
         signal: AbortSignal.timeout(this.timeoutMs),
       })

@@ -1,0 +1,50 @@
+// `inventory`/`fleet --prometheus http://user:password@host` (a Prometheus behind basic auth): the
+// credentials go in an Authorization header (fetch refuses them in a URL), and the password never appears in
+// the output, in messages, or in what `fleet --serve` answers to whoever loads its page.
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import t, { type Test } from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { runCli, spawnCli } from '../helpers/sidecar.ts'
+
+const AUTH = `Basic ${Buffer.from('ops:promPassw0rd').toString('base64')}`
+
+async function fakePrometheus(t: Test): Promise<string> {
+  const server = createServer((req, res) => {
+    if (req.headers.authorization !== AUTH) {
+      res.writeHead(401, { 'content-type': 'application/json' })
+      return res.end('{"status":"error","error":"unauthorized"}')
+    }
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end('{"status":"success","data":{"resultType":"vector","result":[]}}')
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+t.test('inventory with basic auth in --prometheus: works, never prints the password', async (t) => {
+  const host = await fakePrometheus(t)
+  const r = await runCli(['inventory', '--prometheus', `http://ops:promPassw0rd@${host}`, '--json'])
+  t.equal(r.code, 0, r.stderr)
+  t.notMatch(r.stdout + r.stderr, /promPassw0rd/, 'no password in the output')
+})
+
+t.test('fleet --serve: the 502 body never carries the password', async (t) => {
+  const cli = spawnCli([
+    'fleet',
+    '--prometheus',
+    'http://ops:promPassw0rd@127.0.0.1:9',
+    '--serve',
+    '127.0.0.1:0',
+  ])
+  t.teardown(() => cli.kill())
+  const line = await eventually(() => /on (http:\/\/\S+)\//.exec(cli.stdout())?.[1], {
+    what: 'the serve line',
+  })
+  const body = await (await fetch(`${line}/fleet.json`)).text()
+  t.notMatch(body, /promPassw0rd/, 'no password in the answer')
+  t.notMatch(cli.stdout() + cli.stderr(), /promPassw0rd/, 'no password in the output')
+})
