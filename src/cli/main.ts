@@ -41,10 +41,14 @@ function positiveDuration(value: string): number {
 
 /** Operational logs go to stderr as JSON lines; stdout is reserved for the audit trail. */
 function operationalLogger() {
-  return pino(
-    { level: process.env['NHI_LOG_LEVEL'] ?? 'info', base: { svc: 'nhi-proxy' } },
-    pino.destination(2),
-  )
+  const level = (process.env['NHI_LOG_LEVEL'] || 'info').toLowerCase()
+  if (level !== 'silent' && !(level in pino.levels.values)) {
+    process.stderr.write(
+      `nhi-proxy: NHI_LOG_LEVEL "${level}" is not a log level (trace, debug, info, warn, error, silent)\n`,
+    )
+    process.exit(1)
+  }
+  return pino({ level, base: { svc: 'nhi-proxy' } }, pino.destination(2))
 }
 
 /** What a signal stops: `shutdown` drains (the drain delay, then in-flight requests), `close` stops at once. */
@@ -360,8 +364,9 @@ program
     'after',
     `
 Tokens: GET /tokens/github?repository=acme/web, /tokens/kubernetes?ns=NS&sa=SA, /tokens/auth0-client,
-/tokens/auth0-user, /tokens/expired, /tokens/unknown-kid, /tokens/bound. They carry the real issuers'
-iss values and aud "checkout"; point an issuer's jwksUri at the printed JWKS to verify them.`,
+/tokens/auth0-user, /tokens/delegated?email=…&actor=… (RFC 8693 act), /tokens/expired, /tokens/unknown-kid,
+/tokens/bound. They carry the real issuers' iss values and aud "checkout"; point an issuer's jwksUri at the
+printed JWKS to verify them. A Web Bot Auth key directory is at /.well-known/http-message-signatures-directory.`,
   )
   .action(async (o: { listen: string }) => {
     try {
