@@ -58,6 +58,10 @@ function referencedFiles(config: Config): { path: Path; name: string; value: str
       if (value !== undefined) files.push({ path: ['jwt', 'issuers', i, name], name, value })
     }
   })
+  config.signedAgents.directories.forEach((dir, i) => {
+    if (dir.caFile !== undefined)
+      files.push({ path: ['signedAgents', 'directories', i, 'caFile'], name: 'caFile', value: dir.caFile })
+  })
   const https = config.listen.https
   if (https) {
     for (const name of ['cert', 'key', 'clientCA'] as const) {
@@ -65,6 +69,16 @@ function referencedFiles(config: Config): { path: Path; name: string; value: str
       if (value !== undefined) files.push({ path: ['listen', 'https', name], name, value })
     }
   }
+  const upstreamTls = config.upstreamTls
+  if (upstreamTls) {
+    for (const name of ['ca', 'cert', 'key'] as const) {
+      const value = upstreamTls[name]
+      if (value !== undefined) files.push({ path: ['upstreamTls', name], name, value })
+    }
+  }
+  const tokenFile = config.adminAccess.tokenFile
+  if (tokenFile !== undefined)
+    files.push({ path: ['adminAccess', 'tokenFile'], name: 'tokenFile', value: tokenFile })
   return files
 }
 

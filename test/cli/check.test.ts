@@ -1,5 +1,8 @@
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import t from 'tap'
 import { golden } from '../helpers/golden.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { runCli } from '../helpers/sidecar.ts'
 
 async function check(files: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; text: string }> {
@@ -51,3 +54,36 @@ t.test('without files: $NHI_PROXY_CONFIG, else config/nhi-proxy.yaml', async (t)
   t.equal(missing.code, 1)
   t.match(missing.text, /does\/not\/exist\.yaml:1:1 file not found/)
 })
+
+t.test(
+  'missing TLS, admin token and directory CA files are reported where the config names them',
+  async (t) => {
+    const dir = scratchDirSync('check-files')
+    const path = join(dir, 'files.yaml')
+    writeFileSync(
+      path,
+      [
+        'upstream: https://127.0.0.1:8443',
+        'upstreamTls:',
+        '  ca: ./typo-upstream-ca.crt',
+        '  cert: ./typo-client.crt',
+        '  key: ./typo-client.key',
+        'adminAccess:',
+        '  tokenFile: ./typo-admin-token',
+        'signedAgents:',
+        '  directories:',
+        '    - url: https://agent.example/.well-known/http-message-signatures-directory',
+        '      caFile: ./typo-agent-ca.crt',
+        '',
+      ].join('\n'),
+    )
+    const r = await runCli(['check', 'files.yaml'], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
+    t.equal(r.code, 1, r.stdout)
+    t.match(r.stdout, 'files.yaml:3:7 ca "./typo-upstream-ca.crt": file not found')
+    t.match(r.stdout, 'files.yaml:4:9 cert "./typo-client.crt": file not found')
+    t.match(r.stdout, 'files.yaml:5:8 key "./typo-client.key": file not found')
+    t.match(r.stdout, 'files.yaml:7:14 tokenFile "./typo-admin-token": file not found')
+    t.match(r.stdout, 'files.yaml:11:15 caFile "./typo-agent-ca.crt": file not found')
+    t.match(r.stdout, /^files\.yaml: 5 errors$/m)
+  },
+)
