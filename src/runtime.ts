@@ -247,6 +247,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     ...(opts.recorders ? { recorders: opts.recorders } : {}),
     ...(opts.worker ? { audit: { sink: opts.worker.auditSink } } : {}),
   })
+  telemetry.configLoaded()
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
   const botRangesObserver = loggingBotRangesObserver(log)

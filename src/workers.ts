@@ -252,6 +252,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   )
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
   const telemetry = new Telemetry(config, { version: VERSION })
+  telemetry.configLoaded()
   const pod = new PodMetrics()
   const own = new PodExport()
   const slots: Slot[] = []

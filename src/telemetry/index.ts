@@ -133,6 +133,11 @@ export class Telemetry {
     this.metrics.configReloaded(result, at)
   }
 
+  /** the config the process started with: its load time, not a reload */
+  configLoaded(at = this.now()): void {
+    this.metrics.configLoaded(at)
+  }
+
   /** an HTTP/2 connection closed for abuse (docs/reference.md "HTTP/2 and gRPC") */
   http2ConnectionClosed(reason: Http2AbuseReason): void {
     this.metrics.http2ConnectionClosed(reason)

@@ -139,6 +139,10 @@ export class MetricsRecorder implements Recorder {
     this.metrics.configReloaded(result, at)
   }
 
+  configLoaded(at: number): void {
+    this.metrics.configLoaded(at)
+  }
+
   http2ConnectionClosed(reason: Http2AbuseReason): void {
     this.metrics.http2ConnectionClosed(reason)
   }

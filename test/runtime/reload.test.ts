@@ -46,6 +46,16 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
   const admin = sidecar.adminUrl
 
   t.equal(await identityOf(proxy), 'ua:team-blue')
+  const loadedAt = metricValue(await scrape(admin), 'nhi_config_last_reload_success_timestamp_seconds')
+  t.ok(
+    loadedAt > Date.now() / 1000 - 60,
+    'the config the sidecar started with is its last successful load, before any reload',
+  )
+  t.equal(
+    metricValue(await scrape(admin), 'nhi_config_reloads_total', { result: 'success' }),
+    0,
+    'not a reload',
+  )
 
   const inFlight = fetch(`${proxy}/slow/1200`, { headers: { 'x-team': 'blue' } })
   await eventually(() => upstream.received.some((r) => r.url === '/slow/1200'), {
@@ -71,7 +81,10 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
     'broken reload counted as failure',
   )
   t.equal(await identityOf(proxy), 'ua:squad-blue', 'last good config keeps serving')
-  t.ok(metricValue(await scrape(admin), 'nhi_config_last_reload_success_timestamp_seconds') > 0)
+  t.ok(
+    metricValue(await scrape(admin), 'nhi_config_last_reload_success_timestamp_seconds') >= loadedAt,
+    'the good reload moved the timestamp, the broken one did not take it back',
+  )
 })
 
 t.test('Kubernetes ConfigMap ..data symlink swap is picked up', async (t) => {
