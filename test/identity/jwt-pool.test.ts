@@ -82,13 +82,29 @@ t.test('jobs started in one turn of the event loop go to the worker in one messa
   )
   await ready(t, pool, tokens[0]!, keys)
   const before = pool.stats().batches
-  const replies = await Promise.all(tokens.map((tok, i) => pool.verify(job(tok), keys, `peer-${i % 3}`)))
+  // what each caller of the first batch sees when it continues: the messages sent by then
+  const seen: number[] = []
+  const replies = await Promise.all(
+    tokens.map((tok, i) => {
+      const reply = pool.verify(job(tok), keys, `peer-${i % 3}`)
+      if (i >= DEFAULT_PER_WORKER) return reply
+      return reply?.then((r) => {
+        seen.push(pool.stats().batches - before)
+        return r
+      })
+    }),
+  )
   t.ok(
     replies.every((r) => r && 'header' in r),
     'every job verified in the worker',
   )
   // one full batch at once; the 4 that waited go together when its replies come back
   t.equal(pool.stats().batches - before, 2, `${tokens.length} jobs in two messages`)
+  t.same(
+    seen,
+    Array.from({ length: DEFAULT_PER_WORKER }, () => 2),
+    "the 4 that waited were sent before the first batch's callers continued (the worker is not left idle)",
+  )
   t.match(pool.stats(), { verified: tokens.length, queued: 0, running: 0 })
 })
 

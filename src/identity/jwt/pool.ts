@@ -310,6 +310,9 @@ export class VerifyPool {
       } else p.resolve(detail === ABSENT ? { id, code } : { id, code, claim: detail as string })
     }
     this.drain(slot)
+    // The jobs that waited go now, not at the end of this turn: the callers just answered continue in this
+    // turn's microtasks (their requests' whole remaining path), and the worker would sit idle through them.
+    this.flush(slot)
     if (slot.running.size === 0) {
       slot.worker.unref()
       this.idle(slot)
