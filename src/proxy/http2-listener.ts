@@ -146,6 +146,10 @@ export class Http2Front {
 
   /** hands a connection whose first bytes are the HTTP/2 preface (or that chose h2 by ALPN) to HTTP/2 */
   accept(socket: Socket): void {
+    // The HTTP/1.1 servers accepted this socket allowHalfOpen (node:http's choice); an Http2Server's own sockets
+    // are not, and a session relies on that: with a stream still open when the client goes away (FIN), a
+    // half-open socket is never closed, and the stream, its exchange and the connection stay forever.
+    socket.allowHalfOpen = false
     this.pending = this.handlers.connectionInfo(socket)
     try {
       this.server.emit('connection', socket)

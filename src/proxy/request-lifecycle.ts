@@ -3,6 +3,7 @@
 // call) → forward → onResponse (one record per exchange, once the response is closed). Requests and
 // websocket upgrades go through the same `serve`; only the transport (HTTP forward or tunnel) differs.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import { constants as http2Constants } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
@@ -89,6 +90,19 @@ export function hasBody(req: IncomingMessage): boolean {
   return requestHasBody(req.headers)
 }
 
+/**
+ * An HTTP/2 request answered on the proxy's behalf (a deny, a 401, a 400, an upstream failure) before its body
+ * ended: RFC 9113 §8.1 lets the server ask the client to stop sending with RST_STREAM(NO_ERROR) once the
+ * response is complete (Node sends it after the response's last frame). Without it the stream stays
+ * half-open for as long as the client keeps sending or simply never ends it, and the exchange is never
+ * recorded: a denial missing from metrics and audit, and in flight until shutdown.
+ */
+function stopUnreadRequest(req: IncomingMessage): void {
+  if (req.httpVersionMajor !== 2 || req.complete) return
+  const stream = (req as unknown as { stream?: { destroyed: boolean; close(code?: number): void } }).stream
+  if (stream && !stream.destroyed) stream.close(http2Constants.NGHTTP2_NO_ERROR)
+}
+
 /** Shared state of all exchanges: the in-flight count drain waits for, and the drain/close flags. */
 export class RequestLifecycle {
   inFlight = 0
@@ -106,7 +120,11 @@ export class RequestLifecycle {
       // being attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and
       // shutdown would wait out timeouts.drain for it
       clientGone: (res) => res.destroyed || (res as TaggedResponse)[kExchange]?.responseClosed === true,
-      answer: (ex, req, res, a) => this.answer(ex, req, res, a.status, a.body, a.headers),
+      answer: (ex, req, res, a) => {
+        const sent = this.answer(ex, req, res, a.status, a.body, a.headers)
+        stopUnreadRequest(req)
+        return sent
+      },
       forward: (req, res, target, headers) => forwarder.forward(req, res, target, headers),
       abort: (res) => {
         if (!res.writableFinished) res.destroy()
