@@ -37,6 +37,8 @@ interface Checked {
   result: Result
   keys?: IssuerKeySet
   generation?: number
+  /** unix ms from which a not_yet_valid token verifies (nbf less the clock skew) */
+  validFrom?: number
 }
 
 interface CachedFailure {
@@ -98,9 +100,11 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
   private readonly pool: VerifyPool
   private readonly now: () => number
   private readonly random: () => number
+  private readonly clockSkewMs: number
 
   constructor(cfg: Config['jwt'], opts: JwtExtractorOptions = {}) {
     this.now = opts.now ?? Date.now
+    this.clockSkewMs = cfg.clockSkew
     this.random = opts.random ?? Math.random
     const clock = this.now
     this.pool = new VerifyPool({
@@ -251,11 +255,15 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const keys = verifier.keys
     const generation = keys.generation
     const result = await verifier.verify(token, fp, peer, peeked)
-    return {
+    const checked: Checked = {
       result: 'source' in result ? result : fail(result.reason, result.detail).result,
       keys,
       generation,
     }
+    const nbf = claims['nbf']
+    if (!('source' in result) && result.reason === 'not_yet_valid' && typeof nbf === 'number')
+      checked.validFrom = nbf * 1000 - this.clockSkewMs
+    return checked
   }
 
   /**
@@ -271,6 +279,9 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       if (NOT_CACHED.has(reason)) return 0
       if (reason === 'expired') return MAX_CACHE_MS
       if (reason === 'bad_signature') return BAD_SIGNATURE_CACHE_MS
+      // never past the moment the token becomes valid
+      if (reason === 'not_yet_valid' && checked.validFrom !== undefined)
+        return Math.min(FAILURE_CACHE_MS, checked.validFrom - this.now())
       if (reason === 'unknown_kid')
         return checked.keys ? Math.min(checked.keys.unknownKidBlockedForMs(), MAX_CACHE_MS) : 0
       return FAILURE_CACHE_MS
