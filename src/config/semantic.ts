@@ -90,7 +90,17 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     }
   }
 
+  // one issuer is one verifier: a second entry for the same `iss` would silently replace the first
+  const issuerAt = new Map<string, number>()
   config.jwt.issuers.forEach((iss, i) => {
+    const first = issuerAt.get(iss.issuer)
+    if (first !== undefined) {
+      error(
+        ['jwt', 'issuers', i, 'issuer'],
+        `duplicate issuer "${iss.issuer}" (also jwt.issuers[${first}]): only one of them would be used`,
+        'merge the two entries (several audiences, algorithms and one key source per issuer)',
+      )
+    } else issuerAt.set(iss.issuer, i)
     if (!iss.jwksUri && !iss.jwksFile && !iss.discovery) {
       error(
         ['jwt', 'issuers', i],

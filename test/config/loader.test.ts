@@ -222,6 +222,23 @@ t.test('duplicate rule names, issuers and api keys', async (t) => {
       'c',
     ).ok,
   )
+  const twice = errorsOf(
+    'jwt:\n  issuers:\n    - { issuer: https://idp, jwksFile: /a, audiences: [x] }\n' +
+      '    - { issuer: https://idp, jwksFile: /b, audiences: [y] }\n',
+  )
+  t.same(lines(twice), [
+    'c.yaml:4:17 duplicate issuer "https://idp" (also jwt.issuers[0]): only one of them would be used (hint: merge the two entries (several audiences, algorithms and one key source per issuer))',
+  ])
+  const sameKey = errorsOf(
+    'apiKeys:\n  keys:\n    - { name: a, sha256: "' +
+      'c'.repeat(64) +
+      '" }\n    - { name: b, sha256: "' +
+      'C'.repeat(64) +
+      '" }\n',
+  )
+  t.same(lines(sameKey), [
+    'c.yaml:4:26 the same key as apiKeys.keys[0]: only one of the two names would be used (hint: list each key once)',
+  ])
 })
 
 t.test('loadConfigFile reads files and reports missing ones', async (t) => {

@@ -144,7 +144,17 @@ export const apiKeySource: CredentialSource<ApiKeyEvidence> = {
   cacheKey: (ev) => ev.fingerprint,
   describe: (ev) => `verified name=${ev.name} fingerprint=${ev.fingerprint}`,
   checkConfig(config, error) {
+    const hashAt = new Map<string, number>()
     config.apiKeys.keys.forEach((k, i) => {
+      const hash = k.sha256.toLowerCase()
+      const first = hashAt.get(hash)
+      if (first !== undefined) {
+        error(
+          ['apiKeys', 'keys', i, 'sha256'],
+          `the same key as apiKeys.keys[${first}]: only one of the two names would be used`,
+          'list each key once',
+        )
+      } else hashAt.set(hash, i)
       if (k.name === 'anonymous' || k.name.startsWith('ua:')) {
         error(
           ['apiKeys', 'keys', i, 'name'],
