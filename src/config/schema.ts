@@ -455,7 +455,8 @@ export const configSchema = z.strictObject({
                   }),
                 ),
                 [
-                  { operator: 'Google', suffixes: ['googlebot.com', 'google.com', 'googleusercontent.com'] },
+                  // not googleusercontent.com: every Compute Engine VM has a PTR name there that resolves back to it
+                  { operator: 'Google', suffixes: ['googlebot.com', 'google.com'] },
                   { operator: 'Bing', suffixes: ['search.msn.com'] },
                   { operator: 'Apple', suffixes: ['applebot.apple.com'] },
                 ],
