@@ -19,6 +19,36 @@ const CLAIMS: readonly (readonly [RegExp, string])[] = [
 // bounded as that cache and needs no limit of its own.
 const seen = new WeakMap<UserAgentEvidence, string | null>()
 
+/** The products (as the classifier names them) an operator's ranges and DNS names vouch for. */
+const PRODUCTS: ReadonlyMap<string, ReadonlySet<string>> = new Map([
+  [
+    'Google',
+    new Set([
+      'googlebot',
+      'googlebot-image',
+      'googlebot-news',
+      'googlebot-video',
+      'google-inspectiontool',
+      'googleother',
+      'storebot-google',
+    ]),
+  ],
+  ['Bing', new Set(['bingbot', 'bingpreview', 'adidxbot', 'msnbot'])],
+  ['OpenAI', new Set(['gptbot', 'oai-searchbot', 'chatgpt-user'])],
+  ['Apple', new Set(['applebot'])],
+  ['Perplexity', new Set(['perplexitybot', 'perplexity-user'])],
+])
+
+/**
+ * Whether a checked claim of `operator` may verify this user agent: its name is one of that operator's
+ * products. The claim is found anywhere in the user agent, the name is the classifier's first match: a
+ * user agent carrying two products ("Googlebot/2.1 … ClaudeBot/1.0") must not make `claudebot` verified by
+ * Google's ranges.
+ */
+export function operatorVouchesFor(operator: string, ua: UserAgentEvidence): boolean {
+  return PRODUCTS.get(operator)?.has(ua.product) === true
+}
+
 /** The operator `ua` claims to crawl for, or undefined when it claims none this proxy can check. */
 export function claimedOperator(ua: UserAgentEvidence): string | undefined {
   if (ua.category !== 'bot' && ua.category !== 'agent') return undefined

@@ -8,7 +8,7 @@ import type { ConnectionInfo, EvidenceSet, RequestInfo, UserAgentEvidence } from
 import { CidrSet } from '../../util/cidr.ts'
 import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
 import { evidenceOf, replaceEvidence } from '../sources/source.ts'
-import { claimedOperator } from './claims.ts'
+import { claimedOperator, operatorVouchesFor } from './claims.ts'
 import { clientAddress } from './client-address.ts'
 import { DnsVerifier } from './dns.ts'
 import { OperatorRanges, parseRangeDocument, type RangeSource, SHIPPED_RANGES } from './ranges.ts'
@@ -116,7 +116,9 @@ export class BotVerifier {
     if (!ua || !this.cfg.enabled) return
     const operator = claimedOperator(ua)
     if (operator === undefined) return
-    const r = this.check(operator, clientAddress(req.headers, conn.remoteAddress, this.trusted))
+    let r = this.check(operator, clientAddress(req.headers, conn.remoteAddress, this.trusted))
+    // the address checks out for the operator, but the user agent is named after another product
+    if ((r === 'ranges' || r === 'dns') && !operatorVouchesFor(operator, ua)) r = 'unverified_claim'
     if (r === 'ranges' || r === 'dns')
       replaceEvidence(evidence, 'useragent', verifiedEvidence(ua, operator, r))
     else if (r === 'unverified_claim' && !evidence.anomalies.includes('unverified_claim'))
