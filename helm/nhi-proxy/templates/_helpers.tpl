@@ -220,7 +220,9 @@ together with "nhi-proxy.sidecarVolumes" under volumes.
 - name: nhi-proxy-admin-token
   secret:
     secretName: {{ .Values.adminToken.existingSecret }}
-    defaultMode: 0440
+    # readable by the proxy's non-root user in any pod: the files are root:root unless the pod sets an
+    # fsGroup, which a sidecar's pod (the app's) need not; only the proxy container mounts this volume
+    defaultMode: 0444
     items:
       - { key: {{ .Values.adminToken.key }}, path: {{ .Values.adminToken.key }} }
 {{- end }}
