@@ -9,7 +9,7 @@
 // of text took the primary 80-90 ms of CPU per scrape at 1,000 identities on two workers (bench/README.md).
 import { flattened } from '../util/flat.ts'
 import { escapeLabelValue, type FamilyInfo, formatValue, writeHeader } from './exposition.ts'
-import { type IdentityTableLimits, OVERFLOW_IDENTITY, unverifiedCap } from './identity-table.ts'
+import { type IdentityTableLimits, madeUpName, OVERFLOW_IDENTITY, unverifiedCap } from './identity-table.ts'
 import { PodExport, type PodFamilyDef, type PodSnapshot } from './pod-export.ts'
 
 /** the labels every per-identity series starts with */
@@ -72,6 +72,13 @@ class Line {
   processes = 0
   /** a folded identity's contribution (sum) or last-seen time (max); only overflow lines get one */
   extra: number | undefined = undefined
+  /**
+   * counters and histograms: what processes that stopped rendering this line (their identity went idle
+   * there) had counted, kept while the line lives on, so a live series never goes backwards
+   */
+  retired = 0
+  /** some process's counts were retired into it (a zero too: a histogram keeps every bucket line) */
+  retiring = false
   private merged = 0
   private dirty = true
   private rendered = Number.NaN
@@ -111,6 +118,22 @@ class Line {
     this.dirty = true
   }
 
+  /** the process no longer renders the line: a counter keeps what it counted (gauges forget it) */
+  retire(slot: number): void {
+    const was = this.values[slot]
+    if (was === undefined) return
+    this.unset(slot)
+    this.keep(was)
+  }
+
+  /** adds what a process that no longer renders the line had counted (counters and histograms only) */
+  keep(value: number): void {
+    if (this.family.type === 'gauge' || !Number.isFinite(value)) return
+    this.retired += value
+    this.retiring = true
+    this.dirty = true
+  }
+
   unset(slot: number): void {
     if (this.values[slot] === undefined) return
     this.values[slot] = undefined
@@ -127,7 +150,7 @@ class Line {
       if (x === undefined) continue
       v = v === undefined ? x : max ? Math.max(v, x) : v + x
     }
-    this.merged = v ?? 0
+    this.merged = (v ?? 0) + this.retired
     this.dirty = false
     return this.merged
   }
@@ -137,7 +160,12 @@ class Line {
     let v = this.value()
     const extra = this.extra
     if (extra !== undefined)
-      v = this.processes === 0 ? extra : this.family.type === 'gauge' ? Math.max(v, extra) : v + extra
+      v =
+        this.processes === 0 && !this.retiring
+          ? extra
+          : this.family.type === 'gauge'
+            ? Math.max(v, extra)
+            : v + extra
     if (this.text === '' || !Object.is(v, this.rendered)) {
       this.text = flattened(`${this.key} ${formatValue(v)}\n`)
       this.rendered = v
@@ -203,8 +231,16 @@ export class PodMetrics {
   /** Applies a process's snapshot; false when it does not continue the last one applied (then ask again). */
   apply(process: string, snapshot: PodSnapshot): boolean {
     const slot = this.slot(process)
-    if (snapshot.base === -1) this.clear(slot)
-    else if (snapshot.base !== slot.seq) {
+    /** a whole snapshot replaces the process's lines: those it no longer holds are retired after it */
+    let before: { line: Line; value: number }[] | undefined
+    if (snapshot.base === -1) {
+      before = []
+      for (const line of slot.lines) {
+        const value = line?.values[slot.index]
+        if (line !== undefined && value !== undefined) before.push({ line, value })
+      }
+      this.clear(slot)
+    } else if (snapshot.base !== slot.seq) {
       slot.seq = -1
       return false
     }
@@ -230,11 +266,14 @@ export class PodMetrics {
       slot.lines[id] = line
     }
     for (const id of snapshot.removed) {
-      slot.lines[id]?.unset(slot.index)
+      slot.lines[id]?.retire(slot.index)
       slot.lines[id] = undefined
     }
     const { ids, values } = snapshot
     for (let i = 0; i < ids.length; i++) slot.lines[ids[i]!]?.set(slot.index, values[i]!)
+    if (before !== undefined) {
+      for (const { line, value } of before) if (line.values[slot.index] === undefined) line.keep(value)
+    }
     slot.seq = snapshot.seq
     return true
   }
@@ -297,7 +336,9 @@ export class PodMetrics {
         continue
       }
       for (const [key, line] of f.lines) {
-        if (line.processes === 0 && line.extra === undefined) {
+        // a line no process renders goes, unless it kept counts of an identity some worker still tracks
+        const kept = line.retiring && line.identity !== undefined && present.has(line.identity)
+        if (line.processes === 0 && line.extra === undefined && !kept) {
           f.lines.delete(key)
           continue
         }
@@ -391,11 +432,12 @@ export class PodMetrics {
     const maxUnverified = unverifiedCap(limits)
     for (const [key, p] of present) {
       if (this.admitted.has(key) || this.folded.has(key)) continue
-      const fits =
-        this.admitted.size < limits.maxIdentities && (p.verified || this.unverified < maxUnverified)
+      const sep = key.indexOf('\u0000')
+      const madeUp = madeUpName(key.slice(sep + 1), key.slice(0, sep), p.verified)
+      const fits = this.admitted.size < limits.maxIdentities && (!madeUp || this.unverified < maxUnverified)
       if (fits) {
-        this.admitted.set(key, !p.verified)
-        if (!p.verified) this.unverified++
+        this.admitted.set(key, madeUp)
+        if (madeUp) this.unverified++
       } else this.folded.set(key, new Map())
     }
   }
@@ -423,7 +465,8 @@ export class PodMetrics {
         const additive = f.type !== 'gauge'
         if (!additive && f.base !== LAST_SEEN) continue
         for (const line of f.lines.values()) {
-          if (line.identity === undefined || line.processes === 0 || !this.folded.has(line.identity)) continue
+          if (line.identity === undefined || !this.folded.has(line.identity)) continue
+          if (line.processes === 0 && !line.retiring) continue
           const value = line.value()
           add(f, line.overflowKey, value, !additive)
           if (!additive) continue

@@ -1,0 +1,95 @@
+// with `workers: 2`, an identity that goes idle on one worker but keeps calling through the other
+// is a live series in the pod's /metrics; its counters must never go backwards. The primary sums only what
+// the workers currently track, so when one worker sweeps the identity (idleTtl) its share vanishes from the
+// merged nhi_requests_total (and the duration histogram, bytes...) while the series stays.
+import { writeFile } from 'node:fs/promises'
+import { Agent, request } from 'node:http'
+import { join } from 'node:path'
+import t from 'tap'
+import { stringify } from 'yaml'
+import { metricValue, parseMetrics } from '../helpers/metrics.ts'
+import { scratchDir } from '../helpers/scratch.ts'
+import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+function get(url: string, agent: Agent, ua: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent, headers: { 'user-agent': ua } }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+t.test(
+  'a live identity served by two workers: its counter never decreases when one worker idles it',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const dir = await scratchDir('rev-workers-idle')
+    const file = join(dir, 'config.yaml')
+    await writeFile(
+      file,
+      stringify({
+        listen: { http: '127.0.0.1:0' },
+        admin: '127.0.0.1:0',
+        upstream: upstream.url,
+        workers: 2,
+        audit: { output: 'off' },
+        timeouts: { drainDelay: '0s' },
+        metrics: { idleTtl: '3s' },
+      }),
+    )
+    const sidecar = await startSidecarFromFile(t, file)
+    const url = `${sidecar.proxyUrl}/x`
+    const scrape = async () => parseMetrics(await (await fetch(`${sidecar.adminUrl}/metrics`)).text())
+    const UA = 'steady-client/1.0'
+    const who = { identity: 'ua:steady-client' }
+
+    // two keep-alive connections: the cluster hands them to the two workers in turn
+    const a = new Agent({ keepAlive: true, maxSockets: 1 })
+    const b = new Agent({ keepAlive: true, maxSockets: 1 })
+    t.teardown(() => {
+      a.destroy()
+      b.destroy()
+    })
+    let sent = 0
+    for (let i = 0; i < 5; i++) {
+      t.equal(await get(url, a, UA), 200)
+      t.equal(await get(url, b, UA), 200)
+      sent += 2
+    }
+    const first = await scrape()
+    const perWorker = first.filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value)
+    t.same(perWorker, [5, 5], 'precondition: each connection went to its own worker')
+    const before = metricValue(first, 'nhi_requests_total', who)
+    t.equal(before, sent)
+
+    // the client keeps calling on one connection only, for longer than idleTtl
+    // (scraped after every request: Prometheus would see each value)
+    let last = before
+    const seen: number[] = [before]
+    const until = Date.now() + 5000
+    while (Date.now() < until) {
+      t.equal(await get(url, b, UA), 200)
+      sent++
+      const v = metricValue(await scrape(), 'nhi_requests_total', who)
+      seen.push(v)
+      last = Math.max(last, v)
+      await sleep(250)
+    }
+    const after = await scrape()
+    const now = metricValue(after, 'nhi_requests_total', who)
+    seen.push(now)
+    t.ok(
+      seen.every((v, i) => i === 0 || v >= seen[i - 1]!),
+      `a live counter never goes backwards: ${seen.join(' ')}`,
+    )
+    t.equal(now, sent, 'every request of the live identity is counted')
+    t.equal(metricValue(after, 'nhi_request_duration_seconds_count', who), sent, 'the duration histogram too')
+  },
+)
