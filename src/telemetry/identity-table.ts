@@ -10,6 +10,14 @@ import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
 
 export const OVERFLOW_IDENTITY = '__overflow__'
+
+/**
+ * A name the client made up: an unverified identity's, or a verified request's name made from what its
+ * user agent says (`apikey:ua:…`, see namespacedName): both are held to the unverified cap.
+ */
+export function madeUpName(name: string, source: string, verified: boolean): boolean {
+  return !verified || (name.startsWith(source) && name.startsWith(':ua:', source.length))
+}
 /** caller → callee edges kept per identity (one per fronted service; the cap guards misconfiguration) */
 const MAX_EDGES_PER_IDENTITY = 16
 
@@ -133,7 +141,7 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     name,
     source: identity.source,
     overflow: name === OVERFLOW_IDENTITY,
-    unverifiedSlot: name !== OVERFLOW_IDENTITY && !identity.verified,
+    unverifiedSlot: name !== OVERFLOW_IDENTITY && madeUpName(name, identity.source, identity.verified),
     kind: identity.kind,
     verified: identity.verified,
     // every optional field is present from the start, so all entries share one object shape and the
@@ -212,7 +220,9 @@ export class IdentityTable {
   private fits(identity: Identity): boolean {
     if (identity.name === OVERFLOW_IDENTITY) return false
     if (this.tracked >= this.limits.maxIdentities) return false
-    return identity.verified || this.unverified < this.maxUnverified
+    return (
+      !madeUpName(identity.name, identity.source, identity.verified) || this.unverified < this.maxUnverified
+    )
   }
 
   get size(): number {
