@@ -120,6 +120,8 @@ export function evidenceKey(ev: EvidenceSet): string | undefined {
 
 /** Names of requests that verified nothing (user agents, headers, unverified certificates) live here. */
 export const UNVERIFIED_PREFIX = 'ua:'
+/** longest unverified identity name (a made-up name: header captures, user agents) */
+export const MAX_UNVERIFIED_NAME_LENGTH = 256
 /** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */
 export const ANONYMOUS = 'anonymous'
 
@@ -131,8 +133,12 @@ export const ANONYMOUS = 'anonymous'
  * prefixed with its source instead (`apikey:anonymous`).
  */
 export function namespacedName(name: string, source: Source, verified: boolean): string {
-  if (!verified)
-    return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? name : UNVERIFIED_PREFIX + name
+  if (!verified) {
+    const named = name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? name : UNVERIFIED_PREFIX + name
+    // what a client says (a captured header) is no longer than a user agent may be: the name is repeated
+    // on every series line, row and audit line of the identity
+    return named.length > MAX_UNVERIFIED_NAME_LENGTH ? named.slice(0, MAX_UNVERIFIED_NAME_LENGTH) : named
+  }
   return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? `${source}:${name}` : name
 }
 
