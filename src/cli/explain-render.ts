@@ -1,5 +1,6 @@
 // Text rendering of `nhi-proxy explain`, separate from the pipeline so it can be golden-tested on its own.
 import type { RuleTrace } from '../rules/rule-set.ts'
+import { isoFromSeconds } from '../telemetry/identities.ts'
 import type { EvidenceSet, Identity, PolicyDecision } from '../types.ts'
 
 /** What explain renders; the pipeline's evaluation plus the request and the rule count. */
@@ -59,7 +60,8 @@ export function renderExplain(r: ExplainReport): string[] {
   if (id.team !== undefined || id.zone !== undefined)
     lines.push(`  team=${id.team ?? '-'} zone=${id.zone ?? '-'}`)
   if (Object.keys(id.attributes).length) lines.push(`  attributes: ${fmtAttrs(id.attributes)}`)
-  if (id.expiresAt !== undefined) lines.push(`  expires: ${new Date(id.expiresAt * 1000).toISOString()}`)
+  if (id.expiresAt !== undefined)
+    lines.push(`  expires: ${isoFromSeconds(id.expiresAt) ?? `${id.expiresAt} (past any date)`}`)
   const d = r.decision
   lines.push(
     d.skipped

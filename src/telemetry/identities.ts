@@ -72,6 +72,12 @@ const round = (n: number, digits = 3) => {
   return Math.round(n * f) / f
 }
 
+/** ISO time of unix seconds; undefined beyond what a Date holds (a verified token may say `exp: 1e13`) */
+export function isoFromSeconds(seconds: number): string | undefined {
+  const d = new Date(seconds * 1000)
+  return Number.isNaN(d.getTime()) ? undefined : d.toISOString()
+}
+
 export function isJobOverdue(entry: IdentityEntry, now: number): boolean {
   if (!entry.expectEveryMs) return false
   return now - (entry.lastSuccess ?? entry.firstSeen) > entry.expectEveryMs
@@ -104,7 +110,7 @@ function toRow(e: IdentityEntry, now: number): IdentityRow {
     cost: round(e.cost, 9),
     firstSeen: new Date(e.firstSeen).toISOString(),
     lastSeen: new Date(e.lastSeen).toISOString(),
-    credentialExpiry: e.expiresAt === undefined ? undefined : new Date(e.expiresAt * 1000).toISOString(),
+    credentialExpiry: e.expiresAt === undefined ? undefined : isoFromSeconds(e.expiresAt),
   }
   if (e.kind === 'job' && !e.overflow) {
     row.job = {
