@@ -93,7 +93,8 @@ export async function serveFleet(o: FleetOptions, address: string, out: Out, err
     await once(server, 'listening')
   } catch (e) {
     err(`nhi-proxy: cannot listen on ${address}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`)
-    return 1
+    // a listener that cannot start is a runtime failure, as for `run` (docs/reference.md "Command line")
+    return 2
   }
   const a = server.address() as AddressInfo
   const shown = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { isIP } from 'node:net'
 // nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
 import { availableParallelism } from 'node:os'
 import { Command, InvalidArgumentError, Option } from 'commander'
@@ -16,6 +17,12 @@ const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value]
+}
+
+/** an IP address, as a socket's peer would be */
+function ipAddress(value: string): string {
+  if (isIP(value) === 0) throw new InvalidArgumentError('expected an IP address, e.g. 10.0.0.7 or ::1')
+  return value
 }
 
 /** `--workers`: a positive whole number or auto */
@@ -267,7 +274,7 @@ program
   .option('--ua <user-agent>', 'user agent')
   .option('--method <method>', 'HTTP method', 'GET')
   .option('--path <path>', 'request path', '/')
-  .option('--remote-addr <ip>', 'client address', '127.0.0.1')
+  .option('--remote-addr <ip>', 'client address (an IPv4 or IPv6 address)', ipAddress, '127.0.0.1')
   .option('--json', 'machine-readable output')
   .action(
     async (o: {

@@ -137,6 +137,12 @@ t.test('bad input exits 1', async (t) => {
   t.equal(badConfig.code, 1, 'invalid config')
   t.equal(badHeader.code, 1, 'header without a colon')
   t.equal(noCert.code, 1, 'missing certificate file')
+  // commander checks flags in the bin, not in runExplain: through the bin
+  const badAddr = await runCli(['explain', '--remote-addr', 'notanip'], {
+    env: { NHI_PROXY_CONFIG: undefined },
+  })
+  t.equal(badAddr.code, 1, '--remote-addr that is no IP address')
+  t.match(badAddr.stderr, /--remote-addr .*expected an IP address/)
 })
 
 t.test('rendering without the engine: anonymous request, no rules', async (t) => {

@@ -2,8 +2,12 @@
 // the built bundle: known callers (api keys, an AI agent's user agent, a browser) cross them, Prometheus
 // scrapes every second, and the built CLI must list exactly those identities and edges. Plus the CSV shape
 // and the errors (Prometheus down, bad URL).
+
 import { createHash } from 'node:crypto'
+import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import type { InventoryRow } from '../../src/cli/inventory.ts'
@@ -533,4 +537,20 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
   const badServe = await badServePending
   t.equal(badServe.code, 1, 'a bad --serve address → exit 1')
   t.match(badServe.stderr, /--serve must be HOST:PORT, :PORT or PORT/)
+
+  // the page's port taken by someone else: a listener that cannot start is a runtime failure
+  const taken = createServer()
+  taken.listen(0, '127.0.0.1')
+  await once(taken, 'listening')
+  t.teardown(() => taken.close())
+  const takenPort = (taken.address() as AddressInfo).port
+  const inUse = await runCli([
+    'fleet',
+    '--prometheus',
+    `http://127.0.0.1:${port}`,
+    '--serve',
+    `127.0.0.1:${takenPort}`,
+  ])
+  t.equal(inUse.code, 2, '--serve on a port in use → exit 2')
+  t.match(inUse.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${takenPort}: EADDRINUSE`))
 })
