@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream'
 import type { ConnectionOptions } from 'node:tls'
 import type { Dispatcher } from 'undici'
 import type { UpstreamErrorReason } from '../types.ts'
-import { downstreamHeaders, type HeaderBlocks, type UpstreamHeaders } from './headers.ts'
+import { downstreamHeaders, type HeaderBlocks, singleValued, type UpstreamHeaders } from './headers.ts'
 import { hasBody } from './request-lifecycle.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
 import type { Upstream } from './upstream-url.ts'
@@ -187,10 +187,21 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     if (statusCode < 200) return true
-    this.status = statusCode
     this.resume = resume
-    if (this.clientGone) return false
-    this.res.writeHead(statusCode, downstreamHeaders(rawHeaders))
+    if (this.clientGone) {
+      this.status = statusCode
+      return false
+    }
+    const headers = downstreamHeaders(rawHeaders)
+    try {
+      // node:http2 refuses a repeated single-value field (HTTP/1.1 clients get it as sent)
+      this.res.writeHead(statusCode, this.res.req?.httpVersionMajor === 2 ? singleValued(headers) : headers)
+    } catch (err) {
+      // nothing was sent: status 0, so the caller answers 502 instead of leaving the response open forever
+      for (const name of this.res.getHeaderNames()) this.res.removeHeader(name)
+      throw err
+    }
+    this.status = statusCode
     return true
   }
 
@@ -223,6 +234,16 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   }
 
   onError(err: Error): void {
+    if (
+      (this.status === 304 || this.status === 204) &&
+      (err as { code?: string }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' &&
+      !this.res.writableEnded
+    ) {
+      // a 304 may carry the representation's Content-Length (RFC 9110 §8.6) and has no content: undici counts
+      // that as a truncated body, but the response is complete
+      this.onComplete(null)
+      return
+    }
     const clientAborted =
       this.clientGone ||
       err instanceof ClientGoneError ||
@@ -234,6 +255,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
     if (this.settled) return
     this.settled = true
+    if (!clientAborted) releaseUnreadBody(this.res.req)
     if (this.drainListening) this.res.off('drain', onResponseDrain)
     if (this.done.relaysClose !== true) this.res.off('close', onResponseClose)
     this.res[kCall] = undefined
@@ -242,6 +264,20 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
     if (clientAborted) this.clientAborted = true
     this.done.forwarded(this)
   }
+}
+
+/**
+ * The forward is over while an HTTP/1.1 client is still sending its body (the upstream answered, or failed,
+ * without reading all of it). undici stops reading the body and destroys the stream it was given, so nothing
+ * would take the rest off the connection: it would stall, the uploading client with it, until timeouts.idle
+ * and then be reset. The rest is read and discarded instead, as Node does for a body no one reads, and the
+ * connection goes on. (HTTP/2 streams: see the lifecycle's afterForward.)
+ */
+function releaseUnreadBody(req: IncomingMessage | undefined): void {
+  if (req === undefined || req.complete || req.httpVersionMajor !== 1) return
+  const dump = (req as unknown as { _dump?: () => void })._dump
+  if (typeof dump === 'function') dump.call(req)
+  else req.socket?.destroy()
 }
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'

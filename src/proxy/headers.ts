@@ -265,6 +265,63 @@ export function downstreamHeaders(raw: readonly Buffer[]): string[] {
   return kept
 }
 
+/** Fields node:http2 sends at most once (its kSingleValueHeaders): a response repeating one is refused whole. */
+const SINGLE_VALUE = new Set([
+  'access-control-allow-credentials',
+  'access-control-max-age',
+  'access-control-request-method',
+  'age',
+  'authorization',
+  'content-encoding',
+  'content-language',
+  'content-length',
+  'content-location',
+  'content-md5',
+  'content-range',
+  'content-type',
+  'date',
+  'dnt',
+  'etag',
+  'expires',
+  'from',
+  'host',
+  'if-match',
+  'if-modified-since',
+  'if-none-match',
+  'if-range',
+  'if-unmodified-since',
+  'last-modified',
+  'location',
+  'max-forwards',
+  'proxy-authorization',
+  'range',
+  'referer',
+  'retry-after',
+  'tk',
+  'upgrade-insecure-requests',
+  'user-agent',
+  'x-content-type-options',
+])
+
+/** `downstreamHeaders` output for an HTTP/2 response: of a repeated single-value field, the first is kept. */
+export function singleValued(headers: string[]): string[] {
+  let seen: Set<string> | undefined
+  let out: string[] | undefined
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    const lower = headers[i]!.toLowerCase()
+    if (SINGLE_VALUE.has(lower)) {
+      seen ??= new Set()
+      if (seen.has(lower)) {
+        out ??= headers.slice(0, i)
+        continue
+      }
+      seen.add(lower)
+    }
+    out?.push(headers[i]!, headers[i + 1]!)
+  }
+  return out ?? headers
+}
+
 /**
  * Fields that never travel in a request trailer section: RFC 9110 §6.5.1 keeps framing, routing,
  * authentication, request modifiers and content format out of trailers, and the credentials the proxy

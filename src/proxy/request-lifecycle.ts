@@ -3,7 +3,6 @@
 // call) → forward → onResponse (one record per exchange, once the response is closed). Requests and
 // websocket upgrades go through the same `serve`; only the transport (HTTP forward or tunnel) differs.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
-import { constants as http2Constants } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
@@ -15,7 +14,7 @@ import { type Forwarder, type ForwardResult, type ForwardTarget, responseClosed 
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestTarget } from './path.ts'
-import { BAD_REQUEST, INTERNAL_ERROR, sendJson, UPSTREAM_ERRORS } from './respond.ts'
+import { BAD_REQUEST, INTERNAL_ERROR, NOT_IMPLEMENTED, sendJson, UPSTREAM_ERRORS } from './respond.ts'
 import type { Upstream } from './upstream-url.ts'
 
 const kConn = Symbol('nhi.connection')
@@ -91,16 +90,51 @@ export function hasBody(req: IncomingMessage): boolean {
 }
 
 /**
- * An HTTP/2 request answered on the proxy's behalf (a deny, a 401, a 400, an upstream failure) before its body
- * ended: RFC 9113 §8.1 lets the server ask the client to stop sending with RST_STREAM(NO_ERROR) once the
- * response is complete (Node sends it after the response's last frame). Without it the stream stays
- * half-open for as long as the client keeps sending or simply never ends it, and the exchange is never
- * recorded: a denial missing from metrics and audit, and in flight until shutdown.
+ * An HTTP/2 request answered (by the proxy, or by an upstream that did not read it all) before its body ended:
+ * RFC 9113 §8.1 lets the server ask the client to stop sending with RST_STREAM(NO_ERROR) once the response is
+ * complete. Without it the stream stays half-open for as long as the client keeps sending or simply never ends
+ * it, and the exchange is never recorded: an answer missing from metrics and audit, and in flight until
+ * shutdown. node:http2's compatibility layer ends every response with a trailers frame (where a gRPC status
+ * lives), handed to nghttp2 in its 'wantTrailers' handler: a reset submitted before that would drop it, one
+ * submitted after it goes out after it.
  */
 function stopUnreadRequest(req: IncomingMessage): void {
-  if (req.httpVersionMajor !== 2 || req.complete) return
-  const stream = (req as unknown as { stream?: { destroyed: boolean; close(code?: number): void } }).stream
-  if (stream && !stream.destroyed) stream.close(http2Constants.NGHTTP2_NO_ERROR)
+  // a request without a body (END_STREAM on its HEADERS) has nothing left to stop, though no one read its end
+  if (req.httpVersionMajor !== 2 || req.complete || !hasBody(req)) return
+  const stream = (req as unknown as { stream?: H2ServerStream }).stream
+  if (stream === undefined || stream.destroyed) return
+  // destroy(), not close(NO_ERROR): close waits for the writable side's 'finish', and once that has passed (the
+  // response flushed before the reset) it would wait forever; destroy resets at once, with NO_ERROR
+  const reset = () => {
+    if (!stream.destroyed && !req.complete) stream.destroy()
+  }
+  if (stream.sentTrailers !== undefined) reset()
+  else stream.once('wantTrailers', () => setImmediate(reset))
+}
+
+/**
+ * RFC 9112 §6.1: Node's parser decodes `chunked` only. A body in another transfer coding (`gzip, chunked`) would
+ * reach the upstream still coded, and with no header left to say so (transfer-encoding is hop-by-hop): refused.
+ */
+function unsupportedTransferCoding(req: IncomingMessage): boolean {
+  const te = req.headers['transfer-encoding']
+  return te !== undefined && !/^[\t ]*chunked[\t ]*$/i.test(te)
+}
+
+const REQUEST_TIMEOUT = 408
+
+/** the HTTP/1.1 listener ended the request at its deadline (Node writes the 408 and destroys the socket) */
+function requestTimedOut(req: IncomingMessage, res: ServerResponse | undefined): boolean {
+  const socket = (req.socket ?? res?.socket) as (Socket & { errored?: { code?: unknown } | null }) | null
+  return socket?.errored?.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+}
+
+/** what stopUnreadRequest uses of a server-side Http2Stream (IncomingMessage's `stream` on HTTP/2) */
+interface H2ServerStream {
+  destroyed: boolean
+  sentTrailers: object | undefined
+  destroy(): void
+  once(event: 'wantTrailers', listener: () => void): unknown
 }
 
 /** Shared state of all exchanges: the in-flight count drain waits for, and the drain/close flags. */
@@ -116,6 +150,7 @@ export class RequestLifecycle {
   constructor(readonly opts: LifecycleOptions) {
     const forwarder = opts.forwarder
     this.http = {
+      refusal: (_ex, req) => (unsupportedTransferCoding(req) ? NOT_IMPLEMENTED : undefined),
       // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was
       // being attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and
       // shutdown would wait out timeouts.drain for it
@@ -389,8 +424,13 @@ export class RequestLifecycle {
     result: ForwardResult,
   ): void {
     ex.applyForward(result)
+    // the listener cut a request whose body came too slowly (timeouts.request) and answered 408 itself
+    if (result.clientAborted && requestTimedOut(req, ex.res)) ex.status = REQUEST_TIMEOUT
     if (result.status === 0 && result.upstreamError)
       transport.answer(ex, req, ctx, UPSTREAM_ERRORS[result.upstreamError])
+    // the upstream answered before the client ended its body: nothing reads the rest, and an HTTP/2 stream
+    // would stay open (unrecorded, in flight) for as long as the client waits for its flow-control window
+    else if (!result.clientAborted) stopUnreadRequest(req)
     this.finish(ex)
   }
 

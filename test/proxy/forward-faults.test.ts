@@ -1,0 +1,373 @@
+// Upstream answers and client requests that are valid HTTP and must be forwarded faithfully, end to end through
+// the built sidecar with real sockets: a 304 with its Content-Length, an early answer to an upload (HTTP/1.1
+// and HTTP/2), a repeated single-value header to an HTTP/2 client, a body the listener cuts as too slow (408),
+// and a transfer coding other than chunked (501).
+import { once } from 'node:events'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { connect as h2connect } from 'node:http2'
+import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net'
+import t, { type Test } from 'tap'
+import { startBin } from '../helpers/bin.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+
+t.setTimeout(120_000)
+
+/** an upstream that writes `answer` (latin1, verbatim) for every request head it reads */
+async function rawUpstream(t: Test, answer: string): Promise<number> {
+  const sockets = new Set<Socket>()
+  const server = createNetServer((s) => {
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+    s.on('error', () => {})
+    let seen = ''
+    s.setEncoding('latin1')
+    s.on('data', (c: string) => {
+      seen += c
+      while (seen.includes('\r\n\r\n')) {
+        seen = seen.slice(seen.indexOf('\r\n\r\n') + 4)
+        s.write(answer, 'latin1')
+      }
+    })
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    server.close()
+  })
+  return (server.address() as AddressInfo).port
+}
+
+async function httpUpstream(t: Test, handler: (req: IncomingMessage, res: ServerResponse) => void) {
+  const server = createServer(handler)
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+/** a raw client connection: what it has read so far, and whether the proxy closed it */
+async function rawClient(port: number) {
+  const socket = connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  const state = { text: '', closed: false, socket }
+  socket.setEncoding('latin1')
+  socket.on('data', (c: string) => {
+    state.text += c
+  })
+  socket.on('error', () => {})
+  socket.on('close', () => {
+    state.closed = true
+  })
+  return state
+}
+
+const count = (text: string, what: RegExp) => (text.match(what) ?? []).length
+
+t.test(
+  'a 304 that carries the representation Content-Length (RFC 9110 §8.6) reaches the client',
+  async (t) => {
+    const up = await rawUpstream(
+      t,
+      'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\nCache-Control: max-age=60\r\n\r\n',
+    )
+    const sidecar = await startBin(t, { service: 'cache', upstream: `http://127.0.0.1:${up}` })
+    const port = Number(new URL(sidecar.proxyUrl).port)
+    const client = await rawClient(port)
+    client.socket.write('GET /asset.js HTTP/1.1\r\nHost: app\r\nIf-None-Match: "v1"\r\n\r\n')
+    // a revalidating browser gets its 304 (and keeps the connection); it got nothing and a closed connection
+    await eventually(() => /^HTTP\/1\.1 304 /.test(client.text) || client.closed, {
+      timeoutMs: 5000,
+      what: 'an answer',
+    })
+    t.match(client.text, /^HTTP\/1\.1 304 Not Modified\r\n/, 'the 304 reached the client')
+    t.match(client.text, /ETag: "v1"/i)
+    client.socket.write('GET /asset.js HTTP/1.1\r\nHost: app\r\nIf-None-Match: "v1"\r\n\r\n')
+    await eventually(() => count(client.text, /HTTP\/1\.1 304 /g) === 2 || client.closed, {
+      timeoutMs: 5000,
+      what: 'the second answer',
+    })
+    t.equal(count(client.text, /HTTP\/1\.1 304 /g), 2, 'the keep-alive connection serves the next request')
+    client.socket.destroy()
+    const samples = await scrape(sidecar.adminUrl)
+    t.equal(metricValue(samples, 'nhi_upstream_errors_total'), 0, 'no upstream error counted')
+    t.equal(metricValue(samples, 'nhi_requests_total', { code: '304' }), 2)
+  },
+)
+
+t.test('an upload the upstream answers before reading it does not stall the client connection', async (t) => {
+  // what Node (and nginx) do when an app refuses an upload early: the answer, the rest of the body discarded
+  const url = await httpUpstream(t, (req, res) => {
+    if (req.url === '/upload') {
+      res.writeHead(413, { 'content-type': 'text/plain', 'content-length': '9' })
+      res.end('too large')
+      return
+    }
+    req.resume()
+    req.on('end', () => res.end(`next ${req.url}`))
+  })
+  const sidecar = await startBin(t, { service: 'uploads', upstream: url })
+  const port = Number(new URL(sidecar.proxyUrl).port)
+
+  // HTTP/1.1: a client that writes its whole body, then its next request on the same connection
+  const client = await rawClient(port)
+  const total = 32 * 1024 * 1024
+  client.socket.write(`PUT /upload HTTP/1.1\r\nHost: app\r\nContent-Length: ${total}\r\n\r\n`)
+  const chunk = Buffer.alloc(1024 * 1024, 0x61)
+  let written = 0
+  const pump = () => {
+    while (written < total && !client.closed) {
+      written += chunk.length
+      if (!client.socket.write(chunk)) {
+        client.socket.once('drain', pump)
+        return
+      }
+    }
+    if (!client.closed) client.socket.write('GET /next HTTP/1.1\r\nHost: app\r\n\r\n')
+  }
+  pump()
+  await eventually(() => /next \/next$/.test(client.text) || client.closed, {
+    timeoutMs: 8000,
+    what: `the upload to be taken and the next request answered (${written >> 20} MiB written)`,
+  }).catch((err: Error) => t.fail(err.message))
+  t.match(client.text, /^HTTP\/1\.1 413 /, 'the early answer reached the client')
+  t.equal(written, total, 'the whole body was taken off the connection')
+  t.match(client.text, /next \/next$/, 'the next request on the connection was answered')
+  client.socket.destroy()
+
+  // HTTP/2: the stream must end (RFC 9113 §8.1: the server may reset the unread request with NO_ERROR)
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const stream = session.request({ ':method': 'PUT', ':path': '/upload' })
+  stream.on('error', () => {})
+  let status = 0
+  let body = ''
+  stream.on('response', (h) => {
+    status = Number(h[':status'])
+  })
+  stream.setEncoding('latin1')
+  stream.on('data', (d: string) => {
+    body += d
+  })
+  const h2pump = () => {
+    while (!stream.destroyed && stream.write(chunk)) {}
+    if (!stream.destroyed) stream.once('drain', h2pump)
+  }
+  h2pump()
+  await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to close' }).catch(
+    (err: Error) => t.fail(err.message),
+  )
+  t.equal(status, 413)
+  t.equal(body, 'too large')
+  await eventually(
+    async () =>
+      metricValue(await scrape(sidecar.adminUrl), 'nhi_requests_total', {
+        service: 'uploads',
+        code: '413',
+      }) === 2,
+    { timeoutMs: 5000, what: 'both early answers to be recorded' },
+  ).catch((err: Error) => t.fail(err.message))
+})
+
+t.test('an HTTP/2 client gets a response whose single-value header the upstream repeated', async (t) => {
+  // repeated by an app and its middleware alike (nosniff, CORS, Content-Type): HTTP/1.1 clients get it as sent
+  const up = await rawUpstream(
+    t,
+    'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Content-Type-Options: nosniff\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 2\r\n\r\nok',
+  )
+  const sidecar = await startBin(t, { service: 'h2', upstream: `http://127.0.0.1:${up}` })
+
+  const h1 = await rawClient(Number(new URL(sidecar.proxyUrl).port))
+  h1.socket.write('GET /h1 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n')
+  await eventually(() => h1.closed, { timeoutMs: 5000, what: 'the HTTP/1.1 answer' })
+  t.match(h1.text, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nok$/, 'HTTP/1.1 client: 200 ok')
+
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const stream = session.request({ ':path': '/h2' })
+  stream.end()
+  stream.on('error', () => {})
+  let status = 0
+  let body = ''
+  stream.on('response', (h) => {
+    status = Number(h[':status'])
+  })
+  stream.setEncoding('latin1')
+  stream.on('data', (d: string) => {
+    body += d
+  })
+  // the stream stayed open forever: never answered, never recorded, in flight until shutdown
+  await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to end' }).catch(
+    (err: Error) => t.fail(err.message),
+  )
+  t.equal(status, 200)
+  t.equal(body, 'ok')
+  await eventually(
+    async () => metricValue(await scrape(sidecar.adminUrl), 'nhi_requests_total', { service: 'h2' }) === 2,
+    { timeoutMs: 5000, what: 'both exchanges to be recorded' },
+  ).catch((err: Error) => t.fail(err.message))
+})
+
+t.test('an HTTP/2 upload an h2c upstream answers early ends, and is recorded', async (t) => {
+  const { createServer: createH2cServer } = await import('node:http2')
+  const server = createH2cServer((_req, res) => {
+    res.writeHead(413, { 'content-type': 'text/plain', 'content-length': '9' })
+    res.end('too large')
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  const sidecar = await startBin(t, {
+    service: 'h2c',
+    upstream: `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`,
+  })
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const stream = session.request({ ':method': 'PUT', ':path': '/upload' })
+  stream.on('error', () => {})
+  let body = ''
+  stream.setEncoding('latin1')
+  stream.on('data', (d: string) => {
+    body += d
+  })
+  const chunk = Buffer.alloc(1024 * 1024, 0x61)
+  const pump = () => {
+    while (!stream.destroyed && stream.write(chunk)) {}
+    if (!stream.destroyed) stream.once('drain', pump)
+  }
+  pump()
+  await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to close' }).catch(
+    (err: Error) => t.fail(err.message),
+  )
+  t.equal(body, 'too large')
+  await eventually(
+    async () =>
+      metricValue(await scrape(sidecar.adminUrl), 'nhi_requests_total', { service: 'h2c', code: '413' }) ===
+      1,
+    { timeoutMs: 5000, what: 'the early answer to be recorded' },
+  ).catch((err: Error) => t.fail(err.message))
+})
+
+t.test('a request body the listener refuses as too slow is recorded as the 408 the client got', async (t) => {
+  const url = await httpUpstream(t, (req, res) => {
+    req.resume()
+    req.on('end', () => res.end('ok'))
+  })
+  const sidecar = await startBin(t, {
+    service: 'slow',
+    upstream: url,
+    timeouts: { request: '1s', headers: '1s' },
+  })
+  const client = await rawClient(Number(new URL(sidecar.proxyUrl).port))
+  client.socket.write('POST /slow HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n')
+  const trickle = setInterval(() => client.socket.write('a'), 100)
+  t.teardown(() => clearInterval(trickle))
+  await eventually(() => client.closed, { timeoutMs: 8000, what: 'the listener to cut the request' })
+  clearInterval(trickle)
+  t.match(client.text, /^HTTP\/1\.1 408 /, 'the client was answered 408')
+  const samples = await eventually(
+    async () => {
+      const s = await scrape(sidecar.adminUrl)
+      return metricValue(s, 'nhi_requests_total', { service: 'slow' }) === 1 && s
+    },
+    { timeoutMs: 5000, what: 'the exchange to be recorded' },
+  )
+  t.equal(metricValue(samples, 'nhi_requests_total', { service: 'slow', code: '408' }), 1, 'recorded as 408')
+  t.equal(metricValue(samples, 'nhi_requests_total', { service: 'slow', code: '499' }), 0, 'not as 499')
+})
+
+t.test(
+  'a body in a transfer coding the proxy cannot pass on never reaches the upstream as identity',
+  async (t) => {
+    const { gzipSync } = await import('node:zlib')
+    const seen: { headers: Record<string, unknown>; body: Buffer }[] = []
+    const url = await httpUpstream(t, (req, res) => {
+      const parts: Buffer[] = []
+      req.on('data', (c: Buffer) => parts.push(c))
+      req.on('end', () => {
+        seen.push({ headers: req.headers, body: Buffer.concat(parts) })
+        res.end('ok')
+      })
+    })
+    const sidecar = await startBin(t, { service: 'te', upstream: url })
+    const client = await rawClient(Number(new URL(sidecar.proxyUrl).port))
+    const gz = gzipSync(Buffer.from('{"amount":100}'))
+    client.socket.write(
+      `POST /pay HTTP/1.1\r\nHost: app\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n`,
+    )
+    client.socket.write(
+      Buffer.concat([Buffer.from(`${gz.length.toString(16)}\r\n`), gz, Buffer.from('\r\n0\r\n\r\n')]),
+    )
+    await eventually(() => client.closed, { timeoutMs: 5000, what: 'the answer' })
+    // RFC 9112 §6.1: a transfer coding the server does not understand → 501; the upstream got the gzip bytes as
+    // the JSON body, with no header left to say they are gzip
+    for (const s of seen) {
+      const coded = String(s.headers['transfer-encoding'] ?? '') + String(s.headers['content-encoding'] ?? '')
+      t.ok(
+        /gzip/.test(coded) || s.body.toString() === '{"amount":100}',
+        `the upstream can read the body it got (${JSON.stringify(s.headers['content-type'])}, ${s.body.length} bytes, coding "${coded}")`,
+      )
+    }
+    t.match(client.text, seen.length === 0 ? /^HTTP\/1\.1 (501|400) / : /^HTTP\/1\.1 /)
+  },
+)
+
+t.test(
+  'an early answer keeps its trailers: the gRPC status of a call the upstream ends while the client streams',
+  async (t) => {
+    const { createServer: createH2cServer } = await import('node:http2')
+    const server = createH2cServer()
+    server.on('stream', (stream) => {
+      stream.on('error', () => {})
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+      stream.on('wantTrailers', () =>
+        stream.sendTrailers({ 'grpc-status': '7', 'grpc-message': 'denied early' }),
+      )
+      stream.end(Buffer.from([0, 0, 0, 0, 0]))
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.teardown(() => server.close())
+    const sidecar = await startBin(t, {
+      service: 'grpc-early',
+      upstream: `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    })
+    const session = h2connect(sidecar.proxyUrl)
+    session.on('error', () => {})
+    t.teardown(() => session.destroy())
+    for (let call = 0; call < 5; call++) {
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': '/pkg.Svc/Stream',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+      })
+      stream.on('error', () => {})
+      let trailers: Record<string, unknown> | undefined
+      stream.on('trailers', (h: Record<string, unknown>) => {
+        trailers = h
+      })
+      stream.resume()
+      // a client stream that never ends on its own
+      const message = Buffer.from([0, 0, 0, 0, 3, 1, 2, 3])
+      const pump = () => {
+        while (!stream.destroyed && stream.write(message)) {}
+        if (!stream.destroyed) stream.once('drain', pump)
+      }
+      pump()
+      await eventually(() => stream.closed, { timeoutMs: 5000, what: `call ${call}: the stream to close` })
+      t.match(
+        trailers,
+        { 'grpc-status': '7', 'grpc-message': 'denied early' },
+        `call ${call}: the status arrived`,
+      )
+    }
+  },
+)
