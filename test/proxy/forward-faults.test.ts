@@ -4,7 +4,12 @@
 // and a transfer coding other than chunked (501).
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { connect as h2connect } from 'node:http2'
+import {
+  type ClientHttp2Stream,
+  createServer as createH2cServer,
+  connect as h2connect,
+  type ServerHttp2Stream,
+} from 'node:http2'
 import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { startBin } from '../helpers/bin.ts'
@@ -67,6 +72,32 @@ async function rawClient(port: number) {
 }
 
 const count = (text: string, what: RegExp) => (text.match(what) ?? []).length
+
+/** an HTTP/2 upload that never ends on its own: `chunk` again and again until the stream is gone */
+function uploadForever(stream: ClientHttp2Stream, chunk: Buffer): void {
+  const pump = () => {
+    while (!stream.destroyed && stream.write(chunk)) {}
+    if (!stream.destroyed) stream.once('drain', pump)
+  }
+  pump()
+}
+
+/** an h2c upstream answering each stream with `onStream`, the sidecar in front of it, and an HTTP/2 client session to the sidecar */
+async function behindH2cUpstream(t: Test, service: string, onStream: (stream: ServerHttp2Stream) => void) {
+  const server = createH2cServer()
+  server.on('stream', onStream)
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  const sidecar = await startBin(t, {
+    service,
+    upstream: `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`,
+  })
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  return { sidecar, session }
+}
 
 t.test(
   'a 304 that carries the representation Content-Length (RFC 9110 §8.6) reaches the client',
@@ -154,11 +185,7 @@ t.test('an upload the upstream answers before reading it does not stall the clie
   stream.on('data', (d: string) => {
     body += d
   })
-  const h2pump = () => {
-    while (!stream.destroyed && stream.write(chunk)) {}
-    if (!stream.destroyed) stream.once('drain', h2pump)
-  }
-  h2pump()
+  uploadForever(stream, chunk)
   await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to close' }).catch(
     (err: Error) => t.fail(err.message),
   )
@@ -215,21 +242,11 @@ t.test('an HTTP/2 client gets a response whose single-value header the upstream 
 })
 
 t.test('an HTTP/2 upload an h2c upstream answers early ends, and is recorded', async (t) => {
-  const { createServer: createH2cServer } = await import('node:http2')
-  const server = createH2cServer((_req, res) => {
-    res.writeHead(413, { 'content-type': 'text/plain', 'content-length': '9' })
-    res.end('too large')
+  const { sidecar, session } = await behindH2cUpstream(t, 'h2c', (upstream) => {
+    upstream.on('error', () => {})
+    upstream.respond({ ':status': 413, 'content-type': 'text/plain', 'content-length': '9' })
+    upstream.end('too large')
   })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => server.close())
-  const sidecar = await startBin(t, {
-    service: 'h2c',
-    upstream: `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`,
-  })
-  const session = h2connect(sidecar.proxyUrl)
-  session.on('error', () => {})
-  t.teardown(() => session.destroy())
   const stream = session.request({ ':method': 'PUT', ':path': '/upload' })
   stream.on('error', () => {})
   let body = ''
@@ -237,12 +254,7 @@ t.test('an HTTP/2 upload an h2c upstream answers early ends, and is recorded', a
   stream.on('data', (d: string) => {
     body += d
   })
-  const chunk = Buffer.alloc(1024 * 1024, 0x61)
-  const pump = () => {
-    while (!stream.destroyed && stream.write(chunk)) {}
-    if (!stream.destroyed) stream.once('drain', pump)
-  }
-  pump()
+  uploadForever(stream, Buffer.alloc(1024 * 1024, 0x61))
   await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to close' }).catch(
     (err: Error) => t.fail(err.message),
   )
@@ -322,9 +334,7 @@ t.test(
 t.test(
   'an early answer keeps its trailers: the gRPC status of a call the upstream ends while the client streams',
   async (t) => {
-    const { createServer: createH2cServer } = await import('node:http2')
-    const server = createH2cServer()
-    server.on('stream', (stream) => {
+    const { session } = await behindH2cUpstream(t, 'grpc-early', (stream) => {
       stream.on('error', () => {})
       stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
       stream.on('wantTrailers', () =>
@@ -332,16 +342,6 @@ t.test(
       )
       stream.end(Buffer.from([0, 0, 0, 0, 0]))
     })
-    server.listen(0, '127.0.0.1')
-    await once(server, 'listening')
-    t.teardown(() => server.close())
-    const sidecar = await startBin(t, {
-      service: 'grpc-early',
-      upstream: `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    })
-    const session = h2connect(sidecar.proxyUrl)
-    session.on('error', () => {})
-    t.teardown(() => session.destroy())
     for (let call = 0; call < 5; call++) {
       const stream = session.request({
         ':method': 'POST',
@@ -356,12 +356,7 @@ t.test(
       })
       stream.resume()
       // a client stream that never ends on its own
-      const message = Buffer.from([0, 0, 0, 0, 3, 1, 2, 3])
-      const pump = () => {
-        while (!stream.destroyed && stream.write(message)) {}
-        if (!stream.destroyed) stream.once('drain', pump)
-      }
-      pump()
+      uploadForever(stream, Buffer.from([0, 0, 0, 0, 3, 1, 2, 3]))
       await eventually(() => stream.closed, { timeoutMs: 5000, what: `call ${call}: the stream to close` })
       t.match(
         trailers,
