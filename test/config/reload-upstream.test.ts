@@ -22,6 +22,10 @@ for (const bad of ['http://ops:hunter2@127.0.0.1:1', 'ftp://127.0.0.1:1', 'http:
         metricValue(await scrape(sidecar.adminUrl), 'nhi_config_reloads_total', { result: 'failure' }) >= 1,
       { what: 'the refused reload counted in nhi_config_reloads_total{result="failure"}' },
     )
+    // the log line travels a pipe, the counter an HTTP scrape: either can arrive first
+    await eventually(() => sidecar.logs().some((l) => l['event'] === 'config_reload_failed'), {
+      what: 'a config_reload_failed log line',
+    })
     const line = sidecar.logs().find((l) => l['event'] === 'config_reload_failed')
     t.ok(line, 'a config_reload_failed line says why')
     t.match(String(line?.['msg'] ?? ''), /config\.yaml:\d+:\d+ .*upstream/, 'at FILE:LINE:COL')
