@@ -260,8 +260,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     log.warn({ event: 'otlp_thread_exit', error }, 'OTLP export thread stopped, restarting it')
   // an output is not the proxy: one that cannot apply its config is reported, traffic is served
   logRecorderFailures(log, await telemetry.start())
-  if (telemetry.otlp.target !== undefined)
-    log.info({ event: 'otlp_export', target: redactUrl(telemetry.otlp.target) }, 'exporting spans over OTLP')
+  logOtlpTarget(log, telemetry.otlp.target, undefined)
 
   const tls = await readTls(initial, opts.tls)
   // the https listener parses a client certificate synchronously as each TLS connection comes in
@@ -362,11 +361,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     pipeline = nextPipeline
     const otlpBefore = telemetry.otlp.target
     logRecorderFailures(log, await telemetry.reconfigure(next))
-    const otlpTarget = telemetry.otlp.target
-    if (otlpTarget !== otlpBefore) {
-      if (otlpTarget === undefined) log.info({ event: 'otlp_export_off' }, 'OTLP export is off')
-      else log.info({ event: 'otlp_export', target: redactUrl(otlpTarget) }, 'exporting spans over OTLP')
-    }
+    logOtlpTarget(log, telemetry.otlp.target, otlpBefore)
     telemetry.configReloaded('success')
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
@@ -468,6 +463,13 @@ export async function loadForReload(
   for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
   telemetry.configReloaded('failure')
   return undefined
+}
+
+/** One line when span export starts, moves or stops; the collector URL's credentials are masked. */
+function logOtlpTarget(log: Logger, target: string | undefined, before: string | undefined): void {
+  if (target === before) return
+  if (target === undefined) log.info({ event: 'otlp_export_off' }, 'OTLP export is off')
+  else log.info({ event: 'otlp_export', target: redactUrl(target) }, 'exporting spans over OTLP')
 }
 
 export function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
