@@ -35,6 +35,11 @@ export interface Pipeline {
   /** called once per request after the response has ended (or failed) */
   record(event: RequestEvent): void
   /**
+   * Normalized names of the headers this pipeline's sources read credentials from beyond the proxy's fixed
+   * list (authorization, x-api-key…): the proxy never forwards a request trailer of those names.
+   */
+  readonly withheldTrailers?: ReadonlySet<string>
+  /**
    * Last word on the headers sent upstream (after the proxy has stripped hop-by-hop and x-nhi-* headers and
    * set the identity headers): removes forwarded-certificate headers from untrusted peers, or rewrites them.
    */

@@ -23,7 +23,7 @@ import type {
   RequestEvent,
   RequestInfo,
 } from '../types.ts'
-import { isIdentityHeaderName } from '../util/header-names.ts'
+import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import type { Attribution, Pipeline } from './contract.ts'
 
 export type { Attribution, Pipeline } from './contract.ts'
@@ -85,6 +85,7 @@ export class AttributionPipeline implements Pipeline {
   private readonly anomalies: AnomalyDetector
   private readonly recorder: PipelineOptions['recorder']
   private readonly fingerprintsByEvidence = new WeakMap<object, FingerprintNode>()
+  readonly withheldTrailers: ReadonlySet<string>
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
@@ -96,6 +97,9 @@ export class AttributionPipeline implements Pipeline {
       if (extractor) readers.push({ source, extractor })
     }
     this.readers = readers
+    this.withheldTrailers = new Set(
+      readers.flatMap((r) => r.extractor.credentialHeaders ?? []).map(normalizeHeaderName),
+    )
     this.byName = new Map(readers.map((r) => [r.source.name, r]))
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)

@@ -18,6 +18,11 @@ export interface ForwardTarget {
   path: string
   /** how to reach the origin (protocol, TLS, socket path); absent means plain HTTP/1.1 to `origin` */
   upstream?: Upstream
+  /**
+   * Request trailers never forwarded beyond the proxy's own list (normalized names): the headers the serving
+   * config reads credentials from, so a value sent after the body cannot stand in for the attributed one.
+   */
+  withheldTrailers?: ReadonlySet<string> | undefined
 }
 
 export interface ForwardResult {

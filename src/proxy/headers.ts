@@ -350,17 +350,6 @@ const NOT_IN_TRAILERS = new Set([
 ])
 
 /**
- * Credential headers named by the config (`apiKeys.header`), normalized: kept out of trailers like x-api-key.
- * Only ever grows (a reload to another name keeps the old one out too, which is stricter, never looser).
- */
-const CONFIGURED_CREDENTIALS = new Set<string>()
-
-/** a header the loaded config identifies callers by (apiKeys.header) */
-export function registerCredentialHeader(name: string): void {
-  CONFIGURED_CREDENTIALS.add(normalizeHeaderName(name))
-}
-
-/**
  * Whether a client's request trailer field may go on to the upstream: not dropped by the header rule
  * (hop-by-hop, listed in Connection, set by the proxy, x-nhi-* in any spelling), not a field trailers may not
  * carry, and not a field of the request's header section (its value is the one the proxy attributed).
@@ -370,37 +359,48 @@ function trailerAllowed(
   name: string,
   headers: IncomingHttpHeaders,
   listed: Set<string> | undefined,
+  withheld: ReadonlySet<string> | undefined,
 ): boolean {
   const n = normalizeHeaderName(name)
   if (n.length === 0 || n.charCodeAt(0) === 58) return false
   if (HOP_BY_HOP.has(n) || SET_BY_PROXY.has(n) || NOT_IN_TRAILERS.has(n) || isIdentityHeaderName(n))
     return false
-  if (CONFIGURED_CREDENTIALS.has(n)) return false
+  if (withheld?.has(n)) return false
   if (listed?.has(n) || headers[n] !== undefined) return false
   // the header section under another spelling (x_api_key sent as a header, x-api-key as a trailer)
   for (const h in headers) if (h.indexOf('_') !== -1 && normalizeHeaderName(h) === n) return false
   return true
 }
 
-/** The client's request trailers for the upstream, as [name, value] pairs from Node's rawTrailers. */
-export function upstreamTrailers(raw: readonly string[], headers: IncomingHttpHeaders): [string, string][] {
+/**
+ * The client's request trailers for the upstream, as [name, value] pairs from Node's rawTrailers. `withheld`:
+ * normalized names the serving config reads credentials from (ForwardTarget.withheldTrailers).
+ */
+export function upstreamTrailers(
+  raw: readonly string[],
+  headers: IncomingHttpHeaders,
+  withheld?: ReadonlySet<string>,
+): [string, string][] {
   const listed = connectionListed(headers.connection)
   const out: [string, string][] = []
   for (let i = 0; i + 1 < raw.length; i += 2) {
-    if (trailerAllowed(raw[i]!, headers, listed)) out.push([raw[i]!, raw[i + 1]!])
+    if (trailerAllowed(raw[i]!, headers, listed, withheld)) out.push([raw[i]!, raw[i + 1]!])
   }
   return out
 }
 
 /** The `Trailer` header for the upstream: the fields the client announced that may be forwarded. */
-export function announcedTrailers(headers: IncomingHttpHeaders): string | undefined {
+export function announcedTrailers(
+  headers: IncomingHttpHeaders,
+  withheld?: ReadonlySet<string>,
+): string | undefined {
   const value = headers.trailer
   if (typeof value !== 'string') return undefined
   const listed = connectionListed(headers.connection)
   const kept: string[] = []
   for (const token of value.split(',')) {
     const name = token.trim().toLowerCase()
-    if (name && /^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(name) && trailerAllowed(name, headers, listed))
+    if (name && /^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(name) && trailerAllowed(name, headers, listed, withheld))
       kept.push(name)
   }
   return kept.length > 0 ? kept.join(', ') : undefined

@@ -36,9 +36,13 @@ const CONNECTION_SPECIFIC = new Set([
 ])
 
 /** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
-function sendRequestTrailers(stream: ClientHttp2Stream, req: IncomingMessage): void {
+function sendRequestTrailers(
+  stream: ClientHttp2Stream,
+  req: IncomingMessage,
+  withheld: ReadonlySet<string> | undefined,
+): void {
   const out: OutgoingHttpHeaders = {}
-  for (const [name, value] of upstreamTrailers(req.rawTrailers, req.headers)) {
+  for (const [name, value] of upstreamTrailers(req.rawTrailers, req.headers, withheld)) {
     const lower = name.toLowerCase()
     const prev = out[lower]
     out[lower] = prev === undefined ? value : [...(Array.isArray(prev) ? prev : [String(prev)]), value]
@@ -254,7 +258,7 @@ export class Http2Forwarder {
       })
       if (withBody) {
         // the body has ended when this fires, so req.trailers is complete (HTTP/1.1 chunked or h2 trailers)
-        stream.once('wantTrailers', () => sendRequestTrailers(stream, req))
+        stream.once('wantTrailers', () => sendRequestTrailers(stream, req, target.withheldTrailers))
         req.pipe(stream)
         // a reset client stream is a cancellation, not the end of the request body
         const cancel = () => onClientClose()

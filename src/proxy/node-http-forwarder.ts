@@ -95,7 +95,7 @@ export class NodeHttpForwarder {
 
       // explicit: node:http frames a GET or DELETE body by connection close unless told to chunk it
       const out: UpstreamHeaders = { ...headers, 'transfer-encoding': 'chunked' }
-      const announced = announcedTrailers(req.headers)
+      const announced = announcedTrailers(req.headers, target.withheldTrailers)
       if (announced !== undefined) out.trailer = announced
 
       const settle = (upstreamError?: UpstreamErrorReason, clientAborted = false) => {
@@ -197,7 +197,7 @@ export class NodeHttpForwarder {
         bodySent = true
         if (upReq.destroyed) return
         // complete only now: Node fills req.rawTrailers when the chunked body has ended
-        const trailers = upstreamTrailers(req.rawTrailers, req.headers)
+        const trailers = upstreamTrailers(req.rawTrailers, req.headers, target.withheldTrailers)
         if (trailers.length > 0) upReq.addTrailers(trailers)
         upReq.end()
         headersTimer?.refresh()

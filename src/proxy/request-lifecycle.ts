@@ -278,9 +278,14 @@ export class RequestLifecycle {
     return headers
   }
 
-  target(parsedTarget: string): ForwardTarget {
+  target(ex: Exchange, parsedTarget: string): ForwardTarget {
     const upstream = this.opts.upstream()
-    return { origin: upstream.origin, path: upstream.basePath + parsedTarget, upstream }
+    return {
+      origin: upstream.origin,
+      path: upstream.basePath + parsedTarget,
+      upstream,
+      withheldTrailers: ex.pipeline?.withheldTrailers,
+    }
   }
 
   /** An answer on the proxy's behalf; a gRPC call gets it as a gRPC status its client can read. */
@@ -378,7 +383,7 @@ export class RequestLifecycle {
       this.finish(ex)
       return undefined
     }
-    const target = this.target(parsed.target)
+    const target = this.target(ex, parsed.target)
     const headers = this.hopHeaders(ex, req, target)
     if (transport.dispatch) {
       transport.dispatch(ex, req, ctx, target, headers)

@@ -5,6 +5,7 @@
 // spellings are stripped and counted as spoofed_header, and the configured header never travels as a trailer.
 import { createHash } from 'node:crypto'
 import { createServer } from 'node:http'
+import { createServer as createH2cServer } from 'node:http2'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
@@ -59,28 +60,49 @@ t.test('an api key under another spelling never reaches the upstream unattribute
   }
 })
 
+// for each forwarding engine (HTTP/1.1 and h2c upstreams), and again after a reload names another header
 t.test('a configured api key header never travels as a request trailer', async (t) => {
-  const up = upstreamHandler()
-  const server = createServer(up.handler)
-  t.teardown(() => server.close())
-  const upstreamPort = await listenTcp(server)
-  const { port } = await sidecarFor(t, `http://127.0.0.1:${upstreamPort}`, {
-    apiKeys: { header: 'x-service-token', keys: [{ name: 'billing', sha256: sha256(KEY) }] },
-  })
-  for (const name of ['x-service-token', 'X_Service_Token']) {
-    up.seen.length = 0
-    const res = await upload(port, '/upload', {
-      bytes: 1024,
-      trailers: { [name]: KEY, 'x-digest': 'sha-256=abc' },
+  for (const protocol of ['http', 'h2c'] as const) {
+    const up = upstreamHandler()
+    const server =
+      protocol === 'http'
+        ? createServer(up.handler)
+        : createH2cServer(up.handler as unknown as Parameters<typeof createH2cServer>[0])
+    t.teardown(() => server.close())
+    const upstream = `${protocol}://127.0.0.1:${await listenTcp(server)}`
+    const keyed = (header: string) => ({
+      service: 'uploads',
+      upstream,
+      apiKeys: { header, keys: [{ name: 'billing', sha256: sha256(KEY) }] },
     })
-    t.equal(res.status, 200)
-    const seen = up.seen[0]!
-    t.equal(seen.headers['x-nhi-identity'], 'anonymous', `${name}: attributed from the header section only`)
-    t.same(
-      Object.keys(seen.trailers).filter((n) => n.toLowerCase().replaceAll('_', '-') === 'x-service-token'),
-      [],
-      `${name}: the api key trailer does not reach the upstream`,
-    )
-    t.equal(seen.trailers['x-digest'], 'sha-256=abc', 'other trailers still do')
+    const { sidecar, port } = await sidecarFor(t, upstream, keyed('x-service-token'))
+    const check = async (header: string) => {
+      for (const name of [header, header.toUpperCase().replaceAll('-', '_')]) {
+        up.seen.length = 0
+        const res = await upload(port, '/upload', {
+          bytes: 1024,
+          trailers: { [name]: KEY, 'x-digest': 'sha-256=abc' },
+        })
+        t.equal(res.status, 200)
+        const seen = up.seen[0]!
+        const what = `${protocol}, ${name}`
+        t.equal(
+          seen.headers['x-nhi-identity'],
+          'anonymous',
+          `${what}: attributed from the header section only`,
+        )
+        t.same(
+          Object.keys(seen.trailers).filter((n) => n.toLowerCase().replaceAll('_', '-') === header),
+          [],
+          `${what}: the api key trailer does not reach the upstream`,
+        )
+        if (protocol === 'http')
+          t.equal(seen.headers.trailer, 'x-digest', `${what}: nor does its announcement in Trailer`)
+        t.equal(seen.trailers['x-digest'], 'sha-256=abc', `${what}: other trailers still do`)
+      }
+    }
+    await check('x-service-token')
+    t.ok(await sidecar.reload(keyed('x-robot-key')), 'reloaded to another key header')
+    await check('x-robot-key')
   }
 })

@@ -4,7 +4,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import * as z from 'zod/mini'
 import type { Config } from '../../config/schema.ts'
-import { registerCredentialHeader } from '../../proxy/headers.ts'
 import { type ConnectionInfo, type Failure, KINDS, type Kind, type RequestInfo } from '../../types.ts'
 import { fingerprint } from '../../util/fingerprint.ts'
 import { normalizeHeaderName } from '../../util/header-names.ts'
@@ -50,6 +49,7 @@ interface KeyEntry {
 export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   readonly source = 'apikey' as const
   readonly header: string
+  readonly credentialHeaders: readonly string[]
   /** the header as an upstream framework names it (CGI/WSGI/Rack: "_" ≡ "-") */
   private readonly merged: string
   private readonly byHash = new Map<string, KeyEntry>()
@@ -57,8 +57,7 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   constructor(cfg: Config['apiKeys']) {
     this.header = cfg.header.toLowerCase()
     this.merged = normalizeHeaderName(this.header)
-    // the key travels in the header section only: a trailer of that name is never forwarded
-    registerCredentialHeader(this.header)
+    this.credentialHeaders = [this.header]
     for (const k of cfg.keys) {
       const hex = k.sha256.toLowerCase()
       this.byHash.set(hex, {

@@ -53,6 +53,11 @@ export interface SourceExtractor<E extends Evidence = Evidence> {
    * may replace it with a verified copy (replaceEvidence) or add anomalies.
    */
   attest?(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): void
+  /**
+   * Headers this reader takes a credential from that the proxy does not already know as credentials (a
+   * configured `apiKeys.header`): their values count in the header section only, never as request trailers.
+   */
+  readonly credentialHeaders?: readonly string[]
   /** the request carries a header of this source that its peer may not set (anomaly spoofed_header) */
   spoofedHeaders?(req: RequestInfo, conn: ConnectionInfo): boolean
   /** last word on this source's headers sent upstream (after the proxy's own header handling) */
