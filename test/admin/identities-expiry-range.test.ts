@@ -5,7 +5,7 @@
 // table built from it) down.
 import t from 'tap'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 t.test('a token expiring far in the future does not break /identities', async (t) => {
@@ -25,7 +25,11 @@ t.test('a token expiring far in the future does not break /identities', async (t
     t.equal(res.status, 200)
     await res.arrayBuffer()
   }
-  const m = await scrape(sidecar.adminUrl)
+  const m = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_requests_total', { source: 'jwt', verified: 'true' }) >= 2,
+    'both requests to be recorded',
+  )
   t.ok(metricValue(m, 'nhi_requests_total', { source: 'jwt', verified: 'true' }) === 2, 'both verified')
 
   const res = await fetch(`${sidecar.adminUrl}/identities`)

@@ -9,7 +9,7 @@ import t from 'tap'
 import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
-import { metricValue, scrape, seriesCount } from '../helpers/metrics.ts'
+import { metricValue, type Sample, scrape, scrapeUntil, seriesCount } from '../helpers/metrics.ts'
 import { freePort } from '../helpers/net.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -125,23 +125,26 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
     t.equal(r.status, 200, `${reason}: attributed, still forwarded (onInvalid: attribute)`)
     t.equal(r.headers['x-nhi-verified'], 'false', `${reason}: not verified`)
   }
-  let m = await scrape(admin)
-  for (const reason of ['expired', 'wrong_audience', 'bad_signature', 'malformed']) {
-    t.equal(
-      metricValue(m, 'nhi_auth_failures_total', { source: 'jwt', reason, service: 'orders' }),
-      1,
-      `one ${reason} failure`,
-    )
-  }
-  t.ok(
-    metricValue(m, 'nhi_requests_total', {
+  const reasons = ['expired', 'wrong_audience', 'bad_signature', 'malformed']
+  const failed = (s: Sample[], reason: string) =>
+    metricValue(s, 'nhi_auth_failures_total', { source: 'jwt', reason, service: 'orders' })
+  const billing = (s: Sample[]) =>
+    metricValue(s, 'nhi_requests_total', {
       identity: 'svc/billing',
       kind: 'service',
       verified: 'true',
       route: '/echo',
       code: '200',
-    }) >= 1,
+    })
+  let m = await scrapeUntil(
+    admin,
+    (s) => reasons.every((reason) => failed(s, reason) >= 1) && billing(s) >= 1,
+    'the four failures and the first request to be counted',
   )
+  for (const reason of reasons) {
+    t.equal(failed(m, reason), 1, `one ${reason} failure`)
+  }
+  t.ok(billing(m) >= 1)
   t.ok(metricValue(m, 'nhi_jwks_refresh_total', { result: 'success' }) >= 2, 'JWKS refreshed on rotation')
 
   // upstream killed mid-test → 502 counted; proxy keeps serving after it returns
@@ -149,7 +152,11 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
   await upstream.close()
   r = await call({ authorization: `Bearer ${token2}` })
   t.equal(r.status, 502, 'upstream down → 502')
-  m = await scrape(admin)
+  m = await scrapeUntil(
+    admin,
+    (s) => metricValue(s, 'nhi_upstream_errors_total', { reason: 'connect' }) >= 1,
+    'the connect error to be counted',
+  )
   t.ok(metricValue(m, 'nhi_upstream_errors_total', { reason: 'connect' }) >= 1, 'connect error counted')
   const again = await startUpstream(port)
   t.teardown(() => again.close())
@@ -178,7 +185,11 @@ t.test('cardinality guard: 10,000 identities with maxIdentities 100', async (t) 
     }
   }
   await Promise.all(Array.from({ length: 16 }, worker))
-  const m = await scrape(sidecar.adminUrl)
+  const m = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_requests_total') >= 10_000,
+    'all 10,000 requests to be recorded',
+  )
   const identities = new Set(
     m.filter((s) => s.name === 'nhi_requests_total').map((s) => s.labels['identity']),
   )
@@ -267,7 +278,18 @@ t.test('mTLS listener: SPIFFE identity, untrusted CA and expired cert counted', 
   const old = await get(expiredCert)
   t.equal(JSON.parse(old.body).headers['x-nhi-verified'], 'false', 'expired cert: not verified')
 
-  const m = await scrape(sidecar.adminUrl)
+  // the first request's expiry gauge is set when it is recorded too
+  const m = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) =>
+      metricValue(s, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_untrusted' }) >= 1 &&
+      metricValue(s, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_expired' }) >= 1 &&
+      metricValue(s, 'nhi_credential_expiry_timestamp_seconds', {
+        identity: 'payments/api',
+        source: 'mtls',
+      }) > 0,
+    'the three mTLS requests to be recorded',
+  )
   t.equal(metricValue(m, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_untrusted' }), 1)
   t.equal(metricValue(m, 'nhi_auth_failures_total', { source: 'mtls', reason: 'cert_expired' }), 1)
   t.ok(
@@ -354,7 +376,13 @@ t.test(
     )
     t.equal(viaCa['x-nhi-identity'], 'billing/exporter', 'named by the kubernetes profile')
     t.equal(seenAuth[0], 'Bearer projected-token', 'the JWKS was fetched with the bearer token from the file')
-    const m = await scrape(admin)
+    // both requests recorded first, so a failure counted late cannot slip past the check
+    const m = await scrapeUntil(
+      admin,
+      (s) => metricValue(s, 'nhi_requests_total') >= 2,
+      'both requests to be recorded',
+    )
+    t.equal(metricValue(m, 'nhi_requests_total'), 2, 'both requests recorded')
     t.equal(metricValue(m, 'nhi_auth_failures_total'), 0, 'no auth failures')
   },
 )

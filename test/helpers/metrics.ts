@@ -1,4 +1,6 @@
 // Parse Prometheus text exposition into samples, so tests assert on real /metrics values.
+import { type EventuallyOptions, eventually } from './eventually.ts'
+
 export interface Sample {
   name: string
   labels: Record<string, string>
@@ -40,4 +42,27 @@ export function seriesCount(samples: Sample[], name: string): number {
 export async function scrape(adminUrl: string): Promise<Sample[]> {
   const res = await fetch(`${adminUrl}/metrics`)
   return parseMetrics(await res.text())
+}
+
+/**
+ * Scrapes `/metrics` until `ready` holds for the samples and resolves with those samples. The proxy records a
+ * request (every per-request counter moves) when its downstream response closes, which can come after the
+ * client already has the answer and has sent its scrape: one immediate scrape can miss the last requests.
+ * Wait for the count to reach (`>=`) what is expected, then assert the exact value on the samples returned,
+ * so an over-count still fails. When `timeoutMs` runs out it resolves with one last scrape, so the caller's
+ * assertions fail with their own messages and the values seen.
+ */
+export async function scrapeUntil(
+  adminUrl: string,
+  ready: (samples: Sample[]) => boolean,
+  what: string,
+  opts: Omit<EventuallyOptions, 'what'> = {},
+): Promise<Sample[]> {
+  return eventually(
+    async () => {
+      const samples = await scrape(adminUrl)
+      return ready(samples) ? samples : undefined
+    },
+    { ...opts, what },
+  ).catch(() => scrape(adminUrl))
 }

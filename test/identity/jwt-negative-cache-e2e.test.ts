@@ -7,7 +7,7 @@ import t from 'tap'
 import type { VerifyPoolStats } from '../../src/identity/jwt/pool.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.negative.example'
@@ -74,7 +74,11 @@ t.test('a repeated forged token is verified twice and counted every time', async
     before + 2,
     'no later repeat reached the worker: answered from the failure cache',
   )
-  const samples = await scrape(admin)
+  const samples = await scrapeUntil(
+    admin,
+    (s) => metricValue(s, 'nhi_auth_failures_total', { reason: 'bad_signature' }) >= REPEATS + 2,
+    'every forged request to be recorded',
+  )
   t.equal(
     metricValue(samples, 'nhi_auth_failures_total', { reason: 'bad_signature' }),
     REPEATS + 2,

@@ -4,7 +4,7 @@
 import { get as httpGet } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, type Sample, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -49,7 +49,13 @@ t.test(
       }),
       { identity: 'ua:googlebot', verified: 'false' },
     )
-    const m = await scrape(admin)
+    const m = await scrapeUntil(
+      admin,
+      (s) =>
+        metricValue(s, 'nhi_credential_anomalies_total', { type: 'unverified_claim' }) >= 2 &&
+        metricValue(s, 'nhi_requests_total', { identity: 'googlebot' }) >= 1,
+      'the three requests to be recorded',
+    )
     t.equal(metricValue(m, 'nhi_credential_anomalies_total', { type: 'unverified_claim' }), 2)
     t.equal(metricValue(m, 'nhi_requests_total', { identity: 'googlebot' }), 1)
   },
@@ -83,8 +89,12 @@ t.test('from an untrusted peer no header makes a client look like Google', async
       JSON.stringify(h),
     )
   }
+  const anomalies = (s: Sample[]) =>
+    metricValue(s, 'nhi_credential_anomalies_total', { type: 'unverified_claim' })
   t.equal(
-    metricValue(await scrape(admin), 'nhi_credential_anomalies_total', { type: 'unverified_claim' }),
+    anomalies(
+      await scrapeUntil(admin, (s) => anomalies(s) >= attempts.length, 'every attempt to be recorded'),
+    ),
     attempts.length,
     'every attempt is counted',
   )

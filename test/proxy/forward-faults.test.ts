@@ -14,7 +14,7 @@ import { type AddressInfo, connect, createServer as createNetServer, type Socket
 import t, { type Test } from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 
 t.setTimeout(120_000)
 
@@ -124,7 +124,11 @@ t.test(
     })
     t.equal(count(client.text, /HTTP\/1\.1 304 /g), 2, 'the keep-alive connection serves the next request')
     client.socket.destroy()
-    const samples = await scrape(sidecar.adminUrl)
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_requests_total', { code: '304' }) >= 2,
+      'both 304s to be recorded',
+    )
     t.equal(metricValue(samples, 'nhi_upstream_errors_total'), 0, 'no upstream error counted')
     t.equal(metricValue(samples, 'nhi_requests_total', { code: '304' }), 2)
   },

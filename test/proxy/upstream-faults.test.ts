@@ -5,7 +5,7 @@ import { type AddressInfo, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { refusedPort } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -121,7 +121,11 @@ t.test('a refused connection → 502 counted as connect', async (t) => {
   const res = await request(`${sidecar.proxyUrl}/x`)
   await res.body.dump()
   t.equal(res.statusCode, 502)
-  const m = await scrape(sidecar.adminUrl)
+  const m = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_upstream_errors_total', { reason: 'connect' }) >= 1,
+    'the refused connection to be counted',
+  )
   t.equal(metricValue(m, 'nhi_upstream_errors_total', { reason: 'connect' }), 1)
   const h = await request(`${sidecar.adminUrl}/healthz`)
   await h.body.dump()

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -52,7 +52,11 @@ t.test('thousands of made-up user agents, then verified callers still get their 
   })
   await jwt.body.dump()
 
-  const m = await scrape(admin)
+  const m = await scrapeUntil(
+    admin,
+    (s) => metricValue(s, 'nhi_requests_total') >= FLOOD + 2,
+    'the flood and both verified requests to be recorded',
+  )
   t.equal(
     metricValue(m, 'nhi_requests_total', { identity: 'billing-export', source: 'apikey', verified: 'true' }),
     1,
@@ -100,7 +104,11 @@ t.test('the default unverified cap is a quarter of maxIdentities', async (t) => 
     const res = await request(`${proxy}/x`, { headers: { 'x-api-key': `${KEY}-${i}` } })
     await res.body.dump()
   }
-  const m = await scrape(admin)
+  const m = await scrapeUntil(
+    admin,
+    (s) => metricValue(s, 'nhi_requests_total') >= 130,
+    'all 130 requests to be recorded',
+  )
   t.equal(metricValue(m, 'nhi_identity_overflow_total'), 90, 'only 10 (40 / 4) user agents were admitted')
   for (let i = 0; i < 30; i++) {
     t.equal(metricValue(m, 'nhi_requests_total', { identity: `key-${i}` }), 1, `key-${i} has its own series`)

@@ -10,7 +10,7 @@ import { runCheck } from '../../src/cli/check.ts'
 import { configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
 import { createSigningKey, mintToken, startJwksServer, startUpstreamAndJwks } from '../helpers/jwks.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, type Sample, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { spawnCli, startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -113,13 +113,14 @@ t.test(
     t.not(foreign['x-nhi-source'], 'jwt')
     const none = await echo(await mint(idp.url))
     t.equal(none['x-nhi-verified'], 'false', 'a token without aud is not verified')
-    const after = await scrape(admin)
-    t.equal(
-      metricValue(after, 'nhi_auth_failures_total', { reason: 'wrong_audience' }) -
-        metricValue(before, 'nhi_auth_failures_total', { reason: 'wrong_audience' }),
-      2,
-      'both counted as wrong_audience',
+    const wrongAudience = (s: Sample[]) =>
+      metricValue(s, 'nhi_auth_failures_total', { reason: 'wrong_audience' })
+    const after = await scrapeUntil(
+      admin,
+      (s) => wrongAudience(s) - wrongAudience(before) >= 2,
+      'both wrong-audience requests to be counted',
     )
+    t.equal(wrongAudience(after) - wrongAudience(before), 2, 'both counted as wrong_audience')
 
     const ours = await echo(await mint(idp.url, 'orders'))
     t.equal(ours['x-nhi-verified'], 'true', 'control: a token for this service verifies')

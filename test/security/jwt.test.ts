@@ -10,7 +10,7 @@ import {
   startJwksServer,
   startUpstreamAndJwks,
 } from '../helpers/jwks.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, type Sample, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.security.test'
@@ -71,8 +71,9 @@ t.test('hostile tokens are never verified, are counted by reason, and are reject
     return { status: res.statusCode, headers: res.headers, text }
   }
   const upstreamSaw = (text: string) => JSON.parse(text).headers as Record<string, string | undefined>
-  const failures = async (reason: string) =>
-    metricValue(await scrape(adminUrl), 'nhi_auth_failures_total', { source: 'jwt', reason })
+  const failedIn = (samples: Sample[], reason: string) =>
+    metricValue(samples, 'nhi_auth_failures_total', { source: 'jwt', reason })
+  const failures = async (reason: string) => failedIn(await scrape(adminUrl), reason)
 
   // A real token first, so the negative cases below are known to be able to pass.
   const good = await mintToken(idpKey, { azp: 'billing' }, { issuer: ISSUER, audience: AUD })
@@ -231,7 +232,13 @@ t.test('hostile tokens are never verified, are counted by reason, and are reject
     t.equal(seen['x-nhi-verified'], 'false', `${c.name}: not verified at the upstream`)
     t.not(seen['x-nhi-identity'], 'svc/mallory', `${c.name}: the token's claims do not name the identity`)
     t.not(seen['x-nhi-identity'], 'svc/admin', `${c.name}: the token's claims do not name the identity`)
-    t.equal((await failures(c.reason)) - before, 1, `${c.name}: counted as ${c.reason}`)
+    // recorded when the response closes: wait for the count to move, then check it moved by one
+    const counted = await scrapeUntil(
+      adminUrl,
+      (s) => failedIn(s, c.reason) - before >= 1,
+      `${c.name} to be counted`,
+    )
+    t.equal(failedIn(counted, c.reason) - before, 1, `${c.name}: counted as ${c.reason}`)
 
     const rej = await echo(rejectUrl, { authorization: `Bearer ${c.token}` })
     t.equal(rej.status, 401, `${c.name}: 401 in reject mode`)

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto'
 import t from 'tap'
 import { Agent, request } from 'undici'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -46,7 +46,11 @@ t.test('user-agent names on a verified request stay within the unverified cap', 
   )
   const res = await request(`${sidecar.proxyUrl}/x`, { headers: { 'x-api-key': BILLING }, dispatcher: agent })
   await res.body.dump()
-  const m = await scrape(sidecar.adminUrl)
+  const m = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_requests_total') >= 501,
+    'all 501 requests to be recorded',
+  )
   const flood = m.filter(
     (s) => s.name === 'nhi_requests_total' && s.labels['identity']!.startsWith('apikey:ua:partner/'),
   )

@@ -4,7 +4,7 @@
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { metricValue, scrape, seriesCount } from '../helpers/metrics.ts'
+import { metricValue, scrape, scrapeUntil, seriesCount } from '../helpers/metrics.ts'
 import { CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -76,10 +76,14 @@ t.test('turning OTLP export on, moving it and turning it off take effect on relo
     collectorA.spans.some((s) => s.traceId === atB),
     'after the move nothing goes to the old collector',
   )
-  const exported = await eventually(async () => {
-    const m = await scrape(admin)
-    return metricValue(m, 'nhi_otlp_spans_exported_total') >= 2 ? m : undefined
-  })
+  // spans and log records go out in separate exports: wait for both counters
+  const exported = await scrapeUntil(
+    admin,
+    (m) =>
+      metricValue(m, 'nhi_otlp_spans_exported_total') >= 2 &&
+      metricValue(m, 'nhi_otlp_log_records_exported_total') >= 1,
+    'the span and log record exports to be counted',
+  )
   t.equal(metricValue(exported, 'nhi_otlp_spans_exported_total'), 2, 'the counter went on across the move')
   t.equal(metricValue(exported, 'nhi_otlp_log_records_exported_total'), 1)
 
