@@ -1,12 +1,12 @@
 // A reload whose `upstream` is a URL the proxy cannot use (credentials, a query, an unsupported scheme) is
 // refused whole: logged as config_reload_failed at FILE:LINE:COL, counted as a failure, the password never
 // logged, and the running config (as /config shows it) and its upstream keep serving.
-import { writeFile } from 'node:fs/promises'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { replaceFile } from '../helpers/scratch.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 for (const bad of ['http://ops:hunter2@127.0.0.1:1', 'ftp://127.0.0.1:1', 'http://127.0.0.1:1/?x=1']) {
@@ -16,7 +16,7 @@ for (const bad of ['http://ops:hunter2@127.0.0.1:1', 'ftp://127.0.0.1:1', 'http:
     const sidecar = await startBin(t, { upstream: upstream.url, timeouts: { drainDelay: '0s' } })
     const before = (await (await fetch(`${sidecar.adminUrl}/config`)).json()) as Record<string, unknown>
     const base = { listen: { http: '127.0.0.1:0' }, admin: '127.0.0.1:0', audit: { output: 'off' } }
-    await writeFile(sidecar.configPath, stringify({ ...base, upstream: bad, service: 'after-bad-reload' }))
+    await replaceFile(sidecar.configPath, stringify({ ...base, upstream: bad, service: 'after-bad-reload' }))
     await eventually(
       async () =>
         metricValue(await scrape(sidecar.adminUrl), 'nhi_config_reloads_total', { result: 'failure' }) >= 1,

@@ -1,5 +1,5 @@
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
-import { mkdtemp } from 'node:fs/promises'
+import { mkdtemp, rename, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -28,4 +28,15 @@ export function scratchDir(prefix: string): Promise<string> {
 /** scratchDir for code that cannot await (module top level of a CommonJS-style helper, sync setup) */
 export function scratchDirSync(prefix: string): string {
   return mkdtempSync(join(scratchRoot(), `${prefix}-`))
+}
+
+/**
+ * Replaces a config file in one step, as an editor's save-and-rename or a ConfigMap swap does: written beside
+ * it, then renamed over it. A plain writeFile truncates first, and a watcher that fires between the truncate
+ * and the write reloads an empty file, so a test would see two reloads where it made one change.
+ */
+export async function replaceFile(path: string, text: string): Promise<void> {
+  const next = `${path}.next-${process.pid}`
+  await writeFile(next, text)
+  await rename(next, path)
 }

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually, GiveUp } from './eventually.ts'
-import { scratchDir } from './scratch.ts'
+import { replaceFile, scratchDir } from './scratch.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const BUNDLE = join(ROOT, 'dist', 'nhi-proxy.mjs')
@@ -296,7 +296,7 @@ export async function startSidecarFromFile(
     process: cli,
     async reload(config) {
       const from = cli.stderr().length
-      if (config) await writeFile(file, stringify(withTestDefaults(config)))
+      if (config) await replaceFile(file, stringify(withTestDefaults(config)))
       else cli.kill('SIGHUP')
       return reloadResult(from)
     },

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { scratchDir } from '../helpers/scratch.ts'
+import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { spawnCli, startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -61,7 +61,7 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
   await eventually(() => upstream.received.some((r) => r.url === '/slow/1200'), {
     what: 'the request in flight',
   })
-  await writeFile(file, configText(upstream.url, 'squad'))
+  await replaceFile(file, configText(upstream.url, 'squad'))
   t.ok(
     await until(
       async () => metricValue(await scrape(admin), 'nhi_config_reloads_total', { result: 'success' }) === 1,
@@ -73,7 +73,7 @@ t.test('file change reloads without dropping in-flight requests; broken file kee
   t.equal(slow.status, 200, 'the in-flight request finished')
   t.equal(await slow.text(), 'slow ok')
 
-  await writeFile(file, configText(upstream.url, 'broken', 'metrics: { maxIdentitis: 5 }\n'))
+  await replaceFile(file, configText(upstream.url, 'broken', 'metrics: { maxIdentitis: 5 }\n'))
   t.ok(
     await until(
       async () => metricValue(await scrape(admin), 'nhi_config_reloads_total', { result: 'failure' }) >= 1,

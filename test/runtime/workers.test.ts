@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
-import { scratchDir } from '../helpers/scratch.ts'
+import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { runCli, startSidecarFromFile } from '../helpers/sidecar.ts'
 import { run, skipWithout, systemTool } from '../helpers/tools.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -186,7 +186,7 @@ t.test('workers: 2', async (t) => {
 
   await t.test('a reload reaches every worker; a bad config is rejected once', async (t) => {
     const from = sidecar.process.stderr().length
-    await writeFile(
+    await replaceFile(
       configFile,
       stringify({
         ...base,
@@ -222,7 +222,7 @@ t.test('workers: 2', async (t) => {
     }
 
     const badFrom = sidecar.process.stderr().length
-    await writeFile(configFile, 'workers: 2\nupstream: [not a url\n')
+    await replaceFile(configFile, 'workers: 2\nupstream: [not a url\n')
     await sidecar.process.waitForLog((l) => l['event'] === 'config_reload_failed', badFrom)
     t.equal((await get(`${proxy}/still`, 'probe')).status, 200, 'the last good config keeps serving')
     const still = await eventually(
@@ -244,7 +244,7 @@ t.test('workers: 2', async (t) => {
       failures.every((l) => !l.includes('"worker"')),
       'reported by the primary only: no worker saw it',
     )
-    await writeFile(configFile, stringify(base))
+    await replaceFile(configFile, stringify(base))
     await sidecar.process.waitForLog(
       (l) => l['event'] === 'config_reloaded' && l['worker'] === undefined,
       badFrom,

@@ -1,10 +1,10 @@
 // The otlp_export log line names the collector with its credentials masked (userinfo, query), as /config
 // does: at start and when a reload turns export on.
-import { writeFile } from 'node:fs/promises'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { replaceFile } from '../helpers/scratch.ts'
 
 const ENDPOINT = 'http://otel:s3cretOTLP@127.0.0.1:9/?token=qsecret'
 
@@ -18,7 +18,7 @@ t.test('otlp_export at start: the collector URL is masked', async (t) => {
 t.test('otlp_export after a reload turns export on: masked too', async (t) => {
   const sidecar = await startBin(t, {})
   const base = { listen: { http: '127.0.0.1:0' }, admin: '127.0.0.1:0', audit: { output: 'off' } }
-  await writeFile(sidecar.configPath, stringify({ ...base, otlp: { endpoint: ENDPOINT } }))
+  await replaceFile(sidecar.configPath, stringify({ ...base, otlp: { endpoint: ENDPOINT } }))
   await eventually(() => sidecar.logs().some((l) => l['event'] === 'otlp_export'), {
     timeoutMs: 5000,
     what: 'the otlp_export line',

@@ -14,7 +14,7 @@ import { startAdmin } from '../helpers/admin.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { scratchDir } from '../helpers/scratch.ts'
+import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 /** the toy output: counts what it is given */
@@ -107,7 +107,7 @@ t.test('a toy recorder in the same list sees every request, each reload and the 
     'one list: the built-in outputs, then the toy one',
   )
 
-  await writeFile(file, stringify(sidecarConfig(upstream.url, 'after')))
+  await replaceFile(file, stringify(sidecarConfig(upstream.url, 'after')))
   // the file watch reloads it
   await eventually(() => counting.services.includes('after'), { what: 'the reloaded config' })
   t.equal(counting.services[0], 'before')
