@@ -21,7 +21,8 @@ t.test('every request sent is counted once, per status class, under load with fa
   const sidecar = await startTestSidecar(t, {
     service: 'load',
     upstream: upstream.url,
-    timeouts: { upstream: '300ms' },
+    // roomy: an ordinary /echo must never reach it on a loaded machine, only the injected hang
+    timeouts: { upstream: '2s' },
     jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['load'] }] },
     apiKeys: {
       keys: apiKeys.map((k, i) => ({
@@ -60,7 +61,7 @@ t.test('every request sent is counted once, per status class, under load with fa
     ['/echo', 200],
     ['/echo', 200],
     ['/echo', 200],
-    ['/slow/2000', 504],
+    ['/slow/5000', 504],
     ['/status/503', 503],
   ]
 

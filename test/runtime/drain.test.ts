@@ -51,7 +51,7 @@ t.test('SIGTERM during steady load: no connection refused or reset, in-flight re
   const before: Outcome[] = []
   const during: Outcome[] = []
   let unready = false
-  const after = 25
+  const after = 10
   const clients = Array.from({ length: 4 }, async () => {
     let sinceUnready = 0
     while (sinceUnready < after) {

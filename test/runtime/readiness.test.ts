@@ -1,25 +1,14 @@
 // Readiness observes: an unreachable IdP keeps the sidecar Ready (traffic flows, attributed unverified with
 // reason keys_unavailable, one log line naming the issuer) unless readiness.requireJwks says otherwise.
 // Runs the built bundle as a child process.
-import { once } from 'node:events'
-import { createServer } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, parseMetrics } from '../helpers/metrics.ts'
+import { refusedPort } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
-
-/** a loopback port nothing listens on */
-async function closedPort(): Promise<number> {
-  const s = createServer()
-  s.listen(0, '127.0.0.1')
-  await once(s, 'listening')
-  const port = (s.address() as { port: number }).port
-  await new Promise<void>((done) => s.close(() => done()))
-  return port
-}
 
 async function readyz(adminUrl: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const res = await fetch(`${adminUrl}/readyz`)
@@ -30,7 +19,7 @@ t.test('IdP unreachable: Ready, traffic flows unverified as keys_unavailable, on
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
   const issuer = 'https://idp.unreachable.example'
-  const port = await closedPort()
+  const port = await refusedPort()
   const sidecar = await startBin(t, {
     upstream: upstream.url,
     // a 1 s cooldown also makes failed refreshes retry every second: several failures, still one log line
@@ -123,7 +112,7 @@ t.test('readiness.requireJwks: NotReady until keys arrive, then Ready; recovery 
 })
 
 t.test('an upstream that refuses connections is reported; it gates only with requireUpstream', async (t) => {
-  const upstream = `http://127.0.0.1:${await closedPort()}`
+  const upstream = `http://127.0.0.1:${await refusedPort()}`
   const observing = await startTestSidecar(t, { upstream })
   const a = await readyz(observing.adminUrl)
   t.equal(a.status, 200, 'Ready by default: the app may still be starting')

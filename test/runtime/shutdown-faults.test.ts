@@ -46,7 +46,7 @@ listen: { http: 127.0.0.1:0 }
 admin: 127.0.0.1:0
 upstream: ${upstream.url}
 audit: { output: off }
-timeouts: { drain: 10s, drainDelay: 1s }
+timeouts: { drain: 10s, drainDelay: 3s }
 `,
   )
   const cli = spawnCli(['run', '-c', file])

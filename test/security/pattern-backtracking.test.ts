@@ -85,6 +85,11 @@ t.test('a long header against a `{a}-{b}-{c}` rule does not stall the proxy', as
     identities: [{ name: 'tenant/{a}', kind: 'service', match: { header: { 'x-tenant': '{a}-{b}-{c}.x' } } }],
   })
   const proxy = sidecar.proxyUrl
+  // first the match (which also warms the connection and the code path up, so the timing below is the rule's)
+  const ok = await request(`${proxy}/echo`, { headers: { 'x-tenant': 'acme-eu-1.x' } })
+  const okBody = JSON.parse(await ok.body.text()) as { headers: Record<string, string> }
+  // a header names nothing verified: the name is in the ua: namespace
+  t.equal(okBody.headers['x-nhi-identity'], 'ua:tenant/acme', 'the rule still matches what it should')
   // 12 KiB fits Node's default 16 KiB header limit; the RegExp took minutes on this value
   const started = performance.now()
   const res = await request(`${proxy}/echo`, { headers: { 'x-tenant': '-'.repeat(12 * 1024) } })
@@ -92,9 +97,5 @@ t.test('a long header against a `{a}-{b}-{c}` rule does not stall the proxy', as
   const ms = performance.now() - started
   t.equal(res.statusCode, 200)
   t.notOk(body.headers['x-nhi-identity']?.includes('tenant/'), 'the rule does not match')
-  t.ok(ms < 1000, `answered in ${ms.toFixed(0)} ms (< 1 s)`)
-  const ok = await request(`${proxy}/echo`, { headers: { 'x-tenant': 'acme-eu-1.x' } })
-  const okBody = JSON.parse(await ok.body.text()) as { headers: Record<string, string> }
-  // a header names nothing verified: the name is in the ua: namespace
-  t.equal(okBody.headers['x-nhi-identity'], 'ua:tenant/acme', 'the rule still matches what it should')
+  t.ok(ms < 3000, `answered in ${ms.toFixed(0)} ms (< 3 s; the backtracking took minutes)`)
 })

@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { refusedPort } from '../helpers/net.ts'
 import { CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -218,11 +219,8 @@ t.test('anomalies and credential failures are span events; 5xx is an error statu
 })
 
 t.test('collector down: traffic is not slowed, lost spans are counted', async (t) => {
-  // a port nothing listens on
-  const probe = createServer().listen(0, '127.0.0.1')
-  await once(probe, 'listening')
-  const closedPort = (probe.address() as AddressInfo).port
-  await new Promise<void>((done) => probe.close(() => done()))
+  // a port nothing listens on, and no other test file can be given while this one runs
+  const closedPort = await refusedPort()
 
   const app = await startUpstream()
   t.teardown(() => app.close())
@@ -233,7 +231,7 @@ t.test('collector down: traffic is not slowed, lost spans are counted', async (t
       upstream: app.url,
       otlp: {
         endpoint: `http://127.0.0.1:${closedPort}`,
-        timeout: '1s',
+        timeout: '5s',
         maxQueueSize: 8,
         maxExportBatchSize: 4,
         scheduledDelay: '20ms',
@@ -258,8 +256,9 @@ t.test('collector down: traffic is not slowed, lost spans are counted', async (t
   const max = latencies.at(-1)!
   t.comment(`latency with the collector down: median ${median.toFixed(1)} ms, max ${max.toFixed(1)} ms`)
   t.ok(median < 50, `median ${median.toFixed(1)} ms`)
-  // an export that blocked a request would take the export timeout (1 s) at least
-  t.ok(max < 900, `max ${max.toFixed(1)} ms`)
+  // an export that blocked a request would take the export timeout (5 s) at least; a loaded machine's pauses
+  // stay well under it
+  t.ok(max < 4000, `max ${max.toFixed(1)} ms`)
 
   const samples = await eventually(
     async () => {
