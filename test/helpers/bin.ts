@@ -1,14 +1,13 @@
 // The built bundle (`node dist/nhi-proxy.mjs run -c FILE`) as a child process: what an operator runs, with
 // real signals. Its addresses come from its own "started" log line. Run `npm run build` after src changes.
 import { type ChildProcess, spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { existsSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually, GiveUp } from './eventually.ts'
 import { scratchDirSync } from './scratch.ts'
-import { ROOT } from './sidecar.ts'
+import { outputComplete, ROOT } from './sidecar.ts'
 
 export const BUNDLE = join(ROOT, 'dist', 'nhi-proxy.mjs')
 
@@ -43,7 +42,7 @@ export async function startBin(t: Test, config: Record<string, unknown>): Promis
   child.stderr!.on('data', (c: Buffer) => {
     err += c.toString()
   })
-  const exited = once(child, 'exit').then(([code]) => code as number | null)
+  const exited = outputComplete(child)
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     await exited

@@ -3,7 +3,6 @@
 // own machine-readable startup line, reloads from its log, so the end-to-end suites test the artifact that
 // ships and nothing inside it.
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { existsSync, readdirSync, statSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
@@ -97,6 +96,17 @@ export interface CliProcess {
   kill(signal?: NodeJS.Signals): void
 }
 
+/**
+ * The exit code once the process has exited and its piped output has been read to the end ('close'): at
+ * 'exit' the last lines can still be in the pipes. Bounded, for a descendant that kept the pipes open.
+ */
+export function outputComplete(child: ChildProcess, boundMs = 5_000): Promise<number | null> {
+  return new Promise((resolve) => {
+    child.once('close', (code: number | null) => resolve(code))
+    child.once('exit', (code: number | null) => setTimeout(() => resolve(code), boundMs).unref())
+  })
+}
+
 /** Starts `node dist/nhi-proxy.mjs ARGS…` in the background. */
 export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
   assertFreshBundle()
@@ -113,12 +123,16 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProces
   child.stderr!.on('data', (c: Buffer) => {
     err += c.toString()
   })
-  const exited = once(child, 'exit').then(([code]) => code as number | null)
+  let closed = false
+  const exited = outputComplete(child).then((code) => {
+    closed = true
+    return code
+  })
   const poll = <T>(probe: () => T | undefined, what: string, timeoutMs: number): Promise<T> =>
     eventually(
       () => {
         const found = probe()
-        if (found === undefined && (child.exitCode !== null || child.signalCode !== null))
+        if (found === undefined && closed)
           throw new GiveUp(`exited ${child.exitCode ?? child.signalCode} before ${what}: ${out}${err}`)
         return found
       },
