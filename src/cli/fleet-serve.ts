@@ -4,6 +4,7 @@
 import { once } from 'node:events'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { hostAllowed, isLoopback } from '../admin/server.ts'
 import { redactUrl } from '../config/redact.ts'
 import type { Out } from './check.ts'
 import { buildFleet, type FleetOptions, printFleet } from './fleet.ts'
@@ -65,9 +66,14 @@ export async function serveFleet(o: FleetOptions, address: string, out: Out, err
     err(`nhi-proxy: ${(e as Error).message}`)
     return 1
   }
+  // set once listening: on loopback, a page elsewhere could otherwise read the fleet by rebinding its own
+  // name to 127.0.0.1 (a listener on other interfaces is reached by whatever names its network gives it)
+  let loopbackOnly = false
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'text/plain', 'GET only\n')
+    if (loopbackOnly && !hostAllowed(req.headers.host, []))
+      return send(res, 403, 'text/plain', 'host not allowed: use an IP address or localhost\n')
     if (path !== '/' && path !== '/ui' && path !== '/fleet.json')
       return send(res, 404, 'text/plain', 'not found\n')
     buildFleet(o).then(
@@ -97,6 +103,7 @@ export async function serveFleet(o: FleetOptions, address: string, out: Out, err
     return 2
   }
   const a = server.address() as AddressInfo
+  loopbackOnly = isLoopback(a.address)
   const shown = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
   out(`fleet view of ${redactUrl(o.prometheus)} on http://${shown}/`)
   await new Promise<void>((resolve) => {
