@@ -9,6 +9,7 @@ import {
   isoSeconds,
   PromError,
   PrometheusClient,
+  printable,
   promDuration,
   prometheusBase,
   renderTable,
@@ -260,7 +261,7 @@ function printTable(inv: Inventory, out: Out): void {
   if (dormant.length) {
     out('')
     out(`Dormant (${dormant.length}):`)
-    for (const r of dormant) out(`  ${r.identity}: ${r.dormantReason}`)
+    for (const r of dormant) out(`  ${printable(r.identity)}: ${r.dormantReason}`)
   }
 }
 

@@ -145,13 +145,32 @@ export function humanSeconds(total: number): string {
   return parts.slice(0, 2).join('')
 }
 
-/** Left-aligned columns separated by two spaces; the first row is the header. */
+// C0 and C1 controls, DEL, bidi marks/overrides/isolates and the line/paragraph separators
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g
+
+/**
+ * Label values as text for a terminal: they are what clients presented (certificate subjects, token claims,
+ * headers), and a control character printed as is would drive the terminal (retitle it, clear the screen)
+ * or start a line that reads as another row. Each is shown as its escape instead (\x1b, \n, \u202e).
+ */
+export function printable(s: string): string {
+  return s.replace(UNPRINTABLE, (c) => {
+    const code = c.charCodeAt(0)
+    if (c === '\n') return '\\n'
+    if (c === '\r') return '\\r'
+    if (c === '\t') return '\\t'
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16)}`
+  })
+}
+
+/** Left-aligned columns separated by two spaces; the first row is the header. Cells are made printable. */
 export function renderTable(rows: string[][]): string[] {
+  const shown = rows.map((row) => row.map(printable))
   const widths: number[] = []
-  for (const row of rows) {
+  for (const row of shown) {
     for (const [i, cell] of row.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length)
   }
-  return rows.map((row) =>
+  return shown.map((row) =>
     row
       .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!)))
       .join('  ')
