@@ -109,6 +109,8 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, {
     'content-type': 'application/json; charset=utf-8',
     'cache-control': 'no-store',
+    // the JSON carries what clients sent (identity names, paths): never to be taken for a page
+    'x-content-type-options': 'nosniff',
     'content-length': Buffer.byteLength(text),
   })
   res.end(text)
@@ -171,7 +173,11 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
       case '/metrics': {
         const om = wantsOpenMetrics(req)
         const scrape = await (opts.scrape ? opts.scrape(om) : telemetry.scrape(om))
-        res.writeHead(200, { 'content-type': scrape.contentType, 'cache-control': 'no-store' })
+        res.writeHead(200, {
+          'content-type': scrape.contentType,
+          'cache-control': 'no-store',
+          'x-content-type-options': 'nosniff',
+        })
         res.end(scrape.body)
         return
       }

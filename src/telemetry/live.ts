@@ -186,7 +186,11 @@ export class LiveFeed implements Recorder {
       }
     }
     if (this.subscribers.size >= this.maxSubscribers) {
-      res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '5' })
+      res.writeHead(503, {
+        'content-type': 'application/json; charset=utf-8',
+        'x-content-type-options': 'nosniff',
+        'retry-after': '5',
+      })
       res.end('{"error":"too many live subscribers"}')
       return
     }
@@ -202,6 +206,7 @@ export class LiveFeed implements Recorder {
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     })
