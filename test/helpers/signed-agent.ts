@@ -1,7 +1,7 @@
 // A Web Bot Auth agent for tests: an Ed25519 key pair, its key directory served over HTTP
 // (`/.well-known/http-message-signatures-directory`), and request signing with the `web-bot-auth` package's
 // own signer, so the proxy's verification is checked against an independent implementation.
-import { generateKeyPairSync } from 'node:crypto'
+import { createPrivateKey, generateKeyPairSync, sign } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -97,4 +97,16 @@ export async function signRequest(
     expires: new Date(created + (opts.lifetimeMs ?? 60_000)),
   })
   return { ...headers, signature: signed.Signature, 'signature-input': signed['Signature-Input'] }
+}
+
+/**
+ * Signature and Signature-Input over `@authority` alone, with the parameters written exactly as given
+ * (`;created=…;expires=…;…`) and signed with node:crypto: for parameter spellings no signer library writes.
+ */
+export function signWithParams(key: AgentKey, url: string, params: string): Record<string, string> {
+  const input = `("@authority")${params}`
+  // @authority as RFC 9421 §2.2.3 derives it: lower-case host, default port left out (what URL#host gives)
+  const base = `"@authority": ${new URL(url).host}\n"@signature-params": ${input}`
+  const signature = sign(null, Buffer.from(base), createPrivateKey({ key: key.privateJwk, format: 'jwk' }))
+  return { 'signature-input': `sig1=${input}`, signature: `sig1=:${signature.toString('base64')}:` }
 }

@@ -9,7 +9,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { runCli, startTestSidecar } from '../helpers/sidecar.ts'
-import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
+import { createAgentKey, signRequest, signWithParams, startKeyDirectory } from '../helpers/signed-agent.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 interface Seen {
@@ -123,6 +123,21 @@ t.test('Web Bot Auth signatures are verified against the configured key director
       lifetimeMs: 60 * 60_000,
     })
     t.same(reasons(await send(signed)), ['signature_expired'])
+  })
+
+  await t.test('created and expires must be integers: maxAge holds whatever else they say', async (t) => {
+    const now = Math.floor(Date.now() / 1000)
+    const params = (created: string) =>
+      `;created=${created};expires=${now + 365 * 86_400};keyid="${key.keyid}";tag="web-bot-auth"`
+    const control = await send(signWithParams(key, `${proxy}/echo`, params(String(now))))
+    t.equal(control.verified, 'true', 'control: the same signature with an integer created verifies')
+    for (const created of ['"now"', `${now}.5`]) {
+      const seen = await send(signWithParams(key, `${proxy}/echo`, params(created)))
+      t.equal(seen.verified, 'false', `created=${created}`)
+      t.same(reasons(seen), ['signature_invalid'], `created=${created}`)
+    }
+    const decimalExpires = `;created=${now};expires=${now + 60}.5;keyid="${key.keyid}";tag="web-bot-auth"`
+    t.same(reasons(await send(signWithParams(key, `${proxy}/echo`, decimalExpires))), ['signature_invalid'])
   })
 
   await t.test('a replayed nonce is refused', async (t) => {

@@ -200,10 +200,12 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     const keyid = params['keyid']
     if (typeof keyid !== 'string' || keyid === '') return failure('signature_invalid', 'no keyid')
     const now = Math.floor(this.now() / 1000)
-    const created = params['created'] instanceof Date ? params['created'].getTime() / 1000 : undefined
-    const expires = typeof params['expires'] === 'number' ? params['expires'] : undefined
-    if (created === undefined || expires === undefined) {
-      return failure('signature_invalid', 'created and expires are required', keyid)
+    const created = params['created'] instanceof Date ? params['created'].getTime() / 1000 : Number.NaN
+    const expires = typeof params['expires'] === 'number' ? params['expires'] : Number.NaN
+    // RFC 9421 §2.3: both are Integers. A string the library turns into an Invalid Date (NaN) would pass
+    // every comparison below and the library's own, and take the signature out of maxAge.
+    if (!Number.isSafeInteger(created) || !Number.isSafeInteger(expires)) {
+      return failure('signature_invalid', 'created and expires must be integers', keyid)
     }
     if (created - this.skewSeconds > now) return failure('not_yet_valid', 'created is in the future', keyid)
     if (expires + this.skewSeconds < now || now - created > this.maxAgeSeconds + this.skewSeconds) {
