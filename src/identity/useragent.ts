@@ -87,7 +87,15 @@ function productAround(ua: string, fragment: string | null, from = 0): string {
 function botProduct(ua: string): string {
   const lead = ua.startsWith('Mozilla/') ? undefined : LEADING_PRODUCT_RE.exec(ua)?.[1]
   if (lead) return lead.toLowerCase().slice(0, MAX_PRODUCT_LENGTH)
-  return productAround(ua, isbotMatch(ua))
+  const around = productAround(ua, isbotMatch(ua))
+  if (!NOT_A_NAME.has(around)) return around
+  // isbot matched the whole "Mozilla/5.0 (compatible; AcmeBot/1.0)": the first word that can name a product
+  for (const w of ua.matchAll(WORD_RE)) {
+    if (NOT_A_NAME.has(w[0].toLowerCase())) continue
+    const name = productAround(ua, w[0], w.index)
+    if (!NOT_A_NAME.has(name)) return name
+  }
+  return around
 }
 
 /**
