@@ -140,6 +140,31 @@ t.test('Web Bot Auth signatures are verified against the configured key director
     t.same(reasons(await send(signWithParams(key, `${proxy}/echo`, decimalExpires))), ['signature_invalid'])
   })
 
+  await t.test(
+    'a request carrying more than four Web Bot Auth signatures is refused unchecked',
+    async (t) => {
+      const now = Math.floor(Date.now() / 1000)
+      const good = signWithParams(
+        key,
+        `${proxy}/echo`,
+        `;created=${now};expires=${now + 60};keyid="${key.keyid}";tag="web-bot-auth"`,
+      )
+      // the same valid signature under n labels (a label is not covered by its signature)
+      const labelled = (n: number) => {
+        const names = Array.from({ length: n }, (_, i) => `sig${i + 1}=`)
+        return {
+          'signature-input': names.map((l) => good['signature-input']!.replace('sig1=', l)).join(', '),
+          signature: names.map((l) => good['signature']!.replace('sig1=', l)).join(', '),
+        }
+      }
+      const four = await send(labelled(4))
+      t.equal(four.verified, 'true', 'control: four are checked')
+      const five = await send(labelled(5))
+      t.equal(five.verified, 'false', 'five are refused, valid as they are')
+      t.same(reasons(five), ['signature_invalid'])
+    },
+  )
+
   await t.test('a replayed nonce is refused', async (t) => {
     const signed = await signRequest(key, `${proxy}/echo`, { agent })
     const first = await send(signed)

@@ -40,6 +40,11 @@ const MAX_SIGNATURE_AGENT_CHARS = 2048
 const MAX_SHOWN_KEYID = 64
 /** Web Bot Auth nonces are 64 random bytes (88 base64 characters); longer ones would inflate the nonce cache */
 const MAX_NONCE_CHARS = 256
+/**
+ * Web Bot Auth labels one request may carry (an agent signs once; intermediaries may add their own). Each
+ * costs a signature check, and the headers of one unsigned request could otherwise carry some sixty.
+ */
+const MAX_WEB_BOT_AUTH_LABELS = 4
 
 export interface SignatureVerifierOptions {
   observer?: JwksObserver
@@ -55,6 +60,7 @@ type Result = SignatureEvidence | Failure
 /** What the key lookup learnt while the library walked the request's signatures. */
 interface Walk {
   failure?: Failure
+  labels: number
   verified?: { directory: KeyDirectory; keyid: string; nonce?: string; expires: number }
 }
 
@@ -134,9 +140,10 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       candidates = named
     }
     const lib = await loadHms()
-    const walk: Walk = {}
+    const walk: Walk = { labels: 0 }
     const keyLookup = async (params: Record<string, unknown>) => {
       if (params['tag'] !== WEB_BOT_AUTH_TAG) return null
+      if (++walk.labels > MAX_WEB_BOT_AUTH_LABELS) return null
       const found = await this.lookup(params, candidates)
       if ('failed' in found) {
         walk.failure ??= found
@@ -146,6 +153,8 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
         id: found.keyid,
         algs: [found.key.alg],
         verify: async (data: Buffer, signature: Buffer) => {
+          // the library looks every label up before it checks any: too many are refused without a check
+          if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return false
           const ok = await lib.createVerifier(found.key.key, found.key.alg)(data, signature)
           if (ok) walk.verified ??= found.accepted
           return ok
@@ -173,12 +182,14 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
         },
       )
     } catch (err) {
+      if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return tooManyLabels()
       if (err instanceof lib.ExpiredError) return failure('signature_expired', 'signature has expired')
       if (err instanceof lib.UnacceptableSignatureError) {
         return failure('signature_invalid', 'signature does not cover @authority and Signature-Agent')
       }
       return walk.failure ?? failure('signature_invalid', 'signature headers are malformed')
     }
+    if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return tooManyLabels()
     if (walk.failure && !walk.verified) return walk.failure
     if (result === null) return undefined
     if (result !== true || !walk.verified) return failure('signature_invalid', 'signature does not verify')
@@ -289,6 +300,9 @@ export function namedDirectories(
   }
   return out
 }
+
+const tooManyLabels = (): Failure =>
+  failure('signature_invalid', `more than ${MAX_WEB_BOT_AUTH_LABELS} Web Bot Auth signatures in one request`)
 
 function failure(reason: FailureReason, detail: string, keyid?: string): Failure {
   const f: Failure = { failed: true, source: 'signature', reason, detail }
