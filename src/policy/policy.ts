@@ -75,6 +75,10 @@ function routeMatches(route: CompiledPattern, path: string): boolean {
   return path.length > 1 && path.charCodeAt(path.length - 1) === 47 && route.match(path.slice(0, -1)) !== null
 }
 
+function withoutTrailingSlash(route: string): string {
+  return route.length > 1 && route.endsWith('/') ? route.replace(/\/+$/, '') || '/' : route
+}
+
 export function compilePolicy(cfg: Config['policy']): Policy {
   const mode = cfg.mode
   if (mode === 'off') return { mode, decide: () => OFF }
@@ -85,7 +89,9 @@ export function compilePolicy(cfg: Config['policy']): Policy {
     const label = r.name ?? r.route
     const rule: CompiledPolicyRule = {
       label,
-      route: compilePattern(r.route, { separator: '/', ignoreCase }),
+      // the route's own trailing slash is as optional as the path's (routeMatches): "/settings/" covers
+      // "/settings", which the same frameworks serve from the same handler
+      route: compilePattern(withoutTrailingSlash(r.route), { separator: '/', ignoreCase }),
       allow: r.allow.map((a) => {
         const m: AllowMatcher = {}
         if (a.identity !== undefined) m.identity = compilePattern(a.identity)

@@ -263,3 +263,24 @@ t.test(
     )
   },
 )
+
+t.test('a policy route written with a trailing slash also covers the path without it', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    policy: {
+      mode: 'enforce',
+      rules: [{ name: 'settings', route: '/settings/', allow: [{ identity: 'nobody' }] }],
+    },
+  })
+  const port = sidecar.proxyAddress.port
+  // Express (non-strict routing) and Spring serve both from the handler of "/settings/"
+  for (const target of ['/settings/', '/settings', '/settings;x=1', '//settings', '/settings?x=1'])
+    t.equal(await rawStatus(port, target), 403, target)
+  t.equal(await rawStatus(port, '/settings/other'), 200, 'a path below the route is not the route')
+  t.same(
+    up.received.map((r) => r.url),
+    ['/settings/other'],
+  )
+})
