@@ -10,6 +10,9 @@
 //     root: /a/./b/../c → /a/c, /../admin → /admin (so a base path on the upstream cannot be escaped)
 //   - a path no two servers agree on is refused (400): an encoded "/" or "\" (%2F, %5C), a backslash,
 //     an encoded control character (%00-%1F, %7F), an invalid percent-encoding, or a "#"
+//   - so is a raw byte outside printable ASCII: the HTTP/1.1 parser refuses it, but an HTTP/2 :path can carry
+//     one (read as latin1), and an upstream that reads raw UTF-8 as its percent-encoded form would serve
+//     /caf\xC3\xA9 as the /caf%C3%A9 a rule denies
 //   - letter case is kept; matching is case-sensitive, and the upstream receives the very bytes matched
 // The query string is not part of the path and is never touched.
 
@@ -21,7 +24,7 @@ export function normalizePath(path: string): string | undefined {
   let from = 0
   for (let i = 0; i < path.length; i++) {
     const c = path.charCodeAt(i)
-    if (c === 0x5c /* \ */ || c === 0x23 /* # */) return undefined
+    if (c === 0x5c /* \ */ || c === 0x23 /* # */ || c <= 0x20 || c >= 0x7f) return undefined
     if (c !== 0x25 /* % */) continue
     const byte = hexByte(path, i + 1)
     if (byte < 0 || byte === 0x2f || byte === 0x5c || byte < 0x20 || byte === 0x7f) return undefined
@@ -58,13 +61,14 @@ export function normalizePath(path: string): string | undefined {
 }
 
 /**
- * The fast path: a path without "%", "\", ";", "#", "//" or a segment starting with "." is already normal.
+ * The fast path: a path of printable ASCII without "%", "\", ";", "#", "//" or a segment starting with "."
+ * is already normal.
  * One scan, no allocation; most real paths take it.
  */
 function needsNormalizing(path: string): boolean {
   for (let i = 0; i < path.length; i++) {
     const c = path.charCodeAt(i)
-    if (c === 0x25 || c === 0x5c || c === 0x3b || c === 0x23) return true
+    if (c === 0x25 || c === 0x5c || c === 0x3b || c === 0x23 || c <= 0x20 || c >= 0x7f) return true
     if (c === 0x2f) {
       const next = path.charCodeAt(i + 1)
       if (next === 0x2f || next === 0x2e) return true

@@ -39,6 +39,12 @@ t.test('examples', async (t) => {
     ['/%4', undefined],
     ['/%g0', undefined],
     ['/a#b', undefined],
+    // raw bytes an HTTP/2 :path can carry (read as latin1) and the HTTP/1.1 parser refuses
+    ['/caf\u00c3\u00a9', undefined],
+    ['/caf\u00e9', undefined],
+    ['/a b', undefined],
+    ['/a\tb', undefined],
+    ['/a\u007f', undefined],
     ['a/b', undefined],
     ['', undefined],
   ]

@@ -5,7 +5,8 @@
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFileSync } from 'node:fs'
-import { connect } from 'node:net'
+import { connect as http2Connect } from 'node:http2'
+import { type AddressInfo, connect, createServer } from 'node:net'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
@@ -283,4 +284,47 @@ t.test('a policy route written with a trailing slash also covers the path withou
     up.received.map((r) => r.url),
     ['/settings/other'],
   )
+})
+
+t.test('HTTP/2: a path with raw bytes beyond ASCII is refused, as over HTTP/1.1', async (t) => {
+  // What reaches the upstream when something does: a raw socket, so no HTTP parser refuses the bytes first
+  // (Go's and others accept them, and read raw UTF-8 as its percent-encoded form).
+  const lines: string[] = []
+  const upstream = createServer((socket) => {
+    let head = ''
+    socket.on('data', (c: Buffer) => {
+      head += c.toString('latin1')
+      if (!head.includes('\r\n\r\n')) return
+      lines.push(head.slice(0, head.indexOf('\r\n')))
+      socket.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok')
+    })
+    socket.on('error', () => {})
+  })
+  upstream.listen(0, '127.0.0.1')
+  await once(upstream, 'listening')
+  t.teardown(() => upstream.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+    policy: {
+      mode: 'enforce',
+      rules: [{ name: 'cafe', route: '/caf%C3%A9/**', allow: [{ identity: 'nobody' }] }],
+    },
+  })
+  const session = http2Connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const status = async (path: string) => {
+    const stream = session.request({ ':path': path })
+    stream.on('error', () => {})
+    const [headers] = (await once(stream, 'response')) as [Record<string, string | number>]
+    stream.resume()
+    await once(stream, 'end')
+    return Number(headers[':status'])
+  }
+  t.equal(await status('/caf%C3%A9/menu'), 403, 'the percent-encoded spelling is denied')
+  // node:http2 sends a header string's characters as latin1 bytes: these are the UTF-8 bytes C3 A9
+  t.equal(await status('/caf\u00c3\u00a9/menu'), 400, 'the raw UTF-8 spelling is refused')
+  t.equal(await status('/caf\u00e9/menu'), 400, 'a raw latin1 byte is refused')
+  t.equal(await status('/menu?q=caf%C3%A9'), 200)
+  t.same(lines, ['GET /menu?q=caf%C3%A9 HTTP/1.1'], 'only the ASCII path reached the upstream')
 })
