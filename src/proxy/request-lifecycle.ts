@@ -14,7 +14,14 @@ import { type Forwarder, type ForwardResult, type ForwardTarget, responseClosed 
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { requestTarget } from './path.ts'
-import { BAD_REQUEST, INTERNAL_ERROR, NOT_IMPLEMENTED, sendJson, UPSTREAM_ERRORS } from './respond.ts'
+import {
+  BAD_METHOD,
+  BAD_REQUEST,
+  INTERNAL_ERROR,
+  NOT_IMPLEMENTED,
+  sendJson,
+  UPSTREAM_ERRORS,
+} from './respond.ts'
 import type { Upstream } from './upstream-url.ts'
 
 const kConn = Symbol('nhi.connection')
@@ -121,6 +128,22 @@ function unsupportedTransferCoding(req: IncomingMessage): boolean {
   return te !== undefined && !/^[\t ]*chunked[\t ]*$/i.test(te)
 }
 
+/**
+ * An HTTP/2 method with a lower-case letter (`get`, `Delete`): methods are case-sensitive (RFC 9110 §9.1), so
+ * Go's router takes `get` for an unknown method while Django and Flask upper-case it, and rules decide on
+ * the upper-case one. No two servers agree on it, and HTTP/1.1 clients cannot send it (the parser accepts
+ * upper-case methods only): refused.
+ */
+function caseFoldedMethod(req: IncomingMessage): boolean {
+  if (req.httpVersionMajor !== 2) return false
+  const method = req.method ?? ''
+  for (let i = 0; i < method.length; i++) {
+    const c = method.charCodeAt(i)
+    if (c >= 0x61 && c <= 0x7a) return true
+  }
+  return false
+}
+
 const REQUEST_TIMEOUT = 408
 
 /** the HTTP/1.1 listener ended the request at its deadline (Node writes the 408 and destroys the socket) */
@@ -150,7 +173,8 @@ export class RequestLifecycle {
   constructor(readonly opts: LifecycleOptions) {
     const forwarder = opts.forwarder
     this.http = {
-      refusal: (_ex, req) => (unsupportedTransferCoding(req) ? NOT_IMPLEMENTED : undefined),
+      refusal: (_ex, req) =>
+        unsupportedTransferCoding(req) ? NOT_IMPLEMENTED : caseFoldedMethod(req) ? BAD_METHOD : undefined,
       // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was
       // being attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and
       // shutdown would wait out timeouts.drain for it

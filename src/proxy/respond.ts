@@ -18,6 +18,7 @@ export const UPSTREAM_ERRORS: Record<UpstreamErrorReason, Canned> = {
   timeout: canned(504, 'gateway_timeout', 'upstream did not answer in time'),
 }
 export const BAD_REQUEST = canned(400, 'bad_request', 'request target must be origin-form or absolute-form')
+export const BAD_METHOD = canned(400, 'bad_request', 'request method must be upper-case')
 export const NOT_IMPLEMENTED = canned(501, 'not_implemented', 'transfer coding not supported')
 export const INTERNAL_ERROR = canned(500, 'internal_error', 'the proxy failed to handle the request')
 

@@ -286,9 +286,11 @@ t.test('a policy route written with a trailing slash also covers the path withou
   )
 })
 
-t.test('HTTP/2: a path with raw bytes beyond ASCII is refused, as over HTTP/1.1', async (t) => {
-  // What reaches the upstream when something does: a raw socket, so no HTTP parser refuses the bytes first
-  // (Go's and others accept them, and read raw UTF-8 as its percent-encoded form).
+/**
+ * An upstream on a raw socket that records each request line, so no HTTP parser refuses what it is sent
+ * (Go's and others accept more than Node's), and answers 200.
+ */
+async function requestLineUpstream(t: Test): Promise<{ url: string; lines: string[] }> {
   const lines: string[] = []
   const upstream = createServer((socket) => {
     let head = ''
@@ -303,24 +305,35 @@ t.test('HTTP/2: a path with raw bytes beyond ASCII is refused, as over HTTP/1.1'
   upstream.listen(0, '127.0.0.1')
   await once(upstream, 'listening')
   t.teardown(() => upstream.close())
+  return { url: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, lines }
+}
+
+/** An HTTP/2 session to `url`, destroyed at teardown: sends one request without a body, resolves with its status */
+function h2Client(t: Test, url: string) {
+  const session = http2Connect(url)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  return async (headers: Record<string, string>) => {
+    const stream = session.request(headers, { endStream: true })
+    stream.on('error', () => {})
+    const [response] = (await once(stream, 'response')) as [Record<string, string | number>]
+    stream.resume()
+    await once(stream, 'end')
+    return Number(response[':status'])
+  }
+}
+
+t.test('HTTP/2: a path with raw bytes beyond ASCII is refused, as over HTTP/1.1', async (t) => {
+  const { url, lines } = await requestLineUpstream(t)
   const sidecar = await startTestSidecar(t, {
-    upstream: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+    upstream: url,
     policy: {
       mode: 'enforce',
       rules: [{ name: 'cafe', route: '/caf%C3%A9/**', allow: [{ identity: 'nobody' }] }],
     },
   })
-  const session = http2Connect(sidecar.proxyUrl)
-  session.on('error', () => {})
-  t.teardown(() => session.destroy())
-  const status = async (path: string) => {
-    const stream = session.request({ ':path': path })
-    stream.on('error', () => {})
-    const [headers] = (await once(stream, 'response')) as [Record<string, string | number>]
-    stream.resume()
-    await once(stream, 'end')
-    return Number(headers[':status'])
-  }
+  const request = h2Client(t, sidecar.proxyUrl)
+  const status = (path: string) => request({ ':path': path })
   t.equal(await status('/caf%C3%A9/menu'), 403, 'the percent-encoded spelling is denied')
   // node:http2 sends a header string's characters as latin1 bytes: these are the UTF-8 bytes C3 A9
   t.equal(await status('/caf\u00c3\u00a9/menu'), 400, 'the raw UTF-8 spelling is refused')
@@ -328,3 +341,28 @@ t.test('HTTP/2: a path with raw bytes beyond ASCII is refused, as over HTTP/1.1'
   t.equal(await status('/menu?q=caf%C3%A9'), 200)
   t.same(lines, ['GET /menu?q=caf%C3%A9 HTTP/1.1'], 'only the ASCII path reached the upstream')
 })
+
+t.test(
+  'HTTP/2: a method with lower-case letters is refused, never decided as its upper-case form',
+  async (t) => {
+    const { url, lines } = await requestLineUpstream(t)
+    const sidecar = await startTestSidecar(t, {
+      upstream: url,
+      policy: {
+        mode: 'enforce',
+        rules: [
+          { name: 'reads', route: '/items/**', methods: ['GET'], allow: [{ verified: false }] },
+          { name: 'items', route: '/items/**', allow: [{ identity: 'nobody' }] },
+        ],
+      },
+    })
+    const request = h2Client(t, sidecar.proxyUrl)
+    // the policy took `get` for the GET it allows, and Go's router takes it for an unknown method that a
+    // handler without a method pattern serves
+    for (const method of ['get', 'Get', 'delete', 'pUT'])
+      t.equal(await request({ ':method': method, ':path': '/items/1' }), 400, method)
+    t.equal(await request({ ':method': 'GET', ':path': '/items/1' }), 200)
+    t.equal(await request({ ':method': 'DELETE', ':path': '/items/1' }), 403)
+    t.same(lines, ['GET /items/1 HTTP/1.1'], 'only the upper-case GET reached the upstream')
+  },
+)
