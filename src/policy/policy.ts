@@ -67,6 +67,39 @@ function overriddenMethods(headers: RequestInfo['headers']): string[] | undefine
 }
 
 /**
+ * The `_method` query parameter Laravel and Symfony (with method parameter override, which Laravel turns on)
+ * and Express's `methodOverride('_method')` run a POST as. Names are read as PHP reads them (percent-decoded,
+ * "." and " " taken for "_"), values upper-cased. A `_method` in a form body cannot be seen here.
+ */
+function queryMethods(url: string, into: string[] | undefined): string[] | undefined {
+  const q = url.indexOf('?')
+  // every spelling of the name has "method" in it, or an escape
+  if (q === -1 || (url.indexOf('method', q) === -1 && url.indexOf('%', q) === -1)) return into
+  for (const pair of url.slice(q + 1).split('&')) {
+    const eq = pair.indexOf('=')
+    if (eq === -1) continue
+    const name = decodeQueryPart(pair.slice(0, eq))
+    if (name.trimStart().replace(/[. ]/g, '_') !== '_method') continue
+    const method = decodeQueryPart(pair.slice(eq + 1))
+      .trim()
+      .toUpperCase()
+    if (!method) continue
+    into ??= []
+    into.push(method)
+  }
+  return into
+}
+
+function decodeQueryPart(s: string): string {
+  try {
+    return decodeURIComponent(s.replaceAll('+', ' '))
+  } catch {
+    // PHP and qs keep a broken escape as it is
+    return s
+  }
+}
+
+/**
  * `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts).
  * A trailing slash is optional, as most frameworks route "/admin/" to "/admin".
  */
@@ -130,8 +163,9 @@ export function compilePolicy(cfg: Config['policy']): Policy {
     decide(identity, req) {
       const decision = decideFor(identity, req.method.toUpperCase(), req.path)
       if (!byMethod || decision.decision !== 'allow') return decision
-      // the method the upstream may run instead (a POST with X-HTTP-Method-Override) must be allowed too
-      const overrides = overriddenMethods(req.headers)
+      // the method the upstream may run instead (a POST with X-HTTP-Method-Override or ?_method=) must be
+      // allowed too
+      const overrides = queryMethods(req.url, overriddenMethods(req.headers))
       if (overrides === undefined) return decision
       for (const method of overrides) {
         const other = decideFor(identity, method, req.path)

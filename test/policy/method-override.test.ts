@@ -13,12 +13,24 @@ import { request } from 'undici'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 /** the method a Symfony/Laravel/Express(method-override)/Rack upstream dispatches on */
-function frameworkMethod(method: string, headers: Record<string, string | string[] | undefined>): string {
+function frameworkMethod(
+  method: string,
+  headers: Record<string, string | string[] | undefined>,
+  url = '/',
+): string {
   if (method !== 'POST') return method
   for (const [name, value] of Object.entries(headers)) {
     const n = name.toLowerCase().replaceAll('_', '-')
     if ((n === 'x-http-method-override' || n === 'x-http-method' || n === 'x-method-override') && value)
       return String(value).split(',')[0]!.trim().toUpperCase()
+  }
+  // Laravel and Symfony (method parameter override on) read the query as PHP parses it: names decoded,
+  // "." and " " turned into "_"; Express's methodOverride('_method') reads req.query._method
+  const query = url.includes('?') ? url.slice(url.indexOf('?') + 1) : ''
+  for (const pair of query.split('&')) {
+    const [name = '', value = ''] = pair.split('=')
+    const key = decodeURIComponent(name.replaceAll('+', ' ')).trimStart().replace(/[. ]/g, '_')
+    if (key === '_method' && value) return decodeURIComponent(value).trim().toUpperCase()
   }
   return method
 }
@@ -26,7 +38,7 @@ function frameworkMethod(method: string, headers: Record<string, string | string
 t.test('a POST carrying a method-override header is decided as the method the upstream runs', async (t) => {
   const executed: string[] = []
   const upstream = createServer((req, res) => {
-    executed.push(`${frameworkMethod(req.method ?? '', req.headers)} ${req.url}`)
+    executed.push(`${frameworkMethod(req.method ?? '', req.headers, req.url)} ${req.url}`)
     req.resume()
     req.on('end', () => res.end('done'))
   })
@@ -41,8 +53,8 @@ t.test('a POST carrying a method-override header is decided as the method the up
       rules: [{ route: '/orders/**', methods: ['DELETE'], allow: [{ identity: 'orders-admin' }] }],
     },
   })
-  const send = (method: string, headers: Record<string, string> = {}) =>
-    request(`${sidecar.proxyUrl}/orders/42`, { method: method as 'POST', headers, body: '' }).then(
+  const send = (method: string, headers: Record<string, string> = {}, query = '') =>
+    request(`${sidecar.proxyUrl}/orders/42${query}`, { method: method as 'POST', headers, body: '' }).then(
       async (r) => {
         await r.body.text()
         return r.statusCode
@@ -62,6 +74,18 @@ t.test('a POST carrying a method-override header is decided as the method the up
     )
     executed.length = 0
   }
+
+  for (const query of ['?_method=DELETE', '?a=1&_method=delete', '?_m%65thod=DELETE', '?.method=DELETE']) {
+    const status = await send('POST', {}, query)
+    t.same(
+      executed.filter((e) => e.startsWith('DELETE')),
+      [],
+      `POST ${query}: DELETE did not make the upstream run a DELETE the policy refuses (status ${status})`,
+    )
+    executed.length = 0
+  }
+  t.equal(await send('POST', {}, '?_method=PATCH&method=DELETE'), 200, 'another method the policy allows')
+  executed.length = 0
 
   // a plain POST is not affected
   t.equal(await send('POST'), 200, 'a POST without an override is forwarded')
