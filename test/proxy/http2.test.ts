@@ -395,3 +395,22 @@ t.test('an idle HTTP/2 connection is closed after timeouts.idle', async (t) => {
   await closed
   t.ok(Date.now() - started >= 500, 'closed after the idle time, not at once')
 })
+
+t.test('an identity rule on the host matches the :authority of an HTTP/2 request', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    identities: [{ rule: 'vhost', match: { header: { host: 'public.example' } }, name: 'public-vhost' }],
+  })
+  const h1 = await request(`${sidecar.proxyUrl}/echo`, { headers: { host: 'public.example' } })
+  const overH1 = (await h1.body.json()) as { headers: Record<string, string> }
+  const session = connect(sidecar.proxyUrl)
+  t.teardown(() => session.close())
+  const overH2 = JSON.parse((await h2get(session, '/echo', { ':authority': 'public.example' })).body) as {
+    headers: Record<string, string>
+  }
+  t.equal(overH1.headers['x-nhi-identity'], 'ua:public-vhost', 'HTTP/1.1: the rule matched')
+  t.equal(overH2.headers.host, 'public.example', 'HTTP/2: the upstream got the :authority as its Host')
+  t.equal(overH2.headers['x-nhi-identity'], 'ua:public-vhost', 'HTTP/2: the rule matched the same host')
+})

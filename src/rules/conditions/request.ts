@@ -17,7 +17,8 @@ export class HeaderCondition implements Condition {
   }
   test(_e: EvidenceSet, req: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     for (const h of this.headers) {
-      const raw = req.headers[h.name]
+      // HTTP/2 carries the host in :authority, and the upstream gets it as its Host (proxy/headers.ts)
+      const raw = req.headers[h.name] ?? (h.name === 'host' ? req.headers[':authority'] : undefined)
       const value = Array.isArray(raw) ? raw[0] : raw
       if (value === undefined) {
         s.reason = `header.${h.name}: not present`
