@@ -125,3 +125,37 @@ t.test('from an untrusted peer no header makes a client look like Google', async
   })
   t.same(fromProxy, { identity: 'googlebot', verified: 'true' })
 })
+
+t.test('a crawler name in any letter case is the same claim', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.1/32'] },
+  })
+  const proxy = sidecar.proxyUrl
+  const admin = sidecar.adminUrl
+  // user agents match product names case-insensitively, so these are named googlebot / googleother and
+  // must be checked like the canonical spelling (as bingbot and GPTBot already were)
+  const spellings = [
+    'Mozilla/5.0 (compatible; GoogleBot/2.1; +http://www.google.com/bot.html)',
+    'GOOGLEBOT/2.1',
+    'Mozilla/5.0 (compatible; googleother)',
+  ]
+  for (const ua of spellings) {
+    const outside = await identityOf(proxy, { 'user-agent': ua, 'x-forwarded-for': '203.0.113.50' })
+    t.equal(outside.verified, 'false', `${ua} from outside Google's ranges`)
+    t.match(outside.identity, /^ua:google/, ua)
+    const inside = await identityOf(proxy, { 'user-agent': ua, 'x-forwarded-for': GOOGLE_ADDRESS })
+    t.equal(inside.verified, 'true', `${ua} from a Google address is verified`)
+    t.match(inside.identity, /^google(bot|other)$/, ua)
+  }
+  const anomalies = (s: Sample[]) =>
+    metricValue(s, 'nhi_credential_anomalies_total', { type: 'unverified_claim' })
+  t.equal(
+    anomalies(await scrapeUntil(admin, (s) => anomalies(s) >= spellings.length, 'the claims to be counted')),
+    spellings.length,
+    'every claim from outside the ranges is an unverified_claim',
+  )
+})

@@ -4,9 +4,10 @@
 // as a spoof whenever it is the real thing.
 import type { UserAgentEvidence } from '../../types.ts'
 
+// In any letter case, as the classifier names products: `GoogleBot/2.1` is named googlebot, so it claims Google.
 const CLAIMS: readonly (readonly [RegExp, string])[] = [
   [
-    /\bGooglebot(?:-Image|-News|-Video)?\/|\bGoogle-InspectionTool\/|\bGoogleOther\b|\bStorebot-Google\//,
+    /\bGooglebot(?:-Image|-News|-Video)?\/|\bGoogle-InspectionTool\/|\bGoogleOther\b|\bStorebot-Google\//i,
     'Google',
   ],
   [/\bbingbot\/|\bBingPreview\/|\badidxbot\/|\bmsnbot\//i, 'Bing'],
