@@ -4,7 +4,7 @@ import { isIP } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
-import { loadConfigFile } from '../config/loader.ts'
+import { formatDiagnostic, loadConfigFile } from '../config/loader.ts'
 import type { Config } from '../config/schema.ts'
 import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
@@ -118,12 +118,15 @@ function fail(err: unknown): never {
 /**
  * The config file, loaded once for `workers` and then handed to the sidecar; undefined when there is none or
  * it does not load (the single-process start then loads it again and reports why, exactly as without
- * `workers`).
+ * `workers`). Its warnings are logged here, once, as a reload logs them: what `check` warns about is
+ * worth a line in the sidecar's own log too.
  */
-async function preloadConfig(path: string | undefined): Promise<Config | undefined> {
+async function preloadConfig(path: string | undefined, log: pino.Logger): Promise<Config | undefined> {
   if (!path) return undefined
   const result = await loadConfigFile(path)
-  return result.ok ? result.config : undefined
+  if (!result.ok) return undefined
+  for (const d of result.warnings) log.warn(formatDiagnostic(d))
+  return result.config
 }
 
 /**
@@ -195,7 +198,7 @@ then in-flight requests get up to timeouts.drain; exit 0. A second signal skips 
           return await runWorker(log)
         }
         const signals = holdSignals({ reloads: true })
-        const preloaded = await preloadConfig(configPath)
+        const preloaded = await preloadConfig(configPath, log)
         const setting = o.workers ?? preloaded?.workers ?? 1
         const workers = setting === 'auto' ? availableParallelism() : setting
         if (workers > 1) {

@@ -161,3 +161,26 @@ t.test('the test sidecar reload(): a rewritten config applies, a broken one is r
   t.equal(await sidecar.reload(), false, 'SIGHUP re-reads the same broken file')
   t.equal(await sidecar.close(), 0, 'SIGTERM exits 0')
 })
+
+t.test('config warnings are logged at start, as on a reload', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const dir = await scratchDir('reload-warn')
+  const file = join(dir, 'config.yaml')
+  // policy mode observe without rules: `check` warns "everything is allowed"
+  await writeFile(file, configText(upstream.url, 'team', 'policy: { mode: observe }\n'))
+  const sidecar = await startSidecarFromFile(t, file)
+  const warned = (from = 0) =>
+    sidecar.process.waitForLog(
+      (l) => l['level'] === 40 && typeof l['msg'] === 'string' && l['msg'].includes('no policy rules'),
+      from,
+    )
+  const atStart = await warned()
+  t.match(
+    atStart['msg'],
+    /config\.yaml:\d+:\d+ warning: policy mode is "observe" but there are no policy rules/,
+  )
+  const before = sidecar.process.stderr().length
+  t.equal(await sidecar.reload(), true)
+  t.ok(await warned(before), 'and again on a reload')
+})
