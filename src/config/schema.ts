@@ -312,6 +312,12 @@ export const configSchema = z.strictObject({
         z._default(z.array(signatureDirectorySchema), []),
         'the only key directories whose signatures are verified; a Signature-Agent naming any other is unknown',
       ),
+      authorities: described(
+        z._default(z.array(z.string()), []),
+        'the host names (host, host:port, or *.domain for the names below it) this service is reached by: a ' +
+          'signature whose @authority is none of them is signature_invalid; empty: any (a signature made for ' +
+          'another site verifies here)',
+      ),
       clockSkew: described(z._default(duration, 30_000), 'tolerance for the created and expires parameters'),
       maxAge: described(
         z._default(duration, 300_000),

@@ -74,6 +74,7 @@ t.test(
         '  directories:',
         '    - url: https://agent.example/.well-known/http-message-signatures-directory',
         '      caFile: ./typo-agent-ca.crt',
+        '  authorities: [shop.example]',
         '',
       ].join('\n'),
     )
@@ -87,3 +88,65 @@ t.test(
     t.match(r.stdout, /^files\.yaml: 5 errors$/m)
   },
 )
+
+t.test('signedAgents.authorities: entries are host names; without them check warns', async (t) => {
+  const dir = scratchDirSync('check-authorities')
+  const directory = [
+    'signedAgents:',
+    '  directories:',
+    '    - url: https://agent.example/.well-known/http-message-signatures-directory',
+  ]
+  const write = (name: string, lines: string[]) => {
+    writeFileSync(join(dir, name), [...lines, ''].join('\n'))
+    return name
+  }
+  const run = (file: string) =>
+    runCli(['check', file], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } }).then((r) => ({
+      code: r.code,
+      text: r.stdout,
+    }))
+
+  const bad = await run(
+    write('bad.yaml', [
+      ...directory,
+      '  authorities:',
+      '    - shop.example',
+      '    - "*.shop.example"',
+      '    - SHOP.example:8443',
+      '    - "[::1]:8443"',
+      '    - https://shop.example',
+      '    - shop.example/api',
+      '    - user@shop.example',
+      '    - "*.10.0.0.1"',
+      '    - a.*.example',
+      '    - shop.example:0',
+      '    - shop.example:99999',
+      '    - ""',
+    ]),
+  )
+  t.equal(bad.code, 1, bad.text)
+  const hint = '(hint: write the host name alone: shop.example, shop.example:8443 or *.shop.example)'
+  t.same(bad.text.trim().split('\n'), [
+    `bad.yaml:9:7 authority "https://shop.example" has a scheme ${hint}`,
+    `bad.yaml:10:7 authority "shop.example/api" is not a host name: no path, query or user info ${hint}`,
+    `bad.yaml:11:7 authority "user@shop.example" is not a host name: no path, query or user info ${hint}`,
+    `bad.yaml:12:7 authority "*.10.0.0.1": a wildcard needs a domain name, not an address ${hint}`,
+    `bad.yaml:13:7 authority "a.*.example": only a leading "*." is a wildcard ${hint}`,
+    `bad.yaml:14:7 authority "shop.example:0": port must be 1 to 65535 ${hint}`,
+    `bad.yaml:15:7 authority "shop.example:99999": port must be 1 to 65535 ${hint}`,
+    `bad.yaml:16:7 empty authority ${hint}`,
+    'bad.yaml: 8 errors',
+  ])
+
+  const unbound = await run(write('unbound.yaml', directory))
+  t.equal(unbound.code, 0, 'a warning, not an error: existing configs keep working')
+  t.match(
+    unbound.text,
+    /^unbound\.yaml:2:3 warning: signedAgents\.authorities is empty: a signature an agent made for another site would verify here .*\(hint: set signedAgents\.authorities to the host names this service is reached by/m,
+  )
+  t.match(unbound.text, /^unbound\.yaml: ok \(.*1 warning\)$/m)
+
+  const bound = await run(write('bound.yaml', [...directory, '  authorities: [shop.example]']))
+  t.equal(bound.code, 0, bound.text)
+  t.notMatch(bound.text, /warning/)
+})

@@ -47,3 +47,46 @@ t.test('a signed agent is verified over HTTP/2 as over HTTP/1.1', async (t) => {
   t.equal(seen['x-nhi-source'], 'signature')
   t.equal(seen['x-nhi-verified'], 'true')
 })
+
+t.test('signedAgents.authorities holds for the HTTP/2 :authority', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    signedAgents: {
+      directories: [{ url: directory.url, name: 'agent.example' }],
+      authorities: ['shop.example'],
+    },
+  })
+  const session = connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const agent = JSON.stringify(directory.origin)
+  const get = async (authority: string) => {
+    const signed = await signRequest(key, `http://${authority}/echo`, { agent })
+    const stream = session.request({
+      ':path': '/echo',
+      ':authority': authority,
+      'user-agent': 'ExampleAgent/1.0',
+      ...signed,
+    })
+    let body = ''
+    stream.setEncoding('utf8')
+    stream.on('data', (c: string) => {
+      body += c
+    })
+    await once(stream, 'end')
+    const seen = JSON.parse(body).headers as Record<string, string>
+    return { identity: seen['x-nhi-identity'], verified: seen['x-nhi-verified'] }
+  }
+  t.same(await get('shop.example'), { identity: 'agent.example', verified: 'true' }, 'a listed :authority')
+  t.same(
+    await get('evil.test'),
+    { identity: 'ua:exampleagent', verified: 'false' },
+    'a signature made for evil.test, sent with :authority evil.test, is refused',
+  )
+})

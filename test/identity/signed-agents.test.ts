@@ -1,6 +1,7 @@
 // Signed agents through the built proxy: requests signed per Web Bot Auth (RFC 9421 message signatures) with
 // the web-bot-auth package's signer, verified against a key directory served over HTTP. Verified, tampered,
-// expired, replayed, unknown key, unconfigured directory, and a directory that goes down (last good keys).
+// expired, replayed, unknown key, unconfigured directory, a directory that goes down (last good keys), and a
+// signature made for another site (signedAgents.authorities).
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
@@ -233,5 +234,99 @@ t.test('explain verifies a signed request against the directory and shows the ev
   t.match(
     r.stdout,
     /identity: agent\.example\n\s+kind=agent source=signature verified=true rule=builtin:signature/,
+  )
+})
+
+t.test('signedAgents.authorities: a signature made for another site is refused', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const directories = [{ url: directory.url, name: 'agent.example' }]
+  const [open, bound] = await Promise.all([
+    // today's default: the signature's @authority is checked against the request's own Host only
+    startTestSidecar(t, { service: 'shop', upstream: upstream.url, signedAgents: { directories } }),
+    startTestSidecar(t, {
+      service: 'shop',
+      upstream: upstream.url,
+      signedAgents: { directories, authorities: ['shop.example', '*.shops.test', 'api.example:8443'] },
+    }),
+  ])
+  let n = 0
+  /** a request to `sidecar` with Host `authority`, signed for `http://<signedFor>/echo` */
+  const send = async (
+    sidecar: typeof open,
+    authority: string,
+    signedFor = authority,
+    tag = 'web-bot-auth',
+  ) => {
+    const requestId = `authority-${++n}`
+    const now = Math.floor(Date.now() / 1000)
+    const signed =
+      tag === 'web-bot-auth'
+        ? await signRequest(key, `http://${signedFor}/echo`, { agent: JSON.stringify(directory.origin) })
+        : signWithParams(
+            key,
+            `http://${signedFor}/echo`,
+            `;created=${now};expires=${now + 60};keyid="${key.keyid}";tag="${tag}"`,
+          )
+    const res = await request(`${sidecar.proxyUrl}/echo`, {
+      headers: { host: authority, 'user-agent': 'ExampleAgent/1.0', 'x-request-id': requestId, ...signed },
+    })
+    const echoed = JSON.parse(await res.body.text()).headers as Record<string, string>
+    const audit = await eventually(async () => {
+      const r = await request(`${sidecar.adminUrl}/audit?request_id=${requestId}`)
+      return (JSON.parse(await r.body.text()) as { events: Record<string, unknown>[] }).events[0]
+    })
+    const failures = (audit['failures'] as { source: string; reason: string }[])
+      .filter((f) => f.source === 'signature')
+      .map((f) => f.reason)
+    return { verified: echoed['x-nhi-verified'], identity: echoed['x-nhi-identity'], failures }
+  }
+  const unbound = await open.process.waitForLog(
+    (l) => l['level'] === 40 && String(l['msg']).includes('signedAgents.authorities is empty'),
+  )
+  t.match(
+    unbound['msg'],
+    /config\.yaml:\d+:\d+ warning: .*a signature an agent made for another site would verify here/,
+  )
+  t.notMatch(
+    bound.process.stderr(),
+    /signedAgents\.authorities is empty/,
+    'no warning once authorities are set',
+  )
+  const verified = { verified: 'true', identity: 'agent.example', failures: [] }
+  const refused = { verified: 'false', identity: 'ua:exampleagent', failures: ['signature_invalid'] }
+
+  t.same(
+    await send(open, 'evil.test'),
+    verified,
+    'without authorities a signature for evil.test, sent with Host evil.test, verifies (the documented default)',
+  )
+  t.same(await send(bound, 'evil.test'), refused, 'with authorities it is refused')
+  t.same(await send(bound, 'shop.example'), verified, 'a signature for this service verifies')
+  t.same(await send(bound, 'SHOP.Example', 'shop.example'), verified, 'host names in any case')
+  t.same(await send(bound, 'shop.example:8080'), verified, 'an entry without a port: any port')
+  t.same(await send(bound, 'shop.example.'), verified, 'a trailing dot is the same name')
+  t.same(
+    await send(bound, 'shop.example.evil.test'),
+    refused,
+    'a name that starts with a listed one is not it',
+  )
+
+  t.same(await send(bound, 'eu.shops.test'), verified, '*.shops.test: a subdomain')
+  t.same(await send(bound, 'a.eu.shops.test'), verified, '*.shops.test: at any depth')
+  t.same(await send(bound, 'shops.test'), refused, '*.shops.test: not the bare domain')
+  t.same(await send(bound, 'evilshops.test'), refused, '*.shops.test: only at a dot')
+
+  t.same(await send(bound, 'api.example:8443'), verified, 'api.example:8443: that port')
+  t.same(await send(bound, 'api.example'), refused, 'api.example:8443: not the default port')
+  t.same(await send(bound, 'api.example:9443'), refused, 'api.example:8443: not another port')
+
+  t.same(
+    await send(bound, 'evil.test', 'evil.test', 'not-web-bot-auth'),
+    { verified: 'false', identity: 'ua:exampleagent', failures: [] },
+    "a signature that is not Web Bot Auth stays the service's business: no failure",
   )
 })

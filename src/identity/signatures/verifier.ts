@@ -15,6 +15,7 @@ import type {
 } from '../../types.ts'
 import type { JwksObserver } from '../jwt/jwks.ts'
 import type { SourceExtractor } from '../sources/source.ts'
+import { Authorities } from './authorities.ts'
 import { KeyDirectory } from './directory.ts'
 
 // http-message-signatures is CommonJS. Under Node's own loader and in the bundle's lazily loaded chunk its
@@ -71,6 +72,8 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   private readonly skewSeconds: number
   private readonly maxAgeSeconds: number
   private readonly requireNonce: boolean
+  /** signedAgents.authorities; undefined when empty (any @authority) */
+  private readonly authorities: Authorities | undefined
   /** keyid + nonce of every accepted signature until it expires: a second use is a replay */
   private readonly nonces: LRUCache<string, true>
 
@@ -79,6 +82,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     this.skewSeconds = Math.ceil(cfg.clockSkew / 1000)
     this.maxAgeSeconds = Math.ceil(cfg.maxAge / 1000)
     this.requireNonce = cfg.requireNonce
+    this.authorities = cfg.authorities.length > 0 ? new Authorities(cfg.authorities) : undefined
     const keySetOptions = {
       observer: opts.observer,
       now: this.now,
@@ -139,11 +143,18 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       }
       candidates = named
     }
+    const url = `${conn.tls ? 'https' : 'http'}://${host}${req.url}`
+    const foreign = this.authorities !== undefined && !authorityAllowed(url, this.authorities)
     const lib = await loadHms()
     const walk: Walk = { labels: 0 }
     const keyLookup = async (params: Record<string, unknown>) => {
       if (params['tag'] !== WEB_BOT_AUTH_TAG) return null
       if (++walk.labels > MAX_WEB_BOT_AUTH_LABELS) return null
+      // refused before any key lookup: a signature made for another site never costs a directory fetch
+      if (foreign) {
+        walk.failure ??= failure('signature_invalid', '@authority is not one of signedAgents.authorities')
+        return null
+      }
       const found = await this.lookup(params, candidates)
       if ('failed' in found) {
         walk.failure ??= found
@@ -177,7 +188,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
         },
         {
           method: req.method,
-          url: `${conn.tls ? 'https' : 'http'}://${host}${req.url}`,
+          url,
           headers: headers as Record<string, string | string[]>,
         },
       )
@@ -299,6 +310,15 @@ export function namedDirectories(
     }
   }
   return out
+}
+
+/** The URL's authority is listed: the library derives the covered `@authority` from this same URL. */
+function authorityAllowed(url: string, authorities: Authorities): boolean {
+  try {
+    return authorities.allows(new URL(url))
+  } catch {
+    return false
+  }
 }
 
 const tooManyLabels = (): Failure =>

@@ -2,6 +2,7 @@
 // key directories (identity/signatures). Weaker than an api key, stronger than what a user agent says: a
 // verified directory's operator and purpose outrank the user agent's claim.
 import type { SignatureEvidence } from '../../types.ts'
+import { AUTHORITY_HINT, parseAuthority } from '../signatures/authorities.ts'
 import { SignatureVerifier } from '../signatures/verifier.ts'
 import type { CredentialSource } from './source.ts'
 
@@ -23,4 +24,20 @@ export const signatureSource: CredentialSource<SignatureEvidence> = {
   builtinIdentity: (sig) => ({ name: sig.name, kind: sig.kind, rule: 'builtin:signature' }),
   cacheKey: (sig) => `${sig.directory} ${sig.keyid}`,
   describe: (sig) => `verified directory=${sig.directory} keyid=${sig.keyid}`,
+  checkConfig(config, error, warn) {
+    const sa = config.signedAgents
+    sa.authorities.forEach((raw, i) => {
+      const parsed = parseAuthority(raw)
+      if ('error' in parsed) error(['signedAgents', 'authorities', i], parsed.error, AUTHORITY_HINT)
+    })
+    if (sa.directories.length > 0 && sa.authorities.length === 0) {
+      warn(
+        ['signedAgents', 'directories'],
+        'signedAgents.authorities is empty: a signature an agent made for another site would verify here ' +
+          "(that site's operator can send it on within its validity window)",
+        'set signedAgents.authorities to the host names this service is reached by, e.g. [shop.example]',
+        'key',
+      )
+    }
+  },
 }
