@@ -42,6 +42,21 @@ export interface Http2Limits {
   maxResetsPerSecond: number
 }
 
+/** performance.now() by which a stream's request must have been received (timeouts.request) */
+const kDeadline = Symbol('nhi.requestDeadline')
+/** the stream was answered 408 and reset because its request was not received in time */
+const kTimedOut = Symbol('nhi.requestTimedOut')
+type TimedStream = ServerHttp2Stream & {
+  [kDeadline]?: number
+  [kTimedOut]?: true
+  _readableState?: { ended?: boolean }
+}
+
+/** an HTTP/2 request the listener cut at timeouts.request (answered 408 and reset) */
+export function streamTimedOut(req: { stream?: unknown }): boolean {
+  return (req.stream as TimedStream | undefined)?.[kTimedOut] === true
+}
+
 interface SessionState {
   conn: ConnectionInfo
   windowStart: number
@@ -59,6 +74,17 @@ export class Http2Front {
   /** set while a handed-over socket becomes a session (synchronously, inside emit('connection')) */
   private pending: ConnectionInfo | undefined
   private draining = false
+  /**
+   * Streams whose request body is still coming, oldest first (one timeouts.request for all, so insertion
+   * order is deadline order). node:http2 has no counterpart of the HTTP/1.1 server's requestTimeout: without
+   * this a stream opened and never ended, or fed a byte now and then, holds its connection (even past the
+   * idle GOAWAY, which waits for open streams), an upstream connection and an in-flight exchange forever.
+   */
+  private readonly uploading = new Set<TimedStream>()
+  private readonly forget: (this: TimedStream) => void
+  private sweeper: NodeJS.Timeout | undefined
+  private readonly requestTimeout: number
+  private readonly sweepEvery: number
 
   constructor(
     private readonly handlers: Http2Handlers,
@@ -66,6 +92,13 @@ export class Http2Front {
     timeouts: Config['timeouts'],
     maxHeaderBytes: number,
   ) {
+    const uploading = this.uploading
+    this.forget = function (this: TimedStream) {
+      uploading.delete(this)
+    }
+    this.requestTimeout = timeouts.request
+    // the HTTP/1.1 listener's granularity (serverOptions' connectionsCheckingInterval)
+    this.sweepEvery = Math.max(100, Math.min(30_000, Math.floor(timeouts.request / 4)))
     // maxOutstandingSettings is read by node:http2 but missing from its type definitions
     const options: ServerOptions & { maxOutstandingSettings: number } = {
       settings: {
@@ -123,9 +156,47 @@ export class Http2Front {
     })
     session.on('stream', (stream: ServerHttp2Stream) => {
       stream.once('aborted', () => this.countReset(session, state))
+      if (this.requestTimeout > 0 && !stream.endAfterHeaders) this.watchUpload(stream)
       if (this.draining) session.close()
     })
     if (this.draining) session.close()
+  }
+
+  private watchUpload(stream: TimedStream): void {
+    stream[kDeadline] = performance.now() + this.requestTimeout
+    this.uploading.add(stream)
+    stream.once('close', this.forget)
+    if (this.sweeper === undefined) {
+      this.sweeper = setInterval(() => this.sweep(), this.sweepEvery)
+      this.sweeper.unref()
+    }
+  }
+
+  /**
+   * timeouts.request on HTTP/2, as the HTTP/1.1 listener applies it: a request not received whole by its
+   * deadline is answered 408 and its stream reset. A stream already being answered is left alone: the
+   * upstream took the call while the client still sends (a gRPC client or bidirectional stream), which is
+   * a duplex exchange and not a request waiting for its body.
+   */
+  private sweep(): void {
+    const now = performance.now()
+    for (const stream of this.uploading) {
+      if ((stream[kDeadline] ?? 0) > now) break
+      this.uploading.delete(stream)
+      // END_STREAM received (what is left may still be buffered, unread by a slow upstream)
+      if (stream.destroyed || stream.headersSent || stream._readableState?.ended === true) continue
+      stream[kTimedOut] = true
+      try {
+        stream.respond({ ':status': 408 }, { endStream: true })
+      } catch {
+        // the stream closed under us: the reset below is all there is to do
+      }
+      stream.destroy()
+    }
+    if (this.uploading.size === 0 && this.sweeper !== undefined) {
+      clearInterval(this.sweeper)
+      this.sweeper = undefined
+    }
   }
 
   /**
@@ -165,6 +236,8 @@ export class Http2Front {
   }
 
   destroyAll(): void {
+    clearInterval(this.sweeper)
+    this.sweeper = undefined
     for (const session of this.sessions.keys()) session.destroy()
   }
 }

@@ -13,6 +13,7 @@ import { CLIENT_CLOSED, Exchange, FALLBACK_ATTRIBUTION } from './exchange.ts'
 import { type Forwarder, type ForwardResult, type ForwardTarget, responseClosed } from './forwarder.ts'
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
+import { streamTimedOut } from './http2-listener.ts'
 import { requestTarget } from './path.ts'
 import {
   BAD_METHOD,
@@ -146,8 +147,12 @@ function caseFoldedMethod(req: IncomingMessage): boolean {
 
 const REQUEST_TIMEOUT = 408
 
-/** the HTTP/1.1 listener ended the request at its deadline (Node writes the 408 and destroys the socket) */
+/**
+ * the listener ended the request at its deadline: on HTTP/1.1 Node writes the 408 and destroys the socket,
+ * on HTTP/2 the listener answers the stream 408 and resets it
+ */
 function requestTimedOut(req: IncomingMessage, res: ServerResponse | undefined): boolean {
+  if (req.httpVersionMajor === 2) return streamTimedOut(req as unknown as { stream?: unknown })
   const socket = (req.socket ?? res?.socket) as (Socket & { errored?: { code?: unknown } | null }) | null
   return socket?.errored?.code === 'ERR_HTTP_REQUEST_TIMEOUT'
 }

@@ -1,10 +1,13 @@
 // Protocol abuse over raw sockets: smuggling, size limits, slow clients, idle floods, clients that stop
 // reading, websocket misuse. After each abuse the proxy must still serve a normal request.
+import { once } from 'node:events'
+import { connect as h2connect } from 'node:http2'
 import { connect, type Socket } from 'node:net'
 import pino from 'pino'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
+import { metricValue, type Sample, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -161,6 +164,53 @@ t.test('raw-socket abuse leaves the proxy serving', async (t) => {
     t.ok(r.ms < 6000, 'within a few seconds of the 2 s request timeout', { ms: r.ms })
     await stillServing(t, 'body trickle')
   })
+
+  t.test(
+    'HTTP/2: streams whose body never ends, or trickles, are answered 408 after timeouts.request',
+    async (t) => {
+      const timedOut = (s: Sample[]) => metricValue(s, 'nhi_requests_total', { method: 'POST', code: '408' })
+      const before = timedOut(await scrape(sidecar.adminUrl))
+      const session = h2connect(proxy)
+      session.on('error', () => {})
+      t.teardown(() => session.destroy())
+      const started = Date.now()
+      const open = (path: string) => {
+        const stream = session.request({ ':method': 'POST', ':path': path }, { endStream: false })
+        stream.on('error', () => {})
+        stream.resume()
+        const status = once(stream, 'response').then(([h]) =>
+          Number((h as Record<string, unknown>)[':status']),
+        )
+        const closed = once(stream, 'close').then(() => Date.now() - started)
+        return { stream, status, closed }
+      }
+      // one silent (HEADERS without END_STREAM, then nothing), one fed a byte every 100 ms
+      const silent = open('/echo?h2-silent')
+      const trickle = open('/echo?h2-trickle')
+      const feed = setInterval(() => {
+        if (!trickle.stream.destroyed) trickle.stream.write('x')
+      }, 100)
+      t.teardown(() => clearInterval(feed))
+      t.equal(await silent.status, 408, 'the silent stream is answered 408')
+      t.equal(await trickle.status, 408, 'the trickling stream is answered 408')
+      const ms = Math.max(await silent.closed, await trickle.closed)
+      t.ok(ms < 6000, 'both streams closed within a few seconds of the 2 s request timeout', { ms })
+      const samples = await scrapeUntil(
+        sidecar.adminUrl,
+        (s) => timedOut(s) - before >= 2,
+        'the two timed-out HTTP/2 requests recorded as 408',
+      )
+      t.equal(timedOut(samples) - before, 2, 'both recorded as 408')
+      // the connection itself goes on: a complete request on it is answered
+      const ok = session.request({ ':method': 'POST', ':path': '/echo' })
+      ok.on('error', () => {})
+      ok.end('done')
+      const [h] = await once(ok, 'response')
+      ok.resume()
+      t.equal(Number((h as Record<string, unknown>)[':status']), 200, 'the same connection still serves')
+      await stillServing(t, 'HTTP/2 slow streams')
+    },
+  )
 
   t.test('500 idle connections do not starve normal clients', async (t) => {
     const idle = await Promise.all(Array.from({ length: 500 }, () => open(port)))
