@@ -107,6 +107,29 @@ export interface Forwarder {
  * The upstream connect deadline both forwarders use: the configured one, else the headers deadline capped at
  * 10 s, so an unreachable upstream fails fast even when slow responses are allowed.
  */
+function onResponseStalled(this: ServerResponse): void {
+  this.destroy()
+}
+
+/**
+ * The client took none of the response for a while (a full socket buffer, an HTTP/2 window it never opens):
+ * from now on, a response that takes no bytes for `ms` is cut. Without it a client that stops reading holds
+ * its connection, the upstream request and an in-flight exchange for as long as it likes: the upstream body
+ * deadline does not run while the upstream is paused for the client. `first`: the first backpressure of this
+ * response (the listener is added once). The socket's (HTTP/1.1) or stream's (HTTP/2) timeout is activity
+ * based, so a slow reader that keeps taking bytes is not cut.
+ */
+export function responseBlocked(res: ServerResponse, ms: number, first: boolean): void {
+  if (ms <= 0 || res.destroyed) return
+  if (first) res.on('timeout', onResponseStalled)
+  res.setTimeout(ms)
+}
+
+/** the client reads again: a response that then goes quiet is the upstream's, and its own deadlines apply */
+export function responseDrained(res: ServerResponse): void {
+  if (!res.destroyed) res.setTimeout(0)
+}
+
 export function connectTimeoutMs(o: { connectTimeout?: number | undefined; headersTimeout: number }): number {
   return o.connectTimeout ?? Math.min(o.headersTimeout, 10_000)
 }
@@ -114,7 +137,10 @@ export function connectTimeoutMs(o: { connectTimeout?: number | undefined; heade
 export interface UndiciForwarderOptions {
   /** response headers deadline, ms (→ 504) */
   headersTimeout: number
-  /** longest pause between response body chunks while the client is reading, ms */
+  /**
+   * longest pause between response body chunks while the client is reading, ms; also how long a client may
+   * take none of a response the proxy has bytes of (then it is disconnected)
+   */
   bodyTimeout: number
   /** TCP connect deadline, ms (→ 502) */
   connectTimeout?: number
@@ -139,6 +165,7 @@ const kCall = Symbol('nhi.forwardCall')
 type Tagged<T> = T & { [kCall]?: ResponseCall }
 
 function onResponseDrain(this: Tagged<ServerResponse>): void {
+  responseDrained(this)
   this[kCall]?.resumeUpstream()
 }
 function onResponseClose(this: Tagged<ServerResponse>): void {
@@ -167,6 +194,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   constructor(
     private readonly res: Tagged<ServerResponse>,
     private readonly done: ForwardListener,
+    private readonly stallMs: number,
   ) {
     res[kCall] = this
     if (done.relaysClose !== true) res.on('close', onResponseClose)
@@ -213,9 +241,12 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   onData(chunk: Buffer): boolean {
     this.bytesOut += chunk.length
     const flowing = this.res.write(chunk)
-    if (!flowing && !this.drainListening) {
-      this.drainListening = true
-      this.res.on('drain', onResponseDrain)
+    if (!flowing) {
+      responseBlocked(this.res, this.stallMs, !this.drainListening)
+      if (!this.drainListening) {
+        this.drainListening = true
+        this.res.on('drain', onResponseDrain)
+      }
     }
     return flowing
   }
@@ -468,7 +499,7 @@ export class UndiciForwarder implements Forwarder {
         headers,
         body: hasBody(req) ? req : null,
       },
-      new ResponseCall(res, listener),
+      new ResponseCall(res, listener, this.options.bodyTimeout),
     )
   }
 

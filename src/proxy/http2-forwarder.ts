@@ -20,6 +20,8 @@ import {
   type ForwardListener,
   type ForwardResult,
   type ForwardTarget,
+  responseBlocked,
+  responseDrained,
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
@@ -58,6 +60,8 @@ function sendRequestTrailers(
 export interface Http2ForwarderOptions {
   /** response headers deadline, ms (→ 504, or DEADLINE_EXCEEDED for gRPC) */
   headersTimeout: number
+  /** how long a client may take none of a response the proxy has bytes of, ms (then it is disconnected) */
+  stallTimeout?: number
   /** TCP/TLS connect deadline, ms */
   connectTimeout?: number
   /** extra TLS options for h2 over TLS (CA bundle, client certificate) */
@@ -220,12 +224,16 @@ export class Http2Forwarder {
         res.writeHead(status, headersOut)
       })
       let waitingForDrain = false
+      let blocked = false
       stream.on('data', (chunk: Buffer) => {
         bytesOut += chunk.length
         if (!res.write(chunk) && !waitingForDrain) {
           waitingForDrain = true
           stream.pause()
+          responseBlocked(res, this.options.stallTimeout ?? 0, !blocked)
+          blocked = true
           res.once('drain', () => {
+            responseDrained(res)
             waitingForDrain = false
             stream.resume()
           })

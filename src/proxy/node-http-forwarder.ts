@@ -14,7 +14,13 @@ import { Agent as HttpsAgent } from 'node:https'
 import type { Socket } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
-import { connectTimeoutMs, type ForwardResult, type ForwardTarget } from './forwarder.ts'
+import {
+  connectTimeoutMs,
+  type ForwardResult,
+  type ForwardTarget,
+  responseBlocked,
+  responseDrained,
+} from './forwarder.ts'
 import { announcedTrailers, downstreamHeaders, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 
 /**
@@ -217,7 +223,9 @@ export class NodeHttpForwarder {
         // undici's body deadline: the longest silence of the upstream while the client is reading
         const onBodyTimeout = () => fail('timeout')
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
+        let blocked = false
         const onResponseDrain = () => {
+          responseDrained(res)
           if (settled) return
           bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
           upRes.resume()
@@ -229,6 +237,8 @@ export class NodeHttpForwarder {
           if (res.write(chunk)) bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
           else {
             upRes.pause()
+            responseBlocked(res, o.bodyTimeout, !blocked)
+            blocked = true
             res.once('drain', onResponseDrain)
           }
         })

@@ -70,6 +70,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
       }),
       new Http2Forwarder({
         headersTimeout: timeouts.upstream,
+        stallTimeout: timeouts.idle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
       }),
       new NodeHttpForwarder({

@@ -245,6 +245,52 @@ t.test('raw-socket abuse leaves the proxy serving', async (t) => {
     s.destroy()
   })
 
+  t.test(
+    'a client that stops reading is disconnected after timeouts.idle, HTTP/1.1 and HTTP/2',
+    async (t) => {
+      // its own sidecar: a short idle time, which the other cases here do not want
+      const stalled = await startTestSidecar(t, { upstream: upstream.url, timeouts: { idle: '1s' } })
+      const big = 256 * 1024 * 1024
+      const recorded = async () =>
+        metricValue(await scrape(stalled.adminUrl), 'nhi_requests_total', { method: 'GET', route: 'other' })
+      // HTTP/1.1: reads the first bytes, then nothing; the proxy's end shows once the client reads again
+      const s = await open(stalled.proxyAddress.port)
+      s.on('error', () => {})
+      t.teardown(() => s.destroy())
+      s.write(`GET /bytes/${big} HTTP/1.1\r\nHost: x\r\n\r\n`)
+      await once(s, 'data')
+      s.pause()
+      // HTTP/2: a stream whose window the client never opens again
+      const session = h2connect(stalled.proxyUrl)
+      session.on('error', () => {})
+      t.teardown(() => session.destroy())
+      const stream = session.request({ ':path': `/bytes/${big}` })
+      stream.on('error', () => {})
+      await once(stream, 'response')
+      stream.pause()
+      // both exchanges end on the proxy (recorded) while neither client does anything
+      await eventually(async () => (await recorded()) >= 2, {
+        what: 'both stalled exchanges ended and recorded',
+        timeoutMs: 15_000,
+      })
+      t.equal(await recorded(), 2, 'both recorded once')
+      const closed = once(s, 'close')
+      s.resume()
+      await closed
+      t.pass('the HTTP/1.1 connection was closed by the proxy')
+      t.ok(
+        stream.rstCode !== undefined || stream.destroyed || session.destroyed,
+        'the HTTP/2 stream was reset',
+        {
+          rstCode: stream.rstCode,
+        },
+      )
+      const res = await request(`${stalled.proxyUrl}/echo`)
+      await res.body.dump()
+      t.equal(res.statusCode, 200, 'the sidecar still serves')
+    },
+  )
+
   t.test('websocket abuse', async (t) => {
     const upgrade =
       'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
