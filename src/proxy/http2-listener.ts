@@ -10,6 +10,8 @@ import {
   type Http2Server,
   type Http2ServerRequest,
   type Http2ServerResponse,
+  type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
   type ServerHttp2Session,
   type ServerHttp2Stream,
   type ServerOptions,
@@ -18,6 +20,7 @@ import type { Socket } from 'node:net'
 import type { Config } from '../config/schema.ts'
 import type { Http2AbuseReason } from '../telemetry/metrics.ts'
 import type { ConnectionInfo } from '../types.ts'
+import { GRPC, isGrpc } from './grpc.ts'
 
 /** RFC 9113 §3.4: what a client with prior knowledge sends first */
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
@@ -46,13 +49,27 @@ export interface Http2Limits {
 const kDeadline = Symbol('nhi.requestDeadline')
 /** the stream was answered 408 and reset because its request was not received in time */
 const kTimedOut = Symbol('nhi.requestTimedOut')
+/** a gRPC call: its client reads a grpc-status, not an HTTP status */
+const kGrpc = Symbol('nhi.grpcCall')
 type TimedStream = ServerHttp2Stream & {
   [kDeadline]?: number
   [kTimedOut]?: true
+  [kGrpc]?: boolean
   _readableState?: { ended?: boolean }
 }
 
-/** an HTTP/2 request the listener cut at timeouts.request (answered 408 and reset) */
+/** the answer to a stream cut at timeouts.request; a gRPC call gets its status as its client reads one */
+function requestTimeoutHeaders(grpc: boolean): OutgoingHttpHeaders {
+  if (!grpc) return { ':status': 408 }
+  return {
+    ':status': 200,
+    'content-type': 'application/grpc',
+    'grpc-status': String(GRPC.DEADLINE_EXCEEDED),
+    'grpc-message': 'request not received within timeouts.request',
+  }
+}
+
+/** an HTTP/2 request the listener cut at timeouts.request (answered 408, or DEADLINE_EXCEEDED, and reset) */
 export function streamTimedOut(req: { stream?: unknown }): boolean {
   return (req.stream as TimedStream | undefined)?.[kTimedOut] === true
 }
@@ -154,16 +171,17 @@ export class Http2Front {
       if (err.errno !== NGHTTP2_ERR_FLOODED) return
       this.handlers.abuse?.(state.lastControl === 'settings' ? 'settings_flood' : 'ping_flood')
     })
-    session.on('stream', (stream: ServerHttp2Stream) => {
+    session.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
       stream.once('aborted', () => this.countReset(session, state))
-      if (this.requestTimeout > 0 && !stream.endAfterHeaders) this.watchUpload(stream)
+      if (this.requestTimeout > 0 && !stream.endAfterHeaders) this.watchUpload(stream, isGrpc(headers))
       if (this.draining) session.close()
     })
     if (this.draining) session.close()
   }
 
-  private watchUpload(stream: TimedStream): void {
+  private watchUpload(stream: TimedStream, grpc: boolean): void {
     stream[kDeadline] = performance.now() + this.requestTimeout
+    stream[kGrpc] = grpc
     this.uploading.add(stream)
     stream.once('close', this.forget)
     if (this.sweeper === undefined) {
@@ -187,7 +205,7 @@ export class Http2Front {
       if (stream.destroyed || stream.headersSent || stream._readableState?.ended === true) continue
       stream[kTimedOut] = true
       try {
-        stream.respond({ ':status': 408 }, { endStream: true })
+        stream.respond(requestTimeoutHeaders(stream[kGrpc] === true), { endStream: true })
       } catch {
         // the stream closed under us: the reset below is all there is to do
       }

@@ -459,7 +459,14 @@ export class RequestLifecycle {
   ): void {
     ex.applyForward(result)
     // the listener cut a request whose body came too slowly (timeouts.request) and answered 408 itself
-    if (result.clientAborted && requestTimedOut(req, ex.res)) ex.status = REQUEST_TIMEOUT
+    if (result.clientAborted && requestTimedOut(req, ex.res)) {
+      ex.status = REQUEST_TIMEOUT
+      // the HTTP/2 listener answers a gRPC call's timeout as DEADLINE_EXCEEDED
+      if (req.httpVersionMajor === 2 && isGrpc(req.headers)) {
+        ex.status = 200
+        ex.grpcStatus = GRPC.DEADLINE_EXCEEDED
+      }
+    }
     if (result.status === 0 && result.upstreamError)
       transport.answer(ex, req, ctx, UPSTREAM_ERRORS[result.upstreamError])
     // the upstream answered before the client ended its body: nothing reads the rest, and an HTTP/2 stream

@@ -174,27 +174,43 @@ t.test('raw-socket abuse leaves the proxy serving', async (t) => {
       session.on('error', () => {})
       t.teardown(() => session.destroy())
       const started = Date.now()
-      const open = (path: string) => {
-        const stream = session.request({ ':method': 'POST', ':path': path }, { endStream: false })
+      const open = (path: string, headers: Record<string, string> = {}) => {
+        const stream = session.request({ ':method': 'POST', ':path': path, ...headers }, { endStream: false })
         stream.on('error', () => {})
         stream.resume()
-        const status = once(stream, 'response').then(([h]) =>
-          Number((h as Record<string, unknown>)[':status']),
-        )
+        const response = once(stream, 'response').then(([h]) => h as Record<string, unknown>)
+        const status = response.then((h) => Number(h[':status']))
         const closed = once(stream, 'close').then(() => Date.now() - started)
-        return { stream, status, closed }
+        return { stream, response, status, closed }
       }
-      // one silent (HEADERS without END_STREAM, then nothing), one fed a byte every 100 ms
+      // one silent (HEADERS without END_STREAM, then nothing), one fed a byte every 100 ms, and a silent gRPC
+      // call, whose client reads a grpc-status rather than an HTTP status
       const silent = open('/echo?h2-silent')
       const trickle = open('/echo?h2-trickle')
+      const call = open('/shop.Orders/Upload', { 'content-type': 'application/grpc', te: 'trailers' })
       const feed = setInterval(() => {
         if (!trickle.stream.destroyed) trickle.stream.write('x')
       }, 100)
       t.teardown(() => clearInterval(feed))
       t.equal(await silent.status, 408, 'the silent stream is answered 408')
       t.equal(await trickle.status, 408, 'the trickling stream is answered 408')
-      const ms = Math.max(await silent.closed, await trickle.closed)
-      t.ok(ms < 6000, 'both streams closed within a few seconds of the 2 s request timeout', { ms })
+      t.match(
+        await call.response,
+        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '4' },
+        'the gRPC call ends with DEADLINE_EXCEEDED',
+      )
+      const ms = Math.max(await silent.closed, await trickle.closed, await call.closed)
+      t.ok(ms < 10_000, 'the streams closed within seconds of the 2 s request timeout', { ms })
+      const grpcTimedOut = await scrapeUntil(
+        sidecar.adminUrl,
+        (s) => metricValue(s, 'nhi_grpc_requests_total', { grpc_status: '4' }) >= 1,
+        'the timed-out gRPC call recorded',
+      )
+      t.equal(
+        metricValue(grpcTimedOut, 'nhi_grpc_requests_total', { grpc_status: '4' }),
+        1,
+        'recorded as DEADLINE_EXCEEDED',
+      )
       const samples = await scrapeUntil(
         sidecar.adminUrl,
         (s) => timedOut(s) - before >= 2,
