@@ -15,6 +15,19 @@ import {
 } from '../telemetry/index.ts'
 import { UI_PAGE } from './ui/page.ts'
 
+/**
+ * The admin port is often open to the pod network (Prometheus, the kubelet) and has no config of its own
+ * for limits: fixed bounds keep a flood of connections or slow requests there from taking the process's file
+ * descriptors. Its clients are a scraper, probes and a few live views; a request is one GET.
+ */
+export const ADMIN_MAX_CONNECTIONS = 256
+const ADMIN_SERVER_OPTIONS = {
+  headersTimeout: 10_000,
+  requestTimeout: 15_000,
+  // how often those deadlines are checked (Node's default is every 30 s)
+  connectionsCheckingInterval: 1_000,
+}
+
 export interface ReadyState {
   ok: boolean
   checks: Record<string, boolean>
@@ -228,7 +241,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     }
   }
 
-  const server = createServer((req, res) => {
+  const server = createServer(ADMIN_SERVER_OPTIONS, (req, res) => {
     handle(req, res).catch(() => {
       // never a stack trace: the failure is reported as a bare 500
       if (!res.headersSent) sendJson(res, 500, { error: 'internal error' })
@@ -239,6 +252,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n')
     else socket.destroy()
   })
+  server.maxConnections = ADMIN_MAX_CONNECTIONS
 
   return {
     listen: () =>
