@@ -16,6 +16,8 @@ import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { streamTimedOut } from './http2-listener.ts'
 import { requestTarget } from './path.ts'
 import {
+  BAD_AUTHORITY,
+  BAD_HOST,
   BAD_METHOD,
   BAD_REQUEST,
   INTERNAL_ERROR,
@@ -143,6 +145,55 @@ function caseFoldedMethod(req: IncomingMessage): boolean {
     if (c >= 0x61 && c <= 0x7a) return true
   }
   return false
+}
+
+/** a header name that is `host` in any letter case, compared without allocating */
+function isHostName(name: string): boolean {
+  return (
+    name.length === 4 &&
+    (name.charCodeAt(0) | 0x20) === 0x68 &&
+    (name.charCodeAt(1) | 0x20) === 0x6f &&
+    (name.charCodeAt(2) | 0x20) === 0x73 &&
+    (name.charCodeAt(3) | 0x20) === 0x74
+  )
+}
+
+/**
+ * A request that names its host ambiguously (RFC 9112 §3.2): two Host lines (Node keeps the first, while a
+ * proxy in front may have routed on the last, and rules, policy, signatures and the upstream would all read
+ * the first), or an HTTP/1.1 request with none (Node refuses that itself, except on an upgrade request). Over
+ * HTTP/2 a `host` next to `:authority` must name the same authority (RFC 9113 §8.3.1): the upstream gets
+ * `host`, a front proxy may have routed on `:authority`.
+ */
+function hostRefusal(req: IncomingMessage): ProxyAnswer | undefined {
+  const raw = req.rawHeaders
+  let hosts = 0
+  for (let i = 0; i < raw.length; i += 2) {
+    if (isHostName(raw[i]!) && ++hosts > 1) return BAD_HOST
+  }
+  if (req.httpVersionMajor === 2) {
+    if (hosts === 0) return undefined
+    const authority = req.headers[':authority']
+    const host = req.headers.host
+    if (typeof authority !== 'string' || host === undefined || host === authority) return undefined
+    return sameAuthority(host, authority, req.headers[':scheme']) ? undefined : BAD_AUTHORITY
+  }
+  return hosts === 0 && req.httpVersionMajor === 1 && req.httpVersionMinor >= 1 ? BAD_HOST : undefined
+}
+
+/**
+ * RFC 9113 §8.3.1 has intermediaries compare `host` and `:authority` after scheme-based normalisation
+ * (RFC 3986 §6.2.3): the host in any case, an empty or default port the same as none.
+ */
+function sameAuthority(a: string, b: string, scheme: unknown): boolean {
+  const defaultPort = scheme === 'https' ? ':443' : scheme === 'http' ? ':80' : undefined
+  const normalise = (v: string) => {
+    const lower = v.toLowerCase()
+    if (lower.endsWith(':')) return lower.slice(0, -1)
+    if (defaultPort !== undefined && lower.endsWith(defaultPort)) return lower.slice(0, -defaultPort.length)
+    return lower
+  }
+  return normalise(a) === normalise(b)
 }
 
 const REQUEST_TIMEOUT = 408
@@ -355,7 +406,8 @@ export class RequestLifecycle {
     ctx: C,
   ): Promise<void> | undefined {
     try {
-      const refusal = transport.refusal?.(ex, req, ctx) ?? (parsed === undefined ? BAD_REQUEST : undefined)
+      const refusal =
+        transport.refusal?.(ex, req, ctx) ?? (parsed === undefined ? BAD_REQUEST : hostRefusal(req))
       if (refusal || parsed === undefined) {
         ex.pipeline = this.opts.getPipeline()
         transport.answer(ex, req, ctx, refusal ?? BAD_REQUEST)

@@ -19,6 +19,8 @@ export const UPSTREAM_ERRORS: Record<UpstreamErrorReason, Canned> = {
 }
 export const BAD_REQUEST = canned(400, 'bad_request', 'request target must be origin-form or absolute-form')
 export const BAD_METHOD = canned(400, 'bad_request', 'request method must be upper-case')
+export const BAD_HOST = canned(400, 'bad_request', 'request must carry exactly one Host header')
+export const BAD_AUTHORITY = canned(400, 'bad_request', 'Host must name the same authority as :authority')
 export const NOT_IMPLEMENTED = canned(501, 'not_implemented', 'transfer coding not supported')
 export const INTERNAL_ERROR = canned(500, 'internal_error', 'the proxy failed to handle the request')
 

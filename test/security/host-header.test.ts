@@ -1,0 +1,232 @@
+// A request that names its host ambiguously is refused with 400 before anything reads it, end to end through the
+// built bundle over raw sockets: more than one Host line (RFC 9112 §3.2: the proxy would read the first while a
+// proxy in front may have routed on the last), an HTTP/1.1 request with none (upgrades included), and over
+// HTTP/2 a `host` that names another authority than `:authority` (RFC 9113 §8.3.1); two `host` fields on an
+// HTTP/2 stream never get that far.
+import { once } from 'node:events'
+import { connect as h2connect } from 'node:http2'
+import { connect } from 'node:net'
+import t from 'tap'
+import { request } from 'undici'
+import { startBin } from '../helpers/bin.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+t.setTimeout(120_000)
+
+/** writes `data` on a fresh connection; resolves with what came back once the proxy closed it */
+async function exchange(port: number, data: string | Buffer): Promise<Buffer> {
+  const socket = connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  const parts: Buffer[] = []
+  socket.on('data', (c: Buffer) => parts.push(c))
+  socket.on('error', () => {})
+  const closed = once(socket, 'close')
+  socket.write(data)
+  await closed
+  return Buffer.concat(parts)
+}
+
+const statusLine = (answer: Buffer) => answer.toString('latin1').split('\r\n')[0]
+
+/** an HPACK string literal, not Huffman-coded (every value here is shorter than 127 bytes) */
+const str = (s: string) => Buffer.concat([Buffer.from([s.length]), Buffer.from(s, 'latin1')])
+
+/** an HTTP/2 frame: 9-byte header then the payload */
+function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
+  const head = Buffer.alloc(9)
+  head.writeUIntBE(payload.length, 0, 3)
+  head[3] = type
+  head[4] = flags
+  head.writeUInt32BE(stream, 5)
+  return Buffer.concat([head, payload])
+}
+
+/**
+ * A GET on stream 1 of a prior-knowledge h2c connection, its header block encoded by hand: node:http2's client
+ * refuses to send a second `host` field, which any other client can.
+ */
+function h2cGet(path: string, fields: [string, string][]): Buffer {
+  const block = Buffer.concat([
+    Buffer.from([0x82, 0x86]), // :method GET, :scheme http (static table)
+    Buffer.from([0x04]), // :path, literal value without indexing
+    str(path),
+    ...fields.map(([name, value]) => Buffer.concat([Buffer.from([0x00]), str(name), str(value)])),
+  ])
+  return Buffer.concat([
+    Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'),
+    frame(0x4, 0, 0, Buffer.alloc(0)), // SETTINGS
+    frame(0x1, 0x5, 1, block), // HEADERS, END_STREAM | END_HEADERS
+  ])
+}
+
+/** HPACK static table entries 8 to 14 (RFC 7541 Appendix A) */
+const STATIC_STATUS: Record<number, number> = { 8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500 }
+
+/**
+ * What answered stream 1: `status N` from the response HEADERS (when N is one of HPACK's static-table
+ * statuses), or `reset N` with the RST_STREAM error code
+ */
+async function h2cAnswer(port: number, path: string, fields: [string, string][]): Promise<string> {
+  const socket = connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  socket.on('error', () => {})
+  let buf = Buffer.alloc(0)
+  socket.on('data', (c: Buffer) => {
+    buf = Buffer.concat([buf, c])
+  })
+  socket.write(h2cGet(path, fields))
+  try {
+    return await eventually(
+      () => {
+        for (let at = 0; at + 9 <= buf.length; ) {
+          const length = buf.readUIntBE(at, 3)
+          if (at + 9 + length > buf.length) break
+          const type = buf[at + 3]
+          if ((buf.readUInt32BE(at + 5) & 0x7fffffff) === 1) {
+            if (type === 0x3) return `reset ${buf.readUInt32BE(at + 9)}`
+            if (type === 0x1) {
+              const first = buf[at + 9]!
+              return `status ${first & 0x80 ? (STATIC_STATUS[first & 0x7f] ?? '?') : '?'}`
+            }
+          }
+          at += 9 + length
+        }
+        return undefined
+      },
+      { timeoutMs: 5000, what: 'the answer on stream 1' },
+    )
+  } finally {
+    socket.destroy()
+  }
+}
+
+t.test('more than one Host, or none on HTTP/1.1, is refused with 400 and never forwarded', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startBin(t, { service: 'hosts', upstream: upstream.url })
+  const port = Number(new URL(sidecar.proxyUrl).port)
+  const reached = (path: string) => upstream.received.some((r) => r.url === path)
+  const ws =
+    'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n'
+
+  // answered by the proxy's pipeline: each is one 400 exchange in metrics and audit
+  const refused: [string, string][] = [
+    ['two Host lines', 'GET /two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n'],
+    [
+      'the same Host twice',
+      'GET /same HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\nConnection: close\r\n',
+    ],
+    ['HOST and host', 'GET /upper HTTP/1.1\r\nHOST: a.example\r\nhost: b.example\r\nConnection: close\r\n'],
+    ['host and hOsT', 'GET /mixed HTTP/1.1\r\nhost: a.example\r\nhOsT: b.example\r\nConnection: close\r\n'],
+    ['two Host lines on HTTP/1.0', 'GET /ten HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n'],
+    [
+      'two Host lines on a websocket upgrade',
+      `GET /ws-two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n${ws}`,
+    ],
+    ['no Host on a websocket upgrade', `GET /ws-none HTTP/1.1\r\n${ws}`],
+    [
+      'no Host on an h2c upgrade offer',
+      'GET /h2c-none HTTP/1.1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: Upgrade, HTTP2-Settings\r\n',
+    ],
+  ]
+  for (const [i, [name, head]] of refused.entries()) {
+    const path = /^GET (\S+)/.exec(head)![1]!
+    const answer = await exchange(port, `${head}X-Request-Id: host-${i}\r\n\r\n`)
+    t.match(statusLine(answer), /^HTTP\/1\.1 400 /, `${name}: 400`)
+    t.match(answer.toString('latin1'), /exactly one Host header/, `${name}: the answer says why`)
+    t.notOk(reached(path), `${name}: the upstream never got it`)
+  }
+  // the listener's parser answers this one itself, before the pipeline
+  const none = await exchange(port, 'GET /none HTTP/1.1\r\nConnection: close\r\n\r\n')
+  t.match(statusLine(none), /^HTTP\/1\.1 400 /, 'no Host on HTTP/1.1: 400')
+  t.notOk(reached('/none'), 'no Host on HTTP/1.1: the upstream never got it')
+
+  const one = await exchange(port, 'GET /one HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n')
+  t.match(statusLine(one), /^HTTP\/1\.1 200 /, 'one Host: forwarded')
+  t.equal(upstream.received.find((r) => r.url === '/one')?.headers.host, 'a.example', 'with its Host')
+  const old = await exchange(port, 'GET /ten-none HTTP/1.0\r\n\r\n')
+  t.match(statusLine(old), /^HTTP\/1\.1 200 /, 'no Host on HTTP/1.0 (which needs none): forwarded')
+
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_requests_total', { service: 'hosts', code: '400' }) >= refused.length,
+    'the refusals to be recorded',
+  )
+  t.equal(
+    metricValue(samples, 'nhi_requests_total', { service: 'hosts', code: '400' }),
+    refused.length,
+    'every refusal by the pipeline is one request recorded as 400',
+  )
+  const audit = await eventually(async () => {
+    const r = await request(`${sidecar.adminUrl}/audit?request_id=host-0`)
+    return (JSON.parse(await r.body.text()) as { events: Record<string, unknown>[] }).events[0]
+  })
+  t.equal(audit['status'], 400, 'and audited as 400')
+})
+
+t.test(
+  'HTTP/2: a host that names another authority than :authority, or two of them, is refused',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const sidecar = await startBin(t, { service: 'h2hosts', upstream: upstream.url })
+    const port = Number(new URL(sidecar.proxyUrl).port)
+    const reached = (path: string) => upstream.received.some((r) => r.url === path)
+
+    const session = h2connect(sidecar.proxyUrl)
+    t.teardown(() => session.close())
+    const get = async (path: string, headers: Record<string, string>) => {
+      const stream = session.request({ ':path': path, ...headers })
+      stream.on('error', () => {})
+      const [res] = (await once(stream, 'response')) as [Record<string, unknown>]
+      stream.resume()
+      await once(stream, 'close')
+      return Number(res[':status'])
+    }
+    t.equal(
+      await get('/differ', { ':authority': 'a.example', host: 'b.example' }),
+      400,
+      'host ≠ :authority: 400',
+    )
+    t.notOk(reached('/differ'), 'the upstream never got it')
+    t.equal(
+      await get('/normalised', { ':authority': 'a.example', host: 'A.Example:80' }),
+      200,
+      'the same authority in another case, with its default port: forwarded',
+    )
+    t.equal(await get('/host-only', { host: 'b.example' }), 200, 'a host alone: forwarded')
+    t.equal(upstream.received.find((r) => r.url === '/host-only')?.headers.host, 'b.example', 'as the Host')
+
+    // nghttp2 takes a second host field for a malformed request (RFC 9113 §8.1.1) and resets the stream itself
+    t.equal(
+      await h2cAnswer(port, '/h2-two', [
+        [':authority', 'a.example'],
+        ['host', 'a.example'],
+        ['host', 'b.example'],
+      ]),
+      'reset 1',
+      'two host fields: the stream is reset with PROTOCOL_ERROR',
+    )
+    t.notOk(reached('/h2-two'), 'the upstream never got it')
+    t.equal(
+      await h2cAnswer(port, '/h2-one', [
+        [':authority', 'a.example'],
+        ['host', 'a.example'],
+      ]),
+      'status 200',
+      'the hand-encoded request with one host: forwarded',
+    )
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_requests_total', { service: 'h2hosts', code: '400' }) >= 1,
+      'the refusal to be recorded',
+    )
+    t.equal(
+      metricValue(samples, 'nhi_requests_total', { service: 'h2hosts', code: '400' }),
+      1,
+      'recorded as 400',
+    )
+  },
+)
