@@ -66,8 +66,11 @@ t.test(
     const signed = await signRequest(key, `http://${HOST}/docs`)
     const otherTag = signed['signature-input']!.replace('tag="web-bot-auth"', 'tag="payments"')
     t.equal(await v.verify(req({ ...signed, 'signature-input': otherTag }), conn), undefined)
+    // without Signature-Input it is not an RFC 9421 signature: the draft-cavage format ActivityPub servers send
+    t.equal(v.extract(req({ signature: signed['signature']! }), conn), undefined, 'only Signature: not ours')
+    t.equal(await v.verify(req({ signature: signed['signature']! }), conn), undefined, 'only Signature')
     for (const [what, headers] of [
-      ['only Signature', { signature: signed['signature']! }],
+      ['only Signature-Input, tagged web-bot-auth', { 'signature-input': signed['signature-input']! }],
       ['junk Signature-Input', { ...signed, 'signature-input': 'sig1=(((' }],
       ['junk Signature', { ...signed, signature: 'sig1=:not base64!:' }],
       ['another label', { ...signed, signature: signed['signature']!.replace('sig1=', 'sig2=') }],

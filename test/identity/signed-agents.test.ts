@@ -2,6 +2,7 @@
 // the web-bot-auth package's signer, verified against a key directory served over HTTP. Verified, tampered,
 // expired, replayed, unknown key, unconfigured directory, a directory that goes down (last good keys), and a
 // signature made for another site (signedAgents.authorities).
+import { createHash } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
@@ -104,6 +105,55 @@ t.test('Web Bot Auth signatures are verified against the configured key director
     const agentChanged = await send({ ...signed, 'signature-agent': `"${directory.origin}/"` })
     t.equal(agentChanged.verified, 'false')
     t.same(reasons(agentChanged), ['signature_invalid'], 'Signature-Agent is covered too')
+  })
+
+  await t.test(
+    'a draft-cavage Signature without Signature-Input (ActivityPub) is left to the service',
+    async (t) => {
+      const invalid = async () =>
+        metricValue(await scrape(admin), 'nhi_auth_failures_total', {
+          source: 'signature',
+          reason: 'signature_invalid',
+        })
+      const before = await invalid()
+      // what Mastodon sends with every inbox delivery (signature value shortened: nothing checks it here)
+      const body = JSON.stringify({ type: 'Follow', actor: 'https://m.example/users/a' })
+      const signature =
+        'keyId="https://m.example/users/a#main-key",algorithm="rsa-sha256",' +
+        'headers="(request-target) host date digest",' +
+        `signature="${Buffer.alloc(256, 7).toString('base64')}"`
+      const requestId = `cavage-${++n}`
+      const res = await request(`${proxy}/echo`, {
+        method: 'POST',
+        body,
+        headers: {
+          'user-agent': 'http.rb/5.1.1 (Mastodon/4.2.0; +https://m.example/)',
+          'content-type': 'application/activity+json',
+          date: new Date().toUTCString(),
+          digest: `SHA-256=${createHash('sha256').update(body).digest('base64')}`,
+          signature,
+          'x-request-id': requestId,
+        },
+      })
+      const echoed = JSON.parse(await res.body.text()).headers as Record<string, string>
+      t.equal(res.statusCode, 200)
+      t.equal(echoed['signature'], signature, 'the service gets its signature to check')
+      t.equal(echoed['x-nhi-verified'], 'false')
+      t.not(echoed['x-nhi-source'], 'signature')
+      const audit = await eventually(async () => {
+        const r = await request(`${admin}/audit?request_id=${requestId}`)
+        return (JSON.parse(await r.body.text()) as { events: Record<string, unknown>[] }).events[0]
+      })
+      t.same(audit['failures'], [], 'no failure recorded')
+      t.equal(await invalid(), before, 'no signature_invalid counted')
+    },
+  )
+
+  await t.test('a Web Bot Auth Signature-Input without its Signature is still a failure', async (t) => {
+    const signed = await signRequest(key, `${proxy}/echo`, { agent })
+    const seen = await send({ 'signature-input': signed['signature-input']!, 'signature-agent': agent })
+    t.equal(seen.verified, 'false')
+    t.same(reasons(seen), ['signature_invalid'])
   })
 
   await t.test('an expired signature is refused', async (t) => {

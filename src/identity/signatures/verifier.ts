@@ -110,8 +110,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   }
 
   extract(req: RequestInfo, conn: ConnectionInfo): MaybePromise<Result | undefined> {
-    const h = req.headers
-    if (h['signature'] === undefined && h['signature-input'] === undefined) return undefined
+    if (req.headers['signature-input'] === undefined) return undefined
     return this.verify(req, conn)
   }
 
@@ -127,6 +126,10 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
 
   private async check(req: RequestInfo, conn: ConnectionInfo): Promise<Result | undefined> {
     const headers = req.headers
+    // an RFC 9421 signature is declared by Signature-Input: a Signature header alone is the older draft-cavage
+    // scheme ActivityPub servers sign every inbox delivery with, the service's own business like any signature
+    // that is not Web Bot Auth
+    if (headers['signature-input'] === undefined) return undefined
     if (typeof headers['signature'] !== 'string' || typeof headers['signature-input'] !== 'string') {
       return failure('signature_invalid', 'Signature and Signature-Input must both be present, once')
     }
