@@ -276,6 +276,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     timeouts: initial.timeouts,
     limits: initial.limits,
     onHttp2Abuse: (reason) => telemetry.http2ConnectionClosed(reason),
+    onAttributionError: attributionErrorReporter(log, telemetry),
   })
 
   let draining = false
@@ -475,6 +476,39 @@ function logOtlpTarget(log: Logger, target: string | undefined, before: string |
 export function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {
   for (const { recorder, error } of failures)
     log.error({ event: 'recorder_failed', recorder, err: error }, `the ${recorder} output failed: ${error}`)
+}
+
+/** at most one log line per this long about requests the pipeline failed to attribute */
+export const ATTRIBUTION_ERROR_LOG_INTERVAL_MS = 60_000
+
+/**
+ * Counts every request the pipeline failed to attribute (nhi_attribution_errors_total) and logs the first,
+ * then at most one a minute with how many went unlogged since: a bug that hits every request must not turn
+ * into one log line per request.
+ */
+export function attributionErrorReporter(
+  log: Logger,
+  telemetry: Pick<Telemetry, 'attributionFailed'>,
+  now: () => number = Date.now,
+): (error: unknown, refused: boolean) => void {
+  let loggedAt = Number.NEGATIVE_INFINITY
+  let unlogged = 0
+  return (error, refused) => {
+    telemetry.attributionFailed()
+    const at = now()
+    if (at - loggedAt < ATTRIBUTION_ERROR_LOG_INTERVAL_MS) {
+      unlogged++
+      return
+    }
+    loggedAt = at
+    log.error(
+      { event: 'attribution_failed', err: error, refused, unlogged },
+      refused
+        ? 'attributing a request failed; answered 500 because the policy is enforced'
+        : 'attributing a request failed; forwarded as anonymous',
+    )
+    unlogged = 0
+  }
 }
 
 /**

@@ -35,6 +35,11 @@ export interface Pipeline {
   /** called once per request after the response has ended (or failed) */
   record(event: RequestEvent): void
   /**
+   * The policy is enforced (`policy.mode: enforce`): a request attribute() failed for (it threw or rejected,
+   * a bug) is answered 500 rather than forwarded as anonymous without the policy having decided it.
+   */
+  readonly failClosed?: boolean
+  /**
    * Normalized names of the headers this pipeline's sources read credentials from beyond the proxy's fixed
    * list (authorization, x-api-key…): the proxy never forwards a request trailer of those names.
    */

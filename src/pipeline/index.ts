@@ -86,10 +86,12 @@ export class AttributionPipeline implements Pipeline {
   private readonly recorder: PipelineOptions['recorder']
   private readonly fingerprintsByEvidence = new WeakMap<object, FingerprintNode>()
   readonly withheldTrailers: ReadonlySet<string>
+  readonly failClosed: boolean
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
     this.service = config.service
+    this.failClosed = config.policy.mode === 'enforce'
     this.recorder = opts.recorder
     const readers: Reader[] = []
     for (const source of opts.sources ?? CREDENTIAL_SOURCES) {

@@ -5,7 +5,7 @@ import type { ConnectionInfo, RequestEvent, RequestInfo } from '../types.ts'
 import type { ForwardListener, ForwardResult } from './forwarder.ts'
 import { authority } from './headers.ts'
 import { requestId, startTrace, type TraceContext } from './ids.ts'
-import { UPSTREAM_ERRORS } from './respond.ts'
+import { INTERNAL_ERROR, UPSTREAM_ERRORS } from './respond.ts'
 
 export const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
   identity: Object.freeze({
@@ -18,6 +18,15 @@ export const FALLBACK_ATTRIBUTION: Attribution = Object.freeze({
   evidence: Object.freeze({ credentials: [], failures: [], anomalies: [] }),
   decision: Object.freeze({ decision: 'allow', rule: 'default', skipped: true }),
   route: 'other',
+}) as Attribution
+
+/**
+ * A request the pipeline failed to attribute while the policy is enforced: answered 500, never forwarded
+ * unchecked (an authorization sidecar refuses when its check fails, as Envoy's ext_authz does by default).
+ */
+export const FAIL_CLOSED_ATTRIBUTION: Attribution = Object.freeze({
+  ...FALLBACK_ATTRIBUTION,
+  reject: Object.freeze({ status: INTERNAL_ERROR.status, body: INTERNAL_ERROR.body }),
 }) as Attribution
 
 /** nginx's "client closed request": recorded when the client left before an answer */

@@ -9,7 +9,7 @@ import type { Config } from '../config/schema.ts'
 import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
-import { CLIENT_CLOSED, Exchange, FALLBACK_ATTRIBUTION } from './exchange.ts'
+import { CLIENT_CLOSED, Exchange, FAIL_CLOSED_ATTRIBUTION, FALLBACK_ATTRIBUTION } from './exchange.ts'
 import { type Forwarder, type ForwardResult, type ForwardTarget, responseClosed } from './forwarder.ts'
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
@@ -40,6 +40,11 @@ export interface LifecycleOptions {
   /** called once per TLS connection; the result lands in ConnectionInfo.peerCert */
   parsePeerCert?: ((socket: TLSSocket) => CertEvidence | Failure | undefined) | undefined
   timeouts: Config['timeouts']
+  /**
+   * the pipeline threw or rejected for a request (a bug): `refused` when it was answered 500 (the policy is
+   * enforced), else it was forwarded as anonymous. Called once per such request: for counting and logging.
+   */
+  onAttributionError?: ((error: unknown, refused: boolean) => void) | undefined
 }
 
 /** A proxy answer: a refusal, or an upstream failure translated. */
@@ -312,8 +317,8 @@ export class RequestLifecycle {
 
   /**
    * preHandler: identify → classify → decide in one Pipeline call; a failing stage makes the request
-   * anonymous. Returns a promise only when a stage had to wait, so the common request is attributed without a
-   * microtask hop. The decision is `ex.attribution.reject`.
+   * anonymous, or refused where the policy is enforced. Returns a promise only when a stage had to wait, so
+   * the common request is attributed without a microtask hop. The decision is `ex.attribution.reject`.
    */
   preHandler(ex: Exchange, parsed: { target: string; path: string }): Promise<void> | undefined {
     let result: MaybePromise<Attribution>
@@ -323,8 +328,8 @@ export class RequestLifecycle {
       // the exchange is the request info: its method, path and headers are the request's
       ex.url = parsed.target
       result = pipeline.attribute(ex, ex.conn)
-    } catch {
-      ex.attribution = FALLBACK_ATTRIBUTION
+    } catch (error) {
+      this.attributionFailed(ex, error)
       return undefined
     }
     if (!(result instanceof Promise)) {
@@ -335,10 +340,23 @@ export class RequestLifecycle {
       (attribution) => {
         ex.attribution = attribution
       },
-      () => {
-        ex.attribution = FALLBACK_ATTRIBUTION
-      },
+      (error: unknown) => this.attributionFailed(ex, error),
     )
+  }
+
+  /**
+   * Attribution failed (attribute() must not throw, so this is a bug): without an enforced policy the request
+   * goes on as anonymous, as identification is best effort; with one it is refused, since forwarding it would
+   * skip the policy
+   */
+  private attributionFailed(ex: Exchange, error: unknown): void {
+    const refused = ex.pipeline?.failClosed === true
+    ex.attribution = refused ? FAIL_CLOSED_ATTRIBUTION : FALLBACK_ATTRIBUTION
+    try {
+      this.opts.onAttributionError?.(error, refused)
+    } catch {
+      // reporting must not take the request down with it
+    }
   }
 
   /** the request headers for the upstream hop, after the pipeline had its last word */

@@ -38,6 +38,8 @@ export interface ProxyOptions {
   forwarder?: Forwarder
   /** an HTTP/2 connection was closed for abuse (rapid reset, PING/SETTINGS flood); for counting */
   onHttp2Abuse?: (reason: Http2AbuseReason) => void
+  /** the pipeline failed to attribute a request (see LifecycleOptions); for counting and logging */
+  onAttributionError?: (error: unknown, refused: boolean) => void
 }
 
 export interface ProxyServer {
@@ -85,6 +87,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     upstream: () => upstream,
     parsePeerCert: opts.parsePeerCert,
     timeouts,
+    onAttributionError: opts.onAttributionError,
   })
   const upgrades = new UpgradeHandler(lifecycle)
   const listeners = new Listeners(

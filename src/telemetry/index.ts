@@ -143,6 +143,11 @@ export class Telemetry {
     this.metrics.http2ConnectionClosed(reason)
   }
 
+  /** the pipeline failed to attribute a request (docs/reference.md "Errors") */
+  attributionFailed(): void {
+    this.metrics.attributionFailed()
+  }
+
   /**
    * Applies a reloaded config to every recorder. Synchronous recorders have applied it when this returns;
    * the promise settles once the asynchronous ones (OTLP) are done too, with those that failed.

@@ -147,6 +147,10 @@ export class MetricsRecorder implements Recorder {
     this.metrics.http2ConnectionClosed(reason)
   }
 
+  attributionFailed(): void {
+    this.metrics.attributionFailed()
+  }
+
   /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */
   startProcessMetrics(): Promise<unknown> {
     return this.process.start()

@@ -162,6 +162,14 @@ export class Metrics {
     counter('nhi_upstream_errors', 'Failed upstream exchanges'),
     ['service', 'reason'],
   )
+  private readonly attributionErrors = new CounterFamily(
+    counter(
+      'nhi_attribution_errors',
+      'Requests the proxy failed to attribute (an internal error): answered 500 under an enforced policy, else forwarded as anonymous',
+    ),
+    ['service'],
+  )
+  private attributionErrorSeries: CounterSeries
   private readonly http2Closed = new CounterFamily(
     counter(
       'nhi_http2_connections_closed',
@@ -204,6 +212,7 @@ export class Metrics {
     this.recorderFailures = opts.recorderFailures ?? (() => [])
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
+    this.attributionErrorSeries = this.attributionErrors.child([this.service])
     this.zeroAbuseSeries()
     this.configLastSuccess.set([], 0)
     this.buildInfo.set([opts.version, process.version], 1)
@@ -425,11 +434,13 @@ export class Metrics {
       this.anomalies,
       this.policyDecisions,
       this.upstreamErrors,
+      this.attributionErrors,
       this.http2Closed,
     ]) {
       c.reset()
     }
     this.overflowSeries = this.overflow.child([service])
+    this.attributionErrorSeries = this.attributionErrors.child([service])
     this.decisionSeries = new WeakMap()
     this.zeroAbuseSeries()
   }
@@ -441,6 +452,10 @@ export class Metrics {
 
   http2ConnectionClosed(reason: Http2AbuseReason): void {
     this.http2Closed.inc([this.service, reason])
+  }
+
+  attributionFailed(): void {
+    this.attributionErrorSeries.inc(1)
   }
 
   readonly jwksObserver: JwksObserver = {
@@ -517,6 +532,7 @@ export class Metrics {
       this.anomalies,
       this.policyDecisions,
       this.upstreamErrors,
+      this.attributionErrors,
       this.http2Closed,
       this.jwksRefresh,
       this.jwksKeys,
