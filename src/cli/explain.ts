@@ -10,6 +10,7 @@ import { certEvidenceFromX509, loadCertificateDecoder } from '../identity/certif
 import { evidenceByName } from '../identity/sources/source.ts'
 import { AttributionPipeline } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
+import { hasLowerCaseLetter } from '../proxy/request-lifecycle.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
@@ -111,8 +112,15 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
     return 1
   }
   if (target.path !== opts.path.split('?')[0]) notes.push(`path normalized to ${target.path}`)
+  // methods are case-sensitive: the live proxy does not decide `get` as `GET`, it refuses it
+  if (hasLowerCaseLetter(opts.method)) {
+    out(
+      `${opts.method}: the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)`,
+    )
+    return 1
+  }
   const req: RequestInfo = {
-    method: opts.method.toUpperCase(),
+    method: opts.method,
     path: target.path,
     url: target.target,
     headers,

@@ -143,8 +143,11 @@ function unsupportedTransferCoding(req: IncomingMessage): boolean {
  * upper-case methods only): refused.
  */
 function caseFoldedMethod(req: IncomingMessage): boolean {
-  if (req.httpVersionMajor !== 2) return false
-  const method = req.method ?? ''
+  return req.httpVersionMajor === 2 && hasLowerCaseLetter(req.method ?? '')
+}
+
+/** a method the proxy refuses with 400 (caseFoldedMethod); `explain` refuses it the same way */
+export function hasLowerCaseLetter(method: string): boolean {
   for (let i = 0; i < method.length; i++) {
     const c = method.charCodeAt(i)
     if (c >= 0x61 && c <= 0x7a) return true

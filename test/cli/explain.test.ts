@@ -51,7 +51,7 @@ t.test('--json carries the same report', async (t) => {
   const r = await explain({
     config: 'config/examples/public-api-with-bots.yaml',
     ua: GOOGLEBOT,
-    method: 'get',
+    method: 'GET',
     path: '/',
     json: true,
   })
@@ -144,6 +144,25 @@ t.test('bad input exits 1', async (t) => {
   t.equal(badAddr.code, 1, '--remote-addr that is no IP address')
   t.match(badAddr.stderr, /--remote-addr .*expected an IP address/)
 })
+
+t.test(
+  'a method the live proxy refuses (a lower-case letter) is reported refused, not decided',
+  async (t) => {
+    const config = 'config/examples/policy-enforce.yaml'
+    for (const method of ['get', 'Delete']) {
+      const r = await explain({ config, method, path: '/admin/users' })
+      t.equal(r.code, 1, `${method} exits 1`)
+      t.equal(
+        r.text,
+        `${method}: the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)\n`,
+      )
+    }
+    const upper = await explain({ config, method: 'GET', path: '/admin/users' })
+    t.equal(upper.code, 0)
+    t.match(upper.text, /^request: GET \/admin\/users /m)
+    t.match(upper.text, /^policy: deny \(mode enforce, rule admin\)$/m)
+  },
+)
 
 t.test('rendering without the engine: anonymous request, no rules', async (t) => {
   const lines = renderExplain({
