@@ -2,6 +2,7 @@
 // issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
 import { isIPv4 } from 'node:net'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
+import { pathTemplateProblem } from '../proxy/path.ts'
 import { parseUpstream } from '../proxy/upstream-url.ts'
 import {
   isUniversalPattern,
@@ -137,6 +138,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
   config.metrics.routes.forEach((r, i) => {
     const e = routeError(r)
     if (e) error(['metrics', 'routes', i], e, 'e.g. /api/v1/orders/:id')
+    else unmatchableRoute(['metrics', 'routes', i], r, false, warn)
   })
 
   const ruleNames = new Map<string, number>()
@@ -240,10 +242,22 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     if (e) error([...base, 'route'], `invalid route pattern "${rule.route}": ${e}`)
     else if (!rule.route.startsWith('/'))
       error([...base, 'route'], `route "${rule.route}" must start with "/"`)
+    else unmatchableRoute([...base, 'route'], rule.route, config.policy.pathCase === 'insensitive', warn)
     rule.allow.forEach((a, j) => {
       if (a.identity !== undefined) {
         const ie = patternError(a.identity)
         if (ie) error([...base, 'allow', j, 'identity'], `invalid identity pattern "${a.identity}": ${ie}`)
+      } else if (a.verified === undefined && (a.kind !== undefined || a.team !== undefined)) {
+        // kind and team come from rules, which may name unverified callers too (and an unverified client or
+        // forwarded certificate is kind "service" by default): only an `identity:` entry defaults to verified
+        const names = [a.kind === undefined ? '' : 'kind', a.team === undefined ? '' : 'team']
+          .filter(Boolean)
+          .join(' and ')
+        warn(
+          [...base, 'allow', j],
+          `allow entry names ${names} but not verified: it admits unverified callers too (an unverified client or forwarded certificate is kind "service"); only an identity: entry defaults to verified identities`,
+          'add verified: true, or verified: false if it is meant for unverified callers only',
+        )
       }
     })
     if (rule.name !== undefined) {
@@ -264,6 +278,21 @@ export function semanticCheck(config: Config): SemanticIssue[] {
 }
 
 type Report = (path: Path, message: string, hint?: string, at?: 'key' | 'value') => void
+
+/** a route template with a character or escape no normalized request path holds (proxy/path.ts) */
+function unmatchableRoute(path: Path, route: string, ignoreCase: boolean, warn: Report): void {
+  const problem = pathTemplateProblem(route, ignoreCase)
+  if (problem === undefined) return
+  warn(
+    path,
+    `route "${route}" can never match: no normalized request path holds ${problem.found}`,
+    problem.instead === undefined
+      ? 'the proxy answers 400 to every request path with it'
+      : problem.decoded
+        ? `write "${problem.instead}": the proxy decodes escaped letters, digits and -._~ before matching`
+        : `write it percent-encoded with upper-case hex: "${problem.instead}"`,
+  )
+}
 
 /** Shortest prefixes `check` accepts without a warning for a trusted proxy: /16 (IPv4), /48 (IPv6). */
 export const BROAD_TRUSTED_PROXY_PREFIX = { ipv4: 16, ipv6: 48 } as const

@@ -105,6 +105,76 @@ function isUnreserved(b: number): boolean {
   )
 }
 
+/** What a route template holds that no normalized path does (pathTemplateProblem). */
+export interface PathTemplateProblem {
+  /** the first such character or escape: "é", a space, "%c3" */
+  found: string
+  /** the template spelled as normalized paths are, when a request could match it at all */
+  instead?: string
+  /** the first problem is an escape of an unreserved character, which normalization decodes */
+  decoded?: boolean
+}
+
+function describeChar(ch: string): string {
+  if (ch === ' ') return 'a space'
+  if (ch === '\\') return 'a backslash'
+  const c = ch.charCodeAt(0)
+  if (c < 0x20 || c === 0x7f)
+    return `a control character (U+${c.toString(16).toUpperCase().padStart(4, '0')})`
+  return `"${ch}"`
+}
+
+/**
+ * A route template (policy route, metrics route) that no normalized path can match because of a character
+ * or an escape normalizePath never leaves in a path: a raw byte outside printable ASCII, "#", ";", "?", a
+ * backslash, an escape of an unreserved character, an escape in lower-case hex (unless matched in any case),
+ * or one the proxy refuses. undefined when there is none.
+ */
+export function pathTemplateProblem(template: string, ignoreCase = false): PathTemplateProblem | undefined {
+  let found: string | undefined
+  let decoded = false
+  let refused = false
+  let instead = ''
+  for (let i = 0; i < template.length; i++) {
+    const c = template.charCodeAt(i)
+    if (c === 0x25 /* % */) {
+      const byte = hexByte(template, i + 1)
+      if (byte < 0 || byte === 0x2f || byte === 0x5c || byte < 0x20 || byte === 0x7f) {
+        found ??= `"${template.slice(i, i + 3)}"`
+        refused = true
+        continue
+      }
+      const written = template.slice(i, i + 3)
+      const upper = `%${HEX[byte >> 4]}${HEX[byte & 15]}`
+      if (isUnreserved(byte)) {
+        if (found === undefined) {
+          found = `"${written}"`
+          decoded = true
+        }
+        instead += String.fromCharCode(byte)
+      } else {
+        if (written !== upper && !ignoreCase) found ??= `"${written}"`
+        instead += upper
+      }
+      i += 2
+      continue
+    }
+    if (c > 0x20 && c < 0x7f && c !== 0x23 && c !== 0x3b && c !== 0x3f && c !== 0x5c) {
+      instead += template[i]
+      continue
+    }
+    const ch = String.fromCodePoint(template.codePointAt(i)!)
+    i += ch.length - 1
+    found ??= describeChar(ch)
+    // a path with a backslash or a control character, raw or encoded, is refused with 400
+    if (c < 0x20 || c === 0x7f || c === 0x5c) refused = true
+    else for (const b of Buffer.from(ch)) instead += `%${HEX[b >> 4]}${HEX[b & 15]}`
+  }
+  if (found === undefined) return undefined
+  if (refused) return { found }
+  return decoded ? { found, instead, decoded } : { found, instead }
+}
+
 const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i
 
 /**

@@ -150,3 +150,128 @@ t.test('signedAgents.authorities: entries are host names; without them check war
   t.equal(bound.code, 0, bound.text)
   t.notMatch(bound.text, /warning/)
 })
+
+t.test(
+  'policy allow entries by kind or team without verified admit unverified callers: warned',
+  async (t) => {
+    const dir = scratchDirSync('check-allow-verified')
+    const write = (name: string, lines: string[]) => {
+      writeFileSync(join(dir, name), [...lines, ''].join('\n'))
+      return name
+    }
+    const run = (file: string) =>
+      runCli(['check', file], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } }).then((r) => ({
+        code: r.code,
+        text: r.stdout,
+      }))
+    const policy = (allow: string[]) => [
+      'policy:',
+      '  mode: enforce',
+      '  rules:',
+      '    - route: /admin/**',
+      '      allow:',
+      ...allow,
+    ]
+
+    const open = await run(
+      write(
+        'open.yaml',
+        policy([
+          '        - { kind: human }',
+          '        - { team: platform }',
+          '        - kind: service',
+          '          team: payments',
+          '        - { kind: bot, source: useragent }',
+        ]),
+      ),
+    )
+    t.equal(open.code, 0, 'a warning, not an error: existing configs keep working')
+    const warning = (what: string) =>
+      `warning: allow entry names ${what} but not verified: it admits unverified callers too (an unverified client or forwarded certificate is kind "service"); only an identity: entry defaults to verified identities (hint: add verified: true, or verified: false if it is meant for unverified callers only)`
+    t.same(open.text.trim().split('\n'), [
+      `open.yaml:6:11 ${warning('kind')}`,
+      `open.yaml:7:11 ${warning('team')}`,
+      `open.yaml:8:11 ${warning('kind and team')}`,
+      `open.yaml:10:11 ${warning('kind')}`,
+      'open.yaml: ok (0 identity rules, 0 issuers, policy enforce, 4 warnings)',
+    ])
+
+    const said = await run(
+      write(
+        'said.yaml',
+        policy([
+          '        - { kind: human, verified: true }',
+          '        - { team: platform, verified: false }',
+          '        - { identity: "ops/*", kind: service }',
+          '        - { identity: "ua:*", source: useragent }',
+          '        - { source: [mtls, xfcc], verified: true }',
+        ]),
+      ),
+    )
+    t.equal(said.code, 0, said.text)
+    t.notMatch(said.text, /warning/)
+  },
+)
+
+t.test('routes no normalized request path can match: warned with the spelling that matches', async (t) => {
+  const dir = scratchDirSync('check-route-chars')
+  const write = (name: string, lines: string[]) => {
+    writeFileSync(join(dir, name), [...lines, ''].join('\n'))
+    return name
+  }
+  const run = (file: string) =>
+    runCli(['check', file], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } }).then((r) => ({
+      code: r.code,
+      text: r.stdout,
+    }))
+  const config = (routes: string[], policyRoutes: string[]) => [
+    'metrics:',
+    '  routes:',
+    ...routes.map((r) => `    - ${r}`),
+    'policy:',
+    '  mode: observe',
+    '  rules:',
+    ...policyRoutes.flatMap((r) => [`    - route: ${r}`, '      allow: [{ identity: "ops/*" }]']),
+  ]
+
+  const never = await run(
+    write(
+      'never.yaml',
+      config(
+        ['/tée/**', '"/search results"', '"/docs#intro"'],
+        ['"/caf%c3%a9/**"', '"/%61dmin/**"', '"/a\\\\b"', '/ok/:id'],
+      ),
+    ),
+  )
+  t.equal(never.code, 0, 'a warning, not an error')
+  const encode = (route: string, found: string, instead: string) =>
+    `warning: route "${route}" can never match: no normalized request path holds ${found} (hint: write it percent-encoded with upper-case hex: "${instead}")`
+  t.same(never.text.trim().split('\n'), [
+    `never.yaml:3:7 ${encode('/tée/**', '"é"', '/t%C3%A9e/**')}`,
+    `never.yaml:4:7 ${encode('/search results', 'a space', '/search%20results')}`,
+    `never.yaml:5:7 ${encode('/docs#intro', '"#"', '/docs%23intro')}`,
+    `never.yaml:9:14 ${encode('/caf%c3%a9/**', '"%c3"', '/caf%C3%A9/**')}`,
+    'never.yaml:11:14 warning: route "/%61dmin/**" can never match: no normalized request path holds "%61" (hint: write "/admin/**": the proxy decodes escaped letters, digits and -._~ before matching)',
+    'never.yaml:13:14 warning: route "/a\\b" can never match: no normalized request path holds a backslash (hint: the proxy answers 400 to every request path with it)',
+    'never.yaml: ok (0 identity rules, 0 issuers, policy observe, 6 warnings)',
+  ])
+
+  const fine = await run(
+    write(
+      'fine.yaml',
+      config(
+        ['/t%C3%A9e/**', '/search%20results', '/api/v1/orders/:id', '/**'],
+        ['/caf%C3%A9/**', '/admin/*'],
+      ),
+    ),
+  )
+  t.equal(fine.code, 0, fine.text)
+  t.notMatch(fine.text, /warning/)
+
+  // matched in any case, a lower-case escape can match
+  const anyCase = await run(
+    write('any-case.yaml', [...config(['/**'], ['"/caf%c3%a9/**"']), '  pathCase: insensitive']),
+  )
+  t.equal(anyCase.code, 0, anyCase.text)
+  t.notMatch(anyCase.text, /warning/)
+})
