@@ -278,10 +278,21 @@ export class PodMetrics {
     return true
   }
 
-  /** a process that is gone: its lines leave the merge, and its replacement starts with a whole snapshot */
+  /**
+   * A process that is gone: its lines leave the merge, and its replacement starts with a whole snapshot.
+   * Its counters and histograms stay in the pod's series that live on (others serve them, or their
+   * identity is tracked elsewhere): dropping them would take such a series down to the survivors' sum,
+   * which Prometheus reads as a reset to 0 and counts the survivors' totals again. Its own per-process
+   * series restart with the replacement, as a restarted process's do.
+   */
   drop(process: string): void {
     const slot = this.slots.get(process)
     if (slot === undefined) return
+    for (const line of slot.lines) {
+      if (line === undefined) continue
+      if (line.family.perProcess) line.unset(slot.index)
+      else line.retire(slot.index)
+    }
     this.clear(slot)
     slot.active = false
   }

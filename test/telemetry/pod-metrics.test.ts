@@ -366,6 +366,9 @@ t.test('merged snapshots equal the merge of fresh text, after any updates on sev
         if (o.op === 'restart') {
           workers = workers.map((w, i) => (i === o.worker ? new FakeWorker() : w))
           pod.drop(String(o.worker + 1))
+          // what the dead worker counted stays in the series that live on, as if it had swept them
+          for (const [key, value] of applied.get(o.worker) ?? [])
+            retired.set(key, (retired.get(key) ?? 0) + value)
           applied.delete(o.worker)
           restarts++
           continue

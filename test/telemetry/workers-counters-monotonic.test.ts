@@ -2,12 +2,14 @@
 // is a live series in the pod's /metrics; its counters must never go backwards. The primary sums only what
 // the workers currently track, so when one worker sweeps the identity (idleTtl) its share vanishes from the
 // merged nhi_requests_total (and the duration histogram, bytes...) while the series stays.
+import { execFileSync } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { Agent, request } from 'node:http'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
-import { metricValue, parseMetrics } from '../helpers/metrics.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, parseMetrics, seriesCount } from '../helpers/metrics.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startSidecarFromFile } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -93,3 +95,76 @@ t.test(
     t.equal(metricValue(after, 'nhi_request_duration_seconds_count', who), sent, 'the duration histogram too')
   },
 )
+
+// a worker that crashes takes its counts with it; summing only the live workers made the pod's series
+// drop to what the survivors had counted, which Prometheus takes for a reset to 0 and so counts the
+// survivors' whole totals again as new increase
+t.test("a killed worker's counts stay in the pod's counters", async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const dir = await scratchDir('rev-workers-crash')
+  const file = join(dir, 'config.yaml')
+  await writeFile(
+    file,
+    stringify({
+      listen: { http: '127.0.0.1:0' },
+      admin: '127.0.0.1:0',
+      upstream: upstream.url,
+      workers: 2,
+      audit: { output: 'off' },
+      timeouts: { drainDelay: '0s' },
+    }),
+  )
+  const sidecar = await startSidecarFromFile(t, file)
+  const url = `${sidecar.proxyUrl}/x`
+  const scrape = async () => parseMetrics(await (await fetch(`${sidecar.adminUrl}/metrics`)).text())
+  const UA = 'crash-client/1.0'
+  const who = { identity: 'ua:crash-client' }
+  const a = new Agent({ keepAlive: true, maxSockets: 1 })
+  const b = new Agent({ keepAlive: true, maxSockets: 1 })
+  t.teardown(() => {
+    a.destroy()
+    b.destroy()
+  })
+  for (let i = 0; i < 5; i++) {
+    t.equal(await get(url, a, UA), 200)
+    t.equal(await get(url, b, UA), 200)
+  }
+  const first = await scrape()
+  t.same(
+    first.filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value),
+    [5, 5],
+    'precondition: each connection went to its own worker',
+  )
+  t.equal(metricValue(first, 'nhi_requests_total', who), 10)
+
+  const workers = execFileSync('pgrep', ['-P', String(sidecar.process.child.pid)], { encoding: 'utf8' })
+    .split('\n')
+    .filter(Boolean)
+    .map(Number)
+  t.equal(workers.length, 2)
+  const from = sidecar.process.stderr().length
+  process.kill(workers[0]!, 'SIGKILL')
+  await sidecar.process.waitForLog((l) => l['event'] === 'worker_exited', from)
+  const seen: number[] = []
+  await eventually(
+    async () => {
+      const m = await scrape()
+      seen.push(metricValue(m, 'nhi_requests_total', who))
+      return (
+        metricValue(m, 'nhi_worker_restarts_total') === 1 && seriesCount(m, 'nhi_worker_requests_total') === 2
+      )
+    },
+    { what: 'the replacement worker in /metrics' },
+  )
+  t.ok(
+    seen.every((v) => v === 10),
+    `the pod's counter neither drops nor resets while the worker is replaced: ${seen.join(' ')}`,
+  )
+  a.destroy()
+  for (let i = 0; i < 4; i++) t.equal(await get(url, b, UA), 200)
+  t.equal(await get(url, new Agent(), UA), 200)
+  const after = await scrape()
+  t.equal(metricValue(after, 'nhi_requests_total', who), 15, 'and goes on counting from there')
+  t.equal(metricValue(after, 'nhi_request_duration_seconds_count', who), 15, 'the duration histogram too')
+})
