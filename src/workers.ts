@@ -238,6 +238,8 @@ interface Slot {
   worker: Worker | undefined
   listening: boolean
   startedAt: number
+  /** the config the worker was started with */
+  config?: Config
 }
 
 /** The primary of `workers: N`. Rejects with a StartupError when a worker cannot start. */
@@ -288,13 +290,27 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     const worker = cluster.fork({ [SLOT_ENV]: String(index + 1) })
     const slot: Slot = { worker, listening: false, startedAt: Date.now() }
     slots[index] = slot
+    const start = () => {
+      slot.config = config
+      worker.send({ nhi: 'start', config } satisfies Command)
+    }
     worker.on('message', (m: Report) => {
-      if (m.nhi === 'hello') worker.send({ nhi: 'start', config } satisfies Command)
+      if (m.nhi === 'hello') start()
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
       else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
       else if (m.nhi === 'listening') {
         slot.listening = true
+        // a reload while it started asked only the serving workers: this one still runs the config it got
+        if (slot.config !== config) {
+          void ask(worker, { nhi: 'config', id: nextId++, config }).then((ok) => {
+            if (ok !== true && slot.worker === worker)
+              log.error(
+                { event: 'config_reload_incomplete', workers: 1, worker: index + 1 },
+                'a worker did not apply the config',
+              )
+          })
+        }
         if (watching) worker.send({ nhi: 'live', on: true } satisfies Command)
         listeners ??= { http: m.http, ...(m.https ? { https: m.https } : {}) }
         listening.add(index)
