@@ -6,7 +6,6 @@
 import cluster, { type Worker } from 'node:cluster'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
-import { availableParallelism } from 'node:os'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { createAdminServer, type ReadyState } from './admin/server.ts'
@@ -42,11 +41,6 @@ import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
 import type { Recorder } from './types.ts'
 import { VERSION } from './version.ts'
-
-/** `auto` is one worker per core the process may use */
-export function workerCount(setting: number | 'auto'): number {
-  return setting === 'auto' ? availableParallelism() : setting
-}
 
 /** primary → worker */
 type Command =

@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 import { isIP } from 'node:net'
 // nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
-import { availableParallelism } from 'node:os'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { formatDiagnostic, loadConfigFile } from '../config/loader.ts'
 import type { Config } from '../config/schema.ts'
+import { MAX_WORKERS, workerCount } from '../config/workers.ts'
 import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { parseDuration } from '../util/duration.ts'
@@ -25,9 +25,12 @@ function ipAddress(value: string): string {
   return value
 }
 
-/** `--workers`: a positive whole number or auto */
+/** `--workers`: a positive whole number up to MAX_WORKERS, or auto */
 function workersFlag(value: string): number | 'auto' {
-  return value === 'auto' ? 'auto' : positiveInt(value)
+  if (value === 'auto') return 'auto'
+  const n = positiveInt(value)
+  if (n > MAX_WORKERS) throw new InvalidArgumentError(`expected at most ${MAX_WORKERS}`)
+  return n
 }
 
 function positiveInt(value: string): number {
@@ -200,7 +203,7 @@ then in-flight requests get up to timeouts.drain; exit 0. A second signal skips 
         const signals = holdSignals({ reloads: true })
         const preloaded = await preloadConfig(configPath, log)
         const setting = o.workers ?? preloaded?.workers ?? 1
-        const workers = setting === 'auto' ? availableParallelism() : setting
+        const workers = workerCount(setting)
         if (workers > 1) {
           const { startPod } = await import('../workers.ts')
           const pod = await startPod({ configPath, overrides, workers, log })

@@ -12,6 +12,7 @@ import {
   PROFILE_NAMES,
 } from '../types.ts'
 import { parseDuration } from '../util/duration.ts'
+import { MAX_WORKERS } from './workers.ts'
 
 // zod/mini, not zod: the same validation as functions rather than methods, so a bundle keeps only what is
 // used. The full package put 460 KB (every one of its locales) on the sidecar's startup path, some 45 ms of
@@ -191,7 +192,18 @@ export const configSchema = z.strictObject({
   ),
   admin: z._default(address, '0.0.0.0:9464'),
   workers: described(
-    z._default(z.union([z.literal('auto'), positiveInt]), 1),
+    z._default(
+      z.union([
+        z.literal('auto'),
+        positiveInt.check(
+          z.lte(
+            MAX_WORKERS,
+            `at most ${MAX_WORKERS} worker processes (more than one per core only adds contention)`,
+          ),
+        ),
+      ]),
+      1,
+    ),
     'proxy worker processes: 1 serves everything in one process; auto (one per core) or N forks N workers ' +
       'behind one admin port (read at start only)',
   ),
