@@ -1,6 +1,7 @@
 // Header rewriting for both directions of the hop (docs/reference.md "Headers", RFC 9110 §7.6.1).
 // Header-name sets are built once; a request costs one pass over its headers.
 import type { IncomingHttpHeaders } from 'node:http'
+import { isIP } from 'node:net'
 import { FORWARDED_CERT_HEADERS } from '../identity/forwarded/headers.ts'
 import type { Identity } from '../types.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
@@ -116,6 +117,23 @@ function appendChain(existing: string | string[] | undefined, value: string): st
   return `${Array.isArray(existing) ? existing.join(', ') : existing}, ${value}`
 }
 
+const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+
+/** `value` as an RFC 7239 value: a token as is, anything else a quoted-string */
+function forwardedValue(value: string): string {
+  return TOKEN_RE.test(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`
+}
+
+/**
+ * This hop's RFC 7239 element (§4 and §6: an IPv6 address bracketed and quoted), appended to a client's
+ * Forwarded as the client address is to X-Forwarded-For: an upstream walking the list from the right past
+ * this proxy would otherwise take the client's own `for=`, `proto=` and `host=` for this proxy's word.
+ */
+function forwardedElement(clientIp: string, proto: 'http' | 'https', host: string | undefined): string {
+  const node = isIP(clientIp) === 6 ? `"[${clientIp}]"` : isIP(clientIp) === 4 ? clientIp : 'unknown'
+  return `for=${node};proto=${proto}${host === undefined ? '' : `;host=${forwardedValue(host)}`}`
+}
+
 /** HTTP/2 carries the Host in :authority (RFC 9113 §8.3.1) */
 export function authority(headers: IncomingHttpHeaders): string | undefined {
   const value = headers[':authority']
@@ -197,7 +215,8 @@ export function upstreamHeaders(
     // x_forwarded_for is HTTP_X_FORWARDED_FOR to a CGI/WSGI/Rack app, like the one we set
     if (name.indexOf('_') !== -1 && SET_BY_PROXY.has(normalizeHeaderName(name))) continue
     const value = headers[name]
-    if (value !== undefined) out[name] = value
+    if (value === undefined) continue
+    out[name] = name === 'forwarded' ? `${value}, ${forwardedElement(clientIp, proto, host)}` : value
   }
   if (host !== undefined && out.host === undefined) out.host = host
   return out

@@ -3,7 +3,7 @@ import { get as httpGet } from 'node:http'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { HttpProxyForwarder } from '../../bench/lib/http-proxy-forwarder.ts'
-import { downstreamHeaders } from '../../src/proxy/headers.ts'
+import { downstreamHeaders, upstreamHeaders } from '../../src/proxy/headers.ts'
 import { requestId, traceContext } from '../../src/proxy/ids.ts'
 import { stillTrueFor } from '../helpers/eventually.ts'
 import { SERVICE_IDENTITY, startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
@@ -166,6 +166,27 @@ t.test(
     t.not(other.slice(0, 24), created[0]!.slice(0, 24), 'another process, another prefix')
   },
 )
+
+t.test("a client's Forwarded gets this hop's RFC 7239 element appended", async (t) => {
+  const forwarded = (headers: Record<string, string>, clientIp: string, proto: 'http' | 'https') =>
+    upstreamHeaders(headers, SERVICE_IDENTITY, traceContext(undefined), 'rid', clientIp, proto)['forwarded']
+  t.equal(
+    forwarded({ host: 'api', forwarded: 'for=10.0.0.5' }, '2001:db8::7', 'https'),
+    'for=10.0.0.5, for="[2001:db8::7]";proto=https;host=api',
+    'an IPv6 node is bracketed and quoted',
+  )
+  t.equal(
+    forwarded({ forwarded: 'for=10.0.0.5' }, '192.0.2.1', 'http'),
+    'for=10.0.0.5, for=192.0.2.1;proto=http',
+    'no host= without a Host',
+  )
+  t.equal(
+    forwarded({ host: 'a"b\\c', forwarded: 'for=_x' }, '', 'http'),
+    'for=_x, for=unknown;proto=http;host="a\\"b\\\\c"',
+    'a host that is not a token is a quoted-string; an address that is not an IP is unknown',
+  )
+  t.equal(forwarded({ host: 'api' }, '192.0.2.1', 'http'), undefined, 'none added to a request without one')
+})
 
 t.test('all methods are forwarded with their bodies', async (t) => {
   const up = await startUpstream()

@@ -1,6 +1,7 @@
 // Header spoofing through the real proxy: identity headers, forwarded client certificates and
 // x-forwarded-* from an untrusted peer must not change the identity, and must not reach the upstream as
 // if the proxy had said them. The trusted forwarder is 127.0.0.2, everyone else is 127.0.0.1.
+import { connect } from 'node:net'
 import pino from 'pino'
 import t from 'tap'
 import { Agent, request } from 'undici'
@@ -118,3 +119,51 @@ t.test('spoofed identity, forwarded-cert and forwarded-for headers', async (t) =
     'the upstream never received a spoofed identity',
   )
 })
+
+t.test(
+  "a client's Forwarded header ends with the proxy's own element, as X-Forwarded-For does",
+  async (t) => {
+    // An upstream that reads RFC 7239 Forwarded (Rack 3 by default, Spring's ForwardedHeaderFilter) walks it
+    // from the right past its trusted proxy, this sidecar: the last element must be the sidecar's, not the client's.
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const sidecar = await startTestSidecar(t, { upstream: upstream.url })
+    const port = sidecar.proxyAddress.port
+    const send = async (lines: string) => {
+      const before = upstream.received.length
+      const answer = await rawExchange(
+        port,
+        `GET /echo HTTP/1.1\r\nHost: app.example:8080\r\n${lines}Connection: close\r\n\r\n`,
+      )
+      t.match(answer, /^HTTP\/1\.1 200 /)
+      return upstream.received[before]!.headers
+    }
+
+    const one = await send('Forwarded: for=10.0.0.5;proto=https;host=admin.internal\r\n')
+    t.equal(
+      one['forwarded'],
+      'for=10.0.0.5;proto=https;host=admin.internal, for=127.0.0.1;proto=http;host="app.example:8080"',
+    )
+    const two = await send('Forwarded: for=10.0.0.5\r\nforwarded: for="[2001:db8::1]";proto=https\r\n')
+    t.equal(
+      two['forwarded'],
+      'for=10.0.0.5, for="[2001:db8::1]";proto=https, for=127.0.0.1;proto=http;host="app.example:8080"',
+      'several Forwarded lines are one list; ours comes last',
+    )
+    const none = await send('')
+    t.notOk('forwarded' in none, 'no Forwarded is added to a request that had none (X-Forwarded-For says it)')
+  },
+)
+
+function rawExchange(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(text))
+    let out = ''
+    socket.setEncoding('latin1')
+    socket.on('data', (d: string) => {
+      out += d
+    })
+    socket.on('end', () => resolve(out))
+    socket.on('error', reject)
+  })
+}
