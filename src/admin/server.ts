@@ -217,6 +217,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
           identity: param(url, 'identity'),
           source: param(url, 'source'),
           traceId: param(url, 'trace_id'),
+          spanId: param(url, 'span_id'),
           requestId: param(url, 'request_id'),
           limit,
         }

@@ -55,6 +55,7 @@ export interface AuditQuery {
   /** with identity: one of the identities that share a name under different sources */
   source?: string
   traceId?: string
+  spanId?: string
   requestId?: string
   limit?: number
 }
@@ -179,6 +180,7 @@ export class AuditRing {
     if (q.identity !== undefined) needles.push(Buffer.from(`"identity":${json(q.identity)}`))
     if (q.source !== undefined) needles.push(Buffer.from(`"source":${json(q.source)}`))
     if (q.traceId !== undefined) needles.push(Buffer.from(`"trace_id":${json(q.traceId)}`))
+    if (q.spanId !== undefined) needles.push(Buffer.from(`"span_id":${json(q.spanId)}`))
     if (q.requestId !== undefined) needles.push(Buffer.from(`"request_id":${json(q.requestId)}`))
     const out: AuditRecord[] = []
     for (const line of this.lines()) {
@@ -187,6 +189,7 @@ export class AuditRing {
       if (q.identity !== undefined && record.identity !== q.identity) continue
       if (q.source !== undefined && record.source !== q.source) continue
       if (q.traceId !== undefined && record.trace_id !== q.traceId) continue
+      if (q.spanId !== undefined && record.span_id !== q.spanId) continue
       if (q.requestId !== undefined && record.request_id !== q.requestId) continue
       out.push(record)
       if (out.length >= limit) break

@@ -11,6 +11,11 @@ export interface LiveEvent {
   t: number
   id: string
   trace: string
+  /**
+   * the span id of the proxy's hop: the one key of the request's audit record no client picks (it may send
+   * any x-request-id and traceparent, and a retry repeats them)
+   */
+  span: string
   identity: string
   kind: string
   source: string
@@ -75,6 +80,7 @@ export function toLiveEvent(e: RequestEvent): LiveEvent {
     t: e.time,
     id: e.requestId,
     trace: e.traceId,
+    span: e.spanId,
     identity: e.identity.name,
     kind: e.identity.kind,
     source: e.identity.source,

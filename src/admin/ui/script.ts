@@ -244,7 +244,7 @@ export const UI_SCRIPT = `
   function eventItem(e) {
     var li = document.createElement('li');
     li.tabIndex = 0;
-    li.dataset.requestId = e.id; li.dataset.traceId = e.trace; li.dataset.identity = e.identity; li.dataset.source = e.source;
+    li.dataset.requestId = e.id; li.dataset.traceId = e.trace; li.dataset.spanId = e.span; li.dataset.identity = e.identity; li.dataset.source = e.source;
     var d = new Date(e.t), hh = String(d.getHours()).padStart(2, '0'), mm = String(d.getMinutes()).padStart(2, '0'), ss = String(d.getSeconds()).padStart(2, '0');
     var flags = (e.decision ? ' · ' + e.decision : '') + (e.error ? ' · upstream ' + e.error : '') + (e.failures ? ' · ' + e.failures.join(', ') : '') + (e.anomalies ? ' · ' + e.anomalies.join(', ') : '');
     li.innerHTML = '<span class="time">' + hh + ':' + mm + ':' + ss + '</span>' +
@@ -258,7 +258,9 @@ export const UI_SCRIPT = `
     state.selected = li; li.classList.add('selected');
     var detail = $('audit-detail');
     detail.innerHTML = '<div class="empty">Loading…</div>';
-    var q = li.dataset.requestId ? 'request_id=' + encodeURIComponent(li.dataset.requestId) : 'trace_id=' + encodeURIComponent(li.dataset.traceId);
+    // the span id is the proxy's own: a client may reuse a request id (a retry does) or a whole traceparent
+    var q = li.dataset.spanId ? 'span_id=' + encodeURIComponent(li.dataset.spanId)
+      : li.dataset.requestId ? 'request_id=' + encodeURIComponent(li.dataset.requestId) : 'trace_id=' + encodeURIComponent(li.dataset.traceId);
     fetch('/audit?limit=1&' + q).then(function (r) { return r.json(); }).then(function (body) {
       var rec = body.events && body.events[0];
       if (!rec) { detail.innerHTML = '<div class="empty">This request is no longer in the audit ring</div>'; return; }
