@@ -60,6 +60,12 @@ export interface TraceContext {
 // version-traceid-parentid-flags; versions after 00 may append fields after another dash
 const TRACEPARENT_RE = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/
 
+/**
+ * Trace flags as sent on: sampled (01) and random (02) are the only ones defined, and every other bit is
+ * reserved and must be sent as zero (W3C Trace Context §3.2.2.5), whatever the caller set.
+ */
+const KNOWN_FLAGS = ['00', '01', '02', '03'] as const
+
 /** Continues a valid incoming `traceparent` with a new span for our hop, or starts a new trace. */
 export function traceContext(incoming: string | undefined): TraceContext {
   const trace: TraceContext = { traceId: '', spanId: '', flags: '01', continued: false, traceparent: '' }
@@ -84,7 +90,7 @@ export function startTrace(into: TraceContext, incoming: string | undefined): vo
         m[3] !== ZERO_SPAN
       if (valid) {
         const spanId = newSpanId()
-        const flags = m[4]!
+        const flags = KNOWN_FLAGS[Number.parseInt(m[4]!, 16) & 3]!
         into.traceId = traceId
         into.spanId = spanId
         into.parentSpanId = m[3]!

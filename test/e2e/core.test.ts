@@ -70,6 +70,15 @@ t.test('JWT identities, key rotation, spoofing, auth failure reasons, upstream d
   t.equal(r.headers['authorization'], `Bearer ${token1}`, 'Authorization forwarded unchanged')
   t.match(r.headers['traceparent'], /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/, 'traceparent created')
   t.ok(r.headers['x-request-id'], 'x-request-id created')
+  // W3C Trace Context: flags other than sampled (01) and random (02) are reserved and sent as zero
+  r = await call({ traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff' })
+  t.match(
+    r.headers['traceparent'],
+    /^00-4bf92f3577b34da6a3ce929d0e0e4736-[0-9a-f]{16}-03$/,
+    'reserved flags zeroed',
+  )
+  r = await call({ traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-fc' })
+  t.match(r.headers['traceparent'], /-00$/, 'an unsampled caller stays unsampled')
 
   // spoofed identity headers never reach the upstream, whatever the credential
   r = await call({
