@@ -21,6 +21,7 @@ const rules = (parse(readFileSync(RULES, 'utf8')) as { groups: { rules: Rule[] }
 
 t.test('every alert the chart promises is defined', async (t) => {
   t.same(rules.map((r) => r.alert).sort(), [
+    'NhiAttributionErrors',
     'NhiAuditLinesDropped',
     'NhiAuthFailureSpike',
     'NhiCredentialExpired',
@@ -39,7 +40,7 @@ t.test('every alert the chart promises is defined', async (t) => {
 t.test('promtool check rules', { skip: skipPromtool }, async (t) => {
   const r = await run(promtool!, ['check', 'rules', RULES])
   t.equal(r.code, 0, r.stdout + r.stderr)
-  t.match(r.stdout, /SUCCESS: 8 rules found/)
+  t.match(r.stdout, /SUCCESS: 9 rules found/)
 })
 
 t.test(
