@@ -45,6 +45,11 @@ export interface Pipeline {
    */
   readonly withheldTrailers?: ReadonlySet<string>
   /**
+   * Whether the direct peer is one of `forwardedClientCert.trustedProxies`, whose x-forwarded-proto and
+   * x-forwarded-host are kept (in front of this hop's own) rather than replaced.
+   */
+  trustedProxy?(remoteAddress: string): boolean
+  /**
    * Last word on the headers sent upstream (after the proxy has stripped hop-by-hop and x-nhi-* headers and
    * set the identity headers): removes forwarded-certificate headers from untrusted peers, or rewrites them.
    */

@@ -23,6 +23,7 @@ import type {
   RequestEvent,
   RequestInfo,
 } from '../types.ts'
+import { CidrSet } from '../util/cidr.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import type { Attribution, Pipeline } from './contract.ts'
 
@@ -87,11 +88,16 @@ export class AttributionPipeline implements Pipeline {
   private readonly fingerprintsByEvidence = new WeakMap<object, FingerprintNode>()
   readonly withheldTrailers: ReadonlySet<string>
   readonly failClosed: boolean
+  /** every trustedProxies entry, whatever its certificate format: the peers believed about the client's hop */
+  private readonly trustedProxies: CidrSet
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
     this.service = config.service
     this.failClosed = config.policy.mode === 'enforce'
+    this.trustedProxies = new CidrSet(
+      config.forwardedClientCert.trustedProxies.map((e) => (typeof e === 'string' ? e : e.cidr)),
+    )
     this.recorder = opts.recorder
     const readers: Reader[] = []
     for (const source of opts.sources ?? CREDENTIAL_SOURCES) {
@@ -137,6 +143,10 @@ export class AttributionPipeline implements Pipeline {
   attribute: Pipeline['attribute'] = (req, conn) => this.evaluate(req, conn)
 
   record: Pipeline['record'] = (event) => this.recorder?.record(event)
+
+  trustedProxy(remoteAddress: string): boolean {
+    return this.trustedProxies.has(remoteAddress)
+  }
 
   prepareUpstreamHeaders(
     headers: Record<string, string | string[] | undefined>,

@@ -24,7 +24,10 @@ const HOP_BY_HOP = new Set([
 
 const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map((name) => name.length))
 
-/** Request headers we set ourselves, so incoming copies are dropped (forwarded-* are appended below). */
+/**
+ * Request headers we set ourselves, so incoming copies are dropped (x-forwarded-for is appended to below, and
+ * x-forwarded-proto and -host when a trusted proxy sent them).
+ */
 const SET_BY_PROXY = new Set([
   'x-request-id',
   'traceparent',
@@ -81,11 +84,11 @@ export function safeHeaderValue(value: string): string {
 export interface HeaderBlocks {
   /** `identityHeaderBlock` of the identity, when the engine has it entered; undefined otherwise */
   identity(identity: Identity): string | undefined
-  /** `x-forwarded-proto: <proto>\r\nx-forwarded-host`, for a client that sent no x-forwarded-proto */
+  /** `x-forwarded-proto: <proto>\r\nx-forwarded-host`, for a request whose x-forwarded-proto is this hop's alone */
   readonly forwardedProto: { readonly http: string; readonly https: string }
   /**
-   * `forwardedBlock(clientIp, proto)` when the engine has it entered, for a client that sent none of
-   * x-forwarded-for and -proto; undefined otherwise
+   * `forwardedBlock(clientIp, proto)` when the engine has it entered, for a client that sent no
+   * x-forwarded-for and whose x-forwarded-proto is this hop's alone; undefined otherwise
    */
   forwarded(clientIp: string, proto: 'http' | 'https'): string | undefined
 }
@@ -147,6 +150,10 @@ export type UpstreamHeaders = Record<string, string | string[] | undefined>
  * The headers sent upstream: the client's end-to-end headers, minus hop-by-hop and incoming x-nhi-* (in any
  * spelling an upstream framework would read as one, e.g. x_nhi_identity),
  * plus identity, request id, trace context and forwarded-*.
+ *
+ * x-forwarded-proto and -host are this hop's own unless `trustedPeer` (the peer is a configured trusted proxy,
+ * whose values are then kept in front of ours): Express and Spring read the first value, so a client's own
+ * would be taken for the scheme and host the request arrived with.
  */
 export function upstreamHeaders(
   headers: IncomingHttpHeaders,
@@ -157,18 +164,22 @@ export function upstreamHeaders(
   proto: 'http' | 'https',
   /** prepared entries, for an engine that takes them (see HeaderBlocks) */
   blocks?: HeaderBlocks,
+  /** the peer is one of forwardedClientCert.trustedProxies */
+  trustedPeer = false,
 ): UpstreamHeaders {
   const host = headers.host ?? authority(headers)
-  const forwardedHost = headers['x-forwarded-host']
+  const forwardedProto = trustedPeer ? headers['x-forwarded-proto'] : undefined
+  const forwardedHost = trustedPeer ? headers['x-forwarded-host'] : undefined
   const verified = identity.verified ? 'true' : 'false'
   // The proxy's own headers come first, as one literal: the object is created with a slot for each of them,
   // instead of growing its property store as a dozen names are added one by one. A client's copy of any of
   // them is skipped below, so none is overwritten.
   const identityBlock = blocks?.identity(identity)
   let out: UpstreamHeaders
-  if (identityBlock !== undefined && host !== undefined && headers['x-forwarded-proto'] === undefined) {
+  if (identityBlock !== undefined && host !== undefined && forwardedProto === undefined) {
     out = withForwardedBlock(
       headers,
+      forwardedHost,
       identityBlock,
       verified,
       trace,
@@ -189,14 +200,14 @@ export function upstreamHeaders(
             'x-request-id': requestId,
             traceparent: trace.traceparent,
             'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
-            'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+            'x-forwarded-proto': appendChain(forwardedProto, proto),
           }
         : {
             [identityBlock]: verified,
             'x-request-id': requestId,
             traceparent: trace.traceparent,
             'x-forwarded-for': appendChain(headers['x-forwarded-for'], clientIp),
-            'x-forwarded-proto': appendChain(headers['x-forwarded-proto'], proto),
+            'x-forwarded-proto': appendChain(forwardedProto, proto),
           }
     if (host !== undefined) out['x-forwarded-host'] = appendChain(forwardedHost, host)
     else if (forwardedHost !== undefined) out['x-forwarded-host'] = String(forwardedHost)
@@ -223,12 +234,14 @@ export function upstreamHeaders(
 }
 
 /**
- * The proxy's headers in block form (HeaderBlocks), for a client that sent no x-forwarded-proto and named a
- * host: the forwarded-* lines end in one entry whose value is x-forwarded-host's — the address and scheme
- * lines included when the client sent no x-forwarded-for either, else the scheme line only.
+ * The proxy's headers in block form (HeaderBlocks), for a request whose x-forwarded-proto is this hop's alone
+ * and that named a host: the forwarded-* lines end in one entry whose value is x-forwarded-host's — the
+ * address and scheme lines included when the client sent no x-forwarded-for either, else the scheme line only.
  */
 function withForwardedBlock(
   headers: IncomingHttpHeaders,
+  /** a trusted proxy's x-forwarded-host, undefined otherwise */
+  trustedForwardedHost: string | string[] | undefined,
   identityBlock: string,
   verified: string,
   trace: TraceContext,
@@ -238,7 +251,7 @@ function withForwardedBlock(
   host: string,
   blocks: HeaderBlocks,
 ): UpstreamHeaders {
-  const forwardedHost = appendChain(headers['x-forwarded-host'], host)
+  const forwardedHost = appendChain(trustedForwardedHost, host)
   const chain = headers['x-forwarded-for']
   const forwarded = chain === undefined ? blocks.forwarded(clientIp, proto) : undefined
   if (forwarded !== undefined) {

@@ -77,9 +77,10 @@ t.test('a block is the four lines less the last value, known to undici as itself
   t.equal(viaProxy['x-forwarded-for'], '192.0.2.1, 10.0.0.1')
   t.equal(viaProxy[proto], 'a')
   t.same(Object.keys(viaProxy).slice(0, 5), [block, 'x-request-id', 'traceparent', 'x-forwarded-for', proto])
-  // a client's x-forwarded-proto is appended to: no block then
-  const chained = upstreamHeaders(
-    { host: 'a', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'edge' },
+  // an untrusted client's x-forwarded-proto and -host are replaced by this hop's: the same block as for none
+  const forged = { host: 'a', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'edge' }
+  const replaced = upstreamHeaders(
+    forged,
     alice,
     traceContext(undefined),
     'rid',
@@ -87,10 +88,51 @@ t.test('a block is the four lines less the last value, known to undici as itself
     'http',
     UNDICI_HEADER_BLOCKS,
   )
+  t.equal(replaced[fwd], 'a', "the forwarded block, with this hop's host")
+  t.equal(replaced['x-forwarded-proto'], undefined)
+  t.equal(replaced['x-forwarded-host'], undefined)
+  const replacedPlain = upstreamHeaders(forged, alice, traceContext(undefined), 'rid', '10.0.0.1', 'http')
+  t.equal(replacedPlain['x-forwarded-proto'], 'http', 'the same without blocks')
+  t.equal(replacedPlain['x-forwarded-host'], 'a')
+  // a trusted proxy's x-forwarded-proto is appended to: no block then
+  const chained = upstreamHeaders(
+    forged,
+    alice,
+    traceContext(undefined),
+    'rid',
+    '10.0.0.1',
+    'http',
+    UNDICI_HEADER_BLOCKS,
+    true,
+  )
   t.equal(chained['x-forwarded-proto'], 'https, http')
   t.equal(chained['x-forwarded-host'], 'edge, a')
   t.equal(chained[proto], undefined)
   t.equal(chained[fwd], undefined)
+  const chainedPlain = upstreamHeaders(
+    forged,
+    alice,
+    traceContext(undefined),
+    'rid',
+    '10.0.0.1',
+    'http',
+    undefined,
+    true,
+  )
+  t.equal(chainedPlain['x-forwarded-proto'], 'https, http', 'the same without blocks')
+  t.equal(chainedPlain['x-forwarded-host'], 'edge, a')
+  // a trusted proxy's host alone keeps the scheme block, its host in front of ours
+  const hostOnly = upstreamHeaders(
+    { host: 'a', 'x-forwarded-host': 'edge' },
+    alice,
+    traceContext(undefined),
+    'rid',
+    '10.0.0.1',
+    'http',
+    UNDICI_HEADER_BLOCKS,
+    true,
+  )
+  t.equal(hostOnly[fwd], 'edge, a')
 })
 
 /** An upstream on a raw socket: keeps each request head as sent, answers 200. */

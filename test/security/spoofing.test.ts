@@ -155,6 +155,68 @@ t.test(
   },
 )
 
+t.test(
+  'x-forwarded-proto and -host from an untrusted peer are replaced; from a trusted proxy appended to',
+  async (t) => {
+    // Express (req.protocol, req.hostname) and Spring read the first value: an appended chain would hand them
+    // the client's own scheme and host. Only a trusted proxy's values are kept in front of this hop's.
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const send = async (port: number, lines: string) => {
+      const before = upstream.received.length
+      const answer = await rawExchange(
+        port,
+        `GET /echo HTTP/1.1\r\nHost: app.example:8080\r\n${lines}Connection: close\r\n\r\n`,
+      )
+      t.match(answer, /^HTTP\/1\.1 200 /)
+      return upstream.received[before]!.headers
+    }
+    const forged =
+      'X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-For: 10.0.0.5\r\n'
+
+    const plain = await startTestSidecar(t, { upstream: upstream.url })
+    const port = plain.proxyAddress.port
+    const seen = await send(port, forged)
+    t.equal(seen['x-forwarded-proto'], 'http', "this hop's scheme, not the client's")
+    t.equal(seen['x-forwarded-host'], 'app.example:8080', "this hop's Host, not the client's")
+    t.equal(seen['x-forwarded-for'], '10.0.0.5, 127.0.0.1', 'x-forwarded-for is still appended to')
+    const spelled = await send(port, 'X_Forwarded_Proto: https\r\nx_forwarded_host: evil.example\r\n')
+    t.equal(spelled['x-forwarded-proto'], 'http')
+    t.equal(spelled['x-forwarded-host'], 'app.example:8080')
+    t.notOk('x_forwarded_proto' in spelled, 'another spelling does not reach the upstream')
+    t.notOk('x_forwarded_host' in spelled)
+    const twice = await send(port, 'X-Forwarded-Proto: https\r\nX-Forwarded-Proto: https\r\n')
+    t.equal(twice['x-forwarded-proto'], 'http', 'repeated lines are replaced as one')
+    const only = await send(port, 'X-Forwarded-Host: evil.example\r\n')
+    t.equal(only['x-forwarded-host'], 'app.example:8080', 'a forged host alone is replaced too')
+    t.equal(only['x-forwarded-proto'], 'http')
+    const none = await send(port, '')
+    t.equal(none['x-forwarded-proto'], 'http')
+    t.equal(none['x-forwarded-host'], 'app.example:8080')
+    t.equal(none['x-forwarded-for'], '127.0.0.1')
+
+    const behindIngress = await startTestSidecar(t, {
+      upstream: upstream.url,
+      forwardedClientCert: { trustedProxies: ['127.0.0.1/32'], format: 'xfcc' },
+    })
+    const viaTrusted = await send(behindIngress.proxyAddress.port, forged)
+    t.equal(
+      viaTrusted['x-forwarded-proto'],
+      'https, http',
+      "the trusted proxy's scheme first, then this hop's",
+    )
+    t.equal(viaTrusted['x-forwarded-host'], 'evil.example, app.example:8080')
+    t.equal(viaTrusted['x-forwarded-for'], '10.0.0.5, 127.0.0.1')
+    const trustedSpelled = await send(behindIngress.proxyAddress.port, 'X_Forwarded_Proto: https\r\n')
+    t.equal(
+      trustedSpelled['x-forwarded-proto'],
+      'http',
+      'only the exact name is read, from a trusted proxy too',
+    )
+    t.notOk('x_forwarded_proto' in trustedSpelled)
+  },
+)
+
 function rawExchange(port: number, text: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1', () => socket.write(text))
