@@ -15,6 +15,7 @@ import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watc
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate } from './identity/certificate.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
+import { type ListenerTlsFiles, loadListenerTls, TlsMaterialError } from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
 import type { Recorder } from './types.ts'
@@ -43,7 +44,7 @@ export interface StartOptions {
   /** … or an in-memory config (demo, tests); not watched */
   config?: Config
   overrides?: ListenOverrides
-  /** PEM material for the https listener instead of reading listen.https.cert/key/clientCA files */
+  /** PEM material for the https listener instead of reading listen.https.cert/key/clientCA files (never reread) */
   tls?: { cert: string; key: string; ca?: string }
   log: Logger
   /** wait at most this long for the first JWKS fetch before accepting traffic */
@@ -341,6 +342,56 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const processMetricsTimer = setTimeout(() => void telemetry.startProcessMetrics(), PROCESS_METRICS_DELAY_MS)
   processMetricsTimer.unref()
 
+  // The listener's files as named at start, read again on every reload and when they change on disk: new
+  // TLS connections get what they hold now, established ones keep theirs. Each worker of `workers: N` has
+  // its own listener and so watches the files itself.
+  const https = initial.listen.https
+  const tlsFiles: ListenerTlsFiles | undefined =
+    tls && !opts.tls && https ? { cert: https.cert, key: https.key, clientCA: https.clientCA } : undefined
+  let serving = tls
+  const reloadTls = serializeReloads(async (): Promise<void> => {
+    if (!tlsFiles || !serving) return
+    let next: Awaited<ReturnType<typeof loadListenerTls>>
+    try {
+      next = await loadListenerTls(tlsFiles)
+    } catch (e) {
+      const file = e instanceof TlsMaterialError ? e.file : tlsFiles.cert
+      const reason = (e as Error).message
+      log.error(
+        { event: 'tls_reload_failed', file, reason },
+        `${file}: ${reason}; serving the previous certificate`,
+      )
+      telemetry.tlsReloaded('failure')
+      return
+    }
+    if (next.cert === serving.cert && next.key === serving.key && next.ca === serving.ca) return
+    proxy.setListenerTls(next)
+    serving = { ...serving, ...next }
+    telemetry.tlsReloaded('success')
+    log.info(
+      {
+        event: 'tls_reloaded',
+        cert: tlsFiles.cert,
+        ...(tlsFiles.clientCA ? { clientCA: tlsFiles.clientCA } : {}),
+      },
+      'https listener certificate reloaded',
+    )
+  })
+  if (tlsFiles) telemetry.tlsListener()
+  const tlsWatchers: ConfigWatcher[] = tlsFiles
+    ? [tlsFiles.cert, tlsFiles.key, tlsFiles.clientCA]
+        .filter((file): file is string => file !== undefined)
+        .map((file) =>
+          watchConfig(resolve(file), () => void reloadTls(), {
+            onError: (_message, err) =>
+              log.warn(
+                { err, file },
+                'cannot watch a TLS file of the https listener; a reload (SIGHUP) still reads it',
+              ),
+          }),
+        )
+    : []
+
   // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
   const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
     const next = applyOverrides(loaded, opts.overrides)
@@ -368,6 +419,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     previous.close()
     for (const d of warnings) log.warn(formatDiagnostic(d))
     log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
+    await reloadTls()
     return true
   }
   const reload = async (): Promise<boolean> => {
@@ -407,6 +459,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
       draining = true
       clearTimeout(processMetricsTimer)
       watcher?.close()
+      for (const w of tlsWatchers) w.close()
       await proxy.close(pipeline.config.timeouts.drain)
       await admin?.close()
       pipeline.close()

@@ -7,7 +7,7 @@ import {
   type ServerOptions,
   type ServerResponse,
 } from 'node:http'
-import { createServer as createHttpsServer } from 'node:https'
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.ts'
@@ -83,6 +83,7 @@ export class Listeners {
   readonly servers: Server[] = []
   readonly http: Server | undefined
   readonly https: Server | undefined
+  private readonly tlsServer: HttpsServer | undefined
   readonly h2: Http2Front
   /**
    * every accepted socket until it closes (bounded by limits.maxConnections per server): the HTTP/1.1
@@ -112,7 +113,8 @@ export class Listeners {
       return server
     }
     this.http = opts.http ? setup(createServer(base)) : undefined
-    this.https = opts.https ? setup(createHttpsServer(httpsOptions(opts.https, base))) : undefined
+    this.tlsServer = opts.https ? createHttpsServer(httpsOptions(opts.https, base)) : undefined
+    this.https = this.tlsServer ? setup(this.tlsServer) : undefined
     this.h2 = new Http2Front(
       handlers.http2,
       {
@@ -129,6 +131,18 @@ export class Listeners {
     // can tell a connection that never sent a byte
     this.http?.prependListener('connection', (socket: Socket) => this.track(socket, true))
     this.https?.prependListener('connection', (socket: Socket) => this.track(socket, false))
+  }
+
+  /**
+   * New certificate, key and client CA for TLS connections accepted from now on; established connections
+   * keep theirs. requestCert/rejectUnauthorized stay as started (see httpsOptions).
+   */
+  setTls(material: { cert: string; key: string; ca?: string | undefined }): void {
+    this.tlsServer?.setSecureContext({
+      cert: material.cert,
+      key: material.key,
+      ...(material.ca ? { ca: material.ca } : {}),
+    })
   }
 
   async listen(): Promise<{ http?: AddressInfo; https?: AddressInfo }> {

@@ -54,6 +54,8 @@ export interface ProxyServer {
   inFlight(): number
   /** config reload may change it; throws on an invalid URL */
   setUpstream(url: string): void
+  /** the https listener's new certificate, key and client CA (PEM), for connections accepted from now on */
+  setListenerTls(material: { cert: string; key: string; ca?: string | undefined }): void
   /** for /readyz: a TCP connect to the upstream, cached for a second */
   upstreamReachable(): Promise<boolean>
 }
@@ -128,6 +130,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
       return closePromise
     },
     inFlight: () => lifecycle.inFlight,
+    setListenerTls: (material) => listeners.setTls(material),
     setUpstream(url: string) {
       const next = parseUpstream(url)
       upstream = next

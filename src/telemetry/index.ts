@@ -133,6 +133,15 @@ export class Telemetry {
     this.metrics.configReloaded(result, at)
   }
 
+  /** the https listener's certificate files were read again (docs/reference.md "Config file") */
+  tlsReloaded(result: 'success' | 'failure'): void {
+    this.metrics.tlsReloaded(result)
+  }
+
+  tlsListener(): void {
+    this.metrics.tlsListener()
+  }
+
   /** the config the process started with: its load time, not a reload */
   configLoaded(at = this.now()): void {
     this.metrics.configLoaded(at)

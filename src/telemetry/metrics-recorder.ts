@@ -143,6 +143,14 @@ export class MetricsRecorder implements Recorder {
     this.metrics.configLoaded(at)
   }
 
+  tlsListener(): void {
+    this.metrics.tlsListener()
+  }
+
+  tlsReloaded(result: 'success' | 'failure'): void {
+    this.metrics.tlsReloaded(result)
+  }
+
   http2ConnectionClosed(reason: Http2AbuseReason): void {
     this.metrics.http2ConnectionClosed(reason)
   }

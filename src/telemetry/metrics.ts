@@ -192,6 +192,10 @@ export class Metrics {
     counter('nhi_config_reloads', 'Config reloads by result'),
     ['result'],
   )
+  private readonly tlsReloads = new CounterFamily(
+    counter('nhi_tls_reloads', 'Certificate reloads of the https listener by result'),
+    ['result'],
+  )
   private readonly configLastSuccess = new GaugeFamily(
     gauge('nhi_config_last_reload_success_timestamp_seconds', 'Last successful config load'),
     [],
@@ -467,6 +471,16 @@ export class Metrics {
     },
   }
 
+  /** exported at 0 once there is an https listener, so an alert can use increase() before the first failure */
+  tlsListener(): void {
+    this.tlsReloads.child(['success'])
+    this.tlsReloads.child(['failure'])
+  }
+
+  tlsReloaded(result: 'success' | 'failure'): void {
+    this.tlsReloads.inc([result])
+  }
+
   configReloaded(result: 'success' | 'failure', at: number): void {
     this.configReloads.inc([result])
     if (result === 'success') this.configLastSuccess.set([], at / 1000)
@@ -539,6 +553,7 @@ export class Metrics {
       this.jwksLastSuccess,
       this.configReloads,
       this.configLastSuccess,
+      this.tlsReloads,
       this.buildInfo,
     ]) {
       family.write(out, om)

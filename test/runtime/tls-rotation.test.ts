@@ -1,0 +1,284 @@
+// The https listener's certificate, key and client CA rotate while it serves (cert-manager rewriting a
+// Secret volume): new TLS connections get the new files, established ones keep working, a broken rotation
+// is logged and counted while the previous certificate keeps serving. Runs the built bundle.
+import { X509Certificate } from 'node:crypto'
+import { copyFile, mkdir, rename, symlink } from 'node:fs/promises'
+import { Agent, request } from 'node:https'
+import { join } from 'node:path'
+import { connect, type PeerCertificate, type TLSSocket } from 'node:tls'
+import t, { type Test } from 'tap'
+import { type BinSidecar, startBin } from '../helpers/bin.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrape, seriesCount } from '../helpers/metrics.ts'
+import { type CA, createCA, issueCert, type KeyPair } from '../helpers/pki.ts'
+import { replaceFile, scratchDir } from '../helpers/scratch.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+const SPIFFE = 'spiffe://example.com/ns/shop/sa/web'
+
+let serverCa: CA
+let first: KeyPair
+let second: KeyPair
+t.before(async () => {
+  serverCa = await createCA('rotation-server-ca')
+  first = await issueCert(serverCa, { cn: 'localhost', dnsSans: ['localhost'], server: true })
+  second = await issueCert(serverCa, { cn: 'localhost', dnsSans: ['localhost'], server: true })
+})
+
+async function startHttps(
+  t: Test,
+  https: Record<string, string>,
+  extra: Record<string, unknown> = {},
+): Promise<{ bin: BinSidecar; port: number }> {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const bin = await startBin(t, {
+    listen: { http: '127.0.0.1:0', https: { address: '127.0.0.1:0', ...https } },
+    upstream: up.url,
+    timeouts: { drainDelay: '0s' },
+    identities: [
+      { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://example.com/ns/{ns}/sa/{sa}' } },
+    ],
+    ...extra,
+  })
+  const started = bin.logs().find((l) => l['event'] === 'started')!
+  return { bin, port: Number(String(started['https']).split(':').pop()) }
+}
+
+/** the certificate a new TLS connection is served */
+function servedCert(port: number): Promise<PeerCertificate> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(
+      { host: '127.0.0.1', port, servername: 'localhost', rejectUnauthorized: false },
+      () => {
+        resolve(socket.getPeerCertificate())
+        socket.end()
+      },
+    )
+    socket.on('error', reject)
+  })
+}
+
+/** GET /echo over a new TLS connection (or `agent`'s), presenting `client`; the upstream's identity headers */
+function call(
+  port: number,
+  opts: { client?: KeyPair; agent?: Agent } = {},
+): Promise<{ status: number; headers: Record<string, string>; reused: boolean; served: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/echo',
+        ca: serverCa.certPem,
+        servername: 'localhost',
+        ...(opts.client ? { cert: opts.client.certPem, key: opts.client.keyPem } : {}),
+        agent: opts.agent ?? false,
+      },
+      (res) => {
+        // read now: a keep-alive socket goes back to its agent once the response ends
+        const served = (res.socket as TLSSocket).getPeerCertificate().fingerprint256
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (c: string) => {
+          body += c
+        })
+        res.on('end', () => {
+          try {
+            resolve({
+              status: res.statusCode ?? 0,
+              headers: JSON.parse(body).headers,
+              reused: req.reusedSocket,
+              served,
+            })
+          } catch (err) {
+            reject(err)
+          }
+        })
+      },
+    )
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+const tlsReloads = async (bin: BinSidecar, result: 'success' | 'failure') =>
+  metricValue(await scrape(bin.adminUrl), 'nhi_tls_reloads_total', { result })
+
+t.test(
+  'server certificate and key rewritten in place: new connections get them, open ones go on',
+  async (t) => {
+    const dir = await scratchDir('tls-rotate')
+    const cert = join(dir, 'tls.crt')
+    const key = join(dir, 'tls.key')
+    await copyFile(first.certFile, cert)
+    await copyFile(first.keyFile, key)
+    const { bin, port } = await startHttps(t, { cert, key })
+    const before = await servedCert(port)
+    t.equal(before.serialNumber, serialOf(first), 'the first certificate is served')
+    t.equal(
+      seriesCount(await scrape(bin.adminUrl), 'nhi_tls_reloads_total'),
+      2,
+      'success and failure exported at 0 from the start',
+    )
+
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 })
+    t.teardown(() => agent.destroy())
+    const open = await call(port, { agent })
+    t.equal(open.status, 200)
+
+    await replaceFile(key, second.keyPem)
+    await replaceFile(cert, second.certPem)
+    const after = await eventually(
+      async () => {
+        const c = await servedCert(port)
+        return c.fingerprint256 !== before.fingerprint256 && c
+      },
+      { what: 'a new connection served the rotated certificate' },
+    )
+    t.equal(after.serialNumber, serialOf(second), 'the new certificate is served')
+    const kept = await call(port, { agent })
+    t.equal(kept.status, 200, 'the keep-alive connection opened before the rotation still serves')
+    t.ok(kept.reused, 'on the same connection')
+    t.equal(kept.served, before.fingerprint256, 'which keeps the certificate it was opened with')
+    await eventually(() => bin.logs().some((l) => l['event'] === 'tls_reloaded'), { what: 'tls_reloaded' })
+    t.ok((await tlsReloads(bin, 'success')) >= 1, 'counted')
+  },
+)
+
+t.test('a Secret volume ..data symlink swap rotates the certificate', async (t) => {
+  const dir = await scratchDir('tls-secret')
+  // the kubelet's layout: tls.crt → ..data/tls.crt, ..data → ..v1 (swapped atomically)
+  await mkdir(join(dir, '..v1'))
+  await copyFile(first.certFile, join(dir, '..v1', 'tls.crt'))
+  await copyFile(first.keyFile, join(dir, '..v1', 'tls.key'))
+  await symlink('..v1', join(dir, '..data'))
+  await symlink('..data/tls.crt', join(dir, 'tls.crt'))
+  await symlink('..data/tls.key', join(dir, 'tls.key'))
+  const { bin, port } = await startHttps(t, { cert: join(dir, 'tls.crt'), key: join(dir, 'tls.key') })
+  const before = await servedCert(port)
+
+  await mkdir(join(dir, '..v2'))
+  await copyFile(second.certFile, join(dir, '..v2', 'tls.crt'))
+  await copyFile(second.keyFile, join(dir, '..v2', 'tls.key'))
+  await symlink('..v2', join(dir, '..data_tmp'))
+  await rename(join(dir, '..data_tmp'), join(dir, '..data'))
+  const after = await eventually(
+    async () => {
+      const c = await servedCert(port)
+      return c.fingerprint256 !== before.fingerprint256 && c
+    },
+    { what: 'the swapped certificate served' },
+  )
+  t.equal(after.serialNumber, serialOf(second))
+  t.notOk(
+    bin.logs().some((l) => l['event'] === 'tls_reload_failed'),
+    'an atomic swap never shows a half-rotated pair',
+  )
+})
+
+t.test(
+  'a key that does not match the certificate is refused; the old certificate keeps serving',
+  async (t) => {
+    const dir = await scratchDir('tls-mismatch')
+    const cert = join(dir, 'tls.crt')
+    const key = join(dir, 'tls.key')
+    await copyFile(first.certFile, cert)
+    await copyFile(first.keyFile, key)
+    const { bin, port } = await startHttps(t, { cert, key })
+    const before = await servedCert(port)
+
+    await replaceFile(key, second.keyPem)
+    const failed = await eventually(() => bin.logs().find((l) => l['event'] === 'tls_reload_failed'), {
+      what: 'tls_reload_failed',
+    })
+    t.equal(failed['file'], key, 'names the file')
+    t.match(String(failed['reason']), /does not match the certificate/, 'and why')
+    t.notMatch(bin.stderr(), /PRIVATE KEY/, 'no key material in the logs')
+    t.ok((await tlsReloads(bin, 'failure')) >= 1, 'counted')
+    t.equal((await servedCert(port)).fingerprint256, before.fingerprint256, 'the old certificate is served')
+    t.equal((await call(port)).status, 200, 'and new connections are served')
+
+    // the matching certificate arrives: the rotation completes
+    await replaceFile(cert, second.certPem)
+    await eventually(async () => (await servedCert(port)).fingerprint256 !== before.fingerprint256, {
+      what: 'the completed rotation served',
+    })
+  },
+)
+
+t.test('client CA replaced: new connections verify against the new CA only', async (t) => {
+  const oldCa = await createCA('rotation-client-ca-old')
+  const newCa = await createCA('rotation-client-ca-new')
+  const oldLeaf = await issueCert(oldCa, { cn: 'web', uriSans: [SPIFFE] })
+  const newLeaf = await issueCert(newCa, { cn: 'web', uriSans: [SPIFFE] })
+  const dir = await scratchDir('tls-ca')
+  const ca = join(dir, 'ca.crt')
+  await copyFile(oldCa.certFile, ca)
+  const { bin, port } = await startHttps(t, { cert: first.certFile, key: first.keyFile, clientCA: ca })
+  t.equal((await call(port, { client: oldLeaf })).headers['x-nhi-verified'], 'true', 'old CA verifies')
+  t.equal((await call(port, { client: newLeaf })).headers['x-nhi-verified'], 'false', 'new CA not yet')
+
+  await replaceFile(ca, newCa.certPem)
+  await eventually(async () => (await call(port, { client: newLeaf })).headers['x-nhi-verified'] === 'true', {
+    what: 'a certificate of the new CA verified',
+  })
+  const fresh = await call(port, { client: newLeaf })
+  t.equal(fresh.headers['x-nhi-identity'], 'shop/web', 'the new CA verifies')
+  const old = await call(port, { client: oldLeaf })
+  t.equal(old.headers['x-nhi-verified'], 'false', 'the old CA no longer does')
+  t.not(old.headers['x-nhi-source'], 'mtls')
+
+  // a bundle without a certificate would make Node fall back to its public roots: refused
+  await replaceFile(ca, '')
+  const failed = await eventually(() => bin.logs().find((l) => l['event'] === 'tls_reload_failed'), {
+    what: 'tls_reload_failed for an empty CA bundle',
+  })
+  t.equal(failed['file'], ca)
+  t.equal(
+    (await call(port, { client: newLeaf })).headers['x-nhi-verified'],
+    'true',
+    'the last CA still verifies',
+  )
+  t.equal((await call(port, { client: oldLeaf })).headers['x-nhi-verified'], 'false')
+})
+
+t.test('workers: 2: every worker serves the rotated certificate', async (t) => {
+  const dir = await scratchDir('tls-workers')
+  const cert = join(dir, 'tls.crt')
+  const key = join(dir, 'tls.key')
+  await copyFile(first.certFile, cert)
+  await copyFile(first.keyFile, key)
+  const { bin, port } = await startHttps(t, { cert, key }, { workers: 2 })
+  const before = await servedCert(port)
+  await replaceFile(key, second.keyPem)
+  await replaceFile(cert, second.certPem)
+  await eventually(
+    async () => {
+      const served = await Promise.all([
+        servedCert(port),
+        servedCert(port),
+        servedCert(port),
+        servedCert(port),
+      ])
+      return served.every((c) => c.fingerprint256 !== before.fingerprint256)
+    },
+    { what: 'new connections to every worker served the rotated certificate' },
+  )
+  const workers = await eventually(
+    () => {
+      const w = new Set(
+        bin
+          .logs()
+          .filter((l) => l['event'] === 'tls_reloaded')
+          .map((l) => l['worker']),
+      )
+      return w.size === 2 && w
+    },
+    { what: 'tls_reloaded from both workers' },
+  )
+  t.same([...workers].sort(), ['1', '2'])
+})
+
+/** the serial number a TLS peer sees for a pair's certificate */
+const serialOf = (pair: KeyPair): string => new X509Certificate(pair.certPem).serialNumber
