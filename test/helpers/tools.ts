@@ -133,7 +133,7 @@ export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv; dir:
   return { args: [`--cache-dir=${cache}`], env: { KUBECONFIG: kubeconfig }, dir }
 }
 
-/** Metric names of docs/reference.md "Metrics" plus our documented additions the alerts use (job interval, audit drops, attribution errors). */
+/** Metric names of docs/reference.md "Metrics" plus our documented additions the alerts use (job interval, audit drops, attribution errors, TLS rotations). */
 export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_requests_total',
   'nhi_request_duration_seconds',
@@ -149,6 +149,7 @@ export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_job_expected_interval_seconds',
   'nhi_audit_dropped_lines_total',
   'nhi_attribution_errors_total',
+  'nhi_tls_reloads_total',
   'nhi_identities',
   'nhi_identity_overflow_total',
   'nhi_credential_anomalies_total',
