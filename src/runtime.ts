@@ -17,6 +17,7 @@ import { loadCertificateDecoder, parsePeerCertificate } from './identity/certifi
 import { AttributionPipeline } from './pipeline/index.ts'
 import { type ListenerTlsFiles, loadListenerTls, TlsMaterialError } from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
+import { parseUpstream } from './proxy/upstream-url.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
 import type { Recorder } from './types.ts'
 import { VERSION } from './version.ts'
@@ -107,8 +108,20 @@ export function applyOverrides(config: Config, o: ListenOverrides | undefined): 
       ? { ...config.listen, http: check<string>(shape.admin, o.listen, '--listen') }
       : config.listen,
     admin: o.admin ? check<string>(shape.admin, o.admin, '--admin') : config.admin,
-    upstream: o.upstream ? check<string>(shape.upstream, o.upstream, '--upstream') : config.upstream,
+    upstream: o.upstream
+      ? upstreamFlag(check<string>(shape.upstream, o.upstream, '--upstream'))
+      : config.upstream,
   }
+}
+
+/** The same check the config file's `upstream` gets, so a bad flag is invalid input (exit 1) with the reason. */
+function upstreamFlag(url: string): string {
+  try {
+    parseUpstream(url)
+  } catch (e) {
+    throw new StartupError(`--upstream: ${(e as Error).message}`, 1)
+  }
+  return url
 }
 
 export async function loadOrFail(path: string): Promise<Config> {

@@ -161,7 +161,7 @@ Quick start:
   nhi-proxy check config/nhi-proxy.yaml            validate rules (FILE:LINE:COL errors)
   nhi-proxy explain -c rules.yaml --ua 'GPTBot/1.2' --path /docs   why a request gets its identity
 
-Exit codes: 0 ok, 1 invalid input or config, 2 runtime failure (port in use, bad upstream).`,
+Exit codes: 0 ok, 1 invalid input or config, 2 runtime failure (address in use, a listener that cannot start).`,
   )
 
 program

@@ -49,6 +49,10 @@ export function parseUpstream(url: string): Upstream {
     }
   }
   const scheme = SCHEMES[u.protocol]
+  // `localhost:3000` parses as scheme "localhost:" with path "3000": name the scheme that was left out
+  if (scheme === undefined && /^[^/:?#]+:\d+(\/[^?#]*)?$/.test(url)) {
+    throw new Error(`invalid upstream URL "${url}": no scheme (hint: http://${url})`)
+  }
   if (scheme === undefined) {
     throw new Error(
       `invalid upstream URL "${redactUrl(url)}": only http:, https:, h2c:, h2: and unix: are supported`,

@@ -42,3 +42,25 @@ t.test('port above 65535: check reports it, run says so plainly and exits 1', as
   t.equal(r.code, 1)
   t.notMatch(r.stderr, /options\.port/, "not Node's internal message")
 })
+
+t.test(
+  'upstream without a scheme: the file and --upstream both say which scheme to add, exit 1',
+  async (t) => {
+    const p = file('noscheme.yaml', 'upstream: "localhost:3000"\n')
+    const c = await runCli(['check', p])
+    t.equal(c.code, 1)
+    t.match(c.stdout, /noscheme\.yaml:1:11 .*no scheme.*http:\/\/localhost:3000/)
+    const r = await runCli(
+      ['run', '--upstream', 'localhost:3000', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+      { timeoutMs: 8000 },
+    )
+    t.equal(r.code, 1, 'a bad flag value is invalid input (exit 1), not a runtime failure')
+    t.match(r.stderr, /--upstream.*no scheme.*http:\/\/localhost:3000/)
+    const f = await runCli(
+      ['run', '--upstream', 'ftp://127.0.0.1:21', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+      { timeoutMs: 8000 },
+    )
+    t.equal(f.code, 1)
+    t.match(f.stderr, /--upstream.*only http:, https:, h2c:, h2: and unix:/)
+  },
+)
