@@ -32,6 +32,12 @@ export function prometheusBase(text: string): string {
   } catch {
     throw new PromError(`--prometheus ${JSON.stringify(text)} is not a URL (e.g. http://prometheus:9090)`, 1)
   }
+  // `prometheus:9090` parses as scheme "prometheus:"; only such a bare HOST:PORT is echoed (it holds no password)
+  if (url.protocol !== 'http:' && url.protocol !== 'https:' && /^[^/:?#@]+:\d+\/?$/.test(text))
+    throw new PromError(
+      `--prometheus must be an http:// or https:// URL, ${JSON.stringify(text)} has no scheme (hint: http://${text})`,
+      1,
+    )
   if (url.protocol !== 'http:' && url.protocol !== 'https:')
     throw new PromError(`--prometheus must be an http:// or https:// URL, got ${url.protocol}`, 1)
   if (url.search || url.hash) throw new PromError('--prometheus takes no query string or fragment', 1)

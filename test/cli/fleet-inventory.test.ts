@@ -509,6 +509,7 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
 
     t.equal(bad.code, 1, `${command}: a bad URL → exit 1`)
     t.match(bad.stderr, /--prometheus must be an http:\/\/ or https:\/\/ URL/)
+    t.match(bad.stderr, /"prometheus:9090" has no scheme \(hint: http:\/\/prometheus:9090\)/, 'names the fix')
 
     t.equal(missing.code, 1, `${command}: --prometheus is required`)
   }
