@@ -32,6 +32,10 @@ function url(a: { address: string; port: number }, scheme = 'http'): string {
   return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${a.port}`
 }
 
+// the demo's fixed default ports are most often taken by a demo started earlier (a second `npm start`)
+const PORTS_HINT =
+  ' (is another nhi-proxy demo running? choose other ports with --listen, --https, --admin, --idp)'
+
 export async function runDemo(o: DemoOptions): Promise<Demo> {
   const idpAddr = splitAddress(o.idp)
   const upstream = await startDemoUpstream()
@@ -40,7 +44,10 @@ export async function runDemo(o: DemoOptions): Promise<Demo> {
     idp = await DemoIdp.start(idpAddr.host, idpAddr.port)
   } catch (err) {
     await upstream.close()
-    throw new StartupError(`cannot listen on ${o.idp}: ${(err as Error).message}`, 2)
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'EADDRINUSE')
+      throw new StartupError(`cannot listen on ${o.idp}: address in use${PORTS_HINT}`, 2)
+    throw new StartupError(`cannot listen on ${o.idp}: ${e.message}`, 2)
   }
   const yaml = demoConfigYaml({
     ...o,
@@ -60,6 +67,8 @@ export async function runDemo(o: DemoOptions): Promise<Demo> {
     })
   } catch (err) {
     await Promise.all([upstream.close(), idp.close()])
+    if (err instanceof StartupError && err.message.endsWith('address in use'))
+      throw new StartupError(`${err.message}${PORTS_HINT}`, err.exitCode)
     throw err
   }
   const proxyUrl = url(sidecar.proxyAddress)
