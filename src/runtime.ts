@@ -94,12 +94,16 @@ export function applyOverrides(config: Config, o: ListenOverrides | undefined): 
   if (!o || (!o.listen && !o.upstream && !o.admin)) return config
   const shape = configSchema.shape
   const check = <T>(
-    schema: { safeParse(v: unknown): { success: boolean; data?: T } },
+    schema: {
+      safeParse(v: unknown): { success: boolean; data?: T; error?: { issues: { message: string }[] } }
+    },
     v: string,
     flag: string,
   ): T => {
     const r = schema.safeParse(v)
-    if (!r.success) throw new StartupError(`invalid ${flag} "${v}"`, 1)
+    // the schema's reason, as `check` gives it for the same value in a file
+    const why = r.error?.issues[0]?.message
+    if (!r.success) throw new StartupError(`invalid ${flag} "${v}"${why ? `: ${why}` : ''}`, 1)
     return r.data as T
   }
   return {

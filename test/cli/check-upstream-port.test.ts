@@ -64,3 +64,14 @@ t.test(
     t.match(f.stderr, /--upstream.*only http:, https:, h2c:, h2: and unix:/)
   },
 )
+
+t.test('a bad --listen or --admin value: run says why, as check does for the file, exit 1', async (t) => {
+  const [admin, listen] = await Promise.all([
+    runCli(['run', '--admin', '8080', '--listen', '127.0.0.1:0'], { timeoutMs: 8000 }),
+    runCli(['run', '--listen', '127.0.0.1:99999', '--admin', '127.0.0.1:0'], { timeoutMs: 8000 }),
+  ])
+  t.equal(admin.code, 1)
+  t.match(admin.stderr, /invalid --admin "8080": expected HOST:PORT, e\.g\. 0\.0\.0\.0:8080/)
+  t.equal(listen.code, 1)
+  t.match(listen.stderr, /invalid --listen "127\.0\.0\.1:99999": port must be 0 to 65535/)
+})
