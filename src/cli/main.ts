@@ -4,7 +4,7 @@ import { isIP } from 'node:net'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { formatDiagnostic, loadConfigFile } from '../config/loader.ts'
-import type { Config } from '../config/schema.ts'
+import { address, type Config } from '../config/schema.ts'
 import { MAX_WORKERS, workerCount } from '../config/workers.ts'
 import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
@@ -22,6 +22,13 @@ function collect(value: string, previous: string[]): string[] {
 /** an IP address, as a socket's peer would be */
 function ipAddress(value: string): string {
   if (isIP(value) === 0) throw new InvalidArgumentError('expected an IP address, e.g. 10.0.0.7 or ::1')
+  return value
+}
+
+/** HOST:PORT as the config file's addresses are checked, so a bad port is a usage error rather than Node's */
+function hostPort(value: string): string {
+  const r = address.safeParse(value)
+  if (!r.success) throw new InvalidArgumentError(r.error.issues[0]?.message ?? 'expected HOST:PORT')
   return value
 }
 
@@ -326,10 +333,15 @@ program
   .description(
     'built-in upstream + synthetic traffic (humans, services, jobs, bots, AI agents) through a real proxy',
   )
-  .option('--listen <addr>', 'proxy HTTP address', '127.0.0.1:8080')
-  .option('--https <addr>', 'proxy mTLS address', '127.0.0.1:8443')
-  .option('--admin <addr>', 'admin address (/metrics, /ui)', '127.0.0.1:9464')
-  .option('--idp <addr>', 'demo identity provider (JWKS and sample tokens for curl)', '127.0.0.1:9400')
+  .option('--listen <addr>', 'proxy HTTP address', hostPort, '127.0.0.1:8080')
+  .option('--https <addr>', 'proxy mTLS address', hostPort, '127.0.0.1:8443')
+  .option('--admin <addr>', 'admin address (/metrics, /ui)', hostPort, '127.0.0.1:9464')
+  .option(
+    '--idp <addr>',
+    'demo identity provider (JWKS and sample tokens for curl)',
+    hostPort,
+    '127.0.0.1:9400',
+  )
   .addOption(new Option('--rate <n>', 'synthetic requests per second').argParser(positiveInt).default(25))
   .option(
     '--duration <duration>',
@@ -372,7 +384,7 @@ program
     "the demo's identity provider alone: a JWKS and sample tokens on loopback, to try JWT attribution\n" +
       'with your own config and no cloud IdP (demo keys, regenerated at every start)',
   )
-  .option('--listen <addr>', 'address of the JWKS and token endpoints', '127.0.0.1:9400')
+  .option('--listen <addr>', 'address of the JWKS and token endpoints', hostPort, '127.0.0.1:9400')
   .addHelpText(
     'after',
     `

@@ -33,3 +33,15 @@ t.test('demo on taken ports: the address, the likely cause and the flags, exit 2
     t.notMatch(r?.stderr, /EADDRINUSE|\n\s+at /, `${flag}: no errno or stack trace`)
   }
 })
+
+t.test('demo and demo-idp: an address that is not HOST:PORT is a usage error, exit 1', async (t) => {
+  const [demo, idp] = await Promise.all([
+    runCli(['demo', '--idp', '127.0.0.1:99999', '--duration', '5s'], { timeoutMs: 15_000 }),
+    runCli(['demo-idp', '--listen', 'localhost'], { timeoutMs: 15_000 }),
+  ])
+  t.equal(demo.code, 1)
+  t.match(demo.stderr, /--idp <addr>.*127\.0\.0\.1:99999.*port must be 0 to 65535/)
+  t.equal(idp.code, 1)
+  t.match(idp.stderr, /--listen <addr>.*localhost.*expected HOST:PORT/)
+  t.notMatch(demo.stderr + idp.stderr, /options\.port|\n\s+at /, "not Node's message, no stack trace")
+})
