@@ -154,7 +154,7 @@ const program = new Command()
 program
   .name('nhi-proxy')
   .description(
-    'HTTP reverse-proxy sidecar that attributes every request to a person or a non-human identity\n' +
+    'HTTP reverse-proxy sidecar that attributes every request to a person or a non-human identity ' +
       '(service, job, bot, AI agent) and exports per-identity metrics, an audit trail and a live view.',
   )
   .version(VERSION, '-v, --version')
@@ -188,7 +188,12 @@ program
     `
 Signals: SIGHUP reloads the config (so does any change to the file or its ConfigMap directory);
 SIGTERM: /readyz turns 503, the listeners keep accepting (Connection: close) for timeouts.drainDelay,
-then in-flight requests get up to timeouts.drain; exit 0. A second signal skips the rest of the delay.`,
+then in-flight requests get up to timeouts.drain; exit 0. A second signal skips the rest of the delay.
+
+Examples:
+  nhi-proxy run -c config/nhi-proxy.yaml
+  nhi-proxy run --upstream http://127.0.0.1:3000 --listen 0.0.0.0:8080 --admin 0.0.0.0:9464
+  NHI_LOG_LEVEL=debug nhi-proxy run -c /etc/nhi-proxy/nhi-proxy.yaml --workers auto`,
   )
   .action(
     async (o: {
@@ -267,7 +272,11 @@ program
     `
 Files the config names (jwksFile, secretFile, caFile, bearerTokenFile, listen.https cert/key/clientCA) must
 exist, relative paths from the current directory as the sidecar reads them. An absolute path whose directory
-does not exist here either (a secret mounted only where the sidecar runs) is not reported.`,
+does not exist here either (a secret mounted only where the sidecar runs) is not reported.
+
+Examples:
+  nhi-proxy check config/nhi-proxy.yaml
+  nhi-proxy check config/examples/kubernetes-sidecar.yaml config/examples/mesh-xfcc.yaml`,
   )
   .argument('[files...]', 'config files (default: $NHI_PROXY_CONFIG or config/nhi-proxy.yaml)')
   .action(async (files: string[]) => {
@@ -289,6 +298,14 @@ program
   .option('--path <path>', 'request path', '/')
   .option('--remote-addr <ip>', 'client address (an IPv4 or IPv6 address)', ipAddress, '127.0.0.1')
   .option('--json', 'machine-readable output')
+  .addHelpText(
+    'after',
+    `
+Examples:
+  nhi-proxy explain -c config/nhi-proxy.yaml --ua 'GPTBot/1.2' --path /docs --remote-addr 20.171.206.7
+  nhi-proxy explain -c config/nhi-proxy.yaml --token "$(cat token.jwt)" --method POST --path /orders
+  nhi-proxy explain -c config/nhi-proxy.yaml --cert client.pem -H 'X-Request-Id: 42' --json`,
+  )
   .action(
     async (o: {
       config?: string
@@ -323,6 +340,14 @@ program
   .command('test')
   .description('run rule unit tests (YAML: requests + expected identity/kind/verified/decision)')
   .argument('<files...>', 'rule test files, e.g. config/examples/*.test.yaml')
+  .addHelpText(
+    'after',
+    `
+Exit 1 when a test fails or a file does not load.
+
+Example:
+  nhi-proxy test config/examples/*.test.yaml`,
+  )
   .action(async (files: string[]) => {
     const { runRuleTests } = await import('./test.ts')
     process.exitCode = await runRuleTests(files, out)
@@ -349,6 +374,13 @@ program
     positiveDuration,
   )
   .option('--audit', 'print the audit trail (JSON lines) to stdout')
+  .addHelpText(
+    'after',
+    `
+Examples:
+  nhi-proxy demo                                    then open the printed live-view URL
+  nhi-proxy demo --rate 100 --duration 2m --audit > audit.jsonl`,
+  )
   .action(
     async (o: {
       listen: string
@@ -381,7 +413,7 @@ program
 program
   .command('demo-idp')
   .description(
-    "the demo's identity provider alone: a JWKS and sample tokens on loopback, to try JWT attribution\n" +
+    "the demo's identity provider alone: a JWKS and sample tokens on loopback, to try JWT attribution " +
       'with your own config and no cloud IdP (demo keys, regenerated at every start)',
   )
   .option('--listen <addr>', 'address of the JWKS and token endpoints', hostPort, '127.0.0.1:9400')
@@ -391,7 +423,11 @@ program
 Tokens: GET /tokens/github?repository=acme/web, /tokens/kubernetes?ns=NS&sa=SA, /tokens/auth0-client,
 /tokens/auth0-user, /tokens/delegated?email=…&actor=… (RFC 8693 act), /tokens/expired, /tokens/unknown-kid,
 /tokens/bound. They carry the real issuers' iss values and aud "checkout"; point an issuer's jwksUri at the
-printed JWKS to verify them. A Web Bot Auth key directory is at /.well-known/http-message-signatures-directory.`,
+printed JWKS to verify them. A Web Bot Auth key directory is at /.well-known/http-message-signatures-directory.
+
+Example:
+  nhi-proxy demo-idp &
+  curl -s 'http://127.0.0.1:9400/tokens/github?repository=acme/web'`,
   )
   .action(async (o: { listen: string }) => {
     try {
@@ -415,6 +451,13 @@ printed JWKS to verify them. A Web Bot Auth key directory is at /.well-known/htt
 program
   .command('schema')
   .description('print the JSON Schema of the config file (for yaml-language-server and editors)')
+  .addHelpText(
+    'after',
+    `
+Example:
+  nhi-proxy schema > nhi-proxy.schema.json
+  then, first line of the config: # yaml-language-server: $schema=./nhi-proxy.schema.json`,
+  )
   .action(async () => {
     const { runSchema } = await import('./schema.ts')
     process.exitCode = runSchema(out)

@@ -1,0 +1,20 @@
+// Every command's --help ends with a runnable example, and descriptions wrap as whole paragraphs.
+import t from 'tap'
+import { runCli } from '../helpers/sidecar.ts'
+
+const COMMANDS = ['run', 'check', 'explain', 'test', 'demo', 'demo-idp', 'schema', 'inventory', 'fleet']
+
+t.test('every subcommand --help shows an example of itself', async (t) => {
+  const helps = await Promise.all(COMMANDS.map((c) => runCli([c, '--help'])))
+  COMMANDS.forEach((c, i) => {
+    const h = helps[i]
+    t.equal(h?.code, 0, `${c} --help exits 0`)
+    t.match(h?.stdout, new RegExp(`\\nExamples?:\\n  nhi-proxy ${c}( |\\n)`), `${c}: an example`)
+  })
+})
+
+t.test('descriptions wrap at the terminal width, not mid-sentence', async (t) => {
+  const [main, idp] = await Promise.all([runCli(['--help']), runCli(['demo-idp', '--help'])])
+  t.match(main.stdout, /a person or a\nnon-human identity \(service, job, bot, AI agent\) and exports/)
+  t.notMatch(idp.stdout, /\nwith your own config/, 'no hard line break inside the demo-idp description')
+})
