@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import * as z from 'zod/mini'
 import { formatDiagnostic } from '../config/diagnostics.ts'
-import { loadConfigFile } from '../config/loader.ts'
+import { loadConfigFile, readProblem } from '../config/loader.ts'
 import { type Config, described } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
 import { certEvidenceFromFields, commonName } from '../identity/certificate.ts'
@@ -205,8 +205,8 @@ export async function runRuleTests(files: string[], out: Out): Promise<number> {
     let text: string
     try {
       text = await readFile(file, 'utf8')
-    } catch {
-      out(`${file}:1:1 file not found`)
+    } catch (e) {
+      out(`${file}:1:1 ${readProblem(e)}`)
       broken = true
       continue
     }

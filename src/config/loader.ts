@@ -124,13 +124,21 @@ export interface LoadOptions {
   checkFiles?: boolean
 }
 
+/** Why a file named on the command line could not be read, in words rather than an errno. */
+export function readProblem(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code
+  if (code === 'ENOENT') return 'file not found'
+  if (code === 'EISDIR') return 'is a directory, not a file'
+  if (code === 'EACCES') return 'permission denied'
+  return `cannot read file: ${(e as Error).message}`
+}
+
 export async function loadConfigFile(path: string, opts: LoadOptions = {}): Promise<LoadResult> {
   let text: string
   try {
     text = await readFile(path, 'utf8')
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code
-    const message = code === 'ENOENT' ? 'file not found' : `cannot read file: ${(e as Error).message}`
+    const message = readProblem(e)
     return { ok: false, errors: [{ file: path, line: 1, col: 1, message, severity: 'error' }], warnings: [] }
   }
   const { result, locate } = parseLocated(text, path)
