@@ -195,14 +195,22 @@ Examples:
   nhi-proxy run --upstream http://127.0.0.1:3000 --listen 0.0.0.0:8080 --admin 0.0.0.0:9464
   NHI_LOG_LEVEL=debug nhi-proxy run -c /etc/nhi-proxy/nhi-proxy.yaml --workers auto`,
   )
+  // `run config.yaml` is the likeliest slip: answer it with the -c spelling instead of "too many arguments"
+  .allowExcessArguments()
   .action(
-    async (o: {
-      config?: string
-      listen?: string
-      upstream?: string
-      admin?: string
-      workers?: number | 'auto'
-    }) => {
+    async (
+      o: {
+        config?: string
+        listen?: string
+        upstream?: string
+        admin?: string
+        workers?: number | 'auto'
+      },
+      cmd: Command,
+    ) => {
+      if (cmd.args.length > 0) {
+        cmd.error(`error: run takes no arguments; for a config file: nhi-proxy run -c ${cmd.args[0]}`)
+      }
       const log = operationalLogger()
       tuneHeapGrowth()
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']

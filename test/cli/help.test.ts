@@ -18,3 +18,15 @@ t.test('descriptions wrap at the terminal width, not mid-sentence', async (t) =>
   t.match(main.stdout, /a person or a\nnon-human identity \(service, job, bot, AI agent\) and exports/)
   t.notMatch(idp.stdout, /\nwith your own config/, 'no hard line break inside the demo-idp description')
 })
+
+t.test('run given the config file as an argument: the -c spelling, exit 1, nothing started', async (t) => {
+  const r = await runCli(
+    ['run', 'config/nhi-proxy.yaml', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+    {
+      timeoutMs: 8000,
+    },
+  )
+  t.equal(r.code, 1)
+  t.match(r.stderr, /run takes no arguments; for a config file: nhi-proxy run -c config\/nhi-proxy\.yaml/)
+  t.notMatch(r.stderr, /"event":"started"/)
+})
