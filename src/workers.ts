@@ -466,7 +466,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     killAll()
     await telemetry.close()
     const e = err as NodeJS.ErrnoException
-    throw new StartupError(`cannot listen on the admin address ${config.admin}: ${e.code ?? e.message}`, 2)
+    // the words a one-process start uses, so scripts and people read the same line either way
+    const why =
+      e.code === 'EADDRINUSE' ? 'address in use' : e.code === 'EACCES' ? 'permission denied' : e.message
+    throw new StartupError(`cannot listen on the admin address ${config.admin}: ${why}`, 2)
   }
   void telemetry.startProcessMetrics()
   const livePoll = setInterval(() => {
