@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { Agent, request } from 'node:http'
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, parseMetrics, seriesCount } from '../helpers/metrics.ts'
@@ -27,47 +27,60 @@ function get(url: string, agent: Agent, ua: string): Promise<number> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/**
+ * A `workers: 2` pod in front of a test upstream, and two keep-alive connections, one per worker (the
+ * cluster hands connections to its workers in turn): the precondition is checked after the first requests.
+ */
+async function twoWorkerPod(t: Test, name: string, metrics: Record<string, unknown> = {}) {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const file = join(await scratchDir(name), 'config.yaml')
+  await writeFile(
+    file,
+    stringify({
+      listen: { http: '127.0.0.1:0' },
+      admin: '127.0.0.1:0',
+      upstream: upstream.url,
+      workers: 2,
+      audit: { output: 'off' },
+      timeouts: { drainDelay: '0s' },
+      metrics,
+    }),
+  )
+  const sidecar = await startSidecarFromFile(t, file)
+  const a = new Agent({ keepAlive: true, maxSockets: 1 })
+  const b = new Agent({ keepAlive: true, maxSockets: 1 })
+  t.teardown(() => {
+    a.destroy()
+    b.destroy()
+  })
+  const url = `${sidecar.proxyUrl}/x`
+  const scrape = async () => parseMetrics(await (await fetch(`${sidecar.adminUrl}/metrics`)).text())
+  /** five requests on each connection, and the scrape that shows each went to its own worker */
+  const spread = async (ua: string) => {
+    for (let i = 0; i < 5; i++) {
+      t.equal(await get(url, a, ua), 200)
+      t.equal(await get(url, b, ua), 200)
+    }
+    const first = await scrape()
+    t.same(
+      first.filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value),
+      [5, 5],
+      'precondition: each connection went to its own worker',
+    )
+    return first
+  }
+  return { sidecar, url, scrape, a, b, spread }
+}
+
 t.test(
   'a live identity served by two workers: its counter never decreases when one worker idles it',
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const dir = await scratchDir('rev-workers-idle')
-    const file = join(dir, 'config.yaml')
-    await writeFile(
-      file,
-      stringify({
-        listen: { http: '127.0.0.1:0' },
-        admin: '127.0.0.1:0',
-        upstream: upstream.url,
-        workers: 2,
-        audit: { output: 'off' },
-        timeouts: { drainDelay: '0s' },
-        metrics: { idleTtl: '3s' },
-      }),
-    )
-    const sidecar = await startSidecarFromFile(t, file)
-    const url = `${sidecar.proxyUrl}/x`
-    const scrape = async () => parseMetrics(await (await fetch(`${sidecar.adminUrl}/metrics`)).text())
+    const { url, scrape, b, spread } = await twoWorkerPod(t, 'workers-idle', { idleTtl: '3s' })
     const UA = 'steady-client/1.0'
     const who = { identity: 'ua:steady-client' }
-
-    // two keep-alive connections: the cluster hands them to the two workers in turn
-    const a = new Agent({ keepAlive: true, maxSockets: 1 })
-    const b = new Agent({ keepAlive: true, maxSockets: 1 })
-    t.teardown(() => {
-      a.destroy()
-      b.destroy()
-    })
-    let sent = 0
-    for (let i = 0; i < 5; i++) {
-      t.equal(await get(url, a, UA), 200)
-      t.equal(await get(url, b, UA), 200)
-      sent += 2
-    }
-    const first = await scrape()
-    const perWorker = first.filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value)
-    t.same(perWorker, [5, 5], 'precondition: each connection went to its own worker')
+    const first = await spread(UA)
+    let sent = 10
     const before = metricValue(first, 'nhi_requests_total', who)
     t.equal(before, sent)
 
@@ -100,42 +113,10 @@ t.test(
 // drop to what the survivors had counted, which Prometheus takes for a reset to 0 and so counts the
 // survivors' whole totals again as new increase
 t.test("a killed worker's counts stay in the pod's counters", async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const dir = await scratchDir('rev-workers-crash')
-  const file = join(dir, 'config.yaml')
-  await writeFile(
-    file,
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      workers: 2,
-      audit: { output: 'off' },
-      timeouts: { drainDelay: '0s' },
-    }),
-  )
-  const sidecar = await startSidecarFromFile(t, file)
-  const url = `${sidecar.proxyUrl}/x`
-  const scrape = async () => parseMetrics(await (await fetch(`${sidecar.adminUrl}/metrics`)).text())
+  const { sidecar, url, scrape, a, b, spread } = await twoWorkerPod(t, 'workers-crash')
   const UA = 'crash-client/1.0'
   const who = { identity: 'ua:crash-client' }
-  const a = new Agent({ keepAlive: true, maxSockets: 1 })
-  const b = new Agent({ keepAlive: true, maxSockets: 1 })
-  t.teardown(() => {
-    a.destroy()
-    b.destroy()
-  })
-  for (let i = 0; i < 5; i++) {
-    t.equal(await get(url, a, UA), 200)
-    t.equal(await get(url, b, UA), 200)
-  }
-  const first = await scrape()
-  t.same(
-    first.filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value),
-    [5, 5],
-    'precondition: each connection went to its own worker',
-  )
+  const first = await spread(UA)
   t.equal(metricValue(first, 'nhi_requests_total', who), 10)
 
   const workers = execFileSync('pgrep', ['-P', String(sidecar.process.child.pid)], { encoding: 'utf8' })
