@@ -27,7 +27,7 @@ export function normalizePath(path: string): string | undefined {
     if (c === 0x5c /* \ */ || c === 0x23 /* # */ || c <= 0x20 || c >= 0x7f) return undefined
     if (c !== 0x25 /* % */) continue
     const byte = hexByte(path, i + 1)
-    if (byte < 0 || byte === 0x2f || byte === 0x5c || byte < 0x20 || byte === 0x7f) return undefined
+    if (refusedEscape(byte)) return undefined
     decoded += path.slice(from, i)
     decoded += isUnreserved(byte) ? String.fromCharCode(byte) : `%${HEX[byte >> 4]}${HEX[byte & 15]}`
     i += 2
@@ -93,6 +93,14 @@ function hexByte(s: string, at: number): number {
   return hi < 0 || lo < 0 ? -1 : (hi << 4) | lo
 }
 
+/**
+ * An escape no two servers decode alike, so a path holding it is refused: invalid (`byte` < 0), an encoded "/"
+ * or "\", or a control character
+ */
+function refusedEscape(byte: number): boolean {
+  return byte < 0 || byte === 0x2f || byte === 0x5c || byte < 0x20 || byte === 0x7f
+}
+
 function isUnreserved(b: number): boolean {
   return (
     (b >= 0x41 && b <= 0x5a) ||
@@ -139,7 +147,7 @@ export function pathTemplateProblem(template: string, ignoreCase = false): PathT
     const c = template.charCodeAt(i)
     if (c === 0x25 /* % */) {
       const byte = hexByte(template, i + 1)
-      if (byte < 0 || byte === 0x2f || byte === 0x5c || byte < 0x20 || byte === 0x7f) {
+      if (refusedEscape(byte)) {
         found ??= `"${template.slice(i, i + 3)}"`
         refused = true
         continue
