@@ -92,6 +92,9 @@ export const FAILURE_REASONS = [
   'signature_expired',
   'signature_replayed',
   'signature_unknown_key',
+  // a verified signature refused because the replay cache is full of nonces that can all still verify: not a
+  // bad signature, but one whose replay could not be refused later
+  'replay_cache_full',
 ] as const
 export type FailureReason = (typeof FAILURE_REASONS)[number]
 

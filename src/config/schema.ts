@@ -341,7 +341,8 @@ export const configSchema = z.strictObject({
       ),
       nonceCacheSize: described(
         z._default(positiveInt, 100_000),
-        'nonces remembered (until their signature expires) to refuse replays',
+        'nonces remembered (until their signature can no longer verify) to refuse replays; when all are live, ' +
+          'a new signature is refused (replay_cache_full)',
       ),
     }),
     {},

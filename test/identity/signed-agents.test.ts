@@ -1,7 +1,7 @@
 // Signed agents through the built proxy: requests signed per Web Bot Auth (RFC 9421 message signatures) with
 // the web-bot-auth package's signer, verified against a key directory served over HTTP. Verified, tampered,
-// expired, replayed, unknown key, unconfigured directory, a directory that goes down (last good keys), and a
-// signature made for another site (signedAgents.authorities).
+// expired, replayed, unknown key, unconfigured directory, a directory that goes down (last good keys), a
+// signature made for another site (signedAgents.authorities), and a nonce cache too small for the traffic.
 import { createHash } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -379,4 +379,91 @@ t.test('signedAgents.authorities: a signature made for another site is refused',
     { verified: 'false', identity: 'ua:exampleagent', failures: [] },
     "a signature that is not Web Bot Auth stays the service's business: no failure",
   )
+})
+
+t.test('the nonce cache never lets a replay through, even when it is full', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const maxAgeMs = 6000
+  const nonceCacheSize = 3
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    signedAgents: {
+      directories: [{ url: directory.url, name: 'agent.example' }],
+      nonceCacheSize,
+      maxAge: `${maxAgeMs}ms`,
+      clockSkew: '0s',
+    },
+  })
+  const url = `${sidecar.proxyUrl}/echo`
+  let n = 0
+  /** sends `headers` and answers whether the signature verified, and the request id to look its audit up by */
+  const post = async (headers: Record<string, string>) => {
+    const requestId = `nonce-${++n}`
+    const res = await request(url, {
+      headers: { 'user-agent': 'ExampleAgent/1.0', 'x-request-id': requestId, ...headers },
+    })
+    const echoed = JSON.parse(await res.body.text()).headers as Record<string, string>
+    return { verified: echoed['x-nhi-verified'] === 'true', requestId }
+  }
+  const reasons = async (requestId: string) => {
+    const audit = await eventually(async () => {
+      const r = await request(`${sidecar.adminUrl}/audit?request_id=${requestId}`)
+      return (JSON.parse(await r.body.text()) as { events: Record<string, unknown>[] }).events[0]
+    })
+    return (audit['failures'] as { source: string; reason: string }[])
+      .filter((f) => f.source === 'signature')
+      .map((f) => f.reason)
+  }
+  // valid for maxAge from now (its expires, a minute away, is later)
+  const fresh = () => signRequest(key, url)
+  /** new signatures until one is refused: the cache then holds nothing but live nonces */
+  const fill = async (sign: () => Promise<Record<string, string>>) => {
+    for (let i = 0; i <= nonceCacheSize; i++) {
+      const sent = await post(await sign())
+      if (!sent.verified) return reasons(sent.requestId)
+    }
+    return ['every signature verified: the cache made room by forgetting live nonces']
+  }
+  const acceptedAgain = () =>
+    eventually(async () => (await post(await fresh())).verified, {
+      timeoutMs: 20_000,
+      intervalMs: 200,
+      what: 'a new signature to verify once the cached nonces can no longer verify',
+    })
+
+  await t.test('a replay is refused however many nonces came after it', async (t) => {
+    const signed = await fresh()
+    t.ok((await post(signed)).verified, 'first use verifies')
+    for (let i = 0; i < 2 * nonceCacheSize; i++) await post(await fresh())
+    const replay = await post(signed)
+    t.notOk(replay.verified, 'the same signature again does not')
+    t.same(await reasons(replay.requestId), ['signature_replayed'])
+  })
+
+  await t.test('a cache full of live nonces refuses new signatures until those expire', async (t) => {
+    await acceptedAgain()
+    t.same(await fill(fresh), ['replay_cache_full'], 'a new signature is refused, fail closed')
+    t.ok(
+      metricValue(await scrape(sidecar.adminUrl), 'nhi_auth_failures_total', {
+        source: 'signature',
+        reason: 'replay_cache_full',
+      }) >= 1,
+      'and counted',
+    )
+    await acceptedAgain()
+    t.pass('accepted again once the cached signatures are past signedAgents.maxAge')
+  })
+
+  await t.test('a nonce is forgotten at created + maxAge, whatever expires says', async (t) => {
+    // created half of maxAge ago, expiring in an hour: it can verify for the other half only
+    const old = () => signRequest(key, url, { created: Date.now() - maxAgeMs / 2, lifetimeMs: 3_600_000 })
+    t.same(await fill(old), ['replay_cache_full'])
+    await acceptedAgain()
+    t.pass('the nonces were not kept until their expires')
+  })
 })

@@ -3,7 +3,6 @@
 // `Signature-Agent` naming that directory — becomes verified evidence of the directory's agent. The signature
 // base and the signature itself are the `http-message-signatures` library's; this decides which keys may
 // vouch (configured directories only), the time window and replays.
-import { LRUCache } from 'lru-cache'
 import type { Config } from '../../config/schema.ts'
 import type {
   ConnectionInfo,
@@ -17,6 +16,7 @@ import type { JwksObserver } from '../jwt/jwks.ts'
 import type { SourceExtractor } from '../sources/source.ts'
 import { Authorities } from './authorities.ts'
 import { KeyDirectory } from './directory.ts'
+import { NonceCache } from './nonces.ts'
 
 // http-message-signatures is CommonJS. Under Node's own loader and in the bundle's lazily loaded chunk its
 // `default` is module.exports; a loader that honours `__esModule` (the TypeScript loader the tests run under)
@@ -62,7 +62,8 @@ type Result = SignatureEvidence | Failure
 interface Walk {
   failure?: Failure
   labels: number
-  verified?: { directory: KeyDirectory; keyid: string; nonce?: string; expires: number }
+  /** `until`: unix ms from which the signature no longer verifies, whatever it says */
+  verified?: { directory: KeyDirectory; keyid: string; nonce?: string; until: number }
 }
 
 export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
@@ -74,8 +75,8 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   private readonly requireNonce: boolean
   /** signedAgents.authorities; undefined when empty (any @authority) */
   private readonly authorities: Authorities | undefined
-  /** keyid + nonce of every accepted signature until it expires: a second use is a replay */
-  private readonly nonces: LRUCache<string, true>
+  /** keyid + nonce of every accepted signature while it can still verify: a second use is a replay */
+  private readonly nonces: NonceCache
 
   constructor(cfg: Config['signedAgents'], opts: SignatureVerifierOptions = {}) {
     this.now = opts.now ?? Date.now
@@ -91,12 +92,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       retryMs: opts.retryMs,
     }
     this.directories = cfg.directories.map((d) => new KeyDirectory(d, keySetOptions))
-    const clock = this.now
-    this.nonces = new LRUCache<string, true>({
-      max: cfg.nonceCacheSize,
-      perf: { now: clock },
-      ttlResolution: 0,
-    })
+    this.nonces = new NonceCache(cfg.nonceCacheSize)
   }
 
   /** Initial fetch of every directory. Never throws: a directory that is down leaves its keys unavailable. */
@@ -233,9 +229,9 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       return failure('signature_invalid', 'created and expires must be integers', keyid)
     }
     if (created - this.skewSeconds > now) return failure('not_yet_valid', 'created is in the future', keyid)
-    if (expires + this.skewSeconds < now || now - created > this.maxAgeSeconds + this.skewSeconds) {
-      return failure('signature_expired', 'signature has expired', keyid)
-    }
+    // maxAge caps expires: the last second in which this signature verifies
+    const lastSecond = Math.min(expires, created + this.maxAgeSeconds) + this.skewSeconds
+    if (now > lastSecond) return failure('signature_expired', 'signature has expired', keyid)
     const nonce = params['nonce']
     if (nonce !== undefined && (typeof nonce !== 'string' || nonce.length > MAX_NONCE_CHARS)) {
       return failure('signature_invalid', 'nonce is not a string of at most 256 characters', keyid)
@@ -246,7 +242,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     let unavailable = true
     for (const directory of candidates) {
       const key = await directory.key(keyid)
-      if (key) return { keyid, key, accepted: { directory, keyid, nonce, expires } }
+      if (key) return { keyid, key, accepted: { directory, keyid, nonce, until: (lastSecond + 1) * 1000 } }
       if (directory.loaded()) unavailable = false
     }
     return unavailable
@@ -254,13 +250,18 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       : failure('signature_unknown_key', 'no configured key directory has this keyid', keyid)
   }
 
-  /** A verified signature: refused when its nonce was seen before, else remembered until it expires. */
+  /**
+   * A verified signature: refused when its nonce was seen before, else remembered while it can verify. When
+   * the cache is full of nonces that can all still verify, the new signature is refused: forgetting one of
+   * them would let its signature be replayed.
+   */
   private accept(v: NonNullable<Walk['verified']>): Result {
     if (v.nonce !== undefined) {
-      const key = `${v.keyid} ${v.nonce}`
-      if (this.nonces.has(key)) return failure('signature_replayed', 'nonce was already used', v.keyid)
-      const ttl = Math.max(1000, (v.expires + this.skewSeconds) * 1000 - this.now())
-      this.nonces.set(key, true, { ttl })
+      const admitted = this.nonces.admit(`${v.keyid} ${v.nonce}`, v.until, this.now())
+      if (admitted === 'replayed') return failure('signature_replayed', 'nonce was already used', v.keyid)
+      if (admitted === 'full') {
+        return failure('replay_cache_full', 'the nonce cache is full of live nonces', v.keyid)
+      }
     }
     const d = v.directory
     const ev: SignatureEvidence = {

@@ -1,0 +1,84 @@
+// The nonces of accepted signatures, each kept until its signature can no longer verify: a second use within
+// that time is a replay. The cache is bounded, and when it is full of nonces that are all still live it
+// refuses the new one instead of forgetting a live one, since a forgotten nonce could be replayed.
+// Entries sit in a binary min-heap ordered by expiry, so the expired ones are reclaimed from its top without
+// walking the whole cache.
+
+export type Admission = 'admitted' | 'replayed' | 'full'
+
+export class NonceCache {
+  private readonly live = new Set<string>()
+  /** heap order: heapAt[i] <= heapAt[2i+1], heapAt[2i+2]; heapKeys[i] expires at heapAt[i] */
+  private readonly heapKeys: string[] = []
+  private readonly heapAt: number[] = []
+
+  constructor(private readonly max: number) {}
+
+  get size(): number {
+    return this.live.size
+  }
+
+  /**
+   * Remembers `key` until `until` (ms, same clock as `now`), unless it is remembered already (a replay) or
+   * the cache is full of nonces live at `now`.
+   */
+  admit(key: string, until: number, now: number): Admission {
+    this.reclaim(now)
+    if (this.live.has(key)) return 'replayed'
+    if (this.live.size >= this.max) return 'full'
+    this.live.add(key)
+    this.push(key, until)
+    return 'admitted'
+  }
+
+  clear(): void {
+    this.live.clear()
+    this.heapKeys.length = 0
+    this.heapAt.length = 0
+  }
+
+  private reclaim(now: number): void {
+    while (this.heapAt.length > 0 && this.heapAt[0]! <= now) this.live.delete(this.pop())
+  }
+
+  private push(key: string, at: number): void {
+    const keys = this.heapKeys
+    const ats = this.heapAt
+    let i = ats.length
+    keys.push(key)
+    ats.push(at)
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (ats[parent]! <= at) break
+      keys[i] = keys[parent]!
+      ats[i] = ats[parent]!
+      i = parent
+    }
+    keys[i] = key
+    ats[i] = at
+  }
+
+  /** removes the earliest expiring entry and answers its key; only called on a non-empty heap */
+  private pop(): string {
+    const keys = this.heapKeys
+    const ats = this.heapAt
+    const top = keys[0]!
+    const lastKey = keys.pop()!
+    const lastAt = ats.pop()!
+    const n = ats.length
+    if (n === 0) return top
+    let i = 0
+    for (;;) {
+      let child = 2 * i + 1
+      if (child >= n) break
+      if (child + 1 < n && ats[child + 1]! < ats[child]!) child++
+      if (ats[child]! >= lastAt) break
+      keys[i] = keys[child]!
+      ats[i] = ats[child]!
+      i = child
+    }
+    keys[i] = lastKey
+    ats[i] = lastAt
+    return top
+  }
+}
