@@ -134,20 +134,24 @@ export async function loadOrFail(path: string): Promise<Config> {
   return result.config
 }
 
+/**
+ * The https listener's files, read and checked as a rotation reads them: what a rotation would refuse (a
+ * client CA without a certificate, a key for another certificate) stops the start, before any port is bound.
+ */
+export async function readListenerTls(https: NonNullable<Config['listen']['https']>) {
+  try {
+    return await loadListenerTls({ cert: https.cert, key: https.key, clientCA: https.clientCA })
+  } catch (err) {
+    if (!(err instanceof TlsMaterialError)) throw err
+    throw new StartupError(`listen.https.${err.setting} "${err.file}": ${err.message}`, 1)
+  }
+}
+
 async function readTls(config: Config, tls: StartOptions['tls']) {
   const https = config.listen.https
   if (!https) return undefined
-  if (tls) return { ...splitAddress(https.address), ...tls, clientCert: https.clientCert }
-  try {
-    const [cert, key, ca] = await Promise.all([
-      readFile(https.cert, 'utf8'),
-      readFile(https.key, 'utf8'),
-      https.clientCA ? readFile(https.clientCA, 'utf8') : undefined,
-    ])
-    return { ...splitAddress(https.address), cert, key, ca, clientCert: https.clientCert }
-  } catch (err) {
-    throw new StartupError(`cannot read TLS material: ${(err as Error).message}`, 1)
-  }
+  const material = tls ?? (await readListenerTls(https))
+  return { ...splitAddress(https.address), ...material, clientCert: https.clientCert }
 }
 
 /** CA bundle and client certificate for https:/h2: upstreams, read once at start like the listener's. */
@@ -260,6 +264,10 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     configPath ? (opts.preloaded ?? (await loadOrFail(configPath))) : (opts.config ?? configSchema.parse({})),
     opts.overrides,
   )
+  // first: a listener file that cannot serve stops the start before keys are fetched or outputs opened
+  const tls = await readTls(initial, opts.tls)
+  // the https listener parses a client certificate synchronously as each TLS connection comes in
+  if (tls) await loadCertificateDecoder()
   const telemetry = new Telemetry(initial, {
     version: VERSION,
     ...(opts.recorders ? { recorders: opts.recorders } : {}),
@@ -280,9 +288,6 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   logRecorderFailures(log, await telemetry.start())
   logOtlpTarget(log, telemetry.otlp.target, undefined)
 
-  const tls = await readTls(initial, opts.tls)
-  // the https listener parses a client certificate synchronously as each TLS connection comes in
-  if (tls) await loadCertificateDecoder()
   const upstreamTls = await readUpstreamTls(initial)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
