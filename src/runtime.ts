@@ -300,6 +300,13 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     limits: initial.limits,
     onHttp2Abuse: (reason) => telemetry.http2ConnectionClosed(reason),
     onAttributionError: attributionErrorReporter(log, telemetry),
+    onTunnelIdle: (protocol) => {
+      telemetry.tunnelIdleClosed(protocol)
+      log.debug(
+        { event: 'tunnel_idle_closed', protocol, idleMs: initial.timeouts.tunnelIdle },
+        'closed a tunnel that moved no byte either way for timeouts.tunnelIdle',
+      )
+    },
   })
 
   let draining = false

@@ -248,6 +248,11 @@ export const configSchema = z.strictObject({
       headers: described(z._default(duration, 10_000), 'client must send headers within this'),
       request: described(z._default(duration, 300_000), 'client must send the whole request within this'),
       idle: described(z._default(duration, 65_000), 'idle keep-alive connections are closed after this'),
+      tunnelIdle: described(
+        z._default(duration, 3_600_000),
+        'a websocket tunnel, or an HTTP/2 upstream stream already answered, that moves no byte either way for ' +
+          'this long is closed on both sides (0: never)',
+      ),
       drain: described(
         z._default(duration, 15_000),
         'on SIGTERM, after drainDelay, in-flight requests get this long',

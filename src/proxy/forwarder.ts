@@ -3,9 +3,11 @@
 // response: no intermediate streams, no buffering, backpressure through undici's pause/resume.
 import { createHash } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { ConnectionOptions } from 'node:tls'
 import type { Dispatcher } from 'undici'
+import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
 import { downstreamHeaders, type HeaderBlocks, singleValued, type UpstreamHeaders } from './headers.ts'
 import { hasBody } from './request-lifecycle.ts'
@@ -39,6 +41,17 @@ export interface ForwardResult {
   clientAborted?: boolean
   /** gRPC calls: the status from the upstream's trailers (or the one the proxy ended the call with) */
   grpcStatus?: number
+}
+
+/**
+ * timeouts.tunnelIdle: an exchange that no longer has a deadline of its own (an established websocket tunnel,
+ * an HTTP/2 upstream stream once answered) is cut when no byte moved either way for `ms`.
+ */
+export interface TunnelIdle {
+  /** 0: never */
+  readonly ms: number
+  /** told after each cut, for counting and logging */
+  readonly closed?: ((protocol: TunnelProtocol) => void) | undefined
 }
 
 /** Told once when a forward is finished: the promise-free form of `Forwarder.forward`'s result. */
@@ -148,6 +161,8 @@ export interface UndiciForwarderOptions {
   keepAliveTimeout?: number
   /** TLS to https: upstreams: CA bundle, client certificate (mTLS origination), server name */
   tls?: ConnectionOptions
+  /** when an established websocket tunnel counts as abandoned */
+  tunnelIdle?: TunnelIdle
 }
 
 class ClientGoneError extends Error {
@@ -352,6 +367,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     private readonly head: Buffer,
     private readonly key: string | undefined,
     private readonly done: (result: ForwardResult) => void,
+    private readonly idle: TunnelIdle | undefined,
   ) {}
 
   onConnect(abort: (err?: Error) => void): void {
@@ -404,6 +420,18 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     })
     upstream.pipe(client)
     client.pipe(upstream)
+    const idle = this.idle
+    if (idle !== undefined && idle.ms > 0) {
+      // every byte of the tunnel is read from or written to the client's socket, so that socket's own
+      // activity timer is the tunnel's: one timer, restarted by the socket, nothing done per chunk
+      const watched =
+        typeof (client as Socket).setTimeout === 'function' ? (client as Socket) : (upstream as Socket)
+      watched.setTimeout(idle.ms, () => {
+        idle.closed?.('websocket')
+        client.destroy()
+        upstream.destroy()
+      })
+    }
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[]): boolean {
@@ -512,7 +540,13 @@ export class UndiciForwarder implements Forwarder {
   ): Promise<ForwardResult> {
     return new Promise((resolve) => {
       const key = req.headers['sec-websocket-key']
-      const call = new UpgradeCall(socket, head, typeof key === 'string' ? key : undefined, resolve)
+      const call = new UpgradeCall(
+        socket,
+        head,
+        typeof key === 'string' ? key : undefined,
+        resolve,
+        this.options.tunnelIdle,
+      )
       this.pool(target).dispatch(
         {
           path: target.path,

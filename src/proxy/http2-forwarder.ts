@@ -22,6 +22,7 @@ import {
   type ForwardTarget,
   responseBlocked,
   responseDrained,
+  type TunnelIdle,
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
@@ -66,6 +67,8 @@ export interface Http2ForwarderOptions {
   connectTimeout?: number
   /** extra TLS options for h2 over TLS (CA bundle, client certificate) */
   tls?: SecureContextOptions & { servername?: string }
+  /** when an answered stream that has gone silent both ways counts as abandoned */
+  tunnelIdle?: TunnelIdle
 }
 
 function grpcStatusOf(headers: H2Headers | undefined): number | undefined {
@@ -190,6 +193,19 @@ export class Http2Forwarder {
         settle(undefined, true)
       }
 
+      /** both sides are reset with CANCEL: each peer learns the proxy no longer needs the stream */
+      const idleCut = (idle: TunnelIdle) => {
+        if (settled) return
+        if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
+        // what a gRPC client makes of RST_STREAM CANCEL
+        if (grpc) grpcStatus = GRPC.CANCELLED
+        settle()
+        const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
+        if (h2Response === undefined) res.destroy()
+        else if (!h2Response.destroyed) h2Response.close(constants.NGHTTP2_CANCEL)
+        idle.closed?.('http2')
+      }
+
       try {
         // with a body, the stream stays open after the last DATA frame so the client's trailers can follow
         stream = session.request(out, { endStream: !withBody, waitForTrailers: withBody })
@@ -222,6 +238,11 @@ export class Http2Forwarder {
           return
         }
         res.writeHead(status, headersOut)
+        // answered: the headers deadline no longer applies and there is no body deadline (a gRPC stream may
+        // be quiet for long), so only a stream that moves no byte either way for tunnelIdle is let go. The
+        // stream's own timer is activity based, restarted by every DATA frame read or written.
+        const idle = this.options.tunnelIdle
+        if (idle !== undefined && idle.ms > 0) stream.setTimeout(idle.ms, () => idleCut(idle))
       })
       let waitingForDrain = false
       let blocked = false

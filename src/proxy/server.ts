@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net'
 import type { ConnectionOptions, TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
 import type { Pipeline } from '../pipeline/index.ts'
-import type { Http2AbuseReason } from '../telemetry/metrics.ts'
+import type { Http2AbuseReason, TunnelProtocol } from '../telemetry/metrics.ts'
 import type { CertEvidence, Failure } from '../types.ts'
 import { type Forwarder, UndiciForwarder } from './forwarder.ts'
 import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
@@ -40,6 +40,8 @@ export interface ProxyOptions {
   onHttp2Abuse?: (reason: Http2AbuseReason) => void
   /** the pipeline failed to attribute a request (see LifecycleOptions); for counting and logging */
   onAttributionError?: (error: unknown, refused: boolean) => void
+  /** a tunnel was closed after timeouts.tunnelIdle without a byte either way; for counting and logging */
+  onTunnelIdle?: (protocol: TunnelProtocol) => void
 }
 
 export interface ProxyServer {
@@ -63,6 +65,7 @@ export interface ProxyServer {
 export function createProxy(opts: ProxyOptions): ProxyServer {
   let upstream = parseUpstream(opts.upstream)
   const { timeouts } = opts
+  const tunnelIdle = { ms: timeouts.tunnelIdle, closed: opts.onTunnelIdle }
   const forwarder: Forwarder =
     opts.forwarder ??
     new ProtocolForwarder(
@@ -70,11 +73,13 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         headersTimeout: timeouts.upstream,
         // a stalled upstream body is cut after the keep-alive idle time (undici does not count paused time)
         bodyTimeout: timeouts.idle,
+        tunnelIdle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
       }),
       new Http2Forwarder({
         headersTimeout: timeouts.upstream,
         stallTimeout: timeouts.idle,
+        tunnelIdle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
       }),
       new NodeHttpForwarder({

@@ -8,7 +8,7 @@ import { AuditLog, type AuditLogOptions } from './audit.ts'
 import type { AuditQuery, AuditRecord } from './audit-ring.ts'
 import type { IdentitiesView, IdentitySort } from './identities.ts'
 import { LiveFeed, type LiveOptions, type LiveStats, liveLimits } from './live.ts'
-import type { Http2AbuseReason, JwksObserver, Scrape } from './metrics.ts'
+import type { Http2AbuseReason, JwksObserver, Scrape, TunnelProtocol } from './metrics.ts'
 import { MetricsRecorder } from './metrics-recorder.ts'
 import { OtlpRecorder } from './otlp-recorder.ts'
 
@@ -155,6 +155,11 @@ export class Telemetry {
   /** the pipeline failed to attribute a request (docs/reference.md "Errors") */
   attributionFailed(): void {
     this.metrics.attributionFailed()
+  }
+
+  /** a tunnel cut for idleness, timeouts.tunnelIdle (docs/reference.md "Errors") */
+  tunnelIdleClosed(protocol: TunnelProtocol): void {
+    this.metrics.tunnelIdleClosed(protocol)
   }
 
   /**

@@ -10,6 +10,7 @@ import {
   Metrics,
   type MetricsOptions,
   type Scrape,
+  type TunnelProtocol,
 } from './metrics.ts'
 import { ProcessMetrics } from './process-metrics.ts'
 
@@ -157,6 +158,10 @@ export class MetricsRecorder implements Recorder {
 
   attributionFailed(): void {
     this.metrics.attributionFailed()
+  }
+
+  tunnelIdleClosed(protocol: TunnelProtocol): void {
+    this.metrics.tunnelIdleClosed(protocol)
   }
 
   /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */

@@ -62,6 +62,10 @@ const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIO
 export const HTTP2_ABUSE_REASONS = ['rapid_reset', 'ping_flood', 'settings_flood'] as const
 export type Http2AbuseReason = (typeof HTTP2_ABUSE_REASONS)[number]
 
+/** what kind of tunnel the proxy cut for idleness (timeouts.tunnelIdle) */
+export const TUNNEL_PROTOCOLS = ['websocket', 'http2'] as const
+export type TunnelProtocol = (typeof TUNNEL_PROTOCOLS)[number]
+
 const counter = (name: string, help: string): FamilyInfo & { type: 'counter' } => ({
   name,
   help,
@@ -177,6 +181,13 @@ export class Metrics {
     ),
     ['service', 'reason'],
   )
+  private readonly tunnelsIdleClosed = new CounterFamily(
+    counter(
+      'nhi_tunnels_idle_closed',
+      'Websocket tunnels and answered HTTP/2 upstream streams the proxy closed because no byte moved either way for timeouts.tunnelIdle',
+    ),
+    ['service', 'protocol'],
+  )
   private readonly jwksRefresh = new CounterFamily(
     counter('nhi_jwks_refresh', 'JWKS fetches by issuer and result'),
     ['issuer', 'result'],
@@ -217,7 +228,7 @@ export class Metrics {
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
     this.attributionErrorSeries = this.attributionErrors.child([this.service])
-    this.zeroAbuseSeries()
+    this.zeroClosedSeries()
     this.configLastSuccess.set([], 0)
     this.buildInfo.set([opts.version, process.version], 1)
   }
@@ -440,18 +451,20 @@ export class Metrics {
       this.upstreamErrors,
       this.attributionErrors,
       this.http2Closed,
+      this.tunnelsIdleClosed,
     ]) {
       c.reset()
     }
     this.overflowSeries = this.overflow.child([service])
     this.attributionErrorSeries = this.attributionErrors.child([service])
     this.decisionSeries = new WeakMap()
-    this.zeroAbuseSeries()
+    this.zeroClosedSeries()
   }
 
-  /** exported at 0 from the start so an alert can use increase() on it before the first attack */
-  private zeroAbuseSeries(): void {
+  /** exported at 0 from the start so an alert can use increase() on them before the first attack or cut */
+  private zeroClosedSeries(): void {
     for (const reason of HTTP2_ABUSE_REASONS) this.http2Closed.child([this.service, reason])
+    for (const protocol of TUNNEL_PROTOCOLS) this.tunnelsIdleClosed.child([this.service, protocol])
   }
 
   http2ConnectionClosed(reason: Http2AbuseReason): void {
@@ -460,6 +473,10 @@ export class Metrics {
 
   attributionFailed(): void {
     this.attributionErrorSeries.inc(1)
+  }
+
+  tunnelIdleClosed(protocol: TunnelProtocol): void {
+    this.tunnelsIdleClosed.inc([this.service, protocol])
   }
 
   readonly jwksObserver: JwksObserver = {
@@ -548,6 +565,7 @@ export class Metrics {
       this.upstreamErrors,
       this.attributionErrors,
       this.http2Closed,
+      this.tunnelsIdleClosed,
       this.jwksRefresh,
       this.jwksKeys,
       this.jwksLastSuccess,

@@ -155,6 +155,7 @@ export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_credential_anomalies_total',
   'nhi_policy_decisions_total',
   'nhi_upstream_errors_total',
+  'nhi_tunnels_idle_closed_total',
   'nhi_jwks_refresh_total',
   'nhi_jwks_keys',
   'nhi_jwks_last_success_timestamp_seconds',
