@@ -235,6 +235,11 @@ interface Slot {
   startedAt: number
   /** the config the worker was started with */
   config?: Config
+  /**
+   * the drain or close that came while the worker was starting: a message sent before its handler exists is
+   * lost, so it is delivered when the worker reports it serves
+   */
+  held?: Command
 }
 
 /** The primary of `workers: N`. Rejects with a StartupError when a worker cannot start. */
@@ -299,6 +304,12 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
       else if (m.nhi === 'listening') {
         slot.listening = true
+        // the pod stops: nothing else it would be told matters any more
+        if (slot.held) {
+          worker.send(slot.held)
+          slot.held = undefined
+          return
+        }
         // a reload while it started asked only the serving workers: this one still runs the config it got
         if (slot.config !== config) {
           void ask(worker, { nhi: 'config', id: nextId++, config }).then((ok) => {
@@ -346,7 +357,12 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       )
       setTimeout(
         () => {
-          if (!stopping) fork(index)
+          if (stopping) return
+          fork(index)
+          log.info(
+            { event: 'worker_restarted', worker: index + 1, pid: slots[index]?.worker?.process.pid },
+            'a new worker is starting',
+          )
         },
         soon ? RESTART_BACKOFF_MS : 0,
       ).unref()
@@ -527,6 +543,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     clearInterval(livePoll)
     const exits = slots.flatMap((s) => (s.worker ? [once(s.worker, 'exit')] : []))
     for (const s of slots) {
+      if (s.worker && !s.listening) {
+        s.held = command
+        continue
+      }
       try {
         s.worker?.send(command)
       } catch {
