@@ -98,7 +98,10 @@ export async function serveFleet(o: FleetOptions, address: string, out: Out, err
   try {
     await once(server, 'listening')
   } catch (e) {
-    err(`nhi-proxy: cannot listen on ${address}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`)
+    const { code, message } = e as NodeJS.ErrnoException
+    // the words `run` and `demo` use for the same failures
+    const why = code === 'EADDRINUSE' ? 'address in use' : code === 'EACCES' ? 'permission denied' : message
+    err(`nhi-proxy: cannot listen on ${address}: ${why}`)
     // a listener that cannot start is a runtime failure, as for `run` (docs/reference.md "Command line")
     return 2
   }
