@@ -4,7 +4,7 @@
 import { once } from 'node:events'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { hostAllowed, isLoopback } from '../admin/server.ts'
+import { hostAllowed } from '../admin/server.ts'
 import { redactUrl } from '../config/redact.ts'
 import type { Out } from './check.ts'
 import { buildFleet, type FleetOptions, printFleet } from './fleet.ts'
@@ -57,7 +57,13 @@ function send(res: ServerResponse, status: number, type: string, body: string): 
 }
 
 /** Serves until the process is signalled; resolves with the exit code once the server has closed. */
-export async function serveFleet(o: FleetOptions, address: string, out: Out, err: Out): Promise<number> {
+export async function serveFleet(
+  o: FleetOptions,
+  serve: { address: string; allowHosts: readonly string[] },
+  out: Out,
+  err: Out,
+): Promise<number> {
+  const { address, allowHosts } = serve
   let host: string | undefined
   let port: number
   try {
@@ -66,14 +72,18 @@ export async function serveFleet(o: FleetOptions, address: string, out: Out, err
     err(`nhi-proxy: ${(e as Error).message}`)
     return 1
   }
-  // set once listening: on loopback, a page elsewhere could otherwise read the fleet by rebinding its own
-  // name to 127.0.0.1 (a listener on other interfaces is reached by whatever names its network gives it)
-  let loopbackOnly = false
+  // a page elsewhere could otherwise read the fleet by pointing its own name at this address (DNS rebinding):
+  // only names that cannot be rebound (IP literals, localhost) and those the operator gave are answered
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'text/plain', 'GET only\n')
-    if (loopbackOnly && !hostAllowed(req.headers.host, []))
-      return send(res, 403, 'text/plain', 'host not allowed: use an IP address or localhost\n')
+    if (!hostAllowed(req.headers.host, allowHosts))
+      return send(
+        res,
+        403,
+        'text/plain',
+        'host not allowed: use an IP address or localhost, or name it with --allow-host\n',
+      )
     if (path !== '/' && path !== '/ui' && path !== '/fleet.json')
       return send(res, 404, 'text/plain', 'not found\n')
     buildFleet(o).then(
@@ -106,7 +116,6 @@ export async function serveFleet(o: FleetOptions, address: string, out: Out, err
     return 2
   }
   const a = server.address() as AddressInfo
-  loopbackOnly = isLoopback(a.address)
   const shown = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
   out(`fleet view of ${redactUrl(o.prometheus)} on http://${shown}/`)
   await new Promise<void>((resolve) => {

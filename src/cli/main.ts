@@ -19,6 +19,13 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value]
 }
 
+/** `--allow-host`: a host name as a Host header carries it, without port or scheme, lower-cased */
+function hostNameFlag(value: string, previous: string[]): string[] {
+  if (!/^[a-z0-9_-]+(\.[a-z0-9_-]+)*$/i.test(value))
+    throw new InvalidArgumentError('expected a host name without port or scheme, e.g. fleet.example.internal')
+  return [...previous, value.toLowerCase()]
+}
+
 /** an IP address, as a socket's peer would be */
 function ipAddress(value: string): string {
   if (isIP(value) === 0) throw new InvalidArgumentError('expected an IP address, e.g. 10.0.0.7 or ::1')
@@ -559,6 +566,12 @@ program
     '--serve <addr>',
     'serve the picture as a page (/, /ui) and /fleet.json on HOST:PORT (a bare PORT: loopback), re-queried per load',
   )
+  .option(
+    '--allow-host <name>',
+    'with --serve: a Host name the page answers besides IP addresses and localhost (repeatable)',
+    hostNameFlag,
+    [],
+  )
   .addHelpText(
     'after',
     `
@@ -567,11 +580,14 @@ Prometheus make the fleet's dependency graph. Reads only the Prometheus HTTP API
 contacts the pods. Errors count 5xx, 401 and 403. Exit 1 on a bad flag or URL, 2 when Prometheus is
 unreachable, times out or rejects a query.
 
+--serve answers only a Host that is an IP address, localhost or a name given with --allow-host (else 403), so
+a web page elsewhere cannot read the fleet by pointing its own name at this address (DNS rebinding).
+
 Examples:
   nhi-proxy fleet --prometheus http://prometheus:9090
   nhi-proxy fleet --prometheus http://localhost:9090 --window 24h --expiring-within 2d
   nhi-proxy fleet --prometheus http://thanos-query:9090 --json | jq '.edges[] | select(.verified | not)'
-  nhi-proxy fleet --prometheus http://prometheus:9090 --serve 0.0.0.0:9480`,
+  nhi-proxy fleet --prometheus http://prometheus:9090 --serve 0.0.0.0:9480 --allow-host fleet.example.internal`,
   )
   .action(
     async (o: {
@@ -581,12 +597,23 @@ Examples:
       timeout: number
       json?: boolean
       serve?: string
+      allowHost: string[]
     }) => {
       if (o.serve !== undefined) {
         const { serveFleet } = await import('./fleet-serve.ts')
-        process.exitCode = await serveFleet({ ...o, json: false }, o.serve, out, (s) =>
-          process.stderr.write(`${s}\n`),
+        process.exitCode = await serveFleet(
+          { ...o, json: false },
+          { address: o.serve, allowHosts: o.allowHost },
+          out,
+          (s) => process.stderr.write(`${s}\n`),
         )
+        return
+      }
+      if (o.allowHost.length > 0) {
+        process.stderr.write(
+          'nhi-proxy: --allow-host names hosts for the page of --serve; add --serve ADDR\n',
+        )
+        process.exitCode = 1
         return
       }
       const { runFleet } = await import('./fleet.ts')

@@ -1,13 +1,14 @@
 // `fleet --serve` on loopback against DNS rebinding: a web page on attacker.example that re-resolves its name
 // to 127.0.0.1 reaches the page server from the operator's browser as same-origin, with `Host:
 // attacker.example`. Only IP literals and localhost name a loopback listener, so any other Host is refused
-// before Prometheus is queried, and the fleet's identities never reach that page.
+// before Prometheus is queried, and the fleet's identities never reach that page. On any address the names
+// people use for it are given with --allow-host; every other name is refused the same way.
 import { once } from 'node:events'
 import { createServer, request } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { freePort } from '../helpers/net.ts'
-import { spawnCli } from '../helpers/sidecar.ts'
+import { runCli, spawnCli } from '../helpers/sidecar.ts'
 
 /** A Prometheus API stand-in: every instant query answers one series of the identity `secret-exporter`. */
 async function fakePrometheus(t: Test): Promise<string> {
@@ -30,9 +31,14 @@ async function fakePrometheus(t: Test): Promise<string> {
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
-function get(port: number, path: string, host: string): Promise<{ status: number; body: string }> {
+function get(
+  port: number,
+  path: string,
+  host: string,
+  address = '127.0.0.1',
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, headers: { host }, agent: false }, (res) => {
+    const req = request({ host: address, port, path, headers: { host }, agent: false }, (res) => {
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (c: string) => {
@@ -66,4 +72,71 @@ t.test('fleet --serve on loopback answers only Host names that cannot be rebound
   }
   served.kill()
   t.equal(await served.exited, 0)
+})
+
+t.test('fleet --serve --allow-host: IP literals, localhost and the names given, nothing else', async (t) => {
+  const prometheus = await fakePrometheus(t)
+  // not 127.0.0.1: the listen address itself is accepted because it is the address, not a loopback default
+  const served = spawnCli([
+    'fleet',
+    '--prometheus',
+    prometheus,
+    '--serve',
+    '127.0.0.2:0',
+    '--allow-host',
+    'fleet.test',
+    '--allow-host',
+    'Fleet.Example.Internal',
+  ])
+  t.teardown(() => served.kill())
+  const port = Number((await served.waitFor(/on http:\/\/127\.0\.0\.2:(\d+)\//))[1])
+
+  for (const host of [
+    `127.0.0.2:${port}`,
+    `fleet.test:${port}`,
+    'fleet.test',
+    `FLEET.TEST:${port}`,
+    `fleet.example.internal:${port}`,
+    `localhost:${port}`,
+  ]) {
+    const page = await get(port, '/fleet.json', host, '127.0.0.2')
+    t.equal(page.status, 200, `Host ${host}: the fleet`)
+    t.match(page.body, /secret-exporter/)
+  }
+  for (const host of [
+    `attacker.example:${port}`,
+    `fleet.test.attacker.example:${port}`,
+    `xfleet.test:${port}`,
+    `example.internal:${port}`,
+  ]) {
+    const res = await get(port, '/fleet.json', host, '127.0.0.2')
+    t.equal(res.status, 403, `Host ${host}: refused`)
+    t.match(res.body, /--allow-host/, 'the answer names the flag')
+    t.notMatch(res.body, /secret-exporter/, 'no identity in the answer')
+  }
+  served.kill()
+  t.equal(await served.exited, 0)
+})
+
+t.test('fleet --allow-host: in the help, a bad value or no --serve is exit 1', async (t) => {
+  const help = await runCli(['fleet', '--help'])
+  t.match(help.stdout, /--allow-host <name>/, 'the flag')
+  t.match(help.stdout, /nhi-proxy fleet .*--serve \S+ --allow-host \S+/, 'an example')
+
+  for (const value of ['fleet.test:9480', 'http://fleet.test', '']) {
+    const bad = await runCli([
+      'fleet',
+      '--prometheus',
+      'http://127.0.0.1:1',
+      '--serve',
+      '127.0.0.2:0',
+      '--allow-host',
+      value,
+    ])
+    t.equal(bad.code, 1, `--allow-host "${value}": exit 1`)
+    t.match(bad.stderr, /--allow-host/, 'the flag is named')
+  }
+  const alone = await runCli(['fleet', '--prometheus', 'http://127.0.0.1:1', '--allow-host', 'fleet.test'])
+  t.equal(alone.code, 1, '--allow-host without --serve: exit 1')
+  t.match(alone.stderr, /--allow-host .*--serve/)
 })
