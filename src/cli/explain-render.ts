@@ -2,6 +2,7 @@
 import type { RuleTrace } from '../rules/rule-set.ts'
 import { isoFromSeconds } from '../telemetry/identities.ts'
 import type { EvidenceSet, Identity, PolicyDecision } from '../types.ts'
+import { printable } from './prometheus-api.ts'
 
 /** What explain renders; the pipeline's evaluation plus the request and the rule count. */
 export interface ExplainReport {
@@ -23,7 +24,11 @@ function fmtAttrs(attrs: Readonly<Record<string, string>>): string {
     .join(' ')
 }
 
-/** Plain-text report, one line per array element (stable: golden-tested). */
+/**
+ * Plain-text report, one line per array element (stable: golden-tested). Most of it is what the request
+ * carried (headers, claims, captures, the path): every line is made printable, so none of that can drive
+ * the terminal or start a line that reads as part of the report.
+ */
 export function renderExplain(r: ExplainReport): string[] {
   const lines: string[] = []
   lines.push(`request: ${r.request.method} ${r.request.path} from ${r.request.remoteAddr}`)
@@ -70,5 +75,5 @@ export function renderExplain(r: ExplainReport): string[] {
   )
   lines.push(`route: ${r.route}`)
   for (const n of r.notes) lines.push(`note: ${n}`)
-  return lines
+  return lines.map(printable)
 }

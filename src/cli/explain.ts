@@ -14,6 +14,7 @@ import { hasLowerCaseLetter } from '../proxy/request-lifecycle.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
+import { printable } from './prometheus-api.ts'
 
 export type { ExplainReport } from './explain-render.ts'
 
@@ -87,7 +88,7 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   }
   const headers = parseHeaderArgs(opts.headers)
   if (typeof headers === 'string') {
-    out(headers)
+    out(printable(headers))
     return 1
   }
   if (opts.token) headers['authorization'] = `Bearer ${opts.token}`
@@ -107,7 +108,7 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   const target = requestTarget(opts.path)
   if (target === undefined) {
     out(
-      `${opts.path}: the proxy refuses this request target with 400 (not origin- or absolute-form, or an ambiguous path)`,
+      `${printable(opts.path)}: the proxy refuses this request target with 400 (not origin- or absolute-form, or an ambiguous path)`,
     )
     return 1
   }
@@ -115,7 +116,7 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   // methods are case-sensitive: the live proxy does not decide `get` as `GET`, it refuses it
   if (hasLowerCaseLetter(opts.method)) {
     out(
-      `${opts.method}: the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)`,
+      `${printable(opts.method)}: the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)`,
     )
     return 1
   }

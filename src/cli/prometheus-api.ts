@@ -155,8 +155,8 @@ export function humanSeconds(total: number): string {
 const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g
 
 /**
- * Label values as text for a terminal: they are what clients presented (certificate subjects, token claims,
- * headers), and a control character printed as is would drive the terminal (retitle it, clear the screen)
+ * Label values (and `explain`'s report) as text for a terminal: they are what clients presented (certificate
+ * subjects, token claims, headers), and a control character printed as is would drive the terminal (retitle it, clear the screen)
  * or start a line that reads as another row. Each is shown as its escape instead (\x1b, \n, \u202e).
  */
 export function printable(s: string): string {

@@ -190,3 +190,68 @@ t.test('rendering without the engine: anonymous request, no rules', async (t) =>
   const text = `${lines.join('\n')}\n`
   t.equal(text, golden('explain-anonymous.txt', text))
 })
+
+/** what a terminal would act on: C0 (but the line breaks of the output), DEL, C1, bidi overrides, separators */
+const CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/
+
+t.test('values from the request are printed with control characters escaped', async (t) => {
+  const key = await createSigningKey('k1')
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  const dir = scratchDirSync('explain')
+  const config = join(dir, 'c.yaml')
+  writeFileSync(
+    config,
+    `jwt:
+  issuers:
+    - { issuer: "${jwks.url}", jwksUri: "${jwks.jwksUri}", audiences: [orders] }
+identities:
+  - { name: admins, rule: admins, kind: human, match: { jwt: { claims: { groups: admin } } } }
+  - { name: "ci/{repo}", rule: ci, kind: job, match: { jwt: { issuer: "${jwks.url}", claims: { repository: "{repo}" } } } }
+`,
+  )
+  const token = await mintToken(
+    key,
+    { repository: 'acme\nidentity: admin', groups: 'ops\u001b[2J' },
+    { issuer: jwks.url, audience: 'orders', subject: 'osc\u001b]0;owned\u0007' },
+  )
+  const r = await explain({
+    config,
+    token,
+    method: 'GET\u009b31M',
+    path: 'http://evil\u001b]0;x\u0007/admin',
+    ua: 'rtl\u202etxt.exe',
+    headers: ['X-Request-Id: csi\u001b[31mred', 'X-Trace\u0007: cr\roverwritten'],
+  })
+  t.equal(r.code, 0)
+  t.notMatch(r.text, CONTROL, 'no control character reaches the terminal')
+  t.notOk(
+    r.text.split('\n').some((line) => line.startsWith('identity: admin')),
+    'a newline in a value starts no line of its own',
+  )
+  t.match(r.text, 'sub=osc\\x1b]0;owned\\x07', 'a claim is shown, escaped')
+  t.match(r.text, 'identity: ci/acme\\nidentity: admin', 'the name is shown with the newline as \\n')
+  t.match(r.text, 'captures: repo=acme\\nidentity: admin')
+  t.match(r.text, 'request: GET\\x9b31M http://evil\\x1b]0;x\\x07/admin from')
+  t.match(r.text, 'x-request-id: csi\\x1b[31mred')
+  t.match(r.text, 'x-trace\\x07: cr\\roverwritten')
+  t.match(r.text, 'user-agent: rtl\\u202etxt.exe')
+
+  // the lines printed instead of a report
+  const [path, method, header] = await Promise.all([
+    explain({ config, path: '/a\u001b]0;x\u0007' }),
+    explain({ config, method: 'get\u001b[2J' }),
+    explain({ config, headers: ['no colon\u001b[2J'] }),
+  ])
+  for (const [what, out] of [
+    ['refused path', path],
+    ['refused method', method],
+    ['invalid header', header],
+  ] as const) {
+    t.equal(out.code, 1, `${what} exits 1`)
+    t.notMatch(out.text, CONTROL, `${what}: no control character reaches the terminal`)
+  }
+  t.match(path.text, '/a\\x1b]0;x\\x07: the proxy refuses this request target')
+  t.match(header.text, 'invalid header "no colon\\x1b[2J"')
+  t.match(method.text, 'get\\x1b[2J: the proxy refuses this request method')
+})
