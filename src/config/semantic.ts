@@ -138,7 +138,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
   config.metrics.routes.forEach((r, i) => {
     const e = routeError(r)
     if (e) error(['metrics', 'routes', i], e, 'e.g. /api/v1/orders/:id')
-    else unmatchableRoute(['metrics', 'routes', i], r, false, warn)
+    else unmatchablePath(['metrics', 'routes', i], 'route', r, false, warn)
   })
 
   const ruleNames = new Map<string, number>()
@@ -149,7 +149,12 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     for (const { path, pattern, opts } of matchPatterns(m)) {
       const e = patternError(pattern, opts)
       if (e) error([...base, 'match', ...path], `invalid pattern "${pattern}": ${e}`)
-      else for (const c of patternCaptures(pattern, opts)) defined.add(c)
+      else {
+        for (const c of patternCaptures(pattern, opts)) defined.add(c)
+        // matched against the normalized path like a policy route, but always case-sensitively
+        // (policy.pathCase is the policy's)
+        if (path[0] === 'path') unmatchablePath([...base, 'match', 'path'], 'path', pattern, false, warn)
+      }
     }
     if (
       m.userAgent?.startsWith('builtin:') &&
@@ -242,7 +247,8 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     if (e) error([...base, 'route'], `invalid route pattern "${rule.route}": ${e}`)
     else if (!rule.route.startsWith('/'))
       error([...base, 'route'], `route "${rule.route}" must start with "/"`)
-    else unmatchableRoute([...base, 'route'], rule.route, config.policy.pathCase === 'insensitive', warn)
+    else
+      unmatchablePath([...base, 'route'], 'route', rule.route, config.policy.pathCase === 'insensitive', warn)
     rule.allow.forEach((a, j) => {
       if (a.identity !== undefined) {
         const ie = patternError(a.identity)
@@ -279,13 +285,22 @@ export function semanticCheck(config: Config): SemanticIssue[] {
 
 type Report = (path: Path, message: string, hint?: string, at?: 'key' | 'value') => void
 
-/** a route template with a character or escape no normalized request path holds (proxy/path.ts) */
-function unmatchableRoute(path: Path, route: string, ignoreCase: boolean, warn: Report): void {
-  const problem = pathTemplateProblem(route, ignoreCase)
+/**
+ * A route template or an identity rule's path pattern with a character or escape no normalized request path
+ * holds (proxy/path.ts)
+ */
+function unmatchablePath(
+  path: Path,
+  what: 'route' | 'path',
+  template: string,
+  ignoreCase: boolean,
+  warn: Report,
+): void {
+  const problem = pathTemplateProblem(template, ignoreCase)
   if (problem === undefined) return
   warn(
     path,
-    `route "${route}" can never match: no normalized request path holds ${problem.found}`,
+    `${what} "${template}" can never match: no normalized request path holds ${problem.found}`,
     problem.instead === undefined
       ? 'the proxy answers 400 to every request path with it'
       : problem.decoded

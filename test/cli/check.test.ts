@@ -275,3 +275,64 @@ t.test('routes no normalized request path can match: warned with the spelling th
   t.equal(anyCase.code, 0, anyCase.text)
   t.notMatch(anyCase.text, /warning/)
 })
+
+t.test('identity rule paths no normalized request path can match: warned as routes are', async (t) => {
+  const dir = scratchDirSync('check-rule-path-chars')
+  const run = async (name: string, paths: string[], extra: string[] = []) => {
+    writeFileSync(
+      join(dir, name),
+      [
+        'identities:',
+        ...paths.map((p, i) => `  - { name: r${i}, rule: r${i}, match: { path: ${p} } }`),
+        ...extra,
+        '',
+      ].join('\n'),
+    )
+    const r = await runCli(['check', name], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
+    return { code: r.code, text: r.stdout }
+  }
+
+  const never = await run('never.yaml', [
+    '/tée/**',
+    '"/search results"',
+    '"/caf%c3%a9/{id}"',
+    '"/%61dmin/**"',
+    '"/a\\\\b"',
+    '"/docs#intro"',
+  ])
+  t.equal(never.code, 0, 'a warning, not an error')
+  const encode = (path: string, found: string, instead: string) =>
+    `warning: path "${path}" can never match: no normalized request path holds ${found} (hint: write it percent-encoded with upper-case hex: "${instead}")`
+  t.same(never.text.trim().split('\n'), [
+    `never.yaml:2:42 ${encode('/tée/**', '"é"', '/t%C3%A9e/**')}`,
+    `never.yaml:3:42 ${encode('/search results', 'a space', '/search%20results')}`,
+    `never.yaml:4:42 ${encode('/caf%c3%a9/{id}', '"%c3"', '/caf%C3%A9/{id}')}`,
+    'never.yaml:5:42 warning: path "/%61dmin/**" can never match: no normalized request path holds "%61" (hint: write "/admin/**": the proxy decodes escaped letters, digits and -._~ before matching)',
+    'never.yaml:6:42 warning: path "/a\\b" can never match: no normalized request path holds a backslash (hint: the proxy answers 400 to every request path with it)',
+    `never.yaml:7:42 ${encode('/docs#intro', '"#"', '/docs%23intro')}`,
+    'never.yaml: ok (6 identity rules, 0 issuers, policy off, 6 warnings)',
+  ])
+
+  const fine = await run('fine.yaml', [
+    '/t%C3%A9e/**',
+    '/search%20results',
+    '"/orders/{id}"',
+    '/users/:id/*',
+    '/**',
+  ])
+  t.equal(fine.code, 0, fine.text)
+  t.notMatch(fine.text, /warning/)
+
+  // policy.pathCase is the policy's: identity rules still match the path case-sensitively
+  const anyCase = await run(
+    'any-case.yaml',
+    ['"/caf%c3%a9/**"'],
+    [
+      'policy:',
+      '  mode: observe',
+      '  pathCase: insensitive',
+      '  rules: [{ route: "/**", allow: [{ identity: r0 }] }]',
+    ],
+  )
+  t.match(anyCase.text, /any-case\.yaml:2:42 warning: path "\/caf%c3%a9\/\*\*" can never match/)
+})
