@@ -5,6 +5,7 @@ import { isIP } from 'node:net'
 import { FORWARDED_CERT_HEADERS } from '../identity/forwarded/headers.ts'
 import type { Identity } from '../types.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
+import { LONE_SURROGATE } from '../util/lone-surrogate.ts'
 import type { TraceContext } from './ids.ts'
 
 /** Hop-by-hop headers that never cross the proxy (in either direction). */
@@ -61,8 +62,6 @@ function connectionListed(connection: string | undefined): Set<string> | undefin
   return listed
 }
 
-const LONE_SURROGATE_RE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
-
 /**
  * Header values we derive from client-controlled text (token claims, certificate fields) must stay printable
  * ASCII; anything else is percent-encoded as UTF-8. Never throws (a lone surrogate becomes U+FFFD).
@@ -72,7 +71,7 @@ export function safeHeaderValue(value: string): string {
   try {
     return encodeURIComponent(value)
   } catch {
-    return encodeURIComponent(value.replace(LONE_SURROGATE_RE, '\uFFFD'))
+    return encodeURIComponent(value.replace(LONE_SURROGATE, '\uFFFD'))
   }
 }
 

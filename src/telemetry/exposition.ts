@@ -7,16 +7,26 @@
 // is over the 50 ms budget.
 
 import { flattened } from '../util/flat.ts'
+import { LONE_SURROGATE } from '../util/lone-surrogate.ts'
 
 export const TEXT_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 export const OPENMETRICS_CONTENT_TYPE = 'application/openmetrics-text; version=1.0.0; charset=utf-8'
 
-const NEEDS_ESCAPE = /[\\"\n]/
+const NEEDS_ESCAPE = /[\\"\n\uD800-\uDFFF]/
 
-/** A label value as the exposition formats want it: backslash, double quote and newline escaped. */
+/**
+ * A label value as the exposition formats want it: backslash, double quote and newline escaped. A lone
+ * surrogate (a token claim can hold one) is written as its escape, `\ud800`, as the audit line writes it: as
+ * is it would be sent as U+FFFD, and its identity would share the label text, so the series, of the one
+ * named with a real U+FFFD.
+ */
 export function escapeLabelValue(value: string): string {
   if (!NEEDS_ESCAPE.test(value)) return value
-  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+  return value
+    .replace(/\\/g, '\\\\')
+    .replace(/"/g, '\\"')
+    .replace(/\n/g, '\\n')
+    .replace(LONE_SURROGATE, (c) => `\\\\u${c.charCodeAt(0).toString(16)}`)
 }
 
 /** `a="x",b="y"`: the inside of a series' braces, built once per series. */

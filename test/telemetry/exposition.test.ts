@@ -27,6 +27,13 @@ t.test('label values escape backslash, quote and newline, and nothing else', asy
   t.equal(labelText(['a', 'b'], ['x', 'y"']), 'a="x",b="y\\""')
 })
 
+t.test('a lone surrogate in a label value is written as its escape; a surrogate pair as it is', async (t) => {
+  t.equal(escapeLabelValue('a\ud800'), 'a\\\\ud800', 'read back by Prometheus as the text a\\ud800')
+  t.equal(escapeLabelValue('\udfffb"'), '\\\\udfffb\\"')
+  t.equal(escapeLabelValue('a\ud83d\ude00'), 'a\ud83d\ude00')
+  t.not(escapeLabelValue('a\ud800'), escapeLabelValue('a\ufffd'))
+})
+
 t.test('histogram buckets are cumulative and keep one exemplar per bucket', async (t) => {
   const h = new HistogramSeries('service="s"', new Buckets([0.1, 1]))
   h.observe(0.05, 'aaaa', 1_000)
