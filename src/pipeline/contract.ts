@@ -46,7 +46,8 @@ export interface Pipeline {
   readonly withheldTrailers?: ReadonlySet<string>
   /**
    * Whether the direct peer is one of `forwardedClientCert.trustedProxies`, whose x-forwarded-proto and
-   * x-forwarded-host are kept (in front of this hop's own) rather than replaced.
+   * x-forwarded-host are kept (in front of this hop's own) rather than replaced, and whose client-address
+   * headers (x-real-ip and the like) are forwarded rather than dropped.
    */
   trustedProxy?(remoteAddress: string): boolean
   /**

@@ -40,6 +40,38 @@ const SET_BY_PROXY = new Set([
   'expect',
 ])
 
+/**
+ * Headers by which a proxy tells its upstream the client's address: web frameworks' client-IP middleware and
+ * nginx's realip module believe them from their own proxy, this sidecar. From a peer that is not a trusted
+ * proxy they are the client's claim about itself and are dropped; a trusted proxy's pass.
+ */
+const CLIENT_ADDRESS = new Set([
+  'x-real-ip',
+  'true-client-ip',
+  'cf-connecting-ip',
+  'x-client-ip',
+  'fastly-client-ip',
+  'x-cluster-client-ip',
+])
+
+const DROPPED = 0
+const UNLESS_TRUSTED = 1
+/** What the request pass does with an exact name: one lookup per header, whatever the outcome. */
+const REQUEST_NAME_RULE = new Map<string, typeof DROPPED | typeof UNLESS_TRUSTED>([
+  ...[...HOP_BY_HOP, ...SET_BY_PROXY].map((name) => [name, DROPPED] as const),
+  ...[...CLIENT_ADDRESS].map((name) => [name, UNLESS_TRUSTED] as const),
+])
+
+/**
+ * Whether the peer is one of forwardedClientCert.trustedProxies: known outright, or the pipeline that can tell,
+ * asked only for a request carrying a header whose fate depends on it.
+ */
+export type PeerTrust = boolean | { trustedProxy?(remoteAddress: string): boolean } | undefined
+
+function peerTrusted(trust: PeerTrust, peer: string): boolean {
+  return typeof trust === 'object' ? trust.trustedProxy?.(peer) === true : trust === true
+}
+
 /** Request headers the proxy writes on every forwarded request (lower-case, as sent). */
 export const ADDED_REQUEST_HEADERS: readonly string[] = [
   'x-nhi-identity',
@@ -150,9 +182,10 @@ export type UpstreamHeaders = Record<string, string | string[] | undefined>
  * spelling an upstream framework would read as one, e.g. x_nhi_identity),
  * plus identity, request id, trace context and forwarded-*.
  *
- * x-forwarded-proto and -host are this hop's own unless `trustedPeer` (the peer is a configured trusted proxy,
- * whose values are then kept in front of ours): Express and Spring read the first value, so a client's own
- * would be taken for the scheme and host the request arrived with.
+ * x-forwarded-proto and -host are this hop's own unless the peer is a configured trusted proxy, whose values
+ * are then kept in front of ours: Express and Spring read the first value, so a client's own would be taken
+ * for the scheme and host the request arrived with. Client-address headers (CLIENT_ADDRESS) are dropped
+ * unless the peer is a trusted proxy.
  */
 export function upstreamHeaders(
   headers: IncomingHttpHeaders,
@@ -163,10 +196,14 @@ export function upstreamHeaders(
   proto: 'http' | 'https',
   /** prepared entries, for an engine that takes them (see HeaderBlocks) */
   blocks?: HeaderBlocks,
-  /** the peer is one of forwardedClientCert.trustedProxies */
-  trustedPeer = false,
+  /** whether the peer, `clientIp`, is one of forwardedClientCert.trustedProxies */
+  peerTrust: PeerTrust = false,
 ): UpstreamHeaders {
   const host = headers.host ?? authority(headers)
+  // the peer is looked up only for the few requests that carry a header the answer decides about
+  let trustedPeer: boolean | undefined
+  if (headers['x-forwarded-proto'] !== undefined || headers['x-forwarded-host'] !== undefined)
+    trustedPeer = peerTrusted(peerTrust, clientIp)
   const forwardedProto = trustedPeer ? headers['x-forwarded-proto'] : undefined
   const forwardedHost = trustedPeer ? headers['x-forwarded-host'] : undefined
   const verified = identity.verified ? 'true' : 'false'
@@ -217,13 +254,24 @@ export function upstreamHeaders(
   for (const name in headers) {
     // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) describe this hop; the upstream request has its own
     if (name.charCodeAt(0) === 58) continue
-    if (HOP_BY_HOP.has(name) || SET_BY_PROXY.has(name) || isIdentityHeaderName(name)) {
+    const rule = REQUEST_NAME_RULE.get(name)
+    if (rule === DROPPED || (rule === undefined && isIdentityHeaderName(name))) {
       if (name === 'te' && /\btrailers\b/i.test(String(headers.te))) out.te = 'trailers'
       continue
     }
     if (listed?.has(name)) continue
-    // x_forwarded_for is HTTP_X_FORWARDED_FOR to a CGI/WSGI/Rack app, like the one we set
-    if (name.indexOf('_') !== -1 && SET_BY_PROXY.has(normalizeHeaderName(name))) continue
+    let clientAddress = rule === UNLESS_TRUSTED
+    if (name.indexOf('_') !== -1) {
+      // x_forwarded_for is HTTP_X_FORWARDED_FOR to a CGI/WSGI/Rack app, like the one we set; x_real_ip is
+      // HTTP_X_REAL_IP, as x-real-ip is
+      const normalized = normalizeHeaderName(name)
+      if (SET_BY_PROXY.has(normalized)) continue
+      clientAddress = CLIENT_ADDRESS.has(normalized)
+    }
+    if (clientAddress) {
+      trustedPeer ??= peerTrusted(peerTrust, clientIp)
+      if (!trustedPeer) continue
+    }
     const value = headers[name]
     if (value === undefined) continue
     out[name] = name === 'forwarded' ? `${value}, ${forwardedElement(clientIp, proto, host)}` : value
@@ -378,6 +426,8 @@ const NOT_IN_TRAILERS = new Set([
   'signature-input',
   'signature-agent',
   ...FORWARDED_CERT_HEADERS,
+  // a proxy names the client's address in the header section; one in a trailer is the client's own claim
+  ...CLIENT_ADDRESS,
 ])
 
 /**

@@ -365,20 +365,15 @@ export class RequestLifecycle {
   /** the request headers for the upstream hop, after the pipeline had its last word */
   hopHeaders(ex: Exchange, req: IncomingMessage, target: ForwardTarget): UpstreamHeaders {
     const identity = ex.attribution.identity
-    const h = req.headers
-    // the peer is looked up only for the few requests that carry x-forwarded-proto or -host at all
-    const trustedPeer =
-      (h['x-forwarded-proto'] !== undefined || h['x-forwarded-host'] !== undefined) &&
-      ex.pipeline?.trustedProxy?.(ex.conn.remoteAddress) === true
     const headers = upstreamHeaders(
-      h,
+      req.headers,
       identity,
       ex,
       ex.requestId,
       ex.conn.remoteAddress,
       ex.conn.tls ? 'https' : 'http',
       this.opts.forwarder.headerBlocks?.(req, target),
-      trustedPeer,
+      ex.pipeline,
     )
     // the pipeline has the last word (e.g. forwarded-certificate headers from untrusted peers)
     ex.pipeline?.prepareUpstreamHeaders?.(headers, ex.attribution, ex.conn)

@@ -192,6 +192,44 @@ t.test("a client's Forwarded gets this hop's RFC 7239 element appended", async (
   t.equal(forwarded({ host: 'api' }, '192.0.2.1', 'http'), undefined, 'none added to a request without one')
 })
 
+t.test('the peer is looked up only for a request carrying a header that depends on it', async (t) => {
+  const asked: string[] = []
+  const trust = (trusted: boolean) => ({
+    trustedProxy(peer: string) {
+      asked.push(peer)
+      return trusted
+    },
+  })
+  const send = (headers: Record<string, string>, trusted: boolean) =>
+    upstreamHeaders(
+      headers,
+      SERVICE_IDENTITY,
+      traceContext(undefined),
+      'rid',
+      '192.0.2.1',
+      'http',
+      undefined,
+      trust(trusted),
+    )
+  const plain = send({ host: 'api', 'user-agent': 'x', 'x-forwarded-for': '10.0.0.5' }, false)
+  t.same(asked, [], 'not asked for a request without one')
+  t.equal(plain['x-forwarded-for'], '10.0.0.5, 192.0.2.1')
+  const forged = send(
+    { host: 'api', 'x-real-ip': '10.0.0.5', 'true-client-ip': '10.0.0.5', x_client_ip: '1' },
+    false,
+  )
+  t.same(asked, ['192.0.2.1'], 'asked once for several')
+  t.notOk(
+    'x-real-ip' in forged || 'true-client-ip' in forged || 'x_client_ip' in forged,
+    'dropped from an untrusted peer',
+  )
+  asked.length = 0
+  const kept = send({ host: 'api', 'x-forwarded-proto': 'https', 'cf-connecting-ip': '10.0.0.5' }, true)
+  t.same(asked, ['192.0.2.1'], 'asked once, for x-forwarded-proto and the client address together')
+  t.equal(kept['cf-connecting-ip'], '10.0.0.5', "a trusted proxy's is forwarded")
+  t.equal(kept['x-forwarded-proto'], 'https, http')
+})
+
 t.test('all methods are forwarded with their bodies', async (t) => {
   const up = await startUpstream()
   t.teardown(() => up.close())
