@@ -1,5 +1,6 @@
 // Credential cross-checks that look at more than one piece of evidence, or at more than one request.
 // Memory stays bounded whatever clients send: one LRU of token fingerprints, each with a capped peer set.
+import type { IncomingHttpHeaders } from 'node:http'
 import { LRUCache } from 'lru-cache'
 import type { Config } from '../config/schema.ts'
 import type {
@@ -11,7 +12,9 @@ import type {
   Identity,
   JwtEvidence,
 } from '../types.ts'
+import type { CidrSet } from '../util/cidr.ts'
 import { lruGet } from '../util/lru-get.ts'
+import { clientAddress } from './client-address.ts'
 import { certificateOf } from './sources/certificate.ts'
 import { evidenceOf } from './sources/source.ts'
 import { spiffeNamespaceServiceAccount } from './spiffe.ts'
@@ -49,6 +52,11 @@ function addOnce(into: AnomalyType[], a: AnomalyType): void {
 export interface AnomalyDetectorOptions {
   /** how many distinct token fingerprints are tracked for sharing (least recently seen are forgotten) */
   maxTokens?: number
+  /**
+   * forwardedClientCert.trustedProxies: behind one of them every client has the proxy's address, so a client
+   * is told apart by the address the proxy appended to X-Forwarded-For
+   */
+  trustedProxies?: CidrSet
 }
 
 interface TokenPeers {
@@ -66,6 +74,7 @@ function peerCount(p: TokenPeers): number {
 export class AnomalyDetector {
   private readonly tokens: LRUCache<string, TokenPeers>
   private readonly maxPeers: number
+  private readonly trustedProxies: CidrSet | undefined
 
   constructor(
     private readonly cfg: Config['anomalies'],
@@ -75,6 +84,8 @@ export class AnomalyDetector {
     this.tokens = new LRUCache({ max: opts.maxTokens ?? 10_000 })
     // once a token has more peers than allowed we know enough; never keep more than that per token
     this.maxPeers = cfg.tokenSharedPeers + 1
+    // without trusted proxies (a plain sidecar) the peer is the client: nothing to resolve per request
+    this.trustedProxies = opts.trustedProxies?.size ? opts.trustedProxies : undefined
   }
 
   /** Number of token fingerprints currently tracked (for tests and metrics). */
@@ -88,22 +99,43 @@ export class AnomalyDetector {
     return entry === undefined ? 0 : peerCount(entry)
   }
 
-  /** NEW anomalies for this request; the caller appends them to evidence.anomalies. */
-  inspect(ev: EvidenceSet, identity: Identity, conn: ConnectionInfo): AnomalyType[] {
+  /**
+   * NEW anomalies for this request; the caller appends them to evidence.anomalies. `headers`: the request's,
+   * read for X-Forwarded-For when the peer is a trusted proxy.
+   */
+  inspect(
+    ev: EvidenceSet,
+    identity: Identity,
+    conn: ConnectionInfo,
+    headers?: IncomingHttpHeaders,
+  ): AnomalyType[] {
     const out: AnomalyType[] = []
-    this.inspectInto(ev, identity, conn, out)
+    this.inspectInto(ev, identity, conn, out, headers)
     return out
   }
 
   /** inspect(), appending to `into` what it does not hold yet: the per-request form, without an array of its own */
-  inspectInto(ev: EvidenceSet, _identity: Identity, conn: ConnectionInfo, into: AnomalyType[]): void {
+  inspectInto(
+    ev: EvidenceSet,
+    _identity: Identity,
+    conn: ConnectionInfo,
+    into: AnomalyType[],
+    headers?: IncomingHttpHeaders,
+  ): void {
     const jwt = evidenceOf<JwtEvidence>(ev, 'jwt')
     if (!jwt) return
     const cert = certificateOf(ev)
     if (bindingMismatch(jwt, cert)) addOnce(into, 'binding_mismatch')
     if (this.cfg.requireCertTokenMatch && cert && identityMismatch(jwt, cert))
       addOnce(into, 'identity_mismatch')
-    if (this.tokenShared(jwt.fingerprint, cert?.sha256 ?? conn.remoteAddress)) addOnce(into, 'token_shared')
+    if (this.tokenShared(jwt.fingerprint, cert?.sha256 ?? this.client(conn, headers)))
+      addOnce(into, 'token_shared')
+  }
+
+  private client(conn: ConnectionInfo, headers: IncomingHttpHeaders | undefined): string {
+    const trusted = this.trustedProxies
+    if (trusted === undefined || headers === undefined) return conn.remoteAddress
+    return clientAddress(headers, conn.remoteAddress, trusted)
   }
 
   private tokenShared(fp: string, peer: string): boolean {

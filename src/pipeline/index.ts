@@ -3,6 +3,7 @@
 // a reload builds a new one and swaps it in between requests, so every request sees one consistent config.
 import type { Config } from '../config/schema.ts'
 import { AnomalyDetector, addFailureAnomalies } from '../identity/anomalies.ts'
+import { trustedProxySet } from '../identity/client-address.ts'
 import { type EvidenceTrieNode, evidenceNode } from '../identity/evidence-trie.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import {
@@ -23,7 +24,7 @@ import type {
   RequestEvent,
   RequestInfo,
 } from '../types.ts'
-import { CidrSet } from '../util/cidr.ts'
+import type { CidrSet } from '../util/cidr.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import type { Attribution, Pipeline } from './contract.ts'
 
@@ -95,9 +96,7 @@ export class AttributionPipeline implements Pipeline {
     this.config = config
     this.service = config.service
     this.failClosed = config.policy.mode === 'enforce'
-    this.trustedProxies = new CidrSet(
-      config.forwardedClientCert.trustedProxies.map((e) => (typeof e === 'string' ? e : e.cidr)),
-    )
+    this.trustedProxies = trustedProxySet(config.forwardedClientCert)
     this.recorder = opts.recorder
     const readers: Reader[] = []
     for (const source of opts.sources ?? CREDENTIAL_SOURCES) {
@@ -112,7 +111,7 @@ export class AttributionPipeline implements Pipeline {
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)
     this.routes = compileRoutes(config.metrics.routes)
-    this.anomalies = new AnomalyDetector(config.anomalies, opts.now)
+    this.anomalies = new AnomalyDetector(config.anomalies, opts.now, { trustedProxies: this.trustedProxies })
   }
 
   /** Initial fetches (JWKS…). Never throws: an IdP that is down leaves the pipeline not-ready, not dead. */
@@ -228,7 +227,7 @@ export class AttributionPipeline implements Pipeline {
     const trace: RuleTrace[] = opts.trace ? [] : NO_TRACE
     const identity = this.rules.classify(evidence, req, conn, opts.trace ? trace : undefined)
     addFailureAnomalies(evidence.failures, evidence.anomalies)
-    this.anomalies.inspectInto(evidence, identity, conn, evidence.anomalies)
+    this.anomalies.inspectInto(evidence, identity, conn, evidence.anomalies, req.headers)
     const route = this.routes.match(req.path)
     const decision = this.policy.decide(identity, req)
     const attribution: Evaluation = {

@@ -12,6 +12,7 @@ import {
   type WorkerReply,
 } from '../../src/identity/jwt/pool.ts'
 import type { ConnectionInfo, Failure, JwtEvidence } from '../../src/types.ts'
+import { CidrSet } from '../../src/util/cidr.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, type SigningKey, startJwksServer } from '../helpers/jwks.ts'
 
@@ -225,6 +226,60 @@ t.test(
       'a refused token is not cached as a failure: it verifies once the queue has room',
     )
     t.match(x.verifyPool(), { overflowed: busy.length, queued: 0 })
+  },
+)
+
+t.test(
+  'behind a trusted proxy the per-peer bound is per forwarded client; an untrusted peer cannot spread its load',
+  async (t) => {
+    const idp = await startJwksServer([key])
+    t.teardown(() => idp.close())
+    const x = new JwtExtractor(
+      configSchema.parse({
+        jwt: { issuers: [{ issuer: ISSUER, jwksUri: idp.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
+      }).jwt,
+      { trustedProxies: new CidrSet(['10.0.0.9/32']) },
+    )
+    t.teardown(() => x.close())
+    await x.start()
+    const ingress: ConnectionInfo = { remoteAddress: '10.0.0.9', remotePort: 1, tls: false }
+    const untrusted: ConnectionInfo = { remoteAddress: '10.0.0.1', remotePort: 1, tls: false }
+    const req = (token: string, xff: string) => ({
+      method: 'GET',
+      path: '/',
+      url: '/',
+      headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': xff },
+    })
+    const mint = (n: number, subject: string) =>
+      Promise.all(Array.from({ length: n }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject })))
+    const [loudTokens, spreadTokens, [quietToken, warmUp]] = await Promise.all([
+      mint(300, 'loud'),
+      mint(300, 'spread'),
+      mint(2, 'quiet'),
+    ])
+    t.match(await x.extract(req(warmUp!, '203.0.113.2'), ingress), { verified: true }, 'inline warm-up')
+    await eventually(() => x.verifyPool().workers === 1, { what: 'the worker ready' })
+    const busyOf = (settled: (JwtEvidence | Failure)[]) =>
+      settled.filter((r) => 'failed' in r && r.reason === 'verification_busy').length
+
+    // one client behind the ingress floods; another client behind the same ingress is not held up by it
+    const loud = loudTokens.map((tok) => x.extract(req(tok, '198.51.100.7, 203.0.113.1'), ingress))
+    const quiet = x.extract(req(quietToken!, '203.0.113.2'), ingress)
+    t.equal(
+      busyOf((await Promise.all(loud)) as (JwtEvidence | Failure)[]),
+      300 - DEFAULT_PER_WORKER - 256,
+      "past the bound of the flooding client's queue: verification_busy",
+    )
+    t.match(await quiet, { verified: true }, "another client's new token behind the same ingress is verified")
+    await eventually(() => x.verifyPool().queued === 0, { what: 'the queue drained' })
+
+    // a peer that is not a trusted proxy naming a new client in every request still has one queue
+    const spread = spreadTokens.map((tok, i) => x.extract(req(tok, `203.0.113.${i % 250}`), untrusted))
+    t.equal(
+      busyOf((await Promise.all(spread)) as (JwtEvidence | Failure)[]),
+      300 - DEFAULT_PER_WORKER - 256,
+      'its own X-Forwarded-For does not spread it over several queues',
+    )
   },
 )
 

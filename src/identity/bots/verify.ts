@@ -5,11 +5,11 @@
 // keeps serving through failures, a failed fetch is retried sooner than the regular refresh.
 import type { Config } from '../../config/schema.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo, UserAgentEvidence } from '../../types.ts'
-import { CidrSet } from '../../util/cidr.ts'
+import type { CidrSet } from '../../util/cidr.ts'
+import { clientAddress, trustedProxySet } from '../client-address.ts'
 import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
 import { evidenceOf, replaceEvidence } from '../sources/source.ts'
 import { claimedOperator, operatorVouchesFor } from './claims.ts'
-import { clientAddress } from './client-address.ts'
 import { DnsVerifier } from './dns.ts'
 import { OperatorRanges, parseRangeDocument, type RangeSource, SHIPPED_RANGES } from './ranges.ts'
 
@@ -58,7 +58,7 @@ export class BotVerifier {
     this.cfg = cfg
     this.observer = opts.observer
     // the front proxies trusted to vouch for a client certificate are the ones trusted to name the client
-    this.trusted = new CidrSet(forwarded.trustedProxies.map((e) => (typeof e === 'string' ? e : e.cidr)))
+    this.trusted = trustedProxySet(forwarded)
     if (cfg.shippedRanges) {
       for (const s of SHIPPED_RANGES.sources)
         this.files.set(s.url, { operator: s.operator, prefixes: s.prefixes })

@@ -10,9 +10,11 @@ import type {
   MaybePromise,
   RequestInfo,
 } from '../../types.ts'
+import type { CidrSet } from '../../util/cidr.ts'
 import { sha256Hex } from '../../util/fingerprint.ts'
 import { lruGet } from '../../util/lru-get.ts'
 import { SecondSight } from '../../util/second-sight.ts'
+import { clientAddress } from '../client-address.ts'
 import type { IssuerKeySet, JwksObserver } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
@@ -28,6 +30,11 @@ export interface JwtExtractorOptions {
   fetchTimeoutMs?: number
   unknownKidCooldownMs?: number
   retryMs?: number
+  /**
+   * forwardedClientCert.trustedProxies: new tokens from behind one of them wait in the queue of the client
+   * address it appended to X-Forwarded-For, not all in the proxy's one queue
+   */
+  trustedProxies?: CidrSet
 }
 
 type Result = JwtEvidence | Failure
@@ -101,10 +108,12 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
   private readonly now: () => number
   private readonly random: () => number
   private readonly clockSkewMs: number
+  private readonly trustedProxies: CidrSet | undefined
 
   constructor(cfg: Config['jwt'], opts: JwtExtractorOptions = {}) {
     this.now = opts.now ?? Date.now
     this.clockSkewMs = cfg.clockSkew
+    this.trustedProxies = opts.trustedProxies?.size ? opts.trustedProxies : undefined
     this.random = opts.random ?? Math.random
     const clock = this.now
     this.pool = new VerifyPool({
@@ -191,24 +200,26 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     // a token's answer is kept from its second request on (util/second-sight.ts): tokens that are never sent
     // again, a flood of them or one per request, stay out of both caches
     const keep = this.admission.seen(hash)
-    const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS), conn.remoteAddress).then(
-      (checked) => {
-        this.inflight.delete(hash)
-        const result = checked.result
-        const ttl = keep ? this.ttlFor(checked) : 0
-        if (ttl > 0) {
-          if ('failed' in result) {
-            const dependent = KEY_DEPENDENT.has(result.reason as FailureReason) ? checked.keys : undefined
-            this.failures.set(
-              hash,
-              { failure: result, keys: dependent, generation: checked.generation ?? 0 },
-              { ttl },
-            )
-          } else this.cache.set(hash, result, { ttl })
-        }
-        return result
-      },
-    )
+    const peer =
+      this.trustedProxies === undefined
+        ? conn.remoteAddress
+        : clientAddress(req.headers, conn.remoteAddress, this.trustedProxies)
+    const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS), peer).then((checked) => {
+      this.inflight.delete(hash)
+      const result = checked.result
+      const ttl = keep ? this.ttlFor(checked) : 0
+      if (ttl > 0) {
+        if ('failed' in result) {
+          const dependent = KEY_DEPENDENT.has(result.reason as FailureReason) ? checked.keys : undefined
+          this.failures.set(
+            hash,
+            { failure: result, keys: dependent, generation: checked.generation ?? 0 },
+            { ttl },
+          )
+        } else this.cache.set(hash, result, { ttl })
+      }
+      return result
+    })
     if (this.inflight.size < MAX_INFLIGHT) this.inflight.set(hash, verification)
     return verification
   }

@@ -3,6 +3,7 @@
 // profile (identity/profiles.ts) names the caller and gives its kind, ahead of a certificate's names.
 import type { Config } from '../../config/schema.ts'
 import type { ConnectionInfo, Failure, JwtEvidence, Kind, RequestInfo } from '../../types.ts'
+import { trustedProxySet } from '../client-address.ts'
 import { JwtExtractor } from '../extractors/jwt.ts'
 import { type ProfileIdentity, profileIdentity } from '../profiles.ts'
 import type { CredentialSource, Rejection, SourceContext } from './source.ts'
@@ -32,8 +33,13 @@ const INVALID_TOKEN_HEADERS = Object.freeze({
 class JwtReader extends JwtExtractor {
   private readonly rejectInvalid: boolean
   private readonly hasIssuers: boolean
-  constructor(cfg: Config['jwt'], ctx: SourceContext) {
-    super(cfg, { observer: ctx.jwksObserver, now: ctx.now })
+  constructor(config: Config, ctx: SourceContext) {
+    const cfg = config.jwt
+    super(cfg, {
+      observer: ctx.jwksObserver,
+      now: ctx.now,
+      trustedProxies: trustedProxySet(config.forwardedClientCert),
+    })
     this.rejectInvalid = cfg.onInvalid === 'reject'
     this.hasIssuers = cfg.issuers.length > 0
   }
@@ -63,7 +69,7 @@ export const jwtSource: CredentialSource<JwtEvidence> = {
   precedence: 30,
   namingPrecedence: 0,
   fingerprintField: 'jwt',
-  create: (config, ctx) => new JwtReader(config.jwt, ctx),
+  create: (config, ctx) => new JwtReader(config, ctx),
   fingerprint: (jwt) => jwt.fingerprint,
   attributes(jwt, a) {
     a['iss'] = jwt.issuer

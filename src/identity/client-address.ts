@@ -1,10 +1,18 @@
-// The address a request really comes from, for checking a crawler's claim against its operator's ranges.
+// The address a request really comes from: for checking a crawler's claim against its operator's ranges,
+// telling apart the clients that share a token, and queueing new tokens' verifications per client.
 // Only a configured trusted proxy may say where a client is: a client's own X-Forwarded-For (or any other
-// header naming an address) from anywhere else is ignored, or anyone could claim to be inside Google.
+// header naming an address) from anywhere else is ignored, or anyone could claim to be inside Google, or
+// spread one token over as many addresses as it likes.
 
 import type { IncomingHttpHeaders } from 'node:http'
 import { isIP } from 'node:net'
-import { type CidrSet, normaliseAddress } from '../../util/cidr.ts'
+import type { Config } from '../config/schema.ts'
+import { CidrSet, normaliseAddress } from '../util/cidr.ts'
+
+/** every forwardedClientCert.trustedProxies entry, whatever its certificate format */
+export function trustedProxySet(forwarded: Pick<Config['forwardedClientCert'], 'trustedProxies'>): CidrSet {
+  return new CidrSet(forwarded.trustedProxies.map((e) => (typeof e === 'string' ? e : e.cidr)))
+}
 
 /** Longer X-Forwarded-For values are not read (a real chain is a few addresses). */
 const MAX_XFF_LENGTH = 4096
