@@ -52,6 +52,8 @@ const CLIENT_ADDRESS = new Set([
   'x-client-ip',
   'fastly-client-ip',
   'x-cluster-client-ip',
+  // Rails' remote_ip and PHP frameworks read HTTP_CLIENT_IP
+  'client-ip',
 ])
 
 const DROPPED = 0

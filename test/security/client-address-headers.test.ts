@@ -1,5 +1,5 @@
 // Headers naming the client's address (X-Real-IP, True-Client-IP, CF-Connecting-IP, X-Client-IP,
-// Fastly-Client-IP, X-Cluster-Client-IP): an upstream behind this sidecar reads them as its proxy's word
+// Fastly-Client-IP, X-Cluster-Client-IP, Client-IP): an upstream behind this sidecar reads them as its proxy's word
 // (Express/Rails/Django middleware, nginx realip). From a peer that is not a trusted proxy they are the
 // client's own claim and must not reach the upstream, over HTTP/1.1, HTTP/2 (h2c and TLS), towards an h2c
 // upstream and on a websocket upgrade; from a trusted proxy they pass. The trusted proxy is 127.0.0.2.
@@ -24,6 +24,7 @@ const CLIENT_ADDRESS_HEADERS = [
   'x-client-ip',
   'fastly-client-ip',
   'x-cluster-client-ip',
+  'client-ip',
 ]
 
 /** `x-real-ip` → `X-REAL-ip`-like odd spellings: every other letter upper-cased, and the whole name so */
