@@ -16,6 +16,9 @@ import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
 import { printable } from './prometheus-api.ts'
 
+/** RFC 9110 §9.1 / §5.6.2: a method is a token */
+const METHOD_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
 export type { ExplainReport } from './explain-render.ts'
 
 export interface ExplainOptions {
@@ -117,6 +120,13 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   if (hasLowerCaseLetter(opts.method)) {
     out(
       `${printable(opts.method)}: the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)`,
+    )
+    return 1
+  }
+  // neither HTTP/1.1's parser nor HTTP/2's framing layer lets a method that is not a token through
+  if (!METHOD_TOKEN.test(opts.method)) {
+    out(
+      `${printable(opts.method)}: the proxy refuses this request method with 400 (a method is a token: letters, digits and !#$%&'*+-.^_\`|~ only)`,
     )
     return 1
   }

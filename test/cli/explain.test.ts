@@ -218,7 +218,7 @@ identities:
   const r = await explain({
     config,
     token,
-    method: 'GET\u009b31M',
+    method: 'GET',
     path: 'http://evil\u001b]0;x\u0007/admin',
     ua: 'rtl\u202etxt.exe',
     headers: ['X-Request-Id: csi\u001b[31mred', 'X-Trace\u0007: cr\roverwritten'],
@@ -232,20 +232,22 @@ identities:
   t.match(r.text, 'sub=osc\\x1b]0;owned\\x07', 'a claim is shown, escaped')
   t.match(r.text, 'identity: ci/acme\\nidentity: admin', 'the name is shown with the newline as \\n')
   t.match(r.text, 'captures: repo=acme\\nidentity: admin')
-  t.match(r.text, 'request: GET\\x9b31M http://evil\\x1b]0;x\\x07/admin from')
+  t.match(r.text, 'request: GET http://evil\\x1b]0;x\\x07/admin from')
   t.match(r.text, 'x-request-id: csi\\x1b[31mred')
   t.match(r.text, 'x-trace\\x07: cr\\roverwritten')
   t.match(r.text, 'user-agent: rtl\\u202etxt.exe')
 
   // the lines printed instead of a report
-  const [path, method, header] = await Promise.all([
+  const [path, method, upperMethod, header] = await Promise.all([
     explain({ config, path: '/a\u001b]0;x\u0007' }),
     explain({ config, method: 'get\u001b[2J' }),
+    explain({ config, method: 'GET\u009b31M' }),
     explain({ config, headers: ['no colon\u001b[2J'] }),
   ])
   for (const [what, out] of [
     ['refused path', path],
     ['refused method', method],
+    ['refused method without a lower-case letter', upperMethod],
     ['invalid header', header],
   ] as const) {
     t.equal(out.code, 1, `${what} exits 1`)
@@ -254,4 +256,8 @@ identities:
   t.match(path.text, '/a\\x1b]0;x\\x07: the proxy refuses this request target')
   t.match(header.text, 'invalid header "no colon\\x1b[2J"')
   t.match(method.text, 'get\\x1b[2J: the proxy refuses this request method')
+  t.match(
+    upperMethod.text,
+    'GET\\x9b31M: the proxy refuses this request method with 400 (a method is a token',
+  )
 })
