@@ -262,7 +262,10 @@ export interface RequestEvent {
   failures: Failure[]
   anomalies: AnomalyType[]
   decision: PolicyDecision
+  /** the peer, or behind a trusted proxy the client it forwarded for (X-Forwarded-For) */
   clientAddress: string
+  /** the direct peer (the trusted proxy), when the client address is one it forwarded for */
+  peerAddress?: string
   /** the Host header (or :authority) the client addressed, when it sent one */
   host?: string
   method: string

@@ -1,9 +1,10 @@
 // The attribution pipeline: identify (every credential source) → classify (identity rules, built-in
 // knowledge) → anomalies → route → policy, and record. One object per loaded config, carrying that config:
 // a reload builds a new one and swaps it in between requests, so every request sees one consistent config.
+import type { IncomingHttpHeaders } from 'node:http'
 import type { Config } from '../config/schema.ts'
 import { AnomalyDetector, addFailureAnomalies } from '../identity/anomalies.ts'
-import { trustedProxySet } from '../identity/client-address.ts'
+import { clientAddress, trustedProxySet } from '../identity/client-address.ts'
 import { type EvidenceTrieNode, evidenceNode } from '../identity/evidence-trie.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import {
@@ -145,6 +146,12 @@ export class AttributionPipeline implements Pipeline {
 
   trustedProxy(remoteAddress: string): boolean {
     return this.trustedProxies.has(remoteAddress)
+  }
+
+  clientAddress(headers: IncomingHttpHeaders, remoteAddress: string): string {
+    // most pods have no proxy in front, or a request that did not come through it
+    if (!this.trustedProxies.has(remoteAddress)) return remoteAddress
+    return clientAddress(headers, remoteAddress, this.trustedProxies)
   }
 
   prepareUpstreamHeaders(

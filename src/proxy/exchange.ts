@@ -78,6 +78,8 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
   traceId = ''
   spanId = ''
   parentSpanId: string | undefined
+  /** set when recorded: the client a trusted-proxy peer forwarded for (X-Forwarded-For) */
+  private forwardedFor: string | undefined
   flags = '01'
   continued = false
   traceparent = ''
@@ -153,7 +155,11 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
     return this.attribution.route
   }
   get clientAddress(): string {
-    return this.conn.remoteAddress
+    return this.forwardedFor ?? this.conn.remoteAddress
+  }
+  /** the direct peer, when it is a trusted proxy that named another client */
+  get peerAddress(): string | undefined {
+    return this.forwardedFor === undefined ? undefined : this.conn.remoteAddress
   }
   /** W3C trace flags sent upstream, when not the default "01" */
   get traceFlags(): string | undefined {
@@ -184,7 +190,11 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
   event(): RequestEvent {
     if (this.status === 0) this.status = CLIENT_CLOSED
     this.durationMs = performance.now() - this.started
-    this.service = this.pipeline?.service ?? ''
+    const pipeline = this.pipeline
+    this.service = pipeline?.service ?? ''
+    const peer = this.conn.remoteAddress
+    const client = pipeline?.clientAddress?.(this.headers, peer) ?? peer
+    if (client !== peer) this.forwardedFor = client
     this.pipeline = undefined
     this.req = undefined
     this.res = undefined
@@ -218,6 +228,7 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
       service: this.service,
     }
     if (this.host !== undefined) event.host = this.host
+    if (this.forwardedFor !== undefined) event.peerAddress = this.conn.remoteAddress
     if (this.upstreamError) event.upstreamError = this.upstreamError
     if (this.grpcStatus !== undefined) event.grpcStatus = this.grpcStatus
     if (this.parentSpanId !== undefined) event.parentSpanId = this.parentSpanId

@@ -197,6 +197,7 @@ const ZONE = lit(',"zone":')
 const FINGERPRINTS = lit(',"fingerprints":{')
 const CLAIM_KEYS = AUDIT_CLAIMS.map((claim) => lit(`,"${claim}":`))
 const CLIENT_ADDRESS = lit(',"client_address":')
+const PEER_ADDRESS = lit(',"peer_address":')
 /**
  * Where an identity's fragments are written before they are copied out at their own size. Every never-seen
  * token's identity is written once: as template strings, the pieces, the JSON-escaped values and the joined
@@ -370,6 +371,10 @@ export function writeAuditLine(out: LineBuffer, event: RequestEvent): void {
   }
   out.copy(id.claims)
   out.string(event.clientAddress)
+  if (event.peerAddress !== undefined) {
+    out.copy(PEER_ADDRESS)
+    out.string(event.peerAddress)
+  }
   out.copy(methodBytes(event.method))
   out.string(event.path)
   out.copy(routeBytes(event.route, event.service))

@@ -33,6 +33,8 @@ export interface AuditRecord {
   /** a signed agent's key directory (URL) */
   signature_agent?: string
   client_address: string
+  /** the trusted proxy the request came through, when client_address is the client it forwarded for */
+  peer_address?: string
   method: string
   path: string
   route: string

@@ -61,6 +61,7 @@ export function toAuditRecord(event: RequestEvent): AuditRecord {
     actor_chain: attrs['actor_chain'],
     signature_agent: attrs['signature_agent'],
     client_address: event.clientAddress,
+    peer_address: event.peerAddress,
     method: event.method,
     path: event.path,
     route: event.route,

@@ -218,6 +218,7 @@ const eventArb: fc.Arbitrary<RequestEvent> = fc
     upstreamMs: fc.double({ min: 0, max: 1e5, noNaN: true }),
     bytesIn: fc.nat(),
     upstreamError: maybe(fc.constantFrom('connect' as const, 'timeout' as const, 'reset' as const)),
+    peer: maybe(text),
     skipped: fc.boolean(),
   })
   .map((r) => {
@@ -257,6 +258,7 @@ const eventArb: fc.Arbitrary<RequestEvent> = fc
       decision: { decision: 'deny', rule: 'p', skipped: r.skipped },
     })
     if (r.upstreamError) event.upstreamError = r.upstreamError
+    if (r.peer !== undefined) event.peerAddress = r.peer
     return event
   })
 
