@@ -141,6 +141,13 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     else unmatchablePath(['metrics', 'routes', i], 'route', r, false, warn)
   })
 
+  // headers whose value is a credential: a capture would copy it into names, metrics, audit and explain
+  const credentialHeaders = new Set([
+    'authorization',
+    'proxy-authorization',
+    'cookie',
+    config.apiKeys.header.toLowerCase(),
+  ])
   const ruleNames = new Map<string, number>()
   config.identities.forEach((rule, i) => {
     const base: Path = ['identities', i]
@@ -164,6 +171,14 @@ export function semanticCheck(config: Config): SemanticIssue[] {
         [...base, 'match', 'userAgent'],
         `unknown user-agent class "${m.userAgent}"`,
         `one of: ${USER_AGENT_BUILTINS.join(', ')}`,
+      )
+    }
+    for (const [header, pattern] of Object.entries(m.header ?? {})) {
+      if (!credentialHeaders.has(header.toLowerCase()) || patternCaptures(pattern).length === 0) continue
+      error(
+        [...base, 'match', 'header', header],
+        `a capture of the ${header.toLowerCase()} header would copy a credential into identity names, metrics and the audit trail`,
+        'match it without a capture (e.g. "Bearer *"), or name the caller from its verified credential',
       )
     }
     m.remoteAddr?.forEach((c, j) => {

@@ -336,3 +336,31 @@ t.test('identity rule paths no normalized request path can match: warned as rout
   )
   t.match(anyCase.text, /any-case\.yaml:2:42 warning: path "\/caf%c3%a9\/\*\*" can never match/)
 })
+
+t.test('a rule may not capture a credential header: the secret would be copied into names', async (t) => {
+  const dir = scratchDirSync('check-credential-capture')
+  const file = join(dir, 'config.yaml')
+  writeFileSync(
+    file,
+    `service: s
+upstream: http://127.0.0.1:3000
+apiKeys:
+  header: X-Partner-Key
+  keys: []
+identities:
+  - { name: "tok/{t}", match: { header: { Authorization: "Bearer {t}" } } }
+  - { name: "key/{k}", match: { header: { x-partner-key: "{k}" } } }
+  - { name: "session/{s}", match: { header: { cookie: "sid={s}" } } }
+  - { name: bearer, match: { header: { authorization: "Bearer *" } } }
+`,
+  )
+  const r = await check([file])
+  t.equal(r.code, 1, r.text)
+  for (const header of ['authorization', 'x-partner-key', 'cookie']) {
+    t.match(r.text, new RegExp(`a capture of the ${header} header would copy a credential`), header)
+  }
+  t.equal(r.text.match(/would copy a credential/g)?.length, 3, 'matching without a capture is fine')
+  const run = await runCli(['run', '-c', file], { timeoutMs: 20_000 })
+  t.not(run.code, 0, 'run refuses the config too')
+  t.match(run.stderr + run.stdout, /would copy a credential/)
+})
