@@ -15,7 +15,7 @@ import { sha256Hex } from '../../util/fingerprint.ts'
 import { lruGet } from '../../util/lru-get.ts'
 import { SecondSight } from '../../util/second-sight.ts'
 import { clientAddress } from '../client-address.ts'
-import type { IssuerKeySet, JwksObserver } from '../jwt/jwks.ts'
+import type { IssuerKeySet, JwksObserver, WithdrawnKeys } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
 import { IssuerVerifier } from '../jwt/verifier.ts'
@@ -44,6 +44,8 @@ interface Checked {
   result: Result
   keys?: IssuerKeySet
   generation?: number
+  /** keys.withdrawals before verifying */
+  withdrawals?: number
   /** unix ms from which a not_yet_valid token verifies (nbf less the clock skew) */
   validFrom?: number
 }
@@ -129,6 +131,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
           ...opts,
           clockSkewMs: cfg.clockSkew,
           pool: this.pool,
+          onWithdrawn: (withdrawn) => this.forgetWithdrawn(issuer.issuer, withdrawn),
         }),
       )
     }
@@ -207,7 +210,9 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS), peer).then((checked) => {
       this.inflight.delete(hash)
       const result = checked.result
-      const ttl = keep ? this.ttlFor(checked) : 0
+      // verified with keys a reload has withdrawn since: the answer stands for this request only
+      const stale = checked.keys !== undefined && checked.keys.withdrawals !== checked.withdrawals
+      const ttl = keep && !stale ? this.ttlFor(checked) : 0
       if (ttl > 0) {
         if ('failed' in result) {
           const dependent = KEY_DEPENDENT.has(result.reason as FailureReason) ? checked.keys : undefined
@@ -222,6 +227,25 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     })
     if (this.inflight.size < MAX_INFLIGHT) this.inflight.set(hash, verification)
     return verification
+  }
+
+  /**
+   * The issuer no longer publishes some keys (retired, or compromised): the tokens verified with them must not
+   * go on verifying from the cache while a new token signed with the same key is refused. Keys are withdrawn
+   * seldom, so the cache is walked then rather than checked on every hit.
+   */
+  private forgetWithdrawn(issuer: string, withdrawn: WithdrawnKeys): void {
+    const forget: string[] = []
+    this.cache.forEach((result, hash) => {
+      if ('failed' in result || result.issuer !== issuer) return
+      const gone = result.alg.startsWith('HS')
+        ? withdrawn.secret
+        : result.kid === undefined
+          ? withdrawn.anyKey
+          : withdrawn.kids.has(result.kid)
+      if (gone) forget.push(hash)
+    })
+    for (const hash of forget) this.cache.delete(hash)
   }
 
   /** a cached failure, unless the key set it was found with has been reloaded since */
@@ -265,11 +289,13 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     // taken before verifying: a reload during the verification must invalidate what it finds
     const keys = verifier.keys
     const generation = keys.generation
+    const withdrawals = keys.withdrawals
     const result = await verifier.verify(token, fp, peer, peeked)
     const checked: Checked = {
       result: 'source' in result ? result : fail(result.reason, result.detail).result,
       keys,
       generation,
+      withdrawals,
     }
     const nbf = claims['nbf']
     if (!('source' in result) && result.reason === 'not_yet_valid' && typeof nbf === 'number')

@@ -37,6 +37,18 @@ export interface KeySetOptions {
   retryMs?: number
   /** Accept header of the key-set fetch (signed agents' key directories have their own media type) */
   accept?: string
+  /** a reload took away keys the previous set had (or changed them, or changed the HMAC secret) */
+  onWithdrawn?: (withdrawn: WithdrawnKeys) => void
+}
+
+/** what a reload took away: tokens verified with these keys must not keep verifying from a cache */
+export interface WithdrawnKeys {
+  /** kids of JWKS keys gone or changed */
+  kids: ReadonlySet<string>
+  /** some JWKS key is gone or changed (a token without kid may have been verified with it) */
+  anyKey: boolean
+  /** the HMAC secret changed */
+  secret: boolean
 }
 
 export const DEFAULT_REFRESH_MS = 10 * 60_000
@@ -69,6 +81,7 @@ export class IssuerKeySet {
   private readonly refreshMs: number
   private readonly retryMs: number
   private readonly accept: string
+  private readonly onWithdrawn: ((withdrawn: WithdrawnKeys) => void) | undefined
   private keys: LocalKeySet | undefined
   private keyCount = 0
   /** the public keys behind `keys`, for verification workers; a new version with every new key set */
@@ -87,6 +100,8 @@ export class IssuerKeySet {
   lastError: string | undefined
   /** one more with every successful load: a failure cached against older keys is no longer the answer */
   generation = 0
+  /** one more with every load that withdrew keys: a verification begun before it is not to be cached */
+  withdrawals = 0
 
   constructor(cfg: IssuerConfig, opts: KeySetOptions = {}) {
     this.issuer = cfg.issuer
@@ -98,6 +113,7 @@ export class IssuerKeySet {
     this.refreshMs = Math.max(1000, cfg.refreshInterval ?? DEFAULT_REFRESH_MS)
     this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? this.cooldownMs)
     this.accept = opts.accept ?? 'application/json'
+    this.onWithdrawn = opts.onWithdrawn
   }
 
   private get hasKeySource(): boolean {
@@ -181,11 +197,21 @@ export class IssuerKeySet {
   private async load(): Promise<boolean> {
     let ok = true
     let detail: unknown
+    let withdrawn: WithdrawnKeys | undefined
     try {
-      if (this.cfg.secretFile) this.secret = await readSecret(this.cfg.secretFile)
+      if (this.cfg.secretFile) {
+        const secret = await readSecret(this.cfg.secretFile)
+        if (this.secret && !Buffer.from(secret).equals(this.secret))
+          withdrawn = { kids: new Set(), anyKey: false, secret: true }
+        this.secret = secret
+      }
       if (this.hasKeySource) {
         const jwks = await this.fetchKeySet()
         const { set, keys } = buildKeySet(jwks)
+        if (this.workerKeys) {
+          const gone = withdrawnKeys(this.workerKeys.jwks, keys)
+          if (gone) withdrawn = { ...gone, secret: withdrawn?.secret ?? false }
+        }
         this.keys = set
         this.keyCount = keys.length
         this.workerKeys = {
@@ -201,6 +227,10 @@ export class IssuerKeySet {
     }
     if (this.closed) return false
     if (ok) this.generation++
+    if (withdrawn) {
+      this.withdrawals++
+      this.onWithdrawn?.(withdrawn)
+    }
     this.lastError = ok ? undefined : describeFetchError(detail)
     this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now(), this.lastError)
     this.schedule(ok ? this.refreshMs : this.retryMs)
@@ -314,6 +344,22 @@ function buildKeySet(doc: unknown): { set: LocalKeySet; keys: JWK[] } {
   }
   if (keys.length === 0) throw new Error('key set has no usable public signing keys')
   return { set: createLocalJWKSet({ keys }), keys }
+}
+
+/** the keys of `before` that `after` no longer holds as they were, or undefined when none */
+function withdrawnKeys(
+  before: readonly JWK[],
+  after: readonly JWK[],
+): Omit<WithdrawnKeys, 'secret'> | undefined {
+  const kept = new Set(after.map((k) => JSON.stringify(k)))
+  const kids = new Set<string>()
+  let anyKey = false
+  for (const k of before) {
+    if (kept.has(JSON.stringify(k))) continue
+    anyKey = true
+    if (typeof k.kid === 'string') kids.add(k.kid)
+  }
+  return anyKey ? { kids, anyKey } : undefined
 }
 
 async function readSecret(path: string): Promise<Uint8Array> {
