@@ -7,6 +7,7 @@ import t from 'tap'
 import { type Config, configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
 import type { ConnectionInfo, Failure, JwtEvidence, RequestInfo } from '../../src/types.ts'
+import { eventually } from '../helpers/eventually.ts'
 import {
   createSigningKey,
   type JwksServer,
@@ -406,3 +407,44 @@ t.test('no issuers configured: ready, and any token is a wrong_issuer failure', 
   t.equal(ex.ready(), true)
   t.match(await extract(ex, bearer(await mint(keyA))), { failed: true, reason: 'wrong_issuer' })
 })
+
+t.test(
+  'a reload that withdraws a key or changes the secret drops only the cached tokens it verified',
+  async (t) => {
+    const dir = await scratchDir('jwt-withdrawn')
+    const keysFile = join(dir, 'jwks.json')
+    const secretPath = join(dir, 'secret')
+    const publish = (keys: SigningKey[]) =>
+      writeFile(keysFile, JSON.stringify({ keys: keys.map((k) => k.publicJwk) }))
+    await publish([keyA, keyA2])
+    await writeFile(secretPath, SECRET)
+    const issuer = 'https://rotating.example'
+    const ex = new JwtExtractor(
+      jwtConfig([{ issuer, jwksFile: keysFile, secretFile: secretPath, refreshInterval: '1s' }]),
+    )
+    t.teardown(() => ex.close())
+    await ex.start()
+    const kept = bearer(await mint(keyA, {}, { issuer }))
+    const retired = bearer(await mint(keyA2, {}, { issuer }))
+    const hmac = bearer(hs256({ alg: 'HS256' }, { iss: issuer, exp: now() + 600 }, SECRET))
+    const cached = new Map<string, JwtEvidence | Failure | undefined>()
+    for (const auth of [kept, retired, hmac]) {
+      await extract(ex, auth)
+      cached.set(auth, await extract(ex, auth))
+      t.match(cached.get(auth), { verified: true })
+      t.equal(await extract(ex, auth), cached.get(auth), 'answered from the cache')
+    }
+
+    await publish([keyA])
+    await writeFile(secretPath, `${SECRET}-rotated`)
+    await eventually(async () => 'failed' in ((await extract(ex, hmac)) ?? {}), {
+      what: 'the rotated secret to be read',
+    })
+    await eventually(async () => 'failed' in ((await extract(ex, retired)) ?? {}), {
+      what: 'the withdrawn key to be noticed',
+    })
+    t.match(await extract(ex, hmac), { failed: true, reason: 'bad_signature' })
+    t.match(await extract(ex, retired), { failed: true, reason: 'unknown_kid' })
+    t.equal(await extract(ex, kept), cached.get(kept), 'a token of a key still published stays cached')
+  },
+)
