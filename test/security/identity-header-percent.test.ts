@@ -1,0 +1,32 @@
+// From the attacker's side, through the built bundle: identity names reach the upstream in x-nhi-identity,
+// percent-encoded when they are not printable ASCII. A name that merely contains "%" escapes (a username the
+// caller chose, captured from its token) must not read as another identity: decoding the header must give
+// back the name the proxy attributed, so "%61dmin" is not "admin" and "caf%C3%A9" is not "café".
+import t from 'tap'
+import { request } from 'undici'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+
+t.test('x-nhi-identity decodes to the attributed name, whatever "%" the name holds', async (t) => {
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
+  const sidecar = await startTestSidecar(t, {
+    upstream: upstream.url,
+    jwt: { issuers: [{ issuer: jwks.url, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
+    identities: [
+      { name: '{user}', kind: 'human', match: { jwt: { claims: { preferred_username: '{user}' } } } },
+    ],
+  })
+  const seen = new Map<string, string>()
+  for (const user of ['admin', '%61dmin', 'café', 'caf%C3%A9', 'caf%25C3%25A9', '100%', 'a%2Fb', 'a/b']) {
+    const token = await mintToken(key, { preferred_username: user }, { issuer: jwks.url, audience: 'orders' })
+    const res = await request(`${sidecar.proxyUrl}/echo`, { headers: { authorization: `Bearer ${token}` } })
+    const headers = JSON.parse(await res.body.text()).headers as Record<string, string>
+    t.equal(headers['x-nhi-verified'], 'true', `${user}: verified`)
+    const header = headers['x-nhi-identity']!
+    t.match(header, /^[\x20-\x7e]+$/, `${user}: printable ASCII`)
+    t.equal(decodeURIComponent(header), user, `${user}: the header decodes to the name (${header})`)
+    t.notOk(seen.has(header), `${user}: not the header of ${seen.get(header)}`)
+    seen.set(header, user)
+  }
+  t.equal(seen.get('admin'), 'admin', 'a printable ASCII name without "%" is sent as it is')
+})
