@@ -2,6 +2,7 @@
 // and rotating bearer tokens, local JWKS files, periodic refresh.
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
+import { createServer as createHttpServer } from 'node:http'
 import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
@@ -358,5 +359,77 @@ t.test(
     await writeFile(tokenFile, 'projected-token-2\n')
     t.equal(await keys.refresh(), true)
     t.equal(seenAuth.at(-1), 'Bearer projected-token-2', 'token file re-read on every refresh')
+  },
+)
+
+t.test(
+  'bearerTokenFile: the token goes to the issuer and its own origin, never to a jwks_uri on another origin',
+  async (t) => {
+    const dir = await scratchDir('jwks-bearer')
+    const tokenFile = join(dir, 'token')
+    await writeFile(tokenFile, 'cluster-credential\n')
+    /** a plain HTTP server that records the Authorization of every request by path */
+    const recording = async (answer: (path: string) => unknown) => {
+      const seen: { path: string; authorization: string | undefined }[] = []
+      const server = createHttpServer((rq, rs) => {
+        seen.push({ path: rq.url ?? '', authorization: rq.headers.authorization })
+        rs.setHeader('content-type', 'application/json')
+        rs.end(JSON.stringify(answer(rq.url ?? '')))
+      })
+      server.listen(0, '127.0.0.1')
+      await once(server, 'listening')
+      t.teardown(
+        () =>
+          new Promise<void>((resolve) => {
+            server.closeAllConnections()
+            server.close(() => resolve())
+          }),
+      )
+      return { seen, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }
+    }
+    const elsewhere = await recording(() => ({ keys: [keyA.publicJwk] }))
+    let jwksUri = ''
+    const issuer = await recording((path) =>
+      path === '/jwks' ? { keys: [keyA.publicJwk] } : { issuer: issuer.url, jwks_uri: jwksUri },
+    )
+
+    // the discovery document names a key set on another origin (another port is another origin)
+    jwksUri = `${elsewhere.url}/jwks`
+    const foreign = new IssuerKeySet(
+      issuerConfig({ issuer: issuer.url, discovery: true, bearerTokenFile: tokenFile }),
+    )
+    t.teardown(() => foreign.close())
+    await foreign.start()
+    t.equal(foreign.ready(), true, 'keys loaded from the other origin')
+    t.same(
+      issuer.seen,
+      [{ path: '/.well-known/openid-configuration', authorization: 'Bearer cluster-credential' }],
+      'the issuer gets the token with the discovery request',
+    )
+    t.same(elsewhere.seen, [{ path: '/jwks', authorization: undefined }], 'the other origin never sees it')
+
+    // a jwks_uri on the issuer's own origin gets it
+    issuer.seen.length = 0
+    jwksUri = `${issuer.url}/jwks`
+    const own = new IssuerKeySet(
+      issuerConfig({ issuer: issuer.url, discovery: true, bearerTokenFile: tokenFile }),
+    )
+    t.teardown(() => own.close())
+    await own.start()
+    t.equal(own.ready(), true)
+    t.same(
+      issuer.seen.map((s) => s.authorization),
+      ['Bearer cluster-credential', 'Bearer cluster-credential'],
+      'discovery and key set on the issuer origin both carry the token',
+    )
+
+    // a jwksUri the operator configured gets it wherever it points
+    elsewhere.seen.length = 0
+    const configured = new IssuerKeySet(
+      issuerConfig({ issuer: issuer.url, jwksUri: `${elsewhere.url}/jwks`, bearerTokenFile: tokenFile }),
+    )
+    t.teardown(() => configured.close())
+    await configured.start()
+    t.same(elsewhere.seen, [{ path: '/jwks', authorization: 'Bearer cluster-credential' }])
   },
 )

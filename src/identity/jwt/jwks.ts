@@ -249,7 +249,10 @@ export class IssuerKeySet {
     if (this.cfg.jwksFile) return JSON.parse(await readFile(this.cfg.jwksFile, 'utf8'))
     // discovery: re-discover only when we have no jwks_uri yet or the last refresh failed
     if (!this.discoveredJwksUri || this.lastError) this.discoveredJwksUri = await this.discover()
-    return this.fetchJson(this.discoveredJwksUri)
+    // the bearer token is a credential of this cluster: it goes where the operator pointed (the issuer, a
+    // configured jwksUri), never to another origin a discovery document names, as a browser drops
+    // Authorization on a cross-origin redirect
+    return this.fetchJson(this.discoveredJwksUri, sameOrigin(this.discoveredJwksUri, this.issuer))
   }
 
   private async discover(): Promise<string> {
@@ -264,10 +267,10 @@ export class IssuerKeySet {
     return uri
   }
 
-  private async fetchJson(url: string): Promise<unknown> {
+  private async fetchJson(url: string, sendToken = true): Promise<unknown> {
     const headers: Record<string, string> = { accept: this.accept }
     // projected service-account tokens rotate: read the file on every fetch
-    if (this.cfg.bearerTokenFile) {
+    if (this.cfg.bearerTokenFile && sendToken) {
       headers['authorization'] = `Bearer ${(await readFile(this.cfg.bearerTokenFile, 'utf8')).trim()}`
     }
     return fetchJsonDocument(url, {
@@ -289,6 +292,14 @@ export class IssuerKeySet {
       this.agentCa = ca
     }
     return this.agent
+  }
+}
+
+function sameOrigin(a: string, b: string): boolean {
+  try {
+    return new URL(a).origin === new URL(b).origin
+  } catch {
+    return false
   }
 }
 
