@@ -14,6 +14,7 @@ import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate } from './identity/certificate.ts'
+import { NonceCache } from './identity/signatures/nonces.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
 import { type ListenerTlsFiles, loadListenerTls, TlsMaterialError } from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
@@ -277,9 +278,16 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
   const botRangesObserver = loggingBotRangesObserver(log)
+  // created once, not per pipeline: a signature seen before a reload is a replay after it
+  const nonces = new NonceCache(initial.signedAgents.nonceCacheSize)
 
   // the serving pipeline carries the serving config: a reload swaps both at once
-  let pipeline = new AttributionPipeline(initial, { jwksObserver, botRangesObserver, recorder: telemetry })
+  let pipeline = new AttributionPipeline(initial, {
+    jwksObserver,
+    botRangesObserver,
+    nonces,
+    recorder: telemetry,
+  })
   await withTimeout(pipeline.start(), jwksStartTimeout)
 
   telemetry.otlp.onThreadExit = (error) =>
@@ -428,6 +436,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     const nextPipeline = new AttributionPipeline(next, {
       jwksObserver,
       botRangesObserver,
+      nonces,
       recorder: telemetry,
     })
     await withTimeout(nextPipeline.start(), jwksStartTimeout)
@@ -440,6 +449,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     }
     const previous = pipeline
     pipeline = nextPipeline
+    nonces.resize(next.signedAgents.nonceCacheSize)
     const otlpBefore = telemetry.otlp.target
     logRecorderFailures(log, await telemetry.reconfigure(next))
     logOtlpTarget(log, telemetry.otlp.target, otlpBefore)

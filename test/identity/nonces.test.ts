@@ -20,6 +20,20 @@ t.test('a nonce is refused until its time, and a full cache refuses instead of f
   t.equal(c.admit('b', 5000, 2000), 'admitted', 'clear() forgets every nonce')
 })
 
+t.test('a smaller size forgets no live nonce: new ones are refused until enough expire', async (t) => {
+  const c = new NonceCache(3)
+  for (const k of ['a', 'b', 'c']) t.equal(c.admit(k, 1000 + k.charCodeAt(0), 0), 'admitted')
+  c.resize(1)
+  t.equal(c.size, 3, 'every live nonce kept')
+  for (const k of ['a', 'b', 'c']) t.equal(c.admit(k, 5000, 10), 'replayed', `${k} is still a replay`)
+  t.equal(c.admit('d', 5000, 10), 'full', 'a new one is refused while more are live than fit')
+  t.equal(c.admit('d', 5000, 1097), 'full', 'two live still do not fit in one')
+  t.equal(c.admit('d', 5000, 1099), 'admitted', 'room once fewer are live than fit')
+  c.resize(2)
+  t.equal(c.admit('e', 5000, 1099), 'admitted', 'a larger size makes room at once')
+  t.equal(c.admit('f', 5000, 1099), 'full')
+})
+
 t.test('the cache answers as a plain model does, whatever the order of expiries', async (t) => {
   const step = fc.record({
     key: fc.integer({ min: 0, max: 30 }).map(String),

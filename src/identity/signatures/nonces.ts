@@ -6,13 +6,21 @@
 
 export type Admission = 'admitted' | 'replayed' | 'full'
 
-export class NonceCache {
+/**
+ * Where a verifier remembers nonces: one per process and never per pipeline, so that a config reload does
+ * not give a seen signature a second use.
+ */
+export interface NonceStore {
+  admit(key: string, until: number, now: number): Admission | Promise<Admission>
+}
+
+export class NonceCache implements NonceStore {
   private readonly live = new Set<string>()
   /** heap order: heapAt[i] <= heapAt[2i+1], heapAt[2i+2]; heapKeys[i] expires at heapAt[i] */
   private readonly heapKeys: string[] = []
   private readonly heapAt: number[] = []
 
-  constructor(private readonly max: number) {}
+  constructor(private max: number) {}
 
   get size(): number {
     return this.live.size
@@ -29,6 +37,15 @@ export class NonceCache {
     this.live.add(key)
     this.push(key, until)
     return 'admitted'
+  }
+
+  /**
+   * A new bound (a reload changed signedAgents.nonceCacheSize). A smaller one forgets nothing: the live
+   * nonces beyond it are kept until they expire, and new ones are refused as `full` meanwhile, since a
+   * forgotten nonce could be replayed. Memory stays within the larger of the two bounds.
+   */
+  resize(max: number): void {
+    this.max = max
   }
 
   clear(): void {

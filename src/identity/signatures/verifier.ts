@@ -16,7 +16,7 @@ import type { JwksObserver } from '../jwt/jwks.ts'
 import type { SourceExtractor } from '../sources/source.ts'
 import { Authorities } from './authorities.ts'
 import { KeyDirectory } from './directory.ts'
-import { NonceCache } from './nonces.ts'
+import { NonceCache, type NonceStore } from './nonces.ts'
 
 // http-message-signatures is CommonJS. Under Node's own loader and in the bundle's lazily loaded chunk its
 // `default` is module.exports; a loader that honours `__esModule` (the TypeScript loader the tests run under)
@@ -54,6 +54,8 @@ export interface SignatureVerifierOptions {
   fetchTimeoutMs?: number
   unknownKeyCooldownMs?: number
   retryMs?: number
+  /** the nonces of the process or pod, kept across reloads; default: a cache of this verifier's own */
+  nonces?: NonceStore
 }
 
 type Result = SignatureEvidence | Failure
@@ -76,7 +78,9 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   /** signedAgents.authorities; undefined when empty (any @authority) */
   private readonly authorities: Authorities | undefined
   /** keyid + nonce of every accepted signature while it can still verify: a second use is a replay */
-  private readonly nonces: NonceCache
+  private readonly nonces: NonceStore
+  /** the cache this verifier made itself (no store given), forgotten with it */
+  private readonly ownNonces: NonceCache | undefined
 
   constructor(cfg: Config['signedAgents'], opts: SignatureVerifierOptions = {}) {
     this.now = opts.now ?? Date.now
@@ -92,7 +96,8 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       retryMs: opts.retryMs,
     }
     this.directories = cfg.directories.map((d) => new KeyDirectory(d, keySetOptions))
-    this.nonces = new NonceCache(cfg.nonceCacheSize)
+    this.ownNonces = opts.nonces ? undefined : new NonceCache(cfg.nonceCacheSize)
+    this.nonces = opts.nonces ?? this.ownNonces!
   }
 
   /** Initial fetch of every directory. Never throws: a directory that is down leaves its keys unavailable. */
@@ -102,7 +107,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
 
   close(): void {
     for (const d of this.directories) d.keys.close()
-    this.nonces.clear()
+    this.ownNonces?.clear()
   }
 
   extract(req: RequestInfo, conn: ConnectionInfo): MaybePromise<Result | undefined> {
@@ -255,9 +260,9 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
    * the cache is full of nonces that can all still verify, the new signature is refused: forgetting one of
    * them would let its signature be replayed.
    */
-  private accept(v: NonNullable<Walk['verified']>): Result {
+  private async accept(v: NonNullable<Walk['verified']>): Promise<Result> {
     if (v.nonce !== undefined) {
-      const admitted = this.nonces.admit(`${v.keyid} ${v.nonce}`, v.until, this.now())
+      const admitted = await this.nonces.admit(`${v.keyid} ${v.nonce}`, v.until, this.now())
       if (admitted === 'replayed') return failure('signature_replayed', 'nonce was already used', v.keyid)
       if (admitted === 'full') {
         return failure('replay_cache_full', 'the nonce cache is full of live nonces', v.keyid)

@@ -12,7 +12,11 @@ export const signatureSource: CredentialSource<SignatureEvidence> = {
   // like tokens without issuers: without configured directories a signature is the service's business
   create: (config, ctx) =>
     config.signedAgents.directories.length > 0
-      ? new SignatureVerifier(config.signedAgents, { observer: ctx.jwksObserver, now: ctx.now })
+      ? new SignatureVerifier(config.signedAgents, {
+          observer: ctx.jwksObserver,
+          now: ctx.now,
+          nonces: ctx.nonces,
+        })
       : undefined,
   attributes(sig, a) {
     a['signature_agent'] ??= sig.directory

@@ -19,6 +19,7 @@ import type {
 } from '../../types.ts'
 import type { BotRangesObserver } from '../bots/verify.ts'
 import type { JwksObserver } from '../jwt/jwks.ts'
+import type { NonceStore } from '../signatures/nonces.ts'
 
 /** What built-in knowledge names a caller by when no identity rule matched. */
 export type BuiltinIdentity = Omit<Identity, 'source' | 'verified' | 'attributes'>
@@ -36,6 +37,11 @@ export interface SourceContext {
   botRangesObserver?: BotRangesObserver
   /** unix ms clock (tests) */
   now?: () => number
+  /**
+   * The signed agents' nonces, owned by the runtime rather than by one pipeline: a reload must not forget
+   * which signatures were used
+   */
+  nonces?: NonceStore
 }
 
 /** One source's reader for one loaded config; a reload builds a new one. */
