@@ -14,7 +14,7 @@ import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate } from './identity/certificate.ts'
-import { NonceCache } from './identity/signatures/nonces.ts'
+import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
 import { type ListenerTlsFiles, loadListenerTls, TlsMaterialError } from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
@@ -55,9 +55,10 @@ export interface StartOptions {
   recorders?: Recorder[]
   /**
    * A proxy worker of `workers: N` (src/workers.ts): no admin listener and no config watch (the primary
-   * serves the one admin port and tells every worker when to reload); audit lines go to `auditSink`.
+   * serves the one admin port and tells every worker when to reload); audit lines go to `auditSink`, and
+   * the signed agents' nonces are the pod's, kept by the primary (`nonces`).
    */
-  worker?: { auditSink: (lines: string) => boolean }
+  worker?: { auditSink: (lines: string) => boolean; nonces: NonceStore }
 }
 
 export interface Sidecar {
@@ -279,7 +280,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const jwksObserver = loggingJwksObserver(telemetry.jwksObserver, log)
   const botRangesObserver = loggingBotRangesObserver(log)
   // created once, not per pipeline: a signature seen before a reload is a replay after it
-  const nonces = new NonceCache(initial.signedAgents.nonceCacheSize)
+  const ownNonces = opts.worker ? undefined : new NonceCache(initial.signedAgents.nonceCacheSize)
+  const nonces: NonceStore = opts.worker?.nonces ?? ownNonces!
 
   // the serving pipeline carries the serving config: a reload swaps both at once
   let pipeline = new AttributionPipeline(initial, {
@@ -449,7 +451,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     }
     const previous = pipeline
     pipeline = nextPipeline
-    nonces.resize(next.signedAgents.nonceCacheSize)
+    ownNonces?.resize(next.signedAgents.nonceCacheSize)
     const otlpBefore = telemetry.otlp.target
     logRecorderFailures(log, await telemetry.reconfigure(next))
     logOtlpTarget(log, telemetry.otlp.target, otlpBefore)

@@ -2,7 +2,8 @@
 // listeners, and the primary process serves what must be one per pod: the admin port (one /metrics
 // aggregating every worker, /readyz over all of them), the audit output (workers hand it whole lines), the
 // config (validated once here, then handed to every worker) and the drain on SIGTERM. A worker that exits
-// is started again. With `workers: 1` none of this runs: the CLI starts the single-process sidecar.
+// is started again, and the signed agents' nonces (a signature replayed on a connection another worker
+// took is still a replay). With `workers: 1` none of this runs: the CLI starts the single-process sidecar.
 import cluster, { type Worker } from 'node:cluster'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
@@ -13,6 +14,7 @@ import { formatDiagnostic } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
+import { type Admission, NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import {
   applyOverrides,
   type ListenOverrides,
@@ -52,6 +54,7 @@ type Command =
   | { nhi: 'identities'; id: number; sort: IdentitySort | undefined }
   | { nhi: 'auditQuery'; id: number; query: AuditQuery }
   | { nhi: 'live'; on: boolean }
+  | { nhi: 'nonce'; id: number; admission: Admission }
   | { nhi: 'shutdown' }
   | { nhi: 'close' }
 
@@ -62,10 +65,16 @@ type Report =
   | { nhi: 'audit'; lines: string }
   | { nhi: 'live'; events: LiveEvent[] }
   | { nhi: 'reply'; id: number; value: unknown }
+  | { nhi: 'nonce'; id: number; key: string; until: number }
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
 /** longest wait for a worker's answer to a scrape, a readiness probe or a new config */
 const ASK_TIMEOUT_MS = 10_000
+/**
+ * longest wait for the primary's answer about a signed agent's nonce: the request waits meanwhile, and the
+ * signature is refused (replay_cache_full) when it runs out
+ */
+const NONCE_ASK_TIMEOUT_MS = 1_000
 /** a worker that exits within this long of its start is started again only after this long */
 const RESTART_BACKOFF_MS = 1_000
 /** live events a worker batches before handing them to the primary, and the most it keeps waiting */
@@ -85,6 +94,54 @@ function send(message: Report, done?: () => void): void {
 }
 
 /**
+ * A worker's side of the pod's nonce cache, which the primary keeps: every worker admits the nonces of the
+ * signatures it accepts there, so a replay is one whichever worker it reaches. Fails closed: a question the
+ * primary does not answer within NONCE_ASK_TIMEOUT_MS is `unanswered`. Questions are asked in order with
+ * the same bound, so one timer, set for the oldest, serves them all.
+ */
+class PodNonces implements NonceStore {
+  private nextId = 0
+  private readonly pending = new Map<number, { done: (a: Admission) => void; deadline: number }>()
+  private timer: NodeJS.Timeout | undefined
+
+  admit(key: string, until: number): Promise<Admission> {
+    return new Promise((done) => {
+      const id = this.nextId++
+      this.pending.set(id, { done, deadline: Date.now() + NONCE_ASK_TIMEOUT_MS })
+      this.timer ??= setTimeout(this.expire, NONCE_ASK_TIMEOUT_MS)
+      const unsent = (err: Error | null) => {
+        if (err) this.answer(id, 'unanswered')
+      }
+      try {
+        process.send!({ nhi: 'nonce', id, key, until } satisfies Report, undefined, undefined, unsent)
+      } catch {
+        // the channel to the primary is closed: this worker is exiting
+        this.answer(id, 'unanswered')
+      }
+    })
+  }
+
+  answer(id: number, admission: Admission): void {
+    const p = this.pending.get(id)
+    if (!p) return
+    this.pending.delete(id)
+    p.done(admission)
+  }
+
+  private readonly expire = (): void => {
+    this.timer = undefined
+    const now = Date.now()
+    for (const [id, p] of this.pending) {
+      if (p.deadline > now) {
+        this.timer = setTimeout(this.expire, p.deadline - now)
+        return
+      }
+      this.answer(id, 'unanswered')
+    }
+  }
+}
+
+/**
  * A worker: waits for its config from the primary, serves the proxy listeners, answers the primary's
  * questions and hands its audit lines over. Resolves once serving; exits the process when told to.
  */
@@ -96,6 +153,10 @@ export async function runWorker(log: Logger): Promise<void> {
   process.on('SIGINT', () => {})
   process.on('SIGHUP', () => {})
 
+  const nonces = new PodNonces()
+  process.on('message', (m: Command) => {
+    if (m.nhi === 'nonce') nonces.answer(m.id, m.admission)
+  })
   // asked for rather than pushed at 'online': a message sent before this listener exists is lost
   const started = once(process, 'message') as Promise<[Command]>
   send({ nhi: 'hello' })
@@ -134,6 +195,7 @@ export async function runWorker(log: Logger): Promise<void> {
     log: wlog,
     recorders: [liveForwarder],
     worker: {
+      nonces,
       auditSink(lines) {
         // a primary that stopped reading must not grow this process without bound: drop and count
         if (pendingChars + lines.length > AUDIT_MAX_PENDING_BYTES) return false
@@ -258,6 +320,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
   const telemetry = new Telemetry(config, { version: VERSION })
   telemetry.configLoaded()
+  // the signed agents' nonces of the whole pod, for the life of the primary: neither a replay on another
+  // worker nor one after a reload (or a worker's restart) finds the nonce forgotten
+  const nonces = new NonceCache(config.signedAgents.nonceCacheSize)
   const pod = new PodMetrics()
   const own = new PodExport()
   const slots: Slot[] = []
@@ -298,7 +363,14 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       worker.send({ nhi: 'start', config } satisfies Command)
     }
     worker.on('message', (m: Report) => {
-      if (m.nhi === 'hello') start()
+      if (m.nhi === 'nonce') {
+        const admission = nonces.admit(m.key, m.until, Date.now())
+        try {
+          worker.send({ nhi: 'nonce', id: m.id, admission } satisfies Command)
+        } catch {
+          // the worker is exiting: nobody waits for the answer
+        }
+      } else if (m.nhi === 'hello') start()
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
       else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
@@ -509,6 +581,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     if (next.workers !== config.workers)
       log.warn({ event: 'workers_unchanged' }, 'workers is read at start only; restart to change it')
     config = next
+    nonces.resize(next.signedAgents.nonceCacheSize)
     await adminToken.load(next.adminAccess.tokenFile)
     const applied = await Promise.all(
       live().map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),

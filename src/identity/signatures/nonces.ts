@@ -4,11 +4,12 @@
 // Entries sit in a binary min-heap ordered by expiry, so the expired ones are reclaimed from its top without
 // walking the whole cache.
 
-export type Admission = 'admitted' | 'replayed' | 'full'
+/** `unanswered`: the store could not be asked (the primary of `workers: N` did not answer in time) */
+export type Admission = 'admitted' | 'replayed' | 'full' | 'unanswered'
 
 /**
- * Where a verifier remembers nonces: one per process and never per pipeline, so that a config reload does
- * not give a seen signature a second use.
+ * Where a verifier remembers nonces: one per process, or per pod under `workers: N`, and never per
+ * pipeline, so that neither another worker nor a config reload gives a seen signature a second use.
  */
 export interface NonceStore {
   admit(key: string, until: number, now: number): Admission | Promise<Admission>

@@ -258,7 +258,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   /**
    * A verified signature: refused when its nonce was seen before, else remembered while it can verify. When
    * the cache is full of nonces that can all still verify, the new signature is refused: forgetting one of
-   * them would let its signature be replayed.
+   * them would let its signature be replayed. A store that cannot be asked refuses it for the same reason.
    */
   private async accept(v: NonNullable<Walk['verified']>): Promise<Result> {
     if (v.nonce !== undefined) {
@@ -266,6 +266,9 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       if (admitted === 'replayed') return failure('signature_replayed', 'nonce was already used', v.keyid)
       if (admitted === 'full') {
         return failure('replay_cache_full', 'the nonce cache is full of live nonces', v.keyid)
+      }
+      if (admitted === 'unanswered') {
+        return failure('replay_cache_full', "the pod's nonce cache did not answer in time", v.keyid)
       }
     }
     const d = v.directory

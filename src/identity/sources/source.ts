@@ -38,8 +38,8 @@ export interface SourceContext {
   /** unix ms clock (tests) */
   now?: () => number
   /**
-   * The signed agents' nonces, owned by the runtime rather than by one pipeline: a reload must not forget
-   * which signatures were used
+   * The signed agents' nonces, owned by the runtime (or the primary of `workers: N`) rather than by one
+   * pipeline: a reload must not forget which signatures were used
    */
   nonces?: NonceStore
 }
