@@ -27,14 +27,15 @@ function malformed(detail: string): Failure {
 
 /** undefined when no ALB header is present. */
 export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failure | undefined {
+  // A passthrough chain means the load balancer is in passthrough mode, where it sets no -Leaf of its own:
+  // a -Leaf next to it is the client's, passed on as sent, however it names the caller.
+  if (headers[ALB_CERT_HEADER] !== undefined) return passthroughChain(headerText(headers, ALB_CERT_HEADER))
   const leaf = headerText(headers, ALB_LEAF_HEADER)
   if (leaf !== undefined) {
     const pem = urlDecode(leaf)
     if (pem === undefined) return malformed('ALB client certificate is not URL-encoded PEM')
     return certEvidenceFromPem(pem, 'xfcc', true, 'alb')
   }
-  const chain = headerText(headers, ALB_CERT_HEADER)
-  if (chain !== undefined) return passthroughChain(chain)
   const subject = headerText(headers, ALB_SUBJECT_HEADER)
   const san = headerText(headers, ALB_SAN_HEADER)
   if (subject === undefined && san === undefined) return undefined
@@ -56,8 +57,8 @@ export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failur
 }
 
 /** ALB passthrough mode's chain: nobody verified it, so it is reported, never believed */
-function passthroughChain(encoded: string): Failure {
-  const pem = urlDecode(encoded)
+function passthroughChain(encoded: string | undefined): Failure {
+  const pem = encoded === undefined ? undefined : urlDecode(encoded)
   const der = pem === undefined ? undefined : firstPemCertificate(pem)
   if (der === undefined) return malformed('ALB client certificate is not URL-encoded PEM')
   return {
