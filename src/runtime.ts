@@ -13,7 +13,7 @@ import { redactConfig, redactUrl } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
-import { loadCertificateDecoder, parsePeerCertificate } from './identity/certificate.ts'
+import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
 import { type ListenerTlsFiles, loadListenerTls, TlsMaterialError } from './proxy/listener-tls.ts'
@@ -299,13 +299,15 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   logOtlpTarget(log, telemetry.otlp.target, undefined)
 
   const upstreamTls = await readUpstreamTls(initial)
+  // the client CAs the listener verifies against, as of its latest rotation
+  let clientAnchors = pemCertificates(tls?.ca)
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
     upstream: initial.upstream,
     ...(upstreamTls ? { upstreamTls } : {}),
     http: splitAddress(initial.listen.http),
     https: tls,
-    parsePeerCert: parsePeerCertificate,
+    parsePeerCert: (socket) => parsePeerCertificate(socket, clientAnchors),
     timeouts: initial.timeouts,
     limits: initial.limits,
     onHttp2Abuse: (reason) => telemetry.http2ConnectionClosed(reason),
@@ -405,6 +407,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     }
     if (next.cert === serving.cert && next.key === serving.key && next.ca === serving.ca) return
     proxy.setListenerTls(next)
+    clientAnchors = pemCertificates(next.ca)
     serving = { ...serving, ...next }
     telemetry.tlsReloaded('success')
     log.info(

@@ -14,8 +14,13 @@ const SPIFFE_SCHEME_RE = /^spiffe:/i
 /**
  * Parses the verified peer certificate of a TLS connection. No certificate → undefined; a chain the TLS
  * stack did not verify → Failure (cert_expired / cert_untrusted); invalid SPIFFE SAN → Failure spiffe_invalid.
+ * `anchors` are the client CA certificates the listener verifies against: an expired certificate is
+ * cert_expired only when it chains to one of them.
  */
-export function parsePeerCertificate(socket: TLSSocket): CertEvidence | Failure | undefined {
+export function parsePeerCertificate(
+  socket: TLSSocket,
+  anchors: readonly X509Certificate[],
+): CertEvidence | Failure | undefined {
   let x: X509Certificate | undefined
   try {
     x = socket.getPeerX509Certificate()
@@ -25,16 +30,75 @@ export function parsePeerCertificate(socket: TLSSocket): CertEvidence | Failure 
   if (!x) return undefined
   if (!socket.authorized) {
     const code = errorCode(socket.authorizationError)
+    // OpenSSL reports the last error it met, and it checks dates after trust: a self-made certificate that
+    // has expired is reported as expired, which is no workload's credential running out
+    const expired = code === 'CERT_HAS_EXPIRED' && chainsToAnchor(x, peerChain(socket), anchors)
     return {
       failed: true,
       source: 'mtls',
-      reason: code === 'CERT_HAS_EXPIRED' ? 'cert_expired' : 'cert_untrusted',
+      reason: expired ? 'cert_expired' : 'cert_untrusted',
       detail: code ?? 'client certificate not verified',
       fingerprint: sha256Hex(x.raw).slice(0, 16),
       attributes: safeAttributes(x),
     }
   }
   return certEvidenceFromX509(x, 'mtls', true)
+}
+
+/** The certificates the peer sent after its leaf (Node completes the list from the listener's CA store). */
+function peerChain(socket: TLSSocket): X509Certificate[] {
+  const out: X509Certificate[] = []
+  try {
+    let c = socket.getPeerCertificate(true)
+    const seen = new Set<unknown>([c])
+    while (c?.issuerCertificate && !seen.has(c.issuerCertificate) && out.length < MAX_CHAIN) {
+      c = c.issuerCertificate
+      seen.add(c)
+      out.push(new X509Certificate(c.raw))
+    }
+  } catch {
+    // an unreadable chain anchors nothing
+  }
+  return out
+}
+
+const MAX_CHAIN = 10
+
+function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
+  try {
+    return cert.checkIssued(issuer) && cert.verify(issuer.publicKey)
+  } catch {
+    return false
+  }
+}
+
+/** Whether `leaf` leads through `chain` to one of `anchors` by names and signatures, whatever the dates. */
+export function chainsToAnchor(
+  leaf: X509Certificate,
+  chain: readonly X509Certificate[],
+  anchors: readonly X509Certificate[],
+): boolean {
+  let cert = leaf
+  for (let depth = 0; depth <= MAX_CHAIN; depth++) {
+    if (anchors.some((a) => issuedBy(cert, a))) return true
+    const next = chain.find((c) => c !== cert && !c.raw.equals(cert.raw) && issuedBy(cert, c))
+    if (!next) return false
+    cert = next
+  }
+  return false
+}
+
+/** The certificates of a PEM bundle (a client CA file); those that do not parse are left out. */
+export function pemCertificates(pem: string | undefined): X509Certificate[] {
+  const out: X509Certificate[] = []
+  for (const block of pem?.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? []) {
+    try {
+      out.push(new X509Certificate(block))
+    } catch {
+      // the listener's own checks refuse such a bundle; here it simply anchors nothing
+    }
+  }
+  return out
 }
 
 function errorCode(err: Error | string | null | undefined): string | undefined {

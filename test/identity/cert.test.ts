@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import { connect, createServer, type TLSSocket } from 'node:tls'
@@ -24,6 +25,7 @@ type Result = CertEvidence | Failure | undefined
 const { ca: serverCa, server } = await createServerPki()
 const clientCa = await createCA('client-ca')
 const otherCa = await createCA('rogue-ca')
+const clientAnchors = [new X509Certificate(clientCa.certPem)]
 
 const results: Result[] = []
 const tlsServer = createServer({
@@ -34,7 +36,7 @@ const tlsServer = createServer({
   rejectUnauthorized: false,
 })
 tlsServer.on('secureConnection', (socket: TLSSocket) => {
-  results.push(parsePeerCertificate(socket))
+  results.push(parsePeerCertificate(socket, clientAnchors))
   socket.end('done')
 })
 tlsServer.on('tlsClientError', () => {})

@@ -8,9 +8,11 @@ import { request } from 'node:https'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { runExplain } from '../../src/cli/explain.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
 import { type CA, createCA, createServerPki, issueCert, type KeyPair } from '../helpers/pki.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
-import { spawnCli } from '../helpers/sidecar.ts'
+import { spawnCli, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const SPIFFE = 'spiffe://example.com/ns/shop/sa/web'
@@ -170,4 +172,43 @@ t.test('explain agrees: without clientCA a presented certificate is not evidence
   t.equal(report.identity.verified, false)
   t.not(report.identity.source, 'mtls')
   t.match(report.notes.join('\n'), /does not request client certificates/)
+})
+
+t.test('an expired certificate is cert_expired only when clientCA issued it', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    listen: {
+      http: '127.0.0.1:0',
+      https: {
+        address: '127.0.0.1:0',
+        cert: server.certFile,
+        key: server.keyFile,
+        clientCA: clientCa.certFile,
+      },
+    },
+  })
+  const port = sidecar.httpsAddress!.port
+  // a workload whose credential ran out, and a certificate anyone can make, long expired
+  const ranOut = await issueCert(clientCa, { cn: 'web', uriSans: [SPIFFE], days: -1 })
+  const selfMade = await issueCert(await createCA('self-made-ca'), { cn: 'web', uriSans: [SPIFFE], days: -1 })
+  for (const cert of [ranOut, selfMade]) {
+    const r = await call(port, cert)
+    t.equal(r.status, 200)
+    t.equal(r.headers['x-nhi-verified'], 'false', 'an expired certificate is no identity')
+  }
+  const failures = async () => {
+    const samples = await scrape(sidecar.adminUrl)
+    const of = (reason: string) => metricValue(samples, 'nhi_auth_failures_total', { source: 'mtls', reason })
+    return { expired: of('cert_expired'), untrusted: of('cert_untrusted') }
+  }
+  await eventually(async () => (await failures()).expired + (await failures()).untrusted === 2, {
+    what: 'both failures counted',
+  })
+  t.same(
+    await failures(),
+    { expired: 1, untrusted: 1 },
+    "the self-made certificate is untrusted: it says nothing about a workload's credential",
+  )
 })
