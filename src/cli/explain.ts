@@ -1,17 +1,23 @@
 // `nhi-proxy explain`: the identity a request would get, with the evidence, every rule tried (and why it
 // did or did not match), and the policy decision. Runs the real pipeline: tokens are really verified.
-import { X509Certificate } from 'node:crypto'
+import type { X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
 import { redactHeader } from '../config/redact.ts'
 import { type Config, configSchema } from '../config/schema.ts'
-import { certEvidenceFromX509, loadCertificateDecoder } from '../identity/certificate.ts'
+import {
+  certEvidenceFromX509,
+  loadCertificateDecoder,
+  pathToAnchor,
+  pemCertificates,
+} from '../identity/certificate.ts'
 import { evidenceByName } from '../identity/sources/source.ts'
 import { AttributionPipeline } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
 import { hasLowerCaseLetter } from '../proxy/request-lifecycle.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
+import { sha256Hex } from '../util/fingerprint.ts'
 import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
 import { printable } from './prometheus-api.ts'
@@ -47,15 +53,18 @@ export function parseHeaderArgs(args: readonly string[]): Record<string, string>
 }
 
 /**
- * mTLS evidence from a PEM file, verified against listen.https.clientCA. Without a clientCA the live
- * listener does not request client certificates, so the certificate is no evidence here either.
+ * mTLS evidence from a PEM file (the client certificate, then any intermediates it would send), judged as the
+ * listener judges it: it must chain to a certificate of listen.https.clientCA and be within its dates, or it
+ * is a failure rather than evidence. Without a clientCA the live listener does not request client
+ * certificates, so the certificate is no evidence here either.
  */
 async function certFromFile(
   path: string,
   config: Config,
   notes: string[],
 ): Promise<CertEvidence | Failure | undefined> {
-  const cert = new X509Certificate(await readFile(path))
+  const [cert, ...chain] = pemCertificates(await readFile(path, 'utf8'))
+  if (!cert) throw new Error('no PEM certificate in the file')
   const caFile = config.listen.https?.clientCA
   if (!caFile) {
     notes.push(
@@ -63,16 +72,35 @@ async function certFromFile(
     )
     return undefined
   }
-  let verified = false
+  let anchors: X509Certificate[] = []
   try {
-    const ca = new X509Certificate(await readFile(caFile))
-    verified = cert.checkIssued(ca) && cert.verify(ca.publicKey)
-    if (!verified) notes.push(`certificate is not issued by ${caFile}`)
+    anchors = pemCertificates(await readFile(caFile, 'utf8'))
   } catch (e) {
     notes.push(`cannot read clientCA ${caFile}: ${(e as Error).message}`)
   }
+  const failure = (reason: Failure['reason'], what: string): Failure => {
+    const detail = `certificate ${what}`
+    notes.push(detail)
+    return {
+      failed: true,
+      source: 'mtls',
+      reason,
+      detail,
+      fingerprint: sha256Hex(cert.raw).slice(0, 16),
+      attributes: { cert_sha256: sha256Hex(cert.raw) },
+    }
+  }
+  const trusted = pathToAnchor(cert, chain, anchors)
+  if (!trusted) return failure('cert_untrusted', `is not issued by ${caFile}`)
+  const now = Date.now()
+  for (const c of trusted) {
+    if (Date.parse(c.validTo) < now)
+      return failure('cert_expired', `chain has expired (${c.subject.split('\n').join(', ')})`)
+    if (Date.parse(c.validFrom) > now)
+      return failure('cert_untrusted', `chain is not yet valid (${c.subject.split('\n').join(', ')})`)
+  }
   await loadCertificateDecoder()
-  return certEvidenceFromX509(cert, 'mtls', verified)
+  return certEvidenceFromX509(cert, 'mtls', true)
 }
 
 export async function runExplain(opts: ExplainOptions, out: Out): Promise<number> {

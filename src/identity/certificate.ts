@@ -78,14 +78,26 @@ export function chainsToAnchor(
   chain: readonly X509Certificate[],
   anchors: readonly X509Certificate[],
 ): boolean {
+  return pathToAnchor(leaf, chain, anchors) !== undefined
+}
+
+/** The certificates from `leaf` through `chain` to the one of `anchors` that issued the last (dates unchecked). */
+export function pathToAnchor(
+  leaf: X509Certificate,
+  chain: readonly X509Certificate[],
+  anchors: readonly X509Certificate[],
+): X509Certificate[] | undefined {
+  const path = [leaf]
   let cert = leaf
   for (let depth = 0; depth <= MAX_CHAIN; depth++) {
-    if (anchors.some((a) => issuedBy(cert, a))) return true
+    const anchor = anchors.find((a) => issuedBy(cert, a))
+    if (anchor) return [...path, anchor]
     const next = chain.find((c) => c !== cert && !c.raw.equals(cert.raw) && issuedBy(cert, c))
-    if (!next) return false
+    if (!next) return undefined
+    path.push(next)
     cert = next
   }
-  return false
+  return undefined
 }
 
 /** The certificates of a PEM bundle (a client CA file); those that do not parse are left out. */

@@ -123,9 +123,47 @@ identities:
   t.match(r.text, /mtls +verified spiffe:\/\/example\.com\/ns\/shop\/sa\/web/)
   t.match(r.text, /identity: shop\/web\n +kind=service source=mtls verified=true rule=workloads/)
   const s = await explain({ config, cert: stranger.certFile })
-  t.match(s.text, /mtls +unverified/)
-  t.match(s.text, /verified: request is not verified/)
+  // as on the listener, a certificate from another issuer is a failure, not unverified evidence
+  t.match(s.text, /failure +mtls: cert_untrusted/)
+  t.notMatch(s.text, /mtls +unverified/)
+  t.match(s.text, /identity: anonymous\n +kind=unknown source=anonymous verified=false/)
   t.match(s.text, /note: certificate is not issued by/)
+})
+
+t.test('explain judges a client certificate as the listener does: whole CA bundle, dates', async (t) => {
+  const ca = await createCA('explain-ca')
+  const second = await createCA('second-ca')
+  const dir = scratchDirSync('explain')
+  const bundle = join(dir, 'client-ca.pem')
+  writeFileSync(bundle, ca.certPem + second.certPem)
+  const config = join(dir, 'c.yaml')
+  const leaf = await issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
+  writeFileSync(
+    config,
+    `listen:
+  https: { cert: ${leaf.certFile}, key: ${leaf.keyFile}, clientCA: ${bundle} }
+identities:
+  - { name: "{ns}/{sa}", rule: workloads, kind: service, match: { spiffe: "spiffe://example.com/ns/{ns}/sa/{sa}", verified: true } }
+`,
+  )
+  // the listener verifies against every CA of the bundle
+  const fromSecond = await issueCert(second, {
+    cn: 'batch',
+    uriSans: ['spiffe://example.com/ns/shop/sa/batch'],
+  })
+  const b = await explain({ config, cert: fromSecond.certFile })
+  t.equal(b.code, 0)
+  t.match(b.text, /identity: shop\/batch\n +kind=service source=mtls verified=true rule=workloads/)
+  // and the listener refuses an expired certificate (cert_expired): it names nobody
+  const expired = await issueCert(ca, {
+    cn: 'web',
+    uriSans: ['spiffe://example.com/ns/shop/sa/web'],
+    days: -1,
+  })
+  const e = await explain({ config, cert: expired.certFile })
+  t.equal(e.code, 0)
+  t.match(e.text, /failure +mtls: cert_expired/)
+  t.match(e.text, /identity: anonymous\n +kind=unknown source=anonymous verified=false/)
 })
 
 t.test('bad input exits 1', async (t) => {
