@@ -173,7 +173,9 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
         method: req.method,
         path: opts.path,
         remoteAddr,
-        headers: Object.keys(headers).map((k) => `${k}: ${redactHeader(k, headers[k]!)}`),
+        headers: Object.keys(headers).map(
+          (k) => `${k}: ${redactHeader(k, headers[k]!, config.apiKeys.header)}`,
+        ),
       },
       evidence: result.evidence,
       trace: result.trace,

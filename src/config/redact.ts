@@ -1,5 +1,7 @@
 // The effective config served on /config. Nothing secret is in the config itself (keys live in files), but
 // api-key hashes and any secret-looking field are still masked: a hash of a weak key is guessable.
+import { normalizeHeaderName } from '../util/header-names.ts'
+
 const SECRET_FIELD = /(secret|password|token|sha256|key)$/i
 const KEEP = new Set(['bearerTokenFile', 'secretFile', 'key', 'maxIdentities', 'apiKey'])
 
@@ -51,11 +53,17 @@ function isSecretField(name: string, value: unknown): boolean {
 }
 
 /** request headers that carry credentials: their values are never echoed */
-const CREDENTIAL_HEADER = /^(authorization|proxy-authorization|cookie|x-api-key)$/i
+const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'x-api-key'])
 
-/** A request header's value for display: credential headers masked. */
-export function redactHeader(name: string, value: string): string {
-  return CREDENTIAL_HEADER.test(name) ? REDACTED : value
+/**
+ * A request header's value for display: credential headers masked, the configured `apiKeys.header` among
+ * them. Names compare as an upstream framework merges them (`X_API_KEY` is x-api-key to a CGI/WSGI/Rack app).
+ */
+export function redactHeader(name: string, value: string, apiKeyHeader?: string): string {
+  const n = normalizeHeaderName(name)
+  const secret =
+    CREDENTIAL_HEADERS.has(n) || (apiKeyHeader !== undefined && n === normalizeHeaderName(apiKeyHeader))
+  return secret ? REDACTED : value
 }
 
 /**

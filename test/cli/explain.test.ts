@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
@@ -45,6 +46,27 @@ t.test('explain a crawler: every rule tried, why it failed, identity and policy'
   t.equal(r.code, 0)
   t.equal(r.text, golden('explain-crawler.txt', r.text))
   t.notMatch(r.text, /not-a-real-key/, 'credentials are never echoed')
+})
+
+t.test('an api key is never echoed, under the configured header or another spelling of it', async (t) => {
+  const key = 'partner-key-5b2e9d71c4'
+  const dir = scratchDirSync('explain-apikey')
+  const config = join(dir, 'c.yaml')
+  const sha256 = createHash('sha256').update(key).digest('hex')
+  writeFileSync(
+    config,
+    `apiKeys:\n  header: x-service-token\n  keys: [{ name: partner, sha256: ${sha256} }]\n`,
+  )
+  for (const header of ['X-Service-Token', 'x_service_token', 'X_API_KEY']) {
+    for (const json of [false, true]) {
+      const r = await explain({ config, headers: [`${header}: ${key}`], json })
+      t.equal(r.code, 0)
+      t.notMatch(r.text, key, `${header}${json ? ' (--json)' : ''}: the key is not printed`)
+      t.match(r.text, /<redacted>/, `${header}${json ? ' (--json)' : ''}: its header is shown masked`)
+    }
+  }
+  const r = await explain({ config, headers: [`X-Service-Token: ${key}`] })
+  t.match(r.text, /apikey +verified name=partner/, 'the key is still read from the configured header')
 })
 
 t.test('--json carries the same report', async (t) => {
