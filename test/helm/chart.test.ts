@@ -461,6 +461,23 @@ t.test('config checksum rolls pods only for settings hot reload cannot apply', a
     base,
     'upstream change rolls',
   )
+  // every setting docs/reference.md says takes effect at the next start: a ConfigMap change the running
+  // process cannot apply must roll the pods, or they keep the old value until something else restarts them
+  for (const startOnly of [
+    ['--set', 'config.workers=4'],
+    ['--set', 'config.upstreamTls.ca=/etc/upstream-ca/ca.crt'],
+    ['--set', 'config.timeouts.upstream=10s'],
+    ['--set', 'config.limits.maxConnections=500'],
+    ['--set', 'config.audit.output=/tmp/audit.jsonl'],
+    ['--set-json', 'config.metrics.buckets=[0.01,0.1,1]'],
+  ]) {
+    t.not(checksum((await render(startOnly)).objects), base, `${startOnly[1]} rolls`)
+  }
+  t.equal(
+    checksum((await render(['--set', 'config.audit.sample=0.5,config.metrics.maxIdentities=50'])).objects),
+    base,
+    'the audit and metrics keys a reload applies do not roll',
+  )
   t.not(
     checksum((await render([...rulesChanged, '--set', 'rollOnAnyConfigChange=true'])).objects),
     checksum((await render(['--set', 'rollOnAnyConfigChange=true'])).objects),

@@ -100,14 +100,19 @@ from the chart values, so ports in the config always match the container and Ser
 
 {{/*
 Checksum for the pod template. Hot reload applies everything except what is bound when the process starts
-(listeners, admin, upstream, limits, timeouts), so only those roll the pods unless rollOnAnyConfigChange.
+(docs/reference.md "Config file": listeners, admin, upstreamTls, timeouts, limits, workers, audit.output,
+metrics.buckets; upstream too), so only those roll the pods unless rollOnAnyConfigChange: a change to any
+of them would otherwise sit in the ConfigMap while the pods kept the old value.
 */}}
 {{- define "nhi-proxy.configChecksum" -}}
 {{- $cfg := include "nhi-proxy.effectiveConfig" . | fromYaml }}
 {{- if .Values.rollOnAnyConfigChange }}
 {{- toYaml $cfg | sha256sum }}
 {{- else }}
-{{- pick $cfg "listen" "admin" "upstream" "limits" "timeouts" | toYaml | sha256sum }}
+{{- $startOnly := pick $cfg "listen" "admin" "upstream" "upstreamTls" "limits" "timeouts" "workers" }}
+{{- with $cfg.audit }}{{ $_ := set $startOnly "audit" (pick . "output") }}{{ end }}
+{{- with $cfg.metrics }}{{ $_ := set $startOnly "metrics" (pick . "buckets") }}{{ end }}
+{{- $startOnly | toYaml | sha256sum }}
 {{- end }}
 {{- end }}
 
