@@ -241,6 +241,18 @@ t.test('duplicate rule names, issuers and api keys', async (t) => {
   ])
 })
 
+t.test('an api key header no request can carry is a config error', async (t) => {
+  const keys = `  keys: [{ name: a, sha256: "${'a'.repeat(64)}" }]\n`
+  // a key is read from a header of exactly that name: with one HTTP cannot send, every key is silently unused
+  for (const header of ['""', '"x api key"', '"x-api-key:"', '":path"', '"x-api-kéy"']) {
+    const errors = errorsOf(`apiKeys:\n  header: ${header}\n${keys}`)
+    t.match(lines(errors), [/^c\.yaml:2:11 apiKeys\.header: /], header)
+  }
+  for (const header of ['x-api-key', 'X-Partner-Token', 'x_api_key', 'api-key~v2.1']) {
+    t.ok(parseConfigText(`apiKeys:\n  header: "${header}"\n${keys}`, 'c.yaml').ok, header)
+  }
+})
+
 t.test('loadConfigFile reads files and reports missing ones', async (t) => {
   const dir = scratchDirSync('config')
   const good = join(dir, 'good.yaml')

@@ -12,7 +12,13 @@ import type { CredentialSource, SourceExtractor } from './source.ts'
 /** The `apiKeys` config section. */
 export const apiKeysConfigSchema = z.prefault(
   z.strictObject({
-    header: z._default(z.string(), 'x-api-key'),
+    // a name HTTP cannot carry (empty, a space, a colon) would leave every key silently unused
+    header: z._default(
+      z
+        .string()
+        .check(z.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'expected an HTTP header name, such as x-api-key')),
+      'x-api-key',
+    ),
     keys: z._default(
       z.array(
         z.strictObject({
