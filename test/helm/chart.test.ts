@@ -612,6 +612,20 @@ t.test('mTLS listener: port, Service port and the TLS secret mount follow config
     { port: 443, targetPort: 8443 },
   )
 
+  // a gateway or mesh picks the backend protocol from appProtocol: the cleartext h2c of a gRPC app's plain
+  // port, spoken to the TLS listener, would fail every connection to it
+  const h2c = find(
+    (await render(['-f', values, '--set', 'service.appProtocol=kubernetes.io/h2c'])).objects,
+    'Service',
+  ).spec as { ports: { name: string; appProtocol?: string }[] }
+  t.equal(h2c.ports.find((p) => p.name === 'http')?.appProtocol, 'kubernetes.io/h2c')
+  t.equal(h2c.ports.find((p) => p.name === 'https')?.appProtocol, undefined, 'the TLS port is not called h2c')
+  const tlsProtocol = find(
+    (await render(['-f', values, '--set', 'service.httpsAppProtocol=https'])).objects,
+    'Service',
+  ).spec as { ports: { name: string; appProtocol?: string }[] }
+  t.equal(tlsProtocol.ports.find((p) => p.name === 'https')?.appProtocol, 'https', 'its own appProtocol')
+
   const plain = podSpec((await render()).objects)
   t.notOk(
     proxyContainer(plain).ports?.some((p) => p.name === 'nhi-https'),
