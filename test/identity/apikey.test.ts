@@ -1,9 +1,13 @@
+import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect as connectH2 } from 'node:http2'
+import { type AddressInfo, connect } from 'node:net'
 import t from 'tap'
 import { createApiKeyExtractor } from '../../src/identity/sources/apikey.ts'
 import { fingerprint, sha256Hex } from '../../src/util/fingerprint.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
 
 const BILLING_KEY = 'nhi_live_5f2b8c1e9a7d4e3f'
 const CRON_KEY = 'nhi_live_cron_0011223344'
@@ -58,4 +62,38 @@ t.test('no key, or a key in another header, is no evidence', async (t) => {
   t.equal((await send({})).body, null)
   t.equal((await send({ 'x-api-key': BILLING_KEY })).body, null)
   t.equal(extractor.header, 'x-service-token')
+})
+
+// A header value is bytes; Node hands them over as one latin1 character per byte, on HTTP/1.1 and HTTP/2
+// alike. The configured sha256 is of the key's bytes (`printf %s "$KEY" | sha256sum`), whatever they are.
+t.test('a key with bytes outside ASCII is recognised by the sha256 of those bytes', async (t) => {
+  const key = Buffer.from('cl\u00e9-partenaire-7f3a', 'utf8')
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: upstream.url,
+    apiKeys: { keys: [{ name: 'partner', sha256: createHash('sha256').update(key).digest('hex') }] },
+  })
+  const socket = connect(sidecar.proxyAddress.port, '127.0.0.1')
+  // written, not ended: the answer comes on the same connection, which Connection: close then ends
+  socket.write(
+    Buffer.concat([
+      Buffer.from('GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-api-key: '),
+      key,
+      Buffer.from('\r\n\r\n'),
+    ]),
+  )
+  const chunks: Buffer[] = []
+  for await (const c of socket) chunks.push(c as Buffer)
+  const h1 = Buffer.concat(chunks).toString('latin1')
+  t.match(h1, /^HTTP\/1\.1 200 /)
+  t.equal(JSON.parse(h1.slice(h1.indexOf('\r\n\r\n') + 4)).headers['x-nhi-identity'], 'partner', 'HTTP/1.1')
+
+  const session = connectH2(sidecar.proxyUrl)
+  t.teardown(() => session.close())
+  const stream = session.request({ ':path': '/echo', 'x-api-key': key.toString('latin1') })
+  stream.end()
+  let body = ''
+  for await (const c of stream) body += c
+  t.equal(JSON.parse(body).headers['x-nhi-identity'], 'partner', 'HTTP/2')
 })

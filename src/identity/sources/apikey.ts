@@ -5,7 +5,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import * as z from 'zod/mini'
 import type { Config } from '../../config/schema.ts'
 import { type ConnectionInfo, type Failure, KINDS, type Kind, type RequestInfo } from '../../types.ts'
-import { fingerprint } from '../../util/fingerprint.ts'
+import { FINGERPRINT_HEX_CHARS } from '../../util/fingerprint.ts'
 import { normalizeHeaderName } from '../../util/header-names.ts'
 import type { CredentialSource, SourceExtractor } from './source.ts'
 
@@ -79,9 +79,13 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
     const raw = req.headers[this.header]
     const key = Array.isArray(raw) ? raw[0] : raw
     if (!key) return undefined
-    const digest = createHash('sha256').update(key).digest()
-    const fp = fingerprint(key)
-    const entry = this.byHash.get(digest.toString('hex'))
+    // Node hands header bytes over one latin1 character per byte: hashing the string as UTF-8 would hash
+    // other bytes than the client sent for a key outside ASCII, and the configured sha256 would never match
+    const digest = createHash('sha256').update(key, 'latin1').digest()
+    const hex = digest.toString('hex')
+    // fingerprint() of the key's bytes, without hashing them a second time
+    const fp = hex.slice(0, FINGERPRINT_HEX_CHARS)
+    const entry = this.byHash.get(hex)
     if (!entry || !timingSafeEqual(digest, entry.digest)) {
       return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint: fp }
     }
