@@ -530,6 +530,16 @@ t.test('values schema rejects bad values', async (t) => {
     'securityContext.runAsNonRoot=false',
   ])
   t.not(rootUser.code, 0, 'runAsNonRoot cannot be switched off')
+  const ftp = await run(helm, ['template', 'x', CHART_DIR, '--set', 'upstream=ftp://app:21'])
+  t.not(ftp.code, 0, 'an upstream scheme the proxy does not speak')
+})
+
+t.test('deployment mode fronts a gRPC Service over h2c:// or h2://, as values.yaml advises', async (t) => {
+  for (const upstream of ['h2c://app:50051', 'h2://app.shop.svc:443', 'https://app:8443']) {
+    const { objects } = await render(['--set', `upstream=${upstream}`])
+    checkConfig(t, objects)
+    t.equal(configOf(objects).value['upstream'], upstream, upstream)
+  }
 })
 
 t.test('another chart can inject the sidecar with the named templates', async (t) => {
