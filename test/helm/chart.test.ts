@@ -356,6 +356,20 @@ t.test('every values combination: lint passes, the app Service never carries the
   }
 })
 
+t.test('every Service name is a DNS label, whatever the release is called', async (t) => {
+  // helm allows release names of up to 53 characters; the API server refuses a Service name over 63
+  const release = 'payments-ledger-reconciliation-service-production-eu'
+  const r = await run(helm, ['template', release, CHART_DIR, '--set', 'metrics.serviceMonitor.enabled=true'])
+  t.equal(r.code, 0, r.stderr)
+  const objects = parseAllDocuments(r.stdout)
+    .map((d) => d.toJS() as K8sObject | null)
+    .filter((o): o is K8sObject => o !== null)
+  const names = objects.filter((o) => o.kind === 'Service').map((o) => o.metadata.name)
+  t.equal(names.length, 2, 'the app and the metrics Service')
+  for (const name of names) t.match(name, /^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/, `${name} (${name.length})`)
+  t.equal(new Set(names).size, 2, 'and they are two names')
+})
+
 t.test('NetworkPolicy: only the proxy port, and the admin port from the scrapers', async (t) => {
   t.notOk(
     (await render()).objects.some((o) => o.kind === 'NetworkPolicy'),

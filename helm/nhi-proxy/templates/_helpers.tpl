@@ -16,6 +16,11 @@
 {{- end }}
 {{- end }}
 
+{{/* The metrics Service: a Service name is a 63-character DNS label, so the suffix needs room of its own. */}}
+{{- define "nhi-proxy.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "nhi-proxy.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "nhi-proxy.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
