@@ -656,3 +656,16 @@ t.test('mTLS listener: port, Service port and the TLS secret mount follow config
     'no mTLS port unless configured',
   )
 })
+
+t.test('bindAddress: the listeners bind IPv6 when asked, IPv4 by default', async (t) => {
+  const listenOf = (cfg: Record<string, unknown>) => ({
+    http: (cfg['listen'] as { http?: string }).http,
+    admin: cfg['admin'],
+  })
+  t.same(listenOf(configOf((await render()).objects).value), { http: '0.0.0.0:8080', admin: '0.0.0.0:9464' })
+  const v6 = configOf((await render(['--set', 'bindAddress=::'])).objects)
+  t.same(listenOf(v6.value), { http: '[::]:8080', admin: '[::]:9464' })
+  t.ok(parseConfigText(v6.text, 'config.yaml').ok, 'the IPv6 config passes the nhi-proxy config loader')
+  const bad = await run(helm, ['template', 'x', CHART_DIR, '--set', 'bindAddress=10.0.0.1'])
+  t.not(bad.code, 0, 'another address is refused by the values schema')
+})

@@ -79,12 +79,14 @@ from the chart values, so ports in the config always match the container and Ser
 {{- $cfg := deepCopy (.Values.config | default dict) }}
 {{- $listen := dict }}
 {{- if hasKey $cfg "listen" }}{{ $listen = deepCopy (get $cfg "listen") }}{{ end }}
-{{- $_ := set $listen "http" (printf "0.0.0.0:%d" (int .Values.ports.http)) }}
+{{- $bind := .Values.bindAddress | default "0.0.0.0" }}
+{{- if contains ":" $bind }}{{ $bind = printf "[%s]" $bind }}{{ end }}
+{{- $_ := set $listen "http" (printf "%s:%d" $bind (int .Values.ports.http)) }}
 {{- if hasKey $listen "https" }}
-{{- $_ := set (get $listen "https") "address" (printf "0.0.0.0:%d" (int .Values.ports.https)) }}
+{{- $_ := set (get $listen "https") "address" (printf "%s:%d" $bind (int .Values.ports.https)) }}
 {{- end }}
 {{- $_ := set $cfg "listen" $listen }}
-{{- $_ := set $cfg "admin" (printf "0.0.0.0:%d" (int .Values.ports.admin)) }}
+{{- $_ := set $cfg "admin" (printf "%s:%d" $bind (int .Values.ports.admin)) }}
 {{- $_ := set $cfg "upstream" (include "nhi-proxy.upstream" .) }}
 {{- if .Values.adminToken.existingSecret }}
 {{- $access := dict }}
