@@ -16,7 +16,13 @@ import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
-import { type ListenerTlsFiles, loadListenerTls, TlsMaterialError } from './proxy/listener-tls.ts'
+import {
+  type ListenerTlsFiles,
+  loadListenerTls,
+  loadUpstreamTls,
+  TlsMaterialError,
+  type UpstreamTlsFiles,
+} from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
@@ -156,29 +162,23 @@ async function readTls(config: Config, tls: StartOptions['tls']) {
   return { ...splitAddress(https.address), ...material, clientCert: https.clientCert }
 }
 
-/** CA bundle and client certificate for https:/h2: upstreams, read once at start like the listener's. */
-async function readUpstreamTls(config: Config): Promise<ConnectionOptions | undefined> {
-  const u = config.upstreamTls
-  if (!u) return undefined
-  if ((u.cert === undefined) !== (u.key === undefined)) {
+/**
+ * CA bundle and client certificate for https:/h2: upstreams, read and checked as a rotation reads them: a CA
+ * file without a certificate (which would leave the upstream verified against the public roots) or a key for
+ * another certificate stops the start.
+ */
+export async function readUpstreamTls(
+  upstreamTls: Config['upstreamTls'],
+): Promise<ConnectionOptions | undefined> {
+  if (!upstreamTls) return undefined
+  if ((upstreamTls.cert === undefined) !== (upstreamTls.key === undefined)) {
     throw new StartupError('upstreamTls: cert and key go together', 1)
   }
   try {
-    const [ca, cert, key] = await Promise.all([
-      u.ca ? readFile(u.ca, 'utf8') : undefined,
-      u.cert ? readFile(u.cert, 'utf8') : undefined,
-      u.key ? readFile(u.key, 'utf8') : undefined,
-    ])
-    const out: ConnectionOptions = {}
-    if (ca) out.ca = ca
-    if (cert && key) {
-      out.cert = cert
-      out.key = key
-    }
-    if (u.servername) out.servername = u.servername
-    return out
+    return await loadUpstreamTls(upstreamTls, upstreamTls.servername)
   } catch (err) {
-    throw new StartupError(`cannot read upstream TLS material: ${(err as Error).message}`, 1)
+    if (!(err instanceof TlsMaterialError)) throw err
+    throw new StartupError(`upstreamTls.${err.setting} "${err.file}": ${err.message}`, 1)
   }
 }
 
@@ -266,8 +266,10 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     configPath ? (opts.preloaded ?? (await loadOrFail(configPath))) : (opts.config ?? configSchema.parse({})),
     opts.overrides,
   )
-  // first: a listener file that cannot serve stops the start before keys are fetched or outputs opened
+  // first: a listener or upstream TLS file that cannot serve stops the start before keys are fetched or
+  // outputs opened
   const tls = await readTls(initial, opts.tls)
+  const upstreamTls = await readUpstreamTls(initial.upstreamTls)
   // the https listener parses a client certificate synchronously as each TLS connection comes in
   if (tls) await loadCertificateDecoder()
   const telemetry = new Telemetry(initial, {
@@ -298,7 +300,6 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   logRecorderFailures(log, await telemetry.start())
   logOtlpTarget(log, telemetry.otlp.target, undefined)
 
-  const upstreamTls = await readUpstreamTls(initial)
   // the client CAs the listener verifies against, as of its latest rotation
   let clientAnchors = pemCertificates(tls?.ca)
   const proxy: ProxyServer = createProxy({
@@ -397,42 +398,85 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
       next = await loadListenerTls(tlsFiles)
     } catch (e) {
       const file = e instanceof TlsMaterialError ? e.file : tlsFiles.cert
+      const setting = `listen.https.${e instanceof TlsMaterialError ? e.setting : 'cert'}`
       const reason = (e as Error).message
       log.error(
-        { event: 'tls_reload_failed', file, reason },
-        `${file}: ${reason}; serving the previous certificate`,
+        { event: 'tls_reload_failed', side: 'listener', setting, file, reason },
+        `${setting} "${file}": ${reason}; serving the previous certificate`,
       )
-      telemetry.tlsReloaded('failure')
+      telemetry.tlsReloaded('listener', 'failure')
       return
     }
     if (next.cert === serving.cert && next.key === serving.key && next.ca === serving.ca) return
     proxy.setListenerTls(next)
     clientAnchors = pemCertificates(next.ca)
     serving = { ...serving, ...next }
-    telemetry.tlsReloaded('success')
+    telemetry.tlsReloaded('listener', 'success')
     log.info(
       {
         event: 'tls_reloaded',
+        side: 'listener',
         cert: tlsFiles.cert,
         ...(tlsFiles.clientCA ? { clientCA: tlsFiles.clientCA } : {}),
       },
       'https listener certificate reloaded',
     )
   })
-  if (tlsFiles) telemetry.tlsListener()
-  const tlsWatchers: ConfigWatcher[] = tlsFiles
-    ? [tlsFiles.cert, tlsFiles.key, tlsFiles.clientCA]
-        .filter((file): file is string => file !== undefined)
-        .map((file) =>
-          watchConfig(resolve(file), () => void reloadTls(), {
-            onError: (_message, err) =>
-              log.warn(
-                { err, file },
-                'cannot watch a TLS file of the https listener; a reload (SIGHUP) still reads it',
-              ),
-          }),
-        )
-    : []
+  if (tlsFiles) telemetry.tlsFiles('listener')
+
+  // upstreamTls's files as named at start, the same way: upstream connections opened after a rotation
+  // present the new client certificate and verify against the new CA; each worker rotates its own.
+  const upstreamTlsFiles: UpstreamTlsFiles | undefined =
+    upstreamTls && (initial.upstreamTls?.ca || initial.upstreamTls?.cert)
+      ? { ca: initial.upstreamTls.ca, cert: initial.upstreamTls.cert, key: initial.upstreamTls.key }
+      : undefined
+  let upstreamServing = upstreamTls
+  const reloadUpstreamTls = serializeReloads(async (): Promise<void> => {
+    if (!upstreamTlsFiles || !upstreamServing) return
+    let next: ConnectionOptions
+    try {
+      next = await loadUpstreamTls(upstreamTlsFiles, initial.upstreamTls?.servername)
+    } catch (e) {
+      const file = e instanceof TlsMaterialError ? e.file : (upstreamTlsFiles.cert ?? upstreamTlsFiles.ca)
+      const setting = `upstreamTls.${e instanceof TlsMaterialError ? e.setting : 'cert'}`
+      const reason = (e as Error).message
+      log.error(
+        { event: 'tls_reload_failed', side: 'upstream', setting, file, reason },
+        `${setting} "${file}": ${reason}; upstream connections keep the previous TLS files`,
+      )
+      telemetry.tlsReloaded('upstream', 'failure')
+      return
+    }
+    const was = upstreamServing
+    if (next.cert === was.cert && next.key === was.key && next.ca === was.ca) return
+    proxy.setUpstreamTls(next)
+    upstreamServing = next
+    telemetry.tlsReloaded('upstream', 'success')
+    log.info(
+      {
+        event: 'tls_reloaded',
+        side: 'upstream',
+        ...(upstreamTlsFiles.cert ? { cert: upstreamTlsFiles.cert } : {}),
+        ...(upstreamTlsFiles.ca ? { ca: upstreamTlsFiles.ca } : {}),
+      },
+      'upstream TLS files reloaded',
+    )
+  })
+  if (upstreamTlsFiles) telemetry.tlsFiles('upstream')
+
+  const watchTlsFile = (file: string, reload: () => unknown, what: string): ConfigWatcher =>
+    watchConfig(resolve(file), () => void reload(), {
+      onError: (_message, err) =>
+        log.warn({ err, file }, `cannot watch a TLS file of ${what}; a reload (SIGHUP) still reads it`),
+    })
+  const tlsWatchers: ConfigWatcher[] = [
+    ...(tlsFiles ? [tlsFiles.cert, tlsFiles.key, tlsFiles.clientCA] : [])
+      .filter((file): file is string => file !== undefined)
+      .map((file) => watchTlsFile(file, reloadTls, 'the https listener')),
+    ...(upstreamTlsFiles ? [upstreamTlsFiles.ca, upstreamTlsFiles.cert, upstreamTlsFiles.key] : [])
+      .filter((file): file is string => file !== undefined)
+      .map((file) => watchTlsFile(file, reloadUpstreamTls, 'upstreamTls')),
+  ]
 
   // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
   const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
@@ -464,6 +508,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     for (const d of warnings) log.warn(formatDiagnostic(d))
     log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
     await reloadTls()
+    await reloadUpstreamTls()
     return true
   }
   const reload = async (): Promise<boolean> => {

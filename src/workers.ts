@@ -22,6 +22,7 @@ import {
   loadOrFail,
   logRecorderFailures,
   readListenerTls,
+  readUpstreamTls,
   StartupError,
   splitAddress,
   startWorkerSidecar,
@@ -314,9 +315,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     configPath ? await loadOrFail(configPath) : configSchema.parse({}),
     opts.overrides,
   )
-  // the listener's files checked once here: one line and exit 1, before any worker starts or port is bound
-  // (each worker reads them again, with the same checks, when it starts)
+  // the listener's and upstreamTls's files checked once here: one line and exit 1, before any worker starts
+  // or port is bound (each worker reads them again, with the same checks, when it starts)
   if (config.listen.https) await readListenerTls(config.listen.https)
+  await readUpstreamTls(config.upstreamTls)
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
   const telemetry = new Telemetry(config, { version: VERSION })
   telemetry.configLoaded()

@@ -112,6 +112,12 @@ export interface Forwarder {
   headerBlocks?(req: IncomingMessage, target: ForwardTarget): HeaderBlocks | undefined
   /** Releases connections to origins other than `keep` (after a config reload changed the upstream). */
   prune(keep: string): void
+  /**
+   * Rotated upstreamTls material: connections opened from now on use it. Open connections are let go as
+   * with `prune` (their in-flight requests finish), so no new request rides on the old certificate and no
+   * TLS session made with it is resumed.
+   */
+  setTls?(tls: ConnectionOptions | undefined): void
   /** Closes all upstream connections. */
   close(): Promise<void>
 }
@@ -479,8 +485,11 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
 /** The production forwarder: one keep-alive undici Pool per upstream origin. */
 export class UndiciForwarder implements Forwarder {
   private readonly pools = new Map<string, Pool>()
+  private tls: ConnectionOptions | undefined
 
-  constructor(private readonly options: UndiciForwarderOptions) {}
+  constructor(private readonly options: UndiciForwarderOptions) {
+    this.tls = options.tls
+  }
 
   private pool(target: ForwardTarget): Pool {
     const origin = target.origin
@@ -495,7 +504,7 @@ export class UndiciForwarder implements Forwarder {
         keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
         connect: {
           timeout,
-          ...(upstream?.tls ? o.tls : {}),
+          ...(upstream?.tls ? this.tls : {}),
           ...(upstream?.socketPath ? { socketPath: upstream.socketPath } : {}),
         },
       })
@@ -564,13 +573,19 @@ export class UndiciForwarder implements Forwarder {
     return UNDICI_HEADER_BLOCKS
   }
 
-  prune(keep: string): void {
+  prune(keep: string | undefined): void {
     for (const [origin, pool] of this.pools) {
       if (origin === keep) continue
       this.pools.delete(origin)
       // in-flight requests on the old origin finish; the pool closes after them
       pool.close().catch(() => {})
     }
+  }
+
+  setTls(tls: ConnectionOptions | undefined): void {
+    this.tls = tls
+    // a pool's connector keeps the options and TLS sessions it was made with: the next request makes a new one
+    this.prune(undefined)
   }
 
   async close(): Promise<void> {

@@ -12,7 +12,7 @@ import {
   type IncomingHttpStatusHeader,
   type ServerHttp2Stream,
 } from 'node:http2'
-import type { SecureContextOptions } from 'node:tls'
+import type { ConnectionOptions, SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
   connectTimeoutMs,
@@ -89,14 +89,17 @@ function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
 
 export class Http2Forwarder {
   private readonly sessions = new Map<string, ClientHttp2Session>()
+  private tls: Http2ForwarderOptions['tls']
 
-  constructor(private readonly options: Http2ForwarderOptions) {}
+  constructor(private readonly options: Http2ForwarderOptions) {
+    this.tls = options.tls
+  }
 
   private session(origin: string, tls: boolean): { session: ClientHttp2Session; connected: () => boolean } {
     let session = this.sessions.get(origin)
     if (session === undefined || session.closed || session.destroyed) {
       const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
-      const s = connect(url, tls ? { ...this.options.tls } : {})
+      const s = connect(url, tls ? { ...this.tls } : {})
       s.on('error', () => {})
       // an idle upstream session must not keep the process alive
       s.unref()
@@ -297,13 +300,19 @@ export class Http2Forwarder {
     })
   }
 
-  prune(keep: string): void {
+  prune(keep: string | undefined): void {
     for (const [origin, session] of this.sessions) {
       if (origin === keep) continue
       this.sessions.delete(origin)
       // in-flight streams finish; the session closes after them
       session.close()
     }
+  }
+
+  /** rotated upstreamTls: the next request opens a new session with it; open sessions finish their streams */
+  setTls(tls: ConnectionOptions | undefined): void {
+    this.tls = tls
+    this.prune(undefined)
   }
 
   async close(): Promise<void> {
@@ -360,6 +369,12 @@ export class ProtocolForwarder implements Forwarder {
     this.http1.prune(keep)
     this.h2.prune(keep)
     this.trailers?.prune(keep)
+  }
+
+  setTls(tls: ConnectionOptions | undefined): void {
+    this.http1.setTls?.(tls)
+    this.h2.setTls(tls)
+    this.trailers?.setTls(tls)
   }
 
   async close(): Promise<void> {

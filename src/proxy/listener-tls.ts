@@ -1,10 +1,10 @@
-// The https listener's certificate, key and client CA bundle, read at start and again while serving:
-// cert-manager and Kubernetes Secret volumes rotate them in place, and a listener that kept its first
-// certificate would serve it past its expiry. Both reads go through the same checks, so a start refuses
-// what a rotation would.
+// TLS files read at start and again while serving: the https listener's certificate, key and client CA
+// bundle, and the client certificate, key and CA bundle of https:/h2: upstreams (upstreamTls). cert-manager
+// and Kubernetes Secret volumes rotate them in place, and a process that kept its first certificate would
+// present it past its expiry. Both reads go through the same checks, so a start refuses what a rotation would.
 import { createPrivateKey, X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
-import { createSecureContext } from 'node:tls'
+import { type ConnectionOptions, createSecureContext } from 'node:tls'
 import { readProblem } from '../config/loader.ts'
 
 export interface ListenerTlsFiles {
@@ -23,7 +23,8 @@ export interface ListenerTlsMaterial {
 /** why TLS material was refused, and the setting and file it concerns (never any key material) */
 export class TlsMaterialError extends Error {
   constructor(
-    readonly setting: keyof ListenerTlsFiles,
+    /** the setting's name within its section: cert, key, clientCA, ca */
+    readonly setting: string,
     readonly file: string,
     message: string,
   ) {
@@ -33,6 +34,60 @@ export class TlsMaterialError extends Error {
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g
 
+function readPem(setting: string, file: string): Promise<string> {
+  return readFile(file, 'utf8').catch((err: unknown) => {
+    throw new TlsMaterialError(setting, file, readProblem(err))
+  })
+}
+
+function parse(setting: string, file: string, what: string, check: () => unknown): void {
+  try {
+    check()
+  } catch (err) {
+    throw new TlsMaterialError(setting, file, `not a valid ${what}: ${(err as Error).message}`)
+  }
+}
+
+/** a certificate file: one that parses, not merely one OpenSSL skips its way through */
+function checkCertificate(setting: string, file: string, pem: string): void {
+  // OpenSSL's words for a file without one ("no start line") do not say what is missing
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new TlsMaterialError(setting, file, 'holds no certificate (no PEM CERTIFICATE block)')
+  }
+  parse(setting, file, 'PEM certificate', () => new X509Certificate(pem))
+}
+
+/** a CA bundle with at least one certificate: an empty one would leave Node to its default public roots */
+function checkCaBundle(setting: string, file: string, pem: string | undefined): void {
+  const certificates = pem?.match(PEM_CERTIFICATE) ?? []
+  if (certificates.length === 0) {
+    throw new TlsMaterialError(setting, file, 'holds no CA certificate (no PEM CERTIFICATE block)')
+  }
+  for (const cert of certificates) parse(setting, file, 'PEM CA bundle', () => new X509Certificate(cert))
+}
+
+/** the pieces make a secure context, the key belonging to the certificate */
+function checkContext(
+  files: { cert?: string | undefined; key?: string | undefined },
+  /** the setting blamed for anything else OpenSSL refuses */
+  otherwise: { setting: string; file: string },
+  material: { cert?: string | undefined; key?: string | undefined; ca?: string | undefined },
+): void {
+  try {
+    createSecureContext({
+      ...(material.cert !== undefined ? { cert: material.cert } : {}),
+      ...(material.key !== undefined ? { key: material.key } : {}),
+      ...(material.ca !== undefined ? { ca: material.ca } : {}),
+    })
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH' && files.key !== undefined) {
+      throw new TlsMaterialError('key', files.key, `does not match the certificate in ${files.cert}`)
+    }
+    throw new TlsMaterialError(otherwise.setting, otherwise.file, e.message)
+  }
+}
+
 /**
  * Reads the files and checks that they make a secure context the listener can serve with. A configured
  * client CA must hold a certificate: an empty bundle would start a listener that silently asks for no
@@ -41,48 +96,54 @@ const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE---
  * rotation alike.
  */
 export async function loadListenerTls(files: ListenerTlsFiles): Promise<ListenerTlsMaterial> {
-  const read = (setting: keyof ListenerTlsFiles, file: string) =>
-    readFile(file, 'utf8').catch((err: unknown) => {
-      throw new TlsMaterialError(setting, file, readProblem(err))
-    })
   const [cert, key, ca] = await Promise.all([
-    read('cert', files.cert),
-    read('key', files.key),
-    files.clientCA ? read('clientCA', files.clientCA) : undefined,
+    readPem('cert', files.cert),
+    readPem('key', files.key),
+    files.clientCA ? readPem('clientCA', files.clientCA) : undefined,
   ])
-  const parse = (setting: keyof ListenerTlsFiles, file: string, what: string, check: () => unknown) => {
-    try {
-      check()
-    } catch (err) {
-      throw new TlsMaterialError(setting, file, `not a valid ${what}: ${(err as Error).message}`)
-    }
-  }
-  // OpenSSL's words for a file without one ("no start line") do not say what is missing
-  if (!cert.includes('-----BEGIN CERTIFICATE-----')) {
-    throw new TlsMaterialError('cert', files.cert, 'holds no certificate (no PEM CERTIFICATE block)')
-  }
-  parse('cert', files.cert, 'PEM certificate', () => new X509Certificate(cert))
+  checkCertificate('cert', files.cert, cert)
   parse('key', files.key, 'PEM private key', () => createPrivateKey(key))
-  if (files.clientCA) {
-    const certificates = ca?.match(PEM_CERTIFICATE) ?? []
-    if (certificates.length === 0) {
-      throw new TlsMaterialError(
-        'clientCA',
-        files.clientCA,
-        'holds no CA certificate (no PEM CERTIFICATE block)',
-      )
-    }
-    for (const pem of certificates)
-      parse('clientCA', files.clientCA, 'PEM CA bundle', () => new X509Certificate(pem))
-  }
-  try {
-    createSecureContext({ cert, key, ...(ca ? { ca } : {}) })
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException
-    if (e.code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH') {
-      throw new TlsMaterialError('key', files.key, `does not match the certificate in ${files.cert}`)
-    }
-    throw new TlsMaterialError('cert', files.cert, e.message)
-  }
+  if (files.clientCA) checkCaBundle('clientCA', files.clientCA, ca)
+  checkContext(files, { setting: 'cert', file: files.cert }, { cert, key, ca })
   return { cert, key, ca }
+}
+
+/** upstreamTls: the files an https:/h2: upstream connection is made with (cert and key: both or neither) */
+export interface UpstreamTlsFiles {
+  ca?: string | undefined
+  cert?: string | undefined
+  key?: string | undefined
+}
+
+/**
+ * Reads upstreamTls's files and checks them as the listener's are: the certificate and key parse and belong
+ * together, and a configured CA bundle holds a certificate (an empty one must not quietly turn into "trust
+ * the public roots"). `servername` is passed on as it is.
+ */
+export async function loadUpstreamTls(
+  files: UpstreamTlsFiles,
+  servername?: string | undefined,
+): Promise<ConnectionOptions> {
+  const [ca, cert, key] = await Promise.all([
+    files.ca ? readPem('ca', files.ca) : undefined,
+    files.cert ? readPem('cert', files.cert) : undefined,
+    files.key ? readPem('key', files.key) : undefined,
+  ])
+  if (files.ca) checkCaBundle('ca', files.ca, ca)
+  if (files.cert && files.key && cert !== undefined && key !== undefined) {
+    checkCertificate('cert', files.cert, cert)
+    parse('key', files.key, 'PEM private key', () => createPrivateKey(key))
+  }
+  const otherwise = files.cert
+    ? { setting: 'cert', file: files.cert }
+    : { setting: 'ca', file: files.ca ?? '' }
+  checkContext(files, otherwise, { cert, key, ca })
+  const out: ConnectionOptions = {}
+  if (ca !== undefined) out.ca = ca
+  if (cert !== undefined && key !== undefined) {
+    out.cert = cert
+    out.key = key
+  }
+  if (servername) out.servername = servername
+  return out
 }

@@ -57,8 +57,11 @@ class ConnectTimeoutError extends Error {
 
 export class NodeHttpForwarder {
   private readonly agents = new Map<string, HttpAgent>()
+  private tls: ConnectionOptions | undefined
 
-  constructor(private readonly options: NodeHttpForwarderOptions) {}
+  constructor(private readonly options: NodeHttpForwarderOptions) {
+    this.tls = options.tls
+  }
 
   private agent(target: ForwardTarget): HttpAgent {
     let agent = this.agents.get(target.origin)
@@ -71,9 +74,7 @@ export class NodeHttpForwarder {
         timeout: this.options.keepAliveTimeout ?? 4_000,
       }
       agent =
-        target.upstream?.tls === true
-          ? new HttpsAgent({ ...common, ...this.options.tls })
-          : new HttpAgent(common)
+        target.upstream?.tls === true ? new HttpsAgent({ ...common, ...this.tls }) : new HttpAgent(common)
       this.agents.set(target.origin, agent)
     }
     return agent
@@ -266,7 +267,7 @@ export class NodeHttpForwarder {
     })
   }
 
-  prune(keep: string): void {
+  prune(keep: string | undefined): void {
     for (const [origin, agent] of this.agents) {
       if (origin === keep) continue
       this.agents.delete(origin)
@@ -274,6 +275,12 @@ export class NodeHttpForwarder {
       agent.maxFreeSockets = 0
       for (const sockets of Object.values(agent.freeSockets)) for (const s of sockets ?? []) s.destroy()
     }
+  }
+
+  /** rotated upstreamTls: a new agent (and so new sockets and TLS sessions) for the next request */
+  setTls(tls: ConnectionOptions | undefined): void {
+    this.tls = tls
+    this.prune(undefined)
   }
 
   async close(): Promise<void> {

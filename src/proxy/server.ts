@@ -58,6 +58,8 @@ export interface ProxyServer {
   setUpstream(url: string): void
   /** the https listener's new certificate, key and client CA (PEM), for connections accepted from now on */
   setListenerTls(material: { cert: string; key: string; ca?: string | undefined }): void
+  /** rotated upstreamTls material, for upstream connections opened from now on */
+  setUpstreamTls(tls: ConnectionOptions): void
   /** for /readyz: a TCP connect to the upstream, cached for a second */
   upstreamReachable(): Promise<boolean>
 }
@@ -136,6 +138,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     },
     inFlight: () => lifecycle.inFlight,
     setListenerTls: (material) => listeners.setTls(material),
+    setUpstreamTls: (tls) => forwarder.setTls?.(tls),
     setUpstream(url: string) {
       const next = parseUpstream(url)
       upstream = next

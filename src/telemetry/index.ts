@@ -8,7 +8,7 @@ import { AuditLog, type AuditLogOptions } from './audit.ts'
 import type { AuditQuery, AuditRecord } from './audit-ring.ts'
 import type { IdentitiesView, IdentitySort } from './identities.ts'
 import { LiveFeed, type LiveOptions, type LiveStats, liveLimits } from './live.ts'
-import type { Http2AbuseReason, JwksObserver, Scrape, TunnelProtocol } from './metrics.ts'
+import type { Http2AbuseReason, JwksObserver, Scrape, TlsSide, TunnelProtocol } from './metrics.ts'
 import { MetricsRecorder } from './metrics-recorder.ts'
 import { OtlpRecorder } from './otlp-recorder.ts'
 
@@ -133,13 +133,14 @@ export class Telemetry {
     this.metrics.configReloaded(result, at)
   }
 
-  /** the https listener's certificate files were read again (docs/reference.md "Config file") */
-  tlsReloaded(result: 'success' | 'failure'): void {
-    this.metrics.tlsReloaded(result)
+  /** the https listener's or upstreamTls's files were read again (docs/reference.md "Config file") */
+  tlsReloaded(side: TlsSide, result: 'success' | 'failure'): void {
+    this.metrics.tlsReloaded(side, result)
   }
 
-  tlsListener(): void {
-    this.metrics.tlsListener()
+  /** this side has TLS files that rotate: its reload counts are exported from now on */
+  tlsFiles(side: TlsSide): void {
+    this.metrics.tlsFiles(side)
   }
 
   /** the config the process started with: its load time, not a reload */

@@ -10,6 +10,7 @@ import {
   Metrics,
   type MetricsOptions,
   type Scrape,
+  type TlsSide,
   type TunnelProtocol,
 } from './metrics.ts'
 import { ProcessMetrics } from './process-metrics.ts'
@@ -144,12 +145,12 @@ export class MetricsRecorder implements Recorder {
     this.metrics.configLoaded(at)
   }
 
-  tlsListener(): void {
-    this.metrics.tlsListener()
+  tlsFiles(side: TlsSide): void {
+    this.metrics.tlsFiles(side)
   }
 
-  tlsReloaded(result: 'success' | 'failure'): void {
-    this.metrics.tlsReloaded(result)
+  tlsReloaded(side: TlsSide, result: 'success' | 'failure'): void {
+    this.metrics.tlsReloaded(side, result)
   }
 
   http2ConnectionClosed(reason: Http2AbuseReason): void {

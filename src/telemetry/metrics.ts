@@ -66,6 +66,9 @@ export type Http2AbuseReason = (typeof HTTP2_ABUSE_REASONS)[number]
 export const TUNNEL_PROTOCOLS = ['websocket', 'http2'] as const
 export type TunnelProtocol = (typeof TUNNEL_PROTOCOLS)[number]
 
+/** whose TLS files were reloaded: the https listener's, or upstreamTls's */
+export type TlsSide = 'listener' | 'upstream'
+
 const counter = (name: string, help: string): FamilyInfo & { type: 'counter' } => ({
   name,
   help,
@@ -204,8 +207,11 @@ export class Metrics {
     ['result'],
   )
   private readonly tlsReloads = new CounterFamily(
-    counter('nhi_tls_reloads', 'Certificate reloads of the https listener by result'),
-    ['result'],
+    counter(
+      'nhi_tls_reloads',
+      'Reloads of rotated TLS files by side (listener: the https listener, upstream: upstreamTls) and result',
+    ),
+    ['side', 'result'],
   )
   private readonly configLastSuccess = new GaugeFamily(
     gauge('nhi_config_last_reload_success_timestamp_seconds', 'Last successful config load'),
@@ -488,14 +494,14 @@ export class Metrics {
     },
   }
 
-  /** exported at 0 once there is an https listener, so an alert can use increase() before the first failure */
-  tlsListener(): void {
-    this.tlsReloads.child(['success'])
-    this.tlsReloads.child(['failure'])
+  /** exported at 0 once a side has TLS files, so an alert can use increase() before the first failure */
+  tlsFiles(side: TlsSide): void {
+    this.tlsReloads.child([side, 'success'])
+    this.tlsReloads.child([side, 'failure'])
   }
 
-  tlsReloaded(result: 'success' | 'failure'): void {
-    this.tlsReloads.inc([result])
+  tlsReloaded(side: TlsSide, result: 'success' | 'failure'): void {
+    this.tlsReloads.inc([side, result])
   }
 
   configReloaded(result: 'success' | 'failure', at: number): void {
