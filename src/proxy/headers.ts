@@ -324,6 +324,14 @@ function withForwardedBlock(
   }
 }
 
+/** `listed` with the header names of one more Connection line added (undefined while none is named) */
+function addListed(listed: Set<string> | undefined, connection: string): Set<string> | undefined {
+  const more = connectionListed(connection)
+  if (listed === undefined || more === undefined) return listed ?? more
+  for (const name of more) listed.add(name)
+  return listed
+}
+
 /** Response headers from the upstream's raw [name, value, …] buffers, minus hop-by-hop ones. */
 export function downstreamHeaders(raw: readonly Buffer[]): string[] {
   const out: string[] = []
@@ -335,7 +343,8 @@ export function downstreamHeaders(raw: readonly Buffer[]): string[] {
     if (HOP_BY_HOP_LENGTHS.has(nameBuf.length)) {
       const lower = name.toLowerCase()
       if (lower === 'connection') {
-        listed = connectionListed(raw[i + 1]!.toString('latin1').toLowerCase())
+        // every Connection line counts: a field sent as several lines is one list (RFC 9110 §5.3)
+        listed = addListed(listed, raw[i + 1]!.toString('latin1').toLowerCase())
         continue
       }
       if (HOP_BY_HOP.has(lower)) continue
