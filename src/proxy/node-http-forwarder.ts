@@ -112,8 +112,14 @@ export class NodeHttpForwarder {
         clearTimeout(bodyTimer)
         clearTimeout(connectTimer)
         res.off('close', onClientClose)
-        // a body the upstream no longer takes is read and discarded, so the client connection is not left stalled
-        if (up?.destroyed && !bodySent) req.resume()
+        // a body the upstream no longer takes is read and discarded, so the client connection is not left
+        // stalled: also when the upstream answered before it ended, since node:http never signals 'drain' on a
+        // request whose response is complete, and a body paused for one would wait forever. The upstream
+        // connection, left mid-body, cannot carry another request (undici drops such a body the same way).
+        if (!bodySent && !clientAborted) {
+          up?.destroy()
+          req.resume()
+        }
         const result: ForwardResult = { status, upstreamMs: performance.now() - started, bytesOut }
         if (upstreamError) result.upstreamError = upstreamError
         if (clientAborted) result.clientAborted = true

@@ -4,6 +4,7 @@
 import { once } from 'node:events'
 import { createServer } from 'node:http'
 import { createServer as createH2cServer } from 'node:http2'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
@@ -190,4 +191,45 @@ t.test('trailers cannot smuggle identity, credential, framing or hop-by-hop fiel
     if (upstream.startsWith('http:'))
       t.equal(s.headers.trailer, 'x-digest', 'only the harmless field is announced')
   }
+})
+
+t.test('an upstream that answers before the body ends leaves the client connection serving', async (t) => {
+  // answers at once without reading the upload (as an upstream refusing it by its headers does); node:http
+  // reads and discards the rest itself and keeps the connection
+  let requests = 0
+  const server = createServer((req, res) => {
+    requests++
+    res.writeHead(req.url === '/upload' ? 413 : 200, { 'content-length': 2 })
+    res.end('no')
+  })
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  const { port } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`)
+
+  const socket = connect(port, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  let text = ''
+  socket.on('data', (c: Buffer) => {
+    text += c.toString('latin1')
+  })
+  await once(socket, 'connect')
+  const chunk = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(64 * 1024, 0x61), Buffer.from('\r\n')])
+  socket.write(
+    'POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\n\r\n',
+  )
+  socket.write(chunk)
+  await eventually(() => text.includes('\r\n\r\nno'), { what: 'the early 413' })
+  t.match(text, /^HTTP\/1\.1 413 /, 'the upstream refused the upload before reading it')
+  // the client goes on with its body, as HTTP/1.1 lets it, then a second request on the same connection
+  for (let i = 0; i < 32; i++) socket.write(chunk)
+  socket.write('0\r\nx-digest: d\r\n\r\nGET /after HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n')
+  await eventually(() => /\r\n\r\nnoHTTP\/1\.1 200 [\s\S]*\r\n\r\nno$/.test(text), {
+    timeoutMs: 10_000,
+    what: 'the answer to the request sent after the body',
+  })
+  t.pass('the rest of the body was taken off the connection and the next request answered')
+  t.equal(requests, 2, 'the upstream got the upload and the next request, nothing else')
 })
