@@ -398,10 +398,13 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
       this.settle('reset')
       return
     }
-    let head = `HTTP/1.1 ${statusCode} Switching Protocols\r\n`
+    // the upstream's hop-by-hop fields stay on its hop, as in any response; the switch itself is this hop's.
+    // Bytes as sent: a value is latin1 on the wire, not UTF-8
     const raw = rawHeaders ?? []
-    for (let i = 0; i + 1 < raw.length; i += 2) head += `${raw[i]!.toString()}: ${raw[i + 1]!.toString()}\r\n`
-    client.write(`${head}\r\n`)
+    const headers = downstreamHeaders(raw.map((x) => (typeof x === 'string' ? Buffer.from(x, 'latin1') : x)))
+    let head = `HTTP/1.1 ${statusCode} Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n`
+    for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
+    client.write(`${head}\r\n`, 'latin1')
     this.bytesIn = this.head.length
     if (this.head.length > 0) upstream.write(this.head)
     let open = 2

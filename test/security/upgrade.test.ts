@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
-import { type AddressInfo, connect, type Socket } from 'node:net'
+import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
@@ -210,3 +210,59 @@ t.test('a 101 that is not a websocket answer to this handshake opens no tunnel (
   t.equal(up.upgrades.length, 1, 'the upstream was asked')
   t.equal(up.tunnelled(), '', 'but nothing was tunnelled')
 })
+
+t.test(
+  "the upstream's 101 reaches the client without its hop-by-hop fields, other bytes as sent",
+  async (t) => {
+    // a raw upstream, so that the 101 carries exactly these lines
+    const sockets = new Set<Socket>()
+    const server = createNetServer((s) => {
+      sockets.add(s)
+      s.on('error', () => {})
+      let head = ''
+      s.on('data', (c: Buffer) => {
+        head += c.toString('latin1')
+        if (!head.includes('\r\n\r\n')) return
+        const key = /sec-websocket-key: (\S+)/i.exec(head)?.[1] ?? ''
+        head = ''
+        const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64')
+        s.write(
+          'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n' +
+            'Connection: Upgrade, X-Upstream-Hop\r\nConnection: keep-alive\r\nX-Upstream-Hop: internal\r\n' +
+            'Keep-Alive: timeout=5\r\nX-Menu: caf\xe9\r\nSet-Cookie: s=1\r\n' +
+            `Sec-WebSocket-Accept: ${accept}\r\n\r\nhello`,
+          'latin1',
+        )
+      })
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.teardown(() => {
+      for (const s of sockets) s.destroy()
+      server.close()
+    })
+    const sidecar = await startTestSidecar(t, {
+      upstream: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    })
+    const c = await rawClient(sidecar.proxyAddress.port)
+    c.socket.write(
+      'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    )
+    await eventually(() => c.text().endsWith('\r\n\r\nhello'), { what: 'the 101 and the first tunnel bytes' })
+    const head = c.text().slice(0, c.text().indexOf('\r\n\r\n') + 2)
+    t.equal(statusOf(head), 101)
+    t.match(head, /\r\nupgrade: websocket\r\n/i, 'the switch is announced')
+    t.match(head, /\r\nconnection: upgrade\r\n/i)
+    t.match(head, /\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=\r\n/)
+    t.match(head, /\r\nSet-Cookie: s=1\r\n/, 'an end-to-end field is forwarded')
+    t.match(
+      head,
+      /\r\nX-Menu: caf\xe9\r\n/,
+      'a value byte outside ASCII is forwarded as the upstream sent it',
+    )
+    t.notMatch(head, /x-upstream-hop|internal/i, 'a field the upstream named in Connection is not forwarded')
+    t.notMatch(head, /keep-alive/i, 'nor are Keep-Alive and the upstream own Connection lines')
+    t.equal(head.match(/\r\nconnection:/gi)?.length, 1, 'one Connection line')
+  },
+)
