@@ -186,6 +186,22 @@ export function pathTemplateProblem(template: string, ignoreCase = false): PathT
 const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i
 
 /**
+ * The scheme and the host (with its port) an absolute-form request target names (RFC 9112 §3.2.2), user info
+ * left out; undefined for any other form.
+ */
+export function absoluteFormAuthority(url: string): { scheme: string; authority: string } | undefined {
+  if (url.charCodeAt(0) === 47 /* / */) return undefined
+  const prefix = ABSOLUTE_FORM.exec(url)?.[0]
+  if (prefix === undefined) return undefined
+  const start = prefix.indexOf('//') + 2
+  const at = prefix.lastIndexOf('@')
+  return {
+    scheme: prefix.slice(0, start - 3).toLowerCase(),
+    authority: prefix.slice(Math.max(start, at + 1)),
+  }
+}
+
+/**
  * The request target as the upstream will get it: the normalized path (normalizePath) plus the untouched
  * query. Rules, policy, metrics routes and audit see that same path. undefined → 400 (a target that is
  * neither origin- nor absolute-form, or a path that cannot be normalized unambiguously).

@@ -14,12 +14,13 @@ import { type Forwarder, type ForwardResult, type ForwardTarget, responseClosed 
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { streamTimedOut } from './http2-listener.ts'
-import { requestTarget } from './path.ts'
+import { absoluteFormAuthority, requestTarget } from './path.ts'
 import {
   BAD_AUTHORITY,
   BAD_HOST,
   BAD_METHOD,
   BAD_REQUEST,
+  BAD_TARGET_AUTHORITY,
   INTERNAL_ERROR,
   NOT_IMPLEMENTED,
   sendJson,
@@ -169,7 +170,8 @@ function isHostName(name: string): boolean {
 /**
  * A request that names its host ambiguously (RFC 9112 §3.2): two Host lines (Node keeps the first, while a
  * proxy in front may have routed on the last, and rules, policy, signatures and the upstream would all read
- * the first), or an HTTP/1.1 request with none (Node refuses that itself, except on an upgrade request). Over
+ * the first), an HTTP/1.1 request with none (Node refuses that itself, except on an upgrade request), or an
+ * absolute-form target naming another authority than Host. Over
  * HTTP/2 a `host` next to `:authority` must name the same authority (RFC 9113 §8.3.1): the upstream gets
  * `host`, a front proxy may have routed on `:authority`.
  */
@@ -186,7 +188,15 @@ function hostRefusal(req: IncomingMessage): ProxyAnswer | undefined {
     if (typeof authority !== 'string' || host === undefined || host === authority) return undefined
     return sameAuthority(host, authority, req.headers[':scheme']) ? undefined : BAD_AUTHORITY
   }
-  return hosts === 0 && req.httpVersionMajor === 1 && req.httpVersionMinor >= 1 ? BAD_HOST : undefined
+  if (hosts === 0) return req.httpVersionMinor >= 1 ? BAD_HOST : undefined
+  // RFC 9112 §3.2.2: an absolute-form target's authority is the request's host, and a proxy in front routes
+  // on it, while rules, signatures and the upstream here read Host: the two must agree
+  const target = absoluteFormAuthority(req.url ?? '/')
+  if (target === undefined) return undefined
+  const host = req.headers.host
+  return host !== undefined && sameAuthority(host, target.authority, target.scheme)
+    ? undefined
+    : BAD_TARGET_AUTHORITY
 }
 
 /**

@@ -21,6 +21,11 @@ export const BAD_REQUEST = canned(400, 'bad_request', 'request target must be or
 export const BAD_METHOD = canned(400, 'bad_request', 'request method must be upper-case')
 export const BAD_HOST = canned(400, 'bad_request', 'request must carry exactly one Host header')
 export const BAD_AUTHORITY = canned(400, 'bad_request', 'Host must name the same authority as :authority')
+export const BAD_TARGET_AUTHORITY = canned(
+  400,
+  'bad_request',
+  'Host must name the same authority as the request target',
+)
 export const NOT_IMPLEMENTED = canned(501, 'not_implemented', 'transfer coding not supported')
 export const INTERNAL_ERROR = canned(500, 'internal_error', 'the proxy failed to handle the request')
 

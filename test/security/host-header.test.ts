@@ -1,6 +1,7 @@
 // A request that names its host ambiguously is refused with 400 before anything reads it, end to end through the
 // built bundle over raw sockets: more than one Host line (RFC 9112 §3.2: the proxy would read the first while a
-// proxy in front may have routed on the last), an HTTP/1.1 request with none (upgrades included), and over
+// proxy in front may have routed on the last), an HTTP/1.1 request with none (upgrades included), an
+// absolute-form target naming another authority than Host (RFC 9112 §3.2.2), and over
 // HTTP/2 a `host` that names another authority than `:authority` (RFC 9113 §8.3.1); two `host` fields on an
 // HTTP/2 stream never get that far.
 import { once } from 'node:events'
@@ -230,3 +231,40 @@ t.test(
     )
   },
 )
+
+t.test('an absolute-form target that names another authority than Host is refused', async (t) => {
+  // RFC 9112 §3.2.2: the target's authority is the request's host and Host is to be ignored, which is what a
+  // proxy in front routes on; the proxy and its upstream would read Host instead
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startBin(t, { service: 'hosts', upstream: upstream.url })
+  const port = Number(new URL(sidecar.proxyUrl).port)
+  const reached = (path: string) => upstream.received.some((r) => r.url === path)
+
+  const refused: [string, string][] = [
+    ['another host', 'GET http://public.example/other HTTP/1.1\r\nHost: internal.example\r\n'],
+    ['another port', 'GET http://a.example:8080/port HTTP/1.1\r\nHost: a.example\r\n'],
+    ['user info before the host', 'GET http://a.example@b.example/userinfo HTTP/1.1\r\nHost: a.example\r\n'],
+    ['no authority', 'GET http:///empty HTTP/1.1\r\nHost: a.example\r\n'],
+  ]
+  for (const [name, head] of refused) {
+    const path = /\/\/[^/]*(\/\S*)/.exec(head)![1]!
+    const answer = await exchange(port, `${head}Connection: close\r\n\r\n`)
+    t.match(statusLine(answer), /^HTTP\/1\.1 400 /, `${name}: 400`)
+    t.match(answer.toString('latin1'), /same authority as the request target/, `${name}: the answer says why`)
+    t.notOk(reached(path), `${name}: the upstream never got it`)
+  }
+
+  const same: [string, string][] = [
+    ['the same host', 'GET http://a.example/same HTTP/1.1\r\nHost: a.example\r\n'],
+    ['in another case', 'GET http://A.Example/case HTTP/1.1\r\nHost: a.example\r\n'],
+    ['the default port spelled out', 'GET http://a.example:80/port80 HTTP/1.1\r\nHost: a.example\r\n'],
+    ['https and its default port', 'GET https://a.example/tls HTTP/1.1\r\nHost: a.example:443\r\n'],
+    ['a query only', 'GET http://a.example?q=1 HTTP/1.1\r\nHost: a.example\r\n'],
+  ]
+  for (const [name, head] of same) {
+    const answer = await exchange(port, `${head}Connection: close\r\n\r\n`)
+    t.match(statusLine(answer), /^HTTP\/1\.1 200 /, `${name}: forwarded`)
+  }
+  t.ok(reached('/same') && reached('/case') && reached('/port80') && reached('/tls') && reached('/?q=1'))
+})
