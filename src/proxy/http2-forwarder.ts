@@ -38,6 +38,9 @@ const CONNECTION_SPECIFIC = new Set([
   'upgrade',
 ])
 
+/** the longest delay setTimeout takes; a longer one is set to 1 ms */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 /** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
 function sendRequestTrailers(
   stream: ClientHttp2Stream,
@@ -223,7 +226,10 @@ export class Http2Forwarder {
           if (status === 0) fail('timeout')
         }, this.options.headersTimeout),
       )
-      if (deadline !== undefined) timers.push(setTimeout(() => fail('timeout'), deadline))
+      // a deadline past what a timer holds (about 24.8 days, `2592000S` is 30) would fire at once: it is
+      // left to the client and the upstream, as if none were set
+      if (deadline !== undefined && deadline <= MAX_TIMER_MS)
+        timers.push(setTimeout(() => fail('timeout'), deadline))
 
       stream.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number) => {
         status = Number(h[':status'])

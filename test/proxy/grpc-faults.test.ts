@@ -1,0 +1,102 @@
+// gRPC calls at the edges, end to end through the built sidecar with node:http2 on both sides (an upstream that
+// misbehaves on purpose, a client that sends exactly the frames it is told): deadlines and upstream faults.
+import { once } from 'node:events'
+import {
+  type ClientHttp2Stream,
+  createServer,
+  connect as h2connect,
+  type IncomingHttpHeaders,
+  type ServerHttp2Stream,
+} from 'node:http2'
+import type { AddressInfo } from 'node:net'
+import t, { type Test } from 'tap'
+import { startBin } from '../helpers/bin.ts'
+import { metricValue, type Sample, scrapeUntil } from '../helpers/metrics.ts'
+
+t.setTimeout(120_000)
+
+/** one empty gRPC message (uncompressed, length 0) */
+const EMPTY_MESSAGE = Buffer.alloc(5)
+
+/** an h2c upstream that hands every stream to `onCall` once its request has ended */
+async function h2cUpstream(
+  t: Test,
+  onCall: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => void,
+) {
+  const seen: IncomingHttpHeaders[] = []
+  const server = createServer()
+  server.on('stream', (stream, headers) => {
+    seen.push(headers)
+    stream.on('error', () => {})
+    stream.resume()
+    stream.on('end', () => onCall(stream, headers))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  return { url: `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`, seen }
+}
+
+interface CallResult {
+  headers: IncomingHttpHeaders
+  trailers: IncomingHttpHeaders | undefined
+  body: Buffer
+}
+
+/** a unary gRPC call as node:http2 sends it; resolves when the stream closes */
+async function grpcCall(t: Test, proxyUrl: string, path: string, extra: Record<string, string> = {}) {
+  const session = h2connect(proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const stream: ClientHttp2Stream = session.request({
+    ':method': 'POST',
+    ':path': path,
+    'content-type': 'application/grpc',
+    te: 'trailers',
+    ...extra,
+  })
+  stream.on('error', () => {})
+  stream.end(EMPTY_MESSAGE)
+  const result: CallResult = { headers: {}, trailers: undefined, body: Buffer.alloc(0) }
+  stream.on('response', (h) => {
+    result.headers = h
+  })
+  stream.on('trailers', (h) => {
+    result.trailers = h
+  })
+  stream.on('data', (c: Buffer) => {
+    result.body = Buffer.concat([result.body, c])
+  })
+  await once(stream, 'close')
+  return result
+}
+
+const grpcStatus = (r: CallResult) => r.trailers?.['grpc-status'] ?? r.headers['grpc-status']
+
+t.test('a call whose deadline is weeks away is served, not cut at once', async (t) => {
+  const up = await h2cUpstream(t, (stream) => {
+    // answered a little later, so a deadline the proxy got wrong has time to fire
+    setTimeout(() => {
+      if (stream.destroyed) return
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+      stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }))
+      stream.end(EMPTY_MESSAGE)
+    }, 100)
+  })
+  const sidecar = await startBin(t, { upstream: up.url })
+  // what gRPC clients send for a 30-day deadline, and the longest grpc-timeout there is: both are more
+  // milliseconds than a Node timer holds (about 24.8 days)
+  for (const timeout of ['2592000S', '99999999H']) {
+    const r = await grpcCall(t, sidecar.proxyUrl, '/demo.v1.Echo/Unary', { 'grpc-timeout': timeout })
+    t.equal(grpcStatus(r), '0', `grpc-timeout ${timeout}: the upstream's OK, not DEADLINE_EXCEEDED`)
+    t.equal(up.seen.at(-1)?.['grpc-timeout'], timeout, 'the call reached the upstream with its deadline')
+  }
+  const ok = (s: Sample[]) => metricValue(s, 'nhi_grpc_requests_total', { grpc_status: '0' })
+  const samples = await scrapeUntil(sidecar.adminUrl, (s) => ok(s) >= 2, 'both calls counted')
+  t.equal(ok(samples), 2, 'both calls counted OK')
+  t.equal(
+    metricValue(samples, 'nhi_grpc_requests_total', { grpc_status: '4' }),
+    0,
+    'none as DEADLINE_EXCEEDED',
+  )
+})
