@@ -127,7 +127,22 @@ export interface Forwarder {
  * 10 s, so an unreachable upstream fails fast even when slow responses are allowed.
  */
 function onResponseStalled(this: ServerResponse): void {
-  this.destroy()
+  cutResponse(this)
+}
+
+/** the reason an HTTP/2 response is reset with when the proxy cuts it: any error resets with INTERNAL_ERROR */
+const RESPONSE_CUT = Object.assign(new Error('response cut short'), { code: 'ERR_RESPONSE_CUT' })
+
+/**
+ * Ends a response that is under way but will not be completed (the upstream failed mid-body, the client stalled).
+ * On HTTP/1.1 the connection is closed, which a client reads as a truncated body. On HTTP/2 a plain destroy()
+ * resets the stream with NO_ERROR, which node:http2 and curl clients take for the body's normal end (RFC 9113
+ * §8.1 uses NO_ERROR after a complete response): the stream is reset with INTERNAL_ERROR instead.
+ */
+export function cutResponse(res: ServerResponse): void {
+  const stream = (res as unknown as { stream?: Duplex }).stream
+  if (stream === undefined) res.destroy()
+  else if (!stream.destroyed) stream.destroy(RESPONSE_CUT)
 }
 
 /**
@@ -305,7 +320,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
       this.clientGone ||
       err instanceof ClientGoneError ||
       (err as { code?: string }).code === 'UND_ERR_ABORTED'
-    if (this.res.headersSent && !this.res.writableFinished) this.res.destroy()
+    if (this.res.headersSent && !this.res.writableFinished) cutResponse(this.res)
     this.settle(clientAborted ? undefined : classify(err, this.connected), clientAborted)
   }
 

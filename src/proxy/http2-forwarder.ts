@@ -16,6 +16,7 @@ import type { ConnectionOptions, SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
   connectTimeoutMs,
+  cutResponse,
   type Forwarder,
   type ForwardListener,
   type ForwardResult,
@@ -179,7 +180,7 @@ export class Http2Forwarder {
               grpcStatus,
               reason === 'timeout' ? 'deadline exceeded' : 'upstream reset the call',
             )
-          } else res.destroy()
+          } else cutResponse(res)
         }
         settle(reason)
       }

@@ -16,6 +16,7 @@ import type { ConnectionOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
   connectTimeoutMs,
+  cutResponse,
   type ForwardResult,
   type ForwardTarget,
   responseBlocked,
@@ -130,7 +131,7 @@ export class NodeHttpForwarder {
       const fail = (reason: UpstreamErrorReason) => {
         if (settled) return
         if (up && !up.destroyed) up.destroy()
-        if (status !== 0 && !res.writableFinished) res.destroy()
+        if (status !== 0 && !res.writableFinished) cutResponse(res)
         settle(reason)
       }
 

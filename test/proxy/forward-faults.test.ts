@@ -6,6 +6,7 @@ import { once } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import {
   type ClientHttp2Stream,
+  constants,
   createServer as createH2cServer,
   connect as h2connect,
   type ServerHttp2Stream,
@@ -370,3 +371,80 @@ t.test(
     }
   },
 )
+
+/** a GET on `session`: the body read and the code the stream closed with (0: a clean end, or NO_ERROR) */
+async function h2Read(session: ReturnType<typeof h2connect>, path: string) {
+  const stream = session.request({ ':path': path })
+  stream.on('error', () => {})
+  let body = ''
+  let status = 0
+  stream.on('response', (h) => {
+    status = Number(h[':status'])
+  })
+  stream.setEncoding('latin1')
+  stream.on('data', (d: string) => {
+    body += d
+  })
+  // not once(): it rejects on the 'error' a reset with an error code emits first
+  await new Promise((resolve) => stream.once('close', resolve))
+  return { status, body, rstCode: stream.rstCode }
+}
+
+t.test('an HTTP/2 client can tell a response the upstream cut short from a complete one', async (t) => {
+  // HTTP/1.1 upstream: a chunked body, then the connection drops before the last chunk
+  const sockets = new Set<Socket>()
+  const cutter = createNetServer((s) => {
+    sockets.add(s)
+    s.on('error', () => {})
+    s.once('data', () => {
+      s.write(
+        'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
+      )
+      setTimeout(() => s.destroy(), 50)
+    })
+  })
+  cutter.listen(0, '127.0.0.1')
+  await once(cutter, 'listening')
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    cutter.close()
+  })
+  const sidecar = await startBin(t, {
+    service: 'cut',
+    upstream: `http://127.0.0.1:${(cutter.address() as AddressInfo).port}`,
+  })
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const h1 = await h2Read(session, '/h1-upstream')
+  t.equal(h1.status, 200)
+  t.equal(h1.body, 'hello')
+  // RST_STREAM(NO_ERROR) reads as the end of a complete response: node:http2 ends the stream, curl exits 0
+  t.not(h1.rstCode, constants.NGHTTP2_NO_ERROR, 'HTTP/1.1 upstream: the stream is reset with an error code')
+
+  // h2c upstream: the upstream resets its stream mid-body
+  const h2 = await behindH2cUpstream(t, 'cut-h2', (stream) => {
+    stream.on('error', () => {})
+    stream.respond({ ':status': 200, 'content-type': 'text/plain' })
+    stream.write('hello')
+    setTimeout(() => stream.destroy(new Error('upstream fault')), 50)
+  })
+  const cut = await h2Read(h2.session, '/h2-upstream')
+  t.equal(cut.status, 200)
+  t.equal(cut.body, 'hello')
+  t.not(cut.rstCode, constants.NGHTTP2_NO_ERROR, 'h2c upstream: the stream is reset with an error code')
+
+  // both are recorded as the upstream's fault, and the proxy goes on serving the connection
+  for (const [url, service] of [
+    [sidecar.adminUrl, 'cut'],
+    [h2.sidecar.adminUrl, 'cut-h2'],
+  ] as const) {
+    const samples = await scrapeUntil(
+      url,
+      (s) => metricValue(s, 'nhi_upstream_errors_total', { service, reason: 'reset' }) >= 1,
+      `${service}: the reset counted`,
+    )
+    t.equal(metricValue(samples, 'nhi_upstream_errors_total', { service, reason: 'reset' }), 1)
+  }
+  t.equal((await h2Read(session, '/again')).body, 'hello', 'the client connection still serves')
+})
