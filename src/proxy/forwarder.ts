@@ -10,6 +10,7 @@ import type { Dispatcher } from 'undici'
 import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
 import { downstreamHeaders, type HeaderBlocks, singleValued, type UpstreamHeaders } from './headers.ts'
+import { resetByProxy } from './http2-listener.ts'
 import { hasBody } from './request-lifecycle.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
 import type { Upstream } from './upstream-url.ts'
@@ -142,7 +143,10 @@ const RESPONSE_CUT = Object.assign(new Error('response cut short'), { code: 'ERR
 export function cutResponse(res: ServerResponse): void {
   const stream = (res as unknown as { stream?: Duplex }).stream
   if (stream === undefined) res.destroy()
-  else if (!stream.destroyed) stream.destroy(RESPONSE_CUT)
+  else if (!stream.destroyed) {
+    resetByProxy(stream)
+    stream.destroy(RESPONSE_CUT)
+  }
 }
 
 /**

@@ -27,6 +27,7 @@ import {
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
+import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
 
@@ -209,7 +210,10 @@ export class Http2Forwarder {
         settle()
         const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
         if (h2Response === undefined) res.destroy()
-        else if (!h2Response.destroyed) h2Response.close(constants.NGHTTP2_CANCEL)
+        else if (!h2Response.destroyed) {
+          resetByProxy(h2Response)
+          h2Response.close(constants.NGHTTP2_CANCEL)
+        }
         idle.closed?.('http2')
       }
 

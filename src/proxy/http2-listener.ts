@@ -55,7 +55,20 @@ type TimedStream = ServerHttp2Stream & {
   [kDeadline]?: number
   [kTimedOut]?: true
   [kGrpc]?: boolean
+  [kOwnReset]?: true
   _readableState?: { ended?: boolean }
+}
+
+/** the proxy reset this stream itself (a response cut short, an idle stream): not the client's reset */
+const kOwnReset = Symbol('nhi.ownReset')
+
+/**
+ * Marks a stream the proxy is about to reset on its own behalf. node:http2 emits 'aborted' for any reset of a
+ * stream whose response is unfinished, the proxy's as well as the client's: unmarked, a client whose responses
+ * the upstream cuts short would be disconnected and counted as a rapid reset attack.
+ */
+export function resetByProxy(stream: object): void {
+  ;(stream as TimedStream)[kOwnReset] = true
 }
 
 /** the answer to a stream cut at timeouts.request; a gRPC call gets its status as its client reads one */
@@ -171,8 +184,10 @@ export class Http2Front {
       if (err.errno !== NGHTTP2_ERR_FLOODED) return
       this.handlers.abuse?.(state.lastControl === 'settings' ? 'settings_flood' : 'ping_flood')
     })
-    session.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
-      stream.once('aborted', () => this.countReset(session, state))
+    session.on('stream', (stream: TimedStream, headers: IncomingHttpHeaders) => {
+      stream.once('aborted', () => {
+        if (stream[kOwnReset] !== true) this.countReset(session, state)
+      })
       if (this.requestTimeout > 0 && !stream.endAfterHeaders) this.watchUpload(stream, isGrpc(headers))
       if (this.draining) session.close()
     })

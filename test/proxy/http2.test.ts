@@ -3,7 +3,12 @@
 import { execFile } from 'node:child_process'
 import { once } from 'node:events'
 import { type ClientHttp2Session, connect, constants } from 'node:http2'
-import { connect as tcpConnect } from 'node:net'
+import {
+  type AddressInfo,
+  createServer as createNetServer,
+  type Socket,
+  connect as tcpConnect,
+} from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import { promisify } from 'node:util'
 import t from 'tap'
@@ -12,7 +17,7 @@ import { defaultConfig } from '../../src/config/schema.ts'
 import type { CertEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
@@ -266,6 +271,62 @@ t.test('a connection closed for rapid reset is counted in nhi_http2_connections_
   // a well-behaved h2 client is neither cut nor counted
   t.equal((await h2SessionAfterOneRequest(t, sidecar.proxyUrl)).status, 200)
   t.equal(closed(await scrape(admin)), 1, 'only the abusive connection was counted')
+})
+
+t.test("streams the proxy resets itself are not counted as the client's rapid reset", async (t) => {
+  // an upstream that fails every response after its first bytes: the proxy cuts each client stream
+  const sockets = new Set<Socket>()
+  const failing = createNetServer((s) => {
+    sockets.add(s)
+    s.on('error', () => {})
+    s.on('data', () => {
+      s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n')
+      setTimeout(() => s.destroy(), 20)
+    })
+  })
+  failing.listen(0, '127.0.0.1')
+  await once(failing, 'listening')
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    failing.close()
+  })
+  const sidecar = await startTestSidecar(t, {
+    upstream: `http://127.0.0.1:${(failing.address() as AddressInfo).port}`,
+    limits: { http2MaxResetsPerSecond: 5 },
+  })
+  const session = connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  let goaway: number | undefined
+  session.on('goaway', (code: number) => {
+    goaway = code
+  })
+  // a client that never resets a stream, with 20 requests in flight on its one connection
+  const codes = await Promise.all(
+    Array.from(
+      { length: 20 },
+      (_, i) =>
+        new Promise<number>((resolve) => {
+          const stream = session.request({ ':path': `/cut/${i}` })
+          stream.on('error', () => {})
+          stream.resume()
+          stream.on('close', () => resolve(stream.rstCode))
+        }),
+    ),
+  )
+  t.same(new Set(codes), new Set([constants.NGHTTP2_INTERNAL_ERROR]), 'each response was cut by the proxy')
+  t.equal(goaway, undefined, 'the connection was not sent GOAWAY')
+  t.notOk(session.destroyed, 'the connection is still open')
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_upstream_errors_total', { reason: 'reset' }) >= 20,
+    'the 20 upstream resets counted',
+  )
+  t.equal(
+    metricValue(samples, 'nhi_http2_connections_closed_total', { reason: 'rapid_reset' }),
+    0,
+    'no rapid reset counted',
+  )
 })
 
 /** one HTTP/2 frame on stream 0 (RFC 9113 §4.1) */
