@@ -280,7 +280,10 @@ export class Http2Forwarder {
       })
       stream.on('end', () => {
         if (settled) return
-        if (status === 0) {
+        // node:http2 ends the readable side of a stream that was reset, or whose session was lost (CANCEL), as
+        // well as of one the upstream ended: only the former carry an error code, and their response is cut.
+        // Trailers end a response, so a reset after them (a server stopping the request body) cuts nothing.
+        if (status === 0 || (trailers === undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR)) {
           fail('reset')
           return
         }

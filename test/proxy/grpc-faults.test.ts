@@ -100,3 +100,34 @@ t.test('a call whose deadline is weeks away is served, not cut at once', async (
     'none as DEADLINE_EXCEEDED',
   )
 })
+
+t.test('an upstream connection lost mid-call ends the call UNAVAILABLE and counts as a reset', async (t) => {
+  const up = await h2cUpstream(t, (stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' })
+    stream.write(EMPTY_MESSAGE)
+    // the upstream process goes away with the call half answered
+    setTimeout(() => stream.session?.destroy(), 50)
+  })
+  const sidecar = await startBin(t, { upstream: up.url })
+  const r = await grpcCall(t, sidecar.proxyUrl, '/demo.v1.Echo/Stream')
+  t.equal(r.headers[':status'], 200)
+  t.equal(grpcStatus(r), '14', 'UNAVAILABLE, not a call ended without a status')
+
+  // a plain HTTP/2 request cut the same way is not passed on as complete either
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const plain = session.request({ ':path': '/download' })
+  plain.on('error', () => {})
+  plain.resume()
+  await new Promise((resolve) => plain.once('close', resolve))
+  t.not(plain.rstCode, 0, 'the plain stream is reset with an error code')
+
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_upstream_errors_total', { reason: 'reset' }) >= 2,
+    'both resets counted',
+  )
+  t.equal(metricValue(samples, 'nhi_upstream_errors_total', { reason: 'reset' }), 2)
+  t.equal(metricValue(samples, 'nhi_grpc_requests_total', { grpc_status: '14' }), 1, 'recorded UNAVAILABLE')
+})
