@@ -53,6 +53,32 @@ export function grpcStatusForHttp(status: number): number {
   }
 }
 
+/**
+ * The status a gRPC client reads from an upstream response that carries no grpc-status: gRPC's HTTP-to-status
+ * mapping (a server that is not gRPC, a load balancer's own error), and INTERNAL for a 200 that ended without one.
+ */
+export function grpcStatusWithoutOne(httpStatus: number): number {
+  switch (httpStatus) {
+    case 200:
+      return GRPC.INTERNAL
+    case 400:
+      return GRPC.INTERNAL
+    case 401:
+      return GRPC.UNAUTHENTICATED
+    case 403:
+      return GRPC.PERMISSION_DENIED
+    case 404:
+      return GRPC.UNIMPLEMENTED
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return GRPC.UNAVAILABLE
+    default:
+      return GRPC.UNKNOWN
+  }
+}
+
 /** RFC 3986 unreserved and a few printable characters stay; the rest is percent-encoded (gRPC's grpc-message). */
 function grpcMessage(text: string): string {
   return text.replace(/[^\x20-\x24\x26-\x7e]/g, (c) => encodeURIComponent(c))

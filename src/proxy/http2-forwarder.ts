@@ -25,7 +25,7 @@ import {
   responseDrained,
   type TunnelIdle,
 } from './forwarder.ts'
-import { endGrpcWithStatus, GRPC, grpcTimeoutMs, isGrpc } from './grpc.ts'
+import { endGrpcWithStatus, GRPC, grpcStatusWithoutOne, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
@@ -295,6 +295,8 @@ export class Http2Forwarder {
         responded = true
         if (trailers) res.addTrailers(responseHeaders(trailers) as Record<string, string>)
         res.end()
+        // recorded as the client reads it, not left out of the call counts (a 200 without one as a success)
+        if (grpc && grpcStatus === undefined) grpcStatus = grpcStatusWithoutOne(status)
         settle()
       })
       stream.on('close', () => {

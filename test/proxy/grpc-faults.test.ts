@@ -131,3 +131,41 @@ t.test('an upstream connection lost mid-call ends the call UNAVAILABLE and count
   t.equal(metricValue(samples, 'nhi_upstream_errors_total', { reason: 'reset' }), 2)
   t.equal(metricValue(samples, 'nhi_grpc_requests_total', { grpc_status: '14' }), 1, 'recorded UNAVAILABLE')
 })
+
+t.test(
+  'a call the upstream answers without a gRPC status is recorded with the status its client reads',
+  async (t) => {
+    const up = await h2cUpstream(t, (stream, headers) => {
+      const path = String(headers[':path'])
+      // a server that is not gRPC, a load balancer with no backend, a gRPC server that never sent its trailers
+      if (path.endsWith('/NotGrpc')) stream.respond({ ':status': 404, 'content-type': 'text/plain' })
+      else if (path.endsWith('/NoBackend')) stream.respond({ ':status': 503 })
+      else stream.respond({ ':status': 200, 'content-type': 'application/grpc' })
+      stream.end(path.endsWith('/NoTrailers') ? EMPTY_MESSAGE : undefined)
+    })
+    const sidecar = await startBin(t, {
+      upstream: up.url,
+      metrics: { routes: ['/demo.v1.Echo/NotGrpc', '/demo.v1.Echo/NoBackend', '/demo.v1.Echo/NoTrailers'] },
+    })
+    for (const method of ['NotGrpc', 'NoBackend', 'NoTrailers']) {
+      const r = await grpcCall(t, sidecar.proxyUrl, `/demo.v1.Echo/${method}`)
+      t.equal(grpcStatus(r), undefined, `${method}: the client got no grpc-status from the upstream`)
+    }
+    // gRPC's HTTP-to-status mapping, which clients apply: 404 → UNIMPLEMENTED, 503 → UNAVAILABLE; a 200 that
+    // ends without a status → INTERNAL
+    const expected: Record<string, string> = { NotGrpc: '12', NoBackend: '14', NoTrailers: '13' }
+    const counted = (samples: Sample[], method: string) =>
+      metricValue(samples, 'nhi_grpc_requests_total', {
+        route: `/demo.v1.Echo/${method}`,
+        grpc_status: expected[method]!,
+      })
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (all) => Object.keys(expected).every((m) => counted(all, m) >= 1),
+      'each call counted with its status',
+    )
+    for (const method of Object.keys(expected)) {
+      t.equal(counted(samples, method), 1, `${method}: counted as grpc_status ${expected[method]}`)
+    }
+  },
+)
