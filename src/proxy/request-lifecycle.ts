@@ -18,6 +18,7 @@ import { absoluteFormAuthority, requestTarget } from './path.ts'
 import {
   BAD_AUTHORITY,
   BAD_HOST,
+  BAD_HOST_SYNTAX,
   BAD_METHOD,
   BAD_REQUEST,
   BAD_TARGET_AUTHORITY,
@@ -167,6 +168,9 @@ function isHostName(name: string): boolean {
   )
 }
 
+/** uri-host [":" port]: an IP-literal, or a reg-name of unreserved, pct-encoded and sub-delims bytes */
+const HOST_SYNTAX = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?$/
+
 /**
  * A request that names its host ambiguously (RFC 9112 §3.2): two Host lines (Node keeps the first, while a
  * proxy in front may have routed on the last, and rules, policy, signatures and the upstream would all read
@@ -189,11 +193,15 @@ function hostRefusal(req: IncomingMessage): ProxyAnswer | undefined {
     return sameAuthority(host, authority, req.headers[':scheme']) ? undefined : BAD_AUTHORITY
   }
   if (hosts === 0) return req.httpVersionMinor >= 1 ? BAD_HOST : undefined
+  // RFC 9112 §3.2 / RFC 3986 §3.2.2: an HTTP/2 upstream's framing layer refuses any other byte in its
+  // :authority, which would make a client's malformed Host an upstream failure in metrics and alerts
+  // (HTTP/2 clients' own are checked by the listener's framing layer)
+  const host = req.headers.host
+  if (host !== undefined && !HOST_SYNTAX.test(host)) return BAD_HOST_SYNTAX
   // RFC 9112 §3.2.2: an absolute-form target's authority is the request's host, and a proxy in front routes
   // on it, while rules, signatures and the upstream here read Host: the two must agree
   const target = absoluteFormAuthority(req.url ?? '/')
   if (target === undefined) return undefined
-  const host = req.headers.host
   return host !== undefined && sameAuthority(host, target.authority, target.scheme)
     ? undefined
     : BAD_TARGET_AUTHORITY

@@ -26,6 +26,7 @@ export const BAD_TARGET_AUTHORITY = canned(
   'bad_request',
   'Host must name the same authority as the request target',
 )
+export const BAD_HOST_SYNTAX = canned(400, 'bad_request', 'Host is not a valid host[:port]')
 export const NOT_IMPLEMENTED = canned(501, 'not_implemented', 'transfer coding not supported')
 export const INTERNAL_ERROR = canned(500, 'internal_error', 'the proxy failed to handle the request')
 

@@ -268,3 +268,42 @@ t.test('an absolute-form target that names another authority than Host is refuse
   }
   t.ok(reached('/same') && reached('/case') && reached('/port80') && reached('/tls') && reached('/?q=1'))
 })
+
+t.test('a Host that is not a host[:port] is refused with 400 and never forwarded', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startBin(t, { service: 'hosts', upstream: upstream.url })
+  const port = Number(new URL(sidecar.proxyUrl).port)
+  const reached = (path: string) => upstream.received.some((r) => r.url === path)
+  // an h2c upstream's framing layer would refuse each of these as :authority: a 502 the client chose
+  const malformed = [
+    'a b',
+    'a.example/evil',
+    'user@a.example',
+    'a"b',
+    '<x>',
+    'a.example:80x',
+    'caf\u00e9.example',
+  ]
+  for (const [i, host] of malformed.entries()) {
+    const path = `/malformed-${i}`
+    const answer = await exchange(
+      port,
+      Buffer.from(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`, 'latin1'),
+    )
+    t.match(statusLine(answer), /^HTTP\/1\.1 400 /, `${JSON.stringify(host)}: 400`)
+    t.match(
+      answer.toString('latin1'),
+      /Host is not a valid host\[:port\]/,
+      `${JSON.stringify(host)}: says why`,
+    )
+    t.notOk(reached(path), `${JSON.stringify(host)}: the upstream never got it`)
+  }
+  const fine = ['my_host.example:8080', '[::1]:8080', '127.0.0.1', 'a.example:', 'xn--caf-dma.example']
+  for (const [i, host] of fine.entries()) {
+    const path = `/fine-${i}`
+    const answer = await exchange(port, `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`)
+    t.match(statusLine(answer), /^HTTP\/1\.1 200 /, `${host}: forwarded`)
+    t.equal(upstream.received.find((r) => r.url === path)?.headers.host, host, `${host}: as sent`)
+  }
+})
