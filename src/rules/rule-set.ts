@@ -12,6 +12,7 @@ import {
   evidenceKey,
   hasBuiltinCaptures,
   identityOf,
+  MAX_UNVERIFIED_NAME_LENGTH,
   strongest,
   UNVERIFIED_PREFIX,
 } from '../identity/builtin.ts'
@@ -56,6 +57,16 @@ interface CompiledRule {
 }
 
 const UA_CAPTURES: ReadonlySet<string> = new Set(['bot', 'agent', 'product'])
+
+/**
+ * A team or zone filled from a capture can be as long as the header or path it came from, and it is repeated
+ * on every /identities row and audit line of the identity: cut like a made-up name.
+ */
+function bounded(value: string | undefined): string | undefined {
+  return value !== undefined && value.length > MAX_UNVERIFIED_NAME_LENGTH
+    ? value.slice(0, MAX_UNVERIFIED_NAME_LENGTH)
+    : value
+}
 
 function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
   const name = compileTemplate(r.name)
@@ -146,8 +157,8 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         kind: rule.kind ?? defaultKind(ev),
         source,
         verified,
-        team: rule.team?.render(values),
-        zone: rule.zone?.render(values),
+        team: bounded(rule.team?.render(values)),
+        zone: bounded(rule.zone?.render(values)),
         rule: rule.label,
         attributes,
         expiresAt: expiry,
