@@ -271,8 +271,9 @@ t.test(
         line: `upstreamTls.cert "${empty}": holds no certificate`,
       },
     ]
+    // with workers the primary runs the same check before it starts any: one case shows it is wired in
     for (const workers of [1, 2]) {
-      for (const c of cases) {
+      for (const c of workers === 1 ? cases : cases.slice(1, 2)) {
         const config = join(await scratchDir('upstream-tls-start-config'), 'config.yaml')
         await writeFile(
           config,
