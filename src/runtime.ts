@@ -27,6 +27,7 @@ import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
 import type { Recorder } from './types.ts'
+import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
 
 export class StartupError extends Error {
@@ -374,9 +375,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
     const where =
       e.address === undefined ? '' : ` on ${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`
-    const why =
-      e.code === 'EADDRINUSE' ? 'address in use' : e.code === 'EACCES' ? 'permission denied' : e.message
-    throw new StartupError(`cannot listen${where}: ${why}`, 2)
+    throw new StartupError(`cannot listen${where}: ${listenProblem(e)}`, 2)
   }
   if (!proxyAddrs.http) throw new StartupError('http listener did not start', 2)
   listening = true

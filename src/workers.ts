@@ -44,6 +44,7 @@ import { PodExport, type PodSnapshot } from './telemetry/pod-export.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
 import type { Recorder } from './types.ts'
+import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
 
 /** primary → worker */
@@ -559,11 +560,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   } catch (err) {
     killAll()
     await telemetry.close()
-    const e = err as NodeJS.ErrnoException
     // the words a one-process start uses, so scripts and people read the same line either way
-    const why =
-      e.code === 'EADDRINUSE' ? 'address in use' : e.code === 'EACCES' ? 'permission denied' : e.message
-    throw new StartupError(`cannot listen on the admin address ${config.admin}: ${why}`, 2)
+    throw new StartupError(`cannot listen on the admin address ${config.admin}: ${listenProblem(err)}`, 2)
   }
   void telemetry.startProcessMetrics()
   const livePoll = setInterval(() => {

@@ -6,6 +6,7 @@ import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { hostAllowed } from '../admin/server.ts'
 import { redactUrl } from '../config/redact.ts'
+import { listenProblem } from '../util/listen-problem.ts'
 import type { Out } from './check.ts'
 import { buildFleet, type FleetOptions, printFleet } from './fleet.ts'
 import { PromError } from './prometheus-api.ts'
@@ -108,10 +109,8 @@ export async function serveFleet(
   try {
     await once(server, 'listening')
   } catch (e) {
-    const { code, message } = e as NodeJS.ErrnoException
     // the words `run` and `demo` use for the same failures
-    const why = code === 'EADDRINUSE' ? 'address in use' : code === 'EACCES' ? 'permission denied' : message
-    err(`nhi-proxy: cannot listen on ${address}: ${why}`)
+    err(`nhi-proxy: cannot listen on ${address}: ${listenProblem(e)}`)
     // a listener that cannot start is a runtime failure, as for `run` (docs/reference.md "Command line")
     return 2
   }
