@@ -2,6 +2,7 @@
 // kinds over h2c and over TLS with a client certificate, metadata and -bin metadata both ways, deadlines,
 // cancellation, trailers, per-identity status counting, policy per method, and upstream failures as gRPC statuses.
 import { once } from 'node:events'
+import * as http2 from 'node:http2'
 import { join } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import * as protoLoader from '@grpc/proto-loader'
@@ -120,6 +121,55 @@ function unary(
       trailers = s.metadata
     })
   })
+}
+
+/** One unary Echo call over a bare h2c session that sends `grpc-timeout` but keeps no timer of its own */
+async function rawUnaryWithTimeout(
+  port: number,
+  token: string,
+  timeout: string,
+  text: string,
+  delayMs: number,
+) {
+  const session = http2.connect(`http://127.0.0.1:${port}`)
+  try {
+    const textBytes = Buffer.from(text)
+    // Msg { text = 1 (length-delimited), delay_ms = 2 (varint) }
+    const varint: number[] = []
+    for (let v = delayMs; ; v >>>= 7) {
+      if (v < 0x80) {
+        varint.push(v)
+        break
+      }
+      varint.push((v & 0x7f) | 0x80)
+    }
+    const message = Buffer.from([0x0a, textBytes.length, ...textBytes, 0x10, ...varint])
+    const frame = Buffer.alloc(5 + message.length)
+    frame.writeUInt32BE(message.length, 1)
+    message.copy(frame, 5)
+    const started = performance.now()
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': '/demo.v1.Echo/Unary',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'grpc-timeout': timeout,
+      authorization: `Bearer ${token}`,
+    })
+    let grpcStatus: string | undefined
+    const take = (h: http2.IncomingHttpHeaders) => {
+      const status = h['grpc-status']
+      if (typeof status === 'string') grpcStatus = status
+    }
+    stream.on('response', take)
+    stream.on('trailers', take)
+    stream.resume()
+    stream.end(frame)
+    await once(stream, 'close')
+    return { grpcStatus, elapsedMs: Math.round(performance.now() - started) }
+  } finally {
+    session.close()
+  }
 }
 
 t.test(
@@ -245,11 +295,24 @@ t.test(
     t.equal(deniedCs?.code, grpc.status.PERMISSION_DENIED, 'ClientStream is enforceable per method')
     t.equal(up.seen.length, before, 'denied calls never reached the upstream')
 
-    // deadline: the server is slower than the client's deadline
-    const late = await unary(echo, { text: 'slow', delay_ms: 2000 }, md(), { deadline: Date.now() + 300 })
+    // deadline: the server is slower than the client's deadline. grpc-js keeps its own timer for the
+    // deadline it sends, which fires at the same moment as the proxy's and the upstream's, so whether the
+    // call ends with their DEADLINE_EXCEEDED or with the client's cancel is a race. This call has no token
+    // (it is not counted under svc/billing below); the one after it sends grpc-timeout without a timer of
+    // its own, so its DEADLINE_EXCEEDED is what is counted. (That the proxy enforces grpc-timeout even when
+    // the upstream does not is in grpc-faults.test.ts.)
+    const late = await unary(echo, { text: 'slow', delay_ms: 2000 }, undefined, {
+      deadline: Date.now() + 300,
+    })
     t.equal(late.err?.code, grpc.status.DEADLINE_EXCEEDED)
     await eventually(() => (up.seen.at(-1)?.cancelled ? true : undefined))
     t.pass('the upstream call was cancelled at the deadline')
+    const seenBeforeRaw = up.seen.length
+    const raw = await rawUnaryWithTimeout(sidecar.proxyAddress.port, token, '300m', 'slow', 2000)
+    t.equal(raw.grpcStatus, '4', 'a call past its grpc-timeout ends DEADLINE_EXCEEDED')
+    t.ok(raw.elapsedMs < 1500, `…at the deadline, not at the upstream's answer (${raw.elapsedMs} ms)`)
+    await eventually(() => (up.seen.length > seenBeforeRaw && up.seen.at(-1)?.cancelled ? true : undefined))
+    t.pass('the upstream call was cancelled at that deadline')
 
     // cancellation: the client cancels a bidi call; the upstream sees it cancelled
     const cancelled = echo['Bidi']!(md()) as grpc.ClientDuplexStream<Msg, Msg>

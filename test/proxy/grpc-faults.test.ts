@@ -101,6 +101,36 @@ t.test('a call whose deadline is weeks away is served, not cut at once', async (
   )
 })
 
+t.test('the proxy ends a call at its grpc-timeout when the upstream does not', async (t) => {
+  // an upstream that ignores grpc-timeout and never answers: only the proxy's own timer can end the call
+  let upstreamClosed = 0
+  const up = await h2cUpstream(t, (stream) => {
+    stream.on('close', () => upstreamClosed++)
+  })
+  const sidecar = await startBin(t, { upstream: up.url })
+  const started = performance.now()
+  const r = await grpcCall(t, sidecar.proxyUrl, '/demo.v1.Echo/Unary', { 'grpc-timeout': '300m' })
+  const elapsed = performance.now() - started
+  t.equal(grpcStatus(r), '4', 'DEADLINE_EXCEEDED from the proxy')
+  t.ok(elapsed >= 250, `not before the deadline (${Math.round(elapsed)} ms)`)
+  t.ok(
+    elapsed < 5000,
+    `at the deadline, not at timeouts.upstream (30 s by default): ${Math.round(elapsed)} ms`,
+  )
+  t.equal(up.seen.at(-1)?.['grpc-timeout'], '300m', 'the upstream was told the deadline too')
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_grpc_requests_total', { grpc_status: '4' }) >= 1,
+    'the call counted',
+  )
+  t.equal(
+    metricValue(samples, 'nhi_grpc_requests_total', { grpc_status: '4' }),
+    1,
+    'counted DEADLINE_EXCEEDED',
+  )
+  t.equal(upstreamClosed, 1, 'the upstream stream was closed at the deadline')
+})
+
 t.test('an upstream connection lost mid-call ends the call UNAVAILABLE and counts as a reset', async (t) => {
   const up = await h2cUpstream(t, (stream) => {
     stream.respond({ ':status': 200, 'content-type': 'application/grpc' })
