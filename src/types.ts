@@ -85,6 +85,9 @@ export const FAILURE_REASONS = [
   'malformed',
   'cert_untrusted',
   'cert_expired',
+  // a client certificate from a configured CA whose validity starts later: a CA ahead of this clock, or a
+  // certificate issued for later
+  'cert_not_yet_valid',
   'spiffe_invalid',
   'untrusted_forwarder',
   // signed agents (HTTP Message Signatures, Web Bot Auth)

@@ -97,7 +97,7 @@ async function certFromFile(
     if (Date.parse(c.validTo) < now)
       return failure('cert_expired', `chain has expired (${c.subject.split('\n').join(', ')})`)
     if (Date.parse(c.validFrom) > now)
-      return failure('cert_untrusted', `chain is not yet valid (${c.subject.split('\n').join(', ')})`)
+      return failure('cert_not_yet_valid', `chain is not yet valid (${c.subject.split('\n').join(', ')})`)
   }
   await loadCertificateDecoder()
   return certEvidenceFromX509(cert, 'mtls', true)

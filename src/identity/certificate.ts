@@ -13,9 +13,9 @@ const SPIFFE_SCHEME_RE = /^spiffe:/i
 
 /**
  * Parses the verified peer certificate of a TLS connection. No certificate → undefined; a chain the TLS
- * stack did not verify → Failure (cert_expired / cert_untrusted); invalid SPIFFE SAN → Failure spiffe_invalid.
- * `anchors` are the client CA certificates the listener verifies against: an expired certificate is
- * cert_expired only when it chains to one of them.
+ * stack did not verify → Failure (cert_expired / cert_not_yet_valid / cert_untrusted); invalid SPIFFE SAN →
+ * Failure spiffe_invalid. `anchors` are the client CA certificates the listener verifies against: a
+ * certificate outside its dates is cert_expired or cert_not_yet_valid only when it chains to one of them.
  */
 export function parsePeerCertificate(
   socket: TLSSocket,
@@ -31,12 +31,17 @@ export function parsePeerCertificate(
   if (!socket.authorized) {
     const code = errorCode(socket.authorizationError)
     // OpenSSL reports the last error it met, and it checks dates after trust: a self-made certificate that
-    // has expired is reported as expired, which is no workload's credential running out
-    const expired = code === 'CERT_HAS_EXPIRED' && chainsToAnchor(x, peerChain(socket), anchors)
+    // has expired (or is not valid yet) is reported that way, which says nothing about a workload's credential
+    const dated = code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
+    const anchored = dated && chainsToAnchor(x, peerChain(socket), anchors)
     return {
       failed: true,
       source: 'mtls',
-      reason: expired ? 'cert_expired' : 'cert_untrusted',
+      reason: !anchored
+        ? 'cert_untrusted'
+        : code === 'CERT_HAS_EXPIRED'
+          ? 'cert_expired'
+          : 'cert_not_yet_valid',
       detail: code ?? 'client certificate not verified',
       fingerprint: sha256Hex(x.raw).slice(0, 16),
       attributes: safeAttributes(x),

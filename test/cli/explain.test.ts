@@ -186,6 +186,16 @@ identities:
   t.equal(e.code, 0)
   t.match(e.text, /failure +mtls: cert_expired/)
   t.match(e.text, /identity: anonymous\n +kind=unknown source=anonymous verified=false/)
+  // and one whose validity starts tomorrow (cert_not_yet_valid), as the listener does
+  const early = await issueCert(ca, {
+    cn: 'web',
+    uriSans: ['spiffe://example.com/ns/shop/sa/web'],
+    notBefore: new Date(Date.now() + 86_400_000),
+  })
+  const n = await explain({ config, cert: early.certFile })
+  t.equal(n.code, 0)
+  t.match(n.text, /failure +mtls: cert_not_yet_valid/)
+  t.match(n.text, /identity: anonymous\n +kind=unknown source=anonymous verified=false/)
 })
 
 t.test('bad input exits 1', async (t) => {

@@ -1,6 +1,6 @@
 // Real X.509 material for tests, made with the openssl CLI (EC P-256: fast to generate).
 import { execFile } from 'node:child_process'
-import { readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { scratchDir } from './scratch.ts'
@@ -31,6 +31,8 @@ export interface LeafOptions {
   extensions?: string[]
   /** negative → already expired */
   days?: number
+  /** a validity that starts at this time (in the future: not yet valid) and lasts `days` (default 7) from it */
+  notBefore?: Date
   /** add extendedKeyUsage serverAuth (for server certs) */
   server?: boolean
 }
@@ -108,6 +110,15 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
     // UTF-8 subjects stay UTF8String fields instead of bytes read as Latin-1
     ...(/[^\x00-\x7f]/.test(subj) ? ['-utf8'] : []),
   ])
+  if (opts.notBefore) {
+    await signWithStartDate(ca, id, csrFile, extFile, certFile, opts.notBefore, opts.days ?? 7)
+    return {
+      certFile,
+      keyFile,
+      certPem: await readFile(certFile, 'utf8'),
+      keyPem: await readFile(keyFile, 'utf8'),
+    }
+  }
   await run('openssl', [
     'x509',
     '-req',
@@ -132,6 +143,64 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
     certPem: await readFile(certFile, 'utf8'),
     keyPem: await readFile(keyFile, 'utf8'),
   }
+}
+
+/** `openssl x509` of OpenSSL 3.0 sets no start date: `openssl ca` does, with a throwaway database of its own */
+async function signWithStartDate(
+  ca: CA,
+  id: string,
+  csrFile: string,
+  extFile: string,
+  certFile: string,
+  notBefore: Date,
+  days: number,
+): Promise<void> {
+  const dir = join(ca.dir, `${id}-ca`)
+  await mkdir(dir, { recursive: true })
+  await writeFile(join(dir, 'index.txt'), '')
+  const conf = join(dir, 'ca.cnf')
+  await writeFile(
+    conf,
+    [
+      '[ca]',
+      'default_ca = local',
+      '[local]',
+      `dir = ${dir}`,
+      'database = $dir/index.txt',
+      'new_certs_dir = $dir',
+      `serial = $dir/serial`,
+      'default_md = sha256',
+      'policy = anything',
+      'unique_subject = no',
+      '[anything]',
+      'commonName = optional',
+      'organizationName = optional',
+      '',
+    ].join('\n'),
+  )
+  await writeFile(join(dir, 'serial'), `${String(serial).padStart(2, '0')}\n`)
+  const asn1Time = (d: Date) => `${d.toISOString().replace(/[-:T]/g, '').slice(0, 14)}Z`
+  await run('openssl', [
+    'ca',
+    '-batch',
+    '-notext',
+    '-config',
+    conf,
+    '-cert',
+    ca.certFile,
+    '-keyfile',
+    ca.keyFile,
+    '-in',
+    csrFile,
+    '-out',
+    certFile,
+    '-extfile',
+    extFile,
+    '-startdate',
+    asn1Time(notBefore),
+    '-enddate',
+    asn1Time(new Date(notBefore.getTime() + days * 86_400_000)),
+  ])
 }
 
 function opensslConfValue(v: string): string {

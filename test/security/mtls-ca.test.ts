@@ -174,41 +174,59 @@ t.test('explain agrees: without clientCA a presented certificate is not evidence
   t.match(report.notes.join('\n'), /does not request client certificates/)
 })
 
-t.test('an expired certificate is cert_expired only when clientCA issued it', async (t) => {
-  const up = await startUpstream()
-  t.teardown(() => up.close())
-  const sidecar = await startTestSidecar(t, {
-    upstream: up.url,
-    listen: {
-      http: '127.0.0.1:0',
-      https: {
-        address: '127.0.0.1:0',
-        cert: server.certFile,
-        key: server.keyFile,
-        clientCA: clientCa.certFile,
+t.test(
+  'a certificate outside its dates is cert_expired or cert_not_yet_valid only when clientCA issued it',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const sidecar = await startTestSidecar(t, {
+      upstream: up.url,
+      listen: {
+        http: '127.0.0.1:0',
+        https: {
+          address: '127.0.0.1:0',
+          cert: server.certFile,
+          key: server.keyFile,
+          clientCA: clientCa.certFile,
+        },
       },
-    },
-  })
-  const port = sidecar.httpsAddress!.port
-  // a workload whose credential ran out, and a certificate anyone can make, long expired
-  const ranOut = await issueCert(clientCa, { cn: 'web', uriSans: [SPIFFE], days: -1 })
-  const selfMade = await issueCert(await createCA('self-made-ca'), { cn: 'web', uriSans: [SPIFFE], days: -1 })
-  for (const cert of [ranOut, selfMade]) {
-    const r = await call(port, cert)
-    t.equal(r.status, 200)
-    t.equal(r.headers['x-nhi-verified'], 'false', 'an expired certificate is no identity')
-  }
-  const failures = async () => {
-    const samples = await scrape(sidecar.adminUrl)
-    const of = (reason: string) => metricValue(samples, 'nhi_auth_failures_total', { source: 'mtls', reason })
-    return { expired: of('cert_expired'), untrusted: of('cert_untrusted') }
-  }
-  await eventually(async () => (await failures()).expired + (await failures()).untrusted === 2, {
-    what: 'both failures counted',
-  })
-  t.same(
-    await failures(),
-    { expired: 1, untrusted: 1 },
-    "the self-made certificate is untrusted: it says nothing about a workload's credential",
-  )
-})
+    })
+    const port = sidecar.httpsAddress!.port
+    // a workload whose credential ran out, and a certificate anyone can make, long expired
+    const ranOut = await issueCert(clientCa, { cn: 'web', uriSans: [SPIFFE], days: -1 })
+    const selfMadeCa = await createCA('self-made-ca')
+    const selfMade = await issueCert(selfMadeCa, { cn: 'web', uriSans: [SPIFFE], days: -1 })
+    // a workload's certificate whose validity starts tomorrow (its CA's clock ahead of ours), and a
+    // self-made one dated the same way
+    const tomorrow = new Date(Date.now() + 86_400_000)
+    const early = await issueCert(clientCa, { cn: 'web', uriSans: [SPIFFE], notBefore: tomorrow })
+    const selfMadeEarly = await issueCert(selfMadeCa, { cn: 'web', uriSans: [SPIFFE], notBefore: tomorrow })
+    for (const cert of [ranOut, selfMade, early, selfMadeEarly]) {
+      const r = await call(port, cert)
+      t.equal(r.status, 200)
+      t.equal(r.headers['x-nhi-verified'], 'false', 'an expired certificate is no identity')
+    }
+    const failures = async () => {
+      const samples = await scrape(sidecar.adminUrl)
+      const of = (reason: string) =>
+        metricValue(samples, 'nhi_auth_failures_total', { source: 'mtls', reason })
+      return {
+        expired: of('cert_expired'),
+        notYetValid: of('cert_not_yet_valid'),
+        untrusted: of('cert_untrusted'),
+      }
+    }
+    await eventually(
+      async () => {
+        const f = await failures()
+        return f.expired + f.notYetValid + f.untrusted === 4
+      },
+      { what: 'all four failures counted' },
+    )
+    t.same(
+      await failures(),
+      { expired: 1, notYetValid: 1, untrusted: 2 },
+      "the self-made certificates are untrusted: they say nothing about a workload's credential",
+    )
+  },
+)
