@@ -10,7 +10,13 @@ import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { CLIENT_CLOSED, Exchange, FAIL_CLOSED_ATTRIBUTION, FALLBACK_ATTRIBUTION } from './exchange.ts'
-import { type Forwarder, type ForwardResult, type ForwardTarget, responseClosed } from './forwarder.ts'
+import {
+  cutResponse,
+  type Forwarder,
+  type ForwardResult,
+  type ForwardTarget,
+  responseClosed,
+} from './forwarder.ts'
 import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { streamTimedOut } from './http2-listener.ts'
@@ -267,8 +273,10 @@ export class RequestLifecycle {
         return sent
       },
       forward: (req, res, target, headers) => forwarder.forward(req, res, target, headers),
+      // cutResponse, not destroy(): on HTTP/2 a plain destroy resets with NO_ERROR, which the client takes for
+      // the end of a complete response
       abort: (res) => {
-        if (!res.writableFinished) res.destroy()
+        if (!res.writableFinished) cutResponse(res)
       },
     }
     if (forwarder.dispatch) {

@@ -1,9 +1,11 @@
 import { once } from 'node:events'
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { constants, connect as h2connect, type IncomingHttpHeaders } from 'node:http2'
+import { type AddressInfo, connect } from 'node:net'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
+import type { Forwarder } from '../../src/proxy/forwarder.ts'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
 import { freePort } from '../helpers/net.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
@@ -121,3 +123,62 @@ t.test('setUpstream switches the target', async (t) => {
   t.throws(() => proxy.setUpstream('ftp://example.com'))
   t.throws(() => proxy.setUpstream('not a url'))
 })
+
+t.test(
+  'an internal error after the response started cuts it as an error: HTTP/1.1 closes, HTTP/2 resets with INTERNAL_ERROR',
+  async (t) => {
+    // a forwarder that fails after writing the head and part of the body: what an internal error in the forward
+    // step looks like once the client has its status line
+    const failing: Forwarder = {
+      async forward(_req, res) {
+        res.writeHead(200, { 'content-type': 'text/plain' })
+        res.write('partial')
+        await new Promise((resolve) => setImmediate(resolve))
+        throw new Error('internal failure mid-response')
+      },
+      async upgrade() {
+        return { status: 0, upstreamMs: 0, bytesOut: 0 }
+      },
+      prune() {},
+      async close() {},
+    }
+    const { url, port } = await startProxy(t, { upstream: 'http://127.0.0.1:9', forwarder: failing })
+
+    const socket = connect(port, '127.0.0.1')
+    let raw = ''
+    socket.setEncoding('latin1')
+    socket.on('data', (c: string) => {
+      raw += c
+    })
+    socket.write('GET /x HTTP/1.1\r\nHost: app\r\n\r\n')
+    await once(socket, 'close')
+    t.match(raw, /^HTTP\/1\.1 200 /, 'HTTP/1.1: the head was sent')
+    t.match(raw, /transfer-encoding: chunked/i)
+    t.notMatch(
+      raw,
+      /\r\n0\r\n\r\n$/,
+      'HTTP/1.1: no last chunk, the connection closed: the body reads as cut short',
+    )
+
+    const session = h2connect(url)
+    session.on('error', () => {})
+    t.teardown(() => session.destroy())
+    const stream = session.request({ ':path': '/x' })
+    stream.on('error', () => {})
+    let body = ''
+    stream.setEncoding('utf8')
+    stream.on('data', (c: string) => {
+      body += c
+    })
+    const closed = new Promise((resolve) => stream.on('close', resolve))
+    const [headers] = (await once(stream, 'response')) as [IncomingHttpHeaders]
+    t.equal(headers[':status'], 200)
+    await closed
+    t.equal(body, 'partial')
+    t.equal(
+      stream.rstCode,
+      constants.NGHTTP2_INTERNAL_ERROR,
+      'reset with INTERNAL_ERROR, which a client reads as a failed response, not NO_ERROR, which it reads as complete',
+    )
+  },
+)
