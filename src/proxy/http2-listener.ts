@@ -148,14 +148,17 @@ export class Http2Front {
     this.server = createHttp2Server(options)
     this.server.setTimeout(timeouts.idle)
     this.server.on('session', (session: ServerHttp2Session) => this.onSession(session))
-    this.server.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+    const onRequest = (req: Http2ServerRequest, res: Http2ServerResponse) => {
       const state = this.sessions.get(req.stream.session as ServerHttp2Session)
       if (state === undefined) {
         req.stream.close(constants.NGHTTP2_REFUSED_STREAM)
         return
       }
       this.handlers.request(req, res, state.conn)
-    })
+    }
+    this.server.on('request', onRequest)
+    // the compat layer emits CONNECT streams apart; unheard, it answers 405 itself and nothing records them
+    this.server.on('connect', onRequest)
     // the compat layer answers stream errors itself; an error here must not take the process down
     this.server.on('sessionError', () => {})
     // an idle connection gets GOAWAY and closes once its streams are done (a silent long-lived stream is

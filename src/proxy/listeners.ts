@@ -72,6 +72,8 @@ export function serverOptions(timeouts: Config['timeouts'], limits: Config['limi
 export interface ListenerHandlers {
   request: (req: IncomingMessage, res: ServerResponse) => void
   upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void
+  /** an HTTP/1.1 CONNECT: Node hands it over with the raw socket, like an upgrade */
+  connect: (req: IncomingMessage, socket: Duplex) => void
   http2: Http2Handlers
 }
 
@@ -109,6 +111,8 @@ export class Listeners {
       server.keepAliveTimeout = opts.timeouts.idle
       server.on('request', handlers.request)
       server.on('upgrade', handlers.upgrade)
+      // without a listener Node closes a CONNECT's connection without a word, and nothing records it
+      server.on('connect', handlers.connect)
       this.servers.push(server)
       return server
     }

@@ -28,6 +28,7 @@ import {
   BAD_METHOD,
   BAD_REQUEST,
   BAD_TARGET_AUTHORITY,
+  CONNECT_NOT_SUPPORTED,
   INTERNAL_ERROR,
   NOT_IMPLEMENTED,
   sendJson,
@@ -262,7 +263,13 @@ export class RequestLifecycle {
     const forwarder = opts.forwarder
     this.http = {
       refusal: (_ex, req) =>
-        unsupportedTransferCoding(req) ? NOT_IMPLEMENTED : caseFoldedMethod(req) ? BAD_METHOD : undefined,
+        req.method === 'CONNECT'
+          ? CONNECT_NOT_SUPPORTED
+          : unsupportedTransferCoding(req)
+            ? NOT_IMPLEMENTED
+            : caseFoldedMethod(req)
+              ? BAD_METHOD
+              : undefined,
       // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was
       // being attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and
       // shutdown would wait out timeouts.drain for it

@@ -28,6 +28,11 @@ export const BAD_TARGET_AUTHORITY = canned(
 )
 export const BAD_HOST_SYNTAX = canned(400, 'bad_request', 'Host is not a valid host[:port]')
 export const NOT_IMPLEMENTED = canned(501, 'not_implemented', 'transfer coding not supported')
+export const CONNECT_NOT_SUPPORTED = canned(
+  501,
+  'not_implemented',
+  'CONNECT is not supported: this is a reverse proxy, not a tunnel',
+)
 export const INTERNAL_ERROR = canned(500, 'internal_error', 'the proxy failed to handle the request')
 
 /** Writes a complete JSON response unless the response already started or the client is gone. */

@@ -104,6 +104,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     {
       request: (req, res) => void lifecycle.handle(req, res, lifecycle.connectionInfo(req.socket)),
       upgrade: (req, socket, head) => void upgrades.handle(req, socket, head),
+      connect: (req, socket) => upgrades.handleConnect(req, socket),
       http2: {
         connectionInfo: (socket) => lifecycle.connectionInfo(socket),
         request: (req, res, conn) =>

@@ -80,6 +80,15 @@ export class UpgradeHandler {
     void this.lifecycle.handle(req, res, this.lifecycle.connectionInfo(req.socket))
   }
 
+  /**
+   * An HTTP/1.1 CONNECT: never tunnelled (a reverse proxy has no business opening connections a client names),
+   * answered and recorded as a plain request on a connection closed after the answer.
+   */
+  handleConnect(req: IncomingMessage, socket: Duplex): void {
+    socket.on('error', () => socket.destroy())
+    this.serveWithoutUpgrade(req, socket)
+  }
+
   /** An upgrade request: the same stages as any request, with a tunnel as the forward step. */
   async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const lifecycle = this.lifecycle
