@@ -159,7 +159,7 @@ export async function readListenerTls(https: NonNullable<Config['listen']['https
 async function readTls(config: Config, tls: StartOptions['tls']) {
   const https = config.listen.https
   if (!https) return undefined
-  const material = tls ?? (await readListenerTls(https))
+  const material = tls ? { ...tls, clientCAs: pemCertificates(tls.ca) } : await readListenerTls(https)
   return { ...splitAddress(https.address), ...material, clientCert: https.clientCert }
 }
 
@@ -302,7 +302,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   logOtlpTarget(log, telemetry.otlp.target, undefined)
 
   // the client CAs the listener verifies against, as of its latest rotation
-  let clientAnchors = pemCertificates(tls?.ca)
+  let clientAnchors = tls?.clientCAs ?? []
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
     upstream: initial.upstream,
@@ -408,7 +408,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     }
     if (next.cert === serving.cert && next.key === serving.key && next.ca === serving.ca) return
     proxy.setListenerTls(next)
-    clientAnchors = pemCertificates(next.ca)
+    clientAnchors = next.clientCAs
     serving = { ...serving, ...next }
     telemetry.tlsReloaded('listener', 'success')
     log.info(

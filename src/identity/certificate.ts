@@ -105,10 +105,19 @@ export function pathToAnchor(
   return undefined
 }
 
+const PEM_BEGIN = '-----BEGIN CERTIFICATE-----'
+const PEM_END = '-----END CERTIFICATE-----'
+const PEM_BLOCK_RE = new RegExp(`${PEM_BEGIN}[^-]+${PEM_END}`, 'g')
+
+/** The PEM CERTIFICATE blocks of a bundle, in order, each as its own PEM text. */
+export function pemCertificateBlocks(pem: string | undefined): string[] {
+  return pem?.match(PEM_BLOCK_RE) ?? []
+}
+
 /** The certificates of a PEM bundle (a client CA file); those that do not parse are left out. */
 export function pemCertificates(pem: string | undefined): X509Certificate[] {
   const out: X509Certificate[] = []
-  for (const block of pem?.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? []) {
+  for (const block of pemCertificateBlocks(pem)) {
     try {
       out.push(new X509Certificate(block))
     } catch {
@@ -331,8 +340,6 @@ export function certEvidenceFromX509(
   return certEvidenceFromFields(fields, source, verified, via)
 }
 
-const PEM_BEGIN = '-----BEGIN CERTIFICATE-----'
-const PEM_END = '-----END CERTIFICATE-----'
 const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/
 
 /**

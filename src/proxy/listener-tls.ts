@@ -6,6 +6,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { type ConnectionOptions, createSecureContext } from 'node:tls'
 import { readProblem } from '../config/loader.ts'
+import { pemCertificateBlocks } from '../identity/certificate.ts'
 
 export interface ListenerTlsFiles {
   cert: string
@@ -13,11 +14,12 @@ export interface ListenerTlsFiles {
   clientCA?: string | undefined
 }
 
-/** PEM text of the listener's secure context */
+/** PEM text of the listener's secure context, and the client CA certificates its `ca` holds */
 export interface ListenerTlsMaterial {
   cert: string
   key: string
   ca?: string | undefined
+  clientCAs: X509Certificate[]
 }
 
 /** why TLS material was refused, and the setting and file it concerns (never any key material) */
@@ -32,17 +34,15 @@ export class TlsMaterialError extends Error {
   }
 }
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g
-
 function readPem(setting: string, file: string): Promise<string> {
   return readFile(file, 'utf8').catch((err: unknown) => {
     throw new TlsMaterialError(setting, file, readProblem(err))
   })
 }
 
-function parse(setting: string, file: string, what: string, check: () => unknown): void {
+function parse<T>(setting: string, file: string, what: string, check: () => T): T {
   try {
-    check()
+    return check()
   } catch (err) {
     throw new TlsMaterialError(setting, file, `not a valid ${what}: ${(err as Error).message}`)
   }
@@ -58,12 +58,12 @@ function checkCertificate(setting: string, file: string, pem: string): void {
 }
 
 /** a CA bundle with at least one certificate: an empty one would leave Node to its default public roots */
-function checkCaBundle(setting: string, file: string, pem: string | undefined): void {
-  const certificates = pem?.match(PEM_CERTIFICATE) ?? []
-  if (certificates.length === 0) {
+function checkCaBundle(setting: string, file: string, pem: string | undefined): X509Certificate[] {
+  const blocks = pemCertificateBlocks(pem)
+  if (blocks.length === 0) {
     throw new TlsMaterialError(setting, file, 'holds no CA certificate (no PEM CERTIFICATE block)')
   }
-  for (const cert of certificates) parse(setting, file, 'PEM CA bundle', () => new X509Certificate(cert))
+  return blocks.map((block) => parse(setting, file, 'PEM CA bundle', () => new X509Certificate(block)))
 }
 
 /** the pieces make a secure context, the key belonging to the certificate */
@@ -103,9 +103,9 @@ export async function loadListenerTls(files: ListenerTlsFiles): Promise<Listener
   ])
   checkCertificate('cert', files.cert, cert)
   parse('key', files.key, 'PEM private key', () => createPrivateKey(key))
-  if (files.clientCA) checkCaBundle('clientCA', files.clientCA, ca)
+  const clientCAs = files.clientCA ? checkCaBundle('clientCA', files.clientCA, ca) : []
   checkContext(files, { setting: 'cert', file: files.cert }, { cert, key, ca })
-  return { cert, key, ca }
+  return { cert, key, ca, clientCAs }
 }
 
 /** upstreamTls: the files an https:/h2: upstream connection is made with (cert and key: both or neither) */

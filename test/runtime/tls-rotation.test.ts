@@ -228,6 +228,24 @@ t.test('client CA replaced: new connections verify against the new CA only', asy
   const old = await call(port, { client: oldLeaf })
   t.equal(old.headers['x-nhi-verified'], 'false', 'the old CA no longer does')
   t.not(old.headers['x-nhi-source'], 'mtls')
+  const reloaded = bin.logs().find((l) => l['event'] === 'tls_reloaded')!
+  t.same(
+    [reloaded['side'], reloaded['cert'], reloaded['clientCA'], reloaded['key']],
+    ['listener', first.certFile, ca, undefined],
+    'the reload names the certificate and client CA files, not the key',
+  )
+  // an expired certificate is cert_expired only when it chains to the client CA: the rotated one now
+  const expiredFailures = async () =>
+    metricValue(await scrape(bin.adminUrl), 'nhi_auth_failures_total', {
+      source: 'mtls',
+      reason: 'cert_expired',
+    })
+  const expiredBefore = await expiredFailures()
+  const ranOut = await issueCert(newCa, { cn: 'web', uriSans: [SPIFFE], days: -1 })
+  t.equal((await call(port, { client: ranOut })).headers['x-nhi-verified'], 'false')
+  await eventually(async () => (await expiredFailures()) === expiredBefore + 1, {
+    what: 'an expired certificate of the rotated CA counted as cert_expired',
+  })
 
   // a bundle without a certificate would make Node fall back to its public roots: refused
   await replaceFile(ca, '')
@@ -235,6 +253,11 @@ t.test('client CA replaced: new connections verify against the new CA only', asy
     what: 'tls_reload_failed for an empty CA bundle',
   })
   t.equal(failed['file'], ca)
+  t.equal(failed['setting'], 'listen.https.clientCA')
+  t.equal(
+    failed['msg'],
+    `listen.https.clientCA "${ca}": holds no CA certificate (no PEM CERTIFICATE block); serving the previous certificate`,
+  )
   t.equal(
     (await call(port, { client: newLeaf })).headers['x-nhi-verified'],
     'true',
