@@ -16,16 +16,12 @@ import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline } from './pipeline/index.ts'
-import {
-  type ListenerTlsFiles,
-  loadListenerTls,
-  loadUpstreamTls,
-  TlsMaterialError,
-  type UpstreamTlsFiles,
-} from './proxy/listener-tls.ts'
+import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
+import { rotateTlsFiles, tlsRefusal } from './runtime-tls.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
+import type { TlsSide } from './telemetry/metrics.ts'
 import type { Recorder } from './types.ts'
 import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
@@ -147,13 +143,10 @@ export async function loadOrFail(path: string): Promise<Config> {
  * The https listener's files, read and checked as a rotation reads them: what a rotation would refuse (a
  * client CA without a certificate, a key for another certificate) stops the start, before any port is bound.
  */
-export async function readListenerTls(https: NonNullable<Config['listen']['https']>) {
-  try {
-    return await loadListenerTls({ cert: https.cert, key: https.key, clientCA: https.clientCA })
-  } catch (err) {
-    if (!(err instanceof TlsMaterialError)) throw err
-    throw new StartupError(`listen.https.${err.setting} "${err.file}": ${err.message}`, 1)
-  }
+export function readListenerTls(https: NonNullable<Config['listen']['https']>) {
+  return readTlsFiles('listener', () =>
+    loadListenerTls({ cert: https.cert, key: https.key, clientCA: https.clientCA }),
+  )
 }
 
 async function readTls(config: Config, tls: StartOptions['tls']) {
@@ -175,11 +168,15 @@ export async function readUpstreamTls(
   if ((upstreamTls.cert === undefined) !== (upstreamTls.key === undefined)) {
     throw new StartupError('upstreamTls: cert and key go together', 1)
   }
+  return readTlsFiles('upstream', () => loadUpstreamTls(upstreamTls, upstreamTls.servername))
+}
+
+async function readTlsFiles<T>(side: TlsSide, load: () => Promise<T>): Promise<T> {
   try {
-    return await loadUpstreamTls(upstreamTls, upstreamTls.servername)
+    return await load()
   } catch (err) {
     if (!(err instanceof TlsMaterialError)) throw err
-    throw new StartupError(`upstreamTls.${err.setting} "${err.file}": ${err.message}`, 1)
+    throw new StartupError(tlsRefusal(side, err).text, 1)
   }
 }
 
@@ -383,99 +380,43 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const processMetricsTimer = setTimeout(() => void telemetry.startProcessMetrics(), PROCESS_METRICS_DELAY_MS)
   processMetricsTimer.unref()
 
-  // The listener's files as named at start, read again on every reload and when they change on disk: new
-  // TLS connections get what they hold now, established ones keep theirs. Each worker of `workers: N` has
-  // its own listener and so watches the files itself.
+  // The TLS files as named at start, rotated in place (src/runtime-tls.ts). Each worker of `workers: N` has
+  // its own listener and upstream connections and so watches the files itself.
   const https = initial.listen.https
-  const tlsFiles: ListenerTlsFiles | undefined =
-    tls && !opts.tls && https ? { cert: https.cert, key: https.key, clientCA: https.clientCA } : undefined
-  let serving = tls
-  const reloadTls = serializeReloads(async (): Promise<void> => {
-    if (!tlsFiles || !serving) return
-    let next: Awaited<ReturnType<typeof loadListenerTls>>
-    try {
-      next = await loadListenerTls(tlsFiles)
-    } catch (e) {
-      const file = e instanceof TlsMaterialError ? e.file : tlsFiles.cert
-      const setting = `listen.https.${e instanceof TlsMaterialError ? e.setting : 'cert'}`
-      const reason = (e as Error).message
-      log.error(
-        { event: 'tls_reload_failed', side: 'listener', setting, file, reason },
-        `${setting} "${file}": ${reason}; serving the previous certificate`,
-      )
-      telemetry.tlsReloaded('listener', 'failure')
-      return
-    }
-    if (next.cert === serving.cert && next.key === serving.key && next.ca === serving.ca) return
-    proxy.setListenerTls(next)
-    clientAnchors = next.clientCAs
-    serving = { ...serving, ...next }
-    telemetry.tlsReloaded('listener', 'success')
-    log.info(
-      {
-        event: 'tls_reloaded',
-        side: 'listener',
-        cert: tlsFiles.cert,
-        ...(tlsFiles.clientCA ? { clientCA: tlsFiles.clientCA } : {}),
-      },
-      'https listener certificate reloaded',
-    )
-  })
-  if (tlsFiles) telemetry.tlsFiles('listener')
-
-  // upstreamTls's files as named at start, the same way: upstream connections opened after a rotation
-  // present the new client certificate and verify against the new CA; each worker rotates its own.
-  const upstreamTlsFiles: UpstreamTlsFiles | undefined =
-    upstreamTls && (initial.upstreamTls?.ca || initial.upstreamTls?.cert)
-      ? { ca: initial.upstreamTls.ca, cert: initial.upstreamTls.cert, key: initial.upstreamTls.key }
+  const listenerRotation =
+    tls && !opts.tls && https
+      ? rotateTlsFiles(
+          {
+            side: 'listener',
+            files: { cert: https.cert, key: https.key, clientCA: https.clientCA },
+            serving: tls,
+            load: loadListenerTls,
+            apply: (next) => {
+              proxy.setListenerTls(next)
+              clientAnchors = next.clientCAs
+            },
+          },
+          log,
+          telemetry,
+        )
       : undefined
-  let upstreamServing = upstreamTls
-  const reloadUpstreamTls = serializeReloads(async (): Promise<void> => {
-    if (!upstreamTlsFiles || !upstreamServing) return
-    let next: ConnectionOptions
-    try {
-      next = await loadUpstreamTls(upstreamTlsFiles, initial.upstreamTls?.servername)
-    } catch (e) {
-      const file = e instanceof TlsMaterialError ? e.file : (upstreamTlsFiles.cert ?? upstreamTlsFiles.ca)
-      const setting = `upstreamTls.${e instanceof TlsMaterialError ? e.setting : 'cert'}`
-      const reason = (e as Error).message
-      log.error(
-        { event: 'tls_reload_failed', side: 'upstream', setting, file, reason },
-        `${setting} "${file}": ${reason}; upstream connections keep the previous TLS files`,
-      )
-      telemetry.tlsReloaded('upstream', 'failure')
-      return
-    }
-    const was = upstreamServing
-    if (next.cert === was.cert && next.key === was.key && next.ca === was.ca) return
-    proxy.setUpstreamTls(next)
-    upstreamServing = next
-    telemetry.tlsReloaded('upstream', 'success')
-    log.info(
-      {
-        event: 'tls_reloaded',
-        side: 'upstream',
-        ...(upstreamTlsFiles.cert ? { cert: upstreamTlsFiles.cert } : {}),
-        ...(upstreamTlsFiles.ca ? { ca: upstreamTlsFiles.ca } : {}),
-      },
-      'upstream TLS files reloaded',
-    )
-  })
-  if (upstreamTlsFiles) telemetry.tlsFiles('upstream')
-
-  const watchTlsFile = (file: string, reload: () => unknown, what: string): ConfigWatcher =>
-    watchConfig(resolve(file), () => void reload(), {
-      onError: (_message, err) =>
-        log.warn({ err, file }, `cannot watch a TLS file of ${what}; a reload (SIGHUP) still reads it`),
-    })
-  const tlsWatchers: ConfigWatcher[] = [
-    ...(tlsFiles ? [tlsFiles.cert, tlsFiles.key, tlsFiles.clientCA] : [])
-      .filter((file): file is string => file !== undefined)
-      .map((file) => watchTlsFile(file, reloadTls, 'the https listener')),
-    ...(upstreamTlsFiles ? [upstreamTlsFiles.ca, upstreamTlsFiles.cert, upstreamTlsFiles.key] : [])
-      .filter((file): file is string => file !== undefined)
-      .map((file) => watchTlsFile(file, reloadUpstreamTls, 'upstreamTls')),
-  ]
+  // upstream connections opened after a rotation present the new client certificate and verify against the
+  // new CA
+  const upstreamFiles = initial.upstreamTls
+  const upstreamRotation =
+    upstreamTls && (upstreamFiles?.ca || upstreamFiles?.cert)
+      ? rotateTlsFiles(
+          {
+            side: 'upstream',
+            files: { cert: upstreamFiles.cert, key: upstreamFiles.key, ca: upstreamFiles.ca },
+            serving: upstreamTls,
+            load: (files) => loadUpstreamTls(files, upstreamFiles.servername),
+            apply: (next) => proxy.setUpstreamTls(next),
+          },
+          log,
+          telemetry,
+        )
+      : undefined
 
   // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
   const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
@@ -506,8 +447,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     previous.close()
     for (const d of warnings) log.warn(formatDiagnostic(d))
     log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
-    await reloadTls()
-    await reloadUpstreamTls()
+    await listenerRotation?.reload()
+    await upstreamRotation?.reload()
     return true
   }
   const reload = async (): Promise<boolean> => {
@@ -547,7 +488,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
       draining = true
       clearTimeout(processMetricsTimer)
       watcher?.close()
-      for (const w of tlsWatchers) w.close()
+      listenerRotation?.close()
+      upstreamRotation?.close()
       await proxy.close(pipeline.config.timeouts.drain)
       await admin?.close()
       pipeline.close()
