@@ -54,7 +54,8 @@ export function parseHeaderArgs(args: readonly string[]): Record<string, string>
 
 /**
  * mTLS evidence from a PEM file (the client certificate, then any intermediates it would send), judged as the
- * listener judges it: it must chain to a certificate of listen.https.clientCA and be within its dates, or it
+ * listener judges it: it must chain to a certificate of listen.https.clientCA, be within its dates and be
+ * meant for client authentication, or it
  * is a failure rather than evidence. Without a clientCA the live listener does not request client
  * certificates, so the certificate is no evidence here either.
  */
@@ -99,9 +100,23 @@ async function certFromFile(
     if (Date.parse(c.validFrom) > now)
       return failure('cert_not_yet_valid', `chain is not yet valid (${c.subject.split('\n').join(', ')})`)
   }
+  // OpenSSL checks the chain's purpose for the listener: a certificate (or an intermediate) that limits its
+  // extended key usage must allow client authentication
+  for (const c of trusted.slice(0, -1)) {
+    const usage = c.keyUsage
+    if (usage !== undefined && !usage.includes(CLIENT_AUTH)) {
+      return failure(
+        'cert_untrusted',
+        `is not for client authentication (the extended key usage of ${c.subject.split('\n').join(', ')} leaves it out)`,
+      )
+    }
+  }
   await loadCertificateDecoder()
   return certEvidenceFromX509(cert, 'mtls', true)
 }
+
+/** id-kp-clientAuth */
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
 
 export async function runExplain(opts: ExplainOptions, out: Out): Promise<number> {
   const notes: string[] = []

@@ -35,6 +35,10 @@ export interface LeafOptions {
   notBefore?: Date
   /** add extendedKeyUsage serverAuth (for server certs) */
   server?: boolean
+  /** the extendedKeyUsage line's value as it is (e.g. `serverAuth`), instead of the one `server` picks */
+  extendedKeyUsage?: string
+  /** a CA certificate (an intermediate), with no extended key usage unless `extendedKeyUsage` says */
+  intermediate?: boolean
 }
 
 export async function createCA(name = 'test-ca', dir?: string): Promise<CA> {
@@ -72,6 +76,16 @@ export async function createCA(name = 'test-ca', dir?: string): Promise<CA> {
   }
 }
 
+/** An intermediate CA issued by `ca` (keys in the same directory), optionally limited in extended key usage. */
+export async function issueIntermediateCA(ca: CA, name: string, extendedKeyUsage?: string): Promise<CA> {
+  const pair = await issueCert(ca, {
+    cn: name,
+    intermediate: true,
+    ...(extendedKeyUsage ? { extendedKeyUsage } : {}),
+  })
+  return { ...pair, dir: ca.dir, name }
+}
+
 export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair> {
   const id = `leaf-${++serial}`
   const keyFile = join(ca.dir, `${id}.key`)
@@ -86,9 +100,14 @@ export async function issueCert(ca: CA, opts: LeafOptions = {}): Promise<KeyPair
     ...(opts.ipSans ?? []).map((v, i) => `IP.${i} = ${opensslConfValue(v)}`),
     ...(opts.emailSans ?? []).map((v, i) => `email.${i} = ${opensslConfValue(v)}`),
   ]
+  const eku = opts.intermediate
+    ? opts.extendedKeyUsage
+    : (opts.extendedKeyUsage ?? (opts.server ? 'serverAuth,clientAuth' : 'clientAuth'))
   const ext = [
-    'basicConstraints=CA:FALSE',
-    `extendedKeyUsage=${opts.server ? 'serverAuth,clientAuth' : 'clientAuth'}`,
+    ...(opts.intermediate
+      ? ['basicConstraints=critical,CA:TRUE', 'keyUsage=critical,keyCertSign,cRLSign']
+      : ['basicConstraints=CA:FALSE']),
+    ...(eku ? [`extendedKeyUsage=${eku}`] : []),
     ...(opts.extensions ?? []),
     ...(sans.length ? ['subjectAltName=@sans', '[sans]', ...sans] : []),
   ]

@@ -10,7 +10,14 @@ import t, { type Test } from 'tap'
 import { runExplain } from '../../src/cli/explain.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
-import { type CA, createCA, createServerPki, issueCert, type KeyPair } from '../helpers/pki.ts'
+import {
+  type CA,
+  createCA,
+  createServerPki,
+  issueCert,
+  issueIntermediateCA,
+  type KeyPair,
+} from '../helpers/pki.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { spawnCli, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -228,5 +235,80 @@ t.test(
       { expired: 1, notYetValid: 1, untrusted: 2 },
       "the self-made certificates are untrusted: they say nothing about a workload's credential",
     )
+  },
+)
+
+t.test(
+  'a chain of the configured CA not made for client authentication is cert_untrusted, in explain too',
+  async (t) => {
+    const up = await startUpstream()
+    t.teardown(() => up.close())
+    const sidecar = await startTestSidecar(t, {
+      upstream: up.url,
+      listen: {
+        http: '127.0.0.1:0',
+        https: {
+          address: '127.0.0.1:0',
+          cert: server.certFile,
+          key: server.keyFile,
+          clientCA: clientCa.certFile,
+        },
+      },
+    })
+    const port = sidecar.httpsAddress!.port
+    const config = writeConfig({ clientCA: clientCa.certFile }, up.url)
+    const explainCert = async (pem: string) => {
+      const file = join(scratchDirSync('mtls-ca'), 'client.pem')
+      writeFileSync(file, pem)
+      const lines: string[] = []
+      const code = await runExplain(
+        { config, headers: [], cert: file, method: 'GET', path: '/echo', json: true },
+        (line) => lines.push(line),
+      )
+      t.equal(code, 0)
+      return JSON.parse(lines.join('\n')) as { evidence: Record<string, unknown>; notes: string[] }
+    }
+
+    // a server certificate of the same CA (extended key usage serverAuth only) presented as a client one
+    const serverOnly = await issueCert(clientCa, {
+      cn: 'web',
+      uriSans: [SPIFFE],
+      extendedKeyUsage: 'serverAuth',
+    })
+    const r = await call(port, serverOnly)
+    t.equal(r.status, 200)
+    t.equal(r.headers['x-nhi-verified'], 'false', 'no identity from a certificate not made for clients')
+    await eventually(
+      async () =>
+        metricValue(await scrape(sidecar.adminUrl), 'nhi_auth_failures_total', {
+          source: 'mtls',
+          reason: 'cert_untrusted',
+        }) === 1,
+      { what: 'the failure counted as cert_untrusted' },
+    )
+    const report = await explainCert(serverOnly.certPem)
+    t.equal(report.evidence['mtls'], undefined, 'explain: no mTLS evidence either')
+    t.match(JSON.stringify(report.evidence), /cert_untrusted/, 'explain: the same failure')
+    t.match(report.notes.join('\n'), /client authentication/, 'explain says why')
+
+    // a client certificate under an intermediate CA limited to serverAuth: OpenSSL refuses the chain's purpose
+    const serverIntermediate = await issueIntermediateCA(clientCa, 'server-only-intermediate', 'serverAuth')
+    const underIt = await issueCert(serverIntermediate, { cn: 'batch', uriSans: [SPIFFE] })
+    const chained = { ...underIt, certPem: underIt.certPem + serverIntermediate.certPem }
+    t.equal((await call(port, chained)).headers['x-nhi-verified'], 'false', 'the listener refuses the chain')
+    const refused = await explainCert(chained.certPem)
+    t.equal(refused.evidence['mtls'], undefined, 'explain refuses it too')
+    t.match(refused.notes.join('\n'), /server-only-intermediate/, '…naming the intermediate')
+
+    // the same under an intermediate that allows client authentication: taken on both sides
+    const clientIntermediate = await issueIntermediateCA(clientCa, 'client-intermediate', 'clientAuth')
+    const underClient = await issueCert(clientIntermediate, { cn: 'batch', uriSans: [SPIFFE] })
+    const good = { ...underClient, certPem: underClient.certPem + clientIntermediate.certPem }
+    t.equal(
+      (await call(port, good)).headers['x-nhi-verified'],
+      'true',
+      'the listener takes a chain meant for clients',
+    )
+    t.ok((await explainCert(good.certPem)).evidence['mtls'], 'explain agrees')
   },
 )
