@@ -265,7 +265,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
       this.status = statusCode
       return false
     }
-    const headers = downstreamHeaders(rawHeaders)
+    const headers = downstreamHeaders(rawHeaders, statusCode)
     try {
       // node:http2 refuses a repeated single-value field (HTTP/1.1 clients get it as sent)
       this.res.writeHead(statusCode, this.res.req?.httpVersionMajor === 2 ? singleValued(headers) : headers)

@@ -332,8 +332,25 @@ function addListed(listed: Set<string> | undefined, connection: string): Set<str
   return listed
 }
 
-/** Response headers from the upstream's raw [name, value, …] buffers, minus hop-by-hop ones. */
-export function downstreamHeaders(raw: readonly Buffer[]): string[] {
+/**
+ * Response headers from the upstream's raw [name, value, …] buffers, minus hop-by-hop ones. With `status` 204,
+ * minus Content-Length too: a 204 has no body and must not carry one (RFC 9110 §8.6); HTTP/2 clients reset the
+ * stream over it and HTTP/1.1 clients may wait for bytes that never come. Trailers pass no status.
+ */
+export function downstreamHeaders(raw: readonly Buffer[], status?: number): string[] {
+  const out = withoutHopByHop(raw)
+  return status === 204 ? withoutContentLength(out) : out
+}
+
+function withoutContentLength(headers: string[]): string[] {
+  const kept: string[] = []
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i]!.toLowerCase() !== 'content-length') kept.push(headers[i]!, headers[i + 1]!)
+  }
+  return kept
+}
+
+function withoutHopByHop(raw: readonly Buffer[]): string[] {
   const out: string[] = []
   let listed: Set<string> | undefined
   for (let i = 0; i + 1 < raw.length; i += 2) {

@@ -227,7 +227,13 @@ export class NodeHttpForwarder {
         }
         status = upRes.statusCode ?? 0
         clearTimeout(headersTimer)
-        res.writeHead(status, downstreamHeaders(upRes.rawHeaders.map((x) => Buffer.from(x, 'latin1'))))
+        res.writeHead(
+          status,
+          downstreamHeaders(
+            upRes.rawHeaders.map((x) => Buffer.from(x, 'latin1')),
+            status,
+          ),
+        )
         // undici's body deadline: the longest silence of the upstream while the client is reading
         const onBodyTimeout = () => fail('timeout')
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
