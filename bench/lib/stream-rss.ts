@@ -145,8 +145,16 @@ export async function startBundledProxy(
     if (child.exitCode !== null || child.signalCode !== null) return
     const exited = once(child, 'exit')
     child.kill('SIGTERM')
+    // nothing is in flight any more: a second signal, once the first is being handled, skips the drain delay
+    // (5 s by default) instead of waiting it out
+    const skipDelay = setInterval(() => {
+      if (!err.includes(', draining')) return
+      clearInterval(skipDelay)
+      child.kill('SIGTERM')
+    }, 20)
     const timer = setTimeout(() => child.kill('SIGKILL'), 3000)
     await exited
+    clearInterval(skipDelay)
     clearTimeout(timer)
   }
   try {

@@ -3,11 +3,9 @@
 // /proc/<pid>/status (samples plus the kernel's peak mark), so only the proxy's memory is measured: this
 // process is the client and the upstream, and their buffers never count. The 1 GB-each-way numbers per
 // Node version are in bench/README.md (`node --import tsx bench/stream.ts`).
-import { rmSync } from 'node:fs'
 import { connect } from 'node:net'
 import t from 'tap'
 import {
-  buildBundle,
   MB,
   measureStream,
   type ProxyChild,
@@ -17,7 +15,7 @@ import {
   startStreamUpstream,
 } from '../../bench/lib/stream-rss.ts'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
-import { scratchDirSync } from '../helpers/scratch.ts'
+import { assertFreshBundle, BUNDLE } from '../helpers/sidecar.ts'
 
 const SIZE = 256 * MB
 /**
@@ -32,13 +30,11 @@ let proxy: ProxyChild
 let upstream: StreamUpstream
 
 t.before(async () => {
-  const dir = scratchDirSync('stream-test')
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  // built from the current sources, so the test never runs a stale dist/
-  const bundle = buildBundle(dir)
+  // the built bundle, checked to be newer than every source, so the test never runs a stale dist/
+  assertFreshBundle()
   upstream = await startStreamUpstream()
   t.teardown(() => upstream.close())
-  proxy = await startBundledProxy(bundle, upstream.url)
+  proxy = await startBundledProxy(BUNDLE, upstream.url)
   t.teardown(() => proxy.stop())
 })
 
