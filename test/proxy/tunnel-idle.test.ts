@@ -24,6 +24,9 @@ const IDLE_MS = 300
 const ACTIVE_MS = 1200
 const COUNTER = 'nhi_tunnels_idle_closed_total'
 
+// the tests share nothing (each its own upstream and sidecar) and mostly wait on idle timers: run side by side
+t.jobs = 3
+
 /** one unfragmented text frame; client frames are masked (RFC 6455 §5.3) */
 function wsFrame(text: string, masked: boolean): Buffer {
   const payload = Buffer.from(text)
