@@ -15,6 +15,9 @@ import { listenTcp, MB, sidecarFor, upload, upstreamHandler } from '../helpers/t
 
 // sidecar starts and some 100 MB through loopback: above the default file timeout on a loaded machine
 t.setTimeout(180_000)
+// the tests share nothing (each its own upstream and sidecars) and spend much of their time waiting on
+// deadlines and sidecar starts: run side by side
+t.jobs = 3
 
 t.test('unix: socket upstream', async (t) => {
   const dir = await scratchDir('uds')
