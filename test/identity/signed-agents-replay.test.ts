@@ -34,6 +34,9 @@ function sendFresh(url: string, headers: Record<string, string>): Promise<boolea
   })
 }
 
+// the tests share nothing (each its own sidecar, upstream and key directory): run side by side
+t.jobs = 4
+
 interface Setup {
   sidecar: TestSidecar
   key: AgentKey
