@@ -17,6 +17,9 @@ import { scratchDirSync } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream, type TestUpstream } from '../helpers/upstream.ts'
 
+// the tests share nothing (each its own upstream and sidecar) and mostly wait on sidecar starts: run side by side
+t.jobs = 4
+
 /** Sends one request with `target` verbatim; resolves with the status code (0: no answer). */
 async function rawStatus(
   port: number,
