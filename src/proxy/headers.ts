@@ -338,9 +338,23 @@ function addListed(listed: Set<string> | undefined, connection: string): Set<str
  * stream over it and HTTP/1.1 clients may wait for bytes that never come. Trailers pass no status.
  */
 export function downstreamHeaders(raw: readonly Buffer[], status?: number): string[] {
-  const out = withoutHopByHop(raw)
+  const out = withoutHopByHop(raw, status !== undefined)
   return status === 204 ? withoutContentLength(out) : out
 }
+
+/**
+ * A response in a transfer coding other than plain `chunked` (`gzip`, `gzip, chunked`): the HTTP/1.1 client
+ * decodes `chunked` only, so its body would reach the client still coded with nothing saying so. Answered 502,
+ * as nginx does.
+ */
+export class UnsupportedResponseCoding extends Error {
+  override readonly name = 'UnsupportedResponseCoding'
+  constructor(coding: string) {
+    super(`upstream response in a transfer coding other than chunked (${coding.slice(0, 64)})`)
+  }
+}
+
+const ONLY_CHUNKED = /^[\t ]*chunked[\t ]*$/i
 
 function withoutContentLength(headers: string[]): string[] {
   const kept: string[] = []
@@ -350,7 +364,7 @@ function withoutContentLength(headers: string[]): string[] {
   return kept
 }
 
-function withoutHopByHop(raw: readonly Buffer[]): string[] {
+function withoutHopByHop(raw: readonly Buffer[], response: boolean): string[] {
   const out: string[] = []
   let listed: Set<string> | undefined
   for (let i = 0; i + 1 < raw.length; i += 2) {
@@ -364,7 +378,13 @@ function withoutHopByHop(raw: readonly Buffer[]): string[] {
         listed = addListed(listed, raw[i + 1]!.toString('latin1').toLowerCase())
         continue
       }
-      if (HOP_BY_HOP.has(lower)) continue
+      if (HOP_BY_HOP.has(lower)) {
+        if (response && lower === 'transfer-encoding') {
+          const coding = raw[i + 1]!.toString('latin1')
+          if (!ONLY_CHUNKED.test(coding)) throw new UnsupportedResponseCoding(coding)
+        }
+        continue
+      }
     }
     out.push(name, raw[i + 1]!.toString('latin1'))
   }

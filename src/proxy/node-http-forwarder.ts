@@ -225,15 +225,21 @@ export class NodeHttpForwarder {
           upRes.destroy()
           return
         }
-        status = upRes.statusCode ?? 0
         clearTimeout(headersTimer)
-        res.writeHead(
-          status,
-          downstreamHeaders(
+        let headers: string[]
+        try {
+          headers = downstreamHeaders(
             upRes.rawHeaders.map((x) => Buffer.from(x, 'latin1')),
-            status,
-          ),
-        )
+            upRes.statusCode ?? 0,
+          )
+        } catch {
+          // a response the client could not read (see UnsupportedResponseCoding): nothing sent, so 502
+          upRes.destroy()
+          fail('reset')
+          return
+        }
+        status = upRes.statusCode ?? 0
+        res.writeHead(status, headers)
         // undici's body deadline: the longest silence of the upstream while the client is reading
         const onBodyTimeout = () => fail('timeout')
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)

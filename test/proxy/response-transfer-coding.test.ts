@@ -1,0 +1,73 @@
+// An HTTP/1.1 upstream answering in a transfer coding other than plain `chunked` (`gzip`, `gzip, chunked`):
+// the proxy decodes `chunked` only, so passing the body on would hand the client coded bytes with nothing
+// saying so (Transfer-Encoding is hop-by-hop and never forwarded). Such a response is answered 502 and
+// counted, as nginx does, through both HTTP/1.1 engines (plain requests, and requests that announce trailers).
+import { once } from 'node:events'
+import { type AddressInfo, connect, createServer } from 'node:net'
+import t from 'tap'
+import { startBin } from '../helpers/bin.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
+
+const ANSWERS: Record<string, string> = {
+  '/gzip':
+    'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nCODED',
+  '/gzip-chunked':
+    'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nCODED\r\n0\r\n\r\n',
+  '/chunked':
+    'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nplain\r\n0\r\n\r\n',
+}
+
+/** one request on its own connection, the raw answer back */
+async function rawExchange(port: number, request: string): Promise<string> {
+  const socket = connect(port, '127.0.0.1')
+  let raw = ''
+  socket.setEncoding('latin1')
+  socket.on('data', (c: string) => {
+    raw += c
+  })
+  const closed = new Promise((resolve) => socket.on('close', resolve))
+  socket.write(request)
+  await closed
+  return raw
+}
+
+t.test('a response in a transfer coding other than chunked is a 502, not coded bytes', async (t) => {
+  const up = createServer((socket) => {
+    let head = ''
+    socket.setEncoding('latin1')
+    socket.on('data', (chunk: string) => {
+      head += chunk
+      if (!head.includes('\r\n\r\n')) return
+      const path = head.split(' ')[1] ?? ''
+      socket.end(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n')
+    })
+  })
+  up.listen(0, '127.0.0.1')
+  await once(up, 'listening')
+  t.teardown(() => up.close())
+  const sidecar = await startBin(t, { upstream: `http://127.0.0.1:${(up.address() as AddressInfo).port}` })
+  const port = Number(new URL(sidecar.proxyUrl).port)
+
+  for (const path of ['/gzip', '/gzip-chunked']) {
+    const plain = await rawExchange(port, `GET ${path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n`)
+    t.match(plain, /^HTTP\/1\.1 502 /, `${path}: 502`)
+    t.notMatch(plain, /CODED/, `${path}: the coded bytes never reach the client`)
+    // a request announcing trailers takes the other HTTP/1.1 engine
+    const withTrailers = await rawExchange(
+      port,
+      `POST ${path} HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nx-checksum: 1\r\n\r\n`,
+    )
+    t.match(withTrailers, /^HTTP\/1\.1 502 /, `${path}, request with trailers: 502`)
+    t.notMatch(withTrailers, /CODED/)
+  }
+  const chunked = await rawExchange(port, 'GET /chunked HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n')
+  t.match(chunked, /^HTTP\/1\.1 200 /, 'plain chunked (any letter case) is served')
+  t.match(chunked, /plain/)
+
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_upstream_errors_total', {}) >= 4,
+    'the four refused responses counted',
+  )
+  t.equal(metricValue(samples, 'nhi_upstream_errors_total', {}), 4)
+})
