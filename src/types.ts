@@ -35,6 +35,11 @@ export interface Identity {
   expiresAt?: number
   /** from the matching rule: job liveness window in ms */
   expectEveryMs?: number
+  /**
+   * the name was filled (wholly or partly) from a request header or the path, which the client sets freely
+   * per request and no credential covers: the metrics hold it to the unverified cap, as a made-up name
+   */
+  nameFromRequest?: boolean
 }
 
 /** JWT signature algorithms: asymmetric ones are the default allowlist; HMAC only with a configured secret. */

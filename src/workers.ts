@@ -233,7 +233,8 @@ export async function runWorker(log: Logger): Promise<void> {
     switch (m.nhi) {
       case 'scrape':
         sidecar.telemetry.metrics.pieces().then(
-          (pieces) => reply(m.id, exporter.snapshot(pieces, m.since)),
+          (pieces) =>
+            reply(m.id, exporter.snapshot(pieces, m.since, sidecar.telemetry.metrics.requestNamed())),
           () => reply(m.id, undefined),
         )
         return

@@ -158,5 +158,6 @@ export function identityOf(i: Identity): Identity {
     attributes: i.attributes,
     expiresAt: i.expiresAt,
     expectEveryMs: i.expectEveryMs,
+    nameFromRequest: i.nameFromRequest === true,
   }
 }

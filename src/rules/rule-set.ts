@@ -54,6 +54,8 @@ interface CompiledRule {
   expectEveryMs: number | undefined
   /** the name template uses what the user agent says ({bot}, {agent}, {product}, userAgent captures) */
   uaNamed: boolean
+  /** the name template uses a capture a header or the path fills (see requestNamed) */
+  nameFromRequest: boolean
 }
 
 const UA_CAPTURES: ReadonlySet<string> = new Set(['bot', 'agent', 'product'])
@@ -68,15 +70,32 @@ function bounded(value: string | undefined): string | undefined {
     : value
 }
 
+/**
+ * Whether a name takes a capture that a header or path condition fills: the client sets those freely on
+ * every request and the credential does not cover them, so one key or token holder could make up any number
+ * of verified names with them. A capture is filled by the first condition that has it (conditions run in
+ * order and a later one never overwrites it), so `{client}` from a token's claim stays the token's even when
+ * a header pattern captures `{client}` as well.
+ */
+function requestNamed(conditions: readonly Condition[], name: CompiledTemplate): boolean {
+  const fromRequest = new Map<string, boolean>()
+  for (const cond of conditions) {
+    for (const c of cond.captures) if (!fromRequest.has(c)) fromRequest.set(c, cond.perRequest)
+  }
+  return name.captures.some((c) => fromRequest.get(c) === true)
+}
+
 function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
   const name = compileTemplate(r.name)
   const ua = r.match.userAgent
   const uaCaptures = ua !== undefined && !ua.startsWith('builtin:') ? patternCaptures(ua) : []
+  const conditions = compileConditions(r.match)
   return {
     index,
     label: r.rule ?? `rule-${index + 1}`,
-    conditions: compileConditions(r.match),
+    conditions,
     uaNamed: name.captures.some((c) => UA_CAPTURES.has(c) || uaCaptures.includes(c)),
+    nameFromRequest: requestNamed(conditions, name),
     name,
     team: r.team !== undefined ? compileTemplate(r.team) : undefined,
     zone: r.zone !== undefined ? compileTemplate(r.zone) : undefined,
@@ -163,6 +182,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         attributes,
         expiresAt: expiry,
         expectEveryMs: rule.expectEveryMs,
+        nameFromRequest: rule.nameFromRequest,
       })
     }
     const b = builtinIdentity(ev)

@@ -1,10 +1,11 @@
 // The cardinality guard: a bounded table of the identities we keep per-identity state (and metric series)
 // for. An identity is its (source, name) pair: an api key and a client certificate that resolve to the same
 // name are two entries, never one. Admission is first-come: once `maxIdentities` identities are tracked,
-// new ones share their source's `__overflow__` entry until an idle identity frees its slot. Unverified identities (user agents, header
-// captures: names a client can make up) have their own smaller cap, `maxUnverifiedIdentities`, so a flood
-// of made-up names can never take the slots of verified callers: those always have at least
-// `maxIdentities - maxUnverifiedIdentities` slots to themselves.
+// new ones share their source's `__overflow__` entry until an idle identity frees its slot. Names a client
+// can make up (unverified identities; verified ones named from the user agent, a request header or the
+// path) have their own smaller cap, `maxUnverifiedIdentities`, so a flood of made-up names can never take
+// the slots of verified callers: those always have at least `maxIdentities - maxUnverifiedIdentities` slots
+// to themselves.
 import type { Identity, Kind, Source } from '../types.ts'
 import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
@@ -12,11 +13,16 @@ import { LatencyReservoir, RateWindow } from './windows.ts'
 export const OVERFLOW_IDENTITY = '__overflow__'
 
 /**
- * A name the client made up: an unverified identity's, or a verified request's name made from what its
- * user agent says (`apikey:ua:…`, see namespacedName): both are held to the unverified cap.
+ * A name the client made up: an unverified identity's, a verified request's name made from what its user
+ * agent says (`apikey:ua:…`, see namespacedName), or one a rule filled from a request header or the path
+ * (`fromRequest`): all are held to the unverified cap. They keep their names (policies name identities).
  */
-export function madeUpName(name: string, source: string, verified: boolean): boolean {
-  return !verified || (name.startsWith(source) && name.startsWith(':ua:', source.length))
+export function madeUpName(name: string, source: string, verified: boolean, fromRequest: boolean): boolean {
+  return !verified || fromRequest || (name.startsWith(source) && name.startsWith(':ua:', source.length))
+}
+
+function madeUp(identity: Identity): boolean {
+  return madeUpName(identity.name, identity.source, identity.verified, identity.nameFromRequest === true)
 }
 /** caller → callee edges kept per identity (one per fronted service; the cap guards misconfiguration) */
 const MAX_EDGES_PER_IDENTITY = 16
@@ -78,6 +84,8 @@ export interface IdentityEntry {
   readonly overflow: boolean
   /** admitted under the unverified cap (its slot is returned there when it goes) */
   readonly unverifiedSlot: boolean
+  /** its name was filled from a request header or the path (a pod's primary is told: pod-metrics.ts) */
+  readonly nameFromRequest: boolean
   kind: Kind
   verified: boolean
   team?: string
@@ -141,7 +149,8 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     name,
     source: identity.source,
     overflow: name === OVERFLOW_IDENTITY,
-    unverifiedSlot: name !== OVERFLOW_IDENTITY && madeUpName(name, identity.source, identity.verified),
+    unverifiedSlot: name !== OVERFLOW_IDENTITY && madeUp(identity),
+    nameFromRequest: name !== OVERFLOW_IDENTITY && identity.nameFromRequest === true,
     kind: identity.kind,
     verified: identity.verified,
     // every optional field is present from the start, so all entries share one object shape and the
@@ -220,9 +229,7 @@ export class IdentityTable {
   private fits(identity: Identity): boolean {
     if (identity.name === OVERFLOW_IDENTITY) return false
     if (this.tracked >= this.limits.maxIdentities) return false
-    return (
-      !madeUpName(identity.name, identity.source, identity.verified) || this.unverified < this.maxUnverified
-    )
+    return !madeUp(identity) || this.unverified < this.maxUnverified
   }
 
   get size(): number {

@@ -13,6 +13,7 @@ import {
   type TlsSide,
   type TunnelProtocol,
 } from './metrics.ts'
+import { podIdentityKey } from './pod-export.ts'
 import { ProcessMetrics } from './process-metrics.ts'
 
 const GIB = 1024 ** 3
@@ -181,6 +182,13 @@ export class MetricsRecorder implements Recorder {
     this.sweep()
     const runtime = await this.process.render(false)
     return this.metrics.pieces(false, runtime)
+  }
+
+  /** the tracked identities whose name a rule filled from a request header or the path (podIdentityKey) */
+  requestNamed(): string[] {
+    const out: string[] = []
+    for (const e of this.table.values()) if (e.nameFromRequest) out.push(podIdentityKey(e.source, e.name))
+    return out
   }
 
   identities(sort?: IdentitySort): IdentitiesView {

@@ -6,6 +6,7 @@
 // the same place in the last scrape (a comparison, no hashing: 1,000 identities cost 7-11 ms of the
 // worker's CPU per scrape with half of them changed, against 30-40 ms when every line was looked up by
 // its text), and only lines that moved are looked up in the map of keys.
+import { escapeLabelValue } from './exposition.ts'
 
 export interface PodFamilyDef {
   index: number
@@ -31,6 +32,17 @@ export interface PodSnapshot {
   values: Float64Array
   /** lines no longer rendered: their ids may be given to new lines later */
   removed: number[]
+  /**
+   * the identities (podIdentityKey) the worker tracks whose name a rule filled from a request header or the
+   * path: nothing in their lines tells, and the pod holds them to the unverified cap. All of them at every
+   * snapshot; as many as the worker's unverified cap at most.
+   */
+  requestNamed: string[]
+}
+
+/** An identity as the pod's merge keys it: `source\0name`, the name escaped as in its label. */
+export function podIdentityKey(source: string, name: string): string {
+  return `${source}\u0000${escapeLabelValue(name)}`
 }
 
 const HEADER = /^# (HELP|TYPE) (\S+)(?: (.*))?$/
@@ -93,7 +105,7 @@ export class PodExport {
    * The changes since snapshot `since` when that is the last one this exporter made (the primary applied
    * it), everything otherwise: a reply the primary never applied (it timed out) costs one full snapshot.
    */
-  snapshot(pieces: readonly string[], since: number): PodSnapshot {
+  snapshot(pieces: readonly string[], since: number, requestNamed: string[] = []): PodSnapshot {
     const scrape = ++this.scrapes
     const full = since !== this.seq
     const newFamilies: PodFamilyDef[] = []
@@ -194,6 +206,7 @@ export class PodExport {
         ids: Int32Array.from(changedIds),
         values: Float64Array.from(changedValues),
         removed,
+        requestNamed,
       }
     }
     const all: PodSnapshot = {
@@ -206,6 +219,7 @@ export class PodExport {
       ids: new Int32Array(0),
       values: new Float64Array(0),
       removed: [],
+      requestNamed,
     }
     const ids: number[] = []
     const values: number[] = []

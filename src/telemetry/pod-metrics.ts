@@ -106,6 +106,7 @@ class Line {
     this.kind = KIND.exec(labels)?.[1] ?? ''
     this.verified = labels.includes(',verified="true"')
     if (m[2] === OVERFLOW_IDENTITY) return
+    // podIdentityKey's form: the label value is escaped already
     this.identity = `${m[3]}\u0000${m[2]}`
     this.overflowKey = `${key.slice(0, brace)}{service="${m[1]}",identity="${OVERFLOW_IDENTITY}",source="${m[3]}"${labels.slice(m[0].length)}}`
   }
@@ -185,10 +186,14 @@ interface Slot {
   lines: (Line | undefined)[]
   /** tracked: a worker that exited is dropped and its replacement starts from nothing */
   active: boolean
+  /** the identities its last snapshot said were named from a request header or the path */
+  requestNamed: string[]
 }
 
 interface Present {
   verified: boolean
+  /** some worker named it from a request header or the path */
+  fromRequest: boolean
   kind: string
   service: string
 }
@@ -274,6 +279,7 @@ export class PodMetrics {
     if (before !== undefined) {
       for (const { line, value } of before) if (line.values[slot.index] === undefined) line.keep(value)
     }
+    slot.requestNamed = snapshot.requestNamed
     slot.seq = snapshot.seq
     return true
   }
@@ -370,7 +376,15 @@ export class PodMetrics {
   private slot(process: string): Slot {
     let slot = this.slots.get(process)
     if (slot === undefined) {
-      slot = { label: process, index: this.slots.size, seq: -1, families: [], lines: [], active: true }
+      slot = {
+        label: process,
+        index: this.slots.size,
+        seq: -1,
+        families: [],
+        lines: [],
+        active: true,
+        requestNamed: [],
+      }
       this.slots.set(process, slot)
     }
     return slot
@@ -380,6 +394,7 @@ export class PodMetrics {
     for (const line of slot.lines) line?.unset(slot.index)
     slot.lines = []
     slot.families = []
+    slot.requestNamed = []
     slot.seq = -1
   }
 
@@ -415,12 +430,23 @@ export class PodMetrics {
     const present = new Map<string, Present>()
     for (const line of this.families.get(LAST_SEEN)?.lines.values() ?? []) {
       if (line.identity === undefined || line.processes === 0 || present.has(line.identity)) continue
-      present.set(line.identity, { verified: false, kind: line.kind, service: line.service })
+      present.set(line.identity, {
+        verified: false,
+        fromRequest: false,
+        kind: line.kind,
+        service: line.service,
+      })
     }
     for (const line of this.families.get(REQUESTS)?.lines.values() ?? []) {
       if (!line.verified || line.identity === undefined || line.processes === 0) continue
       const p = present.get(line.identity)
       if (p) p.verified = true
+    }
+    for (const slot of this.slots.values()) {
+      for (const key of slot.requestNamed) {
+        const p = present.get(key)
+        if (p) p.fromRequest = true
+      }
     }
     return present
   }
@@ -444,7 +470,7 @@ export class PodMetrics {
     for (const [key, p] of present) {
       if (this.admitted.has(key) || this.folded.has(key)) continue
       const sep = key.indexOf('\u0000')
-      const madeUp = madeUpName(key.slice(sep + 1), key.slice(0, sep), p.verified)
+      const madeUp = madeUpName(key.slice(sep + 1), key.slice(0, sep), p.verified, p.fromRequest)
       const fits = this.admitted.size < limits.maxIdentities && (!madeUp || this.unverified < maxUnverified)
       if (fits) {
         this.admitted.set(key, madeUp)

@@ -9,6 +9,9 @@ export class ApiKeyCondition implements Condition {
   readonly label = 'apiKey'
   readonly perRequest = false
   constructor(private readonly p: CompiledPattern) {}
+  get captures(): readonly string[] {
+    return this.p.captures
+  }
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     const key = evidenceOf<ApiKeyEvidence>(ev, 'apikey')
     if (!key) {

@@ -16,6 +16,9 @@ export class CertCondition implements Condition {
     this.san = cfg.san !== undefined ? compilePattern(cfg.san) : undefined
     this.sha256 = cfg.sha256?.toLowerCase().replaceAll(':', '')
   }
+  get captures(): readonly string[] {
+    return [...(this.subject?.captures ?? []), ...(this.san?.captures ?? [])]
+  }
   private matchSan(sans: readonly string[], s: Scratch): boolean {
     for (const san of sans) {
       const m = this.san!.match(san)

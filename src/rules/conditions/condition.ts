@@ -15,6 +15,8 @@ export interface Condition {
   readonly label: string
   /** depends on the request itself (not only on credentials): disables the classification cache */
   readonly perRequest: boolean
+  /** the capture names it fills when it matches */
+  readonly captures: readonly string[]
   test(ev: EvidenceSet, req: RequestInfo, conn: ConnectionInfo, s: Scratch): boolean
 }
 

@@ -6,6 +6,7 @@ import type { Condition, Scratch } from './condition.ts'
 export class VerifiedCondition implements Condition {
   readonly label = 'verified'
   readonly perRequest = false
+  readonly captures: readonly string[] = []
   constructor(private readonly want: boolean) {}
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     if (strongest(ev).verified === this.want) return true
@@ -17,6 +18,7 @@ export class VerifiedCondition implements Condition {
 export class SourceCondition implements Condition {
   readonly label = 'source'
   readonly perRequest = false
+  readonly captures: readonly string[] = []
   constructor(private readonly want: Source) {}
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     const got = strongest(ev).source

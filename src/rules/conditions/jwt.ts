@@ -49,6 +49,9 @@ export class JwtCondition implements Condition {
       p: compilePattern(p),
     }))
   }
+  get captures(): readonly string[] {
+    return [...(this.issuer?.captures ?? []), ...this.claims.flatMap((c) => c.p.captures)]
+  }
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     const jwt = evidenceOf<JwtEvidence>(ev, 'jwt')
     if (!jwt) {

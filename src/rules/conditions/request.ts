@@ -8,12 +8,14 @@ import { type Condition, matchInto, type Scratch, show } from './condition.ts'
 export class HeaderCondition implements Condition {
   readonly label = 'header'
   readonly perRequest = true
+  readonly captures: readonly string[]
   private readonly headers: { name: string; p: CompiledPattern }[]
   constructor(cfg: Record<string, string>) {
     this.headers = Object.entries(cfg).map(([name, p]) => ({
       name: name.toLowerCase(),
       p: compilePattern(p),
     }))
+    this.captures = this.headers.flatMap((h) => h.p.captures)
   }
   test(_e: EvidenceSet, req: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     for (const h of this.headers) {
@@ -33,6 +35,7 @@ export class HeaderCondition implements Condition {
 export class RemoteAddrCondition implements Condition {
   readonly label = 'remoteAddr'
   readonly perRequest = true
+  readonly captures: readonly string[] = []
   private readonly set: CidrSet
   constructor(private readonly cidrs: string[]) {
     this.set = new CidrSet(cidrs)
@@ -48,6 +51,9 @@ export class PathCondition implements Condition {
   readonly label = 'path'
   readonly perRequest = true
   constructor(private readonly p: CompiledPattern) {}
+  get captures(): readonly string[] {
+    return this.p.captures
+  }
   test(_e: EvidenceSet, req: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     return matchInto(this.p, req.path, 'path', s)
   }
@@ -56,6 +62,7 @@ export class PathCondition implements Condition {
 export class MethodCondition implements Condition {
   readonly label = 'method'
   readonly perRequest = true
+  readonly captures: readonly string[] = []
   private readonly methods: ReadonlySet<string>
   constructor(m: string | string[]) {
     this.methods = new Set((Array.isArray(m) ? m : [m]).map((x) => x.toUpperCase()))

@@ -7,6 +7,9 @@ export class SpiffeCondition implements Condition {
   readonly label = 'spiffe'
   readonly perRequest = false
   constructor(private readonly p: CompiledPattern) {}
+  get captures(): readonly string[] {
+    return this.p.captures
+  }
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     // the strongest certificate carrying a SPIFFE ID decides
     let sawCert = false

@@ -19,6 +19,9 @@ export class UserAgentCondition implements Condition {
     this.category = UA_BUILTIN[source]
     this.p = this.category === undefined ? compilePattern(source, { ignoreCase: true }) : undefined
   }
+  get captures(): readonly string[] {
+    return this.p?.captures ?? []
+  }
   test(ev: EvidenceSet, _r: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
     const ua = evidenceOf<UserAgentEvidence>(ev, 'useragent')
     if (!ua || ua.ua === '') {
