@@ -167,7 +167,13 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         builtinCaptures(ev, scratch.captures)
       }
       const values = (scratch.captures as Captures | undefined) ?? NO_VALUES
-      const rendered = rule.name.render(values)
+      const full = rule.name.render(values)
+      // a name taken from a header or the path is what the client says, verified credential or not: no longer
+      // than a made-up name may be (it is repeated on every series line, row and audit line of the identity)
+      const rendered =
+        rule.nameFromRequest && full.length > MAX_UNVERIFIED_NAME_LENGTH
+          ? full.slice(0, MAX_UNVERIFIED_NAME_LENGTH)
+          : full
       return identityOf({
         // a name made from what the user agent says is a ua: name even on a verified request (where
         // identityOf then prefixes it with the source: apikey:ua:curl), never a verified-looking one
