@@ -5,9 +5,15 @@ import t from 'tap'
 import { renderExplain } from '../../src/cli/explain-render.ts'
 import { golden } from '../helpers/golden.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { limiter } from '../helpers/limit.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { runCli } from '../helpers/sidecar.ts'
+
+// the subtests share nothing (each its own configs, keys and servers) and spend their time waiting on CLI
+// processes: side by side, with at most four CLI processes of this file running at once
+t.jobs = 4
+const cliGate = limiter(4)
 
 const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
 
@@ -32,7 +38,7 @@ async function explain(o: ExplainArgs): Promise<{ code: number; text: string }> 
   if (o.method !== undefined) args.push('--method', o.method)
   if (o.path !== undefined) args.push('--path', o.path)
   if (o.json) args.push('--json')
-  const r = await runCli(args)
+  const r = await cliGate(() => runCli(args))
   return { code: r.code, text: r.stdout }
 }
 
@@ -57,15 +63,19 @@ t.test('an api key is never echoed, under the configured header or another spell
     config,
     `apiKeys:\n  header: x-service-token\n  keys: [{ name: partner, sha256: ${sha256} }]\n`,
   )
-  for (const header of ['X-Service-Token', 'x_service_token', 'X_API_KEY']) {
-    for (const json of [false, true]) {
-      const r = await explain({ config, headers: [`${header}: ${key}`], json })
-      t.equal(r.code, 0)
-      t.notMatch(r.text, key, `${header}${json ? ' (--json)' : ''}: the key is not printed`)
-      t.match(r.text, /<redacted>/, `${header}${json ? ' (--json)' : ''}: its header is shown masked`)
-    }
-  }
-  const r = await explain({ config, headers: [`X-Service-Token: ${key}`] })
+  const cases = ['X-Service-Token', 'x_service_token', 'X_API_KEY'].flatMap((header) =>
+    [false, true].map((json) => ({ header, json })),
+  )
+  const [runs, r] = await Promise.all([
+    Promise.all(cases.map(({ header, json }) => explain({ config, headers: [`${header}: ${key}`], json }))),
+    explain({ config, headers: [`X-Service-Token: ${key}`] }),
+  ])
+  cases.forEach(({ header, json }, i) => {
+    const out = runs[i]!
+    t.equal(out.code, 0)
+    t.notMatch(out.text, key, `${header}${json ? ' (--json)' : ''}: the key is not printed`)
+    t.match(out.text, /<redacted>/, `${header}${json ? ' (--json)' : ''}: its header is shown masked`)
+  })
   t.match(r.text, /apikey +verified name=partner/, 'the key is still read from the configured header')
 })
 
@@ -109,7 +119,10 @@ policy:
     { repository: 'acme/web' },
     { issuer: jwks.url, audience: 'orders', subject: 'repo:acme/web' },
   )
-  const r = await explain({ config, token, path: '/admin/x' })
+  const [r, bad] = await Promise.all([
+    explain({ config, token, path: '/admin/x' }),
+    explain({ config, token: `${token.slice(0, -4)}AAAA` }),
+  ])
   t.equal(r.code, 0)
   t.match(r.text, /jwt +verified iss=http:\/\/127\.0\.0\.1:\d+ sub=repo:acme\/web alg=RS256/)
   t.match(r.text, /no +#1 admins\n +jwt\.claims\.groups: claim not present/)
@@ -119,17 +132,17 @@ policy:
   t.notMatch(r.text, new RegExp(token.slice(-20)), 'the token itself is never printed')
   t.match(r.text, /authorization: <redacted>/)
 
-  const bad = await explain({ config, token: `${token.slice(0, -4)}AAAA` })
   t.equal(bad.code, 0)
   t.match(bad.text, /failure +jwt: bad_signature/)
   t.match(bad.text, /identity: anonymous/)
 })
 
 t.test('explain a client certificate, verified against the configured clientCA', async (t) => {
-  const ca = await createCA('explain-ca')
-  const leaf = await issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
-  const other = await createCA('other-ca')
-  const stranger = await issueCert(other, { cn: 'x', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
+  const [ca, other] = await Promise.all([createCA('explain-ca'), createCA('other-ca')])
+  const [leaf, stranger] = await Promise.all([
+    issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'] }),
+    issueCert(other, { cn: 'x', uriSans: ['spiffe://example.com/ns/shop/sa/web'] }),
+  ])
   const dir = scratchDirSync('explain')
   const config = join(dir, 'c.yaml')
   writeFileSync(
@@ -140,11 +153,13 @@ identities:
   - { name: "{ns}/{sa}", rule: workloads, kind: service, match: { spiffe: "spiffe://example.com/ns/{ns}/sa/{sa}", verified: true } }
 `,
   )
-  const r = await explain({ config, cert: leaf.certFile })
+  const [r, s] = await Promise.all([
+    explain({ config, cert: leaf.certFile }),
+    explain({ config, cert: stranger.certFile }),
+  ])
   t.equal(r.code, 0)
   t.match(r.text, /mtls +verified spiffe:\/\/example\.com\/ns\/shop\/sa\/web/)
   t.match(r.text, /identity: shop\/web\n +kind=service source=mtls verified=true rule=workloads/)
-  const s = await explain({ config, cert: stranger.certFile })
   // as on the listener, a certificate from another issuer is a failure, not unverified evidence
   t.match(s.text, /failure +mtls: cert_untrusted/)
   t.notMatch(s.text, /mtls +unverified/)
@@ -153,13 +168,18 @@ identities:
 })
 
 t.test('explain judges a client certificate as the listener does: whole CA bundle, dates', async (t) => {
-  const ca = await createCA('explain-ca')
-  const second = await createCA('second-ca')
+  const [ca, second] = await Promise.all([createCA('explain-ca'), createCA('second-ca')])
   const dir = scratchDirSync('explain')
   const bundle = join(dir, 'client-ca.pem')
   writeFileSync(bundle, ca.certPem + second.certPem)
   const config = join(dir, 'c.yaml')
-  const leaf = await issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'] })
+  const [leaf, fromSecond, expired] = await Promise.all([
+    issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'] }),
+    // the listener verifies against every CA of the bundle
+    issueCert(second, { cn: 'batch', uriSans: ['spiffe://example.com/ns/shop/sa/batch'] }),
+    // and the listener refuses an expired certificate (cert_expired): it names nobody
+    issueCert(ca, { cn: 'web', uriSans: ['spiffe://example.com/ns/shop/sa/web'], days: -1 }),
+  ])
   writeFileSync(
     config,
     `listen:
@@ -168,21 +188,12 @@ identities:
   - { name: "{ns}/{sa}", rule: workloads, kind: service, match: { spiffe: "spiffe://example.com/ns/{ns}/sa/{sa}", verified: true } }
 `,
   )
-  // the listener verifies against every CA of the bundle
-  const fromSecond = await issueCert(second, {
-    cn: 'batch',
-    uriSans: ['spiffe://example.com/ns/shop/sa/batch'],
-  })
-  const b = await explain({ config, cert: fromSecond.certFile })
+  const [b, e] = await Promise.all([
+    explain({ config, cert: fromSecond.certFile }),
+    explain({ config, cert: expired.certFile }),
+  ])
   t.equal(b.code, 0)
   t.match(b.text, /identity: shop\/batch\n +kind=service source=mtls verified=true rule=workloads/)
-  // and the listener refuses an expired certificate (cert_expired): it names nobody
-  const expired = await issueCert(ca, {
-    cn: 'web',
-    uriSans: ['spiffe://example.com/ns/shop/sa/web'],
-    days: -1,
-  })
-  const e = await explain({ config, cert: expired.certFile })
   t.equal(e.code, 0)
   t.match(e.text, /failure +mtls: cert_expired/)
   t.match(e.text, /identity: anonymous\n +kind=unknown source=anonymous verified=false/)
@@ -199,18 +210,16 @@ identities:
 })
 
 t.test('bad input exits 1', async (t) => {
-  const [badConfig, badHeader, noCert] = await Promise.all([
+  const [badConfig, badHeader, noCert, badAddr] = await Promise.all([
     explain({ config: 'test/golden/bad-config.yaml' }),
     explain({ config: 'config/nhi-proxy.yaml', headers: ['no colon'] }),
     explain({ config: 'config/nhi-proxy.yaml', cert: 'no/such.pem' }),
+    // commander checks flags in the bin, not in runExplain: through the bin
+    cliGate(() => runCli(['explain', '--remote-addr', 'notanip'], { env: { NHI_PROXY_CONFIG: undefined } })),
   ])
   t.equal(badConfig.code, 1, 'invalid config')
   t.equal(badHeader.code, 1, 'header without a colon')
   t.equal(noCert.code, 1, 'missing certificate file')
-  // commander checks flags in the bin, not in runExplain: through the bin
-  const badAddr = await runCli(['explain', '--remote-addr', 'notanip'], {
-    env: { NHI_PROXY_CONFIG: undefined },
-  })
   t.equal(badAddr.code, 1, '--remote-addr that is no IP address')
   t.match(badAddr.stderr, /--remote-addr .*expected an IP address/)
 })
@@ -219,15 +228,19 @@ t.test(
   'a method the live proxy refuses (a lower-case letter) is reported refused, not decided',
   async (t) => {
     const config = 'config/examples/policy-enforce.yaml'
-    for (const method of ['get', 'Delete']) {
-      const r = await explain({ config, method, path: '/admin/users' })
+    const methods = ['get', 'Delete']
+    const [refused, upper] = await Promise.all([
+      Promise.all(methods.map((method) => explain({ config, method, path: '/admin/users' }))),
+      explain({ config, method: 'GET', path: '/admin/users' }),
+    ])
+    methods.forEach((method, i) => {
+      const r = refused[i]!
       t.equal(r.code, 1, `${method} exits 1`)
       t.equal(
         r.text,
         `${method}: the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)\n`,
       )
-    }
-    const upper = await explain({ config, method: 'GET', path: '/admin/users' })
+    })
     t.equal(upper.code, 0)
     t.match(upper.text, /^request: GET \/admin\/users /m)
     t.match(upper.text, /^policy: deny \(mode enforce, rule admin\)$/m)
@@ -285,14 +298,21 @@ identities:
     { repository: 'acme\nidentity: admin', groups: 'ops\u001b[2J' },
     { issuer: jwks.url, audience: 'orders', subject: 'osc\u001b]0;owned\u0007' },
   )
-  const r = await explain({
-    config,
-    token,
-    method: 'GET',
-    path: 'http://evil\u001b]0;x\u0007/admin',
-    ua: 'rtl\u202etxt.exe',
-    headers: ['X-Request-Id: csi\u001b[31mred', 'X-Trace\u0007: cr\roverwritten'],
-  })
+  // the report, and the lines printed instead of a report
+  const [r, path, method, upperMethod, header] = await Promise.all([
+    explain({
+      config,
+      token,
+      method: 'GET',
+      path: 'http://evil\u001b]0;x\u0007/admin',
+      ua: 'rtl\u202etxt.exe',
+      headers: ['X-Request-Id: csi\u001b[31mred', 'X-Trace\u0007: cr\roverwritten'],
+    }),
+    explain({ config, path: '/a\u001b]0;x\u0007' }),
+    explain({ config, method: 'get\u001b[2J' }),
+    explain({ config, method: 'GET\u009b31M' }),
+    explain({ config, headers: ['no colon\u001b[2J'] }),
+  ])
   t.equal(r.code, 0)
   t.notMatch(r.text, CONTROL, 'no control character reaches the terminal')
   t.notOk(
@@ -308,12 +328,6 @@ identities:
   t.match(r.text, 'user-agent: rtl\\u202etxt.exe')
 
   // the lines printed instead of a report
-  const [path, method, upperMethod, header] = await Promise.all([
-    explain({ config, path: '/a\u001b]0;x\u0007' }),
-    explain({ config, method: 'get\u001b[2J' }),
-    explain({ config, method: 'GET\u009b31M' }),
-    explain({ config, headers: ['no colon\u001b[2J'] }),
-  ])
   for (const [what, out] of [
     ['refused path', path],
     ['refused method', method],
