@@ -2,8 +2,15 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { golden } from '../helpers/golden.ts'
+import { limiter } from '../helpers/limit.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
-import { runCli } from '../helpers/sidecar.ts'
+import { runCli as runCliNow } from '../helpers/sidecar.ts'
+
+// the subtests share nothing (each its own directory and files) and spend their time waiting on CLI
+// processes: side by side, with at most four CLI processes of this file running at once
+t.jobs = 4
+const cliGate = limiter(4)
+const runCli: typeof runCliNow = (args, opts) => cliGate(() => runCliNow(args, opts))
 
 async function check(files: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; text: string }> {
   const r = await runCli(['check', ...files], { env: { NHI_PROXY_CONFIG: undefined, ...env } })
@@ -106,24 +113,28 @@ t.test('signedAgents.authorities: entries are host names; without them check war
       text: r.stdout,
     }))
 
-  const bad = await run(
-    write('bad.yaml', [
-      ...directory,
-      '  authorities:',
-      '    - shop.example',
-      '    - "*.shop.example"',
-      '    - SHOP.example:8443',
-      '    - "[::1]:8443"',
-      '    - https://shop.example',
-      '    - shop.example/api',
-      '    - user@shop.example',
-      '    - "*.10.0.0.1"',
-      '    - a.*.example',
-      '    - shop.example:0',
-      '    - shop.example:99999',
-      '    - ""',
-    ]),
-  )
+  const [bad, unbound, bound] = await Promise.all([
+    run(
+      write('bad.yaml', [
+        ...directory,
+        '  authorities:',
+        '    - shop.example',
+        '    - "*.shop.example"',
+        '    - SHOP.example:8443',
+        '    - "[::1]:8443"',
+        '    - https://shop.example',
+        '    - shop.example/api',
+        '    - user@shop.example',
+        '    - "*.10.0.0.1"',
+        '    - a.*.example',
+        '    - shop.example:0',
+        '    - shop.example:99999',
+        '    - ""',
+      ]),
+    ),
+    run(write('unbound.yaml', directory)),
+    run(write('bound.yaml', [...directory, '  authorities: [shop.example]'])),
+  ])
   t.equal(bad.code, 1, bad.text)
   const hint = '(hint: write the host name alone: shop.example, shop.example:8443 or *.shop.example)'
   t.same(bad.text.trim().split('\n'), [
@@ -138,7 +149,6 @@ t.test('signedAgents.authorities: entries are host names; without them check war
     'bad.yaml: 8 errors',
   ])
 
-  const unbound = await run(write('unbound.yaml', directory))
   t.equal(unbound.code, 0, 'a warning, not an error: existing configs keep working')
   t.match(
     unbound.text,
@@ -146,7 +156,6 @@ t.test('signedAgents.authorities: entries are host names; without them check war
   )
   t.match(unbound.text, /^unbound\.yaml: ok \(.*1 warning\)$/m)
 
-  const bound = await run(write('bound.yaml', [...directory, '  authorities: [shop.example]']))
   t.equal(bound.code, 0, bound.text)
   t.notMatch(bound.text, /warning/)
 })
@@ -173,18 +182,32 @@ t.test(
       ...allow,
     ]
 
-    const open = await run(
-      write(
-        'open.yaml',
-        policy([
-          '        - { kind: human }',
-          '        - { team: platform }',
-          '        - kind: service',
-          '          team: payments',
-          '        - { kind: bot, source: useragent }',
-        ]),
+    const [open, said] = await Promise.all([
+      run(
+        write(
+          'open.yaml',
+          policy([
+            '        - { kind: human }',
+            '        - { team: platform }',
+            '        - kind: service',
+            '          team: payments',
+            '        - { kind: bot, source: useragent }',
+          ]),
+        ),
       ),
-    )
+      run(
+        write(
+          'said.yaml',
+          policy([
+            '        - { kind: human, verified: true }',
+            '        - { team: platform, verified: false }',
+            '        - { identity: "ops/*", kind: service }',
+            '        - { identity: "ua:*", source: useragent }',
+            '        - { source: [mtls, xfcc], verified: true }',
+          ]),
+        ),
+      ),
+    ])
     t.equal(open.code, 0, 'a warning, not an error: existing configs keep working')
     const warning = (what: string) =>
       `warning: allow entry names ${what} but not verified: it admits unverified callers too (an unverified client or forwarded certificate is kind "service"); only an identity: entry defaults to verified identities (hint: add verified: true, or verified: false if it is meant for unverified callers only)`
@@ -196,18 +219,6 @@ t.test(
       'open.yaml: ok (0 identity rules, 0 issuers, policy enforce, 4 warnings)',
     ])
 
-    const said = await run(
-      write(
-        'said.yaml',
-        policy([
-          '        - { kind: human, verified: true }',
-          '        - { team: platform, verified: false }',
-          '        - { identity: "ops/*", kind: service }',
-          '        - { identity: "ua:*", source: useragent }',
-          '        - { source: [mtls, xfcc], verified: true }',
-        ]),
-      ),
-    )
     t.equal(said.code, 0, said.text)
     t.notMatch(said.text, /warning/)
   },
@@ -234,15 +245,28 @@ t.test('routes no normalized request path can match: warned with the spelling th
     ...policyRoutes.flatMap((r) => [`    - route: ${r}`, '      allow: [{ identity: "ops/*" }]']),
   ]
 
-  const never = await run(
-    write(
-      'never.yaml',
-      config(
-        ['/tée/**', '"/search results"', '"/docs#intro"'],
-        ['"/caf%c3%a9/**"', '"/%61dmin/**"', '"/a\\\\b"', '/ok/:id'],
+  const [never, fine, anyCase] = await Promise.all([
+    run(
+      write(
+        'never.yaml',
+        config(
+          ['/tée/**', '"/search results"', '"/docs#intro"'],
+          ['"/caf%c3%a9/**"', '"/%61dmin/**"', '"/a\\\\b"', '/ok/:id'],
+        ),
       ),
     ),
-  )
+    run(
+      write(
+        'fine.yaml',
+        config(
+          ['/t%C3%A9e/**', '/search%20results', '/api/v1/orders/:id', '/**'],
+          ['/caf%C3%A9/**', '/admin/*'],
+        ),
+      ),
+    ),
+    // matched in any case, a lower-case escape can match
+    run(write('any-case.yaml', [...config(['/**'], ['"/caf%c3%a9/**"']), '  pathCase: insensitive'])),
+  ])
   t.equal(never.code, 0, 'a warning, not an error')
   const encode = (route: string, found: string, instead: string) =>
     `warning: route "${route}" can never match: no normalized request path holds ${found} (hint: write it percent-encoded with upper-case hex: "${instead}")`
@@ -256,22 +280,9 @@ t.test('routes no normalized request path can match: warned with the spelling th
     'never.yaml: ok (0 identity rules, 0 issuers, policy observe, 6 warnings)',
   ])
 
-  const fine = await run(
-    write(
-      'fine.yaml',
-      config(
-        ['/t%C3%A9e/**', '/search%20results', '/api/v1/orders/:id', '/**'],
-        ['/caf%C3%A9/**', '/admin/*'],
-      ),
-    ),
-  )
   t.equal(fine.code, 0, fine.text)
   t.notMatch(fine.text, /warning/)
 
-  // matched in any case, a lower-case escape can match
-  const anyCase = await run(
-    write('any-case.yaml', [...config(['/**'], ['"/caf%c3%a9/**"']), '  pathCase: insensitive']),
-  )
   t.equal(anyCase.code, 0, anyCase.text)
   t.notMatch(anyCase.text, /warning/)
 })
@@ -292,13 +303,27 @@ t.test('identity rule paths no normalized request path can match: warned as rout
     return { code: r.code, text: r.stdout }
   }
 
-  const never = await run('never.yaml', [
-    '/tée/**',
-    '"/search results"',
-    '"/caf%c3%a9/{id}"',
-    '"/%61dmin/**"',
-    '"/a\\\\b"',
-    '"/docs#intro"',
+  const [never, fine, anyCase] = await Promise.all([
+    run('never.yaml', [
+      '/tée/**',
+      '"/search results"',
+      '"/caf%c3%a9/{id}"',
+      '"/%61dmin/**"',
+      '"/a\\\\b"',
+      '"/docs#intro"',
+    ]),
+    run('fine.yaml', ['/t%C3%A9e/**', '/search%20results', '"/orders/{id}"', '/users/:id/*', '/**']),
+    // policy.pathCase is the policy's: identity rules still match the path case-sensitively
+    run(
+      'any-case.yaml',
+      ['"/caf%c3%a9/**"'],
+      [
+        'policy:',
+        '  mode: observe',
+        '  pathCase: insensitive',
+        '  rules: [{ route: "/**", allow: [{ identity: r0 }] }]',
+      ],
+    ),
   ])
   t.equal(never.code, 0, 'a warning, not an error')
   const encode = (path: string, found: string, instead: string) =>
@@ -313,27 +338,9 @@ t.test('identity rule paths no normalized request path can match: warned as rout
     'never.yaml: ok (6 identity rules, 0 issuers, policy off, 6 warnings)',
   ])
 
-  const fine = await run('fine.yaml', [
-    '/t%C3%A9e/**',
-    '/search%20results',
-    '"/orders/{id}"',
-    '/users/:id/*',
-    '/**',
-  ])
   t.equal(fine.code, 0, fine.text)
   t.notMatch(fine.text, /warning/)
 
-  // policy.pathCase is the policy's: identity rules still match the path case-sensitively
-  const anyCase = await run(
-    'any-case.yaml',
-    ['"/caf%c3%a9/**"'],
-    [
-      'policy:',
-      '  mode: observe',
-      '  pathCase: insensitive',
-      '  rules: [{ route: "/**", allow: [{ identity: r0 }] }]',
-    ],
-  )
   t.match(anyCase.text, /any-case\.yaml:2:42 warning: path "\/caf%c3%a9\/\*\*" can never match/)
 })
 
@@ -354,13 +361,12 @@ identities:
   - { name: bearer, match: { header: { authorization: "Bearer *" } } }
 `,
   )
-  const r = await check([file])
+  const [r, run] = await Promise.all([check([file]), runCli(['run', '-c', file], { timeoutMs: 20_000 })])
   t.equal(r.code, 1, r.text)
   for (const header of ['authorization', 'x-partner-key', 'cookie']) {
     t.match(r.text, new RegExp(`a capture of the ${header} header would copy a credential`), header)
   }
   t.equal(r.text.match(/would copy a credential/g)?.length, 3, 'matching without a capture is fine')
-  const run = await runCli(['run', '-c', file], { timeoutMs: 20_000 })
   t.not(run.code, 0, 'run refuses the config too')
   t.match(run.stderr + run.stdout, /would copy a credential/)
 })
