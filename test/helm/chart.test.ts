@@ -6,8 +6,22 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { parse, parseAllDocuments } from 'yaml'
 import { parseConfigText } from '../../src/config/loader.ts'
+import { limiter } from '../helpers/limit.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
-import { CHART_DIR, localTool, metricNamesIn, offlineKubectl, run, SPEC_METRICS } from '../helpers/tools.ts'
+import {
+  CHART_DIR,
+  localTool,
+  metricNamesIn,
+  offlineKubectl,
+  run as runNow,
+  SPEC_METRICS,
+} from '../helpers/tools.ts'
+
+// every case renders on its own (its own values, its own temp dirs): four cases at a time, and the independent
+// helm and kubectl runs within a case together, with at most four helm or kubectl processes at once
+t.jobs = 4
+const gate = limiter(4)
+const run: typeof runNow = (cmd, args, opts) => gate(() => runNow(cmd, args, opts))
 
 interface Probe {
   httpGet: { path: string; port: string | number }
@@ -158,9 +172,11 @@ function checkConfig(t: Test, objects: K8sObject[]) {
 }
 
 t.test('helm lint passes for both modes', async (t) => {
-  const plain = await run(helm, ['lint', CHART_DIR])
+  const [plain, sidecar] = await Promise.all([
+    run(helm, ['lint', CHART_DIR]),
+    run(helm, ['lint', CHART_DIR, '-f', SIDECAR_VALUES, '--strict']),
+  ])
   t.equal(plain.code, 0, plain.stdout + plain.stderr)
-  const sidecar = await run(helm, ['lint', CHART_DIR, '-f', SIDECAR_VALUES, '--strict'])
   t.equal(sidecar.code, 0, sidecar.stdout + sidecar.stderr)
   t.match(sidecar.stdout, /0 chart\(s\) failed/)
 })
@@ -289,25 +305,30 @@ t.test('offline kubectl dry run accepts every rendering', async (t) => {
   t.teardown(() => rm(offline.dir, { recursive: true, force: true }))
   const all =
     '--set=metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,rbac.issuerDiscovery=true'
-  for (const args of VALUE_COMBINATIONS.flatMap((c) => [c, [...c, all]])) {
-    const { text, objects } = await render(args)
-    const r = await run(
-      kubectl,
-      ['create', '--dry-run=client', '--validate=false', '-o', 'name', '-f', '-', ...offline.args],
-      { input: text, env: offline.env, timeoutMs: 30_000 },
-    )
-    t.equal(r.code, 0, `kubectl accepts helm template ${args.join(' ')}: ${r.stderr}`)
-    t.equal(r.stdout.trim().split('\n').length, objects.length, 'every object recognised')
-  }
-  const bad = await run(
-    kubectl,
-    ['create', '--dry-run=client', '--validate=false', '-f', '-', ...offline.args],
-    {
+  const combinations = VALUE_COMBINATIONS.flatMap((c) => [c, [...c, all]])
+  const [dryRuns, bad] = await Promise.all([
+    Promise.all(
+      combinations.map(async (args) => {
+        const { text, objects } = await render(args)
+        const r = await run(
+          kubectl,
+          ['create', '--dry-run=client', '--validate=false', '-o', 'name', '-f', '-', ...offline.args],
+          { input: text, env: offline.env, timeoutMs: 30_000 },
+        )
+        return { objects, r }
+      }),
+    ),
+    run(kubectl, ['create', '--dry-run=client', '--validate=false', '-f', '-', ...offline.args], {
       input: 'apiVersion: apps/v1beta9\nkind: Deployment\nmetadata: { name: nope }\n',
       env: offline.env,
       timeoutMs: 30_000,
-    },
-  )
+    }),
+  ])
+  combinations.forEach((args, i) => {
+    const { objects, r } = dryRuns[i]!
+    t.equal(r.code, 0, `kubectl accepts helm template ${args.join(' ')}: ${r.stderr}`)
+    t.equal(r.stdout.trim().split('\n').length, objects.length, 'every object recognised')
+  })
   t.not(bad.code, 0, 'and rejects a kind it does not know')
 })
 
@@ -334,10 +355,14 @@ interface ServicePort {
 }
 
 t.test('every values combination: lint passes, the app Service never carries the admin port', async (t) => {
-  for (const args of VALUE_COMBINATIONS) {
-    const lint = await run(helm, ['lint', CHART_DIR, '--strict', ...args])
+  const results = await Promise.all(
+    VALUE_COMBINATIONS.map((args) =>
+      Promise.all([run(helm, ['lint', CHART_DIR, '--strict', ...args]), render(args)]),
+    ),
+  )
+  for (const [i, args] of VALUE_COMBINATIONS.entries()) {
+    const [lint, { objects }] = results[i]!
     t.equal(lint.code, 0, `helm lint ${args.join(' ')}: ${lint.stdout}${lint.stderr}`)
-    const { objects } = await render(args)
     const appSvc = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'shop-nhi-proxy')
     const ports = ((appSvc?.spec ?? { ports: [] }) as { ports: ServicePort[] }).ports
     t.ok(ports.length > 0, 'the app Service exists')
@@ -466,37 +491,37 @@ t.test('admin token from an existing Secret', async (t) => {
 })
 
 t.test('config checksum rolls pods only for settings hot reload cannot apply', async (t) => {
-  const base = checksum((await render()).objects)
+  // every rendering started at once (the gate keeps four running): each is compared with the base below
+  const sum = (args: string[] = []) => render(args).then((r) => checksum(r.objects))
   const rulesChanged = ['--set', 'config.policy.mode=enforce']
-  t.equal(checksum((await render(rulesChanged)).objects), base, 'policy change is hot-reloaded, no roll')
-  t.not(checksum((await render(['--set', 'ports.http=9090'])).objects), base, 'listener change rolls')
-  t.not(
-    checksum((await render(['--set', 'upstream=http://other:80'])).objects),
-    base,
-    'upstream change rolls',
-  )
   // every setting docs/reference.md says takes effect at the next start: a ConfigMap change the running
   // process cannot apply must roll the pods, or they keep the old value until something else restarts them
-  for (const startOnly of [
+  const startOnlySettings = [
     ['--set', 'config.workers=4'],
     ['--set', 'config.upstreamTls.ca=/etc/upstream-ca/ca.crt'],
     ['--set', 'config.timeouts.upstream=10s'],
     ['--set', 'config.limits.maxConnections=500'],
     ['--set', 'config.audit.output=/tmp/audit.jsonl'],
     ['--set-json', 'config.metrics.buckets=[0.01,0.1,1]'],
-  ]) {
-    t.not(checksum((await render(startOnly)).objects), base, `${startOnly[1]} rolls`)
+  ]
+  const [base, rules, listener, upstream, startOnly, reloadable, anyRules, anyBase] = await Promise.all([
+    sum(),
+    sum(rulesChanged),
+    sum(['--set', 'ports.http=9090']),
+    sum(['--set', 'upstream=http://other:80']),
+    Promise.all(startOnlySettings.map((args) => sum(args))),
+    sum(['--set', 'config.audit.sample=0.5,config.metrics.maxIdentities=50']),
+    sum([...rulesChanged, '--set', 'rollOnAnyConfigChange=true']),
+    sum(['--set', 'rollOnAnyConfigChange=true']),
+  ])
+  t.equal(rules, base, 'policy change is hot-reloaded, no roll')
+  t.not(listener, base, 'listener change rolls')
+  t.not(upstream, base, 'upstream change rolls')
+  for (const [i, args] of startOnlySettings.entries()) {
+    t.not(startOnly[i], base, `${args[1]} rolls`)
   }
-  t.equal(
-    checksum((await render(['--set', 'config.audit.sample=0.5,config.metrics.maxIdentities=50'])).objects),
-    base,
-    'the audit and metrics keys a reload applies do not roll',
-  )
-  t.not(
-    checksum((await render([...rulesChanged, '--set', 'rollOnAnyConfigChange=true'])).objects),
-    checksum((await render(['--set', 'rollOnAnyConfigChange=true'])).objects),
-    'rollOnAnyConfigChange rolls on any change',
-  )
+  t.equal(reloadable, base, 'the audit and metrics keys a reload applies do not roll')
+  t.not(anyRules, anyBase, 'rollOnAnyConfigChange rolls on any change')
 })
 
 t.test('the default kubernetes issuer accepts tokens minted for this service only', async (t) => {
@@ -531,26 +556,26 @@ t.test('token audience is configurable', async (t) => {
 })
 
 t.test('values schema rejects bad values', async (t) => {
-  const badMode = await run(helm, ['template', 'x', CHART_DIR, '--set', 'mode=daemonset'])
-  t.not(badMode.code, 0)
-  t.match(badMode.stderr, /mode/)
-  const adminInConfig = await run(helm, ['template', 'x', CHART_DIR, '--set', 'config.admin=0.0.0.0:1'])
-  t.not(adminInConfig.code, 0, 'admin comes from ports.admin, not config')
-  const rootUser = await run(helm, [
-    'template',
-    'x',
-    CHART_DIR,
-    '--set',
-    'securityContext.runAsNonRoot=false',
-  ])
-  t.not(rootUser.code, 0, 'runAsNonRoot cannot be switched off')
-  const ftp = await run(helm, ['template', 'x', CHART_DIR, '--set', 'upstream=ftp://app:21'])
-  t.not(ftp.code, 0, 'an upstream scheme the proxy does not speak')
+  const [badMode, adminInConfig, rootUser, ftp] = await Promise.all(
+    [
+      'mode=daemonset',
+      'config.admin=0.0.0.0:1',
+      'securityContext.runAsNonRoot=false',
+      'upstream=ftp://app:21',
+    ].map((value) => run(helm, ['template', 'x', CHART_DIR, '--set', value])),
+  )
+  t.not(badMode!.code, 0)
+  t.match(badMode!.stderr, /mode/)
+  t.not(adminInConfig!.code, 0, 'admin comes from ports.admin, not config')
+  t.not(rootUser!.code, 0, 'runAsNonRoot cannot be switched off')
+  t.not(ftp!.code, 0, 'an upstream scheme the proxy does not speak')
 })
 
 t.test('deployment mode fronts a gRPC Service over h2c:// or h2://, as values.yaml advises', async (t) => {
-  for (const upstream of ['h2c://app:50051', 'h2://app.shop.svc:443', 'https://app:8443']) {
-    const { objects } = await render(['--set', `upstream=${upstream}`])
+  const upstreams = ['h2c://app:50051', 'h2://app.shop.svc:443', 'https://app:8443']
+  const rendered = await Promise.all(upstreams.map((upstream) => render(['--set', `upstream=${upstream}`])))
+  for (const [i, upstream] of upstreams.entries()) {
+    const { objects } = rendered[i]!
     checkConfig(t, objects)
     t.equal(configOf(objects).value['upstream'], upstream, upstream)
   }
