@@ -34,8 +34,16 @@ interface Image {
   cmd: string[]
 }
 
-/** Carries out the runtime stage into `root`; `buildDir` holds the build stage's WORKDIR after its build. */
-async function stageImage(t: Test, root: string, buildDir: string, buildWorkdir: string): Promise<Image> {
+/**
+ * Carries out the runtime stage into `root`; `built` resolves to the directory holding the build stage's
+ * WORKDIR once its build is done (undefined when it failed): only COPY --from=build waits for it.
+ */
+async function stageImage(
+  t: Test,
+  root: string,
+  built: Promise<string | undefined>,
+  buildWorkdir: string,
+): Promise<Image> {
   const image: Image = { root, workdir: '/', env: {}, entrypoint: [], cmd: [] }
   const at = (p: string) => join(root, p.startsWith('/') ? p : join(image.workdir, p))
   for (const { keyword, args } of runtime) {
@@ -70,9 +78,11 @@ async function stageImage(t: Test, root: string, buildDir: string, buildWorkdir:
         if (from !== undefined && from !== 'build') throw new Error(`COPY from an unknown stage: ${args}`)
         const [dest = '', ...rest] = (from ? words.slice(1) : words).reverse()
         const sources = rest.reverse()
+        const buildDir = from ? await built : undefined
+        if (from && buildDir === undefined) throw new Error(`the build stage failed: cannot COPY ${args}`)
         for (const src of sources) {
           const source = from
-            ? join(buildDir, src.replace(new RegExp(`^${buildWorkdir}/?`), ''))
+            ? join(buildDir!, src.replace(new RegExp(`^${buildWorkdir}/?`), ''))
             : join(REPO_ROOT, src)
           const target = dest.endsWith('/') || sources.length > 1 ? join(at(dest), basename(src)) : at(dest)
           cpSync(source, target, { recursive: true })
@@ -124,14 +134,25 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
     build.some((i) => i.keyword === 'RUN' && i.args === 'npm run build'),
     'the build stage runs npm run build',
   )
-  const bundled = await run('npm', ['run', 'build', '--silent'], {
+  // the runtime stage's steps before its COPY --from=build (its npm ci) go on while the build runs, as a
+  // builder with parallel stages does
+  const building = run('npm', ['run', 'build', '--silent'], {
     env: { NHI_BUNDLE_OUTDIR: join(buildDir, 'dist') },
     timeoutMs: 120_000,
   })
+  const [bundled, staged] = await Promise.all([
+    building,
+    stageImage(
+      t,
+      root,
+      building.then((r) => (r.code === 0 ? buildDir : undefined)),
+      buildWorkdir,
+    ).catch((err: Error) => err),
+  ])
   t.equal(bundled.code, 0, `npm run build: ${bundled.stdout}${bundled.stderr}`)
   if (bundled.code !== 0) return
-
-  const image = await stageImage(t, root, buildDir, buildWorkdir)
+  if (staged instanceof Error) throw staged
+  const image = staged
   const app = join(root, image.workdir)
   t.equal(image.workdir, '/app')
   t.same(image.env, { NODE_ENV: 'production', HOME: '/tmp' })
@@ -178,9 +199,11 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
   t.same(image.cmd, ['run', '-c', '/etc/nhi-proxy/config.yaml'])
   t.equal(fallback.code, 0, `the image's default config is valid: ${fallback.stdout}${fallback.stderr}`)
 
-  // a real config mounted over the default one, as a ConfigMap would be; then the whole tree read-only
+  // a real config mounted over the default one, as a ConfigMap would be; then the whole tree read-only. Its
+  // drain delay (the time a pod's endpoints take to update, 5 s by default) shortened: the stop below still
+  // goes through the delay and the drain, without sitting out the default
   const s = await jwtScenario(t)
-  writeFileSync(join(root, 'etc', 'nhi-proxy', 'config.yaml'), s.config)
+  writeFileSync(join(root, 'etc', 'nhi-proxy', 'config.yaml'), `${s.config}timeouts: { drainDelay: 500ms }\n`)
   chmodSync(work, 0o755)
   const ro = await run('chmod', ['-R', 'a-w', root])
   t.equal(ro.code, 0, `chmod -R a-w: ${ro.stderr}`)
