@@ -52,6 +52,11 @@ export interface BenchOptions {
   audit: string
   /** requests per second of the open-loop latency rounds (0 skips them) */
   rate: number
+  /**
+   * run the configurations of a fixed-rate round at the same time instead of one after another: for a smoke
+   * run that checks only that each is served at that rate, since they then share the CPU
+   */
+  fixedRateTogether?: boolean
   log: (line: string) => void
 }
 
@@ -389,20 +394,36 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         },
         { dist },
       )
-    const [nhiC, nhiD, nhiE] = await Promise.all([startOne('c'), startOne('d'), startOne('e')])
-    procs.push(nhiC, nhiD, nhiE)
-    await Promise.all([
+    // everything starts at once; each process joins `procs` as soon as it runs, so a failure stops them all
+    const started = async (p: Promise<ServerProcess>) => {
+      const proc = await p
+      procs.push(proc)
+      return proc
+    }
+    let nginx: ServerProcess | undefined
+    const nginxStart = startNginx(dir, ports.nginx, ports.up).then(
+      (p) => {
+        nginx = p
+        procs.push(p)
+      },
+      (err) => {
+        notes.push(`nginx reference skipped: ${(err as Error).message.split('\n')[0]}`)
+      },
+    )
+    const starting = await Promise.allSettled([
+      started(startOne('c')),
+      started(startOne('d')),
+      started(startOne('e')),
       waitForPorts(upstream, [ports.up, ports.upTls]),
       waitForPorts(bareUndici, [ports.b]),
       waitForPorts(bareHttpProxy, [ports.b2]),
+      nginxStart,
     ])
-    let nginx: ServerProcess | undefined
-    try {
-      nginx = await startNginx(dir, ports.nginx, ports.up)
-      procs.push(nginx)
-    } catch (err) {
-      notes.push(`nginx reference skipped: ${(err as Error).message.split('\n')[0]}`)
-    }
+    const failed = starting.find((s) => s.status === 'rejected')
+    if (failed) throw failed.reason
+    const [nhiC, nhiD, nhiE] = starting
+      .slice(0, 3)
+      .map((s) => (s as PromiseFulfilledResult<ServerProcess>).value)
 
     const http = (port: number) => `http://127.0.0.1:${port}`
     const base = { connections: opts.connections, durationS: opts.durationS, path: '/api/v1/orders/42' }
@@ -466,7 +487,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       floodSamples.push(s)
       log(`  round ${round} flood (every RS256 token new)`)
       logRound(round, 'c', s)
-      await runLoad({ ...rotatingC.spec, durationS: 1 }, useWrk)
+      await runLoad({ ...rotatingC.spec, durationS: Math.min(1, opts.durationS) }, useWrk)
     }
     const configs = runnables.map((r) => summarize(r.id, CONFIG_LABELS[r.id], samples.get(r.id)!))
 
@@ -479,12 +500,15 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       const latencyIds: ConfigId[] = ['a', 'b', 'c', 'nginx']
       const measured = runnables.filter((r) => latencyIds.includes(r.id))
       const rounds = new Map<ConfigId, LoadResult[]>(measured.map((r) => [r.id, []]))
+      const atRate = (r: Runnable) =>
+        runLoad(
+          { ...r.spec, rate: opts.rate, durationS: opts.durationS, warmupS: opts.quick ? 0.5 : 2 },
+          useWrk,
+        )
       for (let round = 1; round <= opts.rounds; round++) {
-        for (const r of measured) {
-          const s = await runLoad(
-            { ...r.spec, rate: opts.rate, durationS: opts.durationS, warmupS: opts.quick ? 0.5 : 2 },
-            useWrk,
-          )
+        const together = opts.fixedRateTogether ? await Promise.all(measured.map(atRate)) : undefined
+        for (const [i, r] of measured.entries()) {
+          const s = together ? together[i]! : await atRate(r)
           rounds.get(r.id)!.push(s)
           log(roundLine(round, r.id, s, `  p99.9 ${(s.p999Ms ?? 0).toFixed(2)} ms`))
         }
