@@ -156,6 +156,18 @@ export async function startNhi(
 
 /** The bench's plain-HTTP upstream (bench/upstream.ts) as a child process; resolves with its URL once it listens. */
 export async function startPlainUpstream(procs: ServerProcess[]): Promise<string> {
+  const { url, listening } = await spawnPlainUpstream(procs)
+  await listening
+  return url
+}
+
+/**
+ * The same, returning as soon as the process is spawned: its URL, and `listening`, which settles once it
+ * accepts connections (whatever starts meanwhile, a proxy in front of it, overlaps its start-up).
+ */
+export async function spawnPlainUpstream(
+  procs: ServerProcess[],
+): Promise<{ url: string; listening: Promise<void> }> {
   const port = await freePort()
   const upstream = spawnProcess('upstream', process.execPath, [
     '--import',
@@ -164,8 +176,10 @@ export async function startPlainUpstream(procs: ServerProcess[]): Promise<string
     JSON.stringify({ http: port }),
   ])
   procs.push(upstream)
-  await waitForPorts(upstream, [port])
-  return `http://127.0.0.1:${port}`
+  const listening = waitForPorts(upstream, [port])
+  // awaited by the caller; never an unhandled rejection if the caller fails first
+  listening.catch(() => {})
+  return { url: `http://127.0.0.1:${port}`, listening }
 }
 
 /** The bare undici proxy (the forwarding engine alone) in front of `upstream`; returns its process and URL. */

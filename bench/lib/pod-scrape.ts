@@ -11,7 +11,7 @@ import { Agent, request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Target } from './harness.ts'
-import { nhiCommand, startPlainUpstream } from './nhi.ts'
+import { nhiCommand, spawnPlainUpstream } from './nhi.ts'
 import { childPids, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
 
 export const POD_SCRAPE_BUDGET_MS = 50
@@ -83,7 +83,7 @@ export async function runPodScrape(opts: PodScrapeOptions): Promise<PodScrapeRes
   // requests take whichever is free, so over a few rounds most callers reach both workers
   const agent = new Agent({ keepAlive: true, maxSockets: 8 })
   try {
-    const upstream = await startPlainUpstream(procs)
+    const { url: upstream, listening } = await spawnPlainUpstream(procs)
     const port = await freePort()
     const adminPort = await freePort()
     const file = join(dir, 'pod-scrape.yaml')
@@ -97,6 +97,9 @@ upstream: ${upstream}
 workers: 2
 audit:
   output: 'off'
+# nothing here measures the drain: a stop exits at once instead of waiting out the drain delay
+timeouts:
+  drainDelay: 0s
 metrics:
   maxIdentities: ${opts.identities * 2}
   maxUnverifiedIdentities: ${opts.identities * 2}
@@ -108,7 +111,7 @@ metrics:
       : launch.args
     const proc = spawnProcess('nhi-pod', launch.command, args, { env: { NHI_LOG_LEVEL: 'warn' } })
     procs.push(proc)
-    await waitForPorts(proc, [port, adminPort], 30_000)
+    await Promise.all([waitForPorts(proc, [port, adminPort], 30_000), listening])
     const pid = proc.pid
     const workers = await childPids(pid)
     const proxy = `http://127.0.0.1:${port}`

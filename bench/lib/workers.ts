@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import type { Target } from './harness.ts'
 import { type LoadResult, runLoad } from './load.ts'
 import { nginxBinary, startNginx } from './nginx.ts'
-import { startNhi, startPlainUpstream } from './nhi.ts'
+import { spawnPlainUpstream, startNhi } from './nhi.ts'
 import { freePort, type ServerProcess, stopAll, treeCpuMicros } from './procs.ts'
 import { median } from './stats.ts'
 import { rotatingTokens } from './tokens.ts'
@@ -51,7 +51,7 @@ export async function runWorkersBench(opts: WorkersBenchOptions): Promise<Worker
   const procs: ServerProcess[] = []
   try {
     const { tokensFile, jwksFile } = await rotatingTokens(dir)
-    const upstreamUrl = await startPlainUpstream(procs)
+    const { url: upstreamUrl, listening } = await spawnPlainUpstream(procs)
     const upstreamPort = Number(new URL(upstreamUrl).port)
 
     const nhi = async (workers: number) => {
@@ -72,14 +72,24 @@ export async function runWorkersBench(opts: WorkersBenchOptions): Promise<Worker
       procs.push(p)
       return { proc: p, url: `http://127.0.0.1:${port}` }
     }
-    const targets: Record<string, { proc: ServerProcess; url: string }> = {
-      'nhi-1': await nhi(1),
-      'nhi-2': await nhi(2),
+    // every server starts at once (each joins `procs` as soon as it runs, so a failure stops them all)
+    const withNginx = nginxBinary() !== undefined
+    if (!withNginx) log('nginx is not installed: the nginx reference rows are left out')
+    const starting = await Promise.allSettled([
+      nhi(1),
+      nhi(2),
+      ...(withNginx ? [nginx(1), nginx(2)] : []),
+      listening,
+    ])
+    const failed = starting.find((s) => s.status === 'rejected')
+    if (failed) throw failed.reason
+    const up = (i: number) =>
+      (starting[i] as PromiseFulfilledResult<{ proc: ServerProcess; url: string }>).value
+    const targets: Record<string, { proc: ServerProcess; url: string }> = { 'nhi-1': up(0), 'nhi-2': up(1) }
+    if (withNginx) {
+      targets['nginx-1'] = up(2)
+      targets['nginx-2'] = up(3)
     }
-    if (nginxBinary()) {
-      targets['nginx-1'] = await nginx(1)
-      targets['nginx-2'] = await nginx(2)
-    } else log('nginx is not installed: the nginx reference rows are left out')
 
     const spec = (url: string, durationS: number) => ({
       url,

@@ -18,7 +18,8 @@ t.test('workers mode, tiny: workers: 1 and workers: 2 (and nginx 1 and 2) serve 
   const before = new Set(await childPids(process.pid))
   const r = await runWorkersBench({
     rounds: 1,
-    durationS: 1,
+    // half a second of load (and of warm-up) per row shows it is served
+    durationS: 0.5,
     connections: 8,
     dist: true,
     useWrk: hasCommand('wrk'),
