@@ -26,7 +26,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { Pool } from 'undici'
 import { BROWSER_UA, spreadText, type Target, target } from './harness.ts'
-import { nhiCommand, nhiConfigYaml, REPO_ROOT, startPlainUpstream } from './nhi.ts'
+import { nhiCommand, nhiConfigYaml, REPO_ROOT, spawnPlainUpstream } from './nhi.ts'
 import { cpuMicros, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
 import { median } from './stats.ts'
 import { rotatingTokens } from './tokens.ts'
@@ -305,12 +305,13 @@ export async function runAlloc(opts: AllocOptions): Promise<AllocResult> {
     const { tokens, jwksFile } = await rotatingTokens(dir)
     const bearer = tokens.map((x) => `Bearer ${x}`)
 
-    const upstream = await startPlainUpstream(procs)
+    const { url: upstream, listening } = await spawnPlainUpstream(procs)
     const [b, c, e] = await Promise.all([
       startTracedBare(procs, upstream),
       startTracedNhi('nhi-alloc-c', dir, procs, upstream, jwksFile, opts.dist),
       startTracedNhi('nhi-alloc-e', dir, procs, upstream, jwksFile, opts.dist),
     ])
+    await listening
     const traced: Record<AllocId, Traced> = { b, c, e }
     // b gets the tokens too, as in the throughput bench: it forwards the same request bytes as c
     const withToken = (n: number) => ({
@@ -477,12 +478,13 @@ export async function runAllocSites(opts: {
   try {
     const { tokens, jwksFile } = await rotatingTokens(dir)
     const bearer = tokens.map((x) => `Bearer ${x}`)
-    const upstream = await startPlainUpstream(procs)
+    const { url: upstream, listening } = await spawnPlainUpstream(procs)
     const profileFile = join(dir, 'heap.json')
     const c = await startTracedNhi('nhi-alloc-sites', dir, procs, upstream, jwksFile, false, {
       nodeArgs: ['--import', join(REPO_ROOT, 'bench/heap-sample.mjs')],
       env: { NHI_HEAP_SAMPLE_FILE: profileFile },
     })
+    await listening
     driver = new Driver(c.url, opts.connections, (n) => ({
       'user-agent': 'nhi-bench',
       authorization: bearer[n % bearer.length]!,
