@@ -125,10 +125,10 @@ export async function runH2(o: H2Options): Promise<H2Run> {
   const procs: ServerProcess[] = []
   const dir = await mkdtemp(join(tmpdir(), 'nhi-bench-h2-'))
   try {
+    // every server starts at once: none needs another to be listening to start
     const upPort = await freePort()
     const up = h2Server('upstream', upPort)
     procs.push(up)
-    await waitForPorts(up, [upPort])
     const upstream = `http://127.0.0.1:${upPort}`
     const barePort = await freePort()
     const bare = h2Server('bare-proxy', barePort, upstream)
@@ -139,22 +139,33 @@ export async function runH2(o: H2Options): Promise<H2Run> {
     await writeFile(
       file,
       `service: bench-h2\nlisten:\n  http: 127.0.0.1:${nhiPort}\nupstream: h2c://127.0.0.1:${upPort}\n` +
-        `admin: 127.0.0.1:${adminPort}\naudit:\n  output: /dev/null\nmetrics:\n  routes: [/bench.Orders/Get]\n`,
+        `admin: 127.0.0.1:${adminPort}\naudit:\n  output: /dev/null\nmetrics:\n  routes: [/bench.Orders/Get]\n` +
+        // nothing here measures the drain: a stop exits at once instead of waiting out the drain delay
+        'timeouts:\n  drainDelay: 0s\n',
     )
     const { command, args } = nhiCommand(file, { dist: o.dist })
     const nhi = spawnProcess('nhi-proxy-h2', command, args, { env: { NHI_LOG_LEVEL: 'warn' } })
     procs.push(nhi)
-    await waitForPorts(bare, [barePort])
-    await waitForPorts(nhi, [nhiPort, adminPort], 30_000)
     const notes: string[] = []
     const nginxPort = await freePort()
     let nginx: ServerProcess | undefined
-    try {
-      nginx = await startNginxGrpc(dir, nginxPort, upPort)
-      procs.push(nginx)
-    } catch (err) {
-      notes.push(`nginx grpc_pass skipped: ${(err as Error).message.split('\n')[0]}`)
-    }
+    const nginxStart = startNginxGrpc(dir, nginxPort, upPort).then(
+      (p) => {
+        nginx = p
+        procs.push(p)
+      },
+      (err) => {
+        notes.push(`nginx grpc_pass skipped: ${(err as Error).message.split('\n')[0]}`)
+      },
+    )
+    const starting = await Promise.allSettled([
+      waitForPorts(up, [upPort]),
+      waitForPorts(bare, [barePort]),
+      waitForPorts(nhi, [nhiPort, adminPort], 30_000),
+      nginxStart,
+    ])
+    const failed = starting.find((s) => s.status === 'rejected')
+    if (failed) throw failed.reason
     const targets: { id: H2Result['id']; label: string; url: string }[] = [
       { id: 'h2-direct', label: 'h2c direct to the upstream', url: upstream },
       { id: 'h2-bare', label: 'bare node:http2 proxy', url: `http://127.0.0.1:${barePort}` },

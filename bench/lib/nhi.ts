@@ -213,7 +213,7 @@ export async function startNhiWithUpstream(
 ): Promise<{ nhi: ServerProcess; port: number; adminPort: number }> {
   const jwksFile = join(dir, 'jwks.json')
   await writeFile(jwksFile, JSON.stringify({ keys: publicJwks }))
-  const upstream = await startPlainUpstream(procs)
+  const { url: upstream, listening } = await spawnPlainUpstream(procs)
   const port = await freePort()
   const adminPort = await freePort()
   const nhi = await startNhi(
@@ -223,5 +223,6 @@ export async function startNhiWithUpstream(
     launch,
   )
   procs.push(nhi)
+  await listening
   return { nhi, port, adminPort }
 }
