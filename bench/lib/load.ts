@@ -66,9 +66,6 @@ export function ensureWrk(log: (s: string) => void): boolean {
 
 export function runWrk(spec: LoadSpec): Promise<LoadResult> {
   const connections = Math.max(spec.connections, WRK_THREADS)
-  // wrk takes whole seconds; a shorter run (a smoke test's) is asked for 1 s and ended by SIGINT when its
-  // time is up, which wrk answers like the end of its duration: the threads stop, then done() reports
-  const interruptMs = spec.durationS < 1 ? Math.max(1, Math.round(spec.durationS * 1000)) : undefined
   const args = [
     `-t${WRK_THREADS}`,
     `-c${connections}`,
@@ -117,10 +114,6 @@ export function runWrk(spec: LoadSpec): Promise<LoadResult> {
       },
     )
     child.stdin?.end()
-    if (interruptMs !== undefined) {
-      const timer = setTimeout(() => child.kill('SIGINT'), interruptMs)
-      child.once('exit', () => clearTimeout(timer))
-    }
   })
 }
 
