@@ -29,3 +29,20 @@ export async function refusedPort(): Promise<number> {
   }
   throw new Error('ports 1000-1023 on 127.0.0.1 all accept connections: none can stand for a closed port')
 }
+
+/**
+ * Writes `request` as raw bytes on a new connection to 127.0.0.1:port and returns everything read (latin1)
+ * once the connection closes: for requests no HTTP client would send, and answers it would not show as sent.
+ */
+export async function rawExchange(port: number, request: string): Promise<string> {
+  const socket = connect(port, '127.0.0.1')
+  let raw = ''
+  socket.setEncoding('latin1')
+  socket.on('data', (c: string) => {
+    raw += c
+  })
+  const closed = new Promise((resolve) => socket.on('close', resolve))
+  socket.write(request)
+  await closed
+  return raw
+}

@@ -2,11 +2,11 @@
 // no business doing that: CONNECT is refused with 501 on HTTP/1.1 and HTTP/2 alike, and, like any other request
 // the proxy answers itself, it is attributed, counted and audited (an open-proxy probe is worth seeing).
 import { connect as h2connect, type IncomingHttpHeaders } from 'node:http2'
-import { connect } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
+import { rawExchange } from '../helpers/net.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 interface AuditEvent {
@@ -23,17 +23,10 @@ t.test('CONNECT is refused with 501 and recorded, over HTTP/1.1 and HTTP/2', asy
   const port = Number(new URL(sidecar.proxyUrl).port)
 
   // HTTP/1.1: tunnel bytes right after the header block must not reach anything
-  const socket = connect(port, '127.0.0.1')
-  let raw = ''
-  socket.setEncoding('latin1')
-  socket.on('data', (c: string) => {
-    raw += c
-  })
-  const closed = new Promise((resolve) => socket.on('close', resolve))
-  socket.write(
+  const raw = await rawExchange(
+    port,
     'CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\nUser-Agent: probe/1.0\r\n\r\nSSH-2.0-probe\r\n',
   )
-  await closed
   t.match(raw, /^HTTP\/1\.1 501 /, 'HTTP/1.1: 501, not a silent close')
   t.match(raw, /CONNECT is not supported/)
   t.match(raw, /connection: close/i, 'the connection is closed after the answer')

@@ -3,10 +3,11 @@
 // saying so (Transfer-Encoding is hop-by-hop and never forwarded). Such a response is answered 502 and
 // counted, as nginx does, through both HTTP/1.1 engines (plain requests, and requests that announce trailers).
 import { once } from 'node:events'
-import { type AddressInfo, connect, createServer } from 'node:net'
+import { type AddressInfo, createServer } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
+import { rawExchange } from '../helpers/net.ts'
 
 const ANSWERS: Record<string, string> = {
   '/gzip':
@@ -15,20 +16,6 @@ const ANSWERS: Record<string, string> = {
     'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nCODED\r\n0\r\n\r\n',
   '/chunked':
     'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nplain\r\n0\r\n\r\n',
-}
-
-/** one request on its own connection, the raw answer back */
-async function rawExchange(port: number, request: string): Promise<string> {
-  const socket = connect(port, '127.0.0.1')
-  let raw = ''
-  socket.setEncoding('latin1')
-  socket.on('data', (c: string) => {
-    raw += c
-  })
-  const closed = new Promise((resolve) => socket.on('close', resolve))
-  socket.write(request)
-  await closed
-  return raw
 }
 
 t.test('a response in a transfer coding other than chunked is a 502, not coded bytes', async (t) => {

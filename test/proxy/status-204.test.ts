@@ -3,9 +3,10 @@
 // and HTTP/1.1 clients may wait for the bytes. The proxy drops it, as nginx does; a 304 keeps its own.
 import { once } from 'node:events'
 import { connect as h2connect, type IncomingHttpHeaders } from 'node:http2'
-import { type AddressInfo, connect, createServer } from 'node:net'
+import { type AddressInfo, createServer } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
+import { rawExchange } from '../helpers/net.ts'
 
 t.test('Content-Length on a 204 is dropped; a 304 keeps it', async (t) => {
   // a raw upstream: the status comes from the path, every answer claims 5 bytes and sends none
@@ -56,17 +57,10 @@ t.test('Content-Length on a 204 is dropped; a 304 keeps it', async (t) => {
   )
 
   // HTTP/1.1: two requests on one connection, the second answered after the first's 204
-  const socket = connect(Number(new URL(sidecar.proxyUrl).port), '127.0.0.1')
-  let raw = ''
-  socket.setEncoding('latin1')
-  socket.on('data', (c: string) => {
-    raw += c
-  })
-  const closed = new Promise((resolve) => socket.on('close', resolve))
-  socket.write(
+  const raw = await rawExchange(
+    Number(new URL(sidecar.proxyUrl).port),
     'DELETE /a HTTP/1.1\r\nHost: app\r\n\r\nGET /not-modified HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n',
   )
-  await closed
   const [first, second] = raw.split(/(?=HTTP\/1\.1 )/)
   t.match(first, /^HTTP\/1\.1 204 /)
   t.notMatch(first, /content-length/i, 'HTTP/1.1: the 204 has no Content-Length')
