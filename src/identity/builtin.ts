@@ -122,6 +122,15 @@ export function evidenceKey(ev: EvidenceSet): string | undefined {
 export const UNVERIFIED_PREFIX = 'ua:'
 /** longest unverified identity name (a made-up name: header captures, user agents) */
 export const MAX_UNVERIFIED_NAME_LENGTH = 256
+/** What a client says, cut to the length a made-up name may have (MAX_UNVERIFIED_NAME_LENGTH). */
+export function cutLikeMadeUp<T extends string | undefined>(value: T): T {
+  return (
+    value !== undefined && value.length > MAX_UNVERIFIED_NAME_LENGTH
+      ? value.slice(0, MAX_UNVERIFIED_NAME_LENGTH)
+      : value
+  ) as T
+}
+
 /** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */
 export const ANONYMOUS = 'anonymous'
 
@@ -137,7 +146,7 @@ export function namespacedName(name: string, source: Source, verified: boolean):
     const named = name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? name : UNVERIFIED_PREFIX + name
     // what a client says (a captured header) is no longer than a user agent may be: the name is repeated
     // on every series line, row and audit line of the identity
-    return named.length > MAX_UNVERIFIED_NAME_LENGTH ? named.slice(0, MAX_UNVERIFIED_NAME_LENGTH) : named
+    return cutLikeMadeUp(named)
   }
   return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? `${source}:${name}` : name
 }

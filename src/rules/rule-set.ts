@@ -6,13 +6,13 @@ import type { Config, IdentityRuleConfig } from '../config/schema.ts'
 import {
   builtinCaptures,
   builtinIdentity,
+  cutLikeMadeUp,
   defaultKind,
   evidenceAttributes,
   evidenceExpiry,
   evidenceKey,
   hasBuiltinCaptures,
   identityOf,
-  MAX_UNVERIFIED_NAME_LENGTH,
   strongest,
   UNVERIFIED_PREFIX,
 } from '../identity/builtin.ts'
@@ -59,16 +59,6 @@ interface CompiledRule {
 }
 
 const UA_CAPTURES: ReadonlySet<string> = new Set(['bot', 'agent', 'product'])
-
-/**
- * A team or zone filled from a capture can be as long as the header or path it came from, and it is repeated
- * on every /identities row and audit line of the identity: cut like a made-up name.
- */
-function bounded(value: string | undefined): string | undefined {
-  return value !== undefined && value.length > MAX_UNVERIFIED_NAME_LENGTH
-    ? value.slice(0, MAX_UNVERIFIED_NAME_LENGTH)
-    : value
-}
 
 /**
  * Whether a name takes a capture that a header or path condition fills: the client sets those freely on
@@ -168,12 +158,10 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       }
       const values = (scratch.captures as Captures | undefined) ?? NO_VALUES
       const full = rule.name.render(values)
-      // a name taken from a header or the path is what the client says, verified credential or not: no longer
-      // than a made-up name may be (it is repeated on every series line, row and audit line of the identity)
-      const rendered =
-        rule.nameFromRequest && full.length > MAX_UNVERIFIED_NAME_LENGTH
-          ? full.slice(0, MAX_UNVERIFIED_NAME_LENGTH)
-          : full
+      // a name taken from a header or the path is what the client says, verified credential or not, and a team
+      // or zone filled from a capture as well: no longer than a made-up name may be (each is repeated on every
+      // series line, row and audit line of the identity)
+      const rendered = rule.nameFromRequest ? cutLikeMadeUp(full) : full
       return identityOf({
         // a name made from what the user agent says is a ua: name even on a verified request (where
         // identityOf then prefixes it with the source: apikey:ua:curl), never a verified-looking one
@@ -182,8 +170,8 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         kind: rule.kind ?? defaultKind(ev),
         source,
         verified,
-        team: bounded(rule.team?.render(values)),
-        zone: bounded(rule.zone?.render(values)),
+        team: cutLikeMadeUp(rule.team?.render(values)),
+        zone: cutLikeMadeUp(rule.zone?.render(values)),
         rule: rule.label,
         attributes,
         expiresAt: expiry,
