@@ -181,23 +181,29 @@ t.test('explain agrees: without clientCA a presented certificate is not evidence
   t.match(report.notes.join('\n'), /does not request client certificates/)
 })
 
+/** an upstream and a sidecar whose https listener verifies clients against clientCa */
+async function startWithClientCa(t: Test) {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    listen: {
+      http: '127.0.0.1:0',
+      https: {
+        address: '127.0.0.1:0',
+        cert: server.certFile,
+        key: server.keyFile,
+        clientCA: clientCa.certFile,
+      },
+    },
+  })
+  return { up, sidecar }
+}
+
 t.test(
   'a certificate outside its dates is cert_expired or cert_not_yet_valid only when clientCA issued it',
   async (t) => {
-    const up = await startUpstream()
-    t.teardown(() => up.close())
-    const sidecar = await startTestSidecar(t, {
-      upstream: up.url,
-      listen: {
-        http: '127.0.0.1:0',
-        https: {
-          address: '127.0.0.1:0',
-          cert: server.certFile,
-          key: server.keyFile,
-          clientCA: clientCa.certFile,
-        },
-      },
-    })
+    const { sidecar } = await startWithClientCa(t)
     const port = sidecar.httpsAddress!.port
     // a workload whose credential ran out, and a certificate anyone can make, long expired
     const ranOut = await issueCert(clientCa, { cn: 'web', uriSans: [SPIFFE], days: -1 })
@@ -241,20 +247,7 @@ t.test(
 t.test(
   'a chain of the configured CA not made for client authentication is cert_untrusted, in explain too',
   async (t) => {
-    const up = await startUpstream()
-    t.teardown(() => up.close())
-    const sidecar = await startTestSidecar(t, {
-      upstream: up.url,
-      listen: {
-        http: '127.0.0.1:0',
-        https: {
-          address: '127.0.0.1:0',
-          cert: server.certFile,
-          key: server.keyFile,
-          clientCA: clientCa.certFile,
-        },
-      },
-    })
+    const { up, sidecar } = await startWithClientCa(t)
     const port = sidecar.httpsAddress!.port
     const config = writeConfig({ clientCA: clientCa.certFile }, up.url)
     const explainCert = async (pem: string) => {
