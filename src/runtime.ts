@@ -20,20 +20,12 @@ import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/list
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
 import { rotateTlsFiles, tlsRefusal } from './runtime-tls.ts'
+import { StartupError, splitAddress } from './startup.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
 import type { TlsSide } from './telemetry/metrics.ts'
 import type { Recorder } from './types.ts'
 import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
-
-export class StartupError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode: 1 | 2,
-  ) {
-    super(message)
-  }
-}
 
 export interface ListenOverrides {
   listen?: string
@@ -85,13 +77,6 @@ export interface Sidecar {
   shutdown(): Promise<void>
   /** drain in-flight requests (bounded by timeouts.drain) and close everything */
   close(): Promise<void>
-}
-
-export function splitAddress(addr: string): { host: string; port: number } {
-  const i = addr.lastIndexOf(':')
-  let host = addr.slice(0, i)
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1)
-  return { host: host || '0.0.0.0', port: Number(addr.slice(i + 1)) }
 }
 
 /** CLI flags win over the file; they are validated by the same schema as the file. */

@@ -23,12 +23,11 @@ import {
   logRecorderFailures,
   readListenerTls,
   readUpstreamTls,
-  StartupError,
-  splitAddress,
   startWorkerSidecar,
   TokenFile,
   type WorkerSidecar,
 } from './runtime.ts'
+import { StartupError, splitAddress } from './startup.ts'
 import { AUDIT_MAX_PENDING_BYTES } from './telemetry/audit.ts'
 import { OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE } from './telemetry/exposition.ts'
 import {

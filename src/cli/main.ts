@@ -6,8 +6,8 @@ import pino from 'pino'
 import { formatDiagnostic, loadConfigFile } from '../config/loader.ts'
 import { address, type Config } from '../config/schema.ts'
 import { MAX_WORKERS, workerCount } from '../config/workers.ts'
-import { StartupError, splitAddress, startSidecar } from '../runtime.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
+import { StartupError, splitAddress } from '../startup.ts'
 import { parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
 
@@ -218,6 +218,8 @@ Examples:
       if (cmd.args.length > 0) {
         cmd.error(`error: run takes no arguments; for a config file: nhi-proxy run -c ${cmd.args[0]}`)
       }
+      // the sidecar's modules load while the config file is read and parsed, not after
+      const runtime = import('../runtime.ts')
       const log = operationalLogger()
       tuneHeapGrowth()
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
@@ -252,6 +254,7 @@ Examples:
           signals.serving(pod)
           return
         }
+        const { startSidecar } = await runtime
         const sidecar = await startSidecar({
           configPath,
           ...(preloaded ? { preloaded } : {}),

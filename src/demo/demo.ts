@@ -2,7 +2,8 @@
 // all on loopback, through the real proxy with a real (embedded) config. Needs no files and no network.
 import type { Logger } from 'pino'
 import { formatDiagnostic, parseConfigText } from '../config/loader.ts'
-import { type Sidecar, StartupError, splitAddress, startSidecar } from '../runtime.ts'
+import { type Sidecar, startSidecar } from '../runtime.ts'
+import { StartupError, splitAddress } from '../startup.ts'
 import { demoConfigYaml } from './config.ts'
 import { DemoIdp } from './idp.ts'
 import { caCert, serverCert, serverKey } from './pki.ts'
