@@ -1,5 +1,5 @@
 // Baseline (b2): the classic node reverse proxy, http-proxy 1.18 with a keep-alive agent to the upstream.
-// Run as a child process: node --import tsx bench/bare-http-proxy.ts '<json>'.
+// Run as a child process: node --import ./scripts/register-ts.mjs bench/bare-http-proxy.ts '<json>'.
 import './orphan-guard.mjs'
 import { Agent, createServer } from 'node:http'
 import httpProxy from 'http-proxy'

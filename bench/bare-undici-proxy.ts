@@ -1,7 +1,7 @@
 // Baseline (b): a reverse proxy on exactly nhi-proxy's forwarding engine (UndiciForwarder: one undici Pool,
 // same keep-alive and timeout settings) and nothing else — no identity, no telemetry, no header
 // rewriting beyond dropping hop-by-hop headers. The gap between this and nhi-proxy is the cost of
-// attribution. Run as a child process: node --import tsx bench/bare-undici-proxy.ts '<json>'.
+// attribution. Run as a child process: node --import ./scripts/register-ts.mjs bench/bare-undici-proxy.ts '<json>'.
 import './orphan-guard.mjs'
 import { createServer } from 'node:http'
 import { UndiciForwarder } from '../src/proxy/forwarder.ts'

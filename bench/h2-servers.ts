@@ -1,7 +1,7 @@
 // The h2c bench's servers, one role per child process: `upstream` (a node:http2 server answering every
 // stream like a unary gRPC method: one 2-byte length-prefixed message, then `grpc-status: 0` trailers) or
 // `bare-proxy` (the baseline: a node:http2 server forwarding every stream and its trailers over one h2c
-// session to the upstream, nothing else). Run as node --import tsx bench/h2-servers.ts '<json>'.
+// session to the upstream, nothing else). Run as node --import ./scripts/register-ts.mjs bench/h2-servers.ts '<json>'.
 import './orphan-guard.mjs'
 import {
   type ClientHttp2Session,

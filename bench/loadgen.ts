@@ -2,7 +2,7 @@
 // (`connections` concurrent request loops, for throughput): the mTLS configurations, and the fallback when
 // wrk is missing; its own ceiling is measured against the upstream directly, over the same TLS. Open loop
 // (`rate` set): requests on a fixed schedule over the same connections, for latency below saturation.
-// Run as a child process: node --import tsx bench/loadgen.ts '<LoadSpec json>'; prints one NHI_JSON line.
+// Run as a child process: node --import ./scripts/register-ts.mjs bench/loadgen.ts '<LoadSpec json>'; prints one NHI_JSON line.
 import './orphan-guard.mjs'
 import { readFileSync } from 'node:fs'
 import { createHistogram } from 'node:perf_hooks'

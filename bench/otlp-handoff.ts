@@ -3,7 +3,7 @@
 // handing N finished requests to a running export thread, against the same loop with export off. The
 // export thread runs the real SDK against a collector that is down (a closed port), as on a sidecar.
 // `--src DIR` measures another checkout's sources (an earlier commit) the same way: alternate the two.
-//   node --import tsx bench/otlp-handoff.ts [--src DIR] [--requests N] [--rounds R]
+//   node --import ./scripts/register-ts.mjs bench/otlp-handoff.ts [--src DIR] [--requests N] [--rounds R]
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { parseArgs } from 'node:util'

@@ -56,7 +56,11 @@ const program = new Command()
   .option('--no-warmup', 'skip the warm-up pass')
   .option('--no-write', 'print only; do not write bench/results')
   .option('--audit <output>', 'nhi-proxy audit output (off | /dev/null | file)', '/dev/null')
-  .option('--cold-start <how>', 'build (npm run build, dist) | tsx | skip', 'build')
+  .option(
+    '--cold-start <how>',
+    'build (npm run build, dist) | sources (the TypeScript sources; `tsx` is accepted, its former name) | skip',
+    'build',
+  )
   .option(
     '--cold-start-only',
     'cold start mode: N starts of the bundle (--starts, default 15) to the first proxied 200, wall clock and CPU time',
@@ -151,7 +155,7 @@ const log = (s: string) => process.stderr.write(`${s}\n`)
 async function memoryMode(): Promise<void> {
   log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
   const dist = buildDist()
-  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources')
   const r = await runMemory({
     quick: o.memoryQuick === true,
     log,
@@ -165,7 +169,8 @@ async function memoryMode(): Promise<void> {
 
 async function throughputMode(): Promise<void> {
   const quick = o.quick === true
-  const coldStart = o.coldStart === 'tsx' || o.coldStart === 'skip' ? o.coldStart : 'build'
+  const coldStart =
+    o.coldStart === 'sources' || o.coldStart === 'tsx' ? 'sources' : o.coldStart === 'skip' ? 'skip' : 'build'
   const r = await runBench({
     durationS: quick ? Math.min(o.duration, 2) : o.duration,
     rounds: quick ? 1 : Math.round(o.rounds),
@@ -174,7 +179,7 @@ async function throughputMode(): Promise<void> {
     quick,
     warmup: o.warmup,
     installWrk: true,
-    coldStart: quick && coldStart === 'build' ? 'tsx' : coldStart,
+    coldStart: quick && coldStart === 'build' ? 'sources' : coldStart,
     audit: o.audit,
     log,
   })
@@ -187,7 +192,7 @@ async function throughputMode(): Promise<void> {
 async function floodMode(): Promise<void> {
   log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
   const dist = buildDist()
-  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources')
   const given = (name: string) => program.getOptionValueSource(name) === 'cli'
   const r = await runFlood({
     rounds: given('rounds') ? Math.round(o.rounds) : 2,
@@ -209,7 +214,7 @@ async function floodMode(): Promise<void> {
 async function otlpMode(): Promise<void> {
   log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
   const dist = buildDist()
-  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources')
   const given = (name: string) => program.getOptionValueSource(name) === 'cli'
   const r = await runOtlpCost({
     rounds: given('rounds') ? Math.round(o.rounds) : 2,
@@ -252,7 +257,7 @@ async function h2Mode(): Promise<void> {
 async function workersMode(): Promise<void> {
   log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
   const dist = buildDist()
-  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources through tsx')
+  if (!dist) log('npm run build failed: nhi-proxy runs from the TypeScript sources')
   const given = (name: string) => program.getOptionValueSource(name) === 'cli'
   const r = await runWorkersBench({
     rounds: given('rounds') ? Math.round(o.rounds) : 2,
@@ -275,7 +280,7 @@ async function workersMode(): Promise<void> {
 async function podScrapeMode(): Promise<void> {
   const quick = o.quick === true
   const dist = o.entry !== undefined || (quick ? freshDist() : buildDist())
-  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources through tsx')
+  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources')
   const r = await runPodScrape({
     identities: 1000,
     scrapes: quick ? 10 : 60,
@@ -318,7 +323,7 @@ async function allocMode(): Promise<void> {
   const quick = o.quick === true
   // quick runs take an up-to-date bundle as it is, like the h2 mode; full runs build it first
   const dist = quick ? freshDist() : buildDist()
-  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources through tsx')
+  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources')
   const given = (name: string) => program.getOptionValueSource(name) === 'cli'
   const r = await runAlloc({
     rounds: given('rounds') ? Math.round(o.rounds) : quick ? 1 : 3,
@@ -344,7 +349,7 @@ async function coldStartMode(): Promise<void> {
   const quick = o.quick === true
   // --quick takes an up-to-date bundle as it is (like the h2 mode); otherwise the bundle is built first
   const dist = quick ? freshDist() : buildDist()
-  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources through tsx')
+  if (!dist) log('no up-to-date bundle: nhi-proxy runs from the TypeScript sources')
   const r = await runColdStart({
     starts: Math.round(o.starts),
     dist,

@@ -1,5 +1,5 @@
 // The proxy's own RSS while it streams one large upload and one large download, on every Node version at
-// hand: `node --import tsx bench/stream.ts [--size MB] [--repeat N] [--node 20,22,24]`.
+// hand: `node --import ./scripts/register-ts.mjs bench/stream.ts [--size MB] [--repeat N] [--node 20,22,24]`.
 // The bundle (built first into a scratch dir) runs in a child process per Node version; this process is the
 // client and the upstream, so only the proxy's memory is measured (/proc/<pid>/status). Node 22 and 24 come
 // from .cache/node-<major>/ (`node scripts/node-versions.mjs`); the running node serves its own major.

@@ -1,6 +1,6 @@
 // The bench upstream: the smallest useful node HTTP server (fixed 2-byte body, keep-alive), optionally
 // also over TLS asking for a client certificate, so the mTLS load generator's ceiling can be measured
-// without a proxy in between. Run as a child process: node --import tsx bench/upstream.ts '<json>'.
+// without a proxy in between. Run as a child process: node --import ./scripts/register-ts.mjs bench/upstream.ts '<json>'.
 import './orphan-guard.mjs'
 import { readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'

@@ -22,7 +22,9 @@ export async function load(url, context, nextLoad) {
   if (!url.startsWith('file:') || !url.endsWith('.ts')) return nextLoad(url, context)
   const path = fileURLToPath(url)
   const text = await readFile(path, 'utf8')
-  version ??= JSON.parse(await readFile(join(root, 'node_modules', 'esbuild', 'package.json'), 'utf8')).version
+  version ??= JSON.parse(
+    await readFile(join(root, 'node_modules', 'esbuild', 'package.json'), 'utf8'),
+  ).version
   const key = createHash('sha256').update(`${version}\0${path}\0${text}`).digest('hex').slice(0, 40)
   const cached = join(cacheDir, `${key}.js`)
   try {

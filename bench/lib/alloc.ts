@@ -27,7 +27,15 @@ import { pathToFileURL } from 'node:url'
 import { Pool } from 'undici'
 import { BROWSER_UA, spreadText, type Target, target } from './harness.ts'
 import { nhiCommand, nhiConfigYaml, REPO_ROOT, spawnPlainUpstream } from './nhi.ts'
-import { cpuMicros, freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import {
+  cpuMicros,
+  freePort,
+  type ServerProcess,
+  spawnProcess,
+  stopAll,
+  TS_NODE_FLAGS,
+  waitForPorts,
+} from './procs.ts'
 import { median } from './stats.ts'
 import { rotatingTokens } from './tokens.ts'
 
@@ -42,7 +50,7 @@ export interface AllocOptions {
   /** requests per configuration before the first round (JIT, pools, token cache) */
   warmup: number
   connections: number
-  /** nhi-proxy from dist/nhi-proxy.mjs (else the TypeScript sources through tsx) */
+  /** nhi-proxy from dist/nhi-proxy.mjs (else the TypeScript sources) */
   dist: boolean
   /** a window that has not reached `minGcs` collections by then ends with what it has */
   maxWindowS?: number
@@ -141,8 +149,7 @@ async function startTracedBare(procs: ServerProcess[], upstream: string): Promis
     process.execPath,
     [
       ...TRACE_FLAGS,
-      '--import',
-      'tsx',
+      ...TS_NODE_FLAGS,
       join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
       JSON.stringify({ port, upstream }),
     ],
@@ -402,7 +409,7 @@ export function allocMarkdown(r: AllocResult, targetLine: (t: Target) => string)
   const lines = [
     `# nhi-proxy allocation per request (${r.startedAt})`,
     '',
-    `Node ${r.node}, load average ${r.loadAvg.join(' / ')} at start. ${o.rounds} interleaved round(s); each window ≥ ${o.requests.toLocaleString('en')} requests and > ${o.minGcs} collections of the proxy's main isolate (or ${o.maxWindowS ?? 120} s, whichever comes first), ${o.connections} concurrent request loops, after ${o.warmup.toLocaleString('en')} warm-up requests per configuration. nhi-proxy ran ${o.dist ? 'from the bundle (dist/nhi-proxy.mjs)' : 'from the TypeScript sources through tsx'}.`,
+    `Node ${r.node}, load average ${r.loadAvg.join(' / ')} at start. ${o.rounds} interleaved round(s); each window ≥ ${o.requests.toLocaleString('en')} requests and > ${o.minGcs} collections of the proxy's main isolate (or ${o.maxWindowS ?? 120} s, whichever comes first), ${o.connections} concurrent request loops, after ${o.warmup.toLocaleString('en')} warm-up requests per configuration. nhi-proxy ran ${o.dist ? 'from the bundle (dist/nhi-proxy.mjs)' : 'from the TypeScript sources'}.`,
     '',
     'Bytes = Σ `allocated=` of the `--trace-gc-nvp` lines between two collections, divided by the responses completed between them (JavaScript heap only; Buffer backing stores are outside it).',
     '',
@@ -455,7 +462,7 @@ function frameName(f: ProfileNode['callFrame']): string {
     : f.url.startsWith('node:')
       ? f.url
       : (f.url.split('/node_modules/').at(-1) ?? f.url)
-  // tsx's output does not keep the source lines, so our own files are named without one
+  // the type-stripped output does not keep the source lines, so our own files are named without one
   const line = f.url && !f.url.startsWith(SRC_URL) ? `:${f.lineNumber + 1}` : ''
   return `${f.functionName || '(anonymous)'} (${file || 'native'}${line})`
 }

@@ -187,7 +187,9 @@ export async function runColdStart(opts: {
 }
 
 function command(bundle: boolean): string {
-  return bundle ? 'node dist/nhi-proxy.mjs run -c FILE' : 'node --import tsx src/cli/main.ts run -c FILE'
+  return bundle
+    ? 'node dist/nhi-proxy.mjs run -c FILE'
+    : 'node --import ./scripts/register-ts.mjs src/cli/main.ts run -c FILE'
 }
 
 export function coldStartMarkdown(r: ColdStartResult, targetLine: (t: Target) => string): string {

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { createHistogram } from 'node:perf_hooks'
 import { startNginxGrpc } from './nginx.ts'
 import { nhiCommand, REPO_ROOT } from './nhi.ts'
-import { freePort, type ServerProcess, spawnProcess, stopAll, waitForPorts } from './procs.ts'
+import { freePort, type ServerProcess, spawnProcess, stopAll, TS_NODE_FLAGS, waitForPorts } from './procs.ts'
 
 export interface H2Options {
   durationS: number
@@ -18,7 +18,7 @@ export interface H2Options {
   sessions: number
   /** concurrent streams per connection */
   streams: number
-  /** run nhi-proxy from dist/nhi-proxy.mjs rather than the sources through tsx */
+  /** run nhi-proxy from dist/nhi-proxy.mjs rather than the TypeScript sources */
   dist: boolean
   log: (s: string) => void
 }
@@ -108,8 +108,7 @@ export async function h2Load(url: string, o: Pick<H2Options, 'durationS' | 'sess
 
 function h2Server(role: 'upstream' | 'bare-proxy', port: number, upstream?: string): ServerProcess {
   return spawnProcess(`h2-${role}`, process.execPath, [
-    '--import',
-    'tsx',
+    ...TS_NODE_FLAGS,
     join(REPO_ROOT, 'bench/h2-servers.ts'),
     JSON.stringify({ role, port, ...(upstream ? { upstream } : {}) }),
   ])

@@ -15,6 +15,7 @@ import {
   type ServerProcess,
   spawnProcess,
   stopAll,
+  TS_NODE_FLAGS,
   treeCpuMicros,
   waitForPorts,
 } from './procs.ts'
@@ -46,8 +47,8 @@ export interface BenchOptions {
   warmup: boolean
   /** try apt-get install wrk when it is missing (root only) */
   installWrk: boolean
-  /** 'build' runs `npm run build` and starts dist/nhi-proxy.mjs; 'tsx' runs the sources */
-  coldStart: 'build' | 'tsx' | 'skip'
+  /** 'build' runs `npm run build` and starts dist/nhi-proxy.mjs; 'sources' runs the TypeScript sources */
+  coldStart: 'build' | 'sources' | 'skip'
   /** audit output for nhi-proxy (default /dev/null: serialised, not stored) */
   audit: string
   /** requests per second of the open-loop latency rounds (0 skips them) */
@@ -305,13 +306,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     if (opts.coldStart === 'build') {
       log('npm run build (nhi-proxy runs from dist/nhi-proxy.mjs)')
       dist = buildDist()
-      if (!dist) notes.push('npm run build failed: nhi-proxy ran from the TypeScript sources through tsx')
+      if (!dist) notes.push('npm run build failed: nhi-proxy ran from the TypeScript sources')
     } else if (freshDist()) {
       dist = true
     } else {
-      notes.push(
-        'no up-to-date bundle (npm run build): nhi-proxy ran from the TypeScript sources through tsx',
-      )
+      notes.push('no up-to-date bundle (npm run build): nhi-proxy ran from the TypeScript sources')
     }
 
     log('preparing PKI and tokens')
@@ -351,9 +350,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       b2: await freePort(),
       nginx: await freePort(),
     }
-    const tsx = ['--import', 'tsx']
     const upstream = spawnProcess('upstream', process.execPath, [
-      ...tsx,
+      ...TS_NODE_FLAGS,
       join(REPO_ROOT, 'bench/upstream.ts'),
       JSON.stringify({
         http: ports.up,
@@ -364,7 +362,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     const upstreamUrl = `http://127.0.0.1:${ports.up}`
     const bare = (name: string, script: string, port: number) => {
       const p = spawnProcess(name, process.execPath, [
-        ...tsx,
+        ...TS_NODE_FLAGS,
         join(REPO_ROOT, script),
         JSON.stringify({ port, upstream: upstreamUrl }),
       ])
@@ -551,7 +549,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       cold = {
         ms,
         medianMs: median(ms),
-        how: dist ? 'node dist/nhi-proxy.mjs run -c FILE' : 'node --import tsx src/cli/main.ts run -c FILE',
+        how: dist
+          ? 'node dist/nhi-proxy.mjs run -c FILE'
+          : 'node --import ./scripts/register-ts.mjs src/cli/main.ts run -c FILE',
       }
       log(`  cold start ${ms.map((m) => m.toFixed(0)).join(', ')} ms (${cold.how})`)
     }

@@ -2,7 +2,7 @@
 // present client certificates). Both report the same LoadResult.
 import { execFile, execFileSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { spawnProcess } from './procs.ts'
+import { spawnProcess, TS_NODE_FLAGS } from './procs.ts'
 
 export interface LoadResult {
   requests: number
@@ -119,7 +119,7 @@ export function runWrk(spec: LoadSpec): Promise<LoadResult> {
 
 /** Runs bench/loadgen.ts in its own process (so its CPU is not the harness's) and parses its JSON line. */
 export function runNodeLoad(spec: LoadSpec): Promise<LoadResult> {
-  const proc = spawnProcess('loadgen', process.execPath, ['--import', 'tsx', LOADGEN, JSON.stringify(spec)], {
+  const proc = spawnProcess('loadgen', process.execPath, [...TS_NODE_FLAGS, LOADGEN, JSON.stringify(spec)], {
     stdout: 'pipe',
   })
   let out = ''

@@ -20,7 +20,7 @@ export interface MemoryOptions {
   /** jwt.verifyWorkers of the proxy (unset: its default) */
   verifyWorkers?: number
   log: (line: string) => void
-  /** run the bundle (dist/nhi-proxy.mjs, as shipped) instead of the sources through tsx */
+  /** run the bundle (dist/nhi-proxy.mjs, as shipped) instead of the TypeScript sources */
   dist?: boolean
   /** overrides for tests */
   tokens?: number

@@ -5,7 +5,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { freePort, type ServerProcess, spawnProcess, waitForPorts } from './procs.ts'
+import { freePort, type ServerProcess, spawnProcess, TS_NODE_FLAGS, waitForPorts } from './procs.ts'
 import { BENCH_AUDIENCE, BENCH_ISSUER } from './tokens.ts'
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
@@ -81,7 +81,7 @@ ${o.otlpEndpoint === undefined ? '' : `otlp:\n  endpoint: ${o.otlpEndpoint}\n  l
 }
 
 export interface NhiLaunch {
-  /** use the bundled dist/nhi-proxy.mjs (npm run build) instead of running the TypeScript sources through tsx */
+  /** use the bundled dist/nhi-proxy.mjs (npm run build) instead of running the TypeScript sources */
   dist?: boolean
   /** exit when the harness is gone (default); the cold start leaves it out to time nhi-proxy alone */
   orphanGuard?: boolean
@@ -95,8 +95,8 @@ export interface NhiLaunch {
 
 export function nhiCommand(configFile: string, launch: NhiLaunch = {}): { command: string; args: string[] } {
   const args: string[] = []
-  // The bundle runs as the image runs it; the TypeScript sources (and the lag probe) need tsx.
-  if (!launch.dist || launch.lagFile) args.push('--import', 'tsx')
+  // The bundle runs as the image runs it; the TypeScript sources (and the lag probe) need their types stripped.
+  if (!launch.dist || launch.lagFile) args.push(...TS_NODE_FLAGS)
   if (launch.orphanGuard !== false) args.push('--import', ORPHAN_GUARD)
   if (launch.lagFile) args.push('--import', LAG_PROBE)
   args.push(launch.entry ?? (launch.dist ? DIST_MAIN : SRC_MAIN), 'run', '-c', configFile)
@@ -170,8 +170,7 @@ export async function spawnPlainUpstream(
 ): Promise<{ url: string; listening: Promise<void> }> {
   const port = await freePort()
   const upstream = spawnProcess('upstream', process.execPath, [
-    '--import',
-    'tsx',
+    ...TS_NODE_FLAGS,
     join(REPO_ROOT, 'bench/upstream.ts'),
     JSON.stringify({ http: port }),
   ])
@@ -189,8 +188,7 @@ export async function startBareUndici(
 ): Promise<{ proc: ServerProcess; url: string }> {
   const port = await freePort()
   const proc = spawnProcess('bare-undici', process.execPath, [
-    '--import',
-    'tsx',
+    ...TS_NODE_FLAGS,
     join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
     JSON.stringify({ port, upstream }),
   ])

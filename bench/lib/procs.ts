@@ -6,6 +6,12 @@ import { readFileSync } from 'node:fs'
 import { readdir, readFile } from 'node:fs/promises'
 import { connect, createServer } from 'node:net'
 
+/** `node` flags that run a TypeScript file of this repository: scripts/register-ts.mjs strips its types */
+export const TS_NODE_FLAGS: readonly string[] = [
+  '--import',
+  new URL('../../scripts/register-ts.mjs', import.meta.url).href,
+]
+
 const live = new Set<ChildProcess>()
 let exitHooked = false
 

@@ -18,7 +18,7 @@ import { type IdentityEntry, IdentityTable } from '../../src/telemetry/identity-
 import { Metrics } from '../../src/telemetry/metrics.ts'
 import type { Identity, Kind, RequestEvent } from '../../src/types.ts'
 import { type Target, target } from './harness.ts'
-import { spawnProcess } from './procs.ts'
+import { spawnProcess, TS_NODE_FLAGS } from './procs.ts'
 
 type PromClient = typeof import('prom-client')
 
@@ -658,7 +658,7 @@ async function scrapesInOwnProcess(job: ScrapeJob): Promise<ChildScrapeRow[]> {
   const child = spawnProcess(
     `prom scrape ${job.variant}`,
     process.execPath,
-    ['--import', 'tsx', '--import', ORPHAN_GUARD, SCRAPE_CHILD, JSON.stringify(job)],
+    [...TS_NODE_FLAGS, '--import', ORPHAN_GUARD, SCRAPE_CHILD, JSON.stringify(job)],
     { stdout: 'pipe' },
   )
   let out = ''

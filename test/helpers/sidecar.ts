@@ -17,6 +17,11 @@ export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const BUNDLE = join(ROOT, 'dist', 'nhi-proxy.mjs')
 /** `node` arguments that start the CLI exactly as the package `bin` and the image do */
 export const CLI = [BUNDLE]
+/** `node` flags that run a TypeScript file of this repository, as the test runner runs the test files */
+export const TS_NODE_FLAGS: readonly string[] = [
+  '--import',
+  new URL('../../scripts/register-ts.mjs', import.meta.url).href,
+]
 
 function newestFile(dir: string): { path: string; mtimeMs: number } {
   let newest = { path: dir, mtimeMs: 0 }

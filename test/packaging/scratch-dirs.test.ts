@@ -4,6 +4,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import t from 'tap'
 import { scratchDir } from '../helpers/scratch.ts'
+import { TS_NODE_FLAGS } from '../helpers/sidecar.ts'
 import { REPO_ROOT, run } from '../helpers/tools.ts'
 
 const SCRATCH = join(REPO_ROOT, 'test', 'helpers', 'scratch.ts')
@@ -27,9 +28,8 @@ for (const [name, ending, code] of [
 ] as const) {
   t.test(`the scratch root is gone after ${name}`, async (t) => {
     const tmp = await scratchDir('tmpdir')
-    const r = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', child(ending)], {
-      // tsx keeps its transform cache in the temp directory too: off here, so only the scratch root could remain
-      env: { TMPDIR: tmp, TSX_DISABLE_CACHE: '1' },
+    const r = await run(process.execPath, [...TS_NODE_FLAGS, '--input-type=module', '-e', child(ending)], {
+      env: { TMPDIR: tmp },
     })
     t.equal(r.code, code, r.stderr)
     t.same(await readdir(tmp), [], 'nothing left in TMPDIR')

@@ -7,6 +7,7 @@ import { downstreamHeaders, upstreamHeaders } from '../../src/proxy/headers.ts'
 import { requestId, traceContext } from '../../src/proxy/ids.ts'
 import { stillTrueFor } from '../helpers/eventually.ts'
 import { SERVICE_IDENTITY, startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
+import { TS_NODE_FLAGS } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const agent = new Agent()
@@ -159,8 +160,7 @@ t.test(
     const other = execFileSync(
       process.execPath,
       [
-        '--import',
-        'tsx',
+        ...TS_NODE_FLAGS,
         '-e',
         `import('${new URL('../../src/proxy/ids.ts', import.meta.url).href}').then((m) => process.stdout.write(m.requestId(undefined)))`,
       ],

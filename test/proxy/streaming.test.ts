@@ -2,7 +2,7 @@
 // `node nhi-proxy.mjs run`, in a child process on the node running this test — and its RSS is read from
 // /proc/<pid>/status (samples plus the kernel's peak mark), so only the proxy's memory is measured: this
 // process is the client and the upstream, and their buffers never count. The 1 GB-each-way numbers per
-// Node version are in bench/README.md (`node --import tsx bench/stream.ts`).
+// Node version are in bench/README.md (`node --import ./scripts/register-ts.mjs bench/stream.ts`).
 import { connect } from 'node:net'
 import t from 'tap'
 import {

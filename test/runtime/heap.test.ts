@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { HEAP_GROWING_PERCENT, heapGrowthFlag } from '../../src/runtime-heap.ts'
+import { TS_NODE_FLAGS } from '../helpers/sidecar.ts'
 
 const run = promisify(execFile)
 const MODULE = fileURLToPath(new URL('../../src/runtime-heap.ts', import.meta.url))
@@ -49,7 +50,7 @@ async function churn(nodeFlags: string[]): Promise<{ flag: string | null; maxMB:
     // A fixed, small young generation makes every run promote its churn to the old generation, the part the
     // flag governs. Left to itself Node 24 sizes the young generation by machine memory (>100 MB here), and
     // whether the churn then dies young or is promoted varied from run to run (24 to 212 MB uncapped).
-    ['--max-semi-space-size=1', ...nodeFlags, '--import', 'tsx', '--input-type=module', '-e', CHURN],
+    ['--max-semi-space-size=1', ...nodeFlags, ...TS_NODE_FLAGS, '--input-type=module', '-e', CHURN],
     { timeout: 50_000 },
   )
   return JSON.parse(stdout.trim().split('\n').pop() ?? '{}')

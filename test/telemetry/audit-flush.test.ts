@@ -16,6 +16,7 @@ import {
 import { requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { scratchDir } from '../helpers/scratch.ts'
+import { TS_NODE_FLAGS } from '../helpers/sidecar.ts'
 
 t.test('a lone audit line is flushed within the flush interval', async (t) => {
   const file = join(await scratchDir('audit-flush'), 'audit.log')
@@ -96,8 +97,7 @@ t.test('a stalled output drops and counts lines instead of buffering without bou
   const child = spawn(
     process.execPath,
     [
-      '--import',
-      'tsx',
+      ...TS_NODE_FLAGS,
       join(import.meta.dirname, '..', 'fixtures', 'audit-stalled-stdout.ts'),
       '40000',
       String(Math.floor((40_000 * 1024 - 2 * AUDIT_MAX_PENDING_BYTES) / 1024)),
