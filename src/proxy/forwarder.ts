@@ -9,7 +9,13 @@ import type { ConnectionOptions } from 'node:tls'
 import type { Dispatcher } from 'undici'
 import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
-import { downstreamHeaders, type HeaderBlocks, singleValued, type UpstreamHeaders } from './headers.ts'
+import {
+  downstreamHeaders,
+  downstreamTrailers,
+  type HeaderBlocks,
+  singleValued,
+  type UpstreamHeaders,
+} from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { hasBody } from './request-lifecycle.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
@@ -227,6 +233,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   private clientGone = false
   private abortUpstream: ((err?: Error) => void) | undefined
   private resume: (() => void) | undefined
+  /** the response head as undici handed it: its Connection names also leave the trailers */
+  private rawHead: readonly Buffer[] = []
   /** the drain listener is added at the first backpressure only; most responses never see one */
   private drainListening = false
   private readonly started = performance.now()
@@ -266,6 +274,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
       return false
     }
     const headers = downstreamHeaders(rawHeaders, statusCode)
+    this.rawHead = rawHeaders
     try {
       // node:http2 refuses a repeated single-value field (HTTP/1.1 clients get it as sent)
       this.res.writeHead(statusCode, this.res.req?.httpVersionMajor === 2 ? singleValued(headers) : headers)
@@ -293,9 +302,11 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
 
   onComplete(trailers: (Buffer | string)[] | null): void {
     if (trailers && trailers.length > 0 && !this.res.writableEnded) {
-      // HTTP/1.1 trailers (TE: trailers) go on as trailers; hop-by-hop names are dropped as in headers
-      const kept = downstreamHeaders(
+      // HTTP/1.1 trailers (TE: trailers) go on as trailers; hop-by-hop names are dropped as in headers, and
+      // so are the names the response head's Connection listed
+      const kept = downstreamTrailers(
         trailers.map((x) => (typeof x === 'string' ? Buffer.from(x, 'latin1') : x)),
+        this.rawHead,
       )
       const pairs: [string, string][] = []
       for (let i = 0; i + 1 < kept.length; i += 2) pairs.push([kept[i]!, kept[i + 1]!])

@@ -338,8 +338,23 @@ function addListed(listed: Set<string> | undefined, connection: string): Set<str
  * stream over it and HTTP/1.1 clients may wait for bytes that never come. Trailers pass no status.
  */
 export function downstreamHeaders(raw: readonly Buffer[], status?: number): string[] {
-  const out = withoutHopByHop(raw, status !== undefined)
+  const out = withoutHopByHop(raw, status !== undefined, undefined)
   return status === 204 ? withoutContentLength(out) : out
+}
+
+/**
+ * Response trailers from the upstream's raw [name, value, …] pairs, minus hop-by-hop ones and minus the names
+ * the response head's Connection listed: the upstream declared those fields its own hop's, wherever in the
+ * message they come (RFC 9110 §7.6.1).
+ */
+export function downstreamTrailers(raw: readonly Buffer[], head: readonly (Buffer | string)[]): string[] {
+  let listed: Set<string> | undefined
+  for (let i = 0; i + 1 < head.length; i += 2) {
+    const name = head[i]!
+    if (name.length === 10 && name.toString().toLowerCase() === 'connection')
+      listed = addListed(listed, head[i + 1]!.toString().toLowerCase())
+  }
+  return withoutHopByHop(raw, false, listed)
 }
 
 /**
@@ -364,9 +379,13 @@ function withoutContentLength(headers: string[]): string[] {
   return kept
 }
 
-function withoutHopByHop(raw: readonly Buffer[], response: boolean): string[] {
+function withoutHopByHop(
+  raw: readonly Buffer[],
+  response: boolean,
+  headListed: Set<string> | undefined,
+): string[] {
   const out: string[] = []
-  let listed: Set<string> | undefined
+  let listed = headListed
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const nameBuf = raw[i]!
     const name = nameBuf.toString('latin1')

@@ -22,7 +22,13 @@ import {
   responseBlocked,
   responseDrained,
 } from './forwarder.ts'
-import { announcedTrailers, downstreamHeaders, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
+import {
+  announcedTrailers,
+  downstreamHeaders,
+  downstreamTrailers,
+  type UpstreamHeaders,
+  upstreamTrailers,
+} from './headers.ts'
 
 /**
  * Whether a request goes through this forwarder: an HTTP/1.x request with a chunked body that announces a
@@ -264,7 +270,10 @@ export class NodeHttpForwarder {
         })
         upRes.on('end', () => {
           if (settled) return
-          const trailers = downstreamHeaders(upRes.rawTrailers.map((x) => Buffer.from(x, 'latin1')))
+          const trailers = downstreamTrailers(
+            upRes.rawTrailers.map((x) => Buffer.from(x, 'latin1')),
+            upRes.rawHeaders,
+          )
           if (trailers.length > 0) {
             const pairs: [string, string][] = []
             for (let i = 0; i + 1 < trailers.length; i += 2) pairs.push([trailers[i]!, trailers[i + 1]!])
