@@ -9,6 +9,7 @@ import type { ConnectionOptions } from 'node:tls'
 import type { Dispatcher } from 'undici'
 import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
+import { type GrpcWebStatusReader, grpcWebResponse } from './grpc-web.ts'
 import {
   downstreamHeaders,
   downstreamTrailers,
@@ -233,6 +234,9 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   private clientGone = false
   private abortUpstream: ((err?: Error) => void) | undefined
   private resume: (() => void) | undefined
+  grpcStatus: number | undefined
+  /** gRPC-Web calls: reads the status from the response body's trailer frame */
+  private grpcWeb: GrpcWebStatusReader | undefined
   /** the response head as undici handed it: its Connection names also leave the trailers */
   private rawHead: readonly Buffer[] = []
   /** the drain listener is added at the first backpressure only; most responses never see one */
@@ -275,6 +279,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
     }
     const headers = downstreamHeaders(rawHeaders, statusCode)
     this.rawHead = rawHeaders
+    const req = this.res.req
+    if (req !== undefined) this.grpcWeb = grpcWebResponse(req.headers, headers)
     try {
       // node:http2 refuses a repeated single-value field (HTTP/1.1 clients get it as sent)
       this.res.writeHead(statusCode, this.res.req?.httpVersionMajor === 2 ? singleValued(headers) : headers)
@@ -289,6 +295,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
 
   onData(chunk: Buffer): boolean {
     this.bytesOut += chunk.length
+    this.grpcWeb?.push(chunk)
     const flowing = this.res.write(chunk)
     if (!flowing) {
       responseBlocked(this.res, this.stallMs, !this.drainListening)
@@ -317,6 +324,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
       }
     }
     this.res.end()
+    if (this.grpcWeb) this.grpcStatus = this.grpcWeb.result(this.status)
     this.settle(undefined)
   }
 

@@ -26,6 +26,7 @@ import {
   type TunnelIdle,
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcStatusWithoutOne, grpcTimeoutMs, isGrpc } from './grpc.ts'
+import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb } from './grpc-web.ts'
 import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
@@ -78,9 +79,7 @@ export interface Http2ForwarderOptions {
 
 function grpcStatusOf(headers: H2Headers | undefined): number | undefined {
   const v = headers?.['grpc-status']
-  if (typeof v !== 'string') return undefined
-  const n = Number(v)
-  return Number.isInteger(n) && n >= 0 && n <= 16 ? n : GRPC.UNKNOWN
+  return typeof v === 'string' ? grpcStatusValue(v) : undefined
 }
 
 function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
@@ -153,6 +152,8 @@ export class Http2Forwarder {
       let bytesOut = 0
       let settled = false
       let grpcStatus: number | undefined
+      /** gRPC-Web: the status is in the response body's trailer frame */
+      let grpcWeb: GrpcWebStatusReader | undefined
       let trailers: H2Headers | undefined
       let stream: ClientHttp2Stream
       const timers: NodeJS.Timeout[] = []
@@ -240,6 +241,12 @@ export class Http2Forwarder {
         status = Number(h[':status'])
         if (status < 200) return
         if (grpc) grpcStatus = grpcStatusOf(h)
+        if (grpc && isGrpcWeb(req.headers)) {
+          const type = h['content-type']
+          grpcWeb = new GrpcWebStatusReader(
+            typeof type === 'string' && type.startsWith('application/grpc-web-text'),
+          )
+        }
         const headersOut = responseHeaders(h)
         const h2Response = (res as unknown as { stream?: { respond: unknown } }).stream
         if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
@@ -262,6 +269,7 @@ export class Http2Forwarder {
       let blocked = false
       stream.on('data', (chunk: Buffer) => {
         bytesOut += chunk.length
+        grpcWeb?.push(chunk)
         if (!res.write(chunk) && !waitingForDrain) {
           waitingForDrain = true
           stream.pause()
@@ -296,7 +304,8 @@ export class Http2Forwarder {
         if (trailers) res.addTrailers(responseHeaders(trailers) as Record<string, string>)
         res.end()
         // recorded as the client reads it, not left out of the call counts (a 200 without one as a success)
-        if (grpc && grpcStatus === undefined) grpcStatus = grpcStatusWithoutOne(status)
+        if (grpc && grpcStatus === undefined)
+          grpcStatus = grpcWeb ? grpcWeb.result(status) : grpcStatusWithoutOne(status)
         settle()
       })
       stream.on('close', () => {

@@ -22,6 +22,7 @@ import {
   responseBlocked,
   responseDrained,
 } from './forwarder.ts'
+import { grpcWebResponse } from './grpc-web.ts'
 import {
   announcedTrailers,
   downstreamHeaders,
@@ -106,6 +107,7 @@ export class NodeHttpForwarder {
       let headersTimer: NodeJS.Timeout | undefined
       let bodyTimer: NodeJS.Timeout | undefined
       let connectTimer: NodeJS.Timeout | undefined
+      let grpcStatus: number | undefined
 
       // explicit: node:http frames a GET or DELETE body by connection close unless told to chunk it
       const out: UpstreamHeaders = { ...headers, 'transfer-encoding': 'chunked' }
@@ -130,6 +132,7 @@ export class NodeHttpForwarder {
         const result: ForwardResult = { status, upstreamMs: performance.now() - started, bytesOut }
         if (upstreamError) result.upstreamError = upstreamError
         if (clientAborted) result.clientAborted = true
+        if (grpcStatus !== undefined) result.grpcStatus = grpcStatus
         resolve(result)
       }
 
@@ -246,6 +249,7 @@ export class NodeHttpForwarder {
         }
         status = upRes.statusCode ?? 0
         res.writeHead(status, headers)
+        const grpcWeb = grpcWebResponse(req.headers, headers)
         // undici's body deadline: the longest silence of the upstream while the client is reading
         const onBodyTimeout = () => fail('timeout')
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
@@ -259,6 +263,7 @@ export class NodeHttpForwarder {
         upRes.on('data', (chunk: Buffer) => {
           if (settled) return
           bytesOut += chunk.length
+          grpcWeb?.push(chunk)
           clearTimeout(bodyTimer)
           if (res.write(chunk)) bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
           else {
@@ -284,6 +289,7 @@ export class NodeHttpForwarder {
             }
           }
           res.end()
+          if (grpcWeb) grpcStatus = grpcWeb.result(status)
           settle()
         })
         upRes.on('error', () => fail('reset'))

@@ -1,0 +1,57 @@
+// The gRPC-Web status reader on its own: the edges an end-to-end test does not reach cheaply.
+import t from 'tap'
+import { GrpcWebStatusReader } from '../../src/proxy/grpc-web.ts'
+
+function frame(flag: number, payload: Buffer | string): Buffer {
+  const body = Buffer.from(payload)
+  const head = Buffer.alloc(5)
+  head[0] = flag
+  head.writeUInt32BE(body.length, 1)
+  return Buffer.concat([head, body])
+}
+
+t.test('the status of the trailer frame, after any number of messages', async (t) => {
+  const r = new GrpcWebStatusReader(false)
+  r.push(Buffer.concat([frame(0, 'a'), frame(0, ''), frame(1, 'compressed'), frame(0x80, 'grpc-status:3\n')]))
+  t.equal(r.status, 3)
+  t.equal(r.result(200), 3)
+})
+
+t.test('names in any letter case, the status line anywhere in the block', async (t) => {
+  const r = new GrpcWebStatusReader(false)
+  r.push(frame(0x80, 'grpc-message: x\r\nGrpc-Status: 14\r\n'))
+  t.equal(r.status, 14)
+})
+
+t.test('a status past 16 is UNKNOWN, as a client reads it', async (t) => {
+  const r = new GrpcWebStatusReader(false)
+  r.push(frame(0x80, 'grpc-status: 99\r\n'))
+  t.equal(r.status, 2)
+})
+
+t.test('a trailer frame over 8 KiB is not kept: the status counts as missing', async (t) => {
+  const r = new GrpcWebStatusReader(false)
+  r.push(frame(0x80, `grpc-status: 0\r\nx: ${'y'.repeat(9000)}\r\n`))
+  t.equal(r.status, undefined)
+  t.equal(r.result(200), 13, 'INTERNAL for a 200 without a status')
+})
+
+t.test('nothing after the trailer frame changes the status', async (t) => {
+  const r = new GrpcWebStatusReader(false)
+  r.push(Buffer.concat([frame(0x80, 'grpc-status: 0\r\n'), frame(0x80, 'grpc-status: 5\r\n')]))
+  t.equal(r.status, 0)
+})
+
+t.test('the header section (trailers-only) wins over the body', async (t) => {
+  const r = new GrpcWebStatusReader(false, 7)
+  r.push(frame(0x80, 'grpc-status: 0\r\n'))
+  t.equal(r.result(200), 7)
+})
+
+t.test('text: base64 with whitespace, padding between frames, groups split across chunks', async (t) => {
+  const text = `${frame(0, 'hi').toString('base64')}\r\n${frame(0x80, 'grpc-status: 6\r\n').toString('base64')}`
+  t.match(text, /=.+/s, 'the first frame ends in padding, mid-body')
+  const r = new GrpcWebStatusReader(true)
+  for (const ch of text) r.push(Buffer.from(ch))
+  t.equal(r.status, 6)
+})
