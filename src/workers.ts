@@ -572,6 +572,34 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   }, LIVE_POLL_MS)
   livePoll.unref()
 
+  /**
+   * A worker that did not apply a reloaded config the other workers took would go on serving an older one (a
+   * revoked key still accepted there): it is replaced, and its successor starts with the current config, as
+   * after a crash. One that answered that it could not apply it drains first, as on SIGTERM; one that did not
+   * answer at all (stalled past the answer deadline) is killed, since it would not act on a drain either.
+   */
+  const replace = (worker: Worker, answer: unknown) => {
+    const index = slots.findIndex((s) => s.worker === worker)
+    if (index === -1 || stopping) return
+    log.error(
+      {
+        event: 'worker_replaced',
+        worker: index + 1,
+        reason: answer === undefined ? 'no_answer' : 'not_applied',
+      },
+      'replacing a worker that did not apply the config',
+    )
+    if (answer !== undefined) {
+      try {
+        worker.send({ nhi: 'shutdown' } satisfies Command)
+        return
+      } catch {
+        // gone already: its exit starts the successor
+      }
+    }
+    worker.process.kill('SIGKILL')
+  }
+
   // validated once here: an invalid file is reported once and no worker sees it
   const reload = async (): Promise<boolean> => {
     if (!configPath) return false
@@ -583,18 +611,26 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     config = next
     nonces.resize(next.signedAgents.nonceCacheSize)
     await adminToken.load(next.adminAccess.tokenFile)
+    const serving = live()
     const applied = await Promise.all(
-      live().map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),
+      serving.map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),
     )
     logRecorderFailures(log, await telemetry.reconfigure(next))
     telemetry.configReloaded('success')
     for (const d of result.warnings) log.warn(formatDiagnostic(d))
     const failed = applied.filter((ok) => ok !== true).length
-    if (failed > 0)
+    if (failed > 0) {
       log.error(
         { event: 'config_reload_incomplete', workers: failed },
         'some workers did not apply the config',
       )
+      // only when another worker took the config: that shows it can be applied, where a config no worker
+      // could apply would leave its replacements failing to start, and the pod serving nothing
+      if (failed < applied.length)
+        serving.forEach((w, i) => {
+          if (applied[i] !== true) replace(w, applied[i])
+        })
+    }
     log.info(
       { event: 'config_reloaded', rules: next.identities.length, workers: applied.length - failed },
       'config reloaded',

@@ -1,0 +1,99 @@
+// `workers: 2`: a worker that does not apply a reloaded config must not go on serving the old one (a key the
+// reload revoked would still be accepted there). A worker stalled past the primary's answer deadline (here:
+// SIGSTOP) is replaced, and its successor starts with the current config; when the stall ends there is no
+// worker left that still holds the old rules.
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
+import { request } from 'node:http'
+import { join } from 'node:path'
+import t from 'tap'
+import { stringify } from 'yaml'
+import { eventually } from '../helpers/eventually.ts'
+import { replaceFile, scratchDir } from '../helpers/scratch.ts'
+import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+/** one request on a fresh connection: the cluster hands each new connection to the next worker */
+function get(url: string, userAgent: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false, headers: { 'user-agent': userAgent } }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+const childPids = (pid: number) =>
+  execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
+    .split('\n')
+    .filter(Boolean)
+    .map(Number)
+
+const resume = (pid: number) => {
+  try {
+    process.kill(pid, 'SIGCONT')
+  } catch {
+    // replaced: the process is gone
+  }
+}
+
+t.test('a worker that does not answer a reload is replaced by one with the new config', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const dir = await scratchDir('workers-reload-stalled')
+  const auditFile = join(dir, 'audit.log')
+  const configFile = join(dir, 'config.yaml')
+  const config = (rule: string) =>
+    stringify({
+      listen: { http: '127.0.0.1:0' },
+      admin: '127.0.0.1:0',
+      upstream: upstream.url,
+      workers: 2,
+      audit: { output: auditFile },
+      timeouts: { drainDelay: '0s' },
+      identities: [{ name: rule, kind: 'service', match: { userAgent: 'probe' } }],
+    })
+  await writeFile(configFile, config('before'))
+  const sidecar = await startSidecarFromFile(t, configFile)
+  const cli = sidecar.process
+
+  const [victim] = childPids(cli.child.pid!)
+  process.kill(victim!, 'SIGSTOP')
+  t.teardown(() => resume(victim!))
+  const from = cli.stderr().length
+  await replaceFile(configFile, config('after'))
+  // the primary waits 10 s for each worker's answer
+  const incomplete = await cli.waitForLog((l) => l['event'] === 'config_reload_incomplete', from, 30_000)
+  t.equal(incomplete['workers'], 1, 'one worker did not apply it')
+  const replaced = await cli.waitForLog((l) => l['event'] === 'worker_replaced', from)
+  t.equal(replaced['reason'], 'no_answer', 'replaced because it never answered')
+  // the stall ends: a worker still holding the old rules would serve with them now
+  resume(victim!)
+  await eventually(
+    async () => {
+      const r = await fetch(`${sidecar.adminUrl}/readyz`)
+      return r.status === 200 && ((await r.json()) as { workers: { ready: number } }).workers.ready === 2
+    },
+    { what: 'two workers serving again' },
+  )
+  t.notOk(childPids(cli.child.pid!).includes(victim!), 'the stalled worker is gone')
+
+  const sent = 8
+  for (let i = 0; i < sent; i++) t.equal(await get(`${sidecar.proxyUrl}/after-reload/${i}`, 'probe'), 200)
+  const lines = await eventually(
+    () => {
+      const all = readFileSync(auditFile, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('"path":"/after-reload/'))
+      return all.length === sent ? all : undefined
+    },
+    { what: 'the audit lines of the requests' },
+  )
+  const identities = lines.map((l) => JSON.parse(l).identity as string)
+  t.same(new Set(identities), new Set(['ua:after']), `every worker serves the reloaded rules: ${identities}`)
+  const m = await (await fetch(`${sidecar.adminUrl}/metrics`)).text()
+  t.notMatch(m, /nhi_worker_requests_total\{[^}]*\} 0\n/, 'both workers served some of them')
+})
