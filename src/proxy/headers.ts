@@ -56,11 +56,18 @@ const CLIENT_ADDRESS = new Set([
   'client-ip',
 ])
 
+/**
+ * Request headers no upstream gets, though they are not hop-by-hop: `Proxy` is HTTP_PROXY to a CGI, WSGI or
+ * Rack app and to Go's net/http/cgi, where HTTP clients take it for their outbound proxy ("httpoxy"); it names
+ * nothing standard a client has to send.
+ */
+const NEVER_FORWARDED = new Set(['proxy'])
+
 const DROPPED = 0
 const UNLESS_TRUSTED = 1
 /** What the request pass does with an exact name: one lookup per header, whatever the outcome. */
 const REQUEST_NAME_RULE = new Map<string, typeof DROPPED | typeof UNLESS_TRUSTED>([
-  ...[...HOP_BY_HOP, ...SET_BY_PROXY].map((name) => [name, DROPPED] as const),
+  ...[...HOP_BY_HOP, ...SET_BY_PROXY, ...NEVER_FORWARDED].map((name) => [name, DROPPED] as const),
   ...[...CLIENT_ADDRESS].map((name) => [name, UNLESS_TRUSTED] as const),
 ])
 
@@ -269,9 +276,16 @@ export function upstreamHeaders(
     let clientAddress = rule === UNLESS_TRUSTED
     if (name.indexOf('_') !== -1) {
       // x_forwarded_for is HTTP_X_FORWARDED_FOR to a CGI/WSGI/Rack app, like the one we set; x_real_ip is
-      // HTTP_X_REAL_IP, as x-real-ip is
+      // HTTP_X_REAL_IP, as x-real-ip is; transfer_encoding or content_length is HTTP_TRANSFER_ENCODING or
+      // HTTP_CONTENT_LENGTH, what a framework consults about the body's framing, and the proxy framed it
       const normalized = normalizeHeaderName(name)
-      if (SET_BY_PROXY.has(normalized)) continue
+      if (
+        SET_BY_PROXY.has(normalized) ||
+        HOP_BY_HOP.has(normalized) ||
+        normalized === 'content-length' ||
+        listed?.has(normalized)
+      )
+        continue
       clientAddress = CLIENT_ADDRESS.has(normalized)
     }
     if (clientAddress) {
@@ -515,7 +529,13 @@ function trailerAllowed(
 ): boolean {
   const n = normalizeHeaderName(name)
   if (n.length === 0 || n.charCodeAt(0) === 58) return false
-  if (HOP_BY_HOP.has(n) || SET_BY_PROXY.has(n) || NOT_IN_TRAILERS.has(n) || isIdentityHeaderName(n))
+  if (
+    HOP_BY_HOP.has(n) ||
+    SET_BY_PROXY.has(n) ||
+    NEVER_FORWARDED.has(n) ||
+    NOT_IN_TRAILERS.has(n) ||
+    isIdentityHeaderName(n)
+  )
     return false
   if (withheld?.has(n)) return false
   if (listed?.has(n) || headers[n] !== undefined) return false

@@ -6,6 +6,7 @@ import t from 'tap'
 import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { rawExchange } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -105,5 +106,40 @@ t.test(
       'no underscore spelling of x-forwarded-*/x-request-id',
     )
     t.equal(seen['x-forwarded-for'], '127.0.0.1')
+  },
+)
+
+t.test(
+  'framing and hop-by-hop spellings a CGI app reads as HTTP_*, and Proxy (httpoxy), do not reach the upstream',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const sidecar = await startTestSidecar(t, { upstream: upstream.url })
+    const dropped = [
+      'Transfer_Encoding',
+      'Content_Length',
+      'Keep_Alive',
+      'Proxy_Connection',
+      'Proxy_Authorization',
+      'HTTP2_Settings',
+      // named in Connection, so hop-by-hop under its own spelling too
+      'X_Debug_Hop',
+      // what Go's net/http/cgi and CGI/WSGI apps expose as HTTP_PROXY, the outbound proxy of their clients
+      'Proxy',
+    ]
+    // raw bytes: an HTTP client library would refuse or rewrite some of these (Connection above all)
+    const answer = await rawExchange(
+      Number(new URL(sidecar.proxyUrl).port),
+      'POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nConnection: close, x-debug-hop\r\n' +
+        dropped.map((name) => `${name}: ${name === 'Content_Length' ? '999' : 'x'}\r\n`).join('') +
+        'X_Custom_Thing: kept\r\n\r\nhello',
+    )
+    t.match(answer, /^HTTP\/1\.1 200 /)
+    const seen = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)).headers as Record<string, string>
+    const names = Object.keys(seen)
+    for (const name of dropped) t.notOk(names.includes(name.toLowerCase()), `${name} is not forwarded`)
+    t.equal(seen['content-length'], '5', 'the body is framed by the proxy')
+    t.equal(seen['x_custom_thing'], 'kept', 'other underscore names are forwarded as sent')
+    t.equal(upstream.received.at(-1)?.bodyBytes, 5, 'the body arrives intact')
   },
 )
