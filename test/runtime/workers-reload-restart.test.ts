@@ -3,36 +3,17 @@
 // only the workers that already serve, so a worker that asked before the reload and served after it kept the
 // old config. A SIGTERM: a replacement that was not serving yet missed the drain and served on until the
 // primary killed it at the drain deadline.
-import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
-import { createServer, request, type ServerResponse } from 'node:http'
+import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
+import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
-
-/** one request on a fresh connection: the cluster hands each new connection to the next worker */
-function get(url: string, userAgent: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false, headers: { 'user-agent': userAgent } }, (res) => {
-      res.resume()
-      res.on('end', () => resolve(res.statusCode ?? 0))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
-
-const childPids = (pid: number) =>
-  execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
-    .split('\n')
-    .filter(Boolean)
-    .map(Number)
 
 /** the slots of the workers that logged their drain */
 const drainedWorkers = (log: string) =>
@@ -116,18 +97,8 @@ t.test('a reload while a worker is being replaced reaches the replacement', asyn
     { what: 'the replacement worker to serve' },
   )
 
-  const sent = 8
-  for (let i = 0; i < sent; i++) t.equal(await get(`${sidecar.proxyUrl}/after-reload/${i}`, 'probe'), 200)
-  const lines = await eventually(
-    () => {
-      const all = readFileSync(auditFile, 'utf8')
-        .split('\n')
-        .filter((l) => l.includes('"path":"/after-reload/'))
-      return all.length === sent ? all : undefined
-    },
-    { what: 'the audit lines of the requests' },
-  )
-  const identities = lines.map((l) => JSON.parse(l).identity as string)
+  const { statuses, identities } = await probeWorkers(sidecar.proxyUrl, auditFile, '/after-reload/', 8)
+  t.same(new Set(statuses), new Set([200]), 'every request served')
   t.same(new Set(identities), new Set(['ua:after']), `every worker serves the reloaded rules: ${identities}`)
   const m = await (await fetch(`${admin}/metrics`)).text()
   t.notMatch(m, /nhi_worker_requests_total\{[^}]*\} 0\n/, 'both workers served some of them')

@@ -2,35 +2,15 @@
 // reload revoked would still be accepted there). A worker stalled past the primary's answer deadline (here:
 // SIGSTOP) is replaced, and its successor starts with the current config; when the stall ends there is no
 // worker left that still holds the old rules.
-import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
-import { request } from 'node:http'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
+import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { startSidecarFromFile } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
-
-/** one request on a fresh connection: the cluster hands each new connection to the next worker */
-function get(url: string, userAgent: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false, headers: { 'user-agent': userAgent } }, (res) => {
-      res.resume()
-      res.on('end', () => resolve(res.statusCode ?? 0))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
-
-const childPids = (pid: number) =>
-  execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
-    .split('\n')
-    .filter(Boolean)
-    .map(Number)
 
 const resume = (pid: number) => {
   try {
@@ -81,18 +61,8 @@ t.test('a worker that does not answer a reload is replaced by one with the new c
   )
   t.notOk(childPids(cli.child.pid!).includes(victim!), 'the stalled worker is gone')
 
-  const sent = 8
-  for (let i = 0; i < sent; i++) t.equal(await get(`${sidecar.proxyUrl}/after-reload/${i}`, 'probe'), 200)
-  const lines = await eventually(
-    () => {
-      const all = readFileSync(auditFile, 'utf8')
-        .split('\n')
-        .filter((l) => l.includes('"path":"/after-reload/'))
-      return all.length === sent ? all : undefined
-    },
-    { what: 'the audit lines of the requests' },
-  )
-  const identities = lines.map((l) => JSON.parse(l).identity as string)
+  const { statuses, identities } = await probeWorkers(sidecar.proxyUrl, auditFile, '/after-reload/', 8)
+  t.same(new Set(statuses), new Set([200]), 'every request served')
   t.same(new Set(identities), new Set(['ua:after']), `every worker serves the reloaded rules: ${identities}`)
   const m = await (await fetch(`${sidecar.adminUrl}/metrics`)).text()
   t.notMatch(m, /nhi_worker_requests_total\{[^}]*\} 0\n/, 'both workers served some of them')

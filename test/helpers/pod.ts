@@ -1,0 +1,49 @@
+// Helpers for the `workers: N` tests: the workers' pids, and requests that land on every worker (the cluster
+// hands each new connection to the next worker) with the identity each was served as, from the audit file.
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { request } from 'node:http'
+import { eventually } from './eventually.ts'
+
+/** the worker processes of a primary */
+export const childPids = (pid: number): number[] =>
+  execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
+    .split('\n')
+    .filter(Boolean)
+    .map(Number)
+
+/** one request on a fresh connection, so the cluster hands it to the next worker; resolves with the status */
+export function freshGet(url: string, userAgent: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false, headers: { 'user-agent': userAgent } }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+/**
+ * Sends `count` requests with user agent `probe` to `${proxyUrl}${prefix}N`, each on a fresh connection, and
+ * returns their statuses and the identities the audit file recorded for them.
+ */
+export async function probeWorkers(
+  proxyUrl: string,
+  auditFile: string,
+  prefix: string,
+  count: number,
+): Promise<{ statuses: number[]; identities: string[] }> {
+  const statuses: number[] = []
+  for (let i = 0; i < count; i++) statuses.push(await freshGet(`${proxyUrl}${prefix}${i}`, 'probe'))
+  const lines = await eventually(
+    () => {
+      const all = readFileSync(auditFile, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes(`"path":"${prefix}`))
+      return all.length === count ? all : undefined
+    },
+    { what: 'the audit lines of the requests' },
+  )
+  return { statuses, identities: lines.map((l) => JSON.parse(l).identity as string) }
+}
