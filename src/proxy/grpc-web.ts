@@ -11,6 +11,11 @@ export function isGrpcWeb(headers: IncomingHttpHeaders): boolean {
   return typeof ct === 'string' && ct.startsWith('application/grpc-web')
 }
 
+/** the response body is base64 (`application/grpc-web-text`), by the response's content type */
+export function isGrpcWebText(contentType: unknown): boolean {
+  return typeof contentType === 'string' && contentType.startsWith('application/grpc-web-text')
+}
+
 /** `grpc-status` as a client reads it: 0–16, anything else UNKNOWN */
 export function grpcStatusValue(value: string): number {
   const n = Number(value)
@@ -30,7 +35,7 @@ export function grpcWebResponse(
   let status: number | undefined
   for (let i = 0; i + 1 < response.length; i += 2) {
     const name = response[i]!.toLowerCase()
-    if (name === 'content-type') text = response[i + 1]!.startsWith('application/grpc-web-text')
+    if (name === 'content-type') text = isGrpcWebText(response[i + 1])
     else if (name === 'grpc-status') status = grpcStatusValue(response[i + 1]!)
   }
   return new GrpcWebStatusReader(text, status)

@@ -26,7 +26,7 @@ import {
   type TunnelIdle,
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcStatusWithoutOne, grpcTimeoutMs, isGrpc } from './grpc.ts'
-import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb } from './grpc-web.ts'
+import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText } from './grpc-web.ts'
 import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
@@ -241,12 +241,8 @@ export class Http2Forwarder {
         status = Number(h[':status'])
         if (status < 200) return
         if (grpc) grpcStatus = grpcStatusOf(h)
-        if (grpc && isGrpcWeb(req.headers)) {
-          const type = h['content-type']
-          grpcWeb = new GrpcWebStatusReader(
-            typeof type === 'string' && type.startsWith('application/grpc-web-text'),
-          )
-        }
+        if (grpc && isGrpcWeb(req.headers))
+          grpcWeb = new GrpcWebStatusReader(isGrpcWebText(h['content-type']))
         const headersOut = responseHeaders(h)
         const h2Response = (res as unknown as { stream?: { respond: unknown } }).stream
         if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
