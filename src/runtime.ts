@@ -15,7 +15,7 @@ import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watc
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
-import { AttributionPipeline } from './pipeline/index.ts'
+import { AttributionPipeline, readSecretFiles } from './pipeline/index.ts'
 import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
@@ -156,6 +156,15 @@ export async function readUpstreamTls(
   return readTlsFiles('upstream', () => loadUpstreamTls(upstreamTls, upstreamTls.servername))
 }
 
+/** the secret files of the first pipeline's sources: one that cannot serve stops the start */
+export async function secretFilesAtStart(config: Config): Promise<Map<string, Uint8Array>> {
+  try {
+    return await readSecretFiles(config)
+  } catch (e) {
+    throw new StartupError((e as Error).message, 1)
+  }
+}
+
 async function readTlsFiles<T>(side: TlsSide, load: () => Promise<T>): Promise<T> {
   try {
     return await load()
@@ -274,6 +283,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     botRangesObserver,
     nonces,
     recorder: telemetry,
+    secretFiles: await secretFilesAtStart(initial),
   })
   await withTimeout(pipeline.start(), jwksStartTimeout)
 
@@ -407,11 +417,13 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
     const next = applyOverrides(loaded, opts.overrides)
     await adminToken.load(next.adminAccess.tokenFile)
+    const secretFiles = await readSecretFiles(next)
     const nextPipeline = new AttributionPipeline(next, {
       jwksObserver,
       botRangesObserver,
       nonces,
       recorder: telemetry,
+      secretFiles,
     })
     await withTimeout(nextPipeline.start(), jwksStartTimeout)
     // before the swap: an upstream the proxy cannot use must leave the running config whole

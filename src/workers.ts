@@ -15,6 +15,7 @@ import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import { type Admission, NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
+import { readSecretFiles } from './pipeline/index.ts'
 import {
   applyOverrides,
   type ListenOverrides,
@@ -23,6 +24,7 @@ import {
   logRecorderFailures,
   readListenerTls,
   readUpstreamTls,
+  secretFilesAtStart,
   startWorkerSidecar,
   TokenFile,
   type WorkerSidecar,
@@ -43,6 +45,7 @@ import { PodExport, type PodSnapshot } from './telemetry/pod-export.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
 import type { Recorder } from './types.ts'
+import { POD_FINGERPRINT_KEY_ENV, podFingerprintKey } from './util/fingerprint.ts'
 import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
 
@@ -320,6 +323,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // or port is bound (each worker reads them again, with the same checks, when it starts)
   if (config.listen.https) await readListenerTls(config.listen.https)
   await readUpstreamTls(config.upstreamTls)
+  await secretFilesAtStart(config)
+  // the pod's own fingerprint key (without a fingerprintKeyFile), made here and given to every worker
+  const podKeyHex = Buffer.from(podFingerprintKey()).toString('hex')
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
   const telemetry = new Telemetry(config, { version: VERSION })
   telemetry.configLoaded()
@@ -358,7 +364,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   let allListening: (() => void) | undefined
 
   const fork = (index: number) => {
-    const worker = cluster.fork({ [SLOT_ENV]: String(index + 1) })
+    const worker = cluster.fork({ [SLOT_ENV]: String(index + 1), [POD_FINGERPRINT_KEY_ENV]: podKeyHex })
     const slot: Slot = { worker, listening: false, startedAt: Date.now() }
     slots[index] = slot
     const start = () => {
@@ -606,6 +612,14 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     const result = await loadForReload(configPath, log, telemetry)
     if (!result) return false
     const next = applyOverrides(result.config, opts.overrides)
+    // a secret file no worker could read is one failure here, not one per worker, and the pod keeps its config
+    try {
+      await readSecretFiles(next)
+    } catch (e) {
+      log.error({ event: 'config_reload_failed' }, `${configPath}: ${(e as Error).message}`)
+      telemetry.configReloaded('failure')
+      return false
+    }
     if (next.workers !== config.workers)
       log.warn({ event: 'workers_unchanged' }, 'workers is read at start only; restart to change it')
     config = next

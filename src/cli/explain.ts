@@ -13,7 +13,7 @@ import {
   pemCertificates,
 } from '../identity/certificate.ts'
 import { evidenceByName } from '../identity/sources/source.ts'
-import { AttributionPipeline } from '../pipeline/index.ts'
+import { AttributionPipeline, readSecretFiles } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
 import { hasLowerCaseLetter } from '../proxy/request-lifecycle.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
@@ -179,7 +179,15 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
     url: target.target,
     headers,
   }
-  const pipeline = new AttributionPipeline(config)
+  // the proxy's own secret files: an api key's fingerprint here is the one the proxy's audit shows
+  let secretFiles: Map<string, Uint8Array>
+  try {
+    secretFiles = await readSecretFiles(config)
+  } catch (e) {
+    out((e as Error).message)
+    return 1
+  }
+  const pipeline = new AttributionPipeline(config, { secretFiles })
   try {
     if (opts.token) await pipeline.start()
     const result = await pipeline.evaluate(req, conn, { trace: true })

@@ -76,6 +76,13 @@ function referencedFiles(config: Config): { path: Path; name: string; value: str
       if (value !== undefined) files.push({ path: ['upstreamTls', name], name, value })
     }
   }
+  const fingerprintKeyFile = config.apiKeys.fingerprintKeyFile
+  if (fingerprintKeyFile !== undefined)
+    files.push({
+      path: ['apiKeys', 'fingerprintKeyFile'],
+      name: 'fingerprintKeyFile',
+      value: fingerprintKeyFile,
+    })
   const tokenFile = config.adminAccess.tokenFile
   if (tokenFile !== undefined)
     files.push({ path: ['adminAccess', 'tokenFile'], name: 'tokenFile', value: tokenFile })

@@ -77,6 +77,30 @@ interface FingerprintNode extends EvidenceTrieNode<FingerprintNode> {
 }
 const newFingerprintNode = (): FingerprintNode => ({})
 
+/**
+ * Reads the files of secrets the config's sources are created with (`PipelineOptions.secretFiles`). Rejects
+ * with a message naming the setting and the file when one cannot serve.
+ */
+export async function readSecretFiles(
+  config: Config,
+  sources: readonly CredentialSource[] = CREDENTIAL_SOURCES,
+): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>()
+  for (const source of sources) {
+    for (const file of source.secretFiles?.(config) ?? []) {
+      try {
+        out.set(file.setting, await file.read(file.path))
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException
+        throw new Error(
+          `${file.setting}: ${err.code ? `cannot read ${file.path} (${err.code})` : err.message}`,
+        )
+      }
+    }
+  }
+  return out
+}
+
 export class AttributionPipeline implements Pipeline {
   readonly config: Config
   readonly service: string

@@ -12,10 +12,14 @@ export const childPids = (pid: number): number[] =>
     .filter(Boolean)
     .map(Number)
 
-/** one request on a fresh connection, so the cluster hands it to the next worker; resolves with the status */
-export function freshGet(url: string, userAgent: string): Promise<number> {
+/**
+ * One request on a fresh connection, so the cluster hands it to the next worker; resolves with the status.
+ * `client`: the user agent, or the request's headers.
+ */
+export function freshGet(url: string, client: string | Record<string, string>): Promise<number> {
+  const headers = typeof client === 'string' ? { 'user-agent': client } : client
   return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false, headers: { 'user-agent': userAgent } }, (res) => {
+    const req = request(url, { agent: false, headers }, (res) => {
       res.resume()
       res.on('end', () => resolve(res.statusCode ?? 0))
     })

@@ -1,24 +1,37 @@
-import { createHash } from 'node:crypto'
+import { createHash, createHmac } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer } from 'node:http'
 import { connect as connectH2 } from 'node:http2'
 import { type AddressInfo, connect } from 'node:net'
 import t from 'tap'
 import { createApiKeyExtractor } from '../../src/identity/sources/apikey.ts'
-import { fingerprint, sha256Hex } from '../../src/util/fingerprint.ts'
+import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const BILLING_KEY = 'nhi_live_5f2b8c1e9a7d4e3f'
 const CRON_KEY = 'nhi_live_cron_0011223344'
 
-const extractor = createApiKeyExtractor({
-  header: 'X-Service-Token',
-  keys: [
-    { name: 'billing-export', kind: 'job', team: 'finance', sha256: sha256Hex(BILLING_KEY) },
-    { name: 'nightly-cron', sha256: sha256Hex(CRON_KEY).toUpperCase() },
-  ],
-})
+// what apiKeys.fingerprintKeyFile would hold
+const FINGERPRINT_KEY = Buffer.from('0123456789abcdef0123456789abcdef')
+/** HMAC-SHA256 of the key's sha256 under the fingerprint key, 16 hex digits */
+const fingerprint = (key: string) =>
+  createHmac('sha256', FINGERPRINT_KEY)
+    .update(createHash('sha256').update(key).digest())
+    .digest('hex')
+    .slice(0, 16)
+
+const extractor = createApiKeyExtractor(
+  {
+    header: 'X-Service-Token',
+    keys: [
+      { name: 'billing-export', kind: 'job', team: 'finance', sha256: sha256Hex(BILLING_KEY) },
+      { name: 'nightly-cron', sha256: sha256Hex(CRON_KEY).toUpperCase() },
+    ],
+    fingerprintKeyFile: '/run/secrets/fingerprint.key',
+  },
+  FINGERPRINT_KEY,
+)
 
 const server = createServer(async (req, res) => {
   const r = await extractor.extract(
@@ -57,6 +70,28 @@ t.test('an unknown key is a failure that never echoes the key', async (t) => {
   t.same(body, { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint: fingerprint(guess) })
   t.notOk(text.includes(guess), 'raw key not in the result')
 })
+
+t.test(
+  'a configured key file whose key was not read is a programming error, not a silent pod key',
+  async (t) => {
+    t.throws(
+      () => createApiKeyExtractor({ header: 'x-api-key', keys: [], fingerprintKeyFile: '/k' }),
+      /fingerprintKeyFile is configured but its key was not read/,
+    )
+    const podKeyed = createApiKeyExtractor({ header: 'x-api-key', keys: [] })
+    const again = createApiKeyExtractor({ header: 'x-api-key', keys: [] })
+    const req = { method: 'GET', path: '/', url: '/', headers: { 'x-api-key': BILLING_KEY } }
+    const conn = { remoteAddress: '127.0.0.1', remotePort: 0, tls: false }
+    const a = podKeyed.extract(req, conn) as { fingerprint: string }
+    t.equal(
+      a.fingerprint,
+      (again.extract(req, conn) as { fingerprint: string }).fingerprint,
+      'one pod key per process',
+    )
+    t.not(a.fingerprint, fingerprint(BILLING_KEY), 'not the file key')
+    t.not(a.fingerprint, sha256Hex(BILLING_KEY).slice(0, 16), 'not the plain sha256 prefix')
+  },
+)
 
 t.test('no key, or a key in another header, is no evidence', async (t) => {
   t.equal((await send({})).body, null)

@@ -1,11 +1,12 @@
 // API keys (apiKeys): only sha256 hashes are configured; the presented key is hashed and looked up, and the
-// hit is confirmed with a constant-time comparison of the digests. Everything about api keys is in this file:
-// its config section, reader, evidence and what the pipeline makes of it.
+// hit is confirmed with a constant-time comparison of the digests. A key's fingerprint is keyed (HMAC of that
+// digest), never its plain sha256 prefix: a person may have chosen the key. Everything about api keys is in
+// this file: its config section, reader, evidence and what the pipeline makes of it.
 import { createHash, timingSafeEqual } from 'node:crypto'
 import * as z from 'zod/mini'
 import type { Config } from '../../config/schema.ts'
 import { type ConnectionInfo, type Failure, KINDS, type Kind, type RequestInfo } from '../../types.ts'
-import { FINGERPRINT_HEX_CHARS } from '../../util/fingerprint.ts'
+import { keyedFingerprint, podFingerprintKey, readFingerprintKeyFile } from '../../util/fingerprint.ts'
 import { normalizeHeaderName } from '../../util/header-names.ts'
 import type { CredentialSource, SourceExtractor } from './source.ts'
 
@@ -32,9 +33,14 @@ export const apiKeysConfigSchema = z.prefault(
       ),
       [],
     ),
+    // the key of the fingerprints, shared by the replicas whose fingerprints must agree; without it each pod
+    // makes its own at start
+    fingerprintKeyFile: z.optional(z.string().check(z.minLength(1))),
   }),
   {},
 )
+
+const FINGERPRINT_KEY_SETTING = 'apiKeys.fingerprintKeyFile'
 
 export interface ApiKeyEvidence {
   source: 'apikey'
@@ -50,6 +56,7 @@ interface KeyEntry {
   kind?: Kind
   team?: string
   digest: Buffer
+  fingerprint: string
 }
 
 export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
@@ -59,16 +66,26 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   /** the header as an upstream framework names it (CGI/WSGI/Rack: "_" ≡ "-") */
   private readonly merged: string
   private readonly byHash = new Map<string, KeyEntry>()
+  private readonly fingerprintKey: Uint8Array
 
-  constructor(cfg: Config['apiKeys']) {
+  /**
+   * `fingerprintKey`: the bytes of `fingerprintKeyFile`, read with the config (required when the config names
+   * one); without a file, the pod's own key.
+   */
+  constructor(cfg: Config['apiKeys'], fingerprintKey?: Uint8Array) {
+    if (cfg.fingerprintKeyFile !== undefined && fingerprintKey === undefined)
+      throw new Error('apiKeys.fingerprintKeyFile is configured but its key was not read')
+    this.fingerprintKey = fingerprintKey ?? podFingerprintKey()
     this.header = cfg.header.toLowerCase()
     this.merged = normalizeHeaderName(this.header)
     this.credentialHeaders = [this.header]
     for (const k of cfg.keys) {
       const hex = k.sha256.toLowerCase()
+      const digest = Buffer.from(hex, 'hex')
       this.byHash.set(hex, {
         name: k.name,
-        digest: Buffer.from(hex, 'hex'),
+        digest,
+        fingerprint: keyedFingerprint(this.fingerprintKey, digest),
         ...(k.kind ? { kind: k.kind } : {}),
         ...(k.team ? { team: k.team } : {}),
       })
@@ -82,14 +99,12 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
     // Node hands header bytes over one latin1 character per byte: hashing the string as UTF-8 would hash
     // other bytes than the client sent for a key outside ASCII, and the configured sha256 would never match
     const digest = createHash('sha256').update(key, 'latin1').digest()
-    const hex = digest.toString('hex')
-    // fingerprint() of the key's bytes, without hashing them a second time
-    const fp = hex.slice(0, FINGERPRINT_HEX_CHARS)
-    const entry = this.byHash.get(hex)
+    const entry = this.byHash.get(digest.toString('hex'))
     if (!entry || !timingSafeEqual(digest, entry.digest)) {
-      return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint: fp }
+      const fingerprint = keyedFingerprint(this.fingerprintKey, digest)
+      return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint }
     }
-    return apiKeyEvidence(entry, fp)
+    return apiKeyEvidence(entry, entry.fingerprint)
   }
 
   /**
@@ -115,8 +130,8 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   }
 }
 
-export function createApiKeyExtractor(cfg: Config['apiKeys']): ApiKeyExtractor {
-  return new ApiKeyExtractor(cfg)
+export function createApiKeyExtractor(cfg: Config['apiKeys'], fingerprintKey?: Uint8Array): ApiKeyExtractor {
+  return new ApiKeyExtractor(cfg, fingerprintKey)
 }
 
 /** Evidence for a configured key (`nhi-proxy test` builds it from the key's name). */
@@ -135,7 +150,17 @@ export const apiKeySource: CredentialSource<ApiKeyEvidence> = {
   precedence: 40,
   fingerprintField: 'apikey',
   failureReasons: ['apikey_unknown'],
-  create: (config) => new ApiKeyExtractor(config.apiKeys),
+  create: (config, ctx) => new ApiKeyExtractor(config.apiKeys, ctx.secretFiles?.get(FINGERPRINT_KEY_SETTING)),
+  secretFiles: (config) =>
+    config.apiKeys.fingerprintKeyFile === undefined
+      ? []
+      : [
+          {
+            setting: FINGERPRINT_KEY_SETTING,
+            path: config.apiKeys.fingerprintKeyFile,
+            read: readFingerprintKeyFile,
+          },
+        ],
   fingerprint: (ev) => ev.fingerprint,
   attributes(ev, a) {
     a['api_key'] ??= ev.name

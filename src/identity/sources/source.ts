@@ -42,6 +42,20 @@ export interface SourceContext {
    * pipeline: a reload must not forget which signatures were used
    */
   nonces?: NonceStore
+  /**
+   * The files of secrets the sources' `secretFiles` named, by setting, read with the config by whoever builds
+   * the pipeline (`readSecretFiles`): a reload that cannot read one fails whole, before any source changes.
+   */
+  secretFiles?: ReadonlyMap<string, Uint8Array>
+}
+
+/** A file of a secret a source's extractor is created with. */
+export interface SecretFile {
+  /** the config setting that names it (`apiKeys.fingerprintKeyFile`), for errors and `SourceContext.secretFiles` */
+  setting: string
+  path: string
+  /** its bytes, or a rejection saying what is wrong with them */
+  read(path: string): Promise<Uint8Array>
 }
 
 /** One source's reader for one loaded config; a reload builds a new one. */
@@ -101,6 +115,8 @@ export interface CredentialSource<E extends Evidence = Evidence> {
   readonly failureReasons?: readonly string[]
   /** the reader for this config, or undefined when the config leaves the source nothing to read */
   create(config: Config, ctx: SourceContext): SourceExtractor<E> | undefined
+  /** files of secrets `create` needs from `ctx.secretFiles` */
+  secretFiles?(config: Config): readonly SecretFile[]
   /** sha256 prefix (or certificate hash prefix) of the presented credential; never the credential */
   fingerprint?(ev: E): string | undefined
   /**
