@@ -188,18 +188,26 @@ t.test('AWS ALB passthrough and verify headers', async (t) => {
     )
   ).trusted as CertEvidence
   t.equal(verifyMode.sha256, leafSha)
-  const subjectOnly = (
-    await send(
-      {
-        'x-amzn-mtls-clientcert-subject': 'CN=batch,O=Example',
-        'x-amzn-mtls-clientcert-san': 'DNS:batch.example.com, URI:spiffe://example.com/batch',
-      },
-      'alb',
+  // verify mode sends its leaf with every request: names without it are a client's, passed on by the load
+  // balancer as sent (in passthrough mode, a client without a certificate), and name nobody
+  const nameOnly: Record<string, string>[] = [
+    {
+      'x-amzn-mtls-clientcert-subject': 'CN=batch,O=Example',
+      'x-amzn-mtls-clientcert-san': 'DNS:batch.example.com, URI:spiffe://example.com/batch',
+    },
+    { 'x-amzn-mtls-clientcert-san': 'URI:spiffe://cluster.local/ns/prod/sa/admin' },
+    { 'X-Amzn-Mtls-Clientcert-Subject': 'CN=admin' },
+    { 'x-amzn-mtls-clientcert-serial-number': '03E8' },
+  ]
+  for (const headers of nameOnly) {
+    const r = (await send(headers, 'alb')).trusted as Failure
+    t.match(
+      r,
+      { failed: true, reason: 'untrusted_forwarder' },
+      `${Object.keys(headers).join(' + ')}: not believed`,
     )
-  ).trusted as CertEvidence
-  t.equal(subjectOnly.cn, 'batch')
-  t.equal(subjectOnly.spiffeId, 'spiffe://example.com/batch')
-  t.same(subjectOnly.dnsSans, ['batch.example.com'])
+    t.same(anomaliesFromFailures([r]), ['spoofed_header'], 'and flagged as spoofed')
+  }
 })
 
 t.test('nginx escaped and whitespace-mangled PEM', async (t) => {

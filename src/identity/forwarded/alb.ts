@@ -1,22 +1,19 @@
 // AWS ALB mutual TLS headers. Verify mode sends the leaf the load balancer verified against its trust store
-// in X-Amzn-Mtls-Clientcert-Leaf (URL-encoded PEM, + = / left as is) plus -Subject, -Serial-Number, ….
+// in X-Amzn-Mtls-Clientcert-Leaf (URL-encoded PEM, + = / left as is) plus -Subject, -Serial-Number, …; the
+// leaf is the one header believed.
 // Passthrough mode sends the client's chain in X-Amzn-Mtls-Clientcert *without verifying it* (AWS: "targets
 // should verify the client certificate chain"): anyone can present a self-signed certificate naming any
 // SPIFFE ID there, so that chain is never a verified identity here, only a cert_untrusted failure.
 import type { IncomingHttpHeaders } from 'node:http'
 import type { CertEvidence, Failure } from '../../types.ts'
 import { sha256Hex } from '../../util/fingerprint.ts'
-import {
-  certEvidenceFromFields,
-  certEvidenceFromPem,
-  commonName,
-  firstPemCertificate,
-} from '../certificate.ts'
+import { certEvidenceFromPem, firstPemCertificate } from '../certificate.ts'
 import { urlDecode } from './decode.ts'
 import {
   ALB_CERT_HEADER,
   ALB_LEAF_HEADER,
   ALB_SAN_HEADER,
+  ALB_SERIAL_HEADER,
   ALB_SUBJECT_HEADER,
   headerText,
 } from './headers.ts'
@@ -36,24 +33,22 @@ export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failur
     if (pem === undefined) return malformed('ALB client certificate is not URL-encoded PEM')
     return certEvidenceFromPem(pem, 'xfcc', true, 'alb')
   }
-  const subject = headerText(headers, ALB_SUBJECT_HEADER)
-  const san = headerText(headers, ALB_SAN_HEADER)
-  if (subject === undefined && san === undefined) return undefined
-  const uriSans: string[] = []
-  const dnsSans: string[] = []
-  // "-San" lists names as "DNS:a, URI:b" (the same text openssl prints)
-  for (const part of (san ?? '').split(',')) {
-    const p = part.trim()
-    if (p.startsWith('URI:')) uriSans.push(p.slice(4))
-    else if (p.startsWith('DNS:')) dnsSans.push(p.slice(4))
+  // Verify mode sends the leaf it verified with every request, next to its -Subject, -Issuer, …: name
+  // headers without it are not the load balancer's (nor is -San, which it never sends) but a client's,
+  // passed on as sent, whatever they name
+  if (
+    headers[ALB_SUBJECT_HEADER] !== undefined ||
+    headers[ALB_SAN_HEADER] !== undefined ||
+    headers[ALB_SERIAL_HEADER] !== undefined
+  ) {
+    return {
+      failed: true,
+      source: 'xfcc',
+      reason: 'untrusted_forwarder',
+      detail: 'ALB client certificate names without the verified leaf (X-Amzn-Mtls-Clientcert-Leaf)',
+    }
   }
-  const cn = subject === undefined ? undefined : commonName(subject)
-  return certEvidenceFromFields(
-    { ...(subject ? { subject } : {}), ...(cn ? { cn } : {}), uriSans, dnsSans },
-    'xfcc',
-    true,
-    'alb',
-  )
+  return undefined
 }
 
 /** ALB passthrough mode's chain: nobody verified it, so it is reported, never believed */
