@@ -36,6 +36,14 @@ const apiKeys = (extra: Record<string, unknown> = {}) => ({
   ...extra,
 })
 
+/** writes `name` in the scratch directory: loopback listeners, the shared upstream and `extra` */
+async function writeConfig(name: string, extra: Record<string, unknown>): Promise<string> {
+  const file = join(dir, name)
+  const base = { listen: { http: '127.0.0.1:0' }, admin: '127.0.0.1:0', upstream: upstream.url }
+  await writeFile(file, stringify({ ...base, ...extra }))
+  return file
+}
+
 interface AuditEvent {
   path: string
   identity: string
@@ -140,16 +148,7 @@ t.test('a shared key file: replicas agree, explain agrees, a bad file is refused
   // a key too short to be a secret stops the start, saying which setting and why
   const short = join(dir, 'short.key')
   await writeFile(short, 'abc\n')
-  const config = join(dir, 'short.yaml')
-  await writeFile(
-    config,
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      apiKeys: apiKeys({ fingerprintKeyFile: short }),
-    }),
-  )
+  const config = await writeConfig('short.yaml', { apiKeys: apiKeys({ fingerprintKeyFile: short }) })
   const started = await runCli(['run', '-c', config])
   t.equal(started.code, 1, 'exit 1')
   t.match(
@@ -158,10 +157,7 @@ t.test('a shared key file: replicas agree, explain agrees, a bad file is refused
   )
 
   // check names the line of a key file that does not exist
-  await writeFile(
-    config,
-    stringify({ upstream: upstream.url, apiKeys: apiKeys({ fingerprintKeyFile: 'no-such.key' }) }),
-  )
+  await writeConfig('short.yaml', { apiKeys: apiKeys({ fingerprintKeyFile: 'no-such.key' }) })
   const checked = await runCli(['check', config])
   t.equal(checked.code, 1)
   t.match(
@@ -171,19 +167,12 @@ t.test('a shared key file: replicas agree, explain agrees, a bad file is refused
 })
 
 t.test('workers: 2 without a key file: every worker fingerprints a key alike', async (t) => {
-  const config = join(dir, 'workers.yaml')
-  await writeFile(
-    config,
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      workers: 2,
-      apiKeys: apiKeys(),
-      audit: { output: 'off' },
-      timeouts: { drainDelay: '0s' },
-    }),
-  )
+  const config = await writeConfig('workers.yaml', {
+    workers: 2,
+    apiKeys: apiKeys(),
+    audit: { output: 'off' },
+    timeouts: { drainDelay: '0s' },
+  })
   const pod = await startSidecarFromFile(t, config)
   // each on a fresh connection, so that the connections spread over the workers
   for (let i = 0; i < 16; i++)
