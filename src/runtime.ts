@@ -12,6 +12,7 @@ import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig, redactUrl } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
+import type { PodTokenPeers } from './identity/anomalies.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
@@ -53,7 +54,7 @@ export interface StartOptions {
    * serves the one admin port and tells every worker when to reload); audit lines go to `auditSink`, and
    * the signed agents' nonces are the pod's, kept by the primary (`nonces`).
    */
-  worker?: { auditSink: (lines: string) => boolean; nonces: NonceStore }
+  worker?: { auditSink: (lines: string) => boolean; nonces: NonceStore; tokenPeers: PodTokenPeers }
 }
 
 export interface Sidecar {
@@ -282,6 +283,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     jwksObserver,
     botRangesObserver,
     nonces,
+    ...(opts.worker ? { podTokenPeers: opts.worker.tokenPeers } : {}),
     recorder: telemetry,
     secretFiles: await secretFilesAtStart(initial),
   })
@@ -422,6 +424,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
       jwksObserver,
       botRangesObserver,
       nonces,
+      ...(opts.worker ? { podTokenPeers: opts.worker.tokenPeers } : {}),
       recorder: telemetry,
       secretFiles,
     })

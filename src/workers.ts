@@ -14,6 +14,7 @@ import { formatDiagnostic } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
+import { OVER_LIMIT, type PodTokenPeers, TokenPeerWindows } from './identity/anomalies.ts'
 import { type Admission, NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { readSecretFiles } from './pipeline/index.ts'
 import {
@@ -59,6 +60,7 @@ type Command =
   | { nhi: 'auditQuery'; id: number; query: AuditQuery }
   | { nhi: 'live'; on: boolean }
   | { nhi: 'nonce'; id: number; admission: Admission }
+  | { nhi: 'tokenShared'; fingerprint: string }
   | { nhi: 'shutdown' }
   | { nhi: 'close' }
 
@@ -70,6 +72,8 @@ type Report =
   | { nhi: 'live'; events: LiveEvent[] }
   | { nhi: 'reply'; id: number; value: unknown }
   | { nhi: 'nonce'; id: number; key: string; until: number }
+  /** (token fingerprint, client) pairs new to this worker, flattened: [fp, peer, fp, peer, …] */
+  | { nhi: 'tokenPeers'; pairs: string[] }
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
 /** longest wait for a worker's answer to a scrape, a readiness probe or a new config */
@@ -84,6 +88,11 @@ const RESTART_BACKOFF_MS = 1_000
 /** live events a worker batches before handing them to the primary, and the most it keeps waiting */
 const LIVE_FLUSH_MS = 100
 const LIVE_MAX_PENDING = 1_000
+/** new (token, client) pairs a worker batches before handing them to the primary, and the most it keeps */
+const TOKEN_PEERS_FLUSH_MS = 20
+const TOKEN_PEERS_MAX_PENDING = 4_096
+/** verdicts of the pod a worker keeps until a request with the token comes (oldest forgotten first) */
+const TOKEN_VERDICTS_MAX = 1_024
 /** how often the primary checks whether anyone watches /events (workers forward events only then) */
 const LIVE_POLL_MS = 1_000
 
@@ -95,6 +104,46 @@ function fmt(a: AddressInfo): string {
 
 function send(message: Report, done?: () => void): void {
   process.send?.(message, undefined, undefined, () => done?.())
+}
+
+/**
+ * A worker's side of the pod's `token_shared` count: the (token, client) pairs it sees for the first time in
+ * a window go to the primary in batches; the primary's verdicts wait here for the next request with the token.
+ */
+class WorkerTokenPeers implements PodTokenPeers {
+  private pairs: string[] = []
+  private readonly verdicts = new Set<string>()
+  private timer: NodeJS.Timeout | undefined
+
+  seen(fingerprint: string, peer: string): void {
+    // a primary that stopped reading must not grow this process: beyond the bound, pairs are not counted
+    if (this.pairs.length >= 2 * TOKEN_PEERS_MAX_PENDING) return
+    this.pairs.push(fingerprint, peer)
+    this.timer ??= setTimeout(this.flush, TOKEN_PEERS_FLUSH_MS)
+  }
+
+  takeVerdict(fingerprint: string): boolean {
+    return this.verdicts.size !== 0 && this.verdicts.delete(fingerprint)
+  }
+
+  verdict(fingerprint: string): void {
+    if (this.verdicts.size >= TOKEN_VERDICTS_MAX) {
+      const oldest = this.verdicts.values().next().value
+      if (oldest !== undefined) this.verdicts.delete(oldest)
+    }
+    this.verdicts.add(fingerprint)
+  }
+
+  private readonly flush = (): void => {
+    this.timer = undefined
+    const pairs = this.pairs
+    this.pairs = []
+    try {
+      send({ nhi: 'tokenPeers', pairs })
+    } catch {
+      // the channel to the primary is closed: this worker is exiting
+    }
+  }
 }
 
 /**
@@ -158,8 +207,10 @@ export async function runWorker(log: Logger): Promise<void> {
   process.on('SIGHUP', () => {})
 
   const nonces = new PodNonces()
+  const tokenPeers = new WorkerTokenPeers()
   process.on('message', (m: Command) => {
     if (m.nhi === 'nonce') nonces.answer(m.id, m.admission)
+    else if (m.nhi === 'tokenShared') tokenPeers.verdict(m.fingerprint)
   })
   // asked for rather than pushed at 'online': a message sent before this listener exists is lost
   const started = once(process, 'message') as Promise<[Command]>
@@ -200,6 +251,7 @@ export async function runWorker(log: Logger): Promise<void> {
     recorders: [liveForwarder],
     worker: {
       nonces,
+      tokenPeers,
       auditSink(lines) {
         // a primary that stopped reading must not grow this process without bound: drop and count
         if (pendingChars + lines.length > AUDIT_MAX_PENDING_BYTES) return false
@@ -332,6 +384,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // the signed agents' nonces of the whole pod, for the life of the primary: neither a replay on another
   // worker nor one after a reload (or a worker's restart) finds the nonce forgotten
   const nonces = new NonceCache(config.signedAgents.nonceCacheSize)
+  // the pod's count of each token's clients, over every worker (anomalies.tokenSharedPeers); a reload that
+  // changes the limit or the window starts it again, as a pipeline's own count does
+  const podTokenWindows = (c: Config) =>
+    new TokenPeerWindows(c.anomalies.tokenSharedPeers, c.anomalies.tokenSharedWindow)
+  let tokenWindows = podTokenWindows(config)
   const pod = new PodMetrics()
   const own = new PodExport()
   const slots: Slot[] = []
@@ -378,6 +435,18 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
           worker.send({ nhi: 'nonce', id: m.id, admission } satisfies Command)
         } catch {
           // the worker is exiting: nobody waits for the answer
+        }
+      } else if (m.nhi === 'tokenPeers') {
+        const pairs = m.pairs
+        for (let i = 0; i + 1 < pairs.length; i += 2) {
+          const fingerprint = pairs[i]!
+          if ((tokenWindows.add(fingerprint, pairs[i + 1]!) & OVER_LIMIT) === 0) continue
+          if (!tokenWindows.report(fingerprint)) continue
+          try {
+            worker.send({ nhi: 'tokenShared', fingerprint } satisfies Command)
+          } catch {
+            // the worker is exiting
+          }
         }
       } else if (m.nhi === 'hello') start()
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
@@ -622,6 +691,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     }
     if (next.workers !== config.workers)
       log.warn({ event: 'workers_unchanged' }, 'workers is read at start only; restart to change it')
+    if (
+      next.anomalies.tokenSharedPeers !== config.anomalies.tokenSharedPeers ||
+      next.anomalies.tokenSharedWindow !== config.anomalies.tokenSharedWindow
+    )
+      tokenWindows = podTokenWindows(next)
     config = next
     nonces.resize(next.signedAgents.nonceCacheSize)
     await adminToken.load(next.adminAccess.tokenFile)

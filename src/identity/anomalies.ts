@@ -57,7 +57,26 @@ export interface AnomalyDetectorOptions {
    * is told apart by the address the proxy appended to X-Forwarded-For
    */
   trustedProxies?: CidrSet
+  /** `workers: N`: the pod counts a token's clients over every worker and says when it is shared */
+  pod?: PodTokenPeers
 }
+
+/**
+ * A worker's side of the pod's `token_shared` count (`workers: N`): each worker sees only the clients whose
+ * connections it was handed, so the primary adds up the (token, client) pairs the workers saw and names the
+ * tokens that cross the limit; the worker that brought the crossing pair flags its next request with it.
+ */
+export interface PodTokenPeers {
+  /** a client this worker had not seen with the token in the token's current window */
+  seen(fingerprint: string, peer: string): void
+  /** true once per verdict: the pod found this token shared since this worker last asked */
+  takeVerdict(fingerprint: string): boolean
+}
+
+/** TokenPeerWindows.add: the client is new to the token's window */
+export const NEW_PEER = 1
+/** TokenPeerWindows.add: …and the token has more clients than the limit in its window now */
+export const OVER_LIMIT = 2
 
 interface TokenPeers {
   windowStart: number
@@ -71,32 +90,82 @@ function peerCount(p: TokenPeers): number {
   return p.others === undefined ? 1 : p.others.size + 1
 }
 
-export class AnomalyDetector {
+/**
+ * The distinct clients of each token within its window, bounded: an LRU of tokens, and at most one client
+ * more than the limit kept per token (beyond it nothing more is learnt). Used by each process's detector and
+ * by the primary of a pod for the pod's count.
+ */
+export class TokenPeerWindows {
   private readonly tokens: LRUCache<string, TokenPeers>
   private readonly maxPeers: number
+
+  constructor(
+    private readonly limit: number,
+    private readonly windowMs: number,
+    private readonly now: () => number = Date.now,
+    maxTokens = 10_000,
+  ) {
+    this.tokens = new LRUCache({ max: maxTokens })
+    this.maxPeers = limit + 1
+  }
+
+  get size(): number {
+    return this.tokens.size
+  }
+
+  peersOf(fingerprint: string): number {
+    const entry = this.tokens.peek(fingerprint)
+    return entry === undefined ? 0 : peerCount(entry)
+  }
+
+  /** records `peer` for the token: 0, or NEW_PEER and OVER_LIMIT bits (a number: this runs on every request) */
+  add(fp: string, peer: string): number {
+    const t = this.now()
+    const entry = lruGet(this.tokens, fp)
+    if (!entry || t - entry.windowStart > this.windowMs) {
+      this.tokens.set(fp, { windowStart: t, first: peer, others: undefined, reported: false })
+      return NEW_PEER
+    }
+    if (peer === entry.first) return 0
+    if (entry.others === undefined) entry.others = new Set([peer])
+    else if (entry.others.has(peer) || peerCount(entry) >= this.maxPeers) return 0
+    else entry.others.add(peer)
+    return peerCount(entry) > this.limit ? NEW_PEER | OVER_LIMIT : NEW_PEER
+  }
+
+  /** marks the token's window reported: true the first time, so that a shared token is reported once a window */
+  report(fp: string): boolean {
+    const entry = this.tokens.peek(fp)
+    if (entry === undefined || entry.reported) return false
+    entry.reported = true
+    return true
+  }
+}
+
+export class AnomalyDetector {
+  private readonly windows: TokenPeerWindows
   private readonly trustedProxies: CidrSet | undefined
+  private readonly pod: PodTokenPeers | undefined
 
   constructor(
     private readonly cfg: Config['anomalies'],
-    private readonly now: () => number = Date.now,
+    now: () => number = Date.now,
     opts: AnomalyDetectorOptions = {},
   ) {
-    this.tokens = new LRUCache({ max: opts.maxTokens ?? 10_000 })
-    // once a token has more peers than allowed we know enough; never keep more than that per token
-    this.maxPeers = cfg.tokenSharedPeers + 1
+    this.windows = new TokenPeerWindows(cfg.tokenSharedPeers, cfg.tokenSharedWindow, now, opts.maxTokens)
     // without trusted proxies (a plain sidecar) the peer is the client: nothing to resolve per request
     this.trustedProxies = opts.trustedProxies?.size ? opts.trustedProxies : undefined
+    this.pod = opts.pod
   }
 
   /** Number of token fingerprints currently tracked (for tests and metrics). */
   get trackedTokens(): number {
-    return this.tokens.size
+    return this.windows.size
   }
 
   /** Distinct peers remembered for one token fingerprint in its current window. */
   peersOf(fingerprint: string): number {
-    const entry = this.tokens.peek(fingerprint)
-    return entry === undefined ? 0 : peerCount(entry)
+    return this.windows.peersOf(fingerprint)
   }
 
   /**
@@ -139,20 +208,12 @@ export class AnomalyDetector {
   }
 
   private tokenShared(fp: string, peer: string): boolean {
-    const t = this.now()
-    const entry = lruGet(this.tokens, fp)
-    if (!entry || t - entry.windowStart > this.cfg.tokenSharedWindow) {
-      this.tokens.set(fp, { windowStart: t, first: peer, others: undefined, reported: false })
-      return false
-    }
-    if (peer === entry.first) return false
-    if (entry.others === undefined) entry.others = new Set([peer])
-    else if (peerCount(entry) < this.maxPeers) entry.others.add(peer)
-    if (!entry.reported && peerCount(entry) > this.cfg.tokenSharedPeers) {
-      entry.reported = true
-      return true
-    }
-    return false
+    const added = this.windows.add(fp, peer)
+    const pod = this.pod
+    if (pod === undefined) return (added & OVER_LIMIT) !== 0 && this.windows.report(fp)
+    // the pod's count decides: what this worker saw goes to the primary, the verdict comes back
+    if (added & NEW_PEER) pod.seen(fp, peer)
+    return pod.takeVerdict(fp) && this.windows.report(fp)
   }
 }
 

@@ -3,7 +3,7 @@
 // a reload builds a new one and swaps it in between requests, so every request sees one consistent config.
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Config } from '../config/schema.ts'
-import { AnomalyDetector, addFailureAnomalies } from '../identity/anomalies.ts'
+import { AnomalyDetector, addFailureAnomalies, type PodTokenPeers } from '../identity/anomalies.ts'
 import { clientAddress, trustedProxySet } from '../identity/client-address.ts'
 import { type EvidenceTrieNode, evidenceNode } from '../identity/evidence-trie.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
@@ -40,6 +40,8 @@ export interface PipelineOptions extends SourceContext {
   recorder?: { record(event: RequestEvent): void }
   /** the credential sources to read (default: all of identity/sources) */
   sources?: readonly CredentialSource[]
+  /** `workers: N`: the pod's count of each token's clients (anomalies.tokenSharedPeers) */
+  podTokenPeers?: PodTokenPeers
 }
 
 interface Reader {
@@ -136,7 +138,10 @@ export class AttributionPipeline implements Pipeline {
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)
     this.routes = compileRoutes(config.metrics.routes)
-    this.anomalies = new AnomalyDetector(config.anomalies, opts.now, { trustedProxies: this.trustedProxies })
+    this.anomalies = new AnomalyDetector(config.anomalies, opts.now, {
+      trustedProxies: this.trustedProxies,
+      ...(opts.podTokenPeers ? { pod: opts.podTokenPeers } : {}),
+    })
   }
 
   /** Initial fetches (JWKS…). Never throws: an IdP that is down leaves the pipeline not-ready, not dead. */

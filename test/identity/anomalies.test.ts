@@ -1,5 +1,10 @@
 import t from 'tap'
-import { AnomalyDetector, addFailureAnomalies, anomaliesFromFailures } from '../../src/identity/anomalies.ts'
+import {
+  AnomalyDetector,
+  addFailureAnomalies,
+  anomaliesFromFailures,
+  type PodTokenPeers,
+} from '../../src/identity/anomalies.ts'
 import { certEvidenceFromPem, loadCertificateDecoder } from '../../src/identity/certificate.ts'
 import type { CertEvidence, ConnectionInfo, EvidenceSet, Identity, JwtEvidence } from '../../src/types.ts'
 import { type EvidenceParts, evidenceSet } from '../helpers/evidence.ts'
@@ -103,6 +108,32 @@ t.test('token_shared: reported once per window when peers exceed the limit', asy
   t.same(viaProxy.inspect(ev(apiCert), identity, conn('10.9.9.9')), [])
   t.same(viaProxy.inspect(ev(workerCert), identity, conn('10.9.9.9')), ['token_shared'])
 })
+
+t.test(
+  'token_shared in a pod: new clients go to the pod, its verdict flags the next request once',
+  async (t) => {
+    const sent: string[] = []
+    const verdicts = new Set<string>()
+    const pod: PodTokenPeers = {
+      seen: (fp, peer) => sent.push(`${fp} ${peer}`),
+      takeVerdict: (fp) => verdicts.delete(fp),
+    }
+    const d = new AnomalyDetector({ ...defaults, tokenSharedPeers: 1 }, Date.now, { pod })
+    const token = jwt({ sub: 'ci' }, undefined, 'cafecafecafecafe')
+    const seen = (peer: string) => d.inspect(evidence({ jwt: token }), identity, conn(peer))
+    const local = [...seen('10.0.0.1'), ...seen('10.0.0.1'), ...seen('10.0.0.2'), ...seen('10.0.0.3')]
+    t.same(local, [], "past the limit on this worker alone: the pod decides, not this worker's count")
+    t.same(
+      sent,
+      ['cafecafecafecafe 10.0.0.1', 'cafecafecafecafe 10.0.0.2'],
+      'each client once per window, and no more than one past the limit',
+    )
+    verdicts.add('cafecafecafecafe')
+    t.same(seen('10.0.0.1'), ['token_shared'], "the pod's verdict flags the next request with the token")
+    verdicts.add('cafecafecafecafe')
+    t.same(seen('10.0.0.1'), [], 'once a window, whatever the pod says again')
+  },
+)
 
 t.test('memory stays bounded with 100,000 distinct tokens and peers', async (t) => {
   const d = new AnomalyDetector(defaults, Date.now, { maxTokens: 1000 })

@@ -1,11 +1,13 @@
 // token_shared behind an ingress: every client reaches the sidecar from the ingress's address, so the
 // clients sharing one token are told apart by the address a trusted proxy appended to X-Forwarded-For. A
 // peer that is not a trusted proxy cannot choose its address that way: its own X-Forwarded-For is not read.
-// The trusted proxy is 127.0.0.2; 127.0.0.1 is anyone else.
+// The trusted proxy is 127.0.0.2; 127.0.0.1 is anyone else. Under `workers: 2` the clients a token comes from
+// are counted for the pod, whichever worker each connection reached.
 import { request } from 'node:http'
 import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
-import { metricValue, type Sample, scrapeUntil } from '../helpers/metrics.ts'
+import { metricValue, type Sample, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.shared.example'
@@ -89,4 +91,54 @@ t.test('one token from two clients behind a trusted ingress is token_shared', as
     2,
     "the shared token's (its two requests)",
   )
+})
+
+t.test('workers: 2: a token is counted over both workers, and reported once', async (t) => {
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t, 'shared-k2')
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    workers: 2,
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: 'any' }] },
+    // a third client is one too many
+    anomalies: { tokenSharedPeers: 2 },
+  })
+  const port = sidecar.proxyAddress.port
+  const admin = sidecar.adminUrl
+  const shared = (samples: Sample[]) =>
+    metricValue(samples, 'nhi_credential_anomalies_total', { type: 'token_shared' })
+  const token = await mintToken(key, {}, { issuer: ISSUER, subject: 'shared-over-workers' })
+  // each on a new connection, which the primary hands to the workers in turn: the first worker sees the
+  // first and third client, the second worker the second; neither saw more than two
+  for (const client of ['127.0.0.2', '127.0.0.3', '127.0.0.4'])
+    t.equal(await send(port, token, client, ''), 200)
+  const perWorker = (await scrape(admin)).filter((s) => s.name === 'nhi_worker_requests_total')
+  t.same(
+    perWorker.map((s) => s.value).sort(),
+    [1, 2],
+    'the three clients were spread over both workers (two and one)',
+  )
+  // the pod's verdict reaches the worker that counted the third client; its next request with the token
+  // carries token_shared (the first client keeps calling, on new connections that alternate workers)
+  let followUps = 0
+  const flagged = await eventually(
+    async () => {
+      followUps++
+      t.equal(await send(port, token, '127.0.0.2', ''), 200)
+      const samples = await scrape(admin)
+      return shared(samples) >= 1 ? samples : undefined
+    },
+    { what: 'token_shared counted for the pod' },
+  )
+  t.equal(shared(flagged), 1, `reported after ${followUps} more request(s)`)
+  for (let i = 0; i < 4; i++) t.equal(await send(port, token, '127.0.0.2', ''), 200)
+  const after = await scrapeUntil(
+    admin,
+    (s) => metricValue(s, 'nhi_requests_total', { service: 'orders' }) >= 3 + followUps + 4,
+    'every request recorded',
+  )
+  t.equal(shared(after), 1, 'once a window for the pod, not once per worker')
+  const events = ((await (await fetch(`${admin}/audit?limit=1000`)).json()) as { events: AuditEvent[] })
+    .events
+  t.equal(events.filter((e) => e.anomalies.includes('token_shared')).length, 1, 'one audit event carries it')
 })
