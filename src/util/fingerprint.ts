@@ -1,3 +1,4 @@
+import cluster from 'node:cluster'
 import { createHmac, hash, randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 
@@ -33,7 +34,8 @@ let podKey: Uint8Array | undefined
 
 export function podFingerprintKey(): Uint8Array {
   if (podKey) return podKey
-  const given = process.env[POD_FINGERPRINT_KEY_ENV]
+  // only a worker takes its key from its environment: anywhere else the variable is no setting of ours
+  const given = cluster.isWorker ? process.env[POD_FINGERPRINT_KEY_ENV] : undefined
   delete process.env[POD_FINGERPRINT_KEY_ENV]
   podKey = given && /^[0-9a-f]{64}$/.test(given) ? Buffer.from(given, 'hex') : randomBytes(32)
   return podKey
