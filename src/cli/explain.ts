@@ -191,6 +191,13 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   try {
     if (opts.token) await pipeline.start()
     const result = await pipeline.evaluate(req, conn, { trace: true })
+    const apiKeyPresented =
+      result.evidence.credentials.some((c) => c.evidence.source === 'apikey') ||
+      result.evidence.failures.some((f) => f.source === 'apikey')
+    if (apiKeyPresented && config.apiKeys.fingerprintKeyFile === undefined)
+      notes.push(
+        "the api key's fingerprint is keyed by this run (no apiKeys.fingerprintKeyFile): a running proxy shows its own pod's",
+      )
     const report: ExplainReport = {
       request: {
         method: req.method,

@@ -105,6 +105,12 @@ t.test('without a key file: keyed by the pod, never the plain sha256 prefix anyw
     }
   }
 
+  // explain without a key file says its fingerprint is its own
+  const explained = await runCli(['explain', '-c', a.configPath, '-H', `x-api-key: ${UNKNOWN}`])
+  t.equal(explained.code, 0, explained.stderr)
+  t.match(explained.stdout, /keyed by this run \(no apiKeys\.fingerprintKeyFile\)/)
+  t.notOk(explained.stdout.includes(fp['unknown']!), "explain's key is not the pod's")
+
   // another pod without a file makes its own key: the same key, another fingerprint
   const b = await startTestSidecar(t, { upstream: upstream.url, apiKeys: apiKeys() })
   const other = await fingerprintsOf(b.proxyUrl, b.adminUrl, 'b')
@@ -129,6 +135,7 @@ t.test('a shared key file: replicas agree, explain agrees, a bad file is refused
   const explained = await runCli(['explain', '-c', one!.configPath, '-H', `x-api-key: ${UNKNOWN}`, '--json'])
   t.equal(explained.code, 0, explained.stderr)
   t.match(JSON.parse(explained.stdout), { evidence: { failures: [{ fingerprint: expected.unknown }] } })
+  t.notMatch(explained.stdout, /keyed by this run/, 'with the file, no such note')
   t.notOk(explained.stdout.includes(plainPrefix(UNKNOWN)), 'explain shows no plain prefix either')
 
   // a reload to a file that is gone keeps the config that serves, and its fingerprints
