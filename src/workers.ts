@@ -46,13 +46,14 @@ import { PodExport, type PodSnapshot } from './telemetry/pod-export.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
 import type { Recorder } from './types.ts'
-import { POD_FINGERPRINT_KEY_ENV, podFingerprintKey } from './util/fingerprint.ts'
+import { podFingerprintKey, usePodFingerprintKey } from './util/fingerprint.ts'
 import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
 
 /** primary → worker */
 type Command =
-  | { nhi: 'start'; config: Config }
+  /** the pod's fingerprint key travels here, not in the worker's environment (readable in /proc) */
+  | { nhi: 'start'; config: Config; fingerprintKey: Uint8Array }
   | { nhi: 'config'; id: number; config: Config }
   | { nhi: 'scrape'; id: number; since: number }
   | { nhi: 'ready'; id: number }
@@ -217,6 +218,7 @@ export async function runWorker(log: Logger): Promise<void> {
   send({ nhi: 'hello' })
   const [first] = await started
   if (first.nhi !== 'start') throw new StartupError('worker: expected its config first', 2)
+  usePodFingerprintKey(first.fingerprintKey)
 
   let pendingChars = 0
   let pendingSends = 0
@@ -377,7 +379,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   await readUpstreamTls(config.upstreamTls)
   await secretFilesAtStart(config)
   // the pod's own fingerprint key (without a fingerprintKeyFile), made here and given to every worker
-  const podKeyHex = Buffer.from(podFingerprintKey()).toString('hex')
+  const fingerprintKey = podFingerprintKey()
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
   const telemetry = new Telemetry(config, { version: VERSION })
   telemetry.configLoaded()
@@ -421,12 +423,12 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   let allListening: (() => void) | undefined
 
   const fork = (index: number) => {
-    const worker = cluster.fork({ [SLOT_ENV]: String(index + 1), [POD_FINGERPRINT_KEY_ENV]: podKeyHex })
+    const worker = cluster.fork({ [SLOT_ENV]: String(index + 1) })
     const slot: Slot = { worker, listening: false, startedAt: Date.now() }
     slots[index] = slot
     const start = () => {
       slot.config = config
-      worker.send({ nhi: 'start', config } satisfies Command)
+      worker.send({ nhi: 'start', config, fingerprintKey } satisfies Command)
     }
     worker.on('message', (m: Report) => {
       if (m.nhi === 'nonce') {

@@ -1,4 +1,3 @@
-import cluster from 'node:cluster'
 import { createHmac, hash, randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 
@@ -26,19 +25,19 @@ export function keyedFingerprint(key: Uint8Array, data: Uint8Array): string {
 
 /**
  * The pod's fingerprint key when the config names no file: random, made once by the process that starts
- * first (the only process, or the primary of `workers: N`) and handed to each worker in its environment,
- * which the worker reads and then removes, so that every process of a pod fingerprints a key alike.
+ * first (the only process, or the primary of `workers: N`); a worker is given its primary's with its config
+ * (`usePodFingerprintKey`), so that every process of a pod fingerprints a key alike.
  */
-export const POD_FINGERPRINT_KEY_ENV = 'NHI_POD_FINGERPRINT_KEY'
 let podKey: Uint8Array | undefined
 
 export function podFingerprintKey(): Uint8Array {
-  if (podKey) return podKey
-  // only a worker takes its key from its environment: anywhere else the variable is no setting of ours
-  const given = cluster.isWorker ? process.env[POD_FINGERPRINT_KEY_ENV] : undefined
-  delete process.env[POD_FINGERPRINT_KEY_ENV]
-  podKey = given && /^[0-9a-f]{64}$/.test(given) ? Buffer.from(given, 'hex') : randomBytes(32)
+  podKey ??= randomBytes(32)
   return podKey
+}
+
+/** a worker: the primary's key, before the worker builds its first pipeline */
+export function usePodFingerprintKey(key: Uint8Array): void {
+  podKey = key
 }
 
 /**
