@@ -7,10 +7,24 @@ import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { rawExchange } from '../helpers/net.ts'
-import { startTestSidecar } from '../helpers/sidecar.ts'
-import { startUpstream } from '../helpers/upstream.ts'
+import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream, type TestUpstream } from '../helpers/upstream.ts'
 
 const ADMIN_SPIFFE = 'spiffe://cluster.local/ns/prod/sa/admin'
+
+/**
+ * One sidecar with the default config in front of one upstream, started by the first test that asks and
+ * shared by the tests that only look at what reaches the upstream (each reads its own request there).
+ */
+let plain: Promise<{ upstream: TestUpstream; sidecar: TestSidecar }> | undefined
+function plainSidecar(): Promise<{ upstream: TestUpstream; sidecar: TestSidecar }> {
+  plain ??= (async () => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    return { upstream, sidecar: await startTestSidecar(t, { upstream: upstream.url }) }
+  })()
+  return plain
+}
 
 /** what a CGI gateway makes of a header name */
 const cgi = (name: string) => `HTTP_${name.toUpperCase().replace(/-/g, '_')}`
@@ -93,9 +107,7 @@ t.test(
 t.test(
   'spellings of the forwarded-for headers the proxy sets do not reach the upstream either',
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const sidecar = await startTestSidecar(t, { upstream: upstream.url })
+    const { sidecar } = await plainSidecar()
     const res = await request(`${sidecar.proxyUrl}/echo`, {
       headers: ['X_Forwarded_For', '10.0.0.5', 'x_request_id', 'forged', 'X_Forwarded_Proto', 'https'],
     })
@@ -112,9 +124,7 @@ t.test(
 t.test(
   'framing and hop-by-hop spellings a CGI app reads as HTTP_*, and Proxy (httpoxy), do not reach the upstream',
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const sidecar = await startTestSidecar(t, { upstream: upstream.url })
+    const { upstream, sidecar } = await plainSidecar()
     const dropped = [
       'Transfer_Encoding',
       'Content_Length',
