@@ -6,7 +6,7 @@
 // DNS), every product name could be had verified.
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
-import { claimedOperator, operatorVouchesFor } from '../../src/identity/bots/claims.ts'
+import { claimedOperators, operatorVouchesFor } from '../../src/identity/bots/claims.ts'
 import { classifyUserAgent } from '../../src/identity/useragent.ts'
 import { AttributionPipeline } from '../../src/pipeline/index.ts'
 
@@ -77,7 +77,55 @@ t.test('every product an operator is checked for is one its ranges and names vou
   ]
   for (const [ua, operator] of products) {
     const ev = classifyUserAgent(ua)
-    t.equal(claimedOperator(ev), operator, `${ev.product}: claims ${operator}`)
+    t.same(claimedOperators(ev), [operator], `${ev.product}: claims ${operator}`)
     t.ok(operatorVouchesFor(operator, ev), `${ev.product}: one of ${operator}'s products`)
   }
 })
+
+// A claim nothing can check (Bing publishes no ranges in the snapshot, and DNS checks are off by default) must
+// not hide a false one in the same user agent: "GPTBot/1.2 … bingbot/2.0" from outside OpenAI's ranges was
+// checked as a Bing claim only (the first claim in the list), found neither true nor false, and counted
+// nothing. Every claim is checked now.
+t.test(
+  'every operator a user agent claims is checked: an uncheckable claim hides no false one',
+  async (t) => {
+    const engine = new AttributionPipeline(configSchema.parse({}))
+    t.teardown(() => engine.close())
+    const from = async (remoteAddress: string, ua: string) =>
+      (await engine.evaluate(
+        { method: 'GET', path: '/', url: '/', headers: { 'user-agent': ua } },
+        { remoteAddress, remotePort: 1, tls: false },
+      )) as Awaited<ReturnType<AttributionPipeline['evaluate']>>
+    const OPENAI_RANGE = '20.171.206.7'
+    const OUTSIDE = '203.0.113.7'
+    const GPTBOT =
+      'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)'
+
+    t.same(
+      claimedOperators(classifyUserAgent(`${GPTBOT} bingbot/2.0`)),
+      ['Bing', 'OpenAI'],
+      'both claims are read',
+    )
+    for (const extra of ['bingbot/2.0', 'BingPreview/1.0b', 'adidxbot/2.0', 'msnbot/2.0b']) {
+      const r = await from(OUTSIDE, `${GPTBOT} ${extra}`)
+      t.equal(r.identity.name, 'ua:gptbot', `+ ${extra}: still named gptbot`)
+      t.equal(r.identity.verified, false)
+      t.ok(r.evidence.anomalies.includes('unverified_claim'), `+ ${extra}: the false OpenAI claim is counted`)
+    }
+    const plain = await from(OUTSIDE, GPTBOT)
+    t.ok(plain.evidence.anomalies.includes('unverified_claim'), 'as it is without the extra claim')
+
+    const real = await from(OPENAI_RANGE, `${GPTBOT} bingbot/2.0`)
+    t.equal(real.identity.name, 'gptbot', "from OpenAI's range: the claim it is named after holds")
+    t.equal(real.identity.verified, true, 'an uncheckable second claim does not undo it')
+    t.same(real.evidence.anomalies, [])
+
+    const both = await from(OPENAI_RANGE, `${GPTBOT} Googlebot/2.1`)
+    t.equal(
+      both.identity.verified,
+      false,
+      "from OpenAI's range with a Google claim: a false claim, not verified",
+    )
+    t.ok(both.evidence.anomalies.includes('unverified_claim'), 'and counted')
+  },
+)

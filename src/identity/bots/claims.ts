@@ -18,7 +18,8 @@ const CLAIMS: readonly (readonly [RegExp, string])[] = [
 
 // Evidence objects are shared per user agent string by the classifier's bounded cache, so this map is as
 // bounded as that cache and needs no limit of its own.
-const seen = new WeakMap<UserAgentEvidence, string | null>()
+const seen = new WeakMap<UserAgentEvidence, readonly string[]>()
+const NO_CLAIMS: readonly string[] = Object.freeze([])
 
 /** The products (as the classifier names them) an operator's ranges and DNS names vouch for. */
 const PRODUCTS: ReadonlyMap<string, ReadonlySet<string>> = new Map([
@@ -50,19 +51,19 @@ export function operatorVouchesFor(operator: string, ua: UserAgentEvidence): boo
   return PRODUCTS.get(operator)?.has(ua.product) === true
 }
 
-/** The operator `ua` claims to crawl for, or undefined when it claims none this proxy can check. */
-export function claimedOperator(ua: UserAgentEvidence): string | undefined {
-  if (ua.category !== 'bot' && ua.category !== 'agent') return undefined
-  let op = seen.get(ua)
-  if (op === undefined) {
-    op = null
-    for (const [re, operator] of CLAIMS) {
-      if (re.test(ua.ua)) {
-        op = operator
-        break
-      }
-    }
-    seen.set(ua, op)
+/**
+ * Every operator `ua` claims to crawl for (empty when it claims none this proxy can check). A user agent is
+ * one string the client writes: it may carry several claims ("GPTBot/1.2 … bingbot/2.0"), and each is
+ * checked, so that adding a claim nothing can check cannot hide a false one.
+ */
+export function claimedOperators(ua: UserAgentEvidence): readonly string[] {
+  if (ua.category !== 'bot' && ua.category !== 'agent') return NO_CLAIMS
+  let ops = seen.get(ua)
+  if (ops === undefined) {
+    const found: string[] = []
+    for (const [re, operator] of CLAIMS) if (re.test(ua.ua)) found.push(operator)
+    ops = found.length === 0 ? NO_CLAIMS : Object.freeze(found)
+    seen.set(ua, ops)
   }
-  return op ?? undefined
+  return ops
 }

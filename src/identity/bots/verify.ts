@@ -9,7 +9,7 @@ import type { CidrSet } from '../../util/cidr.ts'
 import { clientAddress, trustedProxySet } from '../client-address.ts'
 import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
 import { evidenceOf, replaceEvidence } from '../sources/source.ts'
-import { claimedOperator, operatorVouchesFor } from './claims.ts'
+import { claimedOperators, operatorVouchesFor } from './claims.ts'
 import { DnsVerifier } from './dns.ts'
 import { OperatorRanges, parseRangeDocument, type RangeSource, SHIPPED_RANGES } from './ranges.ts'
 
@@ -108,21 +108,36 @@ export class BotVerifier {
   }
 
   /**
-   * Checks the crawler claim of this request's user agent, if it makes one: a verified claim replaces the
-   * user-agent evidence with a verified copy, a false one adds the `unverified_claim` anomaly.
+   * Checks the crawler claims of this request's user agent, if it makes any: a user agent verified by the
+   * operator it is named after (every other claim in it not found false) replaces the user-agent evidence
+   * with a verified copy; a false claim adds the `unverified_claim` anomaly, and then nothing is verified.
    */
   attest(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): void {
     const ua = evidenceOf<UserAgentEvidence>(evidence, 'useragent')
     if (!ua || !this.cfg.enabled) return
-    const operator = claimedOperator(ua)
-    if (operator === undefined) return
-    let r = this.check(operator, clientAddress(req.headers, conn.remoteAddress, this.trusted))
-    // the address checks out for the operator, but the user agent is named after another product
-    if ((r === 'ranges' || r === 'dns') && !operatorVouchesFor(operator, ua)) r = 'unverified_claim'
-    if (r === 'ranges' || r === 'dns')
-      replaceEvidence(evidence, 'useragent', verifiedEvidence(ua, operator, r))
-    else if (r === 'unverified_claim' && !evidence.anomalies.includes('unverified_claim'))
-      evidence.anomalies.push('unverified_claim')
+    const operators = claimedOperators(ua)
+    if (operators.length === 0) return
+    const address = clientAddress(req.headers, conn.remoteAddress, this.trusted)
+    let verifiedBy: 'ranges' | 'dns' | undefined
+    let verifiedFor: string | undefined
+    let falseClaim = false
+    for (const operator of operators) {
+      const r = this.check(operator, address)
+      if (r === 'unverified_claim') falseClaim = true
+      else if (r === 'ranges' || r === 'dns') {
+        // the address checks out for the operator, but the user agent is named after another product
+        if (!operatorVouchesFor(operator, ua)) falseClaim = true
+        else {
+          verifiedBy = r
+          verifiedFor = operator
+        }
+      }
+    }
+    if (falseClaim) {
+      if (!evidence.anomalies.includes('unverified_claim')) evidence.anomalies.push('unverified_claim')
+    } else if (verifiedBy !== undefined && verifiedFor !== undefined) {
+      replaceEvidence(evidence, 'useragent', verifiedEvidence(ua, verifiedFor, verifiedBy))
+    }
   }
 
   private check(operator: string, address: string): 'ranges' | 'dns' | 'unverified_claim' | 'unknown' {
