@@ -15,6 +15,7 @@ import type {
 import type { CidrSet } from '../util/cidr.ts'
 import { lruGet } from '../util/lru-get.ts'
 import { clientAddress } from './client-address.ts'
+import { tokenProfile } from './profiles.ts'
 import { certificateOf } from './sources/certificate.ts'
 import { evidenceOf } from './sources/source.ts'
 import { spiffeNamespaceServiceAccount } from './spiffe.ts'
@@ -252,10 +253,16 @@ function str(v: unknown): string | undefined {
   return typeof v === 'string' && v !== '' ? v : undefined
 }
 
+/**
+ * The workload a token names, read with the profile that names its identity: the issuer's `profile`, or the
+ * one guessed from the token when none is configured (a Kubernetes token is `orders/worker` either way, and
+ * must be compared with the certificate either way).
+ */
 function tokenWorkload(jwt: JwtEvidence): Workload {
   const w: Workload = {}
   const sub = str(jwt.claims['sub'])
-  if (jwt.profile === 'kubernetes') {
+  const profile = tokenProfile(jwt)
+  if (profile === 'kubernetes') {
     const k8s = jwt.claims['kubernetes.io']
     if (k8s && typeof k8s === 'object') {
       const ns = str((k8s as Record<string, unknown>)['namespace'])
@@ -265,7 +272,7 @@ function tokenWorkload(jwt: JwtEvidence): Workload {
     }
     const m = sub ? /^system:serviceaccount:([^:]+):([^:]+)$/.exec(sub) : null
     if (!w.nsSa && m) w.nsSa = `${m[1]}/${m[2]}`
-  } else if (jwt.profile === 'spiffe' && sub?.startsWith('spiffe://')) {
+  } else if (profile === 'spiffe' && sub?.startsWith('spiffe://')) {
     w.spiffeId = sub
     const nsSa = spiffeNamespaceServiceAccount(sub)
     if (nsSa) w.nsSa = nsSa

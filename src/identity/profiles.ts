@@ -250,10 +250,15 @@ function isProfileName(p: string | undefined): p is ProfileName {
   return p !== undefined && (PROFILE_NAMES as readonly string[]).includes(p)
 }
 
+/** The profile a token is read with: its issuer's `profile`, else the one its claims and issuer suggest. */
+export function tokenProfile(jwt: JwtEvidence): ProfileName {
+  return isProfileName(jwt.profile) ? jwt.profile : detectProfile(jwt)
+}
+
 /** Identity for a verified token that no identity rule matched. */
 export function profileIdentity(jwt: JwtEvidence): ProfileIdentity {
   const claims = jwt.claims
-  const profile = isProfileName(jwt.profile) ? jwt.profile : detectProfile(jwt)
+  const profile = tokenProfile(jwt)
   const specific = PROFILES[profile](claims, jwt)
   const applied: ProfileName = specific ? profile : 'generic'
   const result = specific ?? generic(claims, jwt)!

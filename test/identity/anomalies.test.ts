@@ -87,6 +87,38 @@ t.test('identity_mismatch: cert workload vs token workload, only when required',
   t.same(strict.inspect(evidence({ jwt: human, mtls: apiCert }), identity, conn()), [], 'nothing to compare')
 })
 
+// The shipped config names no issuer profile: tokens are then named with the profile their claims suggest
+// (a Kubernetes token is `orders/worker`), and were compared with the certificate only when a profile was
+// configured, so a stolen token next to another workload's certificate raised nothing.
+t.test('identity_mismatch: a token whose issuer names no profile is read with the guessed one', async (t) => {
+  const strict = new AnomalyDetector({ ...defaults, requireCertTokenMatch: true })
+  const k8s = jwt({
+    sub: 'system:serviceaccount:orders:worker',
+    'kubernetes.io': { namespace: 'orders', serviceaccount: { name: 'worker', uid: 'u' } },
+  })
+  t.same(strict.inspect(evidence({ jwt: k8s, mtls: workerCert }), identity, conn()), [], 'same workload')
+  t.same(
+    strict.inspect(evidence({ jwt: k8s, mtls: apiCert }), identity, conn()),
+    ['identity_mismatch'],
+    'a Kubernetes token, guessed: compared with the certificate',
+  )
+  const subOnly = jwt({ sub: 'system:serviceaccount:orders:worker' })
+  t.same(strict.inspect(evidence({ jwt: subOnly, mtls: apiCert }), identity, conn()), ['identity_mismatch'])
+  const svid = jwt({ sub: 'spiffe://cluster.local/ns/orders/sa/worker' })
+  t.same(
+    strict.inspect(evidence({ jwt: svid, mtls: apiCert }), identity, conn()),
+    ['identity_mismatch'],
+    'a JWT-SVID, guessed: compared with the certificate',
+  )
+  t.same(strict.inspect(evidence({ jwt: svid, mtls: workerCert }), identity, conn()), [])
+  const configuredGeneric = jwt({ sub: 'system:serviceaccount:orders:worker' }, 'generic')
+  t.same(
+    strict.inspect(evidence({ jwt: configuredGeneric, mtls: apiCert }), identity, conn()),
+    [],
+    'a configured profile wins over the guess: a generic token names no workload',
+  )
+})
+
 t.test('token_shared: reported once per window when peers exceed the limit', async (t) => {
   let now = 1_000_000
   const d = new AnomalyDetector({ ...defaults, tokenSharedWindow: 10_000 }, () => now)
