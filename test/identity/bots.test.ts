@@ -269,20 +269,47 @@ t.test('reverse-then-forward DNS on a loopback DNS server', async (t) => {
   t.equal(dns.queries.length, asked, 'answers are cached: no new queries')
 })
 
-t.test('DNS that never answers: bounded by the timeout, never verified, asked again later', async (t) => {
-  const dns = await startDns({ ptr: {}, a: {} }, { silent: true })
-  t.teardown(() => dns.socket.close())
-  const cfg = verifyConfig({ dns: { enabled: true, servers: [dns.server], timeout: '150ms' } }).bots.verify
-  const v = new BotVerifier(cfg, { trustedProxies: [] })
-  t.teardown(() => v.close())
-  const started = Date.now()
-  t.equal(v.verifyBotClaim('Bing', '192.0.2.50'), 'unknown')
-  await v.dnsSettled()
-  t.ok(Date.now() - started < 2000, 'the lookup gave up within its budget')
-  t.equal(v.verifyBotClaim('Bing', '192.0.2.50'), 'unknown', 'a timeout is not an answer')
-  await v.dnsSettled()
-  t.ok(dns.queries.length >= 2, 'the next claim asks again')
-})
+// The reverse zone of an address is its holder's: a client claiming a crawler from its own address can make
+// every lookup time out or fail. A failed lookup used to leave the claim "unknown" (neither verified nor
+// counted) for as long as the failures went on.
+t.test(
+  'DNS that never answers: bounded by the timeout, never verified, counted, asked again later',
+  async (t) => {
+    const dns = await startDns({ ptr: {}, a: {} }, { silent: true })
+    t.teardown(() => dns.socket.close())
+    const cfg = verifyConfig({
+      dns: { enabled: true, servers: [dns.server], timeout: '150ms', cacheTtl: '300ms' },
+    }).bots.verify
+    const v = new BotVerifier(cfg, { trustedProxies: [] })
+    t.teardown(() => v.close())
+    const started = Date.now()
+    t.equal(v.verifyBotClaim('Bing', '192.0.2.50'), 'unknown', 'the first claim does not wait for the lookup')
+    await v.dnsSettled()
+    t.ok(Date.now() - started < 2000, 'the lookup gave up within its budget')
+    t.equal(
+      v.verifyBotClaim('Bing', '192.0.2.50'),
+      'unverified_claim',
+      'a failed lookup verifies nothing: counted',
+    )
+    t.equal(v.verifyBotClaim('Google', '192.0.2.50'), 'unknown', 'per operator: Google is asked on its own')
+    await v.dnsSettled()
+    t.equal(
+      v.verifyBotClaim('Google', '192.0.2.50'),
+      'unverified_claim',
+      'outside Google ranges, lookup failed',
+    )
+    const asked = dns.queries.length
+    // the failure stands for min(cacheTtl, 60 s); then a later claim asks again
+    await eventually(
+      () => {
+        v.verifyBotClaim('Bing', '192.0.2.50')
+        return dns.queries.length > asked
+      },
+      { what: 'a later claim asking again once the failure has expired' },
+    )
+    t.pass('asked again after the failure expired')
+  },
+)
 
 t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published files', async (t) => {
   const server = createServer((req, res) => {

@@ -22,6 +22,14 @@ export interface DnsVerifierOptions {
   servers?: readonly string[]
 }
 
+/**
+ * How long a failed lookup (a timeout, a server failure) stands as a negative answer before a later request
+ * asks again (at most the configured cacheTtl). The reverse zone of an address belongs to whoever holds the
+ * address: a client claiming Googlebot from its own address could otherwise keep every lookup failing and
+ * its claim forever neither verified nor counted.
+ */
+export const FAILED_LOOKUP_TTL_MS = 60_000
+
 export class DnsVerifier {
   private readonly resolver: Resolver
   private readonly cache: LRUCache<string, 'verified' | 'unverified'>
@@ -60,8 +68,11 @@ export class DnsVerifier {
         (ok) => {
           if (!this.closed) this.cache.set(key, ok ? 'verified' : 'unverified')
         },
-        // a timeout or a server failure is not an answer: the next request asks again
-        () => {},
+        // a timeout or a server failure confirms nothing: unverified, for a shorter while than an answer
+        () => {
+          if (!this.closed)
+            this.cache.set(key, 'unverified', { ttl: Math.min(this.opts.cacheTtlMs, FAILED_LOOKUP_TTL_MS) })
+        },
       )
       this.inflight.set(key, p)
       void p.finally(() => this.inflight.delete(key))
