@@ -46,7 +46,11 @@ function allows(m: AllowMatcher, id: Identity): boolean {
  * Headers upstream frameworks take the method from on a POST (Symfony/Laravel, Express method-override,
  * Rack::MethodOverride, ASP.NET Core, OData), compared as an upstream merges names ("_" ≡ "-").
  */
-const METHOD_OVERRIDE_HEADERS = new Set(['x-http-method-override', 'x-http-method', 'x-method-override'])
+export const METHOD_OVERRIDE_HEADERS: ReadonlySet<string> = new Set([
+  'x-http-method-override',
+  'x-http-method',
+  'x-method-override',
+])
 
 /** The methods a request's override headers name, upper-cased; undefined when it has none. */
 function overriddenMethods(headers: RequestInfo['headers']): string[] | undefined {

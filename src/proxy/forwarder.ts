@@ -157,6 +157,20 @@ export function cutResponse(res: ServerResponse): void {
 }
 
 /**
+ * Whether the client's HTTP/2 stream can no longer be answered, releasing it if so. A stream reset with
+ * NO_ERROR after its writable side had ended (node:http2 ends a HEAD request's at once) is closed without an
+ * 'aborted' and without its response closing: respond() on it throws, and the exchange would stay in flight
+ * until the connection goes. Destroying it closes the response, so the exchange is recorded as the client's
+ * cancellation.
+ */
+export function clientStreamGone(res: ServerResponse): boolean {
+  const stream = (res as unknown as { stream?: Duplex & { closed?: boolean } }).stream
+  if (stream === undefined || !(stream.closed === true || stream.destroyed)) return false
+  if (!stream.destroyed) stream.destroy()
+  return true
+}
+
+/**
  * The client took none of the response for a while (a full socket buffer, an HTTP/2 window it never opens):
  * from now on, a response that takes no bytes for `ms` is cut. Without it a client that stops reading holds
  * its connection, the upstream request and an in-flight exchange for as long as it likes: the upstream body
@@ -273,6 +287,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     if (statusCode < 200) return true
     this.resume = resume
+    if (!this.clientGone && clientStreamGone(this.res)) this.clientClosed()
     if (this.clientGone) {
       this.status = statusCode
       return false

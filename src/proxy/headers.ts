@@ -3,6 +3,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import { isIP } from 'node:net'
 import { FORWARDED_CERT_HEADERS } from '../identity/forwarded/headers.ts'
+import { METHOD_OVERRIDE_HEADERS } from '../policy/policy.ts'
 import type { Identity } from '../types.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import { LONE_SURROGATE } from '../util/lone-surrogate.ts'
@@ -24,6 +25,11 @@ const HOP_BY_HOP = new Set([
 ])
 
 const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map((name) => name.length))
+
+/** A hop-by-hop field name (lower case): never passed on, in either direction, whatever the protocols. */
+export function isHopByHop(name: string): boolean {
+  return HOP_BY_HOP.has(name)
+}
 
 /**
  * Request headers we set ourselves, so incoming copies are dropped (x-forwarded-for is appended to below, and
@@ -513,6 +519,9 @@ const NOT_IN_TRAILERS = new Set([
   ...FORWARDED_CERT_HEADERS,
   // a proxy names the client's address in the header section; one in a trailer is the client's own claim
   ...CLIENT_ADDRESS,
+  'forwarded',
+  // the policy decides on the method these name in the header section; it never sees a trailer
+  ...METHOD_OVERRIDE_HEADERS,
 ])
 
 /**

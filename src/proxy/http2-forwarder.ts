@@ -15,6 +15,7 @@ import {
 import type { ConnectionOptions, SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
+  clientStreamGone,
   connectTimeoutMs,
   cutResponse,
   type Forwarder,
@@ -27,19 +28,10 @@ import {
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcStatusWithoutOne, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText } from './grpc-web.ts'
-import { type HeaderBlocks, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
+import { type HeaderBlocks, isHopByHop, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
-
-/** Response headers that are HTTP/1.1 connection-specific and must not be set on an HTTP/2 response (RFC 9113 §8.2.2). */
-const CONNECTION_SPECIFIC = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'transfer-encoding',
-  'upgrade',
-])
 
 /** the longest delay setTimeout takes; a longer one is set to 1 ms */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -82,10 +74,15 @@ function grpcStatusOf(headers: H2Headers | undefined): number | undefined {
   return typeof v === 'string' ? grpcStatusValue(v) : undefined
 }
 
+/**
+ * The upstream's response fields (or trailers) for the client: no pseudo-header, no hop-by-hop field. An h2
+ * upstream may send one (`http2-settings`, `proxy-authenticate`): an HTTP/1.1 client must not get it, and
+ * node:http2 throws on the connection-specific ones (RFC 9113 §8.2.2) when they are set on its response.
+ */
 function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {}
   for (const name in headers) {
-    if (name.charCodeAt(0) === 58 || CONNECTION_SPECIFIC.has(name)) continue
+    if (name.charCodeAt(0) === 58 || isHopByHop(name)) continue
     out[name] = headers[name]
   }
   return out
@@ -143,7 +140,7 @@ export class Http2Forwarder {
           typeof headers.host === 'string' ? headers.host : target.origin.replace(/^[a-z0-9]+:\/\//, ''),
       }
       for (const name in headers) {
-        if (name === 'host' || CONNECTION_SPECIFIC.has(name)) continue
+        if (name === 'host' || isHopByHop(name)) continue
         const value = headers[name]
         if (value !== undefined) out[name] = value
       }
@@ -238,23 +235,40 @@ export class Http2Forwarder {
         timers.push(setTimeout(() => fail('timeout'), deadline))
 
       stream.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number) => {
+        if (settled) return
         status = Number(h[':status'])
         if (status < 200) return
+        if (clientStreamGone(res)) {
+          onClientClose()
+          return
+        }
         if (grpc) grpcStatus = grpcStatusOf(h)
         if (grpc && isGrpcWeb(req.headers))
           grpcWeb = new GrpcWebStatusReader(isGrpcWebText(h['content-type']))
         const headersOut = responseHeaders(h)
-        const h2Response = (res as unknown as { stream?: { respond: unknown } }).stream
-        if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
-          // Trailers-Only: a gRPC client reads the status only from a HEADERS frame that ends the stream
-          responded = true
-          ;(res as unknown as { stream: ServerHttp2Stream }).stream.respond(
-            { ':status': status, ...headersOut },
-            { endStream: true },
-          )
+        const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
+        try {
+          if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
+            // Trailers-Only: a gRPC client reads the status only from a HEADERS frame that ends the stream
+            h2Response.respond({ ':status': status, ...headersOut }, { endStream: true })
+            responded = true
+            return
+          }
+          res.writeHead(status, headersOut)
+        } catch {
+          // node:http2 refuses what HTTP/1.1 passes on (a :status of 600 or more): nothing was sent, so the
+          // client is answered 502 (or UNAVAILABLE) as for an upstream that reset the stream
+          if (clientStreamGone(res)) {
+            onClientClose()
+            return
+          }
+          for (const name of res.getHeaderNames()) res.removeHeader(name)
+          status = 0
+          grpcStatus = undefined
+          grpcWeb = undefined
+          fail('reset')
           return
         }
-        res.writeHead(status, headersOut)
         // answered: the headers deadline no longer applies and there is no body deadline (a gRPC stream may
         // be quiet for long), so only a stream that moves no byte either way for tunnelIdle is let go. The
         // stream's own timer is activity based, restarted by every DATA frame read or written.
@@ -264,6 +278,9 @@ export class Http2Forwarder {
       let waitingForDrain = false
       let blocked = false
       stream.on('data', (chunk: Buffer) => {
+        // the stream was given up on (the client went, or its answer could not be passed on): what the
+        // upstream had already sent goes nowhere
+        if (settled) return
         bytesOut += chunk.length
         grpcWeb?.push(chunk)
         if (!res.write(chunk) && !waitingForDrain) {

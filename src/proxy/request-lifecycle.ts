@@ -4,6 +4,7 @@
 // websocket upgrades go through the same `serve`; only the transport (HTTP forward or tunnel) differs.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
 import type { Attribution, Pipeline } from '../pipeline/index.ts'
@@ -11,6 +12,7 @@ import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../typ
 import { normaliseAddress } from '../util/cidr.ts'
 import { CLIENT_CLOSED, Exchange, FAIL_CLOSED_ATTRIBUTION, FALLBACK_ATTRIBUTION } from './exchange.ts'
 import {
+  clientStreamGone,
   cutResponse,
   type Forwarder,
   type ForwardResult,
@@ -275,6 +277,10 @@ export class RequestLifecycle {
       // shutdown would wait out timeouts.drain for it
       clientGone: (res) => res.destroyed || (res as TaggedResponse)[kExchange]?.responseClosed === true,
       answer: (ex, req, res, a) => {
+        if (clientStreamGone(res)) {
+          ex.status = CLIENT_CLOSED
+          return false
+        }
         const sent = this.answer(ex, req, res, a.status, a.body, a.headers)
         stopUnreadRequest(req)
         return sent
@@ -607,6 +613,7 @@ export class RequestLifecycle {
     ex.req = req
     ex.res = res
     res.on('close', onResponseClose)
+    if (req.httpVersionMajor === 2 && req.method === 'HEAD') closeWithStream(res)
     if (this.draining || this.closing) res.shouldKeepAlive = false
     if (parsed !== undefined && hasBody(req)) {
       // paused first so counting does not start the flow before the forwarder consumes the body
@@ -615,6 +622,19 @@ export class RequestLifecycle {
     }
     return this.serve(ex, req, parsed, this.http, res)
   }
+}
+
+/**
+ * node:http2's compatibility layer closes the response of a HEAD stream only once the response was ended: a
+ * HEAD stream the client reset before that (any error code) closes without its response ever emitting
+ * 'close', and the exchange would stay in flight, unrecorded, until shutdown gave up on it. The stream's own
+ * 'close' closes the response then. (HEAD only, and only over HTTP/2: a closure per such request is cheap.)
+ */
+function closeWithStream(res: TaggedResponse): void {
+  const stream = (res as unknown as { stream?: Duplex }).stream
+  stream?.once('close', () => {
+    if (res[kExchange]?.responseClosed !== true) res.emit('close')
+  })
 }
 
 function onResponseClose(this: TaggedResponse): void {

@@ -27,6 +27,18 @@ const NOT_WEBSOCKET = Object.freeze({
   body: JSON.stringify({ error: 'bad_request', message: 'only websocket upgrades are supported' }),
 })
 
+/**
+ * A websocket upgrade to an h2c:// or h2:// upstream: the upstream speaks HTTP/2 only, where websockets need
+ * RFC 8441's extended CONNECT, which the proxy does not speak; an HTTP/1.1 handshake sent there would fail.
+ */
+const WEBSOCKET_NEEDS_HTTP1_UPSTREAM = Object.freeze({
+  status: 501,
+  body: JSON.stringify({
+    error: 'not_implemented',
+    message: 'websocket upgrades need an http:// or https:// upstream',
+  }),
+})
+
 /** what differs per upgrade: the client's socket, the bytes read past the header block, the handshake kind */
 interface UpgradeContext {
   socket: Duplex
@@ -51,7 +63,9 @@ export class UpgradeHandler {
           ? UNAVAILABLE
           : ctx.validTarget && (!ctx.websocket || !isWebSocketHandshake(req))
             ? NOT_WEBSOCKET
-            : undefined,
+            : ctx.validTarget && lifecycle.opts.upstream().protocol === 'h2'
+              ? WEBSOCKET_NEEDS_HTTP1_UPSTREAM
+              : undefined,
       answer: (ex, _req, ctx, a) => {
         ex.status = a.status
         sendJsonRaw(ctx.socket, a.status, a.body, a.headers)

@@ -65,6 +65,16 @@ t.test('trailer fields are filtered by the header rule plus what a trailer may n
     '10.0.0.1',
     'true_client_ip',
     '10.0.0.1',
+    // the proxy appends its own element to a Forwarded header, and the policy reads the method overrides, in
+    // the header section only
+    'Forwarded',
+    'for=8.8.8.8;proto=https',
+    'X-HTTP-Method-Override',
+    'DELETE',
+    'x_http_method',
+    'DELETE',
+    'X-Method-Override',
+    'PUT',
     'cookie',
     'session=1',
     'X_API_KEY',
