@@ -63,6 +63,26 @@ const CLIENT_ADDRESS = new Set([
 ])
 
 /**
+ * Headers by which a proxy tells its upstream what the request looked like before it: the scheme and port
+ * (Rack, Spring, Symfony, Laravel read x-forwarded-port, -ssl, -scheme, x-url-scheme), the path prefix it
+ * stripped (x-forwarded-prefix: Spring, ASP.NET Core, Werkzeug, Symfony) and the URL it rewrote (x-original-url,
+ * x-rewrite-url: IIS, Symfony, Zend; x-original-uri). An app believes them from its local proxy, this sidecar:
+ * from a client they would let it say it arrived over TLS, or name another path than the one the policy
+ * decided on. Like CLIENT_ADDRESS, dropped unless a trusted proxy sent them.
+ */
+const REQUEST_BEFORE_PROXY = new Set([
+  'x-forwarded-port',
+  'x-forwarded-ssl',
+  'x-forwarded-scheme',
+  'x-url-scheme',
+  'front-end-https',
+  'x-forwarded-prefix',
+  'x-original-url',
+  'x-rewrite-url',
+  'x-original-uri',
+])
+
+/**
  * Request headers no upstream gets, though they are not hop-by-hop: `Proxy` is HTTP_PROXY to a CGI, WSGI or
  * Rack app and to Go's net/http/cgi, where HTTP clients take it for their outbound proxy ("httpoxy"); it names
  * nothing standard a client has to send.
@@ -74,7 +94,7 @@ const UNLESS_TRUSTED = 1
 /** What the request pass does with an exact name: one lookup per header, whatever the outcome. */
 const REQUEST_NAME_RULE = new Map<string, typeof DROPPED | typeof UNLESS_TRUSTED>([
   ...[...HOP_BY_HOP, ...SET_BY_PROXY, ...NEVER_FORWARDED].map((name) => [name, DROPPED] as const),
-  ...[...CLIENT_ADDRESS].map((name) => [name, UNLESS_TRUSTED] as const),
+  ...[...CLIENT_ADDRESS, ...REQUEST_BEFORE_PROXY].map((name) => [name, UNLESS_TRUSTED] as const),
 ])
 
 /**
@@ -279,7 +299,7 @@ export function upstreamHeaders(
       continue
     }
     if (listed?.has(name)) continue
-    let clientAddress = rule === UNLESS_TRUSTED
+    let unlessTrusted = rule === UNLESS_TRUSTED
     if (name.indexOf('_') !== -1) {
       // x_forwarded_for is HTTP_X_FORWARDED_FOR to a CGI/WSGI/Rack app, like the one we set; x_real_ip is
       // HTTP_X_REAL_IP, as x-real-ip is; transfer_encoding or content_length is HTTP_TRANSFER_ENCODING or
@@ -292,9 +312,9 @@ export function upstreamHeaders(
         listed?.has(normalized)
       )
         continue
-      clientAddress = CLIENT_ADDRESS.has(normalized)
+      unlessTrusted = CLIENT_ADDRESS.has(normalized) || REQUEST_BEFORE_PROXY.has(normalized)
     }
-    if (clientAddress) {
+    if (unlessTrusted) {
       trustedPeer ??= peerTrusted(peerTrust, clientIp)
       if (!trustedPeer) continue
     }
@@ -519,6 +539,7 @@ const NOT_IN_TRAILERS = new Set([
   ...FORWARDED_CERT_HEADERS,
   // a proxy names the client's address in the header section; one in a trailer is the client's own claim
   ...CLIENT_ADDRESS,
+  ...REQUEST_BEFORE_PROXY,
   'forwarded',
   // the policy decides on the method these name in the header section; it never sees a trailer
   ...METHOD_OVERRIDE_HEADERS,

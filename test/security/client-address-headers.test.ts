@@ -3,6 +3,10 @@
 // (Express/Rails/Django middleware, nginx realip). From a peer that is not a trusted proxy they are the
 // client's own claim and must not reach the upstream, over HTTP/1.1, HTTP/2 (h2c and TLS), towards an h2c
 // upstream and on a websocket upgrade; from a trusted proxy they pass. The trusted proxy is 127.0.0.2.
+// The headers by which a proxy states the scheme, port, path prefix or rewritten URL of the request
+// (X-Forwarded-Port, -Ssl, -Scheme, -Prefix, X-Url-Scheme, Front-End-Https, X-Original-URL, X-Rewrite-URL,
+// X-Original-URI) are the same kind of word and are tested alongside: a client's own would let it say it
+// arrived over TLS, or name another path than the one the policy decided on.
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import type { IncomingHttpHeaders } from 'node:http'
@@ -25,6 +29,15 @@ const CLIENT_ADDRESS_HEADERS = [
   'fastly-client-ip',
   'x-cluster-client-ip',
   'client-ip',
+  'x-forwarded-port',
+  'x-forwarded-ssl',
+  'x-forwarded-scheme',
+  'x-url-scheme',
+  'front-end-https',
+  'x-forwarded-prefix',
+  'x-original-url',
+  'x-rewrite-url',
+  'x-original-uri',
 ]
 
 /** `x-real-ip` → `X-REAL-ip`-like odd spellings: every other letter upper-cased, and the whole name so */
