@@ -11,6 +11,7 @@ import type { Diagnostic } from './config/diagnostics.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig, redactUrl } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
+import { keepStartOnly } from './config/start-only.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import type { PodTokenPeers } from './identity/anomalies.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
@@ -234,6 +235,15 @@ export class TokenFile {
 
 const TOKEN_MAX_AGE_MS = 30_000
 
+/** a reload that changed settings read at start only: they keep their running values until a restart */
+export function warnStartOnly(log: Logger, settings: readonly string[]): void {
+  if (settings.length === 0) return
+  log.warn(
+    { event: 'restart_required', settings },
+    `${settings.join(', ')}: read at start only; the running values stay until a restart`,
+  )
+}
+
 /** from listening to loading prom-client's default collectors, unless /metrics is scraped sooner */
 const PROCESS_METRICS_DELAY_MS = 1000
 
@@ -417,8 +427,10 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
 
   // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
   const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
-    const next = applyOverrides(loaded, opts.overrides)
-    await adminToken.load(next.adminAccess.tokenFile)
+    const { config: next, changed: startOnly } = keepStartOnly(
+      initial,
+      applyOverrides(loaded, opts.overrides),
+    )
     const secretFiles = await readSecretFiles(next)
     const nextPipeline = new AttributionPipeline(next, {
       jwksObserver,
@@ -438,6 +450,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     }
     const previous = pipeline
     pipeline = nextPipeline
+    // the admin token is part of the config applied: read only once nothing can fail the reload any more
+    await adminToken.load(next.adminAccess.tokenFile)
     ownNonces?.resize(next.signedAgents.nonceCacheSize)
     const otlpBefore = telemetry.otlp.target
     logRecorderFailures(log, await telemetry.reconfigure(next))
@@ -446,6 +460,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
     for (const d of warnings) log.warn(formatDiagnostic(d))
+    warnStartOnly(log, startOnly)
     log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
     await listenerRotation?.reload()
     await upstreamRotation?.reload()

@@ -13,6 +13,7 @@ import { createAdminServer, type ReadyState } from './admin/server.ts'
 import { formatDiagnostic } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
+import { keepStartOnly } from './config/start-only.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import { OVER_LIMIT, type PodTokenPeers, TokenPeerWindows } from './identity/anomalies.ts'
 import { type Admission, NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
@@ -29,6 +30,7 @@ import {
   startWorkerSidecar,
   TokenFile,
   type WorkerSidecar,
+  warnStartOnly,
 } from './runtime.ts'
 import { StartupError, splitAddress } from './startup.ts'
 import { AUDIT_MAX_PENDING_BYTES } from './telemetry/audit.ts'
@@ -78,6 +80,30 @@ type Report =
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
 /** longest wait for a worker's answer to a scrape, a readiness probe or a new config */
+/**
+ * What a reload becomes from the workers' answers to it (`true` applied, a string the reason it could not be,
+ * undefined no answer in time). Applied when at least one worker applied it (or none was serving to ask): the
+ * others are replaced with it, so no worker serves rules older than the pod's. Otherwise the reload failed,
+ * as it would in one process: the pod keeps its last good config, and only a worker that did not answer at
+ * all is replaced, on that config (a config no worker could apply would leave its replacements failing to
+ * start).
+ */
+export function reloadOutcome(answers: readonly unknown[]): {
+  applied: boolean
+  /** indices of the workers to replace */
+  replace: number[]
+  /** the distinct reasons workers gave */
+  reasons: string[]
+} {
+  const reasons = [...new Set(answers.filter((a): a is string => typeof a === 'string'))]
+  const applied = answers.length === 0 || answers.some((a) => a === true)
+  const replace: number[] = []
+  answers.forEach((a, i) => {
+    if (applied ? a !== true : a === undefined) replace.push(i)
+  })
+  return { applied, replace, reasons }
+}
+
 const ASK_TIMEOUT_MS = 10_000
 /**
  * longest wait for the primary's answer about a signed agent's nonce: the request waits meanwhile, and the
@@ -307,9 +333,10 @@ export async function runWorker(log: Logger): Promise<void> {
         reply(m.id, sidecar.telemetry.auditQuery(m.query))
         return
       case 'config':
+        // a config this worker cannot apply is answered with the reason, which the primary logs
         sidecar.applyConfig(m.config).then(
           (ok) => reply(m.id, ok),
-          () => reply(m.id, false),
+          (err: unknown) => reply(m.id, err instanceof Error ? err.message : String(err)),
         )
         return
       case 'live':
@@ -373,6 +400,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     configPath ? await loadOrFail(configPath) : configSchema.parse({}),
     opts.overrides,
   )
+  /** the config the pod started with: its start-only settings stay until a restart (keepStartOnly) */
+  const started = config
   // the listener's and upstreamTls's files checked once here: one line and exit 1, before any worker starts
   // or port is bound (each worker reads them again, with the same checks, when it starts)
   if (config.listen.https) await readListenerTls(config.listen.https)
@@ -682,7 +711,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     if (!configPath) return false
     const result = await loadForReload(configPath, log, telemetry)
     if (!result) return false
-    const next = applyOverrides(result.config, opts.overrides)
+    const { config: next, changed: startOnly } = keepStartOnly(
+      started,
+      applyOverrides(result.config, opts.overrides),
+    )
     // a secret file no worker could read is one failure here, not one per worker, and the pod keeps its config
     try {
       await readSecretFiles(next)
@@ -691,8 +723,26 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       telemetry.configReloaded('failure')
       return false
     }
-    if (next.workers !== config.workers)
+    const serving = live()
+    const applied = await Promise.all(
+      serving.map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),
+    )
+    const outcome = reloadOutcome(applied)
+    if (!outcome.applied) {
+      log.error(
+        { event: 'config_reload_failed' },
+        `${configPath}: ${outcome.reasons[0] ?? 'no worker answered'}`,
+      )
+      telemetry.configReloaded('failure')
+      for (const i of outcome.replace) replace(serving[i]!, applied[i])
+      return false
+    }
+    if (startOnly.includes('workers'))
       log.warn({ event: 'workers_unchanged' }, 'workers is read at start only; restart to change it')
+    warnStartOnly(
+      log,
+      startOnly.filter((setting) => setting !== 'workers'),
+    )
     if (
       next.anomalies.tokenSharedPeers !== config.anomalies.tokenSharedPeers ||
       next.anomalies.tokenSharedWindow !== config.anomalies.tokenSharedWindow
@@ -701,28 +751,27 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     config = next
     nonces.resize(next.signedAgents.nonceCacheSize)
     await adminToken.load(next.adminAccess.tokenFile)
-    const serving = live()
-    const applied = await Promise.all(
-      serving.map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),
-    )
     logRecorderFailures(log, await telemetry.reconfigure(next))
     telemetry.configReloaded('success')
     for (const d of result.warnings) log.warn(formatDiagnostic(d))
-    const failed = applied.filter((ok) => ok !== true).length
-    if (failed > 0) {
+    if (outcome.replace.length > 0) {
+      const { reasons } = outcome
       log.error(
-        { event: 'config_reload_incomplete', workers: failed },
+        {
+          event: 'config_reload_incomplete',
+          workers: outcome.replace.length,
+          ...(reasons.length > 0 ? { reasons } : {}),
+        },
         'some workers did not apply the config',
       )
-      // only when another worker took the config: that shows it can be applied, where a config no worker
-      // could apply would leave its replacements failing to start, and the pod serving nothing
-      if (failed < applied.length)
-        serving.forEach((w, i) => {
-          if (applied[i] !== true) replace(w, applied[i])
-        })
+      for (const i of outcome.replace) replace(serving[i]!, applied[i])
     }
     log.info(
-      { event: 'config_reloaded', rules: next.identities.length, workers: applied.length - failed },
+      {
+        event: 'config_reloaded',
+        rules: next.identities.length,
+        workers: applied.length - outcome.replace.length,
+      },
       'config reloaded',
     )
     return true

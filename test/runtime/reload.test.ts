@@ -184,3 +184,60 @@ t.test('config warnings are logged at start, as on a reload', async (t) => {
   t.equal(await sidecar.reload(), true)
   t.ok(await warned(before), 'and again on a reload')
 })
+
+// A reload either applies whole or changes nothing: a config that fails late (a secret file that cannot be
+// read) used to have switched the admin token already. And settings read at start only keep their running
+// values, where /config (and the drain at shutdown) showed and used the reloaded ones.
+t.test('a failed reload changes nothing; start-only settings keep their running values', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const dir = await scratchDir('reload-atomic')
+  const tokenFile = join(dir, 'admin-token')
+  await writeFile(tokenFile, 'first-admin-token\n')
+  const missing = join(dir, 'missing')
+  const base = { upstream: upstream.url, adminAccess: { tokenFile } }
+  const sidecar = await startTestSidecar(t, base)
+  const logs = (from: number) => sidecar.process.stderr().slice(from)
+
+  let from = sidecar.process.stderr().length
+  t.equal(
+    await sidecar.reload({
+      ...base,
+      adminAccess: { tokenFile: missing },
+      apiKeys: { fingerprintKeyFile: missing },
+    }),
+    false,
+    'a config whose fingerprint key file cannot be read fails to reload',
+  )
+  t.notMatch(logs(from), /admin_token_unreadable/, 'and its admin token file was never read')
+
+  from = sidecar.process.stderr().length
+  t.equal(
+    await sidecar.reload({
+      ...base,
+      adminAccess: { tokenFile: missing },
+      timeouts: { upstream: '1s' },
+      limits: { maxHeaderBytes: 100 },
+    }),
+    true,
+    'a config changing start-only settings reloads',
+  )
+  t.match(logs(from), /admin_token_unreadable/, 'its admin token file is read once it applies')
+  const warning = logs(from)
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .find((l) => l['event'] === 'restart_required')
+  t.same(warning?.['settings'], ['timeouts', 'limits'], 'the start-only settings it kept are named')
+  const shown = (await (await fetch(`${sidecar.adminUrl}/config`)).json()) as {
+    limits: { maxHeaderBytes: number }
+    timeouts: { upstream: number }
+    adminAccess: { tokenFile?: string }
+  }
+  t.equal(shown.limits.maxHeaderBytes, 16_384, '/config shows the running limit')
+  t.equal(shown.timeouts.upstream, 30_000, 'and the running upstream timeout')
+  t.equal(shown.adminAccess.tokenFile, missing, 'and the reloaded admin token file')
+  const res = await fetch(`${sidecar.proxyUrl}/echo`, { headers: { 'x-long': 'v'.repeat(500) } })
+  t.equal(res.status, 200, 'a 500-byte header is served: the running limit is the one in effect')
+  await res.arrayBuffer()
+})

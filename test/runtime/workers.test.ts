@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
+import { reloadOutcome } from '../../src/workers.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { runCli, startSidecarFromFile } from '../helpers/sidecar.ts'
@@ -352,4 +353,28 @@ t.test('a worker that cannot listen stops the start with exit 2, and no worker i
   t.equal(r.code, 2)
   t.match(r.stderr, /address in use/)
   t.match(r.stderr, /worker \d could not start/)
+})
+
+// The primary's verdict on a reload from its workers' answers: a config no worker could apply is a failed
+// reload (the pod keeps its last good config, and replacement workers start with that one), where the
+// primary once took it as its own anyway, served it at /config, switched to its admin token, and forked
+// every replacement with a config that could not start.
+t.test('a reload no worker applied fails for the pod; one some applied replaces the others', async (t) => {
+  t.same(reloadOutcome([true, true]), { applied: true, replace: [], reasons: [] }, 'every worker applied it')
+  t.same(
+    reloadOutcome([true, 'Invalid IP address: dns.example', undefined]),
+    { applied: true, replace: [1, 2], reasons: ['Invalid IP address: dns.example'] },
+    'one worker applied it: the others are replaced with it',
+  )
+  t.same(
+    reloadOutcome(['Invalid IP address: dns.example', 'Invalid IP address: dns.example']),
+    { applied: false, replace: [], reasons: ['Invalid IP address: dns.example'] },
+    'none could: the reload failed, with the reason, and no worker is replaced',
+  )
+  t.same(
+    reloadOutcome(['cannot read x', undefined]),
+    { applied: false, replace: [1], reasons: ['cannot read x'] },
+    'none could: only the worker that never answered is replaced (on the last good config)',
+  )
+  t.same(reloadOutcome([]), { applied: true, replace: [], reasons: [] }, 'no worker serving: nothing to ask')
 })
