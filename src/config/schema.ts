@@ -1,5 +1,6 @@
 // The one config schema (docs/reference.md "Config file"). The loader validates with it, `nhi-proxy schema` prints its JSON Schema,
 // and every module reads the parsed, defaulted `Config` type from it. Unknown keys are errors everywhere.
+import { isIP } from 'node:net'
 import { hostname } from 'node:os'
 import * as z from 'zod/mini'
 import { apiKeysConfigSchema } from '../identity/sources/apikey.ts'
@@ -48,6 +49,38 @@ export const duration = described(
 export const address = z.string().check(
   z.regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/, 'expected HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080'),
   z.refine((v: string) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65_535, 'port must be 0 to 65535'),
+)
+
+/**
+ * A DNS server as the resolver takes it: an IP address, optionally with a port of 1 to 65535 (`1.2.3.4`,
+ * `1.2.3.4:53`, `::1`, `[::1]:53`). Anything else stopped the start after `check` said ok, and port 0 aborts
+ * the process inside the resolver.
+ */
+export function dnsServerProblem(v: string): string | undefined {
+  const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(v)
+  const v4 = /^([0-9.]+)(?::(\d{1,5}))?$/.exec(v)
+  let ip: string
+  let port: string | undefined
+  if (bracketed) {
+    ip = bracketed[1]!
+    port = bracketed[2]
+  } else if (v4) {
+    ip = v4[1]!
+    port = v4[2]
+  } else {
+    ip = v
+  }
+  if (bracketed ? isIP(ip) === 0 : v4 ? isIP(ip) !== 4 : isIP(ip) !== 6)
+    return 'expected an IP address, optionally with a port: 10.0.0.10, 10.0.0.10:53, fd00::10 or [fd00::10]:53'
+  if (port !== undefined && (Number(port) < 1 || Number(port) > 65_535)) return 'port must be 1 to 65535'
+  return undefined
+}
+
+const dnsServer = z.string().check(
+  z.superRefine((v, ctx) => {
+    const problem = dnsServerProblem(v)
+    if (problem) ctx.issues.push({ code: 'custom', message: problem, input: v })
+  }),
 )
 
 export const kind = z.enum(KINDS)
@@ -362,9 +395,23 @@ export const configSchema = z.strictObject({
         'cap for unverified identities (user agents, header captures), within maxIdentities; default maxIdentities / 4',
       ),
       routes: z._default(z.array(z.string()), []),
-      buckets: z._default(
-        z.array(z.number().check(z.positive())),
-        [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      buckets: described(
+        z._default(
+          // a histogram counts an observation in the first bucket at least as large: out of order or repeated
+          // bounds would count a 0.3 s request as ≤ 0.1 s, or render one `le` twice
+          z
+            .array(
+              z.number().check(z.positive(), z.refine(Number.isFinite, 'a bucket bound is a finite number')),
+            )
+            .check(
+              z.refine(
+                (b: number[]) => b.every((v, i) => i === 0 || v > b[i - 1]!),
+                'bucket bounds must be in increasing order, each once',
+              ),
+            ),
+          [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        ),
+        'nhi_request_duration_seconds bucket upper bounds, seconds, in increasing order (+Inf is added)',
       ),
       idleTtl: z._default(duration, 3_600_000),
     }),
@@ -489,7 +536,7 @@ export const configSchema = z.strictObject({
               cacheTtl: z._default(duration, 3_600_000),
               cacheSize: z._default(positiveInt, 10_000),
               servers: described(
-                z._default(z.array(z.string()), []),
+                z._default(z.array(dnsServer), []),
                 "DNS servers (ip or ip:port) for these lookups; default the system's",
               ),
             }),

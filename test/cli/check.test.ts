@@ -370,3 +370,33 @@ identities:
   t.not(run.code, 0, 'run refuses the config too')
   t.match(run.stderr + run.stdout, /would copy a credential/)
 })
+
+// Values the schema let through that the proxy could not use: a DNS server that is not an IP address stopped
+// `run` (exit 2, no location) after `check` said ok, and port 0 aborted the process inside the resolver, also
+// on a reload; histogram bounds out of order counted requests in the wrong buckets and rendered one `le` twice.
+t.test('DNS servers and histogram buckets are checked where they are written', async (t) => {
+  const dir = scratchDirSync('check-values')
+  writeFileSync(
+    join(dir, 'values.yaml'),
+    [
+      'metrics:',
+      '  buckets: [1, 0.1, 1]',
+      'bots:',
+      '  verify:',
+      '    dns:',
+      '      enabled: true',
+      '      servers:',
+      '        - 10.0.0.10:53',
+      '        - dns.example.internal',
+      '        - 10.0.0.11:0',
+      '        - "[fd00::10]:53"',
+      '',
+    ].join('\n'),
+  )
+  const r = await runCli(['check', 'values.yaml'], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
+  t.equal(r.code, 1, 'invalid: exit 1')
+  t.match(r.stdout, /^values\.yaml:2:\d+ .*bucket bounds must be in increasing order/m, 'the buckets, at their line')
+  t.match(r.stdout, /^values\.yaml:9:\d+ .*expected an IP address/m, 'the host name, at its line')
+  t.match(r.stdout, /^values\.yaml:10:\d+ .*port must be 1 to 65535/m, 'port 0, at its line')
+  t.notMatch(r.stdout, /values\.yaml:(8|11):/, 'the two good servers pass')
+})
