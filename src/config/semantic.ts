@@ -102,11 +102,11 @@ export function semanticCheck(config: Config): SemanticIssue[] {
         'merge the two entries (several audiences, algorithms and one key source per issuer)',
       )
     } else issuerAt.set(iss.issuer, i)
-    if (!iss.jwksUri && !iss.jwksFile && !iss.discovery) {
+    if (!iss.jwksUri && !iss.jwksFile && !iss.discovery && !iss.secretFile) {
       error(
         ['jwt', 'issuers', i],
         `issuer "${iss.issuer}" has no key source`,
-        'set jwksUri, jwksFile or discovery: true',
+        'set jwksUri, jwksFile or discovery: true (public keys), or secretFile (HS256/384/512)',
       )
     }
     if (iss.audiences === undefined) {

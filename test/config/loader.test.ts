@@ -209,8 +209,15 @@ t.test('duplicate rule names, issuers and api keys', async (t) => {
   t.match(lines(reserved), [/c\.yaml:3:15 .*"anonymous" is reserved/, /c\.yaml:4:15 .*"ua:curl" is reserved/])
   const noSource = errorsOf('jwt:\n  issuers:\n    - issuer: https://idp\n      audiences: [orders]\n')
   t.same(lines(noSource), [
-    'c.yaml:3:7 issuer "https://idp" has no key source (hint: set jwksUri, jwksFile or discovery: true)',
+    'c.yaml:3:7 issuer "https://idp" has no key source (hint: set jwksUri, jwksFile or discovery: true (public keys), or secretFile (HS256/384/512))',
   ])
+  t.ok(
+    parseConfigText(
+      'jwt:\n  issuers:\n    - { issuer: a, algorithms: [HS256], secretFile: /s, audiences: [b] }\n',
+      'c',
+    ).ok,
+    'a shared secret alone is a key source (HMAC tokens only)',
+  )
   const hs = errorsOf(
     'jwt:\n  issuers:\n    - issuer: https://idp\n      discovery: true\n      audiences: any\n      algorithms: [HS256]\n',
   )

@@ -1,6 +1,8 @@
 // Forged and hostile bearer tokens through the real proxy: none may ever be `verified`, each is counted with
 // the right reason, and with `onInvalid: reject` each is answered 401 invalid_token without echoing it.
 import { createHmac, createPublicKey, KeyObject, sign } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import {
@@ -11,6 +13,7 @@ import {
   startUpstreamAndJwks,
 } from '../helpers/jwks.ts'
 import { metricValue, type Sample, scrape, scrapeUntil } from '../helpers/metrics.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.security.test'
@@ -332,4 +335,34 @@ t.test('Authorization header oddities and size limits', async (t) => {
   const health = await request(`${admin}/healthz`)
   t.equal(health.statusCode, 200)
   await health.body.dump()
+})
+
+// An issuer whose only key is a shared secret: `check` refused it ("no key source") though the proxy verifies
+// HMAC tokens with it, and a placeholder jwksFile to get past that kept /readyz's JWKS gate failing forever.
+t.test('an issuer with a shared secret only: valid config, ready, its HS256 tokens verified', async (t) => {
+  const { upstream } = await startUpstreamAndJwks(t, 'unused')
+  const dir = await scratchDir('jwt-secret-only')
+  const secret = Buffer.from('a shared secret of thirty-two bytes!')
+  const secretFile = join(dir, 'secret')
+  await writeFile(secretFile, secret)
+  const sidecar = await startTestSidecar(t, {
+    upstream: upstream.url,
+    readiness: { requireJwks: true },
+    jwt: { issuers: [{ issuer: ISSUER, secretFile, algorithms: ['HS256'], audiences: [AUD] }] },
+  })
+  const ready = await fetch(`${sidecar.adminUrl}/readyz`)
+  t.equal(ready.status, 200, 'ready: the secret is the key set')
+  await ready.arrayBuffer()
+  const send = async (token: string) => {
+    const res = await request(`${sidecar.proxyUrl}/echo`, { headers: { authorization: `Bearer ${token}` } })
+    return JSON.parse(await res.body.text()).headers as Record<string, string>
+  }
+  const good = rawToken({ alg: 'HS256', typ: 'JWT' }, JSON.stringify(claims({ sub: 'batch' })), secret)
+  t.equal((await send(good))['x-nhi-verified'], 'true', 'an HS256 token signed with the secret')
+  const other = rawToken(
+    { alg: 'HS256', typ: 'JWT' },
+    JSON.stringify(claims()),
+    Buffer.from('another secret'),
+  )
+  t.equal((await send(other))['x-nhi-verified'], 'false', 'one signed with another secret is not')
 })
