@@ -191,6 +191,15 @@ export class Http2Front {
       stream.once('aborted', () => {
         if (stream[kOwnReset] !== true) this.countReset(session, state)
       })
+      // node:http2 ends a HEAD stream's writable side at once, and then emits no 'aborted' for a reset of it
+      // (whatever its code): a HEAD closed before its response was sent, and not by the proxy, is the
+      // client's reset. Uncounted, HEAD + RST_STREAM was the rapid reset no budget saw.
+      if (headers[':method'] === 'HEAD') {
+        stream.once('close', () => {
+          if (!stream.headersSent && stream[kOwnReset] !== true && stream[kTimedOut] !== true)
+            this.countReset(session, state)
+        })
+      }
       if (this.requestTimeout > 0 && !stream.endAfterHeaders) this.watchUpload(stream, isGrpc(headers))
       if (this.draining) session.close()
     })

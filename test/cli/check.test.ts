@@ -395,7 +395,11 @@ t.test('DNS servers and histogram buckets are checked where they are written', a
   )
   const r = await runCli(['check', 'values.yaml'], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
   t.equal(r.code, 1, 'invalid: exit 1')
-  t.match(r.stdout, /^values\.yaml:2:\d+ .*bucket bounds must be in increasing order/m, 'the buckets, at their line')
+  t.match(
+    r.stdout,
+    /^values\.yaml:2:\d+ .*bucket bounds must be in increasing order/m,
+    'the buckets, at their line',
+  )
   t.match(r.stdout, /^values\.yaml:9:\d+ .*expected an IP address/m, 'the host name, at its line')
   t.match(r.stdout, /^values\.yaml:10:\d+ .*port must be 1 to 65535/m, 'port 0, at its line')
   t.notMatch(r.stdout, /values\.yaml:(8|11):/, 'the two good servers pass')

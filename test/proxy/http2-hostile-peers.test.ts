@@ -3,12 +3,19 @@
 // answer carries a status or fields an HTTP/2 response cannot have. Each used to throw inside an event
 // handler of the proxy and end the process for every caller; now each is one answered or cancelled exchange.
 import { once } from 'node:events'
-import { createServer as createH2Server, connect as h2connect, type IncomingHttpHeaders } from 'node:http2'
+import {
+  constants,
+  createServer as createH2Server,
+  connect as h2connect,
+  type IncomingHttpHeaders,
+} from 'node:http2'
 import { type AddressInfo, createServer as createNetServer, connect as tcpConnect } from 'node:net'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { type BinSidecar, startBin } from '../helpers/bin.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
+import { rapidReset } from '../helpers/rapid-reset.ts'
+import { startUpstream } from '../helpers/upstream.ts'
 
 t.setTimeout(120_000)
 
@@ -321,5 +328,25 @@ t.test('a websocket upgrade towards an h2c upstream is refused, not a proxy erro
     'the refused upgrade recorded',
   )
   t.equal(metricValue(samples, 'nhi_requests_total', { code: '501' }), 1)
+  assertAlive(t, sidecar)
+})
+
+t.test('HEAD streams reset at once count against the rapid-reset budget', async (t) => {
+  // node:http2 emits no 'aborted' for a reset HEAD stream: the proxy's own budget never saw them, and only
+  // nghttp2's much larger one (about a thousand streams) ended such a connection
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startBin(t, { upstream: up.url, limits: { http2MaxResetsPerSecond: 20 } })
+  const session = h2connect(sidecar.proxyUrl)
+  t.teardown(() => session.destroy())
+  t.equal(await rapidReset(session, 'HEAD'), constants.NGHTTP2_ENHANCE_YOUR_CALM, 'GOAWAY ENHANCE_YOUR_CALM')
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_http2_connections_closed_total', { reason: 'rapid_reset' }) >= 1,
+    'the connection counted as closed for rapid reset',
+  )
+  t.equal(metricValue(samples, 'nhi_http2_connections_closed_total', { reason: 'rapid_reset' }), 1)
+  const served = await h2Request(t, sidecar.proxyUrl, { ':method': 'HEAD', ':path': '/echo' })
+  t.equal(served.status, 200, 'a HEAD that is not reset is served, and not counted')
   assertAlive(t, sidecar)
 })
