@@ -13,50 +13,12 @@ import { type AddressInfo, createServer as createNetServer, connect as tcpConnec
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { type BinSidecar, startBin } from '../helpers/bin.ts'
+import { FLAG, FRAME, frame, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 t.setTimeout(120_000)
-
-/** an HPACK integer with an N-bit prefix (RFC 7541 §5.1) */
-function hpackInt(value: number, prefixBits: number, flags = 0): Buffer {
-  const max = (1 << prefixBits) - 1
-  if (value < max) return Buffer.from([flags | value])
-  const out = [flags | max]
-  let rest = value - max
-  while (rest >= 128) {
-    out.push((rest & 127) | 128)
-    rest >>= 7
-  }
-  out.push(rest)
-  return Buffer.from(out)
-}
-
-/** a header block of literal fields without indexing: any name and value, as sent */
-function headerBlock(fields: readonly (readonly [string, string])[]): Buffer {
-  return Buffer.concat(
-    fields.flatMap(([name, value]) => [
-      Buffer.from([0]),
-      hpackInt(name.length, 7),
-      Buffer.from(name, 'latin1'),
-      hpackInt(value.length, 7),
-      Buffer.from(value, 'latin1'),
-    ]),
-  )
-}
-
-const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4 } as const
-const FLAG = { END_STREAM: 1, ACK: 1, END_HEADERS: 4 } as const
-
-function frame(type: number, flags: number, streamId: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9)
-  head.writeUIntBE(payload.length, 0, 3)
-  head[3] = type
-  head[4] = flags
-  head.writeUInt32BE(streamId, 5)
-  return Buffer.concat([head, payload])
-}
 
 interface RawAnswer {
   headers: readonly (readonly [string, string])[]
@@ -210,7 +172,7 @@ t.test('a bodiless gRPC call reset with NO_ERROR while the upstream answers it T
     )
     socket.write(
       Buffer.concat([
-        Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
+        PREFACE,
         frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)),
         head,
         frame(FRAME.RST_STREAM, 0, 1, Buffer.alloc(4)),

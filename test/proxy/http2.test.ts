@@ -16,6 +16,7 @@ import { request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import type { CertEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { FRAME, frame, PREFACE } from '../helpers/h2-frames.ts'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
@@ -329,19 +330,12 @@ t.test("streams the proxy resets itself are not counted as the client's rapid re
   )
 })
 
-/** one HTTP/2 frame on stream 0 (RFC 9113 §4.1) */
-function controlFrame(type: number, payload: Buffer): Buffer {
-  const header = Buffer.alloc(9)
-  header.writeUIntBE(payload.length, 0, 3)
-  header[3] = type
-  return Buffer.concat([header, payload])
-}
-
 /** the error code of the first GOAWAY frame (type 7) in what the server sent, if any */
 function goawayCode(received: Buffer): number | undefined {
   for (let at = 0; at + 9 <= received.length; ) {
     const length = received.readUIntBE(at, 3)
-    if (received[at + 3] === 7 && at + 9 + 8 <= received.length) return received.readUInt32BE(at + 9 + 4)
+    if (received[at + 3] === FRAME.GOAWAY && at + 9 + 8 <= received.length)
+      return received.readUInt32BE(at + 9 + 4)
     at += 9 + length
   }
   return undefined
@@ -357,10 +351,12 @@ async function flood(port: number, kind: 'ping' | 'settings', stop: () => Promis
   await once(socket, 'connect')
   socket.pause()
   socket.on('error', () => {})
-  socket.write(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'))
-  socket.write(controlFrame(4, Buffer.alloc(0)))
+  socket.write(PREFACE)
+  socket.write(frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)))
   const one =
-    kind === 'ping' ? controlFrame(6, Buffer.alloc(8)) : controlFrame(4, Buffer.from([0, 3, 0, 0, 0, 100])) // SETTINGS_MAX_CONCURRENT_STREAMS = 100
+    kind === 'ping'
+      ? frame(FRAME.PING, 0, 0, Buffer.alloc(8))
+      : frame(FRAME.SETTINGS, 0, 0, Buffer.from([0, 3, 0, 0, 0, 100])) // SETTINGS_MAX_CONCURRENT_STREAMS = 100
   const burst = Buffer.concat(Array.from({ length: 2000 }, () => one))
   let stopped = false
   for (let i = 0; i < 40 && !stopped && !socket.destroyed; i++) {

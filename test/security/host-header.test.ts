@@ -11,6 +11,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { FLAG, FRAME, frame, headerBlock, hpackString, PREFACE } from '../helpers/h2-frames.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -31,19 +32,6 @@ async function exchange(port: number, data: string | Buffer): Promise<Buffer> {
 
 const statusLine = (answer: Buffer) => answer.toString('latin1').split('\r\n')[0]
 
-/** an HPACK string literal, not Huffman-coded (every value here is shorter than 127 bytes) */
-const str = (s: string) => Buffer.concat([Buffer.from([s.length]), Buffer.from(s, 'latin1')])
-
-/** an HTTP/2 frame: 9-byte header then the payload */
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9)
-  head.writeUIntBE(payload.length, 0, 3)
-  head[3] = type
-  head[4] = flags
-  head.writeUInt32BE(stream, 5)
-  return Buffer.concat([head, payload])
-}
-
 /**
  * A GET on stream 1 of a prior-knowledge h2c connection, its header block encoded by hand: node:http2's client
  * refuses to send a second `host` field, which any other client can.
@@ -52,13 +40,13 @@ function h2cGet(path: string, fields: [string, string][]): Buffer {
   const block = Buffer.concat([
     Buffer.from([0x82, 0x86]), // :method GET, :scheme http (static table)
     Buffer.from([0x04]), // :path, literal value without indexing
-    str(path),
-    ...fields.map(([name, value]) => Buffer.concat([Buffer.from([0x00]), str(name), str(value)])),
+    hpackString(path),
+    headerBlock(fields),
   ])
   return Buffer.concat([
-    Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'),
-    frame(0x4, 0, 0, Buffer.alloc(0)), // SETTINGS
-    frame(0x1, 0x5, 1, block), // HEADERS, END_STREAM | END_HEADERS
+    PREFACE,
+    frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)),
+    frame(FRAME.HEADERS, FLAG.END_STREAM | FLAG.END_HEADERS, 1, block),
   ])
 }
 
