@@ -75,6 +75,25 @@ function operationalLogger() {
   return pino({ level, base: { svc: 'nhi-proxy' } }, pino.destination(2))
 }
 
+/**
+ * A bug that escaped every handler (an exception thrown in an event listener, a promise rejected with no one
+ * to catch it): one `internal_error` line with the error and its stack, then exit 3, apart from 1 (invalid
+ * config) and 2 (a runtime failure the operator can act on). Carrying on would serve from a state nothing
+ * checked; the container is restarted (under `workers: N` the primary replaces the worker).
+ */
+function exitOnInternalError(log: ReturnType<typeof operationalLogger>): void {
+  const die = (err: unknown) => {
+    try {
+      log.fatal({ event: 'internal_error', err }, 'internal error: nhi-proxy exits')
+    } catch {
+      process.stderr.write(`nhi-proxy: internal error: ${String(err)}\n`)
+    }
+    process.exit(3)
+  }
+  process.on('uncaughtException', die)
+  process.on('unhandledRejection', die)
+}
+
 /** What a signal stops: `shutdown` drains (the drain delay, then in-flight requests), `close` stops at once. */
 interface Stoppable {
   close: () => Promise<void>
@@ -221,6 +240,7 @@ Examples:
       // the sidecar's modules load while the config file is read and parsed, not after
       const runtime = import('../runtime.ts')
       const log = operationalLogger()
+      exitOnInternalError(log)
       tuneHeapGrowth()
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
       const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin }

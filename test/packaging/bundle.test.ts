@@ -166,6 +166,39 @@ if (bundleBuilt(t)) {
     t.match(r.stderr, /--duration <duration>' argument '20x' is invalid\. expected a duration such as 20s/)
   })
 
+  t.test('a bug that escapes every handler: one internal_error line, exit 3', async (t) => {
+    // the bug is planted from outside: a preload whose SIGUSR2 handler throws, once the proxy is serving
+    const plant = `data:text/javascript,${encodeURIComponent(
+      "process.on('SIGUSR2', () => { throw new Error('planted bug') })",
+    )}`
+    const p = startProcess(t, process.execPath, [
+      '--import',
+      plant,
+      BUNDLE,
+      'run',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin',
+      '127.0.0.1:0',
+    ])
+    await p.waitFor(/"event":"started"/)
+    p.child.kill('SIGUSR2')
+    t.equal(
+      await exitWithin(p.exited, 10_000),
+      3,
+      'exit 3: apart from invalid config (1) and runtime failure (2)',
+    )
+    const line = p
+      .output()
+      .split('\n')
+      .find((l) => l.includes('"internal_error"'))
+    t.ok(line, 'one internal_error line')
+    const parsed = JSON.parse(line ?? '{}') as { level?: number; err?: { message?: string; stack?: string } }
+    t.equal(parsed.level, 60, 'at level fatal')
+    t.equal(parsed.err?.message, 'planted bug', 'with the error')
+    t.match(parsed.err?.stack, /planted bug/, 'and its stack')
+  })
+
   t.test('a busy address is named', async (t) => {
     const blocker = createServer()
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r))
