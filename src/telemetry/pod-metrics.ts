@@ -188,6 +188,11 @@ interface Slot {
   active: boolean
   /** the identities its last snapshot said were named from a request header or the path */
   requestNamed: string[]
+  /**
+   * requests this process counted on nhi_requests lines it no longer renders (an identity it dropped after
+   * metrics.idleTtl): still its own, so that its nhi_worker_requests_total never goes down while it lives
+   */
+  retiredRequests: number
 }
 
 interface Present {
@@ -271,13 +276,19 @@ export class PodMetrics {
       slot.lines[id] = line
     }
     for (const id of snapshot.removed) {
-      slot.lines[id]?.retire(slot.index)
+      const line = slot.lines[id]
+      if (line?.family.base === REQUESTS) slot.retiredRequests += line.values[slot.index] ?? 0
+      line?.retire(slot.index)
       slot.lines[id] = undefined
     }
     const { ids, values } = snapshot
     for (let i = 0; i < ids.length; i++) slot.lines[ids[i]!]?.set(slot.index, values[i]!)
     if (before !== undefined) {
-      for (const { line, value } of before) if (line.values[slot.index] === undefined) line.keep(value)
+      for (const { line, value } of before) {
+        if (line.values[slot.index] !== undefined) continue
+        line.keep(value)
+        if (line.family.base === REQUESTS) slot.retiredRequests += value
+      }
     }
     slot.requestNamed = snapshot.requestNamed
     slot.seq = snapshot.seq
@@ -300,6 +311,8 @@ export class PodMetrics {
       else line.retire(slot.index)
     }
     this.clear(slot)
+    // its replacement's nhi_worker_requests_total starts from nothing, as a restarted process's counters do
+    slot.retiredRequests = 0
     slot.active = false
   }
 
@@ -336,7 +349,7 @@ export class PodMetrics {
     const format = openMetrics ? 1 : 0
     const served = new Map<Slot, number>()
     const workers = [...this.slots.values()].filter((s) => s.active && s.label !== PRIMARY)
-    for (const s of workers) served.set(s, 0)
+    for (const s of workers) served.set(s, s.retiredRequests)
     const requests = this.families.get(REQUESTS)
     if (requests) {
       for (const line of requests.lines.values()) {
@@ -354,7 +367,9 @@ export class PodMetrics {
       }
       for (const [key, line] of f.lines) {
         // a line no process renders goes, unless it kept counts of an identity some worker still tracks
-        const kept = line.retiring && line.identity !== undefined && present.has(line.identity)
+        // for the same service (after a reload renamed the service, the old one's lines go, as in one process)
+        const kept =
+          line.retiring && line.identity !== undefined && present.get(line.identity)?.service === line.service
         if (line.processes === 0 && line.extra === undefined && !kept) {
           f.lines.delete(key)
           continue
@@ -384,6 +399,7 @@ export class PodMetrics {
         lines: [],
         active: true,
         requestNamed: [],
+        retiredRequests: 0,
       }
       this.slots.set(process, slot)
     }

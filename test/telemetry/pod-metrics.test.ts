@@ -269,6 +269,16 @@ function additiveIdentityLines(body: string): Map<string, number> {
   return out
 }
 
+/** a worker's nhi_requests_total lines, overflow included: what its nhi_worker_requests_total sums */
+function requestLines(body: string): Map<string, number> {
+  const out = new Map<string, number>()
+  for (const f of parseExposition(body)) {
+    if (f.base !== 'nhi_requests') continue
+    for (const s of f.samples) out.set(s.prefix, s.value)
+  }
+  return out
+}
+
 /** `source identity` of a per-identity line's key */
 function identityOf(key: string): string {
   const m = PER_IDENTITY.exec(key.slice(key.indexOf('{') + 1))
@@ -334,6 +344,10 @@ t.test('merged snapshots equal the merge of fresh text, after any updates on sev
       // their identity lives on elsewhere: a live series never goes backwards
       const applied = new Map<number, Map<string, number>>()
       const retired = new Map<string, number>()
+      // each live worker's nhi_requests lines as last applied, and what those it stopped rendering had
+      // counted: its nhi_worker_requests_total goes on counting them until it restarts
+      const appliedRequests = new Map<number, Map<string, number>>()
+      const workerRetired = new Map<number, number>()
       for (const o of ops) {
         if (o.op === 'request') {
           const w = workers[o.worker]!
@@ -370,6 +384,8 @@ t.test('merged snapshots equal the merge of fresh text, after any updates on sev
           for (const [key, value] of applied.get(o.worker) ?? [])
             retired.set(key, (retired.get(key) ?? 0) + value)
           applied.delete(o.worker)
+          appliedRequests.delete(o.worker)
+          workerRetired.delete(o.worker)
           restarts++
           continue
         }
@@ -387,6 +403,11 @@ t.test('merged snapshots equal the merge of fresh text, after any updates on sev
               if (!now.has(key)) retired.set(key, (retired.get(key) ?? 0) + value)
             }
             applied.set(i, now)
+            const requests = requestLines(texts.at(-1)!.body)
+            for (const [key, value] of appliedRequests.get(i) ?? []) {
+              if (!requests.has(key)) workerRetired.set(i, (workerRetired.get(i) ?? 0) + value)
+            }
+            appliedRequests.set(i, requests)
           }
         })
         const present = new Set<string>()
@@ -404,6 +425,10 @@ t.test('merged snapshots equal the merge of fresh text, after any updates on sev
         if (!sameSamples(samplesOf(fresh), plain)) return false
         const want = new Map(plain)
         for (const [key, value] of retired) want.set(key, (want.get(key) ?? 0) + value)
+        for (const [i, value] of workerRetired) {
+          const key = `nhi_worker_requests_total{service="s",worker="${i + 1}"}`
+          want.set(key, (want.get(key) ?? 0) + value)
+        }
         if (!sameSamples(samplesOf(merged), want)) return false
         const types: string[] = merged.match(/^# TYPE \S+/gm) ?? []
         if (new Set(types).size !== types.length) return false
@@ -414,4 +439,37 @@ t.test('merged snapshots equal the merge of fresh text, after any updates on sev
     }),
     200,
   )
+})
+
+// A worker that drops an idle identity (metrics.idleTtl) no longer renders its lines: its
+// nhi_worker_requests_total, the sum of those lines, went down with them, which Prometheus reads as a reset.
+t.test("a worker's request count does not go down when it drops an idle identity", async (t) => {
+  const pod = new PodMetrics()
+  const served = (body: string) => value(body, 'nhi_worker_requests_total{service="s",worker="1"}')
+  const first = pod.merge([{ worker: '1', body: worker({ a: 5, b: 5 }) }], primary, state(10), false)
+  t.equal(served(first), 10)
+  const second = pod.merge([{ worker: '1', body: worker({ b: 7 }) }], primary, state(10), false)
+  t.equal(served(second), 12, "a's 5 stay counted after the worker dropped it")
+  t.equal(value(second, req('b')), 7)
+  const third = pod.merge([{ worker: '1', body: worker({ a: 1, b: 7 }) }], primary, state(10), false)
+  t.equal(served(third), 13, 'and a that returns counts on from there')
+})
+
+// A reload that renames the service: each worker starts its per-identity series afresh under the new name.
+// The pod kept the old service's lines of an identity that came back under the new one (it matched
+// identities without their service), frozen next to the new ones, double-counted by any sum without service.
+t.test("a renamed service: the old service's lines go, as in one process", async (t) => {
+  const pod = new PodMetrics()
+  const renamed = (body: string) => body.replaceAll('service="s"', 'service="t"')
+  const before = pod.merge([{ worker: '1', body: worker({ a: 3 }) }], primary, state(10), false)
+  t.equal(value(before, req('a')), 3)
+  const after = pod.merge(
+    [{ worker: '1', body: renamed(worker({ a: 2 })) }],
+    primary,
+    { ...state(10), service: 't' },
+    false,
+  )
+  t.equal(value(after, req('a')), undefined, 'no line of the old service')
+  t.equal(value(after, renamed(req('a'))), 2, 'the new service counts afresh')
+  t.notMatch(after, /service="s"/, 'nothing left of the old service')
 })
