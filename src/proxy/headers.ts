@@ -2,7 +2,7 @@
 // Header-name sets are built once; a request costs one pass over its headers.
 import type { IncomingHttpHeaders } from 'node:http'
 import { isIP } from 'node:net'
-import { FORWARDED_CERT_HEADERS } from '../identity/forwarded/headers.ts'
+import { isForwardedCertHeader } from '../identity/forwarded/headers.ts'
 import { METHOD_OVERRIDE_HEADERS } from '../policy/policy.ts'
 import type { Identity } from '../types.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
@@ -536,7 +536,7 @@ const NOT_IN_TRAILERS = new Set([
   'signature',
   'signature-input',
   'signature-agent',
-  ...FORWARDED_CERT_HEADERS,
+  // (forwarded client certificate headers too: isForwardedCertHeader, below, knows every ALB name)
   // a proxy names the client's address in the header section; one in a trailer is the client's own claim
   ...CLIENT_ADDRESS,
   ...REQUEST_BEFORE_PROXY,
@@ -564,6 +564,7 @@ function trailerAllowed(
     SET_BY_PROXY.has(n) ||
     NEVER_FORWARDED.has(n) ||
     NOT_IN_TRAILERS.has(n) ||
+    isForwardedCertHeader(n) ||
     isIdentityHeaderName(n)
   )
     return false

@@ -81,6 +81,13 @@ t.test('trailer fields are filtered by the header rule plus what a trailer may n
     'other-key',
     'x-forwarded-client-cert',
     'By=spiffe://x',
+    // every ALB name is a forwarded certificate header, the five the proxy reads and the others ALB sends
+    'X-Amzn-Mtls-Clientcert-Issuer',
+    'CN=Trusted Corp CA',
+    'x-amzn-mtls-clientcert-validity',
+    'NotBefore=2026-01-01T00:00:00Z;NotAfter=2099-01-01T00:00:00Z',
+    'X_Amzn_Mtls_Clientcert_Foo',
+    'bar',
     'te',
     'trailers',
     'x-listed',
