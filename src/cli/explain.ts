@@ -15,15 +15,12 @@ import {
 import { evidenceByName } from '../identity/sources/source.ts'
 import { AttributionPipeline, readSecretFiles } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
-import { hasLowerCaseLetter } from '../proxy/request-lifecycle.ts'
+import { requestLineRefusal } from '../proxy/request-lifecycle.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import { sha256Hex } from '../util/fingerprint.ts'
 import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
 import { printable } from './prometheus-api.ts'
-
-/** RFC 9110 §9.1 / §5.6.2: a method is a token */
-const METHOD_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 
 export type { ExplainReport } from './explain-render.ts'
 
@@ -150,29 +147,15 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
       return 1
     }
   }
-  // the path as the live proxy normalizes it (and refuses it)
-  const target = requestTarget(opts.path)
-  if (target === undefined) {
-    out(
-      `${printable(opts.path)}: the proxy refuses this request target with 400 (not origin- or absolute-form, or an ambiguous path)`,
-    )
+  // what the live proxy refuses (or answers itself) before rules and policy: said, not decided
+  const refusal = requestLineRefusal(opts.method, opts.path)
+  if (refusal !== undefined) {
+    const what = requestTarget(opts.path) === undefined ? opts.path : opts.method
+    out(`${printable(what)}: ${refusal}`)
     return 1
   }
+  const target = requestTarget(opts.path)!
   if (target.path !== opts.path.split('?')[0]) notes.push(`path normalized to ${target.path}`)
-  // methods are case-sensitive: the live proxy does not decide `get` as `GET`, it refuses it
-  if (hasLowerCaseLetter(opts.method)) {
-    out(
-      `${printable(opts.method)}: the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)`,
-    )
-    return 1
-  }
-  // neither HTTP/1.1's parser nor HTTP/2's framing layer lets a method that is not a token through
-  if (!METHOD_TOKEN.test(opts.method)) {
-    out(
-      `${printable(opts.method)}: the proxy refuses this request method with 400 (a method is a token: letters, digits and !#$%&'*+-.^_\`|~ only)`,
-    )
-    return 1
-  }
   const req: RequestInfo = {
     method: opts.method,
     path: target.path,

@@ -15,6 +15,7 @@ import { addCredential } from '../identity/sources/source.ts'
 import { classifyUserAgent } from '../identity/useragent.ts'
 import { compilePolicy } from '../policy/policy.ts'
 import { requestTarget } from '../proxy/path.ts'
+import { requestLineRefusal } from '../proxy/request-lifecycle.ts'
 import { compileRules } from '../rules/rule-set.ts'
 import type {
   ConnectionInfo,
@@ -90,17 +91,27 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
     const claims = r.jwt as Record<string, unknown>
     const issuer = r.jwt.iss
     const configured = config.jwt.issuers.find((i) => i.issuer === issuer)
-    const jwt: JwtEvidence = {
-      source: 'jwt',
-      verified: true,
-      issuer,
-      claims,
-      alg: 'RS256',
-      fingerprint: fingerprint(JSON.stringify(claims)),
+    if (configured === undefined) {
+      // the live proxy never verifies a token of an issuer jwt.issuers does not list
+      ev.failures.push({
+        failed: true,
+        source: 'jwt',
+        reason: 'wrong_issuer',
+        detail: `issuer ${issuer} is not configured in jwt.issuers`,
+      })
+    } else {
+      const jwt: JwtEvidence = {
+        source: 'jwt',
+        verified: true,
+        issuer,
+        claims,
+        alg: 'RS256',
+        fingerprint: fingerprint(JSON.stringify(claims)),
+      }
+      if (configured.profile) jwt.profile = configured.profile
+      if (typeof claims['exp'] === 'number') jwt.exp = claims['exp']
+      addCredential(ev, sourceNamed('jwt'), jwt)
     }
-    if (configured?.profile) jwt.profile = configured.profile
-    if (typeof claims['exp'] === 'number') jwt.exp = claims['exp']
-    addCredential(ev, sourceNamed('jwt'), jwt)
   }
   if (r.cert) {
     const c = r.cert
@@ -147,6 +158,7 @@ function headerValue(headers: Record<string, string>, name: string): string | un
   return undefined
 }
 
+/** a request the test file names: what the live proxy would refuse is the caller's to report (requestLineRefusal) */
 export function requestForTest(r: TestRequest): { req: RequestInfo; conn: ConnectionInfo } {
   const headers: Record<string, string> = {}
   for (const [k, v] of Object.entries(r.headers)) headers[k.toLowerCase()] = v
@@ -155,7 +167,7 @@ export function requestForTest(r: TestRequest): { req: RequestInfo; conn: Connec
   // the path as the live proxy normalizes it before rules and policy see it
   const target = requestTarget(r.path) ?? { path: q < 0 ? r.path : r.path.slice(0, q), target: r.path }
   return {
-    req: { method: r.method.toUpperCase(), path: target.path, url: target.target, headers },
+    req: { method: r.method, path: target.path, url: target.target, headers },
     conn: { remoteAddress: r.remoteAddr, remotePort: 0, tls: r.cert !== undefined && !r.cert.forwarded },
   }
 }
@@ -165,6 +177,10 @@ export interface CaseResult {
   ok: boolean
   /** one line per mismatched field */
   mismatches: string[]
+  /** the live proxy answers the request itself (requestLineRefusal): identity and decision are never made */
+  refused?: boolean
+  /** credentials the live proxy would not have verified, with why (`jwt wrong_issuer: …`) */
+  failures: string[]
   identity: Identity
   decision: PolicyDecision
 }
@@ -173,8 +189,24 @@ export function runCase(config: Config, c: RuleTestCase): CaseResult {
   const rules = compileRules(config, { cacheSize: 0 })
   const policy = compilePolicy(config.policy)
   const { req, conn } = requestForTest(c.request)
-  const identity = rules.classify(evidenceForTest(config, c.request), req, conn)
+  const evidence = evidenceForTest(config, c.request)
+  const identity = rules.classify(evidence, req, conn)
   const decision = policy.decide(identity, req)
+  const failures = evidence.failures.map((f) => `${f.source} ${f.reason}: ${f.detail}`)
+  // a request the proxy answers before rules and policy see it decides nothing: the test cannot pass
+  const refusal = requestLineRefusal(c.request.method, c.request.path)
+  if (refusal !== undefined)
+    return {
+      name: c.name,
+      ok: false,
+      mismatches: [
+        `request ${c.request.method} ${c.request.path}: ${refusal}; rules and policy never see it`,
+      ],
+      refused: true,
+      failures,
+      identity,
+      decision,
+    }
   const actual: Record<keyof RuleTestCase['expect'], unknown> = {
     identity: identity.name,
     kind: identity.kind,
@@ -193,7 +225,7 @@ export function runCase(config: Config, c: RuleTestCase): CaseResult {
     if (got !== want)
       mismatches.push(`${field}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got) ?? 'nothing'}`)
   }
-  return { name: c.name, ok: mismatches.length === 0, mismatches, identity, decision }
+  return { name: c.name, ok: mismatches.length === 0, mismatches, failures, identity, decision }
 }
 
 export async function runRuleTests(files: string[], out: Out): Promise<number> {
@@ -235,9 +267,12 @@ export async function runRuleTests(files: string[], out: Out): Promise<number> {
         out(`not ok ${n} - ${c.name}`)
         out('  ---')
         for (const m of result.mismatches) out(`  ${m}`)
-        out(
-          `  actual: ${result.identity.name} (${result.identity.kind}, ${result.identity.source}, rule ${result.identity.rule})`,
-        )
+        if (!result.refused) {
+          out(
+            `  actual: ${result.identity.name} (${result.identity.kind}, ${result.identity.source}, rule ${result.identity.rule})`,
+          )
+          for (const f of result.failures) out(`  not verified: ${f}`)
+        }
         out('  ...')
       }
     }

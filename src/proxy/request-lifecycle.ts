@@ -166,6 +166,25 @@ export function hasLowerCaseLetter(method: string): boolean {
   return false
 }
 
+/** a method is a token (RFC 9110 §9.1): neither HTTP/1.1's parser nor HTTP/2's framing lets anything else through */
+const METHOD_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+/**
+ * Why the live proxy answers a request of this method and target before identification or policy see it
+ * (400, or 501 for CONNECT), or undefined when it does not: what `explain` and rule tests say instead of
+ * deciding a request the proxy never decides.
+ */
+export function requestLineRefusal(method: string, target: string): string | undefined {
+  if (requestTarget(target) === undefined)
+    return 'the proxy refuses this request target with 400 (not origin- or absolute-form, or an ambiguous path)'
+  if (hasLowerCaseLetter(method))
+    return 'the proxy refuses this request method with 400 (methods are case-sensitive: an HTTP/2 method with a lower-case letter is refused, and HTTP/1.1 cannot send one)'
+  if (!METHOD_TOKEN.test(method))
+    return "the proxy refuses this request method with 400 (a method is a token: letters, digits and !#$%&'*+-.^_`|~ only)"
+  if (method === 'CONNECT') return 'the proxy answers CONNECT with 501 (a reverse proxy, not a tunnel)'
+  return undefined
+}
+
 /** a header name that is `host` in any letter case, compared without allocating */
 function isHostName(name: string): boolean {
   return (

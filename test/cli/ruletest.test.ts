@@ -36,6 +36,13 @@ t.test('a failing test file exits 1 with expected/actual', async (t) => {
   t.match(r.text, /^not ok 2 - wrong identity and decision$/m)
   t.match(r.text, /identity: expected "shop\/api", got "shop\/web"/)
   t.match(r.text, /decision: expected "allow", got "deny"/)
+  // what the live proxy refuses before rules and policy, or never verifies, cannot pass a rule test
+  t.match(r.text, /^not ok 3 - a path the proxy refuses$/m)
+  t.match(r.text, /request GET \/admin%2fusers: the proxy refuses this request target with 400/)
+  t.match(r.text, /^not ok 4 - a lower-case method$/m)
+  t.match(r.text, /request get \/: the proxy refuses this request method with 400/)
+  t.match(r.text, /^not ok 5 - a token of an issuer the config does not list$/m)
+  t.match(r.text, /not verified: jwt wrong_issuer: issuer https:\/\/unlisted\.example is not configured/)
 })
 
 t.test('an invalid test file is reported with line:col and exits 1', async (t) => {
