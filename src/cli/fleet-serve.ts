@@ -9,7 +9,7 @@ import { redactUrl } from '../config/redact.ts'
 import { listenProblem } from '../util/listen-problem.ts'
 import type { Out } from './check.ts'
 import { buildFleet, type FleetOptions, printFleet } from './fleet.ts'
-import { PromError } from './prometheus-api.ts'
+import { PromError, prometheusBase } from './prometheus-api.ts'
 
 const HTML_ESCAPES: Record<string, string> = {
   '&': '&amp;',
@@ -69,6 +69,9 @@ export async function serveFleet(
   let port: number
   try {
     ;({ host, port } = parseServeAddress(address))
+    // a URL no load could ever use is the same bad flag as without --serve: refused before serving a page
+    // that would answer 502 forever
+    prometheusBase(o.prometheus)
   } catch (e) {
     err(`nhi-proxy: ${(e as Error).message}`)
     return 1

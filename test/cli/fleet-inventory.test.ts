@@ -538,6 +538,16 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
   const badServe = await badServePending
   t.equal(badServe.code, 1, 'a bad --serve address → exit 1')
   t.match(badServe.stderr, /--serve must be HOST:PORT, :PORT or PORT/)
+  // a --prometheus URL no load could use: refused before serving, as without --serve (it served a page that
+  // answered 502 forever)
+  for (const url of ['ftp://prometheus:9090', 'prometheus:9090']) {
+    const badUrl = await runCli(['fleet', '--prometheus', url, '--serve', '127.0.0.1:0'], {
+      timeoutMs: 10_000,
+    })
+    t.equal(badUrl.code, 1, `--serve with --prometheus ${url} → exit 1`)
+    t.match(badUrl.stderr, /--prometheus must be an http:\/\/ or https:\/\/ URL/)
+    t.notMatch(badUrl.stdout, /fleet view of/, 'nothing served')
+  }
 
   // the page's port taken by someone else: a listener that cannot start is a runtime failure
   const taken = createServer()
