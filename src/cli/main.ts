@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { isIP } from 'node:net'
-// nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
+// nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime
+// failure, 3 an internal error of `run`.
 import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { formatDiagnostic, loadConfigFile } from '../config/loader.ts'
@@ -13,7 +14,19 @@ import { VERSION } from '../version.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
 
-const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
+/**
+ * A report's lines. A reader that stops early (`| head`) closes the pipe: the rest is not written, and the
+ * command ends as it would have (its exit code says whether the checks passed), without a stack trace.
+ */
+let readerGone = false
+const out = (s: string) => {
+  if (readerGone) return
+  process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
+}
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') throw err
+  readerGone = true
+})
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value]
@@ -194,7 +207,8 @@ Quick start:
   nhi-proxy check config/nhi-proxy.yaml            validate rules (FILE:LINE:COL errors)
   nhi-proxy explain -c rules.yaml --ua 'GPTBot/1.2' --path /docs   why a request gets its identity
 
-Exit codes: 0 ok, 1 invalid input or config, 2 runtime failure (address in use, a listener that cannot start).`,
+Exit codes: 0 ok, 1 invalid input or config, 2 runtime failure (address in use, a listener that cannot start),
+3 an internal error of run (a bug: its internal_error line says where).`,
   )
 
 program

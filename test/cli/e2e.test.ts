@@ -47,3 +47,27 @@ t.test('every shipped config passes check', async (t) => {
   const r = await cli(['check', ...files])
   t.equal(r.code, 0, r.stdout + r.stderr)
 })
+
+// `nhi-proxy test … | head`: the reader closes the pipe early. The command used to die on the write that
+// failed (EPIPE) with a stack trace and exit 1; now the rest goes unwritten and its exit code is its own.
+t.test('a reader that closes the pipe early: no stack trace, the exit code of the checks', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const run = (files: string[]) =>
+    new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, [`${ROOT}/dist/nhi-proxy.mjs`, 'test', ...files], { cwd: ROOT })
+      let stderr = ''
+      c.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString()
+      })
+      // more output than a pipe buffers: the writes after the first chunk meet a closed pipe
+      c.stdout.once('data', () => c.stdout.destroy())
+      c.on('exit', (code) => resolve({ code, stderr }))
+    })
+  const many = (file: string) => Array.from({ length: 200 }, () => file)
+  const passing = await run(many('config/examples/policy-enforce.test.yaml'))
+  t.equal(passing.stderr, '', 'nothing on stderr')
+  t.equal(passing.code, 0, 'passing tests: 0')
+  const failing = await run(many('test/golden/failing.test.yaml'))
+  t.equal(failing.stderr, '', 'nothing on stderr')
+  t.equal(failing.code, 1, 'failing tests: still 1')
+})
