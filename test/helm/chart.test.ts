@@ -456,6 +456,19 @@ t.test('termination: grace period, preStop, PodDisruptionBudget', async (t) => {
   const withSleep = proxyContainer(podSpec((await render(['--set', 'preStopSleepSeconds=3'])).objects))
   t.same((withSleep as { lifecycle?: unknown }).lifecycle, { preStop: { sleep: { seconds: 3 } } })
 
+  // the chart's oldest Kubernetes, 1.29, has the sleep action behind an alpha gate: the API server drops the
+  // field and then refuses the pod for a preStop hook without a handler, so the chart renders none there
+  const old = podSpec(
+    (await render(['-f', SIDECAR_VALUES, '--set', 'preStopSleepSeconds=3', '--kube-version', '1.29.0']))
+      .objects,
+  )
+  t.equal((old.containers[0] as { lifecycle?: unknown }).lifecycle, undefined, '1.29: no preStop for the app')
+  t.equal((proxyContainer(old) as { lifecycle?: unknown }).lifecycle, undefined, 'nor for the proxy')
+  const current = podSpec((await render(['-f', SIDECAR_VALUES, '--kube-version', '1.30.0'])).objects)
+  t.same((current.containers[0] as { lifecycle?: unknown }).lifecycle, { preStop: { sleep: { seconds: 5 } } })
+  const lint = await run(helm, ['lint', CHART_DIR, '-f', SIDECAR_VALUES, '--kube-version', '1.29.0'])
+  t.equal(lint.code, 0, `the chart lints on 1.29, NOTES included: ${lint.stdout}`)
+
   const pdb = find((await render()).objects, 'PodDisruptionBudget').spec as {
     minAvailable: number
     selector: { matchLabels: Record<string, string> }

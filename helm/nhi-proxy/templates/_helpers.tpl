@@ -124,6 +124,15 @@ of them would otherwise sit in the ConfigMap while the pods kept the old value.
 {{- end }}
 
 {{/* The nhi-proxy container, without restartPolicy (see nhi-proxy.sidecar). */}}
+{{/*
+"true" where the cluster takes a preStop `sleep` action (Kubernetes 1.30 and later). On 1.29 the API server
+drops the field (feature gate off) and then refuses the pod for a preStop hook without a handler: there the
+chart renders no preStop at all (NOTES says so).
+*/}}
+{{- define "nhi-proxy.sleepAction" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
+
 {{- define "nhi-proxy.container" -}}
 name: nhi-proxy
 image: {{ include "nhi-proxy.image" . | quote }}
@@ -158,7 +167,7 @@ readinessProbe:
   timeoutSeconds: {{ .readiness.timeoutSeconds }}
   failureThreshold: {{ .readiness.failureThreshold }}
 {{- end }}
-{{- if .Values.preStopSleepSeconds }}
+{{- if and .Values.preStopSleepSeconds (include "nhi-proxy.sleepAction" .) }}
 lifecycle:
   preStop:
     sleep: { seconds: {{ .Values.preStopSleepSeconds }} }
