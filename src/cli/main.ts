@@ -318,7 +318,7 @@ Examples:
 
 program
   .command('check')
-  .description('validate config files; every problem as FILE:LINE:COL message (hint); exit 1 on errors')
+  .description('validate config files; problems as FILE:LINE:COL message (hint), schema errors first; exit 1 on errors')
   .addHelpText(
     'after',
     `
