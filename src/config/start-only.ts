@@ -10,8 +10,20 @@ const START_ONLY: readonly {
   read: (c: Config) => unknown
   keep: (next: Config, running: Config) => void
 }[] = [
-  { setting: 'listen', read: (c) => c.listen, keep: (n, r) => void (n.listen = r.listen) },
-  { setting: 'admin', read: (c) => c.admin, keep: (n, r) => void (n.admin = r.admin) },
+  {
+    setting: 'listen',
+    read: (c) => c.listen,
+    keep: (n, r) => {
+      n.listen = r.listen
+    },
+  },
+  {
+    setting: 'admin',
+    read: (c) => c.admin,
+    keep: (n, r) => {
+      n.admin = r.admin
+    },
+  },
   {
     setting: 'upstreamTls',
     read: (c) => c.upstreamTls,
@@ -20,18 +32,40 @@ const START_ONLY: readonly {
       else n.upstreamTls = r.upstreamTls
     },
   },
-  { setting: 'timeouts', read: (c) => c.timeouts, keep: (n, r) => void (n.timeouts = r.timeouts) },
-  { setting: 'limits', read: (c) => c.limits, keep: (n, r) => void (n.limits = r.limits) },
-  { setting: 'workers', read: (c) => c.workers, keep: (n, r) => void (n.workers = r.workers) },
+  {
+    setting: 'timeouts',
+    read: (c) => c.timeouts,
+    keep: (n, r) => {
+      n.timeouts = r.timeouts
+    },
+  },
+  {
+    setting: 'limits',
+    read: (c) => c.limits,
+    keep: (n, r) => {
+      n.limits = r.limits
+    },
+  },
+  {
+    setting: 'workers',
+    read: (c) => c.workers,
+    keep: (n, r) => {
+      n.workers = r.workers
+    },
+  },
   {
     setting: 'audit.output',
     read: (c) => c.audit.output,
-    keep: (n, r) => void (n.audit = { ...n.audit, output: r.audit.output }),
+    keep: (n, r) => {
+      n.audit = { ...n.audit, output: r.audit.output }
+    },
   },
   {
     setting: 'metrics.buckets',
     read: (c) => c.metrics.buckets,
-    keep: (n, r) => void (n.metrics = { ...n.metrics, buckets: r.metrics.buckets }),
+    keep: (n, r) => {
+      n.metrics = { ...n.metrics, buckets: r.metrics.buckets }
+    },
   },
 ]
 
