@@ -4,7 +4,7 @@ import type { X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { loadConfigFile } from '../config/loader.ts'
-import { redactHeader } from '../config/redact.ts'
+import { redactHeader, redactTarget } from '../config/redact.ts'
 import { type Config, configSchema } from '../config/schema.ts'
 import {
   certEvidenceFromX509,
@@ -150,7 +150,7 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
   // what the live proxy refuses (or answers itself) before rules and policy: said, not decided
   const refusal = requestLineRefusal(opts.method, opts.path)
   if (refusal !== undefined) {
-    const what = requestTarget(opts.path) === undefined ? opts.path : opts.method
+    const what = requestTarget(opts.path) === undefined ? redactTarget(opts.path) : opts.method
     out(`${printable(what)}: ${refusal}`)
     return 1
   }
@@ -184,7 +184,7 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
     const report: ExplainReport = {
       request: {
         method: req.method,
-        path: opts.path,
+        path: redactTarget(opts.path),
         remoteAddr,
         headers: Object.keys(headers).map(
           (k) => `${k}: ${redactHeader(k, headers[k]!, config.apiKeys.header)}`,

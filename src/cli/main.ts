@@ -318,7 +318,9 @@ Examples:
 
 program
   .command('check')
-  .description('validate config files; problems as FILE:LINE:COL message (hint), schema errors first; exit 1 on errors')
+  .description(
+    'validate config files; problems as FILE:LINE:COL message (hint), schema errors first; exit 1 on errors',
+  )
   .addHelpText(
     'after',
     `

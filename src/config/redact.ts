@@ -54,6 +54,13 @@ function isSecretField(name: string, value: unknown): boolean {
 
 /** request headers that carry credentials: their values are never echoed */
 const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'x-api-key'])
+/**
+ * Names that hold a credential by the look of them, whoever defined them: X-Auth-Token, Api-Key,
+ * X-Goog-Api-Key, X-Amz-Security-Token, X-Session-Id, X-Client-Secret… (a header's value is shown only when
+ * its name says nothing of the kind)
+ */
+const CREDENTIAL_NAME =
+  /(?:^|-)(?:auth|authorization|token|secret|password|passwd|pwd|credentials?|session|cookie|api-?key|key)(?:-|$)/
 
 /**
  * A request header's value for display: credential headers masked, the configured `apiKeys.header` among
@@ -62,8 +69,34 @@ const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'coo
 export function redactHeader(name: string, value: string, apiKeyHeader?: string): string {
   const n = normalizeHeaderName(name)
   const secret =
-    CREDENTIAL_HEADERS.has(n) || (apiKeyHeader !== undefined && n === normalizeHeaderName(apiKeyHeader))
+    CREDENTIAL_HEADERS.has(n) ||
+    CREDENTIAL_NAME.test(n) ||
+    (apiKeyHeader !== undefined && n === normalizeHeaderName(apiKeyHeader))
   return secret ? REDACTED : value
+}
+
+/**
+ * A request target for display: the values of query parameters that carry credentials (access_token, sig,
+ * X-Amz-Credential…; SECRET_PARAM) masked, the rest as given.
+ */
+export function redactTarget(target: string): string {
+  const q = target.indexOf('?')
+  if (q === -1) return target
+  const params = target
+    .slice(q + 1)
+    .split('&')
+    .map((pair) => {
+      const eq = pair.indexOf('=')
+      if (eq === -1) return pair
+      let name = pair.slice(0, eq)
+      try {
+        name = decodeURIComponent(name.replace(/\+/g, ' '))
+      } catch {
+        // a malformed escape: judged as written
+      }
+      return SECRET_PARAM.test(name) || SECRET_FIELD.test(name) ? `${pair.slice(0, eq)}=redacted` : pair
+    })
+  return `${target.slice(0, q)}?${params.join('&')}`
 }
 
 /**

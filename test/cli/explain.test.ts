@@ -79,6 +79,35 @@ t.test('an api key is never echoed, under the configured header or another spell
   t.match(r.text, /apikey +verified name=partner/, 'the key is still read from the configured header')
 })
 
+// Credentials come in headers and query parameters of every vendor's naming: only authorization, cookie and
+// the api-key header were masked, and a token in the path's query string was printed as given.
+t.test('credential-looking headers and query parameters are never echoed', async (t) => {
+  const secrets = [
+    's3cret-auth-1',
+    's3cret-api-2',
+    's3cret-goog-3',
+    's3cret-amz-4',
+    's3cret-query-5',
+    's3cret-sig-6',
+  ]
+  const r = await explain({
+    config: 'config/examples/public-api-with-bots.yaml',
+    headers: [
+      `X-Auth-Token: ${secrets[0]}`,
+      `Api-Key: ${secrets[1]}`,
+      `X-Goog-Api-Key: ${secrets[2]}`,
+      `X-Amz-Security-Token: ${secrets[3]}`,
+      'X-Request-Source: batch-reports',
+    ],
+    path: `/api/v1/search?access_token=${secrets[4]}&page=2&X-Amz-Signature=${secrets[5]}`,
+  })
+  t.equal(r.code, 0)
+  for (const secret of secrets) t.notMatch(r.text, secret, `${secret.slice(0, -2)}…: not printed`)
+  t.match(r.text, /x-auth-token: <redacted>/, 'the header is shown, masked')
+  t.match(r.text, /x-request-source: batch-reports/, 'a header that names no credential is shown')
+  t.match(r.text, /access_token=redacted&page=2&X-Amz-Signature=redacted/, 'the query, secrets masked')
+})
+
 t.test('--json carries the same report', async (t) => {
   const r = await explain({
     config: 'config/examples/public-api-with-bots.yaml',
