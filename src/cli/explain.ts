@@ -115,7 +115,17 @@ async function certFromFile(
 /** id-kp-clientAuth */
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
 
-export async function runExplain(opts: ExplainOptions, out: Out): Promise<number> {
+export async function runExplain(opts: ExplainOptions, report: Out): Promise<number> {
+  // what stops the explanation (a config that does not load, a request the proxy refuses): text, or with
+  // --json one {"errors": [...]} document, so that a script's JSON parser always gets JSON
+  const errors: string[] = []
+  const out: Out = opts.json ? (line) => errors.push(line) : report
+  const code = await explainTo(opts, out, report)
+  if (opts.json && errors.length > 0) report(JSON.stringify({ errors }, null, 2))
+  return code
+}
+
+async function explainTo(opts: ExplainOptions, out: Out, report: Out): Promise<number> {
   const notes: string[] = []
   let config: Config
   if (opts.config === undefined) {
@@ -181,7 +191,7 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
       notes.push(
         "the api key's fingerprint is keyed by this run (no apiKeys.fingerprintKeyFile): a running proxy shows its own pod's",
       )
-    const report: ExplainReport = {
+    const explained: ExplainReport = {
       request: {
         method: req.method,
         path: redactTarget(opts.path),
@@ -199,8 +209,8 @@ export async function runExplain(opts: ExplainOptions, out: Out): Promise<number
       route: result.route,
       notes,
     }
-    const json = () => JSON.stringify({ ...report, evidence: evidenceByName(report.evidence) }, null, 2)
-    for (const line of opts.json ? [json()] : renderExplain(report)) out(line)
+    const json = () => JSON.stringify({ ...explained, evidence: evidenceByName(explained.evidence) }, null, 2)
+    for (const line of opts.json ? [json()] : renderExplain(explained)) report(line)
     return 0
   } finally {
     pipeline.close()

@@ -251,6 +251,25 @@ t.test('bad input exits 1', async (t) => {
   t.equal(noCert.code, 1, 'missing certificate file')
   t.equal(badAddr.code, 1, '--remote-addr that is no IP address')
   t.match(badAddr.stderr, /--remote-addr .*expected an IP address/)
+
+  // with --json a script's parser gets JSON whatever happens: the errors as one document
+  const [jsonBadConfig, jsonRefused] = await Promise.all([
+    explain({ config: 'test/golden/bad-config.yaml', json: true }),
+    explain({ config: 'config/nhi-proxy.yaml', path: '/admin%2fusers', json: true }),
+  ])
+  t.equal(jsonBadConfig.code, 1)
+  const configErrors = JSON.parse(jsonBadConfig.text) as { errors: string[] }
+  t.match(
+    configErrors.errors[0],
+    /^test\/golden\/bad-config\.yaml:\d+:\d+ /,
+    '--json: the config errors, located',
+  )
+  t.equal(jsonRefused.code, 1)
+  t.match(
+    (JSON.parse(jsonRefused.text) as { errors: string[] }).errors,
+    [/the proxy refuses this request target with 400/],
+    '--json: the refusal',
+  )
 })
 
 t.test(
