@@ -43,7 +43,9 @@ export function httpsOptions(https: HttpsListenOptions, base: ServerOptions) {
     cert: https.cert,
     key: https.key,
     handshakeTimeout,
-    ALPNProtocols: ['h2', 'http/1.1'],
+    // http/1.0 too: a client that offers only it (curl --http1.0) would otherwise get a fatal
+    // no_application_protocol alert, where the plain listener serves it
+    ALPNProtocols: ['h2', 'http/1.1', 'http/1.0'],
   }
   if (!https.ca) return { ...common, requestCert: false, rejectUnauthorized: false }
   return {

@@ -130,3 +130,25 @@ t.test('optional mTLS serves clients without a cert and marks untrusted certs un
     'untrusted chain is not verified',
   )
 })
+
+// A client that offers only `http/1.0` in ALPN (curl --http1.0) got a fatal no_application_protocol alert
+// from the TLS listener, where the plain listener served it.
+t.test('ALPN: a client offering only http/1.0 is served over TLS', async (t) => {
+  const { connect } = await import('node:tls')
+  const { httpsUrl } = await startTlsProxy(t, 'optional')
+  const port = Number(new URL(httpsUrl).port)
+  const answer = await new Promise<string>((resolve, reject) => {
+    const socket = connect(
+      { host: '127.0.0.1', port, ca: serverCa.certPem, servername: 'localhost', ALPNProtocols: ['http/1.0'] },
+      () => socket.write('GET /echo HTTP/1.0\r\nHost: localhost\r\n\r\n'),
+    )
+    let text = ''
+    socket.setEncoding('latin1')
+    socket.on('data', (d: string) => {
+      text += d
+    })
+    socket.on('end', () => resolve(text))
+    socket.on('error', reject)
+  })
+  t.match(answer, /^HTTP\/1\.1 200 /, 'answered')
+})
