@@ -210,7 +210,9 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
       }
       case '/audit': {
         const limitText = param(url, 'limit')
-        const limit = limitText === undefined ? undefined : Number.parseInt(limitText, 10)
+        // digits only: parseInt took `1e3` for 1 and `2abc` for 2
+        const limit =
+          limitText === undefined ? undefined : /^\d{1,9}$/.test(limitText) ? Number(limitText) : Number.NaN
         if (limit !== undefined && !(limit > 0))
           return sendJson(res, 400, { error: 'limit must be a positive integer' })
         const query: AuditQuery = {

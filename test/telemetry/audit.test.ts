@@ -173,8 +173,12 @@ t.test('/audit filters by identity, trace_id and request_id, newest first, bound
   t.equal(one[0]?.['identity'], 'even')
   t.same(await get('?request_id=r-3'), [], 'evicted from the ring')
   t.same(await get('?identity=nobody'), [])
-  const bad = await fetch(`${url}/audit?limit=-1`)
-  t.equal(bad.status, 400)
+  for (const limit of ['-1', '0', '1e3', '2abc', '1.5']) {
+    const bad = await fetch(`${url}/audit?limit=${limit}`)
+    t.equal(bad.status, 400, `limit=${limit}: 400`)
+    await bad.arrayBuffer()
+  }
+  t.equal((await get('?limit=2')).length, 2, 'limit=2: two events')
   const body = JSON.stringify(await get('?limit=1000'))
   t.notMatch(body, RAW_TOKEN)
 })
