@@ -8,7 +8,11 @@ import { redactHeader, redactTarget } from '../config/redact.ts'
 import { type Config, configSchema } from '../config/schema.ts'
 import {
   certEvidenceFromX509,
+  certificateNameConstraints,
+  certificateNames,
+  issuedBy,
   loadCertificateDecoder,
+  nameConstraintViolation,
   pathToAnchor,
   pemCertificates,
 } from '../identity/certificate.ts'
@@ -104,12 +108,55 @@ async function certFromFile(
     if (usage !== undefined && !usage.includes(CLIENT_AUTH)) {
       return failure(
         'cert_untrusted',
-        `is not for client authentication (the extended key usage of ${c.subject.split('\n').join(', ')} leaves it out)`,
+        `is not for client authentication (the extended key usage of ${subjectOf(c)} leaves it out)`,
       )
     }
   }
+  // the listener's OpenSSL trusts a chain only up to a self-signed CA in clientCA (an intermediate there is
+  // not a trust anchor by itself), every issuer on it a CA (basicConstraints), within their name constraints
+  const full = [...trusted]
+  for (let top = full.at(-1)!; !selfSigned(top); top = full.at(-1)!) {
+    const up = anchors.find((a) => !full.includes(a) && issuedBy(top, a))
+    if (up === undefined || full.length > 10)
+      return failure(
+        'cert_untrusted',
+        `chain ends at ${subjectOf(top)}, which is not self-signed: the listener needs the root CA in ${caFile}`,
+      )
+    full.push(up)
+  }
+  for (const c of full.slice(1)) {
+    if (!c.ca)
+      return failure(
+        'cert_untrusted',
+        `is issued through ${subjectOf(c)}, which is not a CA (basicConstraints)`,
+      )
+  }
   await loadCertificateDecoder()
+  const names = certificateNames(cert.raw).sans
+  for (const c of full.slice(1)) {
+    const constraints = certificateNameConstraints(c.raw)
+    if (constraints === undefined) continue
+    const { violation, unchecked } = nameConstraintViolation(names, constraints)
+    if (violation !== undefined)
+      return failure(
+        'cert_untrusted',
+        `names ${violation}, which the name constraints of ${subjectOf(c)} rule out`,
+      )
+    if (unchecked)
+      notes.push(
+        `${subjectOf(c)} has name constraints of a kind explain does not evaluate (directory names, e-mail, IP addresses): the listener does`,
+      )
+  }
   return certEvidenceFromX509(cert, 'mtls', true)
+}
+
+function subjectOf(c: X509Certificate): string {
+  return c.subject.split('\n').join(', ')
+}
+
+/** issued by itself: the end of a chain OpenSSL trusts */
+function selfSigned(c: X509Certificate): boolean {
+  return c.subject === c.issuer && issuedBy(c, c)
 }
 
 /** id-kp-clientAuth */

@@ -1,8 +1,15 @@
 // The DER decoder behind certificateNames (certificate.ts), in a module of its own so that the X.509 schema
 // library it needs is loaded only by a sidecar that reads client certificates (loadCertificateDecoder).
 import { AsnConvert } from '@peculiar/asn1-schema'
-import { Certificate, id_ce_subjectAltName, SubjectAlternativeName } from '@peculiar/asn1-x509'
-import type { CertificateNames } from './certificate.ts'
+import {
+  Certificate,
+  type GeneralName,
+  id_ce_nameConstraints,
+  id_ce_subjectAltName,
+  NameConstraints,
+  SubjectAlternativeName,
+} from '@peculiar/asn1-x509'
+import type { CertificateNames, NameConstraintSet, SubtreeName } from './certificate.ts'
 
 const OID_COMMON_NAME = '2.5.4.3'
 
@@ -34,4 +41,25 @@ export function certificateNames(der: Uint8Array): CertificateNames {
     else if (name.iPAddress !== undefined) out.sans.ip.push(name.iPAddress)
   }
   return out
+}
+
+function subtreeName(name: GeneralName): SubtreeName {
+  if (name.dNSName !== undefined) return { type: 'dns', value: name.dNSName }
+  if (name.uniformResourceIdentifier !== undefined)
+    return { type: 'uri', value: name.uniformResourceIdentifier }
+  if (name.rfc822Name !== undefined) return { type: 'email', value: name.rfc822Name }
+  if (name.iPAddress !== undefined) return { type: 'ip', value: name.iPAddress }
+  return { type: 'other', value: '' }
+}
+
+/** The nameConstraints extension of a CA certificate's DER (RFC 5280 §4.2.1.10), or undefined without one. */
+export function nameConstraints(der: Uint8Array): NameConstraintSet | undefined {
+  const tbs = AsnConvert.parse(der, Certificate).tbsCertificate
+  const ext = tbs.extensions?.find((e) => e.extnID === id_ce_nameConstraints)
+  if (!ext) return undefined
+  const nc = AsnConvert.parse(ext.extnValue, NameConstraints)
+  return {
+    permitted: (nc.permittedSubtrees ?? []).map((s) => subtreeName(s.base)),
+    excluded: (nc.excludedSubtrees ?? []).map((s) => subtreeName(s.base)),
+  }
 }

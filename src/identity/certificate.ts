@@ -69,7 +69,8 @@ function peerChain(socket: TLSSocket): X509Certificate[] {
 
 const MAX_CHAIN = 10
 
-function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
+/** `issuer`'s key signed `cert` and its subject is `cert`'s issuer */
+export function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
   try {
     return cert.checkIssued(issuer) && cert.verify(issuer.publicKey)
   } catch {
@@ -215,6 +216,17 @@ export interface CertificateNames {
   sans: SubjectAltNames
 }
 
+/** one name of a name-constraint subtree; `other` for the kinds explain does not evaluate (directoryName…) */
+export interface SubtreeName {
+  type: 'dns' | 'uri' | 'email' | 'ip' | 'other'
+  value: string
+}
+
+export interface NameConstraintSet {
+  permitted: SubtreeName[]
+  excluded: SubtreeName[]
+}
+
 type Decoder = typeof import('./certificate-names.ts')
 let decoder: Decoder | undefined
 let loading: Promise<void> | undefined
@@ -240,6 +252,57 @@ export function certificateDecoderLoaded(): boolean {
 export function certificateNames(der: Uint8Array): CertificateNames {
   if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
   return decoder.certificateNames(der)
+}
+
+/** See certificate-names.ts; the decoder has to be loaded (loadCertificateDecoder) first. */
+export function certificateNameConstraints(der: Uint8Array): NameConstraintSet | undefined {
+  if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
+  return decoder.nameConstraints(der)
+}
+
+/**
+ * Whether a DNS name or a URI's host falls within a subtree (RFC 5280 §4.2.1.10): a DNS constraint covers the
+ * name and every name below it; a URI constraint is a host, `.example.com` every host below it only.
+ */
+function withinSubtree(type: 'dns' | 'uri', name: string, constraint: string): boolean {
+  const host = name.toLowerCase().replace(/\.$/, '')
+  const c = constraint.toLowerCase().replace(/\.$/, '')
+  if (c === '') return true
+  if (type === 'uri' && c.startsWith('.')) return host.endsWith(c)
+  if (host === c) return true
+  return type === 'dns' && host.endsWith(c.startsWith('.') ? c : `.${c}`)
+}
+
+function uriHost(uri: string): string | undefined {
+  try {
+    return new URL(uri).hostname || undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The first of the leaf's DNS and URI names that a CA's name constraints rule out, or undefined. Names of a
+ * type the CA permits subtrees of must lie within one of them; no name may lie within an excluded one.
+ * Constraints of other kinds (directory names, e-mail, IP addresses) are `unchecked`.
+ */
+export function nameConstraintViolation(
+  names: { dns: readonly string[]; uri: readonly string[] },
+  nc: NameConstraintSet,
+): { violation?: string; unchecked: boolean } {
+  const unchecked = [...nc.permitted, ...nc.excluded].some((n) => n.type !== 'dns' && n.type !== 'uri')
+  for (const type of ['dns', 'uri'] as const) {
+    const permitted = nc.permitted.filter((n) => n.type === type).map((n) => n.value)
+    const excluded = nc.excluded.filter((n) => n.type === type).map((n) => n.value)
+    for (const name of names[type]) {
+      const host = type === 'uri' ? uriHost(name) : name
+      if (host === undefined) return { violation: name, unchecked }
+      if (permitted.length > 0 && !permitted.some((c) => withinSubtree(type, host, c)))
+        return { violation: name, unchecked }
+      if (excluded.some((c) => withinSubtree(type, host, c))) return { violation: name, unchecked }
+    }
+  }
+  return { unchecked }
 }
 
 export interface CertFields {

@@ -393,3 +393,53 @@ identities:
     'GET\\x9b31M: the proxy refuses this request method with 400 (a method is a token',
   )
 })
+
+// explain checked a client certificate's path by names, signatures, dates and purpose only. The listener's
+// OpenSSL also needs every issuer to be a CA, the names within each CA's name constraints, and the chain to
+// end at a self-signed CA in clientCA: explain said `verified` for chains the listener refuses.
+t.test(
+  'explain refuses the chains the listener refuses: non-CA issuers, name constraints, no root',
+  async (t) => {
+    const ca = await createCA('explain-strict-ca')
+    const dir = scratchDirSync('explain-strict')
+    const [notCa, constrained] = await Promise.all([
+      issueCert(ca, { cn: 'not-a-ca' }),
+      issueCert(ca, {
+        cn: 'constrained',
+        intermediate: true,
+        extensions: ['nameConstraints=critical,permitted;URI:allowed.org'],
+      }),
+    ])
+    const asCa = (pair: typeof notCa, name: string) => ({ ...pair, dir: ca.dir, name })
+    const [viaNotCa, allowed, outside] = await Promise.all([
+      issueCert(asCa(notCa, 'not-a-ca'), { cn: 'x', uriSans: ['spiffe://allowed.org/ns/a/sa/x'] }),
+      issueCert(asCa(constrained, 'constrained'), { cn: 'y', uriSans: ['spiffe://allowed.org/ns/a/sa/y'] }),
+      issueCert(asCa(constrained, 'constrained'), { cn: 'z', uriSans: ['spiffe://evil.org/ns/a/sa/z'] }),
+    ])
+    const file = (name: string, pem: string) => {
+      const path = join(dir, name)
+      writeFileSync(path, pem)
+      return path
+    }
+    const configWith = (name: string, clientCA: string) =>
+      file(name, `listen:\n  https: { cert: ${ca.certFile}, key: ${ca.keyFile}, clientCA: ${clientCA} }\n`)
+    const rooted = configWith('rooted.yaml', ca.certFile)
+    const interOnly = configWith('inter-only.yaml', file('inter.pem', constrained.certPem))
+    const [a, b, c, d] = await Promise.all([
+      explain({ config: rooted, cert: file('via-not-ca.pem', viaNotCa.certPem + notCa.certPem) }),
+      explain({ config: rooted, cert: file('allowed.pem', allowed.certPem + constrained.certPem) }),
+      explain({ config: rooted, cert: file('outside.pem', outside.certPem + constrained.certPem) }),
+      explain({ config: interOnly, cert: file('allowed2.pem', allowed.certPem + constrained.certPem) }),
+    ])
+    t.match(a.text, /failure +mtls: cert_untrusted/, 'issued through a certificate that is not a CA')
+    t.match(a.text, /which is not a CA \(basicConstraints\)/)
+    t.match(b.text, /source=mtls verified=true/, 'within the name constraints: verified')
+    t.match(c.text, /failure +mtls: cert_untrusted/, 'outside them: refused')
+    t.match(
+      c.text,
+      /spiffe:\/\/evil\.org\/ns\/a\/sa\/z, which the name constraints of CN=constrained rule out/,
+    )
+    t.match(d.text, /failure +mtls: cert_untrusted/, 'an intermediate alone in clientCA anchors nothing')
+    t.match(d.text, /which is not self-signed: the listener needs the root CA/)
+  },
+)
