@@ -90,6 +90,7 @@ export function fleetQueries(w: string): Record<string, string> {
     interval: `max by (identity) (last_over_time(nhi_job_expected_interval_seconds[${w}]))`,
     lastSuccess: `max by (identity) (max_over_time(nhi_job_last_success_timestamp_seconds[${w}]))`,
     jobsSeen: `max by (service, identity) (max_over_time(nhi_identity_last_seen_timestamp_seconds{kind="job"}[${w}]))`,
+    jobsFirstSeen: `min by (identity) (min_over_time(nhi_identity_last_seen_timestamp_seconds{kind="job"}[${w}]))`,
     expiry: `min by (service, identity, source) (last_over_time(nhi_credential_expiry_timestamp_seconds[${w}]))`,
     cost: `sum by (identity, kind, currency) (${windowIncrease('nhi_cost_total', w)}) > 0`,
   }
@@ -172,7 +173,8 @@ export async function buildFleet(o: FleetOptions): Promise<Fleet> {
   // jobs: one state per identity across the sidecars it calls
   const intervals = new Map(r['interval']!.map((s) => [label(s, 'identity'), s.value]))
   const successes = new Map(r['lastSuccess']!.map((s) => [label(s, 'identity'), s.value]))
-  const jobs = new Map<string, { services: Set<string>; failures: number; firstSeen?: number }>()
+  const firstSeen = new Map(r['jobsFirstSeen']!.map((s) => [label(s, 'identity'), s.value]))
+  const jobs = new Map<string, { services: Set<string>; failures: number }>()
   const job = (identity: string) => {
     let j = jobs.get(identity)
     if (!j) {
@@ -191,9 +193,12 @@ export async function buildFleet(o: FleetOptions): Promise<Fleet> {
     .map(([identity, j]) => {
       const interval = intervals.get(identity)
       const success = successes.get(identity)
+      // a job that has not succeeded yet is overdue once its interval has passed since it first showed up
+      // (as `inventory` counts it): a job deployed an hour ago that runs daily is not silent
+      const since = success ?? firstSeen.get(identity)
       const overdue =
-        interval !== undefined && interval > 0 && success !== undefined
-          ? Math.max(0, now - success - interval)
+        interval !== undefined && interval > 0 && since !== undefined
+          ? Math.max(0, now - since - interval)
           : undefined
       return {
         identity,
@@ -209,7 +214,8 @@ export async function buildFleet(o: FleetOptions): Promise<Fleet> {
   const silentJobs = jobStates.filter(
     (j) =>
       j.expectedIntervalSeconds !== null &&
-      (j.lastSuccess === null || (j.overdueSeconds !== null && j.overdueSeconds > 0)),
+      j.expectedIntervalSeconds > 0 &&
+      (j.overdueSeconds === null || j.overdueSeconds > 0),
   )
 
   const expiringCredentials = r['expiry']!.filter((s) => s.value - now <= o.expiringWithin / 1000)

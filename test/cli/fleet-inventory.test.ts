@@ -566,3 +566,77 @@ t.test('unreachable Prometheus and bad URLs: an exit code and one clear line', a
   // the words `run` and `demo` use, one line, no errno name
   t.equal(inUse.stderr, `nhi-proxy: cannot listen on 127.0.0.1:${takenPort}: address in use\n`)
 })
+
+// A job deployed an hour ago that runs daily has no success yet: `fleet` listed it as silent while
+// `inventory` (which counts from the job's first appearance) called it active.
+t.test(
+  'fleet: a job without a success is silent only once its interval has passed since it appeared',
+  async (t) => {
+    const now = Math.floor(Date.now() / 1000)
+    const vector = (series: { metric: Record<string, string>; value: number }[]) =>
+      JSON.stringify({
+        status: 'success',
+        data: {
+          resultType: 'vector',
+          result: series.map((s) => ({ metric: s.metric, value: [now, String(s.value)] })),
+        },
+      })
+    const jobs = [
+      { identity: 'ci/new', firstSeen: now - 3000 },
+      { identity: 'ci/stale', firstSeen: now - 2 * 86_400 },
+    ]
+    const server = createServer((req, res) => {
+      let body = ''
+      req.on('data', (c: Buffer) => {
+        body += c.toString()
+      })
+      req.on('end', () => {
+        const query =
+          new URLSearchParams(body).get('query') ??
+          new URL(req.url ?? '/', 'http://x').searchParams.get('query') ??
+          ''
+        res.writeHead(200, { 'content-type': 'application/json' })
+        if (query.includes('nhi_job_expected_interval_seconds'))
+          return res.end(vector(jobs.map((j) => ({ metric: { identity: j.identity }, value: 86_400 }))))
+        if (
+          query.startsWith(
+            'min by (identity) (min_over_time(nhi_identity_last_seen_timestamp_seconds{kind="job"}',
+          )
+        )
+          return res.end(vector(jobs.map((j) => ({ metric: { identity: j.identity }, value: j.firstSeen }))))
+        if (
+          query.startsWith(
+            'max by (service, identity) (max_over_time(nhi_identity_last_seen_timestamp_seconds{kind="job"}',
+          )
+        )
+          return res.end(
+            vector(
+              jobs.map((j) => ({ metric: { identity: j.identity, service: 'orders' }, value: now - 10 })),
+            ),
+          )
+        res.end(vector([]))
+      })
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.teardown(() => server.close())
+    const r = await runCli([
+      'fleet',
+      '--prometheus',
+      `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      '--window',
+      '7d',
+      '--json',
+    ])
+    t.equal(r.code, 0, r.stderr)
+    const fleet = JSON.parse(r.stdout) as {
+      silentJobs: { identity: string; overdueSeconds: number | null }[]
+    }
+    t.same(
+      fleet.silentJobs.map((j) => j.identity),
+      ['ci/stale'],
+      'the job first seen two days ago is silent; the one first seen 50 minutes ago is not',
+    )
+    t.ok((fleet.silentJobs[0]?.overdueSeconds ?? 0) >= 86_000, 'overdue by about a day')
+  },
+)
