@@ -77,81 +77,101 @@ if (npmVersion.code !== 0) {
     /** set once the tarball is installed into app/ */
     let installedOk = false
 
-    t.test('npm pack builds dist/ and ships the bundle, config/, schema/ and LICENSE only', async (t) => {
-      // the project's files as a clone has them: no dist/, so the tarball's dist/ comes from prepack
-      mkdirSync(tree)
-      for (const f of ['package.json', 'package-lock.json', 'README.md', 'LICENSE', 'tsconfig.json']) {
-        cpSync(join(REPO_ROOT, f), join(tree, f))
-      }
-      for (const d of ['src', 'scripts', 'config', 'schema']) {
-        cpSync(join(REPO_ROOT, d), join(tree, d), { recursive: true })
-      }
-      symlinkSync(join(REPO_ROOT, 'node_modules'), join(tree, 'node_modules'), 'dir')
-      t.notOk(existsSync(join(tree, 'dist')), 'no dist/ before packing')
+    t.test(
+      'npm pack builds dist/ and ships the bundle, config/, schema/, the docs and LICENSE only',
+      async (t) => {
+        // the project's files as a clone has them: no dist/, so the tarball's dist/ comes from prepack
+        mkdirSync(tree)
+        for (const f of [
+          'package.json',
+          'package-lock.json',
+          'README.md',
+          'SECURITY.md',
+          'LICENSE',
+          'tsconfig.json',
+        ]) {
+          cpSync(join(REPO_ROOT, f), join(tree, f))
+        }
+        for (const d of ['src', 'scripts', 'config', 'schema', 'docs']) {
+          cpSync(join(REPO_ROOT, d), join(tree, d), { recursive: true })
+        }
+        symlinkSync(join(REPO_ROOT, 'node_modules'), join(tree, 'node_modules'), 'dir')
+        t.notOk(existsSync(join(tree, 'dist')), 'no dist/ before packing')
 
-      const pack = await run('npm', ['pack', '--json', '--pack-destination', work, '--loglevel=error'], {
-        cwd: tree,
-        timeoutMs: 180_000,
-      })
-      t.equal(pack.code, 0, `npm pack: ${pack.stderr}`)
-      if (pack.code !== 0) return
-      const [info] = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as {
-        filename: string
-        files: PackedFile[]
-      }[]
-      tarball = join(work, info?.filename ?? 'missing.tgz')
-      t.ok(existsSync(tarball), `tarball written: ${tarball}`)
-      const files = (info?.files ?? []).map((f) => f.path).sort()
+        const pack = await run('npm', ['pack', '--json', '--pack-destination', work, '--loglevel=error'], {
+          cwd: tree,
+          timeoutMs: 180_000,
+        })
+        t.equal(pack.code, 0, `npm pack: ${pack.stderr}`)
+        if (pack.code !== 0) return
+        const [info] = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as {
+          filename: string
+          files: PackedFile[]
+        }[]
+        tarball = join(work, info?.filename ?? 'missing.tgz')
+        t.ok(existsSync(tarball), `tarball written: ${tarball}`)
+        const files = (info?.files ?? []).map((f) => f.path).sort()
 
-      for (const f of [
-        'package.json',
-        'README.md',
-        'LICENSE',
-        'dist/nhi-proxy.mjs',
-        // started as a thread by file name, so a bundler that inlined or renamed it would break export only
-        'dist/otlp-export-worker.mjs',
-        'config/nhi-proxy.yaml',
-        'schema/nhi-proxy.schema.json',
-      ]) {
-        t.ok(files.includes(f), `ships ${f}`)
-      }
-      t.ok(
-        files.some((f) => /^dist\/chunks\/explain-[\w-]+\.mjs$/.test(f)),
-        'ships the lazily loaded chunks',
-      )
-      const stray = files.filter(
-        (f) =>
-          !/^(package\.json|README\.md|LICENSE|dist\/.+\.(mjs|LEGAL\.txt)|config\/.+\.yaml|schema\/.+\.json)$/.test(
-            f,
-          ),
-      )
-      t.same(stray, [], 'nothing else: no sources, tests, bench, source maps')
-      t.notOk(
-        files.some((f) => f.includes('http-proxy')),
-        'the http-proxy baseline forwarder is not in the package',
-      )
-      t.notMatch(
-        readFileSync(join(tree, 'dist', 'nhi-proxy.mjs'), 'utf8'),
-        /HttpProxyForwarder/,
-        'nor in the bundle',
-      )
+        for (const f of [
+          'package.json',
+          'README.md',
+          'LICENSE',
+          'dist/nhi-proxy.mjs',
+          // started as a thread by file name, so a bundler that inlined or renamed it would break export only
+          'dist/otlp-export-worker.mjs',
+          'config/nhi-proxy.yaml',
+          'schema/nhi-proxy.schema.json',
+          // what the README links to, so its links work where the package is installed
+          'docs/reference.md',
+          'docs/live-view.png',
+          'SECURITY.md',
+        ]) {
+          t.ok(files.includes(f), `ships ${f}`)
+        }
+        t.ok(
+          files.some((f) => /^dist\/chunks\/explain-[\w-]+\.mjs$/.test(f)),
+          'ships the lazily loaded chunks',
+        )
+        const stray = files.filter(
+          (f) =>
+            !/^(package\.json|README\.md|SECURITY\.md|LICENSE|docs\/(reference\.md|live-view\.png)|dist\/.+\.(mjs|LEGAL\.txt)|config\/.+\.yaml|schema\/.+\.json)$/.test(
+              f,
+            ),
+        )
+        t.same(stray, [], 'nothing else: no sources, tests, bench, source maps')
+        t.notOk(
+          files.some((f) => f.includes('http-proxy')),
+          'the http-proxy baseline forwarder is not in the package',
+        )
+        t.notMatch(
+          readFileSync(join(tree, 'dist', 'nhi-proxy.mjs'), 'utf8'),
+          /HttpProxyForwarder/,
+          'nor in the bundle',
+        )
 
-      const pkg = JSON.parse(readFileSync(join(tree, 'package.json'), 'utf8')) as {
-        main?: string
-        bin: Record<string, string>
-        exports?: Record<string, string>
-        license: string
-      }
-      for (const target of [
-        ...Object.values(pkg.bin),
-        ...(pkg.main ? [pkg.main] : []),
-        ...Object.values(pkg.exports ?? {}),
-      ]) {
-        t.ok(files.includes(target.replace(/^\.\//, '')), `package.json points at a shipped file: ${target}`)
-      }
-      t.equal(pkg.license, 'Apache-2.0')
-      t.match(readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'), /Apache License\s+Version 2\.0, January 2004/)
-    })
+        const pkg = JSON.parse(readFileSync(join(tree, 'package.json'), 'utf8')) as {
+          main?: string
+          bin: Record<string, string>
+          exports?: Record<string, string>
+          license: string
+        }
+        for (const target of [
+          ...Object.values(pkg.bin),
+          ...(pkg.main ? [pkg.main] : []),
+          ...Object.values(pkg.exports ?? {}),
+        ]) {
+          t.ok(
+            files.includes(target.replace(/^\.\//, '')),
+            `package.json points at a shipped file: ${target}`,
+          )
+        }
+        t.equal(pkg.license, 'Apache-2.0')
+        t.match(
+          readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'),
+          /Apache License\s+Version 2\.0, January 2004/,
+        )
+      },
+    )
 
     t.test('installed from the tarball: npx nhi-proxy check, explain, schema, run', async (t) => {
       if (!tarball || !existsSync(tarball)) {
