@@ -4,67 +4,45 @@
 // that what the process reports (/config, the drain timeouts at shutdown) is what it does.
 import type { Config } from './schema.ts'
 
-/** each start-only setting: its name as the docs and the warning give it, and how to read and keep it */
-const START_ONLY: readonly {
+interface StartOnly {
+  /** its name as the docs and the warning give it */
   setting: string
   read: (c: Config) => unknown
+  /** sets `next`'s value to `running`'s */
   keep: (next: Config, running: Config) => void
-}[] = [
-  {
-    setting: 'listen',
-    read: (c) => c.listen,
-    keep: (n, r) => {
-      n.listen = r.listen
+}
+
+/** a whole top-level setting */
+function topLevel(key: 'listen' | 'admin' | 'upstreamTls' | 'timeouts' | 'limits' | 'workers'): StartOnly {
+  return {
+    setting: key,
+    read: (c) => c[key],
+    keep: (next, running) => {
+      if (running[key] === undefined) delete next[key]
+      else Object.assign(next, { [key]: running[key] })
     },
-  },
-  {
-    setting: 'admin',
-    read: (c) => c.admin,
-    keep: (n, r) => {
-      n.admin = r.admin
-    },
-  },
-  {
-    setting: 'upstreamTls',
-    read: (c) => c.upstreamTls,
-    keep: (n, r) => {
-      if (r.upstreamTls === undefined) delete n.upstreamTls
-      else n.upstreamTls = r.upstreamTls
-    },
-  },
-  {
-    setting: 'timeouts',
-    read: (c) => c.timeouts,
-    keep: (n, r) => {
-      n.timeouts = r.timeouts
-    },
-  },
-  {
-    setting: 'limits',
-    read: (c) => c.limits,
-    keep: (n, r) => {
-      n.limits = r.limits
-    },
-  },
-  {
-    setting: 'workers',
-    read: (c) => c.workers,
-    keep: (n, r) => {
-      n.workers = r.workers
-    },
-  },
+  }
+}
+
+const START_ONLY: readonly StartOnly[] = [
+  topLevel('listen'),
+  topLevel('admin'),
+  topLevel('upstreamTls'),
+  topLevel('timeouts'),
+  topLevel('limits'),
+  topLevel('workers'),
   {
     setting: 'audit.output',
     read: (c) => c.audit.output,
-    keep: (n, r) => {
-      n.audit = { ...n.audit, output: r.audit.output }
+    keep: (next, running) => {
+      next.audit = { ...next.audit, output: running.audit.output }
     },
   },
   {
     setting: 'metrics.buckets',
     read: (c) => c.metrics.buckets,
-    keep: (n, r) => {
-      n.metrics = { ...n.metrics, buckets: r.metrics.buckets }
+    keep: (next, running) => {
+      next.metrics = { ...next.metrics, buckets: running.metrics.buckets }
     },
   },
 ]
