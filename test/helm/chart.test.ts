@@ -707,3 +707,44 @@ t.test('bindAddress: the listeners bind IPv6 when asked, IPv4 by default', async
   const bad = await run(helm, ['template', 'x', CHART_DIR, '--set', 'bindAddress=10.0.0.1'])
   t.not(bad.code, 0, 'another address is refused by the values schema')
 })
+
+// NOTES.txt is shown by `helm install`, which needs a cluster: here it is rendered as a template of a copy of
+// the chart, through the same helm, to check what it tells an operator whose values leave something out.
+t.test('install notes: what the chart leaves out is said', async (t) => {
+  const dir = scratchDirSync('chart-notes')
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const chart = join(dir, 'nhi-proxy')
+  await cp(CHART_DIR, chart, { recursive: true })
+  const notes = readFileSync(join(CHART_DIR, 'templates', 'NOTES.txt'), 'utf8')
+  writeFileSync(
+    join(chart, 'templates', 'notes-as-data.yaml'),
+    `{{- define "test.notes" -}}\n${notes}\n{{- end }}\nnotes: {{ include "test.notes" . | toJson }}\n`,
+  )
+  const notesFor = async (args: string[]) => {
+    const r = await run(helm, [
+      'template',
+      'shop',
+      chart,
+      '--show-only',
+      'templates/notes-as-data.yaml',
+      ...args,
+    ])
+    if (r.code !== 0) throw new Error(`helm template failed: ${r.stderr}`)
+    return (parse(r.stdout) as { notes: string }).notes
+  }
+  const [plain, old, noToken] = await Promise.all([
+    notesFor(['-f', SIDECAR_VALUES, '--kube-version', '1.30.0']),
+    notesFor(['-f', SIDECAR_VALUES, '--kube-version', '1.29.0']),
+    notesFor(['--set', 'kubeApiAccess.enabled=false']),
+  ])
+  t.match(plain, /runs shop with nhi-proxy as a native/, 'the sidecar install explained')
+  t.notMatch(plain, /not applied|does not mount/, 'nothing left out on 1.30 with the defaults')
+  t.match(
+    old,
+    /preStopSleepSeconds is not applied on Kubernetes v1\.29\.0: the preStop sleep action needs 1\.30/,
+  )
+  t.match(
+    noToken,
+    /reads \/var\/run\/secrets\/kubernetes\.io\/serviceaccount\/token, which kubeApiAccess\.enabled=false does not mount/,
+  )
+})
