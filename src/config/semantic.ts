@@ -319,7 +319,7 @@ function unmatchablePath(
     problem.instead === undefined
       ? 'the proxy answers 400 to every request path with it'
       : problem.decoded
-        ? `write "${problem.instead}": the proxy decodes escaped letters, digits and -._~ before matching`
+        ? `write "${problem.instead}": the proxy decodes escaped letters, digits, -._~ and !$&'()*+,=:@ before matching`
         : `write it percent-encoded with upper-case hex: "${problem.instead}"`,
   )
 }

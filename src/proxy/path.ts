@@ -3,8 +3,11 @@
 // forwards exactly that result, so no encoding trick can make the checks and the upstream disagree —
 // the same idea as Envoy's normalize_path + merge_slashes + path_with_escaped_slashes_action.
 //
-//   - percent-encoded unreserved characters (RFC 3986 §2.3: A-Z a-z 0-9 - . _ ~) are decoded, every other
-//     percent-encoding keeps its meaning with upper-case hex (§6.2.2.1): /%61dmin → /admin, %c3%a9 → %C3%A9
+//   - percent-encoded unreserved characters (RFC 3986 §2.3: A-Z a-z 0-9 - . _ ~) are decoded, and so are the
+//     other characters a path segment may hold as they are (§3.3: ! $ & ' ( ) * + , = : @), which every
+//     common server (nginx, Go, Django, Flask, Spring) decodes before routing: /orders/1%3Acancel is
+//     /orders/1:cancel to them, so it is to rules and policy. Every other percent-encoding keeps its meaning
+//     with upper-case hex (§6.2.2.1): /%61dmin → /admin, %c3%a9 → %C3%A9, %3B stays (";" starts parameters)
 //   - path parameters are removed from every segment, as Tomcat and Spring do: /admin;x=1 → /admin
 //   - empty segments are merged (//admin → /admin) and dot segments resolved (§5.2.4), never above the
 //     root: /a/./b/../c → /a/c, /../admin → /admin (so a base path on the upstream cannot be escaped)
@@ -29,7 +32,7 @@ export function normalizePath(path: string): string | undefined {
     const byte = hexByte(path, i + 1)
     if (refusedEscape(byte)) return undefined
     decoded += path.slice(from, i)
-    decoded += isUnreserved(byte) ? String.fromCharCode(byte) : `%${HEX[byte >> 4]}${HEX[byte & 15]}`
+    decoded += decodedInPath(byte) ? String.fromCharCode(byte) : `%${HEX[byte >> 4]}${HEX[byte & 15]}`
     i += 2
     from = i + 1
   }
@@ -101,6 +104,17 @@ function refusedEscape(byte: number): boolean {
   return byte < 0 || byte === 0x2f || byte === 0x5c || byte < 0x20 || byte === 0x7f
 }
 
+/**
+ * A byte whose escape normalization decodes: an unreserved character, or one of the characters a segment
+ * holds as they are (RFC 3986 §3.3 pchar: sub-delims, ":" and "@") other than ";", which starts path
+ * parameters to Tomcat and Spring
+ */
+function decodedInPath(b: number): boolean {
+  return isUnreserved(b) || (b !== 0x3b && PCHAR_DELIMS.has(b))
+}
+
+const PCHAR_DELIMS: ReadonlySet<number> = new Set([..."!$&'()*+,;=:@"].map((c) => c.charCodeAt(0)))
+
 function isUnreserved(b: number): boolean {
   return (
     (b >= 0x41 && b <= 0x5a) ||
@@ -119,7 +133,7 @@ export interface PathTemplateProblem {
   found: string
   /** the template spelled as normalized paths are, when a request could match it at all */
   instead?: string
-  /** the first problem is an escape of an unreserved character, which normalization decodes */
+  /** the first problem is an escape normalization decodes (an unreserved character, ":", "@", "$"…) */
   decoded?: boolean
 }
 
@@ -135,7 +149,7 @@ function describeChar(ch: string): string {
 /**
  * A route template (policy route, metrics route) that no normalized path can match because of a character
  * or an escape normalizePath never leaves in a path: a raw byte outside printable ASCII, "#", ";", "?", a
- * backslash, an escape of an unreserved character, an escape in lower-case hex (unless matched in any case),
+ * backslash, an escape it decodes (decodedInPath), an escape in lower-case hex (unless matched in any case),
  * or one the proxy refuses. undefined when there is none.
  */
 export function pathTemplateProblem(template: string, ignoreCase = false): PathTemplateProblem | undefined {
@@ -154,7 +168,7 @@ export function pathTemplateProblem(template: string, ignoreCase = false): PathT
       }
       const written = template.slice(i, i + 3)
       const upper = `%${HEX[byte >> 4]}${HEX[byte & 15]}`
-      if (isUnreserved(byte)) {
+      if (decodedInPath(byte)) {
         if (found === undefined) {
           found = `"${written}"`
           decoded = true

@@ -275,7 +275,7 @@ t.test('routes no normalized request path can match: warned with the spelling th
     `never.yaml:4:7 ${encode('/search results', 'a space', '/search%20results')}`,
     `never.yaml:5:7 ${encode('/docs#intro', '"#"', '/docs%23intro')}`,
     `never.yaml:9:14 ${encode('/caf%c3%a9/**', '"%c3"', '/caf%C3%A9/**')}`,
-    'never.yaml:11:14 warning: route "/%61dmin/**" can never match: no normalized request path holds "%61" (hint: write "/admin/**": the proxy decodes escaped letters, digits and -._~ before matching)',
+    'never.yaml:11:14 warning: route "/%61dmin/**" can never match: no normalized request path holds "%61" (hint: write "/admin/**": the proxy decodes escaped letters, digits, -._~ and !$&\'()*+,=:@ before matching)',
     'never.yaml:13:14 warning: route "/a\\b" can never match: no normalized request path holds a backslash (hint: the proxy answers 400 to every request path with it)',
     'never.yaml: ok (0 identity rules, 0 issuers, policy observe, 6 warnings)',
   ])
@@ -332,7 +332,7 @@ t.test('identity rule paths no normalized request path can match: warned as rout
     `never.yaml:2:42 ${encode('/tée/**', '"é"', '/t%C3%A9e/**')}`,
     `never.yaml:3:42 ${encode('/search results', 'a space', '/search%20results')}`,
     `never.yaml:4:42 ${encode('/caf%c3%a9/{id}', '"%c3"', '/caf%C3%A9/{id}')}`,
-    'never.yaml:5:42 warning: path "/%61dmin/**" can never match: no normalized request path holds "%61" (hint: write "/admin/**": the proxy decodes escaped letters, digits and -._~ before matching)',
+    'never.yaml:5:42 warning: path "/%61dmin/**" can never match: no normalized request path holds "%61" (hint: write "/admin/**": the proxy decodes escaped letters, digits, -._~ and !$&\'()*+,=:@ before matching)',
     'never.yaml:6:42 warning: path "/a\\b" can never match: no normalized request path holds a backslash (hint: the proxy answers 400 to every request path with it)',
     `never.yaml:7:42 ${encode('/docs#intro', '"#"', '/docs%23intro')}`,
     'never.yaml: ok (6 identity rules, 0 issuers, policy off, 6 warnings)',

@@ -14,6 +14,12 @@ t.test('examples', async (t) => {
     ['/caf%c3%a9', '/caf%C3%A9'],
     ['/a%20b', '/a%20b'],
     ['/a%3bb', '/a%3Bb'],
+    // the characters a segment holds as they are (RFC 3986 §3.3), which servers decode before routing
+    ['/v1/orders/1%3Acancel', '/v1/orders/1:cancel'],
+    ['/%40me/%24batch', '/@me/$batch'],
+    ['/%21%26%27%28%29%2a%2B%2C%3D', "/!&'()*+,="],
+    ['/a%3Fb', '/a%3Fb'],
+    ['/a%25b', '/a%25b'],
     ['/a/./b/../c', '/a/c'],
     ['/a/b/..', '/a/'],
     ['/a/.', '/a/'],

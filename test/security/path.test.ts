@@ -50,6 +50,10 @@ const POLICY = {
   rules: [
     { name: 'admin', route: '/admin/**', methods: ['GET', 'POST'], allow: [{ identity: 'nobody' }] },
     { name: 'internal', route: '/internal', allow: [{ identity: 'nobody' }] },
+    // routes with the characters a segment holds as they are: Google-style methods, npm scopes, OData
+    { name: 'cancel', route: '/v1/orders/{id}:cancel', allow: [{ identity: 'nobody' }] },
+    { name: 'me', route: '/users/@me/**', allow: [{ identity: 'nobody' }] },
+    { name: 'batch', route: '/odata/$batch', allow: [{ identity: 'nobody' }] },
   ],
 }
 
@@ -113,6 +117,31 @@ t.test('no spelling of a denied path gets past the deny rule', async (t) => {
   ]
   for (const target of ambiguous) t.equal(await rawStatus(port, target), 400, `${target} is refused`)
   t.same(reached(up, /admin|internal/i), [], 'nothing that names admin or internal reached the upstream')
+})
+
+// nginx, Go, Django, Flask and Spring decode %3A, %40, %24… before routing: /v1/orders/1%3Acancel is their
+// /v1/orders/1:cancel. The proxy kept such escapes, so no route written with ":", "@" or "$" matched them, and
+// the default rule let the request through to the handler the route protects.
+t.test('escaped ":", "@", "$" and the other segment characters are the route they spell', async (t) => {
+  const { up, port } = await setup(t)
+  for (const target of [
+    '/v1/orders/1%3Acancel',
+    '/v1/orders/1%3acancel',
+    '/users/%40me/secrets',
+    '/users/%40me%2Fsecrets',
+    '/odata/%24batch',
+    '/odata/%24%62atch',
+  ]) {
+    const status = await rawStatus(port, target)
+    t.ok(status === 403 || status === 400, `${target} → ${status}`)
+  }
+  t.same(reached(up, /cancel|secrets|batch/), [], 'none reached the upstream')
+  t.equal(await rawStatus(port, '/v1/orders/1%3Aship?x=%3A'), 200, 'another method is served')
+  t.same(
+    reached(up, /ship/),
+    ['/v1/orders/1:ship?x=%3A'],
+    'as the path it was matched as, the query untouched',
+  )
 })
 
 t.test('HEAD is matched as GET where a rule lists GET', async (t) => {
