@@ -73,7 +73,7 @@ function overriddenMethods(headers: RequestInfo['headers']): string[] | undefine
 /**
  * The `_method` query parameter Laravel and Symfony (with method parameter override, which Laravel turns on)
  * and Express's `methodOverride('_method')` run a POST as. Names are read as PHP reads them (percent-decoded,
- * "." and " " taken for "_"), values upper-cased. A `_method` in a form body cannot be seen here.
+ * cut at a NUL, "." and " " taken for "_"), values upper-cased. A `_method` in a form body cannot be seen here.
  */
 function queryMethods(url: string, into: string[] | undefined): string[] | undefined {
   const q = url.indexOf('?')
@@ -82,7 +82,10 @@ function queryMethods(url: string, into: string[] | undefined): string[] | undef
   for (const pair of url.slice(q + 1).split('&')) {
     const eq = pair.indexOf('=')
     if (eq === -1) continue
-    const name = decodeQueryPart(pair.slice(0, eq))
+    const decoded = decodeQueryPart(pair.slice(0, eq))
+    // PHP cuts a parameter name at its first NUL: `_method%00x` is its $_GET['_method']
+    const nul = decoded.indexOf('\0')
+    const name = nul === -1 ? decoded : decoded.slice(0, nul)
     if (name.trimStart().replace(/[. ]/g, '_') !== '_method') continue
     const method = decodeQueryPart(pair.slice(eq + 1))
       .trim()

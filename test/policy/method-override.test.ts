@@ -25,11 +25,15 @@ function frameworkMethod(
       return String(value).split(',')[0]!.trim().toUpperCase()
   }
   // Laravel and Symfony (method parameter override on) read the query as PHP parses it: names decoded,
-  // "." and " " turned into "_"; Express's methodOverride('_method') reads req.query._method
+  // cut at the first NUL, "." and " " turned into "_"; Express's methodOverride('_method') reads
+  // req.query._method
   const query = url.includes('?') ? url.slice(url.indexOf('?') + 1) : ''
   for (const pair of query.split('&')) {
     const [name = '', value = ''] = pair.split('=')
-    const key = decodeURIComponent(name.replaceAll('+', ' ')).trimStart().replace(/[. ]/g, '_')
+    const key = decodeURIComponent(name.replaceAll('+', ' '))
+      .split('\0')[0]!
+      .trimStart()
+      .replace(/[. ]/g, '_')
     if (key === '_method' && value) return decodeURIComponent(value).trim().toUpperCase()
   }
   return method
@@ -75,7 +79,15 @@ t.test('a POST carrying a method-override header is decided as the method the up
     executed.length = 0
   }
 
-  for (const query of ['?_method=DELETE', '?a=1&_method=delete', '?_m%65thod=DELETE', '?.method=DELETE']) {
+  for (const query of [
+    '?_method=DELETE',
+    '?a=1&_method=delete',
+    '?_m%65thod=DELETE',
+    '?.method=DELETE',
+    // PHP cuts a name at its first NUL: both are its $_GET['_method']
+    '?_method%00=DELETE',
+    '?_method%00x=DELETE',
+  ]) {
     const status = await send('POST', {}, query)
     t.same(
       executed.filter((e) => e.startsWith('DELETE')),
