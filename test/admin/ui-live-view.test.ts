@@ -202,3 +202,88 @@ t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) =
   )
   t.same(pageErrors, [], 'no script errors')
 })
+
+// What a keyboard, a zoomed or narrow window and a refused stream make of the page: the feed held still only
+// for a mouse and the headers sorted only by click; at 200 % zoom (683 CSS px wide) the table was 0 px high
+// and nothing scrolled; and a stream the server refused (503 at adminAccess.liveClients) was never asked for
+// again, while the page kept saying "reconnecting…".
+t.test('live view: keyboard, a narrow window, a refused stream', { skip: skipWithoutChromium }, async (t) => {
+  const telemetry = new Telemetry(
+    configSchema.parse({ service: 'checkout', audit: { output: 'off' }, adminAccess: { liveClients: 1 } }),
+    { version: 'test' },
+  )
+  const url = await startAdmin(t, telemetry)
+  traffic(telemetry, 50)
+  // the one /events slot taken by someone else
+  const holder = new AbortController()
+  const held = await fetch(`${url}/events`, { signal: holder.signal })
+  t.equal(held.status, 200, 'the only stream slot is taken')
+  t.teardown(() => holder.abort())
+
+  const browser = await launchChromium()
+  t.teardown(() => browser.close())
+  const page = await browser.newPage({ viewport: { width: 1366, height: 768 } })
+  const pageErrors: string[] = []
+  page.on('pageerror', (e) => pageErrors.push(e.message))
+  await page.goto(`${url}/ui`)
+  await page.waitForSelector('body[data-loaded="true"]', { timeout: 10_000 })
+  await page.waitForFunction(
+    () => /refused/.test(document.getElementById('live-text')?.textContent ?? ''),
+    undefined,
+    {
+      timeout: 10_000,
+    },
+  )
+  t.pass('a refused stream is said to be refused')
+  holder.abort()
+  await page.waitForFunction(() => document.getElementById('live-text')?.textContent === 'live', undefined, {
+    timeout: 15_000,
+  })
+  t.pass('and asked for again once a slot is free')
+
+  // the feed holds still while the keyboard is in it
+  const feeder = setInterval(() => traffic(telemetry, 2), 100)
+  t.teardown(() => clearInterval(feeder))
+  await page.waitForSelector('#events li', { timeout: 5000 })
+  await page.focus('#events li')
+  t.ok(
+    await page.locator('#events').evaluate((el) => el.classList.contains('held')),
+    'focus in the feed holds it',
+  )
+  await page.focus('#identity-search')
+  t.notOk(
+    await page.locator('#events').evaluate((el) => el.classList.contains('held')),
+    'and leaving it lets go',
+  )
+  clearInterval(feeder)
+
+  // the column headers are keyboard buttons
+  t.equal(await page.locator('#identity-table th[data-sort="name"]').getAttribute('tabindex'), '0')
+  await page.focus('#identity-table th[data-sort="name"]')
+  await page.keyboard.press('Enter')
+  await page.waitForFunction(
+    () =>
+      document.querySelector('#identity-table th[data-sort="name"]')?.getAttribute('aria-sort') ===
+      'ascending',
+  )
+  t.pass('Enter on a header sorts by it')
+  t.equal(
+    await page.locator('.stats').getAttribute('aria-live'),
+    null,
+    'the stats are not read out every 2 s',
+  )
+
+  // 1366 px at 200 % zoom: one column that scrolls, every panel a height of its own
+  await page.setViewportSize({ width: 683, height: 384 })
+  const layout = await page.evaluate(() => ({
+    table: document.querySelector('.table-wrap')?.getBoundingClientRect().height ?? 0,
+    feed: document.getElementById('events-panel')?.getBoundingClientRect().height ?? 0,
+    scrolls: document.scrollingElement!.scrollHeight > window.innerHeight,
+    status: document.getElementById('live-status')!.getBoundingClientRect().right <= window.innerWidth,
+  }))
+  t.ok(layout.table > 150, `the table has room (${layout.table} px)`)
+  t.ok(layout.feed > 150, `so has the feed (${layout.feed} px)`)
+  t.ok(layout.scrolls, 'the page scrolls')
+  t.ok(layout.status, 'the stream status is on the screen')
+  t.same(pageErrors, [], 'no script errors')
+})

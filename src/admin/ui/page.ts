@@ -14,7 +14,7 @@ const HTML = `<!doctype html>
 <body>
 <header>
   <div class="brand"><h1>nhi-proxy</h1><span class="service">live identities</span></div>
-  <div class="stats" aria-live="polite">
+  <div class="stats">
     <div class="stat"><div class="label">Identities</div><div class="value" id="stat-identities">–</div></div>
     <div class="stat"><div class="label">Requests/s</div><div class="value" id="stat-rps">–</div></div>
     <div class="stat"><div class="label">Human</div><div class="value" id="stat-human">–</div></div>

@@ -216,21 +216,29 @@ export const UI_SCRIPT = `
   }
 
   // ---- live events
-  var source = null, pending = [], flushScheduled = false;
+  var source = null, pending = [], flushScheduled = false, retryTimer = 0;
   function setStatus(cls, text) { var s = $('live-status'); s.className = 'status ' + cls; $('live-text').textContent = text; }
   function connect() {
+    clearTimeout(retryTimer);
     if (source) source.close();
     var who = $('event-filter').value.trim();
     source = new EventSource('/events' + (who ? '?identity=' + encodeURIComponent(who) : ''));
     source.onopen = function () { setStatus('live', 'live'); };
-    source.onerror = function () { setStatus('down', 'reconnecting…'); };
+    // A stream that ended is reopened by the browser itself; one the server refused (503 at
+    // adminAccess.liveClients, 401, 403) is given up for good (readyState CLOSED): ask again in a while
+    source.onerror = function () {
+      if (source.readyState !== 2) { setStatus('down', 'reconnecting…'); return; }
+      setStatus('down', 'refused: trying again in 5 s');
+      retryTimer = setTimeout(connect, 5000);
+    };
     source.onmessage = function (m) {
       try { pending.push(JSON.parse(m.data)); } catch (e) { return; }
       if (pending.length > MAX_EVENTS) pending.splice(0, pending.length - MAX_EVENTS);
       if (!flushScheduled) { flushScheduled = true; requestAnimationFrame(flushEvents); }
     };
   }
-  // While the pointer is over the feed it holds still (new events wait, bounded), so a row can be clicked.
+  // While the pointer is over the feed, or the keyboard focus is in it, it holds still (new events wait,
+  // bounded), so a row can be clicked or read and opened with Enter.
   var feedHeld = false;
   function flushEvents() {
     flushScheduled = false;
@@ -279,20 +287,35 @@ export const UI_SCRIPT = `
 
   // ---- wiring
   $('events').addEventListener('click', function (ev) { var li = ev.target.closest('li'); if (li) showAudit(li); });
-  $('events').addEventListener('mouseenter', function () { feedHeld = true; $('events').classList.add('held'); });
-  $('events').addEventListener('mouseleave', function () {
-    feedHeld = false; $('events').classList.remove('held');
-    if (pending.length && !flushScheduled) { flushScheduled = true; requestAnimationFrame(flushEvents); }
+  var pointerIn = false, focusIn = false;
+  function holdFeed() {
+    feedHeld = pointerIn || focusIn;
+    $('events').classList.toggle('held', feedHeld);
+    if (!feedHeld && pending.length && !flushScheduled) { flushScheduled = true; requestAnimationFrame(flushEvents); }
+  }
+  $('events').addEventListener('mouseenter', function () { pointerIn = true; holdFeed(); });
+  $('events').addEventListener('mouseleave', function () { pointerIn = false; holdFeed(); });
+  $('events').addEventListener('focusin', function () { focusIn = true; holdFeed(); });
+  $('events').addEventListener('focusout', function (ev) {
+    focusIn = $('events').contains(ev.relatedTarget); holdFeed();
   });
   $('events').addEventListener('keydown', function (ev) {
     if (ev.key === 'Enter' && ev.target.tagName === 'LI') showAudit(ev.target);
   });
-  document.querySelector('#identity-table thead').addEventListener('click', function (ev) {
-    var th = ev.target.closest('th'); if (!th) return;
+  function sortBy(th) {
     if (state.sortKey === th.dataset.sort) state.sortDir = -state.sortDir;
     else { state.sortKey = th.dataset.sort; state.sortDir = th.dataset.sort === 'name' || th.dataset.sort === 'kind' || th.dataset.sort === 'source' ? 1 : -1; }
     renderTable();
+  }
+  document.querySelector('#identity-table thead').addEventListener('click', function (ev) {
+    var th = ev.target.closest('th'); if (th) sortBy(th);
   });
+  // the column headers are sort buttons for the keyboard too
+  document.querySelector('#identity-table thead').addEventListener('keydown', function (ev) {
+    var th = ev.target.closest('th');
+    if (th && (ev.key === 'Enter' || ev.key === ' ')) { ev.preventDefault(); sortBy(th); }
+  });
+  Array.prototype.forEach.call(document.querySelectorAll('#identity-table th[data-sort]'), function (th) { th.tabIndex = 0; });
   var searchTimer = 0;
   $('identity-search').addEventListener('input', function (ev) {
     clearTimeout(searchTimer);

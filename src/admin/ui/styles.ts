@@ -127,4 +127,17 @@ td.name { max-width: 190px; overflow: hidden; text-overflow: ellipsis; font-fami
 #audit-detail dt { color: var(--muted); }
 #audit-detail dd { margin: 0; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; overflow-wrap: anywhere; }
 .empty { color: var(--muted); padding: 12px; text-align: center; }
+/* Narrow windows and zoomed pages (1366 px at 200 % is 683 CSS px): one column that scrolls as a page, each
+   panel a height of its own, instead of a fixed three-column grid squeezed to nothing. */
+@media (max-width: 1000px), (max-height: 560px) {
+  body { overflow: auto; height: auto; }
+  header { height: auto; flex-wrap: wrap; gap: 8px; }
+  .stats { flex-wrap: wrap; }
+  main {
+    grid-template-columns: minmax(0, 1fr); grid-template-rows: 236px 236px 420px auto;
+    grid-template-areas: "chart" "graph" "table" "side";
+  }
+  #side { min-height: 0; }
+  #events-panel { height: 360px; flex: none; }
+}
 `
