@@ -149,13 +149,15 @@ const githubActions: Profile = (claims) => {
     'sha',
     'run_id',
     'run_attempt',
-    'actor',
     'event_name',
     'environment',
     'runner_environment',
   ]) {
     attributes[k] = str(claims, k)
   }
+  // the user who triggered the run: not an actor in RFC 8693's sense (an agent acting on the job's behalf),
+  // whose `actor` attribute the live view, /identities and the audit show as "actor on behalf of identity"
+  attributes['github_actor'] = str(claims, 'actor')
   return { name: `github/${repository}`, kind: 'job', attributes }
 }
 

@@ -109,12 +109,14 @@ t.test('github-actions: workflow OIDC token', async (t) => {
       workflow: 'nightly-export',
       ref: 'refs/heads/main',
       run_id: '123456789',
-      actor: 'octocat',
+      // the user who triggered the run, apart from the RFC 8693 `actor` of delegated tokens
+      github_actor: 'octocat',
       job_workflow_ref: 'octo-org/octo-automation/.github/workflows/oidc.yml@refs/heads/main',
       aud: 'https://github.com/octo-org',
     },
   })
   t.notOk('head_ref' in id.attributes, 'empty claims are not attributes')
+  t.notOk('actor' in id.attributes, "no delegation: the run was not made on anyone's behalf")
 })
 
 t.test('auth0: machine-to-machine vs user access token', async (t) => {
