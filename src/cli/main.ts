@@ -66,6 +66,17 @@ function positiveInt(value: string): number {
   return n
 }
 
+/** The longest delay a timer holds (about 24.8 days): a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** `demo --duration`: a positive duration a timer can hold (24d at most; without it, until Ctrl-C). */
+function demoDuration(value: string): number {
+  const ms = positiveDuration(value)
+  if (ms > MAX_TIMER_MS)
+    throw new InvalidArgumentError('at most 24d (leave --duration out to run until Ctrl-C)')
+  return ms
+}
+
 /** A duration as config files write them ("20s", "500ms", "5m"), or a bare number of seconds. */
 function positiveDuration(value: string): number {
   const text = value.trim()
@@ -424,8 +435,8 @@ program
   .addOption(new Option('--rate <n>', 'synthetic requests per second').argParser(positiveInt).default(25))
   .option(
     '--duration <duration>',
-    'stop after this long, e.g. 20s or 5m, or a number of seconds (default: run until Ctrl-C)',
-    positiveDuration,
+    'stop after this long, e.g. 20s or 5m, or a number of seconds, at most 24d (default: run until Ctrl-C)',
+    demoDuration,
   )
   .option('--audit', 'print the audit trail (JSON lines) to stdout')
   .addHelpText(

@@ -160,10 +160,16 @@ if (bundleBuilt(t)) {
     t.equal(await proc.exited, 0, 'SIGTERM drains and exits 0')
   })
 
-  t.test('demo --duration rejects what is not a duration', async (t) => {
-    const r = await bin(['demo', '--duration', '20x'])
-    t.equal(r.code, 1)
-    t.match(r.stderr, /--duration <duration>' argument '20x' is invalid\. expected a duration such as 20s/)
+  t.test('demo --duration rejects what is not a duration, or more than a timer holds', async (t) => {
+    const [bad, long] = await Promise.all([
+      bin(['demo', '--duration', '20x']),
+      // 30 days is more than a timer holds: it used to fire at once, ending the demo after its banner
+      bin(['demo', '--duration', '30d']),
+    ])
+    t.equal(bad.code, 1)
+    t.match(bad.stderr, /--duration <duration>' argument '20x' is invalid\. expected a duration such as 20s/)
+    t.equal(long.code, 1)
+    t.match(long.stderr, /argument '30d' is invalid\. at most 24d/)
   })
 
   t.test('a bug that escapes every handler: one internal_error line, exit 3', async (t) => {
