@@ -54,6 +54,17 @@ interface Scenario {
   run(t: Tokens): Promise<unknown>
 }
 
+/**
+ * A token whose claims were changed after it was signed (its subject swapped for the cluster's admin): the key
+ * is known, the signature no longer matches, `bad_signature`.
+ */
+function tampered(token: string): string {
+  const [header = '', payload = '', signature = ''] = token.split('.')
+  const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>
+  claims['sub'] = 'system:serviceaccount:kube-system:admin'
+  return `${header}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.${signature}`
+}
+
 export interface TrafficOptions {
   proxyUrl: string
   httpsUrl?: string
@@ -228,6 +239,11 @@ export class DemoTraffic {
       {
         weight: 0.3,
         run: (t) => this.get('/api/v1/inventory', { 'user-agent': UA.curl, ...bearer(t.unknownKid) }),
+      },
+      // a token edited after signing (forged): bad_signature
+      {
+        weight: 0.3,
+        run: (t) => this.get('/api/v1/inventory', { 'user-agent': UA.curl, ...bearer(tampered(t.shared)) }),
       },
       {
         weight: 0.3,

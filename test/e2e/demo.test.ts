@@ -1,5 +1,5 @@
 // `nhi-proxy demo` end to end: it starts from nothing, prints its URLs, and its traffic shows every kind of
-// caller, verified and unverified sources, and every anomaly type.
+// caller, verified and unverified sources, every anomaly type and the failure reasons the README names.
 import t from 'tap'
 import { ANOMALY_TYPES } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -41,6 +41,19 @@ t.test('demo shows every kind, source and anomaly', async (t) => {
       `identity ${identity} seen`,
       'nhi_requests_total',
       { identity },
+    ]),
+    // the failure reasons the README says the demo shows
+    ...[
+      'expired',
+      'unknown_kid',
+      'bad_signature',
+      'untrusted_forwarder',
+      'apikey_unknown',
+      'signature_replayed',
+    ].map((reason): [string, string, Record<string, string>] => [
+      `failure ${reason} provoked`,
+      'nhi_auth_failures_total',
+      { reason },
     ]),
     ['observe mode records would_deny', 'nhi_policy_decisions_total', { decision: 'would_deny' }],
     [
