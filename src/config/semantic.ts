@@ -320,7 +320,9 @@ function unmatchablePath(
       ? 'the proxy answers 400 to every request path with it'
       : problem.decoded
         ? `write "${problem.instead}": the proxy decodes escaped letters, digits, -._~ and !$&'()*+,=:@ before matching`
-        : `write it percent-encoded with upper-case hex: "${problem.instead}"`,
+        : problem.segments
+          ? `write "${problem.instead}": the proxy merges "//" and resolves "." and ".." before matching`
+          : `write it percent-encoded with upper-case hex: "${problem.instead}"`,
   )
 }
 

@@ -135,6 +135,8 @@ export interface PathTemplateProblem {
   instead?: string
   /** the first problem is an escape normalization decodes (an unreserved character, ":", "@", "$"…) */
   decoded?: boolean
+  /** the first problem is an empty, "." or ".." segment, which normalization merges or resolves */
+  segments?: boolean
 }
 
 function describeChar(ch: string): string {
@@ -192,10 +194,19 @@ export function pathTemplateProblem(template: string, ignoreCase = false): PathT
     if (c < 0x20 || c === 0x7f || c === 0x5c) refused = true
     else for (const b of Buffer.from(ch)) instead += `%${HEX[b >> 4]}${HEX[b & 15]}`
   }
-  if (found === undefined) return undefined
+  if (found === undefined) {
+    // "//", "/./" and "/../" inside a template: normalized paths never hold them (a trailing slash is optional)
+    if (!DOT_OR_EMPTY_SEGMENT.test(template)) return undefined
+    const normal = normalizePath(template)
+    if (normal === undefined) return undefined
+    return { found: 'an empty, "." or ".." segment', instead: normal, segments: true }
+  }
   if (refused) return { found }
   return decoded ? { found, instead, decoded } : { found, instead }
 }
+
+/** a segment normalization merges or resolves: "//", or a "." or ".." segment */
+const DOT_OR_EMPTY_SEGMENT = /\/\/|\/\.\.?(?:\/|$)/
 
 const ABSOLUTE_FORM = /^https?:\/\/[^/?#]*/i
 

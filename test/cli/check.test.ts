@@ -267,6 +267,16 @@ t.test('routes no normalized request path can match: warned with the spelling th
     // matched in any case, a lower-case escape can match
     run(write('any-case.yaml', [...config(['/**'], ['"/caf%c3%a9/**"']), '  pathCase: insensitive'])),
   ])
+  // an empty, "." or ".." segment: normalized paths never hold one (a trailing slash is optional)
+  const segments = await run(
+    write('segments.yaml', config(['/api//v1/**', '/docs/'], ['/admin/./users', '/public/../admin/**'])),
+  )
+  t.same(segments.text.trim().split('\n'), [
+    'segments.yaml:3:7 warning: route "/api//v1/**" can never match: no normalized request path holds an empty, "." or ".." segment (hint: write "/api/v1/**": the proxy merges "//" and resolves "." and ".." before matching)',
+    'segments.yaml:8:14 warning: route "/admin/./users" can never match: no normalized request path holds an empty, "." or ".." segment (hint: write "/admin/users": the proxy merges "//" and resolves "." and ".." before matching)',
+    'segments.yaml:10:14 warning: route "/public/../admin/**" can never match: no normalized request path holds an empty, "." or ".." segment (hint: write "/admin/**": the proxy merges "//" and resolves "." and ".." before matching)',
+    'segments.yaml: ok (0 identity rules, 0 issuers, policy observe, 3 warnings)',
+  ])
   t.equal(never.code, 0, 'a warning, not an error')
   const encode = (route: string, found: string, instead: string) =>
     `warning: route "${route}" can never match: no normalized request path holds ${found} (hint: write it percent-encoded with upper-case hex: "${instead}")`
