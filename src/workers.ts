@@ -79,7 +79,6 @@ type Report =
   | { nhi: 'tokenPeers'; pairs: string[] }
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
-/** longest wait for a worker's answer to a scrape, a readiness probe or a new config */
 /**
  * What a reload becomes from the workers' answers to it (`true` applied, a string the reason it could not be,
  * undefined no answer in time). Applied when at least one worker applied it (or none was serving to ask): the
@@ -104,6 +103,7 @@ export function reloadOutcome(answers: readonly unknown[]): {
   return { applied, replace, reasons }
 }
 
+/** longest wait for a worker's answer to a scrape, a readiness probe or a new config */
 const ASK_TIMEOUT_MS = 10_000
 /**
  * longest wait for the primary's answer about a signed agent's nonce: the request waits meanwhile, and the
