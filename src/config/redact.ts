@@ -9,6 +9,11 @@ const KEEP = new Set(['bearerTokenFile', 'secretFile', 'key', 'maxIdentities', '
 const SECRET_PARAM =
   /^(access_token|id_token|refresh_token|token|api_?key|key|secret|client_secret|password|passwd|pwd|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|auth|authorization|code)$/i
 
+/** a query parameter whose value is a credential, by its (decoded) name */
+function isSecretParam(name: string): boolean {
+  return SECRET_PARAM.test(name) || SECRET_FIELD.test(name)
+}
+
 const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i
 
 /**
@@ -31,7 +36,7 @@ export function redactUrl(text: string): string {
     changed = true
   }
   for (const name of new Set(u.searchParams.keys())) {
-    if (SECRET_PARAM.test(name) || SECRET_FIELD.test(name)) {
+    if (isSecretParam(name)) {
       u.searchParams.set(name, 'redacted')
       changed = true
     }
@@ -52,12 +57,10 @@ function isSecretField(name: string, value: unknown): boolean {
   return typeof value === 'string' && SECRET_FIELD.test(name) && !KEEP.has(name)
 }
 
-/** request headers that carry credentials: their values are never echoed */
-const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'x-api-key'])
 /**
- * Names that hold a credential by the look of them, whoever defined them: X-Auth-Token, Api-Key,
- * X-Goog-Api-Key, X-Amz-Security-Token, X-Session-Id, X-Client-Secret… (a header's value is shown only when
- * its name says nothing of the kind)
+ * Request header names that hold a credential, by the look of them, whoever defined them: Authorization,
+ * Proxy-Authorization, Cookie, X-Api-Key, X-Auth-Token, Api-Key, X-Goog-Api-Key, X-Amz-Security-Token,
+ * X-Session-Id, X-Client-Secret… (a header's value is shown only when its name says nothing of the kind)
  */
 const CREDENTIAL_NAME =
   /(?:^|-)(?:auth|authorization|token|secret|password|passwd|pwd|credentials?|session|cookie|api-?key|key)(?:-|$)/
@@ -69,9 +72,7 @@ const CREDENTIAL_NAME =
 export function redactHeader(name: string, value: string, apiKeyHeader?: string): string {
   const n = normalizeHeaderName(name)
   const secret =
-    CREDENTIAL_HEADERS.has(n) ||
-    CREDENTIAL_NAME.test(n) ||
-    (apiKeyHeader !== undefined && n === normalizeHeaderName(apiKeyHeader))
+    CREDENTIAL_NAME.test(n) || (apiKeyHeader !== undefined && n === normalizeHeaderName(apiKeyHeader))
   return secret ? REDACTED : value
 }
 
@@ -94,7 +95,7 @@ export function redactTarget(target: string): string {
       } catch {
         // a malformed escape: judged as written
       }
-      return SECRET_PARAM.test(name) || SECRET_FIELD.test(name) ? `${pair.slice(0, eq)}=redacted` : pair
+      return isSecretParam(name) ? `${pair.slice(0, eq)}=redacted` : pair
     })
   return `${target.slice(0, q)}?${params.join('&')}`
 }
