@@ -9,7 +9,7 @@ import {
   NameConstraints,
   SubjectAlternativeName,
 } from '@peculiar/asn1-x509'
-import type { CertificateNames, NameConstraintSet, SubtreeName } from './certificate.ts'
+import type { CertificateNames, GeneralNameValue, NameConstraintSet } from './certificate.ts'
 
 const OID_COMMON_NAME = '2.5.4.3'
 
@@ -35,15 +35,14 @@ export function certificateNames(der: Uint8Array): CertificateNames {
   const ext = tbs.extensions?.find((e) => e.extnID === id_ce_subjectAltName)
   if (!ext) return out
   for (const name of AsnConvert.parse(ext.extnValue, SubjectAlternativeName)) {
-    if (name.dNSName !== undefined) out.sans.dns.push(name.dNSName)
-    else if (name.uniformResourceIdentifier !== undefined) out.sans.uri.push(name.uniformResourceIdentifier)
-    else if (name.rfc822Name !== undefined) out.sans.email.push(name.rfc822Name)
-    else if (name.iPAddress !== undefined) out.sans.ip.push(name.iPAddress)
+    const { type, value } = generalName(name)
+    if (type !== 'other') out.sans[type].push(value)
   }
   return out
 }
 
-function subtreeName(name: GeneralName): SubtreeName {
+/** a GeneralName (a SAN, a name-constraint subtree) as the kinds this proxy reads: DNS, URI, e-mail, IP */
+function generalName(name: GeneralName): GeneralNameValue {
   if (name.dNSName !== undefined) return { type: 'dns', value: name.dNSName }
   if (name.uniformResourceIdentifier !== undefined)
     return { type: 'uri', value: name.uniformResourceIdentifier }
@@ -59,7 +58,7 @@ export function nameConstraints(der: Uint8Array): NameConstraintSet | undefined 
   if (!ext) return undefined
   const nc = AsnConvert.parse(ext.extnValue, NameConstraints)
   return {
-    permitted: (nc.permittedSubtrees ?? []).map((s) => subtreeName(s.base)),
-    excluded: (nc.excludedSubtrees ?? []).map((s) => subtreeName(s.base)),
+    permitted: (nc.permittedSubtrees ?? []).map((s) => generalName(s.base)),
+    excluded: (nc.excludedSubtrees ?? []).map((s) => generalName(s.base)),
   }
 }

@@ -216,15 +216,15 @@ export interface CertificateNames {
   sans: SubjectAltNames
 }
 
-/** one name of a name-constraint subtree; `other` for the kinds explain does not evaluate (directoryName…) */
-export interface SubtreeName {
+/** one GeneralName (a SAN, a name-constraint subtree) by kind; `other` for the kinds not read (directoryName…) */
+export interface GeneralNameValue {
   type: 'dns' | 'uri' | 'email' | 'ip' | 'other'
   value: string
 }
 
 export interface NameConstraintSet {
-  permitted: SubtreeName[]
-  excluded: SubtreeName[]
+  permitted: GeneralNameValue[]
+  excluded: GeneralNameValue[]
 }
 
 type Decoder = typeof import('./certificate-names.ts')
