@@ -9,7 +9,7 @@ import { address, type Config } from '../config/schema.ts'
 import { MAX_WORKERS, workerCount } from '../config/workers.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { StartupError, splitAddress } from '../startup.ts'
-import { parseDuration } from '../util/duration.ts'
+import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
@@ -65,9 +65,6 @@ function positiveInt(value: string): number {
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive whole number')
   return n
 }
-
-/** The longest delay a timer holds (about 24.8 days): a longer one would fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** `demo --duration`: a positive duration a timer can hold (24d at most; without it, until Ctrl-C). */
 function demoDuration(value: string): number {

@@ -14,6 +14,7 @@ import {
 } from 'node:http2'
 import type { ConnectionOptions, SecureContextOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
+import { MAX_TIMER_MS } from '../util/duration.ts'
 import {
   clientStreamGone,
   connectTimeoutMs,
@@ -32,9 +33,6 @@ import { type HeaderBlocks, isHopByHop, type UpstreamHeaders, upstreamTrailers }
 import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
-
-/** the longest delay setTimeout takes; a longer one is set to 1 ms */
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
 function sendRequestTrailers(

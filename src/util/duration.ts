@@ -2,6 +2,9 @@
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 const DURATION_RE = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/
 
+/** The longest delay a Node timer holds (about 24.8 days): setTimeout fires a longer one after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1
+
 /** Returns milliseconds, or undefined when the text is not a duration. */
 export function parseDuration(value: string | number): number | undefined {
   if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value * 1000 : undefined
