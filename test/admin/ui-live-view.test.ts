@@ -3,7 +3,7 @@
 // boundary groups, search, sorting and a 1,000-row refresh. It checks rendering, not the product end to end:
 // e2e-ui-demo drives the same page served by the built bundle (`nhi-proxy demo`) with real traffic.
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
 import type { Identity } from '../../src/types.ts'
@@ -64,6 +64,18 @@ function traffic(telemetry: Telemetry, n: number): void {
   }
 }
 
+/** /ui of `url` in headless Chromium at 1366×768, once it has loaded its first data; closed at teardown */
+async function openLiveView(t: Test, url: string) {
+  const browser = await launchChromium()
+  t.teardown(() => browser.close())
+  const page = await browser.newPage({ viewport: { width: 1366, height: 768 } })
+  const pageErrors: string[] = []
+  page.on('pageerror', (e) => pageErrors.push(e.message))
+  await page.goto(`${url}/ui`)
+  await page.waitForSelector('body[data-loaded="true"]', { timeout: 10_000 })
+  return { page, pageErrors }
+}
+
 t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) => {
   const telemetry = new Telemetry(
     configSchema.parse({
@@ -79,13 +91,7 @@ t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) =
   let feeder = setInterval(() => traffic(telemetry, 8), 100)
   t.teardown(() => clearInterval(feeder))
 
-  const browser = await launchChromium()
-  t.teardown(() => browser.close())
-  const page = await browser.newPage({ viewport: { width: 1366, height: 768 } })
-  const pageErrors: string[] = []
-  page.on('pageerror', (e) => pageErrors.push(e.message))
-  await page.goto(`${url}/ui`)
-  await page.waitForSelector('body[data-loaded="true"]', { timeout: 10_000 })
+  const { page, pageErrors } = await openLiveView(t, url)
 
   // every identity appears with its kind
   await page.waitForFunction(
@@ -220,13 +226,7 @@ t.test('live view: keyboard, a narrow window, a refused stream', { skip: skipWit
   t.equal(held.status, 200, 'the only stream slot is taken')
   t.teardown(() => holder.abort())
 
-  const browser = await launchChromium()
-  t.teardown(() => browser.close())
-  const page = await browser.newPage({ viewport: { width: 1366, height: 768 } })
-  const pageErrors: string[] = []
-  page.on('pageerror', (e) => pageErrors.push(e.message))
-  await page.goto(`${url}/ui`)
-  await page.waitForSelector('body[data-loaded="true"]', { timeout: 10_000 })
+  const { page, pageErrors } = await openLiveView(t, url)
   await page.waitForFunction(
     () => /refused/.test(document.getElementById('live-text')?.textContent ?? ''),
     undefined,
