@@ -101,12 +101,26 @@ export function tokenMatches(presented: string, expected: string): boolean {
   return timingSafeEqual(digest(presented), digest(expected))
 }
 
-function bearer(req: IncomingMessage): string | undefined {
+/**
+ * The admin token a client presents: `Bearer <token>` (curl, scripts), or the password of HTTP Basic auth (any
+ * user name). Basic is for browsers: a page can't attach a bearer token to its own navigation or to an
+ * EventSource, but a browser answers a Basic challenge once and then sends the credentials with every request
+ * to the origin, `/events` included.
+ */
+function presentedToken(req: IncomingMessage): string | undefined {
   const auth = req.headers.authorization
   if (typeof auth !== 'string') return undefined
-  const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(auth)
-  return m?.[1]
+  const m = /^(Bearer|Basic)[ \t]+(\S+)[ \t]*$/i.exec(auth)
+  const scheme = m?.[1]
+  const value = m?.[2]
+  if (scheme === undefined || value === undefined) return undefined
+  if (scheme.length === 6) return value
+  const credentials = Buffer.from(value, 'base64').toString('utf8')
+  const colon = credentials.indexOf(':')
+  return colon < 0 ? undefined : credentials.slice(colon + 1)
 }
+
+const CHALLENGES = ['Bearer realm="nhi-proxy admin"', 'Basic realm="nhi-proxy admin", charset="UTF-8"']
 
 export interface AdminServer {
   listen(): Promise<AddressInfo>
@@ -162,14 +176,14 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     }
     if (isLocalPeer(req.socket.remoteAddress ?? '')) return true
     const expected = await access.token()
-    const presented = bearer(req)
+    const presented = presentedToken(req)
     if (expected && presented !== undefined && tokenMatches(presented, expected)) return true
     if (!expected) {
       sendJson(res, 403, {
         error: 'served to loopback peers only (kubectl port-forward), or set adminAccess.tokenFile',
       })
     } else {
-      res.setHeader('www-authenticate', 'Bearer realm="nhi-proxy admin"')
+      res.setHeader('www-authenticate', CHALLENGES)
       sendJson(res, 401, { error: 'bearer token required' })
     }
     return false

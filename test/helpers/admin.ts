@@ -9,7 +9,7 @@ export interface Teardown {
 export async function startAdmin(
   t: Teardown,
   telemetry: Telemetry,
-  opts: Partial<Pick<AdminServerOptions, 'ready' | 'effectiveConfig'>> = {},
+  opts: Partial<Pick<AdminServerOptions, 'ready' | 'effectiveConfig' | 'access' | 'isLocalPeer'>> = {},
 ): Promise<string> {
   const admin = createAdminServer({
     host: '127.0.0.1',
@@ -17,6 +17,8 @@ export async function startAdmin(
     telemetry,
     ready: opts.ready ?? (async () => ({ ok: true, checks: {} })),
     effectiveConfig: opts.effectiveConfig ?? (() => ({})),
+    ...(opts.access ? { access: opts.access } : {}),
+    ...(opts.isLocalPeer ? { isLocalPeer: opts.isLocalPeer } : {}),
   })
   const addr = await admin.listen()
   t.teardown(() => telemetry.close())
