@@ -103,7 +103,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     { http: opts.http, https: opts.https, timeouts, limits: opts.limits },
     {
       request: (req, res) => void lifecycle.handle(req, res, lifecycle.connectionInfo(req.socket)),
-      upgrade: (req, socket, head) => void upgrades.handle(req, socket, head),
+      upgrade: (req, socket, head) => upgrades.handle(req, socket, head),
       connect: (req, socket) => upgrades.handleConnect(req, socket),
       http2: {
         connectionInfo: (socket) => lifecycle.connectionInfo(socket),

@@ -48,6 +48,30 @@ interface UpgradeContext {
   validTarget: boolean
 }
 
+/**
+ * Runs `then` once no response to a request pipelined ahead of this one is still being written to `socket`.
+ * Node emits 'upgrade' and 'connect' as soon as it parses the request and hands over the socket, while a
+ * response to an earlier request on the same connection may still own it (`_httpMessage`, set by
+ * `assignSocket`, the next queued one assigned synchronously when it finishes): answering at once would put
+ * this answer on the wire ahead of that one's (the client reads it as the earlier request's answer, or a 101
+ * starts a tunnel that the earlier body is then written into), and a `ServerResponse` for a socket another
+ * one holds throws.
+ */
+function afterEarlierResponses(socket: Duplex, then: () => void): void {
+  const current = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
+  if (current == null || socket.destroyed) {
+    then()
+    return
+  }
+  const next = (): void => {
+    current.off('finish', next)
+    current.off('close', next)
+    afterEarlierResponses(socket, then)
+  }
+  current.on('finish', next)
+  current.on('close', next)
+}
+
 export class UpgradeHandler {
   /** long-lived tunnels, destroyed at close (drain does not wait for them) */
   readonly tunnels = new Set<Duplex>()
@@ -66,6 +90,8 @@ export class UpgradeHandler {
             : ctx.validTarget && lifecycle.opts.upstream().protocol === 'h2'
               ? WEBSOCKET_NEEDS_HTTP1_UPSTREAM
               : undefined,
+      // gone while earlier answers on its connection were written, or while attribution waited
+      clientGone: (ctx) => ctx.socket.destroyed,
       answer: (ex, _req, ctx, a) => {
         ex.status = a.status
         sendJsonRaw(ctx.socket, a.status, a.body, a.headers)
@@ -83,6 +109,8 @@ export class UpgradeHandler {
   private serveWithoutUpgrade(req: IncomingMessage, socket: Duplex): void {
     const res = new ServerResponse(req)
     res.shouldKeepAlive = false
+    // the connection died while earlier responses were written: recorded as the client's cancellation
+    if (socket.destroyed) process.nextTick(() => res.emit('close'))
     res.assignSocket(socket as Socket)
     // the HTTP server's timeouts no longer watch a detached socket
     ;(socket as Socket).setTimeout?.(this.lifecycle.opts.timeouts.idle, () => socket.destroy())
@@ -100,13 +128,17 @@ export class UpgradeHandler {
    */
   handleConnect(req: IncomingMessage, socket: Duplex): void {
     socket.on('error', () => socket.destroy())
-    this.serveWithoutUpgrade(req, socket)
+    afterEarlierResponses(socket, () => this.serveWithoutUpgrade(req, socket))
   }
 
   /** An upgrade request: the same stages as any request, with a tunnel as the forward step. */
-  async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const lifecycle = this.lifecycle
+  handle(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy())
+    afterEarlierResponses(socket, () => void this.serveUpgrade(req, socket, head))
+  }
+
+  private async serveUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const lifecycle = this.lifecycle
     const websocket = offersWebSocket(req.headers.upgrade)
     if (!websocket && !lifecycle.closing && !requestHasBody(req.headers)) {
       this.serveWithoutUpgrade(req, socket)

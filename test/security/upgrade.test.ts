@@ -21,7 +21,9 @@ async function startPermissiveUpstream() {
   const server = createServer((req, res) => {
     requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers })
     req.resume()
-    req.on('end', () => res.end(`plain ${req.url}`))
+    // /slow: an answer still being waited for when a pipelined request arrives behind it
+    const delay = req.url === '/slow' ? 300 : 0
+    req.on('end', () => setTimeout(() => res.end(`plain ${req.url}`), delay))
   })
   server.on('upgrade', (req, socket, head) => {
     upgrades.push({ url: req.url ?? '', headers: req.headers })
@@ -266,3 +268,78 @@ t.test(
     t.equal(head.match(/\r\nconnection:/gi)?.length, 1, 'one Connection line')
   },
 )
+
+/** the status codes of every HTTP/1.1 response head in `text`, in the order they arrived */
+function statuses(text: string): number[] {
+  return [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]))
+}
+
+const WS_HANDSHAKE =
+  'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+  'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'
+
+t.test('an upgrade or CONNECT pipelined behind a request is answered after it, in order', async (t) => {
+  // Node hands the socket over for an upgrade or CONNECT as soon as it parses one, while the answer to the
+  // request ahead of it may still be on its way: answering at once put the second answer first (or threw,
+  // ending the process)
+  const { up, port } = await setup(t)
+  const behindSlow: [string, string, number][] = [
+    ['CONNECT', 'CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n', 501],
+    ['Upgrade: h2c', 'GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n', 200],
+    ['a websocket handshake', WS_HANDSHAKE, 101],
+    [
+      'a websocket offer that is no handshake',
+      'POST /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n',
+      400,
+    ],
+  ]
+  for (const [what, second, status] of behindSlow) {
+    const c = await rawClient(port)
+    c.socket.write(`GET /slow HTTP/1.1\r\nHost: x\r\n\r\n${second}`)
+    await eventually(() => statuses(c.text()).length === 2, { what: `both answers (${what})` })
+    t.same(statuses(c.text()), [200, status], `${what}: the earlier request's answer first`)
+    t.ok(
+      c.text().indexOf('plain /slow') < c.text().lastIndexOf('HTTP/1.1 '),
+      `${what}: its body before the next head`,
+    )
+    c.socket.destroy()
+  }
+  // the proxy's own refusal ahead of a CONNECT, all in one write
+  const refused = await rawClient(port)
+  refused.socket.write('GET /%2f HTTP/1.1\r\nHost: a\r\n\r\nCONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n')
+  await eventually(() => refused.closed(), { what: 'the CONNECT connection to close' })
+  t.same(statuses(refused.text()), [400, 501], "the 400, then the CONNECT's 501")
+  t.equal(up.upgrades.length, 1, 'only the websocket handshake reached the upstream as an upgrade')
+})
+
+t.test('an upgrade or CONNECT whose connection closes before its turn is still recorded', async (t) => {
+  const { up, port, admin } = await setup(t)
+  let slowSeen = 0
+  for (const second of ['CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n', WS_HANDSHAKE]) {
+    const c = await rawClient(port)
+    c.socket.write(`GET /slow HTTP/1.1\r\nHost: x\r\n\r\n${second}`)
+    // the proxy has read both (one write) and forwarded the first: go away before it is answered
+    slowSeen++
+    await eventually(() => up.requests.filter((r) => r.url === '/slow').length === slowSeen, {
+      what: '/slow at the upstream',
+    })
+    c.socket.destroy()
+  }
+  const recorded = (text: string) =>
+    [...text.matchAll(/^nhi_requests_total\{([^}]*)\} (\d+)/gm)].map(
+      (m) => [m[1] ?? '', Number(m[2])] as const,
+    )
+  const series = await eventually(
+    async () => {
+      const rows = recorded(await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text())
+      return rows.reduce((n, [, v]) => n + v, 0) === 4 && rows
+    },
+    { what: 'all four requests recorded' },
+  )
+  t.ok(
+    series.some(([labels, v]) => labels.includes('method="CONNECT"') && v === 1),
+    'the CONNECT among them',
+  )
+  const after = await fetch(`http://127.0.0.1:${port}/after`)
+  t.equal(after.status, 200, 'the proxy still serves')
+})
