@@ -204,6 +204,11 @@ export class NodeHttpForwarder {
         if (clientGone) settle(undefined, true)
         else fail(err instanceof ConnectTimeoutError || !connected ? 'connect' : 'reset')
       })
+      // closed without an error and without a response: an unsolicited 101, whose connection node:http drops
+      // when nobody asked for the upgrade. Not a timeout: the upstream answered, with something unusable
+      upReq.on('close', () => {
+        if (!settled && status === 0 && !clientGone) fail('reset')
+      })
 
       // the request body, chunk by chunk: the client is paused while the upstream socket is full
       const onUpstreamDrain = () => req.resume()
@@ -247,8 +252,24 @@ export class NodeHttpForwarder {
           fail('reset')
           return
         }
+        try {
+          res.writeHead(upRes.statusCode ?? 0, headers)
+        } catch {
+          // a status node:http won't send (below 100, above 999): nothing went out, so 502
+          for (const name of res.getHeaderNames()) res.removeHeader(name)
+          upRes.destroy()
+          fail('reset')
+          return
+        }
         status = upRes.statusCode ?? 0
-        res.writeHead(status, headers)
+        // no body by definition (RFC 9110 §6.4.1): answered now. Bytes an upstream sends after such a head
+        // anyway are a framing error on its connection, which must not cut the answer the client already has
+        if (status === 204 || status === 304 || req.method === 'HEAD') {
+          res.end()
+          settle()
+          upRes.resume()
+          return
+        }
         const grpcWeb = grpcWebResponse(req.headers, headers)
         // undici's body deadline: the longest silence of the upstream while the client is reading
         const onBodyTimeout = () => fail('timeout')

@@ -4,7 +4,7 @@
 import { once } from 'node:events'
 import { createServer } from 'node:http'
 import { createServer as createH2cServer } from 'node:http2'
-import { connect } from 'node:net'
+import { connect, createServer as createNetServer } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
@@ -236,3 +236,51 @@ t.test('an upstream that answers before the body ends leaves the client connecti
   t.pass('the rest of the body was taken off the connection and the next request answered')
   t.equal(requests, 2, 'the upstream got the upload and the next request, nothing else')
 })
+
+t.test(
+  'a hostile upstream on this path: an impossible status, an unasked-for 101, a 204 with a body',
+  async (t) => {
+    // each answer written raw as soon as the request head arrives, the connection left open
+    const answers = new Map<string, string>([
+      ['/status-99', 'HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n'],
+      ['/status-0', 'HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n'],
+      ['/switch', 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n'],
+      ['/no-content', 'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello'],
+    ])
+    const server = createNetServer((socket) => {
+      let head = ''
+      socket.on('error', () => {})
+      socket.on('data', (c: Buffer) => {
+        if (head.includes('\r\n\r\n')) return
+        head += c.toString('latin1')
+        const path = /^\S+ (\S+)/.exec(head)?.[1] ?? ''
+        if (head.includes('\r\n\r\n')) socket.write(answers.get(path) ?? 'HTTP/1.1 500 X\r\n\r\n')
+      })
+    })
+    t.teardown(() => server.close())
+    const { port, admin } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`, {
+      timeouts: { upstream: '20s' },
+    })
+    for (const path of ['/status-99', '/status-0']) {
+      const res = await upload(port, path, { bytes: 1024, trailers: { 'x-digest': 'd' } })
+      t.equal(res.status, 502, `${path}: 502, and the proxy lives on`)
+    }
+    const started = Date.now()
+    const switched = await upload(port, '/switch', { bytes: 1024, trailers: { 'x-digest': 'd' } })
+    t.equal(switched.status, 502, 'an unasked-for 101: 502')
+    t.ok(Date.now() - started < 10_000, 'at once, not after the upstream deadline')
+    const noContent = await upload(port, '/no-content', { bytes: 1024, trailers: { 'x-digest': 'd' } })
+    t.equal(noContent.status, 204, 'a 204 with a body: the 204, without the body')
+    t.equal(noContent.replyBytes, 0)
+    await eventually(
+      async () => {
+        const text = await scrape(admin)
+        return (
+          metricValue(text, 'nhi_upstream_errors_total', { reason: 'reset' }) === 3 &&
+          metricValue(text, 'nhi_upstream_errors_total', { reason: 'timeout' }) === 0
+        )
+      },
+      { what: 'three upstream resets and no timeout counted' },
+    )
+  },
+)
