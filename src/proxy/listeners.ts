@@ -110,6 +110,9 @@ export class Listeners {
     const base = serverOptions(opts.timeouts, opts.limits)
     const setup = (server: Server): Server => {
       server.maxConnections = opts.limits.maxConnections
+      // node:http keeps the first 2,000 header lines and silently drops the rest, so a second Host (or any
+      // field a check counts) could hide past them: every line is kept, maxHeaderBytes bounds them all
+      server.maxHeadersCount = 0
       server.keepAliveTimeout = opts.timeouts.idle
       server.on('request', handlers.request)
       server.on('upgrade', handlers.upgrade)

@@ -115,6 +115,11 @@ t.test('more than one Host, or none on HTTP/1.1, is refused with 400 and never f
       `GET /ws-two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n${ws}`,
     ],
     ['no Host on a websocket upgrade', `GET /ws-none HTTP/1.1\r\n${ws}`],
+    // past the 2,000 header lines node:http keeps by default (about 10 KB, well under maxHeaderBytes)
+    [
+      'a second Host behind 2,100 short lines',
+      `GET /far HTTP/1.1\r\nHost: a.example\r\n${'a:\r\n'.repeat(2_100)}Host: b.example\r\nConnection: close\r\n`,
+    ],
     [
       'no Host on an h2c upgrade offer',
       'GET /h2c-none HTTP/1.1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: Upgrade, HTTP2-Settings\r\n',
