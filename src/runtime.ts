@@ -16,6 +16,7 @@ import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watc
 import type { PodTokenPeers } from './identity/anomalies.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
+import { KeyMemory } from './identity/jwt/jwks.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline, readSecretFiles } from './pipeline/index.ts'
 import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/listener-tls.ts'
@@ -289,8 +290,11 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const nonces: NonceStore = opts.worker?.nonces ?? ownNonces!
 
   // the serving pipeline carries the serving config: a reload swaps both at once
+  // the issuers' last good keys, for the pipelines of later reloads (KeyMemory)
+  const keyMemory = new KeyMemory()
   let pipeline = new AttributionPipeline(initial, {
     jwksObserver,
+    keyMemory,
     botRangesObserver,
     nonces,
     ...(opts.worker ? { podTokenPeers: opts.worker.tokenPeers } : {}),
@@ -434,6 +438,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     const secretFiles = await readSecretFiles(next)
     const nextPipeline = new AttributionPipeline(next, {
       jwksObserver,
+      keyMemory,
       botRangesObserver,
       nonces,
       ...(opts.worker ? { podTokenPeers: opts.worker.tokenPeers } : {}),

@@ -11,7 +11,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import type { createServer as createH2cServer } from 'node:http2'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Server as NetServer } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Test } from 'tap'
 import { startTestSidecar, type TestSidecar } from './sidecar.ts'
@@ -110,7 +110,9 @@ export function upstreamHandler(
   return { handler, seen, aborted, reply, received, release: () => release() }
 }
 
-export async function listenTcp(server: Server | ReturnType<typeof createH2cServer>): Promise<number> {
+export async function listenTcp(
+  server: Server | ReturnType<typeof createH2cServer> | NetServer,
+): Promise<number> {
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
   return (server.address() as AddressInfo).port

@@ -58,3 +58,46 @@ t.test('JWKS down, junk or hanging: last good keys verify, failures are counted'
   await health.body.dump()
   t.equal(health.statusCode, 200)
 })
+
+t.test('a config reload while the IdP is down keeps the last good keys', async (t) => {
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
+  const config = {
+    service: 'orders',
+    upstream: upstream.url,
+    jwt: { onInvalid: 'reject', issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
+  }
+  const sidecar = await startTestSidecar(t, config)
+  const call = async (token: string) => {
+    const res = await request(`${sidecar.proxyUrl}/echo`, { headers: { authorization: `Bearer ${token}` } })
+    const body = await res.body.text()
+    return res.statusCode === 200
+      ? `verified ${(JSON.parse(body).headers as Record<string, string>)['x-nhi-verified']}`
+      : `${res.statusCode} ${body}`
+  }
+  const before = await mintToken(key, { azp: 'payments' }, { issuer: ISSUER, audience: 'orders' })
+  t.equal(await call(before), 'verified true', 'verified while the IdP is up')
+
+  jwks.fault = 500
+  const hits = jwks.hits
+  // an unrelated change (a rule added): the reload builds new key sets, whose first fetch fails
+  t.ok(
+    await sidecar.reload({
+      ...config,
+      identities: [{ name: 'kubelet', match: { userAgent: 'kube-probe/*' } }],
+    }),
+    'the reload applies',
+  )
+  t.ok(jwks.hits > hits, 'the reloaded config tried the IdP')
+  t.equal(await call(before), 'verified true', 'a token verified before the reload still verifies')
+  const fresh = await mintToken(key, { azp: 'billing' }, { issuer: ISSUER, audience: 'orders' })
+  t.equal(await call(fresh), 'verified true', 'a new token verifies with the keys the running config had')
+
+  // a changed key source starts afresh: keys of another URL are not the new URL's
+  t.ok(
+    await sidecar.reload({
+      ...config,
+      jwt: { ...config.jwt, issuers: [{ ...config.jwt.issuers[0]!, jwksUri: `${jwks.jwksUri}?v=2` }] },
+    }),
+  )
+  t.match(await call(fresh), /^401 .*keys_unavailable/, 'a new key source has no keys until it answers')
+})

@@ -15,7 +15,7 @@ import { sha256Hex } from '../../util/fingerprint.ts'
 import { lruGet } from '../../util/lru-get.ts'
 import { SecondSight } from '../../util/second-sight.ts'
 import { clientAddress } from '../client-address.ts'
-import type { IssuerKeySet, JwksObserver, WithdrawnKeys } from '../jwt/jwks.ts'
+import type { IssuerKeySet, JwksObserver, KeyMemory, WithdrawnKeys } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
 import { IssuerVerifier } from '../jwt/verifier.ts'
@@ -23,6 +23,8 @@ import type { SourceExtractor } from '../sources/source.ts'
 
 export interface JwtExtractorOptions {
   observer?: JwksObserver
+  /** the issuers' last good keys across reloads (KeyMemory) */
+  memory?: KeyMemory
   /** unix ms clock (tests) */
   now?: () => number
   /** [0, 1) source for spreading cache lifetimes (tests) */

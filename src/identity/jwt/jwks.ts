@@ -39,6 +39,57 @@ export interface KeySetOptions {
   accept?: string
   /** a reload took away keys the previous set had (or changed them, or changed the HMAC secret) */
   onWithdrawn?: (withdrawn: WithdrawnKeys) => void
+  /** the last keys each source delivered, kept across config reloads */
+  memory?: KeyMemory
+}
+
+/** What a key set last loaded. */
+interface LoadedKeys {
+  keys: LocalKeySet | undefined
+  keyCount: number
+  workerKeys: PublicKeys | undefined
+  publicJwks: readonly JWK[]
+  secret: Uint8Array | undefined
+  discoveredJwksUri: string | undefined
+}
+
+/** at most this many sources remembered: a few per configured issuer, whatever the reload history */
+const MAX_REMEMBERED_SOURCES = 256
+
+/**
+ * The last keys each key source delivered, owned by the runtime rather than by one pipeline. A reload builds
+ * new key sets; one whose first fetch fails (the IdP is down at that moment) starts from the keys the running
+ * config had, as a failed refresh keeps the last good keys, instead of from none: a config change must not
+ * turn an IdP outage into an outage for every token caller. Keyed by everything that decides what a fetch
+ * returns, so an issuer whose key source changed starts afresh.
+ */
+export class KeyMemory {
+  private readonly loaded = new Map<string, LoadedKeys>()
+
+  static sourceOf(cfg: IssuerConfig): string {
+    return JSON.stringify([
+      cfg.issuer,
+      cfg.jwksUri,
+      cfg.jwksFile,
+      cfg.discovery,
+      cfg.secretFile,
+      cfg.caFile,
+      cfg.bearerTokenFile,
+    ])
+  }
+
+  get(source: string): LoadedKeys | undefined {
+    return this.loaded.get(source)
+  }
+
+  set(source: string, keys: LoadedKeys): void {
+    this.loaded.delete(source)
+    this.loaded.set(source, keys)
+    if (this.loaded.size > MAX_REMEMBERED_SOURCES) {
+      const oldest = this.loaded.keys().next().value
+      if (oldest !== undefined) this.loaded.delete(oldest)
+    }
+  }
 }
 
 /** what a reload took away: tokens verified with these keys must not keep verifying from a cache */
@@ -82,6 +133,8 @@ export class IssuerKeySet {
   private readonly retryMs: number
   private readonly accept: string
   private readonly onWithdrawn: ((withdrawn: WithdrawnKeys) => void) | undefined
+  private readonly memory: KeyMemory | undefined
+  private readonly source: string
   private keys: LocalKeySet | undefined
   private keyCount = 0
   /** the public keys behind `keys`, for verification workers; a new version with every new key set */
@@ -114,6 +167,17 @@ export class IssuerKeySet {
     this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? this.cooldownMs)
     this.accept = opts.accept ?? 'application/json'
     this.onWithdrawn = opts.onWithdrawn
+    this.memory = opts.memory
+    this.source = opts.memory ? KeyMemory.sourceOf(cfg) : ''
+    const remembered = this.memory?.get(this.source)
+    if (remembered) {
+      this.keys = remembered.keys
+      this.keyCount = remembered.keyCount
+      this.workerKeys = remembered.workerKeys
+      this.publicJwks = remembered.publicJwks
+      this.secret = remembered.secret
+      this.discoveredJwksUri = remembered.discoveredJwksUri
+    }
   }
 
   private get hasKeySource(): boolean {
@@ -226,7 +290,17 @@ export class IssuerKeySet {
       detail = err
     }
     if (this.closed) return false
-    if (ok) this.generation++
+    if (ok) {
+      this.generation++
+      this.memory?.set(this.source, {
+        keys: this.keys,
+        keyCount: this.keyCount,
+        workerKeys: this.workerKeys,
+        publicJwks: this.publicJwks,
+        secret: this.secret,
+        discoveredJwksUri: this.discoveredJwksUri,
+      })
+    }
     if (withdrawn) {
       this.withdrawals++
       this.onWithdrawn?.(withdrawn)

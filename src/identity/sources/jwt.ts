@@ -37,6 +37,7 @@ class JwtReader extends JwtExtractor {
     const cfg = config.jwt
     super(cfg, {
       observer: ctx.jwksObserver,
+      memory: ctx.keyMemory,
       now: ctx.now,
       trustedProxies: trustedProxySet(config.forwardedClientCert),
     })

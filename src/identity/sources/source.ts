@@ -18,7 +18,7 @@ import type {
   RequestInfo,
 } from '../../types.ts'
 import type { BotRangesObserver } from '../bots/verify.ts'
-import type { JwksObserver } from '../jwt/jwks.ts'
+import type { JwksObserver, KeyMemory } from '../jwt/jwks.ts'
 import type { NonceStore } from '../signatures/nonces.ts'
 
 /** What built-in knowledge names a caller by when no identity rule matched. */
@@ -47,6 +47,8 @@ export interface SourceContext {
    * the pipeline (`readSecretFiles`): a reload that cannot read one fails whole, before any source changes.
    */
   secretFiles?: ReadonlyMap<string, Uint8Array>
+  /** the issuers' last good keys, owned by the runtime: a reload during an IdP outage keeps them */
+  keyMemory?: KeyMemory
 }
 
 /** A file of a secret a source's extractor is created with. */
