@@ -279,7 +279,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const telemetry = new Telemetry(initial, {
     version: VERSION,
     ...(opts.recorders ? { recorders: opts.recorders } : {}),
-    ...(opts.worker ? { audit: { sink: opts.worker.auditSink } } : {}),
+    audit: opts.worker ? { sink: opts.worker.auditSink } : { onWriteError: auditWriteFailed(log) },
   })
   telemetry.configLoaded()
   const jwksStartTimeout = opts.jwksStartTimeoutMs ?? 5000
@@ -574,6 +574,15 @@ function logOtlpTarget(log: Logger, target: string | undefined, before: string |
   if (target === before) return
   if (target === undefined) log.info({ event: 'otlp_export_off' }, 'OTLP export is off')
   else log.info({ event: 'otlp_export', target: redactUrl(target) }, 'exporting spans over OTLP')
+}
+
+/** the audit output refused a write: logged once per run of failures (every lost line is counted) */
+export function auditWriteFailed(log: Logger): (err: NodeJS.ErrnoException) => void {
+  return (err) =>
+    log.error(
+      { event: 'audit_write_failed', code: err.code, err: err.message },
+      `the audit output refused a write (${err.code ?? err.message}): lines are dropped and counted in nhi_audit_dropped_lines_total until it takes them again`,
+    )
 }
 
 export function logRecorderFailures(log: Logger, failures: RecorderFailure[]): void {

@@ -20,6 +20,7 @@ import { type Admission, NonceCache, type NonceStore } from './identity/signatur
 import { readSecretFiles } from './pipeline/index.ts'
 import {
   applyOverrides,
+  auditWriteFailed,
   type ListenOverrides,
   loadForReload,
   loadOrFail,
@@ -410,7 +411,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // the pod's own fingerprint key (without a fingerprintKeyFile), made here and given to every worker
   const fingerprintKey = podFingerprintKey()
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
-  const telemetry = new Telemetry(config, { version: VERSION })
+  const telemetry = new Telemetry(config, {
+    version: VERSION,
+    audit: { onWriteError: auditWriteFailed(log) },
+  })
   telemetry.configLoaded()
   // the signed agents' nonces of the whole pod, for the life of the primary: neither a replay on another
   // worker nor one after a reload (or a worker's restart) finds the nonce forgotten

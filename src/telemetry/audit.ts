@@ -1,13 +1,13 @@
-// The audit trail: one JSON line per request (pino's async destination) plus the bounded ring of recent lines
+// The audit trail: one JSON line per request (written by AuditWriter) plus the bounded ring of recent lines
 // that serves /audit. Lines are sampled by `audit.sample`, except that anything worth investigating
 // (status >= 400, credential failures, denials, anomalies) is always written.
-import { mkdirSync, openSync } from 'node:fs'
+import { fstatSync, mkdirSync, openSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
-import pino from 'pino'
 import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import { LineBuffer, writeAuditLine } from './audit-line.ts'
 import { type AuditRecord, AuditRing } from './audit-ring.ts'
+import { AuditWriter, countLines } from './audit-writer.ts'
 
 /**
  * Lines are handed to the destination in batches of about this many characters. Every hand-over becomes a
@@ -23,6 +23,11 @@ export const AUDIT_BATCH_CHARS = 64 * 1024
 export const AUDIT_MAX_PENDING_BYTES = 16 * 1024 * 1024
 /** longest time an audit line waits in the batch buffer */
 export const AUDIT_FLUSH_MS = 500
+/**
+ * At exit, the longest wait for the output to take what is queued (a stalled log collector, a full disk);
+ * what it has not taken by then is counted as dropped, and the process exits.
+ */
+export const AUDIT_CLOSE_MS = 3_000
 
 /** Requests that are always audited regardless of sampling. */
 export function isNoteworthy(event: RequestEvent): boolean {
@@ -107,12 +112,8 @@ export interface AuditLogOptions {
    * writes the output); returns false when it could not take the batch, which then counts as dropped.
    */
   sink?: (lines: string) => boolean
-}
-
-function countLines(data: string | Buffer): number {
-  let lines = 0
-  for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) lines++
-  return lines
+  /** a write to the output failed (once per run of failures; the lines are dropped and counted) */
+  onWriteError?: (err: NodeJS.ErrnoException) => void
 }
 
 export class AuditLog implements Recorder {
@@ -120,6 +121,10 @@ export class AuditLog implements Recorder {
   readonly ring: AuditRing
   private sample: number
   private destination: { write(data: Buffer): void } | undefined
+  /** the output's writer (not a worker's sink) */
+  private writer: AuditWriter | undefined
+  private output: string | undefined
+  private readonly onWriteError: ((err: NodeJS.ErrnoException) => void) | undefined
   private readonly random: () => number
   private readonly sink: ((lines: string) => boolean) | undefined
   private flushTimer: NodeJS.Timeout | undefined
@@ -133,6 +138,7 @@ export class AuditLog implements Recorder {
     this.sample = config.sample
     this.random = opts.random ?? Math.random
     this.sink = opts.sink
+    this.onWriteError = opts.onWriteError
     this.open(config.output)
   }
 
@@ -163,31 +169,48 @@ export class AuditLog implements Recorder {
         throw new Error(`cannot open audit.output "${output}": ${(e as Error).message}`)
       }
     }
-    const destination = pino.destination({
-      dest: fd,
-      sync: false,
-      maxLength: AUDIT_MAX_PENDING_BYTES,
-      // batches that pile up while a write is in flight go out together in the next one
-      maxWrite: 2 * AUDIT_BATCH_CHARS,
-      // batches are bytes already: no string per line or per batch on the JavaScript heap
-      contentMode: 'buffer',
-    })
-    // A failing disk must not take the proxy down: drop lines rather than crash.
-    destination.on('error', () => {})
-    destination.on('drop', (data: Buffer) => {
-      this.dropped += countLines(data)
-    })
-    // its typings know the utf8 mode only; in buffer mode write() takes the Buffer
-    this.destination = destination as unknown as { write(data: Buffer): void }
-    this.flushTimer = setInterval(() => {
-      this.handOver()
-      try {
-        destination.flush()
-      } catch {
-        // not open yet, or already closed: the next tick or close() flushes
-      }
-    }, AUDIT_FLUSH_MS)
+    const writer = new AuditWriter(
+      fd,
+      AUDIT_MAX_PENDING_BYTES,
+      {
+        dropped: (lines) => {
+          this.dropped += lines
+        },
+        failed: (err) => this.onWriteError?.(err),
+      },
+      fd !== 1,
+    )
+    this.writer = writer
+    this.output = output
+    this.destination = writer
+    this.flushTimer = setInterval(() => this.handOver(), AUDIT_FLUSH_MS)
     this.flushTimer.unref()
+  }
+
+  /**
+   * The output file was rotated (renamed away, as logrotate does, then a reload or SIGHUP): lines go to a new
+   * file at the configured path from now on, instead of on into the renamed one. A path that can't be opened
+   * now keeps the old file.
+   */
+  private reopenIfRotated(): void {
+    const writer = this.writer
+    const output = this.output
+    if (!writer || output === undefined || output === 'stdout') return
+    let rotated: boolean
+    try {
+      const now = statSync(output)
+      const open = fstatSync(writer.fd)
+      rotated = now.ino !== open.ino || now.dev !== open.dev
+    } catch {
+      rotated = true
+    }
+    if (!rotated) return
+    try {
+      mkdirSync(dirname(output), { recursive: true })
+      writer.switchTo(openSync(output, 'a'))
+    } catch (e) {
+      this.onWriteError?.(e as NodeJS.ErrnoException)
+    }
   }
 
   /** lines handed to the destination so far */
@@ -239,33 +262,13 @@ export class AuditLog implements Recorder {
   reconfigure(config: Config): void {
     this.sample = config.audit.sample
     this.ring.resize(config.audit.ringSize)
+    this.reopenIfRotated()
   }
 
   async close(): Promise<void> {
     this.handOver()
-    const dest = this.destination as unknown as
-      | (NodeJS.EventEmitter & { fd?: number; flushSync(): void; end(): void; destroyed?: boolean })
-      | undefined
     this.destination = undefined
     clearInterval(this.flushTimer)
-    if (!dest || this.sink) return
-    await new Promise<void>((resolve) => {
-      const finish = () => {
-        try {
-          dest.flushSync()
-        } catch {
-          // nothing more we can do for an unwritable destination
-        }
-        if (dest.fd === 1) return resolve()
-        dest.once('close', () => resolve())
-        dest.once('error', () => resolve())
-        dest.end()
-      }
-      if (typeof dest.fd === 'number' && dest.fd >= 0) finish()
-      else {
-        dest.once('ready', finish)
-        dest.once('error', () => resolve())
-      }
-    })
+    await this.writer?.close(AUDIT_CLOSE_MS)
   }
 }
