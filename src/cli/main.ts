@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { writeSync } from 'node:fs'
 import { isIP } from 'node:net'
 // nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime
 // failure, 3 an internal error of `run`.
@@ -93,8 +94,27 @@ function operationalLogger() {
     )
     process.exit(1)
   }
-  return pino({ level, base: { svc: 'nhi-proxy' } }, pino.destination(2))
+  return pino({ level, base: { svc: 'nhi-proxy' } }, stderrLines)
 }
+
+/**
+ * The operational log's destination: each line written to stderr at once, synchronously, as pino's own
+ * destination does, but a line stderr refuses is dropped. pino's (sonic-boom) keeps a refused line and, at a
+ * fatal line's flush, retries it every 100 ms forever: a sidecar whose log reader went away (EPIPE) then never
+ * finished its shutdown. Logs are best effort; the process must stay in charge of itself.
+ */
+const stderrLines = {
+  write(line: string): void {
+    try {
+      const bytes = Buffer.from(line)
+      for (let off = 0; off < bytes.length; ) off += writeSync(2, bytes, off)
+    } catch {
+      // EPIPE (no reader), EAGAIN (a full pipe): this line is lost
+    }
+  },
+}
+// the same for what is written to stderr directly (the signal lines): no reader is not an error of ours
+process.stderr.on('error', () => {})
 
 /**
  * A bug that escaped every handler (an exception thrown in an event listener, a promise rejected with no one

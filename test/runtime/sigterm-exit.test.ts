@@ -115,3 +115,22 @@ t.test('SIGTERM the moment the proxy port accepts, while startup finishes: exit 
     t.equal(code, 0, `start ${start}: exit 0 ${proxy.stderr().trim().split('\n').pop() ?? ''}`)
   }
 })
+
+t.test('SIGTERM after the reader of stdout and stderr went away: exit 0, not a retry loop', async (t) => {
+  // the process that read the sidecar's output died (a log collector, a shell pipe): every log line at the
+  // shutdown meets EPIPE, which must neither end the process as an internal error nor hold it forever
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(
+    t,
+    { upstream: up.url, audit: { output: 'stdout' } },
+    { env: { NHI_LOG_LEVEL: 'debug' } },
+  )
+  const res = await fetch(`${sidecar.proxyUrl}/before`)
+  await res.arrayBuffer()
+  sidecar.process.child.stdout!.destroy()
+  sidecar.process.child.stderr!.destroy()
+  const stopped = await timedStop(sidecar)
+  t.equal(stopped.code, 0, 'exit 0 (not 3: a log line nobody reads is no internal error)')
+  t.ok(stopped.ms < PROMPT_MS, `stopped in ${Math.round(stopped.ms)} ms`)
+})
