@@ -60,12 +60,26 @@ export interface SignatureVerifierOptions {
 
 type Result = SignatureEvidence | Failure
 
+/**
+ * A Web Bot Auth label whose signature verified. `until`: unix ms from which it no longer verifies, whatever
+ * it says
+ */
+interface Verified {
+  directory: KeyDirectory
+  keyid: string
+  nonce?: string
+  until: number
+}
+
 /** What the key lookup learnt while the library walked the request's signatures. */
 interface Walk {
   failure?: Failure
   labels: number
-  /** `until`: unix ms from which the signature no longer verifies, whatever it says */
-  verified?: { directory: KeyDirectory; keyid: string; nonce?: string; until: number }
+  /**
+   * In label order. Every one of them goes upstream with the request and can be lifted out of it: each
+   * one's nonce is spent, not just the one the identity is named after.
+   */
+  verified: Verified[]
 }
 
 export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
@@ -150,7 +164,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     const url = `${conn.tls ? 'https' : 'http'}://${host}${req.url}`
     const foreign = this.authorities !== undefined && !authorityAllowed(url, this.authorities)
     const lib = await loadHms()
-    const walk: Walk = { labels: 0 }
+    const walk: Walk = { labels: 0, verified: [] }
     const keyLookup = async (params: Record<string, unknown>) => {
       if (params['tag'] !== WEB_BOT_AUTH_TAG) return null
       if (++walk.labels > MAX_WEB_BOT_AUTH_LABELS) return null
@@ -171,7 +185,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
           // the library looks every label up before it checks any: too many are refused without a check
           if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return false
           const ok = await lib.createVerifier(found.key.key, found.key.alg)(data, signature)
-          if (ok) walk.verified ??= found.accepted
+          if (ok) walk.verified.push(found.accepted)
           return ok
         },
       }
@@ -179,9 +193,9 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     const requiredFields = ['@authority']
     // the directory named in Signature-Agent is only believed when the signature covers the header
     if (agentHeader !== undefined) requiredFields.push('signature-agent')
-    let result: boolean | null
+    let outcome: Result | undefined
     try {
-      result = await lib.httpbis.verifyMessage(
+      const result = await lib.httpbis.verifyMessage(
         {
           keyLookup,
           tolerance: this.skewSeconds,
@@ -196,19 +210,29 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
           headers: headers as Record<string, string | string[]>,
         },
       )
+      const first = walk.verified[0]
+      if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) outcome = tooManyLabels()
+      else if (walk.failure && !first) outcome = walk.failure
+      else if (result === null) outcome = undefined
+      else if (result !== true || !first) outcome = failure('signature_invalid', 'signature does not verify')
+      else outcome = evidenceOf(first)
     } catch (err) {
-      if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return tooManyLabels()
-      if (err instanceof lib.ExpiredError) return failure('signature_expired', 'signature has expired')
-      if (err instanceof lib.UnacceptableSignatureError) {
-        return failure('signature_invalid', 'signature does not cover @authority and Signature-Agent')
-      }
-      return walk.failure ?? failure('signature_invalid', 'signature headers are malformed')
+      outcome =
+        walk.labels > MAX_WEB_BOT_AUTH_LABELS
+          ? tooManyLabels()
+          : err instanceof lib.ExpiredError
+            ? failure('signature_expired', 'signature has expired')
+            : err instanceof lib.UnacceptableSignatureError
+              ? failure('signature_invalid', 'signature does not cover @authority and Signature-Agent')
+              : (walk.failure ?? failure('signature_invalid', 'signature headers are malformed'))
     }
-    if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return tooManyLabels()
-    if (walk.failure && !walk.verified) return walk.failure
-    if (result === null) return undefined
-    if (result !== true || !walk.verified) return failure('signature_invalid', 'signature does not verify')
-    return this.accept(walk.verified)
+    // a label that verified was presented here whatever becomes of the request (which goes upstream all the
+    // same when it is only observed): its nonce is spent, and a replay of any label outranks other failures
+    const refused = await this.spend(walk.verified)
+    if (refused?.reason === 'signature_replayed') return refused
+    // a nonce the cache could not take refuses only a request that would verify
+    const verifies = outcome !== undefined && !('failed' in outcome)
+    return verifies && refused ? refused : outcome
   }
 
   /** The key a Web Bot Auth signature names, after its time window and nonce rules; never throws. */
@@ -220,7 +244,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     | {
         keyid: string
         key: NonNullable<Awaited<ReturnType<KeyDirectory['key']>>>
-        accepted: NonNullable<Walk['verified']>
+        accepted: Verified
       }
   > {
     const keyid = params['keyid']
@@ -256,34 +280,51 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   }
 
   /**
-   * A verified signature: refused when its nonce was seen before, else remembered while it can verify. When
-   * the cache is full of nonces that can all still verify, the new signature is refused: forgetting one of
-   * them would let its signature be replayed. A store that cannot be asked refuses it for the same reason.
+   * The nonces of the verified labels, each remembered while its signature can verify: a failure when any was
+   * seen before. When the cache is full of nonces that can all still verify, the signature is refused:
+   * forgetting one of them would let its signature be replayed. A store that cannot be asked refuses it for
+   * the same reason.
    */
-  private async accept(v: NonNullable<Walk['verified']>): Promise<Result> {
-    if (v.nonce !== undefined) {
-      const admitted = await this.nonces.admit(`${v.keyid} ${v.nonce}`, v.until, this.now())
-      if (admitted === 'replayed') return failure('signature_replayed', 'nonce was already used', v.keyid)
-      if (admitted === 'full') {
-        return failure('replay_cache_full', 'the nonce cache is full of live nonces', v.keyid)
-      }
-      if (admitted === 'unanswered') {
-        return failure('replay_cache_full', "the pod's nonce cache did not answer in time", v.keyid)
-      }
+  private async spend(verified: readonly Verified[]): Promise<Failure | undefined> {
+    const keys = new Map<string, Verified>()
+    // one nonce under two labels is one use of it, remembered while the longer-lived of them can verify
+    for (const v of verified) {
+      if (v.nonce === undefined) continue
+      const key = `${v.keyid} ${v.nonce}`
+      const seen = keys.get(key)
+      if (seen === undefined || seen.until < v.until) keys.set(key, v)
     }
-    const d = v.directory
-    const ev: SignatureEvidence = {
-      source: 'signature',
-      verified: true,
-      name: d.name,
-      kind: d.kind,
-      directory: d.url,
-      keyid: v.keyid,
+    if (keys.size === 0) return undefined
+    const now = this.now()
+    const admitted = await Promise.all(
+      [...keys].map(async ([key, v]) => ({ v, answer: await this.nonces.admit(key, v.until, now) })),
+    )
+    const replayed = admitted.find((a) => a.answer === 'replayed')
+    if (replayed) return failure('signature_replayed', 'nonce was already used', replayed.v.keyid)
+    const full = admitted.find((a) => a.answer === 'full')
+    if (full) return failure('replay_cache_full', 'the nonce cache is full of live nonces', full.v.keyid)
+    const unanswered = admitted.find((a) => a.answer === 'unanswered')
+    if (unanswered) {
+      return failure('replay_cache_full', "the pod's nonce cache did not answer in time", unanswered.v.keyid)
     }
-    if (d.operator !== undefined) ev.operator = d.operator
-    if (d.purpose !== undefined) ev.purpose = d.purpose
-    return ev
+    return undefined
   }
+}
+
+/** The evidence a verified label gives: its directory's agent. */
+function evidenceOf(v: Verified): SignatureEvidence {
+  const d = v.directory
+  const ev: SignatureEvidence = {
+    source: 'signature',
+    verified: true,
+    name: d.name,
+    kind: d.kind,
+    directory: d.url,
+    keyid: v.keyid,
+  }
+  if (d.operator !== undefined) ev.operator = d.operator
+  if (d.purpose !== undefined) ev.purpose = d.purpose
+  return ev
 }
 
 /**
