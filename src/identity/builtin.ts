@@ -35,11 +35,12 @@ function describesCaller(c: Credential, sawCertificate: boolean): boolean {
 /** Evidence worth keeping on the identity: fingerprints and names only, never raw secrets. */
 export function evidenceAttributes(ev: EvidenceSet): Record<string, string> {
   const a: Record<string, string> = {}
+  const verified = strongest(ev).verified
   let sawCertificate = false
   for (const c of ev.credentials) {
     if (!describesCaller(c, sawCertificate)) continue
     if (c.source.certificate?.(c.evidence)) sawCertificate = true
-    c.source.attributes(c.evidence, a)
+    c.source.attributes(c.evidence, a, verified)
   }
   return a
 }

@@ -1,11 +1,14 @@
 // A known AI agent's operator and purpose reach /identities and the audit record; crawlers the overlay does
-// not describe carry neither, and names are product tokens in the ua: namespace.
+// not describe carry neither, and names are product tokens in the ua: namespace. A verified identity takes
+// neither from its user agent: that is what the client wrote, not what was checked.
+import { createHash } from 'node:crypto'
 import t from 'tap'
 import { request } from 'undici'
 import { auditLine, toAuditRecord } from '../../src/telemetry/audit.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
+import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 interface Row {
@@ -67,4 +70,86 @@ t.test('the audit record and its fast line carry the agent fields', async (t) =>
   t.equal(line['agent_purpose'], 'training')
   const plain = JSON.parse(auditLine(requestEvent({ identity: identity('ua:bingbot', { kind: 'bot' }) })))
   t.notOk('agent_operator' in plain, 'absent when unknown')
+})
+
+t.test('a verified identity takes no operator or purpose from its user agent', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const [plain, contoso] = await Promise.all([createAgentKey(), createAgentKey()])
+  const [plainDir, contosoDir] = await Promise.all([startKeyDirectory([plain]), startKeyDirectory([contoso])])
+  t.teardown(() => plainDir.close())
+  t.teardown(() => contosoDir.close())
+  const apiKey = 'nhi_live_reports_0123456789'
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    apiKeys: { keys: [{ name: 'reports', sha256: createHash('sha256').update(apiKey).digest('hex') }] },
+    signedAgents: {
+      authorities: ['127.0.0.1'],
+      directories: [
+        { url: plainDir.url, name: 'acme-agent' },
+        { url: contosoDir.url, name: 'contoso-agent', operator: 'Contoso' },
+      ],
+    },
+  })
+  const url = `${sidecar.proxyUrl}/echo`
+  let n = 0
+  const send = async (headers: Record<string, string>) => {
+    const requestId = `attributes-${++n}`
+    const res = await request(url, { headers: { 'x-request-id': requestId, ...headers } })
+    const echoed = JSON.parse(await res.body.text()).headers as Record<string, string>
+    const audit = await eventually(async () => {
+      const r = await request(`${sidecar.adminUrl}/audit?request_id=${requestId}`)
+      return (JSON.parse(await r.body.text()) as { events: Record<string, unknown>[] }).events[0]
+    })
+    return {
+      identity: echoed['x-nhi-identity'],
+      verified: echoed['x-nhi-verified'],
+      operator: audit['agent_operator'],
+      purpose: audit['agent_purpose'],
+    }
+  }
+  const CLAUDEBOT = 'ClaudeBot/1.0'
+
+  t.same(
+    await send({ 'user-agent': CLAUDEBOT }),
+    { identity: 'ua:claudebot', verified: 'false', operator: 'Anthropic', purpose: 'training' },
+    'control: the user agent alone describes an unverified agent',
+  )
+  t.same(
+    await send({ 'user-agent': CLAUDEBOT, ...(await signRequest(plain, url)) }),
+    { identity: 'acme-agent', verified: 'true', operator: undefined, purpose: undefined },
+    'a directory entry without operator and purpose: the identity has none',
+  )
+  t.same(
+    await send({ 'user-agent': GPTBOT, ...(await signRequest(plain, url)) }),
+    { identity: 'acme-agent', verified: 'true', operator: undefined, purpose: undefined },
+    'whichever agent the user agent names',
+  )
+  t.same(
+    await send({ 'user-agent': 'Bytespider', ...(await signRequest(contoso, url)) }),
+    { identity: 'contoso-agent', verified: 'true', operator: 'Contoso', purpose: undefined },
+    "an entry with an operator only: no purpose from the user agent's",
+  )
+  t.same(
+    await send({ 'user-agent': CLAUDEBOT, 'x-api-key': apiKey }),
+    { identity: 'reports', verified: 'true', operator: undefined, purpose: undefined },
+    'nor does any other verified credential take them',
+  )
+
+  const view = await eventually(
+    async () => {
+      const v = (await (await fetch(`${sidecar.adminUrl}/identities`)).json()) as { identities: Row[] }
+      const names = ['acme-agent', 'contoso-agent', 'reports']
+      return names.every((name) => v.identities.some((i) => i.name === name)) && v
+    },
+    { what: 'the verified identities in /identities' },
+  )
+  const row = (name: string) => {
+    const r = view.identities.find((i) => i.name === name)
+    return r && [r.operator, r.purpose]
+  }
+  t.same(row('acme-agent'), [undefined, undefined])
+  t.same(row('contoso-agent'), ['Contoso', undefined])
+  t.same(row('reports'), [undefined, undefined])
 })

@@ -1,6 +1,6 @@
 // Signed agents (signedAgents): HTTP Message Signatures (RFC 9421, Web Bot Auth) verified against configured
 // key directories (identity/signatures). Weaker than an api key, stronger than what a user agent says: a
-// verified directory's operator and purpose outrank the user agent's claim.
+// verified directory's operator and purpose replace the user agent's claim, also when the entry names none.
 import type { SignatureEvidence } from '../../types.ts'
 import { AUTHORITY_HINT, parseAuthority } from '../signatures/authorities.ts'
 import { SignatureVerifier } from '../signatures/verifier.ts'

@@ -123,9 +123,11 @@ export interface CredentialSource<E extends Evidence = Evidence> {
   fingerprint?(ev: E): string | undefined
   /**
    * Evidence worth keeping on the identity (names and fingerprints, never secrets). `into` already holds
-   * what stronger credentials said; a source does not overwrite those keys.
+   * what stronger credentials said; a source does not overwrite those keys. `verifiedIdentity`: the
+   * identity is verified (its strongest credential is), so what an unverified credential says about who it
+   * is (an operator, a purpose) would pass for checked when it is only what the client wrote.
    */
-  attributes(ev: E, into: Record<string, string>): void
+  attributes(ev: E, into: Record<string, string>, verifiedIdentity: boolean): void
   /** credential expiry (unix seconds); the identity keeps the earliest */
   expiresAt?(ev: E): number | undefined
   /** the kind a rule without `kind` gives a request whose strongest kind-giving credential this is */

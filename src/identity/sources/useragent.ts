@@ -27,11 +27,15 @@ export const userAgentSource: CredentialSource<UserAgentEvidence> = {
       close: () => bots.close(),
     }
   },
-  attributes(ua, a) {
+  attributes(ua, a, verifiedIdentity) {
     a['ua_product'] ??= ua.product
     a['ua_category'] ??= ua.category
-    if (ua.operator) a['agent_operator'] ??= ua.operator
-    if (ua.purpose) a['agent_purpose'] ??= ua.purpose
+    // who runs the caller and why, as a user agent tells it, is the client's word: a verified identity (a
+    // signed agent whose directory entry names no operator, an api key) is not described by it
+    if (ua.verified || !verifiedIdentity) {
+      if (ua.operator) a['agent_operator'] ??= ua.operator
+      if (ua.purpose) a['agent_purpose'] ??= ua.purpose
+    }
     if (ua.verifiedBy) a['bot_verified_by'] ??= ua.verifiedBy
   },
   defaultKind(ua) {
