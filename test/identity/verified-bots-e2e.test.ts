@@ -4,6 +4,7 @@
 import { get as httpGet } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
+import { eventually } from '../helpers/eventually.ts'
 import { metricValue, type Sample, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -157,5 +158,74 @@ t.test('a crawler name in any letter case is the same claim', async (t) => {
     anomalies(await scrapeUntil(admin, (s) => anomalies(s) >= spellings.length, 'the claims to be counted')),
     spellings.length,
     'every claim from outside the ranges is an unverified_claim',
+  )
+})
+
+t.test('a crawler named without a version is the same claim', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.1/32'] },
+  })
+  const proxy = sidecar.proxyUrl
+  // the classifier names each of these after the crawler (and an AI crawler's operator with it), so the
+  // claim is the crawler's as much as with `/version`
+  const claims: [ua: string, name: string, operatorAddress: string][] = [
+    [
+      'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot; +https://openai.com/gptbot)',
+      'gptbot',
+      '132.196.86.1',
+    ],
+    [
+      'Mozilla/5.0 (compatible; OAI-SearchBot; +https://openai.com/searchbot)',
+      'oai-searchbot',
+      '132.196.86.1',
+    ],
+    [
+      'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko); compatible; ChatGPT-User; +https://openai.com/bot',
+      'chatgpt-user',
+      '132.196.86.1',
+    ],
+    ['Mozilla/5.0 (compatible; Googlebot; +http://www.google.com/bot.html)', 'googlebot', GOOGLE_ADDRESS],
+    ['Googlebot 2.1 (+http://www.google.com/bot.html)', 'googlebot', GOOGLE_ADDRESS],
+    ['Mozilla/5.0 (compatible; Googlebot_/2.1)', 'googlebot', GOOGLE_ADDRESS],
+    ['Googlebot-News', 'googlebot-news', GOOGLE_ADDRESS],
+    ['Mozilla/5.0 (compatible; Applebot; +http://www.apple.com/go/applebot)', 'applebot', '17.241.208.161'],
+  ]
+  let n = 0
+  const send = async (ua: string, address: string) => {
+    const requestId = `claim-${++n}`
+    const seen = await identityOf(proxy, {
+      'user-agent': ua,
+      'x-forwarded-for': address,
+      'x-request-id': requestId,
+    })
+    const audit = await eventually(async () => {
+      const r = await request(`${sidecar.adminUrl}/audit?request_id=${requestId}`)
+      return ((await r.body.json()) as { events: Record<string, unknown>[] }).events[0]
+    })
+    return { ...seen, anomalies: audit['anomalies'] }
+  }
+  for (const [ua, name, operatorAddress] of claims) {
+    t.same(
+      await send(ua, '203.0.113.50'),
+      { identity: `ua:${name}`, verified: 'false', anomalies: ['unverified_claim'] },
+      `${ua}: from elsewhere, counted`,
+    )
+    t.same(
+      await send(ua, operatorAddress),
+      { identity: name, verified: 'true', anomalies: [] },
+      `${ua}: from its operator's range, verified`,
+    )
+  }
+  t.same(
+    await send(
+      'Mozilla/5.0 (compatible; ExampleBot/1.0; +https://example.com/unlike-googlebot.html)',
+      '203.0.113.50',
+    ),
+    { identity: 'ua:examplebot', verified: 'false', anomalies: [] },
+    "a crawler's page named after another is no claim",
   )
 })

@@ -4,6 +4,8 @@
 // `claudebot` (agent_operator Anthropic, bot_verified_by=ranges), though Anthropic publishes no ranges and
 // nothing about ClaudeBot was checked. Together with any address that passes one operator's check (ranges or
 // DNS), every product name could be had verified.
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { claimedOperators, operatorVouchesFor } from '../../src/identity/bots/claims.ts'
@@ -127,5 +129,38 @@ t.test(
       "from OpenAI's range with a Google claim: a false claim, not verified",
     )
     t.ok(both.evidence.anomalies.includes('unverified_claim'), 'and counted')
+  },
+)
+
+// The claim used to be read only as `Product/version` while the classifier names a user agent after the crawler
+// without one: `… compatible; GPTBot; +https://openai.com/gptbot)` was ua:gptbot with agent_operator OpenAI,
+// and from any address no unverified_claim was counted. Whatever follows the product, a user agent named after
+// an operator's crawler claims that operator.
+t.test(
+  "a user agent named after an operator's crawler claims that operator, however it is spelt",
+  async (t) => {
+    const require = createRequire(import.meta.url)
+    const corpus = JSON.parse(readFileSync(require.resolve('crawler-user-agents'), 'utf8')) as {
+      instances: string[]
+    }[]
+    const spellings = (ua: string) => [
+      ua,
+      ua.replace(/(?<=[A-Za-z])\/v?\d[\w.]*/g, ''),
+      ua.replace(/(?<=[A-Za-z])\/(?=v?\d)/g, ' '),
+      ua.replace(/(?<=[A-Za-z])\/(?=v?\d)/g, '_/'),
+    ]
+    const operators = ['Google', 'Bing', 'OpenAI', 'Apple', 'Perplexity']
+    const unclaimed: string[] = []
+    let named = 0
+    for (const ua of new Set(corpus.flatMap((e) => e.instances).flatMap(spellings))) {
+      const ev = classifyUserAgent(ua)
+      for (const operator of operators) {
+        if (!operatorVouchesFor(operator, ev)) continue
+        named++
+        if (!claimedOperators(ev).includes(operator)) unclaimed.push(`${operator}: ${ua}`)
+      }
+    }
+    t.ok(named > 50, `${named} user agents named after a checkable crawler`)
+    t.same(unclaimed, [], 'each of them claims its operator')
   },
 )

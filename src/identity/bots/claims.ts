@@ -4,16 +4,28 @@
 // as a spoof whenever it is the real thing.
 import type { UserAgentEvidence } from '../../types.ts'
 
-// In any letter case, as the classifier names products: `GoogleBot/2.1` is named googlebot, so it claims Google.
+/**
+ * A product token as the classifier reads one, in any letter case (`GoogleBot/2.1` is named googlebot, so it
+ * claims Google), with or without a version after it (`GPTBot;`, `Googlebot 2.1`, `Googlebot_/2.1` are named
+ * after the crawler as well), but not a word of a URL (`+http://www.bing.com/bingbot.htm` is no claim).
+ */
+const product = (...names: string[]): RegExp =>
+  new RegExp(`(?<![\\w/.])(?:${names.join('|')})(?![A-Za-z0-9.-])`, 'i')
+
 const CLAIMS: readonly (readonly [RegExp, string])[] = [
   [
-    /\bGooglebot(?:-Image|-News|-Video)?\/|\bGoogle-InspectionTool\/|\bGoogleOther\b|\bStorebot-Google\//i,
+    product(
+      'Googlebot(?:-Image|-News|-Video)?',
+      'Google-InspectionTool',
+      'GoogleOther(?:-Image|-Video)?',
+      'Storebot-Google',
+    ),
     'Google',
   ],
-  [/\bbingbot\/|\bBingPreview\/|\badidxbot\/|\bmsnbot\//i, 'Bing'],
-  [/\bGPTBot\/|\bOAI-SearchBot\/|\bChatGPT-User\//i, 'OpenAI'],
-  [/\bApplebot\//i, 'Apple'],
-  [/\bPerplexityBot\/|\bPerplexity-User\//i, 'Perplexity'],
+  [product('bingbot', 'BingPreview', 'adidxbot', 'msnbot'), 'Bing'],
+  [product('GPTBot', 'OAI-SearchBot', 'ChatGPT-User'), 'OpenAI'],
+  [product('Applebot'), 'Apple'],
+  [product('PerplexityBot', 'Perplexity-User'), 'Perplexity'],
 ]
 
 // Evidence objects are shared per user agent string by the classifier's bounded cache, so this map is as
@@ -54,14 +66,18 @@ export function operatorVouchesFor(operator: string, ua: UserAgentEvidence): boo
 /**
  * Every operator `ua` claims to crawl for (empty when it claims none this proxy can check). A user agent is
  * one string the client writes: it may carry several claims ("GPTBot/1.2 … bingbot/2.0"), and each is
- * checked, so that adding a claim nothing can check cannot hide a false one.
+ * checked, so that adding a claim nothing can check cannot hide a false one. The product the classifier
+ * named it after is always one of them: a user agent named after an operator's crawler however it spells
+ * the crawler (the classifier's patterns and these need not agree) has that claim checked.
  */
 export function claimedOperators(ua: UserAgentEvidence): readonly string[] {
   if (ua.category !== 'bot' && ua.category !== 'agent') return NO_CLAIMS
   let ops = seen.get(ua)
   if (ops === undefined) {
     const found: string[] = []
-    for (const [re, operator] of CLAIMS) if (re.test(ua.ua)) found.push(operator)
+    for (const [re, operator] of CLAIMS) {
+      if (operatorVouchesFor(operator, ua) || re.test(ua.ua)) found.push(operator)
+    }
     ops = found.length === 0 ? NO_CLAIMS : Object.freeze(found)
     seen.set(ua, ops)
   }
