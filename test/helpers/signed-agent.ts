@@ -36,6 +36,10 @@ export interface KeyDirectoryServer {
   hits: number
   /** answer this status instead of the directory */
   fault?: number
+  /** take requests and answer none of them (a server that hangs) */
+  hang?: boolean
+  /** requests taken while hanging whose connection is still open */
+  hanging: number
   close(): Promise<void>
 }
 
@@ -46,6 +50,7 @@ export async function startKeyDirectory(keys: AgentKey[]): Promise<KeyDirectoryS
     url: '',
     keys,
     hits: 0,
+    hanging: 0,
     close: () =>
       new Promise<void>((resolve) => {
         server!.closeAllConnections()
@@ -59,6 +64,11 @@ export async function startKeyDirectory(keys: AgentKey[]): Promise<KeyDirectoryS
       return
     }
     state.hits++
+    if (state.hang) {
+      state.hanging++
+      res.on('close', () => state.hanging--)
+      return
+    }
     if (state.fault !== undefined) {
       res.statusCode = state.fault
       res.end('down')

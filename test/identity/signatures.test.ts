@@ -1,12 +1,14 @@
 // The signature verifier on its own, against a key directory served over HTTP and requests signed with the
 // web-bot-auth package: the edges the end-to-end suite does not reach (future created, never-fetched
-// directory, signatures that are not Web Bot Auth, malformed headers, Signature-Agent forms).
+// directory, signatures that are not Web Bot Auth, malformed headers, Signature-Agent forms, a directory whose
+// server hangs).
 import { createPrivateKey } from 'node:crypto'
 import t from 'tap'
 import { defaultConfig } from '../../src/config/schema.ts'
 import { loadHms, namedDirectories, SignatureVerifier } from '../../src/identity/signatures/verifier.ts'
 import type { ConnectionInfo, RequestInfo } from '../../src/types.ts'
-import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { createAgentKey, signRequest, signWithParams, startKeyDirectory } from '../helpers/signed-agent.ts'
 
 const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 40000, tls: false }
 const HOST = 'shop.test'
@@ -139,4 +141,57 @@ t.test('signedAgents.requireNonce refuses a signature without a nonce', async (t
   const strict = verifierFor([dir.url], { requireNonce: true })
   await strict.start()
   t.match(await strict.verify(req(headers), conn), { failed: true, reason: 'signature_invalid' })
+})
+
+// Without Signature-Agent every directory is searched for the keyid, and one that lacks it is refetched. Any
+// client can send a keyid no directory has: while the refetch of a directory whose server hangs is under
+// way, the signatures of another directory must not wait for it.
+t.test("a directory whose server hangs holds up no other directory's signatures", async (t) => {
+  const [keyA, keyB, newKeyB] = await Promise.all([createAgentKey(), createAgentKey(), createAgentKey()])
+  const [dirA, dirB] = await Promise.all([startKeyDirectory([keyA]), startKeyDirectory([keyB])])
+  t.teardown(() => dirA.close())
+  t.teardown(() => dirB.close())
+  /** refetches of directory A that ended without an answer (its fetch timeout) */
+  let aGaveUp = 0
+  const v = new SignatureVerifier(
+    {
+      ...defaultConfig().signedAgents,
+      directories: [
+        { url: dirA.url, name: 'agent-a', kind: 'agent' },
+        { url: dirB.url, name: 'agent-b', kind: 'agent' },
+      ],
+    },
+    {
+      fetchTimeoutMs: 5000,
+      unknownKeyCooldownMs: 0,
+      observer: {
+        refreshed: (issuer, result) => {
+          if (issuer === dirA.url && result === 'failure') aGaveUp++
+        },
+      },
+    },
+  )
+  t.teardown(() => v.close())
+  await v.start()
+  const url = `http://${HOST}/docs`
+  dirA.hang = true
+  const now = Math.floor(Date.now() / 1000)
+  const madeUp = v.verify(
+    req(signWithParams(keyA, url, `;created=${now};expires=${now + 60};keyid="made-up";tag="web-bot-auth"`)),
+    conn,
+  )
+  await eventually(() => dirA.hanging === 1, { what: "the made-up keyid's refetch of directory A" })
+
+  t.match(await v.verify(req(await signRequest(keyB, url)), conn), { verified: true, name: 'agent-b' })
+  t.same([aGaveUp, dirA.hanging], [0, 1], "a key directory B has: verified while A's refetch still hangs")
+  dirB.keys.push(newKeyB)
+  t.match(await v.verify(req(await signRequest(newKeyB, url)), conn), { verified: true, name: 'agent-b' })
+  t.same(
+    [aGaveUp, dirA.hanging],
+    [0, 1],
+    "a key B has once refetched: verified while A's refetch still hangs",
+  )
+
+  await dirA.close()
+  t.match(await madeUp, { failed: true, reason: 'signature_unknown_key' })
 })

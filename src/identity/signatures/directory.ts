@@ -66,16 +66,20 @@ export class KeyDirectory {
     return this.keys.ready()
   }
 
-  /**
-   * The key whose thumbprint is `keyid`. A keyid the directory does not have triggers one refetch (rate
-   * limited by the key set, so random keyids cannot hammer the agent's server), then the lookup is retried.
-   */
+  /** The key whose thumbprint is `keyid`, among the keys this directory has now. */
   async key(keyid: string): Promise<DirectoryKey | undefined> {
-    const found = (await this.indexed()).get(keyid)
-    if (found) return found
+    return (await this.indexed()).get(keyid)
+  }
+
+  /**
+   * The key whose thumbprint is `keyid` after one refetch of the directory (rate limited by the key set, so
+   * random keyids cannot hammer the agent's server), for a keyid it does not have now. Waits for a refetch
+   * already under way, which lasts as long as the directory's server takes (up to the fetch timeout).
+   */
+  async refetchedKey(keyid: string): Promise<DirectoryKey | undefined> {
     const refetch = this.keys.refreshForUnknownKid()
     if (!refetch || !(await refetch)) return undefined
-    return (await this.indexed()).get(keyid)
+    return this.key(keyid)
   }
 
   private indexed(): Promise<Map<string, DirectoryKey>> {

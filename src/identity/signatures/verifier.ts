@@ -15,7 +15,7 @@ import type {
 import type { JwksObserver } from '../jwt/jwks.ts'
 import type { SourceExtractor } from '../sources/source.ts'
 import { Authorities } from './authorities.ts'
-import { KeyDirectory } from './directory.ts'
+import { type DirectoryKey, KeyDirectory } from './directory.ts'
 import { NonceCache, type NonceStore } from './nonces.ts'
 
 // http-message-signatures is CommonJS. Under Node's own loader and in the bundle's lazily loaded chunk its
@@ -243,7 +243,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     | Failure
     | {
         keyid: string
-        key: NonNullable<Awaited<ReturnType<KeyDirectory['key']>>>
+        key: DirectoryKey
         accepted: Verified
       }
   > {
@@ -268,15 +268,29 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     if (nonce === undefined && this.requireNonce) {
       return failure('signature_invalid', 'a nonce is required', keyid)
     }
-    let unavailable = true
-    for (const directory of candidates) {
-      const key = await directory.key(keyid)
-      if (key) return { keyid, key, accepted: { directory, keyid, nonce, until: (lastSecond + 1) * 1000 } }
-      if (directory.loaded()) unavailable = false
-    }
-    return unavailable
-      ? failure('keys_unavailable', 'the key directory has not been fetched yet', keyid)
-      : failure('signature_unknown_key', 'no configured key directory has this keyid', keyid)
+    const until = (lastSecond + 1) * 1000
+    const found = (directory: KeyDirectory, key: DirectoryKey) => ({
+      keyid,
+      key,
+      accepted: { directory, keyid, nonce, until },
+    })
+    // the keys every directory has now come first, and in config order: any client can send a keyid no
+    // directory has, and the refetch that starts must not hold up the signatures of a directory that has
+    // its key while another directory's server hangs
+    const held = await Promise.all(candidates.map((d) => d.key(keyid)))
+    for (const [i, key] of held.entries()) if (key) return found(candidates[i]!, key)
+    // then each directory refetched side by side (each at most once per cooldown, up to the fetch timeout),
+    // and the first to have the key answers, without waiting for a slower one
+    const refetched = await firstOf(
+      candidates.map(async (d) => {
+        const key = await d.refetchedKey(keyid)
+        return key && found(d, key)
+      }),
+    )
+    if (refetched) return refetched
+    return candidates.some((d) => d.loaded())
+      ? failure('signature_unknown_key', 'no configured key directory has this keyid', keyid)
+      : failure('keys_unavailable', 'the key directory has not been fetched yet', keyid)
   }
 
   /**
@@ -363,6 +377,25 @@ export function namedDirectories(
     }
   }
   return out
+}
+
+/** The first of `pending` to resolve to a value; undefined once all have resolved without one. Never rejects. */
+function firstOf<T>(pending: Promise<T | undefined>[]): Promise<T | undefined> {
+  return new Promise((resolve) => {
+    let left = pending.length
+    if (left === 0) resolve(undefined)
+    for (const p of pending) {
+      p.then(
+        (value) => {
+          if (value !== undefined) resolve(value)
+          else if (--left === 0) resolve(undefined)
+        },
+        () => {
+          if (--left === 0) resolve(undefined)
+        },
+      )
+    }
+  })
 }
 
 /** The URL's authority is listed: the library derives the covered `@authority` from this same URL. */
