@@ -275,6 +275,12 @@ export class RequestLifecycle {
   inFlight = 0
   draining = false
   closing = false
+  /**
+   * every exchange not recorded yet, tunnels included: shutdown records what it cut before telemetry closes,
+   * and a tunnel is never counted in inFlight
+   */
+  private readonly open = new Set<Exchange>()
+  /** told of every record while shutdown waits (settled, recorded) */
   private drained: (() => void) | undefined
 
   /** the forward step of every HTTP request and HTTP/2 stream: the context is the client's response */
@@ -318,14 +324,39 @@ export class RequestLifecycle {
   }
 
   /** resolves when no counted exchange is in flight, or after `ms` */
-  async settled(ms: number): Promise<void> {
-    if (this.inFlight === 0) return
+  settled(ms: number): Promise<void> {
+    return this.until(() => this.inFlight === 0, ms)
+  }
+
+  /** resolves when every exchange, tunnels included, was recorded, or after `ms` */
+  recorded(ms: number): Promise<void> {
+    return this.until(() => this.open.size === 0, ms)
+  }
+
+  private async until(done: () => boolean, ms: number): Promise<void> {
+    if (done()) return
     let timer: NodeJS.Timeout | undefined
     await new Promise<void>((resolve) => {
-      this.drained = resolve
+      this.drained = () => {
+        if (done()) resolve()
+      }
       timer = setTimeout(resolve, ms)
     })
     clearTimeout(timer)
+    this.drained = undefined
+  }
+
+  /**
+   * Records, as they stand, the exchanges that have not recorded themselves by the end of shutdown (one still
+   * waiting for its identification, say): the caller closes telemetry next, and a record after that is lost.
+   * Whatever the exchange's own path does later finds it recorded.
+   */
+  recordOpen(): void {
+    for (const ex of this.open) {
+      ex.handled = true
+      ex.responseClosed = true
+      this.onResponse(ex)
+    }
   }
 
   /** Connection facts, computed once per socket (a TLS peer certificate is parsed once for all requests). */
@@ -360,6 +391,7 @@ export class RequestLifecycle {
     ex.owner = this
     ex.counted = counted
     if (counted) this.inFlight++
+    this.open.add(ex)
     return ex
   }
 
@@ -368,12 +400,13 @@ export class RequestLifecycle {
     if (ex.recorded || !ex.handled || !ex.responseClosed) return
     ex.recorded = true
     if (ex.counted) this.inFlight--
+    this.open.delete(ex)
     try {
       ex.pipeline?.record(ex.event())
     } catch {
       // recorders must not throw; if one does, the request is still done
     }
-    if (this.inFlight === 0 && this.drained) this.drained()
+    this.drained?.()
   }
 
   /**
@@ -564,6 +597,8 @@ export class RequestLifecycle {
   ): Promise<void> {
     try {
       const result = await transport.forward(req, ctx, target, headers)
+      // recorded as it stood when shutdown gave up waiting for it: the event is out, and stays as it was
+      if (ex.recorded) return
       this.afterForward(ex, req, transport, ctx, result)
     } catch {
       this.failed(ex, req, transport, ctx)

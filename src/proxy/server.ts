@@ -64,6 +64,12 @@ export interface ProxyServer {
   upstreamReachable(): Promise<boolean>
 }
 
+/**
+ * how long shutdown waits for the exchanges it cut to record themselves: a socket's close takes a loop turn or
+ * two, so this is only reached by one waiting on something else
+ */
+const CUT_RECORD_MS = 1_000
+
 export function createProxy(opts: ProxyOptions): ProxyServer {
   let upstream = parseUpstream(opts.upstream)
   const { timeouts } = opts
@@ -121,8 +127,15 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     await lifecycle.settled(drainMs)
     listeners.closeAllConnections()
     upgrades.destroyAll()
+    // An exchange cut here records itself when its response or tunnel reports the close, a loop turn or two
+    // later: awaited before the upstream connections go, so a cut request is the client's 499 (or the
+    // status already sent, 101 for a tunnel) and not an upstream failure, and before the caller closes
+    // telemetry, after which a record is lost. Bounded: what is still waiting (an identification, an
+    // upstream connect) is recorded as it stands.
+    await lifecycle.recorded(CUT_RECORD_MS)
     await forwarder.close()
     await closed
+    lifecycle.recordOpen()
   }
 
   let closePromise: Promise<void> | undefined

@@ -1,0 +1,62 @@
+// proxy.close() resolves only once every exchange it cut has been recorded: its caller closes telemetry next,
+// and a record after that is lost (the audit's one line per request, and the request's metrics).
+import { request } from 'node:http'
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { holdExchanges, startHoldingUpstream } from '../helpers/holding-upstream.ts'
+import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
+
+// generous for a loaded machine, far below the drain a stuck exchange would otherwise hold shutdown for
+const PROMPT_MS = 3000
+
+t.test(
+  'an HTTP/1.1 request, an HTTP/2 stream and a websocket tunnel cut by close() are recorded',
+  async (t) => {
+    const up = await startHoldingUpstream()
+    t.teardown(() => up.close())
+    const { url, proxy, pipeline } = await startProxy(t, { upstream: up.url })
+    const held = await holdExchanges(url)
+    await eventually(() => up.received.length === 3, { what: 'both requests and the tunnel at the upstream' })
+
+    await proxy.close(0)
+    const recorded = pipeline.events.map((e) => `${e.path} ${e.status}`).sort()
+    t.same(
+      recorded,
+      ['/h1-slow 499', '/h2-slow 499', '/ws-session 101'],
+      'each recorded by the time close() resolves: a cut request as the client cancelled, the tunnel as answered',
+    )
+    const h1 = pipeline.events.find((e) => e.path === '/h1-slow')
+    t.equal(h1?.upstreamError, undefined, 'the cut is not an upstream failure')
+    const tunnel = pipeline.events.find((e) => e.path === '/ws-session')
+    t.ok((tunnel?.bytesIn ?? 0) > 0, `the tunnel's bytes from the client are counted (${tunnel?.bytesIn})`)
+    t.ok((tunnel?.bytesOut ?? 0) > 0, `the tunnel's bytes to the client are counted (${tunnel?.bytesOut})`)
+    await held.settled
+    t.equal(pipeline.events.length, 3, 'recorded once each')
+  },
+)
+
+t.test('a request still being identified when close() gives up on it is recorded as it stands', async (t) => {
+  const up = await startHoldingUpstream()
+  t.teardown(() => up.close())
+  // an identification that never ends (a key fetch that hangs, say)
+  const pipeline = new TestPipeline((req) => (req.path === '/stuck' ? new Promise<never>(() => {}) : {}))
+  const { url, proxy } = await startProxy(t, { upstream: up.url, pipeline })
+  const answered = new Promise<string>((resolve) => {
+    const req = request(`${url}/stuck`, { agent: false }, (res) => resolve(String(res.statusCode)))
+    req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+    req.end()
+  })
+  await eventually(() => pipeline.seen.length === 1, { what: 'the request at the pipeline' })
+
+  const start = performance.now()
+  await proxy.close(0)
+  const ms = performance.now() - start
+  t.ok(ms < PROMPT_MS, `closed in ${Math.round(ms)} ms`)
+  t.same(
+    pipeline.events.map((e) => `${e.path} ${e.status}`),
+    ['/stuck 499'],
+    'recorded by the time close() resolves',
+  )
+  t.equal(await answered, 'ECONNRESET', 'the client was cut')
+  t.same(up.received, [], 'never forwarded')
+})
