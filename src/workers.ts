@@ -434,6 +434,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   const waiting = new Map<number, { done: (value: unknown) => void; worker: Worker }>()
   let listeners: { http: string; https?: string } | undefined
   let watching = false
+  /** the reload waiting for the workers' answers: the config they were handed, and each worker asked */
+  let reloading: { config: Config; asked: { worker: Worker; answer: Promise<unknown> }[] } | undefined
 
   const ask = (worker: Worker, command: Command & { id: number }): Promise<unknown> =>
     new Promise((done) => {
@@ -495,14 +497,20 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
           slot.held = undefined
           return
         }
-        // a reload while it started asked only the serving workers: this one still runs the config it got
-        if (slot.config !== config) {
+        // a reload asks only the workers serving when it starts, and the pod's config changes only once they
+        // have all answered: this one was started with the config before it, whether the reload still waits
+        // (it is asked too, and its answer counts in the reload's outcome) or has ended since
+        if (reloading) {
+          const { config: next, asked } = reloading
+          asked.push({ worker, answer: ask(worker, { nhi: 'config', id: nextId++, config: next }) })
+        } else if (slot.config !== config) {
           void ask(worker, { nhi: 'config', id: nextId++, config }).then((ok) => {
-            if (ok !== true && slot.worker === worker)
-              log.error(
-                { event: 'config_reload_incomplete', workers: 1, worker: index + 1 },
-                'a worker did not apply the config',
-              )
+            if (ok === true || slot.worker !== worker) return
+            log.error(
+              { event: 'config_reload_incomplete', workers: 1, worker: index + 1 },
+              'a worker did not apply the config',
+            )
+            replace(worker, ok)
           })
         }
         if (watching) worker.send({ nhi: 'live', on: true } satisfies Command)
@@ -727,10 +735,18 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       telemetry.configReloaded('failure')
       return false
     }
-    const serving = live()
-    const applied = await Promise.all(
-      serving.map((w) => ask(w, { nhi: 'config', id: nextId++, config: next })),
-    )
+    const asked = live().map((worker) => ({
+      worker,
+      answer: ask(worker, { nhi: 'config', id: nextId++, config: next }),
+    }))
+    reloading = { config: next, asked }
+    let applied: unknown[]
+    // a worker that starts serving while these are awaited is added to `asked`
+    do applied = await Promise.all(asked.map((a) => a.answer))
+    while (applied.length < asked.length)
+    // no await from here to `config = next`: a worker that starts serving after this line compares its
+    // config with the pod's
+    reloading = undefined
     const outcome = reloadOutcome(applied)
     if (!outcome.applied) {
       log.error(
@@ -738,7 +754,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         `${configPath}: ${outcome.reasons[0] ?? 'no worker answered'}`,
       )
       telemetry.configReloaded('failure')
-      for (const i of outcome.replace) replace(serving[i]!, applied[i])
+      for (const i of outcome.replace) replace(asked[i]!.worker, applied[i])
       return false
     }
     if (startOnly.includes('workers'))
@@ -768,7 +784,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         },
         'some workers did not apply the config',
       )
-      for (const i of outcome.replace) replace(serving[i]!, applied[i])
+      for (const i of outcome.replace) replace(asked[i]!.worker, applied[i])
     }
     log.info(
       {

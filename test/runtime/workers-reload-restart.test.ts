@@ -1,7 +1,8 @@
 // `workers: 2`: what the primary tells the workers while a replacement worker is still starting must reach
 // it too. A reload: the primary hands each new worker the config of the moment it asks, and a reload asks
 // only the workers that already serve, so a worker that asked before the reload and served after it kept the
-// old config. A SIGTERM: a replacement that was not serving yet missed the drain and served on until the
+// old config; one that came to serve while the reload still waited for the other worker's answer kept it
+// too, as the pod's config changes only once every answer is in. A SIGTERM: a replacement that was not serving yet missed the drain and served on until the
 // primary killed it at the drain deadline.
 import { writeFile } from 'node:fs/promises'
 import { createServer, type ServerResponse } from 'node:http'
@@ -26,33 +27,41 @@ const drainedWorkers = (log: string) =>
     .sort()
 
 /**
- * A key server that can hold one fetch: a starting worker waits for its issuers' keys, which keeps a
- * replacement between "given its config" and "serving" for as long as the test needs.
+ * A key server that holds the fetches of the paths it is told to: a worker waits for its issuers' keys when it
+ * starts and when it applies a config that names new ones, which keeps it between "handed a config" and
+ * "serving with it" for as long as the test needs.
  */
 async function holdingKeyServer(t: Test) {
-  let hold = false
-  let held: ServerResponse | undefined
-  const jwks = createServer((_req, res) => {
+  const holding = new Set<string>()
+  const held = new Map<string, ServerResponse[]>()
+  const answer = (res: ServerResponse) => {
     res.setHeader('content-type', 'application/json')
-    if (hold && held === undefined) {
-      held = res
-      return
-    }
     res.end('{"keys":[]}')
+  }
+  const jwks = createServer((req, res) => {
+    const path = req.url ?? '/'
+    if (!holding.has(path)) return answer(res)
+    held.set(path, [...(held.get(path) ?? []), res])
   })
   await new Promise<void>((done) => jwks.listen(0, '127.0.0.1', done))
+  const release = (path: string) => {
+    holding.delete(path)
+    for (const res of held.get(path) ?? []) answer(res)
+    held.delete(path)
+  }
   t.teardown(() => {
-    held?.end('{"keys":[]}')
+    for (const path of [...holding]) release(path)
     jwks.closeAllConnections()
     jwks.close()
   })
   return {
-    uri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`,
-    hold: () => {
-      hold = true
+    uri: (path = '/jwks.json') => `http://127.0.0.1:${(jwks.address() as AddressInfo).port}${path}`,
+    hold: (path = '/jwks.json') => {
+      holding.add(path)
     },
-    held: () => held !== undefined,
-    release: () => held?.end('{"keys":[]}'),
+    /** how many fetches of `path` are held */
+    held: (path = '/jwks.json') => held.get(path)?.length ?? 0,
+    release: (path = '/jwks.json') => release(path),
   }
 }
 
@@ -60,11 +69,12 @@ t.test('a reload while a worker is being replaced reaches the replacement', asyn
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
   const keys = await holdingKeyServer(t)
-  const jwksUri = keys.uri
 
   const dir = await scratchDir('workers-reload-restart')
   const auditFile = join(dir, 'audit.log')
   const configFile = join(dir, 'config.yaml')
+  // each config names its own key path, so a worker applying it fetches keys the test can hold
+  const keyPath = (rule: string) => `/${rule}.json`
   const config = (rule: string) =>
     stringify({
       listen: { http: '127.0.0.1:0' },
@@ -73,35 +83,76 @@ t.test('a reload while a worker is being replaced reaches the replacement', asyn
       workers: 2,
       audit: { output: auditFile },
       timeouts: { drainDelay: '0s' },
-      jwt: { issuers: [{ issuer: 'https://idp.test', jwksUri, audiences: ['svc'] }] },
+      jwt: {
+        issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(keyPath(rule)), audiences: ['svc'] }],
+      },
       identities: [{ name: rule, kind: 'service', match: { userAgent: 'probe' } }],
     })
   await writeFile(configFile, config('before'))
   const sidecar = await startSidecarFromFile(t, configFile)
   const admin = sidecar.adminUrl
+  const cli = sidecar.process
+  const bothServing = () =>
+    eventually(
+      async () => {
+        const r = await fetch(`${admin}/readyz`)
+        return r.status === 200 && ((await r.json()) as { workers: { ready: number } }).workers.ready === 2
+      },
+      { what: 'the replacement worker to serve' },
+    )
+  const everyWorkerServes = async (t: Test, rule: string) => {
+    const { statuses, identities } = await probeWorkers(sidecar.proxyUrl, auditFile, `/${rule}/`, 8)
+    t.same(new Set(statuses), new Set([200]), 'every request served')
+    t.same(
+      new Set(identities),
+      new Set([`ua:${rule}`]),
+      `every worker serves the reloaded rules: ${identities}`,
+    )
+    const m = await (await fetch(`${admin}/metrics`)).text()
+    t.notMatch(m, /nhi_worker_requests_total\{[^}]*\} 0\n/, 'both workers served some of them')
+  }
 
-  keys.hold()
-  const [victim] = childPids(sidecar.process.child.pid!)
-  const from = sidecar.process.stderr().length
-  process.kill(victim!, 'SIGKILL')
-  await eventually(keys.held, { what: "the replacement's key fetch (it is starting)" })
+  await t.test('a reload that ends before the replacement serves', async (t) => {
+    keys.hold(keyPath('before'))
+    const [victim] = childPids(cli.child.pid!)
+    const from = cli.stderr().length
+    process.kill(victim!, 'SIGKILL')
+    await eventually(() => keys.held(keyPath('before')) === 1, {
+      what: "the replacement's key fetch (it is starting)",
+    })
 
-  await replaceFile(configFile, config('after'))
-  await sidecar.process.waitForLog((l) => l['event'] === 'config_reloaded' && l['worker'] === undefined, from)
-  keys.release()
-  await eventually(
-    async () => {
-      const r = await fetch(`${admin}/readyz`)
-      return r.status === 200 && ((await r.json()) as { workers: { ready: number } }).workers.ready === 2
-    },
-    { what: 'the replacement worker to serve' },
-  )
+    await replaceFile(configFile, config('after'))
+    await cli.waitForLog((l) => l['event'] === 'config_reloaded' && l['worker'] === undefined, from)
+    keys.release(keyPath('before'))
+    await bothServing()
+    await everyWorkerServes(t, 'after')
+  })
 
-  const { statuses, identities } = await probeWorkers(sidecar.proxyUrl, auditFile, '/after-reload/', 8)
-  t.same(new Set(statuses), new Set([200]), 'every request served')
-  t.same(new Set(identities), new Set(['ua:after']), `every worker serves the reloaded rules: ${identities}`)
-  const m = await (await fetch(`${admin}/metrics`)).text()
-  t.notMatch(m, /nhi_worker_requests_total\{[^}]*\} 0\n/, 'both workers served some of them')
+  await t.test('a replacement that serves while the reload waits for the other worker', async (t) => {
+    keys.hold(keyPath('after'))
+    const [victim] = childPids(cli.child.pid!)
+    const from = cli.stderr().length
+    process.kill(victim!, 'SIGKILL')
+    await eventually(() => keys.held(keyPath('after')) === 1, {
+      what: "the replacement's key fetch (it is starting)",
+    })
+    // the serving worker's answer waits for the keys the new config names
+    keys.hold(keyPath('again'))
+    await replaceFile(configFile, config('again'))
+    await eventually(() => keys.held(keyPath('again')) === 1, {
+      what: "the serving worker's key fetch for the reloaded config",
+    })
+    keys.release(keyPath('after'))
+    await bothServing()
+    keys.release(keyPath('again'))
+
+    const reloaded = await cli.waitForLog(
+      (l) => l['event'] === 'config_reloaded' && l['worker'] === undefined,
+      from,
+    )
+    t.equal(reloaded['workers'], 2, 'the replacement is counted among the workers that applied it')
+    await everyWorkerServes(t, 'again')
+  })
 })
 
 t.test('a SIGTERM while a worker is being replaced drains the replacement too', async (t) => {
@@ -121,7 +172,7 @@ t.test('a SIGTERM while a worker is being replaced drains the replacement too', 
       workers: 2,
       audit: { output: 'off' },
       timeouts: { drainDelay: '0s', drain: `${drainMs / 1000}s` },
-      jwt: { issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri, audiences: ['svc'] }] },
+      jwt: { issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(), audiences: ['svc'] }] },
     }),
   )
   const sidecar = await startSidecarFromFile(t, configFile)
@@ -133,7 +184,7 @@ t.test('a SIGTERM while a worker is being replaced drains the replacement too', 
   process.kill(victim!, 'SIGKILL')
   const exited = await cli.waitForLog((l) => l['event'] === 'worker_exited', fromKill)
   const slot = String(exited['worker'])
-  await eventually(keys.held, { what: "the replacement's key fetch (it is starting)" })
+  await eventually(() => keys.held() === 1, { what: "the replacement's key fetch (it is starting)" })
 
   const fromTerm = cli.stderr().length
   cli.kill('SIGTERM')
