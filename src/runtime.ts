@@ -57,7 +57,16 @@ export interface StartOptions {
    * the signed agents' nonces are the pod's, kept by the primary (`nonces`).
    */
   worker?: { auditSink: (lines: string) => boolean; nonces: NonceStore; tokenPeers: PodTokenPeers }
+  /**
+   * the bytes of the config's secret files (readSecretFiles), when whoever handed the config over read them:
+   * a worker of `workers: N` is given its primary's, so that every worker of a pod, a replacement included,
+   * serves with the bytes the pod's config was applied with, not what the files hold when it happens to start
+   */
+  secretFiles?: SecretFiles
 }
+
+/** the bytes of a config's secret files, by setting (readSecretFiles) */
+export type SecretFiles = ReadonlyMap<string, Uint8Array>
 
 export interface Sidecar {
   readonly proxyAddress: AddressInfo
@@ -71,8 +80,11 @@ export interface Sidecar {
   ready(): Promise<ReadyState>
   /** re-read the config file; false (and the old config keeps serving) when it is invalid */
   reload(): Promise<boolean>
-  /** serve a config validated elsewhere (a worker gets its config from the primary) */
-  applyConfig(config: Config): Promise<boolean>
+  /**
+   * serve a config validated elsewhere (a worker gets its config from the primary), with the bytes of its
+   * secret files as read there
+   */
+  applyConfig(config: Config, secretFiles: SecretFiles): Promise<boolean>
   /**
    * SIGTERM: /readyz turns 503 at once, the listeners keep accepting for timeouts.drainDelay (answering with
    * Connection: close), then close() drains in-flight requests. A close() during the delay cuts it short.
@@ -299,7 +311,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     nonces,
     ...(opts.worker ? { podTokenPeers: opts.worker.tokenPeers } : {}),
     recorder: telemetry,
-    secretFiles: await secretFilesAtStart(initial),
+    secretFiles: opts.secretFiles ?? (await secretFilesAtStart(initial)),
   })
   await withTimeout(pipeline.start(), jwksStartTimeout)
 
@@ -430,12 +442,16 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
       : undefined
 
   // a new valid config: build the pipeline for it, then hand it to the proxy and the recorders
-  const apply = async (loaded: Config, warnings: readonly Diagnostic[] = []): Promise<boolean> => {
+  const apply = async (
+    loaded: Config,
+    warnings: readonly Diagnostic[] = [],
+    given?: SecretFiles,
+  ): Promise<boolean> => {
     const { config: next, changed: startOnly } = keepStartOnly(
       initial,
       applyOverrides(loaded, opts.overrides),
     )
-    const secretFiles = await readSecretFiles(next)
+    const secretFiles = given ?? (await readSecretFiles(next))
     const nextPipeline = new AttributionPipeline(next, {
       jwksObserver,
       keyMemory,
@@ -487,8 +503,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   const serialReload = serializeReloads(reload)
   // configs handed over are applied one at a time, in the order they came
   let applying: Promise<unknown> = Promise.resolve()
-  const applyConfig = (config: Config): Promise<boolean> => {
-    const run = applying.then(() => apply(config))
+  const applyConfig = (config: Config, secretFiles: SecretFiles): Promise<boolean> => {
+    const run = applying.then(() => apply(config, [], secretFiles))
     applying = run.catch(() => {})
     return run
   }

@@ -27,6 +27,7 @@ import {
   logRecorderFailures,
   readListenerTls,
   readUpstreamTls,
+  type SecretFiles,
   secretFilesAtStart,
   startWorkerSidecar,
   TokenFile,
@@ -53,11 +54,15 @@ import { podFingerprintKey, usePodFingerprintKey } from './util/fingerprint.ts'
 import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
 
-/** primary → worker */
+/**
+ * primary → worker. A config travels with the bytes of its secret files as the primary read them when the
+ * pod started with it or reloaded to it: a worker that read them itself would differ from the others once
+ * a file changed or went away without a reload (a replacement that cannot start, a key with two fingerprints).
+ */
 type Command =
   /** the pod's fingerprint key travels here, not in the worker's environment (readable in /proc) */
-  | { nhi: 'start'; config: Config; fingerprintKey: Uint8Array }
-  | { nhi: 'config'; id: number; config: Config }
+  | { nhi: 'start'; config: Config; secretFiles: SecretFiles; fingerprintKey: Uint8Array }
+  | { nhi: 'config'; id: number; config: Config; secretFiles: SecretFiles }
   | { nhi: 'scrape'; id: number; since: number }
   | { nhi: 'ready'; id: number }
   | { nhi: 'identities'; id: number; sort: IdentitySort | undefined }
@@ -276,6 +281,7 @@ export async function runWorker(log: Logger): Promise<void> {
   }
   const sidecar: WorkerSidecar = await startWorkerSidecar({
     config: first.config,
+    secretFiles: first.secretFiles,
     log: wlog,
     recorders: [liveForwarder],
     worker: {
@@ -335,7 +341,7 @@ export async function runWorker(log: Logger): Promise<void> {
         return
       case 'config':
         // a config this worker cannot apply is answered with the reason, which the primary logs
-        sidecar.applyConfig(m.config).then(
+        sidecar.applyConfig(m.config, m.secretFiles).then(
           (ok) => reply(m.id, ok),
           (err: unknown) => reply(m.id, err instanceof Error ? err.message : String(err)),
         )
@@ -407,7 +413,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // or port is bound (each worker reads them again, with the same checks, when it starts)
   if (config.listen.https) await readListenerTls(config.listen.https)
   await readUpstreamTls(config.upstreamTls)
-  await secretFilesAtStart(config)
+  let secretFiles: SecretFiles = await secretFilesAtStart(config)
   // the pod's own fingerprint key (without a fingerprintKeyFile), made here and given to every worker
   const fingerprintKey = podFingerprintKey()
   // the primary records no request: its telemetry is the pod's audit output and its own runtime metrics
@@ -435,7 +441,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   let listeners: { http: string; https?: string } | undefined
   let watching = false
   /** the reload waiting for the workers' answers: the config they were handed, and each worker asked */
-  let reloading: { config: Config; asked: { worker: Worker; answer: Promise<unknown> }[] } | undefined
+  let reloading:
+    | { config: Config; secretFiles: SecretFiles; asked: { worker: Worker; answer: Promise<unknown> }[] }
+    | undefined
 
   const ask = (worker: Worker, command: Command & { id: number }): Promise<unknown> =>
     new Promise((done) => {
@@ -463,7 +471,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     slots[index] = slot
     const start = () => {
       slot.config = config
-      worker.send({ nhi: 'start', config, fingerprintKey } satisfies Command)
+      worker.send({ nhi: 'start', config, secretFiles, fingerprintKey } satisfies Command)
     }
     worker.on('message', (m: Report) => {
       if (m.nhi === 'nonce') {
@@ -501,10 +509,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         // have all answered: this one was started with the config before it, whether the reload still waits
         // (it is asked too, and its answer counts in the reload's outcome) or has ended since
         if (reloading) {
-          const { config: next, asked } = reloading
-          asked.push({ worker, answer: ask(worker, { nhi: 'config', id: nextId++, config: next }) })
+          const { asked, ...next } = reloading
+          asked.push({ worker, answer: ask(worker, { nhi: 'config', id: nextId++, ...next }) })
         } else if (slot.config !== config) {
-          void ask(worker, { nhi: 'config', id: nextId++, config }).then((ok) => {
+          void ask(worker, { nhi: 'config', id: nextId++, config, secretFiles }).then((ok) => {
             if (ok === true || slot.worker !== worker) return
             log.error(
               { event: 'config_reload_incomplete', workers: 1, worker: index + 1 },
@@ -727,9 +735,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       started,
       applyOverrides(result.config, opts.overrides),
     )
-    // a secret file no worker could read is one failure here, not one per worker, and the pod keeps its config
+    // read once for the pod, and handed to every worker with the config: a file that cannot be read is one
+    // failure here, not one per worker, and the pod keeps its config
+    let nextSecretFiles: SecretFiles
     try {
-      await readSecretFiles(next)
+      nextSecretFiles = await readSecretFiles(next)
     } catch (e) {
       log.error({ event: 'config_reload_failed' }, `${configPath}: ${(e as Error).message}`)
       telemetry.configReloaded('failure')
@@ -737,9 +747,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     }
     const asked = live().map((worker) => ({
       worker,
-      answer: ask(worker, { nhi: 'config', id: nextId++, config: next }),
+      answer: ask(worker, { nhi: 'config', id: nextId++, config: next, secretFiles: nextSecretFiles }),
     }))
-    reloading = { config: next, asked }
+    reloading = { config: next, secretFiles: nextSecretFiles, asked }
     let applied: unknown[]
     // a worker that starts serving while these are awaited is added to `asked`
     do applied = await Promise.all(asked.map((a) => a.answer))
@@ -769,6 +779,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     )
       tokenWindows = podTokenWindows(next)
     config = next
+    secretFiles = nextSecretFiles
     nonces.resize(next.signedAgents.nonceCacheSize)
     await adminToken.load(next.adminAccess.tokenFile)
     logRecorderFailures(log, await telemetry.reconfigure(next))
