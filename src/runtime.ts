@@ -482,7 +482,10 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     previous.close()
     for (const d of warnings) log.warn(formatDiagnostic(d))
     warnStartOnly(log, startOnly)
-    log.info({ event: 'config_reloaded', rules: next.identities.length }, 'config reloaded')
+    // a worker's reload is part of the pod's, which its primary logs once, with how many workers applied it
+    const reloaded = { event: 'config_reloaded', rules: next.identities.length }
+    if (opts.worker) log.debug(reloaded, 'config reloaded')
+    else log.info(reloaded, 'config reloaded')
     await listenerRotation?.reload()
     await upstreamRotation?.reload()
     return true

@@ -1,6 +1,7 @@
 // `workers: 2` as users run it (the built bundle): requests spread over both workers are all in the one
 // /metrics, the identity cap holds for the pod, the audit file gets every line whole, a reload reaches
-// every worker (a bad one is rejected once), a killed worker is replaced, SIGTERM drains in-flight requests.
+// every worker and is logged once (a bad one is rejected once), a killed worker is replaced, SIGTERM drains
+// in-flight requests.
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
@@ -221,6 +222,16 @@ t.test('workers: 2', async (t) => {
         sum(before, 'nhi_worker_requests_total', (l) => l['worker'] === w)
       t.ok(served > 0, `worker ${w} served some of them`)
     }
+    const reloadedLines = sidecar.process
+      .stderr()
+      .slice(from)
+      .split('\n')
+      .filter((l) => l.includes('"config_reloaded"'))
+    t.equal(
+      reloadedLines.length,
+      1,
+      `one config_reloaded line for the reload, the primary's: ${reloadedLines}`,
+    )
 
     const badFrom = sidecar.process.stderr().length
     await replaceFile(configFile, 'workers: 2\nupstream: [not a url\n')
