@@ -596,7 +596,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       slots.map((s) => (s.worker && s.listening ? ask(s.worker, { nhi: 'ready', id: nextId++ }) : undefined)),
     )) as (ReadyState | undefined)[]
     const serving = states.filter((s) => s?.ok).length
-    const every = (check: string) => states.every((s) => s?.checks[check] === true)
+    // a worker that did not answer (starting, stalled) is for `listeners` and `workers` to report: it says
+    // nothing about the upstream or the keys, which hold when they hold on every worker that answered
+    const answered = states.filter((s) => s !== undefined)
+    const every = (check: string) => answered.length > 0 && answered.every((s) => s.checks[check] === true)
     const checks = {
       config: true,
       listeners: states.every((s) => s !== undefined),

@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey } from '../helpers/jwks.ts'
 import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
@@ -34,9 +35,11 @@ const drainedWorkers = (log: string) =>
 async function holdingKeyServer(t: Test) {
   const holding = new Set<string>()
   const held = new Map<string, ServerResponse[]>()
+  // a key set with a key in it: a worker that got it reports its keys loaded (check jwks)
+  const keySet = JSON.stringify({ keys: [(await createSigningKey('k1', 'ES256')).publicJwk] })
   const answer = (res: ServerResponse) => {
     res.setHeader('content-type', 'application/json')
-    res.end('{"keys":[]}')
+    res.end(keySet)
   }
   const jwks = createServer((req, res) => {
     const path = req.url ?? '/'
@@ -123,6 +126,13 @@ t.test('a reload while a worker is being replaced reaches the replacement', asyn
 
     await replaceFile(configFile, config('after'))
     await cli.waitForLog((l) => l['event'] === 'config_reloaded' && l['worker'] === undefined, from)
+    const starting = await fetch(`${admin}/readyz`)
+    t.equal(starting.status, 503, 'not ready while a worker is starting')
+    t.match(
+      ((await starting.json()) as { checks: Record<string, boolean> }).checks,
+      { workers: false, listeners: false, upstream: true, jwks: true },
+      'the starting worker is what the workers and listeners checks say, not the upstream and keys',
+    )
     keys.release(keyPath('before'))
     await bothServing()
     await everyWorkerServes(t, 'after')
