@@ -67,6 +67,22 @@ function clientId(claims: Claims): string | undefined {
   return str(claims, 'client_id') ?? str(claims, 'cid') ?? str(claims, 'appid') ?? str(claims, 'clientId')
 }
 
+/**
+ * The client whose own service account a Keycloak token is, else undefined. Keycloak names that account
+ * `service-account-<client id>` (lower-cased, as every Keycloak username) and writes the client id into the
+ * token from the client-credentials grant's session (`client_id`; `clientId` in older releases), which a
+ * person's login never has. A username alone proves nothing: people choose theirs (self-registration, email
+ * as username), and `azp` is merely the client a person logged in through. Keycloak's service-account
+ * tokens carry `email_verified: false` when the email scope is on, so the email claims do not tell them apart.
+ */
+function keycloakServiceAccount(claims: Claims): string | undefined {
+  const id = str(claims, 'client_id') ?? str(claims, 'clientId')
+  if (id === undefined || str(claims, 'preferred_username') !== KEYCLOAK_SERVICE_ACCOUNT + id.toLowerCase())
+    return undefined
+  const azp = str(claims, 'azp')
+  return azp === undefined || azp === id ? id : undefined
+}
+
 /** markers that a token was issued to an application (OAuth client credentials), not a person */
 function isClientCredentials(claims: Claims): boolean {
   const sub = str(claims, 'sub')
@@ -76,7 +92,7 @@ function isClientCredentials(claims: Claims): boolean {
     str(claims, 'grant_type') === 'client_credentials' ||
     str(claims, 'idtyp') === 'app' ||
     (sub !== undefined && (sub.endsWith('@clients') || sub === cid)) ||
-    (str(claims, 'preferred_username')?.startsWith(KEYCLOAK_SERVICE_ACCOUNT) ?? false) ||
+    keycloakServiceAccount(claims) !== undefined ||
     GOOGLE_SERVICE_ACCOUNT.test(str(claims, 'email') ?? '')
   )
 }
@@ -197,14 +213,9 @@ const okta: Profile = (claims, jwt) => {
 }
 
 const keycloak: Profile = (claims, jwt) => {
-  const username = str(claims, 'preferred_username')
-  if (!username?.startsWith(KEYCLOAK_SERVICE_ACCOUNT)) return person(claims, jwt)
-  const id =
-    str(claims, 'client_id') ??
-    str(claims, 'clientId') ??
-    str(claims, 'azp') ??
-    username.slice(KEYCLOAK_SERVICE_ACCOUNT.length)
-  return { name: id, kind: 'service', attributes: { preferred_username: username } }
+  const id = keycloakServiceAccount(claims)
+  if (id === undefined) return person(claims, jwt)
+  return { name: id, kind: 'service', attributes: { preferred_username: str(claims, 'preferred_username') } }
 }
 
 const google: Profile = (claims, jwt) => {

@@ -256,6 +256,52 @@ t.test('keycloak: service account vs user', async (t) => {
     rule: 'builtin:profile:keycloak',
     attributes: { email: 'alice@acme.example', preferred_username: 'alice' },
   })
+  const legacy = profileIdentity(
+    evidence(iss, {
+      azp: 'Billing-Export',
+      clientId: 'Billing-Export',
+      preferred_username: 'service-account-billing-export',
+      sub: 'b3d5f7a9-1234-4abc-8def-0123456789ab',
+      email_verified: false,
+    }),
+  )
+  t.match(legacy, { name: 'Billing-Export', kind: 'service' }, 'clientId, and the lower-cased username')
+})
+
+// People choose their usernames (self-registration; with "email as username" any address), and azp is just
+// the client they logged in through: neither may make a person the service account of that client.
+t.test("keycloak: a person's token is never named like a client's service account", async (t) => {
+  const iss = 'https://sso.acme.example/realms/prod'
+  const people: Record<string, Record<string, unknown>> = {
+    'username with the prefix, logged in through the client': {
+      azp: 'orders-backend',
+      preferred_username: 'service-account-x@attacker.example',
+      email: 'service-account-x@attacker.example',
+    },
+    "the service account's exact username, no client id claim": {
+      azp: 'orders-backend',
+      preferred_username: 'service-account-orders-backend',
+    },
+    'a client id claim another username does not match': {
+      azp: 'orders-backend',
+      client_id: 'orders-backend',
+      preferred_username: 'service-account-orders-backend-2',
+    },
+    'the username of one client, a token of another': {
+      azp: 'web',
+      client_id: 'orders-backend',
+      preferred_username: 'service-account-orders-backend',
+    },
+  }
+  for (const [label, claims] of Object.entries(people)) {
+    const sub = 'c0ffee00-1234-4abc-8def-0123456789ab'
+    const id = profileIdentity(evidence(iss, { typ: 'Bearer', sub, ...claims }, 'keycloak'))
+    t.match(id, { name: `sso.acme.example/${sub}`, kind: 'human', rule: 'builtin:profile:keycloak' }, label)
+    const generic = profileIdentity(
+      evidence('https://idp.acme.example', { sub, email: 'x@acme.example', ...claims }, 'generic'),
+    )
+    t.equal(generic.kind, 'human', `${label}: no client-credentials marker for the generic profile either`)
+  }
 })
 
 t.test('google: service account ID token vs user', async (t) => {

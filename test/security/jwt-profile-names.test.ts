@@ -1,0 +1,64 @@
+// The built-in IdP profiles name verified tokens that no identity rule matched. A service's name is what a
+// policy allows, so it may only come from claims the IdP sets for that service, never from claims a person
+// chooses (a username, an email address at a look-alike domain) or that another issuer could mint. Through
+// the real proxy: a policy that allows only service names lets the real services in and refuses people
+// whose tokens merely look like them.
+import t from 'tap'
+import { request } from 'undici'
+import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+
+const AUD = 'orders'
+const KEYCLOAK = 'https://sso.corp.test/realms/corp'
+
+t.test(
+  'a person is never named like a service account, so a policy of service names refuses them',
+  async (t) => {
+    const { upstream, key, jwks } = await startUpstreamAndJwks(t)
+    const issuer = (iss: string, profile?: string) => ({
+      issuer: iss,
+      jwksUri: jwks.jwksUri,
+      audiences: [AUD],
+      ...(profile ? { profile } : {}),
+    })
+    const sidecar = await startTestSidecar(t, {
+      service: 'orders',
+      upstream: upstream.url,
+      jwt: { issuers: [issuer(KEYCLOAK, 'keycloak')] },
+      policy: {
+        mode: 'enforce',
+        rules: [{ route: '/echo/**', allow: [{ identity: 'orders-backend' }] }],
+      },
+    })
+    const call = async (iss: string, claims: Record<string, unknown>) => {
+      const token = await mintToken(key, claims, { issuer: iss, audience: AUD })
+      const res = await request(`${sidecar.proxyUrl}/echo/admin`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
+      const body = JSON.parse(await res.body.text())
+      return { status: res.statusCode, identity: body.identity ?? body.headers?.['x-nhi-identity'] }
+    }
+
+    t.same(
+      await call(KEYCLOAK, {
+        sub: 'f1a0-sa',
+        azp: 'orders-backend',
+        client_id: 'orders-backend',
+        preferred_username: 'service-account-orders-backend',
+        email_verified: false,
+      }),
+      { status: 200, identity: 'orders-backend' },
+      "keycloak: the client's own service account is let in",
+    )
+    t.same(
+      await call(KEYCLOAK, {
+        sub: '77c2-user',
+        azp: 'orders-backend',
+        preferred_username: 'service-account-x@attacker.example',
+        email: 'service-account-x@attacker.example',
+      }),
+      { status: 403, identity: 'sso.corp.test/77c2-user' },
+      'keycloak: a self-registered person whose username has the prefix is a person, refused',
+    )
+  },
+)
