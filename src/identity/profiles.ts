@@ -25,7 +25,11 @@ type Profile = (claims: Claims, jwt: JwtEvidence) => Classified | undefined
 
 const GITHUB_ISSUER = 'https://token.actions.githubusercontent.com'
 const K8S_SUB = /^system:serviceaccount:([^:]+):([^:]+)$/
-const GOOGLE_SERVICE_ACCOUNT = /@[a-z0-9.-]*gserviceaccount\.com$/
+// Google's service accounts live under gserviceaccount.com (NAME@PROJECT.iam., PROJECT_NUMBER-compute@developer.,
+// PROJECT@appspot., service agents @gcp-sa-*.iam. and the like): a subdomain, whole labels, since a domain
+// that merely ends in the letters (iam-gserviceaccount.com) is anybody's
+const GOOGLE_SERVICE_ACCOUNT =
+  /^[a-z0-9][a-z0-9._-]*@(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+gserviceaccount\.com$/
 const SPIFFE_ID = /^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/
 const KEYCLOAK_SERVICE_ACCOUNT = 'service-account-'
 
@@ -83,6 +87,14 @@ function keycloakServiceAccount(claims: Claims): string | undefined {
   return azp === undefined || azp === id ? id : undefined
 }
 
+/** a Google service account's address, when the token vouches for it (an unverified email proves nothing) */
+function googleServiceAccount(claims: Claims): string | undefined {
+  const email = str(claims, 'email')
+  if (email === undefined || !GOOGLE_SERVICE_ACCOUNT.test(email)) return undefined
+  const verified = claims['email_verified']
+  return verified === true || verified === 'true' ? email : undefined
+}
+
 /** markers that a token was issued to an application (OAuth client credentials), not a person */
 function isClientCredentials(claims: Claims): boolean {
   const sub = str(claims, 'sub')
@@ -93,7 +105,7 @@ function isClientCredentials(claims: Claims): boolean {
     str(claims, 'idtyp') === 'app' ||
     (sub !== undefined && (sub.endsWith('@clients') || sub === cid)) ||
     keycloakServiceAccount(claims) !== undefined ||
-    GOOGLE_SERVICE_ACCOUNT.test(str(claims, 'email') ?? '')
+    googleServiceAccount(claims) !== undefined
   )
 }
 
@@ -219,8 +231,8 @@ const keycloak: Profile = (claims, jwt) => {
 }
 
 const google: Profile = (claims, jwt) => {
-  const email = str(claims, 'email')
-  if (!email || !GOOGLE_SERVICE_ACCOUNT.test(email)) return person(claims, jwt)
+  const email = googleServiceAccount(claims)
+  if (email === undefined) return person(claims, jwt)
   return { name: email, kind: 'service', attributes: { email } }
 }
 

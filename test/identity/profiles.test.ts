@@ -334,6 +334,53 @@ t.test('google: service account ID token vs user', async (t) => {
   })
 })
 
+// Only Google's own subdomains of gserviceaccount.com hold service accounts, and only an address the token
+// vouches for (email_verified) names one: a person's address at a domain that merely ends in the same letters
+// is a person's.
+t.test('google: a service account is a verified address at a subdomain of gserviceaccount.com', async (t) => {
+  const iss = 'https://accounts.google.com'
+  const sub = '1098765432101234'
+  const named = (email: string, verified: unknown = true) =>
+    profileIdentity(evidence(iss, { sub, email, email_verified: verified }, 'google'))
+  for (const email of [
+    'exporter@acme-prod.iam.gserviceaccount.com',
+    '123456789012-compute@developer.gserviceaccount.com',
+    'acme-prod@appspot.gserviceaccount.com',
+    'service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com',
+  ])
+    t.match(named(email), { name: email, kind: 'service', rule: 'builtin:profile:google' }, email)
+  t.match(named('exporter@acme-prod.iam.gserviceaccount.com', 'true'), { kind: 'service' }, "'true' as text")
+  for (const email of [
+    'deployer@prod.iam-gserviceaccount.com',
+    'deployer@evilgserviceaccount.com',
+    'deployer@gserviceaccount.com',
+    'deployer@prod.iam.gserviceaccount.com.attacker.example',
+    'deployer@-x.gserviceaccount.com',
+  ]) {
+    t.match(named(email), { name: `accounts.google.com/${sub}`, kind: 'human' }, `${email}: a person`)
+    const generic = profileIdentity(
+      evidence('https://idp.acme.example', { sub, email, email_verified: true }),
+    )
+    t.equal(generic.kind, 'human', `${email}: no client-credentials marker for the generic profile`)
+  }
+  for (const verified of [false, 'false', undefined])
+    t.match(
+      profileIdentity(
+        evidence(
+          iss,
+          {
+            sub,
+            email: 'deployer@prod.iam.gserviceaccount.com',
+            ...(verified === undefined ? {} : { email_verified: verified }),
+          },
+          'google',
+        ),
+      ),
+      { name: `accounts.google.com/${sub}`, kind: 'human' },
+      `email_verified ${JSON.stringify(verified) ?? 'absent'}: the address is not vouched for`,
+    )
+})
+
 t.test('spiffe: JWT-SVID', async (t) => {
   const svid = profileIdentity(
     evidence('https://oidc.spire.acme.example', {

@@ -10,6 +10,8 @@ import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const AUD = 'orders'
 const KEYCLOAK = 'https://sso.corp.test/realms/corp'
+const GOOGLE = 'https://accounts.google.com'
+const DEPLOYER = 'deployer@prod.iam.gserviceaccount.com'
 
 t.test(
   'a person is never named like a service account, so a policy of service names refuses them',
@@ -24,10 +26,10 @@ t.test(
     const sidecar = await startTestSidecar(t, {
       service: 'orders',
       upstream: upstream.url,
-      jwt: { issuers: [issuer(KEYCLOAK, 'keycloak')] },
+      jwt: { issuers: [issuer(KEYCLOAK, 'keycloak'), issuer(GOOGLE, 'google')] },
       policy: {
         mode: 'enforce',
-        rules: [{ route: '/echo/**', allow: [{ identity: 'orders-backend' }] }],
+        rules: [{ route: '/echo/**', allow: [{ identity: 'orders-backend' }, { identity: DEPLOYER }] }],
       },
     })
     const call = async (iss: string, claims: Record<string, unknown>) => {
@@ -59,6 +61,25 @@ t.test(
       }),
       { status: 403, identity: 'sso.corp.test/77c2-user' },
       'keycloak: a self-registered person whose username has the prefix is a person, refused',
+    )
+    t.same(
+      await call(GOOGLE, { sub: '1001', email: DEPLOYER, email_verified: true }),
+      { status: 200, identity: DEPLOYER },
+      'google: the service account is let in',
+    )
+    t.same(
+      await call(GOOGLE, {
+        sub: '1002',
+        email: 'deployer@prod.iam-gserviceaccount.com',
+        email_verified: true,
+      }),
+      { status: 403, identity: 'accounts.google.com/1002' },
+      'google: a person at a domain that only ends in gserviceaccount.com is a person, refused',
+    )
+    t.same(
+      await call(GOOGLE, { sub: '1003', email: DEPLOYER, email_verified: false }),
+      { status: 403, identity: 'accounts.google.com/1003' },
+      'google: an address the token does not vouch for names no service account',
     )
   },
 )
