@@ -255,8 +255,8 @@ function str(v: unknown): string | undefined {
 
 /**
  * The workload a token names, read with the profile that names its identity: the issuer's `profile`, or the
- * one guessed from the token when none is configured (a Kubernetes token is `orders/worker` either way, and
- * must be compared with the certificate either way).
+ * one guessed from the issuer URL when none is configured (a cluster's token is `orders/worker` either way,
+ * and must be compared with the certificate either way).
  */
 function tokenWorkload(jwt: JwtEvidence): Workload {
   const w: Workload = {}

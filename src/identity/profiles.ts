@@ -67,6 +67,15 @@ function issuerHost(iss: string): string {
   }
 }
 
+/** the issuer URL's host name without a port ('' when it is no URL) */
+function issuerHostname(iss: string): string {
+  try {
+    return new URL(iss).hostname
+  } catch {
+    return ''
+  }
+}
+
 function clientId(claims: Claims): string | undefined {
   return str(claims, 'client_id') ?? str(claims, 'cid') ?? str(claims, 'appid') ?? str(claims, 'clientId')
 }
@@ -254,17 +263,28 @@ const PROFILES: Record<ProfileName, Profile> = {
   generic,
 }
 
-/** For issuers configured without a profile: recognise well-known IdPs by issuer and claim shape. */
+// Where clusters' service-account tokens come from: the in-cluster issuer (kubernetes.default.svc, with any
+// cluster domain), the legacy secret-based tokens' literal `kubernetes/serviceaccount`, and the managed
+// clusters' issuers (EKS, GKE, AKS)
+const K8S_ISSUER_HOST =
+  /^(?:kubernetes\.default\.svc(?:\.[a-z0-9.-]+)?|oidc\.eks\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?|container\.googleapis\.com|[a-z0-9-]+\.oic\.prod-aks\.azure\.com)$/
+const K8S_LEGACY_ISSUER = 'kubernetes/serviceaccount'
+
+/**
+ * For issuers configured without a profile: the profile is guessed from the issuer URL alone. The claims
+ * are the issuer's to choose, so guessing from them would let any configured issuer (a partner's IdP) mint
+ * the names another one owns: a `sub` of `system:serviceaccount:prod:payments` would be the cluster's own
+ * `prod/payments`, a `spiffe://` subject a mesh certificate's name. Such tokens from an issuer this does not
+ * recognise are read with the generic profile, named under the issuer's host; a cluster at another issuer
+ * URL, and a JWT-SVID issuer (whose URL is the operator's choice), set `profile`.
+ */
 export function detectProfile(jwt: JwtEvidence): ProfileName {
-  const claims = jwt.claims
   const iss = jwt.issuer
   const host = issuerHost(iss)
-  const sub = str(claims, 'sub') ?? ''
-  if (obj(claims, 'kubernetes.io') || K8S_SUB.test(sub)) return 'kubernetes'
+  if (iss === K8S_LEGACY_ISSUER || K8S_ISSUER_HOST.test(issuerHostname(iss))) return 'kubernetes'
   if (iss === GITHUB_ISSUER) return 'github-actions'
   if (iss === 'https://accounts.google.com' || iss === 'accounts.google.com') return 'google'
   if (host === 'login.microsoftonline.com' || host === 'sts.windows.net') return 'azure-ad'
-  if (sub.startsWith('spiffe://')) return 'spiffe'
   if (host.endsWith('.auth0.com')) return 'auth0'
   if (host.endsWith('.okta.com') || host.endsWith('.oktapreview.com')) return 'okta'
   if (/\/realms\/[^/]+\/?$/.test(iss)) return 'keycloak'
@@ -275,7 +295,7 @@ function isProfileName(p: string | undefined): p is ProfileName {
   return p !== undefined && (PROFILE_NAMES as readonly string[]).includes(p)
 }
 
-/** The profile a token is read with: its issuer's `profile`, else the one its claims and issuer suggest. */
+/** The profile a token is read with: its issuer's `profile`, else the one its issuer URL suggests. */
 export function tokenProfile(jwt: JwtEvidence): ProfileName {
   return isProfileName(jwt.profile) ? jwt.profile : detectProfile(jwt)
 }

@@ -87,12 +87,16 @@ t.test('identity_mismatch: cert workload vs token workload, only when required',
   t.same(strict.inspect(evidence({ jwt: human, mtls: apiCert }), identity, conn()), [], 'nothing to compare')
 })
 
-// The shipped config names no issuer profile: tokens are then named with the profile their claims suggest
-// (a Kubernetes token is `orders/worker`), and were compared with the certificate only when a profile was
-// configured, so a stolen token next to another workload's certificate raised nothing.
+// The shipped config names no issuer profile: tokens are then named with the profile their issuer URL
+// suggests (a Kubernetes token is `orders/worker`), and were compared with the certificate only when a
+// profile was configured, so a stolen token next to another workload's certificate raised nothing.
 t.test('identity_mismatch: a token whose issuer names no profile is read with the guessed one', async (t) => {
   const strict = new AnomalyDetector({ ...defaults, requireCertTokenMatch: true })
-  const k8s = jwt({
+  const inCluster = (claims: Record<string, unknown>): JwtEvidence => ({
+    ...jwt(claims),
+    issuer: 'https://kubernetes.default.svc.cluster.local',
+  })
+  const k8s = inCluster({
     sub: 'system:serviceaccount:orders:worker',
     'kubernetes.io': { namespace: 'orders', serviceaccount: { name: 'worker', uid: 'u' } },
   })
@@ -102,15 +106,21 @@ t.test('identity_mismatch: a token whose issuer names no profile is read with th
     ['identity_mismatch'],
     'a Kubernetes token, guessed: compared with the certificate',
   )
-  const subOnly = jwt({ sub: 'system:serviceaccount:orders:worker' })
+  const subOnly = inCluster({ sub: 'system:serviceaccount:orders:worker' })
   t.same(strict.inspect(evidence({ jwt: subOnly, mtls: apiCert }), identity, conn()), ['identity_mismatch'])
+  // another issuer's claims in the same shapes name no workload: its tokens are named under its own host
+  const partner = jwt({ sub: 'system:serviceaccount:orders:worker' })
+  t.same(
+    strict.inspect(evidence({ jwt: partner, mtls: apiCert }), identity, conn()),
+    [],
+    "a Kubernetes-shaped subject from an issuer that is no cluster's is not that workload",
+  )
   const svid = jwt({ sub: 'spiffe://cluster.local/ns/orders/sa/worker' })
   t.same(
     strict.inspect(evidence({ jwt: svid, mtls: apiCert }), identity, conn()),
-    ['identity_mismatch'],
-    'a JWT-SVID, guessed: compared with the certificate',
+    [],
+    'a JWT-SVID is compared once its issuer says profile: spiffe',
   )
-  t.same(strict.inspect(evidence({ jwt: svid, mtls: workerCert }), identity, conn()), [])
   const configuredGeneric = jwt({ sub: 'system:serviceaccount:orders:worker' }, 'generic')
   t.same(
     strict.inspect(evidence({ jwt: configuredGeneric, mtls: apiCert }), identity, conn()),

@@ -382,11 +382,16 @@ t.test('google: a service account is a verified address at a subdomain of gservi
 })
 
 t.test('spiffe: JWT-SVID', async (t) => {
+  // a SPIRE issuer's URL is whatever its operator chose: nothing to guess the profile from
   const svid = profileIdentity(
-    evidence('https://oidc.spire.acme.example', {
-      sub: 'spiffe://acme.example/ns/payments/sa/api',
-      aud: ['orders'],
-    }),
+    evidence(
+      'https://oidc.spire.acme.example',
+      {
+        sub: 'spiffe://acme.example/ns/payments/sa/api',
+        aud: ['orders'],
+      },
+      'spiffe',
+    ),
   )
   t.match(svid, {
     name: 'spiffe://acme.example/ns/payments/sa/api',
@@ -423,13 +428,44 @@ t.test('generic: person-looking tokens are human, others service; names are stab
 
 t.test('profile detection for issuers configured without one', async (t) => {
   t.equal(detectProfile(evidence(K8S_ISSUER, k8sClaims)), 'kubernetes')
+  for (const iss of [
+    'kubernetes/serviceaccount',
+    'https://kubernetes.default.svc',
+    'https://kubernetes.default.svc.prod.acme.internal',
+    'https://oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF0123456789ABCDEF',
+    'https://container.googleapis.com/v1/projects/acme/locations/europe-west1/clusters/prod',
+    'https://westeurope.oic.prod-aks.azure.com/72f988bf-86f1-41af-91ab-2d7cd011db47/0a1b2c3d-1111-2222-3333-444455556666/',
+  ])
+    t.equal(detectProfile(evidence(iss, {})), 'kubernetes', `a cluster's issuer: ${iss}`)
   t.equal(detectProfile(evidence('https://token.actions.githubusercontent.com', {})), 'github-actions')
   t.equal(detectProfile(evidence('https://accounts.google.com', {})), 'google')
   t.equal(detectProfile(evidence('https://acme.us.auth0.com/', {})), 'auth0')
   t.equal(detectProfile(evidence('https://acme.okta.com/oauth2/default', {})), 'okta')
   t.equal(detectProfile(evidence('https://sso.acme.example/realms/prod', {})), 'keycloak')
-  t.equal(detectProfile(evidence('https://spire.example', { sub: 'spiffe://acme.example/a' })), 'spiffe')
   t.equal(detectProfile(evidence('https://idp.acme.example', { sub: 'x' })), 'generic')
+})
+
+// The claims are the issuer's to choose: guessed from them, a partner's IdP could mint the name of the
+// cluster's own service account (prod/payments) or of a mesh certificate (spiffe://…).
+t.test("an issuer's claims never make it another issuer's profile", async (t) => {
+  const partner = 'https://idp.partner.example'
+  for (const claims of [
+    { sub: 'system:serviceaccount:prod:payments' },
+    { sub: 'x', 'kubernetes.io': { namespace: 'prod', serviceaccount: { name: 'payments' } } },
+    { sub: 'spiffe://cluster.local/ns/prod/sa/payments' },
+  ]) {
+    t.equal(detectProfile(evidence(partner, claims)), 'generic', JSON.stringify(claims))
+    t.match(
+      profileIdentity(evidence(partner, claims)),
+      { name: `idp.partner.example/${claims.sub}`, rule: 'builtin:profile:generic' },
+      'named under the issuer host',
+    )
+  }
+  t.match(
+    profileIdentity(evidence(K8S_ISSUER, { sub: 'system:serviceaccount:prod:payments' })),
+    { name: 'prod/payments', rule: 'builtin:profile:kubernetes' },
+    "the cluster's issuer: its service account",
+  )
 })
 
 t.test('end to end: a Kubernetes token verified over a real JWKS, then classified', async (t) => {

@@ -1,8 +1,8 @@
 // The built-in IdP profiles name verified tokens that no identity rule matched. A service's name is what a
 // policy allows, so it may only come from claims the IdP sets for that service, never from claims a person
-// chooses (a username, an email address at a look-alike domain) or that another issuer could mint. Through
-// the real proxy: a policy that allows only service names lets the real services in and refuses people
-// whose tokens merely look like them.
+// chooses (a username, an email address at a look-alike domain) or that another issuer could mint (a partner
+// IdP's `system:serviceaccount:…` subject). Through the real proxy: a policy that allows only service names
+// lets the real services in and refuses the tokens that merely look like theirs.
 import t from 'tap'
 import { request } from 'undici'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
@@ -12,9 +12,12 @@ const AUD = 'orders'
 const KEYCLOAK = 'https://sso.corp.test/realms/corp'
 const GOOGLE = 'https://accounts.google.com'
 const DEPLOYER = 'deployer@prod.iam.gserviceaccount.com'
+const CLUSTER = 'https://kubernetes.default.svc.cluster.local'
+/** an issuer configured without a profile, whose URL is no IdP's the proxy knows */
+const PARTNER = 'https://idp.partner.test'
 
 t.test(
-  'a person is never named like a service account, so a policy of service names refuses them',
+  'a look-alike of a service account (a person, another issuer) is refused by a policy of service names',
   async (t) => {
     const { upstream, key, jwks } = await startUpstreamAndJwks(t)
     const issuer = (iss: string, profile?: string) => ({
@@ -26,10 +29,17 @@ t.test(
     const sidecar = await startTestSidecar(t, {
       service: 'orders',
       upstream: upstream.url,
-      jwt: { issuers: [issuer(KEYCLOAK, 'keycloak'), issuer(GOOGLE, 'google')] },
+      jwt: {
+        issuers: [issuer(KEYCLOAK, 'keycloak'), issuer(GOOGLE, 'google'), issuer(CLUSTER), issuer(PARTNER)],
+      },
       policy: {
         mode: 'enforce',
-        rules: [{ route: '/echo/**', allow: [{ identity: 'orders-backend' }, { identity: DEPLOYER }] }],
+        rules: [
+          {
+            route: '/echo/**',
+            allow: [{ identity: 'orders-backend' }, { identity: DEPLOYER }, { identity: 'prod/payments' }],
+          },
+        ],
       },
     })
     const call = async (iss: string, claims: Record<string, unknown>) => {
@@ -81,5 +91,19 @@ t.test(
       { status: 403, identity: 'accounts.google.com/1003' },
       'google: an address the token does not vouch for names no service account',
     )
+    t.same(
+      await call(CLUSTER, { sub: 'system:serviceaccount:prod:payments' }),
+      { status: 200, identity: 'prod/payments' },
+      "no profile set: the cluster's own issuer names its service account",
+    )
+    for (const claims of [
+      { sub: 'system:serviceaccount:prod:payments' },
+      { sub: 'payments', 'kubernetes.io': { namespace: 'prod', serviceaccount: { name: 'payments' } } },
+    ])
+      t.same(
+        await call(PARTNER, claims),
+        { status: 403, identity: `idp.partner.test/${claims.sub}` },
+        `no profile set: another issuer's ${Object.keys(claims).join(' and ')} mints no cluster service account`,
+      )
   },
 )
