@@ -669,9 +669,25 @@ function loggingBotRangesObserver(log: Logger): BotRangesObserver {
 
 function loggingJwksObserver(metrics: JwksObserver, log: Logger): JwksObserver {
   const failing = new Map<string, boolean>()
+  /** unusable keys left out of each issuer's key set in use, logged when the number changes */
+  const unusableKeys = new Map<string, number>()
   return {
-    refreshed(issuer, result, keyCount, at, error) {
-      metrics.refreshed(issuer, result, keyCount, at, error)
+    refreshed(issuer, result, keyCount, at, error, unusable) {
+      metrics.refreshed(issuer, result, keyCount, at, error, unusable)
+      if (result === 'success' && (unusable?.count ?? 0) !== (unusableKeys.get(issuer) ?? 0)) {
+        unusableKeys.set(issuer, unusable?.count ?? 0)
+        if (unusable)
+          log.warn(
+            {
+              event: 'jwks_keys_unusable',
+              issuer,
+              unusable: unusable.count,
+              reason: unusable.reason,
+              keys: keyCount,
+            },
+            'JWKS keys that cannot verify a signature were left out; the usable ones serve',
+          )
+      }
       const was = failing.get(issuer)
       if (result === 'failure' && was !== true) {
         failing.set(issuer, true)

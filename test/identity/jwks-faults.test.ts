@@ -4,7 +4,7 @@ import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
+import { createSigningKey, mintToken, type SigningKey, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -100,4 +100,77 @@ t.test('a config reload while the IdP is down keeps the last good keys', async (
     }),
   )
   t.match(await call(fresh), /^401 .*keys_unavailable/, 'a new key source has no keys until it answers')
+})
+
+// The IdP serves its kid with a key nothing verifies with (a truncated modulus, as a broken cache might):
+// refused like an unreachable IdP, so tokens keep verifying with the last good keys and /readyz says why;
+// next to a usable key it is left out and logged once.
+t.test('a key set of unusable keys is a failed refresh: the last good keys keep verifying', async (t) => {
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
+  const sidecar = await startTestSidecar(t, {
+    service: 'orders',
+    upstream: upstream.url,
+    jwt: {
+      onInvalid: 'reject',
+      issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['orders'], refreshInterval: '1s' }],
+    },
+  })
+  const admin = sidecar.adminUrl
+  const refreshes = async (result: string) =>
+    metricValue(await scrape(admin), 'nhi_jwks_refresh_total', { issuer: ISSUER, result })
+  const issuerState = async () => {
+    const res = await request(`${admin}/readyz`)
+    return (JSON.parse(await res.body.text()) as { issuers: Record<string, unknown>[] }).issuers[0]!
+  }
+  const call = async (token: string) => {
+    const res = await request(`${sidecar.proxyUrl}/echo`, { headers: { authorization: `Bearer ${token}` } })
+    const body = JSON.parse(await res.body.text())
+    return { status: res.statusCode, verified: body.headers?.['x-nhi-verified'], reason: body.reason }
+  }
+  const fresh = (k: SigningKey, n: string) => mintToken(k, { azp: n }, { issuer: ISSUER, audience: 'orders' })
+
+  t.same(
+    await call(await fresh(key, 'before')),
+    { status: 200, verified: 'true', reason: undefined },
+    'control: the good key verifies',
+  )
+  const broken: SigningKey = { ...key, publicJwk: { ...key.publicJwk, n: key.publicJwk.n!.slice(0, 40) } }
+  jwks.setKeys([broken])
+  const failuresBefore = await refreshes('failure')
+  await eventually(async () => (await refreshes('failure')) >= failuresBefore + 2, {
+    what: 'two refreshes of the unusable set counted as failures',
+  })
+  t.match(
+    await issuerState(),
+    { ready: true, keys: 1, lastError: /no usable public signing keys.*RSA modulus of 240 bits/ },
+    '/readyz: the last good key in use, and why the refresh failed',
+  )
+  t.same(
+    await call(await fresh(key, 'during')),
+    { status: 200, verified: 'true', reason: undefined },
+    'a token never seen before verifies with the last good key',
+  )
+  const successes = await refreshes('success')
+  await eventually(async () => (await refreshes('failure')) >= failuresBefore + 3, {
+    what: 'one more refresh',
+  })
+  t.equal(await refreshes('success'), successes, 'no refresh of the unusable set counts as a success')
+
+  const next = await createSigningKey('k2')
+  jwks.setKeys([broken, next])
+  await eventually(async () => (await issuerState())['lastError'] === undefined, {
+    what: 'a successful refresh',
+  })
+  t.match(await issuerState(), { ready: true, keys: 1, unusableKeys: 1 }, '/readyz counts the key left out')
+  t.same(
+    await call(await fresh(next, 'after')),
+    { status: 200, verified: 'true', reason: undefined },
+    'the usable key next to it verifies',
+  )
+  const logged = await sidecar.process.waitForLog((l) => l['event'] === 'jwks_keys_unusable')
+  t.match(
+    logged,
+    { issuer: ISSUER, unusable: 1, keys: 1, reason: /^kid "k1": an RSA modulus of 240 bits/ },
+    'the key left out is logged with the reason',
+  )
 })

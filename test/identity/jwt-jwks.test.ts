@@ -1,5 +1,6 @@
 // Key sources over real HTTP(S): discovery, rotation through unknown kids, refetch cooldown, outages, custom CA
 // and rotating bearer tokens, local JWKS files, periodic refresh.
+import { generateKeyPairSync } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import { createServer as createHttpServer } from 'node:http'
@@ -10,6 +11,7 @@ import t from 'tap'
 import { type Config, configSchema, type IssuerConfig } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
 import { IssuerKeySet, type JwksObserver } from '../../src/identity/jwt/jwks.ts'
+import { verifyJwtWithKeySet } from '../../src/identity/jwt/jws.ts'
 import type { ConnectionInfo, Failure, JwtEvidence, RequestInfo } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
 import {
@@ -310,6 +312,84 @@ t.test(
     await keys.start()
     t.equal(keys.ready(), false)
     t.match(observer.events, [{ result: 'failure', keyCount: 0 }])
+  },
+)
+
+// A key set can parse and name the right kids yet hold keys nothing verifies with (a truncated modulus, a
+// point off its curve): taken as a successful refresh, it replaced the last good keys and every token failed
+// as bad_signature while the issuer looked healthy.
+t.test(
+  'keys that cannot verify a signature are left out; a set of nothing else is a failed refresh',
+  async (t) => {
+    const idp = await serve(t, [keyA])
+    const events: { result: string; keyCount: number; error?: string; unusable?: unknown }[] = []
+    const observer: JwksObserver = {
+      refreshed: (_issuer, result, keyCount, _at, error, unusable) =>
+        events.push({ result, keyCount, ...(error ? { error } : {}), ...(unusable ? { unusable } : {}) }),
+    }
+    const keys = new IssuerKeySet(issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri }), { observer })
+    t.teardown(() => keys.close())
+    await keys.start()
+    const verifies = async (key: SigningKey, claims: Record<string, unknown>) =>
+      verifyJwtWithKeySet(await mintToken(key, claims, { issuer: idp.url }), keys.getKey, {
+        issuer: idp.url,
+        algorithms: new Set(['RS256', 'ES256']),
+        clockTolerance: 0,
+        now: Date.now(),
+      }).then(
+        () => true,
+        () => false,
+      )
+    const served = (jwk: Record<string, unknown>): SigningKey => ({ ...keyA, publicJwk: jwk })
+    const a = keyA.publicJwk as Record<string, string>
+    const b = keyB.publicJwk as Record<string, string>
+    const { publicKey: weak } = generateKeyPairSync('rsa', { modulusLength: 1024 })
+    const unusable: Record<string, Record<string, unknown>> = {
+      'a truncated modulus': { ...a, n: a['n']!.slice(0, 40) },
+      'an empty modulus': { ...a, n: '' },
+      'a 1024-bit RSA key': { ...weak.export({ format: 'jwk' }), kid: 'key-a', alg: 'RS256' },
+      'an even exponent': { ...a, e: 'AAI' },
+      'an exponent of 1': { ...a, e: 'AQ' },
+      'a point off the curve': { ...b, kid: 'key-a', y: b['x'] },
+      'a curve without an algorithm here': { ...b, kid: 'key-a', crv: 'secp256k1' },
+      'an Ed448 key': { kty: 'OKP', crv: 'Ed448', x: 'AA', kid: 'key-a' },
+      'a type and alg that do not go together': { ...a, alg: 'ES256' },
+    }
+    for (const [label, jwk] of Object.entries(unusable)) {
+      idp.setKeys([served(jwk)])
+      t.equal(await keys.refresh(), false, `${label}: the refresh fails`)
+      t.match(
+        events.at(-1),
+        {
+          result: 'failure',
+          keyCount: 1,
+          error: /no usable public signing keys \(1 unusable; kid "key-a": /,
+        },
+        `${label}: reported with the reason`,
+      )
+      t.match(keys.lastError, /no usable public signing keys/, `${label}: lastError says so`)
+      t.same(keys.publicJwks, [keyA.publicJwk], `${label}: the last good keys keep serving`)
+      t.ok(await verifies(keyA, { label }), `${label}: a token verifies with the last good keys`)
+    }
+
+    // an encryption key is no signing key gone wrong: left out without a word (Keycloak publishes one)
+    const encryption = { ...b, kid: 'enc-1', use: 'enc', alg: 'ECDH-ES' }
+    idp.setKeys([keyA, served(unusable['a truncated modulus']!), served(encryption), keyB])
+    // keyA and the broken key share kid key-a: the broken one is left out, the good one serves
+    t.equal(await keys.refresh(), true, 'a set with usable keys is a successful refresh')
+    t.match(events.at(-1), {
+      result: 'success',
+      keyCount: 2,
+      unusable: { count: 1, reason: /^kid "key-a": an RSA modulus of 240 bits/ },
+    })
+    t.same(keys.publicJwks, [keyA.publicJwk, keyB.publicJwk], 'only the usable signing keys are in use')
+    t.equal(keys.unusableKeys, 1)
+    t.ok(await verifies(keyA, { n: 1 }), 'the good key of the kid both share verifies')
+    t.ok(await verifies(keyB, { n: 2 }), 'and so does the other key')
+
+    idp.setKeys([served(encryption)])
+    t.equal(await keys.refresh(), false, 'encryption keys alone: no usable signing keys')
+    t.match(events.at(-1), { result: 'failure', error: 'key set has no usable public signing keys' })
   },
 )
 

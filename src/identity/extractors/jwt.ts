@@ -64,6 +64,8 @@ export interface IssuerKeyState {
   ready: boolean
   keys: number
   lastError?: string
+  /** signing keys of the key set in use that were left out because they cannot verify a signature */
+  unusableKeys?: number
 }
 
 /** a cached verification is redone at least this often (a key may have been withdrawn; tokens without exp) */
@@ -164,6 +166,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       ready: v.keys.ready(),
       keys: v.keys.size,
       ...(v.keys.lastError ? { lastError: v.keys.lastError } : {}),
+      ...(v.keys.unusableKeys > 0 ? { unusableKeys: v.keys.unusableKeys } : {}),
     }))
   }
 

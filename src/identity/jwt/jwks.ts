@@ -2,9 +2,17 @@
 // and a rotating bearer token), a local JWKS file, and/or an HMAC secret file.
 // The last good key set keeps serving through IdP outages; unknown kids trigger a rate-limited refetch.
 import { readFile } from 'node:fs/promises'
-import { createLocalJWKSet, errors, type FlattenedJWSInput, type JWK, type JWSHeaderParameters } from 'jose'
+import {
+  createLocalJWKSet,
+  errors,
+  type FlattenedJWSInput,
+  importJWK,
+  type JWK,
+  type JWSHeaderParameters,
+} from 'jose'
 import type { Agent, Dispatcher } from 'undici'
 import type { IssuerConfig } from '../../config/schema.ts'
+import { ASYMMETRIC_ALGORITHMS } from '../../types.ts'
 
 // The HTTP client is loaded with the first key-set fetch: a sidecar whose key sets are files (or that has no
 // issuers) never pays for loading it at start-up, which keeps the cold start short.
@@ -20,9 +28,24 @@ const loadUndici = (): Promise<Undici> => {
 export interface JwksObserver {
   /**
    * called after every refresh attempt; `at` is unix ms, keyCount the number of keys now in use, `error`
-   * why a failed attempt failed (safe to log: no token, no URL query or credentials)
+   * why a failed attempt failed (safe to log: no token, no URL query or credentials), `unusable` the
+   * signing keys a successful one left out because they cannot verify anything
    */
-  refreshed(issuer: string, result: 'success' | 'failure', keyCount: number, at: number, error?: string): void
+  refreshed(
+    issuer: string,
+    result: 'success' | 'failure',
+    keyCount: number,
+    at: number,
+    error?: string,
+    unusable?: UnusableKeys,
+  ): void
+}
+
+/** signing keys of a key set that cannot verify a signature here (they do not import, or are too weak) */
+export interface UnusableKeys {
+  count: number
+  /** why the first of them is unusable (safe to log) */
+  reason: string
 }
 
 export interface KeySetOptions {
@@ -107,6 +130,15 @@ export const DEFAULT_FETCH_TIMEOUT_MS = 5_000
 export const DEFAULT_UNKNOWN_KID_COOLDOWN_MS = 30_000
 const MAX_DOCUMENT_BYTES = 512 * 1024
 const MAX_KEYS = 100
+// what a key set's keys are checked against: the algorithms verifyJwt (jws.ts) verifies with; RSA below
+// 2048 bits it refuses, as jose does
+const SIGNATURE_ALGORITHMS: ReadonlySet<string> = new Set([...ASYMMETRIC_ALGORITHMS, 'Ed25519'])
+const EC_CURVE_ALGORITHM: Readonly<Record<string, string>> = {
+  'P-256': 'ES256',
+  'P-384': 'ES384',
+  'P-521': 'ES512',
+}
+const MIN_RSA_BITS = 2048
 // private-key members: a JWKS that carries them is misconfigured; never hold private keys in memory
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const
 
@@ -151,6 +183,8 @@ export class IssuerKeySet {
   private agentCa: string | undefined
   /** why the last refresh failed (safe to log), undefined after a success */
   lastError: string | undefined
+  /** signing keys the key set in use left out as unusable (0 when none) */
+  unusableKeys = 0
   /** one more with every successful load: a failure cached against older keys is no longer the answer */
   generation = 0
   /** one more with every load that withdrew keys: a verification begun before it is not to be cached */
@@ -262,6 +296,7 @@ export class IssuerKeySet {
     let ok = true
     let detail: unknown
     let withdrawn: WithdrawnKeys | undefined
+    let unusable: UnusableKeys | undefined
     try {
       if (this.cfg.secretFile) {
         const secret = await readSecret(this.cfg.secretFile)
@@ -271,7 +306,9 @@ export class IssuerKeySet {
       }
       if (this.hasKeySource) {
         const jwks = await this.fetchKeySet()
-        const { set, keys } = buildKeySet(jwks)
+        const built = await buildKeySet(jwks)
+        const { set, keys } = built
+        unusable = built.unusable
         if (this.workerKeys) {
           const gone = withdrawnKeys(this.workerKeys.jwks, keys)
           if (gone) withdrawn = { ...gone, secret: withdrawn?.secret ?? false }
@@ -284,6 +321,7 @@ export class IssuerKeySet {
           kids: new Set(keys.flatMap((k) => (typeof k.kid === 'string' ? [k.kid] : []))),
         }
         this.publicJwks = keys
+        this.unusableKeys = unusable?.count ?? 0
       }
     } catch (err) {
       ok = false
@@ -306,7 +344,14 @@ export class IssuerKeySet {
       this.onWithdrawn?.(withdrawn)
     }
     this.lastError = ok ? undefined : describeFetchError(detail)
-    this.observer?.refreshed(this.issuer, ok ? 'success' : 'failure', this.size, this.now(), this.lastError)
+    this.observer?.refreshed(
+      this.issuer,
+      ok ? 'success' : 'failure',
+      this.size,
+      this.now(),
+      this.lastError,
+      ok ? unusable : undefined,
+    )
     this.schedule(ok ? this.refreshMs : this.retryMs)
     return ok
   }
@@ -417,18 +462,95 @@ export async function fetchJsonDocument(url: string, opts: FetchJsonOptions): Pr
   return JSON.parse(Buffer.concat(chunks).toString('utf8'))
 }
 
-function buildKeySet(doc: unknown): { set: LocalKeySet; keys: JWK[] } {
+/**
+ * The key set's public signing keys, each imported as a verification would import it: a key that parses as
+ * JSON but cannot verify anything (a truncated modulus, a point off its curve, a 1024-bit RSA key) must not
+ * replace the last good keys as if the refresh had succeeded, which would fail every token as
+ * bad_signature while the issuer looks healthy. Such keys are left out and reported; a set left with none
+ * fails like an empty one, so the last good keys keep serving.
+ */
+async function buildKeySet(
+  doc: unknown,
+): Promise<{ set: LocalKeySet; keys: JWK[]; unusable: UnusableKeys | undefined }> {
   if (!isRecord(doc) || !Array.isArray(doc['keys']))
     throw new Error('key set is not a JWKS ({"keys": [...]})')
   const keys: JWK[] = []
+  let unusable: UnusableKeys | undefined
   for (const k of doc['keys'].slice(0, MAX_KEYS)) {
     // symmetric keys never come from a JWKS (algorithm confusion); private members mean a leaked private key
     if (!isRecord(k) || typeof k['kty'] !== 'string' || k['kty'] === 'oct') continue
     if (PRIVATE_MEMBERS.some((m) => m in k)) continue
-    keys.push(k as JWK)
+    // encryption keys (Keycloak and Entra ID publish them next to the signing keys) are no one's to verify with
+    if (!forSignatures(k)) continue
+    const why = await whyUnusable(k)
+    if (why === undefined) keys.push(k as JWK)
+    else if (unusable) unusable.count++
+    else unusable = { count: 1, reason: `${describeKey(k)}: ${why}` }
   }
-  if (keys.length === 0) throw new Error('key set has no usable public signing keys')
-  return { set: createLocalJWKSet({ keys }), keys }
+  if (keys.length === 0)
+    throw new Error(
+      `key set has no usable public signing keys${unusable ? ` (${unusable.count} unusable; ${unusable.reason})` : ''}`,
+    )
+  return { set: createLocalJWKSet({ keys }), keys, unusable }
+}
+
+// JWE key-management algorithms: a key with one of these is for encryption
+const ENCRYPTION_ALGORITHM = /^(?:RSA1_5|RSA-OAEP|ECDH-ES|A\d+(?:GCM)?KW$|dir$|PBES2-)/
+
+/** what jose's key selection would ever pick for a signature: not a key marked for encryption */
+function forSignatures(k: Record<string, unknown>): boolean {
+  if (typeof k['use'] === 'string' && k['use'] !== 'sig') return false
+  if (Array.isArray(k['key_ops']) && !k['key_ops'].includes('verify')) return false
+  return typeof k['alg'] !== 'string' || !ENCRYPTION_ALGORITHM.test(k['alg'])
+}
+
+/** undefined when the key imports for an algorithm it can verify, else why not (safe to log) */
+async function whyUnusable(k: Record<string, unknown>): Promise<string | undefined> {
+  const alg = typeof k['alg'] === 'string' ? k['alg'] : importAlgorithm(k)
+  if (alg === undefined || !SIGNATURE_ALGORITHMS.has(alg))
+    return `no supported signature algorithm for a ${short(k['kty'])} key (alg ${short(k['alg'])}, crv ${short(k['crv'])})`
+  let key: CryptoKey | Uint8Array
+  try {
+    key = await importJWK(k as JWK, alg)
+  } catch {
+    return `does not import as a ${alg} key`
+  }
+  if (key instanceof Uint8Array) return 'not a public key'
+  const { modulusLength, publicExponent } = key.algorithm as {
+    modulusLength?: number
+    publicExponent?: Uint8Array
+  }
+  if (modulusLength !== undefined && modulusLength < MIN_RSA_BITS)
+    return `an RSA modulus of ${modulusLength} bits (at least ${MIN_RSA_BITS})`
+  // an even exponent, or 1, is no RSA key's: no signature verifies with it
+  if (publicExponent !== undefined) {
+    const e = BigInt(`0x0${Buffer.from(publicExponent).toString('hex')}`)
+    if (e < 3n || e % 2n === 0n) return 'an RSA public exponent no RSA key has'
+  }
+  return undefined
+}
+
+function short(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v.slice(0, 16)) : 'none'
+}
+
+/** the algorithm a key without `alg` is imported for: any its type and curve can verify */
+function importAlgorithm(k: Record<string, unknown>): string | undefined {
+  switch (k['kty']) {
+    case 'RSA':
+      return 'RS256'
+    case 'EC':
+      return typeof k['crv'] === 'string' ? EC_CURVE_ALGORITHM[k['crv']] : undefined
+    case 'OKP':
+      return k['crv'] === 'Ed25519' ? 'Ed25519' : undefined
+    default:
+      return undefined
+  }
+}
+
+/** which key, for the log: its kid, cut short */
+function describeKey(k: Record<string, unknown>): string {
+  return typeof k['kid'] === 'string' ? `kid ${JSON.stringify(k['kid'].slice(0, 64))}` : 'a key without kid'
 }
 
 /** the keys of `before` that `after` no longer holds as they were, or undefined when none */
