@@ -1,6 +1,7 @@
 // The verification worker pool on its own and behind the JWT extractor: jobs waiting for a worker are served
 // one peer at a time in turn, the per-peer and global queue bounds refuse work at once (verification_busy,
 // not cached), and a closed pool answers every waiting job instead of leaving it hanging.
+import { randomBytes } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
@@ -71,6 +72,60 @@ t.test('waiting jobs are served round-robin by peer, and the bounds refuse the r
   t.same(order, ['a1', 'a2', 'b1', 'a3', 'b2', 'a4'], 'peers take turns: b is not stuck behind a')
   t.match(pool.stats(), { workers: 1, queued: 0, running: 0, verified: 6, overflowed: 2 })
 })
+
+// The global bound is shared: a few peers that fill it between them must not keep out a peer that has
+// nothing waiting. Its job takes the place of the newest job of the peer with the most waiting.
+t.test(
+  'a full queue makes room for a peer with fewer jobs waiting, at the expense of the longest queue',
+  async (t) => {
+    const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 4, maxQueuePerPeer: 3 })
+    t.teardown(() => pool.close())
+    const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+    const tokens = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: `s${i}` })),
+    )
+    await ready(t, pool, tokens[0]!, keys)
+    const order: string[] = []
+    const submit = (name: string, i: number, peer: string) =>
+      pool.verify(job(tokens[i]!), keys, peer)?.then((r: WorkerReply) => {
+        order.push(name)
+        return r
+      })
+    // a1 goes to the worker; a2–a4 and b1 fill the queue
+    const a = [submit('a1', 0, 'a'), submit('a2', 1, 'a'), submit('a3', 2, 'a'), submit('a4', 3, 'a')]
+    const b1 = submit('b1', 4, 'b')
+    t.match(pool.stats(), { queued: 4, overflowed: 0 }, 'the queue is full')
+    const c1 = submit('c1', 5, 'c')
+    t.ok(c1, 'a peer with nothing waiting is queued although the queue is full')
+    t.match(await a[3], { code: 'ERR_NHI_POOL_BUSY' }, 'in place of the newest job of the longest queue')
+    t.match(pool.stats(), { queued: 4, overflowed: 1 }, 'the queue stays within its bound')
+    t.equal(submit('c2', 6, 'c'), undefined, 'refused: no queue has two more waiting than c')
+    t.equal(submit('b2', 7, 'b'), undefined, 'refused: nor than b')
+    const d1 = submit('d1', 8, 'd')
+    t.ok(d1, 'another idle peer is queued')
+    t.match(
+      await a[2],
+      { code: 'ERR_NHI_POOL_BUSY' },
+      'in place of the newest job of a, still the longest queue',
+    )
+    t.equal(
+      submit('e1', 9, 'e'),
+      undefined,
+      'refused: every peer has one waiting, taking the place of one would only swap them',
+    )
+    t.match(pool.stats(), { queued: 4, overflowed: 5 })
+    const replies = await Promise.all([a[0], a[1], b1, c1, d1])
+    t.ok(
+      replies.every((r) => r && 'header' in r),
+      'every job that kept its place verified in the worker',
+    )
+    t.same(
+      order,
+      ['a4', 'a3', 'a1', 'a2', 'b1', 'c1', 'd1'],
+      'the jobs that gave their place answered at once',
+    )
+  },
+)
 
 t.test('jobs started in one turn of the event loop go to the worker in one message', async (t) => {
   const pool = new VerifyPool({ size: 1, maxQueue: 100, maxQueuePerPeer: 100 })
@@ -226,6 +281,63 @@ t.test(
       'a refused token is not cached as a failure: it verifies once the queue has room',
     )
     t.match(x.verifyPool(), { overflowed: busy.length, queued: 0 })
+  },
+)
+
+// Each flooding address stays within its own bound (256), but five of them fill the shared one (1,024):
+// a client with nothing waiting must still get its new token verified, not verification_busy (a 401 under
+// jwt.onInvalid: reject) for as long as the flood lasts.
+t.test(
+  'behind the extractor: addresses that fill the whole queue between them do not keep out a quiet one',
+  async (t) => {
+    const idp = await startJwksServer([key])
+    t.teardown(() => idp.close())
+    const x = new JwtExtractor(
+      configSchema.parse({
+        jwt: { issuers: [{ issuer: ISSUER, jwksUri: idp.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
+      }).jwt,
+    )
+    t.teardown(() => x.close())
+    await x.start()
+    const req = (token: string) => ({
+      method: 'GET',
+      path: '/',
+      url: '/',
+      headers: { authorization: `Bearer ${token}` },
+    })
+    const peer = (address: string): ConnectionInfo => ({ remoteAddress: address, remotePort: 1, tls: false })
+    // new tokens with the issuer's kid and a signature that does not verify: the flood costs nothing to make
+    const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url')
+    const header = b64({ alg: 'ES256', kid: key.kid })
+    const forged = (i: number) =>
+      `${header}.${b64({ iss: ISSUER, sub: `flood-${i}` })}.${randomBytes(64).toString('base64url')}`
+    const warmUp = await mintToken(key, {}, { issuer: ISSUER, subject: 'warm-up' })
+    const quietToken = await mintToken(key, {}, { issuer: ISSUER, subject: 'quiet' })
+    t.match(await x.extract(req(warmUp), peer('10.0.1.1')), { verified: true }, 'inline warm-up')
+    await eventually(() => x.verifyPool().workers === 1, { what: 'the worker ready' })
+
+    const FLOODERS = 5
+    const PER_FLOODER = 300
+    const flood = Array.from({ length: FLOODERS * PER_FLOODER }, (_, i) =>
+      x.extract(req(forged(i)), peer(`10.0.0.${1 + Math.floor(i / PER_FLOODER)}`)),
+    )
+    t.match(x.verifyPool(), { queued: 1024 }, 'the flood fills the whole queue')
+    const quiet = x.extract(req(quietToken), peer('10.0.1.1'))
+    t.match(await quiet, { verified: true }, "a quiet client's new token is verified")
+    const settled = (await Promise.all(flood)) as (JwtEvidence | Failure)[]
+    const busy = settled.filter((r) => 'failed' in r && r.reason === 'verification_busy').length
+    t.equal(
+      busy,
+      FLOODERS * PER_FLOODER - DEFAULT_PER_WORKER - 1023,
+      'the flood keeps one place less: the quiet token took it',
+    )
+    t.ok(
+      settled.every(
+        (r) => 'failed' in r && (r.reason === 'verification_busy' || r.reason === 'bad_signature'),
+      ),
+      'the rest of the flood fails its signature check',
+    )
+    t.match(x.verifyPool(), { overflowed: busy, queued: 0 })
   },
 )
 

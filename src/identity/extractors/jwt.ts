@@ -91,7 +91,8 @@ const MAX_INFLIGHT = 10_000
 /**
  * New tokens waiting for a verification worker, all clients together and per client address. Past either the
  * request is attributed as a failed verification (verification_busy, not cached) rather than queued: at
- * ≈ 0.2 ms per RS256 verification, 256 waiting jobs are ≈ 50 ms of one worker's time.
+ * ≈ 0.2 ms per RS256 verification, 256 waiting jobs are ≈ 50 ms of one worker's time. The pool lets a client
+ * with fewer waiting into a full queue in place of the one with the most (pool.ts).
  */
 const MAX_POOL_QUEUE = 1024
 const MAX_POOL_QUEUE_PER_PEER = 256

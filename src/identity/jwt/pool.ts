@@ -3,7 +3,10 @@
 // message each way instead of jose's whole verification, and everyone else's requests keep being served.
 // Waiting jobs are queued per peer and served round-robin (one client's flood does not delay another
 // client's new token by more than one turn), with a bound per peer and a global one: past either the job is
-// refused at once (the caller attributes the request as a failed verification, `verification_busy`).
+// refused at once (the caller attributes the request as a failed verification, `verification_busy`). The
+// global bound is shared, so when it is reached the newcomer of a peer with fewer jobs waiting takes the
+// place of the newest job of the peer with the most (that job is refused instead): a few addresses that fill
+// the queue between them cannot keep every other client's new tokens out.
 // Jobs go to a worker in batches (those started in one turn of the event loop, one message) and come back
 // in batches: a message each way per job cost about as much CPU as the signature check itself, most of it
 // in waking the other thread, and on a small pod that is CPU the flood takes from everyone. A batch is flat
@@ -50,6 +53,8 @@ export interface PoolKeys {
  * start-up do not wait for a thread to boot): the caller verifies on the main thread instead
  */
 export const WORKER_GONE = 'ERR_NHI_WORKER_GONE'
+/** the job waited, and gave its place to another peer's when the queue was full: refused as busy */
+export const POOL_BUSY = 'ERR_NHI_POOL_BUSY'
 
 export interface VerifyPoolOptions {
   /** worker threads, started on first use */
@@ -75,7 +80,7 @@ export interface VerifyPoolStats {
   running: number
   /** jobs answered by a worker since start */
   verified: number
-  /** jobs refused because a queue bound was reached */
+  /** jobs refused because a queue bound was reached, at once or after giving their place to another peer's */
   overflowed: number
   /** messages sent to workers, each carrying the jobs started in one turn of the event loop */
   batches: number
@@ -165,7 +170,11 @@ export class VerifyPool {
     }
   }
 
-  /** undefined when the peer's or the global queue is full: the job was refused, nothing was queued */
+  /**
+   * undefined when the peer's queue is full, or the global one is and no peer has two more jobs waiting than
+   * this one: the job was refused, nothing was queued. A queued job may still be answered POOL_BUSY, when a
+   * peer with fewer jobs waiting takes its place.
+   */
   verify(job: PoolJob, keys: PoolKeys, peer: string): Promise<WorkerReply> | undefined {
     if (!this.usable) return Promise.resolve({ id: 0, code: WORKER_GONE })
     const slot = this.waiting.size === 0 ? this.freeSlot() : undefined
@@ -173,7 +182,11 @@ export class VerifyPool {
     let queue: Pending[] | undefined
     if (!slot) {
       queue = this.waiting.get(peer)
-      if (this.queued >= this.opts.maxQueue || (queue?.length ?? 0) >= this.opts.maxQueuePerPeer) {
+      const waiting = queue?.length ?? 0
+      if (
+        waiting >= this.opts.maxQueuePerPeer ||
+        (this.queued >= this.opts.maxQueue && !this.makeRoomFor(waiting))
+      ) {
         this.overflowed++
         return undefined
       }
@@ -188,6 +201,22 @@ export class VerifyPool {
       else this.waiting.set(peer, [pending])
       this.queued++
     })
+  }
+
+  /**
+   * The queue is full: refuses the newest job of the peer with the most waiting, when that is at least two
+   * more than the newcomer's peer has (one more would only swap their places, to no one's benefit). The
+   * scan runs only on a full queue and covers at most maxQueue peers.
+   */
+  private makeRoomFor(waiting: number): boolean {
+    let longest: Pending[] | undefined
+    for (const q of this.waiting.values()) if (!longest || q.length > longest.length) longest = q
+    if (!longest || longest.length < waiting + 2) return false
+    const evicted = longest.pop()!
+    this.queued--
+    this.overflowed++
+    evicted.resolve({ id: evicted.id, code: POOL_BUSY })
+    return true
   }
 
   close(): void {

@@ -6,7 +6,7 @@ import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../
 import { type FailureCause, failureCause } from './errors.ts'
 import { IssuerKeySet, type KeySetOptions, type PublicKeys } from './jwks.ts'
 import { type JwtCheckOptions, verifyJwtWithKeySet } from './jws.ts'
-import { type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
+import { POOL_BUSY, type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
 import type { UnverifiedToken } from './token.ts'
 
 export interface VerifierOptions extends KeySetOptions {
@@ -15,7 +15,7 @@ export interface VerifierOptions extends KeySetOptions {
   pool?: VerifyPool
 }
 
-/** the pool refused the job (its queue for this peer, or all peers, is full) */
+/** the pool refused the job (its queue for this peer, or all peers, is full), at once or after it waited */
 const BUSY: FailureCause = {
   reason: 'verification_busy',
   detail: 'too many new tokens are waiting for verification',
@@ -177,6 +177,7 @@ export class IssuerVerifier {
           payload: (peeked?.claims as JWTPayload | undefined) ?? decodeJwt(token),
           protectedHeader: r.header,
         }
+      if (r.code === POOL_BUSY) throw new PoolBusy()
       if (r.code !== WORKER_GONE && JOSE_ERRORS.has(r.code)) throw joseError(r.code, r.claim)
       // the worker is gone or did not hold these keys: verify here, as without a pool
     }
