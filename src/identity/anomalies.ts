@@ -20,6 +20,14 @@ import { certificateOf } from './sources/certificate.ts'
 import { evidenceOf } from './sources/source.ts'
 import { spiffeNamespaceServiceAccount } from './spiffe.ts'
 
+/**
+ * Counts an anomaly found after its request was answered (a crawler claim whose reverse DNS lookup concluded
+ * later) in nhi_credential_anomalies_total; the request's own record stays as it was.
+ */
+export interface AnomalyObserver {
+  found(type: AnomalyType, count: number): void
+}
+
 /** Anomalies implied by a credential failure on its own. */
 export function anomaliesFromFailures(failures: readonly Failure[]): AnomalyType[] {
   const out: AnomalyType[] = []

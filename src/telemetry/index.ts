@@ -8,7 +8,14 @@ import { AuditLog, type AuditLogOptions } from './audit.ts'
 import type { AuditQuery, AuditRecord } from './audit-ring.ts'
 import type { IdentitiesView, IdentitySort } from './identities.ts'
 import { LiveFeed, type LiveOptions, type LiveStats, liveLimits } from './live.ts'
-import type { Http2AbuseReason, JwksObserver, Scrape, TlsSide, TunnelProtocol } from './metrics.ts'
+import type {
+  AnomalyObserver,
+  Http2AbuseReason,
+  JwksObserver,
+  Scrape,
+  TlsSide,
+  TunnelProtocol,
+} from './metrics.ts'
 import { MetricsRecorder } from './metrics-recorder.ts'
 import { OtlpRecorder } from './otlp-recorder.ts'
 
@@ -88,6 +95,11 @@ export class Telemetry {
 
   get jwksObserver(): JwksObserver {
     return this.metrics.jwksObserver
+  }
+
+  /** anomalies found after their request was recorded: counted by the metrics output only */
+  get anomalyObserver(): AnomalyObserver {
+    return this.metrics.anomalyObserver
   }
 
   record(event: RequestEvent): void {

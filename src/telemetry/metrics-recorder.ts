@@ -5,6 +5,7 @@ import type { Recorder, RequestEvent } from '../types.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
 import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
 import {
+  type AnomalyObserver,
   type Http2AbuseReason,
   type JwksObserver,
   Metrics,
@@ -86,6 +87,10 @@ export class MetricsRecorder implements Recorder {
 
   get jwksObserver(): JwksObserver {
     return this.metrics.jwksObserver
+  }
+
+  get anomalyObserver(): AnomalyObserver {
+    return this.metrics.anomalyObserver
   }
 
   record(event: RequestEvent): void {

@@ -4,6 +4,7 @@
 // derived from the table at scrape time. One registry renders both Prometheus text and OpenMetrics
 // (with trace_id exemplars on nhi_requests_total and the duration histogram).
 
+import type { AnomalyObserver } from '../identity/anomalies.ts'
 import type { JwksObserver } from '../identity/jwt/jwks.ts'
 import type { Identity, Kind, PolicyDecision, RequestEvent } from '../types.ts'
 import { flattened } from '../util/flat.ts'
@@ -27,7 +28,7 @@ import {
   OVERFLOW_IDENTITY,
 } from './identity-table.ts'
 
-export type { JwksObserver }
+export type { AnomalyObserver, JwksObserver }
 
 export interface MetricsOptions {
   service: string
@@ -492,6 +493,11 @@ export class Metrics {
       this.jwksKeys.set([issuer], keyCount)
       if (result === 'success') this.jwksLastSuccess.set([issuer], at / 1000)
     },
+  }
+
+  /** anomalies found after their request was recorded (a crawler claim's DNS lookup concluded later) */
+  readonly anomalyObserver: AnomalyObserver = {
+    found: (type, count) => this.anomalies.inc([this.service, type], count),
   }
 
   /** exported at 0 once a side has TLS files, so an alert can use increase() before the first failure */

@@ -311,6 +311,41 @@ t.test(
   },
 )
 
+// A request is never held for its lookup, so every claim from an address seen for the first time used to be
+// neither verified nor counted: a client that never repeats an address was never counted at all.
+t.test(
+  'a claim answered before its lookup concluded is counted when the lookup finds it false',
+  async (t) => {
+    const dns = await startDns({ ptr: {}, a: {} }, { silent: true })
+    t.teardown(() => dns.socket.close())
+    const config = verifyConfig({ dns: { enabled: true, servers: [dns.server], timeout: '150ms' } })
+    const found: [string, number][] = []
+    const engine = new AttributionPipeline(config, {
+      anomalyObserver: { found: (type, count) => found.push([type, count]) },
+    })
+    t.teardown(() => engine.close())
+    const from = (remoteAddress: string, ua = GOOGLEBOT) =>
+      engine.evaluate(req({ 'user-agent': ua }), { remoteAddress, remotePort: 1, tls: false }) as Awaited<
+        ReturnType<AttributionPipeline['evaluate']>
+      >
+
+    for (let i = 0; i < 3; i++) {
+      t.same(from('192.0.2.70').evidence.anomalies, [], 'answered while the lookup runs, not counted yet')
+    }
+    // named after another product: false whatever the lookup answers, so counted with the request
+    const misnamed = from(
+      '192.0.2.71',
+      'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html) ClaudeBot/1.0',
+    )
+    t.equal(misnamed.identity.name, 'ua:claudebot')
+    t.same(misnamed.evidence.anomalies, ['unverified_claim'])
+    await engine.settled()
+    t.same(found, [['unverified_claim', 3]], 'each request that waited on the failed lookup, once')
+    t.same(from('192.0.2.70').evidence.anomalies, ['unverified_claim'], 'later requests: with the request')
+    t.equal(found.length, 1, 'and only there')
+  },
+)
+
 t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published files', async (t) => {
   const server = createServer((req, res) => {
     if (req.url === '/down.json') {

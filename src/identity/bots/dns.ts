@@ -1,12 +1,18 @@
 // Reverse-then-forward DNS verification of a crawler's address (what Google and Bing document for their
 // crawlers): the PTR name of the address must end in one of the operator's domains, and that name must
 // resolve back to the same address. Lookups never hold a request: the caller gets the cached answer or
-// "pending", and the answer lands in a bounded cache for the requests that follow.
+// "pending", and the answer lands in a bounded cache for the requests that follow. The requests that waited
+// on a lookup are counted, and reported when it concludes unverified (`onUnverified`): a client that never
+// repeats an address gets every claim answered "pending", and would otherwise never be counted.
 import { Resolver } from 'node:dns/promises'
 import { isIPv4 } from 'node:net'
 import { LRUCache } from 'lru-cache'
 
-export type DnsResult = 'verified' | 'unverified' | 'pending'
+/**
+ * `pending`: a lookup is on its way; `unchecked`: none is, nor will be for this claim (as many lookups as
+ * allowed are already running, or the verifier is closed)
+ */
+export type DnsResult = 'verified' | 'unverified' | 'pending' | 'unchecked'
 
 export interface DnsVerifierOptions {
   /** operator (any case) → domain suffixes its crawlers' PTR names end in, e.g. ["googlebot.com"] */
@@ -16,10 +22,18 @@ export interface DnsVerifierOptions {
   /** how long an answer is kept */
   cacheTtlMs: number
   cacheSize: number
-  /** at most this many lookups at once; more claims wait for a later request */
+  /** at most this many lookups at once; a claim that finds them all running is `unchecked` */
   maxInflight?: number
   /** DNS servers (ip or ip:port); default: the system's */
   servers?: readonly string[]
+  /** a lookup concluded unverified (an answer, or a failure): `waiting` requests had waited on it */
+  onUnverified?: (waiting: number) => void
+}
+
+/** One lookup on its way, and how many requests wait for its answer to be counted. */
+interface Inflight {
+  done: Promise<void>
+  waiting: number
 }
 
 /**
@@ -33,7 +47,8 @@ export const FAILED_LOOKUP_TTL_MS = 60_000
 export class DnsVerifier {
   private readonly resolver: Resolver
   private readonly cache: LRUCache<string, 'verified' | 'unverified'>
-  private readonly inflight = new Map<string, Promise<void>>()
+  /** at most maxInflight entries: the lookups on their way */
+  private readonly inflight = new Map<string, Inflight>()
   private readonly domains = new Map<string, readonly string[]>()
   private readonly maxInflight: number
   private closed = false
@@ -57,32 +72,50 @@ export class DnsVerifier {
     return this.domains.has(operator.toLowerCase())
   }
 
-  /** The cached answer, or 'pending' after starting a lookup in the background. */
+  /**
+   * The cached answer, `pending` while a lookup is on its way (one is started when none is), `unchecked` when
+   * no lookup can be started.
+   */
   check(operator: string, address: string): DnsResult {
     const op = operator.toLowerCase()
     const key = `${op} ${address}`
     const hit = this.cache.get(key)
     if (hit) return hit
-    if (!this.closed && !this.inflight.has(key) && this.inflight.size < this.maxInflight) {
-      const p = this.lookup(op, address).then(
-        (ok) => {
-          if (!this.closed) this.cache.set(key, ok ? 'verified' : 'unverified')
-        },
-        // a timeout or a server failure confirms nothing: unverified, for a shorter while than an answer
-        () => {
-          if (!this.closed)
-            this.cache.set(key, 'unverified', { ttl: Math.min(this.opts.cacheTtlMs, FAILED_LOOKUP_TTL_MS) })
-        },
-      )
-      this.inflight.set(key, p)
-      void p.finally(() => this.inflight.delete(key))
+    if (this.inflight.has(key)) return 'pending'
+    if (this.closed || this.inflight.size >= this.maxInflight) return 'unchecked'
+    const entry: Inflight = { done: Promise.resolve(), waiting: 0 }
+    const concluded = (result: 'verified' | 'unverified', ttl?: number) => {
+      this.inflight.delete(key)
+      if (this.closed) return
+      this.cache.set(key, result, ttl !== undefined ? { ttl } : undefined)
+      if (result !== 'unverified' || entry.waiting === 0) return
+      try {
+        this.opts.onUnverified?.(entry.waiting)
+      } catch {
+        // a count that could not be taken must not become an unhandled rejection (that ends the process)
+      }
     }
+    entry.done = this.lookup(op, address).then(
+      (ok) => concluded(ok ? 'verified' : 'unverified'),
+      // a timeout or a server failure confirms nothing: unverified, for a shorter while than an answer
+      () => concluded('unverified', Math.min(this.opts.cacheTtlMs, FAILED_LOOKUP_TTL_MS)),
+    )
+    this.inflight.set(key, entry)
     return 'pending'
+  }
+
+  /**
+   * One more request waits on the lookup `check` answered `pending` for: it is counted if the lookup
+   * concludes unverified.
+   */
+  wait(operator: string, address: string): void {
+    const entry = this.inflight.get(`${operator.toLowerCase()} ${address}`)
+    if (entry) entry.waiting++
   }
 
   /** Resolves when every lookup started so far has finished (for tests and shutdown). */
   async settled(): Promise<void> {
-    await Promise.all([...this.inflight.values()])
+    await Promise.all([...this.inflight.values()].map((e) => e.done))
   }
 
   close(): void {

@@ -1,11 +1,14 @@
 // Verified bots: a user agent claiming a well-known crawler operator is verified only when the address it
 // comes from is inside that operator's published IP ranges (or, when enabled, passes reverse-then-forward
-// DNS). A claim from elsewhere is an `unverified_claim` anomaly. Ranges start from the snapshot shipped with
-// the release and are refreshed from the configured URLs with the JWKS fetcher's rules: the last good file
-// keeps serving through failures, a failed fetch is retried sooner than the regular refresh.
+// DNS). A claim from elsewhere is an `unverified_claim` anomaly; one whose reverse DNS lookup is still on its
+// way is counted when the lookup concludes unverified (the request is answered by then). Ranges start from
+// the snapshot shipped with the release and are refreshed from the configured URLs with the JWKS fetcher's
+// rules: the last good file keeps serving through failures, a failed fetch is retried sooner than the
+// regular refresh.
 import type { Config } from '../../config/schema.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo, UserAgentEvidence } from '../../types.ts'
 import type { CidrSet } from '../../util/cidr.ts'
+import type { AnomalyObserver } from '../anomalies.ts'
 import { clientAddress, trustedProxySet } from '../client-address.ts'
 import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
 import { evidenceOf, replaceEvidence } from '../sources/source.ts'
@@ -30,6 +33,8 @@ export interface BotRangesObserver {
 
 export interface BotVerifierOptions {
   observer?: BotRangesObserver
+  /** counts the claims found false once their request was answered (its DNS lookup concluded later) */
+  anomalies?: AnomalyObserver
 }
 
 /** A range file may be this large; the largest published one is some 30 KiB. */
@@ -70,6 +75,7 @@ export class BotVerifier {
         cacheTtlMs: cfg.dns.cacheTtl,
         cacheSize: cfg.dns.cacheSize,
         servers: cfg.dns.servers,
+        onUnverified: (waiting) => opts.anomalies?.found('unverified_claim', waiting),
       })
     }
   }
@@ -104,13 +110,15 @@ export class BotVerifier {
    */
   verifyBotClaim(operator: string, address: string): BotClaimResult {
     const r = this.check(operator, address)
-    return r === 'ranges' || r === 'dns' ? 'verified' : r
+    return r === 'ranges' || r === 'dns' ? 'verified' : r === 'pending' ? 'unknown' : r
   }
 
   /**
    * Checks the crawler claims of this request's user agent, if it makes any: a user agent verified by the
    * operator it is named after (every other claim in it not found false) replaces the user-agent evidence
    * with a verified copy; a false claim adds the `unverified_claim` anomaly, and then nothing is verified.
+   * A claim whose DNS lookup is on its way is counted (not in this request's anomalies: it is answered by
+   * then) if the lookup concludes unverified.
    */
   attest(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): void {
     const ua = evidenceOf<UserAgentEvidence>(evidence, 'useragent')
@@ -121,10 +129,15 @@ export class BotVerifier {
     let verifiedBy: 'ranges' | 'dns' | undefined
     let verifiedFor: string | undefined
     let falseClaim = false
+    let pending: string | undefined
     for (const operator of operators) {
       const r = this.check(operator, address)
       if (r === 'unverified_claim') falseClaim = true
-      else if (r === 'ranges' || r === 'dns') {
+      else if (r === 'pending') {
+        // a user agent named after another product is false whatever the lookup answers
+        if (!operatorVouchesFor(operator, ua)) falseClaim = true
+        else pending ??= operator
+      } else if (r === 'ranges' || r === 'dns') {
         // the address checks out for the operator, but the user agent is named after another product
         if (!operatorVouchesFor(operator, ua)) falseClaim = true
         else {
@@ -135,20 +148,28 @@ export class BotVerifier {
     }
     if (falseClaim) {
       if (!evidence.anomalies.includes('unverified_claim')) evidence.anomalies.push('unverified_claim')
-    } else if (verifiedBy !== undefined && verifiedFor !== undefined) {
-      replaceEvidence(evidence, 'useragent', verifiedEvidence(ua, verifiedFor, verifiedBy))
+      return
     }
+    if (verifiedBy !== undefined && verifiedFor !== undefined)
+      replaceEvidence(evidence, 'useragent', verifiedEvidence(ua, verifiedFor, verifiedBy))
+    // a request is counted once at most: it waits on the first of its lookups on their way
+    if (pending !== undefined) this.dns?.wait(pending, address)
   }
 
-  private check(operator: string, address: string): 'ranges' | 'dns' | 'unverified_claim' | 'unknown' {
+  private check(
+    operator: string,
+    address: string,
+  ): 'ranges' | 'dns' | 'unverified_claim' | 'pending' | 'unknown' {
     if (!this.cfg.enabled) return 'unknown'
     const ranged = this.ranges.has(operator)
     if (ranged && this.ranges.contains(operator, address)) return 'ranges'
     if (this.dns?.covers(operator)) {
       const d = this.dns.check(operator, address)
       if (d === 'verified') return 'dns'
-      if (d === 'unverified') return 'unverified_claim'
-      return 'unknown'
+      if (d === 'pending') return 'pending'
+      // no lookup will ever conclude an unchecked claim (every allowed lookup is running): counted now, as a
+      // lookup that failed would be, or a client with fresh addresses could keep every claim uncounted
+      return 'unverified_claim'
     }
     return ranged ? 'unverified_claim' : 'unknown'
   }

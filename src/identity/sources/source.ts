@@ -17,6 +17,7 @@ import type {
   RequestEvent,
   RequestInfo,
 } from '../../types.ts'
+import type { AnomalyObserver } from '../anomalies.ts'
 import type { BotRangesObserver } from '../bots/verify.ts'
 import type { JwksObserver, KeyMemory } from '../jwt/jwks.ts'
 import type { NonceStore } from '../signatures/nonces.ts'
@@ -35,6 +36,8 @@ export interface Rejection {
 export interface SourceContext {
   jwksObserver?: JwksObserver
   botRangesObserver?: BotRangesObserver
+  /** where anomalies found after their request was answered are counted */
+  anomalyObserver?: AnomalyObserver
   /** unix ms clock (tests) */
   now?: () => number
   /**

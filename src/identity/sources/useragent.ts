@@ -12,6 +12,7 @@ export const userAgentSource: CredentialSource<UserAgentEvidence> = {
     // a crawler's claimed operator is checked against its published ranges (or DNS) by the client address
     const bots = new BotVerifier(config.bots.verify, config.forwardedClientCert, {
       observer: ctx.botRangesObserver,
+      anomalies: ctx.anomalyObserver,
     })
     return {
       extract(req) {
