@@ -14,34 +14,51 @@ function isSecretParam(name: string): boolean {
   return SECRET_PARAM.test(name) || SECRET_FIELD.test(name)
 }
 
-const USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i
+const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i
 
 /**
- * Masks userinfo and secret-looking query parameters of a URL-shaped string; anything else is returned as is.
- * A string that only looks like a URL (one `new URL` refuses, e.g. a port out of range) still has its
- * userinfo masked: it is most likely quoted in a message saying why it was refused.
+ * Masks the userinfo and the secret-looking query parameters of a URL-shaped string; anything else is returned
+ * as is. The userinfo is everything from `://` to the text's last `@`, not what a URL parser makes of it: a
+ * password holding a `#`, `?` or `/` that is not percent-encoded ends the authority early for the parser, which
+ * then reads the rest of the password as a port, a path, a query or a fragment, or refuses the URL (one it
+ * refuses is most likely quoted in a message saying why). An `@` in a path or query is masked with it: a
+ * credential shown is worse than a path cut short.
  */
 export function redactUrl(text: string): string {
-  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return text
+  const scheme = SCHEME.exec(text)
+  if (!scheme) return text
+  const at = text.lastIndexOf('@')
+  const masked = at === -1 ? text : `${scheme[0]}redacted${text.slice(at)}`
   let u: URL
   try {
-    u = new URL(text)
+    u = new URL(masked)
   } catch {
-    return text.replace(USERINFO, '$1redacted@')
+    return masked
   }
   let changed = false
-  if (u.username || u.password) {
-    u.username = 'redacted'
-    u.password = ''
-    changed = true
-  }
   for (const name of new Set(u.searchParams.keys())) {
     if (isSecretParam(name)) {
       u.searchParams.set(name, 'redacted')
       changed = true
     }
   }
-  return changed ? u.toString() : text
+  return changed ? u.toString() : masked
+}
+
+/** a URL inside a message: up to a blank or a quote, the marks messages set around a value */
+const URL_IN_TEXT = /[a-z][a-z0-9+.-]*:\/\/[^\s'"<>`]+/gi
+
+/**
+ * A message that may quote URLs (an error naming the one it could not use), with each masked as redactUrl
+ * masks it. `urls` are the URLs the message may quote as given: each is replaced whole first, so a password
+ * holding a blank or a quote, which would end the URL as found in the text, is masked too.
+ */
+export function redactText(text: string, urls: readonly (string | undefined)[] = []): string {
+  let out = text
+  const known = [...new Set(urls.filter((u): u is string => u !== undefined && u !== ''))]
+  // the longest first: a base URL is the start of the signal URLs made from it
+  for (const url of known.sort((a, b) => b.length - a.length)) out = out.split(url).join(redactUrl(url))
+  return out.replace(URL_IN_TEXT, (url) => redactUrl(url))
 }
 
 /** Field names that are secrets wherever they appear, whatever their value's type. */

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import pino from 'pino'
 import t, { type Test } from 'tap'
 import { type AdminAccess, createAdminServer } from '../../src/admin/server.ts'
-import { redactConfig, redactHeader, redactUrl } from '../../src/config/redact.ts'
+import { redactConfig, redactHeader, redactText, redactUrl } from '../../src/config/redact.ts'
 import { configSchema } from '../../src/config/schema.ts'
 import { TokenFile } from '../../src/runtime.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
@@ -126,6 +126,50 @@ t.test('/config redacts URL userinfo and secret-looking query parameters', async
     jwt: { issuers: [{ issuer: 'https://idp.example', jwksUri: 'https://a:b@idp.example/jwks?token=t0k' }] },
   }) as { jwt: { issuers: { jwksUri: string }[] } }
   t.notMatch(cfg.jwt.issuers[0]?.jwksUri, /a:b|t0k/)
+})
+
+t.test('a password holding # ? / or a blank is masked, whatever a URL parser makes of it', async (t) => {
+  // new URL refuses the first ones (the rest of the password taken for a port) and reads the last ones as
+  // host `user` with a port: the password then shows as a fragment, a query or a path
+  for (const url of [
+    'http://user:S3CRET#pw@collector:4318',
+    'http://user:S3CRET?pw@collector:4318',
+    'http://user:S3CRET/pw@collector:4318',
+    'http://user:S3CRET pw@collector:4318',
+    'http://user:S3CRET@collector:99999',
+    'http://user:1234#S3CRET@collector:4318',
+    'http://user:1234?S3CRET@collector:4318',
+    'http://user:1234/S3CRET@collector:4318',
+  ]) {
+    const masked = redactUrl(url)
+    t.notMatch(masked, /S3CRET|user/, `${url} → ${masked}`)
+    t.match(masked, /^http:\/\/redacted@collector:(4318|99999)$/)
+  }
+  t.equal(
+    redactUrl('http://user:pa#ss@collector:4318/?api_key=k3y&tenant=acme'),
+    'http://redacted@collector:4318/?api_key=redacted&tenant=acme',
+    'secret query parameters are masked after it',
+  )
+  t.same(
+    redactConfig({ otlp: { endpoint: 'http://collector:S3CRET#pw@127.0.0.1:4318' } }),
+    { otlp: { endpoint: 'http://redacted@127.0.0.1:4318' } },
+    'on /config',
+  )
+})
+
+t.test('redactText masks the URLs a message quotes', async (t) => {
+  const url = 'http://user:S3CRET#pw@127.0.0.1:99999/v1/traces'
+  t.equal(
+    redactText(`Configuration: Could not parse user-provided export URL: '${url}'`),
+    "Configuration: Could not parse user-provided export URL: 'http://redacted@127.0.0.1:99999/v1/traces'",
+  )
+  const quoted = "http://user:it's S3CRET@127.0.0.1:99999/v1/traces"
+  t.equal(
+    redactText(`bad URL: '${quoted}'`, [quoted]),
+    "bad URL: 'http://redacted@127.0.0.1:99999/v1/traces'",
+    'a URL known to be quoted is masked whole, quote and blank in its password included',
+  )
+  t.equal(redactText('exit code 1'), 'exit code 1', 'nothing else changes')
 })
 
 t.test(
