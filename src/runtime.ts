@@ -318,6 +318,11 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
 
   telemetry.otlp.onThreadExit = (error) =>
     log.warn({ event: 'otlp_thread_exit', error }, 'OTLP export thread stopped, restarting it')
+  telemetry.otlp.onThreadUnusable = (error) =>
+    log.error(
+      { event: 'otlp_export_failed', error },
+      'OTLP export cannot start with these settings; spans and log records are dropped until a reload changes them',
+    )
   // an output is not the proxy: one that cannot apply its config is reported, traffic is served
   logRecorderFailures(log, await telemetry.start())
   logOtlpTarget(log, telemetry.otlp.target, undefined)

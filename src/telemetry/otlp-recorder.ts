@@ -29,6 +29,11 @@ export class OtlpRecorder implements Recorder {
 
   /** told when an export thread died (it is restarted; what it held is counted as export_failed) */
   onThreadExit: ((error: string) => void) | undefined
+  /**
+   * told once when the SDK refuses the settings (no thread is restarted; records are counted as export_failed
+   * until a reload changes the settings)
+   */
+  onThreadUnusable: ((error: string) => void) | undefined
 
   constructor(
     private readonly version: string,
@@ -68,6 +73,7 @@ export class OtlpRecorder implements Recorder {
         version: this.version,
         counts: { spans: this.spanCounts, logs: this.logCounts },
         onExit: (error) => this.onThreadExit?.(error),
+        onUnusable: (error) => this.onThreadUnusable?.(error),
       })
     }
     const previous = this.export

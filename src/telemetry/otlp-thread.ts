@@ -4,9 +4,12 @@
 // Bounded: records buffered here plus records posted and not yet handed to the SDK never exceed
 // maxQueueSize; past it a record is dropped and counted as queue_full, so a stuck or slow thread never
 // blocks or buffers traffic. The thread reports the SDK's exported / dropped counts back, so the counters
-// stay exact; a thread that dies is restarted, and what it held is counted as export_failed.
+// stay exact; a thread that dies is restarted, and what it held is counted as export_failed. Settings the SDK
+// refuses to build exporters from are reported once and not retried: every thread would die the same way.
+// Whatever a thread reports is redacted here: the SDK's messages quote the collector URL, credentials and all.
 // Imports nothing from the SDK: that is loaded by the thread only.
 import type { ResourceLimits, Worker } from 'node:worker_threads'
+import { redactText } from '../config/redact.ts'
 import type { RequestEvent } from '../types.ts'
 import { startWorkerThread } from '../util/worker-thread.ts'
 import type { OtlpCounts } from './otlp.ts'
@@ -42,8 +45,13 @@ export interface OtlpThreadOptions {
   version: string
   /** outlive this instance (a reload replaces it, the counters go on) */
   counts: { spans: OtlpCounts; logs: OtlpCounts }
-  /** the thread died (not at close); it is restarted */
+  /** the thread died (not at close); it is restarted. The message is redacted */
   onExit?: (error: string) => void
+  /**
+   * the SDK refused these settings: no thread is started again, records are counted as export_failed. The
+   * message is redacted
+   */
+  onUnusable?: (error: string) => void
 }
 
 interface Running {
@@ -64,6 +72,8 @@ export class OtlpThread {
   private restartTimer: NodeJS.Timeout | undefined
   private restartDelay = RESTART_MIN_MS
   private closed = false
+  /** the SDK refused the settings: nothing runs, every record is counted as lost */
+  private unusable = false
   private readonly max: number
   private readonly batch: number
   private readonly logs: boolean
@@ -83,6 +93,11 @@ export class OtlpThread {
 
   record(event: RequestEvent): void {
     if (this.closed) return
+    if (this.unusable) {
+      this.opts.counts.spans.exportFailed++
+      if (this.logs) this.opts.counts.logs.exportFailed++
+      return
+    }
     const writer = this.batchWriter
     if (writer.records + (this.running?.inFlight ?? 0) >= this.max) {
       this.opts.counts.spans.queueFull++
@@ -134,6 +149,7 @@ export class OtlpThread {
     worker.unref()
     worker.on('message', (message: OtlpWorkerMessage) => {
       if (message.type === 'report') this.reported(running, message)
+      else if (message.type === 'unusable') this.refused(running, message.error)
     })
     worker.on('error', (err) => this.died(running, err))
     worker.on('exit', (code) => this.died(running, new Error(`exit code ${code}`)))
@@ -166,6 +182,23 @@ export class OtlpThread {
     running.inFlight = running.inSdk = running.logsInSdk = 0
   }
 
+  /** the SDK's messages quote the URLs they could not use as given: userinfo included */
+  private redact(message: string): string {
+    const { url, target, logs } = this.opts.settings
+    return redactText(message, [url, target, logs?.url])
+  }
+
+  private refused(running: Running, error: string): void {
+    if (this.running !== running) return
+    this.running = undefined
+    this.unusable = true
+    running.worker.removeAllListeners()
+    void running.worker.terminate().catch(() => {})
+    this.lost(running)
+    this.dropBuffer()
+    if (!this.closed) this.opts.onUnusable?.(this.redact(error))
+  }
+
   private died(running: Running | undefined, err: unknown): void {
     if (running) {
       if (this.running !== running) return
@@ -176,7 +209,7 @@ export class OtlpThread {
       if (Date.now() - running.startedAt >= STABLE_MS) this.restartDelay = RESTART_MIN_MS
     }
     if (this.closed) return
-    this.opts.onExit?.(err instanceof Error ? err.message : String(err))
+    this.opts.onExit?.(this.redact(err instanceof Error ? err.message : String(err)))
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined
       if (!this.closed) this.start()

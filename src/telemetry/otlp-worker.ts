@@ -27,7 +27,16 @@ export interface OtlpWorkerReport {
   logs: { exported: number; queueFull: number; exportFailed: number }
 }
 
-export type OtlpWorkerMessage = OtlpWorkerReport | { type: 'closed' }
+/**
+ * The SDK refused to build the exporters from these settings (a URL it cannot parse, a timeout of 0): no
+ * thread started with them can do better, so it is not restarted. The message is the SDK's, unredacted.
+ */
+export interface OtlpWorkerUnusable {
+  type: 'unusable'
+  error: string
+}
+
+export type OtlpWorkerMessage = OtlpWorkerReport | OtlpWorkerUnusable | { type: 'closed' }
 
 /** what the request thread sends: a batch of records, or 'close' */
 export type OtlpThreadMessage = OtlpBatch | 'close'
@@ -66,49 +75,66 @@ const port = parentPort!
 const { settings, version } = workerData as OtlpWorkerData
 const spans = zeroCounts()
 const logs = zeroCounts()
-const exporter = new OtlpExport(settings, version, { spans, logs })
-const reader = new OtlpBatchReader()
-let handled = 0
-let unsampledReported = 0
-
-function report(): void {
-  const unsampled = exporter.unsampled - unsampledReported
-  const changed =
-    handled +
-    unsampled +
-    spans.exported +
-    spans.queueFull +
-    spans.exportFailed +
-    logs.exported +
-    logs.queueFull +
-    logs.exportFailed
-  if (changed === 0) return
-  const message: OtlpWorkerReport = {
-    type: 'report',
-    handled,
-    unsampled,
-    spans: { ...spans },
-    logs: { ...logs },
-  }
-  handled = 0
-  unsampledReported = exporter.unsampled
-  spans.exported = spans.queueFull = spans.exportFailed = 0
-  logs.exported = logs.queueFull = logs.exportFailed = 0
-  port.postMessage(message)
+let built: OtlpExport | undefined
+try {
+  built = new OtlpExport(settings, version, { spans, logs })
+} catch (err) {
+  port.postMessage({
+    type: 'unusable',
+    error: err instanceof Error ? err.message : String(err),
+  } satisfies OtlpWorkerMessage)
+}
+if (built === undefined) {
+  // nothing left to run: the port closed, the thread ends
+  port.close()
+} else {
+  serve(built)
 }
 
-// exports finish between batches: their counts must reach the metrics without waiting for more traffic
-setInterval(report, REPORT_EVERY_MS).unref()
+function serve(exporter: OtlpExport): void {
+  const reader = new OtlpBatchReader()
+  let handled = 0
+  let unsampledReported = 0
 
-port.on('message', (message: OtlpThreadMessage) => {
-  if (message === 'close') {
-    void exporter.close().then(() => {
-      report()
-      port.postMessage({ type: 'closed' } satisfies OtlpWorkerMessage)
-    })
-    return
+  function report(): void {
+    const unsampled = exporter.unsampled - unsampledReported
+    const changed =
+      handled +
+      unsampled +
+      spans.exported +
+      spans.queueFull +
+      spans.exportFailed +
+      logs.exported +
+      logs.queueFull +
+      logs.exportFailed
+    if (changed === 0) return
+    const message: OtlpWorkerReport = {
+      type: 'report',
+      handled,
+      unsampled,
+      spans: { ...spans },
+      logs: { ...logs },
+    }
+    handled = 0
+    unsampledReported = exporter.unsampled
+    spans.exported = spans.queueFull = spans.exportFailed = 0
+    logs.exported = logs.queueFull = logs.exportFailed = 0
+    port.postMessage(message)
   }
-  reader.read(message, (event) => exporter.record(event))
-  handled += message.records
-  report()
-})
+
+  // exports finish between batches: their counts must reach the metrics without waiting for more traffic
+  setInterval(report, REPORT_EVERY_MS).unref()
+
+  port.on('message', (message: OtlpThreadMessage) => {
+    if (message === 'close') {
+      void exporter.close().then(() => {
+        report()
+        port.postMessage({ type: 'closed' } satisfies OtlpWorkerMessage)
+      })
+      return
+    }
+    reader.read(message, (event) => exporter.record(event))
+    handled += message.records
+    report()
+  })
+}

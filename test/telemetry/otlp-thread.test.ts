@@ -1,6 +1,7 @@
 // The OTLP export thread: the request thread only hands records over, within a bound it enforces itself;
 // a collector that never answers does not hold up traffic; a thread that dies is restarted and what it
-// held is counted, so exported + dropped always adds up to what was recorded.
+// held is counted, so exported + dropped always adds up to what was recorded; settings the SDK refuses are
+// reported once, credentials masked, and not retried.
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, request, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -10,7 +11,7 @@ import { zeroCounts } from '../../src/telemetry/otlp.ts'
 import type { OtlpSettings } from '../../src/telemetry/otlp-settings.ts'
 import { OtlpThread } from '../../src/telemetry/otlp-thread.ts'
 import { requestEvent } from '../helpers/events.ts'
-import { eventually } from '../helpers/eventually.ts'
+import { eventually, stillTrueFor } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-collector.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -110,6 +111,46 @@ t.test('a thread that dies is restarted; what it held is counted, the counts add
   t.equal(counts.spans.exported, collector.spans.length, 'exported is what the collector received')
   t.ok(counts.spans.exportFailed > 0, 'what the dead thread held is counted as export_failed')
 })
+
+t.test(
+  'settings the SDK refuses: reported once and masked, no thread restarted, records counted',
+  async (t) => {
+    const counts = { spans: zeroCounts(), logs: zeroCounts() }
+    const exits: string[] = []
+    const refusals: string[] = []
+    // a port past 65535: the SDK cannot parse the URL, however often a thread is started with it
+    const thread = new OtlpThread({
+      settings: settings('http://collector:S3CRET@127.0.0.1:99999'),
+      version: 't',
+      counts,
+      onExit: (error) => exits.push(error),
+      onUnusable: (error) => refusals.push(error),
+    })
+    t.teardown(() => thread.close())
+    for (let i = 0; i < 10; i++) thread.record(requestEvent())
+    await eventually(() => refusals.length > 0 || exits.length > 0, { what: 'the thread to give up' })
+    t.same(exits, [], 'not a death to restart from')
+    t.same(refusals, [
+      "Configuration: Could not parse user-provided export URL: 'http://redacted@127.0.0.1:99999/v1/traces'",
+    ])
+    t.notMatch([...exits, ...refusals].join('\n'), /S3CRET/, 'the password is in no message')
+    // a restart would come after 100 ms, then 200 ms, 400 ms…
+    t.ok(
+      await stillTrueFor(
+        () => thread.threadId === undefined && exits.length === 0 && refusals.length === 1,
+        1000,
+      ),
+      'no thread started again, nothing reported again',
+    )
+    for (let i = 0; i < 5; i++) thread.record(requestEvent())
+    t.same(
+      counts.spans,
+      { exported: 0, queueFull: 0, exportFailed: 15 },
+      'every span counted as export_failed',
+    )
+    t.same(counts.logs, { exported: 0, queueFull: 0, exportFailed: 15 }, 'and every log record')
+  },
+)
 
 t.test('a collector that never answers: traffic flows, dropped spans are counted', async (t) => {
   // accepts every export and never answers it
