@@ -76,6 +76,31 @@ export function dnsServerProblem(v: string): string | undefined {
   return undefined
 }
 
+/**
+ * Why the OTLP exporter cannot use an endpoint, never quoting it (it may hold a password). The exporter
+ * parses it with `new URL`, the signal path goes after its path, and a password is shown masked from `://` to
+ * the last `@` (redactUrl): a '#' (a fragment) or an '@' past the host is most likely a password's character
+ * that needed percent-encoding, and what a parser then takes for the host is its start.
+ */
+export function otlpEndpointProblem(v: string): string | undefined {
+  // the pattern's own message covers these
+  if (!/^https?:\/\/\S+$/.test(v)) return undefined
+  let u: URL
+  try {
+    u = new URL(v)
+  } catch {
+    return (
+      'not a URL the exporter can parse: is the port above 65535, or does the user or password hold a ' +
+      "'#', '?', '/' or '@'? (percent-encode them: %23, %3F, %2F, %40)"
+    )
+  }
+  if (v.includes('#'))
+    return "a fragment ('#…') is never sent to the collector: percent-encode a '#' of the user or password as %23"
+  if (`${u.pathname}${u.search}`.includes('@'))
+    return "an '@' after the host: percent-encode a '/', '?' or '@' of the user or password (%2F, %3F, %40)"
+  return undefined
+}
+
 const dnsServer = z.string().check(
   z.superRefine((v, ctx) => {
     const problem = dnsServerProblem(v)
@@ -438,7 +463,15 @@ export const configSchema = z.strictObject({
   otlp: z.prefault(
     z.strictObject({
       endpoint: described(
-        z.optional(z.string().check(z.regex(/^https?:\/\/[^\s]+$/, 'expected an http(s) URL'))),
+        z.optional(
+          z.string().check(
+            z.regex(/^https?:\/\/[^\s]+$/, 'expected an http(s) URL'),
+            z.superRefine((v, ctx) => {
+              const problem = otlpEndpointProblem(v)
+              if (problem) ctx.issues.push({ code: 'custom', message: problem, input: v })
+            }),
+          ),
+        ),
         'OTLP/HTTP (protobuf) collector base URL, e.g. http://otel-collector:4318; spans go to <endpoint>/v1/traces. ' +
           'Setting it (or OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, which win) turns trace export on',
       ),
@@ -447,7 +480,8 @@ export const configSchema = z.strictObject({
         "also send each request's audit record as an OTLP log record to <endpoint>/v1/logs (OTEL_LOGS_EXPORTER=otlp|none wins)",
       ),
       timeout: described(
-        z._default(duration, 10_000),
+        // the exporter refuses 0, and a thread would be started with it all the same
+        z._default(duration.check(z.refine((ms: number) => ms > 0, 'must be more than 0')), 10_000),
         'deadline of one export, retries with backoff included (OTEL_EXPORTER_OTLP_TIMEOUT wins)',
       ),
       maxQueueSize: described(

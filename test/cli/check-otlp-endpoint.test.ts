@@ -1,0 +1,72 @@
+// An otlp.endpoint the exporter cannot use is refused by `check`, a start and a reload alike, at
+// FILE:LINE:COL, never quoting it: a port above 65535, or a password's '#', '?' or '/' that is not
+// percent-encoded (the URL does not parse, or parses with the password's rest as a fragment or a path).
+// Started with it, the export thread failed at every restart, its error naming the URL, password and all.
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import t from 'tap'
+import { CLEAN_OTEL_ENV } from '../helpers/otlp-collector.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
+import { runCli, spawnCli, startTestSidecar } from '../helpers/sidecar.ts'
+
+const dir = scratchDirSync('check-otlp-endpoint')
+const file = (name: string, text: string) => {
+  const p = join(dir, name)
+  writeFileSync(p, text)
+  return p
+}
+
+const REFUSED: [name: string, endpoint: string, message: RegExp][] = [
+  ['port', 'http://collector:S3CRET@127.0.0.1:99999', /not a URL the exporter can parse/],
+  ['hash', 'http://collector:S3CRET#pw@127.0.0.1:4318', /not a URL the exporter can parse/],
+  ['slash', 'http://collector:S3CRET/pw@127.0.0.1:4318', /not a URL the exporter can parse/],
+  ['fragment', 'http://collector:1234#S3CRET@127.0.0.1:4318', /a fragment .* %23/],
+  ['path-at', 'http://collector:1234/S3CRET@127.0.0.1:4318', /an '@' after the host/],
+]
+
+for (const [name, endpoint, message] of REFUSED) {
+  t.test(`${endpoint}: check and run refuse it at FILE:LINE:COL, the password never echoed`, async (t) => {
+    const p = file(`${name}.yaml`, `upstream: http://127.0.0.1:3000\notlp:\n  endpoint: "${endpoint}"\n`)
+    const c = await runCli(['check', p])
+    t.equal(c.code, 1, 'check exits 1')
+    t.match(c.stdout, new RegExp(`${name}\\.yaml:3:13 otlp\\.endpoint: ${message.source}`), 'FILE:LINE:COL')
+    const run = spawnCli(
+      ['run', '-c', p, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+      CLEAN_OTEL_ENV,
+    )
+    t.teardown(() => run.kill('SIGKILL'))
+    const started = run
+      .waitForLog((l) => l['event'] === 'started')
+      .then(() => 'started')
+      .catch(() => 'exited')
+    t.equal(await Promise.race([run.exited, started]), 1, 'run: invalid config is exit 1, nothing started')
+    t.match(run.stderr(), message, 'run says why')
+    t.notMatch(c.stdout + c.stderr + run.stdout() + run.stderr(), /S3CRET/, 'the password is never echoed')
+  })
+}
+
+t.test('percent-encoded, the same password is accepted', async (t) => {
+  const p = file('encoded.yaml', 'otlp:\n  endpoint: "http://collector:S3CRET%23pw@127.0.0.1:4318"\n')
+  const c = await runCli(['check', p])
+  t.equal(c.code, 0, c.stdout)
+})
+
+t.test('otlp.timeout 0, which the exporter refuses, is refused too', async (t) => {
+  const p = file('timeout.yaml', 'otlp:\n  endpoint: http://127.0.0.1:4318\n  timeout: 0s\n')
+  const c = await runCli(['check', p])
+  t.equal(c.code, 1)
+  t.match(c.stdout, /timeout\.yaml:3:12 otlp\.timeout: must be more than 0/)
+})
+
+t.test('a reload to such an endpoint fails; the running config keeps serving, nothing leaks', async (t) => {
+  const sidecar = await startTestSidecar(t, { upstream: 'http://127.0.0.1:3000' }, { env: CLEAN_OTEL_ENV })
+  const reloaded = await sidecar.reload({
+    upstream: 'http://127.0.0.1:3000',
+    otlp: { endpoint: 'http://collector:S3CRET@127.0.0.1:99999' },
+  })
+  t.equal(reloaded, false, 'config_reload_failed')
+  t.match(sidecar.process.stderr(), /otlp\.endpoint: not a URL the exporter can parse/)
+  const effective = await (await fetch(`${sidecar.adminUrl}/config`)).json()
+  t.equal((effective as { otlp: { endpoint?: string } }).otlp.endpoint, undefined, 'export stays off')
+  t.notMatch(sidecar.process.stderr() + sidecar.process.stdout(), /S3CRET/, 'the password is never logged')
+})
