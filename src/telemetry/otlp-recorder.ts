@@ -2,7 +2,8 @@
 // variables (otlp-settings.ts); every reconfigure (start, then each reload) compares the resulting settings
 // with the running ones and, when they differ, starts a new export and retires the old one, so turning export
 // on or off or moving the collector needs no restart. Each export is a thread of its own (otlp-thread.ts)
-// that alone loads the SDK (otlp.ts), and only once export is on.
+// that alone loads the SDK (otlp.ts), and only once export is on. At most one retired export sends what it
+// had queued alongside the running one (retire).
 import type { Config } from '../config/schema.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import type { OtlpCounts } from './otlp.ts'
@@ -22,8 +23,8 @@ export class OtlpRecorder implements Recorder {
   private key: string | undefined
   /** bumped by every reconfigure: a slower earlier one must not install its export over a later one's */
   private generation = 0
-  /** retired exports still sending what they had queued */
-  private readonly retiring = new Set<Promise<void>>()
+  /** retired exports still sending what they had queued (one), or being cut short (retire) */
+  private readonly retiring = new Map<OtlpThread, Promise<void>>()
   private readonly spanCounts = zero()
   private readonly logCounts = zero()
 
@@ -83,10 +84,17 @@ export class OtlpRecorder implements Recorder {
     if (previous) this.retire(previous)
   }
 
-  /** the old export sends what it has queued (bounded by its close) while requests go to the new one */
+  /**
+   * The old export sends what it has queued (bounded by its close) while requests go to the new one. A retired
+   * export is a thread with an SDK, a heap and full queues for up to 6 s while the collector hangs: reloads in
+   * quick succession (a rotating collector token) piled them up, some 15 MB each. So a retirement cuts the one
+   * before it short, which had the time since its own retirement to send; what it still holds is counted as
+   * export_failed.
+   */
   private retire(previous: OtlpThread): void {
-    const closing = previous.close().finally(() => this.retiring.delete(closing))
-    this.retiring.add(closing)
+    for (const older of this.retiring.keys()) older.abort()
+    const closing = previous.close().finally(() => this.retiring.delete(previous))
+    this.retiring.set(previous, closing)
   }
 
   async close(): Promise<void> {
@@ -95,6 +103,6 @@ export class OtlpRecorder implements Recorder {
     this.export = undefined
     this.settings = undefined
     this.key = undefined
-    await Promise.all([current?.close(), ...this.retiring])
+    await Promise.all([current?.close(), ...this.retiring.values()])
   }
 }

@@ -74,6 +74,8 @@ export class OtlpThread {
   private closed = false
   /** the SDK refused the settings: nothing runs, every record is counted as lost */
   private unusable = false
+  /** ends the wait of a close under way (abort) */
+  private cutShort: (() => void) | undefined
   private readonly max: number
   private readonly batch: number
   private readonly logs: boolean
@@ -234,6 +236,7 @@ export class OtlpThread {
     const timeoutMs = Math.min(this.opts.settings.timeoutMillis ?? 10_000, 5_000) + CLOSE_GRACE_MS
     let timer: NodeJS.Timeout | undefined
     await new Promise<void>((done) => {
+      this.cutShort = done
       timer = setTimeout(done, timeoutMs)
       worker.on('message', (message: OtlpWorkerMessage) => {
         if (message.type === 'closed') done()
@@ -242,9 +245,18 @@ export class OtlpThread {
       worker.postMessage('close' satisfies OtlpThreadMessage)
     })
     clearTimeout(timer)
+    this.cutShort = undefined
     worker.removeAllListeners()
     this.lost(running)
     await worker.terminate().catch(() => {})
+  }
+
+  /**
+   * Ends a close under way now rather than at its deadline: the thread is terminated, and what it still held
+   * is counted as export_failed. Before close, nothing.
+   */
+  abort(): void {
+    this.cutShort?.()
   }
 
   private dropBuffer(): void {
