@@ -35,6 +35,22 @@ function positive(env: Env, name: string): number | undefined {
   return Number.isInteger(n) && n > 0 ? n : undefined
 }
 
+/**
+ * `<endpoint>/v1/traces` or `/v1/logs`: the signal's path after the endpoint's own path, its query kept after
+ * it (a collector may take its key there), where appending to the text put the path inside the query value
+ */
+function signalUrl(endpoint: string, signal: 'traces' | 'logs'): string {
+  let u: URL
+  try {
+    u = new URL(endpoint)
+  } catch {
+    // the schema refuses such an endpoint; the exporter will say so
+    return `${endpoint.replace(/\/+$/, '')}/v1/${signal}`
+  }
+  u.pathname = `${u.pathname.replace(/\/+$/, '')}/v1/${signal}`
+  return u.href
+}
+
 /** undefined when export is off: no endpoint anywhere, OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none */
 export function otlpSettings(config: Config, env: Env = process.env): OtlpSettings | undefined {
   if (set(env, 'OTEL_SDK_DISABLED')?.toLowerCase() === 'true') return undefined
@@ -43,7 +59,7 @@ export function otlpSettings(config: Config, env: Env = process.env): OtlpSettin
   const fromEnv = set(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT') ?? set(env, 'OTEL_EXPORTER_OTLP_ENDPOINT')
   const o = config.otlp
   if (fromEnv === undefined && o.endpoint === undefined) return undefined
-  const url = fromEnv === undefined ? `${o.endpoint!.replace(/\/+$/, '')}/v1/traces` : undefined
+  const url = fromEnv === undefined ? signalUrl(o.endpoint!, 'traces') : undefined
   const envTimeout =
     set(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') !== undefined ||
     set(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') !== undefined
@@ -61,9 +77,7 @@ export function otlpSettings(config: Config, env: Env = process.env): OtlpSettin
     const logsFromEnv =
       set(env, 'OTEL_EXPORTER_OTLP_LOGS_ENDPOINT') ?? set(env, 'OTEL_EXPORTER_OTLP_ENDPOINT')
     settings.logs =
-      logsFromEnv === undefined && o.endpoint !== undefined
-        ? { url: `${o.endpoint.replace(/\/+$/, '')}/v1/logs` }
-        : {}
+      logsFromEnv === undefined && o.endpoint !== undefined ? { url: signalUrl(o.endpoint, 'logs') } : {}
   }
   if (!envTimeout) settings.timeoutMillis = o.timeout
   if (o.headers) {

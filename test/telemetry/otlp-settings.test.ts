@@ -52,6 +52,28 @@ t.test('only http(s) endpoints are accepted in the config', async (t) => {
   t.notOk(configSchema.safeParse({ otlp: { endpoint: 'collector:4317' } }).success)
 })
 
+t.test(
+  'an endpoint with a path and a query: the signal path goes after the path, the query stays',
+  async (t) => {
+    const s = otlpSettings(
+      config({ endpoint: 'https://otlp.example/tenant-a/?api_key=K&x=1', logs: true }),
+      {},
+    )
+    t.equal(s?.url, 'https://otlp.example/tenant-a/v1/traces?api_key=K&x=1')
+    t.same(s?.logs, { url: 'https://otlp.example/tenant-a/v1/logs?api_key=K&x=1' })
+    t.equal(
+      otlpSettings(config({ endpoint: 'http://collector:4318?api_key=K' }), {})?.url,
+      'http://collector:4318/v1/traces?api_key=K',
+      'no path',
+    )
+    t.equal(
+      otlpSettings(config({ endpoint: 'http://otel:pa%23ss@collector:4318//' }), {})?.url,
+      'http://otel:pa%23ss@collector:4318/v1/traces',
+      'credentials kept, trailing slashes dropped',
+    )
+  },
+)
+
 t.test('audit log records: otlp.logs, or OTEL_LOGS_EXPORTER which wins', async (t) => {
   const on = config({ endpoint: 'http://collector:4318', logs: true })
   const off = config({ endpoint: 'http://collector:4318' })
