@@ -1,6 +1,7 @@
 // Loopback ports for child processes that must be told their port up front (Prometheus, a busy-port check),
 // and a port that is sure to refuse connections.
-import { connect } from 'node:net'
+import { once } from 'node:events'
+import { connect, type Socket } from 'node:net'
 
 /**
  * `freePort`: a TCP port on 127.0.0.1 that was free a moment ago, from a range the OS never hands to port-0
@@ -45,4 +46,27 @@ export async function rawExchange(port: number, request: string): Promise<string
   socket.write(request)
   await closed
   return raw
+}
+
+export interface RawClient {
+  socket: Socket
+  /** everything read so far (latin1) */
+  text: () => string
+  closed: () => boolean
+}
+
+/** A raw connection to 127.0.0.1:port that keeps what it reads: for exchanges over several writes. */
+export async function rawClient(port: number): Promise<RawClient> {
+  const socket = connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  let text = ''
+  let closed = false
+  socket.on('data', (c: Buffer) => {
+    text += c.toString('latin1')
+  })
+  socket.on('error', () => {})
+  socket.on('close', () => {
+    closed = true
+  })
+  return { socket, text: () => text, closed: () => closed }
 }

@@ -1,27 +1,11 @@
 // `Expect: 100-continue` (RFC 9110 §10.1.1) through the built sidecar over raw sockets: the client's body is
 // invited only once the request is to be forwarded. A request the policy refuses gets its final status without
 // a 100 first (the client is not told to upload what will be thrown away), on a connection closed after it.
-import { once } from 'node:events'
-import { connect, type Socket } from 'node:net'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
+import { rawClient } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
-
-async function client(port: number) {
-  const socket: Socket = connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  let text = ''
-  let closed = false
-  socket.on('data', (c: Buffer) => {
-    text += c.toString('latin1')
-  })
-  socket.on('error', () => {})
-  socket.on('close', () => {
-    closed = true
-  })
-  return { socket, text: () => text, closed: () => closed }
-}
 
 const head = (path: string) =>
   `PUT ${path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`
@@ -35,7 +19,7 @@ t.test('100 Continue only for a request that will be forwarded', async (t) => {
   })
   const port = sidecar.proxyAddress.port
 
-  const refused = await client(port)
+  const refused = await rawClient(port)
   refused.socket.write(head('/admin/users'))
   await eventually(() => refused.text().includes('\r\n\r\n'), { what: 'an answer to the refused request' })
   t.match(refused.text(), /^HTTP\/1\.1 403 /, 'the final status first, no 100 Continue')
@@ -43,7 +27,7 @@ t.test('100 Continue only for a request that will be forwarded', async (t) => {
   await eventually(() => refused.closed(), { what: 'the connection to close after the refusal' })
   t.match(refused.text(), /connection: close/i)
 
-  const allowed = await client(port)
+  const allowed = await rawClient(port)
   allowed.socket.write(head('/echo'))
   await eventually(() => allowed.text().includes('\r\n\r\n'), { what: 'the invitation to send the body' })
   t.match(allowed.text(), /^HTTP\/1\.1 100 Continue\r\n\r\n$/, 'an allowed request is told to send its body')

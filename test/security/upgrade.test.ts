@@ -8,6 +8,7 @@ import { type AddressInfo, connect, createServer as createNetServer, type Socket
 import type { Duplex } from 'node:stream'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
+import { rawClient } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
@@ -57,27 +58,6 @@ async function startPermissiveUpstream() {
         server.close(() => resolve())
       }),
   }
-}
-
-interface RawClient {
-  socket: Socket
-  text: () => string
-  closed: () => boolean
-}
-
-async function rawClient(port: number): Promise<RawClient> {
-  const socket = connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  let text = ''
-  let closed = false
-  socket.on('data', (c: Buffer) => {
-    text += c.toString('latin1')
-  })
-  socket.on('error', () => {})
-  socket.on('close', () => {
-    closed = true
-  })
-  return { socket, text: () => text, closed: () => closed }
 }
 
 function statusOf(text: string): number {
