@@ -487,6 +487,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     telemetry.configReloaded('success')
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
+    // after the close: a refresh of the old key sets still under way no longer writes to the memory
+    keyMemory.retain(new Set(next.jwt.issuers.map((issuer) => KeyMemory.sourceOf(issuer))))
     for (const d of warnings) log.warn(formatDiagnostic(d))
     warnStartOnly(log, startOnly)
     // a worker's reload is part of the pod's, which its primary logs once, with how many workers applied it

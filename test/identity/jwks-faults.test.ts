@@ -1,11 +1,14 @@
 // The IdP's key set endpoint fails while the proxy runs: down (503), junk JSON, hanging. Tokens signed with
 // the last good keys keep verifying through the real proxy, and every failed refresh is counted.
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import pino from 'pino'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, type SigningKey, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const _silent = pino({ level: 'silent' })
@@ -173,4 +176,29 @@ t.test('a key set of unusable keys is a failed refresh: the last good keys keep 
     { issuer: ISSUER, unusable: 1, keys: 1, reason: /^kid "k1": an RSA modulus of 240 bits/ },
     'the key left out is logged with the reason',
   )
+})
+
+t.test('an issuer removed by a reload and added again starts without the keys it had', async (t) => {
+  const { upstream, key } = await startUpstreamAndJwks(t)
+  const dir = await scratchDir('keys-readded')
+  const jwksFile = join(dir, 'jwks.json')
+  await writeFile(jwksFile, JSON.stringify({ keys: [key.publicJwk] }))
+  const issuer = { issuer: ISSUER, jwksFile, audiences: ['orders'] }
+  const config = {
+    service: 'orders',
+    upstream: upstream.url,
+    jwt: { onInvalid: 'reject', issuers: [issuer] },
+  }
+  const sidecar = await startTestSidecar(t, config)
+  const call = async (token: string) => {
+    const res = await request(`${sidecar.proxyUrl}/echo`, { headers: { authorization: `Bearer ${token}` } })
+    return `${res.statusCode} ${await res.body.text()}`
+  }
+  const token = await mintToken(key, { azp: 'payments' }, { issuer: ISSUER, audience: 'orders' })
+  t.match(await call(token), /^200 /, 'verified')
+  t.ok(await sidecar.reload({ ...config, jwt: { onInvalid: 'reject', issuers: [] } }), 'the issuer removed')
+  // the key is revoked while the issuer is out of the config: its file no longer holds a usable key
+  await writeFile(jwksFile, JSON.stringify({ keys: [] }))
+  t.ok(await sidecar.reload(config), 'the same issuer added again')
+  t.notMatch(await call(token), /^200 /, 'the key it had before its removal is not served again')
 })

@@ -105,6 +105,14 @@ export class KeyMemory {
     return this.loaded.get(source)
   }
 
+  /**
+   * Forgets the sources a newly applied config no longer has: an issuer removed and later added again starts
+   * with no keys, not with the keys it had before its removal (which may have been revoked since).
+   */
+  retain(sources: ReadonlySet<string>): void {
+    for (const source of this.loaded.keys()) if (!sources.has(source)) this.loaded.delete(source)
+  }
+
   set(source: string, keys: LoadedKeys): void {
     this.loaded.delete(source)
     this.loaded.set(source, keys)
