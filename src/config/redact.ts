@@ -45,6 +45,29 @@ export function redactUrl(text: string): string {
   return changed ? u.toString() : masked
 }
 
+/**
+ * A URL the proxy has parsed and uses (a key directory it fetches), as a metric label: what it fetches, less
+ * its credentials (userinfo, secret query parameters). Unlike redactUrl, which masks whatever text could hide
+ * a password, it keeps an `@` in the path (`https://host/@agent/keys`): two directories must not share a label.
+ */
+export function urlLabel(text: string, url: URL): string {
+  const u = new URL(url.href)
+  const hadUserinfo = u.username !== '' || u.password !== ''
+  let secretParam = false
+  for (const name of new Set(u.searchParams.keys())) {
+    if (isSecretParam(name)) {
+      u.searchParams.set(name, 'redacted')
+      secretParam = true
+    }
+  }
+  // as configured, when there is nothing to take out
+  if (!hadUserinfo && !secretParam) return text
+  u.username = ''
+  u.password = ''
+  const href = u.toString()
+  return hadUserinfo ? href.replace('://', '://redacted@') : href
+}
+
 /** a URL inside a message: up to a blank or a quote, the marks messages set around a value */
 const URL_IN_TEXT = /[a-z][a-z0-9+.-]*:\/\/[^\s'"<>`]+/gi
 

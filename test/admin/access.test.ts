@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import pino from 'pino'
 import t, { type Test } from 'tap'
 import { type AdminAccess, createAdminServer } from '../../src/admin/server.ts'
-import { redactConfig, redactHeader, redactText, redactUrl } from '../../src/config/redact.ts'
+import { redactConfig, redactHeader, redactText, redactUrl, urlLabel } from '../../src/config/redact.ts'
 import { configSchema } from '../../src/config/schema.ts'
 import { TokenFile } from '../../src/runtime.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
@@ -316,4 +316,17 @@ t.test('the admin token file: read at start and on reload, re-read when stale, n
   t.notMatch(lines.join(''), /first|second|third/, 'the token is never logged')
   await token.load(undefined)
   t.equal(await token.get(), undefined, 'no tokenFile: no token')
+})
+
+t.test('a fetched URL as a metric label: its credentials out, an @ in its path kept', async (t) => {
+  const label = (text: string) => urlLabel(text, new URL(text))
+  // two key directories whose paths start with @: two series, not one
+  t.equal(label('http://127.0.0.1:9000/@agent/keys'), 'http://127.0.0.1:9000/@agent/keys')
+  t.equal(label('http://localhost:9001/@agent/keys'), 'http://localhost:9001/@agent/keys')
+  t.equal(
+    label('https://user:pw@dir.example/keys?token=abc&v=2'),
+    'https://redacted@dir.example/keys?token=redacted&v=2',
+    'userinfo and a secret query parameter masked',
+  )
+  t.equal(label('https://dir.example/keys?v=2'), 'https://dir.example/keys?v=2', 'as configured otherwise')
 })

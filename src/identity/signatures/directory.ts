@@ -4,7 +4,7 @@
 // thumbprint, which is what a Web Bot Auth `keyid` is.
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { calculateJwkThumbprint, type JWK } from 'jose'
-import { redactUrl } from '../../config/redact.ts'
+import { urlLabel } from '../../config/redact.ts'
 import type { Config } from '../../config/schema.ts'
 import type { Kind, SignatureEvidence } from '../../types.ts'
 import { IssuerKeySet, type KeySetOptions } from '../jwt/jwks.ts'
@@ -52,7 +52,7 @@ export class KeyDirectory {
       // the key set is named by its URL in the nhi_jwks_* labels and the logs: without the credentials a URL
       // may carry (userinfo, a token in the query), as /config shows it
       {
-        issuer: redactUrl(cfg.url),
+        issuer: urlLabel(cfg.url, url),
         jwksUri: cfg.url,
         caFile: cfg.caFile,
         refreshInterval: cfg.refreshInterval,
