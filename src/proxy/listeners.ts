@@ -73,8 +73,6 @@ export function serverOptions(timeouts: Config['timeouts'], limits: Config['limi
 
 export interface ListenerHandlers {
   request: (req: IncomingMessage, res: ServerResponse) => void
-  /** an HTTP/1.1 request with `Expect: 100-continue`, whose body waits for the handler's `writeContinue()` */
-  checkContinue: (req: IncomingMessage, res: ServerResponse) => void
   upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void
   /** an HTTP/1.1 CONNECT: Node hands it over with the raw socket, like an upgrade */
   connect: (req: IncomingMessage, socket: Duplex) => void
@@ -117,8 +115,6 @@ export class Listeners {
       server.maxHeadersCount = 0
       server.keepAliveTimeout = opts.timeouts.idle
       server.on('request', handlers.request)
-      // without it Node answers 100 Continue itself, before the policy has decided
-      server.on('checkContinue', handlers.checkContinue)
       server.on('upgrade', handlers.upgrade)
       // without a listener Node closes a CONNECT's connection without a word, and nothing records it
       server.on('connect', handlers.connect)

@@ -42,22 +42,7 @@ const kConn = Symbol('nhi.connection')
 const kExchange = Symbol('nhi.exchange')
 type TaggedSocket = Socket & { [kConn]?: ConnectionInfo }
 type TaggedRequest = IncomingMessage & { [kExchange]?: Exchange }
-type TaggedResponse = ServerResponse & { [kExchange]?: Exchange; [kAwaitsContinue]?: boolean }
-
-/**
- * Set on the response of an HTTP/1.1 request that asked `Expect: 100-continue` (the listener's
- * 'checkContinue'): the client holds its body until told to send it, which the proxy does only once the
- * request is to be forwarded. A request the proxy refuses is answered with its final status instead, as RFC
- * 9110 §10.1.1 allows, and its connection closed after it, since the client may send the body or not.
- */
-export const kAwaitsContinue = Symbol('nhi.awaitsContinue')
-
-/** the body of an `Expect: 100-continue` request is invited now, as it is about to be forwarded */
-function inviteBody(res: TaggedResponse): void {
-  if (res[kAwaitsContinue] !== true) return
-  res[kAwaitsContinue] = false
-  res.writeContinue()
-}
+type TaggedResponse = ServerResponse & { [kExchange]?: Exchange }
 
 export interface LifecycleOptions {
   getPipeline: () => Pipeline
@@ -321,15 +306,11 @@ export class RequestLifecycle {
           ex.status = CLIENT_CLOSED
           return false
         }
-        if ((res as TaggedResponse)[kAwaitsContinue] === true) res.shouldKeepAlive = false
         const sent = this.answer(ex, req, res, a.status, a.body, a.headers)
         stopUnreadRequest(req)
         return sent
       },
-      forward: (req, res, target, headers) => {
-        inviteBody(res)
-        return forwarder.forward(req, res, target, headers)
-      },
+      forward: (req, res, target, headers) => forwarder.forward(req, res, target, headers),
       // cutResponse, not destroy(): on HTTP/2 a plain destroy resets with NO_ERROR, which the client takes for
       // the end of a complete response
       abort: (res) => {
@@ -337,10 +318,8 @@ export class RequestLifecycle {
       },
     }
     if (forwarder.dispatch) {
-      this.http.dispatch = (ex, req, res, target, headers) => {
-        inviteBody(res)
+      this.http.dispatch = (ex, req, res, target, headers) =>
         forwarder.dispatch?.(req, res, target, headers, ex)
-      }
     }
   }
 

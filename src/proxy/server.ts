@@ -12,7 +12,7 @@ import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
 import { type HttpsListenOptions, Listeners } from './listeners.ts'
 import { NodeHttpForwarder } from './node-http-forwarder.ts'
 import { UpstreamProbe } from './readiness.ts'
-import { kAwaitsContinue, RequestLifecycle } from './request-lifecycle.ts'
+import { RequestLifecycle } from './request-lifecycle.ts'
 import { UpgradeHandler } from './upgrade.ts'
 import { parseUpstream } from './upstream-url.ts'
 
@@ -109,10 +109,6 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     { http: opts.http, https: opts.https, timeouts, limits: opts.limits },
     {
       request: (req, res) => void lifecycle.handle(req, res, lifecycle.connectionInfo(req.socket)),
-      checkContinue: (req, res) => {
-        ;(res as ServerResponse & { [kAwaitsContinue]?: boolean })[kAwaitsContinue] = true
-        void lifecycle.handle(req, res, lifecycle.connectionInfo(req.socket))
-      },
       upgrade: (req, socket, head) => upgrades.handle(req, socket, head),
       connect: (req, socket) => upgrades.handleConnect(req, socket),
       http2: {
