@@ -109,8 +109,14 @@ export class UpgradeHandler {
   private serveWithoutUpgrade(req: IncomingMessage, socket: Duplex): void {
     const res = new ServerResponse(req)
     res.shouldKeepAlive = false
-    // the connection died while earlier responses were written: recorded as the client's cancellation
-    if (socket.destroyed) process.nextTick(() => res.emit('close'))
+    // The connection died while earlier responses were written (one that ended with 'close' still holds the
+    // socket): nothing can be sent, so no socket is assigned, and the request is recorded as the client's
+    // cancellation
+    if (socket.destroyed || (socket as { _httpMessage?: unknown })._httpMessage != null) {
+      process.nextTick(() => res.emit('close'))
+      void this.lifecycle.handle(req, res, this.lifecycle.connectionInfo(req.socket))
+      return
+    }
     res.assignSocket(socket as Socket)
     // the HTTP server's timeouts no longer watch a detached socket
     ;(socket as Socket).setTimeout?.(this.lifecycle.opts.timeouts.idle, () => socket.destroy())

@@ -24,6 +24,17 @@ async function startPermissiveUpstream() {
     req.resume()
     // /slow: an answer still being waited for when a pipelined request arrives behind it
     const delay = req.url === '/slow' ? 300 : 0
+    // /stream: an answer still being written, a chunk every 20 ms for a second
+    if (req.url === '/stream') {
+      let n = 0
+      const timer = setInterval(() => {
+        if (++n === 50 || res.destroyed) {
+          clearInterval(timer)
+          res.end()
+        } else res.write(`chunk ${n}\n`)
+      }, 20)
+      return
+    }
     req.on('end', () => setTimeout(() => res.end(`plain ${req.url}`), delay))
   })
   server.on('upgrade', (req, socket, head) => {
@@ -305,6 +316,17 @@ t.test('an upgrade or CONNECT whose connection closes before its turn is still r
     })
     c.socket.destroy()
   }
+  // the same behind an answer still streaming when the client leaves: that answer ends with 'close', not
+  // 'finish', and still holds the socket
+  for (const second of [
+    'CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n',
+    'GET /y HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n',
+  ]) {
+    const c = await rawClient(port)
+    c.socket.write(`GET /stream HTTP/1.1\r\nHost: x\r\n\r\n${second}`)
+    await eventually(() => c.text().includes('chunk 2'), { what: 'the stream under way' })
+    c.socket.destroy()
+  }
   const recorded = (text: string) =>
     [...text.matchAll(/^nhi_requests_total\{([^}]*)\} (\d+)/gm)].map(
       (m) => [m[1] ?? '', Number(m[2])] as const,
@@ -312,13 +334,13 @@ t.test('an upgrade or CONNECT whose connection closes before its turn is still r
   const series = await eventually(
     async () => {
       const rows = recorded(await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text())
-      return rows.reduce((n, [, v]) => n + v, 0) === 4 && rows
+      return rows.reduce((n, [, v]) => n + v, 0) === 8 && rows
     },
-    { what: 'all four requests recorded' },
+    { what: 'all eight requests recorded' },
   )
   t.ok(
-    series.some(([labels, v]) => labels.includes('method="CONNECT"') && v === 1),
-    'the CONNECT among them',
+    series.some(([labels, v]) => labels.includes('method="CONNECT"') && v === 2),
+    'the CONNECTs among them',
   )
   const after = await fetch(`http://127.0.0.1:${port}/after`)
   t.equal(after.status, 200, 'the proxy still serves')
