@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-import { writeSync } from 'node:fs'
 import { isIP } from 'node:net'
 // nhi-proxy command line (docs/reference.md "Command line"). Exit codes: 0 ok, 1 invalid input/config, 2 runtime
 // failure, 3 an internal error of `run`.
@@ -98,22 +97,18 @@ function operationalLogger() {
 }
 
 /**
- * The operational log's destination: each line written to stderr at once, synchronously, as pino's own
- * destination does, but a line stderr refuses is dropped. pino's (sonic-boom) keeps a refused line and, at a
- * fatal line's flush, retries it every 100 ms forever: a sidecar whose log reader went away (EPIPE) then never
- * finished its shutdown. Logs are best effort; the process must stay in charge of itself.
+ * The operational log's destination: stderr as Node's own stream, which waits for a pipe whose reader is slow
+ * (queueing the lines) instead of dropping them. Not pino's destination (sonic-boom), which keeps a line
+ * stderr refused and, at a fatal line's flush, retries it every 100 ms forever: a sidecar whose log reader
+ * went away (EPIPE) never finished its shutdown. A reader that is gone is an 'error' of the stream, ignored
+ * below: the lines are lost, the process stays in charge of itself.
  */
 const stderrLines = {
   write(line: string): void {
-    try {
-      const bytes = Buffer.from(line)
-      for (let off = 0; off < bytes.length; ) off += writeSync(2, bytes, off)
-    } catch {
-      // EPIPE (no reader), EAGAIN (a full pipe): this line is lost
-    }
+    process.stderr.write(line)
   },
 }
-// the same for what is written to stderr directly (the signal lines): no reader is not an error of ours
+// no reader (EPIPE) is not an error of ours, for the log and for the signal lines alike
 process.stderr.on('error', () => {})
 
 /**
