@@ -17,6 +17,7 @@ import type { PodTokenPeers } from './identity/anomalies.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
 import { KeyMemory } from './identity/jwt/jwks.ts'
+import { directoryKeySource } from './identity/signatures/directory.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline, readSecretFiles } from './pipeline/index.ts'
 import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/listener-tls.ts'
@@ -488,7 +489,12 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
     // after the close: a refresh of the old key sets still under way no longer writes to the memory
-    keyMemory.retain(new Set(next.jwt.issuers.map((issuer) => KeyMemory.sourceOf(issuer))))
+    keyMemory.retain(
+      new Set([
+        ...next.jwt.issuers.map((issuer) => KeyMemory.sourceOf(issuer)),
+        ...next.signedAgents.directories.map((d) => KeyMemory.sourceOf(directoryKeySource(d))),
+      ]),
+    )
     for (const d of warnings) log.warn(formatDiagnostic(d))
     warnStartOnly(log, startOnly)
     // a worker's reload is part of the pod's, which its primary logs once, with how many workers applied it

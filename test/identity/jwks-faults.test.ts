@@ -10,6 +10,8 @@ import { createSigningKey, mintToken, type SigningKey, startUpstreamAndJwks } fr
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
+import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
+import { startUpstream } from '../helpers/upstream.ts'
 
 const _silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.fault.test'
@@ -201,4 +203,34 @@ t.test('an issuer removed by a reload and added again starts without the keys it
   await writeFile(jwksFile, JSON.stringify({ keys: [] }))
   t.ok(await sidecar.reload(config), 'the same issuer added again')
   t.notMatch(await call(token), /^200 /, 'the key it had before its removal is not served again')
+})
+
+t.test('a signed agents key directory down at a reload keeps its last good keys too', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const config = {
+    service: 'shop',
+    upstream: upstream.url,
+    signedAgents: { authorities: ['127.0.0.1'], directories: [{ url: directory.url, name: 'acme-agent' }] },
+  }
+  const sidecar = await startTestSidecar(t, config)
+  const url = `${sidecar.proxyUrl}/echo`
+  const signedCall = async () => {
+    const res = await request(url, { headers: await signRequest(key, url) })
+    const echoed = JSON.parse(await res.body.text()).headers as Record<string, string>
+    return `${echoed['x-nhi-identity']} ${echoed['x-nhi-verified']}`
+  }
+  t.equal(await signedCall(), 'acme-agent true', 'verified while the directory answers')
+  directory.fault = 503
+  const hits = directory.hits
+  t.ok(await sidecar.reload({ ...config, service: 'shop-2' }), 'an unrelated change reloads')
+  t.ok(directory.hits > hits, 'the reloaded config tried the directory')
+  t.equal(
+    await signedCall(),
+    'acme-agent true',
+    'a new signature verifies with the keys the running config had',
+  )
 })

@@ -5,7 +5,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { calculateJwkThumbprint, type JWK } from 'jose'
 import { urlLabel } from '../../config/redact.ts'
-import type { Config } from '../../config/schema.ts'
+import type { Config, IssuerConfig } from '../../config/schema.ts'
 import type { Kind, SignatureEvidence } from '../../types.ts'
 import { IssuerKeySet, type KeySetOptions } from '../jwt/jwks.ts'
 
@@ -21,6 +21,20 @@ export interface DirectoryKey {
 
 export const DIRECTORY_PATH = '/.well-known/http-message-signatures-directory'
 const DIRECTORY_MEDIA_TYPE = 'application/http-message-signatures-directory+json'
+
+/**
+ * A directory as the key set that fetches it: named by its URL in the nhi_jwks_* labels and the logs, without
+ * the credentials a URL may carry (userinfo, a token in the query), as /config shows it. Also what the
+ * runtime's KeyMemory knows the directory by, across reloads.
+ */
+export function directoryKeySource(cfg: DirectoryConfig, url = new URL(cfg.url)): IssuerConfig {
+  return {
+    issuer: urlLabel(cfg.url, url),
+    jwksUri: cfg.url,
+    caFile: cfg.caFile,
+    refreshInterval: cfg.refreshInterval,
+  }
+}
 
 export class KeyDirectory {
   readonly url: string
@@ -48,17 +62,10 @@ export class KeyDirectory {
     this.kind = cfg.kind
     this.operator = cfg.operator
     this.purpose = cfg.purpose
-    this.keys = new IssuerKeySet(
-      // the key set is named by its URL in the nhi_jwks_* labels and the logs: without the credentials a URL
-      // may carry (userinfo, a token in the query), as /config shows it
-      {
-        issuer: urlLabel(cfg.url, url),
-        jwksUri: cfg.url,
-        caFile: cfg.caFile,
-        refreshInterval: cfg.refreshInterval,
-      },
-      { ...opts, accept: `${DIRECTORY_MEDIA_TYPE}, application/json` },
-    )
+    this.keys = new IssuerKeySet(directoryKeySource(cfg, url), {
+      ...opts,
+      accept: `${DIRECTORY_MEDIA_TYPE}, application/json`,
+    })
   }
 
   /** the directory has been fetched at least once */

@@ -12,7 +12,7 @@ import type {
   RequestInfo,
   SignatureEvidence,
 } from '../../types.ts'
-import type { JwksObserver } from '../jwt/jwks.ts'
+import type { JwksObserver, KeyMemory } from '../jwt/jwks.ts'
 import type { SourceExtractor } from '../sources/source.ts'
 import { Authorities } from './authorities.ts'
 import { type DirectoryKey, KeyDirectory } from './directory.ts'
@@ -56,6 +56,8 @@ export interface SignatureVerifierOptions {
   retryMs?: number
   /** the nonces of the process or pod, kept across reloads; default: a cache of this verifier's own */
   nonces?: NonceStore
+  /** the directories' last good keys, kept across reloads */
+  keyMemory?: KeyMemory
 }
 
 type Result = SignatureEvidence | Failure
@@ -108,6 +110,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
       fetchTimeoutMs: opts.fetchTimeoutMs,
       unknownKidCooldownMs: opts.unknownKeyCooldownMs,
       retryMs: opts.retryMs,
+      memory: opts.keyMemory,
     }
     this.directories = cfg.directories.map((d) => new KeyDirectory(d, keySetOptions))
     this.ownNonces = opts.nonces ? undefined : new NonceCache(cfg.nonceCacheSize)

@@ -16,6 +16,7 @@ export const signatureSource: CredentialSource<SignatureEvidence> = {
           observer: ctx.jwksObserver,
           now: ctx.now,
           nonces: ctx.nonces,
+          keyMemory: ctx.keyMemory,
         })
       : undefined,
   attributes(sig, a) {
