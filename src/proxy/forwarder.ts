@@ -19,6 +19,7 @@ import {
 } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { hasBody } from './request-lifecycle.ts'
+import { clearHeaders } from './respond.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
 import type { Upstream } from './upstream-url.ts'
 
@@ -301,7 +302,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
       this.res.writeHead(statusCode, this.res.req?.httpVersionMajor === 2 ? singleValued(headers) : headers)
     } catch (err) {
       // nothing was sent: status 0, so the caller answers 502 instead of leaving the response open forever
-      for (const name of this.res.getHeaderNames()) this.res.removeHeader(name)
+      clearHeaders(this.res)
       throw err
     }
     this.status = statusCode

@@ -33,6 +33,7 @@ import { type HeaderBlocks, isHopByHop, type UpstreamHeaders, upstreamTrailers }
 import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
+import { clearHeaders } from './respond.ts'
 
 /** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
 function sendRequestTrailers(
@@ -260,7 +261,7 @@ export class Http2Forwarder {
             onClientClose()
             return
           }
-          for (const name of res.getHeaderNames()) res.removeHeader(name)
+          clearHeaders(res)
           status = 0
           grpcStatus = undefined
           grpcWeb = undefined

@@ -30,6 +30,7 @@ import {
   type UpstreamHeaders,
   upstreamTrailers,
 } from './headers.ts'
+import { clearHeaders } from './respond.ts'
 
 /**
  * Whether a request goes through this forwarder: an HTTP/1.x request with a chunked body that announces a
@@ -256,7 +257,7 @@ export class NodeHttpForwarder {
           res.writeHead(upRes.statusCode ?? 0, headers)
         } catch {
           // a status node:http won't send (below 100, above 999): nothing went out, so 502
-          for (const name of res.getHeaderNames()) res.removeHeader(name)
+          clearHeaders(res)
           upRes.destroy()
           fail('reset')
           return

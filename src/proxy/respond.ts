@@ -86,3 +86,11 @@ export function sendJsonRaw(
   }
   socket.end(`${head}\r\n${body}`)
 }
+
+/**
+ * What a writeHead that threw left on a response (it sets the headers before it checks the status): cleared, so
+ * the proxy's own answer to the client does not go out with the upstream's headers.
+ */
+export function clearHeaders(res: Pick<ServerResponse, 'getHeaderNames' | 'removeHeader'>): void {
+  for (const name of res.getHeaderNames()) res.removeHeader(name)
+}
