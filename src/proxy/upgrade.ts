@@ -48,6 +48,11 @@ interface UpgradeContext {
   validTarget: boolean
 }
 
+/** the response that owns the socket (node:http's `assignSocket`), one that ended by 'close' included */
+function responseHolding(socket: Duplex): ServerResponse | undefined {
+  return (socket as { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined
+}
+
 /**
  * Runs `then` once no response to a request pipelined ahead of this one is still being written to `socket`.
  * Node emits 'upgrade' and 'connect' as soon as it parses the request and hands over the socket, while a
@@ -58,8 +63,8 @@ interface UpgradeContext {
  * one holds throws.
  */
 function afterEarlierResponses(socket: Duplex, then: () => void): void {
-  const current = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
-  if (current == null || socket.destroyed) {
+  const current = responseHolding(socket)
+  if (current === undefined || socket.destroyed) {
     then()
     return
   }
@@ -112,7 +117,7 @@ export class UpgradeHandler {
     // The connection died while earlier responses were written (one that ended with 'close' still holds the
     // socket): nothing can be sent, so no socket is assigned, and the request is recorded as the client's
     // cancellation
-    if (socket.destroyed || (socket as { _httpMessage?: unknown })._httpMessage != null) {
+    if (socket.destroyed || responseHolding(socket) !== undefined) {
       process.nextTick(() => res.emit('close'))
       void this.lifecycle.handle(req, res, this.lifecycle.connectionInfo(req.socket))
       return
