@@ -37,9 +37,10 @@ export async function probeWorkers(
   auditFile: string,
   prefix: string,
   count: number,
-): Promise<{ statuses: number[]; identities: string[] }> {
+  client: string | Record<string, string> = 'probe',
+): Promise<{ statuses: number[]; identities: string[]; records: Record<string, unknown>[] }> {
   const statuses: number[] = []
-  for (let i = 0; i < count; i++) statuses.push(await freshGet(`${proxyUrl}${prefix}${i}`, 'probe'))
+  for (let i = 0; i < count; i++) statuses.push(await freshGet(`${proxyUrl}${prefix}${i}`, client))
   const lines = await eventually(
     () => {
       const all = readFileSync(auditFile, 'utf8')
@@ -49,5 +50,6 @@ export async function probeWorkers(
     },
     { what: 'the audit lines of the requests' },
   )
-  return { statuses, identities: lines.map((l) => JSON.parse(l).identity as string) }
+  const records = lines.map((l) => JSON.parse(l) as Record<string, unknown>)
+  return { statuses, identities: records.map((r) => r['identity'] as string), records }
 }

@@ -4,13 +4,12 @@
 // the audit trail (one per worker), and a file gone since kept the replacement from starting at all, the
 // pod out of rotation while its other worker served on.
 import { createHash, createHmac } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import { rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
-import { childPids, freshGet } from '../helpers/pod.ts'
+import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { startSidecarFromFile } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -71,23 +70,13 @@ t.test('every worker fingerprints with the bytes the pod read', async (t) => {
   }
   /** the api-key fingerprints of requests on fresh connections, which the workers take in turn */
   const fingerprintsOfEveryWorker = async (t: Test, prefix: string) => {
-    const count = 8
-    const statuses = new Set<number>()
-    for (let i = 0; i < count; i++)
-      statuses.add(await freshGet(`${sidecar.proxyUrl}${prefix}${i}`, { 'x-api-key': API_KEY }))
-    t.same(statuses, new Set([200]), 'every request served')
-    const lines = await eventually(
-      () => {
-        const all = readFileSync(auditFile, 'utf8')
-          .split('\n')
-          .filter((l) => l.includes(`"path":"${prefix}`))
-        return all.length === count ? all : undefined
-      },
-      { what: 'the audit lines of the requests' },
-    )
+    const { statuses, records } = await probeWorkers(sidecar.proxyUrl, auditFile, prefix, 8, {
+      'x-api-key': API_KEY,
+    })
+    t.same(new Set(statuses), new Set([200]), 'every request served')
     const m = await (await fetch(`${admin}/metrics`)).text()
     t.notMatch(m, /nhi_worker_requests_total\{[^}]*\} 0\n/, 'both workers served some of them')
-    return new Set(lines.map((l) => (JSON.parse(l).fingerprints as { apikey: string }).apikey))
+    return new Set(records.map((r) => (r['fingerprints'] as { apikey: string }).apikey))
   }
 
   await t.test('a file changed without a reload: a replacement uses the bytes read at start', async (t) => {
