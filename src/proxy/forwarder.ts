@@ -1,6 +1,8 @@
 // Forwarders carry one request to the upstream and stream the answer back (docs/reference.md "Request pipeline" "forward").
-// The undici forwarder drives `Pool.dispatch` with a handler that writes straight into the client's
-// response: no intermediate streams, no buffering, backpressure through undici's pause/resume.
+// The HTTP/1.1 forwarder drives an engine's `dispatch` with a handler that writes straight into the client's
+// response: no intermediate streams, no buffering, backpressure through the engine's pause/resume. Plain-HTTP
+// and unix-socket upstreams go through our own connection pool (h1-pool.ts); TLS upstreams and websocket
+// upgrades through undici's.
 import { createHash } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
@@ -10,6 +12,7 @@ import type { Dispatcher } from 'undici'
 import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
 import { type GrpcWebStatusReader, grpcWebResponse } from './grpc-web.ts'
+import { H1Pool, type UpstreamHandler } from './h1-pool.ts'
 import {
   downstreamHeaders,
   downstreamTrailers,
@@ -194,7 +197,7 @@ export function connectTimeoutMs(o: { connectTimeout?: number | undefined; heade
   return o.connectTimeout ?? Math.min(o.headersTimeout, 10_000)
 }
 
-export interface UndiciForwarderOptions {
+export interface Http1ForwarderOptions {
   /** response headers deadline, ms (→ 504) */
   headersTimeout: number
   /**
@@ -238,7 +241,7 @@ function onResponseClose(this: Tagged<ServerResponse>): void {
  * One in-flight request: undici's legacy handler interface is the lowest-overhead one. Once settled it is also
  * the request's ForwardResult, so a forward allocates no result object.
  */
-class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
+class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, ForwardResult {
   status = 0
   bytesOut = 0
   upstreamMs = 0
@@ -252,8 +255,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
   grpcStatus: number | undefined
   /** gRPC-Web calls: reads the status from the response body's trailer frame */
   private grpcWeb: GrpcWebStatusReader | undefined
-  /** the response head as undici handed it: its Connection names also leave the trailers */
-  private rawHead: readonly Buffer[] = []
+  /** the response head as the engine handed it: its Connection names also leave the trailers */
+  private rawHead: readonly (Buffer | string)[] = []
   /** the drain listener is added at the first backpressure only; most responses never see one */
   private drainListening = false
   private readonly started = performance.now()
@@ -285,7 +288,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, ForwardResult {
     if (this.clientGone) abort(new ClientGoneError('client closed the connection'))
   }
 
-  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+  onHeaders(statusCode: number, rawHeaders: readonly (Buffer | string)[], resume: () => void): boolean {
     if (statusCode < 200) return true
     this.resume = resume
     if (!this.clientGone && clientStreamGone(this.res)) this.clientClosed()
@@ -539,13 +542,52 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   }
 }
 
-/** The production forwarder: one keep-alive undici Pool per upstream origin. */
-export class UndiciForwarder implements Forwarder {
+/**
+ * The production HTTP/1.1 forwarder: per upstream origin, our own keep-alive pool for plain HTTP and unix
+ * sockets, undici's Pool for TLS upstreams and for websocket upgrades.
+ */
+export class Http1Forwarder implements Forwarder {
   private readonly pools = new Map<string, Pool>()
+  private readonly plain = new Map<string, H1Pool>()
   private tls: ConnectionOptions | undefined
 
-  constructor(private readonly options: UndiciForwarderOptions) {
+  constructor(private readonly options: Http1ForwarderOptions) {
     this.tls = options.tls
+  }
+
+  /** our own engine, for an origin reached without TLS; undefined for https: upstreams */
+  private plainPool(target: ForwardTarget): H1Pool | undefined {
+    const known = this.plain.get(target.origin)
+    if (known !== undefined) return known
+    const upstream = target.upstream
+    if (upstream?.tls === true) return undefined
+    const o = this.options
+    let host: string
+    let port: number
+    let hostHeader: string
+    if (upstream?.socketPath) {
+      host = 'localhost'
+      port = 0
+      hostHeader = 'localhost'
+    } else {
+      const url = new URL(target.origin)
+      if (url.protocol !== 'http:') return undefined
+      host = url.hostname.replace(/^\[|\]$/g, '')
+      port = url.port ? Number(url.port) : 80
+      hostHeader = url.host
+    }
+    const pool = new H1Pool({
+      host,
+      port,
+      socketPath: upstream?.socketPath,
+      hostHeader,
+      connectTimeout: connectTimeoutMs(o),
+      headersTimeout: o.headersTimeout,
+      bodyTimeout: o.bodyTimeout,
+      keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
+    })
+    this.plain.set(target.origin, pool)
+    return pool
   }
 
   private pool(target: ForwardTarget): Pool {
@@ -586,6 +628,15 @@ export class UndiciForwarder implements Forwarder {
     headers: UpstreamHeaders,
     listener: ForwardListener,
   ): void {
+    const call = new ResponseCall(res, listener, this.options.bodyTimeout)
+    const plain = this.plainPool(target)
+    if (plain !== undefined) {
+      plain.dispatch(
+        { method: req.method ?? 'GET', path: target.path, headers, body: hasBody(req) ? req : null },
+        call,
+      )
+      return
+    }
     this.pool(target).dispatch(
       {
         path: target.path,
@@ -593,7 +644,7 @@ export class UndiciForwarder implements Forwarder {
         headers,
         body: hasBody(req) ? req : null,
       },
-      new ResponseCall(res, listener, this.options.bodyTimeout),
+      call,
     )
   }
 
@@ -631,6 +682,11 @@ export class UndiciForwarder implements Forwarder {
   }
 
   prune(keep: string | undefined): void {
+    for (const [origin, pool] of this.plain) {
+      if (origin === keep) continue
+      this.plain.delete(origin)
+      void pool.close()
+    }
     for (const [origin, pool] of this.pools) {
       if (origin === keep) continue
       this.pools.delete(origin)
@@ -648,6 +704,8 @@ export class UndiciForwarder implements Forwarder {
   async close(): Promise<void> {
     const pools = [...this.pools.values()]
     this.pools.clear()
-    await Promise.all(pools.map((p) => p.destroy().catch(() => {})))
+    const plain = [...this.plain.values()]
+    this.plain.clear()
+    await Promise.all([...pools.map((p) => p.destroy().catch(() => {})), ...plain.map((p) => p.destroy())])
   }
 }

@@ -377,7 +377,7 @@ function addListed(listed: Set<string> | undefined, connection: string): Set<str
  * minus Content-Length too: a 204 has no body and must not carry one (RFC 9110 §8.6); HTTP/2 clients reset the
  * stream over it and HTTP/1.1 clients may wait for bytes that never come. Trailers pass no status.
  */
-export function downstreamHeaders(raw: readonly Buffer[], status?: number): string[] {
+export function downstreamHeaders(raw: readonly (Buffer | string)[], status?: number): string[] {
   const out = withoutHopByHop(raw, status !== undefined, undefined)
   return status === 204 ? withoutContentLength(out) : out
 }
@@ -420,7 +420,7 @@ function withoutContentLength(headers: string[]): string[] {
 }
 
 function withoutHopByHop(
-  raw: readonly Buffer[],
+  raw: readonly (Buffer | string)[],
   response: boolean,
   headListed: Set<string> | undefined,
 ): string[] {

@@ -1,7 +1,7 @@
 // HTTP/1.1 forwarding for the one kind of request undici cannot carry: a chunked request body with a trailer
 // section. undici's request writer ends a chunked body with a bare `0\r\n\r\n`, node:http's ClientRequest can
 // add trailers. Only requests that announce trailers come here (`announcesTrailers`); every other request keeps
-// the undici engine. Observable behaviour follows UndiciForwarder: the same headers upstream, streaming with
+// the undici engine. Observable behaviour follows Http1Forwarder: the same headers upstream, streaming with
 // backpressure both ways, the same deadlines and error reasons, response trailers, client aborts.
 import {
   type ClientRequest,

@@ -7,7 +7,7 @@ import type { Config } from '../config/schema.ts'
 import type { Pipeline } from '../pipeline/index.ts'
 import type { Http2AbuseReason, TunnelProtocol } from '../telemetry/metrics.ts'
 import type { CertEvidence, Failure } from '../types.ts'
-import { type Forwarder, UndiciForwarder } from './forwarder.ts'
+import { type Forwarder, Http1Forwarder } from './forwarder.ts'
 import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
 import { type HttpsListenOptions, Listeners } from './listeners.ts'
 import { NodeHttpForwarder } from './node-http-forwarder.ts'
@@ -77,7 +77,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
   const forwarder: Forwarder =
     opts.forwarder ??
     new ProtocolForwarder(
-      new UndiciForwarder({
+      new Http1Forwarder({
         headersTimeout: timeouts.upstream,
         // a stalled upstream body is cut after the keep-alive idle time (undici does not count paused time)
         bodyTimeout: timeouts.idle,

@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
-import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net'
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'

@@ -1,0 +1,718 @@
+// The HTTP/1.1 engine for plain-HTTP and unix-socket upstreams: keep-alive connections of our own, each
+// carrying one request at a time, the request head written in one piece and the response parsed strictly.
+//
+// Why not undici here: on the bench (bench/README.md, "A forwarding engine of our own"), a bare proxy on undici's
+// Pool served about half the requests of the same node:http server writing to pooled sockets itself; undici's
+// generic request object, header validation and wasm parser round trips cost more than the rest of a proxied
+// request. undici still carries TLS upstreams and websocket upgrades (forwarder.ts).
+//
+// The response parser is strict on purpose: a response whose framing is ambiguous (Content-Length and
+// Transfer-Encoding together, differing lengths, obs-fold, a malformed line, a head over 16 KiB) fails the
+// request with a 502 and its connection is closed, never reused. A connection is only reused after a
+// response whose end was known from its framing, with nothing after it, and a request sent in full; anything
+// an idle connection receives closes it. That is what keeps one response from ever reaching another request.
+import { connect, type Socket } from 'node:net'
+import type { Readable } from 'node:stream'
+import type { UpstreamHeaders } from './headers.ts'
+
+/** What the engine tells about one request (the subset of undici's legacy handler the forwarders use). */
+export interface UpstreamHandler {
+  /** the request is about to be written on a connected socket; `abort` fails it (onError with that error) */
+  onConnect(abort: (err?: Error) => void): void
+  /**
+   * the response head (1xx interim responses are skipped); `raw` is [name, value, …] as sent (latin1).
+   * false: pause reading until `resume`
+   */
+  onHeaders(status: number, raw: readonly (Buffer | string)[], resume: () => void): boolean
+  /** a piece of the response body, decoded from chunked; false: pause reading until `resume` */
+  onData(chunk: Buffer): boolean
+  /** the response ended; `trailers` as [name, value, …] (chunked responses only) */
+  onComplete(trailers: string[] | null): void
+  /** the request failed; never after onComplete, at most once */
+  onError(err: Error): void
+}
+
+export interface H1Request {
+  method: string
+  path: string
+  headers: UpstreamHeaders
+  /** the request body to stream, or null */
+  body: Readable | null
+}
+
+export interface H1PoolOptions {
+  /** host:port of a TCP upstream (ignored with socketPath) */
+  host: string
+  port: number
+  socketPath?: string | undefined
+  /** the Host header when the request carries none */
+  hostHeader: string
+  /** connect deadline, ms (→ UND_ERR_CONNECT_TIMEOUT) */
+  connectTimeout: number
+  /** from the request written to the response head, ms (→ UND_ERR_HEADERS_TIMEOUT) */
+  headersTimeout: number
+  /** longest pause between body bytes while not paused for the client, ms (→ UND_ERR_BODY_TIMEOUT) */
+  bodyTimeout: number
+  /** an idle connection is closed after this, ms (shortened by the upstream's Keep-Alive: timeout) */
+  keepAliveTimeout: number
+}
+
+/** the error codes the forwarders classify, the same as undici's so that one classification serves both */
+export class UpstreamError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message)
+  }
+}
+
+const MAX_HEAD = 16 * 1024
+const MAX_CHUNK_LINE = 4 * 1024
+const CRLFCRLF = Buffer.from('\r\n\r\n')
+const LFLF = Buffer.from('\n\n')
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+/** what undici accepts in a request header value, and what a response's may hold */
+const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/
+/** what undici accepts in a request target */
+const BAD_PATH = /[^\x21-\xff]/
+const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?:[ \t]|$)/
+const DIGITS = /^[0-9]{1,15}$/
+/** methods that define a meaning for content: sent with `content-length: 0` when they carry none (as undici does) */
+const PAYLOAD_METHODS = new Set(['POST', 'PUT', 'PATCH', 'QUERY', 'PROPFIND', 'PROPPATCH'])
+/** methods a connection that closed before any byte of the answer can be retried with (RFC 9110 §9.2.2) */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
+
+// the response part being read (plain numbers: the sources also run under type stripping, which has no enums)
+const Phase = { Head: 0, Length: 1, Chunked: 2, UntilClose: 3 } as const
+type Phase = (typeof Phase)[keyof typeof Phase]
+const ChunkState = { Size: 0, Data: 1, DataEnd: 2, Trailers: 3 } as const
+type ChunkState = (typeof ChunkState)[keyof typeof ChunkState]
+
+/** one in-flight request on a connection */
+class Exchange {
+  phase: Phase = Phase.Head
+  /** bytes of a head not yet complete (a head split across reads) */
+  partial: Buffer | undefined
+  remaining = 0
+  chunk: ChunkState = ChunkState.Size
+  /** a chunk-size or trailer line not yet complete */
+  line = ''
+  trailers: string[] | null = null
+  status = 0
+  keepAlive = true
+  bodySent: boolean
+  /** any byte of the response arrived: from then on the request cannot be retried */
+  answered = false
+  paused = false
+  settled = false
+  readonly isHead: boolean
+
+  constructor(
+    readonly request: H1Request,
+    readonly handler: UpstreamHandler,
+    /** a retry on a new connection is allowed when a reused one closes before answering */
+    readonly retryable: boolean,
+  ) {
+    this.bodySent = request.body === null
+    this.isHead = request.method === 'HEAD'
+  }
+}
+
+class Connection {
+  readonly socket: Socket
+  exchange: Exchange | undefined
+  /** the pool's tick at the last byte moved or state change */
+  activeAt: number
+  connected = false
+  /** carried a response already: an early close on it may be the keep-alive race */
+  reused = false
+  closed = false
+  /** the upstream's own idle timeout (Keep-Alive: timeout=N), ms, or 0 */
+  upstreamIdleMs = 0
+  private readonly onBodyData = (chunk: Buffer) => this.writeBody(chunk)
+  private readonly onBodyEnd = () => this.endBody()
+  private readonly onBodyError = (err: Error) => this.bodyFailed(err)
+  private readonly onBodyClose = () => {
+    const body = this.exchange?.request.body
+    if (body && !body.readableEnded)
+      this.bodyFailed(new UpstreamError('request body aborted', 'UND_ERR_ABORTED'))
+  }
+  private readonly onDrain = () => this.exchange?.request.body?.resume()
+  readonly resume = () => {
+    const ex = this.exchange
+    if (ex?.paused) {
+      ex.paused = false
+      this.activeAt = this.pool.tick
+      this.socket.resume()
+    }
+  }
+  readonly abort = (err?: Error) => this.fail(err ?? new UpstreamError('request aborted', 'UND_ERR_ABORTED'))
+
+  constructor(
+    private readonly pool: H1Pool,
+    options: H1PoolOptions,
+  ) {
+    this.socket = options.socketPath
+      ? connect({ path: options.socketPath })
+      : connect({
+          host: options.host,
+          port: options.port,
+          noDelay: true,
+          keepAlive: true,
+          keepAliveInitialDelay: 60_000,
+        })
+    this.activeAt = pool.tick
+    this.socket.on('connect', () => {
+      this.connected = true
+      this.activeAt = this.pool.tick
+      const ex = this.exchange
+      if (ex !== undefined) this.write(ex)
+    })
+    this.socket.on('data', (buf: Buffer) => this.read(buf))
+    this.socket.on('end', () => this.ended())
+    this.socket.on('error', (err) => this.closeEarly(err))
+    this.socket.on('close', () => this.gone())
+    this.socket.on('drain', this.onDrain)
+  }
+
+  start(ex: Exchange): void {
+    this.exchange = ex
+    this.activeAt = this.pool.tick
+    if (this.connected) this.write(ex)
+  }
+
+  private write(ex: Exchange): void {
+    ex.handler.onConnect(this.abort)
+    if (this.exchange !== ex || ex.settled) return
+    const req = ex.request
+    const headers = req.headers
+    // the order undici writes (request line, host, connection, the rest, framing last), so that an upstream
+    // sees the same head whichever engine carried the request
+    const host = headers.host
+    if (host !== undefined && typeof host !== 'string') {
+      this.invalid('host header')
+      return
+    }
+    if (host !== undefined && BAD_VALUE.test(host)) {
+      this.invalid('host header')
+      return
+    }
+    let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${host ?? this.pool.options.hostHeader}\r\n${
+      ex.isHead ? 'connection: close\r\n' : 'connection: keep-alive\r\n'
+    }`
+    let length: string | undefined
+    for (const name in headers) {
+      const value = headers[name]
+      if (value === undefined) continue
+      // prepared blocks (headers.ts HeaderBlocks) hold several lines in their name, checked when made
+      if (name.indexOf('\r') === -1 && !TOKEN.test(name)) {
+        this.invalid('header name')
+        return
+      }
+      if (name.length === 4 && name === 'host') continue
+      if (name.length === 14 && name === 'content-length') {
+        if (typeof value !== 'string' || !DIGITS.test(value)) {
+          this.invalid('content-length header')
+          return
+        }
+        length = value
+        continue
+      }
+      if (typeof value === 'string') {
+        if (BAD_VALUE.test(value)) {
+          this.invalid(`${name} header`)
+          return
+        }
+        head += `${name}: ${value}\r\n`
+      } else {
+        for (const v of value) {
+          if (BAD_VALUE.test(v)) {
+            this.invalid(`${name} header`)
+            return
+          }
+          head += `${name}: ${v}\r\n`
+        }
+      }
+    }
+    const body = req.body
+    if (body === null) {
+      if (length !== undefined && (length !== '0' || PAYLOAD_METHODS.has(req.method)))
+        head += `content-length: ${length}\r\n`
+      else if (length === undefined && PAYLOAD_METHODS.has(req.method)) head += 'content-length: 0\r\n'
+      this.socket.write(`${head}\r\n`, 'latin1')
+      return
+    }
+    this.chunkedBody = length === undefined
+    this.socket.write(
+      length !== undefined
+        ? `${head}content-length: ${length}\r\n\r\n`
+        : `${head}transfer-encoding: chunked\r\n\r\n`,
+      'latin1',
+    )
+    body.on('data', this.onBodyData)
+    body.on('end', this.onBodyEnd)
+    body.on('error', this.onBodyError)
+    body.on('close', this.onBodyClose)
+    // the request path may have paused the body while it identified the caller
+    if (body.readableEnded) this.endBody()
+    else body.resume()
+  }
+
+  private chunkedBody = false
+
+  private writeBody(chunk: Buffer): void {
+    if (chunk.length === 0) return
+    this.activeAt = this.pool.tick
+    let flowing: boolean
+    if (this.chunkedBody) {
+      this.socket.cork()
+      this.socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1')
+      this.socket.write(chunk)
+      flowing = this.socket.write('\r\n', 'latin1')
+      this.socket.uncork()
+    } else flowing = this.socket.write(chunk)
+    if (!flowing) this.exchange?.request.body?.pause()
+  }
+
+  private endBody(): void {
+    const ex = this.exchange
+    if (ex === undefined || ex.bodySent) return
+    ex.bodySent = true
+    this.detachBody(ex)
+    if (this.chunkedBody) this.socket.write('0\r\n\r\n', 'latin1')
+  }
+
+  private bodyFailed(err: Error): void {
+    const ex = this.exchange
+    if (ex === undefined || ex.bodySent) return
+    this.fail(err)
+  }
+
+  private detachBody(ex: Exchange): void {
+    const body = ex.request.body
+    if (body === null) return
+    body.off('data', this.onBodyData)
+    body.off('end', this.onBodyEnd)
+    body.off('error', this.onBodyError)
+    body.off('close', this.onBodyClose)
+  }
+
+  private invalid(what: string): void {
+    this.fail(new UpstreamError(`invalid ${what}`, 'UND_ERR_INVALID_ARG'))
+  }
+
+  private read(buf: Buffer): void {
+    const ex = this.exchange
+    if (ex === undefined) {
+      // bytes no request asked for: the connection's framing can no longer be trusted
+      this.socket.destroy()
+      return
+    }
+    this.activeAt = this.pool.tick
+    ex.answered = true
+    let off = 0
+    while (off < buf.length && this.exchange === ex && !ex.settled) {
+      switch (ex.phase) {
+        case Phase.Head:
+          off = this.readHead(ex, buf, off)
+          // a response without content (HEAD, 204, 304, Content-Length: 0) ends with its head
+          if ((ex.phase as Phase) === Phase.Length && ex.remaining === 0 && !ex.settled)
+            this.complete(ex, off < buf.length)
+          break
+        case Phase.Length: {
+          const n = Math.min(ex.remaining, buf.length - off)
+          ex.remaining -= n
+          const piece = off === 0 && n === buf.length ? buf : buf.subarray(off, off + n)
+          off += n
+          this.deliver(ex, piece)
+          if (ex.remaining === 0 && !ex.settled) this.complete(ex, off < buf.length)
+          break
+        }
+        case Phase.Chunked:
+          off = this.readChunked(ex, buf, off)
+          break
+        case Phase.UntilClose: {
+          const piece = off === 0 ? buf : buf.subarray(off)
+          off = buf.length
+          this.deliver(ex, piece)
+          break
+        }
+      }
+    }
+  }
+
+  private deliver(ex: Exchange, piece: Buffer): void {
+    if (piece.length === 0) return
+    if (!ex.handler.onData(piece) && !ex.settled && !ex.paused) {
+      ex.paused = true
+      this.socket.pause()
+    }
+  }
+
+  /** returns the offset after the head, or buf.length when more bytes are needed */
+  private readHead(ex: Exchange, input: Buffer, from: number): number {
+    let buf = input
+    let off = from
+    if (ex.partial !== undefined) {
+      buf = Buffer.concat([ex.partial, input.subarray(from)])
+      off = 0
+      ex.partial = undefined
+    }
+    const end = buf.indexOf(CRLFCRLF, off)
+    if (end === -1) {
+      // a head whose lines end in a bare LF would otherwise wait for its end until the headers deadline
+      if (buf.indexOf(LFLF, off) !== -1) return this.malformedAt('line ending', input.length)
+      if (buf.length - off > MAX_HEAD) return this.malformedAt('response head over 16 KiB', input.length)
+      ex.partial = Buffer.from(buf.subarray(off))
+      return input.length
+    }
+    if (end - off > MAX_HEAD) return this.malformedAt('response head over 16 KiB', input.length)
+    const consumedOfInput = input.length - (buf.length - (end + 4))
+    const text = buf.toString('latin1', off, end)
+    if (!this.parseHead(ex, text)) return input.length
+    return consumedOfInput
+  }
+
+  /** false when the head failed the request (or was an interim response whose successor is awaited) */
+  private parseHead(ex: Exchange, text: string): boolean {
+    const lineEnd = text.indexOf('\r\n')
+    const statusLine = lineEnd === -1 ? text : text.slice(0, lineEnd)
+    const m = STATUS_LINE.exec(statusLine)
+    if (m === null || BAD_VALUE.test(statusLine)) return this.malformed('status line')
+    const status = Number(m[2])
+    if (status < 100) return this.malformed('status below 100')
+    const raw: string[] = []
+    let length = -1
+    let chunked = false
+    let codings = 0
+    let close = m[1] === '0'
+    let pos = lineEnd === -1 ? text.length : lineEnd + 2
+    while (pos < text.length) {
+      let next = text.indexOf('\r\n', pos)
+      if (next === -1) next = text.length
+      const line = text.slice(pos, next)
+      pos = next + 2
+      const colon = line.indexOf(':')
+      // a line without a name, a name with whitespace before the colon, or obs-fold: refused (RFC 9112 §5)
+      if (colon <= 0) return this.malformed('header line')
+      const name = line.slice(0, colon)
+      if (!TOKEN.test(name)) return this.malformed('header name')
+      let a = colon + 1
+      let b = line.length
+      while (a < b && (line.charCodeAt(a) === 32 || line.charCodeAt(a) === 9)) a++
+      while (b > a && (line.charCodeAt(b - 1) === 32 || line.charCodeAt(b - 1) === 9)) b--
+      const value = line.slice(a, b)
+      if (BAD_VALUE.test(value)) return this.malformed('header value')
+      const n = name.length
+      if (n === 14 && name.toLowerCase() === 'content-length') {
+        const first = length === -1
+        for (const part of value.split(',')) {
+          const v = part.trim()
+          if (!DIGITS.test(v)) return this.malformed('content-length')
+          const len = Number(v)
+          if (length !== -1 && length !== len) return this.malformed('differing content-length')
+          length = len
+        }
+        // repeats of the same length are one field for the client (RFC 9110 §8.6), which would refuse two
+        if (first) raw.push(name, `${length}`)
+        continue
+      }
+      raw.push(name, value)
+      if (n === 17 && name.toLowerCase() === 'transfer-encoding') {
+        codings++
+        chunked = value.toLowerCase() === 'chunked'
+      } else if (n === 10) {
+        const lower = name.toLowerCase()
+        if (lower === 'connection') {
+          const v = value.toLowerCase()
+          if (v === 'close' || v.split(',').some((t) => t.trim() === 'close')) close = true
+          else if (m[1] === '0' && v.split(',').some((t) => t.trim() === 'keep-alive')) close = false
+        } else if (lower === 'keep-alive') {
+          const t = /(?:^|[,;\s])timeout\s*=\s*"?([0-9]+)/i.exec(value)
+          if (t !== null) this.upstreamIdleMs = Number(t[1]) * 1000
+        }
+      }
+    }
+    if (status < 200) {
+      // 100, 103 and other interim answers: the real one follows on the same connection; a 101 to a request
+      // that asked for no upgrade is a protocol error
+      if (status === 101) return this.malformed('101 without an upgrade')
+      ex.answered = true
+      return true
+    }
+    if (codings > 0 && length !== -1) return this.malformed('content-length with transfer-encoding')
+    if (codings > 1) return this.malformed('transfer-encoding repeated')
+    ex.status = status
+    ex.keepAlive = !close && !ex.isHead
+    const bodiless = ex.isHead || status === 204 || status === 304
+    if (bodiless) ex.phase = Phase.Length
+    else if (chunked) ex.phase = Phase.Chunked
+    else if (codings > 0 || length === -1) {
+      // a body that ends with the connection (or in a coding the headers stage refuses)
+      ex.phase = Phase.UntilClose
+      ex.keepAlive = false
+    } else {
+      ex.phase = Phase.Length
+      ex.remaining = length
+    }
+    if (bodiless) ex.remaining = 0
+    let go: boolean
+    try {
+      go = ex.handler.onHeaders(status, raw, this.resume)
+    } catch (err) {
+      this.fail(err as Error)
+      return false
+    }
+    if (ex.settled || this.exchange !== ex) return false
+    if (!go && !ex.paused) {
+      ex.paused = true
+      this.socket.pause()
+    }
+    return true
+  }
+
+  /** returns the offset after what was consumed */
+  private readChunked(ex: Exchange, buf: Buffer, from: number): number {
+    let off = from
+    while (off < buf.length && !ex.settled) {
+      if (ex.chunk === ChunkState.Data) {
+        const n = Math.min(ex.remaining, buf.length - off)
+        ex.remaining -= n
+        const piece = buf.subarray(off, off + n)
+        off += n
+        this.deliver(ex, piece)
+        if (ex.remaining === 0) ex.chunk = ChunkState.DataEnd
+        continue
+      }
+      // the other states read lines
+      const nl = buf.indexOf(10, off)
+      const stop = nl === -1 ? buf.length : nl + 1
+      ex.line += buf.toString('latin1', off, stop)
+      off = stop
+      if (ex.line.length > MAX_CHUNK_LINE) return this.malformedAt('chunk line too long', buf.length)
+      if (nl === -1) break
+      const line = ex.line
+      ex.line = ''
+      if (!line.endsWith('\r\n')) return this.malformedAt('chunk line ending', buf.length)
+      const content = line.slice(0, -2)
+      if (ex.chunk === ChunkState.DataEnd) {
+        if (content !== '') return this.malformedAt('chunk data ending', buf.length)
+        ex.chunk = ChunkState.Size
+      } else if (ex.chunk === ChunkState.Size) {
+        const semi = content.indexOf(';')
+        const hex = (semi === -1 ? content : content.slice(0, semi)).trimEnd()
+        if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) return this.malformedAt('chunk size', buf.length)
+        const size = Number.parseInt(hex, 16)
+        if (size === 0) ex.chunk = ChunkState.Trailers
+        else {
+          ex.remaining = size
+          ex.chunk = ChunkState.Data
+        }
+      } else {
+        // trailers, ended by an empty line
+        if (content === '') {
+          this.complete(ex, off < buf.length)
+          return buf.length
+        }
+        const colon = content.indexOf(':')
+        if (colon <= 0 || !TOKEN.test(content.slice(0, colon)))
+          return this.malformedAt('trailer line', buf.length)
+        const value = content.slice(colon + 1).trim()
+        if (BAD_VALUE.test(value)) return this.malformedAt('trailer value', buf.length)
+        ex.trailers ??= []
+        ex.trailers.push(content.slice(0, colon), value)
+        if (ex.trailers.length > 200) return this.malformedAt('too many trailers', buf.length)
+      }
+    }
+    return off
+  }
+
+  private malformed(what: string): false {
+    this.fail(new UpstreamError(`malformed upstream response: ${what}`, 'UND_ERR_PARSER'))
+    return false
+  }
+
+  /** malformed, for the readers that return how far they read: nothing more of this read is looked at */
+  private malformedAt(what: string, end: number): number {
+    this.malformed(what)
+    return end
+  }
+
+  /** the response ended by its framing; `extra`: bytes followed it in the same read */
+  private complete(ex: Exchange, extra: boolean): void {
+    if (ex.settled) return
+    ex.settled = true
+    this.exchange = undefined
+    const reusable = ex.keepAlive && ex.bodySent && !extra && !this.closed
+    if (!ex.bodySent) this.detachBody(ex)
+    if (ex.paused) this.socket.resume()
+    if (reusable) this.pool.release(this)
+    else this.socket.destroy()
+    ex.handler.onComplete(ex.trailers)
+  }
+
+  private fail(err: Error): void {
+    const ex = this.exchange
+    this.exchange = undefined
+    this.socket.destroy()
+    if (ex === undefined || ex.settled) return
+    ex.settled = true
+    this.detachBody(ex)
+    ex.handler.onError(err)
+  }
+
+  private ended(): void {
+    const ex = this.exchange
+    if (ex !== undefined && ex.phase === Phase.UntilClose && ex.status !== 0) {
+      this.closed = true
+      this.complete(ex, false)
+      return
+    }
+    this.closeEarly()
+  }
+
+  private gone(): void {
+    this.closed = true
+    this.pool.forget(this)
+    this.closeEarly()
+  }
+
+  private closeEarly(err?: Error): void {
+    const ex = this.exchange
+    if (ex === undefined || ex.settled) {
+      this.socket.destroy()
+      return
+    }
+    // the keep-alive race: the upstream closed a connection it had kept idle just as this request was sent
+    // on it. Nothing was answered and nothing of a body was taken, so it goes again on a new connection.
+    if (this.reused && !ex.answered && ex.retryable) {
+      this.exchange = undefined
+      this.closed = true
+      this.socket.destroy()
+      this.pool.retry(ex)
+      return
+    }
+    this.fail(err ?? new UpstreamError('upstream closed the connection', 'UND_ERR_SOCKET'))
+  }
+
+  /** the pool's sweep: the deadline of whatever this connection is waiting for */
+  check(tick: number, tickMs: number): void {
+    const o = this.pool.options
+    const waited = (tick - this.activeAt - 1) * tickMs
+    const ex = this.exchange
+    if (ex === undefined) {
+      const idleMs =
+        this.upstreamIdleMs > 0
+          ? Math.min(o.keepAliveTimeout, this.upstreamIdleMs - 1000)
+          : o.keepAliveTimeout
+      if (waited >= idleMs) this.socket.destroy()
+      return
+    }
+    if (!this.connected) {
+      if (waited >= o.connectTimeout)
+        this.fail(new UpstreamError('connect timeout', 'UND_ERR_CONNECT_TIMEOUT'))
+    } else if (ex.phase === Phase.Head) {
+      if (waited >= o.headersTimeout)
+        this.fail(new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
+    } else if (!ex.paused && waited >= o.bodyTimeout) {
+      this.fail(new UpstreamError('body timeout', 'UND_ERR_BODY_TIMEOUT'))
+    }
+  }
+}
+
+/** Keep-alive connections to one upstream, one request at a time each, as many as requests in flight. */
+export class H1Pool {
+  /** coarse clock of the deadlines: one sweep per tick instead of a timer per request */
+  tick = 0
+  private readonly idle: Connection[] = []
+  private readonly all = new Set<Connection>()
+  private sweeper: NodeJS.Timeout | undefined
+  private readonly tickMs: number
+  private closing = false
+
+  constructor(readonly options: H1PoolOptions) {
+    const shortest = Math.min(
+      options.connectTimeout,
+      options.headersTimeout,
+      options.bodyTimeout,
+      options.keepAliveTimeout,
+    )
+    this.tickMs = Math.max(10, Math.min(1000, Math.floor(shortest / 8)))
+  }
+
+  dispatch(request: H1Request, handler: UpstreamHandler): void {
+    if (BAD_PATH.test(request.path) || request.path === '') {
+      handler.onError(new UpstreamError('invalid request path', 'UND_ERR_INVALID_ARG'))
+      return
+    }
+    if (this.closing) {
+      handler.onError(new UpstreamError('engine closed', 'UND_ERR_DESTROYED'))
+      return
+    }
+    const retryable = request.body === null && IDEMPOTENT.has(request.method)
+    this.run(new Exchange(request, handler, retryable))
+  }
+
+  private run(ex: Exchange): void {
+    let conn = this.idle.pop()
+    while (conn?.closed) conn = this.idle.pop()
+    if (conn === undefined) {
+      conn = new Connection(this, this.options)
+      this.all.add(conn)
+    }
+    this.sweep()
+    conn.start(ex)
+  }
+
+  /** a request the keep-alive race took, once more on a new connection */
+  retry(ex: Exchange): void {
+    if (this.closing) {
+      ex.settled = true
+      ex.handler.onError(new UpstreamError('engine closed', 'UND_ERR_DESTROYED'))
+      return
+    }
+    const conn = new Connection(this, this.options)
+    this.all.add(conn)
+    this.sweep()
+    conn.start(new Exchange(ex.request, ex.handler, false))
+  }
+
+  release(conn: Connection): void {
+    conn.reused = true
+    conn.activeAt = this.tick
+    if (this.closing) conn.socket.destroy()
+    else this.idle.push(conn)
+  }
+
+  forget(conn: Connection): void {
+    this.all.delete(conn)
+    const i = this.idle.indexOf(conn)
+    if (i !== -1) this.idle.splice(i, 1)
+  }
+
+  private sweep(): void {
+    if (this.sweeper !== undefined) return
+    this.sweeper = setInterval(() => {
+      this.tick++
+      for (const conn of this.all) conn.check(this.tick, this.tickMs)
+      if (this.all.size === 0) {
+        clearInterval(this.sweeper)
+        this.sweeper = undefined
+      }
+    }, this.tickMs)
+    this.sweeper.unref()
+  }
+
+  /** idle connections go now, busy ones after their response */
+  async close(): Promise<void> {
+    this.closing = true
+    for (const conn of this.idle.splice(0)) conn.socket.destroy()
+  }
+
+  async destroy(): Promise<void> {
+    this.closing = true
+    this.idle.length = 0
+    for (const conn of [...this.all]) conn.abort(new UpstreamError('engine destroyed', 'UND_ERR_DESTROYED'))
+  }
+}
