@@ -95,7 +95,7 @@ export interface AllocResult {
 }
 
 const LABELS: Record<AllocId, string> = {
-  b: 'bare undici proxy (the engine alone), 1,000 rotating tokens forwarded',
+  b: 'bare proxy (the engine alone), 1,000 rotating tokens forwarded',
   c: 'nhi-proxy, JWT RS256 (1,000 rotating tokens, cache warm)',
   e: 'nhi-proxy, anonymous browser user agent',
 }
@@ -150,7 +150,7 @@ async function startTracedBare(procs: ServerProcess[], upstream: string): Promis
     [
       ...TRACE_FLAGS,
       ...TS_NODE_FLAGS,
-      join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
+      join(REPO_ROOT, 'bench/bare-proxy.ts'),
       JSON.stringify({ port, upstream }),
     ],
     { stdout: 'pipe' },

@@ -43,7 +43,7 @@ export interface FloodResult {
 }
 
 const LABELS: Record<string, string> = {
-  b: 'bare undici proxy, 1,000 rotating tokens',
+  b: 'bare proxy (same engine), 1,000 rotating tokens',
   'c-pool': 'nhi-proxy, cached tokens (verifyWorkers default)',
   'flood-pool': 'nhi-proxy, every RS256 token new, verifyWorkers default (pool)',
   'flood-inline': 'nhi-proxy, every RS256 token new, verifyWorkers: 0 (inline)',

@@ -22,12 +22,13 @@ import {
 import { median as medianOf } from './stats.ts'
 import { type TokenSet, tokenSet } from './tokens.ts'
 
-export type ConfigId = 'a' | 'b' | 'b2' | 'c' | 'a-tls' | 'd' | 'e' | 'nginx'
+export type ConfigId = 'a' | 'b' | 'b2' | 'b3' | 'c' | 'a-tls' | 'd' | 'e' | 'nginx'
 
 export const CONFIG_LABELS: Record<ConfigId, string> = {
   a: 'direct to upstream',
-  b: 'bare proxy, undici (same engine)',
+  b: 'bare proxy (same engine)',
   b2: 'bare proxy, http-proxy',
+  b3: 'bare proxy, undici Pool (the engine before)',
   c: 'nhi-proxy, JWT RS256 (1,000 tokens, cache warm)',
   'a-tls': 'direct to upstream over mTLS (loadgen ceiling)',
   d: 'nhi-proxy, mTLS clients',
@@ -348,6 +349,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       upTls: await freePort(),
       b: await freePort(),
       b2: await freePort(),
+      b3: await freePort(),
       nginx: await freePort(),
     }
     const upstream = spawnProcess('upstream', process.execPath, [
@@ -360,17 +362,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     ])
     procs.push(upstream)
     const upstreamUrl = `http://127.0.0.1:${ports.up}`
-    const bare = (name: string, script: string, port: number) => {
+    const bare = (name: string, script: string, port: number, extra: Record<string, unknown> = {}) => {
       const p = spawnProcess(name, process.execPath, [
         ...TS_NODE_FLAGS,
         join(REPO_ROOT, script),
-        JSON.stringify({ port, upstream: upstreamUrl }),
+        JSON.stringify({ port, upstream: upstreamUrl, ...extra }),
       ])
       procs.push(p)
       return p
     }
-    const bareUndici = bare('bare-undici', 'bench/bare-undici-proxy.ts', ports.b)
+    const bareEngine = bare('bare', 'bench/bare-proxy.ts', ports.b)
     const bareHttpProxy = bare('bare-http-proxy', 'bench/bare-http-proxy.ts', ports.b2)
+    const bareUndici = bare('bare-undici', 'bench/bare-proxy.ts', ports.b3, { undici: true })
 
     const nhiPorts = async () => ({
       port: await freePort(),
@@ -413,8 +416,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       started(startOne('d')),
       started(startOne('e')),
       waitForPorts(upstream, [ports.up, ports.upTls]),
-      waitForPorts(bareUndici, [ports.b]),
+      waitForPorts(bareEngine, [ports.b]),
       waitForPorts(bareHttpProxy, [ports.b2]),
+      waitForPorts(bareUndici, [ports.b3]),
       nginxStart,
     ])
     const failed = starting.find((s) => s.status === 'rejected')
@@ -428,8 +432,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     const tlsClients = clients.map((c) => ({ cert: c.certFile, key: c.keyFile }))
     const runnables: Runnable[] = [
       { id: 'a', spec: { ...base, url: upstreamUrl, tokensFile } },
-      { id: 'b', spec: { ...base, url: http(ports.b), tokensFile }, proxy: bareUndici },
+      { id: 'b', spec: { ...base, url: http(ports.b), tokensFile }, proxy: bareEngine },
       { id: 'b2', spec: { ...base, url: http(ports.b2), tokensFile }, proxy: bareHttpProxy },
+      { id: 'b3', spec: { ...base, url: http(ports.b3), tokensFile }, proxy: bareUndici },
       { id: 'c', spec: { ...base, url: http(nhi.c.port), tokensFile }, proxy: nhiC },
       {
         id: 'a-tls',
@@ -568,6 +573,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     const ratios: Record<string, number> = {
       'c/b': c.rps / b.rps,
       'c/b2': c.rps / b2.rps,
+      'b/b3 (own engine vs undici)': b.rps / (get('b3')?.rps ?? Number.NaN),
+      'c/b3': c.rps / (get('b3')?.rps ?? Number.NaN),
       'c/a': c.rps / a.rps,
       'd/a-tls': d.rps / aTls.rps,
       'e/b': get('e')!.rps / b.rps,
@@ -595,7 +602,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     const targets: Target[] = [
       target('c ≥ 1.3× b2 (throughput vs http-proxy)', ratios['c/b2']!, 1.3, 'min', '×', roundSpread(c, b2)),
       target(
-        'c ≥ 0.9× b (throughput vs bare undici proxy)',
+        'c ≥ 0.9× b (throughput vs a bare proxy on the same engine)',
         ratios['c/b']!,
         0.9,
         'min',

@@ -181,7 +181,7 @@ export async function spawnPlainUpstream(
   return { url: `http://127.0.0.1:${port}`, listening }
 }
 
-/** The bare undici proxy (the forwarding engine alone) in front of `upstream`; returns its process and URL. */
+/** The bare proxy (the forwarding engine alone) in front of `upstream`; returns its process and URL. */
 export async function startBareUndici(
   procs: ServerProcess[],
   upstream: string,
@@ -189,7 +189,7 @@ export async function startBareUndici(
   const port = await freePort()
   const proc = spawnProcess('bare-undici', process.execPath, [
     ...TS_NODE_FLAGS,
-    join(REPO_ROOT, 'bench/bare-undici-proxy.ts'),
+    join(REPO_ROOT, 'bench/bare-proxy.ts'),
     JSON.stringify({ port, upstream }),
   ])
   procs.push(proc)

@@ -82,7 +82,7 @@ function addedLatency(name: string, value: number, target: number, spread: strin
 }
 
 const LABELS: Record<string, string> = {
-  b: 'bare undici proxy, 1,000 rotating tokens',
+  b: 'bare proxy (same engine), 1,000 rotating tokens',
   c: 'nhi-proxy, JWT RS256 (1,000 tokens, cache warm), OTLP export off',
   'c-otlp': 'the same, OTLP spans + audit log records to a live collector',
   'c-otlp-down': 'the same, OTLP export on, collector down',

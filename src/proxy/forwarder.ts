@@ -213,6 +213,8 @@ export interface Http1ForwarderOptions {
   tls?: ConnectionOptions
   /** when an established websocket tunnel counts as abandoned */
   tunnelIdle?: TunnelIdle
+  /** plain-HTTP upstreams through undici's Pool too: the benchmark's baseline of the engine h1-pool.ts replaced */
+  undiciOnly?: boolean
 }
 
 class ClientGoneError extends Error {
@@ -560,8 +562,8 @@ export class Http1Forwarder implements Forwarder {
     const known = this.plain.get(target.origin)
     if (known !== undefined) return known
     const upstream = target.upstream
-    if (upstream?.tls === true) return undefined
     const o = this.options
+    if (upstream?.tls === true || o.undiciOnly === true) return undefined
     let host: string
     let port: number
     let hostHeader: string

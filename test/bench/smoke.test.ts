@@ -36,8 +36,8 @@ t.test('quick bench: every configuration serves traffic without errors', async (
   })
   const ids = r.configs.map((c) => c.id)
   t.same(
-    ids.slice(0, 7),
-    ['a', 'b', 'b2', 'c', 'a-tls', 'd', 'e'],
+    ids.slice(0, 8),
+    ['a', 'b', 'b2', 'b3', 'c', 'a-tls', 'd', 'e'],
     'all configurations ran, interleaved in order',
   )
   for (const c of [...r.configs, r.flood!]) {

@@ -1,15 +1,17 @@
-// Baseline (b): a reverse proxy on exactly nhi-proxy's forwarding engine (UndiciForwarder: one undici Pool,
-// same keep-alive and timeout settings) and nothing else — no identity, no telemetry, no header
+// Baselines b and b3: a reverse proxy on exactly nhi-proxy's forwarding engine (Http1Forwarder: our own
+// keep-alive pool for plain HTTP, same keep-alive and timeout settings) and nothing else — no identity, no telemetry, no header
 // rewriting beyond dropping hop-by-hop headers. The gap between this and nhi-proxy is the cost of
-// attribution. Run as a child process: node --import ./scripts/register-ts.mjs bench/bare-undici-proxy.ts '<json>'.
+// attribution. Run as a child process: node --import ./scripts/register-ts.mjs bench/bare-proxy.ts '<json>'.
 import './orphan-guard.mjs'
 import { createServer } from 'node:http'
-import { UndiciForwarder } from '../src/proxy/forwarder.ts'
+import { Http1Forwarder } from '../src/proxy/forwarder.ts'
 import type { UpstreamHeaders } from '../src/proxy/headers.ts'
 
 interface BareArgs {
   port: number
   upstream: string
+  /** b3: the same forwarder on undici's Pool, the engine the proxy used for plain HTTP before its own */
+  undici?: boolean
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as BareArgs
@@ -26,7 +28,11 @@ const HOP_BY_HOP = new Set([
 ])
 
 // the same deadlines nhi-proxy derives from its default config (timeouts.upstream 30 s)
-const forwarder = new UndiciForwarder({ headersTimeout: 30_000, bodyTimeout: 30_000 })
+const forwarder = new Http1Forwarder({
+  headersTimeout: 30_000,
+  bodyTimeout: 30_000,
+  ...(args.undici === true ? { undiciOnly: true } : {}),
+})
 
 const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
   const headers: UpstreamHeaders = {}
