@@ -24,7 +24,7 @@ import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/list
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
 import { rotateTlsFiles, tlsRefusal } from './runtime-tls.ts'
-import { StartupError, splitAddress } from './startup.ts'
+import { StartupError, StoppedWhileStarting, splitAddress } from './startup.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
 import type { TlsSide } from './telemetry/metrics.ts'
 import type { Recorder } from './types.ts'
@@ -50,6 +50,11 @@ export interface StartOptions {
   log: Logger
   /** wait at most this long for the first JWKS fetch before accepting traffic */
   jwksStartTimeoutMs?: number
+  /**
+   * Aborted when the process is told to stop while it starts: the start ends (StoppedWhileStarting)
+   * instead of listening, without waiting out the first JWKS fetch.
+   */
+  stop?: AbortSignal
   /** outputs of an embedding program, recorded and reconfigured like the built-in ones */
   recorders?: Recorder[]
   /**
@@ -190,19 +195,16 @@ async function readTlsFiles<T>(side: TlsSide, load: () => Promise<T>): Promise<T
   }
 }
 
-function withTimeout(p: Promise<void>, ms: number): Promise<void> {
-  return new Promise((done) => {
+function withTimeout(p: Promise<void>, ms: number, stop?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t)
+      stop?.removeEventListener('abort', done)
+      resolve()
+    }
     const t = setTimeout(done, ms)
-    p.then(
-      () => {
-        clearTimeout(t)
-        done()
-      },
-      () => {
-        clearTimeout(t)
-        done()
-      },
-    )
+    stop?.addEventListener('abort', done)
+    p.then(done, done)
   })
 }
 
@@ -315,7 +317,12 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     recorder: telemetry,
     secretFiles: opts.secretFiles ?? (await secretFilesAtStart(initial)),
   })
-  await withTimeout(pipeline.start(), jwksStartTimeout)
+  await withTimeout(pipeline.start(), jwksStartTimeout, opts.stop)
+  if (opts.stop?.aborted) {
+    pipeline.close()
+    await telemetry.close()
+    throw new StoppedWhileStarting()
+  }
 
   telemetry.otlp.onThreadExit = (error) =>
     log.warn({ event: 'otlp_thread_exit', error }, 'OTLP export thread stopped, restarting it')
@@ -389,16 +396,24 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
         effectiveConfig: () => redactConfig(pipeline.config),
       })
 
+  const abandon = async () => {
+    pipeline.close()
+    await proxy.close(0).catch(() => {})
+    await admin?.close().catch(() => {})
+    await telemetry.close()
+  }
+  // the last step before the listeners open, after the outputs' start and the admin token's read
+  if (opts.stop?.aborted) {
+    await abandon()
+    throw new StoppedWhileStarting()
+  }
   let proxyAddrs: Awaited<ReturnType<ProxyServer['listen']>>
   let adminAddress: AddressInfo | undefined
   try {
     proxyAddrs = await proxy.listen()
     adminAddress = await admin?.listen()
   } catch (err) {
-    pipeline.close()
-    await proxy.close(0).catch(() => {})
-    await admin?.close().catch(() => {})
-    await telemetry.close()
+    await abandon()
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
     const where =
       e.address === undefined ? '' : ` on ${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`

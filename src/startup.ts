@@ -17,3 +17,10 @@ export function splitAddress(addr: string): { host: string; port: number } {
   if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1)
   return { host: host || '0.0.0.0', port: Number(addr.slice(i + 1)) }
 }
+
+/** The start was given up for a stop signal that came before anything listened: nothing is left to drain. */
+export class StoppedWhileStarting extends Error {
+  constructor() {
+    super('stopped while starting, before anything listened')
+  }
+}

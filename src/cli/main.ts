@@ -8,9 +8,10 @@ import { formatDiagnostic, loadConfigFile } from '../config/loader.ts'
 import { address, type Config } from '../config/schema.ts'
 import { MAX_WORKERS, workerCount } from '../config/workers.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
-import { StartupError, splitAddress } from '../startup.ts'
+import { StartupError, StoppedWhileStarting, splitAddress } from '../startup.ts'
 import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
+import { claimStopSignals } from './stop-signals.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
 
@@ -139,19 +140,37 @@ interface Stoppable {
 
 /**
  * SIGTERM/SIGINT: `shutdown` then exit 0; a second signal skips what is left of the drain delay (`close`).
- * SIGHUP (with `reloads`) reloads the config. Installed before anything listens: Node's default action would
- * kill a process whose listeners are already open but whose handlers are not yet in place, cutting whatever it
- * had accepted. A signal that arrives while the process starts is held until `serving` says what to stop; a
- * second one during startup exits at once (a start that hangs can still be stopped).
+ * SIGHUP (with `reloads`) reloads the config. The stop signals are caught from the bin's first statement
+ * (stop-signals.ts): Node's default action would end a process still loading by the signal, and kill one
+ * whose listeners are open but whose handlers are not yet in place, cutting whatever it had accepted. A stop
+ * signal that arrives while the process starts ends the start: `beforeStarting` exits 0 at the next step,
+ * `stopping` aborts a sidecar's start before it listens, and one already listening by then (`serving`) drains
+ * as always. A second one during startup exits at once (a start that hangs can still be stopped).
  */
-function holdSignals(opts: { reloads: boolean }): { serving(target: Stoppable): void } {
+function holdSignals(opts: { reloads: boolean }): {
+  /** aborted by a stop signal that came before `serving` */
+  stopping: AbortSignal
+  /** exits 0 when a stop signal came: nothing was started that needs stopping */
+  beforeStarting(): void
+  serving(target: Stoppable): void
+} {
   let target: Stoppable | undefined
   let held: string | undefined
   let stopping = false
+  const startStopped = new AbortController()
+  const beforeStarting = () => {
+    if (held === undefined) return
+    process.stderr.write(`nhi-proxy: ${held} while starting, exiting before serving\n`)
+    process.exit(0)
+  }
   const stop = (signal: string) => {
     if (target === undefined) {
-      if (held !== undefined) process.exit(0)
+      if (held !== undefined) {
+        process.stderr.write(`nhi-proxy: ${signal} again while starting, exiting\n`)
+        process.exit(0)
+      }
       held = signal
+      startStopped.abort()
       return
     }
     if (stopping) {
@@ -166,11 +185,12 @@ function holdSignals(opts: { reloads: boolean }): { serving(target: Stoppable): 
       () => process.exit(2),
     )
   }
-  process.on('SIGTERM', () => stop('SIGTERM'))
-  process.on('SIGINT', () => stop('SIGINT'))
+  claimStopSignals(stop)
   // a reload asked for during startup has nothing to do: the config is being read right now
   if (opts.reloads) process.on('SIGHUP', () => void target?.reload?.())
   return {
+    stopping: startStopped.signal,
+    beforeStarting,
     serving(t) {
       target = t
       if (held !== undefined) stop(held)
@@ -281,13 +301,16 @@ Examples:
       tuneHeapGrowth()
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
       const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin }
+      let signals: ReturnType<typeof holdSignals> | undefined
       try {
         if (await isClusterWorker()) {
           const { runWorker } = await import('../workers.ts')
           return await runWorker(log)
         }
-        const signals = holdSignals({ reloads: true })
+        signals = holdSignals({ reloads: true })
+        signals.beforeStarting()
         const preloaded = await preloadConfig(configPath, log)
+        signals.beforeStarting()
         const setting = o.workers ?? preloaded?.workers ?? 1
         const workers = workerCount(setting)
         if (workers > 1) {
@@ -312,11 +335,13 @@ Examples:
           return
         }
         const { startSidecar } = await runtime
+        signals.beforeStarting()
         const sidecar = await startSidecar({
           configPath,
           ...(preloaded ? { preloaded } : {}),
           overrides,
           log,
+          stop: signals.stopping,
         })
         const admin = `http://${fmtHost(sidecar.adminAddress)}`
         log.info(
@@ -334,6 +359,7 @@ Examples:
         )
         signals.serving(sidecar)
       } catch (err) {
+        if (err instanceof StoppedWhileStarting) signals?.beforeStarting()
         fail(err)
       }
     },
@@ -471,6 +497,7 @@ Examples:
       try {
         const signals = holdSignals({ reloads: false })
         const { runDemo } = await import('../demo/demo.ts')
+        signals.beforeStarting()
         const demo = await runDemo({ ...o, audit: o.audit === true, log: operationalLogger(), print: out })
         signals.serving(demo)
         if (o.duration) {
@@ -510,6 +537,7 @@ Example:
     try {
       const signals = holdSignals({ reloads: false })
       const { AUDIENCE, DemoIdp, ISSUERS, SAMPLES } = await import('../demo/idp.ts')
+      signals.beforeStarting()
       const { host, port } = splitAddress(o.listen)
       const idp = await DemoIdp.start(host, port).catch((err: Error) => {
         throw new StartupError(`cannot listen on ${o.listen}: ${err.message}`, 2)

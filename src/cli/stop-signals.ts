@@ -1,0 +1,36 @@
+// SIGTERM/SIGINT for the commands that keep running, caught from the bin's first statement. Until a process
+// has a listener of its own, Node's default action ends it by the signal: no drain, no exit status, no log
+// line. Loading the CLI and its dependencies takes a few hundred milliseconds on a busy node, and an
+// orchestrator may well stop a container that has only just started. A signal caught before the command
+// claims them is kept for it; a second one exits at once, so a start that hangs can still be stopped.
+
+export type StopSignal = 'SIGTERM' | 'SIGINT'
+
+let caught: StopSignal | undefined
+let claimant: ((signal: StopSignal) => void) | undefined
+let installed = false
+
+export function catchStopSignals(): void {
+  if (installed) return
+  installed = true
+  const on = (signal: StopSignal) => {
+    if (claimant) return claimant(signal)
+    if (caught === undefined) {
+      caught = signal
+      return
+    }
+    process.stderr.write(`nhi-proxy: ${signal} again while starting, exiting\n`)
+    process.exit(0)
+  }
+  process.on('SIGTERM', () => on('SIGTERM'))
+  process.on('SIGINT', () => on('SIGINT'))
+}
+
+/** The signals go to `to` from now on, one caught before first. */
+export function claimStopSignals(to: (signal: StopSignal) => void): void {
+  catchStopSignals()
+  claimant = to
+  const early = caught
+  caught = undefined
+  if (early !== undefined) to(early)
+}

@@ -1,0 +1,147 @@
+// A SIGTERM that comes while `nhi-proxy run` is still starting ends it cleanly (exit 0, never by the signal)
+// and at once, without serving. Each case pins the signal to a moment of the start instead of a time after
+// spawn: the bundle's main chunk is delivered through a FIFO, so the process is loading its code until the
+// test writes it; a JWKS endpoint holds its answer, so the start waits for the first key fetch.
+import { execFileSync, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { constants, cpSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { open } from 'node:fs/promises'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import t from 'tap'
+import { stringify } from 'yaml'
+import { freePort } from '../helpers/net.ts'
+import { scratchDir } from '../helpers/scratch.ts'
+import { assertFreshBundle, BUNDLE, outputComplete, ROOT, spawnCli } from '../helpers/sidecar.ts'
+
+// generous for a loaded machine, far below what a start that ran on would take: the JWKS start timeout (5 s)
+// and then the drain delay the configs set (60 s)
+const PROMPT_MS = 20_000
+
+async function writeConfig(dir: string, config: Record<string, unknown>): Promise<string> {
+  const path = join(dir, 'config.yaml')
+  const port = await freePort()
+  writeFileSync(
+    path,
+    stringify({
+      upstream: 'http://127.0.0.1:9',
+      listen: { http: `127.0.0.1:${port}` },
+      admin: '127.0.0.1:0',
+      audit: { output: 'off' },
+      timeouts: { drainDelay: '60s' },
+      ...config,
+    }),
+  )
+  return path
+}
+
+/** resolves with the exit of `child` (code and signal), or with undefined when it is still running after ms */
+async function exitWithin(
+  child: ReturnType<typeof spawn>,
+  exited: Promise<number | null>,
+  ms: number,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null } | undefined> {
+  const late = new AbortController()
+  const result = await Promise.race([
+    exited.then((code) => ({ code, signal: child.signalCode })),
+    delay(ms, undefined, { signal: late.signal }).catch(() => undefined),
+  ])
+  late.abort()
+  return result
+}
+
+const started = (stderr: string) => stderr.split('\n').some((l) => l.includes('"event":"started"'))
+
+t.test(
+  'SIGTERM while the CLI is still loading its code: exit 0, not killed, never serves',
+  { skip: process.platform === 'win32' ? 'needs a FIFO' : false },
+  async (t) => {
+    assertFreshBundle()
+    const dir = await scratchDir('early-signal-load')
+    const dist = join(dir, 'dist')
+    cpSync(join(ROOT, 'dist'), dist, { recursive: true })
+    const main = /import\("\.\/(chunks\/main-[^"]+\.mjs)"\)/.exec(readFileSync(BUNDLE, 'utf8'))?.[1]
+    if (main === undefined) throw new Error('the bin does not import a main chunk: update this test')
+    const chunk = join(dist, main)
+    const code = readFileSync(chunk)
+    renameSync(chunk, `${chunk}.real`)
+    execFileSync('mkfifo', [chunk])
+    const config = await writeConfig(dir, {})
+
+    const child = spawn(process.execPath, [join(dist, 'nhi-proxy.mjs'), 'run', '-c', config], {
+      cwd: ROOT,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let stderr = ''
+    child.stderr!.on('data', (c: Buffer) => {
+      stderr += c.toString()
+    })
+    const exited = outputComplete(child)
+    // opening the write end waits for the reader: from then on the process is loading the CLI
+    const writer = open(chunk, 'w')
+    t.teardown(async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      // a write end still waiting for a reader that never came is released by a reader of our own
+      const reader = await open(chunk, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined)
+      await (await writer.catch(() => undefined))?.close().catch(() => {})
+      await reader?.close()
+      await exited
+    })
+    const first = await Promise.race([writer, exited.then(() => undefined)])
+    if (first === undefined) throw new Error(`exited before loading its code: ${stderr}`)
+    child.kill('SIGTERM')
+    // a process the signal ended reads no further (EPIPE): the exit below says how it ended
+    await first.writeFile(code).catch(() => {})
+    await first.close().catch(() => {})
+
+    const stopped = await exitWithin(child, exited, PROMPT_MS)
+    t.ok(stopped, `exited within ${PROMPT_MS} ms of the signal`)
+    t.equal(stopped?.signal, null, 'not ended by the signal')
+    t.equal(stopped?.code, 0, `exit 0 (stderr: ${stderr.trim()})`)
+    t.notOk(started(stderr), 'never started serving')
+    t.match(stderr, /SIGTERM while starting/, 'says why it stopped')
+  },
+)
+
+t.test(
+  'SIGTERM while the first JWKS fetch is pending: exit 0 at once, never listens, no drain',
+  async (t) => {
+    const dir = await scratchDir('early-signal-jwks')
+    const held: ServerResponse[] = []
+    const jwks = createServer((_req: IncomingMessage, res: ServerResponse) => {
+      held.push(res)
+    })
+    const jwksRequested = once(jwks, 'request')
+    jwks.listen(0, '127.0.0.1')
+    await once(jwks, 'listening')
+    t.teardown(() => {
+      for (const res of held) res.destroy()
+      jwks.close()
+    })
+    const jwksUri = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`
+    const config = await writeConfig(dir, {
+      jwt: { issuers: [{ issuer: 'https://idp.early.example', jwksUri, audiences: ['app'] }] },
+    })
+
+    const proxy = spawnCli(['run', '-c', config])
+    t.teardown(async () => {
+      if (proxy.child.exitCode === null && proxy.child.signalCode === null) proxy.kill('SIGKILL')
+      await proxy.exited
+    })
+    await Promise.race([
+      jwksRequested,
+      proxy.exited.then(() => {
+        throw new Error(`exited before fetching its keys: ${proxy.stderr()}`)
+      }),
+    ])
+    proxy.kill('SIGTERM')
+    const stopped = await exitWithin(proxy.child, proxy.exited, PROMPT_MS)
+    t.ok(stopped, `exited within ${PROMPT_MS} ms of the signal, the key fetch still unanswered`)
+    if (!stopped) proxy.kill('SIGKILL')
+    t.equal(stopped?.signal, null, 'not ended by the signal')
+    t.equal(stopped?.code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
+    t.notOk(started(proxy.stderr()), 'never started serving')
+  },
+)
