@@ -73,6 +73,49 @@ t.test('waiting jobs are served round-robin by peer, and the bounds refuse the r
   t.match(pool.stats(), { workers: 1, queued: 0, running: 0, verified: 6, overflowed: 2 })
 })
 
+// One IPv6 host owns a /64: its addresses are one peer, with one turn and one per-peer bound, however it
+// writes them; IPv4 addresses (also written v4-mapped) stay one peer each.
+t.test('an IPv6 /64 waits as one peer, an IPv4 address as its own', async (t) => {
+  const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 20, maxQueuePerPeer: 2 })
+  t.teardown(() => pool.close())
+  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const tokens = await Promise.all(
+    Array.from({ length: 12 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: `v6-${i}` })),
+  )
+  await ready(t, pool, tokens[0]!, keys)
+  const order: string[] = []
+  let next = 0
+  const submit = (name: string, peer: string) =>
+    pool.verify(job(tokens[next++]!), keys, peer)?.then((r: WorkerReply) => {
+      order.push(name)
+      return r
+    })
+  // h1 goes straight to the worker; h2 and h3, other addresses of the same /64, fill its queue
+  const accepted = [
+    submit('h1', '2001:db8:0:1::1'),
+    submit('h2', '2001:db8:0:1::2'),
+    submit('h3', '2001:DB8:0:1:ffff:ffff:ffff:ffff'),
+  ]
+  t.equal(submit('h4', '2001:0db8:0000:0001::4%eth0'), undefined, "refused: the /64's queue is full")
+  t.equal(submit('h5', '2001:db8:0:1:1234::'), undefined, 'refused: whatever the address in the /64')
+  accepted.push(submit('o1', '2001:db8:0:2::1'))
+  accepted.push(submit('m1', '::ffff:10.0.0.1'))
+  accepted.push(submit('m2', '10.0.0.1'))
+  t.equal(submit('m3', '::FFFF:10.0.0.1'), undefined, 'refused: a v4-mapped address is its IPv4 address')
+  accepted.push(submit('v1', '10.0.0.2'))
+  t.match(pool.stats(), { queued: 6, running: 1, overflowed: 3 })
+  const replies = await Promise.all(accepted)
+  t.ok(
+    replies.every((r) => r && 'header' in r),
+    'every accepted job verified in the worker',
+  )
+  t.same(
+    order,
+    ['h1', 'h2', 'o1', 'm1', 'v1', 'h3', 'm2'],
+    "the other /64 and each IPv4 address take their turns before the host's second waiting job",
+  )
+})
+
 // The global bound is shared: a few peers that fill it between them must not keep out a peer that has
 // nothing waiting. Its job takes the place of the newest job of the peer with the most waiting.
 t.test(

@@ -1,12 +1,13 @@
 // A small pool of worker threads for first-time asymmetric signature verification. Cached tokens are answered
 // synchronously and never come here; new tokens do, so a flood of never-seen tokens costs the main thread a
 // message each way instead of jose's whole verification, and everyone else's requests keep being served.
-// Waiting jobs are queued per peer and served round-robin (one client's flood does not delay another
-// client's new token by more than one turn), with a bound per peer and a global one: past either the job is
-// refused at once (the caller attributes the request as a failed verification, `verification_busy`). The
-// global bound is shared, so when it is reached the newcomer of a peer with fewer jobs waiting takes the
-// place of the newest job of the peer with the most (that job is refused instead): a few addresses that fill
-// the queue between them cannot keep every other client's new tokens out.
+// Waiting jobs are queued per peer (an IPv6 host per /64, peer-group.ts) and served round-robin (one
+// client's flood does not delay another client's new token by more than one turn), with a bound per peer
+// and a global one: past either the job is refused at once (the caller attributes the request as a failed
+// verification, `verification_busy`). The global bound is shared, so when it is reached the newcomer of a
+// peer with fewer jobs waiting takes the place of the newest job of the peer with the most (that job is
+// refused instead): a few addresses that fill the queue between them cannot keep every other client's new
+// tokens out.
 // Jobs go to a worker in batches (those started in one turn of the event loop, one message) and come back
 // in batches: a message each way per job cost about as much CPU as the signature check itself, most of it
 // in waking the other thread, and on a small pod that is CPU the flood takes from everyone. A batch is flat
@@ -16,6 +17,7 @@ import { availableParallelism } from 'node:os'
 import type { Worker } from 'node:worker_threads'
 import type { JWK } from 'jose'
 import { startWorkerThread } from '../../util/worker-thread.ts'
+import { peerGroup } from './peer-group.ts'
 import {
   ABSENT,
   type IssuerSetup,
@@ -61,7 +63,7 @@ export interface VerifyPoolOptions {
   size: number
   /** jobs waiting for a worker, all peers together */
   maxQueue: number
-  /** jobs waiting for a worker from one peer */
+  /** jobs waiting for a worker from one peer (an IPv4 address, or an IPv6 /64) */
   maxQueuePerPeer: number
   /** jobs handed to one worker at once (jose verifies asynchronously, so a worker overlaps a few) */
   perWorker?: number
@@ -136,8 +138,11 @@ export function defaultVerifyWorkers(): number {
 export class VerifyPool {
   private readonly opts: Required<VerifyPoolOptions>
   private readonly slots: Slot[] = []
-  /** waiting jobs per peer; Map order is the round-robin order (a served peer moves to the back) */
+  /** waiting jobs per peer (peerGroup); Map order is the round-robin order (a served peer moves to the back) */
   private readonly waiting = new Map<string, Pending[]>()
+  /** the last peer queued for and its group: a flood mostly comes from one address */
+  private lastPeer = ''
+  private lastGroup = ''
   private queued = 0
   private nextId = 1
   private verified = 0
@@ -180,8 +185,15 @@ export class VerifyPool {
     const slot = this.waiting.size === 0 ? this.freeSlot() : undefined
     if (!this.usable || !this.slots.some((s) => s.ready)) return Promise.resolve({ id: 0, code: WORKER_GONE })
     let queue: Pending[] | undefined
+    let group = ''
     if (!slot) {
-      queue = this.waiting.get(peer)
+      // only a job that has to wait needs its group: the common case, a free worker, never computes it
+      if (peer !== this.lastPeer) {
+        this.lastPeer = peer
+        this.lastGroup = peerGroup(peer)
+      }
+      group = this.lastGroup
+      queue = this.waiting.get(group)
       const waiting = queue?.length ?? 0
       if (
         waiting >= this.opts.maxQueuePerPeer ||
@@ -198,7 +210,7 @@ export class VerifyPool {
         return
       }
       if (queue) queue.push(pending)
-      else this.waiting.set(peer, [pending])
+      else this.waiting.set(group, [pending])
       this.queued++
     })
   }
