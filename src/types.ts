@@ -40,6 +40,11 @@ export interface Identity {
    * per request and no credential covers: the metrics hold it to the unverified cap, as a made-up name
    */
   nameFromRequest?: boolean
+  /**
+   * the configured JWT issuer whose token is the identity's credential (its strongest, which gives `source`):
+   * the metrics hold the names that issuer's claims give to its own cap (jwt.issuers[].maxIdentities)
+   */
+  issuer?: string
 }
 
 /** JWT signature algorithms: asymmetric ones are the default allowlist; HMAC only with a configured secret. */

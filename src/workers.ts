@@ -46,6 +46,7 @@ import {
   Telemetry,
 } from './telemetry/index.ts'
 import { toLiveEvent } from './telemetry/live.ts'
+import { tableLimits } from './telemetry/metrics-recorder.ts'
 import { PodExport, type PodSnapshot } from './telemetry/pod-export.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
@@ -323,7 +324,15 @@ export async function runWorker(log: Logger): Promise<void> {
       case 'scrape':
         sidecar.telemetry.metrics.pieces().then(
           (pieces) =>
-            reply(m.id, exporter.snapshot(pieces, m.since, sidecar.telemetry.metrics.requestNamed())),
+            reply(
+              m.id,
+              exporter.snapshot(
+                pieces,
+                m.since,
+                sidecar.telemetry.metrics.requestNamed(),
+                sidecar.telemetry.metrics.issued(),
+              ),
+            ),
           () => reply(m.id, undefined),
         )
         return
@@ -638,21 +647,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       }),
     )
     pod.apply('primary', own.snapshot(await telemetry.metrics.pieces(), pod.since('primary')))
-    const m = config.metrics
-    const body = pod.render(
-      {
-        service: config.service,
-        limits: {
-          maxIdentities: m.maxIdentities,
-          idleTtlMs: m.idleTtl,
-          ...(m.maxUnverifiedIdentities !== undefined
-            ? { maxUnverifiedIdentities: m.maxUnverifiedIdentities }
-            : {}),
-        },
-        restarts,
-      },
-      openMetrics,
-    )
+    const body = pod.render({ service: config.service, limits: tableLimits(config), restarts }, openMetrics)
     return { contentType: openMetrics ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE, body }
   }
 

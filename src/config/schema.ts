@@ -165,6 +165,10 @@ export const identityRuleSchema = z.strictObject({
   match: z.prefault(matchSchema, {}),
 })
 
+const ISSUER_CAP_PROBLEM =
+  'expected a whole number of at least 1: how many distinct identity names this issuer may add to the ' +
+  'metrics (to hold it to metrics.maxIdentities only, set that number)'
+
 export const issuerSchema = z.strictObject({
   issuer: z.string().check(z.minLength(1)),
   profile: z.optional(z.enum(PROFILE_NAMES)),
@@ -182,6 +186,12 @@ export const issuerSchema = z.strictObject({
   bearerTokenFile: z.optional(z.string()),
   /** how often to refresh a remote key set even without an unknown kid */
   refreshInterval: z.optional(duration),
+  maxIdentities: described(
+    z.optional(z.number(ISSUER_CAP_PROBLEM).check(z.int(ISSUER_CAP_PROBLEM), z.positive(ISSUER_CAP_PROBLEM))),
+    "most distinct identity names this issuer's tokens may add to the metrics, within metrics.maxIdentities; " +
+      'further names count as __overflow__. Default: a tenth of metrics.maxIdentities (at least 1) for a public ' +
+      'IdP (profile github-actions or google, configured or detected from the issuer URL), else no cap of its own',
+  ),
 })
 
 /** A signed agents' key directory that is trusted to name who signs (docs/reference.md "Signed agents"). */

@@ -27,6 +27,15 @@ export function strongest(ev: EvidenceSet): Strongest {
   return pair[c.evidence.verified ? 1 : 0]
 }
 
+/**
+ * The issuer of the strongest credential, when its source has issuers (a token's `iss`): whichever rule
+ * names the identity, an outsider holding only such a token is named by what that issuer vouches for.
+ */
+export function credentialIssuer(ev: EvidenceSet): string | undefined {
+  const c = ev.credentials[0]
+  return c === undefined ? undefined : c.source.issuer?.(c.evidence)
+}
+
 /** Only the strongest certificate describes the caller; a weaker one is evidence, not a name. */
 function describesCaller(c: Credential, sawCertificate: boolean): boolean {
   return !sawCertificate || c.source.certificate?.(c.evidence) === undefined
@@ -169,5 +178,6 @@ export function identityOf(i: Identity): Identity {
     expiresAt: i.expiresAt,
     expectEveryMs: i.expectEveryMs,
     nameFromRequest: i.nameFromRequest === true,
+    issuer: i.issuer,
   }
 }

@@ -279,7 +279,11 @@ const K8S_LEGACY_ISSUER = 'kubernetes/serviceaccount'
  * URL, and a JWT-SVID issuer (whose URL is the operator's choice), set `profile`.
  */
 export function detectProfile(jwt: JwtEvidence): ProfileName {
-  const iss = jwt.issuer
+  return issuerProfile(jwt.issuer)
+}
+
+/** detectProfile for an issuer URL: the profile its tokens are read with unless one is configured. */
+export function issuerProfile(iss: string): ProfileName {
   const host = issuerHost(iss)
   if (iss === K8S_LEGACY_ISSUER || K8S_ISSUER_HOST.test(issuerHostname(iss))) return 'kubernetes'
   if (iss === GITHUB_ISSUER) return 'github-actions'
@@ -290,6 +294,13 @@ export function detectProfile(jwt: JwtEvidence): ProfileName {
   if (/\/realms\/[^/]+\/?$/.test(iss)) return 'keycloak'
   return 'generic'
 }
+
+/**
+ * IdPs that give a token to anyone who asks, for any audience: any repository on GitHub gets an Actions
+ * token, any Google account or service account an ID token. Their verified names are chosen by outsiders as
+ * freely as a user agent, so their issuers get a bounded share of the identity table by default.
+ */
+export const PUBLIC_PROFILES: ReadonlySet<ProfileName> = new Set<ProfileName>(['github-actions', 'google'])
 
 function isProfileName(p: string | undefined): p is ProfileName {
   return p !== undefined && (PROFILE_NAMES as readonly string[]).includes(p)

@@ -6,6 +6,7 @@ import type { Config, IdentityRuleConfig } from '../config/schema.ts'
 import {
   builtinCaptures,
   builtinIdentity,
+  credentialIssuer,
   cutLikeMadeUp,
   defaultKind,
   evidenceAttributes,
@@ -129,6 +130,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
     // attributes and expiry (a profile's kubernetes warnafter…) apply whichever rule matches
     const attributes = evidenceAttributes(ev)
     const expiry = evidenceExpiry(ev)
+    const issuer = credentialIssuer(ev)
     for (const rule of rules) {
       scratch.captures = undefined
       scratch.reason = ''
@@ -177,10 +179,11 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         expiresAt: expiry,
         expectEveryMs: rule.expectEveryMs,
         nameFromRequest: rule.nameFromRequest,
+        issuer,
       })
     }
     const b = builtinIdentity(ev)
-    return identityOf({ ...b, source, verified, attributes, expiresAt: expiry })
+    return identityOf({ ...b, source, verified, attributes, expiresAt: expiry, issuer })
   }
 
   return {

@@ -5,7 +5,10 @@
 // can make up (unverified identities; verified ones named from the user agent, a request header or the
 // path) have their own smaller cap, `maxUnverifiedIdentities`, so a flood of made-up names can never take
 // the slots of verified callers: those always have at least `maxIdentities - maxUnverifiedIdentities` slots
-// to themselves.
+// to themselves. A token issuer that gives tokens to anyone (GitHub Actions, Google) names verified callers
+// that outsiders choose just as freely, so each issuer may have a cap of its own as well
+// (`jwt.issuers[].maxIdentities`): both caps are shares of the table, kept by one `Shares`, here and in the
+// pod-wide admission of `workers: N` (pod-metrics.ts).
 import type { Identity, Kind, Source } from '../types.ts'
 import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
@@ -84,6 +87,8 @@ export interface IdentityEntry {
   readonly overflow: boolean
   /** admitted under the unverified cap (its slot is returned there when it goes) */
   readonly unverifiedSlot: boolean
+  /** the token issuer whose share it was admitted under (its slot is returned there when it goes) */
+  readonly issuer: string | undefined
   /** its name was filled from a request header or the path (a pod's primary is told: pod-metrics.ts) */
   readonly nameFromRequest: boolean
   kind: Kind
@@ -129,6 +134,8 @@ export interface IdentityTableLimits {
   maxIdentities: number
   /** cap for unverified identities; default a quarter of maxIdentities (at least 1), never above it */
   maxUnverifiedIdentities?: number
+  /** caps of the issuers that have one (jwt.issuers[].maxIdentities, or a public IdP's default) */
+  issuerCaps?: ReadonlyMap<string, number>
   idleTtlMs: number
 }
 
@@ -136,6 +143,57 @@ export interface IdentityTableLimits {
 export function unverifiedCap(limits: IdentityTableLimits): number {
   const cap = limits.maxUnverifiedIdentities ?? Math.max(1, Math.floor(limits.maxIdentities / 4))
   return Math.min(cap, limits.maxIdentities)
+}
+
+const NO_ISSUER_CAPS: ReadonlyMap<string, number> = new Map()
+
+/**
+ * The shares of the table a group of identities may hold at most: the made-up names' (the unverified cap)
+ * and each capped issuer's. Holdings are counted for every issuer, capped or not, so a cap that a reload
+ * adds counts the names its issuer already holds. A lower cap evicts no one: it only turns newcomers away.
+ */
+export class Shares {
+  private unverified = 0
+  private readonly byIssuer = new Map<string, number>()
+  private maxUnverified: number
+  private issuerCaps: ReadonlyMap<string, number>
+
+  constructor(limits: IdentityTableLimits) {
+    this.maxUnverified = unverifiedCap(limits)
+    this.issuerCaps = limits.issuerCaps ?? NO_ISSUER_CAPS
+  }
+
+  setLimits(limits: IdentityTableLimits): void {
+    this.maxUnverified = unverifiedCap(limits)
+    this.issuerCaps = limits.issuerCaps ?? NO_ISSUER_CAPS
+  }
+
+  /** whether an identity whose name is made up (or not), from that issuer (or none), has room */
+  fits(madeUp: boolean, issuer: string | undefined): boolean {
+    if (madeUp && this.unverified >= this.maxUnverified) return false
+    if (issuer === undefined) return true
+    const cap = this.issuerCaps.get(issuer)
+    return cap === undefined || (this.byIssuer.get(issuer) ?? 0) < cap
+  }
+
+  take(madeUp: boolean, issuer: string | undefined): void {
+    if (madeUp) this.unverified++
+    if (issuer !== undefined) this.byIssuer.set(issuer, (this.byIssuer.get(issuer) ?? 0) + 1)
+  }
+
+  give(madeUp: boolean, issuer: string | undefined): void {
+    if (madeUp) this.unverified--
+    if (issuer === undefined) return
+    const held = (this.byIssuer.get(issuer) ?? 0) - 1
+    // an issuer a reload removed leaves no count behind once its names are gone
+    if (held > 0) this.byIssuer.set(issuer, held)
+    else this.byIssuer.delete(issuer)
+  }
+
+  clear(): void {
+    this.unverified = 0
+    this.byIssuer.clear()
+  }
 }
 
 export interface Admission {
@@ -150,6 +208,7 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     source: identity.source,
     overflow: name === OVERFLOW_IDENTITY,
     unverifiedSlot: name !== OVERFLOW_IDENTITY && madeUp(identity),
+    issuer: name !== OVERFLOW_IDENTITY ? identity.issuer : undefined,
     nameFromRequest: name !== OVERFLOW_IDENTITY && identity.nameFromRequest === true,
     kind: identity.kind,
     verified: identity.verified,
@@ -208,28 +267,27 @@ export class IdentityTable {
   /** every entry in admission order (what scrapes and the identities view iterate) */
   private readonly entries = new Set<IdentityEntry>()
   private limits: IdentityTableLimits
-  private maxUnverified: number
-  /** tracked entries holding an unverified slot */
-  private unverified = 0
+  /** the unverified and per-issuer slots the tracked entries hold */
+  private readonly shares: Shares
   /** overflow entries (one per source at most) */
   private overflows = 0
   private lastSweep = 0
 
   constructor(limits: IdentityTableLimits) {
     this.limits = { ...limits }
-    this.maxUnverified = unverifiedCap(limits)
+    this.shares = new Shares(limits)
   }
 
   setLimits(limits: IdentityTableLimits): void {
     // A lower cap does not evict anyone: existing identities keep their series until they go idle.
     this.limits = { ...limits }
-    this.maxUnverified = unverifiedCap(limits)
+    this.shares.setLimits(limits)
   }
 
   private fits(identity: Identity): boolean {
     if (identity.name === OVERFLOW_IDENTITY) return false
     if (this.tracked >= this.limits.maxIdentities) return false
-    return !madeUp(identity) || this.unverified < this.maxUnverified
+    return this.shares.fits(madeUp(identity), identity.issuer)
   }
 
   get size(): number {
@@ -262,15 +320,15 @@ export class IdentityTable {
   private add(entry: IdentityEntry): void {
     this.namesOf(entry.source).set(entry.name, entry)
     this.entries.add(entry)
-    if (entry.unverifiedSlot) this.unverified++
     if (entry.overflow) this.overflows++
+    else this.shares.take(entry.unverifiedSlot, entry.issuer)
   }
 
   private remove(entry: IdentityEntry): void {
     this.bySource.get(entry.source)?.delete(entry.name)
     this.entries.delete(entry)
-    if (entry.unverifiedSlot) this.unverified--
     if (entry.overflow) this.overflows--
+    else this.shares.give(entry.unverifiedSlot, entry.issuer)
   }
 
   admit(identity: Identity, now: number): Admission {
@@ -345,7 +403,7 @@ export class IdentityTable {
   clear(): void {
     for (const map of this.bySource.values()) map.clear()
     this.entries.clear()
-    this.unverified = 0
+    this.shares.clear()
     this.overflows = 0
   }
 

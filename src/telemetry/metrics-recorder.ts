@@ -1,6 +1,7 @@
 // The metrics output: per-identity accounting in the bounded identity table, rendered as the nhi_* families
 // on /metrics and as the /identities view, next to prom-client's process families.
 import type { Config } from '../config/schema.ts'
+import { issuerProfile, PUBLIC_PROFILES } from '../identity/profiles.ts'
 import type { Recorder, RequestEvent } from '../types.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
 import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
@@ -40,11 +41,32 @@ function isError(event: RequestEvent): boolean {
   )
 }
 
-function tableLimits(config: Config): IdentityTableLimits {
+/**
+ * A public IdP's issuer without a `maxIdentities` of its own may name a tenth of the table: room for a
+ * service's own workflows or service accounts, while outsiders minting tokens (any repository on GitHub can)
+ * leave nine tenths to everyone else. Two public issuers and the made-up names' quarter still leave more
+ * than half of the table to the service's own callers.
+ */
+const PUBLIC_ISSUER_SHARE = 10
+
+/** Each issuer's cap: its own `maxIdentities`, else the public IdPs' default; none for the others. */
+export function issuerCaps(config: Config): Map<string, number> {
+  const caps = new Map<string, number>()
+  const share = Math.max(1, Math.floor(config.metrics.maxIdentities / PUBLIC_ISSUER_SHARE))
+  for (const i of config.jwt.issuers) {
+    if (i.maxIdentities !== undefined) caps.set(i.issuer, i.maxIdentities)
+    else if (PUBLIC_PROFILES.has(i.profile ?? issuerProfile(i.issuer))) caps.set(i.issuer, share)
+  }
+  return caps
+}
+
+/** The identity table's caps for a config: the one-process table's, and a `workers: N` pod's. */
+export function tableLimits(config: Config): IdentityTableLimits {
   const m = config.metrics
   return {
     maxIdentities: m.maxIdentities,
     idleTtlMs: m.idleTtl,
+    issuerCaps: issuerCaps(config),
     ...(m.maxUnverifiedIdentities !== undefined
       ? { maxUnverifiedIdentities: m.maxUnverifiedIdentities }
       : {}),
@@ -63,6 +85,7 @@ export interface MetricsRecorderOptions {
 export class MetricsRecorder implements Recorder {
   readonly name = 'metrics'
   private config: Config
+  private limits: IdentityTableLimits
   private readonly now: () => number
   private readonly table: IdentityTable
   private readonly metrics: Metrics
@@ -72,7 +95,8 @@ export class MetricsRecorder implements Recorder {
   constructor(config: Config, opts: MetricsRecorderOptions) {
     this.config = config
     this.now = opts.now
-    this.table = new IdentityTable(tableLimits(config))
+    this.limits = tableLimits(config)
+    this.table = new IdentityTable(this.limits)
     this.metrics = new Metrics({
       service: config.service,
       buckets: config.metrics.buckets,
@@ -134,7 +158,8 @@ export class MetricsRecorder implements Recorder {
       this.table.clear()
       this.metrics.setService(config.service)
     }
-    this.table.setLimits(tableLimits(config))
+    this.limits = tableLimits(config)
+    this.table.setLimits(this.limits)
     this.config = config
   }
 
@@ -193,6 +218,16 @@ export class MetricsRecorder implements Recorder {
   requestNamed(): string[] {
     const out: string[] = []
     for (const e of this.table.values()) if (e.nameFromRequest) out.push(podIdentityKey(e.source, e.name))
+    return out
+  }
+
+  /** the tracked identities a capped token issuer named, with that issuer (podIdentityKey) */
+  issued(): [identity: string, issuer: string][] {
+    const caps = this.limits.issuerCaps
+    const out: [string, string][] = []
+    if (caps === undefined || caps.size === 0) return out
+    for (const e of this.table.values())
+      if (e.issuer !== undefined && caps.has(e.issuer)) out.push([podIdentityKey(e.source, e.name), e.issuer])
     return out
   }
 

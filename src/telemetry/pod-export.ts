@@ -38,6 +38,12 @@ export interface PodSnapshot {
    * snapshot; as many as the worker's unverified cap at most.
    */
   requestNamed: string[]
+  /**
+   * the identities (podIdentityKey) the worker tracks that a capped token issuer named, with that issuer:
+   * nothing in their lines tells, and the pod holds each issuer to its cap. All of them at every snapshot;
+   * as many as the worker's issuer caps add up to at most.
+   */
+  issued: [identity: string, issuer: string][]
 }
 
 /** An identity as the pod's merge keys it: `source\0name`, the name escaped as in its label. */
@@ -105,7 +111,12 @@ export class PodExport {
    * The changes since snapshot `since` when that is the last one this exporter made (the primary applied
    * it), everything otherwise: a reply the primary never applied (it timed out) costs one full snapshot.
    */
-  snapshot(pieces: readonly string[], since: number, requestNamed: string[] = []): PodSnapshot {
+  snapshot(
+    pieces: readonly string[],
+    since: number,
+    requestNamed: string[] = [],
+    issued: [identity: string, issuer: string][] = [],
+  ): PodSnapshot {
     const scrape = ++this.scrapes
     const full = since !== this.seq
     const newFamilies: PodFamilyDef[] = []
@@ -207,6 +218,7 @@ export class PodExport {
         values: Float64Array.from(changedValues),
         removed,
         requestNamed,
+        issued,
       }
     }
     const all: PodSnapshot = {
@@ -220,6 +232,7 @@ export class PodExport {
       values: new Float64Array(0),
       removed: [],
       requestNamed,
+      issued,
     }
     const ids: number[] = []
     const values: number[] = []

@@ -1,6 +1,7 @@
 // /metrics of a pod running `workers: N` (docs/reference.md "Workers"): every worker's exposition merged
 // into one. Counters and histograms are summed series by series, gauges take the largest value, and the
-// identity cap (metrics.maxIdentities, maxUnverifiedIdentities) is applied once for the whole pod: each
+// identity cap (metrics.maxIdentities, maxUnverifiedIdentities, jwt.issuers[].maxIdentities) is applied once
+// for the whole pod: each
 // worker caps its own table, but N workers can each track different identities, so identities beyond the
 // pod's cap are folded into their source's `__overflow__` series here, with their requests counted in
 // nhi_identity_overflow_total as the single-process mode counts them. Process and runtime families
@@ -9,7 +10,7 @@
 // of text took the primary 80-90 ms of CPU per scrape at 1,000 identities on two workers (bench/README.md).
 import { flattened } from '../util/flat.ts'
 import { escapeLabelValue, type FamilyInfo, formatValue, writeHeader } from './exposition.ts'
-import { type IdentityTableLimits, madeUpName, OVERFLOW_IDENTITY, unverifiedCap } from './identity-table.ts'
+import { type IdentityTableLimits, madeUpName, OVERFLOW_IDENTITY, Shares } from './identity-table.ts'
 import { PodExport, type PodFamilyDef, type PodSnapshot } from './pod-export.ts'
 
 /** the labels every per-identity series starts with */
@@ -188,6 +189,8 @@ interface Slot {
   active: boolean
   /** the identities its last snapshot said were named from a request header or the path */
   requestNamed: string[]
+  /** the identities its last snapshot said a capped token issuer named, with that issuer */
+  issued: [identity: string, issuer: string][]
   /**
    * requests this process counted on nhi_requests lines it no longer renders (an identity it dropped after
    * metrics.idleTtl): still its own, so that its nhi_worker_requests_total never goes down while it lives
@@ -199,6 +202,8 @@ interface Present {
   verified: boolean
   /** some worker named it from a request header or the path */
   fromRequest: boolean
+  /** the capped token issuer that named it, as the first worker to say so said */
+  issuer: string | undefined
   kind: string
   service: string
 }
@@ -220,9 +225,10 @@ export class PodMetrics {
   private readonly slots = new Map<string, Slot>()
   /** exporters of the text bodies given to merge() */
   private readonly exporters = new Map<string, PodExport>()
-  /** pod-wide admitted identities (`source\0name`) → holds an unverified slot */
-  private readonly admitted = new Map<string, boolean>()
-  private unverified = 0
+  /** pod-wide admitted identities (`source\0name`) → the shares it holds a slot of */
+  private readonly admitted = new Map<string, { madeUp: boolean; issuer: string | undefined }>()
+  /** the unverified and per-issuer slots the admitted identities hold (made with the first render's limits) */
+  private shares: Shares | undefined
   /** identities beyond the cap → their counter/histogram values at the last scrape, on overflow lines */
   private readonly folded = new Map<string, Map<string, Folded>>()
   /**
@@ -291,6 +297,7 @@ export class PodMetrics {
       }
     }
     slot.requestNamed = snapshot.requestNamed
+    slot.issued = snapshot.issued
     slot.seq = snapshot.seq
     return true
   }
@@ -399,6 +406,7 @@ export class PodMetrics {
         lines: [],
         active: true,
         requestNamed: [],
+        issued: [],
         retiredRequests: 0,
       }
       this.slots.set(process, slot)
@@ -411,6 +419,7 @@ export class PodMetrics {
     slot.lines = []
     slot.families = []
     slot.requestNamed = []
+    slot.issued = []
     slot.seq = -1
   }
 
@@ -449,6 +458,7 @@ export class PodMetrics {
       present.set(line.identity, {
         verified: false,
         fromRequest: false,
+        issuer: undefined,
         kind: line.kind,
         service: line.service,
       })
@@ -463,16 +473,25 @@ export class PodMetrics {
         const p = present.get(key)
         if (p) p.fromRequest = true
       }
+      for (const [key, issuer] of slot.issued) {
+        const p = present.get(key)
+        if (p && p.issuer === undefined) p.issuer = issuer
+      }
     }
     return present
   }
 
   /** first come, first admitted, as IdentityTable does it, over the whole pod */
   private admit(present: Map<string, Present>, limits: IdentityTableLimits): void {
-    for (const [key, unverifiedSlot] of this.admitted) {
+    let shares = this.shares
+    if (shares === undefined) {
+      shares = new Shares(limits)
+      this.shares = shares
+    } else shares.setLimits(limits)
+    for (const [key, held] of this.admitted) {
       if (present.has(key)) continue
       this.admitted.delete(key)
-      if (unverifiedSlot) this.unverified--
+      shares.give(held.madeUp, held.issuer)
     }
     for (const [key, values] of this.folded) {
       if (present.has(key)) continue
@@ -482,15 +501,14 @@ export class PodMetrics {
         this.carried.set(overflowKey, { family, value: (was?.value ?? 0) + value })
       }
     }
-    const maxUnverified = unverifiedCap(limits)
     for (const [key, p] of present) {
       if (this.admitted.has(key) || this.folded.has(key)) continue
       const sep = key.indexOf('\u0000')
       const madeUp = madeUpName(key.slice(sep + 1), key.slice(0, sep), p.verified, p.fromRequest)
-      const fits = this.admitted.size < limits.maxIdentities && (!madeUp || this.unverified < maxUnverified)
+      const fits = this.admitted.size < limits.maxIdentities && shares.fits(madeUp, p.issuer)
       if (fits) {
-        this.admitted.set(key, madeUp)
-        if (madeUp) this.unverified++
+        this.admitted.set(key, { madeUp, issuer: p.issuer })
+        shares.take(madeUp, p.issuer)
       } else this.folded.set(key, new Map())
     }
   }

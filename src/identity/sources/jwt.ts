@@ -92,6 +92,7 @@ export const jwtSource: CredentialSource<JwtEvidence> = {
     if (jwt.exp === undefined) return p
     return p === undefined ? jwt.exp : Math.min(jwt.exp, p)
   },
+  issuer: (jwt) => jwt.issuer,
   defaultKind: (jwt): Kind => profileOf(jwt).kind,
   builtinIdentity(jwt) {
     const p = profileOf(jwt)

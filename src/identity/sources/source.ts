@@ -133,6 +133,8 @@ export interface CredentialSource<E extends Evidence = Evidence> {
   attributes(ev: E, into: Record<string, string>, verifiedIdentity: boolean): void
   /** credential expiry (unix seconds); the identity keeps the earliest */
   expiresAt?(ev: E): number | undefined
+  /** the configured issuer that vouches for the credential, for a source whose issuers have caps of their own */
+  issuer?(ev: E): string | undefined
   /** the kind a rule without `kind` gives a request whose strongest kind-giving credential this is */
   defaultKind?(ev: E): Kind | undefined
   /** who built-in knowledge says this is, or undefined to let the next credential name the caller */
