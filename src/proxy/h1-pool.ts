@@ -244,6 +244,7 @@ class Connection {
       return
     }
     this.chunkedBody = length === undefined
+    this.bodyLeft = length === undefined ? -1 : Number(length)
     this.socket.write(
       length !== undefined
         ? `${head}content-length: ${length}\r\n\r\n`
@@ -260,9 +261,22 @@ class Connection {
   }
 
   private chunkedBody = false
+  /**
+   * bytes the announced Content-Length still expects (-1: chunked). A body that runs past it or ends short
+   * fails the request and closes the connection: the upstream would otherwise read the next request on it
+   * as this one's body, or this body's rest as the next request
+   */
+  private bodyLeft = -1
 
   private writeBody(chunk: Buffer): void {
     if (chunk.length === 0) return
+    if (this.bodyLeft !== -1) {
+      if (chunk.length > this.bodyLeft) {
+        this.bodyMismatch()
+        return
+      }
+      this.bodyLeft -= chunk.length
+    }
     this.activeAt = this.pool.tick
     let flowing: boolean
     if (this.chunkedBody) {
@@ -278,9 +292,19 @@ class Connection {
   private endBody(): void {
     const ex = this.exchange
     if (ex === undefined || ex.bodySent) return
+    if (this.bodyLeft > 0) {
+      this.bodyMismatch()
+      return
+    }
     ex.bodySent = true
     this.detachBody(ex)
     if (this.chunkedBody) this.socket.write('0\r\n\r\n', 'latin1')
+  }
+
+  private bodyMismatch(): void {
+    this.bodyFailed(
+      new UpstreamError('request body and its Content-Length differ', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH'),
+    )
   }
 
   private bodyFailed(err: Error): void {
