@@ -599,6 +599,17 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     ratios['c/b2 per CPU-second'] = perCpu(c) / perCpu(b2)
     if (ng) ratios['c/nginx per CPU-second'] = perCpu(c) / perCpu(ng)
     ratios['c − b proxy CPU µs/req'] = (c.proxyCpuUs ?? Number.NaN) - (b.proxyCpuUs ?? Number.NaN)
+    // The VM's speed changes from one minute to the next, and configurations are measured one after another.
+    // The upstream does nearly the same work for every request whichever proxy sent it, so its CPU per
+    // request in the same window tells how fast the machine was: the proxy's CPU in units of the upstream's
+    // takes most of that out (c's requests carry ten more header lines for the upstream to parse, which
+    // counts slightly in c's favour)
+    const relative = (x: ConfigResult | undefined) =>
+      x?.proxyCpuUs && x.upstreamCpuUs ? x.upstreamCpuUs / x.proxyCpuUs : Number.NaN
+    ratios['c/b per CPU-second, in upstream units'] = relative(c) / relative(b)
+    if (ng) ratios['c/nginx per CPU-second, in upstream units'] = relative(c) / relative(ng)
+    const b3 = get('b3')
+    if (b3) ratios['b/b3 per CPU-second, in upstream units'] = relative(b) / relative(b3)
     const targets: Target[] = [
       target('c ≥ 1.3× b2 (throughput vs http-proxy)', ratios['c/b2']!, 1.3, 'min', '×', roundSpread(c, b2)),
       target(
