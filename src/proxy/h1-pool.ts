@@ -680,7 +680,10 @@ export class H1Pool {
 
   private run(ex: Exchange): void {
     let conn = this.idle.pop()
-    while (conn?.closed) conn = this.idle.pop()
+    // destroyed, not only closed: a connection the pool destroyed while idle (its deadline, bytes no request
+    // asked for, the upstream's FIN) stays listed until its 'close' event, and a request written on it would
+    // fail without ever reaching the upstream
+    while (conn !== undefined && (conn.closed || conn.socket.destroyed)) conn = this.idle.pop()
     if (conn === undefined) {
       conn = new Connection(this, this.options)
       this.all.add(conn)

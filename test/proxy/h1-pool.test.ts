@@ -1,85 +1,126 @@
-// The HTTP/1.1 engine on its own, for what no client of the proxy can make it do through node:http: a
-// request body that does not match the Content-Length it was announced with (node:http's parser holds
-// HTTP/1.1 clients to it, nghttp2 HTTP/2 ones; the engine checks again, since a mismatch on a kept-alive
-// connection would make the upstream read one request's bytes as another's).
+// The HTTP/1.1 engine on its own, over real loopback sockets: the moments between two events of one socket
+// that a test through the proxy cannot aim at.
 import { once } from 'node:events'
 import { type AddressInfo, createServer, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
-import t from 'tap'
-import { H1Pool, type UpstreamHandler } from '../../src/proxy/h1-pool.ts'
-import { eventually } from '../helpers/eventually.ts'
+import t, { type Test } from 'tap'
+import { H1Pool, type H1Request, type UpstreamHandler } from '../../src/proxy/h1-pool.ts'
 
-async function upstream() {
-  const closed: Socket[] = []
-  const received: string[] = []
+interface Outcome {
+  status: number
+  body: string
+  error?: string
+}
+
+/** an upstream that answers each request with `answer(head, socket)` once its Content-Length body arrived */
+async function upstream(t: Test, answer: (head: string, socket: Socket) => void) {
+  const heads: string[] = []
+  let connections = 0
+  const sockets = new Set<Socket>()
   const server = createServer((s) => {
-    s.on('data', (c: Buffer) => received.push(c.toString('latin1')))
-    s.on('close', () => closed.push(s))
+    connections++
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
     s.on('error', () => {})
+    let pending = ''
+    s.on('data', (c: Buffer) => {
+      pending += c.toString('latin1')
+      for (;;) {
+        const end = pending.indexOf('\r\n\r\n')
+        if (end === -1) return
+        const head = pending.slice(0, end)
+        const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1] ?? 0)
+        if (pending.length < end + 4 + length) return
+        pending = pending.slice(end + 4 + length)
+        heads.push(head)
+        answer(head, s)
+      }
+    })
   })
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
-  return { port: (server.address() as AddressInfo).port, closed, received, server }
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  )
+  return { port: (server.address() as AddressInfo).port, heads, connections: () => connections }
 }
 
-function outcome(): { handler: UpstreamHandler; done: Promise<{ error?: string; status?: number }> } {
-  let settle!: (r: { error?: string; status?: number }) => void
-  const done = new Promise<{ error?: string; status?: number }>((r) => {
-    settle = r
+function pool(t: Test, port: number): H1Pool {
+  const p = new H1Pool({
+    host: '127.0.0.1',
+    port,
+    hostHeader: 'app',
+    connectTimeout: 2000,
+    headersTimeout: 2000,
+    bodyTimeout: 2000,
+    keepAliveTimeout: 4000,
   })
-  let status = 0
-  return {
-    done,
-    handler: {
+  t.teardown(() => p.destroy())
+  return p
+}
+
+function send(p: H1Pool, request: Partial<H1Request> = {}): Promise<Outcome> {
+  return new Promise((resolve) => {
+    let status = 0
+    let body = ''
+    const handler: UpstreamHandler = {
       onConnect() {},
       onHeaders(s) {
         status = s
         return true
       },
-      onData: () => true,
-      onComplete: () => settle({ status }),
-      onError: (err) => settle({ error: (err as { code?: string }).code ?? err.message }),
-    },
-  }
+      onData(chunk) {
+        body += chunk.toString('latin1')
+        return true
+      },
+      onComplete() {
+        resolve({ status, body })
+      },
+      onError(err) {
+        resolve({ status, body, error: (err as { code?: string }).code ?? err.message })
+      },
+    }
+    p.dispatch({ method: 'GET', path: '/', headers: {}, body: null, ...request }, handler)
+  })
 }
 
-const options = (port: number) => ({
-  host: '127.0.0.1',
-  port,
-  hostHeader: `127.0.0.1:${port}`,
-  connectTimeout: 2_000,
-  headersTimeout: 2_000,
-  bodyTimeout: 2_000,
-  keepAliveTimeout: 4_000,
-})
+/** the pool's idle connections (private): the test aims at the moment one is destroyed but not yet closed */
+function idleSockets(p: H1Pool): Socket[] {
+  return (p as unknown as { idle: { socket: Socket }[] }).idle.map((c) => c.socket)
+}
 
-t.test('a body shorter or longer than its Content-Length fails and closes the connection', async (t) => {
-  const up = await upstream()
-  t.teardown(() => up.server.close())
-  const pool = new H1Pool(options(up.port))
-  t.teardown(() => pool.destroy())
-  for (const [what, chunks] of [
-    ['shorter', ['abc']],
-    ['longer', ['abcdefghij', 'kl']],
-  ] as const) {
-    const closedBefore = up.closed.length
-    const o = outcome()
-    pool.dispatch(
-      {
-        method: 'POST',
-        path: `/${what}`,
-        headers: { 'content-length': '10' },
-        body: Readable.from(chunks.map((c) => Buffer.from(c))),
-      },
-      o.handler,
-    )
-    t.same(await o.done, { error: 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH' }, `${what}: the request fails`)
-    // the upstream sees its connection end: nothing more is ever sent on it
-    await eventually(() => up.closed.length > closedBefore, {
-      what: `${what}: the upstream connection to close`,
+t.test('a request is never written on an idle connection the pool has just destroyed', async (t) => {
+  const up = await upstream(t, (head, s) => {
+    if (head.startsWith('GET ')) {
+      s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+      // bytes no request asked for: the pool destroys the idle connection on them
+      setTimeout(() => s.write('noise'), 20)
+    } else s.write('HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone')
+  })
+  const p = pool(t, up.port)
+  t.same(await send(p), { status: 200, body: 'ok' }, 'the first answer')
+  const [socket] = idleSockets(p)
+  t.ok(socket, 'its connection went idle')
+  // the pool reads the noise first and destroys the connection; this listener runs right after it, before the
+  // socket's 'close' event (a later phase of the loop): a request arriving then, a POST that the keep-alive
+  // retry does not cover, must not be written on it
+  const post = await new Promise<Outcome>((resolve) => {
+    socket!.once('data', () => {
+      t.ok(socket!.destroyed, 'the noise destroyed the idle connection')
+      resolve(
+        send(p, {
+          method: 'POST',
+          headers: { 'content-length': '3' },
+          body: Readable.from([Buffer.from('abc')]),
+        }),
+      )
     })
-    t.pass(`${what}: the connection is closed`)
-  }
-  const sent = up.received.join('')
-  t.notMatch(sent, /abcdefghijkl/, 'no byte past the announced length was sent')
+  })
+  t.same(post, { status: 201, body: 'done' }, 'the POST went out on a new connection')
+  t.equal(up.connections(), 2, 'two upstream connections')
+  t.equal(up.heads.filter((h) => h.startsWith('POST ')).length, 1, 'the POST reached the upstream once')
 })
