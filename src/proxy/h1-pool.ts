@@ -297,6 +297,7 @@ class Connection {
       return
     }
     ex.bodySent = true
+    this.activeAt = this.pool.tick
     this.detachBody(ex)
     if (this.chunkedBody) this.socket.write('0\r\n\r\n', 'latin1')
   }
@@ -637,6 +638,10 @@ class Connection {
       if (waited >= o.connectTimeout)
         this.fail(new UpstreamError('connect timeout', 'UND_ERR_CONNECT_TIMEOUT'))
     } else if (ex.phase === Phase.Head) {
+      // while the request body is still coming and the upstream takes all that is written, the wait is the
+      // client's, not the upstream's: timeouts.request bounds it (408), as it did on undici, whose headers
+      // deadline does not fire then either. The deadline counts from the body's last byte or its end.
+      if (!ex.bodySent && !this.socket.writableNeedDrain) return
       if (waited >= o.headersTimeout)
         this.fail(new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
     } else if (!ex.paused && waited >= o.bodyTimeout) {

@@ -12,6 +12,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2'
 import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net'
+import { setTimeout as delay } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -270,6 +271,47 @@ t.test('an HTTP/2 upload an h2c upstream answers early ends, and is recorded', a
       1,
     { timeoutMs: 5000, what: 'the early answer to be recorded' },
   ).catch((err: Error) => t.fail(err.message))
+})
+
+t.test('a client that pauses its upload longer than timeouts.upstream is not answered 504', async (t) => {
+  // the upstream cannot answer before the body it waits for: the pause is the client's, which
+  // timeouts.request bounds, not the upstream's response deadline
+  let received = 0
+  const url = await httpUpstream(t, (req, res) => {
+    req.on('data', (c: Buffer) => {
+      received += c.length
+    })
+    req.on('end', () => res.end(`got ${received}`))
+  })
+  const sidecar = await startBin(t, {
+    service: 'paused-upload',
+    upstream: url,
+    timeouts: { upstream: '500ms', request: '20s' },
+  })
+  const client = await rawClient(Number(new URL(sidecar.proxyUrl).port))
+  client.socket.write('POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 20\r\n\r\n0123456789')
+  await eventually(() => received === 10, { timeoutMs: 5000, what: 'the first half to reach the upstream' })
+  // the pause itself: three response deadlines long
+  await delay(1500)
+  t.equal(client.text, '', 'nothing answered while the client was still sending')
+  client.socket.write('abcdefghij')
+  await eventually(() => /\r\n\r\ngot 20$/.test(client.text), { timeoutMs: 5000, what: 'the answer' })
+  t.match(client.text, /^HTTP\/1\.1 200 /, "the upstream's answer, once it had the whole body")
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_requests_total', { service: 'paused-upload' }) === 1,
+    'the exchange to be recorded',
+  )
+  t.equal(
+    metricValue(samples, 'nhi_requests_total', { service: 'paused-upload', code: '200' }),
+    1,
+    'recorded as 200',
+  )
+  t.equal(
+    metricValue(samples, 'nhi_upstream_errors_total', { service: 'paused-upload' }),
+    0,
+    'no upstream error',
+  )
 })
 
 t.test('a request body the listener refuses as too slow is recorded as the 408 the client got', async (t) => {
