@@ -334,7 +334,9 @@ class Connection {
       this.socket.destroy()
       return
     }
-    this.activeAt = this.pool.tick
+    // a head's bytes do not move its deadline: an upstream dribbling one, or sending 1xx after 1xx, would
+    // otherwise hold the request past timeouts.upstream for as long as it likes
+    if (ex.phase !== Phase.Head) this.activeAt = this.pool.tick
     ex.answered = true
     let off = 0
     while (off < buf.length && this.exchange === ex && !ex.settled) {
@@ -469,6 +471,8 @@ class Connection {
     if (codings > 0 && length !== -1) return this.malformed('content-length with transfer-encoding')
     if (codings > 1) return this.malformed('transfer-encoding repeated')
     ex.status = status
+    // the body's deadline counts from here
+    this.activeAt = this.pool.tick
     ex.keepAlive = !close && !ex.isHead
     const bodiless = ex.isHead || status === 204 || status === 304
     if (bodiless) ex.phase = Phase.Length

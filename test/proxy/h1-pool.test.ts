@@ -49,13 +49,13 @@ async function upstream(t: Test, answer: (head: string, socket: Socket) => void)
   return { port: (server.address() as AddressInfo).port, heads, connections: () => connections }
 }
 
-function pool(t: Test, port: number): H1Pool {
+function pool(t: Test, port: number, headersTimeout = 2000): H1Pool {
   const p = new H1Pool({
     host: '127.0.0.1',
     port,
     hostHeader: 'app',
     connectTimeout: 2000,
-    headersTimeout: 2000,
+    headersTimeout,
     bodyTimeout: 2000,
     keepAliveTimeout: 4000,
   })
@@ -124,3 +124,31 @@ t.test('a request is never written on an idle connection the pool has just destr
   t.equal(up.connections(), 2, 'two upstream connections')
   t.equal(up.heads.filter((h) => h.startsWith('POST ')).length, 1, 'the POST reached the upstream once')
 })
+
+t.test(
+  'a head that arrives a byte at a time, or 1xx after 1xx, does not move the head deadline',
+  async (t) => {
+    const answers: Record<string, string> = {
+      '/dribble': `HTTP/1.1 200 OK\r\nX-Pad: ${'a'.repeat(40)}\r\nContent-Length: 2\r\n\r\nok`,
+      '/hints': 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'.repeat(60),
+    }
+    const up = await upstream(t, (head, s) => {
+      const answer = answers[/^GET (\S+)/.exec(head)![1]!]!
+      const step = answer.startsWith('HTTP/1.1 103') ? answer.length / 60 : 1
+      let at = 0
+      // each piece well within the deadline of the one before, the whole far past it
+      const timer = setInterval(() => {
+        if (s.destroyed || at >= answer.length) return clearInterval(timer)
+        s.write(answer.slice(at, at + step))
+        at += step
+      }, 50)
+    })
+    const p = pool(t, up.port, 400)
+    for (const path of Object.keys(answers)) {
+      const started = Date.now()
+      const outcome = await send(p, { path })
+      t.same(outcome, { status: 0, body: '', error: 'UND_ERR_HEADERS_TIMEOUT' }, `${path}: headers timeout`)
+      t.ok(Date.now() - started < 2000, `${path}: within the deadline's reach, not at the end of the head`)
+    }
+  },
+)
