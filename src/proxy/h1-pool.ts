@@ -413,7 +413,9 @@ class Connection {
     let length = -1
     let chunked = false
     let codings = 0
-    let close = m[1] === '0'
+    let closeAsked = false
+    let keepAliveAsked = false
+    let idleHintMs = 0
     let pos = lineEnd === -1 ? text.length : lineEnd + 2
     while (pos < text.length) {
       let next = text.indexOf('\r\n', pos)
@@ -453,14 +455,17 @@ class Connection {
         const lower = name.toLowerCase()
         if (lower === 'connection') {
           const v = value.toLowerCase()
-          if (v === 'close' || v.split(',').some((t) => t.trim() === 'close')) close = true
-          else if (m[1] === '0' && v.split(',').some((t) => t.trim() === 'keep-alive')) close = false
+          // a close anywhere in the field wins, whatever another line says
+          if (v === 'close' || v.split(',').some((t) => t.trim() === 'close')) closeAsked = true
+          else if (v.split(',').some((t) => t.trim() === 'keep-alive')) keepAliveAsked = true
         } else if (lower === 'keep-alive') {
           const t = /(?:^|[,;\s])timeout\s*=\s*"?([0-9]+)/i.exec(value)
-          if (t !== null) this.upstreamIdleMs = Number(t[1]) * 1000
+          if (t !== null) idleHintMs = Number(t[1]) * 1000
         }
       }
     }
+    // HTTP/1.0 closes unless it asks to keep the connection; HTTP/1.1 keeps it unless it asks to close
+    const close = closeAsked || (m[1] === '0' && !keepAliveAsked)
     if (status < 200) {
       // 100, 103 and other interim answers: the real one follows on the same connection; a 101 to a request
       // that asked for no upgrade is a protocol error
@@ -471,6 +476,8 @@ class Connection {
     if (codings > 0 && length !== -1) return this.malformed('content-length with transfer-encoding')
     if (codings > 1) return this.malformed('transfer-encoding repeated')
     ex.status = status
+    // the upstream's idle timeout as its latest answer gave it
+    this.upstreamIdleMs = idleHintMs
     // the body's deadline counts from here
     this.activeAt = this.pool.tick
     ex.keepAlive = !close && !ex.isHead
@@ -638,17 +645,18 @@ class Connection {
       if (waited >= idleMs) this.socket.destroy()
       return
     }
+    // a deadline of 0 is none (timeouts.upstream: 0, timeouts.idle: 0), as undici read it
     if (!this.connected) {
-      if (waited >= o.connectTimeout)
+      if (o.connectTimeout > 0 && waited >= o.connectTimeout)
         this.fail(new UpstreamError('connect timeout', 'UND_ERR_CONNECT_TIMEOUT'))
     } else if (ex.phase === Phase.Head) {
       // while the request body is still coming and the upstream takes all that is written, the wait is the
       // client's, not the upstream's: timeouts.request bounds it (408), as it did on undici, whose headers
       // deadline does not fire then either. The deadline counts from the body's last byte or its end.
       if (!ex.bodySent && !this.socket.writableNeedDrain) return
-      if (waited >= o.headersTimeout)
+      if (o.headersTimeout > 0 && waited >= o.headersTimeout)
         this.fail(new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
-    } else if (!ex.paused && waited >= o.bodyTimeout) {
+    } else if (!ex.paused && o.bodyTimeout > 0 && waited >= o.bodyTimeout) {
       this.fail(new UpstreamError('body timeout', 'UND_ERR_BODY_TIMEOUT'))
     }
   }
@@ -665,12 +673,13 @@ export class H1Pool {
   private closing = false
 
   constructor(readonly options: H1PoolOptions) {
-    const shortest = Math.min(
+    const positive = [
       options.connectTimeout,
       options.headersTimeout,
       options.bodyTimeout,
       options.keepAliveTimeout,
-    )
+    ].filter((ms) => ms > 0)
+    const shortest = positive.length > 0 ? Math.min(...positive) : 1000
     this.tickMs = Math.max(10, Math.min(1000, Math.floor(shortest / 8)))
   }
 

@@ -258,3 +258,33 @@ t.test('the request head the upstream receives', async (t) => {
   t.match(head('/post-body'), /\r\ncontent-length: 3$/, 'the body length comes last')
   t.notMatch(head('/post-body'), /transfer-encoding/i, 'no chunked coding for a body of known length')
 })
+
+t.test("an HTTP/1.0 answer's Connection: close wins over a later keep-alive", async (t) => {
+  const up = await scriptedUpstream((path) =>
+    path === '/http10'
+      ? 'HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok'
+      : ok(`fine ${path}`),
+  )
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, { upstream: up.url })
+  t.same(await get(`${sidecar.proxyUrl}/http10`), { status: 200, body: 'ok' }, 'answered')
+  t.same(
+    await get(`${sidecar.proxyUrl}/next`),
+    { status: 200, body: 'fine /next' },
+    'the next request answered',
+  )
+  const conn = (path: string) => up.seen.find((s) => s.head.includes(`${path} `))?.conn
+  t.not(conn('/next'), conn('/http10'), 'the next request went on a new connection')
+})
+
+t.test('timeouts.upstream: 0 and timeouts.idle: 0 are no deadline, not an immediate one', async (t) => {
+  const up = await scriptedUpstream((_path, _nth, socket) => {
+    // the head, then the body, each after a pause
+    setTimeout(() => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsl'), 300)
+    setTimeout(() => socket.write('ow'), 600)
+    return undefined
+  })
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, { upstream: up.url, timeouts: { upstream: 0, idle: 0 } })
+  t.same(await get(`${sidecar.proxyUrl}/slow`), { status: 200, body: 'slow' }, 'a slow answer still arrives')
+})
