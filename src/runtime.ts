@@ -16,7 +16,7 @@ import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watc
 import type { PodTokenPeers } from './identity/anomalies.ts'
 import type { BotRangesObserver } from './identity/bots/verify.ts'
 import { loadCertificateDecoder, parsePeerCertificate, pemCertificates } from './identity/certificate.ts'
-import { KeyMemory } from './identity/jwt/jwks.ts'
+import { KeyMemory, type SharedKeySet } from './identity/jwt/jwks.ts'
 import { directoryKeySource } from './identity/signatures/directory.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline, readSecretFiles } from './pipeline/index.ts'
@@ -60,15 +60,30 @@ export interface StartOptions {
   /**
    * A proxy worker of `workers: N` (src/workers.ts): no admin listener and no config watch (the primary
    * serves the one admin port and tells every worker when to reload); audit lines go to `auditSink`, and
-   * the signed agents' nonces are the pod's, kept by the primary (`nonces`).
+   * the signed agents' nonces are the pod's, kept by the primary (`nonces`). The worker starts from the pod's
+   * last good key sets (`podKeys`) and reports each key set it fetches (`keysFetched`).
    */
-  worker?: { auditSink: (lines: string) => boolean; nonces: NonceStore; tokenPeers: PodTokenPeers }
+  worker?: {
+    auditSink: (lines: string) => boolean
+    nonces: NonceStore
+    tokenPeers: PodTokenPeers
+    podKeys: readonly SharedKeySet[]
+    keysFetched: (keys: SharedKeySet) => void
+  }
   /**
    * the bytes of the config's secret files (readSecretFiles), when whoever handed the config over read them:
    * a worker of `workers: N` is given its primary's, so that every worker of a pod, a replacement included,
    * serves with the bytes the pod's config was applied with, not what the files hold when it happens to start
    */
   secretFiles?: SecretFiles
+}
+
+/** the key sources (KeyMemory.sourceOf) of a config's issuers and signed agents' key directories */
+export function keySources(config: Config): Set<string> {
+  return new Set([
+    ...config.jwt.issuers.map((issuer) => KeyMemory.sourceOf(issuer)),
+    ...config.signedAgents.directories.map((d) => KeyMemory.sourceOf(directoryKeySource(d))),
+  ])
 }
 
 /** the bytes of a config's secret files, by setting (readSecretFiles) */
@@ -306,7 +321,9 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
 
   // the serving pipeline carries the serving config: a reload swaps both at once
   // the issuers' last good keys, for the pipelines of later reloads (KeyMemory)
-  const keyMemory = new KeyMemory()
+  const keyMemory = new KeyMemory(opts.worker?.keysFetched)
+  // before the first pipeline's key sets are built: each takes what the memory has for its source
+  if (opts.worker) await keyMemory.seed(opts.worker.podKeys)
   let pipeline = new AttributionPipeline(initial, {
     jwksObserver,
     keyMemory,
@@ -504,12 +521,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     // In-flight requests hold their own attribution; the old key caches can go.
     previous.close()
     // after the close: a refresh of the old key sets still under way no longer writes to the memory
-    keyMemory.retain(
-      new Set([
-        ...next.jwt.issuers.map((issuer) => KeyMemory.sourceOf(issuer)),
-        ...next.signedAgents.directories.map((d) => KeyMemory.sourceOf(directoryKeySource(d))),
-      ]),
-    )
+    keyMemory.retain(keySources(next))
     for (const d of warnings) log.warn(formatDiagnostic(d))
     warnStartOnly(log, startOnly)
     // a worker's reload is part of the pod's, which its primary logs once, with how many workers applied it

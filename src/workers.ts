@@ -16,11 +16,13 @@ import { type Config, configSchema } from './config/schema.ts'
 import { keepStartOnly } from './config/start-only.ts'
 import { type ConfigWatcher, serializeReloads, watchConfig } from './config/watch.ts'
 import { OVER_LIMIT, type PodTokenPeers, TokenPeerWindows } from './identity/anomalies.ts'
+import { PodKeySets, type SharedKeySet } from './identity/jwt/jwks.ts'
 import { type Admission, NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { readSecretFiles } from './pipeline/index.ts'
 import {
   applyOverrides,
   auditWriteFailed,
+  keySources,
   type ListenOverrides,
   loadForReload,
   loadOrFail,
@@ -59,10 +61,18 @@ import { VERSION } from './version.ts'
  * primary → worker. A config travels with the bytes of its secret files as the primary read them when the
  * pod started with it or reloaded to it: a worker that read them itself would differ from the others once
  * a file changed or went away without a reload (a replacement that cannot start, a key with two fingerprints).
+ * A worker starts with the pod's last good public key sets (PodKeySets): one that starts while an IdP is down
+ * verifies tokens as its siblings do until its own fetch succeeds.
  */
 type Command =
   /** the pod's fingerprint key travels here, not in the worker's environment (readable in /proc) */
-  | { nhi: 'start'; config: Config; secretFiles: SecretFiles; fingerprintKey: Uint8Array }
+  | {
+      nhi: 'start'
+      config: Config
+      secretFiles: SecretFiles
+      fingerprintKey: Uint8Array
+      keys: SharedKeySet[]
+    }
   | { nhi: 'config'; id: number; config: Config; secretFiles: SecretFiles }
   | { nhi: 'scrape'; id: number; since: number }
   | { nhi: 'ready'; id: number }
@@ -84,6 +94,8 @@ type Report =
   | { nhi: 'nonce'; id: number; key: string; until: number }
   /** (token fingerprint, client) pairs new to this worker, flattened: [fp, peer, fp, peer, …] */
   | { nhi: 'tokenPeers'; pairs: string[] }
+  /** a key set this worker fetched (only public keys), for the workers the primary starts later */
+  | ({ nhi: 'keys' } & SharedKeySet)
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
 /**
@@ -288,6 +300,14 @@ export async function runWorker(log: Logger): Promise<void> {
     worker: {
       nonces,
       tokenPeers,
+      podKeys: first.keys,
+      keysFetched(keys) {
+        try {
+          send({ nhi: 'keys', ...keys })
+        } catch {
+          // the channel to the primary is closed: this worker is exiting
+        }
+      },
       auditSink(lines) {
         // a primary that stopped reading must not grow this process without bound: drop and count
         if (pendingChars + lines.length > AUDIT_MAX_PENDING_BYTES) return false
@@ -439,6 +459,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   const podTokenWindows = (c: Config) =>
     new TokenPeerWindows(c.anomalies.tokenSharedPeers, c.anomalies.tokenSharedWindow)
   let tokenWindows = podTokenWindows(config)
+  // the last good public keys of the pod, for a worker that starts while an IdP is down: the primary fetches
+  // nothing itself (it would be one more client of every IdP), it keeps what the workers fetched
+  const podKeys = new PodKeySets()
   const pod = new PodMetrics()
   const own = new PodExport()
   const slots: Slot[] = []
@@ -480,7 +503,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     slots[index] = slot
     const start = () => {
       slot.config = config
-      worker.send({ nhi: 'start', config, secretFiles, fingerprintKey } satisfies Command)
+      const keys = podKeys.of(keySources(config))
+      worker.send({ nhi: 'start', config, secretFiles, fingerprintKey, keys } satisfies Command)
     }
     worker.on('message', (m: Report) => {
       if (m.nhi === 'nonce') {
@@ -502,7 +526,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
             // the worker is exiting
           }
         }
-      } else if (m.nhi === 'hello') start()
+      } else if (m.nhi === 'keys') podKeys.learn(m)
+      else if (m.nhi === 'hello') start()
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
       else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
@@ -778,6 +803,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       tokenWindows = podTokenWindows(next)
     config = next
     secretFiles = nextSecretFiles
+    // as each worker's KeyMemory does: an issuer removed and added again later starts without its old keys
+    podKeys.retain(keySources(next))
     nonces.resize(next.signedAgents.nonceCacheSize)
     await adminToken.load(next.adminAccess.tokenFile)
     logRecorderFailures(log, await telemetry.reconfigure(next))

@@ -80,14 +80,36 @@ interface LoadedKeys {
 const MAX_REMEMBERED_SOURCES = 256
 
 /**
+ * One source's last good public keys as they cross between the processes of a pod (`workers: N`): the JWKS
+ * keys only, never an HMAC secret (each process reads its secret files itself or is handed their bytes with
+ * the config) and never a private member.
+ */
+export interface SharedKeySet {
+  /** KeyMemory.sourceOf of the issuer or key directory */
+  source: string
+  jwks: JWK[]
+  /** unix ms when the fetch that delivered them succeeded */
+  at: number
+}
+
+/**
  * The last keys each key source delivered, owned by the runtime rather than by one pipeline. A reload builds
  * new key sets; one whose first fetch fails (the IdP is down at that moment) starts from the keys the running
  * config had, as a failed refresh keeps the last good keys, instead of from none: a config change must not
  * turn an IdP outage into an outage for every token caller. Keyed by everything that decides what a fetch
  * returns, so an issuer whose key source changed starts afresh.
+ *
+ * A worker of `workers: N` reports every key set it fetches (`onFetched`) to its primary, and starts from
+ * the pod's last good ones (`seed`): a worker that starts while the IdP is down (one replacing a crashed
+ * worker) must not fail every token its siblings verify.
  */
 export class KeyMemory {
   private readonly loaded = new Map<string, LoadedKeys>()
+
+  constructor(
+    private readonly onFetched?: (keys: SharedKeySet) => void,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   static sourceOf(cfg: IssuerConfig): string {
     return JSON.stringify([
@@ -113,13 +135,93 @@ export class KeyMemory {
     for (const source of this.loaded.keys()) if (!sources.has(source)) this.loaded.delete(source)
   }
 
+  /** what a successful fetch delivered */
   set(source: string, keys: LoadedKeys): void {
+    this.put(source, keys)
+    // a source with only a secretFile has no public keys to share
+    if (this.onFetched && keys.workerKeys)
+      this.onFetched({ source, jwks: publicOnly(keys.workerKeys.jwks), at: this.now() })
+  }
+
+  /**
+   * Starts sources this memory knows nothing of from key sets another process of the pod fetched. They are
+   * built as a fetched key set is (buildKeySet), so what came over the channel is held to the same rules as
+   * what came from the IdP. Only a fallback: the key set's own first fetch still runs, and replaces them when
+   * it succeeds. Not reported back (`onFetched`): the pod has them already.
+   */
+  async seed(shared: readonly SharedKeySet[]): Promise<void> {
+    for (const { source, jwks } of shared) {
+      if (this.loaded.has(source)) continue
+      let built: Awaited<ReturnType<typeof buildKeySet>>
+      try {
+        built = await buildKeySet({ keys: jwks })
+      } catch {
+        continue
+      }
+      this.put(source, {
+        keys: built.set,
+        keyCount: built.keys.length,
+        workerKeys: publicKeysOf(built.keys, 1),
+        publicJwks: built.keys,
+        secret: undefined,
+        discoveredJwksUri: undefined,
+      })
+    }
+  }
+
+  private put(source: string, keys: LoadedKeys): void {
     this.loaded.delete(source)
     this.loaded.set(source, keys)
     if (this.loaded.size > MAX_REMEMBERED_SOURCES) {
       const oldest = this.loaded.keys().next().value
       if (oldest !== undefined) this.loaded.delete(oldest)
     }
+  }
+}
+
+/**
+ * The pod's last good public keys per key source, kept by the primary of `workers: N` from what its workers
+ * report, for the workers it starts later. The newest fetch of a source wins whichever worker made it, so a
+ * key the IdP has withdrawn since is not handed out again; a source the config no longer has is forgotten,
+ * as KeyMemory forgets it.
+ */
+export class PodKeySets {
+  private readonly latest = new Map<string, SharedKeySet>()
+
+  learn(keys: SharedKeySet): void {
+    const known = this.latest.get(keys.source)
+    if (known && known.at > keys.at) return
+    this.latest.delete(keys.source)
+    this.latest.set(keys.source, { source: keys.source, jwks: publicOnly(keys.jwks), at: keys.at })
+    if (this.latest.size > MAX_REMEMBERED_SOURCES) {
+      const oldest = this.latest.keys().next().value
+      if (oldest !== undefined) this.latest.delete(oldest)
+    }
+  }
+
+  retain(sources: ReadonlySet<string>): void {
+    for (const source of this.latest.keys()) if (!sources.has(source)) this.latest.delete(source)
+  }
+
+  /** the key sets of these sources the pod has */
+  of(sources: ReadonlySet<string>): SharedKeySet[] {
+    return [...this.latest.values()].filter((k) => sources.has(k.source))
+  }
+}
+
+/**
+ * A fetched key set has no symmetric or private key in it (buildKeySet); checked again wherever keys leave a
+ * process, so that no later change to what a key set holds can send a private key over the channel.
+ */
+function publicOnly(jwks: readonly JWK[]): JWK[] {
+  return jwks.filter((k) => k.kty !== 'oct' && !PRIVATE_MEMBERS.some((m) => m in k))
+}
+
+function publicKeysOf(keys: JWK[], version: number): PublicKeys {
+  return {
+    version,
+    jwks: keys,
+    kids: new Set(keys.flatMap((k) => (typeof k.kid === 'string' ? [k.kid] : []))),
   }
 }
 
@@ -323,11 +425,7 @@ export class IssuerKeySet {
         }
         this.keys = set
         this.keyCount = keys.length
-        this.workerKeys = {
-          version: (this.workerKeys?.version ?? 0) + 1,
-          jwks: keys,
-          kids: new Set(keys.flatMap((k) => (typeof k.kid === 'string' ? [k.kid] : []))),
-        }
+        this.workerKeys = publicKeysOf(keys, (this.workerKeys?.version ?? 0) + 1)
         this.publicJwks = keys
         this.unusableKeys = unusable?.count ?? 0
       }
