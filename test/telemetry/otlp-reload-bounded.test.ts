@@ -60,8 +60,10 @@ t.test(
       await traffic()
       peak = Math.max(peak, threads())
     }
-    // the running thread and one retired one; a thread cut short may still be on its way out
-    t.ok(peak <= before + 2, `threads: ${before} before the reloads, at most ${peak} during them`)
+    // the running thread and one retired one; a thread cut short may still be on its way out, and on a busy
+    // machine the one cut short a reload earlier may not have finished exiting either (seen once in CI: +3).
+    // Threads piling up with the reloads would pass this by far
+    t.ok(peak <= before + 3, `threads: ${before} before the reloads, at most ${peak} during them`)
 
     const samples = await eventually(
       async () => {
