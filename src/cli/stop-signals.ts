@@ -34,3 +34,11 @@ export function claimStopSignals(to: (signal: StopSignal) => void): void {
   caught = undefined
   if (early !== undefined) to(early)
 }
+
+/**
+ * SIGHUP neither ends the process nor does anything until the command installs what it means (a reload):
+ * a listener of its own is what keeps Node's default action away.
+ */
+export function ignoreHangupWhileStarting(): void {
+  process.on('SIGHUP', () => {})
+}

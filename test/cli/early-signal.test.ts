@@ -10,8 +10,9 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { stringify } from 'yaml'
+import { eventually, GiveUp } from '../helpers/eventually.ts'
 import { freePort } from '../helpers/net.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { assertFreshBundle, BUNDLE, outputComplete, ROOT, spawnCli } from '../helpers/sidecar.ts'
@@ -54,54 +55,102 @@ async function exitWithin(
 
 const started = (stderr: string) => stderr.split('\n').some((l) => l.includes('"event":"started"'))
 
+/**
+ * `nhi-proxy ARGS…` from a copy of the bundle whose main chunk is a FIFO. Resolves once the process has
+ * begun to read the chunk (the bin's own statements have run, the CLI has not loaded); the process stays
+ * there until `finish` writes the chunk.
+ */
+async function spawnLoading(t: Test, name: string, args: (dir: string) => Promise<string[]>) {
+  assertFreshBundle()
+  const dir = await scratchDir(name)
+  const dist = join(dir, 'dist')
+  cpSync(join(ROOT, 'dist'), dist, { recursive: true })
+  const main = /import\("\.\/(chunks\/main-[^"]+\.mjs)"\)/.exec(readFileSync(BUNDLE, 'utf8'))?.[1]
+  if (main === undefined) throw new Error('the bin does not import a main chunk: update this test')
+  const chunk = join(dist, main)
+  const code = readFileSync(chunk)
+  renameSync(chunk, `${chunk}.real`)
+  execFileSync('mkfifo', [chunk])
+
+  const child = spawn(process.execPath, [join(dist, 'nhi-proxy.mjs'), ...(await args(dir))], {
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  let stderr = ''
+  child.stderr!.on('data', (c: Buffer) => {
+    stderr += c.toString()
+  })
+  const exited = outputComplete(child)
+  // opening the write end waits for the reader: from then on the process is loading the CLI
+  const writer = open(chunk, 'w')
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    // a write end still waiting for a reader that never came is released by a reader of our own
+    const reader = await open(chunk, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined)
+    await (await writer.catch(() => undefined))?.close().catch(() => {})
+    await reader?.close()
+    await exited
+  })
+  const first = await Promise.race([writer, exited.then(() => undefined)])
+  if (first === undefined) throw new Error(`exited before loading its code: ${stderr}`)
+  return {
+    child,
+    exited,
+    stderr: () => stderr,
+    async finish() {
+      // a process the signal ended reads no further (EPIPE): its exit says how it ended
+      await first.writeFile(code).catch(() => {})
+      await first.close().catch(() => {})
+    },
+  }
+}
+
 t.test(
   'SIGTERM while the CLI is still loading its code: exit 0, not killed, never serves',
   { skip: process.platform === 'win32' ? 'needs a FIFO' : false },
   async (t) => {
-    assertFreshBundle()
-    const dir = await scratchDir('early-signal-load')
-    const dist = join(dir, 'dist')
-    cpSync(join(ROOT, 'dist'), dist, { recursive: true })
-    const main = /import\("\.\/(chunks\/main-[^"]+\.mjs)"\)/.exec(readFileSync(BUNDLE, 'utf8'))?.[1]
-    if (main === undefined) throw new Error('the bin does not import a main chunk: update this test')
-    const chunk = join(dist, main)
-    const code = readFileSync(chunk)
-    renameSync(chunk, `${chunk}.real`)
-    execFileSync('mkfifo', [chunk])
-    const config = await writeConfig(dir, {})
+    const proxy = await spawnLoading(t, 'early-signal-load', async (dir) => [
+      'run',
+      '-c',
+      await writeConfig(dir, {}),
+    ])
+    proxy.child.kill('SIGTERM')
+    await proxy.finish()
 
-    const child = spawn(process.execPath, [join(dist, 'nhi-proxy.mjs'), 'run', '-c', config], {
-      cwd: ROOT,
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
-    let stderr = ''
-    child.stderr!.on('data', (c: Buffer) => {
-      stderr += c.toString()
-    })
-    const exited = outputComplete(child)
-    // opening the write end waits for the reader: from then on the process is loading the CLI
-    const writer = open(chunk, 'w')
-    t.teardown(async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-      // a write end still waiting for a reader that never came is released by a reader of our own
-      const reader = await open(chunk, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined)
-      await (await writer.catch(() => undefined))?.close().catch(() => {})
-      await reader?.close()
-      await exited
-    })
-    const first = await Promise.race([writer, exited.then(() => undefined)])
-    if (first === undefined) throw new Error(`exited before loading its code: ${stderr}`)
-    child.kill('SIGTERM')
-    // a process the signal ended reads no further (EPIPE): the exit below says how it ended
-    await first.writeFile(code).catch(() => {})
-    await first.close().catch(() => {})
-
-    const stopped = await exitWithin(child, exited, PROMPT_MS)
+    const stopped = await exitWithin(proxy.child, proxy.exited, PROMPT_MS)
     t.ok(stopped, `exited within ${PROMPT_MS} ms of the signal`)
     t.equal(stopped?.signal, null, 'not ended by the signal')
-    t.equal(stopped?.code, 0, `exit 0 (stderr: ${stderr.trim()})`)
-    t.notOk(started(stderr), 'never started serving')
-    t.match(stderr, /SIGTERM while starting/, 'says why it stopped')
+    t.equal(stopped?.code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
+    t.notOk(started(proxy.stderr()), 'never started serving')
+    t.match(proxy.stderr(), /SIGTERM while starting/, 'says why it stopped')
+  },
+)
+
+t.test(
+  'SIGHUP while `run` is still loading its code: not killed, it starts and serves, SIGTERM then ends it',
+  { skip: process.platform === 'win32' ? 'needs a FIFO' : false },
+  async (t) => {
+    const proxy = await spawnLoading(t, 'early-signal-hup', async (dir) => [
+      'run',
+      '-c',
+      await writeConfig(dir, { timeouts: { drainDelay: '0s' } }),
+    ])
+    proxy.child.kill('SIGHUP')
+    await proxy.finish()
+
+    await eventually(
+      () => {
+        if (proxy.child.exitCode !== null || proxy.child.signalCode !== null)
+          throw new GiveUp(`exited ${proxy.child.exitCode ?? proxy.child.signalCode}: ${proxy.stderr()}`)
+        return started(proxy.stderr())
+      },
+      { timeoutMs: PROMPT_MS, what: 'the started line' },
+    ).catch((err: Error) => t.fail(err.message))
+    t.equal(proxy.child.signalCode, null, 'not ended by SIGHUP')
+    t.ok(started(proxy.stderr()), 'started serving')
+    proxy.child.kill('SIGTERM')
+    const stopped = await exitWithin(proxy.child, proxy.exited, PROMPT_MS)
+    t.equal(stopped?.code, 0, `exit 0 on SIGTERM (stderr: ${proxy.stderr().trim()})`)
   },
 )
 
