@@ -218,8 +218,11 @@ function withTimeout(p: Promise<void>, ms: number, stop?: AbortSignal): Promise<
       resolve()
     }
     const t = setTimeout(done, ms)
-    stop?.addEventListener('abort', done)
     p.then(done, done)
+    // an abort that came before this call has fired its event already: no listener would ever hear it, and
+    // the start would wait out the whole timeout for a stop asked for while it read its files
+    if (stop?.aborted) done()
+    else stop?.addEventListener('abort', done)
   })
 }
 
