@@ -5,14 +5,19 @@
 // The cache lives in NODE_COMPILE_CACHE, else in the temp directory; where it cannot be written, or on
 // Node 20, nothing changes but the time. NODE_DISABLE_COMPILE_CACHE=1 turns it off.
 import module from 'node:module'
-import { catchStopSignals, ignoreHangupWhileStarting } from './stop-signals.ts'
+import { catchStopSignals, ignoreGroupSignals, ignoreHangupWhileStarting } from './stop-signals.ts'
 
 // Before anything is loaded: a SIGTERM while the CLI loads is the command's to act on (a clean exit 0), not
 // Node's default kill. Only for the commands that run until stopped; a worker process of `workers: N`
 // leaves signals to its primary (src/workers.ts).
 const SERVING_COMMANDS = new Set(['run', 'demo', 'demo-idp'])
 const command = process.argv[2] ?? ''
-if (SERVING_COMMANDS.has(command) && process.env['NHI_WORKER_SLOT'] === undefined) {
+if (process.env['NHI_WORKER_SLOT'] !== undefined) {
+  // a worker: the SIGINT of a terminal's Ctrl-C and a hang-up reach every process of the group, and are
+  // its primary's to act on (runWorker ignores them once it runs). One that came while the worker still
+  // loaded would end it by the signal, and the primary's start with it ("a worker could not start", exit 2).
+  if (command === 'run') ignoreGroupSignals()
+} else if (SERVING_COMMANDS.has(command)) {
   catchStopSignals()
   // SIGHUP asks a running sidecar to reload (a config management tool may send it right after a start);
   // until `run` takes it, Node's default would end the process. The config is read after this anyway, so

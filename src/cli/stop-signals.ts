@@ -42,3 +42,9 @@ export function claimStopSignals(to: (signal: StopSignal) => void): void {
 export function ignoreHangupWhileStarting(): void {
   process.on('SIGHUP', () => {})
 }
+
+/** A worker process of `workers: N`: SIGINT and SIGHUP are its primary's, from its first statement on. */
+export function ignoreGroupSignals(): void {
+  process.on('SIGINT', () => {})
+  process.on('SIGHUP', () => {})
+}

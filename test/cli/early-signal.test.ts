@@ -56,11 +56,17 @@ async function exitWithin(
 const started = (stderr: string) => stderr.split('\n').some((l) => l.includes('"event":"started"'))
 
 /**
- * `nhi-proxy ARGS…` from a copy of the bundle whose main chunk is a FIFO. Resolves once the process has
- * begun to read the chunk (the bin's own statements have run, the CLI has not loaded); the process stays
- * there until `finish` writes the chunk.
+ * `node ARGS…` (`args` is given the bin: a copy of the bundle whose main chunk is a FIFO). Resolves once a
+ * process has begun to read the chunk (the bin's own statements have run, the CLI has not loaded); it stays
+ * there until `finish` writes the chunk. `detached`: in a process group of its own, to signal as a terminal
+ * does.
  */
-async function spawnLoading(t: Test, name: string, args: (dir: string) => Promise<string[]>) {
+async function spawnLoading(
+  t: Test,
+  name: string,
+  args: (dir: string, bin: string) => Promise<string[]>,
+  { detached = false } = {},
+) {
   assertFreshBundle()
   const dir = await scratchDir(name)
   const dist = join(dir, 'dist')
@@ -72,9 +78,10 @@ async function spawnLoading(t: Test, name: string, args: (dir: string) => Promis
   renameSync(chunk, `${chunk}.real`)
   execFileSync('mkfifo', [chunk])
 
-  const child = spawn(process.execPath, [join(dist, 'nhi-proxy.mjs'), ...(await args(dir))], {
+  const child = spawn(process.execPath, await args(dir, join(dist, 'nhi-proxy.mjs')), {
     cwd: ROOT,
     stdio: ['ignore', 'ignore', 'pipe'],
+    detached,
   })
   let stderr = ''
   child.stderr!.on('data', (c: Buffer) => {
@@ -84,7 +91,13 @@ async function spawnLoading(t: Test, name: string, args: (dir: string) => Promis
   // opening the write end waits for the reader: from then on the process is loading the CLI
   const writer = open(chunk, 'w')
   t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    if (detached) {
+      try {
+        process.kill(-child.pid!, 'SIGKILL')
+      } catch {
+        // the group is gone already
+      }
+    } else if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     // a write end still waiting for a reader that never came is released by a reader of our own
     const reader = await open(chunk, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined)
     await (await writer.catch(() => undefined))?.close().catch(() => {})
@@ -109,7 +122,8 @@ t.test(
   'SIGTERM while the CLI is still loading its code: exit 0, not killed, never serves',
   { skip: process.platform === 'win32' ? 'needs a FIFO' : false },
   async (t) => {
-    const proxy = await spawnLoading(t, 'early-signal-load', async (dir) => [
+    const proxy = await spawnLoading(t, 'early-signal-load', async (dir, bin) => [
+      bin,
       'run',
       '-c',
       await writeConfig(dir, {}),
@@ -130,7 +144,8 @@ t.test(
   'SIGHUP while `run` is still loading its code: not killed, it starts and serves, SIGTERM then ends it',
   { skip: process.platform === 'win32' ? 'needs a FIFO' : false },
   async (t) => {
-    const proxy = await spawnLoading(t, 'early-signal-hup', async (dir) => [
+    const proxy = await spawnLoading(t, 'early-signal-hup', async (dir, bin) => [
+      bin,
       'run',
       '-c',
       await writeConfig(dir, { timeouts: { drainDelay: '0s' } }),
@@ -153,6 +168,64 @@ t.test(
     t.equal(stopped?.code, 0, `exit 0 on SIGTERM (stderr: ${proxy.stderr().trim()})`)
   },
 )
+
+// A stand-in for the primary of `workers: N`: forks one real worker of the bundle (the process the pod's
+// primary forks, NHI_WORKER_SLOT set) and reports on stderr what the worker does, and never sends it the
+// config, so the worker stays waiting once it has loaded.
+const PRIMARY = `
+import cluster from 'node:cluster'
+const [bin, ...args] = process.argv.slice(1)
+process.on('SIGINT', () => {})
+process.on('SIGHUP', () => {})
+cluster.setupPrimary({ exec: bin, args, execArgv: [], serialization: 'advanced' })
+const worker = cluster.fork({ NHI_WORKER_SLOT: '1' })
+worker.on('message', (m) => {
+  if (m?.nhi === 'hello') process.stderr.write('worker: hello\\n')
+})
+worker.on('exit', (code, signal) => {
+  process.stderr.write(\`worker: exit \${code} \${signal}\\n\`)
+  process.exit(0)
+})
+`
+
+for (const [signal, what] of [
+  ['SIGINT', "a terminal's Ctrl-C"],
+  ['SIGHUP', 'a hang-up'],
+] as const) {
+  t.test(
+    `${what} (${signal} to the process group) while a worker of \`workers: N\` loads its code: it carries on`,
+    { skip: process.platform === 'win32' ? 'needs a FIFO and process groups' : false },
+    async (t) => {
+      // the whole group is signalled, as a terminal does: the stand-in primary, then the worker it forked
+      const group = await spawnLoading(
+        t,
+        'early-signal-worker',
+        async (dir, bin) => [
+          '--input-type=module',
+          '-e',
+          PRIMARY,
+          bin,
+          'run',
+          '-c',
+          await writeConfig(dir, {}),
+        ],
+        { detached: true },
+      )
+      process.kill(-group.child.pid!, signal)
+      await group.finish()
+
+      await eventually(
+        () => {
+          if (/worker: exit/.test(group.stderr())) throw new GiveUp(group.stderr())
+          return /worker: hello/.test(group.stderr())
+        },
+        { timeoutMs: PROMPT_MS, what: "the worker's hello" },
+      ).catch((err: Error) => t.fail(err.message))
+      t.match(group.stderr(), /worker: hello/, 'the worker loaded and asked for its config')
+      t.notMatch(group.stderr(), /worker: exit/, 'it did not exit')
+    },
+  )
+}
 
 t.test(
   'SIGTERM while the first JWKS fetch is pending: exit 0 at once, never listens, no drain',
