@@ -41,8 +41,9 @@ export interface Identity {
    */
   nameFromRequest?: boolean
   /**
-   * the configured JWT issuer whose token is the identity's credential (its strongest, which gives `source`):
-   * the metrics hold the names that issuer's claims give to its own cap (jwt.issuers[].maxIdentities)
+   * the configured JWT issuer whose token names the identity or is its strongest credential (the one that
+   * gives `source`): the metrics hold the names that issuer's tokens give to its own cap
+   * (jwt.issuers[].maxIdentities), also behind a stronger credential such as a gateway's certificate
    */
   issuer?: string
 }

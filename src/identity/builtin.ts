@@ -36,6 +36,18 @@ export function credentialIssuer(ev: EvidenceSet): string | undefined {
   return c === undefined ? undefined : c.source.issuer?.(c.evidence)
 }
 
+/**
+ * The issuer of the token among the credentials, wherever it ranks: a rule that matches the token's claims
+ * names the identity by them even when a stronger credential (a front proxy's certificate) gives `source`.
+ */
+export function tokenIssuer(ev: EvidenceSet): string | undefined {
+  for (const c of ev.credentials) {
+    const issuer = c.source.issuer?.(c.evidence)
+    if (issuer !== undefined) return issuer
+  }
+  return undefined
+}
+
 /** Only the strongest certificate describes the caller; a weaker one is evidence, not a name. */
 function describesCaller(c: Credential, sawCertificate: boolean): boolean {
   return !sawCertificate || c.source.certificate?.(c.evidence) === undefined
@@ -79,9 +91,15 @@ const ANONYMOUS_IDENTITY: BuiltinIdentity = Object.freeze({
   rule: 'builtin:anonymous',
 })
 
-/** Who built-in knowledge says the caller is, when no rule matched: the first credential (by naming precedence) that names one. */
+/**
+ * Who built-in knowledge says the caller is, when no rule matched: the first credential (by naming precedence)
+ * that names one, with the issuer of that credential (`issuer`, for the issuer caps). A token names the caller
+ * ahead of a certificate, so a request that carries a trusted proxy's or gateway's certificate and an
+ * outsider's token is named by the token's claims: that name is the token issuer's to charge, not nobody's.
+ */
 export function builtinIdentity(ev: EvidenceSet): BuiltinIdentity {
   let best: BuiltinIdentity | undefined
+  let namer: Credential | undefined
   let bestRank = Number.POSITIVE_INFINITY
   for (const c of ev.credentials) {
     const rank = c.source.namingPrecedence ?? c.source.precedence
@@ -89,9 +107,12 @@ export function builtinIdentity(ev: EvidenceSet): BuiltinIdentity {
     const b = c.source.builtinIdentity?.(c.evidence)
     if (b === undefined) continue
     best = b
+    namer = c
     bestRank = rank
   }
-  return best ?? ANONYMOUS_IDENTITY
+  if (best === undefined || namer === undefined) return ANONYMOUS_IDENTITY
+  const issuer = namer.source.issuer?.(namer.evidence)
+  return issuer === undefined ? best : { ...best, issuer }
 }
 
 /** Captures every rule may use ({product}, and {bot}/{agent} when the user agent is one). */

@@ -15,12 +15,14 @@ import {
   hasBuiltinCaptures,
   identityOf,
   strongest,
+  tokenIssuer,
   UNVERIFIED_PREFIX,
 } from '../identity/builtin.ts'
 import { type EvidenceTrieNode, evidenceNode, findEvidenceNode } from '../identity/evidence-trie.ts'
 import type { ConnectionInfo, EvidenceSet, Identity, Kind, RequestInfo } from '../types.ts'
 import { SecondSight } from '../util/second-sight.ts'
 import { type Captures, type Condition, compileConditions, type Scratch } from './conditions/index.ts'
+import { JwtCondition } from './conditions/jwt.ts'
 import { type CompiledTemplate, compileTemplate, patternCaptures } from './pattern.ts'
 
 export interface RuleTrace {
@@ -57,6 +59,11 @@ interface CompiledRule {
   uaNamed: boolean
   /** the name template uses a capture a header or the path fills (see requestNamed) */
   nameFromRequest: boolean
+  /**
+   * it matches a token's claims or issuer: the identities it names are charged to that token's issuer (its
+   * cap), even when a stronger credential, such as a front proxy's certificate, gives their `source`
+   */
+  tokenNamed: boolean
 }
 
 const UA_CAPTURES: ReadonlySet<string> = new Set(['bot', 'agent', 'product'])
@@ -87,6 +94,7 @@ function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
     conditions,
     uaNamed: name.captures.some((c) => UA_CAPTURES.has(c) || uaCaptures.includes(c)),
     nameFromRequest: requestNamed(conditions, name),
+    tokenNamed: conditions.some((c) => c instanceof JwtCondition),
     name,
     team: r.team !== undefined ? compileTemplate(r.team) : undefined,
     zone: r.zone !== undefined ? compileTemplate(r.zone) : undefined,
@@ -131,6 +139,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
     const attributes = evidenceAttributes(ev)
     const expiry = evidenceExpiry(ev)
     const issuer = credentialIssuer(ev)
+    const token = tokenIssuer(ev)
     for (const rule of rules) {
       scratch.captures = undefined
       scratch.reason = ''
@@ -179,11 +188,12 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         expiresAt: expiry,
         expectEveryMs: rule.expectEveryMs,
         nameFromRequest: rule.nameFromRequest,
-        issuer,
+        issuer: rule.tokenNamed ? token : issuer,
       })
     }
     const b = builtinIdentity(ev)
-    return identityOf({ ...b, source, verified, attributes, expiresAt: expiry, issuer })
+    // the credential that named it is charged (a token names ahead of a certificate), not the strongest one
+    return identityOf({ ...b, source, verified, attributes, expiresAt: expiry })
   }
 
   return {

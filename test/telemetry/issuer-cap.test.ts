@@ -225,8 +225,56 @@ t.test("classification charges the identity to its strongest credential's issuer
     conn,
   )
   t.equal(withCert.source, 'mtls')
-  t.equal(withCert.issuer, undefined, 'a certificate the service trusts is the credential, not the token')
+  t.equal(withCert.name, 'ci/acme/y', "the rule on the token's claims names it, behind the certificate")
+  t.equal(withCert.issuer, PUBLIC, 'so it is charged to the issuer whose claims name it')
 })
+
+t.test(
+  "a trusted proxy's certificate in front of outsiders' tokens does not lift their issuer's cap",
+  async (t) => {
+    // a gateway in the mesh forwards outsiders' requests: each carries its verified certificate (the stronger
+    // credential, which gives `source`) and the outsider's own token, whose claims name the caller
+    const jwt = (repository: string): JwtEvidence => ({
+      source: 'jwt',
+      verified: true,
+      issuer: PUBLIC,
+      claims: { iss: PUBLIC, repository },
+      alg: 'RS256',
+      fingerprint: sha256Hex(repository).slice(0, 16),
+    })
+    const gateway = certEvidenceFromFields(
+      { dnsSans: ['gateway.internal'], uriSans: [], sha256: sha256Hex('gateway') },
+      'xfcc',
+      true,
+    )
+    if ('failed' in gateway) throw new Error(gateway.detail)
+    const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 5000, tls: false }
+    const req = { method: 'GET', path: '/', url: '/', headers: {} }
+    const limits = { maxIdentities: 100, idleTtlMs: 60_000, issuerCaps: new Map([[PUBLIC, 3]]) }
+    const tracked = (cfg: Config) => {
+      const rules = compileRules(cfg)
+      const table = new IdentityTable(limits)
+      const names = new Set<string>()
+      for (let i = 0; i < 10; i++) {
+        const id = rules.classify(evidenceSet({ xfcc: gateway, jwt: jwt(`outsider/repo-${i}`) }), req, conn)
+        t.equal(id.source, 'xfcc')
+        const entry = table.admitEntry(id, 1000)
+        if (!entry.overflow) names.add(entry.name)
+      }
+      return names
+    }
+    t.equal(tracked(config()).size, 3, 'built-in names from the tokens: three, the cap')
+    const byClaim = config({
+      identities: [{ name: 'ci/{repo}', match: { jwt: { claims: { repository: '{repo}' } } } }],
+    })
+    t.equal(tracked(byClaim).size, 3, "a rule naming by the token's claims: three as well")
+    const byCert = compileRules(
+      config({ identities: [{ name: 'edge/{san}', match: { cert: { san: '{san}' } } }] }),
+    ).classify(evidenceSet({ xfcc: gateway, jwt: jwt('outsider/z') }), req, conn)
+    t.equal(byCert.name, 'edge/gateway.internal')
+    t.equal(byCert.issuer, undefined, "a name the certificate gives is not charged to the token's issuer")
+  },
+)
 
 t.test('workers: N: the pod holds each issuer to its cap over every worker', async (t) => {
   const header = (name: string, type: string) => `# HELP ${name} h\n# TYPE ${name} ${type}\n`
