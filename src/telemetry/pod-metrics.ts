@@ -489,9 +489,17 @@ export class PodMetrics {
       this.shares = shares
     } else shares.setLimits(limits)
     for (const [key, held] of this.admitted) {
-      if (present.has(key)) continue
-      this.admitted.delete(key)
-      shares.give(held.madeUp, held.issuer)
+      const p = present.get(key)
+      if (p === undefined) {
+        this.admitted.delete(key)
+        shares.give(held.madeUp, held.issuer)
+      } else if (held.issuer === undefined && p.issuer !== undefined) {
+        // Workers name only capped issuers, so an identity admitted before a reload capped its issuer was
+        // charged to none: charged now, the new cap counts it as one process's table does (which knows
+        // every identity's issuer), instead of admitting a full cap of newcomers on top of it.
+        held.issuer = p.issuer
+        shares.take(false, p.issuer)
+      }
     }
     for (const [key, values] of this.folded) {
       if (present.has(key)) continue

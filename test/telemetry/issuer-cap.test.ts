@@ -276,18 +276,26 @@ t.test(
   },
 )
 
+// a worker's exposition of one request by each of `names` (source jwt), as the pod merges it
+const podHeader = (name: string, type: string) => `# HELP ${name} h\n# TYPE ${name} ${type}\n`
+const podId = (name: string) => `service="s",identity="${name}",source="jwt"`
+const podReq = (name: string) =>
+  `nhi_requests_total{${podId(name)},kind="job",verified="true",method="GET",route="other",code="200"}`
+const podBody = (names: readonly string[]) =>
+  podHeader('nhi_requests_total', 'counter') +
+  names.map((n) => `${podReq(n)} 1\n`).join('') +
+  podHeader('nhi_identity_overflow_total', 'counter') +
+  'nhi_identity_overflow_total{service="s"} 0\n' +
+  podHeader('nhi_identity_last_seen_timestamp_seconds', 'gauge') +
+  names.map((n) => `nhi_identity_last_seen_timestamp_seconds{${podId(n)},kind="job"} 100\n`).join('')
+const podValue = (text: string, key: string) => {
+  const line = text.split('\n').find((l) => l.startsWith(`${key} `))
+  return line === undefined ? undefined : Number(line.slice(key.length + 1))
+}
+
 t.test('workers: N: the pod holds each issuer to its cap over every worker', async (t) => {
-  const header = (name: string, type: string) => `# HELP ${name} h\n# TYPE ${name} ${type}\n`
-  const id = (name: string) => `service="s",identity="${name}",source="jwt"`
-  const req = (name: string) =>
-    `nhi_requests_total{${id(name)},kind="job",verified="true",method="GET",route="other",code="200"}`
-  const body = (names: string[]) =>
-    header('nhi_requests_total', 'counter') +
-    names.map((n) => `${req(n)} 1\n`).join('') +
-    header('nhi_identity_overflow_total', 'counter') +
-    'nhi_identity_overflow_total{service="s"} 0\n' +
-    header('nhi_identity_last_seen_timestamp_seconds', 'gauge') +
-    names.map((n) => `nhi_identity_last_seen_timestamp_seconds{${id(n)},kind="job"} 100\n`).join('')
+  const req = podReq
+  const body = podBody
   const pod = new PodMetrics()
   const limits = { maxIdentities: 100, idleTtlMs: 60_000, issuerCaps: new Map([[PUBLIC, 3]]) }
   // each worker is within the cap on its own (2 names each); the pod is over it
@@ -302,10 +310,7 @@ t.test('workers: N: the pod holds each issuer to its cap over every worker', asy
     pod.apply(label, new PodExport().snapshot([body([...names])], -1, [], issued))
   }
   const text = pod.render({ service: 's', limits, restarts: 0 }, false)
-  const value = (key: string) => {
-    const line = text.split('\n').find((l) => l.startsWith(`${key} `))
-    return line === undefined ? undefined : Number(line.slice(key.length + 1))
-  }
+  const value = (key: string) => podValue(text, key)
   const own = ['github/a', 'github/b', 'github/c', 'github/d'].filter((n) => value(req(n)) !== undefined)
   t.equal(own.length, 3, 'three of the issuer names have their own series')
   t.equal(value(req('__overflow__')), 1, 'the fourth is folded into the overflow series')
@@ -313,3 +318,35 @@ t.test('workers: N: the pod holds each issuer to its cap over every worker', asy
   t.equal(value(req('svc/x')), 1, 'names from no capped issuer are not held to it')
   t.equal(value(req('svc/y')), 1)
 })
+
+t.test(
+  'workers: N: a cap a reload adds counts the names its issuer already holds, as in one process',
+  async (t) => {
+    const before = { maxIdentities: 100, idleTtlMs: 60_000 }
+    const after = { ...before, issuerCaps: new Map([[PUBLIC, 3]]) }
+    const held = ['github/a', 'github/b', 'github/c', 'github/d']
+    const later = ['github/e', 'github/f']
+
+    // one process: the table counts every issuer's names, capped or not
+    const table = new IdentityTable(before)
+    for (const n of held) table.admitEntry(fromIssuer(n, PUBLIC), 1000)
+    table.setLimits(after)
+    for (const n of later) {
+      table.admitEntry(fromIssuer(n, PUBLIC), 2000)
+      t.ok(table.overflowed, `${n} overflows in one process: the issuer holds 4 of its 3 already`)
+    }
+
+    // the pod: before the reload a worker names no issuer (none is capped), after it names every capped one
+    const pod = new PodMetrics()
+    const exporter = new PodExport()
+    pod.apply('1', exporter.snapshot([podBody(held)], -1))
+    pod.render({ service: 's', limits: before, restarts: 0 }, false)
+    const names = [...held, ...later]
+    const issued = names.map((n): [string, string] => [`jwt\u0000${n}`, PUBLIC])
+    pod.apply('1', exporter.snapshot([podBody(names)], -1, [], issued))
+    const text = pod.render({ service: 's', limits: after, restarts: 0 }, false)
+    for (const n of held) t.equal(podValue(text, podReq(n)), 1, `${n} keeps its series`)
+    for (const n of later) t.equal(podValue(text, podReq(n)), undefined, `${n} is folded in the pod as well`)
+    t.equal(podValue(text, podReq('__overflow__')), 2)
+  },
+)
