@@ -190,7 +190,7 @@ export const issuerSchema = z.strictObject({
     z.optional(z.number(ISSUER_CAP_PROBLEM).check(z.int(ISSUER_CAP_PROBLEM), z.positive(ISSUER_CAP_PROBLEM))),
     "most distinct identity names this issuer's tokens may add to the metrics, within metrics.maxIdentities; " +
       'further names count as __overflow__. Default: a tenth of metrics.maxIdentities (at least 1) for a public ' +
-      'IdP (profile github-actions or google, configured or detected from the issuer URL), else no cap of its own',
+      'IdP (the issuer URL of GitHub Actions or Google, whatever the profile), else no cap of its own',
   ),
 })
 

@@ -298,7 +298,8 @@ export function issuerProfile(iss: string): ProfileName {
 /**
  * IdPs that give a token to anyone who asks, for any audience: any repository on GitHub gets an Actions
  * token, any Google account or service account an ID token. Their verified names are chosen by outsiders as
- * freely as a user agent, so their issuers get a bounded share of the identity table by default.
+ * freely as a user agent, so their issuers get a bounded share of the identity table by default. Only the
+ * public issuer URLs are detected as these profiles (issuerProfile), and the default goes by that alone.
  */
 export const PUBLIC_PROFILES: ReadonlySet<ProfileName> = new Set<ProfileName>(['github-actions', 'google'])
 

@@ -49,13 +49,19 @@ function isError(event: RequestEvent): boolean {
  */
 const PUBLIC_ISSUER_SHARE = 10
 
-/** Each issuer's cap: its own `maxIdentities`, else the public IdPs' default; none for the others. */
+/**
+ * Each issuer's cap: its own `maxIdentities`, else the public IdPs' default; none for the others. Public is
+ * what the issuer URL says (GitHub's and Google's own issuers), not the configured `profile`: the profile
+ * only says how to read the claims. GitHub Enterprise Server, or an enterprise's own Actions issuer, is read
+ * with `profile: github-actions` yet gives tokens to that enterprise's repositories only, and the public
+ * issuer read with another profile still gives them to anyone.
+ */
 export function issuerCaps(config: Config): Map<string, number> {
   const caps = new Map<string, number>()
   const share = Math.max(1, Math.floor(config.metrics.maxIdentities / PUBLIC_ISSUER_SHARE))
   for (const i of config.jwt.issuers) {
     if (i.maxIdentities !== undefined) caps.set(i.issuer, i.maxIdentities)
-    else if (PUBLIC_PROFILES.has(i.profile ?? issuerProfile(i.issuer))) caps.set(i.issuer, share)
+    else if (PUBLIC_PROFILES.has(issuerProfile(i.issuer))) caps.set(i.issuer, share)
   }
   return caps
 }

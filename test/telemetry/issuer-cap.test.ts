@@ -83,8 +83,13 @@ t.test(
           issuers: [
             issuer(PUBLIC),
             issuer('https://accounts.google.com'),
-            // a public profile configured on an issuer URL that does not say so
-            issuer('https://ci.example', { profile: 'github-actions' }),
+            // GitHub Enterprise Server: read as GitHub Actions, but only the enterprise's repositories get tokens
+            issuer('https://ghes.example/_services/token', { profile: 'github-actions' }),
+            // Google's issuer read with another profile still gives tokens to anyone
+            issuer('accounts.google.com', {
+              profile: 'generic',
+              jwksUri: 'https://www.googleapis.com/oauth2/v3/certs',
+            }),
             issuer(PUBLIC.replace('token', 'other'), { profile: 'github-actions', maxIdentities: 700 }),
             issuer(OWN),
             issuer('https://login.microsoftonline.com/tenant/v2.0'),
@@ -99,7 +104,7 @@ t.test(
       [
         [PUBLIC, 100],
         ['https://accounts.google.com', 100],
-        ['https://ci.example', 100],
+        ['accounts.google.com', 100],
         [PUBLIC.replace('token', 'other'), 700],
         ['https://own.example', 5],
       ],
