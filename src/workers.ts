@@ -526,8 +526,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
             // the worker is exiting
           }
         }
-      } else if (m.nhi === 'keys') podKeys.learn(m)
-      else if (m.nhi === 'hello') start()
+      } else if (m.nhi === 'keys') {
+        const sources = keySources(config)
+        if (reloading) for (const s of keySources(reloading.config)) sources.add(s)
+        podKeys.learn(m, sources)
+      } else if (m.nhi === 'hello') start()
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
       else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)

@@ -183,4 +183,17 @@ t.test("the pod's key sets: the newest fetch per source, for the sources of the 
     ['b'],
     'a source the config dropped is forgotten',
   )
+  // a worker still on the old config (it missed the reload and is being replaced) reports 'a' late
+  pod.learn({ source: 'a', jwks: [k2.publicJwk], at: 40 }, new Set(['b']))
+  t.same(
+    pod.of(new Set(['a', 'b'])).map((s) => s.source),
+    ['b'],
+    'a late report of a dropped source is not kept for a later reload that adds it again',
+  )
+  pod.learn({ source: 'c', jwks: [k2.publicJwk], at: 50 }, new Set(['b', 'c']))
+  t.same(
+    pod.of(new Set(['b', 'c'])).map((s) => s.source),
+    ['b', 'c'],
+    'a source of the config (or of a reload under way) is kept',
+  )
 })

@@ -188,7 +188,14 @@ export class KeyMemory {
 export class PodKeySets {
   private readonly latest = new Map<string, SharedKeySet>()
 
-  learn(keys: SharedKeySet): void {
+  /**
+   * Keeps a worker's report if `configured` (the key sources of the pod's config, and of a reload under way)
+   * has its source. A report of any other source is a late one from a key set the config has dropped (a
+   * worker that missed a reload and is being replaced): kept, it would outlive retain() and be handed out
+   * should a later reload add the source again, which is then to start with no keys.
+   */
+  learn(keys: SharedKeySet, configured?: ReadonlySet<string>): void {
+    if (configured !== undefined && !configured.has(keys.source)) return
     const known = this.latest.get(keys.source)
     if (known && known.at > keys.at) return
     this.latest.delete(keys.source)
