@@ -146,7 +146,10 @@ t.test('a request across two sidecars is one trace: two server spans, parent and
     'server.address': '127.0.0.1',
     'server.port': sidecarB.proxyAddress.port,
   })
-  t.ok(b.startNanos >= a.startNanos && b.endNanos <= a.endNanos + 5_000_000n, 'B happens within A')
+  t.ok(b.startNanos >= a.startNanos, `B starts after A (${b.startNanos - a.startNanos} ns)`)
+  // B records its span when its response to A has closed, which can come a little after A has passed the last
+  // byte on and recorded its own; a busy machine delays B's close further (seen at over 5 ms in one suite run)
+  t.ok(b.endNanos <= a.endNanos + 50_000_000n, `B ends with A (${b.endNanos - a.endNanos} ns after)`)
 
   // no token material anywhere in what left the process
   const everything = dump(spans)
