@@ -1,13 +1,17 @@
 // The last good keys of a `workers: N` pod: each worker reports the key sets it fetches (public keys only),
 // the primary keeps the newest per key source, and a worker that starts while the IdP is down starts from
 // them instead of with no keys at all, until its own fetch succeeds.
+import { once } from 'node:events'
 import { rm, writeFile } from 'node:fs/promises'
+import { createServer, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { exportJWK, type JWK } from 'jose'
 import t from 'tap'
 import { configSchema, type IssuerConfig } from '../../src/config/schema.ts'
 import { IssuerKeySet, KeyMemory, PodKeySets, type SharedKeySet } from '../../src/identity/jwt/jwks.ts'
 import { verifyJwtWithKeySet } from '../../src/identity/jwt/jws.ts'
+import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken } from '../helpers/jwks.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 
@@ -48,7 +52,7 @@ t.test('a fetched key set is reported with its public keys only', async (t) => {
   await keys.start()
   t.equal(reported.length, 1, 'one report per successful fetch')
   t.equal(reported[0]?.source, KeyMemory.sourceOf(cfg), 'named by its key source')
-  t.equal(reported[0]?.at, 1234, 'stamped with when the fetch succeeded')
+  t.equal(reported[0]?.at, 1234, 'stamped with when the fetch started')
   t.same(
     reported[0]?.jwks.map((k) => k.kid),
     ['k1'],
@@ -195,5 +199,58 @@ t.test("the pod's key sets: the newest fetch per source, for the sources of the 
     pod.of(new Set(['b', 'c'])).map((s) => s.source),
     ['b', 'c'],
     'a source of the config (or of a reload under way) is kept',
+  )
+})
+
+t.test('of two fetches around a key rotation, the pod keeps the one that asked the IdP later', async (t) => {
+  const before = await createSigningKey('before-rotation')
+  const after = await createSigningKey('after-rotation')
+  let current = before
+  // the first fetch is held until the second has been answered and reported, then answered with what it
+  // would have got when it asked: the keys from before the rotation
+  let held: { res: ServerResponse; keys: JWK[] } | undefined
+  const idp = createServer((req, res) => {
+    req.resume()
+    res.setHeader('content-type', 'application/json')
+    const keys = [current.publicJwk]
+    if (held === undefined && current === before) held = { res, keys }
+    else res.end(JSON.stringify({ keys }))
+  })
+  idp.listen(0, '127.0.0.1')
+  await once(idp, 'listening')
+  t.teardown(() => {
+    idp.closeAllConnections()
+    idp.close()
+  })
+  const jwksUri = `http://127.0.0.1:${(idp.address() as AddressInfo).port}/jwks.json`
+  const cfg = configSchema.parse({ jwt: { issuers: [{ issuer: ISSUER, jwksUri, audiences: ['svc'] }] } }).jwt
+    .issuers[0]!
+  const pod = new PodKeySets()
+  const reports: SharedKeySet[] = []
+  const worker = () =>
+    new IssuerKeySet(cfg, {
+      memory: new KeyMemory((k) => {
+        reports.push(k)
+        pod.learn(k)
+      }),
+    })
+  const slow = worker()
+  const quick = worker()
+  t.teardown(() => {
+    slow.close()
+    quick.close()
+  })
+  const slowStart = slow.start()
+  await eventually(() => held !== undefined, { what: 'the first fetch to reach the IdP' })
+  current = after
+  await quick.start()
+  t.equal(reports.length, 1, 'the later fetch reported first')
+  held!.res.end(JSON.stringify({ keys: held!.keys }))
+  await slowStart
+  await eventually(() => reports.length === 2, { what: 'the held fetch to report' })
+  t.same(
+    pod.of(new Set([KeyMemory.sourceOf(cfg)])).flatMap((k) => k.jwks.map((j) => j.kid)),
+    ['after-rotation'],
+    'a starting worker is handed the keys from after the rotation, not those of the fetch that finished last',
   )
 })

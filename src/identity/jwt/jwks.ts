@@ -88,7 +88,10 @@ export interface SharedKeySet {
   /** KeyMemory.sourceOf of the issuer or key directory */
   source: string
   jwks: JWK[]
-  /** unix ms when the fetch that delivered them succeeded */
+  /**
+   * unix ms when the fetch that delivered them started: of two fetches around a key rotation, the one that
+   * asked the IdP later is the newer answer, whichever of them finished first
+   */
   at: number
 }
 
@@ -135,12 +138,17 @@ export class KeyMemory {
     for (const source of this.loaded.keys()) if (!sources.has(source)) this.loaded.delete(source)
   }
 
-  /** what a successful fetch delivered */
-  set(source: string, keys: LoadedKeys): void {
+  /** the time a fetch starts, on this memory's clock: what `set` is then given as `fetchStartedAt` */
+  stamp(): number {
+    return this.now()
+  }
+
+  /** what a successful fetch delivered; `fetchStartedAt` (stamp()) orders it against the pod's other fetches */
+  set(source: string, keys: LoadedKeys, fetchStartedAt: number = this.now()): void {
     this.put(source, keys)
     // a source with only a secretFile has no public keys to share
     if (this.onFetched && keys.workerKeys)
-      this.onFetched({ source, jwks: publicOnly(keys.workerKeys.jwks), at: this.now() })
+      this.onFetched({ source, jwks: publicOnly(keys.workerKeys.jwks), at: fetchStartedAt })
   }
 
   /**
@@ -410,6 +418,7 @@ export class IssuerKeySet {
   }
 
   private async load(): Promise<boolean> {
+    const startedAt = this.memory?.stamp()
     let ok = true
     let detail: unknown
     let withdrawn: WithdrawnKeys | undefined
@@ -443,14 +452,18 @@ export class IssuerKeySet {
     if (this.closed) return false
     if (ok) {
       this.generation++
-      this.memory?.set(this.source, {
-        keys: this.keys,
-        keyCount: this.keyCount,
-        workerKeys: this.workerKeys,
-        publicJwks: this.publicJwks,
-        secret: this.secret,
-        discoveredJwksUri: this.discoveredJwksUri,
-      })
+      this.memory?.set(
+        this.source,
+        {
+          keys: this.keys,
+          keyCount: this.keyCount,
+          workerKeys: this.workerKeys,
+          publicJwks: this.publicJwks,
+          secret: this.secret,
+          discoveredJwksUri: this.discoveredJwksUri,
+        },
+        startedAt,
+      )
     }
     if (withdrawn) {
       this.withdrawals++
