@@ -127,7 +127,6 @@ class Connection {
   connected = false
   /** carried a response already: an early close on it may be the keep-alive race */
   reused = false
-  closed = false
   /** the upstream's own idle timeout (Keep-Alive: timeout=N), ms, or 0 */
   upstreamIdleMs = 0
   private readonly onBodyData = (chunk: Buffer) => this.writeBody(chunk)
@@ -190,11 +189,7 @@ class Connection {
     // the order undici writes (request line, host, connection, the rest, framing last), so that an upstream
     // sees the same head whichever engine carried the request
     const host = headers.host
-    if (host !== undefined && typeof host !== 'string') {
-      this.invalid('host header')
-      return
-    }
-    if (host !== undefined && BAD_VALUE.test(host)) {
+    if (host !== undefined && (typeof host !== 'string' || BAD_VALUE.test(host))) {
       this.invalid('host header')
       return
     }
@@ -243,7 +238,6 @@ class Connection {
       this.socket.write(`${head}\r\n`, 'latin1')
       return
     }
-    this.chunkedBody = length === undefined
     this.bodyLeft = length === undefined ? -1 : Number(length)
     this.socket.write(
       length !== undefined
@@ -260,7 +254,6 @@ class Connection {
     else body.resume()
   }
 
-  private chunkedBody = false
   /**
    * bytes the announced Content-Length still expects (-1: chunked). A body that runs past it or ends short
    * fails the request and closes the connection: the upstream would otherwise read the next request on it
@@ -279,7 +272,7 @@ class Connection {
     }
     this.activeAt = this.pool.tick
     let flowing: boolean
-    if (this.chunkedBody) {
+    if (this.bodyLeft === -1) {
       this.socket.cork()
       this.socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1')
       this.socket.write(chunk)
@@ -299,7 +292,7 @@ class Connection {
     ex.bodySent = true
     this.activeAt = this.pool.tick
     this.detachBody(ex)
-    if (this.chunkedBody) this.socket.write('0\r\n\r\n', 'latin1')
+    if (this.bodyLeft === -1) this.socket.write('0\r\n\r\n', 'latin1')
   }
 
   private bodyMismatch(): void {
@@ -454,10 +447,12 @@ class Connection {
       } else if (n === 10) {
         const lower = name.toLowerCase()
         if (lower === 'connection') {
-          const v = value.toLowerCase()
           // a close anywhere in the field wins, whatever another line says
-          if (v === 'close' || v.split(',').some((t) => t.trim() === 'close')) closeAsked = true
-          else if (v.split(',').some((t) => t.trim() === 'keep-alive')) keepAliveAsked = true
+          for (const token of value.toLowerCase().split(',')) {
+            const option = token.trim()
+            if (option === 'close') closeAsked = true
+            else if (option === 'keep-alive') keepAliveAsked = true
+          }
         } else if (lower === 'keep-alive') {
           const t = /(?:^|[,;\s])timeout\s*=\s*"?([0-9]+)/i.exec(value)
           if (t !== null) idleHintMs = Number(t[1]) * 1000
@@ -580,7 +575,7 @@ class Connection {
     if (ex.settled) return
     ex.settled = true
     this.exchange = undefined
-    const reusable = ex.keepAlive && ex.bodySent && !extra && !this.closed
+    const reusable = ex.keepAlive && ex.bodySent && !extra && !this.socket.destroyed
     if (!ex.bodySent) this.detachBody(ex)
     if (ex.paused) this.socket.resume()
     if (reusable) this.pool.release(this)
@@ -601,7 +596,6 @@ class Connection {
   private ended(): void {
     const ex = this.exchange
     if (ex !== undefined && ex.phase === Phase.UntilClose && ex.status !== 0) {
-      this.closed = true
       this.complete(ex, false)
       return
     }
@@ -609,7 +603,6 @@ class Connection {
   }
 
   private gone(): void {
-    this.closed = true
     this.pool.forget(this)
     this.closeEarly()
   }
@@ -624,7 +617,6 @@ class Connection {
     // on it. Nothing was answered and nothing of a body was taken, so it goes again on a new connection.
     if (this.reused && !ex.answered && ex.retryable) {
       this.exchange = undefined
-      this.closed = true
       this.socket.destroy()
       this.pool.retry(ex)
       return
@@ -698,16 +690,19 @@ export class H1Pool {
 
   private run(ex: Exchange): void {
     let conn = this.idle.pop()
-    // destroyed, not only closed: a connection the pool destroyed while idle (its deadline, bytes no request
-    // asked for, the upstream's FIN) stays listed until its 'close' event, and a request written on it would
-    // fail without ever reaching the upstream
-    while (conn !== undefined && (conn.closed || conn.socket.destroyed)) conn = this.idle.pop()
-    if (conn === undefined) {
-      conn = new Connection(this, this.options)
-      this.all.add(conn)
-    }
+    // a connection the pool destroyed while idle (its deadline, bytes no request asked for, the upstream's
+    // FIN) stays listed until its 'close' event, and a request written on it would fail without ever
+    // reaching the upstream
+    while (conn?.socket.destroyed) conn = this.idle.pop()
+    const on = conn ?? this.open()
     this.sweep()
-    conn.start(ex)
+    on.start(ex)
+  }
+
+  private open(): Connection {
+    const conn = new Connection(this, this.options)
+    this.all.add(conn)
+    return conn
   }
 
   /** a request the keep-alive race took, once more on a new connection */
@@ -717,8 +712,7 @@ export class H1Pool {
       ex.handler.onError(new UpstreamError('engine closed', 'UND_ERR_DESTROYED'))
       return
     }
-    const conn = new Connection(this, this.options)
-    this.all.add(conn)
+    const conn = this.open()
     this.sweep()
     conn.start(new Exchange(ex.request, ex.handler, false))
   }
