@@ -24,7 +24,7 @@ import { resetByProxy } from './http2-listener.ts'
 import { hasBody } from './request-lifecycle.ts'
 import { clearHeaders } from './respond.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
-import type { Upstream } from './upstream-url.ts'
+import { parseUpstream, type Upstream } from './upstream-url.ts'
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
 export interface ForwardTarget {
@@ -384,7 +384,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
 
 /**
  * The forward is over while an HTTP/1.1 client is still sending its body (the upstream answered, or failed,
- * without reading all of it). undici stops reading the body and destroys the stream it was given, so nothing
+ * without reading all of it). The engine stops reading the body (undici also destroys the stream), so nothing
  * would take the rest off the connection: it would stall, the uploading client with it, until timeouts.idle
  * and then be reset. The rest is read and discarded instead, as Node does for a body no one reads, and the
  * connection goes on. (HTTP/2 streams: see the lifecycle's afterForward.)
@@ -561,28 +561,18 @@ export class Http1Forwarder implements Forwarder {
   private plainPool(target: ForwardTarget): H1Pool | undefined {
     const known = this.plain.get(target.origin)
     if (known !== undefined) return known
-    const upstream = target.upstream
     const o = this.options
-    if (upstream?.tls === true || o.undiciOnly === true) return undefined
-    let host: string
-    let port: number
-    let hostHeader: string
-    if (upstream?.socketPath) {
-      host = 'localhost'
-      port = 0
-      hostHeader = 'localhost'
-    } else {
-      const url = new URL(target.origin)
-      if (url.protocol !== 'http:') return undefined
-      host = url.hostname.replace(/^\[|\]$/g, '')
-      port = url.port ? Number(url.port) : 80
-      hostHeader = url.host
-    }
+    // a target without its Upstream (an embedding program's, the bench's bare proxy) is HTTP/1.1 to `origin`
+    const upstream = target.upstream ?? parseUpstream(target.origin)
+    if (upstream.tls || upstream.protocol !== 'http1' || o.undiciOnly === true) return undefined
     const pool = new H1Pool({
-      host,
-      port,
-      socketPath: upstream?.socketPath,
-      hostHeader,
+      host: upstream.host,
+      port: upstream.port,
+      socketPath: upstream.socketPath,
+      // as undici names the origin: its host and port as in the URL (unix sockets: localhost)
+      hostHeader: upstream.socketPath
+        ? upstream.host
+        : upstream.origin.slice(upstream.origin.indexOf('//') + 2),
       connectTimeout: connectTimeoutMs(o),
       headersTimeout: o.headersTimeout,
       bodyTimeout: o.bodyTimeout,
@@ -631,21 +621,14 @@ export class Http1Forwarder implements Forwarder {
     listener: ForwardListener,
   ): void {
     const call = new ResponseCall(res, listener, this.options.bodyTimeout)
+    const body = hasBody(req) ? req : null
     const plain = this.plainPool(target)
     if (plain !== undefined) {
-      plain.dispatch(
-        { method: req.method ?? 'GET', path: target.path, headers, body: hasBody(req) ? req : null },
-        call,
-      )
+      plain.dispatch({ method: req.method ?? 'GET', path: target.path, headers, body }, call)
       return
     }
     this.pool(target).dispatch(
-      {
-        path: target.path,
-        method: req.method as Dispatcher.HttpMethod,
-        headers,
-        body: hasBody(req) ? req : null,
-      },
+      { path: target.path, method: req.method as Dispatcher.HttpMethod, headers, body },
       call,
     )
   }
