@@ -138,8 +138,6 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
     // attributes and expiry (a profile's kubernetes warnafter…) apply whichever rule matches
     const attributes = evidenceAttributes(ev)
     const expiry = evidenceExpiry(ev)
-    const issuer = credentialIssuer(ev)
-    const token = tokenIssuer(ev)
     for (const rule of rules) {
       scratch.captures = undefined
       scratch.reason = ''
@@ -188,7 +186,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
         expiresAt: expiry,
         expectEveryMs: rule.expectEveryMs,
         nameFromRequest: rule.nameFromRequest,
-        issuer: rule.tokenNamed ? token : issuer,
+        issuer: rule.tokenNamed ? tokenIssuer(ev) : credentialIssuer(ev),
       })
     }
     const b = builtinIdentity(ev)
