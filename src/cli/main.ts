@@ -11,7 +11,7 @@ import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { StartupError, StoppedWhileStarting, splitAddress } from '../startup.ts'
 import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
 import { VERSION } from '../version.ts'
-import { claimStopSignals } from './stop-signals.ts'
+import { claimStopSignals, exitOnSecondSignal } from './stop-signals.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
 
@@ -165,10 +165,7 @@ function holdSignals(opts: { reloads: boolean }): {
   }
   const stop = (signal: string) => {
     if (target === undefined) {
-      if (held !== undefined) {
-        process.stderr.write(`nhi-proxy: ${signal} again while starting, exiting\n`)
-        process.exit(0)
-      }
+      if (held !== undefined) exitOnSecondSignal(signal)
       held = signal
       startStopped.abort()
       return

@@ -19,11 +19,16 @@ export function catchStopSignals(): void {
       caught = signal
       return
     }
-    process.stderr.write(`nhi-proxy: ${signal} again while starting, exiting\n`)
-    process.exit(0)
+    exitOnSecondSignal(signal)
   }
   process.on('SIGTERM', () => on('SIGTERM'))
   process.on('SIGINT', () => on('SIGINT'))
+}
+
+/** a second stop signal while the process starts: a start that hangs can still be stopped */
+export function exitOnSecondSignal(signal: string): never {
+  process.stderr.write(`nhi-proxy: ${signal} again while starting, exiting\n`)
+  process.exit(0)
 }
 
 /** The signals go to `to` from now on, one caught before first. */
