@@ -361,8 +361,8 @@ export class Http2Forwarder {
 
 /**
  * The proxy's forwarder: HTTP/2 upstreams (h2c:, h2:) through node:http2 sessions, HTTP/1.1 requests that
- * announce request trailers through node:http (undici cannot send them), everything else (and every websocket
- * upgrade, an HTTP/1.1 mechanism) through the undici pools.
+ * announce request trailers through node:http (the HTTP/1.1 engine does not send them), everything else (and
+ * every websocket upgrade, an HTTP/1.1 mechanism) through the HTTP/1.1 engine (Http1Forwarder).
  */
 export class ProtocolForwarder implements Forwarder {
   constructor(

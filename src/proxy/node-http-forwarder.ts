@@ -1,7 +1,7 @@
-// HTTP/1.1 forwarding for the one kind of request undici cannot carry: a chunked request body with a trailer
-// section. undici's request writer ends a chunked body with a bare `0\r\n\r\n`, node:http's ClientRequest can
-// add trailers. Only requests that announce trailers come here (`announcesTrailers`); every other request keeps
-// the undici engine. Observable behaviour follows Http1Forwarder: the same headers upstream, streaming with
+// HTTP/1.1 forwarding for the one kind of request the HTTP/1.1 engine does not carry: a chunked request body
+// with a trailer section. The engine (h1-pool.ts, and undici for TLS upstreams) ends a chunked body with a
+// bare `0\r\n\r\n`, node:http's ClientRequest can add trailers. Only requests that announce trailers come
+// here (`announcesTrailers`); every other request keeps the engine. Observable behaviour follows Http1Forwarder: the same headers upstream, streaming with
 // backpressure both ways, the same deadlines and error reasons, response trailers, client aborts.
 import {
   type ClientRequest,
@@ -35,7 +35,7 @@ import { clearHeaders } from './respond.ts'
 /**
  * Whether a request goes through this forwarder: an HTTP/1.x request with a chunked body that announces a
  * trailer section in a `Trailer` header. Other bodies cannot carry trailers (content-length framing), and
- * unannounced trailers stay on the undici path, which drops them.
+ * unannounced trailers stay on the HTTP/1.1 engine's path, which drops them.
  */
 export function announcesTrailers(req: IncomingMessage): boolean {
   if (req.headers.trailer === undefined || req.httpVersionMajor !== 1) return false
