@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { createAdminServer, type ReadyState } from './admin/server.ts'
+import { claimStopSignals } from './cli/stop-signals.ts'
 import { formatDiagnostic } from './config/loader.ts'
 import { redactConfig } from './config/redact.ts'
 import { type Config, configSchema } from './config/schema.ts'
@@ -36,7 +37,7 @@ import {
   type WorkerSidecar,
   warnStartOnly,
 } from './runtime.ts'
-import { StartupError, splitAddress } from './startup.ts'
+import { StartupError, StoppedWhileStarting, splitAddress } from './startup.ts'
 import { AUDIT_MAX_PENDING_BYTES } from './telemetry/audit.ts'
 import { OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE } from './telemetry/exposition.ts'
 import {
@@ -332,7 +333,8 @@ export async function runWorker(log: Logger): Promise<void> {
         () => process.exit(2),
       )
   }
-  process.on('SIGTERM', () => exit(sidecar.shutdown))
+  // one caught while this worker started (cli/bin.ts) drains it now that it serves
+  claimStopSignals(() => exit(sidecar.shutdown), ['SIGTERM'])
   // the primary is gone: nobody serves the admin port or writes the audit output any more
   process.on('disconnect', () => exit(sidecar.close))
 
@@ -401,6 +403,11 @@ export interface PodOptions {
   overrides?: ListenOverrides
   workers: number
   log: Logger
+  /**
+   * Aborted when the primary is told to stop while the pod starts: the workers that are starting are killed
+   * (nothing of theirs is serving yet) and the start ends with StoppedWhileStarting.
+   */
+  stop?: AbortSignal
 }
 
 export interface Pod {
@@ -493,7 +500,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       }
     })
 
-  let startupFailed: ((err: StartupError) => void) | undefined
+  let startupFailed: ((err: StartupError | StoppedWhileStarting) => void) | undefined
   const listening = new Set<number>()
   let allListening: (() => void) | undefined
 
@@ -574,10 +581,14 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       if (stopping) return
       if (startupFailed) {
         startupFailed(
-          new StartupError(
-            `worker ${index + 1} could not start (exit ${code ?? signal})`,
-            code === 1 ? 1 : 2,
-          ),
+          // a SIGTERM that came before the worker's first statement (Node's own start-up) ends it by the
+          // signal: a stop of the pod by the whole group, whichever of the two the primary hears of first
+          signal === 'SIGTERM'
+            ? new StoppedWhileStarting()
+            : new StartupError(
+                `worker ${index + 1} could not start (exit ${code ?? signal})`,
+                code === 1 ? 1 : 2,
+              ),
         )
         return
       }
@@ -611,10 +622,13 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     stopping = true
     for (const s of slots) s?.worker?.process.kill('SIGKILL')
   }
+  const stopStarting = () => startupFailed?.(new StoppedWhileStarting())
   try {
     await new Promise<void>((ok, fail) => {
       startupFailed = fail
       allListening = ok
+      if (opts.stop?.aborted) return fail(new StoppedWhileStarting())
+      opts.stop?.addEventListener('abort', stopStarting, { once: true })
       for (let i = 0; i < opts.workers; i++) fork(i)
     })
   } catch (err) {
@@ -622,6 +636,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     await telemetry.close()
     throw err
   } finally {
+    opts.stop?.removeEventListener('abort', stopStarting)
     startupFailed = undefined
     allListening = undefined
   }

@@ -16,7 +16,13 @@ if (process.env['NHI_WORKER_SLOT'] !== undefined) {
   // a worker: the SIGINT of a terminal's Ctrl-C and a hang-up reach every process of the group, and are
   // its primary's to act on (runWorker ignores them once it runs). One that came while the worker still
   // loaded would end it by the signal, and the primary's start with it ("a worker could not start", exit 2).
-  if (command === 'run') ignoreGroupSignals()
+  // A SIGTERM to the whole group (systemd's KillMode=control-group, `tini -g`) is the primary's too while the
+  // worker starts: the primary ends the start and the workers with it. One sent to this worker alone is kept
+  // and drains it once it serves, as it would have later (runWorker).
+  if (command === 'run') {
+    ignoreGroupSignals()
+    catchStopSignals(['SIGTERM'])
+  }
 } else if (SERVING_COMMANDS.has(command)) {
   catchStopSignals()
   // SIGHUP asks a running sidecar to reload (a config management tool may send it right after a start);

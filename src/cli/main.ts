@@ -312,7 +312,7 @@ Examples:
         const workers = workerCount(setting)
         if (workers > 1) {
           const { startPod } = await import('../workers.ts')
-          const pod = await startPod({ configPath, overrides, workers, log })
+          const pod = await startPod({ configPath, overrides, workers, log, stop: signals.stopping })
           const admin = `http://${fmtHost(pod.adminAddress)}`
           log.info(
             {
@@ -356,7 +356,12 @@ Examples:
         )
         signals.serving(sidecar)
       } catch (err) {
-        if (err instanceof StoppedWhileStarting) signals?.beforeStarting()
+        if (err instanceof StoppedWhileStarting) {
+          signals?.beforeStarting()
+          // a pod's worker ended by a SIGTERM to the group before the primary heard of its own: a stop too
+          process.stderr.write(`nhi-proxy: ${err.message}\n`)
+          process.exit(0)
+        }
         fail(err)
       }
     },

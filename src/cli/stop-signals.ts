@@ -10,7 +10,11 @@ let caught: StopSignal | undefined
 let claimant: ((signal: StopSignal) => void) | undefined
 let installed = false
 
-export function catchStopSignals(): void {
+/**
+ * `signals`: what this process stops on. A worker of `workers: N` takes SIGTERM only: a terminal's SIGINT
+ * reaches the whole group and is its primary's.
+ */
+export function catchStopSignals(signals: readonly StopSignal[] = ['SIGTERM', 'SIGINT']): void {
   if (installed) return
   installed = true
   const on = (signal: StopSignal) => {
@@ -21,8 +25,7 @@ export function catchStopSignals(): void {
     }
     exitOnSecondSignal(signal)
   }
-  process.on('SIGTERM', () => on('SIGTERM'))
-  process.on('SIGINT', () => on('SIGINT'))
+  for (const signal of signals) process.on(signal, () => on(signal))
 }
 
 /** a second stop signal while the process starts: a start that hangs can still be stopped */
@@ -32,8 +35,8 @@ export function exitOnSecondSignal(signal: string): never {
 }
 
 /** The signals go to `to` from now on, one caught before first. */
-export function claimStopSignals(to: (signal: StopSignal) => void): void {
-  catchStopSignals()
+export function claimStopSignals(to: (signal: StopSignal) => void, signals?: readonly StopSignal[]): void {
+  catchStopSignals(signals)
   claimant = to
   const early = caught
   caught = undefined

@@ -113,12 +113,18 @@ export function outputComplete(child: ChildProcess, boundMs = 5_000): Promise<nu
 }
 
 /** Starts `node dist/nhi-proxy.mjs ARGS…` in the background. */
-export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
+export function spawnCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  /** `detached`: in a process group of its own, to signal the whole group as a terminal or systemd does */
+  { detached = false } = {},
+): CliProcess {
   assertFreshBundle()
   const child = spawn(process.execPath, [...CLI, ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached,
   })
   let out = ''
   let err = ''

@@ -1,0 +1,176 @@
+// A pod of `workers: N` told to stop while its workers still start (each waits for its first JWKS fetch)
+// ends at once with exit 0, its workers with it, and never serves: whether the SIGTERM reaches the primary
+// alone (the kubelet's) or the whole process group (systemd's KillMode=control-group, `tini -g`). Before,
+// the group's signal killed the starting workers by Node's default action and the start failed ("a worker
+// could not start", exit 2), and a SIGTERM to the primary alone waited for the workers to start and then
+// drained.
+import { execFileSync } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import { createServer, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import t from 'tap'
+import { stringify } from 'yaml'
+import { eventually } from '../helpers/eventually.ts'
+import { freePort } from '../helpers/net.ts'
+import { scratchDir } from '../helpers/scratch.ts'
+import { spawnCli } from '../helpers/sidecar.ts'
+
+// generous for a loaded machine, far below what a start that ran on would take: the JWKS start wait (5 s)
+// and then the drain delay (60 s)
+const PROMPT_MS = 20_000
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+const childPids = (pid: number): number[] => {
+  try {
+    return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' })
+      .split('\n')
+      .map((l) => Number(l.trim()))
+      .filter((n) => n > 0)
+  } catch {
+    // ps exits 1 when there is none
+    return []
+  }
+}
+
+for (const [to, group] of [
+  ['the whole process group', true],
+  ['the primary alone', false],
+] as const) {
+  t.test(
+    `SIGTERM to ${to} while both workers wait for their keys: exit 0 at once, workers gone`,
+    async (t) => {
+      const dir = await scratchDir('workers-start-stopped')
+      const held: ServerResponse[] = []
+      const jwks = createServer((_req, res) => void held.push(res))
+      jwks.listen(0, '127.0.0.1')
+      await new Promise((ok) => jwks.once('listening', ok))
+      t.teardown(() => {
+        for (const res of held) res.destroy()
+        jwks.close()
+      })
+      const config = join(dir, 'config.yaml')
+      writeFileSync(
+        config,
+        stringify({
+          upstream: 'http://127.0.0.1:9',
+          listen: { http: `127.0.0.1:${await freePort()}` },
+          admin: `127.0.0.1:${await freePort()}`,
+          audit: { output: 'off' },
+          workers: 2,
+          timeouts: { drainDelay: '60s' },
+          jwt: {
+            issuers: [
+              {
+                issuer: 'https://idp.start-stopped.example',
+                jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`,
+                audiences: ['app'],
+              },
+            ],
+          },
+        }),
+      )
+      const proxy = spawnCli(['run', '-c', config], {}, { detached: true })
+      const primary = proxy.child.pid!
+      t.teardown(async () => {
+        try {
+          process.kill(-primary, 'SIGKILL')
+        } catch {
+          // the group is gone already
+        }
+        await proxy.exited
+      })
+      // both workers are in their start: each has asked the IdP for its keys, which never answers
+      await eventually(() => held.length >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
+      const workers = childPids(primary)
+      t.equal(workers.length, 2, 'two worker processes')
+
+      const signalled = performance.now()
+      process.kill(group ? -primary : primary, 'SIGTERM')
+      const late = new AbortController()
+      const code = await Promise.race([
+        proxy.exited,
+        delay(PROMPT_MS, 'late' as const, { signal: late.signal }).catch(() => undefined),
+      ])
+      late.abort()
+      t.not(code, 'late', `exited within ${PROMPT_MS} ms, the key fetches still unanswered`)
+      t.equal(proxy.child.signalCode, null, 'not ended by the signal')
+      t.equal(code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
+      t.match(proxy.stderr(), /while starting/, 'says it stopped while starting')
+      t.notMatch(proxy.stderr(), /could not start/, 'not a failed start')
+      t.notMatch(proxy.stderr(), /"event":"started"/, 'never started serving')
+      t.ok(performance.now() - signalled < PROMPT_MS, 'promptly')
+      await eventually(() => workers.every((pid) => !alive(pid)), {
+        timeoutMs: PROMPT_MS,
+        what: 'the workers gone',
+      }).catch((err: Error) => t.fail(err.message))
+    },
+  )
+}
+
+t.test(
+  'SIGTERM to one starting worker alone: kept until it serves, then it drains and is replaced',
+  async (t) => {
+    const dir = await scratchDir('workers-start-stopped-one')
+    const held: ServerResponse[] = []
+    const jwks = createServer((_req, res) => void held.push(res))
+    jwks.listen(0, '127.0.0.1')
+    await new Promise((ok) => jwks.once('listening', ok))
+    t.teardown(() => {
+      for (const res of held) res.destroy()
+      jwks.close()
+    })
+    const config = join(dir, 'config.yaml')
+    const admin = await freePort()
+    writeFileSync(
+      config,
+      stringify({
+        upstream: 'http://127.0.0.1:9',
+        listen: { http: `127.0.0.1:${await freePort()}` },
+        admin: `127.0.0.1:${admin}`,
+        audit: { output: 'off' },
+        workers: 2,
+        timeouts: { drainDelay: '0s' },
+        jwt: {
+          issuers: [
+            {
+              issuer: 'https://idp.start-stopped.example',
+              jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`,
+              audiences: ['app'],
+            },
+          ],
+        },
+      }),
+    )
+    const proxy = spawnCli(['run', '-c', config], {}, { detached: true })
+    const primary = proxy.child.pid!
+    t.teardown(async () => {
+      try {
+        process.kill(-primary, 'SIGKILL')
+      } catch {
+        // the group is gone already
+      }
+      await proxy.exited
+    })
+    await eventually(() => held.length >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
+    const [first, second] = childPids(primary)
+    t.ok(first !== undefined && second !== undefined, 'two worker processes')
+    process.kill(first!, 'SIGTERM')
+    // the keys never come: each worker starts serving after its start wait (5 s) without them
+    await proxy.waitFor(/"event":"started"/, 30_000)
+    await eventually(() => !alive(first!), { timeoutMs: PROMPT_MS, what: 'the signalled worker gone' })
+    await proxy.waitFor(/"event":"worker_restarted"/, PROMPT_MS)
+    t.ok(alive(second!), 'the other worker serves on')
+    t.equal(proxy.child.exitCode, null, 'the pod runs on')
+    t.notMatch(proxy.stderr(), /could not start/, 'not a failed start')
+  },
+)
