@@ -1,18 +1,19 @@
-// The HTTP/1.1 engine for plain-HTTP and unix-socket upstreams: keep-alive connections of our own, each
+// The HTTP/1.1 engine for http:, https: and unix: upstreams: keep-alive connections of our own, each
 // carrying one request at a time, the request head written in one piece and the response parsed strictly.
 //
 // Why not undici here: on the bench (bench/README.md, "A forwarding engine of our own"), a bare proxy on undici's
 // Pool served about half the requests of the same node:http server writing to pooled sockets itself; undici's
 // generic request object, header validation and wasm parser round trips cost more than the rest of a proxied
-// request. undici still carries TLS upstreams and websocket upgrades (forwarder.ts).
+// request. undici still carries websocket upgrades (forwarder.ts).
 //
 // The response parser is strict on purpose: a response whose framing is ambiguous (Content-Length and
 // Transfer-Encoding together, differing lengths, obs-fold, a malformed line, a head over 16 KiB) fails the
 // request with a 502 and its connection is closed, never reused. A connection is only reused after a
 // response whose end was known from its framing, with nothing after it, and a request sent in full; anything
 // an idle connection receives closes it. That is what keeps one response from ever reaching another request.
-import { connect, type Socket } from 'node:net'
+import { connect, isIP, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
+import { type ConnectionOptions, connect as connectTls, createSecureContext } from 'node:tls'
 import type { UpstreamHeaders } from './headers.ts'
 
 /** What the engine tells about one request (the subset of undici's legacy handler the forwarders use). */
@@ -55,6 +56,12 @@ export interface H1PoolOptions {
   bodyTimeout: number
   /** an idle connection is closed after this, ms (shortened by the upstream's Keep-Alive: timeout) */
   keepAliveTimeout: number
+  /**
+   * TLS (https: upstreams): CA bundle, client certificate, servername… The server name is `host` unless
+   * these name one or `host` is an IP address (RFC 6066 §3: SNI carries no IP literal; the certificate is
+   * then checked against the address)
+   */
+  tls?: ConnectionOptions | undefined
 }
 
 /** the error codes the forwarders classify, the same as undici's so that one classification serves both */
@@ -152,17 +159,25 @@ class Connection {
     private readonly pool: H1Pool,
     options: H1PoolOptions,
   ) {
-    this.socket = options.socketPath
-      ? connect({ path: options.socketPath })
-      : connect({
-          host: options.host,
-          port: options.port,
-          noDelay: true,
-          keepAlive: true,
-          keepAliveInitialDelay: 60_000,
-        })
+    const tls = pool.tls
+    if (options.socketPath) this.socket = connect({ path: options.socketPath })
+    else if (tls !== undefined) {
+      const socket = connectTls(pool.session === undefined ? tls : { ...tls, session: pool.session })
+      socket.setNoDelay(true)
+      socket.setKeepAlive(true, 60_000)
+      socket.on('session', pool.keepSession)
+      this.socket = socket
+    } else
+      this.socket = connect({
+        host: options.host,
+        port: options.port,
+        noDelay: true,
+        keepAlive: true,
+        keepAliveInitialDelay: 60_000,
+      })
     this.activeAt = pool.tick
-    this.socket.on('connect', () => {
+    // over TLS a request is written once the handshake is done: the connect deadline covers it
+    this.socket.on(tls === undefined ? 'connect' : 'secureConnect', () => {
       this.connected = true
       this.activeAt = this.pool.tick
       const ex = this.exchange
@@ -663,8 +678,32 @@ export class H1Pool {
   private sweeper: NodeJS.Timeout | undefined
   private readonly tickMs: number
   private closing = false
+  /** what a TLS connection is opened with (undefined: plain TCP or a unix socket) */
+  readonly tls: ConnectionOptions | undefined
+  private readonly tlsError: Error | undefined
+  /** the last TLS session the upstream gave: new connections resume it instead of a full handshake */
+  session: Buffer | undefined
+  readonly keepSession = (session: Buffer) => {
+    this.session = session
+  }
 
   constructor(readonly options: H1PoolOptions) {
+    if (options.tls !== undefined && !options.socketPath) {
+      const servername = options.tls.servername || (isIP(options.host) === 0 ? options.host : undefined)
+      this.tls = { ...options.tls, host: options.host, port: options.port, ALPNProtocols: ['http/1.1'] }
+      if (servername !== undefined) this.tls.servername = servername
+      else delete this.tls.servername
+      // one secure context for all the pool's connections: the CA bundle and the client certificate are
+      // parsed once, not at every handshake
+      if (this.tls.secureContext === undefined) {
+        try {
+          this.tls.secureContext = createSecureContext(options.tls)
+        } catch (err) {
+          // material that does not load (checked when read, so not expected): requests fail as connects would
+          this.tlsError = err as Error
+        }
+      }
+    }
     const positive = [
       options.connectTimeout,
       options.headersTimeout,
@@ -682,6 +721,10 @@ export class H1Pool {
     }
     if (this.closing) {
       handler.onError(new UpstreamError('engine closed', 'UND_ERR_DESTROYED'))
+      return
+    }
+    if (this.tlsError !== undefined) {
+      handler.onError(this.tlsError)
       return
     }
     const retryable = request.body === null && IDEMPOTENT.has(request.method)

@@ -152,3 +152,44 @@ t.test(
     }
   },
 )
+
+t.test(
+  'over TLS the connect deadline covers the handshake, and no request is written before it',
+  async (t) => {
+    // a TCP server that accepts and never answers the ClientHello
+    let received = ''
+    const sockets = new Set<Socket>()
+    const server = createServer((s) => {
+      sockets.add(s)
+      s.on('error', () => {})
+      s.on('data', (c: Buffer) => {
+        received += c.toString('latin1')
+      })
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.teardown(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const s of sockets) s.destroy()
+          server.close(() => resolve())
+        }),
+    )
+    const p = new H1Pool({
+      host: '127.0.0.1',
+      port: (server.address() as AddressInfo).port,
+      hostHeader: 'app',
+      connectTimeout: 300,
+      headersTimeout: 5000,
+      bodyTimeout: 5000,
+      keepAliveTimeout: 5000,
+      tls: {},
+    })
+    t.teardown(() => p.destroy())
+    const started = Date.now()
+    t.same(await send(p), { status: 0, body: '', error: 'UND_ERR_CONNECT_TIMEOUT' }, 'a connect timeout')
+    t.ok(Date.now() - started < 3000, 'at the connect deadline, not the headers deadline')
+    t.ok(received.length > 0, 'a ClientHello reached the server')
+    t.notMatch(received, /GET \/ HTTP\/1\.1/, 'the request was not written')
+  },
+)
