@@ -1,8 +1,7 @@
 // Forwarders carry one request to the upstream and stream the answer back (docs/reference.md "Request pipeline" "forward").
 // The HTTP/1.1 forwarder drives an engine's `dispatch` with a handler that writes straight into the client's
-// response: no intermediate streams, no buffering, backpressure through the engine's pause/resume. Plain-HTTP
-// and unix-socket upstreams go through our own connection pool (h1-pool.ts); TLS upstreams and websocket
-// upgrades through undici's.
+// response: no intermediate streams, no buffering, backpressure through the engine's pause/resume.
+// Requests go through our own connection pool (h1-pool.ts), websocket upgrades through undici's.
 import { createHash } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
@@ -213,7 +212,7 @@ export interface Http1ForwarderOptions {
   tls?: ConnectionOptions
   /** when an established websocket tunnel counts as abandoned */
   tunnelIdle?: TunnelIdle
-  /** plain-HTTP upstreams through undici's Pool too: the benchmark's baseline of the engine h1-pool.ts replaced */
+  /** every request through undici's Pool too: the benchmark's baseline of the engine h1-pool.ts replaced */
   undiciOnly?: boolean
 }
 
@@ -545,26 +544,26 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
 }
 
 /**
- * The production HTTP/1.1 forwarder: per upstream origin, our own keep-alive pool for plain HTTP and unix
- * sockets, undici's Pool for TLS upstreams and for websocket upgrades.
+ * The production HTTP/1.1 forwarder: per upstream origin, our own keep-alive pool for requests (http:,
+ * https:, unix:), undici's Pool for websocket upgrades.
  */
 export class Http1Forwarder implements Forwarder {
   private readonly pools = new Map<string, Pool>()
-  private readonly plain = new Map<string, H1Pool>()
+  private readonly engine = new Map<string, H1Pool>()
   private tls: ConnectionOptions | undefined
 
   constructor(private readonly options: Http1ForwarderOptions) {
     this.tls = options.tls
   }
 
-  /** our own engine, for an origin reached without TLS; undefined for https: upstreams */
-  private plainPool(target: ForwardTarget): H1Pool | undefined {
-    const known = this.plain.get(target.origin)
+  /** our own engine for an HTTP/1.1 origin; undefined when undici carries every request (undiciOnly) */
+  private enginePool(target: ForwardTarget): H1Pool | undefined {
+    const known = this.engine.get(target.origin)
     if (known !== undefined) return known
     const o = this.options
     // a target without its Upstream (an embedding program's, the bench's bare proxy) is HTTP/1.1 to `origin`
     const upstream = target.upstream ?? parseUpstream(target.origin)
-    if (upstream.tls || upstream.protocol !== 'http1' || o.undiciOnly === true) return undefined
+    if (upstream.protocol !== 'http1' || o.undiciOnly === true) return undefined
     const pool = new H1Pool({
       host: upstream.host,
       port: upstream.port,
@@ -577,8 +576,9 @@ export class Http1Forwarder implements Forwarder {
       headersTimeout: o.headersTimeout,
       bodyTimeout: o.bodyTimeout,
       keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
+      tls: upstream.tls ? (this.tls ?? {}) : undefined,
     })
-    this.plain.set(target.origin, pool)
+    this.engine.set(target.origin, pool)
     return pool
   }
 
@@ -622,9 +622,9 @@ export class Http1Forwarder implements Forwarder {
   ): void {
     const call = new ResponseCall(res, listener, this.options.bodyTimeout)
     const body = hasBody(req) ? req : null
-    const plain = this.plainPool(target)
-    if (plain !== undefined) {
-      plain.dispatch({ method: req.method ?? 'GET', path: target.path, headers, body }, call)
+    const engine = this.enginePool(target)
+    if (engine !== undefined) {
+      engine.dispatch({ method: req.method ?? 'GET', path: target.path, headers, body }, call)
       return
     }
     this.pool(target).dispatch(
@@ -667,9 +667,9 @@ export class Http1Forwarder implements Forwarder {
   }
 
   prune(keep: string | undefined): void {
-    for (const [origin, pool] of this.plain) {
+    for (const [origin, pool] of this.engine) {
       if (origin === keep) continue
-      this.plain.delete(origin)
+      this.engine.delete(origin)
       void pool.close()
     }
     for (const [origin, pool] of this.pools) {
@@ -682,15 +682,15 @@ export class Http1Forwarder implements Forwarder {
 
   setTls(tls: ConnectionOptions | undefined): void {
     this.tls = tls
-    // a pool's connector keeps the options and TLS sessions it was made with: the next request makes a new one
+    // a pool keeps the options and TLS sessions it was made with: the next request makes a new one
     this.prune(undefined)
   }
 
   async close(): Promise<void> {
     const pools = [...this.pools.values()]
     this.pools.clear()
-    const plain = [...this.plain.values()]
-    this.plain.clear()
-    await Promise.all([...pools.map((p) => p.destroy().catch(() => {})), ...plain.map((p) => p.destroy())])
+    const engine = [...this.engine.values()]
+    this.engine.clear()
+    await Promise.all([...pools.map((p) => p.destroy().catch(() => {})), ...engine.map((p) => p.destroy())])
   }
 }

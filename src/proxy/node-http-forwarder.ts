@@ -1,6 +1,6 @@
 // HTTP/1.1 forwarding for the one kind of request the HTTP/1.1 engine does not carry: a chunked request body
-// with a trailer section. The engine (h1-pool.ts, and undici for TLS upstreams) ends a chunked body with a
-// bare `0\r\n\r\n`, node:http's ClientRequest can add trailers. Only requests that announce trailers come
+// with a trailer section. The engine (h1-pool.ts) ends a chunked body with a bare `0\r\n\r\n`, node:http's
+// ClientRequest can add trailers. Only requests that announce trailers come
 // here (`announcesTrailers`); every other request keeps the engine. Observable behaviour follows Http1Forwarder: the same headers upstream, streaming with
 // backpressure both ways, the same deadlines and error reasons, response trailers, client aborts.
 import {

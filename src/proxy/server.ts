@@ -32,8 +32,8 @@ export interface ProxyOptions {
   /** TLS options for https:/h2: upstreams: CA bundle, client certificate and key (PEM), server name */
   upstreamTls?: ConnectionOptions
   /**
-   * default: the HTTP/1.1 engine for HTTP/1.1 upstreams (our own pools for http: and unix:, undici's for https:
-   * and upgrades; node:http for requests that announce trailers), node:http2 sessions for h2c:/h2: upstreams
+   * default: the HTTP/1.1 engine for HTTP/1.1 upstreams (our own pools for http:, https: and unix:, undici's
+   * for upgrades; node:http for requests that announce trailers), node:http2 sessions for h2c:/h2: upstreams
    */
   forwarder?: Forwarder
   /** an HTTP/2 connection was closed for abuse (rapid reset, PING/SETTINGS flood); for counting */
