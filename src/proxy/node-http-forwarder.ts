@@ -11,7 +11,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
-import type { Socket } from 'node:net'
+import { isIP, type Socket } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
@@ -82,8 +82,13 @@ export class NodeHttpForwarder {
         // an idle kept-alive socket is closed after this (the agent only times out free sockets)
         timeout: this.options.keepAliveTimeout ?? 4_000,
       }
-      agent =
-        target.upstream?.tls === true ? new HttpsAgent({ ...common, ...this.tls }) : new HttpAgent(common)
+      if (target.upstream?.tls === true) {
+        // the server name is upstreamTls.servername, else the URL host, none for an IP address (as on the
+        // engine): node:https would otherwise take it from the Host header, the client's
+        const host = target.upstream.host
+        const servername = this.tls?.servername || (isIP(host) === 0 ? host : '')
+        agent = new HttpsAgent({ ...common, ...this.tls, servername })
+      } else agent = new HttpAgent(common)
       this.agents.set(target.origin, agent)
     }
     return agent

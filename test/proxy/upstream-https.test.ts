@@ -5,7 +5,8 @@
 // request byte is sent, and a reload of upstreamTls applies to the next request. Each upstream is a raw TLS
 // server answering with scripted bytes, so interim answers (100 Continue) can be sent unasked.
 import { once } from 'node:events'
-import type { AddressInfo } from 'node:net'
+import { createServer as createHttpsServer } from 'node:https'
+import { type AddressInfo, connect } from 'node:net'
 import { createServer, type TLSSocket, type TlsOptions } from 'node:tls'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
@@ -176,6 +177,47 @@ t.test('the server name: the configured one, else the URL host unless it is an a
     t.equal(up.conns[before]?.servername, c.sni, `${what}: SNI ${c.sni}`)
   }
   t.match(up.heads.at(-1) ?? '', /\r\nhost: client\.example\r\n/, "the client's Host reached the upstream")
+})
+
+t.test('requests that announce trailers (node:http) use the same server name', async (t) => {
+  const seen: { servername: string | false | null; trailer: string | undefined }[] = []
+  const up = createHttpsServer({ cert: server.certPem, key: server.keyPem }, (req, res) => {
+    req.resume()
+    req.on('end', () => {
+      seen.push({ servername: (req.socket as TLSSocket).servername, trailer: req.trailers['x-digest'] })
+      res.end('stored')
+    })
+  })
+  up.listen(0, '127.0.0.1')
+  await once(up, 'listening')
+  t.teardown(() => {
+    up.closeAllConnections()
+    up.close()
+  })
+  const upPort = (up.address() as AddressInfo).port
+  for (const [upstream, sni] of [
+    [`https://localhost:${upPort}`, 'localhost'],
+    [`https://127.0.0.1:${upPort}`, false],
+  ] as const) {
+    const { port } = await startProxy(t, { upstream, upstreamTls: { ca: serverCa.certPem } })
+    // a raw socket: no HTTP client library here sends request trailers
+    const socket = connect(port, '127.0.0.1')
+    t.teardown(() => socket.destroy())
+    await once(socket, 'connect')
+    socket.write(
+      'POST /upload HTTP/1.1\r\nHost: client.example\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\n' +
+        'Connection: close\r\n\r\n5\r\nhello\r\n0\r\nx-digest: sha-256=abc\r\n\r\n',
+    )
+    let answer = ''
+    socket.setEncoding('utf8')
+    for await (const c of socket) answer += c
+    t.match(answer, /^HTTP\/1\.1 200/, `${upstream}: answered`)
+    t.same(
+      seen.at(-1),
+      { servername: sni, trailer: 'sha-256=abc' },
+      `${upstream}: SNI ${sni}, trailer passed on`,
+    )
+  }
 })
 
 t.test(
