@@ -7,3 +7,7 @@ declare module 'undici/lib/core/constants.js' {
   const constants: unknown
   export default constants
 }
+declare module 'undici/lib/core/connect.js' {
+  const buildConnector: unknown
+  export default buildConnector
+}

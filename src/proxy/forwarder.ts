@@ -7,7 +7,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { ConnectionOptions } from 'node:tls'
-import type { Dispatcher } from 'undici'
+import type { Dispatcher, buildConnector as UndiciBuildConnector } from 'undici'
+import connectModule from 'undici/lib/core/connect.js'
 import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
 import { type GrpcWebStatusReader, grpcWebResponse } from './grpc-web.ts'
@@ -23,7 +24,10 @@ import { resetByProxy } from './http2-listener.ts'
 import { hasBody } from './request-lifecycle.ts'
 import { clearHeaders } from './respond.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
-import { parseUpstream, type Upstream } from './upstream-url.ts'
+import { parseUpstream, type Upstream, upstreamServerName } from './upstream-url.ts'
+
+const buildConnector = connectModule as typeof UndiciBuildConnector
+type UndiciConnector = UndiciBuildConnector.connector
 
 /** Where a request goes: the upstream origin and the full request target (base path + client path + query). */
 export interface ForwardTarget {
@@ -544,6 +548,16 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
 }
 
 /**
+ * undici's TLS connector with the server name pinned (upstreamServerName): undici takes a request's server
+ * name from its Host header, which the client sets, before the configured one.
+ */
+function tlsConnector(host: string, options: ConnectionOptions & { timeout: number }): UndiciConnector {
+  const servername = upstreamServerName(host, options.servername)
+  const connector = buildConnector({ ...options, servername })
+  return (opts, callback) => connector({ ...opts, servername: undefined }, callback)
+}
+
+/**
  * The production HTTP/1.1 forwarder: per upstream origin, our own keep-alive pool for requests (http:,
  * https:, unix:), undici's Pool for websocket upgrades.
  */
@@ -593,11 +607,9 @@ export class Http1Forwarder implements Forwarder {
         headersTimeout: o.headersTimeout,
         bodyTimeout: o.bodyTimeout,
         keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
-        connect: {
-          timeout,
-          ...(upstream?.tls ? this.tls : {}),
-          ...(upstream?.socketPath ? { socketPath: upstream.socketPath } : {}),
-        },
+        connect: upstream?.tls
+          ? tlsConnector(upstream.host, { timeout, ...this.tls })
+          : { timeout, ...(upstream?.socketPath ? { socketPath: upstream.socketPath } : {}) },
       })
       this.pools.set(origin, pool)
     }

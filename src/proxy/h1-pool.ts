@@ -11,10 +11,11 @@
 // request with a 502 and its connection is closed, never reused. A connection is only reused after a
 // response whose end was known from its framing, with nothing after it, and a request sent in full; anything
 // an idle connection receives closes it. That is what keeps one response from ever reaching another request.
-import { connect, isIP, type Socket } from 'node:net'
+import { connect, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { type ConnectionOptions, connect as connectTls, createSecureContext } from 'node:tls'
 import type { UpstreamHeaders } from './headers.ts'
+import { upstreamServerName } from './upstream-url.ts'
 
 /** What the engine tells about one request (the subset of undici's legacy handler the forwarders use). */
 export interface UpstreamHandler {
@@ -689,7 +690,7 @@ export class H1Pool {
 
   constructor(readonly options: H1PoolOptions) {
     if (options.tls !== undefined && !options.socketPath) {
-      const servername = options.tls.servername || (isIP(options.host) === 0 ? options.host : undefined)
+      const servername = upstreamServerName(options.host, options.tls.servername)
       this.tls = { ...options.tls, host: options.host, port: options.port, ALPNProtocols: ['http/1.1'] }
       if (servername !== undefined) this.tls.servername = servername
       else delete this.tls.servername

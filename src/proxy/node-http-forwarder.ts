@@ -11,7 +11,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
-import { isIP, type Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
@@ -31,6 +31,7 @@ import {
   upstreamTrailers,
 } from './headers.ts'
 import { clearHeaders } from './respond.ts'
+import { upstreamServerName } from './upstream-url.ts'
 
 /**
  * Whether a request goes through this forwarder: an HTTP/1.x request with a chunked body that announces a
@@ -86,7 +87,7 @@ export class NodeHttpForwarder {
         // the server name is upstreamTls.servername, else the URL host, none for an IP address (as on the
         // engine): node:https would otherwise take it from the Host header, the client's
         const host = target.upstream.host
-        const servername = this.tls?.servername || (isIP(host) === 0 ? host : '')
+        const servername = upstreamServerName(host, this.tls?.servername) ?? ''
         agent = new HttpsAgent({ ...common, ...this.tls, servername })
       } else agent = new HttpAgent(common)
       this.agents.set(target.origin, agent)

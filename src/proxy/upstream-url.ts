@@ -1,4 +1,5 @@
 // The `upstream` setting: which origin requests go to and how (docs/reference.md "upstream").
+import { isIP } from 'node:net'
 import { redactUrl } from '../config/redact.ts'
 
 export interface Upstream {
@@ -64,4 +65,14 @@ export function parseUpstream(url: string): Upstream {
   // URL gives no origin for non-special schemes
   const origin = `${u.protocol}//${u.host}`
   return { protocol: scheme.protocol, tls: scheme.tls, origin, basePath, host, port }
+}
+
+/**
+ * The TLS server name an https: upstream is reached with and its certificate checked for: upstreamTls's
+ * `servername`, else the URL's host, none for an IP address (RFC 6066 §3: SNI carries no IP literal; the
+ * certificate is then checked against the address). Never the request's Host header: the client sets that.
+ */
+export function upstreamServerName(host: string, configured: string | undefined): string | undefined {
+  if (configured) return configured
+  return isIP(host) === 0 ? host : undefined
 }

@@ -4,6 +4,7 @@
 // presented when configured, a certificate the proxy does not trust fails the request as a 502 before any
 // request byte is sent, and a reload of upstreamTls applies to the next request. Each upstream is a raw TLS
 // server answering with scripted bytes, so interim answers (100 Continue) can be sent unasked.
+import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer as createHttpsServer } from 'node:https'
 import { type AddressInfo, connect } from 'node:net'
@@ -310,4 +311,51 @@ t.test('a reload of upstreamTls applies to the next request, not to the connecti
   )
   t.equal(up.conns.length, 2, 'two completed handshakes: before the reloads and after them')
   t.equal(up.conns[1]?.reused, false, 'the connection after the reload made a full handshake')
+})
+
+t.test('a websocket upgrade (undici) to a TLS upstream uses the same server name', async (t) => {
+  const seen: (string | false | null)[] = []
+  const up = createHttpsServer({ cert: server.certPem, key: server.keyPem }, (_req, res) => res.end())
+  up.on('upgrade', (req, socket) => {
+    seen.push((req.socket as TLSSocket).servername)
+    const accept = createHash('sha1')
+      .update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+      .digest('base64')
+    socket.end(
+      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+    )
+  })
+  up.listen(0, '127.0.0.1')
+  await once(up, 'listening')
+  t.teardown(() => {
+    up.closeAllConnections()
+    up.close()
+  })
+  const upPort = (up.address() as AddressInfo).port
+  for (const [upstream, servername, sni] of [
+    [`https://localhost:${upPort}`, undefined, 'localhost'],
+    [`https://127.0.0.1:${upPort}`, undefined, false],
+    [`https://127.0.0.1:${upPort}`, 'localhost', 'localhost'],
+  ] as const) {
+    const { port } = await startProxy(t, {
+      upstream,
+      upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) },
+    })
+    const socket = connect(port, '127.0.0.1')
+    t.teardown(() => socket.destroy())
+    await once(socket, 'connect')
+    socket.write(
+      'GET /ws HTTP/1.1\r\nHost: client.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    )
+    let answer = ''
+    socket.setEncoding('utf8')
+    for await (const c of socket) {
+      answer += c
+      if (answer.includes('\r\n\r\n')) break
+    }
+    const what = `${upstream}${servername ? `, servername ${servername}` : ''}`
+    t.match(answer, /^HTTP\/1\.1 101/, `${what}: switched`)
+    t.equal(seen.at(-1), sni, `${what}: SNI ${sni}, not the client's Host`)
+  }
 })
