@@ -79,8 +79,11 @@ export function dnsServerProblem(v: string): string | undefined {
 /**
  * Why the OTLP exporter cannot use an endpoint, never quoting it (it may hold a password). The exporter
  * parses it with `new URL`, the signal path goes after its path, and a password is shown masked from `://` to
- * the last `@` (redactUrl): a '#' (a fragment) or an '@' past the host is most likely a password's character
- * that needed percent-encoding, and what a parser then takes for the host is its start.
+ * the last `@` (redactUrl): a '#' (a fragment) is most likely a password's character that needed
+ * percent-encoding. So is an unencoded '/' or '?' of the user or password, which ends the host at it and
+ * leaves the rest of the password, an '@' and the real host as the first path segment or the query's first
+ * name (`http://user:1234/S3CRET@collector`): that shape is refused; an '@' anywhere else in the path or
+ * query (`/v1/@tenant/traces`, `?k=a@b`) is the collector's own and kept.
  */
 export function otlpEndpointProblem(v: string): string | undefined {
   // the pattern's own message covers these
@@ -96,8 +99,11 @@ export function otlpEndpointProblem(v: string): string | undefined {
   }
   if (v.includes('#'))
     return "a fragment ('#…') is never sent to the collector: percent-encode a '#' of the user or password as %23"
-  if (`${u.pathname}${u.search}`.includes('@'))
-    return "an '@' after the host: percent-encode a '/', '?' or '@' of the user or password (%2F, %3F, %40)"
+  if (/^\/[^/@]+@/.test(u.pathname) || /^\?[^=&@]+@/.test(u.search))
+    return (
+      "an '@' in the first path segment or the query's first name, where an unencoded '/' or '?' of the user " +
+      "or password puts it: percent-encode a '/', '?' or '@' of theirs (%2F, %3F, %40), or that '@' as %40"
+    )
   return undefined
 }
 

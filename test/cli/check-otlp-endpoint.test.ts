@@ -1,6 +1,7 @@
 // An otlp.endpoint the exporter cannot use is refused by `check`, a start and a reload alike, at
 // FILE:LINE:COL, never quoting it: a port above 65535, or a password's '#', '?' or '/' that is not
-// percent-encoded (the URL does not parse, or parses with the password's rest as a fragment or a path).
+// percent-encoded (the URL does not parse, or parses with the password's rest as a fragment, the first path
+// segment or the query). An '@' of the collector's own path or query (`/v1/@tenant/traces`) is accepted.
 // Started with it, the export thread failed at every restart, its error naming the URL, password and all.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -21,7 +22,8 @@ const REFUSED: [name: string, endpoint: string, message: RegExp][] = [
   ['hash', 'http://collector:S3CRET#pw@127.0.0.1:4318', /not a URL the exporter can parse/],
   ['slash', 'http://collector:S3CRET/pw@127.0.0.1:4318', /not a URL the exporter can parse/],
   ['fragment', 'http://collector:1234#S3CRET@127.0.0.1:4318', /a fragment .* %23/],
-  ['path-at', 'http://collector:1234/S3CRET@127.0.0.1:4318', /an '@' after the host/],
+  ['path-at', 'http://collector:1234/S3CRET@127.0.0.1:4318', /an '@' in the first path segment/],
+  ['query-at', 'http://collector:1234?S3CRET@127.0.0.1:4318', /an '@' in the first path segment/],
 ]
 
 for (const [name, endpoint, message] of REFUSED) {
@@ -49,6 +51,21 @@ t.test('percent-encoded, the same password is accepted', async (t) => {
   const p = file('encoded.yaml', 'otlp:\n  endpoint: "http://collector:S3CRET%23pw@127.0.0.1:4318"\n')
   const c = await runCli(['check', p])
   t.equal(c.code, 0, c.stdout)
+})
+
+t.test("an '@' of the collector's own path or query is accepted", async (t) => {
+  for (const [name, endpoint] of [
+    ['tenant-path', 'https://collector:4318/v1/@tenant/traces'],
+    ['scoped-path', 'https://collector:4318/@tenant'],
+    ['query', 'https://collector:4318/?k=a@b'],
+    ['query-no-path', 'https://collector:4318?tenant=ops&owner=a@b'],
+    ['userinfo-and-path', 'https://user:S3CRET@collector:4318/v1/@tenant'],
+  ]) {
+    const p = file(`${name}.yaml`, `otlp:\n  endpoint: "${endpoint}"\n`)
+    const c = await runCli(['check', p])
+    t.equal(c.code, 0, `${endpoint}: ${c.stdout}`)
+    t.notMatch(c.stdout + c.stderr, /S3CRET/, 'no password echoed')
+  }
 })
 
 t.test('otlp.timeout 0, which the exporter refuses, is refused too', async (t) => {
