@@ -91,6 +91,19 @@ const PAYLOAD_METHODS = new Set(['POST', 'PUT', 'PATCH', 'QUERY', 'PROPFIND', 'P
 /** methods a connection that closed before any byte of the answer can be retried with (RFC 9110 §9.2.2) */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 
+/**
+ * The value of a field line (a header or a trailer) whose colon is at `colon`: without the optional
+ * whitespace around it, SP and HTAB only (RFC 9110 §5.5). Any other byte stays for BAD_VALUE to judge: a
+ * VT or CR is refused, a 0xA0 is part of the value.
+ */
+function fieldValue(line: string, colon: number): string {
+  let a = colon + 1
+  let b = line.length
+  while (a < b && (line.charCodeAt(a) === 32 || line.charCodeAt(a) === 9)) a++
+  while (b > a && (line.charCodeAt(b - 1) === 32 || line.charCodeAt(b - 1) === 9)) b--
+  return line.slice(a, b)
+}
+
 // the response part being read (plain numbers: the sources also run under type stripping, which has no enums)
 const Phase = { Head: 0, Length: 1, Chunked: 2, UntilClose: 3 } as const
 type Phase = (typeof Phase)[keyof typeof Phase]
@@ -436,11 +449,7 @@ class Connection {
       if (colon <= 0) return this.malformed('header line')
       const name = line.slice(0, colon)
       if (!TOKEN.test(name)) return this.malformed('header name')
-      let a = colon + 1
-      let b = line.length
-      while (a < b && (line.charCodeAt(a) === 32 || line.charCodeAt(a) === 9)) a++
-      while (b > a && (line.charCodeAt(b - 1) === 32 || line.charCodeAt(b - 1) === 9)) b--
-      const value = line.slice(a, b)
+      const value = fieldValue(line, colon)
       if (BAD_VALUE.test(value)) return this.malformed('header value')
       const n = name.length
       if (n === 14 && name.toLowerCase() === 'content-length') {
@@ -565,7 +574,7 @@ class Connection {
         const colon = content.indexOf(':')
         if (colon <= 0 || !TOKEN.test(content.slice(0, colon)))
           return this.malformedAt('trailer line', buf.length)
-        const value = content.slice(colon + 1).trim()
+        const value = fieldValue(content, colon)
         if (BAD_VALUE.test(value)) return this.malformedAt('trailer value', buf.length)
         ex.trailers ??= []
         ex.trailers.push(content.slice(0, colon), value)

@@ -193,3 +193,61 @@ t.test(
     t.notMatch(received, /GET \/ HTTP\/1\.1/, 'the request was not written')
   },
 )
+
+/** the value the engine makes of `x-f: <raw>` sent as a response header and as a trailer, or its error code */
+async function fieldBothWays(t: Test, raw: string): Promise<{ header: string; trailer: string }> {
+  const up = await upstream(t, (head, s) => {
+    const where = /^GET (\S+)/.exec(head)![1]
+    const answer =
+      where === '/header'
+        ? `HTTP/1.1 200 OK\r\nX-F:${raw}\r\nContent-Length: 2\r\n\r\nok`
+        : `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-f\r\n\r\n2\r\nok\r\n0\r\nX-F:${raw}\r\n\r\n`
+    s.write(answer, 'latin1')
+  })
+  const p = pool(t, up.port)
+  const read = (path: string) =>
+    new Promise<string>((resolve) => {
+      let value = '(absent)'
+      p.dispatch(
+        { method: 'GET', path, headers: {}, body: null },
+        {
+          onConnect() {},
+          onHeaders(_status, rawHeaders) {
+            for (let i = 0; i + 1 < rawHeaders.length; i += 2)
+              if (String(rawHeaders[i]).toLowerCase() === 'x-f') value = String(rawHeaders[i + 1])
+            return true
+          },
+          onData: () => true,
+          onComplete(trailers) {
+            for (let i = 0; trailers !== null && i + 1 < trailers.length; i += 2)
+              if (trailers[i]!.toLowerCase() === 'x-f') value = trailers[i + 1]!
+            resolve(value)
+          },
+          onError(err) {
+            resolve(`error ${(err as { code?: string }).code}`)
+          },
+        },
+      )
+    })
+  return { header: await read('/header'), trailer: await read('/trailer') }
+}
+
+t.test(
+  'a trailer value is trimmed as a header value is: SP and HTAB only, other bytes judged alike',
+  async (t) => {
+    const cases: [name: string, raw: string, expected: string][] = [
+      ['SP and HTAB around', ' \t spaced\tvalue \t ', 'spaced\tvalue'],
+      // latin1 0xA0, which String.prototype.trim takes for whitespace: part of the value
+      ['NBSP around', '\u00a0kept\u00a0', '\u00a0kept\u00a0'],
+      ['OWS then NBSP', ' \u00a0kept\u00a0 ', '\u00a0kept\u00a0'],
+      // a control character, which trim also strips: the response is malformed either way
+      ['VT before', '\u000bv', 'error UND_ERR_PARSER'],
+      ['FF after', ' v\u000c', 'error UND_ERR_PARSER'],
+      ['CR after', ' v\r', 'error UND_ERR_PARSER'],
+    ]
+    for (const [name, raw, expected] of cases) {
+      const seen = await fieldBothWays(t, raw)
+      t.same(seen, { header: expected, trailer: expected }, `${name}: header and trailer alike`)
+    }
+  },
+)
