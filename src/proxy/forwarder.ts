@@ -429,6 +429,10 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   private settled = false
   private upstreamMs = 0
   private readonly started = performance.now()
+  private abort: ((err?: Error) => void) | undefined
+  /** what the client sent while the upstream had not answered: the tunnel's first bytes after `head` */
+  private early: Buffer[] = []
+  private earlyBytes = 0
 
   constructor(
     private readonly client: Duplex,
@@ -436,17 +440,48 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     private readonly key: string | undefined,
     private readonly done: (result: ForwardResult) => void,
     private readonly idle: TunnelIdle | undefined,
-  ) {}
+  ) {
+    // node:http hands an upgrade's socket over not reading: a client that left (FIN or RST) while the
+    // upstream takes its time was seen only once something was written to it, at the upstream deadline.
+    // Read it while waiting, as node:http reads a request's socket, keeping what comes for the tunnel.
+    client.on('data', this.onEarlyData)
+    client.on('end', this.onClientEnd)
+    client.on('close', this.onClientClose)
+  }
+
+  private readonly onEarlyData = (chunk: Buffer): void => {
+    this.early.push(chunk)
+    this.earlyBytes += chunk.length
+    // no more held than the socket's own buffer held unread before: past it, the client waits for the answer
+    if (this.earlyBytes >= this.client.readableHighWaterMark) this.client.pause()
+  }
+
+  /** a client that ends its side before the answer is gone, as node:http takes a request's client to be */
+  private readonly onClientEnd = (): void => {
+    this.client.destroy()
+  }
+
+  private readonly onClientClose = (): void => {
+    this.abort?.(new ClientGoneError('client closed the connection'))
+  }
+
+  /** the answer came or the call ended: the tunnel (or nothing) reads the client from now on */
+  private stopWatching(): void {
+    this.client.off('data', this.onEarlyData)
+    this.client.off('end', this.onClientEnd)
+    this.client.off('close', this.onClientClose)
+  }
 
   onConnect(abort: (err?: Error) => void): void {
     this.connected = true
     if (this.client.destroyed) abort(new ClientGoneError('client closed the connection'))
-    else this.client.once('close', () => abort(new ClientGoneError('client closed the connection')))
+    else this.abort = abort
   }
 
   onUpgrade(statusCode: number, rawHeaders: Buffer[] | string[] | null, upstream: Duplex): void {
     this.status = statusCode
     this.upstreamMs = performance.now() - this.started
+    this.stopWatching()
     const client = this.client
     if (client.destroyed) {
       upstream.destroy()
@@ -467,8 +502,10 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     let head = `HTTP/1.1 ${statusCode} Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n`
     for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
     client.write(`${head}\r\n`, 'latin1')
-    this.bytesIn = this.head.length
+    this.bytesIn = this.head.length + this.earlyBytes
     if (this.head.length > 0) upstream.write(this.head)
+    for (const chunk of this.early) upstream.write(chunk)
+    this.early = []
     let open = 2
     const closed = () => {
       if (--open === 0) this.settle(undefined)
@@ -535,6 +572,11 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
     if (this.settled) return
     this.settled = true
+    this.stopWatching()
+    this.early = []
+    // no tunnel (or one that has ended): what the client still sends is read and dropped, so that its
+    // leaving is seen and the socket closes, one paused for holding too much included
+    this.client.resume()
     const result: ForwardResult = {
       status: this.status,
       upstreamMs: this.upstreamMs || performance.now() - this.started,

@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { type AddressInfo, connect } from 'node:net'
 import type { Duplex } from 'node:stream'
 import t from 'tap'
 import { WebSocket } from 'undici'
+import { defaultConfig } from '../../src/config/schema.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 
@@ -139,4 +140,102 @@ t.test('upgrade to an unreachable upstream → 502 on the raw socket', async (t)
   const [event] = await pipeline.waitForEvents(1)
   t.equal(event!.status, 502)
   t.equal(event!.upstreamError, 'connect')
+})
+
+/** an upstream that takes websocket handshakes and never answers them; tells when their connections close */
+async function startSilentWsUpstream() {
+  const sockets: Duplex[] = []
+  const closed: Duplex[] = []
+  const server = createServer()
+  server.on('upgrade', (_req, socket: Duplex) => {
+    sockets.push(socket)
+    socket.on('error', () => {})
+    socket.once('close', () => closed.push(socket))
+    // node:http hands the socket over half-open and not reading: read it, and close it when the proxy does
+    socket.once('end', () => socket.destroy())
+    socket.resume()
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    sockets,
+    closed,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+for (const how of ['closes', 'resets'] as const) {
+  t.test(`a client that ${how} its connection while the upstream has not answered the upgrade`, async (t) => {
+    const up = await startSilentWsUpstream()
+    t.teardown(() => up.close())
+    const config = defaultConfig()
+    // the upstream deadline is far off: only the client's leaving can end the exchange in time
+    const { port, pipeline } = await startProxy(t, {
+      upstream: up.url,
+      timeouts: { ...config.timeouts, upstream: 60_000 },
+    })
+    const client = connect(port, '127.0.0.1')
+    client.on('error', () => {})
+    await once(client, 'connect')
+    client.write(
+      'GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    )
+    await eventually(() => up.sockets.length === 1, {
+      timeoutMs: 5000,
+      what: 'the handshake at the upstream',
+    })
+    if (how === 'closes') client.destroy()
+    else client.resetAndDestroy()
+    await eventually(() => up.closed.length === 1, {
+      timeoutMs: 3000,
+      what: "the upstream's connection closed after the client left",
+    })
+    const [event] = await pipeline.waitForEvents(1, 3000)
+    t.equal(event!.status, 499, 'recorded as the client closing')
+    t.equal(event!.upstreamError, undefined, 'not an upstream error')
+    t.equal(up.sockets.length, 1, 'the handshake reached the upstream once')
+  })
+}
+
+t.test('bytes the client sends before the upstream answers the upgrade reach it after the 101', async (t) => {
+  const up = await startSilentWsUpstream()
+  t.teardown(() => up.close())
+  const { port, pipeline } = await startProxy(t, { upstream: up.url })
+  const client = connect(port, '127.0.0.1')
+  client.on('error', () => {})
+  t.teardown(() => client.destroy())
+  let received = Buffer.alloc(0)
+  client.on('data', (c: Buffer) => {
+    received = Buffer.concat([received, c])
+  })
+  await once(client, 'connect')
+  const key = 'dGhlIHNhbXBsZSBub25jZQ=='
+  client.write(
+    'GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+  )
+  await eventually(() => up.sockets.length === 1, { timeoutMs: 5000, what: 'the handshake at the upstream' })
+  // a masked text frame "early", sent while the upstream has not answered
+  const mask = Buffer.from([1, 2, 3, 4])
+  const payload = Buffer.from('early').map((b, i) => b ^ mask[i % 4]!)
+  client.write(Buffer.concat([Buffer.from([0x81, 0x80 | 5]), mask, payload]))
+  const upstream = up.sockets[0]!
+  const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64')
+  upstream.write(
+    `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`,
+  )
+  echoFrames(upstream)
+  const echoed = Buffer.from([0x81, 5, ...Buffer.from('early')])
+  await eventually(() => received.includes(echoed), { timeoutMs: 5000, what: 'the early frame echoed' })
+  t.match(received.toString('latin1'), /^HTTP\/1\.1 101 /, 'the 101 first')
+  client.end()
+  const [event] = await pipeline.waitForEvents(1)
+  t.equal(event!.status, 101)
+  t.equal(event!.bytesIn, 11, 'the early frame counted as sent through the tunnel')
 })
