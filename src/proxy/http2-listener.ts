@@ -157,6 +157,21 @@ export class Http2Front {
       this.handlers.request(req, res, state.conn)
     }
     this.server.on('request', onRequest)
+    // `expect: 100-continue`: unheard, node:http2 writes the 100 itself, and that write throws (out of a
+    // nextTick, so it ends the process) on a stream the client reset in the same read as its HEADERS: the
+    // stream is closed by the time node:http2 emits it. The 100 goes only to a stream still open, and a write
+    // that fails all the same is the stream's end, nothing more; the request is served as any other.
+    this.server.on('checkContinue', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      const stream = req.stream
+      if (!stream.destroyed && !stream.closed) {
+        try {
+          res.writeContinue()
+        } catch {
+          // closed under us: the request below sees a closed stream, as it would without an Expect
+        }
+      }
+      onRequest(req, res)
+    })
     // the compat layer emits CONNECT streams apart; unheard, it answers 405 itself and nothing records them
     this.server.on('connect', onRequest)
     // the compat layer answers stream errors itself; an error here must not take the process down

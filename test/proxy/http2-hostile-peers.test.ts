@@ -1,6 +1,7 @@
 // HTTP/2 peers that send what node:http2 will not pass on, end to end through the built sidecar: a client
-// that resets a bodiless gRPC call with NO_ERROR while the upstream answers it, and an h2 upstream whose
-// answer carries a status or fields an HTTP/2 response cannot have. Each used to throw inside an event
+// that resets a bodiless gRPC call with NO_ERROR while the upstream answers it, one that resets streams
+// expecting 100-continue at once, and an h2 upstream whose answer carries a status or fields an HTTP/2
+// response cannot have. Each used to throw inside an event
 // handler of the proxy and end the process for every caller; now each is one answered or cancelled exchange.
 import { once } from 'node:events'
 import {
@@ -310,5 +311,84 @@ t.test('HEAD streams reset at once count against the rapid-reset budget', async 
   t.equal(metricValue(samples, 'nhi_http2_connections_closed_total', { reason: 'rapid_reset' }), 1)
   const served = await h2Request(t, sidecar.proxyUrl, { ':method': 'HEAD', ':path': '/echo' })
   t.equal(served.status, 200, 'a HEAD that is not reset is served, and not counted')
+  assertAlive(t, sidecar)
+})
+
+t.test('streams that expect 100-continue, half of them reset at once', async (t) => {
+  // node:http2 answers `expect: 100-continue` itself unless a checkContinue listener is there, and writing
+  // that 100 on a stream the client had already reset threw inside node:http2, ending the process
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startBin(t, { upstream: up.url, limits: { http2MaxResetsPerSecond: 10_000 } })
+  const proxy = new URL(sidecar.proxyUrl)
+  const request = (id: number): Buffer =>
+    frame(
+      FRAME.HEADERS,
+      FLAG.END_HEADERS,
+      id,
+      headerBlock([
+        [':method', 'POST'],
+        [':scheme', 'http'],
+        [':authority', 'orders'],
+        [':path', '/echo'],
+        ['expect', '100-continue'],
+        ['content-length', '2'],
+      ]),
+    )
+
+  // the reset in the same write as the request: nghttp2 closes the stream before node:http2 emits it
+  const socket = tcpConnect(Number(proxy.port), proxy.hostname)
+  socket.on('error', () => {})
+  socket.on('data', () => {})
+  t.teardown(() => socket.destroy())
+  await once(socket, 'connect')
+  const frames = [PREFACE, frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0))]
+  for (let id = 1; id < 80; id += 2)
+    frames.push(request(id), frame(FRAME.RST_STREAM, 0, id, Buffer.from([0, 0, 0, constants.NGHTTP2_CANCEL])))
+  socket.write(Buffer.concat(frames))
+
+  // node:http2's own client: every other stream cancelled as soon as it is opened, the others send their body
+  // once the 100 came
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const kept: Promise<H2Result>[] = []
+  for (let i = 0; i < 40; i++) {
+    const stream = session.request({ ':method': 'POST', ':path': `/echo?n=${i}`, expect: '100-continue' })
+    stream.on('error', () => {})
+    if (i % 2 === 0) {
+      stream.close(constants.NGHTTP2_CANCEL)
+      continue
+    }
+    stream.once('continue', () => stream.end('hi'))
+    const result: H2Result = { status: 0, headers: {}, trailers: undefined, body: '' }
+    stream.on('response', (h) => {
+      result.status = Number(h[':status'])
+    })
+    stream.setEncoding('utf8')
+    stream.on('data', (c: string) => {
+      result.body += c
+    })
+    // settled by 'close' whatever happened: a proxy that went away shows as a stream without an answer
+    kept.push(new Promise((resolve) => stream.once('close', () => resolve(result))))
+  }
+  const answers = await Promise.all(kept)
+  t.same(
+    answers.map((a) => a.status),
+    answers.map(() => 200),
+    'every stream not reset got its answer',
+  )
+  t.ok(
+    answers.every((a) => a.status === 200 && (JSON.parse(a.body) as { bodyBytes: number }).bodyBytes === 2),
+    'each sent its body after the 100',
+  )
+  session.close()
+  assertAlive(t, sidecar)
+  t.notOk(
+    sidecar.logs().some((l) => l['event'] === 'internal_error'),
+    'no internal error logged',
+  )
+  const after = await h2Request(t, sidecar.proxyUrl, { ':method': 'GET', ':path': '/echo' })
+  t.equal(after.status, 200, 'a request after them is served')
   assertAlive(t, sidecar)
 })
