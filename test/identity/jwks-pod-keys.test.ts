@@ -254,3 +254,29 @@ t.test('of two fetches around a key rotation, the pod keeps the one that asked t
     'a starting worker is handed the keys from after the rotation, not those of the fetch that finished last',
   )
 })
+
+t.test(
+  'fetch start times are taken on the monotonic clock: a wall clock stepped back cannot misorder them',
+  async (t) => {
+    const wall = Date.now
+    // an NTP correction or a resumed VM: after the first reading the wall clock is an hour behind
+    let readings = 0
+    Date.now = () => (readings++ === 0 ? wall() : wall() - 3_600_000)
+    t.teardown(() => {
+      Date.now = wall
+    })
+    const memory = new KeyMemory()
+    const first = memory.stamp()
+    const second = memory.stamp()
+    Date.now = wall
+    t.ok(second >= first, `the later fetch stamps later (${first} then ${second})`)
+    const pod = new PodKeySets()
+    pod.learn({ source: 's', jwks: [{ kty: 'EC', kid: 'old' }], at: first })
+    pod.learn({ source: 's', jwks: [{ kty: 'EC', kid: 'new' }], at: second })
+    t.same(
+      pod.of(new Set(['s']))[0]?.jwks.map((k) => k.kid),
+      ['new'],
+      'the pod keeps the key set of the later fetch',
+    )
+  },
+)

@@ -89,10 +89,20 @@ export interface SharedKeySet {
   source: string
   jwks: JWK[]
   /**
-   * unix ms when the fetch that delivered them started: of two fetches around a key rotation, the one that
-   * asked the IdP later is the newer answer, whichever of them finished first
+   * when the fetch that delivered them started, on podClock(): of two fetches around a key rotation, the one
+   * that asked the IdP later is the newer answer, whichever of them finished first
    */
   at: number
+}
+
+/**
+ * Microseconds on the host's monotonic clock (CLOCK_MONOTONIC: one clock for every process of a pod, since
+ * boot). The pod's processes compare their fetches' start times on it: the wall clock can be stepped back
+ * (an NTP correction, a VM resumed), and a fetch started after the step would then look older than one
+ * started before it.
+ */
+export function podClock(): number {
+  return Number(process.hrtime.bigint() / 1000n)
 }
 
 /**
@@ -111,7 +121,7 @@ export class KeyMemory {
 
   constructor(
     private readonly onFetched?: (keys: SharedKeySet) => void,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = podClock,
   ) {}
 
   static sourceOf(cfg: IssuerConfig): string {
