@@ -574,12 +574,15 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     // a send to a worker that is just exiting fails with an 'error' event: its 'exit' handles the rest
     worker.on('error', (err) => log.debug({ event: 'worker_ipc_error', worker: index + 1, err: err.message }))
     worker.on('exit', (code, signal) => {
+      // a worker exits 0 only after a drain or close: one that had started serving and was told to stop on
+      // its own (a SIGTERM sent to it alone) is replaced, even while its siblings are still starting
+      const drained = slot.listening && code === 0
       slot.worker = undefined
       slot.listening = false
       pod.drop(String(index + 1))
       for (const [id, w] of waiting) if (w.worker === worker) waiting.get(id)?.done(undefined)
       if (stopping) return
-      if (startupFailed) {
+      if (startupFailed && !drained) {
         startupFailed(
           // a SIGTERM that came before the worker's first statement (Node's own start-up) ends it by the
           // signal: a stop of the pod by the whole group, whichever of the two the primary hears of first

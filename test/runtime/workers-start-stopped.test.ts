@@ -13,6 +13,7 @@ import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey } from '../helpers/jwks.ts'
 import { freePort } from '../helpers/net.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { spawnCli } from '../helpers/sidecar.ts'
@@ -118,11 +119,18 @@ for (const [to, group] of [
 }
 
 t.test(
-  'SIGTERM to one starting worker alone: kept until it serves, then it drains and is replaced',
+  'SIGTERM to each starting worker alone: each drains once it serves and is replaced, the pod starts',
   async (t) => {
     const dir = await scratchDir('workers-start-stopped-one')
+    const key = await createSigningKey('k1', 'ES256')
+    // the first key fetch is answered, every other one held: one worker serves seconds before the other
     const held: ServerResponse[] = []
-    const jwks = createServer((_req, res) => void held.push(res))
+    let fetches = 0
+    const jwks = createServer((_req, res) => {
+      if (fetches++ > 0) return void held.push(res)
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ keys: [key.publicJwk] }))
+    })
     jwks.listen(0, '127.0.0.1')
     await new Promise((ok) => jwks.once('listening', ok))
     t.teardown(() => {
@@ -130,13 +138,12 @@ t.test(
       jwks.close()
     })
     const config = join(dir, 'config.yaml')
-    const admin = await freePort()
     writeFileSync(
       config,
       stringify({
         upstream: 'http://127.0.0.1:9',
         listen: { http: `127.0.0.1:${await freePort()}` },
-        admin: `127.0.0.1:${admin}`,
+        admin: `127.0.0.1:${await freePort()}`,
         audit: { output: 'off' },
         workers: 2,
         timeouts: { drainDelay: '0s' },
@@ -161,15 +168,21 @@ t.test(
       }
       await proxy.exited
     })
-    await eventually(() => held.length >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
-    const [first, second] = childPids(primary)
-    t.ok(first !== undefined && second !== undefined, 'two worker processes')
-    process.kill(first!, 'SIGTERM')
-    // the keys never come: each worker starts serving after its start wait (5 s) without them
+    await eventually(() => fetches >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
+    const workers = childPids(primary)
+    t.equal(workers.length, 2, 'two worker processes')
+    for (const pid of workers) process.kill(pid, 'SIGTERM')
+    // the worker whose keys came serves, drains and exits while its sibling still waits for its keys (5 s)
     await proxy.waitFor(/"event":"started"/, 30_000)
-    await eventually(() => !alive(first!), { timeoutMs: PROMPT_MS, what: 'the signalled worker gone' })
-    await proxy.waitFor(/"event":"worker_restarted"/, PROMPT_MS)
-    t.ok(alive(second!), 'the other worker serves on')
+    await eventually(() => workers.every((pid) => !alive(pid)), {
+      timeoutMs: PROMPT_MS,
+      what: 'both signalled workers gone',
+    })
+    await eventually(() => proxy.stderr().match(/"event":"worker_restarted"/g)?.length === 2, {
+      timeoutMs: PROMPT_MS,
+      what: 'a new worker in the place of each',
+    })
+    t.equal(childPids(primary).length, 2, 'two workers serve on')
     t.equal(proxy.child.exitCode, null, 'the pod runs on')
     t.notMatch(proxy.stderr(), /could not start/, 'not a failed start')
   },
