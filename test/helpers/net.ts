@@ -1,7 +1,9 @@
 // Loopback ports for child processes that must be told their port up front (Prometheus, a busy-port check),
-// and a port that is sure to refuse connections.
+// a port that is sure to refuse connections, and raw sockets on both ends of an HTTP/1.1 exchange: for bytes
+// no HTTP client would send, and answers no HTTP server would give.
 import { once } from 'node:events'
-import { connect, type Socket } from 'node:net'
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net'
+import type { Test } from 'tap'
 
 /**
  * `freePort`: a TCP port on 127.0.0.1 that was free a moment ago, from a range the OS never hands to port-0
@@ -69,4 +71,108 @@ export async function rawClient(port: number): Promise<RawClient> {
     closed = true
   })
   return { socket, text: () => text, closed: () => closed }
+}
+
+/** One request as a scripted upstream read it. */
+export interface ScriptedRequest {
+  /** the request head, without the blank line that ends it */
+  head: string
+  /** the request target */
+  path: string
+  /** which request on its connection this is, from 1 */
+  nth: number
+  socket: Socket
+}
+
+/**
+ * What to send back: the bytes (a string is written as latin1), or pieces written one at a time, each on its own
+ * turn of the event loop so that the reader gets them apart. Nothing (`undefined`) when the script answers
+ * on `socket` itself: later, in pieces of its own timing, or not at all.
+ */
+export type ScriptedAnswer = string | Buffer[] | undefined
+
+export interface ScriptedUpstream {
+  url: string
+  port: number
+  /** every request head read, in order, with the number of the connection it came on (from 1) */
+  seen: { conn: number; head: string }[]
+  /** how many connections the upstream has accepted */
+  connections: () => number
+}
+
+/**
+ * An HTTP/1.1 upstream on raw sockets, closed at teardown, that calls `script` for each request once its body
+ * has arrived (these tests send short bodies) and writes what the script returns: for answers an HTTP server
+ * library would refuse to give (ambiguous framing, resets mid-body, bytes nobody asked for).
+ */
+export async function scriptedUpstream(
+  t: Test,
+  script: (request: ScriptedRequest) => ScriptedAnswer,
+): Promise<ScriptedUpstream> {
+  const sockets = new Set<Socket>()
+  const seen: ScriptedUpstream['seen'] = []
+  let connections = 0
+  const server = createServer((socket) => {
+    const conn = ++connections
+    let nth = 0
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    socket.on('error', () => {})
+    let pending = ''
+    socket.on('data', async (c: Buffer) => {
+      pending += c.toString('latin1')
+      for (;;) {
+        const headEnd = pending.indexOf('\r\n\r\n')
+        if (headEnd === -1) return
+        const head = pending.slice(0, headEnd)
+        const end = requestEnd(head, pending, headEnd + 4)
+        if (end === -1) return
+        pending = pending.slice(end)
+        seen.push({ conn, head })
+        nth++
+        const path = /^[A-Z]+ (\S+)/.exec(head)?.[1] ?? '/'
+        const answer = script({ head, path, nth, socket })
+        if (typeof answer === 'string') socket.write(answer, 'latin1')
+        else if (answer) {
+          for (const piece of answer) {
+            socket.write(piece)
+            await new Promise((resolve) => setTimeout(resolve, 2))
+          }
+        }
+      }
+    })
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  )
+  const port = (server.address() as AddressInfo).port
+  return { url: `http://127.0.0.1:${port}`, port, seen, connections: () => connections }
+}
+
+/**
+ * Where the request whose head ends at `bodyStart` of `pending` ends, or -1 while its body is still arriving.
+ * A chunked body ends at its first last-chunk: good enough for the bodies these tests send, which never carry
+ * `CRLF 0 CRLF` in their data.
+ */
+function requestEnd(head: string, pending: string, bodyStart: number): number {
+  const length = /\r\ncontent-length: *(\d+)/i.exec(head)
+  if (length) {
+    const end = bodyStart + Number(length[1])
+    return pending.length >= end ? end : -1
+  }
+  if (!/\r\ntransfer-encoding: *chunked/i.test(head)) return bodyStart
+  const body = pending.slice(bodyStart)
+  const lastChunk = /(?:^|\r\n)0(?:;[^\r]*)?\r\n/.exec(body)
+  if (!lastChunk) return -1
+  const trailersStart = lastChunk.index + lastChunk[0].length
+  // no trailers: the blank line right away; else the trailer section ends with one
+  if (body.startsWith('\r\n', trailersStart)) return bodyStart + trailersStart + 2
+  const blank = body.indexOf('\r\n\r\n', trailersStart)
+  return blank === -1 ? -1 : bodyStart + blank + 4
 }

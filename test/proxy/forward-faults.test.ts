@@ -11,40 +11,15 @@ import {
   connect as h2connect,
   type ServerHttp2Stream,
 } from 'node:http2'
-import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { setTimeout as delay } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
+import { rawClient, scriptedUpstream } from '../helpers/net.ts'
 
 t.setTimeout(120_000)
-
-/** an upstream that writes `answer` (latin1, verbatim) for every request head it reads */
-async function rawUpstream(t: Test, answer: string): Promise<number> {
-  const sockets = new Set<Socket>()
-  const server = createNetServer((s) => {
-    sockets.add(s)
-    s.on('close', () => sockets.delete(s))
-    s.on('error', () => {})
-    let seen = ''
-    s.setEncoding('latin1')
-    s.on('data', (c: string) => {
-      seen += c
-      while (seen.includes('\r\n\r\n')) {
-        seen = seen.slice(seen.indexOf('\r\n\r\n') + 4)
-        s.write(answer, 'latin1')
-      }
-    })
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    server.close()
-  })
-  return (server.address() as AddressInfo).port
-}
 
 async function httpUpstream(t: Test, handler: (req: IncomingMessage, res: ServerResponse) => void) {
   const server = createServer(handler)
@@ -55,22 +30,6 @@ async function httpUpstream(t: Test, handler: (req: IncomingMessage, res: Server
     server.close()
   })
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-}
-
-/** a raw client connection: what it has read so far, and whether the proxy closed it */
-async function rawClient(port: number) {
-  const socket = connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  const state = { text: '', closed: false, socket }
-  socket.setEncoding('latin1')
-  socket.on('data', (c: string) => {
-    state.text += c
-  })
-  socket.on('error', () => {})
-  socket.on('close', () => {
-    state.closed = true
-  })
-  return state
 }
 
 const count = (text: string, what: RegExp) => (text.match(what) ?? []).length
@@ -104,27 +63,28 @@ async function behindH2cUpstream(t: Test, service: string, onStream: (stream: Se
 t.test(
   'a 304 that carries the representation Content-Length (RFC 9110 §8.6) reaches the client',
   async (t) => {
-    const up = await rawUpstream(
+    const up = await scriptedUpstream(
       t,
-      'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\nCache-Control: max-age=60\r\n\r\n',
+      () =>
+        'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\nCache-Control: max-age=60\r\n\r\n',
     )
-    const sidecar = await startBin(t, { service: 'cache', upstream: `http://127.0.0.1:${up}` })
+    const sidecar = await startBin(t, { service: 'cache', upstream: up.url })
     const port = Number(new URL(sidecar.proxyUrl).port)
     const client = await rawClient(port)
     client.socket.write('GET /asset.js HTTP/1.1\r\nHost: app\r\nIf-None-Match: "v1"\r\n\r\n')
     // a revalidating browser gets its 304 (and keeps the connection); it got nothing and a closed connection
-    await eventually(() => /^HTTP\/1\.1 304 /.test(client.text) || client.closed, {
+    await eventually(() => /^HTTP\/1\.1 304 /.test(client.text()) || client.closed(), {
       timeoutMs: 5000,
       what: 'an answer',
     })
-    t.match(client.text, /^HTTP\/1\.1 304 Not Modified\r\n/, 'the 304 reached the client')
-    t.match(client.text, /ETag: "v1"/i)
+    t.match(client.text(), /^HTTP\/1\.1 304 Not Modified\r\n/, 'the 304 reached the client')
+    t.match(client.text(), /ETag: "v1"/i)
     client.socket.write('GET /asset.js HTTP/1.1\r\nHost: app\r\nIf-None-Match: "v1"\r\n\r\n')
-    await eventually(() => count(client.text, /HTTP\/1\.1 304 /g) === 2 || client.closed, {
+    await eventually(() => count(client.text(), /HTTP\/1\.1 304 /g) === 2 || client.closed(), {
       timeoutMs: 5000,
       what: 'the second answer',
     })
-    t.equal(count(client.text, /HTTP\/1\.1 304 /g), 2, 'the keep-alive connection serves the next request')
+    t.equal(count(client.text(), /HTTP\/1\.1 304 /g), 2, 'the keep-alive connection serves the next request')
     client.socket.destroy()
     const samples = await scrapeUntil(
       sidecar.adminUrl,
@@ -157,23 +117,23 @@ t.test('an upload the upstream answers before reading it does not stall the clie
   const chunk = Buffer.alloc(1024 * 1024, 0x61)
   let written = 0
   const pump = () => {
-    while (written < total && !client.closed) {
+    while (written < total && !client.closed()) {
       written += chunk.length
       if (!client.socket.write(chunk)) {
         client.socket.once('drain', pump)
         return
       }
     }
-    if (!client.closed) client.socket.write('GET /next HTTP/1.1\r\nHost: app\r\n\r\n')
+    if (!client.closed()) client.socket.write('GET /next HTTP/1.1\r\nHost: app\r\n\r\n')
   }
   pump()
-  await eventually(() => /next \/next$/.test(client.text) || client.closed, {
+  await eventually(() => /next \/next$/.test(client.text()) || client.closed(), {
     timeoutMs: 8000,
     what: `the upload to be taken and the next request answered (${written >> 20} MiB written)`,
   }).catch((err: Error) => t.fail(err.message))
-  t.match(client.text, /^HTTP\/1\.1 413 /, 'the early answer reached the client')
+  t.match(client.text(), /^HTTP\/1\.1 413 /, 'the early answer reached the client')
   t.equal(written, total, 'the whole body was taken off the connection')
-  t.match(client.text, /next \/next$/, 'the next request on the connection was answered')
+  t.match(client.text(), /next \/next$/, 'the next request on the connection was answered')
   client.socket.destroy()
 
   // HTTP/2: the stream must end (RFC 9113 §8.1: the server may reset the unread request with NO_ERROR)
@@ -209,16 +169,17 @@ t.test('an upload the upstream answers before reading it does not stall the clie
 
 t.test('an HTTP/2 client gets a response whose single-value header the upstream repeated', async (t) => {
   // repeated by an app and its middleware alike (nosniff, CORS, Content-Type): HTTP/1.1 clients get it as sent
-  const up = await rawUpstream(
+  const up = await scriptedUpstream(
     t,
-    'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Content-Type-Options: nosniff\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 2\r\n\r\nok',
+    () =>
+      'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Content-Type-Options: nosniff\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 2\r\n\r\nok',
   )
-  const sidecar = await startBin(t, { service: 'h2', upstream: `http://127.0.0.1:${up}` })
+  const sidecar = await startBin(t, { service: 'h2', upstream: up.url })
 
   const h1 = await rawClient(Number(new URL(sidecar.proxyUrl).port))
   h1.socket.write('GET /h1 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n')
-  await eventually(() => h1.closed, { timeoutMs: 5000, what: 'the HTTP/1.1 answer' })
-  t.match(h1.text, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nok$/, 'HTTP/1.1 client: 200 ok')
+  await eventually(() => h1.closed(), { timeoutMs: 5000, what: 'the HTTP/1.1 answer' })
+  t.match(h1.text(), /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nok$/, 'HTTP/1.1 client: 200 ok')
 
   const session = h2connect(sidecar.proxyUrl)
   session.on('error', () => {})
@@ -293,10 +254,10 @@ t.test('a client that pauses its upload longer than timeouts.upstream is not ans
   await eventually(() => received === 10, { timeoutMs: 5000, what: 'the first half to reach the upstream' })
   // the pause itself: three response deadlines long
   await delay(1500)
-  t.equal(client.text, '', 'nothing answered while the client was still sending')
+  t.equal(client.text(), '', 'nothing answered while the client was still sending')
   client.socket.write('abcdefghij')
-  await eventually(() => /\r\n\r\ngot 20$/.test(client.text), { timeoutMs: 5000, what: 'the answer' })
-  t.match(client.text, /^HTTP\/1\.1 200 /, "the upstream's answer, once it had the whole body")
+  await eventually(() => /\r\n\r\ngot 20$/.test(client.text()), { timeoutMs: 5000, what: 'the answer' })
+  t.match(client.text(), /^HTTP\/1\.1 200 /, "the upstream's answer, once it had the whole body")
   const samples = await scrapeUntil(
     sidecar.adminUrl,
     (s) => metricValue(s, 'nhi_requests_total', { service: 'paused-upload' }) === 1,
@@ -328,9 +289,9 @@ t.test('a request body the listener refuses as too slow is recorded as the 408 t
   client.socket.write('POST /slow HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n')
   const trickle = setInterval(() => client.socket.write('a'), 100)
   t.teardown(() => clearInterval(trickle))
-  await eventually(() => client.closed, { timeoutMs: 8000, what: 'the listener to cut the request' })
+  await eventually(() => client.closed(), { timeoutMs: 8000, what: 'the listener to cut the request' })
   clearInterval(trickle)
-  t.match(client.text, /^HTTP\/1\.1 408 /, 'the client was answered 408')
+  t.match(client.text(), /^HTTP\/1\.1 408 /, 'the client was answered 408')
   const samples = await eventually(
     async () => {
       const s = await scrape(sidecar.adminUrl)
@@ -364,7 +325,7 @@ t.test(
     client.socket.write(
       Buffer.concat([Buffer.from(`${gz.length.toString(16)}\r\n`), gz, Buffer.from('\r\n0\r\n\r\n')]),
     )
-    await eventually(() => client.closed, { timeoutMs: 5000, what: 'the answer' })
+    await eventually(() => client.closed(), { timeoutMs: 5000, what: 'the answer' })
     // RFC 9112 §6.1: a transfer coding the server does not understand → 501; the upstream got the gzip bytes as
     // the JSON body, with no header left to say they are gzip
     for (const s of seen) {
@@ -374,7 +335,7 @@ t.test(
         `the upstream can read the body it got (${JSON.stringify(s.headers['content-type'])}, ${s.body.length} bytes, coding "${coded}")`,
       )
     }
-    t.match(client.text, seen.length === 0 ? /^HTTP\/1\.1 (501|400) / : /^HTTP\/1\.1 /)
+    t.match(client.text(), seen.length === 0 ? /^HTTP\/1\.1 (501|400) / : /^HTTP\/1\.1 /)
   },
 )
 
@@ -434,27 +395,11 @@ async function h2Read(session: ReturnType<typeof h2connect>, path: string) {
 
 t.test('an HTTP/2 client can tell a response the upstream cut short from a complete one', async (t) => {
   // HTTP/1.1 upstream: a chunked body, then the connection drops before the last chunk
-  const sockets = new Set<Socket>()
-  const cutter = createNetServer((s) => {
-    sockets.add(s)
-    s.on('error', () => {})
-    s.once('data', () => {
-      s.write(
-        'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
-      )
-      setTimeout(() => s.destroy(), 50)
-    })
+  const cutter = await scriptedUpstream(t, ({ socket }) => {
+    setTimeout(() => socket.destroy(), 50)
+    return 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n'
   })
-  cutter.listen(0, '127.0.0.1')
-  await once(cutter, 'listening')
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    cutter.close()
-  })
-  const sidecar = await startBin(t, {
-    service: 'cut',
-    upstream: `http://127.0.0.1:${(cutter.address() as AddressInfo).port}`,
-  })
+  const sidecar = await startBin(t, { service: 'cut', upstream: cutter.url })
   const session = h2connect(sidecar.proxyUrl)
   session.on('error', () => {})
   t.teardown(() => session.destroy())

@@ -1,52 +1,15 @@
 // The HTTP/1.1 engine on its own, over real loopback sockets: the moments between two events of one socket
 // that a test through the proxy cannot aim at.
-import { once } from 'node:events'
-import { type AddressInfo, createServer, type Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { H1Pool, type H1Request, type UpstreamHandler } from '../../src/proxy/h1-pool.ts'
+import { scriptedUpstream } from '../helpers/net.ts'
 
 interface Outcome {
   status: number
   body: string
   error?: string
-}
-
-/** an upstream that answers each request with `answer(head, socket)` once its Content-Length body arrived */
-async function upstream(t: Test, answer: (head: string, socket: Socket) => void) {
-  const heads: string[] = []
-  let connections = 0
-  const sockets = new Set<Socket>()
-  const server = createServer((s) => {
-    connections++
-    sockets.add(s)
-    s.on('close', () => sockets.delete(s))
-    s.on('error', () => {})
-    let pending = ''
-    s.on('data', (c: Buffer) => {
-      pending += c.toString('latin1')
-      for (;;) {
-        const end = pending.indexOf('\r\n\r\n')
-        if (end === -1) return
-        const head = pending.slice(0, end)
-        const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1] ?? 0)
-        if (pending.length < end + 4 + length) return
-        pending = pending.slice(end + 4 + length)
-        heads.push(head)
-        answer(head, s)
-      }
-    })
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
-  )
-  return { port: (server.address() as AddressInfo).port, heads, connections: () => connections }
 }
 
 function pool(t: Test, port: number, headersTimeout = 2000): H1Pool {
@@ -94,12 +57,11 @@ function idleSockets(p: H1Pool): Socket[] {
 }
 
 t.test('a request is never written on an idle connection the pool has just destroyed', async (t) => {
-  const up = await upstream(t, (head, s) => {
-    if (head.startsWith('GET ')) {
-      s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
-      // bytes no request asked for: the pool destroys the idle connection on them
-      setTimeout(() => s.write('noise'), 20)
-    } else s.write('HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone')
+  const up = await scriptedUpstream(t, ({ head, socket: s }) => {
+    if (!head.startsWith('GET ')) return 'HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone'
+    // bytes no request asked for: the pool destroys the idle connection on them
+    setTimeout(() => s.write('noise'), 20)
+    return 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
   })
   const p = pool(t, up.port)
   t.same(await send(p), { status: 200, body: 'ok' }, 'the first answer')
@@ -122,7 +84,7 @@ t.test('a request is never written on an idle connection the pool has just destr
   })
   t.same(post, { status: 201, body: 'done' }, 'the POST went out on a new connection')
   t.equal(up.connections(), 2, 'two upstream connections')
-  t.equal(up.heads.filter((h) => h.startsWith('POST ')).length, 1, 'the POST reached the upstream once')
+  t.equal(up.seen.filter((r) => r.head.startsWith('POST ')).length, 1, 'the POST reached the upstream once')
 })
 
 t.test(
@@ -132,8 +94,8 @@ t.test(
       '/dribble': `HTTP/1.1 200 OK\r\nX-Pad: ${'a'.repeat(40)}\r\nContent-Length: 2\r\n\r\nok`,
       '/hints': 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'.repeat(60),
     }
-    const up = await upstream(t, (head, s) => {
-      const answer = answers[/^GET (\S+)/.exec(head)![1]!]!
+    const up = await scriptedUpstream(t, ({ path, socket: s }) => {
+      const answer = answers[path]!
       const step = answer.startsWith('HTTP/1.1 103') ? answer.length / 60 : 1
       let at = 0
       // each piece well within the deadline of the one before, the whole far past it
@@ -142,6 +104,7 @@ t.test(
         s.write(answer.slice(at, at + step))
         at += step
       }, 50)
+      return undefined
     })
     const p = pool(t, up.port, 400)
     for (const path of Object.keys(answers)) {

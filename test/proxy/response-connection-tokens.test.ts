@@ -3,48 +3,13 @@
 // comma-separated list (RFC 9110 §5.3).
 import { once } from 'node:events'
 import { connect as h2connect } from 'node:http2'
-import { type AddressInfo, connect, createServer, type Socket } from 'node:net'
 import t from 'tap'
+import { rawExchange, scriptedUpstream } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-
-/** An upstream on a raw socket that answers every request head with `response`. */
-async function rawUpstream(response: string) {
-  const sockets = new Set<Socket>()
-  const server = createServer((s) => {
-    sockets.add(s)
-    s.on('close', () => sockets.delete(s))
-    s.on('error', () => {})
-    let head = ''
-    s.on('data', (c: Buffer) => {
-      head += c.toString('latin1')
-      while (head.includes('\r\n\r\n')) {
-        head = head.slice(head.indexOf('\r\n\r\n') + 4)
-        s.write(response, 'latin1')
-      }
-    })
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
-  }
-}
 
 /** one HTTP/1.1 request on its own connection; the response head as sent, lower-cased */
 async function responseHead(port: number): Promise<string> {
-  const s = connect(port, '127.0.0.1')
-  s.on('error', () => {})
-  let text = ''
-  s.on('data', (c: Buffer) => {
-    text += c.toString('latin1')
-  })
-  s.write('GET /page HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n')
-  await once(s, 'close')
+  const text = await rawExchange(port, 'GET /page HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n')
   return text.slice(0, text.indexOf('\r\n\r\n')).toLowerCase()
 }
 
@@ -59,8 +24,7 @@ const SPLIT_CONNECTION =
   'Content-Length: 2\r\n\r\nok'
 
 t.test('headers named on any of several Connection lines of a response are not forwarded', async (t) => {
-  const up = await rawUpstream(SPLIT_CONNECTION)
-  t.teardown(() => up.close())
+  const up = await scriptedUpstream(t, () => SPLIT_CONNECTION)
   const sidecar = await startTestSidecar(t, { upstream: up.url })
 
   const head = await responseHead(sidecar.proxyAddress.port)

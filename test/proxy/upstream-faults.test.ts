@@ -1,55 +1,31 @@
 // A misbehaving upstream on a raw socket: refuses, resets before or during the response, hangs, or speaks
 // garbage. Each becomes 502/504 (or a cut response), is counted by reason, and the proxy stays healthy.
-import { once } from 'node:events'
-import { type AddressInfo, createServer, type Socket } from 'node:net'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
-import { refusedPort } from '../helpers/net.ts'
+import { refusedPort, scriptedUpstream } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
-/** An HTTP/1.1 "server" that reads the request line and misbehaves according to the path. */
-async function startBadUpstream() {
-  const sockets = new Set<Socket>()
-  const server = createServer((s) => {
-    sockets.add(s)
-    s.on('close', () => sockets.delete(s))
-    s.on('error', () => {})
-    let head = ''
-    s.on('data', (c: Buffer) => {
-      head += c.toString('latin1')
-      if (!head.includes('\r\n\r\n')) return
-      const path = /^[A-Z]+ (\S+)/.exec(head)?.[1] ?? '/'
-      head = ''
-      if (path === '/reset-early') s.resetAndDestroy()
-      else if (path === '/reset-mid') {
-        s.write('HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n')
-        s.write('x'.repeat(1000), () => setTimeout(() => s.resetAndDestroy(), 50))
-      } else if (path === '/hang') {
-        // never answer
-      } else if (path === '/garbage') s.end('HTTP/1.1 banana\r\n\r\n')
-      else if (path === '/binary') s.end(Buffer.from([0, 1, 2, 255, 254, 13, 10, 13, 10]))
-      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
-    })
+/** An HTTP/1.1 "server" that misbehaves according to the path. */
+function startBadUpstream(t: Test) {
+  return scriptedUpstream(t, ({ path, socket }) => {
+    if (path === '/reset-early') socket.resetAndDestroy()
+    else if (path === '/reset-mid') {
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n')
+      socket.write('x'.repeat(1000), () => setTimeout(() => socket.resetAndDestroy(), 50))
+    } else if (path === '/hang') {
+      // never answer
+    } else if (path === '/garbage') socket.end('HTTP/1.1 banana\r\n\r\n')
+    else if (path === '/binary') socket.end(Buffer.from([0, 1, 2, 255, 254, 13, 10, 13, 10]))
+    else return 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
   })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
-  }
 }
 
 const config = (upstream: string) => ({ service: 'orders', upstream, timeouts: { upstream: '1s' } })
 
 t.test('upstream faults become 502/504, are counted, and the proxy stays healthy', async (t) => {
-  const bad = await startBadUpstream()
-  t.teardown(() => bad.close())
+  const bad = await startBadUpstream(t)
   const sidecar = await startTestSidecar(t, config(bad.url))
   const proxy = sidecar.proxyUrl
   const admin = sidecar.adminUrl

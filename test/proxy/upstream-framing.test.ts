@@ -4,73 +4,10 @@
 // 502 and its connection is never used again; bytes an answer did not announce never reach another
 // request; interim answers are skipped; a connection the upstream closed while idle is retried for a request
 // that can be (no body, idempotent method), and only for such a request.
-import { once } from 'node:events'
-import { type AddressInfo, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
+import { scriptedUpstream } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
-
-interface Seen {
-  /** connection number (from 1) and request head, per request */
-  conn: number
-  head: string
-}
-
-/** an upstream answering each request with the bytes `script(path, nth request on its connection)` gives */
-async function scriptedUpstream(
-  script: (path: string, nth: number, socket: Socket) => string | Buffer[] | undefined,
-) {
-  const sockets = new Set<Socket>()
-  const seen: Seen[] = []
-  let connections = 0
-  const server = createServer((s) => {
-    const conn = ++connections
-    let nth = 0
-    sockets.add(s)
-    s.on('close', () => sockets.delete(s))
-    s.on('error', () => {})
-    let pending = ''
-    s.on('data', async (c: Buffer) => {
-      pending += c.toString('latin1')
-      for (;;) {
-        const end = pending.indexOf('\r\n\r\n')
-        if (end === -1) return
-        const head = pending.slice(0, end)
-        pending = pending.slice(end + 4)
-        // a body the client sent: these tests send short ones, whole in the same read
-        const length = /\r\ncontent-length: (\d+)/i.exec(head)
-        if (length) pending = pending.slice(Number(length[1]))
-        if (/\r\ntransfer-encoding: chunked/i.test(head))
-          pending = pending.slice(pending.indexOf('0\r\n\r\n') + 5)
-        seen.push({ conn, head })
-        nth++
-        const path = /^[A-Z]+ (\S+)/.exec(head)?.[1] ?? '/'
-        const answer = script(path, nth, s)
-        if (answer === undefined) continue
-        if (typeof answer === 'string') s.write(answer, 'latin1')
-        else {
-          // one write per piece, each leaving on its own turn so that the proxy reads them apart
-          for (const piece of answer) {
-            s.write(piece)
-            await new Promise((r) => setTimeout(r, 2))
-          }
-        }
-      }
-    })
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    seen,
-    connections: () => connections,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
-  }
-}
 
 const ok = (body = 'ok') => `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`
 const bytes = (s: string) => [...Buffer.from(s, 'latin1')].map((b) => Buffer.from([b]))
@@ -102,8 +39,7 @@ t.test('ambiguous or malformed response heads are a 502 and their connection is 
     '/http2-line': 'HTTP/2 200\r\nContent-Length: 2\r\n\r\nok',
     '/huge-head': `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(17 * 1024)}\r\nContent-Length: 2\r\n\r\nok`,
   }
-  const up = await scriptedUpstream((path) => bad[path] ?? ok(`fine ${path}`))
-  t.teardown(() => up.close())
+  const up = await scriptedUpstream(t, ({ path }) => bad[path] ?? ok(`fine ${path}`))
   const sidecar = await startTestSidecar(t, { upstream: up.url, timeouts: { upstream: '2s' } })
   for (const path of Object.keys(bad)) {
     const before = up.connections()
@@ -135,8 +71,7 @@ t.test('framings that are valid reach the client whole', async (t) => {
     '/no-reason': 'HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok',
     '/empty-204': 'HTTP/1.1 204 No Content\r\n\r\n',
   }
-  const up = await scriptedUpstream((path) => answers[path] ?? ok(`fine ${path}`))
-  t.teardown(() => up.close())
+  const up = await scriptedUpstream(t, ({ path }) => answers[path] ?? ok(`fine ${path}`))
   const sidecar = await startTestSidecar(t, { upstream: up.url })
   t.same(
     await get(`${sidecar.proxyUrl}/same-length-twice`),
@@ -178,7 +113,7 @@ t.test('framings that are valid reach the client whole', async (t) => {
 })
 
 t.test('a body that ends with the connection, and bytes an answer did not announce', async (t) => {
-  const up = await scriptedUpstream((path, _nth, socket) => {
+  const up = await scriptedUpstream(t, ({ path, socket }) => {
     if (path === '/until-close') {
       socket.end('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it')
       return undefined
@@ -191,7 +126,6 @@ t.test('a body that ends with the connection, and bytes an answer did not announ
     }
     return ok(`fine ${path}`)
   })
-  t.teardown(() => up.close())
   const sidecar = await startTestSidecar(t, { upstream: up.url })
   t.same(
     await get(`${sidecar.proxyUrl}/until-close`),
@@ -220,14 +154,13 @@ t.test('a body that ends with the connection, and bytes an answer did not announ
 
 t.test('an upstream that closes a kept-alive connection as a request goes out on it', async (t) => {
   // every connection answers its first request, then closes when the second arrives, without answering
-  const up = await scriptedUpstream((path, nth, socket) => {
+  const up = await scriptedUpstream(t, ({ path, nth, socket }) => {
     if (nth >= 2) {
       socket.destroy()
       return undefined
     }
     return ok(`fine ${path}`)
   })
-  t.teardown(() => up.close())
   const sidecar = await startTestSidecar(t, { upstream: up.url })
   t.same(await get(`${sidecar.proxyUrl}/one`), { status: 200, body: 'fine /one' }, 'first request')
   t.same(
@@ -243,8 +176,7 @@ t.test('an upstream that closes a kept-alive connection as a request goes out on
 })
 
 t.test('the request head the upstream receives', async (t) => {
-  const up = await scriptedUpstream((path) => ok(`fine ${path}`))
-  t.teardown(() => up.close())
+  const up = await scriptedUpstream(t, ({ path }) => ok(`fine ${path}`))
   const sidecar = await startTestSidecar(t, { upstream: up.url })
   await get(`${sidecar.proxyUrl}/post-empty`, { method: 'POST' })
   await get(`${sidecar.proxyUrl}/post-body`, { method: 'POST', body: 'abc' })
@@ -260,12 +192,11 @@ t.test('the request head the upstream receives', async (t) => {
 })
 
 t.test("an HTTP/1.0 answer's Connection: close wins over a later keep-alive", async (t) => {
-  const up = await scriptedUpstream((path) =>
+  const up = await scriptedUpstream(t, ({ path }) =>
     path === '/http10'
       ? 'HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok'
       : ok(`fine ${path}`),
   )
-  t.teardown(() => up.close())
   const sidecar = await startTestSidecar(t, { upstream: up.url })
   t.same(await get(`${sidecar.proxyUrl}/http10`), { status: 200, body: 'ok' }, 'answered')
   t.same(
@@ -278,13 +209,12 @@ t.test("an HTTP/1.0 answer's Connection: close wins over a later keep-alive", as
 })
 
 t.test('timeouts.upstream: 0 and timeouts.idle: 0 are no deadline, not an immediate one', async (t) => {
-  const up = await scriptedUpstream((_path, _nth, socket) => {
+  const up = await scriptedUpstream(t, ({ socket }) => {
     // the head, then the body, each after a pause
     setTimeout(() => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsl'), 300)
     setTimeout(() => socket.write('ow'), 600)
     return undefined
   })
-  t.teardown(() => up.close())
   const sidecar = await startTestSidecar(t, { upstream: up.url, timeouts: { upstream: 0, idle: 0 } })
   t.same(await get(`${sidecar.proxyUrl}/slow`), { status: 200, body: 'slow' }, 'a slow answer still arrives')
 })
