@@ -3,12 +3,7 @@
 import { execFile } from 'node:child_process'
 import { once } from 'node:events'
 import { type ClientHttp2Session, connect, constants } from 'node:http2'
-import {
-  type AddressInfo,
-  createServer as createNetServer,
-  type Socket,
-  connect as tcpConnect,
-} from 'node:net'
+import { connect as tcpConnect } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import { promisify } from 'node:util'
 import t from 'tap'
@@ -19,6 +14,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { FRAME, frame, PREFACE } from '../helpers/h2-frames.ts'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
+import { scriptedUpstream } from '../helpers/net.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
@@ -276,23 +272,12 @@ t.test('a connection closed for rapid reset is counted in nhi_http2_connections_
 
 t.test("streams the proxy resets itself are not counted as the client's rapid reset", async (t) => {
   // an upstream that fails every response after its first bytes: the proxy cuts each client stream
-  const sockets = new Set<Socket>()
-  const failing = createNetServer((s) => {
-    sockets.add(s)
-    s.on('error', () => {})
-    s.on('data', () => {
-      s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n')
-      setTimeout(() => s.destroy(), 20)
-    })
-  })
-  failing.listen(0, '127.0.0.1')
-  await once(failing, 'listening')
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    failing.close()
+  const failing = await scriptedUpstream(t, ({ socket }) => {
+    setTimeout(() => socket.destroy(), 20)
+    return 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n'
   })
   const sidecar = await startTestSidecar(t, {
-    upstream: `http://127.0.0.1:${(failing.address() as AddressInfo).port}`,
+    upstream: failing.url,
     limits: { http2MaxResetsPerSecond: 5 },
   })
   const session = connect(sidecar.proxyUrl)

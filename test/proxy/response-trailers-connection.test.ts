@@ -1,31 +1,20 @@
 // A response trailer whose name the response head's Connection listed: the upstream declared that field its
 // own hop's (RFC 9110 §7.6.1), so it stays there wherever in the message it comes, as the same name would in
 // the header section. Through both HTTP/1.1 engines (plain requests, and requests that send trailers).
-import { once } from 'node:events'
-import { type AddressInfo, createServer } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
-import { rawExchange } from '../helpers/net.ts'
+import { rawExchange, scriptedUpstream } from '../helpers/net.ts'
 
 const ANSWER =
   'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-Hop-Secret\r\nContent-Type: text/plain\r\n\r\n' +
   '2\r\nok\r\n0\r\nx-hop-secret: s3cret\r\nX-Checksum: abc\r\n\r\n'
 
 t.test("trailers named in the response head's Connection stay on the upstream's hop", async (t) => {
-  const up = createServer((socket) => {
-    let head = ''
-    socket.setEncoding('latin1')
-    socket.on('data', (chunk: string) => {
-      head += chunk
-      if (!head.includes('\r\n0\r\n') && !/^GET /.test(head)) return
-      if (!head.includes('\r\n\r\n')) return
-      socket.end(ANSWER)
-    })
+  const up = await scriptedUpstream(t, ({ socket }) => {
+    socket.end(ANSWER)
+    return undefined
   })
-  up.listen(0, '127.0.0.1')
-  await once(up, 'listening')
-  t.teardown(() => up.close())
-  const sidecar = await startBin(t, { upstream: `http://127.0.0.1:${(up.address() as AddressInfo).port}` })
+  const sidecar = await startBin(t, { upstream: up.url })
   const port = Number(new URL(sidecar.proxyUrl).port)
 
   const requests = {

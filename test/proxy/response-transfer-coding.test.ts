@@ -2,12 +2,10 @@
 // the proxy decodes `chunked` only, so passing the body on would hand the client coded bytes with nothing
 // saying so (Transfer-Encoding is hop-by-hop and never forwarded). Such a response is answered 502 and
 // counted, as nginx does, through both HTTP/1.1 engines (plain requests, and requests that announce trailers).
-import { once } from 'node:events'
-import { type AddressInfo, createServer } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
-import { rawExchange } from '../helpers/net.ts'
+import { rawExchange, scriptedUpstream } from '../helpers/net.ts'
 
 const ANSWERS: Record<string, string> = {
   '/gzip':
@@ -19,20 +17,11 @@ const ANSWERS: Record<string, string> = {
 }
 
 t.test('a response in a transfer coding other than chunked is a 502, not coded bytes', async (t) => {
-  const up = createServer((socket) => {
-    let head = ''
-    socket.setEncoding('latin1')
-    socket.on('data', (chunk: string) => {
-      head += chunk
-      if (!head.includes('\r\n\r\n')) return
-      const path = head.split(' ')[1] ?? ''
-      socket.end(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n')
-    })
+  const up = await scriptedUpstream(t, ({ path, socket }) => {
+    socket.end(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n')
+    return undefined
   })
-  up.listen(0, '127.0.0.1')
-  await once(up, 'listening')
-  t.teardown(() => up.close())
-  const sidecar = await startBin(t, { upstream: `http://127.0.0.1:${(up.address() as AddressInfo).port}` })
+  const sidecar = await startBin(t, { upstream: up.url })
   const port = Number(new URL(sidecar.proxyUrl).port)
 
   for (const path of ['/gzip', '/gzip-chunked']) {

@@ -1,32 +1,18 @@
 // A 204 carries no body and must not carry Content-Length (RFC 9110 §8.6). Upstreams send one anyway
 // (frameworks that set it on every response); passed on, HTTP/2 clients reset the stream as a protocol error
 // and HTTP/1.1 clients may wait for the bytes. The proxy drops it, as nginx does; a 304 keeps its own.
-import { once } from 'node:events'
 import { connect as h2connect, type IncomingHttpHeaders } from 'node:http2'
-import { type AddressInfo, createServer } from 'node:net'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
-import { rawExchange } from '../helpers/net.ts'
+import { rawExchange, scriptedUpstream } from '../helpers/net.ts'
 
 t.test('Content-Length on a 204 is dropped; a 304 keeps it', async (t) => {
   // a raw upstream: the status comes from the path, every answer claims 5 bytes and sends none
-  const up = createServer((socket) => {
-    let buffered = ''
-    socket.setEncoding('latin1')
-    socket.on('data', (chunk: string) => {
-      buffered += chunk
-      for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
-        const head = buffered.slice(0, end)
-        buffered = buffered.slice(end + 4)
-        const status = head.startsWith('GET /not-modified') ? '304 Not Modified' : '204 No Content'
-        socket.write(`HTTP/1.1 ${status}\r\nContent-Length: 5\r\nETag: "v1"\r\n\r\n`)
-      }
-    })
+  const up = await scriptedUpstream(t, ({ head }) => {
+    const status = head.startsWith('GET /not-modified') ? '304 Not Modified' : '204 No Content'
+    return `HTTP/1.1 ${status}\r\nContent-Length: 5\r\nETag: "v1"\r\n\r\n`
   })
-  up.listen(0, '127.0.0.1')
-  await once(up, 'listening')
-  t.teardown(() => up.close())
-  const sidecar = await startBin(t, { upstream: `http://127.0.0.1:${(up.address() as AddressInfo).port}` })
+  const sidecar = await startBin(t, { upstream: up.url })
 
   // HTTP/2: the 204 arrives as a 204, not as a reset stream
   const session = h2connect(sidecar.proxyUrl)

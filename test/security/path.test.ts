@@ -6,13 +6,14 @@ import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFileSync } from 'node:fs'
 import { connect as http2Connect } from 'node:http2'
-import { type AddressInfo, connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { runExplain } from '../../src/cli/explain.ts'
 import { normalizePath } from '../../src/proxy/path.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { scriptedUpstream } from '../helpers/net.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream, type TestUpstream } from '../helpers/upstream.ts'
@@ -324,20 +325,12 @@ t.test('a policy route written with a trailing slash also covers the path withou
  */
 async function requestLineUpstream(t: Test): Promise<{ url: string; lines: string[] }> {
   const lines: string[] = []
-  const upstream = createServer((socket) => {
-    let head = ''
-    socket.on('data', (c: Buffer) => {
-      head += c.toString('latin1')
-      if (!head.includes('\r\n\r\n')) return
-      lines.push(head.slice(0, head.indexOf('\r\n')))
-      socket.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok')
-    })
-    socket.on('error', () => {})
+  const { url } = await scriptedUpstream(t, ({ head, socket }) => {
+    lines.push(head.slice(0, head.indexOf('\r\n')))
+    socket.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok')
+    return undefined
   })
-  upstream.listen(0, '127.0.0.1')
-  await once(upstream, 'listening')
-  t.teardown(() => upstream.close())
-  return { url: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, lines }
+  return { url, lines }
 }
 
 /** An HTTP/2 session to `url`, destroyed at teardown: sends one request without a body, resolves with its status */

@@ -4,11 +4,11 @@
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
-import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { rawClient } from '../helpers/net.ts'
+import { rawClient, scriptedUpstream } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
@@ -208,35 +208,17 @@ t.test(
   "the upstream's 101 reaches the client without its hop-by-hop fields, other bytes as sent",
   async (t) => {
     // a raw upstream, so that the 101 carries exactly these lines
-    const sockets = new Set<Socket>()
-    const server = createNetServer((s) => {
-      sockets.add(s)
-      s.on('error', () => {})
-      let head = ''
-      s.on('data', (c: Buffer) => {
-        head += c.toString('latin1')
-        if (!head.includes('\r\n\r\n')) return
-        const key = /sec-websocket-key: (\S+)/i.exec(head)?.[1] ?? ''
-        head = ''
-        const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64')
-        s.write(
-          'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n' +
-            'Connection: Upgrade, X-Upstream-Hop\r\nConnection: keep-alive\r\nX-Upstream-Hop: internal\r\n' +
-            'Keep-Alive: timeout=5\r\nX-Menu: caf\xe9\r\nSet-Cookie: s=1\r\n' +
-            `Sec-WebSocket-Accept: ${accept}\r\n\r\nhello`,
-          'latin1',
-        )
-      })
+    const up = await scriptedUpstream(t, ({ head }) => {
+      const key = /sec-websocket-key: (\S+)/i.exec(head)?.[1] ?? ''
+      const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64')
+      return (
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n' +
+        'Connection: Upgrade, X-Upstream-Hop\r\nConnection: keep-alive\r\nX-Upstream-Hop: internal\r\n' +
+        'Keep-Alive: timeout=5\r\nX-Menu: caf\xe9\r\nSet-Cookie: s=1\r\n' +
+        `Sec-WebSocket-Accept: ${accept}\r\n\r\nhello`
+      )
     })
-    server.listen(0, '127.0.0.1')
-    await once(server, 'listening')
-    t.teardown(() => {
-      for (const s of sockets) s.destroy()
-      server.close()
-    })
-    const sidecar = await startTestSidecar(t, {
-      upstream: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    })
+    const sidecar = await startTestSidecar(t, { upstream: up.url })
     const c = await rawClient(sidecar.proxyAddress.port)
     c.socket.write(
       'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
