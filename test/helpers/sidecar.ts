@@ -246,9 +246,13 @@ const TEST_TIMEOUTS = { drainDelay: '0s' }
 /** after SIGTERM, the test sidecar is killed (and its teardown fails) when it has not exited by then */
 const SIGTERM_EXIT_MS = 15_000
 
-function withTestDefaults(config: Record<string, unknown>): Record<string, unknown> {
+/**
+ * The text of a config file with `config` over the test defaults: for a test that writes the file itself, to
+ * rewrite it later or to keep its path apart from the sidecar's.
+ */
+export function testConfigYaml(config: Record<string, unknown>): string {
   const timeouts = config['timeouts'] as Record<string, unknown> | undefined
-  return { ...TEST_DEFAULTS, ...config, timeouts: { ...TEST_TIMEOUTS, ...timeouts } }
+  return stringify({ ...TEST_DEFAULTS, ...config, timeouts: { ...TEST_TIMEOUTS, ...timeouts } })
 }
 
 export interface SidecarOptions {
@@ -269,7 +273,7 @@ export async function startTestSidecar(
 ): Promise<TestSidecar> {
   const dir = await scratchDir('sidecar')
   const file = join(dir, 'config.yaml')
-  await writeFile(file, stringify(withTestDefaults(config)))
+  await writeFile(file, testConfigYaml(config))
   return startSidecarFromFile(t, file, opts)
 }
 
@@ -321,7 +325,7 @@ export async function startSidecarFromFile(
     process: cli,
     async reload(config) {
       const from = cli.stderr().length
-      if (config) await replaceFile(file, stringify(withTestDefaults(config)))
+      if (config) await replaceFile(file, testConfigYaml(config))
       else cli.kill('SIGHUP')
       return reloadResult(from)
     },

@@ -5,13 +5,12 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { startSidecarFromFile, testConfigYaml } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.workers-outage.test'
 /** requests per probe, each on a fresh connection: the workers take them in turn */
@@ -24,13 +23,10 @@ t.test('a worker started during an IdP outage verifies with the keys of the pod'
   const configFile = join(dir, 'config.yaml')
   await writeFile(
     configFile,
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
+    testConfigYaml({
       upstream: upstream.url,
       workers: 2,
       audit: { output: auditFile },
-      timeouts: { drainDelay: '0s' },
       jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['svc'] }] },
     }),
   )

@@ -9,12 +9,11 @@ import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey } from '../helpers/jwks.ts'
 import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
+import { startSidecarFromFile, startTestSidecar, testConfigYaml } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 /** the slots of the workers that logged their drain */
@@ -79,13 +78,10 @@ t.test('a reload while a worker is being replaced reaches the replacement', asyn
   // each config names its own key path, so a worker applying it fetches keys the test can hold
   const keyPath = (rule: string) => `/${rule}.json`
   const config = (rule: string) =>
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
+    testConfigYaml({
       upstream: upstream.url,
       workers: 2,
       audit: { output: auditFile },
-      timeouts: { drainDelay: '0s' },
       jwt: {
         issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(keyPath(rule)), audiences: ['svc'] }],
       },
@@ -169,23 +165,14 @@ t.test('a SIGTERM while a worker is being replaced drains the replacement too', 
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
   const keys = await holdingKeyServer(t)
-  const dir = await scratchDir('workers-drain-restart')
-  const configFile = join(dir, 'config.yaml')
   // a drain deadline far beyond the bound below: a worker that missed the drain is killed only then
   const drainMs = 60_000
-  await writeFile(
-    configFile,
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      workers: 2,
-      audit: { output: 'off' },
-      timeouts: { drainDelay: '0s', drain: `${drainMs / 1000}s` },
-      jwt: { issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(), audiences: ['svc'] }] },
-    }),
-  )
-  const sidecar = await startSidecarFromFile(t, configFile)
+  const sidecar = await startTestSidecar(t, {
+    upstream: upstream.url,
+    workers: 2,
+    timeouts: { drain: `${drainMs / 1000}s` },
+    jwt: { issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(), audiences: ['svc'] }] },
+  })
   const cli = sidecar.process
 
   keys.hold()
@@ -225,7 +212,7 @@ t.test('a SIGTERM as soon as a replacement worker is forked drains it too', asyn
   const sidecar = await startTestSidecar(t, {
     upstream: upstream.url,
     workers: 2,
-    timeouts: { drainDelay: '0s', drain: `${drainMs / 1000}s` },
+    timeouts: { drain: `${drainMs / 1000}s` },
   })
   const cli = sidecar.process
   const [victim] = childPids(cli.child.pid!)

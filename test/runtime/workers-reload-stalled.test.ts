@@ -5,11 +5,10 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { startSidecarFromFile, testConfigYaml } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const resume = (pid: number) => {
@@ -27,13 +26,10 @@ t.test('a worker that does not answer a reload is replaced by one with the new c
   const auditFile = join(dir, 'audit.log')
   const configFile = join(dir, 'config.yaml')
   const config = (rule: string) =>
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
+    testConfigYaml({
       upstream: upstream.url,
       workers: 2,
       audit: { output: auditFile },
-      timeouts: { drainDelay: '0s' },
       identities: [{ name: rule, kind: 'service', match: { userAgent: 'probe' } }],
     })
   await writeFile(configFile, config('before'))

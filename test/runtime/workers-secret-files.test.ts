@@ -7,11 +7,10 @@ import { createHash, createHmac } from 'node:crypto'
 import { rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { childPids, probeWorkers } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { startSidecarFromFile, testConfigYaml } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const API_KEY = 'workers-secret-files-api-key'
@@ -36,13 +35,10 @@ t.test('every worker fingerprints with the bytes the pod read', async (t) => {
   const keyFile = join(dir, 'fingerprint.key')
   const configFile = join(dir, 'config.yaml')
   const config = (rule: string) =>
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
+    testConfigYaml({
       upstream: upstream.url,
       workers: 2,
       audit: { output: auditFile },
-      timeouts: { drainDelay: '0s' },
       apiKeys: {
         fingerprintKeyFile: keyFile,
         keys: [{ name: 'k1', sha256: createHash('sha256').update(API_KEY).digest('hex') }],

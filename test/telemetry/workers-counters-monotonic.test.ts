@@ -3,15 +3,11 @@
 // the workers currently track, so when one worker sweeps the identity (idleTtl) its share vanishes from the
 // merged nhi_requests_total (and the duration histogram, bytes...) while the series stays.
 import { execFileSync } from 'node:child_process'
-import { writeFile } from 'node:fs/promises'
 import { Agent, request } from 'node:http'
-import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { stringify } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, parseMetrics, seriesCount } from '../helpers/metrics.ts'
-import { scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 function get(url: string, agent: Agent, ua: string): Promise<number> {
@@ -31,23 +27,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
  * A `workers: 2` pod in front of a test upstream, and two keep-alive connections, one per worker (the
  * cluster hands connections to its workers in turn): the precondition is checked after the first requests.
  */
-async function twoWorkerPod(t: Test, name: string, metrics: Record<string, unknown> = {}) {
+async function twoWorkerPod(t: Test, metrics: Record<string, unknown> = {}) {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const file = join(await scratchDir(name), 'config.yaml')
-  await writeFile(
-    file,
-    stringify({
-      listen: { http: '127.0.0.1:0' },
-      admin: '127.0.0.1:0',
-      upstream: upstream.url,
-      workers: 2,
-      audit: { output: 'off' },
-      timeouts: { drainDelay: '0s' },
-      metrics,
-    }),
-  )
-  const sidecar = await startSidecarFromFile(t, file)
+  const sidecar = await startTestSidecar(t, { upstream: upstream.url, workers: 2, metrics })
   const a = new Agent({ keepAlive: true, maxSockets: 1 })
   const b = new Agent({ keepAlive: true, maxSockets: 1 })
   t.teardown(() => {
@@ -76,7 +59,7 @@ async function twoWorkerPod(t: Test, name: string, metrics: Record<string, unkno
 t.test(
   'a live identity served by two workers: its counter never decreases when one worker idles it',
   async (t) => {
-    const { url, scrape, b, spread } = await twoWorkerPod(t, 'workers-idle', { idleTtl: '3s' })
+    const { url, scrape, b, spread } = await twoWorkerPod(t, { idleTtl: '3s' })
     const UA = 'steady-client/1.0'
     const who = { identity: 'ua:steady-client' }
     const first = await spread(UA)
@@ -113,7 +96,7 @@ t.test(
 // drop to what the survivors had counted, which Prometheus takes for a reset to 0 and so counts the
 // survivors' whole totals again as new increase
 t.test("a killed worker's counts stay in the pod's counters", async (t) => {
-  const { sidecar, url, scrape, a, b, spread } = await twoWorkerPod(t, 'workers-crash')
+  const { sidecar, url, scrape, a, b, spread } = await twoWorkerPod(t)
   const UA = 'crash-client/1.0'
   const who = { identity: 'ua:crash-client' }
   const first = await spread(UA)
