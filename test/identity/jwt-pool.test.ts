@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
-import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
+import { JwtExtractor, type JwtExtractorOptions } from '../../src/identity/extractors/jwt.ts'
 import {
   DEFAULT_PER_WORKER,
   type PoolJob,
@@ -34,6 +34,32 @@ async function ready(t: Test, pool: VerifyPool, token: string, keys: Parameters<
   await eventually(() => pool.stats().workers === 1, { what: 'the worker ready' })
 }
 
+/** `k`'s key set as the issuer's key cache hands it to the pool, at the cache's `version` */
+const keySet = (k: SigningKey, version = 1) => ({ version, jwks: [k.publicJwk], kids: new Set([k.kid]) })
+
+/** a request that presents `token` */
+const bearer = (token: string, headers: Record<string, string> = {}) => ({
+  method: 'GET',
+  path: '/',
+  url: '/',
+  headers: { authorization: `Bearer ${token}`, ...headers },
+})
+
+/** a JWT extractor that trusts ISSUER (keys from a local JWKS server) and verifies with one worker */
+async function startExtractor(t: Test, opts?: JwtExtractorOptions) {
+  const idp = await startJwksServer([key])
+  t.teardown(() => idp.close())
+  const x = new JwtExtractor(
+    configSchema.parse({
+      jwt: { issuers: [{ issuer: ISSUER, jwksUri: idp.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
+    }).jwt,
+    opts,
+  )
+  t.teardown(() => x.close())
+  await x.start()
+  return x
+}
+
 const job = (token: string): PoolJob => ({
   token,
   issuer: ISSUER,
@@ -45,7 +71,7 @@ const job = (token: string): PoolJob => ({
 t.test('waiting jobs are served round-robin by peer, and the bounds refuse the rest at once', async (t) => {
   const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 5, maxQueuePerPeer: 3 })
   t.teardown(() => pool.close())
-  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const keys = keySet(key)
   const tokens = await Promise.all(
     Array.from({ length: 8 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: `s${i}` })),
   )
@@ -78,7 +104,7 @@ t.test('waiting jobs are served round-robin by peer, and the bounds refuse the r
 t.test('an IPv6 /64 waits as one peer, an IPv4 address as its own', async (t) => {
   const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 20, maxQueuePerPeer: 2 })
   t.teardown(() => pool.close())
-  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const keys = keySet(key)
   const tokens = await Promise.all(
     Array.from({ length: 12 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: `v6-${i}` })),
   )
@@ -123,7 +149,7 @@ t.test(
   async (t) => {
     const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 4, maxQueuePerPeer: 3 })
     t.teardown(() => pool.close())
-    const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+    const keys = keySet(key)
     const tokens = await Promise.all(
       Array.from({ length: 10 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: `s${i}` })),
     )
@@ -173,7 +199,7 @@ t.test(
 t.test('jobs started in one turn of the event loop go to the worker in one message', async (t) => {
   const pool = new VerifyPool({ size: 1, maxQueue: 100, maxQueuePerPeer: 100 })
   t.teardown(() => pool.close())
-  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const keys = keySet(key)
   const tokens = await Promise.all(
     Array.from({ length: DEFAULT_PER_WORKER + 4 }, (_, i) =>
       mintToken(key, { n: i }, { issuer: ISSUER, subject: `s${i}` }),
@@ -210,7 +236,7 @@ t.test('jobs started in one turn of the event loop go to the worker in one messa
 t.test('a job the worker cannot take does not leave the rest of its batch unanswered', async (t) => {
   const pool = new VerifyPool({ size: 1, maxQueue: 10, maxQueuePerPeer: 10 })
   t.teardown(() => pool.close())
-  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const keys = keySet(key)
   const token = await mintToken(key, {}, { issuer: ISSUER })
   await ready(t, pool, token, keys)
   const before = pool.stats().batches
@@ -229,8 +255,8 @@ t.test('one message carries key sets and checks taken on in job order', async (t
   const pool = new VerifyPool({ size: 1, maxQueue: 10, maxQueuePerPeer: 10 })
   t.teardown(() => pool.close())
   const rotated = await createSigningKey('unit-k2', 'ES256')
-  const before = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
-  const after = { version: 2, jwks: [rotated.publicJwk], kids: new Set([rotated.kid]) }
+  const before = keySet(key)
+  const after = keySet(rotated, 2)
   const old = await mintToken(key, {}, { issuer: ISSUER })
   const fresh = await mintToken(rotated, {}, { issuer: ISSUER })
   await ready(t, pool, old, before)
@@ -263,7 +289,7 @@ t.test('one message carries key sets and checks taken on in job order', async (t
 
 t.test('a closed pool answers waiting jobs (the caller then verifies inline)', async (t) => {
   const pool = new VerifyPool({ size: 1, perWorker: 1, maxQueue: 10, maxQueuePerPeer: 10 })
-  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const keys = keySet(key)
   const token = await mintToken(key, {}, { issuer: ISSUER })
   await ready(t, pool, token, keys)
   const running = pool.verify(job(token), keys, 'a')
@@ -278,37 +304,23 @@ t.test('a closed pool answers waiting jobs (the caller then verifies inline)', a
 t.test(
   'behind the extractor: verification_busy past the per-peer bound, not cached; other peers unaffected',
   async (t) => {
-    const idp = await startJwksServer([key])
-    t.teardown(() => idp.close())
-    const x = new JwtExtractor(
-      configSchema.parse({
-        jwt: { issuers: [{ issuer: ISSUER, jwksUri: idp.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
-      }).jwt,
-    )
-    t.teardown(() => x.close())
-    await x.start()
+    const x = await startExtractor(t)
     const loud: ConnectionInfo = { remoteAddress: '10.0.0.1', remotePort: 1, tls: false }
     const quiet: ConnectionInfo = { remoteAddress: '10.0.0.2', remotePort: 1, tls: false }
-    const req = (token: string) => ({
-      method: 'GET',
-      path: '/',
-      url: '/',
-      headers: { authorization: `Bearer ${token}` },
-    })
     const tokens = await Promise.all(
       Array.from({ length: 300 }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject: 'loud' })),
     )
     const quietToken = await mintToken(key, {}, { issuer: ISSUER, subject: 'quiet' })
     const warmUp = await mintToken(key, {}, { issuer: ISSUER, subject: 'warm-up' })
     t.match(
-      await x.extract(req(warmUp), quiet),
+      await x.extract(bearer(warmUp), quiet),
       { verified: true },
       'verified inline while the worker starts',
     )
     await eventually(() => x.verifyPool().workers === 1, { what: 'the worker ready' })
     // all submitted in one turn of the event loop: one batch runs in the worker, 256 wait, the rest are refused
-    const results = tokens.map((tok) => x.extract(req(tok), loud))
-    const quietResult = x.extract(req(quietToken), quiet)
+    const results = tokens.map((tok) => x.extract(bearer(tok), loud))
+    const quietResult = x.extract(bearer(quietToken), quiet)
     const settled = (await Promise.all(results)) as (JwtEvidence | Failure)[]
     const busy = settled.filter((r) => 'failed' in r && r.reason === 'verification_busy')
     t.equal(busy.length, 300 - DEFAULT_PER_WORKER - 256, 'past the per-peer bound: verification_busy')
@@ -319,7 +331,7 @@ t.test(
     t.match(await quietResult, { verified: true }, "another peer's new token is still accepted and verified")
     const refused = settled.findIndex((r) => 'failed' in r)
     t.match(
-      await x.extract(req(tokens[refused]!), loud),
+      await x.extract(bearer(tokens[refused]!), loud),
       { verified: true },
       'a refused token is not cached as a failure: it verifies once the queue has room',
     )
@@ -333,21 +345,7 @@ t.test(
 t.test(
   'behind the extractor: addresses that fill the whole queue between them do not keep out a quiet one',
   async (t) => {
-    const idp = await startJwksServer([key])
-    t.teardown(() => idp.close())
-    const x = new JwtExtractor(
-      configSchema.parse({
-        jwt: { issuers: [{ issuer: ISSUER, jwksUri: idp.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
-      }).jwt,
-    )
-    t.teardown(() => x.close())
-    await x.start()
-    const req = (token: string) => ({
-      method: 'GET',
-      path: '/',
-      url: '/',
-      headers: { authorization: `Bearer ${token}` },
-    })
+    const x = await startExtractor(t)
     const peer = (address: string): ConnectionInfo => ({ remoteAddress: address, remotePort: 1, tls: false })
     // new tokens with the issuer's kid and a signature that does not verify: the flood costs nothing to make
     const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url')
@@ -356,16 +354,16 @@ t.test(
       `${header}.${b64({ iss: ISSUER, sub: `flood-${i}` })}.${randomBytes(64).toString('base64url')}`
     const warmUp = await mintToken(key, {}, { issuer: ISSUER, subject: 'warm-up' })
     const quietToken = await mintToken(key, {}, { issuer: ISSUER, subject: 'quiet' })
-    t.match(await x.extract(req(warmUp), peer('10.0.1.1')), { verified: true }, 'inline warm-up')
+    t.match(await x.extract(bearer(warmUp), peer('10.0.1.1')), { verified: true }, 'inline warm-up')
     await eventually(() => x.verifyPool().workers === 1, { what: 'the worker ready' })
 
     const FLOODERS = 5
     const PER_FLOODER = 300
     const flood = Array.from({ length: FLOODERS * PER_FLOODER }, (_, i) =>
-      x.extract(req(forged(i)), peer(`10.0.0.${1 + Math.floor(i / PER_FLOODER)}`)),
+      x.extract(bearer(forged(i)), peer(`10.0.0.${1 + Math.floor(i / PER_FLOODER)}`)),
     )
     t.match(x.verifyPool(), { queued: 1024 }, 'the flood fills the whole queue')
-    const quiet = x.extract(req(quietToken), peer('10.0.1.1'))
+    const quiet = x.extract(bearer(quietToken), peer('10.0.1.1'))
     t.match(await quiet, { verified: true }, "a quiet client's new token is verified")
     const settled = (await Promise.all(flood)) as (JwtEvidence | Failure)[]
     const busy = settled.filter((r) => 'failed' in r && r.reason === 'verification_busy').length
@@ -387,24 +385,10 @@ t.test(
 t.test(
   'behind a trusted proxy the per-peer bound is per forwarded client; an untrusted peer cannot spread its load',
   async (t) => {
-    const idp = await startJwksServer([key])
-    t.teardown(() => idp.close())
-    const x = new JwtExtractor(
-      configSchema.parse({
-        jwt: { issuers: [{ issuer: ISSUER, jwksUri: idp.jwksUri, audiences: 'any' }], verifyWorkers: 1 },
-      }).jwt,
-      { trustedProxies: new CidrSet(['10.0.0.9/32']) },
-    )
-    t.teardown(() => x.close())
-    await x.start()
+    const x = await startExtractor(t, { trustedProxies: new CidrSet(['10.0.0.9/32']) })
     const ingress: ConnectionInfo = { remoteAddress: '10.0.0.9', remotePort: 1, tls: false }
     const untrusted: ConnectionInfo = { remoteAddress: '10.0.0.1', remotePort: 1, tls: false }
-    const req = (token: string, xff: string) => ({
-      method: 'GET',
-      path: '/',
-      url: '/',
-      headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': xff },
-    })
+    const req = (token: string, xff: string) => bearer(token, { 'x-forwarded-for': xff })
     const mint = (n: number, subject: string) =>
       Promise.all(Array.from({ length: n }, (_, i) => mintToken(key, { n: i }, { issuer: ISSUER, subject })))
     const [loudTokens, spreadTokens, [quietToken, warmUp]] = await Promise.all([
@@ -441,7 +425,7 @@ t.test(
 t.test('an idle worker is stopped, and the next new token starts one again', async (t) => {
   const pool = new VerifyPool({ size: 1, maxQueue: 10, maxQueuePerPeer: 10, idleMs: 300 })
   t.teardown(() => pool.close())
-  const keys = { version: 1, jwks: [key.publicJwk], kids: new Set([key.kid]) }
+  const keys = keySet(key)
   const token = await mintToken(key, {}, { issuer: ISSUER })
   await ready(t, pool, token, keys)
   t.match(await pool.verify(job(token), keys, 'a'), { header: { alg: 'ES256' } }, 'verified in the worker')
