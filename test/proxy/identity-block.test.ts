@@ -2,14 +2,14 @@
 // upstream must receive exactly the four lines it received before, in the same place, for every identity; an
 // identity whose parts are not printable ASCII, or one past the cap, goes as four ordinary lines. And the
 // exchange is the request event: recorders get the event's fields, and nothing of the request path.
-import { once } from 'node:events'
-import { type AddressInfo, createServer, type Socket } from 'node:net'
+import type { IncomingHttpHeaders } from 'node:http'
 import t, { type Test } from 'tap'
 import constants from 'undici/lib/core/constants.js'
 import { identityHeaderBlock, upstreamHeaders } from '../../src/proxy/headers.ts'
 import { traceContext } from '../../src/proxy/ids.ts'
 import { identityBlock, UNDICI_HEADER_BLOCKS } from '../../src/proxy/undici-pool.ts'
 import type { Identity } from '../../src/types.ts'
+import { scriptedUpstream } from '../helpers/net.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 
 const identity = (name: string, kind: string, verified: boolean, source = 'jwt'): Identity =>
@@ -20,6 +20,21 @@ const record = (constants as { headerNameLowerCasedRecord: Record<string, string
 
 t.test('a block is the four lines less the last value, known to undici as itself', async (t) => {
   const alice = identity('alice@example.com', 'human', true)
+  // alice's request from 10.0.0.1 over http, as it goes upstream: undici's prepared entries (blocks) or lines
+  const upstreamOf = (
+    incoming: IncomingHttpHeaders,
+    { blocks, trustedProxy }: { blocks: boolean; trustedProxy?: boolean },
+  ) =>
+    upstreamHeaders(
+      incoming,
+      alice,
+      traceContext(undefined),
+      'rid',
+      '10.0.0.1',
+      'http',
+      blocks ? UNDICI_HEADER_BLOCKS : undefined,
+      trustedProxy,
+    )
   const block = identityBlock(alice)
   t.equal(
     block,
@@ -36,16 +51,8 @@ t.test('a block is the four lines less the last value, known to undici as itself
   t.equal(identityBlock(identity('carol', 'human\r\nx-evil: 1', true)), undefined, 'an unsafe kind: no block')
   t.equal(identityBlock(identity('carol', 'human', true, 'jwt\n')), undefined, 'an unsafe source: no block')
 
-  const plain = upstreamHeaders({ host: 'a' }, alice, traceContext(undefined), 'rid', '10.0.0.1', 'http')
-  const blocked = upstreamHeaders(
-    { host: 'a' },
-    alice,
-    traceContext(undefined),
-    'rid',
-    '10.0.0.1',
-    'http',
-    UNDICI_HEADER_BLOCKS,
-  )
+  const plain = upstreamOf({ host: 'a' }, { blocks: false })
+  const blocked = upstreamOf({ host: 'a' }, { blocks: true })
   t.same(Object.keys(plain).slice(0, 5), [
     'x-nhi-identity',
     'x-nhi-kind',
@@ -64,109 +71,39 @@ t.test('a block is the four lines less the last value, known to undici as itself
   t.equal(Object.keys(blocked).length, Object.keys(plain).length - 5)
   // a client's x-forwarded-for is appended to: the scheme's block only
   const proto = 'x-forwarded-proto: http\r\nx-forwarded-host'
-  const viaProxy = upstreamHeaders(
-    { host: 'a', 'x-forwarded-for': '192.0.2.1' },
-    alice,
-    traceContext(undefined),
-    'rid',
-    '10.0.0.1',
-    'http',
-    UNDICI_HEADER_BLOCKS,
-  )
+  const viaProxy = upstreamOf({ host: 'a', 'x-forwarded-for': '192.0.2.1' }, { blocks: true })
   t.equal(record[proto], proto, 'the scheme block is entered')
   t.equal(viaProxy['x-forwarded-for'], '192.0.2.1, 10.0.0.1')
   t.equal(viaProxy[proto], 'a')
   t.same(Object.keys(viaProxy).slice(0, 5), [block, 'x-request-id', 'traceparent', 'x-forwarded-for', proto])
   // an untrusted client's x-forwarded-proto and -host are replaced by this hop's: the same block as for none
   const forged = { host: 'a', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'edge' }
-  const replaced = upstreamHeaders(
-    forged,
-    alice,
-    traceContext(undefined),
-    'rid',
-    '10.0.0.1',
-    'http',
-    UNDICI_HEADER_BLOCKS,
-  )
+  const replaced = upstreamOf(forged, { blocks: true })
   t.equal(replaced[fwd], 'a', "the forwarded block, with this hop's host")
   t.equal(replaced['x-forwarded-proto'], undefined)
   t.equal(replaced['x-forwarded-host'], undefined)
-  const replacedPlain = upstreamHeaders(forged, alice, traceContext(undefined), 'rid', '10.0.0.1', 'http')
+  const replacedPlain = upstreamOf(forged, { blocks: false })
   t.equal(replacedPlain['x-forwarded-proto'], 'http', 'the same without blocks')
   t.equal(replacedPlain['x-forwarded-host'], 'a')
   // a trusted proxy's x-forwarded-proto is appended to: no block then
-  const chained = upstreamHeaders(
-    forged,
-    alice,
-    traceContext(undefined),
-    'rid',
-    '10.0.0.1',
-    'http',
-    UNDICI_HEADER_BLOCKS,
-    true,
-  )
+  const chained = upstreamOf(forged, { blocks: true, trustedProxy: true })
   t.equal(chained['x-forwarded-proto'], 'https, http')
   t.equal(chained['x-forwarded-host'], 'edge, a')
   t.equal(chained[proto], undefined)
   t.equal(chained[fwd], undefined)
-  const chainedPlain = upstreamHeaders(
-    forged,
-    alice,
-    traceContext(undefined),
-    'rid',
-    '10.0.0.1',
-    'http',
-    undefined,
-    true,
-  )
+  const chainedPlain = upstreamOf(forged, { blocks: false, trustedProxy: true })
   t.equal(chainedPlain['x-forwarded-proto'], 'https, http', 'the same without blocks')
   t.equal(chainedPlain['x-forwarded-host'], 'edge, a')
   // a trusted proxy's host alone keeps the scheme block, its host in front of ours
-  const hostOnly = upstreamHeaders(
-    { host: 'a', 'x-forwarded-host': 'edge' },
-    alice,
-    traceContext(undefined),
-    'rid',
-    '10.0.0.1',
-    'http',
-    UNDICI_HEADER_BLOCKS,
-    true,
-  )
+  const hostOnly = upstreamOf({ host: 'a', 'x-forwarded-host': 'edge' }, { blocks: true, trustedProxy: true })
   t.equal(hostOnly[fwd], 'edge, a')
 })
 
-/** An upstream on a raw socket: keeps each request head as sent, answers 200. */
-async function rawUpstream(t: Test): Promise<{ url: string; heads: string[] }> {
-  const heads: string[] = []
-  const sockets = new Set<Socket>()
-  const server = createServer((socket: Socket) => {
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
-    let buffered = ''
-    socket.setEncoding('latin1')
-    socket.on('data', (chunk: string) => {
-      buffered += chunk
-      let end = buffered.indexOf('\r\n\r\n')
-      while (end !== -1) {
-        heads.push(buffered.slice(0, end + 2))
-        buffered = buffered.slice(end + 4)
-        socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
-        end = buffered.indexOf('\r\n\r\n')
-      }
-    })
-    socket.on('error', () => {})
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    server.close()
-  })
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, heads }
-}
+/** An upstream on a raw socket, so that each request head is kept as sent: answers 200. */
+const rawUpstream = (t: Test) => scriptedUpstream(t, () => 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
 
 /** the header lines of a request head, after the request line */
-const lines = (head: string) => head.split('\r\n').slice(1, -1)
+const lines = (head: string) => head.split('\r\n').slice(1)
 
 t.test('the upstream receives the same four lines for block and plain identities', async (t) => {
   const up = await rawUpstream(t)
@@ -181,7 +118,7 @@ t.test('the upstream receives the same four lines for block and plain identities
     const res = await fetch(`${url}/h`, { headers: { 'x-who': who, 'x-request-id': `rid-${who}` } })
     t.equal(res.status, 200)
     await res.arrayBuffer()
-    const head = lines(up.heads.at(-1)!)
+    const head = lines(up.seen.at(-1)!.head)
     const expected = byName[who]!
     const at = head.indexOf(`x-nhi-identity: ${encodeURIComponent(expected.name).replace(/%40/g, '@')}`)
     t.ok(at >= 0, `${who}: x-nhi-identity line`)
@@ -215,7 +152,7 @@ t.test('the upstream receives the same four lines for block and plain identities
   await res.arrayBuffer()
   t.equal(identityBlock(odd), undefined, 'no block for the odd identity')
   t.equal(
-    lines(up.heads.at(-1)!).filter((l) => l.startsWith('x-nhi-kind')).length,
+    lines(up.seen.at(-1)!.head).filter((l) => l.startsWith('x-nhi-kind')).length,
     res.status === 200 ? 1 : 0,
     'written as an ordinary line when undici sends it at all',
   )
