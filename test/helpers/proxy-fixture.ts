@@ -1,10 +1,13 @@
 // A small real Pipeline and a proxy in front of a real upstream, shared by the proxy tests.
 import type { AddressInfo } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import { defaultConfig } from '../../src/config/schema.ts'
 import type { Attribution, Pipeline } from '../../src/pipeline/index.ts'
 import { createProxy, type ProxyOptions, type ProxyServer } from '../../src/proxy/server.ts'
-import type { ConnectionInfo, Identity, RequestEvent, RequestInfo } from '../../src/types.ts'
+import type { CertEvidence, ConnectionInfo, Identity, RequestEvent, RequestInfo } from '../../src/types.ts'
 import { eventually } from './eventually.ts'
+import type { CA, KeyPair } from './pki.ts'
+import { startUpstream, type TestUpstream } from './upstream.ts'
 
 export const SERVICE_IDENTITY: Identity = {
   name: 'payments/api',
@@ -82,4 +85,55 @@ export async function startProxy(
   const out: RunningProxy = { proxy, url: `http://127.0.0.1:${port}`, port, pipeline }
   if (addrs.https) out.https = addrs.https
   return out
+}
+
+/**
+ * A parsePeerCert that logs the subject CN of every call, for the tests that check a connection's certificate
+ * is parsed once for the connection, not once per request or stream.
+ */
+export function countingCertParser() {
+  const calls: string[] = []
+  const parse = (socket: TLSSocket): CertEvidence | undefined => {
+    const cert = socket.getPeerCertificate()
+    calls.push(String(cert?.subject?.CN ?? ''))
+    if (!cert?.raw) return undefined
+    return {
+      source: 'mtls',
+      verified: socket.authorized,
+      cn: String(cert.subject?.CN),
+      dnsSans: [],
+      uriSans: [],
+      sha256: cert.fingerprint256.replace(/:/g, '').toLowerCase(),
+    }
+  }
+  return { calls, parse }
+}
+
+/**
+ * A proxy in front of a new test upstream, with an HTTPS listener on `pki.server`'s certificate that asks
+ * clients for a certificate issued by `pki.clientCa`; `parser` has the CN of every certificate it parsed.
+ */
+export async function startMtlsProxy(
+  t: Teardown,
+  pki: { server: KeyPair; clientCa: CA },
+  clientCert: 'optional' | 'required',
+): Promise<
+  RunningProxy & { up: TestUpstream; parser: ReturnType<typeof countingCertParser>; httpsUrl: string }
+> {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const parser = countingCertParser()
+  const running = await startProxy(t, {
+    upstream: up.url,
+    https: {
+      host: '127.0.0.1',
+      port: 0,
+      cert: pki.server.certPem,
+      key: pki.server.keyPem,
+      ca: pki.clientCa.certPem,
+      clientCert,
+    },
+    parsePeerCert: parser.parse,
+  })
+  return { ...running, up, parser, httpsUrl: `https://127.0.0.1:${running.https!.port}` }
 }

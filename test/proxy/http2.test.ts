@@ -16,7 +16,7 @@ import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { scriptedUpstream } from '../helpers/net.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
-import { startProxy } from '../helpers/proxy-fixture.ts'
+import { startMtlsProxy, startProxy } from '../helpers/proxy-fixture.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -38,6 +38,20 @@ async function h2get(session: ClientHttp2Session, path: string, headers: Record<
   stream.setEncoding('utf8')
   for await (const chunk of stream) body += chunk
   return { status: Number(resHeaders[':status']), headers: resHeaders, body }
+}
+
+/** curl's `HTTP-version status-code` for one request to `url` */
+async function curlVersionAndStatus(url: string, flags: string[]): Promise<string> {
+  const { stdout } = await run('curl', [
+    '-sS',
+    ...flags,
+    '-o',
+    '/dev/null',
+    '-w',
+    '%{http_version} %{http_code}',
+    url,
+  ])
+  return stdout
 }
 
 async function curlHasHttp2(): Promise<string | undefined> {
@@ -112,16 +126,7 @@ t.test('curl --http2-prior-knowledge', { skip: curlSkip }, async (t) => {
   const up = await startUpstream()
   t.teardown(() => up.close())
   const { url, pipeline } = await startProxy(t, { upstream: up.url })
-  const { stdout } = await run('curl', [
-    '-sS',
-    '--http2-prior-knowledge',
-    '-o',
-    '/dev/null',
-    '-w',
-    '%{http_version} %{http_code}',
-    `${url}/echo`,
-  ])
-  t.equal(stdout, '2 200')
+  t.equal(await curlVersionAndStatus(`${url}/echo`, ['--http2-prior-knowledge']), '2 200')
   const [event] = await pipeline.waitForEvents(1)
   t.equal(event!.path, '/echo')
 })
@@ -129,34 +134,7 @@ t.test('curl --http2-prior-knowledge', { skip: curlSkip }, async (t) => {
 t.test(
   'TLS: ALPN h2 with a client certificate parsed once per connection; curl --http2 over TLS',
   async (t) => {
-    const up = await startUpstream()
-    t.teardown(() => up.close())
-    const calls: string[] = []
-    const parsePeerCert = (socket: TLSSocket): CertEvidence | undefined => {
-      const cert = socket.getPeerCertificate()
-      calls.push(String(cert?.subject?.CN ?? ''))
-      if (!cert?.raw) return undefined
-      return {
-        source: 'mtls',
-        verified: socket.authorized,
-        cn: String(cert.subject?.CN),
-        dnsSans: [],
-        uriSans: [],
-        sha256: 'ab',
-      }
-    }
-    const { https, pipeline } = await startProxy(t, {
-      upstream: up.url,
-      https: {
-        host: '127.0.0.1',
-        port: 0,
-        cert: server.certPem,
-        key: server.keyPem,
-        ca: clientCa.certPem,
-        clientCert: 'optional',
-      },
-      parsePeerCert,
-    })
+    const { https, pipeline, parser } = await startMtlsProxy(t, { server, clientCa }, 'optional')
     const origin = `https://localhost:${https!.port}`
     const session = connect(origin, {
       ca: serverCa.certPem,
@@ -176,7 +154,7 @@ t.test(
       [200, 200, 200],
     )
     t.equal((session.socket as TLSSocket).alpnProtocol, 'h2')
-    t.same(calls, ['nightly'], 'the certificate is parsed once for three streams')
+    t.same(parser.calls, ['nightly'], 'the certificate is parsed once for three streams')
     await pipeline.waitForEvents(3)
     for (const { conn } of pipeline.seen) {
       t.equal(conn.tls, true)
@@ -191,8 +169,7 @@ t.test(
       t.comment(`skipped: ${skip}`)
       return
     }
-    const { stdout } = await run('curl', [
-      '-sS',
+    const h2 = await curlVersionAndStatus(`${origin}/echo`, [
       '--http2',
       '--cacert',
       serverCa.certFile,
@@ -202,25 +179,14 @@ t.test(
       client.keyFile,
       '--resolve',
       `localhost:${https!.port}:127.0.0.1`,
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_version} %{http_code}',
-      `${origin}/echo`,
     ])
-    t.equal(stdout, '2 200')
-    const { stdout: h1 } = await run('curl', [
-      '-sS',
+    t.equal(h2, '2 200')
+    const h1 = await curlVersionAndStatus(`${origin}/echo`, [
       '--http1.1',
       '--cacert',
       serverCa.certFile,
       '--resolve',
       `localhost:${https!.port}:127.0.0.1`,
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_version} %{http_code}',
-      `${origin}/echo`,
     ])
     t.equal(h1, '1.1 200', 'HTTP/1.1 over TLS still works on the same port')
   },

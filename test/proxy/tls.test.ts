@@ -1,10 +1,8 @@
-import type { TLSSocket } from 'node:tls'
 import t from 'tap'
 import { Agent, Client, request } from 'undici'
 import type { CertEvidence } from '../../src/types.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
-import { startProxy, type Teardown } from '../helpers/proxy-fixture.ts'
-import { startUpstream } from '../helpers/upstream.ts'
+import { startMtlsProxy, type Teardown } from '../helpers/proxy-fixture.ts'
 
 const { ca: serverCa, server } = await createServerPki()
 const clientCa = await createCA('client-ca')
@@ -14,24 +12,6 @@ const goodClient = await issueCert(clientCa, {
   uriSans: ['spiffe://cluster.local/ns/ci/sa/nightly'],
 })
 const strangerClient = await issueCert(otherCa, { cn: 'stranger' })
-
-function countingParser() {
-  const calls: string[] = []
-  const parse = (socket: TLSSocket): CertEvidence | undefined => {
-    const cert = socket.getPeerCertificate()
-    calls.push(String(cert?.subject?.CN ?? ''))
-    if (!cert?.raw) return undefined
-    return {
-      source: 'mtls',
-      verified: socket.authorized,
-      cn: String(cert.subject?.CN),
-      dnsSans: [],
-      uriSans: [],
-      sha256: cert.fingerprint256.replace(/:/g, '').toLowerCase(),
-    }
-  }
-  return { calls, parse }
-}
 
 function clientAgent(cert?: { certPem: string; keyPem: string }): Agent {
   return new Agent({
@@ -43,24 +23,8 @@ function clientAgent(cert?: { certPem: string; keyPem: string }): Agent {
   })
 }
 
-async function startTlsProxy(t: Teardown, clientCert: 'optional' | 'required') {
-  const up = await startUpstream()
-  t.teardown(() => up.close())
-  const parser = countingParser()
-  const running = await startProxy(t, {
-    upstream: up.url,
-    https: {
-      host: '127.0.0.1',
-      port: 0,
-      cert: server.certPem,
-      key: server.keyPem,
-      ca: clientCa.certPem,
-      clientCert,
-    },
-    parsePeerCert: parser.parse,
-  })
-  return { ...running, up, parser, httpsUrl: `https://127.0.0.1:${running.https!.port}` }
-}
+const startTlsProxy = (t: Teardown, clientCert: 'optional' | 'required') =>
+  startMtlsProxy(t, { server, clientCa }, clientCert)
 
 t.test('required mTLS: a trusted client cert is parsed once per connection', async (t) => {
   const { httpsUrl, parser, pipeline, up } = await startTlsProxy(t, 'required')
