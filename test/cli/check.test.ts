@@ -12,9 +12,29 @@ t.jobs = 4
 const cliGate = limiter(4)
 const runCli: typeof runCliNow = (args, opts) => cliGate(() => runCliNow(args, opts))
 
-async function check(files: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; text: string }> {
-  const r = await runCli(['check', ...files], { env: { NHI_PROXY_CONFIG: undefined, ...env } })
+/** `nhi-proxy check FILES` in `cwd` (else the project root), without $NHI_PROXY_CONFIG unless `env` sets it */
+async function check(
+  files: string[],
+  env: NodeJS.ProcessEnv = {},
+  cwd?: string,
+): Promise<{ code: number; text: string }> {
+  const r = await runCli(['check', ...files], { cwd, env: { NHI_PROXY_CONFIG: undefined, ...env } })
   return { code: r.code, text: r.stdout }
+}
+
+/**
+ * A scratch directory to write config files into and check them from, so that messages name each file as
+ * written: `write` returns the name of the file it wrote (the lines, each ended by a newline).
+ */
+function configDir(name: string) {
+  const dir = scratchDirSync(name)
+  return {
+    write(file: string, lines: string[]): string {
+      writeFileSync(join(dir, file), [...lines, ''].join('\n'))
+      return file
+    },
+    checkFile: (file: string) => check([file], {}, dir),
+  }
 }
 
 t.test('schema errors: FILE:LINE:COL message (hint), exit 1', async (t) => {
@@ -65,11 +85,9 @@ t.test('without files: $NHI_PROXY_CONFIG, else config/nhi-proxy.yaml', async (t)
 t.test(
   'missing TLS, admin token and directory CA files are reported where the config names them',
   async (t) => {
-    const dir = scratchDirSync('check-files')
-    const path = join(dir, 'files.yaml')
-    writeFileSync(
-      path,
-      [
+    const { write, checkFile } = configDir('check-files')
+    const r = await checkFile(
+      write('files.yaml', [
         'upstream: https://127.0.0.1:8443',
         'upstreamTls:',
         '  ca: ./typo-upstream-ca.crt',
@@ -82,39 +100,28 @@ t.test(
         '    - url: https://agent.example/.well-known/http-message-signatures-directory',
         '      caFile: ./typo-agent-ca.crt',
         '  authorities: [shop.example]',
-        '',
-      ].join('\n'),
+      ]),
     )
-    const r = await runCli(['check', 'files.yaml'], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
-    t.equal(r.code, 1, r.stdout)
-    t.match(r.stdout, 'files.yaml:3:7 ca "./typo-upstream-ca.crt": file not found')
-    t.match(r.stdout, 'files.yaml:4:9 cert "./typo-client.crt": file not found')
-    t.match(r.stdout, 'files.yaml:5:8 key "./typo-client.key": file not found')
-    t.match(r.stdout, 'files.yaml:7:14 tokenFile "./typo-admin-token": file not found')
-    t.match(r.stdout, 'files.yaml:11:15 caFile "./typo-agent-ca.crt": file not found')
-    t.match(r.stdout, /^files\.yaml: 5 errors$/m)
+    t.equal(r.code, 1, r.text)
+    t.match(r.text, 'files.yaml:3:7 ca "./typo-upstream-ca.crt": file not found')
+    t.match(r.text, 'files.yaml:4:9 cert "./typo-client.crt": file not found')
+    t.match(r.text, 'files.yaml:5:8 key "./typo-client.key": file not found')
+    t.match(r.text, 'files.yaml:7:14 tokenFile "./typo-admin-token": file not found')
+    t.match(r.text, 'files.yaml:11:15 caFile "./typo-agent-ca.crt": file not found')
+    t.match(r.text, /^files\.yaml: 5 errors$/m)
   },
 )
 
 t.test('signedAgents.authorities: entries are host names; without them check warns', async (t) => {
-  const dir = scratchDirSync('check-authorities')
+  const { write, checkFile } = configDir('check-authorities')
   const directory = [
     'signedAgents:',
     '  directories:',
     '    - url: https://agent.example/.well-known/http-message-signatures-directory',
   ]
-  const write = (name: string, lines: string[]) => {
-    writeFileSync(join(dir, name), [...lines, ''].join('\n'))
-    return name
-  }
-  const run = (file: string) =>
-    runCli(['check', file], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } }).then((r) => ({
-      code: r.code,
-      text: r.stdout,
-    }))
 
   const [bad, unbound, bound] = await Promise.all([
-    run(
+    checkFile(
       write('bad.yaml', [
         ...directory,
         '  authorities:',
@@ -132,8 +139,8 @@ t.test('signedAgents.authorities: entries are host names; without them check war
         '    - ""',
       ]),
     ),
-    run(write('unbound.yaml', directory)),
-    run(write('bound.yaml', [...directory, '  authorities: [shop.example]'])),
+    checkFile(write('unbound.yaml', directory)),
+    checkFile(write('bound.yaml', [...directory, '  authorities: [shop.example]'])),
   ])
   t.equal(bad.code, 1, bad.text)
   const hint = '(hint: write the host name alone: shop.example, shop.example:8443 or *.shop.example)'
@@ -163,16 +170,7 @@ t.test('signedAgents.authorities: entries are host names; without them check war
 t.test(
   'policy allow entries by kind or team without verified admit unverified callers: warned',
   async (t) => {
-    const dir = scratchDirSync('check-allow-verified')
-    const write = (name: string, lines: string[]) => {
-      writeFileSync(join(dir, name), [...lines, ''].join('\n'))
-      return name
-    }
-    const run = (file: string) =>
-      runCli(['check', file], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } }).then((r) => ({
-        code: r.code,
-        text: r.stdout,
-      }))
+    const { write, checkFile } = configDir('check-allow-verified')
     const policy = (allow: string[]) => [
       'policy:',
       '  mode: enforce',
@@ -183,7 +181,7 @@ t.test(
     ]
 
     const [open, said] = await Promise.all([
-      run(
+      checkFile(
         write(
           'open.yaml',
           policy([
@@ -195,7 +193,7 @@ t.test(
           ]),
         ),
       ),
-      run(
+      checkFile(
         write(
           'said.yaml',
           policy([
@@ -225,16 +223,7 @@ t.test(
 )
 
 t.test('routes no normalized request path can match: warned with the spelling that matches', async (t) => {
-  const dir = scratchDirSync('check-route-chars')
-  const write = (name: string, lines: string[]) => {
-    writeFileSync(join(dir, name), [...lines, ''].join('\n'))
-    return name
-  }
-  const run = (file: string) =>
-    runCli(['check', file], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } }).then((r) => ({
-      code: r.code,
-      text: r.stdout,
-    }))
+  const { write, checkFile } = configDir('check-route-chars')
   const config = (routes: string[], policyRoutes: string[]) => [
     'metrics:',
     '  routes:',
@@ -246,7 +235,7 @@ t.test('routes no normalized request path can match: warned with the spelling th
   ]
 
   const [never, fine, anyCase] = await Promise.all([
-    run(
+    checkFile(
       write(
         'never.yaml',
         config(
@@ -255,7 +244,7 @@ t.test('routes no normalized request path can match: warned with the spelling th
         ),
       ),
     ),
-    run(
+    checkFile(
       write(
         'fine.yaml',
         config(
@@ -265,10 +254,10 @@ t.test('routes no normalized request path can match: warned with the spelling th
       ),
     ),
     // matched in any case, a lower-case escape can match
-    run(write('any-case.yaml', [...config(['/**'], ['"/caf%c3%a9/**"']), '  pathCase: insensitive'])),
+    checkFile(write('any-case.yaml', [...config(['/**'], ['"/caf%c3%a9/**"']), '  pathCase: insensitive'])),
   ])
   // an empty, "." or ".." segment: normalized paths never hold one (a trailing slash is optional)
-  const segments = await run(
+  const segments = await checkFile(
     write('segments.yaml', config(['/api//v1/**', '/docs/'], ['/admin/./users', '/public/../admin/**'])),
   )
   t.same(segments.text.trim().split('\n'), [
@@ -298,20 +287,15 @@ t.test('routes no normalized request path can match: warned with the spelling th
 })
 
 t.test('identity rule paths no normalized request path can match: warned as routes are', async (t) => {
-  const dir = scratchDirSync('check-rule-path-chars')
-  const run = async (name: string, paths: string[], extra: string[] = []) => {
-    writeFileSync(
-      join(dir, name),
-      [
+  const { write, checkFile } = configDir('check-rule-path-chars')
+  const run = (name: string, paths: string[], extra: string[] = []) =>
+    checkFile(
+      write(name, [
         'identities:',
         ...paths.map((p, i) => `  - { name: r${i}, rule: r${i}, match: { path: ${p} } }`),
         ...extra,
-        '',
-      ].join('\n'),
+      ]),
     )
-    const r = await runCli(['check', name], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
-    return { code: r.code, text: r.stdout }
-  }
 
   const [never, fine, anyCase] = await Promise.all([
     run('never.yaml', [
@@ -385,10 +369,9 @@ identities:
 // `run` (exit 2, no location) after `check` said ok, and port 0 aborted the process inside the resolver, also
 // on a reload; histogram bounds out of order counted requests in the wrong buckets and rendered one `le` twice.
 t.test('DNS servers and histogram buckets are checked where they are written', async (t) => {
-  const dir = scratchDirSync('check-values')
-  writeFileSync(
-    join(dir, 'values.yaml'),
-    [
+  const { write, checkFile } = configDir('check-values')
+  const r = await checkFile(
+    write('values.yaml', [
       'metrics:',
       '  buckets: [1, 0.1, 1]',
       'bots:',
@@ -400,17 +383,15 @@ t.test('DNS servers and histogram buckets are checked where they are written', a
       '        - dns.example.internal',
       '        - 10.0.0.11:0',
       '        - "[fd00::10]:53"',
-      '',
-    ].join('\n'),
+    ]),
   )
-  const r = await runCli(['check', 'values.yaml'], { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
   t.equal(r.code, 1, 'invalid: exit 1')
   t.match(
-    r.stdout,
+    r.text,
     /^values\.yaml:2:\d+ .*bucket bounds must be in increasing order/m,
     'the buckets, at their line',
   )
-  t.match(r.stdout, /^values\.yaml:9:\d+ .*expected an IP address/m, 'the host name, at its line')
-  t.match(r.stdout, /^values\.yaml:10:\d+ .*port must be 1 to 65535/m, 'port 0, at its line')
-  t.notMatch(r.stdout, /values\.yaml:(8|11):/, 'the two good servers pass')
+  t.match(r.text, /^values\.yaml:9:\d+ .*expected an IP address/m, 'the host name, at its line')
+  t.match(r.text, /^values\.yaml:10:\d+ .*port must be 1 to 65535/m, 'port 0, at its line')
+  t.notMatch(r.text, /values\.yaml:(8|11):/, 'the two good servers pass')
 })
