@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, request } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { refusedPort } from '../helpers/net.ts'
@@ -36,6 +36,23 @@ function get(target: string, headers: Record<string, string> = {}) {
     req.setTimeout(10_000, () => req.destroy(new Error('request timed out')))
     req.end()
   })
+}
+
+/**
+ * A collector, and a sidecar for "orders" in front of a test upstream that exports to it: `config` over that,
+ * `otlp` over the collector's endpoint, and no OTEL_* variable of the environment the tests run in.
+ */
+async function ordersExporting(t: Test, otlp: Record<string, unknown>, config: Record<string, unknown> = {}) {
+  const collector = await startCollector()
+  t.teardown(() => collector.close())
+  const app = await startUpstream()
+  t.teardown(() => app.close())
+  const sidecar = await startTestSidecar(
+    t,
+    { service: 'orders', upstream: app.url, ...config, otlp: { endpoint: collector.url, ...otlp } },
+    { env: CLEAN_OTEL_ENV },
+  )
+  return { collector, app, sidecar }
 }
 
 t.test('a request across two sidecars is one trace: two server spans, parent and child', async (t) => {
@@ -165,19 +182,10 @@ t.test('a request across two sidecars is one trace: two server spans, parent and
 })
 
 t.test('anomalies and credential failures are span events; 5xx is an error status', async (t) => {
-  const collector = await startCollector()
-  t.teardown(() => collector.close())
-  const app = await startUpstream()
-  t.teardown(() => app.close())
-  const sidecar = await startTestSidecar(
+  const { collector, app, sidecar } = await ordersExporting(
     t,
-    {
-      service: 'orders',
-      upstream: app.url,
-      apiKeys: { keys: [{ name: 'billing', kind: 'service', sha256: sha256(API_KEY) }] },
-      otlp: { endpoint: collector.url, scheduledDelay: '50ms', logs: true },
-    },
-    { env: CLEAN_OTEL_ENV },
+    { scheduledDelay: '50ms', logs: true },
+    { apiKeys: { keys: [{ name: 'billing', kind: 'service', sha256: sha256(API_KEY) }] } },
   )
   const res = await get(`${url(sidecar.proxyAddress)}/status/503`, { 'x-api-key': 'not-a-known-key-42' })
   t.equal(res.status, 503)
@@ -281,20 +289,8 @@ t.test('collector down: traffic is not slowed, lost spans are counted', async (t
 })
 
 t.test('spans still queued at shutdown are sent before the sidecar exits', async (t) => {
-  const collector = await startCollector()
-  t.teardown(() => collector.close())
-  const app = await startUpstream()
-  t.teardown(() => app.close())
-  const sidecar = await startTestSidecar(
-    t,
-    {
-      service: 'orders',
-      upstream: app.url,
-      // a batch would wait a minute: only the shutdown flush sends it in time
-      otlp: { endpoint: collector.url, scheduledDelay: '60s' },
-    },
-    { env: CLEAN_OTEL_ENV },
-  )
+  // a batch would wait a minute: only the shutdown flush sends it in time
+  const { collector, sidecar } = await ordersExporting(t, { scheduledDelay: '60s' })
   t.equal((await get(`${url(sidecar.proxyAddress)}/echo`)).status, 200)
   t.equal(collector.spans.length, 0, 'nothing sent yet')
   t.equal(await sidecar.close(), 0, 'exits 0')
