@@ -2,7 +2,7 @@
 // Google address is a verified `googlebot`; the same user agent from anywhere else is `ua:googlebot`,
 // unverified and counted as an `unverified_claim` anomaly, whatever address headers the client sends itself.
 import { get as httpGet } from 'node:http'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, type Sample, scrapeUntil } from '../helpers/metrics.ts'
@@ -11,6 +11,20 @@ import { startUpstream } from '../helpers/upstream.ts'
 
 const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
 const GOOGLE_ADDRESS = '66.249.66.1'
+
+/** A sidecar for "shop" in front of a test upstream, behind a front proxy at `proxyAddress` that it trusts. */
+async function shopBehindProxy(t: Test, proxyAddress: string) {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  return startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    forwardedClientCert: { format: 'xfcc', trustedProxies: [`${proxyAddress}/32`] },
+  })
+}
+
+const unverifiedClaims = (s: Sample[]) =>
+  metricValue(s, 'nhi_credential_anomalies_total', { type: 'unverified_claim' })
 
 async function identityOf(
   proxy: string,
@@ -24,13 +38,7 @@ async function identityOf(
 t.test(
   'a trusted proxy on 127.0.0.1 names the client: in range verified, out of range counted',
   async (t) => {
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const sidecar = await startTestSidecar(t, {
-      service: 'shop',
-      upstream: upstream.url,
-      forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.1/32'] },
-    })
+    const sidecar = await shopBehindProxy(t, '127.0.0.1')
     const proxy = sidecar.proxyUrl
     const admin = sidecar.adminUrl
 
@@ -63,14 +71,8 @@ t.test(
 )
 
 t.test('from an untrusted peer no header makes a client look like Google', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const sidecar = await startTestSidecar(t, {
-    service: 'shop',
-    upstream: upstream.url,
-    // only 127.0.0.2 is the front proxy; the attacker connects from 127.0.0.1
-    forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.2/32'] },
-  })
+  // only 127.0.0.2 is the front proxy; the attacker connects from 127.0.0.1
+  const sidecar = await shopBehindProxy(t, '127.0.0.2')
   const proxy = sidecar.proxyUrl
   const admin = sidecar.adminUrl
   const attempts: Record<string, string>[] = [
@@ -90,11 +92,9 @@ t.test('from an untrusted peer no header makes a client look like Google', async
       JSON.stringify(h),
     )
   }
-  const anomalies = (s: Sample[]) =>
-    metricValue(s, 'nhi_credential_anomalies_total', { type: 'unverified_claim' })
   t.equal(
-    anomalies(
-      await scrapeUntil(admin, (s) => anomalies(s) >= attempts.length, 'every attempt to be recorded'),
+    unverifiedClaims(
+      await scrapeUntil(admin, (s) => unverifiedClaims(s) >= attempts.length, 'every attempt to be recorded'),
     ),
     attempts.length,
     'every attempt is counted',
@@ -128,13 +128,7 @@ t.test('from an untrusted peer no header makes a client look like Google', async
 })
 
 t.test('a crawler name in any letter case is the same claim', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const sidecar = await startTestSidecar(t, {
-    service: 'shop',
-    upstream: upstream.url,
-    forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.1/32'] },
-  })
+  const sidecar = await shopBehindProxy(t, '127.0.0.1')
   const proxy = sidecar.proxyUrl
   const admin = sidecar.adminUrl
   // user agents match product names case-insensitively, so these are named googlebot / googleother and
@@ -152,23 +146,17 @@ t.test('a crawler name in any letter case is the same claim', async (t) => {
     t.equal(inside.verified, 'true', `${ua} from a Google address is verified`)
     t.match(inside.identity, /^google(bot|other)$/, ua)
   }
-  const anomalies = (s: Sample[]) =>
-    metricValue(s, 'nhi_credential_anomalies_total', { type: 'unverified_claim' })
   t.equal(
-    anomalies(await scrapeUntil(admin, (s) => anomalies(s) >= spellings.length, 'the claims to be counted')),
+    unverifiedClaims(
+      await scrapeUntil(admin, (s) => unverifiedClaims(s) >= spellings.length, 'the claims to be counted'),
+    ),
     spellings.length,
     'every claim from outside the ranges is an unverified_claim',
   )
 })
 
 t.test('a crawler named without a version is the same claim', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const sidecar = await startTestSidecar(t, {
-    service: 'shop',
-    upstream: upstream.url,
-    forwardedClientCert: { format: 'xfcc', trustedProxies: ['127.0.0.1/32'] },
-  })
+  const sidecar = await shopBehindProxy(t, '127.0.0.1')
   const proxy = sidecar.proxyUrl
   // the classifier names each of these after the crawler (and an AI crawler's operator with it), so the
   // claim is the crawler's as much as with `/version`
