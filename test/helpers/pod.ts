@@ -3,7 +3,27 @@
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { request } from 'node:http'
+import { join } from 'node:path'
 import { eventually } from './eventually.ts'
+import { scratchDir } from './scratch.ts'
+import { testConfigYaml } from './sidecar.ts'
+
+/**
+ * The files of a `workers: 2` pod in front of `upstream`, in scratch directory `name`: the config file the
+ * test writes (and rewrites, to reload it), and the audit file that tells which identity each worker served.
+ */
+export async function twoWorkerPodFiles(name: string, upstream: string) {
+  const dir = await scratchDir(name)
+  const auditFile = join(dir, 'audit.log')
+  return {
+    dir,
+    auditFile,
+    configFile: join(dir, 'config.yaml'),
+    /** the config file's text: the test defaults, the pod in front of `upstream` auditing to `auditFile`, `more` */
+    config: (more: Record<string, unknown>) =>
+      testConfigYaml({ upstream, workers: 2, audit: { output: auditFile }, ...more }),
+  }
+}
 
 /** the worker processes of a primary */
 export const childPids = (pid: number): number[] =>

@@ -3,14 +3,12 @@
 // nothing else: its fetch failed, and every token on it was attributed unverified (keys_unavailable) while
 // the other worker verified the same tokens, until the IdP came back.
 import { writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
-import { childPids, probeWorkers } from '../helpers/pod.ts'
-import { scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile, testConfigYaml } from '../helpers/sidecar.ts'
+import { childPids, probeWorkers, twoWorkerPodFiles } from '../helpers/pod.ts'
+import { startSidecarFromFile } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.workers-outage.test'
 /** requests per probe, each on a fresh connection: the workers take them in turn */
@@ -18,17 +16,10 @@ const PROBES = 8
 
 t.test('a worker started during an IdP outage verifies with the keys of the pod', async (t) => {
   const { upstream, key, jwks } = await startUpstreamAndJwks(t)
-  const dir = await scratchDir('workers-jwks-outage')
-  const auditFile = join(dir, 'audit.log')
-  const configFile = join(dir, 'config.yaml')
+  const { auditFile, configFile, config } = await twoWorkerPodFiles('workers-jwks-outage', upstream.url)
   await writeFile(
     configFile,
-    testConfigYaml({
-      upstream: upstream.url,
-      workers: 2,
-      audit: { output: auditFile },
-      jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['svc'] }] },
-    }),
+    config({ jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['svc'] }] } }),
   )
   const sidecar = await startSidecarFromFile(t, configFile)
   const cli = sidecar.process

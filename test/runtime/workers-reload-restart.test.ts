@@ -7,13 +7,12 @@
 import { writeFile } from 'node:fs/promises'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey } from '../helpers/jwks.ts'
-import { childPids, probeWorkers } from '../helpers/pod.ts'
-import { replaceFile, scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile, startTestSidecar, testConfigYaml } from '../helpers/sidecar.ts'
+import { childPids, probeWorkers, twoWorkerPodFiles } from '../helpers/pod.ts'
+import { replaceFile } from '../helpers/scratch.ts'
+import { startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 /** the slots of the workers that logged their drain */
@@ -72,16 +71,12 @@ t.test('a reload while a worker is being replaced reaches the replacement', asyn
   t.teardown(() => upstream.close())
   const keys = await holdingKeyServer(t)
 
-  const dir = await scratchDir('workers-reload-restart')
-  const auditFile = join(dir, 'audit.log')
-  const configFile = join(dir, 'config.yaml')
+  const pod = await twoWorkerPodFiles('workers-reload-restart', upstream.url)
+  const { auditFile, configFile } = pod
   // each config names its own key path, so a worker applying it fetches keys the test can hold
   const keyPath = (rule: string) => `/${rule}.json`
   const config = (rule: string) =>
-    testConfigYaml({
-      upstream: upstream.url,
-      workers: 2,
-      audit: { output: auditFile },
+    pod.config({
       jwt: {
         issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(keyPath(rule)), audiences: ['svc'] }],
       },

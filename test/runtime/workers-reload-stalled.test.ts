@@ -3,12 +3,11 @@
 // SIGSTOP) is replaced, and its successor starts with the current config; when the stall ends there is no
 // worker left that still holds the old rules.
 import { writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { childPids, probeWorkers } from '../helpers/pod.ts'
-import { replaceFile, scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile, testConfigYaml } from '../helpers/sidecar.ts'
+import { childPids, probeWorkers, twoWorkerPodFiles } from '../helpers/pod.ts'
+import { replaceFile } from '../helpers/scratch.ts'
+import { startSidecarFromFile } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const resume = (pid: number) => {
@@ -22,14 +21,10 @@ const resume = (pid: number) => {
 t.test('a worker that does not answer a reload is replaced by one with the new config', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await scratchDir('workers-reload-stalled')
-  const auditFile = join(dir, 'audit.log')
-  const configFile = join(dir, 'config.yaml')
+  const pod = await twoWorkerPodFiles('workers-reload-stalled', upstream.url)
+  const { auditFile, configFile } = pod
   const config = (rule: string) =>
-    testConfigYaml({
-      upstream: upstream.url,
-      workers: 2,
-      audit: { output: auditFile },
+    pod.config({
       identities: [{ name: rule, kind: 'service', match: { userAgent: 'probe' } }],
     })
   await writeFile(configFile, config('before'))

@@ -8,9 +8,9 @@ import { rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { childPids, probeWorkers } from '../helpers/pod.ts'
-import { replaceFile, scratchDir } from '../helpers/scratch.ts'
-import { startSidecarFromFile, testConfigYaml } from '../helpers/sidecar.ts'
+import { childPids, probeWorkers, twoWorkerPodFiles } from '../helpers/pod.ts'
+import { replaceFile } from '../helpers/scratch.ts'
+import { startSidecarFromFile } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const API_KEY = 'workers-secret-files-api-key'
@@ -30,15 +30,11 @@ const fingerprintUnder = (fileKey: string) =>
 t.test('every worker fingerprints with the bytes the pod read', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await scratchDir('workers-secret-files')
-  const auditFile = join(dir, 'audit.log')
-  const keyFile = join(dir, 'fingerprint.key')
-  const configFile = join(dir, 'config.yaml')
+  const pod = await twoWorkerPodFiles('workers-secret-files', upstream.url)
+  const { auditFile, configFile } = pod
+  const keyFile = join(pod.dir, 'fingerprint.key')
   const config = (rule: string) =>
-    testConfigYaml({
-      upstream: upstream.url,
-      workers: 2,
-      audit: { output: auditFile },
+    pod.config({
       apiKeys: {
         fingerprintKeyFile: keyFile,
         keys: [{ name: 'k1', sha256: createHash('sha256').update(API_KEY).digest('hex') }],
