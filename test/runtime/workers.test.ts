@@ -12,6 +12,7 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { reloadOutcome } from '../../src/workers.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { childPids, twoWorkerPodFiles } from '../helpers/pod.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { runCli, startSidecarFromFile } from '../helpers/sidecar.ts'
 import { run, skipWithout, systemTool } from '../helpers/tools.ts'
@@ -63,29 +64,18 @@ const sum = (all: Sample[], name: string, where: (l: Record<string, string>) => 
 t.test('workers: 2', async (t) => {
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const dir = await scratchDir('workers')
-  const auditFile = join(dir, 'audit.log')
-  const configFile = join(dir, 'config.yaml')
+  const { auditFile, configFile, config } = await twoWorkerPodFiles('workers', upstream.url)
   const base = {
-    listen: { http: '127.0.0.1:0' },
-    admin: '127.0.0.1:0',
-    upstream: upstream.url,
-    workers: 2,
-    audit: { output: auditFile },
-    timeouts: { drainDelay: '0s', drain: '10s' },
+    timeouts: { drain: '10s' },
     metrics: { maxIdentities: 4, maxUnverifiedIdentities: 4 },
   }
-  await writeFile(configFile, stringify(base))
+  await writeFile(configFile, config(base))
   const sidecar = await startSidecarFromFile(t, configFile)
   const proxy = sidecar.proxyUrl
   const admin = sidecar.adminUrl
   const metrics = async () => samples(await (await fetch(`${admin}/metrics`)).text())
   const primaryPid = sidecar.process.child.pid!
-  const workerPids = () =>
-    execFileSync('pgrep', ['-P', String(primaryPid)], { encoding: 'utf8' })
-      .split('\n')
-      .filter(Boolean)
-      .map(Number)
+  const workerPids = () => childPids(primaryPid)
 
   t.equal(workerPids().length, 2, 'two worker processes')
   const ready = await fetch(`${admin}/readyz`)
@@ -190,7 +180,7 @@ t.test('workers: 2', async (t) => {
     const from = sidecar.process.stderr().length
     await replaceFile(
       configFile,
-      stringify({
+      config({
         ...base,
         identities: [{ name: 'reloaded', kind: 'service', match: { userAgent: 'probe' } }],
       }),
@@ -256,7 +246,7 @@ t.test('workers: 2', async (t) => {
       failures.every((l) => !l.includes('"worker"')),
       'reported by the primary only: no worker saw it',
     )
-    await replaceFile(configFile, stringify(base))
+    await replaceFile(configFile, config(base))
     await sidecar.process.waitForLog(
       (l) => l['event'] === 'config_reloaded' && l['worker'] === undefined,
       badFrom,
