@@ -34,6 +34,20 @@ async function httpUpstream(t: Test, handler: (req: IncomingMessage, res: Server
 
 const count = (text: string, what: RegExp) => (text.match(what) ?? []).length
 
+/** the response to an HTTP/2 client stream as it arrives: its status, and its body so far (latin1) */
+function readResponse(stream: ClientHttp2Stream): { status: number; body: string } {
+  const response = { status: 0, body: '' }
+  stream.on('error', () => {})
+  stream.on('response', (h) => {
+    response.status = Number(h[':status'])
+  })
+  stream.setEncoding('latin1')
+  stream.on('data', (d: string) => {
+    response.body += d
+  })
+  return response
+}
+
 /** an HTTP/2 upload that never ends on its own: `chunk` again and again until the stream is gone */
 function uploadForever(stream: ClientHttp2Stream, chunk: Buffer): void {
   const pump = () => {
@@ -141,22 +155,13 @@ t.test('an upload the upstream answers before reading it does not stall the clie
   session.on('error', () => {})
   t.teardown(() => session.destroy())
   const stream = session.request({ ':method': 'PUT', ':path': '/upload' })
-  stream.on('error', () => {})
-  let status = 0
-  let body = ''
-  stream.on('response', (h) => {
-    status = Number(h[':status'])
-  })
-  stream.setEncoding('latin1')
-  stream.on('data', (d: string) => {
-    body += d
-  })
+  const response = readResponse(stream)
   uploadForever(stream, chunk)
   await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to close' }).catch(
     (err: Error) => t.fail(err.message),
   )
-  t.equal(status, 413)
-  t.equal(body, 'too large')
+  t.equal(response.status, 413)
+  t.equal(response.body, 'too large')
   await eventually(
     async () =>
       metricValue(await scrape(sidecar.adminUrl), 'nhi_requests_total', {
@@ -186,22 +191,13 @@ t.test('an HTTP/2 client gets a response whose single-value header the upstream 
   t.teardown(() => session.destroy())
   const stream = session.request({ ':path': '/h2' })
   stream.end()
-  stream.on('error', () => {})
-  let status = 0
-  let body = ''
-  stream.on('response', (h) => {
-    status = Number(h[':status'])
-  })
-  stream.setEncoding('latin1')
-  stream.on('data', (d: string) => {
-    body += d
-  })
+  const response = readResponse(stream)
   // the stream stayed open forever: never answered, never recorded, in flight until shutdown
   await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to end' }).catch(
     (err: Error) => t.fail(err.message),
   )
-  t.equal(status, 200)
-  t.equal(body, 'ok')
+  t.equal(response.status, 200)
+  t.equal(response.body, 'ok')
   await eventually(
     async () => metricValue(await scrape(sidecar.adminUrl), 'nhi_requests_total', { service: 'h2' }) === 2,
     { timeoutMs: 5000, what: 'both exchanges to be recorded' },
@@ -215,17 +211,12 @@ t.test('an HTTP/2 upload an h2c upstream answers early ends, and is recorded', a
     upstream.end('too large')
   })
   const stream = session.request({ ':method': 'PUT', ':path': '/upload' })
-  stream.on('error', () => {})
-  let body = ''
-  stream.setEncoding('latin1')
-  stream.on('data', (d: string) => {
-    body += d
-  })
+  const response = readResponse(stream)
   uploadForever(stream, Buffer.alloc(1024 * 1024, 0x61))
   await eventually(() => stream.closed, { timeoutMs: 5000, what: 'the HTTP/2 stream to close' }).catch(
     (err: Error) => t.fail(err.message),
   )
-  t.equal(body, 'too large')
+  t.equal(response.body, 'too large')
   await eventually(
     async () =>
       metricValue(await scrape(sidecar.adminUrl), 'nhi_requests_total', { service: 'h2c', code: '413' }) ===
@@ -378,19 +369,10 @@ t.test(
 /** a GET on `session`: the body read and the code the stream closed with (0: a clean end, or NO_ERROR) */
 async function h2Read(session: ReturnType<typeof h2connect>, path: string) {
   const stream = session.request({ ':path': path })
-  stream.on('error', () => {})
-  let body = ''
-  let status = 0
-  stream.on('response', (h) => {
-    status = Number(h[':status'])
-  })
-  stream.setEncoding('latin1')
-  stream.on('data', (d: string) => {
-    body += d
-  })
+  const response = readResponse(stream)
   // not once(): it rejects on the 'error' a reset with an error code emits first
   await new Promise((resolve) => stream.once('close', resolve))
-  return { status, body, rstCode: stream.rstCode }
+  return { ...response, rstCode: stream.rstCode }
 }
 
 t.test('an HTTP/2 client can tell a response the upstream cut short from a complete one', async (t) => {
