@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { renderExplain } from '../../src/cli/explain-render.ts'
 import { golden } from '../helpers/golden.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
@@ -124,12 +124,15 @@ t.test('--json carries the same report', async (t) => {
   t.equal(report.request.method, 'GET')
 })
 
-t.test('explain a real token verified against a JWKS', async (t) => {
+/**
+ * A JWKS server with one key, and a config file that trusts it (audience orders) with two identity rules, admins
+ * by a groups claim and ci/{repo} by the repository claim of its tokens, then `more`.
+ */
+async function jwtConfig(t: Test, more = '') {
   const key = await createSigningKey('k1')
   const jwks = await startJwksServer([key])
   t.teardown(() => jwks.close())
-  const dir = scratchDirSync('explain')
-  const config = join(dir, 'c.yaml')
+  const config = join(scratchDirSync('explain'), 'c.yaml')
   writeFileSync(
     config,
     `jwt:
@@ -138,10 +141,15 @@ t.test('explain a real token verified against a JWKS', async (t) => {
 identities:
   - { name: admins, rule: admins, kind: human, match: { jwt: { claims: { groups: admin } } } }
   - { name: "ci/{repo}", rule: ci, kind: job, match: { jwt: { issuer: "${jwks.url}", claims: { repository: "{repo}" } } } }
-policy:
-  mode: enforce
-  rules: [{ route: "/admin/**", allow: [{ kind: human }] }]
-`,
+${more}`,
+  )
+  return { key, jwks, config }
+}
+
+t.test('explain a real token verified against a JWKS', async (t) => {
+  const { key, jwks, config } = await jwtConfig(
+    t,
+    'policy:\n  mode: enforce\n  rules: [{ route: "/admin/**", allow: [{ kind: human }] }]\n',
   )
   const token = await mintToken(
     key,
@@ -326,21 +334,7 @@ t.test('rendering without the engine: anonymous request, no rules', async (t) =>
 const CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/
 
 t.test('values from the request are printed with control characters escaped', async (t) => {
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
-  const dir = scratchDirSync('explain')
-  const config = join(dir, 'c.yaml')
-  writeFileSync(
-    config,
-    `jwt:
-  issuers:
-    - { issuer: "${jwks.url}", jwksUri: "${jwks.jwksUri}", audiences: [orders] }
-identities:
-  - { name: admins, rule: admins, kind: human, match: { jwt: { claims: { groups: admin } } } }
-  - { name: "ci/{repo}", rule: ci, kind: job, match: { jwt: { issuer: "${jwks.url}", claims: { repository: "{repo}" } } } }
-`,
-  )
+  const { key, jwks, config } = await jwtConfig(t)
   const token = await mintToken(
     key,
     { repository: 'acme\nidentity: admin', groups: 'ops\u001b[2J' },
