@@ -1,6 +1,7 @@
 // The HTTP/1.1 engine on its own, over real loopback sockets: the moments between two events of one socket
 // that a test through the proxy cannot aim at.
-import type { Socket } from 'node:net'
+import { once } from 'node:events'
+import { type AddressInfo, createServer, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { H1Pool, type H1Request, type UpstreamHandler } from '../../src/proxy/h1-pool.ts'
@@ -159,14 +160,11 @@ t.test(
 
 /** the value the engine makes of `x-f: <raw>` sent as a response header and as a trailer, or its error code */
 async function fieldBothWays(t: Test, raw: string): Promise<{ header: string; trailer: string }> {
-  const up = await upstream(t, (head, s) => {
-    const where = /^GET (\S+)/.exec(head)![1]
-    const answer =
-      where === '/header'
-        ? `HTTP/1.1 200 OK\r\nX-F:${raw}\r\nContent-Length: 2\r\n\r\nok`
-        : `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-f\r\n\r\n2\r\nok\r\n0\r\nX-F:${raw}\r\n\r\n`
-    s.write(answer, 'latin1')
-  })
+  const up = await scriptedUpstream(t, ({ path }) =>
+    path === '/header'
+      ? `HTTP/1.1 200 OK\r\nX-F:${raw}\r\nContent-Length: 2\r\n\r\nok`
+      : `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-f\r\n\r\n2\r\nok\r\n0\r\nX-F:${raw}\r\n\r\n`,
+  )
   const p = pool(t, up.port)
   const read = (path: string) =>
     new Promise<string>((resolve) => {
