@@ -3,20 +3,18 @@
 // alone (the kubelet's) or the whole process group (systemd's KillMode=control-group, `tini -g`). Before,
 // the group's signal killed the starting workers by Node's default action and the start failed ("a worker
 // could not start", exit 2), and a SIGTERM to the primary alone waited for the workers to start and then
-// drained.
-import { execFileSync } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+// drained. A SIGTERM to one starting worker alone drains that worker once it serves, and the pod replaces it.
+import { writeFile } from 'node:fs/promises'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import t from 'tap'
-import { stringify } from 'yaml'
+import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey } from '../helpers/jwks.ts'
-import { freePort } from '../helpers/net.ts'
+import { childPids } from '../helpers/pod.ts'
 import { scratchDir } from '../helpers/scratch.ts'
-import { spawnCli } from '../helpers/sidecar.ts'
+import { spawnCli, testConfigYaml } from '../helpers/sidecar.ts'
 
 // generous for a loaded machine, far below what a start that ran on would take: the JWKS start wait (5 s)
 // and then the drain delay (60 s)
@@ -31,16 +29,57 @@ const alive = (pid: number) => {
   }
 }
 
-const childPids = (pid: number): number[] => {
-  try {
-    return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' })
-      .split('\n')
-      .map((l) => Number(l.trim()))
-      .filter((n) => n > 0)
-  } catch {
-    // ps exits 1 when there is none
-    return []
-  }
+/**
+ * `run` of a `workers: 2` pod in a process group of its own, whose IdP holds every key fetch but the first
+ * `answered` ones; resolves once both workers have asked for their keys (both are starting), with their pids.
+ */
+async function startingPod(t: Test, opts: { answered: number; drainDelay: string }) {
+  const key = await createSigningKey('k1', 'ES256')
+  const held: ServerResponse[] = []
+  let fetches = 0
+  const jwks = createServer((_req, res) => {
+    if (fetches++ >= opts.answered) return void held.push(res)
+    res.setHeader('content-type', 'application/json')
+    res.end(JSON.stringify({ keys: [key.publicJwk] }))
+  })
+  jwks.listen(0, '127.0.0.1')
+  await new Promise((ok) => jwks.once('listening', ok))
+  t.teardown(() => {
+    for (const res of held) res.destroy()
+    jwks.close()
+  })
+  const config = join(await scratchDir('workers-start-stopped'), 'config.yaml')
+  await writeFile(
+    config,
+    testConfigYaml({
+      upstream: 'http://127.0.0.1:9',
+      workers: 2,
+      timeouts: { drainDelay: opts.drainDelay },
+      jwt: {
+        issuers: [
+          {
+            issuer: 'https://idp.start-stopped.example',
+            jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`,
+            audiences: ['app'],
+          },
+        ],
+      },
+    }),
+  )
+  const proxy = spawnCli(['run', '-c', config], {}, { detached: true })
+  const primary = proxy.child.pid!
+  t.teardown(async () => {
+    try {
+      process.kill(-primary, 'SIGKILL')
+    } catch {
+      // the group is gone already
+    }
+    await proxy.exited
+  })
+  await eventually(() => fetches >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
+  const workers = childPids(primary)
+  t.equal(workers.length, 2, 'two worker processes')
+  return { proxy, primary, workers }
 }
 
 for (const [to, group] of [
@@ -50,51 +89,7 @@ for (const [to, group] of [
   t.test(
     `SIGTERM to ${to} while both workers wait for their keys: exit 0 at once, workers gone`,
     async (t) => {
-      const dir = await scratchDir('workers-start-stopped')
-      const held: ServerResponse[] = []
-      const jwks = createServer((_req, res) => void held.push(res))
-      jwks.listen(0, '127.0.0.1')
-      await new Promise((ok) => jwks.once('listening', ok))
-      t.teardown(() => {
-        for (const res of held) res.destroy()
-        jwks.close()
-      })
-      const config = join(dir, 'config.yaml')
-      writeFileSync(
-        config,
-        stringify({
-          upstream: 'http://127.0.0.1:9',
-          listen: { http: `127.0.0.1:${await freePort()}` },
-          admin: `127.0.0.1:${await freePort()}`,
-          audit: { output: 'off' },
-          workers: 2,
-          timeouts: { drainDelay: '60s' },
-          jwt: {
-            issuers: [
-              {
-                issuer: 'https://idp.start-stopped.example',
-                jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`,
-                audiences: ['app'],
-              },
-            ],
-          },
-        }),
-      )
-      const proxy = spawnCli(['run', '-c', config], {}, { detached: true })
-      const primary = proxy.child.pid!
-      t.teardown(async () => {
-        try {
-          process.kill(-primary, 'SIGKILL')
-        } catch {
-          // the group is gone already
-        }
-        await proxy.exited
-      })
-      // both workers are in their start: each has asked the IdP for its keys, which never answers
-      await eventually(() => held.length >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
-      const workers = childPids(primary)
-      t.equal(workers.length, 2, 'two worker processes')
-
+      const { proxy, primary, workers } = await startingPod(t, { answered: 0, drainDelay: '60s' })
       const signalled = performance.now()
       process.kill(group ? -primary : primary, 'SIGTERM')
       const late = new AbortController()
@@ -121,56 +116,8 @@ for (const [to, group] of [
 t.test(
   'SIGTERM to each starting worker alone: each drains once it serves and is replaced, the pod starts',
   async (t) => {
-    const dir = await scratchDir('workers-start-stopped-one')
-    const key = await createSigningKey('k1', 'ES256')
-    // the first key fetch is answered, every other one held: one worker serves seconds before the other
-    const held: ServerResponse[] = []
-    let fetches = 0
-    const jwks = createServer((_req, res) => {
-      if (fetches++ > 0) return void held.push(res)
-      res.setHeader('content-type', 'application/json')
-      res.end(JSON.stringify({ keys: [key.publicJwk] }))
-    })
-    jwks.listen(0, '127.0.0.1')
-    await new Promise((ok) => jwks.once('listening', ok))
-    t.teardown(() => {
-      for (const res of held) res.destroy()
-      jwks.close()
-    })
-    const config = join(dir, 'config.yaml')
-    writeFileSync(
-      config,
-      stringify({
-        upstream: 'http://127.0.0.1:9',
-        listen: { http: `127.0.0.1:${await freePort()}` },
-        admin: `127.0.0.1:${await freePort()}`,
-        audit: { output: 'off' },
-        workers: 2,
-        timeouts: { drainDelay: '0s' },
-        jwt: {
-          issuers: [
-            {
-              issuer: 'https://idp.start-stopped.example',
-              jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`,
-              audiences: ['app'],
-            },
-          ],
-        },
-      }),
-    )
-    const proxy = spawnCli(['run', '-c', config], {}, { detached: true })
-    const primary = proxy.child.pid!
-    t.teardown(async () => {
-      try {
-        process.kill(-primary, 'SIGKILL')
-      } catch {
-        // the group is gone already
-      }
-      await proxy.exited
-    })
-    await eventually(() => fetches >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
-    const workers = childPids(primary)
-    t.equal(workers.length, 2, 'two worker processes')
+    // the first key fetch is answered, the other held: one worker serves seconds before its sibling
+    const { proxy, primary, workers } = await startingPod(t, { answered: 1, drainDelay: '0s' })
     for (const pid of workers) process.kill(pid, 'SIGTERM')
     // the worker whose keys came serves, drains and exits while its sibling still waits for its keys (5 s)
     await proxy.waitFor(/"event":"started"/, 30_000)
