@@ -80,10 +80,11 @@ export function dnsServerProblem(v: string): string | undefined {
  * Why the OTLP exporter cannot use an endpoint, never quoting it (it may hold a password). The exporter
  * parses it with `new URL`, the signal path goes after its path, and a password is shown masked from `://` to
  * the last `@` (redactUrl): a '#' (a fragment) is most likely a password's character that needed
- * percent-encoding. So is an unencoded '/' or '?' of the user or password, which ends the host at it and
- * leaves the rest of the password, an '@' and the real host as the first path segment or the query's first
- * name (`http://user:1234/S3CRET@collector`): that shape is refused; an '@' anywhere else in the path or
- * query (`/v1/@tenant/traces`, `?k=a@b`) is the collector's own and kept.
+ * percent-encoding. So is an '@' anywhere past the host: an unencoded '/' or '?' of the user or password ends
+ * the host at it, and the rest of the password, an '@' and the real host become the path or the query, sent
+ * to the host the password's start names (`http://user:1234/S3/CRET@collector`, `https://tok/en/x@collector`,
+ * `http://user:1234?a=b@collector`). An '@' of the collector's own path or query (`/v1/@tenant/traces`,
+ * `?k=a@b`) has exactly that shape and cannot be told from it: it is written %40, which the parser keeps.
  */
 export function otlpEndpointProblem(v: string): string | undefined {
   // the pattern's own message covers these
@@ -99,10 +100,10 @@ export function otlpEndpointProblem(v: string): string | undefined {
   }
   if (v.includes('#'))
     return "a fragment ('#…') is never sent to the collector: percent-encode a '#' of the user or password as %23"
-  if (/^\/[^/@]+@/.test(u.pathname) || /^\?[^=&@]+@/.test(u.search))
+  if (`${u.pathname}${u.search}`.includes('@'))
     return (
-      "an '@' in the first path segment or the query's first name, where an unencoded '/' or '?' of the user " +
-      "or password puts it: percent-encode a '/', '?' or '@' of theirs (%2F, %3F, %40), or that '@' as %40"
+      "an '@' after the host, where an unencoded '/' or '?' of the user or password puts it: percent-encode " +
+      "a '/', '?' or '@' of theirs (%2F, %3F, %40), and an '@' of the collector's own path or query as %40"
     )
   return undefined
 }

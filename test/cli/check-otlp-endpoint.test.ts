@@ -1,7 +1,8 @@
 // An otlp.endpoint the exporter cannot use is refused by `check`, a start and a reload alike, at
 // FILE:LINE:COL, never quoting it: a port above 65535, or a password's '#', '?' or '/' that is not
-// percent-encoded (the URL does not parse, or parses with the password's rest as a fragment, the first path
-// segment or the query). An '@' of the collector's own path or query (`/v1/@tenant/traces`) is accepted.
+// percent-encoded (the URL does not parse, or parses with the password's rest as a fragment, a path or a
+// query, sent to a host made of the password's start). An '@' of the collector's own path or query has the
+// same shape, so it is written %40 (`/v1/%40tenant/traces`), which is accepted.
 // Started with it, the export thread failed at every restart, its error naming the URL, password and all.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -22,8 +23,15 @@ const REFUSED: [name: string, endpoint: string, message: RegExp][] = [
   ['hash', 'http://collector:S3CRET#pw@127.0.0.1:4318', /not a URL the exporter can parse/],
   ['slash', 'http://collector:S3CRET/pw@127.0.0.1:4318', /not a URL the exporter can parse/],
   ['fragment', 'http://collector:1234#S3CRET@127.0.0.1:4318', /a fragment .* %23/],
-  ['path-at', 'http://collector:1234/S3CRET@127.0.0.1:4318', /an '@' in the first path segment/],
-  ['query-at', 'http://collector:1234?S3CRET@127.0.0.1:4318', /an '@' in the first path segment/],
+  ['path-at', 'http://collector:1234/S3CRET@127.0.0.1:4318', /an '@' after the host/],
+  ['query-at', 'http://collector:1234?S3CRET@127.0.0.1:4318', /an '@' after the host/],
+  // a password with two '/' (a base64 token), a '/' at its end, a '?' then a '=' or '&': the rest of it goes
+  // as the path or the query to the host its start names, the real host after it
+  ['path-at-deeper', 'http://collector:1234/S3/CRET@127.0.0.1:4318', /an '@' after the host/],
+  ['token-two-slashes', 'https://S3/CR/ET@127.0.0.1:4318', /an '@' after the host/],
+  ['password-ends-in-slash', 'http://S3CRET:1234/@127.0.0.1:4318', /an '@' after the host/],
+  ['query-value-at', 'http://collector:1234?S3=CRET@127.0.0.1:4318', /an '@' after the host/],
+  ['query-pair-at', 'http://collector:1234?S3&CRET@127.0.0.1:4318', /an '@' after the host/],
 ]
 
 for (const [name, endpoint, message] of REFUSED) {
@@ -53,13 +61,13 @@ t.test('percent-encoded, the same password is accepted', async (t) => {
   t.equal(c.code, 0, c.stdout)
 })
 
-t.test("an '@' of the collector's own path or query is accepted", async (t) => {
+t.test("an '@' of the collector's own path or query, written %40, is accepted", async (t) => {
   for (const [name, endpoint] of [
-    ['tenant-path', 'https://collector:4318/v1/@tenant/traces'],
-    ['scoped-path', 'https://collector:4318/@tenant'],
-    ['query', 'https://collector:4318/?k=a@b'],
-    ['query-no-path', 'https://collector:4318?tenant=ops&owner=a@b'],
-    ['userinfo-and-path', 'https://user:S3CRET@collector:4318/v1/@tenant'],
+    ['tenant-path', 'https://collector:4318/v1/%40tenant/traces'],
+    ['scoped-path', 'https://collector:4318/%40tenant'],
+    ['query', 'https://collector:4318/?k=a%40b'],
+    ['query-no-path', 'https://collector:4318?tenant=ops&owner=a%40b'],
+    ['userinfo-and-path', 'https://user:S3CRET@collector:4318/v1/%40tenant'],
   ]) {
     const p = file(`${name}.yaml`, `otlp:\n  endpoint: "${endpoint}"\n`)
     const c = await runCli(['check', p])
