@@ -22,7 +22,7 @@ import {
 } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { hasBody } from './request-lifecycle.ts'
-import { clearHeaders } from './respond.ts'
+import { clearHeaders, endAnswered } from './respond.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
 import { parseUpstream, type Upstream, upstreamServerName } from './upstream-url.ts'
 
@@ -216,6 +216,11 @@ export interface Http1ForwarderOptions {
   tls?: ConnectionOptions
   /** when an established websocket tunnel counts as abandoned */
   tunnelIdle?: TunnelIdle
+  /**
+   * how long a client whose upgrade the upstream answered without a switch may keep the connection open
+   * after that answer, ms (timeouts.idle; unset or 0: until it closes it)
+   */
+  answeredLinger?: number
   /** every request through undici's Pool too: the benchmark's baseline of the engine h1-pool.ts replaced */
   undiciOnly?: boolean
 }
@@ -440,6 +445,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     private readonly key: string | undefined,
     private readonly done: (result: ForwardResult) => void,
     private readonly idle: TunnelIdle | undefined,
+    private readonly linger: number,
   ) {
     // node:http hands an upgrade's socket over not reading: a client that left (FIN or RST) while the
     // upstream takes its time was seen only once something was written to it, at the upstream deadline.
@@ -559,7 +565,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   }
 
   onComplete(): void {
-    this.client.end()
+    endAnswered(this.client, this.linger)
     this.settle(undefined)
   }
 
@@ -702,6 +708,7 @@ export class Http1Forwarder implements Forwarder {
         typeof key === 'string' ? key : undefined,
         resolve,
         this.options.tunnelIdle,
+        this.options.answeredLinger ?? 0,
       )
       this.pool(target).dispatch(
         {

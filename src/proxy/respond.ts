@@ -68,12 +68,15 @@ export function sendJson(
   }
 }
 
-/** The same on a raw socket (upgrade requests), closing the connection afterwards. */
+/**
+ * The same on a raw socket (upgrade requests), closing the connection afterwards (endAnswered, `lingerMs`).
+ */
 export function sendJsonRaw(
   socket: Duplex,
   status: number,
   body: string,
   extraHeaders?: Record<string, string>,
+  lingerMs = 0,
 ): void {
   if (socket.destroyed) return
   let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\ncache-control: no-store\r\nconnection: close\r\n`
@@ -84,7 +87,24 @@ export function sendJsonRaw(
       if (/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) && !/[\r\n]/.test(value)) head += `${name}: ${value}\r\n`
     }
   }
-  socket.end(`${head}\r\n${body}`)
+  endAnswered(socket, lingerMs, `${head}\r\n${body}`)
+}
+
+/**
+ * Ends a raw socket whose answer is written (an upgrade answered without a tunnel, `last` its final bytes):
+ * what the client still sends is read and dropped, never parsed, and the connection is closed once the client
+ * closes its side, or `lingerMs` after this (timeouts.idle; 0: no limit). The proxy's sockets are half-open
+ * (node:http's allowHalfOpen): its FIN alone leaves the connection to a client that never answers it.
+ */
+export function endAnswered(socket: Duplex, lingerMs: number, last?: string): void {
+  socket.resume()
+  if (lingerMs > 0 && !socket.destroyed) {
+    const timer = setTimeout(() => socket.destroy(), lingerMs)
+    timer.unref()
+    socket.once('close', () => clearTimeout(timer))
+  }
+  if (last === undefined) socket.end()
+  else socket.end(last)
 }
 
 /**

@@ -83,6 +83,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         // is not counted by either engine)
         bodyTimeout: timeouts.idle,
         tunnelIdle,
+        answeredLinger: timeouts.idle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
       }),
       new Http2Forwarder({

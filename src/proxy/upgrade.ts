@@ -99,7 +99,7 @@ export class UpgradeHandler {
       clientGone: (ctx) => ctx.socket.destroyed,
       answer: (ex, _req, ctx, a) => {
         ex.status = a.status
-        sendJsonRaw(ctx.socket, a.status, a.body, a.headers)
+        sendJsonRaw(ctx.socket, a.status, a.body, a.headers, lifecycle.opts.timeouts.idle)
         return true
       },
       forward: (req, ctx, target, headers) => forwarder.upgrade(req, ctx.socket, ctx.head, target, headers),

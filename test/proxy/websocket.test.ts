@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
-import { type AddressInfo, connect } from 'node:net'
+import { type AddressInfo, connect, createServer as createNetServer } from 'node:net'
 import type { Duplex } from 'node:stream'
 import t from 'tap'
 import { WebSocket } from 'undici'
@@ -239,3 +239,91 @@ t.test('bytes the client sends before the upstream answers the upgrade reach it 
   t.equal(event!.status, 101)
   t.equal(event!.bytesIn, 11, 'the early frame counted as sent through the tunnel')
 })
+
+t.test(
+  'an upgrade answered without a tunnel: a client that keeps its side open is disconnected after timeouts.idle',
+  async (t) => {
+    // an upstream that refuses every handshake it reads; counts the request heads it saw
+    const heads: string[] = []
+    const refusing = createNetServer((s) => {
+      s.on('error', () => {})
+      let pending = ''
+      s.on('data', (c: Buffer) => {
+        pending += c.toString('latin1')
+        const end = pending.indexOf('\r\n\r\n')
+        if (end === -1) return
+        heads.push(pending.slice(0, end))
+        pending = ''
+        s.write('HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\nbad')
+      })
+    })
+    refusing.listen(0, '127.0.0.1')
+    await once(refusing, 'listening')
+    t.teardown(() => refusing.close())
+    const refusingUrl = `http://127.0.0.1:${(refusing.address() as AddressInfo).port}`
+    const gone = createNetServer()
+    gone.listen(0, '127.0.0.1')
+    await once(gone, 'listening')
+    const goneUrl = `http://127.0.0.1:${(gone.address() as AddressInfo).port}`
+    await new Promise((ok) => gone.close(ok))
+    const config = defaultConfig()
+    const idle = 300
+    for (const c of [
+      { what: 'the upstream answers 400', upstream: refusingUrl, status: 400, reject: false },
+      { what: 'the proxy refuses it (403)', upstream: refusingUrl, status: 403, reject: true },
+      { what: 'the upstream is unreachable (502)', upstream: goneUrl, status: 502, reject: false },
+    ]) {
+      const pipeline = new TestPipeline(() =>
+        c.reject ? { reject: { status: 403, body: '{"error":"forbidden"}' } } : {},
+      )
+      const { port } = await startProxy(t, {
+        upstream: c.upstream,
+        pipeline,
+        timeouts: { ...config.timeouts, idle },
+      })
+      // a client that never closes its own side: the proxy's FIN does not end the connection for it
+      const client = connect({ port, host: '127.0.0.1', allowHalfOpen: true })
+      client.on('error', () => {})
+      t.teardown(() => client.destroy())
+      let answer = ''
+      let ended = false
+      let closed = false
+      client.on('data', (chunk: Buffer) => {
+        answer += chunk.toString('latin1')
+      })
+      client.on('end', () => {
+        ended = true
+      })
+      client.on('close', () => {
+        closed = true
+      })
+      await once(client, 'connect')
+      client.write(
+        'GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' +
+          'GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n',
+      )
+      await eventually(() => ended, { timeoutMs: 5000, what: `${c.what}: the answer and the proxy's FIN` })
+      t.match(answer, new RegExp(`^HTTP/1\\.1 ${c.status} `), `${c.what}: answered ${c.status}`)
+      t.equal(answer.match(/HTTP\/1\.1 /g)?.length, 1, `${c.what}: one answer, the bytes after it dropped`)
+      // the client goes on sending into a connection whose answer it has: read and dropped, until the proxy
+      // closes it (a write then meets the reset of a closed socket)
+      client.write('GET /again HTTP/1.1\r\nHost: app\r\n\r\n')
+      await eventually(
+        () => {
+          if (!closed) client.write('x')
+          return closed
+        },
+        {
+          timeoutMs: idle * 10,
+          what: `${c.what}: the connection closed by the proxy`,
+        },
+      )
+      const [event] = await pipeline.waitForEvents(1)
+      t.equal(event!.status, c.status, `${c.what}: recorded ${c.status}`)
+      t.equal(pipeline.events.length, 1, `${c.what}: one exchange recorded`)
+    }
+    t.equal(heads.length, 1, 'only the first handshake reached an upstream, nothing after it')
+    t.notOk(heads.join('\n').includes('/smuggled'), 'no byte sent after a handshake became a request')
+  },
+)
