@@ -405,7 +405,8 @@ export interface PodOptions {
   log: Logger
   /**
    * Aborted when the primary is told to stop while the pod starts: the workers that are starting are killed
-   * (nothing of theirs is serving yet) and the start ends with StoppedWhileStarting.
+   * (nothing of theirs is serving yet), those that already listen drain, and the start ends with
+   * StoppedWhileStarting.
    */
   stop?: AbortSignal
 }
@@ -626,6 +627,34 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     for (const s of slots) s?.worker?.process.kill('SIGKILL')
   }
   const stopStarting = () => startupFailed?.(new StoppedWhileStarting())
+  /**
+   * A stop while the pod starts. The listener is open once one worker listens, so a worker that does may have
+   * requests in flight: it drains as it would at a stop after the start, while the workers still starting
+   * (nothing of theirs serves) are killed. Resolves once the serving ones have exited.
+   */
+  const stopWhileStarting = async () => {
+    stopping = true
+    const exits: Promise<unknown>[] = []
+    for (const s of slots) {
+      const worker = s?.worker
+      if (s === undefined || worker === undefined) continue
+      if (!s.listening) {
+        worker.process.kill('SIGKILL')
+        continue
+      }
+      exits.push(once(worker, 'exit'))
+      try {
+        worker.send({ nhi: 'shutdown' } satisfies Command)
+      } catch {
+        // exiting already: its 'exit' comes all the same
+      }
+    }
+    if (exits.length === 0) return
+    const { drainDelay, drain } = config.timeouts
+    const timer = setTimeout(killAll, drainDelay + drain + 5_000)
+    await Promise.all(exits)
+    clearTimeout(timer)
+  }
   try {
     await new Promise<void>((ok, fail) => {
       startupFailed = fail
@@ -635,6 +664,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       for (let i = 0; i < opts.workers; i++) fork(i)
     })
   } catch (err) {
+    if (err instanceof StoppedWhileStarting) await stopWhileStarting()
     killAll()
     await telemetry.close()
     throw err

@@ -10,8 +10,10 @@ import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import t, { type Test } from 'tap'
+import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey } from '../helpers/jwks.ts'
+import { freePort } from '../helpers/net.ts'
 import { childPids } from '../helpers/pod.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { spawnCli, testConfigYaml } from '../helpers/sidecar.ts'
@@ -33,7 +35,10 @@ const alive = (pid: number) => {
  * `run` of a `workers: 2` pod in a process group of its own, whose IdP holds every key fetch but the first
  * `answered` ones; resolves once both workers have asked for their keys (both are starting), with their pids.
  */
-async function startingPod(t: Test, opts: { answered: number; drainDelay: string }) {
+async function startingPod(
+  t: Test,
+  opts: { answered: number; drainDelay: string; more?: Record<string, unknown> },
+) {
   const key = await createSigningKey('k1', 'ES256')
   const held: ServerResponse[] = []
   let fetches = 0
@@ -55,6 +60,7 @@ async function startingPod(t: Test, opts: { answered: number; drainDelay: string
       upstream: 'http://127.0.0.1:9',
       workers: 2,
       timeouts: { drainDelay: opts.drainDelay },
+      ...opts.more,
       jwt: {
         issuers: [
           {
@@ -132,5 +138,62 @@ t.test(
     t.equal(childPids(primary).length, 2, 'two workers serve on')
     t.equal(proxy.child.exitCode, null, 'the pod runs on')
     t.notMatch(proxy.stderr(), /could not start/, 'not a failed start')
+  },
+)
+
+t.test(
+  'SIGTERM to the primary while one worker serves and the other still starts: what the serving one took completes',
+  async (t) => {
+    // the upstream answers /ping at once and holds /slow until the test lets it go
+    const slow: ServerResponse[] = []
+    const upstream = createServer((req, res) => {
+      req.resume()
+      if (req.url === '/slow') slow.push(res)
+      else res.end('pong')
+    })
+    upstream.listen(0, '127.0.0.1')
+    await new Promise((ok) => upstream.once('listening', ok))
+    t.teardown(() => {
+      for (const res of slow) res.destroy()
+      upstream.close()
+    })
+    const listen = await freePort()
+    // the first key fetch is answered, the other held: one worker serves, its sibling waits for its keys
+    const { proxy, primary } = await startingPod(t, {
+      answered: 1,
+      drainDelay: '0s',
+      more: {
+        upstream: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+        listen: { http: `127.0.0.1:${listen}` },
+        timeouts: { drainDelay: '0s', drain: '10s' },
+      },
+    })
+    const url = `http://127.0.0.1:${listen}`
+    // the listener is open as soon as one worker listens: it serves while its sibling still waits for keys
+    await eventually(
+      async () => {
+        const res = await request(`${url}/ping`)
+        return (await res.body.text()) === 'pong'
+      },
+      { timeoutMs: PROMPT_MS, what: 'a worker serving' },
+    )
+    t.notMatch(proxy.stderr(), /"event":"started"/, 'the pod has not started yet')
+    const inFlight = request(`${url}/slow`).then(
+      async (res) => ({ status: res.statusCode, body: await res.body.text() }),
+      (err: Error) => ({ status: 0, body: err.message }),
+    )
+    await eventually(() => slow.length === 1, { what: 'the request at the upstream' })
+
+    process.kill(primary, 'SIGTERM')
+    // the worker still starting goes at once
+    await eventually(() => childPids(primary).length <= 1, {
+      timeoutMs: PROMPT_MS,
+      what: 'the starting worker gone',
+    })
+    slow[0]!.end('done')
+    t.same(await inFlight, { status: 200, body: 'done' }, 'the request in flight was answered, not cut')
+    const code = await proxy.exited
+    t.equal(code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
+    t.equal(proxy.child.signalCode, null, 'not ended by the signal')
   },
 )
