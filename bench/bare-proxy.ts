@@ -3,6 +3,7 @@
 // rewriting beyond dropping hop-by-hop headers. The gap between this and nhi-proxy is the cost of
 // attribution. Run as a child process: node --import ./scripts/register-ts.mjs bench/bare-proxy.ts '<json>'.
 import './orphan-guard.mjs'
+import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { Http1Forwarder } from '../src/proxy/forwarder.ts'
 import type { UpstreamHeaders } from '../src/proxy/headers.ts'
@@ -12,6 +13,8 @@ interface BareArgs {
   upstream: string
   /** b3: the same forwarder on undici's Pool, the engine the proxy used for plain HTTP before its own */
   undici?: boolean
+  /** an https: upstream's CA bundle and the client certificate it asks for (PEM files) */
+  tls?: { ca: string; cert: string; key: string }
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as BareArgs
@@ -32,6 +35,16 @@ const forwarder = new Http1Forwarder({
   headersTimeout: 30_000,
   bodyTimeout: 30_000,
   ...(args.undici === true ? { undiciOnly: true } : {}),
+  ...(args.tls
+    ? {
+        tls: {
+          ca: readFileSync(args.tls.ca),
+          cert: readFileSync(args.tls.cert),
+          key: readFileSync(args.tls.key),
+          servername: 'localhost',
+        },
+      }
+    : {}),
 })
 
 const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => {

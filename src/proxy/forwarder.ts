@@ -649,15 +649,16 @@ export class Http1Forwarder implements Forwarder {
     let pool = this.pools.get(origin)
     if (pool === undefined) {
       const o = this.options
-      const upstream = target.upstream
+      // a target without its Upstream (an embedding program's, the bench's bare proxy) is HTTP/1.1 to `origin`
+      const upstream = target.upstream ?? parseUpstream(origin)
       const timeout = connectTimeoutMs(o)
-      pool = new Pool(upstream?.socketPath ? 'http://localhost' : origin, {
+      pool = new Pool(upstream.socketPath ? 'http://localhost' : origin, {
         headersTimeout: o.headersTimeout,
         bodyTimeout: o.bodyTimeout,
         keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
-        connect: upstream?.tls
+        connect: upstream.tls
           ? tlsConnector(upstream.host, { timeout, ...this.tls })
-          : { timeout, ...(upstream?.socketPath ? { socketPath: upstream.socketPath } : {}) },
+          : { timeout, ...(upstream.socketPath ? { socketPath: upstream.socketPath } : {}) },
       })
       this.pools.set(origin, pool)
     }
