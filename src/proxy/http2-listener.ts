@@ -20,6 +20,7 @@ import type { Socket } from 'node:net'
 import type { Config } from '../config/schema.ts'
 import type { Http2AbuseReason } from '../telemetry/metrics.ts'
 import type { ConnectionInfo } from '../types.ts'
+import { holdContinue } from './continue.ts'
 import { GRPC, isGrpc } from './grpc.ts'
 
 /** RFC 9113 §3.4: what a client with prior knowledge sends first */
@@ -157,19 +158,12 @@ export class Http2Front {
       this.handlers.request(req, res, state.conn)
     }
     this.server.on('request', onRequest)
-    // `expect: 100-continue`: unheard, node:http2 writes the 100 itself, and that write throws (out of a
-    // nextTick, so it ends the process) on a stream the client reset in the same read as its HEADERS: the
-    // stream is closed by the time node:http2 emits it. The 100 goes only to a stream still open, and a write
-    // that fails all the same is the stream's end, nothing more; the request is served as any other.
+    // `expect: 100-continue`: unheard, node:http2 writes the 100 itself at once, before anything is known of
+    // the caller, and that write throws (out of a nextTick, so it ends the process) on a stream the client
+    // reset in the same read as its HEADERS. The 100 is held until the request is let through, and then goes
+    // only to a stream still open (continue.ts).
     this.server.on('checkContinue', (req: Http2ServerRequest, res: Http2ServerResponse) => {
-      const stream = req.stream
-      if (!stream.destroyed && !stream.closed) {
-        try {
-          res.writeContinue()
-        } catch {
-          // closed under us: the request below sees a closed stream, as it would without an Expect
-        }
-      }
+      holdContinue(req)
       onRequest(req, res)
     })
     // the compat layer emits CONNECT streams apart; unheard, it answers 405 itself and nothing records them

@@ -11,6 +11,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.ts'
+import { holdContinue } from './continue.ts'
 import {
   Http2Front,
   type Http2Handlers,
@@ -115,6 +116,11 @@ export class Listeners {
       server.maxHeadersCount = 0
       server.keepAliveTimeout = opts.timeouts.idle
       server.on('request', handlers.request)
+      // the 100 Continue waits for the request to be let through (continue.ts)
+      server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+        holdContinue(req)
+        handlers.request(req, res)
+      })
       server.on('upgrade', handlers.upgrade)
       // without a listener Node closes a CONNECT's connection without a word, and nothing records it
       server.on('connect', handlers.connect)

@@ -10,6 +10,7 @@ import type { Config } from '../config/schema.ts'
 import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
+import { releaseContinue } from './continue.ts'
 import { CLIENT_CLOSED, Exchange, FAIL_CLOSED_ATTRIBUTION, FALLBACK_ATTRIBUTION } from './exchange.ts'
 import {
   clientStreamGone,
@@ -579,6 +580,8 @@ export class RequestLifecycle {
     }
     const target = this.target(ex, parsed.target)
     const headers = this.hopHeaders(ex, req, target)
+    // let through: a client waiting for its 100 Continue may send the body now (continue.ts)
+    releaseContinue(req, ex.res)
     if (transport.dispatch) {
       transport.dispatch(ex, req, ctx, target, headers)
       return undefined
