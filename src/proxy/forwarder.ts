@@ -200,6 +200,12 @@ export function connectTimeoutMs(o: { connectTimeout?: number | undefined; heade
   return o.connectTimeout ?? Math.min(o.headersTimeout, 10_000)
 }
 
+/**
+ * An upstream exchange failed (`reason` as counted in nhi_upstream_errors_total; never for a client that
+ * left): the error, so that the operator's log can say why (a TLS certificate refused, a connection refused).
+ */
+export type UpstreamFailed = (reason: UpstreamErrorReason, err: unknown) => void
+
 export interface Http1ForwarderOptions {
   /** response headers deadline, ms (→ 504) */
   headersTimeout: number
@@ -223,6 +229,7 @@ export interface Http1ForwarderOptions {
   answeredLinger?: number
   /** every request through undici's Pool too: the benchmark's baseline of the engine h1-pool.ts replaced */
   undiciOnly?: boolean
+  failed?: UpstreamFailed
 }
 
 class ClientGoneError extends Error {
@@ -275,6 +282,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
     private readonly res: Tagged<ServerResponse>,
     private readonly done: ForwardListener,
     private readonly stallMs: number,
+    private readonly failed: UpstreamFailed | undefined,
   ) {
     res[kCall] = this
     if (done.relaysClose !== true) res.on('close', onResponseClose)
@@ -373,7 +381,9 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
       err instanceof ClientGoneError ||
       (err as { code?: string }).code === 'UND_ERR_ABORTED'
     if (this.res.headersSent && !this.res.writableFinished) cutResponse(this.res)
-    this.settle(clientAborted ? undefined : classify(err, this.connected), clientAborted)
+    const reason = clientAborted ? undefined : classify(err, this.connected)
+    if (reason !== undefined) this.failed?.(reason, err)
+    this.settle(reason, clientAborted)
   }
 
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
@@ -446,6 +456,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     private readonly done: (result: ForwardResult) => void,
     private readonly idle: TunnelIdle | undefined,
     private readonly linger: number,
+    private readonly failed: UpstreamFailed | undefined,
   ) {
     // node:http hands an upgrade's socket over not reading: a client that left (FIN or RST) while the
     // upstream takes its time was seen only once something was written to it, at the upstream deadline.
@@ -572,7 +583,9 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   onError(err: Error): void {
     const clientAborted = err instanceof ClientGoneError || this.client.destroyed
     if (this.status !== 0) this.client.destroy()
-    this.settle(clientAborted ? undefined : classify(err, this.connected), clientAborted)
+    const reason = clientAborted ? undefined : classify(err, this.connected)
+    if (reason !== undefined) this.failed?.(reason, err)
+    this.settle(reason, clientAborted)
   }
 
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
@@ -681,7 +694,7 @@ export class Http1Forwarder implements Forwarder {
     headers: UpstreamHeaders,
     listener: ForwardListener,
   ): void {
-    const call = new ResponseCall(res, listener, this.options.bodyTimeout)
+    const call = new ResponseCall(res, listener, this.options.bodyTimeout, this.options.failed)
     const body = hasBody(req) ? req : null
     const engine = this.enginePool(target)
     if (engine !== undefined) {
@@ -710,6 +723,7 @@ export class Http1Forwarder implements Forwarder {
         resolve,
         this.options.tunnelIdle,
         this.options.answeredLinger ?? 0,
+        this.options.failed,
       )
       this.pool(target).dispatch(
         {

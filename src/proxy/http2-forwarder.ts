@@ -26,6 +26,7 @@ import {
   responseBlocked,
   responseDrained,
   type TunnelIdle,
+  type UpstreamFailed,
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcStatusWithoutOne, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText } from './grpc-web.ts'
@@ -66,6 +67,7 @@ export interface Http2ForwarderOptions {
   tls?: SecureContextOptions & { servername?: string }
   /** when an answered stream that has gone silent both ways counts as abandoned */
   tunnelIdle?: TunnelIdle
+  failed?: UpstreamFailed
 }
 
 function grpcStatusOf(headers: H2Headers | undefined): number | undefined {
@@ -221,7 +223,12 @@ export class Http2Forwarder {
         settle('connect')
         return
       }
-      stream.on('error', () => fail(connected() ? 'reset' : 'connect'))
+      stream.on('error', (err) => {
+        if (settled) return
+        const reason = connected() ? 'reset' : 'connect'
+        this.options.failed?.(reason, err)
+        fail(reason)
+      })
       res.on('close', onClientClose)
       timers.push(
         setTimeout(() => {

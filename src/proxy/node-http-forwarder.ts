@@ -21,6 +21,7 @@ import {
   type ForwardTarget,
   responseBlocked,
   responseDrained,
+  type UpstreamFailed,
 } from './forwarder.ts'
 import { grpcWebResponse } from './grpc-web.ts'
 import {
@@ -55,6 +56,7 @@ export interface NodeHttpForwarderOptions {
   keepAliveTimeout?: number
   /** TLS to https: upstreams: CA bundle, client certificate (mTLS origination), server name */
   tls?: ConnectionOptions
+  failed?: UpstreamFailed
 }
 
 /** Connections per origin on this path; requests beyond it wait in the agent's queue (within the headers deadline). */
@@ -209,7 +211,11 @@ export class NodeHttpForwarder {
       upReq.on('error', (err) => {
         if (settled) return
         if (clientGone) settle(undefined, true)
-        else fail(err instanceof ConnectTimeoutError || !connected ? 'connect' : 'reset')
+        else {
+          const reason = err instanceof ConnectTimeoutError || !connected ? 'connect' : 'reset'
+          o.failed?.(reason, err)
+          fail(reason)
+        }
       })
       // closed without an error and without a response: an unsolicited 101, whose connection node:http drops
       // when nobody asked for the upgrade. Not a timeout: the upstream answered, with something unusable

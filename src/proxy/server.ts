@@ -7,7 +7,7 @@ import type { Config } from '../config/schema.ts'
 import type { Pipeline } from '../pipeline/index.ts'
 import type { Http2AbuseReason, TunnelProtocol } from '../telemetry/metrics.ts'
 import type { CertEvidence, Failure } from '../types.ts'
-import { type Forwarder, Http1Forwarder } from './forwarder.ts'
+import { type Forwarder, Http1Forwarder, type UpstreamFailed } from './forwarder.ts'
 import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
 import { type HttpsListenOptions, Listeners } from './listeners.ts'
 import { NodeHttpForwarder } from './node-http-forwarder.ts'
@@ -42,6 +42,8 @@ export interface ProxyOptions {
   onAttributionError?: (error: unknown, refused: boolean) => void
   /** a tunnel was closed after timeouts.tunnelIdle without a byte either way; for counting and logging */
   onTunnelIdle?: (protocol: TunnelProtocol) => void
+  /** an upstream exchange failed, with the error: for the operator's log (the metric counts every one) */
+  onUpstreamFailed?: UpstreamFailed
 }
 
 export interface ProxyServer {
@@ -74,6 +76,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
   let upstream = parseUpstream(opts.upstream)
   const { timeouts } = opts
   const tunnelIdle = { ms: timeouts.tunnelIdle, closed: opts.onTunnelIdle }
+  const failed = opts.onUpstreamFailed ? { failed: opts.onUpstreamFailed } : {}
   const forwarder: Forwarder =
     opts.forwarder ??
     new ProtocolForwarder(
@@ -85,17 +88,20 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         tunnelIdle,
         answeredLinger: timeouts.idle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
+        ...failed,
       }),
       new Http2Forwarder({
         headersTimeout: timeouts.upstream,
         stallTimeout: timeouts.idle,
         tunnelIdle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
+        ...failed,
       }),
       new NodeHttpForwarder({
         headersTimeout: timeouts.upstream,
         bodyTimeout: timeouts.idle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
+        ...failed,
       }),
     )
   const lifecycle = new RequestLifecycle({

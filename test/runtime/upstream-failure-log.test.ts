@@ -1,0 +1,91 @@
+// An upstream failure is counted in nhi_upstream_errors_total and said once in the operator's log, with why:
+// a TLS certificate the proxy does not trust, a connection refused. Before, a 502 from an https upstream whose
+// certificate had expired or changed CA left nothing but `reason="connect"` to go by. The line repeats at most
+// once per reason and error code per interval, with the count of those it did not log.
+import { createServer } from 'node:https'
+import type { AddressInfo } from 'node:net'
+import pino from 'pino'
+import t from 'tap'
+import { UPSTREAM_FAILURE_LOG_INTERVAL_MS, upstreamFailureReporter } from '../../src/runtime.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { freePort } from '../helpers/net.ts'
+import { createCA, issueCert } from '../helpers/pki.ts'
+import { scratchDir } from '../helpers/scratch.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+
+const failureLines = (stderr: string) =>
+  stderr
+    .split('\n')
+    .filter((l) => l.includes('"event":"upstream_failed"'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+
+t.test(
+  'an https upstream whose certificate is not trusted: 502, and one log line that says why',
+  async (t) => {
+    const dir = await scratchDir('upstream-failure-log')
+    const trusted = await createCA('trusted-ca', dir)
+    const other = await createCA('other-ca', dir)
+    const cert = await issueCert(other, { cn: 'localhost', dnsSans: ['localhost'], server: true })
+    const up = createServer({ cert: cert.certPem, key: cert.keyPem }, (_req, res) => res.end('never'))
+    up.listen(0, '127.0.0.1')
+    await new Promise((ok) => up.once('listening', ok))
+    t.teardown(() => up.close())
+    const sidecar = await startTestSidecar(t, {
+      upstream: `https://localhost:${(up.address() as AddressInfo).port}`,
+      upstreamTls: { ca: trusted.certFile },
+    })
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${sidecar.proxyUrl}/orders`)
+      t.equal(res.status, 502, `request ${i + 1}: 502`)
+    }
+    const lines = failureLines(sidecar.process.stderr())
+    t.equal(lines.length, 1, 'one line for the three failures')
+    t.equal(lines[0]?.['reason'], 'connect')
+    t.match(
+      String(lines[0]?.['code']),
+      /CERT|SIGNATURE|ISSUER/,
+      `a certificate error code (${lines[0]?.['code']})`,
+    )
+    t.match(String(lines[0]?.['detail']), /certificate/, 'the TLS layer says why')
+  },
+)
+
+t.test('a connection refused: the code and the address it could not reach', async (t) => {
+  const port = await freePort()
+  const sidecar = await startTestSidecar(t, { upstream: `http://127.0.0.1:${port}` })
+  t.equal((await fetch(`${sidecar.proxyUrl}/`)).status, 502)
+  const lines = await eventually(
+    () => {
+      const found = failureLines(sidecar.process.stderr())
+      return found.length > 0 ? found : undefined
+    },
+    { what: 'the upstream_failed line' },
+  )
+  t.equal(lines.length, 1)
+  t.equal(lines[0]?.['code'], 'ECONNREFUSED')
+  t.match(String(lines[0]?.['detail']), `127.0.0.1:${port}`)
+})
+
+t.test(
+  'the reporter: once per reason and code per interval, then again with the count it held back',
+  async (t) => {
+    const lines: Record<string, unknown>[] = []
+    const log = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
+    let now = 0
+    const report = upstreamFailureReporter(log, () => now)
+    const refused = Object.assign(new Error('connect ECONNREFUSED 10.0.0.1:80'), { code: 'ECONNREFUSED' })
+    const parser = Object.assign(new Error('invalid header: set-cookie: session=abc'), {
+      code: 'UND_ERR_PARSER',
+    })
+    report('connect', refused)
+    report('connect', refused)
+    report('reset', parser)
+    report('connect', refused)
+    t.equal(lines.length, 2, 'one line each for the two codes')
+    t.notOk('detail' in lines[1]!, "the response parser's message is not logged (it may quote the upstream)")
+    now = UPSTREAM_FAILURE_LOG_INTERVAL_MS
+    report('connect', refused)
+    t.equal(lines.length, 3, 'after the interval, the code is logged again')
+    t.equal(lines[2]?.['unlogged'], 2, 'with the count of those held back')
+  },
+)
