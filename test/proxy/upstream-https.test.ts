@@ -7,11 +7,12 @@
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer as createHttpsServer } from 'node:https'
-import { type AddressInfo, connect } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { createServer, type TLSSocket, type TlsOptions } from 'node:tls'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
+import { rawClient } from '../helpers/net.ts'
 import { type CA, createCA, issueCert, type KeyPair } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
 
@@ -202,16 +203,14 @@ t.test('requests that announce trailers (node:http) use the same server name', a
   ] as const) {
     const { port } = await startProxy(t, { upstream, upstreamTls: { ca: serverCa.certPem } })
     // a raw socket: no HTTP client library here sends request trailers
-    const socket = connect(port, '127.0.0.1')
-    t.teardown(() => socket.destroy())
-    await once(socket, 'connect')
-    socket.write(
+    const client = await rawClient(port)
+    t.teardown(() => client.socket.destroy())
+    client.socket.write(
       'POST /upload HTTP/1.1\r\nHost: client.example\r\nTransfer-Encoding: chunked\r\nTrailer: x-digest\r\n' +
         'Connection: close\r\n\r\n5\r\nhello\r\n0\r\nx-digest: sha-256=abc\r\n\r\n',
     )
-    let answer = ''
-    socket.setEncoding('utf8')
-    for await (const c of socket) answer += c
+    await eventually(() => client.closed(), { what: 'the answer, then the close' })
+    const answer = client.text()
     t.match(answer, /^HTTP\/1\.1 200/, `${upstream}: answered`)
     t.same(
       seen.at(-1),
@@ -341,19 +340,14 @@ t.test('a websocket upgrade (undici) to a TLS upstream uses the same server name
       upstream,
       upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) },
     })
-    const socket = connect(port, '127.0.0.1')
-    t.teardown(() => socket.destroy())
-    await once(socket, 'connect')
-    socket.write(
+    const client = await rawClient(port)
+    t.teardown(() => client.socket.destroy())
+    client.socket.write(
       'GET /ws HTTP/1.1\r\nHost: client.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
         'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
     )
-    let answer = ''
-    socket.setEncoding('utf8')
-    for await (const c of socket) {
-      answer += c
-      if (answer.includes('\r\n\r\n')) break
-    }
+    await eventually(() => client.text().includes('\r\n\r\n'), { what: 'the answer head' })
+    const answer = client.text()
     const what = `${upstream}${servername ? `, servername ${servername}` : ''}`
     t.match(answer, /^HTTP\/1\.1 101/, `${what}: switched`)
     t.equal(seen.at(-1), sni, `${what}: SNI ${sni}, not the client's Host`)
