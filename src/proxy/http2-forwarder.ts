@@ -30,6 +30,7 @@ import {
 } from './forwarder.ts'
 import { endGrpcWithStatus, GRPC, grpcStatusWithoutOne, grpcTimeoutMs, isGrpc } from './grpc.ts'
 import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText } from './grpc-web.ts'
+import { UpstreamError } from './h1-pool.ts'
 import { type HeaderBlocks, isHopByHop, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
@@ -232,7 +233,11 @@ export class Http2Forwarder {
       res.on('close', onClientClose)
       timers.push(
         setTimeout(() => {
-          if (status === 0) fail('timeout')
+          if (status !== 0 || settled) return
+          // the upstream's silence is the operator's to know, as on the HTTP/1.1 path (a gRPC call's own
+          // deadline below is the client's, and is not)
+          this.options.failed?.('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
+          fail('timeout')
         }, this.options.headersTimeout),
       )
       // a deadline past what a timer holds (about 24.8 days, `2592000S` is 30) would fire at once: it is

@@ -24,6 +24,7 @@ import {
   type UpstreamFailed,
 } from './forwarder.ts'
 import { grpcWebResponse } from './grpc-web.ts'
+import { UpstreamError } from './h1-pool.ts'
 import {
   announcedTrailers,
   downstreamHeaders,
@@ -191,6 +192,7 @@ export class NodeHttpForwarder {
           headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
           return
         }
+        o.failed?.('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
         fail('timeout')
       }
       headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
@@ -285,7 +287,11 @@ export class NodeHttpForwarder {
         }
         const grpcWeb = grpcWebResponse(req.headers, headers)
         // undici's body deadline: the longest silence of the upstream while the client is reading
-        const onBodyTimeout = () => fail('timeout')
+        const onBodyTimeout = () => {
+          if (settled) return
+          o.failed?.('timeout', new UpstreamError('body timeout', 'UND_ERR_BODY_TIMEOUT'))
+          fail('timeout')
+        }
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
         let blocked = false
         const onResponseDrain = () => {
