@@ -691,6 +691,8 @@ export function attributionErrorReporter(
 
 /** at most one log line per failure reason and error code this often; nhi_upstream_errors_total counts them all */
 export const UPSTREAM_FAILURE_LOG_INTERVAL_MS = 30_000
+/** distinct reasons and codes remembered; also the most lines one interval can log */
+export const UPSTREAM_FAILURE_LOG_KEYS = 64
 const UPSTREAM_FAILURE_MESSAGES: Record<UpstreamErrorReason, string> = {
   connect: 'the upstream could not be reached; answered 502',
   timeout: 'the upstream did not answer within timeouts.upstream; answered 504',
@@ -715,8 +717,12 @@ export function upstreamFailureReporter(log: Logger, now: () => number = Date.no
       seen.unlogged++
       return
     }
-    // reasons and codes are few; bounded all the same
-    if (seen === undefined && last.size >= 64) last.clear()
+    // reasons and codes are few, but an upstream chooses some of them (a parser's HPE_*, HTTP/2 codes): the keys
+    // are bounded, and so are the lines per interval, whatever codes it cycles through
+    if (seen === undefined && last.size >= UPSTREAM_FAILURE_LOG_KEYS) {
+      for (const [k, v] of last) if (at - v.at >= UPSTREAM_FAILURE_LOG_INTERVAL_MS) last.delete(k)
+      if (last.size >= UPSTREAM_FAILURE_LOG_KEYS) return
+    }
     last.set(key, { at, unlogged: 0 })
     const message = code.startsWith('UND_ERR') ? undefined : (err as Error | null)?.message?.slice(0, 200)
     log.warn(

@@ -6,7 +6,11 @@ import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import pino from 'pino'
 import t from 'tap'
-import { UPSTREAM_FAILURE_LOG_INTERVAL_MS, upstreamFailureReporter } from '../../src/runtime.ts'
+import {
+  UPSTREAM_FAILURE_LOG_INTERVAL_MS,
+  UPSTREAM_FAILURE_LOG_KEYS,
+  upstreamFailureReporter,
+} from '../../src/runtime.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { freePort } from '../helpers/net.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
@@ -87,5 +91,25 @@ t.test(
     report('connect', refused)
     t.equal(lines.length, 3, 'after the interval, the code is logged again')
     t.equal(lines[2]?.['unlogged'], 2, 'with the count of those held back')
+  },
+)
+
+t.test(
+  'an upstream cycling through error codes gets no more lines an interval than the reporter keeps codes',
+  async (t) => {
+    const lines: Record<string, unknown>[] = []
+    const log = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
+    let now = 0
+    const report = upstreamFailureReporter(log, () => now)
+    const coded = (i: number) => Object.assign(new Error('Parse Error'), { code: `HPE_CODE_${i}` })
+    for (let i = 0; i < UPSTREAM_FAILURE_LOG_KEYS * 3; i++) report('reset', coded(i))
+    t.equal(
+      lines.length,
+      UPSTREAM_FAILURE_LOG_KEYS,
+      `at most ${UPSTREAM_FAILURE_LOG_KEYS} lines in one interval`,
+    )
+    now = UPSTREAM_FAILURE_LOG_INTERVAL_MS
+    report('reset', coded(UPSTREAM_FAILURE_LOG_KEYS * 3))
+    t.equal(lines.length, UPSTREAM_FAILURE_LOG_KEYS + 1, 'a new code is logged once the interval has passed')
   },
 )
