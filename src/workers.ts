@@ -626,35 +626,34 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     stopping = true
     for (const s of slots) s?.worker?.process.kill('SIGKILL')
   }
-  const stopStarting = () => startupFailed?.(new StoppedWhileStarting())
   /**
-   * A stop while the pod starts. The listener is open once one worker listens, so a worker that does may have
-   * requests in flight: it drains as it would at a stop after the start, while the workers still starting
-   * (nothing of theirs serves) are killed. Resolves once the serving ones have exited.
+   * Sends a stop (`shutdown`: the drain; `close`: at once) to every worker that serves. One still starting
+   * gets it once it listens (`starting: 'hold'`: a message sent before its handler exists is lost), or is
+   * killed (`'kill'`: nothing of its serves yet). Resolves once every worker has exited; those left after
+   * the drain and 5 s more are killed.
    */
-  const stopWhileStarting = async () => {
+  const stopWorkers = (command: Command, starting: 'hold' | 'kill'): Promise<void> => {
     stopping = true
-    const exits: Promise<unknown>[] = []
+    const exits = slots.flatMap((s) => (s?.worker ? [once(s.worker, 'exit')] : []))
     for (const s of slots) {
       const worker = s?.worker
-      if (s === undefined || worker === undefined) continue
+      if (worker === undefined) continue
       if (!s.listening) {
-        worker.process.kill('SIGKILL')
+        if (starting === 'kill') worker.process.kill('SIGKILL')
+        else s.held = command
         continue
       }
-      exits.push(once(worker, 'exit'))
       try {
-        worker.send({ nhi: 'shutdown' } satisfies Command)
+        worker.send(command)
       } catch {
         // exiting already: its 'exit' comes all the same
       }
     }
-    if (exits.length === 0) return
     const { drainDelay, drain } = config.timeouts
     const timer = setTimeout(killAll, drainDelay + drain + 5_000)
-    await Promise.all(exits)
-    clearTimeout(timer)
+    return Promise.all(exits).then(() => clearTimeout(timer))
   }
+  const stopStarting = () => startupFailed?.(new StoppedWhileStarting())
   try {
     await new Promise<void>((ok, fail) => {
       startupFailed = fail
@@ -664,7 +663,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       for (let i = 0; i < opts.workers; i++) fork(i)
     })
   } catch (err) {
-    if (err instanceof StoppedWhileStarting) await stopWhileStarting()
+    // the listener is open once one worker listens: one that does may have requests in flight, and drains
+    // as at a stop after the start
+    if (err instanceof StoppedWhileStarting) await stopWorkers({ nhi: 'shutdown' }, 'kill')
     killAll()
     await telemetry.close()
     throw err
@@ -893,26 +894,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   let closing: Promise<void> | undefined
   const stop = (command: Command): Promise<void> => {
     draining = true
-    stopping = true
     watcher?.close()
     clearInterval(livePoll)
-    const exits = slots.flatMap((s) => (s.worker ? [once(s.worker, 'exit')] : []))
-    for (const s of slots) {
-      if (s.worker && !s.listening) {
-        s.held = command
-        continue
-      }
-      try {
-        s.worker?.send(command)
-      } catch {
-        // already gone
-      }
-    }
+    const exited = stopWorkers(command, 'hold')
     closing ??= (async () => {
-      const { drainDelay, drain } = config.timeouts
-      const timer = setTimeout(killAll, drainDelay + drain + 5_000)
-      await Promise.all(exits)
-      clearTimeout(timer)
+      await exited
       await admin.close()
       logRecorderFailures(log, await telemetry.close())
     })()
