@@ -243,6 +243,19 @@ function classify(err: unknown, connected: boolean): UpstreamErrorReason {
   return connected ? 'reset' : 'connect'
 }
 
+/** the reason an engine's error counts as, told to `failed` with the error; none for a client that left */
+function upstreamFailure(
+  err: unknown,
+  connected: boolean,
+  clientAborted: boolean,
+  failed: UpstreamFailed | undefined,
+): UpstreamErrorReason | undefined {
+  if (clientAborted) return undefined
+  const reason = classify(err, connected)
+  failed?.(reason, err)
+  return reason
+}
+
 const kCall = Symbol('nhi.forwardCall')
 type Tagged<T> = T & { [kCall]?: ResponseCall }
 
@@ -381,9 +394,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
       err instanceof ClientGoneError ||
       (err as { code?: string }).code === 'UND_ERR_ABORTED'
     if (this.res.headersSent && !this.res.writableFinished) cutResponse(this.res)
-    const reason = clientAborted ? undefined : classify(err, this.connected)
-    if (reason !== undefined) this.failed?.(reason, err)
-    this.settle(reason, clientAborted)
+    this.settle(upstreamFailure(err, this.connected, clientAborted, this.failed), clientAborted)
   }
 
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
@@ -583,9 +594,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   onError(err: Error): void {
     const clientAborted = err instanceof ClientGoneError || this.client.destroyed
     if (this.status !== 0) this.client.destroy()
-    const reason = clientAborted ? undefined : classify(err, this.connected)
-    if (reason !== undefined) this.failed?.(reason, err)
-    this.settle(reason, clientAborted)
+    this.settle(upstreamFailure(err, this.connected, clientAborted, this.failed), clientAborted)
   }
 
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {

@@ -169,9 +169,13 @@ export class Http2Forwarder {
         resolve(result)
       }
 
-      /** the upstream failed or timed out: before headers the caller answers; after, a gRPC call ends with a status */
-      const fail = (reason: UpstreamErrorReason) => {
+      /**
+       * the upstream failed or timed out: before headers the caller answers; after, a gRPC call ends with a
+       * status. `err`, why, goes to the operator's log (`failed`)
+       */
+      const fail = (reason: UpstreamErrorReason, err?: unknown) => {
         if (settled) return
+        if (err !== undefined) this.options.failed?.(reason, err)
         if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
         if (status !== 0) {
           if (grpc) {
@@ -224,20 +228,13 @@ export class Http2Forwarder {
         settle('connect')
         return
       }
-      stream.on('error', (err) => {
-        if (settled) return
-        const reason = connected() ? 'reset' : 'connect'
-        this.options.failed?.(reason, err)
-        fail(reason)
-      })
+      stream.on('error', (err) => fail(connected() ? 'reset' : 'connect', err))
       res.on('close', onClientClose)
       timers.push(
         setTimeout(() => {
-          if (status !== 0 || settled) return
           // the upstream's silence is the operator's to know, as on the HTTP/1.1 path (a gRPC call's own
           // deadline below is the client's, and is not)
-          this.options.failed?.('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
-          fail('timeout')
+          if (status === 0) fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
         }, this.options.headersTimeout),
       )
       // a deadline past what a timer holds (about 24.8 days, `2592000S` is 30) would fire at once: it is

@@ -146,9 +146,13 @@ export class NodeHttpForwarder {
         resolve(result)
       }
 
-      /** before response headers nothing was written and the caller answers 502/504; after, the response is cut */
-      const fail = (reason: UpstreamErrorReason) => {
+      /**
+       * before response headers nothing was written and the caller answers 502/504; after, the response is
+       * cut. `err`, why, goes to the operator's log (`failed`)
+       */
+      const fail = (reason: UpstreamErrorReason, err?: unknown) => {
         if (settled) return
+        if (err !== undefined) o.failed?.(reason, err)
         if (up && !up.destroyed) up.destroy()
         if (status !== 0 && !res.writableFinished) cutResponse(res)
         settle(reason)
@@ -192,8 +196,7 @@ export class NodeHttpForwarder {
           headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
           return
         }
-        o.failed?.('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
-        fail('timeout')
+        fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
       }
       headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
 
@@ -213,11 +216,7 @@ export class NodeHttpForwarder {
       upReq.on('error', (err) => {
         if (settled) return
         if (clientGone) settle(undefined, true)
-        else {
-          const reason = err instanceof ConnectTimeoutError || !connected ? 'connect' : 'reset'
-          o.failed?.(reason, err)
-          fail(reason)
-        }
+        else fail(err instanceof ConnectTimeoutError || !connected ? 'connect' : 'reset', err)
       })
       // closed without an error and without a response: an unsolicited 101, whose connection node:http drops
       // when nobody asked for the upgrade. Not a timeout: the upstream answered, with something unusable
@@ -287,11 +286,7 @@ export class NodeHttpForwarder {
         }
         const grpcWeb = grpcWebResponse(req.headers, headers)
         // undici's body deadline: the longest silence of the upstream while the client is reading
-        const onBodyTimeout = () => {
-          if (settled) return
-          o.failed?.('timeout', new UpstreamError('body timeout', 'UND_ERR_BODY_TIMEOUT'))
-          fail('timeout')
-        }
+        const onBodyTimeout = () => fail('timeout', new UpstreamError('body timeout', 'UND_ERR_BODY_TIMEOUT'))
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)
         let blocked = false
         const onResponseDrain = () => {
