@@ -2,7 +2,7 @@
 // a port that is sure to refuse connections, and raw sockets on both ends of an HTTP/1.1 exchange: for bytes
 // no HTTP client would send, and answers no HTTP server would give.
 import { once } from 'node:events'
-import { type AddressInfo, connect, createServer, type Socket } from 'node:net'
+import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net'
 import type { Test } from 'tap'
 
 /**
@@ -73,6 +73,29 @@ export async function rawClient(port: number): Promise<RawClient> {
   return { socket, text: () => text, closed: () => closed }
 }
 
+/**
+ * `server` (a net, tls or http server) listening on 127.0.0.1, an ephemeral port; at the end of the test every
+ * connection it accepted is destroyed and it is closed (a close alone waits for its clients). Resolves with
+ * the port.
+ */
+export async function listenUntilTeardown(t: Test, server: Server): Promise<number> {
+  const sockets = new Set<Socket>()
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  )
+  return (server.address() as AddressInfo).port
+}
+
 /** One request as a scripted upstream read it. */
 export interface ScriptedRequest {
   /** the request head, without the blank line that ends it */
@@ -109,14 +132,11 @@ export async function scriptedUpstream(
   t: Test,
   script: (request: ScriptedRequest) => ScriptedAnswer,
 ): Promise<ScriptedUpstream> {
-  const sockets = new Set<Socket>()
   const seen: ScriptedUpstream['seen'] = []
   let connections = 0
   const server = createServer((socket) => {
     const conn = ++connections
     let nth = 0
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
     socket.on('error', () => {})
     let pending = ''
     socket.on('data', async (c: Buffer) => {
@@ -142,16 +162,7 @@ export async function scriptedUpstream(
       }
     })
   })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
-  )
-  const port = (server.address() as AddressInfo).port
+  const port = await listenUntilTeardown(t, server)
   return { url: `http://127.0.0.1:${port}`, port, seen, connections: () => connections }
 }
 

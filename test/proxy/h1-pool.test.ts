@@ -1,11 +1,10 @@
 // The HTTP/1.1 engine on its own, over real loopback sockets: the moments between two events of one socket
 // that a test through the proxy cannot aim at.
-import { once } from 'node:events'
-import { type AddressInfo, createServer, type Socket } from 'node:net'
+import { createServer, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { H1Pool, type H1Request, type UpstreamHandler } from '../../src/proxy/h1-pool.ts'
-import { scriptedUpstream } from '../helpers/net.ts'
+import { listenUntilTeardown, scriptedUpstream } from '../helpers/net.ts'
 
 interface Outcome {
   status: number
@@ -122,26 +121,15 @@ t.test(
   async (t) => {
     // a TCP server that accepts and never answers the ClientHello
     let received = ''
-    const sockets = new Set<Socket>()
     const server = createServer((s) => {
-      sockets.add(s)
       s.on('error', () => {})
       s.on('data', (c: Buffer) => {
         received += c.toString('latin1')
       })
     })
-    server.listen(0, '127.0.0.1')
-    await once(server, 'listening')
-    t.teardown(
-      () =>
-        new Promise<void>((resolve) => {
-          for (const s of sockets) s.destroy()
-          server.close(() => resolve())
-        }),
-    )
     const p = new H1Pool({
       host: '127.0.0.1',
-      port: (server.address() as AddressInfo).port,
+      port: await listenUntilTeardown(t, server),
       hostHeader: 'app',
       connectTimeout: 300,
       headersTimeout: 5000,

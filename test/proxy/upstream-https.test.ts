@@ -12,7 +12,7 @@ import { createServer, type TLSSocket, type TlsOptions } from 'node:tls'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { rawClient } from '../helpers/net.ts'
+import { listenUntilTeardown, rawClient } from '../helpers/net.ts'
 import { type CA, createCA, issueCert, type KeyPair } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
 
@@ -53,7 +53,6 @@ async function tlsUpstream(t: Test, script: (path: string) => string, extra: Tls
   const conns: Conn[] = []
   const heads: string[] = []
   let tlsClientErrors = 0
-  const sockets = new Set<TLSSocket>()
   const s = createServer({ cert: server.certPem, key: server.keyPem, ...extra }, (socket) => {
     const peer = socket.getPeerCertificate()
     const conn: Conn = {
@@ -63,8 +62,6 @@ async function tlsUpstream(t: Test, script: (path: string) => string, extra: Tls
       bytes: 0,
     }
     conns.push(conn)
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
     socket.on('error', () => {})
     let pending = ''
     socket.on('data', (c: Buffer) => {
@@ -83,17 +80,8 @@ async function tlsUpstream(t: Test, script: (path: string) => string, extra: Tls
   s.on('tlsClientError', () => {
     tlsClientErrors++
   })
-  s.listen(0, '127.0.0.1')
-  await once(s, 'listening')
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy()
-        s.close(() => resolve())
-      }),
-  )
   return {
-    port: (s.address() as AddressInfo).port,
+    port: await listenUntilTeardown(t, s),
     conns,
     heads,
     tlsClientErrors: () => tlsClientErrors,
