@@ -18,9 +18,16 @@ export function splitAddress(addr: string): { host: string; port: number } {
   return { host: host || '0.0.0.0', port: Number(addr.slice(i + 1)) }
 }
 
-/** The start was given up for a stop signal that came before anything listened: nothing is left to drain. */
+/**
+ * The start was given up for a stop signal. `served`: some of a pod's workers listened already and were
+ * drained before the exit (the listener opens with the first one); otherwise nothing listened.
+ */
 export class StoppedWhileStarting extends Error {
-  constructor() {
-    super('stopped while starting, before anything listened')
+  constructor(readonly served = false) {
+    super(
+      served
+        ? 'stopped while starting, after draining the workers already serving'
+        : 'stopped while starting, before anything listened',
+    )
   }
 }

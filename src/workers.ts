@@ -132,6 +132,8 @@ const ASK_TIMEOUT_MS = 10_000
 const NONCE_ASK_TIMEOUT_MS = 1_000
 /** a worker that exits within this long of its start is started again only after this long */
 const RESTART_BACKOFF_MS = 1_000
+/** how long a worker's death by SIGTERM during the start waits for the primary's own stop signal */
+const GROUP_STOP_GRACE_MS = 2_000
 /** live events a worker batches before handing them to the primary, and the most it keeps waiting */
 const LIVE_FLUSH_MS = 100
 const LIVE_MAX_PENDING = 1_000
@@ -584,18 +586,28 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       for (const [id, w] of waiting) if (w.worker === worker) waiting.get(id)?.done(undefined)
       if (stopping) return
       if (startupFailed && !drained) {
-        startupFailed(
-          // a SIGTERM that came before the worker's first statement (Node's own start-up) ends it by the
-          // signal: a stop of the pod by the whole group, whichever of the two the primary hears of first
-          signal === 'SIGTERM'
-            ? new StoppedWhileStarting()
-            : new StartupError(
-                `worker ${index + 1} could not start (exit ${code ?? signal})`,
-                code === 1 ? 1 : 2,
-              ),
-        )
+        if (signal !== 'SIGTERM') {
+          startupFailed(
+            new StartupError(
+              `worker ${index + 1} could not start (exit ${code ?? signal})`,
+              code === 1 ? 1 : 2,
+            ),
+          )
+          return
+        }
+        // A SIGTERM that came before the worker's first statement (Node's own start-up) ends it by the
+        // signal. Sent to the whole group (systemd, `tini -g`), it reaches the primary too, which ends the
+        // start within moments; sent to this worker alone, it is a stop of that worker, which is replaced as
+        // one told to stop after it listened would be. Ending the pod with exit 0 instead would keep a pod
+        // under `restartPolicy: OnFailure` down for a signal that was never meant for it.
+        setTimeout(() => {
+          if (!stopping && opts.stop?.aborted !== true) restartSlot(code, signal)
+        }, GROUP_STOP_GRACE_MS).unref()
         return
       }
+      restartSlot(code, signal)
+    })
+    const restartSlot = (code: number | null, signal: string | null) => {
       restarts++
       const soon = Date.now() - slot.startedAt < RESTART_BACKOFF_MS
       log.error(
@@ -619,7 +631,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         },
         soon ? RESTART_BACKOFF_MS : 0,
       ).unref()
-    })
+    }
   }
 
   const killAll = () => {
@@ -665,7 +677,13 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   } catch (err) {
     // the listener is open once one worker listens: one that does may have requests in flight, and drains
     // as at a stop after the start
-    if (err instanceof StoppedWhileStarting) await stopWorkers({ nhi: 'shutdown' }, 'kill')
+    if (err instanceof StoppedWhileStarting) {
+      const served = slots.some((s) => s?.listening === true)
+      await stopWorkers({ nhi: 'shutdown' }, 'kill')
+      killAll()
+      await telemetry.close()
+      throw new StoppedWhileStarting(served)
+    }
     killAll()
     await telemetry.close()
     throw err

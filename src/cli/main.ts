@@ -150,17 +150,17 @@ interface Stoppable {
 function holdSignals(opts: { reloads: boolean }): {
   /** aborted by a stop signal that came before `serving` */
   stopping: AbortSignal
-  /** exits 0 when a stop signal came: nothing was started that needs stopping */
-  beforeStarting(): void
+  /** exits 0 when a stop signal came, saying so (`outcome`: what the start had done; by default nothing) */
+  beforeStarting(outcome?: string): void
   serving(target: Stoppable): void
 } {
   let target: Stoppable | undefined
   let held: string | undefined
   let stopping = false
   const startStopped = new AbortController()
-  const beforeStarting = () => {
+  const beforeStarting = (outcome = 'exiting before serving') => {
     if (held === undefined) return
-    process.stderr.write(`nhi-proxy: ${held} while starting, exiting before serving\n`)
+    process.stderr.write(`nhi-proxy: ${held} while starting, ${outcome}\n`)
     process.exit(0)
   }
   const stop = (signal: string) => {
@@ -357,8 +357,9 @@ Examples:
         signals.serving(sidecar)
       } catch (err) {
         if (err instanceof StoppedWhileStarting) {
-          signals?.beforeStarting()
-          // a pod's worker ended by a SIGTERM to the group before the primary heard of its own: a stop too
+          signals?.beforeStarting(
+            err.served ? 'exiting after draining the workers already serving' : undefined,
+          )
           process.stderr.write(`nhi-proxy: ${err.message}\n`)
           process.exit(0)
         }

@@ -3,8 +3,10 @@
 // alone (the kubelet's) or the whole process group (systemd's KillMode=control-group, `tini -g`). Before,
 // the group's signal killed the starting workers by Node's default action and the start failed ("a worker
 // could not start", exit 2), and a SIGTERM to the primary alone waited for the workers to start and then
-// drained. A SIGTERM to one starting worker alone drains that worker once it serves, and the pod replaces it.
-import { writeFile } from 'node:fs/promises'
+// drained. A SIGTERM to one starting worker alone drains that worker once it serves, and the pod replaces it;
+// one that ends a worker still in Node's own start-up (before the bin's first statement can catch it) is a
+// stop of the pod only when the primary is told to stop too.
+import { readdir, writeFile } from 'node:fs/promises'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
@@ -107,7 +109,7 @@ for (const [to, group] of [
       t.not(code, 'late', `exited within ${PROMPT_MS} ms, the key fetches still unanswered`)
       t.equal(proxy.child.signalCode, null, 'not ended by the signal')
       t.equal(code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
-      t.match(proxy.stderr(), /while starting/, 'says it stopped while starting')
+      t.match(proxy.stderr(), /while starting, exiting before serving/, 'says it stopped before serving')
       t.notMatch(proxy.stderr(), /could not start/, 'not a failed start')
       t.notMatch(proxy.stderr(), /"event":"started"/, 'never started serving')
       t.ok(performance.now() - signalled < PROMPT_MS, 'promptly')
@@ -195,5 +197,85 @@ t.test(
     const code = await proxy.exited
     t.equal(code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
     t.equal(proxy.child.signalCode, null, 'not ended by the signal')
+    // a worker served: "exiting before serving" would tell the operator that nothing was ever answered
+    t.match(proxy.stderr(), /while starting, exiting after draining the workers already serving/, 'says so')
+    t.notMatch(proxy.stderr(), /before serving/, 'not that nothing served')
+  },
+)
+
+/**
+ * A `workers: 2` pod (no keys to wait for) whose workers each spend `holdMs` in a preload, before the bin's
+ * first statement: a SIGTERM then ends a worker by Node's default action, as one that comes during Node's own
+ * start-up does. Resolves once both workers are in the preload, with their pids.
+ */
+async function preloadingPod(t: Test, holdMs: number) {
+  const dir = await scratchDir('workers-preload-stopped')
+  const marks = join(dir, 'marks')
+  const preload = join(dir, 'hold-worker.mjs')
+  await writeFile(
+    preload,
+    `import cluster from 'node:cluster'
+import { mkdirSync, writeFileSync } from 'node:fs'
+if (cluster.isWorker) {
+  mkdirSync(${JSON.stringify(marks)}, { recursive: true })
+  writeFileSync(${JSON.stringify(marks)} + '/' + process.pid, '')
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ${holdMs})
+}
+`,
+  )
+  const config = join(dir, 'config.yaml')
+  await writeFile(config, testConfigYaml({ upstream: 'http://127.0.0.1:9', workers: 2 }))
+  const nodeOptions = `${process.env['NODE_OPTIONS'] ?? ''} --import=${preload}`.trim()
+  const proxy = spawnCli(['run', '-c', config], { NODE_OPTIONS: nodeOptions }, { detached: true })
+  const primary = proxy.child.pid!
+  t.teardown(async () => {
+    try {
+      process.kill(-primary, 'SIGKILL')
+    } catch {
+      // the group is gone already
+    }
+    await proxy.exited
+  })
+  const held = async () => (await readdir(marks).catch(() => [] as string[])).map(Number)
+  await eventually(async () => (await held()).length >= 2, {
+    timeoutMs: PROMPT_MS,
+    what: 'both workers in the preload',
+  })
+  const workers = await held()
+  t.same(workers.sort(), childPids(primary).sort(), 'the two workers are the ones held')
+  return { proxy, primary, workers }
+}
+
+t.test(
+  'SIGTERM to one worker alone in its own start-up: the worker is replaced and the pod starts',
+  async (t) => {
+    const { proxy, primary, workers } = await preloadingPod(t, 1_500)
+    process.kill(workers[0]!, 'SIGTERM')
+    await proxy.waitFor(/"event":"started"/, 30_000)
+    t.match(proxy.stderr(), /"event":"worker_exited".*"signal":"SIGTERM"/, 'the worker ended by the signal')
+    t.match(proxy.stderr(), /"event":"worker_restarted"/, 'a new worker in its place')
+    t.notOk(alive(workers[0]!), 'the signalled worker is gone')
+    t.equal(childPids(primary).length, 2, 'two workers serve')
+    t.equal(proxy.child.exitCode, null, 'the pod runs on')
+    t.notMatch(proxy.stderr(), /while starting/, 'not taken for a stop of the pod')
+    process.kill(primary, 'SIGTERM')
+    t.equal(await proxy.exited, 0, 'a stop later exits 0')
+  },
+)
+
+t.test(
+  'SIGTERM to the group while the workers are in their own start-up: exit 0, none replaced',
+  async (t) => {
+    const { proxy, primary, workers } = await preloadingPod(t, 3_000)
+    process.kill(-primary, 'SIGTERM')
+    const code = await proxy.exited
+    t.equal(code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
+    t.match(proxy.stderr(), /SIGTERM while starting, exiting before serving/, 'a stop before serving')
+    t.notMatch(proxy.stderr(), /"event":"worker_restarted"/, 'no worker started in their place')
+    t.notMatch(proxy.stderr(), /"event":"started"/, 'never started serving')
+    t.ok(
+      workers.every((pid) => !alive(pid)),
+      'both workers gone',
+    )
   },
 )
