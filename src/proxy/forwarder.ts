@@ -24,7 +24,7 @@ import { resetByProxy } from './http2-listener.ts'
 import { hasBody } from './request-lifecycle.ts'
 import { clearHeaders, endAnswered } from './respond.ts'
 import { Pool, UNDICI_HEADER_BLOCKS } from './undici-pool.ts'
-import { parseUpstream, type Upstream, upstreamServerName } from './upstream-url.ts'
+import { parseUpstream, type Upstream, upstreamTlsFor } from './upstream-url.ts'
 
 const buildConnector = connectModule as typeof UndiciBuildConnector
 type UndiciConnector = UndiciBuildConnector.connector
@@ -618,12 +618,15 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
 }
 
 /**
- * undici's TLS connector with the server name pinned (upstreamServerName): undici takes a request's server
+ * undici's TLS connector with the server name pinned (upstreamTlsFor): undici takes a request's server
  * name from its Host header, which the client sets, before the configured one.
  */
 function tlsConnector(host: string, options: ConnectionOptions & { timeout: number }): UndiciConnector {
-  const servername = upstreamServerName(host, options.servername)
-  const connector = buildConnector({ ...options, servername })
+  const tls = upstreamTlsFor(host, options)
+  const connector = buildConnector({ ...tls, servername: tls.servername || undefined })
+  // without a server name (an IP address), no host either: undici would make the origin's host the SNI
+  if (tls.servername === '')
+    return (opts, callback) => connector({ ...opts, servername: undefined, host: '' }, callback)
   return (opts, callback) => connector({ ...opts, servername: undefined }, callback)
 }
 

@@ -15,7 +15,7 @@ import { connect, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { type ConnectionOptions, connect as connectTls, createSecureContext } from 'node:tls'
 import type { UpstreamHeaders } from './headers.ts'
-import { upstreamServerName } from './upstream-url.ts'
+import { upstreamTlsFor } from './upstream-url.ts'
 
 /** What the engine tells about one request (the subset of undici's legacy handler the forwarders use). */
 export interface UpstreamHandler {
@@ -699,10 +699,12 @@ export class H1Pool {
 
   constructor(readonly options: H1PoolOptions) {
     if (options.tls !== undefined && !options.socketPath) {
-      const servername = upstreamServerName(options.host, options.tls.servername)
-      this.tls = { ...options.tls, host: options.host, port: options.port, ALPNProtocols: ['http/1.1'] }
-      if (servername !== undefined) this.tls.servername = servername
-      else delete this.tls.servername
+      this.tls = {
+        ...upstreamTlsFor(options.host, options.tls),
+        host: options.host,
+        port: options.port,
+        ALPNProtocols: ['http/1.1'],
+      }
       // one secure context for all the pool's connections: the CA bundle and the client certificate are
       // parsed once, not at every handshake
       if (this.tls.secureContext === undefined) {

@@ -10,9 +10,11 @@ import {
   constants,
   type IncomingHttpHeaders as H2Headers,
   type IncomingHttpStatusHeader,
+  type SecureClientSessionOptions,
   type ServerHttp2Stream,
 } from 'node:http2'
-import type { ConnectionOptions, SecureContextOptions } from 'node:tls'
+import { isIP } from 'node:net'
+import { type ConnectionOptions, type SecureContextOptions, connect as tlsConnect } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import { MAX_TIMER_MS } from '../util/duration.ts'
 import {
@@ -36,6 +38,7 @@ import { resetByProxy } from './http2-listener.ts'
 import { announcesTrailers, type NodeHttpForwarder } from './node-http-forwarder.ts'
 import { hasBody } from './request-lifecycle.ts'
 import { clearHeaders } from './respond.ts'
+import { upstreamTlsFor } from './upstream-url.ts'
 
 /** The client's request trailers to the upstream; the stream ends either way (empty trailers end it too). */
 function sendRequestTrailers(
@@ -98,11 +101,22 @@ export class Http2Forwarder {
     this.tls = options.tls
   }
 
+  /** upstreamTls for a TLS session to `url`, with the server name every path takes (upstreamTlsFor) */
+  private connectOptions(url: string): SecureClientSessionOptions {
+    const u = new URL(url)
+    const host = u.hostname.replace(/^\[|\]$/g, '')
+    const tls = upstreamTlsFor(host, this.tls ?? {})
+    if (tls.servername !== '' || isIP(host) !== 0) return tls
+    // no server name for a host name (an address configured as servername): node:http2 would send the host
+    const port = u.port === '' ? 443 : Number(u.port)
+    return { ...tls, createConnection: () => tlsConnect({ ...tls, host, port, ALPNProtocols: ['h2'] }) }
+  }
+
   private session(origin: string, tls: boolean): { session: ClientHttp2Session; connected: () => boolean } {
     let session = this.sessions.get(origin)
     if (session === undefined || session.closed || session.destroyed) {
       const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
-      const s = connect(url, tls ? { ...this.tls } : {})
+      const s = connect(url, tls ? this.connectOptions(url) : {})
       s.on('error', () => {})
       // an idle upstream session must not keep the process alive
       s.unref()

@@ -33,7 +33,7 @@ import {
   upstreamTrailers,
 } from './headers.ts'
 import { clearHeaders } from './respond.ts'
-import { upstreamServerName } from './upstream-url.ts'
+import { upstreamTlsFor } from './upstream-url.ts'
 
 /**
  * Whether a request goes through this forwarder: an HTTP/1.x request with a chunked body that announces a
@@ -90,8 +90,7 @@ export class NodeHttpForwarder {
         // the server name is upstreamTls.servername, else the URL host, none for an IP address (as on the
         // engine): node:https would otherwise take it from the Host header, the client's
         const host = target.upstream.host
-        const servername = upstreamServerName(host, this.tls?.servername) ?? ''
-        agent = new HttpsAgent({ ...common, ...this.tls, servername })
+        agent = new HttpsAgent({ ...common, ...upstreamTlsFor(host, this.tls ?? {}) })
       } else agent = new HttpAgent(common)
       this.agents.set(target.origin, agent)
     }

@@ -1,5 +1,6 @@
 // The `upstream` setting: which origin requests go to and how (docs/reference.md "upstream").
 import { isIP } from 'node:net'
+import { type ConnectionOptions, checkServerIdentity, type PeerCertificate } from 'node:tls'
 import { redactUrl } from '../config/redact.ts'
 
 export interface Upstream {
@@ -70,9 +71,27 @@ export function parseUpstream(url: string): Upstream {
 /**
  * The TLS server name an https: upstream is reached with and its certificate checked for: upstreamTls's
  * `servername`, else the URL's host, none for an IP address (RFC 6066 §3: SNI carries no IP literal; the
- * certificate is then checked against the address). Never the request's Host header: the client sets that.
+ * certificate is then checked against the address: upstreamTlsFor). Never the
+ * request's Host header: the client sets that.
  */
 export function upstreamServerName(host: string, configured: string | undefined): string | undefined {
-  if (configured) return configured
-  return isIP(host) === 0 ? host : undefined
+  const name = configured || host
+  return isIP(name) === 0 ? name : undefined
+}
+
+/**
+ * upstreamTls options for a connection to `host`: the server name as upstreamServerName has it ('' for none,
+ * which sends no SNI and checks the certificate against `host`) and, for an IP address configured as
+ * `servername`, the certificate checked against that address, which is not sent (Node would send it, against
+ * RFC 6066, and warn DEP0123).
+ */
+export function upstreamTlsFor<T extends ConnectionOptions>(
+  host: string,
+  tls: T,
+): T & { servername: string } {
+  const configured = tls.servername
+  const out = { ...tls, servername: upstreamServerName(host, configured) ?? '' }
+  if (configured && isIP(configured) !== 0)
+    out.checkServerIdentity = (_host: string, cert: PeerCertificate) => checkServerIdentity(configured, cert)
+  return out
 }

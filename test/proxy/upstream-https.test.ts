@@ -6,6 +6,7 @@
 // server answering with scripted bytes, so interim answers (100 Continue) can be sent unasked.
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
+import { createSecureServer } from 'node:http2'
 import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { createServer, type TLSSocket, type TlsOptions } from 'node:tls'
@@ -153,7 +154,13 @@ t.test('the server name: the configured one, else the URL host unless it is an a
     { upstream: `https://127.0.0.1:${up.port}`, servername: undefined, sni: false },
     { upstream: `https://localhost:${up.port}`, servername: undefined, sni: 'localhost' },
     { upstream: `https://127.0.0.1:${up.port}`, servername: 'localhost', sni: 'localhost' },
+    // an address as the configured name: the certificate is checked against it, and it is not sent
+    { upstream: `https://localhost:${up.port}`, servername: '127.0.0.1', sni: false },
   ] as const
+  const warnings: string[] = []
+  const warned = (w: Error & { code?: string }) => warnings.push(w.code ?? w.message)
+  process.on('warning', warned)
+  t.teardown(() => process.off('warning', warned))
   for (const c of cases) {
     const before = up.conns.length
     const { url } = await startProxy(t, {
@@ -167,6 +174,7 @@ t.test('the server name: the configured one, else the URL host unless it is an a
     t.equal(up.conns[before]?.servername, c.sni, `${what}: SNI ${c.sni}`)
   }
   t.match(up.heads.at(-1) ?? '', /\r\nhost: client\.example\r\n/, "the client's Host reached the upstream")
+  t.notOk(warnings.includes('DEP0123'), 'no warning of an address sent as the server name')
 })
 
 t.test('requests that announce trailers (node:http) use the same server name', async (t) => {
@@ -185,11 +193,15 @@ t.test('requests that announce trailers (node:http) use the same server name', a
     up.close()
   })
   const upPort = (up.address() as AddressInfo).port
-  for (const [upstream, sni] of [
-    [`https://localhost:${upPort}`, 'localhost'],
-    [`https://127.0.0.1:${upPort}`, false],
+  for (const [upstream, servername, sni] of [
+    [`https://localhost:${upPort}`, undefined, 'localhost'],
+    [`https://127.0.0.1:${upPort}`, undefined, false],
+    [`https://localhost:${upPort}`, '127.0.0.1', false],
   ] as const) {
-    const { port } = await startProxy(t, { upstream, upstreamTls: { ca: serverCa.certPem } })
+    const { port } = await startProxy(t, {
+      upstream,
+      upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) },
+    })
     // a raw socket: no HTTP client library here sends request trailers
     const client = await rawClient(port)
     t.teardown(() => client.socket.destroy())
@@ -199,13 +211,44 @@ t.test('requests that announce trailers (node:http) use the same server name', a
     )
     await eventually(() => client.closed(), { what: 'the answer, then the close' })
     const answer = client.text()
-    t.match(answer, /^HTTP\/1\.1 200/, `${upstream}: answered`)
-    t.same(
-      seen.at(-1),
-      { servername: sni, trailer: 'sha-256=abc' },
-      `${upstream}: SNI ${sni}, trailer passed on`,
-    )
+    const what = `${upstream}${servername ? `, servername ${servername}` : ''}`
+    t.match(answer, /^HTTP\/1\.1 200/, `${what}: answered`)
+    t.same(seen.at(-1), { servername: sni, trailer: 'sha-256=abc' }, `${what}: SNI ${sni}, trailer passed on`)
   }
+})
+
+t.test('h2:// upstreams (node:http2) use the same server name and check', async (t) => {
+  const seen: (string | false | null)[] = []
+  const up = createSecureServer({ cert: server.certPem, key: server.keyPem }, (req, res) => {
+    seen.push((req.socket as TLSSocket).servername)
+    res.end('h2 fine')
+  })
+  const upPort = await listenUntilTeardown(t, up)
+  for (const [upstream, servername, sni] of [
+    [`h2://localhost:${upPort}`, undefined, 'localhost'],
+    [`h2://127.0.0.1:${upPort}`, undefined, false],
+    [`h2://127.0.0.1:${upPort}`, 'localhost', 'localhost'],
+    [`h2://localhost:${upPort}`, '127.0.0.1', false],
+  ] as const) {
+    const { url } = await startProxy(t, {
+      upstream,
+      upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) },
+    })
+    const what = `${upstream}${servername ? `, servername ${servername}` : ''}`
+    t.same(
+      await get(`${url}/h2`, { host: 'client.example' }),
+      { status: 200, body: 'h2 fine' },
+      `${what}: answered`,
+    )
+    t.equal(seen.at(-1), sni, `${what}: SNI ${sni}`)
+  }
+  // the certificate names 127.0.0.1, where the proxy connects, but not the configured address
+  const { url } = await startProxy(t, {
+    upstream: `h2://127.0.0.1:${upPort}`,
+    upstreamTls: { ca: serverCa.certPem, servername: '127.0.0.2' },
+  })
+  const res = await get(`${url}/h2`)
+  t.equal(res.status, 502, 'servername 127.0.0.2: the certificate is checked against it, 502')
 })
 
 t.test(
@@ -216,6 +259,8 @@ t.test(
       { what: 'no CA bundle: the public roots do not include the test CA', upstreamTls: undefined },
       { what: 'another CA', upstreamTls: { ca: otherCa.certPem } },
       { what: 'another name', upstreamTls: { ca: serverCa.certPem, servername: 'other.example' } },
+      // the certificate names 127.0.0.1, the address the proxy connects to, but not the configured one
+      { what: 'another address', upstreamTls: { ca: serverCa.certPem, servername: '127.0.0.2' } },
     ]
     for (const c of cases) {
       const { url, pipeline } = await startProxy(t, {
@@ -323,6 +368,7 @@ t.test('a websocket upgrade (undici) to a TLS upstream uses the same server name
     [`https://localhost:${upPort}`, undefined, 'localhost'],
     [`https://127.0.0.1:${upPort}`, undefined, false],
     [`https://127.0.0.1:${upPort}`, 'localhost', 'localhost'],
+    [`https://localhost:${upPort}`, '127.0.0.1', false],
   ] as const) {
     const { port } = await startProxy(t, {
       upstream,
