@@ -688,6 +688,8 @@ export class H1Pool {
   private sweeper: NodeJS.Timeout | undefined
   private readonly tickMs: number
   private closing = false
+  /** destroyed: nothing it had is finished any more (closing: no new request, those it had are) */
+  private destroyed = false
   /** what a TLS connection is opened with (undefined: plain TCP or a unix socket) */
   readonly tls: ConnectionOptions | undefined
   private readonly tlsError: Error | undefined
@@ -760,9 +762,12 @@ export class H1Pool {
     return conn
   }
 
-  /** a request the keep-alive race took, once more on a new connection */
+  /**
+   * A request the keep-alive race took, once more on a new connection. A pool that closes (a reload changed
+   * the upstream or its TLS material) still finishes the requests it had: this is one of them.
+   */
   retry(ex: Exchange): void {
-    if (this.closing) {
+    if (this.destroyed) {
       ex.settled = true
       ex.handler.onError(new UpstreamError('engine closed', 'UND_ERR_DESTROYED'))
       return
@@ -806,6 +811,7 @@ export class H1Pool {
 
   async destroy(): Promise<void> {
     this.closing = true
+    this.destroyed = true
     this.idle.length = 0
     for (const conn of [...this.all]) conn.abort(new UpstreamError('engine destroyed', 'UND_ERR_DESTROYED'))
   }

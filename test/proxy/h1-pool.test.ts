@@ -4,6 +4,7 @@ import { createServer, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { H1Pool, type H1Request, type UpstreamHandler } from '../../src/proxy/h1-pool.ts'
+import { eventually } from '../helpers/eventually.ts'
 import { listenUntilTeardown, scriptedUpstream } from '../helpers/net.ts'
 
 interface Outcome {
@@ -86,6 +87,29 @@ t.test('a request is never written on an idle connection the pool has just destr
   t.equal(up.connections(), 2, 'two upstream connections')
   t.equal(up.seen.filter((r) => r.head.startsWith('POST ')).length, 1, 'the POST reached the upstream once')
 })
+
+t.test(
+  'a request the keep-alive race takes as its pool closes (a reload let it go) is retried, not failed',
+  async (t) => {
+    let raced: Socket | undefined
+    const up = await scriptedUpstream(t, ({ path, socket: s }) => {
+      if (path !== '/raced' || raced !== undefined) return 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+      raced = s
+      return undefined
+    })
+    const p = pool(t, up.port)
+    t.same(await send(p), { status: 200, body: 'ok' }, 'the first answer, its connection kept')
+    const outcome = send(p, { path: '/raced' })
+    await eventually(() => raced !== undefined, { what: 'the request on the kept connection' })
+    // a reload's prune: no new request on this pool, those it has finish
+    void p.close()
+    // the upstream had just given up the idle connection: it closes it without an answer
+    raced!.end()
+    t.same(await outcome, { status: 200, body: 'ok' }, 'answered on a new connection')
+    t.equal(up.connections(), 2, 'the retry opened a second connection')
+    t.same(await send(p), { status: 0, body: '', error: 'UND_ERR_DESTROYED' }, 'a new request is refused')
+  },
+)
 
 t.test(
   'a head that arrives a byte at a time, or 1xx after 1xx, does not move the head deadline',
