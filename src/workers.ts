@@ -599,10 +599,12 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         // signal. Sent to the whole group (systemd, `tini -g`), it reaches the primary too, which ends the
         // start within moments; sent to this worker alone, it is a stop of that worker, which is replaced as
         // one told to stop after it listened would be. Ending the pod with exit 0 instead would keep a pod
-        // under `restartPolicy: OnFailure` down for a signal that was never meant for it.
+        // under `restartPolicy: OnFailure` down for a signal that was never meant for it. Not unref'd (nor
+        // the restart after it): with every worker gone this way before one listened, nothing else keeps
+        // the primary's start alive, and it would end with exit 0 and not a word.
         setTimeout(() => {
           if (!stopping && opts.stop?.aborted !== true) restartSlot(code, signal)
-        }, GROUP_STOP_GRACE_MS).unref()
+        }, GROUP_STOP_GRACE_MS)
         return
       }
       restartSlot(code, signal)
@@ -630,7 +632,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
           )
         },
         soon ? RESTART_BACKOFF_MS : 0,
-      ).unref()
+      )
     }
   }
 

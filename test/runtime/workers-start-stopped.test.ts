@@ -264,6 +264,28 @@ t.test(
 )
 
 t.test(
+  'SIGTERM to every worker alone in its own start-up: each is replaced, the primary waits for them',
+  async (t) => {
+    // no worker left and none listening yet: nothing but the grace keeps the primary's start going
+    const { proxy, primary, workers } = await preloadingPod(t, 1_500)
+    for (const pid of workers) process.kill(pid, 'SIGTERM')
+    const exited = proxy.exited.then((code) => ({ code }))
+    const started = proxy.waitFor(/"event":"started"/, 30_000).then(() => 'started' as const)
+    const first = await Promise.race([started, exited])
+    t.equal(first, 'started', `the pod starts (stderr: ${proxy.stderr().trim()})`)
+    t.equal(
+      proxy.stderr().match(/"event":"worker_restarted"/g)?.length,
+      2,
+      'a new worker in the place of each',
+    )
+    t.equal(childPids(primary).length, 2, 'two workers serve')
+    t.notMatch(proxy.stderr(), /while starting/, 'not taken for a stop of the pod')
+    process.kill(primary, 'SIGTERM')
+    t.equal(await proxy.exited, 0, 'a stop later exits 0')
+  },
+)
+
+t.test(
   'SIGTERM to the group while the workers are in their own start-up: exit 0, none replaced',
   async (t) => {
     const { proxy, primary, workers } = await preloadingPod(t, 3_000)
