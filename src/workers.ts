@@ -680,7 +680,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     // the listener is open once one worker listens: one that does may have requests in flight, and drains
     // as at a stop after the start
     if (err instanceof StoppedWhileStarting) {
-      const served = slots.some((s) => s?.listening === true)
+      // a worker that served and was since drained and replaced (a SIGTERM to it alone) served all the same
+      const served = listeners !== undefined
       await stopWorkers({ nhi: 'shutdown' }, 'kill')
       killAll()
       await telemetry.close()

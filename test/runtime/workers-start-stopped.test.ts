@@ -203,6 +203,23 @@ t.test(
   },
 )
 
+t.test(
+  'SIGTERM to the primary once the worker that served was drained and replaced: says a worker served',
+  async (t) => {
+    // the first key fetch is answered, the others held: one worker serves, its sibling waits for its keys
+    const { proxy, primary, workers } = await startingPod(t, { answered: 1, drainDelay: '0s' })
+    // the serving one drains and is replaced at once; the sibling holds its signal until it serves
+    for (const pid of workers) process.kill(pid, 'SIGTERM')
+    await proxy.waitFor(/"event":"worker_restarted"/, PROMPT_MS)
+    t.notMatch(proxy.stderr(), /"event":"started"/, 'the pod has not started yet')
+    process.kill(primary, 'SIGTERM')
+    t.equal(await proxy.exited, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
+    // "exiting before serving" would tell the operator that nothing was ever answered
+    t.match(proxy.stderr(), /while starting, exiting after draining the workers already serving/, 'says so')
+    t.notMatch(proxy.stderr(), /before serving/, 'not that nothing served')
+  },
+)
+
 /**
  * A `workers: 2` pod (no keys to wait for) whose workers each spend `holdMs` in a preload, before the bin's
  * first statement: a SIGTERM then ends a worker by Node's default action, as one that comes during Node's own
