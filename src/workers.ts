@@ -584,6 +584,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       slot.listening = false
       pod.drop(String(index + 1))
       for (const [id, w] of waiting) if (w.worker === worker) waiting.get(id)?.done(undefined)
+      // the start lasts until every slot listens: a slot whose worker went counts again once its new one does
+      listening.delete(index)
       if (stopping) return
       if (startupFailed && !drained) {
         if (signal !== 'SIGTERM') {

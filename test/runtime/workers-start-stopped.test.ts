@@ -140,6 +140,14 @@ t.test(
     t.equal(childPids(primary).length, 2, 'two workers serve on')
     t.equal(proxy.child.exitCode, null, 'the pod runs on')
     t.notMatch(proxy.stderr(), /could not start/, 'not a failed start')
+    // the start lasts until every slot listens, the replaced one too: its new worker waits out the JWKS start
+    // wait (5 s) from its start on, while its sibling's ends about a second earlier
+    const time = (event: string) =>
+      Number(new RegExp(`"time":(\\d+),[^\\n]*"event":"${event}"`).exec(proxy.stderr())?.[1])
+    t.ok(
+      time('started') - time('worker_restarted') >= 4_500,
+      `"started" once the first replacement listens too (${time('started') - time('worker_restarted')} ms after it was started)`,
+    )
   },
 )
 
