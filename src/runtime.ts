@@ -20,7 +20,6 @@ import { KeyMemory, type SharedKeySet } from './identity/jwt/jwks.ts'
 import { directoryKeySource } from './identity/signatures/directory.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline, readSecretFiles } from './pipeline/index.ts'
-import type { UpstreamFailed } from './proxy/forwarder.ts'
 import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
@@ -28,7 +27,12 @@ import { rotateTlsFiles, tlsRefusal } from './runtime-tls.ts'
 import { StartupError, StoppedWhileStarting, splitAddress } from './startup.ts'
 import { type JwksObserver, type RecorderFailure, Telemetry } from './telemetry/index.ts'
 import type { TlsSide } from './telemetry/metrics.ts'
-import type { Recorder, UpstreamErrorReason } from './types.ts'
+import {
+  logUpstreamFailure,
+  type UpstreamFailureLine,
+  upstreamFailureReporter,
+} from './telemetry/upstream-failure-log.ts'
+import type { Recorder } from './types.ts'
 import { listenProblem } from './util/listen-problem.ts'
 import { VERSION } from './version.ts'
 
@@ -70,6 +74,8 @@ export interface StartOptions {
     tokenPeers: PodTokenPeers
     podKeys: readonly SharedKeySet[]
     keysFetched: (keys: SharedKeySet) => void
+    /** this worker's upstream-failure lines, for the primary to log at the pod's interval */
+    upstreamFailed: (line: UpstreamFailureLine) => void
   }
   /**
    * the bytes of the config's secret files (readSecretFiles), when whoever handed the config over read them:
@@ -369,7 +375,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     limits: initial.limits,
     onHttp2Abuse: (reason) => telemetry.http2ConnectionClosed(reason),
     onAttributionError: attributionErrorReporter(log, telemetry),
-    onUpstreamFailed: upstreamFailureReporter(log),
+    onUpstreamFailed: upstreamFailureReporter(opts.worker?.upstreamFailed ?? logUpstreamFailure(log)),
     onTunnelIdle: (protocol) => {
       telemetry.tunnelIdleClosed(protocol)
       log.debug(
@@ -686,55 +692,6 @@ export function attributionErrorReporter(
         : 'attributing a request failed; forwarded as anonymous',
     )
     unlogged = 0
-  }
-}
-
-/** at most one log line per failure reason and error code this often; nhi_upstream_errors_total counts them all */
-export const UPSTREAM_FAILURE_LOG_INTERVAL_MS = 30_000
-/** distinct reasons and codes remembered; also the most lines one interval can log */
-export const UPSTREAM_FAILURE_LOG_KEYS = 64
-const UPSTREAM_FAILURE_MESSAGES: Record<UpstreamErrorReason, string> = {
-  connect: 'the upstream could not be reached; answered 502',
-  timeout: 'the upstream did not answer within timeouts.upstream; answered 504',
-  reset: 'the upstream connection failed during the exchange; answered 502 or cut the response',
-}
-
-/**
- * The operator's line for upstream failures: why (the error code, and for the socket and TLS layers their
- * message: a certificate refused, a connection refused), at most once per reason and code per interval with
- * the count of those not logged. The response parser's own errors carry no message here: theirs may quote
- * the upstream's bytes.
- */
-export function upstreamFailureReporter(log: Logger, now: () => number = Date.now): UpstreamFailed {
-  const last = new Map<string, { at: number; unlogged: number }>()
-  return (reason, err) => {
-    const raw = (err as { code?: unknown } | null)?.code
-    const code = typeof raw === 'string' ? raw : 'unknown'
-    const key = `${reason} ${code}`
-    const at = now()
-    const seen = last.get(key)
-    if (seen !== undefined && at - seen.at < UPSTREAM_FAILURE_LOG_INTERVAL_MS) {
-      seen.unlogged++
-      return
-    }
-    // reasons and codes are few, but an upstream chooses some of them (a parser's HPE_*, HTTP/2 codes): the keys
-    // are bounded, and so are the lines per interval, whatever codes it cycles through
-    if (seen === undefined && last.size >= UPSTREAM_FAILURE_LOG_KEYS) {
-      for (const [k, v] of last) if (at - v.at >= UPSTREAM_FAILURE_LOG_INTERVAL_MS) last.delete(k)
-      if (last.size >= UPSTREAM_FAILURE_LOG_KEYS) return
-    }
-    last.set(key, { at, unlogged: 0 })
-    const message = code.startsWith('UND_ERR') ? undefined : (err as Error | null)?.message?.slice(0, 200)
-    log.warn(
-      {
-        event: 'upstream_failed',
-        reason,
-        code,
-        ...(message ? { detail: message } : {}),
-        unlogged: seen?.unlogged ?? 0,
-      },
-      UPSTREAM_FAILURE_MESSAGES[reason],
-    )
   }
 }
 

@@ -53,6 +53,11 @@ import { tableLimits } from './telemetry/metrics-recorder.ts'
 import { PodExport, type PodSnapshot } from './telemetry/pod-export.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
 import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
+import {
+  logUpstreamFailure,
+  type UpstreamFailureLine,
+  UpstreamFailureThrottle,
+} from './telemetry/upstream-failure-log.ts'
 import type { Recorder } from './types.ts'
 import { podFingerprintKey, usePodFingerprintKey } from './util/fingerprint.ts'
 import { listenProblem } from './util/listen-problem.ts'
@@ -97,6 +102,8 @@ type Report =
   | { nhi: 'tokenPeers'; pairs: string[] }
   /** a key set this worker fetched (only public keys), for the workers the primary starts later */
   | ({ nhi: 'keys' } & SharedKeySet)
+  /** a line of this worker's upstream-failure log (at most one per reason and code per interval) */
+  | { nhi: 'upstreamFailed'; line: UpstreamFailureLine }
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
 /**
@@ -311,6 +318,13 @@ export async function runWorker(log: Logger): Promise<void> {
           // the channel to the primary is closed: this worker is exiting
         }
       },
+      upstreamFailed(line) {
+        try {
+          send({ nhi: 'upstreamFailed', line })
+        } catch {
+          // the channel to the primary is closed: this worker is exiting
+        }
+      },
       auditSink(lines) {
         // a primary that stopped reading must not grow this process without bound: drop and count
         if (pendingChars + lines.length > AUDIT_MAX_PENDING_BYTES) return false
@@ -503,6 +517,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       }
     })
 
+  // the workers' upstream-failure lines, logged at the pod's interval: one line per interval, not one per worker
+  const upstreamFailures = new UpstreamFailureThrottle(logUpstreamFailure(log))
   let startupFailed: ((err: StartupError | StoppedWhileStarting) => void) | undefined
   const listening = new Set<number>()
   let allListening: (() => void) | undefined
@@ -542,7 +558,10 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         podKeys.learn(m, sources)
       } else if (m.nhi === 'hello') start()
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
-      else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
+      else if (m.nhi === 'upstreamFailed') {
+        const { reason, code, detail, unlogged } = m.line
+        upstreamFailures.note(reason, code, detail, unlogged)
+      } else if (m.nhi === 'live') for (const e of m.events) telemetry.live.publish(e)
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
       else if (m.nhi === 'listening') {
         slot.listening = true

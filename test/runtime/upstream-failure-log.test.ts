@@ -7,13 +7,17 @@ import type { AddressInfo } from 'node:net'
 import pino from 'pino'
 import t from 'tap'
 import {
+  logUpstreamFailure,
   UPSTREAM_FAILURE_LOG_INTERVAL_MS,
   UPSTREAM_FAILURE_LOG_KEYS,
+  type UpstreamFailureLine,
+  UpstreamFailureThrottle,
   upstreamFailureReporter,
-} from '../../src/runtime.ts'
+} from '../../src/telemetry/upstream-failure-log.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { freePort } from '../helpers/net.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
+import { freshGet } from '../helpers/pod.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -76,7 +80,7 @@ t.test(
     const lines: Record<string, unknown>[] = []
     const log = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
     let now = 0
-    const report = upstreamFailureReporter(log, () => now)
+    const report = upstreamFailureReporter(logUpstreamFailure(log), () => now)
     const refused = Object.assign(new Error('connect ECONNREFUSED 10.0.0.1:80'), { code: 'ECONNREFUSED' })
     const parser = Object.assign(new Error('invalid header: set-cookie: session=abc'), {
       code: 'UND_ERR_PARSER',
@@ -100,7 +104,7 @@ t.test(
     const lines: Record<string, unknown>[] = []
     const log = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
     let now = 0
-    const report = upstreamFailureReporter(log, () => now)
+    const report = upstreamFailureReporter(logUpstreamFailure(log), () => now)
     const coded = (i: number) => Object.assign(new Error('Parse Error'), { code: `HPE_CODE_${i}` })
     for (let i = 0; i < UPSTREAM_FAILURE_LOG_KEYS * 3; i++) report('reset', coded(i))
     t.equal(
@@ -113,3 +117,47 @@ t.test(
     t.equal(lines.length, UPSTREAM_FAILURE_LOG_KEYS + 1, 'a new code is logged once the interval has passed')
   },
 )
+
+t.test('the pod throttles the lines its workers hand over: one per interval, counting all', async (t) => {
+  const lines: UpstreamFailureLine[] = []
+  let now = 0
+  const pod = new UpstreamFailureThrottle(
+    (line) => lines.push(line),
+    () => now,
+  )
+  // each worker's first line of an interval; the second worker's came after it had held back 4
+  pod.note('connect', 'ECONNREFUSED', 'connect ECONNREFUSED 10.0.0.1:80', 0)
+  pod.note('connect', 'ECONNREFUSED', 'connect ECONNREFUSED 10.0.0.1:80', 4)
+  t.equal(lines.length, 1, 'one line for the pod')
+  now = UPSTREAM_FAILURE_LOG_INTERVAL_MS
+  pod.note('connect', 'ECONNREFUSED', 'connect ECONNREFUSED 10.0.0.1:80', 2)
+  t.equal(lines.length, 2, 'the next interval, a line again')
+  t.equal(
+    lines[1]?.unlogged,
+    5 + 2,
+    'counting the failures of the line held back and those its worker held back',
+  )
+})
+
+t.test('workers: 2 against an upstream that refuses: one line for the pod, not one per worker', async (t) => {
+  const port = await freePort()
+  const sidecar = await startTestSidecar(t, { upstream: `http://127.0.0.1:${port}`, workers: 2 })
+  // a new connection each: the cluster hands them to the workers in turn, so both fail
+  for (let i = 0; i < 4; i++)
+    t.equal(await freshGet(`${sidecar.proxyUrl}/`, 'probe'), 502, `request ${i + 1}: 502`)
+  // the scrape asks every worker over the channel its failure reports went on before: once it counts the
+  // four, the primary has had every report
+  await eventually(
+    async () =>
+      /nhi_upstream_errors_total\{[^}]*reason="connect"[^}]*\} 4\b/.test(
+        await (await fetch(`${sidecar.adminUrl}/metrics`)).text(),
+      ),
+    { what: 'the four failures counted' },
+  )
+  await eventually(() => failureLines(sidecar.process.stderr()).length > 0, {
+    what: 'the upstream_failed line',
+  })
+  const lines = failureLines(sidecar.process.stderr())
+  t.equal(lines.length, 1, 'one line for the pod')
+  t.equal(lines[0]?.['code'], 'ECONNREFUSED')
+})
