@@ -198,9 +198,10 @@ function forwardedValue(value: string): string {
 }
 
 /**
- * This hop's RFC 7239 element (§4 and §6: an IPv6 address bracketed and quoted), appended to a client's
- * Forwarded as the client address is to X-Forwarded-For: an upstream walking the list from the right past
- * this proxy would otherwise take the client's own `for=`, `proto=` and `host=` for this proxy's word.
+ * This hop's RFC 7239 element (§4 and §6: an IPv6 address bracketed and quoted): appended to a trusted
+ * proxy's Forwarded, as the client address is to X-Forwarded-For, and in place of anyone else's, since an
+ * upstream reading the list from either end would take a client's own `for=`, `proto=` and `host=` for a
+ * proxy's word.
  */
 function forwardedElement(clientIp: string, proto: 'http' | 'https', host: string | undefined): string {
   const node = isIP(clientIp) === 6 ? `"[${clientIp}]"` : isIP(clientIp) === 4 ? clientIp : 'unknown'
@@ -221,10 +222,10 @@ export type UpstreamHeaders = Record<string, string | string[] | undefined>
  * spelling an upstream framework would read as one, e.g. x_nhi_identity),
  * plus identity, request id, trace context and forwarded-*.
  *
- * x-forwarded-proto and -host are this hop's own unless the peer is a configured trusted proxy, whose values
- * are then kept in front of ours: Express and Spring read the first value, so a client's own would be taken
- * for the scheme and host the request arrived with. Client-address headers (CLIENT_ADDRESS) are dropped
- * unless the peer is a trusted proxy.
+ * x-forwarded-proto and -host, and Forwarded when the client sent one, are this hop's own unless the peer is a
+ * configured trusted proxy, whose values are then kept in front of ours: Express and Spring read the first
+ * value, so a client's own would be taken for the scheme and host the request arrived with. Client-address
+ * headers (CLIENT_ADDRESS) are dropped unless the peer is a trusted proxy.
  */
 export function upstreamHeaders(
   headers: IncomingHttpHeaders,
@@ -320,7 +321,13 @@ export function upstreamHeaders(
     }
     const value = headers[name]
     if (value === undefined) continue
-    out[name] = name === 'forwarded' ? `${value}, ${forwardedElement(clientIp, proto, host)}` : value
+    if (name === 'forwarded') {
+      // Spring takes the scheme and host from the first element, ahead of any x-forwarded-*: a client's
+      // own first element would be the forged x-forwarded-proto and -host this hop replaces
+      trustedPeer ??= peerTrusted(peerTrust, clientIp)
+      const own = forwardedElement(clientIp, proto, host)
+      out[name] = trustedPeer ? `${value}, ${own}` : own
+    } else out[name] = value
   }
   if (host !== undefined && out.host === undefined) out.host = host
   return out

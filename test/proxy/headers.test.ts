@@ -171,9 +171,18 @@ t.test(
   },
 )
 
-t.test("a client's Forwarded gets this hop's RFC 7239 element appended", async (t) => {
+t.test("a trusted proxy's Forwarded gets this hop's RFC 7239 element appended", async (t) => {
   const forwarded = (headers: Record<string, string>, clientIp: string, proto: 'http' | 'https') =>
-    upstreamHeaders(headers, SERVICE_IDENTITY, traceContext(undefined), 'rid', clientIp, proto)['forwarded']
+    upstreamHeaders(
+      headers,
+      SERVICE_IDENTITY,
+      traceContext(undefined),
+      'rid',
+      clientIp,
+      proto,
+      undefined,
+      true,
+    )['forwarded']
   t.equal(
     forwarded({ host: 'api', forwarded: 'for=10.0.0.5' }, '2001:db8::7', 'https'),
     'for=10.0.0.5, for="[2001:db8::7]";proto=https;host=api',
@@ -191,6 +200,40 @@ t.test("a client's Forwarded gets this hop's RFC 7239 element appended", async (
   )
   t.equal(forwarded({ host: 'api' }, '192.0.2.1', 'http'), undefined, 'none added to a request without one')
 })
+
+t.test(
+  "a client's Forwarded is replaced by this hop's element unless the peer is a trusted proxy",
+  async (t) => {
+    const asked: string[] = []
+    const forwarded = (headers: Record<string, string>, trusted: boolean) =>
+      upstreamHeaders(
+        headers,
+        SERVICE_IDENTITY,
+        traceContext(undefined),
+        'rid',
+        '192.0.2.1',
+        'http',
+        undefined,
+        {
+          trustedProxy(peer: string) {
+            asked.push(peer)
+            return trusted
+          },
+        },
+      )['forwarded']
+    t.equal(
+      forwarded({ host: 'api', forwarded: 'proto=https;host=admin.internal, for=10.0.0.5' }, false),
+      'for=192.0.2.1;proto=http;host=api',
+      "the first element, the one Spring reads, is this hop's",
+    )
+    t.same(asked, ['192.0.2.1'], 'the peer is asked about it')
+    t.equal(
+      forwarded({ host: 'api', forwarded: 'proto=https;host=shop.example' }, true),
+      'proto=https;host=shop.example, for=192.0.2.1;proto=http;host=api',
+    )
+    t.equal(forwarded({ host: 'api' }, false), undefined, 'none added to a request without one')
+  },
+)
 
 t.test('the peer is looked up only for a request carrying a header that depends on it', async (t) => {
   const asked: string[] = []

@@ -121,15 +121,15 @@ t.test('spoofed identity, forwarded-cert and forwarded-for headers', async (t) =
 })
 
 t.test(
-  "a client's Forwarded header ends with the proxy's own element, as X-Forwarded-For does",
+  "a client's Forwarded header is replaced by the proxy's own element; a trusted proxy's is appended to",
   async (t) => {
-    // An upstream that reads RFC 7239 Forwarded (Rack 3 by default, Spring's ForwardedHeaderFilter) walks it
-    // from the right past its trusted proxy, this sidecar: the last element must be the sidecar's, not the client's.
+    // Spring's ForwardedHeaderFilter takes the scheme and host from the first Forwarded element, ahead of any
+    // x-forwarded-*; Rack 3 walks the list from the right past its trusted proxy, this sidecar. From an
+    // untrusted peer the first element must be this hop's as well as the last, as x-forwarded-proto and
+    // -host are; a trusted proxy's elements stay in front of it.
     const upstream = await startUpstream()
     t.teardown(() => upstream.close())
-    const sidecar = await startTestSidecar(t, { upstream: upstream.url })
-    const port = sidecar.proxyAddress.port
-    const send = async (lines: string) => {
+    const send = async (port: number, lines: string) => {
       const before = upstream.received.length
       const answer = await rawExchange(
         port,
@@ -138,20 +138,30 @@ t.test(
       t.match(answer, /^HTTP\/1\.1 200 /)
       return upstream.received[before]!.headers
     }
+    const own = 'for=127.0.0.1;proto=http;host="app.example:8080"'
 
-    const one = await send('Forwarded: for=10.0.0.5;proto=https;host=admin.internal\r\n')
-    t.equal(
-      one['forwarded'],
-      'for=10.0.0.5;proto=https;host=admin.internal, for=127.0.0.1;proto=http;host="app.example:8080"',
-    )
-    const two = await send('Forwarded: for=10.0.0.5\r\nforwarded: for="[2001:db8::1]";proto=https\r\n')
-    t.equal(
-      two['forwarded'],
-      'for=10.0.0.5, for="[2001:db8::1]";proto=https, for=127.0.0.1;proto=http;host="app.example:8080"',
-      'several Forwarded lines are one list; ours comes last',
-    )
-    const none = await send('')
+    const plain = await startTestSidecar(t, { upstream: upstream.url })
+    const port = plain.proxyAddress.port
+    const one = await send(port, 'Forwarded: for=10.0.0.5;proto=https;host=admin.internal\r\n')
+    t.equal(one['forwarded'], own, "the client's element does not reach the upstream")
+    const two = await send(port, 'Forwarded: for=10.0.0.5\r\nforwarded: for="[2001:db8::1]";proto=https\r\n')
+    t.equal(two['forwarded'], own, 'several Forwarded lines are replaced as one')
+    const none = await send(port, '')
     t.notOk('forwarded' in none, 'no Forwarded is added to a request that had none (X-Forwarded-For says it)')
+
+    const behindIngress = await startTestSidecar(t, {
+      upstream: upstream.url,
+      forwardedClientCert: { trustedProxies: ['127.0.0.1/32'], format: 'xfcc' },
+    })
+    const viaTrusted = await send(
+      behindIngress.proxyAddress.port,
+      'Forwarded: for=10.0.0.5\r\nforwarded: for="[2001:db8::1]";proto=https\r\n',
+    )
+    t.equal(
+      viaTrusted['forwarded'],
+      `for=10.0.0.5, for="[2001:db8::1]";proto=https, ${own}`,
+      "a trusted proxy's elements first, then this hop's",
+    )
   },
 )
 
