@@ -26,6 +26,7 @@ import { streamTimedOut } from './http2-listener.ts'
 import { absoluteFormAuthority, requestTarget } from './path.ts'
 import {
   BAD_AUTHORITY,
+  BAD_AUTHORITY_SYNTAX,
   BAD_HOST,
   BAD_HOST_SYNTAX,
   BAD_METHOD,
@@ -206,7 +207,8 @@ const HOST_SYNTAX = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0
  * the first), an HTTP/1.1 request with none (Node refuses that itself, except on an upgrade request), or an
  * absolute-form target naming another authority than Host. Over
  * HTTP/2 a `host` next to `:authority` must name the same authority (RFC 9113 §8.3.1): the upstream gets
- * `host`, a front proxy may have routed on `:authority`.
+ * `host`, a front proxy may have routed on `:authority`. On either protocol the Host the upstream gets must
+ * be a host[:port].
  */
 function hostRefusal(req: IncomingMessage): ProxyAnswer | undefined {
   const raw = req.rawHeaders
@@ -215,16 +217,19 @@ function hostRefusal(req: IncomingMessage): ProxyAnswer | undefined {
     if (isHostName(raw[i]!) && ++hosts > 1) return BAD_HOST
   }
   if (req.httpVersionMajor === 2) {
-    if (hosts === 0) return undefined
     const authority = req.headers[':authority']
     const host = req.headers.host
+    // nghttp2 checks only for characters an RFC 3986 authority may hold, user info and stray colons or
+    // brackets included (RFC 9113 §8.3.1 forbids user info): either would be the upstream's Host
+    if (typeof authority === 'string' && !HOST_SYNTAX.test(authority)) return BAD_AUTHORITY_SYNTAX
+    if (hosts === 0) return undefined
+    if (host !== undefined && !HOST_SYNTAX.test(host)) return BAD_HOST_SYNTAX
     if (typeof authority !== 'string' || host === undefined || host === authority) return undefined
     return sameAuthority(host, authority, req.headers[':scheme']) ? undefined : BAD_AUTHORITY
   }
   if (hosts === 0) return req.httpVersionMinor >= 1 ? BAD_HOST : undefined
   // RFC 9112 §3.2 / RFC 3986 §3.2.2: an HTTP/2 upstream's framing layer refuses any other byte in its
   // :authority, which would make a client's malformed Host an upstream failure in metrics and alerts
-  // (HTTP/2 clients' own are checked by the listener's framing layer)
   const host = req.headers.host
   if (host !== undefined && !HOST_SYNTAX.test(host)) return BAD_HOST_SYNTAX
   // RFC 9112 §3.2.2: an absolute-form target's authority is the request's host, and a proxy in front routes

@@ -27,6 +27,7 @@ export const BAD_TARGET_AUTHORITY = canned(
   'Host must name the same authority as the request target',
 )
 export const BAD_HOST_SYNTAX = canned(400, 'bad_request', 'Host is not a valid host[:port]')
+export const BAD_AUTHORITY_SYNTAX = canned(400, 'bad_request', ':authority is not a valid host[:port]')
 export const NOT_IMPLEMENTED = canned(501, 'not_implemented', 'transfer coding not supported')
 export const CONNECT_NOT_SUPPORTED = canned(
   501,
