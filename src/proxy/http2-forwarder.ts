@@ -156,7 +156,12 @@ export class Http2Forwarder {
           typeof headers.host === 'string' ? headers.host : target.origin.replace(/^[a-z0-9]+:\/\//, ''),
       }
       for (const name in headers) {
-        if (name === 'host' || isHopByHop(name)) continue
+        if (name === 'host' || isHopByHop(name)) {
+          // the one connection-specific field HTTP/2 carries (RFC 9113 §8.2.2): gRPC servers built on gRPC's
+          // C core refuse a call without it
+          if (name === 'te' && headers.te === 'trailers') out.te = 'trailers'
+          continue
+        }
         const value = headers[name]
         if (value !== undefined) out[name] = value
       }
