@@ -256,6 +256,32 @@ function upstreamFailure(
   return reason
 }
 
+/** trailers for node:http's addTrailers: pairs keep each line as the upstream sent it */
+function trailerPairs(kept: string[]): [string, string][] {
+  const pairs: [string, string][] = []
+  for (let i = 0; i + 1 < kept.length; i += 2) pairs.push([kept[i]!, kept[i + 1]!])
+  return pairs
+}
+
+/**
+ * trailers for node:http2's addTrailers, which reads an object's keys only: pairs would reach the client as
+ * fields named 0, 1, …. A repeated field goes as its list of values, a repeated single-value one as its first
+ * (node:http2 throws on it when the trailers are sent, past any catch here)
+ */
+function trailerFields(kept: string[]): Record<string, string | string[]> {
+  const fields: Record<string, string | string[]> = {}
+  const single = singleValued(kept)
+  for (let i = 0; i + 1 < single.length; i += 2) {
+    const name = single[i]!.toLowerCase()
+    const value = single[i + 1]!
+    const known = fields[name]
+    if (known === undefined) fields[name] = value
+    else if (typeof known === 'string') fields[name] = [known, value]
+    else known.push(value)
+  }
+  return fields
+}
+
 const kCall = Symbol('nhi.forwardCall')
 type Tagged<T> = T & { [kCall]?: ResponseCall }
 
@@ -365,10 +391,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
         trailers.map((x) => (typeof x === 'string' ? Buffer.from(x, 'latin1') : x)),
         this.rawHead,
       )
-      const pairs: [string, string][] = []
-      for (let i = 0; i + 1 < kept.length; i += 2) pairs.push([kept[i]!, kept[i + 1]!])
       try {
-        this.res.addTrailers(pairs)
+        this.res.addTrailers(this.res.req?.httpVersionMajor === 2 ? trailerFields(kept) : trailerPairs(kept))
       } catch {
         // an invalid trailer is dropped, the response still ends
       }

@@ -1,6 +1,7 @@
 // A response trailer whose name the response head's Connection listed: the upstream declared that field its
 // own hop's (RFC 9110 §7.6.1), so it stays there wherever in the message it comes, as the same name would in
 // the header section. Through both HTTP/1.1 engines (plain requests, and requests that send trailers).
+import { connect as h2connect, type IncomingHttpHeaders } from 'node:http2'
 import t from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { rawExchange, scriptedUpstream } from '../helpers/net.ts'
@@ -31,4 +32,37 @@ t.test("trailers named in the response head's Connection stay on the upstream's 
     t.match(trailers, /^x-checksum: abc\r\n/im, `${name}: an ordinary trailer goes on`)
     t.notMatch(answer, /s3cret|x-hop-secret/i, `${name}: the field the head's Connection named does not`)
   }
+})
+
+t.test("an HTTP/2 client gets an HTTP/1.1 upstream's trailers under their own names", async (t) => {
+  const up = await scriptedUpstream(
+    t,
+    () =>
+      'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-Hop-Secret\r\n\r\n' +
+      '2\r\nok\r\n0\r\nX-Checksum: abc\r\nx-hop-secret: s3cret\r\nX-Multi: 1\r\nx-multi: 2\r\n' +
+      'Content-Type: text/plain\r\ncontent-type: text/html\r\n\r\n',
+  )
+  const sidecar = await startBin(t, { upstream: up.url })
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const stream = session.request({ ':path': '/', te: 'trailers' })
+  let trailers: IncomingHttpHeaders | undefined
+  stream.on('trailers', (h) => {
+    trailers = h
+  })
+  let body = ''
+  stream.setEncoding('latin1')
+  stream.on('data', (c: string) => {
+    body += c
+  })
+  await new Promise((resolve) => stream.on('close', resolve))
+  t.equal(stream.rstCode, 0, 'the stream ends normally')
+  t.equal(body, 'ok')
+  t.equal(trailers?.['x-checksum'], 'abc', 'a trailer arrives by its name')
+  t.equal(trailers?.['x-multi'], '1, 2', 'a repeated trailer arrives with each of its values')
+  // node:http2 refuses a repeated single-value field: the first is kept, as for a header
+  t.equal(trailers?.['content-type'], 'text/plain', 'a repeated single-value trailer keeps its first value')
+  t.notOk(trailers !== undefined && '0' in trailers, 'no trailer named after its position')
+  t.equal(trailers?.['x-hop-secret'], undefined, "the field the head's Connection named stays behind")
 })
