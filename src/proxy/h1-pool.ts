@@ -484,8 +484,10 @@ class Connection {
         }
       }
     }
-    // HTTP/1.0 closes unless it asks to keep the connection; HTTP/1.1 keeps it unless it asks to close
-    const close = closeAsked || (m[1] === '0' && !keepAliveAsked)
+    // HTTP/1.0 closes unless it asks to keep the connection; HTTP/1.1 keeps it unless it asks to close. An
+    // HTTP/1.0 message with Transfer-Encoding may have crossed a hop that did not decode it: its framing is in
+    // doubt, so its connection is not reused (RFC 9112 §6.1)
+    const close = closeAsked || (m[1] === '0' && (!keepAliveAsked || codings > 0))
     if (status < 200) {
       // 100, 103 and other interim answers: the real one follows on the same connection; a 101 to a request
       // that asked for no upgrade is a protocol error

@@ -208,6 +208,25 @@ t.test("an HTTP/1.0 answer's Connection: close wins over a later keep-alive", as
   t.not(conn('/next'), conn('/http10'), 'the next request went on a new connection')
 })
 
+t.test('an HTTP/1.0 answer with Transfer-Encoding is read, and its connection is not reused', async (t) => {
+  // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding may have crossed a hop that did not decode it, and
+  // its sender may hold back bytes a reused connection would hand the next request
+  const up = await scriptedUpstream(t, ({ path }) =>
+    path === '/http10-chunked'
+      ? 'HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n'
+      : ok(`fine ${path}`),
+  )
+  const sidecar = await startTestSidecar(t, { upstream: up.url })
+  t.same(await get(`${sidecar.proxyUrl}/http10-chunked`), { status: 200, body: 'ok' }, 'answered')
+  t.same(
+    await get(`${sidecar.proxyUrl}/next`),
+    { status: 200, body: 'fine /next' },
+    'the next request answered',
+  )
+  const conn = (path: string) => up.seen.find((s) => s.head.includes(`${path} `))?.conn
+  t.not(conn('/next'), conn('/http10-chunked'), 'the next request went on a new connection')
+})
+
 t.test('timeouts.upstream: 0 and timeouts.idle: 0 are no deadline, not an immediate one', async (t) => {
   const up = await scriptedUpstream(t, ({ socket }) => {
     // the head, then the body, each after a pause
