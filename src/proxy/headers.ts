@@ -392,7 +392,9 @@ export function downstreamHeaders(raw: readonly (Buffer | string)[], status?: nu
 /**
  * Response trailers from the upstream's raw [name, value, …] pairs, minus hop-by-hop ones and minus the names
  * the response head's Connection listed: the upstream declared those fields its own hop's, wherever in the
- * message they come (RFC 9110 §7.6.1).
+ * message they come (RFC 9110 §7.6.1). Minus Content-Length too: framing is no trailer's (RFC 9110 §6.5.1),
+ * and clients refuse the whole response over one (llhttp as Content-Length with Transfer-Encoding, nghttp2
+ * with a stream reset) that the proxy would record as served.
  */
 export function downstreamTrailers(raw: readonly Buffer[], head: readonly (Buffer | string)[]): string[] {
   let listed: Set<string> | undefined
@@ -401,7 +403,7 @@ export function downstreamTrailers(raw: readonly Buffer[], head: readonly (Buffe
     if (name.length === 10 && name.toString().toLowerCase() === 'connection')
       listed = addListed(listed, head[i + 1]!.toString().toLowerCase())
   }
-  return withoutHopByHop(raw, false, listed)
+  return withoutContentLength(withoutHopByHop(raw, false, listed))
 }
 
 /**
