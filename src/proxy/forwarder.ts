@@ -353,9 +353,9 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
       this.status = statusCode
       return false
     }
-    const headers = downstreamHeaders(rawHeaders, statusCode)
-    this.rawHead = rawHeaders
     const req = this.res.req
+    const headers = downstreamHeaders(rawHeaders, statusCode, req?.method === 'HEAD')
+    this.rawHead = rawHeaders
     if (req !== undefined) this.grpcWeb = grpcWebResponse(req.headers, headers)
     try {
       // node:http2 refuses a repeated single-value field (HTTP/1.1 clients get it as sent)

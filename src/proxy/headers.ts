@@ -382,10 +382,18 @@ function addListed(listed: Set<string> | undefined, connection: string): Set<str
 /**
  * Response headers from the upstream's raw [name, value, …] buffers, minus hop-by-hop ones. With `status` 204,
  * minus Content-Length too: a 204 has no body and must not carry one (RFC 9110 §8.6); HTTP/2 clients reset the
- * stream over it and HTTP/1.1 clients may wait for bytes that never come. Trailers pass no status.
+ * stream over it and HTTP/1.1 clients may wait for bytes that never come. Trailers pass no status. `toHead`:
+ * the response answers a HEAD request.
  */
-export function downstreamHeaders(raw: readonly (Buffer | string)[], status?: number): string[] {
-  const out = withoutHopByHop(raw, status !== undefined, undefined)
+export function downstreamHeaders(
+  raw: readonly (Buffer | string)[],
+  status?: number,
+  toHead = false,
+): string[] {
+  // a response without content (to HEAD, a 204 or 304) may name the coding its content would have had
+  // (RFC 9112 §6.1): no coded bytes reach the client, so the coding is no reason to refuse it
+  const content = status !== undefined && !toHead && status !== 204 && status !== 304
+  const out = withoutHopByHop(raw, content, undefined)
   return status === 204 ? withoutContentLength(out) : out
 }
 
@@ -430,7 +438,8 @@ function withoutContentLength(headers: string[]): string[] {
 
 function withoutHopByHop(
   raw: readonly (Buffer | string)[],
-  response: boolean,
+  /** a response with content: a transfer coding other than chunked refuses it */
+  withContent: boolean,
   headListed: Set<string> | undefined,
 ): string[] {
   const out: string[] = []
@@ -447,7 +456,7 @@ function withoutHopByHop(
         continue
       }
       if (HOP_BY_HOP.has(lower)) {
-        if (response && lower === 'transfer-encoding') {
+        if (withContent && lower === 'transfer-encoding') {
           const coding = raw[i + 1]!.toString('latin1')
           if (!ONLY_CHUNKED.test(coding)) throw new UnsupportedResponseCoding(coding)
         }

@@ -258,6 +258,7 @@ export class NodeHttpForwarder {
           headers = downstreamHeaders(
             upRes.rawHeaders.map((x) => Buffer.from(x, 'latin1')),
             upRes.statusCode ?? 0,
+            req.method === 'HEAD',
           )
         } catch {
           // a response the client could not read (see UnsupportedResponseCoding): nothing sent, so 502

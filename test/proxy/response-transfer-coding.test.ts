@@ -47,3 +47,25 @@ t.test('a response in a transfer coding other than chunked is a 502, not coded b
   )
   t.equal(metricValue(samples, 'nhi_upstream_errors_total', {}), 4)
 })
+
+t.test('an answer without content may name the coding its content would have had', async (t) => {
+  // RFC 9112 §6.1: a response to HEAD, or a 304, may carry the Transfer-Encoding a GET's answer would have;
+  // there are no coded bytes to hand over
+  const up = await scriptedUpstream(t, ({ head }) =>
+    head.startsWith('HEAD ')
+      ? 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\n\r\n'
+      : 'HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\nETag: "v1"\r\n\r\n',
+  )
+  const sidecar = await startBin(t, { upstream: up.url })
+  const port = Number(new URL(sidecar.proxyUrl).port)
+  const head = await rawExchange(port, 'HEAD /doc HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n')
+  t.match(head, /^HTTP\/1\.1 200 /, 'HEAD: 200')
+  t.match(head, /content-type: text\/plain/i, 'HEAD: its fields')
+  const notModified = await rawExchange(
+    port,
+    'GET /doc HTTP/1.1\r\nHost: app\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n',
+  )
+  t.match(notModified, /^HTTP\/1\.1 304 /, '304 passed on')
+  t.match(notModified, /etag: "v1"/i, '304: its fields')
+  t.notMatch(`${head}${notModified}`, /transfer-encoding: gzip/i, 'the coding stays on the upstream hop')
+})
