@@ -86,6 +86,12 @@ const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/
 const BAD_PATH = /[^\x21-\xff]/
 const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?:[ \t]|$)/
 const DIGITS = /^[0-9]{1,15}$/
+/**
+ * one member of a Content-Length list, and a chunk size before its extension: with SP and HTAB around it only
+ * (String.prototype.trim would also take a VT, a CR or latin1 0xA0 for whitespace)
+ */
+const LIST_DIGITS = /^[ \t]*([0-9]{1,15})[ \t]*$/
+const CHUNK_SIZE = /^([0-9a-fA-F]{1,12})[ \t]*$/
 /** methods that define a meaning for content: sent with `content-length: 0` when they carry none (as undici does) */
 const PAYLOAD_METHODS = new Set(['POST', 'PUT', 'PATCH', 'QUERY', 'PROPFIND', 'PROPPATCH'])
 /** methods a connection that closed before any byte of the answer can be retried with (RFC 9110 §9.2.2) */
@@ -455,9 +461,9 @@ class Connection {
       if (n === 14 && name.toLowerCase() === 'content-length') {
         const first = length === -1
         for (const part of value.split(',')) {
-          const v = part.trim()
-          if (!DIGITS.test(v)) return this.malformed('content-length')
-          const len = Number(v)
+          const v = LIST_DIGITS.exec(part)
+          if (v === null) return this.malformed('content-length')
+          const len = Number(v[1])
           if (length !== -1 && length !== len) return this.malformed('differing content-length')
           length = len
         }
@@ -559,9 +565,10 @@ class Connection {
         ex.chunk = ChunkState.Size
       } else if (ex.chunk === ChunkState.Size) {
         const semi = content.indexOf(';')
-        const hex = (semi === -1 ? content : content.slice(0, semi)).trimEnd()
-        if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) return this.malformedAt('chunk size', buf.length)
-        const size = Number.parseInt(hex, 16)
+        const hex = CHUNK_SIZE.exec(semi === -1 ? content : content.slice(0, semi))
+        // the extension is skipped, but a control character in it (a NUL, a bare CR) is refused as in a value
+        if (hex === null || BAD_VALUE.test(content)) return this.malformedAt('chunk size', buf.length)
+        const size = Number.parseInt(hex[1]!, 16)
         if (size === 0) ex.chunk = ChunkState.Trailers
         else {
           ex.remaining = size

@@ -224,3 +224,39 @@ t.test(
     }
   },
 )
+
+t.test('a length or a chunk line with bytes other than digits, SP and HTAB is malformed', async (t) => {
+  const chunked = (line: string) =>
+    `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${line}\r\nok\r\n0\r\n\r\n`
+  const cases: [name: string, answer: string, expected: Outcome][] = [
+    // String.prototype.trim takes latin1 0xA0 for whitespace: not a digit, not OWS
+    [
+      'NBSP before a length',
+      'HTTP/1.1 200 OK\r\nContent-Length: \u00a02\r\n\r\nok',
+      { status: 0, body: '', error: 'UND_ERR_PARSER' },
+    ],
+    [
+      'NBSP in a length list',
+      'HTTP/1.1 200 OK\r\nContent-Length: 2,\u00a02\r\n\r\nok',
+      { status: 0, body: '', error: 'UND_ERR_PARSER' },
+    ],
+    ['a bare CR after a chunk size', chunked('2\r'), { status: 200, body: '', error: 'UND_ERR_PARSER' }],
+    ['a VT after a chunk size', chunked('2\u000b'), { status: 200, body: '', error: 'UND_ERR_PARSER' }],
+    ['a NUL in a chunk extension', chunked('2;a\u0000b'), { status: 200, body: '', error: 'UND_ERR_PARSER' }],
+    ['a bare CR in a chunk extension', chunked('2;a\rb'), { status: 200, body: '', error: 'UND_ERR_PARSER' }],
+    // what stays accepted
+    [
+      'OWS around a length',
+      'HTTP/1.1 200 OK\r\nContent-Length: \t2 , 2 \r\n\r\nok',
+      { status: 200, body: 'ok' },
+    ],
+    ['OWS before an extension', chunked('2 \t;a=b'), { status: 200, body: 'ok' }],
+  ]
+  const answers = new Map(cases.map(([, answer], i) => [`/${i}`, answer]))
+  const up = await scriptedUpstream(t, ({ path }) => answers.get(path))
+  const p = pool(t, up.port)
+  for (const [i, [name, , expected]] of cases.entries()) {
+    const { status, body, error } = await send(p, { path: `/${i}` })
+    t.same({ status, body, ...(error === undefined ? {} : { error }) }, expected, name)
+  }
+})
