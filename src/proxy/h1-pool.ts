@@ -443,7 +443,8 @@ class Connection {
     let codings = 0
     let closeAsked = false
     let keepAliveAsked = false
-    let idleHintMs = 0
+    /** Keep-Alive: timeout=N, ms (-1: none given) */
+    let idleHintMs = -1
     let pos = lineEnd === -1 ? text.length : lineEnd + 2
     while (pos < text.length) {
       let next = text.indexOf('\r\n', pos)
@@ -505,10 +506,12 @@ class Connection {
     if (codings > 1) return this.malformed('transfer-encoding repeated')
     ex.status = status
     // the upstream's idle timeout as its latest answer gave it
-    this.upstreamIdleMs = idleHintMs
+    this.upstreamIdleMs = Math.max(idleHintMs, 0)
     // the body's deadline counts from here
     this.activeAt = this.pool.tick
-    ex.keepAlive = !close && !ex.isHead
+    // an upstream that keeps an idle connection a second or less would close it under the next request (the
+    // idle deadline leaves that second as margin, and its sweep may come later still)
+    ex.keepAlive = !close && !ex.isHead && (idleHintMs === -1 || idleHintMs > 1000)
     const bodiless = ex.isHead || status === 204 || status === 304
     if (bodiless) ex.phase = Phase.Length
     else if (chunked) ex.phase = Phase.Chunked

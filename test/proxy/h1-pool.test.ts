@@ -260,3 +260,37 @@ t.test('a length or a chunk line with bytes other than digits, SP and HTAB is ma
     t.same({ status, body, ...(error === undefined ? {} : { error }) }, expected, name)
   }
 })
+
+t.test(
+  'an upstream that keeps an idle connection a second or less is not sent another request on it',
+  async (t) => {
+    const answers: Record<string, string> = {
+      '/t0': 'HTTP/1.1 200 OK\r\nKeep-Alive: timeout=0\r\nContent-Length: 2\r\n\r\nok',
+      '/t1': 'HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1, max=100\r\nContent-Length: 2\r\n\r\nok',
+      '/t5': 'HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok',
+    }
+    const up = await scriptedUpstream(
+      t,
+      ({ path }) => answers[path] ?? 'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext',
+    )
+    const p = pool(t, up.port)
+    const conn = (path: string) => up.seen.find((s) => s.head.includes(`${path} `))?.conn
+    for (const [path, reused] of [
+      ['/t0', false],
+      ['/t1', false],
+      ['/t5', true],
+    ] as const) {
+      t.same(await send(p, { path }), { status: 200, body: 'ok' }, `${path}: answered`)
+      t.same(
+        await send(p, { path: `/after${path}` }),
+        { status: 200, body: 'next' },
+        `${path}: the next answered`,
+      )
+      t.equal(
+        conn(`/after${path}`) === conn(path),
+        reused,
+        `${path}: the connection ${reused ? 'is' : 'is not'} reused`,
+      )
+    }
+  },
+)
