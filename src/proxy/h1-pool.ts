@@ -78,7 +78,6 @@ export class UpstreamError extends Error {
 const MAX_HEAD = 16 * 1024
 const MAX_CHUNK_LINE = 4 * 1024
 const CRLFCRLF = Buffer.from('\r\n\r\n')
-const LFLF = Buffer.from('\n\n')
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 /** what undici accepts in a request header value, and what a response's may hold */
 const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/
@@ -108,6 +107,14 @@ function fieldValue(line: string, colon: number): string {
   while (a < b && (line.charCodeAt(a) === 32 || line.charCodeAt(a) === 9)) a++
   while (b > a && (line.charCodeAt(b - 1) === 32 || line.charCodeAt(b - 1) === 9)) b--
   return line.slice(a, b)
+}
+
+/** an LF from `from` on that no CR precedes */
+function hasBareLf(buf: Buffer, from: number): boolean {
+  for (let i = buf.indexOf(10, from); i !== -1; i = buf.indexOf(10, i + 1)) {
+    if (i === from || buf[i - 1] !== 13) return true
+  }
+  return false
 }
 
 // the response part being read (plain numbers: the sources also run under type stripping, which has no enums)
@@ -416,8 +423,9 @@ class Connection {
     }
     const end = buf.indexOf(CRLFCRLF, off)
     if (end === -1) {
-      // a head whose lines end in a bare LF would otherwise wait for its end until the headers deadline
-      if (buf.indexOf(LFLF, off) !== -1) return this.malformedAt('line ending', input.length)
+      // a head with a line ending in a bare LF (all of them, or one before the blank line) would otherwise wait
+      // for its end until the headers deadline: whatever comes next, it is malformed
+      if (hasBareLf(buf, off)) return this.malformedAt('line ending', input.length)
       if (buf.length - off > MAX_HEAD) return this.malformedAt('response head over 16 KiB', input.length)
       ex.partial = Buffer.from(buf.subarray(off))
       return input.length

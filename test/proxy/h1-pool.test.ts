@@ -294,3 +294,23 @@ t.test(
     }
   },
 )
+
+t.test('a head with a bare LF fails when it comes, not at the headers deadline', async (t) => {
+  // the upstream then waits: a head it sees as ended, which ends nowhere for a reader of CRLF lines
+  const heads = [
+    'HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nok',
+    'HTTP/1.1 200 OK\nContent-Length: 2\r\n',
+    'HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 2\r\n',
+  ]
+  const up = await scriptedUpstream(t, ({ path }) => heads[Number(path.slice(1))])
+  const p = pool(t, up.port, 5000)
+  for (const [i, head] of heads.entries()) {
+    const started = Date.now()
+    t.same(
+      await send(p, { path: `/${i}` }),
+      { status: 0, body: '', error: 'UND_ERR_PARSER' },
+      JSON.stringify(head),
+    )
+    t.ok(Date.now() - started < 2000, `${JSON.stringify(head)}: at once`)
+  }
+})
