@@ -421,6 +421,8 @@ export function downstreamTrailers(raw: readonly Buffer[], head: readonly (Buffe
  */
 export class UnsupportedResponseCoding extends Error {
   override readonly name = 'UnsupportedResponseCoding'
+  // a code of the response parser's family: the operator's log leaves out the message, which quotes the upstream
+  readonly code = 'UND_ERR_RESPONSE_CODING'
   constructor(coding: string) {
     super(`upstream response in a transfer coding other than chunked (${coding.slice(0, 64)})`)
   }

@@ -6,6 +6,7 @@ import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import pino from 'pino'
 import t from 'tap'
+import { UnsupportedResponseCoding } from '../../src/proxy/headers.ts'
 import {
   logUpstreamFailure,
   UPSTREAM_FAILURE_LOG_INTERVAL_MS,
@@ -161,3 +162,14 @@ t.test('workers: 2 against an upstream that refuses: one line for the pod, not o
   t.equal(lines.length, 1, 'one line for the pod')
   t.equal(lines[0]?.['code'], 'ECONNREFUSED')
 })
+
+t.test(
+  "a response in another transfer coding: its code, not its message, which quotes the upstream's bytes",
+  async (t) => {
+    const lines: UpstreamFailureLine[] = []
+    const report = upstreamFailureReporter((line) => lines.push(line))
+    report('reset', new UnsupportedResponseCoding('x-upstream-chose-this, chunked'))
+    t.equal(lines[0]?.code, 'UND_ERR_RESPONSE_CODING')
+    t.notOk('detail' in lines[0]!, 'no detail')
+  },
+)
