@@ -201,26 +201,21 @@ t.test("a trusted proxy's Forwarded gets this hop's RFC 7239 element appended", 
   t.equal(forwarded({ host: 'api' }, '192.0.2.1', 'http'), undefined, 'none added to a request without one')
 })
 
+/** upstreamHeaders of a request from 192.0.2.1 over http, its peer a trusted proxy or not; `asked` gets each lookup */
+const fromPeer = (headers: Record<string, string>, trusted: boolean, asked: string[]) =>
+  upstreamHeaders(headers, SERVICE_IDENTITY, traceContext(undefined), 'rid', '192.0.2.1', 'http', undefined, {
+    trustedProxy(peer: string) {
+      asked.push(peer)
+      return trusted
+    },
+  })
+
 t.test(
   "a client's Forwarded is replaced by this hop's element unless the peer is a trusted proxy",
   async (t) => {
     const asked: string[] = []
     const forwarded = (headers: Record<string, string>, trusted: boolean) =>
-      upstreamHeaders(
-        headers,
-        SERVICE_IDENTITY,
-        traceContext(undefined),
-        'rid',
-        '192.0.2.1',
-        'http',
-        undefined,
-        {
-          trustedProxy(peer: string) {
-            asked.push(peer)
-            return trusted
-          },
-        },
-      )['forwarded']
+      fromPeer(headers, trusted, asked)['forwarded']
     t.equal(
       forwarded({ host: 'api', forwarded: 'proto=https;host=admin.internal, for=10.0.0.5' }, false),
       'for=192.0.2.1;proto=http;host=api',
@@ -237,23 +232,7 @@ t.test(
 
 t.test('the peer is looked up only for a request carrying a header that depends on it', async (t) => {
   const asked: string[] = []
-  const trust = (trusted: boolean) => ({
-    trustedProxy(peer: string) {
-      asked.push(peer)
-      return trusted
-    },
-  })
-  const send = (headers: Record<string, string>, trusted: boolean) =>
-    upstreamHeaders(
-      headers,
-      SERVICE_IDENTITY,
-      traceContext(undefined),
-      'rid',
-      '192.0.2.1',
-      'http',
-      undefined,
-      trust(trusted),
-    )
+  const send = (headers: Record<string, string>, trusted: boolean) => fromPeer(headers, trusted, asked)
   const plain = send({ host: 'api', 'user-agent': 'x', 'x-forwarded-for': '10.0.0.5' }, false)
   t.same(asked, [], 'not asked for a request without one')
   t.equal(plain['x-forwarded-for'], '10.0.0.5, 192.0.2.1')

@@ -271,44 +271,38 @@ if (cluster.isWorker) {
   return { proxy, primary, workers }
 }
 
-t.test(
-  'SIGTERM to one worker alone in its own start-up: the worker is replaced and the pod starts',
-  async (t) => {
+for (const [which, count] of [
+  ['one worker', 1],
+  ['every worker', 2],
+] as const) {
+  t.test(`SIGTERM to ${which} alone in its own start-up: replaced, and the pod starts`, async (t) => {
     const { proxy, primary, workers } = await preloadingPod(t, 1_500)
-    process.kill(workers[0]!, 'SIGTERM')
-    await proxy.waitFor(/"event":"started"/, 30_000)
-    t.match(proxy.stderr(), /"event":"worker_exited".*"signal":"SIGTERM"/, 'the worker ended by the signal')
-    t.match(proxy.stderr(), /"event":"worker_restarted"/, 'a new worker in its place')
-    t.notOk(alive(workers[0]!), 'the signalled worker is gone')
-    t.equal(childPids(primary).length, 2, 'two workers serve')
-    t.equal(proxy.child.exitCode, null, 'the pod runs on')
-    t.notMatch(proxy.stderr(), /while starting/, 'not taken for a stop of the pod')
-    process.kill(primary, 'SIGTERM')
-    t.equal(await proxy.exited, 0, 'a stop later exits 0')
-  },
-)
-
-t.test(
-  'SIGTERM to every worker alone in its own start-up: each is replaced, the primary waits for them',
-  async (t) => {
-    // no worker left and none listening yet: nothing but the grace keeps the primary's start going
-    const { proxy, primary, workers } = await preloadingPod(t, 1_500)
-    for (const pid of workers) process.kill(pid, 'SIGTERM')
+    const signalled = workers.slice(0, count)
+    for (const pid of signalled) process.kill(pid, 'SIGTERM')
+    // with every worker gone and none listening yet, nothing but the grace keeps the primary's start going
     const exited = proxy.exited.then((code) => ({ code }))
     const started = proxy.waitFor(/"event":"started"/, 30_000).then(() => 'started' as const)
-    const first = await Promise.race([started, exited])
-    t.equal(first, 'started', `the pod starts (stderr: ${proxy.stderr().trim()})`)
+    t.equal(
+      await Promise.race([started, exited]),
+      'started',
+      `the pod starts (stderr: ${proxy.stderr().trim()})`,
+    )
+    t.match(proxy.stderr(), /"event":"worker_exited".*"signal":"SIGTERM"/, 'ended by the signal')
     t.equal(
       proxy.stderr().match(/"event":"worker_restarted"/g)?.length,
-      2,
+      count,
       'a new worker in the place of each',
+    )
+    t.ok(
+      signalled.every((pid) => !alive(pid)),
+      'the signalled workers are gone',
     )
     t.equal(childPids(primary).length, 2, 'two workers serve')
     t.notMatch(proxy.stderr(), /while starting/, 'not taken for a stop of the pod')
     process.kill(primary, 'SIGTERM')
     t.equal(await proxy.exited, 0, 'a stop later exits 0')
-  },
-)
+  })
+}
 
 t.test(
   'SIGTERM to the group while the workers are in their own start-up: exit 0, none replaced',
