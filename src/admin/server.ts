@@ -63,10 +63,13 @@ export interface AdminAccess {
 /** Scraped from the pod network by Prometheus and the kubelet: no Host check, no token. */
 const PUBLIC_PATHS = new Set(['/metrics', '/healthz', '/readyz', '/'])
 
+/**
+ * A peer on this host as `kubectl port-forward` and a process in the pod connect: from 127.0.0.1 or ::1.
+ * Not the rest of 127.0.0.0/8: a mesh sidecar in the pod forwards every client of the mesh from one of
+ * those (Istio's from 127.0.0.6), which would make each of them a local peer.
+ */
 export function isLoopback(address: string | undefined): boolean {
-  if (!address) return false
-  const a = address.startsWith('::ffff:') ? address.slice(7) : address
-  return a === '::1' || (isIP(a) === 4 && a.startsWith('127.'))
+  return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1'
 }
 
 /** The host name of a Host header (port and IPv6 brackets removed), lower-cased; undefined when malformed. */
