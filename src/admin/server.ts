@@ -21,6 +21,18 @@ import { UI_PAGE } from './ui/page.ts'
  * descriptors. Its clients are a scraper, probes and a few live views; a request is one GET.
  */
 export const ADMIN_MAX_CONNECTIONS = 256
+/**
+ * An answer its client has not taken within this long closes the connection: one that asks for /metrics
+ * (megabytes at metrics.maxIdentities) and never reads held the unsent body, and the connection, for ever.
+ * The /events streams have the live feed's own write timeout instead.
+ */
+export const ADMIN_SEND_TIMEOUT_MS = 30_000
+/**
+ * /metrics answers being rendered or sent at once: each holds its body until the client has taken it, so a
+ * client that opens a connection per slot and reads nothing would hold ADMIN_MAX_CONNECTIONS bodies.
+ * Prometheus scrapes one at a time per server; the ones past this are answered 503.
+ */
+export const ADMIN_MAX_SCRAPES = 8
 const ADMIN_SERVER_OPTIONS = {
   headersTimeout: 10_000,
   requestTimeout: 15_000,
@@ -46,6 +58,8 @@ export interface AdminServerOptions {
   access?: () => AdminAccess
   /** test seam: is this peer address on this host? (default: loopback addresses) */
   isLocalPeer?: (address: string) => boolean
+  /** test seam: ADMIN_SEND_TIMEOUT_MS */
+  sendTimeoutMs?: number
   /** /metrics when it is not this process's telemetry alone (workers: N aggregates every worker's) */
   scrape?: (openMetrics: boolean) => Promise<Scrape>
   /** /identities and /audit likewise */
@@ -166,6 +180,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
   const { telemetry } = opts
   const page = Buffer.from(UI_PAGE)
   const isLocalPeer = opts.isLocalPeer ?? isLoopback
+  let scrapes = 0
 
   /** Operator endpoints: a permitted Host, and a loopback peer or the bearer token. Answers when refused. */
   async function admitted(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
@@ -201,6 +216,12 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     if (!PUBLIC_PATHS.has(url.pathname) && !(await admitted(req, res))) return
     switch (url.pathname) {
       case '/metrics': {
+        if (scrapes >= ADMIN_MAX_SCRAPES) {
+          res.setHeader('retry-after', '5')
+          return sendJson(res, 503, { error: 'too many scrapes in progress' })
+        }
+        scrapes++
+        res.once('close', () => scrapes--)
         const om = wantsOpenMetrics(req)
         const scrape = await (opts.scrape ? opts.scrape(om) : telemetry.scrape(om))
         res.writeHead(200, {
@@ -244,6 +265,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         return sendJson(res, 200, { events })
       }
       case '/events':
+        req.socket.setTimeout(0)
         telemetry.live.subscribe(req, res, param(url, 'identity'), param(url, 'source'))
         return
       case '/':
@@ -273,6 +295,8 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     else socket.destroy()
   })
   server.maxConnections = ADMIN_MAX_CONNECTIONS
+  // idle keep-alive connections have keepAliveTimeout, a request being received the deadlines above
+  server.setTimeout(opts.sendTimeoutMs ?? ADMIN_SEND_TIMEOUT_MS)
 
   return {
     listen: () =>
