@@ -140,15 +140,30 @@ export function redactTarget(target: string): string {
   return `${target.slice(0, q)}?${params.join('&')}`
 }
 
+/** a config's apiKeys.header, whose values are credentials wherever a rule names that header */
+function apiKeyHeaderOf(config: unknown): string | undefined {
+  const apiKeys = isRecord(config) ? config['apiKeys'] : undefined
+  const header = isRecord(apiKeys) ? apiKeys['header'] : undefined
+  return typeof header === 'string' ? header : undefined
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v)
+}
+
 /**
  * The one secret masker for anything shown to an operator (/config, diagnostics): secret-named fields and
- * every value of a `headers` map become "<redacted>", credentials in URL-shaped strings are masked
- * (redactUrl). Idempotent.
+ * every value of a `headers` map become "<redacted>", so does a rule's `header` pattern for a credential
+ * header (redactHeader), credentials in URL-shaped strings are masked (redactUrl). Idempotent.
  */
-export function redactConfig(value: unknown, depth = 0): unknown {
+export function redactConfig(value: unknown): unknown {
+  return redact(value, 0, apiKeyHeaderOf(value))
+}
+
+function redact(value: unknown, depth: number, apiKeyHeader: string | undefined): unknown {
   if (depth > MAX_DEPTH) return null
   if (typeof value === 'string') return redactUrl(value)
-  if (Array.isArray(value)) return value.map((v) => redactConfig(v, depth + 1))
+  if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1, apiKeyHeader))
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {}
     for (const [k, v] of Object.entries(value)) {
@@ -157,7 +172,22 @@ export function redactConfig(value: unknown, depth = 0): unknown {
         out[k] = Object.fromEntries(Object.keys(v).map((name) => [name, REDACTED]))
         continue
       }
-      out[k] = isSecretField(k, v) ? REDACTED : redactConfig(v, depth + 1)
+      // a rule may match a credential header without capturing it, and a pattern without a wildcard is the
+      // credential itself (`authorization: Bearer <static token>`)
+      if (k === 'header' && isRecord(v)) {
+        out[k] = Object.fromEntries(
+          Object.entries(v).map(([name, pattern]) => [
+            name,
+            isSecretField(name, pattern)
+              ? REDACTED
+              : typeof pattern === 'string'
+                ? redactHeader(name, redactUrl(pattern), apiKeyHeader)
+                : redact(pattern, depth + 2, apiKeyHeader),
+          ]),
+        )
+        continue
+      }
+      out[k] = isSecretField(k, v) ? REDACTED : redact(v, depth + 1, apiKeyHeader)
     }
     return out
   }
