@@ -71,6 +71,14 @@ interface Subscriber {
   dropped: number
 }
 
+const STREAM_HEADERS = {
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-store',
+  'x-content-type-options': 'nosniff',
+  connection: 'keep-alive',
+  'x-accel-buffering': 'no',
+}
+
 export const DEFAULT_MAX_SUBSCRIBERS = 100
 export const DEFAULT_WRITE_TIMEOUT_MS = 10_000
 export const DEFAULT_MAX_DURATION_MS = 600_000
@@ -200,6 +208,12 @@ export class LiveFeed implements Recorder {
       res.end('{"error":"too many live subscribers"}')
       return
     }
+    // a HEAD answer has no body, and its headers wait for one: the stream's headers are the whole answer
+    if (req.method === 'HEAD') {
+      res.writeHead(200, STREAM_HEADERS)
+      res.end()
+      return
+    }
     const sub: Subscriber = {
       res,
       identity: identity || undefined,
@@ -209,13 +223,7 @@ export class LiveFeed implements Recorder {
       connectedAt: this.now(),
       dropped: 0,
     }
-    res.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-store',
-      'x-content-type-options': 'nosniff',
-      connection: 'keep-alive',
-      'x-accel-buffering': 'no',
-    })
+    res.writeHead(200, STREAM_HEADERS)
     res.socket?.setNoDelay(true)
     if (!res.write(': connected\nretry: 2000\n\n')) this.block(sub)
     res.on('drain', () => {
