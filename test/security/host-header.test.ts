@@ -301,49 +301,45 @@ t.test('a Host that is not a host[:port] is refused with 400 and never forwarded
   }
 })
 
-t.test(
-  'HTTP/2: an authority that is not a host[:port] is refused with 400 and never forwarded',
-  async (t) => {
-    // nghttp2 lets through every character RFC 3986 allows in an authority, user info and stray colons and
-    // brackets included (RFC 9113 §8.3.1 forbids user info there): forwarded, they became the HTTP/1.1 Host
-    // that an HTTP/1.1 client is refused for
-    const upstream = await startUpstream()
-    t.teardown(() => upstream.close())
-    const sidecar = await startBin(t, { service: 'h2hosts', upstream: upstream.url })
-    const port = Number(new URL(sidecar.proxyUrl).port)
-    const reached = (path: string) => upstream.received.some((r) => r.url === path)
-    const malformed = ['a.example@evil.example', 'user@a.example:8080', 'a:b:c', 'a.example]']
-    for (const [i, authority] of malformed.entries()) {
-      const path = `/h2-malformed-${i}`
-      t.equal(
-        await h2cAnswer(port, path, [[':authority', authority]]),
-        'status 400',
-        `:authority ${JSON.stringify(authority)}: 400`,
-      )
-      t.notOk(reached(path), `:authority ${JSON.stringify(authority)}: the upstream never got it`)
-    }
-    t.equal(
-      await h2cAnswer(port, '/h2-host-malformed', [
-        [':authority', 'user@a.example'],
-        ['host', 'user@a.example'],
-      ]),
-      'status 400',
-      'a host alongside it, naming the same: 400',
+t.test('HTTP/2: an authority that is not a host[:port] is refused and never forwarded', async (t) => {
+  // nghttp2 lets through every character RFC 3986 allows in an authority, user info and stray colons and
+  // brackets included (RFC 9113 §8.3.1 forbids user info there): forwarded, they became the HTTP/1.1 Host
+  // that an HTTP/1.1 client is refused for
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const sidecar = await startBin(t, { service: 'h2hosts', upstream: upstream.url })
+  const port = Number(new URL(sidecar.proxyUrl).port)
+  const reached = (path: string) => upstream.received.some((r) => r.url === path)
+  // Node 22 and later reset a stream whose :authority carries user info themselves (PROTOCOL_ERROR) before
+  // the proxy sees it; Node 20 hands it over, and the proxy answers 400. Refused either way.
+  const refused = /^(status 400|reset 1)$/
+  const malformed = ['a.example@evil.example', 'user@a.example:8080', 'a:b:c', 'a.example]']
+  for (const [i, authority] of malformed.entries()) {
+    const path = `/h2-malformed-${i}`
+    t.match(
+      await h2cAnswer(port, path, [[':authority', authority]]),
+      refused,
+      `:authority ${JSON.stringify(authority)}: refused`,
     )
-    t.notOk(reached('/h2-host-malformed'))
-    const fine = ['a.example:8080', '[::1]:8080', 'my_host.example']
-    for (const [i, authority] of fine.entries()) {
-      const path = `/h2-fine-${i}`
-      t.equal(
-        await h2cAnswer(port, path, [[':authority', authority]]),
-        'status 200',
-        `${authority}: forwarded`,
-      )
-      t.equal(
-        upstream.received.find((r) => r.url === path)?.headers.host,
-        authority,
-        `${authority}: as the Host`,
-      )
-    }
-  },
-)
+    t.notOk(reached(path), `:authority ${JSON.stringify(authority)}: the upstream never got it`)
+  }
+  t.match(
+    await h2cAnswer(port, '/h2-host-malformed', [
+      [':authority', 'user@a.example'],
+      ['host', 'user@a.example'],
+    ]),
+    refused,
+    'a host alongside it, naming the same: refused',
+  )
+  t.notOk(reached('/h2-host-malformed'))
+  const fine = ['a.example:8080', '[::1]:8080', 'my_host.example']
+  for (const [i, authority] of fine.entries()) {
+    const path = `/h2-fine-${i}`
+    t.equal(await h2cAnswer(port, path, [[':authority', authority]]), 'status 200', `${authority}: forwarded`)
+    t.equal(
+      upstream.received.find((r) => r.url === path)?.headers.host,
+      authority,
+      `${authority}: as the Host`,
+    )
+  }
+})
