@@ -448,3 +448,30 @@ t.test(
     t.equal(await extract(ex, kept), cached.get(kept), 'a token of a key still published stays cached')
   },
 )
+
+t.test(
+  'a signature spelled with non-zero unused bits is malformed, not a second spelling of the token',
+  async (t) => {
+    // a 2048-bit RSA or a P-256 signature leaves 4 unused bits in its last character, an HMAC-SHA256 one 2:
+    // lenient decoders ignore them, so one signature has 16 (or 4) spellings, each a different fingerprint
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+    const respell = (token: string, unused: number) => {
+      const last = alphabet.indexOf(token.at(-1)!)
+      return token.slice(0, -1) + alphabet[last | ((1 << unused) - 1)]!
+    }
+    for (const [name, token, unused] of [
+      ['RS256', await mint(keyA), 4],
+      ['ES256', await mint(keyE), 4],
+      ['HS256', hs256({ alg: 'HS256' }, { iss: HMAC_ISSUER, sub: 'svc-h', exp: now() + 600 }, SECRET), 2],
+    ] as const) {
+      const other = respell(token, unused)
+      t.not(other, token, `${name}: a second spelling`)
+      t.match(await extract(x, bearer(token)), { verified: true }, `${name}: the canonical token verifies`)
+      t.match(
+        await extract(x, bearer(other)),
+        { failed: true, reason: 'malformed' },
+        `${name}: the respelled one does not`,
+      )
+    }
+  },
+)

@@ -8,9 +8,9 @@
 // runs it against jose on the same tokens.
 //
 // One deliberate difference: a segment must be strict base64url (alphabet A–Z a–z 0–9 - _, no padding, no
-// whitespace). jose decodes with the platform's forgiving base64 (atob), which accepts padding and
-// whitespace; such tokens never reach a verifier here (bearerToken refuses them), and refusing them as
-// malformed is the stricter reading of RFC 7515.
+// whitespace, no set bit among the last character's unused ones). jose decodes with the platform's forgiving
+// base64 (atob), which accepts padding, whitespace and any unused bits; such tokens never verify here, and
+// refusing them as malformed is the stricter reading of RFC 7515 (RFC 4648 §3.5).
 import { constants, createHmac, verify as cryptoVerify, KeyObject, timingSafeEqual } from 'node:crypto'
 import { errors, type FlattenedJWSInput, type JWSHeaderParameters, type JWTPayload } from 'jose'
 
@@ -80,12 +80,29 @@ const strictUtf8 = new TextDecoder('utf-8', { fatal: true })
 /** one KeyObject per imported CryptoKey; keys live as long as their key set holds them */
 const keyObjects = new WeakMap<CryptoKey, KeyObject>()
 
+/** per segment length % 4: the low bits of the last character that encode nothing (0 and 1 have none) */
+const UNUSED_BITS = [0, 0, 0b1111, 0b11]
+
 function decodeSegment(segment: string, label: string, ErrorClass: typeof errors.JWSInvalid): Buffer {
   // length % 4 === 1 cannot be base64 (jose's decoder refuses it too)
-  if (segment.length % 4 === 1 || !BASE64URL.test(segment)) {
+  if (segment.length % 4 === 1 || !BASE64URL.test(segment) || !canonicalEnd(segment)) {
     throw new ErrorClass(`Failed to base64url decode the ${label}`)
   }
   return Buffer.from(segment, 'base64url')
+}
+
+/**
+ * The last character's unused bits are zero. Decoders ignore them, so without this one signature would have
+ * up to 16 spellings, each a token string of its own: its own fingerprint (token_shared counts clients per
+ * fingerprint) and its own cache entries, from a single stolen token.
+ */
+function canonicalEnd(segment: string): boolean {
+  const unused = UNUSED_BITS[segment.length % 4]!
+  if (unused === 0) return true
+  const c = segment.charCodeAt(segment.length - 1)
+  // - _ a-z A-Z 0-9
+  const value = c === 45 ? 62 : c === 95 ? 63 : c >= 97 ? c - 71 : c >= 65 ? c - 65 : c + 4
+  return (value & unused) === 0
 }
 
 /** jose's isObject: a plain object (JSON.parse makes nothing else but arrays and primitives) */
