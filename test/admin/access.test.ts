@@ -8,12 +8,13 @@ import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
 import pino from 'pino'
 import t, { type Test } from 'tap'
-import { type AdminAccess, createAdminServer } from '../../src/admin/server.ts'
+import type { AdminAccess } from '../../src/admin/server.ts'
 import { redactConfig, redactHeader, redactText, redactUrl, urlLabel } from '../../src/config/redact.ts'
 import { configSchema } from '../../src/config/schema.ts'
 import { TokenFile } from '../../src/runtime.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
 import { LiveFeed } from '../../src/telemetry/live.ts'
+import { startAdmin } from '../helpers/admin.ts'
 import { requestEvent } from '../helpers/events.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
@@ -29,20 +30,12 @@ async function admin(
   const telemetry = new Telemetry(configSchema.parse({ service: 'shop', audit: { output: 'off' } }), {
     version: 'test',
   })
-  const server = createAdminServer({
-    host: '127.0.0.1',
-    port: 0,
-    telemetry,
-    ready: async () => ({ ok: true, checks: {} }),
-    effectiveConfig: () => ({}),
-    access: opts.access ? () => opts.access! : undefined,
+  const url = await startAdmin(t, telemetry, {
+    ...(opts.access ? { access: () => opts.access! } : {}),
     // every test socket is on loopback: this seam makes the server treat the peer as another pod
     isLocalPeer: () => opts.local,
   })
-  const addr = await server.listen()
-  t.teardown(() => telemetry.close())
-  t.teardown(() => server.close())
-  return { port: addr.port, telemetry }
+  return { port: Number(new URL(url).port), telemetry }
 }
 
 /** GET with a chosen Host header; the body is read only for non-streams */

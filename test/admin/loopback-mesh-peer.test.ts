@@ -3,9 +3,10 @@
 // from 127.0.0.6): taking all of 127.0.0.0/8 for local opened the operator endpoints to each of them.
 import { request } from 'node:http'
 import t from 'tap'
-import { createAdminServer, isLoopback } from '../../src/admin/server.ts'
+import { isLoopback } from '../../src/admin/server.ts'
 import { configSchema } from '../../src/config/schema.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
+import { startAdmin } from '../helpers/admin.ts'
 
 function status(port: number, path: string, localAddress: string): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -29,16 +30,7 @@ t.test('a client a mesh sidecar forwards from 127.0.0.6 gets the public endpoint
   const telemetry = new Telemetry(configSchema.parse({ service: 'shop', audit: { output: 'off' } }), {
     version: 'test',
   })
-  const admin = createAdminServer({
-    host: '127.0.0.1',
-    port: 0,
-    telemetry,
-    ready: async () => ({ ok: true, checks: {} }),
-    effectiveConfig: () => ({}),
-  })
-  const { port } = await admin.listen()
-  t.teardown(() => telemetry.close())
-  t.teardown(() => admin.close())
+  const port = Number(new URL(await startAdmin(t, telemetry)).port)
   for (const path of ['/identities', '/audit', '/config', '/ui']) {
     t.equal(await status(port, path, '127.0.0.1'), 200, `${path} from 127.0.0.1`)
     t.equal(await status(port, path, '127.0.0.6'), 403, `${path} from 127.0.0.6: refused`)

@@ -5,9 +5,10 @@
 import { once } from 'node:events'
 import { connect, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
-import { ADMIN_MAX_SCRAPES, type AdminServerOptions, createAdminServer } from '../../src/admin/server.ts'
+import { ADMIN_MAX_SCRAPES, type AdminServerOptions } from '../../src/admin/server.ts'
 import { configSchema } from '../../src/config/schema.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
+import { startAdmin } from '../helpers/admin.ts'
 import { eventually } from '../helpers/eventually.ts'
 
 // more than the kernel's socket buffers take, so the answer stays unsent while the client does not read
@@ -17,19 +18,11 @@ async function admin(t: Test, opts: Pick<AdminServerOptions, 'sendTimeoutMs'> = 
   const telemetry = new Telemetry(configSchema.parse({ service: 'shop', audit: { output: 'off' } }), {
     version: 'test',
   })
-  const server = createAdminServer({
-    host: '127.0.0.1',
-    port: 0,
-    telemetry,
-    ready: async () => ({ ok: true, checks: {} }),
-    effectiveConfig: () => ({}),
+  const url = await startAdmin(t, telemetry, {
     scrape: async () => ({ contentType: 'text/plain; version=0.0.4; charset=utf-8', body: BODY }),
     ...opts,
   })
-  const { port } = await server.listen()
-  t.teardown(() => telemetry.close())
-  t.teardown(() => server.close())
-  return port
+  return Number(new URL(url).port)
 }
 
 interface Stalled {

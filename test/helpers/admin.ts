@@ -9,16 +9,15 @@ export interface Teardown {
 export async function startAdmin(
   t: Teardown,
   telemetry: Telemetry,
-  opts: Partial<Pick<AdminServerOptions, 'ready' | 'effectiveConfig' | 'access' | 'isLocalPeer'>> = {},
+  opts: Partial<Omit<AdminServerOptions, 'host' | 'port' | 'telemetry'>> = {},
 ): Promise<string> {
   const admin = createAdminServer({
     host: '127.0.0.1',
     port: 0,
+    ...opts,
     telemetry,
     ready: opts.ready ?? (async () => ({ ok: true, checks: {} })),
     effectiveConfig: opts.effectiveConfig ?? (() => ({})),
-    ...(opts.access ? { access: opts.access } : {}),
-    ...(opts.isLocalPeer ? { isLocalPeer: opts.isLocalPeer } : {}),
   })
   const addr = await admin.listen()
   t.teardown(() => telemetry.close())
