@@ -147,31 +147,39 @@ t.test(
   },
 )
 
+/**
+ * The server names every path is checked with, for `scheme://…:port`: the URL host; none for an address (RFC
+ * 6066 §3: the certificate is checked against it); a configured name; an address as the configured name
+ * (the certificate checked against it, and it not sent). Each with the proxy's settings and a label.
+ */
+function serverNameCases(scheme: string, port: number) {
+  return (
+    [
+      [`${scheme}://localhost:${port}`, undefined, 'localhost'],
+      [`${scheme}://127.0.0.1:${port}`, undefined, false],
+      [`${scheme}://127.0.0.1:${port}`, 'localhost', 'localhost'],
+      [`${scheme}://localhost:${port}`, '127.0.0.1', false],
+    ] as const
+  ).map(([upstream, servername, sni]) => ({
+    settings: { upstream, upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) } },
+    sni,
+    what: `${upstream}${servername ? `, servername ${servername}` : ''}`,
+  }))
+}
+
 t.test('the server name: the configured one, else the URL host unless it is an address', async (t) => {
   const up = await tlsUpstream(t, (path) => ok(`fine ${path}`))
-  const cases = [
-    // no SNI for an address (RFC 6066 §3); the certificate is checked against 127.0.0.1
-    { upstream: `https://127.0.0.1:${up.port}`, servername: undefined, sni: false },
-    { upstream: `https://localhost:${up.port}`, servername: undefined, sni: 'localhost' },
-    { upstream: `https://127.0.0.1:${up.port}`, servername: 'localhost', sni: 'localhost' },
-    // an address as the configured name: the certificate is checked against it, and it is not sent
-    { upstream: `https://localhost:${up.port}`, servername: '127.0.0.1', sni: false },
-  ] as const
   const warnings: string[] = []
   const warned = (w: Error & { code?: string }) => warnings.push(w.code ?? w.message)
   process.on('warning', warned)
   t.teardown(() => process.off('warning', warned))
-  for (const c of cases) {
+  for (const c of serverNameCases('https', up.port)) {
     const before = up.conns.length
-    const { url } = await startProxy(t, {
-      upstream: c.upstream,
-      upstreamTls: { ca: serverCa.certPem, ...(c.servername ? { servername: c.servername } : {}) },
-    })
+    const { url } = await startProxy(t, c.settings)
     // the Host the client addressed is the upstream's to read, not the name its certificate is checked for
     const res = await get(`${url}/name`, { host: 'client.example' })
-    const what = `${c.upstream}${c.servername ? `, servername ${c.servername}` : ''}`
-    t.same(res, { status: 200, body: 'fine /name' }, `${what}: answered`)
-    t.equal(up.conns[before]?.servername, c.sni, `${what}: SNI ${c.sni}`)
+    t.same(res, { status: 200, body: 'fine /name' }, `${c.what}: answered`)
+    t.equal(up.conns[before]?.servername, c.sni, `${c.what}: SNI ${c.sni}`)
   }
   t.match(up.heads.at(-1) ?? '', /\r\nhost: client\.example\r\n/, "the client's Host reached the upstream")
   t.notOk(warnings.includes('DEP0123'), 'no warning of an address sent as the server name')
@@ -193,15 +201,8 @@ t.test('requests that announce trailers (node:http) use the same server name', a
     up.close()
   })
   const upPort = (up.address() as AddressInfo).port
-  for (const [upstream, servername, sni] of [
-    [`https://localhost:${upPort}`, undefined, 'localhost'],
-    [`https://127.0.0.1:${upPort}`, undefined, false],
-    [`https://localhost:${upPort}`, '127.0.0.1', false],
-  ] as const) {
-    const { port } = await startProxy(t, {
-      upstream,
-      upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) },
-    })
+  for (const { settings, sni, what } of serverNameCases('https', upPort)) {
+    const { port } = await startProxy(t, settings)
     // a raw socket: no HTTP client library here sends request trailers
     const client = await rawClient(port)
     t.teardown(() => client.socket.destroy())
@@ -211,7 +212,6 @@ t.test('requests that announce trailers (node:http) use the same server name', a
     )
     await eventually(() => client.closed(), { what: 'the answer, then the close' })
     const answer = client.text()
-    const what = `${upstream}${servername ? `, servername ${servername}` : ''}`
     t.match(answer, /^HTTP\/1\.1 200/, `${what}: answered`)
     t.same(seen.at(-1), { servername: sni, trailer: 'sha-256=abc' }, `${what}: SNI ${sni}, trailer passed on`)
   }
@@ -224,17 +224,8 @@ t.test('h2:// upstreams (node:http2) use the same server name and check', async 
     res.end('h2 fine')
   })
   const upPort = await listenUntilTeardown(t, up)
-  for (const [upstream, servername, sni] of [
-    [`h2://localhost:${upPort}`, undefined, 'localhost'],
-    [`h2://127.0.0.1:${upPort}`, undefined, false],
-    [`h2://127.0.0.1:${upPort}`, 'localhost', 'localhost'],
-    [`h2://localhost:${upPort}`, '127.0.0.1', false],
-  ] as const) {
-    const { url } = await startProxy(t, {
-      upstream,
-      upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) },
-    })
-    const what = `${upstream}${servername ? `, servername ${servername}` : ''}`
+  for (const { settings, sni, what } of serverNameCases('h2', upPort)) {
+    const { url } = await startProxy(t, settings)
     t.same(
       await get(`${url}/h2`, { host: 'client.example' }),
       { status: 200, body: 'h2 fine' },
@@ -364,16 +355,8 @@ t.test('a websocket upgrade (undici) to a TLS upstream uses the same server name
     up.close()
   })
   const upPort = (up.address() as AddressInfo).port
-  for (const [upstream, servername, sni] of [
-    [`https://localhost:${upPort}`, undefined, 'localhost'],
-    [`https://127.0.0.1:${upPort}`, undefined, false],
-    [`https://127.0.0.1:${upPort}`, 'localhost', 'localhost'],
-    [`https://localhost:${upPort}`, '127.0.0.1', false],
-  ] as const) {
-    const { port } = await startProxy(t, {
-      upstream,
-      upstreamTls: { ca: serverCa.certPem, ...(servername ? { servername } : {}) },
-    })
+  for (const { settings, sni, what } of serverNameCases('https', upPort)) {
+    const { port } = await startProxy(t, settings)
     const client = await rawClient(port)
     t.teardown(() => client.socket.destroy())
     client.socket.write(
@@ -382,7 +365,6 @@ t.test('a websocket upgrade (undici) to a TLS upstream uses the same server name
     )
     await eventually(() => client.text().includes('\r\n\r\n'), { what: 'the answer head' })
     const answer = client.text()
-    const what = `${upstream}${servername ? `, servername ${servername}` : ''}`
     t.match(answer, /^HTTP\/1\.1 101/, `${what}: switched`)
     t.equal(seen.at(-1), sni, `${what}: SNI ${sni}, not the client's Host`)
   }

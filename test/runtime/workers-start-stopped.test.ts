@@ -33,6 +33,21 @@ const alive = (pid: number) => {
   }
 }
 
+/** `run -c config` in a process group of its own, the whole group killed at the end of the test */
+function spawnPodGroup(t: Test, config: string, env: NodeJS.ProcessEnv = {}) {
+  const proxy = spawnCli(['run', '-c', config], env, { detached: true })
+  const primary = proxy.child.pid!
+  t.teardown(async () => {
+    try {
+      process.kill(-primary, 'SIGKILL')
+    } catch {
+      // the group is gone already
+    }
+    await proxy.exited
+  })
+  return { proxy, primary }
+}
+
 /**
  * `run` of a `workers: 2` pod in a process group of its own, whose IdP holds every key fetch but the first
  * `answered` ones; resolves once both workers have asked for their keys (both are starting), with their pids.
@@ -74,16 +89,7 @@ async function startingPod(
       },
     }),
   )
-  const proxy = spawnCli(['run', '-c', config], {}, { detached: true })
-  const primary = proxy.child.pid!
-  t.teardown(async () => {
-    try {
-      process.kill(-primary, 'SIGKILL')
-    } catch {
-      // the group is gone already
-    }
-    await proxy.exited
-  })
+  const { proxy, primary } = spawnPodGroup(t, config)
   await eventually(() => fetches >= 2, { timeoutMs: PROMPT_MS, what: 'both workers fetching keys' })
   const workers = childPids(primary)
   t.equal(workers.length, 2, 'two worker processes')
@@ -251,16 +257,7 @@ if (cluster.isWorker) {
   const config = join(dir, 'config.yaml')
   await writeFile(config, testConfigYaml({ upstream: 'http://127.0.0.1:9', workers: 2 }))
   const nodeOptions = `${process.env['NODE_OPTIONS'] ?? ''} --import=${preload}`.trim()
-  const proxy = spawnCli(['run', '-c', config], { NODE_OPTIONS: nodeOptions }, { detached: true })
-  const primary = proxy.child.pid!
-  t.teardown(async () => {
-    try {
-      process.kill(-primary, 'SIGKILL')
-    } catch {
-      // the group is gone already
-    }
-    await proxy.exited
-  })
+  const { proxy, primary } = spawnPodGroup(t, config, { NODE_OPTIONS: nodeOptions })
   const held = async () => (await readdir(marks).catch(() => [] as string[])).map(Number)
   await eventually(async () => (await held()).length >= 2, {
     timeoutMs: PROMPT_MS,
