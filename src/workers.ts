@@ -520,7 +520,6 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   // the workers' upstream-failure lines, logged at the pod's interval: one line per interval, not one per worker
   const upstreamFailures = new UpstreamFailureThrottle(logUpstreamFailure(log))
   let startupFailed: ((err: StartupError | StoppedWhileStarting) => void) | undefined
-  const listening = new Set<number>()
   let allListening: (() => void) | undefined
 
   const fork = (index: number) => {
@@ -589,8 +588,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         }
         if (watching) worker.send({ nhi: 'live', on: true } satisfies Command)
         listeners ??= { http: m.http, ...(m.https ? { https: m.https } : {}) }
-        listening.add(index)
-        if (listening.size === opts.workers) allListening?.()
+        // the start lasts until every slot listens, a replaced one with its new worker
+        if (slots.every((s) => s.listening)) allListening?.()
       }
     })
     // a send to a worker that is just exiting fails with an 'error' event: its 'exit' handles the rest
@@ -603,8 +602,6 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       slot.listening = false
       pod.drop(String(index + 1))
       for (const [id, w] of waiting) if (w.worker === worker) waiting.get(id)?.done(undefined)
-      // the start lasts until every slot listens: a slot whose worker went counts again once its new one does
-      listening.delete(index)
       if (stopping) return
       if (startupFailed && !drained) {
         if (signal !== 'SIGTERM') {
