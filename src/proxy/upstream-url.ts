@@ -69,28 +69,18 @@ export function parseUpstream(url: string): Upstream {
 }
 
 /**
- * The TLS server name an https: upstream is reached with and its certificate checked for: upstreamTls's
- * `servername`, else the URL's host, none for an IP address (RFC 6066 §3: SNI carries no IP literal; the
- * certificate is then checked against the address: upstreamTlsFor). Never the
- * request's Host header: the client sets that.
- */
-export function upstreamServerName(host: string, configured: string | undefined): string | undefined {
-  const name = configured || host
-  return isIP(name) === 0 ? name : undefined
-}
-
-/**
- * upstreamTls options for a connection to `host`: the server name as upstreamServerName has it ('' for none,
- * which sends no SNI and checks the certificate against `host`) and, for an IP address configured as
- * `servername`, the certificate checked against that address, which is not sent (Node would send it, against
- * RFC 6066, and warn DEP0123).
+ * upstreamTls options for a connection to `host`. The TLS server name is upstreamTls's `servername`, else the
+ * URL's host, and '' (no SNI) when that is an IP address (RFC 6066 §3: SNI carries no IP literal; Node would
+ * send one and warn DEP0123); the certificate is then checked against the address, a configured one by the
+ * `checkServerIdentity` given here. Never the request's Host header: the client sets that.
  */
 export function upstreamTlsFor<T extends ConnectionOptions>(
   host: string,
   tls: T,
 ): T & { servername: string } {
   const configured = tls.servername
-  const out = { ...tls, servername: upstreamServerName(host, configured) ?? '' }
+  const name = configured || host
+  const out = { ...tls, servername: isIP(name) === 0 ? name : '' }
   if (configured && isIP(configured) !== 0)
     out.checkServerIdentity = (_host: string, cert: PeerCertificate) => checkServerIdentity(configured, cert)
   return out
