@@ -1,6 +1,7 @@
 // The effective config served on /config. Nothing secret is in the config itself (keys live in files), but
 // api-key hashes and any secret-looking field are still masked: a hash of a weak key is guessable.
 import { normalizeHeaderName } from '../util/header-names.ts'
+import { isRecord } from '../util/is-record.ts'
 
 const SECRET_FIELD = /(secret|password|token|sha256|key)$/i
 const KEEP = new Set(['bearerTokenFile', 'secretFile', 'key', 'maxIdentities', 'apiKey'])
@@ -145,10 +146,6 @@ function apiKeyHeaderOf(config: unknown): string | undefined {
   const apiKeys = isRecord(config) ? config['apiKeys'] : undefined
   const header = isRecord(apiKeys) ? apiKeys['header'] : undefined
   return typeof header === 'string' ? header : undefined
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v)
 }
 
 /**

@@ -2,6 +2,7 @@
 // acting on behalf of the subject" — an AI agent calling for a person or a service. The identity stays the
 // subject (whose authority the call exercises, so policy and metrics keep counting the principal); the actor
 // is shown beside it. Nested `act` members are the earlier actors of a chain.
+import { isRecord } from '../../util/is-record.ts'
 
 /** actors read from one token; a deeper chain is cut and marked */
 export const MAX_ACTOR_CHAIN = 4
@@ -14,10 +15,6 @@ export interface Delegation {
   chain: string[]
   /** the chain went on beyond MAX_ACTOR_CHAIN */
   truncated: boolean
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 function actorName(act: Record<string, unknown>): string | undefined {

@@ -13,6 +13,7 @@ import {
 import type { Agent, Dispatcher } from 'undici'
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS } from '../../types.ts'
+import { isRecord } from '../../util/is-record.ts'
 
 // The HTTP client is loaded with the first key-set fetch: a sidecar whose key sets are files (or that has no
 // issuers) never pays for loading it at start-up, which keeps the cold start short.
@@ -709,10 +710,6 @@ async function readSecret(path: string): Promise<Uint8Array> {
   const text = (await readFile(path, 'utf8')).replace(/\r?\n$/, '')
   if (text.length === 0) throw new Error('secretFile is empty')
   return new TextEncoder().encode(text)
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 function safeUrl(url: string): string {

@@ -13,6 +13,7 @@
 // refusing them as malformed is the stricter reading of RFC 7515 (RFC 4648 §3.5).
 import { constants, createHmac, verify as cryptoVerify, KeyObject, timingSafeEqual } from 'node:crypto'
 import { errors, type FlattenedJWSInput, type JWSHeaderParameters, type JWTPayload } from 'jose'
+import { isRecord } from '../../util/is-record.ts'
 
 /** what jose's key-set function (or IssuerKeySet.getKey) resolves to */
 export type JwsKey = CryptoKey | Uint8Array
@@ -103,11 +104,6 @@ function canonicalEnd(segment: string): boolean {
   // - _ a-z A-Z 0-9
   const value = c === 45 ? 62 : c === 95 ? 63 : c >= 97 ? c - 71 : c >= 65 ? c - 65 : c + 4
   return (value & unused) === 0
-}
-
-/** jose's isObject: a plain object (JSON.parse makes nothing else but arrays and primitives) */
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 function parseJson(bytes: Buffer): unknown {
@@ -242,7 +238,7 @@ export async function verifyJwt(
   } catch {
     throw new errors.JWSInvalid('JWS Protected Header is invalid')
   }
-  if (!isPlainObject(header)) throw new errors.JWSInvalid('JWS Protected Header is invalid')
+  if (!isRecord(header)) throw new errors.JWSInvalid('JWS Protected Header is invalid')
   const extensions = validateCrit(header)
   let b64 = true
   if (extensions.includes('b64')) {
@@ -293,7 +289,7 @@ export async function verifyJwt(
   } catch {
     throw new errors.JWTInvalid('JWT Claims Set must be a top-level JSON object')
   }
-  if (!isPlainObject(payload)) throw new errors.JWTInvalid('JWT Claims Set must be a top-level JSON object')
+  if (!isRecord(payload)) throw new errors.JWTInvalid('JWT Claims Set must be a top-level JSON object')
   validateClaims(payload, opts)
   return { payload: payload as JWTPayload, protectedHeader: header as VerifiedJwt['protectedHeader'] }
 }
