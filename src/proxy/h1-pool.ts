@@ -117,6 +117,11 @@ function hasBareLf(buf: Buffer, from: number): boolean {
   return false
 }
 
+/** an answer without content whatever its head says: to a HEAD, a 204 or a 304 (RFC 9112 §6.3) */
+export function answersWithoutContent(status: number, toHead: boolean): boolean {
+  return toHead || status === 204 || status === 304
+}
+
 // the response part being read (plain numbers: the sources also run under type stripping, which has no enums)
 const Phase = { Head: 0, Length: 1, Chunked: 2, UntilClose: 3 } as const
 type Phase = (typeof Phase)[keyof typeof Phase]
@@ -520,7 +525,7 @@ class Connection {
     // an upstream that keeps an idle connection a second or less would close it under the next request (the
     // idle deadline leaves that second as margin, and its sweep may come later still)
     ex.keepAlive = !close && !ex.isHead && (idleHintMs === -1 || idleHintMs > 1000)
-    const bodiless = ex.isHead || status === 204 || status === 304
+    const bodiless = answersWithoutContent(status, ex.isHead)
     if (bodiless) ex.phase = Phase.Length
     else if (chunked) ex.phase = Phase.Chunked
     else if (codings > 0 || length === -1) {

@@ -7,6 +7,7 @@ import { METHOD_OVERRIDE_HEADERS } from '../policy/policy.ts'
 import type { Identity } from '../types.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import { LONE_SURROGATE } from '../util/lone-surrogate.ts'
+import { answersWithoutContent } from './h1-pool.ts'
 import type { TraceContext } from './ids.ts'
 
 /** Hop-by-hop headers that never cross the proxy (in either direction). */
@@ -392,7 +393,7 @@ export function downstreamHeaders(
 ): string[] {
   // a response without content (to HEAD, a 204 or 304) may name the coding its content would have had
   // (RFC 9112 §6.1): no coded bytes reach the client, so the coding is no reason to refuse it
-  const content = status !== undefined && !toHead && status !== 204 && status !== 304
+  const content = status !== undefined && !answersWithoutContent(status, toHead)
   const out = withoutHopByHop(raw, content, undefined)
   return status === 204 ? withoutContentLength(out) : out
 }

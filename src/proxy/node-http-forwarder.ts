@@ -24,7 +24,7 @@ import {
   type UpstreamFailed,
 } from './forwarder.ts'
 import { grpcWebResponse } from './grpc-web.ts'
-import { UpstreamError } from './h1-pool.ts'
+import { answersWithoutContent, UpstreamError } from './h1-pool.ts'
 import {
   announcedTrailers,
   downstreamHeaders,
@@ -278,7 +278,7 @@ export class NodeHttpForwarder {
         status = upRes.statusCode ?? 0
         // no body by definition (RFC 9110 §6.4.1): answered now. Bytes an upstream sends after such a head
         // anyway are a framing error on its connection, which must not cut the answer the client already has
-        if (status === 204 || status === 304 || req.method === 'HEAD') {
+        if (answersWithoutContent(status, req.method === 'HEAD')) {
           res.end()
           settle()
           upRes.resume()
