@@ -8,7 +8,7 @@ import { configSchema } from '../../src/config/schema.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
 import type { Identity } from '../../src/types.ts'
 import { startAdmin } from '../helpers/admin.ts'
-import { launchChromium, skipWithoutChromium } from '../helpers/browser.ts'
+import { launchChromium, openEventAudit, skipWithoutChromium, splitChartSamples } from '../helpers/browser.ts'
 import { identity, requestEvent, SAMPLE_IDENTITIES } from '../helpers/events.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 
@@ -88,7 +88,7 @@ t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) =
   const url = await startAdmin(t, telemetry)
   traffic(telemetry, 200)
   for (let i = 0; i < 3; i++) telemetry.record(requestEvent({ identity: FAILING_JOB, status: 503 }))
-  let feeder = setInterval(() => traffic(telemetry, 8), 100)
+  const feeder = setInterval(() => traffic(telemetry, 8), 100)
   t.teardown(() => clearInterval(feeder))
 
   const { page, pageErrors } = await openLiveView(t, url)
@@ -133,25 +133,21 @@ t.test('live view in a real browser', { skip: skipWithoutChromium }, async (t) =
   })
 
   // live events arrive; clicking one shows its audit record
-  await page.waitForSelector('#events li', { timeout: 5000 })
-  await page.waitForTimeout(2200) // let the chart collect a couple of samples for the screenshot
-  // pause the traffic so the list holds still under the pointer
-  clearInterval(feeder)
-  await page.waitForTimeout(300)
-  const first = page.locator('#events li').nth(2)
-  const requestId = await first.getAttribute('data-request-id')
-  const who = await first.getAttribute('data-identity')
-  await first.click()
-  await page.waitForSelector(`#audit-detail dl[data-request-id="${requestId}"]`, { timeout: 5000 })
+  const { requestId, identity: who } = await openEventAudit(page, 2)
   t.equal(await page.locator('#audit-detail dd[data-field="identity"]').textContent(), who)
   t.equal(await page.locator('#audit-detail dd[data-field="request_id"]').textContent(), requestId)
-  feeder = setInterval(() => traffic(telemetry, 8), 100)
+  // a couple of samples in the split chart, so the screenshots show a trend
+  await splitChartSamples(page, 2)
 
   const dir = await scratchDir('ui')
   const light = join(dir, 'live-view-light.png')
   await page.screenshot({ path: light })
+  const lightBackground = await page.evaluate(() => getComputedStyle(document.body).backgroundColor)
   await page.emulateMedia({ colorScheme: 'dark' })
-  await page.waitForTimeout(300)
+  await page.waitForFunction(
+    (light) => getComputedStyle(document.body).backgroundColor !== light,
+    lightBackground,
+  )
   const dark = join(dir, 'live-view-dark.png')
   await page.screenshot({ path: dark })
   t.comment(`screenshots: ${light} ${dark}`)

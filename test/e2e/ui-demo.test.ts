@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { launchChromium, skipWithoutChromium } from '../helpers/browser.ts'
+import { launchChromium, openEventAudit, skipWithoutChromium, splitChartSamples } from '../helpers/browser.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { spawnDemo } from '../helpers/sidecar.ts'
 
@@ -57,27 +57,12 @@ t.test('live view of the demo in Chromium', { skip: skipWithoutChromium }, async
   t.ok((await page.locator('#graph .callee').count()) === 1, 'the fronted service is drawn')
 
   // clicking a live event shows that request's audit record
-  await page.waitForSelector('#events li[data-request-id]', { timeout: 10_000 })
-  // the feed holds still while the pointer is over it, as it does for a person reading it; locators are
-  // lazy, so the row is pinned by its request id rather than by position
-  await page.hover('#events')
-  const requestId = (await page
-    .locator('#events li[data-request-id]')
-    .nth(2)
-    .getAttribute('data-request-id'))!
-  const event = page.locator(`#events li[data-request-id="${requestId}"]`)
-  const who = (await event.getAttribute('data-identity'))!
-  await event.click()
-  await page
-    .waitForSelector(`#audit-detail dl[data-request-id="${requestId}"]`, { timeout: 15_000 })
-    .catch(async (err) => {
-      t.comment(`audit panel after click: ${await page.locator('#audit-detail').innerHTML()}`)
-      throw err
-    })
+  const { identity: who } = await openEventAudit(page, 2)
   t.equal(await page.locator('#audit-detail dd[data-field="identity"]').textContent(), who)
   t.match(await page.locator('#audit-detail dd[data-field="trace_id"]').textContent(), /^[0-9a-f]{32}$/)
 
-  await page.waitForTimeout(2500) // let the split chart collect a few samples
+  // a few samples in the split chart, so the screenshot shows a trend
+  await splitChartSamples(page, 3)
   const dir = await scratchDir('ui-demo')
   const shot = join(dir, 'live-view-demo.png')
   await page.screenshot({ path: shot })

@@ -59,6 +59,8 @@ export const UI_SCRIPT = `
     KINDS.forEach(function (k) { sample[k] = (view.totals.byKind[k] && view.totals.byKind[k].rps) || 0; });
     state.history.push(sample);
     if (state.history.length > HISTORY) state.history.shift();
+    // how many samples the chart holds, for whoever waits for it to have drawn a trend (the browser tests)
+    $('split-chart').dataset.samples = String(state.history.length);
   }
   function renderLegend() {
     var last = state.history[state.history.length - 1] || {};
