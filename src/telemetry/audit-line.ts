@@ -215,6 +215,8 @@ function takeFragment(): Buffer {
 export function identityBytes(id: Identity): IdentityBytes {
   let bytes = identityFragments.get(id)
   if (bytes === undefined) {
+    // whatever an identity that could not be written (a field that is not text) left here is not this one's
+    fragment.length = 0
     fragment.copy(IDENTITY)
     fragment.string(id.name)
     fragment.copy(KIND)

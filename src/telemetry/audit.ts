@@ -231,7 +231,14 @@ export class AuditLog implements Recorder {
     // `type: "audit"` (first key) makes audit lines easy to pick out of a shared stdout.
     const batch = this.batch
     const from = batch.length
-    writeAuditLine(batch, event)
+    try {
+      writeAuditLine(batch, event)
+    } catch (err) {
+      // the line's beginning must not stay in the batch: the next line would be written onto it (the
+      // facade counts the failure)
+      batch.length = from
+      throw err
+    }
     this.ring.pushLine(batch.bytes, from, batch.length)
     this.written++
     if (batch.length >= AUDIT_BATCH_CHARS) this.handOver()

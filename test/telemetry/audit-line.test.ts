@@ -6,7 +6,7 @@ import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { AUDIT_BATCH_CHARS, AuditLog, auditLine } from '../../src/telemetry/audit.ts'
 import { identityBytes, LineBuffer, writeAuditLine } from '../../src/telemetry/audit-line.ts'
-import type { RequestEvent } from '../../src/types.ts'
+import type { Identity, RequestEvent } from '../../src/types.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 
@@ -113,3 +113,25 @@ t.test(
     t.not(out.bytes, taken, 'in a new buffer: the handed-over bytes are not overwritten')
   },
 )
+
+t.test('an event whose line cannot be written leaves no piece of it in the output', async (t) => {
+  const file = join(await scratchDir('audit-line-throw'), 'audit.log')
+  const audit = new AuditLog(auditConfig(file))
+  const before = requestEvent({ path: '/before' })
+  const after = requestEvent({ path: '/after' })
+  audit.record(before)
+  // no valid time: toISOString throws after the line was begun (the telemetry facade counts the failure)
+  t.throws(() => audit.record(requestEvent({ time: Number.NaN })))
+  audit.record(after)
+  await audit.close()
+  t.equal(await readFile(file, 'utf8'), `${auditLine(before)}${auditLine(after)}`, 'whole lines only')
+  t.equal(audit.linesWritten, 2)
+})
+
+t.test("an identity whose fragment cannot be written leaves nothing in the next identity's", async (t) => {
+  const broken = identity('svc-broken', { kind: undefined as unknown as Identity['kind'] })
+  t.throws(() => identityBytes(broken))
+  const next = identity('svc-next')
+  const line = auditLine(requestEvent({ identity: next }))
+  t.equal((JSON.parse(line) as Record<string, unknown>)['identity'], 'svc-next')
+})
