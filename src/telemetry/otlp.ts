@@ -79,6 +79,27 @@ class EventIds implements IdGenerator {
 interface Backlog {
   handed: number
   settled: number
+  /** what the collector's answer to the batch on its way said it rejected (a partial success) */
+  rejected: number
+}
+
+type ResponseField = 'rejectedSpans' | 'rejectedLogRecords'
+
+/**
+ * A collector that accepts an export only in part answers 200 with `partial_success` saying how many records
+ * it rejected. The SDK takes that for a success and only logs it, so the rejected records would be counted
+ * as exported; here the answer is read for their number, which the processor's count of the batch (made
+ * right after the answer is handled) then counts as export_failed.
+ */
+function noteRejected(exporter: object, field: ResponseField, backlog: Backlog): void {
+  const delegate = (exporter as { _delegate?: { _responseHandler?: unknown } })._delegate
+  if (delegate === undefined || delegate._responseHandler === undefined) return
+  delegate._responseHandler = {
+    handleResponse(response: { partialSuccess?: Partial<Record<ResponseField, unknown>> } | undefined) {
+      const rejected = Number(response?.partialSuccess?.[field] ?? 0)
+      if (Number.isFinite(rejected) && rejected > 0) backlog.rejected += rejected
+    },
+  }
 }
 
 /**
@@ -94,8 +115,13 @@ function countingMeterProvider(processed: string, counts: OtlpCounts, backlog: B
       add(value: number, attributes?: Attributes) {
         backlog.settled += value
         const error = attributes?.[ATTR_ERROR_TYPE]
-        if (error === undefined) counts.exported += value
-        else if (error === 'queue_full') counts.queueFull += value
+        if (error === undefined) {
+          // one batch is exported at a time: what its answer rejected is part of it
+          const rejected = Math.min(backlog.rejected, value)
+          backlog.rejected = 0
+          counts.exported += value - rejected
+          counts.exportFailed += rejected
+        } else if (error === 'queue_full') counts.queueFull += value
         else counts.exportFailed += value
       },
     }
@@ -163,8 +189,8 @@ export class OtlpExport {
    * at a time, and the exporter answers within otlp.timeout, before the processor's own export deadline).
    */
   private readonly fullAt: number
-  private readonly spanBacklog: Backlog = { handed: 0, settled: 0 }
-  private readonly logBacklog: Backlog = { handed: 0, settled: 0 }
+  private readonly spanBacklog: Backlog = { handed: 0, settled: 0, rejected: 0 }
+  private readonly logBacklog: Backlog = { handed: 0, settled: 0, rejected: 0 }
   /** spans the sampler did not record: they never reach the processor, so no other count sees them */
   unsampled = 0
   /** spans and log records counted as queue_full without being built: their processor's queue was full */
@@ -184,6 +210,7 @@ export class OtlpExport {
       ...(settings.headers !== undefined ? { headers: settings.headers } : {}),
       ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
     })
+    noteRejected(exporter, 'rejectedSpans', this.spanBacklog)
     const processor = new BatchSpanProcessor(exporter, {
       maxQueueSize: settings.maxQueueSize,
       maxExportBatchSize: batchSize,
@@ -213,6 +240,7 @@ export class OtlpExport {
         ...(settings.headers !== undefined ? { headers: settings.headers } : {}),
         ...(settings.timeoutMillis !== undefined ? { timeoutMillis: settings.timeoutMillis } : {}),
       })
+      noteRejected(logExporter, 'rejectedLogRecords', this.logBacklog)
       this.loggerProvider = new LoggerProvider({
         resource,
         processors: [
