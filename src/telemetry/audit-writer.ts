@@ -38,6 +38,13 @@ export class AuditWriter {
   /** a write has failed since the last one that succeeded (failures are reported once per run) */
   private failing = false
   private idle: (() => void)[] = []
+  /**
+   * The descriptor the head of the queue must go to: set while a batch is part-written, so its rest follows
+   * its beginning into the same file even when the output was rotated in between.
+   */
+  private headFd: number | undefined
+  /** descriptors rotated away from, closed as soon as no write uses them and no part-written batch needs them */
+  private retired: number[] = []
 
   constructor(
     private descriptor: number,
@@ -71,7 +78,9 @@ export class AuditWriter {
 
   /**
    * Writes on to another descriptor (the output's path was rotated: a new file there); what is queued goes to
-   * the new one. The old descriptor is closed once no write uses it.
+   * the new one, except the rest of a batch already part-written to the old one. The old descriptor is closed
+   * as soon as no write uses it, not when the queue runs dry: under steady traffic it may never, and a rotated
+   * file held open keeps its disk space.
    */
   switchTo(fd: number): void {
     const old = this.descriptor
@@ -79,8 +88,18 @@ export class AuditWriter {
     this.descriptor = fd
     this.ownsFd = true
     if (owned && old !== fd) {
-      if (this.writing) this.afterIdle(() => fs.close(old, () => {}))
-      else fs.close(old, () => {})
+      this.retired.push(old)
+      if (!this.writing) this.closeRetired()
+    }
+  }
+
+  private closeRetired(): void {
+    const keep = this.headFd
+    const retired = this.retired
+    this.retired = []
+    for (const fd of retired) {
+      if (fd === keep) this.retired.push(fd)
+      else fs.close(fd, () => {})
     }
   }
 
@@ -103,7 +122,11 @@ export class AuditWriter {
         for (const b of left) lines += countLines(b)
         if (lines > 0) this.events.dropped(lines)
         // a write still on the pool keeps its descriptor: closed under it, the number could be reused
-        if (this.ownsFd && !this.writing) fs.close(this.descriptor, () => {})
+        if (!this.writing) {
+          this.headFd = undefined
+          this.closeRetired()
+          if (this.ownsFd) fs.close(this.descriptor, () => {})
+        }
         resolve()
       }
       const deadline = setTimeout(finish, timeoutMs)
@@ -117,8 +140,10 @@ export class AuditWriter {
     this.idle.push(fn)
   }
 
+  /** starts the next write; called only while no write is on the pool */
   private next(): void {
     this.retryTimer = undefined
+    if (this.retired.length > 0) this.closeRetired()
     const queue = this.queue
     if (queue.length === 0) {
       this.writing = false
@@ -128,18 +153,20 @@ export class AuditWriter {
       return
     }
     this.writing = true
-    // batches that piled up while the output lagged go out in one write
-    if (queue.length > 1 && queue[0]!.length < MAX_WRITE_BYTES) {
+    // batches that piled up while the output lagged go out in one write (not with the rest of a part-written
+    // one, which may belong to a file rotated away)
+    if (this.headFd === undefined && queue.length > 1 && queue[0]!.length < MAX_WRITE_BYTES) {
       let n = 0
       let bytes = 0
       while (n < queue.length && bytes + queue[n]!.length <= MAX_WRITE_BYTES) bytes += queue[n++]!.length
       if (n > 1) queue.splice(0, n, Buffer.concat(queue.slice(0, n), bytes))
     }
     const head = queue[0]!
-    fs.write(this.descriptor, head, 0, head.length, null, (err, written) => this.written(head, err, written))
+    const fd = this.headFd ?? this.descriptor
+    fs.write(fd, head, 0, head.length, null, (err, written) => this.written(head, fd, err, written))
   }
 
-  private written(head: Buffer, err: NodeJS.ErrnoException | null, written: number): void {
+  private written(head: Buffer, fd: number, err: NodeJS.ErrnoException | null, written: number): void {
     // given up on at close: its lines are already counted
     if (this.queue[0] !== head) {
       this.writing = false
@@ -157,6 +184,7 @@ export class AuditWriter {
       // so an output that recovers (space freed) gets the lines from then on
       this.queue.shift()
       this.queued -= head.length
+      this.headFd = undefined
       this.events.dropped(countLines(head))
       if (!this.failing) {
         this.failing = true
@@ -169,8 +197,13 @@ export class AuditWriter {
     this.failing = false
     this.retryMs = RETRY_FIRST_MS
     this.queued -= written
-    if (written < head.length) this.queue[0] = head.subarray(written)
-    else this.queue.shift()
+    if (written < head.length) {
+      this.queue[0] = head.subarray(written)
+      this.headFd = fd
+    } else {
+      this.queue.shift()
+      this.headFd = undefined
+    }
     this.next()
   }
 }
