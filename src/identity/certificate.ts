@@ -28,7 +28,10 @@ export function parsePeerCertificate(
     return undefined
   }
   if (!x) return undefined
-  if (!socket.authorized) {
+  // Node sets `authorized` on the first handshake only, and only ever to true: a renegotiation (which the
+  // listener refuses, see listeners.ts) with a certificate that does not verify leaves it true beside that
+  // handshake's authorizationError. Any verify error makes the certificate unverified.
+  if (!socket.authorized || socket.authorizationError) {
     const code = errorCode(socket.authorizationError)
     // OpenSSL reports the last error it met, and it checks dates after trust: a self-made certificate that
     // has expired (or is not valid yet) is reported that way, which says nothing about a workload's credential

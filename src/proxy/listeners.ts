@@ -1,4 +1,6 @@
 // The proxy's listening sockets: a plain and a TLS listener, their Node server options and shutdown.
+
+import { constants as tlsConstants } from 'node:crypto'
 import { once } from 'node:events'
 import {
   createServer,
@@ -30,6 +32,14 @@ export interface HttpsListenOptions {
 }
 
 /**
+ * No renegotiation on the https listener, for its start and every rotation (setSecureContext forgets
+ * secureOptions it is not given). A TLS 1.2 client could otherwise renegotiate with another client
+ * certificate after the first handshake: Node keeps `authorized` from that handshake, and the connection's
+ * certificate, parsed once, would be the new one. HTTP/2 forbids renegotiation and TLS 1.3 has none.
+ */
+const LISTENER_SECURE_OPTIONS = tlsConstants.SSL_OP_NO_RENEGOTIATION
+
+/**
  * TLS options of the https listener. Client certificates are requested only when a client CA is given, and
  * then verified against that CA alone: without `ca`, Node would verify them against its default store
  * (public roots and NODE_EXTRA_CA_CERTS), making any such certificate a verified identity.
@@ -44,6 +54,7 @@ export function httpsOptions(https: HttpsListenOptions, base: ServerOptions) {
     cert: https.cert,
     key: https.key,
     handshakeTimeout,
+    secureOptions: LISTENER_SECURE_OPTIONS,
     // http/1.0 too: a client that offers only it (curl --http1.0) would otherwise get a fatal
     // no_application_protocol alert, where the plain listener serves it
     ALPNProtocols: ['h2', 'http/1.1', 'http/1.0'],
@@ -157,6 +168,7 @@ export class Listeners {
       cert: material.cert,
       key: material.key,
       ...(material.ca ? { ca: material.ca } : {}),
+      secureOptions: LISTENER_SECURE_OPTIONS,
     })
   }
 

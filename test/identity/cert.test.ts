@@ -143,6 +143,30 @@ t.test('a cert from an unknown CA fails as cert_untrusted', async (t) => {
   t.match(r.attributes?.['subject'], /CN=intruder/)
 })
 
+// Node sets a server socket's `authorized` once, on the first handshake, and only ever to true: after a
+// renegotiation with a certificate that did not verify it still says true, next to that handshake's
+// authorizationError. The error is what tells such a certificate apart.
+t.test(
+  'a socket whose last handshake left a verify error is untrusted, whatever `authorized` says',
+  async (t) => {
+    const leaf = await issueCert(otherCa, {
+      cn: 'swapped',
+      uriSans: ['spiffe://cluster.local/ns/a/sa/admin'],
+    })
+    const x = new X509Certificate(leaf.certPem)
+    const socket = {
+      authorized: true,
+      authorizationError: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+      getPeerX509Certificate: () => x,
+      getPeerCertificate: () => ({ raw: x.raw }),
+    } as unknown as TLSSocket
+    const r = parsePeerCertificate(socket, clientAnchors) as Failure
+    t.equal(r.failed, true, 'a failure, not verified evidence')
+    t.equal(r.reason, 'cert_untrusted')
+    t.equal(r.detail, 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY')
+  },
+)
+
 t.test('no client certificate → undefined', async (t) => {
   t.equal(await handshake(), undefined)
 })

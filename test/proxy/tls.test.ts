@@ -116,3 +116,46 @@ t.test('ALPN: a client offering only http/1.0 is served over TLS', async (t) => 
   })
   t.match(answer, /^HTTP\/1\.1 200 /, 'answered')
 })
+
+/**
+ * Renegotiates a TLS 1.2 connection to the listener with a client certificate; resolves with the error the
+ * renegotiation ended with, or undefined when the listener went through with it.
+ */
+async function renegotiation(port: number): Promise<Error | undefined> {
+  const { connect } = await import('node:tls')
+  const socket = connect({
+    host: '127.0.0.1',
+    port,
+    ca: serverCa.certPem,
+    servername: 'localhost',
+    cert: goodClient.certPem,
+    key: goodClient.keyPem,
+    maxVersion: 'TLSv1.2',
+    ALPNProtocols: ['http/1.1'],
+  })
+  socket.on('error', () => {})
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', resolve)
+    socket.once('error', reject)
+  })
+  try {
+    return await new Promise<Error | undefined>((resolve) => {
+      const started = socket.renegotiate({}, (err) => resolve(err ?? undefined))
+      if (!started) resolve(new Error('renegotiation not started'))
+      socket.once('close', () => resolve(new Error('closed')))
+    })
+  } finally {
+    socket.destroy()
+  }
+}
+
+// Node sets `authorized` on a connection's first handshake and never clears it: a client that renegotiated
+// with another certificate, one no CA issued, was read as that certificate, verified. The listener refuses
+// renegotiation (HTTP/2 forbids it, TLS 1.3 has none), also with material rotated in.
+t.test('the TLS listener refuses a client-initiated renegotiation, also after a rotation', async (t) => {
+  const { httpsUrl, proxy } = await startTlsProxy(t, 'optional')
+  const port = Number(new URL(httpsUrl).port)
+  t.ok(await renegotiation(port), 'renegotiation refused')
+  proxy.setListenerTls({ cert: server.certPem, key: server.keyPem, ca: clientCa.certPem })
+  t.ok(await renegotiation(port), 'renegotiation refused after the listener material was rotated')
+})
