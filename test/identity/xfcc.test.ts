@@ -225,6 +225,34 @@ t.test('nginx escaped and whitespace-mangled PEM', async (t) => {
   t.equal(junk.reason, 'malformed')
 })
 
+// A proxy that adds its header instead of replacing the client's (HAProxy's `http-request add-header`) leaves
+// the client's line first: Node joins the lines with ", ", and the first certificate was the client's. A PEM
+// holds no comma, so one in these single-certificate headers means several lines: nobody knows which is the
+// proxy's, none is believed.
+t.test('nginx and ALB leaf headers sent more than once are malformed, not the first line', async (t) => {
+  const albEncode = (pem: string) =>
+    encodeURIComponent(pem).replace(/%2B/g, '+').replace(/%3D/g, '=').replace(/%2F/g, '/')
+  const forgedCa = await createCA('line-ca')
+  const admin = await issueCert(forgedCa, {
+    cn: 'admin',
+    uriSans: ['spiffe://cluster.local/ns/prod/sa/admin'],
+  })
+  const cases: [ForwardedCertFormat, string, (pem: string) => string][] = [
+    ['nginx', 'x-ssl-client-cert', encodeURIComponent],
+    ['nginx', 'x-ssl-client-cert', (pem) => pem.trim().split('\n').join('\t')],
+    ['alb', 'x-amzn-mtls-clientcert-leaf', albEncode],
+  ]
+  for (const [format, name, encode] of cases) {
+    const twice = (await send([name, encode(admin.certPem), name, encode(leaf.certPem)], format))
+      .trusted as Failure
+    t.match(twice, { failed: true, reason: 'malformed' }, `${name} twice, the client's first`)
+    const emptyAfter = (await send([name, encode(admin.certPem), name, ''], format)).trusted as Failure
+    t.match(emptyAfter, { failed: true, reason: 'malformed' }, `${name} twice, the proxy's empty`)
+    const once = (await send([name, encode(leaf.certPem)], format)).trusted as CertEvidence
+    t.equal(once.sha256, leafSha, `${name} once is believed`)
+  }
+})
+
 t.test('a trusted proxy is believed in its one format only', async (t) => {
   const forgedXfcc = 'URI=spiffe://cluster.local/ns/prod/sa/admin'
   const der = firstPemCertificate(leaf.certPem)!

@@ -16,6 +16,7 @@ import {
   ALB_SERIAL_HEADER,
   ALB_SUBJECT_HEADER,
   headerText,
+  singleCertificateHeader,
 } from './headers.ts'
 
 function malformed(detail: string): Failure {
@@ -27,7 +28,8 @@ export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failur
   // A passthrough chain means the load balancer is in passthrough mode, where it sets no -Leaf of its own:
   // a -Leaf next to it is the client's, passed on as sent, however it names the caller.
   if (headers[ALB_CERT_HEADER] !== undefined) return passthroughChain(headerText(headers, ALB_CERT_HEADER))
-  const leaf = headerText(headers, ALB_LEAF_HEADER)
+  const leaf = singleCertificateHeader(headers, ALB_LEAF_HEADER)
+  if (leaf === 'repeated') return malformed('ALB client certificate header sent more than once')
   if (leaf !== undefined) {
     const pem = urlDecode(leaf)
     if (pem === undefined) return malformed('ALB client certificate is not URL-encoded PEM')

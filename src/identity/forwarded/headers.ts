@@ -60,6 +60,20 @@ export function headerText(headers: IncomingHttpHeaders, name: string): string |
   return s
 }
 
+/**
+ * A header that carries one PEM certificate (nginx's, ALB's -Leaf), or undefined as headerText. A PEM holds no
+ * comma, so one here is the ", " Node joins repeated lines with: a proxy that adds its line after the
+ * client's instead of replacing it (HAProxy's `add-header`) leaves the client's first, and which line is
+ * the proxy's cannot be told. `repeated` then, never the first line.
+ */
+export function singleCertificateHeader(
+  headers: IncomingHttpHeaders,
+  name: string,
+): string | 'repeated' | undefined {
+  const v = headerText(headers, name)
+  return v !== undefined && (v.includes(',') || Array.isArray(headers[name])) ? 'repeated' : v
+}
+
 export function hasForwardedCertHeader(headers: IncomingHttpHeaders): boolean {
   for (const name of FORWARDED_CERT_HEADERS) {
     if (headers[name] !== undefined) return true

@@ -24,6 +24,7 @@ import {
   isForwardedCertHeader,
   NGINX_CERT_HEADER,
   sanitizeForwardedCertHeaders,
+  singleCertificateHeader,
   XFCC_HEADER,
 } from '../forwarded/headers.ts'
 import { nginxCertEvidence } from '../forwarded/nginx.ts'
@@ -193,7 +194,15 @@ export function forwardedCertEvidence(
     case 'alb':
       return albEvidence(req.headers) ?? undefined
     case 'nginx': {
-      const v = headerText(req.headers, NGINX_CERT_HEADER)
+      const v = singleCertificateHeader(req.headers, NGINX_CERT_HEADER)
+      if (v === 'repeated') {
+        return {
+          failed: true,
+          source: 'xfcc',
+          reason: 'malformed',
+          detail: `${NGINX_CERT_HEADER} sent more than once`,
+        }
+      }
       return v === undefined ? tooLarge() : nginxCertEvidence(v)
     }
   }
