@@ -78,8 +78,9 @@ t.test(
       () => createApiKeyExtractor({ header: 'x-api-key', keys: [], fingerprintKeyFile: '/k' }),
       /fingerprintKeyFile is configured but its key was not read/,
     )
-    const podKeyed = createApiKeyExtractor({ header: 'x-api-key', keys: [] })
-    const again = createApiKeyExtractor({ header: 'x-api-key', keys: [] })
+    const other = [{ name: 'other', sha256: sha256Hex(CRON_KEY) }]
+    const podKeyed = createApiKeyExtractor({ header: 'x-api-key', keys: other })
+    const again = createApiKeyExtractor({ header: 'x-api-key', keys: other })
     const req = { method: 'GET', path: '/', url: '/', headers: { 'x-api-key': BILLING_KEY } }
     const conn = { remoteAddress: '127.0.0.1', remotePort: 0, tls: false }
     const a = podKeyed.extract(req, conn) as { fingerprint: string }
@@ -131,4 +132,13 @@ t.test('a key with bytes outside ASCII is recognised by the sha256 of those byte
   let body = ''
   for await (const c of stream) body += c
   t.equal(JSON.parse(body).headers['x-nhi-identity'], 'partner', 'HTTP/2')
+})
+
+// as with bearer tokens without jwt.issuers and signatures without signedAgents.directories: a service that
+// checks its own keys while the proxy is given none gets neither auth failures nor unsampled audit lines
+t.test('without configured keys the key header is the service’s business, not a failure', async (t) => {
+  const none = createApiKeyExtractor({ header: 'x-api-key', keys: [] })
+  const req = { method: 'GET', path: '/', url: '/', headers: { 'x-api-key': BILLING_KEY } }
+  const conn = { remoteAddress: '127.0.0.1', remotePort: 0, tls: false }
+  t.equal(none.extract(req, conn), undefined)
 })

@@ -93,6 +93,9 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   }
 
   extract(req: RequestInfo, _conn?: ConnectionInfo): ApiKeyEvidence | Failure | undefined {
+    // without keys the header is the service's own business (as a bearer token without jwt.issuers): no key
+    // it carries can be unknown here, nor its every request a failure audited whatever the sampling
+    if (this.byHash.size === 0) return undefined
     const raw = req.headers[this.header]
     const key = Array.isArray(raw) ? raw[0] : raw
     if (!key) return undefined
