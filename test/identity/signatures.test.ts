@@ -68,6 +68,16 @@ t.test(
     const signed = await signRequest(key, `http://${HOST}/docs`)
     const otherTag = signed['signature-input']!.replace('tag="web-bot-auth"', 'tag="payments"')
     t.equal(await v.verify(req({ ...signed, 'signature-input': otherTag }), conn), undefined)
+    // Signature-Agent belongs to Web Bot Auth: beside another tag's signature it fails nothing either
+    for (const agent of ['"https://elsewhere.example"', 'sig1=123']) {
+      const headers = { ...signed, 'signature-input': otherTag, 'signature-agent': agent }
+      t.equal(await v.verify(req(headers), conn), undefined, `another tag with Signature-Agent: ${agent}`)
+    }
+    t.match(
+      await v.verify(req({ ...signed, 'signature-agent': '"https://elsewhere.example"' }), conn),
+      { failed: true, reason: 'signature_unknown_key' },
+      'a Web Bot Auth label naming a directory that is not configured',
+    )
     // without Signature-Input it is not an RFC 9421 signature: the draft-cavage format ActivityPub servers send
     t.equal(v.extract(req({ signature: signed['signature']! }), conn), undefined, 'only Signature: not ours')
     t.equal(await v.verify(req({ signature: signed['signature']! }), conn), undefined, 'only Signature')

@@ -156,13 +156,19 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     if (typeof host !== 'string' || host === '') return failure('signature_invalid', 'no Host to check')
     const agentHeader = headers['signature-agent']
     let candidates: readonly KeyDirectory[] = this.directories
+    // what Signature-Agent names fails a Web Bot Auth label only: beside the service's own signatures (another
+    // tag) it is the service's business too
+    let agentFailure: Failure | undefined
     if (agentHeader !== undefined) {
       const named = namedDirectories(agentHeader, this.directories)
-      if (named === 'malformed') return failure('signature_invalid', 'Signature-Agent is not a URL string')
-      if (named.length === 0) {
-        return failure('signature_unknown_key', 'Signature-Agent names a directory that is not configured')
-      }
-      candidates = named
+      if (named === 'malformed')
+        agentFailure = failure('signature_invalid', 'Signature-Agent is not a URL string')
+      else if (named.length === 0) {
+        agentFailure = failure(
+          'signature_unknown_key',
+          'Signature-Agent names a directory that is not configured',
+        )
+      } else candidates = named
     }
     const url = `${conn.tls ? 'https' : 'http'}://${host}${req.url}`
     const foreign = this.authorities !== undefined && !authorityAllowed(url, this.authorities)
@@ -171,6 +177,11 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     const keyLookup = async (params: Record<string, unknown>) => {
       if (params['tag'] !== WEB_BOT_AUTH_TAG) return null
       if (++walk.labels > MAX_WEB_BOT_AUTH_LABELS) return null
+      // the named server is never contacted, nor any configured directory searched in its place
+      if (agentFailure) {
+        walk.failure ??= agentFailure
+        return null
+      }
       // refused before any key lookup: a signature made for another site never costs a directory fetch
       if (foreign) {
         walk.failure ??= failure('signature_invalid', '@authority is not one of signedAgents.authorities')
