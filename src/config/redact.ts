@@ -111,10 +111,13 @@ const CREDENTIAL_NAME =
  * them. Names compare as an upstream framework merges them (`X_API_KEY` is x-api-key to a CGI/WSGI/Rack app).
  */
 export function redactHeader(name: string, value: string, apiKeyHeader?: string): string {
+  return isCredentialHeader(name, apiKeyHeader) ? REDACTED : value
+}
+
+/** Whether a request header's value is a credential, as redactHeader judges it (its name, or apiKeys.header). */
+export function isCredentialHeader(name: string, apiKeyHeader?: string): boolean {
   const n = normalizeHeaderName(name)
-  const secret =
-    CREDENTIAL_NAME.test(n) || (apiKeyHeader !== undefined && n === normalizeHeaderName(apiKeyHeader))
-  return secret ? REDACTED : value
+  return CREDENTIAL_NAME.test(n) || (apiKeyHeader !== undefined && n === normalizeHeaderName(apiKeyHeader))
 }
 
 /**

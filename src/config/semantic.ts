@@ -15,6 +15,7 @@ import {
 import { routeError } from '../rules/routes.ts'
 import { cidrError } from '../util/cidr.ts'
 import type { Severity } from './diagnostics.ts'
+import { isCredentialHeader } from './redact.ts'
 import type { Config, MatchConfig } from './schema.ts'
 import type { Path } from './yaml-schema.ts'
 
@@ -155,8 +156,16 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     const defined = new Set<string>()
     for (const { path, pattern, opts } of matchPatterns(m)) {
       const e = patternError(pattern, opts)
-      if (e) error([...base, 'match', ...path], `invalid pattern "${pattern}": ${e}`)
-      else {
+      if (e) {
+        // a credential header's pattern is often the credential itself: said what is wrong, never quoted
+        const credential = path[0] === 'header' && isCredentialHeader(String(path[1]), config.apiKeys.header)
+        error(
+          [...base, 'match', ...path],
+          credential
+            ? `invalid pattern for the ${String(path[1]).toLowerCase()} header (not quoted: its value is a credential): ${e.replace(/"\{[^"]*\}"/g, '"{…}"')}`
+            : `invalid pattern "${pattern}": ${e}`,
+        )
+      } else {
         for (const c of patternCaptures(pattern, opts)) defined.add(c)
         // matched against the normalized path like a policy route, but always case-sensitively
         // (policy.pathCase is the policy's)

@@ -83,11 +83,11 @@ function requestNamed(conditions: readonly Condition[], name: CompiledTemplate):
   return name.captures.some((c) => fromRequest.get(c) === true)
 }
 
-function compileRule(r: IdentityRuleConfig, index: number): CompiledRule {
+function compileRule(r: IdentityRuleConfig, index: number, apiKeyHeader: string): CompiledRule {
   const name = compileTemplate(r.name)
   const ua = r.match.userAgent
   const uaCaptures = ua !== undefined && !ua.startsWith('builtin:') ? patternCaptures(ua) : []
-  const conditions = compileConditions(r.match)
+  const conditions = compileConditions(r.match, apiKeyHeader)
   return {
     index,
     label: r.rule ?? `rule-${index + 1}`,
@@ -110,7 +110,7 @@ interface EvidenceNode extends EvidenceTrieNode<EvidenceNode> {
 const newEvidenceNode = (): EvidenceNode => ({})
 
 export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
-  const rules = config.identities.map(compileRule)
+  const rules = config.identities.map((r, i) => compileRule(r, i, config.apiKeys.header))
   const perRequest = rules.some((r) => r.conditions.some((c) => c.perRequest))
   const cacheSize = opts.cacheSize ?? 10_000
   const caches =

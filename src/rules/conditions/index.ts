@@ -12,13 +12,14 @@ import { UserAgentCondition } from './useragent.ts'
 
 export type { Captures, Condition, Scratch } from './condition.ts'
 
-export function compileConditions(m: MatchConfig): Condition[] {
+/** `apiKeyHeader`: the config's apiKeys.header, whose values are credentials wherever a rule names it */
+export function compileConditions(m: MatchConfig, apiKeyHeader?: string): Condition[] {
   const out: Condition[] = []
   if (m.spiffe !== undefined) out.push(new SpiffeCondition(compilePattern(m.spiffe, { separator: '/' })))
   if (m.jwt) out.push(new JwtCondition(m.jwt))
   if (m.cert) out.push(new CertCondition(m.cert))
   if (m.apiKey !== undefined) out.push(new ApiKeyCondition(compilePattern(m.apiKey)))
-  if (m.header) out.push(new HeaderCondition(m.header))
+  if (m.header) out.push(new HeaderCondition(m.header, apiKeyHeader))
   if (m.userAgent !== undefined) out.push(new UserAgentCondition(m.userAgent))
   if (m.remoteAddr) out.push(new RemoteAddrCondition(m.remoteAddr))
   if (m.path !== undefined) out.push(new PathCondition(compilePattern(m.path, { separator: '/' })))

@@ -1,19 +1,24 @@
 // Conditions on the request itself rather than its credentials (header, remoteAddr, path, method): any of
 // them makes a rule set per-request, which turns the classification cache off.
+import { isCredentialHeader, REDACTED } from '../../config/redact.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo } from '../../types.ts'
 import { CidrSet } from '../../util/cidr.ts'
 import { type CompiledPattern, compilePattern } from '../pattern.ts'
-import { type Condition, matchInto, type Scratch, show } from './condition.ts'
+import { addCaptures, type Condition, matchInto, type Scratch, show } from './condition.ts'
 
 export class HeaderCondition implements Condition {
   readonly label = 'header'
   readonly perRequest = true
   readonly captures: readonly string[]
-  private readonly headers: { name: string; p: CompiledPattern }[]
-  constructor(cfg: Record<string, string>) {
+  private readonly headers: { name: string; p: CompiledPattern; credential: boolean }[]
+  /** `apiKeyHeader`: the config's apiKeys.header, a credential header too */
+  constructor(cfg: Record<string, string>, apiKeyHeader?: string) {
     this.headers = Object.entries(cfg).map(([name, p]) => ({
       name: name.toLowerCase(),
       p: compilePattern(p),
+      // the value is a credential, and a pattern without a wildcard is the credential itself: explain's
+      // trace shows neither
+      credential: isCredentialHeader(name, apiKeyHeader),
     }))
     this.captures = this.headers.flatMap((h) => h.p.captures)
   }
@@ -26,7 +31,14 @@ export class HeaderCondition implements Condition {
         s.reason = `header.${h.name}: not present`
         return false
       }
-      if (!matchInto(h.p, value, `header.${h.name}`, s)) return false
+      if (h.credential) {
+        const m = h.p.match(value)
+        if (!m) {
+          s.reason = `header.${h.name}: ${REDACTED} does not match ${REDACTED}`
+          return false
+        }
+        if (h.p.captures.length) addCaptures(s, m)
+      } else if (!matchInto(h.p, value, `header.${h.name}`, s)) return false
     }
     return true
   }
