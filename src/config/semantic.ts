@@ -92,6 +92,25 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     }
   }
 
+  // a client certificate is presented with its key: one without the other stops the start
+  const upstreamTls = config.upstreamTls
+  if (upstreamTls && (upstreamTls.cert === undefined) !== (upstreamTls.key === undefined)) {
+    if (upstreamTls.cert !== undefined)
+      error(
+        ['upstreamTls', 'cert'],
+        'upstreamTls.cert needs upstreamTls.key, the key of that client certificate',
+        'set both, or neither',
+        'key',
+      )
+    else
+      error(
+        ['upstreamTls', 'key'],
+        'upstreamTls.key needs upstreamTls.cert, the client certificate it is the key of',
+        'set both, or neither',
+        'key',
+      )
+  }
+
   // one issuer is one verifier: a second entry for the same `iss` would silently replace the first
   const issuerAt = new Map<string, number>()
   config.jwt.issuers.forEach((iss, i) => {

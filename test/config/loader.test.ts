@@ -271,3 +271,16 @@ t.test('loadConfigFile reads files and reports missing ones', async (t) => {
   t.notOk(missing.ok)
   if (!missing.ok) t.match(formatDiagnostic(missing.errors[0]!), /nope\.yaml:1:1 file not found/)
 })
+
+// `run` refused such a config at start (exit 1) after `check` had said ok, and without a position
+t.test('an upstreamTls client certificate without its key, or a key without its certificate', async (t) => {
+  const upstream = 'upstream: https://127.0.0.1:3443\n'
+  t.same(lines(errorsOf(`${upstream}upstreamTls:\n  cert: /tls/c.pem\n`)), [
+    'c.yaml:3:3 upstreamTls.cert needs upstreamTls.key, the key of that client certificate (hint: set both, or neither)',
+  ])
+  t.same(lines(errorsOf(`${upstream}upstreamTls:\n  ca: /tls/ca.pem\n  key: /tls/k.pem\n`)), [
+    'c.yaml:4:3 upstreamTls.key needs upstreamTls.cert, the client certificate it is the key of (hint: set both, or neither)',
+  ])
+  t.ok(parseConfigText(`${upstream}upstreamTls:\n  cert: /tls/c.pem\n  key: /tls/k.pem\n`, 'c.yaml').ok)
+  t.ok(parseConfigText(`${upstream}upstreamTls:\n  ca: /tls/ca.pem\n`, 'c.yaml').ok)
+})
