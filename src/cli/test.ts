@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import * as z from 'zod/mini'
 import { formatDiagnostic } from '../config/diagnostics.ts'
-import { loadConfigFile, readProblem } from '../config/loader.ts'
+import { decodeText, loadConfigFile, readProblem } from '../config/loader.ts'
 import { type Config, described } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
 import { certEvidenceFromFields, commonName } from '../identity/certificate.ts'
@@ -234,15 +234,21 @@ export async function runRuleTests(files: string[], out: Out): Promise<number> {
   let failed = 0
   let broken = false
   for (const file of files) {
-    let text: string
+    let bytes: Uint8Array
     try {
-      text = await readFile(file, 'utf8')
+      bytes = await readFile(file)
     } catch (e) {
       out(`${file}:1:1 ${readProblem(e)}`)
       broken = true
       continue
     }
-    const parsed = parseYamlWith(text, file, ruleTestFileSchema)
+    const decoded = decodeText(bytes, file)
+    if ('error' in decoded) {
+      out(formatDiagnostic(decoded.error))
+      broken = true
+      continue
+    }
+    const parsed = parseYamlWith(decoded.text, file, ruleTestFileSchema)
     if (!parsed.value) {
       for (const d of parsed.errors) out(formatDiagnostic(d))
       broken = true

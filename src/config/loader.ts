@@ -140,15 +140,50 @@ export function readProblem(e: unknown): string {
   return `cannot read file: ${(e as Error).message}`
 }
 
-export async function loadConfigFile(path: string, opts: LoadOptions = {}): Promise<LoadResult> {
-  let text: string
+/**
+ * A file's bytes as UTF-8 text (a byte order mark dropped), or where it stops being UTF-8. Read leniently, each
+ * invalid byte became U+FFFD: a Latin-1 "é" in a pattern that then never matched, without a word.
+ */
+export function decodeText(bytes: Uint8Array, file: string): { text: string } | { error: Diagnostic } {
+  const at = (line: number, col: number, message: string, hint: string) => ({
+    error: { file, line, col, message, hint, severity: 'error' as const },
+  })
+  if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff))
+    return at(1, 1, 'the file is UTF-16 (its byte order mark says so), not UTF-8', 'save the file as UTF-8')
   try {
-    text = await readFile(path, 'utf8')
+    return { text: new TextDecoder('utf-8', { fatal: true }).decode(bytes) }
+  } catch {
+    // the first invalid byte, found by feeding the text one byte at a time (a newline byte is never part of
+    // a multi-byte sequence, so lines are counted on the bytes)
+    const decoder = new TextDecoder('utf-8', { fatal: true })
+    let line = 1
+    let lineText = ''
+    for (let i = 0; i < bytes.length; i++) {
+      try {
+        lineText += decoder.decode(bytes.subarray(i, i + 1), { stream: true })
+      } catch {
+        break
+      }
+      if (bytes[i] === 0x0a) {
+        line++
+        lineText = ''
+      }
+    }
+    return at(line, lineText.length + 1, 'not UTF-8 text', 'save the file as UTF-8')
+  }
+}
+
+export async function loadConfigFile(path: string, opts: LoadOptions = {}): Promise<LoadResult> {
+  let bytes: Uint8Array
+  try {
+    bytes = await readFile(path)
   } catch (e) {
     const message = readProblem(e)
     return { ok: false, errors: [{ file: path, line: 1, col: 1, message, severity: 'error' }], warnings: [] }
   }
-  const { result, locate } = parseLocated(text, path)
+  const decoded = decodeText(bytes, path)
+  if ('error' in decoded) return { ok: false, errors: [decoded.error], warnings: [] }
+  const { result, locate } = parseLocated(decoded.text, path)
   if (!opts.checkFiles || !result.ok) return result
   const errors = await fileErrors(result.config, locate, path)
   return errors.length ? { ok: false, errors, warnings: result.warnings } : result

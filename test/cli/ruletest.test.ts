@@ -1,6 +1,8 @@
-import { readdirSync } from 'node:fs'
+import { readdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import t from 'tap'
 import { golden } from '../helpers/golden.ts'
+import { scratchDirSync } from '../helpers/scratch.ts'
 import { runCli } from '../helpers/sidecar.ts'
 
 async function run(files: string[]): Promise<{ code: number; text: string }> {
@@ -54,4 +56,19 @@ t.test('an invalid test file is reported with line:col and exits 1', async (t) =
   )
   const missing = await run(['no/such.test.yaml'])
   t.equal(missing.code, 1)
+})
+
+t.test('a test file that is not UTF-8 is reported at its first invalid byte and exits 1', async (t) => {
+  const dir = scratchDirSync('ruletest-encoding')
+  const file = join(dir, 'latin1.test.yaml')
+  writeFileSync(
+    file,
+    Buffer.from(
+      `config: ${join(process.cwd(), 'config/examples/mesh-xfcc.yaml')}\ntests:\n  - name: caf\xe9\n`,
+      'latin1',
+    ),
+  )
+  const r = await run([file])
+  t.equal(r.code, 1)
+  t.match(r.text, `${file}:3:14 not UTF-8 text (hint: save the file as UTF-8)`)
 })

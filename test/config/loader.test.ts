@@ -284,3 +284,41 @@ t.test('an upstreamTls client certificate without its key, or a key without its 
   t.ok(parseConfigText(`${upstream}upstreamTls:\n  cert: /tls/c.pem\n  key: /tls/k.pem\n`, 'c.yaml').ok)
   t.ok(parseConfigText(`${upstream}upstreamTls:\n  ca: /tls/ca.pem\n`, 'c.yaml').ok)
 })
+
+// read as UTF-8 with every invalid byte replaced, a Latin-1 "é" became U+FFFD: a pattern that silently never
+// matched (with a hint to percent-encode the replacement character), and a UTF-16 file "expected a mapping"
+t.test('a config file that is not UTF-8 is an error at the first byte that is not', async (t) => {
+  const dir = scratchDirSync('config-encoding')
+  const write = (name: string, bytes: Buffer) => {
+    writeFileSync(join(dir, name), bytes)
+    return join(dir, name)
+  }
+  const latin1 = await loadConfigFile(
+    write(
+      'latin1.yaml',
+      Buffer.from(
+        'service: orders\nidentities:\n  - name: x\n    match: { path: "/caf\xe9/**" }\n',
+        'latin1',
+      ),
+    ),
+  )
+  t.notOk(latin1.ok)
+  if (!latin1.ok)
+    t.match(
+      formatDiagnostic(latin1.errors[0]!),
+      /latin1\.yaml:4:25 not UTF-8 text \(hint: save the file as UTF-8\)$/,
+    )
+  const utf16 = await loadConfigFile(write('utf16.yaml', Buffer.from('\ufeffservice: orders\n', 'utf16le')))
+  t.notOk(utf16.ok)
+  if (!utf16.ok) t.match(formatDiagnostic(utf16.errors[0]!), /utf16\.yaml:1:1 the file is UTF-16 .*UTF-8/)
+  const cut = await loadConfigFile(
+    write('cut.yaml', Buffer.concat([Buffer.from('service: caf'), Buffer.from([0xc3])])),
+  )
+  t.notOk(cut.ok)
+  if (!cut.ok) t.match(formatDiagnostic(cut.errors[0]!), /cut\.yaml:1:13 not UTF-8 text/)
+  // UTF-8 with or without a byte order mark, and a real U+FFFD, are fine
+  for (const text of ['\ufeffservice: café\n', 'service: café\n', 'service: "a\ufffdb"\n']) {
+    const r = await loadConfigFile(write('ok.yaml', Buffer.from(text, 'utf8')))
+    t.ok(r.ok, JSON.stringify(text))
+  }
+})
