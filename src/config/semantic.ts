@@ -169,6 +169,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     config.apiKeys.header.toLowerCase(),
   ])
   const ruleNames = new Map<string, number>()
+  const norm = rememberedNormalise()
   config.identities.forEach((rule, i) => {
     const base: Path = ['identities', i]
     const m = rule.match
@@ -271,7 +272,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     }
     for (let j = 0; j < i; j++) {
       const earlier = config.identities[j]!
-      if (covers(earlier.match, m)) {
+      if (covers(earlier.match, m, norm)) {
         warn(
           base,
           `rule is unreachable: identities[${j}]${earlier.rule ? ` (${earlier.rule})` : ''} matches every request it does`,
@@ -407,15 +408,50 @@ function broadRange(cidr: string): string | undefined {
 
 // Shadowing: `a` covers `b` when every request matching `b` also matches `a`. Conservative: only conditions
 // that are identical (modulo capture names) or universal count as covering; anything else is "maybe not".
-function coversPattern(a: string | undefined, b: string | undefined, opts?: PatternOptions): boolean {
-  if (a === undefined) return true
-  if (b === undefined) return false
-  return normalisePattern(a, opts) === normalisePattern(b, opts) || isUniversalPattern(a, opts)
+
+type Normalise = (p: string, opts?: PatternOptions) => string
+
+/**
+ * normalisePattern, each pattern worked out once: the shadowing check compares every rule with every rule
+ * before it, and tokenizing the same patterns again for each pair made a config of a few thousand rules take
+ * seconds to load, on a reload with the proxy's event loop held all that time.
+ */
+function rememberedNormalise(): Normalise {
+  // by separator, then by pattern: no key is built per lookup
+  const seen = new Map<string | undefined, Map<string, string>>()
+  return (p, opts) => {
+    let bySeparator = seen.get(opts?.separator)
+    if (bySeparator === undefined) {
+      bySeparator = new Map()
+      seen.set(opts?.separator, bySeparator)
+    }
+    let n = bySeparator.get(p)
+    if (n === undefined) {
+      n = normalisePattern(p, opts)
+      bySeparator.set(p, n)
+    }
+    return n
+  }
 }
 
-function coversRecord(a: Record<string, string> | undefined, b: Record<string, string> | undefined): boolean {
+function coversPattern(
+  a: string | undefined,
+  b: string | undefined,
+  norm: Normalise,
+  opts?: PatternOptions,
+): boolean {
+  if (a === undefined) return true
+  if (b === undefined) return false
+  return norm(a, opts) === norm(b, opts) || isUniversalPattern(a, opts)
+}
+
+function coversRecord(
+  a: Record<string, string> | undefined,
+  b: Record<string, string> | undefined,
+  norm: Normalise,
+): boolean {
   if (!a) return true
-  for (const [k, p] of Object.entries(a)) if (!coversPattern(p, b?.[k])) return false
+  for (const [k, p] of Object.entries(a)) if (!coversPattern(p, b?.[k], norm)) return false
   return true
 }
 
@@ -424,21 +460,23 @@ function methods(m: string | string[] | undefined): Set<string> | undefined {
   return new Set((Array.isArray(m) ? m : [m]).map((x) => x.toUpperCase()))
 }
 
-export function covers(a: MatchConfig, b: MatchConfig): boolean {
-  if (!coversPattern(a.spiffe, b.spiffe, SEGMENT)) return false
-  if (!coversPattern(a.path, b.path, SEGMENT)) return false
+export function covers(a: MatchConfig, b: MatchConfig, norm: Normalise = normalisePattern): boolean {
+  if (!coversPattern(a.spiffe, b.spiffe, norm, SEGMENT)) return false
+  if (!coversPattern(a.path, b.path, norm, SEGMENT)) return false
   if (a.jwt) {
     if (!b.jwt) return false
-    if (!coversPattern(a.jwt.issuer, b.jwt.issuer) || !coversRecord(a.jwt.claims, b.jwt.claims)) return false
+    if (!coversPattern(a.jwt.issuer, b.jwt.issuer, norm) || !coversRecord(a.jwt.claims, b.jwt.claims, norm))
+      return false
   }
   if (a.cert) {
     if (!b.cert) return false
-    if (!coversPattern(a.cert.subject, b.cert.subject) || !coversPattern(a.cert.san, b.cert.san)) return false
+    if (!coversPattern(a.cert.subject, b.cert.subject, norm) || !coversPattern(a.cert.san, b.cert.san, norm))
+      return false
     if (a.cert.sha256 !== undefined && a.cert.sha256.toLowerCase() !== b.cert.sha256?.toLowerCase())
       return false
   }
-  if (!coversPattern(a.apiKey, b.apiKey)) return false
-  if (!coversRecord(a.header, b.header)) return false
+  if (!coversPattern(a.apiKey, b.apiKey, norm)) return false
+  if (!coversRecord(a.header, b.header, norm)) return false
   if (a.userAgent !== undefined && a.userAgent !== b.userAgent) return false
   if (a.remoteAddr !== undefined) {
     if (!b.remoteAddr) return false
