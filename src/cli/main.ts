@@ -376,8 +376,9 @@ program
   .addHelpText(
     'after',
     `
-Files the config names (jwksFile, secretFile, caFile, bearerTokenFile, listen.https cert/key/clientCA) must
-exist, relative paths from the current directory as the sidecar reads them. An absolute path whose directory
+Files the config names (jwksFile, secretFile, caFile, bearerTokenFile, listen.https cert/key/clientCA,
+upstreamTls ca/cert/key, apiKeys.fingerprintKeyFile, adminAccess.tokenFile) must exist, relative paths from
+the current directory as the sidecar reads them. An absolute path whose directory
 does not exist here either (a secret mounted only where the sidecar runs) is not reported.
 
 Examples:

@@ -30,3 +30,20 @@ t.test('run given the config file as an argument: the -c spelling, exit 1, nothi
   t.match(r.stderr, /run takes no arguments; for a config file: nhi-proxy run -c config\/nhi-proxy\.yaml/)
   t.notMatch(r.stderr, /"event":"started"/)
 })
+
+// `check` reports a missing file for every setting that names one; its help listed only some of them
+t.test('check --help names every file setting whose file it checks', async (t) => {
+  const h = await runCli(['check', '--help'])
+  const text = h.stdout.replace(/\s+/g, ' ')
+  for (const setting of [
+    'jwksFile',
+    'secretFile',
+    'caFile',
+    'bearerTokenFile',
+    'listen.https cert/key/clientCA',
+    'upstreamTls ca/cert/key',
+    'apiKeys.fingerprintKeyFile',
+    'adminAccess.tokenFile',
+  ])
+    t.ok(text.includes(setting), setting)
+})
