@@ -1,7 +1,7 @@
 // Hot reload mechanics of a config file: noticing that it changed (file watch) and running reloads one at a
 // time. What a reload does with a new config is the caller's business (src/runtime.ts).
-import { type FSWatcher, watch } from 'node:fs'
-import { basename, dirname } from 'node:path'
+import { type FSWatcher, realpathSync, watch } from 'node:fs'
+import { basename, dirname, sep } from 'node:path'
 
 export interface ConfigWatcher {
   close(): void
@@ -24,22 +24,70 @@ export function watchConfig(path: string, onChange: () => void, opts: WatchOptio
   const file = basename(path)
   let timer: NodeJS.Timeout | undefined
   let watcher: FSWatcher | undefined
+  let target: { dir: string; watcher: FSWatcher } | undefined
+  let closed = false
+  const changed = () => {
+    // a symlink pointed elsewhere: watch where it points now
+    followTarget()
+    onChange()
+  }
+  const notice = () => {
+    clearTimeout(timer)
+    timer = setTimeout(changed, debounceMs)
+  }
+  /**
+   * A config path that is a symlink to a file in another directory (a checkout, a config-management tree) is
+   * edited there, without an event in the link's directory: that directory is watched as well. A ConfigMap's
+   * file resolves inside its own directory (`..<timestamp>/`), which the watch above covers already.
+   */
+  const followTarget = () => {
+    if (closed) return
+    let dir: string | undefined
+    let name = ''
+    try {
+      const real = realpathSync(path)
+      const own = realpathSync(dirname(path))
+      dir = dirname(real)
+      name = basename(real)
+      if (dir === own || dir.startsWith(own + sep)) dir = undefined
+    } catch {
+      // gone or unreadable for now: the next change looks again
+      dir = undefined
+    }
+    if (target?.dir === dir) return
+    target?.watcher.close()
+    target = undefined
+    if (dir === undefined) return
+    try {
+      const w = watch(dir, (_event, changedName) => {
+        if (changedName && changedName !== name) return
+        notice()
+      })
+      // the directory may go away with the link's old target: the link's own directory still reports a swap
+      w.on('error', () => {})
+      target = { dir, watcher: w }
+    } catch {
+      // not watchable: edits there are picked up on SIGHUP, as when the main watch fails
+    }
+  }
   try {
     watcher = watch(dirname(path), (_event, name) => {
       // `..data`, `..data_tmp` and the timestamped `..2024_…` folders are the ConfigMap swap; other
       // files in the directory are not the config
       if (name && name !== file && !name.startsWith('..')) return
-      clearTimeout(timer)
-      timer = setTimeout(onChange, debounceMs)
+      notice()
     })
     watcher.on('error', (err) => opts.onError?.('config watch failed; SIGHUP still reloads', err.message))
   } catch (err) {
     opts.onError?.('cannot watch config; SIGHUP still reloads', (err as Error).message)
   }
+  followTarget()
   return {
     close() {
+      closed = true
       clearTimeout(timer)
       watcher?.close()
+      target?.watcher.close()
     },
   }
 }

@@ -50,6 +50,33 @@ t.test('a ConfigMap `..data` symlink swap is seen through the symlinked file', a
   t.same(errors, [])
 })
 
+// a config path that is a symlink to a file in another directory (a checkout, a config-management tree):
+// only the link's directory was watched, so editing the file itself never reloaded
+t.test('a config that is a symlink into another directory is watched where the file is', async (t) => {
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'etc'))
+  await mkdir(join(dir, 'repo'))
+  const target = join(dir, 'repo', 'nhi.yaml')
+  await writeFile(target, 'service: one\n')
+  await symlink(join('..', 'repo', 'nhi.yaml'), join(dir, 'etc', 'config.yaml'))
+  let changes = 0
+  const watcher = watchConfig(join(dir, 'etc', 'config.yaml'), () => changes++, { debounceMs: 50 })
+  t.teardown(() => watcher.close())
+
+  await writeFile(target, 'service: two\n')
+  await eventually(() => changes >= 1, { what: 'the edit of the link target to be noticed' })
+  // the link pointed elsewhere: the new target's directory is the one watched from then on
+  await mkdir(join(dir, 'other'))
+  const next = join(dir, 'other', 'nhi.yaml')
+  await writeFile(next, 'service: three\n')
+  await symlink(join('..', 'other', 'nhi.yaml'), join(dir, 'etc', 'tmp.yaml'))
+  await rename(join(dir, 'etc', 'tmp.yaml'), join(dir, 'etc', 'config.yaml'))
+  await eventually(() => changes >= 2, { what: 'the link swap to be noticed' })
+  const swapped = changes
+  await writeFile(next, 'service: four\n')
+  await eventually(() => changes > swapped, { what: 'an edit of the new target to be noticed' })
+})
+
 t.test('other files in the directory do not trigger a reload', async (t) => {
   const dir = await tempDir(t)
   const file = join(dir, 'config.yaml')
