@@ -24,7 +24,7 @@ export function watchConfig(path: string, onChange: () => void, opts: WatchOptio
   const file = basename(path)
   let timer: NodeJS.Timeout | undefined
   let watcher: FSWatcher | undefined
-  let target: { dir: string; watcher: FSWatcher } | undefined
+  let target: { dir: string; name: string; watcher: FSWatcher } | undefined
   let closed = false
   const changed = () => {
     // a symlink pointed elsewhere: watch where it points now
@@ -54,18 +54,22 @@ export function watchConfig(path: string, onChange: () => void, opts: WatchOptio
       // gone or unreadable for now: the next change looks again
       dir = undefined
     }
-    if (target?.dir === dir) return
+    if (target !== undefined && target.dir === dir) {
+      // the link pointed at another file of the same directory: the watch there stays, for that file's name
+      target.name = name
+      return
+    }
     target?.watcher.close()
     target = undefined
     if (dir === undefined) return
     try {
       const w = watch(dir, (_event, changedName) => {
-        if (changedName && changedName !== name) return
+        if (changedName && changedName !== target?.name) return
         notice()
       })
       // the directory may go away with the link's old target: the link's own directory still reports a swap
       w.on('error', () => {})
-      target = { dir, watcher: w }
+      target = { dir, name, watcher: w }
     } catch {
       // not watchable: edits there are picked up on SIGHUP, as when the main watch fails
     }

@@ -75,6 +75,15 @@ t.test('a config that is a symlink into another directory is watched where the f
   const swapped = changes
   await writeFile(next, 'service: four\n')
   await eventually(() => changes > swapped, { what: 'an edit of the new target to be noticed' })
+  // pointed at another file of the same directory: that file's edits are the ones that count now
+  const sibling = join(dir, 'other', 'nhi-v2.yaml')
+  await writeFile(sibling, 'service: five\n')
+  await symlink(join('..', 'other', 'nhi-v2.yaml'), join(dir, 'etc', 'tmp.yaml'))
+  await rename(join(dir, 'etc', 'tmp.yaml'), join(dir, 'etc', 'config.yaml'))
+  await eventually(() => changes > swapped + 1, { what: 'the second link swap to be noticed' })
+  const reswapped = changes
+  await writeFile(sibling, 'service: six\n')
+  await eventually(() => changes > reswapped, { what: 'an edit of the sibling target to be noticed' })
 })
 
 t.test('other files in the directory do not trigger a reload', async (t) => {
