@@ -242,10 +242,18 @@ t.test('toggles render their objects', async (t) => {
     'grafanaDashboard.enabled=true,rbac.issuerDiscovery=true',
   ])
   const sm = find(objects, 'ServiceMonitor').spec as {
-    endpoints: { port: string; path: string }[]
+    endpoints: { port: string; path: string; honorLabels?: boolean }[]
     selector: { matchLabels: Record<string, string> }
   }
   t.match(sm.endpoints, [{ port: 'metrics', path: '/metrics' }])
+  // the operator gives every target of a ServiceMonitor a `service` label (the Kubernetes Service's name), and
+  // every nhi_* family but the JWKS, config and TLS ones carries its own `service` (docs/reference.md
+  // "Metrics"): without honorLabels Prometheus renames the proxy's to exported_service, and the alerts and
+  // the dashboard, which group and filter by `service`, see `shop-nhi-proxy-metrics` instead of the service
+  t.ok(
+    sm.endpoints.every((e) => e.honorLabels === true),
+    "the ServiceMonitor keeps the proxy's own service label",
+  )
   const metricsSvc = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'shop-nhi-proxy-metrics')
   t.ok(metricsSvc, 'the ServiceMonitor brings the metrics Service')
   t.match(metricsSvc?.metadata.labels, sm.selector.matchLabels, 'and selects it')
