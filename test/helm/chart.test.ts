@@ -346,6 +346,10 @@ const VALUE_COMBINATIONS: string[][] = [
   ['-f', SIDECAR_VALUES],
   ['--set', 'networkPolicy.enabled=true,metrics.service.enabled=true'],
   ['--set', 'adminToken.existingSecret=shop-admin-token,preStopSleepSeconds=5'],
+  [
+    '--set-json',
+    'extraEnv=[{"name":"OTEL_EXPORTER_OTLP_HEADERS","valueFrom":{"secretKeyRef":{"name":"otel","key":"headers"}}}]',
+  ],
   ['--set', 'replicaCount=1,podDisruptionBudget.enabled=false'],
   ['-f', SIDECAR_VALUES, '--set', 'adminToken.existingSecret=shop-admin-token,app.preStopSleepSeconds=0'],
   [
@@ -755,4 +759,30 @@ t.test('install notes: what the chart leaves out is said', async (t) => {
     noToken,
     /reads \/var\/run\/secrets\/kubernetes\.io\/serviceaccount\/token, which kubeApiAccess\.enabled=false does not mount/,
   )
+})
+
+// The standard OTEL_* variables are the only way to give the OTLP exporter a collector token that is not
+// written into the ConfigMap (otlp.headers is config): the chart must be able to take them from a Secret.
+t.test('extraEnv: environment for the proxy container, from a Secret without a ConfigMap copy', async (t) => {
+  const env = [
+    {
+      name: 'OTEL_EXPORTER_OTLP_HEADERS',
+      valueFrom: { secretKeyRef: { name: 'otel-collector-auth', key: 'headers' } },
+    },
+    { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel-collector.observability:4318' },
+  ]
+  for (const args of [[], ['-f', SIDECAR_VALUES]]) {
+    const { text, objects } = await render([...args, '--set-json', `extraEnv=${JSON.stringify(env)}`])
+    const pod = podSpec(objects)
+    const proxy = proxyContainer(pod) as Container & { env?: unknown }
+    t.same(proxy.env, env, `the proxy container gets extraEnv ${args.join(' ')}`)
+    for (const c of pod.containers.filter((x) => x.name !== 'nhi-proxy')) {
+      t.notOk((c as { env?: unknown }).env, 'not the app')
+    }
+    t.notMatch(configOf(objects).text, /otel-collector-auth|OTEL_/, 'nothing of it in the ConfigMap')
+    t.equal(text.match(/otel-collector-auth/g)?.length, 1, 'the Secret is only referenced, once')
+  }
+  t.notOk(Object.hasOwn(proxyContainer(podSpec((await render()).objects)), 'env'), 'none by default')
+  const bad = await run(helm, ['template', 'x', CHART_DIR, '--set-json', 'extraEnv=[{"value":"x"}]'])
+  t.not(bad.code, 0, 'an entry without a name is refused by the values schema')
 })

@@ -138,6 +138,10 @@ name: nhi-proxy
 image: {{ include "nhi-proxy.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 args: [run, -c, /etc/nhi-proxy/config.yaml]
+{{- with .Values.extraEnv }}
+env:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 ports:
   - name: nhi-http
     containerPort: {{ .Values.ports.http }}
