@@ -786,3 +786,23 @@ t.test('extraEnv: environment for the proxy container, from a Secret without a C
   const bad = await run(helm, ['template', 'x', CHART_DIR, '--set-json', 'extraEnv=[{"value":"x"}]'])
   t.not(bad.code, 0, 'an entry without a name is refused by the values schema')
 })
+
+t.test('the grace period must cover the drain the config asks for', async (t) => {
+  const tmpl = (args: string[]) => run(helm, ['template', 'shop', CHART_DIR, ...args])
+  const [longDrain, covered, numeric, sidecarTight, defaults, sidecarDefaults] = await Promise.all([
+    tmpl(['--set', 'config.timeouts.drain=1m']),
+    tmpl(['--set', 'config.timeouts.drain=1m,terminationGracePeriodSeconds=70']),
+    tmpl(['--set', 'config.timeouts.drainDelay=20,terminationGracePeriodSeconds=30']),
+    tmpl(['-f', SIDECAR_VALUES, '--set', 'config.timeouts.drainDelay=12s,terminationGracePeriodSeconds=30']),
+    tmpl([]),
+    tmpl(['-f', SIDECAR_VALUES]),
+  ])
+  // the kubelet kills what is still running when the grace period ends: in-flight requests cut, audit not flushed
+  t.not(longDrain.code, 0, 'drain 1m under the default 30s grace period is refused')
+  t.match(longDrain.stderr, /terminationGracePeriodSeconds \(30\).*65/, 'naming the period and what it needs')
+  t.equal(covered.code, 0, covered.stderr)
+  t.not(numeric.code, 0, 'a bare number is seconds: 20 + 15 > 30')
+  t.not(sidecarTight.code, 0, "sidecar mode: the app's preStop sleep (5s) comes before the proxy's drain")
+  t.equal(defaults.code, 0, defaults.stderr)
+  t.equal(sidecarDefaults.code, 0, sidecarDefaults.stderr)
+})

@@ -123,6 +123,35 @@ of them would otherwise sit in the ConfigMap while the pods kept the old value.
 {{- end }}
 {{- end }}
 
+{{/* Seconds of a config duration ("500ms", "15s", "1m", "1h", "1d", or a bare number of seconds), as the proxy reads it. */}}
+{{- define "nhi-proxy.seconds" -}}
+{{- if kindIs "string" . }}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" . | default "0" | float64 }}
+{{- $unit := trimPrefix (regexFind "^[0-9]+(\\.[0-9]+)?" .) . }}
+{{- $scale := get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0) $unit | default 1.0 }}
+{{- mulf $n $scale }}
+{{- else }}
+{{- float64 . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuses a terminationGracePeriodSeconds shorter than the stop the pod asks for: the preStop sleeps that run
+first (the app's in sidecar mode, which stops before its native sidecar, and the proxy's own), then the
+proxy's timeouts.drainDelay and timeouts.drain. The kubelet kills what still runs when the period ends.
+*/}}
+{{- define "nhi-proxy.checkGracePeriod" -}}
+{{- $timeouts := (.Values.config | default dict).timeouts | default dict }}
+{{- $need := addf (include "nhi-proxy.seconds" (get $timeouts "drainDelay" | default "5s")) (include "nhi-proxy.seconds" (get $timeouts "drain" | default "15s")) }}
+{{- if include "nhi-proxy.sleepAction" . }}
+{{- $need = addf $need (.Values.preStopSleepSeconds | default 0) }}
+{{- if eq .Values.mode "sidecar" }}{{ $need = addf $need (.Values.app.preStopSleepSeconds | default 0) }}{{ end }}
+{{- end }}
+{{- if lt (float64 .Values.terminationGracePeriodSeconds) (float64 $need) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) is shorter than the stop it must cover: %v s of preStop sleep, timeouts.drainDelay and timeouts.drain; raise it to at least %v" .Values.terminationGracePeriodSeconds $need (ceil $need)) }}
+{{- end }}
+{{- end }}
+
 {{/* The nhi-proxy container, without restartPolicy (see nhi-proxy.sidecar). */}}
 {{/*
 "true" where the cluster takes a preStop `sleep` action (Kubernetes 1.30 and later). On 1.29 the API server
