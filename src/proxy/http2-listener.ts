@@ -197,9 +197,15 @@ export class Http2Front {
       this.handlers.abuse?.(state.lastControl === 'settings' ? 'settings_flood' : 'ping_flood')
     })
     session.on('stream', (stream: TimedStream, headers: IncomingHttpHeaders) => {
-      stream.once('aborted', () => {
-        if (stream[kOwnReset] !== true) this.countReset(session, state)
-      })
+      // node:http2 announces a stream on the next tick. Bytes it takes in one go outside an I/O callback (those
+      // the plain listener read to find the preface, handed over with it) are all parsed before that tick:
+      // a stream the client reset in them has already emitted its 'aborted', to no one. Its reset counts all
+      // the same, or HEADERS + RST_STREAM pairs behind the preface were a rapid reset the budget never saw.
+      if (stream.aborted) this.countReset(session, state)
+      else
+        stream.once('aborted', () => {
+          if (stream[kOwnReset] !== true) this.countReset(session, state)
+        })
       // node:http2 ends a HEAD stream's writable side at once, and then emits no 'aborted' for a reset of it
       // (whatever its code): a HEAD closed before its response was sent, and not by the proxy, is the
       // client's reset. Uncounted, HEAD + RST_STREAM was the rapid reset no budget saw.
