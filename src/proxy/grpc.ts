@@ -1,6 +1,6 @@
 // gRPC over the proxy (docs/reference.md "HTTP/2 and gRPC"): recognising calls, deadlines, and the answers the
 // proxy gives on its own behalf as gRPC statuses a client can read (HTTP 200 + grpc-status), not HTTP errors.
-import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
+import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { ServerHttp2Stream } from 'node:http2'
 
 export const GRPC = {
@@ -84,6 +84,23 @@ function grpcMessage(text: string): string {
   return text.replace(/[^\x20-\x24\x26-\x7e]/g, (c) => encodeURIComponent(c))
 }
 
+/** HTTP/2 streams answered Trailers-Only: complete with their one HEADERS frame, no trailers step to come */
+const trailersOnly = new WeakSet<object>()
+
+/**
+ * Sends a Trailers-Only answer on an HTTP/2 stream (`stream.respond` ending the stream) and remembers it: such an
+ * answer never reaches node:http2's 'wantTrailers' step, by which the compatibility layer's answers end.
+ */
+export function respondTrailersOnly(stream: ServerHttp2Stream, headers: OutgoingHttpHeaders): void {
+  stream.respond(headers, { endStream: true })
+  trailersOnly.add(stream)
+}
+
+/** the stream was answered Trailers-Only (respondTrailersOnly): its answer is complete once sent */
+export function answeredTrailersOnly(stream: object): boolean {
+  return trailersOnly.has(stream)
+}
+
 function h2Stream(res: ServerResponse): ServerHttp2Stream | undefined {
   return (res as unknown as { stream?: ServerHttp2Stream }).stream
 }
@@ -102,7 +119,7 @@ export function sendGrpcStatus(res: ServerResponse, code: number, message: strin
   }
   const stream = h2Stream(res)
   try {
-    if (stream) stream.respond({ ':status': 200, ...headers }, { endStream: true })
+    if (stream) respondTrailersOnly(stream, { ':status': 200, ...headers })
     else {
       res.writeHead(200, headers)
       res.end()

@@ -30,7 +30,14 @@ import {
   type TunnelIdle,
   type UpstreamFailed,
 } from './forwarder.ts'
-import { endGrpcWithStatus, GRPC, grpcStatusWithoutOne, grpcTimeoutMs, isGrpc } from './grpc.ts'
+import {
+  endGrpcWithStatus,
+  GRPC,
+  grpcStatusWithoutOne,
+  grpcTimeoutMs,
+  isGrpc,
+  respondTrailersOnly,
+} from './grpc.ts'
 import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText } from './grpc-web.ts'
 import { UpstreamError } from './h1-pool.ts'
 import { type HeaderBlocks, isHopByHop, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
@@ -277,7 +284,7 @@ export class Http2Forwarder {
         try {
           if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
             // Trailers-Only: a gRPC client reads the status only from a HEADERS frame that ends the stream
-            h2Response.respond({ ':status': status, ...headersOut }, { endStream: true })
+            respondTrailersOnly(h2Response, { ':status': status, ...headersOut })
             responded = true
             return
           }

@@ -20,7 +20,7 @@ import {
   type ForwardTarget,
   responseClosed,
 } from './forwarder.ts'
-import { GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
+import { answeredTrailersOnly, GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { streamTimedOut } from './http2-listener.ts'
 import { absoluteFormAuthority, requestTarget } from './path.ts'
@@ -137,6 +137,8 @@ function stopUnreadRequest(req: IncomingMessage): void {
     if (!stream.destroyed && !req.complete) stream.destroy()
   }
   if (stream.sentTrailers !== undefined) reset()
+  // a Trailers-Only answer (a gRPC status) has no trailers step: reset once its HEADERS frame had a turn to go
+  else if (answeredTrailersOnly(stream)) setImmediate(reset)
   else stream.once('wantTrailers', () => setImmediate(reset))
 }
 

@@ -17,16 +17,19 @@ const POLICY = {
   rules: [{ name: 'admin', route: '/admin/**', allow: [{ identity: 'nobody' }] }],
 }
 
-async function deniedWithOpenBody(url: string) {
+async function deniedWithOpenBody(url: string, extra: Record<string, string> = {}) {
   const session = connect(url)
   session.on('error', () => {})
   // a streaming upload: the HEADERS frame does not end the stream and the body is never finished
-  const stream = session.request({ ':method': 'POST', ':path': '/admin/upload' }, { endStream: false })
+  const stream = session.request(
+    { ':method': 'POST', ':path': '/admin/upload', ...extra },
+    { endStream: false },
+  )
   stream.on('error', () => {})
   stream.write('first chunk of a body that never ends')
   const [headers] = (await once(stream, 'response')) as [Record<string, string | number>]
   stream.resume()
-  return { session, stream, status: Number(headers[':status']) }
+  return { session, stream, status: Number(headers[':status']), headers }
 }
 
 const denied = async (adminUrl: string) =>
@@ -44,6 +47,29 @@ t.test('a denied HTTP/2 request with an unfinished body is recorded while the cl
     what: 'the 403 counted in nhi_policy_decisions_total',
   })
   t.pass('the denial was recorded')
+  t.same(up.received, [], 'nothing reached the upstream')
+})
+
+t.test('a denied gRPC call whose client keeps streaming is recorded while the client stays', async (t) => {
+  // a client-streaming or bidirectional call: the proxy's answer is one HEADERS frame ending its side
+  // (Trailers-Only), which node:http2 sends without the trailers step the other answers end with
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, { upstream: up.url, policy: POLICY })
+  const { session, stream, status, headers } = await deniedWithOpenBody(sidecar.proxyUrl, {
+    'content-type': 'application/grpc',
+    te: 'trailers',
+  })
+  t.teardown(() => session.destroy())
+  t.equal(status, 200)
+  t.equal(headers['grpc-status'], '7', 'PERMISSION_DENIED')
+  await eventually(async () => (await denied(sidecar.adminUrl)) === 1, {
+    timeoutMs: 5_000,
+    what: 'the denied call counted in nhi_policy_decisions_total',
+  })
+  t.pass('the denial was recorded')
+  await eventually(() => stream.closed || undefined, { what: 'the stream closed by the proxy' })
+  t.equal(stream.rstCode, 0, 'asked to stop sending with NO_ERROR')
   t.same(up.received, [], 'nothing reached the upstream')
 })
 
