@@ -108,11 +108,13 @@ function decodeQueryPart(s: string): string {
 
 /**
  * `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts).
- * A trailing slash is optional, as most frameworks route "/admin/" to "/admin".
+ * A trailing slash is optional, as most frameworks route "/admin/" to "/admin": a path with one is decided
+ * as the path without it, and only so. Matched as it is, its trailing slash would be an empty last segment
+ * that a `*` matches, and "/users/" would be decided by "/users/*" while the upstream serves it as "/users".
  */
 function routeMatches(route: CompiledPattern, path: string): boolean {
-  if (route.match(path)) return true
-  return path.length > 1 && path.charCodeAt(path.length - 1) === 47 && route.match(path.slice(0, -1)) !== null
+  const trailingSlash = path.length > 1 && path.charCodeAt(path.length - 1) === 47
+  return route.match(trailingSlash ? path.slice(0, -1) : path) !== null
 }
 
 function withoutTrailingSlash(route: string): string {

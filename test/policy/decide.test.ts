@@ -164,3 +164,40 @@ t.test('policy routes take :id as a spelling of {id}', async (t) => {
   t.same(p.decide(id({ kind: 'service' }), req('/orders/42/lines')), { decision: 'allow', rule: 'default' })
   t.same(p.decide(id({ kind: 'service' }), req('/orders//refund')), { decision: 'allow', rule: 'default' })
 })
+
+t.test(
+  'a path with a trailing slash is decided as the path without it, never as an empty segment',
+  async (t) => {
+    // "/users/*" lets anyone read one user; "/users", the list of all of them, is for admins. Express
+    // (non-strict routing) and Spring serve "/users/" from the handler of "/users": it must be decided as that.
+    const r = parseConfigText(
+      `policy:
+  mode: enforce
+  rules:
+    - name: profiles
+      route: "/users/*"
+      allow: [{ verified: false }, { verified: true }]
+    - name: files
+      route: "/files/*.txt"
+      allow: [{ verified: false }, { verified: true }]
+    - name: admins
+      route: "/**"
+      allow: [{ identity: "admin" }]
+`,
+      'p.yaml',
+    )
+    if (!r.ok) throw new Error(r.errors[0]?.message)
+    const p = compilePolicy(r.config.policy)
+    const anonymous = id({ name: 'anonymous' })
+    for (const [path, rule, decision] of [
+      ['/users', 'admins', 'deny'],
+      ['/users/', 'admins', 'deny'],
+      ['/users/42', 'profiles', 'allow'],
+      ['/users/42/', 'profiles', 'allow'],
+      ['/files/', 'admins', 'deny'],
+      ['/files/a.txt/', 'files', 'allow'],
+    ] as const) {
+      t.same(p.decide(anonymous, req(path)), { decision, rule }, path)
+    }
+  },
+)
