@@ -119,8 +119,10 @@ export const ADDED_REQUEST_HEADERS: readonly string[] = [
 
 const SAFE_VALUE_RE = /^[\x20-\x7e]*$/
 // "%" too is encoded: a name holding escapes of its own ("%61dmin", "caf%C3%A9") would otherwise reach the
-// upstream as the encoding of another name ("admin", "café"), and the header would not decode to one name
-const SAFE_NAME_RE = /^[\x20-\x24\x26-\x7e]*$/
+// upstream as the encoding of another name ("admin", "café"), and the header would not decode to one name.
+// So is a name with a space at either end: a field value's leading and trailing whitespace is not part of it
+// (RFC 9110 §5.5), every parser drops it, and "admin " would reach the upstream as "admin".
+const SAFE_NAME_RE = /^(?! )[\x20-\x24\x26-\x7e]*(?<! )$/
 
 /** Header names listed in a Connection header, lower-cased; undefined for the common single tokens. */
 function connectionListed(connection: string | undefined): Set<string> | undefined {
@@ -135,8 +137,8 @@ function connectionListed(connection: string | undefined): Set<string> | undefin
 
 /**
  * Header values we derive from client-controlled text (token claims, certificate fields) must stay printable
- * ASCII; anything else, and any value holding a "%", is percent-encoded as UTF-8, so that decoding always gives
- * the value back. Never throws (a lone surrogate becomes U+FFFD).
+ * ASCII; anything else, any value holding a "%" and any value with a space at either end, is percent-encoded as
+ * UTF-8, so that decoding always gives the value back. Never throws (a lone surrogate becomes U+FFFD).
  */
 export function safeHeaderValue(value: string): string {
   if (SAFE_NAME_RE.test(value)) return value
