@@ -103,6 +103,17 @@ function compileRule(r: IdentityRuleConfig, index: number, apiKeyHeader: string)
   }
 }
 
+/**
+ * identityOf, with a delegated token's `on_behalf_of` (which the token's profile fills with the name it would
+ * give) naming the identity the request is attributed to: the one a rule gave it, namespaced as it is sent.
+ * `attributes` is the request's own object (evidenceAttributes).
+ */
+function onBehalfOfItself(i: Identity): Identity {
+  const identity = identityOf(i)
+  if (identity.attributes['on_behalf_of'] !== undefined) identity.attributes['on_behalf_of'] = identity.name
+  return identity
+}
+
 /** the identity of one combination of evidence objects, and the longer combinations it starts */
 interface EvidenceNode extends EvidenceTrieNode<EvidenceNode> {
   identity?: Identity
@@ -171,7 +182,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
       // or zone filled from a capture as well: no longer than a made-up name may be (each is repeated on every
       // series line, row and audit line of the identity)
       const rendered = rule.nameFromRequest ? cutLikeMadeUp(full) : full
-      return identityOf({
+      return onBehalfOfItself({
         // a name made from what the user agent says is a ua: name even on a verified request (where
         // identityOf then prefixes it with the source: apikey:ua:curl), never a verified-looking one
         name:
@@ -191,7 +202,7 @@ export function compileRules(config: Config, opts: RuleOptions = {}): RuleSet {
     }
     const b = builtinIdentity(ev)
     // the credential that named it is charged (a token names ahead of a certificate), not the strongest one
-    return identityOf({ ...b, source, verified, attributes, expiresAt: expiry })
+    return onBehalfOfItself({ ...b, source, verified, attributes, expiresAt: expiry })
   }
 
   return {

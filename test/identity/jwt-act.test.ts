@@ -3,7 +3,11 @@
 // /identities, the audit record and the live view (/events); nested chains are bounded; no token material.
 import t from 'tap'
 import { request } from 'undici'
+import { configSchema } from '../../src/config/schema.ts'
 import { delegationOf, MAX_ACTOR_CHAIN } from '../../src/identity/jwt/delegation.ts'
+import { jwtSource } from '../../src/identity/sources/jwt.ts'
+import { compileRules } from '../../src/rules/rule-set.ts'
+import type { EvidenceSet, JwtEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -24,6 +28,38 @@ t.test('nested act chains are read to a bound and marked when cut', async (t) =>
   t.equal(d.chain.length, MAX_ACTOR_CHAIN)
   t.equal(d.truncated, true)
   t.equal(delegationOf({ act: { sub: 'x'.repeat(10_000) } })!.actor.length, 200, 'names are bounded')
+})
+
+t.test('on_behalf_of is the identity the request is attributed to, also when a rule names it', async (t) => {
+  const rules = compileRules(
+    configSchema.parse({
+      identities: [{ name: 'users/{u}', kind: 'human', match: { jwt: { claims: { sub: '{u}' } } } }],
+    }),
+  )
+  const classify = (claims: Record<string, unknown>) => {
+    const jwt: JwtEvidence = {
+      source: 'jwt',
+      verified: true,
+      issuer: ISSUER,
+      claims: { ...claims, act: { sub: 'mail-assistant' } },
+      fingerprint: `fp-${JSON.stringify(claims)}`,
+      alg: 'RS256',
+    }
+    const ev: EvidenceSet = {
+      credentials: [{ source: jwtSource, evidence: jwt }],
+      failures: [],
+      anomalies: [],
+    } as unknown as EvidenceSet
+    const req = { method: 'GET', path: '/', url: '/', headers: {} }
+    return rules.classify(ev, req, { remoteAddress: '127.0.0.1', remotePort: 1, tls: false })
+  }
+  const ruled = classify({ sub: 'alice' })
+  t.equal(ruled.name, 'users/alice')
+  t.equal(ruled.attributes['actor'], 'mail-assistant')
+  t.equal(ruled.attributes['on_behalf_of'], 'users/alice', "the rule's name, not the built-in one")
+  const builtin = classify({ client_id: 'reports' })
+  t.equal(builtin.rule, 'builtin:profile:generic', 'no rule matches a token without sub')
+  t.equal(builtin.attributes['on_behalf_of'], builtin.name, `the built-in name: ${builtin.name}`)
 })
 
 t.test('an agent acting on behalf of a person, over the wire', async (t) => {
