@@ -29,7 +29,7 @@ const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
 /**
  * nghttp2's NGHTTP2_ERR_FLOODED (not in http2.constants): more PING/SETTINGS acknowledgements queued than
  * its fixed bound (1000) because the peer keeps sending without reading. Node then ends the session with
- * GOAWAY ENHANCE_YOUR_CALM and emits this errno on the session's 'error'.
+ * GOAWAY INTERNAL_ERROR (not nghttp2's ENHANCE_YOUR_CALM) and emits this errno on the session's 'error'.
  */
 const NGHTTP2_ERR_FLOODED = -904
 
@@ -191,7 +191,7 @@ export class Http2Front {
     session.on('remoteSettings', () => {
       state.lastControl = 'settings'
     })
-    // SETTINGS/PING flood: nghttp2 has already sent GOAWAY ENHANCE_YOUR_CALM and Node destroys the session
+    // SETTINGS/PING flood: Node has already sent GOAWAY INTERNAL_ERROR and destroys the session
     session.on('error', (err: NodeJS.ErrnoException) => {
       if (err.errno !== NGHTTP2_ERR_FLOODED) return
       this.handlers.abuse?.(state.lastControl === 'settings' ? 'settings_flood' : 'ping_flood')
