@@ -1,6 +1,7 @@
 // Checks the schema cannot express: CIDRs, patterns, captures, shadowed or duplicate rules, references to
 // issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
 import { isIPv4 } from 'node:net'
+import { issuerNamespace } from '../identity/profiles.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import { pathTemplateProblem } from '../proxy/path.ts'
 import { parseUpstream } from '../proxy/upstream-url.ts'
@@ -152,6 +153,28 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     }
   })
   const issuerNames = new Set(config.jwt.issuers.map((i) => i.issuer))
+  // Two trusted issuers whose names share a namespace can each mint the other's names: a second cluster's
+  // admin creates `prod/payments`, a second realm a client with the trusted one's id. Issuers an identity
+  // rule names by `jwt.issuer` are the operator's own naming; the rest are flagged, once per pair.
+  const namedByRule = new Set(
+    config.identities.flatMap((r) => (r.match.jwt?.issuer ? [r.match.jwt.issuer] : [])),
+  )
+  const namespaceAt = new Map<string, number>()
+  config.jwt.issuers.forEach((iss, i) => {
+    if (namedByRule.has(iss.issuer)) return
+    const namespace = issuerNamespace(iss.issuer, iss.profile)
+    if (namespace === undefined) return
+    const first = namespaceAt.get(namespace)
+    if (first === undefined) {
+      namespaceAt.set(namespace, i)
+      return
+    }
+    warn(
+      ['jwt', 'issuers', i, 'issuer'],
+      `issuer "${iss.issuer}" and jwt.issuers[${first}] share ${namespace}: a caller of either can be given a name the other's callers have`,
+      'name one issuer\'s callers with an identity rule matching its jwt.issuer, e.g. name: "dev/{ns}/{sa}" with jwt: { issuer: <it>, claims: { sub: "system:serviceaccount:{ns}:{sa}" } }',
+    )
+  })
   const keyNames = new Set(config.apiKeys.keys.map((k) => k.name))
   for (const source of CREDENTIAL_SOURCES) source.checkConfig?.(config, error, warn)
 

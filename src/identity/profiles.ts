@@ -312,6 +312,22 @@ export function tokenProfile(jwt: JwtEvidence): ProfileName {
   return isProfileName(jwt.profile) ? jwt.profile : detectProfile(jwt)
 }
 
+/**
+ * What the names of an issuer's tokens are unique within, for `check`: two issuers with the same namespace
+ * can name a caller alike, so either one can mint the names the other's callers have. Services of the
+ * kubernetes (`ns/sa`), keycloak, okta and auth0 (client ids) and spiffe (the subject) profiles are named
+ * without their issuer; every other name starts with the issuer's host. GitHub's and Google's names are
+ * global (one issuer each), and Microsoft's app ids are its own, so theirs are left out.
+ */
+export function issuerNamespace(iss: string, profile: ProfileName | undefined): string | undefined {
+  const applied = profile ?? issuerProfile(iss)
+  if (applied === 'github-actions' || applied === 'google' || applied === 'azure-ad') return undefined
+  if (applied === 'kubernetes' || applied === 'keycloak' || applied === 'okta' || applied === 'auth0')
+    return `the ${applied} profile's names`
+  if (applied === 'spiffe') return 'JWT-SVID subjects'
+  return `names under ${issuerHost(iss)}/`
+}
+
 /** Identity for a verified token that no identity rule matched. */
 export function profileIdentity(jwt: JwtEvidence): ProfileIdentity {
   const claims = jwt.claims

@@ -340,3 +340,44 @@ t.test(
     t.match(unreachable[0]?.message, /identities\[1234\]/)
   },
 )
+
+// Two trusted issuers whose tokens are named alike can each mint the other's names: a second cluster's admin
+// creates the service account `prod/payments`, a second Keycloak realm a client with the first one's id.
+t.test('issuers whose names share a namespace are flagged, unless a rule names one of them', async (t) => {
+  const issuer = (url: string, profile?: string) =>
+    `    - { issuer: "${url}", jwksUri: "${url}/keys", audiences: [orders]${profile ? `, profile: ${profile}` : ''} }\n`
+  const config = (issuers: string, rules = '') => `jwt:\n  issuers:\n${issuers}${rules}`
+  const clusters =
+    issuer('https://oidc.eks.eu-west-1.amazonaws.com/id/PROD') +
+    issuer('https://oidc.eks.eu-west-1.amazonaws.com/id/DEV')
+  const shared = warningsOf(config(clusters)).filter((w) => /share/.test(w.message))
+  t.equal(shared.length, 1, 'two clusters: one warning')
+  t.match(shared[0]?.message, /jwt\.issuers\[0\] share the kubernetes profile's names/)
+  t.equal(shared[0]?.line, 4, 'at the second issuer')
+  t.equal(
+    warningsOf(
+      config(
+        clusters,
+        'identities:\n  - name: "dev/{ns}/{sa}"\n    match: { jwt: { issuer: "https://oidc.eks.eu-west-1.amazonaws.com/id/DEV", claims: { sub: "system:serviceaccount:{ns}:{sa}" } } }\n',
+      ),
+    ).filter((w) => /share/.test(w.message)).length,
+    0,
+    'a rule naming one cluster’s callers: nothing to flag',
+  )
+  const realms = issuer('https://sso.example/realms/prod') + issuer('https://sso.example/realms/partners')
+  t.equal(warningsOf(config(realms)).filter((w) => /share/.test(w.message)).length, 1, 'two Keycloak realms')
+  const twoHosts = issuer('https://idp.a.example') + issuer('https://idp.b.example')
+  t.same(
+    warningsOf(config(twoHosts)).filter((w) => /share/.test(w.message)),
+    [],
+    'generic issuers on two hosts: their names start with their own host',
+  )
+  const sameHost = issuer('https://idp.example/tenant-a') + issuer('https://idp.example/tenant-b')
+  t.match(
+    warningsOf(config(sameHost)).find((w) => /share/.test(w.message))?.message,
+    /share names under idp\.example\//,
+    'generic issuers on one host share its names',
+  )
+  const svids = issuer('https://spire.prod.example', 'spiffe') + issuer('https://spire.dev.example', 'spiffe')
+  t.equal(warningsOf(config(svids)).filter((w) => /share/.test(w.message)).length, 1, 'two JWT-SVID issuers')
+})
