@@ -2,8 +2,19 @@
 // tarball installed into an empty directory with `npm install`, then `npx nhi-proxy` check, explain, schema
 // and a short run verifying a token against a JWKS served over HTTP, at a real upstream; then a run with OTLP
 // export on, to a receiver that decodes real protobuf, which needs the export thread's own file
-// (dist/otlp-export-worker.mjs) to be in the package and to load from where npm installed it.
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+// (dist/otlp-export-worker.mjs) to be in the package and to load from where npm installed it. The bundle
+// carries every package it uses, so the package declares no dependencies and installing it installs nothing
+// else.
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import t from 'tap'
 import {
@@ -18,7 +29,7 @@ import { type AttrValue, CLEAN_OTEL_ENV, startCollector } from '../helpers/otlp-
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { REPO_ROOT, run } from '../helpers/tools.ts'
 
-// packing (a bundle build) and installing from the registry or its cache take a while on a loaded machine
+// packing (a bundle build) and installing take a while on a loaded machine
 t.setTimeout(420_000)
 // the lifecycle checks (a bundle build of their own) and the pack/install/run sequence share nothing but the
 // sources they read: side by side
@@ -29,6 +40,21 @@ interface PackedFile {
 }
 
 const npmVersion = await run('npm', ['--version'], { timeoutMs: 30_000 })
+
+t.test('package.json declares no runtime dependencies: the bundle carries them', async (t) => {
+  const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as Record<string, unknown>
+  // dist/ is an esbuild bundle that inlines every package it imports (scripts/bundle.mjs fails the build on
+  // anything it would leave to node_modules). A package listed here is one every user and the image install
+  // and nobody loads: install time, size and scanner findings for code that never runs. A package the code
+  // uses goes to devDependencies, where the build finds it.
+  for (const field of ['dependencies', 'optionalDependencies', 'peerDependencies', 'bundleDependencies']) {
+    t.same(
+      Object.keys((pkg[field] as Record<string, string> | undefined) ?? {}),
+      [],
+      `no ${field}: the bundle is self-contained, so what the code uses belongs in devDependencies`,
+    )
+  }
+})
 
 t.test('npm lifecycle: npm ci builds dist/, pack rebuilds it, start and test run the bundle', async (t) => {
   const { scripts } = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as {
@@ -180,7 +206,7 @@ if (npmVersion.code !== 0) {
       }
       mkdirSync(app)
       writeFileSync(join(app, 'package.json'), '{ "name": "nhi-proxy-user", "private": true }\n')
-      // dependencies from the local cache where it has them, the registry otherwise
+      // --prefer-offline: should a dependency ever come back, from the local cache where it has it
       const install = await run(
         'npm',
         ['install', '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error', tarball],
@@ -193,6 +219,16 @@ if (npmVersion.code !== 0) {
       if (install.code !== 0) return
       installedOk = true
       const installed = join(app, 'node_modules', 'nhi-proxy')
+      // the bundle carries its dependencies: npm installs the package and nothing else (beside it only npm's
+      // own bookkeeping), and everything below runs from that
+      t.same(
+        readdirSync(join(app, 'node_modules'))
+          .filter((e) => e !== '.bin' && e !== '.package-lock.json')
+          .sort(),
+        ['nhi-proxy'],
+        'node_modules holds nhi-proxy alone',
+      )
+      t.notOk(existsSync(join(installed, 'node_modules')), 'nor anything nested under it')
       const npx = (args: string[]) =>
         run('npx', ['--no', '--', 'nhi-proxy', ...args], { cwd: app, timeoutMs: 60_000 })
 
