@@ -513,3 +513,45 @@ t.test(
     t.same(elsewhere.seen, [{ path: '/jwks', authorization: 'Bearer cluster-credential' }])
   },
 )
+
+// A discovery document read over https that names an http jwks_uri would have the keys, the one thing the
+// tokens' trust rests on, fetched in the clear: anyone on the path could serve keys of their own.
+t.test('discovery: an https issuer whose document names an http jwks_uri is refused', async (t) => {
+  const plain = await serve(t, [keyA])
+  const { ca, server } = await createServerPki()
+  let jwksUri = ''
+  const https = createServer({ cert: server.certPem, key: server.keyPem }, (rq, rs) => {
+    rs.setHeader('content-type', 'application/json')
+    if (rq.url === '/.well-known/openid-configuration') rs.end(JSON.stringify({ issuer, jwks_uri: jwksUri }))
+    else if (rq.url === '/jwks') rs.end(JSON.stringify({ keys: [keyA.publicJwk] }))
+    else {
+      rs.statusCode = 404
+      rs.end()
+    }
+  })
+  https.listen(0, '127.0.0.1')
+  await once(https, 'listening')
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        https.closeAllConnections()
+        https.close(() => resolve())
+      }),
+  )
+  const issuer = `https://localhost:${(https.address() as AddressInfo).port}`
+
+  jwksUri = plain.jwksUri
+  const downgraded = new IssuerKeySet(issuerConfig({ issuer, discovery: true, caFile: ca.certFile }))
+  t.teardown(() => downgraded.close())
+  await downgraded.start()
+  t.equal(downgraded.ready(), false, 'no keys from an http jwks_uri of an https issuer')
+  t.equal(plain.hits, 0, 'the http key set is never fetched')
+  t.match(downgraded.lastError, /https/)
+
+  // the same document naming an https jwks_uri is taken
+  jwksUri = `${issuer}/jwks`
+  const secure = new IssuerKeySet(issuerConfig({ issuer, discovery: true, caFile: ca.certFile }))
+  t.teardown(() => secure.close())
+  await secure.start()
+  t.equal(secure.ready(), true)
+})

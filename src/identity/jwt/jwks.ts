@@ -520,6 +520,10 @@ export class IssuerKeySet {
     const uri = doc['jwks_uri']
     if (typeof uri !== 'string' || !/^https?:\/\//.test(uri))
       throw new Error('discovery document has no http(s) jwks_uri')
+    // the keys are what every token's trust rests on: a document read over TLS cannot have them fetched in
+    // the clear, where anyone on the path could answer with keys of their own
+    if (/^https:\/\//i.test(base) && !uri.startsWith('https://'))
+      throw new Error('discovery document of an https issuer names a jwks_uri that is not https')
     return uri
   }
 
