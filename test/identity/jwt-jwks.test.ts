@@ -555,3 +555,39 @@ t.test('discovery: an https issuer whose document names an http jwks_uri is refu
   await secure.start()
   t.equal(secure.ready(), true)
 })
+
+// An issuer with both a JWKS and a secretFile has two key sources: one that cannot be read must not stop the
+// other from being refreshed (new keys never arriving, withdrawn ones never leaving).
+t.test('jwksUri + secretFile: an unreadable secret file does not stop the key set refreshing', async (t) => {
+  const idp = await serve(t, [keyA])
+  const dir = await scratchDir('jwks-secret')
+  const secretFile = join(dir, 'secret')
+  const observer = recordingObserver()
+  const cfg = issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri, secretFile })
+
+  // missing at start: the key set loads all the same
+  const early = new IssuerKeySet(cfg, { observer })
+  t.teardown(() => early.close())
+  await early.start()
+  t.same(early.publicJwks, [keyA.publicJwk], 'the key set loaded without the secret')
+  t.equal(early.hasKeysFor('RS256'), true)
+  t.equal(early.hasKeysFor('HS256'), false)
+  t.equal(early.ready(), false, 'not ready while the secret is missing')
+  t.match(early.lastError, /ENOENT|secret/)
+  t.match(observer.events.at(-1), { result: 'failure', keyCount: 1 })
+
+  await writeFile(secretFile, 'a-shared-secret\n')
+  const keys = new IssuerKeySet(cfg, { observer })
+  t.teardown(() => keys.close())
+  await keys.start()
+  t.equal(keys.ready(), true)
+
+  // the secret file emptied (a botched rotation), then the IdP rotates its key
+  await writeFile(secretFile, '')
+  idp.setKeys([keyB])
+  t.equal(await keys.refresh(), true, 'the key set was updated')
+  t.same(keys.publicJwks, [keyB.publicJwk], 'the rotated key is in use, the withdrawn one gone')
+  t.match(keys.lastError, /secretFile is empty/)
+  t.match(observer.events.at(-1), { result: 'failure' })
+  t.equal(keys.hasKeysFor('HS256'), true, 'the last good secret keeps serving')
+})

@@ -381,7 +381,10 @@ export class IssuerKeySet {
     return this.keyCount + (this.secret ? 1 : 0)
   }
 
-  /** Refetch now (shares an in-flight refresh). Resolves true when the key set was updated. */
+  /**
+   * Refetch now (shares an in-flight refresh). Resolves true when the key set (or the secret) was updated,
+   * even if the issuer's other source failed.
+   */
   refresh(): Promise<boolean> {
     if (this.closed) return Promise.resolve(false)
     if (!this.inflight) {
@@ -430,18 +433,26 @@ export class IssuerKeySet {
 
   private async load(): Promise<boolean> {
     const startedAt = this.memory?.stamp()
-    let ok = true
+    // the secret file and the key set are loaded apart: one that fails (a secret file emptied by a botched
+    // rotation, the IdP down) must not keep the other from being refreshed
+    let secretOk = true
+    let keysOk = true
     let detail: unknown
     let withdrawn: WithdrawnKeys | undefined
     let unusable: UnusableKeys | undefined
-    try {
-      if (this.cfg.secretFile) {
+    if (this.cfg.secretFile) {
+      try {
         const secret = await readSecret(this.cfg.secretFile)
         if (this.secret && !Buffer.from(secret).equals(this.secret))
           withdrawn = { kids: new Set(), anyKey: false, secret: true }
         this.secret = secret
+      } catch (err) {
+        secretOk = false
+        detail = err
       }
-      if (this.hasKeySource) {
+    }
+    if (this.hasKeySource) {
+      try {
         const jwks = await this.fetchKeySet()
         const built = await buildKeySet(jwks)
         const { set, keys } = built
@@ -455,14 +466,17 @@ export class IssuerKeySet {
         this.workerKeys = publicKeysOf(keys, (this.workerKeys?.version ?? 0) + 1)
         this.publicJwks = keys
         this.unusableKeys = unusable?.count ?? 0
+      } catch (err) {
+        keysOk = false
+        detail ??= err
       }
-    } catch (err) {
-      ok = false
-      detail = err
     }
     if (this.closed) return false
-    if (ok) {
-      this.generation++
+    const ok = secretOk && keysOk
+    const updated = (Boolean(this.cfg.secretFile) && secretOk) || (this.hasKeySource && keysOk)
+    if (updated) this.generation++
+    // what the memory (and the pod) is told is the newest key set only when the key set was fetched now
+    if (updated && keysOk) {
       this.memory?.set(
         this.source,
         {
@@ -490,7 +504,7 @@ export class IssuerKeySet {
       ok ? unusable : undefined,
     )
     this.schedule(ok ? this.refreshMs : this.retryMs)
-    return ok
+    return updated
   }
 
   private schedule(delayMs: number): void {
