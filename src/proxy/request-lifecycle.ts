@@ -331,6 +331,20 @@ export class RequestLifecycle {
     }
   }
 
+  /**
+   * The drain begins (`closing`: accepting stops): every HTTP/1.1 response from now on carries `Connection:
+   * close`, those of the requests already in flight included, as long as their head has not gone out. A client
+   * told `keep-alive` would send its next request on a connection the end of the drain closes under it.
+   */
+  drain(closing = false): void {
+    this.draining = true
+    if (closing) this.closing = true
+    for (const ex of this.open) {
+      const res = ex.res
+      if (res !== undefined && ex.req?.httpVersionMajor === 1 && !res.headersSent) res.shouldKeepAlive = false
+    }
+  }
+
   /** resolves when no counted exchange is in flight, or after `ms` */
   settled(ms: number): Promise<void> {
     return this.until(() => this.inFlight === 0, ms)

@@ -130,7 +130,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
   const probe = new UpstreamProbe(upstream)
 
   async function shutdown(drainMs: number): Promise<void> {
-    lifecycle.closing = true
+    lifecycle.drain(true)
     const closed = listeners.stopAccepting()
     await lifecycle.settled(drainMs)
     listeners.closeAllConnections()
@@ -151,7 +151,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
   return {
     listen: () => listeners.listen(),
     drain() {
-      lifecycle.draining = true
+      lifecycle.drain()
       listeners.h2.drain()
     },
     close(drainMs = timeouts.drain) {
