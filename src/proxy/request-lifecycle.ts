@@ -42,9 +42,35 @@ import type { Upstream } from './upstream-url.ts'
 
 const kConn = Symbol('nhi.connection')
 const kExchange = Symbol('nhi.exchange')
-type TaggedSocket = Socket & { [kConn]?: ConnectionInfo }
+/** while draining: the newest response of an HTTP/1.1 connection */
+const kNewest = Symbol('nhi.newestResponse')
+/** a response the drain made say `Connection: close` */
+const kDrainClose = Symbol('nhi.drainClose')
+type TaggedSocket = Socket & { [kConn]?: ConnectionInfo; [kNewest]?: TaggedResponse }
 type TaggedRequest = IncomingMessage & { [kExchange]?: Exchange }
-type TaggedResponse = ServerResponse & { [kExchange]?: Exchange }
+type TaggedResponse = ServerResponse & { [kExchange]?: Exchange; [kDrainClose]?: boolean }
+
+/**
+ * The drain: the newest response of an HTTP/1.1 connection says `Connection: close` once its head goes out.
+ * Only the newest: node:http closes the connection after a response that says close, and the answers to the
+ * requests pipelined behind it, forwarded already, would be lost. A response marked before is kept alive
+ * again when a request comes behind it while its head has not gone out. False when it has: the connection
+ * closes after that answer, and the request behind it will never be answered (RFC 9112 §9.6: not processed).
+ */
+function closeAfterNewest(res: TaggedResponse, socket: TaggedSocket | null): boolean {
+  const prev = socket?.[kNewest]
+  if (prev !== undefined && prev !== res && prev[kDrainClose] === true) {
+    if (prev.headersSent) return false
+    prev.shouldKeepAlive = true
+    prev[kDrainClose] = false
+  }
+  if (socket) socket[kNewest] = res
+  if (res.shouldKeepAlive && !res.headersSent) {
+    res.shouldKeepAlive = false
+    res[kDrainClose] = true
+  }
+  return true
+}
 
 export interface LifecycleOptions {
   getPipeline: () => Pipeline
@@ -339,9 +365,10 @@ export class RequestLifecycle {
   drain(closing = false): void {
     this.draining = true
     if (closing) this.closing = true
+    // in request order, so that on each connection the newest is marked last and the ones before it let go
     for (const ex of this.open) {
-      const res = ex.res
-      if (res !== undefined && ex.req?.httpVersionMajor === 1 && !res.headersSent) res.shouldKeepAlive = false
+      const req = ex.req
+      if (ex.res !== undefined && req?.httpVersionMajor === 1) closeAfterNewest(ex.res, req.socket)
     }
   }
 
@@ -692,7 +719,15 @@ export class RequestLifecycle {
     ex.res = res
     res.on('close', onResponseClose)
     if (req.httpVersionMajor === 2 && req.method === 'HEAD') closeWithStream(res)
-    if (this.draining || this.closing) res.shouldKeepAlive = false
+    if ((this.draining || this.closing) && req.httpVersionMajor === 1 && !closeAfterNewest(res, req.socket)) {
+      // behind an answer that said close: never answered, so not forwarded; its response never closes
+      req.resume()
+      ex.pipeline = this.opts.getPipeline()
+      ex.status = CLIENT_CLOSED
+      ex.responseClosed = true
+      this.finish(ex)
+      return undefined
+    }
     if (parsed !== undefined && hasBody(req)) {
       // paused first so counting does not start the flow before the forwarder consumes the body
       req.pause()
