@@ -82,6 +82,8 @@ type Command =
   | { nhi: 'config'; id: number; config: Config; secretFiles: SecretFiles }
   | { nhi: 'scrape'; id: number; since: number }
   | { nhi: 'ready'; id: number }
+  /** the primary's watchdog: answered from the event loop, so a worker whose loop is stuck does not answer */
+  | { nhi: 'ping'; id: number }
   | { nhi: 'identities'; id: number; sort: IdentitySort | undefined }
   | { nhi: 'auditQuery'; id: number; query: AuditQuery }
   | { nhi: 'live'; on: boolean }
@@ -130,8 +132,14 @@ export function reloadOutcome(answers: readonly unknown[]): {
   return { applied, replace, reasons }
 }
 
-/** longest wait for a worker's answer to a scrape, a readiness probe or a new config */
+/** longest wait for a worker's answer to a scrape, a readiness probe, a new config or the watchdog's ping */
 const ASK_TIMEOUT_MS = 10_000
+/**
+ * how often the primary pings every serving worker: one that leaves a ping unanswered for ASK_TIMEOUT_MS
+ * (its event loop stuck) is killed and replaced, so it does not hang the connections the cluster hands it
+ * and hold /readyz at 503 for the pod, with no probe or reload needed to notice
+ */
+const WATCHDOG_MS = 5_000
 /**
  * longest wait for the primary's answer about a signed agent's nonce: the request waits meanwhile, and the
  * signature is refused (replay_cache_full) when it runs out
@@ -374,6 +382,9 @@ export async function runWorker(log: Logger): Promise<void> {
           () => reply(m.id, undefined),
         )
         return
+      case 'ping':
+        reply(m.id, true)
+        return
       case 'ready':
         sidecar.ready().then(
           (r) => reply(m.id, r),
@@ -443,6 +454,8 @@ interface Slot {
   startedAt: number
   /** the config the worker was started with */
   config?: Config
+  /** the watchdog's ping waits for this worker's answer */
+  pinged?: boolean
   /**
    * the drain or close that came while the worker was starting: a message sent before its handler exists is
    * lost, so it is delivered when the worker reports it serves
@@ -811,23 +824,44 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     for (const w of live()) w.send({ nhi: 'live', on: now } satisfies Command)
   }, LIVE_POLL_MS)
   livePoll.unref()
+  // a worker whose event loop is stuck takes connections it never serves and keeps /readyz at 503, while
+  // /healthz (the primary's) stays 200: nothing but the primary can notice it and start another
+  const watchdog = setInterval(() => {
+    for (const s of slots) {
+      const worker = s.worker
+      if (worker === undefined || !s.listening || s.pinged || stopping) continue
+      s.pinged = true
+      void ask(worker, { nhi: 'ping', id: nextId++ }).then((answer) => {
+        if (s.worker !== worker) return
+        s.pinged = false
+        if (answer === undefined) replace(worker, undefined, true)
+      })
+    }
+  }, WATCHDOG_MS)
+  watchdog.unref()
 
   /**
    * A worker that did not apply a reloaded config the other workers took would go on serving an older one (a
    * revoked key still accepted there): it is replaced, and its successor starts with the current config, as
    * after a crash. One that answered that it could not apply it drains first, as on SIGTERM; one that did not
    * answer at all (stalled past the answer deadline) is killed, since it would not act on a drain either.
+   * The watchdog replaces a worker that stopped answering its pings the same way (`stalled`). Once per
+   * worker: a stalled one can miss a reload and a ping alike.
    */
-  const replace = (worker: Worker, answer: unknown) => {
+  const replaced = new WeakSet<Worker>()
+  const replace = (worker: Worker, answer: unknown, stalled = false) => {
     const index = slots.findIndex((s) => s.worker === worker)
-    if (index === -1 || stopping) return
+    if (index === -1 || stopping || replaced.has(worker)) return
+    replaced.add(worker)
     log.error(
       {
         event: 'worker_replaced',
         worker: index + 1,
         reason: answer === undefined ? 'no_answer' : 'not_applied',
       },
-      'replacing a worker that did not apply the config',
+      stalled
+        ? 'replacing a worker that stopped answering'
+        : 'replacing a worker that did not apply the config',
     )
     if (answer !== undefined) {
       try {
@@ -935,6 +969,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     draining = true
     watcher?.close()
     clearInterval(livePoll)
+    clearInterval(watchdog)
     const exited = stopWorkers(command, 'hold')
     closing ??= (async () => {
       await exited
