@@ -40,6 +40,8 @@ export interface ListenOverrides {
   listen?: string
   upstream?: string
   admin?: string
+  /** `--workers`, checked by the flag's own parser */
+  workers?: number | 'auto' | undefined
 }
 
 export interface StartOptions {
@@ -124,7 +126,7 @@ export interface Sidecar {
 
 /** CLI flags win over the file; they are validated by the same schema as the file. */
 export function applyOverrides(config: Config, o: ListenOverrides | undefined): Config {
-  if (!o || (!o.listen && !o.upstream && !o.admin)) return config
+  if (!o || (!o.listen && !o.upstream && !o.admin && o.workers === undefined)) return config
   const shape = configSchema.shape
   const check = <T>(
     schema: {
@@ -148,6 +150,8 @@ export function applyOverrides(config: Config, o: ListenOverrides | undefined): 
     upstream: o.upstream
       ? upstreamFlag(check<string>(shape.upstream, o.upstream, '--upstream'))
       : config.upstream,
+    // what /config shows and what a reload compares: the workers that run, not the file's
+    workers: o.workers ?? config.workers,
   }
 }
 

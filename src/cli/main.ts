@@ -297,7 +297,7 @@ Examples:
       exitOnInternalError(log)
       tuneHeapGrowth()
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
-      const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin }
+      const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin, workers: o.workers }
       let signals: ReturnType<typeof holdSignals> | undefined
       try {
         if (await isClusterWorker()) {
