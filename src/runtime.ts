@@ -118,8 +118,10 @@ export interface Sidecar {
   /**
    * SIGTERM: /readyz turns 503 at once, the listeners keep accepting for timeouts.drainDelay (answering with
    * Connection: close), then close() drains in-flight requests. A close() during the delay cuts it short.
+   * `quiet`: its `draining` line at debug level (a worker draining with the whole pod, whose primary logs
+   * the pod's one line).
    */
-  shutdown(): Promise<void>
+  shutdown(quiet?: boolean): Promise<void>
   /** drain in-flight requests (bounded by timeouts.drain) and close everything */
   close(): Promise<void>
 }
@@ -603,12 +605,12 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     ready,
     reload: serialReload,
     applyConfig,
-    shutdown() {
+    shutdown(quiet = false) {
       shuttingDown ??= (async () => {
         draining = true
         proxy.drain()
         const { drainDelay: delayMs, drain: drainMs } = pipeline.config.timeouts
-        log.info(
+        log[quiet ? 'debug' : 'info'](
           { event: 'draining', drainDelayMs: delayMs, drainMs },
           'draining: /readyz answers 503, listeners accept with Connection: close until the drain delay ends',
         )

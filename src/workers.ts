@@ -89,7 +89,8 @@ type Command =
   | { nhi: 'live'; on: boolean }
   | { nhi: 'nonce'; id: number; admission: Admission }
   | { nhi: 'tokenShared'; fingerprint: string }
-  | { nhi: 'shutdown' }
+  /** `pod`: the whole pod drains (the primary logs it once), not this worker alone */
+  | { nhi: 'shutdown'; pod?: boolean }
   | { nhi: 'close' }
 
 /** worker → primary */
@@ -409,7 +410,7 @@ export async function runWorker(log: Logger): Promise<void> {
         if (!live) liveEvents = []
         return
       case 'shutdown':
-        exit(sidecar.shutdown)
+        exit(() => sidecar.shutdown(m.pod === true))
         return
       case 'close':
         // a second signal: skip what is left of the drain delay
@@ -713,7 +714,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     if (err instanceof StoppedWhileStarting) {
       // a worker that served and was since drained and replaced (a SIGTERM to it alone) served all the same
       const served = listeners !== undefined
-      await stopWorkers({ nhi: 'shutdown' }, 'kill')
+      await stopWorkers({ nhi: 'shutdown', pod: true }, 'kill')
       killAll()
       await telemetry.close()
       throw new StoppedWhileStarting(served)
@@ -993,7 +994,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
           'draining every worker: /readyz answers 503, listeners accept with Connection: close until the drain delay ends',
         )
       }
-      return stop({ nhi: 'shutdown' })
+      return stop({ nhi: 'shutdown', pod: true })
     },
     close: () => stop({ nhi: 'close' }),
   }

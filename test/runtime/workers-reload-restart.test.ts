@@ -15,6 +15,9 @@ import { replaceFile } from '../helpers/scratch.ts'
 import { startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
+/** a worker logs its part of the pod's drain at debug level: the tests that count the drained workers see it */
+const DEBUG_LOG = { env: { NHI_LOG_LEVEL: 'debug' } }
+
 /** the slots of the workers that logged their drain */
 const drainedWorkers = (log: string) =>
   log
@@ -162,12 +165,16 @@ t.test('a SIGTERM while a worker is being replaced drains the replacement too', 
   const keys = await holdingKeyServer(t)
   // a drain deadline far beyond the bound below: a worker that missed the drain is killed only then
   const drainMs = 60_000
-  const sidecar = await startTestSidecar(t, {
-    upstream: upstream.url,
-    workers: 2,
-    timeouts: { drain: `${drainMs / 1000}s` },
-    jwt: { issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(), audiences: ['svc'] }] },
-  })
+  const sidecar = await startTestSidecar(
+    t,
+    {
+      upstream: upstream.url,
+      workers: 2,
+      timeouts: { drain: `${drainMs / 1000}s` },
+      jwt: { issuers: [{ issuer: 'https://idp.test', jwksUri: keys.uri(), audiences: ['svc'] }] },
+    },
+    DEBUG_LOG,
+  )
   const cli = sidecar.process
 
   keys.hold()
@@ -204,11 +211,11 @@ t.test('a SIGTERM as soon as a replacement worker is forked drains it too', asyn
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
   const drainMs = 60_000
-  const sidecar = await startTestSidecar(t, {
-    upstream: upstream.url,
-    workers: 2,
-    timeouts: { drain: `${drainMs / 1000}s` },
-  })
+  const sidecar = await startTestSidecar(
+    t,
+    { upstream: upstream.url, workers: 2, timeouts: { drain: `${drainMs / 1000}s` } },
+    DEBUG_LOG,
+  )
   const cli = sidecar.process
   const [victim] = childPids(cli.child.pid!)
   const fromKill = cli.stderr().length

@@ -326,6 +326,11 @@ t.test('workers: 2', async (t) => {
     t.equal(unready.checks.draining, true, '/readyz fails while the workers drain')
     const code = await sidecar.process.exited
     t.equal(code, 0)
+    const draining = sidecar.process
+      .stderr()
+      .split('\n')
+      .filter((l) => l.includes('"event":"draining"') && l.includes('"level":30'))
+    t.equal(draining.length, 1, `one draining line at info for the pod, not one per worker: ${draining}`)
     for (const r of await Promise.all(slow)) t.equal(r.status, 200, 'finished during the drain')
     const lines = readFileSync(auditFile, 'utf8').split('\n').filter(Boolean)
     t.equal(lines.filter((l) => l.includes('"path":"/slow/1500"')).length, 2, 'their audit lines written')
