@@ -517,7 +517,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
 
   const ask = (worker: Worker, command: Command & { id: number }): Promise<unknown> =>
     new Promise((done) => {
-      const timer = setTimeout(() => finish(undefined), ASK_TIMEOUT_MS)
+      // given up one turn late: after a pause of the primary itself (a stopped VM, a long GC) the deadline
+      // passes before the answers that came meanwhile are read, which the poll phase before setImmediate does
+      const timer = setTimeout(() => setImmediate(() => finish(undefined)), ASK_TIMEOUT_MS)
       const finish = (value: unknown) => {
         clearTimeout(timer)
         waiting.delete(command.id)
