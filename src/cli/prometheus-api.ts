@@ -1,6 +1,7 @@
 // A minimal client of the Prometheus HTTP API (instant queries, /api/v1/query) for `inventory` and `fleet`:
 // every nhi_* series every sidecar exported, read from the Prometheus (or Thanos/Mimir) users already run.
 // Errors are PromError with the exit code of docs/reference.md "Command line" and a message without a stack.
+import { redactUrl } from '../config/redact.ts'
 import { formatDuration } from '../util/duration.ts'
 
 export class PromError extends Error {
@@ -30,7 +31,11 @@ export function prometheusBase(text: string): string {
   try {
     url = new URL(text)
   } catch {
-    throw new PromError(`--prometheus ${JSON.stringify(text)} is not a URL (e.g. http://prometheus:9090)`, 1)
+    // the text may still hold a `user:password@` (the part a parser could not make sense of is often there)
+    throw new PromError(
+      `--prometheus ${JSON.stringify(redactUrl(text))} is not a URL (e.g. http://prometheus:9090)`,
+      1,
+    )
   }
   // `prometheus:9090` parses as scheme "prometheus:"; only such a bare HOST:PORT is echoed (it holds no password)
   if (url.protocol !== 'http:' && url.protocol !== 'https:' && /^[^/:?#@]+:\d+\/?$/.test(text))

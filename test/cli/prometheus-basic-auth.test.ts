@@ -48,3 +48,15 @@ t.test('fleet --serve: the 502 body never carries the password', async (t) => {
   t.notMatch(body, /promPassw0rd/, 'no password in the answer')
   t.notMatch(cli.stdout() + cli.stderr(), /promPassw0rd/, 'no password in the output')
 })
+
+t.test('a --prometheus URL that does not parse: the message never carries its password', async (t) => {
+  for (const url of [
+    'http://ops:promPassw0rd@prometheus:99999',
+    'http://ops:promPassw0rd@prom etheus:9090',
+  ]) {
+    const r = await runCli(['inventory', '--prometheus', url])
+    t.equal(r.code, 1, `${url}: a bad URL is a bad flag`)
+    t.match(r.stderr, /is not a URL/, 'says why')
+    t.notMatch(r.stdout + r.stderr, /promPassw0rd/, `${url}: no password in the message`)
+  }
+})
