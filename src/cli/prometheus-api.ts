@@ -46,6 +46,14 @@ export function prometheusBase(text: string): string {
   if (url.protocol !== 'http:' && url.protocol !== 'https:')
     throw new PromError(`--prometheus must be an http:// or https:// URL, got ${url.protocol}`, 1)
   if (url.search || url.hash) throw new PromError('--prometheus takes no query string or fragment', 1)
+  // the user and password are sent decoded (PrometheusClient): one that cannot be decoded is a bad flag here,
+  // not a failure of every query later
+  try {
+    decodeURIComponent(url.username)
+    decodeURIComponent(url.password)
+  } catch {
+    throw new PromError('--prometheus has a user or password with a malformed %-escape (write % as %25)', 1)
+  }
   return url.href.replace(/\/+$/, '')
 }
 

@@ -60,3 +60,16 @@ t.test('a --prometheus URL that does not parse: the message never carries its pa
     t.notMatch(r.stdout + r.stderr, /promPassw0rd/, `${url}: no password in the message`)
   }
 })
+
+t.test('a user or password with a malformed %-escape: a bad flag (exit 1), never served', async (t) => {
+  for (const url of ['http://ops:s3cr%zzEt@127.0.0.1:9', 'http://o%zzps:s3cr3t@127.0.0.1:9']) {
+    const r = await runCli(['fleet', '--prometheus', url])
+    t.equal(r.code, 1, `${url}: exit 1: ${r.stderr}`)
+    t.match(r.stderr, /--prometheus/, 'the message names the flag')
+    t.notMatch(r.stderr, /s3cr/, 'and not the password')
+    const served = await runCli(['fleet', '--prometheus', url, '--serve', '127.0.0.1:0'], {
+      timeoutMs: 10_000,
+    })
+    t.equal(served.code, 1, `${url}: --serve refuses it before serving`)
+  }
+})
