@@ -22,7 +22,7 @@ interface ApiBody {
   status?: string
   errorType?: string
   error?: string
-  data?: { resultType?: string; result?: { metric: Record<string, string>; value: [number, string] }[] }
+  data?: { resultType?: unknown; result?: unknown }
 }
 
 /** Validates the --prometheus URL: http(s), no query or fragment; a trailing path (e.g. /prometheus) is kept. */
@@ -107,15 +107,31 @@ export class PrometheusClient {
       const why = e.cause?.code ?? e.cause?.message ?? e.message
       throw new PromError(`cannot reach Prometheus at ${this.base}: ${why}`, 2)
     }
+    // the deadline covers the body too: one that stalls is a timeout, one that never ends is cut at the bound
+    let text: string
+    try {
+      text = await readBounded(res, MAX_ANSWER_BYTES)
+    } catch (err) {
+      const e = err as Error
+      if (e === TOO_LARGE)
+        throw new PromError(
+          `Prometheus at ${this.base} answered more than ${MAX_ANSWER_BYTES / 1024 / 1024} MiB (query: ${promql})`,
+          2,
+        )
+      if (e.name === 'TimeoutError' || e.name === 'AbortError')
+        throw new PromError(`Prometheus at ${this.base} did not answer within ${this.timeoutMs} ms`, 2)
+      text = ''
+    }
     let parsed: ApiBody | undefined
-    const text = await res.text().catch(() => '')
     try {
       parsed = JSON.parse(text) as ApiBody
     } catch {
       parsed = undefined
     }
     if (!res.ok || parsed?.status !== 'success') {
-      const detail = parsed?.error ?? text.slice(0, 200).trim()
+      const error = parsed?.error
+      // an error may quote label values (what clients presented), a proxy's page anything: never raw to a terminal
+      const detail = printable(typeof error === 'string' ? error : text.slice(0, 200).trim())
       throw new PromError(
         `Prometheus at ${this.base} answered HTTP ${res.status}${detail ? `: ${detail}` : ''} (query: ${promql})`,
         2,
@@ -123,11 +139,50 @@ export class PrometheusClient {
     }
     const data = parsed.data
     if (data?.resultType !== 'vector' || !Array.isArray(data.result))
-      throw new PromError(`Prometheus at ${this.base} answered an unexpected ${data?.resultType} result`, 2)
-    return data.result
-      .map((r) => ({ labels: r.metric, value: Number(r.value[1]) }))
-      .filter((s) => !Number.isNaN(s.value))
+      throw new PromError(
+        `Prometheus at ${this.base} answered an unexpected ${printable(String(data?.resultType))} result`,
+        2,
+      )
+    const samples: Sample[] = []
+    for (const r of data.result as unknown[]) {
+      if (!isSample(r))
+        throw new PromError(`Prometheus at ${this.base} answered a malformed result (query: ${promql})`, 2)
+      const value = Number(r.value[1])
+      if (!Number.isNaN(value)) samples.push({ labels: r.metric, value })
+    }
+    return samples
   }
+}
+
+/** the most of one answer read (a fleet's largest query is a few series per identity and service) */
+export const MAX_ANSWER_BYTES = 128 * 1024 * 1024
+const TOO_LARGE = new Error('answer too large')
+
+async function readBounded(res: Response, max: number): Promise<string> {
+  if (!res.body) return ''
+  const chunks: Uint8Array[] = []
+  let size = 0
+  const reader = res.body.getReader()
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    size += value.byteLength
+    if (size > max) {
+      await reader.cancel().catch(() => {})
+      throw TOO_LARGE
+    }
+    chunks.push(value)
+  }
+  return new TextDecoder().decode(Buffer.concat(chunks))
+}
+
+/** one sample of an instant vector as the API documents it: string labels, [time, "value"] */
+function isSample(r: unknown): r is { metric: Record<string, string>; value: [number, string] } {
+  if (typeof r !== 'object' || r === null) return false
+  const { metric, value } = r as { metric?: unknown; value?: unknown }
+  if (typeof metric !== 'object' || metric === null || Array.isArray(metric)) return false
+  if (!Object.values(metric).every((v) => typeof v === 'string')) return false
+  return Array.isArray(value) && value.length === 2 && typeof value[1] === 'string'
 }
 
 /**

@@ -1,0 +1,116 @@
+// What `inventory` and `fleet` make of a Prometheus (or a proxy in front of it) that answers badly: an error
+// quoting label values (clients' names) or an HTML page, a body that stalls or never ends, a result that is
+// not the vector the API documents. Each is one line on stderr that cannot drive the terminal, exit 2, and
+// nothing half-printed on stdout.
+import { once } from 'node:events'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import t, { type Test } from 'tap'
+import { runCli } from '../helpers/sidecar.ts'
+
+/** what a terminal would act on: C0 (but the line break ending the message), DEL, C1 */
+const CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/
+
+async function fakePrometheus(
+  t: Test,
+  answer: (res: ServerResponse, req: IncomingMessage) => void,
+): Promise<string> {
+  const server = createServer((req, res) => {
+    req.resume()
+    req.on('end', () => answer(res, req))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+const json = (res: ServerResponse, status: number, body: unknown) => {
+  res.writeHead(status, { 'content-type': 'application/json' })
+  res.end(JSON.stringify(body))
+}
+
+t.test('an error message with control characters is shown escaped', async (t) => {
+  const hostile = '{identity="x\u001b]8;;http://evil.example\u0007click\u001b]8;;\u0007\u001b[2J\rok"}'
+  const error = await fakePrometheus(t, (res) =>
+    json(res, 422, {
+      status: 'error',
+      errorType: 'execution',
+      error: `found duplicate series for ${hostile}`,
+    }),
+  )
+  const page = await fakePrometheus(t, (res) => {
+    res.writeHead(502, { 'content-type': 'text/html' })
+    res.end('\u001b[31m<html>bad gateway\u009b2J</html>')
+  })
+  for (const prometheus of [error, page]) {
+    for (const command of ['inventory', 'fleet']) {
+      const r = await runCli([command, '--prometheus', prometheus])
+      t.equal(r.code, 2, `${command}: exit 2`)
+      t.match(r.stderr, /answered HTTP (422|502)/, `${command}: says what Prometheus answered`)
+      t.notMatch(r.stderr, CONTROL, `${command}: no control character reaches the terminal`)
+      t.match(r.stderr, /\\x1b/, `${command}: the escape is shown as such`)
+    }
+  }
+})
+
+t.test('a body that stalls past --timeout is a timeout, not an answer', async (t) => {
+  const prometheus = await fakePrometheus(t, (res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.write('{"status":"success",')
+  })
+  const r = await runCli(['inventory', '--prometheus', prometheus, '--timeout', '1s'])
+  t.equal(r.code, 2)
+  t.match(r.stderr, /did not answer within 1000 ms/)
+  t.notMatch(r.stderr, /answered HTTP 200/)
+})
+
+t.test('an answer larger than the bound is refused without reading it all', async (t) => {
+  const now = Math.floor(Date.now() / 1000)
+  const prometheus = await fakePrometheus(t, (res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.write('{"status":"success","data":{"resultType":"vector","result":[')
+    const row = `{"metric":{"identity":"${'x'.repeat(900)}","kind":"job","service":"s"},"value":[${now},"1"]},`
+    const chunk = row.repeat(1000)
+    // endless: only the client's bound ends it
+    const more = () => {
+      while (res.write(chunk)) {
+        if (res.destroyed) return
+      }
+      res.once('drain', more)
+    }
+    res.on('error', () => {})
+    more()
+  })
+  const started = Date.now()
+  const r = await runCli(['inventory', '--prometheus', prometheus, '--timeout', '60s'], {
+    timeoutMs: 60_000,
+  })
+  t.equal(r.code, 2, r.stderr)
+  t.match(r.stderr, /answered more than \d+ MiB/)
+  t.ok(Date.now() - started < 50_000, 'long before the query deadline')
+})
+
+t.test('a result that is not a vector of samples: exit 2, one line, nothing printed', async (t) => {
+  const now = Math.floor(Date.now() / 1000)
+  for (const result of [
+    [{}],
+    [null],
+    [{ metric: { identity: 5, kind: { a: 1 }, service: 's' }, value: [now, '1'] }],
+    [{ metric: { identity: 'a', kind: 'job', service: 's' }, value: [now, 1] }],
+    [{ metric: { identity: 'a', kind: 'job', service: 's' }, value: null }],
+  ]) {
+    const prometheus = await fakePrometheus(t, (res) =>
+      json(res, 200, { status: 'success', data: { resultType: 'vector', result } }),
+    )
+    for (const command of ['inventory', 'fleet']) {
+      const r = await runCli([command, '--prometheus', prometheus])
+      t.equal(r.code, 2, `${command} ${JSON.stringify(result)}: exit 2`)
+      t.match(r.stderr, /answered a malformed result/, `${command}: says so`)
+      t.equal(r.stdout, '', `${command}: nothing half-printed`)
+    }
+  }
+})
