@@ -45,9 +45,10 @@ export interface ExplainOptions {
 
 export function parseHeaderArgs(args: readonly string[]): Record<string, string> | string {
   const headers: Record<string, string> = {}
-  for (const h of args) {
+  for (const [n, h] of args.entries()) {
     const i = h.indexOf(':')
-    if (i <= 0) return `invalid header "${h}": expected 'Name: value'`
+    // not echoed: a -H that lost its colon is as often a credential (`Authorization Bearer …`, a bare token)
+    if (i <= 0) return `-H #${n + 1} is not 'Name: value' (no header name before a ':')`
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
   }
   return headers
