@@ -63,6 +63,8 @@ export interface Fleet {
   prometheus: string
   time: string
   window: string
+  /** what Prometheus warned of while answering (a partial response): the picture may be incomplete */
+  warnings: string[]
   services: ServiceShare[]
   edges: Edge[]
   failingJobs: JobState[]
@@ -258,6 +260,7 @@ export async function buildFleet(o: FleetOptions): Promise<Fleet> {
     prometheus: client.base,
     time: isoSeconds(now) ?? '',
     window: w,
+    warnings: client.warnings,
     services,
     edges: edgeList,
     failingJobs,
@@ -270,6 +273,7 @@ export async function buildFleet(o: FleetOptions): Promise<Fleet> {
 
 export function printFleet(f: Fleet, out: Out): void {
   out(`Fleet over the last ${f.window} (Prometheus ${f.prometheus}, at ${f.time})`)
+  for (const w of f.warnings) out(`warning: Prometheus: ${w} (the picture may be incomplete)`)
   const section = (title: string, rows: string[][], empty: string) => {
     out('')
     out(`${title}:`)
@@ -367,6 +371,8 @@ export function printFleet(f: Fleet, out: Out): void {
 export async function runFleet(o: FleetOptions, out: Out, err: Out): Promise<number> {
   try {
     const fleet = await buildFleet(o)
+    // the table carries them itself (as the --serve page does)
+    if (o.json) for (const w of fleet.warnings) err(`nhi-proxy: warning: Prometheus: ${w}`)
     if (o.json) out(JSON.stringify(fleet, null, 2))
     else printFleet(fleet, out)
     return 0

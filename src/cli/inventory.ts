@@ -54,6 +54,8 @@ export interface Inventory {
   time: string
   window: string
   dormantAfter: string
+  /** what Prometheus warned of while answering (a partial response): the list may be incomplete */
+  warnings: string[]
   identities: InventoryRow[]
 }
 
@@ -175,6 +177,7 @@ export async function buildInventory(o: InventoryOptions): Promise<Inventory> {
     time: isoSeconds(now) ?? '',
     window: w,
     dormantAfter: promDuration(o.dormantAfter),
+    warnings: client.warnings,
     identities,
   }
 }
@@ -268,6 +271,7 @@ function printTable(inv: Inventory, out: Out): void {
 export async function runInventory(o: InventoryOptions, out: Out, err: Out): Promise<number> {
   try {
     const inv = await buildInventory(o)
+    for (const w of inv.warnings) err(`nhi-proxy: warning: Prometheus: ${w}`)
     if (o.format === 'json') out(JSON.stringify(inv, null, 2))
     else if (o.format === 'csv') {
       out(CSV_COLUMNS.join(','))

@@ -22,6 +22,7 @@ interface ApiBody {
   status?: string
   errorType?: string
   error?: string
+  warnings?: unknown
   data?: { resultType?: unknown; result?: unknown }
 }
 
@@ -67,6 +68,11 @@ export class PrometheusClient {
   readonly base: string
   /** `user:password@` of the URL (Prometheus behind basic auth), sent as a header: fetch refuses them in URLs */
   private readonly authorization: string | undefined
+  /**
+   * What Prometheus (or Thanos/Mimir) said alongside a result it answered anyway (a store that did not answer,
+   * a partial response): the data may be incomplete, and the one who reads it must know. Each once, printable.
+   */
+  readonly warnings: string[] = []
 
   constructor(
     base: string,
@@ -143,6 +149,11 @@ export class PrometheusClient {
         `Prometheus at ${this.base} answered an unexpected ${printable(String(data?.resultType))} result`,
         2,
       )
+    if (Array.isArray(parsed.warnings))
+      for (const w of parsed.warnings) {
+        const shown = printable(String(w))
+        if (!this.warnings.includes(shown)) this.warnings.push(shown)
+      }
     const samples: Sample[] = []
     for (const r of data.result as unknown[]) {
       if (!isSample(r))

@@ -114,3 +114,27 @@ t.test('a result that is not a vector of samples: exit 2, one line, nothing prin
     }
   }
 })
+
+t.test('warnings of a partial answer are shown, never dropped', async (t) => {
+  const now = Math.floor(Date.now() / 1000)
+  const prometheus = await fakePrometheus(t, (res) =>
+    json(res, 200, {
+      status: 'success',
+      warnings: ['partial response: store eu-1 did not answer\u001b[2J'],
+      data: {
+        resultType: 'vector',
+        result: [{ metric: { identity: 'a', kind: 'job', service: 's' }, value: [now, '1'] }],
+      },
+    }),
+  )
+  const warned = /warning: Prometheus: partial response: store eu-1 did not answer\\x1b\[2J/
+  for (const args of [['inventory'], ['inventory', '--csv'], ['inventory', '--json'], ['fleet', '--json']]) {
+    const r = await runCli([...args, '--prometheus', prometheus])
+    t.equal(r.code, 0, `${args.join(' ')}: the answer is used`)
+    t.match(r.stderr, warned, `${args.join(' ')}: the warning on stderr, escaped`)
+    if (args.includes('--json'))
+      t.match(JSON.parse(r.stdout).warnings, [/partial response/], 'and in the document')
+  }
+  const table = await runCli(['fleet', '--prometheus', prometheus])
+  t.match(table.stdout, warned, 'fleet: the warning heads the picture')
+})
