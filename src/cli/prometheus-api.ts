@@ -230,8 +230,8 @@ export function humanSeconds(total: number): string {
   return parts.slice(0, 2).join('')
 }
 
-// C0 and C1 controls, DEL, bidi marks/overrides/isolates and the line/paragraph separators
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g
+// C0 and C1 controls, DEL, bidi marks (the Arabic letter mark too)/overrides/isolates and the line/paragraph separators
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g
 
 /**
  * Label values (and `explain`'s report) as text for a terminal: they are what clients presented (certificate
