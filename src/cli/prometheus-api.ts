@@ -230,21 +230,25 @@ export function humanSeconds(total: number): string {
   return parts.slice(0, 2).join('')
 }
 
-// C0 and C1 controls, DEL, bidi marks (the Arabic letter mark too)/overrides/isolates and the line/paragraph separators
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g
+// C0 and C1 controls, DEL, the line/paragraph separators, and every character Unicode says to show as nothing
+// (Default_Ignorable_Code_Point: bidi marks, overrides and isolates, zero-width spaces and joiners, the soft
+// hyphen, variation selectors, the invisible tag characters): printed as is, `admin\u200b` reads as `admin`
+const UNPRINTABLE = /[\p{Cc}\p{Default_Ignorable_Code_Point}\u2028\u2029]/gu
 
 /**
  * Label values (and `explain`'s report) as text for a terminal: they are what clients presented (certificate
  * subjects, token claims, headers), and a control character printed as is would drive the terminal (retitle it, clear the screen)
- * or start a line that reads as another row. Each is shown as its escape instead (\x1b, \n, \u202e).
+ * or start a line that reads as another row, and an invisible one would make a name look like another. Each is shown as
+ * its escape instead (\x1b, \n, \u202e, \u{e0041}).
  */
 export function printable(s: string): string {
   return s.replace(UNPRINTABLE, (c) => {
-    const code = c.charCodeAt(0)
+    const code = c.codePointAt(0)!
     if (c === '\n') return '\\n'
     if (c === '\r') return '\\r'
     if (c === '\t') return '\\t'
-    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16)}`
+    if (code <= 0xff) return `\\x${code.toString(16).padStart(2, '0')}`
+    return code <= 0xffff ? `\\u${code.toString(16)}` : `\\u{${code.toString(16)}}`
   })
 }
 

@@ -12,3 +12,22 @@ t.test('every bidi control character is shown as its escape', async (t) => {
     t.equal(printable(`a${c}b`), `a\\u${code.toString(16)}b`, `U+${code.toString(16).padStart(4, '0')}`)
   }
 })
+
+// a name a client chose can carry characters that show as nothing: `admin` followed by a zero-width space
+// looks like `admin` in a table, and tag characters can hide a whole second text
+t.test('characters that show as nothing are shown as their escape', async (t) => {
+  const invisible: [number, string][] = [
+    [0x00ad, '\\xad'],
+    [0x200b, '\\u200b'],
+    [0x200c, '\\u200c'],
+    [0x200d, '\\u200d'],
+    [0x2060, '\\u2060'],
+    [0xfeff, '\\ufeff'],
+    [0xfe0f, '\\ufe0f'],
+    [0xe0041, '\\u{e0041}'],
+  ]
+  for (const [code, shown] of invisible) {
+    t.equal(printable(`admin${String.fromCodePoint(code)}`), `admin${shown}`, `U+${code.toString(16)}`)
+  }
+  t.equal(printable('café ünïcödé 名前 ✓'), 'café ünïcödé 名前 ✓', 'visible text as it is')
+})
