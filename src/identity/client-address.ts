@@ -14,9 +14,12 @@ export function trustedProxySet(forwarded: Pick<Config['forwardedClientCert'], '
   return new CidrSet(forwarded.trustedProxies.map((e) => (typeof e === 'string' ? e : e.cidr)))
 }
 
-/** Longer X-Forwarded-For values are not read (a real chain is a few addresses). */
-const MAX_XFF_LENGTH = 4096
+/**
+ * Entries read from the right end of X-Forwarded-For (a real chain of trusted proxies is a few), and the longest
+ * entry taken for an address (a bracketed IPv6 address with a zone and a port is shorter).
+ */
 const MAX_HOPS = 32
+const MAX_ENTRY_LENGTH = 100
 const BRACKETED_RE = /^\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?$/
 const V4_PORT_RE = /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/
 
@@ -31,18 +34,24 @@ function entryAddress(entry: string): string | undefined {
  * The socket peer, or, when the peer is a trusted proxy, the address that proxy appended to X-Forwarded-For,
  * walking left past further trusted proxies. Only the exact `x-forwarded-for` header is read (Node joins
  * repeated ones): `X_Forwarded_For`, `Forwarded`, `X-Real-IP`, `True-Client-IP` and the like never are.
+ * The header is read from its right end, entry by entry: what is left of the trusted entries is the client's
+ * own text, of any length, and must not decide whether they are read.
  */
 export function clientAddress(headers: IncomingHttpHeaders, peer: string, trusted: CidrSet): string {
   let client = normaliseAddress(peer)
   if (trusted.size === 0 || !trusted.has(client)) return client
   const raw = headers['x-forwarded-for']
-  if (typeof raw !== 'string' || raw.length > MAX_XFF_LENGTH) return client
-  const hops = raw.split(',')
-  for (let i = hops.length - 1, n = 0; i >= 0 && n < MAX_HOPS; i--, n++) {
-    const next = entryAddress(hops[i]!)
+  if (typeof raw !== 'string') return client
+  let end = raw.length
+  for (let n = 0; end >= 0 && n < MAX_HOPS; n++) {
+    const comma = raw.lastIndexOf(',', end - 1)
+    // an entry too long to be an address is not cut out of the header to find that out
+    if (end - comma - 1 > MAX_ENTRY_LENGTH) return client
+    const next = entryAddress(raw.slice(comma + 1, end))
     if (next === undefined) return client
     client = next
     if (!trusted.has(client)) return client
+    end = comma
   }
   return client
 }

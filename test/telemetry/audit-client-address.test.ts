@@ -54,6 +54,8 @@ t.test(
       ['/ingress-itself', TRUSTED, undefined, TRUSTED],
       ['/untrusted-claims', '127.0.0.1', '203.0.113.9', '127.0.0.1'],
       ['/garbage-entry', TRUSTED, 'not-an-address', TRUSTED],
+      // a client padding what it sends in front of the ingress's entry is still named
+      ['/padded', TRUSTED, `${'10.9.9.9, '.repeat(600)}203.0.113.10`, '203.0.113.10', TRUSTED],
     ]
     for (const [path, from, xff] of cases) t.equal(await send(port, path, from, xff), 200, path)
     await scrapeUntil(
