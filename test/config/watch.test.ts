@@ -86,6 +86,57 @@ t.test('a config that is a symlink into another directory is watched where the f
   await eventually(() => changes > reswapped, { what: 'an edit of the sibling target to be noticed' })
 })
 
+// a link to another file of its own directory, or into a folder below it (a release folder): edits there were
+// filtered out as another file, or made in a directory no watch covered
+for (const where of ['a file of its own directory', 'a folder below its directory'] as const) {
+  t.test(`a config that is a symlink to ${where} reloads on edits of that file`, async (t) => {
+    const dir = await tempDir(t)
+    const rel = where === 'a file of its own directory' ? 'nhi-v2.yaml' : join('releases', 'v2', 'nhi.yaml')
+    await mkdir(join(dir, 'releases', 'v2'), { recursive: true })
+    await writeFile(join(dir, rel), 'service: one\n')
+    await symlink(rel, join(dir, 'config.yaml'))
+    let changes = 0
+    const watcher = watchConfig(join(dir, 'config.yaml'), () => changes++, { debounceMs: 20 })
+    t.teardown(() => watcher.close())
+    await writeFile(join(dir, rel), 'service: two\n')
+    await eventually(() => changes >= 1, {
+      what: 'the edit of the link target to be noticed',
+      timeoutMs: 5_000,
+    })
+  })
+}
+
+// the link's target directory removed and made again (a checkout recloned, a config tree rewritten): the old
+// watch there is dead, and no event in the link's own directory says so
+for (const when of ['noticed in between', 'within one debounce'] as const) {
+  t.test(`a link target's directory removed and made again, ${when}, is watched again`, async (t) => {
+    const dir = await tempDir(t)
+    await mkdir(join(dir, 'etc'))
+    await mkdir(join(dir, 'repo'))
+    const target = join(dir, 'repo', 'nhi.yaml')
+    await writeFile(target, 'service: one\n')
+    await symlink(join('..', 'repo', 'nhi.yaml'), join(dir, 'etc', 'config.yaml'))
+    let changes = 0
+    const debounceMs = when === 'noticed in between' ? 20 : 1_000
+    const watcher = watchConfig(join(dir, 'etc', 'config.yaml'), () => changes++, { debounceMs })
+    t.teardown(() => watcher.close())
+
+    await rm(join(dir, 'repo'), { recursive: true })
+    if (when === 'noticed in between') {
+      await eventually(() => changes >= 1, { what: 'the removal to be noticed' })
+    }
+    await mkdir(join(dir, 'repo'))
+    await writeFile(target, 'service: two\n')
+    await eventually(() => changes >= 1, { what: 'the directory made again to be noticed' })
+    const before = changes
+    await writeFile(target, 'service: three\n')
+    await eventually(() => changes > before, {
+      what: 'an edit in the directory made again to be noticed',
+      timeoutMs: 5_000,
+    })
+  })
+}
+
 t.test('other files in the directory do not trigger a reload', async (t) => {
   const dir = await tempDir(t)
   const file = join(dir, 'config.yaml')
