@@ -789,13 +789,15 @@ t.test('extraEnv: environment for the proxy container, from a Secret without a C
 
 t.test('the grace period must cover the drain the config asks for', async (t) => {
   const tmpl = (args: string[]) => run(helm, ['template', 'shop', CHART_DIR, ...args])
-  const [longDrain, covered, numeric, sidecarTight, defaults, sidecarDefaults] = await Promise.all([
+  const [longDrain, covered, numeric, sidecarTight, defaults, sidecarDefaults, zero] = await Promise.all([
     tmpl(['--set', 'config.timeouts.drain=1m']),
     tmpl(['--set', 'config.timeouts.drain=1m,terminationGracePeriodSeconds=70']),
     tmpl(['--set', 'config.timeouts.drainDelay=20,terminationGracePeriodSeconds=30']),
     tmpl(['-f', SIDECAR_VALUES, '--set', 'config.timeouts.drainDelay=12s,terminationGracePeriodSeconds=30']),
     tmpl([]),
     tmpl(['-f', SIDECAR_VALUES]),
+    // 0 is a duration the proxy takes (no drain delay, no drain), not "unset": the defaults are not added
+    tmpl(['--set', 'config.timeouts.drainDelay=0,config.timeouts.drain=0,terminationGracePeriodSeconds=5']),
   ])
   // the kubelet kills what is still running when the grace period ends: in-flight requests cut, audit not flushed
   t.not(longDrain.code, 0, 'drain 1m under the default 30s grace period is refused')
@@ -805,4 +807,5 @@ t.test('the grace period must cover the drain the config asks for', async (t) =>
   t.not(sidecarTight.code, 0, "sidecar mode: the app's preStop sleep (5s) comes before the proxy's drain")
   t.equal(defaults.code, 0, defaults.stderr)
   t.equal(sidecarDefaults.code, 0, sidecarDefaults.stderr)
+  t.equal(zero.code, 0, `a drain of 0 needs no grace period: ${zero.stderr}`)
 })

@@ -142,7 +142,12 @@ proxy's timeouts.drainDelay and timeouts.drain. The kubelet kills what still run
 */}}
 {{- define "nhi-proxy.checkGracePeriod" -}}
 {{- $timeouts := (.Values.config | default dict).timeouts | default dict }}
-{{- $need := addf (include "nhi-proxy.seconds" (get $timeouts "drainDelay" | default "5s")) (include "nhi-proxy.seconds" (get $timeouts "drain" | default "15s")) }}
+{{- /* hasKey, not default: a 0 (no drain delay, no drain) is a value the proxy takes, not one left unset */}}
+{{- $drainDelay := get $timeouts "drainDelay" }}
+{{- if or (not (hasKey $timeouts "drainDelay")) (kindIs "invalid" $drainDelay) }}{{ $drainDelay = "5s" }}{{ end }}
+{{- $drain := get $timeouts "drain" }}
+{{- if or (not (hasKey $timeouts "drain")) (kindIs "invalid" $drain) }}{{ $drain = "15s" }}{{ end }}
+{{- $need := addf (include "nhi-proxy.seconds" $drainDelay) (include "nhi-proxy.seconds" $drain) }}
 {{- if include "nhi-proxy.sleepAction" . }}
 {{- $need = addf $need (.Values.preStopSleepSeconds | default 0) }}
 {{- if eq .Values.mode "sidecar" }}{{ $need = addf $need (.Values.app.preStopSleepSeconds | default 0) }}{{ end }}
