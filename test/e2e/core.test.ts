@@ -1,16 +1,14 @@
 // The sidecar end to end over real sockets: JWKS over HTTP with a key rotation, mTLS with SPIFFE certs
 // generated here, spoofing, the cardinality guard, and an upstream that dies and comes back.
-import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https'
-import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, type Sample, scrapeUntil, seriesCount } from '../helpers/metrics.ts'
-import { freePort } from '../helpers/net.ts'
+import { freePort, listenUntilTeardown } from '../helpers/net.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -343,15 +341,7 @@ t.test(
       res.setHeader('content-type', 'application/json')
       res.end(JSON.stringify({ keys: [clusterKey.publicJwk] }))
     })
-    https.listen(0, '127.0.0.1')
-    await once(https, 'listening')
-    t.teardown(
-      () =>
-        new Promise<void>((resolve) => {
-          https.closeAllConnections()
-          https.close(() => resolve())
-        }),
-    )
+    const httpsPort = await listenUntilTeardown(t, https)
     const CLUSTER = 'https://kubernetes.default.svc.cluster.local'
     const sidecar = await startTestSidecar(t, {
       upstream: upstream.url,
@@ -361,7 +351,7 @@ t.test(
           {
             issuer: CLUSTER,
             profile: 'kubernetes',
-            jwksUri: `https://localhost:${(https.address() as AddressInfo).port}/openid/v1/jwks`,
+            jwksUri: `https://localhost:${httpsPort}/openid/v1/jwks`,
             caFile: ca.certFile,
             bearerTokenFile: tokenFile,
             audiences: ['orders'],

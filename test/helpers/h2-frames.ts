@@ -42,3 +42,14 @@ export function headerBlock(fields: readonly (readonly [string, string])[]): Buf
     fields.flatMap(([name, value]) => [Buffer.from([0]), hpackString(name), hpackString(value)]),
   )
 }
+
+/** the error code of the first GOAWAY frame in what the server sent, if any */
+export function goawayCode(received: Buffer): number | undefined {
+  for (let at = 0; at + 9 <= received.length; ) {
+    const length = received.readUIntBE(at, 3)
+    if (received[at + 3] === FRAME.GOAWAY && at + 9 + 8 <= received.length)
+      return received.readUInt32BE(at + 9 + 4)
+    at += 9 + length
+  }
+  return undefined
+}

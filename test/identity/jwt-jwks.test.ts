@@ -21,6 +21,7 @@ import {
   type SigningKey,
   startJwksServer,
 } from '../helpers/jwks.ts'
+import { listenUntilTeardown } from '../helpers/net.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 
@@ -408,16 +409,7 @@ t.test(
       rs.setHeader('content-type', 'application/json')
       rs.end(JSON.stringify({ keys: [keyA.publicJwk] }))
     })
-    https.listen(0, '127.0.0.1')
-    await once(https, 'listening')
-    t.teardown(
-      () =>
-        new Promise<void>((resolve) => {
-          https.closeAllConnections()
-          https.close(() => resolve())
-        }),
-    )
-    const port = (https.address() as AddressInfo).port
+    const port = await listenUntilTeardown(t, https)
     const tokenFile = join(ca.dir, 'token')
     await writeFile(tokenFile, 'projected-token-1\n')
     const issuer = 'https://kubernetes.default.svc.cluster.local'
@@ -529,16 +521,8 @@ t.test('discovery: an https issuer whose document names an http jwks_uri is refu
       rs.end()
     }
   })
-  https.listen(0, '127.0.0.1')
-  await once(https, 'listening')
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        https.closeAllConnections()
-        https.close(() => resolve())
-      }),
-  )
-  const issuer = `https://localhost:${(https.address() as AddressInfo).port}`
+  const httpsPort = await listenUntilTeardown(t, https)
+  const issuer = `https://localhost:${httpsPort}`
 
   jwksUri = plain.jwksUri
   const downgraded = new IssuerKeySet(issuerConfig({ issuer, discovery: true, caFile: ca.certFile }))

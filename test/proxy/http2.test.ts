@@ -11,7 +11,7 @@ import { request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import type { CertEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { FRAME, frame, PREFACE } from '../helpers/h2-frames.ts'
+import { FRAME, frame, goawayCode, PREFACE } from '../helpers/h2-frames.ts'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { scriptedUpstream } from '../helpers/net.ts'
@@ -280,17 +280,6 @@ t.test("streams the proxy resets itself are not counted as the client's rapid re
     'no rapid reset counted',
   )
 })
-
-/** the error code of the first GOAWAY frame (type 7) in what the server sent, if any */
-function goawayCode(received: Buffer): number | undefined {
-  for (let at = 0; at + 9 <= received.length; ) {
-    const length = received.readUIntBE(at, 3)
-    if (received[at + 3] === FRAME.GOAWAY && at + 9 + 8 <= received.length)
-      return received.readUInt32BE(at + 9 + 4)
-    at += 9 + length
-  }
-  return undefined
-}
 
 /**
  * A client that writes the h2c preface and then PING or SETTINGS frames in bursts while never reading, so

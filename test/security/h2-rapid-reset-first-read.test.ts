@@ -7,23 +7,12 @@ import { once } from 'node:events'
 import { connect as tcpConnect } from 'node:net'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { FLAG, FRAME, frame, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, goawayCode, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 t.setTimeout(60_000)
-
-/** the error code of the first GOAWAY frame in what the server sent, if any */
-function goawayCode(received: Buffer): number | undefined {
-  for (let at = 0; at + 9 <= received.length; ) {
-    const length = received.readUIntBE(at, 3)
-    if (received[at + 3] === FRAME.GOAWAY && at + 9 + 8 <= received.length)
-      return received.readUInt32BE(at + 9 + 4)
-    at += 9 + length
-  }
-  return undefined
-}
 
 for (const [name, code] of [
   ['CANCEL', 8],
