@@ -1,7 +1,9 @@
 // TLS files that rotate while the sidecar serves: the https listener's (listen.https) and those of https:/h2:
 // upstreams (upstreamTls). A set is read again on every reload and when one of its files changes on disk;
 // connections opened afterwards get what it holds, established ones keep theirs. A set that no longer loads
-// leaves the previous one in use, and the operator is told which file and why.
+// leaves the previous one in use, and the operator is told which file and why; it is read again every
+// RETRY_MS until it loads, so a rotation refused once (a key written after its certificate, whose change was
+// coalesced with it) still applies, and the refusals keep being counted while the old files serve.
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { serializeReloads, watchConfig } from './config/watch.ts'
@@ -31,6 +33,9 @@ export function tlsRefusal(side: TlsSide, err: TlsMaterialError) {
   return { setting, file: err.file, reason: err.message, text: `${setting} "${err.file}": ${err.message}` }
 }
 
+/** how often a set that was refused is read again, well within NhiTlsRotationFailing's 15-minute window */
+const RETRY_MS = 30_000
+
 interface TlsContents {
   cert?: unknown
   key?: unknown
@@ -48,6 +53,8 @@ export interface RotatingTlsFiles<F extends Record<keyof F, string | undefined>,
   serving: TlsContents
   load: (files: F) => Promise<T>
   apply: (next: T) => void
+  /** how often a refused set is read again (default 30 s) */
+  retryMs?: number
 }
 
 export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T extends TlsContents>(
@@ -62,7 +69,12 @@ export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T 
   const logged = Object.fromEntries(named.filter(([setting, file]) => setting !== 'key' && file !== ''))
   const words = SIDES[o.side]
   let serving = o.serving
+  let retry: NodeJS.Timeout | undefined
+  let closed = false
   const reload = serializeReloads(async (): Promise<void> => {
+    clearTimeout(retry)
+    retry = undefined
+    if (closed) return
     let next: T
     try {
       next = await o.load(o.files)
@@ -72,6 +84,11 @@ export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T 
       const { setting, file, reason, text } = tlsRefusal(o.side, refused)
       log.error({ event: 'tls_reload_failed', side: o.side, setting, file, reason }, `${text}; ${words.kept}`)
       telemetry.tlsReloaded(o.side, 'failure')
+      // no file event may come again (cert-manager writes a renewed Secret once): read it again until it loads
+      if (!closed) {
+        retry = setTimeout(() => void reload(), o.retryMs ?? RETRY_MS)
+        retry.unref()
+      }
       return
     }
     if (next.cert === serving.cert && next.key === serving.key && next.ca === serving.ca) return
@@ -93,6 +110,8 @@ export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T 
   return {
     reload,
     close: () => {
+      closed = true
+      clearTimeout(retry)
       for (const w of watchers) w.close()
     },
   }
