@@ -50,7 +50,34 @@ export function parsePeerCertificate(
       attributes: safeAttributes(x),
     }
   }
-  return certEvidenceFromX509(x, 'mtls', true)
+  const ev = certEvidenceFromX509(x, 'mtls', true)
+  if ('failed' in ev) return ev
+  // the credential lasts as long as its verified chain: an intermediate that expires before the leaf ends it
+  // on that date, when the listener starts refusing the chain
+  const chainEnd = issuersNotAfter(x)
+  if (chainEnd !== undefined && (ev.notAfter === undefined || chainEnd < ev.notAfter)) ev.notAfter = chainEnd
+  return ev
+}
+
+/**
+ * The earliest notAfter (unix seconds) of the certificates the peer sent above its leaf (Node links a peer
+ * certificate to them through `issuerCertificate`; the listener's own client CA is not among them).
+ */
+function issuersNotAfter(leaf: X509Certificate): number | undefined {
+  let out: number | undefined
+  try {
+    const seen = new Set<X509Certificate>([leaf])
+    let c = leaf.issuerCertificate
+    for (let n = 0; c !== undefined && !seen.has(c) && n < MAX_CHAIN; n++) {
+      seen.add(c)
+      const ms = Date.parse(c.validTo)
+      if (Number.isFinite(ms) && (out === undefined || ms < out * 1000)) out = Math.floor(ms / 1000)
+      c = c.issuerCertificate
+    }
+  } catch {
+    // an unreadable chain says nothing more than the leaf
+  }
+  return out
 }
 
 /** The certificates the peer sent after its leaf (Node completes the list from the listener's CA store). */
