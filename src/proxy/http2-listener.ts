@@ -104,7 +104,11 @@ export class Http2Front {
   private readonly sessions = new Map<ServerHttp2Session, SessionState>()
   /** set while a handed-over socket becomes a session (synchronously, inside emit('connection')) */
   private pending: ConnectionInfo | undefined
-  private draining = false
+  /**
+   * `delay`: the drain delay, the listeners still accept; a connection gets GOAWAY once it has brought its
+   * first streams. `closing`: accepting has stopped; every connection gets GOAWAY at once.
+   */
+  private draining: 'no' | 'delay' | 'closing' = 'no'
   /**
    * Streams whose request body is still coming, oldest first (one timeouts.request for all, so insertion
    * order is deadline order). node:http2 has no counterpart of the HTTP/1.1 server's requestTimeout: without
@@ -216,9 +220,14 @@ export class Http2Front {
         })
       }
       if (this.requestTimeout > 0 && !stream.endAfterHeaders) this.watchUpload(stream, isGrpc(headers))
-      if (this.draining) session.close()
+      // GOAWAY naming the streams received so far: they are served, as an HTTP/1.1 request that comes during
+      // the drain is answered with `Connection: close`
+      if (this.draining !== 'no') session.close()
     })
-    if (this.draining) session.close()
+    // A connection opened during the drain delay is kept until its first stream: a GOAWAY now would name no
+    // stream and refuse every request it brings, and a client sent here again (the endpoint is still
+    // listed) would get nothing served for the whole delay.
+    if (this.draining === 'closing') session.close()
   }
 
   private watchUpload(stream: TimedStream, grpc: boolean): void {
@@ -289,9 +298,12 @@ export class Http2Front {
     }
   }
 
-  /** the HTTP/2 counterpart of `Connection: close`: GOAWAY, in-flight streams finish */
-  drain(): void {
-    this.draining = true
+  /**
+   * The HTTP/2 counterpart of `Connection: close`: GOAWAY, in-flight streams finish. `closing`: accepting has
+   * stopped, so a connection handed over from now on gets GOAWAY at once rather than after its first stream.
+   */
+  drain(closing = false): void {
+    if (closing || this.draining === 'no') this.draining = closing ? 'closing' : 'delay'
     for (const session of this.sessions.keys()) session.close()
   }
 

@@ -199,7 +199,7 @@ export class Listeners {
     )
     for (const s of this.servers) s.closeIdleConnections()
     for (const socket of this.silent) socket.destroy()
-    this.h2.drain()
+    this.h2.drain(true)
     await Promise.all(closed)
   }
 
