@@ -133,6 +133,11 @@ export interface Forwarder {
    * TLS session made with it is resumed.
    */
   setTls?(tls: ConnectionOptions | undefined): void
+  /**
+   * The end of the drain: the gRPC calls still in flight end with a status their clients can retry (HTTP/2
+   * upstreams); resolves once those answers have gone out.
+   */
+  endCalls?(): Promise<void>
   /** Closes all upstream connections. */
   close(): Promise<void>
 }

@@ -37,6 +37,7 @@ import {
   grpcTimeoutMs,
   isGrpc,
   respondTrailersOnly,
+  sendGrpcStatus,
 } from './grpc.ts'
 import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText } from './grpc-web.ts'
 import { UpstreamError } from './h1-pool.ts'
@@ -100,8 +101,13 @@ function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
   return out
 }
 
+/** why a gRPC call still open at the end of the drain is ended: its client may retry it elsewhere */
+const SHUTDOWN_MESSAGE = 'proxy shutting down'
+
 export class Http2Forwarder {
   private readonly sessions = new Map<string, ClientHttp2Session>()
+  /** the gRPC calls in flight, each with what ends it at shutdown (see endCalls) */
+  private readonly calls = new Set<() => Promise<void>>()
   private tls: Http2ForwarderOptions['tls']
 
   constructor(private readonly options: Http2ForwarderOptions) {
@@ -186,6 +192,7 @@ export class Http2Forwarder {
       const settle = (upstreamError?: UpstreamErrorReason, clientAborted = false) => {
         if (settled) return
         settled = true
+        this.calls.delete(endAtShutdown)
         for (const timer of timers) clearTimeout(timer)
         res.off('close', onClientClose)
         const result: ForwardResult = { status, upstreamMs: performance.now() - started, bytesOut }
@@ -246,6 +253,30 @@ export class Http2Forwarder {
         }
         idle.closed?.('http2')
       }
+
+      /**
+       * the end of the drain: the call ends with UNAVAILABLE, a status its client retries (elsewhere), rather
+       * than with its connection, which a gRPC client reads as INTERNAL or UNAVAILABLE depending on the call
+       * and the proxy would have recorded as its cancellation. Resolves when the answer has gone out.
+       */
+      const endAtShutdown = (): Promise<void> => {
+        if (settled) return Promise.resolve()
+        const sent = new Promise<void>((done) => {
+          if (res.writableFinished || res.destroyed) done()
+          else res.once('close', done).once('finish', done)
+        })
+        if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
+        grpcStatus = GRPC.UNAVAILABLE
+        if (status === 0) {
+          // no answer yet: the client gets the status alone
+          if (sendGrpcStatus(res, GRPC.UNAVAILABLE, SHUTDOWN_MESSAGE)) status = 200
+          else grpcStatus = undefined
+        } else endGrpcWithStatus(res, GRPC.UNAVAILABLE, SHUTDOWN_MESSAGE)
+        responded = true
+        settle(status === 0 ? 'reset' : undefined)
+        return sent
+      }
+      if (grpc && !isGrpcWeb(req.headers)) this.calls.add(endAtShutdown)
 
       try {
         // with a body, the stream stays open after the last DATA frame so the client's trailers can follow
@@ -372,6 +403,16 @@ export class Http2Forwarder {
     })
   }
 
+  /**
+   * The end of the drain: every gRPC call still in flight ends with UNAVAILABLE (in trailers, or alone when
+   * the upstream has not answered), which its client may retry; resolves once those answers have gone out.
+   */
+  endCalls(): Promise<void> {
+    const calls = [...this.calls]
+    this.calls.clear()
+    return Promise.all(calls.map((end) => end())).then(() => {})
+  }
+
   prune(keep: string | undefined): void {
     for (const [origin, session] of this.sessions) {
       if (origin === keep) continue
@@ -447,6 +488,10 @@ export class ProtocolForwarder implements Forwarder {
     this.http1.setTls?.(tls)
     this.h2.setTls(tls)
     this.trailers?.setTls(tls)
+  }
+
+  endCalls(): Promise<void> {
+    return this.h2.endCalls()
   }
 
   async close(): Promise<void> {

@@ -72,6 +72,13 @@ export interface ProxyServer {
  */
 const CUT_RECORD_MS = 1_000
 
+async function waitAtMost(done: Promise<void> | undefined, ms: number): Promise<void> {
+  if (done === undefined) return
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([done, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))])
+  clearTimeout(timer)
+}
+
 export function createProxy(opts: ProxyOptions): ProxyServer {
   let upstream = parseUpstream(opts.upstream)
   const { timeouts } = opts
@@ -133,6 +140,9 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     lifecycle.drain(true)
     const closed = listeners.stopAccepting()
     await lifecycle.settled(drainMs)
+    // a gRPC call still open (a stream, a bidirectional call) ends with UNAVAILABLE before its connection
+    // goes, bounded like the records below
+    await waitAtMost(forwarder.endCalls?.(), CUT_RECORD_MS)
     listeners.closeAllConnections()
     upgrades.destroyAll()
     // An exchange cut here records itself when its response or tunnel reports the close, a loop turn or two

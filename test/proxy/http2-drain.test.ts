@@ -5,10 +5,15 @@
 import { once } from 'node:events'
 import { connect } from 'node:http2'
 import { connect as tcpConnect } from 'node:net'
+import { join } from 'node:path'
+import * as grpc from '@grpc/grpc-js'
+import * as protoLoader from '@grpc/proto-loader'
 import t from 'tap'
+import { defaultConfig } from '../../src/config/schema.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { FLAG, FRAME, frame, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
 import { startProxy, type Teardown } from '../helpers/proxy-fixture.ts'
+import { ROOT } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 interface Frame {
@@ -122,5 +127,65 @@ t.test('streams in flight at the drain finish; GOAWAY names them, a later stream
   t.notOk(
     up.received.some((r) => r.url === '/crossing'),
     'the refused stream never reached the upstream',
+  )
+})
+
+const definition = protoLoader.loadSync(join(ROOT, 'test/fixtures/echo.proto'), { keepCase: true })
+const Echo = (
+  grpc.loadPackageDefinition(definition) as unknown as {
+    demo: { v1: { Echo: grpc.ServiceClientConstructor } }
+  }
+).demo.v1.Echo
+
+t.test('gRPC calls still open at the end of the drain end with UNAVAILABLE, recorded so', async (t) => {
+  // an upstream whose streams never end and whose unary call never answers
+  const server = new grpc.Server()
+  server.addService(Echo.service, {
+    Unary() {},
+    ServerStream(call: grpc.ServerWritableStream<unknown, unknown>) {
+      call.write({ text: 'first' })
+    },
+    ClientStream() {},
+    Bidi(call: grpc.ServerDuplexStream<unknown, unknown>) {
+      call.on('data', (m: unknown) => call.write(m))
+    },
+  })
+  const upPort = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  )
+  t.teardown(() => server.forceShutdown())
+  const timeouts = { ...defaultConfig().timeouts, drainDelay: 0, drain: 200 }
+  const { port, proxy, pipeline } = await startProxy(t, { upstream: `h2c://127.0.0.1:${upPort}`, timeouts })
+  const client = new Echo(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as Record<
+    string,
+    (...args: unknown[]) => grpc.ClientReadableStream<unknown> & grpc.ClientWritableStream<unknown>
+  >
+  t.teardown(() => (client as unknown as grpc.Client).close())
+  const statuses = new Map<string, grpc.StatusObject>()
+  const watch = (
+    name: string,
+    call: grpc.ClientReadableStream<unknown> | grpc.ClientWritableStream<unknown>,
+  ) => {
+    call.on('data', () => {})
+    call.on('error', () => {})
+    call.on('status', (s: grpc.StatusObject) => statuses.set(name, s))
+  }
+  watch('ServerStream', client.ServerStream!({ text: 's' }))
+  const bidi = client.Bidi!()
+  watch('Bidi', bidi)
+  bidi.write({ text: 'hi' })
+  const unary = client.Unary!({ text: 'u' }, () => {}) as unknown as grpc.ClientUnaryCall
+  unary.on('status', (s: grpc.StatusObject) => statuses.set('Unary', s))
+  await eventually(() => pipeline.seen.length === 3, { what: 'the three calls at the proxy' })
+  await proxy.close(timeouts.drain)
+  await eventually(() => statuses.size === 3, { what: "the calls' statuses" })
+  for (const [name, s] of statuses)
+    t.same([name, s.code, s.details], [name, grpc.status.UNAVAILABLE, 'proxy shutting down'], name)
+  t.same(
+    pipeline.events.map((e) => `${e.path} ${e.status} ${e.grpcStatus}`).sort(),
+    ['/demo.v1.Echo/Bidi 200 14', '/demo.v1.Echo/ServerStream 200 14', '/demo.v1.Echo/Unary 200 14'],
+    'each recorded once, with the status its client read',
   )
 })
