@@ -1,7 +1,8 @@
 // Forwarding to an HTTP/2 upstream (h2c with prior knowledge, or h2 over TLS) with node:http2 client sessions:
 // one session per upstream, one stream per request. Both directions stream with backpressure (a bidi gRPC
 // call runs full duplex), response trailers are passed on, and a client that goes away cancels the upstream
-// stream (RST_STREAM CANCEL, which a gRPC server sees as a cancelled call).
+// stream (RST_STREAM CANCEL, which a gRPC server sees as a cancelled call). A stream the upstream refused
+// without processing it (REFUSED_STREAM, or above a GOAWAY's last stream id) is sent once more.
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import {
   type ClientHttp2Session,
@@ -101,11 +102,19 @@ function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
   return out
 }
 
+/**
+ * How much of a request body is kept, until the upstream answers, so that a stream the upstream refused
+ * unprocessed can be sent again (a gRPC unary call fits); a longer body is not kept and its stream is not retried.
+ */
+const REPLAY_LIMIT = 64 * 1024
+
 /** why a gRPC call still open at the end of the drain is ended: its client may retry it elsewhere */
 const SHUTDOWN_MESSAGE = 'proxy shutting down'
 
 export class Http2Forwarder {
   private readonly sessions = new Map<string, ClientHttp2Session>()
+  /** the last stream id of the GOAWAY each session received: the streams above it were not processed */
+  private readonly goaways = new WeakMap<ClientHttp2Session, number>()
   /** the gRPC calls in flight, each with what ends it at shutdown (see endCalls) */
   private readonly calls = new Set<() => Promise<void>>()
   private tls: Http2ForwarderOptions['tls']
@@ -127,10 +136,12 @@ export class Http2Forwarder {
 
   private session(origin: string, tls: boolean): { session: ClientHttp2Session; connected: () => boolean } {
     let session = this.sessions.get(origin)
-    if (session === undefined || session.closed || session.destroyed) {
+    // a session told to go away takes no new stream (node:http2 closes it, after the 'goaway' event)
+    if (session === undefined || session.closed || session.destroyed || this.goaways.has(session)) {
       const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
       const s = connect(url, tls ? this.connectOptions(url) : {})
       s.on('error', () => {})
+      s.on('goaway', (_code: number, lastStreamID: number) => this.goaways.set(s, lastStreamID))
       // an idle upstream session must not keep the process alive
       s.unref()
       s.once('close', () => {
@@ -149,6 +160,18 @@ export class Http2Forwarder {
     return { session: current, connected: () => !current.connecting }
   }
 
+  /**
+   * A stream the upstream did not process (RFC 9113 §8.7): reset with REFUSED_STREAM (a server over its
+   * SETTINGS_MAX_CONCURRENT_STREAMS, which a new session's first streams may be opened before), or above the
+   * last stream id of a GOAWAY (an upstream shutting down); node:http2 closes the latter with REFUSED_STREAM
+   * after a GOAWAY with NO_ERROR, with the GOAWAY's code after any other.
+   */
+  private refused(session: ClientHttp2Session, stream: ClientHttp2Stream): boolean {
+    if (stream.rstCode === constants.NGHTTP2_REFUSED_STREAM) return true
+    const last = this.goaways.get(session)
+    return last !== undefined && stream.id !== undefined && stream.id > last
+  }
+
   forward(
     req: IncomingMessage,
     res: ServerResponse,
@@ -160,7 +183,6 @@ export class Http2Forwarder {
       const started = performance.now()
       const grpc = isGrpc(req.headers)
       const deadline = grpc ? grpcTimeoutMs(req.headers) : undefined
-      const { session, connected } = this.session(target.origin, tls)
       const out: OutgoingHttpHeaders = {
         ':method': req.method ?? 'GET',
         ':path': target.path,
@@ -188,11 +210,29 @@ export class Http2Forwarder {
       let trailers: H2Headers | undefined
       let stream: ClientHttp2Stream
       const timers: NodeJS.Timeout[] = []
+      /**
+       * the request body sent so far, kept until the upstream answers so that a stream it refuses unprocessed
+       * can be sent again; undefined without a body, once answered, or past REPLAY_LIMIT (then no retry)
+       */
+      let replay: Buffer[] | undefined
+      let replayBytes = 0
+      let retried = false
+      const dropReplay = () => {
+        if (replay === undefined) return
+        replay = undefined
+        req.off('data', keep)
+      }
+      const keep = (chunk: Buffer) => {
+        replayBytes += chunk.length
+        if (replayBytes > REPLAY_LIMIT) dropReplay()
+        else replay?.push(chunk)
+      }
 
       const settle = (upstreamError?: UpstreamErrorReason, clientAborted = false) => {
         if (settled) return
         settled = true
         this.calls.delete(endAtShutdown)
+        dropReplay()
         for (const timer of timers) clearTimeout(timer)
         res.off('close', onClientClose)
         const result: ForwardResult = { status, upstreamMs: performance.now() - started, bytesOut }
@@ -278,14 +318,145 @@ export class Http2Forwarder {
       }
       if (grpc && !isGrpcWeb(req.headers)) this.calls.add(endAtShutdown)
 
-      try {
-        // with a body, the stream stays open after the last DATA frame so the client's trailers can follow
-        stream = session.request(out, { endStream: !withBody, waitForTrailers: withBody })
-      } catch {
+      /**
+       * Opens the request's stream on the origin's session (undefined when the session takes none). A stream the
+       * upstream closes before any response head, having refused it unprocessed (RFC 9113 §8.7), is opened
+       * once more, on the same session when it is still open, else on a new one; its body is sent again from
+       * `replay`. Any other close without an answer fails the request as before.
+       */
+      const open = (): ClientHttp2Stream | undefined => {
+        const { session, connected } = this.session(target.origin, tls)
+        let s: ClientHttp2Stream
+        try {
+          // with a body, the stream stays open after the last DATA frame so the client's trailers can follow
+          s = session.request(out, { endStream: !withBody, waitForTrailers: withBody })
+        } catch {
+          return undefined
+        }
+        stream = s
+        const lost = (err?: unknown) => {
+          if (settled || s !== stream) return
+          if (!retried && status === 0 && (!withBody || replay !== undefined) && this.refused(session, s)) {
+            retried = true
+            if (withBody) req.unpipe(s)
+            const next = open()
+            if (next === undefined) fail('connect')
+            else if (replay !== undefined) {
+              for (const chunk of replay) next.write(chunk)
+              // what is left of the body follows; a body that has ended ends the new stream
+              req.pipe(next)
+            }
+            return
+          }
+          fail(connected() ? 'reset' : 'connect', err)
+        }
+        s.on('error', lost)
+        s.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number) => {
+          if (settled || s !== stream) return
+          status = Number(h[':status'])
+          // answered: the stream was taken, and will not be sent again
+          dropReplay()
+          if (status < 200) return
+          if (clientStreamGone(res)) {
+            onClientClose()
+            return
+          }
+          if (grpc) grpcStatus = grpcStatusOf(h)
+          if (grpc && isGrpcWeb(req.headers))
+            grpcWeb = new GrpcWebStatusReader(isGrpcWebText(h['content-type']))
+          const headersOut = responseHeaders(h)
+          const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
+          try {
+            if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
+              // Trailers-Only: a gRPC client reads the status only from a HEADERS frame that ends the stream
+              respondTrailersOnly(h2Response, { ':status': status, ...headersOut })
+              responded = true
+              return
+            }
+            res.writeHead(status, headersOut)
+          } catch {
+            // node:http2 refuses what HTTP/1.1 passes on (a :status of 600 or more): nothing was sent, so the
+            // client is answered 502 (or UNAVAILABLE) as for an upstream that reset the stream
+            if (clientStreamGone(res)) {
+              onClientClose()
+              return
+            }
+            clearHeaders(res)
+            status = 0
+            grpcStatus = undefined
+            grpcWeb = undefined
+            fail('reset')
+            return
+          }
+          // answered: the headers deadline no longer applies and there is no body deadline (a gRPC stream may
+          // be quiet for long), so only a stream that moves no byte either way for tunnelIdle is let go. The
+          // stream's own timer is activity based, restarted by every DATA frame read or written.
+          const idle = this.options.tunnelIdle
+          if (idle !== undefined && idle.ms > 0) s.setTimeout(idle.ms, () => idleCut(idle))
+        })
+        let waitingForDrain = false
+        let blocked = false
+        s.on('data', (chunk: Buffer) => {
+          // the stream was given up on (the client went, or its answer could not be passed on): what the
+          // upstream had already sent goes nowhere
+          if (settled) return
+          bytesOut += chunk.length
+          grpcWeb?.push(chunk)
+          if (!res.write(chunk) && !waitingForDrain) {
+            waitingForDrain = true
+            s.pause()
+            responseBlocked(res, this.options.stallTimeout ?? 0, !blocked)
+            blocked = true
+            res.once('drain', () => {
+              responseDrained(res)
+              waitingForDrain = false
+              s.resume()
+            })
+          }
+        })
+        s.on('trailers', (t: H2Headers) => {
+          trailers = t
+          if (grpc) grpcStatus = grpcStatusOf(t) ?? grpcStatus
+        })
+        s.on('end', () => {
+          if (settled || s !== stream) return
+          if (status === 0) {
+            lost()
+            return
+          }
+          // node:http2 ends the readable side of a stream that was reset, or whose session was lost (CANCEL), as
+          // well as of one the upstream ended: only the former carry an error code, and their response is cut.
+          // Trailers end a response, so a reset after them (a server stopping the request body) cuts nothing.
+          if (trailers === undefined && s.rstCode !== constants.NGHTTP2_NO_ERROR) {
+            fail('reset')
+            return
+          }
+          if (res.destroyed || res.writableEnded) {
+            // the upstream finished after the client had gone
+            onClientClose()
+            return
+          }
+          responded = true
+          if (trailers) res.addTrailers(responseHeaders(trailers) as Record<string, string>)
+          res.end()
+          // recorded as the client reads it, not left out of the call counts (a 200 without one as a success)
+          if (grpc && grpcStatus === undefined)
+            grpcStatus = grpcWeb ? grpcWeb.result(status) : grpcStatusWithoutOne(status)
+          settle()
+        })
+        // closed without an end: reset by the upstream
+        s.on('close', () => lost())
+        if (withBody)
+          // the body has ended when this fires, so req.trailers is complete (HTTP/1.1 chunked or h2 trailers)
+          s.once('wantTrailers', () => sendRequestTrailers(s, req, target.withheldTrailers))
+        return s
+      }
+
+      const first = open()
+      if (first === undefined) {
         settle('connect')
         return
       }
-      stream.on('error', (err) => fail(connected() ? 'reset' : 'connect', err))
       res.on('close', onClientClose)
       timers.push(
         setTimeout(() => {
@@ -298,103 +469,10 @@ export class Http2Forwarder {
       // left to the client and the upstream, as if none were set
       if (deadline !== undefined && deadline <= MAX_TIMER_MS)
         timers.push(setTimeout(() => fail('timeout'), deadline))
-
-      stream.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number) => {
-        if (settled) return
-        status = Number(h[':status'])
-        if (status < 200) return
-        if (clientStreamGone(res)) {
-          onClientClose()
-          return
-        }
-        if (grpc) grpcStatus = grpcStatusOf(h)
-        if (grpc && isGrpcWeb(req.headers))
-          grpcWeb = new GrpcWebStatusReader(isGrpcWebText(h['content-type']))
-        const headersOut = responseHeaders(h)
-        const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
-        try {
-          if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
-            // Trailers-Only: a gRPC client reads the status only from a HEADERS frame that ends the stream
-            respondTrailersOnly(h2Response, { ':status': status, ...headersOut })
-            responded = true
-            return
-          }
-          res.writeHead(status, headersOut)
-        } catch {
-          // node:http2 refuses what HTTP/1.1 passes on (a :status of 600 or more): nothing was sent, so the
-          // client is answered 502 (or UNAVAILABLE) as for an upstream that reset the stream
-          if (clientStreamGone(res)) {
-            onClientClose()
-            return
-          }
-          clearHeaders(res)
-          status = 0
-          grpcStatus = undefined
-          grpcWeb = undefined
-          fail('reset')
-          return
-        }
-        // answered: the headers deadline no longer applies and there is no body deadline (a gRPC stream may
-        // be quiet for long), so only a stream that moves no byte either way for tunnelIdle is let go. The
-        // stream's own timer is activity based, restarted by every DATA frame read or written.
-        const idle = this.options.tunnelIdle
-        if (idle !== undefined && idle.ms > 0) stream.setTimeout(idle.ms, () => idleCut(idle))
-      })
-      let waitingForDrain = false
-      let blocked = false
-      stream.on('data', (chunk: Buffer) => {
-        // the stream was given up on (the client went, or its answer could not be passed on): what the
-        // upstream had already sent goes nowhere
-        if (settled) return
-        bytesOut += chunk.length
-        grpcWeb?.push(chunk)
-        if (!res.write(chunk) && !waitingForDrain) {
-          waitingForDrain = true
-          stream.pause()
-          responseBlocked(res, this.options.stallTimeout ?? 0, !blocked)
-          blocked = true
-          res.once('drain', () => {
-            responseDrained(res)
-            waitingForDrain = false
-            stream.resume()
-          })
-        }
-      })
-      stream.on('trailers', (t: H2Headers) => {
-        trailers = t
-        if (grpc) grpcStatus = grpcStatusOf(t) ?? grpcStatus
-      })
-      stream.on('end', () => {
-        if (settled) return
-        // node:http2 ends the readable side of a stream that was reset, or whose session was lost (CANCEL), as
-        // well as of one the upstream ended: only the former carry an error code, and their response is cut.
-        // Trailers end a response, so a reset after them (a server stopping the request body) cuts nothing.
-        if (status === 0 || (trailers === undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR)) {
-          fail('reset')
-          return
-        }
-        if (res.destroyed || res.writableEnded) {
-          // the upstream finished after the client had gone
-          onClientClose()
-          return
-        }
-        responded = true
-        if (trailers) res.addTrailers(responseHeaders(trailers) as Record<string, string>)
-        res.end()
-        // recorded as the client reads it, not left out of the call counts (a 200 without one as a success)
-        if (grpc && grpcStatus === undefined)
-          grpcStatus = grpcWeb ? grpcWeb.result(status) : grpcStatusWithoutOne(status)
-        settle()
-      })
-      stream.on('close', () => {
-        if (settled) return
-        // closed without an end: reset by the upstream
-        fail(connected() ? 'reset' : 'connect')
-      })
       if (withBody) {
-        // the body has ended when this fires, so req.trailers is complete (HTTP/1.1 chunked or h2 trailers)
-        stream.once('wantTrailers', () => sendRequestTrailers(stream, req, target.withheldTrailers))
-        req.pipe(stream)
+        replay = []
+        req.pipe(first)
+        req.on('data', keep)
         // a reset client stream is a cancellation, not the end of the request body
         const cancel = () => onClientClose()
         req.on('aborted', cancel)
