@@ -9,7 +9,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, type Sample, scrapeUntil, seriesCount } from '../helpers/metrics.ts'
 import { freePort, listenUntilTeardown } from '../helpers/net.ts'
-import { createCA, issueCert } from '../helpers/pki.ts'
+import { createCA, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -242,15 +242,7 @@ t.test('mTLS listener: SPIFFE identity, untrusted CA and expired cert counted', 
   ])
 
   const sidecar = await startTestSidecar(t, {
-    listen: {
-      http: '127.0.0.1:0',
-      https: {
-        address: '127.0.0.1:0',
-        cert: serverCert.certFile,
-        key: serverCert.keyFile,
-        clientCA: clientCa.certFile,
-      },
-    },
+    listen: mtlsListen(serverCert, clientCa),
     upstream: upstream.url,
     identities: [
       { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },

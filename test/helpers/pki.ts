@@ -233,3 +233,19 @@ export async function createServerPki(): Promise<{ ca: CA; server: KeyPair }> {
   // IP SAN for 127.0.0.1
   return { ca, server }
 }
+
+/**
+ * The sidecar's `listen` for mTLS tests: a plain listener and a TLS one with `server`'s certificate that asks
+ * for client certificates of `clientCa`, both on ephemeral loopback ports.
+ */
+export function mtlsListen(server: KeyPair, clientCa: CA) {
+  return {
+    http: '127.0.0.1:0',
+    https: {
+      address: '127.0.0.1:0',
+      cert: server.certFile,
+      key: server.keyFile,
+      clientCA: clientCa.certFile,
+    },
+  }
+}

@@ -5,7 +5,7 @@ import { X509Certificate } from 'node:crypto'
 import { request as httpsRequest } from 'node:https'
 import t from 'tap'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
-import { createCA, issueCert } from '../helpers/pki.ts'
+import { createCA, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -31,15 +31,7 @@ t.test('an intermediate that expires before the leaf is the mTLS credential expi
   t.ok(notAfter(intermediate.certPem) < notAfter(leaf.certPem), 'the intermediate expires first')
 
   const sidecar = await startTestSidecar(t, {
-    listen: {
-      http: '127.0.0.1:0',
-      https: {
-        address: '127.0.0.1:0',
-        cert: serverCert.certFile,
-        key: serverCert.keyFile,
-        clientCA: clientCa.certFile,
-      },
-    },
+    listen: mtlsListen(serverCert, clientCa),
     upstream: upstream.url,
     identities: [
       { name: '{ns}/{sa}', kind: 'service', match: { spiffe: 'spiffe://cluster.local/ns/{ns}/sa/{sa}' } },

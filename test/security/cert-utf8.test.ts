@@ -22,7 +22,7 @@ import {
 } from '../../src/identity/forwarded/xfcc.ts'
 import { safeHeaderValue } from '../../src/proxy/headers.ts'
 import type { CertEvidence } from '../../src/types.ts'
-import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
+import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { checkProperty } from '../helpers/property.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -54,15 +54,7 @@ t.test(
     const upstream = await startUpstream()
     t.teardown(() => upstream.close())
     const sidecar = await startTestSidecar(t, {
-      listen: {
-        http: '127.0.0.1:0',
-        https: {
-          address: '127.0.0.1:0',
-          cert: serverCert.certFile,
-          key: serverCert.keyFile,
-          clientCA: clientCa.certFile,
-        },
-      },
+      listen: mtlsListen(serverCert, clientCa),
       upstream: upstream.url,
       forwardedClientCert: { toUpstream: 'sanitize_set' },
     })
