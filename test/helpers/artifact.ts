@@ -2,6 +2,7 @@
 // bin, or the image's entrypoint. One scenario proves the core job end to end: a JWKS served over real HTTP,
 // a token signed by it, and a real upstream that must see the request attributed and verified.
 import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
@@ -84,6 +85,8 @@ export interface JwtScenario {
   upstream: TestUpstream
   /** signed by a key only the JWKS over HTTP knows; sub = SUBJECT */
   token: string
+  /** another token like `token`, never seen before (its own jti) */
+  mint(): Promise<string>
   /** the config file's text: the JWKS issuer, one rule naming the subject, loopback ephemeral ports */
   config: string
 }
@@ -98,7 +101,9 @@ export async function jwtScenario(t: Test): Promise<JwtScenario> {
   t.teardown(() => jwks.close())
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
-  const token = await mintToken(key, {}, { issuer: jwks.url, audience: 'orders', subject: SUBJECT })
+  const mint = () =>
+    mintToken(key, { jti: randomUUID() }, { issuer: jwks.url, audience: 'orders', subject: SUBJECT })
+  const token = await mint()
   const config = [
     'service: artifact-test',
     'listen: { http: "127.0.0.1:0" }',
@@ -116,7 +121,7 @@ export async function jwtScenario(t: Test): Promise<JwtScenario> {
     '    match: { verified: true, jwt: { claims: { sub: "{who}" } } }',
     '',
   ].join('\n')
-  return { jwks, upstream, token, config }
+  return { jwks, upstream, token, mint, config }
 }
 
 /** The `explain --json` report of the scenario's token, checked: verified through the JWKS over HTTP. */

@@ -258,9 +258,10 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
   t.equal(started.workers, 2, 'started as a pod of two workers')
   const admin = started.metrics.replace(/\/metrics$/, '')
 
-  // The first new token a worker sees starts its verification thread and is verified inline meanwhile; the
-  // token's next request on that worker (an answer is cached from a token's second request on) goes to the
-  // thread. Fresh connections go to the workers in turn; /readyz shows the first worker's pool.
+  // The first new token a worker sees starts its verification thread and is verified inline meanwhile; a
+  // token seen again may be answered from the cache, so each attempt carries a token never seen before, which
+  // goes to the thread once it runs (however long it takes to start on a busy machine). Fresh connections go
+  // to the workers in turn; /readyz shows the first worker's pool.
   const readyz = async () =>
     (await (await fetch(`${admin}/readyz`)).json()) as {
       ok: boolean
@@ -269,7 +270,8 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
     }
   const pool = await eventually(
     async () => {
-      const status = await freshGet(`http://${started.listen}/echo`, { authorization: `Bearer ${s.token}` })
+      const token = await s.mint()
+      const status = await freshGet(`http://${started.listen}/echo`, { authorization: `Bearer ${token}` })
       if (status !== 200) throw new Error(`a request with the token was answered ${status}`)
       const r = await readyz()
       return (r.verifyPool?.verified ?? 0) > 0 ? r : undefined
