@@ -3,6 +3,7 @@
 // Errors are PromError with the exit code of docs/reference.md "Command line" and a message without a stack.
 import { redactUrl } from '../config/redact.ts'
 import { formatDuration } from '../util/duration.ts'
+import { readBounded } from '../util/read-bounded.ts'
 
 export class PromError extends Error {
   constructor(
@@ -114,20 +115,24 @@ export class PrometheusClient {
       throw new PromError(`cannot reach Prometheus at ${this.base}: ${why}`, 2)
     }
     // the deadline covers the body too: one that stalls is a timeout, one that never ends is cut at the bound
-    let text: string
+    let answer: Buffer | undefined
     try {
-      text = await readBounded(res, MAX_ANSWER_BYTES)
+      // Node's web streams are async iterable; the DOM typing of fetch's body does not say so
+      answer = res.body
+        ? await readBounded(res.body as unknown as AsyncIterable<Uint8Array>, MAX_ANSWER_BYTES)
+        : Buffer.alloc(0)
     } catch (err) {
       const e = err as Error
-      if (e === TOO_LARGE)
-        throw new PromError(
-          `Prometheus at ${this.base} answered more than ${MAX_ANSWER_BYTES / 1024 / 1024} MiB (query: ${promql})`,
-          2,
-        )
       if (e.name === 'TimeoutError' || e.name === 'AbortError')
         throw new PromError(`Prometheus at ${this.base} did not answer within ${this.timeoutMs} ms`, 2)
-      text = ''
+      answer = Buffer.alloc(0)
     }
+    if (answer === undefined)
+      throw new PromError(
+        `Prometheus at ${this.base} answered more than ${MAX_ANSWER_BYTES / 1024 / 1024} MiB (query: ${promql})`,
+        2,
+      )
+    const text = answer.toString('utf8')
     let parsed: ApiBody | undefined
     try {
       parsed = JSON.parse(text) as ApiBody
@@ -167,26 +172,6 @@ export class PrometheusClient {
 
 /** the most of one answer read (a fleet's largest query is a few series per identity and service) */
 export const MAX_ANSWER_BYTES = 128 * 1024 * 1024
-const TOO_LARGE = new Error('answer too large')
-
-async function readBounded(res: Response, max: number): Promise<string> {
-  if (!res.body) return ''
-  const chunks: Uint8Array[] = []
-  let size = 0
-  const reader = res.body.getReader()
-  for (;;) {
-    const { done, value } = await reader.read()
-    if (done) break
-    size += value.byteLength
-    if (size > max) {
-      await reader.cancel().catch(() => {})
-      throw TOO_LARGE
-    }
-    chunks.push(value)
-  }
-  return new TextDecoder().decode(Buffer.concat(chunks))
-}
-
 /** one sample of an instant vector as the API documents it: string labels, [time, "value"] */
 function isSample(r: unknown): r is { metric: Record<string, string>; value: [number, string] } {
   if (typeof r !== 'object' || r === null) return false

@@ -14,6 +14,7 @@ import type { Agent, Dispatcher } from 'undici'
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS } from '../../types.ts'
 import { isRecord } from '../../util/is-record.ts'
+import { readBounded } from '../../util/read-bounded.ts'
 
 // The HTTP client is loaded with the first key-set fetch: a sidecar whose key sets are files (or that has no
 // issuers) never pays for loading it at start-up, which keeps the cold start short.
@@ -604,17 +605,9 @@ export async function fetchJsonDocument(url: string, opts: FetchJsonOptions): Pr
     await res.body.dump().catch(() => {})
     throw new Error(`GET ${safeUrl(url)} answered HTTP ${res.statusCode}`)
   }
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
-    size += chunk.length
-    if (size > opts.maxBytes) {
-      res.body.destroy()
-      throw new Error(`GET ${safeUrl(url)} answered more than ${opts.maxBytes} bytes`)
-    }
-    chunks.push(chunk)
-  }
-  return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  const body = await readBounded(res.body, opts.maxBytes)
+  if (body === undefined) throw new Error(`GET ${safeUrl(url)} answered more than ${opts.maxBytes} bytes`)
+  return JSON.parse(body.toString('utf8'))
 }
 
 /**
