@@ -236,9 +236,10 @@ export async function createServerPki(): Promise<{ ca: CA; server: KeyPair }> {
 
 /**
  * The sidecar's `listen` for mTLS tests: a plain listener and a TLS one with `server`'s certificate that asks
- * for client certificates of `clientCa`, both on ephemeral loopback ports.
+ * for client certificates of `clientCa` (`clientCert: required` refuses a client without one), both on
+ * ephemeral loopback ports.
  */
-export function mtlsListen(server: KeyPair, clientCa: CA) {
+export function mtlsListen(server: KeyPair, clientCa: CA, clientCert?: 'optional' | 'required') {
   return {
     http: '127.0.0.1:0',
     https: {
@@ -246,6 +247,7 @@ export function mtlsListen(server: KeyPair, clientCa: CA) {
       cert: server.certFile,
       key: server.keyFile,
       clientCA: clientCa.certFile,
+      ...(clientCert !== undefined ? { clientCert } : {}),
     },
   }
 }

@@ -11,7 +11,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { refusedPort } from '../helpers/net.ts'
-import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
+import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { ROOT, startTestSidecar } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.grpc.example'
@@ -410,16 +410,7 @@ t.test('gRPC over TLS (ALPN h2) with a client certificate as the identity', asyn
   })
   const sidecar = await startTestSidecar(t, {
     upstream: `h2c://127.0.0.1:${up.port}`,
-    listen: {
-      http: '127.0.0.1:0',
-      https: {
-        address: '127.0.0.1:0',
-        cert: server.certFile,
-        key: server.keyFile,
-        clientCA: clientCa.certFile,
-        clientCert: 'required',
-      },
-    },
+    listen: mtlsListen(server, clientCa, 'required'),
   })
   const creds = grpc.credentials.createSsl(
     Buffer.from(serverCa.certPem),

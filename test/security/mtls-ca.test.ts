@@ -17,6 +17,7 @@ import {
   issueCert,
   issueIntermediateCA,
   type KeyPair,
+  mtlsListen,
 } from '../helpers/pki.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { spawnCli, startTestSidecar } from '../helpers/sidecar.ts'
@@ -187,15 +188,7 @@ async function startWithClientCa(t: Test) {
   t.teardown(() => up.close())
   const sidecar = await startTestSidecar(t, {
     upstream: up.url,
-    listen: {
-      http: '127.0.0.1:0',
-      https: {
-        address: '127.0.0.1:0',
-        cert: server.certFile,
-        key: server.keyFile,
-        clientCA: clientCa.certFile,
-      },
-    },
+    listen: mtlsListen(server, clientCa),
   })
   return { up, sidecar }
 }
