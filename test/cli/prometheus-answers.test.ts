@@ -2,10 +2,9 @@
 // quoting label values (clients' names) or an HTML page, a body that stalls or never ends, a result that is
 // not the vector the API documents. Each is one line on stderr that cannot drive the terminal, exit 2, and
 // nothing half-printed on stdout.
-import { once } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
+import { listenUntilTeardown } from '../helpers/net.ts'
 import { runCli } from '../helpers/sidecar.ts'
 
 /** what a terminal would act on: C0 (but the line break ending the message), DEL, C1 */
@@ -19,13 +18,7 @@ async function fakePrometheus(
     req.resume()
     req.on('end', () => answer(res, req))
   })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => {
-    server.closeAllConnections()
-    server.close()
-  })
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  return `http://127.0.0.1:${await listenUntilTeardown(t, server)}`
 }
 
 const json = (res: ServerResponse, status: number, body: unknown) => {

@@ -17,19 +17,13 @@ import t, { type Test } from 'tap'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
-import { rawClient, scriptedUpstream } from '../helpers/net.ts'
+import { listenUntilTeardown, rawClient, scriptedUpstream } from '../helpers/net.ts'
 
 t.setTimeout(120_000)
 
 async function httpUpstream(t: Test, handler: (req: IncomingMessage, res: ServerResponse) => void) {
   const server = createServer(handler)
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => {
-    server.closeAllConnections()
-    server.close()
-  })
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  return `http://127.0.0.1:${await listenUntilTeardown(t, server)}`
 }
 
 const count = (text: string, what: RegExp) => (text.match(what) ?? []).length
