@@ -16,12 +16,9 @@ import {
   ALB_SERIAL_HEADER,
   ALB_SUBJECT_HEADER,
   headerText,
+  malformed,
   singleCertificateHeader,
 } from './headers.ts'
-
-function malformed(detail: string): Failure {
-  return { failed: true, source: 'xfcc', reason: 'malformed', detail }
-}
 
 /** undefined when no ALB header is present. */
 export function albEvidence(headers: IncomingHttpHeaders): CertEvidence | Failure | undefined {

@@ -1,6 +1,7 @@
 // RFC 9440 Client-Cert: the DER certificate as a structured-field byte sequence, ":base64:".
 import type { CertEvidence, Failure } from '../../types.ts'
 import { certEvidenceFromX509, x509FromDer } from '../certificate.ts'
+import { malformed } from './headers.ts'
 
 const BYTE_SEQUENCE_RE = /^:([A-Za-z0-9+/]*={0,2}):$/
 
@@ -14,13 +15,6 @@ export function decodeByteSequence(text: string): Buffer | undefined {
 export function clientCertEvidence(value: string): CertEvidence | Failure {
   const der = decodeByteSequence(value)
   const x = der ? x509FromDer(der) : undefined
-  if (!x) {
-    return {
-      failed: true,
-      source: 'xfcc',
-      reason: 'malformed',
-      detail: 'Client-Cert is not a DER byte sequence',
-    }
-  }
+  if (!x) return malformed('Client-Cert is not a DER byte sequence')
   return certEvidenceFromX509(x, 'xfcc', true, 'client-cert')
 }

@@ -1,6 +1,6 @@
 // Names of every header that can carry a forwarded client certificate, and what we send upstream.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
-import type { CertEvidence, ForwardedCertFormat } from '../../types.ts'
+import type { CertEvidence, Failure, ForwardedCertFormat } from '../../types.ts'
 import { normalizeHeaderName } from '../../util/header-names.ts'
 
 export const XFCC_HEADER = 'x-forwarded-client-cert'
@@ -58,6 +58,11 @@ export function headerText(headers: IncomingHttpHeaders, name: string): string |
   const s = Array.isArray(v) ? v.join(',') : v
   if (s.length === 0 || s.length > MAX_FORWARDED_HEADER_BYTES) return undefined
   return s
+}
+
+/** a forwarded certificate header that does not hold what its format says */
+export function malformed(detail: string): Failure {
+  return { failed: true, source: 'xfcc', reason: 'malformed', detail }
 }
 
 /**

@@ -3,16 +3,10 @@
 import type { CertEvidence, Failure } from '../../types.ts'
 import { certEvidenceFromPem } from '../certificate.ts'
 import { urlDecode } from './decode.ts'
+import { malformed } from './headers.ts'
 
 export function nginxCertEvidence(value: string): CertEvidence | Failure {
   const pem = urlDecode(value)
-  if (pem === undefined) {
-    return {
-      failed: true,
-      source: 'xfcc',
-      reason: 'malformed',
-      detail: 'ssl-client-cert is not URL-encoded PEM',
-    }
-  }
+  if (pem === undefined) return malformed('ssl-client-cert is not URL-encoded PEM')
   return certEvidenceFromPem(pem, 'xfcc', true, 'nginx')
 }

@@ -13,6 +13,7 @@ import {
   x509FromDer,
 } from '../certificate.ts'
 import { sha256HexOrUndefined, urlDecode } from './decode.ts'
+import { malformed } from './headers.ts'
 
 export interface XfccElement {
   by: string[]
@@ -132,10 +133,6 @@ export function decodeSubject(v: string): string {
     if (b >= 0x20 && b <= 0x7e && b !== 0x25) return v
   }
   return urlDecode(v) ?? v
-}
-
-function malformed(detail: string): Failure {
-  return { failed: true, source: 'xfcc', reason: 'malformed', detail }
 }
 
 /** Evidence for the client the trusted hop itself verified: the rightmost element, the one it appended. */

@@ -22,6 +22,7 @@ import {
   headerText,
   isFormatHeader,
   isForwardedCertHeader,
+  malformed,
   NGINX_CERT_HEADER,
   sanitizeForwardedCertHeaders,
   singleCertificateHeader,
@@ -195,14 +196,7 @@ export function forwardedCertEvidence(
       return albEvidence(req.headers) ?? undefined
     case 'nginx': {
       const v = singleCertificateHeader(req.headers, NGINX_CERT_HEADER)
-      if (v === 'repeated') {
-        return {
-          failed: true,
-          source: 'xfcc',
-          reason: 'malformed',
-          detail: `${NGINX_CERT_HEADER} sent more than once`,
-        }
-      }
+      if (v === 'repeated') return malformed(`${NGINX_CERT_HEADER} sent more than once`)
       return v === undefined ? tooLarge() : nginxCertEvidence(v)
     }
   }
