@@ -1,6 +1,6 @@
 // `nhi-proxy fleet --prometheus URL --serve ADDR`: the fleet picture as a page for people who will not open
-// one /ui per pod. Every page load runs the same Prometheus queries as `fleet` (nothing is cached or
-// stored here, Prometheus stays the only store); `/fleet.json` is the `--json` document.
+// one /ui per pod. The page runs the same Prometheus queries as `fleet`, shared by the loads of a few
+// seconds (nothing is stored here, Prometheus stays the only store); `/fleet.json` is the `--json` document.
 import { once } from 'node:events'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -8,7 +8,7 @@ import { hostAllowed } from '../admin/server.ts'
 import { redactUrl } from '../config/redact.ts'
 import { listenProblem } from '../util/listen-problem.ts'
 import type { Out } from './check.ts'
-import { buildFleet, type FleetOptions, printFleet } from './fleet.ts'
+import { buildFleet, type Fleet, type FleetOptions, printFleet } from './fleet.ts'
 import { PromError, prometheusBase } from './prometheus-api.ts'
 
 const HTML_ESCAPES: Record<string, string> = {
@@ -33,6 +33,39 @@ export function parseServeAddress(value: string): { host: string | undefined; po
 function checkPort(port: number, value: string): number {
   if (port > 65_535) throw new Error(`--serve must be HOST:PORT, :PORT or PORT, got "${value}"`)
   return port
+}
+
+/** how long one answer of the queries serves further loads */
+export const FLEET_FRESH_MS = 5_000
+
+/**
+ * Loads share one run of the queries: every load while one runs waits for it, and its answer serves the
+ * loads of the next `freshMs`. The page refreshes itself every 30 s, so a wall of screens showing it, or a
+ * script polling fleet.json, would otherwise cost Prometheus ten queries per load with no bound on how many
+ * run at once. A failure is not kept: the load after it asks again, one run at a time.
+ */
+export function sharedLoads(
+  load: () => Promise<Fleet>,
+  freshMs = FLEET_FRESH_MS,
+  now: () => number = () => performance.now(),
+): () => Promise<Fleet> {
+  let running: Promise<Fleet> | undefined
+  let last: { fleet: Fleet; at: number } | undefined
+  return () => {
+    if (last !== undefined && now() - last.at < freshMs) return Promise.resolve(last.fleet)
+    running ??= load().then(
+      (fleet) => {
+        last = { fleet, at: now() }
+        running = undefined
+        return fleet
+      },
+      (e: unknown) => {
+        running = undefined
+        throw e
+      },
+    )
+    return running
+  }
 }
 
 function page(body: string, refreshSeconds: number): string {
@@ -76,6 +109,7 @@ export async function serveFleet(
     err(`nhi-proxy: ${(e as Error).message}`)
     return 1
   }
+  const fleetNow = sharedLoads(() => buildFleet(o))
   // a page elsewhere could otherwise read the fleet by pointing its own name at this address (DNS rebinding):
   // only names that cannot be rebound (IP literals, localhost) and those the operator gave are answered
   const server = createServer((req, res) => {
@@ -90,7 +124,7 @@ export async function serveFleet(
       )
     if (path !== '/' && path !== '/ui' && path !== '/fleet.json')
       return send(res, 404, 'text/plain', 'not found\n')
-    buildFleet(o).then(
+    fleetNow().then(
       (fleet) => {
         if (path === '/fleet.json')
           return send(res, 200, 'application/json', `${JSON.stringify(fleet, null, 2)}\n`)

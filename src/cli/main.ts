@@ -658,7 +658,7 @@ program
   .option('--json', 'machine-readable output')
   .option(
     '--serve <addr>',
-    'serve the picture as a page (/, /ui) and /fleet.json on HOST:PORT (a bare PORT: loopback), re-queried per load',
+    'serve the picture as a page (/, /ui) and /fleet.json on HOST:PORT (a bare PORT: loopback), queried at most once per 5 s',
   )
   .option(
     '--allow-host <name>',
