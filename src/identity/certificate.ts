@@ -28,6 +28,9 @@ export function parsePeerCertificate(
     return undefined
   }
   if (!x) return undefined
+  // One walk serves both outcomes: the X509Certificate Node links to what the peer sent. On Node 20, taking
+  // it empties getPeerCertificate(true)'s chain, so the chain is never read a second way.
+  const sent = sentIssuers(x)
   // Node sets `authorized` on the first handshake only, and only ever to true: a renegotiation (which the
   // listener refuses, see listeners.ts) with a certificate that does not verify leaves it true beside that
   // handshake's authorizationError. Any verify error makes the certificate unverified.
@@ -36,7 +39,7 @@ export function parsePeerCertificate(
     // OpenSSL reports the last error it met, and it checks dates after trust: a self-made certificate that
     // has expired (or is not valid yet) is reported that way, which says nothing about a workload's credential
     const dated = code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
-    const anchored = dated && chainsToAnchor(x, peerChain(socket), anchors)
+    const anchored = dated && chainsToAnchor(x, sent, anchors)
     return {
       failed: true,
       source: 'mtls',
@@ -54,45 +57,30 @@ export function parsePeerCertificate(
   if ('failed' in ev) return ev
   // the credential lasts as long as its verified chain: an intermediate that expires before the leaf ends it
   // on that date, when the listener starts refusing the chain
-  const chainEnd = issuersNotAfter(x)
-  if (chainEnd !== undefined && (ev.notAfter === undefined || chainEnd < ev.notAfter)) ev.notAfter = chainEnd
+  for (const c of sent) {
+    const ms = Date.parse(c.validTo)
+    if (!Number.isFinite(ms)) continue
+    const end = Math.floor(ms / 1000)
+    if (ev.notAfter === undefined || end < ev.notAfter) ev.notAfter = end
+  }
   return ev
 }
 
 /**
- * The earliest notAfter (unix seconds) of the certificates the peer sent above its leaf (Node links a peer
- * certificate to them through `issuerCertificate`; the listener's own client CA is not among them).
+ * The certificates the peer sent above its leaf, in issuing order, as Node links them through
+ * `issuerCertificate` (the listener's own client CA is not among them: OpenSSL's verified chain is not
+ * exposed).
  */
-function issuersNotAfter(leaf: X509Certificate): number | undefined {
-  let out: number | undefined
-  try {
-    const seen = new Set<X509Certificate>([leaf])
-    let c = leaf.issuerCertificate
-    for (let n = 0; c !== undefined && !seen.has(c) && n < MAX_CHAIN; n++) {
-      seen.add(c)
-      const ms = Date.parse(c.validTo)
-      if (Number.isFinite(ms) && (out === undefined || ms < out * 1000)) out = Math.floor(ms / 1000)
-      c = c.issuerCertificate
-    }
-  } catch {
-    // an unreadable chain says nothing more than the leaf
-  }
-  return out
-}
-
-/** The certificates the peer sent after its leaf (Node completes the list from the listener's CA store). */
-function peerChain(socket: TLSSocket): X509Certificate[] {
+function sentIssuers(leaf: X509Certificate): X509Certificate[] {
   const out: X509Certificate[] = []
   try {
-    let c = socket.getPeerCertificate(true)
-    const seen = new Set<unknown>([c])
-    while (c?.issuerCertificate && !seen.has(c.issuerCertificate) && out.length < MAX_CHAIN) {
+    let c = leaf.issuerCertificate
+    while (c !== undefined && c !== leaf && !out.includes(c) && out.length < MAX_CHAIN) {
+      out.push(c)
       c = c.issuerCertificate
-      seen.add(c)
-      out.push(new X509Certificate(c.raw))
     }
   } catch {
-    // an unreadable chain anchors nothing
+    // an unreadable chain anchors nothing and says nothing more than the leaf about its expiry
   }
   return out
 }

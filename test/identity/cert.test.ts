@@ -15,7 +15,7 @@ import {
 import { mtlsSource } from '../../src/identity/sources/mtls.ts'
 import type { CertEvidence, Failure } from '../../src/types.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
-import { createCA, createServerPki, issueCert, type KeyPair } from '../helpers/pki.ts'
+import { createCA, createServerPki, issueCert, issueIntermediateCA, type KeyPair } from '../helpers/pki.ts'
 
 // the X.509 name decoder is loaded on demand (as the sidecar does before it reads a certificate)
 await loadCertificateDecoder()
@@ -158,7 +158,6 @@ t.test(
       authorized: true,
       authorizationError: 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
       getPeerX509Certificate: () => x,
-      getPeerCertificate: () => ({ raw: x.raw }),
     } as unknown as TLSSocket
     const r = parsePeerCertificate(socket, clientAnchors) as Failure
     t.equal(r.failed, true, 'a failure, not verified evidence')
@@ -166,6 +165,68 @@ t.test(
     t.equal(r.detail, 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY')
   },
 )
+
+// The usual workload PKI: a root as the client CA, an intermediate that issues the leaves, the client sending
+// its leaf with the intermediate. Whether the chain reaches the client CA is decided on what the client sent.
+t.test('a leaf under an intermediate: dates are told apart from trust, over the chain it sent', async (t) => {
+  const intermediate = await issueIntermediateCA(clientCa, 'dated-intermediate', 'clientAuth')
+  const withIntermediate = (leaf: KeyPair): KeyPair => ({
+    ...leaf,
+    certPem: leaf.certPem + intermediate.certPem,
+  })
+  const notAfter = (pem: string) => Math.floor(Date.parse(new X509Certificate(pem).validTo) / 1000)
+
+  const valid = await issueCert(intermediate, { cn: 'chained', uriSans: ['spiffe://td/ns/a/sa/b'], days: 60 })
+  const ev = (await handshake(withIntermediate(valid))) as CertEvidence
+  t.equal(ev.verified, true, 'a valid chain is verified evidence')
+  t.equal(ev.spiffeId, 'spiffe://td/ns/a/sa/b')
+  t.equal(ev.sha256, derSha256(valid.certPem), 'of the leaf')
+  t.equal(
+    ev.notAfter,
+    notAfter(intermediate.certPem),
+    'expiring with the intermediate, which ends before the leaf',
+  )
+
+  const expired = await issueCert(intermediate, { cn: 'chained-old', days: -1 })
+  const ranOut = (await handshake(withIntermediate(expired))) as Failure
+  t.equal(
+    ranOut.reason,
+    'cert_expired',
+    'an expired leaf of the client CA is cert_expired, not cert_untrusted',
+  )
+  t.equal(ranOut.detail, 'CERT_HAS_EXPIRED')
+  t.equal(ranOut.attributes?.['cert_sha256'], derSha256(expired.certPem))
+
+  const early = await issueCert(intermediate, {
+    cn: 'chained-early',
+    notBefore: new Date(Date.now() + 86_400_000),
+  })
+  const notYet = (await handshake(withIntermediate(early))) as Failure
+  t.equal(notYet.reason, 'cert_not_yet_valid', 'a leaf valid from tomorrow is cert_not_yet_valid')
+  t.equal(notYet.detail, 'CERT_NOT_YET_VALID')
+
+  // the intermediate ran out under a leaf still within its own dates: the chain has expired
+  const oldIntermediate = {
+    ...(await issueCert(clientCa, { cn: 'old-intermediate', intermediate: true, days: -1 })),
+    dir: clientCa.dir,
+    name: 'old-intermediate',
+  }
+  const underOld = await issueCert(oldIntermediate, { cn: 'under-old' })
+  const chainExpired = (await handshake({
+    ...underOld,
+    certPem: underOld.certPem + oldIntermediate.certPem,
+  })) as Failure
+  t.equal(chainExpired.reason, 'cert_expired', 'an expired intermediate of the client CA is cert_expired')
+
+  // the same shapes under a root that is not the client CA say nothing about a workload's credential
+  const rogueIntermediate = await issueIntermediateCA(otherCa, 'rogue-intermediate', 'clientAuth')
+  const rogue = await issueCert(rogueIntermediate, { cn: 'rogue-old', days: -1 })
+  const untrusted = (await handshake({
+    ...rogue,
+    certPem: rogue.certPem + rogueIntermediate.certPem,
+  })) as Failure
+  t.equal(untrusted.reason, 'cert_untrusted', 'an expired chain of another root is cert_untrusted')
+})
 
 t.test('no client certificate → undefined', async (t) => {
   t.equal(await handshake(), undefined)
