@@ -3,11 +3,13 @@
 // connections opened afterwards get what it holds, established ones keep theirs. A set that no longer loads
 // leaves the previous one in use, and the operator is told which file and why; it is read again every
 // RETRY_MS until it loads, so a rotation refused once (a key written after its certificate, whose change was
-// coalesced with it) still applies, and the refusals keep being counted while the old files serve.
+// coalesced with it) still applies, and the refusals keep being counted while the old files serve. The
+// listener also refuses a certificate outside its dates: serving an expired one (or one not valid yet) fails
+// every handshake, where the previous one may still have days left.
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { serializeReloads, watchConfig } from './config/watch.ts'
-import { TlsMaterialError } from './proxy/listener-tls.ts'
+import { certificateOutOfDates, TlsMaterialError } from './proxy/listener-tls.ts'
 import type { Telemetry } from './telemetry/index.ts'
 import type { TlsSide } from './telemetry/metrics.ts'
 
@@ -55,6 +57,11 @@ export interface RotatingTlsFiles<F extends Record<keyof F, string | undefined>,
   apply: (next: T) => void
   /** how often a refused set is read again (default 30 s) */
   retryMs?: number
+  /**
+   * refuse a new certificate that has expired or is not valid yet (beyond a little clock skew): the one
+   * being served is no worse, and may still be valid
+   */
+  refuseOutOfDates?: boolean
 }
 
 export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T extends TlsContents>(
@@ -71,6 +78,14 @@ export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T 
   let serving = o.serving
   let retry: NodeJS.Timeout | undefined
   let closed = false
+  const refused = (): void => {
+    telemetry.tlsReloaded(o.side, 'failure')
+    // no file event may come again (cert-manager writes a renewed Secret once): read it again until it loads
+    if (!closed) {
+      retry = setTimeout(() => void reload(), o.retryMs ?? RETRY_MS)
+      retry.unref()
+    }
+  }
   const reload = serializeReloads(async (): Promise<void> => {
     clearTimeout(retry)
     retry = undefined
@@ -79,19 +94,26 @@ export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T 
     try {
       next = await o.load(o.files)
     } catch (e) {
-      const refused =
+      const err =
         e instanceof TlsMaterialError ? e : new TlsMaterialError('cert', blamed, (e as Error).message)
-      const { setting, file, reason, text } = tlsRefusal(o.side, refused)
+      const { setting, file, reason, text } = tlsRefusal(o.side, err)
       log.error({ event: 'tls_reload_failed', side: o.side, setting, file, reason }, `${text}; ${words.kept}`)
-      telemetry.tlsReloaded(o.side, 'failure')
-      // no file event may come again (cert-manager writes a renewed Secret once): read it again until it loads
-      if (!closed) {
-        retry = setTimeout(() => void reload(), o.retryMs ?? RETRY_MS)
-        retry.unref()
-      }
+      refused()
       return
     }
     if (next.cert === serving.cert && next.key === serving.key && next.ca === serving.ca) return
+    // the certificate the files held already is kept whatever its dates: a client CA rotates on its own
+    const dates =
+      o.refuseOutOfDates && next.cert !== serving.cert && typeof next.cert === 'string'
+        ? certificateOutOfDates(next.cert, Date.now())
+        : undefined
+    if (dates) {
+      const { setting, file, text } = tlsRefusal(o.side, new TlsMaterialError('cert', blamed, dates.reason))
+      const { event, notBefore, notAfter } = dates
+      log.warn({ event, side: o.side, setting, file, notBefore, notAfter }, `${text}; ${words.kept}`)
+      refused()
+      return
+    }
     o.apply(next)
     serving = next
     telemetry.tlsReloaded(o.side, 'success')

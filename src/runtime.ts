@@ -470,6 +470,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
             files: { cert: https.cert, key: https.key, clientCA: https.clientCA },
             serving: tls,
             load: loadListenerTls,
+            refuseOutOfDates: true,
             apply: (next) => {
               proxy.setListenerTls(next)
               clientAnchors = next.clientCAs

@@ -108,6 +108,50 @@ export async function loadListenerTls(files: ListenerTlsFiles): Promise<Listener
   return { cert, key, ca, clientCAs }
 }
 
+/** how far ahead of this host's clock a rotated certificate's validity may start: its issuer's clock may run ahead */
+export const NOT_BEFORE_SKEW_MS = 5 * 60_000
+
+/** a certificate refused by its dates alone, in words and dates a log line may carry */
+export interface CertificateOutOfDates {
+  event: 'tls_reload_cert_expired' | 'tls_reload_cert_not_yet_valid'
+  reason: string
+  notBefore: string
+  notAfter: string
+}
+
+/**
+ * Why the first certificate of `pem` must not replace the one being served: it has expired, or its validity
+ * starts more than NOT_BEFORE_SKEW_MS after `now`. One that expires soon is still taken: it is valid now, and
+ * refusing it would leave an older one to be served until it runs out too. Only the leaf counts: a bundle may
+ * carry an expired cross-signed issuer that clients with another path to a root never use.
+ */
+export function certificateOutOfDates(pem: string, now: number): CertificateOutOfDates | undefined {
+  let leaf: X509Certificate
+  try {
+    leaf = new X509Certificate(pem)
+  } catch {
+    return undefined // loadListenerTls refuses what does not parse
+  }
+  const from = Date.parse(leaf.validFrom)
+  const to = Date.parse(leaf.validTo)
+  const dates = { notBefore: new Date(from).toISOString(), notAfter: new Date(to).toISOString() }
+  if (to < now) {
+    return {
+      event: 'tls_reload_cert_expired',
+      reason: `the certificate expired at ${dates.notAfter}`,
+      ...dates,
+    }
+  }
+  if (from > now + NOT_BEFORE_SKEW_MS) {
+    return {
+      event: 'tls_reload_cert_not_yet_valid',
+      reason: `the certificate is not valid before ${dates.notBefore}`,
+      ...dates,
+    }
+  }
+  return undefined
+}
+
 /** upstreamTls: the files an https:/h2: upstream connection is made with (cert and key: both or neither) */
 export interface UpstreamTlsFiles {
   ca?: string | undefined

@@ -207,6 +207,76 @@ t.test(
   },
 )
 
+t.test(
+  'a certificate outside its dates is refused with a warning; the current one serves until a valid one comes',
+  async (t) => {
+    const dir = await scratchDir('tls-dates')
+    const cert = join(dir, 'tls.crt')
+    const key = join(dir, 'tls.key')
+    await copyFile(first.certFile, cert)
+    await copyFile(first.keyFile, key)
+    const { bin, port } = await startHttps(t, { cert, key })
+    t.equal((await servedCert(port)).serialNumber, serialOf(first))
+    const server = { cn: 'localhost', dnsSans: ['localhost'], server: true }
+    const day = 86_400_000
+    const refusal = (event: string, n: number) =>
+      eventually(() => bin.logs().filter((l) => l['event'] === event)[n - 1], { what: `${event} #${n}` })
+
+    // a renewal that ran out before it was written (a stalled issuer, a restored backup)
+    const expired = await issueCert(serverCa, { ...server, days: -1 })
+    await replaceFile(key, expired.keyPem)
+    await replaceFile(cert, expired.certPem)
+    const ranOut = await refusal('tls_reload_cert_expired', 1)
+    t.equal(ranOut['level'], 40, 'a warning')
+    t.same(
+      [ranOut['side'], ranOut['setting'], ranOut['file']],
+      ['listener', 'listen.https.cert', cert],
+      'naming the certificate file',
+    )
+    t.equal(ranOut['notAfter'], new Date(new X509Certificate(expired.certPem).validTo).toISOString())
+    t.match(String(ranOut['msg']), /the certificate expired at .*; serving the previous certificate/)
+    t.notMatch(bin.stderr(), /PRIVATE KEY|BEGIN CERTIFICATE/, 'no key or certificate material in the logs')
+    t.equal((await servedCert(port)).serialNumber, serialOf(first), 'the current certificate is still served')
+    t.equal((await call(port)).status, 200, 'and new connections are served')
+    t.ok((await tlsReloads(bin, 'failure')) >= 1, 'counted as a failed rotation')
+    t.notOk(
+      bin.logs().some((l) => l['event'] === 'tls_reloaded'),
+      'nothing reported as reloaded',
+    )
+
+    // one issued for tomorrow (an issuer whose clock runs a day ahead)
+    const early = await issueCert(serverCa, { ...server, notBefore: new Date(Date.now() + day) })
+    await replaceFile(key, early.keyPem)
+    await replaceFile(cert, early.certPem)
+    const notYet = await refusal('tls_reload_cert_not_yet_valid', 1)
+    t.equal(notYet['level'], 40)
+    t.equal(notYet['notBefore'], new Date(new X509Certificate(early.certPem).validFrom).toISOString())
+    t.match(String(notYet['msg']), /the certificate is not valid before /)
+    t.equal((await servedCert(port)).serialNumber, serialOf(first), 'the current certificate is still served')
+
+    // one that runs out in ten minutes is still better than one that has run out: taken
+    const lastMinute = await issueCert(serverCa, {
+      ...server,
+      notBefore: new Date(Date.now() - day),
+      days: 1 + 10 / (24 * 60),
+    })
+    await replaceFile(key, lastMinute.keyPem)
+    await replaceFile(cert, lastMinute.certPem)
+    await eventually(async () => (await servedCert(port)).serialNumber === serialOf(lastMinute), {
+      what: 'the certificate expiring in ten minutes served',
+    })
+
+    // one whose validity starts two minutes from now: within the clock skew allowed, taken
+    const skewed = await issueCert(serverCa, { ...server, notBefore: new Date(Date.now() + 120_000) })
+    await replaceFile(key, skewed.keyPem)
+    await replaceFile(cert, skewed.certPem)
+    await eventually(async () => (await servedCert(port)).serialNumber === serialOf(skewed), {
+      what: 'the certificate valid from two minutes ahead served',
+    })
+    t.equal(bin.logs().filter((l) => l['event'] === 'tls_reloaded').length, 2, 'two rotations applied')
+  },
+)
+
 t.test('client CA replaced: new connections verify against the new CA only', async (t) => {
   const oldCa = await createCA('rotation-client-ca-old')
   const newCa = await createCA('rotation-client-ca-new')
