@@ -9,9 +9,10 @@
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { serializeReloads, watchConfig } from './config/watch.ts'
-import { certificateOutOfDates, TlsMaterialError } from './proxy/listener-tls.ts'
+import { certificateOutOfDates, chainValidity, TlsMaterialError } from './proxy/listener-tls.ts'
 import type { Telemetry } from './telemetry/index.ts'
 import type { TlsSide } from './telemetry/metrics.ts'
+import type { CertificateValidity } from './types.ts'
 
 /** each side's setting prefix and words */
 const SIDES = {
@@ -63,6 +64,9 @@ export interface RotatingTlsFiles<F extends Record<keyof F, string | undefined>,
    */
   refuseOutOfDates?: boolean
 }
+
+const certificateValidity = (files: TlsContents): CertificateValidity | undefined =>
+  typeof files.cert === 'string' ? chainValidity(files.cert) : undefined
 
 export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T extends TlsContents>(
   o: RotatingTlsFiles<F, T>,
@@ -116,10 +120,11 @@ export function rotateTlsFiles<F extends Record<keyof F, string | undefined>, T 
     }
     o.apply(next)
     serving = next
+    telemetry.tlsFiles(o.side, certificateValidity(next))
     telemetry.tlsReloaded(o.side, 'success')
     log.info({ event: 'tls_reloaded', side: o.side, ...logged }, words.reloaded)
   })
-  telemetry.tlsFiles(o.side)
+  telemetry.tlsFiles(o.side, certificateValidity(serving))
   const watchers = named.map(([, file]) =>
     watchConfig(resolve(file), () => void reload(), {
       onError: (_message, err) =>

@@ -491,6 +491,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
             files: { cert: upstreamFiles.cert, key: upstreamFiles.key, ca: upstreamFiles.ca },
             serving: upstreamTls,
             load: (files) => loadUpstreamTls(files, upstreamFiles.servername),
+            refuseOutOfDates: true,
             apply: (next) => proxy.setUpstreamTls(next),
           },
           log,

@@ -314,3 +314,9 @@ export interface Recorder {
   /** sends or writes what is pending; bounded */
   close?(): void | Promise<void>
 }
+
+/** a certificate's validity, unix seconds */
+export interface CertificateValidity {
+  notBefore: number
+  notAfter: number
+}

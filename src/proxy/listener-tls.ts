@@ -6,7 +6,8 @@ import { createPrivateKey, X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { type ConnectionOptions, createSecureContext } from 'node:tls'
 import { readProblem } from '../config/loader.ts'
-import { pemCertificateBlocks } from '../identity/certificate.ts'
+import { pemCertificateBlocks, pemCertificates } from '../identity/certificate.ts'
+import type { CertificateValidity } from '../types.ts'
 
 export interface ListenerTlsFiles {
   cert: string
@@ -150,6 +151,21 @@ export function certificateOutOfDates(pem: string, now: number): CertificateOutO
     }
   }
   return undefined
+}
+
+/**
+ * The validity of the certificate in `pem` that expires first: a served chain stops working for its clients
+ * when its first certificate runs out, the leaf or an intermediate. undefined when none parses.
+ */
+export function chainValidity(pem: string): CertificateValidity | undefined {
+  let first: CertificateValidity | undefined
+  for (const c of pemCertificates(pem)) {
+    const notAfter = Math.floor(Date.parse(c.validTo) / 1000)
+    const notBefore = Math.floor(Date.parse(c.validFrom) / 1000)
+    if (!Number.isFinite(notAfter) || !Number.isFinite(notBefore)) continue
+    if (first === undefined || notAfter < first.notAfter) first = { notBefore, notAfter }
+  }
+  return first
 }
 
 /** upstreamTls: the files an https:/h2: upstream connection is made with (cert and key: both or neither) */

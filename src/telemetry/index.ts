@@ -3,7 +3,7 @@
 // record() never throws and never waits: one recorder that throws or rejects is counted and skipped, the
 // others still record; reconfigure() and close() wait for each recorder at most `recorderTimeoutMs`.
 import type { Config } from '../config/schema.ts'
-import type { Recorder, RequestEvent } from '../types.ts'
+import type { CertificateValidity, Recorder, RequestEvent } from '../types.ts'
 import { AuditLog, type AuditLogOptions } from './audit.ts'
 import type { AuditQuery, AuditRecord } from './audit-ring.ts'
 import type { IdentitiesView, IdentitySort } from './identities.ts'
@@ -150,9 +150,12 @@ export class Telemetry {
     this.metrics.tlsReloaded(side, result)
   }
 
-  /** this side has TLS files that rotate: its reload counts are exported from now on */
-  tlsFiles(side: TlsSide): void {
-    this.metrics.tlsFiles(side)
+  /**
+   * this side's TLS files in use (at start and after each rotation): its reload counts are exported from now
+   * on, with the dates of the certificate it presents
+   */
+  tlsFiles(side: TlsSide, certificate: CertificateValidity | undefined): void {
+    this.metrics.tlsFiles(side, certificate)
   }
 
   /** the config the process started with: its load time, not a reload */

@@ -2,7 +2,7 @@
 // on /metrics and as the /identities view, next to prom-client's process families.
 import type { Config } from '../config/schema.ts'
 import { issuerProfile, PUBLIC_PROFILES } from '../identity/profiles.ts'
-import type { Recorder, RequestEvent } from '../types.ts'
+import type { CertificateValidity, Recorder, RequestEvent } from '../types.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
 import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
 import {
@@ -182,8 +182,8 @@ export class MetricsRecorder implements Recorder {
     this.metrics.configLoaded(at)
   }
 
-  tlsFiles(side: TlsSide): void {
-    this.metrics.tlsFiles(side)
+  tlsFiles(side: TlsSide, certificate: CertificateValidity | undefined): void {
+    this.metrics.tlsFiles(side, certificate)
   }
 
   tlsReloaded(side: TlsSide, result: 'success' | 'failure'): void {

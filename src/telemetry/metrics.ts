@@ -6,7 +6,7 @@
 
 import type { AnomalyObserver } from '../identity/anomalies.ts'
 import type { JwksObserver } from '../identity/jwt/jwks.ts'
-import type { Identity, Kind, PolicyDecision, RequestEvent } from '../types.ts'
+import type { CertificateValidity, Identity, Kind, PolicyDecision, RequestEvent } from '../types.ts'
 import { flattened } from '../util/flat.ts'
 import {
   Buckets,
@@ -213,6 +213,20 @@ export class Metrics {
       'Reloads of rotated TLS files by side (listener: the https listener, upstream: upstreamTls) and result',
     ),
     ['side', 'result'],
+  )
+  private readonly tlsCertificateExpiry = new GaugeFamily(
+    gauge(
+      'nhi_tls_certificate_expiry_timestamp_seconds',
+      "notAfter of the certificate this process presents that expires first (of the chain in its file), by side (listener: the https listener's, upstream: upstreamTls's client certificate)",
+    ),
+    ['side'],
+  )
+  private readonly tlsCertificateStart = new GaugeFamily(
+    gauge(
+      'nhi_tls_certificate_not_before_timestamp_seconds',
+      'notBefore of the same certificate: with its expiry, how much of its life is left',
+    ),
+    ['side'],
   )
   private readonly configLastSuccess = new GaugeFamily(
     gauge('nhi_config_last_reload_success_timestamp_seconds', 'Last successful config load'),
@@ -500,10 +514,17 @@ export class Metrics {
     found: (type, count) => this.anomalies.inc([this.service, type], count),
   }
 
-  /** exported at 0 once a side has TLS files, so an alert can use increase() before the first failure */
-  tlsFiles(side: TlsSide): void {
+  /**
+   * a side's TLS files in use, at start and after each rotation: its reload counts are exported at 0 from
+   * the start, so an alert can use increase() before the first failure, and the expiry of the certificate it
+   * presents (none for an upstreamTls with a CA bundle only)
+   */
+  tlsFiles(side: TlsSide, certificate: CertificateValidity | undefined): void {
     this.tlsReloads.child([side, 'success'])
     this.tlsReloads.child([side, 'failure'])
+    if (certificate === undefined) return
+    this.tlsCertificateExpiry.set([side], certificate.notAfter)
+    this.tlsCertificateStart.set([side], certificate.notBefore)
   }
 
   tlsReloaded(side: TlsSide, result: 'success' | 'failure'): void {
@@ -584,6 +605,8 @@ export class Metrics {
       this.configReloads,
       this.configLastSuccess,
       this.tlsReloads,
+      this.tlsCertificateExpiry,
+      this.tlsCertificateStart,
       this.buildInfo,
     ]) {
       family.write(out, om)

@@ -133,7 +133,7 @@ export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv; dir:
   return { args: [`--cache-dir=${cache}`], env: { KUBECONFIG: kubeconfig }, dir }
 }
 
-/** Metric names of docs/reference.md "Metrics" plus our documented additions the alerts use (job interval, audit drops, attribution errors, TLS rotations). */
+/** Metric names of docs/reference.md "Metrics" plus our documented additions the alerts use (job interval, audit drops, attribution errors, TLS rotations and certificate dates). */
 export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_requests_total',
   'nhi_request_duration_seconds',
@@ -143,6 +143,8 @@ export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_cost_total',
   'nhi_auth_failures_total',
   'nhi_credential_expiry_timestamp_seconds',
+  'nhi_tls_certificate_expiry_timestamp_seconds',
+  'nhi_tls_certificate_not_before_timestamp_seconds',
   'nhi_identity_last_seen_timestamp_seconds',
   'nhi_job_last_success_timestamp_seconds',
   'nhi_job_consecutive_failures',

@@ -121,6 +121,11 @@ t.test(
       2,
       'success and failure exported at 0 from the start',
     )
+    t.equal(
+      await certificateExpiry(bin),
+      notAfterOf(first),
+      'the served certificate expiry is exported from the start',
+    )
 
     const agent = new Agent({ keepAlive: true, maxSockets: 1 })
     t.teardown(() => agent.destroy())
@@ -143,6 +148,7 @@ t.test(
     t.equal(kept.served, before.fingerprint256, 'which keeps the certificate it was opened with')
     await eventually(() => bin.logs().some((l) => l['event'] === 'tls_reloaded'), { what: 'tls_reloaded' })
     t.ok((await tlsReloads(bin, 'success')) >= 1, 'counted')
+    t.equal(await certificateExpiry(bin), notAfterOf(second), 'and the new expiry exported')
   },
 )
 
@@ -243,6 +249,7 @@ t.test(
       bin.logs().some((l) => l['event'] === 'tls_reloaded'),
       'nothing reported as reloaded',
     )
+    t.equal(await certificateExpiry(bin), notAfterOf(first), 'the expiry exported is the served one')
 
     // one issued for tomorrow (an issuer whose clock runs a day ahead)
     const early = await issueCert(serverCa, { ...server, notBefore: new Date(Date.now() + day) })
@@ -264,6 +271,9 @@ t.test(
     await replaceFile(cert, lastMinute.certPem)
     await eventually(async () => (await servedCert(port)).serialNumber === serialOf(lastMinute), {
       what: 'the certificate expiring in ten minutes served',
+    })
+    await eventually(async () => (await certificateExpiry(bin)) === notAfterOf(lastMinute), {
+      what: 'its expiry exported, ten minutes ahead, for an alert to see',
     })
 
     // one whose validity starts two minutes from now: within the clock skew allowed, taken
@@ -375,3 +385,9 @@ t.test('workers: 2: every worker serves the rotated certificate', async (t) => {
 
 /** the serial number a TLS peer sees for a pair's certificate */
 const serialOf = (pair: KeyPair): string => new X509Certificate(pair.certPem).serialNumber
+const notAfterOf = (pair: KeyPair): number =>
+  Math.floor(Date.parse(new X509Certificate(pair.certPem).validTo) / 1000)
+const certificateExpiry = async (bin: BinSidecar) =>
+  metricValue(await scrape(bin.adminUrl), 'nhi_tls_certificate_expiry_timestamp_seconds', {
+    side: 'listener',
+  })

@@ -3,6 +3,7 @@
 // requests already in flight finish, and a set that does not load is logged and counted while the previous
 // certificate keeps being presented. At start the same checks refuse what a rotation would. Runs the built
 // bundle against https:// and h2:// upstreams that require a client certificate.
+import { X509Certificate } from 'node:crypto'
 import { once } from 'node:events'
 import { copyFile, mkdir, rename, symlink, writeFile } from 'node:fs/promises'
 import { createSecureServer } from 'node:http2'
@@ -116,6 +117,13 @@ async function presented(bin: BinSidecar, path = '/'): Promise<string | null> {
   return ((await res.json()) as { cn: string | null }).cn
 }
 
+const notAfterOf = (pair: KeyPair): number =>
+  Math.floor(Date.parse(new X509Certificate(pair.certPem).validTo) / 1000)
+const certificateExpiry = async (bin: BinSidecar) =>
+  metricValue(await scrape(bin.adminUrl), 'nhi_tls_certificate_expiry_timestamp_seconds', {
+    side: 'upstream',
+  })
+
 const reloads = async (bin: BinSidecar, side: string, result: string) =>
   metricValue(await scrape(bin.adminUrl), 'nhi_tls_reloads_total', { side, result })
 
@@ -130,6 +138,7 @@ for (const protocol of ['https', 'h2'] as const) {
       const samples = await scrape(bin.adminUrl)
       t.equal(seriesCount(samples, 'nhi_tls_reloads_total'), 2, 'upstream success and failure exported at 0')
       t.equal(metricValue(samples, 'nhi_tls_reloads_total', { side: 'upstream', result: 'failure' }), 0)
+      t.equal(await certificateExpiry(bin), notAfterOf(v1), 'the client certificate expiry is exported')
 
       // a request in flight over a connection made with v1 while the files rotate
       const slow = presented(bin, '/slow')
@@ -150,9 +159,37 @@ for (const protocol of ['https', 'h2'] as const) {
       )
       t.equal(reloaded['cert'], cert, 'names the file')
       t.ok((await reloads(bin, 'upstream', 'success')) >= 1, 'counted')
+      t.equal(await certificateExpiry(bin), notAfterOf(v2), 'and the rotated one expiry')
     },
   )
 }
+
+t.test(
+  'an expired client certificate is refused; the current one is presented until a valid one comes',
+  async (t) => {
+    const up = await startUpstream(t, 'https')
+    const { cert, key } = await clientFiles()
+    const bin = await startProxy(t, up, { cert, key })
+    t.equal(await presented(bin), 'proxy-v1')
+
+    // presenting it would fail every upstream handshake, where the current one may still have days left
+    const expired = await issueCert(clientCa, { cn: 'proxy-expired', days: -1 })
+    await replaceFile(key, expired.keyPem)
+    await replaceFile(cert, expired.certPem)
+    const refused = await eventually(() => bin.logs().find((l) => l['event'] === 'tls_reload_cert_expired'), {
+      what: 'tls_reload_cert_expired',
+    })
+    t.same([refused['side'], refused['setting'], refused['file']], ['upstream', 'upstreamTls.cert', cert])
+    t.match(String(refused['msg']), /upstream connections keep the previous TLS files/)
+    t.equal(await presented(bin), 'proxy-v1', 'the current certificate is still presented')
+    t.ok((await reloads(bin, 'upstream', 'failure')) >= 1, 'counted as a failed rotation')
+    t.equal(await certificateExpiry(bin), notAfterOf(v1), 'the expiry exported is the presented one')
+
+    await replaceFile(key, v2.keyPem)
+    await replaceFile(cert, v2.certPem)
+    await eventually(async () => (await presented(bin)) === 'proxy-v2', { what: 'the valid one presented' })
+  },
+)
 
 t.test('a Secret volume ..data symlink swap rotates the client certificate', async (t) => {
   const up = await startUpstream(t, 'https')

@@ -30,6 +30,7 @@ t.test('every alert the chart promises is defined', async (t) => {
     'NhiJobFailing',
     'NhiJobSilent',
     'NhiJwksRefreshFailing',
+    'NhiTlsCertificateExpiring',
     'NhiTlsRotationFailing',
   ])
   for (const r of rules) {
@@ -41,7 +42,7 @@ t.test('every alert the chart promises is defined', async (t) => {
 t.test('promtool check rules', { skip: skipPromtool }, async (t) => {
   const r = await run(promtool!, ['check', 'rules', RULES])
   t.equal(r.code, 0, r.stdout + r.stderr)
-  t.match(r.stdout, /SUCCESS: 10 rules found/)
+  t.match(r.stdout, /SUCCESS: 11 rules found/)
 })
 
 t.test(
