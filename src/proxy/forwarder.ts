@@ -40,6 +40,11 @@ export interface ForwardTarget {
    * config reads credentials from, so a value sent after the body cannot stand in for the attributed one.
    */
   withheldTrailers?: ReadonlySet<string> | undefined
+  /**
+   * performance.now() when the request arrived: a gRPC call's `grpc-timeout` counts from there, as its client's
+   * did, not from the forward, which identification (a key set fetched on a first token) may have delayed
+   */
+  receivedAt?: number
 }
 
 export interface ForwardResult {

@@ -108,6 +108,9 @@ function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
  */
 const REPLAY_LIMIT = 64 * 1024
 
+/** why a gRPC call past its own `grpc-timeout` is ended */
+const DEADLINE_MESSAGE = 'deadline exceeded'
+
 /** why a gRPC call still open at the end of the drain is ended: its client may retry it elsewhere */
 const SHUTDOWN_MESSAGE = 'proxy shutting down'
 
@@ -183,6 +186,7 @@ export class Http2Forwarder {
       const started = performance.now()
       const grpc = isGrpc(req.headers)
       const deadline = grpc ? grpcTimeoutMs(req.headers) : undefined
+      const deadlineFrom = target.receivedAt ?? started
       const out: OutgoingHttpHeaders = {
         ':method': req.method ?? 'GET',
         ':path': target.path,
@@ -243,8 +247,8 @@ export class Http2Forwarder {
       }
 
       /**
-       * the upstream failed or timed out: before headers the caller answers; after, a gRPC call ends with a
-       * status. `err`, why, goes to the operator's log (`failed`)
+       * the upstream failed or timed out: before headers the caller answers; after (a reset: the headers
+       * deadline no longer runs), a gRPC call ends with UNAVAILABLE. `err`, why, goes to the operator's log
        */
       const fail = (reason: UpstreamErrorReason, err?: unknown) => {
         if (settled) return
@@ -252,12 +256,8 @@ export class Http2Forwarder {
         if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
         if (status !== 0) {
           if (grpc) {
-            grpcStatus = reason === 'timeout' ? GRPC.DEADLINE_EXCEEDED : GRPC.UNAVAILABLE
-            endGrpcWithStatus(
-              res,
-              grpcStatus,
-              reason === 'timeout' ? 'deadline exceeded' : 'upstream reset the call',
-            )
+            grpcStatus = GRPC.UNAVAILABLE
+            endGrpcWithStatus(res, grpcStatus, 'upstream reset the call')
           } else cutResponse(res)
         }
         settle(reason)
@@ -271,11 +271,35 @@ export class Http2Forwarder {
         if (grpc) {
           // a client resets the call at its own deadline, which it counted from before the proxy saw the
           // call: a reset within the last tenth (at most 100 ms) of the deadline is the deadline, not a cancel
-          const elapsed = performance.now() - started
+          const elapsed = performance.now() - deadlineFrom
           const expired = deadline !== undefined && elapsed >= deadline - Math.min(100, deadline / 10)
           grpcStatus = expired ? GRPC.DEADLINE_EXCEEDED : GRPC.CANCELLED
         }
         settle(undefined, true)
+      }
+
+      /**
+       * The call's own `grpc-timeout` passed: the client gets DEADLINE_EXCEEDED (alone, or in trailers once the
+       * upstream answered) as it would from its own timer. The deadline is the client's, so the call is no
+       * upstream failure: it is recorded with its status only, never as an upstream timeout.
+       */
+      const deadlinePassed = () => {
+        if (settled) return
+        if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
+        if (clientStreamGone(res)) {
+          onClientClose()
+          return
+        }
+        grpcStatus = GRPC.DEADLINE_EXCEEDED
+        if (status !== 0) endGrpcWithStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
+        else if (sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)) status = 200
+        else {
+          // nothing could be sent: the client went away
+          onClientClose()
+          return
+        }
+        responded = true
+        settle()
       }
 
       /** both sides are reset with CANCEL: each peer learns the proxy no longer needs the stream */
@@ -468,7 +492,7 @@ export class Http2Forwarder {
       // a deadline past what a timer holds (about 24.8 days, `2592000S` is 30) would fire at once: it is
       // left to the client and the upstream, as if none were set
       if (deadline !== undefined && deadline <= MAX_TIMER_MS)
-        timers.push(setTimeout(() => fail('timeout'), deadline))
+        timers.push(setTimeout(deadlinePassed, Math.max(0, deadline - (performance.now() - deadlineFrom))))
       if (withBody) {
         replay = []
         req.pipe(first)

@@ -527,6 +527,7 @@ export class RequestLifecycle {
       path: upstream.basePath + parsedTarget,
       upstream,
       withheldTrailers: ex.pipeline?.withheldTrailers,
+      receivedAt: ex.started,
     }
   }
 

@@ -2,6 +2,7 @@
 // kinds over h2c and over TLS with a client certificate, metadata and -bin metadata both ways, deadlines,
 // cancellation, trailers, per-identity status counting, policy per method, and upstream failures as gRPC statuses.
 import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
 import * as http2 from 'node:http2'
 import { join } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
@@ -12,6 +13,7 @@ import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { refusedPort } from '../helpers/net.ts'
 import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 import { ROOT, startTestSidecar } from '../helpers/sidecar.ts'
 
 const ISSUER = 'https://idp.grpc.example'
@@ -432,4 +434,81 @@ t.test('gRPC over TLS (ALPN h2) with a client certificate as the identity', asyn
   )
   t.ok(identity.length === 1 && String(identity[0]).length > 0)
   t.same(up.seen.at(-1)!.metadata.get('x-nhi-verified'), ['true'])
+})
+
+t.test("a call past the client's own deadline is DEADLINE_EXCEEDED, not an upstream timeout", async (t) => {
+  const up = await startGrpcUpstream()
+  t.teardown(() => up.close())
+  const auditFile = join(await scratchDir('grpc-deadline'), 'audit.log')
+  const sidecar = await startTestSidecar(t, {
+    upstream: `h2c://127.0.0.1:${up.port}`,
+    timeouts: { upstream: '1500ms' },
+    audit: { output: auditFile },
+  })
+  const echo = new Echo(`127.0.0.1:${sidecar.proxyAddress.port}`, grpc.credentials.createInsecure())
+  t.teardown(() => echo.close())
+  const slow = { text: 'slow', delay_ms: 5000 }
+
+  // grpc-js keeps a timer for the deadline it sends: its cancel, the proxy's deadline and the upstream's race
+  for (let i = 0; i < 3; i++) {
+    const r = await unary(echo, slow, undefined, { deadline: Date.now() + 200 })
+    t.equal(r.err?.code, grpc.status.DEADLINE_EXCEEDED, `call ${i} with a 200 ms deadline`)
+  }
+  // the same deadline sent as metadata (a deadline propagated from the caller's caller, whose timer is not
+  // here): the proxy's own timer ends the call, before the upstream's and without a cancel from the client
+  const propagated = new grpc.Metadata()
+  propagated.set('grpc-timeout', '200m')
+  const atProxy = await unary(echo, slow, propagated)
+  t.equal(atProxy.err?.code, grpc.status.DEADLINE_EXCEEDED, 'the deadline the proxy enforced')
+  // the same, once the upstream has answered: a bidirectional call still open at its deadline
+  const bidiStatus = await new Promise<grpc.StatusObject>((resolve) => {
+    const md = new grpc.Metadata()
+    md.set('grpc-timeout', '300m')
+    const call = echo['Bidi']!(md) as grpc.ClientDuplexStream<Msg, Msg>
+    call.on('error', () => {})
+    call.on('status', resolve)
+    call.write({ text: 'x' })
+  })
+  t.equal(bidiStatus.code, grpc.status.DEADLINE_EXCEEDED, 'a call answered, then past its deadline')
+  // no deadline of the client's: the upstream's silence past timeouts.upstream is the upstream's fault
+  const noDeadline = await unary(echo, slow)
+  t.equal(noDeadline.err?.code, grpc.status.DEADLINE_EXCEEDED, 'timeouts.upstream is DEADLINE_EXCEEDED too')
+
+  const samples = await eventually(async () => {
+    const s = await scrape(sidecar.adminUrl)
+    const counted = s.filter((x) => x.name === 'nhi_grpc_requests_total').reduce((n, x) => n + x.value, 0)
+    // every call counted, whatever its status: the assertions below tell which one is wrong
+    if (counted >= 6) return s
+    throw new Error(`${counted} calls counted`)
+  })
+  t.equal(
+    metricValue(samples, 'nhi_grpc_requests_total', { grpc_status: '4' }),
+    6,
+    'all six DEADLINE_EXCEEDED',
+  )
+  t.equal(
+    metricValue(samples, 'nhi_upstream_errors_total', { reason: 'timeout' }),
+    1,
+    'only the call past timeouts.upstream is an upstream timeout',
+  )
+  const lines = await eventually(
+    async () => {
+      const text = await readFile(auditFile, 'utf8').catch(() => '')
+      const all = text
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      return all.length >= 6 ? all : undefined
+    },
+    { what: 'the six calls audited' },
+  )
+  t.same(
+    lines.map((l) => [l['path'], l['grpc_status'], l['upstream_error']]),
+    [
+      ...Array.from({ length: 4 }, () => ['/demo.v1.Echo/Unary', 4, undefined]),
+      ['/demo.v1.Echo/Bidi', 4, undefined],
+      ['/demo.v1.Echo/Unary', 4, 'timeout'],
+    ],
+    'audited: the client deadlines without an upstream error, timeouts.upstream with one',
+  )
 })
