@@ -108,6 +108,12 @@ function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
  */
 const REPLAY_LIMIT = 64 * 1024
 
+/** a session that did not come up within the connect deadline: connect timeouts, as on the HTTP/1.1 path */
+function notEstablished(session: ClientHttp2Session): Error {
+  const message = session.connecting ? 'connect timeout' : 'no HTTP/2 SETTINGS from the upstream in time'
+  return Object.assign(new Error(message), { code: 'ETIMEDOUT' })
+}
+
 /** why a gRPC call past its own `grpc-timeout` is ended */
 const DEADLINE_MESSAGE = 'deadline exceeded'
 
@@ -118,6 +124,8 @@ export class Http2Forwarder {
   private readonly sessions = new Map<string, ClientHttp2Session>()
   /** the last stream id of the GOAWAY each session received: the streams above it were not processed */
   private readonly goaways = new WeakMap<ClientHttp2Session, number>()
+  /** the sessions whose upstream sent its SETTINGS: before that, a failure is a connect failure */
+  private readonly established = new WeakSet<ClientHttp2Session>()
   /** the gRPC calls in flight, each with what ends it at shutdown (see endCalls) */
   private readonly calls = new Set<() => Promise<void>>()
   private tls: Http2ForwarderOptions['tls']
@@ -137,30 +145,38 @@ export class Http2Forwarder {
     return { ...tls, createConnection: () => tlsConnect({ ...tls, host, port, ALPNProtocols: ['h2'] }) }
   }
 
-  private session(origin: string, tls: boolean): { session: ClientHttp2Session; connected: () => boolean } {
-    let session = this.sessions.get(origin)
+  /**
+   * The origin's session, opened when there is none to use. The connect deadline runs until the upstream's
+   * SETTINGS frame (its half of the connection preface, RFC 9113 §3.4), not only until TCP/TLS is up: a peer
+   * that accepts the connection and stays silent (a hung process, a port taken by something that is not
+   * HTTP/2) would otherwise hold every request sent on the session until timeouts.upstream, and the session
+   * would be reused for the next ones. Destroyed at the deadline, it fails its streams as connect failures and
+   * leaves the map, so the next request opens a new one.
+   */
+  private session(origin: string, tls: boolean): ClientHttp2Session {
+    const session = this.sessions.get(origin)
     // a session told to go away takes no new stream (node:http2 closes it, after the 'goaway' event)
-    if (session === undefined || session.closed || session.destroyed || this.goaways.has(session)) {
-      const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
-      const s = connect(url, tls ? this.connectOptions(url) : {})
-      s.on('error', () => {})
-      s.on('goaway', (_code: number, lastStreamID: number) => this.goaways.set(s, lastStreamID))
-      // an idle upstream session must not keep the process alive
-      s.unref()
-      s.once('close', () => {
-        if (this.sessions.get(origin) === s) this.sessions.delete(origin)
-      })
-      const timeout = connectTimeoutMs(this.options)
-      const timer = setTimeout(() => {
-        if (s.connecting) s.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }))
-      }, timeout)
-      timer.unref()
-      s.once('connect', () => clearTimeout(timer))
-      this.sessions.set(origin, s)
-      session = s
-    }
-    const current = session
-    return { session: current, connected: () => !current.connecting }
+    if (session !== undefined && !session.closed && !session.destroyed && !this.goaways.has(session))
+      return session
+    const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
+    const s = connect(url, tls ? this.connectOptions(url) : {})
+    s.on('error', () => {})
+    s.on('goaway', (_code: number, lastStreamID: number) => this.goaways.set(s, lastStreamID))
+    // an idle upstream session must not keep the process alive
+    s.unref()
+    s.once('close', () => {
+      if (this.sessions.get(origin) === s) this.sessions.delete(origin)
+    })
+    const timer = setTimeout(() => {
+      if (!this.established.has(s)) s.destroy(notEstablished(s))
+    }, connectTimeoutMs(this.options))
+    timer.unref()
+    s.once('remoteSettings', () => {
+      this.established.add(s)
+      clearTimeout(timer)
+    })
+    this.sessions.set(origin, s)
+    return s
   }
 
   /**
@@ -213,6 +229,8 @@ export class Http2Forwarder {
       let grpcWeb: GrpcWebStatusReader | undefined
       let trailers: H2Headers | undefined
       let stream: ClientHttp2Stream
+      /** the session `stream` is on */
+      let current: ClientHttp2Session
       const timers: NodeJS.Timeout[] = []
       /**
        * the request body sent so far, kept until the upstream answers so that a stream it refuses unprocessed
@@ -349,7 +367,8 @@ export class Http2Forwarder {
        * `replay`. Any other close without an answer fails the request as before.
        */
       const open = (): ClientHttp2Stream | undefined => {
-        const { session, connected } = this.session(target.origin, tls)
+        const session = this.session(target.origin, tls)
+        current = session
         let s: ClientHttp2Stream
         try {
           // with a body, the stream stays open after the last DATA frame so the client's trailers can follow
@@ -372,7 +391,7 @@ export class Http2Forwarder {
             }
             return
           }
-          fail(connected() ? 'reset' : 'connect', err)
+          fail(this.established.has(session) ? 'reset' : 'connect', err)
         }
         s.on('error', lost)
         s.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number) => {
@@ -485,8 +504,12 @@ export class Http2Forwarder {
       timers.push(
         setTimeout(() => {
           // the upstream's silence is the operator's to know, as on the HTTP/1.1 path (a gRPC call's own
-          // deadline below is the client's, and is not)
-          if (status === 0) fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
+          // deadline below is the client's, and is not). A session still without the upstream's SETTINGS
+          // never came up: a connect failure (its own deadline, which is no later, destroys it)
+          if (status !== 0) return
+          if (this.established.has(current))
+            fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
+          else fail('connect', notEstablished(current))
         }, this.options.headersTimeout),
       )
       // a deadline past what a timer holds (about 24.8 days, `2592000S` is 30) would fire at once: it is
