@@ -146,8 +146,24 @@ const WATCHDOG_MS = 5_000
  * signature is refused (replay_cache_full) when it runs out
  */
 const NONCE_ASK_TIMEOUT_MS = 1_000
-/** a worker that exits within this long of its start is started again only after this long */
+/**
+ * A slot whose workers keep exiting soon after they start (a file they read at start that broke, a crash on
+ * some request) is started again ever later, as a supervisor does: after 1 s, then 2 s, 4 s… up to the cap,
+ * so a fault that stays costs little CPU and log, and one that clears is served again within the cap.
+ */
 const RESTART_BACKOFF_MS = 1_000
+const RESTART_BACKOFF_CAP_MS = 30_000
+/**
+ * A worker that served this long was not part of a crash loop: its slot's backoff starts again, and its exit
+ * restarts the slot at once. An exit before that (or before serving at all) is an early one.
+ */
+const WORKER_STABLE_MS = 60_000
+/**
+ * This many early exits over the pod within WORKER_STABLE_MS is a crash loop the primary cannot fix by
+ * restarting: it stops every worker and exits 2 (`workers_crash_loop`), so the container is restarted and
+ * the pod shows CrashLoopBackOff, instead of a primary that answers /healthz 200 while its workers fail.
+ */
+const CRASH_LOOP_EXITS = 5
 /** how long a worker's death by SIGTERM during the start waits for the primary's own stop signal */
 const GROUP_STOP_GRACE_MS = 2_000
 /** live events a worker batches before handing them to the primary, and the most it keeps waiting */
@@ -445,6 +461,11 @@ export interface Pod {
   readonly adminAddress: AddressInfo
   config(): Config
   reload(): Promise<boolean>
+  /**
+   * Settles only when the workers crash-loop (`workers_crash_loop`, logged): once every worker has been
+   * stopped, with the error the process should exit with.
+   */
+  readonly failed: Promise<StartupError>
   shutdown(): Promise<void>
   close(): Promise<void>
 }
@@ -452,7 +473,10 @@ export interface Pod {
 interface Slot {
   worker: Worker | undefined
   listening: boolean
-  startedAt: number
+  /** when the worker reported it serves */
+  listeningSince?: number
+  /** early exits in a row of this slot's workers (WORKER_STABLE_MS): the next restart's backoff */
+  failures: number
   /** the config the worker was started with */
   config?: Config
   /** the watchdog's ping waits for this worker's answer */
@@ -504,6 +528,12 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   const own = new PodExport()
   const slots: Slot[] = []
   let restarts = 0
+  /** when the pod's early worker exits were, within the last WORKER_STABLE_MS (CRASH_LOOP_EXITS at most) */
+  const earlyExits: number[] = []
+  let crashLooped: ((err: StartupError) => void) | undefined
+  const crashed = new Promise<StartupError>((done) => {
+    crashLooped = done
+  })
   let stopping = false
   let draining = false
   let nextId = 0
@@ -540,7 +570,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
 
   const fork = (index: number) => {
     const worker = cluster.fork({ [SLOT_ENV]: String(index + 1) })
-    const slot: Slot = { worker, listening: false, startedAt: Date.now() }
+    const slot: Slot = { worker, listening: false, failures: slots[index]?.failures ?? 0 }
     slots[index] = slot
     const start = () => {
       slot.config = config
@@ -580,6 +610,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       else if (m.nhi === 'reply') waiting.get(m.id)?.done(m.value)
       else if (m.nhi === 'listening') {
         slot.listening = true
+        slot.listeningSince = Date.now()
         // the pod stops: nothing else it would be told matters any more
         if (slot.held) {
           worker.send(slot.held)
@@ -614,6 +645,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       // a worker exits 0 only after a drain or close: one that had started serving and was told to stop on
       // its own (a SIGTERM sent to it alone) is replaced, even while its siblings are still starting
       const drained = slot.listening && code === 0
+      const early =
+        !drained && (slot.listeningSince === undefined || Date.now() - slot.listeningSince < WORKER_STABLE_MS)
       slot.worker = undefined
       slot.listening = false
       pod.drop(String(index + 1))
@@ -637,37 +670,67 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         // the restart after it): with every worker gone this way before one listened, nothing else keeps
         // the primary's start alive, and it would end with exit 0 and not a word.
         setTimeout(() => {
-          if (!stopping && opts.stop?.aborted !== true) restartSlot(code, signal)
+          if (!stopping && opts.stop?.aborted !== true) restartSlot(code, signal, early)
         }, GROUP_STOP_GRACE_MS)
         return
       }
-      restartSlot(code, signal)
+      restartSlot(code, signal, early)
     })
-    const restartSlot = (code: number | null, signal: string | null) => {
+    const restartSlot = (code: number | null, signal: string | null, early: boolean) => {
+      let restartInMs = 0
+      if (early) {
+        // bounded: the exponent of a slot failing for days stays small
+        slot.failures = Math.min(slot.failures + 1, 16)
+        restartInMs = Math.min(RESTART_BACKOFF_MS * 2 ** (slot.failures - 1), RESTART_BACKOFF_CAP_MS)
+        const now = Date.now()
+        // at most CRASH_LOOP_EXITS entries: the pod gives up at that many
+        earlyExits.push(now)
+        while (earlyExits[0]! <= now - WORKER_STABLE_MS) earlyExits.shift()
+      } else slot.failures = 0
+      if (earlyExits.length >= CRASH_LOOP_EXITS) {
+        log.error({ event: 'worker_exited', worker: index + 1, code, signal }, 'a worker exited')
+        crashLoop(index, code, signal)
+        return
+      }
       restarts++
-      const soon = Date.now() - slot.startedAt < RESTART_BACKOFF_MS
       log.error(
-        {
-          event: 'worker_exited',
-          worker: index + 1,
-          code,
-          signal,
-          restartInMs: soon ? RESTART_BACKOFF_MS : 0,
-        },
+        { event: 'worker_exited', worker: index + 1, code, signal, restartInMs },
         'a worker exited; starting a new one',
       )
-      setTimeout(
-        () => {
-          if (stopping) return
-          fork(index)
-          log.info(
-            { event: 'worker_restarted', worker: index + 1, pid: slots[index]?.worker?.process.pid },
-            'a new worker is starting',
-          )
-        },
-        soon ? RESTART_BACKOFF_MS : 0,
-      )
+      setTimeout(() => {
+        if (stopping) return
+        fork(index)
+        log.info(
+          { event: 'worker_restarted', worker: index + 1, pid: slots[index]?.worker?.process.pid },
+          'a new worker is starting',
+        )
+      }, restartInMs)
     }
+  }
+
+  /**
+   * Restarting does not help: the start fails with this, or a pod that started stops every worker (those
+   * serving drain) and `failed` settles, on which the CLI exits.
+   */
+  const crashLoop = (index: number, code: number | null, signal: string | null) => {
+    stopping = true
+    const within = WORKER_STABLE_MS / 1000
+    const message = `workers crash-loop: ${earlyExits.length} exits within ${within} s, each before serving ${within} s; stopping the pod`
+    log.error(
+      {
+        event: 'workers_crash_loop',
+        exits: earlyExits.length,
+        withinMs: WORKER_STABLE_MS,
+        restarts,
+        worker: index + 1,
+        code,
+        signal,
+      },
+      message,
+    )
+    const err = new StartupError(message, 2)
+    if (startupFailed) startupFailed(err)
+    else crashLooped?.(err)
   }
 
   const killAll = () => {
@@ -968,12 +1031,12 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     : undefined
 
   let closing: Promise<void> | undefined
-  const stop = (command: Command): Promise<void> => {
+  const stop = (command: Command, starting: 'hold' | 'kill' = 'hold'): Promise<void> => {
     draining = true
     watcher?.close()
     clearInterval(livePoll)
     clearInterval(watchdog)
-    const exited = stopWorkers(command, 'hold')
+    const exited = stopWorkers(command, starting)
     closing ??= (async () => {
       await exited
       await admin.close()
@@ -981,6 +1044,13 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     })()
     return closing
   }
+  // a worker still starting then is one more that would fail: killed, not waited for
+  const failed = crashed.then((err) =>
+    stop({ nhi: 'shutdown', pod: true }, 'kill').then(
+      () => err,
+      () => err,
+    ),
+  )
 
   return {
     proxyAddress: listeners!.http,
@@ -988,6 +1058,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     adminAddress,
     config: () => config,
     reload: serialReload,
+    failed,
     shutdown() {
       if (!draining) {
         const { drainDelay, drain } = config.timeouts

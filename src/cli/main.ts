@@ -329,6 +329,8 @@ Examples:
             'nhi-proxy started',
           )
           signals.serving(pod)
+          // workers that crash-loop: exit non-zero, so the container is restarted (workers_crash_loop says why)
+          void pod.failed.then((err) => process.exit(err.exitCode))
           return
         }
         const { startSidecar } = await runtime

@@ -1,0 +1,122 @@
+// `workers: 2`: a worker that cannot start any more (here: the https listener's key file, which every worker
+// reads when it starts, is gone) is not started again every second for ever while /healthz stays 200 and
+// only log lines tell. A slot's restarts back off (1 s, 2 s, 4 s…) and serve again once the fault clears;
+// workers that keep failing make the primary stop and exit non-zero with one `workers_crash_loop` line, so
+// the container is restarted and the pod shows it.
+import { rm, writeFile } from 'node:fs/promises'
+import t, { type Test } from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
+import { createServerPki, mtlsListen } from '../helpers/pki.ts'
+import { childPids, twoWorkerPodFiles } from '../helpers/pod.ts'
+import { startSidecarFromFile } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
+
+/** the operational log lines of `event` at or after character offset `from` */
+const logLines = (stderr: string, event: string, from = 0) =>
+  stderr
+    .slice(from)
+    .split('\n')
+    .filter((l) => l.startsWith('{') && l.includes(`"event":"${event}"`))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+async function httpsPod(t: Test, name: string) {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const { ca, server } = await createServerPki()
+  const pod = await twoWorkerPodFiles(name, upstream.url)
+  await writeFile(pod.configFile, pod.config({ listen: mtlsListen(server, ca) }))
+  const sidecar = await startSidecarFromFile(t, pod.configFile)
+  return { sidecar, server }
+}
+
+t.test(
+  'a slot whose workers fail at start is restarted ever later, and serves once the fault clears',
+  async (t) => {
+    const { sidecar, server } = await httpsPod(t, 'workers-backoff')
+    const cli = sidecar.process
+    const [victim] = childPids(cli.child.pid!)
+    const from = cli.stderr().length
+    await rm(server.keyFile)
+    process.kill(victim!, 'SIGKILL')
+    // the killed worker's exit, then its replacement's, which cannot read the key
+    await eventually(() => logLines(cli.stderr(), 'worker_exited', from).length >= 2, {
+      what: 'the replacement to fail at start',
+    })
+    // a restart takes one more second each time: 1 s after the first early exit, 2 s after the next
+    const exits = logLines(cli.stderr(), 'worker_exited', from)
+    t.same(
+      exits.map((l) => l['restartInMs']),
+      [1_000, 2_000],
+      'the second restart of the slot waits twice as long as the first',
+    )
+    t.equal(exits[0]!['signal'], 'SIGKILL')
+    t.not(exits[1]!['code'], 0, 'the replacement exited with a failure')
+    t.same(
+      new Set(exits.map((l) => l['worker'])),
+      new Set([exits[0]!['worker']]),
+      'only the killed slot restarts',
+    )
+    t.equal((await fetch(`${sidecar.adminUrl}/healthz`)).status, 200, 'the other worker serves: healthy')
+
+    await writeFile(server.keyFile, server.keyPem)
+    await eventually(
+      async () => {
+        const r = await fetch(`${sidecar.adminUrl}/readyz`)
+        return r.status === 200 && ((await r.json()) as { workers: { ready: number } }).workers.ready === 2
+      },
+      { what: 'two workers serving again', timeoutMs: 15_000 },
+    )
+    t.equal(logLines(cli.stderr(), 'workers_crash_loop').length, 0, 'no crash loop')
+    t.equal(
+      metricValue(await scrape(sidecar.adminUrl), 'nhi_worker_restarts_total'),
+      2,
+      'both restarts counted',
+    )
+    t.equal(cli.child.exitCode, null, 'the pod keeps running')
+  },
+)
+
+t.test(
+  'workers that fail at every start stop the pod: exit 2 with one workers_crash_loop line',
+  async (t) => {
+    const { sidecar, server } = await httpsPod(t, 'workers-crash-loop')
+    const cli = sidecar.process
+    const first = childPids(cli.child.pid!)
+    const from = cli.stderr().length
+    await rm(server.keyFile)
+    for (const pid of first) process.kill(pid, 'SIGKILL')
+    await eventually(() => logLines(cli.stderr(), 'worker_restarted', from).length === 2, {
+      what: 'both slots restarted',
+    })
+    // while restarts wait out their backoff no worker serves, for less than the longest backoff: not yet
+    // a reason for the kubelet to restart the container
+    t.equal((await fetch(`${sidecar.adminUrl}/healthz`)).status, 200, '/healthz 200 during the backoff')
+    t.equal(
+      metricValue(await scrape(sidecar.adminUrl), 'nhi_worker_restarts_total'),
+      2,
+      'restarts in /metrics',
+    )
+
+    // 5 early exits: 2 kills, 2 failed starts 1 s later, one more 2 s after those
+    await cli.waitForLog((l) => l['event'] === 'workers_crash_loop', from, 15_000)
+    t.equal(await cli.exited, 2, 'the primary exits 2')
+    const loops = logLines(cli.stderr(), 'workers_crash_loop')
+    t.equal(loops.length, 1, 'one line says why')
+    t.equal(loops[0]!['level'], 50, 'at error level')
+    t.equal(loops[0]!['exits'], 5)
+    t.match(loops[0]!['msg'], /crash-loop/)
+    const restarted = logLines(cli.stderr(), 'worker_restarted', from).map((l) => l['pid'] as number)
+    t.equal(restarted.length, 4, 'each slot started twice more before the pod gave up')
+    for (const pid of [...first, ...restarted]) t.notOk(alive(pid), `worker ${pid} is gone`)
+  },
+)
