@@ -179,6 +179,9 @@ const LIVE_POLL_MS = 1_000
 
 export const isWorkerProcess = (): boolean => cluster.isWorker
 
+/** /healthz of a pod with a worker serving, or none for less than RESTART_BACKOFF_CAP_MS */
+const HEALTHY = { ok: true }
+
 function fmt(a: AddressInfo): string {
   return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
 }
@@ -530,6 +533,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   let restarts = 0
   /** when the pod's early worker exits were, within the last WORKER_STABLE_MS (CRASH_LOOP_EXITS at most) */
   const earlyExits: number[] = []
+  /** since when no worker has been serving, once the pod started (undefined while one serves) */
+  let noneServingSince: number | undefined
   let crashLooped: ((err: StartupError) => void) | undefined
   const crashed = new Promise<StartupError>((done) => {
     crashLooped = done
@@ -611,6 +616,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       else if (m.nhi === 'listening') {
         slot.listening = true
         slot.listeningSince = Date.now()
+        noneServingSince = undefined
         // the pod stops: nothing else it would be told matters any more
         if (slot.held) {
           worker.send(slot.held)
@@ -649,6 +655,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         !drained && (slot.listeningSince === undefined || Date.now() - slot.listeningSince < WORKER_STABLE_MS)
       slot.worker = undefined
       slot.listening = false
+      if (!slots.some((s) => s.listening)) noneServingSince ??= Date.now()
       pod.drop(String(index + 1))
       for (const [id, w] of waiting) if (w.worker === worker) waiting.get(id)?.done(undefined)
       if (stopping) return
@@ -824,6 +831,21 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     }
   }
 
+  /**
+   * The primary alone cannot fix a pod none of whose workers has served for longer than the longest backoff
+   * (workers that hang before they listen, which neither a crash nor the watchdog catches): /healthz fails
+   * then, so the kubelet's liveness probe restarts the container, as it would a single process that hung.
+   */
+  const health = () => {
+    const since = noneServingSince
+    const now = Date.now()
+    if (stopping || since === undefined || now - since <= RESTART_BACKOFF_CAP_MS) return HEALTHY
+    return {
+      ok: false,
+      error: `no worker has been serving for ${Math.round((now - since) / 1000)} s`,
+    }
+  }
+
   const snapshotOf = (s: Slot, since: number) =>
     ask(s.worker!, { nhi: 'scrape', id: nextId++, since }) as Promise<PodSnapshot | undefined>
   const scrape = async (openMetrics: boolean) => {
@@ -868,6 +890,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     telemetry,
     access: () => ({ token: () => adminToken.get(), allowedHosts: config.adminAccess.allowedHosts }),
     ready,
+    health,
     scrape,
     identities,
     auditQuery,

@@ -53,6 +53,11 @@ export interface AdminServerOptions {
   port: number
   telemetry: Telemetry
   ready: () => Promise<ReadyState>
+  /**
+   * /healthz when the process being up is not the whole answer (workers: N, whose primary stays up while no
+   * worker serves); without it, /healthz is 200 while the process runs
+   */
+  health?: () => { ok: boolean; error?: string }
   /** served through redactConfig here, whatever the caller already masked */
   effectiveConfig: () => unknown
   /** who may read the operator endpoints beyond loopback peers; read per request (reload changes it) */
@@ -181,6 +186,7 @@ const UI_HEADERS = {
   'referrer-policy': 'no-referrer',
 }
 
+const HEALTHY = { ok: true }
 const NO_ACCESS: AdminAccess = { token: () => undefined, allowedHosts: [] }
 
 export function createAdminServer(opts: AdminServerOptions): AdminServer {
@@ -239,8 +245,11 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         res.end(scrape.body)
         return
       }
-      case '/healthz':
-        return sendJson(res, 200, { ok: true })
+      case '/healthz': {
+        if (!opts.health) return sendJson(res, 200, HEALTHY)
+        const state = opts.health()
+        return sendJson(res, state.ok ? 200 : 503, state)
+      }
       case '/readyz': {
         const state = await opts.ready()
         return sendJson(res, state.ok ? 200 : 503, { ok: state.ok, checks: state.checks, ...state.detail })
