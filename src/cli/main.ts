@@ -382,6 +382,8 @@ Files the config names (jwksFile, secretFile, caFile, bearerTokenFile, listen.ht
 upstreamTls ca/cert/key, apiKeys.fingerprintKeyFile, adminAccess.tokenFile) must exist, relative paths from
 the current directory as the sidecar reads them. An absolute path whose directory
 does not exist here either (a secret mounted only where the sidecar runs) is not reported.
+The listen.https and upstreamTls files are read as run reads them at start: what run refuses (not PEM,
+a key for another certificate, an encrypted key) is an error, a certificate outside its dates a warning.
 
 Examples:
   nhi-proxy check config/nhi-proxy.yaml

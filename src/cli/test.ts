@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import * as z from 'zod/mini'
 import { formatDiagnostic } from '../config/diagnostics.ts'
-import { decodeText, loadConfigFile, readProblem } from '../config/loader.ts'
+import { decodeText, loadConfigFile } from '../config/loader.ts'
 import { type Config, described } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
 import { certEvidenceFromFields, commonName } from '../identity/certificate.ts'
@@ -27,6 +27,7 @@ import type {
 } from '../types.ts'
 import { KINDS } from '../types.ts'
 import { fingerprint, sha256Hex } from '../util/fingerprint.ts'
+import { readProblem } from '../util/read-problem.ts'
 import type { Out } from './check.ts'
 
 const stringList = z.union([z.string(), z.array(z.string())])

@@ -1,9 +1,11 @@
 // Config file → validated, defaulted Config, or diagnostics with FILE:LINE:COL (docs/reference.md "Config file").
 import { readFile, stat } from 'node:fs/promises'
 import { dirname, isAbsolute } from 'node:path'
+import { readProblem } from '../util/read-problem.ts'
 import { type Diagnostic, formatDiagnostic } from './diagnostics.ts'
 import { type Config, configSchema } from './schema.ts'
 import { semanticCheck } from './semantic.ts'
+import { tlsFileIssues } from './tls-files.ts'
 import { type Path, parseYamlWith } from './yaml-schema.ts'
 
 export type { Diagnostic } from './diagnostics.ts'
@@ -104,12 +106,14 @@ async function exists(path: string): Promise<boolean> {
  * sidecar runs (a Kubernetes secret, a service account token): not reported, so a config can be checked
  * elsewhere. Relative paths start at the working directory, as the sidecar reads them.
  */
-async function fileErrors(config: Config, locate: Locate, file: string): Promise<Diagnostic[]> {
+async function fileProblems(config: Config, locate: Locate, file: string): Promise<Diagnostic[]> {
   const out: Diagnostic[] = []
+  const present = new Set<string>()
   for (const ref of referencedFiles(config)) {
     let problem: string | undefined
     try {
       if ((await stat(ref.value)).isDirectory()) problem = 'is a directory'
+      else present.add(ref.value)
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') problem = (e as Error).message
       else if (!isAbsolute(ref.value) || (await exists(dirname(ref.value)))) problem = 'file not found'
@@ -123,21 +127,25 @@ async function fileErrors(config: Config, locate: Locate, file: string): Promise
       severity: 'error',
     })
   }
+  // the TLS sets whose files are all here are read as the start reads them, so check refuses what run would
+  for (const issue of await tlsFileIssues(config, (f) => present.has(f))) {
+    out.push({
+      file,
+      ...locate(issue.path, issue.at),
+      message: issue.message,
+      hint: issue.hint,
+      severity: issue.severity,
+    })
+  }
   return out
 }
 
 export interface LoadOptions {
-  /** also report files the config names that are missing (`check`) */
+  /**
+   * also report files the config names that are missing, and TLS files the start would refuse or that hold
+   * a certificate outside its dates (`check`)
+   */
   checkFiles?: boolean
-}
-
-/** Why a file named on the command line could not be read, in words rather than an errno. */
-export function readProblem(e: unknown): string {
-  const code = (e as NodeJS.ErrnoException).code
-  if (code === 'ENOENT') return 'file not found'
-  if (code === 'EISDIR') return 'is a directory, not a file'
-  if (code === 'EACCES') return 'permission denied'
-  return `cannot read file: ${(e as Error).message}`
 }
 
 /**
@@ -185,6 +193,8 @@ export async function loadConfigFile(path: string, opts: LoadOptions = {}): Prom
   if ('error' in decoded) return { ok: false, errors: [decoded.error], warnings: [] }
   const { result, locate } = parseLocated(decoded.text, path)
   if (!opts.checkFiles || !result.ok) return result
-  const errors = await fileErrors(result.config, locate, path)
-  return errors.length ? { ok: false, errors, warnings: result.warnings } : result
+  const found = await fileProblems(result.config, locate, path)
+  const errors = found.filter((d) => d.severity === 'error')
+  const warnings = [...result.warnings, ...found.filter((d) => d.severity === 'warning')].sort(byPosition)
+  return errors.length ? { ok: false, errors, warnings } : { ...result, warnings }
 }

@@ -5,9 +5,9 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { type ConnectionOptions, createSecureContext } from 'node:tls'
-import { readProblem } from '../config/loader.ts'
 import { pemCertificateBlocks, pemCertificates } from '../identity/certificate.ts'
 import type { CertificateValidity } from '../types.ts'
+import { readProblem } from '../util/read-problem.ts'
 
 export interface ListenerTlsFiles {
   cert: string
@@ -58,6 +58,21 @@ function checkCertificate(setting: string, file: string, pem: string): void {
   parse(setting, file, 'PEM certificate', () => new X509Certificate(pem))
 }
 
+/** PEM of a passphrase-protected key: PKCS#8 or OpenSSL's traditional format with an encryption header */
+const ENCRYPTED_KEY_RE = /-----BEGIN ENCRYPTED PRIVATE KEY-----|^Proc-Type:\s*4,ENCRYPTED/m
+
+/** a key that parses; the sidecar has no passphrase setting, and OpenSSL's words for that are "interrupted" */
+function checkKey(setting: string, file: string, pem: string): void {
+  if (ENCRYPTED_KEY_RE.test(pem)) {
+    throw new TlsMaterialError(
+      setting,
+      file,
+      'is encrypted (passphrase-protected); the sidecar reads unencrypted keys only',
+    )
+  }
+  parse(setting, file, 'PEM private key', () => createPrivateKey(pem))
+}
+
 /** a CA bundle with at least one certificate: an empty one would leave Node to its default public roots */
 function checkCaBundle(setting: string, file: string, pem: string | undefined): X509Certificate[] {
   const blocks = pemCertificateBlocks(pem)
@@ -103,7 +118,7 @@ export async function loadListenerTls(files: ListenerTlsFiles): Promise<Listener
     files.clientCA ? readPem('clientCA', files.clientCA) : undefined,
   ])
   checkCertificate('cert', files.cert, cert)
-  parse('key', files.key, 'PEM private key', () => createPrivateKey(key))
+  checkKey('key', files.key, key)
   const clientCAs = files.clientCA ? checkCaBundle('clientCA', files.clientCA, ca) : []
   checkContext(files, { setting: 'cert', file: files.cert }, { cert, key, ca })
   return { cert, key, ca, clientCAs }
@@ -192,7 +207,7 @@ export async function loadUpstreamTls(
   if (files.ca) checkCaBundle('ca', files.ca, ca)
   if (files.cert && files.key && cert !== undefined && key !== undefined) {
     checkCertificate('cert', files.cert, cert)
-    parse('key', files.key, 'PEM private key', () => createPrivateKey(key))
+    checkKey('key', files.key, key)
   }
   const otherwise = files.cert
     ? { setting: 'cert', file: files.cert }
