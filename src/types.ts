@@ -160,6 +160,11 @@ export interface CertEvidence {
   /** present only when the certificate carries exactly one valid SPIFFE URI SAN */
   spiffeId?: string
   subject?: string
+  /**
+   * how `subject` orders its RDNs: absent, as the certificate holds them (Node's printing); `rfc4514`, most
+   * specific first, as the forwarding proxy printed it (XFCC Subject)
+   */
+  subjectOrder?: 'rfc4514'
   cn?: string
   dnsSans: string[]
   uriSans: string[]

@@ -117,7 +117,10 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
   if (r.cert) {
     const c = r.cert
     const uriSans = [...(c.spiffe ? [c.spiffe] : []), ...asList(c.uri)]
-    const cn = c.subject ? commonName(c.subject) : undefined
+    // a forwarded subject is written as the proxy's XFCC Subject is (RFC 4514 order), an mTLS one as the
+    // audit trail shows it (DER order): either way the CN is the one the live proxy takes
+    const order = c.forwarded && c.subject && !c.subject.startsWith('/') ? 'rfc4514' : undefined
+    const cn = c.subject ? commonName(c.subject, order) : undefined
     const source = c.forwarded ? 'xfcc' : 'mtls'
     const cert = certEvidenceFromFields(
       {
@@ -125,6 +128,7 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
         uriSans,
         sha256: c.sha256?.toLowerCase() ?? sha256Hex(JSON.stringify(c)),
         ...(c.subject ? { subject: c.subject } : {}),
+        ...(order ? { subjectOrder: order } : {}),
         ...(cn ? { cn } : {}),
       },
       source,

@@ -169,14 +169,22 @@ function subjectOneLine(subject: string | undefined): string | undefined {
 /** RFC 4514 escapes of special characters ("CN=a\\,b" is the CN "a,b"). */
 const DN_ESCAPE_RE = /\\([ "#+,;<=>\\])/g
 
+/** One attribute of distinguished-name text and the separator after it ('' after the last). */
+interface DnPart {
+  /** as written, with the spaces around its separators */
+  text: string
+  sep: '/' | ',' | '+' | ''
+}
+
 /**
- * The one parser for a common name in distinguished-name text, as proxies forward it: "/C=US/CN=x" (slash)
- * form or "CN=x, O=y" (comma) form, the latter with RFC 4514 backslash escapes or Node's JSON-quoted values
- * (`O="a, CN=b"`). Separators inside quotes or after a backslash do not split, so a CN= inside another
- * attribute's value is never taken for the CN; `+` separates the parts of a multi-valued RDN.
+ * The attributes of distinguished-name text, as proxies forward it: "/C=US/CN=x" (slash) form or "CN=x, O=y"
+ * (comma) form, the latter with RFC 4514 backslash escapes or Node's JSON-quoted values (`O="a, CN=b"`).
+ * Separators inside quotes or after a backslash do not split, so a CN= inside another attribute's value is
+ * never taken for an attribute; `+` separates the parts of a multi-valued RDN.
  */
-export function commonName(subject: string): string | undefined {
+function dnParts(subject: string): DnPart[] {
   const slash = subject.startsWith('/')
+  const parts: DnPart[] = []
   let start = slash ? 1 : 0
   let quoted = false
   for (let i = start; i <= subject.length; i++) {
@@ -188,14 +196,59 @@ export function commonName(subject: string): string | undefined {
     if (c === '"') quoted = !quoted
     const end = i === subject.length || (!quoted && (slash ? c === '/' : c === ',' || c === '+'))
     if (!end) continue
-    const part = subject.slice(start, i).trim()
+    parts.push({
+      text: subject.slice(start, i),
+      sep: i === subject.length ? '' : (c as DnPart['sep']),
+    })
     start = i + 1
-    if (part.length > 3 && part.slice(0, 3).toUpperCase() === 'CN=') {
-      const cn = unquoteDnValue(part.slice(3).trim())
-      if (cn) return cn
+  }
+  return parts
+}
+
+/**
+ * How the RDNs of comma-form text are ordered. `der`: as the certificate holds them, the way Node prints a
+ * subject (and OpenSSL's slash form, always). `rfc4514`: reversed, the most specific first, as RFC 4514
+ * strings are and as Envoy prints XFCC's Subject (X509_NAME_print_ex with XN_FLAG_RFC2253).
+ */
+export type DnOrder = 'der' | 'rfc4514'
+
+/**
+ * The one parser for a common name in distinguished-name text (see dnParts). A subject with several CNs is
+ * named by its first CN in DER order, as certificateNames names a certificate: the first CN of slash-form or
+ * `der` text, the last of `rfc4514` comma-form text.
+ */
+export function commonName(subject: string, order: DnOrder = 'der'): string | undefined {
+  const last = order === 'rfc4514' && !subject.startsWith('/')
+  let found: string | undefined
+  for (const { text: raw } of dnParts(subject)) {
+    const text = raw.trim()
+    if (text.length > 3 && text.slice(0, 3).toUpperCase() === 'CN=') {
+      const cn = unquoteDnValue(text.slice(3).trim())
+      if (!cn) continue
+      if (!last) return cn
+      found = cn
     }
   }
-  return undefined
+  return found
+}
+
+const DN_ATTRIBUTE_RE = /^[A-Za-z][A-Za-z0-9-]*=|^[0-9]+(?:\.[0-9]+)+=/
+
+/**
+ * A subject as Node prints it (RDNs in DER order, "CN=a, O=b") in RFC 4514 order ("O=b,CN=a"), as Envoy
+ * writes XFCC's Subject, so that whoever reads the XFCC the proxy sends finds the RDNs where Envoy's put them.
+ * Text that is not attribute=value throughout is returned as it is: there is no order to reverse.
+ */
+export function rfc4514Subject(subject: string): string {
+  if (subject.startsWith('/')) return subject
+  const parts = dnParts(subject)
+  if (parts.length < 2) return subject
+  // the spaces Node puts around ", " and " + "; a value's own leading or trailing space has a backslash before it
+  const texts = parts.map((p) => p.text.replace(/^\s+/, '').replace(/(?<!\\)\s+$/, ''))
+  if (!texts.every((t) => DN_ATTRIBUTE_RE.test(t))) return subject
+  let out = ''
+  for (let i = parts.length - 1; i >= 0; i--) out += texts[i]! + (i > 0 ? parts[i - 1]!.sep : '')
+  return out
 }
 
 function unquoteDnValue(v: string): string {
@@ -325,6 +378,7 @@ export function nameConstraintViolation(
 
 export interface CertFields {
   subject?: string
+  subjectOrder?: 'rfc4514'
   cn?: string
   dnsSans: string[]
   uriSans: string[]
@@ -368,6 +422,7 @@ export function certEvidenceFromFields(
   }
   if (spiffeId) ev.spiffeId = spiffeId
   if (fields.subject) ev.subject = fields.subject
+  if (fields.subject && fields.subjectOrder) ev.subjectOrder = fields.subjectOrder
   if (fields.cn) ev.cn = fields.cn
   if (fields.sha256) ev.sha256 = fields.sha256
   if (fields.notAfter !== undefined) ev.notAfter = fields.notAfter

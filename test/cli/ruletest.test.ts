@@ -72,3 +72,22 @@ t.test('a test file that is not UTF-8 is reported at its first invalid byte and 
   t.equal(r.code, 1)
   t.match(r.text, `${file}:3:14 not UTF-8 text (hint: save the file as UTF-8)`)
 })
+
+t.test('a subject with two CNs is named as the live proxy names it, mTLS or forwarded', async (t) => {
+  const dir = scratchDirSync('ruletest-multi-cn')
+  writeFileSync(join(dir, 'config.yaml'), 'upstream: http://127.0.0.1:3000\n')
+  // the same certificate (DER: O=acme, CN=orders, CN=orders-worker) as the audit trail shows an mTLS subject and
+  // as Envoy writes XFCC's Subject (RFC 4514 order)
+  const cert = (subject: string, forwarded: boolean) =>
+    `      cert: { subject: "${subject}", forwarded: ${forwarded} }\n    expect: { identity: orders, rule: "builtin:cert" }\n`
+  writeFileSync(
+    join(dir, 'multi-cn.test.yaml'),
+    'config: config.yaml\ntests:\n' +
+      `  - name: over mTLS\n    request:\n${cert('O=acme, CN=orders, CN=orders-worker', false)}` +
+      `  - name: in XFCC\n    request:\n${cert('CN=orders-worker,CN=orders,O=acme', true)}`,
+  )
+  const r = await run([join(dir, 'multi-cn.test.yaml')])
+  t.equal(r.code, 0, r.text)
+  t.match(r.text, /^ok 1 - over mTLS$/m)
+  t.match(r.text, /^ok 2 - in XFCC$/m)
+})

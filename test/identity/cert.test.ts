@@ -11,6 +11,7 @@ import {
   firstPemCertificate,
   loadCertificateDecoder,
   parsePeerCertificate,
+  rfc4514Subject,
 } from '../../src/identity/certificate.ts'
 import { mtlsSource } from '../../src/identity/sources/mtls.ts'
 import type { CertEvidence, Failure } from '../../src/types.ts'
@@ -321,6 +322,29 @@ t.test('commonName: the one parser for distinguished-name text from headers', as
   t.equal(commonName('cn=lower'), 'lower')
   t.equal(commonName('O=no-cn'), undefined)
   t.equal(commonName(''), undefined)
+})
+
+t.test('several CNs: the first in DER order, whichever order the text is in', async (t) => {
+  t.equal(commonName('O=x, CN=a, CN=b'), 'a', 'Node order (DER): the first')
+  t.equal(commonName('/O=x/CN=a/CN=b', 'rfc4514'), 'a', 'slash form is in DER order, always')
+  t.equal(commonName('CN=b,CN=a,O=x', 'rfc4514'), 'a', 'RFC 4514 order: the last')
+  t.equal(commonName('CN=b,CN=a\\, O=y,O=x', 'rfc4514'), 'a, O=y', 'an escaped comma does not split')
+  t.equal(commonName('CN=c+CN=b,O=x', 'rfc4514'), 'b', 'inside a multi-valued RDN too')
+  t.equal(commonName('CN=,CN=a', 'rfc4514'), 'a', 'an empty CN names nothing')
+})
+
+t.test('rfc4514Subject: Node-ordered text reversed as Envoy prints it', async (t) => {
+  t.equal(rfc4514Subject('O=x, CN=a, CN=b'), 'CN=b,CN=a,O=x')
+  t.equal(
+    rfc4514Subject('O=x\\, y, CN=a, CN=b + OU=u'),
+    'OU=u+CN=b,CN=a,O=x\\, y',
+    'as openssl -nameopt RFC2253',
+  )
+  t.equal(rfc4514Subject('O="a, CN=b", CN=c'), 'CN=c,O="a, CN=b"', 'a quoted value stays whole')
+  t.equal(rfc4514Subject('O=x, CN=a\\ '), 'CN=a\\ ,O=x', "a value's escaped trailing space stays")
+  t.equal(rfc4514Subject('CN=only'), 'CN=only')
+  t.equal(rfc4514Subject('/O=x/CN=a'), '/O=x/CN=a', 'slash form is left as it is')
+  t.equal(rfc4514Subject('CN=a, not a DN'), 'CN=a, not a DN', 'text that is not attribute=value throughout')
 })
 
 t.test('PEM text that is not a certificate is malformed, never a throw', async (t) => {

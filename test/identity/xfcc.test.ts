@@ -412,7 +412,9 @@ t.test('headers sent upstream', async (t) => {
     uriSans: ['spiffe://td/x'],
     dnsSans: [],
   })
-  t.equal(quoted, 'Subject="CN=a \\"b\\", O=c";URI=spiffe://td/x')
-  t.equal(parseXfcc(quoted)?.[0]?.subject, 'CN=a "b", O=c')
+  // the certificate's RDNs (CN, then O) in RFC 4514 order, as Envoy writes them
+  t.equal(quoted, 'Subject="O=c,CN=a \\"b\\"";URI=spiffe://td/x')
+  t.equal(parseXfcc(quoted)?.[0]?.subject, 'O=c,CN=a "b"')
+  t.equal((xfccEvidence(quoted) as CertEvidence).cn, 'a "b"', "the CN read back is the certificate's")
   t.ok(FORWARDED_CERT_HEADERS.includes('x-forwarded-client-cert'))
 })

@@ -1,7 +1,10 @@
 // Names of every header that can carry a forwarded client certificate, and what we send upstream.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
+import { LRUCache } from 'lru-cache'
 import type { CertEvidence, Failure, ForwardedCertFormat } from '../../types.ts'
 import { normalizeHeaderName } from '../../util/header-names.ts'
+import { lruGet } from '../../util/lru-get.ts'
+import { rfc4514Subject } from '../certificate.ts'
 
 export const XFCC_HEADER = 'x-forwarded-client-cert'
 export const CLIENT_CERT_HEADER = 'client-cert'
@@ -178,11 +181,30 @@ function xfccValue(v: string, escapePercent: boolean): string {
   return `"${safe.replace(/[\\"]/g, (c) => `\\${c}`)}"`
 }
 
-/** One XFCC element (Envoy format) describing a verified client certificate; always a valid header value. */
+/**
+ * Node-ordered subjects in RFC 4514 order: a client's certificate is described again with each of its requests.
+ * Bounded: the key is client input.
+ */
+const rfc4514Subjects = new LRUCache<string, string>({ max: 1024 })
+
+function inRfc4514Order(subject: string, order: CertEvidence['subjectOrder']): string {
+  if (order === 'rfc4514') return subject
+  let out = lruGet(rfc4514Subjects, subject)
+  if (out === undefined) {
+    out = rfc4514Subject(subject)
+    rfc4514Subjects.set(subject, out)
+  }
+  return out
+}
+
+/**
+ * One XFCC element (Envoy format) describing a verified client certificate; always a valid header value. Its
+ * Subject is in RFC 4514 order, as Envoy's is, so a reader takes the same CN from it as from the certificate.
+ */
 export function formatXfcc(ev: CertEvidence): string {
   const parts: string[] = []
   if (ev.sha256) parts.push(`Hash=${xfccValue(ev.sha256, false)}`)
-  if (ev.subject) parts.push(`Subject=${xfccValue(ev.subject, true)}`)
+  if (ev.subject) parts.push(`Subject=${xfccValue(inRfc4514Order(ev.subject, ev.subjectOrder), true)}`)
   for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri, false)}`)
   for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns, false)}`)
   return parts.join(';')

@@ -155,12 +155,14 @@ export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
   if (!sha256 && el.subject === undefined && el.uri.length === 0 && el.dns.length === 0) {
     return malformed('x-forwarded-client-cert element has no Hash, Cert, Subject, URI or DNS')
   }
+  // Envoy prints Subject in RFC 4514 order (the RDNs reversed): its first CN in DER order is the last one here
   const subject = el.subject === undefined ? undefined : decodeSubject(el.subject)
-  const cn = subject === undefined ? undefined : commonName(subject)
+  const cn = subject === undefined ? undefined : commonName(subject, 'rfc4514')
   return certEvidenceFromFields(
     {
       ...(sha256 ? { sha256 } : {}),
       ...(subject ? { subject } : {}),
+      ...(subject && !subject.startsWith('/') ? { subjectOrder: 'rfc4514' as const } : {}),
       ...(cn ? { cn } : {}),
       uriSans: el.uri,
       dnsSans: el.dns,
