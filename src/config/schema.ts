@@ -551,11 +551,22 @@ export const configSchema = z.strictObject({
           ),
           ranges: described(
             z._default(
-              z.array(z.strictObject({ operator: z.string().check(z.minLength(1)), url: z.url() })),
+              z.array(
+                z.strictObject({
+                  operator: z.string().check(z.minLength(1)),
+                  url: z.url(),
+                  products: described(
+                    z.optional(z.array(z.string().check(z.minLength(1)))),
+                    'the products the file vouches for, as the user-agent classifier names them (gptbot); ' +
+                      "default: those of the operator's published file of that name, or all of an operator " +
+                      'that publishes one list (Bing, Apple)',
+                  ),
+                }),
+              ),
               [],
             ),
             'range files to fetch at start and refresh, each for one operator (Google, Bing, OpenAI, Apple, ' +
-              'Perplexity, …); none by default',
+              'Perplexity, …) and the products it vouches for; none by default',
           ),
           refreshInterval: z._default(duration, 24 * 3_600_000),
           retryInterval: described(

@@ -1,6 +1,7 @@
 // Checks the schema cannot express: CIDRs, patterns, captures, shadowed or duplicate rules, references to
 // issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
 import { isIPv4 } from 'node:net'
+import { publishedFileNames, rangeFileProducts } from '../identity/bots/ranges.ts'
 import { issuerNamespace } from '../identity/profiles.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import { pathTemplateProblem } from '../proxy/path.ts'
@@ -60,6 +61,20 @@ export function semanticCheck(config: Config): SemanticIssue[] {
     issues.push({ path, message, hint, severity: 'warning', at })
 
   forwardedCertIssues(config.forwardedClientCert, error, warn)
+
+  // a file of an operator that publishes one per product vouches only for the products it is known to cover:
+  // taken for all of them, an address a user-triggered fetcher comes from would verify the operator's crawler
+  config.bots.verify.ranges.forEach((src, i) => {
+    try {
+      rangeFileProducts(src)
+    } catch (e) {
+      error(
+        ['bots', 'verify', 'ranges', i, 'url'],
+        (e as Error).message,
+        `keep the file name ${src.operator} publishes (${publishedFileNames(src.operator).join(', ')}), or add products`,
+      )
+    }
+  })
 
   // the schema only knows it is a URL; what the proxy can forward to is decided here, so `check`, a start and a
   // reload all refuse it the same way (FILE:LINE:COL), instead of a reload half-applying it

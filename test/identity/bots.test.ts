@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
-import { rm } from 'node:fs/promises'
+import { rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -13,7 +13,14 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
-import { OperatorRanges, parseRangeDocument, SHIPPED_RANGES } from '../../src/identity/bots/ranges.ts'
+import { semanticCheck } from '../../src/config/semantic.ts'
+import {
+  OperatorRanges,
+  parseRangeDocument,
+  rangeFileProducts,
+  SHIPPED_RANGES,
+  snapshotFiles,
+} from '../../src/identity/bots/ranges.ts'
 import { BotVerifier } from '../../src/identity/bots/verify.ts'
 import { clientAddress } from '../../src/identity/client-address.ts'
 import { AttributionPipeline } from '../../src/pipeline/index.ts'
@@ -60,7 +67,7 @@ t.test('range files: the published layout is parsed, junk is refused or skipped'
   t.same(parseRangeDocument(doc), ['2001:4860:4801:10::/64', '66.249.64.0/27'])
   t.throws(() => parseRangeDocument({ keys: [] }), /not \{"prefixes"/)
   t.throws(() => parseRangeDocument({ prefixes: [{ ipv4Prefix: 'x' }] }), /no usable prefixes/)
-  const r = new OperatorRanges(new Map([['Google', parseRangeDocument(doc)]]))
+  const r = new OperatorRanges([{ operator: 'Google', products: 'all', prefixes: parseRangeDocument(doc) }])
   t.ok(r.contains('google', '66.249.64.31'))
   t.notOk(r.contains('Google', '66.249.64.32'))
   t.ok(r.contains('Google', '2001:4860:4801:10::1'))
@@ -75,6 +82,18 @@ t.test('verifyBotClaim against the shipped ranges', async (t) => {
   t.equal(v.verifyBotClaim('Google', '203.0.113.9'), 'unverified_claim')
   t.equal(v.verifyBotClaim('Google', '20.171.206.7'), 'unverified_claim', "OpenAI's range is not Google's")
   t.equal(v.verifyBotClaim('OpenAI', '20.171.206.7'), 'verified')
+  t.equal(v.verifyBotClaim('OpenAI', '20.171.206.7', 'gptbot'), 'verified', 'a GPTBot address for GPTBot')
+  t.equal(
+    v.verifyBotClaim('OpenAI', '104.208.184.193', 'gptbot'),
+    'unverified_claim',
+    "a ChatGPT-User address is not GPTBot's",
+  )
+  t.equal(v.verifyBotClaim('OpenAI', '104.208.184.193', 'chatgpt-user'), 'verified')
+  t.equal(
+    v.verifyBotClaim('OpenAI', '104.208.184.193'),
+    'verified',
+    "without a product: any of OpenAI's files",
+  )
   t.equal(v.verifyBotClaim('Apple', '17.241.208.170'), 'verified')
   t.equal(
     v.verifyBotClaim('Bing', '157.55.39.1'),
@@ -84,6 +103,127 @@ t.test('verifyBotClaim against the shipped ranges', async (t) => {
   const off = new BotVerifier(verifyConfig({ enabled: false }).bots.verify, { trustedProxies: [] })
   t.equal(off.verifyBotClaim('Google', '203.0.113.9'), 'unknown')
 })
+
+t.test('range files vouch for the products their operator publishes them for', async (t) => {
+  const openai = (file: string) =>
+    rangeFileProducts({ operator: 'OpenAI', url: `https://openai.com/${file}` })
+  t.same(openai('gptbot.json'), ['gptbot'])
+  t.same(openai('searchbot.json'), ['oai-searchbot'])
+  t.same(openai('chatgpt-user.json'), ['chatgpt-user'])
+  t.same(
+    rangeFileProducts({ operator: 'Perplexity', url: 'https://www.perplexity.ai/perplexity-user.json' }),
+    ['perplexity-user'],
+  )
+  const google = (file: string) =>
+    rangeFileProducts({
+      operator: 'Google',
+      url: `https://developers.google.com/static/search/apis/ipranges/${file}`,
+    })
+  t.ok(google('googlebot.json').includes('googlebot'))
+  for (const file of [
+    'special-crawlers.json',
+    'user-triggered-fetchers.json',
+    'user-triggered-fetchers-google.json',
+  ])
+    t.notOk(google(file).includes('googlebot'), `${file} does not vouch for Googlebot`)
+  t.equal(rangeFileProducts({ operator: 'Bing', url: 'https://www.bing.com/toolbox/bingbot.json' }), 'all')
+  t.equal(
+    rangeFileProducts({ operator: 'Apple', url: 'https://mirror.example/apple.json' }),
+    'all',
+    'an operator that publishes one list: any file of it vouches for all its products',
+  )
+  t.same(
+    rangeFileProducts({ operator: 'openai', url: 'https://mirror.example/ranges/chatgpt-user.json?v=2' }),
+    ['chatgpt-user'],
+    'a mirror keeping the file name',
+  )
+  t.same(
+    rangeFileProducts({ operator: 'OpenAI', url: 'https://mirror.example/x.json', products: ['GPTBot'] }),
+    ['gptbot'],
+    'products named in the config, in any case',
+  )
+  t.throws(
+    () => rangeFileProducts({ operator: 'OpenAI', url: 'https://mirror.example/openai.json?token=secret' }),
+    /^OpenAI publishes one range file per product, and https:\/\/mirror\.example\/openai\.json is not one of them by name: say which products/,
+    'a file of a per-product operator that says nothing is refused, its query left out',
+  )
+
+  const issues = semanticCheck(
+    verifyConfig({
+      ranges: [
+        { operator: 'OpenAI', url: 'https://mirror.example/openai.json' },
+        { operator: 'OpenAI', url: 'https://mirror.example/gptbot.json' },
+        { operator: 'OpenAI', url: 'https://mirror.example/x.json', products: ['gptbot'] },
+        { operator: 'Bing', url: 'https://mirror.example/bing.json' },
+      ],
+    }),
+  ).filter((i) => i.path[0] === 'bots')
+  t.same(
+    issues.map((i) => [i.path, i.severity]),
+    [[['bots', 'verify', 'ranges', 0, 'url'], 'error']],
+    'the config check refuses the file nothing says the products of, and only that one',
+  )
+  t.match(issues[0]?.hint, /gptbot\.json, searchbot\.json, chatgpt-user\.json/)
+})
+
+t.test(
+  'a snapshot made before files were per product loads; one that cannot say fails clearly',
+  async (t) => {
+    const old = {
+      asOf: '2026-09-15',
+      sources: [
+        {
+          operator: 'OpenAI',
+          url: 'https://openai.com/gptbot.json',
+          creationTime: 'x',
+          prefixes: ['192.0.2.0/24'],
+        },
+        {
+          operator: 'OpenAI',
+          url: 'https://openai.com/chatgpt-user.json',
+          creationTime: 'x',
+          prefixes: ['198.51.100.0/24'],
+        },
+        {
+          operator: 'Bing',
+          url: 'https://www.bing.com/toolbox/bingbot.json',
+          creationTime: 'x',
+          prefixes: ['203.0.113.0/24'],
+        },
+      ],
+    }
+    const files = snapshotFiles(old)
+    t.same(
+      files.map((f) => f.products),
+      [['gptbot'], ['chatgpt-user'], 'all'],
+    )
+    const r = new OperatorRanges(files)
+    t.ok(r.contains('OpenAI', '192.0.2.1', 'gptbot'))
+    t.notOk(r.contains('OpenAI', '198.51.100.1', 'gptbot'), "ChatGPT-User's range is not GPTBot's")
+    t.ok(r.contains('OpenAI', '198.51.100.1', 'chatgpt-user'))
+    t.notOk(r.covers('OpenAI', 'oai-searchbot'), 'no file for OAI-SearchBot: nothing to check it against')
+    t.ok(r.covers('Bing', 'bingpreview'), "Bing's one list covers every Bing product")
+    t.ok(r.contains('Bing', '203.0.113.1', 'msnbot'))
+    t.ok(r.contains('OpenAI', '198.51.100.1'), "without a product: any of the operator's ranges")
+
+    t.throws(
+      () =>
+        snapshotFiles({
+          asOf: '2026-09-15',
+          sources: [
+            { operator: 'OpenAI', url: 'https://mirror.example/all.json', creationTime: 'x', prefixes: [] },
+          ],
+        }),
+      /^ranges-snapshot\.json: OpenAI publishes one range file per product.*refresh it with node scripts\/refresh-bot-ranges\.mjs$/,
+    )
+    t.ok(
+      SHIPPED_RANGES.sources.every(
+        (s) => s.operator === 'Apple' || s.operator === 'Bing' || s.products !== undefined,
+      ),
+      'the shipped snapshot names the products of every per-product file',
+    )
+  },
+)
 
 t.test(
   'the pipeline: in range verified and named without ua:, out of range counted, others untouched',
@@ -348,7 +488,7 @@ t.test(
 
 t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published files', async (t) => {
   const server = createServer((req, res) => {
-    if (req.url === '/down.json') {
+    if (req.url?.startsWith('/down')) {
       res.statusCode = 503
       res.end()
       return
@@ -366,7 +506,23 @@ t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published fi
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   const out = join(tmpdir(), `bot-ranges-${process.pid}.json`)
   t.teardown(() => rm(out, { force: true }))
-  await promisify(execFile)(process.execPath, [
+  // a snapshot of the shape before files were per product, whose file fails to fetch this time
+  await writeFile(
+    out,
+    JSON.stringify({
+      asOf: '2026-09-15',
+      sources: [
+        {
+          operator: 'OpenAI',
+          url: `${base}/down/chatgpt-user.json`,
+          creationTime: 'x',
+          prefixes: ['198.51.100.0/24'],
+        },
+        { operator: 'OpenAI', url: `${base}/down/all.json`, creationTime: 'x', prefixes: ['203.0.113.0/24'] },
+      ],
+    }),
+  )
+  const run = await promisify(execFile)(process.execPath, [
     'scripts/refresh-bot-ranges.mjs',
     '--out',
     out,
@@ -374,21 +530,49 @@ t.test('scripts/refresh-bot-ranges.mjs writes the snapshot from the published fi
     `Bing=${base}/bingbot.json`,
     '--url',
     `Perplexity=${base}/down.json`,
+    '--url',
+    `OpenAI=${base}/mirror/gptbot.json`,
+    '--url',
+    `OpenAI:OAI-SearchBot=${base}/mirror/search.json`,
+    '--url',
+    `OpenAI=${base}/mirror/openai.json`,
+    '--url',
+    `OpenAI=${base}/down/chatgpt-user.json`,
+    '--url',
+    `OpenAI=${base}/down/all.json`,
   ]).catch((err: { stderr?: string }) => {
     t.fail(err.stderr ?? String(err))
+    return { stderr: '' }
   })
+  t.match(run.stderr, /OpenAI .*\/mirror\/openai\.json: OpenAI publishes one range file per product/)
+  t.match(
+    run.stderr,
+    /\/down\/all\.json: previous entry left out: OpenAI publishes one range file per product/,
+  )
   const written = JSON.parse(readFileSync(out, 'utf8'))
   t.match(written.asOf, /^\d{4}-\d{2}-\d{2}$/)
+  const fetched = { creationTime: '2026-11-30T10:00:00Z', prefixes: ['192.0.2.0/24', '2001:db8::/32'] }
   t.same(
     written.sources,
     [
+      { operator: 'Bing', url: `${base}/bingbot.json`, ...fetched },
+      { operator: 'OpenAI', url: `${base}/mirror/gptbot.json`, products: ['gptbot'], ...fetched },
+      { operator: 'OpenAI', url: `${base}/mirror/search.json`, products: ['oai-searchbot'], ...fetched },
       {
-        operator: 'Bing',
-        url: `${base}/bingbot.json`,
-        creationTime: '2026-11-30T10:00:00Z',
-        prefixes: ['192.0.2.0/24', '2001:db8::/32'],
+        operator: 'OpenAI',
+        url: `${base}/down/chatgpt-user.json`,
+        creationTime: 'x',
+        products: ['chatgpt-user'],
+        prefixes: ['198.51.100.0/24'],
       },
     ],
-    'the file that failed is left out (no previous entry), junk prefixes are dropped',
+    'Bing: one list for all its products; OpenAI: one per product, by file name or as named; an OpenAI ' +
+      'file nothing names the products of is left out, fetched or kept; a kept entry of the old shape gets ' +
+      'its products; junk prefixes are dropped',
+  )
+  t.same(
+    snapshotFiles(written).map((f) => f.products),
+    ['all', ['gptbot'], ['oai-searchbot'], ['chatgpt-user']],
+    'and the proxy loads it',
   )
 })

@@ -160,6 +160,7 @@ t.test('a crawler named without a version is the same claim', async (t) => {
   const proxy = sidecar.proxyUrl
   // the classifier names each of these after the crawler (and an AI crawler's operator with it), so the
   // claim is the crawler's as much as with `/version`
+  // each from an address of its own product's range file (gptbot.json, searchbot.json, chatgpt-user.json)
   const claims: [ua: string, name: string, operatorAddress: string][] = [
     [
       'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot; +https://openai.com/gptbot)',
@@ -169,12 +170,12 @@ t.test('a crawler named without a version is the same claim', async (t) => {
     [
       'Mozilla/5.0 (compatible; OAI-SearchBot; +https://openai.com/searchbot)',
       'oai-searchbot',
-      '132.196.86.1',
+      '135.234.64.1',
     ],
     [
       'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko); compatible; ChatGPT-User; +https://openai.com/bot',
       'chatgpt-user',
-      '132.196.86.1',
+      '104.208.184.193',
     ],
     ['Mozilla/5.0 (compatible; Googlebot; +http://www.google.com/bot.html)', 'googlebot', GOOGLE_ADDRESS],
     ['Googlebot 2.1 (+http://www.google.com/bot.html)', 'googlebot', GOOGLE_ADDRESS],

@@ -1,10 +1,10 @@
 // Verified bots: a user agent claiming a well-known crawler operator is verified only when the address it
-// comes from is inside that operator's published IP ranges (or, when enabled, passes reverse-then-forward
-// DNS). A claim from elsewhere is an `unverified_claim` anomaly; one whose reverse DNS lookup is still on its
-// way is counted when the lookup concludes unverified (the request is answered by then). Ranges start from
-// the snapshot shipped with the release and are refreshed from the configured URLs with the JWKS fetcher's
-// rules: the last good file keeps serving through failures, a failed fetch is retried sooner than the
-// regular refresh.
+// comes from is inside the operator's published IP ranges for the product it is named after (or, when
+// enabled, passes reverse-then-forward DNS). A claim from elsewhere is an `unverified_claim` anomaly; one whose
+// reverse DNS lookup is still on its way is counted when the lookup concludes unverified (the request is
+// answered by then). Ranges start from the snapshot shipped with the release and are refreshed from the
+// configured URLs with the JWKS fetcher's rules: the last good file keeps serving through failures, a failed
+// fetch is retried sooner than the regular refresh.
 import type { Config } from '../../config/schema.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo, UserAgentEvidence } from '../../types.ts'
 import type { CidrSet } from '../../util/cidr.ts'
@@ -14,7 +14,15 @@ import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
 import { evidenceOf, replaceEvidence } from '../sources/source.ts'
 import { claimedOperators, operatorVouchesFor } from './claims.ts'
 import { DnsVerifier } from './dns.ts'
-import { OperatorRanges, parseRangeDocument, type RangeSource, SHIPPED_RANGES } from './ranges.ts'
+import {
+  OperatorRanges,
+  parseRangeDocument,
+  type RangeFile,
+  type RangeProducts,
+  type RangeSource,
+  rangeFileProducts,
+  SHIPPED_RANGE_FILES,
+} from './ranges.ts'
 
 export type BotClaimResult = 'verified' | 'unverified_claim' | 'unknown'
 
@@ -45,8 +53,10 @@ export class BotVerifier {
   private readonly trusted: CidrSet
   private readonly observer: BotRangesObserver | undefined
   private readonly dns: DnsVerifier | undefined
-  /** last good prefixes per range file URL, with the operator they vouch for */
-  private readonly files = new Map<string, { operator: string; prefixes: string[] }>()
+  /** last good prefixes per range file URL, with the operator and products they vouch for */
+  private readonly files = new Map<string, RangeFile>()
+  /** what each configured file vouches for, known before its first fetch */
+  private readonly configured = new Map<string, RangeProducts>()
   /**
    * compiled on first use, and again after a refresh: the shipped snapshot alone is some 600 prefixes, ≈ 15 ms
    * of validating and building block lists that a start should not spend before it listens
@@ -65,8 +75,17 @@ export class BotVerifier {
     // the front proxies trusted to vouch for a client certificate are the ones trusted to name the client
     this.trusted = trustedProxySet(forwarded)
     if (cfg.shippedRanges) {
-      for (const s of SHIPPED_RANGES.sources)
-        this.files.set(s.url, { operator: s.operator, prefixes: s.prefixes })
+      for (const s of SHIPPED_RANGE_FILES) this.files.set(s.url, s)
+    }
+    for (const src of cfg.ranges) {
+      let products: RangeProducts
+      try {
+        products = rangeFileProducts(src)
+      } catch {
+        // refused by the config check; a verifier built without it lets such a file vouch for nothing
+        products = []
+      }
+      this.configured.set(src.url, products)
     }
     if (cfg.dns.enabled) {
       this.dns = new DnsVerifier({
@@ -104,12 +123,13 @@ export class BotVerifier {
   }
 
   /**
-   * Whether a claim to crawl for `operator` from `address` holds: `verified` inside its published ranges (or
-   * confirmed by DNS), `unverified_claim` outside them, `unknown` when nothing is known to check it against
-   * (no ranges for the operator, or a DNS answer still on its way).
+   * Whether a claim to crawl for `operator` (as `product`, when given) from `address` holds: `verified` inside
+   * the operator's published ranges for that product (without one, any of its ranges) or confirmed by DNS,
+   * `unverified_claim` outside them, `unknown` when nothing is known to check it against (no ranges for the
+   * product, or a DNS answer still on its way).
    */
-  verifyBotClaim(operator: string, address: string): BotClaimResult {
-    const r = this.check(operator, address)
+  verifyBotClaim(operator: string, address: string, product?: string): BotClaimResult {
+    const r = this.check(operator, address, product)
     return r === 'ranges' || r === 'dns' ? 'verified' : r === 'pending' ? 'unknown' : r
   }
 
@@ -131,15 +151,18 @@ export class BotVerifier {
     let falseClaim = false
     let pending: string | undefined
     for (const operator of operators) {
-      const r = this.check(operator, address)
+      // the product the user agent is named after is checked against that product's ranges only: an address
+      // ChatGPT-User fetches from (anyone can have ChatGPT fetch a URL) says nothing about GPTBot
+      const named = operatorVouchesFor(operator, ua)
+      const r = this.check(operator, address, named ? ua.product : undefined)
       if (r === 'unverified_claim') falseClaim = true
       else if (r === 'pending') {
         // a user agent named after another product is false whatever the lookup answers
-        if (!operatorVouchesFor(operator, ua)) falseClaim = true
+        if (!named) falseClaim = true
         else pending ??= operator
       } else if (r === 'ranges' || r === 'dns') {
         // the address checks out for the operator, but the user agent is named after another product
-        if (!operatorVouchesFor(operator, ua)) falseClaim = true
+        if (!named) falseClaim = true
         else {
           verifiedBy = r
           verifiedFor = operator
@@ -159,10 +182,14 @@ export class BotVerifier {
   private check(
     operator: string,
     address: string,
+    product: string | undefined,
   ): 'ranges' | 'dns' | 'unverified_claim' | 'pending' | 'unknown' {
     if (!this.cfg.enabled) return 'unknown'
-    const ranged = this.ranges.has(operator)
-    if (ranged && this.ranges.contains(operator, address)) return 'ranges'
+    const ranges = this.ranges
+    // a product no loaded file vouches for is not checked by its siblings' ranges: its own crawlers come from
+    // elsewhere, and would be counted as false claims whenever they are the real thing
+    const ranged = product === undefined ? ranges.has(operator) : ranges.covers(operator, product)
+    if (ranged && ranges.contains(operator, address, product)) return 'ranges'
     if (this.dns?.covers(operator)) {
       const d = this.dns.check(operator, address)
       if (d === 'verified') return 'dns'
@@ -180,14 +207,7 @@ export class BotVerifier {
   }
 
   private compile(): OperatorRanges {
-    const byOperator = new Map<string, string[]>()
-    for (const { operator, prefixes } of this.files.values()) {
-      const key = operator.toLowerCase()
-      const list = byOperator.get(key)
-      if (list) list.push(...prefixes)
-      else byOperator.set(key, [...prefixes])
-    }
-    return new OperatorRanges(byOperator)
+    return new OperatorRanges(this.files.values())
   }
 
   private async refresh(src: RangeSource): Promise<void> {
@@ -201,7 +221,11 @@ export class BotVerifier {
       })
       const prefixes = parseRangeDocument(doc)
       if (this.closed) return
-      this.files.set(src.url, { operator: src.operator, prefixes })
+      this.files.set(src.url, {
+        operator: src.operator,
+        products: this.configured.get(src.url) ?? [],
+        prefixes,
+      })
       // compiled once per refresh (at the next lookup): requests only ever look up the compiled sets
       this.compiled = undefined
     } catch (err) {
