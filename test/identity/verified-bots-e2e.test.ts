@@ -181,6 +181,8 @@ t.test('a crawler named without a version is the same claim', async (t) => {
     ['Googlebot 2.1 (+http://www.google.com/bot.html)', 'googlebot', GOOGLE_ADDRESS],
     ['Mozilla/5.0 (compatible; Googlebot_/2.1)', 'googlebot', GOOGLE_ADDRESS],
     ['Googlebot-News', 'googlebot-news', GOOGLE_ADDRESS],
+    ['Mozilla/5.0 (compatible; GoogleOther-Image/1.0)', 'googleother-image', GOOGLE_ADDRESS],
+    ['GoogleOther-Video/1.0', 'googleother-video', GOOGLE_ADDRESS],
     ['Mozilla/5.0 (compatible; Applebot; +http://www.apple.com/go/applebot)', 'applebot', '17.241.208.161'],
   ]
   let n = 0

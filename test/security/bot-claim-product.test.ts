@@ -47,6 +47,8 @@ t.test('every product an operator is checked for is one its ranges and names vou
     ['Googlebot-Video/1.0', 'Google'],
     ['Mozilla/5.0 (compatible; Google-InspectionTool/1.0;)', 'Google'],
     ['Mozilla/5.0 (compatible; GoogleOther)', 'Google'],
+    ['Mozilla/5.0 (compatible; GoogleOther-Image/1.0)', 'Google'],
+    ['GoogleOther-Video/1.0', 'Google'],
     ['Mozilla/5.0 (compatible; Storebot-Google/1.0)', 'Google'],
     ['Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)', 'Bing'],
     ['Mozilla/5.0 (Windows NT 10.0; Win64; x64) BingPreview/1.0b', 'Bing'],

@@ -44,6 +44,9 @@ const PRODUCTS: ReadonlyMap<string, ReadonlySet<string>> = new Map([
       'googlebot-video',
       'google-inspectiontool',
       'googleother',
+      // claimed by the pattern above, so they must be vouched for too or the real crawlers count as spoofs
+      'googleother-image',
+      'googleother-video',
       'storebot-google',
     ]),
   ],
