@@ -393,7 +393,8 @@ export const configSchema = z.strictObject({
       ),
       unknownKidCooldown: described(
         z._default(duration, 30_000),
-        'a token with an unknown kid triggers a key refetch at most this often per issuer',
+        'a token with an unknown kid, or a signature failing under a known kid, triggers a key refetch at most ' +
+          'this often per issuer',
       ),
     }),
     {},

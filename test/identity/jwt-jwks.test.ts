@@ -1,5 +1,5 @@
-// Key sources over real HTTP(S): discovery, rotation through unknown kids, refetch cooldown, outages, custom CA
-// and rotating bearer tokens, local JWKS files, periodic refresh.
+// Key sources over real HTTP(S): discovery, rotation through unknown kids and through a new key under the same
+// kid, refetch cooldown, outages, custom CA and rotating bearer tokens, local JWKS files, periodic refresh.
 import { generateKeyPairSync } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
@@ -574,4 +574,111 @@ t.test('jwksUri + secretFile: an unreadable secret file does not stop the key se
   t.match(keys.lastError, /secretFile is empty/)
   t.match(observer.events.at(-1), { result: 'failure' })
   t.equal(keys.hasKeysFor('HS256'), true, 'the last good secret keeps serving')
+})
+
+// An IdP that re-keys under the kid it already used: tokens signed with the new key failed as bad_signature
+// until the next refreshInterval (10 min by default), since only an unknown kid made the keys be refetched.
+for (const verifyWorkers of [0, 1]) {
+  t.test(
+    `same kid, new key: the first token signed with it verifies (verifyWorkers ${verifyWorkers})`,
+    async (t) => {
+      const oldKey = await createSigningKey('k1')
+      const newKey = await createSigningKey('k1')
+      const forger = await createSigningKey('k1')
+      const idp = await serve(t, [oldKey])
+      const clock = manualClock()
+      const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { verifyWorkers }), {
+        unknownKidCooldownMs: 1000,
+        now: clock.now,
+      })
+      await x.start()
+      t.match(await verified(x, await mintToken(oldKey, {}, { issuer: idp.url })), {
+        verified: true,
+        kid: 'k1',
+      })
+      t.equal(idp.hits, 1)
+      // with a worker, what it answers is what is retried: wait until new tokens go to it
+      if (verifyWorkers > 0) await eventually(() => x.verifyPool().workers === 1, { what: 'a ready worker' })
+      const byWorkers = x.verifyPool().verified
+
+      idp.setKeys([newKey])
+      clock.advance(1001)
+      const fresh = await mintToken(newKey, { n: 1 }, { issuer: idp.url })
+      t.match(
+        await verified(x, fresh),
+        { verified: true, kid: 'k1' },
+        'the first token signed with the new key verifies',
+      )
+      t.equal(idp.hits, 2, 'after one refetch')
+      t.equal(
+        x.verifyPool().verified - byWorkers,
+        verifyWorkers * 2,
+        verifyWorkers ? 'failed, then verified, by the worker' : 'no worker here',
+      )
+      t.match(
+        await verified(x, await mintToken(oldKey, { n: 2 }, { issuer: idp.url })),
+        { failed: true, reason: 'bad_signature' },
+        'the replaced key no longer verifies',
+      )
+
+      const forged = (n: number) => mintToken(forger, { n }, { issuer: idp.url })
+      const burst = async (from: number) => {
+        const tokens = await Promise.all(Array.from({ length: 40 }, (_, i) => forged(from + i)))
+        return Promise.all(tokens.map((tok) => verified(x, tok)))
+      }
+      const bad = (results: unknown[]) =>
+        results.every(
+          (r) => typeof r === 'object' && r !== null && 'reason' in r && r.reason === 'bad_signature',
+        )
+      t.ok(bad(await burst(100)), 'forged tokens under k1 fail as bad_signature')
+      t.equal(idp.hits, 2, 'within the cooldown of the last refetch: none')
+      clock.advance(1001)
+      t.ok(bad(await burst(200)), 'still bad_signature after a refetch that brought the same key')
+      t.equal(idp.hits, 3, 'one refetch for the whole burst')
+      t.ok(bad(await burst(300)), 'and within the cooldown again')
+      t.equal(idp.hits, 3, 'no other refetch within the cooldown')
+      clock.advance(1001)
+      t.ok(bad(await burst(400)))
+      t.equal(idp.hits, 4, 'one refetch per cooldown')
+    },
+  )
+}
+
+// A token signed with the new key that arrives while a refetch is not allowed fails, and from its second
+// request on its failure is cached: held for a minute, it kept the token failing after the cooldown ended.
+t.test('same kid, new key: a cached bad_signature lasts no longer than the cooldown', async (t) => {
+  const oldKey = await createSigningKey('k1')
+  const newKey = await createSigningKey('k1')
+  const forger = await createSigningKey('k1')
+  const idp = await serve(t, [oldKey])
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
+    unknownKidCooldownMs: 1000,
+    now: clock.now,
+  })
+  await x.start()
+  clock.advance(1001)
+  t.match(
+    await verified(x, await mintToken(forger, {}, { issuer: idp.url })),
+    { failed: true, reason: 'bad_signature' },
+    'a forged token makes the keys be refetched',
+  )
+  t.equal(idp.hits, 2, 'refetched once')
+
+  idp.setKeys([newKey])
+  const fresh = await mintToken(newKey, {}, { issuer: idp.url })
+  for (const n of [1, 2])
+    t.match(
+      await verified(x, fresh),
+      { failed: true, reason: 'bad_signature' },
+      `request ${n} within the cooldown: no refetch, the new key is not known yet`,
+    )
+  t.equal(idp.hits, 2, 'no refetch within the cooldown')
+  clock.advance(1001)
+  t.match(
+    await verified(x, fresh),
+    { verified: true, kid: 'k1' },
+    'once the cooldown is over the token makes the keys be refetched, its cached failure gone',
+  )
+  t.equal(idp.hits, 3, 'refetched once more')
 })

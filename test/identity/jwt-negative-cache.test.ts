@@ -1,7 +1,7 @@
 // Failed verifications are cached by token hash, from a token's second request on, with a lifetime that fits
 // the reason: an expired token stays expired, a bad signature holds until the issuer's keys change, an unknown
-// kid only while it could not make the keys be refetched anyway, and a key-set reload drops both key-dependent
-// kinds at once. Keys come from a real JWKS server; the clock is a manual one so lifetimes are checked at their
+// kid (and a bad signature under a known kid, a new key the issuer may have put under it) only while it could
+// not make the keys be refetched anyway, and a key-set reload drops both key-dependent kinds at once. Keys come from a real JWKS server; the clock is a manual one so lifetimes are checked at their
 // edges.
 import t, { type Test } from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
@@ -87,6 +87,11 @@ function forged(idp: JwksServer, claims: Record<string, unknown> = {}) {
   return mintToken(keyB, claims, { issuer: idp.url, header: { kid: keyA.kid } })
 }
 
+/** signed by keyB, without a kid: a bad signature against the only key of the set, whatever it is */
+function forgedWithoutKid(idp: JwksServer, claims: Record<string, unknown> = {}) {
+  return mintToken(keyB, claims, { issuer: idp.url, header: { kid: undefined } })
+}
+
 t.test('an expired token is answered from the cache for as long as a verified one would be', async (t) => {
   const s = await setup(t)
   const expired = await mintToken(keyA, {}, { issuer: s.idp.url, expiresIn: -600 })
@@ -111,7 +116,7 @@ t.test('a token that is not valid yet is cached for 5 s only', async (t) => {
 
 t.test('a bad signature is cached for a minute, and dropped by a key-set reload before that', async (t) => {
   const s = await setup(t, { cooldownMs: 1_000 })
-  const bad = await forged(s.idp)
+  const bad = await forgedWithoutKid(s.idp)
   const first = await s.kept(bad)
   t.match(first, { failed: true, reason: 'bad_signature' })
   s.clock.ms += 59_000
@@ -129,6 +134,30 @@ t.test('a bad signature is cached for a minute, and dropped by a key-set reload 
   t.match(await s.extract(unknown), { failed: true, reason: 'unknown_kid' })
   t.equal(s.idp.hits, hits + 1, 'the unknown kid refetched the key set')
   t.equal(s.cached(bad), undefined, 'the bad signature is verified again against the reloaded keys')
+})
+
+// the issuer may have put a new key under the kid (verifier.ts): the token is verified again once it could
+// make the keys be refetched, as an unknown kid is
+t.test('a bad signature under a known kid is cached while it could not refetch the keys', async (t) => {
+  const s = await setup(t, { cooldownMs: 30_000 })
+  const bad = await forged(s.idp)
+  const first = await s.kept(bad)
+  t.match(first, { failed: true, reason: 'bad_signature' })
+  t.equal(s.idp.hits, 1, 'no refetch within the cooldown')
+  s.clock.ms += 29_000
+  t.equal(s.cached(bad), first, 'a repeat within the cooldown is answered from the cache')
+  s.clock.ms += 2_000
+  t.equal(s.cached(bad), undefined, 'once a refetch is allowed the token is verified again')
+  t.match(await s.extract(bad), { failed: true, reason: 'bad_signature' })
+  t.equal(s.idp.hits, 2, 'after a refetch that brought the same key')
+
+  const long = await setup(t, { cooldownMs: 120_000 })
+  const other = await forged(long.idp)
+  const kept = await long.kept(other)
+  long.clock.ms += 59_000
+  t.equal(long.cached(other), kept, 'a longer cooldown: cached for 59 s')
+  long.clock.ms += 2_000
+  t.equal(long.cached(other), undefined, 'but not past a minute')
 })
 
 t.test('an unknown kid is cached while it could not refetch the keys, not past that', async (t) => {

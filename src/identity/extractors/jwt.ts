@@ -50,6 +50,11 @@ interface Checked {
   withdrawals?: number
   /** unix ms from which a not_yet_valid token verifies (nbf less the clock skew) */
   validFrom?: number
+  /**
+   * a bad signature under a kid the key set has: a later refetch may bring a new key under that kid (an IdP
+   * that re-keyed), so the failure holds only as long as the token could not make the keys be refetched
+   */
+  refetchable?: boolean
 }
 
 interface CachedFailure {
@@ -80,7 +85,8 @@ const CACHE_SPREAD_MS = 60_000
 const FAILURE_CACHE_MS = 5_000
 /**
  * A bad signature stays bad until the issuer's keys change (a reload invalidates the entry); the lifetime only
- * bounds how long a wrong answer could live if the keys changed without a reload being seen.
+ * bounds how long a wrong answer could live if the keys changed without a reload being seen. One under a kid
+ * the issuer has is kept no longer than the token could not make the keys be refetched (ttlFor).
  */
 const BAD_SIGNATURE_CACHE_MS = 60_000
 /** bound on cached failures (at most jwt.cacheSize) */
@@ -306,14 +312,22 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const nbf = claims['nbf']
     if (!('source' in result) && result.reason === 'not_yet_valid' && typeof nbf === 'number')
       checked.validFrom = nbf * 1000 - this.clockSkewMs
+    if (
+      !('source' in result) &&
+      result.reason === 'bad_signature' &&
+      typeof header['kid'] === 'string' &&
+      !header['alg'].startsWith('HS')
+    )
+      checked.refetchable = true
     return checked
   }
 
   /**
    * Cache lifetime in ms. Verified: never past exp, 4–5 min at most. Failed: an expired token stays expired
-   * (as long as a verified one is kept); a bad signature 1 min, an unknown kid for as long as it could not
-   * make the issuer's keys be refetched anyway (both also dropped by a key-set reload, see failed()); other
-   * failures 5 s; failures that say nothing about the token (no keys yet, queue full) not at all.
+   * (as long as a verified one is kept); an unknown kid, and a bad signature under a kid the key set has (at
+   * most 1 min), for as long as it could not make the issuer's keys be refetched anyway; any other bad
+   * signature 1 min (both reasons also dropped by a key-set reload, see failed()); other failures 5 s;
+   * failures that say nothing about the token (no keys yet, queue full) not at all.
    */
   private ttlFor(checked: Checked): number {
     const result = checked.result
@@ -321,12 +335,15 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       const reason = result.reason as FailureReason
       if (NOT_CACHED.has(reason)) return 0
       if (reason === 'expired') return MAX_CACHE_MS
-      if (reason === 'bad_signature') return BAD_SIGNATURE_CACHE_MS
+      if (reason === 'bad_signature')
+        return checked.refetchable && checked.keys
+          ? Math.min(checked.keys.onDemandBlockedForMs(), BAD_SIGNATURE_CACHE_MS)
+          : BAD_SIGNATURE_CACHE_MS
       // never past the moment the token becomes valid
       if (reason === 'not_yet_valid' && checked.validFrom !== undefined)
         return Math.min(FAILURE_CACHE_MS, checked.validFrom - this.now())
       if (reason === 'unknown_kid')
-        return checked.keys ? Math.min(checked.keys.unknownKidBlockedForMs(), MAX_CACHE_MS) : 0
+        return checked.keys ? Math.min(checked.keys.onDemandBlockedForMs(), MAX_CACHE_MS) : 0
       return FAILURE_CACHE_MS
     }
     const cap = MAX_CACHE_MS - Math.floor(this.random() * CACHE_SPREAD_MS)

@@ -1,6 +1,7 @@
 // Verification keys for one JWT issuer: a JWKS fetched over HTTP(S) (optionally via OIDC discovery, a custom CA
 // and a rotating bearer token), a local JWKS file, and/or an HMAC secret file.
-// The last good key set keeps serving through IdP outages; unknown kids trigger a rate-limited refetch.
+// The last good key set keeps serving through IdP outages; unknown kids, and signatures that fail under a known
+// kid (an IdP that re-keys under the same kid), trigger a rate-limited refetch.
 import { readFile } from 'node:fs/promises'
 import {
   createLocalJWKSet,
@@ -56,7 +57,9 @@ export interface KeySetOptions {
   now?: () => number
   /** deadline for one HTTP fetch (discovery or key set) */
   fetchTimeoutMs?: number
-  /** minimum gap between refetches triggered by tokens with an unknown kid */
+  /**
+   * minimum gap between refetches triggered by tokens (an unknown kid, a signature failing under a known kid)
+   */
   unknownKidCooldownMs?: number
   /** how soon to retry after a failed refresh (capped by the issuer's refreshInterval) */
   retryMs?: number
@@ -252,6 +255,15 @@ function publicKeysOf(keys: JWK[], version: number): PublicKeys {
   }
 }
 
+/**
+ * The keys a key set holds under `kid`, serialized to compare two key sets by (undefined when it has none):
+ * the key set is small and this runs only for a signature that failed.
+ */
+export function keysNamed(keys: PublicKeys | undefined, kid: string): string | undefined {
+  if (!keys?.kids.has(kid)) return undefined
+  return JSON.stringify(keys.jwks.filter((k) => k.kid === kid))
+}
+
 /** what a reload took away: tokens verified with these keys must not keep verifying from a cache */
 export interface WithdrawnKeys {
   /** kids of JWKS keys gone or changed */
@@ -398,17 +410,18 @@ export class IssuerKeySet {
   }
 
   /**
-   * A token named a kid we do not have: refetch, unless one happened within the cooldown (so a flood of random
-   * kids cannot hammer the IdP). Returns undefined when no refetch is allowed.
+   * A token named a kid we do not have, or its signature failed under a kid we have (the IdP may have put a
+   * new key under the same kid): refetch, unless one happened within the cooldown (so a flood of random kids
+   * or forged signatures cannot hammer the IdP). Returns undefined when no refetch is allowed.
    */
-  refreshForUnknownKid(): Promise<boolean> | undefined {
+  refreshOnDemand(): Promise<boolean> | undefined {
     if (this.inflight) return this.inflight
     if (!this.hasKeySource || this.now() - this.lastAttemptAt < this.cooldownMs) return undefined
     return this.refresh()
   }
 
-  /** how long from now a token with an unknown kid cannot trigger a refetch (0: the next one would) */
-  unknownKidBlockedForMs(): number {
+  /** how long from now a token cannot trigger a refetch (refreshOnDemand; 0: the next one would) */
+  onDemandBlockedForMs(): number {
     if (!this.hasKeySource) return Number.POSITIVE_INFINITY
     if (this.inflight) return 0
     return Math.max(0, this.lastAttemptAt + this.cooldownMs - this.now())

@@ -1,10 +1,11 @@
 // Verifies a token for one configured issuer: algorithm allowlist, audiences, clock skew, and keys from its
-// IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation).
+// IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation) or its signature
+// fails under a kid we have (an IdP that re-keyed under the same kid).
 import { decodeJwt, decodeProtectedHeader, errors, type JWTPayload } from 'jose'
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
 import { type FailureCause, failureCause } from './errors.ts'
-import { IssuerKeySet, type KeySetOptions, type PublicKeys } from './jwks.ts'
+import { IssuerKeySet, type KeySetOptions, keysNamed, type PublicKeys } from './jwks.ts'
 import { type JwtCheckOptions, verifyJwtWithKeySet } from './jws.ts'
 import { POOL_BUSY, type VerifyPool, WORKER_GONE, type WorkerReply } from './pool.ts'
 import type { UnverifiedToken } from './token.ts'
@@ -71,6 +72,19 @@ function headerAlg(token: string, peeked: UnverifiedToken | undefined): unknown 
   }
 }
 
+function headerKid(token: string, peeked: UnverifiedToken | undefined): string | undefined {
+  let kid: unknown
+  if (peeked) kid = peeked.header['kid']
+  else {
+    try {
+      kid = decodeProtectedHeader(token).kid
+    } catch {
+      return undefined
+    }
+  }
+  return typeof kid === 'string' ? kid : undefined
+}
+
 export class IssuerVerifier {
   readonly issuer: string
   readonly keys: IssuerKeySet
@@ -119,13 +133,12 @@ export class IssuerVerifier {
   ): Promise<JwtEvidence | FailureCause> {
     try {
       let verified: Verified
+      // the keys the verification runs with: a failure is retried only with other keys than these
+      const held = this.keys.publicKeys
       try {
         verified = await this.verifyOnce(token, peer, peeked)
       } catch (err) {
-        // a kid the key set does not have: the issuer may have rotated its keys, so refetch them once
-        if (!(err instanceof errors.JWKSNoMatchingKey)) throw err
-        const refetch = this.keys.refreshForUnknownKid()
-        if (!refetch || !(await refetch)) throw err
+        if (!(await this.keysChanged(err, token, peeked, held))) throw err
         verified = await this.verifyOnce(token, peer, peeked)
       }
       const { payload, protectedHeader } = verified
@@ -149,6 +162,41 @@ export class IssuerVerifier {
       }
       return failureCause(err)
     }
+  }
+
+  /**
+   * After a failed verification: whether the issuer's keys may now verify the token, after one refetch
+   * (rate limited by the key set: a flood of random kids or forged signatures makes at most one per cooldown).
+   * A kid the key set does not have: the issuer may have rotated to a new kid. A signature that fails under a
+   * kid it has: the issuer may have put a new key under the same kid; worth verifying again only when the
+   * keys under that kid are no longer those the verification used (a refetch that brought the same key, or
+   * none allowed, leaves a forged signature as it was).
+   */
+  private async keysChanged(
+    err: unknown,
+    token: string,
+    peeked: UnverifiedToken | undefined,
+    held: PublicKeys | undefined,
+  ): Promise<boolean> {
+    if (err instanceof errors.JWKSNoMatchingKey) {
+      const refetch = this.keys.refreshOnDemand()
+      return refetch !== undefined && (await refetch)
+    }
+    if (
+      !(
+        err instanceof errors.JWSSignatureVerificationFailed || err instanceof errors.JWKSMultipleMatchingKeys
+      )
+    )
+      return false
+    const kid = headerKid(token, peeked)
+    if (kid === undefined || !held?.kids.has(kid) || isHmac(headerAlg(token, peeked))) return false
+    const refetch = this.keys.refreshOnDemand()
+    if (refetch) await refetch
+    // no refetch allowed and none landed meanwhile: the cheap answer a flood of forged signatures gets
+    const current = this.keys.publicKeys
+    if (current === held) return false
+    const after = keysNamed(current, kid)
+    return after !== undefined && after !== keysNamed(held, kid)
   }
 
   private async verifyOnce(token: string, peer: string, peeked?: UnverifiedToken): Promise<Verified> {

@@ -84,7 +84,7 @@ export class KeyDirectory {
    * already under way, which lasts as long as the directory's server takes (up to the fetch timeout).
    */
   async refetchedKey(keyid: string): Promise<DirectoryKey | undefined> {
-    const refetch = this.keys.refreshForUnknownKid()
+    const refetch = this.keys.refreshOnDemand()
     if (!refetch || !(await refetch)) return undefined
     return this.key(keyid)
   }
