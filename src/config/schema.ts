@@ -191,8 +191,11 @@ export const issuerSchema = z.strictObject({
   algorithms: z.optional(z.array(z.enum([...ASYMMETRIC_ALGORITHMS, ...HMAC_ALGORITHMS]))),
   caFile: z.optional(z.string()),
   bearerTokenFile: z.optional(z.string()),
-  /** how often to refresh a remote key set even without an unknown kid */
-  refreshInterval: z.optional(duration),
+  refreshInterval: described(
+    z.optional(duration),
+    'refetch the key set this often (default 10m); sooner when its answer has a shorter Cache-Control max-age, ' +
+      'never sooner than jwt.unknownKidCooldown',
+  ),
   maxIdentities: described(
     z.optional(z.number(ISSUER_CAP_PROBLEM).check(z.int(ISSUER_CAP_PROBLEM), z.positive(ISSUER_CAP_PROBLEM))),
     "most distinct identity names this issuer's tokens may add to the metrics, within metrics.maxIdentities; " +

@@ -29,6 +29,8 @@ export interface JwksServer {
   hits: number
   /** make the key set endpoint fail (status) or serve junk ('junk') or hang ('hang') */
   fault?: number | 'junk' | 'hang'
+  /** extra headers of a key-set answer (Cache-Control, Age) */
+  headers?: Record<string, string>
   setKeys(keys: SigningKey[]): void
   close(): Promise<void>
 }
@@ -69,6 +71,7 @@ export async function startJwksServer(initial: SigningKey[]): Promise<JwksServer
         return
       }
       res.setHeader('content-type', 'application/json')
+      for (const [name, value] of Object.entries(state.headers ?? {})) res.setHeader(name, value)
       res.end(JSON.stringify({ keys: state.keys.map((k) => k.publicJwk) }))
       return
     }

@@ -1,5 +1,6 @@
 // Key sources over real HTTP(S): discovery, rotation through unknown kids and through a new key under the same
-// kid, refetch cooldown, outages, custom CA and rotating bearer tokens, local JWKS files, periodic refresh.
+// kid, refetch cooldown, outages, custom CA and rotating bearer tokens, local JWKS files, periodic refresh and
+// the key set's Cache-Control max-age.
 import { generateKeyPairSync } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
@@ -681,4 +682,51 @@ t.test('same kid, new key: a cached bad_signature lasts no longer than the coold
     'once the cooldown is over the token makes the keys be refetched, its cached failure gone',
   )
   t.equal(idp.hits, 3, 'refetched once more')
+})
+
+// An IdP that says how long its key set stays fresh (a short max-age ahead of a rotation) is asked again then,
+// not only at refreshInterval; never sooner than the cooldown, so max-age=0 or no-store is no polling loop.
+t.test('Cache-Control max-age brings the next refresh forward, down to the cooldown', async (t) => {
+  const idp = await serve(t, [keyA])
+  const keys = new IssuerKeySet(
+    issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri, refreshInterval: '10m' }),
+    { unknownKidCooldownMs: 1500 },
+  )
+  t.teardown(() => keys.close())
+  await keys.start()
+  t.equal(keys.nextRefreshInMs, 600_000, 'no Cache-Control: refreshInterval')
+  const cases: [Record<string, string>, number, string][] = [
+    [{ 'cache-control': 'public, max-age=120' }, 120_000, 'a max-age shorter than refreshInterval'],
+    [{ 'cache-control': 'max-age=3600, must-revalidate' }, 600_000, 'a longer max-age: refreshInterval'],
+    [{ 'cache-control': 'max-age=120', age: '100' }, 20_000, 'less the Age a cache in front held it for'],
+    [{ 'cache-control': 'max-age=120', age: '500' }, 1500, 'an Age past max-age: the cooldown'],
+    [{ 'cache-control': 'max-age=0' }, 1500, 'max-age=0: the cooldown'],
+    [{ 'cache-control': 'no-store' }, 1500, 'no-store: the cooldown'],
+    [{ 'cache-control': 'no-cache' }, 1500, 'no-cache: the cooldown'],
+    [{ 'cache-control': 'no-cache="set-cookie", max-age=120' }, 120_000, 'a no-cache of one field only'],
+    [{ 'cache-control': 'max-age=soon' }, 600_000, 'a max-age that is no number says nothing'],
+    [{ 'cache-control': 'private' }, 600_000, 'no max-age: refreshInterval'],
+  ]
+  for (const [headers, expected, label] of cases) {
+    idp.headers = headers
+    t.equal(await keys.refresh(), true)
+    t.equal(keys.nextRefreshInMs, expected, label)
+  }
+
+  // the timer runs at that time: with max-age=2 the key set is fetched again within seconds, unasked
+  idp.headers = { 'cache-control': 'max-age=2' }
+  t.equal(await keys.refresh(), true)
+  t.equal(keys.nextRefreshInMs, 2000, 'max-age=2')
+  const before = idp.hits
+  idp.setKeys([keyA, keyB])
+  await eventually(() => idp.hits > before && keys.publicJwks.length === 2, {
+    timeoutMs: 6000,
+    what: 'a refetch when the max-age ran out',
+  })
+  t.pass('refetched when the max-age ran out')
+
+  // a failed refetch is retried as before, whatever the last answer's max-age
+  idp.fault = 503
+  t.equal(await keys.refresh(), false)
+  t.equal(keys.nextRefreshInMs, 1500, 'retried after the retry delay')
 })

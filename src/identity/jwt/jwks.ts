@@ -58,7 +58,8 @@ export interface KeySetOptions {
   /** deadline for one HTTP fetch (discovery or key set) */
   fetchTimeoutMs?: number
   /**
-   * minimum gap between refetches triggered by tokens (an unknown kid, a signature failing under a known kid)
+   * minimum gap between refetches triggered by tokens (an unknown kid, a signature failing under a known kid);
+   * also the least time a Cache-Control max-age can bring the next scheduled refresh forward to
    */
   unknownKidCooldownMs?: number
   /** how soon to retry after a failed refresh (capped by the issuer's refreshInterval) */
@@ -277,6 +278,8 @@ export interface WithdrawnKeys {
 export const DEFAULT_REFRESH_MS = 10 * 60_000
 export const DEFAULT_FETCH_TIMEOUT_MS = 5_000
 export const DEFAULT_UNKNOWN_KID_COOLDOWN_MS = 30_000
+/** the shortest gap between two fetches of a key set that is not waiting out a failure */
+const MIN_REFRESH_MS = 1000
 const MAX_DOCUMENT_BYTES = 512 * 1024
 const MAX_KEYS = 100
 // what a key set's keys are checked against: the algorithms verifyJwt (jws.ts) verifies with; RSA below
@@ -330,6 +333,8 @@ export class IssuerKeySet {
   private closed = false
   private agent: Agent | undefined
   private agentCa: string | undefined
+  /** how long after the last refresh attempt the next scheduled one runs (ms) */
+  nextRefreshInMs = 0
   /** why the last refresh failed (safe to log), undefined after a success */
   lastError: string | undefined
   /** signing keys the key set in use left out as unusable (0 when none) */
@@ -346,7 +351,7 @@ export class IssuerKeySet {
     this.now = opts.now ?? Date.now
     this.fetchTimeoutMs = opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS
     this.cooldownMs = opts.unknownKidCooldownMs ?? DEFAULT_UNKNOWN_KID_COOLDOWN_MS
-    this.refreshMs = Math.max(1000, cfg.refreshInterval ?? DEFAULT_REFRESH_MS)
+    this.refreshMs = Math.max(MIN_REFRESH_MS, cfg.refreshInterval ?? DEFAULT_REFRESH_MS)
     this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? this.cooldownMs)
     this.accept = opts.accept ?? 'application/json'
     this.onWithdrawn = opts.onWithdrawn
@@ -454,6 +459,7 @@ export class IssuerKeySet {
     let detail: unknown
     let withdrawn: WithdrawnKeys | undefined
     let unusable: UnusableKeys | undefined
+    let maxAgeMs: number | undefined
     if (this.cfg.secretFile) {
       try {
         const secret = await readSecret(this.cfg.secretFile)
@@ -467,8 +473,9 @@ export class IssuerKeySet {
     }
     if (this.hasKeySource) {
       try {
-        const jwks = await this.fetchKeySet()
-        const built = await buildKeySet(jwks)
+        const fetched = await this.fetchKeySet()
+        maxAgeMs = fetched.maxAgeMs
+        const built = await buildKeySet(fetched.body)
         const { set, keys } = built
         unusable = built.unusable
         if (this.workerKeys) {
@@ -517,20 +524,24 @@ export class IssuerKeySet {
       this.lastError,
       ok ? unusable : undefined,
     )
-    this.schedule(ok ? this.refreshMs : this.retryMs)
+    this.schedule(
+      ok ? refreshDelay(this.refreshMs, maxAgeMs, Math.max(MIN_REFRESH_MS, this.cooldownMs)) : this.retryMs,
+    )
     return updated
   }
 
   private schedule(delayMs: number): void {
     if (this.closed) return
+    this.nextRefreshInMs = delayMs
     if (this.timer) clearTimeout(this.timer)
     this.timer = setTimeout(() => void this.refresh(), delayMs)
     this.timer.unref()
   }
 
-  private async fetchKeySet(): Promise<unknown> {
+  private async fetchKeySet(): Promise<FetchedJson> {
     if (this.cfg.jwksUri) return this.fetchJson(this.cfg.jwksUri)
-    if (this.cfg.jwksFile) return JSON.parse(await readFile(this.cfg.jwksFile, 'utf8'))
+    if (this.cfg.jwksFile)
+      return { body: JSON.parse(await readFile(this.cfg.jwksFile, 'utf8')), maxAgeMs: undefined }
     // discovery: re-discover only when we have no jwks_uri yet or the last refresh failed
     if (!this.discoveredJwksUri || this.lastError) this.discoveredJwksUri = await this.discover()
     // the bearer token is a credential of this cluster: it goes where the operator pointed (the issuer, a
@@ -541,7 +552,7 @@ export class IssuerKeySet {
 
   private async discover(): Promise<string> {
     const base = this.issuer.endsWith('/') ? this.issuer.slice(0, -1) : this.issuer
-    const doc = await this.fetchJson(`${base}/.well-known/openid-configuration`)
+    const doc = (await this.fetchJson(`${base}/.well-known/openid-configuration`)).body
     if (!isRecord(doc)) throw new Error('discovery document is not a JSON object')
     if (doc['issuer'] !== this.issuer)
       throw new Error('discovery document issuer does not match the configured issuer')
@@ -555,13 +566,13 @@ export class IssuerKeySet {
     return uri
   }
 
-  private async fetchJson(url: string, sendToken = true): Promise<unknown> {
+  private async fetchJson(url: string, sendToken = true): Promise<FetchedJson> {
     const headers: Record<string, string> = { accept: this.accept }
     // projected service-account tokens rotate: read the file on every fetch
     if (this.cfg.bearerTokenFile && sendToken) {
       headers['authorization'] = `Bearer ${(await readFile(this.cfg.bearerTokenFile, 'utf8')).trim()}`
     }
-    return fetchJsonDocument(url, {
+    return fetchJsonResponse(url, {
       timeoutMs: this.fetchTimeoutMs,
       maxBytes: MAX_DOCUMENT_BYTES,
       headers,
@@ -605,6 +616,17 @@ export interface FetchJsonOptions {
  * credentials). Shared by every fetcher of published documents (key sets, crawler IP ranges).
  */
 export async function fetchJsonDocument(url: string, opts: FetchJsonOptions): Promise<unknown> {
+  return (await fetchJsonResponse(url, opts)).body
+}
+
+export interface FetchedJson {
+  body: unknown
+  /** how long the answer is fresh by its Cache-Control (less its Age); undefined when it does not say */
+  maxAgeMs: number | undefined
+}
+
+/** fetchJsonDocument, with how long the server says the document stays fresh */
+export async function fetchJsonResponse(url: string, opts: FetchJsonOptions): Promise<FetchedJson> {
   const { request } = await loadUndici()
   const res = await request(url, {
     method: 'GET',
@@ -620,7 +642,49 @@ export async function fetchJsonDocument(url: string, opts: FetchJsonOptions): Pr
   }
   const body = await readBounded(res.body, opts.maxBytes)
   if (body === undefined) throw new Error(`GET ${safeUrl(url)} answered more than ${opts.maxBytes} bytes`)
-  return JSON.parse(body.toString('utf8'))
+  return {
+    body: JSON.parse(body.toString('utf8')),
+    maxAgeMs: freshForMs(res.headers['cache-control'], res.headers['age']),
+  }
+}
+
+/**
+ * The freshness lifetime a response's Cache-Control gives it, less the Age a cache in front of the server
+ * has held it for (RFC 9111 4.2): `no-store` and a bare `no-cache` are 0, a `max-age` that is not a number of
+ * seconds says nothing. undefined when the server says nothing.
+ */
+export function freshForMs(
+  cacheControl: string | string[] | undefined,
+  age: string | string[] | undefined,
+): number | undefined {
+  if (cacheControl === undefined) return undefined
+  let maxAge: number | undefined
+  for (const directive of (Array.isArray(cacheControl) ? cacheControl.join(',') : cacheControl).split(',')) {
+    const eq = directive.indexOf('=')
+    const name = (eq === -1 ? directive : directive.slice(0, eq)).trim().toLowerCase()
+    // no-cache="field" only keeps those fields from being reused: it says nothing of the keys
+    if (name === 'no-store' || (name === 'no-cache' && eq === -1)) return 0
+    if (name !== 'max-age' || eq === -1) continue
+    const value = directive
+      .slice(eq + 1)
+      .trim()
+      .replace(/^"(.*)"$/, '$1')
+    if (/^\d{1,10}$/.test(value)) maxAge = Math.min(maxAge ?? Number.POSITIVE_INFINITY, Number(value))
+  }
+  if (maxAge === undefined) return undefined
+  const held = Array.isArray(age) ? age[0] : age
+  const heldFor = held !== undefined && /^\d{1,10}$/.test(held.trim()) ? Number(held.trim()) : 0
+  return Math.max(0, maxAge - heldFor) * 1000
+}
+
+/**
+ * When the next refresh after a successful one runs: at refreshInterval, or sooner when the key set's answer
+ * says it goes stale sooner (an IdP that announces a rotation through a short max-age), never sooner than
+ * `floorMs`, so that a `max-age=0` or `no-store` cannot have the key set fetched in a loop.
+ */
+export function refreshDelay(refreshMs: number, maxAgeMs: number | undefined, floorMs: number): number {
+  if (maxAgeMs === undefined) return refreshMs
+  return Math.min(refreshMs, Math.max(maxAgeMs, floorMs))
 }
 
 /**
