@@ -730,3 +730,19 @@ t.test('Cache-Control max-age brings the next refresh forward, down to the coold
   t.equal(await keys.refresh(), false)
   t.equal(keys.nextRefreshInMs, 1500, 'retried after the retry delay')
 })
+
+t.test('unknownKidCooldown: 0 never turns a failing key set into a fetch loop', async (t) => {
+  const idp = await serve(t, [keyA])
+  const keys = new IssuerKeySet(
+    issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri, refreshInterval: '10m' }),
+    { unknownKidCooldownMs: 0 },
+  )
+  t.teardown(() => keys.close())
+  await keys.start()
+  idp.fault = 503
+  t.equal(await keys.refresh(), false)
+  t.equal(keys.nextRefreshInMs, 1000, 'a failed fetch is retried after a second at the soonest')
+  idp.fault = undefined
+  t.equal(await keys.refresh(), true)
+  t.equal(keys.nextRefreshInMs, 600_000, 'a good one after refreshInterval')
+})

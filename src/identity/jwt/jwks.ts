@@ -352,7 +352,8 @@ export class IssuerKeySet {
     this.fetchTimeoutMs = opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS
     this.cooldownMs = opts.unknownKidCooldownMs ?? DEFAULT_UNKNOWN_KID_COOLDOWN_MS
     this.refreshMs = Math.max(MIN_REFRESH_MS, cfg.refreshInterval ?? DEFAULT_REFRESH_MS)
-    this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? this.cooldownMs)
+    // a cooldown of 0 (refetch on every unknown kid) must not make a failing IdP a fetch loop
+    this.retryMs = Math.min(this.refreshMs, opts.retryMs ?? Math.max(MIN_REFRESH_MS, this.cooldownMs))
     this.accept = opts.accept ?? 'application/json'
     this.onWithdrawn = opts.onWithdrawn
     this.memory = opts.memory
