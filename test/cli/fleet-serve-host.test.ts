@@ -4,9 +4,10 @@
 // before Prometheus is queried, and the fleet's identities never reach that page. On any address the names
 // people use for it are given with --allow-host; every other name is refused the same way.
 import { once } from 'node:events'
-import { createServer, request } from 'node:http'
+import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
+import { exchange } from '../helpers/http.ts'
 import { freePort } from '../helpers/net.ts'
 import { runCli, spawnCli } from '../helpers/sidecar.ts'
 
@@ -31,25 +32,8 @@ async function fakePrometheus(t: Test): Promise<string> {
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
-function get(
-  port: number,
-  path: string,
-  host: string,
-  address = '127.0.0.1',
-): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: address, port, path, headers: { host }, agent: false }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => {
-        body += c
-      })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
+const get = (port: number, path: string, host: string, address = '127.0.0.1') =>
+  exchange({ host: address, port, path, headers: { host } })
 
 t.test('fleet --serve on loopback answers only Host names that cannot be rebound', async (t) => {
   const prometheus = await fakePrometheus(t)

@@ -2,11 +2,12 @@
 // poll: loads share one run of the ten Prometheus queries, whose answer serves the loads of the next 5 s, so
 // how many screens show the page does not decide how hard Prometheus is queried.
 import { once } from 'node:events'
-import { createServer, request } from 'node:http'
+import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { type Fleet, fleetQueries } from '../../src/cli/fleet.ts'
 import { sharedLoads } from '../../src/cli/fleet-serve.ts'
+import { exchange } from '../helpers/http.ts'
 import { freePort } from '../helpers/net.ts'
 import { spawnCli } from '../helpers/sidecar.ts'
 
@@ -35,20 +36,7 @@ async function countingPrometheus(t: Test, delayMs: number): Promise<{ url: stri
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, queries: () => queries }
 }
 
-function get(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => {
-        body += c
-      })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
+const get = (port: number, path: string) => exchange({ host: '127.0.0.1', port, path })
 
 t.test('twenty loads at once cost Prometheus one run of the queries', async (t) => {
   const prometheus = await countingPrometheus(t, 200)

@@ -3,12 +3,12 @@
 // X509_NAME_print_ex(XN_FLAG_RFC2253), which reverses the RDNs (RFC 4514 order), so the CN read first there is
 // the certificate's last; openssl prints the same text here (-nameopt RFC2253).
 import { execFile } from 'node:child_process'
-import { request as httpsRequest } from 'node:https'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { xfccEvidence } from '../../src/identity/forwarded/xfcc.ts'
 import type { CertEvidence } from '../../src/types.ts'
+import { exchange } from '../helpers/http.ts'
 import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -33,30 +33,17 @@ const sha256 = (
 type Seen = Record<string, string>
 
 async function overMtls(port: number): Promise<Seen> {
-  return new Promise((resolve, reject) => {
-    const req = httpsRequest(
-      {
-        host: '127.0.0.1',
-        port,
-        path: '/echo',
-        servername: 'localhost',
-        ca: serverCa.certPem,
-        cert: leaf.certPem,
-        key: leaf.keyPem,
-        agent: false,
-      },
-      (r) => {
-        let body = ''
-        r.setEncoding('utf8')
-        r.on('data', (c: string) => {
-          body += c
-        })
-        r.on('end', () => resolve(JSON.parse(body).headers as Seen))
-      },
-    )
-    req.on('error', reject)
-    req.end()
+  const { body } = await exchange({
+    https: true,
+    host: '127.0.0.1',
+    port,
+    path: '/echo',
+    servername: 'localhost',
+    ca: serverCa.certPem,
+    cert: leaf.certPem,
+    key: leaf.keyPem,
   })
+  return JSON.parse(body).headers as Seen
 }
 
 t.test('mTLS and a trusted Envoy XFCC name a two-CN certificate by the same CN', async (t) => {

@@ -4,7 +4,6 @@
 // 502. Every derived value must be encoded so the request goes through and the upstream can decode it.
 import { X509Certificate } from 'node:crypto'
 import { validateHeaderValue } from 'node:http'
-import { request as httpsRequest } from 'node:https'
 import fc from 'fast-check'
 import t from 'tap'
 import { Agent, request } from 'undici'
@@ -24,6 +23,7 @@ import {
 } from '../../src/identity/forwarded/xfcc.ts'
 import { safeHeaderValue } from '../../src/proxy/headers.ts'
 import type { CertEvidence } from '../../src/types.ts'
+import { exchange } from '../helpers/http.ts'
 import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { checkProperty } from '../helpers/property.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -64,29 +64,15 @@ t.test(
 
     for (const [i, leaf] of leaves.entries()) {
       const label = clients[i]!.label
-      const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-        const req = httpsRequest(
-          {
-            host: '127.0.0.1',
-            port,
-            path: '/echo',
-            servername: 'localhost',
-            ca: serverCa.certPem,
-            cert: leaf.certPem,
-            key: leaf.keyPem,
-            agent: false,
-          },
-          (r) => {
-            let body = ''
-            r.setEncoding('utf8')
-            r.on('data', (c: string) => {
-              body += c
-            })
-            r.on('end', () => resolve({ status: r.statusCode ?? 0, body }))
-          },
-        )
-        req.on('error', reject)
-        req.end()
+      const res = await exchange({
+        https: true,
+        host: '127.0.0.1',
+        port,
+        path: '/echo',
+        servername: 'localhost',
+        ca: serverCa.certPem,
+        cert: leaf.certPem,
+        key: leaf.keyPem,
       })
       t.equal(res.status, 200, `${label}: forwarded, not a 502`)
       if (res.status !== 200) continue
