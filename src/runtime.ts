@@ -20,7 +20,12 @@ import { KeyMemory, type SharedKeySet } from './identity/jwt/jwks.ts'
 import { directoryKeySource } from './identity/signatures/directory.ts'
 import { NonceCache, type NonceStore } from './identity/signatures/nonces.ts'
 import { AttributionPipeline, readSecretFiles } from './pipeline/index.ts'
-import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from './proxy/listener-tls.ts'
+import {
+  certificateOutOfDates,
+  loadListenerTls,
+  loadUpstreamTls,
+  TlsMaterialError,
+} from './proxy/listener-tls.ts'
 import { createProxy, type ProxyServer } from './proxy/server.ts'
 import { parseUpstream } from './proxy/upstream-url.ts'
 import { rotateTlsFiles, tlsRefusal } from './runtime-tls.ts'
@@ -214,6 +219,35 @@ export async function secretFilesAtStart(config: Config): Promise<Map<string, Ui
   }
 }
 
+/**
+ * A certificate the sidecar starts with outside its dates starts anyway (its renewal may be on its way, and
+ * refusing to start would take the plain listener down with it) but is said once, at warning level: clients
+ * (or the upstream) will refuse it. Rotations refuse such a certificate instead (src/runtime-tls.ts).
+ */
+export function warnCertificateDates(
+  log: Logger,
+  listener: string | undefined,
+  upstream: unknown,
+  now = Date.now(),
+): void {
+  const sides: [TlsSide, unknown][] = [
+    ['listener', listener],
+    ['upstream', upstream],
+  ]
+  for (const [side, cert] of sides) {
+    if (typeof cert !== 'string') continue
+    const dates = certificateOutOfDates(cert, now)
+    if (!dates) continue
+    const setting = side === 'listener' ? 'listen.https.cert' : 'upstreamTls.cert'
+    const event = dates.event === 'tls_reload_cert_expired' ? 'tls_cert_expired' : 'tls_cert_not_yet_valid'
+    const { notBefore, notAfter } = dates
+    log.warn(
+      { event, side, setting, notBefore, notAfter },
+      `${setting}: ${dates.reason}; starting with it, but ${side === 'listener' ? 'clients that verify it refuse the connection' : 'an upstream that verifies client certificates refuses it'}`,
+    )
+  }
+}
+
 async function readTlsFiles<T>(side: TlsSide, load: () => Promise<T>): Promise<T> {
   try {
     return await load()
@@ -320,6 +354,8 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
   // outputs opened
   const tls = await readTls(initial, opts.tls)
   const upstreamTls = await readUpstreamTls(initial.upstreamTls)
+  // under `workers` the primary says it once for the pod
+  if (!opts.worker && !opts.tls) warnCertificateDates(log, tls?.cert, upstreamTls?.cert)
   // the https listener parses a client certificate synchronously as each TLS connection comes in
   if (tls) await loadCertificateDecoder()
   const telemetry = new Telemetry(initial, {

@@ -35,6 +35,7 @@ import {
   startWorkerSidecar,
   TokenFile,
   type WorkerSidecar,
+  warnCertificateDates,
   warnStartOnly,
 } from './runtime.ts'
 import { StartupError, StoppedWhileStarting, splitAddress } from './startup.ts'
@@ -505,8 +506,8 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   const started = config
   // the listener's and upstreamTls's files checked once here: one line and exit 1, before any worker starts
   // or port is bound (each worker reads them again, with the same checks, when it starts)
-  if (config.listen.https) await readListenerTls(config.listen.https)
-  await readUpstreamTls(config.upstreamTls)
+  const listenerTls = config.listen.https ? await readListenerTls(config.listen.https) : undefined
+  warnCertificateDates(opts.log, listenerTls?.cert, (await readUpstreamTls(config.upstreamTls))?.cert)
   let secretFiles: SecretFiles = await secretFilesAtStart(config)
   // the pod's own fingerprint key (without a fingerprintKeyFile), made here and given to every worker
   const fingerprintKey = podFingerprintKey()

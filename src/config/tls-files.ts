@@ -2,8 +2,12 @@
 // rotation use, so that what would stop `run` (a file that is not PEM, a key for another certificate, an
 // encrypted key) is reported by `check` too, at the setting that names the file. A certificate outside its
 // dates does not stop the start (a rotation may be on its way) and is a warning.
-import { X509Certificate } from 'node:crypto'
-import { loadListenerTls, loadUpstreamTls, TlsMaterialError } from '../proxy/listener-tls.ts'
+import {
+  certificateOutOfDates,
+  loadListenerTls,
+  loadUpstreamTls,
+  TlsMaterialError,
+} from '../proxy/listener-tls.ts'
 import type { Config } from './schema.ts'
 import type { SemanticIssue } from './semantic.ts'
 import type { Path } from './yaml-schema.ts'
@@ -45,15 +49,6 @@ function tlsSets(config: Config): TlsSet[] {
   return sets
 }
 
-function datesProblem(pem: string, now: number): string | undefined {
-  const cert = new X509Certificate(pem)
-  const notAfter = Date.parse(cert.validTo)
-  if (notAfter < now) return `the certificate expired on ${new Date(notAfter).toISOString()}`
-  const notBefore = Date.parse(cert.validFrom)
-  if (notBefore > now) return `the certificate is not valid until ${new Date(notBefore).toISOString()}`
-  return undefined
-}
-
 /**
  * The problems of each TLS set whose files are all `present` (a missing one is reported as such, and a set
  * mounted only where the sidecar runs is not read here).
@@ -81,7 +76,7 @@ export async function tlsFileIssues(
       })
       continue
     }
-    const problem = cert === undefined ? undefined : datesProblem(cert, now)
+    const problem = cert === undefined ? undefined : certificateOutOfDates(cert, now)?.reason
     if (problem !== undefined) {
       issues.push({
         path: [...set.section, 'cert'],

@@ -173,13 +173,13 @@ t.test('an expired certificate: a warning (run starts with it), exit 0', async (
   t.equal(https.code, 0, https.text)
   t.match(
     https.text,
-    /^expired\.yaml:5:11 warning: cert "\.\/expired\.crt": the certificate expired on \d{4}-\d\d-\d\dT[\d:.]+Z \(hint: run starts with it, but clients that verify the server certificate refuse the connection\)$/m,
+    /^expired\.yaml:5:11 warning: cert "\.\/expired\.crt": the certificate expired at \d{4}-\d\d-\d\dT[\d:.]+Z \(hint: run starts with it, but clients that verify the server certificate refuse the connection\)$/m,
   )
   t.match(https.text, /^expired\.yaml: ok \(.*, 1 warning\)$/m)
   t.equal(upstream.code, 0, upstream.text)
   t.match(
     upstream.text,
-    /^up-expired\.yaml:4:9 warning: cert "\.\/expired\.crt": the certificate expired on /m,
+    /^up-expired\.yaml:4:9 warning: cert "\.\/expired\.crt": the certificate expired at /m,
   )
 
   const bin = await startBin(t, {

@@ -2,12 +2,14 @@
 // gives them: files that would not make a working listener (a client CA without a certificate, a key for
 // another certificate, a certificate file without a certificate) stop the start with exit 1 and one line
 // naming the setting, the file and why, before any port is bound. Runs the built bundle.
+import { X509Certificate } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
+import { startBin } from '../helpers/bin.ts'
 import { type CA, createCA, createServerPki, issueCert, type KeyPair } from '../helpers/pki.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { runCli } from '../helpers/sidecar.ts'
@@ -159,4 +161,36 @@ t.test('a readable, matching set still starts (the checks refuse only what canno
   t.equal(r.code, 2)
   t.match(r.stderr, /address in use/)
   t.notMatch(r.stderr, /listen\.https\./)
+})
+
+t.test('a certificate outside its dates starts, and is said once at warning level', async (t) => {
+  const ca = await createCA('start-dates-ca')
+  const expired = await issueCert(ca, { cn: 'localhost', dnsSans: ['localhost'], server: true, days: -1 })
+  const early = await issueCert(ca, { cn: 'proxy', notBefore: new Date(Date.now() + 86_400_000) })
+  for (const workers of [1, 2]) {
+    const bin = await startBin(t, {
+      listen: {
+        http: '127.0.0.1:0',
+        https: { address: '127.0.0.1:0', cert: expired.certFile, key: expired.keyFile },
+      },
+      upstream: 'https://127.0.0.1:9',
+      upstreamTls: { ca: ca.certFile, cert: early.certFile, key: early.keyFile },
+      workers,
+      timeouts: { drainDelay: '0s' },
+    })
+    const listener = bin.logs().filter((l) => l['event'] === 'tls_cert_expired')
+    t.equal(listener.length, 1, `workers: ${workers}: one line for the listener's expired certificate`)
+    t.same(
+      [listener[0]?.['level'], listener[0]?.['side'], listener[0]?.['setting']],
+      [40, 'listener', 'listen.https.cert'],
+    )
+    t.equal(listener[0]?.['notAfter'], new Date(new X509Certificate(expired.certPem).validTo).toISOString())
+    t.match(String(listener[0]?.['msg']), /the certificate expired at .*; starting with it/)
+    const upstream = bin.logs().filter((l) => l['event'] === 'tls_cert_not_yet_valid')
+    t.equal(upstream.length, 1, `workers: ${workers}: one line for the client certificate not valid yet`)
+    t.same([upstream[0]?.['side'], upstream[0]?.['setting']], ['upstream', 'upstreamTls.cert'])
+    t.notMatch(bin.stderr(), /PRIVATE KEY|BEGIN CERTIFICATE/, 'no key or certificate material')
+    bin.child.kill('SIGTERM')
+    await bin.exited
+  }
 })
