@@ -1,7 +1,12 @@
 // Policy (docs/reference.md "Config file"): off | observe (record would_deny) | enforce (403). First policy rule whose route and
 // method match decides; a request is allowed when any of its allow matchers matches the identity.
 import type { Config } from '../config/schema.ts'
-import { type CompiledPattern, compilePattern } from '../rules/pattern.ts'
+import {
+  type CompiledPattern,
+  compilePattern,
+  pathPatternWithoutTrailingSlash,
+  pathWithoutTrailingSlash,
+} from '../rules/pattern.ts'
 import type { Identity, Kind, PolicyDecision, RequestInfo, Source } from '../types.ts'
 import { normalizeHeaderName } from '../util/header-names.ts'
 
@@ -106,19 +111,9 @@ function decodeQueryPart(s: string): string {
   }
 }
 
-/**
- * `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts).
- * A trailing slash is optional, as most frameworks route "/admin/" to "/admin": a path with one is decided
- * as the path without it, and only so. Matched as it is, its trailing slash would be an empty last segment
- * that a `*` matches, and "/users/" would be decided by "/users/*" while the upstream serves it as "/users".
- */
+/** `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts) */
 function routeMatches(route: CompiledPattern, path: string): boolean {
-  const trailingSlash = path.length > 1 && path.charCodeAt(path.length - 1) === 47
-  return route.match(trailingSlash ? path.slice(0, -1) : path) !== null
-}
-
-function withoutTrailingSlash(route: string): string {
-  return route.length > 1 && route.endsWith('/') ? route.replace(/\/+$/, '') || '/' : route
+  return route.match(pathWithoutTrailingSlash(path)) !== null
 }
 
 export function compilePolicy(cfg: Config['policy']): Policy {
@@ -131,9 +126,7 @@ export function compilePolicy(cfg: Config['policy']): Policy {
     const label = r.name ?? r.route
     const rule: CompiledPolicyRule = {
       label,
-      // the route's own trailing slash is as optional as the path's (routeMatches): "/settings/" covers
-      // "/settings", which the same frameworks serve from the same handler
-      route: compilePattern(withoutTrailingSlash(r.route), { separator: '/', ignoreCase }),
+      route: compilePattern(pathPatternWithoutTrailingSlash(r.route), { separator: '/', ignoreCase }),
       allow: r.allow.map((a) => {
         const m: AllowMatcher = {}
         if (a.identity !== undefined) m.identity = compilePattern(a.identity)

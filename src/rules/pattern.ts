@@ -190,6 +190,22 @@ export function normalisePattern(p: string, opts?: PatternOptions): string {
 }
 
 /** Compiles a pattern once; throws on a malformed pattern (config is validated before compiling). */
+/**
+ * A trailing slash is optional on a path, as most frameworks route "/admin/" to "/admin": a path with one is
+ * matched as the path without it, and only so. Matched as it is, its trailing slash would be an empty last
+ * segment that a `*` matches, and "/users/" would be taken by "/users/*" while the upstream serves it as
+ * "/users". Policy routes and identity rules' `match.path` both match so, so that a request is named and
+ * decided by the same path.
+ */
+export function pathWithoutTrailingSlash(path: string): string {
+  return path.length > 1 && path.charCodeAt(path.length - 1) === 47 ? path.slice(0, -1) : path
+}
+
+/** a path pattern's own trailing slash is as optional as the path's: "/settings/" covers "/settings" */
+export function pathPatternWithoutTrailingSlash(pattern: string): string {
+  return pattern.length > 1 && pattern.endsWith('/') ? pattern.replace(/\/+$/, '') || '/' : pattern
+}
+
 export function compilePattern(p: string, opts?: PatternOptions): CompiledPattern {
   const sep = isSegmentMode(p, opts)
   const tokens = tokenize(p, sep)

@@ -319,6 +319,47 @@ t.test('a policy route written with a trailing slash also covers the path withou
   )
 })
 
+t.test("an identity rule's match.path takes a trailing slash as policy routes do", async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    identities: [
+      {
+        rule: 'exporter',
+        name: 'exporter',
+        kind: 'job',
+        match: { path: '/export', header: { 'x-job': 'nightly' } },
+      },
+      {
+        rule: 'files',
+        name: 'file-reader',
+        kind: 'job',
+        match: { path: '/files/*', header: { 'x-job': 'nightly' } },
+      },
+      {
+        rule: 'reports',
+        name: 'reporter',
+        kind: 'job',
+        match: { path: '/reports/', header: { 'x-job': 'nightly' } },
+      },
+    ],
+  })
+  const port = sidecar.proxyAddress.port
+  const named = async (target: string) => {
+    t.equal(await rawStatus(port, target, 'GET', { 'x-job': 'nightly' }), 200, target)
+    return up.received.at(-1)?.headers['x-nhi-identity']
+  }
+  // (an unverified caller's name carries ua:) the request is named by the path it is decided by: "/export/" is "/export" for the policy and the name
+  t.equal(await named('/export'), 'ua:exporter')
+  t.equal(await named('/export/'), 'ua:exporter', 'a trailing slash on the path is optional')
+  t.equal(await named('/files/a.csv'), 'ua:file-reader')
+  t.not(await named('/files/'), 'ua:file-reader', '"/files/" is "/files": not a file below it')
+  t.equal(await named('/reports'), 'ua:reporter', "the pattern's own trailing slash is optional too")
+  t.equal(await named('/reports/'), 'ua:reporter')
+  t.not(await named('/reports/x'), 'ua:reporter', 'a path below it is not it')
+})
+
 /**
  * An upstream on a raw socket that records each request line, so no HTTP parser refuses what it is sent
  * (Go's and others accept more than Node's), and answers 200.

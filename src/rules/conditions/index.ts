@@ -1,6 +1,6 @@
 // A rule's match block → its conditions, in the order they are checked (and explained).
 import type { MatchConfig } from '../../config/schema.ts'
-import { compilePattern } from '../pattern.ts'
+import { compilePattern, pathPatternWithoutTrailingSlash } from '../pattern.ts'
 import { ApiKeyCondition } from './apikey.ts'
 import { CertCondition } from './cert.ts'
 import type { Condition } from './condition.ts'
@@ -22,7 +22,8 @@ export function compileConditions(m: MatchConfig, apiKeyHeader?: string): Condit
   if (m.header) out.push(new HeaderCondition(m.header, apiKeyHeader))
   if (m.userAgent !== undefined) out.push(new UserAgentCondition(m.userAgent))
   if (m.remoteAddr) out.push(new RemoteAddrCondition(m.remoteAddr))
-  if (m.path !== undefined) out.push(new PathCondition(compilePattern(m.path, { separator: '/' })))
+  if (m.path !== undefined)
+    out.push(new PathCondition(compilePattern(pathPatternWithoutTrailingSlash(m.path), { separator: '/' })))
   if (m.method !== undefined) out.push(new MethodCondition(m.method))
   if (m.verified !== undefined) out.push(new VerifiedCondition(m.verified))
   if (m.source !== undefined) out.push(new SourceCondition(m.source))

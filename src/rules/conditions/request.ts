@@ -3,7 +3,7 @@
 import { isCredentialHeader, REDACTED } from '../../config/redact.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo } from '../../types.ts'
 import { CidrSet } from '../../util/cidr.ts'
-import { type CompiledPattern, compilePattern } from '../pattern.ts'
+import { type CompiledPattern, compilePattern, pathWithoutTrailingSlash } from '../pattern.ts'
 import { addCaptures, type Condition, matchInto, type Scratch, show } from './condition.ts'
 
 export class HeaderCondition implements Condition {
@@ -67,7 +67,8 @@ export class PathCondition implements Condition {
     return this.p.captures
   }
   test(_e: EvidenceSet, req: RequestInfo, _c: ConnectionInfo, s: Scratch): boolean {
-    return matchInto(this.p, req.path, 'path', s)
+    // a trailing slash is optional, as for policy routes: the request is named by the path it is decided by
+    return matchInto(this.p, pathWithoutTrailingSlash(req.path), 'path', s)
   }
 }
 
