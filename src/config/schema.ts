@@ -584,19 +584,30 @@ export const configSchema = z.strictObject({
                 z._default(z.boolean(), false),
                 'also verify by reverse-then-forward DNS against the operator domains below',
               ),
-              domains: z._default(
-                z.array(
-                  z.strictObject({
-                    operator: z.string().check(z.minLength(1)),
-                    suffixes: z.array(z.string().check(z.minLength(1))),
-                  }),
+              domains: described(
+                z._default(
+                  z.array(
+                    z.strictObject({
+                      operator: z.string().check(z.minLength(1)),
+                      suffixes: z.array(z.string().check(z.minLength(1))),
+                      products: described(
+                        z.optional(z.array(z.string().check(z.minLength(1)))),
+                        'the products these domains vouch for, as the user-agent classifier names them ' +
+                          "(googlebot); default: those the operator documents each domain for (Google's " +
+                          'googlebot.com: its common crawlers; google.com: none of the crawlers checked), or ' +
+                          'all of an operator that documents one domain (Bing, Apple)',
+                      ),
+                    }),
+                  ),
+                  [
+                    // Google's common crawlers only: google.com is its special crawlers' and user-triggered
+                    // fetchers', googleusercontent.com any Compute Engine VM's
+                    { operator: 'Google', suffixes: ['googlebot.com'] },
+                    { operator: 'Bing', suffixes: ['search.msn.com'] },
+                    { operator: 'Apple', suffixes: ['applebot.apple.com'] },
+                  ],
                 ),
-                [
-                  // not googleusercontent.com: every Compute Engine VM has a PTR name there that resolves back to it
-                  { operator: 'Google', suffixes: ['googlebot.com', 'google.com'] },
-                  { operator: 'Bing', suffixes: ['search.msn.com'] },
-                  { operator: 'Apple', suffixes: ['applebot.apple.com'] },
-                ],
+                "the domains each operator's crawlers have their PTR names in, and the products they vouch for",
               ),
               timeout: z._default(duration, 2_000),
               cacheTtl: z._default(duration, 3_600_000),

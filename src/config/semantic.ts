@@ -1,6 +1,8 @@
 // Checks the schema cannot express: CIDRs, patterns, captures, shadowed or duplicate rules, references to
 // issuers and api keys, issuer key sources. Each issue carries a config path; the loader maps it to line:col.
 import { isIPv4 } from 'node:net'
+import { isCheckedProduct } from '../identity/bots/claims.ts'
+import { dnsSuffixProducts, documentedDomain, documentedDomains } from '../identity/bots/dns.ts'
 import { publishedFileNames, rangeFileProducts } from '../identity/bots/ranges.ts'
 import { issuerNamespace } from '../identity/profiles.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
@@ -74,6 +76,45 @@ export function semanticCheck(config: Config): SemanticIssue[] {
         `keep the file name ${src.operator} publishes (${publishedFileNames(src.operator).join(', ')}), or add products`,
       )
     }
+  })
+
+  // likewise a reverse DNS domain of an operator that documents its products' host names apart: taken for all
+  // of Google's products, google.com (its user-triggered fetchers' names) verified Googlebot
+  const dns = config.bots.verify.dns
+  dns.domains.forEach((entry, i) => {
+    entry.suffixes.forEach((suffix, j) => {
+      const at: Path = ['bots', 'verify', 'dns', 'domains', i, 'suffixes', j]
+      let products: readonly string[] | 'all'
+      try {
+        products = dnsSuffixProducts(entry, suffix)
+      } catch (e) {
+        const known = documentedDomains(entry.operator)
+          .map((d) => d.suffix)
+          .join(', ')
+        error(
+          at,
+          (e as Error).message,
+          `keep a domain ${entry.operator} documents (${known}) or one under it, or add products`,
+        )
+        return
+      }
+      // a domain an old config listed for the whole operator, now known to vouch for none of the crawlers
+      // whose claims are checked: it loads, and the operator learns it verifies nothing
+      const documented = entry.products === undefined ? documentedDomain(entry.operator, suffix) : undefined
+      if (
+        dns.enabled &&
+        documented !== undefined &&
+        products !== 'all' &&
+        !products.some((p) => isCheckedProduct(entry.operator, p))
+      ) {
+        warn(
+          at,
+          `${suffix} verifies no ${entry.operator} crawler claim: ${entry.operator} documents ${documented.suffix} ` +
+            `for ${documented.for}`,
+          'remove it, or name the products it vouches for (products: [...])',
+        )
+      }
+    })
   })
 
   // the schema only knows it is a URL; what the proxy can forward to is decided here, so `check`, a start and a

@@ -14,6 +14,7 @@ import { promisify } from 'node:util'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { semanticCheck } from '../../src/config/semantic.ts'
+import { dnsSuffixProducts } from '../../src/identity/bots/dns.ts'
 import {
   OperatorRanges,
   parseRangeDocument,
@@ -164,6 +165,34 @@ t.test('range files vouch for the products their operator publishes them for', a
     'the config check refuses the file nothing says the products of, and only that one',
   )
   t.match(issues[0]?.hint, /gptbot\.json, searchbot\.json, chatgpt-user\.json/)
+})
+
+t.test('reverse DNS domains vouch for the products their operator documents them for', async (t) => {
+  const google = (suffix: string, products?: string[]) =>
+    dnsSuffixProducts({ operator: 'Google', suffixes: [suffix], products }, suffix)
+  const googlebotJson = rangeFileProducts({
+    operator: 'Google',
+    url: 'https://developers.google.com/static/search/apis/ipranges/googlebot.json',
+  })
+  t.same(google('googlebot.com'), googlebotJson, "googlebot.com: Google's common crawlers, as googlebot.json")
+  t.same(google('.Geo.GoogleBot.com.'), googlebotJson, 'a name under it, in any case, vouches as it does')
+  for (const suffix of ['google.com', 'googleusercontent.com'])
+    t.notOk(
+      (google(suffix) as readonly string[]).includes('googlebot'),
+      `${suffix} does not vouch for Googlebot`,
+    )
+  t.same(google('googleusercontent.com'), [], 'nor does googleusercontent.com for anything')
+  t.same(google('google.com', ['GoogleBot']), ['googlebot'], 'products named in the config, in any case')
+  t.throws(
+    () => google('crawl.example'),
+    /^Google documents its crawlers' host names per product, and crawl\.example is not one of its domains/,
+  )
+  const any = (operator: string, suffix: string) =>
+    dnsSuffixProducts({ operator, suffixes: [suffix] }, suffix)
+  t.equal(any('Bing', 'search.msn.com'), 'all', 'Bing documents one domain for all its crawlers')
+  t.equal(any('apple', 'applebot.apple.com'), 'all', 'so does Apple')
+  t.equal(any('Bing', 'msn.com'), 'all', "another domain of such an operator: the operator's choice")
+  t.equal(any('Example', 'crawl.example'), 'all', 'an operator documenting nothing')
 })
 
 t.test(

@@ -67,6 +67,18 @@ export function operatorVouchesFor(operator: string, ua: UserAgentEvidence): boo
 }
 
 /**
+ * Whether a user agent named `product` (as the classifier names it) has its claim to crawl for `operator`
+ * (any case) checked: what a domain or range file vouching for nothing else can ever verify.
+ */
+export function isCheckedProduct(operator: string, product: string): boolean {
+  const op = operator.toLowerCase()
+  for (const [name, products] of PRODUCTS) {
+    if (name.toLowerCase() === op && products.has(product.toLowerCase())) return true
+  }
+  return false
+}
+
+/**
  * Every operator `ua` claims to crawl for (empty when it claims none this proxy can check). A user agent is
  * one string the client writes: it may carry several claims ("GPTBot/1.2 … bingbot/2.0"), and each is
  * checked, so that adding a claim nothing can check cannot hide a false one. The product the classifier

@@ -1,6 +1,6 @@
 // Verified bots: a user agent claiming a well-known crawler operator is verified only when the address it
 // comes from is inside the operator's published IP ranges for the product it is named after (or, when
-// enabled, passes reverse-then-forward DNS). A claim from elsewhere is an `unverified_claim` anomaly; one whose
+// enabled, passes reverse-then-forward DNS in a domain documented for that product). A claim from elsewhere is an `unverified_claim` anomaly; one whose
 // reverse DNS lookup is still on its way is counted when the lookup concludes unverified (the request is
 // answered by then). Ranges start from the snapshot shipped with the release and are refreshed from the
 // configured URLs with the JWKS fetcher's rules: the last good file keeps serving through failures, a failed
@@ -13,7 +13,7 @@ import { clientAddress, trustedProxySet } from '../client-address.ts'
 import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
 import { evidenceOf, replaceEvidence } from '../sources/source.ts'
 import { claimedOperators, operatorVouchesFor } from './claims.ts'
-import { DnsVerifier } from './dns.ts'
+import { DnsVerifier, dnsDomains } from './dns.ts'
 import {
   OperatorRanges,
   parseRangeDocument,
@@ -89,7 +89,7 @@ export class BotVerifier {
     }
     if (cfg.dns.enabled) {
       this.dns = new DnsVerifier({
-        domains: new Map(cfg.dns.domains.map((d) => [d.operator, d.suffixes])),
+        domains: dnsDomains(cfg.dns.domains),
         timeoutMs: cfg.dns.timeout,
         cacheTtlMs: cfg.dns.cacheTtl,
         cacheSize: cfg.dns.cacheSize,
@@ -124,7 +124,8 @@ export class BotVerifier {
 
   /**
    * Whether a claim to crawl for `operator` (as `product`, when given) from `address` holds: `verified` inside
-   * the operator's published ranges for that product (without one, any of its ranges) or confirmed by DNS,
+   * the operator's published ranges for that product (without one, any of its ranges) or confirmed by DNS in
+   * a domain for that product (without one, any of the operator's),
    * `unverified_claim` outside them, `unknown` when nothing is known to check it against (no ranges for the
    * product, or a DNS answer still on its way).
    */
@@ -150,6 +151,7 @@ export class BotVerifier {
     let verifiedFor: string | undefined
     let falseClaim = false
     let pending: string | undefined
+    let pendingProduct: string | undefined
     for (const operator of operators) {
       // the product the user agent is named after is checked against that product's ranges only: an address
       // ChatGPT-User fetches from (anyone can have ChatGPT fetch a URL) says nothing about GPTBot
@@ -159,7 +161,10 @@ export class BotVerifier {
       else if (r === 'pending') {
         // a user agent named after another product is false whatever the lookup answers
         if (!named) falseClaim = true
-        else pending ??= operator
+        else if (pending === undefined) {
+          pending = operator
+          pendingProduct = ua.product
+        }
       } else if (r === 'ranges' || r === 'dns') {
         // the address checks out for the operator, but the user agent is named after another product
         if (!named) falseClaim = true
@@ -176,7 +181,7 @@ export class BotVerifier {
     if (verifiedBy !== undefined && verifiedFor !== undefined)
       replaceEvidence(evidence, 'useragent', verifiedEvidence(ua, verifiedFor, verifiedBy))
     // a request is counted once at most: it waits on the first of its lookups on their way
-    if (pending !== undefined) this.dns?.wait(pending, address)
+    if (pending !== undefined) this.dns?.wait(pending, address, pendingProduct)
   }
 
   private check(
@@ -190,8 +195,10 @@ export class BotVerifier {
     // elsewhere, and would be counted as false claims whenever they are the real thing
     const ranged = product === undefined ? ranges.has(operator) : ranges.covers(operator, product)
     if (ranged && ranges.contains(operator, address, product)) return 'ranges'
-    if (this.dns?.covers(operator)) {
-      const d = this.dns.check(operator, address)
+    // DNS vouches for a product only by the domains documented (or configured) for it: Google's special
+    // crawlers and user-triggered fetchers are under google.com, its common crawlers under googlebot.com
+    const d = this.dns?.check(operator, address, product)
+    if (d !== undefined) {
       if (d === 'verified') return 'dns'
       if (d === 'pending') return 'pending'
       // no lookup will ever conclude an unchecked claim (every allowed lookup is running): counted now, as a
