@@ -31,6 +31,10 @@ export interface JwksServer {
   fault?: number | 'junk' | 'hang'
   /** extra headers of a key-set answer (Cache-Control, Age) */
   headers?: Record<string, string>
+  /** the key set is answered this many ms after it was asked for (after `held` settled): a slow identity provider */
+  delayMs?: number
+  /** the key set is not answered before this settles (a fetch in flight for as long as the test needs) */
+  held?: Promise<unknown>
   setKeys(keys: SigningKey[]): void
   close(): Promise<void>
 }
@@ -70,9 +74,21 @@ export async function startJwksServer(initial: SigningKey[]): Promise<JwksServer
         res.end('down')
         return
       }
-      res.setHeader('content-type', 'application/json')
-      for (const [name, value] of Object.entries(state.headers ?? {})) res.setHeader(name, value)
-      res.end(JSON.stringify({ keys: state.keys.map((k) => k.publicJwk) }))
+      const send = () => {
+        res.setHeader('content-type', 'application/json')
+        for (const [name, value] of Object.entries(state.headers ?? {})) res.setHeader(name, value)
+        res.end(JSON.stringify({ keys: state.keys.map((k) => k.publicJwk) }))
+      }
+      const later = () => {
+        if (state.delayMs === undefined) {
+          send()
+          return
+        }
+        const timer = setTimeout(send, state.delayMs)
+        res.on('close', () => clearTimeout(timer))
+      }
+      if (state.held === undefined) later()
+      else void state.held.then(later)
       return
     }
     res.statusCode = 404
