@@ -32,6 +32,43 @@ export function grpcTimeoutMs(headers: IncomingHttpHeaders): number | undefined 
   return Number(m[1]) * UNIT_MS[m[2]!]!
 }
 
+/** gRPC's limit on a `grpc-timeout` value: 8 ASCII digits */
+const MAX_TIMEOUT_VALUE = 99_999_999
+const COARSE_UNITS = ['S', 'M', 'H'] as const
+
+/**
+ * `ms` as a `grpc-timeout` value: in the finest unit whose count fits 8 digits, so that as little as possible is
+ * lost, and rounded down, so that the upstream's deadline is never later than the client's. Undefined when
+ * less than a nanosecond is left: a deadline of nothing is one that has passed.
+ */
+export function grpcTimeoutValue(ms: number): string | undefined {
+  // nanoseconds and microseconds multiply: an integer factor keeps a whole number of milliseconds exact
+  const ns = Math.floor(ms * 1e6)
+  if (!(ns >= 1)) return undefined
+  if (ns <= MAX_TIMEOUT_VALUE) return `${ns}n`
+  const us = Math.floor(ms * 1e3)
+  if (us <= MAX_TIMEOUT_VALUE) return `${us}u`
+  if (Math.floor(ms) <= MAX_TIMEOUT_VALUE) return `${Math.floor(ms)}m`
+  for (const unit of COARSE_UNITS) {
+    const count = Math.floor(ms / UNIT_MS[unit]!)
+    if (count <= MAX_TIMEOUT_VALUE) return `${count}${unit}`
+  }
+  // no client can send more than 8 digits of hours
+  return `${MAX_TIMEOUT_VALUE}H`
+}
+
+/**
+ * What a gRPC call forwarded now has left of its `grpc-timeout`, counted from its arrival (`receivedAt`,
+ * performance.now()) as its client counts it, as a `grpc-timeout` value: undefined for a request that is no
+ * gRPC call or has no valid grpc-timeout, null once the deadline has passed.
+ */
+export function grpcTimeoutLeft(headers: IncomingHttpHeaders, receivedAt: number): string | null | undefined {
+  if (headers['grpc-timeout'] === undefined || !isGrpc(headers)) return undefined
+  const ms = grpcTimeoutMs(headers)
+  if (ms === undefined) return undefined
+  return grpcTimeoutValue(ms - (performance.now() - receivedAt)) ?? null
+}
+
 /** The gRPC status for an HTTP status the proxy would otherwise answer with (gRPC's HTTP mapping, plus 504 → 4). */
 export function grpcStatusForHttp(status: number): number {
   switch (status) {

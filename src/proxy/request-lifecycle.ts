@@ -20,7 +20,14 @@ import {
   type ForwardTarget,
   responseClosed,
 } from './forwarder.ts'
-import { answeredTrailersOnly, GRPC, grpcStatusForHttp, isGrpc, sendGrpcStatus } from './grpc.ts'
+import {
+  answeredTrailersOnly,
+  GRPC,
+  grpcStatusForHttp,
+  grpcTimeoutLeft,
+  isGrpc,
+  sendGrpcStatus,
+} from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { streamTimedOut } from './http2-listener.ts'
 import { absoluteFormAuthority, requestTarget } from './path.ts'
@@ -33,6 +40,7 @@ import {
   BAD_REQUEST,
   BAD_TARGET_AUTHORITY,
   CONNECT_NOT_SUPPORTED,
+  DEADLINE_PASSED,
   INTERNAL_ERROR,
   NOT_IMPLEMENTED,
   sendJson,
@@ -627,8 +635,18 @@ export class RequestLifecycle {
       this.finish(ex)
       return undefined
     }
+    // a gRPC call goes on with the time its deadline has left: identification may have taken some of it
+    const deadline = grpcTimeoutLeft(req.headers, ex.started)
+    if (deadline === null) {
+      // the client has given up on the call by now: the upstream is not asked to start it
+      transport.answer(ex, req, ctx, DEADLINE_PASSED)
+      if (req.readableFlowing === false) req.resume()
+      this.finish(ex)
+      return undefined
+    }
     const target = this.target(ex, parsed.target)
     const headers = this.hopHeaders(ex, req, target)
+    if (deadline !== undefined) headers['grpc-timeout'] = deadline
     // let through: a client waiting for its 100 Continue may send the body now (continue.ts)
     releaseContinue(req, ex.res)
     if (transport.dispatch) {

@@ -17,6 +17,8 @@ export const UPSTREAM_ERRORS: Record<UpstreamErrorReason, Canned> = {
   reset: canned(502, 'bad_gateway', 'upstream closed the connection'),
   timeout: canned(504, 'gateway_timeout', 'upstream did not answer in time'),
 }
+/** a gRPC call whose own deadline passed before it could be forwarded (only ever sent as a gRPC status) */
+export const DEADLINE_PASSED = canned(504, 'deadline_exceeded', 'deadline exceeded')
 export const BAD_REQUEST = canned(400, 'bad_request', 'request target must be origin-form or absolute-form')
 export const BAD_METHOD = canned(400, 'bad_request', 'request method must be upper-case')
 export const BAD_HOST = canned(400, 'bad_request', 'request must carry exactly one Host header')
