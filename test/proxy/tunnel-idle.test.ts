@@ -20,8 +20,13 @@ import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 const IDLE_MS = 300
-/** long enough that a tunnel kept open only by traffic outlives the idle time several times over */
-const ACTIVE_MS = 1200
+/**
+ * the idle time of the tests that keep a tunnel open with a message every 100 ms: several ticks' margin, so a
+ * test machine that stalls a timer for a few hundred milliseconds does not read as silence
+ */
+const ACTIVE_IDLE_MS = 1000
+/** long enough that each direction alone keeps the tunnel open for longer than the idle time */
+const ACTIVE_MS = 2 * ACTIVE_IDLE_MS + 400
 const COUNTER = 'nhi_tunnels_idle_closed_total'
 
 // the tests share nothing (each its own upstream and sidecar) and mostly wait on idle timers: run side by side
@@ -145,7 +150,10 @@ for (const workers of [1, 2]) {
 
 t.test('a websocket tunnel with a message every 100 ms either way stays open', async (t) => {
   const up = await startWsUpstream(t)
-  const sidecar = await startTestSidecar(t, { upstream: up.url, timeouts: { tunnelIdle: `${IDLE_MS}ms` } })
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    timeouts: { tunnelIdle: `${ACTIVE_IDLE_MS}ms` },
+  })
   const client = await openWs(t, sidecar.proxyAddress.port)
   const open = () => !client.closed() && up.closed() === 0
   // client → upstream only, then upstream → client only: each direction alone keeps the tunnel
@@ -249,7 +257,10 @@ t.test('an answered h2c upstream stream that goes silent is reset on both sides'
 
 t.test('an answered h2c upstream stream with data every 100 ms either way stays open', async (t) => {
   const up = await startH2cUpstream(t)
-  const sidecar = await startTestSidecar(t, { upstream: up.url, timeouts: { tunnelIdle: `${IDLE_MS}ms` } })
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    timeouts: { tunnelIdle: `${ACTIVE_IDLE_MS}ms` },
+  })
   const client = await openH2(t, sidecar.proxyUrl, true)
   const open = () => !client.closed() && up.closes.length === 0
   // upstream → client only (a server stream), then client → upstream only (an upload the upstream answered
