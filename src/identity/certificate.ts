@@ -166,8 +166,104 @@ function subjectOneLine(subject: string | undefined): string | undefined {
   return subject.split('\n').filter(Boolean).join(', ')
 }
 
-/** RFC 4514 escapes of special characters ("CN=a\\,b" is the CN "a,b"). */
-const DN_ESCAPE_RE = /\\([ "#+,;<=>\\])/g
+/** the characters RFC 4514 lets a backslash stand before ("CN=a\\,b" is the CN "a,b") */
+const DN_SPECIALS = ' "#+,;<=>\\'
+const UTF8 = new TextDecoder('utf-8', { fatal: true })
+
+function hexDigit(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30
+  const l = c | 0x20
+  return l >= 0x61 && l <= 0x66 ? l - 0x57 : -1
+}
+
+/** the byte of the RFC 4514 hex pair `\XX` at `i`, or -1 when there is none there */
+function hexPairAt(s: string, i: number): number {
+  if (s.charCodeAt(i) !== 0x5c) return -1
+  const hi = hexDigit(s.charCodeAt(i + 1))
+  const lo = hi === -1 ? -1 : hexDigit(s.charCodeAt(i + 2))
+  return lo === -1 ? -1 : hi * 16 + lo
+}
+
+/** consecutive hex pairs from `i`: their bytes, decoded as UTF-8 (undefined when they are not UTF-8) */
+function hexRun(s: string, i: number): { end: number; bytes: number[]; text: string | undefined } {
+  const bytes: number[] = []
+  let end = i
+  for (let b = hexPairAt(s, end); b !== -1; b = hexPairAt(s, end)) {
+    bytes.push(b)
+    end += 3
+  }
+  let text: string | undefined
+  try {
+    text = UTF8.decode(Uint8Array.from(bytes))
+  } catch {
+    text = undefined
+  }
+  return { end, bytes, text }
+}
+
+/**
+ * Distinguished-name text with the characters OpenSSL escapes byte by byte under XN_FLAG_RFC2253 (each byte
+ * of a non-ASCII UTF-8 character as a hex pair: Envoy's XFCC Subject `CN=\CE\A9`) written out, as Node
+ * prints them (`CN=Ω`); escapes of ASCII (specials, control characters) are kept, since writing those out
+ * would change how the text splits. Undefined when hex pairs are not UTF-8, which no certificate's subject
+ * prints as.
+ */
+export function dnWithUtf8(subject: string): string | undefined {
+  if (!subject.includes('\\')) return subject
+  let out = ''
+  let from = 0
+  for (let i = 0; i < subject.length; i++) {
+    if (subject.charCodeAt(i) !== 0x5c) continue
+    if (hexPairAt(subject, i) === -1) {
+      // an escaped character, possibly a backslash: the text after it is never read as an escape
+      i++
+      continue
+    }
+    const run = hexRun(subject, i)
+    if (run.text === undefined) return undefined
+    if (run.bytes.some((b) => b >= 0x80)) {
+      out += subject.slice(from, i)
+      let at = i
+      for (const ch of run.text) {
+        const cp = ch.codePointAt(0)!
+        const n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4
+        out += n === 1 ? subject.slice(at, at + 3) : ch
+        at += 3 * n
+      }
+      from = run.end
+    }
+    i = run.end - 1
+  }
+  return out + subject.slice(from)
+}
+
+/**
+ * One attribute value with its RFC 4514 escapes undone: a backslash before a special character is that
+ * character, consecutive hex pairs are the bytes of UTF-8 text. Undefined when they are not UTF-8. A
+ * backslash before anything else is kept as it is, as it always was here.
+ */
+function unescapeDnValue(v: string): string | undefined {
+  if (!v.includes('\\')) return v
+  let out = ''
+  for (let i = 0; i < v.length; i++) {
+    const c = v[i]!
+    if (c !== '\\') {
+      out += c
+      continue
+    }
+    if (hexPairAt(v, i) !== -1) {
+      const run = hexRun(v, i)
+      if (run.text === undefined) return undefined
+      out += run.text
+      i = run.end - 1
+    } else if (i + 1 < v.length && DN_SPECIALS.includes(v[i + 1]!)) {
+      out += v[++i]
+    } else {
+      out += c
+    }
+  }
+  return out
+}
 
 /** One attribute of distinguished-name text and the separator after it ('' after the last). */
 interface DnPart {
@@ -218,18 +314,37 @@ export type DnOrder = 'der' | 'rfc4514'
  * `der` text, the last of `rfc4514` comma-form text.
  */
 export function commonName(subject: string, order: DnOrder = 'der'): string | undefined {
-  const last = order === 'rfc4514' && !subject.startsWith('/')
+  const read = readCommonName(subject, order)
+  return 'malformed' in read ? undefined : read.cn
+}
+
+/**
+ * commonName, or why the subject's CNs cannot be read: hex pairs that are not UTF-8, or a comma-form `#`
+ * value (the hex of a BER encoding, which OpenSSL prints for a CN that is not a string type): neither is
+ * ever taken as a name.
+ */
+export function readCommonName(
+  subject: string,
+  order: DnOrder = 'der',
+): { cn?: string } | { malformed: string } {
+  const slash = subject.startsWith('/')
+  const last = order === 'rfc4514' && !slash
   let found: string | undefined
   for (const { text: raw } of dnParts(subject)) {
     const text = raw.trim()
     if (text.length > 3 && text.slice(0, 3).toUpperCase() === 'CN=') {
-      const cn = unquoteDnValue(text.slice(3).trim())
+      const value = text.slice(3).trim()
+      // slash form (X509_NAME_oneline) has no such encoding: a "#" there is the CN's own first character
+      if (!slash && value.startsWith('#'))
+        return { malformed: 'a CN is a hex-encoded BER value, not a string' }
+      const cn = unquoteDnValue(value)
+      if (cn === undefined) return { malformed: 'a CN has hex escapes that are not UTF-8' }
       if (!cn) continue
-      if (!last) return cn
+      if (!last) return { cn }
       found = cn
     }
   }
-  return found
+  return found === undefined ? {} : { cn: found }
 }
 
 const DN_ATTRIBUTE_RE = /^[A-Za-z][A-Za-z0-9-]*=|^[0-9]+(?:\.[0-9]+)+=/
@@ -251,14 +366,14 @@ export function rfc4514Subject(subject: string): string {
   return out
 }
 
-function unquoteDnValue(v: string): string {
+function unquoteDnValue(v: string): string | undefined {
   if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) {
     const parsed = unquote(v)
     if (parsed !== v) return parsed
     // not JSON: RFC 4514 quoting
     v = v.slice(1, -1)
   }
-  return v.replace(DN_ESCAPE_RE, '$1')
+  return unescapeDnValue(v)
 }
 
 function unquote(v: string): string {

@@ -331,7 +331,18 @@ t.test('XFCC grammar: quoting, escapes, case-insensitive keys, repeats', async (
   t.equal(els?.length, 2, 'the comma inside quotes does not split')
   t.equal(els?.[0]?.subject, 'CN=Client, O=Acme, Inc.')
   t.same(els?.[0]?.uri, ['spiffe://a/b'])
-  t.equal(els?.[1]?.subject, 'CN="quoted" name; really')
+  // a quoted Subject keeps its backslashes: they are RFC 4514 escapes, as Envoy writes them
+  t.equal(els?.[1]?.subject, 'CN=\\"quoted\\" name; really')
+  t.equal(
+    (xfccEvidence('Subject="CN=\\"quoted\\" name; really"') as CertEvidence).cn,
+    '"quoted" name; really',
+  )
+  const escaped = parseXfcc('Subject="CN=a\\,b\\\\,O=\\CE\\A9";URI="x\\"y"')?.[0]
+  t.equal(escaped?.subject, 'CN=a\\,b\\\\,O=\\CE\\A9')
+  t.same(escaped?.uri, ['x"y'], 'other values are unescaped')
+  const envoy = xfccEvidence('Subject="CN=a\\,b\\\\,O=\\CE\\A9"') as CertEvidence
+  t.equal(envoy.cn, 'a,b\\', 'an escaped comma and an escaped backslash')
+  t.equal(envoy.subject, 'CN=a\\,b\\\\,O=Ω')
   t.same(els?.[1]?.dns, ['a', 'b'])
   // Node joins repeated headers with ", "
   t.equal(parseXfcc('URI=spiffe://a/b, URI=spiffe://c/d')?.length, 2)
@@ -414,7 +425,11 @@ t.test('headers sent upstream', async (t) => {
   })
   // the certificate's RDNs (CN, then O) in RFC 4514 order, as Envoy writes them
   t.equal(quoted, 'Subject="O=c,CN=a \\"b\\"";URI=spiffe://td/x')
-  t.equal(parseXfcc(quoted)?.[0]?.subject, 'O=c,CN=a "b"')
+  t.equal(
+    parseXfcc(quoted)?.[0]?.subject,
+    'O=c,CN=a \\"b\\"',
+    'as Envoy quotes Subject: the DN escape of a quote',
+  )
   t.equal((xfccEvidence(quoted) as CertEvidence).cn, 'a "b"', "the CN read back is the certificate's")
   t.ok(FORWARDED_CERT_HEADERS.includes('x-forwarded-client-cert'))
 })

@@ -2,8 +2,10 @@
 // header values from them (x-nhi-identity, the clean x-forwarded-client-cert it sends upstream). A header value
 // outside Latin-1 makes Node refuse the outgoing request, which turned every such client's request into a
 // 502. Every derived value must be encoded so the request goes through and the upstream can decode it.
+import { execFile } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
 import { validateHeaderValue } from 'node:http'
+import { promisify } from 'node:util'
 import fc from 'fast-check'
 import t from 'tap'
 import { Agent, request } from 'undici'
@@ -22,7 +24,7 @@ import {
   xfccEvidence,
 } from '../../src/identity/forwarded/xfcc.ts'
 import { safeHeaderValue } from '../../src/proxy/headers.ts'
-import type { CertEvidence } from '../../src/types.ts'
+import type { CertEvidence, Failure } from '../../src/types.ts'
 import { exchange } from '../helpers/http.ts'
 import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { checkProperty } from '../helpers/property.ts'
@@ -33,6 +35,21 @@ import { startUpstream } from '../helpers/upstream.ts'
 await loadCertificateDecoder()
 
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/
+const run = promisify(execFile)
+
+/** the subject as Envoy prints it (X509_NAME_print_ex with XN_FLAG_RFC2253), which openssl's RFC2253 is */
+async function opensslSubject(certFile: string): Promise<string> {
+  const { stdout } = await run('openssl', [
+    'x509',
+    '-in',
+    certFile,
+    '-noout',
+    '-subject',
+    '-nameopt',
+    'RFC2253',
+  ])
+  return stdout.trim().replace(/^subject=\s*/, '')
+}
 
 const { ca: serverCa, server: serverCert } = await createServerPki()
 const clientCa = await createCA('client-ca-utf8')
@@ -125,23 +142,99 @@ t.test('a forwarded certificate with a non-Latin-1 subject is forwarded too', as
   }
 })
 
+t.test(
+  "a trusted Envoy's Subject (RFC 2253, each byte of a non-ASCII character a hex pair) names the certificate as mTLS does",
+  async (t) => {
+    const tab = await issueCert(clientCa, { subject: '/O=Ωmega/CN=tab\there' })
+    const all = [
+      ...leaves.map((leaf, i) => ({ leaf, label: clients[i]!.label, uriSans: clients[i]!.uriSans })),
+      { leaf: tab, label: 'a tab', uriSans: [] as string[] },
+    ]
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const sidecar = await startTestSidecar(t, {
+      listen: mtlsListen(serverCert, clientCa),
+      upstream: upstream.url,
+      forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], format: 'xfcc', toUpstream: 'sanitize_set' },
+    })
+    const fromEnvoy = new Agent({ localAddress: '127.0.0.2' })
+    t.teardown(() => fromEnvoy.close())
+    for (const { leaf, label, uriSans } of all) {
+      const rfc2253 = await opensslSubject(leaf.certFile)
+      const mtls = await exchange({
+        https: true,
+        host: '127.0.0.1',
+        port: sidecar.httpsAddress!.port,
+        path: '/echo',
+        servername: 'localhost',
+        ca: serverCa.certPem,
+        cert: leaf.certPem,
+        key: leaf.keyPem,
+      })
+      t.equal(mtls.status, 200, `${label}: over mTLS`)
+      const overMtls = JSON.parse(mtls.body).headers as Record<string, string>
+      const sha256 = (certEvidenceFromX509(new X509Certificate(leaf.certPem), 'mtls', true) as CertEvidence)
+        .sha256
+      // Envoy's element with Subject in set_current_client_cert_details, the text between quotes as it is
+      const res = await request(`${sidecar.proxyUrl}/echo`, {
+        dispatcher: fromEnvoy,
+        headers: {
+          'x-forwarded-client-cert': `By=spiffe://cluster.local/ns/edge/sa/gw;Hash=${sha256};Subject="${rfc2253}"${uriSans.map((u) => `;URI=${u}`).join('')}`,
+        },
+      })
+      t.equal(res.statusCode, 200, `${label}: via Envoy`)
+      const viaEnvoy = JSON.parse(await res.body.text()).headers as Record<string, string>
+      t.equal(overMtls['x-nhi-source'], 'mtls')
+      t.equal(viaEnvoy['x-nhi-source'], 'xfcc', `${label}: the XFCC is believed`)
+      t.equal(viaEnvoy['x-nhi-identity'], overMtls['x-nhi-identity'], `${label}: the same name as over mTLS`)
+      t.match(viaEnvoy['x-nhi-identity'], PRINTABLE_ASCII)
+      t.match(viaEnvoy['x-forwarded-client-cert'], PRINTABLE_ASCII)
+      // the XFCC sent upstream names the certificate as the one sent for it over mTLS
+      const again = xfccEvidence(viaEnvoy['x-forwarded-client-cert']!) as CertEvidence
+      const fromMtls = xfccEvidence(overMtls['x-forwarded-client-cert']!) as CertEvidence
+      t.equal(again.cn, fromMtls.cn, `${label}: the CN of the XFCC sent upstream`)
+      t.equal(again.subject, fromMtls.subject, `${label}: the Subject of the XFCC sent upstream`)
+    }
+  },
+)
+
 t.test('what we emit is a valid header value and parses back to what the certificate said', async (t) => {
   // any text, including control characters, quotes, separators, "%", astral characters and lone surrogates
   const text = fc.string({ unit: 'binary', maxLength: 40 })
   const wellFormed = (s: string) => Buffer.from(s, 'utf8').toString('utf8')
+  // a certificate's attribute value (UTF-8: a lone surrogate cannot be one) as OpenSSL prints it with the
+  // RFC 2253 escapes: Node's printing (`msb: 'raw'`) and Envoy's (`msb: 'hex'`, each byte a hex pair)
+  const value = text.map(wellFormed)
+  const hex = (b: number) => `\\${b.toString(16).toUpperCase().padStart(2, '0')}`
+  const printed = (v: string, msb: 'raw' | 'hex') => {
+    let out = ''
+    const chars = [...v]
+    for (const [i, ch] of chars.entries()) {
+      const c = ch.codePointAt(0)!
+      const edge = i === 0 || i === chars.length - 1
+      if (c < 0x20 || c === 0x7f) out += hex(c)
+      else if (',+"\\<>;'.includes(ch) || (i === 0 && ch === '#') || (edge && ch === ' ')) out += `\\${ch}`
+      else if (c >= 0x80 && msb === 'hex') for (const b of Buffer.from(ch, 'utf8')) out += hex(b)
+      else out += ch
+    }
+    return out
+  }
+  const cnValue = value.filter((v) => v !== '')
   checkProperty(
     t,
     'formatXfcc → xfccEvidence round-trips Subject (in RFC 4514 order) and its CN, URI and DNS; the value is printable ASCII',
     fc.property(
-      text,
+      cnValue,
+      value,
       fc.array(text, { maxLength: 2 }),
       fc.array(text, { maxLength: 2 }),
-      (subject, uri, dns) => {
+      (cn, o, uri, dns) => {
         const ev: CertEvidence = {
           source: 'mtls',
           verified: true,
           sha256: 'ab'.repeat(32),
-          subject: `CN=${subject}`,
+          // as Node prints a subject: DER order
+          subject: `O=${printed(o, 'raw')}, CN=${printed(cn, 'raw')}`,
           // a URI or DNS name keeps its own "%" escapes; generated ones have none
           uriSans: uri.map((u) => `https://x/${u.replaceAll('%', '')}`),
           dnsSans: dns.map((d) => `d${d.replaceAll('%', '')}`),
@@ -155,13 +248,40 @@ t.test('what we emit is a valid header value and parses back to what the certifi
         if ('failed' in back) return false
         const pct = (s: string) => decodeURIComponent(s)
         return (
-          back.subject === wellFormed(rfc4514Subject(ev.subject!)) &&
-          back.cn === commonName(wellFormed(ev.subject!)) &&
+          back.subject === rfc4514Subject(ev.subject!) &&
+          back.cn === cn &&
           JSON.stringify(back.uriSans.map(pct)) === JSON.stringify(ev.uriSans.map(wellFormed)) &&
           JSON.stringify(back.dnsSans.map(pct)) === JSON.stringify(ev.dnsSans.map(wellFormed))
         )
       },
     ),
+  )
+  checkProperty(
+    t,
+    "Envoy's Subject (a hex pair for each byte of a non-ASCII character) reads as the certificate's characters and CN",
+    fc.property(cnValue, value, (cn, o) => {
+      const envoy = `CN=${printed(cn, 'hex')},O=${printed(o, 'hex')}`
+      if (!PRINTABLE_ASCII.test(envoy)) return false
+      const back = xfccEvidence(`Hash=${'ab'.repeat(32)};Subject="${envoy}"`)
+      if ('failed' in back) return false
+      // the same text Node prints for the certificate, in RFC 4514 order
+      if (back.subject !== `CN=${printed(cn, 'raw')},O=${printed(o, 'raw')}`) return false
+      if (back.cn !== cn) return false
+      // and passed on upstream as it is read
+      const upstream = xfccEvidence(formatXfcc(back))
+      return !('failed' in upstream) && upstream.cn === cn && upstream.subject === back.subject
+    }),
+  )
+  checkProperty(
+    t,
+    'any Subject text: formatXfcc is a valid header value of one element, which reads back without a throw',
+    fc.property(text, (subject) => {
+      const value = formatXfcc({ source: 'mtls', verified: true, subject, uriSans: [], dnsSans: [] })
+      validateHeaderValue('x-forwarded-client-cert', value)
+      if (!PRINTABLE_ASCII.test(value) || parseXfcc(value)?.length !== 1) return false
+      const back = xfccEvidence(value)
+      return 'failed' in back ? back.reason === 'malformed' : PRINTABLE_ASCII.test(formatXfcc(back))
+    }),
   )
   checkProperty(
     t,
@@ -178,4 +298,29 @@ t.test('what we emit is a valid header value and parses back to what the certifi
   t.equal(decodeSubject('CN=100%'), 'CN=100%')
   t.equal(decodeSubject('CN=%CE%A9 100%25'), 'CN=Ω 100%')
   t.equal(decodeSubject('CN=%FF'), 'CN=%FF', 'not UTF-8: kept as sent')
+  // RFC 4514 hex pairs, as Envoy writes every byte of a non-ASCII character
+  t.equal(decodeSubject('CN=\\CE\\A9-worker,O=\\E6\\A0\\AA'), 'CN=Ω-worker,O=株')
+  t.equal(decodeSubject('CN=\\F0\\9F\\98\\80'), 'CN=😀', 'four bytes: one character')
+  t.equal(
+    decodeSubject('CN=a\\0Ab\\2C\\,c'),
+    'CN=a\\0Ab\\2C\\,c',
+    'escapes of ASCII stay: they decide the split',
+  )
+  t.equal(decodeSubject('CN=x\\\\CE'), 'CN=x\\\\CE', 'an escaped backslash, then text')
+  for (const bad of ['CN=\\FF', 'CN=\\CE', 'CN=\\CE\\,', 'CN=\\C0\\80', 'CN=\\ED\\A0\\80', 'O=\\A9,CN=a']) {
+    t.equal(decodeSubject(bad), undefined, `not UTF-8: ${bad}`)
+    t.equal((xfccEvidence(`Subject="${bad}"`) as Failure).reason, 'malformed', `malformed: ${bad}`)
+  }
+  t.equal(commonName('CN=\\CE\\A9\\2C\\41', 'rfc4514'), 'Ω,A', 'hex pairs of ASCII are its characters')
+  t.equal(commonName('CN=\\C0\\80'), undefined, 'an overlong encoding is not UTF-8')
+  t.equal(commonName('CN=\\#1'), '#1')
+  t.equal(commonName('/O=x/CN=#1'), '#1', "slash form has no BER values: the '#' is the CN's")
+  // OpenSSL prints a CN that is not a string type as the hex of its BER: never a name
+  t.equal(commonName('CN=#0C03414243'), undefined)
+  const ber = xfccEvidence(
+    'Hash=' + 'ab'.repeat(32) + ';Subject="CN=#0C03414243,O=x";URI=spiffe://td/a',
+  ) as Failure
+  t.equal(ber.reason, 'malformed', 'a BER-valued CN makes the Subject malformed')
+  const uid = xfccEvidence('Subject="CN=a,2.5.4.45=#030200FF"') as CertEvidence
+  t.equal(uid.cn, 'a', 'a BER value of another attribute names nothing and is left alone')
 })

@@ -171,14 +171,33 @@ export function percentEncodeUnsafe(v: string, escapePercent: boolean): string {
 }
 
 /**
- * One XFCC value: printable ASCII only, double-quoted with backslash escapes when it holds a separator.
- * Subject is percent-encoded where needed ("%" included, so parseXfcc decodes it unambiguously); a URI or
- * DNS name gets its non-ASCII characters percent-encoded, which is their own escape syntax.
+ * One XFCC value other than Subject: printable ASCII only, double-quoted with backslash escapes when it holds
+ * a separator. A URI or DNS name gets its non-ASCII characters percent-encoded, which is their own escape
+ * syntax.
  */
-function xfccValue(v: string, escapePercent: boolean): string {
-  const safe = percentEncodeUnsafe(v, escapePercent)
+function xfccValue(v: string): string {
+  const safe = percentEncodeUnsafe(v, false)
   if (!NEEDS_QUOTES_RE.test(safe)) return safe
   return `"${safe.replace(/[\\"]/g, (c) => `\\${c}`)}"`
+}
+
+/**
+ * A Subject as Envoy writes it: its distinguished-name text between double quotes as it is, whose own
+ * escapes (`\"`, `\\`) keep the quoting intact, so a reader of Envoy's XFCC reads ours alike (parseXfcc
+ * keeps a quoted Subject's backslashes). Only what would end the quotes early is escaped: a `"` no backslash
+ * stands before, and a backslash left dangling at the end. Outside printable ASCII, and "%", are
+ * percent-encoded first (see percentEncodeUnsafe).
+ */
+function xfccSubject(dn: string): string {
+  const safe = percentEncodeUnsafe(dn, true)
+  if (!NEEDS_QUOTES_RE.test(safe)) return safe
+  let out = '"'
+  for (let i = 0; i < safe.length; i++) {
+    const c = safe[i]!
+    if (c === '\\') out += i + 1 < safe.length ? c + safe[++i] : '\\\\'
+    else out += c === '"' ? '\\"' : c
+  }
+  return `${out}"`
 }
 
 /**
@@ -203,9 +222,9 @@ function inRfc4514Order(subject: string, order: CertEvidence['subjectOrder']): s
  */
 export function formatXfcc(ev: CertEvidence): string {
   const parts: string[] = []
-  if (ev.sha256) parts.push(`Hash=${xfccValue(ev.sha256, false)}`)
-  if (ev.subject) parts.push(`Subject=${xfccValue(inRfc4514Order(ev.subject, ev.subjectOrder), true)}`)
-  for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri, false)}`)
-  for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns, false)}`)
+  if (ev.sha256) parts.push(`Hash=${xfccValue(ev.sha256)}`)
+  if (ev.subject) parts.push(`Subject=${xfccSubject(inRfc4514Order(ev.subject, ev.subjectOrder))}`)
+  for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri)}`)
+  for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns)}`)
   return parts.join(';')
 }

@@ -1,6 +1,9 @@
 // Envoy / Istio x-forwarded-client-cert. Grammar: elements separated by ","; each element is ";"-separated
 // Key=Value pairs; keys are case-insensitive; a value may be double-quoted with backslash escapes (commas
 // and semicolons inside quotes do not split). Several header lines are one list (Node joins them with ", ").
+// Envoy writes Subject's RFC 4514 text between the quotes as it is, its own escapes (`\"`, `\\`, `\,`,
+// `\CE`) included, so a quoted Subject keeps its backslashes: dropping them would merge hex pairs into
+// text and turn escaped commas into separators.
 // Each hop APPENDS its own element (Envoy's append_forward), so everything left of the rightmost element is
 // whatever the client, or a hop before the trusted one, chose to send: only the RIGHTMOST element, the one
 // the trusted proxy itself added, describes a certificate that proxy verified.
@@ -8,8 +11,9 @@ import type { CertEvidence, Failure } from '../../types.ts'
 import {
   certEvidenceFromFields,
   certEvidenceFromX509,
-  commonName,
+  dnWithUtf8,
   firstPemCertificate,
+  readCommonName,
   x509FromDer,
 } from '../certificate.ts'
 import { sha256HexOrUndefined, urlDecode } from './decode.ts'
@@ -73,6 +77,7 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
     if (eq === -1) return undefined
     const key = value.slice(i, eq).trim().toLowerCase()
     if (key === '' || /[;,"]/.test(key)) return undefined
+    const dn = key === 'subject'
     i = eq + 1
     let v = ''
     if (value[i] === '"') {
@@ -81,7 +86,7 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
       while (i < n) {
         const c = value[i]!
         if (c === '\\' && i + 1 < n) {
-          v += value[i + 1]
+          v += dn ? value.slice(i, i + 2) : value[i + 1]
           i += 2
         } else if (c === '"') {
           closed = true
@@ -121,11 +126,17 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
 const ESCAPE_RE = /%([0-9A-Fa-f]{2})?/g
 
 /**
- * Undoes formatXfcc's percent-encoding of a Subject: only when every escape in it is one formatXfcc makes
- * (a byte outside printable ASCII, or "%" itself) and the bytes are UTF-8. Anything else is taken as sent,
- * so a subject that merely contains "%61" is never turned into a different name.
+ * A Subject as the certificate's characters: formatXfcc's percent-encoding undone, only when every escape in
+ * it is one formatXfcc makes (a byte outside printable ASCII, or "%" itself) and the bytes are UTF-8 (anything
+ * else is taken as sent, so a subject that merely contains "%61" is never turned into a different name);
+ * then the RFC 4514 hex pairs Envoy writes for each byte of a non-ASCII character (see dnWithUtf8).
+ * Undefined when those hex pairs are not UTF-8.
  */
-export function decodeSubject(v: string): string {
+export function decodeSubject(v: string): string | undefined {
+  return dnWithUtf8(percentDecodedSubject(v))
+}
+
+function percentDecodedSubject(v: string): string {
   if (!v.includes('%')) return v
   for (const m of v.matchAll(ESCAPE_RE)) {
     if (m[1] === undefined) return v
@@ -155,9 +166,14 @@ export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
   if (!sha256 && el.subject === undefined && el.uri.length === 0 && el.dns.length === 0) {
     return malformed('x-forwarded-client-cert element has no Hash, Cert, Subject, URI or DNS')
   }
-  // Envoy prints Subject in RFC 4514 order (the RDNs reversed): its first CN in DER order is the last one here
   const subject = el.subject === undefined ? undefined : decodeSubject(el.subject)
-  const cn = subject === undefined ? undefined : commonName(subject, 'rfc4514')
+  if (el.subject !== undefined && subject === undefined) {
+    return malformed('x-forwarded-client-cert Subject has hex escapes that are not UTF-8')
+  }
+  // Envoy prints Subject in RFC 4514 order (the RDNs reversed): its first CN in DER order is the last one here
+  const read = subject === undefined ? {} : readCommonName(subject, 'rfc4514')
+  if ('malformed' in read) return malformed(`x-forwarded-client-cert Subject: ${read.malformed}`)
+  const cn = read.cn
   return certEvidenceFromFields(
     {
       ...(sha256 ? { sha256 } : {}),
