@@ -331,9 +331,9 @@ export function readCommonName(
   const last = order === 'rfc4514' && !slash
   let found: string | undefined
   for (const { text: raw } of dnParts(subject)) {
-    const text = raw.trim()
+    const text = trimDn(raw)
     if (text.length > 3 && text.slice(0, 3).toUpperCase() === 'CN=') {
-      const value = text.slice(3).trim()
+      const value = trimDn(text.slice(3))
       // slash form (X509_NAME_oneline) has no such encoding: a "#" there is the CN's own first character
       if (!slash && value.startsWith('#'))
         return { malformed: 'a CN is a hex-encoded BER value, not a string' }
@@ -345,6 +345,24 @@ export function readCommonName(
     }
   }
   return found === undefined ? {} : { cn: found }
+}
+
+/**
+ * Text of an attribute without the spaces around it, except a trailing one a backslash escapes: OpenSSL
+ * and Node print a value's own trailing space as `\ ` (`CN=a\ ,O=x` is the CN "a "), and an escaped
+ * backslash (`\\ `) escapes nothing after it.
+ */
+function trimDn(s: string): string {
+  let start = 0
+  while (s.charCodeAt(start) === 0x20) start++
+  let end = s.length
+  while (end > start && s.charCodeAt(end - 1) === 0x20) {
+    let backslashes = 0
+    while (end - 2 - backslashes >= start && s.charCodeAt(end - 2 - backslashes) === 0x5c) backslashes++
+    if (backslashes % 2 === 1) break
+    end--
+  }
+  return s.slice(start, end)
 }
 
 const DN_ATTRIBUTE_RE = /^[A-Za-z][A-Za-z0-9-]*=|^[0-9]+(?:\.[0-9]+)+=/

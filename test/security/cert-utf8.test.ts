@@ -146,9 +146,12 @@ t.test(
   "a trusted Envoy's Subject (RFC 2253, each byte of a non-ASCII character a hex pair) names the certificate as mTLS does",
   async (t) => {
     const tab = await issueCert(clientCa, { subject: '/O=Ωmega/CN=tab\there' })
+    // printed with its trailing space escaped: `CN=\CE\A9\ `
+    const space = await issueCert(clientCa, { subject: '/O=x/CN=Ω ' })
     const all = [
       ...leaves.map((leaf, i) => ({ leaf, label: clients[i]!.label, uriSans: clients[i]!.uriSans })),
       { leaf: tab, label: 'a tab', uriSans: [] as string[] },
+      { leaf: space, label: 'a trailing space', uriSans: [] as string[] },
     ]
     const upstream = await startUpstream()
     t.teardown(() => upstream.close())
@@ -314,6 +317,9 @@ t.test('what we emit is a valid header value and parses back to what the certifi
   t.equal(commonName('CN=\\CE\\A9\\2C\\41', 'rfc4514'), 'Ω,A', 'hex pairs of ASCII are its characters')
   t.equal(commonName('CN=\\C0\\80'), undefined, 'an overlong encoding is not UTF-8')
   t.equal(commonName('CN=\\#1'), '#1')
+  t.equal(commonName('CN=\\CE\\A9\\ ,O=x', 'rfc4514'), 'Ω ', "an escaped trailing space is the CN's")
+  t.equal(commonName('O=x, CN=a\\\\ + OU=b'), 'a\\', 'after an escaped backslash a space escapes nothing')
+  t.equal(commonName('O=x, CN=a\u00a0'), 'a\u00a0', 'a trailing non-ASCII space is part of the CN')
   t.equal(commonName('/O=x/CN=#1'), '#1', "slash form has no BER values: the '#' is the CN's")
   // OpenSSL prints a CN that is not a string type as the hex of its BER: never a name
   t.equal(commonName('CN=#0C03414243'), undefined)
