@@ -134,8 +134,16 @@ export function reloadOutcome(answers: readonly unknown[]): {
   return { applied, replace, reasons }
 }
 
-/** longest wait for a worker's answer to a scrape, a readiness probe, a new config or the watchdog's ping */
+/** longest wait for a worker's answer to a scrape, a new config or the watchdog's ping */
 const ASK_TIMEOUT_MS = 10_000
+/**
+ * How long /metrics, /readyz, /identities and /audit wait for the workers' answers: below common scrape and
+ * probe timeouts (Prometheus' 10 s, the chart's 2 s probes), so that one stalled worker, until the watchdog
+ * replaces it (up to WATCHDOG_MS + ASK_TIMEOUT_MS), does not take the whole pod's metrics with it. /metrics
+ * shows such a worker's last answer (marked stale); a scrape still waiting for it goes on waiting, up to
+ * ASK_TIMEOUT_MS, and the next scrape takes it up.
+ */
+const ADMIN_ANSWER_MS = 2_000
 /**
  * how often the primary pings every serving worker: one that leaves a ping unanswered for ASK_TIMEOUT_MS
  * (its event loop stuck) is killed and replaced, so it does not hang the connections the cluster hands it
@@ -486,6 +494,11 @@ interface Slot {
   /** the watchdog's ping waits for this worker's answer */
   pinged?: boolean
   /**
+   * the scrape waiting for this worker's snapshot (true once one was applied): a scrape that gave up on it at
+   * ADMIN_ANSWER_MS leaves it running, and the next scrapes wait on it rather than ask a stalled worker again
+   */
+  scraping?: Promise<boolean>
+  /**
    * the drain or close that came while the worker was starting: a message sent before its handler exists is
    * lost, so it is delivered when the worker reports it serves
    */
@@ -551,11 +564,15 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
     | { config: Config; secretFiles: SecretFiles; asked: { worker: Worker; answer: Promise<unknown> }[] }
     | undefined
 
-  const ask = (worker: Worker, command: Command & { id: number }): Promise<unknown> =>
+  const ask = (
+    worker: Worker,
+    command: Command & { id: number },
+    timeoutMs = ASK_TIMEOUT_MS,
+  ): Promise<unknown> =>
     new Promise((done) => {
       // given up one turn late: after a pause of the primary itself (a stopped VM, a long GC) the deadline
       // passes before the answers that came meanwhile are read, which the poll phase before setImmediate does
-      const timer = setTimeout(() => setImmediate(() => finish(undefined)), ASK_TIMEOUT_MS)
+      const timer = setTimeout(() => setImmediate(() => finish(undefined)), timeoutMs)
       const finish = (value: unknown) => {
         clearTimeout(timer)
         waiting.delete(command.id)
@@ -805,7 +822,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
 
   const ready = async (): Promise<ReadyState> => {
     const states = (await Promise.all(
-      slots.map((s) => (s.worker && s.listening ? ask(s.worker, { nhi: 'ready', id: nextId++ }) : undefined)),
+      slots.map((s) =>
+        s.worker && s.listening ? ask(s.worker, { nhi: 'ready', id: nextId++ }, ADMIN_ANSWER_MS) : undefined,
+      ),
     )) as (ReadyState | undefined)[]
     const serving = states.filter((s) => s?.ok).length
     // a worker that did not answer (starting, stalled) is for `listeners` and `workers` to report: it says
@@ -849,29 +868,61 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
 
   const snapshotOf = (s: Slot, since: number) =>
     ask(s.worker!, { nhi: 'scrape', id: nextId++, since }) as Promise<PodSnapshot | undefined>
+  /** asks a worker for its snapshot and applies it as it arrives; true once one was applied */
+  const refresh = async (s: Slot, label: string): Promise<boolean> => {
+    try {
+      const snapshot = await snapshotOf(s, pod.since(label))
+      if (!snapshot) return false
+      if (pod.apply(label, snapshot)) return true
+      if (!s.worker) return false
+      const whole = await snapshotOf(s, -1)
+      return whole !== undefined && pod.apply(label, whole)
+    } finally {
+      s.scraping = undefined
+    }
+  }
   const scrape = async (openMetrics: boolean) => {
-    await Promise.all(
-      slots.map(async (s, i) => {
-        const label = String(i + 1)
-        if (!s.worker || !s.listening) {
-          pod.drop(label)
-          return
-        }
-        // applied as each answer arrives, so two scrapes at once apply one worker's snapshots in order
-        const snapshot = await snapshotOf(s, pod.since(label))
-        if (!snapshot || pod.apply(label, snapshot) || !s.worker) return
-        const whole = await snapshotOf(s, -1)
-        if (whole) pod.apply(label, whole)
+    // A worker that does not answer within ADMIN_ANSWER_MS keeps in the merge the values of its last applied
+    // snapshot (the merge holds them anyway): its counters neither vanish nor go back, which Prometheus
+    // would read as a reset, and the pod's scrape is not lost with it. Its answer, when it comes, is applied
+    // then, and shows at the next scrape. One question at a time per worker, so a stalled worker's queue
+    // does not grow with the scrapes.
+    const stale = slots.map((s) => s.worker !== undefined && s.listening)
+    const answers = slots.map((s, i) => {
+      const label = String(i + 1)
+      if (!s.worker || !s.listening) {
+        pod.drop(label)
+        return undefined
+      }
+      s.scraping ??= refresh(s, label)
+      return s.scraping.then((applied) => {
+        if (applied) stale[i] = false
+      })
+    })
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      Promise.all(answers),
+      // one turn late, as in ask(): answers read in the same poll phase as the deadline still count
+      new Promise<void>((done) => {
+        timer = setTimeout(() => setImmediate(done), ADMIN_ANSWER_MS)
       }),
-    )
+    ])
+    clearTimeout(timer)
+    // one that exited meanwhile left the merge (its counts kept where its series live on): nothing of it is stale
+    slots.forEach((s, i) => {
+      if (!s.listening) stale[i] = false
+    })
     pod.apply('primary', own.snapshot(await telemetry.metrics.pieces(), pod.since('primary')))
-    const body = pod.render({ service: config.service, limits: tableLimits(config), restarts }, openMetrics)
+    const body = pod.render(
+      { service: config.service, limits: tableLimits(config), restarts, stale },
+      openMetrics,
+    )
     return { contentType: openMetrics ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE, body }
   }
 
   /** every serving worker's answer to one question (those that did not answer in time left out) */
   const askAll = async <T>(command: (id: number) => Command & { id: number }): Promise<T[]> =>
-    (await Promise.all(live().map((w) => ask(w, command(nextId++))))).filter(
+    (await Promise.all(live().map((w) => ask(w, command(nextId++), ADMIN_ANSWER_MS)))).filter(
       (v): v is T => v !== undefined && v !== null,
     )
   const identities = async (sort: IdentitySort | undefined): Promise<IdentitiesView> =>

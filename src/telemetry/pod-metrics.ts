@@ -40,6 +40,11 @@ const WORKER_RESTARTS: FamilyInfo & { type: 'counter' } = {
   help: 'Worker processes that exited and were started again (workers: N only)',
   type: 'counter',
 }
+const WORKER_STALE: FamilyInfo & { type: 'gauge' } = {
+  name: 'nhi_worker_metrics_stale',
+  help: 'Whether the worker did not answer this scrape in time and shows its last answer (workers: N only)',
+  type: 'gauge',
+}
 
 export interface ProcessExposition {
   /** the `worker` label of this process's runtime series: "1"…"N", or "primary" */
@@ -52,6 +57,11 @@ export interface PodState {
   limits: IdentityTableLimits
   /** workers started again after they exited, since the pod started */
   restarts: number
+  /**
+   * by worker slot (worker `i + 1`): whether its lines are from an earlier scrape, because it did not answer
+   * this one in time; the pod's /metrics gives one series per slot
+   */
+  stale?: readonly boolean[]
 }
 
 interface Family {
@@ -391,6 +401,12 @@ export class PodMetrics {
       out.push(`${WORKER_REQUESTS.name}_total{${service},worker="${s.label}"} ${formatValue(n)}\n`)
     writeHeader(out, WORKER_RESTARTS, openMetrics)
     out.push(`${WORKER_RESTARTS.name}_total{${service}} ${state.restarts}\n`)
+    if (state.stale !== undefined) {
+      writeHeader(out, WORKER_STALE, openMetrics)
+      state.stale.forEach((stale, i) => {
+        out.push(`${WORKER_STALE.name}{${service},worker="${i + 1}"} ${stale ? 1 : 0}\n`)
+      })
+    }
     if (openMetrics) out.push('# EOF\n')
     return out.join('')
   }

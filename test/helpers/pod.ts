@@ -32,6 +32,14 @@ export const childPids = (pid: number): number[] =>
     .filter(Boolean)
     .map(Number)
 
+/** the `worker` label (`1`…N) of a worker process: the slot the primary started it in, from its environment */
+export const workerSlot = (pid: number): string => {
+  const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\u0000')
+  const slot = env.find((e) => e.startsWith('NHI_WORKER_SLOT='))
+  if (slot === undefined) throw new Error(`process ${pid} is not a worker`)
+  return slot.slice('NHI_WORKER_SLOT='.length)
+}
+
 /**
  * One request on a fresh connection, so the cluster hands it to the next worker; resolves with the status.
  * `client`: the user agent, or the request's headers.

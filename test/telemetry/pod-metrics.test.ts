@@ -137,6 +137,23 @@ t.test('OpenMetrics in, OpenMetrics out: exemplars dropped, one # EOF', async (t
   t.match(body, /^# TYPE nhi_worker_requests counter$/m)
 })
 
+t.test("the stale marker: one gauge series per worker slot, in the pod's /metrics only", async (t) => {
+  const workers = [
+    { worker: '1', body: worker({ a: 1 }) },
+    { worker: '2', body: worker({ a: 2 }) },
+  ]
+  const stale = [false, true, false]
+  for (const om of [false, true]) {
+    const body = new PodMetrics().merge(workers, primary, { ...state(5), stale }, om)
+    t.match(body, /^# TYPE nhi_worker_metrics_stale gauge$/m)
+    t.equal(value(body, 'nhi_worker_metrics_stale{service="s",worker="1"}'), 0)
+    t.equal(value(body, 'nhi_worker_metrics_stale{service="s",worker="2"}'), 1)
+    t.equal(value(body, 'nhi_worker_metrics_stale{service="s",worker="3"}'), 0, 'a slot with no worker now')
+    if (om) t.ok(body.endsWith('# EOF\n'), 'before the end of an OpenMetrics body')
+  }
+  t.notMatch(new PodMetrics().merge(workers, primary, state(5), false), 'nhi_worker_metrics_stale')
+})
+
 t.test('label values with braces, quotes and backslashes are one line each in a snapshot', async (t) => {
   // keys end where the labels end: a `}` inside a value does not end them, an escaped quote does not end
   // the value, an escaped backslash before the closing quote does not escape it; an exemplar is not a value
