@@ -171,8 +171,11 @@ const WORKER_STABLE_MS = 60_000
  * This many early exits over the pod within WORKER_STABLE_MS is a crash loop the primary cannot fix by
  * restarting: it stops every worker and exits 2 (`workers_crash_loop`), so the container is restarted and
  * the pod shows CrashLoopBackOff, instead of a primary that answers /healthz 200 while its workers fail.
+ * Two per worker with many workers: a burst that kills a few young ones (memory pressure on a large pod)
+ * would otherwise end a pod whose other workers serve, while a fault every start hits still gets there
+ * within the first backoff (every slot exits early, and again when it is started 1 s later).
  */
-const CRASH_LOOP_EXITS = 5
+const crashLoopExits = (workers: number): number => Math.max(5, 2 * workers)
 /** how long a worker's death by SIGTERM during the start waits for the primary's own stop signal */
 const GROUP_STOP_GRACE_MS = 2_000
 /** live events a worker batches before handing them to the primary, and the most it keeps waiting */
@@ -545,7 +548,9 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
   const own = new PodExport()
   const slots: Slot[] = []
   let restarts = 0
-  /** when the pod's early worker exits were, within the last WORKER_STABLE_MS (CRASH_LOOP_EXITS at most) */
+  /** early exits over the pod within WORKER_STABLE_MS that make a crash loop */
+  const crashLoopAt = crashLoopExits(opts.workers)
+  /** when the pod's early worker exits were, within the last WORKER_STABLE_MS (crashLoopAt at most) */
   const earlyExits: number[] = []
   /** since when no worker has been serving, once the pod started (undefined while one serves) */
   let noneServingSince: number | undefined
@@ -708,11 +713,11 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         slot.failures = Math.min(slot.failures + 1, 16)
         restartInMs = Math.min(RESTART_BACKOFF_MS * 2 ** (slot.failures - 1), RESTART_BACKOFF_CAP_MS)
         const now = Date.now()
-        // at most CRASH_LOOP_EXITS entries: the pod gives up at that many
+        // at most crashLoopAt entries: the pod gives up at that many
         earlyExits.push(now)
         while (earlyExits[0]! <= now - WORKER_STABLE_MS) earlyExits.shift()
       } else slot.failures = 0
-      if (earlyExits.length >= CRASH_LOOP_EXITS) {
+      if (earlyExits.length >= crashLoopAt) {
         log.error({ event: 'worker_exited', worker: index + 1, code, signal }, 'a worker exited')
         crashLoop(index, code, signal)
         return

@@ -5,7 +5,7 @@
 // the container is restarted and the pod shows it.
 import { rm, writeFile } from 'node:fs/promises'
 import t, { type Test } from 'tap'
-import { eventually } from '../helpers/eventually.ts'
+import { eventually, GiveUp } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { createServerPki, mtlsListen } from '../helpers/pki.ts'
 import { childPids, twoWorkerPodFiles } from '../helpers/pod.ts'
@@ -120,3 +120,37 @@ t.test(
     for (const pid of [...first, ...restarted]) t.notOk(alive(pid), `worker ${pid} is gone`)
   },
 )
+
+// workers killed young by something outside them (the kernel's OOM killer under memory pressure) are not a
+// crash loop of a pod whose other workers serve: with many workers, five such exits came soon; it takes
+// two per worker (five at least)
+t.test('with three workers, five early exits keep the pod and the sixth stops it', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const pod = await twoWorkerPodFiles('workers-crash-loop-scaled', upstream.url)
+  await writeFile(pod.configFile, pod.config({ workers: 3 }))
+  const sidecar = await startSidecarFromFile(t, pod.configFile)
+  const cli = sidecar.process
+  const allServing = (what: string) =>
+    eventually(
+      async () => {
+        if (cli.child.exitCode !== null) throw new GiveUp(`the pod exited ${cli.child.exitCode}`)
+        const r = await fetch(`${sidecar.adminUrl}/readyz`)
+        return r.status === 200 && ((await r.json()) as { workers: { ready: number } }).workers.ready === 3
+      },
+      { what, timeoutMs: 30_000 },
+    )
+  const from = cli.stderr().length
+  for (const pid of childPids(cli.child.pid!)) process.kill(pid, 'SIGKILL')
+  await allServing('three workers serving after three early exits')
+  for (const pid of childPids(cli.child.pid!).slice(0, 2)) process.kill(pid, 'SIGKILL')
+  await allServing('three workers serving after five early exits')
+  t.equal(logLines(cli.stderr(), 'worker_exited', from).length, 5, 'five early exits')
+  t.equal(logLines(cli.stderr(), 'workers_crash_loop').length, 0, 'no crash loop')
+  t.equal(cli.child.exitCode, null, 'the pod keeps running')
+
+  process.kill(childPids(cli.child.pid!)[0]!, 'SIGKILL')
+  await cli.waitForLog((l) => l['event'] === 'workers_crash_loop', from, 15_000)
+  t.equal(await cli.exited, 2, 'the primary exits 2')
+  t.equal(logLines(cli.stderr(), 'workers_crash_loop')[0]!['exits'], 6)
+})
