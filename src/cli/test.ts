@@ -8,7 +8,8 @@ import { formatDiagnostic } from '../config/diagnostics.ts'
 import { decodeText, loadConfigFile } from '../config/loader.ts'
 import { type Config, described } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
-import { certEvidenceFromFields, commonName } from '../identity/certificate.ts'
+import { type CertFields, certEvidenceFromFields, commonName } from '../identity/certificate.ts'
+import { xfccCertFields } from '../identity/forwarded/xfcc.ts'
 import { apiKeyEvidence } from '../identity/sources/apikey.ts'
 import { SOURCE_NAMES, sourceNamed } from '../identity/sources/index.ts'
 import { addCredential } from '../identity/sources/source.ts'
@@ -20,6 +21,7 @@ import { compileRules } from '../rules/rule-set.ts'
 import type {
   ConnectionInfo,
   EvidenceSet,
+  Failure,
   Identity,
   JwtEvidence,
   PolicyDecision,
@@ -117,24 +119,20 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
   if (r.cert) {
     const c = r.cert
     const uriSans = [...(c.spiffe ? [c.spiffe] : []), ...asList(c.uri)]
-    // a forwarded subject is written as the proxy's XFCC Subject is (RFC 4514 order), an mTLS one as the
-    // audit trail shows it (DER order): either way the CN is the one the live proxy takes
-    const order = c.forwarded && c.subject && !c.subject.startsWith('/') ? 'rfc4514' : undefined
-    const cn = c.subject ? commonName(c.subject, order) : undefined
+    const dnsSans = asList(c.dns)
+    const sha256 = c.sha256?.toLowerCase() ?? sha256Hex(JSON.stringify(c))
+    // a forwarded subject is written as the proxy's XFCC Subject is, and read as the live proxy reads that
+    // (one that names nothing is a malformed XFCC, not a certificate without a CN); an mTLS one as the audit
+    // trail shows it (DER order)
+    const cn = c.subject && !c.forwarded ? commonName(c.subject) : undefined
+    const fields: CertFields | Failure = c.forwarded
+      ? xfccCertFields(c.subject || undefined, uriSans, dnsSans, sha256)
+      : { dnsSans, uriSans, sha256, ...(c.subject ? { subject: c.subject } : {}), ...(cn ? { cn } : {}) }
     const source = c.forwarded ? 'xfcc' : 'mtls'
-    const cert = certEvidenceFromFields(
-      {
-        dnsSans: asList(c.dns),
-        uriSans,
-        sha256: c.sha256?.toLowerCase() ?? sha256Hex(JSON.stringify(c)),
-        ...(c.subject ? { subject: c.subject } : {}),
-        ...(order ? { subjectOrder: order } : {}),
-        ...(cn ? { cn } : {}),
-      },
-      source,
-      c.verified,
-      c.forwarded ? 'xfcc' : undefined,
-    )
+    const cert =
+      'failed' in fields
+        ? fields
+        : certEvidenceFromFields(fields, source, c.verified, c.forwarded ? 'xfcc' : undefined)
     if ('failed' in cert) ev.failures.push(cert)
     else addCredential(ev, sourceNamed(source), cert)
   }

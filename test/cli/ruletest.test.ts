@@ -1,9 +1,13 @@
 import { readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
+import { Agent, request } from 'undici'
+import { stringify } from 'yaml'
 import { golden } from '../helpers/golden.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
-import { runCli } from '../helpers/sidecar.ts'
+import { runCli, startTestSidecar } from '../helpers/sidecar.ts'
+import { startUpstream } from '../helpers/upstream.ts'
 
 async function run(files: string[]): Promise<{ code: number; text: string }> {
   const r = await runCli(['test', ...files])
@@ -91,3 +95,111 @@ t.test('a subject with two CNs is named as the live proxy names it, mTLS or forw
   t.match(r.text, /^ok 1 - over mTLS$/m)
   t.match(r.text, /^ok 2 - in XFCC$/m)
 })
+
+t.test(
+  'a forwarded Subject the live proxy reads as malformed is malformed in rule tests and explain too',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const sidecar = await startTestSidecar(t, {
+      upstream: upstream.url,
+      forwardedClientCert: { trustedProxies: ['127.0.0.2/32'], format: 'xfcc' },
+      // the live proxy matches the Subject with its hex pairs of UTF-8 written out
+      identities: [{ name: 'acme/{w}', kind: 'service', match: { cert: { subject: 'CN=Ω-{w},O=acme' } } }],
+    })
+    const fromEnvoy = new Agent({ localAddress: '127.0.0.2' })
+    t.teardown(() => fromEnvoy.close())
+    const ua = 'curl/8.5.0'
+    const dns = 'worker.acme.example'
+    const sha256 = 'ab'.repeat(32)
+    const subjects = [
+      { label: 'hex pairs that are not UTF-8', subject: 'CN=\\FF\\FE-worker,O=acme', malformed: true },
+      { label: 'a BER-valued CN', subject: 'CN=#0C03616263,O=acme', malformed: true },
+      { label: 'hex pairs of UTF-8', subject: 'CN=\\CE\\A9-worker,O=acme', malformed: false },
+    ]
+    const xfcc = (subject: string) => `Hash=${sha256};Subject="${subject}";DNS=${dns}`
+
+    // what the live proxy makes of each, from the trusted Envoy's address
+    const live: { identity: string; source: string; verified: boolean }[] = []
+    for (const { subject } of subjects) {
+      const res = await request(`${sidecar.proxyUrl}/echo`, {
+        dispatcher: fromEnvoy,
+        headers: { 'x-forwarded-client-cert': xfcc(subject), 'user-agent': ua },
+      })
+      t.equal(res.statusCode, 200)
+      const seen = JSON.parse(await res.body.text()).headers as Record<string, string>
+      live.push({
+        identity: decodeURIComponent(seen['x-nhi-identity']!),
+        source: seen['x-nhi-source']!,
+        verified: seen['x-nhi-verified'] === 'true',
+      })
+    }
+    t.same(
+      live.map((l) => `${l.identity} ${l.source}`),
+      ['ua:curl useragent', 'ua:curl useragent', 'acme/worker xfcc'],
+      'live: the element that names nothing is dropped, the request attributed by its user agent',
+    )
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_auth_failures_total', { source: 'xfcc', reason: 'malformed' }) >= 2,
+      'two malformed XFCC failures',
+    )
+    t.equal(metricValue(samples, 'nhi_auth_failures_total', { source: 'xfcc', reason: 'malformed' }), 2)
+
+    // the same certificates as rule test cases, expecting what the live proxy gave
+    const dir = scratchDirSync('ruletest-forwarded-subject')
+    const cert = (subject: string) => ({ subject, dns: [dns], sha256, forwarded: true })
+    const tests = subjects.map(({ label, subject }, i) => ({
+      name: label,
+      request: { remoteAddr: '127.0.0.2', userAgent: ua, cert: cert(subject) },
+      expect: live[i],
+    }))
+    tests.push({
+      name: 'expecting the forwarded certificate',
+      request: { remoteAddr: '127.0.0.2', userAgent: ua, cert: cert(subjects[0]!.subject) },
+      expect: { identity: dns, source: 'xfcc', verified: true },
+    })
+    const file = join(dir, 'forwarded-subject.test.yaml')
+    writeFileSync(file, stringify({ config: sidecar.configPath, tests }))
+    const r = await run([file])
+    t.equal(r.code, 1, r.text)
+    t.match(r.text, /^ok 1 - hex pairs that are not UTF-8$/m, 'named as the live proxy names it')
+    t.match(r.text, /^ok 2 - a BER-valued CN$/m, 'named as the live proxy names it')
+    t.match(r.text, /^ok 3 - hex pairs of UTF-8$/m, 'its subject matched as the live proxy matches it')
+    t.match(r.text, /^not ok 4 - expecting the forwarded certificate$/m, 'the certificate names nothing')
+    t.match(
+      r.text,
+      /^ {2}not verified: xfcc malformed: x-forwarded-client-cert Subject has hex escapes that are not UTF-8$/m,
+      'the failure is reported as a bad token is',
+    )
+    t.match(r.text, /# 4 tests, 3 passed, 1 failed/)
+
+    // explain, with the header as the live proxy got it
+    for (const [i, { label, subject, malformed }] of subjects.entries()) {
+      const e = await runCli([
+        'explain',
+        '-c',
+        sidecar.configPath,
+        '-H',
+        `x-forwarded-client-cert: ${xfcc(subject)}`,
+        '--ua',
+        ua,
+        '--remote-addr',
+        '127.0.0.2',
+        '--json',
+      ])
+      t.equal(e.code, 0, e.stderr)
+      const report = JSON.parse(e.stdout) as {
+        identity: { name: string; source: string; verified: boolean }
+        evidence: { failures?: { source: string; reason: string }[] }
+      }
+      const { name, source, verified } = report.identity
+      t.same({ identity: name, source, verified }, live[i], `explain: ${label} named as live`)
+      t.same(
+        (report.evidence.failures ?? []).map((f) => `${f.source} ${f.reason}`),
+        malformed ? ['xfcc malformed'] : [],
+        `explain: ${label}`,
+      )
+    }
+  },
+)

@@ -9,6 +9,7 @@
 // the trusted proxy itself added, describes a certificate that proxy verified.
 import type { CertEvidence, Failure } from '../../types.ts'
 import {
+  type CertFields,
   certEvidenceFromFields,
   certEvidenceFromX509,
   dnWithUtf8,
@@ -166,25 +167,35 @@ export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
   if (!sha256 && el.subject === undefined && el.uri.length === 0 && el.dns.length === 0) {
     return malformed('x-forwarded-client-cert element has no Hash, Cert, Subject, URI or DNS')
   }
-  const subject = el.subject === undefined ? undefined : decodeSubject(el.subject)
-  if (el.subject !== undefined && subject === undefined) {
+  const fields = xfccCertFields(el.subject, el.uri, el.dns, sha256)
+  return 'failed' in fields ? fields : certEvidenceFromFields(fields, 'xfcc', true, 'xfcc')
+}
+
+/**
+ * The certificate an element's Subject, URI, DNS and Hash describe, or the `malformed` failure of a Subject
+ * that names nothing. `nhi-proxy test` reads a forwarded case's subject through here too, so that a rule test
+ * names the certificate (or fails to) exactly as the live proxy does.
+ */
+export function xfccCertFields(
+  subjectText: string | undefined,
+  uriSans: string[],
+  dnsSans: string[],
+  sha256: string | undefined,
+): CertFields | Failure {
+  const fields: CertFields = { uriSans, dnsSans }
+  if (sha256) fields.sha256 = sha256
+  if (subjectText === undefined) return fields
+  const subject = decodeSubject(subjectText)
+  if (subject === undefined) {
     return malformed('x-forwarded-client-cert Subject has hex escapes that are not UTF-8')
   }
   // Envoy prints Subject in RFC 4514 order (the RDNs reversed): its first CN in DER order is the last one here
-  const read = subject === undefined ? {} : readCommonName(subject, 'rfc4514')
+  const read = readCommonName(subject, 'rfc4514')
   if ('malformed' in read) return malformed(`x-forwarded-client-cert Subject: ${read.malformed}`)
-  const cn = read.cn
-  return certEvidenceFromFields(
-    {
-      ...(sha256 ? { sha256 } : {}),
-      ...(subject ? { subject } : {}),
-      ...(subject && !subject.startsWith('/') ? { subjectOrder: 'rfc4514' as const } : {}),
-      ...(cn ? { cn } : {}),
-      uriSans: el.uri,
-      dnsSans: el.dns,
-    },
-    'xfcc',
-    true,
-    'xfcc',
-  )
+  if (subject) {
+    fields.subject = subject
+    if (!subject.startsWith('/')) fields.subjectOrder = 'rfc4514'
+  }
+  if (read.cn) fields.cn = read.cn
+  return fields
 }
