@@ -11,7 +11,9 @@ import type { Dispatcher, buildConnector as UndiciBuildConnector } from 'undici'
 import connectModule from 'undici/lib/core/connect.js'
 import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
-import { type GrpcWebStatusReader, grpcWebResponse } from './grpc-web.ts'
+import { MAX_TIMER_MS } from '../util/duration.ts'
+import { endGrpcWithStatus, GRPC, grpcTimeoutMs, sendGrpcStatus } from './grpc.ts'
+import { endGrpcWebWithStatus, type GrpcWebStatusReader, grpcWebResponse, isGrpcWeb } from './grpc-web.ts'
 import { H1Pool, type UpstreamHandler } from './h1-pool.ts'
 import {
   downstreamHeaders,
@@ -173,6 +175,32 @@ export function cutResponse(res: ServerResponse): void {
   }
 }
 
+/** the status message of a gRPC call the proxy ends at its own `grpc-timeout` */
+export const DEADLINE_MESSAGE = 'deadline exceeded'
+
+/**
+ * Ends a gRPC call whose response already started with `code`: in trailers, or for a gRPC-Web call
+ * (`web`: its response's reader) in the body, as its clients read a status (grpc-web.ts). A gRPC-Web body
+ * that stopped inside a frame cannot take one: the response is cut, which its client reads as a failed call.
+ * Returns the status the call is recorded with.
+ */
+export function endCallWithStatus(
+  res: ServerResponse,
+  web: GrpcWebStatusReader | undefined,
+  code: number,
+  message: string,
+  httpStatus: number,
+): number {
+  if (web === undefined && !isGrpcWeb(res.req?.headers ?? {})) {
+    endGrpcWithStatus(res, code, message)
+    return code
+  }
+  const read = endGrpcWebWithStatus(res, web, code, message, httpStatus)
+  if (read !== undefined) return read
+  if (!res.writableEnded) cutResponse(res)
+  return code
+}
+
 /**
  * Whether the client's HTTP/2 stream can no longer be answered, releasing it if so. A stream reset with
  * NO_ERROR after its writable side had ended (node:http2 ends a HEAD request's at once) is closed without an
@@ -244,6 +272,15 @@ export interface Http1ForwarderOptions {
 
 class ClientGoneError extends Error {
   override readonly name = 'ClientGoneError'
+}
+
+/** the call's own deadline passed: the proxy answered the client, the upstream request is let go */
+class DeadlinePassedError extends Error {
+  override readonly name = 'DeadlinePassedError'
+}
+
+function callDeadlinePassed(call: ResponseCall): void {
+  call.deadlinePassed()
 }
 
 function classify(err: unknown, connected: boolean): UpstreamErrorReason {
@@ -326,6 +363,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
   /** the drain listener is added at the first backpressure only; most responses never see one */
   private drainListening = false
   private readonly started = performance.now()
+  /** a gRPC-Web call's `grpc-timeout` (watchDeadline) */
+  private deadline: NodeJS.Timeout | undefined
 
   constructor(
     private readonly res: Tagged<ServerResponse>,
@@ -341,6 +380,52 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
     this.resume?.()
   }
 
+  /**
+   * A gRPC-Web call with a `grpc-timeout` (`receivedAt`: its arrival, which the deadline counts from, as its
+   * client counts it) is ended at that deadline, as an HTTP/2 upstream's call is (http2-forwarder.ts). A
+   * deadline past what a timer holds is left to the client and the upstream.
+   */
+  watchDeadline(timeout: string, receivedAt: number): void {
+    const ms = grpcTimeoutMs({ 'grpc-timeout': timeout })
+    if (ms === undefined) return
+    const left = ms - (performance.now() - receivedAt)
+    if (left <= MAX_TIMER_MS) this.deadline = setTimeout(callDeadlinePassed, Math.max(0, left), this)
+  }
+
+  /**
+   * The call's deadline passed: its client gets DEADLINE_EXCEEDED as a gRPC-Web answer (trailers-only, or a
+   * trailer frame once the upstream answered) and the upstream request is aborted. The deadline is the
+   * client's: no upstream error, the call is recorded with grpc_status 4.
+   */
+  deadlinePassed(): void {
+    this.deadline = undefined
+    if (this.settled) return
+    const res = this.res
+    if (this.clientGone || res.destroyed || clientStreamGone(res)) {
+      this.clientClosed()
+      return
+    }
+    this.grpcStatus = GRPC.DEADLINE_EXCEEDED
+    if (!res.headersSent) {
+      if (!sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)) {
+        this.clientClosed()
+        return
+      }
+      this.status = 200
+    } else
+      this.grpcStatus = endCallWithStatus(
+        res,
+        this.grpcWeb,
+        GRPC.DEADLINE_EXCEEDED,
+        DEADLINE_MESSAGE,
+        this.status,
+      )
+    const abort = this.abortUpstream
+    this.settle(undefined)
+    // after the answer is settled: the engine reports the abort through onError, which a settled call ignores
+    abort?.(new DeadlinePassedError('deadline exceeded'))
+  }
+
   clientClosed(): void {
     // writableEnded, not writableFinished: an HTTP/2 response reports the latter true once its stream was
     // reset, and the upstream request would run on (and shutdown wait for it)
@@ -353,6 +438,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
     this.connected = true
     this.abortUpstream = abort
     if (this.clientGone) abort(new ClientGoneError('client closed the connection'))
+    // answered at its deadline while the upstream connection was being made
+    else if (this.settled) abort(new DeadlinePassedError('deadline exceeded'))
   }
 
   onHeaders(statusCode: number, rawHeaders: readonly (Buffer | string)[], resume: () => void): boolean {
@@ -413,6 +500,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
   }
 
   onError(err: Error): void {
+    // the call was answered without the upstream (its deadline passed), which was then let go
+    if (this.settled) return
     if (
       (this.status === 304 || this.status === 204) &&
       (err as { code?: string }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' &&
@@ -427,13 +516,25 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
       this.clientGone ||
       err instanceof ClientGoneError ||
       (err as { code?: string }).code === 'UND_ERR_ABORTED'
-    if (this.res.headersSent && !this.res.writableFinished) cutResponse(this.res)
+    if (this.res.headersSent && !this.res.writableFinished) {
+      // a gRPC-Web call the upstream cut ends with a status its client reads, as one from an HTTP/2 upstream
+      if (!clientAborted && this.grpcWeb !== undefined)
+        this.grpcStatus = endCallWithStatus(
+          this.res,
+          this.grpcWeb,
+          GRPC.UNAVAILABLE,
+          'upstream reset the call',
+          this.status,
+        )
+      else cutResponse(this.res)
+    }
     this.settle(upstreamFailure(err, this.connected, clientAborted, this.failed), clientAborted)
   }
 
   private settle(upstreamError: UpstreamErrorReason | undefined, clientAborted = false): void {
     if (this.settled) return
     this.settled = true
+    if (this.deadline !== undefined) clearTimeout(this.deadline)
     if (!clientAborted) releaseUnreadBody(this.res.req)
     if (this.drainListening) this.res.off('drain', onResponseDrain)
     if (this.done.relaysClose !== true) this.res.off('close', onResponseClose)
@@ -741,6 +842,9 @@ export class Http1Forwarder implements Forwarder {
     listener: ForwardListener,
   ): void {
     const call = new ResponseCall(res, listener, this.options.bodyTimeout, this.options.failed)
+    const timeout = req.headers['grpc-timeout']
+    if (typeof timeout === 'string' && isGrpcWeb(req.headers))
+      call.watchDeadline(timeout, target.receivedAt ?? performance.now())
     const body = hasBody(req) ? req : null
     const engine = this.enginePool(target)
     if (engine !== undefined) {

@@ -3,8 +3,8 @@
 // (`grpc-status: 0\r\ngrpc-message: …\r\n`). Every frame is length-prefixed (flag byte, 4-byte big-endian
 // length); `application/grpc-web-text` base64-encodes the frames. The proxy passes the body on untouched and
 // reads it on the way to find that status, so a gRPC-Web call is counted by the status its client reads.
-import type { IncomingHttpHeaders } from 'node:http'
-import { GRPC, grpcStatusWithoutOne } from './grpc.ts'
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
+import { GRPC, grpcMessage, grpcStatusWithoutOne } from './grpc.ts'
 
 export function isGrpcWeb(headers: IncomingHttpHeaders): boolean {
   const ct = headers['content-type']
@@ -14,6 +14,11 @@ export function isGrpcWeb(headers: IncomingHttpHeaders): boolean {
 /** the response body is base64 (`application/grpc-web-text`), by the response's content type */
 export function isGrpcWebText(contentType: unknown): boolean {
   return typeof contentType === 'string' && contentType.startsWith('application/grpc-web-text')
+}
+
+/** the response is a gRPC-Web one, by its content type (an error page is not: nothing is appended to it) */
+export function isGrpcWebType(contentType: unknown): boolean {
+  return typeof contentType === 'string' && contentType.startsWith('application/grpc-web')
 }
 
 /** `grpc-status` as a client reads it: 0–16, anything else UNKNOWN */
@@ -32,13 +37,16 @@ export function grpcWebResponse(
 ): GrpcWebStatusReader | undefined {
   if (!isGrpcWeb(request)) return undefined
   let text = false
+  let web = false
   let status: number | undefined
   for (let i = 0; i + 1 < response.length; i += 2) {
     const name = response[i]!.toLowerCase()
-    if (name === 'content-type') text = isGrpcWebText(response[i + 1])
-    else if (name === 'grpc-status') status = grpcStatusValue(response[i + 1]!)
+    if (name === 'content-type') {
+      text = isGrpcWebText(response[i + 1])
+      web = isGrpcWebType(response[i + 1])
+    } else if (name === 'grpc-status') status = grpcStatusValue(response[i + 1]!)
   }
-  return new GrpcWebStatusReader(text, status)
+  return new GrpcWebStatusReader(text, status, web)
 }
 
 /** a trailer frame larger than this is not read: its status then counts as missing */
@@ -65,15 +73,33 @@ export class GrpcWebStatusReader {
   /**
    * @param text the response is `application/grpc-web-text` (base64)
    * @param headerStatus `grpc-status` of the response's header section (a trailers-only answer)
+   * @param web the response is in a gRPC-Web content type (its body is frames)
    */
   constructor(
     private readonly text: boolean,
     private readonly headerStatus?: number,
+    private readonly web = true,
   ) {}
 
   /** the status the client reads once the response ended: the header section's, the trailer frame's, else gRPC's HTTP mapping */
   result(httpStatus: number): number {
     return this.headerStatus ?? this.status ?? grpcStatusWithoutOne(httpStatus)
+  }
+
+  /**
+   * Where the body as sent so far stands for a status the proxy adds at its end: 'between' frames (a
+   * trailer frame may follow), 'ended' (its trailer frame went by: the client has its status), or 'inside'
+   * a frame, or a base64 group, that will not be completed (nothing appended would be read as a frame).
+   */
+  position(): 'between' | 'ended' | 'inside' {
+    if (!this.web) return 'inside'
+    if (this.done || this.headerStatus !== undefined) return 'ended'
+    return this.headerSeen === 0 && this.remaining === 0 && this.pendingText === '' ? 'between' : 'inside'
+  }
+
+  /** the response is `application/grpc-web-text`: a frame the proxy adds is base64 */
+  get base64(): boolean {
+    return this.text
   }
 
   /** one chunk of the response body, as sent to the client */
@@ -143,4 +169,42 @@ function decodeGroups(chars: string): Buffer {
   }
   if (start < chars.length) parts.push(Buffer.from(chars.slice(start), 'base64'))
   return Buffer.concat(parts)
+}
+
+/** a gRPC-Web trailer frame carrying `code` and `message`, base64-encoded for `application/grpc-web-text` */
+export function grpcWebTrailerFrame(code: number, message: string, text: boolean): Buffer {
+  const block = Buffer.from(`grpc-status:${code}\r\ngrpc-message:${grpcMessage(message)}\r\n`, 'latin1')
+  const frame = Buffer.allocUnsafe(5 + block.length)
+  frame[0] = 0x80
+  frame.writeUInt32BE(block.length, 1)
+  block.copy(frame, 5)
+  return text ? Buffer.from(frame.toString('base64'), 'latin1') : frame
+}
+
+/**
+ * Ends a gRPC-Web response that already started with `code`, in the body as its clients read a status (they
+ * see no HTTP trailers): a trailer frame when the body stands between frames, nothing more when its own
+ * trailer frame went by. Returns the status the client reads, or undefined when the body stopped inside a
+ * frame: the caller cuts the response then (cutResponse), which the client reads as a broken call.
+ */
+export function endGrpcWebWithStatus(
+  res: ServerResponse,
+  reader: GrpcWebStatusReader | undefined,
+  code: number,
+  message: string,
+  httpStatus: number,
+): number | undefined {
+  if (res.writableEnded || res.destroyed) return undefined
+  const at = reader?.position() ?? 'inside'
+  if (at === 'inside' || reader === undefined) return undefined
+  try {
+    if (at === 'ended') {
+      res.end()
+      return reader.result(httpStatus)
+    }
+    res.end(grpcWebTrailerFrame(code, message, reader.base64))
+    return code
+  } catch {
+    return undefined
+  }
 }

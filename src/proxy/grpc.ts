@@ -117,7 +117,7 @@ export function grpcStatusWithoutOne(httpStatus: number): number {
 }
 
 /** RFC 3986 unreserved and a few printable characters stay; the rest is percent-encoded (gRPC's grpc-message). */
-function grpcMessage(text: string): string {
+export function grpcMessage(text: string): string {
   return text.replace(/[^\x20-\x24\x26-\x7e]/g, (c) => encodeURIComponent(c))
 }
 
@@ -142,15 +142,44 @@ function h2Stream(res: ServerResponse): ServerHttp2Stream | undefined {
   return (res as unknown as { stream?: ServerHttp2Stream }).stream
 }
 
+const GRPC_WEB_TYPE = /^application\/grpc-web(-text)?(\+[A-Za-z0-9][A-Za-z0-9._-]{0,31})?[\t ]*(?:;|$)/
+/** the types gRPC-Web clients send, answered without a regular expression */
+const WEB_TYPES = new Set([
+  'application/grpc-web',
+  'application/grpc-web+proto',
+  'application/grpc-web+json',
+  'application/grpc-web-text',
+  'application/grpc-web-text+proto',
+  'application/grpc-web-text+json',
+])
+
+/**
+ * The content type of the proxy's own answer to a call sent as `requestType`: `application/grpc`, or for a
+ * gRPC-Web call its own variant (`-text`: a base64 body) and message format (`+proto`, `+json`), since
+ * gRPC-Web clients refuse an answer in another type, or in another format than they asked for, as a protocol
+ * error and never read its status.
+ */
+export function grpcAnswerType(requestType: unknown): string {
+  if (typeof requestType !== 'string' || !requestType.startsWith('application/grpc-web'))
+    return 'application/grpc'
+  if (WEB_TYPES.has(requestType)) return requestType
+  const m = GRPC_WEB_TYPE.exec(requestType)
+  if (m !== null) return `application/grpc-web${m[1] ?? ''}${(m[2] ?? '').toLowerCase()}`
+  return requestType.startsWith('application/grpc-web-text')
+    ? 'application/grpc-web-text'
+    : 'application/grpc-web'
+}
+
 /**
  * Answers a gRPC call with a status only ("Trailers-Only": one HEADERS frame ending the stream). On HTTP/1.1
- * (no gRPC client speaks it, but a misdirected one gets something readable) the status goes into headers.
- * Returns false when the response already started.
+ * the status goes into the header section: gRPC-Web's trailers-only form, which its clients read (a plain
+ * gRPC client does not speak HTTP/1.1, but a misdirected one gets something readable). A gRPC-Web call is
+ * answered in its own content type (grpcAnswerType). Returns false when the response already started.
  */
 export function sendGrpcStatus(res: ServerResponse, code: number, message: string): boolean {
   if (res.headersSent || res.destroyed) return false
   const headers = {
-    'content-type': 'application/grpc',
+    'content-type': grpcAnswerType(res.req?.headers['content-type']),
     'grpc-status': String(code),
     'grpc-message': grpcMessage(message),
   }
@@ -158,7 +187,8 @@ export function sendGrpcStatus(res: ServerResponse, code: number, message: strin
   try {
     if (stream) respondTrailersOnly(stream, { ':status': 200, ...headers })
     else {
-      res.writeHead(200, headers)
+      // no body: framed by its length, so the connection goes on (chunked framing would do it in more bytes)
+      res.writeHead(200, { ...headers, 'content-length': '0' })
       res.end()
     }
     return true

@@ -22,6 +22,8 @@ import {
   clientStreamGone,
   connectTimeoutMs,
   cutResponse,
+  DEADLINE_MESSAGE,
+  endCallWithStatus,
   type Forwarder,
   type ForwardListener,
   type ForwardResult,
@@ -40,7 +42,7 @@ import {
   respondTrailersOnly,
   sendGrpcStatus,
 } from './grpc.ts'
-import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText } from './grpc-web.ts'
+import { GrpcWebStatusReader, grpcStatusValue, isGrpcWeb, isGrpcWebText, isGrpcWebType } from './grpc-web.ts'
 import { UpstreamError } from './h1-pool.ts'
 import { type HeaderBlocks, isHopByHop, type UpstreamHeaders, upstreamTrailers } from './headers.ts'
 import { resetByProxy } from './http2-listener.ts'
@@ -113,9 +115,6 @@ function notEstablished(session: ClientHttp2Session): Error {
   const message = session.connecting ? 'connect timeout' : 'no HTTP/2 SETTINGS from the upstream in time'
   return Object.assign(new Error(message), { code: 'ETIMEDOUT' })
 }
-
-/** why a gRPC call past its own `grpc-timeout` is ended */
-const DEADLINE_MESSAGE = 'deadline exceeded'
 
 /** why a gRPC call still open at the end of the drain is ended: its client may retry it elsewhere */
 const SHUTDOWN_MESSAGE = 'proxy shutting down'
@@ -274,8 +273,7 @@ export class Http2Forwarder {
         if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
         if (status !== 0) {
           if (grpc) {
-            grpcStatus = GRPC.UNAVAILABLE
-            endGrpcWithStatus(res, grpcStatus, 'upstream reset the call')
+            grpcStatus = endCallWithStatus(res, grpcWeb, GRPC.UNAVAILABLE, 'upstream reset the call', status)
           } else cutResponse(res)
         }
         settle(reason)
@@ -309,7 +307,8 @@ export class Http2Forwarder {
           return
         }
         grpcStatus = GRPC.DEADLINE_EXCEEDED
-        if (status !== 0) endGrpcWithStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
+        if (status !== 0)
+          grpcStatus = endCallWithStatus(res, grpcWeb, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, status)
         else if (sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)) status = 200
         else {
           // nothing could be sent: the client went away
@@ -406,7 +405,11 @@ export class Http2Forwarder {
           }
           if (grpc) grpcStatus = grpcStatusOf(h)
           if (grpc && isGrpcWeb(req.headers))
-            grpcWeb = new GrpcWebStatusReader(isGrpcWebText(h['content-type']))
+            grpcWeb = new GrpcWebStatusReader(
+              isGrpcWebText(h['content-type']),
+              undefined,
+              isGrpcWebType(h['content-type']),
+            )
           const headersOut = responseHeaders(h)
           const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
           try {

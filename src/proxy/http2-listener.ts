@@ -21,7 +21,7 @@ import type { Config } from '../config/schema.ts'
 import type { Http2AbuseReason } from '../telemetry/metrics.ts'
 import type { ConnectionInfo } from '../types.ts'
 import { holdContinue } from './continue.ts'
-import { GRPC, isGrpc } from './grpc.ts'
+import { GRPC, grpcAnswerType, isGrpc } from './grpc.ts'
 
 /** RFC 9113 §3.4: what a client with prior knowledge sends first */
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
@@ -55,7 +55,8 @@ const kGrpc = Symbol('nhi.grpcCall')
 type TimedStream = ServerHttp2Stream & {
   [kDeadline]?: number
   [kTimedOut]?: true
-  [kGrpc]?: boolean
+  /** a gRPC call's: the content type its answer takes (grpcAnswerType) */
+  [kGrpc]?: string | undefined
   [kOwnReset]?: true
   _readableState?: { ended?: boolean }
 }
@@ -73,11 +74,11 @@ export function resetByProxy(stream: object): void {
 }
 
 /** the answer to a stream cut at timeouts.request; a gRPC call gets its status as its client reads one */
-function requestTimeoutHeaders(grpc: boolean): OutgoingHttpHeaders {
-  if (!grpc) return { ':status': 408 }
+function requestTimeoutHeaders(grpcType: string | undefined): OutgoingHttpHeaders {
+  if (grpcType === undefined) return { ':status': 408 }
   return {
     ':status': 200,
-    'content-type': 'application/grpc',
+    'content-type': grpcType,
     'grpc-status': String(GRPC.DEADLINE_EXCEEDED),
     'grpc-message': 'request not received within timeouts.request',
   }
@@ -219,7 +220,8 @@ export class Http2Front {
             this.countReset(session, state)
         })
       }
-      if (this.requestTimeout > 0 && !stream.endAfterHeaders) this.watchUpload(stream, isGrpc(headers))
+      if (this.requestTimeout > 0 && !stream.endAfterHeaders)
+        this.watchUpload(stream, isGrpc(headers) ? grpcAnswerType(headers['content-type']) : undefined)
       // GOAWAY naming the streams received so far: they are served, as an HTTP/1.1 request that comes during
       // the drain is answered with `Connection: close`
       if (this.draining !== 'no') session.close()
@@ -230,9 +232,9 @@ export class Http2Front {
     if (this.draining === 'closing') session.close()
   }
 
-  private watchUpload(stream: TimedStream, grpc: boolean): void {
+  private watchUpload(stream: TimedStream, grpcType: string | undefined): void {
     stream[kDeadline] = performance.now() + this.requestTimeout
-    stream[kGrpc] = grpc
+    stream[kGrpc] = grpcType
     this.uploading.add(stream)
     stream.once('close', this.forget)
     if (this.sweeper === undefined) {
@@ -256,7 +258,7 @@ export class Http2Front {
       if (stream.destroyed || stream.headersSent || stream._readableState?.ended === true) continue
       stream[kTimedOut] = true
       try {
-        stream.respond(requestTimeoutHeaders(stream[kGrpc] === true), { endStream: true })
+        stream.respond(requestTimeoutHeaders(stream[kGrpc]), { endStream: true })
       } catch {
         // the stream closed under us: the reset below is all there is to do
       }
