@@ -13,8 +13,9 @@
 // an idle connection receives closes it. That is what keeps one response from ever reaching another request.
 import { connect, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
-import { type ConnectionOptions, connect as connectTls, createSecureContext } from 'node:tls'
+import { type ConnectionOptions, connect as connectTls, createSecureContext, type TLSSocket } from 'node:tls'
 import type { UpstreamHeaders } from './headers.ts'
+import { endedWithoutCloseNotify, watchTlsEnd } from './tls-end.ts'
 import { upstreamTlsFor } from './upstream-url.ts'
 
 /** What the engine tells about one request (the subset of undici's legacy handler the forwarders use). */
@@ -198,6 +199,7 @@ class Connection {
       socket.setNoDelay(true)
       socket.setKeepAlive(true, 60_000)
       socket.on('session', pool.keepSession)
+      watchTlsEnd(socket)
       this.socket = socket
     } else
       this.socket = connect({
@@ -646,6 +648,17 @@ class Connection {
   private ended(): void {
     const ex = this.exchange
     if (ex !== undefined && ex.phase === Phase.UntilClose && ex.status !== 0) {
+      // over TLS only the upstream's close_notify says such a body is whole: a bare FIN may be anyone's (an
+      // on-path attacker's, a crash's), and the client would take the body it cut for the complete one
+      if (this.pool.tls !== undefined && endedWithoutCloseNotify(this.socket as TLSSocket)) {
+        this.fail(
+          new UpstreamError(
+            'the upstream closed its TLS connection without close_notify: the body it ended may be truncated',
+            'ERR_SSL_UNEXPECTED_EOF_WHILE_READING',
+          ),
+        )
+        return
+      }
       this.complete(ex, false)
       return
     }
