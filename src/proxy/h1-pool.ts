@@ -15,7 +15,7 @@ import { connect, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { type ConnectionOptions, connect as connectTls, createSecureContext, type TLSSocket } from 'node:tls'
 import type { UpstreamHeaders } from './headers.ts'
-import { endedWithoutCloseNotify, watchTlsEnd } from './tls-end.ts'
+import { endedWithoutCloseNotify, TLS_CUT_CODE, TLS_CUT_MESSAGE, watchTlsEnd } from './tls-end.ts'
 import { upstreamTlsFor } from './upstream-url.ts'
 
 /** What the engine tells about one request (the subset of undici's legacy handler the forwarders use). */
@@ -651,12 +651,7 @@ class Connection {
       // over TLS only the upstream's close_notify says such a body is whole: a bare FIN may be anyone's (an
       // on-path attacker's, a crash's), and the client would take the body it cut for the complete one
       if (this.pool.tls !== undefined && endedWithoutCloseNotify(this.socket as TLSSocket)) {
-        this.fail(
-          new UpstreamError(
-            'the upstream closed its TLS connection without close_notify: the body it ended may be truncated',
-            'ERR_SSL_UNEXPECTED_EOF_WHILE_READING',
-          ),
-        )
+        this.fail(new UpstreamError(TLS_CUT_MESSAGE, TLS_CUT_CODE))
         return
       }
       this.complete(ex, false)

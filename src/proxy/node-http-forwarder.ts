@@ -12,7 +12,7 @@ import {
 } from 'node:http'
 import { Agent as HttpsAgent } from 'node:https'
 import type { Socket } from 'node:net'
-import type { ConnectionOptions } from 'node:tls'
+import type { ConnectionOptions, TLSSocket } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
   connectTimeoutMs,
@@ -33,6 +33,7 @@ import {
   upstreamTrailers,
 } from './headers.ts'
 import { clearHeaders } from './respond.ts'
+import { endedWithoutCloseNotify, TLS_CUT_CODE, TLS_CUT_MESSAGE, watchTlsEnd } from './tls-end.ts'
 import { upstreamTlsFor } from './upstream-url.ts'
 
 /**
@@ -58,6 +59,13 @@ export interface NodeHttpForwarderOptions {
   /** TLS to https: upstreams: CA bundle, client certificate (mTLS origination), server name */
   tls?: ConnectionOptions
   failed?: UpstreamFailed
+}
+
+/** a response body framed by neither Content-Length nor chunked: its end is its connection's */
+function endsWithConnection(upRes: IncomingMessage): boolean {
+  if (upRes.headers['content-length'] !== undefined) return false
+  const te = upRes.headers['transfer-encoding']
+  return te === undefined || !/(?:^|,)\s*chunked\s*$/i.test(te)
 }
 
 /** Connections per origin on this path; requests beyond it wait in the agent's queue (within the headers deadline). */
@@ -199,7 +207,10 @@ export class NodeHttpForwarder {
       }
       headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
 
+      let upSocket: Socket | undefined
       upReq.on('socket', (socket: Socket) => {
+        upSocket = socket
+        if (upstream?.tls) watchTlsEnd(socket as TLSSocket)
         if (!socket.connecting) {
           connected = true
           return
@@ -310,6 +321,16 @@ export class NodeHttpForwarder {
         })
         upRes.on('end', () => {
           if (settled) return
+          // a body that ended with its connection is whole over TLS only after the upstream's close_notify
+          if (
+            upstream?.tls &&
+            upSocket !== undefined &&
+            endsWithConnection(upRes) &&
+            endedWithoutCloseNotify(upSocket as TLSSocket)
+          ) {
+            fail('reset', new UpstreamError(TLS_CUT_MESSAGE, TLS_CUT_CODE))
+            return
+          }
           const trailers = downstreamTrailers(
             upRes.rawTrailers.map((x) => Buffer.from(x, 'latin1')),
             upRes.rawHeaders,

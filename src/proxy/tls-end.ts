@@ -69,3 +69,8 @@ export function watchTlsEnd(socket: TLSSocket): void {
 export function endedWithoutCloseNotify(socket: TLSSocket): boolean {
   return (socket as Watched)[kBareEnd] === true
 }
+
+/** what a body cut that way fails with: the name OpenSSL 3 gives the same condition, and why it matters */
+export const TLS_CUT_CODE = 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING'
+export const TLS_CUT_MESSAGE =
+  'the upstream closed its TLS connection without close_notify: the body it ended may be truncated'

@@ -5,7 +5,8 @@
 // as a reset mid-body is: the HTTP/1.1 client's connection closes without the last chunk, the HTTP/2 client's
 // stream is reset with INTERNAL_ERROR, it counts as reason="reset" and is logged as upstream_failed. A clean
 // close (close_notify, then FIN) stays a 200 with the whole body, also after the proxy held the upstream back for
-// a slow client, and a body whose framing gives its end is unaffected by a bare FIN after it. The upstream is a
+// a slow client, and a body whose framing gives its end is unaffected by a bare FIN after it. Requests that
+// announce trailers, which go through node:http instead of the HTTP/1.1 engine, get the same. The upstream is a
 // node:tls server on a TCP socket of its own, so the test can close the TCP socket under the TLS one.
 import { type ClientHttp2Stream, constants, connect as h2connect } from 'node:http2'
 import { createServer, type Socket } from 'node:net'
@@ -73,7 +74,14 @@ async function start(t: Test): Promise<{ sidecar: BinSidecar; upstreams: Map<str
       pending += c.toString('latin1')
       const end = pending.indexOf('\r\n\r\n')
       if (end === -1) return
-      const path = /^[A-Z]+ (\S+)/.exec(pending.slice(0, end))?.[1] ?? '/'
+      const head = pending.slice(0, end)
+      // a chunked body (a request that announces trailers) is answered once it has ended, trailers and all
+      if (
+        /\r\ntransfer-encoding: *chunked/i.test(head) &&
+        !/(?:^|\r\n)0\r\n(?:[^\r\n]+\r\n)*\r\n$/.test(pending.slice(end + 4))
+      )
+        return
+      const path = /^[A-Z]+ (\S+)/.exec(head)?.[1] ?? '/'
       pending = ''
       upstreams.set(path, tls)
       const script = ANSWERS[path]
@@ -94,18 +102,23 @@ async function start(t: Test): Promise<{ sidecar: BinSidecar; upstreams: Map<str
 async function h1(
   t: Test,
   sidecar: BinSidecar,
-  path: string,
+  /** a path to GET, or a whole request */
+  request: string,
   /** the end of a whole answer (default: the last chunk) */
   end = '\r\n0\r\n\r\n',
 ): Promise<{ text: string; closed: boolean }> {
   const client = await rawClient(Number(new URL(sidecar.proxyUrl).port))
   t.teardown(() => client.socket.destroy())
-  client.socket.write(`GET ${path} HTTP/1.1\r\nHost: app\r\n\r\n`)
+  client.socket.write(request.includes(' ') ? request : `GET ${request} HTTP/1.1\r\nHost: app\r\n\r\n`)
   await eventually(() => client.text().endsWith(end) || client.closed(), {
-    what: `the answer to ${path}`,
+    what: `the answer to ${request.split('\r\n')[0]}`,
   })
   return { text: client.text(), closed: client.closed() }
 }
+
+/** a request that announces trailers, which goes through node:http instead of the HTTP/1.1 engine */
+const WITH_TRAILERS = (path: string) =>
+  `POST ${path} HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 1\r\n\r\n`
 
 /** an HTTP/2 stream to the end: its status, body and the code it was closed with */
 async function h2(t: Test, sidecar: BinSidecar, path: string) {
@@ -253,5 +266,36 @@ t.test(
     )
     t.equal(metricValue(samples, 'nhi_upstream_errors_total'), 0, 'no upstream error counted')
     t.same(upstreamFailures(sidecar), [], 'no upstream_failed line')
+  },
+)
+
+t.test(
+  'a request that announces trailers (node:http, not the engine) gets the same: cut when cut, whole when clean',
+  async (t) => {
+    const { sidecar } = await start(t)
+    const cut = await h1(t, sidecar, WITH_TRAILERS('/cut'))
+    t.match(cut.text, /^HTTP\/1\.1 200 [\s\S]*first part, /, 'the head and the part of the body that came')
+    t.notMatch(cut.text, /\r\n0\r\n\r\n$/, 'no last chunk')
+    t.ok(cut.closed, 'the connection closed, so the body reads as cut short')
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_upstream_errors_total', { reason: 'reset' }) >= 1,
+      'the cut to be counted',
+    )
+    t.equal(metricValue(samples, 'nhi_upstream_errors_total', { reason: 'reset' }), 1, 'counted as a reset')
+    const lines = await eventually(
+      () => (upstreamFailures(sidecar).length > 0 ? upstreamFailures(sidecar) : false),
+      {
+        what: 'the upstream_failed line',
+      },
+    )
+    t.equal(lines[0]?.['code'], 'ERR_SSL_UNEXPECTED_EOF_WHILE_READING')
+
+    const clean = await h1(t, sidecar, WITH_TRAILERS('/clean'))
+    t.equal(
+      unchunk(clean.text.slice(clean.text.indexOf('\r\n\r\n') + 4)),
+      'first part, second part',
+      'a clean close: the whole body, then the last chunk',
+    )
   },
 )
