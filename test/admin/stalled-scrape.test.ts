@@ -81,6 +81,18 @@ t.test('a scrape nobody reads is cut at the send deadline; a live stream is not'
     { what: 'the stalled scrapes given up at the send deadline' },
   )
   t.equal((await res.text()).length, BODY.length, 'then Prometheus scrapes again, the whole body')
+  // every stalled answer given up, not only the first: as many scrapes at once as may be in progress are all
+  // answered (a connection not yet given up when the client below reads again would get the whole body)
+  await eventually(
+    async () => {
+      const all = await Promise.all(
+        Array.from({ length: ADMIN_MAX_SCRAPES }, () => fetch(`http://127.0.0.1:${port}/metrics`)),
+      )
+      await Promise.all(all.map((r) => r.body?.cancel()))
+      return all.every((r) => r.status === 200)
+    },
+    { what: 'every stalled scrape given up at the send deadline' },
+  )
   // and closed their connections: what a stalled client reads now is what the kernel held, then the end
   for (const s of stalled) {
     s.socket.resume()
