@@ -381,13 +381,11 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
   }
 
   /**
-   * A gRPC-Web call with a `grpc-timeout` (`receivedAt`: its arrival, which the deadline counts from, as its
+   * A gRPC-Web call with a `grpc-timeout` of `ms` (`receivedAt`: its arrival, which the deadline counts from, as its
    * client counts it) is ended at that deadline, as an HTTP/2 upstream's call is (http2-forwarder.ts). A
    * deadline past what a timer holds is left to the client and the upstream.
    */
-  watchDeadline(timeout: string, receivedAt: number): void {
-    const ms = grpcTimeoutMs({ 'grpc-timeout': timeout })
-    if (ms === undefined) return
+  watchDeadline(ms: number, receivedAt: number): void {
     const left = ms - (performance.now() - receivedAt)
     if (left <= MAX_TIMER_MS) this.deadline = setTimeout(callDeadlinePassed, Math.max(0, left), this)
   }
@@ -842,9 +840,9 @@ export class Http1Forwarder implements Forwarder {
     listener: ForwardListener,
   ): void {
     const call = new ResponseCall(res, listener, this.options.bodyTimeout, this.options.failed)
-    const timeout = req.headers['grpc-timeout']
-    if (typeof timeout === 'string' && isGrpcWeb(req.headers))
-      call.watchDeadline(timeout, target.receivedAt ?? performance.now())
+    const deadline = req.headers['grpc-timeout'] !== undefined ? grpcTimeoutMs(req.headers) : undefined
+    if (deadline !== undefined && isGrpcWeb(req.headers))
+      call.watchDeadline(deadline, target.receivedAt ?? performance.now())
     const body = hasBody(req) ? req : null
     const engine = this.enginePool(target)
     if (engine !== undefined) {
