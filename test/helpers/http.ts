@@ -25,3 +25,21 @@ export function exchange(options: RequestOptions & { https?: boolean }): Promise
     req.end()
   })
 }
+
+/** GET /echo from the sidecar's https listener at `port` (its certificate for `localhost`), presenting `client` */
+export function mtlsEcho(
+  port: number,
+  serverCaPem: string,
+  client: { certPem: string; keyPem: string },
+): Promise<Answer> {
+  return exchange({
+    https: true,
+    host: '127.0.0.1',
+    port,
+    path: '/echo',
+    servername: 'localhost',
+    ca: serverCaPem,
+    cert: client.certPem,
+    key: client.keyPem,
+  })
+}

@@ -8,7 +8,7 @@ import t from 'tap'
 import { Agent, request } from 'undici'
 import { xfccEvidence } from '../../src/identity/forwarded/xfcc.ts'
 import type { CertEvidence } from '../../src/types.ts'
-import { exchange } from '../helpers/http.ts'
+import { mtlsEcho } from '../helpers/http.ts'
 import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -33,16 +33,7 @@ const sha256 = (
 type Seen = Record<string, string>
 
 async function overMtls(port: number): Promise<Seen> {
-  const { body } = await exchange({
-    https: true,
-    host: '127.0.0.1',
-    port,
-    path: '/echo',
-    servername: 'localhost',
-    ca: serverCa.certPem,
-    cert: leaf.certPem,
-    key: leaf.keyPem,
-  })
+  const { body } = await mtlsEcho(port, serverCa.certPem, leaf)
   return JSON.parse(body).headers as Seen
 }
 

@@ -25,7 +25,7 @@ import {
 } from '../../src/identity/forwarded/xfcc.ts'
 import { safeHeaderValue } from '../../src/proxy/headers.ts'
 import type { CertEvidence, Failure } from '../../src/types.ts'
-import { exchange } from '../helpers/http.ts'
+import { mtlsEcho } from '../helpers/http.ts'
 import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { checkProperty } from '../helpers/property.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -81,16 +81,7 @@ t.test(
 
     for (const [i, leaf] of leaves.entries()) {
       const label = clients[i]!.label
-      const res = await exchange({
-        https: true,
-        host: '127.0.0.1',
-        port,
-        path: '/echo',
-        servername: 'localhost',
-        ca: serverCa.certPem,
-        cert: leaf.certPem,
-        key: leaf.keyPem,
-      })
+      const res = await mtlsEcho(port, serverCa.certPem, leaf)
       t.equal(res.status, 200, `${label}: forwarded, not a 502`)
       if (res.status !== 200) continue
       const seen = JSON.parse(res.body).headers as Record<string, string>
@@ -164,16 +155,7 @@ t.test(
     t.teardown(() => fromEnvoy.close())
     for (const { leaf, label, uriSans } of all) {
       const rfc2253 = await opensslSubject(leaf.certFile)
-      const mtls = await exchange({
-        https: true,
-        host: '127.0.0.1',
-        port: sidecar.httpsAddress!.port,
-        path: '/echo',
-        servername: 'localhost',
-        ca: serverCa.certPem,
-        cert: leaf.certPem,
-        key: leaf.keyPem,
-      })
+      const mtls = await mtlsEcho(sidecar.httpsAddress!.port, serverCa.certPem, leaf)
       t.equal(mtls.status, 200, `${label}: over mTLS`)
       const overMtls = JSON.parse(mtls.body).headers as Record<string, string>
       const sha256 = (certEvidenceFromX509(new X509Certificate(leaf.certPem), 'mtls', true) as CertEvidence)
