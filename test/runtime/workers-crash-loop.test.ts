@@ -116,7 +116,12 @@ t.test(
     t.equal(loops[0]!['exits'], 5)
     t.match(loops[0]!['msg'], /crash-loop/)
     const restarted = logLines(cli.stderr(), 'worker_restarted', from).map((l) => l['pid'] as number)
-    t.equal(restarted.length, 4, 'each slot started twice more before the pod gave up')
+    // the fifth exit is the first of the second restarts to fail; the other slot's second restart, due at about
+    // the same time, has started by then or not (on a busy machine its slot failed later), so 3 or 4
+    t.ok(
+      restarted.length === 3 || restarted.length === 4,
+      `each slot started again, one of them twice, before the pod gave up (${restarted.length})`,
+    )
     for (const pid of [...first, ...restarted]) t.notOk(alive(pid), `worker ${pid} is gone`)
   },
 )
