@@ -11,6 +11,7 @@ import { parseYamlWith } from '../config/yaml-schema.ts'
 import { type CertFields, certEvidenceFromFields, commonName } from '../identity/certificate.ts'
 import { xfccCertFields } from '../identity/forwarded/xfcc.ts'
 import { apiKeyEvidence } from '../identity/sources/apikey.ts'
+import { TrustedForwarders, untrustedForwarder } from '../identity/sources/forwarded-cert.ts'
 import { SOURCE_NAMES, sourceNamed } from '../identity/sources/index.ts'
 import { addCredential } from '../identity/sources/source.ts'
 import { classifyUserAgent } from '../identity/useragent.ts'
@@ -55,7 +56,10 @@ export const ruleTestFileSchema = z.strictObject({
               dns: z.optional(stringList),
               subject: z.optional(z.string()),
               sha256: z.optional(z.string()),
-              /** as forwarded by a trusted proxy (XFCC) instead of presented over mTLS */
+              /**
+               * in an XFCC header from the peer (remoteAddr) instead of presented over mTLS: believed only when
+               * forwardedClientCert.trustedProxies trusts that peer for the xfcc format, as on the live proxy
+               */
               forwarded: z._default(z.boolean(), false),
               verified: z._default(z.boolean(), true),
             }),
@@ -116,7 +120,14 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
       addCredential(ev, sourceNamed('jwt'), jwt)
     }
   }
-  if (r.cert) {
+  // a forwarded case is an XFCC header, which the live proxy reads only from a peer trusted for that format
+  const forwarder =
+    r.cert?.forwarded === true
+      ? new TrustedForwarders(config.forwardedClientCert).formatFor(r.remoteAddr)
+      : undefined
+  if (r.cert?.forwarded === true && forwarder !== 'xfcc') {
+    ev.failures.push(untrustedForwarder(r.remoteAddr, forwarder))
+  } else if (r.cert) {
     const c = r.cert
     const uriSans = [...(c.spiffe ? [c.spiffe] : []), ...asList(c.uri)]
     const dnsSans = asList(c.dns)
@@ -195,7 +206,11 @@ export function runCase(config: Config, c: RuleTestCase): CaseResult {
   const evidence = evidenceForTest(config, c.request)
   const identity = rules.classify(evidence, req, conn)
   const decision = policy.decide(identity, req)
-  const failures = evidence.failures.map((f) => `${f.source} ${f.reason}: ${f.detail}`)
+  // the peer is named: a case without remoteAddr comes from 127.0.0.1, which few configs trust
+  const failures = evidence.failures.map(
+    (f) =>
+      `${f.source} ${f.reason}: ${f.detail}${f.attributes?.['peer'] ? ` (peer ${f.attributes['peer']})` : ''}`,
+  )
   // a request the proxy answers before rules and policy see it decides nothing: the test cannot pass
   const refusal = requestLineRefusal(c.request.method, c.request.path)
   if (refusal !== undefined)

@@ -79,7 +79,11 @@ t.test('a test file that is not UTF-8 is reported at its first invalid byte and 
 
 t.test('a subject with two CNs is named as the live proxy names it, mTLS or forwarded', async (t) => {
   const dir = scratchDirSync('ruletest-multi-cn')
-  writeFileSync(join(dir, 'config.yaml'), 'upstream: http://127.0.0.1:3000\n')
+  // the forwarded case comes from 127.0.0.1 (no remoteAddr): the proxy in front, trusted for XFCC
+  writeFileSync(
+    join(dir, 'config.yaml'),
+    'upstream: http://127.0.0.1:3000\nforwardedClientCert: { trustedProxies: [127.0.0.1/32], format: xfcc }\n',
+  )
   // the same certificate (DER: O=acme, CN=orders, CN=orders-worker) as the audit trail shows an mTLS subject and
   // as Envoy writes XFCC's Subject (RFC 4514 order)
   const cert = (subject: string, forwarded: boolean) =>

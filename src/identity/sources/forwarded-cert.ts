@@ -127,30 +127,38 @@ export class XfccExtractor implements SourceExtractor<CertEvidence> {
       if (format !== undefined && isFormatHeader(name, format)) own = true
     }
     if (!any) return undefined
-    if (format === undefined || format === null) {
-      return {
-        failed: true,
-        source: 'xfcc',
-        reason: 'untrusted_forwarder',
-        detail: 'forwarded client certificate header from a peer not in trustedProxies',
-        attributes: { peer: conn.remoteAddress },
-      }
-    }
-    if (!own) {
-      return {
-        failed: true,
-        source: 'xfcc',
-        reason: 'untrusted_forwarder',
-        detail: `forwarded client certificate header other than the ${format} format this proxy is trusted for`,
-        attributes: { peer: conn.remoteAddress, format },
-      }
-    }
+    if (format === undefined || format === null || !own)
+      return untrustedForwarder(conn.remoteAddress, format ?? undefined)
     // start() loads the decoder; only a request racing a start that has not finished waits for it here
     if (!certificateDecoderLoaded()) {
       const trusted = format
       return loadCertificateDecoder().then(() => forwardedCertEvidence(req, trusted))
     }
     return forwardedCertEvidence(req, format)
+  }
+}
+
+/**
+ * Why a forwarded-certificate header from `peer` is not believed: the peer is not trusted (`trusted`
+ * undefined), or the header is not of the one format it is trusted for. One text for the live proxy and for
+ * the rule tests that must give its answer.
+ */
+export function untrustedForwarder(peer: string, trusted: ForwardedCertFormat | undefined): Failure {
+  if (trusted === undefined) {
+    return {
+      failed: true,
+      source: 'xfcc',
+      reason: 'untrusted_forwarder',
+      detail: 'forwarded client certificate header from a peer not in trustedProxies',
+      attributes: { peer },
+    }
+  }
+  return {
+    failed: true,
+    source: 'xfcc',
+    reason: 'untrusted_forwarder',
+    detail: `forwarded client certificate header other than the ${trusted} format this proxy is trusted for`,
+    attributes: { peer, format: trusted },
   }
 }
 
