@@ -153,6 +153,8 @@ t.test('with every lookup running, a claim from a new address is counted at once
 })
 
 const GOOGLE_INSPECTION_TOOL = 'Mozilla/5.0 (compatible; Google-InspectionTool/1.0;)'
+const VERTEXBOT =
+  'Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/125.0.6422.175 Mobile Safari/537.36 (compatible; Google-CloudVertexBot; +https://cloud.google.com/enterprise-search)'
 const BINGBOT = 'Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)'
 const ADIDXBOT = 'Mozilla/5.0 (compatible; adidxbot/2.0; +http://www.bing.com/bingbot.htm)'
 const APPLEBOT =
@@ -244,6 +246,21 @@ t.test('DNS verifies a Google claim only under the host names of its own product
     await concluded(sidecar, '192.0.2.22', GOOGLE_INSPECTION_TOOL),
     verified('google-inspectiontool'),
     'another common crawler from googlebot.com: verified',
+  )
+  t.same(
+    await concluded(sidecar, '192.0.2.23', VERTEXBOT),
+    verified('google-cloudvertexbot'),
+    'Google-CloudVertexBot, a common crawler, from geo-crawl-….geo.googlebot.com: verified',
+  )
+  t.same(
+    await concluded(sidecar, '192.0.2.21', VERTEXBOT),
+    unverified('google-cloudvertexbot'),
+    'Google-CloudVertexBot from a user-triggered fetcher (google-proxy-….google.com): not verified, counted',
+  )
+  t.same(
+    await concluded(sidecar, '192.0.2.20', VERTEXBOT),
+    unverified('google-cloudvertexbot'),
+    'Google-CloudVertexBot from a special crawler (rate-limited-proxy-….google.com): not verified, counted',
   )
 
   // Bing and Apple document one domain for all their crawlers: any of their products is verified under it

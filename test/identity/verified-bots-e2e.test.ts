@@ -183,6 +183,7 @@ t.test('a crawler named without a version is the same claim', async (t) => {
     ['Googlebot-News', 'googlebot-news', GOOGLE_ADDRESS],
     ['Mozilla/5.0 (compatible; GoogleOther-Image/1.0)', 'googleother-image', GOOGLE_ADDRESS],
     ['GoogleOther-Video/1.0', 'googleother-video', GOOGLE_ADDRESS],
+    ['Mozilla/5.0 (compatible; Google-CloudVertexBot)', 'google-cloudvertexbot', GOOGLE_ADDRESS],
     ['Mozilla/5.0 (compatible; Applebot; +http://www.apple.com/go/applebot)', 'applebot', '17.241.208.161'],
   ]
   let n = 0

@@ -19,6 +19,8 @@ const CHATGPT_USER =
 const SEARCHBOT =
   'Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; OAI-SearchBot/1.0; +https://openai.com/searchbot)'
 const GOOGLEBOT = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
+const VERTEXBOT =
+  'Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/125.0.6422.175 Mobile Safari/537.36 (compatible; Google-CloudVertexBot; +https://cloud.google.com/enterprise-search)'
 
 // in the shipped snapshot: each in one OpenAI file only
 const GPTBOT_ADDRESS = '132.196.86.1' // gptbot.json 132.196.86.0/24
@@ -173,5 +175,24 @@ t.test(
       'nor any other product googlebot.json vouches for',
     )
     t.same(await send('Googlebot-Image/1.0', '198.51.100.8'), verified('googlebot-image', '198.51.100.8'))
+
+    // Google-CloudVertexBot is one of the common crawlers googlebot.json covers: checked like Googlebot
+    t.same(
+      await send(VERTEXBOT, '198.51.100.9'),
+      verified('google-cloudvertexbot', '198.51.100.9'),
+      'Google-CloudVertexBot from a googlebot.json address: verified',
+    )
+    for (const [address, file] of [
+      ['192.0.2.9', 'user-triggered-fetchers.json'],
+      ['100.64.0.9', 'user-triggered-fetchers-google.json'],
+      ['203.0.113.9', 'special-crawlers.json'],
+      ['233.252.0.9', 'no file of Google'],
+    ] as const) {
+      t.same(
+        await send(VERTEXBOT, address),
+        notVerified('google-cloudvertexbot', address),
+        `Google-CloudVertexBot from ${file}: not verified, counted`,
+      )
+    }
   },
 )

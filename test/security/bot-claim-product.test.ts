@@ -50,6 +50,10 @@ t.test('every product an operator is checked for is one its ranges and names vou
     ['Mozilla/5.0 (compatible; GoogleOther-Image/1.0)', 'Google'],
     ['GoogleOther-Video/1.0', 'Google'],
     ['Mozilla/5.0 (compatible; Storebot-Google/1.0)', 'Google'],
+    [
+      'Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/125.0.6422.175 Mobile Safari/537.36 (compatible; Google-CloudVertexBot; +https://cloud.google.com/enterprise-search)',
+      'Google',
+    ],
     ['Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)', 'Bing'],
     ['Mozilla/5.0 (Windows NT 10.0; Win64; x64) BingPreview/1.0b', 'Bing'],
     ['Mozilla/5.0 (compatible; adidxbot/2.0; +http://www.bing.com/bingbot.htm)', 'Bing'],

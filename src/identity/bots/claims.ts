@@ -19,6 +19,7 @@ const CLAIMS: readonly (readonly [RegExp, string])[] = [
       'Google-InspectionTool',
       'GoogleOther(?:-Image|-Video)?',
       'Storebot-Google',
+      'Google-CloudVertexBot',
     ),
     'Google',
   ],
@@ -48,6 +49,9 @@ const PRODUCTS: ReadonlyMap<string, ReadonlySet<string>> = new Map([
       'googleother-image',
       'googleother-video',
       'storebot-google',
+      // a common crawler (googlebot.json's ranges, googlebot.com's names): left out, the real one was never
+      // verified and a false claim of it never counted
+      'google-cloudvertexbot',
     ]),
   ],
   ['Bing', new Set(['bingbot', 'bingpreview', 'adidxbot', 'msnbot'])],
