@@ -406,6 +406,7 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
 
   // the client CAs the listener verifies against, as of its latest rotation
   let clientAnchors = tls?.clientCAs ?? []
+  const upstreamFailed = upstreamFailureReporter(opts.worker?.upstreamFailed ?? logUpstreamFailure(log))
   const proxy: ProxyServer = createProxy({
     getPipeline: () => pipeline,
     upstream: initial.upstream,
@@ -417,7 +418,12 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     limits: initial.limits,
     onHttp2Abuse: (reason) => telemetry.http2ConnectionClosed(reason),
     onAttributionError: attributionErrorReporter(log, telemetry),
-    onUpstreamFailed: upstreamFailureReporter(opts.worker?.upstreamFailed ?? logUpstreamFailure(log)),
+    onUpstreamFailed: upstreamFailed,
+    // a protocol error of the upstream's like those that fail a request (a reset), though the response stood
+    onUpstreamUnframedBytes: (err) => {
+      telemetry.upstreamErrorBetweenRequests('reset')
+      upstreamFailed('reset', err)
+    },
     onTunnelIdle: (protocol) => {
       telemetry.tunnelIdleClosed(protocol)
       log.debug(

@@ -268,6 +268,11 @@ export interface Http1ForwarderOptions {
   /** every request through undici's Pool too: the benchmark's baseline of the engine h1-pool.ts replaced */
   undiciOnly?: boolean
   failed?: UpstreamFailed
+  /**
+   * the engine closed a connection on bytes no response framed (after a complete response, or while idle): an
+   * upstream error no request failed on, for counting and logging
+   */
+  unframedBytes?: (err: Error) => void
 }
 
 class ClientGoneError extends Error {
@@ -797,6 +802,7 @@ export class Http1Forwarder implements Forwarder {
       bodyTimeout: o.bodyTimeout,
       keepAliveTimeout: o.keepAliveTimeout ?? 4_000,
       tls: upstream.tls ? (this.tls ?? {}) : undefined,
+      unframedBytes: o.unframedBytes,
     })
     this.engine.set(target.origin, pool)
     return pool

@@ -10,7 +10,8 @@
 // Transfer-Encoding together, differing lengths, obs-fold, a malformed line, a head over 16 KiB) fails the
 // request with a 502 and its connection is closed, never reused. A connection is only reused after a
 // response whose end was known from its framing, with nothing after it, and a request sent in full; anything
-// an idle connection receives closes it. That is what keeps one response from ever reaching another request.
+// an idle connection receives closes it (both counted as the upstream's error, the response standing). That is
+// what keeps one response from ever reaching another request.
 import { connect, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { type ConnectionOptions, connect as connectTls, createSecureContext, type TLSSocket } from 'node:tls'
@@ -64,6 +65,12 @@ export interface H1PoolOptions {
    * then checked against the address)
    */
   tls?: ConnectionOptions | undefined
+  /**
+   * the upstream sent bytes no response framed: after a complete response (in the read that ended it), or on an
+   * idle connection. That connection is closed; the response already complete stands. For counting and
+   * logging the upstream's protocol error, which no request's failure reports
+   */
+  unframedBytes?: ((err: UpstreamError) => void) | undefined
 }
 
 /** the error codes the forwarders classify, the same as undici's so that one classification serves both */
@@ -117,6 +124,9 @@ function hasBareLf(buf: Buffer, from: number): boolean {
   }
   return false
 }
+
+/** the code of `unframedBytes` errors (its own: the operator's log tells it apart from a 502's parser error) */
+const EXTRA_BYTES_CODE = 'ERR_UPSTREAM_EXTRA_BYTES'
 
 /** an answer without content whatever its head says: to a HEAD, a 204 or a 304 (RFC 9112 §6.3) */
 export function answersWithoutContent(status: number, toHead: boolean): boolean {
@@ -373,7 +383,10 @@ class Connection {
     const ex = this.exchange
     if (ex === undefined) {
       // bytes no request asked for: the connection's framing can no longer be trusted
-      this.socket.destroy()
+      if (!this.socket.destroyed) {
+        this.socket.destroy()
+        this.pool.unframed('bytes on an idle connection; it was closed')
+      }
       return
     }
     // a head's bytes do not move its deadline: an upstream dribbling one, or sending 1xx after 1xx, would
@@ -633,6 +646,7 @@ class Connection {
     if (reusable) this.pool.release(this)
     else this.socket.destroy()
     ex.handler.onComplete(ex.trailers)
+    if (extra) this.pool.unframed('bytes after a complete response; its connection was closed')
   }
 
   private fail(err: Error): void {
@@ -815,6 +829,11 @@ export class H1Pool {
     conn.activeAt = this.tick
     if (this.closing) conn.socket.destroy()
     else this.idle.push(conn)
+  }
+
+  /** bytes no response framed came on one of the pool's connections (closed already) */
+  unframed(what: string): void {
+    this.options.unframedBytes?.(new UpstreamError(`upstream sent ${what}`, EXTRA_BYTES_CODE))
   }
 
   forget(conn: Connection): void {

@@ -44,6 +44,11 @@ export interface ProxyOptions {
   onTunnelIdle?: (protocol: TunnelProtocol) => void
   /** an upstream exchange failed, with the error: for the operator's log (the metric counts every one) */
   onUpstreamFailed?: UpstreamFailed
+  /**
+   * an HTTP/1.1 upstream sent bytes no response framed (after a complete response, or on an idle connection):
+   * its connection was closed, no request failed; for counting and logging as the upstream's error
+   */
+  onUpstreamUnframedBytes?: (err: Error) => void
 }
 
 export interface ProxyServer {
@@ -96,6 +101,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         answeredLinger: timeouts.idle,
         ...(opts.upstreamTls ? { tls: opts.upstreamTls } : {}),
         ...failed,
+        ...(opts.onUpstreamUnframedBytes ? { unframedBytes: opts.onUpstreamUnframedBytes } : {}),
       }),
       new Http2Forwarder({
         headersTimeout: timeouts.upstream,

@@ -3,7 +3,7 @@
 // record() never throws and never waits: one recorder that throws or rejects is counted and skipped, the
 // others still record; reconfigure() and close() wait for each recorder at most `recorderTimeoutMs`.
 import type { Config } from '../config/schema.ts'
-import type { CertificateValidity, Recorder, RequestEvent } from '../types.ts'
+import type { CertificateValidity, Recorder, RequestEvent, UpstreamErrorReason } from '../types.ts'
 import { AuditLog, type AuditLogOptions } from './audit.ts'
 import type { AuditQuery, AuditRecord } from './audit-ring.ts'
 import type { IdentitiesView, IdentitySort } from './identities.ts'
@@ -176,6 +176,14 @@ export class Telemetry {
   /** a tunnel cut for idleness, timeouts.tunnelIdle (docs/reference.md "Errors") */
   tunnelIdleClosed(protocol: TunnelProtocol): void {
     this.metrics.tunnelIdleClosed(protocol)
+  }
+
+  /**
+   * an upstream error between requests: an HTTP/1.1 upstream's bytes after a complete response or on an idle
+   * connection (docs/reference.md "Errors"), counted in nhi_upstream_errors_total as a request's would be
+   */
+  upstreamErrorBetweenRequests(reason: UpstreamErrorReason): void {
+    this.metrics.upstreamErrorBetweenRequests(reason)
   }
 
   /**

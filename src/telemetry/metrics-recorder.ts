@@ -2,7 +2,7 @@
 // on /metrics and as the /identities view, next to prom-client's process families.
 import type { Config } from '../config/schema.ts'
 import { issuerProfile, PUBLIC_PROFILES } from '../identity/profiles.ts'
-import type { CertificateValidity, Recorder, RequestEvent } from '../types.ts'
+import type { CertificateValidity, Recorder, RequestEvent, UpstreamErrorReason } from '../types.ts'
 import { buildIdentitiesView, type IdentitiesView, type IdentitySort } from './identities.ts'
 import { IdentityTable, type IdentityTableLimits } from './identity-table.ts'
 import {
@@ -200,6 +200,10 @@ export class MetricsRecorder implements Recorder {
 
   tunnelIdleClosed(protocol: TunnelProtocol): void {
     this.metrics.tunnelIdleClosed(protocol)
+  }
+
+  upstreamErrorBetweenRequests(reason: UpstreamErrorReason): void {
+    this.metrics.upstreamErrorBetweenRequests(reason)
   }
 
   /** process_* and nodejs_* metrics (prom-client's default collector) from now on, next to the nhi_* ones */

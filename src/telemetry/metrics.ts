@@ -6,7 +6,14 @@
 
 import type { AnomalyObserver } from '../identity/anomalies.ts'
 import type { JwksObserver } from '../identity/jwt/jwks.ts'
-import type { CertificateValidity, Identity, Kind, PolicyDecision, RequestEvent } from '../types.ts'
+import type {
+  CertificateValidity,
+  Identity,
+  Kind,
+  PolicyDecision,
+  RequestEvent,
+  UpstreamErrorReason,
+} from '../types.ts'
 import { flattened } from '../util/flat.ts'
 import {
   Buckets,
@@ -498,6 +505,11 @@ export class Metrics {
 
   tunnelIdleClosed(protocol: TunnelProtocol): void {
     this.tunnelsIdleClosed.inc([this.service, protocol])
+  }
+
+  /** an upstream error no request's event carries (its response stood: bytes after it, on an idle connection) */
+  upstreamErrorBetweenRequests(reason: UpstreamErrorReason): void {
+    this.upstreamErrors.inc([this.service, reason])
   }
 
   readonly jwksObserver: JwksObserver = {

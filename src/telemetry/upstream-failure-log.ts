@@ -15,7 +15,8 @@ export const UPSTREAM_FAILURE_LOG_KEYS = 64
 const MESSAGES: Record<UpstreamErrorReason, string> = {
   connect: 'the upstream could not be reached; answered 502',
   timeout: 'the upstream did not answer within timeouts.upstream; answered 504',
-  reset: 'the upstream connection failed during the exchange; answered 502 or cut the response',
+  reset:
+    'the upstream connection failed during the exchange; answered 502 or cut the response (bytes past a complete response: its connection closed, the response passed on)',
 }
 
 /** one line: a failure, and how many of its reason and code were not logged since the last line */
