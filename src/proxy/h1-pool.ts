@@ -11,7 +11,10 @@
 // request with a 502 and its connection is closed, never reused. A connection is only reused after a
 // response whose end was known from its framing, with nothing after it, and a request sent in full; anything
 // an idle connection receives closes it (both counted as the upstream's error, the response standing). That is
-// what keeps one response from ever reaching another request.
+// what keeps one response from ever reaching another request. What an upstream writes once the connection
+// carries the next request is that request's answer to the engine, as to any HTTP/1.1 client: it is taken
+// only as a valid response head, and a 204 or 304 whose head announces content it must not have ends its
+// connection, so that content cannot come then.
 import { connect, type Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { type ConnectionOptions, connect as connectTls, createSecureContext, type TLSSocket } from 'node:tls'
@@ -541,6 +544,10 @@ class Connection {
     // idle deadline leaves that second as margin, and its sweep may come later still)
     ex.keepAlive = !close && !ex.isHead && (idleHintMs === -1 || idleHintMs > 1000)
     const bodiless = answersWithoutContent(status, ex.isHead)
+    // a 204 or 304 whose head announces content (a length, a coding) comes from an upstream that may well send
+    // that content, in a write of its own: once the connection carries the next request, nothing tells those
+    // bytes from its answer. The answer is passed on; its connection is not used again
+    if (bodiless && (length > 0 || codings > 0)) ex.keepAlive = false
     if (bodiless) ex.phase = Phase.Length
     else if (chunked) ex.phase = Phase.Chunked
     else if (codings > 0 || length === -1) {

@@ -3,8 +3,12 @@
 // have those bytes read as the next response on the kept-alive connection: another client's request would get
 // them. Each case is scripted byte for byte on a raw upstream socket:
 //  a. the bytes come in the same write as the head;
-//  b. they come later, while the connection is idle in the engine's pool.
-// Both close the connection and count as the upstream's error without failing the answer already given.
+//  b. they come later, while the connection is idle in the engine's pool;
+//  c. they come later still, once the connection carries the next request.
+// (a) and (b) close the connection and count as the upstream's error without failing the answer already
+// given. (c) cannot be told from that next request's own answer in general: the bytes are taken as its answer
+// only if they are a valid response head (else a 502), and an answer whose head announces content it may not
+// have (Content-Length or Transfer-Encoding on a 204 or 304) does not give its connection back to the pool.
 import type { Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
@@ -110,4 +114,61 @@ t.test('(b) content written later, while the connection is idle: closed and coun
   const line = await sidecar.process.waitForLog((l) => l['event'] === 'upstream_failed')
   t.equal(line['code'], 'ERR_UPSTREAM_EXTRA_BYTES')
   t.match(String(line['detail']), /idle connection/, 'saying where they came')
+})
+
+t.test('(c) content written once the connection carries the next request', async (t) => {
+  /** per upstream connection: the bytes it writes before its answer to its next request */
+  const strays = new WeakMap<Socket, string>()
+  const bodiless: Record<string, [head: string, later: string]> = {
+    // no framing announced: the bytes can only be judged as a response head, and none of these is one
+    '/c-json': ['HTTP/1.1 204 No Content\r\n\r\n', '{"for":"another client"}\n'],
+    '/c-html': ['HTTP/1.1 304 Not Modified\r\n\r\n', '<html>\r\n\r\n<p>cached page</p></html>'],
+    '/c-partial': ['HTTP/1.1 204 No Content\r\n\r\n', 'not yet a line'],
+    // the head announces content a 204 or 304 never has: the connection is not given another request
+    '/c-204-length': [`HTTP/1.1 204 No Content\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n`, SMUGGLED],
+    '/c-304-length': [`HTTP/1.1 304 Not Modified\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n`, SMUGGLED],
+    '/c-204-chunked': [
+      'HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n',
+      '5\r\nhello\r\n0\r\n\r\n',
+    ],
+  }
+  const up = await scriptedUpstream(t, ({ path, socket }) => {
+    const stray = strays.get(socket)
+    strays.delete(socket)
+    const planned = bodiless[path]
+    if (planned !== undefined) strays.set(socket, planned[1])
+    return (stray ?? '') + (planned?.[0] ?? ok(`fine ${path}`))
+  })
+  const sidecar = await startTestSidecar(t, { upstream: up.url, timeouts: { upstream: '2s' } })
+  for (const path of ['/c-json', '/c-html', '/c-partial']) {
+    t.equal(
+      (await get(`${sidecar.proxyUrl}${path}`)).status,
+      path === '/c-html' ? 304 : 204,
+      `${path}: answered`,
+    )
+    const next = await get(`${sidecar.proxyUrl}/next${path}`)
+    t.equal(next.status, 502, `${path}: the bytes are not a response head: the next request is a 502`)
+    t.notMatch(
+      next.body ?? '',
+      /another client|cached page|not yet/,
+      `${path}: none of them reached a client`,
+    )
+    t.same(
+      await get(`${sidecar.proxyUrl}/then${path}`),
+      { status: 200, body: `fine /then${path}` },
+      `${path}: the one after gets its own answer`,
+    )
+    t.not(connOf(up.seen, `/then${path}`), connOf(up.seen, path), `${path}: on a new connection`)
+  }
+  for (const path of ['/c-204-length', '/c-304-length', '/c-204-chunked']) {
+    // (a 304's Content-Length is passed on: undici as the client reads the body it announces as cut short)
+    const status = path.startsWith('/c-304') ? 304 : 204
+    t.equal((await get(`${sidecar.proxyUrl}${path}`)).status, status, `${path}: answered`)
+    t.same(
+      await get(`${sidecar.proxyUrl}/next${path}`),
+      { status: 200, body: `fine /next${path}` },
+      `${path}: the next request gets its own answer`,
+    )
+    t.not(connOf(up.seen, `/next${path}`), connOf(up.seen, path), `${path}: its connection was not reused`)
+  }
 })
