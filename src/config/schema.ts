@@ -396,8 +396,8 @@ export const configSchema = z.strictObject({
       ),
       unknownKidCooldown: described(
         z._default(duration, 30_000),
-        'a token with an unknown kid, or a signature failing under a known kid, triggers a key refetch at most ' +
-          'this often per issuer',
+        'a token with an unknown kid, or a signature failing under a known kid or without one, triggers a key ' +
+          'refetch at most this often per issuer; a failing HMAC signature a re-read of the secretFile',
       ),
     }),
     {},

@@ -1,7 +1,8 @@
-// Key sources over real HTTP(S): discovery, rotation through unknown kids and through a new key under the same
-// kid, refetch cooldown, outages, custom CA and rotating bearer tokens, local JWKS files, periodic refresh and
-// the key set's Cache-Control max-age.
-import { generateKeyPairSync } from 'node:crypto'
+// Key sources over real HTTP(S): discovery, rotation through unknown kids, through a new key under the same
+// kid and through a new key for tokens without kid, a rotated HMAC secret file, refetch cooldown, outages,
+// custom CA and rotating bearer tokens, local JWKS files, periodic refresh and the key set's Cache-Control
+// max-age.
+import { createHmac, generateKeyPairSync } from 'node:crypto'
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import { createServer as createHttpServer } from 'node:http'
@@ -24,7 +25,7 @@ import {
 } from '../helpers/jwks.ts'
 import { listenUntilTeardown } from '../helpers/net.ts'
 import { createServerPki } from '../helpers/pki.ts'
-import { scratchDir } from '../helpers/scratch.ts'
+import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 
 const conn: ConnectionInfo = { remoteAddress: '127.0.0.1', remotePort: 40000, tls: false }
 
@@ -745,4 +746,223 @@ t.test('unknownKidCooldown: 0 never turns a failing key set into a fetch loop', 
   idp.fault = undefined
   t.equal(await keys.refresh(), true)
   t.equal(keys.nextRefreshInMs, 600_000, 'a good one after refreshInterval')
+})
+
+// An IdP that re-keys and issues tokens without a kid: a token signed with the new key failed as bad_signature
+// against every key of the set until the next refreshInterval, since only a kid (unknown, or known with a
+// failing signature) made the keys be refetched.
+for (const verifyWorkers of [0, 1]) {
+  t.test(
+    `no kid, new key: the first token signed with it verifies (verifyWorkers ${verifyWorkers})`,
+    async (t) => {
+      const oldKey = await createSigningKey('k1')
+      const newKey = await createSigningKey('k2')
+      const forger = await createSigningKey('k3')
+      const idp = await serve(t, [oldKey])
+      const clock = manualClock()
+      const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { verifyWorkers }), {
+        unknownKidCooldownMs: 1000,
+        now: clock.now,
+      })
+      const noKid = { kid: undefined }
+      const mint = (key: SigningKey, n: number) => mintToken(key, { n }, { issuer: idp.url, header: noKid })
+      await x.start()
+      t.match(await verified(x, await mint(oldKey, 0)), { verified: true, kid: undefined })
+      t.equal(idp.hits, 1)
+      if (verifyWorkers > 0) await eventually(() => x.verifyPool().workers === 1, { what: 'a ready worker' })
+      const byWorkers = x.verifyPool().verified
+
+      // the IdP publishes its new key next to the old one and signs with it at once
+      idp.setKeys([oldKey, newKey])
+      clock.advance(1001)
+      t.match(
+        await verified(x, await mint(newKey, 1)),
+        { verified: true, kid: undefined },
+        'the first token signed with the new key verifies',
+      )
+      t.equal(idp.hits, 2, 'after one refetch')
+      t.equal(
+        x.verifyPool().verified - byWorkers,
+        verifyWorkers * 2,
+        verifyWorkers ? 'failed, then verified, by the worker' : 'no worker here',
+      )
+      t.match(await verified(x, await mint(oldKey, 2)), { verified: true }, 'the old key still verifies')
+
+      // forged tokens without kid fail against both keys of the set (jose's several candidates)
+      const burst = async (from: number) => {
+        const tokens = await Promise.all(Array.from({ length: 40 }, (_, i) => mint(forger, from + i)))
+        return Promise.all(tokens.map((tok) => verified(x, tok)))
+      }
+      const bad = (results: unknown[]) =>
+        results.every(
+          (r) => typeof r === 'object' && r !== null && 'reason' in r && r.reason === 'bad_signature',
+        )
+      t.ok(bad(await burst(100)), 'forged tokens without kid fail as bad_signature')
+      t.equal(idp.hits, 2, 'within the cooldown of the last refetch: none')
+      clock.advance(1001)
+      t.ok(bad(await burst(200)), 'still bad_signature after a refetch that brought the same keys')
+      t.equal(idp.hits, 3, 'one refetch for the whole burst')
+      t.ok(bad(await burst(300)), 'and within the cooldown again')
+      t.equal(idp.hits, 3, 'no other refetch within the cooldown')
+      clock.advance(1001)
+      t.ok(bad(await burst(400)))
+      t.equal(idp.hits, 4, 'one refetch per cooldown')
+
+      // the IdP drops the old key; the next forged token's refetch only takes a key away (nothing to verify
+      // it again with), and the old key's tokens fail from then on
+      idp.setKeys([newKey])
+      clock.advance(1001)
+      t.ok(bad(await burst(500)))
+      t.equal(idp.hits, 5)
+      t.match(
+        await verified(x, await mint(oldKey, 3)),
+        { failed: true, reason: 'bad_signature' },
+        'the withdrawn key no longer verifies',
+      )
+      t.match(await verified(x, await mint(newKey, 4)), { verified: true }, 'the new one does')
+    },
+  )
+}
+
+// A token without kid signed with the new key that arrives while a refetch is not allowed fails, and from its
+// second request on its failure is cached: held for a minute, it kept the token failing after the cooldown.
+t.test('no kid, new key: a cached bad_signature lasts no longer than the cooldown', async (t) => {
+  const oldKey = await createSigningKey('k1')
+  const newKey = await createSigningKey('k2')
+  const forger = await createSigningKey('k3')
+  const idp = await serve(t, [oldKey])
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
+    unknownKidCooldownMs: 1000,
+    now: clock.now,
+  })
+  const noKid = { kid: undefined }
+  await x.start()
+  clock.advance(1001)
+  t.match(
+    await verified(x, await mintToken(forger, {}, { issuer: idp.url, header: noKid })),
+    { failed: true, reason: 'bad_signature' },
+    'a forged token makes the keys be refetched',
+  )
+  t.equal(idp.hits, 2, 'refetched once')
+
+  idp.setKeys([newKey])
+  const fresh = await mintToken(newKey, {}, { issuer: idp.url, header: noKid })
+  for (const n of [1, 2])
+    t.match(
+      await verified(x, fresh),
+      { failed: true, reason: 'bad_signature' },
+      `request ${n} within the cooldown: no refetch, the new key is not known yet`,
+    )
+  t.equal(idp.hits, 2, 'no refetch within the cooldown')
+  clock.advance(1001)
+  t.match(
+    await verified(x, fresh),
+    { verified: true, kid: undefined },
+    'once the cooldown is over the token makes the keys be refetched, its cached failure gone',
+  )
+  t.equal(idp.hits, 3, 'refetched once more')
+})
+
+function hs256(claims: Record<string, unknown>, secret: string): string {
+  const part = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url')
+  const input = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ exp: Math.floor(Date.now() / 1000) + 600, ...claims })}`
+  return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`
+}
+
+// A rotated HMAC secret (a mounted Secret the kubelet replaced): the secret file was read again only at the
+// issuer's refreshInterval (10 min by default), so every token signed with the new secret failed until then.
+for (const verifyWorkers of [0, 1]) {
+  t.test(
+    `secretFile rotated: the first token signed with the new secret verifies (verifyWorkers ${verifyWorkers})`,
+    async (t) => {
+      const dir = await scratchDir('hs-rotation')
+      const secretFile = join(dir, 'secret')
+      await writeFile(secretFile, 'the-first-shared-secret\n')
+      const issuer = 'https://hs.rotation.example'
+      const clock = manualClock()
+      const x = extractor(t, jwtConfig([{ issuer, secretFile, algorithms: ['HS256'] }], { verifyWorkers }), {
+        unknownKidCooldownMs: 1000,
+        now: clock.now,
+      })
+      await x.start()
+      const first = hs256({ iss: issuer, sub: 'first' }, 'the-first-shared-secret')
+      for (let i = 0; i < 2; i++)
+        t.match(await verified(x, first), { verified: true, alg: 'HS256' }, 'kept from its second request on')
+
+      await replaceFile(secretFile, 'the-second-shared-secret\n')
+      clock.advance(1001)
+      t.match(
+        await verified(x, hs256({ iss: issuer, sub: 'second' }, 'the-second-shared-secret')),
+        { verified: true, alg: 'HS256' },
+        'the first token signed with the new secret verifies',
+      )
+      t.match(
+        await verified(x, first),
+        { failed: true, reason: 'bad_signature' },
+        'a token of the replaced secret no longer verifies, though its verification was cached',
+      )
+
+      // a re-read within the cooldown of the last one is not allowed: a secret written now is not seen yet
+      await replaceFile(secretFile, 'the-third-shared-secret\n')
+      const third = hs256({ iss: issuer, sub: 'third' }, 'the-third-shared-secret')
+      const forged = Array.from({ length: 40 }, (_, i) => hs256({ iss: issuer, n: i }, 'a-forged-secret'))
+      const answers = await Promise.all(forged.map((tok) => verified(x, tok)))
+      t.ok(
+        answers.every((a) => a !== undefined && 'reason' in a && a.reason === 'bad_signature'),
+        'forged tokens fail as bad_signature',
+      )
+      t.match(
+        await verified(x, third),
+        { failed: true, reason: 'bad_signature' },
+        'no re-read within the cooldown',
+      )
+      clock.advance(1001)
+      // a burst past the cooldown reads the file once: a secret written after that read is not seen
+      const burst = await Promise.all(
+        forged.map((_, i) => verified(x, hs256({ iss: issuer, n: 100 + i }, 'a-forged-secret'))),
+      )
+      t.ok(burst.every((a) => a !== undefined && 'reason' in a && a.reason === 'bad_signature'))
+      await replaceFile(secretFile, 'the-fourth-shared-secret\n')
+      t.match(await verified(x, third), { verified: true }, 'the burst made the file be read again')
+      const fourth = hs256({ iss: issuer, sub: 'fourth' }, 'the-fourth-shared-secret')
+      t.match(
+        await verified(x, fourth),
+        { failed: true, reason: 'bad_signature' },
+        'one read for the whole burst, none since within the cooldown',
+      )
+      clock.advance(1001)
+      t.match(await verified(x, fourth), { verified: true }, 'read again once the cooldown is over')
+      t.equal(x.verifyPool().verified, 0, 'HMAC tokens are verified on the main thread')
+    },
+  )
+}
+
+// A token signed with the new secret that arrives while a re-read is not allowed fails, from its second
+// request on from the cache: held for a minute, it kept failing after the cooldown ended.
+t.test('secretFile rotated: a cached bad_signature lasts no longer than the cooldown', async (t) => {
+  const dir = await scratchDir('hs-rotation-cache')
+  const secretFile = join(dir, 'secret')
+  await writeFile(secretFile, 'the-first-shared-secret')
+  const issuer = 'https://hs.rotation.example'
+  const clock = manualClock()
+  const x = extractor(t, jwtConfig([{ issuer, secretFile, algorithms: ['HS256'] }]), {
+    unknownKidCooldownMs: 1000,
+    now: clock.now,
+  })
+  await x.start()
+  await replaceFile(secretFile, 'the-second-shared-secret')
+  const fresh = hs256({ iss: issuer }, 'the-second-shared-secret')
+  for (const n of [1, 2])
+    t.match(
+      await verified(x, fresh),
+      { failed: true, reason: 'bad_signature' },
+      `request ${n} within the cooldown of the start's read: the new secret is not read yet`,
+    )
+  clock.advance(1001)
+  t.match(
+    await verified(x, fresh),
+    { verified: true, alg: 'HS256' },
+    'once the cooldown is over the token makes the file be read again, its cached failure gone',
+  )
 })

@@ -51,10 +51,11 @@ interface Checked {
   /** unix ms from which a not_yet_valid token verifies (nbf less the clock skew) */
   validFrom?: number
   /**
-   * a bad signature under a kid the key set has: a later refetch may bring a new key under that kid (an IdP
-   * that re-keyed), so the failure holds only as long as the token could not make the keys be refetched
+   * a bad signature a later refetch may verify (a new key under the token's kid or, without a kid, any new
+   * key of an IdP that re-keyed; a rotated secret file): the failure holds only as long as the token could not
+   * make the key set be refetched (`keys`) or the secret file be read again (`secret`)
    */
-  refetchable?: boolean
+  refetch?: 'keys' | 'secret'
 }
 
 interface CachedFailure {
@@ -85,8 +86,9 @@ const CACHE_SPREAD_MS = 60_000
 const FAILURE_CACHE_MS = 5_000
 /**
  * A bad signature stays bad until the issuer's keys change (a reload invalidates the entry); the lifetime only
- * bounds how long a wrong answer could live if the keys changed without a reload being seen. One under a kid
- * the issuer has is kept no longer than the token could not make the keys be refetched (ttlFor).
+ * bounds how long a wrong answer could live if the keys changed without a reload being seen. One that other
+ * keys could verify (a new key, a rotated secret) is kept no longer than the token could not make the keys be
+ * refetched, or the secret file be read again (ttlFor).
  */
 const BAD_SIGNATURE_CACHE_MS = 60_000
 /** bound on cached failures (at most jwt.cacheSize) */
@@ -312,22 +314,17 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const nbf = claims['nbf']
     if (!('source' in result) && result.reason === 'not_yet_valid' && typeof nbf === 'number')
       checked.validFrom = nbf * 1000 - this.clockSkewMs
-    if (
-      !('source' in result) &&
-      result.reason === 'bad_signature' &&
-      typeof header['kid'] === 'string' &&
-      !header['alg'].startsWith('HS')
-    )
-      checked.refetchable = true
+    if (!('source' in result) && result.refetch !== undefined) checked.refetch = result.refetch
     return checked
   }
 
   /**
    * Cache lifetime in ms. Verified: never past exp, 4–5 min at most. Failed: an expired token stays expired
-   * (as long as a verified one is kept); an unknown kid, and a bad signature under a kid the key set has (at
-   * most 1 min), for as long as it could not make the issuer's keys be refetched anyway; any other bad
-   * signature 1 min (both reasons also dropped by a key-set reload, see failed()); other failures 5 s;
-   * failures that say nothing about the token (no keys yet, queue full) not at all.
+   * (as long as a verified one is kept); an unknown kid, and a bad signature other keys of the issuer could
+   * verify (at most 1 min), for as long as it could not make the issuer's keys be refetched (or its secret
+   * file be read again) anyway; any other bad signature 1 min (both reasons also dropped by a key-set reload,
+   * see failed()); other failures 5 s; failures that say nothing about the token (no keys yet, queue full)
+   * not at all.
    */
   private ttlFor(checked: Checked): number {
     const result = checked.result
@@ -335,10 +332,14 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
       const reason = result.reason as FailureReason
       if (NOT_CACHED.has(reason)) return 0
       if (reason === 'expired') return MAX_CACHE_MS
-      if (reason === 'bad_signature')
-        return checked.refetchable && checked.keys
-          ? Math.min(checked.keys.onDemandBlockedForMs(), BAD_SIGNATURE_CACHE_MS)
-          : BAD_SIGNATURE_CACHE_MS
+      if (reason === 'bad_signature') {
+        if (!checked.keys || checked.refetch === undefined) return BAD_SIGNATURE_CACHE_MS
+        const blocked =
+          checked.refetch === 'secret'
+            ? checked.keys.secretRereadBlockedForMs()
+            : checked.keys.onDemandBlockedForMs()
+        return Math.min(blocked, BAD_SIGNATURE_CACHE_MS)
+      }
       // never past the moment the token becomes valid
       if (reason === 'not_yet_valid' && checked.validFrom !== undefined)
         return Math.min(FAILURE_CACHE_MS, checked.validFrom - this.now())

@@ -5,6 +5,11 @@ import type { FailureReason } from '../../types.ts'
 export interface FailureCause {
   reason: FailureReason
   detail: string
+  /**
+   * a bad signature that a change of keys could have verified, so the failure holds only until the token
+   * could make them be fetched again: the issuer's key set (`keys`), or its secret file (`secret`)
+   */
+  refetch?: 'keys' | 'secret'
 }
 
 const CLAIM_REASON: Record<string, FailureCause> = {

@@ -1,7 +1,8 @@
 // Verification keys for one JWT issuer: a JWKS fetched over HTTP(S) (optionally via OIDC discovery, a custom CA
 // and a rotating bearer token), a local JWKS file, and/or an HMAC secret file.
 // The last good key set keeps serving through IdP outages; unknown kids, and signatures that fail under a known
-// kid (an IdP that re-keys under the same kid), trigger a rate-limited refetch.
+// kid or without one (an IdP that re-keyed), trigger a rate-limited refetch; a bad HMAC signature a
+// rate-limited re-read of the secret file (a rotated Secret).
 import { readFile } from 'node:fs/promises'
 import {
   createLocalJWKSet,
@@ -58,8 +59,9 @@ export interface KeySetOptions {
   /** deadline for one HTTP fetch (discovery or key set) */
   fetchTimeoutMs?: number
   /**
-   * minimum gap between refetches triggered by tokens (an unknown kid, a signature failing under a known kid);
-   * also the least time a Cache-Control max-age can bring the next scheduled refresh forward to
+   * minimum gap between refetches triggered by tokens (an unknown kid, a failing signature), and between
+   * re-reads of the secret file triggered by a failing HMAC signature; also the least time a Cache-Control
+   * max-age can bring the next scheduled refresh forward to
    */
   unknownKidCooldownMs?: number
   /** how soon to retry after a failed refresh (capped by the issuer's refreshInterval) */
@@ -144,6 +146,15 @@ export class KeyMemory {
 
   get(source: string): LoadedKeys | undefined {
     return this.loaded.get(source)
+  }
+
+  /**
+   * A secret file read again on demand (IssuerKeySet.rereadSecretOnDemand) changed: a reload starts from it.
+   * Nothing is reported to the pod: secrets never leave the process, and the public keys did not change.
+   */
+  rememberSecret(source: string, secret: Uint8Array): void {
+    const known = this.loaded.get(source)
+    if (known) known.secret = secret
   }
 
   /**
@@ -329,6 +340,9 @@ export class IssuerKeySet {
   private discoveredJwksUri: string | undefined
   private lastAttemptAt = Number.NEGATIVE_INFINITY
   private inflight: Promise<boolean> | undefined
+  /** when the secret file was last read (by a refresh or on demand), for rereadSecretOnDemand's cooldown */
+  private lastSecretReadAt = Number.NEGATIVE_INFINITY
+  private secretInflight: Promise<boolean> | undefined
   private timer: NodeJS.Timeout | undefined
   private closed = false
   private agent: Agent | undefined
@@ -343,6 +357,8 @@ export class IssuerKeySet {
   generation = 0
   /** one more with every load that withdrew keys: a verification begun before it is not to be cached */
   withdrawals = 0
+  /** one more whenever the HMAC secret in use changes: tells a verifier whether a re-read brought another */
+  secretVersion = 0
 
   constructor(cfg: IssuerConfig, opts: KeySetOptions = {}) {
     this.issuer = cfg.issuer
@@ -426,6 +442,53 @@ export class IssuerKeySet {
     return this.refresh()
   }
 
+  /**
+   * A signature failed under the HMAC secret (the secret file may have been rotated: a mounted Secret the
+   * kubelet updated): read the file again, unless it was read within the cooldown (so a flood of forged
+   * HMAC tokens makes at most one read per cooldown). Only the file: the IdP is not asked for keys an HMAC
+   * token does not use. Resolves true when the secret changed; a file that cannot be read keeps the last
+   * good secret (the next scheduled refresh reports it). undefined when no re-read is allowed.
+   */
+  rereadSecretOnDemand(): Promise<boolean> | undefined {
+    if (!this.cfg.secretFile || this.closed) return undefined
+    // a refresh under way reads the file too
+    if (this.inflight) return this.inflight
+    if (this.secretInflight) return this.secretInflight
+    if (this.now() - this.lastSecretReadAt < this.cooldownMs) return undefined
+    this.lastSecretReadAt = this.now()
+    this.secretInflight = this.rereadSecret().finally(() => {
+      this.secretInflight = undefined
+    })
+    return this.secretInflight
+  }
+
+  /** how long from now a bad HMAC signature cannot make the secret file be read again (0: the next one would) */
+  secretRereadBlockedForMs(): number {
+    if (!this.cfg.secretFile) return Number.POSITIVE_INFINITY
+    if (this.inflight || this.secretInflight) return 0
+    return Math.max(0, this.lastSecretReadAt + this.cooldownMs - this.now())
+  }
+
+  private async rereadSecret(): Promise<boolean> {
+    let secret: Uint8Array
+    try {
+      secret = await readSecret(this.cfg.secretFile!)
+    } catch {
+      return false
+    }
+    if (this.closed || (this.secret && Buffer.from(secret).equals(this.secret))) return false
+    const replaced = this.secret !== undefined
+    this.secret = secret
+    this.secretVersion++
+    this.generation++
+    this.memory?.rememberSecret(this.source, secret)
+    if (replaced) {
+      this.withdrawals++
+      this.onWithdrawn?.({ kids: new Set(), anyKey: false, secret: true })
+    }
+    return true
+  }
+
   /** how long from now a token cannot trigger a refetch (refreshOnDemand; 0: the next one would) */
   onDemandBlockedForMs(): number {
     if (!this.hasKeySource) return Number.POSITIVE_INFINITY
@@ -462,11 +525,15 @@ export class IssuerKeySet {
     let unusable: UnusableKeys | undefined
     let maxAgeMs: number | undefined
     if (this.cfg.secretFile) {
+      this.lastSecretReadAt = this.now()
       try {
         const secret = await readSecret(this.cfg.secretFile)
-        if (this.secret && !Buffer.from(secret).equals(this.secret))
-          withdrawn = { kids: new Set(), anyKey: false, secret: true }
-        this.secret = secret
+        const changed = !this.secret || !Buffer.from(secret).equals(this.secret)
+        if (this.secret && changed) withdrawn = { kids: new Set(), anyKey: false, secret: true }
+        if (changed) {
+          this.secret = secret
+          this.secretVersion++
+        }
       } catch (err) {
         secretOk = false
         detail = err

@@ -1,6 +1,7 @@
 // Verifies a token for one configured issuer: algorithm allowlist, audiences, clock skew, and keys from its
 // IssuerKeySet, with one refetch when the token names a kid we have not seen (key rotation) or its signature
-// fails under a kid we have (an IdP that re-keyed under the same kid).
+// fails under a kid we have or without a kid (an IdP that re-keyed under the same kid, or names no kid), and
+// one re-read of the secret file when an HMAC signature fails (a rotated secret).
 import { decodeJwt, decodeProtectedHeader, errors, type JWTPayload } from 'jose'
 import type { IssuerConfig } from '../../config/schema.ts'
 import { ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, type JwtEvidence } from '../../types.ts'
@@ -54,6 +55,9 @@ export function allowedAlgorithms(cfg: IssuerConfig): string[] {
   return configured.filter((alg) => (hmac.includes(alg) ? Boolean(cfg.secretFile) : alg !== 'none'))
 }
 
+/** what a failed signature may be verified with once the issuer's keys are fetched again */
+type Refetch = NonNullable<FailureCause['refetch']>
+
 type Verified = {
   payload: JWTPayload
   protectedHeader: { alg: string; kid?: string | undefined }
@@ -85,6 +89,27 @@ function headerKid(token: string, peeked: UnverifiedToken | undefined): string |
   return typeof kid === 'string' ? kid : undefined
 }
 
+/**
+ * Whether a failed verification is a bad signature that other keys of the issuer could verify: under the
+ * HMAC secret (a rotated secret file), or under the key set without a kid or under a kid the verification
+ * held (an IdP that re-keyed; a kid it did not hold fails as an unknown kid instead).
+ */
+function refetchFor(
+  err: unknown,
+  token: string,
+  peeked: UnverifiedToken | undefined,
+  held: PublicKeys | undefined,
+): Refetch | undefined {
+  if (
+    !(err instanceof errors.JWSSignatureVerificationFailed || err instanceof errors.JWKSMultipleMatchingKeys)
+  )
+    return undefined
+  if (isHmac(headerAlg(token, peeked))) return 'secret'
+  if (held === undefined) return undefined
+  const kid = headerKid(token, peeked)
+  return kid === undefined || held.kids.has(kid) ? 'keys' : undefined
+}
+
 export class IssuerVerifier {
   readonly issuer: string
   readonly keys: IssuerKeySet
@@ -95,6 +120,8 @@ export class IssuerVerifier {
   private readonly algorithmList: string[]
   private readonly now: () => number
   private readonly pool: VerifyPool | undefined
+  /** the last answer of brought(): every token that failed before one refetch asks about the same two sets */
+  private compared: { held: PublicKeys; current: PublicKeys; brought: boolean } | undefined
 
   constructor(cfg: IssuerConfig, opts: VerifierOptions) {
     this.issuer = cfg.issuer
@@ -131,14 +158,23 @@ export class IssuerVerifier {
     peer = '',
     peeked?: UnverifiedToken,
   ): Promise<JwtEvidence | FailureCause> {
+    let refetch: Refetch | undefined
     try {
       let verified: Verified
       // the keys the verification runs with: a failure is retried only with other keys than these
       const held = this.keys.publicKeys
+      const heldSecret = this.keys.secretVersion
       try {
         verified = await this.verifyOnce(token, peer, peeked)
       } catch (err) {
-        if (!(await this.keysChanged(err, token, peeked, held))) throw err
+        if (err instanceof errors.JWKSNoMatchingKey) {
+          const refetched = this.keys.refreshOnDemand()
+          if (!refetched || !(await refetched)) throw err
+        } else {
+          refetch = refetchFor(err, token, peeked, held)
+          if (refetch === undefined || !(await this.keysChanged(refetch, token, peeked, held, heldSecret)))
+            throw err
+        }
         verified = await this.verifyOnce(token, peer, peeked)
       }
       const { payload, protectedHeader } = verified
@@ -160,43 +196,54 @@ export class IssuerVerifier {
       if (err instanceof errors.JWKSNoMatchingKey && !this.keys.hasKeysFor(headerAlg(token, peeked))) {
         return { reason: 'keys_unavailable', detail: "the issuer's keys have not been fetched yet" }
       }
-      return failureCause(err)
+      const cause = failureCause(err)
+      if (refetch !== undefined && cause.reason === 'bad_signature') cause.refetch = refetch
+      return cause
     }
   }
 
   /**
-   * After a failed verification: whether the issuer's keys may now verify the token, after one refetch
-   * (rate limited by the key set: a flood of random kids or forged signatures makes at most one per cooldown).
-   * A kid the key set does not have: the issuer may have rotated to a new kid. A signature that fails under a
-   * kid it has: the issuer may have put a new key under the same kid; worth verifying again only when the
-   * keys under that kid are no longer those the verification used (a refetch that brought the same key, or
-   * none allowed, leaves a forged signature as it was).
+   * After a bad signature that a change of keys could verify (refetchFor): whether the issuer's keys may now
+   * verify the token, after one refetch of the key set or re-read of the secret file (each rate limited by
+   * the key set: a flood of forged signatures makes at most one per cooldown). Worth verifying again only
+   * when the keys the signature could be checked with are no longer those the verification used (a refetch
+   * that brought the same keys, or none allowed, leaves a forged signature as it was): the secret; the keys
+   * under the token's kid; for a token without kid, any key the held set did not have.
    */
   private async keysChanged(
-    err: unknown,
+    refetch: Refetch,
     token: string,
     peeked: UnverifiedToken | undefined,
     held: PublicKeys | undefined,
+    heldSecret: number,
   ): Promise<boolean> {
-    if (err instanceof errors.JWKSNoMatchingKey) {
-      const refetch = this.keys.refreshOnDemand()
-      return refetch !== undefined && (await refetch)
+    if (refetch === 'secret') {
+      const reread = this.keys.rereadSecretOnDemand()
+      if (reread) await reread
+      return this.keys.secretVersion !== heldSecret
     }
-    if (
-      !(
-        err instanceof errors.JWSSignatureVerificationFailed || err instanceof errors.JWKSMultipleMatchingKeys
-      )
-    )
-      return false
-    const kid = headerKid(token, peeked)
-    if (kid === undefined || !held?.kids.has(kid) || isHmac(headerAlg(token, peeked))) return false
-    const refetch = this.keys.refreshOnDemand()
-    if (refetch) await refetch
+    const refetched = this.keys.refreshOnDemand()
+    if (refetched) await refetched
     // no refetch allowed and none landed meanwhile: the cheap answer a flood of forged signatures gets
     const current = this.keys.publicKeys
-    if (current === held) return false
+    if (current === undefined || held === undefined || current === held) return false
+    const kid = headerKid(token, peeked)
+    if (kid === undefined) return this.brought(held, current)
     const after = keysNamed(current, kid)
     return after !== undefined && after !== keysNamed(held, kid)
+  }
+
+  /**
+   * Whether `current` has a key `held` had not, which a token without kid may have been signed with. Every
+   * token that failed before a refetch asks this of the same two sets: answered once per refetch.
+   */
+  private brought(held: PublicKeys, current: PublicKeys): boolean {
+    const last = this.compared
+    if (last?.held === held && last.current === current) return last.brought
+    const before = new Set(held.jwks.map((k) => JSON.stringify(k)))
+    const brought = current.jwks.some((k) => !before.has(JSON.stringify(k)))
+    this.compared = { held, current, brought }
+    return brought
   }
 
   private async verifyOnce(token: string, peer: string, peeked?: UnverifiedToken): Promise<Verified> {
