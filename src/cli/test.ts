@@ -6,9 +6,14 @@ import { dirname, resolve } from 'node:path'
 import * as z from 'zod/mini'
 import { formatDiagnostic } from '../config/diagnostics.ts'
 import { decodeText, loadConfigFile } from '../config/loader.ts'
-import { type Config, described } from '../config/schema.ts'
+import { type Config, described, forwardedCertFormat } from '../config/schema.ts'
 import { parseYamlWith } from '../config/yaml-schema.ts'
-import { type CertFields, certEvidenceFromFields, commonName } from '../identity/certificate.ts'
+import {
+  type CertFields,
+  certEvidenceFromFields,
+  commonName,
+  type ForwardedVia,
+} from '../identity/certificate.ts'
 import { xfccCertFields } from '../identity/forwarded/xfcc.ts'
 import { apiKeyEvidence } from '../identity/sources/apikey.ts'
 import { TrustedForwarders, untrustedForwarder } from '../identity/sources/forwarded-cert.ts'
@@ -23,6 +28,7 @@ import type {
   ConnectionInfo,
   EvidenceSet,
   Failure,
+  ForwardedCertFormat,
   Identity,
   JwtEvidence,
   PolicyDecision,
@@ -50,19 +56,31 @@ export const ruleTestFileSchema = z.strictObject({
           /** verified token claims: iss, sub, and any other claim (nested objects allowed) */
           jwt: z.optional(z.looseObject({ iss: z.string() })),
           cert: z.optional(
-            z.strictObject({
-              spiffe: z.optional(z.string()),
-              uri: z.optional(stringList),
-              dns: z.optional(stringList),
-              subject: z.optional(z.string()),
-              sha256: z.optional(z.string()),
-              /**
-               * in an XFCC header from the peer (remoteAddr) instead of presented over mTLS: believed only when
-               * forwardedClientCert.trustedProxies trusts that peer for the xfcc format, as on the live proxy
-               */
-              forwarded: z._default(z.boolean(), false),
-              verified: z._default(z.boolean(), true),
-            }),
+            z
+              .strictObject({
+                spiffe: z.optional(z.string()),
+                uri: z.optional(stringList),
+                dns: z.optional(stringList),
+                subject: z.optional(z.string()),
+                sha256: z.optional(z.string()),
+                /**
+                 * in a forwarded-certificate header from the peer (remoteAddr) instead of presented over mTLS:
+                 * believed only when forwardedClientCert.trustedProxies trusts that peer for the header's format,
+                 * as on the live proxy
+                 */
+                forwarded: z._default(z.boolean(), false),
+                format: described(
+                  z.optional(forwardedCertFormat),
+                  'the header a forwarded certificate arrives in (default: the one format forwardedClientCert trusts remoteAddr for, else xfcc)',
+                ),
+                verified: z._default(z.boolean(), true),
+              })
+              .check(
+                z.refine(
+                  (c) => c.format === undefined || c.forwarded,
+                  'format is the header a forwarded certificate arrives in: set forwarded: true',
+                ),
+              ),
           ),
           apiKey: described(z.optional(z.string()), 'name of a configured api key'),
         }),
@@ -120,32 +138,31 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
       addCredential(ev, sourceNamed('jwt'), jwt)
     }
   }
-  // a forwarded case is an XFCC header, which the live proxy reads only from a peer trusted for that format
-  const forwarder =
-    r.cert?.forwarded === true
-      ? new TrustedForwarders(config.forwardedClientCert).formatFor(r.remoteAddr)
-      : undefined
-  if (r.cert?.forwarded === true && forwarder !== 'xfcc') {
-    ev.failures.push(untrustedForwarder(r.remoteAddr, forwarder))
-  } else if (r.cert) {
+  if (r.cert) {
     const c = r.cert
-    const uriSans = [...(c.spiffe ? [c.spiffe] : []), ...asList(c.uri)]
-    const dnsSans = asList(c.dns)
-    const sha256 = c.sha256?.toLowerCase() ?? sha256Hex(JSON.stringify(c))
-    // a forwarded subject is written as the proxy's XFCC Subject is, and read as the live proxy reads that
-    // (one that names nothing is a malformed XFCC, not a certificate without a CN); an mTLS one as the audit
-    // trail shows it (DER order)
-    const cn = c.subject && !c.forwarded ? commonName(c.subject) : undefined
-    const fields: CertFields | Failure = c.forwarded
-      ? xfccCertFields(c.subject || undefined, uriSans, dnsSans, sha256)
-      : { dnsSans, uriSans, sha256, ...(c.subject ? { subject: c.subject } : {}), ...(cn ? { cn } : {}) }
-    const source = c.forwarded ? 'xfcc' : 'mtls'
-    const cert =
-      'failed' in fields
-        ? fields
-        : certEvidenceFromFields(fields, source, c.verified, c.forwarded ? 'xfcc' : undefined)
-    if ('failed' in cert) ev.failures.push(cert)
-    else addCredential(ev, sourceNamed(source), cert)
+    const format = c.forwarded ? forwardedFormat(config, r.remoteAddr, c.format) : undefined
+    if (format !== undefined && 'failed' in format) {
+      ev.failures.push(format)
+    } else {
+      const uriSans = [...(c.spiffe ? [c.spiffe] : []), ...asList(c.uri)]
+      const dnsSans = asList(c.dns)
+      const sha256 = c.sha256?.toLowerCase() ?? sha256Hex(JSON.stringify(c))
+      // an XFCC subject is written as the proxy's Subject is, and read as the live proxy reads that (one that
+      // names nothing is a malformed XFCC, not a certificate without a CN); the other formats carry the
+      // certificate itself, so their subject is the certificate's, in DER order, as over mTLS
+      const xfcc = format?.format === 'xfcc'
+      const cn = c.subject && !xfcc ? commonName(c.subject) : undefined
+      const fields: CertFields | Failure = xfcc
+        ? xfccCertFields(c.subject || undefined, uriSans, dnsSans, sha256)
+        : { dnsSans, uriSans, sha256, ...(c.subject ? { subject: c.subject } : {}), ...(cn ? { cn } : {}) }
+      const source = format ? 'xfcc' : 'mtls'
+      const cert =
+        'failed' in fields
+          ? fields
+          : certEvidenceFromFields(fields, source, c.verified, format && FORWARDED_VIA[format.format])
+      if ('failed' in cert) ev.failures.push(cert)
+      else addCredential(ev, sourceNamed(source), cert)
+    }
   }
   if (r.apiKey !== undefined) {
     const key = config.apiKeys.keys.find((k) => k.name === r.apiKey)
@@ -165,6 +182,29 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
   // a blank User-Agent says nothing, as on the live proxy
   if (uaEvidence && uaEvidence.ua !== '') addCredential(ev, sourceNamed('useragent'), uaEvidence)
   return ev
+}
+
+/** what the live proxy's parser of each format records a certificate as forwarded by */
+const FORWARDED_VIA: Record<ForwardedCertFormat, ForwardedVia> = {
+  xfcc: 'xfcc',
+  rfc9440: 'client-cert',
+  alb: 'alb',
+  nginx: 'nginx',
+}
+
+/**
+ * The format of a forwarded case's header, or the live proxy's failure for it. The header is the case's
+ * `format`, else the one the peer is trusted for (a case stands for what the proxy in front sends), else XFCC;
+ * the live proxy believes it only from a peer trusted for that very format.
+ */
+function forwardedFormat(
+  config: Config,
+  peer: string,
+  given: ForwardedCertFormat | undefined,
+): { format: ForwardedCertFormat } | Failure {
+  const trusted = new TrustedForwarders(config.forwardedClientCert).formatFor(peer)
+  const format = given ?? trusted ?? 'xfcc'
+  return format === trusted ? { format } : untrustedForwarder(peer, trusted)
 }
 
 function headerValue(headers: Record<string, string>, name: string): string | undefined {

@@ -1,7 +1,7 @@
-// A rule test case with a forwarded certificate is an XFCC header from its remoteAddr (127.0.0.1 unless
-// given). The live proxy believes one only from a peer forwardedClientCert.trustedProxies trusts for the xfcc
-// format: from anyone else, or from a proxy trusted for another format, it is an `untrusted_forwarder`
-// failure and the request is attributed by its other credentials. A case used to name the certificate
+// A rule test case with a forwarded certificate in XFCC (`format: xfcc`) is an XFCC header from its remoteAddr
+// (127.0.0.1 unless given). The live proxy believes one only from a peer forwardedClientCert.trustedProxies
+// trusts for the xfcc format: from anyone else, or from a proxy trusted for another format, it is an
+// `untrusted_forwarder` failure and the request is attributed by its other credentials. A case used to name the certificate
 // whatever its peer, so a rule test passed on a request the live proxy attributes to its user agent.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -73,7 +73,8 @@ t.test('a forwarded certificate case gets the answer the live proxy gives its pe
   )
 
   // the same requests as rule test cases, run by the CLI on the config the sidecar runs
-  const cert = { subject: 'CN=worker,O=acme', dns: [DNS], sha256: SHA256, forwarded: true }
+  // the live requests carry XFCC: without `format`, a case from the nginx proxy would stand for its header
+  const cert = { subject: 'CN=worker,O=acme', dns: [DNS], sha256: SHA256, forwarded: true, format: 'xfcc' }
   const tests: { name: string; request: Record<string, unknown>; expect: Record<string, unknown> }[] =
     PEERS.map(({ label, address }, i) => ({
       name: `from ${label}, as live`,
