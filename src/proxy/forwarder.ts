@@ -3,7 +3,7 @@
 // response: no intermediate streams, no buffering, backpressure through the engine's pause/resume.
 // Requests go through our own connection pool (h1-pool.ts), websocket upgrades through undici's.
 import { createHash } from 'node:crypto'
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { ConnectionOptions } from 'node:tls'
@@ -177,6 +177,29 @@ export function cutResponse(res: ServerResponse): void {
 
 /** the status message of a gRPC call the proxy ends at its own `grpc-timeout` */
 export const DEADLINE_MESSAGE = 'deadline exceeded'
+
+/**
+ * The `grpc-timeout` of a gRPC-Web call, ms, which the HTTP/1.1 forwarders end themselves (an HTTP/1.1
+ * upstream has no stream to cancel at the deadline); undefined for any other request or a malformed value.
+ */
+export function webCallDeadline(headers: IncomingHttpHeaders): number | undefined {
+  return headers['grpc-timeout'] !== undefined && isGrpcWeb(headers) ? grpcTimeoutMs(headers) : undefined
+}
+
+/**
+ * Starts the timer of a gRPC call's own deadline: `ms` (its `grpc-timeout`) counted from `receivedAt`, its
+ * arrival, as its client counts it. A deadline past what a timer holds (about 24.8 days) would fire at once:
+ * it is left to the client and the upstream, as if none were set (undefined).
+ */
+export function callDeadlineTimer<A>(
+  ms: number,
+  receivedAt: number,
+  passed: (arg: A) => void,
+  arg: A,
+): NodeJS.Timeout | undefined {
+  const left = ms - (performance.now() - receivedAt)
+  return left <= MAX_TIMER_MS ? setTimeout(passed, Math.max(0, left), arg) : undefined
+}
 
 /**
  * Ends a gRPC call whose response already started with `code`: in trailers, or for a gRPC-Web call
@@ -391,8 +414,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
    * deadline past what a timer holds is left to the client and the upstream.
    */
   watchDeadline(ms: number, receivedAt: number): void {
-    const left = ms - (performance.now() - receivedAt)
-    if (left <= MAX_TIMER_MS) this.deadline = setTimeout(callDeadlinePassed, Math.max(0, left), this)
+    this.deadline = callDeadlineTimer(ms, receivedAt, callDeadlinePassed, this)
   }
 
   /**
@@ -846,9 +868,8 @@ export class Http1Forwarder implements Forwarder {
     listener: ForwardListener,
   ): void {
     const call = new ResponseCall(res, listener, this.options.bodyTimeout, this.options.failed)
-    const deadline = req.headers['grpc-timeout'] !== undefined ? grpcTimeoutMs(req.headers) : undefined
-    if (deadline !== undefined && isGrpcWeb(req.headers))
-      call.watchDeadline(deadline, target.receivedAt ?? performance.now())
+    const deadline = webCallDeadline(req.headers)
+    if (deadline !== undefined) call.watchDeadline(deadline, target.receivedAt ?? performance.now())
     const body = hasBody(req) ? req : null
     const engine = this.enginePool(target)
     if (engine !== undefined) {

@@ -17,8 +17,8 @@ import {
 import { isIP } from 'node:net'
 import { type ConnectionOptions, type SecureContextOptions, connect as tlsConnect } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
-import { MAX_TIMER_MS } from '../util/duration.ts'
 import {
+  callDeadlineTimer,
   clientStreamGone,
   connectTimeoutMs,
   cutResponse,
@@ -515,10 +515,10 @@ export class Http2Forwarder {
           else fail('connect', notEstablished(current))
         }, this.options.headersTimeout),
       )
-      // a deadline past what a timer holds (about 24.8 days, `2592000S` is 30) would fire at once: it is
-      // left to the client and the upstream, as if none were set
-      if (deadline !== undefined && deadline <= MAX_TIMER_MS)
-        timers.push(setTimeout(deadlinePassed, Math.max(0, deadline - (performance.now() - deadlineFrom))))
+      if (deadline !== undefined) {
+        const timer = callDeadlineTimer(deadline, deadlineFrom, deadlinePassed, undefined)
+        if (timer !== undefined) timers.push(timer)
+      }
       if (withBody) {
         replay = []
         req.pipe(first)

@@ -15,15 +15,20 @@ import type { Socket } from 'node:net'
 import type { ConnectionOptions, TLSSocket } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
+  callDeadlineTimer,
   connectTimeoutMs,
   cutResponse,
+  DEADLINE_MESSAGE,
+  endCallWithStatus,
   type ForwardResult,
   type ForwardTarget,
   responseBlocked,
   responseDrained,
   type UpstreamFailed,
+  webCallDeadline,
 } from './forwarder.ts'
-import { grpcWebResponse } from './grpc-web.ts'
+import { GRPC, sendGrpcStatus } from './grpc.ts'
+import { type GrpcWebStatusReader, grpcWebResponse } from './grpc-web.ts'
 import { answersWithoutContent, UpstreamError } from './h1-pool.ts'
 import {
   announcedTrailers,
@@ -124,7 +129,10 @@ export class NodeHttpForwarder {
       let headersTimer: NodeJS.Timeout | undefined
       let bodyTimer: NodeJS.Timeout | undefined
       let connectTimer: NodeJS.Timeout | undefined
+      let deadlineTimer: NodeJS.Timeout | undefined
       let grpcStatus: number | undefined
+      /** gRPC-Web calls: reads the status from the response body's trailer frame */
+      let grpcWeb: GrpcWebStatusReader | undefined
 
       // explicit: node:http frames a GET or DELETE body by connection close unless told to chunk it
       const out: UpstreamHeaders = { ...headers, 'transfer-encoding': 'chunked' }
@@ -137,6 +145,7 @@ export class NodeHttpForwarder {
         clearTimeout(headersTimer)
         clearTimeout(bodyTimer)
         clearTimeout(connectTimer)
+        clearTimeout(deadlineTimer)
         res.off('close', onClientClose)
         // a body the upstream no longer takes is read and discarded, so the client connection is not left
         // stalled: also when the upstream answered before it ended, since node:http never signals 'drain' on a
@@ -172,6 +181,30 @@ export class NodeHttpForwarder {
         settle(undefined, true)
       }
 
+      /**
+       * A gRPC-Web call's own `grpc-timeout` passed, as on the HTTP/1.1 engine (forwarder.ts ResponseCall): its
+       * client gets DEADLINE_EXCEEDED as a gRPC-Web answer (trailers-only, or a trailer frame once the upstream
+       * answered) and the upstream request is let go. The deadline is the client's: no upstream error.
+       */
+      const deadlinePassed = () => {
+        deadlineTimer = undefined
+        if (settled) return
+        if (clientGone || res.destroyed) {
+          onClientClose()
+          return
+        }
+        if (!res.headersSent) {
+          if (!sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)) {
+            onClientClose()
+            return
+          }
+          status = 200
+          grpcStatus = GRPC.DEADLINE_EXCEEDED
+        } else grpcStatus = endCallWithStatus(res, grpcWeb, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, status)
+        if (up && !up.destroyed) up.destroy()
+        settle()
+      }
+
       let up: ClientRequest | undefined
       try {
         up = request({
@@ -194,6 +227,9 @@ export class NodeHttpForwarder {
       }
       const upReq = up
       res.on('close', onClientClose)
+      const deadline = webCallDeadline(req.headers)
+      if (deadline !== undefined)
+        deadlineTimer = callDeadlineTimer(deadline, target.receivedAt ?? started, deadlinePassed, undefined)
 
       // undici's headers deadline: counted from dispatch, restarted when the upstream stops reading the
       // body and when the body is complete; a client still uploading at its own pace does not trip it
@@ -295,7 +331,7 @@ export class NodeHttpForwarder {
           upRes.resume()
           return
         }
-        const grpcWeb = grpcWebResponse(req.headers, headers)
+        grpcWeb = grpcWebResponse(req.headers, headers)
         // undici's body deadline: the longest silence of the upstream while the client is reading
         const onBodyTimeout = () => fail('timeout', new UpstreamError('body timeout', 'UND_ERR_BODY_TIMEOUT'))
         bodyTimer = setTimeout(onBodyTimeout, o.bodyTimeout)

@@ -31,20 +31,37 @@ interface RawAnswer {
   complete: boolean
 }
 
-/** One POST on its own connection, read until the proxy closes it (`connection: close`). */
+/**
+ * One POST on its own connection, read until the proxy closes it (`connection: close`). With `trailers`, the
+ * body goes chunked, announced in a Trailer header and followed by that trailer section.
+ */
 async function post(
   port: number,
   path: string,
   headers: Record<string, string>,
   body: Buffer,
+  trailers?: Record<string, string>,
 ): Promise<RawAnswer> {
   const socket = connect(port, '127.0.0.1')
   const chunks: Buffer[] = []
   socket.on('data', (c: Buffer) => chunks.push(c))
   socket.on('error', () => {})
-  let head = `POST ${path} HTTP/1.1\r\nhost: grpc.test\r\nconnection: close\r\ncontent-length: ${body.length}\r\n`
+  let head = `POST ${path} HTTP/1.1\r\nhost: grpc.test\r\nconnection: close\r\n`
+  if (trailers === undefined) head += `content-length: ${body.length}\r\n`
+  else head += `transfer-encoding: chunked\r\ntrailer: ${Object.keys(trailers).join(', ')}\r\n`
   for (const [name, value] of Object.entries(headers)) head += `${name}: ${value}\r\n`
-  socket.write(Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), body]))
+  if (trailers === undefined) socket.write(Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), body]))
+  else {
+    let end = '\r\n0\r\n'
+    for (const [name, value] of Object.entries(trailers)) end += `${name}: ${value}\r\n`
+    socket.write(
+      Buffer.concat([
+        Buffer.from(`${head}\r\n${body.length.toString(16)}\r\n`, 'latin1'),
+        body,
+        Buffer.from(`${end}\r\n`, 'latin1'),
+      ]),
+    )
+  }
   await once(socket, 'close')
   const raw = Buffer.concat(chunks)
   const end = raw.indexOf('\r\n\r\n')
@@ -274,6 +291,101 @@ t.test('a gRPC-Web call to an HTTP/1.1 upstream is ended at its grpc-timeout', a
   )
   t.equal(metricValue(await scrape(sidecar.adminUrl), 'nhi_upstream_errors_total'), 0, 'no upstream error')
 })
+
+t.test(
+  'a gRPC-Web call with request trailers to an HTTP/1.1 upstream is ended at its grpc-timeout',
+  async (t) => {
+    // a chunked body that announces trailers is forwarded by node:http, not by the HTTP/1.1 engine (which
+    // drops request trailers): the trailer reaching the upstream shows which path the call took
+    const started = frame(0, Buffer.from('\n\x05hello'))
+    const seen = new Map<string, { grpcTimeout?: string; trailers: string[] }>()
+    const aborted: string[] = []
+    const up = createServer((req: IncomingMessage, res: ServerResponse) => {
+      const path = req.url ?? ''
+      const timeout = req.headers['grpc-timeout']
+      req.on('end', () =>
+        seen.set(path, {
+          trailers: req.rawTrailers,
+          ...(typeof timeout === 'string' ? { grpcTimeout: timeout } : {}),
+        }),
+      )
+      req.resume()
+      res.on('close', () => {
+        if (!res.writableFinished) aborted.push(path)
+      })
+      if (path === '/demo.Echo/Streaming') {
+        res.writeHead(200, { 'content-type': 'application/grpc-web+proto' })
+        res.write(started)
+      }
+    })
+    const upPort = await listenUntilTeardown(t, up)
+    // the upstream deadlines are far past the call's: an answer at the call's deadline is the proxy's doing
+    const sidecar = await startBin(t, {
+      upstream: `http://127.0.0.1:${upPort}`,
+      timeouts: { upstream: '5s', idle: '5s' },
+    })
+    const port = Number(new URL(sidecar.proxyUrl).port)
+    const call = (path: string, type: string) =>
+      post(
+        port,
+        path,
+        { 'content-type': type, 'x-grpc-web': '1', 'grpc-timeout': '500m' },
+        requestBody(type.includes('-text'), false),
+        { 'x-checksum': 'abc123' },
+      )
+
+    const sentAt = performance.now()
+    const silent = await call('/demo.Echo/Silent', 'application/grpc-web-text+proto')
+    const waited = performance.now() - sentAt
+    t.equal(
+      seen.get('/demo.Echo/Silent')?.trailers.join(': '),
+      'x-checksum: abc123',
+      'the trailer went upstream',
+    )
+    // as gRPC's protocol spells a grpc-timeout: up to 8 digits and a unit
+    const forwarded = /^(\d{1,8})([HMSmun])$/.exec(seen.get('/demo.Echo/Silent')?.grpcTimeout ?? '')
+    const unitMs: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 }
+    const left = forwarded ? Number(forwarded[1]) * unitMs[forwarded[2]!]! : Number.NaN
+    t.ok(left > 0 && left <= 500, `the upstream was given what the deadline had left (${left} ms)`)
+    t.ok(waited < 3000, `answered at the call's deadline, not the upstream's (${Math.round(waited)} ms)`)
+    t.equal(silent.status, 200, 'no answer yet: HTTP 200')
+    t.equal(silent.headers['content-type'], 'application/grpc-web-text+proto', 'in the call variant')
+    const silentCall = readGrpcWeb(silent, true)
+    t.equal(silentCall.status, '4', 'no answer yet: DEADLINE_EXCEEDED, trailers-only')
+    t.equal(silentCall.trailerFrame, undefined, 'in the header section')
+
+    const streaming = await call('/demo.Echo/Streaming', 'application/grpc-web+proto')
+    t.equal(
+      seen.get('/demo.Echo/Streaming')?.trailers.join(': '),
+      'x-checksum: abc123',
+      'the trailer went upstream',
+    )
+    t.equal(streaming.status, 200)
+    t.ok(streaming.complete, 'answered: the response is ended, not cut')
+    const streamingCall = readGrpcWeb(streaming, false)
+    t.same(streamingCall.messages, [started.subarray(5)], "the upstream's message reaches the client")
+    t.equal(streamingCall.trailerFrame?.['grpc-status'], '4', 'then DEADLINE_EXCEEDED in a trailer frame')
+
+    await eventually(
+      () => aborted.includes('/demo.Echo/Silent') && aborted.includes('/demo.Echo/Streaming'),
+      {
+        what: 'both upstream requests let go at the deadline',
+        timeoutMs: 3000,
+      },
+    )
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_grpc_requests_total') >= 2,
+      'both calls counted',
+    )
+    t.equal(
+      metricValue(samples, 'nhi_grpc_requests_total', { grpc_status: '4' }),
+      2,
+      'recorded DEADLINE_EXCEEDED',
+    )
+    t.equal(metricValue(samples, 'nhi_upstream_errors_total'), 0, 'no upstream error')
+  },
+)
 
 t.test(
   'a gRPC-Web call its upstream cuts after a whole frame ends with UNAVAILABLE in a trailer frame',
