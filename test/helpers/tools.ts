@@ -133,7 +133,7 @@ export function offlineKubectl(): { args: string[]; env: NodeJS.ProcessEnv; dir:
   return { args: [`--cache-dir=${cache}`], env: { KUBECONFIG: kubeconfig }, dir }
 }
 
-/** Metric names of docs/reference.md "Metrics" plus our documented additions the alerts use (job interval, audit drops, attribution errors, TLS rotations and certificate dates). */
+/** Metric names of docs/reference.md "Metrics" plus our documented additions the alerts use (job interval, audit drops, attribution errors, TLS rotations and certificate dates, stale workers). */
 export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_requests_total',
   'nhi_request_duration_seconds',
@@ -164,6 +164,7 @@ export const SPEC_METRICS: ReadonlySet<string> = new Set([
   'nhi_config_reloads_total',
   'nhi_config_last_reload_success_timestamp_seconds',
   'nhi_build_info',
+  'nhi_worker_metrics_stale',
 ])
 
 /** nhi_* metric names referenced in PromQL text (histogram suffixes folded onto the family). */

@@ -32,6 +32,7 @@ t.test('every alert the chart promises is defined', async (t) => {
     'NhiJwksRefreshFailing',
     'NhiTlsCertificateExpiring',
     'NhiTlsRotationFailing',
+    'NhiWorkerMetricsStale',
   ])
   for (const r of rules) {
     const unknown = metricNamesIn(r.expr).filter((m) => !SPEC_METRICS.has(m))
@@ -42,7 +43,7 @@ t.test('every alert the chart promises is defined', async (t) => {
 t.test('promtool check rules', { skip: skipPromtool }, async (t) => {
   const r = await run(promtool!, ['check', 'rules', RULES])
   t.equal(r.code, 0, r.stdout + r.stderr)
-  t.match(r.stdout, /SUCCESS: 11 rules found/)
+  t.match(r.stdout, /SUCCESS: 12 rules found/)
 })
 
 t.test(
@@ -76,6 +77,9 @@ t.test('the unit tests catch a broken rule', { skip: skipPromtool }, async (t) =
     ['(rate(nhi_auth_failures_total[5m])) > 0.5', '(rate(nhi_auth_failures_total[5m])) > 0'],
     ['[10m])) > 0', '[10m])) > 10'],
     ['<= 900)', '<= 90000)'],
+    // a stale worker's `for` is pinned both ways: shorter fires on a stall the watchdog ends, longer too late
+    ['(nhi_worker_metrics_stale) > 0\n        for: 2m', '(nhi_worker_metrics_stale) > 0\n        for: 1m'],
+    ['(nhi_worker_metrics_stale) > 0\n        for: 2m', '(nhi_worker_metrics_stale) > 0\n        for: 3m'],
   ]
   for (const [from, to] of mutations) {
     t.ok(source.includes(from), `rule text contains ${from}`)
