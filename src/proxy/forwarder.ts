@@ -177,6 +177,8 @@ export function cutResponse(res: ServerResponse): void {
 
 /** the status message of a gRPC call the proxy ends at its own `grpc-timeout` */
 export const DEADLINE_MESSAGE = 'deadline exceeded'
+/** the status message of a gRPC call whose upstream failed after its response started */
+export const UPSTREAM_RESET_MESSAGE = 'upstream reset the call'
 
 /**
  * The `grpc-timeout` of a gRPC-Web call, ms, which the HTTP/1.1 forwarders end themselves (an HTTP/1.1
@@ -548,7 +550,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
           this.res,
           this.grpcWeb,
           GRPC.UNAVAILABLE,
-          'upstream reset the call',
+          UPSTREAM_RESET_MESSAGE,
           this.status,
         )
       else cutResponse(this.res)

@@ -31,6 +31,7 @@ import {
   responseBlocked,
   responseDrained,
   type TunnelIdle,
+  UPSTREAM_RESET_MESSAGE,
   type UpstreamFailed,
 } from './forwarder.ts'
 import {
@@ -273,7 +274,7 @@ export class Http2Forwarder {
         if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
         if (status !== 0) {
           if (grpc) {
-            grpcStatus = endCallWithStatus(res, grpcWeb, GRPC.UNAVAILABLE, 'upstream reset the call', status)
+            grpcStatus = endCallWithStatus(res, grpcWeb, GRPC.UNAVAILABLE, UPSTREAM_RESET_MESSAGE, status)
           } else cutResponse(res)
         }
         settle(reason)

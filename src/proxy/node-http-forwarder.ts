@@ -24,6 +24,7 @@ import {
   type ForwardTarget,
   responseBlocked,
   responseDrained,
+  UPSTREAM_RESET_MESSAGE,
   type UpstreamFailed,
   webCallDeadline,
 } from './forwarder.ts'
@@ -164,13 +165,18 @@ export class NodeHttpForwarder {
 
       /**
        * before response headers nothing was written and the caller answers 502/504; after, the response is
-       * cut. `err`, why, goes to the operator's log (`failed`)
+       * cut, or a gRPC-Web call ends with UNAVAILABLE its client reads, as on the HTTP/1.1 engine. `err`, why,
+       * goes to the operator's log (`failed`)
        */
       const fail = (reason: UpstreamErrorReason, err?: unknown) => {
         if (settled) return
         if (err !== undefined) o.failed?.(reason, err)
         if (up && !up.destroyed) up.destroy()
-        if (status !== 0 && !res.writableFinished) cutResponse(res)
+        if (status !== 0 && !res.writableFinished) {
+          if (grpcWeb !== undefined)
+            grpcStatus = endCallWithStatus(res, grpcWeb, GRPC.UNAVAILABLE, UPSTREAM_RESET_MESSAGE, status)
+          else cutResponse(res)
+        }
         settle(reason)
       }
 

@@ -391,29 +391,47 @@ t.test(
   'a gRPC-Web call its upstream cuts after a whole frame ends with UNAVAILABLE in a trailer frame',
   async (t) => {
     const message = frame(0, Buffer.from('\n\x05hello'))
+    const trailersSeen: string[][] = []
     const up = createServer((req: IncomingMessage, res: ServerResponse) => {
+      req.on('end', () => trailersSeen.push(req.rawTrailers))
       req.resume()
       res.writeHead(200, { 'content-type': 'application/grpc-web-text+proto' })
       res.write(Buffer.from(message.toString('base64'), 'latin1'), () => res.socket?.destroy())
     })
     const upPort = await listenUntilTeardown(t, up)
     const sidecar = await startBin(t, { upstream: `http://127.0.0.1:${upPort}` })
-    const a = await post(
-      Number(new URL(sidecar.proxyUrl).port),
-      '/demo.Echo/Say',
-      { 'content-type': 'application/grpc-web-text+proto', 'x-grpc-web': '1' },
-      requestBody(true, false),
-    )
-    t.equal(a.status, 200)
-    t.ok(a.complete, 'the response is ended, not cut')
-    const call = readGrpcWeb(a, true)
-    t.equal(call.messages.length, 1, "the upstream's message reaches the client")
-    t.equal(call.trailerFrame?.['grpc-status'], '14', 'then UNAVAILABLE in a base64 trailer frame')
-    await scrapeUntil(
-      sidecar.adminUrl,
-      (s) => metricValue(s, 'nhi_grpc_requests_total', { grpc_status: '14' }) === 1,
-      'the call counted with grpc_status 14',
-    )
+    // on the HTTP/1.1 engine, and on the node:http path of a call whose chunked body announces trailers
+    const cases = [
+      { name: 'engine', trailers: undefined },
+      { name: 'request trailers', trailers: { 'x-checksum': 'abc123' } },
+    ]
+    for (const [i, c] of cases.entries()) {
+      const a = await post(
+        Number(new URL(sidecar.proxyUrl).port),
+        '/demo.Echo/Say',
+        { 'content-type': 'application/grpc-web-text+proto', 'x-grpc-web': '1' },
+        requestBody(true, false),
+        c.trailers,
+      )
+      if (c.trailers !== undefined)
+        await eventually(() => trailersSeen.at(-1)?.join(': ') === 'x-checksum: abc123', {
+          what: `${c.name}: the trailer went upstream`,
+        })
+      t.equal(a.status, 200, `${c.name}: HTTP 200`)
+      t.ok(a.complete, `${c.name}: the response is ended, not cut`)
+      const call = readGrpcWeb(a, true)
+      t.equal(call.messages.length, 1, `${c.name}: the upstream's message reaches the client`)
+      t.equal(
+        call.trailerFrame?.['grpc-status'],
+        '14',
+        `${c.name}: then UNAVAILABLE in a base64 trailer frame`,
+      )
+      await scrapeUntil(
+        sidecar.adminUrl,
+        (s) => metricValue(s, 'nhi_grpc_requests_total', { grpc_status: '14' }) === i + 1,
+        `${c.name}: the call counted with grpc_status 14`,
+      )
+    }
   },
 )
 
