@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { renderExplain } from '../../src/cli/explain-render.ts'
 import { golden } from '../helpers/golden.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { alterSignature, createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { limiter } from '../helpers/limit.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
@@ -175,9 +175,11 @@ t.test('explain a real token verified against a JWKS', async (t) => {
     { repository: 'acme/web' },
     { issuer: jwks.url, audience: 'orders', subject: 'repo:acme/web' },
   )
+  const forged = alterSignature(token)
+  t.not(forged, token, 'precondition: the forged token is not the signed one')
   const [r, bad] = await Promise.all([
     explain({ config, token, path: '/admin/x' }),
-    explain({ config, token: `${token.slice(0, -4)}AAAA` }),
+    explain({ config, token: forged }),
   ])
   t.equal(r.code, 0)
   t.match(r.text, /jwt +verified iss=http:\/\/127\.0\.0\.1:\d+ sub=repo:acme\/web alg=RS256/)

@@ -112,6 +112,18 @@ export interface MintOptions {
   header?: Record<string, unknown>
 }
 
+/**
+ * `token` with the first character of its signature replaced by another. That character's six bits all belong
+ * to the signature (unused bits sit in the last one), so the signature always decodes to other bytes; swapping
+ * characters a signature may not hold, or its last characters, can give back the token itself.
+ */
+export function alterSignature(token: string): string {
+  const at = token.lastIndexOf('.') + 1
+  const c = token[at]
+  if (at === 0 || c === undefined) throw new Error('a token with a signature to alter')
+  return `${token.slice(0, at)}${c === 'A' ? 'B' : 'A'}${token.slice(at + 1)}`
+}
+
 export async function mintToken(key: SigningKey, claims: JWTPayload, opts: MintOptions): Promise<string> {
   const now = Math.floor(Date.now() / 1000)
   const jwt = new SignJWT({ ...claims })
