@@ -333,13 +333,20 @@ t.test(
 )
 
 t.test('cache: an entry never outlives exp', async (t) => {
-  let clock = Date.now()
+  const token = await mint(keyA, {}, { expiresIn: 60 })
+  // the clock starts at the token's own iat: a reading of the real clock taken apart from the one the token
+  // was minted with may lie a second before it (several on a loaded machine), and 61 s on would not be past exp
+  const { iat, exp } = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as {
+    iat: number
+    exp: number
+  }
+  t.equal(exp - iat, 60, 'precondition: the token expires 60 s after its iat')
+  let clock = iat * 1000
   const ex = new JwtExtractor(jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { clockSkew: 0 }), {
     now: () => clock,
   })
   t.teardown(() => ex.close())
   await ex.start()
-  const token = await mint(keyA, {}, { expiresIn: 60 })
   t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true })
   // kept from the second request on
   t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true })
