@@ -6,6 +6,7 @@ import { configSchema } from '../../src/config/schema.ts'
 import { compilePolicy } from '../../src/policy/policy.ts'
 import { compileRoutes } from '../../src/rules/routes.ts'
 import { compileRules } from '../../src/rules/rule-set.ts'
+import { PROPERTY_SEED } from '../helpers/property.ts'
 
 const conn = { remoteAddress: '10.1.2.3', remotePort: 1, tls: false }
 
@@ -20,7 +21,7 @@ t.test('property: arbitrary text never throws; diagnostics point inside the file
         r.errors.every((e) => e.line >= 1 && e.line <= lineCount + 1 && e.col >= 1 && e.message.length > 0)
       )
     }),
-    { numRuns: 1500 },
+    { numRuns: 1500, seed: PROPERTY_SEED },
   )
   t.pass('held')
 })
@@ -120,7 +121,7 @@ t.test(
           )
         },
       ),
-      { numRuns: 300 },
+      { numRuns: 300, seed: PROPERTY_SEED },
     )
     t.ok(loaded > 10, `enough generated configs were valid (${loaded})`)
   },
