@@ -168,7 +168,7 @@ const CLOSE_BRACE = lit('}')
 interface IdentityBytes {
   /** ,"identity" … "zone", then `,"fingerprints":{` */
   head: Buffer
-  /** `}` closing the fingerprints, "iss" … "signature_agent", then `,"client_address":` */
+  /** `}` closing the fingerprints, "iss" … "cert_subject", then `,"client_address":` */
   claims: Buffer
 }
 /** the identity's claims an audit line shows, in this order (the OTLP batch carries the same ones) */
@@ -182,6 +182,7 @@ export const AUDIT_CLAIMS = [
   'on_behalf_of',
   'actor_chain',
   'signature_agent',
+  'cert_subject',
 ] as const
 
 const identityFragments = new WeakMap<Identity, IdentityBytes>()

@@ -32,6 +32,8 @@ export interface AuditRecord {
   actor_chain?: string
   /** a signed agent's key directory (URL) */
   signature_agent?: string
+  /** the client certificate's subject (the identity's cert_subject attribute) */
+  cert_subject?: string
   client_address: string
   /** the trusted proxy the request came through, when client_address is the client it forwarded for */
   peer_address?: string

@@ -65,6 +65,7 @@ export function toAuditRecord(event: RequestEvent): AuditRecord {
     on_behalf_of: attrs['on_behalf_of'],
     actor_chain: attrs['actor_chain'],
     signature_agent: attrs['signature_agent'],
+    cert_subject: attrs['cert_subject'],
     client_address: event.clientAddress,
     peer_address: event.peerAddress,
     method: event.method,
