@@ -159,12 +159,17 @@ export interface CertEvidence {
   verified: boolean
   /** present only when the certificate carries exactly one valid SPIFFE URI SAN */
   spiffeId?: string
+  /**
+   * RDNs in DER order, as Node prints a certificate's subject (`O=acme, CN=orders`), whichever path brought
+   * the certificate: an XFCC Subject (RFC 4514 order) is reversed into it, so one certificate has one subject
+   */
   subject?: string
   /**
-   * how `subject` orders its RDNs: absent, as the certificate holds them (Node's printing); `rfc4514`, most
-   * specific first, as the forwarding proxy printed it (XFCC Subject)
+   * the same subject in RFC 4514 order (`CN=orders,O=acme`), as Envoy writes XFCC's Subject: built once with
+   * the evidence, for match.cert.subject patterns written that way and for the XFCC sent upstream (slash
+   * form, which has no other order, as it is)
    */
-  subjectOrder?: 'rfc4514'
+  subjectRfc4514?: string
   cn?: string
   dnsSans: string[]
   uriSans: string[]

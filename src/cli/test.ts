@@ -13,6 +13,7 @@ import {
   certEvidenceFromFields,
   commonName,
   type ForwardedVia,
+  rfc4514Subject,
 } from '../identity/certificate.ts'
 import { xfccCertFields } from '../identity/forwarded/xfcc.ts'
 import { apiKeyEvidence } from '../identity/sources/apikey.ts'
@@ -148,13 +149,13 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
       const dnsSans = asList(c.dns)
       const sha256 = c.sha256?.toLowerCase() ?? sha256Hex(JSON.stringify(c))
       // an XFCC subject is written as the proxy's Subject is, and read as the live proxy reads that (one that
-      // names nothing is a malformed XFCC, not a certificate without a CN); the other formats carry the
-      // certificate itself, so their subject is the certificate's, in DER order, as over mTLS
+      // names nothing is a malformed XFCC, not a certificate without a CN; the rest in DER order, as the other
+      // paths give it); the other formats carry the certificate itself, so their subject is the certificate's,
+      // in DER order, as over mTLS. Either way the case has it in both orders, as a live certificate has.
       const xfcc = format?.format === 'xfcc'
-      const cn = c.subject && !xfcc ? commonName(c.subject) : undefined
       const fields: CertFields | Failure = xfcc
         ? xfccCertFields(c.subject || undefined, uriSans, dnsSans, sha256)
-        : { dnsSans, uriSans, sha256, ...(c.subject ? { subject: c.subject } : {}), ...(cn ? { cn } : {}) }
+        : certificateSubjectFields(c.subject, { dnsSans, uriSans, sha256 })
       const source = format ? 'xfcc' : 'mtls'
       const cert =
         'failed' in fields
@@ -182,6 +183,16 @@ export function evidenceForTest(config: Config, r: TestRequest): EvidenceSet {
   // a blank User-Agent says nothing, as on the live proxy
   if (uaEvidence && uaEvidence.ua !== '') addCredential(ev, sourceNamed('useragent'), uaEvidence)
   return ev
+}
+
+/** the fields of a certificate whose subject is `subject`, as Node prints it (DER order) */
+function certificateSubjectFields(subject: string | undefined, fields: CertFields): CertFields {
+  if (!subject) return fields
+  fields.subject = subject
+  fields.subjectRfc4514 = rfc4514Subject(subject)
+  const cn = commonName(subject)
+  if (cn) fields.cn = cn
+  return fields
 }
 
 /** what the live proxy's parser of each format records a certificate as forwarded by */

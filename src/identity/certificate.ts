@@ -4,6 +4,7 @@ import type { TLSSocket } from 'node:tls'
 import { LRUCache } from 'lru-cache'
 import type { CertEvidence, Failure } from '../types.ts'
 import { sha256Hex } from '../util/fingerprint.ts'
+import { lruGet } from '../util/lru-get.ts'
 import { parseSpiffeId } from './spiffe.ts'
 
 export type CertSource = CertEvidence['source']
@@ -373,14 +374,36 @@ const DN_ATTRIBUTE_RE = /^[A-Za-z][A-Za-z0-9-]*=|^[0-9]+(?:\.[0-9]+)+=/
  * Text that is not attribute=value throughout is returned as it is: there is no order to reverse.
  */
 export function rfc4514Subject(subject: string): string {
+  return reversedDn(subject, ',', '+')
+}
+
+/**
+ * RFC 4514 text (an XFCC Subject, "CN=a,O=b") in DER order as Node prints a certificate's subject
+ * ("O=b, CN=a"), so that a certificate has one subject whichever path brought it. Envoy reverses every
+ * attribute, those of a multi-valued RDN included, as Node's printing keeps them: reversing them all again
+ * gives Node's text. Slash form is DER order already, and text that is not attribute=value throughout has no
+ * order to reverse: both are returned as they are.
+ */
+export function derSubject(subject: string): string {
+  return reversedDn(subject, ', ', ' + ')
+}
+
+/**
+ * The attributes of comma-form distinguished-name text in reverse order, RDNs joined by `rdnSep`, the parts of
+ * a multi-valued RDN by `avaSep`. Escaped and quoted separators stay inside their value (dnParts).
+ */
+function reversedDn(subject: string, rdnSep: string, avaSep: string): string {
   if (subject.startsWith('/')) return subject
   const parts = dnParts(subject)
   if (parts.length < 2) return subject
-  // the spaces Node puts around ", " and " + "; a value's own leading or trailing space has a backslash before it
-  const texts = parts.map((p) => p.text.replace(/^\s+/, '').replace(/(?<!\\)\s+$/, ''))
+  // the spaces around separators are not part of a value; one a backslash escapes is (trimDn)
+  const texts = parts.map((p) => trimDn(p.text))
   if (!texts.every((t) => DN_ATTRIBUTE_RE.test(t))) return subject
   let out = ''
-  for (let i = parts.length - 1; i >= 0; i--) out += texts[i]! + (i > 0 ? parts[i - 1]!.sep : '')
+  for (let i = parts.length - 1; i >= 0; i--) {
+    out += texts[i]!
+    if (i > 0) out += parts[i - 1]!.sep === '+' ? avaSep : rdnSep
+  }
   return out
 }
 
@@ -510,8 +533,9 @@ export function nameConstraintViolation(
 }
 
 export interface CertFields {
+  /** in DER order, as Node prints a certificate's subject (see CertEvidence) */
   subject?: string
-  subjectOrder?: 'rfc4514'
+  subjectRfc4514?: string
   cn?: string
   dnsSans: string[]
   uriSans: string[]
@@ -555,7 +579,7 @@ export function certEvidenceFromFields(
   }
   if (spiffeId) ev.spiffeId = spiffeId
   if (fields.subject) ev.subject = fields.subject
-  if (fields.subject && fields.subjectOrder) ev.subjectOrder = fields.subjectOrder
+  if (fields.subject && fields.subjectRfc4514) ev.subjectRfc4514 = fields.subjectRfc4514
   if (fields.cn) ev.cn = fields.cn
   if (fields.sha256) ev.sha256 = fields.sha256
   if (fields.notAfter !== undefined) ev.notAfter = fields.notAfter
@@ -563,12 +587,19 @@ export function certEvidenceFromFields(
   return ev
 }
 
+/** What a certificate says about its names, decoded once: its CN and SANs, its subject in both orders. */
+interface DecodedCertificate {
+  names: CertificateNames
+  subject: string | undefined
+  subjectRfc4514: string | undefined
+}
+
 /**
- * Decoded names by certificate hash. A forwarded certificate arrives again with every request of its client
- * (a TLS connection's own is parsed once anyway), and decoding costs about a millisecond where hashing the
- * DER costs microseconds. Bounded: the key is client input.
+ * Decoded certificates by hash. A forwarded certificate arrives again with every request of its client (a TLS
+ * connection's own is parsed once anyway), and decoding costs about a millisecond where hashing the DER costs
+ * microseconds. Bounded: the key is client input.
  */
-const namesByCertificate = new LRUCache<string, CertificateNames>({ max: 1024 })
+const decodedByCertificate = new LRUCache<string, DecodedCertificate>({ max: 1024 })
 
 export function certEvidenceFromX509(
   x: X509Certificate,
@@ -579,11 +610,16 @@ export function certEvidenceFromX509(
   // not a property of the certificate: a caller that did not load the decoder is a bug, not a malformed cert
   if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
   const sha256 = sha256Hex(x.raw)
-  let names = namesByCertificate.get(sha256)
+  let decoded = lruGet(decodedByCertificate, sha256)
   try {
-    if (!names) {
-      names = certificateNames(x.raw)
-      namesByCertificate.set(sha256, names)
+    if (!decoded) {
+      const subject = subjectOneLine(x.subject)
+      decoded = {
+        names: certificateNames(x.raw),
+        subject,
+        subjectRfc4514: subject === undefined ? undefined : rfc4514Subject(subject),
+      }
+      decodedByCertificate.set(sha256, decoded)
     }
   } catch {
     // Node accepted the DER, so the schema decoder rejecting it means a field it reads strictly is off
@@ -596,14 +632,17 @@ export function certEvidenceFromX509(
       attributes: safeAttributes(x),
     }
   }
+  const { names } = decoded
   const notAfterMs = Date.parse(x.validTo)
   const fields: CertFields = {
     dnsSans: names.sans.dns,
     uriSans: names.sans.uri,
     sha256,
   }
-  const subject = subjectOneLine(x.subject)
-  if (subject) fields.subject = subject
+  if (decoded.subject) {
+    fields.subject = decoded.subject
+    if (decoded.subjectRfc4514) fields.subjectRfc4514 = decoded.subjectRfc4514
+  }
   if (names.cn) fields.cn = names.cn
   if (Number.isFinite(notAfterMs)) fields.notAfter = Math.floor(notAfterMs / 1000)
   return certEvidenceFromFields(fields, source, verified, via)

@@ -8,6 +8,7 @@ import {
   certEvidenceFromPem,
   certificateNames,
   commonName,
+  derSubject,
   firstPemCertificate,
   loadCertificateDecoder,
   parsePeerCertificate,
@@ -346,6 +347,34 @@ t.test('rfc4514Subject: Node-ordered text reversed as Envoy prints it', async (t
   t.equal(rfc4514Subject('/O=x/CN=a'), '/O=x/CN=a', 'slash form is left as it is')
   t.equal(rfc4514Subject('CN=a, not a DN'), 'CN=a, not a DN', 'text that is not attribute=value throughout')
 })
+
+t.test(
+  'derSubject: an RFC 4514 subject (Envoy) in DER order as Node prints it, the inverse of rfc4514Subject',
+  async (t) => {
+    t.equal(derSubject('CN=b,CN=a,O=x'), 'O=x, CN=a, CN=b')
+    t.equal(
+      derSubject('OU=u+CN=b,CN=a,O=x\\, y'),
+      'O=x\\, y, CN=a, CN=b + OU=u',
+      'multi-valued RDNs as Node joins them',
+    )
+    t.equal(
+      derSubject('CN=a\\+UID=x=y,O=e\\, CN=admin'),
+      'O=e\\, CN=admin, CN=a\\+UID=x=y',
+      'escaped separators do not split',
+    )
+    t.equal(derSubject('CN=a\\ ,O=x'), 'O=x, CN=a\\ ', "a value's escaped trailing space stays")
+    t.equal(derSubject('CN=x\\\\,O=y'), 'O=y, CN=x\\\\', 'an escaped backslash escapes nothing after it')
+    t.equal(derSubject('CN=only'), 'CN=only')
+    t.equal(derSubject('/O=x/CN=a'), '/O=x/CN=a', 'slash form is DER order already')
+    t.equal(derSubject('CN=a,not a DN'), 'CN=a,not a DN', 'text that is not attribute=value throughout')
+    for (const node of [
+      'O=x, CN=a, CN=b',
+      'C=DE, O=Acme\\, Inc., OU=Ωmega, CN=o, UID=42 + CN=w',
+      'O=x, CN=a\\ ',
+    ])
+      t.equal(derSubject(rfc4514Subject(node)), node, `round trip: ${node}`)
+  },
+)
 
 t.test('PEM text that is not a certificate is malformed, never a throw', async (t) => {
   for (const text of [

@@ -87,7 +87,9 @@ t.test('Envoy XFCC examples from a trusted peer', async (t) => {
     dnsSans: [],
     uriSans: ['http://testclient.lyft.com'],
     sha256: '468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688',
+    // slash form is DER order already, and has no RFC 4514 form: both are the text as sent
     subject: '/C=US/ST=CA/L=San Francisco/OU=Lyft/CN=Test Client',
+    subjectRfc4514: '/C=US/ST=CA/L=San Francisco/OU=Lyft/CN=Test Client',
     cn: 'Test Client',
     via: 'xfcc',
   })
@@ -342,7 +344,8 @@ t.test('XFCC grammar: quoting, escapes, case-insensitive keys, repeats', async (
   t.same(escaped?.uri, ['x"y'], 'other values are unescaped')
   const envoy = xfccEvidence('Subject="CN=a\\,b\\\\,O=\\CE\\A9"') as CertEvidence
   t.equal(envoy.cn, 'a,b\\', 'an escaped comma and an escaped backslash')
-  t.equal(envoy.subject, 'CN=a\\,b\\\\,O=Ω')
+  t.equal(envoy.subject, 'O=Ω, CN=a\\,b\\\\', 'the subject in DER order, as over mTLS')
+  t.equal(envoy.subjectRfc4514, 'CN=a\\,b\\\\,O=Ω', 'and in RFC 4514 order, as Envoy wrote it')
   t.same(els?.[1]?.dns, ['a', 'b'])
   // Node joins repeated headers with ", "
   t.equal(parseXfcc('URI=spiffe://a/b, URI=spiffe://c/d')?.length, 2)

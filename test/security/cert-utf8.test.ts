@@ -96,8 +96,9 @@ t.test(
       const x = new X509Certificate(firstPemCertificate(leaf.certPem)!)
       const expected = certEvidenceFromX509(x, 'mtls', true) as CertEvidence
       t.ok(/[^\x00-\xff]/.test(expected.subject!) || i === 0, `${label}: the subject really is not Latin-1`)
-      // in RFC 4514 order, as Envoy writes Subject
-      t.equal(back.subject, rfc4514Subject(expected.subject!), `${label}: subject decodes back`)
+      // sent in RFC 4514 order, as Envoy writes Subject, and read back into the certificate's own (DER) order
+      t.equal(back.subject, expected.subject, `${label}: subject decodes back`)
+      t.equal(back.subjectRfc4514, rfc4514Subject(expected.subject!), `${label}: in both orders`)
       t.equal(back.cn, expected.cn, `${label}: CN decodes back`)
       t.equal(back.sha256, expected.sha256)
       t.same(back.uriSans, clients[i]!.uriSans, `${label}: URI SANs decode back`)
@@ -207,7 +208,7 @@ t.test('what we emit is a valid header value and parses back to what the certifi
   const cnValue = value.filter((v) => v !== '')
   checkProperty(
     t,
-    'formatXfcc → xfccEvidence round-trips Subject (in RFC 4514 order) and its CN, URI and DNS; the value is printable ASCII',
+    'formatXfcc → xfccEvidence round-trips Subject (sent in RFC 4514 order, read back in DER order) and its CN, URI and DNS; the value is printable ASCII',
     fc.property(
       cnValue,
       value,
@@ -233,7 +234,8 @@ t.test('what we emit is a valid header value and parses back to what the certifi
         if ('failed' in back) return false
         const pct = (s: string) => decodeURIComponent(s)
         return (
-          back.subject === rfc4514Subject(ev.subject!) &&
+          back.subject === ev.subject &&
+          back.subjectRfc4514 === rfc4514Subject(ev.subject!) &&
           back.cn === cn &&
           JSON.stringify(back.uriSans.map(pct)) === JSON.stringify(ev.uriSans.map(wellFormed)) &&
           JSON.stringify(back.dnsSans.map(pct)) === JSON.stringify(ev.dnsSans.map(wellFormed))
@@ -249,8 +251,9 @@ t.test('what we emit is a valid header value and parses back to what the certifi
       if (!PRINTABLE_ASCII.test(envoy)) return false
       const back = xfccEvidence(`Hash=${'ab'.repeat(32)};Subject="${envoy}"`)
       if ('failed' in back) return false
-      // the same text Node prints for the certificate, in RFC 4514 order
-      if (back.subject !== `CN=${printed(cn, 'raw')},O=${printed(o, 'raw')}`) return false
+      // the same text Node prints for the certificate (DER order), and that in RFC 4514 order
+      if (back.subject !== `O=${printed(o, 'raw')}, CN=${printed(cn, 'raw')}`) return false
+      if (back.subjectRfc4514 !== `CN=${printed(cn, 'raw')},O=${printed(o, 'raw')}`) return false
       if (back.cn !== cn) return false
       // and passed on upstream as it is read
       const upstream = xfccEvidence(formatXfcc(back))

@@ -201,13 +201,13 @@ function xfccSubject(dn: string): string {
 }
 
 /**
- * Node-ordered subjects in RFC 4514 order: a client's certificate is described again with each of its requests.
- * Bounded: the key is client input.
+ * RFC 4514 order of subjects given without it (evidence a plugin source builds): such a certificate is
+ * described again with each of its requests. Bounded: the key is client input.
  */
 const rfc4514Subjects = new LRUCache<string, string>({ max: 1024 })
 
-function inRfc4514Order(subject: string, order: CertEvidence['subjectOrder']): string {
-  if (order === 'rfc4514') return subject
+function inRfc4514Order(subject: string, rfc4514: string | undefined): string {
+  if (rfc4514 !== undefined) return rfc4514
   let out = lruGet(rfc4514Subjects, subject)
   if (out === undefined) {
     out = rfc4514Subject(subject)
@@ -223,7 +223,7 @@ function inRfc4514Order(subject: string, order: CertEvidence['subjectOrder']): s
 export function formatXfcc(ev: CertEvidence): string {
   const parts: string[] = []
   if (ev.sha256) parts.push(`Hash=${xfccValue(ev.sha256)}`)
-  if (ev.subject) parts.push(`Subject=${xfccSubject(inRfc4514Order(ev.subject, ev.subjectOrder))}`)
+  if (ev.subject) parts.push(`Subject=${xfccSubject(inRfc4514Order(ev.subject, ev.subjectRfc4514))}`)
   for (const uri of ev.uriSans) parts.push(`URI=${xfccValue(uri)}`)
   for (const dns of ev.dnsSans) parts.push(`DNS=${xfccValue(dns)}`)
   return parts.join(';')

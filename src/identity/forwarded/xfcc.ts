@@ -7,14 +7,18 @@
 // Each hop APPENDS its own element (Envoy's append_forward), so everything left of the rightmost element is
 // whatever the client, or a hop before the trusted one, chose to send: only the RIGHTMOST element, the one
 // the trusted proxy itself added, describes a certificate that proxy verified.
+import { LRUCache } from 'lru-cache'
 import type { CertEvidence, Failure } from '../../types.ts'
+import { lruGet } from '../../util/lru-get.ts'
 import {
   type CertFields,
   certEvidenceFromFields,
   certEvidenceFromX509,
+  derSubject,
   dnWithUtf8,
   firstPemCertificate,
   readCommonName,
+  rfc4514Subject,
   x509FromDer,
 } from '../certificate.ts'
 import { sha256HexOrUndefined, urlDecode } from './decode.ts'
@@ -171,6 +175,15 @@ export function xfccElementEvidence(el: XfccElement): CertEvidence | Failure {
   return 'failed' in fields ? fields : certEvidenceFromFields(fields, 'xfcc', true, 'xfcc')
 }
 
+/** What an XFCC Subject says: the subject in both orders and its CN, or why it names nothing. */
+type ReadSubject = { subject?: string; subjectRfc4514?: string; cn?: string } | Failure
+
+/**
+ * Subjects read, by their text as sent: a client's Subject comes again with each of its requests, and reading
+ * it (escapes, both orders, the CN) is work done once. Bounded: the key is client input.
+ */
+const subjectsRead = new LRUCache<string, ReadSubject>({ max: 1024 })
+
 /**
  * The certificate an element's Subject, URI, DNS and Hash describe, or the `malformed` failure of a Subject
  * that names nothing. `nhi-proxy test` reads a forwarded case's subject through here too, so that a rule test
@@ -185,17 +198,34 @@ export function xfccCertFields(
   const fields: CertFields = { uriSans, dnsSans }
   if (sha256) fields.sha256 = sha256
   if (subjectText === undefined) return fields
-  const subject = decodeSubject(subjectText)
+  let read = lruGet(subjectsRead, subjectText)
+  if (read === undefined) {
+    read = readSubject(subjectText)
+    subjectsRead.set(subjectText, read)
+  }
+  // a copy: whoever gets a failure may add to it
+  if ('failed' in read) return { ...read }
+  if (read.subject !== undefined) fields.subject = read.subject
+  if (read.subjectRfc4514 !== undefined) fields.subjectRfc4514 = read.subjectRfc4514
+  if (read.cn !== undefined) fields.cn = read.cn
+  return fields
+}
+
+function readSubject(text: string): ReadSubject {
+  const subject = decodeSubject(text)
   if (subject === undefined) {
     return malformed('x-forwarded-client-cert Subject has hex escapes that are not UTF-8')
   }
   // Envoy prints Subject in RFC 4514 order (the RDNs reversed): its first CN in DER order is the last one here
-  const read = readCommonName(subject, 'rfc4514')
-  if ('malformed' in read) return malformed(`x-forwarded-client-cert Subject: ${read.malformed}`)
+  const cn = readCommonName(subject, 'rfc4514')
+  if ('malformed' in cn) return malformed(`x-forwarded-client-cert Subject: ${cn.malformed}`)
+  const out: ReadSubject = {}
   if (subject) {
-    fields.subject = subject
-    if (!subject.startsWith('/')) fields.subjectOrder = 'rfc4514'
+    // the certificate's subject as the other paths give it (DER order), and that one in RFC 4514 order again,
+    // so that the same certificate has the same two texts on every path
+    out.subject = derSubject(subject)
+    out.subjectRfc4514 = rfc4514Subject(out.subject)
   }
-  if (read.cn) fields.cn = read.cn
-  return fields
+  if (cn.cn) out.cn = cn.cn
+  return out
 }

@@ -41,8 +41,13 @@ export class CertCondition implements Condition {
         s.reason = 'cert.subject: certificate has no subject'
         return false
       }
-      // A subject pattern may name the full subject or just the common name.
-      const m = this.subject.match(subject) ?? (cert.cn !== undefined ? this.subject.match(cert.cn) : null)
+      // A subject pattern may name the full subject, in DER order (as Node and the audit trail print it) or in
+      // RFC 4514 order (as Envoy prints it), or just the common name: each names the certificate on every path.
+      const rfc4514 = cert.subjectRfc4514
+      const m =
+        this.subject.match(subject) ??
+        (rfc4514 !== undefined && rfc4514 !== subject ? this.subject.match(rfc4514) : null) ??
+        (cert.cn !== undefined ? this.subject.match(cert.cn) : null)
       if (!m) {
         s.reason = `cert.subject: ${show(subject)} does not match ${show(this.subject.source)}`
         return false
