@@ -42,7 +42,8 @@ export interface Pipeline {
   readonly failClosed?: boolean
   /**
    * Normalized names of the headers this pipeline's sources read credentials from beyond the proxy's fixed
-   * list (authorization, x-api-key…): the proxy never forwards a request trailer of those names.
+   * list (authorization, x-api-key…), and of those its identity rules match: the proxy never forwards a
+   * request trailer of those names.
    */
   readonly withheldTrailers?: ReadonlySet<string>
   /**

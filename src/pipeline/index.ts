@@ -28,6 +28,7 @@ import type {
 import type { CidrSet } from '../util/cidr.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import type { Attribution, Pipeline } from './contract.ts'
+import { RuleHeaders } from './rule-headers.ts'
 
 export type { Attribution, Pipeline } from './contract.ts'
 
@@ -118,6 +119,8 @@ export class AttributionPipeline implements Pipeline {
   readonly failClosed: boolean
   /** every trustedProxies entry, whatever its certificate format: the peers believed about the client's hop */
   private readonly trustedProxies: CidrSet
+  /** the headers identity rules read; undefined when none names one */
+  private readonly ruleHeaders: RuleHeaders | undefined
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
@@ -131,9 +134,11 @@ export class AttributionPipeline implements Pipeline {
       if (extractor) readers.push({ source, extractor })
     }
     this.readers = readers
-    this.withheldTrailers = new Set(
-      readers.flatMap((r) => r.extractor.credentialHeaders ?? []).map(normalizeHeaderName),
-    )
+    this.ruleHeaders = RuleHeaders.of(config)
+    this.withheldTrailers = new Set([
+      ...readers.flatMap((r) => r.extractor.credentialHeaders ?? []).map(normalizeHeaderName),
+      ...(this.ruleHeaders?.merged ?? []),
+    ])
     this.byName = new Map(readers.map((r) => [r.source.name, r]))
     this.rules = compileRules(config)
     this.policy = compilePolicy(config.policy)
@@ -189,6 +194,7 @@ export class AttributionPipeline implements Pipeline {
     conn: ConnectionInfo,
   ): void {
     for (const r of this.readers) r.extractor.prepareUpstreamHeaders?.(headers, attribution.evidence, conn)
+    this.ruleHeaders?.prepareUpstreamHeaders(headers)
   }
 
   /**
@@ -228,9 +234,10 @@ export class AttributionPipeline implements Pipeline {
   }
 
   /**
-   * Headers only this proxy, or a source's trusted peer, may set are spoofed otherwise. Names are compared as
-   * an upstream framework would merge them (case, "_" for "-"): X_NHI_IDENTITY and x-nhi-identity are the
-   * same header to a CGI/WSGI/Rack app.
+   * Headers only this proxy, or a source's trusted peer, may set are spoofed otherwise, and so is another
+   * spelling of a header a source or an identity rule reads. Names are compared as an upstream framework
+   * would merge them (case, "_" for "-"): X_NHI_IDENTITY and x-nhi-identity are the same header to a
+   * CGI/WSGI/Rack app.
    */
   private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
     // the one place a claim meets the client address: verified, or an anomaly (unverified_claim)
@@ -239,6 +246,7 @@ export class AttributionPipeline implements Pipeline {
     for (let i = 0; !spoofed && i < this.readers.length; i++) {
       spoofed = this.readers[i]!.extractor.spoofedHeaders?.(req, conn) ?? false
     }
+    if (!spoofed && this.ruleHeaders !== undefined) spoofed = this.ruleHeaders.spoofedHeaders(req.headers)
     if (spoofed) evidence.anomalies.push('spoofed_header')
     return evidence
   }

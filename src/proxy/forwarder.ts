@@ -39,7 +39,8 @@ export interface ForwardTarget {
   upstream?: Upstream
   /**
    * Request trailers never forwarded beyond the proxy's own list (normalized names): the headers the serving
-   * config reads credentials from, so a value sent after the body cannot stand in for the attributed one.
+   * config reads credentials from or its identity rules match, so a value sent after the body cannot stand in
+   * for the attributed one.
    */
   withheldTrailers?: ReadonlySet<string> | undefined
   /**
