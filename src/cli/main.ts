@@ -75,6 +75,13 @@ function demoDuration(value: string): number {
   return ms
 }
 
+/** a deadline: a longer one than a timer holds would fire after 1 ms, failing every query at once */
+function deadline(value: string): number {
+  const ms = positiveDuration(value)
+  if (ms > MAX_TIMER_MS) throw new InvalidArgumentError('at most 24d')
+  return ms
+}
+
 /** A duration as config files write them ("20s", "500ms", "5m"), or a bare number of seconds. */
 function positiveDuration(value: string): number {
   const text = value.trim()
@@ -582,7 +589,7 @@ const prometheusOption = () =>
     .makeOptionMandatory()
 const queryTimeoutOption = () =>
   new Option('--timeout <duration>', 'deadline of each Prometheus query')
-    .argParser(positiveDuration)
+    .argParser(deadline)
     .default(10_000, '10s')
 
 program

@@ -12,7 +12,7 @@ import {
   KINDS,
   PROFILE_NAMES,
 } from '../types.ts'
-import { parseDuration } from '../util/duration.ts'
+import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
 import { MAX_WORKERS } from './workers.ts'
 
 // zod/mini, not zod: the same validation as functions rather than methods, so a bundle keeps only what is
@@ -25,25 +25,44 @@ export function described<T extends z.ZodMiniType>(schema: T, description: strin
   return schema
 }
 
-/** "30s" | "5m" | 10 (seconds) → milliseconds */
-export const duration = described(
-  z.pipe(
-    z.union([z.string(), z.number().check(z.nonnegative())]),
-    z.transform((v: string | number, ctx) => {
-      const ms = parseDuration(v)
-      if (ms === undefined) {
-        ctx.issues.push({
-          code: 'custom',
-          message: `invalid duration "${v}" (use e.g. 500ms, 30s, 5m, 24h, 7d)`,
-          input: v,
-        })
-        return z.NEVER
-      }
-      return ms
-    }),
-  ),
-  'Duration such as 500ms, 30s, 5m, 24h, 7d, or a number of seconds',
-)
+/** "30s" | "5m" | 10 (seconds) → milliseconds; `max`: the longest one allowed, and what to say past it */
+function durationSchema(max?: { ms: number; problem: string }) {
+  return described(
+    z.pipe(
+      z.union([z.string(), z.number().check(z.nonnegative())]),
+      z.transform((v: string | number, ctx) => {
+        const ms = parseDuration(v)
+        if (ms === undefined) {
+          ctx.issues.push({
+            code: 'custom',
+            message: `invalid duration "${v}" (use e.g. 500ms, 30s, 5m, 24h, 7d)`,
+            input: v,
+          })
+          return z.NEVER
+        }
+        if (max !== undefined && ms > max.ms) {
+          ctx.issues.push({ code: 'custom', message: `"${v}" is too long: ${max.problem}`, input: v })
+          return z.NEVER
+        }
+        return ms
+      }),
+    ),
+    'Duration such as 500ms, 30s, 5m, 24h, 7d, or a number of seconds',
+  )
+}
+
+/** a duration only compared with elapsed time (an interval a job is expected at, a clock skew, a TTL) */
+export const duration = durationSchema()
+
+/**
+ * A duration something waits for (a deadline, a refresh interval). Node's timers hold at most about 24.8
+ * days and fire a longer one after 1 ms: a key set to refresh every 30 days was fetched a thousand times a
+ * second, and a deadline of a month cut at once. Refused where it is written instead.
+ */
+export const timerDuration = durationSchema({
+  ms: MAX_TIMER_MS,
+  problem: 'at most 24d (the longest wait a timer holds)',
+})
 
 /** host:port, [v6]:port or :port */
 export const address = z.string().check(
@@ -192,7 +211,7 @@ export const issuerSchema = z.strictObject({
   caFile: z.optional(z.string()),
   bearerTokenFile: z.optional(z.string()),
   refreshInterval: described(
-    z.optional(duration),
+    z.optional(timerDuration),
     'refetch the key set this often (default 10m); sooner when its answer has a shorter Cache-Control max-age, ' +
       'never sooner than jwt.unknownKidCooldown',
   ),
@@ -215,7 +234,7 @@ export const signatureDirectorySchema = z.strictObject({
   operator: described(z.optional(z.string()), 'who runs the agent, e.g. "OpenAI" (attribute agent_operator)'),
   purpose: z.optional(z.enum(['training', 'search', 'assistant', 'coding', 'autonomous'])),
   caFile: z.optional(z.string()),
-  refreshInterval: described(z.optional(duration), 'refetch the directory this often (default 10m)'),
+  refreshInterval: described(z.optional(timerDuration), 'refetch the directory this often (default 10m)'),
 })
 
 export const policyRuleSchema = z.strictObject({
@@ -297,11 +316,11 @@ export const configSchema = z.strictObject({
       ),
       liveClients: described(z._default(positiveInt, 100), 'concurrent /events streams'),
       liveWriteTimeout: described(
-        z._default(duration, 10_000),
+        z._default(timerDuration, 10_000),
         'an /events client that reads nothing for this long is disconnected',
       ),
       liveMaxDuration: described(
-        z._default(duration, 600_000),
+        z._default(timerDuration, 600_000),
         'an /events stream is closed after this long; browsers reconnect on their own',
       ),
     }),
@@ -322,21 +341,24 @@ export const configSchema = z.strictObject({
   ),
   timeouts: z.prefault(
     z.strictObject({
-      upstream: described(z._default(duration, 30_000), 'upstream response headers deadline → 504'),
-      headers: described(z._default(duration, 10_000), 'client must send headers within this'),
-      request: described(z._default(duration, 300_000), 'client must send the whole request within this'),
-      idle: described(z._default(duration, 65_000), 'idle keep-alive connections are closed after this'),
+      upstream: described(z._default(timerDuration, 30_000), 'upstream response headers deadline → 504'),
+      headers: described(z._default(timerDuration, 10_000), 'client must send headers within this'),
+      request: described(
+        z._default(timerDuration, 300_000),
+        'client must send the whole request within this',
+      ),
+      idle: described(z._default(timerDuration, 65_000), 'idle keep-alive connections are closed after this'),
       tunnelIdle: described(
-        z._default(duration, 3_600_000),
+        z._default(timerDuration, 3_600_000),
         'a websocket tunnel, or an HTTP/2 upstream stream already answered, that moves no byte either way for ' +
           'this long is closed on both sides (0: never)',
       ),
       drain: described(
-        z._default(duration, 15_000),
+        z._default(timerDuration, 15_000),
         'on SIGTERM, after drainDelay, in-flight requests get this long',
       ),
       drainDelay: described(
-        z._default(duration, 5_000),
+        z._default(timerDuration, 5_000),
         'on SIGTERM, keep accepting (Connection: close, /readyz 503) this long before closing listeners',
       ),
     }),
@@ -395,7 +417,7 @@ export const configSchema = z.strictObject({
         'worker threads verifying new asymmetric tokens off the event loop (0: on it); default 1, 2 with 4 or more cores',
       ),
       unknownKidCooldown: described(
-        z._default(duration, 30_000),
+        z._default(timerDuration, 30_000),
         'a token with an unknown kid, or a signature failing under a known kid or without one, triggers a key ' +
           'refetch at most this often per issuer; a failing HMAC signature a re-read of the secretFile',
       ),
@@ -502,7 +524,7 @@ export const configSchema = z.strictObject({
       ),
       timeout: described(
         // the exporter refuses 0, and a thread would be started with it all the same
-        z._default(duration.check(z.refine((ms: number) => ms > 0, 'must be more than 0')), 10_000),
+        z._default(timerDuration.check(z.refine((ms: number) => ms > 0, 'must be more than 0')), 10_000),
         'deadline of one export, retries with backoff included (OTEL_EXPORTER_OTLP_TIMEOUT wins)',
       ),
       maxQueueSize: described(
@@ -514,7 +536,7 @@ export const configSchema = z.strictObject({
         'spans per export request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE wins)',
       ),
       scheduledDelay: described(
-        z._default(duration, 5_000),
+        z._default(timerDuration, 5_000),
         'longest wait before a partial batch is sent (OTEL_BSP_SCHEDULE_DELAY, in ms, wins)',
       ),
       headers: described(
@@ -572,12 +594,12 @@ export const configSchema = z.strictObject({
             'range files to fetch at start and refresh, each for one operator (Google, Bing, OpenAI, Apple, ' +
               'Perplexity, …) and the products it vouches for; none by default',
           ),
-          refreshInterval: z._default(duration, 24 * 3_600_000),
+          refreshInterval: z._default(timerDuration, 24 * 3_600_000),
           retryInterval: described(
-            z._default(duration, 60_000),
+            z._default(timerDuration, 60_000),
             'how soon a failed range fetch is retried (capped by refreshInterval); the last good ranges keep serving',
           ),
-          fetchTimeout: z._default(duration, 5_000),
+          fetchTimeout: z._default(timerDuration, 5_000),
           dns: z.prefault(
             z.strictObject({
               enabled: described(
@@ -609,7 +631,7 @@ export const configSchema = z.strictObject({
                 ),
                 "the domains each operator's crawlers have their PTR names in, and the products they vouch for",
               ),
-              timeout: z._default(duration, 2_000),
+              timeout: z._default(timerDuration, 2_000),
               cacheTtl: z._default(duration, 3_600_000),
               cacheSize: z._default(positiveInt, 10_000),
               servers: described(
