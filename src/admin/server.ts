@@ -13,6 +13,7 @@ import {
   type Scrape,
   type Telemetry,
 } from '../telemetry/index.ts'
+import { withListenAddress } from '../util/listen-problem.ts'
 import { UI_PAGE } from './ui/page.ts'
 import { UI_SCRIPT } from './ui/script.ts'
 
@@ -317,9 +318,10 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
   return {
     listen: () =>
       new Promise<AddressInfo>((resolve, reject) => {
-        server.once('error', reject)
+        const failed = (err: unknown) => reject(withListenAddress(err, opts.host, opts.port))
+        server.once('error', failed)
         server.listen(opts.port, opts.host, () => {
-          server.off('error', reject)
+          server.off('error', failed)
           resolve(server.address() as AddressInfo)
         })
       }),

@@ -10,6 +10,7 @@ import { MAX_WORKERS, workerCount } from '../config/workers.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { StartupError, StoppedWhileStarting, splitAddress } from '../startup.ts'
 import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
+import { listenProblem } from '../util/listen-problem.ts'
 import { VERSION } from '../version.ts'
 import { claimStopSignals, exitOnSecondSignal } from './stop-signals.ts'
 
@@ -554,8 +555,8 @@ Example:
       const { AUDIENCE, DemoIdp, ISSUERS, SAMPLES } = await import('../demo/idp.ts')
       signals.beforeStarting()
       const { host, port } = splitAddress(o.listen)
-      const idp = await DemoIdp.start(host, port).catch((err: Error) => {
-        throw new StartupError(`cannot listen on ${o.listen}: ${err.message}`, 2)
+      const idp = await DemoIdp.start(host, port).catch((err: unknown) => {
+        throw new StartupError(`cannot listen on ${o.listen}: ${listenProblem(err)}`, 2)
       })
       out('nhi-proxy demo identity provider (demo keys: never trust them outside a try-out)')
       out(`  jwks      ${idp.jwksUri}`)

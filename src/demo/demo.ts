@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { formatDiagnostic, parseConfigText } from '../config/loader.ts'
 import { type Sidecar, startSidecar } from '../runtime.ts'
 import { StartupError, splitAddress } from '../startup.ts'
+import { listenProblem } from '../util/listen-problem.ts'
 import { demoConfigYaml } from './config.ts'
 import { DemoIdp } from './idp.ts'
 import { caCert, serverCert, serverKey } from './pki.ts'
@@ -48,7 +49,7 @@ export async function runDemo(o: DemoOptions): Promise<Demo> {
     const e = err as NodeJS.ErrnoException
     if (e.code === 'EADDRINUSE')
       throw new StartupError(`cannot listen on ${o.idp}: address in use${PORTS_HINT}`, 2)
-    throw new StartupError(`cannot listen on ${o.idp}: ${e.message}`, 2)
+    throw new StartupError(`cannot listen on ${o.idp}: ${listenProblem(e)}`, 2)
   }
   const yaml = demoConfigYaml({
     ...o,

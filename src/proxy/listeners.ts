@@ -13,6 +13,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Config } from '../config/schema.ts'
+import { withListenAddress } from '../util/listen-problem.ts'
 import { holdContinue } from './continue.ts'
 import {
   Http2Front,
@@ -219,7 +220,7 @@ async function listenOn(server: Server, host: string, port: number): Promise<Add
   await Promise.race([
     once(server, 'listening'),
     once(server, 'error').then(([err]) => {
-      throw err
+      throw withListenAddress(err, host, port)
     }),
   ])
   return server.address() as AddressInfo

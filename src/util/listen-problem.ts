@@ -6,5 +6,23 @@ export function listenProblem(e: unknown): string {
   const { code, message } = e as NodeJS.ErrnoException
   if (code === 'EADDRINUSE') return 'address in use'
   if (code === 'EACCES') return 'permission denied'
+  // an IP address no interface of this host has (a pod IP from another pod, a typo)
+  if (code === 'EADDRNOTAVAIL') return 'address not available on this host (no interface has it)'
+  // a host name that does not resolve: getaddrinfo's message names neither the port nor the setting
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_NONAME')
+    return 'host name not found (use an IP address, or a name this host resolves)'
   return message
+}
+
+/**
+ * The address a listen failed on, for its message: Node's bind errors carry it, a host name that does not
+ * resolve (getaddrinfo) does not.
+ */
+export function withListenAddress(err: unknown, host: string, port: number): unknown {
+  const e = err as { address?: string; port?: number }
+  if (typeof err === 'object' && err !== null && e.address === undefined) {
+    e.address = host
+    e.port = port
+  }
+  return err
 }
