@@ -2,6 +2,7 @@
 // requests with the identity and decision they must get. Credentials are given as already-verified
 // evidence: rule tests exercise classification and policy, not cryptography.
 import { readFile } from 'node:fs/promises'
+import { isIP } from 'node:net'
 import { dirname, resolve } from 'node:path'
 import * as z from 'zod/mini'
 import { formatDiagnostic } from '../config/diagnostics.ts'
@@ -52,7 +53,13 @@ export const ruleTestFileSchema = z.strictObject({
           method: z._default(z.string(), 'GET'),
           path: z._default(z.string(), '/'),
           headers: z._default(z.record(z.string(), z.string()), {}),
-          remoteAddr: z._default(z.string(), '127.0.0.1'),
+          // the peer as a socket would report it: a typo (10.0.0.300) would match no CIDR and pass unseen
+          remoteAddr: z._default(
+            z
+              .string()
+              .check(z.refine((v: string) => isIP(v) !== 0, 'expected an IP address, e.g. 10.0.0.7 or ::1')),
+            '127.0.0.1',
+          ),
           userAgent: z.optional(z.string()),
           /** verified token claims: iss, sub, and any other claim (nested objects allowed) */
           jwt: z.optional(z.looseObject({ iss: z.string() })),

@@ -77,6 +77,26 @@ t.test('a test file that is not UTF-8 is reported at its first invalid byte and 
   t.match(r.text, `${file}:3:14 not UTF-8 text (hint: save the file as UTF-8)`)
 })
 
+// a typo in a case's peer matched no trustedProxies or remoteAddr CIDR, and the case passed on what it was not
+t.test("a case's remoteAddr that is not an IP address is reported with line:col and exits 1", async (t) => {
+  const dir = scratchDirSync('ruletest-remote-addr')
+  const file = join(dir, 'peer.test.yaml')
+  writeFileSync(
+    file,
+    stringify({
+      config: join(process.cwd(), 'config/examples/mesh-xfcc.yaml'),
+      tests: [
+        { name: 'a typo', request: { remoteAddr: '10.0.0.300' }, expect: { kind: 'unknown' } },
+        { name: 'v6', request: { remoteAddr: '::1' }, expect: { kind: 'unknown' } },
+      ],
+    }),
+  )
+  const r = await run([file])
+  t.equal(r.code, 1)
+  t.match(r.text, `${file}:5:19 tests[0].request.remoteAddr: expected an IP address, e.g. 10.0.0.7 or ::1`)
+  t.notMatch(r.text, /^ok 1 - a typo$/m, 'the case is not run')
+})
+
 t.test('a subject with two CNs is named as the live proxy names it, mTLS or forwarded', async (t) => {
   const dir = scratchDirSync('ruletest-multi-cn')
   // the forwarded case comes from 127.0.0.1 (no remoteAddr): the proxy in front, trusted for XFCC
