@@ -57,8 +57,10 @@ function hostPort(value: string): string {
 /** `--workers`: a positive whole number up to MAX_WORKERS, or auto */
 function workersFlag(value: string): number | 'auto' {
   if (value === 'auto') return 'auto'
-  const n = positiveInt(value)
-  if (n > MAX_WORKERS) throw new InvalidArgumentError(`expected at most ${MAX_WORKERS}`)
+  const n = Number(value)
+  // one message for every slip, naming the whole range and the other spelling
+  if (!Number.isInteger(n) || n <= 0 || n > MAX_WORKERS)
+    throw new InvalidArgumentError(`expected a whole number from 1 to ${MAX_WORKERS}, or auto`)
   return n
 }
 

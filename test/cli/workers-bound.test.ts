@@ -22,5 +22,17 @@ t.test('workers above 64 in a config is an error at its value', async (t) => {
 t.test('--workers above 64 is refused before anything starts', async (t) => {
   const r = await runCli(['run', '--upstream', 'http://127.0.0.1:9', '--workers', '65'])
   t.not(r.code, 0)
-  t.match(r.stderr, /--workers <n>' argument '65' is invalid\. expected at most 64/)
+  t.match(r.stderr, /--workers <n>' argument '65' is invalid\. expected a whole number from 1 to 64, or auto/)
+})
+
+t.test('a --workers value that is no count names the range and auto', async (t) => {
+  for (const value of ['0', 'many', '1.5']) {
+    const r = await runCli(['run', '--upstream', 'http://127.0.0.1:9', '--workers', value])
+    t.equal(r.code, 1, value)
+    t.match(
+      r.stderr,
+      `--workers <n>' argument '${value}' is invalid. expected a whole number from 1 to 64, or auto`,
+      value,
+    )
+  }
 })
