@@ -2,9 +2,10 @@
 // from /proc, and every process is killed when the run ends — normally, on an error or on Ctrl-C.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { readFileSync } from 'node:fs'
 import { readdir, readFile } from 'node:fs/promises'
-import { connect, createServer } from 'node:net'
+import { connect } from 'node:net'
+
+export { freePort } from './ports.ts'
 
 /** `node` flags that run a TypeScript file of this repository: scripts/register-ts.mjs strips its types */
 export const TS_NODE_FLAGS: readonly string[] = [
@@ -82,57 +83,6 @@ export function spawnProcess(
 
 export async function stopAll(procs: Iterable<ServerProcess | undefined>): Promise<void> {
   await Promise.all([...procs].map((p) => p?.stop().catch(() => {})))
-}
-
-/**
- * Ports are taken from below the range the kernel hands out for port 0 and for outgoing connections
- * (ip_local_port_range, 32768-60999 by default): a listener on port 0 started meanwhile — a sidecar's, an
- * upstream's, another test file's — can never be given a port handed out here before its owner binds it.
- */
-const ASSIGNED_LOW = 20_000
-const ephemeralLow = (() => {
-  try {
-    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0])
-    return Number.isInteger(low) ? low : 0
-  } catch {
-    return 0
-  }
-})()
-/** handed out by this process: never twice, though a stopped child's port is free again */
-const handedOut = new Set<number>()
-
-function canListen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = createServer()
-    srv.once('error', () => resolve(false))
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)))
-  })
-}
-
-async function kernelPort(): Promise<number> {
-  const srv = createServer()
-  srv.listen(0, '127.0.0.1')
-  await once(srv, 'listening')
-  const addr = srv.address()
-  const port = typeof addr === 'object' && addr ? addr.port : 0
-  await new Promise<void>((resolve) => srv.close(() => resolve()))
-  return port
-}
-
-/**
- * A port that was free a moment ago on 127.0.0.1, for a child process told its port up front. Chosen at
- * random between 20000 and the kernel's ephemeral range (see above); where that range starts too low to leave
- * room, whatever port 0 gives.
- */
-export async function freePort(): Promise<number> {
-  const span = ephemeralLow - ASSIGNED_LOW
-  for (let attempt = 0; span >= 1_000 && attempt < 64; attempt++) {
-    const port = ASSIGNED_LOW + Math.floor(Math.random() * span)
-    if (handedOut.has(port) || !(await canListen(port))) continue
-    handedOut.add(port)
-    return port
-  }
-  return kernelPort()
 }
 
 /** Whether a TCP connection to 127.0.0.1:`port` is accepted right now. */
