@@ -7,14 +7,16 @@ import type { Test } from 'tap'
 
 /**
  * `freePort`: a TCP port on 127.0.0.1 that was free a moment ago, from a range the OS never hands to port-0
- * listeners. `canConnect`: whether 127.0.0.1:port accepts a connection right now.
+ * listeners, and that no other process's `freePort` hands out while this one runs. `canConnect`: whether
+ * 127.0.0.1:port accepts a connection right now.
  */
 export { canConnect, freePort } from '../../bench/lib/procs.ts'
 
 /**
  * A TCP port on 127.0.0.1 that refuses connections for the whole test: a privileged port nothing listens on.
- * A port from `freePort()` cannot stand for "down": it is free only until someone binds it, and another test
- * process's `freePort()` may hand it to a server of its own, where the "down" request then lands.
+ * A port from `freePort()` cannot stand for "down": it is free only until someone binds it, and its
+ * reservation keeps only other `freePort()` callers away, and only for ten minutes: anything else on the
+ * machine listening on a fixed port may have it, and the "down" request then lands there.
  * Ports below 1024 are never handed out for port 0, and no test listens on one. 1000-1023 because fetch
  * refuses, before connecting, the lower ports browsers block (1, 7, 9, ... 995).
  */
