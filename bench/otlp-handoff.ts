@@ -5,9 +5,9 @@
 // `--src DIR` measures another checkout's sources (an earlier commit) the same way: alternate the two.
 //   node --import ./scripts/register-ts.mjs bench/otlp-handoff.ts [--src DIR] [--requests N] [--rounds R]
 import { readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { parseArgs } from 'node:util'
 import type { RequestEvent } from '../src/types.ts'
+import { freePort } from './lib/procs.ts'
 
 const { values } = parseArgs({
   options: {
@@ -23,11 +23,10 @@ const { OtlpThread } = (await import(
 const N = Number(values.requests)
 const threadCpuUs = () => Number(readFileSync('/proc/thread-self/schedstat', 'latin1').split(' ')[0]) / 1000
 
-// a port nothing listens on: every export is refused at once
-const probe = createServer()
-await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r))
-const downPort = (probe.address() as { port: number }).port
-await new Promise((r) => probe.close(r))
+// a port nothing listens on: every export is refused at once. Not one port 0 gave and was closed again: the
+// kernel hands that one to the next outgoing connection or port-0 listener on the machine, while this one
+// is below that range and reserved against other processes' freePort for the run
+const downPort = await freePort()
 
 // the bench's traffic: 100 Kubernetes service accounts with JWTs, one route, the engine's shared objects
 const identities = Array.from({ length: 100 }, (_, i) => ({
