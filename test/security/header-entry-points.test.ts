@@ -25,7 +25,7 @@ import { connect as connectTls, type TLSSocket } from 'node:tls'
 import t from 'tap'
 import { type BinSidecar, startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { FLAG, FRAME, frame, headerBlock, hpackString, PREFACE } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, headerBlock, hpackString, PREFACE, stream1Answer } from '../helpers/h2-frames.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { listenTcp } from '../helpers/trailers.ts'
 
@@ -280,34 +280,7 @@ async function h2cRaw(
     if (more.trailers)
       frames.push(frame(FRAME.HEADERS, FLAG.END_HEADERS | FLAG.END_STREAM, 1, headerBlock(more.trailers)))
   }
-  const socket = connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  socket.on('error', () => {})
-  let buf = Buffer.alloc(0)
-  socket.on('data', (c: Buffer) => {
-    buf = Buffer.concat([buf, c])
-  })
-  socket.write(Buffer.concat(frames))
-  try {
-    return await eventually(
-      () => {
-        for (let at = 0; at + 9 <= buf.length; ) {
-          const length = buf.readUIntBE(at, 3)
-          if (at + 9 + length > buf.length) break
-          if ((buf.readUInt32BE(at + 5) & 0x7fffffff) === 1) {
-            if (buf[at + 3] === FRAME.RST_STREAM) return 'reset'
-            // :status 200 is HPACK static entry 8
-            if (buf[at + 3] === FRAME.HEADERS) return buf[at + 9] === 0x88 ? 'status 200' : 'status other'
-          }
-          at += 9 + length
-        }
-        return undefined
-      },
-      { what: 'the answer on stream 1' },
-    )
-  } finally {
-    socket.destroy()
-  }
+  return stream1Answer(port, frames)
 }
 
 /** a GET /h2 header block: static :method GET, :scheme http, then literal fields */
@@ -348,9 +321,9 @@ t.test('HTTP/2: fields with whitespace in their name, connection fields and exte
       ['upgrade: websocket', [['upgrade', 'websocket']]],
       ['te other than trailers', [['te', 'trailers, x-nhi-identity']]],
     ] as [string, [string, string][]][]) {
-      t.equal(
+      t.match(
         await h2cRaw(s.port, getBlock([['x-case', label], ...fields])),
-        'reset',
+        /^reset \d+$/,
         `${s.name}: ${label} resets the stream`,
       )
     }
@@ -367,7 +340,11 @@ t.test('HTTP/2: fields with whitespace in their name, connection fields and exte
         ['sec-websocket-version', '13'],
       ]),
     ])
-    t.equal(await h2cRaw(s.port, extendedConnect), 'reset', `${s.name}: extended CONNECT resets the stream`)
+    t.match(
+      await h2cRaw(s.port, extendedConnect),
+      /^reset \d+$/,
+      `${s.name}: extended CONNECT resets the stream`,
+    )
 
     await h2cRaw(s.port, getBlock([['x-case', 'h2-control']]))
     await completed(s, 'h2-control')

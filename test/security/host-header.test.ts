@@ -11,7 +11,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { FLAG, FRAME, frame, headerBlock, hpackString, PREFACE } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, headerBlock, hpackString, PREFACE, stream1Answer } from '../helpers/h2-frames.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -51,44 +51,13 @@ function h2cGet(path: string, fields: [string, string][]): Buffer {
 }
 
 /** HPACK static table entries 8 to 14 (RFC 7541 Appendix A) */
-const STATIC_STATUS: Record<number, number> = { 8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500 }
 
 /**
  * What answered stream 1: `status N` from the response HEADERS (when N is one of HPACK's static-table
  * statuses), or `reset N` with the RST_STREAM error code
  */
-async function h2cAnswer(port: number, path: string, fields: [string, string][]): Promise<string> {
-  const socket = connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  socket.on('error', () => {})
-  let buf = Buffer.alloc(0)
-  socket.on('data', (c: Buffer) => {
-    buf = Buffer.concat([buf, c])
-  })
-  socket.write(h2cGet(path, fields))
-  try {
-    return await eventually(
-      () => {
-        for (let at = 0; at + 9 <= buf.length; ) {
-          const length = buf.readUIntBE(at, 3)
-          if (at + 9 + length > buf.length) break
-          const type = buf[at + 3]
-          if ((buf.readUInt32BE(at + 5) & 0x7fffffff) === 1) {
-            if (type === 0x3) return `reset ${buf.readUInt32BE(at + 9)}`
-            if (type === 0x1) {
-              const first = buf[at + 9]!
-              return `status ${first & 0x80 ? (STATIC_STATUS[first & 0x7f] ?? '?') : '?'}`
-            }
-          }
-          at += 9 + length
-        }
-        return undefined
-      },
-      { timeoutMs: 5000, what: 'the answer on stream 1' },
-    )
-  } finally {
-    socket.destroy()
-  }
+function h2cAnswer(port: number, path: string, fields: [string, string][]): Promise<string> {
+  return stream1Answer(port, [h2cGet(path, fields)])
 }
 
 t.test('more than one Host, or none on HTTP/1.1, is refused with 400 and never forwarded', async (t) => {

@@ -1,23 +1,12 @@
-// A header an identity rule names (`match: { header: { x-tenant: "{t}" } }`) under a spelling an upstream
-// framework merges with it: CGI/WSGI/Rack/PHP make `X_Tenant` and `x-tenant` alike HTTP_X_TENANT (see
-// src/util/header-names.ts). The rule reads `x-tenant` only, so a client sending one tenant there and another
-// under `X_Tenant`, or the header as a request trailer, would have the upstream act on a tenant the identity
-// was never decided on. Through the built bundle, from raw sockets (HTTP/1.1 and hand-encoded h2c frames, so
-// no client library normalises the names away), towards an HTTP/1.1 and an h2c upstream that record the
-// names and values exactly as they received them: every other spelling is stripped and counted as
-// spoofed_header, the exact name is read and forwarded, no spelling travels as a trailer, and a reload that
-// names another header moves the protection with it.
-import { once } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import {
   createServer as createH2cServer,
   type Http2ServerRequest,
   type Http2ServerResponse,
 } from 'node:http2'
-import { connect } from 'node:net'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { FLAG, FRAME, frame, headerBlock, hpackString, PREFACE } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, headerBlock, hpackString, PREFACE, stream1Answer } from '../helpers/h2-frames.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { rawExchange } from '../helpers/net.ts'
 import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
@@ -137,34 +126,7 @@ async function h2cRaw(
       frame(FRAME.HEADERS, FLAG.END_HEADERS | FLAG.END_STREAM, 1, headerBlock(trailers)),
     )
   } else frames.push(frame(FRAME.HEADERS, FLAG.END_HEADERS | FLAG.END_STREAM, 1, head))
-  const socket = connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  socket.on('error', () => {})
-  let buf = Buffer.alloc(0)
-  socket.on('data', (c: Buffer) => {
-    buf = Buffer.concat([buf, c])
-  })
-  socket.write(Buffer.concat(frames))
-  try {
-    return await eventually(
-      () => {
-        for (let at = 0; at + 9 <= buf.length; ) {
-          const length = buf.readUIntBE(at, 3)
-          if (at + 9 + length > buf.length) break
-          if ((buf.readUInt32BE(at + 5) & 0x7fffffff) === 1) {
-            if (buf[at + 3] === FRAME.RST_STREAM) return 'reset'
-            // :status 200 is HPACK static entry 8
-            if (buf[at + 3] === FRAME.HEADERS) return buf[at + 9] === 0x88 ? 'status 200' : 'status other'
-          }
-          at += 9 + length
-        }
-        return undefined
-      },
-      { what: `the answer to ${label}` },
-    )
-  } finally {
-    socket.destroy()
-  }
+  return stream1Answer(port, frames, { what: `the answer to ${label}` })
 }
 
 const clients = [
