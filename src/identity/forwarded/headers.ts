@@ -128,9 +128,25 @@ export function sanitizeForwardedCertHeaders(
     delete headers[name]
   }
   if (mode === 'sanitize_set' && evidence) {
-    const xfcc = formatXfcc(evidence)
+    const xfcc = upstreamXfcc(evidence)
     if (xfcc) headers[XFCC_HEADER] = xfcc
   }
+}
+
+/**
+ * The XFCC sent upstream for each evidence object: one a cache shares (a forwarded header read before, an
+ * mTLS connection's certificate) describes its client again with every request, in the same text. Weak: it
+ * lives as long as the evidence does; evidence is never changed once made.
+ */
+const upstreamXfccs = new WeakMap<CertEvidence, string>()
+
+function upstreamXfcc(ev: CertEvidence): string {
+  let text = upstreamXfccs.get(ev)
+  if (text === undefined) {
+    text = formatXfcc(ev)
+    upstreamXfccs.set(ev, text)
+  }
+  return text
 }
 
 /**

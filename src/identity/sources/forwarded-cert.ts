@@ -2,6 +2,7 @@
 // vouch for a client certificate, and only in the ONE header format configured for it: a front proxy sets
 // its own header but passes every other one on as the client sent it, so a header of any other family (or
 // under another spelling) is the client's, not the proxy's, and is a spoofing attempt even from a trusted peer.
+import { LRUCache } from 'lru-cache'
 import type { Config } from '../../config/schema.ts'
 import type {
   CertEvidence,
@@ -12,6 +13,9 @@ import type {
   RequestInfo,
 } from '../../types.ts'
 import { CidrSet } from '../../util/cidr.ts'
+import { sha256Hex } from '../../util/fingerprint.ts'
+import { lruGet } from '../../util/lru-get.ts'
+import { SecondSight } from '../../util/second-sight.ts'
 import { certificateDecoderLoaded, loadCertificateDecoder } from '../certificate.ts'
 import { albEvidence } from '../forwarded/alb.ts'
 import { clientCertEvidence } from '../forwarded/client-cert.ts'
@@ -22,6 +26,7 @@ import {
   headerText,
   isFormatHeader,
   isForwardedCertHeader,
+  MAX_FORWARDED_HEADER_BYTES,
   malformed,
   NGINX_CERT_HEADER,
   sanitizeForwardedCertHeaders,
@@ -71,10 +76,35 @@ export class TrustedForwarders {
   }
 }
 
+/**
+ * Answers kept per config. A front proxy sends the same header with every request of a client (Envoy's XFCC
+ * describes the certificate of the connection it came in on), so reading it again is work done once, as a
+ * token's verification is. A reload builds a new extractor: no answer outlives the trustedProxies, format
+ * and toUpstream it was found under.
+ */
+const MAX_ANSWERS = 4096
+/**
+ * A header up to this long is its own cache key: no certificate fits in it (a PEM one is longer), so the cache
+ * keeps no certificate text the evidence does not. A longer one (Cert=, Client-Cert, nginx's PEM) is keyed by
+ * its sha256, which also bounds the memory of a full cache whatever the headers' size.
+ */
+const MAX_TEXT_KEY = 256
+
+/** the header of the formats whose answer is that one header's text and nothing else */
+const SINGLE_HEADER: Readonly<Partial<Record<ForwardedCertFormat, string>>> = {
+  xfcc: XFCC_HEADER,
+  rfc9440: CLIENT_CERT_HEADER,
+  nginx: NGINX_CERT_HEADER,
+}
+
 export class XfccExtractor implements SourceExtractor<CertEvidence> {
   readonly source = 'xfcc' as const
   readonly forwarders: TrustedForwarders
   private readonly toUpstream: ForwardedConfig['toUpstream']
+  /** evidence or failure by format and header text (or its sha256), from a header's second sight on */
+  private readonly answers = new LRUCache<string, CertEvidence | Failure>({ max: MAX_ANSWERS })
+  /** keys seen once, not kept yet: a stream of headers that never repeat neither fills nor churns the cache */
+  private readonly admission = new SecondSight(MAX_ANSWERS)
 
   constructor(cfg: ForwardedConfig) {
     this.forwarders = new TrustedForwarders(cfg)
@@ -134,7 +164,31 @@ export class XfccExtractor implements SourceExtractor<CertEvidence> {
       const trusted = format
       return loadCertificateDecoder().then(() => forwardedCertEvidence(req, trusted))
     }
-    return forwardedCertEvidence(req, format)
+    return this.evidence(req, format)
+  }
+
+  /**
+   * forwardedCertEvidence, from the cache when the header was read before. The answer is the header text's
+   * alone (the format picks the header and how it is read), and is shared, like a cached token's: evidence
+   * is never changed once made, so the entries and fingerprints built on it are made once too.
+   */
+  private evidence(req: RequestInfo, format: ForwardedCertFormat): CertEvidence | Failure | undefined {
+    const name = SINGLE_HEADER[format]
+    // a repeated header Node did not join, an empty or oversized one: read as always, not kept
+    const text = name === undefined ? undefined : req.headers[name]
+    if (typeof text !== 'string' || text.length === 0 || text.length > MAX_FORWARDED_HEADER_BYTES)
+      return forwardedCertEvidence(req, format)
+    const key = text.length <= MAX_TEXT_KEY ? `${format} ${text}` : `${format}#${sha256Hex(text)}`
+    const cached = lruGet(this.answers, key)
+    if (cached !== undefined) return cached
+    const answer = forwardedCertEvidence(req, format)
+    if (answer !== undefined && this.admission.seen(key)) this.answers.set(key, answer)
+    return answer
+  }
+
+  close(): void {
+    this.answers.clear()
+    this.admission.clear()
   }
 }
 
