@@ -1,4 +1,4 @@
-// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --cold-start-only | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --pod-scrape | --alloc | --alloc-sites]
+// npm run bench [-- --duration 10s --rounds 3 --connections 64 --rate 1000 | --quick | --cold-start-only | --memory | --memory-quick | --flood | --otlp | --h2 | --prom | --workers | --pod-scrape | --alloc [--xfcc] | --alloc-sites]
 // Throughput/latency/CPU of nhi-proxy against baselines, (memory modes) RSS and series under identity
 // cardinality floods, or (flood mode) the cache-miss flood alone. Writes bench/results/latest.{md,json,svg}
 // (memory: memory.{md,json}; flood: flood.{md,json}; alloc: alloc.{md,json}; alloc-sites: alloc-sites.{md,json}).
@@ -118,6 +118,10 @@ const program = new Command()
     '--alloc-sites',
     'allocation sites of the JWT configuration: a sampling heap profile, top 10 per request (100,000 requests; --quick 20,000)',
   )
+  .option(
+    '--xfcc',
+    'allocation mode with configuration x too: nhi-proxy behind a trusted mesh ingress, 300 rotating XFCC identities (implies --alloc)',
+  )
   .option('--requests <n>', 'allocation mode: requests per measured window, at least', positive)
   .parse()
 
@@ -146,6 +150,7 @@ const o = program.opts<{
   entry?: string
   verifyWorkers?: number
   alloc?: boolean
+  xfcc?: boolean
   allocSites?: boolean
   requests?: number
 }>()
@@ -333,6 +338,7 @@ async function allocMode(): Promise<void> {
     maxWindowS: 120,
     connections: Math.round(o.connections),
     dist,
+    xfcc: o.xfcc === true,
     log,
   })
   const md = allocMarkdown(r, targetLine)
@@ -388,7 +394,7 @@ await (o.coldStartOnly
   ? coldStartMode()
   : o.allocSites
     ? allocSitesMode()
-    : o.alloc
+    : o.alloc || o.xfcc
       ? allocMode()
       : o.workers
         ? workersMode()

@@ -1,7 +1,7 @@
 // Allocation mode (`npm run bench -- --alloc`): bytes allocated on the JavaScript heap per request, for the
 // bare engine (b), nhi-proxy with JWT attribution (c, 1,000 cached RS256 tokens) and nhi-proxy with an
 // anonymous browser (e), against the issue's "c within 1.2× b", with the proxy's CPU per request from the
-// same runs.
+// same runs; `--xfcc` adds nhi-proxy behind a trusted mesh ingress (x, 300 rotating XFCC identities).
 //
 // Method. Every proxy runs with `--trace-gc --trace-gc-nvp`: V8 prints one line per collection to stdout with
 // `allocated=<bytes>`, the heap's object size at the start of this collection minus at the end of the
@@ -26,6 +26,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { Pool } from 'undici'
 import { BROWSER_UA, spreadText, type Target, target } from './harness.ts'
+import { xfccIdentity } from './memory.ts'
 import { nhiCommand, nhiConfigYaml, REPO_ROOT, spawnPlainUpstream } from './nhi.ts'
 import {
   cpuMicros,
@@ -39,7 +40,7 @@ import {
 import { median } from './stats.ts'
 import { rotatingTokens } from './tokens.ts'
 
-export type AllocId = 'b' | 'c' | 'e'
+export type AllocId = 'b' | 'c' | 'e' | 'x'
 
 export interface AllocOptions {
   rounds: number
@@ -54,6 +55,8 @@ export interface AllocOptions {
   dist: boolean
   /** a window that has not reached `minGcs` collections by then ends with what it has */
   maxWindowS?: number
+  /** also configuration x: XFCC from a trusted peer */
+  xfcc?: boolean
   log: (line: string) => void
 }
 
@@ -98,7 +101,11 @@ const LABELS: Record<AllocId, string> = {
   b: 'bare proxy (the engine alone), 1,000 rotating tokens forwarded',
   c: 'nhi-proxy, JWT RS256 (1,000 rotating tokens, cache warm)',
   e: 'nhi-proxy, anonymous browser user agent',
+  x: 'nhi-proxy, XFCC from a trusted peer (300 rotating identities, cache warm)',
 }
+
+/** the XFCC identities configuration x rotates through: a few hundred workloads behind one ingress */
+const XFCC_IDENTITIES = 300
 
 export const ALLOC_TARGET = 1.2
 const PATH = '/api/v1/orders/42'
@@ -168,12 +175,16 @@ async function startTracedNhi(
   upstream: string,
   jwksFile: string,
   dist: boolean,
-  extra: { nodeArgs?: string[]; env?: Record<string, string> } = {},
+  extra: { nodeArgs?: string[]; env?: Record<string, string>; trustedProxies?: string[] } = {},
 ): Promise<Traced> {
   const port = await freePort()
   const adminPort = await freePort()
   const file = join(dir, `${name}.yaml`)
-  await writeFile(file, nhiConfigYaml({ port, adminPort, upstream, jwksFile }))
+  const trustedProxies = extra.trustedProxies
+  await writeFile(
+    file,
+    nhiConfigYaml({ port, adminPort, upstream, jwksFile, ...(trustedProxies ? { trustedProxies } : {}) }),
+  )
   const { command, args } = nhiCommand(file, { dist })
   const proc = spawnProcess(name, command, [...TRACE_FLAGS, ...(extra.nodeArgs ?? []), ...args], {
     env: { NHI_LOG_LEVEL: 'warn', ...extra.env },
@@ -313,26 +324,34 @@ export async function runAlloc(opts: AllocOptions): Promise<AllocResult> {
     const bearer = tokens.map((x) => `Bearer ${x}`)
 
     const { url: upstream, listening } = await spawnPlainUpstream(procs)
-    const [b, c, e] = await Promise.all([
-      startTracedBare(procs, upstream),
-      startTracedNhi('nhi-alloc-c', dir, procs, upstream, jwksFile, opts.dist),
-      startTracedNhi('nhi-alloc-e', dir, procs, upstream, jwksFile, opts.dist),
-    ])
+    const ids: AllocId[] = opts.xfcc ? ['b', 'c', 'e', 'x'] : ['b', 'c', 'e']
+    const start = (id: AllocId) =>
+      id === 'b'
+        ? startTracedBare(procs, upstream)
+        : startTracedNhi(`nhi-alloc-${id}`, dir, procs, upstream, jwksFile, opts.dist, {
+            ...(id === 'x' ? { trustedProxies: ['127.0.0.1/32'] } : {}),
+          })
+    const started = await Promise.all(ids.map(start))
     await listening
-    const traced: Record<AllocId, Traced> = { b, c, e }
+    const traced = Object.fromEntries(ids.map((id, i) => [id, started[i]!])) as Record<AllocId, Traced>
     // b gets the tokens too, as in the throughput bench: it forwards the same request bytes as c
     const withToken = (n: number) => ({
       'user-agent': 'nhi-bench',
       authorization: bearer[n % bearer.length]!,
     })
     const browser = () => ({ 'user-agent': BROWSER_UA })
+    const identities = Array.from({ length: XFCC_IDENTITIES }, (_, i) => xfccIdentity(i))
+    const withXfcc = (n: number) => ({
+      'user-agent': 'nhi-bench',
+      'x-forwarded-client-cert': identities[n % identities.length]!,
+    })
+    const headersOf = { b: withToken, c: withToken, e: browser, x: withXfcc }
     const make = (id: AllocId): Driver => {
-      const d = new Driver(traced[id].url, opts.connections, id === 'e' ? browser : withToken)
+      const d = new Driver(traced[id].url, opts.connections, headersOf[id])
       drivers.push(d)
       return d
     }
-    const driver: Record<AllocId, Driver> = { b: make('b'), c: make('c'), e: make('e') }
-    const ids: AllocId[] = ['b', 'c', 'e']
+    const driver = Object.fromEntries(ids.map((id) => [id, make(id)])) as Record<AllocId, Driver>
 
     log(`warm-up: ${opts.warmup.toLocaleString('en')} requests each (JIT, keep-alive pools, token cache)`)
     for (const id of ids) {
@@ -360,13 +379,17 @@ export async function runAlloc(opts: AllocOptions): Promise<AllocResult> {
 
     const perRound = (f: (i: number) => number) => Array.from({ length: opts.rounds }, (_, i) => f(i))
     const bpr = (id: AllocId, i: number) => rows.get(id)![i]!.bytesPerRequest
-    const ratio = (a: AllocId) => {
-      const rounds = perRound((i) => bpr(a, i) / bpr('b', i))
+    const ratio = (a: AllocId, over: AllocId = 'b') => {
+      const rounds = perRound((i) => bpr(a, i) / bpr(over, i))
       return { median: median(rounds), rounds }
     }
-    const ratios = { 'c/b': ratio('c'), 'e/b': ratio('e') }
+    const ratios: Record<string, { median: number; rounds: number[] }> = {
+      'c/b': ratio('c'),
+      'e/b': ratio('e'),
+      ...(opts.xfcc ? { 'x/b': ratio('x'), 'x/c': ratio('x', 'c') } : {}),
+    }
     const targets = (['c', 'e'] as const).map((id): Target => {
-      const r = ratios[`${id}/b`]
+      const r = ratios[`${id}/b`]!
       return target(
         `allocation per request ${id} ≤ ${ALLOC_TARGET}× b`,
         r.median,

@@ -57,6 +57,17 @@ export interface MemoryResult {
   targets: Target[]
 }
 
+/**
+ * The XFCC header a trusted mesh ingress sets for client workload `i` (Envoy's form: By, Hash, URI), as the
+ * memory and allocation modes send it.
+ */
+export function xfccIdentity(i: number): string {
+  const ns = `tenant-${i % 101}`
+  const uri = `spiffe://bench.local/ns/${ns}/sa/client-${i}`
+  const hash = createHash('sha256').update(uri).digest('hex')
+  return `By=spiffe://bench.local/ns/mesh/sa/gateway;Hash=${hash};URI=${uri}`
+}
+
 const CONCURRENCY = 32
 const CHUNK = 5_000
 
@@ -147,12 +158,6 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
       sampling = sampling.then(takeSample, takeSample).catch(() => {})
     }, interval)
 
-    const xfccHeader = (i: number) => {
-      const ns = `tenant-${i % 101}`
-      const uri = `spiffe://bench.local/ns/${ns}/sa/client-${i}`
-      const hash = createHash('sha256').update(uri).digest('hex')
-      return `By=spiffe://bench.local/ns/mesh/sa/gateway;Hash=${hash};URI=${uri}`
-    }
     const send = async (headers: Record<string, string>) => {
       try {
         const res = await pool.request({ path: '/api/v1/orders/7', method: 'GET', headers })
@@ -182,7 +187,7 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
           await send(authorization)
           tokensSent++
           if (tokensSent % xfccEvery === 0 && xfccSent < xfccCount) {
-            const xfcc = { 'x-forwarded-client-cert': xfccHeader(xfccSent++) }
+            const xfcc = { 'x-forwarded-client-cert': xfccIdentity(xfccSent++) }
             await send(xfcc)
             await send(xfcc)
           }
@@ -196,7 +201,7 @@ export async function runMemory(opts: MemoryOptions): Promise<MemoryResult> {
       }
     }
     while (xfccSent < xfccCount && completed) {
-      const xfcc = { 'x-forwarded-client-cert': xfccHeader(xfccSent++) }
+      const xfcc = { 'x-forwarded-client-cert': xfccIdentity(xfccSent++) }
       await send(xfcc)
       await send(xfcc)
     }
