@@ -22,6 +22,7 @@ import { requestTarget } from '../proxy/path.ts'
 import { requestLineRefusal } from '../proxy/request-lifecycle.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import { sha256Hex } from '../util/fingerprint.ts'
+import { readProblem } from '../util/read-problem.ts'
 import type { Out } from './check.ts'
 import { type ExplainReport, renderExplain } from './explain-render.ts'
 import { printable } from './prometheus-api.ts'
@@ -61,12 +62,12 @@ export function parseHeaderArgs(args: readonly string[]): Record<string, string>
  * is a failure rather than evidence. Without a clientCA the live listener does not request client
  * certificates, so the certificate is no evidence here either.
  */
-async function certFromFile(
-  path: string,
+async function certFromPem(
+  pem: string,
   config: Config,
   notes: string[],
 ): Promise<CertEvidence | Failure | undefined> {
-  const [cert, ...chain] = pemCertificates(await readFile(path, 'utf8'))
+  const [cert, ...chain] = pemCertificates(pem)
   if (!cert) throw new Error('no PEM certificate in the file')
   const caFile = config.listen.https?.clientCA
   if (!caFile) {
@@ -79,7 +80,7 @@ async function certFromFile(
   try {
     anchors = pemCertificates(await readFile(caFile, 'utf8'))
   } catch (e) {
-    notes.push(`cannot read clientCA ${caFile}: ${(e as Error).message}`)
+    notes.push(`cannot read clientCA ${caFile}: ${readProblem(e)}`)
   }
   const failure = (reason: Failure['reason'], what: string): Failure => {
     const detail = `certificate ${what}`
@@ -197,11 +198,19 @@ async function explainTo(opts: ExplainOptions, out: Out, report: Out): Promise<n
   const remoteAddr = opts.remoteAddr ?? '127.0.0.1'
   const conn: ConnectionInfo = { remoteAddress: remoteAddr, remotePort: 0, tls: opts.cert !== undefined }
   if (opts.cert) {
+    // said as a config file's problem is (FILE: file not found), not as the errno Node words it
+    let pem: string
     try {
-      const peerCert = await certFromFile(opts.cert, config, notes)
+      pem = await readFile(opts.cert, 'utf8')
+    } catch (e) {
+      out(`${opts.cert}: ${readProblem(e)}`)
+      return 1
+    }
+    try {
+      const peerCert = await certFromPem(pem, config, notes)
       if (peerCert) conn.peerCert = peerCert
     } catch (e) {
-      out(`${opts.cert}: cannot read certificate: ${(e as Error).message}`)
+      out(`${opts.cert}: ${(e as Error).message}`)
       return 1
     }
   }
