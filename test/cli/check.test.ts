@@ -80,6 +80,25 @@ t.test('without files: $NHI_PROXY_CONFIG, else config/nhi-proxy.yaml', async (t)
   t.match(def.text, /^config\/nhi-proxy\.yaml: ok/)
   t.equal(missing.code, 1)
   t.match(missing.text, /does\/not\/exist\.yaml:1:1 file not found/)
+  t.notMatch(missing.text, /hint/, 'a FILE given is the one meant: no hint')
+})
+
+t.test('without files where the default is not: the hint names both ways to give a config', async (t) => {
+  const elsewhere = scratchDirSync('check-elsewhere')
+  const [def, env] = await Promise.all([
+    check([], {}, elsewhere),
+    check([], { NHI_PROXY_CONFIG: 'gone.yaml' }, elsewhere),
+  ])
+  t.equal(def.code, 1)
+  t.equal(
+    def.text.split('\n')[0],
+    'config/nhi-proxy.yaml:1:1 file not found (hint: no FILE given, so the default; give one as nhi-proxy check FILE, or set $NHI_PROXY_CONFIG)',
+  )
+  t.equal(env.code, 1)
+  t.equal(
+    env.text.split('\n')[0],
+    'gone.yaml:1:1 file not found (hint: the file $NHI_PROXY_CONFIG names; give another as nhi-proxy check FILE)',
+  )
 })
 
 t.test(
