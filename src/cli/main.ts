@@ -464,7 +464,7 @@ program
   .addHelpText(
     'after',
     `
-Exit 1 when a test fails or a file does not load.
+Exit 1 when a test fails, a file does not load, or a file has no test cases.
 
 Example:
   nhi-proxy test config/examples/*.test.yaml`,

@@ -45,73 +45,78 @@ const stringList = z.union([z.string(), z.array(z.string())])
 
 export const ruleTestFileSchema = z.strictObject({
   config: described(z.string().check(z.minLength(1)), 'config file, relative to this test file'),
-  tests: z.array(
-    z.strictObject({
-      name: z.string().check(z.minLength(1)),
-      request: z.prefault(
-        z.strictObject({
-          method: z._default(z.string(), 'GET'),
-          path: z._default(z.string(), '/'),
-          headers: z._default(z.record(z.string(), z.string()), {}),
-          // the peer as a socket would report it: a typo (10.0.0.300) would match no CIDR and pass unseen
-          remoteAddr: z._default(
-            z
-              .string()
-              .check(z.refine((v: string) => isIP(v) !== 0, 'expected an IP address, e.g. 10.0.0.7 or ::1')),
-            '127.0.0.1',
-          ),
-          userAgent: z.optional(z.string()),
-          /** verified token claims: iss, sub, and any other claim (nested objects allowed) */
-          jwt: z.optional(z.looseObject({ iss: z.string() })),
-          cert: z.optional(
-            z
-              .strictObject({
-                spiffe: z.optional(z.string()),
-                uri: z.optional(stringList),
-                dns: z.optional(stringList),
-                subject: z.optional(z.string()),
-                sha256: z.optional(z.string()),
-                /**
-                 * in a forwarded-certificate header from the peer (remoteAddr) instead of presented over mTLS:
-                 * believed only when forwardedClientCert.trustedProxies trusts that peer for the header's format,
-                 * as on the live proxy
-                 */
-                forwarded: z._default(z.boolean(), false),
-                format: described(
-                  z.optional(forwardedCertFormat),
-                  'the header a forwarded certificate arrives in (default: the one format forwardedClientCert trusts remoteAddr for, else xfcc)',
+  // `tests:` with nothing under it is null: refused as an empty list is (runRuleTests), not as a type error
+  tests: z.nullable(
+    z.array(
+      z.strictObject({
+        name: z.string().check(z.minLength(1)),
+        request: z.prefault(
+          z.strictObject({
+            method: z._default(z.string(), 'GET'),
+            path: z._default(z.string(), '/'),
+            headers: z._default(z.record(z.string(), z.string()), {}),
+            // the peer as a socket would report it: a typo (10.0.0.300) would match no CIDR and pass unseen
+            remoteAddr: z._default(
+              z
+                .string()
+                .check(
+                  z.refine((v: string) => isIP(v) !== 0, 'expected an IP address, e.g. 10.0.0.7 or ::1'),
                 ),
-                verified: z._default(z.boolean(), true),
-              })
-              .check(
-                z.refine(
-                  (c) => c.format === undefined || c.forwarded,
-                  'format is the header a forwarded certificate arrives in: set forwarded: true',
+              '127.0.0.1',
+            ),
+            userAgent: z.optional(z.string()),
+            /** verified token claims: iss, sub, and any other claim (nested objects allowed) */
+            jwt: z.optional(z.looseObject({ iss: z.string() })),
+            cert: z.optional(
+              z
+                .strictObject({
+                  spiffe: z.optional(z.string()),
+                  uri: z.optional(stringList),
+                  dns: z.optional(stringList),
+                  subject: z.optional(z.string()),
+                  sha256: z.optional(z.string()),
+                  /**
+                   * in a forwarded-certificate header from the peer (remoteAddr) instead of presented over mTLS:
+                   * believed only when forwardedClientCert.trustedProxies trusts that peer for the header's format,
+                   * as on the live proxy
+                   */
+                  forwarded: z._default(z.boolean(), false),
+                  format: described(
+                    z.optional(forwardedCertFormat),
+                    'the header a forwarded certificate arrives in (default: the one format forwardedClientCert trusts remoteAddr for, else xfcc)',
+                  ),
+                  verified: z._default(z.boolean(), true),
+                })
+                .check(
+                  z.refine(
+                    (c) => c.format === undefined || c.forwarded,
+                    'format is the header a forwarded certificate arrives in: set forwarded: true',
+                  ),
                 ),
-              ),
-          ),
-          apiKey: described(z.optional(z.string()), 'name of a configured api key'),
+            ),
+            apiKey: described(z.optional(z.string()), 'name of a configured api key'),
+          }),
+          {},
+        ),
+        expect: z.strictObject({
+          identity: z.optional(z.string()),
+          kind: z.optional(z.enum(KINDS)),
+          verified: z.optional(z.boolean()),
+          source: z.optional(z.enum(SOURCE_NAMES as [string, ...string[]])),
+          team: z.optional(z.string()),
+          zone: z.optional(z.string()),
+          /** identity rule that matched, e.g. "ci-jobs" or "builtin:useragent" */
+          rule: z.optional(z.string()),
+          decision: z.optional(z.enum(['allow', 'deny', 'would_deny'])),
+          /** policy rule that decided */
+          policyRule: z.optional(z.string()),
         }),
-        {},
-      ),
-      expect: z.strictObject({
-        identity: z.optional(z.string()),
-        kind: z.optional(z.enum(KINDS)),
-        verified: z.optional(z.boolean()),
-        source: z.optional(z.enum(SOURCE_NAMES as [string, ...string[]])),
-        team: z.optional(z.string()),
-        zone: z.optional(z.string()),
-        /** identity rule that matched, e.g. "ci-jobs" or "builtin:useragent" */
-        rule: z.optional(z.string()),
-        decision: z.optional(z.enum(['allow', 'deny', 'would_deny'])),
-        /** policy rule that decided */
-        policyRule: z.optional(z.string()),
       }),
-    }),
+    ),
   ),
 })
 export type RuleTestFile = z.output<typeof ruleTestFileSchema>
-export type RuleTestCase = RuleTestFile['tests'][number]
+export type RuleTestCase = NonNullable<RuleTestFile['tests']>[number]
 type TestRequest = RuleTestCase['request']
 
 const asList = (v: string | string[] | undefined): string[] =>
@@ -330,6 +335,22 @@ export async function runRuleTests(files: string[], out: Out): Promise<number> {
       broken = true
       continue
     }
+    const cases = parsed.value.tests ?? []
+    // a file whose cases were all deleted (or never written) would pass CI while testing nothing
+    if (cases.length === 0) {
+      out(
+        formatDiagnostic({
+          file,
+          ...parsed.locate(['tests'], 'key'),
+          message:
+            'tests: no test cases (a rule-test file needs at least one, or it passes while checking nothing)',
+          hint: 'add a case with a name, a request and what to expect, or drop the file',
+          severity: 'error',
+        }),
+      )
+      broken = true
+      continue
+    }
     const configPath = resolve(dirname(file), parsed.value.config)
     const loaded = await loadConfigFile(configPath)
     out(`# ${file} (config ${parsed.value.config})`)
@@ -338,7 +359,7 @@ export async function runRuleTests(files: string[], out: Out): Promise<number> {
       broken = true
       continue
     }
-    for (const c of parsed.value.tests) {
+    for (const c of cases) {
       n++
       const result = runCase(loaded.config, c)
       if (result.ok) {
