@@ -3,6 +3,7 @@
 // Errors are PromError with the exit code of docs/reference.md "Command line" and a message without a stack.
 import { redactUrl } from '../config/redact.ts'
 import { formatDuration } from '../util/duration.ts'
+import { hostNotFound, isHostNotFound } from '../util/listen-problem.ts'
 import { readBounded } from '../util/read-bounded.ts'
 
 export class PromError extends Error {
@@ -27,6 +28,21 @@ interface ApiBody {
   data?: { resultType?: unknown; result?: unknown }
 }
 
+/**
+ * The Fetch standard's "bad ports" (https://fetch.spec.whatwg.org/#bad-port): fetch() refuses to connect to
+ * them whatever the server, with a bare "bad port". Ports of other protocols (SMTP 25, X11 6000, IRC 6667…)
+ * that a browser must not be made to talk to; Prometheus on one of them cannot be queried from here.
+ */
+const FETCH_BAD_PORTS = new Set([
+  1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102, 103, 104,
+  109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427, 465, 512, 513, 514, 515,
+  526, 530, 531, 532, 540, 548, 554, 556, 563, 587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723, 2049,
+  3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080,
+])
+
+const badPortProblem = (port: string) =>
+  `port ${port} is one fetch refuses to connect to (reserved for another protocol); put Prometheus on another port, or reach it through one`
+
 /** Validates the --prometheus URL: http(s), no query or fragment; a trailing path (e.g. /prometheus) is kept. */
 export function prometheusBase(text: string): string {
   let url: URL
@@ -48,6 +64,9 @@ export function prometheusBase(text: string): string {
   if (url.protocol !== 'http:' && url.protocol !== 'https:')
     throw new PromError(`--prometheus must be an http:// or https:// URL, got ${url.protocol}`, 1)
   if (url.search || url.hash) throw new PromError('--prometheus takes no query string or fragment', 1)
+  // a bad flag, found before any query rather than as a bare "bad port" from each of them
+  if (url.port !== '' && FETCH_BAD_PORTS.has(Number(url.port)))
+    throw new PromError(`--prometheus: ${badPortProblem(url.port)}`, 1)
   // the user and password are sent decoded (PrometheusClient): one that cannot be decoded is a bad flag here,
   // not a failure of every query later
   try {
@@ -111,7 +130,15 @@ export class PrometheusClient {
       const e = err as Error & { cause?: { code?: string; message?: string } }
       if (e.name === 'TimeoutError' || e.name === 'AbortError')
         throw new PromError(`Prometheus at ${this.base} did not answer within ${this.timeoutMs} ms`, 2)
-      const why = e.cause?.code ?? e.cause?.message ?? e.message
+      const code = e.cause?.code
+      const { hostname } = new URL(this.base)
+      // getaddrinfo's code alone names neither the problem nor the host; fetch's "bad port" not the port
+      const why = isHostNotFound(code)
+        ? hostNotFound(hostname)
+        : e.cause?.message === 'bad port'
+          ? // the base URL's own port was checked (prometheusBase): this one came in a redirect
+            'redirected to a port fetch refuses to connect to (reserved for another protocol)'
+          : (code ?? e.cause?.message ?? e.message)
       throw new PromError(`cannot reach Prometheus at ${this.base}: ${why}`, 2)
     }
     // the deadline covers the body too: one that stalls is a timeout, one that never ends is cut at the bound

@@ -1,3 +1,16 @@
+/** getaddrinfo's codes for a name that does not resolve (or not now): said in words, with the name */
+const HOST_NOT_FOUND_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_NONAME'])
+
+/** whether an error's code is a host name that did not resolve */
+export function isHostNotFound(code: string | undefined): boolean {
+  return code !== undefined && HOST_NOT_FOUND_CODES.has(code)
+}
+
+/** the words every command uses for a name that does not resolve, with what was given after them */
+export function hostNotFound(detail: string): string {
+  return `host name not found (${detail})`
+}
+
 /**
  * Why a listener could not bind, in the words every command uses for it (`run`, `workers`, `demo` matches on
  * them, `fleet --serve`), rather than an errno.
@@ -9,8 +22,7 @@ export function listenProblem(e: unknown): string {
   // an IP address no interface of this host has (a pod IP from another pod, a typo)
   if (code === 'EADDRNOTAVAIL') return 'address not available on this host (no interface has it)'
   // a host name that does not resolve: getaddrinfo's message names neither the port nor the setting
-  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_NONAME')
-    return 'host name not found (use an IP address, or a name this host resolves)'
+  if (isHostNotFound(code)) return hostNotFound('use an IP address, or a name this host resolves')
   return message
 }
 
