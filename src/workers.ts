@@ -108,6 +108,8 @@ type Report =
   | ({ nhi: 'keys' } & SharedKeySet)
   /** a line of this worker's upstream-failure log (at most one per reason and code per interval) */
   | { nhi: 'upstreamFailed'; line: UpstreamFailureLine }
+  /** why this worker could not start (one stderr line of a one-process start), just before it exits */
+  | { nhi: 'failed'; message: string; exitCode: 1 | 2 }
 
 const SLOT_ENV = 'NHI_WORKER_SLOT'
 /**
@@ -200,6 +202,21 @@ function fmt(a: AddressInfo): string {
 
 function send(message: Report, done?: () => void): void {
   process.send?.(message, undefined, undefined, () => done?.())
+}
+
+/**
+ * A worker that cannot start hands its reason to the primary and exits once it is sent: every worker of the
+ * pod fails the same way (a listen host name that does not resolve), and the line is the pod's to print once,
+ * not each worker's. False when there is no primary to tell: then the worker says it itself.
+ */
+export function reportStartFailure(message: string, exitCode: 1 | 2): boolean {
+  if (!process.connected || process.send === undefined) return false
+  try {
+    send({ nhi: 'failed', message, exitCode }, () => process.exit(exitCode))
+  } catch {
+    return false
+  }
+  return true
 }
 
 /**
@@ -494,6 +511,8 @@ interface Slot {
   failures: number
   /** the config the worker was started with */
   config?: Config
+  /** why the worker could not start, as it reported it before exiting */
+  failure?: { message: string; exitCode: 1 | 2 }
   /** the watchdog's ping waits for this worker's answer */
   pinged?: boolean
   /**
@@ -631,6 +650,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         podKeys.learn(m, sources)
       } else if (m.nhi === 'hello') start()
       else if (m.nhi === 'audit') telemetry.audit.writeLines(m.lines)
+      else if (m.nhi === 'failed') slot.failure = { message: m.message, exitCode: m.exitCode }
       else if (m.nhi === 'upstreamFailed') {
         const { reason, code, detail, unlogged } = m.line
         upstreamFailures.note(reason, code, detail, unlogged)
@@ -684,12 +704,17 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       if (stopping) return
       if (startupFailed && !drained) {
         if (signal !== 'SIGTERM') {
-          startupFailed(
-            new StartupError(
-              `worker ${index + 1} could not start (exit ${code ?? signal})`,
-              code === 1 ? 1 : 2,
-            ),
-          )
+          // the worker's own reason, printed once for the pod: its report may still be in the channel when
+          // the exit is seen, and is read before the channel's end
+          const failed = () =>
+            startupFailed?.(
+              new StartupError(
+                slot.failure?.message ?? `worker ${index + 1} could not start (exit ${code ?? signal})`,
+                slot.failure?.exitCode ?? (code === 1 ? 1 : 2),
+              ),
+            )
+          if (worker.process.connected) worker.process.once('disconnect', failed)
+          else failed()
           return
         }
         // A SIGTERM that came before the worker's first statement (Node's own start-up) ends it by the
@@ -718,13 +743,29 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
         while (earlyExits[0]! <= now - WORKER_STABLE_MS) earlyExits.shift()
       } else slot.failures = 0
       if (earlyExits.length >= crashLoopAt) {
-        log.error({ event: 'worker_exited', worker: index + 1, code, signal }, 'a worker exited')
+        log.error(
+          {
+            event: 'worker_exited',
+            worker: index + 1,
+            code,
+            signal,
+            ...(slot.failure ? { reason: slot.failure.message } : {}),
+          },
+          'a worker exited',
+        )
         crashLoop(index, code, signal)
         return
       }
       restarts++
       log.error(
-        { event: 'worker_exited', worker: index + 1, code, signal, restartInMs },
+        {
+          event: 'worker_exited',
+          worker: index + 1,
+          code,
+          signal,
+          restartInMs,
+          ...(slot.failure ? { reason: slot.failure.message } : {}),
+        },
         'a worker exited; starting a new one',
       )
       setTimeout(() => {

@@ -309,8 +309,10 @@ Examples:
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
       const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin, workers: o.workers }
       let signals: ReturnType<typeof holdSignals> | undefined
+      let worker = false
       try {
         if (await isClusterWorker()) {
+          worker = true
           const { runWorker } = await import('../workers.ts')
           return await runWorker(log)
         }
@@ -374,6 +376,12 @@ Examples:
           )
           process.stderr.write(`nhi-proxy: ${err.message}\n`)
           process.exit(0)
+        }
+        if (worker) {
+          // the primary prints it once for the pod
+          const { reportStartFailure } = await import('../workers.ts')
+          const exitCode = err instanceof StartupError ? err.exitCode : 2
+          if (reportStartFailure((err as Error).message ?? String(err), exitCode)) return
         }
         fail(err)
       }

@@ -50,6 +50,23 @@ t.test('run: a host name that does not resolve is named with its port', async (t
   }
 })
 
+t.test('run --workers 2: every worker fails alike, the pod says it once', async (t) => {
+  const port = await listenUntilTeardown(t, createServer())
+  for (const [listen, why] of [
+    [`${UNRESOLVABLE}:8080`, 'host name not found (use an IP address, or a name this host resolves)'],
+    [`${FOREIGN}:8080`, 'address not available on this host (no interface has it)'],
+    [`127.0.0.1:${port}`, 'address in use'],
+  ] as const) {
+    const r = await runCli(['run', '--workers', '2', '--listen', listen, '--admin', '127.0.0.1:0'])
+    t.equal(r.code, 2, `${listen}: exit 2`)
+    t.same(
+      lines(r.stderr),
+      [`nhi-proxy: cannot listen on ${listen}: ${why}`],
+      `${listen}: one line, as a one-process start says it`,
+    )
+  }
+})
+
 t.test('demo-idp: a port another process holds, and a foreign address', async (t) => {
   const port = await listenUntilTeardown(t, createServer())
   const taken = await runCli(['demo-idp', '--listen', `127.0.0.1:${port}`])

@@ -357,8 +357,11 @@ t.test('a worker that cannot listen stops the start with exit 2, and no worker i
   // runCli settles once every process holding the output pipes is gone: a lingering worker keeps them open
   const r = await runCli(['run', '-c', file])
   t.equal(r.code, 2)
-  t.match(r.stderr, /address in use/)
-  t.match(r.stderr, /worker \d could not start/)
+  t.same(
+    r.stderr.split('\n').filter(Boolean),
+    [`nhi-proxy: cannot listen on 127.0.0.1:${port}: address in use`],
+    "the workers' reason, once for the pod",
+  )
 })
 
 // The primary's verdict on a reload from its workers' answers: a config no worker could apply is a failed
