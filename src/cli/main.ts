@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander'
 import pino from 'pino'
 import { formatDiagnostic, loadConfigFile } from '../config/loader.ts'
 import { address, type Config } from '../config/schema.ts'
-import { MAX_WORKERS, workerCount } from '../config/workers.ts'
+import { MAX_WORKERS, WORKERS_PROBLEM, workerCount } from '../config/workers.ts'
 import { tuneHeapGrowth } from '../runtime-heap.ts'
 import { StartupError, StoppedWhileStarting, splitAddress } from '../startup.ts'
 import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
@@ -59,8 +59,7 @@ function workersFlag(value: string): number | 'auto' {
   if (value === 'auto') return 'auto'
   const n = Number(value)
   // one message for every slip, naming the whole range and the other spelling
-  if (!Number.isInteger(n) || n <= 0 || n > MAX_WORKERS)
-    throw new InvalidArgumentError(`expected a whole number from 1 to ${MAX_WORKERS}, or auto`)
+  if (!Number.isInteger(n) || n <= 0 || n > MAX_WORKERS) throw new InvalidArgumentError(WORKERS_PROBLEM)
   return n
 }
 

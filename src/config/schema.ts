@@ -13,7 +13,8 @@ import {
   PROFILE_NAMES,
 } from '../types.ts'
 import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
-import { MAX_WORKERS } from './workers.ts'
+import { wholeNumberProblem } from './diagnostics.ts'
+import { MAX_WORKERS, WORKERS_PROBLEM } from './workers.ts'
 
 // zod/mini, not zod: the same validation as functions rather than methods, so a bundle keeps only what is
 // used. The full package put 460 KB (every one of its locales) on the sidecar's startup path, some 45 ms of
@@ -25,11 +26,13 @@ export function described<T extends z.ZodMiniType>(schema: T, description: strin
   return schema
 }
 
+const DURATION_PROBLEM = 'expected a duration such as 500ms, 30s, 5m, 24h, 7d, or a number of seconds'
+
 /** "30s" | "5m" | 10 (seconds) → milliseconds; `max`: the longest one allowed, and what to say past it */
 function durationSchema(max?: { ms: number; problem: string }) {
   return described(
     z.pipe(
-      z.union([z.string(), z.number().check(z.nonnegative())]),
+      z.union([z.string(), z.number().check(z.nonnegative(DURATION_PROBLEM))], DURATION_PROBLEM),
       z.transform((v: string | number, ctx) => {
         const ms = parseDuration(v)
         if (ms === undefined) {
@@ -67,7 +70,11 @@ export const timerDuration = durationSchema({
 /** host:port, [v6]:port or :port */
 export const address = z.string().check(
   z.regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/, 'expected HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080'),
-  z.refine((v: string) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65_535, 'port must be 0 to 65535'),
+  // only where the form matched: "foo" is one error, not a second one about a port it does not have
+  z.refine(
+    (v: string) => !/:\d+$/.test(v) || Number(v.slice(v.lastIndexOf(':') + 1)) <= 65_535,
+    'port must be 0 to 65535',
+  ),
 )
 
 /**
@@ -145,7 +152,17 @@ export const forwardedCertFormat = described(
     'nginx: X-SSL-Client-Cert ($ssl_client_escaped_cert)',
 )
 
-const positiveInt = z.number().check(z.int(), z.positive())
+/**
+ * A count: a whole number within its range, with one message for every slip (text, a fraction, out of range)
+ * that says the whole of what is allowed.
+ */
+function count(min: number, max?: number, problem = wholeNumberProblem(min, max)) {
+  return z
+    .number(problem)
+    .check(z.int(problem), z.gte(min, problem), ...(max === undefined ? [] : [z.lte(max, problem)]))
+}
+
+const positiveInt = count(1)
 
 export const matchSchema = described(
   z.strictObject({
@@ -258,6 +275,9 @@ export const policyRuleSchema = z.strictObject({
   ),
 })
 
+const BUCKET_PROBLEM = 'expected a number of seconds more than 0 (a bucket bound, e.g. 0.25)'
+const SAMPLE_PROBLEM = 'expected a number from 0 to 1 (the share of requests audited: 0.1 is one in ten)'
+
 export const configSchema = z.strictObject({
   service: z._default(z.string().check(z.minLength(1)), () => process.env['NHI_SERVICE'] || hostname()),
   listen: z.prefault(
@@ -290,15 +310,18 @@ export const configSchema = z.strictObject({
   admin: z._default(address, '0.0.0.0:9464'),
   workers: described(
     z._default(
-      z.union([
-        z.literal('auto'),
-        positiveInt.check(
-          z.lte(
-            MAX_WORKERS,
-            `at most ${MAX_WORKERS} worker processes (more than one per core only adds contention)`,
+      z.union(
+        [
+          z.literal('auto'),
+          count(1, undefined, WORKERS_PROBLEM).check(
+            z.lte(
+              MAX_WORKERS,
+              `at most ${MAX_WORKERS} worker processes (more than one per core only adds contention)`,
+            ),
           ),
-        ),
-      ]),
+        ],
+        WORKERS_PROBLEM,
+      ),
       1,
     ),
     'proxy worker processes: 1 serves everything in one process; auto (one per core) or N forks N workers ' +
@@ -366,7 +389,15 @@ export const configSchema = z.strictObject({
   ),
   limits: z.prefault(
     z.strictObject({
-      maxHeaderBytes: z._default(positiveInt, 16_384),
+      // "16k" is the likely slip: sizes are written out, as the setting is read
+      maxHeaderBytes: z._default(
+        count(
+          1,
+          undefined,
+          `${wholeNumberProblem(1, undefined, 'bytes')} (a size is a byte count: 16384, not 16k)`,
+        ),
+        16_384,
+      ),
       maxConnections: z._default(positiveInt, 10_000),
       http2MaxConcurrentStreams: described(
         z._default(positiveInt, 100),
@@ -413,7 +444,7 @@ export const configSchema = z.strictObject({
       onInvalid: z._default(z.enum(['attribute', 'reject']), 'attribute'),
       cacheSize: z._default(positiveInt, 10_000),
       verifyWorkers: described(
-        z.optional(z.number().check(z.int(), z.gte(0), z.lte(16))),
+        z.optional(count(0, 16)),
         'worker threads verifying new asymmetric tokens off the event loop (0: on it); default 1, 2 with 4 or more cores',
       ),
       unknownKidCooldown: described(
@@ -469,7 +500,9 @@ export const configSchema = z.strictObject({
           // bounds would count a 0.3 s request as ≤ 0.1 s, or render one `le` twice
           z
             .array(
-              z.number().check(z.positive(), z.refine(Number.isFinite, 'a bucket bound is a finite number')),
+              z
+                .number(BUCKET_PROBLEM)
+                .check(z.positive(BUCKET_PROBLEM), z.refine(Number.isFinite, BUCKET_PROBLEM)),
             )
             .check(
               z.refine(
@@ -496,7 +529,10 @@ export const configSchema = z.strictObject({
   audit: z.prefault(
     z.strictObject({
       output: described(z._default(z.string(), 'stdout'), 'stdout | file path | off'),
-      sample: z._default(z.number().check(z.minimum(0), z.maximum(1)), 1),
+      sample: z._default(
+        z.number(SAMPLE_PROBLEM).check(z.minimum(0, SAMPLE_PROBLEM), z.maximum(1, SAMPLE_PROBLEM)),
+        1,
+      ),
       // The ring holds audit lines in ringSize × 2 KiB outside the heap (telemetry/audit-ring.ts). 1,000 keeps
       // the live view's click-through working; the audit trail (output) is the complete record.
       ringSize: z._default(positiveInt, 1_000),

@@ -7,6 +7,9 @@ import { availableParallelism } from 'node:os'
  */
 export const MAX_WORKERS = 64
 
+/** what `workers` and `--workers` take, said alike for the file and the flag */
+export const WORKERS_PROBLEM = `expected a whole number from 1 to ${MAX_WORKERS}, or auto`
+
 /** `auto` is one worker per core the process may use, up to MAX_WORKERS */
 export function workerCount(setting: number | 'auto'): number {
   return setting === 'auto' ? Math.min(availableParallelism(), MAX_WORKERS) : setting

@@ -3,11 +3,13 @@
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from 'yaml'
 import { en } from 'zod/locales'
 import * as z from 'zod/mini'
-import { type Diagnostic, nearest, type Severity } from './diagnostics.ts'
+import { type Diagnostic, issueMessage, nearest, type Severity } from './diagnostics.ts'
 
-// zod/mini reports every issue as "Invalid input"; the messages below quote zod's English ones and rewrite
-// some by their wording. Imported by name, so a bundle keeps only this one of zod's locales.
+// zod/mini reports every issue as "Invalid input": the product's own words (issueMessage) for what a schema
+// does not word itself, zod's English ones for what that leaves. Imported by name, so a bundle keeps only this
+// one of zod's locales.
 z.config(en())
+z.config({ customError: issueMessage })
 
 export type PathKey = string | number
 export type Path = readonly PathKey[]
@@ -174,12 +176,6 @@ export function parseYamlWith<S extends z.ZodMiniType>(
       const guess = typeof got === 'string' ? nearest(got, values) : undefined
       message = `invalid value${got !== undefined ? ` ${JSON.stringify(got)}` : ''}`
       hint = `${guess ? `did you mean "${guess}"? ` : ''}one of: ${values.join(', ')}`
-    } else if (issue.code === 'invalid_union') {
-      const expected = new Set<string>()
-      for (const branch of issue.errors)
-        for (const e of branch) if (e.code === 'invalid_type') expected.add(e.expected)
-      const got = getIn(raw, path)
-      if (expected.size) message = `expected ${[...expected].join(' or ')}, received ${typeName(got)}`
     } else if (issue.code === 'invalid_type' && getIn(raw, path) === undefined) {
       message = `missing required key "${String(path[path.length - 1])}"`
     } else if (issue.code === 'custom' && message.startsWith('invalid duration')) {
@@ -189,12 +185,6 @@ export function parseYamlWith<S extends z.ZodMiniType>(
     errors.push({ file, ...p, message: where ? `${where}: ${message}` : message, hint, severity: 'error' })
   }
   return { errors, locate, raw }
-}
-
-function typeName(v: unknown): string {
-  if (v === null) return 'null'
-  if (Array.isArray(v)) return 'array'
-  return typeof v
 }
 
 function getIn(value: unknown, path: Path): unknown {
