@@ -33,13 +33,21 @@ interface Seen {
   method: string
   metadata: grpc.Metadata
   cancelled: boolean
+  /** the deadline the call arrived with, unix ms (Infinity: none) */
+  deadline: number
 }
 
 async function startGrpcUpstream() {
   const seen: Seen[] = []
   const server = new grpc.Server()
-  const note = (method: string, call: { metadata: grpc.Metadata }) => {
-    const s = { method, metadata: call.metadata, cancelled: false }
+  const note = (method: string, call: { metadata: grpc.Metadata; getDeadline(): grpc.Deadline }) => {
+    const d = call.getDeadline()
+    const s = {
+      method,
+      metadata: call.metadata,
+      cancelled: false,
+      deadline: d instanceof Date ? d.getTime() : d,
+    }
     seen.push(s)
     return s
   }
@@ -303,18 +311,36 @@ t.test(
     // (it is not counted under svc/billing below); the one after it sends grpc-timeout without a timer of
     // its own, so its DEADLINE_EXCEEDED is what is counted. (That the proxy enforces grpc-timeout even when
     // the upstream does not is in grpc-faults.test.ts.)
-    const late = await unary(echo, { text: 'slow', delay_ms: 2000 }, undefined, {
-      deadline: Date.now() + 300,
-    })
+    // The upstream is sent what is left of the deadline, so its own timer and the proxy's cancel end the call
+    // at about the same moment: either ends it (grpc-js ends a call at its own deadline without 'cancelled').
+    // On a busy machine a call can even run out before it is forwarded, and is then answered without the
+    // upstream. What must not happen is an upstream call left to run to its 2 s answer.
+    const endedByDeadline = (seenBefore: number, clientDeadline: number) => {
+      if (up.seen.length === seenBefore) return Date.now() >= clientDeadline ? 'never forwarded' : undefined
+      const s = up.seen.at(-1)!
+      if (s.cancelled) return 'cancelled'
+      // its deadline counts from its own arrival, a few ms after the client's start: 200 ms of slack
+      return s.deadline <= clientDeadline + 200 && Date.now() >= s.deadline
+        ? 'ended at its own deadline'
+        : undefined
+    }
+    const seenBeforeLate = up.seen.length
+    const lateDeadline = Date.now() + 300
+    const late = await unary(echo, { text: 'slow', delay_ms: 2000 }, undefined, { deadline: lateDeadline })
     t.equal(late.err?.code, grpc.status.DEADLINE_EXCEEDED)
-    await eventually(() => (up.seen.at(-1)?.cancelled ? true : undefined))
-    t.pass('the upstream call was cancelled at the deadline')
+    t.ok(
+      await eventually(() => endedByDeadline(seenBeforeLate, lateDeadline)),
+      'the upstream call ended at the deadline',
+    )
     const seenBeforeRaw = up.seen.length
+    const rawDeadline = Date.now() + 300
     const raw = await rawUnaryWithTimeout(sidecar.proxyAddress.port, token, '300m', 'slow', 2000)
     t.equal(raw.grpcStatus, '4', 'a call past its grpc-timeout ends DEADLINE_EXCEEDED')
     t.ok(raw.elapsedMs < 1500, `…at the deadline, not at the upstream's answer (${raw.elapsedMs} ms)`)
-    await eventually(() => (up.seen.length > seenBeforeRaw && up.seen.at(-1)?.cancelled ? true : undefined))
-    t.pass('the upstream call was cancelled at that deadline')
+    t.ok(
+      await eventually(() => endedByDeadline(seenBeforeRaw, rawDeadline)),
+      'the upstream call ended at that deadline',
+    )
 
     // cancellation: the client cancels a bidi call; the upstream sees it cancelled
     const cancelled = echo['Bidi']!(md()) as grpc.ClientDuplexStream<Msg, Msg>
