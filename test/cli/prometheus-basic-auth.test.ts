@@ -6,6 +6,7 @@ import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
+import { refusedPort } from '../helpers/net.ts'
 import { runCli, spawnCli } from '../helpers/sidecar.ts'
 
 const AUTH = `Basic ${Buffer.from('ops:promPassw0rd').toString('base64')}`
@@ -33,10 +34,12 @@ t.test('inventory with basic auth in --prometheus: works, never prints the passw
 })
 
 t.test('fleet --serve: the 502 body never carries the password', async (t) => {
+  // a port nothing listens on and fetch does not refuse (port 9 and the like are refused as bad flags)
+  const port = await refusedPort()
   const cli = spawnCli([
     'fleet',
     '--prometheus',
-    'http://ops:promPassw0rd@127.0.0.1:9',
+    `http://ops:promPassw0rd@127.0.0.1:${port}`,
     '--serve',
     '127.0.0.1:0',
   ])
@@ -62,7 +65,8 @@ t.test('a --prometheus URL that does not parse: the message never carries its pa
 })
 
 t.test('a user or password with a malformed %-escape: a bad flag (exit 1), never served', async (t) => {
-  for (const url of ['http://ops:s3cr%zzEt@127.0.0.1:9', 'http://o%zzps:s3cr3t@127.0.0.1:9']) {
+  const port = await refusedPort()
+  for (const url of [`http://ops:s3cr%zzEt@127.0.0.1:${port}`, `http://o%zzps:s3cr3t@127.0.0.1:${port}`]) {
     const r = await runCli(['fleet', '--prometheus', url])
     t.equal(r.code, 1, `${url}: exit 1: ${r.stderr}`)
     t.match(r.stderr, /--prometheus/, 'the message names the flag')
