@@ -45,21 +45,76 @@ export function ipv4Number(a: string): number {
 }
 
 /**
+ * The eight 16-bit groups of an IPv6 address isIPv6 accepted (a zone is dropped, as BlockList drops it), or
+ * undefined for a spelling read here differently than there may be (an embedded IPv4 part with leading
+ * zeros): the set then leaves such an entry to BlockList alone.
+ */
+export function ipv6Groups(address: string): number[] | undefined {
+  const zone = address.indexOf('%')
+  const a = zone === -1 ? address : address.slice(0, zone)
+  const gap = a.indexOf('::')
+  const head = groupsOf(gap === -1 ? a : a.slice(0, gap))
+  const tail = gap === -1 ? [] : groupsOf(a.slice(gap + 2))
+  if (head === undefined || tail === undefined) return undefined
+  if (gap === -1) return head.length === 8 ? head : undefined
+  const zeros = 8 - head.length - tail.length
+  return zeros < 1 ? undefined : [...head, ...new Array<number>(zeros).fill(0), ...tail]
+}
+
+function groupsOf(s: string): number[] | undefined {
+  if (s === '') return []
+  const out: number[] = []
+  const parts = s.split(':')
+  for (let i = 0; i < parts.length; i++) {
+    const p = parts[i]!
+    if (i === parts.length - 1 && p.includes('.')) {
+      const n = ipv4Number(p)
+      if (n < 0) return undefined
+      out.push(Math.floor(n / 65536), n % 65536)
+    } else if (/^[0-9A-Fa-f]{1,4}$/.test(p)) out.push(Number.parseInt(p, 16))
+    else return undefined
+  }
+  return out
+}
+
+/** the first 96 bits of a v4-mapped IPv6 address, ::ffff:0:0/96, in groups */
+const V4_MAPPED = [0, 0, 0, 0, 0, 0xffff]
+
+/**
+ * The IPv4 addresses an IPv6 entry holds for BlockList: an IPv4 address is checked against an IPv6 subnet
+ * as its v4-mapped form (::ffff:a.b.c.d). As [first, last], or undefined when it holds none.
+ */
+function v4MappedRange(groups: readonly number[], bits: number): [number, number] | undefined {
+  const common = Math.min(bits, 96)
+  for (let g = 0; g * 16 < common; g++) {
+    const width = Math.min(16, common - g * 16)
+    if (groups[g]! >> (16 - width) !== V4_MAPPED[g]! >> (16 - width)) return undefined
+  }
+  if (bits <= 96) return [0, 2 ** 32 - 1]
+  const span = 2 ** (128 - bits)
+  const first = Math.floor((groups[6]! * 65536 + groups[7]!) / span) * span
+  return [first, first + span - 1]
+}
+
+/**
  * A compiled set of CIDRs. An IPv4 address is looked up in the set's IPv4 ranges, sorted and merged, by
  * binary search: BlockList.check makes a SocketAddress of its string on every call, ≈ 4 µs, and the peer of
- * every request is checked against trustedProxies several times. BlockList answers the rest: IPv6, and an
- * IPv4 address not in those ranges when the set also has IPv6 entries (a v4-mapped prefix may hold it).
+ * every request is checked against trustedProxies several times. The IPv4 addresses an IPv6 entry holds
+ * (the v4-mapped ones) are among those ranges too, so that a set with IPv6 entries (every crawler
+ * operator's published ranges) answers an IPv4 address outside them without BlockList as well. BlockList
+ * answers IPv6 addresses, and an IPv4 address not in those ranges when an IPv6 entry could not be read here.
  */
 export class CidrSet {
   private readonly list = new BlockList()
   readonly size: number
   /** first and last address of each IPv4 range, ascending, none overlapping */
   private readonly v4: Float64Array
-  private readonly anyV6: boolean
+  /** an IPv6 entry whose v4-mapped part is not among the ranges */
+  private readonly v4ViaList: boolean
 
   constructor(cidrs: readonly string[]) {
     const ranges: [number, number][] = []
-    let anyV6 = false
+    let v4ViaList = false
     for (const c of cidrs) {
       const err = cidrError(c)
       if (err) throw new Error(err)
@@ -67,8 +122,14 @@ export class CidrSet {
       const type = isIPv4(ip) ? 'ipv4' : 'ipv6'
       if (bits === undefined) this.list.addAddress(ip, type)
       else this.list.addSubnet(ip, Number(bits), type)
-      if (type === 'ipv6') anyV6 = true
-      else {
+      if (type === 'ipv6') {
+        const groups = ipv6Groups(ip)
+        if (groups === undefined) v4ViaList = true
+        else {
+          const mapped = v4MappedRange(groups, bits === undefined ? 128 : Number(bits))
+          if (mapped !== undefined) ranges.push(mapped)
+        }
+      } else {
         const span = 2 ** (32 - (bits === undefined ? 32 : Number(bits)))
         const first = Math.floor(ipv4Number(ip) / span) * span
         ranges.push([first, first + span - 1])
@@ -82,7 +143,7 @@ export class CidrSet {
       else merged.push([r[0], r[1]])
     }
     this.v4 = Float64Array.from(merged.flat())
-    this.anyV6 = anyV6
+    this.v4ViaList = v4ViaList
     this.size = cidrs.length
   }
 
@@ -90,7 +151,7 @@ export class CidrSet {
     if (!address || this.size === 0) return false
     const a = normaliseAddress(address)
     const n = ipv4Number(a)
-    if (n >= 0) return this.hasV4(n) || (this.anyV6 && this.list.check(a, 'ipv4'))
+    if (n >= 0) return this.hasV4(n) || (this.v4ViaList && this.list.check(a, 'ipv4'))
     if (isIPv6(a)) return this.list.check(a, 'ipv6')
     return false
   }
