@@ -1,7 +1,8 @@
 // Published crawler IP ranges: the JSON files Google, Bing, OpenAI, Perplexity and Apple publish, all in one
 // layout ({"creationTime": "...", "prefixes": [{"ipv4Prefix": "66.249.64.0/27"}, {"ipv6Prefix": "..."}]}).
-// Each file is parsed once, when it is loaded, into the BlockLists of the products it vouches for (every
-// product of its operator, where the operator publishes one list for all); a lookup is then one check.
+// Each file is parsed once, when it is loaded, into the address sets (CidrSet) of the products it vouches
+// for (every product of its operator, where the operator publishes one list for all); a lookup is then one
+// check.
 import { CidrSet, cidrError } from '../../util/cidr.ts'
 import published from './range-files.json' with { type: 'json' }
 import snapshot from './ranges-snapshot.json' with { type: 'json' }
