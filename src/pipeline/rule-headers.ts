@@ -7,20 +7,16 @@
 // trailer, which an upstream may merge into the header section the rule never saw it in.
 import type { Config } from '../config/schema.ts'
 import type { RequestInfo } from '../types.ts'
-import { normalizeHeaderName } from '../util/header-names.ts'
+import { HeaderSpellings } from '../util/header-names.ts'
 
 export class RuleHeaders {
-  /** the names rules read, lower-cased as Node hands them over */
-  private readonly exact: ReadonlySet<string>
-  /** the same names as an upstream merges them ("_" ≡ "-"): the trailers withheld */
+  private readonly spellings: HeaderSpellings
+  /** the names rules read as an upstream merges them ("_" ≡ "-"): the trailers withheld */
   readonly merged: ReadonlySet<string>
-  /** a spelling is as long as its name: a header of any other length is passed over with one lookup */
-  private readonly lengths: ReadonlySet<number>
 
   private constructor(names: readonly string[]) {
-    this.exact = new Set(names)
-    this.merged = new Set(names.map(normalizeHeaderName))
-    this.lengths = new Set(names.map((n) => n.length))
+    this.spellings = new HeaderSpellings(names)
+    this.merged = this.spellings.merged
   }
 
   /** The config's rule-named headers; undefined when no rule names one, and the request path skips this. */
@@ -33,18 +29,11 @@ export class RuleHeaders {
   }
 
   /** another spelling of a rule-named header (x_tenant for x-tenant), which no rule read */
-  private isVariant(name: string): boolean {
-    return (
-      this.lengths.has(name.length) && !this.exact.has(name) && this.merged.has(normalizeHeaderName(name))
-    )
-  }
-
   spoofedHeaders(headers: RequestInfo['headers']): boolean {
-    for (const name in headers) if (this.isVariant(name)) return true
-    return false
+    return this.spellings.anyVariant(headers)
   }
 
   prepareUpstreamHeaders(headers: Record<string, string | string[] | undefined>): void {
-    for (const name in headers) if (this.isVariant(name)) delete headers[name]
+    this.spellings.deleteVariants(headers)
   }
 }

@@ -29,3 +29,39 @@ export function isIdentityHeaderName(name: string): boolean {
   if (name.startsWith(NHI_PREFIX)) return true
   return normalizeHeaderName(name.slice(0, NHI_PREFIX.length)) === NHI_PREFIX
 }
+
+/**
+ * Header names a proxy reads under their exact (lower-case) spelling, and every other spelling an upstream
+ * merges with them (`x_tenant`, `X_Tenant` for `x-tenant`): those must not reach the upstream beside the one
+ * read, or it would act on a value the proxy never saw.
+ */
+export class HeaderSpellings {
+  /** the names read, lower-cased as Node hands them over */
+  private readonly exact: ReadonlySet<string>
+  /** the same names as an upstream merges them ("_" ≡ "-") */
+  readonly merged: ReadonlySet<string>
+  /** a spelling is as long as its name: a header of any other length is passed over with one lookup */
+  private readonly lengths: ReadonlySet<number>
+
+  constructor(names: readonly string[]) {
+    this.exact = new Set(names)
+    this.merged = new Set(names.map(normalizeHeaderName))
+    this.lengths = new Set(names.map((n) => n.length))
+  }
+
+  /** another spelling of one of the names, which is not read */
+  isVariant(name: string): boolean {
+    return (
+      this.lengths.has(name.length) && !this.exact.has(name) && this.merged.has(normalizeHeaderName(name))
+    )
+  }
+
+  anyVariant(headers: Readonly<Record<string, unknown>>): boolean {
+    for (const name in headers) if (this.isVariant(name)) return true
+    return false
+  }
+
+  deleteVariants(headers: Record<string, unknown>): void {
+    for (const name in headers) if (this.isVariant(name)) delete headers[name]
+  }
+}

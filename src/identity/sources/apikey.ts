@@ -12,7 +12,7 @@ import {
   readFingerprintKeyFile,
   sha256Hex,
 } from '../../util/fingerprint.ts'
-import { normalizeHeaderName } from '../../util/header-names.ts'
+import { HeaderSpellings } from '../../util/header-names.ts'
 import type { CredentialSource, SourceExtractor } from './source.ts'
 
 /** The `apiKeys` config section. */
@@ -68,8 +68,11 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   readonly source = 'apikey' as const
   readonly header: string
   readonly credentialHeaders: readonly string[]
-  /** the header as an upstream framework names it (CGI/WSGI/Rack: "_" ≡ "-") */
-  private readonly merged: string
+  /**
+   * Other spellings of the key header (x_api_key for x-api-key): never read here, but the same header to an
+   * upstream framework, which would authenticate a key the proxy did not attribute.
+   */
+  private readonly spellings: HeaderSpellings
   private readonly byHash = new Map<string, KeyEntry>()
   private readonly fingerprintKey: Uint8Array
 
@@ -82,7 +85,7 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
       throw new Error('apiKeys.fingerprintKeyFile is configured but its key was not read')
     this.fingerprintKey = fingerprintKey ?? podFingerprintKey()
     this.header = cfg.header.toLowerCase()
-    this.merged = normalizeHeaderName(this.header)
+    this.spellings = new HeaderSpellings([this.header])
     this.credentialHeaders = [this.header]
     for (const k of cfg.keys) {
       const hex = k.sha256.toLowerCase()
@@ -114,26 +117,15 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
     return apiKeyEvidence(entry, entry.fingerprint)
   }
 
-  /**
-   * Another spelling of the key header (x_api_key for x-api-key): never read here, but the same header to an
-   * upstream framework, which would authenticate a key the proxy did not attribute.
-   */
-  private isVariant(name: string): boolean {
-    return (
-      name.length === this.header.length && name !== this.header && normalizeHeaderName(name) === this.merged
-    )
-  }
-
   // without keys no spelling of the header is a credential here, and the request path skips both walks
   spoofedHeaders(req: RequestInfo): boolean {
     if (this.byHash.size === 0) return false
-    for (const name in req.headers) if (this.isVariant(name)) return true
-    return false
+    return this.spellings.anyVariant(req.headers)
   }
 
   prepareUpstreamHeaders(headers: Record<string, string | string[] | undefined>): void {
     if (this.byHash.size === 0) return
-    for (const name in headers) if (this.isVariant(name)) delete headers[name]
+    this.spellings.deleteVariants(headers)
   }
 }
 
