@@ -404,12 +404,20 @@ a key for another certificate, an encrypted key) is an error, a certificate outs
 
 Examples:
   nhi-proxy check config/nhi-proxy.yaml
+  nhi-proxy check -c config/nhi-proxy.yaml
   nhi-proxy check config/examples/kubernetes-sidecar.yaml config/examples/mesh-xfcc.yaml`,
   )
   .argument('[files...]', 'config files (default: $NHI_PROXY_CONFIG or config/nhi-proxy.yaml)')
-  .action(async (files: string[]) => {
+  // `run -c FILE` is how the sidecar is started, so `check -c FILE` is what an operator types next
+  .option(
+    '-c, --config <file>',
+    'a config file, as run takes it (repeatable; the same as naming it)',
+    collect,
+    [],
+  )
+  .action(async (files: string[], o: { config: string[] }) => {
     const { runCheck } = await import('./check.ts')
-    process.exitCode = await runCheck(files, out)
+    process.exitCode = await runCheck([...o.config, ...files], out)
   })
 
 program

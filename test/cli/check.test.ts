@@ -29,6 +29,7 @@ async function check(
 function configDir(name: string) {
   const dir = scratchDirSync(name)
   return {
+    dir,
     write(file: string, lines: string[]): string {
       writeFileSync(join(dir, file), [...lines, ''].join('\n'))
       return file
@@ -413,4 +414,22 @@ t.test('DNS servers and histogram buckets are checked where they are written', a
   t.match(r.text, /^values\.yaml:9:\d+ .*expected an IP address/m, 'the host name, at its line')
   t.match(r.text, /^values\.yaml:10:\d+ .*port must be 1 to 65535/m, 'port 0, at its line')
   t.notMatch(r.text, /values\.yaml:(8|11):/, 'the two good servers pass')
+})
+
+t.test('check -c FILE, as run takes its file, is the same as naming it', async (t) => {
+  const { dir, write } = configDir('check-dash-c')
+  const good = write('good.yaml', ['upstream: http://127.0.0.1:8081'])
+  const bad = write('bad.yaml', ['upstream: http://127.0.0.1:8081', 'upstreem: x'])
+  const cli = (args: string[]) => runCli(args, { cwd: dir, env: { NHI_PROXY_CONFIG: undefined } })
+  const [named, dashC, both] = await Promise.all([
+    cli(['check', bad]),
+    cli(['check', '-c', bad]),
+    cli(['check', '-c', good, '--config', bad]),
+  ])
+  t.equal(dashC.code, 1)
+  t.equal(dashC.stdout, named.stdout, 'the same report as `check FILE`')
+  t.match(dashC.stdout, /^bad\.yaml:2:1 unknown key "upstreem"/m)
+  t.equal(both.code, 1)
+  t.match(both.stdout, /^good\.yaml: ok/m, 'every -c file is checked')
+  t.match(both.stdout, /^bad\.yaml:2:1 /m)
 })
