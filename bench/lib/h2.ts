@@ -7,9 +7,20 @@ import { connect } from 'node:http2'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createHistogram } from 'node:perf_hooks'
+import { spreadText, type Target, target } from './harness.ts'
 import { startNginxGrpc } from './nginx.ts'
 import { nhiCommand, REPO_ROOT } from './nhi.ts'
-import { freePort, type ServerProcess, spawnProcess, stopAll, TS_NODE_FLAGS, waitForPorts } from './procs.ts'
+import {
+  cpuMicros,
+  freePort,
+  type ServerProcess,
+  spawnProcess,
+  stopAll,
+  TS_NODE_FLAGS,
+  treeCpuMicros,
+  waitForPorts,
+} from './procs.ts'
+import { median as medianOf } from './stats.ts'
 
 export interface H2Options {
   durationS: number
@@ -32,6 +43,8 @@ export interface H2Result {
   rps: number
   p50Ms: number
   p99Ms: number
+  /** the proxy's CPU (utime+stime; nginx: master + worker) per call, µs; absent for h2-direct */
+  proxyCpuUs?: number
 }
 
 /** the request message of every call: a 5-byte gRPC prefix (uncompressed, length 2) and 2 bytes */
@@ -115,9 +128,49 @@ function h2Server(role: 'upstream' | 'bare-proxy', port: number, upstream?: stri
 }
 
 export interface H2Run {
+  /** the median round of each configuration */
   results: H2Result[]
+  /** every round of each configuration, in run order */
+  rounds: Partial<Record<H2Result['id'], H2Result[]>>
+  /** nhi-proxy against the bare node:http2 proxy and nginx grpc_pass, judged within each round */
+  targets: Target[]
   /** configurations left out, and why (nginx not installed) */
   notes: string[]
+}
+
+/** the h1 targets' counterparts: against a bare proxy on the same engine (node:http2), and against nginx */
+export const H2_TARGETS = [
+  { of: 'h2-bare', goal: 0.9, name: 'h2c: nhi ≥ 0.9× a bare node:http2 proxy (gRPC unary calls)' },
+  { of: 'h2-nginx', goal: 0.6, name: 'h2c: nhi ≥ 0.6× nginx grpc_pass' },
+] as const
+
+/**
+ * Each target from the ratio within every round (configurations of one round run seconds apart, so the ratio
+ * sees less of the machine's drift than medians would), their median against the goal, and the rounds with
+ * half their range: the noise a MISS's margin is judged against; the same per CPU-second when measured.
+ */
+export function h2Targets(rounds: H2Run['rounds']): Target[] {
+  const nhi = rounds['h2-nhi'] ?? []
+  const out: Target[] = []
+  for (const t of H2_TARGETS) {
+    const other = rounds[t.of] ?? []
+    const n = Math.min(nhi.length, other.length)
+    if (n === 0) continue
+    const throughput: number[] = []
+    const perCpu: number[] = []
+    for (let i = 0; i < n; i++) {
+      const x = nhi[i]!
+      const y = other[i]!
+      throughput.push(x.rps / y.rps)
+      if (x.proxyCpuUs && y.proxyCpuUs) perCpu.push(y.proxyCpuUs / x.proxyCpuUs)
+    }
+    const note =
+      n > 1
+        ? `rounds ${spreadText(throughput)}${perCpu.length === n ? `; per CPU-second ${spreadText(perCpu)}` : ''}`
+        : `one round${perCpu.length === 1 ? `; per CPU-second ${perCpu[0]!.toFixed(2)}` : ''}`
+    out.push(target(t.name, medianOf(throughput), t.goal, 'min', '×', note))
+  }
+  return out
 }
 
 export async function runH2(o: H2Options): Promise<H2Run> {
@@ -165,30 +218,55 @@ export async function runH2(o: H2Options): Promise<H2Run> {
     ])
     const failed = starting.find((s) => s.status === 'rejected')
     if (failed) throw failed.reason
-    const targets: { id: H2Result['id']; label: string; url: string }[] = [
+    const targets: {
+      id: H2Result['id']
+      label: string
+      url: string
+      cpu?: () => Promise<number>
+    }[] = [
       { id: 'h2-direct', label: 'h2c direct to the upstream', url: upstream },
-      { id: 'h2-bare', label: 'bare node:http2 proxy', url: `http://127.0.0.1:${barePort}` },
+      {
+        id: 'h2-bare',
+        label: 'bare node:http2 proxy',
+        url: `http://127.0.0.1:${barePort}`,
+        cpu: () => cpuMicros(bare.pid),
+      },
       ...(nginx
         ? [
             {
               id: 'h2-nginx' as const,
               label: 'nginx grpc_pass, 1 worker',
               url: `http://127.0.0.1:${nginxPort}`,
+              cpu: () => treeCpuMicros((nginx as ServerProcess).pid),
             },
           ]
         : []),
-      { id: 'h2-nhi', label: 'nhi-proxy, h2c in and out', url: `http://127.0.0.1:${nhiPort}` },
+      {
+        id: 'h2-nhi',
+        label: 'nhi-proxy, h2c in and out',
+        url: `http://127.0.0.1:${nhiPort}`,
+        cpu: () => cpuMicros(nhi.pid),
+      },
     ]
-    const runs = new Map<string, H2Result[]>()
+    const runs: H2Run['rounds'] = {}
     for (let round = 0; round < o.rounds; round++) {
       for (const t of targets) {
-        const r = await h2Load(t.url, o)
+        const before = await t.cpu?.()
+        const r: H2Result = { id: t.id, label: t.label, ...(await h2Load(t.url, o)) }
+        const after = await t.cpu?.()
+        if (before !== undefined && after !== undefined && r.requests > 0)
+          r.proxyCpuUs = (after - before) / r.requests
         o.log(`${t.id} round ${round + 1}: ${r.requests} requests, ${r.rps.toFixed(0)} req/s`)
-        runs.set(t.id, [...(runs.get(t.id) ?? []), { id: t.id, label: t.label, ...r }])
+        runs[t.id] = [...(runs[t.id] ?? []), r]
       }
     }
     for (const n of notes) o.log(n)
-    return { results: targets.map((t) => median(runs.get(t.id) ?? [])), notes }
+    return {
+      results: targets.map((t) => median(runs[t.id] ?? [])),
+      rounds: runs,
+      targets: h2Targets(runs),
+      notes,
+    }
   } finally {
     await stopAll(procs)
     await rm(dir, { recursive: true, force: true })
@@ -206,15 +284,27 @@ function median(rs: H2Result[]): H2Result {
   }
 }
 
-export function h2Markdown(rs: H2Result[], notes: string[] = []): string {
+/** the h2c table, its targets (as `targetLine` writes them) and the configurations left out */
+export function h2Markdown(run: H2Run, targetLine: (t: Target) => string): string {
+  const perRound = (id: H2Result['id'], pick: (r: H2Result) => number | undefined, digits: number) => {
+    const values = (run.rounds[id] ?? []).map(pick)
+    return values.length > 1 && values.every((v) => v !== undefined)
+      ? values.map((v) => v!.toFixed(digits)).join(' / ')
+      : '—'
+  }
   const lines = [
-    '| id | configuration | req/s | p50 ms | p99 ms | errors |',
-    '|---|---|---|---|---|---|',
-    ...rs.map(
+    '| id | configuration | req/s | … per round | p50 ms | p99 ms | proxy CPU µs/call | … per round | errors |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---|',
+    ...run.results.map(
       (r) =>
-        `| ${r.id} | ${r.label} | ${r.rps.toFixed(0)} | ${r.p50Ms.toFixed(2)} | ${r.p99Ms.toFixed(2)} | ${r.errors + r.non2xx} |`,
+        `| ${r.id} | ${r.label} | ${r.rps.toFixed(0)} | ${perRound(r.id, (x) => x.rps, 0)} | ${r.p50Ms.toFixed(2)} | ${r.p99Ms.toFixed(2)} | ${r.proxyCpuUs === undefined ? '—' : r.proxyCpuUs.toFixed(1)} | ${perRound(r.id, (x) => x.proxyCpuUs, 0)} | ${r.errors + r.non2xx} |`,
     ),
+    '',
+    'Medians over rounds (the round of median throughput). Unary gRPC calls over h2c with prior knowledge;',
+    'the load client, the proxies and the upstream share the machine’s cores. CPU is utime+stime from',
+    '/proc/<pid>/stat over each round divided by its calls (nginx: master + worker).',
   ]
-  const skipped = notes.map((n) => `\n- ${n}`).join('')
-  return `${lines.join('\n')}\n\nIndicative: load client, proxy and upstream share the machine's cores.\n${skipped}${skipped ? '\n' : ''}`
+  if (run.targets.length) lines.push('', '```', ...run.targets.map(targetLine), '```')
+  if (run.notes.length) lines.push('', ...run.notes.map((n) => `- ${n}`))
+  return `${lines.join('\n')}\n`
 }

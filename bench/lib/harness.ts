@@ -1,11 +1,13 @@
 // The throughput bench: every configuration runs in its own processes on loopback and is measured in
 // interleaved rounds (a, b, b2, c, … then again), so slow drift of the machine hits all of them alike.
+
 import { execFileSync } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createCA, issueCert } from '../../test/helpers/pki.ts'
 import { coldStartOnce } from './cold-start.ts'
+import type { H2Run } from './h2.ts'
 import { ensureWrk, hasCommand, type LoadResult, type LoadSpec, runLoad } from './load.ts'
 import { startNginx } from './nginx.ts'
 import { buildDist, freshDist, REPO_ROOT, startNhi } from './nhi.ts'
@@ -117,6 +119,8 @@ export interface BenchResult {
   options: Omit<BenchOptions, 'log'>
   configs: ConfigResult[]
   flood?: ConfigResult & { tokens: number; wrapped: boolean }
+  /** the h2c (gRPC) rounds that follow, when the run has them (their targets are among `targets`) */
+  h2?: H2Run
   fixedRate?: FixedRateResult[]
   coldStart?: { ms: number[]; medianMs: number; how: string }
   ratios: Record<string, number>

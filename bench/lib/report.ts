@@ -1,6 +1,7 @@
 // Bench reports: a Markdown table, the raw JSON, and a hand-written SVG bar chart of req/s.
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { h2Markdown } from './h2.ts'
 import type { BenchResult, ConfigResult, FixedRateResult, Target } from './harness.ts'
 
 const fmt = (n: number | undefined, digits = 2) =>
@@ -44,6 +45,13 @@ function fixedRateSection(r: BenchResult): string[] {
   ]
 }
 
+function h2Section(r: BenchResult): string[] {
+  if (!r.h2) return []
+  // the targets are listed with the others below
+  const table = h2Markdown({ ...r.h2, targets: [] }, targetLine).trimEnd()
+  return ['', '## h2c configuration (unary gRPC calls)', '', table]
+}
+
 export function markdown(r: BenchResult): string {
   const m = r.machine
   const o = r.options
@@ -60,6 +68,7 @@ export function markdown(r: BenchResult): string {
     '',
     'Medians over rounds. CPU is utime+stime from /proc/<pid>/stat over each round divided by its requests (nginx: master + worker).',
     ...fixedRateSection(r),
+    ...h2Section(r),
     '',
     '## Ratios',
     '',

@@ -1,6 +1,7 @@
 // The bench's chart: req/s bars for every configuration and, when the open-loop rounds ran, p50/p99 bars at
 // the fixed rate; labels are escaped and the document is complete.
 import t from 'tap'
+import { type H2Result, type H2Run, h2Targets } from '../../bench/lib/h2.ts'
 import {
   type BenchResult,
   type ConfigResult,
@@ -151,3 +152,47 @@ t.test('the flood verdict is the median round against 0.5×, with the rounds and
     'MISS  cache-miss flood ≥ 0.5× b (pool, within each round): 0.40× (target ≥ 0.5×, margin -0.10) — rounds 0.40; tokens wrapped',
   )
 })
+
+t.test(
+  'h2c targets: each round’s ratio, their median against the goal, the rounds and their noise',
+  async (t) => {
+    const call = (id: H2Result['id'], rps: number, proxyCpuUs?: number): H2Result => ({
+      id,
+      label: id,
+      requests: rps * 10,
+      errors: 0,
+      non2xx: 0,
+      rps,
+      p50Ms: 1,
+      p99Ms: 2,
+      ...(proxyCpuUs === undefined ? {} : { proxyCpuUs }),
+    })
+    const rounds: H2Run['rounds'] = {
+      'h2-bare': [call('h2-bare', 8000, 100), call('h2-bare', 7000, 110), call('h2-bare', 9000, 95)],
+      'h2-nhi': [call('h2-nhi', 4000, 200), call('h2-nhi', 4200, 210), call('h2-nhi', 3600, 190)],
+    }
+    const [bare, ...others] = h2Targets(rounds)
+    t.same(others, [], 'no nginx rounds: no nginx target')
+    t.equal(bare?.name, 'h2c: nhi ≥ 0.9× a bare node:http2 proxy (gRPC unary calls)')
+    t.equal(bare?.value, 0.5, 'the median of 0.50, 0.60 and 0.40')
+    t.equal(bare?.pass, false)
+    t.equal(
+      bare?.note,
+      'rounds 0.50 / 0.60 / 0.40 (noise ±0.10); per CPU-second 0.50 / 0.52 / 0.50 (noise ±0.01)',
+    )
+    rounds['h2-nginx'] = [call('h2-nginx', 5000, 60), call('h2-nginx', 6000, 50), call('h2-nginx', 6000, 55)]
+    const nginx = h2Targets(rounds)[1]
+    t.equal(nginx?.name, 'h2c: nhi ≥ 0.6× nginx grpc_pass')
+    t.equal(nginx?.value, 0.7, 'median of 0.80, 0.70 and 0.60')
+    t.equal(nginx?.pass, true)
+    t.match(
+      targetLine(nginx!),
+      /^PASS {2}h2c: nhi ≥ 0\.6× nginx grpc_pass: 0\.70× \(target ≥ 0\.6×, margin \+0\.10\)/,
+    )
+    const run: H2Run = { results: [rounds['h2-nhi']![0]!], rounds, targets: [nginx!], notes: [] }
+    const r = result(false)
+    r.h2 = run
+    t.match(markdown(r), '## h2c configuration (unary gRPC calls)', 'the main report carries the h2c rounds')
+    t.match(markdown(r), /\| h2-nhi \| h2-nhi \| 4000 \| 4000 \/ 4200 \/ 3600 \|/, 'with every round')
+  },
+)

@@ -2,9 +2,10 @@
 // first): each must serve real traffic and leave no process behind. The throughput harness is in
 // smoke.test.ts, the other modes in smoke-modes and smoke-workers (files the runner can run side by side).
 import t from 'tap'
-import { runH2 } from '../../bench/lib/h2.ts'
+import { h2Markdown, runH2 } from '../../bench/lib/h2.ts'
 import { runMemory } from '../../bench/lib/memory.ts'
 import { childPids } from '../../bench/lib/procs.ts'
+import { targetLine } from '../../bench/lib/report.ts'
 import { skipWithoutNginx } from '../helpers/nginx.ts'
 import { assertFreshBundle } from '../helpers/sidecar.ts'
 
@@ -16,7 +17,7 @@ t.test(
   'h2c mode: direct, bare node:http2 proxy, nginx grpc_pass and nhi-proxy serve gRPC calls',
   async (t) => {
     const before = new Set(await childPids(process.pid))
-    const { results: r } = await runH2({
+    const run = await runH2({
       // half a second of calls per configuration shows they are served
       durationS: 0.5,
       rounds: 1,
@@ -25,6 +26,7 @@ t.test(
       dist: true,
       log: () => {},
     })
+    const r = run.results
     const ids = r.map((c) => c.id)
     t.same(
       ids.filter((id) => id !== 'h2-nginx'),
@@ -37,7 +39,20 @@ t.test(
     for (const c of r) {
       t.ok(c.requests > 0, `${c.id} served ${c.requests} requests`)
       t.equal(c.errors + c.non2xx, 0, `${c.id}: no stream errors, non-2xx answers or non-OK grpc-status`)
+      if (c.id !== 'h2-direct')
+        t.ok(c.proxyCpuUs !== undefined && c.proxyCpuUs > 0, `${c.id}: proxy CPU per call measured`)
     }
+    const bareTarget = run.targets.find((x) => x.name.startsWith('h2c: nhi ≥ 0.9× a bare node:http2 proxy'))
+    t.ok(bareTarget, 'nhi-proxy is judged against the bare node:http2 proxy')
+    t.match(bareTarget?.note, /^one round; per CPU-second \d+\.\d\d$/, 'one round: no spread to report')
+    t.equal(
+      run.targets.some((x) => x.name.startsWith('h2c: nhi ≥ 0.6× nginx')),
+      ids.includes('h2-nginx'),
+      'and against nginx grpc_pass when it ran',
+    )
+    const md = h2Markdown(run, targetLine)
+    t.match(md, /^\| h2-nhi \| nhi-proxy, h2c in and out \| \d+ \|/m, 'the table has nhi-proxy’s row')
+    t.match(md, /^(PASS|MISS) {2}h2c: nhi ≥ 0\.9× a bare node:http2 proxy/m, 'and its targets')
     const after = (await childPids(process.pid)).filter((p) => !before.has(p))
     t.same(after, [], 'no child process outlives the run')
   },
