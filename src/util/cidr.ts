@@ -22,11 +22,16 @@ export function cidrError(cidr: string): string | undefined {
  * number, or -1 for anything else.
  */
 export function ipv4Number(a: string): number {
+  return ipv4NumberIn(a, 0, a.length)
+}
+
+/** ipv4Number of a[from, to): an IPv6 address's IPv4 tail is read where it stands, not cut out */
+function ipv4NumberIn(a: string, from: number, to: number): number {
   let n = 0
   let part = 0
   let digits = 0
   let dots = 0
-  for (let i = 0; i < a.length; i++) {
+  for (let i = from; i < to; i++) {
     const c = a.charCodeAt(i)
     if (c === 46) {
       if (digits === 0 || dots === 3) return -1
@@ -47,34 +52,75 @@ export function ipv4Number(a: string): number {
 /**
  * The eight 16-bit groups of an IPv6 address isIPv6 accepted (a zone is dropped, as BlockList drops it), or
  * undefined for a spelling read here differently than there may be (an embedded IPv4 part with leading
- * zeros): the set then leaves such an entry to BlockList alone.
+ * zeros; a zone after 40 characters or more, of which libuv reads the first 39 only): the set then leaves
+ * such an entry to BlockList alone.
  */
 export function ipv6Groups(address: string): number[] | undefined {
   const zone = address.indexOf('%')
-  const a = zone === -1 ? address : address.slice(0, zone)
-  const gap = a.indexOf('::')
-  const head = groupsOf(gap === -1 ? a : a.slice(0, gap))
-  const tail = gap === -1 ? [] : groupsOf(a.slice(gap + 2))
-  if (head === undefined || tail === undefined) return undefined
-  if (gap === -1) return head.length === 8 ? head : undefined
-  const zeros = 8 - head.length - tail.length
-  return zeros < 1 ? undefined : [...head, ...new Array<number>(zeros).fill(0), ...tail]
+  if (zone >= MAX_ZONED_ADDRESS) return undefined
+  const groups = new Uint16Array(8)
+  return readIpv6(address, zone === -1 ? address.length : zone, groups) ? Array.from(groups) : undefined
 }
 
-function groupsOf(s: string): number[] | undefined {
-  if (s === '') return []
-  const out: number[] = []
-  const parts = s.split(':')
-  for (let i = 0; i < parts.length; i++) {
-    const p = parts[i]!
-    if (i === parts.length - 1 && p.includes('.')) {
-      const n = ipv4Number(p)
-      if (n < 0) return undefined
-      out.push(Math.floor(n / 65536), n % 65536)
-    } else if (/^[0-9A-Fa-f]{1,4}$/.test(p)) out.push(Number.parseInt(p, 16))
-    else return undefined
+/** uv_ip6_addr copies the text before a zone into 40 bytes, its terminating NUL included */
+const MAX_ZONED_ADDRESS = 40
+
+/**
+ * Reads a[0, end) as an IPv6 address into its eight groups, without allocating: false for anything isIPv6
+ * would not accept, and for what it would that is not read here (a zone, an IPv4 tail with leading zeros).
+ * Hex groups of one to four digits, at most one "::" standing for one or more zero groups, and a dotted
+ * IPv4 tail in place of the last two.
+ */
+function readIpv6(a: string, end: number, groups: Uint16Array): boolean {
+  let count = 0
+  /** where "::" stands, in groups; -1 without one */
+  let gap = -1
+  let i = 0
+  if (a.charCodeAt(0) === 58) {
+    if (a.charCodeAt(1) !== 58) return false
+    gap = 0
+    i = 2
   }
-  return out
+  while (i < end) {
+    let value = 0
+    let j = i
+    for (; j < end && j - i < 5; j++) {
+      const digit = hexDigit(a.charCodeAt(j))
+      if (digit < 0) break
+      value = value * 16 + digit
+    }
+    if (j === i || j - i > 4) return false
+    if (j < end && a.charCodeAt(j) === 46) {
+      const v4 = count > 6 ? -1 : ipv4NumberIn(a, i, end)
+      if (v4 < 0) return false
+      groups[count++] = Math.floor(v4 / 65536)
+      groups[count++] = v4 % 65536
+      break
+    }
+    if (count === 8) return false
+    groups[count++] = value
+    if (j === end) break
+    if (a.charCodeAt(j) !== 58) return false
+    j++
+    if (j < end && a.charCodeAt(j) === 58) {
+      if (gap !== -1) return false
+      gap = count
+      j++
+    } else if (j === end) return false
+    i = j
+  }
+  if (gap === -1) return count === 8
+  if (count > 7) return false
+  const zeros = 8 - count
+  for (let k = count - 1; k >= gap; k--) groups[k + zeros] = groups[k]!
+  groups.fill(0, gap, gap + zeros)
+  return true
+}
+
+function hexDigit(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48
+  const lower = c | 32
+  return lower >= 97 && lower <= 102 ? lower - 87 : -1
 }
 
 /** the first 96 bits of a v4-mapped IPv6 address, ::ffff:0:0/96, in groups */
@@ -96,25 +142,66 @@ function v4MappedRange(groups: readonly number[], bits: number): [number, number
   return [first, first + span - 1]
 }
 
+/** an IPv6 address's groups, as has() reads it: one lookup at a time, so one array for all */
+const ADDRESS_GROUPS = new Uint16Array(8)
+
+/** an IPv6 address's groups as one number, at construction only */
+function addressBits(groups: readonly number[]): bigint {
+  let bits = 0n
+  for (const g of groups) bits = (bits << 16n) | BigInt(g)
+  return bits
+}
+
+/** ranges that overlap or touch, joined: sorted by first address, none overlapping or adjacent */
+function mergeRanges<T extends number | bigint>(ranges: [T, T][], next: (last: T) => T): [T, T][] {
+  ranges.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+  const merged: [T, T][] = []
+  for (const r of ranges) {
+    const last = merged.at(-1)
+    if (last === undefined || r[0] > next(last[1])) merged.push([r[0], r[1]])
+    // Math.max takes no bigint
+    else if (r[1] > last[1]) last[1] = r[1]
+  }
+  return merged
+}
+
+/** words[at, at + 4), a 128-bit address as four 32-bit words, against w0…w3: negative, zero or positive */
+function compareWords(
+  words: Uint32Array,
+  at: number,
+  w0: number,
+  w1: number,
+  w2: number,
+  w3: number,
+): number {
+  return words[at]! - w0 || words[at + 1]! - w1 || words[at + 2]! - w2 || words[at + 3]! - w3
+}
+
 /**
- * A compiled set of CIDRs. An IPv4 address is looked up in the set's IPv4 ranges, sorted and merged, by
- * binary search: BlockList.check makes a SocketAddress of its string on every call, ≈ 4 µs, and the peer of
- * every request is checked against trustedProxies several times. The IPv4 addresses an IPv6 entry holds
- * (the v4-mapped ones) are among those ranges too, so that a set with IPv6 entries (every crawler
- * operator's published ranges) answers an IPv4 address outside them without BlockList as well. BlockList
- * answers IPv6 addresses, and an IPv4 address not in those ranges when an IPv6 entry could not be read here.
+ * A compiled set of CIDRs. An address is looked up by binary search in the set's own ranges, sorted and
+ * merged: BlockList.check makes a SocketAddress of its string on every call (≈ 4 µs, and it then tries its
+ * rules one by one), and the peer of every request is checked against trustedProxies, a crawler's claimed
+ * address against its operator's hundreds of prefixes. IPv4 ranges hold the IPv4 entries and the IPv4
+ * addresses an IPv6 entry holds (BlockList checks an IPv4 address against an IPv6 subnet as ::ffff:a.b.c.d);
+ * IPv6 ranges hold the IPv6 entries. An IPv6 address in ::ffff:0:0/96, however it is spelt, is its IPv4
+ * address (BlockList checks it against IPv4 entries the same way). BlockList answers only what is not read
+ * here: an address with a zone or an IPv4 tail with leading zeros, and any address outside the ranges when
+ * an IPv6 entry could not be read.
  */
 export class CidrSet {
   private readonly list = new BlockList()
   readonly size: number
   /** first and last address of each IPv4 range, ascending, none overlapping */
   private readonly v4: Float64Array
-  /** an IPv6 entry whose v4-mapped part is not among the ranges */
-  private readonly v4ViaList: boolean
+  /** first and last address of each IPv6 range as four 32-bit words each (8 a range), ascending, none overlapping */
+  private readonly v6: Uint32Array
+  /** an IPv6 entry that is not among the ranges: BlockList answers what they do not hold */
+  private readonly viaList: boolean
 
   constructor(cidrs: readonly string[]) {
     const ranges: [number, number][] = []
-    let v4ViaList = false
+    const ranges6: [bigint, bigint][] = []
+    let viaList = false
     for (const c of cidrs) {
       const err = cidrError(c)
       if (err) throw new Error(err)
@@ -124,9 +211,13 @@ export class CidrSet {
       else this.list.addSubnet(ip, Number(bits), type)
       if (type === 'ipv6') {
         const groups = ipv6Groups(ip)
-        if (groups === undefined) v4ViaList = true
+        const prefix = bits === undefined ? 128 : Number(bits)
+        if (groups === undefined) viaList = true
         else {
-          const mapped = v4MappedRange(groups, bits === undefined ? 128 : Number(bits))
+          const span = 1n << BigInt(128 - prefix)
+          const first = (addressBits(groups) / span) * span
+          ranges6.push([first, first + span - 1n])
+          const mapped = v4MappedRange(groups, prefix)
           if (mapped !== undefined) ranges.push(mapped)
         }
       } else {
@@ -135,25 +226,32 @@ export class CidrSet {
         ranges.push([first, first + span - 1])
       }
     }
-    ranges.sort((a, b) => a[0] - b[0])
-    const merged: [number, number][] = []
-    for (const r of ranges) {
-      const last = merged.at(-1)
-      if (last !== undefined && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1])
-      else merged.push([r[0], r[1]])
-    }
-    this.v4 = Float64Array.from(merged.flat())
-    this.v4ViaList = v4ViaList
+    this.v4 = Float64Array.from(mergeRanges(ranges, (last) => last + 1).flat())
+    const merged6 = mergeRanges(ranges6, (last) => last + 1n)
+    this.v6 = new Uint32Array(merged6.length * 8)
+    merged6.forEach((range, r) => {
+      for (let w = 0; w < 8; w++) {
+        const bound = range[w < 4 ? 0 : 1]
+        this.v6[r * 8 + w] = Number((bound >> BigInt(96 - (w % 4) * 32)) & 0xffffffffn)
+      }
+    })
+    this.viaList = viaList
     this.size = cidrs.length
   }
 
   has(address: string | undefined): boolean {
     if (!address || this.size === 0) return false
-    const a = normaliseAddress(address)
-    const n = ipv4Number(a)
-    if (n >= 0) return this.hasV4(n) || (this.v4ViaList && this.list.check(a, 'ipv4'))
-    if (isIPv6(a)) return this.list.check(a, 'ipv6')
-    return false
+    const n = ipv4Number(address)
+    if (n >= 0) return this.hasV4(n) || (this.viaList && this.list.check(address, 'ipv4'))
+    const g = ADDRESS_GROUPS
+    if (!readIpv6(address, address.length, g)) return isIPv6(address) && this.list.check(address, 'ipv6')
+    const high = g[0]! * 65536 + g[1]!
+    const second = g[2]! * 65536 + g[3]!
+    const third = g[4]! * 65536 + g[5]!
+    const low = g[6]! * 65536 + g[7]!
+    const inRanges =
+      high === 0 && second === 0 && third === 0xffff ? this.hasV4(low) : this.hasV6(high, second, third, low)
+    return inRanges || (this.viaList && this.list.check(address, 'ipv6'))
   }
 
   private hasV4(n: number): boolean {
@@ -167,5 +265,18 @@ export class CidrSet {
       else hi = mid - 1
     }
     return hi >= 0 && n <= v4[hi * 2 + 1]!
+  }
+
+  private hasV6(w0: number, w1: number, w2: number, w3: number): boolean {
+    const v6 = this.v6
+    // the last range whose first address is ≤ the address
+    let lo = 0
+    let hi = v6.length / 8 - 1
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1
+      if (compareWords(v6, mid * 8, w0, w1, w2, w3) <= 0) lo = mid + 1
+      else hi = mid - 1
+    }
+    return hi >= 0 && compareWords(v6, hi * 8 + 4, w0, w1, w2, w3) >= 0
   }
 }
