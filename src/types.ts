@@ -244,6 +244,11 @@ export interface RequestInfo {
   /** raw request target (path + query) */
   url: string
   headers: IncomingHttpHeaders
+  /**
+   * The address the request comes from (identity/client-address.ts `requestClient`), kept by the first stage
+   * that works it out for the stages after it; only a request object that has the field keeps it.
+   */
+  client?: string | undefined
 }
 
 /** Per-connection facts, computed once per TCP/TLS connection. */

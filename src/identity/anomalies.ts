@@ -1,6 +1,5 @@
 // Credential cross-checks that look at more than one piece of evidence, or at more than one request.
 // Memory stays bounded whatever clients send: one LRU of token fingerprints, each with a capped peer set.
-import type { IncomingHttpHeaders } from 'node:http'
 import { LRUCache } from 'lru-cache'
 import type { Config } from '../config/schema.ts'
 import type {
@@ -14,7 +13,7 @@ import type {
 } from '../types.ts'
 import type { CidrSet } from '../util/cidr.ts'
 import { lruGet } from '../util/lru-get.ts'
-import { clientAddress } from './client-address.ts'
+import { type ClientRequest, requestClient } from './client-address.ts'
 import { tokenProfile } from './profiles.ts'
 import { certificateOf } from './sources/certificate.ts'
 import { evidenceOf } from './sources/source.ts'
@@ -178,17 +177,12 @@ export class AnomalyDetector {
   }
 
   /**
-   * NEW anomalies for this request; the caller appends them to evidence.anomalies. `headers`: the request's,
-   * read for X-Forwarded-For when the peer is a trusted proxy.
+   * NEW anomalies for this request; the caller appends them to evidence.anomalies. `req`: the request, whose
+   * client address (X-Forwarded-For) tells clients apart when the peer is a trusted proxy.
    */
-  inspect(
-    ev: EvidenceSet,
-    identity: Identity,
-    conn: ConnectionInfo,
-    headers?: IncomingHttpHeaders,
-  ): AnomalyType[] {
+  inspect(ev: EvidenceSet, identity: Identity, conn: ConnectionInfo, req?: ClientRequest): AnomalyType[] {
     const out: AnomalyType[] = []
-    this.inspectInto(ev, identity, conn, out, headers)
+    this.inspectInto(ev, identity, conn, out, req)
     return out
   }
 
@@ -198,7 +192,7 @@ export class AnomalyDetector {
     _identity: Identity,
     conn: ConnectionInfo,
     into: AnomalyType[],
-    headers?: IncomingHttpHeaders,
+    req?: ClientRequest,
   ): void {
     const jwt = evidenceOf<JwtEvidence>(ev, 'jwt')
     if (!jwt) return
@@ -206,14 +200,14 @@ export class AnomalyDetector {
     if (bindingMismatch(jwt, cert)) addOnce(into, 'binding_mismatch')
     if (this.cfg.requireCertTokenMatch && cert && identityMismatch(jwt, cert))
       addOnce(into, 'identity_mismatch')
-    if (this.tokenShared(jwt.fingerprint, cert?.sha256 ?? this.client(conn, headers)))
+    if (this.tokenShared(jwt.fingerprint, cert?.sha256 ?? this.client(conn, req)))
       addOnce(into, 'token_shared')
   }
 
-  private client(conn: ConnectionInfo, headers: IncomingHttpHeaders | undefined): string {
+  private client(conn: ConnectionInfo, req: ClientRequest | undefined): string {
     const trusted = this.trustedProxies
-    if (trusted === undefined || headers === undefined) return conn.remoteAddress
-    return clientAddress(headers, conn.remoteAddress, trusted)
+    if (trusted === undefined || req === undefined) return conn.remoteAddress
+    return requestClient(req, conn.remoteAddress, trusted)
   }
 
   private tokenShared(fp: string, peer: string): boolean {

@@ -7,6 +7,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import { isIP } from 'node:net'
 import type { Config } from '../config/schema.ts'
+import type { RequestInfo } from '../types.ts'
 import { CidrSet, normaliseAddress } from '../util/cidr.ts'
 
 /** every forwardedClientCert.trustedProxies entry, whatever its certificate format */
@@ -53,5 +54,24 @@ export function clientAddress(headers: IncomingHttpHeaders, peer: string, truste
     if (!trusted.has(client)) return client
     end = comma
   }
+  return client
+}
+
+/** what a stage reads of a request for its client address */
+export type ClientRequest = Pick<RequestInfo, 'headers' | 'client'>
+
+/**
+ * clientAddress, worked out once per request: the first stage that asks (the JWT verification queue, a
+ * crawler claim's check, the token-sharing count, the exchange's record) keeps it in `req.client` for the
+ * others, so X-Forwarded-For is read once. Every stage's `trusted` is the one config's trustedProxies, so
+ * whichever asks first works out the same address. Only a request object that has the field keeps it: the
+ * proxy's exchange, one per request and peer. Any other (a CLI case, an embedder's object, which may come
+ * again with another peer) is worked out on each call.
+ */
+export function requestClient(req: ClientRequest, peer: string, trusted: CidrSet): string {
+  const known = req.client
+  if (known !== undefined) return known
+  const client = clientAddress(req.headers, peer, trusted)
+  if ('client' in req) req.client = client
   return client
 }

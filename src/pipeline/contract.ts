@@ -1,7 +1,6 @@
 // The contract between the proxy (accept/forward) and everything else (identify → classify → decide → record).
 // The proxy holds a `() => Pipeline` so a config reload swaps the whole pipeline atomically between requests.
 // index.ts implements it.
-import type { IncomingHttpHeaders } from 'node:http'
 import type { Rejection } from '../identity/sources/source.ts'
 import type {
   ConnectionInfo,
@@ -54,9 +53,10 @@ export interface Pipeline {
   trustedProxy?(remoteAddress: string): boolean
   /**
    * The address a request comes from: the direct peer, or, when the peer is a trusted proxy, the client it
-   * appended to X-Forwarded-For (what the audit and the OTLP span call the client address).
+   * appended to X-Forwarded-For (what the audit and the OTLP span call the client address), as the stages
+   * worked it out for the request (`req.client`) when one did.
    */
-  clientAddress?(headers: IncomingHttpHeaders, remoteAddress: string): string
+  clientAddress?(req: RequestInfo, remoteAddress: string): string
   /**
    * Last word on the headers sent upstream (after the proxy has stripped hop-by-hop and x-nhi-* headers and
    * set the identity headers): removes forwarded-certificate headers from untrusted peers, or rewrites them.

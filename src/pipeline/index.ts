@@ -1,10 +1,9 @@
 // The attribution pipeline: identify (every credential source) → classify (identity rules, built-in
 // knowledge) → anomalies → route → policy, and record. One object per loaded config, carrying that config:
 // a reload builds a new one and swaps it in between requests, so every request sees one consistent config.
-import type { IncomingHttpHeaders } from 'node:http'
 import type { Config } from '../config/schema.ts'
 import { AnomalyDetector, addFailureAnomalies, type PodTokenPeers } from '../identity/anomalies.ts'
-import { clientAddress, trustedProxySet } from '../identity/client-address.ts'
+import { requestClient, trustedProxySet } from '../identity/client-address.ts'
 import { type EvidenceTrieNode, evidenceNode } from '../identity/evidence-trie.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import {
@@ -182,10 +181,10 @@ export class AttributionPipeline implements Pipeline {
     return this.trustedProxies.has(remoteAddress)
   }
 
-  clientAddress(headers: IncomingHttpHeaders, remoteAddress: string): string {
+  clientAddress(req: RequestInfo, remoteAddress: string): string {
     // most pods have no proxy in front, or a request that did not come through it
     if (!this.trustedProxies.has(remoteAddress)) return remoteAddress
-    return clientAddress(headers, remoteAddress, this.trustedProxies)
+    return requestClient(req, remoteAddress, this.trustedProxies)
   }
 
   prepareUpstreamHeaders(
@@ -271,7 +270,7 @@ export class AttributionPipeline implements Pipeline {
     const trace: RuleTrace[] = opts.trace ? [] : NO_TRACE
     const identity = this.rules.classify(evidence, req, conn, opts.trace ? trace : undefined)
     addFailureAnomalies(evidence.failures, evidence.anomalies)
-    this.anomalies.inspectInto(evidence, identity, conn, evidence.anomalies, req.headers)
+    this.anomalies.inspectInto(evidence, identity, conn, evidence.anomalies, req)
     const route = this.routes.match(req.path)
     const decision = this.policy.decide(identity, req)
     const attribution: Evaluation = {

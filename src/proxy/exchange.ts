@@ -78,8 +78,11 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
   traceId = ''
   spanId = ''
   parentSpanId: string | undefined
-  /** set when recorded: the client a trusted-proxy peer forwarded for (X-Forwarded-For) */
-  private forwardedFor: string | undefined
+  /**
+   * the address the request comes from, once worked out: by the first stage that needed it (RequestInfo),
+   * and when recorded, the client a trusted-proxy peer forwarded for (X-Forwarded-For) or the peer
+   */
+  client: string | undefined = undefined
   flags = '01'
   continued = false
   traceparent = ''
@@ -155,11 +158,12 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
     return this.attribution.route
   }
   get clientAddress(): string {
-    return this.forwardedFor ?? this.conn.remoteAddress
+    return this.client ?? this.conn.remoteAddress
   }
   /** the direct peer, when it is a trusted proxy that named another client */
   get peerAddress(): string | undefined {
-    return this.forwardedFor === undefined ? undefined : this.conn.remoteAddress
+    const peer = this.conn.remoteAddress
+    return this.client === undefined || this.client === peer ? undefined : peer
   }
   /** W3C trace flags sent upstream, when not the default "01" */
   get traceFlags(): string | undefined {
@@ -192,9 +196,7 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
     this.durationMs = performance.now() - this.started
     const pipeline = this.pipeline
     this.service = pipeline?.service ?? ''
-    const peer = this.conn.remoteAddress
-    const client = pipeline?.clientAddress?.(this.headers, peer) ?? peer
-    if (client !== peer) this.forwardedFor = client
+    this.client = pipeline?.clientAddress?.(this, this.conn.remoteAddress)
     this.pipeline = undefined
     this.req = undefined
     this.res = undefined
@@ -228,7 +230,8 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
       service: this.service,
     }
     if (this.host !== undefined) event.host = this.host
-    if (this.forwardedFor !== undefined) event.peerAddress = this.conn.remoteAddress
+    const peer = this.peerAddress
+    if (peer !== undefined) event.peerAddress = peer
     if (this.upstreamError) event.upstreamError = this.upstreamError
     if (this.grpcStatus !== undefined) event.grpcStatus = this.grpcStatus
     if (this.parentSpanId !== undefined) event.parentSpanId = this.parentSpanId

@@ -9,7 +9,7 @@ import type { Config } from '../../config/schema.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo, UserAgentEvidence } from '../../types.ts'
 import type { CidrSet } from '../../util/cidr.ts'
 import type { AnomalyObserver } from '../anomalies.ts'
-import { clientAddress, trustedProxySet } from '../client-address.ts'
+import { requestClient, trustedProxySet } from '../client-address.ts'
 import { describeFetchError, fetchJsonDocument } from '../jwt/jwks.ts'
 import { evidenceOf, replaceEvidence } from '../sources/source.ts'
 import { claimedOperators, operatorVouchesFor } from './claims.ts'
@@ -146,7 +146,7 @@ export class BotVerifier {
     if (!ua || !this.cfg.enabled) return
     const operators = claimedOperators(ua)
     if (operators.length === 0) return
-    const address = clientAddress(req.headers, conn.remoteAddress, this.trusted)
+    const address = requestClient(req, conn.remoteAddress, this.trusted)
     let verifiedBy: 'ranges' | 'dns' | undefined
     let verifiedFor: string | undefined
     let falseClaim = false

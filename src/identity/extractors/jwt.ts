@@ -14,7 +14,7 @@ import type { CidrSet } from '../../util/cidr.ts'
 import { sha256Hex } from '../../util/fingerprint.ts'
 import { lruGet } from '../../util/lru-get.ts'
 import { SecondSight } from '../../util/second-sight.ts'
-import { clientAddress } from '../client-address.ts'
+import { requestClient } from '../client-address.ts'
 import type { IssuerKeySet, JwksObserver, KeyMemory, WithdrawnKeys } from '../jwt/jwks.ts'
 import { defaultVerifyWorkers, VerifyPool, type VerifyPoolStats } from '../jwt/pool.ts'
 import { bearerToken, peekToken, safeAttributes, tokenCandidate, type UnverifiedToken } from '../jwt/token.ts'
@@ -220,7 +220,7 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
     const peer =
       this.trustedProxies === undefined
         ? conn.remoteAddress
-        : clientAddress(req.headers, conn.remoteAddress, this.trustedProxies)
+        : requestClient(req, conn.remoteAddress, this.trustedProxies)
     const verification = this.verify(token, hash.slice(0, FINGERPRINT_CHARS), peer).then((checked) => {
       this.inflight.delete(hash)
       const result = checked.result
