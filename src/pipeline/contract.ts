@@ -41,8 +41,8 @@ export interface Pipeline {
   readonly failClosed?: boolean
   /**
    * Normalized names of the headers this pipeline's sources read credentials from beyond the proxy's fixed
-   * list (authorization, x-api-key…), and of those its identity rules match: the proxy never forwards a
-   * request trailer of those names.
+   * list (authorization, x-api-key…), and of those it reads under one name (the user agent, the signature
+   * headers, those its identity rules match): the proxy never forwards a request trailer of those names.
    */
   readonly withheldTrailers?: ReadonlySet<string>
   /**

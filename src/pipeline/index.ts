@@ -27,7 +27,7 @@ import type {
 import type { CidrSet } from '../util/cidr.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
 import type { Attribution, Pipeline } from './contract.ts'
-import { RuleHeaders } from './rule-headers.ts'
+import { ReadHeaders } from './read-headers.ts'
 
 export type { Attribution, Pipeline } from './contract.ts'
 
@@ -65,10 +65,13 @@ function isFailure(x: Evidence | Failure): x is Failure {
   return (x as Failure).failed === true
 }
 
-/** Any incoming x-nhi-* header is a spoofing attempt: only this proxy may set them. */
-function hasSpoofedIdentityHeader(headers: RequestInfo['headers']): boolean {
+/**
+ * Any incoming x-nhi-* header is a spoofing attempt (only this proxy may set them), and so is another spelling
+ * of a header the pipeline reads: both in the one pass over the names every request takes.
+ */
+function hasSpoofedHeader(headers: RequestInfo['headers'], read: ReadHeaders): boolean {
   for (const name in headers) {
-    if (isIdentityHeaderName(name)) return true
+    if (isIdentityHeaderName(name) || read.isVariant(name)) return true
   }
   return false
 }
@@ -118,8 +121,8 @@ export class AttributionPipeline implements Pipeline {
   readonly failClosed: boolean
   /** every trustedProxies entry, whatever its certificate format: the peers believed about the client's hop */
   private readonly trustedProxies: CidrSet
-  /** the headers identity rules read; undefined when none names one */
-  private readonly ruleHeaders: RuleHeaders | undefined
+  /** the headers read under one name (the user agent, the signature headers, those rules name) */
+  private readonly readHeaders: ReadHeaders
 
   constructor(config: Config, opts: PipelineOptions = {}) {
     this.config = config
@@ -133,10 +136,13 @@ export class AttributionPipeline implements Pipeline {
       if (extractor) readers.push({ source, extractor })
     }
     this.readers = readers
-    this.ruleHeaders = RuleHeaders.of(config)
+    this.readHeaders = ReadHeaders.of(
+      config,
+      readers.flatMap((r) => r.extractor.readHeaders ?? []),
+    )
     this.withheldTrailers = new Set([
       ...readers.flatMap((r) => r.extractor.credentialHeaders ?? []).map(normalizeHeaderName),
-      ...(this.ruleHeaders?.merged ?? []),
+      ...this.readHeaders.merged,
     ])
     this.byName = new Map(readers.map((r) => [r.source.name, r]))
     this.rules = compileRules(config)
@@ -193,7 +199,7 @@ export class AttributionPipeline implements Pipeline {
     conn: ConnectionInfo,
   ): void {
     for (const r of this.readers) r.extractor.prepareUpstreamHeaders?.(headers, attribution.evidence, conn)
-    this.ruleHeaders?.prepareUpstreamHeaders(headers)
+    this.readHeaders.prepareUpstreamHeaders(headers)
   }
 
   /**
@@ -234,18 +240,17 @@ export class AttributionPipeline implements Pipeline {
 
   /**
    * Headers only this proxy, or a source's trusted peer, may set are spoofed otherwise, and so is another
-   * spelling of a header a source or an identity rule reads. Names are compared as an upstream framework
-   * would merge them (case, "_" for "-"): X_NHI_IDENTITY and x-nhi-identity are the same header to a
-   * CGI/WSGI/Rack app.
+   * spelling of a header a source or an identity rule reads (user_agent, a rule's x_tenant). Names are
+   * compared as an upstream framework would merge them (case, "_" for "-"): X_NHI_IDENTITY and
+   * x-nhi-identity are the same header to a CGI/WSGI/Rack app.
    */
   private withHeaderAnomalies(evidence: EvidenceSet, req: RequestInfo, conn: ConnectionInfo): EvidenceSet {
     // the one place a claim meets the client address: verified, or an anomaly (unverified_claim)
     for (const r of this.readers) r.extractor.attest?.(evidence, req, conn)
-    let spoofed = hasSpoofedIdentityHeader(req.headers)
+    let spoofed = hasSpoofedHeader(req.headers, this.readHeaders)
     for (let i = 0; !spoofed && i < this.readers.length; i++) {
       spoofed = this.readers[i]!.extractor.spoofedHeaders?.(req, conn) ?? false
     }
-    if (!spoofed && this.ruleHeaders !== undefined) spoofed = this.ruleHeaders.spoofedHeaders(req.headers)
     if (spoofed) evidence.anomalies.push('spoofed_header')
     return evidence
   }

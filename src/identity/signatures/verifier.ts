@@ -84,8 +84,16 @@ interface Walk {
   verified: Verified[]
 }
 
+/**
+ * The headers a signature is read from, whose other spellings (Signature_Agent) an upstream that checks
+ * signatures again would merge with them (pipeline/read-headers.ts strips and counts those). `signature` has
+ * no "-" to spell otherwise: its case variants are one header to Node as to the upstream.
+ */
+const READ_HEADERS = ['signature-input', 'signature-agent'] as const
+
 export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
   readonly source = 'signature' as const
+  readonly readHeaders = READ_HEADERS
   readonly directories: readonly KeyDirectory[]
   private readonly now: () => number
   private readonly skewSeconds: number

@@ -83,6 +83,13 @@ export interface SourceExtractor<E extends Evidence = Evidence> {
    * configured `apiKeys.header`): their values count in the header section only, never as request trailers.
    */
   readonly credentialHeaders?: readonly string[]
+  /**
+   * Headers this reader reads on every request under their exact, lower-case name (`user-agent`). An upstream
+   * framework merges other spellings with them (`User_Agent` is HTTP_USER_AGENT too), so the pipeline strips
+   * those before the upstream, counts them as spoofed_header and withholds every spelling as a request trailer
+   * (pipeline/read-headers.ts).
+   */
+  readonly readHeaders?: readonly string[]
   /** the request carries a header of this source that its peer may not set (anomaly spoofed_header) */
   spoofedHeaders?(req: RequestInfo, conn: ConnectionInfo): boolean
   /** last word on this source's headers sent upstream (after the proxy's own header handling) */

@@ -5,6 +5,9 @@ import { BotVerifier } from '../bots/verify.ts'
 import { classifyUserAgent } from '../useragent.ts'
 import type { CredentialSource } from './source.ts'
 
+/** read on every request: its other spellings (User_Agent) are stripped and counted (pipeline/read-headers.ts) */
+const READ_HEADERS = ['user-agent'] as const
+
 export const userAgentSource: CredentialSource<UserAgentEvidence> = {
   name: 'useragent',
   precedence: 50,
@@ -15,6 +18,7 @@ export const userAgentSource: CredentialSource<UserAgentEvidence> = {
       anomalies: ctx.anomalyObserver,
     })
     return {
+      readHeaders: READ_HEADERS,
       extract(req) {
         const ua = req.headers['user-agent']
         if (!ua) return undefined
