@@ -522,19 +522,24 @@ class Connection {
         }
       }
     }
-    // HTTP/1.0 closes unless it asks to keep the connection; HTTP/1.1 keeps it unless it asks to close. An
-    // HTTP/1.0 message with Transfer-Encoding may have crossed a hop that did not decode it: its framing is in
-    // doubt, so its connection is not reused (RFC 9112 §6.1)
-    const close = closeAsked || (m[1] === '0' && (!keepAliveAsked || codings > 0))
+    // HTTP/1.0 closes unless it asks to keep the connection; HTTP/1.1 keeps it unless it asks to close
+    const closing = closeAsked || (m[1] === '0' && !keepAliveAsked)
+    // judged on an interim head as well: llhttp (node:http, undici) refuses the whole response over one
+    if (codings > 0 && length !== -1) return this.malformed('content-length with transfer-encoding')
     if (status < 200) {
       // 100, 103 and other interim answers: the real one follows on the same connection; a 101 to a request
       // that asked for no upgrade is a protocol error
       if (status === 101) return this.malformed('101 without an upgrade')
+      // unless the interim answer closes its connection: it is the last message on it, and what comes after
+      // is no answer (llhttp refuses it as data after the close)
+      if (closing) return this.malformed('interim response closing the connection')
       ex.answered = true
       return true
     }
-    if (codings > 0 && length !== -1) return this.malformed('content-length with transfer-encoding')
     if (codings > 1) return this.malformed('transfer-encoding repeated')
+    // an HTTP/1.0 message with Transfer-Encoding may have crossed a hop that did not decode it: its framing is in
+    // doubt, so its connection is not reused (RFC 9112 §6.1)
+    const close = closing || (m[1] === '0' && codings > 0)
     ex.status = status
     // the upstream's idle timeout as its latest answer gave it
     this.upstreamIdleMs = Math.max(idleHintMs, 0)

@@ -1,9 +1,10 @@
 // The HTTP/1.1 engine's response framing, from the side of an upstream that gets it wrong or unusual: each
 // answer is scripted byte for byte on a raw socket. An ambiguous response (Content-Length with
-// Transfer-Encoding, two lengths, obs-fold, a name with a space before its colon, a head over 16 KiB) is a
-// 502 and its connection is never used again; bytes an answer did not announce never reach another
-// request; interim answers are skipped; a connection the upstream closed while idle is retried for a request
-// that can be (no body, idempotent method), and only for such a request.
+// Transfer-Encoding, two lengths, obs-fold, a name with a space before its colon, a head over 16 KiB, an
+// interim answer that closes its connection) is a 502 and its connection is never used again; bytes an
+// answer did not announce never reach another request; interim answers are skipped; a connection the
+// upstream closed while idle is retried for a request that can be (no body, idempotent method), and only for
+// such a request.
 import t from 'tap'
 import { request } from 'undici'
 import { scriptedUpstream } from '../helpers/net.ts'
@@ -35,6 +36,10 @@ t.test('ambiguous or malformed response heads are a 502 and their connection is 
     '/ctl-in-value': 'HTTP/1.1 200 OK\r\nX-A: b\u0001c\r\nContent-Length: 2\r\n\r\nok',
     '/bare-lf': 'HTTP/1.1 200 OK\nContent-Length: 2\n\nok',
     '/101': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n',
+    // an interim answer that closes its connection is the last message on it: no final answer can follow
+    '/interim-close': `HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n${ok()}`,
+    '/interim-http10': `HTTP/1.0 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n${ok()}`,
+    '/interim-cl-te': `HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n${ok()}`,
     '/status-099': 'HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok',
     '/http2-line': 'HTTP/2 200\r\nContent-Length: 2\r\n\r\nok',
     '/huge-head': `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(17 * 1024)}\r\nContent-Length: 2\r\n\r\nok`,
