@@ -102,6 +102,11 @@ const DIGITS = /^[0-9]{1,15}$/
  */
 const LIST_DIGITS = /^[ \t]*([0-9]{1,15})[ \t]*$/
 const CHUNK_SIZE = /^([0-9a-fA-F]{1,12})[ \t]*$/
+/** a Transfer-Encoding value whose last coding is chunked, nothing after it (`chunked`, `gzip, chunked`) */
+const CHUNKED_LAST = /(?:^|,)[ \t]*chunked$/i
+/** chunked as the last coding with something after it: a parameter, empty list elements */
+const CHUNKED_LAST_ANYHOW = /(?:^|,)[ \t]*chunked[ \t]*(?:;[^,]*)?[ \t,]*$/i
+const TRAILING_HTAB = /\t[ \t]*$/
 /** methods that define a meaning for content: sent with `content-length: 0` when they carry none (as undici does) */
 const PAYLOAD_METHODS = new Set(['POST', 'PUT', 'PATCH', 'QUERY', 'PROPFIND', 'PROPPATCH'])
 /** methods a connection that closed before any byte of the answer can be retried with (RFC 9110 §9.2.2) */
@@ -506,7 +511,12 @@ class Connection {
       raw.push(name, value)
       if (n === 17 && name.toLowerCase() === 'transfer-encoding') {
         codings++
-        chunked = value.toLowerCase() === 'chunked'
+        // the body is chunked when chunked is the last coding (RFC 9112 §6.3): `gzip, chunked` too, whose body
+        // read to the close would hand on the chunked framing as content. Followed by anything (`chunked,`,
+        // `chunked;q=1`, an HTAB), chunked is still the last coding by the list rules of RFC 9110, while
+        // llhttp (node:http, undici) reads such a body to the close: a framing parsers disagree on is refused
+        chunked = CHUNKED_LAST.test(value) && !TRAILING_HTAB.test(line)
+        if (!chunked && CHUNKED_LAST_ANYHOW.test(value)) return this.malformed('ambiguous transfer-encoding')
       } else if (n === 10) {
         const lower = name.toLowerCase()
         if (lower === 'connection') {

@@ -262,6 +262,33 @@ t.test('a length or a chunk line with bytes other than digits, SP and HTAB is ma
 })
 
 t.test(
+  'a body is chunked when chunked is the last coding, and malformed when anything follows it',
+  async (t) => {
+    // each answer ends with its connection: a body read to the close would carry the chunked framing with it
+    const malformed: Outcome = { status: 0, body: '', error: 'UND_ERR_PARSER' }
+    const cases: [coding: string, expected: Outcome][] = [
+      ['chunked', { status: 200, body: 'ok' }],
+      ['gzip, chunked', { status: 200, body: 'ok' }],
+      [',chunked', { status: 200, body: 'ok' }],
+      // chunked applied before another coding: the body ends with the connection (RFC 9112 §6.3)
+      ['chunked, gzip', { status: 200, body: '2\r\nok\r\n0\r\n\r\n' }],
+      // chunked by the list rules, read to the close by llhttp: ambiguous
+      ['chunked,', malformed],
+      ['chunked;q=1', malformed],
+      ['chunked\t', malformed],
+    ]
+    const up = await scriptedUpstream(t, ({ path, socket }) => {
+      const [coding] = cases[Number(path.slice(1))]!
+      socket.end(`HTTP/1.1 200 OK\r\nTransfer-Encoding: ${coding}\r\n\r\n2\r\nok\r\n0\r\n\r\n`)
+      return undefined
+    })
+    const p = pool(t, up.port)
+    for (const [i, [coding, expected]] of cases.entries())
+      t.same(await send(p, { path: `/${i}` }), expected, JSON.stringify(coding))
+  },
+)
+
+t.test(
   'an upstream that keeps an idle connection a second or less is not sent another request on it',
   async (t) => {
     const answers: Record<string, string> = {

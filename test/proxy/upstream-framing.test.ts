@@ -31,6 +31,8 @@ t.test('ambiguous or malformed response heads are a 502 and their connection is 
     '/cl-sign': 'HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok',
     '/obs-fold': 'HTTP/1.1 200 OK\r\nX-A: b\r\n  c\r\nContent-Length: 2\r\n\r\nok',
     '/space-colon': 'HTTP/1.1 200 OK\r\nX-A : b\r\nContent-Length: 2\r\n\r\nok',
+    // chunked by the list rules of RFC 9110, read to the close by llhttp
+    '/te-chunked-htab': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n2\r\nok\r\n0\r\n\r\n',
     '/te-twice':
       'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
     '/ctl-in-value': 'HTTP/1.1 200 OK\r\nX-A: b\u0001c\r\nContent-Length: 2\r\n\r\nok',
