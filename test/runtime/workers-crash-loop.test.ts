@@ -6,9 +6,9 @@
 import { rm, writeFile } from 'node:fs/promises'
 import t, { type Test } from 'tap'
 import { eventually, GiveUp } from '../helpers/eventually.ts'
-import { metricValue, scrape } from '../helpers/metrics.ts'
+import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { createServerPki, mtlsListen } from '../helpers/pki.ts'
-import { childPids, twoWorkerPodFiles } from '../helpers/pod.ts'
+import { childPids, freshGet, twoWorkerPodFiles, workerSlot } from '../helpers/pod.ts'
 import { startSidecarFromFile } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -83,6 +83,63 @@ t.test(
       'both restarts counted',
     )
     t.equal(cli.child.exitCode, null, 'the pod keeps running')
+  },
+)
+
+// Only a worker that cannot start tells the primary why (the reason its one-process start would print): one
+// that dies while serving (killed, an internal error, which it logs itself) leaves no reason. After the pod
+// has started that is a replacement's start, here one that cannot read the https key any more.
+t.test(
+  'a replacement that cannot start: worker_exited carries its slot, exit code and reason, and the next one serves',
+  async (t) => {
+    const { sidecar, server } = await httpsPod(t, 'workers-exit-reason')
+    const cli = sidecar.process
+    const [victim] = childPids(cli.child.pid!)
+    const slot = Number(workerSlot(victim!))
+    const from = cli.stderr().length
+    await rm(server.keyFile)
+    process.kill(victim!, 'SIGKILL')
+    await eventually(() => logLines(cli.stderr(), 'worker_exited', from).length >= 2, {
+      what: 'the replacement to fail at start',
+    })
+    const [killed, failed] = logLines(cli.stderr(), 'worker_exited', from)
+    t.match(killed, { worker: slot, code: null, signal: 'SIGKILL' }, 'the killed worker')
+    t.notOk('reason' in killed!, 'a worker killed while serving gave no reason')
+    t.match(failed, { worker: slot, code: 1, signal: null, restartInMs: 2_000 }, 'its replacement, exit 1')
+    t.equal(
+      failed!['reason'],
+      `listen.https.key "${server.keyFile}": file not found`,
+      'with the reason it could not start',
+    )
+
+    await writeFile(server.keyFile, server.keyPem)
+    const restarted = await eventually(() => logLines(cli.stderr(), 'worker_restarted', from)[1], {
+      what: 'the slot started a third time',
+      timeoutMs: 15_000,
+    })
+    t.equal(restarted['worker'], slot, 'the same slot')
+    await eventually(
+      async () => {
+        const r = await fetch(`${sidecar.adminUrl}/readyz`)
+        return r.status === 200 && ((await r.json()) as { workers: { ready: number } }).workers.ready === 2
+      },
+      { what: 'two workers serving again', timeoutMs: 15_000 },
+    )
+    // fresh connections alternate between the workers: the new one's own count shows it served some
+    const label = String(slot)
+    const before = metricValue(await scrape(sidecar.adminUrl), 'nhi_worker_requests_total', { worker: label })
+    const statuses = []
+    for (let i = 0; i < 4; i++) statuses.push(await freshGet(`${sidecar.proxyUrl}/after/${i}`, 'probe'))
+    t.same(statuses, [200, 200, 200, 200], 'every request served')
+    const after = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_worker_requests_total', { worker: label }) > before,
+      'the new worker to count some of them',
+    )
+    t.ok(
+      metricValue(after, 'nhi_worker_requests_total', { worker: label }) > before,
+      `the new worker ${slot} served some of them`,
+    )
   },
 )
 
