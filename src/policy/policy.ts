@@ -111,9 +111,21 @@ function decodeQueryPart(s: string): string {
   }
 }
 
-/** `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts) */
-function routeMatches(route: CompiledPattern, path: string): boolean {
-  return route.match(pathWithoutTrailingSlash(path)) !== null
+/** a rule decides for the identity: allowed when any of its allow matchers admits it */
+function ruleDecision(rule: CompiledPolicyRule, identity: Identity): PolicyDecision {
+  for (const m of rule.allow) if (allows(m, identity)) return rule.allowed
+  return rule.denied
+}
+
+/** whether a rule's methods take any of the methods not yet decided */
+function takesAny(
+  methods: ReadonlySet<string>,
+  overrides: readonly string[],
+  decided: readonly (PolicyDecision | undefined)[],
+): boolean {
+  for (let k = 0; k < overrides.length; k++)
+    if (decided[k] === undefined && methods.has(overrides[k]!)) return true
+  return false
 }
 
 export function compilePolicy(cfg: Config['policy']): Policy {
@@ -151,29 +163,63 @@ export function compilePolicy(cfg: Config['policy']): Policy {
     return rule
   })
   const byMethod = rules.some((r) => r.methods !== undefined)
-  const decideFor = (identity: Identity, method: string, path: string): PolicyDecision => {
-    for (const rule of rules) {
-      if (rule.methods && !rule.methods.has(method)) continue
-      if (!routeMatches(rule.route, path)) continue
-      for (const m of rule.allow) if (allows(m, identity)) return rule.allowed
-      return rule.denied
+  /**
+   * The first of the override methods (in their order) that the rules do not allow; undefined when they allow
+   * every one. One pass over the rules for all of them, so that no route is matched twice in a request: what
+   * the pass for the request's own method learnt is known already (`decisive`: the rule that decided it, or
+   * rules.length; each rule before it that its method took did not match).
+   */
+  const decideOverrides = (
+    identity: Identity,
+    method: string,
+    path: string,
+    overrides: readonly string[],
+    decisive: number,
+    decision: PolicyDecision,
+  ): PolicyDecision | undefined => {
+    const decided: (PolicyDecision | undefined)[] = overrides.map(() => undefined)
+    let undecided = overrides.length
+    for (let i = 0; i < rules.length && undecided > 0; i++) {
+      const rule = rules[i]!
+      const { methods } = rule
+      if (methods && !takesAny(methods, overrides, decided)) continue
+      let matches: boolean
+      if (i === decisive) matches = true
+      else if (i < decisive && (!methods || methods.has(method))) matches = false
+      else matches = rule.route.match(path) !== null
+      if (!matches) continue
+      const d = i === decisive ? decision : ruleDecision(rule, identity)
+      for (let k = 0; k < overrides.length; k++) {
+        if (decided[k] !== undefined || (methods && !methods.has(overrides[k]!))) continue
+        decided[k] = d
+        undecided--
+      }
     }
-    return DEFAULT_ALLOW
+    // a method no rule took is allowed (the default)
+    for (const d of decided) if (d !== undefined && d.decision !== 'allow') return d
+    return undefined
   }
   return {
     mode,
     decide(identity, req) {
-      const decision = decideFor(identity, req.method.toUpperCase(), req.path)
+      const method = req.method.toUpperCase()
+      // `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts)
+      const path = pathWithoutTrailingSlash(req.path)
+      let decisive = rules.length
+      for (let i = 0; i < rules.length; i++) {
+        const rule = rules[i]!
+        if (rule.methods && !rule.methods.has(method)) continue
+        if (rule.route.match(path) === null) continue
+        decisive = i
+        break
+      }
+      const decision = decisive < rules.length ? ruleDecision(rules[decisive]!, identity) : DEFAULT_ALLOW
       if (!byMethod || decision.decision !== 'allow') return decision
       // the method the upstream may run instead (a POST with X-HTTP-Method-Override or ?_method=) must be
       // allowed too
       const overrides = queryMethods(req.url, overriddenMethods(req.headers))
       if (overrides === undefined) return decision
-      for (const method of overrides) {
-        const other = decideFor(identity, method, req.path)
-        if (other.decision !== 'allow') return other
-      }
-      return decision
+      return decideOverrides(identity, method, path, overrides, decisive, decision) ?? decision
     },
   }
 }
