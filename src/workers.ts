@@ -311,9 +311,7 @@ class PodNonces implements NonceStore {
  * A worker: waits for its config from the primary, serves the proxy listeners, answers the primary's
  * questions and hands its audit lines over. Resolves once serving; exits the process when told to.
  */
-export async function runWorker(log: Logger): Promise<void> {
-  const slot = process.env[SLOT_ENV] ?? '?'
-  const wlog = log.child({ worker: slot })
+export async function runWorker(wlog: Logger): Promise<void> {
   // signals are the primary's: a terminal's Ctrl-C reaches every process of the group, and the pod's drain
   // is one coordinated drain
   process.on('SIGINT', () => {})

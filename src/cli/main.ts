@@ -127,10 +127,13 @@ process.stderr.on('error', () => {})
  * config) and 2 (a runtime failure the operator can act on). Carrying on would serve from a state nothing
  * checked; the container is restarted (under `workers: N` the primary replaces the worker).
  */
-function exitOnInternalError(log: ReturnType<typeof operationalLogger>): void {
+function exitOnInternalError(
+  log: ReturnType<typeof operationalLogger>,
+): (worker: ReturnType<typeof operationalLogger>) => void {
+  let logger = log
   const die = (err: unknown) => {
     try {
-      log.fatal({ event: 'internal_error', err }, 'internal error: nhi-proxy exits')
+      logger.fatal({ event: 'internal_error', err }, 'internal error: nhi-proxy exits')
     } catch {
       process.stderr.write(`nhi-proxy: internal error: ${String(err)}\n`)
     }
@@ -138,6 +141,10 @@ function exitOnInternalError(log: ReturnType<typeof operationalLogger>): void {
   }
   process.on('uncaughtException', die)
   process.on('unhandledRejection', die)
+  // a worker's line names its slot, as every other line it writes does
+  return (worker) => {
+    logger = worker
+  }
 }
 
 /** What a signal stops: `shutdown` drains (the drain delay, then in-flight requests), `close` stops at once. */
@@ -303,7 +310,7 @@ Examples:
       // the sidecar's modules load while the config file is read and parsed, not after
       const runtime = import('../runtime.ts')
       const log = operationalLogger()
-      exitOnInternalError(log)
+      const logInternalErrorsTo = exitOnInternalError(log)
       tuneHeapGrowth()
       const configPath = o.config ?? process.env['NHI_PROXY_CONFIG']
       const overrides = { listen: o.listen, upstream: o.upstream, admin: o.admin, workers: o.workers }
@@ -313,7 +320,10 @@ Examples:
         if (await isClusterWorker()) {
           worker = true
           const { runWorker } = await import('../workers.ts')
-          return await runWorker(log)
+          // the slot as a number, as the primary's lines about the worker carry it
+          const workerLog = log.child({ worker: Number(process.env['NHI_WORKER_SLOT']) })
+          logInternalErrorsTo(workerLog)
+          return await runWorker(workerLog)
         }
         signals = holdSignals({ reloads: true })
         signals.beforeStarting()
