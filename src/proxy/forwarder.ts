@@ -12,6 +12,7 @@ import connectModule from 'undici/lib/core/connect.js'
 import type { TunnelProtocol } from '../telemetry/metrics.ts'
 import type { UpstreamErrorReason } from '../types.ts'
 import { MAX_TIMER_MS } from '../util/duration.ts'
+import type { CorsMemory } from './cors.ts'
 import { endGrpcWithStatus, GRPC, grpcTimeoutMs, sendGrpcStatus } from './grpc.ts'
 import { endGrpcWebWithStatus, type GrpcWebStatusReader, grpcWebResponse, isGrpcWeb } from './grpc-web.ts'
 import { H1Pool, type UpstreamHandler } from './h1-pool.ts'
@@ -48,6 +49,8 @@ export interface ForwardTarget {
    * did, not from the forward, which identification (a key set fetched on a first token) may have delayed
    */
   receivedAt?: number
+  /** where the upstream's CORS answers are learnt, for the proxy's own answers (cors.ts) */
+  cors?: CorsMemory | undefined
 }
 
 export interface ForwardResult {
@@ -402,6 +405,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
     private readonly done: ForwardListener,
     private readonly stallMs: number,
     private readonly failed: UpstreamFailed | undefined,
+    private readonly cors: CorsMemory | undefined,
   ) {
     res[kCall] = this
     if (done.relaysClose !== true) res.on('close', onResponseClose)
@@ -435,7 +439,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
     }
     this.grpcStatus = GRPC.DEADLINE_EXCEEDED
     if (!res.headersSent) {
-      if (!sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)) {
+      if (!sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, this.cors)) {
         this.clientClosed()
         return
       }
@@ -491,6 +495,7 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
       throw err
     }
     this.status = statusCode
+    if (req !== undefined && req.headers.origin !== undefined) this.cors?.learnFromPairs(req, headers)
     return true
   }
 
@@ -870,7 +875,7 @@ export class Http1Forwarder implements Forwarder {
     headers: UpstreamHeaders,
     listener: ForwardListener,
   ): void {
-    const call = new ResponseCall(res, listener, this.options.bodyTimeout, this.options.failed)
+    const call = new ResponseCall(res, listener, this.options.bodyTimeout, this.options.failed, target.cors)
     const deadline = webCallDeadline(req.headers)
     if (deadline !== undefined) call.watchDeadline(deadline, target.receivedAt ?? performance.now())
     const body = hasBody(req) ? req : null

@@ -2,6 +2,7 @@
 // proxy gives on its own behalf as gRPC statuses a client can read (HTTP 200 + grpc-status), not HTTP errors.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { ServerHttp2Stream } from 'node:http2'
+import type { CorsMemory } from './cors.ts'
 
 export const GRPC = {
   OK: 0,
@@ -174,15 +175,24 @@ export function grpcAnswerType(requestType: unknown): string {
  * Answers a gRPC call with a status only ("Trailers-Only": one HEADERS frame ending the stream). On HTTP/1.1
  * the status goes into the header section: gRPC-Web's trailers-only form, which its clients read (a plain
  * gRPC client does not speak HTTP/1.1, but a misdirected one gets something readable). A gRPC-Web call is
- * answered in its own content type (grpcAnswerType). Returns false when the response already started.
+ * answered in its own content type (grpcAnswerType), and with `cors`, with the CORS fields the upstream
+ * answers its Origin with (cors.ts): a browser's client reads `grpc-status` only where the upstream exposes
+ * it. Returns false when the response already started.
  */
-export function sendGrpcStatus(res: ServerResponse, code: number, message: string): boolean {
+export function sendGrpcStatus(
+  res: ServerResponse,
+  code: number,
+  message: string,
+  cors?: CorsMemory,
+): boolean {
   if (res.headersSent || res.destroyed) return false
-  const headers = {
+  const headers: Record<string, string> = {
     'content-type': grpcAnswerType(res.req?.headers['content-type']),
     'grpc-status': String(code),
     'grpc-message': grpcMessage(message),
   }
+  const corsFields = cors?.answerFields(res.req?.headers.origin)
+  if (corsFields !== undefined) Object.assign(headers, corsFields)
   const stream = h2Stream(res)
   try {
     if (stream) respondTrailersOnly(stream, { ':status': 200, ...headers })

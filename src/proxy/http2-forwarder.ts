@@ -310,7 +310,7 @@ export class Http2Forwarder {
         grpcStatus = GRPC.DEADLINE_EXCEEDED
         if (status !== 0)
           grpcStatus = endCallWithStatus(res, grpcWeb, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, status)
-        else if (sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)) status = 200
+        else if (sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, target.cors)) status = 200
         else {
           // nothing could be sent: the client went away
           onClientClose()
@@ -411,6 +411,7 @@ export class Http2Forwarder {
               undefined,
               isGrpcWebType(h['content-type']),
             )
+          if (req.headers.origin !== undefined) target.cors?.learnFromHeaders(req, h)
           const headersOut = responseHeaders(h)
           const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
           try {

@@ -200,7 +200,7 @@ export class NodeHttpForwarder {
           return
         }
         if (!res.headersSent) {
-          if (!sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)) {
+          if (!sendGrpcStatus(res, GRPC.DEADLINE_EXCEEDED, DEADLINE_MESSAGE, target.cors)) {
             onClientClose()
             return
           }
@@ -329,6 +329,7 @@ export class NodeHttpForwarder {
           return
         }
         status = upRes.statusCode ?? 0
+        if (req.headers.origin !== undefined) target.cors?.learnFromPairs(req, headers)
         // no body by definition (RFC 9110 §6.4.1): answered now. Bytes an upstream sends after such a head
         // anyway are a framing error on its connection, which must not cut the answer the client already has
         if (answersWithoutContent(status, req.method === 'HEAD')) {

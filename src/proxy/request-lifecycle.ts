@@ -11,6 +11,7 @@ import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
 import { releaseContinue } from './continue.ts'
+import type { CorsMemory } from './cors.ts'
 import { CLIENT_CLOSED, Exchange, FAIL_CLOSED_ATTRIBUTION, FALLBACK_ATTRIBUTION } from './exchange.ts'
 import {
   clientStreamGone,
@@ -84,6 +85,11 @@ export interface LifecycleOptions {
   getPipeline: () => Pipeline
   forwarder: Forwarder
   upstream: () => Upstream
+  /**
+   * the CORS fields the upstream answered each Origin with so far (one per upstream and config: server.ts): the
+   * forward learns them, the proxy's own answers carry them
+   */
+  cors?: (() => CorsMemory) | undefined
   /** called once per TLS connection; the result lands in ConnectionInfo.peerCert */
   parsePeerCert?: ((socket: TLSSocket) => CertEvidence | Failure | undefined) | undefined
   timeouts: Config['timeouts']
@@ -536,10 +542,14 @@ export class RequestLifecycle {
       upstream,
       withheldTrailers: ex.pipeline?.withheldTrailers,
       receivedAt: ex.started,
+      cors: this.opts.cors?.(),
     }
   }
 
-  /** An answer on the proxy's behalf; a gRPC call gets it as a gRPC status its client can read. */
+  /**
+   * An answer on the proxy's behalf; a gRPC call gets it as a gRPC status its client can read. Either carries
+   * the CORS fields the upstream answers the request's Origin with, so a page on that origin can read it.
+   */
   answer(
     ex: Exchange,
     req: IncomingMessage,
@@ -549,7 +559,8 @@ export class RequestLifecycle {
     headers?: Record<string, string>,
   ): boolean {
     ex.status = status
-    if (!isGrpc(req.headers)) return sendJson(res, status, body, headers)
+    const cors = this.opts.cors?.()
+    if (!isGrpc(req.headers)) return sendJson(res, status, body, headers, cors)
     ex.status = 200
     ex.grpcStatus = ex.upstreamError === 'timeout' ? GRPC.DEADLINE_EXCEEDED : grpcStatusForHttp(status)
     let message = 'request refused by the proxy'
@@ -560,7 +571,7 @@ export class RequestLifecycle {
     } catch {
       // a non-JSON body from a rejecting stage keeps the generic message
     }
-    return sendGrpcStatus(res, ex.grpcStatus, message)
+    return sendGrpcStatus(res, ex.grpcStatus, message, cors)
   }
 
   /**

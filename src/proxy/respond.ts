@@ -2,6 +2,7 @@
 import { type ServerResponse, STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { UpstreamErrorReason } from '../types.ts'
+import type { CorsMemory } from './cors.ts'
 
 interface Canned {
   status: number
@@ -38,12 +39,16 @@ export const CONNECT_NOT_SUPPORTED = canned(
 )
 export const INTERNAL_ERROR = canned(500, 'internal_error', 'the proxy failed to handle the request')
 
-/** Writes a complete JSON response unless the response already started or the client is gone. */
+/**
+ * Writes a complete JSON response unless the response already started or the client is gone; with `cors`, the
+ * CORS fields the upstream answers the request's Origin with (cors.ts).
+ */
 export function sendJson(
   res: ServerResponse,
   status: number,
   body: string,
   extraHeaders?: Record<string, string>,
+  cors?: CorsMemory,
 ): boolean {
   if (res.headersSent || res.destroyed) return false
   try {
@@ -58,6 +63,8 @@ export function sendJson(
         if (lower !== 'content-length' && lower !== 'transfer-encoding') headers[lower] = extraHeaders[name]!
       }
     }
+    const corsFields = cors?.answerFields(res.req?.headers.origin)
+    if (corsFields !== undefined) Object.assign(headers, corsFields)
     res.writeHead(status, headers)
     res.end(body)
     return true

@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.ts'
 import type { Pipeline } from '../pipeline/index.ts'
 import type { Http2AbuseReason, TunnelProtocol } from '../telemetry/metrics.ts'
 import type { CertEvidence, Failure } from '../types.ts'
+import { CorsMemory } from './cors.ts'
 import { type Forwarder, Http1Forwarder, type UpstreamFailed } from './forwarder.ts'
 import { Http2Forwarder, ProtocolForwarder } from './http2-forwarder.ts'
 import { type HttpsListenOptions, Listeners } from './listeners.ts'
@@ -117,10 +118,14 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
         ...failed,
       }),
     )
+  // what the upstream answers browsers' origins with (cors.ts), learnt anew for every config: a reload may
+  // point the same URL at another service, and no grant outlives the upstream that gave it
+  let cors = new CorsMemory()
   const lifecycle = new RequestLifecycle({
     getPipeline: opts.getPipeline,
     forwarder,
     upstream: () => upstream,
+    cors: () => cors,
     parsePeerCert: opts.parsePeerCert,
     timeouts,
     onAttributionError: opts.onAttributionError,
@@ -180,6 +185,7 @@ export function createProxy(opts: ProxyOptions): ProxyServer {
     setUpstream(url: string) {
       const next = parseUpstream(url)
       upstream = next
+      cors = new CorsMemory()
       probe.retarget(next)
       forwarder.prune(next.origin)
     },

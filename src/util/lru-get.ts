@@ -12,3 +12,11 @@ export function lruGet<K extends {}, V extends {}>(cache: LRUCache<K, V>, key: K
   OPTIONS.status = undefined
   return value
 }
+
+const SET_OPTIONS: { status?: undefined } = { status: undefined }
+
+/** `cache.set(key, value)` without an options object per call (set() writes `status` into it as get() does) */
+export function lruSet<K extends {}, V extends {}>(cache: LRUCache<K, V>, key: K, value: V): void {
+  cache.set(key, value, SET_OPTIONS as LRUCache.SetOptions<K, V, unknown>)
+  SET_OPTIONS.status = undefined
+}
