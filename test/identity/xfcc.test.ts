@@ -342,6 +342,11 @@ t.test('XFCC grammar: quoting, escapes, case-insensitive keys, repeats', async (
   const escaped = parseXfcc('Subject="CN=a\\,b\\\\,O=\\CE\\A9";URI="x\\"y"')?.[0]
   t.equal(escaped?.subject, 'CN=a\\,b\\\\,O=\\CE\\A9')
   t.same(escaped?.uri, ['x"y'], 'other values are unescaped')
+  // as Envoy's own XFCC reader unescapes: \" and \\ only, any other backslash is part of the value
+  const stray = parseXfcc('URI="a\\b,c";DNS="x\\\\y\\"z";By="\\;"')?.[0]
+  t.same(stray?.uri, ['a\\b,c'], 'a backslash before another character is kept')
+  t.same(stray?.dns, ['x\\y"z'], 'an escaped backslash and an escaped quote')
+  t.same(stray?.by, ['\\;'])
   const envoy = xfccEvidence('Subject="CN=a\\,b\\\\,O=\\CE\\A9"') as CertEvidence
   t.equal(envoy.cn, 'a,b\\', 'an escaped comma and an escaped backslash')
   t.equal(envoy.subject, 'O=Ω, CN=a\\,b\\\\', 'the subject in DER order, as over mTLS')

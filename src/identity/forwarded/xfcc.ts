@@ -1,6 +1,8 @@
 // Envoy / Istio x-forwarded-client-cert. Grammar: elements separated by ","; each element is ";"-separated
-// Key=Value pairs; keys are case-insensitive; a value may be double-quoted with backslash escapes (commas
-// and semicolons inside quotes do not split). Several header lines are one list (Node joins them with ", ").
+// Key=Value pairs; keys are case-insensitive; a value may be double-quoted (commas and semicolons inside quotes
+// do not split), where `\"` is a quote and `\\` a backslash, and any other backslash is itself, as Envoy's own
+// XFCC reader (the XFCC_VALUE formatter) has it: Envoy's docs escape only the quote, so a writer that follows
+// them leaves a backslash as it is. Several header lines are one list (Node joins them with ", ").
 // Envoy writes Subject's RFC 4514 text between the quotes as it is, its own escapes (`\"`, `\\`, `\,`,
 // `\CE`) included, so a quoted Subject keeps its backslashes: dropping them would merge hex pairs into
 // text and turn escaped commas into separators.
@@ -91,7 +93,8 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
       while (i < n) {
         const c = value[i]!
         if (c === '\\' && i + 1 < n) {
-          v += dn ? value.slice(i, i + 2) : value[i + 1]
+          const next = value[i + 1]!
+          v += dn || (next !== '"' && next !== '\\') ? value.slice(i, i + 2) : next
           i += 2
         } else if (c === '"') {
           closed = true
