@@ -354,6 +354,11 @@ t.test('XFCC grammar: quoting, escapes, case-insensitive keys, repeats', async (
   t.same(els?.[1]?.dns, ['a', 'b'])
   // Node joins repeated headers with ", "
   t.equal(parseXfcc('URI=spiffe://a/b, URI=spiffe://c/d')?.length, 2)
+  // OWS around a separator is spaces and tabs; the U+00A0 a header's byte 0xA0 reads as is part of the value
+  const nbsp = parseXfcc('URI=\u00a0spiffe://a/b\u00a0 ;DNS=\t a \t; \u00a0By=x')?.[0]
+  t.same(nbsp?.uri, ['\u00a0spiffe://a/b\u00a0'], 'U+00A0 is kept at either end')
+  t.same(nbsp?.dns, ['a'], 'spaces and tabs are not')
+  t.same(nbsp?.by, [], 'a key with U+00A0 in front is no By')
 
   for (const bad of ['Subject="unterminated', 'justtext', 'URI=a"b', 'Subject="x"junk', '=value']) {
     t.equal(parseXfcc(bad), undefined, `malformed: ${bad}`)

@@ -40,6 +40,21 @@ export interface XfccElement {
 export const MAX_XFCC_ELEMENTS = 32
 const MAX_PAIRS_PER_ELEMENT = 64
 
+const isOws = (c: string | undefined) => c === ' ' || c === '\t'
+
+/**
+ * OWS (spaces and tabs) around a separator is no part of a key or value, as in any HTTP field; other
+ * whitespace is, such as the U+00A0 a header's byte 0xA0 reads as (String.trim() would drop it). A loop, not
+ * a regex: `[\t ]+$` backtracks through a long run of spaces once per space.
+ */
+function trimOws(s: string): string {
+  let start = 0
+  let end = s.length
+  while (start < end && isOws(s[start])) start++
+  while (end > start && isOws(s[end - 1])) end--
+  return start === 0 && end === s.length ? s : s.slice(start, end)
+}
+
 function newElement(): XfccElement {
   return { by: [], uri: [], dns: [] }
 }
@@ -82,7 +97,7 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
     while (i < n && (value[i] === ' ' || value[i] === '\t')) i++
     const eq = value.indexOf('=', i)
     if (eq === -1) return undefined
-    const key = value.slice(i, eq).trim().toLowerCase()
+    const key = trimOws(value.slice(i, eq)).toLowerCase()
     if (key === '' || /[;,"]/.test(key)) return undefined
     const dn = key === 'subject'
     i = eq + 1
@@ -111,7 +126,7 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
     } else {
       let j = i
       while (j < n && value[j] !== ';' && value[j] !== ',') j++
-      v = value.slice(i, j).trim()
+      v = trimOws(value.slice(i, j))
       if (v.includes('"')) return undefined
       i = j
     }
