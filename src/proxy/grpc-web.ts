@@ -21,10 +21,14 @@ export function isGrpcWebType(contentType: unknown): boolean {
   return typeof contentType === 'string' && contentType.startsWith('application/grpc-web')
 }
 
-/** `grpc-status` as a client reads it: 0–16, anything else UNKNOWN */
+// gRPC's grammar is 1*DIGIT: Number() would read "" as 0 (OK), and "1e1", "+3" or "0x1" as statuses
+const STATUS_VALUE = /^[\t ]*([0-9]+)[\t ]*$/
+
+/** `grpc-status` as a client reads it: 0–16, anything else (past 16, empty, not digits) UNKNOWN */
 export function grpcStatusValue(value: string): number {
-  const n = Number(value)
-  return Number.isInteger(n) && n >= 0 && n <= 16 ? n : GRPC.UNKNOWN
+  const digits = STATUS_VALUE.exec(value)?.[1]
+  const n = digits === undefined ? Number.NaN : Number(digits)
+  return n <= 16 ? n : GRPC.UNKNOWN
 }
 
 /**

@@ -1,6 +1,6 @@
 // The gRPC-Web status reader on its own: the edges an end-to-end test does not reach cheaply.
 import t from 'tap'
-import { GrpcWebStatusReader } from '../../src/proxy/grpc-web.ts'
+import { GrpcWebStatusReader, grpcWebResponse } from '../../src/proxy/grpc-web.ts'
 
 function frame(flag: number, payload: Buffer | string): Buffer {
   const body = Buffer.from(payload)
@@ -40,6 +40,20 @@ t.test('nothing after the trailer frame changes the status', async (t) => {
   const r = new GrpcWebStatusReader(false)
   r.push(Buffer.concat([frame(0x80, 'grpc-status: 0\r\n'), frame(0x80, 'grpc-status: 5\r\n')]))
   t.equal(r.status, 0)
+})
+
+t.test('a grpc-status in the header section that is not digits is UNKNOWN, an empty one too', async (t) => {
+  const read = (value: string) =>
+    grpcWebResponse({ 'content-type': 'application/grpc-web' }, [
+      'content-type',
+      'application/grpc-web',
+      'grpc-status',
+      value,
+    ])?.result(200)
+  // gRPC's grammar is 1*DIGIT: an empty status is no OK, and no number Number() reads is a status either
+  for (const value of ['', '1e1', '+3', '0x1', '3.0', '-0']) t.equal(read(value), 2, JSON.stringify(value))
+  t.equal(read('007'), 7, 'leading zeros are digits')
+  t.equal(read('17'), 2, 'past 16')
 })
 
 t.test('the header section (trailers-only) wins over the body', async (t) => {
