@@ -56,7 +56,8 @@ export function grpcWebResponse(
 /** a trailer frame larger than this is not read: its status then counts as missing */
 const MAX_TRAILER_FRAME = 8 * 1024
 
-const STATUS_LINE = /(?:^|\r?\n)grpc-status:[\t ]*(\d{1,3})[\t ]*(?:\r?\n|$)/i
+/** the `grpc-status` line of a trailer block, its whole value: one that is no status is UNKNOWN, not missing */
+const STATUS_LINE = /(?:^|\r?\n)grpc-status:([^\r\n]*)(?:\r?\n|$)/i
 
 /**
  * Reads a gRPC-Web response body as it streams by, keeping nothing but the frame header being read and the

@@ -29,6 +29,22 @@ t.test('a status past 16 is UNKNOWN, as a client reads it', async (t) => {
   t.equal(r.status, 2)
 })
 
+t.test('a grpc-status in a trailer frame that is no status is UNKNOWN, not a missing one', async (t) => {
+  // as in the header section: a client reads the trailer it got as UNKNOWN, not as INTERNAL (a 200 without one)
+  for (const value of ['', 'abc', '1000', '3 4', '1e1']) {
+    const r = new GrpcWebStatusReader(false)
+    r.push(frame(0x80, `grpc-message: x\r\ngrpc-status: ${value}\r\n`))
+    t.equal(r.status, 2, JSON.stringify(value))
+    t.equal(r.result(200), 2)
+  }
+  const spaced = new GrpcWebStatusReader(false)
+  spaced.push(frame(0x80, 'grpc-status:\t 9 \t'))
+  t.equal(spaced.status, 9, 'OWS around the value, the block ending without a line break')
+  const named = new GrpcWebStatusReader(false)
+  named.push(frame(0x80, 'x-grpc-status: 5\ngrpc-status-details-bin: 6\n'))
+  t.equal(named.status, undefined, 'only the grpc-status line is the status')
+})
+
 t.test('a trailer frame over 8 KiB is not kept: the status counts as missing', async (t) => {
   const r = new GrpcWebStatusReader(false)
   r.push(frame(0x80, `grpc-status: 0\r\nx: ${'y'.repeat(9000)}\r\n`))
