@@ -403,6 +403,21 @@ t.test('spiffe: JWT-SVID', async (t) => {
     evidence('https://oidc.spire.acme.example', { sub: 'spiffe://Acme.example/../x' }, 'spiffe'),
   )
   t.equal(bogus.rule, 'builtin:profile:generic', 'an invalid SPIFFE ID falls back to generic')
+  // the standard's bounds, as for a certificate's URI SAN: a trust domain of at most 255 bytes, 2048 in all
+  for (const sub of [
+    `spiffe://${'a'.repeat(256)}/x`,
+    `spiffe://td/${'a'.repeat(2048 - 'spiffe://td/'.length + 1)}`,
+  ]) {
+    const long = profileIdentity(evidence('https://oidc.spire.acme.example', { sub }, 'spiffe'))
+    t.equal(long.rule, 'builtin:profile:generic', `a ${sub.length}-byte sub past a bound is no SPIFFE ID`)
+  }
+  const longest = `spiffe://${'a'.repeat(255)}/${'b'.repeat(2048 - 'spiffe://'.length - 256)}`
+  t.equal(longest.length, 2048)
+  t.equal(
+    profileIdentity(evidence('https://oidc.spire.acme.example', { sub: longest }, 'spiffe')).rule,
+    'builtin:profile:spiffe',
+    'an ID at both bounds is one',
+  )
 })
 
 t.test('generic: person-looking tokens are human, others service; names are stable', async (t) => {
