@@ -155,6 +155,17 @@ t.test('RFC 9440 Client-Cert byte sequence', async (t) => {
   t.equal(ev.spiffeId, 'spiffe://cluster.local/ns/orders/sa/worker')
   const bad = (await send({ 'client-cert': der.toString('base64') }, 'rfc9440')).trusted as Failure
   t.equal(bad.reason, 'malformed', 'missing colons')
+  // RFC 8941 §4.2.7: padding may be left out, but padding that is there completes the last group of four
+  const base64 = der.toString('base64')
+  const unpadded = base64.replace(/=+$/, '')
+  const omitted = (await send({ 'client-cert': `:${unpadded}:` }, 'rfc9440')).trusted as CertEvidence
+  t.equal(omitted.sha256, leafSha, 'padding left out: the same certificate')
+  const wrongPadding = unpadded + (base64.length - unpadded.length === 2 ? '=' : '==')
+  const padded = (await send({ 'client-cert': `:${wrongPadding}:` }, 'rfc9440')).trusted as Failure
+  t.equal(padded.reason, 'malformed', `padding that does not end a group of four (${wrongPadding.slice(-4)})`)
+  // only OWS is no part of the field: a 0xA0 byte after the item is a character the grammar has no place for
+  const nbsp = (await send({ 'client-cert': `:${base64}:\u00a0` }, 'rfc9440')).trusted as Failure
+  t.equal(nbsp.reason, 'malformed', 'a non-breaking space after the byte sequence')
 })
 
 t.test('AWS ALB passthrough and verify headers', async (t) => {
