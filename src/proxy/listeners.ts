@@ -8,6 +8,7 @@ import {
   type Server,
   type ServerOptions,
   type ServerResponse,
+  STATUS_CODES,
 } from 'node:http'
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
@@ -84,6 +85,33 @@ export function serverOptions(timeouts: Config['timeouts'], limits: Config['limi
   }
 }
 
+const closingAnswer = (status: number) =>
+  Buffer.from(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`, 'latin1')
+const BAD_REQUEST = closingAnswer(400)
+/** node:http's answers to what it cannot read, by the parser's error code; any other is a 400 */
+const PARSE_ERROR_ANSWERS = new Map([
+  ['HPE_HEADER_OVERFLOW', closingAnswer(431)],
+  ['HPE_CHUNK_EXTENSIONS_OVERFLOW', closingAnswer(413)],
+  ['ERR_HTTP_REQUEST_TIMEOUT', closingAnswer(408)],
+])
+
+/**
+ * What a client sends that node:http cannot read is answered as node:http does by itself (the answer above,
+ * then the connection closed), but for bytes after a request that closes its connection (`Connection: close`,
+ * HTTP/1.0 without keep-alive) while that request's answer is still to come. llhttp refuses those bytes
+ * (HPE_CLOSED_CONNECTION), and node:http's 400, written at once, would reach the client in place of that
+ * answer, for a request the upstream may be carrying out. RFC 9112 §9.6: the server answers that request,
+ * closes the connection, and processes nothing after it. So the bytes are dropped, and the answer in flight
+ * closes the connection.
+ */
+function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  const inFlight = (socket as { _httpMessage?: { _headerSent?: boolean } | null })._httpMessage
+  if (err.code === 'HPE_CLOSED_CONNECTION' && inFlight) return
+  if (socket.writable && !inFlight?._headerSent)
+    socket.write(PARSE_ERROR_ANSWERS.get(err.code ?? '') ?? BAD_REQUEST)
+  socket.destroy(err)
+}
+
 export interface ListenerHandlers {
   request: (req: IncomingMessage, res: ServerResponse) => void
   upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void
@@ -133,6 +161,7 @@ export class Listeners {
         holdContinue(req)
         handlers.request(req, res)
       })
+      server.on('clientError', onClientError)
       server.on('upgrade', handlers.upgrade)
       // without a listener Node closes a CONNECT's connection without a word, and nothing records it
       server.on('connect', handlers.connect)

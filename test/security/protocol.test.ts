@@ -8,6 +8,7 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
 import { metricValue, type Sample, scrape, scrapeUntil } from '../helpers/metrics.ts'
+import { rawClient } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
@@ -132,6 +133,59 @@ t.test('raw-socket abuse leaves the proxy serving', async (t) => {
     }
     await stillServing(t, 'smuggling attempts')
   })
+
+  t.test(
+    'what a client pipelines behind a request that closes its connection is dropped, and that request answered',
+    async (t) => {
+      // RFC 9112 §9.6: the request that says close is answered, the connection closed after it, and nothing
+      // after it forwarded. Node's parser refuses the bytes after it, and its 400 went out in place of the
+      // answer, for a request the upstream may have carried out
+      const cases: [string, string, boolean][] = [
+        [
+          'Connection: close',
+          'POST /echo?closing HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello',
+          false,
+        ],
+        [
+          'HTTP/1.0 without keep-alive',
+          'POST /echo?closing HTTP/1.0\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello',
+          false,
+        ],
+        // the bytes come while the answer is still on its way
+        [
+          'Connection: close, then more',
+          'GET /slow/300?closing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+          true,
+        ],
+      ]
+      for (const [name, closing, later] of cases) {
+        const before = upstream.received.length
+        const behind = 'GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n'
+        const client = await rawClient(port)
+        if (later) {
+          client.socket.write(closing)
+          await eventually(() => upstream.received.length > before, {
+            what: `${name}: the upstream to have it`,
+          })
+          client.socket.write(behind)
+        } else client.socket.write(`${closing}${behind}`)
+        await eventually(() => client.closed(), { what: `${name}: the connection to close after the answer` })
+        const statuses = [...client.text().matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]))
+        t.same(statuses, [200], `${name}: one answer, the upstream's`)
+        t.match(
+          client.text(),
+          later ? /slow ok$/ : /"url":"\/echo\?closing"/,
+          `${name}: to the request that closed`,
+        )
+        t.same(
+          upstream.received.slice(before).map((r) => r.url),
+          [later ? '/slow/300?closing' : '/echo?closing'],
+          `${name}: forwarded once, and nothing after it`,
+        )
+      }
+      await stillServing(t, 'requests behind a close')
+    },
+  )
 
   t.test('header and URL size limits', async (t) => {
     const bigHeader = await exchange(
