@@ -749,6 +749,8 @@ export class RequestLifecycle {
     ex.res = res
     res.on('close', onResponseClose)
     if (req.httpVersionMajor === 2 && req.method === 'HEAD') closeWithStream(res)
+    // pipelined behind an answer still under way: node:http has given its response no socket yet
+    else if (res.socket === null && req.httpVersionMajor === 1) closeWithConnection(res, req.socket)
     if ((this.draining || this.closing) && req.httpVersionMajor === 1 && !closeAfterNewest(res, req.socket)) {
       // behind an answer that said close: never answered, so not forwarded; its response never closes
       req.resume()
@@ -778,6 +780,22 @@ function closeWithStream(res: TaggedResponse): void {
   stream?.once('close', () => {
     if (res[kExchange]?.responseClosed !== true) res.emit('close')
   })
+}
+
+/**
+ * A request pipelined behind another's answer: node:http holds its response until the answers before it are
+ * done, and when the connection closes first (the client reset it or left) it closes only the response on the
+ * socket, never those waiting behind it ("Abort socket._httpMessage ?" in its socketOnClose). Each would stay
+ * in flight, unrecorded and holding its buffered answer, until shutdown gave up on it, as many as a client
+ * pipelines before it leaves. The connection's 'close' closes them then. (Pipelined requests only: two
+ * closures per such request are cheap.)
+ */
+function closeWithConnection(res: TaggedResponse, socket: Socket): void {
+  const onConnectionClose = () => {
+    if (res[kExchange]?.responseClosed !== true) res.emit('close')
+  }
+  socket.once('close', onConnectionClose)
+  res.once('close', () => socket.off('close', onConnectionClose))
 }
 
 function onResponseClose(this: TaggedResponse): void {

@@ -1,9 +1,11 @@
 // proxy.close() resolves only once every exchange it cut has been recorded: its caller closes telemetry next,
-// and a record after that is lost (the audit's one line per request, and the request's metrics).
+// and a record after that is lost (the audit's one line per request, and the request's metrics). And an
+// exchange its client cut is recorded then, not left in flight for shutdown to find.
 import { request } from 'node:http'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { holdExchanges, startHoldingUpstream } from '../helpers/holding-upstream.ts'
+import { rawClient } from '../helpers/net.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 
 // generous for a loaded machine, far below the drain a stuck exchange would otherwise hold shutdown for
@@ -60,3 +62,30 @@ t.test('a request still being identified when close() gives up on it is recorded
   t.equal(await answered, 'ECONNRESET', 'the client was cut')
   t.same(up.received, [], 'never forwarded')
 })
+
+t.test(
+  'requests pipelined behind an answer are recorded when their client resets the connection',
+  async (t) => {
+    const up = await startHoldingUpstream()
+    t.teardown(() => up.close())
+    const { port, proxy, pipeline } = await startProxy(t, { upstream: up.url })
+    const client = await rawClient(port)
+    // the first answer never comes: node:http holds the responses to the other two behind it
+    client.socket.write(
+      ['/first', '/second', '/third'].map((p) => `GET ${p} HTTP/1.1\r\nHost: app\r\n\r\n`).join(''),
+    )
+    await eventually(() => up.received.length === 3, { what: 'the three requests at the upstream' })
+
+    client.socket.resetAndDestroy()
+    const events = await pipeline.waitForEvents(3)
+    t.same(
+      events.map((e) => `${e.path} ${e.status}`).sort(),
+      ['/first 499', '/second 499', '/third 499'],
+      'each recorded as the client cancelled, the two that waited behind the first included',
+    )
+    const start = performance.now()
+    await proxy.close(0)
+    const ms = performance.now() - start
+    t.ok(ms < PROMPT_MS, `nothing left in flight for close(): closed in ${Math.round(ms)} ms`)
+  },
+)
