@@ -782,20 +782,35 @@ function closeWithStream(res: TaggedResponse): void {
   })
 }
 
+/** the responses pipelined on a connection that have not closed yet, closed by the connection's one listener */
+const kPipelined = Symbol('nhi.pipelinedResponses')
+type PipelinedSocket = Socket & { [kPipelined]?: Set<TaggedResponse> }
+
 /**
  * A request pipelined behind another's answer: node:http holds its response until the answers before it are
  * done, and when the connection closes first (the client reset it or left) it closes only the response on the
  * socket, never those waiting behind it ("Abort socket._httpMessage ?" in its socketOnClose). Each would stay
  * in flight, unrecorded and holding its buffered answer, until shutdown gave up on it, as many as a client
- * pipelines before it leaves. The connection's 'close' closes them then. (Pipelined requests only: two
- * closures per such request are cheap.)
+ * pipelines before it leaves. The connection's 'close' closes them then: one listener per connection for all
+ * of them (a client pipelining dozens must not add a listener each, which Node warns about past ten), each
+ * response leaving the set as it closes. (Pipelined requests only.)
  */
 function closeWithConnection(res: TaggedResponse, socket: Socket): void {
-  const onConnectionClose = () => {
-    if (res[kExchange]?.responseClosed !== true) res.emit('close')
+  const connection = socket as PipelinedSocket
+  let waiting = connection[kPipelined]
+  if (waiting === undefined) {
+    const responses = new Set<TaggedResponse>()
+    waiting = responses
+    connection[kPipelined] = responses
+    socket.once('close', () => {
+      // a response's own 'close' takes it out of the set, which for…of allows
+      for (const r of responses) if (r[kExchange]?.responseClosed !== true) r.emit('close')
+      responses.clear()
+    })
   }
-  socket.once('close', onConnectionClose)
-  res.once('close', () => socket.off('close', onConnectionClose))
+  const responses = waiting
+  responses.add(res)
+  res.once('close', () => responses.delete(res))
 }
 
 function onResponseClose(this: TaggedResponse): void {

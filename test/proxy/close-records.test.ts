@@ -89,3 +89,32 @@ t.test(
     t.ok(ms < PROMPT_MS, `nothing left in flight for close(): closed in ${Math.round(ms)} ms`)
   },
 )
+
+t.test(
+  'a client pipelining dozens of requests adds one close listener to its connection, not one each',
+  async (t) => {
+    const up = await startHoldingUpstream()
+    t.teardown(() => up.close())
+    const warnings: string[] = []
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`)
+    process.on('warning', onWarning)
+    t.teardown(() => process.off('warning', onWarning))
+    const { port, pipeline } = await startProxy(t, { upstream: up.url })
+    const client = await rawClient(port)
+    const paths = Array.from({ length: 40 }, (_, i) => `/p${i}`)
+    client.socket.write(paths.map((p) => `GET ${p} HTTP/1.1\r\nHost: app\r\n\r\n`).join(''))
+    await eventually(() => up.received.length >= 1, { what: 'the first request at the upstream' })
+    // node:http parses the pipelined requests as they come; each waits behind the first answer, which never comes
+    await eventually(() => pipeline.seen.length >= 40, { what: 'all forty requests attributed' })
+    client.socket.resetAndDestroy()
+    const events = await pipeline.waitForEvents(40)
+    t.equal(events.filter((e) => e.status === 499).length, 40, 'every one recorded as cancelled')
+    // a warning is emitted on the next tick after the listener that crossed the limit
+    await new Promise((resolve) => setImmediate(resolve))
+    t.same(
+      warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')),
+      [],
+      'no listener-leak warning',
+    )
+  },
+)
