@@ -26,6 +26,7 @@ import { clientCertEvidence, decodeByteSequence } from '../../src/identity/forwa
 import { createForwardedCertExtractor } from '../../src/identity/sources/forwarded-cert.ts'
 import type { CertEvidence, ConnectionInfo, Failure } from '../../src/types.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
+import { applyEdit } from '../helpers/edits.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { checkProperty } from '../helpers/property.ts'
 
@@ -157,18 +158,10 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 
 function mutate(s: string, m: Mutation): string {
   switch (m.kind) {
-    case 'insert': {
-      const i = m.at % (s.length + 1)
-      return s.slice(0, i) + m.text + s.slice(i)
-    }
-    case 'replace': {
-      const i = m.at % s.length
-      return s.slice(0, i) + m.text + s.slice(i + 1)
-    }
-    case 'delete': {
-      const i = m.at % s.length
-      return s.slice(0, i) + s.slice(i + 1)
-    }
+    case 'insert':
+    case 'replace':
+    case 'delete':
+      return applyEdit(s, m)
     case 'drop-colon': {
       const i = m.last ? s.lastIndexOf(':') : s.indexOf(':')
       return i === -1 ? s : s.slice(0, i) + s.slice(i + 1)

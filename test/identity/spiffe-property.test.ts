@@ -23,6 +23,7 @@ import { certEvidenceFromFields } from '../../src/identity/certificate.ts'
 import { profileIdentity } from '../../src/identity/profiles.ts'
 import { isSpiffeId, parseSpiffeId, spiffeNamespaceServiceAccount } from '../../src/identity/spiffe.ts'
 import type { JwtEvidence } from '../../src/types.ts'
+import { applyEdit } from '../helpers/edits.ts'
 import { checkProperty } from '../helpers/property.ts'
 
 // ---- the reference -----------------------------------------------------------------------------------------
@@ -133,7 +134,8 @@ const inserted = fc.oneof(
 
 type Mutation =
   | { kind: 'insert' | 'replace'; at: number; text: string }
-  | { kind: 'delete' | 'flip-case' | 'double' | 'percent-encode'; at: number }
+  | { kind: 'delete' | 'flip-case'; at: number }
+  | { kind: 'double' | 'percent-encode'; at: number }
   | { kind: 'upper-case' }
   | { kind: 'append'; text: string }
   | { kind: 'userinfo'; text: string }
@@ -167,23 +169,11 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 
 function mutate(s: string, m: Mutation): string {
   switch (m.kind) {
-    case 'insert': {
-      const i = m.at % (s.length + 1)
-      return s.slice(0, i) + m.text + s.slice(i)
-    }
-    case 'replace': {
-      const i = m.at % s.length
-      return s.slice(0, i) + m.text + s.slice(i + 1)
-    }
-    case 'delete': {
-      const i = m.at % s.length
-      return s.slice(0, i) + s.slice(i + 1)
-    }
-    case 'flip-case': {
-      const i = m.at % s.length
-      const c = s[i]!
-      return s.slice(0, i) + (c === c.toLowerCase() ? c.toUpperCase() : c.toLowerCase()) + s.slice(i + 1)
-    }
+    case 'insert':
+    case 'replace':
+    case 'delete':
+    case 'flip-case':
+      return applyEdit(s, m)
     case 'double': {
       const separators = [...s.matchAll(/[/:.]/g)].map((x) => x.index)
       if (separators.length === 0) return s

@@ -22,6 +22,7 @@ import { performance } from 'node:perf_hooks'
 import fc from 'fast-check'
 import t from 'tap'
 import { grpcTimeoutLeft, grpcTimeoutMs, grpcTimeoutValue } from '../../src/proxy/grpc.ts'
+import { applyEdit } from '../helpers/edits.ts'
 import { checkProperty, PROPERTY_SEED } from '../helpers/property.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -118,23 +119,11 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 
 function mutate(s: string, m: Mutation): string {
   switch (m.kind) {
-    case 'insert': {
-      const i = m.at % (s.length + 1)
-      return s.slice(0, i) + m.text + s.slice(i)
-    }
-    case 'replace': {
-      const i = m.at % s.length
-      return s.slice(0, i) + m.text + s.slice(i + 1)
-    }
-    case 'delete': {
-      const i = m.at % s.length
-      return s.slice(0, i) + s.slice(i + 1)
-    }
-    case 'flip-case': {
-      const i = m.at % s.length
-      const c = s[i]!
-      return s.slice(0, i) + (c === c.toLowerCase() ? c.toUpperCase() : c.toLowerCase()) + s.slice(i + 1)
-    }
+    case 'insert':
+    case 'replace':
+    case 'delete':
+    case 'flip-case':
+      return applyEdit(s, m)
     case 'repeat':
       return `${s}, ${m.other}`
     case 'pad':

@@ -26,6 +26,7 @@ import fc from 'fast-check'
 import t from 'tap'
 import { upstreamHeaders } from '../../src/proxy/headers.ts'
 import { traceContext } from '../../src/proxy/ids.ts'
+import { applyEdit } from '../helpers/edits.ts'
 import { checkProperty, PROPERTY_SEED } from '../helpers/property.ts'
 import { SERVICE_IDENTITY, startProxy } from '../helpers/proxy-fixture.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -114,7 +115,8 @@ const inserted = fc.oneof(
 
 type Mutation =
   | { kind: 'insert' | 'replace'; at: number; text: string }
-  | { kind: 'delete' | 'flip-case' | 'double-dash'; at: number }
+  | { kind: 'delete' | 'flip-case'; at: number }
+  | { kind: 'double-dash'; at: number }
   | { kind: 'upper-case' }
   | { kind: 'cut'; length: number }
   | { kind: 'repeat'; other: string }
@@ -134,18 +136,10 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 
 function mutate(s: string, m: Mutation): string {
   switch (m.kind) {
-    case 'insert': {
-      const i = m.at % (s.length + 1)
-      return s.slice(0, i) + m.text + s.slice(i)
-    }
-    case 'replace': {
-      const i = m.at % s.length
-      return s.slice(0, i) + m.text + s.slice(i + 1)
-    }
-    case 'delete': {
-      const i = m.at % s.length
-      return s.slice(0, i) + s.slice(i + 1)
-    }
+    case 'insert':
+    case 'replace':
+    case 'delete':
+      return applyEdit(s, m)
     case 'flip-case': {
       const letters = [...s.matchAll(/[a-fA-F]/g)].map((x) => x.index)
       if (letters.length === 0) return s
