@@ -5,10 +5,10 @@
 // including when the peer is not trusted, when X-Forwarded-For is missing, not an address or over-long.
 // The trusted proxy is 127.0.0.2; 127.0.0.1 is anyone else.
 import { once } from 'node:events'
-import { request } from 'node:http'
 import { connect as connectH2 } from 'node:http2'
 import { connect } from 'node:net'
 import t from 'tap'
+import { exchange } from '../helpers/http.ts'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -53,20 +53,10 @@ async function h2Send(url: string, localAddress: string, requests: Sent[]): Prom
 }
 
 /** one HTTP/1.1 GET on a fresh connection from `localAddress`; resolves with the status */
-function h1Send(port: number, localAddress: string, r: Sent): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = { authorization: `Bearer ${r.token}`, 'user-agent': GOOGLEBOT }
-    if (r.xff !== undefined) headers['x-forwarded-for'] = r.xff
-    const req = request(
-      { host: '127.0.0.1', port, path: r.path, localAddress, agent: false, headers },
-      (res) => {
-        res.resume()
-        res.on('end', () => resolve(res.statusCode ?? 0))
-      },
-    )
-    req.on('error', reject)
-    req.end()
-  })
+async function h1Send(port: number, localAddress: string, r: Sent): Promise<number> {
+  const headers: Record<string, string> = { authorization: `Bearer ${r.token}`, 'user-agent': GOOGLEBOT }
+  if (r.xff !== undefined) headers['x-forwarded-for'] = r.xff
+  return (await exchange({ host: '127.0.0.1', port, path: r.path, localAddress, headers })).status
 }
 
 interface AuditEvent {

@@ -3,9 +3,9 @@
 // peer that is not a trusted proxy cannot choose its address that way: its own X-Forwarded-For is not read.
 // The trusted proxy is 127.0.0.2; 127.0.0.1 is anyone else. Under `workers: 2` the clients a token comes from
 // are counted for the pod, whichever worker each connection reached.
-import { request } from 'node:http'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
+import { exchange } from '../helpers/http.ts'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, type Sample, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -14,25 +14,9 @@ const ISSUER = 'https://idp.shared.example'
 const TRUSTED = '127.0.0.2'
 
 /** one GET /echo with `token`, from `localAddress`, with `xff` as X-Forwarded-For; resolves with the status */
-function send(port: number, token: string, localAddress: string, xff: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port,
-        path: '/echo',
-        localAddress,
-        agent: false,
-        headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': xff },
-      },
-      (res) => {
-        res.resume()
-        res.on('end', () => resolve(res.statusCode ?? 0))
-      },
-    )
-    req.on('error', reject)
-    req.end()
-  })
+async function send(port: number, token: string, localAddress: string, xff: string): Promise<number> {
+  const headers = { authorization: `Bearer ${token}`, 'x-forwarded-for': xff }
+  return (await exchange({ host: '127.0.0.1', port, path: '/echo', localAddress, headers })).status
 }
 
 interface AuditEvent {

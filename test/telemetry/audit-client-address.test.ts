@@ -2,33 +2,18 @@
 // client that trusted proxy forwarded for (its X-Forwarded-For entry) as client_address, and the proxy itself
 // as peer_address; a peer that is not a trusted proxy cannot name another client that way.
 // The trusted proxy is 127.0.0.2; 127.0.0.1 is anyone else.
-import { request } from 'node:http'
+
 import t from 'tap'
+import { exchange } from '../helpers/http.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const TRUSTED = '127.0.0.2'
 
-function send(port: number, path: string, localAddress: string, xff?: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port,
-        path,
-        localAddress,
-        agent: false,
-        headers: xff === undefined ? {} : { 'x-forwarded-for': xff },
-      },
-      (res) => {
-        res.resume()
-        res.on('end', () => resolve(res.statusCode ?? 0))
-      },
-    )
-    req.on('error', reject)
-    req.end()
-  })
+async function send(port: number, path: string, localAddress: string, xff?: string): Promise<number> {
+  const headers = xff === undefined ? {} : { 'x-forwarded-for': xff }
+  return (await exchange({ host: '127.0.0.1', port, path, localAddress, headers })).status
 }
 
 interface AuditEvent {
