@@ -24,3 +24,21 @@ export function checkProperty<Ts>(t: Test, name: string, prop: fc.IProperty<Ts>,
     seed: result.seed,
   })
 }
+
+/**
+ * That a generator reaches both sides of a check often enough for a property over it to mean something: of
+ * 2,000 values drawn with one fixed seed, more than `min` and fewer than `max` are `taken`. Returns the values
+ * drawn, for a test that counts more of them.
+ */
+export function checkBothSides<T>(
+  t: Test,
+  arbitrary: fc.Arbitrary<T>,
+  taken: (value: T) => boolean,
+  [min, max]: readonly [number, number],
+  what: string,
+): T[] {
+  const sample = fc.sample(arbitrary, { numRuns: 2000, seed: 1 })
+  const n = sample.filter(taken).length
+  t.ok(n > min && n < max, `${n} of 2000 generated ${what}`)
+  return sample
+}
