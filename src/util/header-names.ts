@@ -56,11 +56,6 @@ export class HeaderSpellings {
     )
   }
 
-  anyVariant(headers: Readonly<Record<string, unknown>>): boolean {
-    for (const name in headers) if (this.isVariant(name)) return true
-    return false
-  }
-
   deleteVariants(headers: Record<string, unknown>): void {
     for (const name in headers) if (this.isVariant(name)) delete headers[name]
   }

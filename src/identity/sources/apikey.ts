@@ -12,7 +12,6 @@ import {
   readFingerprintKeyFile,
   sha256Hex,
 } from '../../util/fingerprint.ts'
-import { HeaderSpellings } from '../../util/header-names.ts'
 import type { CredentialSource, SourceExtractor } from './source.ts'
 
 /** The `apiKeys` config section. */
@@ -69,10 +68,12 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
   readonly header: string
   readonly credentialHeaders: readonly string[]
   /**
-   * Other spellings of the key header (x_api_key for x-api-key): never read here, but the same header to an
-   * upstream framework, which would authenticate a key the proxy did not attribute.
+   * The key header, while keys are configured: its other spellings (x_api_key for x-api-key) are never read
+   * here but are the same header to an upstream framework, which would authenticate a key the proxy did not
+   * attribute; the pipeline strips and counts them (pipeline/read-headers.ts). Without keys no spelling of the
+   * header is a credential here, and none is guarded.
    */
-  private readonly spellings: HeaderSpellings
+  readonly readHeaders: readonly string[]
   private readonly byHash = new Map<string, KeyEntry>()
   private readonly fingerprintKey: Uint8Array
 
@@ -85,7 +86,6 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
       throw new Error('apiKeys.fingerprintKeyFile is configured but its key was not read')
     this.fingerprintKey = fingerprintKey ?? podFingerprintKey()
     this.header = cfg.header.toLowerCase()
-    this.spellings = new HeaderSpellings([this.header])
     this.credentialHeaders = [this.header]
     for (const k of cfg.keys) {
       const hex = k.sha256.toLowerCase()
@@ -98,6 +98,7 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
         ...(k.team ? { team: k.team } : {}),
       })
     }
+    this.readHeaders = this.byHash.size === 0 ? [] : [this.header]
   }
 
   extract(req: RequestInfo, _conn?: ConnectionInfo): ApiKeyEvidence | Failure | undefined {
@@ -115,17 +116,6 @@ export class ApiKeyExtractor implements SourceExtractor<ApiKeyEvidence> {
       return { failed: true, source: 'apikey', reason: 'apikey_unknown', fingerprint }
     }
     return apiKeyEvidence(entry, entry.fingerprint)
-  }
-
-  // without keys no spelling of the header is a credential here, and the request path skips both walks
-  spoofedHeaders(req: RequestInfo): boolean {
-    if (this.byHash.size === 0) return false
-    return this.spellings.anyVariant(req.headers)
-  }
-
-  prepareUpstreamHeaders(headers: Record<string, string | string[] | undefined>): void {
-    if (this.byHash.size === 0) return
-    this.spellings.deleteVariants(headers)
   }
 }
 
