@@ -117,17 +117,6 @@ function ruleDecision(rule: CompiledPolicyRule, identity: Identity): PolicyDecis
   return rule.denied
 }
 
-/** whether a rule's methods take any of the methods not yet decided */
-function takesAny(
-  methods: ReadonlySet<string>,
-  overrides: readonly string[],
-  decided: readonly (PolicyDecision | undefined)[],
-): boolean {
-  for (let k = 0; k < overrides.length; k++)
-    if (decided[k] === undefined && methods.has(overrides[k]!)) return true
-  return false
-}
-
 export function compilePolicy(cfg: Config['policy']): Policy {
   const mode = cfg.mode
   if (mode === 'off') return { mode, decide: () => OFF }
@@ -164,62 +153,41 @@ export function compilePolicy(cfg: Config['policy']): Policy {
   })
   const byMethod = rules.some((r) => r.methods !== undefined)
   /**
-   * The first of the override methods (in their order) that the rules do not allow; undefined when they allow
-   * every one. One pass over the rules for all of them, so that no route is matched twice in a request: what
-   * the pass for the request's own method learnt is known already (`decisive`: the rule that decided it, or
-   * rules.length; each rule before it that its method took did not match).
+   * Whether each rule's route matched the request's path, worked out at most once per request (reset by
+   * decide; decide is synchronous, so one array serves every request): a request whose override header names
+   * other methods asks the rules again for each, and its path is the same.
    */
-  const decideOverrides = (
-    identity: Identity,
-    method: string,
-    path: string,
-    overrides: readonly string[],
-    decisive: number,
-    decision: PolicyDecision,
-  ): PolicyDecision | undefined => {
-    const decided: (PolicyDecision | undefined)[] = overrides.map(() => undefined)
-    let undecided = overrides.length
-    for (let i = 0; i < rules.length && undecided > 0; i++) {
+  const matched: (boolean | undefined)[] = new Array(rules.length)
+  const decideFor = (identity: Identity, method: string, path: string): PolicyDecision => {
+    for (let i = 0; i < rules.length; i++) {
       const rule = rules[i]!
-      const { methods } = rule
-      if (methods && !takesAny(methods, overrides, decided)) continue
-      let matches: boolean
-      if (i === decisive) matches = true
-      else if (i < decisive && (!methods || methods.has(method))) matches = false
-      else matches = rule.route.match(path) !== null
-      if (!matches) continue
-      const d = i === decisive ? decision : ruleDecision(rule, identity)
-      for (let k = 0; k < overrides.length; k++) {
-        if (decided[k] !== undefined || (methods && !methods.has(overrides[k]!))) continue
-        decided[k] = d
-        undecided--
+      if (rule.methods && !rule.methods.has(method)) continue
+      let matches = matched[i]
+      if (matches === undefined) {
+        matches = rule.route.match(path) !== null
+        matched[i] = matches
       }
+      if (matches) return ruleDecision(rule, identity)
     }
-    // a method no rule took is allowed (the default)
-    for (const d of decided) if (d !== undefined && d.decision !== 'allow') return d
-    return undefined
+    return DEFAULT_ALLOW
   }
   return {
     mode,
     decide(identity, req) {
-      const method = req.method.toUpperCase()
+      matched.fill(undefined)
       // `req.path` is already normalized (dot segments, slashes, encodings, path parameters: proxy/path.ts)
       const path = pathWithoutTrailingSlash(req.path)
-      let decisive = rules.length
-      for (let i = 0; i < rules.length; i++) {
-        const rule = rules[i]!
-        if (rule.methods && !rule.methods.has(method)) continue
-        if (rule.route.match(path) === null) continue
-        decisive = i
-        break
-      }
-      const decision = decisive < rules.length ? ruleDecision(rules[decisive]!, identity) : DEFAULT_ALLOW
+      const decision = decideFor(identity, req.method.toUpperCase(), path)
       if (!byMethod || decision.decision !== 'allow') return decision
       // the method the upstream may run instead (a POST with X-HTTP-Method-Override or ?_method=) must be
       // allowed too
       const overrides = queryMethods(req.url, overriddenMethods(req.headers))
       if (overrides === undefined) return decision
-      return decideOverrides(identity, method, path, overrides, decisive, decision) ?? decision
+      for (const method of overrides) {
+        const other = decideFor(identity, method, path)
+        if (other.decision !== 'allow') return other
+      }
+      return decision
     },
   }
 }
