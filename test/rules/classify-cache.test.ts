@@ -4,6 +4,7 @@
 import t from 'tap'
 import { parseConfigText } from '../../src/config/loader.ts'
 import type { Config } from '../../src/config/schema.ts'
+import { xfccEvidence } from '../../src/identity/forwarded/xfcc.ts'
 import { classifyUserAgent } from '../../src/identity/useragent.ts'
 import { compileRules } from '../../src/rules/rule-set.ts'
 import type { ConnectionInfo, JwtEvidence, RequestInfo } from '../../src/types.ts'
@@ -109,3 +110,32 @@ t.test('an identity is kept from its second request on; one-off credentials neve
   const back = classify('once-3')
   t.equal(classify('once-3'), back, 'a one-off that comes back is kept from then on')
 })
+
+t.test(
+  'one certificate forwarded with more or fewer of its fields: each request named by what it came with',
+  async (t) => {
+    const rules = compileRules(
+      config(`identities:
+  - name: "{ns}/{sa}"
+    match: { spiffe: "spiffe://prod.example/ns/{ns}/sa/{sa}" }`),
+    )
+    // a front proxy sends the Hash of the certificate and the fields it is set to forward (Envoy's
+    // set_current_client_cert_details); each XFCC header read makes a new evidence object
+    const hash = sha256Hex('one client certificate')
+    const classify = (xfcc: string) => {
+      const ev = xfccEvidence(xfcc)
+      if ('failed' in ev) throw new Error(ev.reason)
+      return rules.classify(evidenceSet({ xfcc: ev }), req, conn)
+    }
+    const withUri = `Hash=${hash};URI=spiffe://prod.example/ns/pay/sa/api`
+    const withSubject = `Hash=${hash};Subject="CN=orders,O=acme"`
+    const hashOnly = `Hash=${hash}`
+    for (let i = 0; i < 3; i++) t.equal(classify(withUri).name, 'pay/api', 'named by its SPIFFE ID, and kept')
+    const bare = classify(hashOnly)
+    t.equal(bare.name, hash.slice(0, 16), 'the hash alone names no SPIFFE ID')
+    t.equal(bare.attributes['spiffe_id'], undefined)
+    for (let i = 0; i < 3; i++) t.equal(classify(withSubject).name, 'orders', 'named by its subject')
+    t.equal(classify(withUri).name, 'pay/api', 'still named by its SPIFFE ID')
+    t.equal(classify(hashOnly).attributes['cert_subject'], undefined, 'no subject it was not sent with')
+  },
+)

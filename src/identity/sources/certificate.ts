@@ -36,8 +36,17 @@ export const certificateParts: CertificateParts = {
       'certificate'
     return { name, kind: 'service', rule: 'builtin:cert' }
   },
-  // a certificate without a hash cannot be told apart from another one: not cacheable
-  cacheKey: (cert) => (cert.sha256 ? `${cert.verified ? 1 : 0}:${cert.sha256}` : undefined),
+  // A certificate without a hash cannot be told apart from another one: not cacheable. A hash worked out from
+  // the certificate's bytes (mTLS, a forwarded PEM) stands for all of it; an XFCC element's Hash only stands
+  // beside the fields its front proxy was set to forward (Subject, URI, DNS, or the whole Cert with its
+  // expiry), and one certificate forwarded with more or fewer of them is named, described and expires by what
+  // it came with: those fields are in its key (as JSON, which no subject can make ambiguous).
+  cacheKey(cert) {
+    if (!cert.sha256) return undefined
+    const key = `${cert.verified ? 1 : 0}:${cert.sha256}`
+    if (cert.via !== 'xfcc') return key
+    return `${key}:${JSON.stringify([cert.subject, cert.cn, cert.uriSans, cert.dnsSans, cert.notAfter])}`
+  },
   describe(c) {
     const parts = [c.verified ? 'verified' : 'unverified']
     if (c.spiffeId) parts.push(c.spiffeId)
