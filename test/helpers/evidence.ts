@@ -9,6 +9,7 @@ import type {
   EvidenceSet,
   Failure,
   JwtEvidence,
+  SignatureEvidence,
   UserAgentEvidence,
 } from '../../src/types.ts'
 
@@ -17,6 +18,7 @@ export interface EvidenceParts {
   mtls?: CertEvidence
   xfcc?: CertEvidence
   apikey?: ApiKeyEvidence
+  signature?: SignatureEvidence
   useragent?: UserAgentEvidence
   failures?: Failure[]
   anomalies?: AnomalyType[]
@@ -28,7 +30,7 @@ export function evidenceSet(parts: EvidenceParts = {}): EvidenceSet {
     failures: parts.failures ?? [],
     anomalies: parts.anomalies ?? [],
   }
-  for (const name of ['jwt', 'mtls', 'xfcc', 'apikey', 'useragent'] as const) {
+  for (const name of ['jwt', 'mtls', 'xfcc', 'apikey', 'signature', 'useragent'] as const) {
     const ev = parts[name]
     // a blank User-Agent is no credential, as on the live proxy
     if (ev !== undefined && !(name === 'useragent' && (ev as UserAgentEvidence).ua === ''))
