@@ -22,6 +22,7 @@ import {
   routeTlsConnections,
   sniffPlainConnections,
 } from './http2-listener.ts'
+import { afterEarlierResponses } from './upgrade.ts'
 
 export interface HttpsListenOptions {
   host: string
@@ -95,21 +96,62 @@ const PARSE_ERROR_ANSWERS = new Map([
   ['ERR_HTTP_REQUEST_TIMEOUT', closingAnswer(408)],
 ])
 
+/** set once the listener gave up reading a connection (its parser failed, or a request deadline passed) */
+const kUnreadable = Symbol('nhi.unreadable')
+type ClientSocket = Duplex & {
+  /** node:http's response that owns the socket; `_headerSent` once its head went out */
+  _httpMessage?: { _headerSent?: boolean } | null
+  [kUnreadable]?: true
+}
+
 /**
  * What a client sends that node:http cannot read is answered as node:http does by itself (the answer above,
- * then the connection closed), but for bytes after a request that closes its connection (`Connection: close`,
- * HTTP/1.0 without keep-alive) while that request's answer is still to come. llhttp refuses those bytes
- * (HPE_CLOSED_CONNECTION), and node:http's 400, written at once, would reach the client in place of that
- * answer, for a request the upstream may be carrying out. RFC 9112 §9.6: the server answers that request,
- * closes the connection, and processes nothing after it. So the bytes are dropped, and the answer in flight
- * closes the connection.
+ * then the connection closed), but only once every request the client pipelined ahead of it has had its
+ * answer, in order, as nginx does: node:http's answer, written at once, would reach the client in place of
+ * theirs (or cut one under way), for requests the upstream may be carrying out. Bytes that break a request's
+ * body cut that request, and the answer is its own, after those ahead of it. After a request that closes its
+ * connection (`Connection: close`, HTTP/1.0 without keep-alive) llhttp refuses whatever follows
+ * (HPE_CLOSED_CONNECTION): that request's answer closes the connection and nothing is added (RFC 9112 §9.6).
+ * The connection is read no further: its parser would refuse every byte, and a client must not keep the proxy
+ * reading. The answers waited for keep their own deadlines (timeouts.upstream, a client that stops reading);
+ * the headers deadline node:http still runs for the refused bytes no longer applies. A request deadline that
+ * passes otherwise (408) closes the connection at once: it is what bounds it.
  */
 function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  const inFlight = (socket as { _httpMessage?: { _headerSent?: boolean } | null })._httpMessage
-  if (err.code === 'HPE_CLOSED_CONNECTION' && inFlight) return
-  if (socket.writable && !inFlight?._headerSent)
-    socket.write(PARSE_ERROR_ANSWERS.get(err.code ?? '') ?? BAD_REQUEST)
-  socket.destroy(err)
+  const connection = socket as ClientSocket
+  // node:http reports again each time its failed parser is handed bytes, and its deadline check still fires
+  if (connection[kUnreadable]) return
+  connection[kUnreadable] = true
+  const answer = PARSE_ERROR_ANSWERS.get(err.code ?? '') ?? BAD_REQUEST
+  // the deadline is what bounds the connection: closed now, without writing into an answer already started
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    if (socket.writable && !connection._httpMessage?._headerSent) socket.write(answer)
+    socket.destroy(err)
+    return
+  }
+  // in a later turn: the plain listener reads a connection's first bytes through the stream (looking for the
+  // HTTP/2 preface), and a stream paused in the turn that delivered them starts reading again in the next tick
+  setImmediate(pauseSocket, socket)
+  afterEarlierResponses(
+    socket,
+    () => {
+      // not writable: node:http is closing the connection after an answer that said close
+      if (!socket.writable) return
+      // a cut request's answer may have started (its upstream answered before its body ended): not written into
+      if (!connection._httpMessage?._headerSent) socket.write(answer)
+      socket.destroy(err)
+    },
+    cutByRefusedBytes,
+  )
+}
+
+function pauseSocket(socket: Duplex): void {
+  socket.pause()
+}
+
+/** the response to a request whose body the refused bytes cut: it never ends, and the refusal is its answer */
+function cutByRefusedBytes(holding: ServerResponse): boolean {
+  return !holding.req.complete
 }
 
 export interface ListenerHandlers {

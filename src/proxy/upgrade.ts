@@ -60,18 +60,22 @@ function responseHolding(socket: Duplex): ServerResponse | undefined {
  * `assignSocket`, the next queued one assigned synchronously when it finishes): answering at once would put
  * this answer on the wire ahead of that one's (the client reads it as the earlier request's answer, or a 101
  * starts a tunnel that the earlier body is then written into), and a `ServerResponse` for a socket another
- * one holds throws.
+ * one holds throws. With `stopAt`, `then` runs as soon as the response holding the socket is one it picks.
  */
-function afterEarlierResponses(socket: Duplex, then: () => void): void {
+export function afterEarlierResponses(
+  socket: Duplex,
+  then: () => void,
+  stopAt?: (holding: ServerResponse) => boolean,
+): void {
   const current = responseHolding(socket)
-  if (current === undefined || socket.destroyed) {
+  if (current === undefined || socket.destroyed || stopAt?.(current)) {
     then()
     return
   }
   const next = (): void => {
     current.off('finish', next)
     current.off('close', next)
-    afterEarlierResponses(socket, then)
+    afterEarlierResponses(socket, then, stopAt)
   }
   current.on('finish', next)
   current.on('close', next)
