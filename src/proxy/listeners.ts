@@ -98,10 +98,13 @@ const PARSE_ERROR_ANSWERS = new Map([
 
 /** set once the listener gave up reading a connection (its parser failed, or a request deadline passed) */
 const kUnreadable = Symbol('nhi.unreadable')
+const kLingering = Symbol('nhi.lingering')
 type ClientSocket = Duplex & {
   /** node:http's response that owns the socket; `_headerSent` once its head went out */
   _httpMessage?: { _headerSent?: boolean } | null
   [kUnreadable]?: true
+  /** set once its answers are out and it is closing (closeLingering) */
+  [kLingering]?: true
 }
 
 /**
@@ -112,8 +115,8 @@ type ClientSocket = Duplex & {
  * body cut that request, and the answer is its own, after those ahead of it. After a request that closes its
  * connection (`Connection: close`, HTTP/1.0 without keep-alive) llhttp refuses whatever follows
  * (HPE_CLOSED_CONNECTION): that request's answer closes the connection and nothing is added (RFC 9112 §9.6).
- * The connection is read no further: its parser would refuse every byte, and a client must not keep the proxy
- * reading. The answers waited for keep their own deadlines (timeouts.upstream, a client that stops reading);
+ * The connection is read no further until those answers are out (its parser would refuse every byte, and a
+ * client must not keep the proxy reading), then only to close it without a reset (closeLingering). The answers waited for keep their own deadlines (timeouts.upstream, a client that stops reading);
  * the headers deadline node:http still runs for the refused bytes no longer applies. A request deadline that
  * passes otherwise (408) closes the connection at once: it is what bounds it.
  */
@@ -139,14 +142,44 @@ function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
       if (!socket.writable) return
       // a cut request's answer may have started (its upstream answered before its body ended): not written into
       if (!connection._httpMessage?._headerSent) socket.write(answer)
-      socket.destroy(err)
+      closeLingering(socket, err)
     },
     cutByRefusedBytes,
   )
 }
 
+/** how long, and how many bytes, a refused connection is still read (and dropped) after its last answer */
+const LINGER_MS = 2000
+const LINGER_BYTES = 256 * 1024
+
+/**
+ * Closed with a FIN after the answers, the client's bytes still read and dropped for a while: a connection
+ * closed with unread bytes in its receive buffer is reset, and a client's TCP stack may discard on a reset the
+ * answers it has received but not yet read (nginx's lingering close, for the same reason). Bounded by time and
+ * bytes; a client that closes its side ends it at once.
+ */
+function closeLingering(socket: Duplex, err: Error): void {
+  ;(socket as ClientSocket)[kLingering] = true
+  socket.end()
+  let left = LINGER_BYTES
+  const close = () => {
+    clearTimeout(timer)
+    socket.destroy(err)
+  }
+  const timer = setTimeout(close, LINGER_MS)
+  timer.unref()
+  socket.on('data', (chunk: Buffer) => {
+    left -= chunk.length
+    if (left <= 0) close()
+  })
+  socket.once('end', close)
+  socket.once('close', () => clearTimeout(timer))
+  socket.resume()
+}
+
 function pauseSocket(socket: Duplex): void {
-  socket.pause()
+  // its answers may all be out already (none was pending): it is then read until it closes
+  if (!(socket as ClientSocket)[kLingering]) socket.pause()
 }
 
 /** the response to a request whose body the refused bytes cut: it never ends, and the refusal is its answer */

@@ -3,8 +3,10 @@
 // in order, then the refusal, then the connection closes (as nginx does), and nothing after the refused bytes is
 // read as a request. The upstream carries those requests out: a client told 400 in place of their answers
 // never learns what became of them. End to end through the built sidecar, raw sockets on both sides.
+
+import { once } from 'node:events'
 import { STATUS_CODES } from 'node:http'
-import type { Socket } from 'node:net'
+import { connect, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { type BinSidecar, startBin } from '../helpers/bin.ts'
 import { eventually, stillTrueFor } from '../helpers/eventually.ts'
@@ -118,6 +120,65 @@ t.test('requests pipelined ahead of bytes the parser refuses are answered first'
     t.same(statuses(client), [200, 400], 'the answer, then the refusal')
     answered.push([path, 200])
   })
+
+  t.test(
+    'after the refusal the proxy ends its side and reads on a while: a client still sending is not reset',
+    async (t) => {
+      /** a client that keeps its own side open after the proxy's FIN, and says how the connection ended */
+      async function halfOpenClient() {
+        const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true })
+        await once(socket, 'connect')
+        const seen = { text: '', ended: false, closed: false, error: undefined as Error | undefined }
+        socket.on('data', (c: Buffer) => {
+          seen.text += c.toString('latin1')
+        })
+        socket.on('end', () => {
+          seen.ended = true
+        })
+        socket.on('error', (e) => {
+          seen.error = e
+        })
+        socket.on('close', () => {
+          seen.closed = true
+        })
+        return { socket, seen }
+      }
+
+      const { socket, seen } = await halfOpenClient()
+      socket.write(`${get('/linger')}GARBAGE\r\n\r\n`)
+      await eventually(() => seen.ended || seen.closed, { what: 'the proxy to end its side' })
+      t.ok(seen.ended && !seen.closed, 'the proxy ended its side (a FIN), the connection still open')
+      t.ok(seen.text.endsWith(`answer to /linger${refusal(400)}`), 'the answer, then the refusal')
+      const write = (data: string | Buffer) =>
+        new Promise<Error | null | undefined>((resolve) => socket.write(data, resolve))
+      // bytes a client had on the way when the answers came: read and dropped, not met with a reset, which
+      // the client would see on its next write (its reading ended with the FIN)
+      await write(Buffer.alloc(32 * 1024, 0x61))
+      t.ok(
+        await stillTrueFor(() => seen.error === undefined && !seen.closed, 300),
+        'the connection stays open to those bytes',
+      )
+      t.notOk((await write('a')) ?? seen.error, "the client's next write is not met with a reset")
+      socket.end()
+      await eventually(() => seen.closed, { what: 'the connection to close once the client ends its side' })
+      t.equal(seen.error, undefined, 'closed without a reset')
+      answered.push(['/linger', 200])
+
+      // a client that never ends its side: the proxy closes the connection after a bounded while
+      const idle = await halfOpenClient()
+      idle.socket.write(`${get('/linger-idle')}GARBAGE\r\n\r\n`)
+      await eventually(() => idle.seen.ended, { what: 'the proxy to end its side' })
+      // a half-open client learns of the close from what its next bytes meet
+      await eventually(
+        () => {
+          if (!idle.socket.destroyed) idle.socket.write('a')
+          return idle.seen.closed
+        },
+        { what: 'the proxy to close a client that never ends its side' },
+      )
+      answered.push(['/linger-idle', 200])
+    },
+  )
 
   t.test('three pipelined requests, then garbage: three answers in order, then 400', async (t) => {
     const paths = ['/pipelined-1/held', '/pipelined-2/s201', '/pipelined-3/s404']
