@@ -7,6 +7,7 @@ import { resolve } from 'node:path'
 import type { ConnectionOptions } from 'node:tls'
 import type { Logger } from 'pino'
 import { type AdminServer, createAdminServer, type ReadyState } from './admin/server.ts'
+import { stopSignalsDispatched } from './cli/stop-signals.ts'
 import type { Diagnostic } from './config/diagnostics.ts'
 import { formatDiagnostic, loadConfigFile } from './config/loader.ts'
 import { redactConfig, redactUrl } from './config/redact.ts'
@@ -478,7 +479,9 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
     await admin?.close().catch(() => {})
     await telemetry.close()
   }
-  // the last step before the listeners open, after the outputs' start and the admin token's read
+  // the last step before the listeners open, after the outputs' start and the admin token's read; a stop
+  // signal already delivered is dispatched first (stopSignalsDispatched)
+  if (opts.stop) await stopSignalsDispatched()
   if (opts.stop?.aborted) {
     await abandon()
     throw new StoppedWhileStarting()

@@ -12,7 +12,7 @@ import { StartupError, StoppedWhileStarting, splitAddress } from '../startup.ts'
 import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
 import { listenProblem } from '../util/listen-problem.ts'
 import { VERSION } from '../version.ts'
-import { claimStopSignals, exitOnSecondSignal } from './stop-signals.ts'
+import { claimStopSignals, exitOnSecondSignal, stopSignalsDispatched } from './stop-signals.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
 
@@ -540,6 +540,7 @@ Examples:
       try {
         const signals = holdSignals({ reloads: false })
         const { runDemo } = await import('../demo/demo.ts')
+        await stopSignalsDispatched()
         signals.beforeStarting()
         const demo = await runDemo({ ...o, audit: o.audit === true, log: operationalLogger(), print: out })
         signals.serving(demo)
@@ -580,6 +581,7 @@ Example:
     try {
       const signals = holdSignals({ reloads: false })
       const { AUDIENCE, DemoIdp, ISSUERS, SAMPLES } = await import('../demo/idp.ts')
+      await stopSignalsDispatched()
       signals.beforeStarting()
       const { host, port } = splitAddress(o.listen)
       const idp = await DemoIdp.start(host, port).catch((err: unknown) => {

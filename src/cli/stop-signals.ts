@@ -44,6 +44,19 @@ export function claimStopSignals(to: (signal: StopSignal) => void, signals?: rea
 }
 
 /**
+ * Resolves after one turn of the event loop, by when a stop signal that was already delivered has reached
+ * its listener. Node runs a signal's listener from the loop's poll phase only, and libuv dispatches signals
+ * after the other I/O of the same poll: a start that goes on from an I/O callback through promises alone
+ * reaches its listeners before a signal delivered long before is seen. Node 22 and later load the code with
+ * synchronous reads, so a SIGTERM sent while the CLI loaded waits for the first poll; on Node 26 the start
+ * after that first poll (the config read) needs no further one. Awaited before the listeners open, it lets
+ * such a signal end the start instead of draining a sidecar that has only just started serving.
+ */
+export function stopSignalsDispatched(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
+}
+
+/**
  * SIGHUP neither ends the process nor does anything until the command installs what it means (a reload):
  * a listener of its own is what keeps Node's default action away.
  */

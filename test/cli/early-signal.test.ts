@@ -140,6 +140,33 @@ t.test(
   },
 )
 
+// the demos start without a config: every address on a port of the system's choosing
+for (const [command, addresses] of [
+  ['demo', ['--listen', '--https', '--admin', '--idp']],
+  ['demo-idp', ['--listen']],
+] as const) {
+  t.test(
+    `SIGTERM while \`${command}\` is still loading its code: exit 0, never serves`,
+    { skip: process.platform === 'win32' ? 'needs a FIFO' : false },
+    async (t) => {
+      const proxy = await spawnLoading(t, `early-signal-${command}`, async (_dir, bin) => [
+        bin,
+        command,
+        ...addresses.flatMap((option) => [option, '127.0.0.1:0']),
+      ])
+      proxy.child.kill('SIGTERM')
+      await proxy.finish()
+
+      const stopped = await exitWithin(proxy.child, proxy.exited, PROMPT_MS)
+      t.ok(stopped, `exited within ${PROMPT_MS} ms of the signal`)
+      t.equal(stopped?.signal, null, 'not ended by the signal')
+      t.equal(stopped?.code, 0, `exit 0 (stderr: ${proxy.stderr().trim()})`)
+      t.notMatch(proxy.stderr(), /draining/, 'never started serving, so nothing to drain')
+      t.match(proxy.stderr(), /SIGTERM while starting/, 'says why it stopped')
+    },
+  )
+}
+
 t.test(
   'SIGHUP while `run` is still loading its code: not killed, it starts and serves, SIGTERM then ends it',
   { skip: process.platform === 'win32' ? 'needs a FIFO' : false },
