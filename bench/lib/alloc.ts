@@ -3,22 +3,23 @@
 // anonymous browser (e), against the issue's "c within 1.2× b", with the proxy's CPU per request from the
 // same runs; `--xfcc` adds nhi-proxy behind a trusted mesh ingress (x, 300 rotating XFCC identities).
 //
-// Method. Every proxy runs with `--trace-gc --trace-gc-nvp`: V8 prints one line per collection to stdout with
-// `allocated=<bytes>`, the heap's object size at the start of this collection minus at the end of the
-// previous one, i.e. what the mutator allocated in between (new space, pretenured and large objects alike;
-// Buffer backing stores live outside the heap and are not counted). Nothing is forced. The harness drives the
-// load itself (an undici Pool with N concurrent request loops) so it can read each GC line the moment it is
-// printed and note how many responses had completed by then. The measured window runs from one collection
-// G0 to a later one Gk of the proxy's main isolate: bytes = Σ allocated of G1..Gk (exactly the mutator time
-// between the end of G0 and the start of Gk), requests = responses completed between reading G0 and reading
-// Gk. Why this is not biased: both ends are collections, so no young-generation bytes "not yet collected"
-// are left out at either end (summing over a fixed request count would leave out up to a whole semi-space);
-// with a fixed number of request loops the requests in flight — allocated for but not yet counted — are as
-// many at Gk as at G0 on average, and the pipe's delay from the print to our read is the same at both
-// ends, so both errors cancel instead of accumulating. The window is at least `requests` responses and
-// `minGcs` collections long, which makes the residual (≤ connections requests at each end) small. GC
-// lines of other isolates (the token-verification worker, a loader thread) are not the request path; they
-// are counted and reported but not added.
+// Method. Every proxy runs with `--trace-gc --trace-gc-nvp`: V8 prints one line per collection to stdout
+// with the bytes `allocated` (`allocated=N` up to Node 24, `"allocated":N` in Node 26's JSON), the heap's
+// object size at the start of this collection minus at the end of the previous one, i.e. what the mutator
+// allocated in between (new space, pretenured and large objects alike; Buffer backing stores live outside
+// the heap and are not counted). Nothing is forced. The harness drives the load itself (an undici Pool with
+// N concurrent request loops) so it can read each GC line the moment it is printed and note how many
+// responses had completed by then. The measured window runs from one collection G0 to a later one Gk of the
+// proxy's main isolate: bytes = Σ allocated of G1..Gk (exactly the mutator time between the end of G0 and
+// the start of Gk), requests = responses completed between reading G0 and reading Gk. Why this is not
+// biased: both ends are collections, so no young-generation bytes "not yet collected" are left out at
+// either end (summing over a fixed request count would leave out up to a whole semi-space); with a fixed
+// number of request loops the requests in flight — allocated for but not yet counted — are as many at Gk as
+// at G0 on average, and the pipe's delay from the print to our read is the same at both ends, so both
+// errors cancel instead of accumulating. The window is at least `requests` responses and `minGcs`
+// collections long, which makes the residual (≤ connections requests at each end) small. GC lines of other
+// isolates (the token-verification worker, a loader thread) are not the request path; they are counted and
+// reported but not added.
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { loadavg, tmpdir } from 'node:os'
@@ -74,7 +75,7 @@ export interface AllocSample {
   non2xx: number
   /** collections of other isolates of the proxy process during the phase (not counted) */
   otherIsolateGcs: number
-  /** gc= kinds seen in the window, e.g. { s: 52, mc: 1 } */
+  /** collection kinds (`gc`) seen in the window, e.g. { s: 52, mc: 1 } */
   kinds: Record<string, number>
 }
 
@@ -118,8 +119,16 @@ interface GcEvent {
   done: number
 }
 
-// `[pid:0xisolate]` (Node 20/22) or `[pid:0xisolate:thread]` (Node 24), then `N ms: pause=… gc=s … allocated=N`
-const GC_LINE = /^\[\d+:(0x[0-9a-f]+)[^\]]*\].*?\bgc=(\S+).*?\ballocated=(\d+)/
+// `[pid:0xisolate]` (Node 20/22) or `[pid:0xisolate:thread]` (Node 24 and 26), then name=value pairs,
+// `N ms: pause=… gc=s … allocated=N` (Node 20 to 24), or one JSON object,
+// `N ms: GC: {"pause":…,"gc":"s",…,"allocated":N,…}` (Node 26)
+const GC_LINE = /^\[\d+:(0x[0-9a-f]+)[^\]]*\].*?\bgc(?:=|":")([^\s"]+).*?\ballocated(?:=|":)(\d+)/
+
+/** One line of V8's `--trace-gc-nvp` output: the collection it reports, or undefined for any other line. */
+export function parseGcLine(line: string): { isolate: string; kind: string; allocated: number } | undefined {
+  const m = GC_LINE.exec(line)
+  return m ? { isolate: m[1]!, kind: m[2]!, allocated: Number(m[3]) } : undefined
+}
 
 /** A proxy process whose stdout carries V8's GC trace; `onGc` sees every collection as it is printed. */
 interface Traced {
@@ -136,10 +145,10 @@ function traceGc(proc: ServerProcess, url: string): Traced {
     pending += chunk
     let nl = pending.indexOf('\n')
     while (nl >= 0) {
-      const m = GC_LINE.exec(pending.slice(0, nl))
+      const gc = parseGcLine(pending.slice(0, nl))
       pending = pending.slice(nl + 1)
       nl = pending.indexOf('\n')
-      if (m) t.onGc?.({ isolate: m[1]!, kind: m[2]!, allocated: Number(m[3]) })
+      if (gc) t.onGc?.(gc)
     }
     // a proxy that logs a very long line without a newline must not grow this without bound
     if (pending.length > 1 << 16) pending = ''
@@ -434,7 +443,7 @@ export function allocMarkdown(r: AllocResult, targetLine: (t: Target) => string)
     '',
     `Node ${r.node}, load average ${r.loadAvg.join(' / ')} at start. ${o.rounds} interleaved round(s); each window ≥ ${o.requests.toLocaleString('en')} requests and > ${o.minGcs} collections of the proxy's main isolate (or ${o.maxWindowS ?? 120} s, whichever comes first), ${o.connections} concurrent request loops, after ${o.warmup.toLocaleString('en')} warm-up requests per configuration. nhi-proxy ran ${o.dist ? 'from the bundle (dist/nhi-proxy.mjs)' : 'from the TypeScript sources'}.`,
     '',
-    'Bytes = Σ `allocated=` of the `--trace-gc-nvp` lines between two collections, divided by the responses completed between them (JavaScript heap only; Buffer backing stores are outside it).',
+    'Bytes = Σ `allocated` of the `--trace-gc-nvp` lines between two collections, divided by the responses completed between them (JavaScript heap only; Buffer backing stores are outside it).',
     '',
     '| id | configuration | KB/req (median) | KB/req per round | requests / GCs per round | proxy CPU µs/req (median) | … per round | req/s per round |',
     '|---|---|---:|---|---|---:|---|---|',
