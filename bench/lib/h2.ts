@@ -43,7 +43,10 @@ export interface H2Result {
   rps: number
   p50Ms: number
   p99Ms: number
-  /** the proxy's CPU (utime+stime; nginx: master + worker) per call, µs; absent for h2-direct */
+  /**
+   * the proxy's CPU (utime+stime; nginx: master + worker) per call, µs; absent for h2-direct. /proc charges
+   * it by the clock tick (10 ms): a short round of a light proxy (nginx, ≈ 35 µs a call) can show 0.
+   */
   proxyCpuUs?: number
 }
 
@@ -162,6 +165,7 @@ export function h2Targets(rounds: H2Run['rounds']): Target[] {
       const x = nhi[i]!
       const y = other[i]!
       throughput.push(x.rps / y.rps)
+      // a round whose CPU stayed under one clock tick (0) has no ratio: the note then leaves it out
       if (x.proxyCpuUs && y.proxyCpuUs) perCpu.push(y.proxyCpuUs / x.proxyCpuUs)
     }
     const note =
@@ -286,23 +290,31 @@ function median(rs: H2Result[]): H2Result {
 
 /** the h2c table, its targets (as `targetLine` writes them) and the configurations left out */
 export function h2Markdown(run: H2Run, targetLine: (t: Target) => string): string {
-  const perRound = (id: H2Result['id'], pick: (r: H2Result) => number | undefined, digits: number) => {
+  const perRound = (
+    id: H2Result['id'],
+    pick: (r: H2Result) => number | undefined,
+    format: (v: number) => string,
+  ) => {
     const values = (run.rounds[id] ?? []).map(pick)
     return values.length > 1 && values.every((v) => v !== undefined)
-      ? values.map((v) => v!.toFixed(digits)).join(' / ')
+      ? values.map((v) => format(v!)).join(' / ')
       : '—'
   }
+  const int = (v: number) => v.toFixed(0)
+  // 0 is a round under one clock tick of CPU in all, not a proxy that costs nothing
+  const cpu = (digits: number) => (us: number) => (us > 0 ? us.toFixed(digits) : '< 1 tick')
   const lines = [
     '| id | configuration | req/s | … per round | p50 ms | p99 ms | proxy CPU µs/call | … per round | errors |',
     '|---|---|---:|---:|---:|---:|---:|---:|---|',
     ...run.results.map(
       (r) =>
-        `| ${r.id} | ${r.label} | ${r.rps.toFixed(0)} | ${perRound(r.id, (x) => x.rps, 0)} | ${r.p50Ms.toFixed(2)} | ${r.p99Ms.toFixed(2)} | ${r.proxyCpuUs === undefined ? '—' : r.proxyCpuUs.toFixed(1)} | ${perRound(r.id, (x) => x.proxyCpuUs, 0)} | ${r.errors + r.non2xx} |`,
+        `| ${r.id} | ${r.label} | ${r.rps.toFixed(0)} | ${perRound(r.id, (x) => x.rps, int)} | ${r.p50Ms.toFixed(2)} | ${r.p99Ms.toFixed(2)} | ${r.proxyCpuUs === undefined ? '—' : cpu(1)(r.proxyCpuUs)} | ${perRound(r.id, (x) => x.proxyCpuUs, cpu(0))} | ${r.errors + r.non2xx} |`,
     ),
     '',
     'Medians over rounds (the round of median throughput). Unary gRPC calls over h2c with prior knowledge;',
     'the load client, the proxies and the upstream share the machine’s cores. CPU is utime+stime from',
-    '/proc/<pid>/stat over each round divided by its calls (nginx: master + worker).',
+    '/proc/<pid>/stat over each round divided by its calls (nginx: master + worker); `< 1 tick`: a round',
+    'that used less than one clock tick of CPU in all, left out of the per CPU-second ratios.',
   ]
   if (run.targets.length) lines.push('', '```', ...run.targets.map(targetLine), '```')
   if (run.notes.length) lines.push('', ...run.notes.map((n) => `- ${n}`))

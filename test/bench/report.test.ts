@@ -1,7 +1,7 @@
 // The bench's chart: req/s bars for every configuration and, when the open-loop rounds ran, p50/p99 bars at
 // the fixed rate; labels are escaped and the document is complete.
 import t from 'tap'
-import { type H2Result, type H2Run, h2Targets } from '../../bench/lib/h2.ts'
+import { type H2Result, type H2Run, h2Markdown, h2Targets } from '../../bench/lib/h2.ts'
 import {
   type BenchResult,
   type ConfigResult,
@@ -194,5 +194,44 @@ t.test(
     r.h2 = run
     t.match(markdown(r), '## h2c configuration (unary gRPC calls)', 'the main report carries the h2c rounds')
     t.match(markdown(r), /\| h2-nhi \| h2-nhi \| 4000 \| 4000 \/ 4200 \/ 3600 \|/, 'with every round')
+  },
+)
+
+t.test(
+  'an h2c round whose proxy used under one clock tick of CPU (0): no ratio of it, and not shown as free',
+  async (t) => {
+    const call = (id: H2Result['id'], rps: number, proxyCpuUs: number): H2Result => ({
+      id,
+      label: id,
+      requests: rps / 2,
+      errors: 0,
+      non2xx: 0,
+      rps,
+      p50Ms: 1,
+      p99Ms: 2,
+      proxyCpuUs,
+    })
+    const oneRound: H2Run['rounds'] = {
+      'h2-nginx': [call('h2-nginx', 900, 0)],
+      'h2-nhi': [call('h2-nhi', 600, 150)],
+    }
+    t.equal(h2Targets(oneRound)[0]?.note, 'one round', 'one round: no per CPU-second ratio of a 0')
+    const rounds: H2Run['rounds'] = {
+      'h2-nginx': [call('h2-nginx', 900, 0), call('h2-nginx', 1000, 40)],
+      'h2-nhi': [call('h2-nhi', 600, 150), call('h2-nhi', 500, 160)],
+    }
+    const [nginx] = h2Targets(rounds)
+    t.equal(nginx?.value, (600 / 900 + 500 / 1000) / 2, 'throughput is still judged')
+    t.equal(nginx?.note, 'rounds 0.67 / 0.50 (noise ±0.08)', 'rounds: no per CPU-second ratios')
+    const md = h2Markdown(
+      { results: [rounds['h2-nginx']![0]!, rounds['h2-nhi']![0]!], rounds, targets: [nginx!], notes: [] },
+      targetLine,
+    )
+    t.match(
+      md,
+      /^\| h2-nginx \| h2-nginx \| 900 \| 900 \/ 1000 \| 1\.00 \| 2\.00 \| < 1 tick \| < 1 tick \/ 40 \|/m,
+      'its CPU reads "< 1 tick", in the median and among the rounds',
+    )
+    t.notMatch(md, /Infinity|NaN/, 'no division by zero anywhere')
   },
 )

@@ -39,7 +39,15 @@ t.test(
     for (const c of r) {
       t.ok(c.requests > 0, `${c.id} served ${c.requests} requests`)
       t.equal(c.errors + c.non2xx, 0, `${c.id}: no stream errors, non-2xx answers or non-OK grpc-status`)
-      if (c.id !== 'h2-direct')
+      // /proc charges CPU by the clock tick (10 ms) that finds a process running: nginx serves these few
+      // hundred calls at ≈ 35 µs each, in short slices, for about one tick in all, and can be charged none.
+      // What is sure is a finite, non-negative value.
+      if (c.id === 'h2-nginx')
+        t.ok(
+          c.proxyCpuUs !== undefined && Number.isFinite(c.proxyCpuUs) && c.proxyCpuUs >= 0,
+          `${c.id}: proxy CPU per call measured (${c.proxyCpuUs?.toFixed(1)} µs; 0 is under one clock tick)`,
+        )
+      else if (c.id !== 'h2-direct')
         t.ok(c.proxyCpuUs !== undefined && c.proxyCpuUs > 0, `${c.id}: proxy CPU per call measured`)
     }
     const bareTarget = run.targets.find((x) => x.name.startsWith('h2c: nhi ≥ 0.9× a bare node:http2 proxy'))
