@@ -1,8 +1,9 @@
 // The proxy's own RSS while it streams one large upload and one large download, on every Node version at
-// hand: `node --import ./scripts/register-ts.mjs bench/stream.ts [--size MB] [--repeat N] [--node 20,22,24]`.
+// hand:
+//   node --import ./scripts/register-ts.mjs bench/stream.ts [--size MB] [--repeat N] [--node 20,22,24,26]
 // The bundle (built first into a scratch dir) runs in a child process per Node version; this process is the
-// client and the upstream, so only the proxy's memory is measured (/proc/<pid>/status). Node 22 and 24 come
-// from .cache/node-<major>/ (`node scripts/node-versions.mjs`); the running node serves its own major.
+// client and the upstream, so only the proxy's memory is measured (/proc/<pid>/status). Node 22, 24 and 26
+// come from .cache/node-<major>/ (`node scripts/node-versions.mjs`); the running node serves its own major.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -22,7 +23,7 @@ const { values } = parseArgs({
   options: {
     size: { type: 'string', default: '1024' },
     repeat: { type: 'string', default: '3' },
-    node: { type: 'string', default: '20,22,24' },
+    node: { type: 'string', default: '20,22,24,26' },
   },
 })
 const size = Number(values.size) * MB

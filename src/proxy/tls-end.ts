@@ -1,7 +1,7 @@
 // Whether the end of a TLS connection's stream was the peer's close_notify or a bare TCP FIN.
 //
-// Node hands both on alike: the TLSSocket emits 'end' and no error, on Node 20, 22 and 24 (OpenSSL 3.0 and
-// 3.5). OpenSSL never learns of the FIN, since Node feeds it the bytes from memory, so
+// Node hands both on alike: the TLSSocket emits 'end' and no error, on Node 20, 22, 24 and 26 (OpenSSL 3.0
+// and 3.5). OpenSSL never learns of the FIN, since Node feeds it the bytes from memory, so
 // SSL_OP_IGNORE_UNEXPECTED_EOF plays no part, and no public property tells the two apart. For a body that ends
 // with its connection the difference is the body's integrity (RFC 8446 §6.1, RFC 5246 §7.2.1): a FIN is
 // unauthenticated, and an on-path attacker's, or that of an upstream that crashed, would otherwise end the body
