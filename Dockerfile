@@ -5,8 +5,11 @@
 # Runs as a numeric non-root user and writes nothing outside /tmp (audit goes to stdout), so it works
 # with a read-only root filesystem. No HEALTHCHECK: Kubernetes probes /healthz and /readyz on port 9464.
 
+# Both stages run the current Node LTS, 26, on Debian 13 (trixie), the official node images' default
+# variant: the bundle is built by the Node that runs it.
+
 # ---- build: bundle the TypeScript sources into dist/ ---------------------------------------------
-FROM node:24-bookworm-slim AS build
+FROM node:26-trixie-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 # --ignore-scripts: the package's own `prepare` would build before src/ is here (the build runs below);
@@ -20,7 +23,7 @@ RUN npm run build
 # ---- runtime: the bundle only, no node_modules ---------------------------------------------------
 # The bundle inlines every package it uses and loads nothing but Node built-ins at run time, so the package
 # has no runtime dependencies and nothing is installed here (nor package.json copied: the version is built in).
-FROM node:24-bookworm-slim AS runtime
+FROM node:26-trixie-slim AS runtime
 ENV NODE_ENV=production \
     HOME=/tmp
 WORKDIR /app

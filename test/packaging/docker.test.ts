@@ -1,5 +1,5 @@
 // The container image, checked without a Docker engine: two Dockerfile linters and the image's contract
-// (user, ports, entrypoint, no HEALTHCHECK). test/packaging/layout.test.ts starts the staged runtime.
+// (its Node, user, ports, entrypoint, no HEALTHCHECK). test/packaging/layout.test.ts starts the staged runtime.
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { validate } from 'dockerfile-utils'
@@ -18,7 +18,7 @@ t.test('dockerfilelint finds no issues', async (t) => {
 t.test('dockerfile-utils validation is clean', async (t) => {
   t.same(validate(dockerfile), [], 'no syntax or instruction errors')
   // the validator does catch what it should, so an empty list above means something
-  const broken = validate('FROM node:24-bookworm-slim AS build\nCOPY --fromm=build a b\nEXPOSE http\n')
+  const broken = validate('FROM node:26-trixie-slim AS build\nCOPY --fromm=build a b\nEXPOSE http\n')
   t.equal(broken.length, 2, 'a mistyped flag and a bad port are reported')
 })
 
@@ -31,6 +31,26 @@ t.test('image contract', async (t) => {
   t.ok(
     froms.every((f) => major(f.args) % 2 === 0 && major(f.args) >= 22),
     'an even-numbered (LTS) Node major',
+  )
+  // the current LTS is the newest major the package supports; the bundle is built on the Node it runs on
+  const image = froms.at(-1)!.args.split(' ')[0]!
+  t.same(
+    froms.map((f) => f.args.split(' ')[0]),
+    froms.map(() => image),
+    `both stages on ${image}`,
+  )
+  const engines = (
+    JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { engines: { node: string } }
+  ).engines.node
+  const supported = [...engines.matchAll(/\^(\d+)\./g)].map((m) => Number(m[1]))
+  t.equal(major(image), Math.max(...supported), `the newest Node major of engines (${engines})`)
+  // CI runs the whole suite on it, and layout.test.ts starts the image's entrypoint on it
+  const ciMajors = /^EXTRA_NODE_MAJORS=\(([\d ]+)\)$/m.exec(
+    readFileSync(join(REPO_ROOT, '.ci', 'run'), 'utf8'),
+  )?.[1]
+  t.ok(
+    ciMajors?.split(' ').map(Number).includes(major(image)),
+    `.ci/run fetches Node ${major(image)} (${ciMajors})`,
   )
   t.ok(
     all.some((i) => i.keyword === 'RUN' && /npm ci\b/.test(i.args) && !/--omit=dev/.test(i.args)),

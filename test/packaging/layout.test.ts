@@ -7,7 +7,10 @@
 // upstream verified; it also turns on what the bundle loads lazily, each from a file of its own: two
 // cluster workers, the JWT verification worker thread, OTLP export (its own thread) to a real collector and
 // the audit on stdout. An instruction this test cannot carry out fails it (an `npm ci` included), so the
-// Dockerfile and this test cannot drift apart.
+// Dockerfile and this test cannot drift apart. `node` is the image's Node major (the runtime stage's FROM
+// line) from .cache/node-<major>/, which CI unpacks for every supported major (scripts/node-versions.mjs), so
+// the entrypoint is tested on the Node the image has; without that build the test says so in a skip note and
+// runs on the Node that runs it.
 import {
   chmodSync,
   cpSync,
@@ -27,7 +30,7 @@ import { metricValue, scrape } from '../helpers/metrics.ts'
 import { startCollector } from '../helpers/otlp-collector.ts'
 import { freshGet } from '../helpers/pod.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
-import { REPO_ROOT, run } from '../helpers/tools.ts'
+import { REPO_ROOT, run, skipWithout } from '../helpers/tools.ts'
 
 // bundling takes a while on a loaded machine
 t.setTimeout(300_000)
@@ -37,6 +40,8 @@ const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as
 const all = instructions(dockerfile)
 const runtime = finalStage(all)
 const build = stageOf(all, 'build')
+/** the Node major the image runs: node:26-trixie-slim → '26' */
+const imageNodeMajor = /^node:(\d+)-/.exec(runtime.find((i) => i.keyword === 'FROM')?.args ?? '')?.[1]
 
 interface Image {
   /** the staged root filesystem: image paths are `root` + path */
@@ -188,16 +193,38 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
     t.notOk(existsSync(join(image.env['HOME'] ?? '/', d)), `no ${d} in the image's HOME`)
   }
 
-  // the image's command line in the image's environment and nothing else (`env -i`): `node` is this Node,
-  // found on PATH as the image finds its own; absolute paths are the staged root's
+  // the image's command line in the image's environment and nothing else (`env -i`): `node` is the image's
+  // Node major, found on PATH as the image finds its own; absolute paths are the staged root's
+  t.ok(imageNodeMajor, `the runtime stage names its Node major (${runtime[0]?.args})`)
+  const imageNode = join(REPO_ROOT, '.cache', `node-${imageNodeMajor}`, 'bin', 'node')
+  const missing = skipWithout(
+    `Node ${imageNodeMajor} (the image's) in .cache/node-${imageNodeMajor}`,
+    existsSync(imageNode),
+  )
+  const node = missing ? process.execPath : imageNode
+  // besides node_modules above the app and in HOME, Node looks for modules in <its prefix>/lib/node
+  t.notOk(existsSync(join(dirname(dirname(node)), 'lib', 'node')), `no lib/node beside ${node}`)
   const imagePath = (arg: string) =>
     arg.startsWith('/') && existsSync(join(root, arg)) ? join(root, arg) : arg
   const envPairs = Object.entries({
-    PATH: `${dirname(process.execPath)}:/usr/local/bin:/usr/bin:/bin`,
+    PATH: `${dirname(node)}:/usr/local/bin:/usr/bin:/bin`,
     ...image.env,
   }).map(([k, v]) => `${k}=${v}`)
   const command = (args: string[]) => ['-i', ...envPairs, ...[...image.entrypoint, ...args].map(imagePath)]
   const ENV = '/usr/bin/env'
+  // without the image's Node, a visible skip in tap's summary rather than a quiet pass on another one
+  t.test(
+    `the entrypoint runs on the image's Node ${imageNodeMajor}`,
+    {
+      skip: missing
+        ? `${missing} (node scripts/node-versions.mjs ${imageNodeMajor}): it runs on this Node, ${process.version}, instead`
+        : false,
+    },
+    async (t) => {
+      const r = await run(ENV, ['-i', ...envPairs, 'node', '--version'], { cwd: app })
+      t.match(r.stdout, new RegExp(`^v${imageNodeMajor}\\.`), `node on the image's PATH: ${r.stdout.trim()}`)
+    },
+  )
 
   // two process starts, side by side
   const [version, fallback] = await Promise.all([
