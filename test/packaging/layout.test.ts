@@ -8,11 +8,13 @@
 // cluster workers, the JWT verification worker thread, OTLP export (its own thread) to a real collector and
 // the audit on stdout. An instruction this test cannot carry out fails it (an `npm ci` included), so the
 // Dockerfile and this test cannot drift apart. `node` is the image's Node major (the runtime stage's FROM
-// line) from .cache/node-<major>/, which CI unpacks for every supported major (scripts/node-versions.mjs), so
-// the entrypoint is tested on the Node the image has; without that build the test says so in a skip note and
+// line) from .cache/node-<major>/, which CI unpacks for every supported major (scripts/node-versions.mjs),
+// copied to the staged root's /usr/local/bin as in the official images, so the entrypoint is tested on the
+// Node the image has; without that build the test says so in a skip note and
 // runs on the Node that runs it.
 import {
   chmodSync,
+  copyFileSync,
   cpSync,
   existsSync,
   mkdirSync,
@@ -201,7 +203,12 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
     `Node ${imageNodeMajor} (the image's) in .cache/node-${imageNodeMajor}`,
     existsSync(imageNode),
   )
-  const node = missing ? process.execPath : imageNode
+  // the binary goes where the official images have it, /usr/local/bin/node of the staged root: the image's
+  // user then needs no way into this checkout (a CI clone may sit under a directory only root can enter)
+  const node = join(root, 'usr', 'local', 'bin', 'node')
+  mkdirSync(dirname(node), { recursive: true })
+  copyFileSync(missing ? process.execPath : imageNode, node)
+  chmodSync(node, 0o755)
   // besides node_modules above the app and in HOME, Node looks for modules in <its prefix>/lib/node
   t.notOk(existsSync(join(dirname(dirname(node)), 'lib', 'node')), `no lib/node beside ${node}`)
   const imagePath = (arg: string) =>
