@@ -105,6 +105,21 @@ function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
   return out
 }
 
+const EDGE_WHITESPACE = /^[ \t]+|[ \t]+$/g
+
+/**
+ * A request field's value as HTTP/2 may carry it: without whitespace at either end (RFC 9113 §8.2.1), which is
+ * no part of a field value anyway (RFC 9110 §5.5). Node joins a client's repeated lines with ", " (Cookie
+ * lines and HTTP/2 cookie crumbs with "; "), so an empty last line leaves `a=1; `: sent so, the field is
+ * malformed, and an nghttp2 upstream drops it whole (the client's cookies never arrive) where others refuse
+ * the request. Only such a value is copied.
+ */
+function http2FieldValue(value: string): string {
+  const first = value.charCodeAt(0)
+  const last = value.charCodeAt(value.length - 1)
+  return first === 32 || first === 9 || last === 32 || last === 9 ? value.replace(EDGE_WHITESPACE, '') : value
+}
+
 /**
  * How much of a request body is kept, until the upstream answers, so that a stream the upstream refused
  * unprocessed can be sent again (a gRPC unary call fits); a longer body is not kept and its stream is not retried.
@@ -218,7 +233,7 @@ export class Http2Forwarder {
           continue
         }
         const value = headers[name]
-        if (value !== undefined) out[name] = value
+        if (value !== undefined) out[name] = typeof value === 'string' ? http2FieldValue(value) : value
       }
       const withBody = hasBody(req)
       let status = 0

@@ -79,7 +79,21 @@ export async function stream1Answer(
   frames: readonly Buffer[],
   opts: { what?: string; timeoutMs?: number } = {},
 ): Promise<string> {
-  const socket = connect(port, '127.0.0.1')
+  return (await streamAnswers(port, frames, [1], opts)).get(1)!
+}
+
+/**
+ * As stream1Answer, for each of `streams`: resolves once every one of them is answered, with what answered
+ * each. `localAddress`: the loopback address the connection comes from.
+ */
+export async function streamAnswers(
+  port: number,
+  frames: readonly Buffer[],
+  streams: readonly number[],
+  opts: { what?: string; timeoutMs?: number; localAddress?: string } = {},
+): Promise<Map<number, string>> {
+  const { localAddress } = opts
+  const socket = connect({ port, host: '127.0.0.1', ...(localAddress === undefined ? {} : { localAddress }) })
   await once(socket, 'connect')
   socket.on('error', () => {})
   let buf = Buffer.alloc(0)
@@ -87,25 +101,32 @@ export async function stream1Answer(
     buf = Buffer.concat([buf, c])
   })
   socket.write(Buffer.concat(frames))
+  const answers = new Map<number, string>()
+  const wanted = new Set(streams)
+  let at = 0
   try {
     return await eventually(
       () => {
-        for (let at = 0; at + 9 <= buf.length; ) {
+        while (at + 9 <= buf.length) {
           const length = buf.readUIntBE(at, 3)
           if (at + 9 + length > buf.length) break
           const type = buf[at + 3]
-          if ((buf.readUInt32BE(at + 5) & 0x7fffffff) === 1) {
-            if (type === FRAME.RST_STREAM) return `reset ${buf.readUInt32BE(at + 9)}`
+          const id = buf.readUInt32BE(at + 5) & 0x7fffffff
+          if (wanted.has(id) && !answers.has(id)) {
+            if (type === FRAME.RST_STREAM) answers.set(id, `reset ${buf.readUInt32BE(at + 9)}`)
             if (type === FRAME.HEADERS) {
               const first = buf[at + 9]!
-              return `status ${first & 0x80 ? (STATIC_STATUS[first & 0x7f] ?? '?') : '?'}`
+              answers.set(id, `status ${first & 0x80 ? (STATIC_STATUS[first & 0x7f] ?? '?') : '?'}`)
             }
           }
           at += 9 + length
         }
-        return undefined
+        return answers.size === wanted.size ? answers : undefined
       },
-      { timeoutMs: opts.timeoutMs ?? 5000, what: opts.what ?? 'the answer on stream 1' },
+      {
+        timeoutMs: opts.timeoutMs ?? 5000,
+        what: opts.what ?? `the answers on streams ${streams.join(', ')}`,
+      },
     )
   } finally {
     socket.destroy()

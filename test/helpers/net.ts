@@ -38,9 +38,15 @@ export async function refusedPort(): Promise<number> {
 /**
  * Writes `request` as raw bytes on a new connection to 127.0.0.1:port and returns everything read (latin1)
  * once the connection closes: for requests no HTTP client would send, and answers it would not show as sent.
+ * A string is written as UTF-8, a Buffer as it is (obs-text bytes); `localAddress`: the loopback address the
+ * connection comes from (127.0.0.2 for a peer a sidecar trusts).
  */
-export async function rawExchange(port: number, request: string): Promise<string> {
-  const socket = connect(port, '127.0.0.1')
+export async function rawExchange(
+  port: number,
+  request: string | Buffer,
+  localAddress?: string,
+): Promise<string> {
+  const socket = connect({ port, host: '127.0.0.1', ...(localAddress === undefined ? {} : { localAddress }) })
   let raw = ''
   socket.setEncoding('latin1')
   socket.on('data', (c: string) => {
