@@ -65,6 +65,38 @@ type TimedStream = ServerHttp2Stream & {
 const kOwnReset = Symbol('nhi.ownReset')
 
 /**
+ * List fields (RFC 9110 §5.6.1) of which node:http2 keeps the first line only, as it keeps one User-Agent (its
+ * kSingleValueHeaders). A client may send a list in several lines (RFC 9110 §5.3): the later lines of an
+ * `If-Match` or a `Content-Encoding` would be dropped, and the upstream act on part of the list (a
+ * precondition failing on the entity tag it was not shown, a body coded twice decoded once). Node's HTTP/1.1
+ * server joins such lines; they are joined here too, before the pipeline and the upstream read the request.
+ */
+const LISTS_CUT_TO_ONE_LINE = ['if-match', 'if-none-match', 'content-encoding', 'content-language']
+
+/** Puts back the lines of LISTS_CUT_TO_ONE_LINE node:http2 dropped; four lookups for most requests. */
+function joinListLines(headers: IncomingHttpHeaders, raw: readonly string[]): void {
+  if (
+    headers['if-match'] === undefined &&
+    headers['if-none-match'] === undefined &&
+    headers['content-encoding'] === undefined &&
+    headers['content-language'] === undefined
+  )
+    return
+  // one bit per name: its first line is the one node:http2 kept
+  let seen = 0
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!
+    // HTTP/2 field names are lower case (RFC 9113 §8.2.1): only names starting i or c can be one of them
+    const c = name.charCodeAt(0)
+    if (c !== 0x69 && c !== 0x63) continue
+    const at = LISTS_CUT_TO_ONE_LINE.indexOf(name)
+    if (at === -1) continue
+    if ((seen & (1 << at)) === 0) seen |= 1 << at
+    else headers[name] = `${headers[name]}, ${raw[i + 1]}`
+  }
+}
+
+/**
  * Marks a stream the proxy is about to reset on its own behalf. node:http2 emits 'aborted' for any reset of a
  * stream whose response is unfinished, the proxy's as well as the client's: unmarked, a client whose responses
  * the upstream cuts short would be disconnected and counted as a rapid reset attack.
@@ -160,6 +192,7 @@ export class Http2Front {
         req.stream.close(constants.NGHTTP2_REFUSED_STREAM)
         return
       }
+      joinListLines(req.headers, req.rawHeaders)
       this.handlers.request(req, res, state.conn)
     }
     this.server.on('request', onRequest)

@@ -144,6 +144,29 @@ const CASES: Case[] = [
     ],
     want: { 'x-list': 'a,' },
   },
+  {
+    what: 'If-None-Match and If-Match in several h2c lines: every entity tag',
+    client: 'h2',
+    lines: [
+      ['if-none-match', '"a"'],
+      ['if-match', '"c"'],
+      ['if-none-match', '"b"'],
+      ['if-match', '"d"'],
+      ['if-match', 'W/"e"'],
+    ],
+    want: { 'if-none-match': '"a", "b"', 'if-match': '"c", "d", W/"e"' },
+  },
+  {
+    what: 'Content-Encoding and Content-Language in several h2c lines: every coding and language',
+    client: 'h2',
+    lines: [
+      ['content-encoding', 'gzip'],
+      ['content-language', 'en'],
+      ['content-encoding', 'br'],
+      ['content-language', 'de'],
+    ],
+    want: { 'content-encoding': 'gzip, br', 'content-language': 'en, de' },
+  },
 ]
 
 for (const kind of UPSTREAMS) {
