@@ -195,6 +195,13 @@ function appendChain(existing: string | string[] | undefined, value: string): st
 
 const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 
+/**
+ * A TE list with the element `trailers` (RFC 9110 §10.1.4): the client takes trailer fields, and so does the
+ * proxy, which passes them on, so the upstream is told so. An element that merely contains the word
+ * (`x-trailers`, `gzip;q=trailers`) is another coding.
+ */
+const TE_TRAILERS = /(?:^|,)[ \t]*trailers[ \t]*(?:,|$)/i
+
 /** `value` as an RFC 7239 value: a token as is, anything else a quoted-string */
 function forwardedValue(value: string): string {
   return TOKEN_RE.test(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`
@@ -299,7 +306,7 @@ export function upstreamHeaders(
     if (name.charCodeAt(0) === 58) continue
     const rule = REQUEST_NAME_RULE.get(name)
     if (rule === DROPPED || (rule === undefined && isIdentityHeaderName(name))) {
-      if (name === 'te' && /\btrailers\b/i.test(String(headers.te))) out.te = 'trailers'
+      if (name === 'te' && TE_TRAILERS.test(String(headers.te))) out.te = 'trailers'
       continue
     }
     if (listed?.has(name)) continue

@@ -167,6 +167,12 @@ const CASES: Case[] = [
     ],
     want: { 'content-encoding': 'gzip, br', 'content-language': 'en, de' },
   },
+  {
+    what: 'a TE element that only contains the word (x-trailers) is not trailers',
+    client: 'h1',
+    lines: [['TE', 'x-trailers, gzip;q=0.5']],
+    want: { te: undefined },
+  },
 ]
 
 for (const kind of UPSTREAMS) {
