@@ -107,6 +107,16 @@ const CHUNKED_LAST = /(?:^|,)[ \t]*chunked$/i
 /** chunked as the last coding with something after it: a parameter, empty list elements */
 const CHUNKED_LAST_ANYHOW = /(?:^|,)[ \t]*chunked[ \t]*(?:;[^,]*)?[ \t,]*$/i
 const TRAILING_HTAB = /\t[ \t]*$/
+/**
+ * The Connection line: `close` for a HEAD (as undici asks), and with the `te` option when the request carries
+ * TE (RFC 9110 §10.1.4: a sender of TE names it in Connection, so that no intermediary passes it on).
+ */
+const CONNECTION_LINES = [
+  'connection: keep-alive\r\n',
+  'connection: close\r\n',
+  'connection: keep-alive, te\r\n',
+  'connection: close, te\r\n',
+]
 /** methods that define a meaning for content: sent with `content-length: 0` when they carry none (as undici does) */
 const PAYLOAD_METHODS = new Set(['POST', 'PUT', 'PATCH', 'QUERY', 'PROPFIND', 'PROPPATCH'])
 /** methods a connection that closed before any byte of the answer can be retried with (RFC 9110 §9.2.2) */
@@ -261,7 +271,7 @@ class Connection {
       return
     }
     let head = `${req.method} ${req.path} HTTP/1.1\r\nhost: ${host ?? this.pool.options.hostHeader}\r\n${
-      ex.isHead ? 'connection: close\r\n' : 'connection: keep-alive\r\n'
+      CONNECTION_LINES[(ex.isHead ? 1 : 0) + (headers.te === undefined ? 0 : 2)]
     }`
     let length: string | undefined
     for (const name in headers) {

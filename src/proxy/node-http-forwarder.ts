@@ -137,6 +137,9 @@ export class NodeHttpForwarder {
 
       // explicit: node:http frames a GET or DELETE body by connection close unless told to chunk it
       const out: UpstreamHeaders = { ...headers, 'transfer-encoding': 'chunked' }
+      // RFC 9110 §10.1.4: a sender of TE names it in Connection (node:http keeps the connection alive unless
+      // the line says close)
+      if (out.te !== undefined) out.connection = 'keep-alive, te'
       const announced = announcedTrailers(req.headers, target.withheldTrailers)
       if (announced !== undefined) out.trailer = announced
 

@@ -173,6 +173,32 @@ const CASES: Case[] = [
     lines: [['TE', 'x-trailers, gzip;q=0.5']],
     want: { te: undefined },
   },
+  {
+    what: 'TE with trailers among codings: te: trailers, named in Connection to an HTTP/1.1 upstream',
+    client: 'h1',
+    lines: [['TE', 'gzip, Trailers']],
+    want: { te: 'trailers' },
+    overHttp: { connection: 'keep-alive, te' },
+  },
+  {
+    what: 'the same on a chunked body with announced trailers (the node:http path)',
+    client: 'h1',
+    chunked: true,
+    lines: [
+      ['TE', 'trailers'],
+      ['Transfer-Encoding', 'chunked'],
+      ['Trailer', 'x-t'],
+    ],
+    want: { te: 'trailers' },
+    overHttp: { connection: 'keep-alive, te', trailer: 'x-t' },
+  },
+  {
+    what: "an h2c client's te: trailers, named in Connection to an HTTP/1.1 upstream",
+    client: 'h2',
+    lines: [['te', 'trailers']],
+    want: { te: 'trailers' },
+    overHttp: { connection: 'keep-alive, te' },
+  },
 ]
 
 for (const kind of UPSTREAMS) {
