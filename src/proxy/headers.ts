@@ -66,10 +66,12 @@ const CLIENT_ADDRESS = new Set([
 /**
  * Headers by which a proxy tells its upstream what the request looked like before it: the scheme and port
  * (Rack, Spring, Symfony, Laravel read x-forwarded-port, -ssl, -scheme, x-url-scheme), the path prefix it
- * stripped (x-forwarded-prefix: Spring, ASP.NET Core, Werkzeug, Symfony) and the URL it rewrote (x-original-url,
- * x-rewrite-url: IIS, Symfony, Zend; x-original-uri). An app believes them from its local proxy, this sidecar:
- * from a client they would let it say it arrived over TLS, or name another path than the one the policy
- * decided on. Like CLIENT_ADDRESS, dropped unless a trusted proxy sent them.
+ * stripped (x-forwarded-prefix: Spring, ASP.NET Core, Werkzeug, Symfony; x-forwarded-path: Kong), the URL it
+ * rewrote (x-original-url, x-rewrite-url: IIS, Symfony, Zend; x-original-uri) and the method and URI a
+ * forward-auth check is asked about (x-forwarded-method, x-forwarded-uri: Traefik's ForwardAuth, read by
+ * Authelia and oauth2-proxy; x-original-method: nginx auth_request set-ups). An app believes them from its
+ * local proxy, this sidecar: from a client they would let it say it arrived over TLS, or name another path or
+ * method than the one the policy decided on. Like CLIENT_ADDRESS, dropped unless a trusted proxy sent them.
  */
 const REQUEST_BEFORE_PROXY = new Set([
   'x-forwarded-port',
@@ -81,6 +83,10 @@ const REQUEST_BEFORE_PROXY = new Set([
   'x-original-url',
   'x-rewrite-url',
   'x-original-uri',
+  'x-forwarded-path',
+  'x-forwarded-uri',
+  'x-forwarded-method',
+  'x-original-method',
 ])
 
 /**

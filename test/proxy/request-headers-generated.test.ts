@@ -81,6 +81,10 @@ const TRUSTED_ONLY = [
   'x-original-url',
   'x-rewrite-url',
   'x-original-uri',
+  'x-forwarded-path',
+  'x-forwarded-uri',
+  'x-forwarded-method',
+  'x-original-method',
 ]
 /** forwarded client certificates: from anyone but a trusted proxy of their format, stripped (docs) */
 const CERT_HEADERS = [

@@ -38,6 +38,10 @@ const CLIENT_ADDRESS_HEADERS = [
   'x-original-url',
   'x-rewrite-url',
   'x-original-uri',
+  'x-forwarded-path',
+  'x-forwarded-uri',
+  'x-forwarded-method',
+  'x-original-method',
 ]
 
 /** `x-real-ip` → `X-REAL-ip`-like odd spellings: every other letter upper-cased, and the whole name so */
