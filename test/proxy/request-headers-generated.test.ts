@@ -29,6 +29,7 @@ import { rawExchange } from '../helpers/net.ts'
 import { checkBothSides, PROPERTY_SEED } from '../helpers/property.ts'
 import { rng } from '../helpers/rng.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
+import { TRUSTED_ONLY_HEADERS } from '../helpers/trusted-only-headers.ts'
 
 /** requests per crossing: a few seconds each on a loaded machine */
 const REQUESTS = 250
@@ -64,28 +65,7 @@ const SET_BY_PROXY = [
   'x-forwarded-host',
 ]
 /** how a proxy names the client's address, and the request before it: a trusted proxy's only (docs "Headers") */
-const TRUSTED_ONLY = [
-  'x-real-ip',
-  'true-client-ip',
-  'cf-connecting-ip',
-  'x-client-ip',
-  'fastly-client-ip',
-  'x-cluster-client-ip',
-  'client-ip',
-  'x-forwarded-port',
-  'x-forwarded-ssl',
-  'x-forwarded-scheme',
-  'x-url-scheme',
-  'front-end-https',
-  'x-forwarded-prefix',
-  'x-original-url',
-  'x-rewrite-url',
-  'x-original-uri',
-  'x-forwarded-path',
-  'x-forwarded-uri',
-  'x-forwarded-method',
-  'x-original-method',
-]
+const TRUSTED_ONLY = TRUSTED_ONLY_HEADERS
 /** forwarded client certificates: from anyone but a trusted proxy of their format, stripped (docs) */
 const CERT_HEADERS = [
   'x-forwarded-client-cert',

@@ -17,32 +17,12 @@ import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
+import { TRUSTED_ONLY_HEADERS } from '../helpers/trusted-only-headers.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 const TRUSTED = '127.0.0.2'
-const CLIENT_ADDRESS_HEADERS = [
-  'x-real-ip',
-  'true-client-ip',
-  'cf-connecting-ip',
-  'x-client-ip',
-  'fastly-client-ip',
-  'x-cluster-client-ip',
-  'client-ip',
-  'x-forwarded-port',
-  'x-forwarded-ssl',
-  'x-forwarded-scheme',
-  'x-url-scheme',
-  'front-end-https',
-  'x-forwarded-prefix',
-  'x-original-url',
-  'x-rewrite-url',
-  'x-original-uri',
-  'x-forwarded-path',
-  'x-forwarded-uri',
-  'x-forwarded-method',
-  'x-original-method',
-]
+const CLIENT_ADDRESS_HEADERS = TRUSTED_ONLY_HEADERS
 
 /** `x-real-ip` → `X-REAL-ip`-like odd spellings: every other letter upper-cased, and the whole name so */
 function oddCases(name: string): string[] {
