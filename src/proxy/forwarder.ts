@@ -172,11 +172,27 @@ const RESPONSE_CUT = Object.assign(new Error('response cut short'), { code: 'ERR
  */
 export function cutResponse(res: ServerResponse): void {
   const stream = (res as unknown as { stream?: Duplex }).stream
-  if (stream === undefined) res.destroy()
-  else if (!stream.destroyed) {
-    resetByProxy(stream)
-    stream.destroy(RESPONSE_CUT)
-  }
+  if (stream !== undefined) {
+    if (!stream.destroyed) {
+      resetByProxy(stream)
+      stream.destroy(RESPONSE_CUT)
+    }
+  } else if (res.socket === null && !res.destroyed) {
+    // pipelined behind an answer still under way: node:http hands this response the connection in its turn,
+    // and destroy() would close it the moment it does, before any of this answer went out. The client would
+    // see the connection close with no sign that this request was served (one it may then send again). What
+    // was passed on of it (the upstream's head, the body so far) goes out in its turn, then the connection closes.
+    res.once('socket', closeAfterFlush)
+  } else res.destroy()
+}
+
+/** a cut response's socket: node:http writes what the response holds right after its 'socket' event */
+function closeAfterFlush(socket: Socket): void {
+  process.nextTick(closeWhenWritten, socket)
+}
+
+function closeWhenWritten(socket: Socket): void {
+  socket.destroySoon()
 }
 
 /** the status message of a gRPC call the proxy ends at its own `grpc-timeout` */

@@ -1,10 +1,11 @@
 // A misbehaving upstream on a raw socket: refuses, resets before or during the response, hangs, or speaks
 // garbage. Each becomes 502/504 (or a cut response), is counted by reason, and the proxy stays healthy.
+import type { Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
-import { refusedPort, scriptedUpstream } from '../helpers/net.ts'
+import { rawClient, refusedPort, scriptedUpstream } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 /** An HTTP/1.1 "server" that misbehaves according to the path. */
@@ -107,3 +108,41 @@ t.test('a refused connection → 502 counted as connect', async (t) => {
   await h.body.dump()
   t.equal(h.statusCode, 200)
 })
+
+t.test(
+  'an answer the upstream cuts while it waits behind another pipelined one reaches the client cut, in its turn',
+  async (t) => {
+    let first: Socket | undefined
+    let secondGone = false
+    const up = await scriptedUpstream(t, ({ path, socket }) => {
+      if (path === '/first') {
+        first = socket
+        return undefined
+      }
+      socket.once('close', () => {
+        secondGone = true
+      })
+      // a head and 10 of the 100 bytes it announces, then the connection ends
+      socket.end(`HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n${'x'.repeat(10)}`)
+      return undefined
+    })
+    const sidecar = await startTestSidecar(t, config(up.url))
+    const client = await rawClient(sidecar.proxyAddress.port)
+    client.socket.write('GET /first HTTP/1.1\r\nHost: app\r\n\r\nGET /second HTTP/1.1\r\nHost: app\r\n\r\n')
+    // the second answer is cut at the proxy (its upstream connection let go) while the first is still to come
+    await eventually(() => secondGone, { what: 'the proxy to let the cut upstream connection go' })
+    first!.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst')
+    await eventually(client.closed, { what: 'the proxy to close the client connection' })
+    const text = client.text()
+    t.match(text, /^HTTP\/1\.1 200 OK\r\n[\s\S]*?\r\n\r\nfirst/, 'the first answer, whole')
+    t.equal((text.match(/HTTP\/1\.1 200 OK\r\n/g) ?? []).length, 2, "then the second's head")
+    t.ok(text.endsWith('x'.repeat(10)), 'and what came of its body, before the connection closed')
+    const m = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_requests_total') >= 2,
+      'both requests recorded',
+    )
+    t.equal(metricValue(m, 'nhi_requests_total', { code: '200' }), 2, 'both recorded as answered 200')
+    t.equal(metricValue(m, 'nhi_upstream_errors_total', { reason: 'reset' }), 1, 'the cut counted as reset')
+  },
+)
