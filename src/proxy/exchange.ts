@@ -43,6 +43,7 @@ const RESPONSE_CLOSED = 1
 const HANDLED = 2
 const COUNTED = 4
 const RECORDED = 8
+const UNANSWERED = 16
 const NO_HEADERS: IncomingHttpHeaders = Object.freeze({}) as IncomingHttpHeaders
 
 /**
@@ -132,6 +133,16 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
   set recorded(on: boolean) {
     this.state = on ? this.state | RECORDED : this.state & ~RECORDED
   }
+  /**
+   * the connection closed while the response waited behind another's answer (HTTP/1.1 pipelining): none of it
+   * reached the client, whatever the upstream had answered, so it is recorded as CLIENT_CLOSED
+   */
+  get unanswered(): boolean {
+    return (this.state & UNANSWERED) !== 0
+  }
+  set unanswered(on: boolean) {
+    this.state = on ? this.state | UNANSWERED : this.state & ~UNANSWERED
+  }
 
   /** the lifecycle's response `close` listener passes the close on to the forward (`responseClosed`) */
   get relaysClose(): boolean {
@@ -192,7 +203,10 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
    * (the built-in ones copy what they need: the audit ring its line, the OTLP export its bytes).
    */
   event(): RequestEvent {
-    if (this.status === 0) this.status = CLIENT_CLOSED
+    if (this.unanswered) {
+      this.status = CLIENT_CLOSED
+      this.bytesOut = 0
+    } else if (this.status === 0) this.status = CLIENT_CLOSED
     this.durationMs = performance.now() - this.started
     const pipeline = this.pipeline
     this.service = pipeline?.service ?? ''

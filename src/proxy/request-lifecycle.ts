@@ -804,7 +804,13 @@ function closeWithConnection(res: TaggedResponse, socket: Socket): void {
     connection[kPipelined] = responses
     socket.once('close', () => {
       // a response's own 'close' takes it out of the set, which for…of allows
-      for (const r of responses) if (r[kExchange]?.responseClosed !== true) r.emit('close')
+      for (const r of responses) {
+        const ex = r[kExchange]
+        if (ex === undefined || ex.responseClosed) continue
+        // never handed the connection: not a byte of it went out, though the upstream may have answered it whole
+        if (r.socket === null && !r.writableFinished) ex.unanswered = true
+        r.emit('close')
+      }
       responses.clear()
     })
   }

@@ -5,7 +5,7 @@ import { request } from 'node:http'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { holdExchanges, startHoldingUpstream } from '../helpers/holding-upstream.ts'
-import { rawClient } from '../helpers/net.ts'
+import { rawClient, scriptedUpstream } from '../helpers/net.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 
 // generous for a loaded machine, far below the drain a stuck exchange would otherwise hold shutdown for
@@ -87,6 +87,38 @@ t.test(
     await proxy.close(0)
     const ms = performance.now() - start
     t.ok(ms < PROMPT_MS, `nothing left in flight for close(): closed in ${Math.round(ms)} ms`)
+  },
+)
+
+t.test(
+  'a pipelined request the upstream already answered is recorded as 499 when its client leaves before its turn',
+  async (t) => {
+    let secondAnswered = false
+    const up = await scriptedUpstream(t, ({ path, socket }) => {
+      if (path === '/first') return undefined
+      // the proxy closes the upstream connection once it has read the whole answer (Connection: close)
+      socket.once('close', () => {
+        secondAnswered = true
+      })
+      return 'HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecond'
+    })
+    const { port, pipeline } = await startProxy(t, { upstream: up.url })
+    for (const leave of ['reset', 'close'] as const) {
+      secondAnswered = false
+      pipeline.events.length = 0
+      const client = await rawClient(port)
+      client.socket.write('GET /first HTTP/1.1\r\nHost: app\r\n\r\nGET /second HTTP/1.1\r\nHost: app\r\n\r\n')
+      await eventually(() => secondAnswered, { what: "the proxy to have the upstream's whole second answer" })
+      if (leave === 'reset') client.socket.resetAndDestroy()
+      else client.socket.destroy()
+      const events = await pipeline.waitForEvents(2)
+      t.same(
+        events.map((e) => `${e.path} ${e.status} ${e.bytesOut}`).sort(),
+        ['/first 499 0', '/second 499 0'],
+        `${leave}: neither answer reached the client, whatever the upstream had answered`,
+      )
+      t.equal(client.text(), '', `${leave}: the client read nothing`)
+    }
   },
 )
 
