@@ -88,23 +88,38 @@ export function serverOptions(timeouts: Config['timeouts'], limits: Config['limi
 
 const closingAnswer = (status: number) =>
   Buffer.from(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`, 'latin1')
-const BAD_REQUEST = closingAnswer(400)
 /** node:http's answers to what it cannot read, by the parser's error code; any other is a 400 */
-const PARSE_ERROR_ANSWERS = new Map([
-  ['HPE_HEADER_OVERFLOW', closingAnswer(431)],
-  ['HPE_CHUNK_EXTENSIONS_OVERFLOW', closingAnswer(413)],
-  ['ERR_HTTP_REQUEST_TIMEOUT', closingAnswer(408)],
+const PARSE_ERROR_STATUS = new Map([
+  ['HPE_HEADER_OVERFLOW', 431],
+  ['HPE_CHUNK_EXTENSIONS_OVERFLOW', 413],
+  ['ERR_HTTP_REQUEST_TIMEOUT', 408],
 ])
+const CLOSING_ANSWERS = new Map([400, 408, 413, 431].map((status) => [status, closingAnswer(status)]))
 
 /** set once the listener gave up reading a connection (its parser failed, or a request deadline passed) */
 const kUnreadable = Symbol('nhi.unreadable')
 const kLingering = Symbol('nhi.lingering')
+/** on the response whose place the listener's own answer took: the status it wrote */
+const kListenerAnswer = Symbol('nhi.listenerAnswer')
+interface HoldingResponse {
+  /** set once its head went out */
+  _headerSent?: boolean
+  [kListenerAnswer]?: number
+}
 type ClientSocket = Duplex & {
-  /** node:http's response that owns the socket; `_headerSent` once its head went out */
-  _httpMessage?: { _headerSent?: boolean } | null
+  /** node:http's response that owns the socket */
+  _httpMessage?: HoldingResponse | null
   [kUnreadable]?: true
   /** set once its answers are out and it is closing (closeLingering) */
   [kLingering]?: true
+}
+
+/**
+ * The status the HTTP/1.1 listener wrote on the connection in place of `res` (onClientError): its client reads
+ * it as that request's answer, so its record says it. Undefined when the listener wrote none there.
+ */
+export function listenerAnswer(res: ServerResponse | undefined): number | undefined {
+  return (res as HoldingResponse | undefined)?.[kListenerAnswer]
 }
 
 /**
@@ -112,23 +127,35 @@ type ClientSocket = Duplex & {
  * then the connection closed), but only once every request the client pipelined ahead of it has had its
  * answer, in order, as nginx does: node:http's answer, written at once, would reach the client in place of
  * theirs (or cut one under way), for requests the upstream may be carrying out. Bytes that break a request's
- * body cut that request, and the answer is its own, after those ahead of it. After a request that closes its
- * connection (`Connection: close`, HTTP/1.0 without keep-alive) llhttp refuses whatever follows
- * (HPE_CLOSED_CONNECTION): that request's answer closes the connection and nothing is added (RFC 9112 §9.6).
+ * body cut that request, and the answer is its own, after those ahead of it (and its record says so:
+ * listenerAnswer). After a request that closes its connection (`Connection: close`, HTTP/1.0 without
+ * keep-alive) llhttp refuses whatever follows (HPE_CLOSED_CONNECTION): that request's answer closes the
+ * connection and nothing is added (RFC 9112 §9.6).
  * The connection is read no further until those answers are out (its parser would refuse every byte, and a
- * client must not keep the proxy reading), then only to close it without a reset (closeLingering). The answers waited for keep their own deadlines (timeouts.upstream, a client that stops reading);
- * the headers deadline node:http still runs for the refused bytes no longer applies. A request deadline that
- * passes otherwise (408) closes the connection at once: it is what bounds it.
+ * client must not keep the proxy reading), then only to close it without a reset (closeLingering). The answers
+ * waited for keep their own deadlines (timeouts.upstream, a client that stops reading); the headers deadline
+ * node:http still runs for the refused bytes no longer applies. A request deadline that passes otherwise (408)
+ * closes the connection at once: it is what bounds it.
+ *
+ * A client that ends its side of the connection (FIN) short of a request's body (HPE_INVALID_EOF_STATE)
+ * cancelled that request, as one that resets the connection does: once the answers ahead of it are out, the
+ * connection closes without one for it (RFC 9112 §8 lets a server close the connection of an incomplete request
+ * without an answer), and the exchange is recorded as its client's, 499. A connection that broke under us (a
+ * system call failed: ECONNRESET, EPIPE) has no one to answer.
  */
 function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   const connection = socket as ClientSocket
   // node:http reports again each time its failed parser is handed bytes, and its deadline check still fires
   if (connection[kUnreadable]) return
   connection[kUnreadable] = true
-  const answer = PARSE_ERROR_ANSWERS.get(err.code ?? '') ?? BAD_REQUEST
+  if (err.syscall !== undefined) {
+    socket.destroy(err)
+    return
+  }
+  const status = PARSE_ERROR_STATUS.get(err.code ?? '') ?? 400
   // the deadline is what bounds the connection: closed now, without writing into an answer already started
   if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-    if (socket.writable && !connection._httpMessage?._headerSent) socket.write(answer)
+    answerInPlace(connection, status)
     socket.destroy(err)
     return
   }
@@ -140,12 +167,27 @@ function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     () => {
       // not writable: node:http is closing the connection after an answer that said close
       if (!socket.writable) return
-      // a cut request's answer may have started (its upstream answered before its body ended): not written into
-      if (!connection._httpMessage?._headerSent) socket.write(answer)
+      // a request still holding the connection here is one whose body the client's FIN cut short
+      if (err.code === 'HPE_INVALID_EOF_STATE' && connection._httpMessage) {
+        socket.destroy(err)
+        return
+      }
+      answerInPlace(connection, status)
       closeLingering(socket, err)
     },
     cutByRefusedBytes,
   )
+}
+
+/**
+ * The listener's answer, written unless the answer of the request holding the connection has started (it is
+ * not written into); when a request holds it, that request's client reads this answer as its own.
+ */
+function answerInPlace(connection: ClientSocket, status: number): void {
+  const holding = connection._httpMessage
+  if (!connection.writable || holding?._headerSent) return
+  connection.write(CLOSING_ANSWERS.get(status))
+  if (holding) holding[kListenerAnswer] = status
 }
 
 /** how long, and how many bytes, a refused connection is still read (and dropped) after its last answer */

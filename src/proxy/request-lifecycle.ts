@@ -31,6 +31,7 @@ import {
 } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
 import { streamTimedOut } from './http2-listener.ts'
+import { listenerAnswer } from './listeners.ts'
 import { absoluteFormAuthority, requestTarget } from './path.ts'
 import {
   BAD_AUTHORITY,
@@ -301,13 +302,28 @@ function sameAuthority(a: string, b: string, scheme: unknown): boolean {
 const REQUEST_TIMEOUT = 408
 
 /**
- * the listener ended the request at its deadline: on HTTP/1.1 Node writes the 408 and destroys the socket,
- * on HTTP/2 the listener answers the stream 408 and resets it
+ * The status the listener itself answered a request it cut with, in place of the proxy's answer: on HTTP/1.1
+ * Node's parser gave up on the connection while the request held it (its body slower than timeouts.request:
+ * 408; bytes in its body that do not parse: 400…) and the listener wrote that answer and closed it; on HTTP/2
+ * the listener answered the stream 408 at its deadline and reset it. Undefined when it answered nothing: the
+ * client left.
  */
-function requestTimedOut(req: IncomingMessage, res: ServerResponse | undefined): boolean {
-  if (req.httpVersionMajor === 2) return streamTimedOut(req as unknown as { stream?: unknown })
-  const socket = (req.socket ?? res?.socket) as (Socket & { errored?: { code?: unknown } | null }) | null
-  return socket?.errored?.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+function listenerStatus(req: IncomingMessage, res: ServerResponse | undefined): number | undefined {
+  if (req.httpVersionMajor === 2)
+    return streamTimedOut(req as unknown as { stream?: unknown }) ? REQUEST_TIMEOUT : undefined
+  return listenerAnswer(res)
+}
+
+/** an exchange cut on the client's side: recorded with what the listener answered in its place, if anything */
+function recordCut(ex: Exchange, req: IncomingMessage): void {
+  const answered = listenerStatus(req, ex.res)
+  if (answered === undefined) return
+  ex.status = answered
+  // the HTTP/2 listener answers a gRPC call's timeout as DEADLINE_EXCEEDED
+  if (answered === REQUEST_TIMEOUT && req.httpVersionMajor === 2 && isGrpc(req.headers)) {
+    ex.status = 200
+    ex.grpcStatus = GRPC.DEADLINE_EXCEEDED
+  }
 }
 
 /** what stopUnreadRequest uses of a server-side Http2Stream (IncomingMessage's `stream` on HTTP/2) */
@@ -634,6 +650,7 @@ export class RequestLifecycle {
   ): Promise<void> | undefined {
     if (transport.clientGone?.(ctx)) {
       ex.status = CLIENT_CLOSED
+      recordCut(ex, req)
       this.finish(ex)
       return undefined
     }
@@ -706,15 +723,7 @@ export class RequestLifecycle {
     result: ForwardResult,
   ): void {
     ex.applyForward(result)
-    // the listener cut a request whose body came too slowly (timeouts.request) and answered 408 itself
-    if (result.clientAborted && requestTimedOut(req, ex.res)) {
-      ex.status = REQUEST_TIMEOUT
-      // the HTTP/2 listener answers a gRPC call's timeout as DEADLINE_EXCEEDED
-      if (req.httpVersionMajor === 2 && isGrpc(req.headers)) {
-        ex.status = 200
-        ex.grpcStatus = GRPC.DEADLINE_EXCEEDED
-      }
-    }
+    if (result.clientAborted) recordCut(ex, req)
     if (result.status === 0 && result.upstreamError)
       transport.answer(ex, req, ctx, UPSTREAM_ERRORS[result.upstreamError])
     // the upstream answered before the client ended its body: nothing reads the rest, and an HTTP/2 stream

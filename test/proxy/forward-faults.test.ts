@@ -1,7 +1,8 @@
 // Upstream answers and client requests that are valid HTTP and must be forwarded faithfully, end to end through
 // the built sidecar with real sockets: a 304 with its Content-Length, an early answer to an upload (HTTP/1.1
 // and HTTP/2), a repeated single-value header to an HTTP/2 client, a body the listener cuts as too slow (408),
-// and a transfer coding other than chunked (501).
+// a body its client ends short (no answer, 499) or the parser refuses (400), each recorded as its client was
+// answered, and a transfer coding other than chunked (501).
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import {
@@ -286,6 +287,114 @@ t.test('a request body the listener refuses as too slow is recorded as the 408 t
   )
   t.equal(metricValue(samples, 'nhi_requests_total', { service: 'slow', code: '408' }), 1, 'recorded as 408')
   t.equal(metricValue(samples, 'nhi_requests_total', { service: 'slow', code: '499' }), 0, 'not as 499')
+})
+
+t.test(
+  'a client that ends its side short of its request body is answered nothing and recorded 499',
+  async (t) => {
+    let received = 0
+    const url = await httpUpstream(t, (req, res) => {
+      req.on('data', (c: Buffer) => {
+        received += c.length
+      })
+      req.on('end', () => res.end('ok'))
+    })
+    const sidecar = await startBin(t, { service: 'short', upstream: url })
+    const client = await rawClient(Number(new URL(sidecar.proxyUrl).port))
+    client.socket.write('POST /short HTTP/1.1\r\nHost: app\r\nContent-Length: 20\r\n\r\n0123456789')
+    await eventually(() => received === 10, { what: 'the first half to reach the upstream' })
+    // the client's side ends (FIN) ten bytes short of its Content-Length: it cancelled the request; it still reads
+    client.socket.end()
+    await eventually(() => client.closed(), { what: 'the proxy to close the connection' })
+    t.equal(client.text(), '', 'no answer, as to a client that resets the connection')
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_requests_total', { service: 'short' }) === 1,
+      'the exchange to be recorded',
+    )
+    t.equal(
+      metricValue(samples, 'nhi_requests_total', { service: 'short', code: '499' }),
+      1,
+      'recorded as 499',
+    )
+  },
+)
+
+t.test(
+  "a client that ends its side short of a pipelined request's body gets the answers ahead of it, then the close",
+  async (t) => {
+    let ahead: ServerResponse | undefined
+    let received = 0
+    const url = await httpUpstream(t, (req, res) => {
+      if (req.url === '/ahead') {
+        ahead = res
+        return
+      }
+      req.on('data', (c: Buffer) => {
+        received += c.length
+      })
+      req.on('end', () => res.end('ok'))
+    })
+    const sidecar = await startBin(t, { service: 'short-behind', upstream: url })
+    const client = await rawClient(Number(new URL(sidecar.proxyUrl).port))
+    client.socket.write(
+      'GET /ahead HTTP/1.1\r\nHost: app\r\n\r\n' +
+        'POST /short HTTP/1.1\r\nHost: app\r\nContent-Length: 20\r\n\r\n0123456789',
+    )
+    await eventually(() => ahead !== undefined && received === 10, {
+      what: 'the first request and half the second body to reach the upstream',
+    })
+    client.socket.end()
+    ahead!.end('ahead')
+    await eventually(() => client.closed(), { what: 'the proxy to close the connection' })
+    t.match(
+      client.text(),
+      /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nahead$/,
+      'the answer ahead of it, whole, and no other',
+    )
+    const samples = await scrapeUntil(
+      sidecar.adminUrl,
+      (s) => metricValue(s, 'nhi_requests_total', { service: 'short-behind' }) === 2,
+      'both exchanges to be recorded',
+    )
+    t.equal(
+      metricValue(samples, 'nhi_requests_total', { code: '200' }),
+      1,
+      'the one ahead recorded as answered',
+    )
+    t.equal(metricValue(samples, 'nhi_requests_total', { code: '499' }), 1, 'the one cut short as 499')
+  },
+)
+
+t.test('a request whose body the parser refuses is recorded with the 400 its client reads', async (t) => {
+  let received = 0
+  // reads the body as it comes and never answers: the listener's answer is the only one
+  const url = await httpUpstream(t, (req) => {
+    req.on('data', (c: Buffer) => {
+      received += c.length
+    })
+  })
+  const sidecar = await startBin(t, { service: 'garbled', upstream: url })
+  const client = await rawClient(Number(new URL(sidecar.proxyUrl).port))
+  client.socket.write(
+    'POST /garbled HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
+  )
+  await eventually(() => received === 5, { what: 'the first chunk at the upstream' })
+  // a chunk size that is no hex number: node:http refuses it, and its 400 is this request's answer
+  client.socket.write('zz\r\nhello\r\n0\r\n\r\n')
+  await eventually(() => client.closed(), { what: 'the listener to answer and close' })
+  t.match(client.text(), /^HTTP\/1\.1 400 /, "the client read a 400 as its request's answer")
+  t.equal(count(client.text(), /HTTP\/1\.1 /g), 1, 'and no other')
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_requests_total', { service: 'garbled' }) === 1,
+    'the exchange to be recorded',
+  )
+  t.equal(
+    metricValue(samples, 'nhi_requests_total', { service: 'garbled', code: '400' }),
+    1,
+    'recorded as 400',
+  )
 })
 
 t.test(

@@ -260,6 +260,11 @@ t.test('requests pipelined ahead of bytes the parser refuses are answered first'
       [200],
       'the first request recorded once, as answered',
     )
+    t.same(
+      events.filter((e) => e.path === '/cut').map((e) => e.status),
+      [400],
+      'the cut request recorded once, with the refusal its client read as its answer',
+    )
   })
 })
 
