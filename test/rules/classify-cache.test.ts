@@ -7,7 +7,7 @@ import type { Config } from '../../src/config/schema.ts'
 import { xfccEvidence } from '../../src/identity/forwarded/xfcc.ts'
 import { classifyUserAgent } from '../../src/identity/useragent.ts'
 import { compileRules } from '../../src/rules/rule-set.ts'
-import type { ConnectionInfo, JwtEvidence, RequestInfo } from '../../src/types.ts'
+import type { CertEvidence, ConnectionInfo, JwtEvidence, RequestInfo } from '../../src/types.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { evidenceSet } from '../helpers/evidence.ts'
 
@@ -137,5 +137,42 @@ t.test(
     for (let i = 0; i < 3; i++) t.equal(classify(withSubject).name, 'orders', 'named by its subject')
     t.equal(classify(withUri).name, 'pay/api', 'still named by its SPIFFE ID')
     t.equal(classify(hashOnly).attributes['cert_subject'], undefined, 'no subject it was not sent with')
+  },
+)
+
+t.test(
+  'one mTLS certificate on connections that expire apart: each request keeps its own expiry',
+  async (t) => {
+    const rules = compileRules(
+      config(`identities:
+  - name: "{ns}/{sa}"
+    match: { spiffe: "spiffe://prod.example/ns/{ns}/sa/{sa}" }`),
+    )
+    // The listener works an mTLS certificate's expiry out from the chain the client sent (an intermediate
+    // that runs out first ends it): one certificate sent with its intermediate and without it (the listener's
+    // client CA holds that one too) is the same hash with two expiries. Each connection's evidence is an object
+    // of its own.
+    const sha256 = sha256Hex('one client certificate')
+    const leafEnds = 1_900_000_000
+    const intermediateEnds = 1_899_000_000
+    const connection = (notAfter: number): CertEvidence => ({
+      source: 'mtls',
+      verified: true,
+      spiffeId: 'spiffe://prod.example/ns/pay/sa/api',
+      uriSans: ['spiffe://prod.example/ns/pay/sa/api'],
+      dnsSans: [],
+      sha256,
+      notAfter,
+    })
+    const classify = (notAfter: number) =>
+      rules.classify(evidenceSet({ mtls: connection(notAfter) }), req, conn)
+    for (let i = 0; i < 3; i++) {
+      const withIntermediate = classify(intermediateEnds)
+      t.equal(withIntermediate.name, 'pay/api')
+      t.equal(withIntermediate.expiresAt, intermediateEnds, 'sent with its intermediate: when that ends')
+    }
+    for (let i = 0; i < 3; i++)
+      t.equal(classify(leafEnds).expiresAt, leafEnds, 'sent alone: when the certificate itself ends')
+    t.equal(classify(intermediateEnds).expiresAt, intermediateEnds, 'and with its intermediate again')
   },
 )

@@ -37,15 +37,17 @@ export const certificateParts: CertificateParts = {
     return { name, kind: 'service', rule: 'builtin:cert' }
   },
   // A certificate without a hash cannot be told apart from another one: not cacheable. A hash worked out from
-  // the certificate's bytes (mTLS, a forwarded PEM) stands for all of it; an XFCC element's Hash only stands
-  // beside the fields its front proxy was set to forward (Subject, URI, DNS, or the whole Cert with its
+  // the certificate's bytes (mTLS, a forwarded PEM) stands for all of it but its expiry, which on an mTLS
+  // connection is its verified chain's (an intermediate may end it first): one certificate sent with and
+  // without its intermediate expires at two times, so the expiry is in its key. An XFCC element's Hash only
+  // stands beside the fields its front proxy was set to forward (Subject, URI, DNS, or the whole Cert with its
   // expiry), and one certificate forwarded with more or fewer of them is named, described and expires by what
   // it came with: those fields are in its key (as JSON, which no subject can make ambiguous).
   cacheKey(cert) {
     if (!cert.sha256) return undefined
-    const key = `${cert.verified ? 1 : 0}:${cert.sha256}`
-    if (cert.via !== 'xfcc') return key
-    return `${key}:${JSON.stringify([cert.subject, cert.cn, cert.uriSans, cert.dnsSans, cert.notAfter])}`
+    const verified = cert.verified ? 1 : 0
+    if (cert.via !== 'xfcc') return `${verified}:${cert.sha256}:${cert.notAfter ?? ''}`
+    return `${verified}:${cert.sha256}:${JSON.stringify([cert.subject, cert.cn, cert.uriSans, cert.dnsSans, cert.notAfter])}`
   },
   describe(c) {
     const parts = [c.verified ? 'verified' : 'unverified']
