@@ -115,6 +115,22 @@ t.test('a token that is not valid yet is cached for 5 s only', async (t) => {
   t.equal(s.cached(early), undefined, 'verified again after 5 s')
 })
 
+t.test('a token that is not valid yet is verified again at the millisecond it turns valid', async (t) => {
+  const s = await setup(t)
+  const early = await mintToken(keyA, {}, { issuer: s.idp.url, notBefore: 600 })
+  const { nbf } = JSON.parse(Buffer.from(early.split('.')[1]!, 'base64url').toString()) as { nbf: number }
+  // valid from nbf less the 30 s clock skew: a whole second, at whose very millisecond it verifies
+  const validFrom = (nbf - 30) * 1000
+  s.clock.ms = validFrom - 3_000
+  const first = await s.kept(early)
+  t.match(first, { failed: true, reason: 'not_yet_valid' })
+  s.clock.ms = validFrom - 1
+  t.equal(s.cached(early), first, 'cached until the millisecond before')
+  s.clock.ms = validFrom
+  t.equal(s.cached(early), undefined, 'not answered from the cache once valid')
+  t.match(await s.extract(early), { verified: true }, 'verified, as a token never cached is')
+})
+
 t.test(
   'a bad signature is cached for a minute at most, and dropped by a key-set reload before that',
   async (t) => {
@@ -198,6 +214,41 @@ t.test('an unknown kid is cached while it could not refetch the keys, not past t
   t.match(await s.extract(tokenB), { verified: true, kid: keyB.kid }, 'and the refetch finds its key')
   t.equal(s.idp.hits, 2)
 })
+
+// a refetch is allowed from the millisecond the cooldown ends: a cached answer that stood for "no refetch
+// allowed" must not be given at that millisecond, when a request never cached would refetch the keys
+t.test('an unknown kid is verified again at the millisecond the cooldown ends', async (t) => {
+  const s = await setup(t, { cooldownMs: 30_000 })
+  // the start's fetch was the last attempt: the cooldown counts from it
+  const fetchedAt = s.clock.ms
+  const tokenB = await mintToken(keyB, {}, { issuer: s.idp.url })
+  const first = await s.kept(tokenB)
+  t.match(first, { failed: true, reason: 'unknown_kid' })
+  s.idp.setKeys([keyA, keyB])
+  s.clock.ms = fetchedAt + 29_999
+  t.equal(s.cached(tokenB), first, 'cached until the millisecond before')
+  s.clock.ms = fetchedAt + 30_000
+  t.equal(s.cached(tokenB), undefined, 'not answered from the cache once a refetch is allowed')
+  t.match(await s.extract(tokenB), { verified: true, kid: keyB.kid }, 'and the refetch finds its key')
+})
+
+t.test(
+  'a bad signature under a known kid is verified again at the millisecond the cooldown ends',
+  async (t) => {
+    const s = await setup(t, { cooldownMs: 30_000 })
+    const fetchedAt = s.clock.ms
+    const bad = await forged(s.idp)
+    const first = await s.kept(bad)
+    t.match(first, { failed: true, reason: 'bad_signature' })
+    // the issuer puts keyB under keyA's kid (re-keyed under the same kid): the token now verifies
+    s.idp.setKeys([{ ...keyB, publicJwk: { ...keyB.publicJwk, kid: keyA.kid } }])
+    s.clock.ms = fetchedAt + 29_999
+    t.equal(s.cached(bad), first, 'cached until the millisecond before')
+    s.clock.ms = fetchedAt + 30_000
+    t.equal(s.cached(bad), undefined, 'not answered from the cache once a refetch is allowed')
+    t.match(await s.extract(bad), { verified: true }, 'and the refetch finds the new key')
+  },
+)
 
 t.test('a key-set reload drops a cached unknown kid before its lifetime ends', async (t) => {
   // periodic refresh every second (real timers); the manual clock stands still, so only the reload can end it

@@ -359,6 +359,29 @@ t.test('cache: an entry never outlives exp', async (t) => {
   t.match(await after, { failed: true, reason: 'expired' })
 })
 
+t.test('cache: without clock skew, an entry is not answered at the millisecond of exp', async (t) => {
+  // a token has expired once its exp is not past the clock: without skew that is from exp on, the very
+  // millisecond a cache entry that lasts "until exp" would still answer it
+  const token = await mint(keyA, {}, { expiresIn: 60 })
+  const { exp } = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { exp: number }
+  let clock = (exp - 30) * 1000
+  const ex = new JwtExtractor(jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { clockSkew: 0 }), {
+    now: () => clock,
+  })
+  t.teardown(() => ex.close())
+  await ex.start()
+  t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true })
+  t.match(await ex.extract(withAuth(bearer(token)), conn), { verified: true })
+  clock = exp * 1000 - 1
+  const before = ex.extract(withAuth(bearer(token)), conn)
+  t.notOk(before instanceof Promise, 'cached a millisecond before exp')
+  t.match(before, { verified: true })
+  clock = exp * 1000
+  const at = ex.extract(withAuth(bearer(token)), conn)
+  t.ok(at instanceof Promise, 'at exp: verified again')
+  t.match(await at, { failed: true, reason: 'expired' }, 'and expired, as a token never cached is')
+})
+
 t.test('cache: tokens without exp are re-verified after at most 5 minutes', async (t) => {
   let clock = Date.now()
   const ex = new JwtExtractor(jwtConfig([{ issuer: HMAC_ISSUER, secretFile }]), { now: () => clock })

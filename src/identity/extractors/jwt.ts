@@ -338,19 +338,30 @@ export class JwtExtractor implements SourceExtractor<JwtEvidence> {
           checked.refetch === 'secret'
             ? checked.keys.secretRereadBlockedForMs()
             : checked.keys.onDemandBlockedForMs()
-        return Math.min(blocked, BAD_SIGNATURE_CACHE_MS)
+        return Math.min(holdingFor(blocked), BAD_SIGNATURE_CACHE_MS)
       }
-      // never past the moment the token becomes valid
+      // never at the moment the token becomes valid
       if (reason === 'not_yet_valid' && checked.validFrom !== undefined)
-        return Math.min(FAILURE_CACHE_MS, checked.validFrom - this.now())
+        return Math.min(FAILURE_CACHE_MS, holdingFor(checked.validFrom - this.now()))
       if (reason === 'unknown_kid')
-        return checked.keys ? Math.min(checked.keys.onDemandBlockedForMs(), MAX_CACHE_MS) : 0
+        return checked.keys ? Math.min(holdingFor(checked.keys.onDemandBlockedForMs()), MAX_CACHE_MS) : 0
       return FAILURE_CACHE_MS
     }
     const cap = MAX_CACHE_MS - Math.floor(this.random() * CACHE_SPREAD_MS)
     if (result.exp === undefined) return cap
-    return Math.min(result.exp * 1000 - this.now(), cap)
+    // never at exp, when a token has expired unless there is clock skew
+    return Math.min(holdingFor(result.exp * 1000 - this.now()), cap)
   }
+}
+
+/**
+ * The cache lifetime of an answer that holds for the next `ms` and no longer. lru-cache still answers an entry
+ * at the millisecond its lifetime runs out (it is stale only past it), the very one at which such an answer
+ * stops holding (a token not valid yet verifies at nbf less the skew; without skew a token has expired at exp;
+ * a refetch of the keys is allowed once the cooldown is over): the lifetime ends a millisecond before it.
+ */
+function holdingFor(ms: number): number {
+  return ms - 1
 }
 
 function failure(
