@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
+import { decodeJwt } from 'jose'
 import t from 'tap'
 import type { InventoryRow } from '../../src/cli/inventory.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -112,9 +113,7 @@ t.test(
     await send(search!, '/', { 'user-agent': BROWSER })
     // a verified workload token that expires in an hour
     const token = await mintToken(key, { azp: 'reports' }, { issuer, audience: 'search', expiresIn: 3600 })
-    const tokenExp = (
-      JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { exp: number }
-    ).exp
+    const tokenExp = decodeJwt(token).exp!
     await send(search!, '/reports', { authorization: `Bearer ${token}` })
 
     const { base } = await prometheus

@@ -1,6 +1,7 @@
 // A token that is not valid yet becomes valid at nbf (less the clock skew). Its failure may be cached to keep a
 // flood of it cheap, but never past the moment it turns valid: a cached `not_yet_valid` must not refuse
 // (onInvalid: reject → 401) a token that verifies. Through the built bundle, real JWKS, real clock.
+import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
@@ -22,7 +23,7 @@ t.test('a cached not_yet_valid answer ends when the token becomes valid', async 
   // valid three to four seconds from now (nbf is 4 s beyond the tolerated skew, from a whole second): room for
   // the first verification on a loaded machine
   const token = await mintToken(key, {}, { issuer: ISSUER, notBefore: SKEW_S + 4 })
-  const nbf = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()).nbf as number
+  const nbf = decodeJwt(token).nbf!
   const validFromMs = (nbf - SKEW_S) * 1000
   const send = async () => {
     const res = await request(`${sidecar.proxyUrl}/echo`, { headers: { authorization: `Bearer ${token}` } })

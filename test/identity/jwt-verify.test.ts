@@ -1,8 +1,10 @@
 // The JWT extractor against real keys served over HTTP: every failure reason, hostile tokens, header grammar,
 // HMAC issuers, and the verification cache (synchronous hits, expiry at exp, shared in-flight verifications).
+
 import { createHmac, createPublicKey } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { decodeJwt } from 'jose'
 import t from 'tap'
 import { type Config, configSchema } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
@@ -336,10 +338,7 @@ t.test('cache: an entry never outlives exp', async (t) => {
   const token = await mint(keyA, {}, { expiresIn: 60 })
   // the clock starts at the token's own iat: a reading of the real clock taken apart from the one the token
   // was minted with may lie a second before it (several on a loaded machine), and 61 s on would not be past exp
-  const { iat, exp } = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as {
-    iat: number
-    exp: number
-  }
+  const { iat, exp } = decodeJwt(token) as { iat: number; exp: number }
   t.equal(exp - iat, 60, 'precondition: the token expires 60 s after its iat')
   let clock = iat * 1000
   const ex = new JwtExtractor(jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { clockSkew: 0 }), {
@@ -363,7 +362,7 @@ t.test('cache: without clock skew, an entry is not answered at the millisecond o
   // a token has expired once its exp is not past the clock: without skew that is from exp on, the very
   // millisecond a cache entry that lasts "until exp" would still answer it
   const token = await mint(keyA, {}, { expiresIn: 60 })
-  const { exp } = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { exp: number }
+  const exp = decodeJwt(token).exp!
   let clock = (exp - 30) * 1000
   const ex = new JwtExtractor(jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { clockSkew: 0 }), {
     now: () => clock,
