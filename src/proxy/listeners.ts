@@ -22,7 +22,7 @@ import {
   routeTlsConnections,
   sniffPlainConnections,
 } from './http2-listener.ts'
-import { afterEarlierResponses } from './upgrade.ts'
+import { afterEarlierResponses, responseHolding } from './upgrade.ts'
 
 export interface HttpsListenOptions {
   host: string
@@ -101,14 +101,12 @@ const kUnreadable = Symbol('nhi.unreadable')
 const kLingering = Symbol('nhi.lingering')
 /** on the response whose place the listener's own answer took: the status it wrote */
 const kListenerAnswer = Symbol('nhi.listenerAnswer')
-interface HoldingResponse {
+type HoldingResponse = ServerResponse & {
   /** set once its head went out */
   _headerSent?: boolean
   [kListenerAnswer]?: number
 }
 type ClientSocket = Duplex & {
-  /** node:http's response that owns the socket */
-  _httpMessage?: HoldingResponse | null
   [kUnreadable]?: true
   /** set once its answers are out and it is closing (closeLingering) */
   [kLingering]?: true
@@ -168,7 +166,7 @@ function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
       // not writable: node:http is closing the connection after an answer that said close
       if (!socket.writable) return
       // a request still holding the connection here is one whose body the client's FIN cut short
-      if (err.code === 'HPE_INVALID_EOF_STATE' && connection._httpMessage) {
+      if (err.code === 'HPE_INVALID_EOF_STATE' && responseHolding(socket)) {
         socket.destroy(err)
         return
       }
@@ -184,7 +182,7 @@ function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
  * not written into); when a request holds it, that request's client reads this answer as its own.
  */
 function answerInPlace(connection: ClientSocket, status: number): void {
-  const holding = connection._httpMessage
+  const holding = responseHolding(connection) as HoldingResponse | undefined
   if (!connection.writable || holding?._headerSent) return
   connection.write(CLOSING_ANSWERS.get(status))
   if (holding) holding[kListenerAnswer] = status

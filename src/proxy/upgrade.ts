@@ -49,7 +49,7 @@ interface UpgradeContext {
 }
 
 /** the response that owns the socket (node:http's `assignSocket`), one that ended by 'close' included */
-function responseHolding(socket: Duplex): ServerResponse | undefined {
+export function responseHolding(socket: Duplex): ServerResponse | undefined {
   return (socket as { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined
 }
 
