@@ -1,6 +1,6 @@
-// A real nginx as the trusted front proxy of a test: terminates mTLS with the test's CA on loopback and passes
-// the verified client certificate on in one header. Runs as a child process with a throwaway prefix
-// directory; stopped at the end of the test.
+// A real nginx in a test: as the trusted front proxy (terminates mTLS with the test's CA on loopback and passes
+// the verified client certificate on in one header), or as an upstream whose own routing a test checks. Runs
+// as a child process with a throwaway prefix directory; stopped at the end of the test.
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Test } from 'tap'
@@ -25,23 +25,52 @@ export interface NginxFrontOptions {
   setHeaders: Record<string, string>
 }
 
-export interface NginxFront {
+export interface NginxServer {
   url: string
   port: number
   errorLog: string
 }
 
-export async function startNginxFront(t: Test, o: NginxFrontOptions): Promise<NginxFront> {
+export async function startNginxFront(t: Test, o: NginxFrontOptions): Promise<NginxServer> {
+  const setHeaders = Object.entries(o.setHeaders)
+    .map(([name, value]) => `      proxy_set_header ${name} ${value};`)
+    .join('\n')
+  const nginx = await startNginx(
+    t,
+    o.dir,
+    (port) => `    listen 127.0.0.1:${port} ssl;
+    ssl_certificate ${o.serverCertFile};
+    ssl_certificate_key ${o.serverKeyFile};
+    ssl_client_certificate ${o.clientCAFile};
+    ssl_verify_client optional;
+    location / {
+      proxy_pass http://127.0.0.1:${o.upstreamPort};
+      proxy_bind ${o.bindAddress};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+${setHeaders}
+    }`,
+  )
+  return { ...nginx, url: `https://127.0.0.1:${nginx.port}` }
+}
+
+/**
+ * nginx with one server block listening on a free loopback port, `server(port)` its body (listen directive
+ * included), nginx's defaults for everything else (merge_slashes on, no regex locations): as an upstream
+ * whose own routing a test compares with the proxy's. Stopped at the end of the test.
+ */
+export async function startNginx(
+  t: Test,
+  dir: string,
+  server: (port: number) => string,
+): Promise<NginxServer> {
   const bin = nginxBinary()
   if (!bin) throw new Error('nginx is not installed')
-  const prefix = join(o.dir, 'nginx')
+  const prefix = join(dir, 'nginx')
   await mkdir(join(prefix, 'logs'), { recursive: true })
   const port = await freePort()
   const p = (name: string) => join(prefix, name)
   const conf = p('nginx.conf')
-  const setHeaders = Object.entries(o.setHeaders)
-    .map(([name, value]) => `      proxy_set_header ${name} ${value};`)
-    .join('\n')
   await writeFile(
     conf,
     `daemon off;
@@ -59,18 +88,7 @@ http {
   uwsgi_temp_path ${p('uwsgi')};
   scgi_temp_path ${p('scgi')};
   server {
-    listen 127.0.0.1:${port} ssl;
-    ssl_certificate ${o.serverCertFile};
-    ssl_certificate_key ${o.serverKeyFile};
-    ssl_client_certificate ${o.clientCAFile};
-    ssl_verify_client optional;
-    location / {
-      proxy_pass http://127.0.0.1:${o.upstreamPort};
-      proxy_bind ${o.bindAddress};
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-${setHeaders}
-    }
+${server(port)}
   }
 }
 `,
@@ -78,5 +96,5 @@ ${setHeaders}
   const proc = spawnProcess('nginx', bin, ['-p', prefix, '-c', conf])
   t.teardown(() => proc.stop())
   await waitForPorts(proc, [port], 10_000)
-  return { url: `https://127.0.0.1:${port}`, port, errorLog: p('logs/error.log') }
+  return { url: `http://127.0.0.1:${port}`, port, errorLog: p('logs/error.log') }
 }
