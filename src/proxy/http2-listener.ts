@@ -105,6 +105,27 @@ export function resetByProxy(stream: object): void {
   ;(stream as TimedStream)[kOwnReset] = true
 }
 
+/** RFC 9113 §6.5.2: a header list's size, the octets of each field's name and value plus 32 for each field */
+function headerListSize(raw: readonly string[]): number {
+  let size = (raw.length / 2) * 32
+  for (const text of raw) size += text.length
+  return size
+}
+
+/**
+ * Answers a request whose header list is over limits.maxHeaderBytes 431, as the HTTP/1.1 listener answers
+ * such a head, and ends its stream: a body still coming is not read (RFC 9113 §8.1, RST_STREAM NO_ERROR).
+ */
+function answerHeadersTooLarge(stream: ServerHttp2Stream): void {
+  resetByProxy(stream)
+  try {
+    stream.respond({ ':status': 431 }, { endStream: true })
+  } catch {
+    // the stream closed under us: nothing to answer
+  }
+  if (!stream.endAfterHeaders) stream.close(constants.NGHTTP2_NO_ERROR)
+}
+
 /** the answer to a stream cut at timeouts.request; a gRPC call gets its status as its client reads one */
 function requestTimeoutHeaders(grpcType: string | undefined): OutgoingHttpHeaders {
   if (grpcType === undefined) return { ':status': 408 }
@@ -190,6 +211,13 @@ export class Http2Front {
       const state = this.sessions.get(req.stream.session as ServerHttp2Session)
       if (state === undefined) {
         req.stream.close(constants.NGHTTP2_REFUSED_STREAM)
+        return
+      }
+      // node:http2 holds a stream to the maxHeaderListSize it announces only once the client has acknowledged
+      // the SETTINGS frame that carries it: HEADERS sent before (those of a connection's first requests, all of
+      // them for a client that never acknowledges) are taken whatever their size, so the limit is held here
+      if (headerListSize(req.rawHeaders) > maxHeaderBytes) {
+        answerHeadersTooLarge(req.stream)
         return
       }
       joinListLines(req.headers, req.rawHeaders)

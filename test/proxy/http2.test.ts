@@ -11,7 +11,7 @@ import { request } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import type { CertEvidence } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { FRAME, frame, goawayCode, PREFACE } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, goawayCode, headerBlock, PREFACE, stream1Answer } from '../helpers/h2-frames.ts'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
 import { scriptedUpstream } from '../helpers/net.ts'
@@ -373,6 +373,53 @@ t.test('HTTP/2 header list over limits.maxHeaderBytes is refused and never forwa
   })
   t.not(outcome, 'status 200')
   t.equal(up.received.length, 0, 'the oversized request never reached the upstream')
+})
+
+// node:http2 holds a stream to the maxHeaderListSize it announces only once the client has acknowledged the
+// SETTINGS frame carrying it: the first requests of a connection, and every request of a client that never
+// acknowledges, were forwarded whatever their size (a 17 KiB :path reached the upstream, over HTTP/1.1 a 431)
+t.test('HTTP/2 headers over limits.maxHeaderBytes before SETTINGS are acknowledged: 431', async (t) => {
+  const up = await startUpstream()
+  t.teardown(() => up.close())
+  const limits = { ...defaultConfig().limits, maxHeaderBytes: 4096 }
+  const { url, port } = await startProxy(t, { upstream: up.url, limits })
+
+  // node's client sends its first request with the preface, before it has heard the proxy's SETTINGS
+  const firstRequestStatus = async (headers: Record<string, string>) => {
+    const session = connect(url)
+    t.teardown(() => session.destroy())
+    session.on('error', () => {})
+    const stream = session.request(headers, { endStream: true })
+    stream.on('error', () => {})
+    const [response] = (await once(stream, 'response')) as [Record<string, unknown>]
+    stream.resume()
+    return response[':status']
+  }
+  t.equal(await firstRequestStatus({ ':path': `/${'p'.repeat(6000)}` }), 431, 'a long :path: 431')
+  t.equal(await firstRequestStatus({ ':path': '/echo', 'x-big': 'a'.repeat(6000) }), 431, 'a long field: 431')
+
+  // a client that never acknowledges: its HEADERS, then a body it keeps open
+  const block = headerBlock([
+    [':method', 'POST'],
+    [':scheme', 'http'],
+    [':path', '/echo'],
+    [':authority', 'x'],
+    ['x-big', 'a'.repeat(6000)],
+  ])
+  const answer = await stream1Answer(port, [
+    PREFACE,
+    frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)),
+    frame(FRAME.HEADERS, FLAG.END_HEADERS, 1, block),
+    frame(FRAME.DATA, 0, 1, Buffer.from('body')),
+  ])
+  t.not(answer, 'status 200', `never acknowledging: not served (${answer})`)
+  t.equal(up.received.length, 0, 'none of them reached the upstream')
+  t.equal(
+    await firstRequestStatus({ ':path': '/echo', 'x-small': 'a'.repeat(3000) }),
+    200,
+    'within it: served',
+  )
+  t.equal(up.received.length, 1, 'only that one reached the upstream')
 })
 
 t.test('an idle HTTP/2 connection is closed after timeouts.idle', async (t) => {

@@ -343,6 +343,7 @@ function verdict(
   if (served !== undefined) {
     if (PROTECTED_LOCATIONS.has(served.location))
       return `nginx served its protected location ${served.location} (proxy matched ${event?.path})`
+    if (target.target.length > MAX_HEADER_BYTES) return 'served, though over the header limit'
     if (event === undefined) return 'served without an audit event'
     if (isProtected(event.path)) return `the policy saw the protected ${event.path} and let it through`
     const forwarded = served.requestUri.slice(0, served.requestUri.length - target.query.length)
@@ -354,7 +355,18 @@ function verdict(
     return undefined
   }
   const normalized = normalizePath(target.path)
-  const overLimit = target.target.length > MAX_HEADER_BYTES
+  // nghttp2 resets a :path that is not origin-form or holds a byte RFC 9113 §8.3.1 refuses
+  const resetByNghttp2 =
+    answer.status === 'reset' &&
+    client === 'h2' &&
+    (normalized === undefined || !target.target.startsWith('/'))
+  // the proxy's 400 for a target it cannot normalize (or a byte HTTP/1.1's parser refuses)
+  const refusedTarget = answer.status === 400 && !answer.byNginx && normalized === undefined
+  // a head over the limit is refused by the proxy's listener, over HTTP/1.1 and HTTP/2 alike
+  if (target.target.length > MAX_HEADER_BYTES)
+    return answer.status === 431 || resetByNghttp2 || refusedTarget
+      ? undefined
+      : `over the header limit, answered ${answer.status}`
   // refused by nginx for its length (DOCUMENTED_DIFFERENCES): over HTTP/1.1 a 414, over HTTP/2 a reset the
   // proxy answers 502, as any upstream failure
   const tooLongForNginx = (event?.path.length ?? 0) > NGINX_REQUEST_LINE
@@ -364,13 +376,11 @@ function verdict(
       if (!isProtected(event.path)) return `denied on ${event.path}, which no rule protects`
       return undefined
     case 400:
-      if (answer.byNginx) break
-      return normalized === undefined ? undefined : `refused, though the proxy normalizes it to ${normalized}`
-    case 431:
-      return overLimit ? undefined : `refused as too large at ${target.target.length} bytes`
+      if (refusedTarget) return undefined
+      if (!answer.byNginx) return `refused, though the proxy normalizes it to ${normalized}`
+      break
     case 'reset':
-      // nghttp2 resets a :path that is not origin-form or holds a byte RFC 9113 §8.3.1 refuses
-      if (client === 'h2' && (normalized === undefined || !target.target.startsWith('/'))) return undefined
+      if (resetByNghttp2) return undefined
       break
     case 414:
       if (answer.byNginx && tooLongForNginx) return undefined
