@@ -924,6 +924,10 @@ export class Http1Forwarder implements Forwarder {
         this.options.answeredLinger ?? 0,
         this.options.failed,
       )
+      // RFC 9110 §10.1.4 has a sender of TE name it in Connection, and undici writes `connection: upgrade` alone.
+      // Nor would the promise hold: an answer without a switch reaches the client without its trailers
+      // (UpgradeCall), and after a switch there is no HTTP to carry any. TE stays on this hop.
+      if (headers.te !== undefined) headers.te = undefined
       this.pool(target).dispatch(
         {
           path: target.path,

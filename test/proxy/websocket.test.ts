@@ -7,6 +7,7 @@ import t from 'tap'
 import { WebSocket } from 'undici'
 import { defaultConfig } from '../../src/config/schema.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { rawClient, scriptedUpstream } from '../helpers/net.ts'
 import { startProxy, TestPipeline } from '../helpers/proxy-fixture.ts'
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
@@ -325,5 +326,43 @@ t.test(
     }
     t.equal(heads.length, 1, 'only the first handshake reached an upstream, nothing after it')
     t.notOk(heads.join('\n').includes('/smuggled'), 'no byte sent after a handshake became a request')
+  },
+)
+
+t.test(
+  'a handshake with TE: trailers reaches the upstream without TE (no trailers come back through it)',
+  async (t) => {
+    const up = await scriptedUpstream(t, ({ head }) => {
+      const key = /\r\nsec-websocket-key: *(\S+)/i.exec(head)?.[1]
+      const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64')
+      return `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`
+    })
+    const { port, pipeline } = await startProxy(t, { upstream: up.url })
+    const client = await rawClient(port)
+    t.teardown(() => client.socket.destroy())
+    client.socket.write(
+      'GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade, TE\r\nTE: trailers\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    )
+    await eventually(() => client.text().includes('\r\n\r\n'), { what: 'the 101' })
+    t.match(client.text(), /^HTTP\/1\.1 101 /, 'switched')
+    const head = up.seen[0]!.head
+    const lines = (name: string) =>
+      head
+        .split('\r\n')
+        .slice(1)
+        .filter((line) => line.toLowerCase().startsWith(`${name}:`))
+        .map((line) =>
+          line
+            .slice(name.length + 1)
+            .trim()
+            .toLowerCase(),
+        )
+    t.same(lines('te'), [], 'no TE: an upgrade answered without a switch passes on no trailers')
+    t.same(lines('connection'), ['upgrade'], 'Connection names the upgrade alone')
+    t.same(lines('upgrade'), ['websocket'])
+    client.socket.end()
+    const [event] = await pipeline.waitForEvents(1)
+    t.equal(event!.status, 101)
   },
 )
