@@ -107,6 +107,8 @@ type HoldingResponse = ServerResponse & {
   [kListenerAnswer]?: number
 }
 type ClientSocket = Duplex & {
+  /** node:http's parser of the connection (llhttp), until the connection closes */
+  parser?: { pause(): void } | null
   [kUnreadable]?: true
   /** set once its answers are out and it is closing (closeLingering) */
   [kLingering]?: true
@@ -132,8 +134,9 @@ export function listenerAnswer(res: ServerResponse | undefined): number | undefi
  * The connection is read no further until those answers are out (its parser would refuse every byte, and a
  * client must not keep the proxy reading), then only to close it without a reset (closeLingering). The answers
  * waited for keep their own deadlines (timeouts.upstream, a client that stops reading); the headers deadline
- * node:http still runs for the refused bytes no longer applies. A request deadline that passes otherwise (408)
- * closes the connection at once: it is what bounds it.
+ * node:http still runs for the refused bytes no longer applies. A request deadline that passes (408: a head not
+ * received within timeouts.headers, a request within timeouts.request) is answered the same way, after the
+ * requests ahead of the late one: it bounds the late request, not the answers the upstream still gives to those.
  *
  * A client that ends its side of the connection (FIN) short of a request's body (HPE_INVALID_EOF_STATE)
  * cancelled that request, as one that resets the connection does: once the answers ahead of it are out, the
@@ -151,12 +154,9 @@ function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     return
   }
   const status = PARSE_ERROR_STATUS.get(err.code ?? '') ?? 400
-  // the deadline is what bounds the connection: closed now, without writing into an answer already started
-  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-    answerInPlace(connection, status)
-    socket.destroy(err)
-    return
-  }
+  // a deadline leaves the parser sound: paused, it refuses what follows as a failed one does, so that nothing the
+  // client sends past the deadline (the rest of a late head) is read as a request
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') connection.parser?.pause()
   // in a later turn: the plain listener reads a connection's first bytes through the stream (looking for the
   // HTTP/2 preface), and a stream paused in the turn that delivered them starts reading again in the next tick
   setImmediate(pauseSocket, socket)

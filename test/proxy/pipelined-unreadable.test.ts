@@ -2,7 +2,8 @@
 // valid requests an HTTP/1.1 client pipelined on the same connection: each of those requests gets its own answer,
 // in order, then the refusal, then the connection closes (as nginx does), and nothing after the refused bytes is
 // read as a request. The upstream carries those requests out: a client told 400 in place of their answers
-// never learns what became of them. End to end through the built sidecar, raw sockets on both sides.
+// never learns what became of them. A request head the header deadline cuts short is answered (408) the same
+// way. End to end through the built sidecar, raw sockets on both sides.
 
 import { once } from 'node:events'
 import { STATUS_CODES } from 'node:http'
@@ -313,3 +314,45 @@ t.test('the answers waited for keep their own deadlines', async (t) => {
     ])
   })
 })
+
+t.test(
+  'a request head the header deadline cuts short is answered 408 after the requests ahead of it',
+  async (t) => {
+    const HEADERS_MS = 300
+    const { upstream, held, release } = await holdingUpstream(t)
+    const sidecar = await startBin(t, {
+      service: 'orders',
+      upstream: upstream.url,
+      timeouts: { headers: `${HEADERS_MS}ms`, upstream: '30s' },
+      audit: { output: 'off', ringSize: 100 },
+    })
+    const port = Number(new URL(sidecar.proxyUrl).port)
+    const path = '/ahead/held'
+    const client = await rawClient(port)
+    client.socket.write(`${get(path)}GET /unfinished HTTP/1.1\r\nHost: x\r\n`)
+    await eventually(() => held.has(path) || client.closed(), { what: 'the upstream to have the request' })
+    t.ok(
+      await stillTrueFor(() => !client.closed(), 5 * HEADERS_MS),
+      'the connection stays open past the deadline while the answer ahead is to come',
+    )
+    // the end of the head, past its deadline: no request any more, never forwarded
+    client.socket.write('\r\n')
+    release(path)
+    await eventually(() => client.closed(), { what: 'the connection to close' })
+    t.same(statuses(client), [200, 408], 'the answer ahead, then the 408')
+    t.ok(
+      client.text().endsWith(`answer to ${path}${refusal(408)}`),
+      'the whole answer, the 408 right after it',
+    )
+    t.notOk(forwarded(upstream, '/unfinished'), 'the head finished past its deadline is not forwarded')
+    const events = await audited(sidecar, 1)
+    t.same(
+      events.map((e) => [e.path, e.status]),
+      [[path, 200]],
+      'the request ahead recorded with its answer; the unfinished head is no request',
+    )
+    const samples = await scrape(sidecar.adminUrl)
+    t.equal(metricValue(samples, 'nhi_requests_total'), 1, 'counted once')
+    t.equal(metricValue(samples, 'nhi_requests_total', { code: '499' }), 0, 'not as given up on')
+  },
+)
