@@ -58,11 +58,14 @@ type TimedStream = ServerHttp2Stream & {
   /** a gRPC call's: the content type its answer takes (grpcAnswerType) */
   [kGrpc]?: string | undefined
   [kOwnReset]?: true
+  [kMalformed]?: true
   _readableState?: { ended?: boolean }
 }
 
 /** the proxy reset this stream itself (a response cut short, an idle stream): not the client's reset */
 const kOwnReset = Symbol('nhi.ownReset')
+/** the stream was reset with PROTOCOL_ERROR, its connection still up: a malformed request (streamMalformed) */
+const kMalformed = Symbol('nhi.malformed')
 
 /**
  * List fields (RFC 9110 §5.6.1) of which node:http2 keeps the first line only, as it keeps one User-Agent (its
@@ -140,6 +143,14 @@ function requestTimeoutHeaders(grpcType: string | undefined): OutgoingHttpHeader
 /** an HTTP/2 request the listener cut at timeouts.request (answered 408, or DEADLINE_EXCEEDED, and reset) */
 export function streamTimedOut(req: { stream?: unknown }): boolean {
   return (req.stream as TimedStream | undefined)?.[kTimedOut] === true
+}
+
+/**
+ * An HTTP/2 request reset as malformed (see the 'aborted' listener in onSession): answered nothing, its
+ * client's fault as a body that does not parse is on HTTP/1.1, not a client that gave up.
+ */
+export function streamMalformed(req: { stream?: unknown }): boolean {
+  return (req.stream as TimedStream | undefined)?.[kMalformed] === true
 }
 
 interface SessionState {
@@ -270,7 +281,15 @@ export class Http2Front {
       if (stream.aborted) this.countReset(session, state)
       else
         stream.once('aborted', () => {
-          if (stream[kOwnReset] !== true) this.countReset(session, state)
+          if (stream[kOwnReset] === true) return
+          // nghttp2 resets so, without a word to node:http2, a request it finds malformed (RFC 9113 §8.1.1: DATA
+          // short of, or past, its content-length). A GOAWAY with that code has already destroyed the session
+          // when its streams go; the proxy never resets with it; a client that resets its own stream with it
+          // (not told apart) says the same: the request broke on a protocol error. Still counted below: a
+          // malformed request costs what a reset one does
+          if (stream.rstCode === constants.NGHTTP2_PROTOCOL_ERROR && !session.destroyed)
+            stream[kMalformed] = true
+          this.countReset(session, state)
         })
       // node:http2 ends a HEAD stream's writable side at once, and then emits no 'aborted' for a reset of it
       // (whatever its code): a HEAD closed before its response was sent, and not by the proxy, is the

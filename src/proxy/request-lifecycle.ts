@@ -30,7 +30,7 @@ import {
   sendGrpcStatus,
 } from './grpc.ts'
 import { type UpstreamHeaders, upstreamHeaders } from './headers.ts'
-import { streamTimedOut } from './http2-listener.ts'
+import { streamMalformed, streamTimedOut } from './http2-listener.ts'
 import { listenerAnswer } from './listeners.ts'
 import { absoluteFormAuthority, requestTarget } from './path.ts'
 import {
@@ -300,17 +300,21 @@ function sameAuthority(a: string, b: string, scheme: unknown): boolean {
 }
 
 const REQUEST_TIMEOUT = 408
+const MALFORMED_REQUEST = 400
 
 /**
  * The status the listener itself answered a request it cut with, in place of the proxy's answer: on HTTP/1.1
  * Node's parser gave up on the connection while the request held it (its body slower than timeouts.request:
  * 408; bytes in its body that do not parse: 400…) and the listener wrote that answer and closed it; on HTTP/2
- * the listener answered the stream 408 at its deadline and reset it. Undefined when it answered nothing: the
- * client left.
+ * the listener answered the stream 408 at its deadline and reset it, or the HTTP/2 layer reset a malformed
+ * request (400, as the body HTTP/1.1 cannot parse: the client's fault, not its leaving). Undefined when it
+ * answered nothing: the client left.
  */
 function listenerStatus(req: IncomingMessage, res: ServerResponse | undefined): number | undefined {
-  if (req.httpVersionMajor === 2)
-    return streamTimedOut(req as unknown as { stream?: unknown }) ? REQUEST_TIMEOUT : undefined
+  if (req.httpVersionMajor === 2) {
+    const h2 = req as IncomingMessage & { stream?: unknown }
+    return streamTimedOut(h2) ? REQUEST_TIMEOUT : streamMalformed(h2) ? MALFORMED_REQUEST : undefined
+  }
   return listenerAnswer(res)
 }
 

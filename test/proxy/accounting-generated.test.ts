@@ -198,15 +198,18 @@ const answerBody = (path: string) => `answer ${path}`
 const half = (length: number) => Math.floor(length / 2)
 
 /** the record docs/reference.md gives for what the client and the upstream do */
-function outcome(fault: Fault, x: Omit<Planned, 'expected'>): Outcome {
+function outcome(protocol: 'h1' | 'h2', fault: Fault, x: Omit<Planned, 'expected'>): Outcome {
   const bytesIn = x.length
   switch (fault) {
     // the client left before an answer, closing (FIN) or resetting (RST) its connection or resetting its stream:
-    // 499, nginx's "client closed request"; so did one that ends its side short of the body it announced (an
-    // HTTP/1.1 FIN, an h2 END_STREAM short of its content-length, which the HTTP/2 layer resets)
+    // 499, nginx's "client closed request"; so did one that ends its side short of the body it announced over
+    // HTTP/1.1 (a FIN)
     case 'abort-mid-body':
-    case 'end-mid-body':
       return { status: 499, bytesIn: half(x.length), bytesOut: 0 }
+    // an h2 END_STREAM short of its content-length is a malformed request, which the HTTP/2 layer resets: 400,
+    // as a body that does not parse is on HTTP/1.1
+    case 'end-mid-body':
+      return { status: protocol === 'h2' ? 400 : 499, bytesIn: half(x.length), bytesOut: 0 }
     case 'continue-then-leave':
       return { status: 499, bytesIn: 0, bytesOut: 0 }
     case 'abort-after-head':
@@ -295,7 +298,7 @@ function plan(
       if (pipelined && CUTTING.has(behaviour)) behindCut = true
       return {
         ...x,
-        expected: unanswered ? { status: 499, bytesOut: 0 } : outcome(fault, x),
+        expected: unanswered ? { status: 499, bytesOut: 0 } : outcome(protocol, fault, x),
       }
     }),
   }

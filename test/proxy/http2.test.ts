@@ -2,6 +2,7 @@
 // client certificates on h2, per-stream records, and the HTTP/2 hardening limits.
 import { execFile } from 'node:child_process'
 import { once } from 'node:events'
+import { createServer as createHttpServer } from 'node:http'
 import { type ClientHttp2Session, connect, constants } from 'node:http2'
 import { connect as tcpConnect } from 'node:net'
 import type { TLSSocket } from 'node:tls'
@@ -14,7 +15,7 @@ import { eventually } from '../helpers/eventually.ts'
 import { FLAG, FRAME, frame, goawayCode, headerBlock, PREFACE, stream1Answer } from '../helpers/h2-frames.ts'
 import { h2SessionAfterOneRequest } from '../helpers/h2-session.ts'
 import { metricValue, scrape, scrapeUntil } from '../helpers/metrics.ts'
-import { scriptedUpstream } from '../helpers/net.ts'
+import { listenUntilTeardown, rawClient, scriptedUpstream } from '../helpers/net.ts'
 import { createCA, createServerPki, issueCert } from '../helpers/pki.ts'
 import { startMtlsProxy, startProxy } from '../helpers/proxy-fixture.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
@@ -458,3 +459,104 @@ t.test('an identity rule on the host matches the :authority of an HTTP/2 request
   t.equal(overH2.headers.host, 'public.example', 'HTTP/2: the upstream got the :authority as its Host')
   t.equal(overH2.headers['x-nhi-identity'], 'ua:public-vhost', 'HTTP/2: the rule matched the same host')
 })
+
+t.test(
+  'a stream whose DATA ends short of its content-length is malformed: reset, recorded 400, the upstream request aborted',
+  async (t) => {
+    /** the requests the upstream read, by path: body bytes, whether the body ended, whether the request closed */
+    const uploads = new Map<string, { bytes: number; ended: boolean; closed: boolean }>()
+    const upstream = createHttpServer((req, res) => {
+      const seen = { bytes: 0, ended: false, closed: false }
+      uploads.set(req.url ?? '', seen)
+      req.on('data', (chunk: Buffer) => {
+        seen.bytes += chunk.length
+      })
+      req.on('end', () => {
+        seen.ended = true
+        res.end('whole')
+      })
+      req.on('close', () => {
+        seen.closed = true
+      })
+    })
+    const port = await listenUntilTeardown(t, upstream)
+    const { port: proxyPort, pipeline } = await startProxy(t, { upstream: `http://127.0.0.1:${port}` })
+    const client = await rawClient(proxyPort)
+    t.teardown(() => client.socket.destroy())
+    const post = (stream: number, path: string, contentLength: number) =>
+      frame(
+        FRAME.HEADERS,
+        FLAG.END_HEADERS,
+        stream,
+        headerBlock([
+          [':method', 'POST'],
+          [':scheme', 'http'],
+          [':authority', 'app.example'],
+          [':path', path],
+          ['content-length', String(contentLength)],
+        ]),
+      )
+    client.socket.write(
+      Buffer.concat([
+        PREFACE,
+        frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)),
+        post(1, '/short', 10),
+        frame(FRAME.DATA, 0, 1, Buffer.from('abcd')),
+      ]),
+    )
+    await eventually(() => uploads.get('/short')?.bytes === 4, {
+      what: 'the upstream to have the first bytes',
+    })
+    // END_STREAM with 4 of the 10 bytes announced
+    client.socket.write(frame(FRAME.DATA, FLAG.END_STREAM, 1, Buffer.alloc(0)))
+    const received = () => Buffer.from(client.text(), 'latin1')
+    const resetCode = await eventually(() => rstStreamCode(received(), 1), { what: 'stream 1 reset' })
+    t.equal(resetCode, constants.NGHTTP2_PROTOCOL_ERROR, 'reset with PROTOCOL_ERROR (RFC 9113 §8.1.1)')
+    await eventually(() => uploads.get('/short')?.closed, { what: 'the upstream request to close' })
+    t.notOk(uploads.get('/short')?.ended, 'the upstream never saw the body end: its request was aborted')
+    const [event] = await pipeline.waitForEvents(1)
+    t.equal(event!.status, 400, 'recorded as the malformed request it was, not as a client that left')
+    t.equal(event!.bytesIn, 4, 'with the bytes it sent')
+    t.equal(event!.upstreamError, undefined, 'not an upstream error')
+    // the connection goes on: a stream error, not a connection error
+    client.socket.write(
+      Buffer.concat([post(3, '/whole', 2), frame(FRAME.DATA, FLAG.END_STREAM, 3, Buffer.from('ok'))]),
+    )
+    await eventually(() => uploads.get('/whole')?.ended, { what: 'the next stream on the connection' })
+    t.equal(goawayCode(received()), undefined, 'no GOAWAY')
+    // a client that resets its own stream so mid-body: node:http2 does not tell it from the reset above
+    client.socket.write(
+      Buffer.concat([post(5, '/reset-by-client', 10), frame(FRAME.DATA, 0, 5, Buffer.from('ab'))]),
+    )
+    await eventually(() => uploads.get('/reset-by-client')?.bytes === 2, {
+      what: 'the upstream to have its bytes',
+    })
+    const protocolError = Buffer.alloc(4)
+    protocolError.writeUInt32BE(constants.NGHTTP2_PROTOCOL_ERROR)
+    client.socket.write(frame(FRAME.RST_STREAM, 0, 5, protocolError))
+    await eventually(() => uploads.get('/reset-by-client')?.closed, { what: 'its upstream request to close' })
+    const events = await pipeline.waitForEvents(3)
+    t.same(
+      events.map((e) => [e.path, e.status]),
+      [
+        ['/short', 400],
+        ['/whole', 200],
+        ['/reset-by-client', 400],
+      ],
+      'a client that resets its stream with PROTOCOL_ERROR is recorded 400 too',
+    )
+  },
+)
+
+/** the error code of the first RST_STREAM frame on `stream` in what the server sent, if any */
+function rstStreamCode(received: Buffer, stream: number): number | undefined {
+  for (let at = 0; at + 9 <= received.length; at += 9 + received.readUIntBE(at, 3)) {
+    if (
+      received[at + 3] === FRAME.RST_STREAM &&
+      (received.readUInt32BE(at + 5) & 0x7fffffff) === stream &&
+      at + 13 <= received.length
+    )
+      return received.readUInt32BE(at + 9)
+  }
+  return undefined
+}
