@@ -26,8 +26,9 @@ import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { type Answer, exchange } from '../helpers/http.ts'
 import { createSigningKey, type JwksServer, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
 import { createCA, createServerPki, issueCert, type KeyPair, mtlsListen } from '../helpers/pki.ts'
-import { PROPERTY_SEED } from '../helpers/property.ts'
+import { checkBothSides, PROPERTY_SEED } from '../helpers/property.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { createAgentKey, signWithParams, startKeyDirectory } from '../helpers/signed-agent.ts'
@@ -147,46 +148,40 @@ async function makeFixtures(t: Test): Promise<Fixtures> {
 
 // ---- configs: the trust-relevant places a reload may change
 
-const knobValues = {
-  apiKeys: fc.constantFrom('both', 'deploy-only', 'none', 'deploy-renamed'),
+/** each knob's values; a value listed twice is drawn twice as often */
+const KNOB_VALUES = {
+  apiKeys: ['both', 'deploy-only', 'none', 'deploy-renamed'],
   /** the file keying api key fingerprints */
-  fingerprintKey: fc.constantFrom('one', 'two'),
-  audienceA: fc.oneof({ weight: 2, arbitrary: fc.constant('orders') }, fc.constant('billing')),
+  fingerprintKey: ['one', 'two'],
+  audienceA: ['orders', 'orders', 'billing'],
   /** the key set issuer A's keys come from: k1's, or the rotated one holding k2 only */
-  keysA: fc.oneof({ weight: 2, arbitrary: fc.constant('k1') }, fc.constant('k2')),
-  profileA: fc.constantFrom('kubernetes', 'none'),
-  issuerB: fc.constantFrom(true, false),
-  onInvalid: fc.constantFrom('attribute', 'reject'),
-  trusted: fc.constantFrom('xfcc', 'rfc9440', 'none'),
-  toUpstream: fc.constantFrom('sanitize_set', 'forward', 'sanitize'),
-  tokenRule: fc.constantFrom('k8s:{ns}', 'ns/{ns}', 'none'),
-  tokenTeam: fc.constantFrom('{ns}', 'platform', 'none'),
-  spiffeRule: fc.constantFrom('{ns}/{sa}', 'spiffe-{sa}', 'none'),
-  certRule: fc.constantFrom('verified-only', 'any', 'none'),
-  policy: fc.constantFrom('observe', 'enforce', 'off'),
+  keysA: ['k1', 'k1', 'k2'],
+  profileA: ['kubernetes', 'none'],
+  /** the algorithms issuer A accepts: its tokens' ES256 among them, or RS256 only (its kept keys then fit none) */
+  algorithmsA: ['default', 'default', 'RS256'],
+  issuerB: [true, false],
+  onInvalid: ['attribute', 'reject'],
+  trusted: ['xfcc', 'rfc9440', 'none'],
+  toUpstream: ['sanitize_set', 'forward', 'sanitize'],
+  tokenRule: ['k8s:{ns}', 'ns/{ns}', 'none'],
+  tokenTeam: ['{ns}', 'platform', 'none'],
+  spiffeRule: ['{ns}/{sa}', 'spiffe-{sa}', 'none'],
+  certRule: ['verified-only', 'any', 'none'],
+  policy: ['observe', 'enforce', 'off'],
   /** crawler claims checked against a range file that holds loopback, the shipped ranges, or not at all */
-  bots: fc.constantFrom('loopback-ranges', 'shipped', 'off'),
+  bots: ['loopback-ranges', 'shipped', 'off'],
   /** the header api keys are read from: the default, or another (x-api-key is then no credential) */
-  apiKeyHeader: fc.constantFrom('x-api-key', 'x-service-key'),
+  apiKeyHeader: ['x-api-key', 'x-service-key'],
   /** a rule that names callers by the x-tenant header (its other spellings then stripped), or none */
-  tenantRule: fc.constantFrom(true, false),
+  tenantRule: [false, false, true],
   /** the signed agents' key directory, under its name or another one, or none */
-  agents: fc.constantFrom('directory', 'renamed', 'none'),
+  agents: ['directory', 'renamed', 'none'],
 } as const
-type Knobs = {
-  [K in keyof typeof knobValues]: (typeof knobValues)[K] extends fc.Arbitrary<infer V> ? V : never
-}
-const KNOB_NAMES = Object.keys(knobValues) as (keyof Knobs)[]
-const knobs = fc.record(knobValues) as fc.Arbitrary<Knobs>
-
-/** A, and B: A with one to three of its knobs drawn again (which may give a knob its old value) */
-const configPair = fc
-  .tuple(knobs, knobs, fc.shuffledSubarray(KNOB_NAMES, { minLength: 1, maxLength: 3 }))
-  .map(([a, drawn, changed]) => {
-    const b = { ...a }
-    for (const k of changed) (b as Record<string, unknown>)[k] = drawn[k]
-    return { a, b }
-  })
+type Knobs = { -readonly [K in keyof typeof KNOB_VALUES]: (typeof KNOB_VALUES)[K][number] }
+const KNOB_NAMES = Object.keys(KNOB_VALUES) as (keyof Knobs)[]
+const knobs = fc.record(
+  Object.fromEntries(KNOB_NAMES.map((k) => [k, fc.constantFrom(...KNOB_VALUES[k])])),
+) as fc.Arbitrary<Knobs>
 
 function configOf(k: Knobs, fx: Fixtures, https: ReturnType<typeof mtlsListen>): Record<string, unknown> {
   const issuerA = {
@@ -194,6 +189,7 @@ function configOf(k: Knobs, fx: Fixtures, https: ReturnType<typeof mtlsListen>):
     jwksUri: (k.keysA === 'k1' ? fx.jwks : fx.rotatedJwks).jwksUri,
     audiences: [k.audienceA],
     ...(k.profileA === 'none' ? {} : { profile: k.profileA }),
+    ...(k.algorithmsA === 'default' ? {} : { algorithms: [k.algorithmsA] }),
   }
   const issuerB = { issuer: ISSUER_B, jwksUri: fx.jwks.jwksUri, audiences: 'any' }
   const keys = {
@@ -307,31 +303,102 @@ interface Client {
   path: '/echo/api/orders/1' | '/echo/admin/keys' | '/echo'
 }
 
-const client: fc.Arbitrary<Client> = fc
-  .record(
+/**
+ * What one kind of client presents. Alone, a credential that outlives a reload (an mTLS connection's
+ * certificate, a user agent's classification) is the whole of what a cache of the config before could be
+ * keyed by.
+ */
+const kindOfClient: fc.Arbitrary<Partial<Client>> = fc.oneof(
+  // most often a token issuer A's config decides on: the audience, key set, rules and profile it is read with
+  fc.record({
+    token: fc.oneof({ weight: 3, arbitrary: fc.constant<TokenName>('a') }, fc.constantFrom(...TOKENS)),
+  }),
+  fc.record(
     {
-      viaProxy: fc.constant(true as const),
-      mtls: fc.constant(true as const),
-      // most often one issuer A's config decides on: the audience, key set, rules and profile it is read with
-      token: fc.oneof({ weight: 3, arbitrary: fc.constant<TokenName>('a') }, fc.constantFrom(...TOKENS)),
       apiKey: fc.constantFrom<ApiKeyName>('deploy', 'ci', 'unknown'),
-      userAgent: fc.nat(USER_AGENTS.length - 1),
-      xfcc: fc.constantFrom<XfccName>('orders', 'admin'),
-      clientCert: fc.constant(true as const),
-      forwardedFor: fc.constant(true as const),
       keyHeader: fc.constant('x-service-key' as const),
-      tenant: fc.constantFrom('exact', 'spelling', 'both'),
-      signed: fc.constant(true as const),
-      path: fc.constantFrom('/echo/api/orders/1', '/echo/admin/keys', '/echo'),
     },
-    { requiredKeys: ['path'] },
+    { requiredKeys: ['apiKey'] },
+  ),
+  fc.record(
+    {
+      userAgent: fc.nat(USER_AGENTS.length - 1),
+      viaProxy: fc.constant(true as const),
+      forwardedFor: fc.constant(true as const),
+    },
+    { requiredKeys: ['userAgent'] },
+  ),
+  fc.record(
+    {
+      xfcc: fc.constantFrom<XfccName>('orders', 'admin'),
+      viaProxy: fc.oneof({ weight: 3, arbitrary: fc.constant(true as const) }, fc.constant(undefined)),
+      forwardedFor: fc.constant(true as const),
+    },
+    { requiredKeys: ['xfcc'] },
+  ),
+  fc.record({ clientCert: fc.constant(true as const), viaProxy: fc.constant(true as const) }),
+  { weight: 2, arbitrary: fc.record({ mtls: fc.constant(true as const) }) },
+  fc.record({ signed: fc.constant(true as const), userAgent: fc.constant(1) }, { requiredKeys: ['signed'] }),
+  fc.record({ tenant: fc.constantFrom<Client['tenant']>('exact', 'spelling', 'both') }),
+)
+
+/** one kind of client, at times with a second kind's credentials besides */
+const client: fc.Arbitrary<Client> = fc
+  .tuple(
+    kindOfClient,
+    fc.option(kindOfClient, { nil: undefined, freq: 2 }),
+    fc.constantFrom<Client['path']>('/echo/api/orders/1', '/echo/admin/keys', '/echo'),
   )
+  .map(([kind, besides, path]) => {
+    const out: Record<string, unknown> = { path }
+    for (const [k, v] of Object.entries({ ...besides, ...kind })) if (v !== undefined) out[k] = v
+    return out as unknown as Client
+  })
   .filter((c) => !(c.mtls && c.viaProxy))
 
-const testCase = fc.record({
-  configs: configPair,
-  clients: fc.array(client, { minLength: 6, maxLength: 9 }),
-})
+/** the knobs that decide on what a client presents */
+function knobsReading(c: Client): (keyof Knobs)[] {
+  const out: (keyof Knobs)[] = ['policy']
+  if (c.token !== undefined)
+    out.push(
+      'audienceA',
+      'keysA',
+      'profileA',
+      'algorithmsA',
+      'issuerB',
+      'onInvalid',
+      'tokenRule',
+      'tokenTeam',
+    )
+  if (c.apiKey !== undefined) out.push('apiKeys', 'fingerprintKey', 'apiKeyHeader')
+  if (c.xfcc !== undefined || c.clientCert) out.push('trusted', 'toUpstream', 'spiffeRule', 'certRule')
+  if (c.mtls) out.push('spiffeRule', 'certRule', 'toUpstream')
+  if (c.userAgent !== undefined) out.push('bots')
+  if (c.signed) out.push('agents')
+  if (c.tenant !== undefined) out.push('tenantRule')
+  return out
+}
+
+/**
+ * A, B, and the clients: B is A with one to three of the knobs that decide on what the clients present set to
+ * another value.
+ */
+const testCase = fc
+  .tuple(
+    knobs,
+    fc.array(client, { minLength: 6, maxLength: 9 }),
+    fc.array(fc.tuple(fc.nat(), fc.nat()), { minLength: 1, maxLength: 3 }),
+  )
+  .map(([a, clients, picks]) => {
+    const read = [...new Set(clients.flatMap(knobsReading))]
+    const b: Record<string, unknown> = { ...a }
+    for (const [which, value] of picks) {
+      const k = read[which % read.length]!
+      const others = KNOB_VALUES[k].filter((v) => v !== a[k])
+      b[k] = others[value % others.length]
+    }
+    return { configs: { a, b: b as Knobs }, clients }
+  })
 type Case = typeof testCase extends fc.Arbitrary<infer C> ? C : never
 
 // ---- requests and what is compared of their answers
@@ -611,6 +678,33 @@ async function runCase(
   }
 }
 
+const changed = ({ configs: { a, b } }: Case) => KNOB_NAMES.filter((k) => a[k] !== b[k])
+
+t.test('the generator reaches the cases that matter', async (t) => {
+  checkBothSides(
+    t,
+    testCase,
+    (c) => changed(c).length > 1,
+    [600, 1990],
+    'cases where B changes two places or three',
+  )
+  checkBothSides(
+    t,
+    testCase,
+    (c) => c.clients.some((cl) => Object.keys(cl).join() === 'path,mtls'),
+    [400, 1900],
+    'cases with a client that presents its mTLS certificate alone',
+  )
+  for (const knob of KNOB_NAMES)
+    checkBothSides(
+      t,
+      testCase,
+      (c) => changed(c).includes(knob) && c.clients.some((cl) => knobsReading(cl).includes(knob)),
+      [100, 1000],
+      `cases where B changes ${knob}, read for one of its clients`,
+    )
+})
+
 t.test('after a reload from A to B the proxy decides every request as one started with B', async (t) => {
   const started = Date.now()
   const fx = await makeFixtures(t)
@@ -633,16 +727,6 @@ t.test('after a reload from A to B the proxy decides every request as one starte
     `${CASES} cases (seed ${PROPERTY_SEED}), ${tally.requests} requests compared in ${Date.now() - started} ms: ` +
       `${tally.keptConnections} connections kept across a reload, ${JSON.stringify(Object.fromEntries(tally.outcomes))}`,
   )
-  // what matters was drawn: answers of every kind after a reload
-  for (const outcome of [
-    'jwt presented and verified',
-    'apikey presented and verified',
-    'mtls verified',
-    'xfcc verified',
-    'xfcc untrusted_forwarder',
-    'status 401',
-  ])
-    t.ok(tally.outcomes.has(outcome), `requests with ${outcome}`)
   t.ok(tally.keptConnections >= CASES, 'connections opened before a reload carried requests after it')
 })
 
@@ -653,6 +737,7 @@ const LOOSE: Knobs = {
   audienceA: 'orders',
   keysA: 'k1',
   profileA: 'kubernetes',
+  algorithmsA: 'default',
   issuerB: true,
   onInvalid: 'attribute',
   trusted: 'xfcc',
@@ -673,6 +758,7 @@ const TIGHT: Knobs = {
   audienceA: 'orders',
   keysA: 'k1',
   profileA: 'none',
+  algorithmsA: 'default',
   issuerB: false,
   onInvalid: 'reject',
   trusted: 'none',
@@ -691,6 +777,7 @@ const TIGHT: Knobs = {
 const EVERY_CLIENT: Client[] = [
   { token: 'a', path: '/echo/admin/keys' },
   { token: 'a', mtls: true, path: '/echo/api/orders/1' },
+  { mtls: true, path: '/echo/admin/keys' },
   { token: 'b', path: '/echo/api/orders/1' },
   { token: 'a-billing', path: '/echo' },
   { apiKey: 'deploy', path: '/echo/admin/keys' },
@@ -719,3 +806,52 @@ t.test('workers: 2, a reload reaches every worker: tightened and loosened again'
   t.same(run.disagreements.slice(0, 5), [], `no disagreement (of ${run.disagreements.length})`)
   t.ok(run.tally.keptConnections >= 2, 'connections opened before a reload carried requests after it')
 })
+
+// The identity table is the process's (the pod's), not the config's: its names outlive a reload, which the
+// reference documents ("a name already tracked keeps its series when the cap is lowered"). What a lowered
+// `metrics.maxIdentities` must still do from the very next request is turn newcomers away, in one process and
+// in the pod's merge of its workers' tables alike.
+for (const workers of [1, 2]) {
+  t.test(`workers: ${workers}, a lowered maxIdentities turns the next new identity away`, async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const names = ['key-1', 'key-2', 'key-3', 'key-4', 'key-5']
+    const config = (maxIdentities: number) => ({
+      upstream: upstream.url,
+      workers,
+      apiKeys: { keys: names.map((name) => ({ name, sha256: sha256Hex(`secret-of-${name}`) })) },
+      metrics: { maxIdentities },
+    })
+    const proxy = await startTestSidecar(t, config(10))
+    const send = async (name: string) => {
+      const res = await exchange({
+        host: '127.0.0.1',
+        port: proxy.proxyAddress.port,
+        path: '/',
+        headers: { 'x-api-key': `secret-of-${name}` },
+      })
+      t.equal(res.status, 200, `${name} is served`)
+    }
+    const ownSeries = async () =>
+      new Set(
+        (await scrape(proxy.adminUrl))
+          .filter((s) => s.name === 'nhi_requests_total' && s.labels['identity'] !== '__overflow__')
+          .map((s) => s.labels['identity']),
+      )
+    for (const name of names.slice(0, 3)) await send(name)
+    t.same([...(await ownSeries())].sort(), ['key-1', 'key-2', 'key-3'], 'three names under the first cap')
+    t.equal(await proxy.reload(config(2)), true, 'the lower cap applies')
+    for (const name of names.slice(3)) await send(name)
+    const after = await scrape(proxy.adminUrl)
+    t.same(
+      [...(await ownSeries())].sort(),
+      ['key-1', 'key-2', 'key-3'],
+      'no newcomer got a series of its own; the names tracked before keep theirs',
+    )
+    t.equal(
+      metricValue(after, 'nhi_requests_total', { identity: '__overflow__', source: 'apikey' }),
+      2,
+      "the newcomers' requests are __overflow__",
+    )
+  })
+}
