@@ -1,23 +1,35 @@
 // A reload leaves no trust decision of the config before it behind. Generated pairs of configs (A, B) differ in
-// one to three trust-relevant places (the api keys configured, an issuer's audience, profile or presence,
-// what an invalid token gets, the peers trusted for forwarded certificates and their format, what is sent
-// upstream of a forwarded certificate, an identity rule's name and team templates, the policy's mode); each
-// case warms every cache of one long-lived proxy under A (the sequence sent twice over: answers are kept from
-// their second sight), reloads it to B and sends the sequence again (a keep-alive connection opened under A
-// included, plain and mTLS), and a proxy freshly started with B gets the same sequence. Each request must get
-// the same answer from both: status, what the upstream was told (`x-nhi-*`, the forwarded-certificate
-// headers), and its audit line's identity, decision, credentials' fingerprints, failures and anomalies.
+// one to three of the places that decide on what the case's clients present: the api keys configured, their
+// header and the key their fingerprints are made with; issuer A's audience, key set (k1's, or a rotated one),
+// profile and algorithms, issuer B's presence, what an invalid token gets; the peers trusted for forwarded
+// certificates and their format, what is sent upstream of a certificate; identity rules' name and team
+// templates (on a token's claims, a SPIFFE ID, a certificate's subject, a header); the policy's mode; crawler
+// range files; the signed agents' directory. Each case warms every cache of one long-lived proxy under A (the
+// sequence sent twice over: answers are kept from their second sight), reloads it to B (its
+// `config_reloaded` line: the primary's, after every worker applied it, under `workers`) and sends the sequence
+// again, on the keep-alive connections and HTTP/2 sessions opened under A (plain, from a trusted peer, mTLS)
+// and on new connections; a proxy freshly started with B gets the same sequence. Each request must get the
+// same answer from both: status, every header the upstream was told (`x-nhi-*`, forwarded certificates,
+// `x-forwarded-*`, client-address headers, the credentials and spellings let through), and its audit line's
+// identity, decision, credentials' fingerprints, failures and anomalies.
 //
 // The built bundle runs both proxies: one is reloaded from case to case (A → B, then the next case's A), the
-// other started afresh for each case's B.
+// other started afresh for each case's B. FC_SEED draws other cases, RELOAD_CASES=N more of them.
 //
-// Left out, as documented to depend on history or on the process: `token_shared` (a token's clients counted
-// over a window), the request's timings and the trace ids.
+// Not compared, as they depend on history or on the process: `token_shared` (a token's clients counted over
+// a window), timings, trace ids, the listener's own address. Deliberately kept across a reload, as
+// docs/reference.md ("Config file") says, and so not drawn here: an exchange already admitted (a request in
+// flight, an upgraded tunnel) keeps its decision until it ends; an established TLS connection keeps the client
+// CA it was verified against (the CA files rotate apart from the config); signed agents' nonces (a signature
+// seen before a reload is a replay after it: the signatures here carry none); the names the identity table
+// tracks (a lowered cap turns newcomers away but evicts no one: checked at the end); an issuer's last good
+// keys when its unchanged key source cannot be fetched at the reload (the key sets here are always up).
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
 import { createServer, Agent as HttpAgent } from 'node:http'
+import { type ClientHttp2Session, connect as connectH2 } from 'node:http2'
 import { Agent as HttpsAgent } from 'node:https'
-import type { AddressInfo } from 'node:net'
+import { type AddressInfo, connect as connectTcp } from 'node:net'
 import { join } from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 import fc from 'fast-check'
@@ -34,7 +46,7 @@ import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { createAgentKey, signWithParams, startKeyDirectory } from '../helpers/signed-agent.ts'
 import { startUpstream, type TestUpstream } from '../helpers/upstream.ts'
 
-const CASES = Number(process.env['RELOAD_CASES'] ?? 8)
+const CASES = Number(process.env['RELOAD_CASES'] ?? 6)
 
 const ISSUER_A = 'https://idp-a.example'
 const ISSUER_B = 'https://idp-b.example'
@@ -300,6 +312,8 @@ interface Client {
   tenant?: 'exact' | 'spelling' | 'both'
   /** signed by the agent of the key directory */
   signed?: true
+  /** on the kept connections, sent over an HTTP/2 session (on new ones, over HTTP/1.1 as the others) */
+  h2?: true
   path: '/echo/api/orders/1' | '/echo/admin/keys' | '/echo'
 }
 
@@ -348,9 +362,10 @@ const client: fc.Arbitrary<Client> = fc
     kindOfClient,
     fc.option(kindOfClient, { nil: undefined, freq: 2 }),
     fc.constantFrom<Client['path']>('/echo/api/orders/1', '/echo/admin/keys', '/echo'),
+    fc.oneof({ weight: 2, arbitrary: fc.constant(undefined) }, fc.constant(true as const)),
   )
-  .map(([kind, besides, path]) => {
-    const out: Record<string, unknown> = { path }
+  .map(([kind, besides, path, h2]) => {
+    const out: Record<string, unknown> = h2 ? { path, h2 } : { path }
     for (const [k, v] of Object.entries({ ...besides, ...kind })) if (v !== undefined) out[k] = v
     return out as unknown as Client
   })
@@ -403,10 +418,14 @@ type Case = typeof testCase extends fc.Arbitrary<infer C> ? C : never
 
 // ---- requests and what is compared of their answers
 
+type Way = 'plain' | 'proxied' | 'mtls'
+
 interface Connections {
   plain: HttpAgent
   proxied: HttpAgent
   mtls: HttpsAgent
+  /** one HTTP/2 session each way, opened with its first request */
+  h2: Map<Way, ClientHttp2Session>
 }
 
 /** one keep-alive connection of each kind: a connection opened before a reload carries requests after it */
@@ -422,18 +441,64 @@ function keepAliveConnections(fx: Fixtures): Connections {
       key: fx.workload.keyPem,
       servername: 'localhost',
     }),
+    h2: new Map(),
   }
 }
 
-/** the socket each keep-alive connection holds between requests */
+const wayOf = (c: Client): Way => (c.mtls ? 'mtls' : c.viaProxy ? 'proxied' : 'plain')
+
+function h2Session(proxy: TestSidecar, way: Way, fx: Fixtures): ClientHttp2Session {
+  const session =
+    way === 'mtls'
+      ? connectH2(`https://127.0.0.1:${proxy.httpsAddress!.port}`, {
+          ca: fx.serverCa,
+          cert: fx.workload.certPem,
+          key: fx.workload.keyPem,
+          servername: 'localhost',
+        })
+      : connectH2(`http://127.0.0.1:${proxy.proxyAddress.port}`, {
+          // from the peer a config may trust, as the proxied HTTP/1.1 connections come
+          createConnection: () =>
+            connectTcp({
+              host: '127.0.0.1',
+              port: proxy.proxyAddress.port,
+              ...(way === 'proxied' ? { localAddress: PROXY_PEER } : {}),
+            }),
+        })
+  session.on('error', () => {})
+  return session
+}
+
+/** one request on an HTTP/2 session: the Host is its :authority */
+async function h2Exchange(session: ClientHttp2Session, path: string, headers: Record<string, string>) {
+  const { host, ...rest } = headers
+  const stream = session.request({ ':path': path, ':authority': host ?? AUTHORITY, ...rest })
+  const [head] = (await once(stream, 'response')) as [Record<string, string | number>]
+  let body = ''
+  stream.setEncoding('utf8')
+  stream.on('data', (c: string) => {
+    body += c
+  })
+  await once(stream, 'end')
+  const { ':status': status, ...responseHeaders } = head
+  return { status: Number(status), headers: responseHeaders as Answer['headers'], body }
+}
+
+/** the socket each keep-alive connection holds between requests, and the HTTP/2 sessions still open */
 function heldSockets(c: Connections): unknown[] {
-  return [c.plain, c.proxied, c.mtls].map((agent) => Object.values(agent.freeSockets).flat()[0])
+  const sockets = [c.plain, c.proxied, c.mtls].map((agent) => Object.values(agent.freeSockets).flat()[0])
+  const sessions = (['plain', 'proxied', 'mtls'] as const).map((way) => {
+    const session = c.h2.get(way)
+    return session === undefined || session.closed || session.destroyed ? undefined : session
+  })
+  return [...sockets, ...sessions]
 }
 
 function closeConnections(c: Connections): void {
   c.plain.destroy()
   c.proxied.destroy()
   c.mtls.destroy()
+  for (const session of c.h2.values()) session.destroy()
 }
 
 function headersOf(c: Client, fx: Fixtures, requestId: string): Record<string, string> {
@@ -467,6 +532,15 @@ function send(
   connections: Connections | undefined,
 ): Promise<Answer> {
   const headers = headersOf(c, fx, requestId)
+  if (connections && c.h2) {
+    const way = wayOf(c)
+    let session = connections.h2.get(way)
+    if (session === undefined) {
+      session = h2Session(proxy, way, fx)
+      connections.h2.set(way, session)
+    }
+    return h2Exchange(session, c.path, headers)
+  }
   if (c.mtls)
     return exchange({
       https: true,
@@ -691,7 +765,13 @@ t.test('the generator reaches the cases that matter', async (t) => {
   checkBothSides(
     t,
     testCase,
-    (c) => c.clients.some((cl) => Object.keys(cl).join() === 'path,mtls'),
+    (c) =>
+      c.clients.some(
+        (cl) =>
+          Object.keys(cl)
+            .filter((k) => k !== 'path' && k !== 'h2')
+            .join() === 'mtls',
+      ),
     [400, 1900],
     'cases with a client that presents its mTLS certificate alone',
   )
@@ -791,7 +871,7 @@ const EVERY_CLIENT: Client[] = [
   { apiKey: 'deploy', keyHeader: 'x-service-key', path: '/echo/admin/keys' },
 ]
 
-t.test('workers: 2, a reload reaches every worker: tightened and loosened again', async (t) => {
+t.test('workers: 2, a reload that tightens every place at once reaches every worker', async (t) => {
   const fx = await makeFixtures(t)
   const run: Run = {
     fx,
@@ -802,9 +882,8 @@ t.test('workers: 2, a reload reaches every worker: tightened and loosened again'
   }
   const reloaded = await startTestSidecar(t, configFor(run, LOOSE))
   await runCase(t, run, reloaded, 'tightened', { configs: { a: LOOSE, b: TIGHT }, clients: EVERY_CLIENT })
-  await runCase(t, run, reloaded, 'loosened', { configs: { a: TIGHT, b: LOOSE }, clients: EVERY_CLIENT })
   t.same(run.disagreements.slice(0, 5), [], `no disagreement (of ${run.disagreements.length})`)
-  t.ok(run.tally.keptConnections >= 2, 'connections opened before a reload carried requests after it')
+  t.ok(run.tally.keptConnections >= 2, 'connections opened before the reload carried requests after it')
 })
 
 // The identity table is the process's (the pod's), not the config's: its names outlive a reload, which the
