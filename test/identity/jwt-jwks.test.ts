@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { type Config, configSchema, type IssuerConfig } from '../../src/config/schema.ts'
 import { JwtExtractor } from '../../src/identity/extractors/jwt.ts'
-import { IssuerKeySet, type JwksObserver } from '../../src/identity/jwt/jwks.ts'
+import { IssuerKeySet, type JwksObserver, KeyMemory } from '../../src/identity/jwt/jwks.ts'
 import { verifyJwtWithKeySet } from '../../src/identity/jwt/jws.ts'
 import type { ConnectionInfo, Failure, JwtEvidence, RequestInfo } from '../../src/types.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -571,6 +571,50 @@ t.test('discovery: an https issuer whose document names an http jwks_uri is refu
   t.teardown(() => secure.close())
   await secure.start()
   t.equal(secure.ready(), true)
+})
+
+// A reload builds new key sets on the memory of the ones before: their last good keys, a fallback should the
+// first fetch fail. That first fetch is the one a start makes, discovery included: an IdP that has moved its
+// keys to another jwks_uri is followed at a reload as at a start, not only once the old one fails to answer.
+t.test('discovery: a key set built at a reload discovers again, as a start does', async (t) => {
+  const first = await serve(t, [keyA])
+  const moved = await serve(t, [keyB])
+  let jwksUri = first.jwksUri
+  let issuer = ''
+  const idp = createHttpServer((_rq, rs) => {
+    rs.setHeader('content-type', 'application/json')
+    rs.end(JSON.stringify({ issuer, jwks_uri: jwksUri }))
+  })
+  issuer = `http://127.0.0.1:${await listenUntilTeardown(t, idp)}`
+  const cfg = issuerConfig({ issuer, discovery: true })
+  const memory = new KeyMemory()
+  const running = new IssuerKeySet(cfg, { memory })
+  await running.start()
+  running.close()
+  t.same(
+    running.publicJwks.map((k) => k.kid),
+    ['key-a'],
+    'the keys the document named at start',
+  )
+
+  jwksUri = moved.jwksUri
+  const reloaded = new IssuerKeySet(cfg, { memory })
+  t.teardown(() => reloaded.close())
+  await reloaded.start()
+  const fresh = new IssuerKeySet(cfg)
+  t.teardown(() => fresh.close())
+  await fresh.start()
+  t.same(
+    fresh.publicJwks.map((k) => k.kid),
+    ['key-b'],
+    'a start follows the document to the moved keys',
+  )
+  t.same(
+    reloaded.publicJwks.map((k) => k.kid),
+    ['key-b'],
+    'and so does the reload',
+  )
+  t.equal(first.hits, 1, 'the key set the document no longer names is not fetched again')
 })
 
 // An issuer with both a JWKS and a secretFile has two key sources: one that cannot be read must not stop the

@@ -81,7 +81,6 @@ interface LoadedKeys {
   workerKeys: PublicKeys | undefined
   publicJwks: readonly JWK[]
   secret: Uint8Array | undefined
-  discoveredJwksUri: string | undefined
 }
 
 /** at most this many sources remembered: a few per configured issuer, whatever the reload history */
@@ -199,7 +198,6 @@ export class KeyMemory {
         workerKeys: publicKeysOf(built.keys, 1),
         publicJwks: built.keys,
         secret: undefined,
-        discoveredJwksUri: undefined,
       })
     }
   }
@@ -381,7 +379,8 @@ export class IssuerKeySet {
       this.workerKeys = remembered.workerKeys
       this.publicJwks = remembered.publicJwks
       this.secret = remembered.secret
-      this.discoveredJwksUri = remembered.discoveredJwksUri
+      // not where discovery pointed: the first fetch discovers again, as a start does, so an IdP that moved its
+      // keys to another jwks_uri is followed at a reload and not only once the old one stops answering
     }
   }
 
@@ -574,7 +573,6 @@ export class IssuerKeySet {
           workerKeys: this.workerKeys,
           publicJwks: this.publicJwks,
           secret: this.secret,
-          discoveredJwksUri: this.discoveredJwksUri,
         },
         startedAt,
       )
