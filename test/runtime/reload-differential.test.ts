@@ -55,7 +55,7 @@ const AUTHORITY = 'svc.example'
 /** the peer a config may trust for forwarded certificates; clients come from 127.0.0.1 */
 const PROXY_PEER = '127.0.0.2'
 
-const TOKENS = ['a', 'a-billing', 'a-k2', 'b', 'a-forged', 'a-expired', 'malformed'] as const
+const TOKENS = ['a', 'a-billing', 'a-k2', 'b', 'a-forged', 'a-expired', 'd-k1', 'd-k2', 'malformed'] as const
 type TokenName = (typeof TOKENS)[number]
 const API_KEYS = { deploy: 'key-of-deploy', ci: 'key-of-ci', unknown: 'key-of-nobody' } as const
 type ApiKeyName = keyof typeof API_KEYS
@@ -76,6 +76,8 @@ interface Fixtures {
   jwks: JwksServer
   /** issuer A's key set after a rotation: k2 only */
   rotatedJwks: JwksServer
+  /** issuer D's discovery document: its issuer, and which key set it names (set as a config applies) */
+  discovery: { issuer: string; names: Knobs['discoveryD'] }
   /** a crawler range file that holds 127.0.0.0/8 */
   loopbackRanges: string
   directoryUrl: string
@@ -100,6 +102,17 @@ async function makeFixtures(t: Test): Promise<Fixtures> {
   t.teardown(() => jwks.close())
   const rotatedJwks = await startJwksServer([rotated])
   t.teardown(() => rotatedJwks.close())
+  // issuer D's discovery document, naming k1's key set or the rotated one's
+  const discovery = { issuer: '', names: 'k1' as Knobs['discoveryD'] }
+  const idp = createServer((_req, res) => {
+    res.setHeader('content-type', 'application/json')
+    const jwksUri = (discovery.names === 'k1' ? jwks : rotatedJwks).jwksUri
+    res.end(JSON.stringify({ issuer: discovery.issuer, jwks_uri: jwksUri }))
+  })
+  idp.listen(0, '127.0.0.1')
+  await once(idp, 'listening')
+  t.teardown(() => new Promise((resolve) => idp.close(resolve)))
+  discovery.issuer = `http://127.0.0.1:${(idp.address() as AddressInfo).port}`
   const workloadClaims = {
     sub: 'system:serviceaccount:pay:api',
     'kubernetes.io': { namespace: 'pay', serviceaccount: { name: 'api' } },
@@ -113,6 +126,8 @@ async function makeFixtures(t: Test): Promise<Fixtures> {
     b: await mint(key, ISSUER_B),
     'a-forged': await mint(other),
     'a-expired': await mint(key, ISSUER_A, 'orders', -3600),
+    'd-k1': await mint(key, discovery.issuer),
+    'd-k2': await mint(rotated, discovery.issuer),
     malformed: 'not.a-jwt',
   }
   const { ca, server } = await createServerPki()
@@ -146,6 +161,7 @@ async function makeFixtures(t: Test): Promise<Fixtures> {
     upstream,
     jwks,
     rotatedJwks,
+    discovery,
     loopbackRanges,
     directoryUrl: directory.url,
     signature,
@@ -172,6 +188,11 @@ const KNOB_VALUES = {
   /** the algorithms issuer A accepts: its tokens' ES256 among them, or RS256 only (its kept keys then fit none) */
   algorithmsA: ['default', 'default', 'RS256'],
   issuerB: [true, false],
+  /**
+   * the key set issuer D's discovery document names when a config applies (the IdP moved its keys, and a
+   * reload or a start finds them), k1's or the rotated one's
+   */
+  discoveryD: ['k1', 'k2'],
   onInvalid: ['attribute', 'reject'],
   trusted: ['xfcc', 'rfc9440', 'none'],
   toUpstream: ['sanitize_set', 'forward', 'sanitize'],
@@ -248,7 +269,11 @@ function configOf(k: Knobs, fx: Fixtures, https: ReturnType<typeof mtlsListen>):
     upstream: fx.upstream.url,
     audit: { output: 'stdout' },
     jwt: {
-      issuers: k.issuerB ? [issuerA, issuerB] : [issuerA],
+      issuers: [
+        issuerA,
+        ...(k.issuerB ? [issuerB] : []),
+        { issuer: fx.discovery.issuer, discovery: true, audiences: ['orders'] },
+      ],
       onInvalid: k.onInvalid,
     },
     forwardedClientCert: {
@@ -381,6 +406,7 @@ function knobsReading(c: Client): (keyof Knobs)[] {
       'profileA',
       'algorithmsA',
       'issuerB',
+      'discoveryD',
       'onInvalid',
       'tokenRule',
       'tokenTeam',
@@ -702,7 +728,11 @@ interface Run {
   tally: Tally
 }
 
-const configFor = (run: Run, k: Knobs) => ({ ...configOf(k, run.fx, run.https), ...run.extra })
+/** what a proxy is started or reloaded with: the config, and issuer D's discovery document as of then */
+function configFor(run: Run, k: Knobs): Record<string, unknown> {
+  run.fx.discovery.names = k.discoveryD
+  return { ...configOf(k, run.fx, run.https), ...run.extra }
+}
 
 /**
  * One case on `reloaded` (which runs A when it is called): the sequence warms every cache under A, B is
@@ -819,6 +849,7 @@ const LOOSE: Knobs = {
   profileA: 'kubernetes',
   algorithmsA: 'default',
   issuerB: true,
+  discoveryD: 'k1',
   onInvalid: 'attribute',
   trusted: 'xfcc',
   toUpstream: 'forward',
@@ -840,6 +871,7 @@ const TIGHT: Knobs = {
   profileA: 'none',
   algorithmsA: 'default',
   issuerB: false,
+  discoveryD: 'k2',
   onInvalid: 'reject',
   trusted: 'none',
   toUpstream: 'sanitize',
@@ -860,6 +892,8 @@ const EVERY_CLIENT: Client[] = [
   { mtls: true, path: '/echo/admin/keys' },
   { token: 'b', path: '/echo/api/orders/1' },
   { token: 'a-billing', path: '/echo' },
+  { token: 'd-k1', path: '/echo/api/orders/1' },
+  { token: 'd-k2', path: '/echo/api/orders/1' },
   { apiKey: 'deploy', path: '/echo/admin/keys' },
   { apiKey: 'ci', path: '/echo/api/orders/1' },
   { viaProxy: true, xfcc: 'orders', forwardedFor: true, path: '/echo/api/orders/1' },
