@@ -1,7 +1,8 @@
 // A reload leaves no trust decision of the config before it behind. Generated pairs of configs (A, B) differ in
 // one to three of the places that decide on what the case's clients present: the api keys configured, their
 // header and the key their fingerprints are made with; issuer A's audience, key set (k1's, or a rotated one),
-// profile and algorithms, issuer B's presence, what an invalid token gets; the peers trusted for forwarded
+// profile and algorithms, issuer B's presence, the key set issuer D's discovery document names (the IdP moved
+// its keys: found at a reload as at a start), what an invalid token gets; the peers trusted for forwarded
 // certificates and their format, what is sent upstream of a certificate; identity rules' name and team
 // templates (on a token's claims, a SPIFFE ID, a certificate's subject, a header); the policy's mode; crawler
 // range files; the signed agents' directory. Each case warms every cache of one long-lived proxy under A (the
