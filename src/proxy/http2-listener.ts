@@ -68,33 +68,70 @@ const kOwnReset = Symbol('nhi.ownReset')
 const kMalformed = Symbol('nhi.malformed')
 
 /**
- * List fields (RFC 9110 §5.6.1) of which node:http2 keeps the first line only, as it keeps one User-Agent (its
- * kSingleValueHeaders). A client may send a list in several lines (RFC 9110 §5.3): the later lines of an
- * `If-Match` or a `Content-Encoding` would be dropped, and the upstream act on part of the list (a
- * precondition failing on the entity tag it was not shown, a body coded twice decoded once). Node's HTTP/1.1
- * server joins such lines; they are joined here too, before the pipeline and the upstream read the request.
+ * Fields node:http2 keeps the first line of (its kSingleValueHeaders) while Node's HTTP/1.1 server joins their
+ * lines with `, ` (RFC 9110 §5.3), as the proxy forwards every field it does not read as one value (docs
+ * "Headers"). Lists among them (If-Match, If-None-Match, Content-Encoding, Content-Language) would lose
+ * elements: a precondition failing on the entity tag it was not shown, a body coded twice decoded once. The
+ * rest are no lists (a client must not repeat them), but one sent twice all the same must read alike on both
+ * protocols: an identity rule naming `dnt` or `upgrade-insecure-requests`, and the upstream, would otherwise
+ * see one value from an HTTP/2 client and another from an HTTP/1.1 client sending the same lines. Their lines
+ * are joined here too, before the pipeline and the upstream read the request. The value is the bit of the name
+ * in joinCutLines' `seen`.
  */
-const LISTS_CUT_TO_ONE_LINE = ['if-match', 'if-none-match', 'content-encoding', 'content-language']
+const CUT_TO_ONE_LINE = new Map(
+  [
+    'if-match',
+    'if-none-match',
+    'content-encoding',
+    'content-language',
+    'content-location',
+    'content-md5',
+    'content-range',
+    'date',
+    'dnt',
+    'if-range',
+    'range',
+    'tk',
+    'upgrade-insecure-requests',
+    'x-content-type-options',
+    'access-control-allow-credentials',
+    'access-control-max-age',
+    'access-control-request-method',
+  ].map((name, i) => [name, 1 << i]),
+)
 
-/** Puts back the lines of LISTS_CUT_TO_ONE_LINE node:http2 dropped; four lookups for most requests. */
-function joinListLines(headers: IncomingHttpHeaders, raw: readonly string[]): void {
-  if (
-    headers['if-match'] === undefined &&
-    headers['if-none-match'] === undefined &&
-    headers['content-encoding'] === undefined &&
-    headers['content-language'] === undefined
-  )
-    return
+/**
+ * By name length, one bit per first letter (a-z) of the names joinCutLines looks at (CUT_TO_ONE_LINE and
+ * `server`): two reads pass over the fields of most requests, which none of those names share a length and a
+ * first letter with (user-agent, accept, authorization, content-type, traceparent…), without hashing them.
+ */
+const CANDIDATES = new Uint32Array(64)
+for (const name of [...CUT_TO_ONE_LINE.keys(), 'server'])
+  CANDIDATES[name.length]! |= 1 << (name.charCodeAt(0) - 0x61)
+
+/** whether `name` may be one of the names joinCutLines looks at */
+function candidate(name: string): boolean {
+  const letter = name.charCodeAt(0) - 0x61
+  return name.length < 64 && letter >= 0 && letter < 26 && (CANDIDATES[name.length]! & (1 << letter)) !== 0
+}
+
+/**
+ * Puts back the lines of CUT_TO_ONE_LINE node:http2 dropped, and cuts a repeated `server` to its first line
+ * (node:http2 joins it, Node's HTTP/1.1 server keeps the first).
+ */
+function joinCutLines(headers: IncomingHttpHeaders, raw: readonly string[]): void {
   // one bit per name: its first line is the one node:http2 kept
   let seen = 0
+  let firstServer = -1
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!
-    // HTTP/2 field names are lower case (RFC 9113 §8.2.1): only names starting i or c can be one of them
-    const c = name.charCodeAt(0)
-    if (c !== 0x69 && c !== 0x63) continue
-    const at = LISTS_CUT_TO_ONE_LINE.indexOf(name)
-    if (at === -1) continue
-    if ((seen & (1 << at)) === 0) seen |= 1 << at
+    if (!candidate(name)) continue
+    const bit = CUT_TO_ONE_LINE.get(name)
+    if (bit === undefined) {
+      if (name !== 'server') continue
+      if (firstServer === -1) firstServer = i + 1
+      else headers.server = raw[firstServer]
+    } else if ((seen & bit) === 0) seen |= bit
     else headers[name] = `${headers[name]}, ${raw[i + 1]}`
   }
 }
@@ -231,7 +268,7 @@ export class Http2Front {
         answerHeadersTooLarge(req.stream)
         return
       }
-      joinListLines(req.headers, req.rawHeaders)
+      joinCutLines(req.headers, req.rawHeaders)
       this.handlers.request(req, res, state.conn)
     }
     this.server.on('request', onRequest)
