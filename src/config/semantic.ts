@@ -36,6 +36,8 @@ export const USER_AGENT_BUILTINS = ['builtin:bots', 'builtin:agents', 'builtin:b
 /** captures every rule can use when user-agent evidence is present */
 export const USER_AGENT_CAPTURES = ['bot', 'agent', 'product'] as const
 const SEGMENT: PatternOptions = { separator: '/' }
+/** an HTTP field name (RFC 9110 §5.1: a token) */
+const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 
 /** Every pattern of a rule's match block with its config path and compile options. */
 export function matchPatterns(m: MatchConfig): { path: Path; pattern: string; opts?: PatternOptions }[] {
@@ -282,6 +284,22 @@ export function semanticCheck(config: Config): SemanticIssue[] {
       )
     }
     for (const [header, pattern] of Object.entries(m.header ?? {})) {
+      if (!FIELD_NAME.test(header)) {
+        // node:http2 hands the pseudo-headers over among the fields: such a rule would match HTTP/2 requests
+        // alone, and a client choose its attribution by choosing HTTP/1.1
+        const pseudo = header.startsWith(':')
+        error(
+          [...base, 'match', 'header', header],
+          pseudo
+            ? `"${header}" is an HTTP/2 pseudo-header, not a header: HTTP/1.1 requests never carry it, so the rule would attribute a request by the protocol its client chose`
+            : `"${header}" is not an HTTP header name`,
+          pseudo
+            ? "match the host with header.host (an HTTP/2 request's :authority when it sends no host), the path and method with match.path and match.method"
+            : "a header name is letters, digits and !#$%&'*+-.^_`|~",
+          'key',
+        )
+        continue
+      }
       if (!credentialHeaders.has(header.toLowerCase()) || patternCaptures(pattern).length === 0) continue
       error(
         [...base, 'match', 'header', header],

@@ -385,6 +385,37 @@ identities:
   t.match(run.stderr + run.stdout, /would copy a credential/)
 })
 
+// node:http2 hands a request's pseudo-headers over among its fields: a rule on `:authority` or `:path` matched
+// HTTP/2 requests alone, so the same request was attributed otherwise when its client chose HTTP/1.1.
+t.test('a rule names header fields only, never an HTTP/2 pseudo-header', async (t) => {
+  const { dir, write, checkFile } = configDir('check-header-names')
+  const file = write('pseudo.yaml', [
+    'identities:',
+    '  - { name: by-authority, match: { header: { ":authority": svc.example } } }',
+    '  - { name: admin-path, match: { header: { ":path": "/admin*" } } }',
+    '  - { name: spaced, match: { header: { "x tenant": acme } } }',
+    '  - { name: by-host, match: { header: { host: svc.example, X-Tenant: acme } } }',
+  ])
+  const [r, run] = await Promise.all([
+    checkFile(file),
+    runCli(['run', '-c', join(dir, file)], { timeoutMs: 20_000 }),
+  ])
+  t.equal(r.code, 1, r.text)
+  t.match(
+    r.text,
+    /pseudo\.yaml:2:\d+ "?:authority"? is an HTTP\/2 pseudo-header, not a header: HTTP\/1\.1 requests never carry it/,
+  )
+  t.match(r.text, /pseudo\.yaml:3:\d+ "?:path"? is an HTTP\/2 pseudo-header/)
+  t.match(r.text, /pseudo\.yaml:4:\d+ "x tenant" is not an HTTP header name/)
+  t.equal(
+    r.text.match(/pseudo-header|not an HTTP header name/g)?.length,
+    3,
+    'host and X-Tenant are header names',
+  )
+  t.not(run.code, 0, 'run refuses the config too')
+  t.match(run.stderr + run.stdout, /pseudo-header/)
+})
+
 // Values the schema let through that the proxy could not use: a DNS server that is not an IP address stopped
 // `run` (exit 2, no location) after `check` said ok, and port 0 aborted the process inside the resolver, also
 // on a reload; histogram bounds out of order counted requests in the wrong buckets and rendered one `le` twice.
