@@ -23,6 +23,7 @@ import { type Socket, connect as tcpConnect } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
+import { pemCertificates } from '../../src/identity/certificate.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { FLAG, FRAME, frame, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
@@ -38,8 +39,18 @@ import { startUpstream } from '../helpers/upstream.ts'
 const REQUESTS = 80
 const ISSUER = 'https://idp.example'
 const AUTHORITY = 'svc.example'
-/** the loopback address of the Envoy in front, trusted for XFCC */
-const TRUSTED = '127.0.0.2'
+/**
+ * The loopback address a request comes from: a client, or a front proxy trusted for one forwarded-certificate
+ * format (forwardedClientCert.trustedProxies): Envoy's XFCC, a load balancer's RFC 9440 Client-Cert, nginx's
+ * escaped PEM.
+ */
+const PEERS = { direct: '127.0.0.1', envoy: '127.0.0.2', edge: '127.0.0.3', nginx: '127.0.0.4' } as const
+type Peer = keyof typeof PEERS
+const TRUSTED_PROXIES = [
+  { cidr: `${PEERS.envoy}/32`, format: 'xfcc' },
+  { cidr: `${PEERS.edge}/32`, format: 'rfc9440' },
+  { cidr: `${PEERS.nginx}/32`, format: 'nginx' },
+]
 
 /**
  * Audit fields that belong to the exchange, not to the request's attribution: `time`, `duration_ms` and
@@ -127,6 +138,8 @@ interface Fixtures {
   tokens: Record<TokenName, string>
   /** each client certificate, for the TLS handshake */
   certs: Record<CertName, KeyPair>
+  /** each certificate's DER, for Client-Cert */
+  ders: Record<CertName, Buffer>
   /** sha256 of each certificate's DER, for XFCC's Hash */
   hashes: Record<CertName, string>
   serverCaPem: string
@@ -144,8 +157,7 @@ interface Spec {
   /** which of the two sidecars (makeFixtures' configs) */
   config: 'strict' | 'lenient'
   method: (typeof METHODS)[number]
-  /** from the trusted proxy's address */
-  trusted: boolean
+  peer: Peer
   path: (typeof PATHS)[number]
   /** HTTP/1.1: the target in absolute form (`http://svc.example/…`), which HTTP/2 writes as :path */
   absoluteForm?: true
@@ -164,6 +176,10 @@ interface Spec {
   userAgent?: number
   secondUserAgent?: number
   xfcc?: CertName
+  /** RFC 9440 Client-Cert (a structured byte sequence of the DER) */
+  clientCertHeader?: CertName
+  /** nginx's X-SSL-Client-Cert (the PEM, URL-escaped), in two lines or not */
+  nginxCert?: { cert: CertName; twoLines: boolean }
   /** the XFCC value as two elements: what a client sent, then what the trusted proxy appended */
   xfccAppended?: true
   /** those two elements in two lines rather than one */
@@ -203,7 +219,7 @@ const specArb: fc.Arbitrary<Spec> = fc
   .record({
     config: fc.constantFrom('strict' as const, 'lenient' as const),
     method: fc.constantFrom(...METHODS),
-    trusted: fc.boolean(),
+    peer: fc.constantFrom(...(Object.keys(PEERS) as Peer[])),
     path: fc.constantFrom(...PATHS),
     absoluteForm: optional(fc.constant(true as const)),
     padded: optional(fc.constantFrom(' ' as const, '\t' as const)),
@@ -217,6 +233,8 @@ const specArb: fc.Arbitrary<Spec> = fc
     userAgent: optional(fc.nat(USER_AGENTS.length - 1), 3),
     secondUserAgent: optional(fc.nat(USER_AGENTS.length - 1)),
     xfcc: optional(fc.constantFrom(...CERTS), 2),
+    clientCertHeader: optional(fc.constantFrom(...CERTS)),
+    nginxCert: optional(fc.record({ cert: fc.constantFrom(...CERTS), twoLines: fc.boolean() })),
     xfccAppended: optional(fc.constant(true as const)),
     xfccTwoLines: optional(fc.constant(true as const)),
     spoofs: fc.subarray([...SPOOFS.keys()], { maxLength: 3 }),
@@ -288,6 +306,14 @@ async function linesOf(spec: Spec, fx: Fixtures, requestId: string): Promise<Lin
   if (spec.secondUserAgent !== undefined) lines.push(['user-agent', USER_AGENTS[spec.secondUserAgent]!])
   if (spec.xfcc !== undefined)
     for (const value of xfccValue(fx, spec)) lines.push(['X-Forwarded-Client-Cert', value])
+  if (spec.clientCertHeader !== undefined)
+    lines.push(['Client-Cert', `:${fx.ders[spec.clientCertHeader].toString('base64')}:`])
+  if (spec.nginxCert !== undefined) {
+    const pem = encodeURIComponent(fx.certs[spec.nginxCert.cert].certPem)
+    if (spec.nginxCert.twoLines)
+      lines.push(['X-SSL-Client-Cert', encodeURIComponent(fx.certs.gateway.certPem)])
+    lines.push(['X-SSL-Client-Cert', pem])
+  }
   for (const i of spec.spoofs) lines.push(SPOOFS[i]!)
   if (spec.cookies !== undefined) {
     const crumbs = Array.from({ length: spec.cookies.count }, (_, i) => `c${i}=v${i}`)
@@ -345,7 +371,7 @@ function openSocket(
   spec: Spec,
   fx: Fixtures,
 ): { socket: Socket; ready: Promise<unknown> } {
-  const localAddress = spec.trusted ? TRUSTED : '127.0.0.1'
+  const localAddress = PEERS[spec.peer]
   if (protocol === 'h1' || protocol === 'h2c') {
     const socket = tcpConnect({ host: '127.0.0.1', port: sidecar.httpPort, localAddress })
     return { socket, ready: once(socket, 'connect') }
@@ -568,12 +594,15 @@ async function makeFixtures(t: Test) {
     issueCert(strangerCa, { subject: '/O=acme/CN=stranger' }),
   ])
   const certs = { workload, gateway, stranger }
-  const der = (pem: string) =>
-    Buffer.from(pem.replace(/-----[^-]+-----|\s/g, '').replace(/=+$/, ''), 'base64')
+  const ders = {
+    workload: pemCertificates(workload.certPem)[0]!.raw,
+    gateway: pemCertificates(gateway.certPem)[0]!.raw,
+    stranger: pemCertificates(stranger.certPem)[0]!.raw,
+  }
   const hashes = {
-    workload: sha256Hex(der(workload.certPem)),
-    gateway: sha256Hex(der(gateway.certPem)),
-    stranger: sha256Hex(der(stranger.certPem)),
+    workload: sha256Hex(ders.workload),
+    gateway: sha256Hex(ders.gateway),
+    stranger: sha256Hex(ders.stranger),
   }
 
   const agent = await createAgentKey()
@@ -585,6 +614,7 @@ async function makeFixtures(t: Test) {
   const fx: Fixtures = {
     tokens,
     certs,
+    ders,
     hashes,
     serverCaPem: serverCa.certPem,
     signatures: {
@@ -617,7 +647,7 @@ async function makeFixtures(t: Test) {
     strict: {
       ...shared,
       jwt: { issuers: [issuer] },
-      forwardedClientCert: { trustedProxies: [{ cidr: `${TRUSTED}/32`, format: 'xfcc' }] },
+      forwardedClientCert: { trustedProxies: TRUSTED_PROXIES },
       identities: [
         { name: '{ns}/{sa}', team: 'platform', match: { spiffe: 'spiffe://prod.example/ns/{ns}/sa/{sa}' } },
         { name: 'edge/{cn}', match: { source: 'xfcc', cert: { subject: 'CN={cn},O=acme' } } },
@@ -639,7 +669,7 @@ async function makeFixtures(t: Test) {
       ...shared,
       jwt: { issuers: [{ ...issuer, profile: 'generic' }], onInvalid: 'reject' },
       forwardedClientCert: {
-        trustedProxies: [{ cidr: `${TRUSTED}/32`, format: 'xfcc' }],
+        trustedProxies: TRUSTED_PROXIES,
         toUpstream: 'forward',
       },
       identities: [
@@ -666,7 +696,7 @@ const FOUND: { what: string; spec: Spec }[] = [
     spec: {
       config: 'lenient',
       method: 'GET',
-      trusted: false,
+      peer: 'direct',
       path: '/',
       scheme: 'Bearer ',
       keySpelling: 'x-api-key',
@@ -681,7 +711,7 @@ const FOUND: { what: string; spec: Spec }[] = [
     spec: {
       config: 'lenient',
       method: 'GET',
-      trusted: false,
+      peer: 'direct',
       path: '/api/orders/1',
       scheme: 'Bearer ',
       keySpelling: 'x-api-key',
@@ -697,7 +727,7 @@ const FOUND: { what: string; spec: Spec }[] = [
     spec: {
       config: 'lenient',
       method: 'GET',
-      trusted: true,
+      peer: 'envoy',
       path: '/',
       scheme: 'Bearer ',
       keySpelling: 'x-api-key',
@@ -717,9 +747,12 @@ t.test('the generator reaches the cases that matter', async (t) => {
   checkBothSides(
     t,
     specArb,
-    (s) => s.xfcc !== undefined && s.trusted,
-    [250, 700],
-    'XFCC from the trusted peer',
+    (s) =>
+      (s.xfcc !== undefined && s.peer === 'envoy') ||
+      (s.clientCertHeader !== undefined && s.peer === 'edge') ||
+      (s.nginxCert !== undefined && s.peer === 'nginx'),
+    [300, 900],
+    'requests with a forwarded certificate from the peer trusted for its format',
   )
   checkBothSides(
     t,
