@@ -69,6 +69,50 @@ const STATIC_STATUS: Readonly<Record<number, number>> = {
   14: 500,
 }
 
+/** the Huffman codes of the digits (RFC 7541 Appendix B), by their bit strings */
+const HUFFMAN_DIGITS: Readonly<Record<string, string>> = {
+  '00000': '0',
+  '00001': '1',
+  '00010': '2',
+  '011001': '3',
+  '011010': '4',
+  '011011': '5',
+  '011100': '6',
+  '011101': '7',
+  '011110': '8',
+  '011111': '9',
+}
+
+/**
+ * The `:status` a response's header block starts with, as a server that has sent nothing before on its
+ * connection encodes it (RFC 7541): an entry of the static table, or a literal of the name `:status` (static
+ * index 8), with or without indexing, its digits raw or Huffman-coded. undefined for anything else.
+ */
+export function responseStatus(block: Buffer): number | undefined {
+  const first = block[0]
+  if (first === undefined) return undefined
+  if (first & 0x80) return STATIC_STATUS[first & 0x7f]
+  // literal with incremental indexing (01xxxxxx), without indexing (0000xxxx) or never indexed (0001xxxx)
+  const nameIndex = (first & 0xc0) === 0x40 ? first & 0x3f : first & 0x0f
+  if (nameIndex !== 8) return undefined
+  const length = block[1]! & 0x7f
+  const value = block.subarray(2, 2 + length)
+  if ((block[1]! & 0x80) === 0) return Number(value.toString('latin1'))
+  let bits = ''
+  for (const byte of value) bits += byte.toString(2).padStart(8, '0')
+  let digits = ''
+  let code = ''
+  for (const bit of bits) {
+    code += bit
+    const digit = HUFFMAN_DIGITS[code]
+    if (digit === undefined) continue
+    digits += digit
+    code = ''
+  }
+  // what is left is the EOS prefix padding the last byte: ones only
+  return /^1*$/.test(code) && digits.length === 3 ? Number(digits) : undefined
+}
+
 /**
  * Writes `frames` on a new connection to 127.0.0.1:`port` and resolves with what answered stream 1: `status N`
  * from the response HEADERS (N one of the static table's statuses, else `?`), or `reset N` with the

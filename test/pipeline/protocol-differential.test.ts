@@ -26,7 +26,7 @@ import t, { type Test } from 'tap'
 import { pemCertificates } from '../../src/identity/certificate.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { FLAG, FRAME, frame, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, headerBlock, PREFACE, responseStatus } from '../helpers/h2-frames.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { scrape } from '../helpers/metrics.ts'
 import { createCA, createServerPki, issueCert, type KeyPair, mtlsListen } from '../helpers/pki.ts'
@@ -400,8 +400,18 @@ function openSocket(
   return { socket, ready: once(socket, 'secureConnect') }
 }
 
-/** sends the request alone on a new connection and resolves once its answer is complete */
-async function send(sidecar: Sidecar, protocol: Protocol, spec: Spec, lines: Lines, fx: Fixtures) {
+/**
+ * Sends the request alone on a new connection and resolves, once its answer is complete, with the status the
+ * client read (undefined when it read none: a reset stream, a closed connection) and what it read, for a
+ * failure's message.
+ */
+async function send(
+  sidecar: Sidecar,
+  protocol: Protocol,
+  spec: Spec,
+  lines: Lines,
+  fx: Fixtures,
+): Promise<{ status: number | undefined; raw: string }> {
   const { socket, ready } = openSocket(sidecar, protocol, spec, fx)
   socket.on('error', () => {})
   let received = Buffer.alloc(0)
@@ -421,7 +431,9 @@ async function send(sidecar: Sidecar, protocol: Protocol, spec: Spec, lines: Lin
       const body = spec.method === 'POST' ? BODY : ''
       socket.write(`${spec.method} ${target} HTTP/1.1\r\n${head}Connection: close\r\n\r\n${body}`, 'latin1')
       await closed
-      return received.toString('latin1')
+      const raw = received.toString('latin1')
+      const statusLine = /^HTTP\/1\.1 (\d{3})/.exec(raw)
+      return { status: statusLine === null ? undefined : Number(statusLine[1]), raw }
     }
     const fields = h2Fields(spec, lines, protocol === 'h2c' ? 'http' : 'https')
     socket.write(
@@ -436,7 +448,9 @@ async function send(sidecar: Sidecar, protocol: Protocol, spec: Spec, lines: Lin
           : [frame(FRAME.HEADERS, FLAG.END_STREAM | FLAG.END_HEADERS, 1, headerBlock(fields))]),
       ]),
     )
-    // the stream's end: a frame of stream 1 with END_STREAM, its reset, or the connection's end
+    // the stream's end: a frame of stream 1 with END_STREAM, its reset, or the connection's end; the status
+    // is the first field of its first HEADERS
+    let status: number | undefined
     await eventually(
       () => {
         for (let at = 0; at + 9 <= received.length; ) {
@@ -445,6 +459,8 @@ async function send(sidecar: Sidecar, protocol: Protocol, spec: Spec, lines: Lin
           const flags = received[at + 4]!
           const id = received.readUInt32BE(at + 5) & 0x7fffffff
           if (at + 9 + length > received.length) break
+          if (id === 1 && type === FRAME.HEADERS)
+            status ??= responseStatus(received.subarray(at + 9, at + 9 + length))
           if (id === 1 && (type === FRAME.RST_STREAM || (flags & FLAG.END_STREAM) !== 0)) return true
           if (type === FRAME.GOAWAY) return true
           at += 9 + length
@@ -453,10 +469,10 @@ async function send(sidecar: Sidecar, protocol: Protocol, spec: Spec, lines: Lin
       },
       { what: `the answer over ${protocol}` },
     )
+    return { status, raw: received.toString('hex') }
   } finally {
     socket.destroy()
   }
-  return received.toString('latin1')
 }
 
 // ---- what an exchange is judged by
@@ -538,7 +554,7 @@ async function exchange(r: Running, spec: Spec, protocol: Protocol, requestId: s
   const lines = await linesOf(spec, r.fx, requestId)
   const answer = await send(r.sidecar, protocol, spec, lines, r.fx)
   const audit = await eventually(() => auditLine(r.sidecar.adminUrl, requestId), {
-    what: `the audit line of ${requestId} ${JSON.stringify(spec)}: ${JSON.stringify(answer.slice(0, 300))}`,
+    what: `the audit line of ${requestId} ${JSON.stringify(spec)}: ${JSON.stringify(answer.raw.slice(0, 300))}`,
   })
   r.exchanges++
   // the request is counted when its response closes, about when the audit line is written
@@ -574,10 +590,8 @@ async function exchange(r: Running, spec: Spec, protocol: Protocol, requestId: s
   const compared = { ...audit }
   for (const field of AUDIT_PER_EXCHANGE) delete compared[field]
   compared['anomalies'] = (audit['anomalies'] as string[]).filter((a) => !HISTORY_ANOMALIES.includes(a))
-  // the status an HTTP/1.1 client read must be the line's (an HTTP/2 one's is in HPACK, which is not decoded
-  // here): a disagreement shows as a field the other exchanges lack
-  const statusLine = /^HTTP\/1\.1 (\d{3})/.exec(answer)
-  if (statusLine !== null && Number(statusLine[1]) !== audit['status']) compared['answered'] = statusLine[1]
+  // the status the client read must be the line's: a disagreement shows as a field the other exchanges lack
+  if (answer.status !== audit['status']) compared['answered'] = answer.status ?? 'nothing'
   return { audit: compared, upstream, series }
 }
 
