@@ -36,7 +36,7 @@ import { createAgentKey, signRequest, signWithParams, startKeyDirectory } from '
 import { startUpstream } from '../helpers/upstream.ts'
 
 /** generated requests: each sent two or four times */
-const REQUESTS = 80
+const REQUESTS = 60
 const ISSUER = 'https://idp.example'
 const AUTHORITY = 'svc.example'
 /**
