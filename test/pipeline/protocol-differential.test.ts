@@ -174,6 +174,8 @@ interface Spec {
   /** X-Forwarded-For: a crawler operator's address (or not) a trusted proxy names as the client, in two lines or one */
   forwardedFor?: { from: keyof typeof FORWARDED_FOR; twoLines: boolean }
   xfcc?: CertName
+  /** a POST's `Expect: 100-continue`, its body sent without waiting for the 100 */
+  expectContinue?: true
   /** RFC 9440 Client-Cert (a structured byte sequence of the DER) */
   clientCertHeader?: CertName
   /** nginx's X-SSL-Client-Cert (the PEM, URL-escaped), in two lines or not */
@@ -239,6 +241,7 @@ const specArb: fc.Arbitrary<Spec> = fc
       }),
     ),
     xfcc: optional(fc.constantFrom(...CERTS), 2),
+    expectContinue: optional(fc.constant(true as const)),
     clientCertHeader: optional(fc.constantFrom(...CERTS)),
     nginxCert: optional(fc.record({ cert: fc.constantFrom(...CERTS), twoLines: fc.boolean() })),
     xfccAppended: optional(fc.constant(true as const)),
@@ -343,6 +346,7 @@ async function linesOf(spec: Spec, fx: Fixtures, requestId: string): Promise<Lin
     }
   }
   if (spec.method === 'POST') lines.push(['Content-Length', String(BODY.length)])
+  if (spec.method === 'POST' && spec.expectContinue) lines.push(['Expect', '100-continue'])
   if (spec.tenant !== undefined) lines.push([spec.tenant.name, spec.tenant.value])
   for (const value of spec.single?.values ?? []) lines.push([spec.single!.name, value])
   return lines
@@ -432,7 +436,8 @@ async function send(
       socket.write(`${spec.method} ${target} HTTP/1.1\r\n${head}Connection: close\r\n\r\n${body}`, 'latin1')
       await closed
       const raw = received.toString('latin1')
-      const statusLine = /^HTTP\/1\.1 (\d{3})/.exec(raw)
+      // the final status, after any 100 Continue
+      const statusLine = /(?:^|\r\n)HTTP\/1\.1 ([2-5]\d\d) /.exec(raw)
       return { status: statusLine === null ? undefined : Number(statusLine[1]), raw }
     }
     const fields = h2Fields(spec, lines, protocol === 'h2c' ? 'http' : 'https')
@@ -449,7 +454,7 @@ async function send(
       ]),
     )
     // the stream's end: a frame of stream 1 with END_STREAM, its reset, or the connection's end; the status
-    // is the first field of its first HEADERS
+    // is the first field of its HEADERS
     let status: number | undefined
     await eventually(
       () => {
@@ -459,8 +464,11 @@ async function send(
           const flags = received[at + 4]!
           const id = received.readUInt32BE(at + 5) & 0x7fffffff
           if (at + 9 + length > received.length) break
-          if (id === 1 && type === FRAME.HEADERS)
-            status ??= responseStatus(received.subarray(at + 9, at + 9 + length))
+          if (id === 1 && type === FRAME.HEADERS && status === undefined) {
+            // the final status, after any 100 Continue
+            const read = responseStatus(received.subarray(at + 9, at + 9 + length))
+            if (read === undefined || read >= 200) status = read
+          }
           if (id === 1 && (type === FRAME.RST_STREAM || (flags & FLAG.END_STREAM) !== 0)) return true
           if (type === FRAME.GOAWAY) return true
           at += 9 + length
