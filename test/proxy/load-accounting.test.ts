@@ -1,7 +1,7 @@
 // "Nothing lost": full-speed mixed traffic (JWTs, API keys, user agents, anonymous) with injected upstream
 // faults. Every request sent must be answered as expected and counted exactly once in nhi_requests_total,
-// per status class. LOAD_SECONDS=60 runs the long version; CI runs a short one (8 s: well over the 500
-// requests it asks for on a loaded machine).
+// per status class. The volume is a count, not a duration, so that a slow machine sends as many requests as a
+// fast one (it only takes longer): 640 by default, LOAD_REQUESTS=20000 for a long version.
 import { createHash } from 'node:crypto'
 import pino from 'pino'
 import t from 'tap'
@@ -13,7 +13,7 @@ import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const _silent = pino({ level: 'silent' })
 const ISSUER = 'https://idp.load.test'
-const SECONDS = Number(process.env['LOAD_SECONDS'] ?? 8)
+const REQUESTS = Number(process.env['LOAD_REQUESTS'] ?? 640)
 const CONCURRENCY = 32
 
 t.test('every request sent is counted once, per status class, under load with faults', async (t) => {
@@ -72,9 +72,8 @@ t.test('every request sent is counted once, per status class, under load with fa
   const unexplained: string[] = []
   let sent = 0
   let i = 0
-  const deadline = Date.now() + SECONDS * 1000
   const worker = async () => {
-    while (Date.now() < deadline) {
+    while (i < REQUESTS) {
       const n = i++
       const [path, expected] = paths[n % paths.length]!
       const headers = credentials[n % credentials.length]!
@@ -93,7 +92,6 @@ t.test('every request sent is counted once, per status class, under load with fa
   }
   await Promise.all(Array.from({ length: CONCURRENCY }, worker))
   t.same(unexplained, [], 'no unexplained errors')
-  t.ok(sent > 500, 'meaningful volume', { sent })
 
   // recording happens after the response; give the last few a moment
   const counted = async () => parseMetrics(await (await fetch(`${admin}/metrics`)).text())
