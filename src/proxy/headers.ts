@@ -6,7 +6,7 @@ import { isForwardedCertHeader } from '../identity/forwarded/headers.ts'
 import { METHOD_OVERRIDE_HEADERS } from '../policy/policy.ts'
 import type { Identity } from '../types.ts'
 import { isIdentityHeaderName, normalizeHeaderName } from '../util/header-names.ts'
-import { LONE_SURROGATE } from '../util/lone-surrogate.ts'
+import { escapeLoneSurrogates } from '../util/lone-surrogate.ts'
 import { answersWithoutContent } from './h1-pool.ts'
 import type { TraceContext } from './ids.ts'
 
@@ -144,14 +144,16 @@ function connectionListed(connection: string | undefined): Set<string> | undefin
 /**
  * Header values we derive from client-controlled text (token claims, certificate fields) must stay printable
  * ASCII; anything else, any value holding a "%" and any value with a space at either end, is percent-encoded as
- * UTF-8, so that decoding always gives the value back. Never throws (a lone surrogate becomes U+FFFD).
+ * UTF-8, so that decoding always gives the value back. Never throws: a lone surrogate (a token claim can hold
+ * one), which UTF-8 cannot carry, is written as its escape (`\ud800`, sent `%5Cud800`), as the metrics label
+ * and the audit line write it; as U+FFFD it would name the identity whose name holds a real U+FFFD.
  */
 export function safeHeaderValue(value: string): string {
   if (SAFE_NAME_RE.test(value)) return value
   try {
     return encodeURIComponent(value)
   } catch {
-    return encodeURIComponent(value.replace(LONE_SURROGATE, '\uFFFD'))
+    return encodeURIComponent(escapeLoneSurrogates(value))
   }
 }
 

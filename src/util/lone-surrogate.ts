@@ -3,3 +3,11 @@
  * one as UTF-8 gives U+FFFD, the same bytes as a real U+FFFD.
  */
 export const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
+
+/**
+ * `text` with each lone surrogate written as its escape, `\ud800`, as the audit line (JSON) writes it: text
+ * UTF-8 can carry, that never reads as a real U+FFFD.
+ */
+export function escapeLoneSurrogates(text: string): string {
+  return text.replace(LONE_SURROGATE, (c) => `\\u${c.charCodeAt(0).toString(16)}`)
+}

@@ -44,3 +44,29 @@ t.test('x-nhi-identity decodes to the attributed name, whatever "%" the name hol
   }
   t.equal(seen.get('admin'), 'admin', 'a printable ASCII name without "%" is sent as it is')
 })
+
+// A token's claims are JSON, which can hold a lone UTF-16 surrogate; UTF-8 cannot. Sent as U+FFFD, `a\ud800`
+// reached the upstream as the header of `a\ufffd`, another identity (two series, two audit names): it is
+// written as its escape, as the metrics label and the audit line write it.
+t.test('a lone surrogate in a name is its escape in x-nhi-identity, not U+FFFD', async (t) => {
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
+  const sidecar = await startTestSidecar(t, {
+    upstream: upstream.url,
+    jwt: { issuers: [{ issuer: jwks.url, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
+    identities: [
+      { name: '{user}', kind: 'human', match: { jwt: { claims: { preferred_username: '{user}' } } } },
+    ],
+  })
+  const cases = [
+    ['a\ud800', 'a%5Cud800'],
+    ['a\udc00b', 'a%5Cudc00b'],
+    ['a\ufffd', 'a%EF%BF%BD'],
+    ['a\ud83d\ude00', 'a%F0%9F%98%80'],
+  ]
+  for (const [user, sent] of cases) {
+    const token = await mintToken(key, { preferred_username: user }, { issuer: jwks.url, audience: 'orders' })
+    const res = await request(`${sidecar.proxyUrl}/echo`, { headers: { authorization: `Bearer ${token}` } })
+    const headers = JSON.parse(await res.body.text()).headers as Record<string, string>
+    t.equal(headers['x-nhi-identity'], sent, `${JSON.stringify(user)}: sent as ${sent}`)
+  }
+})
