@@ -165,12 +165,17 @@ export function cutLikeMadeUp<T extends string | undefined>(value: T): T {
 /** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */
 export const ANONYMOUS = 'anonymous'
 
+/** The name the metrics give the identities beyond the cardinality cap (one entry per source). */
+export const OVERFLOW_IDENTITY = '__overflow__'
+
 /**
  * Keeps the names of unverified and verified identities apart, whatever rules and built-ins produce, so a
  * client can never take the name of an api key, certificate or token by what it says (`curl -A
  * billing-export/1.0`): an unverified name other than `anonymous` is prefixed `ua:` (`ua:curl`,
  * `ua:googlebot`), and a verified name that would fall into that namespace (`anonymous`, `ua:…`) is
- * prefixed with its source instead (`apikey:anonymous`).
+ * prefixed with its source instead (`apikey:anonymous`). So is `__overflow__` (`jwt:__overflow__`): a token
+ * whose claim names it so would otherwise share its source's overflow series, show as overflow in
+ * /identities and be left out of `inventory`.
  */
 export function namespacedName(name: string, source: Source, verified: boolean): string {
   if (!verified) {
@@ -179,7 +184,9 @@ export function namespacedName(name: string, source: Source, verified: boolean):
     // on every series line, row and audit line of the identity
     return cutLikeMadeUp(named)
   }
-  return name === ANONYMOUS || name.startsWith(UNVERIFIED_PREFIX) ? `${source}:${name}` : name
+  return name === ANONYMOUS || name === OVERFLOW_IDENTITY || name.startsWith(UNVERIFIED_PREFIX)
+    ? `${source}:${name}`
+    : name
 }
 
 /**

@@ -9,11 +9,12 @@
 // that outsiders choose just as freely, so each issuer may have a cap of its own as well
 // (`jwt.issuers[].maxIdentities`): both caps are shares of the table, kept by one `Shares`, here and in the
 // pod-wide admission of `workers: N` (pod-metrics.ts).
+import { OVERFLOW_IDENTITY } from '../identity/builtin.ts'
 import type { Identity, Kind, Source } from '../types.ts'
 import type { CounterSeries, HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
 
-export const OVERFLOW_IDENTITY = '__overflow__'
+export { OVERFLOW_IDENTITY }
 
 /**
  * A name the client made up: an unverified identity's, a verified request's name made from what its user

@@ -398,4 +398,7 @@ t.test('unverified names live in the ua: namespace; verified ones never do', asy
   t.equal(namespacedName('billing', 'apikey', true), 'billing')
   t.equal(namespacedName('anonymous', 'apikey', true), 'apikey:anonymous')
   t.equal(namespacedName('ua:curl', 'jwt', true), 'jwt:ua:curl')
+  // the metrics' name for identities beyond the cap is no credential's
+  t.equal(namespacedName('__overflow__', 'jwt', true), 'jwt:__overflow__')
+  t.equal(namespacedName('__overflow__', 'useragent', false), 'ua:__overflow__')
 })
