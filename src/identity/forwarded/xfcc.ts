@@ -146,27 +146,13 @@ export function parseXfcc(value: string): XfccElement[] | undefined {
   return elements
 }
 
-const ESCAPE_RE = /%([0-9A-Fa-f]{2})?/g
-
 /**
- * A Subject as the certificate's characters: formatXfcc's percent-encoding undone, only when every escape in
- * it is one formatXfcc makes (a byte outside printable ASCII, or "%" itself) and the bytes are UTF-8 (anything
- * else is taken as sent, so a subject that merely contains "%61" is never turned into a different name);
- * then the RFC 4514 hex pairs Envoy writes for each byte of a non-ASCII character (see dnWithUtf8).
- * Undefined when those hex pairs are not UTF-8.
+ * A Subject as the certificate's characters: the RFC 4514 hex pairs Envoy writes for each byte of a
+ * non-ASCII character read as UTF-8 (see dnWithUtf8). A "%" is no escape there (Envoy writes it as it is,
+ * and so do we): `caf%C3%A9` is that text, never `café`. Undefined when those hex pairs are not UTF-8.
  */
 export function decodeSubject(v: string): string | undefined {
-  return dnWithUtf8(percentDecodedSubject(v))
-}
-
-function percentDecodedSubject(v: string): string {
-  if (!v.includes('%')) return v
-  for (const m of v.matchAll(ESCAPE_RE)) {
-    if (m[1] === undefined) return v
-    const b = Number.parseInt(m[1], 16)
-    if (b >= 0x20 && b <= 0x7e && b !== 0x25) return v
-  }
-  return urlDecode(v) ?? v
+  return dnWithUtf8(v)
 }
 
 /** Evidence for the client the trusted hop itself verified: the rightmost element, the one it appended. */
