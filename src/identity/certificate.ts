@@ -169,7 +169,9 @@ function subjectOneLine(subject: string | undefined): string | undefined {
 
 /** the characters RFC 4514 lets a backslash stand before ("CN=a\\,b" is the CN "a,b") */
 const DN_SPECIALS = ' "#+,;<=>\\'
-const UTF8 = new TextDecoder('utf-8', { fatal: true })
+// ignoreBOM: U+FEFF at the start of a run is a character of the value, not a byte order mark to drop (the
+// CN `\uFEFFadmin` of an Envoy Subject, `CN=\EF\BB\BFadmin`, was read as `admin`)
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 
 function hexDigit(c: number): number {
   if (c >= 0x30 && c <= 0x39) return c - 0x30

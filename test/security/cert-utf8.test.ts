@@ -142,11 +142,14 @@ t.test(
     const space = await issueCert(clientCa, { subject: '/O=x/CN=Ω ' })
     // Envoy writes "%" as it is: `CN=caf%C3%A9` is that CN, not `café`, which it writes `CN=caf\C3\A9`
     const percent = await issueCert(clientCa, { subject: '/O=x/CN=caf%C3%A9' })
+    // U+FEFF first: Envoy's `CN=\EF\BB\BFadmin` was read as `admin`
+    const bom = await issueCert(clientCa, { subject: '/O=x/CN=\uFEFFadmin' })
     const all = [
       ...leaves.map((leaf, i) => ({ leaf, label: clients[i]!.label, uriSans: clients[i]!.uriSans })),
       { leaf: tab, label: 'a tab', uriSans: [] as string[] },
       { leaf: space, label: 'a trailing space', uriSans: [] as string[] },
       { leaf: percent, label: 'a CN holding "%C3%A9"', uriSans: [] as string[] },
+      { leaf: bom, label: 'a CN starting with U+FEFF', uriSans: [] as string[] },
     ]
     const upstream = await startUpstream()
     t.teardown(() => upstream.close())
@@ -295,6 +298,11 @@ t.test('what we emit is a valid header value and parses back to what the certifi
   // RFC 4514 hex pairs, as Envoy writes every byte of a non-ASCII character
   t.equal(decodeSubject('CN=\\CE\\A9-worker,O=\\E6\\A0\\AA'), 'CN=Ω-worker,O=株')
   t.equal(decodeSubject('CN=\\F0\\9F\\98\\80'), 'CN=😀', 'four bytes: one character')
+  t.equal(
+    decodeSubject('CN=\\EF\\BB\\BFadmin'),
+    'CN=\uFEFFadmin',
+    'a leading U+FEFF is a character, no byte order mark',
+  )
   t.equal(
     decodeSubject('CN=a\\0Ab\\2C\\,c'),
     'CN=a\\0Ab\\2C\\,c',
