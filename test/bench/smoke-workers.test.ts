@@ -37,7 +37,15 @@ t.test('workers mode, tiny: workers: 1 and workers: 2 (and nginx 1 and 2) serve 
     const s = row.rounds[0]!
     t.ok(s.requests > 0, `${row.id} served ${s.requests} requests`)
     t.equal(s.errors + s.non2xx, 0, `${row.id}: no socket errors or non-2xx answers`)
-    t.ok(s.proxyCpuUs > 0, `${row.id}: CPU of every proxy process measured`)
+    // /proc charges CPU by the clock tick (10 ms) that finds a process running: nginx serves a few hundred
+    // requests at ≈ 35 µs each, in short slices, about one tick in all, and on a loaded machine can be charged
+    // none. What is sure for it is a finite, non-negative value; nhi-proxy's hundreds of µs a request are not.
+    if (row.id.startsWith('nginx'))
+      t.ok(
+        Number.isFinite(s.proxyCpuUs) && s.proxyCpuUs >= 0,
+        `${row.id}: CPU of every proxy process measured (${s.proxyCpuUs.toFixed(1)} µs a request; 0 is under one clock tick)`,
+      )
+    else t.ok(s.proxyCpuUs > 0, `${row.id}: CPU of every proxy process measured`)
   }
   t.ok(r.ratios['nhi-2/nhi-1']!.median > 0, 'the scaling ratio is measured')
   t.equal(r.targets[0]?.target, 1.7, 'and evaluated against its target')

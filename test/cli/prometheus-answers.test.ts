@@ -39,14 +39,18 @@ t.test('an error message with control characters is shown escaped', async (t) =>
     res.writeHead(502, { 'content-type': 'text/html' })
     res.end('\u001b[31m<html>bad gateway\u009b2J</html>')
   })
-  for (const prometheus of [error, page]) {
-    for (const command of ['inventory', 'fleet']) {
-      const r = await runCli([command, '--prometheus', prometheus])
-      t.equal(r.code, 2, `${command}: exit 2`)
-      t.match(r.stderr, /answered HTTP (422|502)/, `${command}: says what Prometheus answered`)
-      t.notMatch(r.stderr, CONTROL, `${command}: no control character reaches the terminal`)
-      t.match(r.stderr, /\\x1b/, `${command}: the escape is shown as such`)
-    }
+  // the runs are independent: started together, a loaded machine starts the CLI four times at once, not in turn
+  const runs = [error, page].flatMap((prometheus) =>
+    ['inventory', 'fleet'].map(async (command) => ({
+      command,
+      r: await runCli([command, '--prometheus', prometheus]),
+    })),
+  )
+  for (const { command, r } of await Promise.all(runs)) {
+    t.equal(r.code, 2, `${command}: exit 2`)
+    t.match(r.stderr, /answered HTTP (422|502)/, `${command}: says what Prometheus answered`)
+    t.notMatch(r.stderr, CONTROL, `${command}: no control character reaches the terminal`)
+    t.match(r.stderr, /\\x1b/, `${command}: the escape is shown as such`)
   }
 })
 
@@ -89,18 +93,27 @@ t.test('an answer larger than the bound is refused without reading it all', asyn
 
 t.test('a result that is not a vector of samples: exit 2, one line, nothing printed', async (t) => {
   const now = Math.floor(Date.now() / 1000)
-  for (const result of [
+  const results = [
     [{}],
     [null],
     [{ metric: { identity: 5, kind: { a: 1 }, service: 's' }, value: [now, '1'] }],
     [{ metric: { identity: 'a', kind: 'job', service: 's' }, value: [now, 1] }],
     [{ metric: { identity: 'a', kind: 'job', service: 's' }, value: null }],
-  ]) {
+  ]
+  const runs = results.map(async (result) => {
     const prometheus = await fakePrometheus(t, (res) =>
       json(res, 200, { status: 'success', data: { resultType: 'vector', result } }),
     )
-    for (const command of ['inventory', 'fleet']) {
-      const r = await runCli([command, '--prometheus', prometheus])
+    const answers = await Promise.all(
+      ['inventory', 'fleet'].map(async (command) => ({
+        command,
+        r: await runCli([command, '--prometheus', prometheus]),
+      })),
+    )
+    return { result, answers }
+  })
+  for (const { result, answers } of await Promise.all(runs)) {
+    for (const { command, r } of answers) {
       t.equal(r.code, 2, `${command} ${JSON.stringify(result)}: exit 2`)
       t.match(r.stderr, /answered a malformed result/, `${command}: says so`)
       t.equal(r.stdout, '', `${command}: nothing half-printed`)
@@ -121,8 +134,10 @@ t.test('warnings of a partial answer are shown, never dropped', async (t) => {
     }),
   )
   const warned = /warning: Prometheus: partial response: store eu-1 did not answer\\x1b\[2J/
-  for (const args of [['inventory'], ['inventory', '--csv'], ['inventory', '--json'], ['fleet', '--json']]) {
-    const r = await runCli([...args, '--prometheus', prometheus])
+  const argsList = [['inventory'], ['inventory', '--csv'], ['inventory', '--json'], ['fleet', '--json']]
+  const answers = await Promise.all(argsList.map((args) => runCli([...args, '--prometheus', prometheus])))
+  for (const [i, args] of argsList.entries()) {
+    const r = answers[i]!
     t.equal(r.code, 0, `${args.join(' ')}: the answer is used`)
     t.match(r.stderr, warned, `${args.join(' ')}: the warning on stderr, escaped`)
     if (args.includes('--json'))
