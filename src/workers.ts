@@ -82,6 +82,8 @@ type Command =
     }
   | { nhi: 'config'; id: number; config: Config; secretFiles: SecretFiles }
   | { nhi: 'scrape'; id: number; since: number }
+  /** the identities the pod's cap admitted (podIdentityKey), after a scrape that changed them */
+  | { nhi: 'podAdmitted'; identities: string[] }
   | { nhi: 'ready'; id: number }
   /** the primary's watchdog: answered from the event loop, so a worker whose loop is stuck does not answer */
   | { nhi: 'ping'; id: number }
@@ -429,6 +431,9 @@ export async function runWorker(wlog: Logger): Promise<void> {
           () => reply(m.id, undefined),
         )
         return
+      case 'podAdmitted':
+        sidecar.telemetry.metrics.podAdmitted(m.identities)
+        return
       case 'ping':
         reply(m.id, true)
         return
@@ -518,6 +523,8 @@ interface Slot {
    * ADMIN_ANSWER_MS leaves it running, and the next scrapes wait on it rather than ask a stalled worker again
    */
   scraping?: Promise<boolean>
+  /** the pod's admitted identities as this worker was last told them (PodMetrics.admittedVersion) */
+  admittedSent?: number
   /**
    * the drain or close that came while the worker was starting: a message sent before its handler exists is
    * lost, so it is delivered when the worker reports it serves
@@ -925,6 +932,23 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       s.scraping = undefined
     }
   }
+  /**
+   * Every serving worker learns which identities the pod admitted once they change: sent before the scrape
+   * is answered, so it reaches a worker ahead of any connection the primary hands it after that (one channel).
+   */
+  const tellAdmitted = () => {
+    let identities: string[] | undefined
+    for (const s of slots) {
+      if (!s.worker || !s.listening || s.admittedSent === pod.admittedVersion) continue
+      identities ??= pod.admittedIdentities()
+      try {
+        s.worker.send({ nhi: 'podAdmitted', identities } satisfies Command)
+        s.admittedSent = pod.admittedVersion
+      } catch {
+        // the worker is exiting
+      }
+    }
+  }
   const scrape = async (openMetrics: boolean) => {
     // A worker that does not answer within ADMIN_ANSWER_MS keeps in the merge the values of its last applied
     // snapshot (the merge holds them anyway): its counters neither vanish nor go back, which Prometheus
@@ -961,6 +985,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       { service: config.service, limits: tableLimits(config), restarts, stale },
       openMetrics,
     )
+    tellAdmitted()
     return { contentType: openMetrics ? OPENMETRICS_CONTENT_TYPE : TEXT_CONTENT_TYPE, body }
   }
 

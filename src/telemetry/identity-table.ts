@@ -11,7 +11,7 @@
 // pod-wide admission of `workers: N` (pod-metrics.ts).
 import { OVERFLOW_IDENTITY } from '../identity/builtin.ts'
 import type { Identity, Kind, Source } from '../types.ts'
-import type { CounterSeries, HistogramSeries } from './exposition.ts'
+import { type CounterSeries, escapeLabelValue, type HistogramSeries } from './exposition.ts'
 import { LatencyReservoir, RateWindow } from './windows.ts'
 
 export { OVERFLOW_IDENTITY }
@@ -273,6 +273,14 @@ export class IdentityTable {
   /** overflow entries (one per source at most) */
   private overflows = 0
   private lastSweep = 0
+  /**
+   * Under `workers: N`: the names (escaped, by source) the pod gave a slot of its cap, as the primary last
+   * said. This table makes room for them beyond its own caps: it may have filled its slots with names the
+   * pod folded into `__overflow__` while the pod's own callers were served by other workers, and their
+   * requests here would then be lost to `__overflow__` although one process counts them as theirs. At most
+   * the pod's maxIdentities names, so the table holds twice its cap at most.
+   */
+  private podAdmitted: ReadonlyMap<Source, ReadonlySet<string>> | undefined
 
   constructor(limits: IdentityTableLimits) {
     this.limits = { ...limits }
@@ -289,6 +297,28 @@ export class IdentityTable {
     if (identity.name === OVERFLOW_IDENTITY) return false
     if (this.tracked >= this.limits.maxIdentities) return false
     return this.shares.fits(madeUp(identity), identity.issuer)
+  }
+
+  /** a pod's admitted identities (podIdentityKey: `source\0name`, the name escaped as in its label) */
+  setPodAdmitted(keys: readonly string[]): void {
+    const bySource = new Map<Source, Set<string>>()
+    for (const key of keys) {
+      const sep = key.indexOf('\u0000')
+      const source = key.slice(0, sep) as Source
+      let names = bySource.get(source)
+      if (names === undefined) {
+        names = new Set()
+        bySource.set(source, names)
+      }
+      names.add(key.slice(sep + 1))
+    }
+    this.podAdmitted = bySource
+  }
+
+  /** whether the pod gave the identity a slot: it gets an entry here whatever this table's caps say */
+  private admittedByPod(identity: Identity): boolean {
+    if (this.podAdmitted === undefined || identity.name === OVERFLOW_IDENTITY) return false
+    return this.podAdmitted.get(identity.source)?.has(escapeLabelValue(identity.name)) === true
   }
 
   get size(): number {
@@ -348,7 +378,7 @@ export class IdentityTable {
     if (!entry) {
       // A full table first tries to free idle slots, at most once a second so overflow traffic stays cheap.
       if (!this.fits(identity) && now - this.lastSweep >= 1000) this.sweep(now)
-      if (this.fits(identity)) {
+      if (this.fits(identity) || this.admittedByPod(identity)) {
         entry = newEntry(identity.name, identity, now)
         this.add(entry)
       } else {

@@ -231,6 +231,11 @@ export class MetricsRecorder implements Recorder {
     return out
   }
 
+  /** under `workers: N`: the identities the pod admitted, which this worker's table makes room for */
+  podAdmitted(keys: readonly string[]): void {
+    this.table.setPodAdmitted(keys)
+  }
+
   /** the tracked identities a capped token issuer named, with that issuer (podIdentityKey) */
   issued(): [identity: string, issuer: string][] {
     const caps = this.limits.issuerCaps

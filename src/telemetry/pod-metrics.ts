@@ -239,6 +239,8 @@ export class PodMetrics {
   private readonly admitted = new Map<string, { madeUp: boolean; issuer: string | undefined }>()
   /** the unverified and per-issuer slots the admitted identities hold (made with the first render's limits) */
   private shares: Shares | undefined
+  /** moves whenever an identity is admitted or leaves: the workers are told the admitted ones again */
+  admittedVersion = 0
   /** identities beyond the cap → their counter/histogram values at the last scrape, on overflow lines */
   private readonly folded = new Map<string, Map<string, Folded>>()
   /**
@@ -411,6 +413,14 @@ export class PodMetrics {
     return out.join('')
   }
 
+  /**
+   * The identities with a slot of the pod's cap (podIdentityKey), for the workers: each makes room for
+   * them in its own table, so what they do on a worker whose table other names filled is still theirs.
+   */
+  admittedIdentities(): string[] {
+    return [...this.admitted.keys()]
+  }
+
   private slot(process: string): Slot {
     let slot = this.slots.get(process)
     if (slot === undefined) {
@@ -508,6 +518,7 @@ export class PodMetrics {
       const p = present.get(key)
       if (p === undefined) {
         this.admitted.delete(key)
+        this.admittedVersion++
         shares.give(held.madeUp, held.issuer)
       } else if (held.issuer === undefined && p.issuer !== undefined) {
         // Workers name only capped issuers, so an identity admitted before a reload capped its issuer was
@@ -532,6 +543,7 @@ export class PodMetrics {
       const fits = this.admitted.size < limits.maxIdentities && shares.fits(madeUp, p.issuer)
       if (fits) {
         this.admitted.set(key, { madeUp, issuer: p.issuer })
+        this.admittedVersion++
         shares.take(madeUp, p.issuer)
       } else this.folded.set(key, new Map())
     }

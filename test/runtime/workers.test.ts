@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
-import { createServer, type IncomingMessage, request } from 'node:http'
+import { Agent, createServer, type IncomingMessage, request } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
@@ -337,6 +337,60 @@ t.test('workers: 2', async (t) => {
     t.throws(() => execFileSync('pgrep', ['-P', String(primaryPid)]), 'no worker left behind')
   })
 })
+
+t.test(
+  'an identity the pod admitted keeps its requests on a worker whose own table other names filled',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const { configFile, config } = await twoWorkerPodFiles('workers-admitted', upstream.url)
+    await writeFile(configFile, config({ metrics: { maxIdentities: 2, maxUnverifiedIdentities: 2 } }))
+    const sidecar = await startSidecarFromFile(t, configFile)
+    // one keep-alive connection per worker: the cluster hands new connections to the workers in turn
+    const agents = [0, 1].map(() => new Agent({ keepAlive: true, maxSockets: 1 }))
+    t.teardown(() => {
+      for (const a of agents) a.destroy()
+    })
+    const send = (worker: 0 | 1, userAgent: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = request(
+          `${sidecar.proxyUrl}/x`,
+          { agent: agents[worker], headers: { 'user-agent': userAgent } },
+          (res) => {
+            res.resume()
+            res.on('end', () => resolve(res.statusCode ?? 0))
+          },
+        )
+        req.on('error', reject)
+        req.end()
+      })
+    const metrics = async () => samples(await (await fetch(`${sidecar.adminUrl}/metrics`)).text())
+    t.equal(await send(0, 'first/1.0'), 200)
+    t.equal(await send(1, 'second/1.0'), 200)
+    // the scrape that admits both for the pod, as one process admitted them at their first request
+    await eventually(async () => sum(await metrics(), 'nhi_requests_total') === 2, { what: 'two requests' })
+    t.same(
+      (await metrics()).filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value),
+      [1, 1],
+      'precondition: each connection went to its own worker',
+    )
+    // the second worker's table fills with a name the pod folds; then the first worker's caller comes to it
+    t.equal(await send(1, 'third/1.0'), 200)
+    t.equal(await send(1, 'first/1.0'), 200)
+    const m = await eventually(
+      async () => {
+        const m = await metrics()
+        return sum(m, 'nhi_requests_total') === 4 ? m : undefined
+      },
+      { what: 'four requests' },
+    )
+    const of = (name: string) => sum(m, 'nhi_requests_total', (l) => l['identity'] === name)
+    t.equal(of('ua:first'), 2, 'both requests of the first caller are its own, as in one process')
+    t.equal(of('ua:second'), 1)
+    t.equal(of('__overflow__'), 1, 'the third, which found the cap full, is __overflow__')
+    t.equal(sum(m, 'nhi_identity_overflow_total'), 1)
+  },
+)
 
 t.test('a worker that cannot listen stops the start with exit 2, and no worker is left behind', async (t) => {
   const taken = createServer()
