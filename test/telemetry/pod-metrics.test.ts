@@ -490,3 +490,35 @@ t.test("a renamed service: the old service's lines go, as in one process", async
   t.equal(value(after, renamed(req('a'))), 2, 'the new service counts afresh')
   t.notMatch(after, /service="s"/, 'nothing left of the old service')
 })
+
+t.test("a worker's table makes room for the identities the pod admitted, and for no others", async (t) => {
+  const pod = new PodMetrics()
+  // `q"uote` is escaped in its label: the worker must find it by the name its identity carries
+  const admitted = ['a', 'q\\"uote']
+  const version = pod.admittedVersion
+  pod.merge([{ worker: '1', body: worker({ a: 1, 'q\\"uote': 1, c: 1 }) }], primary, state(2), false)
+  t.same(
+    pod.admittedIdentities(),
+    admitted.map((n) => `apikey\u0000${n}`),
+    'the first two, by their keys',
+  )
+  t.not(pod.admittedVersion, version, 'the workers are to be told')
+  const told = pod.admittedVersion
+  pod.merge([{ worker: '1', body: worker({ a: 2, 'q\\"uote': 1, c: 1 }) }], primary, state(2), false)
+  t.equal(pod.admittedVersion, told, 'not again while they stay the same')
+
+  // another worker's table, full of names the pod folded
+  const table = new IdentityTable({ maxIdentities: 2, idleTtlMs: 60_000 })
+  table.admitEntry(identity('c', { source: 'apikey' }), 0)
+  table.admitEntry(identity('d', { source: 'apikey' }), 0)
+  table.setPodAdmitted(pod.admittedIdentities())
+  table.admitEntry(identity('q"uote', { source: 'apikey' }), 0)
+  t.notOk(table.overflowed, 'an admitted name gets an entry beyond the cap')
+  table.admitEntry(identity('a', { source: 'apikey' }), 0)
+  t.notOk(table.overflowed)
+  table.admitEntry(identity('a', { source: 'mtls' }), 0)
+  t.ok(table.overflowed, 'the same name of another source is another identity')
+  table.admitEntry(identity('e', { source: 'apikey' }), 0)
+  t.ok(table.overflowed, 'a name the pod did not admit still finds the cap full')
+  t.equal(table.tracked, 4, 'twice the cap at most')
+})
