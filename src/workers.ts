@@ -82,8 +82,11 @@ type Command =
     }
   | { nhi: 'config'; id: number; config: Config; secretFiles: SecretFiles }
   | { nhi: 'scrape'; id: number; since: number }
-  /** the identities the pod's cap admitted (podIdentityKey), after a scrape that changed them */
-  | { nhi: 'podAdmitted'; identities: string[] }
+  /**
+   * the identities the pod's cap admitted (podIdentityKey), after a scrape that changed them; `startOver`:
+   * those folded until then, whose series start again
+   */
+  | { nhi: 'podAdmitted'; identities: string[]; startOver: readonly string[] }
   | { nhi: 'ready'; id: number }
   /** the primary's watchdog: answered from the event loop, so a worker whose loop is stuck does not answer */
   | { nhi: 'ping'; id: number }
@@ -432,7 +435,7 @@ export async function runWorker(wlog: Logger): Promise<void> {
         )
         return
       case 'podAdmitted':
-        sidecar.telemetry.metrics.podAdmitted(m.identities)
+        sidecar.telemetry.metrics.podAdmitted(m.identities, m.startOver)
         return
       case 'ping':
         reply(m.id, true)
@@ -942,7 +945,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       if (!s.worker || !s.listening || s.admittedSent === pod.admittedVersion) continue
       identities ??= pod.admittedIdentities()
       try {
-        s.worker.send({ nhi: 'podAdmitted', identities } satisfies Command)
+        s.worker.send({ nhi: 'podAdmitted', identities, startOver: pod.startedOver() } satisfies Command)
         s.admittedSent = pod.admittedVersion
       } catch {
         // the worker is exiting

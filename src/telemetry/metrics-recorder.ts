@@ -231,9 +231,17 @@ export class MetricsRecorder implements Recorder {
     return out
   }
 
-  /** under `workers: N`: the identities the pod admitted, which this worker's table makes room for */
-  podAdmitted(keys: readonly string[]): void {
+  /**
+   * Under `workers: N`: the identities the pod admitted, which this worker's table makes room for, and those
+   * among them that the pod had folded into `__overflow__` until now. What those counted stays there; their
+   * series start again here, as one process starts the series of an identity it admits.
+   */
+  podAdmitted(keys: readonly string[], startOver: readonly string[]): void {
     this.table.setPodAdmitted(keys)
+    if (startOver.length === 0) return
+    const keysOf = new Set(startOver)
+    for (const e of this.table.values())
+      if (!e.overflow && keysOf.has(podIdentityKey(e.source, e.name))) this.metrics.startOver(e)
   }
 
   /** the tracked identities a capped token issuer named, with that issuer (podIdentityKey) */

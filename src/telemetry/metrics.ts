@@ -325,6 +325,22 @@ export class Metrics {
     return series
   }
 
+  /**
+   * An entry's series start again (its counters, histograms and job state), as a newly admitted entry's
+   * would: a pod admitted it after it had folded it into `__overflow__` (pod-metrics.ts).
+   */
+  startOver(entry: IdentityEntry): void {
+    const series = entry.series
+    series.requests.clear()
+    series.duration.clear()
+    series.perKind.clear()
+    series.cost.clear()
+    series.grpc.clear()
+    series.hot = undefined
+    entry.lastSuccess = undefined
+    entry.consecutiveFailures = 0
+  }
+
   /** Records one finished request for an admitted identity entry. */
   observe(
     entry: IdentityEntry,

@@ -90,6 +90,11 @@ class Line {
   retired = 0
   /** some process's counts were retired into it (a zero too: a histogram keeps every bucket line) */
   retiring = false
+  /**
+   * the line of a folded identity that got a slot: what it counted went to `__overflow__`, and the workers
+   * start its series again, so what they still send of it (until they have) counts nowhere
+   */
+  orphaned = false
   private merged = 0
   private dirty = true
   private rendered = Number.NaN
@@ -123,6 +128,7 @@ class Line {
   }
 
   set(slot: number, value: number): void {
+    if (this.orphaned) return
     const was = this.values[slot]
     if (was === undefined) this.processes++
     else if (Object.is(was, value)) return
@@ -227,8 +233,8 @@ interface Folded {
  * The pod's /metrics from the processes' snapshots. Keeps every process's latest values line by line and
  * each merged line as last rendered, so a scrape re-renders only the lines whose merged value moved, as a
  * single process re-renders only its changed series. Also keeps the pod-wide admission state between
- * scrapes so that, as in one process, an identity keeps its own series (or stays folded) for as long as
- * some worker tracks it.
+ * scrapes so that, as in one process, an identity keeps its own series for as long as some worker tracks
+ * it, and one folded gets a slot once there is room.
  */
 export class PodMetrics {
   private readonly families = new Map<string, Family>()
@@ -241,7 +247,7 @@ export class PodMetrics {
   private shares: Shares | undefined
   /** moves whenever an identity is admitted or leaves: the workers are told the admitted ones again */
   admittedVersion = 0
-  /** identities beyond the cap → their counter/histogram values at the last scrape, on overflow lines */
+  /** identities beyond the cap → their counter/histogram values (and last seen) at the last scrape, on overflow lines */
   private readonly folded = new Map<string, Map<string, Folded>>()
   /**
    * Values of folded identities no worker tracks any more: still part of the overflow series, as in one
@@ -250,6 +256,16 @@ export class PodMetrics {
   private readonly carried = new Map<string, Folded>()
   /** lines that got an extra at the last scrape */
   private extras: Line[] = []
+  /**
+   * folded identities that got a slot at the last scrape: their counts so far moved to `__overflow__`, and the
+   * workers are told to start their series again, as one process starts an identity it admits
+   */
+  private unfolded: string[] = []
+  /**
+   * identities that got a slot after they were folded, until a request of theirs shows: one process admits
+   * such an identity at its next request, so until then it has no series, and no count in nhi_identities
+   */
+  private readonly waiting = new Set<string>()
 
   /** the snapshot the next one from this process should continue (-1: send everything) */
   since(process: string): number {
@@ -361,6 +377,7 @@ export class PodMetrics {
   }
 
   render(state: PodState, openMetrics: boolean): string {
+    this.unfolded = []
     const present = this.present()
     this.admit(present, state.limits)
     this.fold()
@@ -376,6 +393,7 @@ export class PodMetrics {
       }
     }
 
+    if (this.waiting.size > 0) this.stopWaiting()
     const out: string[] = []
     const folding = this.folded.size > 0
     for (const f of this.families.values()) {
@@ -394,6 +412,7 @@ export class PodMetrics {
           continue
         }
         if (folding && line.identity !== undefined && this.folded.has(line.identity)) continue
+        if (this.waiting.size > 0 && line.identity !== undefined && this.waiting.has(line.identity)) continue
         out.push(line.render())
       }
     }
@@ -419,6 +438,11 @@ export class PodMetrics {
    */
   admittedIdentities(): string[] {
     return [...this.admitted.keys()]
+  }
+
+  /** the identities folded until the last scrape that got a slot at it: the workers start their series again */
+  startedOver(): readonly string[] {
+    return this.unfolded
   }
 
   private slot(process: string): Slot {
@@ -532,20 +556,26 @@ export class PodMetrics {
       if (present.has(key)) continue
       this.folded.delete(key)
       for (const [overflowKey, { family, value }] of values) {
-        const was = this.carried.get(overflowKey)
-        this.carried.set(overflowKey, { family, value: (was?.value ?? 0) + value })
+        this.carry(family, overflowKey, value)
       }
     }
+    // A folded identity is admitted too once there is room (an admitted one went idle on every worker, or a
+    // reload raised a cap), as one process gives it a slot at its next request
     for (const [key, p] of present) {
-      if (this.admitted.has(key) || this.folded.has(key)) continue
+      if (this.admitted.has(key)) continue
       const sep = key.indexOf('\u0000')
       const madeUp = madeUpName(key.slice(sep + 1), key.slice(0, sep), p.verified, p.fromRequest)
       const fits = this.admitted.size < limits.maxIdentities && shares.fits(madeUp, p.issuer)
+      const folded = this.folded.has(key)
       if (fits) {
         this.admitted.set(key, { madeUp, issuer: p.issuer })
         this.admittedVersion++
         shares.take(madeUp, p.issuer)
-      } else this.folded.set(key, new Map())
+        if (folded) {
+          this.folded.delete(key)
+          this.unfolded.push(key)
+        }
+      } else if (!folded) this.folded.set(key, new Map())
     }
   }
 
@@ -557,6 +587,7 @@ export class PodMetrics {
   private fold(): void {
     for (const line of this.extras) line.extra = undefined
     this.extras = []
+    if (this.unfolded.length > 0) this.unfold()
     if (this.folded.size === 0 && this.carried.size === 0) return
     const extra = new Map<string, Folded & { max: boolean }>()
     const add = (family: Family, key: string, value: number, max: boolean) => {
@@ -576,15 +607,16 @@ export class PodMetrics {
           if (line.processes === 0 && !line.retiring) continue
           const value = line.value()
           add(f, line.overflowKey, value, !additive)
-          if (!additive) continue
           let mine = foldedNow.get(line.identity)
           if (!mine) {
             mine = new Map()
             foldedNow.set(line.identity, mine)
           }
+          // last seen the latest, as the overflow entry of one process has it
           const sum = (family: Family, key: string, v: number) => {
             const was = mine!.get(key)
-            mine!.set(key, { family, value: (was?.value ?? 0) + v })
+            const value = was === undefined ? v : additive ? was.value + v : Math.max(was.value, v)
+            mine!.set(key, { family, value })
           }
           sum(f, line.overflowKey, value)
           // what one process counts when an identity does not fit: every request it makes
@@ -598,7 +630,7 @@ export class PodMetrics {
     for (const values of foldedNow.values()) {
       for (const [key, { family, value }] of values) if (family === overflow) add(family, key, value, false)
     }
-    for (const [key, { family, value }] of this.carried) add(family, key, value, false)
+    for (const [key, { family, value }] of this.carried) add(family, key, value, family.type === 'gauge')
 
     for (const [key, { family, value }] of extra) {
       let line = family.lines.get(key)
@@ -611,11 +643,60 @@ export class PodMetrics {
     }
   }
 
+  /**
+   * What identities folded until this scrape had counted stays in their `__overflow__` series (and in
+   * nhi_identity_overflow_total), where one process had counted it: carried there. Their own counter and
+   * histogram lines go; the workers, told to start those series again, send them anew (a request of theirs
+   * that a worker counts before it is told is lost with the old lines).
+   */
+  private unfold(): void {
+    const unfolded = new Set(this.unfolded)
+    const overflow = this.families.get(OVERFLOW)
+    for (const f of this.families.values()) {
+      if (f.perProcess || (f.type === 'gauge' && f.base !== LAST_SEEN)) continue
+      for (const [key, line] of f.lines) {
+        if (line.identity === undefined || !unfolded.has(line.identity)) continue
+        const counted = line.value()
+        this.carry(f, line.overflowKey, counted)
+        // its own last seen goes on: only the overflow entry's keeps the time it was last seen folded
+        if (f.type === 'gauge') continue
+        if (f.base === REQUESTS && overflow)
+          this.carry(overflow, `${OVERFLOW}_total{service="${line.service}"}`, counted)
+        for (const slot of this.slots.values()) {
+          // the worker served them: its nhi_worker_requests_total keeps them
+          if (f.base === REQUESTS) slot.retiredRequests += line.values[slot.index] ?? 0
+          line.unset(slot.index)
+        }
+        line.orphaned = true
+        f.lines.delete(key)
+      }
+    }
+    for (const key of unfolded) this.waiting.add(key)
+    // a worker's series started again render with the keys they had: its next snapshot is whole, so that
+    // they come back as new lines, not as values of the ones that went
+    for (const slot of this.slots.values()) if (slot.label !== PRIMARY) slot.seq = -1
+  }
+
+  /** identities waiting for a request after they got a slot: those with a request line again, or gone, stop */
+  private stopWaiting(): void {
+    for (const key of this.waiting) if (!this.admitted.has(key)) this.waiting.delete(key)
+    for (const line of this.families.get(REQUESTS)?.lines.values() ?? [])
+      if (line.identity !== undefined && line.processes > 0) this.waiting.delete(line.identity)
+  }
+
+  /** what stays in an overflow line when the identity that counted it leaves: summed, last seen the latest */
+  private carry(family: Family, key: string, value: number): void {
+    const was = this.carried.get(key)
+    const gauge = family.type === 'gauge'
+    const carried = was === undefined ? value : gauge ? Math.max(was.value, value) : was.value + value
+    this.carried.set(key, { family, value: carried })
+  }
+
   private writeIdentities(out: string[], present: Map<string, Present>): void {
     const byKind = new Map<string, number>()
     for (const key of this.admitted.keys()) {
       const p = present.get(key)
-      if (!p) continue
+      if (!p || this.waiting.has(key)) continue
       const labels = `service="${p.service}",kind="${p.kind}"`
       byKind.set(labels, (byKind.get(labels) ?? 0) + 1)
     }

@@ -522,3 +522,32 @@ t.test("a worker's table makes room for the identities the pod admitted, and for
   t.ok(table.overflowed, 'a name the pod did not admit still finds the cap full')
   t.equal(table.tracked, 4, 'twice the cap at most')
 })
+
+t.test('a folded identity gets a slot once there is room, its series starting from nothing', async (t) => {
+  const pod = new PodMetrics()
+  const bodies = (b: number) => [
+    { worker: '1', body: worker({ a: 1 }) },
+    { worker: '2', body: worker({ b }) },
+  ]
+  const first = pod.merge(bodies(2), primary, state(1), false)
+  t.equal(value(first, req('b')), undefined, 'b does not fit: folded')
+  t.equal(value(first, req('__overflow__')), 2)
+
+  // a reload raises the cap: b has room, as in one process at its next request
+  const second = pod.merge(bodies(2), primary, state(2), false)
+  const told = [...pod.startedOver()]
+  t.equal(value(second, req('b')), undefined, 'no series before its next request')
+  t.equal(value(second, `nhi_identity_last_seen_timestamp_seconds{${id('b', ',kind="service"')}}`), undefined)
+  t.equal(value(second, 'nhi_identities{service="s",kind="service"}'), 1)
+  t.equal(value(second, req('__overflow__')), 2, 'what it counted folded stays in __overflow__')
+  t.equal(value(second, 'nhi_identity_overflow_total{service="s"}'), 2)
+
+  // its worker started its series again, and it made one request
+  const third = pod.merge(bodies(1), primary, state(2), false)
+  t.equal(value(third, req('b')), 1, 'its own series counts what came after')
+  t.equal(value(third, req('__overflow__')), 2)
+  t.equal(value(third, 'nhi_identity_overflow_total{service="s"}'), 2)
+  t.equal(value(third, 'nhi_identities{service="s",kind="service"}'), 2)
+  t.equal(value(third, 'nhi_worker_requests_total{service="s",worker="2"}'), 3, 'its worker served three')
+  t.same(told, ['apikey\u0000b'], 'its workers were told to start its series again')
+})
