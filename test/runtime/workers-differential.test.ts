@@ -11,7 +11,10 @@
 // the pod decides at each scrape over what its workers track (docs/reference.md "Workers"), so identities
 // first seen between two scrapes are admitted in the order the workers' answers list them, not the order the
 // requests came in. The sequence therefore opens with identities that all fit (one request each, in a drawn
-// order), both proxies are scraped, and the rest follows, where every new identity finds the cap full.
+// order), both proxies are scraped, and the rest follows, where every new identity finds the cap full. Then
+// a reload raises the caps so that every identity has room (those that overflowed get a slot at their next
+// request in one process, at the next scrape in the pod), both are scraped, and more requests follow: both
+// are compared again.
 //
 // Deliberate differences, documented there, and so not compared:
 // - `process_*`, `nodejs_*`: per process (the pod's have a `worker` label);
@@ -116,6 +119,11 @@ const scenario = clients.chain((c) => {
       minLength: 90,
       maxLength: 110,
     }),
+    /** after the reload that raises the caps */
+    raised: fc.array(fc.record({ client: fc.constantFrom(...all), method, path }), {
+      minLength: 30,
+      maxLength: 40,
+    }),
   })
 })
 
@@ -171,15 +179,19 @@ function headersOf(client: Client, f: Fixtures): Record<string, string> {
   }
 }
 
-function configOf(f: Fixtures, auditFile: string, workers: number): string {
-  return testConfigYaml({
+/** the caps before the reload, and the ones it raises them to: room for every client the case has */
+const CAPS = { maxIdentities: MAX_IDENTITIES, maxUnverified: MAX_UNVERIFIED, issuer: ISSUER_CAP }
+const RAISED = { maxIdentities: 40, maxUnverified: 20, issuer: 20 }
+
+function configOf(f: Fixtures, auditFile: string, workers: number, caps = CAPS): Record<string, unknown> {
+  return {
     service: 'differential',
     upstream: f.upstream,
     workers,
     audit: { output: auditFile },
     metrics: {
-      maxIdentities: MAX_IDENTITIES,
-      maxUnverifiedIdentities: MAX_UNVERIFIED,
+      maxIdentities: caps.maxIdentities,
+      maxUnverifiedIdentities: caps.maxUnverified,
       routes: ROUTES,
       buckets: [0.02, 0.1, 1],
     },
@@ -189,7 +201,7 @@ function configOf(f: Fixtures, auditFile: string, workers: number): string {
           issuer: f.issuer,
           jwksUri: `${f.issuer}/jwks.json`,
           audiences: ['orders'],
-          maxIdentities: ISSUER_CAP,
+          maxIdentities: caps.issuer,
         },
       ],
     },
@@ -202,20 +214,22 @@ function configOf(f: Fixtures, auditFile: string, workers: number): string {
       mode: 'enforce',
       rules: [{ name: 'admins', route: '/admin/**', allow: [{ verified: true }] }],
     },
-  })
+  }
 }
 
 interface Proxy {
   sidecar: TestSidecar
   auditFile: string
+  config: (caps?: typeof CAPS) => Record<string, unknown>
 }
 
 async function startProxy(t: Test, f: Fixtures, workers: number): Promise<Proxy> {
   const dir = await scratchDir(`workers-differential-${workers}`)
   const auditFile = join(dir, 'audit.log')
   const configFile = join(dir, 'config.yaml')
-  await writeFile(configFile, configOf(f, auditFile, workers))
-  return { sidecar: await startSidecarFromFile(t, configFile), auditFile }
+  const config = (caps = CAPS) => configOf(f, auditFile, workers, caps)
+  await writeFile(configFile, testConfigYaml(config()))
+  return { sidecar: await startSidecarFromFile(t, configFile), auditFile, config }
 }
 
 let abandoned = 0
@@ -402,9 +416,42 @@ async function settled(proxy: Proxy, count: number): Promise<void> {
   )
 }
 
+/** compares everything the two proxies tell; resolves with the pod's text exposition */
+async function compareAll(t: Test, single: Proxy, pod: Proxy, when: string): Promise<string> {
+  const [textOne, textPod, omOne, omPod] = await Promise.all([
+    getText(`${single.sidecar.adminUrl}/metrics`),
+    getText(`${pod.sidecar.adminUrl}/metrics`),
+    getText(`${single.sidecar.adminUrl}/metrics`, OPENMETRICS),
+    getText(`${pod.sidecar.adminUrl}/metrics`, OPENMETRICS),
+  ])
+  const podSamples = parseMetrics(textPod)
+  const served = podSamples.filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value)
+  t.ok(
+    served.length === 2 && served.every((n) => n > 0),
+    `precondition: both workers served requests (${served.join(' + ')})`,
+  )
+  const overflowed = metricValue(parseMetrics(textOne), 'nhi_identity_overflow_total')
+  t.ok(overflowed > 0, `precondition: the cap was reached (${overflowed} requests overflowed)`)
+
+  compareMetrics(t, textOne, textPod, `${when}, text`)
+  compareMetrics(t, omOne, omPod, `${when}, OpenMetrics`)
+  t.same(auditMultiset(pod.auditFile), auditMultiset(single.auditFile), `${when}: the same audit lines`)
+
+  const totals = async (proxy: Proxy) => {
+    const view = (await (await fetch(`${proxy.sidecar.adminUrl}/identities`)).json()) as {
+      totals: { requests: number }
+      identities: { requests: number }[]
+    }
+    return { totals: view.totals.requests, rows: view.identities.reduce((n, r) => n + r.requests, 0) }
+  }
+  t.same(await totals(pod), await totals(single), `${when}: the same live-view totals`)
+
+  return textPod
+}
+
 t.test('workers: 2 gives the same /metrics, audit lines and live-view totals as one process', async (t) => {
   const [drawn] = fc.sample(scenario, { numRuns: 1, seed: PROPERTY_SEED })
-  const { clients: c, order, rest } = drawn!
+  const { clients: c, order, rest, raised } = drawn!
   const first = admittedFirst(order)
   const upstream = await startUpstream()
   t.teardown(() => upstream.close())
@@ -446,33 +493,23 @@ t.test('workers: 2 gives the same /metrics, audit lines and live-view totals as 
   )
   await Promise.all([settled(single, total), settled(pod, total)])
 
-  const [textOne, textPod, omOne, omPod] = await Promise.all([
-    getText(`${single.sidecar.adminUrl}/metrics`),
-    getText(`${pod.sidecar.adminUrl}/metrics`),
-    getText(`${single.sidecar.adminUrl}/metrics`, OPENMETRICS),
-    getText(`${pod.sidecar.adminUrl}/metrics`, OPENMETRICS),
-  ])
-  const podSamples = parseMetrics(textPod)
-  const served = podSamples.filter((s) => s.name === 'nhi_worker_requests_total').map((s) => s.value)
-  t.ok(
-    served.length === 2 && served.every((n) => n > 0),
-    `precondition: both workers served requests (${served.join(' + ')})`,
+  const textPod = await compareAll(t, single, pod, 'with the cap reached')
+
+  // phase three: a reload raises the caps (identities that overflowed before have room now, as one
+  // process gives it to them at their next request), a scrape, and more requests
+  t.same(
+    await Promise.all([single, pod].map((p) => p.sidecar.reload(p.config(RAISED)))),
+    [true, true],
+    'both reloaded',
   )
-  const overflowed = metricValue(parseMetrics(textOne), 'nhi_identity_overflow_total')
-  t.ok(overflowed > 0, `precondition: the cap was reached (${overflowed} requests overflowed)`)
-
-  compareMetrics(t, textOne, textPod, 'text')
-  compareMetrics(t, omOne, omPod, 'OpenMetrics')
-  t.same(auditMultiset(pod.auditFile), auditMultiset(single.auditFile), 'the same audit lines')
-
-  const totals = async (proxy: Proxy) => {
-    const view = (await (await fetch(`${proxy.sidecar.adminUrl}/identities`)).json()) as {
-      totals: { requests: number }
-      identities: { requests: number }[]
-    }
-    return { totals: view.totals.requests, rows: view.identities.reduce((n, r) => n + r.requests, 0) }
-  }
-  t.same(await totals(pod), await totals(single), 'the same live-view totals')
+  await Promise.all([settled(single, total), settled(pod, total)])
+  const [afterOne, afterPod] = await Promise.all([
+    sendOnConnections(single.sidecar.proxyUrl, raised, f),
+    sendOnConnections(pod.sidecar.proxyUrl, raised, f),
+  ])
+  t.same(afterPod.sort(), afterOne.sort(), 'the same statuses after the reload')
+  await Promise.all([settled(single, total + raised.length), settled(pod, total + raised.length)])
+  await compareAll(t, single, pod, 'after the reload')
 
   const promtool = systemTool('promtool')
   await t.test(
