@@ -247,7 +247,10 @@ export class PodMetrics {
   private shares: Shares | undefined
   /** moves whenever an identity is admitted or leaves: the workers are told the admitted ones again */
   admittedVersion = 0
-  /** identities beyond the cap → their counter/histogram values (and last seen) at the last scrape, on overflow lines */
+  /**
+   * identities beyond the cap → their counter/histogram values (and last seen) at the last scrape, on
+   * overflow lines
+   */
   private readonly folded = new Map<string, Map<string, Folded>>()
   /**
    * Values of folded identities no worker tracks any more: still part of the overflow series, as in one
@@ -257,8 +260,8 @@ export class PodMetrics {
   /** lines that got an extra at the last scrape */
   private extras: Line[] = []
   /**
-   * folded identities that got a slot at the last scrape: their counts so far moved to `__overflow__`, and the
-   * workers are told to start their series again, as one process starts an identity it admits
+   * folded identities that got a slot at the last scrape: their counts so far moved to `__overflow__`, and
+   * the workers are told to start their series again, as one process starts an identity it admits
    */
   private unfolded: string[] = []
   /**
@@ -440,7 +443,7 @@ export class PodMetrics {
     return [...this.admitted.keys()]
   }
 
-  /** the identities folded until the last scrape that got a slot at it: the workers start their series again */
+  /** the identities folded until the last scrape that got a slot at it: workers start their series again */
   startedOver(): readonly string[] {
     return this.unfolded
   }
@@ -677,7 +680,7 @@ export class PodMetrics {
     for (const slot of this.slots.values()) if (slot.label !== PRIMARY) slot.seq = -1
   }
 
-  /** identities waiting for a request after they got a slot: those with a request line again, or gone, stop */
+  /** identities waiting for a request after they got a slot: those with a request line again, or gone, end */
   private stopWaiting(): void {
     for (const key of this.waiting) if (!this.admitted.has(key)) this.waiting.delete(key)
     for (const line of this.families.get(REQUESTS)?.lines.values() ?? [])
