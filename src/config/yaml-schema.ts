@@ -1,6 +1,18 @@
 // YAML text → value validated by a zod schema, with every problem mapped back to FILE:LINE:COL.
 // Used for the config file and for rule-test files, so both report errors the same way.
-import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from 'yaml'
+import {
+  type Alias,
+  type Document,
+  isAlias,
+  isMap,
+  isPair,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseDocument,
+  visit,
+} from 'yaml'
 import { en } from 'zod/locales'
 import * as z from 'zod/mini'
 import { type Diagnostic, issueMessage, nearest, type Severity } from './diagnostics.ts'
@@ -129,6 +141,19 @@ export function parseYamlWith<S extends z.ZodMiniType>(
   for (const e of doc.errors) errors.push(diag(e.pos[0], `YAML syntax error: ${e.message.split('\n')[0]}`))
   if (errors.length) return { errors, locate }
 
+  const alias = unresolvedAlias(doc)
+  if (alias)
+    return {
+      errors: [
+        diag(
+          alias.range?.[0] ?? 0,
+          `YAML error: alias *${alias.source} names no anchor set before it`,
+          `set &${alias.source} on a value above it`,
+        ),
+      ],
+      locate,
+    }
+
   let raw: unknown
   try {
     raw = doc.toJS({ maxAliasCount: 100 })
@@ -185,6 +210,25 @@ export function parseYamlWith<S extends z.ZodMiniType>(
     errors.push({ file, ...p, message: where ? `${where}: ${message}` : message, hint, severity: 'error' })
   }
   return { errors, locate, raw }
+}
+
+/** The first alias whose anchor is not set before it, which toJS would refuse without saying where. */
+function unresolvedAlias(doc: Document): Alias | undefined {
+  const anchors = new Set<string>()
+  let found: Alias | undefined
+  visit(doc, {
+    Node: (_key, node) => {
+      if (isAlias(node)) {
+        if (anchors.has(node.source)) return undefined
+        found = node
+        return visit.BREAK
+      }
+      const anchor = (node as { anchor?: string }).anchor
+      if (anchor !== undefined) anchors.add(anchor)
+      return undefined
+    },
+  })
+  return found
 }
 
 function getIn(value: unknown, path: Path): unknown {

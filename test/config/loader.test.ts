@@ -81,6 +81,18 @@ t.test('YAML syntax errors carry their position', async (t) => {
   t.match(dup[0]?.message, /unique/)
 })
 
+// an alias whose anchor is not set before it was reported at 1:1, whatever line it was on
+t.test('an alias that names no anchor set before it is an error at the alias', async (t) => {
+  t.same(lines(errorsOf('service: x\nlimits:\n  maxConnections: *nowhere\n')), [
+    'c.yaml:3:19 YAML error: alias *nowhere names no anchor set before it (hint: set &nowhere on a value above it)',
+  ])
+  t.same(lines(errorsOf('timeouts:\n  idle: *wait\n  upstream: &wait 30s\n')), [
+    'c.yaml:2:9 YAML error: alias *wait names no anchor set before it (hint: set &wait on a value above it)',
+  ])
+  const r = parseConfigText('timeouts:\n  upstream: &wait 30s\n  idle: *wait\n', 'c.yaml')
+  t.ok(r.ok && r.config.timeouts.idle === 30_000, 'an alias after its anchor is its value')
+})
+
 t.test('bad CIDRs in trustedProxies and remoteAddr', async (t) => {
   t.same(
     lines(errorsOf('forwardedClientCert:\n  format: xfcc\n  trustedProxies: [10.0.3.17, 10.0.0.300/8]\n')),
