@@ -174,7 +174,7 @@ function upstreamFlag(url: string): string {
 }
 
 export async function loadOrFail(path: string): Promise<Config> {
-  const result = await loadConfigFile(path)
+  const result = await loadConfigFile(path, { checkFiles: 'start' })
   if (!result.ok) throw new StartupError(result.errors.map(formatDiagnostic).join('\n'), 1)
   return result.config
 }
@@ -680,14 +680,16 @@ async function start(opts: StartOptions): Promise<WorkerSidecar & { adminAddress
 
 /**
  * The config file again, for a reload: an invalid one is logged diagnostic by diagnostic and counted as a
- * failed reload, and the caller keeps what it runs.
+ * failed reload, and the caller keeps what it runs. Its files are checked as `check` checks them: a reload
+ * that kept a start-only setting naming a missing or unusable file would apply what `check` refuses, and the
+ * next start would stop on it.
  */
 export async function loadForReload(
   configPath: string,
   log: Logger,
   telemetry: Pick<Telemetry, 'configReloaded'>,
 ): Promise<{ config: Config; warnings: Diagnostic[] } | undefined> {
-  const result = await loadConfigFile(configPath)
+  const result = await loadConfigFile(configPath, { checkFiles: true })
   if (result.ok) return result
   for (const d of result.errors) log.error({ event: 'config_reload_failed' }, formatDiagnostic(d))
   telemetry.configReloaded('failure')

@@ -228,7 +228,7 @@ function fail(err: unknown): never {
  */
 async function preloadConfig(path: string | undefined, log: pino.Logger): Promise<Config | undefined> {
   if (!path) return undefined
-  const result = await loadConfigFile(path)
+  const result = await loadConfigFile(path, { checkFiles: 'start' })
   if (!result.ok) return undefined
   for (const d of result.warnings) log.warn(formatDiagnostic(d))
   return result.config

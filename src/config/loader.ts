@@ -1,6 +1,7 @@
 // Config file → validated, defaulted Config, or diagnostics with FILE:LINE:COL (docs/reference.md "Config file").
 import { readFile, stat } from 'node:fs/promises'
 import { dirname, isAbsolute } from 'node:path'
+import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import { readProblem } from '../util/read-problem.ts'
 import { type Diagnostic, formatDiagnostic } from './diagnostics.ts'
 import { type Config, configSchema } from './schema.ts'
@@ -51,9 +52,22 @@ export function parseConfigText(text: string, file: string): LoadResult {
   return parseLocated(text, file).result
 }
 
+interface ReferencedFile {
+  path: Path
+  name: string
+  value: string
+  /**
+   * the start reads it itself and refuses it with a line of its own (TLS material, the fingerprint key), or
+   * serves without it (the admin token)
+   */
+  readAtStart?: true
+  /** what a problem with it is, when not an error: the sidecar serves without it, the way it says */
+  tolerated?: { hint: string }
+}
+
 /** The files a config names (key sources, secrets, TLS material), with where it names them. */
-function referencedFiles(config: Config): { path: Path; name: string; value: string }[] {
-  const files: { path: Path; name: string; value: string }[] = []
+function referencedFiles(config: Config): ReferencedFile[] {
+  const files: ReferencedFile[] = []
   config.jwt.issuers.forEach((iss, i) => {
     for (const name of ['jwksFile', 'secretFile', 'caFile', 'bearerTokenFile'] as const) {
       const value = iss[name]
@@ -68,14 +82,14 @@ function referencedFiles(config: Config): { path: Path; name: string; value: str
   if (https) {
     for (const name of ['cert', 'key', 'clientCA'] as const) {
       const value = https[name]
-      if (value !== undefined) files.push({ path: ['listen', 'https', name], name, value })
+      if (value !== undefined) files.push({ path: ['listen', 'https', name], name, value, readAtStart: true })
     }
   }
   const upstreamTls = config.upstreamTls
   if (upstreamTls) {
     for (const name of ['ca', 'cert', 'key'] as const) {
       const value = upstreamTls[name]
-      if (value !== undefined) files.push({ path: ['upstreamTls', name], name, value })
+      if (value !== undefined) files.push({ path: ['upstreamTls', name], name, value, readAtStart: true })
     }
   }
   const fingerprintKeyFile = config.apiKeys.fingerprintKeyFile
@@ -84,10 +98,20 @@ function referencedFiles(config: Config): { path: Path; name: string; value: str
       path: ['apiKeys', 'fingerprintKeyFile'],
       name: 'fingerprintKeyFile',
       value: fingerprintKeyFile,
+      readAtStart: true,
     })
   const tokenFile = config.adminAccess.tokenFile
   if (tokenFile !== undefined)
-    files.push({ path: ['adminAccess', 'tokenFile'], name: 'tokenFile', value: tokenFile })
+    files.push({
+      path: ['adminAccess', 'tokenFile'],
+      name: 'tokenFile',
+      value: tokenFile,
+      readAtStart: true,
+      // read again every 30 s (a Secret mounted or rotated later), and fails closed meanwhile
+      tolerated: {
+        hint: 'run starts and reloads without it: the operator endpoints answer loopback peers only until it can be read',
+      },
+    })
   return files
 }
 
@@ -101,15 +125,21 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /**
- * A named file that is missing is an error: the sidecar would start and then fail every refresh (or not
- * start at all). An absolute path whose directory is missing too is most likely mounted only where the
+ * A named file that is missing is an error: the sidecar would fail every refresh, so it does not start (or
+ * reload) with it; the admin token's is a warning (it is read again until it is there). An absolute path whose directory is missing too is most likely mounted only where the
  * sidecar runs (a Kubernetes secret, a service account token): not reported, so a config can be checked
  * elsewhere. Relative paths start at the working directory, as the sidecar reads them.
  */
-async function fileProblems(config: Config, locate: Locate, file: string): Promise<Diagnostic[]> {
+async function fileProblems(
+  config: Config,
+  locate: Locate,
+  file: string,
+  which: true | 'start',
+): Promise<Diagnostic[]> {
   const out: Diagnostic[] = []
   const present = new Set<string>()
   for (const ref of referencedFiles(config)) {
+    if (which === 'start' && ref.readAtStart) continue
     let problem: string | undefined
     try {
       if ((await stat(ref.value)).isDirectory()) problem = 'is a directory'
@@ -123,9 +153,28 @@ async function fileProblems(config: Config, locate: Locate, file: string): Promi
       file,
       ...locate(ref.path),
       message: `${ref.name} "${ref.value}": ${problem}`,
-      hint: 'relative paths start at the working directory of the sidecar',
-      severity: 'error',
+      hint: ref.tolerated?.hint ?? 'relative paths start at the working directory of the sidecar',
+      severity: ref.tolerated ? 'warning' : 'error',
     })
+  }
+  if (which === 'start') return out
+  // the secret files that are here are read as the start and every reload read them (a fingerprint key too
+  // short), so check refuses what they would; the reason never quotes the secret
+  for (const source of CREDENTIAL_SOURCES) {
+    for (const secret of source.secretFiles?.(config) ?? []) {
+      if (!present.has(secret.path)) continue
+      try {
+        await secret.read(secret.path)
+      } catch (e) {
+        out.push({
+          file,
+          ...locate(secret.setting.split('.')),
+          message: `${secret.setting.slice(secret.setting.lastIndexOf('.') + 1)}: ${(e as Error).message}`,
+          hint: 'run refuses to start with it, and a reload to apply it',
+          severity: 'error',
+        })
+      }
+    }
   }
   // the TLS sets whose files are all here are read as the start reads them, so check refuses what run would
   for (const issue of await tlsFileIssues(config, (f) => present.has(f))) {
@@ -142,10 +191,12 @@ async function fileProblems(config: Config, locate: Locate, file: string): Promi
 
 export interface LoadOptions {
   /**
-   * also report files the config names that are missing, and TLS files the start would refuse or that hold
-   * a certificate outside its dates (`check`)
+   * `true` (`check`, a reload): also report files the config names that are missing, secret and TLS files the
+   * start would refuse, and a certificate outside its dates. `'start'` (a start): only the missing files the
+   * start does not read itself (the key sources), which it would otherwise start without; the TLS files and
+   * the fingerprint key it refuses with lines of its own, and the admin token's it logs.
    */
-  checkFiles?: boolean
+  checkFiles?: boolean | 'start'
 }
 
 /**
@@ -193,8 +244,8 @@ export async function loadConfigFile(path: string, opts: LoadOptions = {}): Prom
   if ('error' in decoded) return { ok: false, errors: [decoded.error], warnings: [] }
   const { result, locate } = parseLocated(decoded.text, path)
   if (!opts.checkFiles || !result.ok) return result
-  const found = await fileProblems(result.config, locate, path)
-  const errors = found.filter((d) => d.severity === 'error')
+  const found = await fileProblems(result.config, locate, path, opts.checkFiles)
+  const errors = found.filter((d) => d.severity === 'error').sort(byPosition)
   const warnings = [...result.warnings, ...found.filter((d) => d.severity === 'warning')].sort(byPosition)
   return errors.length ? { ok: false, errors, warnings } : { ...result, warnings }
 }

@@ -284,6 +284,78 @@ t.test('loadConfigFile reads files and reports missing ones', async (t) => {
   if (!missing.ok) t.match(formatDiagnostic(missing.errors[0]!), /nope\.yaml:1:1 file not found/)
 })
 
+// a fingerprint key too short stopped the start and failed a reload after `check` had said ok
+t.test('check reads the secret files the start reads, and never quotes them', async (t) => {
+  const dir = scratchDirSync('config-secret-files')
+  const short = join(dir, 'short.key')
+  writeFileSync(short, 'hunter2\n')
+  const config = join(dir, 'c.yaml')
+  writeFileSync(config, `service: x\napiKeys:\n  fingerprintKeyFile: ${short}\n`)
+  const r = await loadConfigFile(config, { checkFiles: true })
+  t.notOk(r.ok)
+  if (!r.ok) {
+    t.same(lines(r.errors), [
+      `${config}:3:23 fingerprintKeyFile: ${short} holds 7 bytes; a fingerprint key needs at least 16 (hint: run refuses to start with it, and a reload to apply it)`,
+    ])
+    t.notMatch(lines(r.errors).join('\n'), 'hunter2')
+  }
+  writeFileSync(short, 'a-fingerprint-key-long-enough\n')
+  t.ok((await loadConfigFile(config, { checkFiles: true })).ok, 'a key of 16 bytes or more passes')
+})
+
+// `check` refused a missing key source file, while `run` started without it (every token of the issuer
+// unverified until a refresh found the file): a start refuses it too, where `check` does. The TLS files and
+// the fingerprint key it reads itself, and refuses with lines of its own (tls-start.test.ts). A missing admin
+// token file, which `check` refused too, run and a reload serve without (loopback peers only, read again
+// every 30 s): `check` warns about it.
+t.test("a start's load reports the missing files it would not read itself", async (t) => {
+  const dir = scratchDirSync('config-start-files')
+  const config = join(dir, 'c.yaml')
+  const missing = (name: string) => join(dir, name)
+  writeFileSync(
+    config,
+    [
+      'listen:',
+      '  https:',
+      `    cert: ${missing('tls.crt')}`,
+      `    key: ${missing('tls.key')}`,
+      'adminAccess:',
+      `  tokenFile: ${missing('admin.token')}`,
+      'apiKeys:',
+      `  fingerprintKeyFile: ${missing('fingerprint.key')}`,
+      'jwt:',
+      '  issuers:',
+      '    - issuer: https://idp.example',
+      `      jwksFile: ${missing('jwks.json')}`,
+      `      secretFile: ${missing('hmac.secret')}`,
+      '      audiences: [api]',
+      '',
+    ].join('\n'),
+  )
+  const r = await loadConfigFile(config, { checkFiles: 'start' })
+  t.notOk(r.ok)
+  if (!r.ok)
+    t.same(
+      r.errors.map((d) => `${d.line}:${d.col} ${d.message}`),
+      [
+        `12:17 jwksFile "${missing('jwks.json')}": file not found`,
+        `13:19 secretFile "${missing('hmac.secret')}": file not found`,
+      ],
+    )
+  const checked = await loadConfigFile(config, { checkFiles: true })
+  t.equal(
+    checked.ok ? 0 : checked.errors.length,
+    5,
+    'check reports the TLS files and the fingerprint key too',
+  )
+  // the admin token is read again every 30 s, and until then the operator endpoints answer loopback only
+  t.same(
+    checked.warnings.filter((d) => d.line === 6).map((d) => `${d.line}:${d.col} ${d.message}`),
+    [`6:14 tokenFile "${missing('admin.token')}": file not found`],
+    'and the admin token file, which run and a reload serve without, as a warning',
+  )
+})
+
 // `run` refused such a config at start (exit 1) after `check` had said ok, and without a position
 t.test('an upstreamTls client certificate without its key, or a key without its certificate', async (t) => {
   const upstream = 'upstream: https://127.0.0.1:3443\n'

@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { createServerPki, mtlsListen } from '../helpers/pki.ts'
 import { replaceFile, scratchDir } from '../helpers/scratch.ts'
 import { spawnCli, startSidecarFromFile, startTestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -241,3 +242,40 @@ t.test('a failed reload changes nothing; start-only settings keep their running 
   t.equal(res.status, 200, 'a 500-byte header is served: the running limit is the one in effect')
   await res.arrayBuffer()
 })
+
+// A reload keeps the running values of start-only settings, and so applied a config naming a TLS key file
+// that is not there (or a fingerprint key too short to use, failed without a position) after `check` had
+// refused it; the next start then stopped on it. A reload refuses what `check` refuses, at FILE:LINE:COL.
+t.test(
+  'a reload refuses the files check refuses, start-only settings included, at their position',
+  async (t) => {
+    const upstream = await startUpstream()
+    t.teardown(() => upstream.close())
+    const { ca, server } = await createServerPki()
+    const dir = await scratchDir('reload-files')
+    const shortKey = join(dir, 'short.key')
+    await writeFile(shortKey, 'short\n')
+    const base = { upstream: upstream.url, listen: mtlsListen(server, ca) }
+    const sidecar = await startTestSidecar(t, base)
+    const refusedAt = async (config: Record<string, unknown>, problem: RegExp) => {
+      const from = sidecar.process.stderr().length
+      t.equal(await sidecar.reload(config), false, `refused: ${problem}`)
+      const failed = await sidecar.process.waitForLog(
+        (l) => l['event'] === 'config_reload_failed' && problem.test(String(l['msg'])),
+        from,
+      )
+      t.match(failed['msg'], /config\.yaml:\d+:\d+ /, 'at the position of the setting')
+      t.notMatch(sidecar.process.stderr().slice(from), /"event":"config_reloaded"/)
+    }
+    const missingKey = join(dir, 'missing.key')
+    await refusedAt(
+      { ...base, listen: { ...base.listen, https: { ...base.listen.https, key: missingKey } } },
+      new RegExp(`key "${missingKey}": file not found`),
+    )
+    await refusedAt(
+      { ...base, apiKeys: { fingerprintKeyFile: shortKey } },
+      /fingerprintKeyFile: .*short\.key holds 5 bytes; a fingerprint key needs at least 16/,
+    )
+    t.equal(await sidecar.reload(base), true, 'the files it names being there, it applies')
+  },
+)
