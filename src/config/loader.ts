@@ -63,6 +63,8 @@ interface ReferencedFile {
   readAtStart?: true
   /** what a problem with it is, when not an error: the sidecar serves without it, the way it says */
   tolerated?: { hint: string }
+  /** the start creates it (and its directories) when it is not there: only one it cannot open is a problem */
+  createdAtStart?: true
 }
 
 /** The files a config names (key sources, secrets, TLS material), with where it names them. */
@@ -112,6 +114,15 @@ function referencedFiles(config: Config): ReferencedFile[] {
         hint: 'run starts and reloads without it: the operator endpoints answer loopback peers only until it can be read',
       },
     })
+  const auditOutput = config.audit.output
+  if (auditOutput !== 'stdout' && auditOutput !== 'off')
+    files.push({
+      path: ['audit', 'output'],
+      name: 'output',
+      value: auditOutput,
+      readAtStart: true,
+      createdAtStart: true,
+    })
   return files
 }
 
@@ -126,7 +137,9 @@ async function exists(path: string): Promise<boolean> {
 
 /**
  * A named file that is missing is an error: the sidecar would fail every refresh, so it does not start (or
- * reload) with it; the admin token's is a warning (it is read again until it is there). An absolute path whose directory is missing too is most likely mounted only where the
+ * reload) with it; the admin token's is a warning (it is read again until it is there). The audit output
+ * need not be there (the start creates it), but one the start could not open (a directory, a path through
+ * a file) is an error. An absolute path whose directory is missing too is most likely mounted only where the
  * sidecar runs (a Kubernetes secret, a service account token): not reported, so a config can be checked
  * elsewhere. Relative paths start at the working directory, as the sidecar reads them.
  */
@@ -145,7 +158,10 @@ async function fileProblems(
       if ((await stat(ref.value)).isDirectory()) problem = 'is a directory'
       else present.add(ref.value)
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') problem = (e as Error).message
+      const code = (e as NodeJS.ErrnoException).code
+      if (code === 'ENOTDIR') problem = 'a part of its path is a file, not a directory'
+      else if (code !== 'ENOENT') problem = (e as Error).message
+      else if (ref.createdAtStart) continue
       else if (!isAbsolute(ref.value) || (await exists(dirname(ref.value)))) problem = 'file not found'
     }
     if (problem === undefined) continue

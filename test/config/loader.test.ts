@@ -356,6 +356,27 @@ t.test("a start's load reports the missing files it would not read itself", asyn
   )
 })
 
+// `run` stopped on an audit output it could not open (exit 2, "cannot open audit.output") after `check` had
+// said ok; one that is not there yet, the start creates, directories and all
+t.test('check refuses an audit output the start could not open', async (t) => {
+  const dir = scratchDirSync('config-audit-output')
+  const config = join(dir, 'c.yaml')
+  const plainFile = join(dir, 'plain')
+  writeFileSync(plainFile, '')
+  const checked = async (output: string) => {
+    writeFileSync(config, `service: x\naudit:\n  output: ${output}\n`)
+    const r = await loadConfigFile(config, { checkFiles: true })
+    return r.ok ? [] : r.errors.map((d) => `${d.line}:${d.col} ${d.message}`)
+  }
+  t.same(await checked(dir), [`3:11 output "${dir}": is a directory`])
+  t.same(await checked(join(plainFile, 'audit.log')), [
+    `3:11 output "${join(plainFile, 'audit.log')}": a part of its path is a file, not a directory`,
+  ])
+  t.same(await checked(join(dir, 'new', 'audit.log')), [], 'a file (and directory) the start creates')
+  t.same(await checked(plainFile), [], 'a file it appends to')
+  t.same(await checked('off'), [])
+})
+
 // `run` refused such a config at start (exit 1) after `check` had said ok, and without a position
 t.test('an upstreamTls client certificate without its key, or a key without its certificate', async (t) => {
   const upstream = 'upstream: https://127.0.0.1:3443\n'
