@@ -14,6 +14,8 @@ export interface ExplainReport {
   decision: PolicyDecision
   policyMode: string
   route: string
+  /** what the proxy answers itself instead of forwarding (401 for an invalid token under jwt.onInvalid reject, 403 for an enforced deny) */
+  reject?: { status: number; body: string }
   notes: string[]
 }
 
@@ -74,6 +76,7 @@ export function renderExplain(r: ExplainReport): string[] {
       : `policy: ${d.decision} (mode ${r.policyMode}, rule ${d.rule})`,
   )
   lines.push(`route: ${r.route}`)
+  if (r.reject) lines.push(`answer: ${r.reject.status} from the proxy, not forwarded: ${r.reject.body}`)
   for (const n of r.notes) lines.push(`note: ${n}`)
   return lines.map(printable)
 }

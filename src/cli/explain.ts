@@ -264,6 +264,7 @@ async function explainTo(opts: ExplainOptions, out: Out, report: Out): Promise<n
       decision: result.decision,
       policyMode: config.policy.mode,
       route: result.route,
+      ...(result.reject && { reject: { status: result.reject.status, body: result.reject.body } }),
       notes,
     }
     const json = () => JSON.stringify({ ...explained, evidence: evidenceByName(explained.evidence) }, null, 2)

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { renderExplain } from '../../src/cli/explain-render.ts'
@@ -194,6 +194,44 @@ t.test('explain a real token verified against a JWKS', async (t) => {
   t.match(bad.text, /failure +jwt: bad_signature/)
   t.match(bad.text, /identity: anonymous/)
 })
+
+t.test(
+  'explain says when the proxy answers a request itself: 401 for an invalid token, 403 for a deny',
+  async (t) => {
+    const { key, jwks, config } = await jwtConfig(
+      t,
+      'policy:\n  mode: enforce\n  rules: [{ route: "/admin/**", allow: [{ kind: human }] }]\n',
+    )
+    const rejecting = join(scratchDirSync('explain'), 'reject.yaml')
+    writeFileSync(
+      rejecting,
+      readFileSync(config, 'utf8').replace(
+        'audiences: [orders] }',
+        'audiences: [orders] }\n  onInvalid: reject',
+      ),
+    )
+    const token = await mintToken(key, { repository: 'acme/web' }, { issuer: jwks.url, audience: 'orders' })
+    const forged = alterSignature(token)
+    const [invalid, invalidJson, attributed, denied, allowed] = await Promise.all([
+      explain({ config: rejecting, token: forged }),
+      explain({ config: rejecting, token: forged, json: true }),
+      explain({ config, token: forged, json: true }),
+      explain({ config, token, path: '/admin/x', json: true }),
+      explain({ config, token, json: true }),
+    ])
+    t.match(
+      invalid.text,
+      /\nanswer: 401 from the proxy, not forwarded: \{"error":"invalid_token","reason":"bad_signature"\}/,
+    )
+    t.same(JSON.parse(invalidJson.text).reject, {
+      status: 401,
+      body: '{"error":"invalid_token","reason":"bad_signature"}',
+    })
+    t.equal(JSON.parse(attributed.text).reject, undefined, 'jwt.onInvalid attribute forwards it, unverified')
+    t.equal(JSON.parse(denied.text).reject.status, 403, 'an enforced deny')
+    t.equal(JSON.parse(allowed.text).reject, undefined, 'an allowed request is forwarded')
+  },
+)
 
 t.test('explain a client certificate, verified against the configured clientCA', async (t) => {
   const [ca, other] = await Promise.all([createCA('explain-ca'), createCA('other-ca')])
