@@ -107,7 +107,8 @@ export const ruleTestFileSchema = z.strictObject({
           zone: z.optional(z.string()),
           /** identity rule that matched, e.g. "ci-jobs" or "builtin:useragent" */
           rule: z.optional(z.string()),
-          decision: z.optional(z.enum(['allow', 'deny', 'would_deny'])),
+          /** as the audit line says it: `none` while policy.mode is off (nothing was decided) */
+          decision: z.optional(z.enum(['allow', 'deny', 'would_deny', 'none'])),
           /** policy rule that decided */
           policyRule: z.optional(z.string()),
         }),
@@ -296,7 +297,7 @@ export function runCase(config: Config, c: RuleTestCase): CaseResult {
     team: identity.team,
     zone: identity.zone,
     rule: identity.rule,
-    decision: decision.decision,
+    decision: decision.skipped ? 'none' : decision.decision,
     policyRule: decision.rule,
   }
   const mismatches: string[] = []

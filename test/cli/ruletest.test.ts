@@ -97,6 +97,30 @@ t.test("a case's remoteAddr that is not an IP address is reported with line:col 
   t.notMatch(r.text, /^ok 1 - a typo$/m, 'the case is not run')
 })
 
+t.test('with the policy off the decision is none, as the audit line says it', async (t) => {
+  const dir = scratchDirSync('ruletest-policy-off')
+  writeFileSync(join(dir, 'config.yaml'), 'upstream: http://127.0.0.1:3000\n')
+  writeFileSync(
+    join(dir, 'off.test.yaml'),
+    stringify({
+      config: 'config.yaml',
+      tests: [
+        {
+          name: 'nothing decided',
+          request: { path: '/admin' },
+          expect: { decision: 'none', policyRule: 'off' },
+        },
+        { name: 'not allowed either', request: { path: '/admin' }, expect: { decision: 'allow' } },
+      ],
+    }),
+  )
+  const r = await run([join(dir, 'off.test.yaml')])
+  t.equal(r.code, 1, r.text)
+  t.match(r.text, /^ok 1 - nothing decided$/m)
+  t.match(r.text, /^not ok 2 - not allowed either$/m)
+  t.match(r.text, /decision: expected "allow", got "none"/)
+})
+
 t.test('a subject with two CNs is named as the live proxy names it, mTLS or forwarded', async (t) => {
   const dir = scratchDirSync('ruletest-multi-cn')
   // the forwarded case comes from 127.0.0.1 (no remoteAddr): the proxy in front, trusted for XFCC
