@@ -121,6 +121,55 @@ t.test('with the policy off the decision is none, as the audit line says it', as
   t.match(r.text, /decision: expected "allow", got "none"/)
 })
 
+t.test(
+  'a crawler from its published ranges is verified, as on the live proxy, directly or behind a trusted proxy',
+  async (t) => {
+    const dir = scratchDirSync('ruletest-crawler-ranges')
+    writeFileSync(
+      join(dir, 'config.yaml'),
+      'upstream: http://127.0.0.1:3000\nforwardedClientCert: { trustedProxies: [127.0.0.1/32], format: xfcc }\n',
+    )
+    const googlebot = 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)'
+    const verified = { identity: 'googlebot', kind: 'bot', verified: true }
+    const claimed = { identity: 'ua:googlebot', kind: 'bot', verified: false }
+    writeFileSync(
+      join(dir, 'crawlers.test.yaml'),
+      stringify({
+        config: 'config.yaml',
+        tests: [
+          {
+            name: 'from its ranges',
+            request: { remoteAddr: '66.249.66.1', userAgent: googlebot },
+            expect: verified,
+          },
+          {
+            name: 'behind the trusted proxy',
+            request: { headers: { 'x-forwarded-for': '66.249.66.1' }, userAgent: googlebot },
+            expect: verified,
+          },
+          {
+            name: 'from elsewhere',
+            request: { remoteAddr: '203.0.113.9', userAgent: googlebot },
+            expect: claimed,
+          },
+          {
+            name: 'its ranges named by an untrusted peer',
+            request: {
+              remoteAddr: '203.0.113.9',
+              headers: { 'x-forwarded-for': '66.249.66.1' },
+              userAgent: googlebot,
+            },
+            expect: claimed,
+          },
+        ],
+      }),
+    )
+    const r = await run([join(dir, 'crawlers.test.yaml')])
+    t.equal(r.code, 0, r.text)
+    t.match(r.text, /# 4 tests, 4 passed, 0 failed/)
+  },
+)
+
 t.test('a subject with two CNs is named as the live proxy names it, mTLS or forwarded', async (t) => {
   const dir = scratchDirSync('ruletest-multi-cn')
   // the forwarded case comes from 127.0.0.1 (no remoteAddr): the proxy in front, trusted for XFCC
