@@ -44,13 +44,43 @@ export interface ExplainOptions {
   json: boolean
 }
 
+/**
+ * Fields of which Node's HTTP/1.1 parser keeps the first line when a request repeats them (the rest it joins:
+ * cookies with "; ", any other field with ", "): the live proxy reads what the parser gives it.
+ */
+const FIRST_LINE_ONLY: ReadonlySet<string> = new Set([
+  'age',
+  'authorization',
+  'content-length',
+  'content-type',
+  'etag',
+  'expires',
+  'from',
+  'host',
+  'if-modified-since',
+  'if-unmodified-since',
+  'last-modified',
+  'location',
+  'max-forwards',
+  'proxy-authorization',
+  'referer',
+  'retry-after',
+  'server',
+  'user-agent',
+])
+
+/** `-H` arguments as the live proxy reads the same header lines: a repeated name as Node's parser merges it */
 export function parseHeaderArgs(args: readonly string[]): Record<string, string> | string {
   const headers: Record<string, string> = {}
   for (const [n, h] of args.entries()) {
     const i = h.indexOf(':')
     // not echoed: a -H that lost its colon is as often a credential (`Authorization Bearer …`, a bare token)
     if (i <= 0) return `-H #${n + 1} is not 'Name: value' (no header name before a ':')`
-    headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
+    const name = h.slice(0, i).trim().toLowerCase()
+    const value = h.slice(i + 1).trim()
+    const before = headers[name]
+    if (before === undefined) headers[name] = value
+    else if (!FIRST_LINE_ONLY.has(name)) headers[name] = `${before}${name === 'cookie' ? '; ' : ', '}${value}`
   }
   return headers
 }

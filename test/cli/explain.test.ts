@@ -233,6 +233,29 @@ t.test(
   },
 )
 
+t.test(
+  'a header given twice is read as the proxy reads the two lines: joined, or the first user agent',
+  async (t) => {
+    const config = join(scratchDirSync('explain-repeated'), 'c.yaml')
+    writeFileSync(
+      config,
+      'identities:\n  - { rule: tenants, name: "tenant/{tenant}", match: { header: { x-tenant: "{tenant}" } } }\n',
+    )
+    const [tenants, agents] = await Promise.all([
+      explain({
+        config,
+        headers: ['X-Tenant: acme', 'x-tenant: globex', 'Cookie: a=1', 'Cookie: b=2'],
+        json: true,
+      }),
+      explain({ config, headers: ['User-Agent: curl/8.5.0', 'User-Agent: GPTBot/1.2'], json: true }),
+    ])
+    const tenantReport = JSON.parse(tenants.text)
+    t.equal(tenantReport.identity.name, 'ua:tenant/acme, globex', "a list field's lines joined with ', '")
+    t.ok(tenantReport.request.headers.includes('cookie: <redacted>'), 'cookies are still never shown')
+    t.equal(JSON.parse(agents.text).identity.name, 'ua:curl', 'the first User-Agent line, as Node keeps it')
+  },
+)
+
 t.test('explain a client certificate, verified against the configured clientCA', async (t) => {
   const [ca, other] = await Promise.all([createCA('explain-ca'), createCA('other-ca')])
   const [leaf, stranger] = await Promise.all([
