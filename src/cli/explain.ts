@@ -19,7 +19,7 @@ import {
 import { evidenceByName } from '../identity/sources/source.ts'
 import { AttributionPipeline, readSecretFiles } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
-import { requestLineRefusal } from '../proxy/request-lifecycle.ts'
+import { hostLinesRefusal, requestLineRefusal } from '../proxy/request-lifecycle.ts'
 import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
 import { sha256Hex } from '../util/fingerprint.ts'
 import { readProblem } from '../util/read-problem.ts'
@@ -68,6 +68,12 @@ const FIRST_LINE_ONLY: ReadonlySet<string> = new Set([
   'server',
   'user-agent',
 ])
+
+const isHostLine = (h: string) =>
+  h
+    .slice(0, Math.max(0, h.indexOf(':')))
+    .trim()
+    .toLowerCase() === 'host'
 
 /** `-H` arguments as the live proxy reads the same header lines: a repeated name as Node's parser merges it */
 export function parseHeaderArgs(args: readonly string[]): Record<string, string> | string {
@@ -249,6 +255,13 @@ async function explainTo(opts: ExplainOptions, out: Out, report: Out): Promise<n
   if (refusal !== undefined) {
     const what = requestTarget(opts.path) === undefined ? redactTarget(opts.path) : opts.method
     out(`${printable(what)}: ${refusal}`)
+    return 1
+  }
+  const hostRefusal = hostLinesRefusal(
+    opts.headers.filter(isHostLine).map((h) => h.slice(h.indexOf(':') + 1).trim()),
+  )
+  if (hostRefusal !== undefined) {
+    out(`Host: ${hostRefusal}`)
     return 1
   }
   const target = requestTarget(opts.path)!

@@ -230,6 +230,18 @@ export function requestLineRefusal(method: string, target: string): string | und
   return undefined
 }
 
+/**
+ * What hostRefusal answers of a request's Host lines alone (`explain`'s -H): two of them, or one that is not a
+ * host[:port], are refused with 400.
+ */
+export function hostLinesRefusal(hosts: readonly string[]): string | undefined {
+  if (hosts.length > 1)
+    return 'the proxy refuses a request with two Host lines with 400 (a proxy in front may have routed on the other)'
+  if (hosts.length === 1 && !HOST_SYNTAX.test(hosts[0]!))
+    return 'the proxy refuses this Host with 400 (not a host[:port])'
+  return undefined
+}
+
 /** a header name that is `host` in any letter case, compared without allocating */
 function isHostName(name: string): boolean {
   return (

@@ -256,6 +256,26 @@ t.test(
   },
 )
 
+t.test(
+  'two Host lines, or a Host that is not a host[:port], are refused as the proxy refuses them',
+  async (t) => {
+    const config = 'config/examples/public-api-with-bots.yaml'
+    const [twice, malformed, json, one] = await Promise.all([
+      explain({ config, headers: ['Host: orders.example', 'host: admin.example'] }),
+      explain({ config, headers: ['Host: orders example'] }),
+      explain({ config, headers: ['Host: orders.example', 'Host: admin.example'], json: true }),
+      explain({ config, headers: ['Host: orders.example:8080'] }),
+    ])
+    t.equal(twice.code, 1)
+    t.match(twice.text, /^Host: the proxy refuses a request with two Host lines with 400/)
+    t.equal(malformed.code, 1)
+    t.match(malformed.text, /^Host: the proxy refuses this Host with 400 \(not a host\[:port\]\)/)
+    t.equal(json.code, 1)
+    t.match(JSON.parse(json.text).errors[0], /two Host lines with 400/)
+    t.equal(one.code, 0, 'one Host line is explained')
+  },
+)
+
 t.test('explain a client certificate, verified against the configured clientCA', async (t) => {
   const [ca, other] = await Promise.all([createCA('explain-ca'), createCA('other-ca')])
   const [leaf, stranger] = await Promise.all([
