@@ -97,29 +97,36 @@ t.test("a case's remoteAddr that is not an IP address is reported with line:col 
   t.notMatch(r.text, /^ok 1 - a typo$/m, 'the case is not run')
 })
 
-t.test('with the policy off the decision is none, as the audit line says it', async (t) => {
-  const dir = scratchDirSync('ruletest-policy-off')
-  writeFileSync(join(dir, 'config.yaml'), 'upstream: http://127.0.0.1:3000\n')
-  writeFileSync(
-    join(dir, 'off.test.yaml'),
-    stringify({
-      config: 'config.yaml',
-      tests: [
-        {
-          name: 'nothing decided',
-          request: { path: '/admin' },
-          expect: { decision: 'none', policyRule: 'off' },
-        },
-        { name: 'not allowed either', request: { path: '/admin' }, expect: { decision: 'allow' } },
-      ],
-    }),
-  )
-  const r = await run([join(dir, 'off.test.yaml')])
-  t.equal(r.code, 1, r.text)
-  t.match(r.text, /^ok 1 - nothing decided$/m)
-  t.match(r.text, /^not ok 2 - not allowed either$/m)
-  t.match(r.text, /decision: expected "allow", got "none"/)
-})
+t.test(
+  'with the policy off the decision is none, as the audit line says it; allow, as files said before, passes too',
+  async (t) => {
+    const dir = scratchDirSync('ruletest-policy-off')
+    writeFileSync(join(dir, 'config.yaml'), 'upstream: http://127.0.0.1:3000\n')
+    writeFileSync(
+      join(dir, 'off.test.yaml'),
+      stringify({
+        config: 'config.yaml',
+        tests: [
+          {
+            name: 'nothing decided',
+            request: { path: '/admin' },
+            expect: { decision: 'none', policyRule: 'off' },
+          },
+          { name: 'forwarded, as allow said', request: { path: '/admin' }, expect: { decision: 'allow' } },
+          { name: 'not denied', request: { path: '/admin' }, expect: { decision: 'deny' } },
+          { name: 'not would_deny either', request: { path: '/admin' }, expect: { decision: 'would_deny' } },
+        ],
+      }),
+    )
+    const r = await run([join(dir, 'off.test.yaml')])
+    t.equal(r.code, 1, r.text)
+    t.match(r.text, /^ok 1 - nothing decided$/m)
+    t.match(r.text, /^ok 2 - forwarded, as allow said$/m)
+    t.match(r.text, /^not ok 3 - not denied$/m)
+    t.match(r.text, /decision: expected "deny", got "none"/)
+    t.match(r.text, /^not ok 4 - not would_deny either$/m)
+  },
+)
 
 t.test(
   'a crawler from its published ranges is verified, as on the live proxy, directly or behind a trusted proxy',
