@@ -114,8 +114,15 @@ export interface ProxyAnswer {
  * response, or the socket), so the hot path allocates no closures per request.
  */
 export interface Transport<C> {
-  /** a refusal before identification (e.g. an upgrade that is not a websocket handshake) */
+  /** a refusal before identification (the proxy is shutting down) */
   refusal?(ex: Exchange, req: IncomingMessage, ctx: C): ProxyAnswer | undefined
+  /**
+   * A refusal of what the request asks the proxy to do besides forwarding it (a tunnel it does not open: an
+   * upgrade that is not a websocket handshake), once it was identified and let through: asking must change
+   * neither who the request is in the audit trail nor what the policy says, so one the policy denies gets that
+   * denial, as the same request without the ask would.
+   */
+  refusalWhenAllowed?(req: IncomingMessage, ctx: C): ProxyAnswer | undefined
   /** the client went away while the preHandler waited */
   clientGone?(ctx: C): boolean
   /** answers on the proxy's behalf and sets the recorded status; false when nothing could be sent */
@@ -670,7 +677,7 @@ export class RequestLifecycle {
       this.finish(ex)
       return undefined
     }
-    const reject = ex.attribution.reject
+    const reject = ex.attribution.reject ?? transport.refusalWhenAllowed?.(req, ctx)
     if (reject) {
       transport.answer(ex, req, ctx, reject)
       // the body held paused for the forwarder is discarded: an HTTP/2 stream whose body is never read

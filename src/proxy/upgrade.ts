@@ -14,10 +14,14 @@ function offersWebSocket(upgrade: string | undefined): boolean {
   return false
 }
 
-/** RFC 6455 §4.1: a GET with a Sec-WebSocket-Key; anything else is not a handshake a websocket server takes. */
+/**
+ * RFC 6455 §4.1: a GET with a Sec-WebSocket-Key; anything else is not a handshake a websocket server takes. A
+ * body (Content-Length, chunked) makes it none either: node:http hands the socket over with the body unread,
+ * and its bytes would reach the upstream as the tunnel's first, where the client framed them as HTTP.
+ */
 function isWebSocketHandshake(req: IncomingMessage): boolean {
   const key = req.headers['sec-websocket-key']
-  return req.method === 'GET' && typeof key === 'string' && key.length > 0
+  return req.method === 'GET' && typeof key === 'string' && key.length > 0 && !requestHasBody(req.headers)
 }
 
 const UNAVAILABLE = Object.freeze({ status: 503, body: '{"error":"unavailable"}' })
@@ -44,8 +48,6 @@ interface UpgradeContext {
   socket: Duplex
   head: Buffer
   websocket: boolean
-  /** the request target parsed (otherwise the answer is 400, not a refusal) */
-  validTarget: boolean
 }
 
 /** the response that owns the socket (node:http's `assignSocket`), one that ended by 'close' included */
@@ -91,14 +93,14 @@ export class UpgradeHandler {
   constructor(private readonly lifecycle: RequestLifecycle) {
     const forwarder = lifecycle.opts.forwarder
     this.tunnel = {
-      refusal: (_ex, req, ctx) =>
-        lifecycle.closing
-          ? UNAVAILABLE
-          : ctx.validTarget && (!ctx.websocket || !isWebSocketHandshake(req))
-            ? NOT_WEBSOCKET
-            : ctx.validTarget && lifecycle.opts.upstream().protocol === 'h2'
-              ? WEBSOCKET_NEEDS_HTTP1_UPSTREAM
-              : undefined,
+      refusal: () => (lifecycle.closing ? UNAVAILABLE : undefined),
+      // after the decision: an upgrade the policy denies is denied as the same request without it would be
+      refusalWhenAllowed: (req, ctx) =>
+        !ctx.websocket || !isWebSocketHandshake(req)
+          ? NOT_WEBSOCKET
+          : lifecycle.opts.upstream().protocol === 'h2'
+            ? WEBSOCKET_NEEDS_HTTP1_UPSTREAM
+            : undefined,
       // gone while earlier answers on its connection were written, or while attribution waited
       clientGone: (ctx) => ctx.socket.destroyed,
       answer: (ex, _req, ctx, a) => {
@@ -169,7 +171,6 @@ export class UpgradeHandler {
         socket,
         head,
         websocket,
-        validTarget: parsed !== undefined,
       })
     } finally {
       this.tunnels.delete(socket)

@@ -327,3 +327,78 @@ t.test('an upgrade or CONNECT whose connection closes before its turn is still r
   const after = await fetch(`http://127.0.0.1:${port}/after`)
   t.equal(after.status, 200, 'the proxy still serves')
 })
+
+/** the audit line of the request sent with `x-request-id: id`, once recorded */
+async function auditOf(adminPort: number, id: string): Promise<Record<string, unknown>> {
+  return eventually(
+    async () => {
+      const res = await fetch(`http://127.0.0.1:${adminPort}/audit?request_id=${id}`)
+      return ((await res.json()) as { events: Record<string, unknown>[] }).events[0]
+    },
+    { what: `the audit line of ${id}` },
+  )
+}
+
+t.test('an upgrade the proxy will not switch to is identified and decided first', async (t) => {
+  // these were refused 400 before identification: a request the policy denies was answered 400, not its
+  // 403, and every one was recorded as anonymous whoever sent it (found by upgrade-differential.test.ts)
+  const up = await startPermissiveUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    apiKeys: {
+      keys: [{ name: 'deploy', sha256: createHash('sha256').update('key-of-deploy').digest('hex') }],
+    },
+    identities: [{ name: 'deployer', team: 'platform', match: { apiKey: 'deploy' } }],
+    policy: { mode: 'enforce', rules: [{ route: '/ws/**', allow: [{ team: 'platform' }] }] },
+  })
+  const port = sidecar.proxyAddress.port
+  const admin = sidecar.adminAddress.port
+  const cases: [string, string, number][] = [
+    ['a websocket offer without a key', 'Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 400],
+    [
+      'an h2c upgrade with a body',
+      'Connection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello',
+      400,
+    ],
+  ]
+  for (const [i, [what, rest, allowed]] of cases.entries()) {
+    for (const key of [undefined, 'key-of-deploy']) {
+      const id = `refused-${i}-${key ? 'deployer' : 'anonymous'}`
+      const c = await rawClient(port)
+      c.socket.write(
+        `${i === 1 ? 'POST' : 'GET'} /ws/chat HTTP/1.1\r\nHost: x\r\nx-request-id: ${id}\r\n` +
+          `${key ? `x-api-key: ${key}\r\n` : ''}${rest}`,
+      )
+      await eventually(() => c.closed(), { what: `the connection of ${what} to close` })
+      const line = await auditOf(admin, id)
+      const expected = key
+        ? { status: allowed, identity: 'deployer', decision: 'allow' }
+        : { status: 403, identity: 'anonymous', decision: 'deny' }
+      t.equal(statusOf(c.text()), expected.status, `${what}, ${key ? 'allowed' : 'denied'}: answered`)
+      t.same(
+        { status: line['status'], identity: line['identity'], decision: line['decision'] },
+        expected,
+        `${what}, ${key ? 'allowed' : 'denied'}: recorded as decided`,
+      )
+    }
+  }
+  t.equal(up.requests.length + up.upgrades.length, 0, 'nothing reached the upstream')
+})
+
+t.test('a websocket handshake with a body is refused: its body is not tunnel bytes', async (t) => {
+  // it was switched, and the body the client framed as HTTP reached the upstream as the tunnel's first bytes
+  const { up, port } = await setup(t)
+  for (const framing of [
+    'Content-Length: 5\r\n\r\nhello',
+    'Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+  ]) {
+    const c = await rawClient(port)
+    c.socket.write(`${WS_HANDSHAKE.slice(0, -2)}${framing}${FORGED}`)
+    await eventually(() => c.closed() || statusOf(c.text()) === 101, { what: 'the connection to close' })
+    t.equal(statusOf(c.text()), 400, `${framing.split(':')[0]}: refused`)
+    c.socket.destroy()
+  }
+  t.equal(up.upgrades.length, 0, 'the upstream was offered no handshake')
+  t.equal(up.tunnelled(), '', 'and got no tunnel bytes')
+})
