@@ -318,6 +318,12 @@ function sameAuthority(a: string, b: string, scheme: unknown): boolean {
   return normalise(a) === normalise(b)
 }
 
+/**
+ * What a CONNECT's authority-form target (or HTTP/2 `:authority` alone) is read as: no path, which no route
+ * matches. It is never forwarded (CONNECT_NOT_SUPPORTED once let through).
+ */
+const CONNECT_TARGET = Object.freeze({ target: '', path: '' })
+
 const REQUEST_TIMEOUT = 408
 const MALFORMED_REQUEST = 400
 
@@ -377,13 +383,9 @@ export class RequestLifecycle {
     const forwarder = opts.forwarder
     this.http = {
       refusal: (_ex, req) =>
-        req.method === 'CONNECT'
-          ? CONNECT_NOT_SUPPORTED
-          : unsupportedTransferCoding(req)
-            ? NOT_IMPLEMENTED
-            : caseFoldedMethod(req)
-              ? BAD_METHOD
-              : undefined,
+        unsupportedTransferCoding(req) ? NOT_IMPLEMENTED : caseFoldedMethod(req) ? BAD_METHOD : undefined,
+      // a CONNECT is a request like any other but for the tunnel it asks for: identified and decided first
+      refusalWhenAllowed: (req) => (req.method === 'CONNECT' ? CONNECT_NOT_SUPPORTED : undefined),
       // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was
       // being attributed is known by its 'close' only; forwarded anyway, the exchange would never finish and
       // shutdown would wait out timeouts.drain for it
@@ -773,7 +775,7 @@ export class RequestLifecycle {
 
   /** A request/response pair (HTTP/1.1 request or HTTP/2 stream), forwarded over HTTP. */
   handle(req: TaggedRequest, res: TaggedResponse, conn: ConnectionInfo): Promise<void> | undefined {
-    const parsed = requestTarget(req.url ?? '/')
+    const parsed = req.method === 'CONNECT' ? CONNECT_TARGET : requestTarget(req.url ?? '/')
     const ex = this.onRequest(conn, req, parsed?.path ?? '')
     req[kExchange] = ex
     res[kExchange] = ex

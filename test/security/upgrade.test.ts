@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
+import { connect as h2connect } from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import t, { type Test } from 'tap'
@@ -401,4 +402,46 @@ t.test('a websocket handshake with a body is refused: its body is not tunnel byt
   }
   t.equal(up.upgrades.length, 0, 'the upstream was offered no handshake')
   t.equal(up.tunnelled(), '', 'and got no tunnel bytes')
+})
+
+t.test('a CONNECT is recorded as who sent it, over HTTP/1.1 and HTTP/2', async (t) => {
+  // it was answered 501 before identification, so the audit trail had every open-proxy probe as anonymous,
+  // whatever credentials it carried (found by upgrade-differential.test.ts)
+  const up = await startPermissiveUpstream()
+  t.teardown(() => up.close())
+  const sidecar = await startTestSidecar(t, {
+    upstream: up.url,
+    apiKeys: {
+      keys: [{ name: 'deploy', sha256: createHash('sha256').update('key-of-deploy').digest('hex') }],
+    },
+    identities: [{ name: 'deployer', team: 'platform', match: { apiKey: 'deploy' } }],
+  })
+  const c = await rawClient(sidecar.proxyAddress.port)
+  c.socket.write(
+    'CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\nx-request-id: connect-h1\r\n' +
+      `x-api-key: key-of-deploy\r\n\r\n${FORGED}`,
+  )
+  await eventually(() => c.closed(), { what: 'the connection to close' })
+  t.equal(statusOf(c.text()), 501)
+  const session = h2connect(sidecar.proxyUrl)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const stream = session.request({
+    ':method': 'CONNECT',
+    ':authority': 'internal.example:22',
+    'x-request-id': 'connect-h2',
+    'x-api-key': 'key-of-deploy',
+  })
+  stream.on('error', () => {})
+  const [headers] = (await once(stream, 'response')) as [IncomingHttpHeaders]
+  t.equal(headers[':status'], 501)
+  for (const id of ['connect-h1', 'connect-h2']) {
+    const line = await auditOf(sidecar.adminAddress.port, id)
+    t.same(
+      { status: line['status'], identity: line['identity'], source: line['source'] },
+      { status: 501, identity: 'deployer', source: 'apikey' },
+      `${id}: recorded with its identity`,
+    )
+  }
+  t.equal(up.requests.length + up.upgrades.length, 0, 'nothing reached the upstream')
 })
