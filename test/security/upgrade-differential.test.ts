@@ -522,6 +522,19 @@ async function judge(r: Running, spec: Spec, id: string, seen: Set<string | numb
   const reachedA = r.upstream.sawAnything(`${id}-a`)
   if (statusB !== undefined && DENIED.includes(statusB) && reachedA.length > 0)
     out.push(`denied as (b), yet (a) reached the upstream: ${reachedA.join(', ')}`)
+  // what the upstream was told of who the request is, on the upgrade's path and the plain one alike
+  const atUpstream = (requestId: string) =>
+    [...r.upstream.requests, ...r.upstream.upgrades].find((x) => x.headers['x-request-id'] === requestId)
+  const [upstreamA, upstreamB] = [atUpstream(`${id}-a`), atUpstream(`${id}-b`)]
+  const refusedUpgrade = statusA === 400 || statusA === 501
+  if (upstreamB !== undefined && upstreamA === undefined && !refusedUpgrade)
+    out.push(`(b) reached the upstream, (a) answered ${statusA} did not`)
+  if (upstreamA !== undefined && upstreamB !== undefined) {
+    const told = (x: Recorded) =>
+      JSON.stringify(Object.entries(x.headers).filter(([name]) => name.startsWith('x-nhi-')))
+    if (told(upstreamA) !== told(upstreamB))
+      out.push(`the upstream was told ${told(upstreamA)} vs ${told(upstreamB)}`)
+  }
   const switched = statusA === 101
   if (switched && !(shape.handshake && shape.upstreamAccepts && statusB === 200))
     out.push('switched, though (a) was no valid websocket handshake the policy let through')
