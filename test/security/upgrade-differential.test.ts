@@ -26,7 +26,7 @@ import { sha256Hex } from '../../src/util/fingerprint.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { FLAG, FRAME, frame, headerBlock, PREFACE, responseStatus } from '../helpers/h2-frames.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
-import { listenUntilTeardown } from '../helpers/net.ts'
+import { listenUntilTeardown, rawClient } from '../helpers/net.ts'
 import { createCA, issueCert } from '../helpers/pki.ts'
 import { checkBothSides, PROPERTY_SEED } from '../helpers/property.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -799,3 +799,49 @@ t.test('an HTTP/2 CONNECT stream is attributed and decided as the same request w
     `CONNECTs answered 501, extended CONNECTs reset: ${[...answers].join(', ')}`,
   )
 })
+
+t.test(
+  'a reload that tightens the policy denies the next upgrade, on a connection opened before it too',
+  async (t) => {
+    // docs/reference.md "Reload": an exchange already admitted (a websocket tunnel) keeps the decision it was
+    // admitted with until it ends; every request after the reload is decided by the new config
+    const { fx, config } = await makeFixtures(t)
+    const upstream = await startRecordingUpstream(t)
+    const sidecar = await startTestSidecar(t, { ...config, upstream: upstream.url })
+    const port = sidecar.proxyAddress.port
+    const handshake = (id: string) =>
+      `GET /ws/chat HTTP/1.1\r\nHost: ${AUTHORITY}\r\nx-request-id: ${id}\r\nAuthorization: Bearer ${fx.tokens.valid}\r\n` +
+      `Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${KEYS.valid}\r\n\r\n`
+    const tunnel = await rawClient(port)
+    tunnel.socket.write(handshake('reload-tunnel'))
+    await eventually(() => completeAnswers(tunnel.text()).includes(101), { what: 'the tunnel' })
+    const kept = await rawClient(port)
+    kept.socket.write(
+      `GET /ws/chat HTTP/1.1\r\nHost: ${AUTHORITY}\r\nAuthorization: Bearer ${fx.tokens.valid}\r\n\r\n`,
+    )
+    await eventually(() => completeAnswers(kept.text()).length === 1, {
+      what: 'the answer before the reload',
+    })
+    const tightened = { mode: 'enforce', rules: [{ route: '/ws/**', allow: [{ team: 'platform' }] }] }
+    t.ok(await sidecar.reload({ ...config, upstream: upstream.url, policy: tightened }), 'reloaded')
+    kept.socket.write(handshake('reload-kept'))
+    await eventually(() => kept.closed() || completeAnswers(kept.text()).length === 2, {
+      what: 'the answer after the reload',
+    })
+    t.same(completeAnswers(kept.text()), [200, 403], 'on the connection opened before: denied')
+    const fresh = await exchange(port, 'direct', handshake('reload-fresh'), 1)
+    t.same(fresh.statuses, [403], 'on a new connection: denied')
+    t.same(
+      [...upstream.sawAnything('reload-kept'), ...upstream.sawAnything('reload-fresh')],
+      [],
+      'neither reached it',
+    )
+    tunnel.socket.write('after the reload')
+    await eventually(() => upstream.tunnels.get('reload-tunnel')?.includes('after the reload'), {
+      what: 'the bytes through the tunnel admitted before the reload',
+    })
+    t.pass('the tunnel admitted before the reload is kept, as documented')
+    kept.socket.destroy()
+    tunnel.socket.destroy()
+  },
+)
