@@ -13,7 +13,8 @@
 //
 // HTTP/2 has CONNECT streams: a CONNECT (`:authority` only) and an extended CONNECT (RFC 8441 `:protocol`,
 // which the proxy does not offer: no SETTINGS_ENABLE_CONNECT_PROTOCOL) are written frame by frame
-// (h2-frames.ts) and compared with the same request as a GET.
+// (h2-frames.ts) and compared with the same request as a GET. Last, a reload that tightens the policy: the
+// next upgrade is denied, on a connection opened before it too, while a tunnel admitted before it is kept.
 
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
@@ -62,6 +63,10 @@ const DELIBERATE = {
   extendedConnect:
     'an HTTP/2 extended CONNECT (`:protocol`) is malformed where the server did not offer it (RFC 8441 §3): the ' +
     'stream is reset by the HTTP/2 layer before the proxy reads it, and never recorded',
+  keptAfterReload:
+    'a websocket tunnel admitted before a reload that tightens the policy is kept until it ends (docs/reference.md, ' +
+    'reloads: an exchange already admitted keeps its attribution and decision); the next upgrade is decided anew, ' +
+    'on a keep-alive connection opened before the reload too',
 } as const
 type Deliberate = keyof typeof DELIBERATE
 
@@ -803,8 +808,7 @@ t.test('an HTTP/2 CONNECT stream is attributed and decided as the same request w
 t.test(
   'a reload that tightens the policy denies the next upgrade, on a connection opened before it too',
   async (t) => {
-    // docs/reference.md "Reload": an exchange already admitted (a websocket tunnel) keeps the decision it was
-    // admitted with until it ends; every request after the reload is decided by the new config
+    // DELIBERATE.keptAfterReload
     const { fx, config } = await makeFixtures(t)
     const upstream = await startRecordingUpstream(t)
     const sidecar = await startTestSidecar(t, { ...config, upstream: upstream.url })
