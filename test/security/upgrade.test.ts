@@ -443,5 +443,11 @@ t.test('a CONNECT is recorded as who sent it, over HTTP/1.1 and HTTP/2', async (
       `${id}: recorded with its identity`,
     )
   }
+  // a CONNECT names its host like any HTTP/1.1 request (RFC 9112 §3.2; node:http does not check it for one):
+  // without, it is refused before identification as any request that names its host ambiguously
+  const hostless = await rawClient(sidecar.proxyAddress.port)
+  hostless.socket.write('CONNECT internal.example:22 HTTP/1.1\r\nx-api-key: key-of-deploy\r\n\r\n')
+  await eventually(() => hostless.closed(), { what: 'the connection without Host to close' })
+  t.equal(statusOf(hostless.text()), 400, 'a CONNECT without Host: 400')
   t.equal(up.requests.length + up.upgrades.length, 0, 'nothing reached the upstream')
 })
