@@ -114,13 +114,13 @@ export interface ProxyAnswer {
  * response, or the socket), so the hot path allocates no closures per request.
  */
 export interface Transport<C> {
-  /** a refusal before identification (the proxy is shutting down) */
+  /** a refusal before identification (a request the proxy cannot pass on as sent, the proxy shutting down) */
   refusal?(ex: Exchange, req: IncomingMessage, ctx: C): ProxyAnswer | undefined
   /**
    * A refusal of what the request asks the proxy to do besides forwarding it (a tunnel it does not open: an
-   * upgrade that is not a websocket handshake), once it was identified and let through: asking must change
-   * neither who the request is in the audit trail nor what the policy says, so one the policy denies gets that
-   * denial, as the same request without the ask would.
+   * upgrade that is not a websocket handshake, a CONNECT), once it was identified and let through: asking must
+   * change neither who the request is in the audit trail nor what the policy says, so one the policy denies
+   * gets that denial, as the same request without the ask would.
    */
   refusalWhenAllowed?(req: IncomingMessage, ctx: C): ProxyAnswer | undefined
   /** the client went away while the preHandler waited */
