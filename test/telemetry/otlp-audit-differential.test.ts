@@ -1,0 +1,729 @@
+// The OpenTelemetry export against the audit trail, generated: every exchange the audit records has exactly
+// one span (unless its caller's traceparent said "not sampled", docs/reference.md "OpenTelemetry export":
+// `parentbased_always_on`) and exactly one log record at a real OTLP/HTTP collector, and they say what its
+// audit line says: trace id, span id, identity, decision, status, route and method; the log record's body
+// is the audit line itself. A span missing, doubled, or carrying another request's identity or trace is a
+// forensic gap.
+//
+// The built proxy (otlp.endpoint at the test's collector, otlp.logs on, an audit file, a policy enforced,
+// identity rules, API keys and JWTs) gets a seeded sequence of requests over HTTP/1.1 and h2c, each with a
+// credential from a small pool (valid, unknown, expired, forged, none), an incoming traceparent or none
+// (valid sampled, valid unsampled, invalid), a behaviour of its client (complete, leave before the answer,
+// leave mid-answer) and of the upstream (answers 2xx/4xx/5xx, slowly, resets mid-body, never answers until
+// timeouts.upstream). Then: the multisets of (trace id, identity, decision, status, route, method) of the
+// audit lines and of the spans (and of the log records) agree, every exchange matched by its path; a valid
+// incoming trace is continued (the span's trace, its parent the caller's span) and the upstream got a
+// traceparent naming the span; no credential is in anything the collector received; nothing was dropped.
+// Hand-picked: the same with `workers: 2`, and across a reload that moves the export to new settings
+// between two halves of the sequence (nothing lost or sent twice by the retiring export).
+import { readFileSync } from 'node:fs'
+import { createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
+import { constants as h2, connect as h2connect } from 'node:http2'
+import { join } from 'node:path'
+import fc from 'fast-check'
+import t, { type Test } from 'tap'
+import { sha256Hex } from '../../src/util/fingerprint.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
+import { listenUntilTeardown } from '../helpers/net.ts'
+import {
+  CLEAN_OTEL_ENV,
+  type ReceivedLogRecord,
+  type ReceivedSpan,
+  startCollector,
+  type TestCollector,
+} from '../helpers/otlp-collector.ts'
+import { PROPERTY_SEED } from '../helpers/property.ts'
+import { scratchDir } from '../helpers/scratch.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+
+/** generated requests of the one-process run */
+const REQUESTS = 48
+/** requests under way at once */
+const CONCURRENCY = 8
+/** timeouts.upstream: where a `hang` upstream's exchange ends (504) */
+const UPSTREAM_DEADLINE = '2s'
+const ISSUER = 'https://idp.example'
+const DEPLOY_KEY = 'deploy-key-5f1c0a77e2b94d0e'
+const UNKNOWN_KEY = 'unknown-key-9b3e11d04c7a6f28'
+
+// ---- the mix ------------------------------------------------------------------------------------------------
+
+const CREDENTIALS = [
+  'none',
+  'user-agent',
+  'apikey',
+  'apikey-unknown',
+  'jwt-pay',
+  'jwt-platform',
+  'jwt-expired',
+  'jwt-forged',
+] as const
+type Credential = (typeof CREDENTIALS)[number]
+
+/** the incoming traceparent: none, a valid one with its sampled flag set or not, or one that does not parse */
+type Traceparent = 'none' | 'sampled' | 'unsampled' | 'invalid'
+/** what the upstream does (header x-behave) */
+type Behaviour = 'normal' | 'slow' | 'reset-mid-body' | 'hang' | 'hold' | 'stream'
+/** what the client does: waits for the whole answer, leaves before it, or leaves once part of it came */
+type ClientFault = 'complete' | 'leave-before-answer' | 'leave-mid-answer'
+
+interface Spec {
+  protocol: 'h1' | 'h2'
+  credential: Credential
+  traceparent: Traceparent
+  /** the incoming trace id and parent span id (a valid traceparent's) */
+  traceId: string
+  parentId: string
+  area: 'api' | 'admin' | 'public'
+  method: 'GET' | 'POST'
+  behaviour: Behaviour
+  status: number
+  delayMs: number
+  client: ClientFault
+}
+
+const weighted = <T>(...choices: [T, number][]) =>
+  fc.oneof(...choices.map(([value, weight]) => ({ arbitrary: fc.constant(value), weight })))
+const hex = (n: number) =>
+  fc.array(fc.constantFrom(...'0123456789abcdef'), { minLength: n, maxLength: n }).map((cs) => cs.join(''))
+
+const drawnSpec: fc.Arbitrary<Spec> = fc
+  .record({
+    protocol: weighted<Spec['protocol']>(['h1', 1], ['h2', 1]),
+    // valid credentials more often: a denied request never reaches the upstream's behaviours
+    credential: weighted<Credential>(
+      ['none', 1],
+      ['user-agent', 1],
+      ['apikey', 3],
+      ['apikey-unknown', 1],
+      ['jwt-pay', 3],
+      ['jwt-platform', 3],
+      ['jwt-expired', 1],
+      ['jwt-forged', 1],
+    ),
+    traceparent: weighted<Traceparent>(['none', 3], ['sampled', 3], ['unsampled', 2], ['invalid', 1]),
+    traceId: hex(32),
+    parentId: hex(16),
+    area: weighted<Spec['area']>(['api', 3], ['admin', 2], ['public', 1]),
+    method: weighted<Spec['method']>(['GET', 2], ['POST', 1]),
+    behaviour: weighted<Behaviour>(['normal', 8], ['slow', 3], ['reset-mid-body', 2], ['hang', 1]),
+    status: weighted([200, 6], [404, 1], [503, 1]),
+    delayMs: fc.integer({ min: 1, max: 150 }),
+    client: weighted<ClientFault>(['complete', 6], ['leave-before-answer', 1], ['leave-mid-answer', 1]),
+  })
+  .map((s) => {
+    // a client that leaves needs an upstream still at it: one that holds the request, or streams its answer
+    const behaviour: Behaviour =
+      s.client === 'leave-before-answer' ? 'hold' : s.client === 'leave-mid-answer' ? 'stream' : s.behaviour
+    return { ...s, behaviour, status: behaviour === 'normal' || behaviour === 'slow' ? s.status : 200 }
+  })
+
+/** one of each client behaviour over each protocol, with credentials, traces and upstreams around them */
+const HAND_PICKED: Spec[] = (() => {
+  const base: Omit<Spec, 'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client'> = {
+    traceId: '',
+    parentId: '',
+    method: 'GET',
+    status: 200,
+    delayMs: 20,
+  }
+  const rows: [Credential, Traceparent, Spec['area'], Behaviour, ClientFault][] = [
+    ['apikey', 'sampled', 'api', 'normal', 'complete'],
+    ['jwt-pay', 'none', 'api', 'slow', 'complete'],
+    ['jwt-platform', 'unsampled', 'admin', 'normal', 'complete'],
+    ['jwt-pay', 'sampled', 'admin', 'normal', 'complete'],
+    ['apikey-unknown', 'invalid', 'api', 'normal', 'complete'],
+    ['jwt-expired', 'sampled', 'public', 'reset-mid-body', 'complete'],
+    ['jwt-forged', 'none', 'public', 'normal', 'complete'],
+    ['user-agent', 'sampled', 'public', 'hang', 'complete'],
+    ['apikey', 'none', 'api', 'hold', 'leave-before-answer'],
+    ['jwt-platform', 'sampled', 'admin', 'stream', 'leave-mid-answer'],
+    ['none', 'unsampled', 'public', 'normal', 'complete'],
+    ['apikey', 'sampled', 'public', 'slow', 'complete'],
+  ]
+  const specs: Spec[] = []
+  let i = 0
+  for (const protocol of ['h1', 'h2'] as const) {
+    for (const [credential, traceparent, area, behaviour, client] of rows) {
+      i++
+      specs.push({
+        ...base,
+        protocol,
+        credential,
+        traceparent,
+        area,
+        behaviour,
+        client,
+        status: i % 5 === 0 ? 503 : 200,
+        traceId: i.toString(16).padStart(32, 'c'),
+        parentId: i.toString(16).padStart(16, 'd'),
+      })
+    }
+  }
+  return specs
+})()
+
+/** the traceparent a spec's client sends, if any */
+function incoming(s: Spec): string | undefined {
+  switch (s.traceparent) {
+    case 'none':
+      return undefined
+    case 'sampled':
+      return `00-${s.traceId}-${s.parentId}-01`
+    case 'unsampled':
+      return `00-${s.traceId}-${s.parentId}-00`
+    case 'invalid':
+      // upper-case hex: not a traceparent (W3C Trace Context), a new trace is started
+      return `00-${s.traceId.toUpperCase().replace(/^./, 'A')}-${s.parentId}-01`
+  }
+}
+
+// ---- credentials --------------------------------------------------------------------------------------------
+
+interface Pool {
+  headers: Record<Credential, Record<string, string>>
+  /** every credential sent, for the search of what the collector received */
+  secrets: string[]
+}
+
+async function credentialPool(t: Test): Promise<{ pool: Pool; jwksUri: string }> {
+  const key = await createSigningKey('k1', 'ES256')
+  const other = await createSigningKey('k1', 'ES256')
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  const mint = (claims: Record<string, string>, opts: { expiresIn?: number } = {}, signer = key) =>
+    mintToken(signer, claims, { issuer: ISSUER, audience: 'orders', ...opts })
+  const tokens = {
+    pay: await mint({ sub: 'pay-api', team: 'pay' }),
+    platform: await mint({ sub: 'platform-api', team: 'platform' }),
+    expired: await mint({ sub: 'pay-api', team: 'pay' }, { expiresIn: -60 }),
+    forged: await mint({ sub: 'pay-api', team: 'pay' }, {}, other),
+  }
+  const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+  const headers: Pool['headers'] = {
+    none: {},
+    'user-agent': { 'user-agent': 'curl/8.5.0' },
+    apikey: { 'x-api-key': DEPLOY_KEY },
+    'apikey-unknown': { 'x-api-key': UNKNOWN_KEY },
+    'jwt-pay': bearer(tokens.pay),
+    'jwt-platform': bearer(tokens.platform),
+    'jwt-expired': bearer(tokens.expired),
+    'jwt-forged': bearer(tokens.forged),
+  }
+  const secrets = [DEPLOY_KEY, UNKNOWN_KEY]
+  // a token whole, and its signature alone
+  for (const token of Object.values(tokens)) secrets.push(token, token.slice(token.lastIndexOf('.') + 1))
+  return { pool: { headers, secrets }, jwksUri: jwks.jwksUri }
+}
+
+// ---- the upstream -------------------------------------------------------------------------------------------
+
+interface DiffUpstream {
+  url: string
+  /** the traceparent each request arrived with, by path */
+  traceparents: Map<string, string>
+  /** paths whose request arrived whole */
+  whole: Set<string>
+  /** paths whose answer head a client has read */
+  headSeen: Set<string>
+}
+
+const FIRST_PART = Buffer.alloc(1024, 0x61)
+const ANNOUNCED = 4096
+
+async function diffUpstream(t: Test): Promise<DiffUpstream> {
+  const traceparents = new Map<string, string>()
+  const whole = new Set<string>()
+  const headSeen = new Set<string>()
+  const server = createServer((req, res) => {
+    const path = req.url ?? ''
+    traceparents.set(path, String(req.headers.traceparent ?? ''))
+    req.resume()
+    req.on('end', () => {
+      whole.add(path)
+      const answer = () => {
+        const body = `answer ${path}`
+        res.writeHead(Number(req.headers['x-status']), { 'content-length': Buffer.byteLength(body) })
+        res.end(body)
+      }
+      switch (req.headers['x-behave'] as Behaviour) {
+        case 'normal':
+          answer()
+          return
+        case 'slow': {
+          const timer = setTimeout(answer, Number(req.headers['x-delay']))
+          res.on('close', () => clearTimeout(timer))
+          return
+        }
+        case 'hang':
+        case 'hold':
+          return
+        case 'stream':
+          res.writeHead(200, { 'content-length': ANNOUNCED })
+          res.write(FIRST_PART)
+          return
+        case 'reset-mid-body': {
+          res.writeHead(200, { 'content-length': ANNOUNCED })
+          res.write(FIRST_PART)
+          const reset = () => req.socket.resetAndDestroy()
+          eventually(() => headSeen.has(path) || req.socket.destroyed, {
+            intervalMs: 5,
+            what: `the client to have the head of ${path}`,
+          }).then(reset, reset)
+          return
+        }
+      }
+    })
+  })
+  const port = await listenUntilTeardown(t, server)
+  return { url: `http://127.0.0.1:${port}`, traceparents, whole, headSeen }
+}
+
+// ---- the clients --------------------------------------------------------------------------------------------
+
+interface Run {
+  proxyPort: number
+  proxyUrl: string
+  upstream: DiffUpstream
+  pool: Pool
+}
+
+/** a wait inside an exchange: bounded, named after it */
+const until = (what: string, probe: () => boolean) => eventually(probe, { intervalMs: 5, what })
+
+function requestHeaders(run: Run, s: Spec, path: string): Record<string, string> {
+  const headers: Record<string, string> = {
+    'x-behave': s.behaviour,
+    'x-status': String(s.status),
+    'x-delay': String(s.delayMs),
+    ...run.pool.headers[s.credential],
+  }
+  const traceparent = incoming(s)
+  if (traceparent !== undefined) headers['traceparent'] = traceparent
+  void path
+  return headers
+}
+
+const BODY = Buffer.alloc(64, 0x62)
+
+async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
+  const headers: OutgoingHttpHeaders = requestHeaders(run, s, path)
+  if (s.method === 'POST') headers['content-length'] = BODY.length
+  const seen = { status: 0, data: 0, closed: false }
+  const req = httpRequest({
+    host: '127.0.0.1',
+    port: run.proxyPort,
+    method: s.method,
+    path,
+    headers,
+    agent: false,
+  })
+  req.on('error', () => {})
+  req.on('socket', (socket) =>
+    socket.once('close', () => {
+      seen.closed = true
+    }),
+  )
+  req.on('response', (res) => {
+    seen.status = res.statusCode ?? 0
+    run.upstream.headSeen.add(path)
+    res.on('data', (c: Buffer) => {
+      seen.data += c.length
+    })
+    res.on('error', () => {})
+  })
+  req.end(s.method === 'POST' ? BODY : undefined)
+  await leaveAsPlanned(run, s, path, seen, () => req.destroy())
+  await until(`${path}: the connection to close`, () => seen.closed)
+}
+
+async function h2Exchange(run: Run, s: Spec, path: string): Promise<void> {
+  const session = h2connect(run.proxyUrl)
+  session.on('error', () => {})
+  let sessionClosed = false
+  session.once('close', () => {
+    sessionClosed = true
+  })
+  try {
+    const headers: OutgoingHttpHeaders = {
+      ':method': s.method,
+      ':path': path,
+      ...requestHeaders(run, s, path),
+    }
+    if (s.method === 'POST') headers['content-length'] = BODY.length
+    const seen = { status: 0, data: 0, closed: false }
+    const stream = session.request(headers, { endStream: s.method !== 'POST' })
+    stream.on('error', () => {})
+    stream.on('response', (h) => {
+      seen.status = Number(h[':status'])
+      run.upstream.headSeen.add(path)
+    })
+    stream.on('data', (c: Buffer) => {
+      seen.data += c.length
+    })
+    stream.once('close', () => {
+      seen.closed = true
+    })
+    if (s.method === 'POST') stream.end(BODY)
+    await leaveAsPlanned(run, s, path, seen, () => stream.close(h2.NGHTTP2_CANCEL))
+    await until(`${path}: the stream to close`, () => seen.closed)
+  } finally {
+    session.close()
+    await until(`${path}: the session to close`, () => sessionClosed).catch(() => session.destroy())
+  }
+}
+
+/**
+ * A client that leaves does so once the upstream has its request (before the answer) or once part of the
+ * answer came; when the proxy answers itself (a denial), there is nothing to leave and the answer is read.
+ */
+async function leaveAsPlanned(
+  run: Run,
+  s: Spec,
+  path: string,
+  seen: { status: number; data: number; closed: boolean },
+  leave: () => void,
+): Promise<void> {
+  if (s.client === 'leave-before-answer') {
+    await until(
+      `${path}: the upstream to have the request`,
+      () => run.upstream.whole.has(path) || seen.status !== 0 || seen.closed,
+    )
+    if (seen.status === 0) leave()
+  } else if (s.client === 'leave-mid-answer') {
+    await until(`${path}: the first bytes of the answer`, () => seen.data > 0 || seen.closed)
+    if (!seen.closed) leave()
+  }
+}
+
+const exchange = (run: Run, s: Spec, path: string) =>
+  s.protocol === 'h1' ? h1Exchange(run, s, path) : h2Exchange(run, s, path)
+
+// ---- the record against the export --------------------------------------------------------------------------
+
+interface AuditLine {
+  trace_id: string
+  span_id: string
+  identity: string
+  decision: string
+  status: number
+  route: string
+  method: string
+  path: string
+}
+
+function readAudit(file: string): { line: AuditLine; text: string }[] {
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((text) => text !== '')
+    .map((text) => ({ line: JSON.parse(text) as AuditLine, text }))
+}
+
+/** what the comparison is over, in one order */
+const key = (k: {
+  trace: string
+  identity: unknown
+  decision: unknown
+  status: unknown
+  route: unknown
+  method: unknown
+}) => JSON.stringify([k.trace, k.identity, k.decision, k.status, k.route, k.method])
+const ofLine = (l: AuditLine) =>
+  key({
+    trace: l.trace_id,
+    identity: l.identity,
+    decision: l.decision,
+    status: l.status,
+    route: l.route,
+    method: l.method,
+  })
+const ofSpan = (s: ReceivedSpan) =>
+  key({
+    trace: s.traceId,
+    identity: s.attributes['nhi.identity'],
+    decision: s.attributes['nhi.decision'],
+    status: s.attributes['http.response.status_code'],
+    route: s.attributes['http.route'] ?? 'other',
+    method: s.attributes['http.request.method'],
+  })
+const ofLog = (r: ReceivedLogRecord) => {
+  const line = JSON.parse(String(r.body)) as AuditLine
+  return key({
+    trace: r.traceId,
+    identity: r.attributes['nhi.identity'],
+    decision: r.attributes['nhi.decision'],
+    status: r.attributes['http.response.status_code'],
+    // a log record carries no route attribute: its body, the audit line, does
+    route: line.route,
+    method: r.attributes['http.request.method'],
+  })
+}
+
+/** the keys of `a` not in `b`, as a multiset difference */
+function minus(a: string[], b: string[]): string[] {
+  const left = new Map<string, number>()
+  for (const k of b) left.set(k, (left.get(k) ?? 0) + 1)
+  const out: string[] = []
+  for (const k of a) {
+    const n = left.get(k) ?? 0
+    if (n > 0) left.set(k, n - 1)
+    else out.push(k)
+  }
+  return out
+}
+
+const byPath = <T>(items: T[], path: (item: T) => unknown) => {
+  const map = new Map<string, T[]>()
+  for (const item of items) {
+    const p = String(path(item))
+    map.set(p, [...(map.get(p) ?? []), item])
+  }
+  return map
+}
+
+/** every way the audit trail, the spans, the log records and the upstream disagree */
+function judge(
+  planned: Map<string, Spec>,
+  audit: { line: AuditLine; text: string }[],
+  collector: TestCollector,
+  upstream: DiffUpstream,
+): string[] {
+  const wrong: string[] = []
+  const lines = byPath(audit, (a) => a.line.path)
+  const spans = byPath(collector.spans, (s) => s.attributes['url.path'])
+  const logs = byPath(collector.logs, (r) => r.attributes['url.path'])
+  for (const [path, s] of planned) {
+    const found = lines.get(path) ?? []
+    if (found.length !== 1) {
+      wrong.push(`${path}: ${found.length} audit lines`)
+      continue
+    }
+    const { line, text } = found[0]!
+    const continued = s.traceparent === 'sampled' || s.traceparent === 'unsampled'
+    if (continued && line.trace_id !== s.traceId)
+      wrong.push(`${path}: audit trace ${line.trace_id}, not the caller's ${s.traceId}`)
+    const sent = upstream.traceparents.get(path)
+    if (sent !== undefined) {
+      const flags = s.traceparent === 'unsampled' ? '00' : '01'
+      const want = `00-${line.trace_id}-${line.span_id}-${flags}`
+      if (sent !== want) wrong.push(`${path}: the upstream got traceparent ${sent}, not ${want}`)
+    }
+
+    // spans: one, unless the caller's trace is not sampled
+    const spansHere = spans.get(path) ?? []
+    const wantSpans = s.traceparent === 'unsampled' ? 0 : 1
+    if (spansHere.length !== wantSpans) wrong.push(`${path}: ${spansHere.length} spans, not ${wantSpans}`)
+    for (const span of spansHere) {
+      if (ofSpan(span) !== ofLine(line)) wrong.push(`${path}: span ${ofSpan(span)}, audit ${ofLine(line)}`)
+      if (span.spanId !== line.span_id) wrong.push(`${path}: span id ${span.spanId}, audit ${line.span_id}`)
+      const parent = continued ? s.parentId : ''
+      if (span.parentSpanId !== parent)
+        wrong.push(`${path}: span parent ${JSON.stringify(span.parentSpanId)}, not ${JSON.stringify(parent)}`)
+    }
+
+    // log records: one for every exchange, its body the audit line
+    const logsHere = logs.get(path) ?? []
+    if (logsHere.length !== 1) wrong.push(`${path}: ${logsHere.length} log records`)
+    for (const r of logsHere) {
+      if (r.body !== text) wrong.push(`${path}: log body ${String(r.body)}, audit line ${text}`)
+      if (ofLog(r) !== ofLine(line)) wrong.push(`${path}: log record ${ofLog(r)}, audit ${ofLine(line)}`)
+      if (r.spanId !== line.span_id) wrong.push(`${path}: log record span ${r.spanId}, audit ${line.span_id}`)
+    }
+  }
+  for (const [path, found] of lines)
+    if (!planned.has(path)) wrong.push(`${path}: ${found.length} audit lines for nothing sent`)
+  for (const [path, found] of spans)
+    if (!planned.has(path)) wrong.push(`${path}: ${found.length} spans for nothing sent`)
+  for (const [path, found] of logs)
+    if (!planned.has(path)) wrong.push(`${path}: ${found.length} log records for nothing sent`)
+
+  // the same as multisets, whatever the paths say
+  const sampledLines = audit.filter((a) => planned.get(a.line.path)?.traceparent !== 'unsampled')
+  const lineKeys = audit.map((a) => ofLine(a.line))
+  const sampledKeys = sampledLines.map((a) => ofLine(a.line))
+  const spanKeys = collector.spans.map(ofSpan)
+  const logKeys = collector.logs.map(ofLog)
+  for (const k of minus(sampledKeys, spanKeys)) wrong.push(`audit ${k}: no span`)
+  for (const k of minus(spanKeys, sampledKeys)) wrong.push(`span ${k}: no audit line`)
+  for (const k of minus(lineKeys, logKeys)) wrong.push(`audit ${k}: no log record`)
+  for (const k of minus(logKeys, lineKeys)) wrong.push(`log record ${k}: no audit line`)
+  return wrong
+}
+
+const dump = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? String(x) : x))
+
+// ---- the runs -----------------------------------------------------------------------------------------------
+
+interface Setup {
+  collector: TestCollector
+  upstream: DiffUpstream
+  pool: Pool
+  config: Record<string, unknown>
+  auditFile: string
+}
+
+async function setUp(t: Test, name: string, workers: number): Promise<Setup> {
+  const collector = await startCollector()
+  t.teardown(() => collector.close())
+  const upstream = await diffUpstream(t)
+  const { pool, jwksUri } = await credentialPool(t)
+  const auditFile = join(await scratchDir(`otlp-diff-${name}`), 'audit.log')
+  const config = {
+    service: 'orders',
+    upstream: upstream.url,
+    workers,
+    audit: { output: auditFile },
+    timeouts: { upstream: UPSTREAM_DEADLINE },
+    apiKeys: { keys: [{ name: 'deploy', kind: 'job', sha256: sha256Hex(DEPLOY_KEY) }] },
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri, audiences: ['orders'] }] },
+    identities: [
+      {
+        name: 'jwt:platform',
+        team: 'platform',
+        match: { jwt: { issuer: ISSUER, claims: { team: 'platform' } } },
+      },
+      { name: 'jwt:{team}', match: { jwt: { issuer: ISSUER, claims: { team: '{team}' } } } },
+      { name: 'deployer', kind: 'job', team: 'platform', match: { apiKey: 'deploy' } },
+    ],
+    policy: {
+      mode: 'enforce',
+      rules: [
+        { route: '/admin/**', allow: [{ team: 'platform' }] },
+        { route: '/api/**', allow: [{ verified: true }] },
+      ],
+    },
+    metrics: { routes: ['/api/{svc}/**', '/admin/**'] },
+    otlp: { endpoint: collector.url, logs: true, scheduledDelay: '50ms' },
+  }
+  return { collector, upstream, pool, config, auditFile }
+}
+
+/** sends the specs, CONCURRENCY at a time; resolves with their paths */
+async function send(run: Run, name: string, specs: Spec[], from: number): Promise<Map<string, Spec>> {
+  const planned = new Map<string, Spec>()
+  const queue = specs.map((s, i) => {
+    const place = s.area === 'api' ? '/api/orders' : `/${s.area}`
+    const path = `${place}/${name}-${from + i}-${s.protocol}-${s.credential}-${s.traceparent}-${s.behaviour}-${s.client}`
+    planned.set(path, s)
+    return { s, path }
+  })
+  // the exchanges that wait for timeouts.upstream start first, so that their wait overlaps the others
+  queue.sort((a, b) => Number(b.s.behaviour === 'hang') - Number(a.s.behaviour === 'hang'))
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      for (let next = queue.shift(); next !== undefined; next = queue.shift())
+        await exchange(run, next.s, next.path)
+    }),
+  )
+  return planned
+}
+
+/**
+ * Waits for the audit lines of every exchange sent and for their spans and log records at the collector (the
+ * flush interval), checks the export counters (nothing dropped), then stops the sidecar (the shutdown flush
+ * sends anything left: a span sent twice shows then) and compares.
+ */
+async function compare(
+  t: Test,
+  setup: Setup,
+  sidecar: { adminUrl: string; close(): Promise<number | null> },
+  planned: Map<string, Spec>,
+): Promise<void> {
+  const { collector, auditFile } = setup
+  const wantSpans = [...planned.values()].filter((s) => s.traceparent !== 'unsampled').length
+  await eventually(() => readAudit(auditFile).length >= planned.size, {
+    timeoutMs: 15_000,
+    what: `${planned.size} audit lines`,
+  }).catch(() => {})
+  await eventually(() => collector.spans.length >= wantSpans && collector.logs.length >= planned.size, {
+    timeoutMs: 10_000,
+    what: `${wantSpans} spans and ${planned.size} log records at the collector`,
+  }).catch(() => {})
+  const samples = await scrapeUntil(
+    sidecar.adminUrl,
+    (m) =>
+      metricValue(m, 'nhi_otlp_spans_exported_total') >= collector.spans.length &&
+      metricValue(m, 'nhi_otlp_log_records_exported_total') >= collector.logs.length,
+    'the exports counted',
+  )
+  t.equal(metricValue(samples, 'nhi_otlp_spans_dropped_total'), 0, 'no span dropped')
+  t.equal(metricValue(samples, 'nhi_otlp_log_records_dropped_total'), 0, 'no log record dropped')
+  t.equal(await sidecar.close(), 0, 'the sidecar exits 0')
+
+  const audit = readAudit(auditFile)
+  const wrong = judge(planned, audit, collector, setup.upstream)
+  t.same(wrong.slice(0, 12), [], `the export says what the audit trail says (${wrong.length} disagree)`)
+  const everything = dump(collector.spans) + dump(collector.logs)
+  const leaked = setup.pool.secrets.filter((secret) => everything.includes(secret))
+  t.same(leaked, [], 'no credential in any span or log record')
+  t.comment(
+    `${planned.size} exchanges, ${audit.length} audit lines, ${collector.spans.length} spans, ${collector.logs.length} log records; ` +
+      `statuses ${JSON.stringify(countBy(audit.map((a) => String(a.line.status))))}, decisions ${JSON.stringify(countBy(audit.map((a) => a.line.decision)))}`,
+  )
+}
+
+const countBy = (items: string[]) => {
+  const counts: Record<string, number> = {}
+  for (const item of items.sort()) counts[item] = (counts[item] ?? 0) + 1
+  return counts
+}
+
+t.test('generated: every audited exchange has its span and log record, with the same facts', async (t) => {
+  const specs = fc.sample(drawnSpec, { numRuns: REQUESTS, seed: PROPERTY_SEED })
+  const setup = await setUp(t, 'generated', 1)
+  const sidecar = await startTestSidecar(t, setup.config, { env: CLEAN_OTEL_ENV })
+  const run: Run = {
+    proxyPort: sidecar.proxyAddress.port,
+    proxyUrl: sidecar.proxyUrl,
+    upstream: setup.upstream,
+    pool: setup.pool,
+  }
+  const planned = await send(run, 'g', specs, 0)
+  t.comment(`seed ${PROPERTY_SEED}`)
+  await compare(t, setup, sidecar, planned)
+})
+
+t.test('workers: 2: every audited exchange has its span and log record', async (t) => {
+  const setup = await setUp(t, 'workers', 2)
+  const sidecar = await startTestSidecar(t, setup.config, { env: CLEAN_OTEL_ENV })
+  const run: Run = {
+    proxyPort: sidecar.proxyAddress.port,
+    proxyUrl: sidecar.proxyUrl,
+    upstream: setup.upstream,
+    pool: setup.pool,
+  }
+  const planned = await send(run, 'w', HAND_PICKED, 0)
+  await compare(t, setup, sidecar, planned)
+})
+
+t.test('a reload that moves the export between two halves loses and doubles nothing', async (t) => {
+  const setup = await setUp(t, 'reload', 1)
+  const sidecar = await startTestSidecar(t, setup.config, { env: CLEAN_OTEL_ENV })
+  const run: Run = {
+    proxyPort: sidecar.proxyAddress.port,
+    proxyUrl: sidecar.proxyUrl,
+    upstream: setup.upstream,
+    pool: setup.pool,
+  }
+  const half = HAND_PICKED.length >> 1
+  const first = await send(run, 'r', HAND_PICKED.slice(0, half), 0)
+  // a client that left can see its connection close before its exchange is recorded
+  await eventually(() => readAudit(setup.auditFile).length >= first.size, { what: 'the first half audited' })
+  // new settings: a new export thread, the old one retired with what it still holds
+  const otlp = { ...(setup.config['otlp'] as object), headers: { 'x-half': 'second' } }
+  t.ok(await sidecar.reload({ ...setup.config, otlp }), 'reloaded')
+  const second = await send(run, 'r', HAND_PICKED.slice(half), half)
+  await compare(t, setup, sidecar, new Map([...first, ...second]))
+  // the first half's spans went with the first settings, the second half's with the new ones
+  const secondTraces = new Set(
+    readAudit(setup.auditFile)
+      .filter((a) => second.has(a.line.path))
+      .map((a) => a.line.trace_id),
+  )
+  const misrouted = setup.collector.exports.filter((e) =>
+    e.traceIds.some((id) => secondTraces.has(id) !== (e.headers['x-half'] === 'second')),
+  )
+  t.equal(misrouted.length, 0, 'every export carried the settings of its half')
+})
