@@ -108,6 +108,7 @@ export class OtlpBatchWriter {
     if (fp.jwt !== undefined) flags |= 16
     if (fp.cert !== undefined) flags |= 32
     if (fp.apikey !== undefined) flags |= 64
+    if (event.peerAddress !== undefined) flags |= 128
     this.reserve(64)
     const b = this.b
     const v = this.v
@@ -143,6 +144,8 @@ export class OtlpBatchWriter {
     if (fp.jwt !== undefined) this.text(fp.jwt)
     if (fp.cert !== undefined) this.text(fp.cert)
     if (fp.apikey !== undefined) this.text(fp.apikey)
+    // the audit line names the trusted proxy the client came through: the log record's body is that line
+    if (event.peerAddress !== undefined) this.text(event.peerAddress)
     for (let i = 0; i < failures.length && i < 255; i++) {
       this.text(failures[i]!.source)
       this.text(failures[i]!.reason)
@@ -382,6 +385,7 @@ export class OtlpBatchReader {
       if (flags & 16) fingerprints.jwt = text()
       if (flags & 32) fingerprints.cert = text()
       if (flags & 64) fingerprints.apikey = text()
+      const peerAddress = flags & 128 ? text() : undefined
       const failures: Failure[] = []
       for (let i = 0; i < failureCount; i++) {
         const source = text() as Failure['source']
@@ -413,6 +417,7 @@ export class OtlpBatchReader {
       if (parentSpanId !== undefined) event.parentSpanId = parentSpanId
       if (traceFlags !== undefined) event.traceFlags = traceFlags
       if (host !== undefined) event.host = host
+      if (peerAddress !== undefined) event.peerAddress = peerAddress
       if (upstreamError !== undefined) event.upstreamError = upstreamError
       if (flags & 8) event.grpcStatus = grpcStatus
       each(event)

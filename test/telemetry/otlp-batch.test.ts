@@ -54,6 +54,8 @@ t.test('every field of every kind of request comes back as it went in', async (t
     }),
     // a field present in the previous record and absent here
     requestEvent({ identity: SAMPLE_IDENTITIES[3]!, method: 'POST' }),
+    // behind a trusted proxy: the client it forwarded for, and the proxy as the peer
+    requestEvent({ clientAddress: '203.0.113.7', peerAddress: '10.0.0.2' }),
     requestEvent({
       identity: identity('orders-client', {
         kind: 'service',
@@ -93,6 +95,11 @@ t.test('every field of every kind of request comes back as it went in', async (t
     exported(back[3]!).line,
     /"path":"\/ördérs\/\\"quoted\\"\\\\back\\u0001"/,
     'the line escapes as JSON does',
+  )
+  t.match(
+    exported(back[5]!).line,
+    /"client_address":"203\.0\.113\.7","peer_address":"10\.0\.0\.2"/,
+    'the line names the trusted proxy as the audit file does',
   )
   t.equal(back.at(-1)!.identity.name, 'bad\ud800name', 'a lone surrogate arrives unchanged')
   t.match(exported(back.at(-1)!).line, /"sub":"x\\udc00"/)
