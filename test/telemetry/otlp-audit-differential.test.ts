@@ -19,6 +19,7 @@
 import { readFileSync } from 'node:fs'
 import { createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
 import { constants as h2, connect as h2connect } from 'node:http2'
+import { connect as netConnect } from 'node:net'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
@@ -45,6 +46,10 @@ const CONCURRENCY = 8
 /** timeouts.upstream: where a `hang` upstream's exchange ends (504) */
 const UPSTREAM_DEADLINE = '2s'
 const ISSUER = 'https://idp.example'
+/** the ingress in front of the proxy (forwardedClientCert.trustedProxies) */
+const TRUSTED_PROXY = '127.0.0.2'
+/** the client the ingress names */
+const FORWARDED_CLIENT = '203.0.113.7'
 const DEPLOY_KEY = 'deploy-key-5f1c0a77e2b94d0e'
 const UNKNOWN_KEY = 'unknown-key-9b3e11d04c7a6f28'
 
@@ -66,6 +71,11 @@ type Credential = (typeof CREDENTIALS)[number]
 type Traceparent = 'none' | 'sampled' | 'unsampled' | 'invalid'
 /** what the upstream does (header x-behave) */
 type Behaviour = 'normal' | 'slow' | 'reset-mid-body' | 'hang' | 'hold' | 'stream'
+/**
+ * where the client is: connected directly, or behind an ingress the proxy trusts (TRUSTED_PROXY), which names
+ * it in X-Forwarded-For
+ */
+type Via = 'direct' | 'ingress'
 /** what the client does: waits for the whole answer, leaves before it, or leaves once part of it came */
 type ClientFault = 'complete' | 'leave-before-answer' | 'leave-mid-answer'
 
@@ -82,6 +92,7 @@ interface Spec {
   status: number
   delayMs: number
   client: ClientFault
+  via: Via
 }
 
 const weighted = <T>(...choices: [T, number][]) =>
@@ -112,6 +123,7 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
     status: weighted([200, 6], [404, 1], [503, 1]),
     delayMs: fc.integer({ min: 1, max: 150 }),
     client: weighted<ClientFault>(['complete', 6], ['leave-before-answer', 1], ['leave-mid-answer', 1]),
+    via: weighted<Via>(['direct', 3], ['ingress', 1]),
   })
   .map((s) => {
     // a client that leaves needs an upstream still at it: one that holds the request, or streams its answer
@@ -122,7 +134,10 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
 
 /** one of each client behaviour over each protocol, with credentials, traces and upstreams around them */
 const HAND_PICKED: Spec[] = (() => {
-  const base: Omit<Spec, 'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client'> = {
+  const base: Omit<
+    Spec,
+    'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client' | 'via'
+  > = {
     traceId: '',
     parentId: '',
     method: 'GET',
@@ -156,6 +171,7 @@ const HAND_PICKED: Spec[] = (() => {
         area,
         behaviour,
         client,
+        via: i % 3 === 0 ? 'ingress' : 'direct',
         status: i % 5 === 0 ? 503 : 200,
         traceId: i.toString(16).padStart(32, 'c'),
         parentId: i.toString(16).padStart(16, 'd'),
@@ -293,7 +309,7 @@ interface Run {
 /** a wait inside an exchange: bounded, named after it */
 const until = (what: string, probe: () => boolean) => eventually(probe, { intervalMs: 5, what })
 
-function requestHeaders(run: Run, s: Spec, path: string): Record<string, string> {
+function requestHeaders(run: Run, s: Spec): Record<string, string> {
   const headers: Record<string, string> = {
     'x-behave': s.behaviour,
     'x-status': String(s.status),
@@ -302,14 +318,14 @@ function requestHeaders(run: Run, s: Spec, path: string): Record<string, string>
   }
   const traceparent = incoming(s)
   if (traceparent !== undefined) headers['traceparent'] = traceparent
-  void path
+  if (s.via === 'ingress') headers['x-forwarded-for'] = FORWARDED_CLIENT
   return headers
 }
 
 const BODY = Buffer.alloc(64, 0x62)
 
 async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
-  const headers: OutgoingHttpHeaders = requestHeaders(run, s, path)
+  const headers: OutgoingHttpHeaders = requestHeaders(run, s)
   if (s.method === 'POST') headers['content-length'] = BODY.length
   const seen = { status: 0, data: 0, closed: false }
   const req = httpRequest({
@@ -319,6 +335,7 @@ async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
     path,
     headers,
     agent: false,
+    ...(s.via === 'ingress' ? { localAddress: TRUSTED_PROXY } : {}),
   })
   req.on('error', () => {})
   req.on('socket', (socket) =>
@@ -340,7 +357,15 @@ async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
 }
 
 async function h2Exchange(run: Run, s: Spec, path: string): Promise<void> {
-  const session = h2connect(run.proxyUrl)
+  const session = h2connect(
+    run.proxyUrl,
+    s.via === 'ingress'
+      ? {
+          createConnection: () =>
+            netConnect({ host: '127.0.0.1', port: run.proxyPort, localAddress: TRUSTED_PROXY }),
+        }
+      : {},
+  )
   session.on('error', () => {})
   let sessionClosed = false
   session.once('close', () => {
@@ -350,7 +375,7 @@ async function h2Exchange(run: Run, s: Spec, path: string): Promise<void> {
     const headers: OutgoingHttpHeaders = {
       ':method': s.method,
       ':path': path,
-      ...requestHeaders(run, s, path),
+      ...requestHeaders(run, s),
     }
     if (s.method === 'POST') headers['content-length'] = BODY.length
     const seen = { status: 0, data: 0, closed: false }
@@ -412,6 +437,7 @@ interface AuditLine {
   route: string
   method: string
   path: string
+  client_address: string
 }
 
 function readAudit(file: string): { line: AuditLine; text: string }[] {
@@ -518,6 +544,8 @@ function judge(
     for (const span of spansHere) {
       if (ofSpan(span) !== ofLine(line)) wrong.push(`${path}: span ${ofSpan(span)}, audit ${ofLine(line)}`)
       if (span.spanId !== line.span_id) wrong.push(`${path}: span id ${span.spanId}, audit ${line.span_id}`)
+      if (span.attributes['client.address'] !== line.client_address)
+        wrong.push(`${path}: span client ${span.attributes['client.address']}, audit ${line.client_address}`)
       const parent = continued ? s.parentId : ''
       if (span.parentSpanId !== parent)
         wrong.push(`${path}: span parent ${JSON.stringify(span.parentSpanId)}, not ${JSON.stringify(parent)}`)
@@ -527,7 +555,7 @@ function judge(
     const logsHere = logs.get(path) ?? []
     if (logsHere.length !== 1) wrong.push(`${path}: ${logsHere.length} log records`)
     for (const r of logsHere) {
-      if (r.body !== text) wrong.push(`${path}: log body ${String(r.body)}, audit line ${text}`)
+      if (r.body !== text) wrong.push(`${path}: log body ${whereApart(String(r.body), text)}`)
       if (ofLog(r) !== ofLine(line)) wrong.push(`${path}: log record ${ofLog(r)}, audit ${ofLine(line)}`)
       if (r.spanId !== line.span_id) wrong.push(`${path}: log record span ${r.spanId}, audit ${line.span_id}`)
     }
@@ -550,6 +578,14 @@ function judge(
   for (const k of minus(lineKeys, logKeys)) wrong.push(`audit ${k}: no log record`)
   for (const k of minus(logKeys, lineKeys)) wrong.push(`log record ${k}: no audit line`)
   return wrong
+}
+
+/** where two texts part: a few characters of each from there */
+function whereApart(got: string, want: string): string {
+  let at = 0
+  while (at < got.length && got[at] === want[at]) at++
+  const from = Math.max(0, at - 20)
+  return `${JSON.stringify(got.slice(from, at + 40))}, the audit line ${JSON.stringify(want.slice(from, at + 40))}`
 }
 
 const dump = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? String(x) : x))
@@ -576,6 +612,7 @@ async function setUp(t: Test, name: string, workers: number): Promise<Setup> {
     workers,
     audit: { output: auditFile },
     timeouts: { upstream: UPSTREAM_DEADLINE },
+    forwardedClientCert: { trustedProxies: [`${TRUSTED_PROXY}/32`], format: 'xfcc' },
     apiKeys: { keys: [{ name: 'deploy', kind: 'job', sha256: sha256Hex(DEPLOY_KEY) }] },
     jwt: { issuers: [{ issuer: ISSUER, jwksUri, audiences: ['orders'] }] },
     identities: [
