@@ -438,6 +438,18 @@ interface AuditLine {
   method: string
   path: string
   client_address: string
+  kind: string
+  source: string
+  verified: boolean
+  rule?: string
+  team?: string
+  policy_rule: string
+  request_id: string
+  bytes_in: number
+  bytes_out: number
+  upstream_error?: string
+  failures: { source: string; reason: string }[]
+  anomalies: string[]
 }
 
 function readAudit(file: string): { line: AuditLine; text: string }[] {
@@ -485,6 +497,46 @@ const ofLog = (r: ReceivedLogRecord) => {
     route: line.route,
     method: r.attributes['http.request.method'],
   })
+}
+
+/** the rest of what a span says about its exchange (docs/reference.md), as the audit line has it */
+function spanDetails(s: ReceivedSpan) {
+  const a = s.attributes
+  return {
+    kind: a['nhi.kind'],
+    source: a['nhi.source'],
+    verified: a['nhi.verified'],
+    rule: a['nhi.rule'],
+    team: a['nhi.team'],
+    policyRule: a['nhi.policy_rule'],
+    requestId: a['nhi.request_id'],
+    bytesIn: a['http.request.body.size'],
+    bytesOut: a['http.response.body.size'],
+    error: a['error.type'],
+    failures: a['nhi.credential_failures'],
+    failureEvents: s.events.filter((e) => e.name === 'nhi.credential_failure').length,
+    anomalies: s.events.filter((e) => e.name === 'nhi.anomaly').map((e) => e.attributes['nhi.anomaly.type']),
+    errorStatus: s.statusCode === 2,
+  }
+}
+function lineDetails(l: AuditLine): ReturnType<typeof spanDetails> {
+  const failed = l.status >= 500 || l.upstream_error !== undefined
+  return {
+    kind: l.kind,
+    source: l.source,
+    verified: l.verified,
+    rule: l.rule,
+    team: l.team,
+    policyRule: l.policy_rule,
+    requestId: l.request_id,
+    bytesIn: l.bytes_in,
+    bytesOut: l.bytes_out,
+    error: l.upstream_error ?? (l.status >= 500 ? String(l.status) : undefined),
+    failures: l.failures.length > 0 ? l.failures.map((f) => `${f.source}:${f.reason}`) : undefined,
+    failureEvents: l.failures.length,
+    anomalies: l.anomalies,
+    errorStatus: failed,
+  }
 }
 
 /** the keys of `a` not in `b`, as a multiset difference */
@@ -544,6 +596,8 @@ function judge(
     for (const span of spansHere) {
       if (ofSpan(span) !== ofLine(line)) wrong.push(`${path}: span ${ofSpan(span)}, audit ${ofLine(line)}`)
       if (span.spanId !== line.span_id) wrong.push(`${path}: span id ${span.spanId}, audit ${line.span_id}`)
+      const [got, want] = [JSON.stringify(spanDetails(span)), JSON.stringify(lineDetails(line))]
+      if (got !== want) wrong.push(`${path}: span says ${got}, audit ${want}`)
       if (span.attributes['client.address'] !== line.client_address)
         wrong.push(`${path}: span client ${span.attributes['client.address']}, audit ${line.client_address}`)
       const parent = continued ? s.parentId : ''
@@ -558,6 +612,15 @@ function judge(
       if (r.body !== text) wrong.push(`${path}: log body ${whereApart(String(r.body), text)}`)
       if (ofLog(r) !== ofLine(line)) wrong.push(`${path}: log record ${ofLog(r)}, audit ${ofLine(line)}`)
       if (r.spanId !== line.span_id) wrong.push(`${path}: log record span ${r.spanId}, audit ${line.span_id}`)
+      const warn = line.status >= 500 || line.upstream_error !== undefined || line.anomalies.length > 0
+      if (r.severityText !== (warn ? 'WARN' : 'INFO'))
+        wrong.push(`${path}: log record severity ${r.severityText} for status ${line.status}`)
+      const attrs = r.attributes
+      const [got, want] = [
+        JSON.stringify([attrs['nhi.kind'], attrs['nhi.source'], attrs['nhi.verified'], attrs['nhi.rule']]),
+        JSON.stringify([line.kind, line.source, line.verified, line.rule]),
+      ]
+      if (got !== want) wrong.push(`${path}: log record attributes ${got}, audit ${want}`)
     }
   }
   for (const [path, found] of lines)
@@ -737,7 +800,13 @@ t.test('workers: 2: every audited exchange has its span and log record', async (
 
 t.test('a reload that moves the export between two halves loses and doubles nothing', async (t) => {
   const setup = await setUp(t, 'reload', 1)
-  const sidecar = await startTestSidecar(t, setup.config, { env: CLEAN_OTEL_ENV })
+  const otlp = setup.config['otlp'] as Record<string, unknown>
+  // at first nothing is sent before the reload: the retiring export must send the whole first half
+  const sidecar = await startTestSidecar(
+    t,
+    { ...setup.config, otlp: { ...otlp, scheduledDelay: '60s' } },
+    { env: CLEAN_OTEL_ENV },
+  )
   const run: Run = {
     proxyPort: sidecar.proxyAddress.port,
     proxyUrl: sidecar.proxyUrl,
@@ -748,9 +817,12 @@ t.test('a reload that moves the export between two halves loses and doubles noth
   const first = await send(run, 'r', HAND_PICKED.slice(0, half), 0)
   // a client that left can see its connection close before its exchange is recorded
   await eventually(() => readAudit(setup.auditFile).length >= first.size, { what: 'the first half audited' })
+  t.equal(setup.collector.spans.length + setup.collector.logs.length, 0, 'nothing sent before the reload')
   // new settings: a new export thread, the old one retired with what it still holds
-  const otlp = { ...(setup.config['otlp'] as object), headers: { 'x-half': 'second' } }
-  t.ok(await sidecar.reload({ ...setup.config, otlp }), 'reloaded')
+  t.ok(
+    await sidecar.reload({ ...setup.config, otlp: { ...otlp, headers: { 'x-half': 'second' } } }),
+    'reloaded',
+  )
   const second = await send(run, 'r', HAND_PICKED.slice(half), half)
   await compare(t, setup, sidecar, new Map([...first, ...second]))
   // the first half's spans went with the first settings, the second half's with the new ones
