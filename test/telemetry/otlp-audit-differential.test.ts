@@ -86,6 +86,13 @@ interface Spec {
   /** the incoming trace id and parent span id (a valid traceparent's) */
   traceId: string
   parentId: string
+  /**
+   * the flag byte of a valid traceparent, its sampled bit as `traceparent` says; the other bits are the
+   * random flag and bits no version defines yet
+   */
+  flags: string
+  /** a valid traceparent of a later version, with a field after the flags */
+  later: boolean
   area: 'api' | 'admin' | 'public'
   method: 'GET' | 'POST'
   behaviour: Behaviour
@@ -117,6 +124,8 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
     traceparent: weighted<Traceparent>(['none', 3], ['sampled', 3], ['unsampled', 2], ['invalid', 1]),
     traceId: hex(32),
     parentId: hex(16),
+    otherFlags: fc.constantFrom(0x00, 0x02, 0x80, 0xfe),
+    later: weighted([false, 3], [true, 1]),
     area: weighted<Spec['area']>(['api', 3], ['admin', 2], ['public', 1]),
     method: weighted<Spec['method']>(['GET', 2], ['POST', 1]),
     behaviour: weighted<Behaviour>(['normal', 8], ['slow', 3], ['reset-mid-body', 2], ['hang', 1]),
@@ -129,17 +138,25 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
     // a client that leaves needs an upstream still at it: one that holds the request, or streams its answer
     const behaviour: Behaviour =
       s.client === 'leave-before-answer' ? 'hold' : s.client === 'leave-mid-answer' ? 'stream' : s.behaviour
-    return { ...s, behaviour, status: behaviour === 'normal' || behaviour === 'slow' ? s.status : 200 }
+    const { otherFlags, ...rest } = s
+    const flags = (otherFlags | (s.traceparent === 'unsampled' ? 0 : 1)).toString(16).padStart(2, '0')
+    return {
+      ...rest,
+      flags,
+      behaviour,
+      status: behaviour === 'normal' || behaviour === 'slow' ? s.status : 200,
+    }
   })
 
 /** one of each client behaviour over each protocol, with credentials, traces and upstreams around them */
 const HAND_PICKED: Spec[] = (() => {
   const base: Omit<
     Spec,
-    'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client' | 'via'
+    'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client' | 'via' | 'flags'
   > = {
     traceId: '',
     parentId: '',
+    later: false,
     method: 'GET',
     status: 200,
     delayMs: 20,
@@ -173,6 +190,7 @@ const HAND_PICKED: Spec[] = (() => {
         client,
         via: i % 3 === 0 ? 'ingress' : 'direct',
         status: i % 5 === 0 ? 503 : 200,
+        flags: traceparent === 'unsampled' ? '00' : '01',
         traceId: i.toString(16).padStart(32, 'c'),
         parentId: i.toString(16).padStart(16, 'd'),
       })
@@ -187,9 +205,10 @@ function incoming(s: Spec): string | undefined {
     case 'none':
       return undefined
     case 'sampled':
-      return `00-${s.traceId}-${s.parentId}-01`
     case 'unsampled':
-      return `00-${s.traceId}-${s.parentId}-00`
+      return s.later
+        ? `cc-${s.traceId}-${s.parentId}-${s.flags}-later`
+        : `00-${s.traceId}-${s.parentId}-${s.flags}`
     case 'invalid':
       // upper-case hex: not a traceparent (W3C Trace Context), a new trace is started
       return `00-${s.traceId.toUpperCase().replace(/^./, 'A')}-${s.parentId}-01`
@@ -438,6 +457,8 @@ interface AuditLine {
   method: string
   path: string
   client_address: string
+  time: string
+  duration_ms: number
   kind: string
   source: string
   verified: boolean
@@ -584,7 +605,8 @@ function judge(
       wrong.push(`${path}: audit trace ${line.trace_id}, not the caller's ${s.traceId}`)
     const sent = upstream.traceparents.get(path)
     if (sent !== undefined) {
-      const flags = s.traceparent === 'unsampled' ? '00' : '01'
+      // continued: the sampled and random flags, as version 00 (test/proxy/traceparent-property.test.ts)
+      const flags = continued ? (Number.parseInt(s.flags, 16) & 0x03).toString(16).padStart(2, '0') : '01'
       const want = `00-${line.trace_id}-${line.span_id}-${flags}`
       if (sent !== want) wrong.push(`${path}: the upstream got traceparent ${sent}, not ${want}`)
     }
@@ -598,6 +620,13 @@ function judge(
       if (span.spanId !== line.span_id) wrong.push(`${path}: span id ${span.spanId}, audit ${line.span_id}`)
       const [got, want] = [JSON.stringify(spanDetails(span)), JSON.stringify(lineDetails(line))]
       if (got !== want) wrong.push(`${path}: span says ${got}, audit ${want}`)
+      // the span runs from the request's first byte in to its last byte out: the audit's time and duration
+      const startMs = Number(span.startNanos / 1_000_000n)
+      const durationMs = Number(span.endNanos - span.startNanos) / 1e6
+      if (Math.abs(startMs - Date.parse(line.time)) > 1 || Math.abs(durationMs - line.duration_ms) > 0.002)
+        wrong.push(
+          `${path}: span from ${new Date(startMs).toISOString()} for ${durationMs} ms, audit ${line.time} for ${line.duration_ms} ms`,
+        )
       if (span.attributes['client.address'] !== line.client_address)
         wrong.push(`${path}: span client ${span.attributes['client.address']}, audit ${line.client_address}`)
       const parent = continued ? s.parentId : ''
