@@ -7,9 +7,9 @@
 //
 // The built proxy (otlp.endpoint at the test's collector, otlp.logs on, an audit file, a policy enforced,
 // identity rules, API keys and JWTs) gets a seeded sequence of requests over HTTP/1.1 and h2c, each with a
-// credential from a small pool (valid, unknown, expired, forged, none), an incoming traceparent or none
-// (valid sampled, valid unsampled, invalid), a behaviour of its client (complete, leave before the answer,
-// leave mid-answer) and of the upstream (answers 2xx/4xx/5xx, slowly, resets mid-body, never answers until
+// credential from a small pool (valid, unknown, expired, forged, none), directly or through a trusted
+// ingress, an incoming traceparent or none (valid sampled or not, of version 00 or a later one; invalid), a
+// behaviour of its client (complete, leave mid-body, before the answer or mid-answer) and of the upstream (answers 2xx/4xx/5xx, slowly, resets mid-body, never answers until
 // timeouts.upstream). Then: the multisets of (trace id, identity, decision, status, route, method) of the
 // audit lines and of the spans (and of the log records) agree, every exchange matched by its path; a valid
 // incoming trace is continued (the span's trace, its parent the caller's span) and the upstream got a
@@ -76,8 +76,11 @@ type Behaviour = 'normal' | 'slow' | 'reset-mid-body' | 'hang' | 'hold' | 'strea
  * it in X-Forwarded-For
  */
 type Via = 'direct' | 'ingress'
-/** what the client does: waits for the whole answer, leaves before it, or leaves once part of it came */
-type ClientFault = 'complete' | 'leave-before-answer' | 'leave-mid-answer'
+/**
+ * what the client does: waits for the whole answer, leaves half-way through its request body, leaves before
+ * the answer, or leaves once part of it came
+ */
+type ClientFault = 'complete' | 'leave-mid-body' | 'leave-before-answer' | 'leave-mid-answer'
 
 interface Spec {
   protocol: 'h1' | 'h2'
@@ -131,17 +134,28 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
     behaviour: weighted<Behaviour>(['normal', 8], ['slow', 3], ['reset-mid-body', 2], ['hang', 1]),
     status: weighted([200, 6], [404, 1], [503, 1]),
     delayMs: fc.integer({ min: 1, max: 150 }),
-    client: weighted<ClientFault>(['complete', 6], ['leave-before-answer', 1], ['leave-mid-answer', 1]),
+    client: weighted<ClientFault>(
+      ['complete', 6],
+      ['leave-mid-body', 1],
+      ['leave-before-answer', 1],
+      ['leave-mid-answer', 1],
+    ),
     via: weighted<Via>(['direct', 3], ['ingress', 1]),
   })
   .map((s) => {
     // a client that leaves needs an upstream still at it: one that holds the request, or streams its answer
     const behaviour: Behaviour =
-      s.client === 'leave-before-answer' ? 'hold' : s.client === 'leave-mid-answer' ? 'stream' : s.behaviour
+      s.client === 'leave-before-answer' || s.client === 'leave-mid-body'
+        ? 'hold'
+        : s.client === 'leave-mid-answer'
+          ? 'stream'
+          : s.behaviour
+    const method = s.client === 'leave-mid-body' ? 'POST' : s.method
     const { otherFlags, ...rest } = s
     const flags = (otherFlags | (s.traceparent === 'unsampled' ? 0 : 1)).toString(16).padStart(2, '0')
     return {
       ...rest,
+      method,
       flags,
       behaviour,
       status: behaviour === 'normal' || behaviour === 'slow' ? s.status : 200,
@@ -171,6 +185,7 @@ const HAND_PICKED: Spec[] = (() => {
     ['jwt-forged', 'none', 'public', 'normal', 'complete'],
     ['user-agent', 'sampled', 'public', 'hang', 'complete'],
     ['apikey', 'none', 'api', 'hold', 'leave-before-answer'],
+    ['jwt-pay', 'sampled', 'api', 'hold', 'leave-mid-body'],
     ['jwt-platform', 'sampled', 'admin', 'stream', 'leave-mid-answer'],
     ['none', 'unsampled', 'public', 'normal', 'complete'],
     ['apikey', 'sampled', 'public', 'slow', 'complete'],
@@ -188,6 +203,7 @@ const HAND_PICKED: Spec[] = (() => {
         area,
         behaviour,
         client,
+        method: client === 'leave-mid-body' ? 'POST' : 'GET',
         via: i % 3 === 0 ? 'ingress' : 'direct',
         status: i % 5 === 0 ? 503 : 200,
         flags: traceparent === 'unsampled' ? '00' : '01',
@@ -261,6 +277,8 @@ interface DiffUpstream {
   traceparents: Map<string, string>
   /** paths whose request arrived whole */
   whole: Set<string>
+  /** request body bytes read, by path */
+  bodyBytes: Map<string, number>
   /** paths whose answer head a client has read */
   headSeen: Set<string>
 }
@@ -271,11 +289,12 @@ const ANNOUNCED = 4096
 async function diffUpstream(t: Test): Promise<DiffUpstream> {
   const traceparents = new Map<string, string>()
   const whole = new Set<string>()
+  const bodyBytes = new Map<string, number>()
   const headSeen = new Set<string>()
   const server = createServer((req, res) => {
     const path = req.url ?? ''
     traceparents.set(path, String(req.headers.traceparent ?? ''))
-    req.resume()
+    req.on('data', (c: Buffer) => bodyBytes.set(path, (bodyBytes.get(path) ?? 0) + c.length))
     req.on('end', () => {
       whole.add(path)
       const answer = () => {
@@ -313,7 +332,7 @@ async function diffUpstream(t: Test): Promise<DiffUpstream> {
     })
   })
   const port = await listenUntilTeardown(t, server)
-  return { url: `http://127.0.0.1:${port}`, traceparents, whole, headSeen }
+  return { url: `http://127.0.0.1:${port}`, traceparents, whole, bodyBytes, headSeen }
 }
 
 // ---- the clients --------------------------------------------------------------------------------------------
@@ -341,7 +360,9 @@ function requestHeaders(run: Run, s: Spec): Record<string, string> {
   return headers
 }
 
-const BODY = Buffer.alloc(64, 0x62)
+const BODY = Buffer.alloc(2048, 0x62)
+/** what a client that leaves mid-body sends of it */
+const HALF = BODY.subarray(0, BODY.length / 2)
 
 async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
   const headers: OutgoingHttpHeaders = requestHeaders(run, s)
@@ -370,7 +391,8 @@ async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
     })
     res.on('error', () => {})
   })
-  req.end(s.method === 'POST' ? BODY : undefined)
+  if (s.client === 'leave-mid-body') req.write(HALF)
+  else req.end(s.method === 'POST' ? BODY : undefined)
   await leaveAsPlanned(run, s, path, seen, () => req.destroy())
   await until(`${path}: the connection to close`, () => seen.closed)
 }
@@ -410,8 +432,11 @@ async function h2Exchange(run: Run, s: Spec, path: string): Promise<void> {
     stream.once('close', () => {
       seen.closed = true
     })
-    if (s.method === 'POST') stream.end(BODY)
-    await leaveAsPlanned(run, s, path, seen, () => stream.close(h2.NGHTTP2_CANCEL))
+    if (s.client === 'leave-mid-body') stream.write(HALF)
+    else if (s.method === 'POST') stream.end(BODY)
+    // leaving mid-body, the client drops its connection: node's stream.close() would end the body first
+    const leave = () => (s.client === 'leave-mid-body' ? session.destroy() : stream.close(h2.NGHTTP2_CANCEL))
+    await leaveAsPlanned(run, s, path, seen, leave)
     await until(`${path}: the stream to close`, () => seen.closed)
   } finally {
     session.close()
@@ -420,8 +445,8 @@ async function h2Exchange(run: Run, s: Spec, path: string): Promise<void> {
 }
 
 /**
- * A client that leaves does so once the upstream has its request (before the answer) or once part of the
- * answer came; when the proxy answers itself (a denial), there is nothing to leave and the answer is read.
+ * A client that leaves does so once the upstream has half its body, once it has its request (before the
+ * answer) or once part of the answer came; when the proxy answers itself (a denial), there is nothing to leave and the answer is read.
  */
 async function leaveAsPlanned(
   run: Run,
@@ -430,7 +455,14 @@ async function leaveAsPlanned(
   seen: { status: number; data: number; closed: boolean },
   leave: () => void,
 ): Promise<void> {
-  if (s.client === 'leave-before-answer') {
+  if (s.client === 'leave-mid-body') {
+    // a denial answers before the body is in: the client leaves all the same
+    await until(
+      `${path}: the upstream to have half the body`,
+      () => (run.upstream.bodyBytes.get(path) ?? 0) >= HALF.length || seen.status !== 0 || seen.closed,
+    )
+    leave()
+  } else if (s.client === 'leave-before-answer') {
     await until(
       `${path}: the upstream to have the request`,
       () => run.upstream.whole.has(path) || seen.status !== 0 || seen.closed,
