@@ -811,6 +811,14 @@ async function compare(
   )
   t.equal(metricValue(samples, 'nhi_otlp_spans_dropped_total'), 0, 'no span dropped')
   t.equal(metricValue(samples, 'nhi_otlp_log_records_dropped_total'), 0, 'no log record dropped')
+  t.same(
+    [
+      metricValue(samples, 'nhi_otlp_spans_exported_total'),
+      metricValue(samples, 'nhi_otlp_log_records_exported_total'),
+    ],
+    [collector.spans.length, collector.logs.length],
+    'the exported counters count what the collector received',
+  )
   t.equal(await sidecar.close(), 0, 'the sidecar exits 0')
 
   const audit = readAudit(auditFile)
