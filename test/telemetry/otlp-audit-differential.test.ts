@@ -9,7 +9,8 @@
 // identity rules, API keys and JWTs) gets a seeded sequence of requests over HTTP/1.1 and h2c, each with a
 // credential from a small pool (valid, unknown, expired, forged, none), directly or through a trusted
 // ingress, an incoming traceparent or none (valid sampled or not, of version 00 or a later one; invalid), a
-// behaviour of its client (complete, leave mid-body, before the answer or mid-answer) and of the upstream (answers 2xx/4xx/5xx, slowly, resets mid-body, never answers until
+// behaviour of its client (complete, leave mid-body, before the answer or mid-answer), on a connection of its
+// own or one shared with other exchanges (HTTP/1.1 keep-alive, concurrent h2c streams), and of the upstream (answers 2xx/4xx/5xx, slowly, resets mid-body, never answers until
 // timeouts.upstream). Then: the multisets of (trace id, identity, decision, status, route, method) of the
 // audit lines and of the spans (and of the log records) agree, every exchange matched by its path; a valid
 // incoming trace is continued (the span's trace, its parent the caller's span) and the upstream got a
@@ -17,8 +18,8 @@
 // Hand-picked: the same with `workers: 2`, and across a reload that moves the export to new settings
 // between two halves of the sequence (nothing lost or sent twice by the retiring export).
 import { readFileSync } from 'node:fs'
-import { createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
-import { constants as h2, connect as h2connect } from 'node:http2'
+import { Agent, createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
+import { type ClientHttp2Session, constants as h2, connect as h2connect } from 'node:http2'
 import { connect as netConnect } from 'node:net'
 import { join } from 'node:path'
 import fc from 'fast-check'
@@ -103,6 +104,11 @@ interface Spec {
   delayMs: number
   client: ClientFault
   via: Via
+  /**
+   * on a connection other exchanges use too, one after the other (HTTP/1.1 keep-alive) or at once (h2c
+   * streams): what the proxy keeps per connection must not leak into another exchange's record
+   */
+  shared: boolean
 }
 
 const weighted = <T>(...choices: [T, number][]) =>
@@ -141,6 +147,7 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
       ['leave-mid-answer', 1],
     ),
     via: weighted<Via>(['direct', 3], ['ingress', 1]),
+    shared: fc.boolean(),
   })
   .map((s) => {
     // a client that leaves needs an upstream still at it: one that holds the request, or streams its answer
@@ -155,6 +162,8 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
     const flags = (otherFlags | (s.traceparent === 'unsampled' ? 0 : 1)).toString(16).padStart(2, '0')
     return {
       ...rest,
+      // a client that leaves mid-body drops its connection, and an HTTP/1.1 client that leaves its connection
+      shared: s.shared && (s.client === 'complete' || (s.protocol === 'h2' && s.client !== 'leave-mid-body')),
       method,
       flags,
       behaviour,
@@ -166,7 +175,7 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
 const HAND_PICKED: Spec[] = (() => {
   const base: Omit<
     Spec,
-    'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client' | 'via' | 'flags'
+    'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client' | 'via' | 'flags' | 'shared'
   > = {
     traceId: '',
     parentId: '',
@@ -205,6 +214,7 @@ const HAND_PICKED: Spec[] = (() => {
         client,
         method: client === 'leave-mid-body' ? 'POST' : 'GET',
         via: i % 3 === 0 ? 'ingress' : 'direct',
+        shared: client === 'complete' && i % 2 === 0,
         status: i % 5 === 0 ? 503 : 200,
         flags: traceparent === 'unsampled' ? '00' : '01',
         traceId: i.toString(16).padStart(32, 'c'),
@@ -342,6 +352,69 @@ interface Run {
   proxyUrl: string
   upstream: DiffUpstream
   pool: Pool
+  /** the connections shared exchanges use, per place of the client: HTTP/1.1 keep-alive, h2c sessions */
+  agents: Map<Via, Agent>
+  sessions: Map<Via, ClientHttp2Session>
+}
+
+function newRun(sidecar: { proxyAddress: { port: number }; proxyUrl: string }, setup: Setup): Run {
+  return {
+    proxyPort: sidecar.proxyAddress.port,
+    proxyUrl: sidecar.proxyUrl,
+    upstream: setup.upstream,
+    pool: setup.pool,
+    agents: new Map(),
+    sessions: new Map(),
+  }
+}
+
+/** a new h2c session from where the client is */
+function h2session(run: Run, via: Via): ClientHttp2Session {
+  const session = h2connect(
+    run.proxyUrl,
+    via === 'ingress'
+      ? {
+          createConnection: () =>
+            netConnect({ host: '127.0.0.1', port: run.proxyPort, localAddress: TRUSTED_PROXY }),
+        }
+      : {},
+  )
+  session.on('error', () => {})
+  return session
+}
+
+function sharedSession(run: Run, via: Via): ClientHttp2Session {
+  let session = run.sessions.get(via)
+  if (session === undefined || session.closed || session.destroyed) {
+    session = h2session(run, via)
+    run.sessions.set(via, session)
+  }
+  return session
+}
+
+function sharedAgent(run: Run, via: Via): Agent {
+  let agent = run.agents.get(via)
+  if (agent === undefined) {
+    agent = new Agent({
+      keepAlive: true,
+      maxSockets: 2,
+      ...(via === 'ingress' ? { localAddress: TRUSTED_PROXY } : {}),
+    })
+    run.agents.set(via, agent)
+  }
+  return agent
+}
+
+/** closes the shared connections */
+async function endShared(run: Run): Promise<void> {
+  for (const agent of run.agents.values()) agent.destroy()
+  run.agents.clear()
+  await Promise.all(
+    [...run.sessions.values()].map(
+      (session) => new Promise<void>((done) => (session.closed ? done() : session.close(() => done()))),
+    ),
+  )
+  run.sessions.clear()
 }
 
 /** a wait inside an exchange: bounded, named after it */
@@ -374,15 +447,16 @@ async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
     method: s.method,
     path,
     headers,
-    agent: false,
-    ...(s.via === 'ingress' ? { localAddress: TRUSTED_PROXY } : {}),
+    ...(s.shared
+      ? { agent: sharedAgent(run, s.via) }
+      : { agent: false, ...(s.via === 'ingress' ? { localAddress: TRUSTED_PROXY } : {}) }),
   })
-  req.on('error', () => {})
-  req.on('socket', (socket) =>
-    socket.once('close', () => {
-      seen.closed = true
-    }),
-  )
+  const done = () => {
+    seen.closed = true
+  }
+  // on a connection of its own the exchange ends with it; on a shared one, with its answer
+  req.on('error', done)
+  req.on('socket', (socket) => socket.once('close', done))
   req.on('response', (res) => {
     seen.status = res.statusCode ?? 0
     run.upstream.headSeen.add(path)
@@ -390,58 +464,58 @@ async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
       seen.data += c.length
     })
     res.on('error', () => {})
+    if (s.shared) res.once('close', done)
   })
   if (s.client === 'leave-mid-body') req.write(HALF)
   else req.end(s.method === 'POST' ? BODY : undefined)
   await leaveAsPlanned(run, s, path, seen, () => req.destroy())
-  await until(`${path}: the connection to close`, () => seen.closed)
+  await until(`${path}: the exchange to end`, () => seen.closed)
 }
 
 async function h2Exchange(run: Run, s: Spec, path: string): Promise<void> {
-  const session = h2connect(
-    run.proxyUrl,
-    s.via === 'ingress'
-      ? {
-          createConnection: () =>
-            netConnect({ host: '127.0.0.1', port: run.proxyPort, localAddress: TRUSTED_PROXY }),
-        }
-      : {},
-  )
-  session.on('error', () => {})
+  if (s.shared) {
+    await h2Stream(run, s, path, sharedSession(run, s.via))
+    return
+  }
+  const session = h2session(run, s.via)
   let sessionClosed = false
   session.once('close', () => {
     sessionClosed = true
   })
   try {
-    const headers: OutgoingHttpHeaders = {
-      ':method': s.method,
-      ':path': path,
-      ...requestHeaders(run, s),
-    }
-    if (s.method === 'POST') headers['content-length'] = BODY.length
-    const seen = { status: 0, data: 0, closed: false }
-    const stream = session.request(headers, { endStream: s.method !== 'POST' })
-    stream.on('error', () => {})
-    stream.on('response', (h) => {
-      seen.status = Number(h[':status'])
-      run.upstream.headSeen.add(path)
-    })
-    stream.on('data', (c: Buffer) => {
-      seen.data += c.length
-    })
-    stream.once('close', () => {
-      seen.closed = true
-    })
-    if (s.client === 'leave-mid-body') stream.write(HALF)
-    else if (s.method === 'POST') stream.end(BODY)
-    // leaving mid-body, the client drops its connection: node's stream.close() would end the body first
-    const leave = () => (s.client === 'leave-mid-body' ? session.destroy() : stream.close(h2.NGHTTP2_CANCEL))
-    await leaveAsPlanned(run, s, path, seen, leave)
-    await until(`${path}: the stream to close`, () => seen.closed)
+    await h2Stream(run, s, path, session)
   } finally {
     session.close()
     await until(`${path}: the session to close`, () => sessionClosed).catch(() => session.destroy())
   }
+}
+
+async function h2Stream(run: Run, s: Spec, path: string, session: ClientHttp2Session): Promise<void> {
+  const headers: OutgoingHttpHeaders = {
+    ':method': s.method,
+    ':path': path,
+    ...requestHeaders(run, s),
+  }
+  if (s.method === 'POST') headers['content-length'] = BODY.length
+  const seen = { status: 0, data: 0, closed: false }
+  const stream = session.request(headers, { endStream: s.method !== 'POST' })
+  stream.on('error', () => {})
+  stream.on('response', (h) => {
+    seen.status = Number(h[':status'])
+    run.upstream.headSeen.add(path)
+  })
+  stream.on('data', (c: Buffer) => {
+    seen.data += c.length
+  })
+  stream.once('close', () => {
+    seen.closed = true
+  })
+  if (s.client === 'leave-mid-body') stream.write(HALF)
+  else if (s.method === 'POST') stream.end(BODY)
+  // leaving mid-body, the client drops its connection: node's stream.close() would end the body first
+  const leave = () => (s.client === 'leave-mid-body' ? session.destroy() : stream.close(h2.NGHTTP2_CANCEL))
+  await leaveAsPlanned(run, s, path, seen, leave)
+  await until(`${path}: the stream to close`, () => seen.closed)
 }
 
 /**
@@ -778,6 +852,7 @@ async function send(run: Run, name: string, specs: Spec[], from: number): Promis
         await exchange(run, next.s, next.path)
     }),
   )
+  await endShared(run)
   return planned
 }
 
@@ -828,7 +903,7 @@ async function compare(
   const leaked = setup.pool.secrets.filter((secret) => everything.includes(secret))
   t.same(leaked, [], 'no credential in any span or log record')
   t.comment(
-    `${planned.size} exchanges, ${audit.length} audit lines, ${collector.spans.length} spans, ${collector.logs.length} log records; ` +
+    `${planned.size} exchanges (${[...planned.values()].filter((s) => s.shared).length} on shared connections), ${audit.length} audit lines, ${collector.spans.length} spans, ${collector.logs.length} log records; ` +
       `statuses ${JSON.stringify(countBy(audit.map((a) => String(a.line.status))))}, decisions ${JSON.stringify(countBy(audit.map((a) => a.line.decision)))}`,
   )
 }
@@ -843,12 +918,7 @@ t.test('generated: every audited exchange has its span and log record, with the 
   const specs = fc.sample(drawnSpec, { numRuns: REQUESTS, seed: PROPERTY_SEED })
   const setup = await setUp(t, 'generated', 1)
   const sidecar = await startTestSidecar(t, setup.config, { env: CLEAN_OTEL_ENV })
-  const run: Run = {
-    proxyPort: sidecar.proxyAddress.port,
-    proxyUrl: sidecar.proxyUrl,
-    upstream: setup.upstream,
-    pool: setup.pool,
-  }
+  const run = newRun(sidecar, setup)
   const planned = await send(run, 'g', specs, 0)
   t.comment(`seed ${PROPERTY_SEED}`)
   await compare(t, setup, sidecar, planned)
@@ -857,12 +927,7 @@ t.test('generated: every audited exchange has its span and log record, with the 
 t.test('workers: 2: every audited exchange has its span and log record', async (t) => {
   const setup = await setUp(t, 'workers', 2)
   const sidecar = await startTestSidecar(t, setup.config, { env: CLEAN_OTEL_ENV })
-  const run: Run = {
-    proxyPort: sidecar.proxyAddress.port,
-    proxyUrl: sidecar.proxyUrl,
-    upstream: setup.upstream,
-    pool: setup.pool,
-  }
+  const run = newRun(sidecar, setup)
   const planned = await send(run, 'w', HAND_PICKED, 0)
   await compare(t, setup, sidecar, planned)
 })
@@ -876,12 +941,7 @@ t.test('a reload that moves the export between two halves loses and doubles noth
     { ...setup.config, otlp: { ...otlp, scheduledDelay: '60s' } },
     { env: CLEAN_OTEL_ENV },
   )
-  const run: Run = {
-    proxyPort: sidecar.proxyAddress.port,
-    proxyUrl: sidecar.proxyUrl,
-    upstream: setup.upstream,
-    pool: setup.pool,
-  }
+  const run = newRun(sidecar, setup)
   const half = HAND_PICKED.length >> 1
   const first = await send(run, 'r', HAND_PICKED.slice(0, half), 0)
   // a client that left can see its connection close before its exchange is recorded
