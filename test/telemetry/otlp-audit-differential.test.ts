@@ -6,20 +6,24 @@
 // forensic gap.
 //
 // The built proxy (otlp.endpoint at the test's collector, otlp.logs on, an audit file, a policy enforced,
-// identity rules, API keys and JWTs) gets a seeded sequence of requests over HTTP/1.1 and h2c, each with a
-// credential from a small pool (valid, unknown, expired, forged, none), directly or through a trusted
-// ingress, an incoming traceparent or none (valid sampled or not, of version 00 or a later one; invalid), a
-// behaviour of its client (complete, leave mid-body, before the answer or mid-answer), on a connection of its
-// own or one shared with other exchanges (HTTP/1.1 keep-alive, concurrent h2c streams), and of the upstream (answers 2xx/4xx/5xx, slowly, resets mid-body, never answers until
-// timeouts.upstream). Then: the multisets of (trace id, identity, decision, status, route, method) of the
-// audit lines and of the spans (and of the log records) agree, every exchange matched by its path; a valid
-// incoming trace is continued (the span's trace, its parent the caller's span) and the upstream got a
-// traceparent naming the span; no credential is in anything the collector received; nothing was dropped.
+// identity rules, API keys, JWTs and client certificates) gets a seeded sequence of requests over HTTP/1.1
+// and h2c, and over TLS (HTTP/1.1 or h2, with or without a client certificate), each with a credential from
+// a small pool (valid, unknown, expired, forged, none), directly or through a trusted ingress, an incoming
+// traceparent or none (valid sampled or not, of version 00 or a later one; invalid), a behaviour of its
+// client (complete, leave mid-body, before the answer or mid-answer), on a connection of its own or one
+// shared with other exchanges (HTTP/1.1 keep-alive, concurrent h2c streams), and a behaviour of the upstream
+// (answers 2xx/4xx/5xx, slowly, resets mid-body, never answers until timeouts.upstream). Then: the
+// multisets of (trace id, identity, decision, status, route, method) of the audit lines and of the spans
+// (and of the log records) agree, every exchange matched by its path, with every other field the span and
+// the log record share with the audit line; a valid incoming trace is continued (the span's trace, its
+// parent the caller's span) and the upstream got a traceparent naming the span; no credential is in
+// anything the collector received; nothing was dropped, and the export counters count what arrived.
 // Hand-picked: the same with `workers: 2`, and across a reload that moves the export to new settings
 // between two halves of the sequence (nothing lost or sent twice by the retiring export).
 import { readFileSync } from 'node:fs'
 import { Agent, createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
 import { type ClientHttp2Session, constants as h2, connect as h2connect } from 'node:http2'
+import { request as httpsRequest } from 'node:https'
 import { connect as netConnect } from 'node:net'
 import { join } from 'node:path'
 import fc from 'fast-check'
@@ -36,6 +40,7 @@ import {
   startCollector,
   type TestCollector,
 } from '../helpers/otlp-collector.ts'
+import { createCA, createServerPki, issueCert, mtlsListen } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -85,6 +90,9 @@ type ClientFault = 'complete' | 'leave-mid-body' | 'leave-before-answer' | 'leav
 
 interface Spec {
   protocol: 'h1' | 'h2'
+  /** over the TLS listener (h2 by ALPN), with the workload's client certificate or without one */
+  tls: boolean
+  cert: boolean
   credential: Credential
   traceparent: Traceparent
   /** the incoming trace id and parent span id (a valid traceparent's) */
@@ -148,6 +156,8 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
     ),
     via: weighted<Via>(['direct', 3], ['ingress', 1]),
     shared: fc.boolean(),
+    tls: weighted([false, 3], [true, 1]),
+    cert: fc.boolean(),
   })
   .map((s) => {
     // a client that leaves needs an upstream still at it: one that holds the request, or streams its answer
@@ -162,8 +172,14 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
     const flags = (otherFlags | (s.traceparent === 'unsampled' ? 0 : 1)).toString(16).padStart(2, '0')
     return {
       ...rest,
+      // over TLS: from the client itself, on a connection of its own
+      via: s.tls ? 'direct' : s.via,
+      cert: s.tls && s.cert,
       // a client that leaves mid-body drops its connection, and an HTTP/1.1 client that leaves its connection
-      shared: s.shared && (s.client === 'complete' || (s.protocol === 'h2' && s.client !== 'leave-mid-body')),
+      shared:
+        !s.tls &&
+        s.shared &&
+        (s.client === 'complete' || (s.protocol === 'h2' && s.client !== 'leave-mid-body')),
       method,
       flags,
       behaviour,
@@ -175,7 +191,17 @@ const drawnSpec: fc.Arbitrary<Spec> = fc
 const HAND_PICKED: Spec[] = (() => {
   const base: Omit<
     Spec,
-    'protocol' | 'credential' | 'traceparent' | 'area' | 'behaviour' | 'client' | 'via' | 'flags' | 'shared'
+    | 'protocol'
+    | 'credential'
+    | 'traceparent'
+    | 'area'
+    | 'behaviour'
+    | 'client'
+    | 'via'
+    | 'flags'
+    | 'shared'
+    | 'tls'
+    | 'cert'
   > = {
     traceId: '',
     parentId: '',
@@ -213,8 +239,10 @@ const HAND_PICKED: Spec[] = (() => {
         behaviour,
         client,
         method: client === 'leave-mid-body' ? 'POST' : 'GET',
-        via: i % 3 === 0 ? 'ingress' : 'direct',
+        via: i % 3 === 0 && i % 4 !== 1 ? 'ingress' : 'direct',
         shared: client === 'complete' && i % 2 === 0,
+        tls: i % 4 === 1,
+        cert: i % 8 === 1,
         status: i % 5 === 0 ? 503 : 200,
         flags: traceparent === 'unsampled' ? '00' : '01',
         traceId: i.toString(16).padStart(32, 'c'),
@@ -350,6 +378,8 @@ async function diffUpstream(t: Test): Promise<DiffUpstream> {
 interface Run {
   proxyPort: number
   proxyUrl: string
+  httpsPort: number
+  tls: TlsMaterial
   upstream: DiffUpstream
   pool: Pool
   /** the connections shared exchanges use, per place of the client: HTTP/1.1 keep-alive, h2c sessions */
@@ -357,10 +387,15 @@ interface Run {
   sessions: Map<Via, ClientHttp2Session>
 }
 
-function newRun(sidecar: { proxyAddress: { port: number }; proxyUrl: string }, setup: Setup): Run {
+function newRun(
+  sidecar: { proxyAddress: { port: number }; proxyUrl: string; httpsAddress?: { port: number } },
+  setup: Setup,
+): Run {
   return {
     proxyPort: sidecar.proxyAddress.port,
     proxyUrl: sidecar.proxyUrl,
+    httpsPort: sidecar.httpsAddress!.port,
+    tls: setup.tls,
     upstream: setup.upstream,
     pool: setup.pool,
     agents: new Map(),
@@ -368,8 +403,22 @@ function newRun(sidecar: { proxyAddress: { port: number }; proxyUrl: string }, s
   }
 }
 
-/** a new h2c session from where the client is */
-function h2session(run: Run, via: Via): ClientHttp2Session {
+/** what a TLS client verifies the proxy with, and shows it when it has a certificate */
+function tlsOptions(run: Run, s: Spec) {
+  return {
+    ca: run.tls.ca,
+    servername: 'localhost',
+    ...(s.cert ? { cert: run.tls.cert, key: run.tls.key } : {}),
+  }
+}
+
+/** a new h2c session from where the client is, or an h2 session over TLS */
+function h2session(run: Run, via: Via, s?: Spec): ClientHttp2Session {
+  if (s?.tls) {
+    const session = h2connect(`https://127.0.0.1:${run.httpsPort}`, tlsOptions(run, s))
+    session.on('error', () => {})
+    return session
+  }
   const session = h2connect(
     run.proxyUrl,
     via === 'ingress'
@@ -441,12 +490,13 @@ async function h1Exchange(run: Run, s: Spec, path: string): Promise<void> {
   const headers: OutgoingHttpHeaders = requestHeaders(run, s)
   if (s.method === 'POST') headers['content-length'] = BODY.length
   const seen = { status: 0, data: 0, closed: false }
-  const req = httpRequest({
+  const req = (s.tls ? httpsRequest : httpRequest)({
     host: '127.0.0.1',
-    port: run.proxyPort,
+    port: s.tls ? run.httpsPort : run.proxyPort,
     method: s.method,
     path,
     headers,
+    ...(s.tls ? tlsOptions(run, s) : {}),
     ...(s.shared
       ? { agent: sharedAgent(run, s.via) }
       : { agent: false, ...(s.via === 'ingress' ? { localAddress: TRUSTED_PROXY } : {}) }),
@@ -477,7 +527,7 @@ async function h2Exchange(run: Run, s: Spec, path: string): Promise<void> {
     await h2Stream(run, s, path, sharedSession(run, s.via))
     return
   }
-  const session = h2session(run, s.via)
+  const session = h2session(run, s.via, s)
   let sessionClosed = false
   session.once('close', () => {
     sessionClosed = true
@@ -790,7 +840,16 @@ const dump = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint'
 
 // ---- the runs -----------------------------------------------------------------------------------------------
 
+interface TlsMaterial {
+  /** the CA the proxy's server certificate is issued by */
+  ca: string
+  /** the workload's client certificate and key */
+  cert: string
+  key: string
+}
+
 interface Setup {
+  tls: TlsMaterial
   collector: TestCollector
   upstream: DiffUpstream
   pool: Pool
@@ -804,8 +863,18 @@ async function setUp(t: Test, name: string, workers: number): Promise<Setup> {
   const upstream = await diffUpstream(t)
   const { pool, jwksUri } = await credentialPool(t)
   const auditFile = join(await scratchDir(`otlp-diff-${name}`), 'audit.log')
+  const { ca: serverCa, server } = await createServerPki()
+  const clientCa = await createCA('otlp-diff-client-ca')
+  const workload = await issueCert(clientCa, {
+    subject: '/O=acme/CN=orders',
+    uriSans: ['spiffe://prod.example/ns/pay/sa/api'],
+  })
+  // the certificate itself, base64, never in an export (its fingerprint is in the audit line)
+  pool.secrets.push(workload.certPem.split('\n')[1]!, workload.keyPem.split('\n')[1]!)
+  const tls = { ca: serverCa.certPem, cert: workload.certPem, key: workload.keyPem }
   const config = {
     service: 'orders',
+    listen: mtlsListen(server, clientCa, 'optional'),
     upstream: upstream.url,
     workers,
     audit: { output: auditFile },
@@ -814,6 +883,7 @@ async function setUp(t: Test, name: string, workers: number): Promise<Setup> {
     apiKeys: { keys: [{ name: 'deploy', kind: 'job', sha256: sha256Hex(DEPLOY_KEY) }] },
     jwt: { issuers: [{ issuer: ISSUER, jwksUri, audiences: ['orders'] }] },
     identities: [
+      { name: '{ns}/{sa}', team: 'platform', match: { spiffe: 'spiffe://prod.example/ns/{ns}/sa/{sa}' } },
       {
         name: 'jwt:platform',
         team: 'platform',
@@ -832,7 +902,7 @@ async function setUp(t: Test, name: string, workers: number): Promise<Setup> {
     metrics: { routes: ['/api/{svc}/**', '/admin/**'] },
     otlp: { endpoint: collector.url, logs: true, scheduledDelay: '50ms' },
   }
-  return { collector, upstream, pool, config, auditFile }
+  return { tls, collector, upstream, pool, config, auditFile }
 }
 
 /** sends the specs, CONCURRENCY at a time; resolves with their paths */
@@ -840,7 +910,7 @@ async function send(run: Run, name: string, specs: Spec[], from: number): Promis
   const planned = new Map<string, Spec>()
   const queue = specs.map((s, i) => {
     const place = s.area === 'api' ? '/api/orders' : `/${s.area}`
-    const path = `${place}/${name}-${from + i}-${s.protocol}-${s.credential}-${s.traceparent}-${s.behaviour}-${s.client}`
+    const path = `${place}/${name}-${from + i}-${s.protocol}${s.tls ? `-tls${s.cert ? '-cert' : ''}` : ''}-${s.credential}-${s.traceparent}-${s.behaviour}-${s.client}`
     planned.set(path, s)
     return { s, path }
   })
@@ -904,7 +974,8 @@ async function compare(
   t.same(leaked, [], 'no credential in any span or log record')
   t.comment(
     `${planned.size} exchanges (${[...planned.values()].filter((s) => s.shared).length} on shared connections), ${audit.length} audit lines, ${collector.spans.length} spans, ${collector.logs.length} log records; ` +
-      `statuses ${JSON.stringify(countBy(audit.map((a) => String(a.line.status))))}, decisions ${JSON.stringify(countBy(audit.map((a) => a.line.decision)))}`,
+      `statuses ${JSON.stringify(countBy(audit.map((a) => String(a.line.status))))}, decisions ${JSON.stringify(countBy(audit.map((a) => a.line.decision)))}, ` +
+      `identities ${JSON.stringify(countBy(audit.map((a) => a.line.identity)))}`,
   )
 }
 
