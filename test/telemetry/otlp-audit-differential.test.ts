@@ -18,8 +18,9 @@
 // the log record share with the audit line; a valid incoming trace is continued (the span's trace, its
 // parent the caller's span) and the upstream got a traceparent naming the span; no credential is in
 // anything the collector received; nothing was dropped, and the export counters count what arrived.
-// Hand-picked: the same with `workers: 2`, and across a reload that moves the export to new settings
-// between two halves of the sequence (nothing lost or sent twice by the retiring export).
+// Hand-picked: the same with `workers: 2`, across a reload that moves the export to new settings between
+// two halves of the sequence (nothing lost or sent twice by the retiring export), and across one while the
+// exchanges are under way.
 import { readFileSync } from 'node:fs'
 import { Agent, createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
 import { type ClientHttp2Session, constants as h2, connect as h2connect } from 'node:http2'
@@ -1035,4 +1036,20 @@ t.test('a reload that moves the export between two halves loses and doubles noth
     e.traceIds.some((id) => secondTraces.has(id) !== (e.headers['x-half'] === 'second')),
   )
   t.equal(misrouted.length, 0, 'every export carried the settings of its half')
+})
+
+t.test('a reload while exchanges are under way loses and doubles nothing', async (t) => {
+  const setup = await setUp(t, 'reload-live', 1)
+  const sidecar = await startTestSidecar(t, setup.config, { env: CLEAN_OTEL_ENV })
+  const run = newRun(sidecar, setup)
+  const otlp = setup.config['otlp'] as Record<string, unknown>
+  // exchanges recorded before, during and after the move, each by the export current then
+  const [reloaded, planned] = await Promise.all([
+    sidecar.reload({ ...setup.config, otlp: { ...otlp, headers: { 'x-moved': 'yes' } } }),
+    send(run, 'l', HAND_PICKED, 0),
+  ])
+  t.ok(reloaded, 'reloaded')
+  await compare(t, setup, sidecar, planned)
+  const moved = setup.collector.exports.filter((e) => e.headers['x-moved'] === 'yes').length
+  t.comment(`${setup.collector.exports.length - moved} exports before the move, ${moved} after it`)
 })
