@@ -11,15 +11,21 @@
 // with the status, upstream_error and bytes docs/reference.md gives for what happened ("Audit events"); and the
 // pod's nhi_requests_total adds up to the audit lines, per status, as nhi_upstream_errors_total does per reason.
 import { readFileSync } from 'node:fs'
-import { createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
+import { request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
 import { constants as h2, connect as h2connect } from 'node:http2'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
+import {
+  answerBody,
+  type BehavingUpstream,
+  behavingUpstream,
+  FIRST_PART,
+} from '../helpers/behaving-upstream.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { FLAG, FRAME, frame, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
 import { metricValue, type Sample, scrapeUntil } from '../helpers/metrics.ts'
-import { listenUntilTeardown, rawClient } from '../helpers/net.ts'
+import { rawClient } from '../helpers/net.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -189,11 +195,6 @@ interface Case {
   exchanges: Planned[]
 }
 
-/** the part of a longer answer a `stream` or cutting upstream sends */
-const FIRST_PART = Buffer.alloc(1024, 0x61)
-/** the length such an answer announces */
-const ANNOUNCED = 4096
-const answerBody = (path: string) => `answer ${path}`
 /** the bytes of a client that leaves mid-body: before it leaves, the upstream has them */
 const half = (length: number) => Math.floor(length / 2)
 
@@ -306,97 +307,13 @@ function plan(
 
 // ---- the upstream -------------------------------------------------------------------------------------------
 
-interface AccountingUpstream {
-  url: string
-  /** request body bytes read, by path */
-  bodyBytes: Map<string, number>
-  /** paths whose request body arrived whole */
-  whole: Set<string>
-}
-
-/**
- * An HTTP/1.1 upstream that does what each request's x-behave says once its body is in. `headSeen`: the paths
- * whose answer head a client has read (a reset after it is one mid-body, never one that overtakes the head).
- */
-async function accountingUpstream(t: Test, headSeen: ReadonlySet<string>): Promise<AccountingUpstream> {
-  const bodyBytes = new Map<string, number>()
-  const whole = new Set<string>()
-  const server = createServer((req, res) => {
-    const path = req.url ?? ''
-    const socket = req.socket
-    req.on('data', (c: Buffer) => bodyBytes.set(path, (bodyBytes.get(path) ?? 0) + c.length))
-    req.on('end', () => {
-      whole.add(path)
-      const answer = () => {
-        const body = answerBody(path)
-        res.writeHead(Number(req.headers['x-status']), { 'content-length': Buffer.byteLength(body) })
-        res.end(body)
-      }
-      switch (req.headers['x-behave'] as Behaviour) {
-        case 'normal':
-          answer()
-          return
-        case 'slow': {
-          const timer = setTimeout(answer, Number(req.headers['x-delay']))
-          res.on('close', () => clearTimeout(timer))
-          return
-        }
-        case 'hang':
-        case 'hold':
-          return
-        case 'stream':
-          res.writeHead(200, { 'content-length': ANNOUNCED })
-          res.write(FIRST_PART)
-          return
-        case 'reset-before-head':
-          socket.resetAndDestroy()
-          return
-        case 'close-without-answer':
-          socket.destroy()
-          return
-        case 'reset-mid-body': {
-          res.writeHead(200, { 'content-length': ANNOUNCED })
-          res.write(FIRST_PART)
-          const reset = () => socket.resetAndDestroy()
-          eventually(() => headSeen.has(path) || socket.destroyed, {
-            intervalMs: 5,
-            what: `the client to have the head of ${path}`,
-          }).then(reset, reset)
-          return
-        }
-        case 'short-length':
-          socket.end(
-            Buffer.concat([
-              Buffer.from(`HTTP/1.1 200 OK\r\ncontent-length: ${ANNOUNCED}\r\n\r\n`),
-              FIRST_PART,
-            ]),
-          )
-          return
-        case 'cut-chunked':
-          socket.end(
-            Buffer.concat([
-              Buffer.from(
-                `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${FIRST_PART.length.toString(16)}\r\n`,
-              ),
-              FIRST_PART,
-              Buffer.from('\r\n'),
-            ]),
-          )
-          return
-      }
-    })
-  })
-  const port = await listenUntilTeardown(t, server)
-  return { url: `http://127.0.0.1:${port}`, bodyBytes, whole }
-}
-
 // ---- the clients --------------------------------------------------------------------------------------------
 
 /** what the clients share with the upstream and the ledger */
 interface Run {
   port: number
   url: string
-  upstream: AccountingUpstream
+  upstream: BehavingUpstream
   headSeen: Set<string>
 }
 
@@ -814,7 +731,7 @@ const ledger = cases.flatMap((c) => c.exchanges)
 async function mixAgainst(t: Test, workers: number): Promise<void> {
   const started = Date.now()
   const headSeen = new Set<string>()
-  const upstream = await accountingUpstream(t, headSeen)
+  const upstream = await behavingUpstream(t, headSeen)
   const auditFile = join(await scratchDir('accounting'), 'audit.log')
   const sidecar = await startTestSidecar(t, {
     upstream: upstream.url,

@@ -22,7 +22,7 @@
 // two halves of the sequence (nothing lost or sent twice by the retiring export), and across one while the
 // exchanges are under way.
 import { readFileSync } from 'node:fs'
-import { Agent, createServer, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
+import { Agent, request as httpRequest, type OutgoingHttpHeaders } from 'node:http'
 import { type ClientHttp2Session, constants as h2, connect as h2connect } from 'node:http2'
 import { request as httpsRequest } from 'node:https'
 import { connect as netConnect } from 'node:net'
@@ -30,10 +30,10 @@ import { join } from 'node:path'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
+import { behavingUpstream } from '../helpers/behaving-upstream.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
-import { listenUntilTeardown } from '../helpers/net.ts'
 import {
   CLEAN_OTEL_ENV,
   type ReceivedLogRecord,
@@ -322,56 +322,13 @@ interface DiffUpstream {
   headSeen: Set<string>
 }
 
-const FIRST_PART = Buffer.alloc(1024, 0x61)
-const ANNOUNCED = 4096
-
 async function diffUpstream(t: Test): Promise<DiffUpstream> {
   const traceparents = new Map<string, string>()
-  const whole = new Set<string>()
-  const bodyBytes = new Map<string, number>()
   const headSeen = new Set<string>()
-  const server = createServer((req, res) => {
-    const path = req.url ?? ''
-    traceparents.set(path, String(req.headers.traceparent ?? ''))
-    req.on('data', (c: Buffer) => bodyBytes.set(path, (bodyBytes.get(path) ?? 0) + c.length))
-    req.on('end', () => {
-      whole.add(path)
-      const answer = () => {
-        const body = `answer ${path}`
-        res.writeHead(Number(req.headers['x-status']), { 'content-length': Buffer.byteLength(body) })
-        res.end(body)
-      }
-      switch (req.headers['x-behave'] as Behaviour) {
-        case 'normal':
-          answer()
-          return
-        case 'slow': {
-          const timer = setTimeout(answer, Number(req.headers['x-delay']))
-          res.on('close', () => clearTimeout(timer))
-          return
-        }
-        case 'hang':
-        case 'hold':
-          return
-        case 'stream':
-          res.writeHead(200, { 'content-length': ANNOUNCED })
-          res.write(FIRST_PART)
-          return
-        case 'reset-mid-body': {
-          res.writeHead(200, { 'content-length': ANNOUNCED })
-          res.write(FIRST_PART)
-          const reset = () => req.socket.resetAndDestroy()
-          eventually(() => headSeen.has(path) || req.socket.destroyed, {
-            intervalMs: 5,
-            what: `the client to have the head of ${path}`,
-          }).then(reset, reset)
-          return
-        }
-      }
-    })
-  })
-  const port = await listenUntilTeardown(t, server)
-  return { url: `http://127.0.0.1:${port}`, traceparents, whole, bodyBytes, headSeen }
+  const upstream = await behavingUpstream(t, headSeen, (req) =>
+    traceparents.set(req.url ?? '', String(req.headers.traceparent ?? '')),
+  )
+  return { ...upstream, traceparents, headSeen }
 }
 
 // ---- the clients --------------------------------------------------------------------------------------------
