@@ -170,16 +170,27 @@ const NEEDS_QUOTES_RE = /[,;="\\\s]/
 const UNSAFE_RE = /[^\x20-\x7e]/
 
 /**
- * Percent-encodes, as UTF-8, every character outside printable ASCII, so the value is a valid header value
- * whatever the certificate said. Never throws: a lone surrogate becomes U+FFFD on the way to UTF-8.
+ * Each UTF-8 byte of a character outside printable ASCII as `marker` and two upper-case hex digits. Never
+ * throws: a lone surrogate becomes U+FFFD on the way to UTF-8.
  */
-export function percentEncodeUnsafe(v: string): string {
+function escapeOutsideAscii(v: string, marker: '%' | '\\'): string {
   if (!UNSAFE_RE.test(v)) return v
   let out = ''
   for (const b of Buffer.from(v, 'utf8')) {
-    out += b < 0x20 || b > 0x7e ? `%${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b)
+    out +=
+      b < 0x20 || b > 0x7e
+        ? `${marker}${b.toString(16).toUpperCase().padStart(2, '0')}`
+        : String.fromCharCode(b)
   }
   return out
+}
+
+/**
+ * Percent-encodes, as UTF-8, every character outside printable ASCII, so the value is a valid header value
+ * whatever the certificate said.
+ */
+export function percentEncodeUnsafe(v: string): string {
+  return escapeOutsideAscii(v, '%')
 }
 
 /**
@@ -194,30 +205,15 @@ function xfccValue(v: string): string {
 }
 
 /**
- * Each byte outside printable ASCII as an RFC 4514 hex pair (`Ω` → `\CE\A9`), as Envoy (OpenSSL's
- * XN_FLAG_RFC2253) writes a subject's, and as readers of Envoy's Subject read it back. Never throws: a lone
- * surrogate becomes U+FFFD on the way to UTF-8.
- */
-function hexPairsOutsideAscii(dn: string): string {
-  if (!UNSAFE_RE.test(dn)) return dn
-  let out = ''
-  for (const b of Buffer.from(dn, 'utf8')) {
-    out +=
-      b < 0x20 || b > 0x7e ? `\\${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b)
-  }
-  return out
-}
-
-/**
  * A Subject as Envoy writes it: its distinguished-name text between double quotes as it is, whose own
  * escapes (`\"`, `\\`) keep the quoting intact, so a reader of Envoy's XFCC reads ours alike (parseXfcc
  * keeps a quoted Subject's backslashes). Only what would end the quotes early is escaped: a `"` no backslash
- * stands before, and a backslash left dangling at the end. Outside printable ASCII is written in hex pairs
- * first, as Envoy writes it; "%" is itself, as in Envoy's, so that a subject holding `%C3%A9` is never read
- * as one holding `é`.
+ * stands before, and a backslash left dangling at the end. Outside printable ASCII is written first in RFC 4514
+ * hex pairs (`Ω` → `\CE\A9`), as Envoy (OpenSSL's XN_FLAG_RFC2253) writes it; "%" is itself, as in Envoy's,
+ * so that a subject holding `%C3%A9` is never read as one holding `é`.
  */
 function xfccSubject(dn: string): string {
-  const safe = hexPairsOutsideAscii(dn)
+  const safe = escapeOutsideAscii(dn, '\\')
   if (!NEEDS_QUOTES_RE.test(safe)) return safe
   let out = '"'
   for (let i = 0; i < safe.length; i++) {
