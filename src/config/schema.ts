@@ -22,7 +22,7 @@ import { MAX_WORKERS, WORKERS_PROBLEM } from './workers.ts'
 
 /** For the JSON Schema. Registers the schema itself, not a copy: pass it where it is made, never a reused one. */
 export function described<T extends z.ZodMiniType>(schema: T, description: string): T {
-  z.globalRegistry.add(schema, { description })
+  z.globalRegistry.add(schema, { ...z.globalRegistry.get(schema), description })
   return schema
 }
 
@@ -212,10 +212,21 @@ const ISSUER_CAP_PROBLEM =
   'expected a whole number of at least 1: how many distinct identity names this issuer may add to the ' +
   'metrics (to hold it to metrics.maxIdentities only, set that number)'
 
+/**
+ * A document fetched over HTTP(S): anything else (`ftp:`, `file:`) would pass as a URL and fail at every fetch.
+ * A new schema each call (see described).
+ */
+function httpUrl() {
+  const schema = z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' })
+  // for editors: the scheme is case-insensitive, which a JSON Schema pattern can only spell out
+  z.globalRegistry.add(schema, { pattern: '^[Hh][Tt][Tt][Pp][Ss]?://' })
+  return schema
+}
+
 export const issuerSchema = z.strictObject({
   issuer: z.string().check(z.minLength(1)),
   profile: z.optional(z.enum(PROFILE_NAMES)),
-  jwksUri: z.optional(z.url()),
+  jwksUri: z.optional(httpUrl()),
   jwksFile: z.optional(z.string()),
   discovery: z.optional(z.boolean()),
   /** HS* shared secret (file path); HS algorithms are only allowed when this is set */
@@ -243,7 +254,7 @@ export const issuerSchema = z.strictObject({
 /** A signed agents' key directory that is trusted to name who signs (docs/reference.md "Signed agents"). */
 export const signatureDirectorySchema = z.strictObject({
   url: described(
-    z.url().check(z.regex(/^https?:\/\//, 'expected an http(s) URL')),
+    httpUrl(),
     'the key directory, e.g. https://agent.example/.well-known/http-message-signatures-directory',
   ),
   name: described(z.optional(z.string().check(z.minLength(1))), 'identity name (default: the URL host)'),
@@ -616,7 +627,7 @@ export const configSchema = z.strictObject({
               z.array(
                 z.strictObject({
                   operator: z.string().check(z.minLength(1)),
-                  url: z.url(),
+                  url: httpUrl(),
                   products: described(
                     z.optional(z.array(z.string().check(z.minLength(1)))),
                     'the products the file vouches for, as the user-agent classifier names them (gptbot); ' +

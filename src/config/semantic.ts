@@ -188,6 +188,13 @@ export function semanticCheck(config: Config): SemanticIssue[] {
         'set jwksUri, jwksFile or discovery: true (public keys), or secretFile (HS256/384/512)',
       )
     }
+    if (iss.jwksUri && iss.bearerTokenFile && urlHasUserinfo(iss.jwksUri)) {
+      error(
+        ['jwt', 'issuers', i, 'jwksUri'],
+        `issuer "${iss.issuer}" names two credentials for its key set: the jwksUri's user:password and bearerTokenFile (only the bearer token would be sent)`,
+        'keep one: the userinfo is sent as Basic authentication, the bearer token as Bearer',
+      )
+    }
     if (iss.audiences === undefined) {
       error(
         ['jwt', 'issuers', i],
@@ -588,4 +595,13 @@ export function covers(a: MatchConfig, b: MatchConfig, norm: Normalise = normali
   if (a.verified !== undefined && a.verified !== b.verified) return false
   if (a.source !== undefined && a.source !== b.source) return false
   return true
+}
+
+function urlHasUserinfo(url: string): boolean {
+  try {
+    const u = new URL(url)
+    return u.username !== '' || u.password !== ''
+  } catch {
+    return false
+  }
 }

@@ -694,9 +694,10 @@ export interface FetchedJson {
 /** fetchJsonDocument, with how long the server says the document stays fresh */
 export async function fetchJsonResponse(url: string, opts: FetchJsonOptions): Promise<FetchedJson> {
   const { request } = await loadUndici()
+  const basic = userinfoAuthorization(url)
   const res = await request(url, {
     method: 'GET',
-    headers: { accept: 'application/json', ...opts.headers },
+    headers: { accept: 'application/json', ...(basic ? { authorization: basic } : {}), ...opts.headers },
     ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}),
     signal: AbortSignal.timeout(opts.timeoutMs),
     headersTimeout: opts.timeoutMs,
@@ -864,6 +865,30 @@ async function readSecret(path: string): Promise<Uint8Array> {
   const text = (await readFile(path, 'utf8')).replace(/\r?\n$/, '')
   if (text.length === 0) throw new Error('secretFile is empty')
   return new TextEncoder().encode(text)
+}
+
+/**
+ * The Basic credentials a URL's userinfo names (`https://user:secret@idp/keys`), as curl and Go's client send
+ * them: the HTTP client drops the userinfo, so without this a key set behind Basic auth would fail with a 401
+ * that names no cause. The fetcher's own Authorization (a bearerTokenFile) wins; `check` refuses the two together.
+ */
+function userinfoAuthorization(url: string): string | undefined {
+  let u: URL
+  try {
+    u = new URL(url)
+  } catch {
+    return undefined
+  }
+  if (u.username === '' && u.password === '') return undefined
+  return `Basic ${Buffer.from(`${percentDecoded(u.username)}:${percentDecoded(u.password)}`).toString('base64')}`
+}
+
+function percentDecoded(text: string): string {
+  try {
+    return decodeURIComponent(text)
+  } catch {
+    return text
+  }
 }
 
 function safeUrl(url: string): string {
