@@ -271,6 +271,11 @@ export interface PolicyDecision {
   skipped?: boolean
 }
 
+/** a decision as every record of a request says it: `none` while the policy is off (nothing was decided) */
+export function recordedDecision(d: PolicyDecision): Decision | 'none' {
+  return d.skipped ? 'none' : d.decision
+}
+
 export type UpstreamErrorReason = 'connect' | 'timeout' | 'reset'
 
 /** The one record every recorder sees, after the response has ended. Never carries raw credentials. */

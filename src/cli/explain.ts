@@ -20,7 +20,13 @@ import { evidenceByName } from '../identity/sources/source.ts'
 import { AttributionPipeline, readSecretFiles } from '../pipeline/index.ts'
 import { requestTarget } from '../proxy/path.ts'
 import { hostLinesRefusal, requestLineRefusal } from '../proxy/request-lifecycle.ts'
-import type { CertEvidence, ConnectionInfo, Failure, RequestInfo } from '../types.ts'
+import {
+  type CertEvidence,
+  type ConnectionInfo,
+  type Failure,
+  type RequestInfo,
+  recordedDecision,
+} from '../types.ts'
 import { sha256Hex } from '../util/fingerprint.ts'
 import { readProblem } from '../util/read-problem.ts'
 import type { Out } from './check.ts'
@@ -310,7 +316,17 @@ async function explainTo(opts: ExplainOptions, out: Out, report: Out): Promise<n
       ...(result.reject && { reject: { status: result.reject.status, body: result.reject.body } }),
       notes,
     }
-    const json = () => JSON.stringify({ ...explained, evidence: evidenceByName(explained.evidence) }, null, 2)
+    // the decision as the audit line says it: `none` under policy off, where nothing was decided
+    const json = () =>
+      JSON.stringify(
+        {
+          ...explained,
+          evidence: evidenceByName(explained.evidence),
+          decision: { ...explained.decision, decision: recordedDecision(explained.decision) },
+        },
+        null,
+        2,
+      )
     for (const line of opts.json ? [json()] : renderExplain(explained)) report(line)
     return 0
   } finally {

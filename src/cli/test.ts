@@ -37,7 +37,7 @@ import type {
   PolicyDecision,
   RequestInfo,
 } from '../types.ts'
-import { KINDS } from '../types.ts'
+import { KINDS, recordedDecision } from '../types.ts'
 import { fingerprint, sha256Hex } from '../util/fingerprint.ts'
 import { readProblem } from '../util/read-problem.ts'
 import type { Out } from './check.ts'
@@ -320,7 +320,7 @@ export function runCase(config: Config, c: RuleTestCase): CaseResult {
     team: identity.team,
     zone: identity.zone,
     rule: identity.rule,
-    decision: decision.skipped ? 'none' : decision.decision,
+    decision: recordedDecision(decision),
     policyRule: decision.rule,
   }
   const mismatches: string[] = []

@@ -3,7 +3,7 @@
 // largest item only nhi-proxy pays); here a request's line goes into the batch buffer piece by piece,
 // constant text and the identity's part are copied from bytes prepared once, and only text that needs JSON
 // escaping takes the string path. The output is byte for byte what JSON.stringify would write, key for key.
-import type { Identity, PolicyDecision, RequestEvent } from '../types.ts'
+import { type Identity, type PolicyDecision, type RequestEvent, recordedDecision } from '../types.ts'
 
 const json = JSON.stringify
 
@@ -288,7 +288,7 @@ interface DecisionBytes {
 const decisionFragments = new WeakMap<PolicyDecision, DecisionBytes>()
 
 function decisionBytes(d: PolicyDecision): Buffer {
-  const decision = d.skipped ? 'none' : d.decision
+  const decision = recordedDecision(d)
   let entry = decisionFragments.get(d)
   if (entry === undefined || entry.decision !== decision || entry.rule !== d.rule) {
     entry = {

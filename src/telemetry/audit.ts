@@ -4,7 +4,7 @@
 import { fstatSync, mkdirSync, openSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type { Config } from '../config/schema.ts'
-import type { Recorder, RequestEvent } from '../types.ts'
+import { type Recorder, type RequestEvent, recordedDecision } from '../types.ts'
 import { LineBuffer, writeAuditLine } from './audit-line.ts'
 import { type AuditRecord, AuditRing } from './audit-ring.ts'
 import { AuditWriter, countLines } from './audit-writer.ts'
@@ -79,7 +79,7 @@ export function toAuditRecord(event: RequestEvent): AuditRecord {
     bytes_out: event.bytesOut,
     upstream_error: event.upstreamError,
     grpc_status: event.grpcStatus,
-    decision: event.decision.skipped ? 'none' : event.decision.decision,
+    decision: recordedDecision(event.decision),
     policy_rule: event.decision.rule,
     failures: event.failures.map((f) => ({ source: f.source, reason: f.reason })),
     anomalies: event.anomalies,

@@ -1,7 +1,7 @@
 // The fields the span and the audit log record of one request are built from (otlp.ts), taken in the export
 // thread from the request as read back from its batch (otlp-batch.ts).
 // Imports nothing from the SDK.
-import type { RequestEvent } from '../types.ts'
+import { type RequestEvent, recordedDecision } from '../types.ts'
 import { LineBuffer, writeAuditLine } from './audit-line.ts'
 
 export interface OtlpRecord {
@@ -70,7 +70,7 @@ export function otlpRecord(event: RequestEvent, withLine: boolean): OtlpRecord {
     rule: identity.rule,
     team: identity.team,
     zone: identity.zone,
-    decision: decision.skipped ? 'none' : decision.decision,
+    decision: recordedDecision(decision),
     policyRule: decision.rule,
     failures,
     anomalies: event.anomalies.length === 0 ? [] : [...event.anomalies],

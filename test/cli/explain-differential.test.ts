@@ -571,8 +571,8 @@ function fromExplain(e: ExplainJson): Outcome {
     team: id.team,
     zone: id.zone,
     failures: failureList(e.evidence.failures),
-    // a policy that is off decided nothing: `policy: off` in the text, `skipped` in the JSON, `none` audited
-    decision: e.decision.skipped ? 'none' : e.decision.decision,
+    // a policy that is off decided nothing: `policy: off` in the text, `none` (and `skipped`) in the JSON, as audited
+    decision: e.decision.decision,
     policyRule: e.decision.rule,
     status: e.reject?.status ?? 200,
   }

@@ -143,6 +143,20 @@ t.test('--json carries the same report', async (t) => {
   t.equal(report.request.method, 'GET')
 })
 
+t.test(
+  '--json under policy off says the decision as the audit line does: none, nothing decided',
+  async (t) => {
+    const dir = scratchDirSync('explain-policy-off')
+    const config = join(dir, 'off.yaml')
+    writeFileSync(config, 'policy:\n  mode: off\n')
+    const r = await explain({ config, ua: GOOGLEBOT, json: true })
+    t.equal(r.code, 0)
+    t.same(JSON.parse(r.text).decision, { decision: 'none', rule: 'off', skipped: true })
+    const text = await explain({ config, ua: GOOGLEBOT })
+    t.match(text.text, /^policy: off \(not evaluated\)$/m, 'the text says the same')
+  },
+)
+
 /**
  * A JWKS server with one key, and a config file that trusts it (audience orders) with two identity rules, admins
  * by a groups claim and ci/{repo} by the repository claim of its tokens, then `more`.
