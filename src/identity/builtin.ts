@@ -155,11 +155,11 @@ export const UNVERIFIED_PREFIX = 'ua:'
 export const MAX_UNVERIFIED_NAME_LENGTH = 256
 /** What a client says, cut to the length a made-up name may have (MAX_UNVERIFIED_NAME_LENGTH). */
 export function cutLikeMadeUp<T extends string | undefined>(value: T): T {
-  return (
-    value !== undefined && value.length > MAX_UNVERIFIED_NAME_LENGTH
-      ? value.slice(0, MAX_UNVERIFIED_NAME_LENGTH)
-      : value
-  ) as T
+  if (value === undefined || value.length <= MAX_UNVERIFIED_NAME_LENGTH) return value
+  // a header's UTF-8 can be read as characters outside the BMP: the cut keeps each one whole
+  const last = value.charCodeAt(MAX_UNVERIFIED_NAME_LENGTH - 1)
+  const end = last >= 0xd800 && last <= 0xdbff ? MAX_UNVERIFIED_NAME_LENGTH - 1 : MAX_UNVERIFIED_NAME_LENGTH
+  return value.slice(0, end) as T
 }
 
 /** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */

@@ -111,6 +111,23 @@ function asHeaderValue(text: string): string {
   return out === '' ? 'x' : out
 }
 
+/** a header value's bytes (one latin1 character each) as the proxy reads them: UTF-8 when they are UTF-8 */
+function asUtf8Read(value: string): string {
+  if (!/[\x80-\xff]/.test(value)) return value
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(value, 'latin1'))
+  } catch {
+    return value
+  }
+}
+
+/** the first `max` UTF-16 units of a name, one fewer when the last would be half of a character */
+function cutBetweenCharacters(name: string, max: number): string {
+  if (name.length <= max) return name
+  const last = name.charCodeAt(max - 1)
+  return name.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max)
+}
+
 /** UTF-8 text without NUL (neither a config file nor a certificate subject from argv carries one) */
 function asUtf8Text(text: string, max: number): string {
   const out = [...text.replace(LONE_SURROGATE, '').replace(/\0/g, '')].slice(0, max).join('')
@@ -433,7 +450,7 @@ t.test(
       sent.push({
         id,
         what: `x-tenant ${shown(tenant)}`,
-        name: `ua:tenant/${tenant}`.slice(0, 256),
+        name: cutBetweenCharacters(`ua:tenant/${asUtf8Read(tenant)}`, 256),
         source: 'anonymous',
       })
     }

@@ -3,6 +3,7 @@
 import { isCredentialHeader, REDACTED } from '../../config/redact.ts'
 import type { ConnectionInfo, EvidenceSet, RequestInfo } from '../../types.ts'
 import { CidrSet } from '../../util/cidr.ts'
+import { headerText } from '../../util/header-text.ts'
 import { type CompiledPattern, compilePattern, pathWithoutTrailingSlash } from '../pattern.ts'
 import { addCaptures, type Condition, matchInto, type Scratch, show } from './condition.ts'
 
@@ -26,11 +27,12 @@ export class HeaderCondition implements Condition {
     for (const h of this.headers) {
       // HTTP/2 carries the host in :authority, and the upstream gets it as its Host (proxy/headers.ts)
       const raw = req.headers[h.name] ?? (h.name === 'host' ? req.headers[':authority'] : undefined)
-      const value = Array.isArray(raw) ? raw[0] : raw
-      if (value === undefined) {
+      const line = Array.isArray(raw) ? raw[0] : raw
+      if (line === undefined) {
         s.reason = `header.${h.name}: not present`
         return false
       }
+      const value = headerText(line)
       if (h.credential) {
         const m = h.p.match(value)
         if (!m) {
