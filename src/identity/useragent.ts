@@ -136,7 +136,10 @@ function classify(ua: string): UserAgentEvidence {
 }
 
 export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
-  const text = (ua ?? '').trim().slice(0, MAX_UA_LENGTH)
+  const trimmed = (ua ?? '').trim()
+  // read as UTF-8, a user agent can hold characters outside the BMP: the cut keeps each one whole
+  const cut = trimmed.length > MAX_UA_LENGTH && isHighSurrogate(trimmed.charCodeAt(MAX_UA_LENGTH - 1))
+  const text = trimmed.slice(0, cut ? MAX_UA_LENGTH - 1 : MAX_UA_LENGTH)
   if (text === '') return evidence('', 'unknown', 'unknown')
   const hit = cache.get(text)
   if (hit) return hit
@@ -148,4 +151,8 @@ export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
 /** Entries in the classification cache (bounded by its LRU). */
 export function userAgentCacheSize(): number {
   return cache.size
+}
+
+function isHighSurrogate(unit: number): boolean {
+  return unit >= 0xd800 && unit <= 0xdbff
 }

@@ -31,6 +31,9 @@ t.test('long user agents are cut, and the cache stays bounded', async (t) => {
   const ev = classifyUserAgent(long)
   t.equal(ev.ua.length, MAX_UA_LENGTH)
   t.equal(ev.product, 'googlebot')
+  // a character outside the BMP across the cut is left out whole, not halved into a lone surrogate
+  const astral = classifyUserAgent(`curl/8.5 ${'y'.repeat(MAX_UA_LENGTH - 10)}\u{1F600}tail`)
+  t.equal(astral.ua, `curl/8.5 ${'y'.repeat(MAX_UA_LENGTH - 10)}`, 'cut before the character')
   t.equal(classifyUserAgent(undefined).category, 'unknown')
   // each sent twice: the cache keeps a user agent from its second request on
   for (let i = 0; i < 20_000; i++) {
