@@ -6,6 +6,7 @@
 import { isbot, isbotMatch } from 'isbot'
 import { LRUCache } from 'lru-cache'
 import type { UserAgentCategory, UserAgentEvidence } from '../types.ts'
+import { headerText } from '../util/header-text.ts'
 import { SecondSight } from '../util/second-sight.ts'
 import { type AgentPurpose, findAgent } from './agents.ts'
 import { findCrawler } from './crawlers.ts'
@@ -137,13 +138,14 @@ function classify(ua: string): UserAgentEvidence {
 
 export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
   const trimmed = (ua ?? '').trim()
-  // read as UTF-8, a user agent can hold characters outside the BMP: the cut keeps each one whole
+  // explain's and test's user agents are text, which can hold characters outside the BMP: the cut keeps each whole
   const cut = trimmed.length > MAX_UA_LENGTH && isHighSurrogate(trimmed.charCodeAt(MAX_UA_LENGTH - 1))
   const text = trimmed.slice(0, cut ? MAX_UA_LENGTH - 1 : MAX_UA_LENGTH)
   if (text === '') return evidence('', 'unknown', 'unknown')
   const hit = cache.get(text)
   if (hit) return hit
-  const ev = classify(text)
+  // the header's bytes as the text the client wrote, once per user agent rather than per request
+  const ev = classify(headerText(text, text.length < trimmed.length))
   if (admission.seen(text)) cache.set(text, ev)
   return ev
 }

@@ -34,6 +34,24 @@ t.test('long user agents are cut, and the cache stays bounded', async (t) => {
   // a character outside the BMP across the cut is left out whole, not halved into a lone surrogate
   const astral = classifyUserAgent(`curl/8.5 ${'y'.repeat(MAX_UA_LENGTH - 10)}\u{1F600}tail`)
   t.equal(astral.ua, `curl/8.5 ${'y'.repeat(MAX_UA_LENGTH - 10)}`, 'cut before the character')
+  // a header's UTF-8 bytes (one latin1 character each, as Node hands them over) are read as the text they encode
+  const bytes = (text: string) => Buffer.from(text, 'utf8').toString('latin1')
+  t.equal(
+    classifyUserAgent(bytes('Bücherwurm/2.1 (+https://bücher.example)')).ua,
+    'Bücherwurm/2.1 (+https://bücher.example)',
+  )
+  t.equal(
+    classifyUserAgent('caf\xe9-bot/1').ua,
+    'caf\xe9-bot/1',
+    'a byte that is not UTF-8 stays the character it was',
+  )
+  // the cut at 512 bytes splits a two-byte é: the rest is still read as UTF-8, without the half
+  const splitAtCut = classifyUserAgent(bytes(`Übersetzer/1 ${'z'.repeat(MAX_UA_LENGTH - 15)}é and more`))
+  t.equal(
+    splitAtCut.ua,
+    `Übersetzer/1 ${'z'.repeat(MAX_UA_LENGTH - 15)}`,
+    'a character split by the cut is left out',
+  )
   t.equal(classifyUserAgent(undefined).category, 'unknown')
   // each sent twice: the cache keeps a user agent from its second request on
   for (let i = 0; i < 20_000; i++) {

@@ -1,7 +1,6 @@
 // What the client says it is (User-Agent): never verified, but names bots, AI agents and browsers. The
 // classifier and its knowledge live in identity/useragent.ts, agents.ts and crawlers.ts.
 import type { UserAgentEvidence } from '../../types.ts'
-import { headerText } from '../../util/header-text.ts'
 import { BotVerifier } from '../bots/verify.ts'
 import { classifyUserAgent } from '../useragent.ts'
 import type { CredentialSource } from './source.ts'
@@ -23,7 +22,7 @@ export const userAgentSource: CredentialSource<UserAgentEvidence> = {
       extract(req) {
         const ua = req.headers['user-agent']
         if (!ua) return undefined
-        const ev = classifyUserAgent(headerText(ua))
+        const ev = classifyUserAgent(ua)
         // a blank User-Agent says nothing: the request is anonymous
         return ev.ua === '' ? undefined : ev
       },
