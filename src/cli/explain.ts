@@ -288,7 +288,11 @@ async function explainTo(opts: ExplainOptions, out: Out, report: Out): Promise<n
   }
   const pipeline = new AttributionPipeline(config, { secretFiles })
   try {
+    // a token's keys are fetched when it is verified; a crawler's ranges files only by a start, as the live
+    // proxy fetches them before its first request (an IdP that is down must not hold up a user-agent question)
     if (opts.token) await pipeline.start()
+    else if (config.bots.verify.ranges.length > 0 && headers['user-agent'] !== undefined)
+      await pipeline.start(['useragent'])
     const result = await pipeline.evaluate(req, conn, { trace: true })
     const apiKeyPresented =
       result.evidence.credentials.some((c) => c.evidence.source === 'apikey') ||

@@ -154,9 +154,16 @@ export class AttributionPipeline implements Pipeline {
     })
   }
 
-  /** Initial fetches (JWKS…). Never throws: an IdP that is down leaves the pipeline not-ready, not dead. */
-  async start(): Promise<void> {
-    await Promise.all(this.readers.map((r) => r.extractor.start?.()))
+  /**
+   * Initial fetches (JWKS…), of the named sources only when given. Never throws: an IdP that is down leaves the
+   * pipeline not-ready, not dead.
+   */
+  async start(only?: readonly string[]): Promise<void> {
+    await Promise.all(
+      this.readers.map((r) =>
+        only === undefined || only.includes(r.source.name) ? r.extractor.start?.() : undefined,
+      ),
+    )
   }
 
   /** background checks of earlier requests (a crawler's reverse DNS) have answered */

@@ -209,6 +209,28 @@ t.test('explain a real token verified against a JWKS', async (t) => {
   t.match(bad.text, /identity: anonymous/)
 })
 
+t.test('a token given as -H Authorization is verified as one given with --token', async (t) => {
+  const { key, jwks, config } = await jwtConfig(t)
+  const token = await mintToken(
+    key,
+    { repository: 'acme/api' },
+    { issuer: jwks.url, audience: 'orders', subject: 'repo:acme/api' },
+  )
+  const [viaFlag, viaHeader, viaLowerCase] = await Promise.all([
+    explain({ config, token, json: true }),
+    explain({ config, headers: [`Authorization: Bearer ${token}`], json: true }),
+    explain({ config, headers: [`authorization: bearer ${token}`], json: true }),
+  ])
+  for (const [how, r] of [
+    ['--token', viaFlag],
+    ['-H Authorization', viaHeader],
+    ['-H authorization: bearer', viaLowerCase],
+  ] as const) {
+    t.equal(r.code, 0, how)
+    t.match(JSON.parse(r.text).identity, { name: 'ci/acme/api', verified: true, source: 'jwt' }, how)
+  }
+})
+
 t.test(
   'explain says when the proxy answers a request itself: 401 for an invalid token, 403 for a deny',
   async (t) => {

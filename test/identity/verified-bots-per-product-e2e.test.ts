@@ -9,7 +9,7 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { listenUntilTeardown } from '../helpers/net.ts'
-import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
+import { runCli, startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 const GPTBOT =
@@ -175,6 +175,29 @@ t.test(
       'nor any other product googlebot.json vouches for',
     )
     t.same(await send('Googlebot-Image/1.0', '198.51.100.8'), verified('googlebot-image', '198.51.100.8'))
+
+    // explain, given the sidecar's config, fetches the same files and gives the same answer
+    for (const [address, isVerified] of [
+      ['198.51.100.7', true],
+      ['192.0.2.7', false],
+    ] as const) {
+      const explained = await runCli([
+        'explain',
+        '-c',
+        sidecar.configPath,
+        '--ua',
+        GOOGLEBOT,
+        '--remote-addr',
+        address,
+        '--json',
+      ])
+      t.equal(explained.code, 0, explained.stderr)
+      t.match(
+        JSON.parse(explained.stdout).identity,
+        { name: isVerified ? 'googlebot' : 'ua:googlebot', verified: isVerified },
+        `explain: Googlebot from ${address} ${isVerified ? 'verified by the fetched file' : 'not verified'}`,
+      )
+    }
 
     // Google-CloudVertexBot is one of the common crawlers googlebot.json covers: checked like Googlebot
     t.same(
