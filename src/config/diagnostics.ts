@@ -76,6 +76,11 @@ const TYPE_WORDS: Record<string, string> = {
 function shown(input: unknown): string {
   if (input === null || input === undefined) return 'nothing'
   if (Array.isArray(input)) return 'a list'
+  // YAML's !!binary, !!set and !!timestamp make objects a config file never means as a mapping
+  if (input instanceof Uint8Array) return 'binary data (!!binary)'
+  if (input instanceof Set) return 'a set (!!set)'
+  if (input instanceof Date) return 'a timestamp (!!timestamp)'
+  if (input instanceof Map) return 'a mapping of keys'
   if (typeof input === 'object') return 'a mapping of keys'
   if (typeof input === 'string') return input.length <= 40 ? JSON.stringify(input) : 'text'
   return String(input)

@@ -66,6 +66,15 @@ t.test('bad types, enums and durations', async (t) => {
     'c.yaml:2:10 listen.https.key: missing required key "key"',
   ])
   t.same(lines(errorsOf('- a\n- b\n')), ['c.yaml:1:1 expected a mapping of keys'])
+  // YAML's own tags make values no config key takes: said as what they are, not as a mapping
+  t.same(
+    lines(errorsOf('service: !!binary aGVsbG8=\nupstream: !!timestamp 2001-12-14\nadmin: !!set {a, b}\n')),
+    [
+      'c.yaml:1:19 service: expected text, got binary data (!!binary)',
+      'c.yaml:2:23 upstream: expected text, got a timestamp (!!timestamp)',
+      'c.yaml:3:14 admin: expected text, got a set (!!set)',
+    ],
+  )
 })
 
 t.test('YAML syntax errors carry their position', async (t) => {
