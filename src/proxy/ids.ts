@@ -66,6 +66,72 @@ const TRACEPARENT_RE = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2
  */
 const KNOWN_FLAGS = ['00', '01', '02', '03'] as const
 
+/**
+ * Whether this hop samples its span, as the OpenTelemetry SDK's sampler built from OTEL_TRACES_SAMPLER and
+ * OTEL_TRACES_SAMPLER_ARG decides it (the span export builds that one): the `traceparent` sent upstream says the
+ * same, so a downstream service records its spans exactly when this hop's span is recorded too (a trace this
+ * hop starts marked sampled while a ratio sampler drops its span leaves the downstream spans without their
+ * parent). `callerFlags` is undefined for a trace this hop starts. Read once, at start, as the SDK reads it.
+ */
+type SamplingRule = (traceId: string, callerFlags: number | undefined) => boolean
+
+export function samplingRuleFromEnv(env: NodeJS.ProcessEnv): SamplingRule {
+  const raw = env['OTEL_TRACES_SAMPLER']
+  // the SDK takes the value as it is, whitespace included: only a blank one is unset
+  const name = raw === undefined || raw.trim() === '' ? 'parentbased_always_on' : raw
+  const parentOr = (root: (traceId: string) => boolean): SamplingRule => {
+    return (traceId, caller) => (caller === undefined ? root(traceId) : (caller & 1) === 1)
+  }
+  switch (name) {
+    case 'always_on':
+      return () => true
+    case 'always_off':
+      return () => false
+    case 'parentbased_always_off':
+      return parentOr(() => false)
+    case 'traceidratio': {
+      const bound = ratioBound(env['OTEL_TRACES_SAMPLER_ARG'])
+      return (traceId) => traceIdAccumulation(traceId) < bound
+    }
+    case 'parentbased_traceidratio': {
+      const bound = ratioBound(env['OTEL_TRACES_SAMPLER_ARG'])
+      return parentOr((traceId) => traceIdAccumulation(traceId) < bound)
+    }
+    default:
+      // parentbased_always_on, and what the SDK replaces with it (a misspelling)
+      return parentOr(() => true)
+  }
+}
+
+/** the SDK's TraceIdRatioBasedSampler bound: a blank, non-numeric or out-of-range ratio is 1 there */
+function ratioBound(arg: string | undefined): number {
+  const n = arg === undefined || arg.trim() === '' ? Number.NaN : Number(arg)
+  const ratio = Number.isNaN(n) || n < 0 || n > 1 ? 1 : n
+  return ratio === 1 ? 0x100000000 : Math.floor(ratio * 0xffffffff)
+}
+
+/** the SDK's ratio sampler's reading of a trace id: its four 32-bit words XORed */
+function traceIdAccumulation(traceId: string): number {
+  let acc = 0
+  for (let i = 0; i < 32; i += 8) acc = (acc ^ Number.parseInt(traceId.slice(i, i + 8), 16)) >>> 0
+  return acc
+}
+
+let sampling: SamplingRule = samplingRuleFromEnv(process.env)
+/** whether the rule is the default's, which keeps the caller's flags and samples a new trace: nothing to work out */
+let defaultSampling = isDefaultSampler(process.env)
+
+function isDefaultSampler(env: NodeJS.ProcessEnv): boolean {
+  const raw = env['OTEL_TRACES_SAMPLER']
+  return raw === undefined || raw.trim() === '' || raw === 'parentbased_always_on'
+}
+
+/** for tests: the sampling rule of another environment */
+export function setSamplingEnv(env: NodeJS.ProcessEnv): void {
+  sampling = samplingRuleFromEnv(env)
+  defaultSampling = isDefaultSampler(env)
+}
+
 /** Continues a valid incoming `traceparent` with a new span for our hop, or starts a new trace. */
 export function traceContext(incoming: string | undefined): TraceContext {
   const trace: TraceContext = { traceId: '', spanId: '', flags: '01', continued: false, traceparent: '' }
@@ -90,7 +156,10 @@ export function startTrace(into: TraceContext, incoming: string | undefined): vo
         m[3] !== ZERO_SPAN
       if (valid) {
         const spanId = newSpanId()
-        const flags = KNOWN_FLAGS[Number.parseInt(m[4]!, 16) & 3]!
+        const caller = Number.parseInt(m[4]!, 16) & 3
+        // the random bit (02) is the caller's word on the trace id; the sampled bit (01) is this hop's decision
+        const flags =
+          KNOWN_FLAGS[defaultSampling ? caller : (caller & 2) | (sampling(traceId, caller) ? 1 : 0)]!
         into.traceId = traceId
         into.spanId = spanId
         into.parentSpanId = m[3]!
@@ -120,9 +189,14 @@ function newTrace(into: TraceContext): void {
   }
   into.traceId = traceId
   into.spanId = spanId
-  into.flags = '01'
   into.continued = false
-  into.traceparent = traceparent
+  if (defaultSampling || sampling(traceId, undefined)) {
+    into.flags = '01'
+    into.traceparent = traceparent
+  } else {
+    into.flags = '00'
+    into.traceparent = `${traceparent.slice(0, 53)}00`
+  }
 }
 
 const REQUEST_ID_RE = /^[\x21-\x7e]{1,128}$/

@@ -151,7 +151,9 @@ function callerTraceFlags(traceFlags: string | undefined): number {
 }
 
 function sampledByEnv(value: string | undefined): SampledBy {
-  const name = value?.trim() ?? ''
+  // the SDK takes the value as it is, whitespace included (" always_off" is a misspelling there): only a blank
+  // one is unset
+  const name = value === undefined || value.trim() === '' ? '' : value
   if (name === '' || name === 'parentbased_always_on') {
     return (parent, flags) =>
       parent === undefined || (callerTraceFlags(flags) & TraceFlags.SAMPLED) === TraceFlags.SAMPLED
