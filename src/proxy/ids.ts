@@ -117,19 +117,13 @@ function traceIdAccumulation(traceId: string): number {
   return acc
 }
 
-let sampling: SamplingRule = samplingRuleFromEnv(process.env)
+const sampling: SamplingRule = samplingRuleFromEnv(process.env)
 /** whether the rule is the default's, which keeps the caller's flags and samples a new trace: nothing to work out */
-let defaultSampling = isDefaultSampler(process.env)
+const defaultSampling = isDefaultSampler(process.env)
 
 function isDefaultSampler(env: NodeJS.ProcessEnv): boolean {
   const raw = env['OTEL_TRACES_SAMPLER']
   return raw === undefined || raw.trim() === '' || raw === 'parentbased_always_on'
-}
-
-/** for tests: the sampling rule of another environment */
-export function setSamplingEnv(env: NodeJS.ProcessEnv): void {
-  sampling = samplingRuleFromEnv(env)
-  defaultSampling = isDefaultSampler(env)
 }
 
 /** Continues a valid incoming `traceparent` with a new span for our hop, or starts a new trace. */
