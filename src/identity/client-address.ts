@@ -21,15 +21,23 @@ export function trustedProxySet(forwarded: Pick<Config['forwardedClientCert'], '
  */
 const MAX_HOPS = 32
 const MAX_ENTRY_LENGTH = 100
-const BRACKETED_RE = /^\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?$/
-const V4_PORT_RE = /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/
+const BRACKETED_RE = /^\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?$/
+const V4_PORT_RE = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/
 
-function entryAddress(entry: string): string | undefined {
-  const e = entry.trim()
-  if (isIP(e) !== 0) return normaliseAddress(e)
+/**
+ * An entry's address, or undefined for anything else: an address with a zone (`fe80::1%eth0` names an
+ * interface of the host that wrote it, nothing here), a port outside 1-65535.
+ */
+function entryAddress(e: string): string | undefined {
+  if (isIP(e) !== 0) return e.includes('%') ? undefined : normaliseAddress(e)
   const m = BRACKETED_RE.exec(e) ?? V4_PORT_RE.exec(e)
-  return m && isIP(m[1]!) !== 0 ? normaliseAddress(m[1]!) : undefined
+  if (!m || isIP(m[1]!) === 0) return undefined
+  const port = m[2] === undefined ? 1 : Number(m[2])
+  return port >= 1 && port <= 65535 ? normaliseAddress(m[1]!) : undefined
 }
+
+/** HTTP's optional whitespace around a list element: SP and HTAB, not what String.trim takes (NBSP…) */
+const isOws = (c: number) => c === 32 || c === 9
 
 /**
  * The socket peer, or, when the peer is a trusted proxy, the address that proxy appended to X-Forwarded-For,
@@ -48,11 +56,17 @@ export function clientAddress(headers: IncomingHttpHeaders, peer: string, truste
     const comma = raw.lastIndexOf(',', end - 1)
     // an entry too long to be an address is not cut out of the header to find that out
     if (end - comma - 1 > MAX_ENTRY_LENGTH) return client
-    const next = entryAddress(raw.slice(comma + 1, end))
+    let from = comma + 1
+    let to = end
+    while (from < to && isOws(raw.charCodeAt(from))) from++
+    while (to > from && isOws(raw.charCodeAt(to - 1))) to--
+    end = comma
+    // RFC 9110 §5.6.1: an empty list element is skipped (Node joins an empty header line in as one)
+    if (from === to) continue
+    const next = entryAddress(raw.slice(from, to))
     if (next === undefined) return client
     client = next
     if (!trusted.has(client)) return client
-    end = comma
   }
   return client
 }
