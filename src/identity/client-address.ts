@@ -8,7 +8,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { isIP } from 'node:net'
 import type { Config } from '../config/schema.ts'
 import type { RequestInfo } from '../types.ts'
-import { CidrSet, normaliseAddress } from '../util/cidr.ts'
+import { CidrSet, canonicalAddress, normaliseAddress } from '../util/cidr.ts'
 
 /** every forwardedClientCert.trustedProxies entry, whatever its certificate format */
 export function trustedProxySet(forwarded: Pick<Config['forwardedClientCert'], 'trustedProxies'>): CidrSet {
@@ -25,15 +25,16 @@ const BRACKETED_RE = /^\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?$/
 const V4_PORT_RE = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/
 
 /**
- * An entry's address, or undefined for anything else: an address with a zone (`fe80::1%eth0` names an
- * interface of the host that wrote it, nothing here), a port outside 1-65535.
+ * An entry's address, as a socket would name it (canonicalAddress), or undefined for anything else: an
+ * address with a zone (`fe80::1%eth0` names an interface of the host that wrote it, nothing here), a port
+ * outside 1-65535.
  */
 function entryAddress(e: string): string | undefined {
-  if (isIP(e) !== 0) return e.includes('%') ? undefined : normaliseAddress(e)
+  if (isIP(e) !== 0) return e.includes('%') ? undefined : canonicalAddress(e)
   const m = BRACKETED_RE.exec(e) ?? V4_PORT_RE.exec(e)
   if (!m || isIP(m[1]!) === 0) return undefined
   const port = m[2] === undefined ? 1 : Number(m[2])
-  return port >= 1 && port <= 65535 ? normaliseAddress(m[1]!) : undefined
+  return port >= 1 && port <= 65535 ? canonicalAddress(m[1]!) : undefined
 }
 
 /** HTTP's optional whitespace around a list element: SP and HTAB, not what String.trim takes (NBSP…) */

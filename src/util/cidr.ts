@@ -62,6 +62,39 @@ export function ipv6Groups(address: string): number[] | undefined {
   return readIpv6(address, zone === -1 ? address.length : zone, groups) ? Array.from(groups) : undefined
 }
 
+/**
+ * An address as a socket names its peer: IPv4 as it is, an IPv6 address in the RFC 5952 form (lower-case hex,
+ * no leading zeros, the longest run of two or more zero groups as "::") and a v4-mapped one as its IPv4
+ * address, however each is spelt. For an address read from text (X-Forwarded-For), so that one client
+ * written two ways is one client; a spelling ipv6Groups leaves to BlockList is kept as it is.
+ */
+export function canonicalAddress(address: string): string {
+  if (!address.includes(':')) return address
+  const g = ipv6Groups(address)
+  if (g === undefined) return address
+  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff)
+    return `${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`
+  // the first longest run of zero groups, if two or more long
+  let zeroAt = -1
+  let zeroLength = 1
+  for (let i = 0; i < 8; ) {
+    let j = i
+    while (j < 8 && g[j] === 0) j++
+    if (j - i > zeroLength) {
+      zeroAt = i
+      zeroLength = j - i
+    }
+    i = j === i ? i + 1 : j
+  }
+  if (zeroAt === -1) return g.map((x) => x.toString(16)).join(':')
+  const hex = (from: number, to: number) =>
+    g
+      .slice(from, to)
+      .map((x) => x.toString(16))
+      .join(':')
+  return `${hex(0, zeroAt)}::${hex(zeroAt + zeroLength, 8)}`
+}
+
 /** uv_ip6_addr copies the text before a zone into 40 bytes, its terminating NUL included */
 const MAX_ZONED_ADDRESS = 40
 

@@ -5,7 +5,7 @@
 import { BlockList, isIPv4, isIPv6 } from 'node:net'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
-import { CidrSet, ipv4Number, ipv6Groups, normaliseAddress } from '../../src/util/cidr.ts'
+import { CidrSet, canonicalAddress, ipv4Number, ipv6Groups, normaliseAddress } from '../../src/util/cidr.ts'
 import { checkProperty } from '../helpers/property.ts'
 
 /** the set as BlockList alone answers it */
@@ -403,4 +403,32 @@ t.test('ipv6Groups reads every spelling of an address', async (t) => {
   t.same(ipv6Groups('fe80::1%eth0'), [0xfe80, 0, 0, 0, 0, 0, 0, 1], 'a zone is dropped')
   t.same(ipv6Groups('::ffff:10.1.2.3'), [0, 0, 0, 0, 0, 0xffff, 0x0a01, 0x0203])
   t.equal(ipv6Groups('1:2:3:4:5:6:7::8'), undefined, ':: stands for at least one group')
+})
+
+t.test('canonicalAddress names an address as a socket does, however it was spelt', async (t) => {
+  const group = fc.oneof(fc.constant(0), fc.constant(0xffff), fc.integer({ min: 0, max: 0xffff }))
+  checkProperty(
+    t,
+    'the WHATWG URL host of the address, or its IPv4 address when v4-mapped',
+    fc.property(
+      fc.array(group, { minLength: 8, maxLength: 8 }),
+      fc.constantFrom('full', 'compressed', 'v4tail'),
+      fc.boolean(),
+      fc.boolean(),
+      (groups, style, upper, mapped) => {
+        if (mapped) groups.splice(0, 6, 0, 0, 0, 0, 0, 0xffff)
+        const text = spell(groups, style as 'full' | 'compressed' | 'v4tail', upper)
+        const v4 = [groups[6]! >> 8, groups[6]! & 255, groups[7]! >> 8, groups[7]! & 255].join('.')
+        const isMapped = groups.slice(0, 6).join() === '0,0,0,0,0,65535'
+        const expected = isMapped ? v4 : new URL(`http://[${text}]/`).hostname.slice(1, -1)
+        return canonicalAddress(text) === expected
+      },
+    ),
+    3000,
+  )
+  t.equal(canonicalAddress('2001:DB8:0:0:0:0:0:B'), '2001:db8::b')
+  t.equal(canonicalAddress('1:0:0:2:0:0:3:4'), '1::2:0:0:3:4', 'the first of two longest runs')
+  t.equal(canonicalAddress('2001:db8:0:1:1:1:1:1'), '2001:db8:0:1:1:1:1:1', 'one zero group is not a run')
+  t.equal(canonicalAddress('::FFFF:A00:1'), '10.0.0.1')
+  t.equal(canonicalAddress('10.0.0.1'), '10.0.0.1')
 })

@@ -2,7 +2,8 @@
 // (test/security/client-address-realip-differential.test.ts compares the two on generated headers): an empty
 // element (a trailing comma, `a, , b`, an empty header line Node joins in) is skipped as HTTP says, the space
 // and tab around an element are dropped and no other character is (NBSP is obs-text), and an address with a
-// zone or a port outside 1-65535 is not an address, so the walk stops at the trusted hop before it.
+// zone or a port outside 1-65535 is not an address, so the walk stops at the trusted hop before it. An
+// address is named as a socket names it, whatever the spelling, so one client written two ways is one client.
 // The trusted proxies are 127.0.0.2 and 10.0.0.0/8.
 import t from 'tap'
 import { clientAddress } from '../../src/identity/client-address.ts'
@@ -36,4 +37,11 @@ t.test('an address with a zone, or a port outside 1-65535, is not read', async (
   // the ports at either end are read
   t.equal(client('203.0.113.9:1, 10.0.0.1:65535'), '203.0.113.9')
   t.equal(client('[2001:db8::1]:65535, [::ffff:10.0.0.1]:1'), '2001:db8::1')
+})
+
+t.test('an address is named one way however it is spelt', async (t) => {
+  t.equal(client('2001:DB8:0:0:0:0:0:B'), '2001:db8::b')
+  t.equal(client('[2001:db8:0::b]:443'), '2001:db8::b')
+  t.equal(client('::FFFF:203.0.113.9'), '203.0.113.9')
+  t.equal(client('::ffff:cb00:7109, 0:0:0:0:0:ffff:10.0.0.1'), '203.0.113.9', 'and is trusted as itself')
 })

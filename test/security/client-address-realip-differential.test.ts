@@ -55,7 +55,7 @@ type Difference = keyof typeof DOCUMENTED_DIFFERENCES
 
 // ---- addresses ------------------------------------------------------------------------------------------
 
-/** the same address whatever its spelling: IPv6 compressed and lower-case, v4-mapped as its IPv4 address */
+/** the same address whatever its spelling: IPv6 as RFC 5952 (and nginx) write it, v4-mapped as its IPv4 address */
 function canonical(address: string): string {
   if (isIPv4(address)) return address
   if (!isIPv6(address) || address.includes('%')) return address
@@ -206,6 +206,10 @@ const V6 = [
   '::ffff:10.0.0.1',
   '::ffff:127.0.0.2',
   '2001:DB8::B',
+  '2001:db8:0:0:0:0:0:1',
+  '::FFFF:10.0.0.2',
+  '::ffff:a00:3',
+  '0:0:0:0:0:ffff:127.0.0.2',
 ]
 
 const cidr = fc
@@ -538,7 +542,8 @@ ${cidrs.map((c) => `    set_real_ip_from ${c};`).join('\n')}
           continue
         }
         const [remoteAddr, realipRemoteAddr] = fromNginx.body.split('|')
-        const a = { c, path, nginx: canonical(remoteAddr!), sidecar: canonical(audited.get(path)!) }
+        // nginx writes a v4-mapped address as such; the sidecar names it by its IPv4 address (documented)
+        const a = { c, path, nginx: canonical(remoteAddr!), sidecar: audited.get(path)! }
         answered.push(a)
         if (canonical(realipRemoteAddr!) !== canonical(c.peer))
           failures.push(`${path}: nginx saw peer ${realipRemoteAddr} ${describe()}`)
