@@ -467,6 +467,10 @@ const EXAMPLES: { lines: string[]; nginx: string; sidecar: string; difference?: 
   { lines: ['203.0.113.9, 10.0.0.1:0'], nginx: '127.0.0.2', sidecar: '127.0.0.2' },
   { lines: ['203.0.113.9, [::ffff:10.0.0.1]:65536'], nginx: '127.0.0.2', sidecar: '127.0.0.2' },
   { lines: ['203.0.113.9, unknown'], nginx: '127.0.0.2', sidecar: '127.0.0.2' },
+  // and both name an address one way, whatever its spelling (nginx's v4-mapped form is read as its IPv4 one)
+  { lines: ['2001:DB8:0:0::B'], nginx: '2001:db8::b', sidecar: '2001:db8::b' },
+  { lines: ['203.0.113.9, ::FFFF:a00:1'], nginx: '203.0.113.9', sidecar: '203.0.113.9' },
+  { lines: ['::ffff:203.0.113.9'], nginx: '203.0.113.9', sidecar: '203.0.113.9' },
 ]
 
 t.test(
