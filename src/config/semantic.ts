@@ -17,7 +17,7 @@ import {
   templateError,
 } from '../rules/pattern.ts'
 import { routeError } from '../rules/routes.ts'
-import { cidrError } from '../util/cidr.ts'
+import { cidrError, v4MappedPrefix } from '../util/cidr.ts'
 import type { Severity } from './diagnostics.ts'
 import { isCredentialHeader } from './redact.ts'
 import type { Config, MatchConfig } from './schema.ts'
@@ -495,19 +495,25 @@ function forwardedCertIssues(fc: Config['forwardedClientCert'], error: Report, w
 function broadRange(cidr: string): string | undefined {
   const [ip, bitsText] = cidr.split('/') as [string, string | undefined]
   if (bitsText === undefined) return undefined
-  let bits = Number(bitsText)
-  let v4 = isIPv4(ip)
-  // ::ffff:a.b.c.d/n is an IPv4 range written in IPv6
-  if (!v4 && /^::ffff:/i.test(ip) && bits >= 96) {
-    v4 = true
-    bits -= 96
-  }
-  if (v4) {
-    if (bits >= BROAD_TRUSTED_PROXY_PREFIX.ipv4) return undefined
-    return bits === 0 ? 'every IPv4 address' : `${(2 ** (32 - bits)).toLocaleString('en')} IPv4 addresses`
-  }
-  if (bits >= BROAD_TRUSTED_PROXY_PREFIX.ipv6) return undefined
-  return bits === 0 ? 'every IPv6 address' : `an IPv6 /${bits}`
+  const bits = Number(bitsText)
+  const v4 = (prefix: number) =>
+    prefix >= BROAD_TRUSTED_PROXY_PREFIX.ipv4
+      ? undefined
+      : prefix === 0
+        ? 'every IPv4 address'
+        : `${(2 ** (32 - prefix)).toLocaleString('en')} IPv4 addresses`
+  if (isIPv4(ip)) return v4(bits)
+  const v6 =
+    bits >= BROAD_TRUSTED_PROXY_PREFIX.ipv6
+      ? undefined
+      : bits === 0
+        ? 'every IPv6 address'
+        : `an IPv6 /${bits}`
+  // an IPv6 range holds the IPv4 addresses of its v4-mapped part, which are trusted as those addresses:
+  // ::ffff:10.0.0.0/104 is 10.0.0.0/8, and ::/80 is every IPv4 address
+  const mapped = v4MappedPrefix(ip, bits)
+  const asV4 = mapped === undefined ? undefined : v4(mapped)
+  return v6 !== undefined && asV4 !== undefined ? `${v6} and ${asV4}` : (v6 ?? asV4)
 }
 
 // Shadowing: `a` covers `b` when every request matching `b` also matches `a`. Conservative: only conditions

@@ -175,6 +175,17 @@ function v4MappedRange(groups: readonly number[], bits: number): [number, number
   return [first, first + span - 1]
 }
 
+/**
+ * The prefix length, as an IPv4 CIDR, of the IPv4 addresses an IPv6 CIDR holds (its part in ::ffff:0:0/96,
+ * however the entry is spelt: ::/80 holds every IPv4 address), or undefined when it holds none or is not read
+ * here.
+ */
+export function v4MappedPrefix(ip: string, bits: number): number | undefined {
+  const groups = ipv6Groups(ip)
+  if (groups === undefined || v4MappedRange(groups, bits) === undefined) return undefined
+  return Math.max(0, bits - 96)
+}
+
 /** an IPv6 address's groups, as has() reads it: one lookup at a time, so one array for all */
 const ADDRESS_GROUPS = new Uint16Array(8)
 

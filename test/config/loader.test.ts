@@ -129,7 +129,7 @@ t.test('trusted proxies need the header format they set, and broad ranges are fl
   )
   t.same(warningsOf('forwardedClientCert:\n  trustedProxies: [{ cidr: 10.0.3.17, format: alb }]\n'), [])
   const broad = warningsOf(
-    'forwardedClientCert:\n  format: xfcc\n  trustedProxies:\n    - 10.0.0.0/8\n    - 0.0.0.0/0\n    - "fd00::/8"\n    - "::ffff:10.0.0.0/104"\n    - { cidr: 172.16.0.0/12, format: nginx }\n',
+    'forwardedClientCert:\n  format: xfcc\n  trustedProxies:\n    - 10.0.0.0/8\n    - 0.0.0.0/0\n    - "fd00::/8"\n    - "::ffff:10.0.0.0/104"\n    - { cidr: 172.16.0.0/12, format: nginx }\n    - "::/80"\n    - "0:0:0:0:0:FFFF:0:0/96"\n    - "::/0"\n    - "::ffff:10.1.0.0/112"\n    - "2001:db8::/96"\n',
   )
   t.same(lines(broad), [
     'c.yaml:4:7 warning: trusted proxy range "10.0.0.0/8" covers 16,777,216 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
@@ -137,6 +137,10 @@ t.test('trusted proxies need the header format they set, and broad ranges are fl
     'c.yaml:6:7 warning: trusted proxy range "fd00::/8" covers an IPv6 /8: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
     'c.yaml:7:7 warning: trusted proxy range "::ffff:10.0.0.0/104" covers 16,777,216 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
     'c.yaml:8:15 warning: trusted proxy range "172.16.0.0/12" covers 1,048,576 IPv4 addresses: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    // an IPv6 range holding the v4-mapped part of IPv4, however it is spelt, trusts those IPv4 peers
+    'c.yaml:9:7 warning: trusted proxy range "::/80" covers every IPv4 address: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:10:7 warning: trusted proxy range "0:0:0:0:0:FFFF:0:0/96" covers every IPv4 address: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
+    'c.yaml:11:7 warning: trusted proxy range "::/0" covers every IPv6 address and every IPv4 address: every host in it can claim to be any client certificate (hint: list only the front proxy\'s own addresses (IPv4 /16 or longer, IPv6 /48 or longer))',
   ])
 })
 
