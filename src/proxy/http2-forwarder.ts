@@ -95,14 +95,38 @@ function grpcStatusOf(headers: H2Headers | undefined): number | undefined {
  * The upstream's response fields (or trailers) for the client: no pseudo-header, no hop-by-hop field. An h2
  * upstream may send one (`http2-settings`, `proxy-authenticate`): an HTTP/1.1 client must not get it, and
  * node:http2 throws on the connection-specific ones (RFC 9113 §8.2.2) when they are set on its response.
+ * A field the upstream sent in several lines goes on in those lines (`raw`, as node:http2 received them).
  */
-function responseHeaders(headers: H2Headers): OutgoingHttpHeaders {
+function responseHeaders(headers: H2Headers, raw: readonly string[] | undefined): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {}
+  let names = 0
   for (const name in headers) {
+    names++
     if (name.charCodeAt(0) === 58 || isHopByHop(name)) continue
     out[name] = headers[name]
   }
+  // as many lines as names: no name was repeated, and every value is as the upstream sent it
+  if (raw !== undefined && raw.length > names * 2) keepLines(out, raw)
   return out
+}
+
+/**
+ * Puts back the lines node:http2 joined into one value with ", " (gRPC sends a repeated metadata key so, one
+ * line per value). Joined, an empty last line leaves a value ending in a space (`b, `), which makes the field
+ * malformed (RFC 9113 §8.2.1): the client's HTTP/2 layer drops it whole, and the metadata never arrives. The
+ * names node:http2 keeps one line of (`content-type`…) are left as it kept them.
+ */
+function keepLines(out: OutgoingHttpHeaders, raw: readonly string[]): void {
+  const lines = new Map<string, string[]>()
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!
+    // pseudo-headers and hop-by-hop fields were left out; set-cookie is a list of its lines already
+    if (typeof out[name] !== 'string') continue
+    const list = lines.get(name)
+    if (list === undefined) lines.set(name, [raw[i + 1]!])
+    else list.push(raw[i + 1]!)
+  }
+  for (const [name, list] of lines) if (list.length > 1 && out[name] === list.join(', ')) out[name] = list
 }
 
 const EDGE_WHITESPACE = /^[ \t]+|[ \t]+$/g
@@ -243,6 +267,8 @@ export class Http2Forwarder {
       /** gRPC-Web: the status is in the response body's trailer frame */
       let grpcWeb: GrpcWebStatusReader | undefined
       let trailers: H2Headers | undefined
+      /** the trailers' field lines as received (responseHeaders) */
+      let rawTrailers: string[] | undefined
       let stream: ClientHttp2Stream
       /** the session `stream` is on */
       let current: ClientHttp2Session
@@ -409,7 +435,8 @@ export class Http2Forwarder {
           fail(this.established.has(session) ? 'reset' : 'connect', err)
         }
         s.on('error', lost)
-        s.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number) => {
+        // node:http2 passes the field lines as received too (missing from its type definitions)
+        s.on('response', (h: H2Headers & IncomingHttpStatusHeader, flags: number, raw?: string[]) => {
           if (settled || s !== stream) return
           status = Number(h[':status'])
           // answered: the stream was taken, and will not be sent again
@@ -427,7 +454,7 @@ export class Http2Forwarder {
               isGrpcWebType(h['content-type']),
             )
           if (req.headers.origin !== undefined) target.cors?.learnFromHeaders(req, h)
-          const headersOut = responseHeaders(h)
+          const headersOut = responseHeaders(h, raw)
           const h2Response = (res as unknown as { stream?: ServerHttp2Stream }).stream
           try {
             if (flags & constants.NGHTTP2_FLAG_END_STREAM && h2Response && grpcStatus !== undefined) {
@@ -477,8 +504,9 @@ export class Http2Forwarder {
             })
           }
         })
-        s.on('trailers', (t: H2Headers) => {
+        s.on('trailers', (t: H2Headers, _flags: number, raw?: string[]) => {
           trailers = t
+          rawTrailers = raw
           if (grpc) grpcStatus = grpcStatusOf(t) ?? grpcStatus
         })
         s.on('end', () => {
@@ -500,7 +528,7 @@ export class Http2Forwarder {
             return
           }
           responded = true
-          if (trailers) res.addTrailers(responseHeaders(trailers) as Record<string, string>)
+          if (trailers) res.addTrailers(responseHeaders(trailers, rawTrailers) as Record<string, string>)
           res.end()
           // recorded as the client reads it, not left out of the call counts (a 200 without one as a success)
           if (grpc && grpcStatus === undefined)

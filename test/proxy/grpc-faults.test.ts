@@ -207,3 +207,28 @@ t.test(
     }
   },
 )
+
+t.test(
+  'metadata sent in several lines reaches the client in those lines, an empty last one included',
+  async (t) => {
+    // gRPC metadata with a repeated key is one field line per value. node:http2 reads the lines as one value
+    // joined with ", ": passed on so, an empty last value left `b, ` (and `AQ==, `), whose trailing space makes
+    // the field malformed (RFC 9113 §8.2.1), and the client's HTTP/2 layer dropped the whole key
+    const up = await h2cUpstream(t, (stream) => {
+      stream.respond(
+        { ':status': 200, 'content-type': 'application/grpc', 'x-reply': ['', 'b', ''] },
+        { waitForTrailers: true },
+      )
+      stream.once('wantTrailers', () =>
+        stream.sendTrailers({ 'grpc-status': '0', 'x-trace-bin': ['AQ==', ''], 'x-tag': ['one', 'two'] }),
+      )
+      stream.end(EMPTY_MESSAGE)
+    })
+    const sidecar = await startBin(t, { upstream: up.url })
+    const r = await grpcCall(t, sidecar.proxyUrl, '/demo.v1.Echo/Unary')
+    t.equal(grpcStatus(r), '0')
+    t.equal(r.headers['x-reply'], ', b, ', 'the response metadata, its three lines as the client joins them')
+    t.equal(r.trailers?.['x-trace-bin'], 'AQ==, ', 'the trailing metadata with its empty last value')
+    t.equal(r.trailers?.['x-tag'], 'one, two', 'and without one')
+  },
+)
