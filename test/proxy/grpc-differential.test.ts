@@ -1,0 +1,688 @@
+// gRPC through the built sidecar against the same calls made directly, on generated calls: what a real
+// @grpc/grpc-js client observes of each call (its status code and details, its response metadata and trailing
+// metadata, every message byte for byte and in order, and for a call past its deadline or cancelled, the
+// outcome's code) is the same through nhi-proxy, over h2c and (a subset) over TLS h2, as without it. Each call
+// is drawn from a grammar: one of the four call kinds, 0..4 messages each way of 0 B to about 1 MiB, response
+// metadata (ASCII values, `-bin` values of any bytes, repeated keys, large values), status OK or any other code
+// with details (non-ASCII ones among them, which gRPC percent-encodes in grpc-message) and trailing metadata,
+// an error after some messages, a server that holds the call past the client's deadline or until the client
+// cancels, request metadata of the same kinds, and request messages gzip-compressed. One grpc-js server (h2c)
+// behaves as the call's `x-case` metadata says, and records what it got: the request messages (compared with
+// what the client sent), the request metadata (compared with what it read of the direct call, less the keys
+// the proxy adds, see PROXY_REQUEST_KEYS) and the client's cancel. The audit trail (docs/reference.md "Audit
+// events", "HTTP/2 and gRPC") must then hold one line per proxied call with the gRPC status its client saw,
+// its HTTP status and message bytes, the identity its credential (a JWT from a JWKS served here, or an api key,
+// sent as metadata) was attributed to, and never the credential itself.
+//
+// Not compared: `date` (each answer's own time). The proxy adds no response metadata of its own (its headers
+// go to the upstream, docs "Headers"), so no other key is left out. grpc-js servers never compress their
+// responses (their `grpc-encoding` is always `identity`), so only request messages are compressed here.
+import { createHash } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import * as grpc from '@grpc/grpc-js'
+import fc from 'fast-check'
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { createServerPki } from '../helpers/pki.ts'
+import { PROPERTY_SEED } from '../helpers/property.ts'
+import { rng } from '../helpers/rng.ts'
+import { scratchDir } from '../helpers/scratch.ts'
+import { startTestSidecar } from '../helpers/sidecar.ts'
+
+t.setTimeout(120_000)
+
+/** calls per seed, each made directly and through the proxy (and a share of them over TLS as well) */
+const CASES = 64
+/** calls in flight at once */
+const CONCURRENCY = 4
+/** the deadline of a call the server holds past it */
+const LATE_DEADLINE_MS = 400
+/** the deadline every other call may carry: far enough never to be reached */
+const FAR_DEADLINE_MS = 30_000
+const ISSUER = 'https://idp.grpc-differential.example'
+const API_KEY = 'diff-api-key-5e1c7a0b9d2f'
+
+// ---- the service: bytes in, bytes out ---------------------------------------------------------------------
+
+const same = (b: Buffer) => b
+type Kind = 'Unary' | 'ServerStream' | 'ClientStream' | 'Bidi'
+const KINDS: Kind[] = ['Unary', 'ServerStream', 'ClientStream', 'Bidi']
+const path = (kind: Kind) => `/diff.v1.Diff/${kind}`
+const method = (kind: Kind) => ({
+  path: path(kind),
+  requestStream: kind === 'ClientStream' || kind === 'Bidi',
+  responseStream: kind === 'ServerStream' || kind === 'Bidi',
+  requestSerialize: same,
+  requestDeserialize: same,
+  responseSerialize: same,
+  responseDeserialize: same,
+})
+const SERVICE = Object.fromEntries(KINDS.map((k) => [k, method(k)])) as grpc.ServiceDefinition
+
+// ---- the grammar ------------------------------------------------------------------------------------------
+
+const weighted = <T>(...choices: [T, number][]) =>
+  fc.oneof(...choices.map(([value, weight]) => ({ arbitrary: fc.constant(value), weight })))
+
+const MESSAGE_SIZES = fc.oneof(
+  { arbitrary: fc.constant(0), weight: 2 },
+  { arbitrary: fc.integer({ min: 1, max: 300 }), weight: 4 },
+  { arbitrary: fc.integer({ min: 15 * 1024, max: 17 * 1024 }), weight: 2 },
+  { arbitrary: fc.integer({ min: 64 * 1024, max: 80 * 1024 }), weight: 1 },
+)
+/** one message of about 1 MiB in a few calls: more would make a seed slow, not the check stronger */
+const HUGE = 1024 * 1024 + 7
+
+const ASCII = [...' abcdefghijXYZ0123456789-_.:;/=+*()[]{}?!@#$%&~"\'`^|<>']
+const asciiValue = fc
+  .oneof(
+    { arbitrary: fc.string({ unit: fc.constantFrom(...ASCII), maxLength: 24 }), weight: 6 },
+    { arbitrary: fc.constant(''), weight: 1 },
+    // a large value, within what HTTP/2 header lists carry by default
+    { arbitrary: fc.integer({ min: 1000, max: 3000 }).map((n) => 'v'.repeat(n)), weight: 1 },
+  )
+  // HTTP/2 field values carry no whitespace at either end (RFC 9113 §8.2.1); grpc-js trims none
+  .map((v) => v.trim())
+const binaryValue = fc.uint8Array({ maxLength: 40 }).map((a) => Buffer.from(a).toString('base64'))
+const ASCII_KEYS = ['x-a', 'x-b', 'x-long-metadata-name-for-the-differential']
+const BINARY_KEYS = ['x-trace-bin', 'x-blob-bin']
+/** [key, values]: a key with two or three values is sent as repeated entries */
+const metadata = fc.uniqueArray(
+  fc.oneof(
+    fc.tuple(fc.constantFrom(...ASCII_KEYS), fc.array(asciiValue, { minLength: 1, maxLength: 3 })),
+    fc.tuple(fc.constantFrom(...BINARY_KEYS), fc.array(binaryValue, { minLength: 1, maxLength: 3 })),
+  ),
+  { maxLength: 4, selector: ([key]) => key },
+)
+
+const DETAILS = [
+  'plain details',
+  'café ✓ — non-ASCII details',
+  '100% sure: percent signs %41 and %',
+  'line one\nline two\ttabbed',
+  '',
+  '日本語のエラー',
+  '  spaces at both ends  ',
+]
+
+const callCase = fc
+  .record({
+    kind: fc.constantFrom(...KINDS),
+    requests: fc.array(MESSAGE_SIZES, { minLength: 0, maxLength: 4 }),
+    responses: fc.array(MESSAGE_SIZES, { minLength: 0, maxLength: 4 }),
+    huge: weighted([false, 12], [true, 1]),
+    /** the client's own metadata, besides its credential */
+    requestMetadata: metadata,
+    headers: weighted<'none' | 'some'>(['none', 1], ['some', 2]).chain((h) =>
+      h === 'none' ? fc.constant(null) : metadata,
+    ),
+    trailers: metadata,
+    code: weighted(['ok', 3], ['error', 2]).chain((c) =>
+      c === 'ok' ? fc.constant(0) : fc.integer({ min: 1, max: 16 }),
+    ),
+    details: fc.constantFrom(...DETAILS),
+    /** prompt: answered at once; late: held past the client's deadline; cancel: held until the client cancels */
+    timing: weighted<'prompt' | 'late' | 'cancel'>(['prompt', 8], ['late', 1], ['cancel', 1]),
+    deadline: fc.boolean(),
+    compress: weighted([false, 3], [true, 1]),
+    credential: weighted<'jwt' | 'apikey' | 'none'>(['jwt', 2], ['apikey', 2], ['none', 1]),
+    tls: weighted([false, 2], [true, 1]),
+    seed: fc.integer({ min: 1, max: 0x7fffffff }),
+  })
+  .map((c) => {
+    const unaryIn = c.kind === 'Unary' || c.kind === 'ServerStream'
+    const unaryOut = c.kind === 'Unary' || c.kind === 'ClientStream'
+    // a unary answer is one message with OK, none with an error status
+    const responses = unaryOut ? (c.code === 0 ? [c.responses[0] ?? 0] : []) : c.responses
+    const requests = unaryIn ? [c.requests[0] ?? 0] : c.requests
+    if (c.huge) (responses.length > 0 ? responses : requests).splice(0, 1, HUGE)
+    return { ...c, requests, responses }
+  })
+type CallCase = typeof callCase extends fc.Arbitrary<infer T> ? T : never
+
+function messageBytes(length: number, seed: number): Buffer {
+  const next = rng(seed)
+  const out = Buffer.allocUnsafe(length)
+  for (let i = 0; i < length; i++) out[i] = (next() * 256) | 0
+  return out
+}
+
+interface Prepared {
+  c: CallCase
+  requests: Buffer[]
+  responses: Buffer[]
+  /** sha256 of the request messages as the server must receive them */
+  requestDigest: string
+}
+
+function digest(messages: readonly Buffer[]): string {
+  const h = createHash('sha256')
+  for (const m of messages) h.update(`${m.length}:`).update(m)
+  return h.digest('hex')
+}
+
+function toMetadata(entries: [string, string[]][] | null): grpc.Metadata {
+  const md = new grpc.Metadata()
+  for (const [key, values] of entries ?? [])
+    for (const v of values) md.add(key, key.endsWith('-bin') ? Buffer.from(v, 'base64') : v)
+  return md
+}
+
+// ---- the server -------------------------------------------------------------------------------------------
+
+interface ServerCall {
+  metadata: grpc.Metadata
+  on(event: 'cancelled', listener: () => void): unknown
+}
+
+/** what the server got of each call, by its x-request-id */
+interface Received {
+  requestDigest?: string
+  cancelled: boolean
+  /** the request metadata as the server read it */
+  metadata: Record<string, string[]>
+}
+
+function startServer(cases: Prepared[]) {
+  const received = new Map<string, Received>()
+  const server = new grpc.Server()
+  const begin = (call: ServerCall) => {
+    const p = cases[Number(call.metadata.get('x-case')[0])]!
+    const id = String(call.metadata.get('x-request-id')[0])
+    const r: Received = { cancelled: false, metadata: readable(call.metadata) }
+    received.set(id, r)
+    call.on('cancelled', () => {
+      r.cancelled = true
+    })
+    return { p, r }
+  }
+  const status = (p: Prepared): grpc.ServerErrorResponse =>
+    Object.assign(new Error(p.c.details), {
+      code: p.c.code,
+      details: p.c.details,
+      metadata: toMetadata(p.c.trailers),
+    })
+  /** a call held is never answered: it ends at its deadline or when its client cancels */
+  const held = (p: Prepared) => p.c.timing !== 'prompt'
+  const collect = (
+    call: ServerCall & {
+      on(e: 'data', l: (b: Buffer) => void): unknown
+      on(e: 'end', l: () => void): unknown
+    },
+    r: Received,
+    done: () => void,
+  ) => {
+    const got: Buffer[] = []
+    call.on('data', (b: Buffer) => got.push(b))
+    call.on('end', () => {
+      r.requestDigest = digest(got)
+      done()
+    })
+  }
+  const streamOut = (
+    call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>,
+    p: Prepared,
+  ) => {
+    if (p.c.headers) call.sendMetadata(toMetadata(p.c.headers))
+    for (const m of p.responses) call.write(m)
+  }
+  const endStream = (
+    call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>,
+    p: Prepared,
+  ) => {
+    if (held(p)) return
+    if (p.c.code === 0) call.end(toMetadata(p.c.trailers))
+    // the status after the messages: grpc-js ends a stream on its 'error' with that status
+    else call.emit('error', status(p))
+  }
+  server.addService(SERVICE, {
+    Unary(call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
+      const { p, r } = begin(call)
+      r.requestDigest = digest([call.request])
+      if (p.c.headers) call.sendMetadata(toMetadata(p.c.headers))
+      if (held(p)) return
+      if (p.c.code === 0) cb(null, p.responses[0]!, toMetadata(p.c.trailers))
+      else cb(status(p))
+    },
+    ServerStream(call: grpc.ServerWritableStream<Buffer, Buffer>) {
+      const { p, r } = begin(call)
+      r.requestDigest = digest([call.request])
+      streamOut(call, p)
+      endStream(call, p)
+    },
+    ClientStream(call: grpc.ServerReadableStream<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
+      const { p, r } = begin(call)
+      if (p.c.headers) call.sendMetadata(toMetadata(p.c.headers))
+      collect(call, r, () => {
+        if (held(p)) return
+        if (p.c.code === 0) cb(null, p.responses[0]!, toMetadata(p.c.trailers))
+        else cb(status(p))
+      })
+    },
+    Bidi(call: grpc.ServerDuplexStream<Buffer, Buffer>) {
+      const { p, r } = begin(call)
+      // answers go out while the client is still sending (full duplex); the status once it has sent all
+      collect(call, r, () => endStream(call, p))
+      streamOut(call, p)
+    },
+  })
+  const port = new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  )
+  return {
+    port,
+    received,
+    close: () =>
+      new Promise<void>((r) => server.tryShutdown(() => r())).finally(() => server.forceShutdown()),
+  }
+}
+
+// ---- the client -------------------------------------------------------------------------------------------
+
+/** what a client observed of one call */
+interface Observed {
+  code: number
+  details: string
+  /** the response metadata, undefined when none came */
+  headers: Record<string, string[]> | undefined
+  trailers: Record<string, string[]>
+  messages: Buffer[]
+}
+
+/** metadata as compared: key → values (a `-bin` value as base64), without `date` */
+function readable(md: grpc.Metadata): Record<string, string[]> {
+  const out: Record<string, string[]> = {}
+  const map = md.toJSON()
+  for (const key of Object.keys(map).sort()) {
+    if (key === 'date') continue
+    out[key] = map[key]!.map((v) => (typeof v === 'string' ? v : v.toString('base64')))
+  }
+  return out
+}
+
+type AnyCall =
+  | grpc.ClientUnaryCall
+  | grpc.ClientReadableStream<Buffer>
+  | grpc.ClientWritableStream<Buffer>
+  | grpc.ClientDuplexStream<Buffer, Buffer>
+
+/**
+ * Makes the case's call on `client` and resolves with what the client observed once the call has its status.
+ * `seen`: whether the server has the call (a cancel waits for it, so that every cancelled call reached the
+ * server and, through the proxy, was forwarded and is audited).
+ */
+function makeCall(
+  client: grpc.Client,
+  p: Prepared,
+  i: number,
+  requestId: string,
+  credential: grpc.Metadata,
+  seen: () => boolean,
+): Promise<Observed> {
+  const { c } = p
+  const md = toMetadata(c.requestMetadata)
+  md.merge(credential)
+  md.set('x-case', String(i))
+  md.set('x-request-id', requestId)
+  const options: grpc.CallOptions = {}
+  if (c.timing === 'late') options.deadline = Date.now() + LATE_DEADLINE_MS
+  else if (c.deadline) options.deadline = Date.now() + FAR_DEADLINE_MS
+  return new Promise<Observed>((resolve) => {
+    let headers: Record<string, string[]> | undefined
+    const messages: Buffer[] = []
+    let status: grpc.StatusObject | undefined
+    let callbackDone = false
+    const unaryOut = c.kind === 'Unary' || c.kind === 'ClientStream'
+    const finish = () => {
+      if (status === undefined || (unaryOut && !callbackDone)) return
+      resolve({
+        code: status.code,
+        details: status.details,
+        headers,
+        trailers: readable(status.metadata),
+        messages,
+      })
+    }
+    const callback = (_err: grpc.ServiceError | null, res?: Buffer) => {
+      if (res !== undefined) messages.push(res)
+      callbackDone = true
+      finish()
+    }
+    let call: AnyCall
+    if (c.kind === 'Unary')
+      call = client.makeUnaryRequest(path(c.kind), same, same, p.requests[0]!, md, options, callback)
+    else if (c.kind === 'ServerStream')
+      call = client.makeServerStreamRequest(path(c.kind), same, same, p.requests[0]!, md, options)
+    else if (c.kind === 'ClientStream')
+      call = client.makeClientStreamRequest(path(c.kind), same, same, md, options, callback)
+    else call = client.makeBidiStreamRequest(path(c.kind), same, same, md, options)
+    call.on('metadata', (m: grpc.Metadata) => {
+      headers = readable(m)
+    })
+    call.on('status', (s: grpc.StatusObject) => {
+      status = s
+      finish()
+    })
+    if (!unaryOut) {
+      const readable = call as grpc.ClientReadableStream<Buffer>
+      readable.on('data', (m: Buffer) => messages.push(m))
+      readable.on('error', () => {})
+    }
+    if (c.kind === 'ClientStream' || c.kind === 'Bidi') {
+      const w = call as grpc.ClientWritableStream<Buffer>
+      for (const m of p.requests) w.write(m)
+      w.end()
+    }
+    if (c.timing === 'cancel') {
+      // cancelled once the server has the call and the client has what the server sent before holding it
+      void eventually(
+        () =>
+          seen() &&
+          messages.length === (unaryOut ? 0 : p.responses.length) &&
+          (c.headers === null || headers !== undefined),
+        { timeoutMs: 20_000, what: `case ${i} ready to cancel` },
+      ).then(
+        () => call.cancel(),
+        () => call.cancel(),
+      )
+    }
+  })
+}
+
+/** runs `work` over 0..n-1 with at most `width` in flight */
+async function inParallel(n: number, width: number, work: (i: number) => Promise<void>): Promise<void> {
+  let next = 0
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < n) await work(next++)
+    }),
+  )
+}
+
+/**
+ * What the proxy adds to a call's request metadata (docs/reference.md "Headers"), and what it rightly sends
+ * otherwise: the request id is each leg's own, and `grpc-timeout` is what is left of the deadline at the
+ * forward ("HTTP/2 and gRPC").
+ */
+const PROXY_REQUEST_KEYS = new Set([
+  'x-nhi-identity',
+  'x-nhi-kind',
+  'x-nhi-source',
+  'x-nhi-verified',
+  'traceparent',
+  'tracestate',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-request-id',
+  'grpc-timeout',
+])
+
+/**
+ * undefined when the server read the same request metadata through the proxy as directly. A deliberate
+ * difference (docs/reference.md "Headers"): a field the client sent in several lines reaches the upstream as
+ * one value, its lines joined with `, ` (which a grpc-js server reads as it reads the lines: node:http2 joins
+ * them alike), without whitespace at either end, which HTTP/2 does not carry (RFC 9113 §8.2.1): an ASCII key
+ * whose last value was empty reaches it as `b,` where the lines read `b, `. A `-bin` key is read by splitting
+ * at the commas and trimming, so its values are the same either way.
+ */
+function judgeRequest(
+  p: Prepared,
+  direct: Received | undefined,
+  via: Received | undefined,
+): string | undefined {
+  if (direct === undefined || via === undefined)
+    return `the server saw the call ${direct ? 'directly only' : 'through the proxy only'}`
+  const joined = new Set(
+    p.c.requestMetadata
+      .filter(([key, values]) => !key.endsWith('-bin') && values.length > 1)
+      .map(([key]) => key),
+  )
+  const view = (m: Record<string, string[]>, proxied: boolean) =>
+    JSON.stringify(
+      Object.entries(m)
+        .filter(([key]) => !PROXY_REQUEST_KEYS.has(key))
+        .map(([key, values]) => [key, proxied || !joined.has(key) ? values : values.map((v) => v.trim())]),
+    )
+  const [d, v] = [view(direct.metadata, false), view(via.metadata, true)]
+  return d === v ? undefined : `request metadata ${v}, directly ${d}`
+}
+
+/** undefined when `via` observed what `direct` did, else what differs */
+function judge(p: Prepared, direct: Observed, via: Observed): string | undefined {
+  const { c } = p
+  if (via.code !== direct.code)
+    return `code ${via.code} (${via.details}), directly ${direct.code} (${direct.details})`
+  if (c.timing === 'late') {
+    // what the server sent before holding the call arrives before the deadline or not, on either path alike:
+    // only that nothing else arrived, and in order
+    const expected = p.responses
+    if (via.messages.some((m, k) => expected[k] === undefined || !m.equals(expected[k]!)))
+      return `messages not a prefix of the ${expected.length} sent`
+    return undefined
+  }
+  if (c.timing === 'cancel') return undefined
+  if (via.details !== direct.details)
+    return `details ${JSON.stringify(via.details)}, directly ${JSON.stringify(direct.details)}`
+  const h = JSON.stringify(via.headers)
+  const dh = JSON.stringify(direct.headers)
+  if (h !== dh) return `response metadata ${h}, directly ${dh}`
+  const tr = JSON.stringify(via.trailers)
+  const dtr = JSON.stringify(direct.trailers)
+  if (tr !== dtr) return `trailing metadata ${tr}, directly ${dtr}`
+  if (via.messages.length !== direct.messages.length)
+    return `${via.messages.length} messages, directly ${direct.messages.length}`
+  for (let k = 0; k < via.messages.length; k++)
+    if (!via.messages[k]!.equals(direct.messages[k]!))
+      return `message ${k}: ${via.messages[k]!.length} bytes differ from the ${direct.messages[k]!.length} received directly`
+  return undefined
+}
+
+// ---- the run ----------------------------------------------------------------------------------------------
+
+t.test('gRPC calls through the proxy observe what the same calls observe directly', async (t) => {
+  const started = Date.now()
+  const cases: Prepared[] = fc.sample(callCase, { numRuns: CASES, seed: PROPERTY_SEED }).map((c) => {
+    const next = rng(c.seed)
+    const requests = c.requests.map((n) => messageBytes(n, (next() * 0x7fffffff) | 0))
+    const responses = c.responses.map((n) => messageBytes(n, (next() * 0x7fffffff) | 0))
+    return { c, requests, responses, requestDigest: digest(requests) }
+  })
+
+  const server = startServer(cases)
+  const port = await server.port
+  t.teardown(() => server.close())
+  const key = await createSigningKey('k1')
+  const jwks = await startJwksServer([key])
+  t.teardown(() => jwks.close())
+  const { ca, server: serverCert } = await createServerPki()
+  const auditFile = join(await scratchDir('grpc-differential'), 'audit.log')
+  const sidecar = await startTestSidecar(t, {
+    service: 'diff',
+    upstream: `h2c://127.0.0.1:${port}`,
+    listen: {
+      http: '127.0.0.1:0',
+      https: { address: '127.0.0.1:0', cert: serverCert.certFile, key: serverCert.keyFile },
+    },
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['diff'] }] },
+    identities: [
+      {
+        name: 'svc/{client}',
+        kind: 'service',
+        match: { jwt: { issuer: ISSUER, claims: { azp: '{client}' } } },
+      },
+    ],
+    apiKeys: {
+      keys: [
+        { name: 'ci-runner', kind: 'service', sha256: createHash('sha256').update(API_KEY).digest('hex') },
+      ],
+    },
+    audit: { output: auditFile },
+  })
+  const token = await mintToken(key, { azp: 'billing' }, { issuer: ISSUER, audience: 'diff' })
+  const credentials = {
+    jwt: toMetadata([['authorization', [`Bearer ${token}`]]]),
+    apikey: toMetadata([['x-api-key', [API_KEY]]]),
+    none: new grpc.Metadata(),
+  }
+
+  const GZIP = { 'grpc.default_compression_algorithm': 2 }
+  const plain = grpc.credentials.createInsecure()
+  const tls = grpc.credentials.createSsl(Buffer.from(ca.certPem))
+  const legs = {
+    direct: `127.0.0.1:${port}`,
+    h2c: `127.0.0.1:${sidecar.proxyAddress.port}`,
+    tls: `localhost:${sidecar.httpsAddress!.port}`,
+  }
+  const clients = new Map<string, grpc.Client>()
+  const clientFor = (leg: keyof typeof legs, compress: boolean) => {
+    const name = `${leg}/${compress}`
+    let client = clients.get(name)
+    if (client === undefined) {
+      client = new grpc.Client(legs[leg], leg === 'tls' ? tls : plain, compress ? GZIP : {})
+      clients.set(name, client)
+    }
+    return client
+  }
+  t.teardown(() => {
+    for (const client of clients.values()) client.close()
+  })
+
+  const disagreements: { case: number; leg: string; what: string; c: CallCase }[] = []
+  /** the proxied calls, by request id: what their client saw */
+  const proxied = new Map<string, { p: Prepared; observed: Observed }>()
+  await inParallel(cases.length, CONCURRENCY, async (i) => {
+    const p = cases[i]!
+    const credential = credentials[p.c.credential]
+    const run = (leg: keyof typeof legs) => {
+      const id = `diff-${PROPERTY_SEED}-${i}-${leg}`
+      return makeCall(clientFor(leg, p.c.compress), p, i, id, credential, () => server.received.has(id)).then(
+        (observed) => ({ id, observed }),
+      )
+    }
+    const direct = await run('direct')
+    for (const leg of p.c.tls ? (['h2c', 'tls'] as const) : (['h2c'] as const)) {
+      const via = await run(leg)
+      proxied.set(via.id, { p, observed: via.observed })
+      const what =
+        judge(p, direct.observed, via.observed) ??
+        judgeRequest(p, server.received.get(direct.id), server.received.get(via.id)) ??
+        (p.c.timing === 'prompt' && server.received.get(via.id)?.requestDigest !== p.requestDigest
+          ? 'the server received other request messages than the client sent'
+          : undefined)
+      if (what !== undefined) disagreements.push({ case: i, leg, what, c: p.c })
+    }
+    // a client's cancel reaches the server through the proxy as it does directly (RST_STREAM CANCEL)
+    if (p.c.timing === 'cancel')
+      for (const leg of p.c.tls ? ['direct', 'h2c', 'tls'] : ['direct', 'h2c']) {
+        const id = `diff-${PROPERTY_SEED}-${i}-${leg}`
+        await eventually(() => server.received.get(id)?.cancelled, {
+          what: `${id} cancelled at the server`,
+        }).catch(() =>
+          disagreements.push({ case: i, leg, what: 'the server never saw the call cancelled', c: p.c }),
+        )
+      }
+    if (p.c.timing === 'prompt' && server.received.get(direct.id)?.requestDigest !== p.requestDigest)
+      disagreements.push({
+        case: i,
+        leg: 'direct',
+        what: 'the server received other request messages',
+        c: p.c,
+      })
+  })
+  t.same(
+    // long metadata values cut short: the case's seed reproduces them whole
+    disagreements
+      .slice(0, 50)
+      .map((d) => ({ ...d, what: d.what.replace(/v{40,}/g, (v) => `v×${v.length}`) })),
+    [],
+    `no disagreement (of ${disagreements.length})`,
+  )
+
+  // the audit trail: one line per proxied call, with the status its client saw and its identity
+  const lines = await eventually(
+    async () => {
+      const text = await readFile(auditFile, 'utf8').catch(() => '')
+      const all = text
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      return all.length >= proxied.size ? { text, all } : undefined
+    },
+    { what: 'every proxied call audited', timeoutMs: 20_000 },
+  )
+  t.equal(lines.all.length, proxied.size, 'one audit line per proxied call, and no other')
+  const byId = new Map<string, Record<string, unknown>[]>()
+  for (const l of lines.all)
+    byId.set(String(l['request_id']), [...(byId.get(String(l['request_id'])) ?? []), l])
+  const auditDisagreements: string[] = []
+  for (const [id, { p, observed }] of proxied) {
+    const found = byId.get(id) ?? []
+    if (found.length !== 1) {
+      auditDisagreements.push(`${id}: ${found.length} lines`)
+      continue
+    }
+    const l = found[0]!
+    const expected =
+      p.c.timing === 'cancel'
+        ? // docs "HTTP/2 and gRPC": client cancelled (recorded only), 1 CANCELLED
+          [1]
+        : p.c.timing === 'late'
+          ? // the proxy's timer, the upstream's own DEADLINE_EXCEEDED or the client's cancel at its deadline
+            // end the call, whichever is first: recorded 4; a client timer that fired before the proxy's last
+            // tenth of the deadline (the call's transit to the proxy counts on the client's clock only) is its
+            // cancel, recorded 1 (grpc-e2e.test.ts allows the same)
+            [4, 1]
+          : [observed.code]
+    if (!expected.includes(Number(l['grpc_status'])))
+      auditDisagreements.push(`${id}: grpc_status ${l['grpc_status']}, the client saw ${observed.code}`)
+    if (l['path'] !== path(p.c.kind)) auditDisagreements.push(`${id}: path ${l['path']}`)
+    if (l['upstream_error'] !== undefined)
+      auditDisagreements.push(`${id}: upstream_error ${l['upstream_error']}`)
+    // docs "Audit events": a gRPC call's status is 200 once its answer started; 499 when none reached the
+    // client, which a call held without an answer, then cancelled by its client, is
+    const answered = observed.headers !== undefined
+    const statuses =
+      p.c.timing === 'prompt' || answered ? [200] : p.c.timing === 'cancel' ? [499] : [200, 499]
+    if (!statuses.includes(Number(l['status']))) auditDisagreements.push(`${id}: status ${l['status']}`)
+    if (p.c.timing === 'prompt') {
+      // the bytes of the messages as framed (a 5-byte prefix each); grpc-js servers never compress theirs
+      const framed = (messages: readonly Buffer[]) => messages.reduce((n, m) => n + 5 + m.length, 0)
+      if (l['bytes_out'] !== framed(observed.messages))
+        auditDisagreements.push(
+          `${id}: bytes_out ${l['bytes_out']}, the client got ${framed(observed.messages)}`,
+        )
+      if (!p.c.compress && l['bytes_in'] !== framed(p.requests))
+        auditDisagreements.push(`${id}: bytes_in ${l['bytes_in']}, the client sent ${framed(p.requests)}`)
+    }
+    const identity =
+      p.c.credential === 'jwt'
+        ? ['svc/billing', 'jwt', true]
+        : p.c.credential === 'apikey'
+          ? ['ci-runner', 'apikey', true]
+          : [l['identity'], 'useragent', false]
+    const got = [l['identity'], l['source'], l['verified']]
+    if (JSON.stringify(got) !== JSON.stringify(identity))
+      auditDisagreements.push(`${id}: identity ${JSON.stringify(got)}, expected ${JSON.stringify(identity)}`)
+  }
+  t.same(
+    auditDisagreements.slice(0, 8),
+    [],
+    `the audit agrees with every client (of ${auditDisagreements.length})`,
+  )
+  t.notOk(lines.text.includes(API_KEY), 'no api key in the audit trail')
+  t.notOk(lines.text.includes(token.split('.')[2]!), "no token's signature in the audit trail")
+  t.notOk(lines.text.includes(token.split('.')[1]!), "no token's claims in the audit trail")
+
+  const n = (f: (c: CallCase) => boolean) => cases.filter((p) => f(p.c)).length
+  t.comment(
+    `${CASES} calls (seed ${PROPERTY_SEED}), ${proxied.size} proxied, in ${Date.now() - started} ms: ` +
+      KINDS.map((k) => `${n((c) => c.kind === k)} ${k}`).join(', ') +
+      `; ${n((c) => c.code !== 0)} non-OK; ${n((c) => c.timing === 'late')} late; ${n((c) => c.timing === 'cancel')} cancelled; ` +
+      `${n((c) => c.compress)} compressed; ${n((c) => c.huge)} with a 1 MiB message; ${n((c) => c.tls)} over TLS too`,
+  )
+})
