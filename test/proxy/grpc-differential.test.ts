@@ -97,6 +97,18 @@ const metadata = fc.uniqueArray(
   { maxLength: 4, selector: ([key]) => key },
 )
 
+/**
+ * The client's own metadata, within what the proxy takes of a request's header list (`limits.maxHeaderBytes`,
+ * 16 KiB by default, each field counted with 32 octets more: RFC 9113 §6.5.2), with room left for the
+ * credential and grpc-js's own fields. A larger list is refused by the proxy's HTTP/2 layer and not by a
+ * grpc-js server, which takes more: a documented limit, not a difference to look for here.
+ */
+const requestMetadata = metadata.filter(
+  (entries) =>
+    entries.reduce((n, [key, values]) => n + values.reduce((m, v) => m + key.length + v.length + 32, 0), 0) <=
+    8192,
+)
+
 const DETAILS = [
   'plain details',
   'café ✓ — non-ASCII details',
@@ -114,7 +126,7 @@ const callCase = fc
     responses: fc.array(MESSAGE_SIZES, { minLength: 0, maxLength: 4 }),
     huge: weighted([false, 12], [true, 1]),
     /** the client's own metadata, besides its credential */
-    requestMetadata: metadata,
+    requestMetadata,
     headers: weighted<'none' | 'some'>(['none', 1], ['some', 2]).chain((h) =>
       h === 'none' ? fc.constant(null) : metadata,
     ),
