@@ -5,9 +5,10 @@
 // is drawn from a grammar: one of the four call kinds, 0..4 messages each way of 0 B to about 1 MiB, response
 // metadata (ASCII values, `-bin` values of any bytes, repeated keys, large values), status OK or any other code
 // with details (non-ASCII ones among them, which gRPC percent-encodes in grpc-message) and trailing metadata,
-// an error after some messages, a server that holds the call past the client's deadline or until the client
-// cancels, request metadata of the same kinds, and request messages gzip-compressed. One grpc-js server (h2c)
-// behaves as the call's `x-case` metadata says, and records what it got: the request messages (compared with
+// an error after some messages, a client-streaming call answered before the server read the client's
+// messages, a server that holds the call past the client's deadline or until the client cancels, request
+// metadata of the same kinds, and request messages gzip-compressed. One grpc-js server (h2c) behaves as the
+// call's `x-case` metadata says, and records what it got: the request messages (compared with
 // what the client sent), the request metadata (compared with what it read of the direct call, less the keys
 // the proxy adds, see PROXY_REQUEST_KEYS) and the client's cancel. The audit trail (docs/reference.md "Audit
 // events", "HTTP/2 and gRPC") must then hold one line per proxied call with the gRPC status its client saw,
@@ -137,6 +138,8 @@ const callCase = fc
     details: fc.constantFrom(...DETAILS),
     /** prompt: answered at once; late: held past the client's deadline; cancel: held until the client cancels */
     timing: weighted<'prompt' | 'late' | 'cancel'>(['prompt', 8], ['late', 1], ['cancel', 1]),
+    /** a client-streaming call answered with its status before the server read the client's messages */
+    early: weighted([false, 4], [true, 1]),
     deadline: fc.boolean(),
     compress: weighted([false, 3], [true, 1]),
     credential: weighted<'jwt' | 'apikey' | 'none'>(['jwt', 2], ['apikey', 2], ['none', 1]),
@@ -150,7 +153,8 @@ const callCase = fc
     const responses = unaryOut ? (c.code === 0 ? [c.responses[0] ?? 0] : []) : c.responses
     const requests = unaryIn ? [c.requests[0] ?? 0] : c.requests
     if (c.huge) (responses.length > 0 ? responses : requests).splice(0, 1, HUGE)
-    return { ...c, requests, responses }
+    const early = c.early && !unaryIn && c.timing === 'prompt'
+    return { ...c, requests, responses, early }
   })
 type CallCase = typeof callCase extends fc.Arbitrary<infer T> ? T : never
 
@@ -267,17 +271,20 @@ function startServer(cases: Prepared[]) {
     ClientStream(call: grpc.ServerReadableStream<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
       const { p, r } = begin(call)
       if (p.c.headers) call.sendMetadata(toMetadata(p.c.headers))
-      collect(call, r, () => {
+      const answer = () => {
         if (held(p)) return
         if (p.c.code === 0) cb(null, p.responses[0]!, toMetadata(p.c.trailers))
         else cb(status(p))
-      })
+      }
+      if (p.c.early) answer()
+      else collect(call, r, answer)
     },
     Bidi(call: grpc.ServerDuplexStream<Buffer, Buffer>) {
       const { p, r } = begin(call)
       // answers go out while the client is still sending (full duplex); the status once it has sent all
-      collect(call, r, () => endStream(call, p))
+      if (!p.c.early) collect(call, r, () => endStream(call, p))
       streamOut(call, p)
+      if (p.c.early) endStream(call, p)
     },
   })
   const port = new Promise<number>((resolve, reject) =>
@@ -583,7 +590,9 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
       const what =
         judge(p, direct.observed, via.observed) ??
         judgeRequest(p, server.received.get(direct.id), server.received.get(via.id)) ??
-        (p.c.timing === 'prompt' && server.received.get(via.id)?.requestDigest !== p.requestDigest
+        (p.c.timing === 'prompt' &&
+        !p.c.early &&
+        server.received.get(via.id)?.requestDigest !== p.requestDigest
           ? 'the server received other request messages than the client sent'
           : undefined)
       if (what !== undefined) disagreements.push({ case: i, leg, what, c: p.c })
@@ -598,7 +607,11 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
           disagreements.push({ case: i, leg, what: 'the server never saw the call cancelled', c: p.c }),
         )
       }
-    if (p.c.timing === 'prompt' && server.received.get(direct.id)?.requestDigest !== p.requestDigest)
+    if (
+      p.c.timing === 'prompt' &&
+      !p.c.early &&
+      server.received.get(direct.id)?.requestDigest !== p.requestDigest
+    )
       disagreements.push({
         case: i,
         leg: 'direct',
@@ -668,7 +681,8 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
         auditDisagreements.push(
           `${id}: bytes_out ${l['bytes_out']}, the client got ${framed(observed.messages)}`,
         )
-      if (!p.c.compress && l['bytes_in'] !== framed(p.requests))
+      // a call answered early: the proxy passes on what the client sent until then
+      if (!p.c.compress && !p.c.early && l['bytes_in'] !== framed(p.requests))
         auditDisagreements.push(`${id}: bytes_in ${l['bytes_in']}, the client sent ${framed(p.requests)}`)
     }
     const identity =
@@ -694,7 +708,7 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
   t.comment(
     `${CASES} calls (seed ${PROPERTY_SEED}), ${proxied.size} proxied, in ${Date.now() - started} ms: ` +
       KINDS.map((k) => `${n((c) => c.kind === k)} ${k}`).join(', ') +
-      `; ${n((c) => c.code !== 0)} non-OK; ${n((c) => c.timing === 'late')} late; ${n((c) => c.timing === 'cancel')} cancelled; ` +
+      `; ${n((c) => c.code !== 0)} non-OK; ${n((c) => c.timing === 'late')} late; ${n((c) => c.timing === 'cancel')} cancelled; ${n((c) => c.early)} answered early; ` +
       `${n((c) => c.compress)} compressed; ${n((c) => c.huge)} with a 1 MiB message; ${n((c) => c.tls)} over TLS too`,
   )
 })
