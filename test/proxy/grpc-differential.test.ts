@@ -212,7 +212,7 @@ function startServer(cases: Prepared[]) {
   const begin = (call: ServerCall) => {
     const p = cases[Number(call.metadata.get('x-case')[0])]!
     const id = String(call.metadata.get('x-request-id')[0])
-    const r: Received = { cancelled: false, metadata: readable(call.metadata) }
+    const r: Received = { cancelled: false, metadata: asCompared(call.metadata) }
     received.set(id, r)
     call.on('cancelled', () => {
       r.cancelled = true
@@ -318,7 +318,7 @@ interface Observed {
 }
 
 /** metadata as compared: key → values (a `-bin` value as base64), without `date` */
-function readable(md: grpc.Metadata): Record<string, string[]> {
+function asCompared(md: grpc.Metadata): Record<string, string[]> {
   const out: Record<string, string[]> = {}
   const map = md.toJSON()
   for (const key of Object.keys(map).sort()) {
@@ -367,7 +367,7 @@ function makeCall(
         code: status.code,
         details: status.details,
         headers,
-        trailers: readable(status.metadata),
+        trailers: asCompared(status.metadata),
         messages,
       })
     }
@@ -385,21 +385,21 @@ function makeCall(
       call = client.makeClientStreamRequest(path(c.kind), same, same, md, options, callback)
     else call = client.makeBidiStreamRequest(path(c.kind), same, same, md, options)
     call.on('metadata', (m: grpc.Metadata) => {
-      headers = readable(m)
+      headers = asCompared(m)
     })
     call.on('status', (s: grpc.StatusObject) => {
       status = s
       finish()
     })
     if (!unaryOut) {
-      const readable = call as grpc.ClientReadableStream<Buffer>
-      readable.on('data', (m: Buffer) => messages.push(m))
-      readable.on('error', () => {})
+      const incoming = call as grpc.ClientReadableStream<Buffer>
+      incoming.on('data', (m: Buffer) => messages.push(m))
+      incoming.on('error', () => {})
     }
     if (c.kind === 'ClientStream' || c.kind === 'Bidi') {
-      const w = call as grpc.ClientWritableStream<Buffer>
-      for (const m of p.requests) w.write(m)
-      w.end()
+      const outgoing = call as grpc.ClientWritableStream<Buffer>
+      for (const m of p.requests) outgoing.write(m)
+      outgoing.end()
     }
     if (c.timing === 'cancel') {
       // cancelled once the server has the call and the client has what the server sent before holding it
