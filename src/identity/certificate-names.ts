@@ -2,14 +2,18 @@
 // library it needs is loaded only by a sidecar that reads client certificates (loadCertificateDecoder).
 import { AsnConvert } from '@peculiar/asn1-schema'
 import {
+  BasicConstraints,
   Certificate,
   type GeneralName,
+  id_ce_basicConstraints,
+  id_ce_keyUsage,
   id_ce_nameConstraints,
   id_ce_subjectAltName,
+  KeyUsage,
   NameConstraints,
   SubjectAlternativeName,
 } from '@peculiar/asn1-x509'
-import type { CertificateNames, GeneralNameValue, NameConstraintSet } from './certificate.ts'
+import type { CertificateNames, ChainExtensions, GeneralNameValue, NameConstraintSet } from './certificate.ts'
 
 const OID_COMMON_NAME = '2.5.4.3'
 
@@ -61,4 +65,20 @@ export function nameConstraints(der: Uint8Array): NameConstraintSet | undefined 
     permitted: (nc.permittedSubtrees ?? []).map((s) => generalName(s.base)),
     excluded: (nc.excludedSubtrees ?? []).map((s) => generalName(s.base)),
   }
+}
+
+/** What a certificate's DER says about its place in a chain that Node's X509Certificate does not show. */
+export function chainExtensions(der: Uint8Array): ChainExtensions {
+  const cert = AsnConvert.parse(der, Certificate)
+  const out: ChainExtensions = { signatureAlgorithm: cert.signatureAlgorithm.algorithm }
+  for (const ext of cert.tbsCertificate.extensions ?? []) {
+    if (ext.extnID === id_ce_basicConstraints) {
+      const bc = AsnConvert.parse(ext.extnValue, BasicConstraints)
+      out.basicConstraints =
+        bc.pathLenConstraint === undefined ? { ca: bc.cA } : { ca: bc.cA, pathLength: bc.pathLenConstraint }
+    } else if (ext.extnID === id_ce_keyUsage) {
+      out.keyUsage = AsnConvert.parse(ext.extnValue, KeyUsage).toNumber()
+    }
+  }
+  return out
 }

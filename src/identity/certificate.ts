@@ -16,7 +16,8 @@ const SPIFFE_SCHEME_RE = /^spiffe:/i
  * Parses the verified peer certificate of a TLS connection. No certificate → undefined; a chain the TLS
  * stack did not verify → Failure (cert_expired / cert_not_yet_valid / cert_untrusted); invalid SPIFFE SAN →
  * Failure spiffe_invalid. `anchors` are the client CA certificates the listener verifies against: a
- * certificate outside its dates is cert_expired or cert_not_yet_valid only when it chains to one of them.
+ * certificate outside its dates is cert_expired or cert_not_yet_valid only when its chain to them would be
+ * taken but for its dates.
  */
 export function parsePeerCertificate(
   socket: TLSSocket,
@@ -40,7 +41,11 @@ export function parsePeerCertificate(
     // OpenSSL reports the last error it met, and it checks dates after trust: a self-made certificate that
     // has expired (or is not valid yet) is reported that way, which says nothing about a workload's credential
     const dated = code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
-    const anchored = dated && chainsToAnchor(x, sent, anchors)
+    // and a date is the last error it reports, not the only one: a chain it would refuse for more than its
+    // dates (through a certificate that is no CA, not for client authentication, signed with SHA-1) is no
+    // credential that ran out either
+    const path = dated ? pathToAnchor(x, sent, anchors) : undefined
+    const anchored = path !== undefined && undatedChainProblem(path, anchors) === undefined
     return {
       failed: true,
       source: 'mtls',
@@ -97,15 +102,6 @@ export function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolea
   }
 }
 
-/** Whether `leaf` leads through `chain` to one of `anchors` by names and signatures, whatever the dates. */
-export function chainsToAnchor(
-  leaf: X509Certificate,
-  chain: readonly X509Certificate[],
-  anchors: readonly X509Certificate[],
-): boolean {
-  return pathToAnchor(leaf, chain, anchors) !== undefined
-}
-
 /** The certificates from `leaf` through `chain` to the one of `anchors` that issued the last (dates unchecked). */
 export function pathToAnchor(
   leaf: X509Certificate,
@@ -121,6 +117,87 @@ export function pathToAnchor(
     if (!next) return undefined
     path.push(next)
     cert = next
+  }
+  return undefined
+}
+
+/** what certificate-names.ts decodes for undatedChainProblem */
+export interface ChainExtensions {
+  basicConstraints?: { ca: boolean; pathLength?: number }
+  /** KeyUsageFlags bits (digitalSignature 1, keyAgreement 16, keyCertSign 32…) */
+  keyUsage?: number
+  signatureAlgorithm: string
+}
+
+/** id-kp-clientAuth */
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
+const KU_DIGITAL_SIGNATURE = 1
+const KU_KEY_AGREEMENT = 16
+/** signatures OpenSSL's security level 1, Node's default, finds too weak: MD2, MD5 and SHA-1 with RSA, DSA, ECDSA */
+const WEAK_SIGNATURES = new Set([
+  '1.2.840.113549.1.1.2',
+  '1.2.840.113549.1.1.4',
+  '1.2.840.113549.1.1.5',
+  '1.2.840.10040.4.3',
+  '1.2.840.10045.4.1',
+])
+
+/** issued by itself: the end of a chain OpenSSL trusts */
+function selfSigned(c: X509Certificate): boolean {
+  return c.subject === c.issuer && issuedBy(c, c)
+}
+
+function subjectOf(c: X509Certificate): string {
+  return c.subject.split('\n').join(', ')
+}
+
+/**
+ * Why the listener's OpenSSL refuses `path` (the leaf first, then its issuers up to one of `anchors`, as
+ * pathToAnchor finds it) for a TLS client, its dates aside; undefined when only dates could be wrong. These
+ * are the checks OpenSSL makes before the dates (X509_verify_cert: chain building, then extensions and
+ * purpose, then the security level): the chain goes on through `anchors` to a self-signed one (an
+ * intermediate alone anchors nothing without X509_V_FLAG_PARTIAL_CHAIN, which Node does not set), every
+ * issuer below it has basicConstraints CA:TRUE within its pathlen, the leaf and intermediates allow client
+ * authentication (extended key usage) and the leaf signing (key usage), and none is signed with a digest
+ * weaker than security level 1 allows. checkIssued already refused issuers without keyCertSign. Name
+ * constraints come after the dates, so OpenSSL reports a violation of them, not the dates. The decoder has to
+ * be loaded (loadCertificateDecoder) first.
+ */
+export function undatedChainProblem(
+  path: readonly X509Certificate[],
+  anchors: readonly X509Certificate[],
+): string | undefined {
+  if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
+  const full = [...path]
+  for (let top = full.at(-1)!; !selfSigned(top); top = full.at(-1)!) {
+    const up = anchors.find((a) => !full.includes(a) && issuedBy(top, a))
+    if (up === undefined || full.length > MAX_CHAIN)
+      return `the chain ends at ${subjectOf(top)}, which is not self-signed`
+    full.push(up)
+  }
+  let extensions: ChainExtensions[]
+  try {
+    extensions = full.map((c) => decoder!.chainExtensions(c.raw))
+  } catch {
+    // Node parsed them, so a field the schema decoder reads strictly is off: nothing to call a credential
+    return 'a certificate of the chain could not be decoded'
+  }
+  const leafUsage = extensions[0]!.keyUsage
+  if (leafUsage !== undefined && (leafUsage & (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT)) === 0)
+    return 'the key usage of the certificate does not allow signing'
+  for (const [i, c] of full.entries()) {
+    const top = i === full.length - 1
+    const purposes = c.keyUsage
+    if (!top && purposes !== undefined && !purposes.includes(CLIENT_AUTH))
+      return `the extended key usage of ${subjectOf(c)} leaves out client authentication`
+    if (!top && WEAK_SIGNATURES.has(extensions[i]!.signatureAlgorithm))
+      return `${subjectOf(c)} is signed with a digest too weak (CA_MD_TOO_WEAK)`
+    if (i === 0) continue
+    const bc = extensions[i]!.basicConstraints
+    // a self-signed anchor without basicConstraints is a CA by its keyCertSign; below it, OpenSSL wants CA:TRUE
+    if (top ? bc?.ca === false : bc?.ca !== true) return `${subjectOf(c)} is not a CA (basicConstraints)`
+    if (bc?.pathLength !== undefined && i - 1 > bc.pathLength)
+      return `${subjectOf(c)} allows ${bc.pathLength} intermediates below it (pathlen)`
   }
   return undefined
 }

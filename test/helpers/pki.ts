@@ -1,8 +1,11 @@
 // Real X.509 material for tests, made with the openssl CLI (EC P-256: fast to generate).
 import { execFile } from 'node:child_process'
+import { createPrivateKey, sign } from 'node:crypto'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { AsnConvert } from '@peculiar/asn1-schema'
+import { Certificate, Time } from '@peculiar/asn1-x509'
 import { scratchDir } from './scratch.ts'
 
 const run = promisify(execFile)
@@ -250,4 +253,108 @@ export function mtlsListen(server: KeyPair, clientCa: CA, clientCert?: 'optional
       ...(clientCert !== undefined ? { clientCert } : {}),
     },
   }
+}
+
+/** the key types a generated chain mixes */
+export type KeyType = 'rsa' | 'ec' | 'ed25519'
+
+export interface KeyFiles {
+  type: KeyType
+  keyFile: string
+  /** the public half, for `openssl x509 -new -force_pubkey` */
+  pubFile: string
+  keyPem: string
+}
+
+const GENPKEY: Record<KeyType, string[]> = {
+  rsa: ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'],
+  ec: ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'],
+  ed25519: ['-algorithm', 'ED25519'],
+}
+
+/** A key pair of `type` in `dir`, private and public halves as PEM files. */
+export async function generateKey(dir: string, name: string, type: KeyType): Promise<KeyFiles> {
+  const keyFile = join(dir, `${name}.key`)
+  const pubFile = join(dir, `${name}.pub`)
+  await run('openssl', ['genpkey', ...GENPKEY[type], '-out', keyFile])
+  await run('openssl', ['pkey', '-in', keyFile, '-pubout', '-out', pubFile])
+  return { type, keyFile, pubFile, keyPem: await readFile(keyFile, 'utf8') }
+}
+
+export interface CertificateSpec {
+  /** openssl's -subj form, e.g. "/CN=leaf-1" */
+  subject: string
+  key: KeyFiles
+  /** the issuing certificate and its key; absent: self-signed with `key` */
+  issuer?: { certFile: string; key: KeyFiles }
+  /** the extension lines, in openssl's config syntax (sections such as `[sans]` after them) */
+  extensions: string[]
+  /** the digest of the issuer's signature (RSA and EC issuers: Ed25519 has its own) */
+  digest?: 'sha1' | 'sha256'
+  /** dates other than "from now for 30 days": re-signed after openssl made it, which OpenSSL 3.0 cannot date */
+  validity?: { notBefore: Date; notAfter: Date }
+  serial: number
+}
+
+/**
+ * Any certificate `openssl x509 -new` can make: self-signed or issued, with the extensions, digest and key type
+ * given, and, unlike `issueCert`, any validity (written into the DER and signed again by the issuer's key).
+ */
+export async function makeCertificate(
+  dir: string,
+  name: string,
+  spec: CertificateSpec,
+): Promise<{ certFile: string; certPem: string }> {
+  const certFile = join(dir, `${name}.crt`)
+  const extFile = join(dir, `${name}.ext`)
+  await writeFile(extFile, ['[v3]', ...spec.extensions, ''].join('\n'))
+  const signer = spec.issuer?.key ?? spec.key
+  await run('openssl', [
+    'x509',
+    '-new',
+    '-subj',
+    spec.subject,
+    ...(spec.issuer
+      ? ['-force_pubkey', spec.key.pubFile, '-CA', spec.issuer.certFile, '-CAkey', spec.issuer.key.keyFile]
+      : ['-key', spec.key.keyFile]),
+    '-set_serial',
+    String(spec.serial),
+    '-days',
+    '30',
+    '-extfile',
+    extFile,
+    '-extensions',
+    'v3',
+    ...(signer.type === 'ed25519' ? [] : [`-${spec.digest ?? 'sha256'}`]),
+    '-out',
+    certFile,
+  ])
+  if (spec.validity) {
+    const pem = await readFile(certFile, 'utf8')
+    await writeFile(certFile, redated(pem, signer, spec.validity))
+  }
+  return { certFile, certPem: await readFile(certFile, 'utf8') }
+}
+
+/** signature algorithm OIDs → the digest node:crypto signs with (null: Ed25519, which has its own) */
+const SIGNATURE_DIGESTS: Record<string, string | null> = {
+  '1.2.840.113549.1.1.5': 'sha1',
+  '1.2.840.113549.1.1.11': 'sha256',
+  '1.2.840.10045.4.1': 'sha1',
+  '1.2.840.10045.4.3.2': 'sha256',
+  '1.3.101.112': null,
+}
+
+/** `pem` with another validity, signed again by `signer` with the certificate's own signature algorithm */
+function redated(pem: string, signer: KeyFiles, validity: { notBefore: Date; notAfter: Date }): string {
+  const der = Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64')
+  const cert = AsnConvert.parse(der, Certificate)
+  cert.tbsCertificate.validity.notBefore = new Time(validity.notBefore)
+  cert.tbsCertificate.validity.notAfter = new Time(validity.notAfter)
+  const digest = SIGNATURE_DIGESTS[cert.signatureAlgorithm.algorithm]
+  if (digest === undefined) throw new Error(`cannot re-sign ${cert.signatureAlgorithm.algorithm}`)
+  const tbs = Buffer.from(AsnConvert.serialize(cert.tbsCertificate))
+  cert.signatureValue = Uint8Array.from(sign(digest, tbs, createPrivateKey(signer.keyPem))).buffer
+  const body = Buffer.from(AsnConvert.serialize(cert)).toString('base64')
+  return `-----BEGIN CERTIFICATE-----\n${body.replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n')}-----END CERTIFICATE-----\n`
 }

@@ -238,6 +238,48 @@ t.test(
 )
 
 t.test(
+  'an expired certificate whose chain is refused for more than its dates is cert_untrusted, not cert_expired',
+  async (t) => {
+    const { sidecar } = await startWithClientCa(t)
+    const port = sidecar.httpsAddress!.port
+    // OpenSSL reports the last error it meets, and dates come after the CA and purpose checks: these used to
+    // be reported as a workload credential that ran out, though no renewal would make the listener take them
+    const serverOnly = await issueCert(clientCa, {
+      cn: 'web',
+      uriSans: [SPIFFE],
+      extendedKeyUsage: 'serverAuth',
+      days: -1,
+    })
+    // a client certificate of the CA (CA:FALSE) used as an issuer: anyone holding one could mint these
+    const notACa = await issueCert(clientCa, { cn: 'not-a-ca' })
+    const minted = await issueCert(
+      { ...notACa, dir: clientCa.dir, name: 'not-a-ca' },
+      { cn: 'web', days: -1 },
+    )
+    const throughNotACa = { ...minted, certPem: minted.certPem + notACa.certPem }
+    for (const cert of [serverOnly, throughNotACa]) {
+      const r = await call(port, cert)
+      t.equal(r.status, 200)
+      t.equal(r.headers['x-nhi-verified'], 'false', 'no identity from either')
+    }
+    const failures = async () => {
+      const samples = await scrape(sidecar.adminUrl)
+      const of = (reason: string) =>
+        metricValue(samples, 'nhi_auth_failures_total', { source: 'mtls', reason })
+      return { expired: of('cert_expired'), untrusted: of('cert_untrusted') }
+    }
+    await eventually(
+      async () => {
+        const f = await failures()
+        return f.expired + f.untrusted === 2
+      },
+      { what: 'both failures counted' },
+    )
+    t.same(await failures(), { expired: 0, untrusted: 2 }, 'both are cert_untrusted')
+  },
+)
+
+t.test(
   'a chain of the configured CA not made for client authentication is cert_untrusted, in explain too',
   async (t) => {
     const { up, sidecar } = await startWithClientCa(t)
