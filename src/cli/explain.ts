@@ -10,11 +10,12 @@ import {
   certEvidenceFromX509,
   certificateNameConstraints,
   certificateNames,
-  issuedBy,
   loadCertificateDecoder,
   nameConstraintViolation,
   pathToAnchor,
   pemCertificates,
+  rootedChain,
+  undatedChainProblem,
 } from '../identity/certificate.ts'
 import { evidenceByName } from '../identity/sources/source.ts'
 import { AttributionPipeline, readSecretFiles } from '../pipeline/index.ts'
@@ -138,44 +139,17 @@ async function certFromPem(
   }
   const trusted = pathToAnchor(cert, chain, anchors)
   if (!trusted) return failure('cert_untrusted', `is not issued by ${caFile}`)
-  const now = Date.now()
-  for (const c of trusted) {
-    if (Date.parse(c.validTo) < now)
-      return failure('cert_expired', `chain has expired (${c.subject.split('\n').join(', ')})`)
-    if (Date.parse(c.validFrom) > now)
-      return failure('cert_not_yet_valid', `chain is not yet valid (${c.subject.split('\n').join(', ')})`)
-  }
-  // OpenSSL checks the chain's purpose for the listener: a certificate (or an intermediate) that limits its
-  // extended key usage must allow client authentication
-  for (const c of trusted.slice(0, -1)) {
-    const usage = c.keyUsage
-    if (usage !== undefined && !usage.includes(CLIENT_AUTH)) {
-      return failure(
-        'cert_untrusted',
-        `is not for client authentication (the extended key usage of ${subjectOf(c)} leaves it out)`,
-      )
-    }
-  }
-  // the listener's OpenSSL trusts a chain only up to a self-signed CA in clientCA (an intermediate there is
-  // not a trust anchor by itself), every issuer on it a CA (basicConstraints), within their name constraints
-  const full = [...trusted]
-  for (let top = full.at(-1)!; !selfSigned(top); top = full.at(-1)!) {
-    const up = anchors.find((a) => !full.includes(a) && issuedBy(top, a))
-    if (up === undefined || full.length > 10)
-      return failure(
-        'cert_untrusted',
-        `chain ends at ${subjectOf(top)}, which is not self-signed: the listener needs the root CA in ${caFile}`,
-      )
-    full.push(up)
-  }
-  for (const c of full.slice(1)) {
-    if (!c.ca)
-      return failure(
-        'cert_untrusted',
-        `is issued through ${subjectOf(c)}, which is not a CA (basicConstraints)`,
-      )
-  }
+  const full = rootedChain(trusted, anchors)
+  if (!full)
+    return failure(
+      'cert_untrusted',
+      `chain ends at ${subjectOf(trusted.at(-1)!)}, which is not self-signed: the listener needs the root CA in ${caFile}`,
+    )
+  // what the listener refuses whatever the dates comes before them: its OpenSSL reports the dates only when
+  // nothing else is wrong, and names a violated name constraint over them (see parsePeerCertificate)
   await loadCertificateDecoder()
+  const problem = undatedChainProblem(full)
+  if (problem) return failure('cert_untrusted', problem)
   const names = certificateNames(cert.raw).sans
   for (const c of full.slice(1)) {
     const constraints = certificateNameConstraints(c.raw)
@@ -191,20 +165,18 @@ async function certFromPem(
         `${subjectOf(c)} has name constraints of a kind explain does not evaluate (directory names, e-mail, IP addresses): the listener does`,
       )
   }
+  const now = Date.now()
+  for (const c of trusted) {
+    if (Date.parse(c.validTo) < now) return failure('cert_expired', `chain has expired (${subjectOf(c)})`)
+    if (Date.parse(c.validFrom) > now)
+      return failure('cert_not_yet_valid', `chain is not yet valid (${subjectOf(c)})`)
+  }
   return certEvidenceFromX509(cert, 'mtls', true)
 }
 
 function subjectOf(c: X509Certificate): string {
   return c.subject.split('\n').join(', ')
 }
-
-/** issued by itself: the end of a chain OpenSSL trusts */
-function selfSigned(c: X509Certificate): boolean {
-  return c.subject === c.issuer && issuedBy(c, c)
-}
-
-/** id-kp-clientAuth */
-const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
 
 export async function runExplain(opts: ExplainOptions, report: Out): Promise<number> {
   // what stops the explanation (a config that does not load, a request the proxy refuses): text, or with

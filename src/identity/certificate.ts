@@ -45,7 +45,8 @@ export function parsePeerCertificate(
     // dates (through a certificate that is no CA, not for client authentication, signed with SHA-1) is no
     // credential that ran out either
     const path = dated ? pathToAnchor(x, sent, anchors) : undefined
-    const anchored = path !== undefined && undatedChainProblem(path, anchors) === undefined
+    const chain = path && rootedChain(path, anchors)
+    const anchored = chain !== undefined && undatedChainProblem(chain) === undefined
     return {
       failed: true,
       source: 'mtls',
@@ -152,52 +153,59 @@ function subjectOf(c: X509Certificate): string {
 }
 
 /**
- * Why the listener's OpenSSL refuses `path` (the leaf first, then its issuers up to one of `anchors`, as
- * pathToAnchor finds it) for a TLS client, its dates aside; undefined when only dates could be wrong. These
- * are the checks OpenSSL makes before the dates (X509_verify_cert: chain building, then extensions and
- * purpose, then the security level): the chain goes on through `anchors` to a self-signed one (an
- * intermediate alone anchors nothing without X509_V_FLAG_PARTIAL_CHAIN, which Node does not set), every
- * issuer below it has basicConstraints CA:TRUE within its pathlen, the leaf and intermediates allow client
- * authentication (extended key usage) and the leaf signing (key usage), and none is signed with a digest
- * weaker than security level 1 allows. checkIssued already refused issuers without keyCertSign. Name
- * constraints come after the dates, so OpenSSL reports a violation of them, not the dates. The decoder has to
- * be loaded (loadCertificateDecoder) first.
+ * `path` (the leaf first, then its issuers up to one of `anchors`, as pathToAnchor finds it) continued through
+ * `anchors` to a self-signed one: OpenSSL trusts a chain only up to such a CA (an intermediate alone anchors
+ * nothing without X509_V_FLAG_PARTIAL_CHAIN, which Node does not set). undefined when there is none.
  */
-export function undatedChainProblem(
+export function rootedChain(
   path: readonly X509Certificate[],
   anchors: readonly X509Certificate[],
-): string | undefined {
-  if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
+): X509Certificate[] | undefined {
   const full = [...path]
   for (let top = full.at(-1)!; !selfSigned(top); top = full.at(-1)!) {
     const up = anchors.find((a) => !full.includes(a) && issuedBy(top, a))
-    if (up === undefined || full.length > MAX_CHAIN)
-      return `the chain ends at ${subjectOf(top)}, which is not self-signed`
+    if (up === undefined || full.length > MAX_CHAIN) return undefined
     full.push(up)
   }
+  return full
+}
+
+/**
+ * Why the listener's OpenSSL refuses `chain` (a rootedChain) for a TLS client, its dates aside, in words that
+ * follow "certificate"; undefined when only dates could be wrong. These are the checks OpenSSL makes before
+ * the dates (X509_verify_cert: chain building, then extensions and purpose, then the security level): every
+ * issuer below the root has basicConstraints CA:TRUE within its pathlen, the leaf and intermediates allow
+ * client authentication (extended key usage) and the leaf signing (key usage), and none is signed with a
+ * digest weaker than security level 1 allows. checkIssued already refused issuers without keyCertSign. Name
+ * constraints come after the dates, so OpenSSL reports a violation of them, not the dates. The decoder has to
+ * be loaded (loadCertificateDecoder) first.
+ */
+export function undatedChainProblem(chain: readonly X509Certificate[]): string | undefined {
+  if (!decoder) throw new Error('certificate decoder not loaded: await loadCertificateDecoder() first')
   let extensions: ChainExtensions[]
   try {
-    extensions = full.map((c) => decoder!.chainExtensions(c.raw))
+    extensions = chain.map((c) => decoder!.chainExtensions(c.raw))
   } catch {
     // Node parsed them, so a field the schema decoder reads strictly is off: nothing to call a credential
-    return 'a certificate of the chain could not be decoded'
+    return 'chain could not be decoded'
   }
   const leafUsage = extensions[0]!.keyUsage
   if (leafUsage !== undefined && (leafUsage & (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT)) === 0)
-    return 'the key usage of the certificate does not allow signing'
-  for (const [i, c] of full.entries()) {
-    const top = i === full.length - 1
+    return 'has a key usage that does not allow signing'
+  for (const [i, c] of chain.entries()) {
+    const root = i === chain.length - 1
     const purposes = c.keyUsage
-    if (!top && purposes !== undefined && !purposes.includes(CLIENT_AUTH))
-      return `the extended key usage of ${subjectOf(c)} leaves out client authentication`
-    if (!top && WEAK_SIGNATURES.has(extensions[i]!.signatureAlgorithm))
-      return `${subjectOf(c)} is signed with a digest too weak (CA_MD_TOO_WEAK)`
+    if (!root && purposes !== undefined && !purposes.includes(CLIENT_AUTH))
+      return `is not for client authentication (the extended key usage of ${subjectOf(c)} leaves it out)`
+    if (!root && WEAK_SIGNATURES.has(extensions[i]!.signatureAlgorithm))
+      return `chain has a signature too weak for the listener (SHA-1 or older, on ${subjectOf(c)})`
     if (i === 0) continue
     const bc = extensions[i]!.basicConstraints
-    // a self-signed anchor without basicConstraints is a CA by its keyCertSign; below it, OpenSSL wants CA:TRUE
-    if (top ? bc?.ca === false : bc?.ca !== true) return `${subjectOf(c)} is not a CA (basicConstraints)`
+    // a self-signed root without basicConstraints is a CA by its keyCertSign; below it, OpenSSL wants CA:TRUE
+    if (root ? bc?.ca === false : bc?.ca !== true)
+      return `is issued through ${subjectOf(c)}, which is not a CA (basicConstraints)`
     if (bc?.pathLength !== undefined && i - 1 > bc.pathLength)
-      return `${subjectOf(c)} allows ${bc.pathLength} intermediates below it (pathlen)`
+      return `is issued through ${subjectOf(c)}, which allows ${bc.pathLength} intermediates below it (pathlen)`
   }
   return undefined
 }

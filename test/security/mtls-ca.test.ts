@@ -240,7 +240,7 @@ t.test(
 t.test(
   'an expired certificate whose chain is refused for more than its dates is cert_untrusted, not cert_expired',
   async (t) => {
-    const { sidecar } = await startWithClientCa(t)
+    const { up, sidecar } = await startWithClientCa(t)
     const port = sidecar.httpsAddress!.port
     // OpenSSL reports the last error it meets, and dates come after the CA and purpose checks: these used to
     // be reported as a workload credential that ran out, though no renewal would make the listener take them
@@ -276,6 +276,25 @@ t.test(
       { what: 'both failures counted' },
     )
     t.same(await failures(), { expired: 0, untrusted: 2 }, 'both are cert_untrusted')
+
+    // explain judges them as the listener does: it used to check the dates first
+    const config = writeConfig({ clientCA: clientCa.certFile }, up.url)
+    for (const [what, cert] of [
+      ['not for client authentication', serverOnly],
+      ['through a certificate that is no CA', throughNotACa],
+    ] as const) {
+      const file = join(scratchDirSync('mtls-ca'), 'client.pem')
+      writeFileSync(file, cert.certPem)
+      const lines: string[] = []
+      const code = await runExplain(
+        { config, headers: [], cert: file, method: 'GET', path: '/echo', json: true },
+        (line) => lines.push(line),
+      )
+      t.equal(code, 0)
+      const report = JSON.parse(lines.join('\n')) as { evidence: Record<string, unknown> }
+      t.match(JSON.stringify(report.evidence), /cert_untrusted/, `explain: ${what} is cert_untrusted`)
+      t.notMatch(JSON.stringify(report.evidence), /cert_expired/, `explain: ${what} is not cert_expired`)
+    }
   },
 )
 

@@ -8,7 +8,7 @@
 // accepts it and the leaf is a good X.509-SVID where it names a SPIFFE ID (one URI SAN, a valid ID: the SPIFFE
 // rules of docs/reference.md); a chain openssl refuses is a failure whose reason is the one the reference gives
 // for its class (cert_expired or cert_not_yet_valid when only its dates are wrong, else cert_untrusted), and
-// `clientCert: required` refuses its handshake.
+// `clientCert: required` refuses its handshake. `explain --cert` with the same chain gives the same answers.
 //
 // Where the reference and `openssl verify` with its defaults differ, on purpose:
 // - `-auth_level 1`: Node's TLS verifies at OpenSSL's default security level 1, where a SHA-1 signature (63
@@ -24,7 +24,8 @@ import { readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import t from 'tap'
+import t, { type Test } from 'tap'
+import { runExplain } from '../../src/cli/explain.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { exchange } from '../helpers/http.ts'
 import { createServerPki, generateKey, type KeyFiles, type KeyType, makeCertificate } from '../helpers/pki.ts'
@@ -454,6 +455,40 @@ t.test('the reference itself: its classes are all drawn', async (t) => {
   t.comment(`the reference's verdicts: ${JSON.stringify(Object.fromEntries(verdicts))}`)
 })
 
+/**
+ * What the listener (or explain) made of chain `i` against the reference: its identity when the reference
+ * accepts it and the SPIFFE rules hold, else no identity and the one failure of the documented class.
+ */
+function judge(
+  t: Test,
+  i: number,
+  got: { attributed: boolean; subject: unknown; reasons: string[]; seen: unknown },
+): void {
+  const chain = chains[i]!
+  const e = expected[i]!
+  const what = { ...describe(chain, e), seen: got.seen }
+  if (!e.reference.error && e.spiffeProblem === undefined) {
+    t.ok(got.attributed, `chain ${i}: the reference accepts it, so it is the certificate's identity`, what)
+    t.equal(got.subject, `CN=${chain.leaf.name}`, `chain ${i}: cert_subject`)
+    t.same(got.reasons, [], `chain ${i}: no mTLS failure`, what)
+    return
+  }
+  t.notOk(got.attributed, `chain ${i}: no identity from it`, what)
+  if (!e.reference.error) {
+    t.same(got.reasons, ['spiffe_invalid'], `chain ${i}: ${e.spiffeProblem}`, what)
+    return
+  }
+  // only the dates wrong: the reason names them (the listener's OpenSSL reports the last certificate it found
+  // out of its dates, openssl verify the first, so either class on the chain is the documented one)
+  const reasons = e.undated.error
+    ? ['cert_untrusted']
+    : [...chain.dated]
+        .filter((d) => d !== 'valid')
+        .map((d) => (d === 'expired' ? 'cert_expired' : 'cert_not_yet_valid'))
+  t.equal(got.reasons.length, 1, `chain ${i}: one mTLS failure`, what)
+  t.ok(reasons.includes(got.reasons[0] ?? ''), `chain ${i}: ${got.reasons[0]} is one of ${reasons}`, what)
+}
+
 t.test(
   'clientCert optional: a certificate is attributed exactly when the reference accepts it',
   async (t) => {
@@ -493,49 +528,17 @@ t.test(
       },
       { what: 'an audit line for every chain' },
     )
-    for (const [i, chain] of chains.entries()) {
-      const e = expected[i]!
+    for (const i of chains.keys()) {
       const line = lines.get(`chain-${i}`)!
       const failures = (line['failures'] as { source: string; reason: string }[]).filter(
         (f) => f.source === 'mtls',
       )
-      const attributed = line['source'] === 'mtls' && line['verified'] === true
-      const what = describe(chain, e)
-      if (!e.reference.error && e.spiffeProblem === undefined) {
-        t.ok(attributed, `chain ${i}: the reference accepts it, so it is the certificate's identity`, {
-          ...what,
-          line,
-        })
-        t.equal(line['cert_subject'], `CN=${chain.leaf.name}`, `chain ${i}: cert_subject`)
-        t.same(failures, [], `chain ${i}: no mTLS failure`)
-        continue
-      }
-      t.notOk(attributed, `chain ${i}: no identity from it`, { ...what, line })
-      if (!e.reference.error) {
-        t.same(
-          failures,
-          [{ source: 'mtls', reason: 'spiffe_invalid' }],
-          `chain ${i}: ${e.spiffeProblem}`,
-          what,
-        )
-        continue
-      }
-      // only the dates wrong: the reason names them (the listener's OpenSSL reports the last certificate it
-      // found out of its dates, openssl verify the first, so either class on the chain is the documented one)
-      const reasons = e.undated.error
-        ? ['cert_untrusted']
-        : [...chain.dated]
-            .filter((d) => d !== 'valid')
-            .map((d) => (d === 'expired' ? 'cert_expired' : 'cert_not_yet_valid'))
-      t.equal(failures.length, 1, `chain ${i}: one mTLS failure`, { ...what, line })
-      t.ok(
-        reasons.includes(failures[0]?.reason ?? ''),
-        `chain ${i}: ${failures[0]?.reason} is one of ${reasons}`,
-        {
-          ...what,
-          line,
-        },
-      )
+      judge(t, i, {
+        attributed: line['source'] === 'mtls' && line['verified'] === true,
+        subject: line['cert_subject'],
+        reasons: failures.map((f) => f.reason),
+        seen: line,
+      })
     }
   },
 )
@@ -571,3 +574,31 @@ t.test(
     }
   },
 )
+
+t.test('explain judges every chain as the listener does', async (t) => {
+  const config = join(dir, 'explain.yaml')
+  await writeFile(
+    config,
+    JSON.stringify({ listen: listen('optional'), upstream: 'http://127.0.0.1:1', audit: { output: 'off' } }),
+  )
+  for (const [i, chain] of chains.entries()) {
+    const file = join(dir, `c${i}-explain.pem`)
+    await writeFile(file, chain.leaf.certPem + chain.sent)
+    const lines: string[] = []
+    const code = await runExplain(
+      { config, headers: [], cert: file, method: 'GET', path: '/echo', json: true },
+      (line) => lines.push(line),
+    )
+    t.equal(code, 0, `chain ${i}: explained`)
+    const report = JSON.parse(lines.join('\n')) as {
+      identity: { source: string; verified: boolean }
+      evidence: { mtls?: { subject?: string }; failures: { source: string; reason: string }[] }
+    }
+    judge(t, i, {
+      attributed: report.identity.source === 'mtls' && report.identity.verified,
+      subject: report.evidence.mtls?.subject,
+      reasons: report.evidence.failures.filter((f) => f.source === 'mtls').map((f) => f.reason),
+      seen: report,
+    })
+  }
+})
