@@ -134,6 +134,8 @@ export interface ChainExtensions {
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
 const KU_DIGITAL_SIGNATURE = 1
 const KU_KEY_AGREEMENT = 16
+const KU_KEY_CERT_SIGN = 32
+const KU_CRL_SIGN = 64
 /** signatures OpenSSL's security level 1, Node's default, finds too weak: MD2, MD5 and SHA-1 with RSA, DSA, ECDSA */
 const WEAK_SIGNATURES = new Set([
   '1.2.840.113549.1.1.2',
@@ -142,6 +144,12 @@ const WEAK_SIGNATURES = new Set([
   '1.2.840.10040.4.3',
   '1.2.840.10045.4.1',
 ])
+
+/** a certificate that can issue others: basicConstraints CA:TRUE, or key usage keyCertSign or cRLSign */
+function issuingCertificate(x: X509Certificate): boolean {
+  const { basicConstraints, keyUsage = 0 } = decoder!.chainExtensions(x.raw)
+  return basicConstraints?.ca === true || (keyUsage & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) !== 0
+}
 
 /** issued by itself: the end of a chain OpenSSL trusts */
 function selfSigned(c: X509Certificate): boolean {
@@ -628,6 +636,11 @@ export interface CertFields {
   uriSans: string[]
   sha256?: string
   notAfter?: number
+  /**
+   * the certificate can issue others (basicConstraints CA:TRUE, or key usage keyCertSign or cRLSign): read
+   * where the certificate itself is at hand and names a SPIFFE ID
+   */
+  issuing?: boolean
 }
 
 /**
@@ -656,6 +669,10 @@ export function certEvidenceFromFields(
     const candidate = spiffeUris[0]!
     const parsed = parseSpiffeId(candidate)
     if ('error' in parsed) return fail(`invalid SPIFFE ID: ${parsed.error}`)
+    // X.509-SVID §4.1 and §4.3: a leaf SVID is no CA; one that can sign certificates is a signing
+    // certificate presented as a workload's, and names no workload
+    if (fields.issuing)
+      return fail('an X.509-SVID leaf must not be a CA (basicConstraints CA:TRUE, keyCertSign or cRLSign)')
     spiffeId = candidate
   }
   const ev: CertEvidence = {
@@ -679,6 +696,8 @@ interface DecodedCertificate {
   names: CertificateNames
   subject: string | undefined
   subjectRfc4514: string | undefined
+  /** CertFields.issuing, for a certificate that names a SPIFFE ID (false for any other: not read) */
+  issuing: boolean
 }
 
 /**
@@ -701,10 +720,12 @@ export function certEvidenceFromX509(
   try {
     if (!decoded) {
       const subject = subjectOneLine(x.subject)
+      const names = certificateNames(x.raw)
       decoded = {
-        names: certificateNames(x.raw),
+        names,
         subject,
         subjectRfc4514: subject === undefined ? undefined : rfc4514Subject(subject),
+        issuing: names.sans.uri.some((u) => SPIFFE_SCHEME_RE.test(u)) && issuingCertificate(x),
       }
       decodedByCertificate.set(sha256, decoded)
     }
@@ -725,6 +746,7 @@ export function certEvidenceFromX509(
     dnsSans: names.sans.dns,
     uriSans: names.sans.uri,
     sha256,
+    issuing: decoded.issuing,
   }
   if (decoded.subject) {
     fields.subject = decoded.subject

@@ -17,7 +17,16 @@ import {
 import { mtlsSource } from '../../src/identity/sources/mtls.ts'
 import type { CertEvidence, Failure } from '../../src/types.ts'
 import { sha256Hex } from '../../src/util/fingerprint.ts'
-import { createCA, createServerPki, issueCert, issueIntermediateCA, type KeyPair } from '../helpers/pki.ts'
+import {
+  createCA,
+  createServerPki,
+  generateKey,
+  issueCert,
+  issueIntermediateCA,
+  type KeyPair,
+  makeCertificate,
+} from '../helpers/pki.ts'
+import { scratchDir } from '../helpers/scratch.ts'
 
 // the X.509 name decoder is loaded on demand (as the sidecar does before it reads a certificate)
 await loadCertificateDecoder()
@@ -117,6 +126,45 @@ t.test('an invalid SPIFFE ID in the URI SAN fails', async (t) => {
   const r = (await handshake(leaf)) as Failure
   t.equal(r.reason, 'spiffe_invalid')
   t.match(r.detail, /invalid SPIFFE ID/)
+})
+
+t.test('a SPIFFE ID on a certificate that can issue others is no X.509-SVID', async (t) => {
+  // OpenSSL takes such a leaf for a TLS client; the X.509-SVID standard (§4.1, §4.3) does not
+  const dir = await scratchDir('svid-ca')
+  const issuer = {
+    certFile: clientCa.certFile,
+    key: { type: 'ec' as const, keyFile: clientCa.keyFile, pubFile: '', keyPem: clientCa.keyPem },
+  }
+  const key = await generateKey(dir, 'svid', 'ec')
+  const svid = (name: string, extensions: string[]) =>
+    makeCertificate(dir, name, {
+      subject: `/CN=${name}`,
+      key,
+      issuer,
+      extensions: [
+        ...extensions,
+        'extendedKeyUsage=clientAuth',
+        'subjectAltName=URI:spiffe://cluster.local/ns/a/sa/b',
+      ],
+      serial: 7000 + name.length,
+    })
+  const cases = [
+    ['a CA', ['basicConstraints=critical,CA:TRUE', 'keyUsage=critical,digitalSignature']],
+    [
+      'no CA that signs certificates',
+      ['basicConstraints=CA:FALSE', 'keyUsage=critical,digitalSignature,keyCertSign'],
+    ],
+    ['no CA that signs CRLs', ['basicConstraints=CA:FALSE', 'keyUsage=critical,digitalSignature,cRLSign']],
+  ] as const
+  for (const [what, extensions] of cases) {
+    const cert = await svid(what.replaceAll(' ', '-'), [...extensions])
+    const r = (await handshake({ ...cert, keyPem: key.keyPem, keyFile: key.keyFile })) as Failure
+    t.equal(r.reason, 'spiffe_invalid', `${what}: spiffe_invalid`)
+    t.match(r.detail, /must not be a CA/, what)
+  }
+  const workload = await svid('workload', ['basicConstraints=CA:FALSE', 'keyUsage=critical,digitalSignature'])
+  const ev = (await handshake({ ...workload, keyPem: key.keyPem, keyFile: key.keyFile })) as CertEvidence
+  t.equal(ev.spiffeId, 'spiffe://cluster.local/ns/a/sa/b', 'the same with only digitalSignature is an SVID')
 })
 
 t.test('several non-SPIFFE URI SANs are fine and give no SPIFFE ID', async (t) => {

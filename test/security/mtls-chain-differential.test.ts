@@ -196,6 +196,7 @@ function drawChain(): ChainSpec {
   const ku = pick([
     ['absent', 6],
     ['digitalSignature', 8],
+    ['digitalSignature,keyCertSign', 1],
     ['keyEncipherment', 1],
   ] as const)
   if (ku !== 'absent') leaf.keyUsage = `critical,${ku}`
@@ -395,6 +396,10 @@ function spiffeProblem(leaf: LeafSpec): string | undefined {
   if (!leaf.uris.some((u) => u.spiffe !== 'none')) return undefined
   if (leaf.uris.length !== 1) return 'an X.509-SVID has exactly one URI SAN'
   if (leaf.uris[0]!.spiffe === 'invalid') return `${leaf.uris[0]!.uri} is not a valid SPIFFE ID`
+  // X.509-SVID §4.1, §4.3; its "MUST set digitalSignature" is not applied: a leaf without a key usage (as
+  // many issuers make them) stays an SVID, as the reference says nothing of key usage for SPIFFE IDs
+  if (leaf.basicConstraints === 'ca') return 'an X.509-SVID leaf is not a CA'
+  if (leaf.keyUsage?.includes('keyCertSign')) return 'an X.509-SVID leaf does not sign certificates'
   return undefined
 }
 
