@@ -122,7 +122,7 @@ export function pathToAnchor(
   return undefined
 }
 
-/** what certificate-names.ts decodes for undatedChainProblem */
+/** what certificate-names.ts decodes for undatedChainProblem and the X.509-SVID leaf rule */
 export interface ChainExtensions {
   basicConstraints?: { ca: boolean; pathLength?: number }
   /** KeyUsageFlags bits (digitalSignature 1, keyAgreement 16, keyCertSign 32…) */

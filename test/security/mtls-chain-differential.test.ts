@@ -116,6 +116,10 @@ interface ChainSpec {
   /** which of the intermediates the client sends (and whether it sends the top when that is an intermediate) */
   sends: boolean[]
   sendsTop: boolean
+  /** the client sends its intermediates top first (OpenSSL and the proxy must not rely on their order) */
+  reversed: boolean
+  /** the client sends an unrelated CA certificate along */
+  sendsStranger: boolean
   leaf: LeafSpec
 }
 
@@ -213,6 +217,8 @@ function drawChain(): ChainSpec {
     intermediates,
     sends: intermediates.map(() => chance(0.9)),
     sendsTop: chance(0.3),
+    reversed: chance(0.25),
+    sendsStranger: chance(0.1),
     leaf,
   }
 }
@@ -363,6 +369,8 @@ async function build(spec: ChainSpec, i: number): Promise<BuiltChain> {
   }
   if (spec.sendsTop && (spec.top === 'file-intermediate' || spec.top === 'orphan-intermediate'))
     sent.push(tops[spec.top].certPem)
+  if (spec.reversed) sent.reverse()
+  if (spec.sendsStranger) sent.push(tops['other-root'].certPem)
   const name = `c${i}-leaf`
   const made = await makeCertificate(dir, name, {
     subject: `/CN=${name}`,
