@@ -165,8 +165,9 @@ async function certFromPem(
         `${subjectOf(c)} has name constraints of a kind explain does not evaluate (directory names, e-mail, IP addresses): the listener does`,
       )
   }
+  // the root above an intermediate of clientCA too: OpenSSL checks the dates of the whole chain it built
   const now = Date.now()
-  for (const c of trusted) {
+  for (const c of full) {
     if (Date.parse(c.validTo) < now) return failure('cert_expired', `chain has expired (${subjectOf(c)})`)
     if (Date.parse(c.validFrom) > now)
       return failure('cert_not_yet_valid', `chain is not yet valid (${subjectOf(c)})`)

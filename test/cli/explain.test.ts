@@ -6,7 +6,7 @@ import { renderExplain } from '../../src/cli/explain-render.ts'
 import { golden } from '../helpers/golden.ts'
 import { alterSignature, createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { limiter } from '../helpers/limit.ts'
-import { createCA, issueCert } from '../helpers/pki.ts'
+import { createCA, generateKey, issueCert, makeCertificate } from '../helpers/pki.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { runCli } from '../helpers/sidecar.ts'
 
@@ -573,5 +573,50 @@ t.test(
     )
     t.match(d.text, /failure +mtls: cert_untrusted/, 'an intermediate alone in clientCA anchors nothing')
     t.match(d.text, /which is not self-signed: the listener needs the root CA/)
+  },
+)
+
+// explain checked the dates of the path up to the first certificate of clientCA it met: an intermediate there
+// whose root (in clientCA too) had expired made a verified chain, which the listener's OpenSSL refuses as
+// CERT_HAS_EXPIRED at the root.
+t.test(
+  'explain checks the dates of the root above an intermediate of clientCA, as the listener does',
+  async (t) => {
+    const dir = scratchDirSync('explain-lapsed-root')
+    const key = await generateKey(dir, 'key', 'ec')
+    const caExtensions = ['basicConstraints=critical,CA:TRUE', 'keyUsage=critical,keyCertSign,cRLSign']
+    const day = 86_400_000
+    const root = await makeCertificate(dir, 'lapsed-root', {
+      subject: '/CN=lapsed-root',
+      key,
+      extensions: caExtensions,
+      validity: { notBefore: new Date(Date.now() - 10 * day), notAfter: new Date(Date.now() - day) },
+      serial: 1,
+    })
+    const intermediate = await makeCertificate(dir, 'intermediate', {
+      subject: '/CN=intermediate',
+      key,
+      issuer: { certFile: root.certFile, key },
+      extensions: caExtensions,
+      serial: 2,
+    })
+    const leaf = await makeCertificate(dir, 'leaf', {
+      subject: '/CN=leaf',
+      key,
+      issuer: { certFile: intermediate.certFile, key },
+      extensions: ['extendedKeyUsage=clientAuth'],
+      serial: 3,
+    })
+    const clientCA = join(dir, 'client-ca.pem')
+    writeFileSync(clientCA, root.certPem + intermediate.certPem)
+    const config = join(dir, 'config.yaml')
+    writeFileSync(
+      config,
+      `listen:\n  https: { cert: ${leaf.certFile}, key: ${key.keyFile}, clientCA: ${clientCA} }\n`,
+    )
+    const r = await explain({ config, cert: leaf.certFile })
+    t.match(r.text, /failure +mtls: cert_expired/, 'the chain has expired at its root')
+    t.match(r.text, /CN=lapsed-root/, 'naming the root')
+    t.notMatch(r.text, /verified=true/)
   },
 )

@@ -108,7 +108,7 @@ interface LeafSpec {
   digest: 'sha1' | 'sha256'
   key: KeyType
 }
-type Top = 'root' | 'file-intermediate' | 'other-root' | 'orphan-intermediate'
+type Top = 'root' | 'file-intermediate' | 'other-root' | 'orphan-intermediate' | 'lapsed-intermediate'
 interface ChainSpec {
   top: Top
   /** from the top down */
@@ -147,6 +147,7 @@ function drawChain(): ChainSpec {
     ['file-intermediate', 2],
     ['other-root', 1],
     ['orphan-intermediate', 1],
+    ['lapsed-intermediate', 1],
   ])
   const intermediates = Array.from(
     {
@@ -273,7 +274,7 @@ interface BuiltChain {
   /** PEM of what the client sends after its leaf */
   sent: string
   sentFile: string
-  /** date classes of the certificates below the trust anchor */
+  /** date classes of the certificates of the chain (its root's too) */
   dated: Set<Dates>
 }
 
@@ -311,11 +312,12 @@ await Promise.all(
 )
 const poolKey = (type: KeyType) => keyPool[type][Math.floor(random() * keyPool[type].length)]!
 
-async function ca(name: string, key: KeyFiles, issuer?: Issuer): Promise<Issuer> {
+async function ca(name: string, key: KeyFiles, issuer?: Issuer, dates?: Dates): Promise<Issuer> {
   const made = await makeCertificate(dir, name, {
     subject: `/CN=${name}`,
     key,
     ...(issuer ? { issuer } : {}),
+    ...(dates && dates !== 'valid' ? { validity: VALIDITY[dates]() } : {}),
     extensions: [
       'basicConstraints=critical,CA:TRUE',
       'keyUsage=critical,keyCertSign,cRLSign',
@@ -328,17 +330,22 @@ async function ca(name: string, key: KeyFiles, issuer?: Issuer): Promise<Issuer>
 }
 const root = await ca('client-root', await generateKey(dir, 'client-root', 'ec'))
 const otherRoot = await ca('other-root', await generateKey(dir, 'other-root', 'rsa'))
+const lapsedRoot = await ca('lapsed-root', await generateKey(dir, 'lapsed-root', 'ec'), undefined, 'expired')
 const tops: Record<Top, Issuer> = {
   root,
   'file-intermediate': await ca('file-intermediate', poolKey('ec'), root),
   'other-root': otherRoot,
   'orphan-intermediate': await ca('orphan-intermediate', poolKey('ec'), otherRoot),
+  'lapsed-intermediate': await ca('lapsed-intermediate', poolKey('ec'), lapsedRoot),
 }
-// the client CA file: the root, an intermediate of it, and an intermediate whose root it leaves out
+// the client CA file: the root, an intermediate of it, an intermediate whose root it leaves out, and an
+// intermediate whose root in it has expired (OpenSSL checks the root's dates too)
 const clientCaFile = join(dir, 'client-ca.pem')
 await writeFile(
   clientCaFile,
-  tops.root.certPem + tops['file-intermediate'].certPem + tops['orphan-intermediate'].certPem,
+  [root, tops['file-intermediate'], tops['orphan-intermediate'], lapsedRoot, tops['lapsed-intermediate']]
+    .map((c) => c.certPem)
+    .join(''),
 )
 
 const specs = Array.from({ length: CHAINS }, drawChain)
@@ -351,7 +358,7 @@ const keys = specs.map((s) => ({
 async function build(spec: ChainSpec, i: number): Promise<BuiltChain> {
   let issuer = tops[spec.top]
   const sent: string[] = []
-  const dated = new Set<Dates>()
+  const dated = new Set<Dates>(spec.top === 'lapsed-intermediate' ? ['expired'] : [])
   for (const [j, c] of spec.intermediates.entries()) {
     const name = `c${i}-intermediate-${j}`
     const made = await makeCertificate(dir, name, {
@@ -367,8 +374,7 @@ async function build(spec: ChainSpec, i: number): Promise<BuiltChain> {
     issuer = { name, key: keys[i]!.intermediates[j]!, ...made }
     if (spec.sends[j]) sent.unshift(made.certPem)
   }
-  if (spec.sendsTop && (spec.top === 'file-intermediate' || spec.top === 'orphan-intermediate'))
-    sent.push(tops[spec.top].certPem)
+  if (spec.sendsTop && spec.top !== 'root' && spec.top !== 'other-root') sent.push(tops[spec.top].certPem)
   if (spec.reversed) sent.reverse()
   if (spec.sendsStranger) sent.push(tops['other-root'].certPem)
   const name = `c${i}-leaf`
