@@ -1,8 +1,9 @@
 // Client-certificate acceptance, generated and checked against `openssl verify`: for chains of a root, 0–2
 // intermediates and a leaf (RSA-2048, EC P-256 and Ed25519 keys mixed; dates, basicConstraints, pathlen, key
 // usage, extended key usage, name constraints, SHA-1 or SHA-256 signatures drawn per certificate; the client
-// sending some of its intermediates; a leaf of a CA that is not the client CA, or of an intermediate that the
-// client CA file holds without its root), the built sidecar's https listener (`clientCert: optional`) attributes
+// sending some of its intermediates, in either order, with a stranger; a leaf of a CA that is not the client CA,
+// of one with the client root's name on another key, of an intermediate that the client CA file holds without
+// its root or with its root expired), the built sidecar's https listener (`clientCert: optional`) attributes
 // a connection to its certificate exactly when
 //   openssl verify -purpose sslclient -auth_level 1 -CAfile <clientCA> -untrusted <what the client sent> <leaf>
 // accepts it and the leaf is a good X.509-SVID where it names a SPIFFE ID (one URI SAN, a valid ID: the SPIFFE
@@ -108,7 +109,13 @@ interface LeafSpec {
   digest: 'sha1' | 'sha256'
   key: KeyType
 }
-type Top = 'root' | 'file-intermediate' | 'other-root' | 'orphan-intermediate' | 'lapsed-intermediate'
+type Top =
+  | 'root'
+  | 'file-intermediate'
+  | 'other-root'
+  | 'orphan-intermediate'
+  | 'lapsed-intermediate'
+  | 'impostor-root'
 interface ChainSpec {
   top: Top
   /** from the top down */
@@ -148,6 +155,7 @@ function drawChain(): ChainSpec {
     ['other-root', 1],
     ['orphan-intermediate', 1],
     ['lapsed-intermediate', 1],
+    ['impostor-root', 1],
   ])
   const intermediates = Array.from(
     {
@@ -312,9 +320,15 @@ await Promise.all(
 )
 const poolKey = (type: KeyType) => keyPool[type][Math.floor(random() * keyPool[type].length)]!
 
-async function ca(name: string, key: KeyFiles, issuer?: Issuer, dates?: Dates): Promise<Issuer> {
+async function ca(
+  name: string,
+  key: KeyFiles,
+  issuer?: Issuer,
+  dates?: Dates,
+  subject = `/CN=${name}`,
+): Promise<Issuer> {
   const made = await makeCertificate(dir, name, {
-    subject: `/CN=${name}`,
+    subject,
     key,
     ...(issuer ? { issuer } : {}),
     ...(dates && dates !== 'valid' ? { validity: VALIDITY[dates]() } : {}),
@@ -337,6 +351,14 @@ const tops: Record<Top, Issuer> = {
   'other-root': otherRoot,
   'orphan-intermediate': await ca('orphan-intermediate', poolKey('ec'), otherRoot),
   'lapsed-intermediate': await ca('lapsed-intermediate', poolKey('ec'), lapsedRoot),
+  // the client root's name on another key: what it issues names the root as its issuer
+  'impostor-root': await ca(
+    'impostor-root',
+    await generateKey(dir, 'impostor', 'rsa'),
+    undefined,
+    'valid',
+    '/CN=client-root',
+  ),
 }
 // the client CA file: the root, an intermediate of it, an intermediate whose root it leaves out, and an
 // intermediate whose root in it has expired (OpenSSL checks the root's dates too)
