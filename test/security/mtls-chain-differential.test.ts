@@ -63,7 +63,7 @@ const VALIDITY: Record<Exclude<Dates, 'valid'>, () => { notBefore: Date; notAfte
 }
 
 /**
- * URI SANs by what the reference's SPIFFE rules make of them: a valid ID, an invalid one (upper-case trust
+ * URI SANs by what the SPIFFE rules of docs/reference.md make of them: a valid ID, an invalid one (upper-case trust
  * domain, port, empty or dot segment, trailing slash, query, a scheme in upper case), or no SPIFFE ID at all.
  */
 const URIS: readonly { uri: string; spiffe: 'valid' | 'invalid' | 'none' }[] = [
@@ -432,8 +432,8 @@ function spiffeProblem(leaf: LeafSpec): string | undefined {
   if (!leaf.uris.some((u) => u.spiffe !== 'none')) return undefined
   if (leaf.uris.length !== 1) return 'an X.509-SVID has exactly one URI SAN'
   if (leaf.uris[0]!.spiffe === 'invalid') return `${leaf.uris[0]!.uri} is not a valid SPIFFE ID`
-  // X.509-SVID §4.1, §4.3; its "MUST set digitalSignature" is not applied: a leaf without a key usage (as
-  // many issuers make them) stays an SVID, as the reference says nothing of key usage for SPIFFE IDs
+  // X.509-SVID §4.1, §4.3; its "MUST set digitalSignature" is not applied, on purpose and as docs/reference.md
+  // says: a leaf without a key usage (as many issuers make them) stays an SVID
   if (leaf.basicConstraints === 'ca') return 'an X.509-SVID leaf is not a CA'
   if (leaf.keyUsage?.includes('keyCertSign')) return 'an X.509-SVID leaf does not sign certificates'
   return undefined
@@ -503,7 +503,7 @@ t.test('the reference itself: its classes are all drawn', async (t) => {
 function judge(
   t: Test,
   i: number,
-  got: { attributed: boolean; subject: unknown; reasons: string[]; seen: unknown },
+  got: { attributed: boolean; identity: unknown; subject: unknown; reasons: string[]; seen: unknown },
 ): void {
   const chain = chains[i]!
   const e = expected[i]!
@@ -511,6 +511,9 @@ function judge(
   if (!e.reference.error && e.spiffeProblem === undefined) {
     t.ok(got.attributed, `chain ${i}: the reference accepts it, so it is the certificate's identity`, what)
     t.equal(got.subject, `CN=${chain.leaf.name}`, `chain ${i}: cert_subject`)
+    // no identity rules: the built-in name, the SVID's SPIFFE ID, else the CN
+    const svid = chain.spec.leaf.uris.find((u) => u.spiffe === 'valid')?.uri
+    t.equal(got.identity, svid ?? chain.leaf.name, `chain ${i}: identity`)
     t.same(got.reasons, [], `chain ${i}: no mTLS failure`, what)
     return
   }
@@ -576,6 +579,7 @@ t.test(
       )
       judge(t, i, {
         attributed: line['source'] === 'mtls' && line['verified'] === true,
+        identity: line['identity'],
         subject: line['cert_subject'],
         reasons: failures.map((f) => f.reason),
         seen: line,
@@ -632,11 +636,12 @@ t.test('explain judges every chain as the listener does', async (t) => {
     )
     t.equal(code, 0, `chain ${i}: explained`)
     const report = JSON.parse(lines.join('\n')) as {
-      identity: { source: string; verified: boolean }
+      identity: { name: string; source: string; verified: boolean }
       evidence: { mtls?: { subject?: string }; failures: { source: string; reason: string }[] }
     }
     judge(t, i, {
       attributed: report.identity.source === 'mtls' && report.identity.verified,
+      identity: report.identity.name,
       subject: report.evidence.mtls?.subject,
       reasons: report.evidence.failures.filter((f) => f.source === 'mtls').map((f) => f.reason),
       seen: report,
