@@ -241,8 +241,13 @@ export interface RequestInfo {
   method: string
   /** path without query string */
   path: string
-  /** raw request target (path + query) */
+  /** request target (path + query), its path normalized (proxy/path.ts) */
   url: string
+  /**
+   * The origin-form target as the client sent it, before normalization: what an HTTP Message Signature
+   * covers (`@path`, `@query`, `@target-uri`). undefined: `url` is that too.
+   */
+  readonly sentTarget?: string | undefined
   headers: IncomingHttpHeaders
   /**
    * The address the request comes from (identity/client-address.ts `requestClient`), kept by the first stage

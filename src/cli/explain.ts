@@ -249,6 +249,8 @@ async function explainTo(opts: ExplainOptions, out: Out, report: Out): Promise<n
     method: opts.method,
     path: target.path,
     url: target.target,
+    // a signature covers the target as sent, as the live proxy checks it
+    sentTarget: opts.path.startsWith('/') ? opts.path : undefined,
     headers,
   }
   // the proxy's own secret files: an api key's fingerprint here is the one the proxy's audit shows

@@ -89,7 +89,7 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
   traceparent = ''
   readonly requestId: string
   readonly host: string | undefined
-  /** the raw request target (path + query), once it was parsed */
+  /** the request target (path + query), its path normalized, once it was parsed */
   url = ''
   /** the request's headers; emptied when the exchange is recorded (a recorder may keep the event) */
   headers: IncomingHttpHeaders
@@ -106,6 +106,12 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
     const rid = headers['x-request-id']
     this.requestId = requestId(typeof rid === 'string' ? rid : undefined)
     this.host = headers.host ?? authority(headers)
+  }
+
+  /** the target as the client sent it (RequestInfo.sentTarget): a getter, so no slot per request */
+  get sentTarget(): string | undefined {
+    const sent = this.req?.url
+    return sent !== undefined && sent.charCodeAt(0) === 47 /* / */ ? sent : undefined
   }
 
   get responseClosed(): boolean {

@@ -2,13 +2,15 @@
 // the web-bot-auth package's signer, verified against a key directory served over HTTP. Verified, tampered,
 // expired, replayed, unknown key, unconfigured directory, a directory that goes down (last good keys), a
 // signature made for another site (signedAgents.authorities), and a nonce cache too small for the traffic.
-import { createHash } from 'node:crypto'
+import { createHash, createPrivateKey } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { createSigner, httpbis } from 'http-message-signatures'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
+import { rawExchange } from '../helpers/net.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { runCli, startTestSidecar } from '../helpers/sidecar.ts'
 import { createAgentKey, signRequest, signWithParams, startKeyDirectory } from '../helpers/signed-agent.ts'
@@ -267,6 +269,70 @@ t.test('Web Bot Auth signatures are verified against the configured key director
       'signature_unknown_key',
     ])
       t.ok(metricValue(m, 'nhi_auth_failures_total', { source: 'signature', reason }) >= 1, reason)
+  })
+})
+
+// Found by signed-agents-differential.test.ts: signatures the reference verifier accepts on the request as its
+// agent built and sent it, which the proxy checked against the request as it had rewritten it.
+t.test('a signature is checked against the request as its agent sent it', async (t) => {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const sidecar = await startTestSidecar(t, {
+    service: 'shop',
+    upstream: upstream.url,
+    signedAgents: {
+      directories: [{ url: directory.url, name: 'agent.example' }],
+      authorities: ['shop.example'],
+    },
+  })
+  const signer = createSigner(createPrivateKey({ key: key.privateJwk, format: 'jwk' }), 'ed25519', key.keyid)
+  let n = 0
+  /** `lines` and `target` signed (`@authority` and `fields`) by http-message-signatures, sent as raw HTTP/1.1 */
+  const send = async (target: string, lines: [string, string][], fields: string[]) => {
+    const headers: Record<string, string[]> = {}
+    for (const [name, value] of lines)
+      headers[name.toLowerCase()] = [...(headers[name.toLowerCase()] ?? []), value]
+    const now = Date.now()
+    const signed = await httpbis.signMessage(
+      {
+        key: signer,
+        fields: ['@authority', ...fields],
+        params: ['created', 'expires', 'keyid', 'tag'],
+        paramValues: {
+          created: new Date(now),
+          expires: new Date(now + 60_000),
+          tag: 'web-bot-auth',
+        } as never,
+      },
+      { method: 'GET', url: `http://shop.example${target}`, headers },
+    )
+    const requestId = `as-sent-${++n}`
+    const head = [
+      `GET ${target} HTTP/1.1`,
+      'Host: shop.example',
+      'User-Agent: ExampleAgent/1.0',
+      `X-Request-Id: ${requestId}`,
+      'Connection: close',
+      ...lines.map(([name, value]) => `${name}: ${value}`),
+      `Signature-Input: ${signed.headers['Signature-Input']}`,
+      `Signature: ${signed.headers['Signature']}`,
+    ]
+    const answer = await rawExchange(sidecar.proxyAddress.port, Buffer.from(`${head.join('\r\n')}\r\n\r\n`))
+    t.match(answer, /^HTTP\/1\.1 200 /, 'forwarded')
+    const audit = await eventually(async () => {
+      const r = await request(`${sidecar.adminUrl}/audit?request_id=${requestId}`)
+      return (JSON.parse(await r.body.text()) as { events: Record<string, unknown>[] }).events[0]
+    })
+    return { identity: audit['identity'], verified: audit['verified'], failures: audit['failures'] }
+  }
+  const verified = { identity: 'agent.example', verified: true, failures: [] }
+
+  await t.test('a path the proxy normalizes: the signature covers the path as sent', async (t) => {
+    // forwarded as /x/~user/page (path parameters dropped, %7E decoded, dot segments resolved)
+    t.same(await send('/x;v=1/%7Euser/./page?q=1', [], ['@path', '@target-uri']), verified)
   })
 })
 

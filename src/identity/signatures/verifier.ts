@@ -178,7 +178,9 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
         )
       } else candidates = named
     }
-    const url = `${conn.tls ? 'https' : 'http'}://${host}${req.url}`
+    // the target as sent, not as normalized for rules and the upstream: the agent signed what it sent
+    // (/x;p=1, /%7Euser), and its normalized form is a function of that
+    const url = `${conn.tls ? 'https' : 'http'}://${host}${req.sentTarget ?? req.url}`
     const foreign = this.authorities !== undefined && !authorityAllowed(url, this.authorities)
     const lib = await loadHms()
     const walk: Walk = { labels: 0, verified: [] }
