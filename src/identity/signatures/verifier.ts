@@ -217,9 +217,11 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     const requiredFields = ['@authority']
     // the directory named in Signature-Agent is only believed when the signature covers the header
     if (agentHeader !== undefined) requiredFields.push('signature-agent')
-    let outcome: Result | undefined
+    let result: boolean | null = null
+    let thrown = false
+    let error: unknown
     try {
-      const result = await lib.httpbis.verifyMessage(
+      result = await lib.httpbis.verifyMessage(
         {
           keyLookup,
           tolerance: this.skewSeconds,
@@ -234,22 +236,28 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
           headers: headers as Record<string, string | string[]>,
         },
       )
-      const first = walk.verified[0]
-      if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) outcome = tooManyLabels()
-      else if (walk.failure && !first) outcome = walk.failure
-      else if (result === null) outcome = undefined
-      else if (result !== true || !first) outcome = failure('signature_invalid', 'signature does not verify')
-      else outcome = evidenceOf(first)
     } catch (err) {
-      outcome =
-        walk.labels > MAX_WEB_BOT_AUTH_LABELS
-          ? tooManyLabels()
-          : err instanceof lib.ExpiredError
-            ? failure('signature_expired', 'signature has expired')
-            : err instanceof lib.UnacceptableSignatureError
-              ? failure('signature_invalid', 'signature does not cover @authority and Signature-Agent')
-              : (walk.failure ?? failure('signature_invalid', 'signature headers are malformed'))
+      thrown = true
+      error = err
     }
+    // The first label that verified names the request, whatever became of the others (an intermediary's
+    // whose directory is not configured here, one altered on the way): the library answers for the last
+    // label it checked, and throws for any label, so its answer alone would make the verdict depend on
+    // the labels' order
+    const first = walk.verified[0]
+    let outcome: Result | undefined
+    if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) outcome = tooManyLabels()
+    else if (first) outcome = evidenceOf(first)
+    else if (thrown) {
+      outcome =
+        error instanceof lib.ExpiredError
+          ? failure('signature_expired', 'signature has expired')
+          : error instanceof lib.UnacceptableSignatureError
+            ? failure('signature_invalid', 'signature does not cover @authority and Signature-Agent')
+            : (walk.failure ?? failure('signature_invalid', 'signature headers are malformed'))
+    } else if (walk.failure) outcome = walk.failure
+    else if (result === null) outcome = undefined
+    else outcome = failure('signature_invalid', 'signature does not verify')
     // a label that verified was presented here whatever becomes of the request (which goes upstream all the
     // same when it is only observed): its nonce is spent, and a replay of any label outranks other failures
     const refused = await this.spend(walk.verified)
