@@ -248,6 +248,11 @@ export interface RequestInfo {
    * covers (`@path`, `@query`, `@target-uri`). undefined: `url` is that too.
    */
   readonly sentTarget?: string | undefined
+  /**
+   * The header lines as received, name and value alternating (Node's rawHeaders), where `headers` joined the
+   * lines of a field: for what needs each line (a signature over a field with `;bs`). undefined: unknown.
+   */
+  readonly rawHeaders?: readonly string[] | undefined
   headers: IncomingHttpHeaders
   /**
    * The address the request comes from (identity/client-address.ts `requestClient`), kept by the first stage

@@ -114,6 +114,11 @@ export class Exchange implements ForwardListener, RequestInfo, TraceContext, Req
     return sent !== undefined && sent.charCodeAt(0) === 47 /* / */ ? sent : undefined
   }
 
+  /** the header lines as received (RequestInfo.rawHeaders) */
+  get rawHeaders(): readonly string[] | undefined {
+    return this.req?.rawHeaders
+  }
+
   get responseClosed(): boolean {
     return (this.state & RESPONSE_CLOSED) !== 0
   }

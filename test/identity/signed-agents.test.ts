@@ -334,6 +334,40 @@ t.test('a signature is checked against the request as its agent sent it', async 
     // forwarded as /x/~user/page (path parameters dropped, %7E decoded, dot segments resolved)
     t.same(await send('/x;v=1/%7Euser/./page?q=1', [], ['@path', '@target-uri']), verified)
   })
+
+  await t.test('a field is read line by line as RFC 9421 §2.1 reads it', async (t) => {
+    // each line stripped, then joined: "a, " (Node's joined value stripped would be "a,")
+    t.same(
+      await send(
+        '/echo',
+        [
+          ['X-Tags', 'a'],
+          ['X-Tags', ''],
+        ],
+        ['x-tags'],
+      ),
+      verified,
+      'an empty last line',
+    )
+    t.same(
+      await send(
+        '/echo',
+        [
+          ['X-Parts', 'one'],
+          ['X-Parts', 'two'],
+        ],
+        ['x-parts;bs'],
+      ),
+      verified,
+      ';bs: each line a byte sequence of its own',
+    )
+    t.same(
+      await send('/echo', [['X-Name', 'café']], ['x-name']),
+      verified,
+      'the UTF-8 bytes sent, not latin1',
+    )
+    t.same(await send('/echo', [['X-Name', 'café']], ['x-name;bs']), verified, 'the same with ;bs')
+  })
 })
 
 t.test('explain verifies a signed request against the directory and shows the evidence', async (t) => {

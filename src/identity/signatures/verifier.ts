@@ -208,7 +208,7 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
         verify: async (data: Buffer, signature: Buffer) => {
           // the library looks every label up before it checks any: too many are refused without a check
           if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return false
-          const ok = await lib.createVerifier(found.key.key, found.key.alg)(data, signature)
+          const ok = await lib.createVerifier(found.key.key, found.key.alg)(receivedBytes(data), signature)
           if (ok) walk.verified.push(found.accepted)
           return ok
         },
@@ -229,12 +229,14 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
           notAfter: Math.floor(this.now() / 1000),
           requiredParams: ['created', 'expires', 'keyid'],
           requiredFields,
+          componentParser: fieldFromLines,
         },
         {
           method: req.method,
           url,
           headers: headers as Record<string, string | string[]>,
-        },
+          rawHeaders: req.rawHeaders,
+        } as SignedRequest,
       )
     } catch (err) {
       thrown = true
@@ -355,6 +357,62 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
     }
     return undefined
   }
+}
+
+/** The request as the library reads it, with the header lines as received. */
+interface SignedRequest {
+  method: string
+  url: string
+  headers: Record<string, string | string[]>
+  rawHeaders: readonly string[] | undefined
+}
+
+/**
+ * A field's value as RFC 9421 §2.1 has it: each of its lines stripped of whitespace at either end, then
+ * joined with ", " (or, with `;bs`, each line a byte sequence, §2.1.3), where Node joined the lines before
+ * stripping the value: an empty last line (`v` and ``: "v, ") lost its ", ". The lines are read from the raw
+ * header lines. A field Node keeps one line of (User-Agent, Content-Type…) or joins otherwise (Cookie) is
+ * Node's value, the one forwarded. Bytes past ASCII are the bytes received (see receivedBytes). null: the
+ * library's own derivation (a derived component, a structured field, `;req`).
+ */
+function fieldFromLines(
+  name: string,
+  params: Map<string, string | number | boolean>,
+  message: unknown,
+): string[] | null {
+  if (name.charCodeAt(0) === 64 /* @ */ || params.has('sf') || params.has('key') || params.has('req')) {
+    return null
+  }
+  const { headers, rawHeaders } = message as SignedRequest
+  const value = headers[name]
+  if (typeof value !== 'string') return null
+  let lines: string[] = []
+  if (rawHeaders !== undefined) {
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+      if (rawHeaders[i]!.toLowerCase() === name) lines.push(rawHeaders[i + 1]!.trim())
+    }
+  }
+  if (lines.join(', ') !== value) lines = [value.trim()]
+  if (!params.has('bs')) return [lines.join(', ')]
+  let out = ''
+  for (const line of lines)
+    out += `${out === '' ? '' : ', '}:${Buffer.from(line, 'latin1').toString('base64')}:`
+  return [out]
+}
+
+/**
+ * The signature base as the bytes the client sent. Node reads header bytes as latin1, one character a byte,
+ * and the library encodes the base as UTF-8: a field value with a byte past ASCII (an agent's "é", sent as
+ * UTF-8) would be checked as other bytes than were signed. A base with a character no byte stands for is left
+ * as it is (and does not verify).
+ */
+function receivedBytes(base: Buffer): Buffer {
+  let i = 0
+  while (i < base.length && base[i]! < 0x80) i++
+  if (i === base.length) return base
+  const text = base.toString('utf8')
+  for (let c = 0; c < text.length; c++) if (text.charCodeAt(c) > 0xff) return base
+  return Buffer.from(text, 'latin1')
 }
 
 /** The evidence a verified label gives: its directory's agent. */
