@@ -26,12 +26,15 @@ export async function createAgentKey(): Promise<AgentKey> {
   return { keyid: signer.keyid, publicJwk: publicKey.export({ format: 'jwk' }), privateJwk, signer }
 }
 
+/** What a directory publishes of a key: a key of another algorithm than AgentKey's will do */
+export type PublishedKey = Pick<AgentKey, 'publicJwk'>
+
 export interface KeyDirectoryServer {
   /** origin, e.g. http://127.0.0.1:1234: what a Signature-Agent header names */
   origin: string
   /** the directory URL */
   url: string
-  keys: AgentKey[]
+  keys: PublishedKey[]
   /** GETs of the directory so far */
   hits: number
   /** answer this status instead of the directory */
@@ -43,7 +46,7 @@ export interface KeyDirectoryServer {
   close(): Promise<void>
 }
 
-export async function startKeyDirectory(keys: AgentKey[]): Promise<KeyDirectoryServer> {
+export async function startKeyDirectory(keys: PublishedKey[]): Promise<KeyDirectoryServer> {
   let server: Server | undefined
   const state: KeyDirectoryServer = {
     origin: '',
