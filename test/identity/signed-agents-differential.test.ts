@@ -2,7 +2,8 @@
 // characters, dot segments, `%2F`, an empty `?`, repeated parameters; a Host in other case, with a port or
 // a trailing dot; extra fields, some over several lines, padded or empty) are signed with the
 // http-message-signatures package's signer (Ed25519 and RSA-PSS keys, generated covered components and
-// parameters, up to three labels) and sent through the built proxy over HTTP/1.1 (raw bytes) or h2c. The
+// parameters, up to three labels) and sent through the built proxy over HTTP/1.1 (raw bytes), h2c or, a
+// subset, HTTP/2 over TLS. The
 // expected verdict is the same package's verifier run on the request exactly as the signer built it, label by
 // label, with the documented policy on top (listed at `Verdict` below, each rule with the line of docs/reference.md it comes
 // from); the audit line must say the same: verified or not, and for a request with one Web Bot Auth label,
@@ -41,6 +42,7 @@ import t, { type Test } from 'tap'
 import { signatureHeaders, verify as webBotAuthVerify } from 'web-bot-auth'
 import { eventually } from '../helpers/eventually.ts'
 import { rawExchange } from '../helpers/net.ts'
+import { createServerPki } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -84,7 +86,8 @@ const AUTHORITIES = ['shop.example', '*.shop.example']
 type Verdict = { verified: true; nonces: string[] } | { verified: false; reason: string | undefined }
 
 type KeyName = 'ed25519' | 'rsa' | 'stranger'
-type Proto = 'h1' | 'h2'
+/** HTTP/1.1 and h2c on the plain listener, HTTP/2 over TLS (ALPN) on the TLS one for a subset */
+type Proto = 'h1' | 'h2' | 'h2-tls'
 
 interface LabelSpec {
   key: KeyName
@@ -163,7 +166,7 @@ const labelArb = fc.record({
 })
 
 const requestArb = fc.record({
-  proto: fc.constantFrom<Proto>('h1', 'h2'),
+  proto: fc.constantFrom<Proto>('h1', 'h1', 'h2', 'h2', 'h2-tls'),
   method: fc.constantFrom('GET', 'GET', 'POST', 'DELETE', 'PATCH'),
   host: fc.constantFrom(
     'shop.example',
@@ -312,8 +315,13 @@ t.test('Web Bot Auth verification through the proxy agrees with the reference ve
   const other = await startKeyDirectory([])
   t.teardown(() => other.close())
   const auditFile = join(await scratchDir('signed-differential'), 'audit.jsonl')
+  const serverPki = await createServerPki()
   const sidecar = await startTestSidecar(t, {
     service: 'shop',
+    listen: {
+      http: '127.0.0.1:0',
+      https: { address: '127.0.0.1:0', cert: serverPki.server.certFile, key: serverPki.server.keyFile },
+    },
     upstream: upstream.url,
     audit: { output: auditFile },
     signedAgents: {
@@ -323,7 +331,13 @@ t.test('Web Bot Auth verification through the proxy agrees with the reference ve
       maxAge: `${MAX_AGE / 60}m`,
     },
   })
-  const client = await proxyClient(t, sidecar.proxyAddress.port, auditFile)
+  const client = await proxyClient(
+    t,
+    sidecar.proxyAddress.port,
+    sidecar.httpsAddress!.port,
+    serverPki.ca.certPem,
+    auditFile,
+  )
   const agentValues = { directory: JSON.stringify(directory.origin), other: JSON.stringify(other.origin) }
 
   // the directory is fetched as the sidecar starts: wait until a plain signed request verifies
@@ -355,13 +369,17 @@ t.test('Web Bot Auth verification through the proxy agrees with the reference ve
     }
     let verified = 0
     let refused = 0
+    const verifiedOver = new Set<Proto>()
     for (const { name, signed, expected, at } of sent) {
       const seen = await client.seen(at)
-      if (seen.verified) verified++
-      else refused++
+      if (seen.verified) {
+        verified++
+        verifiedOver.add(signed.spec.proto)
+      } else refused++
       compare(t, name, signed, expected, seen)
     }
     t.ok(verified > REQUESTS / 10 && refused > REQUESTS / 10, `${verified} verified, ${refused} refused`)
+    t.same([...verifiedOver].sort(), ['h1', 'h2', 'h2-tls'], 'requests verified over every protocol')
   })
 
   await t.test('a request altered after signing never verifies', async (t) => {
@@ -570,7 +588,7 @@ async function signSpec(
   for (const [name, value] of spec.fields)
     headers[name.toLowerCase()] = [...(headers[name.toLowerCase()] ?? []), value]
   if (spec.agent !== 'none') headers['signature-agent'] = [agentValues[spec.agent]]
-  const url = `http://${spec.host}${spec.target}`
+  const url = `${spec.proto === 'h2-tls' ? 'https' : 'http'}://${spec.host}${spec.target}`
   const now = Math.floor(Date.now() / 1000)
   let message = { method: spec.method, url, headers: headers as Record<string, string | string[]> }
   const labels: string[] = []
@@ -863,7 +881,15 @@ function tamperings(signed: SignedRequest): Change[] {
 function benignChanges(signed: SignedRequest): Change[] {
   const covered = signed.inputs[0]!
   const out: Change[] = [
-    { what: 'the other protocol', apply: (s) => withSpec(s, { proto: s.spec.proto === 'h1' ? 'h2' : 'h1' }) },
+    // over TLS the scheme is another (@scheme, @target-uri): only h1 and h2c trade places
+    ...(signed.spec.proto === 'h2-tls'
+      ? []
+      : [
+          {
+            what: 'the other protocol',
+            apply: (s: SignedRequest) => withSpec(s, { proto: s.spec.proto === 'h1' ? 'h2' : 'h1' }),
+          },
+        ]),
     {
       what: 'an uncovered field added',
       apply: (s) => withFields(s, [['x-uncovered', 'yes'], ...s.spec.fields]),
@@ -915,10 +941,13 @@ function withFields(s: SignedRequest, fields: [string, string][]): SignedRequest
 }
 
 /** Sends signed requests through the proxy and reads their audit lines. */
-async function proxyClient(t: Test, port: number, auditFile: string) {
+async function proxyClient(t: Test, port: number, tlsPort: number, serverCa: string, auditFile: string) {
   const session = h2connect(`http://127.0.0.1:${port}`)
   session.on('error', () => {})
   t.teardown(() => session.destroy())
+  const tlsSession = h2connect(`https://127.0.0.1:${tlsPort}`, { ca: serverCa, servername: 'localhost' })
+  tlsSession.on('error', () => {})
+  t.teardown(() => tlsSession.destroy())
   let n = 0
   const audits = new Map<string, Record<string, unknown>>()
   let readUpTo = 0
@@ -982,7 +1011,7 @@ async function proxyClient(t: Test, port: number, auditFile: string) {
         const v = Buffer.from(value.replace(/^[ \t]+|[ \t]+$/g, ''), 'utf8').toString('latin1')
         headers[lower] = existing === undefined ? [v] : [...(existing as string[]), v]
       }
-      const stream = session.request(headers, { endStream: true })
+      const stream = (spec.proto === 'h2-tls' ? tlsSession : session).request(headers, { endStream: true })
       stream.on('error', () => {})
       const [response] = (await once(stream, 'response')) as [Record<string, unknown>]
       stream.resume()
