@@ -389,6 +389,36 @@ t.test('explain verifies a signed request against the directory and shows the ev
     r.stdout,
     /identity: agent\.example\n\s+kind=agent source=signature verified=true rule=builtin:signature/,
   )
+
+  // as the live proxy checks it: the path as given, before normalization, and a field's value as typed
+  const signer = createSigner(createPrivateKey({ key: key.privateJwk, format: 'jwk' }), 'ed25519', key.keyid)
+  const now = Date.now()
+  const agent = JSON.stringify(directory.origin)
+  const message = await httpbis.signMessage(
+    {
+      key: signer,
+      fields: ['@authority', '@path', 'signature-agent', 'x-name'],
+      params: ['created', 'expires', 'keyid', 'tag'],
+      paramValues: { created: new Date(now), expires: new Date(now + 60_000), tag: 'web-bot-auth' } as never,
+    },
+    {
+      method: 'GET',
+      url: 'http://shop.test/x;v=1/%7Euser',
+      headers: { 'signature-agent': agent, 'x-name': 'café' } as Record<string, string>,
+    },
+  )
+  const asTyped = await runCli([
+    'explain',
+    '-c',
+    file,
+    '--path',
+    '/x;v=1/%7Euser',
+    ...['-H', 'host: shop.test', '-H', `signature-agent: ${agent}`, '-H', 'x-name: café'],
+    ...['-H', `signature-input: ${message.headers['Signature-Input']}`],
+    ...['-H', `signature: ${message.headers['Signature']}`],
+  ])
+  t.equal(asTyped.code, 0, asTyped.stderr)
+  t.match(asTyped.stdout, `signature  verified directory=${directory.url} keyid=${key.keyid}`)
 })
 
 t.test('signedAgents.authorities: a signature made for another site is refused', async (t) => {

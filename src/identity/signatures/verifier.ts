@@ -208,7 +208,9 @@ export class SignatureVerifier implements SourceExtractor<SignatureEvidence> {
         verify: async (data: Buffer, signature: Buffer) => {
           // the library looks every label up before it checks any: too many are refused without a check
           if (walk.labels > MAX_WEB_BOT_AUTH_LABELS) return false
-          const ok = await lib.createVerifier(found.key.key, found.key.alg)(receivedBytes(data), signature)
+          // header strings read off the wire are latin1 (rawHeaders says so); explain's -H values are text
+          const base = req.rawHeaders === undefined ? data : receivedBytes(data)
+          const ok = await lib.createVerifier(found.key.key, found.key.alg)(base, signature)
           if (ok) walk.verified.push(found.accepted)
           return ok
         },
