@@ -546,18 +546,7 @@ t.test(
     })
     const port = sidecar.httpsAddress!.port
     for (const [i, chain] of chains.entries()) {
-      const res = await exchange({
-        https: true,
-        host: '127.0.0.1',
-        port,
-        path: '/echo',
-        servername: 'localhost',
-        ca: serverCa.certPem,
-        cert: chain.leaf.certPem + chain.sent,
-        key: chain.leaf.key.keyPem,
-        ciphers: CLIENT_CIPHERS,
-        headers: { 'x-request-id': `chain-${i}` },
-      })
+      const res = await exchange({ ...presenting(chain, port), headers: { 'x-request-id': `chain-${i}` } })
       t.equal(res.status, 200, `chain ${i}: served, whatever its certificate`)
     }
     const lines = await eventually(
@@ -588,6 +577,21 @@ t.test(
   },
 )
 
+/** a request to the https listener at `port` presenting `chain`'s leaf and what the client sends with it */
+function presenting(chain: (typeof chains)[number], port: number) {
+  return {
+    https: true,
+    host: '127.0.0.1',
+    port,
+    path: '/echo',
+    servername: 'localhost',
+    ca: serverCa.certPem,
+    cert: chain.leaf.certPem + chain.sent,
+    key: chain.leaf.key.keyPem,
+    ciphers: CLIENT_CIPHERS,
+  }
+}
+
 t.test(
   'clientCert required: the handshake succeeds exactly when the reference accepts the chain',
   async (t) => {
@@ -600,17 +604,7 @@ t.test(
     const port = sidecar.httpsAddress!.port
     for (const [i, chain] of chains.slice(0, REQUIRED_CHAINS).entries()) {
       const e = expected[i]!
-      const outcome = await exchange({
-        https: true,
-        host: '127.0.0.1',
-        port,
-        path: '/echo',
-        servername: 'localhost',
-        ca: serverCa.certPem,
-        cert: chain.leaf.certPem + chain.sent,
-        key: chain.leaf.key.keyPem,
-        ciphers: CLIENT_CIPHERS,
-      }).then(
+      const outcome = await exchange(presenting(chain, port)).then(
         (res) => res.status,
         (err: NodeJS.ErrnoException) => err.code ?? err.message,
       )
