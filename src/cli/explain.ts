@@ -15,6 +15,7 @@ import {
   pathToAnchor,
   pemCertificates,
   rootedChain,
+  subjectOf,
   undatedChainProblem,
 } from '../identity/certificate.ts'
 import { evidenceByName } from '../identity/sources/source.ts'
@@ -173,10 +174,6 @@ async function certFromPem(
       return failure('cert_not_yet_valid', `chain is not yet valid (${subjectOf(c)})`)
   }
   return certEvidenceFromX509(cert, 'mtls', true)
-}
-
-function subjectOf(c: X509Certificate): string {
-  return c.subject.split('\n').join(', ')
 }
 
 export async function runExplain(opts: ExplainOptions, report: Out): Promise<number> {

@@ -80,7 +80,6 @@ function shown(input: unknown): string {
   if (input instanceof Uint8Array) return 'binary data (!!binary)'
   if (input instanceof Set) return 'a set (!!set)'
   if (input instanceof Date) return 'a timestamp (!!timestamp)'
-  if (input instanceof Map) return 'a mapping of keys'
   if (typeof input === 'object') return 'a mapping of keys'
   if (typeof input === 'string') return input.length <= 40 ? JSON.stringify(input) : 'text'
   return String(input)

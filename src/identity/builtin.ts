@@ -3,6 +3,7 @@
 // gives it, the identity built-in knowledge names when no rule matched, and the namespace of unverified
 // names (docs/reference.md "Identity model"). Each credential source says its part (identity/sources).
 import type { Credential, EvidenceSet, Identity, Kind, Source } from '../types.ts'
+import { cutWhole } from '../util/lone-surrogate.ts'
 import type { BuiltinIdentity, CredentialSource } from './sources/source.ts'
 
 export interface Strongest {
@@ -155,11 +156,8 @@ export const UNVERIFIED_PREFIX = 'ua:'
 export const MAX_UNVERIFIED_NAME_LENGTH = 256
 /** What a client says, cut to the length a made-up name may have (MAX_UNVERIFIED_NAME_LENGTH). */
 export function cutLikeMadeUp<T extends string | undefined>(value: T): T {
-  if (value === undefined || value.length <= MAX_UNVERIFIED_NAME_LENGTH) return value
   // a header's UTF-8 can be read as characters outside the BMP: the cut keeps each one whole
-  const last = value.charCodeAt(MAX_UNVERIFIED_NAME_LENGTH - 1)
-  const end = last >= 0xd800 && last <= 0xdbff ? MAX_UNVERIFIED_NAME_LENGTH - 1 : MAX_UNVERIFIED_NAME_LENGTH
-  return value.slice(0, end) as T
+  return (value === undefined ? value : cutWhole(value, MAX_UNVERIFIED_NAME_LENGTH)) as T
 }
 
 /** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */

@@ -156,7 +156,8 @@ function selfSigned(c: X509Certificate): boolean {
   return c.subject === c.issuer && issuedBy(c, c)
 }
 
-function subjectOf(c: X509Certificate): string {
+/** a certificate's subject on one line, as messages name it */
+export function subjectOf(c: X509Certificate): string {
   return c.subject.split('\n').join(', ')
 }
 

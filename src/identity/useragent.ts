@@ -7,6 +7,7 @@ import { isbot, isbotMatch } from 'isbot'
 import { LRUCache } from 'lru-cache'
 import type { UserAgentCategory, UserAgentEvidence } from '../types.ts'
 import { headerText } from '../util/header-text.ts'
+import { cutWhole } from '../util/lone-surrogate.ts'
 import { SecondSight } from '../util/second-sight.ts'
 import { type AgentPurpose, findAgent } from './agents.ts'
 import { findCrawler } from './crawlers.ts'
@@ -139,8 +140,7 @@ function classify(ua: string): UserAgentEvidence {
 export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
   const trimmed = (ua ?? '').trim()
   // explain's and test's user agents are text, which can hold characters outside the BMP: the cut keeps each whole
-  const cut = trimmed.length > MAX_UA_LENGTH && isHighSurrogate(trimmed.charCodeAt(MAX_UA_LENGTH - 1))
-  const text = trimmed.slice(0, cut ? MAX_UA_LENGTH - 1 : MAX_UA_LENGTH)
+  const text = cutWhole(trimmed, MAX_UA_LENGTH)
   if (text === '') return evidence('', 'unknown', 'unknown')
   const hit = cache.get(text)
   if (hit) return hit
@@ -153,8 +153,4 @@ export function classifyUserAgent(ua: string | undefined): UserAgentEvidence {
 /** Entries in the classification cache (bounded by its LRU). */
 export function userAgentCacheSize(): number {
   return cache.size
-}
-
-function isHighSurrogate(unit: number): boolean {
-  return unit >= 0xd800 && unit <= 0xdbff
 }

@@ -75,6 +75,9 @@ const KNOWN_FLAGS = ['00', '01', '02', '03'] as const
  */
 type SamplingRule = (traceId: string, callerFlags: number | undefined) => boolean
 
+/** parentbased_always_on, the default: the caller's flag, or sampled for a trace this hop starts */
+const PARENT_OR_SAMPLED: SamplingRule = (_traceId, caller) => caller === undefined || (caller & 1) === 1
+
 export function samplingRuleFromEnv(env: NodeJS.ProcessEnv): SamplingRule {
   const raw = env['OTEL_TRACES_SAMPLER']
   // the SDK takes the value as it is, whitespace included: only a blank one is unset
@@ -99,7 +102,7 @@ export function samplingRuleFromEnv(env: NodeJS.ProcessEnv): SamplingRule {
     }
     default:
       // parentbased_always_on, and what the SDK replaces with it (a misspelling)
-      return parentOr(() => true)
+      return PARENT_OR_SAMPLED
   }
 }
 
@@ -118,13 +121,8 @@ function traceIdAccumulation(traceId: string): number {
 }
 
 const sampling: SamplingRule = samplingRuleFromEnv(process.env)
-/** whether the rule is the default's, which keeps the caller's flags and samples a new trace: nothing to work out */
-const defaultSampling = isDefaultSampler(process.env)
-
-function isDefaultSampler(env: NodeJS.ProcessEnv): boolean {
-  const raw = env['OTEL_TRACES_SAMPLER']
-  return raw === undefined || raw.trim() === '' || raw === 'parentbased_always_on'
-}
+/** the default rule keeps the caller's flags and samples a new trace: nothing to work out per request */
+const defaultSampling = sampling === PARENT_OR_SAMPLED
 
 /** Continues a valid incoming `traceparent` with a new span for our hop, or starts a new trace. */
 export function traceContext(incoming: string | undefined): TraceContext {

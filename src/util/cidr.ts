@@ -72,8 +72,8 @@ export function canonicalAddress(address: string): string {
   if (!address.includes(':')) return address
   const g = ipv6Groups(address)
   if (g === undefined) return address
-  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff)
-    return `${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`
+  const v4 = v4MappedText(g)
+  if (v4 !== undefined) return v4
   // the first longest run of zero groups, if two or more long
   let zeroAt = -1
   let zeroLength = 1
@@ -86,13 +86,19 @@ export function canonicalAddress(address: string): string {
     }
     i = j === i ? i + 1 : j
   }
-  if (zeroAt === -1) return g.map((x) => x.toString(16)).join(':')
   const hex = (from: number, to: number) =>
     g
       .slice(from, to)
       .map((x) => x.toString(16))
       .join(':')
+  if (zeroAt === -1) return hex(0, 8)
   return `${hex(0, zeroAt)}::${hex(zeroAt + zeroLength, 8)}`
+}
+
+/** the IPv4 address a v4-mapped address's groups (::ffff:a.b.c.d) stand for, dotted; undefined for any other */
+export function v4MappedText(g: readonly number[]): string | undefined {
+  if (g[0] !== 0 || g[1] !== 0 || g[2] !== 0 || g[3] !== 0 || g[4] !== 0 || g[5] !== 0xffff) return undefined
+  return `${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`
 }
 
 /** uv_ip6_addr copies the text before a zone into 40 bytes, its terminating NUL included */

@@ -340,6 +340,14 @@ async function auditOf(adminPort: number, id: string): Promise<Record<string, un
   )
 }
 
+/** the api key `key-of-deploy` names `deployer` of team platform */
+const DEPLOYER = {
+  apiKeys: {
+    keys: [{ name: 'deploy', sha256: createHash('sha256').update('key-of-deploy').digest('hex') }],
+  },
+  identities: [{ name: 'deployer', team: 'platform', match: { apiKey: 'deploy' } }],
+}
+
 t.test('an upgrade the proxy will not switch to is identified and decided first', async (t) => {
   // these were refused 400 before identification: a request the policy denies was answered 400, not its
   // 403, and every one was recorded as anonymous whoever sent it (found by upgrade-differential.test.ts)
@@ -347,10 +355,7 @@ t.test('an upgrade the proxy will not switch to is identified and decided first'
   t.teardown(() => up.close())
   const sidecar = await startTestSidecar(t, {
     upstream: up.url,
-    apiKeys: {
-      keys: [{ name: 'deploy', sha256: createHash('sha256').update('key-of-deploy').digest('hex') }],
-    },
-    identities: [{ name: 'deployer', team: 'platform', match: { apiKey: 'deploy' } }],
+    ...DEPLOYER,
     policy: { mode: 'enforce', rules: [{ route: '/ws/**', allow: [{ team: 'platform' }] }] },
   })
   const port = sidecar.proxyAddress.port
@@ -409,13 +414,7 @@ t.test('a CONNECT is recorded as who sent it, over HTTP/1.1 and HTTP/2', async (
   // whatever credentials it carried (found by upgrade-differential.test.ts)
   const up = await startPermissiveUpstream()
   t.teardown(() => up.close())
-  const sidecar = await startTestSidecar(t, {
-    upstream: up.url,
-    apiKeys: {
-      keys: [{ name: 'deploy', sha256: createHash('sha256').update('key-of-deploy').digest('hex') }],
-    },
-    identities: [{ name: 'deployer', team: 'platform', match: { apiKey: 'deploy' } }],
-  })
+  const sidecar = await startTestSidecar(t, { upstream: up.url, ...DEPLOYER })
   const c = await rawClient(sidecar.proxyAddress.port)
   c.socket.write(
     'CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\nx-request-id: connect-h1\r\n' +
