@@ -48,9 +48,13 @@ const result = await build({
   platform: 'node',
   format: 'esm',
   target: 'node20',
-  minify: true,
-  // readable names in stack traces; a source map maps them back to src/
-  keepNames: true,
+  // Whitespace and syntax only: identifiers keep their names, so stack traces read as the sources do (a
+  // source map maps them back to src/) without esbuild's keepNames, which wraps every function a closure
+  // creates in a call that redefines its `name` — per request on the hot path (≈ 3 % of an h2c call's CPU)
+  // and ≈ 7 ms at start.
+  minifyWhitespace: true,
+  minifySyntax: true,
+  minifyIdentifiers: false,
   sourcemap: 'linked',
   legalComments: 'external',
   define: { __NHI_VERSION__: JSON.stringify(version), __NHI_BUNDLED__: 'true' },
