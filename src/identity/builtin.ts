@@ -2,6 +2,7 @@
 // credential (source, verified), the attributes and expiry the identity keeps, the kind a rule without `kind`
 // gives it, the identity built-in knowledge names when no rule matched, and the namespace of unverified
 // names (docs/reference.md "Identity model"). Each credential source says its part (identity/sources).
+import { createHash } from 'node:crypto'
 import type { Credential, EvidenceSet, Identity, Kind, Source } from '../types.ts'
 import { cutWhole } from '../util/lone-surrogate.ts'
 import type { BuiltinIdentity, CredentialSource } from './sources/source.ts'
@@ -160,6 +161,28 @@ export function cutLikeMadeUp<T extends string | undefined>(value: T): T {
   return (value === undefined ? value : cutWhole(value, MAX_UNVERIFIED_NAME_LENGTH)) as T
 }
 
+/**
+ * longest verified identity name (a credential's: a claim, a certificate, a SPIFFE ID). It is repeated on every
+ * series line and audit line of the identity and sent in `x-nhi-identity`, percent-encoded (up to 9 bytes a
+ * UTF-16 unit): beside the token that carries it (up to 8 KiB), an IdP's claim of a thousand or two
+ * characters would otherwise make the head larger than an upstream takes (16 KiB in Node), and every request
+ * of that caller would fail there.
+ */
+export const MAX_VERIFIED_NAME_LENGTH = 512
+/** `…#` and 16 hex digits: what a cut verified name ends with */
+const CUT_MARK_LENGTH = 18
+
+/**
+ * A verified name within MAX_VERIFIED_NAME_LENGTH: a longer one is cut (never inside a character) and ends with
+ * `…#` and the first 16 hex digits of the SHA-256 of the whole name (as UTF-16, so that lone surrogates count),
+ * so that two long names that begin alike stay two identities.
+ */
+export function cutVerifiedName(name: string): string {
+  if (name.length <= MAX_VERIFIED_NAME_LENGTH) return name
+  const digest = createHash('sha256').update(name, 'utf16le').digest('hex').slice(0, 16)
+  return `${cutWhole(name, MAX_VERIFIED_NAME_LENGTH - CUT_MARK_LENGTH)}…#${digest}`
+}
+
 /** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */
 export const ANONYMOUS = 'anonymous'
 
@@ -173,7 +196,8 @@ export const OVERFLOW_IDENTITY = '__overflow__'
  * `ua:googlebot`), and a verified name that would fall into that namespace (`anonymous`, `ua:…`) is
  * prefixed with its source instead (`apikey:anonymous`). So is `__overflow__` (`jwt:__overflow__`): a token
  * whose claim names it so would otherwise share its source's overflow series, show as overflow in
- * /identities and be left out of `inventory`.
+ * /identities and be left out of `inventory`. A verified name is at most MAX_VERIFIED_NAME_LENGTH
+ * (cutVerifiedName).
  */
 export function namespacedName(name: string, source: Source, verified: boolean): string {
   if (!verified) {
@@ -182,9 +206,11 @@ export function namespacedName(name: string, source: Source, verified: boolean):
     // on every series line, row and audit line of the identity
     return cutLikeMadeUp(named)
   }
-  return name === ANONYMOUS || name === OVERFLOW_IDENTITY || name.startsWith(UNVERIFIED_PREFIX)
-    ? `${source}:${name}`
-    : name
+  const named =
+    name === ANONYMOUS || name === OVERFLOW_IDENTITY || name.startsWith(UNVERIFIED_PREFIX)
+      ? `${source}:${name}`
+      : name
+  return cutVerifiedName(named)
 }
 
 /**
