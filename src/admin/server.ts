@@ -14,6 +14,7 @@ import {
   type Telemetry,
 } from '../telemetry/index.ts'
 import { withListenAddress } from '../util/listen-problem.ts'
+import { negotiateMetricsFormat } from './metrics-format.ts'
 import { UI_PAGE } from './ui/page.ts'
 import { UI_SCRIPT } from './ui/script.ts'
 
@@ -152,7 +153,7 @@ export interface AdminServer {
 }
 
 function wantsOpenMetrics(req: IncomingMessage): boolean {
-  return (req.headers.accept ?? '').includes('application/openmetrics-text')
+  return negotiateMetricsFormat(req.headers.accept) === 'openmetrics'
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
