@@ -9,13 +9,20 @@
 // From the attacker's side: every request also carries the other headers that name a client (X-Real-IP,
 // Forwarded, True-Client-IP, other spellings of X-Forwarded-For), and a peer outside the trusted CIDRs is
 // always its own client address, whatever the headers say.
+// A share of the requests go over HTTP/2 (h2c with prior knowledge; from ::1, h2 over TLS to the sidecar),
+// X-Forwarded-For as several field lines, empty ones among them: nginx reads them line by line as over
+// HTTP/1.1, node:http2 joins them with `, ` as Node's HTTP/1.1 server does. What HTTP/2 forbids is out of
+// the grammar there: a value with whitespace at either end (RFC 9113 §8.2.1, which nghttp2 drops) and
+// upper-case names (node:http2 writes the names in lower case).
 import { once } from 'node:events'
+import { connect as h2Connect } from 'node:http2'
 import { BlockList, isIPv4, isIPv6, connect as netConnect } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import fc from 'fast-check'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { mapLimit } from '../helpers/limit.ts'
+import { freePort } from '../helpers/net.ts'
 import { skipWithoutNginx, startNginx } from '../helpers/nginx.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
@@ -330,15 +337,27 @@ const OTHER_CLIENT_HEADERS = [
   'CF-Connecting-IP: 10.9.9.9',
   'Client-IP: 10.9.9.9',
 ]
-const sentCase = fc.record({
-  peer: fc.constantFrom(...PEERS),
-  lines: fc.oneof(
-    { arbitrary: fc.array(line, { maxLength: 3 }), weight: 4 },
-    { arbitrary: fc.constant<Element[]>([]), weight: 1 },
-  ),
-  others: fc.subarray(OTHER_CLIENT_HEADERS),
-})
+type Protocol = 'h1' | 'h2'
+/** HTTP/2 forbids whitespace at either end of a field value (RFC 9113 §8.2.1) */
+const h2Value = (text: string) => text.replace(/^[ \t]+|[ \t]+$/g, '')
+const sentCase = fc
+  .record({
+    protocol: fc.oneof(
+      { arbitrary: fc.constant<Protocol>('h1'), weight: 2 },
+      { arbitrary: fc.constant<Protocol>('h2'), weight: 1 },
+    ),
+    peer: fc.constantFrom(...PEERS),
+    lines: fc.oneof(
+      { arbitrary: fc.array(line, { maxLength: 3 }), weight: 4 },
+      { arbitrary: fc.constant<Element[]>([]), weight: 1 },
+    ),
+    others: fc.subarray(OTHER_CLIENT_HEADERS),
+  })
+  .map((c) =>
+    c.protocol === 'h1' ? c : { ...c, lines: c.lines.map((l) => ({ ...l, text: h2Value(l.text) })) },
+  )
 interface Case {
+  protocol: Protocol
   peer: string
   lines: Element[]
   others: string[]
@@ -371,6 +390,51 @@ async function send(
   await once(socket, 'close')
   const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(raw)?.[1] ?? 0)
   return { status, body: raw.slice(raw.indexOf('\r\n\r\n') + 4) }
+}
+
+/**
+ * one HTTP/2 request on its own session from `localAddress` (h2c, or h2 over TLS when `ca` is given), each
+ * X-Forwarded-For line its own field line, as node:http2 sends an array; the whole answer
+ */
+async function sendH2(
+  port: number,
+  localAddress: string,
+  path: string,
+  c: Case,
+  ca?: string,
+): Promise<{ status: number; body: string }> {
+  const host = isIPv4(localAddress) ? '127.0.0.1' : '::1'
+  const session = h2Connect(`${ca === undefined ? 'http' : 'https'}://localhost`, {
+    createConnection: () =>
+      ca === undefined
+        ? netConnect({ host, port, localAddress })
+        : tlsConnect({
+            socket: netConnect({ host, port, localAddress }),
+            ca,
+            servername: 'localhost',
+            ALPNProtocols: ['h2'],
+          }),
+  })
+  session.on('error', () => {})
+  try {
+    const headers: Record<string, string | string[]> = { ':path': path, ':authority': 'x' }
+    if (c.lines.length > 0) headers['x-forwarded-for'] = c.lines.map((l) => l.text)
+    for (const other of c.others) {
+      const colon = other.indexOf(':')
+      headers[other.slice(0, colon)] = other.slice(colon + 2)
+    }
+    const stream = session.request(headers, { endStream: true })
+    const [response] = (await once(stream, 'response')) as [Record<string, string | number>]
+    let body = ''
+    stream.setEncoding('latin1')
+    stream.on('data', (chunk: string) => {
+      body += chunk
+    })
+    await once(stream, 'end')
+    return { status: Number(response[':status']), body }
+  } finally {
+    session.close()
+  }
 }
 
 function requestBytes(path: string, c: Case): Buffer {
@@ -502,11 +566,15 @@ t.test(
     /** the cases from their peers to an nginx and the sidecar, both trusting `cidrs`; each held to its walk */
     async function answer(name: string, cidrs: string[], cases: Case[]): Promise<Answered[]> {
       const trust = trustOf(cidrs)
+      // nginx 1.22 takes h2c with prior knowledge only on a listener of its own
+      const h2cPort = await freePort()
       const nginx = await startNginx(
         t,
         await scratchDir('realip'),
         (p) => `    listen 127.0.0.1:${p};
     listen [::1]:${p};
+    listen 127.0.0.1:${h2cPort} http2;
+    listen [::1]:${h2cPort} http2;
 ${cidrs.map((c) => `    set_real_ip_from ${c};`).join('\n')}
     real_ip_header X-Forwarded-For;
     real_ip_recursive on;
@@ -514,16 +582,18 @@ ${cidrs.map((c) => `    set_real_ip_from ${c};`).join('\n')}
       )
       t.ok(await sidecar.reload(config(cidrs)), `${name}: the sidecar trusts ${cidrs.join(' ')}`)
       const sent = await mapLimit(cases, CONCURRENCY, async (c, i) => {
-        const path = `/c/${name}/${i}`
+        const path = `/c/${name}/${i}/${c.protocol}`
+        const v4 = isIPv4(c.peer)
+        const sidecarPort = v4 ? httpPort : httpsPort
+        const sidecarCa = v4 ? undefined : ca.certPem
+        if (c.protocol === 'h2') {
+          const fromNginx = await sendH2(h2cPort, c.peer, path, c)
+          const fromSidecar = await sendH2(sidecarPort, c.peer, path, c, sidecarCa)
+          return { c, path, fromNginx, fromSidecar }
+        }
         const request = requestBytes(path, c)
         const fromNginx = await send(nginx.port, c.peer, request)
-        const v4 = isIPv4(c.peer)
-        const fromSidecar = await send(
-          v4 ? httpPort : httpsPort,
-          c.peer,
-          request,
-          v4 ? undefined : ca.certPem,
-        )
+        const fromSidecar = await send(sidecarPort, c.peer, request, sidecarCa)
         return { c, path, fromNginx, fromSidecar }
       })
       const audited = await eventually(
@@ -538,7 +608,13 @@ ${cidrs.map((c) => `    set_real_ip_from ${c};`).join('\n')}
       const answered: Answered[] = []
       for (const { c, path, fromNginx, fromSidecar } of sent) {
         const describe = () =>
-          JSON.stringify({ cidrs, peer: c.peer, lines: c.lines.map((l) => l.text), nginx: fromNginx.body })
+          JSON.stringify({
+            cidrs,
+            protocol: c.protocol,
+            peer: c.peer,
+            lines: c.lines.map((l) => l.text),
+            nginx: fromNginx.body,
+          })
         if (fromNginx.status !== 200 || fromSidecar.status !== 200) {
           failures.push(
             `${path}: status nginx ${fromNginx.status}, sidecar ${fromSidecar.status} ${describe()}`,
@@ -568,22 +644,26 @@ ${cidrs.map((c) => `    set_real_ip_from ${c};`).join('\n')}
       return answered
     }
 
+    // each example on both protocols: over HTTP/2 each line is a field line of its own, the empty one too
+    const sentExamples = (['h1', 'h2'] as const).flatMap((protocol) => EXAMPLES.map((e) => ({ e, protocol })))
     const examples = await answer(
       'examples',
       EXAMPLE_CIDRS,
-      EXAMPLES.map((e) => ({
+      sentExamples.map(({ e, protocol }) => ({
+        protocol,
         peer: '127.0.0.2',
         lines: e.lines.map((text) => element(text, ...(e.difference === undefined ? [] : [e.difference]))),
         others: OTHER_CLIENT_HEADERS,
       })),
     )
+    t.equal(examples.length, sentExamples.length, 'every example answered by both')
     examples.forEach((a, i) => {
-      const e = EXAMPLES[i]!
+      const { e, protocol } = sentExamples[i]!
       const why = e.difference === undefined ? 'read alike' : DOCUMENTED_DIFFERENCES[e.difference]
       t.same(
         { nginx: a.nginx, sidecar: a.sidecar },
         { nginx: e.nginx, sidecar: e.sidecar },
-        `${JSON.stringify(e.lines)}: ${why}`,
+        `${protocol} ${JSON.stringify(e.lines)}: ${why}`,
       )
     })
     t.same(
@@ -599,9 +679,15 @@ ${cidrs.map((c) => `    set_real_ip_from ${c};`).join('\n')}
     let agreed = 0
     let untrusted = 0
     let moved = 0
+    let overH2 = 0
+    let h2MovedOverLines = 0
     for (const [s, [cidrs, cases]] of sets.entries()) {
       const trust = trustOf(cidrs)
       for (const a of await answer(`set${s}`, cidrs, cases)) {
+        if (a.c.protocol === 'h2') {
+          overH2++
+          if (a.c.lines.length > 1 && a.sidecar !== canonical(a.c.peer)) h2MovedOverLines++
+        }
         if (a.sidecar === a.nginx) agreed++
         else for (const d of differencesIn(a.c, trust)) seen[d]++
         if (!trust.sidecar(canonical(a.c.peer))) untrusted++
@@ -615,5 +701,7 @@ ${cidrs.map((c) => `    set_real_ip_from ${c};`).join('\n')}
     t.ok(agreed > (SETS * CASES) / 2, 'most generated cases agree')
     t.ok(untrusted > SETS * 3, `an untrusted peer in ${untrusted} cases`)
     t.ok(moved > SETS * 3, `the client address moved off a trusted peer in ${moved} cases`)
+    t.ok(overH2 > SETS * 8, `over HTTP/2 in ${overH2} cases`)
+    t.ok(h2MovedOverLines > SETS / 2, `moved over several HTTP/2 field lines in ${h2MovedOverLines} cases`)
   },
 )
