@@ -17,10 +17,15 @@
 //
 // Not compared: `date` (each answer's own time). The proxy adds no response metadata of its own (its headers
 // go to the upstream, docs "Headers"), so no other key is left out. grpc-js servers never compress their
-// responses (their `grpc-encoding` is always `identity`), so only request messages are compressed here.
+// responses (their `grpc-encoding` is always `identity`), so only request messages are compressed in the
+// first test; the second has a server of its own compress its answers (see "compressed answers").
 import { createHash } from 'node:crypto'
+import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
+import { createServer as createHttp2Server, connect as http2Connect } from 'node:http2'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
+import { deflateSync, gunzipSync, gzipSync, inflateSync } from 'node:zlib'
 import * as grpc from '@grpc/grpc-js'
 import fc from 'fast-check'
 import t from 'tap'
@@ -718,4 +723,323 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
       `; ${n((c) => c.code !== 0)} non-OK (${[...proxied.values()].filter((x) => x.observed.code > 16).length} proxied calls read a code gRPC does not define); ${n((c) => c.timing === 'late')} late; ${n((c) => c.timing === 'cancel')} cancelled; ${n((c) => c.early)} answered early; ` +
       `${n((c) => c.compress)} compressed; ${n((c) => c.huge)} with a 1 MiB message; ${n((c) => c.tls)} over TLS too`,
   )
+})
+
+// ---- compressed answers -----------------------------------------------------------------------------------
+
+/**
+ * grpc-js servers (1.14) never compress what they send, so the calls whose answers are compressed go to a gRPC
+ * server written here on node:http2, behind a sidecar of their own: it answers with the case's encoding (gzip
+ * or deflate, RFC 1952 and RFC 1950 as grpc-js reads them) when the request's `grpc-accept-encoding` lists
+ * it, else uncompressed, as the gRPC spec has a server do; every other message of a compressed answer goes out
+ * with the compressed flag clear, which the spec allows. It reads compressed requests too. The clients: a
+ * grpc-js client (which always advertises `identity,deflate,gzip`, and may compress its requests) and a raw
+ * node:http2 client that advertises gzip, deflate or nothing, and may gzip its request: the raw one compares
+ * the answer's `grpc-encoding` and `grpc-accept-encoding` and its DATA bytes as they came, the proxy must pass
+ * them on unchanged; both must decode the messages the server sent.
+ */
+const COMPRESSED_CASES = 40
+type Encoding = 'gzip' | 'deflate' | 'identity'
+const compressedCase = fc.record({
+  kind: fc.constantFrom(...KINDS),
+  requests: fc.array(MESSAGE_SIZES, { minLength: 0, maxLength: 3 }),
+  responses: fc.array(MESSAGE_SIZES, { minLength: 0, maxLength: 3 }),
+  encoding: weighted<Encoding>(['gzip', 2], ['deflate', 2], ['identity', 1]),
+  client: weighted<'grpc-js' | 'raw'>(['grpc-js', 1], ['raw', 1]),
+  /** what the raw client lists in grpc-accept-encoding; undefined: no such header */
+  accepts: weighted<string | undefined>(
+    ['identity,deflate,gzip', 2],
+    ['gzip', 1],
+    ['deflate', 1],
+    [undefined, 2],
+  ),
+  compressRequest: weighted([false, 2], [true, 1]),
+  code: weighted([0, 4], [13, 1], [5, 1]),
+  tls: weighted([false, 2], [true, 1]),
+  seed: fc.integer({ min: 1, max: 0x7fffffff }),
+})
+type CompressedCase = typeof compressedCase extends fc.Arbitrary<infer T> ? T : never
+
+const compressors: Record<Exclude<Encoding, 'identity'>, (b: Buffer) => Buffer> = {
+  gzip: (b) => gzipSync(b),
+  deflate: (b) => deflateSync(b),
+}
+const decompressors: Record<string, (b: Buffer) => Buffer> = {
+  gzip: (b) => gunzipSync(b),
+  deflate: (b) => inflateSync(b),
+}
+
+/** gRPC's length-prefixed messages: the flag byte, the length, the bytes */
+function frameMessage(message: Buffer, compressed: boolean): Buffer {
+  const head = Buffer.alloc(5)
+  head[0] = compressed ? 1 : 0
+  head.writeUInt32BE(message.length, 1)
+  return Buffer.concat([head, message])
+}
+
+/** the messages of a gRPC body, decompressed by `encoding` where their flag says so */
+function readMessages(body: Buffer, encoding: string | undefined): Buffer[] {
+  const out: Buffer[] = []
+  for (let at = 0; at + 5 <= body.length; ) {
+    const length = body.readUInt32BE(at + 1)
+    const message = body.subarray(at + 5, at + 5 + length)
+    if (body[at] === 1) {
+      const decompress = decompressors[encoding ?? 'identity']
+      if (decompress === undefined) throw new Error(`a compressed message under grpc-encoding ${encoding}`)
+      out.push(decompress(message))
+    } else out.push(Buffer.from(message))
+    at += 5 + length
+  }
+  return out
+}
+
+interface CompressedPrepared {
+  c: CompressedCase
+  requests: Buffer[]
+  responses: Buffer[]
+}
+
+/** what the compressing server got of a call, by its x-request-id */
+interface CompressedReceived {
+  requestDigest: string
+  /** the request's grpc-accept-encoding and grpc-encoding as they reached the server */
+  accepts: string | undefined
+  encoding: string | undefined
+}
+
+function startCompressingServer(cases: CompressedPrepared[]) {
+  const received = new Map<string, CompressedReceived>()
+  const server = createHttp2Server()
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {})
+    const p = cases[Number(headers['x-case'])]!
+    const chunks: Buffer[] = []
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk))
+    stream.on('end', () => {
+      const accepts = headers['grpc-accept-encoding'] as string | undefined
+      const requestEncoding = headers['grpc-encoding'] as string | undefined
+      received.set(String(headers['x-request-id']), {
+        requestDigest: digest(readMessages(Buffer.concat(chunks), requestEncoding)),
+        accepts,
+        encoding: requestEncoding,
+      })
+      const { encoding } = p.c
+      const listed = (accepts ?? '').split(',').map((e) => e.trim())
+      const used = encoding !== 'identity' && listed.includes(encoding) ? encoding : undefined
+      stream.respond(
+        {
+          ':status': 200,
+          'content-type': 'application/grpc',
+          'grpc-encoding': used ?? 'identity',
+          'grpc-accept-encoding': 'identity,deflate,gzip',
+        },
+        { waitForTrailers: true },
+      )
+      stream.on('wantTrailers', () =>
+        stream.sendTrailers(
+          p.c.code === 0
+            ? { 'grpc-status': '0' }
+            : { 'grpc-status': String(p.c.code), 'grpc-message': 'no%20luck' },
+        ),
+      )
+      p.responses.forEach((m, k) => {
+        const compressed = used !== undefined && k % 2 === 0
+        stream.write(frameMessage(compressed ? compressors[used](m) : m, compressed))
+      })
+      stream.end()
+    })
+  })
+  const port = new Promise<number>((resolve) =>
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)),
+  )
+  return { port, received, close: () => new Promise<void>((r) => server.close(() => r())) }
+}
+
+/** what the raw client saw of a call: the answer's headers as they came, its body's bytes, its trailers */
+interface RawObserved {
+  status: number
+  grpcEncoding: string | undefined
+  grpcAcceptEncoding: string | undefined
+  body: Buffer
+  grpcStatus: string | undefined
+  grpcMessage: string | undefined
+}
+
+async function rawCall(
+  url: string,
+  ca: string | undefined,
+  p: CompressedPrepared,
+  i: number,
+  requestId: string,
+): Promise<RawObserved> {
+  const session = http2Connect(url, ca === undefined ? {} : { ca })
+  session.on('error', () => {})
+  try {
+    const headers: Record<string, string> = {
+      ':method': 'POST',
+      ':path': path(p.c.kind),
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'x-case': String(i),
+      'x-request-id': requestId,
+    }
+    if (p.c.accepts !== undefined) headers['grpc-accept-encoding'] = p.c.accepts
+    if (p.c.compressRequest) headers['grpc-encoding'] = 'gzip'
+    const stream = session.request(headers)
+    const body: Buffer[] = []
+    let trailers: Record<string, unknown> = {}
+    stream.on('trailers', (t: Record<string, unknown>) => {
+      trailers = t
+    })
+    stream.on('data', (chunk: Buffer) => body.push(chunk))
+    stream.end(
+      Buffer.concat(
+        p.requests.map((m) =>
+          p.c.compressRequest ? frameMessage(gzipSync(m), true) : frameMessage(m, false),
+        ),
+      ),
+    )
+    const [response] = (await once(stream, 'response')) as [Record<string, unknown>]
+    if (!stream.readableEnded) await once(stream, 'end')
+    const header = (h: Record<string, unknown>, name: string) => h[name] as string | undefined
+    return {
+      status: Number(response[':status']),
+      grpcEncoding: header(response, 'grpc-encoding'),
+      grpcAcceptEncoding: header(response, 'grpc-accept-encoding'),
+      body: Buffer.concat(body),
+      grpcStatus: header(trailers, 'grpc-status') ?? header(response, 'grpc-status'),
+      grpcMessage: header(trailers, 'grpc-message') ?? header(response, 'grpc-message'),
+    }
+  } finally {
+    session.close()
+  }
+}
+
+t.test('compressed gRPC answers reach the client as the server compressed them', async (t) => {
+  const cases: CompressedPrepared[] = fc
+    .sample(compressedCase, { numRuns: COMPRESSED_CASES, seed: PROPERTY_SEED })
+    .map((c) => {
+      const next = rng(c.seed)
+      const unaryIn = c.kind === 'Unary' || c.kind === 'ServerStream'
+      const unaryOut = c.kind === 'Unary' || c.kind === 'ClientStream'
+      const requests = (unaryIn ? [c.requests[0] ?? 0] : c.requests).map((n) =>
+        // compressible as well as random bytes: half of each message repeats one byte
+        Buffer.concat([messageBytes(n >> 1, (next() * 0x7fffffff) | 0), Buffer.alloc(n - (n >> 1), 7)]),
+      )
+      const responseSizes = unaryOut ? (c.code === 0 ? [c.responses[0] ?? 0] : []) : c.responses
+      const responses = responseSizes.map((n) =>
+        Buffer.concat([messageBytes(n >> 1, (next() * 0x7fffffff) | 0), Buffer.alloc(n - (n >> 1), 7)]),
+      )
+      return { c, requests, responses }
+    })
+  const server = startCompressingServer(cases)
+  const port = await server.port
+  t.teardown(() => server.close())
+  const { ca, server: serverCert } = await createServerPki()
+  const sidecar = await startTestSidecar(t, {
+    service: 'diff-compressed',
+    upstream: `h2c://127.0.0.1:${port}`,
+    listen: {
+      http: '127.0.0.1:0',
+      https: { address: '127.0.0.1:0', cert: serverCert.certFile, key: serverCert.keyFile },
+    },
+  })
+  const legs = {
+    direct: `127.0.0.1:${port}`,
+    h2c: `127.0.0.1:${sidecar.proxyAddress.port}`,
+    tls: `localhost:${sidecar.httpsAddress!.port}`,
+  }
+  const plain = grpc.credentials.createInsecure()
+  const tls = grpc.credentials.createSsl(Buffer.from(ca.certPem))
+  const clients: grpc.Client[] = []
+  t.teardown(() => {
+    for (const client of clients) client.close()
+  })
+  const disagreements: { case: number; leg: string; what: string; c: CompressedCase }[] = []
+  let compressedAnswers = 0
+  await inParallel(cases.length, CONCURRENCY, async (i) => {
+    const p = cases[i]!
+    const legsOf = p.c.tls ? (['direct', 'h2c', 'tls'] as const) : (['direct', 'h2c'] as const)
+    const id = (leg: string) => `compressed-${PROPERTY_SEED}-${i}-${leg}`
+    const expectRequest = (leg: string) => {
+      const got = server.received.get(id(leg))
+      if (got?.requestDigest !== digest(p.requests))
+        disagreements.push({ case: i, leg, what: 'the server read other request messages', c: p.c })
+      return got
+    }
+    if (p.c.client === 'raw') {
+      const seen: Partial<Record<(typeof legsOf)[number], RawObserved>> = {}
+      for (const leg of legsOf) {
+        const url = leg === 'tls' ? `https://${legs.tls}` : `http://${legs[leg]}`
+        const o = await rawCall(url, leg === 'tls' ? ca.certPem : undefined, p, i, id(leg))
+        seen[leg] = o
+        const messages = readMessages(o.body, o.grpcEncoding)
+        if (digest(messages) !== digest(p.responses))
+          disagreements.push({ case: i, leg, what: `decoded ${messages.length} other messages`, c: p.c })
+        if (o.grpcEncoding !== 'identity' && o.body.length > 0) compressedAnswers++
+        const got = expectRequest(leg)
+        const direct = server.received.get(id('direct'))
+        if (leg !== 'direct' && (got?.accepts !== direct?.accepts || got?.encoding !== direct?.encoding))
+          disagreements.push({
+            case: i,
+            leg,
+            what: `request grpc-accept-encoding ${got?.accepts} grpc-encoding ${got?.encoding}, directly ${direct?.accepts} ${direct?.encoding}`,
+            c: p.c,
+          })
+      }
+      const direct = seen.direct!
+      for (const leg of legsOf.slice(1)) {
+        const via = seen[leg]!
+        const view = (o: RawObserved) => JSON.stringify({ ...o, body: o.body.toString('base64') })
+        if (view(via) !== view(direct))
+          disagreements.push({ case: i, leg, what: `answer ${view(via)}, directly ${view(direct)}`, c: p.c })
+      }
+      return
+    }
+    // grpc-js: the same client code as above, on a channel of its own (a channel learns what its server accepts)
+    const asCallCase = {
+      kind: p.c.kind,
+      requestMetadata: [],
+      timing: 'prompt',
+      deadline: false,
+      headers: null,
+    } as unknown as CallCase
+    const prepared: Prepared = {
+      c: asCallCase,
+      requests: p.requests,
+      responses: p.responses,
+      requestDigest: '',
+    }
+    const observed: Partial<Record<(typeof legsOf)[number], Observed>> = {}
+    for (const leg of legsOf) {
+      const client = new grpc.Client(
+        legs[leg],
+        leg === 'tls' ? tls : plain,
+        p.c.compressRequest ? { 'grpc.default_compression_algorithm': 2 } : {},
+      )
+      clients.push(client)
+      observed[leg] = await makeCall(client, prepared, i, id(leg), new grpc.Metadata(), () => true)
+      const o = observed[leg]!
+      if (o.code !== p.c.code)
+        disagreements.push({ case: i, leg, what: `code ${o.code} (${o.details})`, c: p.c })
+      // grpc-js decompresses a message asynchronously and ends the call at its status: after an error status,
+      // the messages still decompressing are never read, on any path; those read are a prefix of those sent
+      const read = p.c.code === 0 ? p.responses : p.responses.slice(0, o.messages.length)
+      if (digest(o.messages) !== digest(read))
+        disagreements.push({ case: i, leg, what: `decoded ${o.messages.length} other messages`, c: p.c })
+      expectRequest(leg)
+    }
+    for (const leg of legsOf.slice(1)) {
+      const [direct, via] = [observed.direct!, observed[leg]!]
+      const what =
+        p.c.code === 0
+          ? judge(prepared, direct, via)
+          : via.code !== direct.code || via.details !== direct.details
+            ? `status ${via.code} ${via.details}, directly ${direct.code} ${direct.details}`
+            : undefined
+      if (what !== undefined) disagreements.push({ case: i, leg, what, c: p.c })
+    }
+  })
+  t.same(disagreements.slice(0, 20), [], `no disagreement (of ${disagreements.length})`)
+  t.ok(compressedAnswers > 2, `${compressedAnswers} raw calls read a compressed answer`)
 })
