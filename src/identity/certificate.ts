@@ -145,6 +145,32 @@ const WEAK_SIGNATURES = new Set([
   '1.2.840.10045.4.1',
 ])
 
+/**
+ * OpenSSL's security level 1, which Node's TLS verifies at: 80 bits of security, so RSA and DSA keys of 1024
+ * bits at least, and EC curves of 160 bits (a curve's name says its size: secp112r1, sect131r1, brainpoolP160r1).
+ * Its level applies to every key of the chain, the root's too (EE_KEY_TOO_SMALL, CA_KEY_TOO_SMALL).
+ */
+const MIN_RSA_BITS = 1024
+const MIN_CURVE_BITS = 160
+const CURVE_BITS_RE = /\d{3}/
+
+function keyTooSmall(c: X509Certificate): boolean {
+  const key = c.publicKey
+  const details = key.asymmetricKeyDetails
+  switch (key.asymmetricKeyType) {
+    case 'rsa':
+    case 'rsa-pss':
+    case 'dsa':
+      return details?.modulusLength !== undefined && details.modulusLength < MIN_RSA_BITS
+    case 'ec': {
+      const bits = CURVE_BITS_RE.exec(details?.namedCurve ?? '')?.[0]
+      return bits !== undefined && Number(bits) < MIN_CURVE_BITS
+    }
+    default:
+      return false
+  }
+}
+
 /** a certificate that can issue others: basicConstraints CA:TRUE, or key usage keyCertSign or cRLSign */
 function issuingCertificate(x: X509Certificate): boolean {
   const { basicConstraints, keyUsage = 0 } = decoder!.chainExtensions(x.raw)
@@ -185,7 +211,7 @@ export function rootedChain(
  * the dates (X509_verify_cert: chain building, then extensions and purpose, then the security level): every
  * issuer below the root has basicConstraints CA:TRUE within its pathlen, the leaf and intermediates allow
  * client authentication (extended key usage) and the leaf signing (key usage), and none is signed with a
- * digest weaker than security level 1 allows. checkIssued already refused issuers without keyCertSign. Name
+ * digest, or has a key, weaker than security level 1 allows. checkIssued already refused issuers without keyCertSign. Name
  * constraints come after the dates, so OpenSSL reports a violation of them, not the dates. The decoder has to
  * be loaded (loadCertificateDecoder) first.
  */
@@ -203,6 +229,10 @@ export function undatedChainProblem(chain: readonly X509Certificate[]): string |
     return 'has a key usage that does not allow signing'
   for (const [i, c] of chain.entries()) {
     const root = i === chain.length - 1
+    if (keyTooSmall(c))
+      return i === 0
+        ? 'has a key too small for the listener (under RSA-1024 or a 160-bit curve)'
+        : `is issued through ${subjectOf(c)}, whose key is too small for the listener (under RSA-1024 or a 160-bit curve)`
     const purposes = c.keyUsage
     if (!root && purposes !== undefined && !purposes.includes(CLIENT_AUTH))
       return `is not for client authentication (the extended key usage of ${subjectOf(c)} leaves it out)`

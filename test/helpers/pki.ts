@@ -255,8 +255,19 @@ export function mtlsListen(server: KeyPair, clientCa: CA, clientCert?: 'optional
   }
 }
 
-/** the key types a generated chain mixes */
-export type KeyType = 'rsa' | 'ec' | 'ed25519'
+/**
+ * the key types a generated chain mixes: RSA-2048, EC P-256 and Ed25519, and the ones a TLS stack may refuse
+ * (RSA keys of 1024 and 512 bits, EC keys on other curves than P-256)
+ */
+export type KeyType =
+  | 'rsa'
+  | 'ec'
+  | 'ed25519'
+  | 'rsa-1024'
+  | 'rsa-512'
+  | 'ec-p384'
+  | 'ec-secp256k1'
+  | 'ec-brainpoolP256r1'
 
 export interface KeyFiles {
   type: KeyType
@@ -270,6 +281,11 @@ const GENPKEY: Record<KeyType, string[]> = {
   rsa: ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'],
   ec: ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'],
   ed25519: ['-algorithm', 'ED25519'],
+  'rsa-1024': ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024'],
+  'rsa-512': ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:512'],
+  'ec-p384': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-384'],
+  'ec-secp256k1': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:secp256k1'],
+  'ec-brainpoolP256r1': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:brainpoolP256r1'],
 }
 
 /** A key pair of `type` in `dir`, private and public halves as PEM files. */

@@ -18,6 +18,16 @@
 //   critical, or a leaf marked CA:TRUE without a key usage, is taken by the listener as by plain `openssl
 //   verify` (OpenSSL 3 wants CA:TRUE of an intermediate either way); the chains strict mode alone refuses are
 //   counted.
+// - keys too small or on other curves: chains also hold RSA keys of 1024 and 512 bits and EC keys on P-384,
+//   secp256k1 and brainpoolP256r1. The listener's TLS is Node's default, OpenSSL's security level 1 (80 bits:
+//   RSA-1024 passes, RSA-512 is EE_KEY_TOO_SMALL or CA_KEY_TOO_SMALL, as `-auth_level 1` says), and
+//   `explain` refuses what that level refuses. A leaf whose key the client's own TLS stack cannot sign a TLS
+//   1.3 CertificateVerify with (RSA-512: too short for RSA-PSS with SHA-256; secp256k1 and brainpoolP256r1:
+//   TLS 1.3 has ECDSA schemes for P-256, P-384 and P-521 only) is never presented: the client's OpenSSL
+//   sends an empty Certificate, so the listener sees no certificate at all (no identity, no mTLS failure, and
+//   `clientCert: required` refuses the handshake for want of one); `explain --cert` still judges the file as
+//   `openssl verify` does. Over TLS 1.2 (checked for two written chains) the RSA-512 leaf arrives and is
+//   cert_untrusted, and the listener's OpenSSL refuses the handshake of the secp256k1 one.
 //
 // FC_SEED=<n> draws another set of chains.
 import { execFile } from 'node:child_process'
@@ -135,6 +145,11 @@ const keyType = () =>
     ['ec', 2],
     ['rsa', 1],
     ['ed25519', 1],
+    ['rsa-1024', 0.3],
+    ['rsa-512', 0.3],
+    ['ec-p384', 0.2],
+    ['ec-secp256k1', 0.2],
+    ['ec-brainpoolP256r1', 0.2],
   ])
 const dates = (valid = 14) =>
   pick<Dates>([
@@ -312,10 +327,25 @@ async function inBatches<T, R>(items: readonly T[], n: number, f: (item: T, i: n
 
 const dir = await scratchDir('mtls-chain-differential')
 let serial = 1
-const keyPool: Record<KeyType, KeyFiles[]> = { rsa: [], ec: [], ed25519: [] }
+const KEY_TYPES: readonly KeyType[] = [
+  'rsa',
+  'ec',
+  'ed25519',
+  'rsa-1024',
+  'rsa-512',
+  'ec-p384',
+  'ec-secp256k1',
+  'ec-brainpoolP256r1',
+]
+const keyPool = Object.fromEntries(KEY_TYPES.map((type) => [type, [] as KeyFiles[]])) as Record<
+  KeyType,
+  KeyFiles[]
+>
 await Promise.all(
-  (['rsa', 'ec', 'ed25519'] as const).flatMap((type) =>
-    [0, 1].map(async (i) => keyPool[type].push(await generateKey(dir, `${type}-${i}`, type))),
+  KEY_TYPES.flatMap((type) =>
+    (type.includes('-') ? [0] : [0, 1]).map(async (i) =>
+      keyPool[type].push(await generateKey(dir, `${type}-${i}`, type)),
+    ),
   ),
 )
 const poolKey = (type: KeyType) => keyPool[type][Math.floor(random() * keyPool[type].length)]!
@@ -370,7 +400,50 @@ await writeFile(
     .join(''),
 )
 
-const specs = Array.from({ length: CHAINS }, drawChain)
+/** one certificate's spec as most drawn chains have it */
+const goodCa = (key: KeyType, dates: Dates = 'valid'): CaSpec => ({
+  basicConstraints: 'critical',
+  keyCertSign: true,
+  dates,
+  digest: 'sha256',
+  key,
+})
+const goodLeaf = (key: KeyType, dates: Dates = 'valid'): LeafSpec => ({
+  basicConstraints: 'not-ca',
+  extendedKeyUsage: 'clientAuth',
+  uris: [],
+  dns: [],
+  dates,
+  digest: 'sha256',
+  key,
+})
+const rooted = (intermediates: CaSpec[], leaf: LeafSpec): ChainSpec => ({
+  top: 'root',
+  intermediates,
+  sends: intermediates.map(() => true),
+  sendsTop: false,
+  reversed: false,
+  sendsStranger: false,
+  leaf,
+})
+/**
+ * Written out, first (so the `clientCert: required` listener sees them too): explain took an intermediate
+ * with a 512-bit RSA key (CA_KEY_TOO_SMALL on the listener), and both explain and the listener called such a
+ * chain with an expired leaf cert_expired, a credential that ran out, where it is no credential at all.
+ */
+const WRITTEN: ChainSpec[] = [
+  rooted([goodCa('rsa-512')], goodLeaf('ec')),
+  rooted([goodCa('rsa-512')], goodLeaf('ec', 'expired')),
+  rooted([goodCa('ec'), goodCa('rsa-512')], goodLeaf('ec')),
+  rooted([goodCa('rsa-1024')], goodLeaf('rsa-1024')),
+  rooted([goodCa('ec-secp256k1')], goodLeaf('ec-p384')),
+  rooted([], goodLeaf('rsa-512')),
+  rooted([], goodLeaf('ec-secp256k1')),
+]
+/** the written chains whose leaf the client cannot present over TLS 1.3, by their place in WRITTEN */
+const RSA_512_LEAF = 5
+const SECP256K1_LEAF = 6
+const specs = [...WRITTEN, ...Array.from({ length: CHAINS - WRITTEN.length }, drawChain)]
 // keys are drawn in order before any certificate is made, so the chains depend on the seed alone
 const keys = specs.map((s) => ({
   intermediates: s.intermediates.map((c) => poolKey(c.key)),
@@ -467,6 +540,10 @@ const listen = (clientCert: 'optional' | 'required') => ({
 const chains = await inBatches(specs, 2, build)
 const expected = await inBatches(chains, 2, expectationOf)
 
+/** leaf keys the client's TLS 1.3 stack cannot sign its CertificateVerify with: it presents no certificate */
+const UNSIGNABLE: ReadonlySet<KeyType> = new Set(['rsa-512', 'ec-secp256k1', 'ec-brainpoolP256r1'])
+const clientCannotPresent = (chain: BuiltChain) => UNSIGNABLE.has(chain.spec.leaf.key)
+
 /** a readable account of a chain, for a failure message */
 function describe(chain: BuiltChain, e: Expected) {
   return { spec: chain.spec, reference: e.reference.error ?? 'OK', undated: e.undated.error ?? 'OK' }
@@ -485,6 +562,8 @@ t.test('the reference itself: its classes are all drawn', async (t) => {
     badSvids >= 1 && svids.length - badSvids >= 1,
     `accepted leaves with URI SANs: ${svids.length}, ${badSvids} no good SVID`,
   )
+  const weakKeys = expected.filter((e) => /key too weak/.test(e.reference.error ?? '')).length
+  t.ok(weakKeys >= 3, `chains refused for a key too small: ${weakKeys}`)
   t.comment(`plain openssl verify takes ${sha1Only} chains that -auth_level 1 refuses (SHA-1 signatures)`)
   const strictOnly = expected.filter((e) => !e.reference.error && e.strict.error).map((e) => e.strict.error)
   t.comment(`-x509_strict refuses ${strictOnly.length} chains the reference takes: ${strictOnly.join('; ')}`)
@@ -504,10 +583,16 @@ function judge(
   t: Test,
   i: number,
   got: { attributed: boolean; identity: unknown; subject: unknown; reasons: string[]; seen: unknown },
+  by: 'listener' | 'explain',
 ): void {
   const chain = chains[i]!
   const e = expected[i]!
   const what = { ...describe(chain, e), seen: got.seen }
+  if (by === 'listener' && clientCannotPresent(chain)) {
+    t.notOk(got.attributed, `chain ${i}: its client presents no certificate (see the header)`, what)
+    t.same([got.subject, got.reasons], [undefined, []], `chain ${i}: nor does the listener see one`, what)
+    return
+  }
   if (!e.reference.error && e.spiffeProblem === undefined) {
     t.ok(got.attributed, `chain ${i}: the reference accepts it, so it is the certificate's identity`, what)
     t.equal(got.subject, `CN=${chain.leaf.name}`, `chain ${i}: cert_subject`)
@@ -549,6 +634,17 @@ t.test(
       const res = await exchange({ ...presenting(chain, port), headers: { 'x-request-id': `chain-${i}` } })
       t.equal(res.status, 200, `chain ${i}: served, whatever its certificate`)
     }
+    // over TLS 1.2 the client signs with PKCS#1 v1.5 and any curve: the RSA-512 leaf arrives and the
+    // listener's OpenSSL refuses it at security level 1, a cert_untrusted failure; the secp256k1 one is refused
+    // by the listener's OpenSSL in the handshake (alert illegal_parameter: a curve it does not offer)
+    const tls12 = (i: number, id: string) =>
+      exchange({ ...presenting(chains[i]!, port), maxVersion: 'TLSv1.2', headers: { 'x-request-id': id } })
+    t.equal((await tls12(RSA_512_LEAF, 'tls12-rsa-512')).status, 200, 'TLS 1.2, RSA-512 leaf: served')
+    await t.rejects(
+      tls12(SECP256K1_LEAF, 'tls12-secp256k1'),
+      /illegal parameter/,
+      'TLS 1.2, secp256k1 leaf: the listener refuses the handshake',
+    )
     const lines = await eventually(
       () => {
         const byId = new Map<string, Record<string, unknown>>()
@@ -557,22 +653,38 @@ t.test(
           const record = JSON.parse(line) as Record<string, unknown>
           byId.set(String(record['request_id']), record)
         }
-        return byId.size >= chains.length ? byId : undefined
+        return byId.size >= chains.length + 1 ? byId : undefined
       },
       { what: 'an audit line for every chain' },
+    )
+    const tls12Line = lines.get('tls12-rsa-512')!
+    t.same(
+      [
+        tls12Line['source'] === 'mtls',
+        tls12Line['cert_subject'],
+        (tls12Line['failures'] as { reason: string }[]).map((f) => f.reason),
+      ],
+      [false, undefined, ['cert_untrusted']],
+      'TLS 1.2, RSA-512 leaf: a cert_untrusted failure, no identity',
+      tls12Line,
     )
     for (const i of chains.keys()) {
       const line = lines.get(`chain-${i}`)!
       const failures = (line['failures'] as { source: string; reason: string }[]).filter(
         (f) => f.source === 'mtls',
       )
-      judge(t, i, {
-        attributed: line['source'] === 'mtls' && line['verified'] === true,
-        identity: line['identity'],
-        subject: line['cert_subject'],
-        reasons: failures.map((f) => f.reason),
-        seen: line,
-      })
+      judge(
+        t,
+        i,
+        {
+          attributed: line['source'] === 'mtls' && line['verified'] === true,
+          identity: line['identity'],
+          subject: line['cert_subject'],
+          reasons: failures.map((f) => f.reason),
+          seen: line,
+        },
+        'listener',
+      )
     }
   },
 )
@@ -608,8 +720,10 @@ t.test(
         (res) => res.status,
         (err: NodeJS.ErrnoException) => err.code ?? err.message,
       )
-      // the SPIFFE rules are the proxy's own, after the handshake: they decide attribution, not the handshake
-      t.equal(outcome === 200, !e.reference.error, `chain ${i}: ${outcome}`, describe(chain, e))
+      // the SPIFFE rules are the proxy's own, after the handshake: they decide attribution, not the handshake;
+      // a certificate the client cannot present is none, which this listener refuses
+      const accepted = !e.reference.error && !clientCannotPresent(chain)
+      t.equal(outcome === 200, accepted, `chain ${i}: ${outcome}`, describe(chain, e))
     }
   },
 )
@@ -633,12 +747,17 @@ t.test('explain judges every chain as the listener does', async (t) => {
       identity: { name: string; source: string; verified: boolean }
       evidence: { mtls?: { subject?: string }; failures: { source: string; reason: string }[] }
     }
-    judge(t, i, {
-      attributed: report.identity.source === 'mtls' && report.identity.verified,
-      identity: report.identity.name,
-      subject: report.evidence.mtls?.subject,
-      reasons: report.evidence.failures.filter((f) => f.source === 'mtls').map((f) => f.reason),
-      seen: report,
-    })
+    judge(
+      t,
+      i,
+      {
+        attributed: report.identity.source === 'mtls' && report.identity.verified,
+        identity: report.identity.name,
+        subject: report.evidence.mtls?.subject,
+        reasons: report.evidence.failures.filter((f) => f.source === 'mtls').map((f) => f.reason),
+        seen: report,
+      },
+      'explain',
+    )
   }
 })
