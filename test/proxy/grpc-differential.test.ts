@@ -863,6 +863,8 @@ interface RawObserved {
   body: Buffer
   grpcStatus: string | undefined
   grpcMessage: string | undefined
+  /** the request body's bytes, as the client framed (and compressed) them */
+  sent: number
 }
 
 async function rawCall(
@@ -892,13 +894,10 @@ async function rawCall(
       trailers = t
     })
     stream.on('data', (chunk: Buffer) => body.push(chunk))
-    stream.end(
-      Buffer.concat(
-        p.requests.map((m) =>
-          p.c.compressRequest ? frameMessage(gzipSync(m), true) : frameMessage(m, false),
-        ),
-      ),
+    const requestBody = Buffer.concat(
+      p.requests.map((m) => (p.c.compressRequest ? frameMessage(gzipSync(m), true) : frameMessage(m, false))),
     )
+    stream.end(requestBody)
     const [response] = (await once(stream, 'response')) as [Record<string, unknown>]
     if (!stream.readableEnded) await once(stream, 'end')
     const header = (h: Record<string, unknown>, name: string) => h[name] as string | undefined
@@ -909,6 +908,7 @@ async function rawCall(
       body: Buffer.concat(body),
       grpcStatus: header(trailers, 'grpc-status') ?? header(response, 'grpc-status'),
       grpcMessage: header(trailers, 'grpc-message') ?? header(response, 'grpc-message'),
+      sent: requestBody.length,
     }
   } finally {
     session.close()
@@ -936,6 +936,7 @@ t.test('compressed gRPC answers reach the client as the server compressed them',
   const port = await server.port
   t.teardown(() => server.close())
   const { ca, server: serverCert } = await createServerPki()
+  const auditFile = join(await scratchDir('grpc-differential-compressed'), 'audit.log')
   const sidecar = await startTestSidecar(t, {
     service: 'diff-compressed',
     upstream: `h2c://127.0.0.1:${port}`,
@@ -943,7 +944,10 @@ t.test('compressed gRPC answers reach the client as the server compressed them',
       http: '127.0.0.1:0',
       https: { address: '127.0.0.1:0', cert: serverCert.certFile, key: serverCert.keyFile },
     },
+    audit: { output: auditFile },
   })
+  /** the raw calls through the proxy, by request id: the body bytes each way as their client counted them */
+  const rawProxied = new Map<string, { bytesIn: number; bytesOut: number }>()
   const legs = {
     direct: `127.0.0.1:${port}`,
     h2c: `127.0.0.1:${sidecar.proxyAddress.port}`,
@@ -973,6 +977,7 @@ t.test('compressed gRPC answers reach the client as the server compressed them',
         const url = leg === 'tls' ? `https://${legs.tls}` : `http://${legs[leg]}`
         const o = await rawCall(url, leg === 'tls' ? ca.certPem : undefined, p, i, id(leg))
         seen[leg] = o
+        if (leg !== 'direct') rawProxied.set(id(leg), { bytesIn: o.sent, bytesOut: o.body.length })
         const messages = readMessages(o.body, o.grpcEncoding)
         if (digest(messages) !== digest(p.responses))
           disagreements.push({ case: i, leg, what: `decoded ${messages.length} other messages`, c: p.c })
@@ -1042,4 +1047,26 @@ t.test('compressed gRPC answers reach the client as the server compressed them',
   })
   t.same(disagreements.slice(0, 20), [], `no disagreement (of ${disagreements.length})`)
   t.ok(compressedAnswers > 2, `${compressedAnswers} raw calls read a compressed answer`)
+  // docs "Audit events": the body bytes as they passed, compressed as they were
+  const audited = await eventually(
+    async () => {
+      const lines = (await readFile(auditFile, 'utf8').catch(() => ''))
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      const byId = new Map(lines.map((l) => [String(l['request_id']), l]))
+      return [...rawProxied.keys()].every((k) => byId.has(k)) ? byId : undefined
+    },
+    { what: 'every raw proxied call audited', timeoutMs: 20_000 },
+  )
+  const bytesDisagreements = [...rawProxied]
+    .map(([k, counted]) => {
+      const l = audited.get(k)!
+      const got = { bytesIn: l['bytes_in'], bytesOut: l['bytes_out'] }
+      return JSON.stringify(got) === JSON.stringify(counted)
+        ? undefined
+        : `${k}: audited ${JSON.stringify(got)}, the client counted ${JSON.stringify(counted)}`
+    })
+    .filter((d) => d !== undefined)
+  t.same(bytesDisagreements, [], `the audit counts the compressed bytes of ${rawProxied.size} raw calls`)
 })
