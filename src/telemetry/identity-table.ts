@@ -12,7 +12,7 @@
 import { OVERFLOW_IDENTITY } from '../identity/builtin.ts'
 import type { Identity, Kind, Source } from '../types.ts'
 import { type CounterSeries, escapeLabelValue, type HistogramSeries } from './exposition.ts'
-import { LatencyReservoir, RateWindow } from './windows.ts'
+import { EarliestExpiry, LatencyReservoir, RateWindow } from './windows.ts'
 
 export { OVERFLOW_IDENTITY }
 
@@ -105,8 +105,13 @@ export interface IdentityEntry {
   /** unix ms */
   firstSeen: number
   lastSeen: number
-  /** unix seconds */
+  /**
+   * unix seconds: the earliest expiry among the credentials it presented in the last 5 to 10 minutes
+   * (`expiry`), so that replicas sharing the identity show the one closest to expiring, not the last caller's
+   */
   expiresAt?: number
+  /** the credentials' expiries that `expiresAt` is the earliest of (never updated on the overflow entry) */
+  readonly expiry: EarliestExpiry
   expectEveryMs?: number
   requests: number
   errors: number
@@ -234,6 +239,7 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     lastSuccess: undefined,
     consecutiveFailures: 0,
     rate: new RateWindow(),
+    expiry: new EarliestExpiry(),
     latency: new LatencyReservoir(),
     edges: new Map(),
     lastEdge: undefined,
@@ -393,6 +399,8 @@ export class IdentityTable {
     }
     this.overflowed = overflowed
     entry.lastSeen = now
+    // before the early return: the same identity object keeps its credential in the window and rolls it
+    if (!entry.overflow) entry.expiresAt = entry.expiry.present(identity.expiresAt, now)
     if (entry.seenAs === identity) return entry
     entry.seenAs = identity
     entry.kind = identity.kind
@@ -406,7 +414,6 @@ export class IdentityTable {
       // kept across the subject's own requests: the row says which agent last acted for it
       const actor = identity.attributes['actor']
       if (actor !== undefined) entry.actor = actor
-      entry.expiresAt = identity.expiresAt
       entry.expectEveryMs = identity.expectEveryMs
     }
     return entry

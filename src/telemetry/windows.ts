@@ -1,4 +1,5 @@
-// Cheap sliding windows for the identities view: fixed-size typed arrays, no allocation per request.
+// Cheap sliding windows for the identities view and the credential-expiry gauge: fixed-size state, no
+// allocation per request.
 
 const WINDOW_SECONDS = 60
 
@@ -58,5 +59,64 @@ export class LatencyReservoir {
     if (n === 0) return undefined
     const sorted = this.samples.slice(0, n).sort()
     return sorted[Math.min(n - 1, Math.ceil((p / 100) * n) - 1)]
+  }
+}
+
+/**
+ * How long a presented credential counts as in use: two buckets of this length, so 5 to 10 minutes after
+ * its last request. Long enough that replicas sharing an identity, each calling every few minutes, are all
+ * in every bucket and the earliest expiry holds still instead of flipping between theirs (which the
+ * NhiCredentialExpiringSoon alert reads as renewals); short against renewal cadences (a Kubernetes token is
+ * renewed every ~48 minutes, an SVID at half its life, an hour-long access token about hourly), so a renewal
+ * moves the gauge forward within minutes of the last request with the old credential, far inside the alert's
+ * `for: 1h`.
+ */
+export const EXPIRY_BUCKET_MS = 5 * 60_000
+
+const NONE = Number.POSITIVE_INFINITY
+
+/**
+ * The earliest expiry (unix seconds) among the credentials an identity presented in the last two buckets.
+ * One that was still valid when last presented and has expired since is left out: a client that renewed it
+ * right before its expiry (an OAuth client library does so seconds before) no longer uses it. One presented
+ * after its expiry (a Kubernetes token past `warnafter`, which the API server still accepts) stays in.
+ */
+export class EarliestExpiry {
+  /** unix ms the current bucket started at */
+  private start = 0
+  /** minima of credentials valid when presented, and of those presented expired, by bucket */
+  private validNow = NONE
+  private expiredNow = NONE
+  private validBefore = NONE
+  private expiredBefore = NONE
+
+  /** a request with a credential expiring at `expiresAt` (none: undefined); the earliest one in use */
+  present(expiresAt: number | undefined, nowMs: number): number | undefined {
+    if (nowMs - this.start >= EXPIRY_BUCKET_MS) this.roll(nowMs)
+    const nowSeconds = nowMs / 1000
+    let valid = NONE
+    if (expiresAt !== undefined) {
+      if (expiresAt <= nowSeconds) {
+        if (expiresAt < this.expiredNow) this.expiredNow = expiresAt
+      } else {
+        if (expiresAt < this.validNow) this.validNow = expiresAt
+        // the request's own credential is in use whatever the buckets' minima say
+        valid = expiresAt
+      }
+    }
+    const expired = Math.min(this.expiredNow, this.expiredBefore)
+    if (expired !== NONE) return expired
+    if (this.validNow > nowSeconds && this.validNow < valid) valid = this.validNow
+    if (this.validBefore > nowSeconds && this.validBefore < valid) valid = this.validBefore
+    return valid === NONE ? undefined : valid
+  }
+
+  private roll(nowMs: number): void {
+    const adjacent = nowMs - this.start < 2 * EXPIRY_BUCKET_MS
+    this.validBefore = adjacent ? this.validNow : NONE
+    this.expiredBefore = adjacent ? this.expiredNow : NONE
+    this.validNow = NONE
+    this.expiredNow = NONE
+    this.start = nowMs
   }
 }

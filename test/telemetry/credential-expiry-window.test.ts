@@ -1,0 +1,115 @@
+// The credential-expiry gauge is the earliest expiry among the credentials an identity presented in the
+// last 5 to 10 minutes, not the last request's: replicas that share an identity alternate, and the one whose
+// rotation broke must stay visible however often its healthy siblings call. Driven by the table's clock.
+import t from 'tap'
+import { configSchema } from '../../src/config/schema.ts'
+import { IdentityTable, OVERFLOW_IDENTITY } from '../../src/telemetry/identity-table.ts'
+import { Telemetry } from '../../src/telemetry/index.ts'
+import { identity, requestEvent } from '../helpers/events.ts'
+import { metricValue, parseMetrics } from '../helpers/metrics.ts'
+
+const T0 = 1_800_000_000_000
+const HOUR = 3600
+/** the window's bucket (docs/reference.md: a credential counts as in use 5 to 10 minutes after its last request) */
+const EXPIRY_BUCKET_MS = 5 * 60_000
+const start = T0 / 1000
+/** two replicas of one workload: one credential expiring in 2 h (broken rotation), one just renewed */
+const broken = identity('shop/cart', { source: 'jwt', expiresAt: start + 2 * HOUR })
+const renewed = identity('shop/cart', { source: 'jwt', expiresAt: start + 24 * HOUR })
+
+const table = () => new IdentityTable({ maxIdentities: 10, idleTtlMs: 3_600_000 })
+
+t.test('two credentials of one identity alternating: the earlier, whichever called last', async (t) => {
+  const ids = table()
+  for (let i = 0; i < 40; i++) {
+    // one request every 20 s, alternating, through several bucket rolls
+    const entry = ids.admitEntry(i % 2 === 0 ? broken : renewed, T0 + i * 20_000)
+    t.equal(entry.expiresAt, broken.expiresAt, `request ${i}`)
+  }
+  // the renewed replica first, then the broken one, each calling rarely: still the earlier
+  const sparse = table()
+  sparse.admitEntry(renewed, T0)
+  t.equal(sparse.get('jwt', 'shop/cart')!.expiresAt, renewed.expiresAt, 'only the renewed one so far')
+  sparse.admitEntry(broken, T0 + 4 * 60_000)
+  t.equal(sparse.admitEntry(renewed, T0 + 8 * 60_000).expiresAt, broken.expiresAt)
+  t.equal(sparse.admitEntry(renewed, T0 + 12 * 60_000).expiresAt, broken.expiresAt, 'a bucket later')
+})
+
+t.test('the earlier credential no longer presented: the later one once the window has passed', async (t) => {
+  const ids = table()
+  ids.admitEntry(broken, T0)
+  ids.admitEntry(renewed, T0 + 1000)
+  let now = T0 + 1000
+  // the same identity object over and over (the table's early return) still rolls the window
+  while (now < T0 + 2 * EXPIRY_BUCKET_MS) {
+    now += 30_000
+    const entry = ids.admitEntry(renewed, now)
+    if (now < T0 + EXPIRY_BUCKET_MS) t.equal(entry.expiresAt, broken.expiresAt, 'within 5 minutes: in use')
+  }
+  t.equal(ids.get('jwt', 'shop/cart')!.expiresAt, renewed.expiresAt, 'after 10 minutes: gone')
+})
+
+t.test('a renewal moves the gauge forward, also when the old credential expires right after', async (t) => {
+  const ids = table()
+  const old = identity('ci/deploy', { source: 'jwt', expiresAt: start + 600 })
+  const next = identity('ci/deploy', { source: 'jwt', expiresAt: start + 600 + HOUR })
+  t.equal(ids.admitEntry(old, T0).expiresAt, old.expiresAt)
+  // renewed seconds before the old one expires, as OAuth client libraries do
+  t.equal(ids.admitEntry(old, T0 + 599_000).expiresAt, old.expiresAt, 'the old one, still valid, in use')
+  t.equal(ids.admitEntry(next, T0 + 599_500).expiresAt, old.expiresAt, 'both in use for now')
+  // past the old one's expiry it is no longer in use: it was valid at its last request
+  t.equal(ids.admitEntry(next, T0 + 601_000).expiresAt, next.expiresAt, 'the renewed one')
+  t.equal(ids.admitEntry(next, T0 + 30 * 60_000).expiresAt, next.expiresAt)
+})
+
+t.test('a credential presented after its expiry stays the earliest while it is in use', async (t) => {
+  const ids = table()
+  // a Kubernetes token past warnafter, still accepted, on one replica; a fresh one on the other
+  const stale = identity('shop/cart', { source: 'jwt', expiresAt: start - 60 })
+  for (let i = 0; i < 30; i++) {
+    const entry = ids.admitEntry(i % 3 === 0 ? stale : renewed, T0 + i * 20_000)
+    t.equal(entry.expiresAt, stale.expiresAt, `request ${i}`)
+  }
+  // no longer presented after 9m40s: still in use in the previous bucket, gone when that one rolls out
+  t.equal(ids.admitEntry(renewed, T0 + 10 * 60_000).expiresAt, stale.expiresAt)
+  t.equal(ids.admitEntry(renewed, T0 + 15 * 60_000).expiresAt, renewed.expiresAt)
+})
+
+t.test('a credential without an expiry leaves the gauge to the ones that have one', async (t) => {
+  const ids = table()
+  const none = identity('shop/cart', { source: 'jwt' })
+  t.equal(ids.admitEntry(none, T0).expiresAt, undefined)
+  t.equal(ids.admitEntry(renewed, T0 + 1000).expiresAt, renewed.expiresAt)
+  t.equal(ids.admitEntry(none, T0 + 2000).expiresAt, renewed.expiresAt)
+  // only credentials without one for a whole window: none
+  ids.admitEntry(none, T0 + EXPIRY_BUCKET_MS + 2000)
+  t.equal(ids.admitEntry(none, T0 + 2 * EXPIRY_BUCKET_MS + 3000).expiresAt, undefined)
+})
+
+t.test('the overflow entry has no expiry', async (t) => {
+  const ids = new IdentityTable({ maxIdentities: 1, idleTtlMs: 3_600_000 })
+  ids.admitEntry(identity('first', { source: 'jwt', expiresAt: start + HOUR }), T0)
+  const entry = ids.admitEntry(broken, T0 + 1000)
+  t.equal(entry.name, OVERFLOW_IDENTITY)
+  t.equal(entry.expiresAt, undefined)
+})
+
+t.test('/metrics and /identities show the earlier of alternating credentials', async (t) => {
+  let now = T0
+  const telemetry = new Telemetry(configSchema.parse({ service: 'checkout', audit: { output: 'off' } }), {
+    version: '1',
+    now: () => now,
+  })
+  t.teardown(() => telemetry.close())
+  for (let i = 0; i < 6; i++) {
+    now = T0 + i * 20_000
+    telemetry.record(requestEvent({ identity: i % 2 === 0 ? broken : renewed }))
+  }
+  const m = parseMetrics((await telemetry.scrape(false)).body)
+  t.equal(
+    metricValue(m, 'nhi_credential_expiry_timestamp_seconds', { identity: 'shop/cart', source: 'jwt' }),
+    broken.expiresAt,
+  )
+  const row = telemetry.identities().identities.find((r) => r.name === 'shop/cart')
+  t.equal(row?.credentialExpiry, new Date(broken.expiresAt! * 1000).toISOString())
+})
