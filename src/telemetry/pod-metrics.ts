@@ -1,5 +1,8 @@
 // /metrics of a pod running `workers: N` (docs/reference.md "Workers"): every worker's exposition merged
-// into one. Counters and histograms are summed series by series, gauges take the largest value, and the
+// into one. Counters and histograms are summed series by series, gauges take the largest value (last seen,
+// job last success and failures in a row, JWKS keys and last success, TLS certificate dates, the workers'
+// latest), except the credential expiry, which takes the smallest (an identity's earliest credential in use
+// on any worker: a replica whose rotation broke is not hidden by the ones served elsewhere), and the
 // identity cap (metrics.maxIdentities, maxUnverifiedIdentities, jwt.issuers[].maxIdentities) is applied once
 // for the whole pod: each
 // worker caps its own table, but N workers can each track different identities, so identities beyond the
@@ -28,6 +31,7 @@ const SUMMED_WITH_PRIMARY = new Set(['nhi_audit_dropped_lines'])
 const IDENTITIES = 'nhi_identities'
 const REQUESTS = 'nhi_requests'
 const LAST_SEEN = 'nhi_identity_last_seen_timestamp_seconds'
+const EXPIRY = 'nhi_credential_expiry_timestamp_seconds'
 const OVERFLOW = 'nhi_identity_overflow'
 
 const WORKER_REQUESTS: FamilyInfo & { type: 'counter' } = {
@@ -62,6 +66,8 @@ export interface PodState {
    * this one in time; the pod's /metrics gives one series per slot
    */
   stale?: readonly boolean[]
+  /** unix ms of the scrape (default: the clock) */
+  now?: number
 }
 
 interface Family {
@@ -71,6 +77,8 @@ interface Family {
   headers: [text: string, openMetrics: string]
   /** process_*, nodejs_*: one series per process, told apart by a `worker` label */
   perProcess: boolean
+  /** a gauge whose smallest value is the pod's (the credential expiry), not its largest */
+  earliest: boolean
   /** which process's lines count: the primary's only, the workers' only, or both summed */
   from: 'primary' | 'workers' | 'both'
   lines: Map<string, Line>
@@ -159,23 +167,24 @@ class Line {
     this.dirty = true
   }
 
-  /** counters and histograms summed over the processes, gauges their largest value */
+  /** counters and histograms summed over the processes, gauges their largest value (or smallest) */
   value(): number {
     if (!this.dirty) return this.merged
     const max = this.family.type === 'gauge'
+    const min = this.family.earliest
     let v: number | undefined
     for (const x of this.values) {
       if (x === undefined) continue
-      v = v === undefined ? x : max ? Math.max(v, x) : v + x
+      v = v === undefined ? x : min ? Math.min(v, x) : max ? Math.max(v, x) : v + x
     }
     this.merged = (v ?? 0) + this.retired
     this.dirty = false
     return this.merged
   }
 
-  /** the line as it reads now: rendered again only when its value moved */
-  render(): string {
-    let v = this.value()
+  /** the line as it reads now (or with the value given): rendered again only when its value moved */
+  render(merged = this.value()): string {
+    let v = merged
     const extra = this.extra
     if (extra !== undefined)
       v =
@@ -399,6 +408,8 @@ export class PodMetrics {
     if (this.waiting.size > 0) this.stopWaiting()
     const out: string[] = []
     const folding = this.folded.size > 0
+    const lastSeen = this.families.has(EXPIRY) ? this.lastSeenBySlot() : undefined
+    const nowSeconds = (state.now ?? Date.now()) / 1000
     for (const f of this.families.values()) {
       out.push(f.headers[format])
       if (f.base === IDENTITIES) {
@@ -416,7 +427,11 @@ export class PodMetrics {
         }
         if (folding && line.identity !== undefined && this.folded.has(line.identity)) continue
         if (this.waiting.size > 0 && line.identity !== undefined && this.waiting.has(line.identity)) continue
-        out.push(line.render())
+        out.push(
+          lastSeen === undefined || f.base !== EXPIRY
+            ? line.render()
+            : line.render(inUse(line, lastSeen, nowSeconds)),
+        )
       }
     }
     const service = `service="${escapeLabelValue(state.service)}"`
@@ -492,6 +507,7 @@ export class PodMetrics {
           `# HELP ${omName}${help}\n# TYPE ${omName} ${def.type}\n`,
         ],
         perProcess: !nhi,
+        earliest: base === EXPIRY,
         from:
           !nhi || SUMMED_WITH_PRIMARY.has(base) ? 'both' : PRIMARY_FAMILIES.has(base) ? 'primary' : 'workers',
         lines: new Map(),
@@ -695,6 +711,27 @@ export class PodMetrics {
     this.carried.set(key, { family, value: carried })
   }
 
+  /** `service\0source\0name` → by process slot, the identity's last request there (unix seconds) */
+  private lastSeenBySlot(): Map<string, number[]> {
+    const bySlot = new Map<string, number[]>()
+    for (const line of this.families.get(LAST_SEEN)?.lines.values() ?? []) {
+      if (line.identity === undefined || line.processes === 0) continue
+      const key = `${line.service}\u0000${line.identity}`
+      let seen = bySlot.get(key)
+      if (seen === undefined) {
+        seen = []
+        bySlot.set(key, seen)
+      }
+      // one line per kind the identity had there: the latest
+      for (let i = 0; i < line.values.length; i++) {
+        const x = line.values[i]
+        const was = seen[i]
+        if (x !== undefined && (was === undefined || x > was)) seen[i] = x
+      }
+    }
+    return bySlot
+  }
+
   private writeIdentities(out: string[], present: Map<string, Present>): void {
     const byKind = new Map<string, number>()
     for (const key of this.admitted.keys()) {
@@ -712,4 +749,25 @@ const PRIMARY = 'primary'
 function withWorker(key: string, worker: string): string {
   const brace = key.indexOf('{')
   return brace === -1 ? `${key}{worker="${worker}"}` : `${key.slice(0, -1)},worker="${worker}"}`
+}
+
+/**
+ * The pod's credential expiry of an identity: the earliest of its workers', leaving out a worker's that was
+ * valid at that worker's last request of the identity and has expired since. The identity's requests went to
+ * other workers since (its connections moved): a credential presented after its expiry is counted by the
+ * worker that saw it (then it is not later than that worker's last request), and one renewed seconds before
+ * it expired is no longer in use, as one process leaves it out. All of them left out: the identity stopped
+ * calling, and keeps the value of its last requests, as in one process.
+ */
+function inUse(line: Line, lastSeen: Map<string, number[]>, nowSeconds: number): number {
+  const seen = lastSeen.get(`${line.service}\u0000${line.identity}`)
+  let earliest: number | undefined
+  for (let i = 0; i < line.values.length; i++) {
+    const x = line.values[i]
+    if (x === undefined) continue
+    const at = seen?.[i]
+    if (at !== undefined && x > at && x <= nowSeconds) continue
+    if (earliest === undefined || x < earliest) earliest = x
+  }
+  return earliest ?? line.value()
 }

@@ -50,8 +50,19 @@ const comparators: Record<IdentitySort, (a: IdentityRow, b: IdentityRow) => numb
 }
 
 /**
+ * Whether a worker's credential expiry (its earliest credential in use) still counts for the pod: not when it
+ * was valid at that worker's last request of the identity and has expired since, as pod-metrics.ts inUse()
+ * judges the gauge.
+ */
+function expiryInUse(row: IdentityRow, now: number): boolean {
+  const expiry = Date.parse(row.credentialExpiry!)
+  return !(expiry > Date.parse(row.lastSeen) && expiry <= now)
+}
+
+/**
  * One row per identity (source and name) over every worker: counts and rates summed, first seen the
- * earliest, the rest from the worker that saw it last. Lists every identity some worker tracks.
+ * earliest, credential expiry the earliest of the workers' (as the pod's gauge), the rest from the worker
+ * that saw it last. Lists every identity some worker tracks.
  */
 export function mergeIdentitiesViews(
   views: readonly IdentitiesView[],
@@ -59,17 +70,37 @@ export function mergeIdentitiesViews(
 ): IdentitiesView {
   const rows = new Map<string, IdentityRow>()
   const edges = new Map<string, EdgeRow>()
+  /** by identity: the earliest credential expiry of the workers where it is in use, and of all of them */
+  const expiries = new Map<string, { inUse: string | undefined; any: string }>()
   for (const view of views) {
     for (const row of view.identities) {
       const key = `${row.source}\u0000${row.name}`
       const was = rows.get(key)
       rows.set(key, was ? mergeRow(was, row) : row)
+      const expiry = row.credentialExpiry
+      if (expiry === undefined) continue
+      const inUse = expiryInUse(row, opts.now) ? expiry : undefined
+      const earliest = expiries.get(key)
+      if (earliest === undefined) expiries.set(key, { inUse, any: expiry })
+      else {
+        if (Date.parse(expiry) < Date.parse(earliest.any)) earliest.any = expiry
+        if (
+          inUse !== undefined &&
+          (earliest.inUse === undefined || Date.parse(inUse) < Date.parse(earliest.inUse))
+        )
+          earliest.inUse = inUse
+      }
     }
     for (const edge of view.edges) {
       const key = `${edge.callerSource}\u0000${edge.caller}\u0000${edge.callee}`
       const was = edges.get(key)
       edges.set(key, was ? { ...was, requests: was.requests + edge.requests } : edge)
     }
+  }
+  for (const [key, { inUse, any }] of expiries) {
+    const row = rows.get(key)!
+    const expiry = inUse ?? any
+    if (row.credentialExpiry !== expiry) rows.set(key, { ...row, credentialExpiry: expiry })
   }
   const identities = [...rows.values()].sort(comparators[opts.sort ?? 'requests'])
   const byKind: Record<string, { identities: number; rps: number }> = {}

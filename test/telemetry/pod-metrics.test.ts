@@ -1,5 +1,5 @@
 // The merge behind /metrics with `workers: N`: counters and histograms summed series by series, gauges by
-// their largest value, the identity cap applied once for the pod (folded identities counted as overflow,
+// their largest value (the credential expiry by its smallest), the identity cap applied once for the pod (folded identities counted as overflow,
 // and still counted there after they go idle), runtime families kept apart by a worker label.
 import fc from 'fast-check'
 import t from 'tap'
@@ -82,6 +82,52 @@ t.test('sums counters and histograms, takes the largest gauge, one family each',
   t.equal(value(body, 'nhi_worker_requests_total{service="s",worker="2"}'), 3)
   t.equal(body.match(/^# TYPE nhi_requests_total /gm)?.length, 1, 'one header per family')
   t.equal(parseExposition(body).filter((f) => f.base === 'process_start_time_seconds').length, 1)
+})
+
+/** a worker that saw identity `a` last at `lastSeen` with `expiry` its earliest credential in use */
+const expiring = (lastSeen: number, expiry: number) =>
+  `${worker({ a: 1 }, { lastSeen })}${header('nhi_credential_expiry_timestamp_seconds', 'gauge')}nhi_credential_expiry_timestamp_seconds{${id('a')}} ${expiry}\n`
+const EXPIRY_A = `nhi_credential_expiry_timestamp_seconds{${id('a')}}`
+
+t.test("the credential expiry is the earliest of the workers', not the largest", async (t) => {
+  const pod = new PodMetrics()
+  // a replica whose rotation broke is served by worker 1, the renewed one by worker 2
+  const body = pod.merge(
+    [
+      { worker: '1', body: expiring(100, 7_300) },
+      { worker: '2', body: expiring(200, 86_500) },
+    ],
+    primary,
+    { ...state(10), now: 300_000 },
+    false,
+  )
+  t.equal(value(body, EXPIRY_A), 7_300)
+  t.equal(
+    value(body, `nhi_identity_last_seen_timestamp_seconds{${id('a', ',kind="service"')}}`),
+    200,
+    'last seen: the latest',
+  )
+})
+
+t.test('a worker whose credential expired after its last request there no longer counts', async (t) => {
+  /** the pod's expiry of `a` at `now`, each worker given as [its last request of `a`, its expiry] */
+  const merge = (now: number, ...workers: [lastSeen: number, expiry: number][]) =>
+    value(
+      new PodMetrics().merge(
+        workers.map(([lastSeen, expiry], i) => ({ worker: String(i + 1), body: expiring(lastSeen, expiry) })),
+        primary,
+        { ...state(10), now: now * 1000 },
+        false,
+      ),
+      EXPIRY_A,
+    )
+  // renewed seconds before its expiry (at 600): its later requests went to worker 2
+  t.equal(merge(590, [500, 600], [550, 4_200]), 600, 'not expired yet: still the earliest')
+  t.equal(merge(1_000, [599, 600], [900, 4_200]), 4_200, 'expired since its last request there: left out')
+  // presented after its expiry (a Kubernetes token past warnafter): in use, whatever the others say
+  t.equal(merge(1_000, [900, 600], [950, 4_200]), 600)
+  // every worker's expired after its last request: the identity stopped calling, and keeps its last value
+  t.equal(merge(1_000, [599, 600], [650, 700]), 600)
 })
 
 t.test('the identity cap holds for the pod and the overflow counter stays monotonic', async (t) => {
