@@ -393,10 +393,14 @@ class PromFamilies implements Variant {
     )
     gauge(
       'nhi_credential_expiry_timestamp_seconds',
-      'Earliest expiry of the credential an identity last presented',
+      'Earliest expiry among the credentials an identity presented in the last 5 to 10 minutes',
       ['service', 'identity', 'source'],
       (g, entries) => {
-        for (const e of entries) if (e.expiresAt !== undefined) g.set(ids(e), e.expiresAt)
+        const now = Date.now()
+        for (const e of entries) {
+          const expiry = e.expiry.earliest(now)
+          if (expiry !== undefined) g.set(ids(e), expiry)
+        }
       },
     )
     const jobs = (entries: IdentityEntry[]) => entries.filter((e) => e.kind === 'job' && !e.overflow)

@@ -86,6 +86,7 @@ export function isJobOverdue(entry: IdentityEntry, now: number): boolean {
 function toRow(e: IdentityEntry, now: number): IdentityRow {
   const window = e.rate.read(now, e.firstSeen)
   const p95 = e.latency.percentile(95)
+  const expiry = e.expiry.earliest(now)
   const row: IdentityRow = {
     name: e.name,
     kind: e.kind,
@@ -110,7 +111,7 @@ function toRow(e: IdentityEntry, now: number): IdentityRow {
     cost: round(e.cost, 9),
     firstSeen: new Date(e.firstSeen).toISOString(),
     lastSeen: new Date(e.lastSeen).toISOString(),
-    credentialExpiry: e.expiresAt === undefined ? undefined : isoFromSeconds(e.expiresAt),
+    credentialExpiry: expiry === undefined ? undefined : isoFromSeconds(expiry),
   }
   if (e.kind === 'job' && !e.overflow) {
     row.job = {

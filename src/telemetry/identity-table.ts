@@ -106,11 +106,10 @@ export interface IdentityEntry {
   firstSeen: number
   lastSeen: number
   /**
-   * unix seconds: the earliest expiry among the credentials it presented in the last 5 to 10 minutes
-   * (`expiry`), so that replicas sharing the identity show the one closest to expiring, not the last caller's
+   * the expiries of the credentials it presented in the last 5 to 10 minutes: `expiry.earliest(now)` is its
+   * credential expiry (the gauge, /identities), the one closest to expiring of all its replicas', not the last
+   * caller's (never updated on the overflow entry)
    */
-  expiresAt?: number
-  /** the credentials' expiries that `expiresAt` is the earliest of (never updated on the overflow entry) */
   readonly expiry: EarliestExpiry
   expectEveryMs?: number
   requests: number
@@ -228,7 +227,6 @@ function newEntry(name: string, identity: Identity, now: number): IdentityEntry 
     actor: undefined,
     firstSeen: now,
     lastSeen: now,
-    expiresAt: undefined,
     expectEveryMs: undefined,
     requests: 0,
     errors: 0,
@@ -400,7 +398,7 @@ export class IdentityTable {
     this.overflowed = overflowed
     entry.lastSeen = now
     // before the early return: the same identity object keeps its credential in the window and rolls it
-    if (!entry.overflow) entry.expiresAt = entry.expiry.present(identity.expiresAt, now)
+    if (!entry.overflow) entry.expiry.present(identity.expiresAt, now)
     if (entry.seenAs === identity) return entry
     entry.seenAs = identity
     entry.kind = identity.kind

@@ -108,6 +108,7 @@ export class MetricsRecorder implements Recorder {
       buckets: config.metrics.buckets,
       version: opts.version,
       table: this.table,
+      now: this.now,
       ...opts.external,
     })
     const interval = opts.sweepIntervalMs ?? Math.max(1000, Math.min(config.metrics.idleTtl / 4, 60_000))

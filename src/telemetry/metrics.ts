@@ -50,6 +50,8 @@ export interface MetricsOptions {
   otlpLogs?: () => OtlpCounts | undefined
   /** events each recorder failed to record (threw or rejected), every recorder listed (read at scrape time) */
   recorderFailures?: () => Iterable<readonly [recorder: string, failures: number]>
+  /** the clock the identity table is fed with (unix ms): credential expiries are read against it */
+  now?: () => number
 }
 
 interface OtlpCounts {
@@ -124,7 +126,7 @@ const IDENTITIES = gauge('nhi_identities', 'Identities currently tracked, by kin
 const LAST_SEEN = gauge('nhi_identity_last_seen_timestamp_seconds', 'Last request of an identity')
 const EXPIRY = gauge(
   'nhi_credential_expiry_timestamp_seconds',
-  'Earliest expiry of the credential an identity last presented',
+  'Earliest expiry among the credentials an identity presented in the last 5 to 10 minutes',
 )
 const JOB_LAST_SUCCESS = gauge(
   'nhi_job_last_success_timestamp_seconds',
@@ -152,6 +154,7 @@ export class Metrics {
   private readonly otlpSpans: NonNullable<MetricsOptions['otlpSpans']>
   private readonly otlpLogs: NonNullable<MetricsOptions['otlpLogs']>
   private readonly recorderFailures: NonNullable<MetricsOptions['recorderFailures']>
+  private readonly now: () => number
 
   private readonly authFailures = new CounterFamily(
     counter('nhi_auth_failures', 'Presented credentials that did not check out'),
@@ -253,6 +256,7 @@ export class Metrics {
     this.otlpSpans = opts.otlpSpans ?? (() => undefined)
     this.otlpLogs = opts.otlpLogs ?? (() => undefined)
     this.recorderFailures = opts.recorderFailures ?? (() => [])
+    this.now = opts.now ?? Date.now
     // exported from the start at 0 so an overflow alert can use rate()/increase() on it
     this.overflowSeries = this.overflow.child([this.service])
     this.attributionErrorSeries = this.attributionErrors.child([this.service])
@@ -660,8 +664,10 @@ export class Metrics {
     writeHeader(out, LAST_SEEN, om)
     for (const e of entries) writeSample(out, LAST_SEEN.name, this.entryKindLabels(e), e.lastSeen / 1000)
     writeHeader(out, EXPIRY, om)
+    const now = this.now()
     for (const e of entries) {
-      if (e.expiresAt !== undefined) writeSample(out, EXPIRY.name, this.entryLabels(e), e.expiresAt)
+      const expiry = e.expiry.earliest(now)
+      if (expiry !== undefined) writeSample(out, EXPIRY.name, this.entryLabels(e), expiry)
     }
     const jobs = entries.filter((e) => e.kind === 'job' && !e.overflow)
     writeHeader(out, JOB_LAST_SUCCESS, om)

@@ -76,10 +76,11 @@ export const EXPIRY_BUCKET_MS = 5 * 60_000
 const NONE = Number.POSITIVE_INFINITY
 
 /**
- * The earliest expiry (unix seconds) among the credentials an identity presented in the last two buckets.
- * One that was still valid when last presented and has expired since is left out: a client that renewed it
- * right before its expiry (an OAuth client library does so seconds before) no longer uses it. One presented
- * after its expiry (a Kubernetes token past `warnafter`, which the API server still accepts) stays in.
+ * The earliest expiry (unix seconds) among the credentials an identity presented in the last two buckets,
+ * read at scrape time. One that was still valid at its last request and has expired since is left out: a
+ * client that renewed it right before its expiry (an OAuth client library does so seconds before) no longer
+ * uses it, also when its next request is minutes away. One presented after its expiry (a Kubernetes token
+ * past `warnafter`, which the API server still accepts) stays in while it is in the window.
  */
 export class EarliestExpiry {
   /** unix ms the current bucket started at */
@@ -89,26 +90,35 @@ export class EarliestExpiry {
   private expiredNow = NONE
   private validBefore = NONE
   private expiredBefore = NONE
+  /** the last request's credential, if it was valid then: in use whatever the buckets' minima hide */
+  private latest = NONE
 
-  /** a request with a credential expiring at `expiresAt` (none: undefined); the earliest one in use */
-  present(expiresAt: number | undefined, nowMs: number): number | undefined {
+  /** a request with a credential expiring at `expiresAt` (none: undefined) */
+  present(expiresAt: number | undefined, nowMs: number): void {
     if (nowMs - this.start >= EXPIRY_BUCKET_MS) this.roll(nowMs)
-    const nowSeconds = nowMs / 1000
-    let valid = NONE
-    if (expiresAt !== undefined) {
-      if (expiresAt <= nowSeconds) {
-        if (expiresAt < this.expiredNow) this.expiredNow = expiresAt
-      } else {
-        if (expiresAt < this.validNow) this.validNow = expiresAt
-        // the request's own credential is in use whatever the buckets' minima say
-        valid = expiresAt
-      }
+    this.latest = NONE
+    if (expiresAt === undefined) return
+    if (expiresAt <= nowMs / 1000) {
+      if (expiresAt < this.expiredNow) this.expiredNow = expiresAt
+      return
     }
+    if (expiresAt < this.validNow) this.validNow = expiresAt
+    this.latest = expiresAt
+  }
+
+  /** the earliest expiry in use at `nowMs`; undefined when no credential of the window has one */
+  earliest(nowMs: number): number | undefined {
     const expired = Math.min(this.expiredNow, this.expiredBefore)
     if (expired !== NONE) return expired
+    const nowSeconds = nowMs / 1000
+    let valid = NONE
+    if (this.latest > nowSeconds) valid = this.latest
     if (this.validNow > nowSeconds && this.validNow < valid) valid = this.validNow
     if (this.validBefore > nowSeconds && this.validBefore < valid) valid = this.validBefore
-    return valid === NONE ? undefined : valid
+    if (valid !== NONE) return valid
+    // all of them expired after their last request: the identity stopped calling, and keeps the earliest
+    const last = Math.min(this.validNow, this.validBefore)
+    return last === NONE ? undefined : last
   }
 
   private roll(nowMs: number): void {

@@ -5,6 +5,7 @@ import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { IdentityTable, OVERFLOW_IDENTITY } from '../../src/telemetry/identity-table.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
+import type { Identity } from '../../src/types.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { metricValue, parseMetrics } from '../helpers/metrics.ts'
 
@@ -18,21 +19,24 @@ const broken = identity('shop/cart', { source: 'jwt', expiresAt: start + 2 * HOU
 const renewed = identity('shop/cart', { source: 'jwt', expiresAt: start + 24 * HOUR })
 
 const table = () => new IdentityTable({ maxIdentities: 10, idleTtlMs: 3_600_000 })
+/** a request at `now`, and the identity's credential expiry read right after it (as a scrape would) */
+const call = (ids: IdentityTable, who: Identity, now: number) => ids.admitEntry(who, now).expiry.earliest(now)
+/** the credential expiry of `who` read at `now` */
+const read = (ids: IdentityTable, who: Identity, now: number) =>
+  ids.get(who.source, who.name)?.expiry.earliest(now)
 
 t.test('two credentials of one identity alternating: the earlier, whichever called last', async (t) => {
   const ids = table()
   for (let i = 0; i < 40; i++) {
     // one request every 20 s, alternating, through several bucket rolls
-    const entry = ids.admitEntry(i % 2 === 0 ? broken : renewed, T0 + i * 20_000)
-    t.equal(entry.expiresAt, broken.expiresAt, `request ${i}`)
+    t.equal(call(ids, i % 2 === 0 ? broken : renewed, T0 + i * 20_000), broken.expiresAt, `request ${i}`)
   }
   // the renewed replica first, then the broken one, each calling rarely: still the earlier
   const sparse = table()
-  sparse.admitEntry(renewed, T0)
-  t.equal(sparse.get('jwt', 'shop/cart')!.expiresAt, renewed.expiresAt, 'only the renewed one so far')
+  t.equal(call(sparse, renewed, T0), renewed.expiresAt, 'only the renewed one so far')
   sparse.admitEntry(broken, T0 + 4 * 60_000)
-  t.equal(sparse.admitEntry(renewed, T0 + 8 * 60_000).expiresAt, broken.expiresAt)
-  t.equal(sparse.admitEntry(renewed, T0 + 12 * 60_000).expiresAt, broken.expiresAt, 'a bucket later')
+  t.equal(call(sparse, renewed, T0 + 8 * 60_000), broken.expiresAt)
+  t.equal(call(sparse, renewed, T0 + 12 * 60_000), broken.expiresAt, 'a bucket later')
 })
 
 t.test('the earlier credential no longer presented: the later one once the window has passed', async (t) => {
@@ -43,23 +47,34 @@ t.test('the earlier credential no longer presented: the later one once the windo
   // the same identity object over and over (the table's early return) still rolls the window
   while (now < T0 + 2 * EXPIRY_BUCKET_MS) {
     now += 30_000
-    const entry = ids.admitEntry(renewed, now)
-    if (now < T0 + EXPIRY_BUCKET_MS) t.equal(entry.expiresAt, broken.expiresAt, 'within 5 minutes: in use')
+    const expiry = call(ids, renewed, now)
+    if (now < T0 + EXPIRY_BUCKET_MS) t.equal(expiry, broken.expiresAt, 'within 5 minutes: in use')
   }
-  t.equal(ids.get('jwt', 'shop/cart')!.expiresAt, renewed.expiresAt, 'after 10 minutes: gone')
+  t.equal(read(ids, renewed, now), renewed.expiresAt, 'after 10 minutes: gone')
 })
 
 t.test('a renewal moves the gauge forward, also when the old credential expires right after', async (t) => {
   const ids = table()
   const old = identity('ci/deploy', { source: 'jwt', expiresAt: start + 600 })
   const next = identity('ci/deploy', { source: 'jwt', expiresAt: start + 600 + HOUR })
-  t.equal(ids.admitEntry(old, T0).expiresAt, old.expiresAt)
+  t.equal(call(ids, old, T0), old.expiresAt)
   // renewed seconds before the old one expires, as OAuth client libraries do
-  t.equal(ids.admitEntry(old, T0 + 599_000).expiresAt, old.expiresAt, 'the old one, still valid, in use')
-  t.equal(ids.admitEntry(next, T0 + 599_500).expiresAt, old.expiresAt, 'both in use for now')
+  t.equal(call(ids, old, T0 + 599_000), old.expiresAt, 'the old one, still valid, in use')
+  t.equal(call(ids, next, T0 + 599_500), old.expiresAt, 'both in use for now')
   // past the old one's expiry it is no longer in use: it was valid at its last request
-  t.equal(ids.admitEntry(next, T0 + 601_000).expiresAt, next.expiresAt, 'the renewed one')
-  t.equal(ids.admitEntry(next, T0 + 30 * 60_000).expiresAt, next.expiresAt)
+  t.equal(call(ids, next, T0 + 601_000), next.expiresAt, 'the renewed one')
+  t.equal(call(ids, next, T0 + 30 * 60_000), next.expiresAt)
+
+  // a client calling once a minute: the renewed token's request was its last before the old one expired, and
+  // a scrape before its next request already reads the renewed one
+  const minutely = table()
+  call(minutely, old, T0 + 540_000)
+  t.equal(call(minutely, next, T0 + 595_000), old.expiresAt, 'both in use before the old one expires')
+  t.equal(read(minutely, next, T0 + 620_000), next.expiresAt, 'a scrape after it: the renewed one')
+  // one that stopped calling before its last credential expired keeps it, as its last requests had it
+  const stopped = table()
+  call(stopped, old, T0 + 500_000)
+  t.equal(read(stopped, old, T0 + 700_000), old.expiresAt)
 })
 
 t.test('a credential presented after its expiry stays the earliest while it is in use', async (t) => {
@@ -67,23 +82,22 @@ t.test('a credential presented after its expiry stays the earliest while it is i
   // a Kubernetes token past warnafter, still accepted, on one replica; a fresh one on the other
   const stale = identity('shop/cart', { source: 'jwt', expiresAt: start - 60 })
   for (let i = 0; i < 30; i++) {
-    const entry = ids.admitEntry(i % 3 === 0 ? stale : renewed, T0 + i * 20_000)
-    t.equal(entry.expiresAt, stale.expiresAt, `request ${i}`)
+    t.equal(call(ids, i % 3 === 0 ? stale : renewed, T0 + i * 20_000), stale.expiresAt, `request ${i}`)
   }
   // no longer presented after 9m40s: still in use in the previous bucket, gone when that one rolls out
-  t.equal(ids.admitEntry(renewed, T0 + 10 * 60_000).expiresAt, stale.expiresAt)
-  t.equal(ids.admitEntry(renewed, T0 + 15 * 60_000).expiresAt, renewed.expiresAt)
+  t.equal(call(ids, renewed, T0 + 10 * 60_000), stale.expiresAt)
+  t.equal(call(ids, renewed, T0 + 15 * 60_000), renewed.expiresAt)
 })
 
 t.test('a credential without an expiry leaves the gauge to the ones that have one', async (t) => {
   const ids = table()
   const none = identity('shop/cart', { source: 'jwt' })
-  t.equal(ids.admitEntry(none, T0).expiresAt, undefined)
-  t.equal(ids.admitEntry(renewed, T0 + 1000).expiresAt, renewed.expiresAt)
-  t.equal(ids.admitEntry(none, T0 + 2000).expiresAt, renewed.expiresAt)
+  t.equal(call(ids, none, T0), undefined)
+  t.equal(call(ids, renewed, T0 + 1000), renewed.expiresAt)
+  t.equal(call(ids, none, T0 + 2000), renewed.expiresAt)
   // only credentials without one for a whole window: none
   ids.admitEntry(none, T0 + EXPIRY_BUCKET_MS + 2000)
-  t.equal(ids.admitEntry(none, T0 + 2 * EXPIRY_BUCKET_MS + 3000).expiresAt, undefined)
+  t.equal(call(ids, none, T0 + 2 * EXPIRY_BUCKET_MS + 3000), undefined)
 })
 
 t.test('the overflow entry has no expiry', async (t) => {
@@ -91,7 +105,7 @@ t.test('the overflow entry has no expiry', async (t) => {
   ids.admitEntry(identity('first', { source: 'jwt', expiresAt: start + HOUR }), T0)
   const entry = ids.admitEntry(broken, T0 + 1000)
   t.equal(entry.name, OVERFLOW_IDENTITY)
-  t.equal(entry.expiresAt, undefined)
+  t.equal(entry.expiry.earliest(T0 + 1000), undefined)
 })
 
 t.test('/metrics and /identities show the earlier of alternating credentials', async (t) => {
@@ -112,4 +126,20 @@ t.test('/metrics and /identities show the earlier of alternating credentials', a
   )
   const row = telemetry.identities().identities.find((r) => r.name === 'shop/cart')
   t.equal(row?.credentialExpiry, new Date(broken.expiresAt! * 1000).toISOString())
+
+  // read against the clock at the scrape: a token renewed just before it expired is gone by then
+  const old = identity('ci/deploy', { source: 'jwt', expiresAt: start + 600 })
+  const next = identity('ci/deploy', { source: 'jwt', expiresAt: start + 600 + HOUR })
+  now = T0 + 540_000
+  telemetry.record(requestEvent({ identity: old }))
+  now = T0 + 595_000
+  telemetry.record(requestEvent({ identity: next }))
+  now = T0 + 620_000
+  const later = parseMetrics((await telemetry.scrape(false)).body)
+  t.equal(
+    metricValue(later, 'nhi_credential_expiry_timestamp_seconds', { identity: 'ci/deploy' }),
+    next.expiresAt,
+  )
+  const deploy = telemetry.identities().identities.find((r) => r.name === 'ci/deploy')
+  t.equal(deploy?.credentialExpiry, new Date(next.expiresAt! * 1000).toISOString())
 })
