@@ -74,6 +74,8 @@ t.test('the unit tests catch a broken rule', { skip: skipPromtool }, async (t) =
   const mutations: [string, string][] = [
     ['(nhi_job_consecutive_failures) >= 3', '(nhi_job_consecutive_failures) >= 4'],
     ['< 86400 > 0', '< 3600 > 0'],
+    // renewals a day apart at most (replicas renewing a day-long credential by turns) are renewals
+    ['expiry_timestamp_seconds[1d]) > 0', 'expiry_timestamp_seconds[1h]) > 0'],
     ['(rate(nhi_auth_failures_total[5m])) > 0.5', '(rate(nhi_auth_failures_total[5m])) > 0'],
     ['[10m])) > 0', '[10m])) > 10'],
     ['<= 900)', '<= 90000)'],
