@@ -1,8 +1,8 @@
 // /metrics of a pod running `workers: N` (docs/reference.md "Workers"): every worker's exposition merged
 // into one. Counters and histograms are summed series by series, gauges take the largest value (last seen,
-// job last success and failures in a row, JWKS keys and last success, TLS certificate dates, the workers'
-// latest), except the credential expiry, which takes the smallest (an identity's earliest credential in use
-// on any worker: a replica whose rotation broke is not hidden by the ones served elsewhere), and the
+// job last success and failures in a row, JWKS keys and last success, TLS certificate dates), except the
+// credential expiry, which takes the smallest (an identity's earliest credential in use on any worker: a
+// replica whose rotation broke is not hidden by the ones served elsewhere), and the
 // identity cap (metrics.maxIdentities, maxUnverifiedIdentities, jwt.issuers[].maxIdentities) is applied once
 // for the whole pod: each
 // worker caps its own table, but N workers can each track different identities, so identities beyond the
