@@ -86,6 +86,22 @@ export function serverOptions(timeouts: Config['timeouts'], limits: Config['limi
   }
 }
 
+/**
+ * Requests node:http parses and hands over that the listener refuses as it refuses bytes its parser cannot read
+ * (the answer once those ahead of it have theirs, the connection closed, nothing behind it read as a request):
+ * - llhttp takes `HTTP/2.0` (and `HTTP/0.9`) in a request line, and node:http hands that request over as any
+ *   other, with `httpVersionMajor` 2: everything that tells an HTTP/2 stream by its version would read it as
+ *   one (no Host required, no check of an absolute-form target's authority against Host). HTTP/2 has no such
+ *   request line (RFC 9113 §3), and RFC 9112 §2.3 has a server answer a version it does not speak with 505.
+ * - an HTTP/1.0 request with Transfer-Encoding: RFC 9112 §6.1 has its framing treated as faulty (an HTTP/1.0
+ *   hop in front may have read the body by Content-Length, or to the close), which llhttp does not.
+ */
+const UNSUPPORTED_VERSION = 'NHI_UNSUPPORTED_VERSION'
+const FAULTY_FRAMING = 'NHI_FAULTY_FRAMING'
+const refusedRequest = (message: string, code: string) => Object.assign(new Error(message), { code })
+const unsupportedVersion = refusedRequest('HTTP version not supported on HTTP/1.1', UNSUPPORTED_VERSION)
+const faultyFraming = refusedRequest('Transfer-Encoding in an HTTP/1.0 request', FAULTY_FRAMING)
+
 const closingAnswer = (status: number) =>
   Buffer.from(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`, 'latin1')
 /** node:http's answers to what it cannot read, by the parser's error code; any other is a 400 */
@@ -93,18 +109,22 @@ const PARSE_ERROR_STATUS = new Map([
   ['HPE_HEADER_OVERFLOW', 431],
   ['HPE_CHUNK_EXTENSIONS_OVERFLOW', 413],
   ['ERR_HTTP_REQUEST_TIMEOUT', 408],
+  [UNSUPPORTED_VERSION, 505],
 ])
-const CLOSING_ANSWERS = new Map([400, 408, 413, 431].map((status) => [status, closingAnswer(status)]))
+const CLOSING_ANSWERS = new Map([400, 408, 413, 431, 505].map((status) => [status, closingAnswer(status)]))
 
 /** set once the listener gave up reading a connection (its parser failed, or a request deadline passed) */
 const kUnreadable = Symbol('nhi.unreadable')
 const kLingering = Symbol('nhi.lingering')
 /** on the response whose place the listener's own answer took: the status it wrote */
 const kListenerAnswer = Symbol('nhi.listenerAnswer')
+const kRefused = Symbol('nhi.refusedByListener')
 type HoldingResponse = ServerResponse & {
   /** set once its head went out */
   _headerSent?: boolean
   [kListenerAnswer]?: number
+  /** set on the response of a request the listener refused (refusedByListener) */
+  [kRefused]?: true
 }
 type ClientSocket = Duplex & {
   /** node:http's parser of the connection (llhttp), until the connection closes */
@@ -154,9 +174,15 @@ function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     return
   }
   const status = PARSE_ERROR_STATUS.get(err.code ?? '') ?? 400
-  // a deadline leaves the parser sound: paused, it refuses what follows as a failed one does, so that nothing the
-  // client sends past the deadline (the rest of a late head) is read as a request
-  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') connection.parser?.pause()
+  // a deadline (or a request in a version refused) leaves the parser sound: paused, it refuses what follows as a
+  // failed one does, so that nothing the client sends past it (the rest of a late head, a request pipelined
+  // behind) is read as a request
+  if (
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ||
+    err.code === UNSUPPORTED_VERSION ||
+    err.code === FAULTY_FRAMING
+  )
+    connection.parser?.pause()
   // in a later turn: the plain listener reads a connection's first bytes through the stream (looking for the
   // HTTP/2 preface), and a stream paused in the turn that delivered them starts reading again in the next tick
   setImmediate(pauseSocket, socket)
@@ -222,9 +248,34 @@ function pauseSocket(socket: Duplex): void {
   if (!(socket as ClientSocket)[kLingering]) socket.pause()
 }
 
-/** the response to a request whose body the refused bytes cut: it never ends, and the refusal is its answer */
+/**
+ * the response to a request whose body the refused bytes cut, or to a request the listener refused
+ * (refusedByListener): it never ends, and the refusal is its answer
+ */
 function cutByRefusedBytes(holding: ServerResponse): boolean {
-  return !holding.req.complete
+  return !holding.req.complete || (holding as HoldingResponse)[kRefused] === true
+}
+
+/** whether the proxy is handed a request node:http parsed: not one the listener refuses, nor one behind it */
+function admitted(req: IncomingMessage, res: ServerResponse): boolean {
+  // parsed from the same read as a request the listener refused: its parser, paused from within node:http's
+  // callback, stops only at the end of that read, and what it parsed past the refusal is no request
+  if ((req.socket as ClientSocket)[kUnreadable]) return false
+  return !refusedByListener(req, res)
+}
+
+/** a request the listener refuses itself (see unsupportedVersion), never handed to the proxy */
+function refusedByListener(req: IncomingMessage, res: ServerResponse): boolean {
+  const refusal =
+    req.httpVersionMajor !== 1
+      ? unsupportedVersion
+      : req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined
+        ? faultyFraming
+        : undefined
+  if (refusal === undefined) return false
+  ;(res as HoldingResponse)[kRefused] = true
+  onClientError(refusal, req.socket)
+  return true
 }
 
 export interface ListenerHandlers {
@@ -270,9 +321,13 @@ export class Listeners {
       // field a check counts) could hide past them: every line is kept, maxHeaderBytes bounds them all
       server.maxHeadersCount = 0
       server.keepAliveTimeout = opts.timeouts.idle
-      server.on('request', handlers.request)
+      const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+        if (admitted(req, res)) handlers.request(req, res)
+      }
+      server.on('request', onRequest)
       // the 100 Continue waits for the request to be let through (continue.ts)
       server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+        if (!admitted(req, res)) return
         holdContinue(req)
         handlers.request(req, res)
       })
