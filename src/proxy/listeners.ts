@@ -83,6 +83,10 @@ export function serverOptions(timeouts: Config['timeouts'], limits: Config['limi
     // header/request deadlines are only enforced at this interval
     connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(headersTimeout / 4))),
     insecureHTTPParser: false,
+    // node:http would answer an HTTP/1.1 request without Host itself (400, the connection closed) and read on:
+    // a request pipelined behind it reached the proxy, and the upstream, with no answer to come. The proxy
+    // refuses it instead (hostRefusal), recorded like any request it answers
+    requireHostHeader: false,
   }
 }
 
@@ -325,6 +329,9 @@ export class Listeners {
         if (admitted(req, res)) handlers.request(req, res)
       }
       server.on('request', onRequest)
+      // an Expect other than 100-continue: node:http would answer 417 itself, a request nothing recorded; the
+      // proxy answers it (unmetExpectation)
+      server.on('checkExpectation', onRequest)
       // the 100 Continue waits for the request to be let through (continue.ts)
       server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
         if (!admitted(req, res)) return

@@ -43,6 +43,7 @@ import {
   BAD_TARGET_AUTHORITY,
   CONNECT_NOT_SUPPORTED,
   DEADLINE_PASSED,
+  EXPECTATION_FAILED,
   INTERNAL_ERROR,
   NOT_IMPLEMENTED,
   sendJson,
@@ -199,6 +200,18 @@ function unsupportedTransferCoding(req: IncomingMessage): boolean {
   return te !== undefined && !/^[\t ]*chunked[\t ]*$/i.test(te)
 }
 
+/** what node:http takes for a 100-continue expectation (its checkContinue) */
+const CONTINUE_EXPECTATION = /(?:^|\W)100-continue(?:$|\W)/i
+
+/**
+ * An expectation the proxy cannot meet (RFC 9110 §10.1.1: 417): any but 100-continue, which it answers itself
+ * (continue.ts).
+ */
+function unmetExpectation(req: IncomingMessage): boolean {
+  const expect = req.headers.expect
+  return expect !== undefined && !CONTINUE_EXPECTATION.test(expect)
+}
+
 /**
  * An HTTP/2 method with a lower-case letter (`get`, `Delete`): methods are case-sensitive (RFC 9110 §9.1), so
  * Go's router takes `get` for an unknown method while Django and Flask upper-case it, and rules decide on
@@ -266,7 +279,7 @@ const HOST_SYNTAX = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0
 /**
  * A request that names its host ambiguously (RFC 9112 §3.2): two Host lines (Node keeps the first, while a
  * proxy in front may have routed on the last, and rules, policy, signatures and the upstream would all read
- * the first), an HTTP/1.1 request with none (Node refuses that itself, except on an upgrade request), or an
+ * the first), an HTTP/1.1 request with none, or an
  * absolute-form target naming another authority than Host. Over
  * HTTP/2 a `host` next to `:authority` must name the same authority (RFC 9113 §8.3.1): the upstream gets
  * `host`, a front proxy may have routed on `:authority`. On either protocol the Host the upstream gets must
@@ -383,7 +396,13 @@ export class RequestLifecycle {
     const forwarder = opts.forwarder
     this.http = {
       refusal: (_ex, req) =>
-        unsupportedTransferCoding(req) ? NOT_IMPLEMENTED : caseFoldedMethod(req) ? BAD_METHOD : undefined,
+        unsupportedTransferCoding(req)
+          ? NOT_IMPLEMENTED
+          : caseFoldedMethod(req)
+            ? BAD_METHOD
+            : unmetExpectation(req)
+              ? EXPECTATION_FAILED
+              : undefined,
       // a CONNECT is a request like any other but for the tunnel it asks for: identified and decided first
       refusalWhenAllowed: (req) => (req.method === 'CONNECT' ? CONNECT_NOT_SUPPORTED : undefined),
       // an HTTP/2 response has no `destroyed` (Node 20): a stream the client reset while the request was

@@ -32,6 +32,7 @@ export const BAD_TARGET_AUTHORITY = canned(
 export const BAD_HOST_SYNTAX = canned(400, 'bad_request', 'Host is not a valid host[:port]')
 export const BAD_AUTHORITY_SYNTAX = canned(400, 'bad_request', ':authority is not a valid host[:port]')
 export const NOT_IMPLEMENTED = canned(501, 'not_implemented', 'transfer coding not supported')
+export const EXPECTATION_FAILED = canned(417, 'expectation_failed', 'only Expect: 100-continue is supported')
 export const CONNECT_NOT_SUPPORTED = canned(
   501,
   'not_implemented',

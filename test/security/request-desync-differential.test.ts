@@ -1,10 +1,13 @@
-// Requests node:http parses but the HTTP/1.1 listener refuses itself, as bytes it cannot read: a request line
-// in another version than HTTP/1.x (505), an HTTP/1.0 request with Transfer-Encoding (400, RFC 9112 §6.1).
-// Each is answered after the requests ahead of it, the connection closed, and nothing of it or behind it
-// reaches the upstream: node:http with its strict parser, which keeps every request it parsed.
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+// Requests node:http parses that the proxy answers itself: a request line in another version than HTTP/1.x
+// (505) and an HTTP/1.0 request with Transfer-Encoding (400, RFC 9112 §6.1), refused by the listener as bytes
+// it cannot read: each answered after the requests ahead of it, the connection closed, nothing of it or behind
+// it forwarded; an HTTP/1.1 request without Host (400) and an Expect other than 100-continue (417), answered
+// and recorded by the proxy, which reads on. The upstream is node:http with its strict parser, which keeps
+// every request it parsed.
+import { createServer, type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import t, { type Test } from 'tap'
+import { eventually } from '../helpers/eventually.ts'
 import { listenUntilTeardown, rawExchange } from '../helpers/net.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -96,6 +99,30 @@ async function recordingUpstream(t: Test): Promise<RecordingUpstream> {
   return { port, arrivals, unparsed, open: () => open }
 }
 
+// ---- the client's side ----------------------------------------------------------------------------------
+
+interface Answer {
+  status: number
+  /** node:http's own answer to what its parser refused (the listener's, not the proxy's) */
+  listener: boolean
+}
+
+/** the final answers a client read, in order (1xx left out) */
+function answersIn(text: string): Answer[] {
+  const answers: Answer[] = []
+  for (const m of text.matchAll(/HTTP\/1\.[01] (\d{3}) [^\r\n]*\r\n/g)) {
+    const status = Number(m[1])
+    if (status < 200) continue
+    // the listener's answers are these bytes exactly (listeners.ts); the proxy's carry fields of their own
+    const listener = text.startsWith(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`,
+      m.index,
+    )
+    answers.push({ status, listener })
+  }
+  return answers
+}
+
 // ---- the cases -----------------------------------
 
 const versionRefusal = 'HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\n\r\n'
@@ -140,6 +167,52 @@ t.test('a request line in HTTP/2.0 or HTTP/0.9: 505, and nothing of it or behind
     'the upstream got the request ahead of it, nothing of the refused ones or of those behind them',
   )
 })
+
+t.test(
+  'no Host, or an Expect other than 100-continue: the proxy answers, records it, and reads on',
+  async (t) => {
+    const upstream = await recordingUpstream(t)
+    const sidecar = await startTestSidecar(t, {
+      upstream: `http://127.0.0.1:${upstream.port}`,
+      audit: { output: 'off', ringSize: 100 },
+    })
+    const port = sidecar.proxyAddress.port
+    const after = (path: string) => `GET ${path} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n`
+    const statuses = (text: string) => answersIn(text).map((a) => a.status)
+    // node:http answered 400 itself and closed, but read on: the request behind it reached the upstream, and its
+    // client never had an answer
+    const noHost = await rawExchange(
+      port,
+      `POST /h1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc${after('/h1-after')}`,
+    )
+    t.same(statuses(noHost), [400, 200], 'no Host: 400, then the request behind it answered')
+    // node:http answered 417 itself: a request no one recorded
+    const expect = await rawExchange(
+      port,
+      `POST /e1 HTTP/1.1\r\nHost: app.example\r\nExpect: x-unknown\r\nContent-Length: 3\r\n\r\nabc${after('/e1-after')}`,
+    )
+    t.same(statuses(expect), [417, 200], 'Expect: x-unknown: 417, then the request behind it answered')
+    t.same(
+      upstream.arrivals.map((a) => a.url),
+      ['/h1-after', '/e1-after'],
+      'the upstream got the requests behind them, each answered',
+    )
+    const ring = await eventually(
+      async () => {
+        const { events } = (await (await fetch(`${sidecar.adminUrl}/audit?limit=100`)).json()) as {
+          events: { path: string; status: number }[]
+        }
+        return events.length >= 4 ? events : undefined
+      },
+      { what: 'four audit lines' },
+    )
+    t.same(
+      ring.map((e) => `${e.path} ${e.status}`).sort(),
+      ['/e1 417', '/e1-after 200', '/h1 400', '/h1-after 200'],
+      'each request answered has its audit line',
+    )
+  },
+)
 
 t.test(
   'an HTTP/1.0 request with Transfer-Encoding: 400, and nothing of it or behind it forwarded',
