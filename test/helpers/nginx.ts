@@ -57,12 +57,14 @@ ${setHeaders}
 /**
  * nginx with one server block listening on a free loopback port, `server(port)` its body (listen directive
  * included), nginx's defaults for everything else (merge_slashes on, no regex locations): as an upstream
- * whose own routing a test compares with the proxy's. Stopped at the end of the test.
+ * whose own routing a test compares with the proxy's. `http`: more of the http block, beside the server
+ * (an `upstream` block whose connections nginx keeps alive). Stopped at the end of the test.
  */
 export async function startNginx(
   t: Test,
   dir: string,
   server: (port: number) => string,
+  http = '',
 ): Promise<NginxServer> {
   const bin = nginxBinary()
   if (!bin) throw new Error('nginx is not installed')
@@ -87,6 +89,7 @@ http {
   fastcgi_temp_path ${p('fastcgi')};
   uwsgi_temp_path ${p('uwsgi')};
   scgi_temp_path ${p('scgi')};
+${http}
   server {
 ${server(port)}
   }
