@@ -282,6 +282,9 @@ export class Http2Front {
     })
     // the compat layer emits CONNECT streams apart; unheard, it answers 405 itself and nothing records them
     this.server.on('connect', onRequest)
+    // an `expect` other than `100-continue`: unheard, the compat layer answers 417 itself and nothing records
+    // it; the proxy answers it (unmetExpectation)
+    this.server.on('checkExpectation', onRequest)
     // the compat layer answers stream errors itself; an error here must not take the process down
     this.server.on('sessionError', () => {})
     // an idle connection gets GOAWAY and closes once its streams are done (a silent long-lived stream is

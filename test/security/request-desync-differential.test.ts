@@ -21,6 +21,7 @@
 // that was a bug.
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
+import { connect as h2connect } from 'node:http2'
 import { connect, type Socket } from 'node:net'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
@@ -980,6 +981,14 @@ t.test(
       `POST /e1 HTTP/1.1\r\nHost: app.example\r\nExpect: x-unknown\r\nContent-Length: 3\r\n\r\nabc${after('/e1-after')}`,
     )
     t.same(statuses(expect), [417, 200], 'Expect: x-unknown: 417, then the request behind it answered')
+    // the same over HTTP/2: node:http2's compatibility layer answered 417 itself
+    const session = h2connect(sidecar.proxyUrl)
+    t.teardown(() => session.close())
+    const stream = session.request({ ':method': 'POST', ':path': '/e2', expect: 'x-unknown' })
+    stream.end('abc')
+    const [head] = (await once(stream, 'response')) as [Record<string, unknown>]
+    stream.resume()
+    t.equal(head[':status'], 417, 'HTTP/2, Expect: x-unknown: 417')
     t.same(
       upstream.arrivals.map((a) => a.url),
       ['/h1-after', '/e1-after'],
@@ -990,13 +999,13 @@ t.test(
         const { events } = (await (await fetch(`${sidecar.adminUrl}/audit?limit=100`)).json()) as {
           events: { path: string; status: number }[]
         }
-        return events.length >= 4 ? events : undefined
+        return events.length >= 5 ? events : undefined
       },
-      { what: 'four audit lines' },
+      { what: 'five audit lines' },
     )
     t.same(
       ring.map((e) => `${e.path} ${e.status}`).sort(),
-      ['/e1 417', '/e1-after 200', '/h1 400', '/h1-after 200'],
+      ['/e1 417', '/e1-after 200', '/e2 417', '/h1 400', '/h1-after 200'],
       'each request answered has its audit line',
     )
   },
