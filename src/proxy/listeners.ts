@@ -270,16 +270,30 @@ function admitted(req: IncomingMessage, res: ServerResponse): boolean {
 
 /** a request the listener refuses itself (see unsupportedVersion), never handed to the proxy */
 function refusedByListener(req: IncomingMessage, res: ServerResponse): boolean {
-  const refusal =
-    req.httpVersionMajor !== 1
-      ? unsupportedVersion
-      : req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined
-        ? faultyFraming
-        : undefined
+  const refusal = listenerRefusal(req)
   if (refusal === undefined) return false
   ;(res as HoldingResponse)[kRefused] = true
   onClientError(refusal, req.socket)
   return true
+}
+
+/** the same for an upgrade request or a CONNECT, which node:http hands over with the socket and no response */
+function handoverRefused(req: IncomingMessage, socket: Duplex): boolean {
+  const refusal = listenerRefusal(req)
+  if (refusal === undefined) return false
+  // handed over, the socket has no listener of node:http's left for its errors, and its close destroys it with
+  // the refusal: unheard, that error would end the process
+  socket.on('error', ignoreSocketError)
+  onClientError(refusal, socket)
+  return true
+}
+
+function ignoreSocketError(): void {}
+
+function listenerRefusal(req: IncomingMessage): Error | undefined {
+  if (req.httpVersionMajor !== 1) return unsupportedVersion
+  if (req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined) return faultyFraming
+  return undefined
 }
 
 export interface ListenerHandlers {
@@ -339,9 +353,13 @@ export class Listeners {
         handlers.request(req, res)
       })
       server.on('clientError', onClientError)
-      server.on('upgrade', handlers.upgrade)
+      server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+        if (!handoverRefused(req, socket)) handlers.upgrade(req, socket, head)
+      })
       // without a listener Node closes a CONNECT's connection without a word, and nothing records it
-      server.on('connect', handlers.connect)
+      server.on('connect', (req: IncomingMessage, socket: Duplex) => {
+        if (!handoverRefused(req, socket)) handlers.connect(req, socket)
+      })
       this.servers.push(server)
       return server
     }

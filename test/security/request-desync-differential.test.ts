@@ -601,6 +601,18 @@ async function recordingUpstream(t: Test): Promise<RecordingUpstream> {
   const server = createServer({ insecureHTTPParser: false, keepAliveTimeout: 30_000 }, onRequest)
   // an Expect the front passed on is the request's, not the upstream's to refuse
   server.on('checkExpectation', onRequest)
+  // an upgrade request (none is generated): recorded, and its connection closed
+  server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+    arrivals.push({
+      conn: 0,
+      method: req.method ?? '',
+      url: req.url ?? '',
+      headers: pairs(req.rawHeaders),
+      body: '',
+      complete: true,
+    })
+    socket.destroy()
+  })
   server.on('connection', (socket: Socket) => {
     const record = { conn: ++connections, bytes: '' }
     received.set(socket, record)
@@ -949,6 +961,24 @@ t.test('a request line in HTTP/2.0 or HTTP/0.9: 505, and nothing of it or behind
     pipelined.endsWith(versionRefusal) &&
       pipelined.indexOf(versionRefusal) > pipelined.indexOf('ok /v3-first'),
     'then the 505, then the close',
+  )
+  // an upgrade request and a CONNECT are handed over with the socket: the same
+  const upgrade =
+    'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n'
+  t.equal(
+    await rawExchange(port, `GET /v4 HTTP/2.0\r\n${upgrade}\r\n`),
+    versionRefusal,
+    'a websocket upgrade in HTTP/2.0 without a Host: 505',
+  )
+  t.equal(
+    await rawExchange(port, `GET http://other.example/v5 HTTP/2.0\r\nHost: app.example\r\n${upgrade}\r\n`),
+    versionRefusal,
+    'a websocket upgrade in HTTP/2.0 whose target names another authority than Host: 505',
+  )
+  t.equal(
+    await rawExchange(port, 'CONNECT other.example:443 HTTP/2.0\r\nHost: other.example:443\r\n\r\n'),
+    versionRefusal,
+    'a CONNECT in HTTP/2.0: 505',
   )
   t.same(
     upstream.arrivals.map((a) => a.url),
