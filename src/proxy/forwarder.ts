@@ -224,6 +224,27 @@ export function callDeadlineTimer<A>(
 }
 
 /**
+ * The status a gRPC call is recorded with when its client went away before the response ended. A gRPC-Web
+ * client has its status once the body's trailer frame (or a trailers-only header section) went by, and may
+ * let go of the response before its end (Connect's client does): that status. Otherwise the call was
+ * cancelled, and a cancel within the last tenth (at most 100 ms) of its `grpc-timeout` (`deadline`, ms,
+ * counted from `deadlineFrom`) is the client's timer at that deadline, which it counted from before the
+ * proxy saw the call.
+ */
+export function clientLeftStatus(
+  web: GrpcWebStatusReader | undefined,
+  httpStatus: number,
+  deadline: number | undefined,
+  deadlineFrom: number,
+): number {
+  if (web?.position() === 'ended') return web.result(httpStatus)
+  const elapsed = performance.now() - deadlineFrom
+  return deadline !== undefined && elapsed >= deadline - Math.min(100, deadline / 10)
+    ? GRPC.DEADLINE_EXCEEDED
+    : GRPC.CANCELLED
+}
+
+/**
  * Ends a gRPC call whose response already started with `code`: in trailers, or for a gRPC-Web call
  * (`web`: its response's reader) in the body, as its clients read a status (grpc-web.ts). A gRPC-Web body
  * that stopped inside a frame cannot take one: the response is cut, which its client reads as a failed call.
@@ -415,6 +436,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
   private readonly started = performance.now()
   /** a gRPC-Web call's `grpc-timeout` (watchDeadline) */
   private deadline: NodeJS.Timeout | undefined
+  private deadlineMs: number | undefined
+  private deadlineFrom = 0
 
   constructor(
     private readonly res: Tagged<ServerResponse>,
@@ -437,6 +460,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
    * deadline past what a timer holds is left to the client and the upstream.
    */
   watchDeadline(ms: number, receivedAt: number): void {
+    this.deadlineMs = ms
+    this.deadlineFrom = receivedAt
     this.deadline = callDeadlineTimer(ms, receivedAt, callDeadlinePassed, this)
   }
 
@@ -577,6 +602,8 @@ class ResponseCall implements Dispatcher.DispatchHandler, UpstreamHandler, Forwa
         )
       else cutResponse(this.res)
     }
+    if (clientAborted && isGrpcWeb(this.res.req?.headers ?? {}))
+      this.grpcStatus = clientLeftStatus(this.grpcWeb, this.status, this.deadlineMs, this.deadlineFrom)
     this.settle(upstreamFailure(err, this.connected, clientAborted, this.failed), clientAborted)
   }
 

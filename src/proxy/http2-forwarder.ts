@@ -19,6 +19,7 @@ import { type ConnectionOptions, type SecureContextOptions, connect as tlsConnec
 import type { UpstreamErrorReason } from '../types.ts'
 import {
   callDeadlineTimer,
+  clientLeftStatus,
   clientStreamGone,
   connectTimeoutMs,
   cutResponse,
@@ -326,13 +327,7 @@ export class Http2Forwarder {
       const onClientClose = () => {
         if (settled || responded) return
         if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
-        if (grpc) {
-          // a client resets the call at its own deadline, which it counted from before the proxy saw the
-          // call: a reset within the last tenth (at most 100 ms) of the deadline is the deadline, not a cancel
-          const elapsed = performance.now() - deadlineFrom
-          const expired = deadline !== undefined && elapsed >= deadline - Math.min(100, deadline / 10)
-          grpcStatus = expired ? GRPC.DEADLINE_EXCEEDED : GRPC.CANCELLED
-        }
+        if (grpc) grpcStatus = clientLeftStatus(grpcWeb, status, deadline, deadlineFrom)
         settle(undefined, true)
       }
 

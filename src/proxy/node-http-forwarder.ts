@@ -16,6 +16,7 @@ import type { ConnectionOptions, TLSSocket } from 'node:tls'
 import type { UpstreamErrorReason } from '../types.ts'
 import {
   callDeadlineTimer,
+  clientLeftStatus,
   connectTimeoutMs,
   cutResponse,
   DEADLINE_MESSAGE,
@@ -29,7 +30,7 @@ import {
   webCallDeadline,
 } from './forwarder.ts'
 import { GRPC, sendGrpcStatus } from './grpc.ts'
-import { type GrpcWebStatusReader, grpcWebResponse } from './grpc-web.ts'
+import { type GrpcWebStatusReader, grpcWebResponse, isGrpcWeb } from './grpc-web.ts'
 import { answersWithoutContent, UpstreamError } from './h1-pool.ts'
 import {
   announcedTrailers,
@@ -187,6 +188,13 @@ export class NodeHttpForwarder {
         if (settled || res.writableFinished) return
         clientGone = true
         if (up && !up.destroyed) up.destroy()
+        if (isGrpcWeb(req.headers))
+          grpcStatus = clientLeftStatus(
+            grpcWeb,
+            status,
+            webCallDeadline(req.headers),
+            target.receivedAt ?? started,
+          )
         settle(undefined, true)
       }
 

@@ -4,7 +4,7 @@
 // engines) and an h2c one; a call whose response carries no status is counted the way a gRPC client reads it.
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, request, type ServerResponse } from 'node:http'
-import { createServer as createH2cServer, type ServerHttp2Stream } from 'node:http2'
+import { createServer as createH2cServer, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { startBin } from '../helpers/bin.ts'
@@ -140,4 +140,101 @@ t.test('gRPC-Web over an h2c upstream is counted by the status in its body', asy
   t.teardown(() => up.close())
   const sidecar = await startBin(t, { upstream: `h2c://127.0.0.1:${(up.address() as AddressInfo).port}` })
   await checkCalls(t, sidecar.proxyUrl, sidecar.adminUrl)
+})
+
+// A client that leaves a gRPC-Web call: before its status it cancelled the call (CANCELLED, as docs/reference.md
+// "HTTP/2 and gRPC" records a client's cancel); after the trailer frame went by it has its status, and may
+// let go of a response whose body has not ended (Connect's client does, found by grpc-web-differential.test.ts):
+// the call counts with the status the client read, not as cancelled. Both upstreams hold the body open.
+const LEAVING: Record<string, { chunks: Buffer[]; status: string }> = {
+  '/demo.Leave/BeforeStatus': { chunks: [message], status: '1' },
+  '/demo.Leave/AfterStatus': { chunks: [message, trailer(5)], status: '5' },
+}
+
+/** reads the body until `chunks` came, then closes the connection; resolves once the request is gone */
+function leaveAfter(proxyUrl: string, path: string, chunks: Buffer[], extra: Record<string, string> = {}) {
+  const expected = Buffer.concat(chunks)
+  return new Promise<Buffer>((resolve) => {
+    const req = request(`${proxyUrl}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', ...extra },
+    })
+    req.on('response', (res) => {
+      const got: Buffer[] = []
+      res.on('data', (c: Buffer) => {
+        got.push(c)
+        if (Buffer.concat(got).length >= expected.length) req.destroy()
+      })
+      res.on('error', () => {})
+      req.on('close', () => resolve(Buffer.concat(got)))
+    })
+    req.on('error', () => {})
+    if (extra.trailer) req.addTrailers({ [extra.trailer]: '1' })
+    req.end(frame(0, Buffer.from('q')))
+  })
+}
+
+async function checkLeaving(t: Test, proxyUrl: string, adminUrl: string, extra?: Record<string, string>) {
+  for (const [path, { chunks }] of Object.entries(LEAVING))
+    t.same(
+      await leaveAfter(proxyUrl, path, chunks, extra),
+      Buffer.concat(chunks),
+      `${path}: the body as sent`,
+    )
+  const samples = await scrapeUntil(
+    adminUrl,
+    (s) => counted(s, '1') + counted(s, '5') >= 2,
+    'every call counted',
+  )
+  for (const [path, { status }] of Object.entries(LEAVING))
+    t.equal(counted(samples, status), 1, `${path}: counted with grpc_status ${status}`)
+}
+
+t.test('a gRPC-Web call its client leaves counts as cancelled, or with the status it read', async (t) => {
+  const h1 = createServer((req: IncomingMessage, res: ServerResponse) => {
+    req.resume()
+    req.on('end', () => {
+      res.writeHead(200, BINARY)
+      for (const c of LEAVING[req.url ?? '']?.chunks ?? []) res.write(c)
+    })
+  })
+  h1.listen(0, '127.0.0.1')
+  await once(h1, 'listening')
+  t.teardown(() => {
+    h1.closeAllConnections()
+    h1.close()
+  })
+  const h2 = createH2cServer()
+  const sessions = new Set<ServerHttp2Session>()
+  h2.on('session', (s) => sessions.add(s))
+  h2.on('stream', (stream: ServerHttp2Stream, headers) => {
+    stream.resume()
+    stream.on('error', () => {})
+    stream.on('end', () => {
+      stream.respond({ ':status': 200, ...BINARY })
+      for (const c of LEAVING[String(headers[':path'])]?.chunks ?? []) stream.write(c)
+    })
+  })
+  h2.listen(0, '127.0.0.1')
+  await once(h2, 'listening')
+  t.teardown(() => {
+    for (const s of sessions) s.destroy()
+    h2.close()
+  })
+  const h1Upstream = `http://127.0.0.1:${(h1.address() as AddressInfo).port}`
+  t.test('HTTP/1.1 upstream, undici engine', async (t) => {
+    const sidecar = await startBin(t, { upstream: h1Upstream })
+    await checkLeaving(t, sidecar.proxyUrl, sidecar.adminUrl)
+  })
+  t.test('HTTP/1.1 upstream, node:http engine (a request that sends trailers)', async (t) => {
+    const sidecar = await startBin(t, { upstream: h1Upstream })
+    await checkLeaving(t, sidecar.proxyUrl, sidecar.adminUrl, {
+      trailer: 'x-sum',
+      'transfer-encoding': 'chunked',
+    })
+  })
+  t.test('h2c upstream', async (t) => {
+    const sidecar = await startBin(t, { upstream: `h2c://127.0.0.1:${(h2.address() as AddressInfo).port}` })
+    await checkLeaving(t, sidecar.proxyUrl, sidecar.adminUrl)
+  })
 })
