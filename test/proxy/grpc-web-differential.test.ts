@@ -27,12 +27,13 @@ import {
   type CallOptions,
   type Code,
   ConnectError,
+  cors,
   createPromiseClient,
   type HandlerContext,
 } from '@connectrpc/connect'
 import { connectNodeAdapter, createGrpcWebTransport } from '@connectrpc/connect-node'
 import fc from 'fast-check'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
@@ -359,6 +360,71 @@ type ClientLeg = (typeof CLIENT_LEGS)[number]
 /** the client that speaks to each server directly: node:http takes HTTP/1.1, node:http2 prior-knowledge h2c */
 const DIRECT_LEG: Record<Upstream, ClientLeg> = { http: '1.1', h2c: '2' }
 
+type Proxies = Record<Upstream, { sidecar: TestSidecar; auditFile: string }>
+
+/** a sidecar in front of each upstream (`ports`), with `config` besides, each writing its audit trail to a file */
+async function proxiesFor(
+  t: Test,
+  ports: Record<Upstream, number>,
+  config: Record<string, unknown> = {},
+): Promise<Proxies> {
+  const dir = await scratchDir('grpc-web-differential')
+  const proxies = {} as Proxies
+  for (const upstream of UPSTREAMS) {
+    const auditFile = join(dir, `audit-${upstream}.log`)
+    const sidecar = await startTestSidecar(t, {
+      service: 'webdiff',
+      upstream: `${upstream}://127.0.0.1:${ports[upstream]}`,
+      listen: { http: '127.0.0.1:0' },
+      audit: { output: auditFile },
+      ...config,
+    })
+    proxies[upstream] = { sidecar, auditFile }
+  }
+  return proxies
+}
+
+/** the audit trail's lines once it has `n` of them */
+function auditLines(file: string, n: number, what: string) {
+  return eventually(
+    async () => {
+      const text = await readFile(file, 'utf8').catch(() => '')
+      const all = text
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      return all.length >= n ? { text, all } : undefined
+    },
+    { what: `every call proxied to ${what} audited`, timeoutMs: 20_000 },
+  )
+}
+
+/** a node:http and a node:http2 (h2c) server on loopback with one handler, closed with their connections */
+async function serveBoth(
+  t: Test,
+  handler: (
+    req: http.IncomingMessage | http2.Http2ServerRequest,
+    res: http.ServerResponse | http2.Http2ServerResponse,
+  ) => void,
+): Promise<Record<Upstream, number>> {
+  const servers = {
+    http: http.createServer(handler as http.RequestListener),
+    h2c: http2.createServer(
+      handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+    ),
+  }
+  // the direct clients' connections are closed with the servers: nothing is left to keep the test alive
+  const sessions = new Set<http2.ServerHttp2Session>()
+  servers.h2c.on('session', (s) => sessions.add(s.once('close', () => sessions.delete(s))))
+  t.teardown(() => {
+    servers.http.closeAllConnections()
+    servers.http.close()
+    for (const s of sessions) s.destroy()
+    servers.h2c.close()
+  })
+  return { http: await listen(servers.http), h2c: await listen(servers.h2c) }
+}
+
 t.test('gRPC-Web calls through the proxy observe what the same calls observe directly', async (t) => {
   const started = Date.now()
   const cases: Prepared[] = fc.sample(callCase, { numRuns: CASES, seed: PROPERTY_SEED }).map((c) => {
@@ -369,45 +435,25 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
   })
 
   const { received, handler } = serve(cases)
-  const servers = { http: http.createServer(handler), h2c: http2.createServer(handler) }
-  const ports = { http: await listen(servers.http), h2c: await listen(servers.h2c) }
-  // the direct clients' connections are closed with the servers: nothing is left to keep the test alive
-  const sessions = new Set<http2.ServerHttp2Session>()
-  servers.h2c.on('session', (s) => sessions.add(s.once('close', () => sessions.delete(s))))
-  t.teardown(() => {
-    servers.http.closeAllConnections()
-    servers.http.close()
-    for (const s of sessions) s.destroy()
-    servers.h2c.close()
-  })
+  const ports = await serveBoth(t, handler)
   const key = await createSigningKey('k1')
   const jwks = await startJwksServer([key])
   t.teardown(() => jwks.close())
-  const dir = await scratchDir('grpc-web-differential')
-  const sidecars = {} as Record<Upstream, { sidecar: TestSidecar; auditFile: string }>
-  for (const upstream of UPSTREAMS) {
-    const auditFile = join(dir, `audit-${upstream}.log`)
-    const sidecar = await startTestSidecar(t, {
-      service: 'webdiff',
-      upstream: `${upstream}://127.0.0.1:${ports[upstream]}`,
-      listen: { http: '127.0.0.1:0' },
-      jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['webdiff'] }] },
-      identities: [
-        {
-          name: 'svc/{client}',
-          kind: 'service',
-          match: { jwt: { issuer: ISSUER, claims: { azp: '{client}' } } },
-        },
-      ],
-      apiKeys: {
-        keys: [
-          { name: 'ci-runner', kind: 'service', sha256: createHash('sha256').update(API_KEY).digest('hex') },
-        ],
+  const sidecars = await proxiesFor(t, ports, {
+    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['webdiff'] }] },
+    identities: [
+      {
+        name: 'svc/{client}',
+        kind: 'service',
+        match: { jwt: { issuer: ISSUER, claims: { azp: '{client}' } } },
       },
-      audit: { output: auditFile },
-    })
-    sidecars[upstream] = { sidecar, auditFile }
-  }
+    ],
+    apiKeys: {
+      keys: [
+        { name: 'ci-runner', kind: 'service', sha256: createHash('sha256').update(API_KEY).digest('hex') },
+      ],
+    },
+  })
   const token = await mintToken(key, { azp: 'billing' }, { issuer: ISSUER, audience: 'webdiff' })
   const credentials: Record<CallCase['credential'], [string, string][]> = {
     jwt: [['authorization', `Bearer ${token}`]],
@@ -482,17 +528,7 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
   // the audit trail: one line per proxied call, with the status its client saw and its identity
   for (const upstream of UPSTREAMS) {
     const calls = proxied[upstream]
-    const lines = await eventually(
-      async () => {
-        const text = await readFile(sidecars[upstream].auditFile, 'utf8').catch(() => '')
-        const all = text
-          .split('\n')
-          .filter(Boolean)
-          .map((l) => JSON.parse(l) as Record<string, unknown>)
-        return all.length >= calls.size ? { text, all } : undefined
-      },
-      { what: `every call proxied to ${upstream} audited`, timeoutMs: 20_000 },
-    )
+    const lines = await auditLines(sidecars[upstream].auditFile, calls.size, upstream)
     t.equal(lines.all.length, calls.size, `${upstream}: one audit line per proxied call, and no other`)
     const byId = new Map<string, Record<string, unknown>[]>()
     for (const l of lines.all)
@@ -546,3 +582,338 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
       `${n((c) => c.timing === 'abort')} aborted, ${n((c) => c.json)} JSON, ${n((c) => c.responses.some((r) => r >= 1024))} compressed answers`,
   )
 })
+
+// ---- gRPC-Web-text answers, which Connect neither sends nor reads ---------------------------------------------
+//
+// What a client reads of an `application/grpc-web-text` body, by https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-WEB.md
+// (its stored copy, "Text-encoded (response) streams" and "Message framing"):
+//   "Due to in-stream base64 padding when delimiting messages, the entire response body is not necessarily a
+//    valid base64-encoded entity" and "the client library should not assume base64 padding always happens at
+//    the boundary of message frames. That is, the implementation may send base64-encoded "chunks" with
+//    potential padding whenever the runtime needs to flush a byte buffer."
+//   "8th (MSB) bit of the 1st gRPC frame byte  0: data  1: trailers"; "Trailers must be the last message of
+//    the response"; "use EOF (end of body) to close the stream".
+// So: the body is read in 4-character groups, each decoded alone (a padded group ends one flush); the bytes
+// are length-prefixed frames; the first frame with the high bit set holds the status. A body that ends
+// without one is an answer without a status, which a client reads from its HTTP status as gRPC maps it: 200
+// → 13 INTERNAL (docs/reference.md "HTTP/2 and gRPC", as grpc-web.test.ts and grpc-web-reader.test.ts assert).
+
+const TEXT_CASES = 40
+
+/** a place along a body, spread evenly (fc.double leans to its ends) */
+const fraction = fc.integer({ min: 0, max: 1000 }).map((n) => n / 1000)
+
+const textCase = fc.record({
+  messages: fc.array(fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 41, max: 3000 })), {
+    maxLength: 3,
+  }),
+  /** the trailer frame's status, or none: the body ends without one */
+  status: fc.option(fc.integer({ min: 0, max: 16 }), { nil: undefined, freq: 5 }),
+  /** where the upstream flushes a base64 run (each padded alone), as fractions of the frames' bytes */
+  flushes: fc.array(fraction, { minLength: 1, maxLength: 4 }),
+  /** where the base64 text is cut into the chunks written, as fractions of its length */
+  cuts: fc.array(fraction, { minLength: 1, maxLength: 5 }),
+  seed: fc.integer({ min: 1, max: 0x7fffffff }),
+})
+type TextCase = typeof textCase extends fc.Arbitrary<infer T> ? T : never
+
+function grpcWebFrame(flag: number, payload: Buffer): Buffer {
+  const head = Buffer.alloc(5)
+  head[0] = flag
+  head.writeUInt32BE(payload.length, 1)
+  return Buffer.concat([head, payload])
+}
+
+/** the chunks of base64 text an upstream writes for the case */
+function textChunks(c: TextCase): Buffer[] {
+  const next = rng(c.seed)
+  const frames = c.messages.map((n) =>
+    grpcWebFrame(0, Buffer.from(messageBytes(n, (next() * 0x7fffffff) | 0))),
+  )
+  if (c.status !== undefined)
+    frames.push(grpcWebFrame(0x80, Buffer.from(`grpc-status:${c.status}\r\ngrpc-message:text%20case\r\n`)))
+  const bytes = Buffer.concat(frames)
+  const at = (fractions: number[], length: number) =>
+    [...new Set(fractions.map((f) => Math.floor(f * length)))].sort((a, b) => a - b)
+  const flushes = [0, ...at(c.flushes, bytes.length), bytes.length]
+  let text = ''
+  for (let k = 1; k < flushes.length; k++)
+    text += bytes.subarray(flushes[k - 1], flushes[k]).toString('base64')
+  const cuts = [0, ...at(c.cuts, text.length), text.length]
+  const chunks: Buffer[] = []
+  for (let k = 1; k < cuts.length; k++)
+    if (cuts[k]! > cuts[k - 1]!) chunks.push(Buffer.from(text.slice(cuts[k - 1], cuts[k]), 'latin1'))
+  return chunks
+}
+
+/** the status a client reads of the body, by the rule above */
+function textStatus(body: Buffer): number {
+  const chars = body.toString('latin1')
+  const groups: Buffer[] = []
+  for (let i = 0; i + 4 <= chars.length; i += 4) groups.push(Buffer.from(chars.slice(i, i + 4), 'base64'))
+  const bytes = Buffer.concat(groups)
+  for (let off = 0; off + 5 <= bytes.length; off += 5 + bytes.readUInt32BE(off + 1)) {
+    if ((bytes[off]! & 0x80) === 0) continue
+    const block = bytes.toString('latin1', off + 5, off + 5 + bytes.readUInt32BE(off + 1))
+    return Number(/grpc-status:(\d+)/.exec(block)?.[1] ?? 13)
+  }
+  return 13
+}
+
+interface Answered {
+  status: number
+  headers: Record<string, string | string[] | undefined>
+  body: Buffer
+}
+
+/** one request over HTTP/1.1 or h2c, on a connection of its own, read to its end */
+function ask(
+  port: number,
+  leg: ClientLeg,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: Buffer,
+): Promise<Answered> {
+  return new Promise((resolve, reject) => {
+    const collect = (status: number, fields: Answered['headers'], from: NodeJS.ReadableStream) => {
+      const chunks: Buffer[] = []
+      from.on('data', (c: Buffer) => chunks.push(c))
+      from.on('end', () => resolve({ status, headers: fields, body: Buffer.concat(chunks) }))
+      from.on('error', reject)
+    }
+    if (leg === '1.1') {
+      const req = http.request({ host: '127.0.0.1', port, path, method, headers, agent: false })
+      req.on('response', (res) => collect(res.statusCode ?? 0, res.headers, res))
+      req.on('error', reject)
+      req.end(body)
+      return
+    }
+    const session = http2.connect(`http://127.0.0.1:${port}`)
+    session.on('error', reject)
+    const stream = session.request({ ':method': method, ':path': path, ...headers }, { endStream: !body })
+    stream.on('response', (h) => collect(Number(h[':status']), h, stream))
+    stream.on('close', () => session.close())
+    if (body) stream.end(body)
+  })
+}
+
+/** one gRPC-Web-text call: the answer's status, content type and body */
+async function postText(port: number, leg: ClientLeg, path: string, headers: Record<string, string>) {
+  const body = Buffer.from(grpcWebFrame(0, Buffer.from('q')).toString('base64'), 'latin1')
+  const answer = await ask(
+    port,
+    leg,
+    'POST',
+    path,
+    {
+      'content-type': 'application/grpc-web-text+proto',
+      accept: 'application/grpc-web-text',
+      'x-grpc-web': '1',
+      ...headers,
+    },
+    body,
+  )
+  return { status: answer.status, type: answer.headers['content-type'], body: answer.body }
+}
+
+t.test(
+  'gRPC-Web-text answers reach the client untouched and are counted by the status it reads',
+  async (t) => {
+    const cases = fc
+      .sample(textCase, { numRuns: TEXT_CASES, seed: PROPERTY_SEED })
+      .map((c) => ({ c, chunks: textChunks(c) }))
+    const ports = await serveBoth(t, (req, res) => {
+      const chunks = cases[Number(req.headers['x-case'])]?.chunks ?? []
+      req.resume()
+      req.on('end', async () => {
+        // the two servers' responses write alike
+        const out = res as http.ServerResponse
+        out.writeHead(200, { 'content-type': 'application/grpc-web-text+proto' })
+        for (const c of chunks) {
+          out.write(c)
+          // separate writes reach the proxy as separate reads only if they leave at different times
+          await new Promise((r) => setImmediate(r))
+        }
+        out.end()
+      })
+    })
+    const proxies = await proxiesFor(t, ports)
+    const disagreements: string[] = []
+    const expected = { http: new Map<string, number>(), h2c: new Map<string, number>() }
+    await inParallel(cases.length, CONCURRENCY, async (i) => {
+      const { c, chunks } = cases[i]!
+      const sent = Buffer.concat(chunks)
+      const status = textStatus(sent)
+      if (status !== (c.status ?? 13))
+        disagreements.push(`case ${i}: the rule reads ${status} of a body sent with ${c.status}`)
+      for (const upstream of UPSTREAMS)
+        for (const leg of CLIENT_LEGS) {
+          const id = `webtext-${PROPERTY_SEED}-${i}-${upstream}-h${leg}`
+          const answer = await postText(
+            proxies[upstream].sidecar.proxyAddress.port,
+            leg,
+            '/webdiff.v1.Text/Read',
+            {
+              'x-case': String(i),
+              'x-request-id': id,
+            },
+          )
+          expected[upstream].set(id, status)
+          if (answer.status !== 200 || answer.type !== 'application/grpc-web-text+proto')
+            disagreements.push(`${id}: ${answer.status} ${String(answer.type)}`)
+          else if (!answer.body.equals(sent))
+            disagreements.push(
+              `${id}: ${answer.body.length} bytes, ${sent.length} sent (${JSON.stringify(c)})`,
+            )
+        }
+    })
+    t.same(disagreements.slice(0, 10), [], `every body as sent (of ${disagreements.length})`)
+    for (const upstream of UPSTREAMS) {
+      const lines = await auditLines(proxies[upstream].auditFile, expected[upstream].size, upstream)
+      const wrong = lines.all
+        .filter((l) => Number(l['grpc_status']) !== expected[upstream].get(String(l['request_id'])))
+        .map(
+          (l) =>
+            `${l['request_id']}: grpc_status ${l['grpc_status']}, the client reads ${expected[upstream].get(String(l['request_id']))}`,
+        )
+      t.equal(lines.all.length, expected[upstream].size, `${upstream}: one audit line per call`)
+      t.same(
+        wrong.slice(0, 8),
+        [],
+        `${upstream}: each counted with the status its client reads (of ${wrong.length})`,
+      )
+    }
+    const n = (f: (c: TextCase) => boolean) => cases.filter((x) => f(x.c)).length
+    t.comment(
+      `${TEXT_CASES} text answers (seed ${PROPERTY_SEED}): ${n((c) => c.status === undefined)} without a trailer frame, ` +
+        `${n((c) => c.status !== undefined && c.messages.length === 0)} a trailer frame alone, ` +
+        `${cases.filter((x) => /=[^=]/.test(Buffer.concat(x.chunks).toString('latin1'))).length} with padding mid-stream, ` +
+        `${cases.filter((x) => x.chunks.slice(0, -1).some((_, k) => x.chunks.slice(0, k + 1).reduce((m, ch) => m + ch.length, 0) % 4 !== 0)).length} with groups split across chunks`,
+    )
+  },
+)
+
+// ---- a browser's preflight for a gRPC-Web call ------------------------------------------------------------
+//
+// docs/reference.md "Errors", CORS on the proxy's own answers: the proxy has no CORS policy of its own; it
+// forwards preflights like any request, so their answers are the upstream's, and it learns, per origin, the
+// CORS fields the upstream answered with, which its own answers to that origin then carry (a call's
+// grpc-timeout passed among them), with `Vary: Origin`; an origin the upstream never allowed gets none.
+
+const ORIGIN = 'https://app.grpc-web-differential.example'
+const OTHER_ORIGIN = 'https://elsewhere.example'
+
+t.test(
+  'a gRPC-Web preflight is answered as the upstream answers it, and the proxy keeps to it',
+  async (t) => {
+    const { handler } = serve([])
+    const held = new Set<http.IncomingMessage | http2.Http2ServerRequest>()
+    const ports = await serveBoth(t, (req, res) => {
+      if (req.headers.origin === ORIGIN) {
+        // what Connect's documentation has a server answer browsers with (its `cors` constants)
+        res.setHeader('access-control-allow-origin', ORIGIN)
+        res.setHeader('vary', 'Origin')
+        res.setHeader('access-control-expose-headers', cors.exposedHeaders.join(', '))
+        if (req.method === 'OPTIONS') {
+          res.setHeader('access-control-allow-methods', cors.allowedMethods.join(', '))
+          res.setHeader('access-control-allow-headers', cors.allowedHeaders.join(', '))
+          res.setHeader('access-control-max-age', '7200')
+          res.statusCode = 204
+          res.end()
+          return
+        }
+      }
+      // a call held without an answer: its grpc-timeout passes at the proxy
+      if (req.url === '/webdiff.v1.Echo/Hold') {
+        held.add(req)
+        req.resume()
+        return
+      }
+      handler(req as http.IncomingMessage, res as http.ServerResponse)
+    })
+    const proxies = await proxiesFor(t, ports)
+    const preflight = (origin: string) => ({
+      origin,
+      'access-control-request-method': 'POST',
+      'access-control-request-headers': 'content-type,grpc-timeout,x-grpc-web,x-user-agent',
+    })
+    /** the fields a browser reads of a CORS answer (and `vary`, which caches keep answers apart by) */
+    const corsView = (a: Answered) => ({
+      status: a.status,
+      ...Object.fromEntries(
+        Object.entries(a.headers).filter(([name]) => name.startsWith('access-control-') || name === 'vary'),
+      ),
+    })
+    const path = `/${Echo.typeName}/Unary`
+    for (const upstream of UPSTREAMS) {
+      for (const origin of [ORIGIN, OTHER_ORIGIN]) {
+        const direct = corsView(
+          await ask(ports[upstream], DIRECT_LEG[upstream], 'OPTIONS', path, preflight(origin)),
+        )
+        if (origin === ORIGIN)
+          t.match(
+            direct,
+            {
+              status: 204,
+              'access-control-allow-headers': /X-Grpc-Web.*X-User-Agent|X-User-Agent.*X-Grpc-Web/i,
+            },
+            `${upstream}: the upstream allows ${origin} the headers of a gRPC-Web call`,
+          )
+        for (const leg of CLIENT_LEGS) {
+          const port = proxies[upstream].sidecar.proxyAddress.port
+          const via = corsView(await ask(port, leg, 'OPTIONS', path, preflight(origin)))
+          t.same(
+            via,
+            direct,
+            `${upstream}, HTTP/${leg}: the preflight of ${origin} answered as the upstream answers it`,
+          )
+        }
+      }
+      for (const leg of CLIENT_LEGS) {
+        const port = proxies[upstream].sidecar.proxyAddress.port
+        // the call the preflight was for: Connect's client with the browser's Origin
+        const client = createPromiseClient(
+          Echo,
+          createGrpcWebTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: leg }),
+        )
+        // a call of no case: its handler throws, which Connect answers with INTERNAL
+        const failed = await client.unary({ value: new Uint8Array(1) }, { headers: { origin: ORIGIN } }).then(
+          () => undefined,
+          (e: unknown) => ConnectError.from(e),
+        )
+        t.ok(failed !== undefined, `${upstream}, HTTP/${leg}: the call reached the upstream and was answered`)
+        for (const origin of [ORIGIN, OTHER_ORIGIN]) {
+          const answer = await ask(
+            port,
+            leg,
+            'POST',
+            '/webdiff.v1.Echo/Hold',
+            {
+              origin,
+              'content-type': 'application/grpc-web+proto',
+              'x-grpc-web': '1',
+              'grpc-timeout': '200m',
+            },
+            grpcWebFrame(0, Buffer.alloc(0)),
+          )
+          const what = `${upstream}, HTTP/${leg}: the proxy's DEADLINE_EXCEEDED to ${origin}`
+          t.equal(answer.headers['grpc-status'], '4', `${what} is a gRPC-Web answer`)
+          if (origin === ORIGIN)
+            t.match(
+              answer.headers,
+              {
+                'access-control-allow-origin': ORIGIN,
+                'access-control-expose-headers': cors.exposedHeaders.join(', '),
+                vary: /Origin/i,
+              },
+              `${what} carries the fields the upstream gives that origin`,
+            )
+          else
+            t.equal(answer.headers['access-control-allow-origin'], undefined, `${what} carries no CORS field`)
+        }
+      }
+    }
+    t.ok(held.size > 0, 'the held calls reached the upstream')
+  },
+)
