@@ -53,15 +53,85 @@ export function grpcWebResponse(
   return new GrpcWebStatusReader(text, status, web)
 }
 
-/** a trailer frame larger than this is not read: its status then counts as missing */
-const MAX_TRAILER_FRAME = 8 * 1024
-
-/** the `grpc-status` line of a trailer block, its whole value: one that is no status is UNKNOWN, not missing */
-const STATUS_LINE = /(?:^|\r?\n)grpc-status:([^\r\n]*)(?:\r?\n|$)/i
+/** `grpc-status:`, the start of the status line of a trailer block, its name in lower case */
+const STATUS_NAME = Buffer.from('grpc-status:', 'latin1')
+// where the status line's value stands: optional whitespace before the digits, the digits, optional whitespace
+// after them, or anything else (a value that is no status, which a client reads as UNKNOWN)
+const LEADING = 0
+const DIGITS = 1
+const TRAILING = 2
+const INVALID = 3
 
 /**
- * Reads a gRPC-Web response body as it streams by, keeping nothing but the frame header being read and the
- * trailer frame's payload (bounded). `status` is set once a complete trailer frame carrying `grpc-status` went by.
+ * The first `grpc-status` line of a trailer block, read as the block streams by, whatever its size (a client
+ * reads a trailer block of any size, and trailers with large values make one): what is kept of the block is
+ * how far the current line matched `grpc-status:`, then the state of its value. Lines end with LF, a CR
+ * before it dropped; the value is gRPC's grammar, OWS 1*DIGIT OWS (grpcStatusValue).
+ */
+class StatusLineReader {
+  status: number | undefined
+  /** bytes of the current line that matched STATUS_NAME; -1 once the line is another field */
+  private matched = 0
+  private value = LEADING
+  /** the digits read, 17 (past any status) once more than 16 */
+  private n = 0
+  /** the last byte was a CR: the line's end when LF follows, part of the value otherwise */
+  private cr = false
+
+  push(bytes: Buffer, from: number, to: number): void {
+    for (let i = from; i < to && this.status === undefined; i++) {
+      const b = bytes[i]!
+      if (b === 0x0a) {
+        this.lineEnded()
+      } else if (this.matched === -1) {
+        // another field: on to the end of its line
+        const lf = bytes.indexOf(0x0a, i)
+        if (lf === -1 || lf >= to) return
+        i = lf - 1
+      } else if (this.matched < STATUS_NAME.length) {
+        const lower = b >= 0x41 && b <= 0x5a ? b + 32 : b
+        this.matched = lower === STATUS_NAME[this.matched] ? this.matched + 1 : -1
+      } else this.valueByte(b)
+    }
+  }
+
+  /** the block ended: a line it ended without LF is read all the same */
+  end(): void {
+    if (this.status !== undefined) return
+    if (this.cr) this.value = INVALID
+    this.lineEnded()
+  }
+
+  private valueByte(b: number): void {
+    if (this.cr) {
+      this.cr = false
+      this.value = INVALID
+    }
+    if (b === 0x0d) this.cr = true
+    else if (b === 0x20 || b === 0x09) {
+      if (this.value === DIGITS) this.value = TRAILING
+    } else if (b >= 0x30 && b <= 0x39 && (this.value === LEADING || this.value === DIGITS)) {
+      this.value = DIGITS
+      this.n = Math.min(this.n * 10 + (b - 0x30), 17)
+    } else this.value = INVALID
+  }
+
+  private lineEnded(): void {
+    if (this.matched === STATUS_NAME.length) {
+      const digits = this.value === DIGITS || this.value === TRAILING
+      this.status = digits && this.n <= 16 ? this.n : GRPC.UNKNOWN
+    }
+    this.matched = 0
+    this.value = LEADING
+    this.n = 0
+    this.cr = false
+  }
+}
+
+/**
+ * Reads a gRPC-Web response body as it streams by, keeping nothing but the frame header being read and where
+ * the trailer frame's status line stands. `status` is set once a complete trailer frame carrying
+ * `grpc-status` went by.
  */
 export class GrpcWebStatusReader {
   status: number | undefined
@@ -69,8 +139,8 @@ export class GrpcWebStatusReader {
   private header = Buffer.alloc(5)
   private headerSeen = 0
   private remaining = 0
-  private trailer: Buffer[] | undefined
-  private trailerBytes = 0
+  /** the trailer frame's block being read */
+  private trailer: StatusLineReader | undefined
   /** text mode: base64 characters left over from the last chunk (fewer than 4) */
   private pendingText = ''
   private done = false
@@ -133,16 +203,12 @@ export class GrpcWebStatusReader {
         if (this.headerSeen < 5) return
         this.remaining = this.header.readUInt32BE(1)
         const isTrailer = (this.header[0]! & 0x80) !== 0
-        this.trailer = isTrailer && this.remaining <= MAX_TRAILER_FRAME ? [] : undefined
-        this.trailerBytes = 0
+        this.trailer = isTrailer ? new StatusLineReader() : undefined
         if (this.remaining === 0) this.frameEnded(isTrailer)
         continue
       }
       const take = Math.min(this.remaining, bytes.length - i)
-      if (this.trailer) {
-        this.trailer.push(bytes.subarray(i, i + take))
-        this.trailerBytes += take
-      }
+      this.trailer?.push(bytes, i, i + take)
       this.remaining -= take
       i += take
       if (this.remaining === 0) this.frameEnded((this.header[0]! & 0x80) !== 0)
@@ -155,10 +221,9 @@ export class GrpcWebStatusReader {
     // the trailer frame is the last one: whatever follows is not the client's concern here
     this.done = true
     if (!this.trailer) return
-    const block = Buffer.concat(this.trailer, this.trailerBytes).toString('latin1')
+    this.trailer.end()
+    this.status = this.trailer.status
     this.trailer = undefined
-    const m = STATUS_LINE.exec(block)
-    if (m) this.status = grpcStatusValue(m[1]!)
   }
 }
 
