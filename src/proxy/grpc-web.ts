@@ -4,6 +4,7 @@
 // length); `application/grpc-web-text` base64-encodes the frames. The proxy passes the body on untouched and
 // reads it on the way to find that status, so a gRPC-Web call is counted by the status its client reads.
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib'
 import { GRPC, grpcMessage, grpcStatusWithoutOne } from './grpc.ts'
 
 export function isGrpcWeb(headers: IncomingHttpHeaders): boolean {
@@ -43,14 +44,16 @@ export function grpcWebResponse(
   let text = false
   let web = false
   let status: number | undefined
+  let encoding: string | undefined
   for (let i = 0; i + 1 < response.length; i += 2) {
     const name = response[i]!.toLowerCase()
     if (name === 'content-type') {
       text = isGrpcWebText(response[i + 1])
       web = isGrpcWebType(response[i + 1])
     } else if (name === 'grpc-status') status = grpcStatusValue(response[i + 1]!)
+    else if (name === 'grpc-encoding') encoding = response[i + 1]
   }
-  return new GrpcWebStatusReader(text, status, web)
+  return new GrpcWebStatusReader(text, status, web, encoding)
 }
 
 /** `grpc-status:`, the start of the status line of a trailer block, its name in lower case */
@@ -128,9 +131,28 @@ class StatusLineReader {
   }
 }
 
+/** a compressed trailer frame larger than this is not read: its status then counts as missing */
+const MAX_COMPRESSED_TRAILER = 64 * 1024
+/** nor one that inflates to more than this */
+const MAX_INFLATED_TRAILER = 1024 * 1024
+
+/** a compressed trailer block in the response's `grpc-encoding`, inflated; undefined when it cannot be */
+function inflateTrailer(block: Buffer, encoding: string | undefined): Buffer | undefined {
+  const bound = { maxOutputLength: MAX_INFLATED_TRAILER }
+  try {
+    if (encoding === 'gzip') return gunzipSync(block, bound)
+    if (encoding === 'deflate') return inflateSync(block, bound)
+    if (encoding === 'br') return brotliDecompressSync(block, bound)
+  } catch {
+    // not what the encoding says, or too large: no status read
+  }
+  return undefined
+}
+
 /**
  * Reads a gRPC-Web response body as it streams by, keeping nothing but the frame header being read and where
- * the trailer frame's status line stands. `status` is set once a complete trailer frame carrying
+ * the trailer frame's status line stands (a compressed trailer frame, flag 0x81, which servers send for a
+ * large trailer block in the response's `grpc-encoding`, is kept whole, bounded, and inflated at its end). `status` is set once a complete trailer frame carrying
  * `grpc-status` went by.
  */
 export class GrpcWebStatusReader {
@@ -141,6 +163,9 @@ export class GrpcWebStatusReader {
   private remaining = 0
   /** the trailer frame's block being read */
   private trailer: StatusLineReader | undefined
+  /** a compressed trailer frame's bytes, until it ends; undefined past MAX_COMPRESSED_TRAILER */
+  private compressed: Buffer[] | undefined
+  private compressedBytes = 0
   /** text mode: base64 characters left over from the last chunk (fewer than 4) */
   private pendingText = ''
   private done = false
@@ -149,11 +174,13 @@ export class GrpcWebStatusReader {
    * @param text the response is `application/grpc-web-text` (base64)
    * @param headerStatus `grpc-status` of the response's header section (a trailers-only answer)
    * @param web the response is in a gRPC-Web content type (its body is frames)
+   * @param encoding the response's `grpc-encoding`, which a compressed trailer frame is in
    */
   constructor(
     private readonly text: boolean,
     private readonly headerStatus?: number,
     private readonly web = true,
+    private readonly encoding?: string,
   ) {}
 
   /** the status the client reads once the response ended: the header section's, the trailer frame's, else gRPC's HTTP mapping */
@@ -204,11 +231,20 @@ export class GrpcWebStatusReader {
         this.remaining = this.header.readUInt32BE(1)
         const isTrailer = (this.header[0]! & 0x80) !== 0
         this.trailer = isTrailer ? new StatusLineReader() : undefined
+        const compressed = isTrailer && (this.header[0]! & 0x01) !== 0
+        this.compressed = compressed && this.remaining <= MAX_COMPRESSED_TRAILER ? [] : undefined
+        this.compressedBytes = 0
+        // a compressed block is read once inflated, or not at all
+        if (compressed) this.trailer = undefined
         if (this.remaining === 0) this.frameEnded(isTrailer)
         continue
       }
       const take = Math.min(this.remaining, bytes.length - i)
       this.trailer?.push(bytes, i, i + take)
+      if (this.compressed) {
+        this.compressed.push(bytes.subarray(i, i + take))
+        this.compressedBytes += take
+      }
       this.remaining -= take
       i += take
       if (this.remaining === 0) this.frameEnded((this.header[0]! & 0x80) !== 0)
@@ -220,6 +256,13 @@ export class GrpcWebStatusReader {
     if (!isTrailer) return
     // the trailer frame is the last one: whatever follows is not the client's concern here
     this.done = true
+    if (this.compressed) {
+      const block = inflateTrailer(Buffer.concat(this.compressed, this.compressedBytes), this.encoding)
+      this.compressed = undefined
+      if (block === undefined) return
+      this.trailer = new StatusLineReader()
+      this.trailer.push(block, 0, block.length)
+    }
     if (!this.trailer) return
     this.trailer.end()
     this.status = this.trailer.status

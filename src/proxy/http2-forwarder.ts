@@ -447,6 +447,7 @@ export class Http2Forwarder {
               isGrpcWebText(h['content-type']),
               undefined,
               isGrpcWebType(h['content-type']),
+              typeof h['grpc-encoding'] === 'string' ? h['grpc-encoding'] : undefined,
             )
           if (req.headers.origin !== undefined) target.cors?.learnFromHeaders(req, h)
           const headersOut = responseHeaders(h, raw)

@@ -1,4 +1,5 @@
 // The gRPC-Web status reader on its own: the edges an end-to-end test does not reach cheaply.
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib'
 import t from 'tap'
 import { GrpcWebStatusReader, grpcWebResponse } from '../../src/proxy/grpc-web.ts'
 
@@ -97,4 +98,31 @@ t.test('text: base64 with whitespace, padding between frames, groups split acros
   const r = new GrpcWebStatusReader(true)
   for (const ch of text) r.push(Buffer.from(ch))
   t.equal(r.status, 6)
+})
+
+t.test('a compressed trailer frame (flag 0x81) is read in the response grpc-encoding', async (t) => {
+  // Connect's servers compress a trailer block of 1 KiB and more when the client accepts it (found by
+  // grpc-web-differential.test.ts: such calls were counted INTERNAL)
+  const block = Buffer.from(`x-large: ${'v'.repeat(3000)}\r\ngrpc-status: 6\r\ngrpc-message: exists\r\n`)
+  const compressed = (flag: number, bytes: Buffer) => frame(flag, bytes)
+  for (const [encoding, bytes] of [
+    ['gzip', gzipSync(block)],
+    ['deflate', deflateSync(block)],
+    ['br', brotliCompressSync(block)],
+  ] as const) {
+    const whole = Buffer.concat([frame(0, 'hi'), compressed(0x81, bytes)])
+    const r = new GrpcWebStatusReader(false, undefined, true, encoding)
+    for (const b of whole) r.push(Buffer.from([b]))
+    t.equal(r.status, 6, `${encoding}, a byte at a time`)
+    const text = new GrpcWebStatusReader(true, undefined, true, encoding)
+    text.push(Buffer.from(whole.toString('base64')))
+    t.equal(text.status, 6, `${encoding}, base64`)
+  }
+  const unknown = new GrpcWebStatusReader(false, undefined, true, 'snappy')
+  unknown.push(compressed(0x81, gzipSync(block)))
+  t.equal(unknown.status, undefined, 'an encoding the proxy does not know: no status read')
+  t.equal(unknown.result(200), 13)
+  const corrupt = new GrpcWebStatusReader(false, undefined, true, 'gzip')
+  corrupt.push(compressed(0x81, Buffer.from('not gzip')))
+  t.equal(corrupt.status, undefined, 'bytes that are not what the encoding says: no status read')
 })
