@@ -7,8 +7,10 @@
 // made through each sidecar by a client over HTTP/1.1 and over HTTP/2 (h2c), four crossings, and directly to
 // each server by the client of its own HTTP version. Calls are drawn from a grammar: unary or server-streaming,
 // 0..4 answers of 0 B to 256 KiB (Connect compresses those of 1 KiB and more with gzip), the binary or the JSON
-// message format, OK or ConnectError of every code 1..16 with a message of non-ASCII, `%` and newlines, an
-// error after some messages, response headers and trailers (ASCII, `-bin`, repeated keys), request metadata,
+// message format, OK or ConnectError of every code 1..16 with a message of non-ASCII, `%` and newlines (and
+// details, `grpc-status-details-bin`), an error after some messages, response headers and trailers (ASCII,
+// `-bin`, repeated keys, large values: Connect compresses a trailer block of 1 KiB and more), request
+// metadata, request messages gzip-compressed,
 // a JWT / an api key / nothing as the caller, a timeout far enough never to pass or one the server holds the
 // call past, and client aborts. The audit
 // trail (docs/reference.md "Audit events", "HTTP/2 and gRPC") must hold one line per proxied call with the
@@ -23,7 +25,7 @@ import * as http from 'node:http'
 import * as http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { BytesValue, MethodKind } from '@bufbuild/protobuf'
+import { BytesValue, MethodKind, StringValue } from '@bufbuild/protobuf'
 import {
   type CallOptions,
   Code,
@@ -32,7 +34,7 @@ import {
   createPromiseClient,
   type HandlerContext,
 } from '@connectrpc/connect'
-import { connectNodeAdapter, createGrpcWebTransport } from '@connectrpc/connect-node'
+import { compressionGzip, connectNodeAdapter, createGrpcWebTransport } from '@connectrpc/connect-node'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
@@ -82,7 +84,13 @@ const MESSAGE_SIZES = fc.oneof(
 
 const ASCII = [...' abcdefghijXYZ0123456789-_.:;/=+*()[]{}?!@#$%&~"\'`^|<>']
 // Headers (the Fetch API's, which Connect reads and writes metadata with) trims a value at both ends
-const asciiValue = fc.string({ unit: fc.constantFrom(...ASCII), maxLength: 24 }).map((v) => v.trim())
+const asciiValue = fc
+  .oneof(
+    { arbitrary: fc.string({ unit: fc.constantFrom(...ASCII), maxLength: 24 }), weight: 8 },
+    // a large value, within what the proxy takes of a header section (`limits.maxHeaderBytes`)
+    { arbitrary: fc.integer({ min: 1000, max: 3000 }).map((n) => 'v'.repeat(n)), weight: 1 },
+  )
+  .map((v) => v.trim())
 const binaryValue = fc.uint8Array({ maxLength: 40 }).map((a) => Buffer.from(a).toString('base64'))
 const ASCII_KEYS = ['x-a', 'x-b', 'x-long-metadata-name-for-the-differential']
 const BINARY_KEYS = ['x-trace-bin', 'x-blob-bin']
@@ -116,6 +124,10 @@ const callCase = fc
       c === 'ok' ? fc.constant(0) : fc.integer({ min: 1, max: 16 }),
     ),
     details: fc.constantFrom(...DETAILS),
+    /** an error's details as a protobuf message (`grpc-status-details-bin`), besides its message */
+    statusDetails: fc.boolean(),
+    /** the request message gzip-compressed (Connect compresses those of 1 KiB and more) */
+    compress: weighted([false, 3], [true, 1]),
     /**
      * prompt: answered at once; abort: held by the server until the client aborts; late: held past the
      * call's timeout
@@ -202,7 +214,12 @@ function serve(cases: Prepared[]) {
       for (const [key, values] of p.c.trailers) for (const v of values) ctx.responseTrailer.append(key, v)
       return
     }
-    throw new ConnectError(p.c.details, p.c.code as Code, toHeaders(p.c.trailers))
+    throw new ConnectError(
+      p.c.details,
+      p.c.code as Code,
+      toHeaders(p.c.trailers),
+      p.c.statusDetails ? [new StringValue({ value: p.c.details })] : [],
+    )
   }
   const handler = connectNodeAdapter({
     routes(router) {
@@ -241,6 +258,8 @@ interface Observed {
   /** the trailers, or an error's metadata */
   trailers: Record<string, string> | undefined
   messages: Uint8Array[]
+  /** an error's details as received (type and bytes) */
+  details: string[]
 }
 
 type Client = ReturnType<typeof createPromiseClient<typeof Echo>>
@@ -259,7 +278,14 @@ async function makeCall(
   for (const [key, value] of credential) headers.set(key, value)
   headers.set('x-case', String(i))
   headers.set('x-request-id', requestId)
-  const observed: Observed = { code: 0, message: '', headers: undefined, trailers: undefined, messages: [] }
+  const observed: Observed = {
+    code: 0,
+    message: '',
+    headers: undefined,
+    trailers: undefined,
+    messages: [],
+    details: [],
+  }
   const abort = new AbortController()
   const options: CallOptions = {
     headers,
@@ -291,6 +317,9 @@ async function makeCall(
     const error = ConnectError.from(e)
     observed.code = error.code
     observed.message = error.rawMessage
+    observed.details = error.details.map((d) =>
+      'value' in d ? `${d.type}:${Buffer.from(d.value).toString('base64')}` : d.getType().typeName,
+    )
     observed.trailers = asCompared(error.metadata)
   }
   return observed
@@ -352,7 +381,7 @@ function judge(p: Prepared, direct: Observed, via: Observed): string | undefined
   }
   if (via.message !== direct.message)
     return `message ${JSON.stringify(via.message)}, directly ${JSON.stringify(direct.message)}`
-  for (const part of ['headers', 'trailers'] as const) {
+  for (const part of ['headers', 'trailers', 'details'] as const) {
     const [v, d] = [JSON.stringify(via[part]), JSON.stringify(direct[part])]
     if (v !== d) return `${part} ${v}, directly ${d}`
   }
@@ -477,16 +506,17 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
   }
 
   const clients = new Map<string, Client>()
-  const clientFor = (port: number, leg: ClientLeg, json: boolean) => {
-    const name = `${port}/${leg}/${json}`
+  const clientFor = (port: number, leg: ClientLeg, json: boolean, compress: boolean) => {
+    const name = `${port}/${leg}/${json}/${compress}`
     let client = clients.get(name)
     if (client === undefined) {
       const baseUrl = `http://127.0.0.1:${port}`
+      const sending = compress ? { sendCompression: compressionGzip } : {}
       client = createPromiseClient(
         Echo,
         leg === '1.1'
-          ? createGrpcWebTransport({ baseUrl, httpVersion: '1.1', useBinaryFormat: !json })
-          : createGrpcWebTransport({ baseUrl, httpVersion: '2', useBinaryFormat: !json }),
+          ? createGrpcWebTransport({ baseUrl, httpVersion: '1.1', useBinaryFormat: !json, ...sending })
+          : createGrpcWebTransport({ baseUrl, httpVersion: '2', useBinaryFormat: !json, ...sending }),
       )
       clients.set(name, client)
     }
@@ -501,8 +531,13 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
     for (const upstream of UPSTREAMS) {
       const run = (port: number, leg: ClientLeg, name: string) => {
         const id = `webdiff-${PROPERTY_SEED}-${i}-${upstream}-${name}`
-        return makeCall(clientFor(port, leg, p.c.json), p, i, id, credentials[p.c.credential], () =>
-          received.has(id),
+        return makeCall(
+          clientFor(port, leg, p.c.json, p.c.compress),
+          p,
+          i,
+          id,
+          credentials[p.c.credential],
+          () => received.has(id),
         ).then((observed) => ({ id, observed }))
       }
       const direct = await run(ports[upstream], DIRECT_LEG[upstream], 'direct')
@@ -623,7 +658,7 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
   t.comment(
     `${CASES} calls (seed ${PROPERTY_SEED}) in ${Date.now() - started} ms: ${n((c) => c.kind === 'Unary')} unary, ` +
       `${n((c) => c.code !== 0)} non-OK, ${n((c) => c.kind === 'ServerStream' && c.code !== 0 && c.responses.length > 0)} errors after messages, ` +
-      `${n((c) => c.timing === 'abort')} aborted, ${n((c) => c.timing === 'late')} past their timeout, ${n((c) => c.json)} JSON, ${n((c) => c.responses.some((r) => r >= 1024))} compressed answers`,
+      `${n((c) => c.timing === 'abort')} aborted, ${n((c) => c.timing === 'late')} past their timeout, ${n((c) => c.json)} JSON, ${n((c) => c.compress && c.request >= 1024)} compressed requests, ${n((c) => c.code !== 0 && c.statusDetails)} errors with details, ${n((c) => c.responses.some((r) => r >= 1024))} compressed answers`,
   )
 })
 
