@@ -25,6 +25,7 @@ import * as http from 'node:http'
 import * as http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
+import { gunzipSync, gzipSync } from 'node:zlib'
 import { BytesValue, MethodKind, StringValue } from '@bufbuild/protobuf'
 import {
   type CallOptions,
@@ -670,12 +671,14 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
 //    valid base64-encoded entity" and "the client library should not assume base64 padding always happens at
 //    the boundary of message frames. That is, the implementation may send base64-encoded "chunks" with
 //    potential padding whenever the runtime needs to flush a byte buffer."
-//   "8th (MSB) bit of the 1st gRPC frame byte  0: data  1: trailers"; "Trailers must be the last message of
-//    the response"; "use EOF (end of body) to close the stream".
+//   "8th (MSB) bit of the 1st gRPC frame byte  0: data  1: trailers", "10000001b: a compressed trailer";
+//   "Trailers must be the last message of the response"; "use EOF (end of body) to close the stream".
 // So: the body is read in 4-character groups, each decoded alone (a padded group ends one flush); the bytes
-// are length-prefixed frames; the first frame with the high bit set holds the status. A body that ends
-// without one is an answer without a status, which a client reads from its HTTP status as gRPC maps it: 200
-// → 13 INTERNAL (docs/reference.md "HTTP/2 and gRPC", as grpc-web.test.ts and grpc-web-reader.test.ts assert).
+// are length-prefixed frames; the first frame with the high bit set holds the status (inflated in the
+// response's grpc-encoding when its low bit is set too). A body that ends without one is an answer without
+// a status, which a client reads from its HTTP status as gRPC maps it: 200 → 13 INTERNAL (docs/reference.md
+// "HTTP/2 and gRPC", as grpc-web.test.ts and grpc-web-reader.test.ts assert; the document says nothing of
+// it).
 
 const TEXT_CASES = 40
 
@@ -688,6 +691,8 @@ const textCase = fc.record({
   }),
   /** the trailer frame's status, or none: the body ends without one */
   status: fc.option(fc.integer({ min: 0, max: 16 }), { nil: undefined, freq: 5 }),
+  /** the trailer frame gzip-compressed (flag 0x81), in the response's `grpc-encoding: gzip` */
+  compressedTrailer: weighted([false, 3], [true, 1]),
   /** where the upstream flushes a base64 run (each padded alone), as fractions of the frames' bytes */
   flushes: fc.array(fraction, { minLength: 1, maxLength: 4 }),
   /** where the base64 text is cut into the chunks written, as fractions of its length */
@@ -709,8 +714,10 @@ function textChunks(c: TextCase): Buffer[] {
   const frames = c.messages.map((n) =>
     grpcWebFrame(0, Buffer.from(messageBytes(n, (next() * 0x7fffffff) | 0))),
   )
-  if (c.status !== undefined)
-    frames.push(grpcWebFrame(0x80, Buffer.from(`grpc-status:${c.status}\r\ngrpc-message:text%20case\r\n`)))
+  if (c.status !== undefined) {
+    const block = Buffer.from(`grpc-status:${c.status}\r\ngrpc-message:text%20case\r\n`)
+    frames.push(c.compressedTrailer ? grpcWebFrame(0x81, gzipSync(block)) : grpcWebFrame(0x80, block))
+  }
   const bytes = Buffer.concat(frames)
   const at = (fractions: number[], length: number) =>
     [...new Set(fractions.map((f) => Math.floor(f * length)))].sort((a, b) => a - b)
@@ -733,7 +740,9 @@ function textStatus(body: Buffer): number {
   const bytes = Buffer.concat(groups)
   for (let off = 0; off + 5 <= bytes.length; off += 5 + bytes.readUInt32BE(off + 1)) {
     if ((bytes[off]! & 0x80) === 0) continue
-    const block = bytes.toString('latin1', off + 5, off + 5 + bytes.readUInt32BE(off + 1))
+    const payload = bytes.subarray(off + 5, off + 5 + bytes.readUInt32BE(off + 1))
+    // "10000001b: a compressed trailer", in the response's grpc-encoding (gzip here)
+    const block = ((bytes[off]! & 1) === 1 ? gunzipSync(payload) : payload).toString('latin1')
     return Number(/grpc-status:(\d+)/.exec(block)?.[1] ?? 13)
   }
   return 13
@@ -808,7 +817,10 @@ t.test(
       req.on('end', async () => {
         // the two servers' responses write alike
         const out = res as http.ServerResponse
-        out.writeHead(200, { 'content-type': 'application/grpc-web-text+proto' })
+        out.writeHead(200, {
+          'content-type': 'application/grpc-web-text+proto',
+          ...(cases[Number(req.headers['x-case'])]?.c.compressedTrailer ? { 'grpc-encoding': 'gzip' } : {}),
+        })
         for (const c of chunks) {
           out.write(c)
           // separate writes reach the proxy as separate reads only if they leave at different times
@@ -865,7 +877,7 @@ t.test(
     }
     const n = (f: (c: TextCase) => boolean) => cases.filter((x) => f(x.c)).length
     t.comment(
-      `${TEXT_CASES} text answers (seed ${PROPERTY_SEED}): ${n((c) => c.status === undefined)} without a trailer frame, ` +
+      `${TEXT_CASES} text answers (seed ${PROPERTY_SEED}): ${n((c) => c.status === undefined)} without a trailer frame, ${n((c) => c.status !== undefined && c.compressedTrailer)} with a compressed one, ` +
         `${n((c) => c.status !== undefined && c.messages.length === 0)} a trailer frame alone, ` +
         `${cases.filter((x) => /=[^=]/.test(Buffer.concat(x.chunks).toString('latin1'))).length} with padding mid-stream, ` +
         `${cases.filter((x) => x.chunks.slice(0, -1).some((_, k) => x.chunks.slice(0, k + 1).reduce((m, ch) => m + ch.length, 0) % 4 !== 0)).length} with groups split across chunks`,
