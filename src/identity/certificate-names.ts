@@ -16,6 +16,8 @@ import {
 import type { CertificateNames, ChainExtensions, GeneralNameValue, NameConstraintSet } from './certificate.ts'
 
 const OID_COMMON_NAME = '2.5.4.3'
+const OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1'
+const DER_SEQUENCE = 0x30
 
 /**
  * Decodes the subject CN and the subjectAltName extension from a certificate's DER. Node prints all SANs on
@@ -71,6 +73,14 @@ export function nameConstraints(der: Uint8Array): NameConstraintSet | undefined 
 export function chainExtensions(der: Uint8Array): ChainExtensions {
   const cert = AsnConvert.parse(der, Certificate)
   const out: ChainExtensions = { signatureAlgorithm: cert.signatureAlgorithm.algorithm }
+  // id-ecPublicKey's parameters: a named curve is an OID, written-out parameters a SEQUENCE
+  const key = cert.tbsCertificate.subjectPublicKeyInfo.algorithm
+  if (
+    key.algorithm === OID_EC_PUBLIC_KEY &&
+    key.parameters &&
+    new Uint8Array(key.parameters)[0] === DER_SEQUENCE
+  )
+    out.explicitCurve = true
   for (const ext of cert.tbsCertificate.extensions ?? []) {
     if (ext.extnID === id_ce_basicConstraints) {
       const bc = AsnConvert.parse(ext.extnValue, BasicConstraints)

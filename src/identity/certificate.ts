@@ -128,6 +128,8 @@ export interface ChainExtensions {
   /** KeyUsageFlags bits (digitalSignature 1, keyAgreement 16, keyCertSign 32…) */
   keyUsage?: number
   signatureAlgorithm: string
+  /** an EC key whose curve is written out in the certificate rather than named by its OID */
+  explicitCurve?: boolean
 }
 
 /** id-kp-clientAuth */
@@ -147,12 +149,20 @@ const WEAK_SIGNATURES = new Set([
 
 /**
  * OpenSSL's security level 1, which Node's TLS verifies at: 80 bits of security, so RSA and DSA keys of 1024
- * bits at least, and EC curves of 160 bits (a curve's name says its size: secp112r1, sect131r1, brainpoolP160r1).
+ * bits at least, and EC curves of 160 bits (most curves' names say their size: secp112r1, sect131r1, brainpoolP160r1).
  * Its level applies to every key of the chain, the root's too (EE_KEY_TOO_SMALL, CA_KEY_TOO_SMALL).
  */
 const MIN_RSA_BITS = 1024
 const MIN_CURVE_BITS = 160
 const CURVE_BITS_RE = /\d{3}/
+/** the curves under 160 bits whose names do not say their size (WTLS 1, 4, 6 and 8 are 112- and 113-bit) */
+const SMALL_CURVES_NAMED_WITHOUT_SIZE = new Set([
+  'wap-wsg-idm-ecid-wtls1',
+  'wap-wsg-idm-ecid-wtls4',
+  'wap-wsg-idm-ecid-wtls6',
+  'wap-wsg-idm-ecid-wtls8',
+  'Oakley-EC2N-3',
+])
 
 function keyTooSmall(c: X509Certificate): boolean {
   const key = c.publicKey
@@ -163,7 +173,9 @@ function keyTooSmall(c: X509Certificate): boolean {
     case 'dsa':
       return details?.modulusLength !== undefined && details.modulusLength < MIN_RSA_BITS
     case 'ec': {
-      const bits = CURVE_BITS_RE.exec(details?.namedCurve ?? '')?.[0]
+      const curve = details?.namedCurve ?? ''
+      if (SMALL_CURVES_NAMED_WITHOUT_SIZE.has(curve)) return true
+      const bits = CURVE_BITS_RE.exec(curve)?.[0]
       return bits !== undefined && Number(bits) < MIN_CURVE_BITS
     }
     default:
@@ -233,6 +245,11 @@ export function undatedChainProblem(chain: readonly X509Certificate[]): string |
       return i === 0
         ? 'has a key too small for the listener (under RSA-1024 or a 160-bit curve)'
         : `is issued through ${subjectOf(c)}, whose key is too small for the listener (under RSA-1024 or a 160-bit curve)`
+    // OpenSSL 3 refuses explicit curve parameters on any certificate of the chain (EC_KEY_EXPLICIT_PARAMS)
+    if (extensions[i]!.explicitCurve)
+      return i === 0
+        ? 'has an EC key with explicit curve parameters, which the listener refuses'
+        : `is issued through ${subjectOf(c)}, whose EC key has explicit curve parameters, which the listener refuses`
     const purposes = c.keyUsage
     if (!root && purposes !== undefined && !purposes.includes(CLIENT_AUTH))
       return `is not for client authentication (the extended key usage of ${subjectOf(c)} leaves it out)`

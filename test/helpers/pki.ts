@@ -257,7 +257,7 @@ export function mtlsListen(server: KeyPair, clientCa: CA, clientCert?: 'optional
 
 /**
  * the key types a generated chain mixes: RSA-2048, EC P-256 and Ed25519, and the ones a TLS stack may refuse
- * (RSA keys of 1024 and 512 bits, EC keys on other curves than P-256)
+ * (RSA keys of 1024 and 512 bits, EC keys on other curves than P-256 or with their parameters written out)
  */
 export type KeyType =
   | 'rsa'
@@ -268,6 +268,8 @@ export type KeyType =
   | 'ec-p384'
   | 'ec-secp256k1'
   | 'ec-brainpoolP256r1'
+  | 'ec-wtls6'
+  | 'ec-p256-explicit'
 
 export interface KeyFiles {
   type: KeyType
@@ -286,6 +288,17 @@ const GENPKEY: Record<KeyType, string[]> = {
   'ec-p384': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-384'],
   'ec-secp256k1': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:secp256k1'],
   'ec-brainpoolP256r1': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:brainpoolP256r1'],
+  // a 112-bit curve whose name does not say its size (secp112r1's parameters under the WTLS OID)
+  'ec-wtls6': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:wap-wsg-idm-ecid-wtls6'],
+  // P-256 with its parameters written out in the key rather than named by OID
+  'ec-p256-explicit': [
+    '-algorithm',
+    'EC',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-pkeyopt',
+    'ec_param_enc:explicit',
+  ],
 }
 
 /** A key pair of `type` in `dir`, private and public halves as PEM files. */
