@@ -374,8 +374,11 @@ export class IdentityTable {
   /** whether the last admitEntry() recorded its identity as `__overflow__` */
   overflowed = false
 
-  /** admit() without an object per request: whether it overflowed is left in `overflowed` */
-  admitEntry(identity: Identity, now: number): IdentityEntry {
+  /**
+   * admit() without an object per request: whether it overflowed is left in `overflowed`. `presentedAt` is
+   * when the request presented its credential (its start), `now` when it is recorded.
+   */
+  admitEntry(identity: Identity, now: number, presentedAt = now): IdentityEntry {
     const bySource = this.namesOf(identity.source)
     let entry = bySource.get(identity.name)
     let overflowed = false
@@ -398,7 +401,7 @@ export class IdentityTable {
     this.overflowed = overflowed
     entry.lastSeen = now
     // before the early return: the same identity object keeps its credential in the window and rolls it
-    if (!entry.overflow) entry.expiry.present(identity.expiresAt, now)
+    if (!entry.overflow) entry.expiry.present(identity.expiresAt, now, presentedAt)
     if (entry.seenAs === identity) return entry
     entry.seenAs = identity
     entry.kind = identity.kind

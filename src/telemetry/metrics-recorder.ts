@@ -126,7 +126,8 @@ export class MetricsRecorder implements Recorder {
 
   record(event: RequestEvent): void {
     const now = this.now()
-    const entry = this.table.admitEntry(event.identity, now)
+    // the credential was presented when the request started, on this clock durationMs ago
+    const entry = this.table.admitEntry(event.identity, now, now - event.durationMs)
     const overflowed = this.table.overflowed
     const cost = this.costOf(event)
     const error = isError(event)

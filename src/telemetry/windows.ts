@@ -93,12 +93,16 @@ export class EarliestExpiry {
   /** the last request's credential, if it was valid then: in use whatever the buckets' minima hide */
   private latest = NONE
 
-  /** a request with a credential expiring at `expiresAt` (none: undefined) */
-  present(expiresAt: number | undefined, nowMs: number): void {
+  /**
+   * a request with a credential expiring at `expiresAt` (none: undefined), recorded at `nowMs`; it presented
+   * the credential when it started, at `presentedAtMs`: a long request or stream recorded after its credential
+   * expired presented it valid (its client may well have renewed it since)
+   */
+  present(expiresAt: number | undefined, nowMs: number, presentedAtMs = nowMs): void {
     if (nowMs - this.start >= EXPIRY_BUCKET_MS) this.roll(nowMs)
     this.latest = NONE
     if (expiresAt === undefined) return
-    if (expiresAt <= nowMs / 1000) {
+    if (expiresAt <= presentedAtMs / 1000) {
       if (expiresAt < this.expiredNow) this.expiredNow = expiresAt
       return
     }

@@ -143,3 +143,46 @@ t.test('/metrics and /identities show the earlier of alternating credentials', a
   const deploy = telemetry.identities().identities.find((r) => r.name === 'ci/deploy')
   t.equal(deploy?.credentialExpiry, new Date(next.expiresAt! * 1000).toISOString())
 })
+
+t.test(
+  'a long request that outlives its credential presented it valid: a renewal still moves the gauge',
+  async (t) => {
+    let now = T0
+    const telemetry = new Telemetry(configSchema.parse({ service: 'checkout', audit: { output: 'off' } }), {
+      version: '1',
+      now: () => now,
+    })
+    t.teardown(() => telemetry.close())
+    const old = identity('shop/stream', { source: 'jwt', expiresAt: start + 600 })
+    const next = identity('shop/stream', { source: 'jwt', expiresAt: start + 600 + HOUR })
+    // a stream opened with the old token 30 s before it expired, recorded when it ends a minute later
+    now = T0 + 630_000
+    telemetry.record(requestEvent({ identity: old, durationMs: 60_000 }))
+    // the client renewed its token before the old one expired and calls with the new one
+    now = T0 + 640_000
+    telemetry.record(requestEvent({ identity: next }))
+    now = T0 + 650_000
+    const m = parseMetrics((await telemetry.scrape(false)).body)
+    t.equal(
+      metricValue(m, 'nhi_credential_expiry_timestamp_seconds', { identity: 'shop/stream' }),
+      next.expiresAt,
+      'the renewed one: the old one was valid when it was presented, not presented expired',
+    )
+    const row = telemetry.identities().identities.find((r) => r.name === 'shop/stream')
+    t.equal(row?.credentialExpiry, new Date(next.expiresAt! * 1000).toISOString(), '/identities: the same')
+
+    // a request that started after the credential expired still presented it expired
+    const late = identity('shop/late', { source: 'jwt', expiresAt: start + 600 })
+    const renewedLate = identity('shop/late', { source: 'jwt', expiresAt: start + 600 + HOUR })
+    now = T0 + 700_000
+    telemetry.record(requestEvent({ identity: late, durationMs: 50_000 }))
+    now = T0 + 705_000
+    telemetry.record(requestEvent({ identity: renewedLate }))
+    const later = parseMetrics((await telemetry.scrape(false)).body)
+    t.equal(
+      metricValue(later, 'nhi_credential_expiry_timestamp_seconds', { identity: 'shop/late' }),
+      late.expiresAt,
+      'presented after its expiry: still in use',
+    )
+  },
+)
