@@ -99,7 +99,9 @@ export class EarliestExpiry {
    * expired presented it valid (its client may well have renewed it since)
    */
   present(expiresAt: number | undefined, nowMs: number, presentedAtMs = nowMs): void {
-    if (nowMs - this.start >= EXPIRY_BUCKET_MS) this.roll(nowMs)
+    // a clock set back (NTP correcting one that ran ahead) starts a bucket too: none would roll until it
+    // caught up, and what was presented before would stay in use for that long
+    if (nowMs - this.start >= EXPIRY_BUCKET_MS || nowMs < this.start) this.roll(nowMs)
     this.latest = NONE
     if (expiresAt === undefined) return
     if (expiresAt <= presentedAtMs / 1000) {

@@ -186,3 +186,17 @@ t.test(
     )
   },
 )
+
+t.test('a clock set back (NTP correcting a clock that ran ahead) still rolls the window', async (t) => {
+  const ids = table()
+  // the host's clock ran a day ahead when the broken credential was last presented
+  ids.admitEntry(broken, T0 + 24 * HOUR * 1000)
+  // set right, it reads a day earlier: only the renewed credential is presented from then on
+  let now = T0
+  let expiry: number | undefined
+  while (now < T0 + 3 * EXPIRY_BUCKET_MS) {
+    now += 30_000
+    expiry = call(ids, renewed, now)
+  }
+  t.equal(expiry, renewed.expiresAt, 'the credential no longer presented is gone after the window')
+})
