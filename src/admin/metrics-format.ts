@@ -1,7 +1,7 @@
-// Which exposition format a scrape asked for, read from its Accept header the way Prometheus' own client
-// library negotiates it (client_golang's expfmt.Negotiate): the acceptable media ranges in order of their
-// weight (`q`, 1 when absent; a range of weight 0 is not acceptable; equal weights keep the header's order),
-// the first that names OpenMetrics or the classic text format picks it. A scraper that prefers the classic
+// Which exposition format a scrape asked for, read from its Accept header: the media ranges in order of their
+// weight (`q`, 1 when absent, 0 when it is no number from 0 to 1, as client_golang's expfmt.Negotiate reads
+// one; equal weights keep the header's order), the first that names OpenMetrics or the classic text format
+// picks it. Unlike client_golang, a range of weight 0 is not acceptable (RFC 9110 §12.4.2). A scraper that prefers the classic
 // text (`scrape_protocols: [PrometheusText0.0.4, OpenMetricsText1.0.0]`) gets it even though it also accepts
 // OpenMetrics; nothing named (no Accept, `*/*`) is the classic text. Media types are case-insensitive.
 
@@ -21,8 +21,8 @@ export function negotiateMetricsFormat(accept: string | undefined): MetricsForma
       const eq = param.indexOf('=')
       if (eq === -1 || param.slice(0, eq).trim().toLowerCase() !== 'q') continue
       const weight = Number(param.slice(eq + 1).trim())
-      // RFC 9110 §12.4.2: 0 to 1, at most three decimals; anything else leaves the range at 1, as Go's does
-      q = Number.isFinite(weight) && weight >= 0 && weight <= 1 ? weight : 1
+      // RFC 9110 §12.4.2: 0 to 1; anything else (`q=`, `q=x`, `q=2`) is no weight the client can mean
+      q = param.slice(eq + 1).trim() !== '' && weight >= 0 && weight <= 1 ? weight : 0
     }
     const mediaType = type.trim().toLowerCase()
     const format =

@@ -1,6 +1,6 @@
-// The exposition format a scrape gets is the one its Accept header prefers, read as Prometheus' client
-// libraries read it (docs/reference.md, "Metrics"): by weight, then the header's order, case-insensitive,
-// `q=0` not acceptable. The headers below are the ones Prometheus sends for its `scrape_protocols`.
+// The exposition format a scrape gets is the one its Accept header prefers (docs/reference.md, "Metrics"): by
+// weight, as Prometheus' Go client orders the ranges, then the header's order, case-insensitive, `q=0` not
+// acceptable. The headers below are the ones Prometheus sends for its `scrape_protocols`.
 import t from 'tap'
 import { negotiateMetricsFormat } from '../../src/admin/metrics-format.ts'
 import { type Config, configSchema } from '../../src/config/schema.ts'
@@ -34,7 +34,9 @@ const CASES: [accept: string | undefined, want: 'openmetrics' | 'text', why: str
   ],
   ['text/plain, application/openmetrics-text', 'text', 'equal weights: the first named'],
   ['application/json, application/openmetrics-text;q=0.1', 'openmetrics', 'an unknown type is passed over'],
-  ['application/openmetrics-text;q=2, text/plain;q=0.5', 'openmetrics', 'a weight out of range counts as 1'],
+  ['application/openmetrics-text;q=2, text/plain;q=0.5', 'text', 'a weight out of range counts as 0'],
+  ['application/openmetrics-text;q=, text/plain;q=0.1', 'text', 'an empty weight counts as 0'],
+  ['application/openmetrics-text;q=high', 'text', 'a weight that is no number counts as 0'],
   [
     ' application/openmetrics-text ; q=0.8 , text/plain ; q=0.9',
     'text',
