@@ -1,5 +1,5 @@
-// Bounded concurrency for tests that start many short child processes (CLI runs, helm, kubectl): side by
-// side they finish sooner than one after another, but not so many at once that a loaded machine thrashes.
+// Bounded concurrency for tests: many short child processes (CLI runs, helm, kubectl) or generated requests
+// side by side finish sooner than one after another, but not so many at once that a loaded machine thrashes.
 
 /** A gate letting at most `max` of the functions passed to it run at once, the others queued in order. */
 export function limiter(max: number): <R>(fn: () => Promise<R>) => Promise<R> {
@@ -26,4 +26,18 @@ export function mapLimit<T, R>(
 ): Promise<R[]> {
   const gate = limiter(max)
   return Promise.all(items.map((item, i) => gate(() => fn(item, i))))
+}
+
+/** `work` over 0..n-1, at most `width` at once, each worker taking the next index when it is done */
+export async function inParallel(
+  n: number,
+  width: number,
+  work: (i: number) => Promise<void>,
+): Promise<void> {
+  let next = 0
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < n) await work(next++)
+    }),
+  )
 }

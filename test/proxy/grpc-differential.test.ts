@@ -31,6 +31,7 @@ import fc from 'fast-check'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { inParallel } from '../helpers/limit.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { rng } from '../helpers/rng.ts'
@@ -420,16 +421,6 @@ function makeCall(
       )
     }
   })
-}
-
-/** runs `work` over 0..n-1 with at most `width` in flight */
-async function inParallel(n: number, width: number, work: (i: number) => Promise<void>): Promise<void> {
-  let next = 0
-  await Promise.all(
-    Array.from({ length: width }, async () => {
-      while (next < n) await work(next++)
-    }),
-  )
 }
 
 /**

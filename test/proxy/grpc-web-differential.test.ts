@@ -40,6 +40,7 @@ import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import { inParallel } from '../helpers/limit.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { rng } from '../helpers/rng.ts'
@@ -324,16 +325,6 @@ async function makeCall(
     observed.trailers = asCompared(error.metadata)
   }
   return observed
-}
-
-/** runs `work` over 0..n-1 with at most `width` in flight */
-async function inParallel(n: number, width: number, work: (i: number) => Promise<void>): Promise<void> {
-  let next = 0
-  await Promise.all(
-    Array.from({ length: width }, async () => {
-      while (next < n) await work(next++)
-    }),
-  )
 }
 
 /**

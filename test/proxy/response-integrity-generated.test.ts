@@ -23,6 +23,7 @@ import {
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
+import { inParallel } from '../helpers/limit.ts'
 import { listenUntilTeardown } from '../helpers/net.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { rng } from '../helpers/rng.ts'
@@ -277,16 +278,6 @@ function h1Get(port: number, agent: Agent, id: number, c: ResponseCase): Promise
     req.on('error', reject)
     req.end()
   })
-}
-
-/** runs `work` over 0..n-1 with at most `width` in flight */
-async function inParallel(n: number, width: number, work: (i: number) => Promise<void>): Promise<void> {
-  let next = 0
-  await Promise.all(
-    Array.from({ length: width }, async () => {
-      while (next < n) await work(next++)
-    }),
-  )
 }
 
 function prepare(upstream: Upstream): Prepared[] {
