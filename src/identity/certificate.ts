@@ -138,7 +138,7 @@ const KU_DIGITAL_SIGNATURE = 1
 const KU_KEY_AGREEMENT = 16
 const KU_KEY_CERT_SIGN = 32
 const KU_CRL_SIGN = 64
-/** signatures OpenSSL's security level 1, Node's default, finds too weak: MD2, MD5 and SHA-1 with RSA, DSA, ECDSA */
+/** signatures OpenSSL's security level 1 and above find too weak: MD2, MD5 and SHA-1 with RSA, DSA, ECDSA */
 const WEAK_SIGNATURES = new Set([
   '1.2.840.113549.1.1.2',
   '1.2.840.113549.1.1.4',
@@ -148,20 +148,34 @@ const WEAK_SIGNATURES = new Set([
 ])
 
 /**
- * OpenSSL's security level 1, which Node's TLS verifies at: 80 bits of security, so RSA and DSA keys of 1024
- * bits at least, and EC curves of 160 bits (most curves' names say their size: secp112r1, sect131r1, brainpoolP160r1).
- * Its level applies to every key of the chain, the root's too (EE_KEY_TOO_SMALL, CA_KEY_TOO_SMALL).
+ * The OpenSSL security level Node's TLS verifies client certificate chains at: its default, 1 up to Node 22
+ * (OpenSSL 3.0, and Node 22 keeps 1 on its OpenSSL 3.5), 2 from Node 24 (OpenSSL 3.2 raised the default). A
+ * level applies to every key of the chain, the root's too (EE_KEY_TOO_SMALL, CA_KEY_TOO_SMALL): level 1 is 80
+ * bits of security (RSA and DSA keys of 1024 bits, EC curves of 160), level 2 is 112 (2048 and 224). An
+ * OpenSSL config or `--tls-cipher-list` that sets another level is not read.
  */
-const MIN_RSA_BITS = 1024
-const MIN_CURVE_BITS = 160
+export const TLS_SECURITY_LEVEL: 1 | 2 = Number(process.versions.node.split('.')[0]) >= 24 ? 2 : 1
+const MIN_RSA_BITS = TLS_SECURITY_LEVEL === 2 ? 2048 : 1024
+const MIN_CURVE_BITS = TLS_SECURITY_LEVEL === 2 ? 224 : 160
+/** what a key too small for the listener is, in a message */
+const TOO_SMALL = `under RSA-${MIN_RSA_BITS} or a ${MIN_CURVE_BITS}-bit curve`
+/** most curves' names say their size (secp112r1, sect131r1, brainpoolP160r1) */
 const CURVE_BITS_RE = /\d{3}/
-/** the curves under 160 bits whose names do not say their size (WTLS 1, 4, 6 and 8 are 112- and 113-bit) */
-const SMALL_CURVES_NAMED_WITHOUT_SIZE = new Set([
-  'wap-wsg-idm-ecid-wtls1',
-  'wap-wsg-idm-ecid-wtls4',
-  'wap-wsg-idm-ecid-wtls6',
-  'wap-wsg-idm-ecid-wtls8',
-  'Oakley-EC2N-3',
+/** the sizes of the curves whose names do not say them (OpenSSL's curve list) */
+const CURVES_NAMED_WITHOUT_SIZE = new Map([
+  ['wap-wsg-idm-ecid-wtls1', 113],
+  ['wap-wsg-idm-ecid-wtls3', 163],
+  ['wap-wsg-idm-ecid-wtls4', 113],
+  ['wap-wsg-idm-ecid-wtls5', 163],
+  ['wap-wsg-idm-ecid-wtls6', 112],
+  ['wap-wsg-idm-ecid-wtls7', 160],
+  ['wap-wsg-idm-ecid-wtls8', 112],
+  ['wap-wsg-idm-ecid-wtls9', 160],
+  ['wap-wsg-idm-ecid-wtls10', 233],
+  ['wap-wsg-idm-ecid-wtls11', 233],
+  ['wap-wsg-idm-ecid-wtls12', 224],
+  ['Oakley-EC2N-3', 155],
+  ['Oakley-EC2N-4', 185],
 ])
 
 function keyTooSmall(c: X509Certificate): boolean {
@@ -174,9 +188,8 @@ function keyTooSmall(c: X509Certificate): boolean {
       return details?.modulusLength !== undefined && details.modulusLength < MIN_RSA_BITS
     case 'ec': {
       const curve = details?.namedCurve ?? ''
-      if (SMALL_CURVES_NAMED_WITHOUT_SIZE.has(curve)) return true
-      const bits = CURVE_BITS_RE.exec(curve)?.[0]
-      return bits !== undefined && Number(bits) < MIN_CURVE_BITS
+      const bits = CURVES_NAMED_WITHOUT_SIZE.get(curve) ?? Number(CURVE_BITS_RE.exec(curve)?.[0])
+      return bits < MIN_CURVE_BITS
     }
     default:
       return false
@@ -223,7 +236,7 @@ export function rootedChain(
  * the dates (X509_verify_cert: chain building, then extensions and purpose, then the security level): every
  * issuer below the root has basicConstraints CA:TRUE within its pathlen, the leaf and intermediates allow
  * client authentication (extended key usage) and the leaf signing (key usage), and none is signed with a
- * digest, or has a key, weaker than security level 1 allows. checkIssued already refused issuers without keyCertSign. Name
+ * digest, or has a key, weaker than its security level (TLS_SECURITY_LEVEL) allows. checkIssued already refused issuers without keyCertSign. Name
  * constraints come after the dates, so OpenSSL reports a violation of them, not the dates. The decoder has to
  * be loaded (loadCertificateDecoder) first.
  */
@@ -243,8 +256,8 @@ export function undatedChainProblem(chain: readonly X509Certificate[]): string |
     const root = i === chain.length - 1
     if (keyTooSmall(c))
       return i === 0
-        ? 'has a key too small for the listener (under RSA-1024 or a 160-bit curve)'
-        : `is issued through ${subjectOf(c)}, whose key is too small for the listener (under RSA-1024 or a 160-bit curve)`
+        ? `has a key too small for the listener (${TOO_SMALL})`
+        : `is issued through ${subjectOf(c)}, whose key is too small for the listener (${TOO_SMALL})`
     // OpenSSL 3 refuses explicit curve parameters on any certificate of the chain (EC_KEY_EXPLICIT_PARAMS)
     if (extensions[i]!.explicitCurve)
       return i === 0

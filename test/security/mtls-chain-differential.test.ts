@@ -5,25 +5,27 @@
 // of one with the client root's name on another key, of an intermediate that the client CA file holds without
 // its root or with its root expired), the built sidecar's https listener (`clientCert: optional`) attributes
 // a connection to its certificate exactly when
-//   openssl verify -purpose sslclient -auth_level 1 -CAfile <clientCA> -untrusted <what the client sent> <leaf>
+//   openssl verify -purpose sslclient -auth_level L -CAfile <clientCA> -untrusted <what the client sent> <leaf>
 // accepts it and the leaf is a good X.509-SVID where it names a SPIFFE ID (one URI SAN, a valid ID: the SPIFFE
 // rules of docs/reference.md); a chain openssl refuses is a failure whose reason is the one the reference gives
 // for its class (cert_expired or cert_not_yet_valid when only its dates are wrong, else cert_untrusted), and
 // `clientCert: required` refuses its handshake. `explain --cert` with the same chain gives the same answers.
 //
 // Where the reference and `openssl verify` with its defaults differ, on purpose:
-// - `-auth_level 1`: Node's TLS verifies at OpenSSL's default security level 1, where a SHA-1 signature (63
-//   bits of security) is too weak (CA_MD_TOO_WEAK); `openssl verify` alone checks no level and takes it.
+// - `-auth_level L`: Node's TLS verifies at OpenSSL's default security level, L = 1 up to Node 22 and 2 from
+//   Node 24 (TLS_SECURITY_LEVEL), where a SHA-1 signature (63 bits of security) is too weak (CA_MD_TOO_WEAK);
+//   `openssl verify` alone checks no level and takes it.
 // - no `-x509_strict`: Node does not set X509_V_FLAG_X509_STRICT, so a CA whose basicConstraints is not
 //   critical, or a leaf marked CA:TRUE without a key usage, is taken by the listener as by plain `openssl
 //   verify` (OpenSSL 3 wants CA:TRUE of an intermediate either way); the chains strict mode alone refuses are
 //   counted.
 // - keys too small or on other curves: chains also hold RSA keys of 1024 and 512 bits and EC keys on P-384,
-//   secp256k1 and brainpoolP256r1. The listener's TLS is Node's default, OpenSSL's security level 1 (80 bits:
-//   RSA-1024 passes, RSA-512 is EE_KEY_TOO_SMALL or CA_KEY_TOO_SMALL, as `-auth_level 1` says), and
-//   `explain` refuses what that level refuses. A leaf whose key the client's own TLS stack cannot sign a TLS
-//   1.3 CertificateVerify with (RSA-512: too short for RSA-PSS with SHA-256; secp256k1 and brainpoolP256r1:
-//   TLS 1.3 has ECDSA schemes for P-256, P-384 and P-521 only) is never presented: the client's OpenSSL
+//   secp256k1 and brainpoolP256r1. The listener's TLS is at Node's default level (1, 80 bits: RSA-1024
+//   passes, RSA-512 is EE_KEY_TOO_SMALL or CA_KEY_TOO_SMALL; 2, 112 bits: RSA-1024 is too small too), as
+//   `-auth_level L` says, and `explain` refuses what that level refuses. A leaf whose key the client's own TLS
+//   stack cannot sign a TLS 1.3 CertificateVerify with (RSA-512: too short for RSA-PSS with SHA-256;
+//   secp256k1: TLS 1.3 has no scheme for it; brainpoolP256r1 before OpenSSL 3.2, which added RFC 8734's
+//   schemes: Node 20's OpenSSL 3.0 has ECDSA schemes for P-256, P-384 and P-521 only) is never presented: the client's OpenSSL
 //   sends an empty Certificate, so the listener sees no certificate at all (no identity, no mTLS failure, and
 //   `clientCert: required` refuses the handshake for want of one); `explain --cert` still judges the file as
 //   `openssl verify` does. Over TLS 1.2 (checked for two written chains) the RSA-512 leaf arrives and is
@@ -37,6 +39,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
 import { runExplain } from '../../src/cli/explain.ts'
+import { TLS_SECURITY_LEVEL } from '../../src/identity/certificate.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { exchange } from '../helpers/http.ts'
 import { createServerPki, generateKey, type KeyFiles, type KeyType, makeCertificate } from '../helpers/pki.ts'
@@ -439,6 +442,10 @@ const WRITTEN: ChainSpec[] = [
   rooted([goodCa('ec-secp256k1')], goodLeaf('ec-p384')),
   rooted([], goodLeaf('rsa-512')),
   rooted([], goodLeaf('ec-secp256k1')),
+  // a good X.509-SVID and a leaf naming an invalid SPIFFE ID on chains every level takes, so that both classes
+  // are there whatever the draw (at level 2, where RSA-1024 is too small, fewer drawn chains pass)
+  rooted([goodCa('ec')], { ...goodLeaf('ec'), uris: [URIS[0]!] }),
+  rooted([], { ...goodLeaf('ec'), uris: [URIS[3]!] }),
 ]
 /** the written chains whose leaf the client cannot present over TLS 1.3, by their place in WRITTEN */
 const RSA_512_LEAF = 5
@@ -493,7 +500,7 @@ interface Expected {
   /** `openssl verify` with its defaults (informational: see the header for why the listener differs) */
   plain: Verdict
   strict: Verdict
-  /** the reference: -auth_level 1 */
+  /** the reference: -auth_level TLS_SECURITY_LEVEL */
   reference: Verdict
   /** the reference without dates: accepts a chain whose dates alone are wrong */
   undated: Verdict
@@ -518,8 +525,8 @@ async function expectationOf(chain: BuiltChain): Promise<Expected> {
   const [plain, strict, reference, undated] = await Promise.all([
     verify([...common, chain.leaf.certFile]),
     verify([...common, '-x509_strict', chain.leaf.certFile]),
-    verify([...common, '-auth_level', '1', chain.leaf.certFile]),
-    verify([...common, '-auth_level', '1', '-no_check_time', chain.leaf.certFile]),
+    verify([...common, '-auth_level', String(TLS_SECURITY_LEVEL), chain.leaf.certFile]),
+    verify([...common, '-auth_level', String(TLS_SECURITY_LEVEL), '-no_check_time', chain.leaf.certFile]),
   ])
   const problem = spiffeProblem(chain.spec.leaf)
   return { plain, strict, reference, undated, ...(problem ? { spiffeProblem: problem } : {}) }
@@ -541,7 +548,13 @@ const chains = await inBatches(specs, 2, build)
 const expected = await inBatches(chains, 2, expectationOf)
 
 /** leaf keys the client's TLS 1.3 stack cannot sign its CertificateVerify with: it presents no certificate */
-const UNSIGNABLE: ReadonlySet<KeyType> = new Set(['rsa-512', 'ec-secp256k1', 'ec-brainpoolP256r1'])
+const [opensslMajor = 0, opensslMinor = 0] = process.versions.openssl.split('.').map(Number)
+const brainpoolInTls13 = opensslMajor > 3 || (opensslMajor === 3 && opensslMinor >= 2)
+const UNSIGNABLE: ReadonlySet<KeyType> = new Set([
+  'rsa-512',
+  'ec-secp256k1',
+  ...(brainpoolInTls13 ? [] : (['ec-brainpoolP256r1'] as const)),
+])
 const clientCannotPresent = (chain: BuiltChain) => UNSIGNABLE.has(chain.spec.leaf.key)
 
 /** a readable account of a chain, for a failure message */
@@ -564,7 +577,9 @@ t.test('the reference itself: its classes are all drawn', async (t) => {
   )
   const weakKeys = expected.filter((e) => /key too weak/.test(e.reference.error ?? '')).length
   t.ok(weakKeys >= 3, `chains refused for a key too small: ${weakKeys}`)
-  t.comment(`plain openssl verify takes ${sha1Only} chains that -auth_level 1 refuses (SHA-1 signatures)`)
+  t.comment(
+    `plain openssl verify takes ${sha1Only} chains that -auth_level ${TLS_SECURITY_LEVEL} refuses (SHA-1 signatures)`,
+  )
   const strictOnly = expected.filter((e) => !e.reference.error && e.strict.error).map((e) => e.strict.error)
   t.comment(`-x509_strict refuses ${strictOnly.length} chains the reference takes: ${strictOnly.join('; ')}`)
   const verdicts = new Map<string, number>()
@@ -635,7 +650,7 @@ t.test(
       t.equal(res.status, 200, `chain ${i}: served, whatever its certificate`)
     }
     // over TLS 1.2 the client signs with PKCS#1 v1.5 and any curve: the RSA-512 leaf arrives and the
-    // listener's OpenSSL refuses it at security level 1, a cert_untrusted failure; the secp256k1 one is refused
+    // listener's OpenSSL refuses it at its security level, a cert_untrusted failure; the secp256k1 one is refused
     // by the listener's OpenSSL in the handshake (alert illegal_parameter: a curve it does not offer)
     const tls12 = (i: number, id: string) =>
       exchange({ ...presenting(chains[i]!, port), maxVersion: 'TLSv1.2', headers: { 'x-request-id': id } })
