@@ -385,8 +385,7 @@ export class Http2Front {
     const state = this.sessions.get(session)
     if (state === undefined || session.destroyed) return
     for (const stream of state.streams) {
-      // a HEAD stream's writable side ends at once: its answer is not ended before it was sent
-      if (!stream.headersSent || !stream.writableEnded) {
+      if (!stream.writableEnded) {
         // a response still to come: waited for, as before the GOAWAY
         session.setTimeout(this.idleTimeout, () => this.afterGoaway(session))
         return
