@@ -19,10 +19,8 @@
 // refuses what nginx forwards, the reason is one of DOCUMENTED_DIFFERENCES; the rest is counted and reported.
 // Below the generated cases, hand-written ones for each disagreement that was a bug.
 import { once } from 'node:events'
-import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { connect, type Socket } from 'node:net'
-import { connect as tlsConnect } from 'node:tls'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
@@ -30,7 +28,6 @@ import { FLAG, FRAME, frame, headerBlock, PREFACE, responseStatus } from '../hel
 import { mapLimit } from '../helpers/limit.ts'
 import { listenUntilTeardown } from '../helpers/net.ts'
 import { skipWithoutNginx, startNginx } from '../helpers/nginx.ts'
-import { createServerPki, mtlsListen } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
@@ -540,8 +537,6 @@ interface RecordingUpstream {
   unparsed: { code: string; bytes: string }[]
   /** requests begun whose body is still arriving */
   open: () => number
-  /** connections from the front: accepted, and closed since */
-  connections: () => { accepted: number; closed: number }
 }
 
 const pairs = (raw: string[]) => raw.flatMap((v, i, a): [string, string][] => (i % 2 ? [] : [[v, a[i + 1]!]]))
@@ -551,7 +546,6 @@ async function recordingUpstream(t: Test): Promise<RecordingUpstream> {
   const unparsed: RecordingUpstream['unparsed'] = []
   const received = new WeakMap<Socket, { bytes: string }>()
   let open = 0
-  const connections = { accepted: 0, closed: 0 }
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     const arrival: Arrival = {
       method: req.method ?? '',
@@ -605,10 +599,6 @@ async function recordingUpstream(t: Test): Promise<RecordingUpstream> {
   server.on('connection', (socket: Socket) => {
     const record = { bytes: '' }
     received.set(socket, record)
-    connections.accepted++
-    socket.on('close', () => {
-      connections.closed++
-    })
     socket.on('data', (c: Buffer) => {
       if (record.bytes.length < 4096) record.bytes += c.toString('latin1')
     })
@@ -619,7 +609,7 @@ async function recordingUpstream(t: Test): Promise<RecordingUpstream> {
     socket.destroy()
   })
   const port = await listenUntilTeardown(t, server)
-  return { port, arrivals, unparsed, open: () => open, connections: () => ({ ...connections }) }
+  return { port, arrivals, unparsed, open: () => open }
 }
 
 // ---- one exchange -----------------------------------------------------------------------------------------
@@ -631,13 +621,10 @@ type StreamOutcome = string
  * Writes a case's frames on a new connection and reads until every stream is answered (response HEADERS or
  * RST_STREAM), a GOAWAY names it unprocessed, or the front closes the connection. SETTINGS are acknowledged.
  */
-async function exchange(port: number, wire: Wire, tls?: { ca: string }): Promise<Map<number, StreamOutcome>> {
-  const socket =
-    tls === undefined
-      ? connect({ port, host: '127.0.0.1' })
-      : tlsConnect({ port, host: '127.0.0.1', servername: 'localhost', ca: tls.ca, ALPNProtocols: ['h2'] })
+async function exchange(port: number, wire: Wire): Promise<Map<number, StreamOutcome>> {
+  const socket = connect({ port, host: '127.0.0.1' })
   socket.on('error', () => {})
-  await once(socket, tls === undefined ? 'connect' : 'secureConnect')
+  await once(socket, 'connect')
   let buf = Buffer.alloc(0)
   let closed = false
   socket.on('data', (c: Buffer) => {
@@ -785,46 +772,6 @@ const describe = (w: WireStream) =>
 
 const shown = (w: Wire) => JSON.stringify(Buffer.concat(w.frames.slice(2)).toString('latin1'))
 
-/**
- * A stream whose client had no answer but that the proxy may have read and recorded: one whose connection
- * went before its answer reached the client (a GOAWAY for another stream's connection error: recorded with
- * the status it was answered), or one the HTTP/2 layer reset as malformed (PROTOCOL_ERROR: DATA past its
- * content-length) after its request had been read (recorded as 400, docs "Audit").
- */
-const mayBeRecorded = (s: Seen) =>
-  s.handling !== 'forwarded' && (s.outcome.startsWith('goaway') || s.outcome === 'reset 1')
-
-/**
- * What is wrong with the audit of the streams nhi-proxy answered with a status or forwarded (`answered`, by
- * path): one line each; beside them, `unanswered` streams (mayBeRecorded) may have a line.
- */
-async function auditFaults(adminUrl: string, answered: Map<string, number>, unanswered: number) {
-  const expected = [...answered.values()].reduce((a, b) => a + b, 0)
-  const ring = await eventually(
-    async () => {
-      const { events } = (await (await fetch(`${adminUrl}/audit?limit=${4 * CASES}`)).json()) as {
-        events: { path: string; status: number }[]
-      }
-      return events.length >= expected ? events : undefined
-    },
-    { what: 'an audit line for each stream answered' },
-  )
-  const audited = new Map<string, number>()
-  for (const e of ring) {
-    const m = /^\/c\/\d+\/s\d+/.exec(e.path)
-    if (m) audited.set(m[0], (audited.get(m[0]) ?? 0) + 1)
-  }
-  // a :path the proxy refused as no path (a fragment in it, a CONNECT's) is recorded as ''
-  const unrecordedPaths = ring.filter((e) => e.path === '').length
-  const faults = [...audited].filter(([, n]) => n > 1).map(([path, n]) => `${path}: ${n} audit lines`)
-  const lines = [...audited.values()].reduce((a, b) => a + b, 0) + unrecordedPaths
-  if (lines < expected || lines - expected > unanswered)
-    faults.push(
-      `${expected} streams answered, ${lines} audit lines, ${unanswered} streams read and not answered`,
-    )
-  return faults
-}
-
 // ---- the test ---------------------------------------------------------------------------------------------
 
 t.test(
@@ -878,7 +825,7 @@ t.test(
     const tally = { streams: 0, forwardedBoth: 0, refusedBoth: 0, proxyOnly: 0, nginxOnly: 0, malformed: 0 }
     /** per case, the streams the proxy answered with a status or forwarded */
     const answeredByProxy = new Map<string, number>()
-    let unanswered = 0
+    let cutByGoaway = 0
     for (const [id, w] of wires.entries()) {
       const [proxyOutcomes, nginxOutcomes] = outcomes[id]!
       for (const s of w.streams) {
@@ -886,7 +833,7 @@ t.test(
         if (s.verdict === 'malformed') tally.malformed++
         const proxy = seenBy(behindProxy.arrivals, id, s, proxyOutcomes.get(s.id)!)
         const ref = seenBy(behindNginx.arrivals, id, s, nginxOutcomes.get(s.id)!)
-        if (mayBeRecorded(proxy)) unanswered++
+        if (proxy.outcome.startsWith('goaway') && proxy.handling !== 'forwarded') cutByGoaway++
         if (proxy.outcome.startsWith('status') || proxy.handling === 'forwarded')
           answeredByProxy.set(pathOf(id, s.id), (answeredByProxy.get(pathOf(id, s.id)) ?? 0) + 1)
         const wrong = judgeProxy(s, proxy)
@@ -945,7 +892,31 @@ t.test(
     )
 
     // one audit line per stream nhi-proxy answered with a status or forwarded
-    const unaudited = await auditFaults(sidecar.adminUrl, answeredByProxy, unanswered)
+    const ring = await eventually(
+      async () => {
+        const { events } = (await (await fetch(`${sidecar.adminUrl}/audit?limit=${4 * CASES}`)).json()) as {
+          events: { path: string; status: number }[]
+        }
+        return events.length >= answeredByProxy.size ? events : undefined
+      },
+      { what: 'an audit line for each stream answered' },
+    )
+    const audited = new Map<string, number>()
+    for (const e of ring) {
+      const m = /^\/c\/\d+\/s\d+/.exec(e.path)
+      if (m) audited.set(m[0], (audited.get(m[0]) ?? 0) + 1)
+    }
+    // a :path the proxy refused as no path (a fragment in it, a CONNECT's) is recorded as ''
+    const unrecordedPaths = ring.filter((e) => e.path === '').length
+    const unaudited = [...audited].filter(([, n]) => n > 1).map(([path, n]) => `${path}: ${n} audit lines`)
+    const answered = [...answeredByProxy.values()].reduce((a, b) => a + b, 0)
+    const lines = [...audited.values()].reduce((a, b) => a + b, 0) + unrecordedPaths
+    // beside them, a stream read whose connection went before its answer reached the client (a GOAWAY for
+    // another stream's connection error) may have its line, with the status it was answered
+    if (lines < answered || lines - answered > cutByGoaway)
+      unaudited.push(
+        `${answered} streams answered, ${lines} audit lines, ${cutByGoaway} streams cut by a GOAWAY`,
+      )
     if (process.env['DESYNC_REPORT']) for (const u of unaudited) t.comment(u)
     t.same(unaudited.slice(0, 5), [], 'one audit line per stream nhi-proxy answered or forwarded')
 
@@ -966,48 +937,6 @@ t.test(
     )
   },
 )
-
-t.test('the same over h2 with TLS (ALPN): nhi-proxy keeps every invariant', async (t) => {
-  const upstream = await recordingUpstream(t)
-  const { ca, server } = await createServerPki()
-  const sidecar = await startTestSidecar(t, {
-    listen: mtlsListen(server, ca),
-    upstream: `http://127.0.0.1:${upstream.port}`,
-    timeouts: { headers: `${DEADLINE_S}s`, request: `${DEADLINE_S}s`, idle: `${DEADLINE_S}s` },
-    audit: { output: 'off', ringSize: 4 * CASES },
-  })
-  const tls = { ca: await readFile(ca.certFile, 'utf8') }
-  // every fourth case: the TLS listener hands its h2 connections to the same HTTP/2 front as h2c
-  const wires = fc
-    .sample(connectionCase, { numRuns: CASES, seed: PROPERTY_SEED })
-    .map((c, id) => wireOf(c, id))
-    .filter((_, id) => id % 4 === 0)
-  const outcomes = await mapLimit(wires, CONCURRENCY, (w) => exchange(sidecar.httpsAddress!.port, w, tls))
-  await eventually(() => upstream.open() === 0, { what: 'every upstream request to end' })
-  t.same(upstream.unparsed, [], 'the upstream parsed every byte nhi-proxy sent')
-  const failures: string[] = []
-  const answered = new Map<string, number>()
-  let unanswered = 0
-  for (const [i, w] of wires.entries()) {
-    const id = i * 4
-    for (const s of w.streams) {
-      const seen = seenBy(upstream.arrivals, id, s, outcomes[i]!.get(s.id)!)
-      if (mayBeRecorded(seen)) unanswered++
-      if (seen.outcome.startsWith('status') || seen.handling === 'forwarded')
-        answered.set(pathOf(id, s.id), (answered.get(pathOf(id, s.id)) ?? 0) + 1)
-      const wrong = judgeProxy(s, seen)
-      if (wrong !== undefined)
-        failures.push(`case ${id} stream ${s.id} [${describe(s)}]: ${wrong} (${seen.outcome})`)
-    }
-  }
-  t.same(failures.slice(0, 5), [], `nhi-proxy kept every invariant (${failures.length} streams did not)`)
-  t.same(
-    (await auditFaults(sidecar.adminUrl, answered, unanswered)).slice(0, 5),
-    [],
-    'one audit line per stream nhi-proxy answered or forwarded',
-  )
-  t.ok(answered.size > wires.length / 3, `${answered.size} streams answered over TLS`)
-})
 
 // ---- hand-written cases, each once a disagreement of the generated ones -----------------------------------
 
@@ -1067,62 +996,5 @@ t.test(
       upstream.arrivals.map((a) => a.url).sort(),
       'one audit line for each request forwarded',
     )
-  },
-)
-
-t.test(
-  'DATA past the content-length after the request was read: the upstream never gets the request whole',
-  async (t) => {
-    const upstream = await recordingUpstream(t)
-    const sidecar = await startTestSidecar(t, { upstream: `http://127.0.0.1:${upstream.port}` })
-    const body = latin1(payload(0))
-    for (const [name, length, first] of [
-      ['content-length: 0', 0, Buffer.alloc(0)],
-      ['content-length: N, N bytes of DATA', body.length, body],
-    ] as const) {
-      const path = `/past-length/${length}`
-      const socket = connect({ port: sidecar.proxyAddress.port, host: '127.0.0.1' })
-      socket.on('error', () => {})
-      t.teardown(() => socket.destroy())
-      await once(socket, 'connect')
-      let received = Buffer.alloc(0)
-      socket.on('data', (c: Buffer) => {
-        received = Buffer.concat([received, c])
-      })
-      const before = upstream.connections()
-      // the request, its stream left open: read, and on its way to the upstream
-      const fields: Field[] = [...basic('POST', path), ['content-length', `${length}`]]
-      socket.write(
-        Buffer.concat([
-          PREFACE,
-          frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)),
-          ...headerFrames(1, fields, false),
-          ...(first.length > 0 ? [frame(FRAME.DATA, 0, 1, first)] : []),
-        ]),
-      )
-      await eventually(() => upstream.connections().accepted > before.accepted, {
-        what: `${name}: the proxy to connect to the upstream`,
-      })
-      // then DATA past its length: RFC 9113 §8.1.1, a malformed request the HTTP/2 layer resets
-      socket.write(frame(FRAME.DATA, FLAG.END_STREAM, 1, body))
-      await eventually(
-        () => {
-          for (let at = 0; at + 9 <= received.length; at += 9 + received.readUIntBE(at, 3))
-            if (received[at + 3] === FRAME.RST_STREAM) return received.readUInt32BE(at + 9)
-          return undefined
-        },
-        { what: `${name}: the stream reset` },
-      )
-      // its upstream request failed with it: the connection it had is closed
-      await eventually(() => upstream.connections().closed > before.closed, {
-        what: `${name}: the upstream connection to close`,
-      })
-      t.same(
-        upstream.arrivals.filter((a) => a.url === path && a.complete),
-        [],
-        `${name}: the upstream never got the request whole`,
-      )
-      socket.destroy()
-    }
   },
 )
