@@ -15,6 +15,7 @@ import { flattened } from '../util/flat.ts'
 import { escapeLabelValue, type FamilyInfo, formatValue, writeHeader } from './exposition.ts'
 import { type IdentityTableLimits, madeUpName, OVERFLOW_IDENTITY, Shares } from './identity-table.ts'
 import { PodExport, type PodFamilyDef, type PodSnapshot } from './pod-export.ts'
+import { expiredSinceLastSeen } from './windows.ts'
 
 /** the labels every per-identity series starts with */
 const IDENTITY = /^service="((?:[^"\\]|\\.)*)",identity="((?:[^"\\]|\\.)*)",source="([^"]*)"/
@@ -766,7 +767,7 @@ function inUse(line: Line, lastSeen: Map<string, number[]>, nowSeconds: number):
     const x = line.values[i]
     if (x === undefined) continue
     const at = seen?.[i]
-    if (at !== undefined && x > at && x <= nowSeconds) continue
+    if (at !== undefined && expiredSinceLastSeen(x, at, nowSeconds)) continue
     if (earliest === undefined || x < earliest) earliest = x
   }
   return earliest ?? line.value()

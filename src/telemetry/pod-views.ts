@@ -2,6 +2,7 @@
 // view's table and its click-through show the whole pod (docs/reference.md "Workers").
 import { type AuditQuery, type AuditRecord, DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT } from './audit-ring.ts'
 import type { EdgeRow, IdentitiesView, IdentityRow, IdentitySort } from './identities.ts'
+import { expiredSinceLastSeen } from './windows.ts'
 
 const later = (a: string | undefined, b: string | undefined) =>
   a === undefined || (b !== undefined && b > a) ? b : a
@@ -55,8 +56,7 @@ const comparators: Record<IdentitySort, (a: IdentityRow, b: IdentityRow) => numb
  * judges the gauge.
  */
 function expiryInUse(row: IdentityRow, now: number): boolean {
-  const expiry = Date.parse(row.credentialExpiry!)
-  return !(expiry > Date.parse(row.lastSeen) && expiry <= now)
+  return !expiredSinceLastSeen(Date.parse(row.credentialExpiry!), Date.parse(row.lastSeen), now)
 }
 
 /**

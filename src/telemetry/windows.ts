@@ -136,3 +136,12 @@ export class EarliestExpiry {
     this.start = nowMs
   }
 }
+
+/**
+ * A credential that was valid at its identity's last request there (`lastSeen`) and has expired since (`now`;
+ * the same unit for all three): its client renewed it or moved on, so a pod's merge leaves it out of the
+ * identity's credential expiry (pod-metrics.ts, pod-views.ts).
+ */
+export function expiredSinceLastSeen(expiry: number, lastSeen: number, now: number): boolean {
+  return expiry > lastSeen && expiry <= now
+}
