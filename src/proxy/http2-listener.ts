@@ -33,6 +33,23 @@ const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
  */
 const NGHTTP2_ERR_FLOODED = -904
 
+/**
+ * Moves node:http2's own destroy of a session for an nghttp2 error (ERR_HTTP2_ERROR) out of the read that
+ * found it. Node 22.23 destroys the session from inside nghttp2's parse when one stream is malformed (DATA past
+ * its content-length, a stream error of RFC 9113 §8.1.1); the parse goes on, a later stream's HEADERS in the
+ * same read get no JS side (the session is gone), and that stream's DATA then aborts the process on an internal
+ * assertion (`onread->IsFunction()`, nodejs/node#64850): one packet from any client. A turn later the session
+ * ends as Node decided; Node 20, 24 and 26 reset the one stream and never call this.
+ */
+function destroyOutsideTheRead(session: ServerHttp2Session): void {
+  const destroy = session.destroy
+  session.destroy = (error?: Error, code?: number) => {
+    if ((error as NodeJS.ErrnoException | undefined)?.code !== 'ERR_HTTP2_ERROR')
+      destroy.call(session, error, code)
+    else setImmediate(() => destroy.call(session, error, code))
+  }
+}
+
 export interface Http2Handlers {
   connectionInfo: (socket: Socket) => ConnectionInfo
   request: (req: Http2ServerRequest, res: Http2ServerResponse, conn: ConnectionInfo) => void
@@ -199,6 +216,8 @@ interface SessionState {
    * overflowed, the frame that overflowed it is the last one received
    */
   lastControl: 'ping' | 'settings' | undefined
+  /** the connection is being closed for rapid reset: the GOAWAY is out, the destroy a turn away */
+  cut: boolean
 }
 
 export class Http2Front {
@@ -299,7 +318,14 @@ export class Http2Front {
       session.destroy()
       return
     }
-    const state: SessionState = { conn, windowStart: performance.now(), resets: 0, lastControl: undefined }
+    destroyOutsideTheRead(session)
+    const state: SessionState = {
+      conn,
+      windowStart: performance.now(),
+      resets: 0,
+      lastControl: undefined,
+      cut: false,
+    }
     this.sessions.set(session, state)
     session.once('close', () => this.sessions.delete(session))
     session.on('ping', () => {
@@ -400,10 +426,13 @@ export class Http2Front {
       state.windowStart = now
       state.resets = 0
     }
-    if (++state.resets <= this.limits.maxResetsPerSecond || session.destroyed) return
+    if (++state.resets <= this.limits.maxResetsPerSecond || session.destroyed || state.cut) return
+    state.cut = true
     this.handlers.abuse?.('rapid_reset')
     session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM)
-    session.destroy()
+    // 'aborted' can come from inside nghttp2's parse (over TLS): a destroy there lets a later stream's DATA
+    // in the same read abort Node 22.23 (destroyOutsideTheRead). Past the GOAWAY nghttp2 opens no new stream.
+    setImmediate(() => session.destroy())
   }
 
   /** hands a connection whose first bytes are the HTTP/2 preface (or that chose h2 by ALPN) to HTTP/2 */
