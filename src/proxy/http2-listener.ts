@@ -20,7 +20,7 @@ import type { Socket } from 'node:net'
 import type { Config } from '../config/schema.ts'
 import type { Http2AbuseReason } from '../telemetry/metrics.ts'
 import type { ConnectionInfo } from '../types.ts'
-import { holdContinue } from './continue.ts'
+import { expectsContinue, holdContinue } from './continue.ts'
 import { GRPC, grpcAnswerType, isGrpc } from './grpc.ts'
 
 /** RFC 9113 §3.4: what a client with prior knowledge sends first */
@@ -301,9 +301,14 @@ export class Http2Front {
     })
     // the compat layer emits CONNECT streams apart; unheard, it answers 405 itself and nothing records them
     this.server.on('connect', onRequest)
-    // an `expect` other than `100-continue`: unheard, the compat layer answers 417 itself and nothing records
-    // it; the proxy answers it (unmetExpectation)
-    this.server.on('checkExpectation', onRequest)
+    // an `expect` other than exactly `100-continue`: unheard, the compat layer answers 417 itself and nothing
+    // records it. Another spelling of 100-continue (`100-Continue`, or among other tokens) is one to node:http,
+    // so its 100 is held here as above: forwarded without it, a client waiting for the 100 before its body
+    // would stall. The proxy answers any other expectation 417 (unmetExpectation).
+    this.server.on('checkExpectation', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      if (expectsContinue(req.headers.expect)) holdContinue(req)
+      onRequest(req, res)
+    })
     // the compat layer answers stream errors itself; an error here must not take the process down
     this.server.on('sessionError', () => {})
     // an idle connection gets GOAWAY and closes once its streams are done (a silent long-lived stream is

@@ -10,7 +10,7 @@ import type { Config } from '../config/schema.ts'
 import type { Attribution, Pipeline } from '../pipeline/index.ts'
 import type { CertEvidence, ConnectionInfo, Failure, MaybePromise } from '../types.ts'
 import { normaliseAddress } from '../util/cidr.ts'
-import { releaseContinue } from './continue.ts'
+import { expectsContinue, releaseContinue } from './continue.ts'
 import type { CorsMemory } from './cors.ts'
 import { CLIENT_CLOSED, Exchange, FAIL_CLOSED_ATTRIBUTION, FALLBACK_ATTRIBUTION } from './exchange.ts'
 import {
@@ -200,16 +200,13 @@ function unsupportedTransferCoding(req: IncomingMessage): boolean {
   return te !== undefined && !/^[\t ]*chunked[\t ]*$/i.test(te)
 }
 
-/** what node:http takes for a 100-continue expectation (its checkContinue) */
-const CONTINUE_EXPECTATION = /(?:^|\W)100-continue(?:$|\W)/i
-
 /**
  * An expectation the proxy cannot meet (RFC 9110 §10.1.1: 417): any but 100-continue, which it answers itself
  * (continue.ts).
  */
 function unmetExpectation(req: IncomingMessage): boolean {
   const expect = req.headers.expect
-  return expect !== undefined && !CONTINUE_EXPECTATION.test(expect)
+  return expect !== undefined && !expectsContinue(expect)
 }
 
 /**
