@@ -4,6 +4,13 @@ import { isIPv4 } from 'node:net'
 import { isCheckedProduct } from '../identity/bots/claims.ts'
 import { dnsSuffixProducts, documentedDomain, documentedDomains } from '../identity/bots/dns.ts'
 import { publishedFileNames, rangeFileProducts } from '../identity/bots/ranges.ts'
+import {
+  cutLikeMadeUp,
+  cutVerifiedName,
+  KEPT_OF_CUT_VERIFIED_NAME,
+  MAX_UNVERIFIED_NAME_LENGTH,
+  MAX_VERIFIED_NAME_LENGTH,
+} from '../identity/builtin.ts'
 import { issuerNamespace } from '../identity/profiles.ts'
 import { CREDENTIAL_SOURCES } from '../identity/sources/index.ts'
 import { pathTemplateProblem } from '../proxy/path.ts'
@@ -14,10 +21,12 @@ import {
   type PatternOptions,
   patternCaptures,
   patternError,
+  patternExtent,
   templateError,
 } from '../rules/pattern.ts'
 import { routeError } from '../rules/routes.ts'
 import { cidrError, v4MappedPrefix } from '../util/cidr.ts'
+import { cutWhole } from '../util/lone-surrogate.ts'
 import type { Severity } from './diagnostics.ts'
 import { isCredentialHeader } from './redact.ts'
 import type { Config, MatchConfig } from './schema.ts'
@@ -401,6 +410,7 @@ export function semanticCheck(config: Config): SemanticIssue[] {
       if (a.identity !== undefined) {
         const ie = patternError(a.identity)
         if (ie) error([...base, 'allow', j, 'identity'], `invalid identity pattern "${a.identity}": ${ie}`)
+        else longerThanAnyName([...base, 'allow', j, 'identity'], a.identity, a.verified, a.source, warn)
       } else if (a.verified === undefined && (a.kind !== undefined || a.team !== undefined)) {
         // kind and team come from rules, which may name unverified callers too (and an unverified client or
         // forwarded certificate is kind "service" by default): only an `identity:` entry defaults to verified
@@ -457,6 +467,51 @@ function unmatchablePath(
           ? `write "${problem.instead}": the proxy merges "//" and resolves "." and ".." before matching`
           : `write it percent-encoded with upper-case hex: "${problem.instead}"`,
   )
+}
+
+/** a pattern as a message shows it: a long one by its beginning (the line and column say which) */
+function shortened(pattern: string): string {
+  return pattern.length <= 40 ? pattern : `${cutWhole(pattern, 32)}…`
+}
+
+/**
+ * A policy `identity:` entry no identity name can equal: names are cut (identity/builtin.ts), a verified one
+ * longer than MAX_VERIFIED_NAME_LENGTH to its beginning, `…#` and a hash, a made-up one to
+ * MAX_UNVERIFIED_NAME_LENGTH, so an entry whose shortest match is longer than the cut of the names it may
+ * match admits no one, and a caller the rule was written for is denied.
+ */
+function longerThanAnyName(
+  path: Path,
+  pattern: string,
+  verified: boolean | undefined,
+  source: unknown,
+  warn: Report,
+): void {
+  // an entry names verified identities unless it says otherwise (policy.ts): with a `source` and no
+  // `verified` it may match either, so the longer cut holds
+  const madeUp = verified === false
+  const cap = madeUp ? MAX_UNVERIFIED_NAME_LENGTH : MAX_VERIFIED_NAME_LENGTH
+  const { shortest, prefix } = patternExtent(pattern)
+  if (shortest <= cap) return
+  const either = verified === undefined && source !== undefined
+  const names = madeUp
+    ? `an unverified identity name is at most ${cap} characters (a longer one is cut to its first ${cap})`
+    : `${either ? 'an identity name' : 'a verified identity name'} is at most ${cap} characters (a longer ` +
+      `verified one is cut to its first ${KEPT_OF_CUT_VERIFIED_NAME}, "…#" and a hash${either ? `; an unverified one is cut at ${MAX_UNVERIFIED_NAME_LENGTH}` : ''})`
+  const kept = madeUp ? MAX_UNVERIFIED_NAME_LENGTH : KEPT_OF_CUT_VERIFIED_NAME
+  const literal = prefix === pattern
+  const message = literal
+    ? `identity "${shortened(pattern)}" can never match: it is ${pattern.length} characters long and ${names}`
+    : `identity pattern "${shortened(pattern)}" can never match: its shortest match is ${shortest} characters long and ${names}`
+  const byPrefix = prefix.length >= kept ? `"${cutWhole(prefix, kept)}*"` : undefined
+  const hint = literal
+    ? madeUp
+      ? `write the name it is cut to, "${cutLikeMadeUp(pattern)}"`
+      : `write the name it is cut to, "${cutVerifiedName(pattern)}", or a wildcard, "${cutWhole(pattern, kept)}*"`
+    : byPrefix !== undefined
+      ? `match the cut names by their first ${kept} characters: ${byPrefix}`
+      : `shorten its fixed parts: a longer name keeps only its first ${kept} characters`
+  warn(path, message, hint)
 }
 
 /** Shortest prefixes `check` accepts without a warning for a trusted proxy: /16 (IPv4), /48 (IPv6). */

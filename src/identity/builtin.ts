@@ -171,6 +171,8 @@ export function cutLikeMadeUp<T extends string | undefined>(value: T): T {
 export const MAX_VERIFIED_NAME_LENGTH = 512
 /** `…#` and 16 hex digits: what a cut verified name ends with */
 const CUT_MARK_LENGTH = 18
+/** how much of a verified name longer than MAX_VERIFIED_NAME_LENGTH its cut keeps (at most: never half a character) */
+export const KEPT_OF_CUT_VERIFIED_NAME = MAX_VERIFIED_NAME_LENGTH - CUT_MARK_LENGTH
 
 /**
  * A verified name within MAX_VERIFIED_NAME_LENGTH: a longer one is cut (never inside a character) and ends with
@@ -180,7 +182,7 @@ const CUT_MARK_LENGTH = 18
 export function cutVerifiedName(name: string): string {
   if (name.length <= MAX_VERIFIED_NAME_LENGTH) return name
   const digest = createHash('sha256').update(name, 'utf16le').digest('hex').slice(0, 16)
-  return `${cutWhole(name, MAX_VERIFIED_NAME_LENGTH - CUT_MARK_LENGTH)}…#${digest}`
+  return `${cutWhole(name, KEPT_OF_CUT_VERIFIED_NAME)}…#${digest}`
 }
 
 /** The identity of requests with nothing to name them by; shared by every unverified, unnamed caller. */

@@ -178,6 +178,28 @@ export function isUniversalPattern(p: string, opts?: PatternOptions): boolean {
   return /^\*+$/.test(p)
 }
 
+/**
+ * The length of the shortest value a valid pattern matches, and the literal it begins with (empty when it
+ * begins with a wildcard or a capture): a pattern whose shortest match is longer than any value it is held
+ * against can never match (the `check` warning for identity names longer than their cut). As the matchers
+ * read it: a capture takes at least one character, `*` and `**` none, and a `**` segment after others takes
+ * the separator before it along with it (`/a/**` matches `/a`).
+ */
+export function patternExtent(p: string, opts?: PatternOptions): { shortest: number; prefix: string } {
+  const sep = isSegmentMode(p, opts)
+  const tokens = tokenize(p, sep)
+  if (typeof tokens === 'string') throw new Error(`invalid pattern "${p}": ${tokens}`)
+  let shortest = 0
+  for (let i = 0; i < tokens.length; i++) {
+    const tok = tokens[i]!
+    if (tok.t === 'lit') shortest += tok.v.length
+    else if (tok.t === 'cap') shortest += 1
+    else if (tok.t === 'globstar' && sep !== undefined && i > 0) shortest -= sep.length
+  }
+  const first = tokens[0]
+  return { shortest, prefix: first?.t === 'lit' ? first.v : '' }
+}
+
 /** Patterns that differ only in capture names (or in spelling them `{name}` or `:name`) match the same
  *  values. */
 export function normalisePattern(p: string, opts?: PatternOptions): string {

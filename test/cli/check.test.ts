@@ -1,8 +1,10 @@
+import { createHash } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { golden } from '../helpers/golden.ts'
 import { limiter } from '../helpers/limit.ts'
+import { rng as seededRandom } from '../helpers/rng.ts'
 import { scratchDirSync } from '../helpers/scratch.ts'
 import { runCli as runCliNow } from '../helpers/sidecar.ts'
 
@@ -240,6 +242,65 @@ t.test(
 
     t.equal(said.code, 0, said.text)
     t.notMatch(said.text, /warning/)
+  },
+)
+
+// A verified identity name longer than 512 UTF-16 units is cut to its first 494, `…#` and 16 hex digits of its
+// SHA-256, an unverified one to its first 256: an `identity:` entry no shorter name can equal admitted no one,
+// and `check` said nothing of it.
+t.test(
+  'policy identity entries longer than the names they may match: warned with what to write',
+  async (t) => {
+    const { write, checkFile } = configDir('check-identity-cut')
+    const rng = seededRandom(21)
+    const letters = (n: number) =>
+      Array.from({ length: n }, () => 'abcdefghijklmnopqrstuvwxyz'[Math.floor(rng() * 26)]).join('')
+    const cutVerified = (name: string) =>
+      `${name.slice(0, 494)}…#${createHash('sha256').update(name, 'utf16le').digest('hex').slice(0, 16)}`
+    const long = `svc-${letters(596)}`
+    const longMadeUp = `ua:${letters(297)}`
+    const prefix = `team-${letters(515)}`
+    const later = `{team}-${letters(520)}`
+    const spiffe = (n: number) => `spiffe://cluster.local/ns/${letters(n)}/**`
+    const [deep, fits] = [spiffe(487), spiffe(486)]
+    // each entry on its own line: line 4 + 2i, its value at column 27
+    const entries = [
+      `{ identity: "${long}" }`,
+      `{ identity: "${long.slice(0, 512)}" }`,
+      `{ identity: "${longMadeUp}", verified: false }`,
+      `{ identity: "${longMadeUp.slice(0, 256)}", verified: false }`,
+      `{ identity: "${prefix}*" }`,
+      `{ identity: "${prefix.slice(0, 500)}*" }`,
+      `{ identity: "${later}" }`,
+      // `/ns/x/**` matches `/ns/x`: the separator before `**` is no part of the shortest match
+      `{ identity: "${deep}" }`,
+      `{ identity: "${fits}" }`,
+      // with a source and no `verified`, the entry may match a verified name, cut at 512
+      `{ identity: "${long.slice(0, 400)}", source: jwt }`,
+      `{ identity: "${long}", source: jwt }`,
+    ]
+    const r = await checkFile(
+      write('cut.yaml', [
+        'policy:',
+        '  mode: enforce',
+        '  rules:',
+        ...entries.flatMap((e, i) => [`    - route: /r${i}`, `      allow: [${e}]`]),
+      ]),
+    )
+    t.equal(r.code, 0, 'a warning, not an error: existing configs keep working')
+    const at = (i: number) => `cut.yaml:${5 + 2 * i}:27 warning:`
+    const short = (p: string) => `${p.slice(0, 32)}…`
+    const verifiedCut =
+      'a verified identity name is at most 512 characters (a longer verified one is cut to its first 494, "…#" and a hash)'
+    t.same(r.text.trim().split('\n'), [
+      `${at(0)} identity "${short(long)}" can never match: it is 600 characters long and ${verifiedCut} (hint: write the name it is cut to, "${cutVerified(long)}", or a wildcard, "${long.slice(0, 494)}*")`,
+      `${at(2)} identity "${short(longMadeUp)}" can never match: it is 300 characters long and an unverified identity name is at most 256 characters (a longer one is cut to its first 256) (hint: write the name it is cut to, "${longMadeUp.slice(0, 256)}")`,
+      `${at(4)} identity pattern "${short(prefix)}" can never match: its shortest match is 520 characters long and ${verifiedCut} (hint: match the cut names by their first 494 characters: "${prefix.slice(0, 494)}*")`,
+      `${at(6)} identity pattern "${short(later)}" can never match: its shortest match is 522 characters long and ${verifiedCut} (hint: shorten its fixed parts: a longer name keeps only its first 494 characters)`,
+      `${at(7)} identity pattern "${short(deep)}" can never match: its shortest match is 513 characters long and ${verifiedCut} (hint: match the cut names by their first 494 characters: "${deep.slice(0, 494)}*")`,
+      `${at(10)} identity "${short(long)}" can never match: it is 600 characters long and an identity name is at most 512 characters (a longer verified one is cut to its first 494, "…#" and a hash; an unverified one is cut at 256) (hint: write the name it is cut to, "${cutVerified(long)}", or a wildcard, "${long.slice(0, 494)}*")`,
+      'cut.yaml: ok (0 identity rules, 0 issuers, policy enforce, 6 warnings)',
+    ])
   },
 )
 

@@ -6,6 +6,7 @@ import {
   normalisePattern,
   patternCaptures,
   patternError,
+  patternExtent,
   segmentParam,
 } from '../../src/rules/pattern.ts'
 import { compileRoutes, routeError } from '../../src/rules/routes.ts'
@@ -210,3 +211,35 @@ t.test(
     t.pass('held')
   },
 )
+
+// `check` warns of a policy identity entry no name can equal by its shortest match (semantic.ts): it must be
+// exactly the length of the shortest value the matcher takes, or a pattern that can match is warned of, or one
+// that cannot is not. Every value over the patterns' own characters up to that length is tried.
+t.test('property: patternExtent gives the length of the shortest value a pattern matches', async (t) => {
+  const alphabet = ['a', 'c', ':', '/']
+  const valuesOf = (length: number): string[] =>
+    length === 0 ? [''] : valuesOf(length - 1).flatMap((v) => alphabet.map((c) => v + c))
+  const values = Array.from({ length: 6 }, (_, n) => valuesOf(n))
+  let checked = 0
+  fc.assert(
+    fc.property(
+      fc.array(fc.constantFrom('a', 'c', '/', '*', '**', '{c}', ':c', '/**'), { maxLength: 6 }),
+      (parts) => {
+        const p = parts.join('')
+        if (patternError(p) !== undefined) return true
+        const { shortest } = patternExtent(p)
+        if (shortest > 5) return true
+        checked++
+        const compiled = compilePattern(p)
+        const below = values.slice(0, shortest).flat()
+        return (
+          below.every((v) => compiled.match(v) === null) && values[shortest]!.some((v) => compiled.match(v))
+        )
+      },
+    ),
+    { numRuns: 1000, seed: PROPERTY_SEED },
+  )
+  t.ok(checked > 200, `${checked} valid patterns checked`)
+  t.same(patternExtent('/admin/**'), { shortest: 6, prefix: '/admin/' }, '"/admin/**" matches "/admin"')
+  t.same(patternExtent('{team}-*'), { shortest: 2, prefix: '' })
+})
