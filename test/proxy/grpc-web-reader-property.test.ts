@@ -8,18 +8,38 @@
 // random bytes, or a byte at a time. The reader must find the status the decoder finds, answer `result()` as
 // the client reads the call, and stand where the body stands (`position()`).
 //
+// A share of the trailer frames is compressed (flag 0x81), in the `grpc-encoding` of the response (gzip,
+// deflate, br) or in another one, or none named: valid, cut short, a byte changed, or not compressed data at
+// all, and some sized at the reader's bounds (a frame of 64 KiB and a few bytes either side, a block inflating
+// to 1 MiB and a few bytes either side). A client inflates it and reads its status; beyond the bounds, or when
+// it does not inflate, the reader counts the status as missing.
+//
 // The decoder reads the body after the fact: base64 four characters at a time (each group alone, whitespace
 // dropped), frames one after the other, the first trailer frame's block as lines of `name: value`, and
 // `grpc-status` as gRPC's grammar has it (1*DIGIT): 0–16 is that status, any other value UNKNOWN, as a client
-// reads it, whatever the trailer frame's size (docs/reference.md, "HTTP/2 and gRPC").
+// reads it, whatever the trailer frame's size (docs/reference.md, "HTTP/2 and gRPC"). A compressed block is
+// inflated whole, without a bound, and then held to the documented ones.
+import {
+  brotliCompressSync,
+  brotliDecompressSync,
+  constants,
+  deflateSync,
+  gunzipSync,
+  gzipSync,
+  inflateSync,
+} from 'node:zlib'
 import fc from 'fast-check'
 import t from 'tap'
 import { grpcWebResponse } from '../../src/proxy/grpc-web.ts'
-import { checkProperty } from '../helpers/property.ts'
+import { checkBothSides, checkProperty } from '../helpers/property.ts'
 
 /** the size generated blocks are spread around */
 const BLOCK_SIZE = 8 * 1024
 const UNKNOWN = 2
+/** a compressed trailer frame is read when its payload is at most this long… */
+const MAX_COMPRESSED_TRAILER = 64 * 1024
+/** …and it inflates to at most this (docs/reference.md, "HTTP/2 and gRPC") */
+const MAX_INFLATED_TRAILER = 1024 * 1024
 
 // ---- the reference -----------------------------------------------------------------------------------------
 
@@ -61,7 +81,26 @@ interface Read {
   position: 'between' | 'ended' | 'inside'
 }
 
-function referenceRead(body: Buffer, text: boolean): Read {
+const INFLATE: Record<string, (bytes: Buffer) => Buffer> = {
+  gzip: gunzipSync,
+  deflate: inflateSync,
+  br: brotliDecompressSync,
+}
+
+/** a compressed trailer frame's block as a client inflates it; undefined where the reader reads no status */
+function inflated(payload: Buffer, encoding: string | undefined): string | undefined {
+  const inflate = encoding === undefined ? undefined : INFLATE[encoding]
+  if (inflate === undefined || payload.length > MAX_COMPRESSED_TRAILER) return undefined
+  let block: Buffer
+  try {
+    block = inflate(payload)
+  } catch {
+    return undefined
+  }
+  return block.length > MAX_INFLATED_TRAILER ? undefined : block.toString('latin1')
+}
+
+function referenceRead(body: Buffer, text: boolean, encoding: string | undefined): Read {
   let bytes = body
   let partialGroup = false
   if (text) {
@@ -78,8 +117,9 @@ function referenceRead(body: Buffer, text: boolean): Read {
     const length = bytes.readUInt32BE(i + 1)
     if (i + 5 + length > bytes.length) return { status: undefined, position: 'inside' }
     if ((bytes[i]! & 0x80) !== 0) {
-      const block = bytes.subarray(i + 5, i + 5 + length).toString('latin1')
-      return { status: blockStatus(block), position: 'ended' }
+      const payload = bytes.subarray(i + 5, i + 5 + length)
+      const block = (bytes[i]! & 0x01) === 0 ? payload.toString('latin1') : inflated(payload, encoding)
+      return { status: block === undefined ? undefined : blockStatus(block), position: 'ended' }
     }
     i += 5 + length
   }
@@ -176,6 +216,88 @@ const trailerBlock = fc
     return Buffer.from(block, 'latin1')
   })
 
+const ENCODINGS = ['gzip', 'deflate', 'br'] as const
+type Encoding = (typeof ENCODINGS)[number]
+
+function compress(block: Buffer, encoding: Encoding, level: number): Buffer {
+  if (encoding === 'gzip') return gzipSync(block, { level })
+  if (encoding === 'deflate') return deflateSync(block, { level })
+  return brotliCompressSync(block, { params: { [constants.BROTLI_PARAM_QUALITY]: level } })
+}
+
+/** `block` with a filler trailer after it that takes it to `size` bytes */
+function padded(block: Buffer, size: number): Buffer {
+  const line = Buffer.from(`${block.length === 0 || block.at(-1) === 0x0a ? '' : '\r\n'}x-pad: `, 'latin1')
+  const fill = Math.max(0, size - block.length - line.length - 2)
+  return Buffer.concat([block, line, Buffer.alloc(fill, 'p'), Buffer.from('\r\n')])
+}
+
+/**
+ * `block` compressed so that the payload is `size` bytes long, or as near as stored (uncompressed) deflate
+ * blocks, whose overhead is fixed, get it
+ */
+function compressedTo(block: Buffer, encoding: 'gzip' | 'deflate', size: number): Buffer {
+  let padTo = size
+  let out = compress(padded(block, padTo), encoding, 0)
+  for (let tries = 0; tries < 3 && out.length !== size; tries++) {
+    padTo += size - out.length
+    out = compress(padded(block, padTo), encoding, 0)
+  }
+  return out
+}
+
+/** a compressed trailer frame as servers send one, or broken, and the `grpc-encoding` the response names */
+const compressedTrailer = fc
+  .record({
+    block: trailerBlock,
+    encoding: weighted<Encoding>(['gzip', 3], ['deflate', 3], ['br', 1]),
+    level: fc.constantFrom(0, 1, 6, 9),
+    named: weighted(['same', 10], ['other', 1], ['unknown', 1], ['none', 1]),
+    damage: weighted(['none', 10], ['cut', 2], ['flip', 2], ['garbage', 1]),
+    at: fc.nat(),
+    flip: fc.integer({ min: 1, max: 255 }),
+    garbage: fc.uint8Array({ maxLength: 40 }),
+    // sized at the reader's bounds: the payload around 64 KiB, the block around 1 MiB
+    bound: sometimes(fc.tuple(fc.constantFrom('payload', 'block'), fc.integer({ min: -2, max: 2 })), 6),
+  })
+  .map(({ block, encoding, level, named, damage, at, flip, garbage, bound }) => {
+    let payload: Buffer
+    if (bound?.[0] === 'payload') {
+      const stored = encoding === 'br' ? 'gzip' : encoding
+      encoding = stored
+      payload = compressedTo(block, stored, MAX_COMPRESSED_TRAILER + bound[1])
+    } else {
+      const whole = bound === undefined ? block : padded(block, MAX_INFLATED_TRAILER + bound[1])
+      payload = compress(whole, encoding, bound === undefined ? level : 6)
+    }
+    if (damage === 'cut') payload = payload.subarray(0, at % payload.length)
+    else if (damage === 'flip') {
+      payload = Buffer.from(payload)
+      const i = at % payload.length
+      payload[i] = payload[i]! ^ flip
+    } else if (damage === 'garbage') payload = Buffer.from(garbage)
+    const header =
+      named === 'same'
+        ? encoding
+        : named === 'other'
+          ? ENCODINGS[(ENCODINGS.indexOf(encoding) + 1 + (at % 2)) % 3]
+          : named === 'unknown'
+            ? 'snappy'
+            : undefined
+    return { frame: frame(0x81, payload), encoding: header }
+  })
+
+/** the trailer frame: plain (in a response that may name an encoding all the same), or compressed */
+const trailerFrame = fc.oneof(
+  {
+    arbitrary: fc
+      .tuple(trailerBlock, sometimes(fc.constantFrom(...ENCODINGS), 4))
+      .map(([block, encoding]) => ({ frame: frame(0x80, block), encoding })),
+    weight: 3,
+  },
+  { arbitrary: compressedTrailer, weight: 1 },
+)
+
 /** what follows the trailer frame: nothing, bytes, another trailer frame, a data frame */
 const afterTrailer = fc.oneof(
   { arbitrary: fc.constant(Buffer.alloc(0)), weight: 4 },
@@ -184,22 +306,26 @@ const afterTrailer = fc.oneof(
   { arbitrary: fc.constant(frame(0, Buffer.from('late'))), weight: 1 },
 )
 
-/** the body's parts (frames, and what follows): complete, without a trailer frame, or cut short */
+/**
+ * the body's parts (frames, and what follows): complete, without a trailer frame, or cut short; and the
+ * response's `grpc-encoding`
+ */
 const bodyParts = fc
   .tuple(
     fc.array(dataFrame, { maxLength: 5 }),
-    trailerBlock,
+    trailerFrame,
     afterTrailer,
     weighted(['whole', 8], ['no trailer', 1], ['cut', 2]),
     fc.nat(),
   )
-  .map(([data, block, after, shape, cutAt]) => {
-    if (shape === 'no trailer') return data
-    const parts = [...data, frame(0x80, block), after]
-    if (shape === 'whole') return parts
+  .map(([data, trailer, after, shape, cutAt]) => {
+    const encoding = trailer.encoding
+    if (shape === 'no trailer') return { parts: data, encoding }
+    const parts = [...data, trailer.frame, after]
+    if (shape === 'whole') return { parts, encoding }
     // cut anywhere before the end of the trailer frame
     const body = Buffer.concat(parts.slice(0, -1))
-    return [body.subarray(0, cutAt % Math.max(1, body.length))]
+    return { parts: [body.subarray(0, cutAt % Math.max(1, body.length))], encoding }
   })
 
 /** the bytes split at positions drawn from `cuts` (a piece may be empty: push() gets empty chunks too) */
@@ -227,9 +353,9 @@ const encodedBody = fc
     // the last base64 group left unfinished (1–3 characters short), in one case in eight
     weighted([0, 21], [1, 1], [2, 1], [3, 1]),
   )
-  .map(([parts, text, base64, chunkCuts, spaces, short]) => {
+  .map(([{ parts, encoding }, text, base64, chunkCuts, spaces, short]) => {
     const body = Buffer.concat(parts)
-    if (!text) return { text, body }
+    if (!text) return { text, body, encoding }
     const runs = base64 === 'whole' ? [body] : base64 === 'per frame' ? parts : pieces(body, chunkCuts)
     let chars = runs.map((run) => run.toString('base64')).join('')
     chars = chars.slice(0, Math.max(0, chars.length - short))
@@ -237,7 +363,7 @@ const encodedBody = fc
       const i = at % (chars.length + 1)
       chars = chars.slice(0, i) + space + chars.slice(i)
     }
-    return { text, body: Buffer.from(chars, 'latin1') }
+    return { text, body: Buffer.from(chars, 'latin1'), encoding }
   })
 
 const contentType = (text: boolean, suffix: string) => `application/grpc-web${text ? '-text' : ''}${suffix}`
@@ -256,13 +382,14 @@ t.test('the status the reader finds is the one the whole body holds, however it 
   checkProperty(
     t,
     'status, result() and position() agree with a decoder of the whole body',
-    fc.property(call, ({ body: { text, body }, suffix, headerStatus, http, byteByByte, cuts }) => {
+    fc.property(call, ({ body: { text, body, encoding }, suffix, headerStatus, http, byteByByte, cuts }) => {
       const response = ['Content-Type', contentType(text, suffix)]
       if (headerStatus !== undefined) response.push('grpc-status', headerStatus)
+      if (encoding !== undefined) response.push('Grpc-Encoding', encoding)
       const reader = grpcWebResponse({ 'content-type': 'application/grpc-web+proto' }, response)!
       const chunks = byteByByte && body.length <= 2048 ? pieces(body, [...body.keys()]) : pieces(body, cuts)
       for (const chunk of chunks) reader.push(chunk)
-      const want = referenceRead(body, text)
+      const want = referenceRead(body, text, encoding)
       const header = headerStatus === undefined ? undefined : statusValue(headerStatus)
       return (
         reader.base64 === text &&
@@ -274,3 +401,43 @@ t.test('the status the reader finds is the one the whole body holds, however it 
     3000,
   )
 })
+
+t.test(
+  'the generated compressed trailer frames reach both sides of the bounds and of inflating',
+  async (t) => {
+    const sample = checkBothSides(
+      t,
+      compressedTrailer,
+      ({ frame, encoding }) => inflated(frame.subarray(5), encoding) !== undefined,
+      [700, 1300],
+      'compressed trailer frames a client inflates',
+    )
+    const sizes = (
+      what: (payload: Buffer, encoding: string | undefined) => number | undefined,
+      limit: number,
+    ) => {
+      const seen = new Set<number>()
+      for (const { frame, encoding } of sample) {
+        const size = what(frame.subarray(5), encoding)
+        if (size !== undefined && Math.abs(size - limit) <= 2) seen.add(size - limit)
+      }
+      return [...seen].sort((a, b) => a - b)
+    }
+    t.same(
+      sizes((payload) => payload.length, MAX_COMPRESSED_TRAILER),
+      [-2, -1, 0, 1, 2],
+      'payloads of 64 KiB and up to two bytes either side',
+    )
+    t.same(
+      sizes((payload, encoding) => {
+        try {
+          return encoding === undefined ? undefined : INFLATE[encoding]?.(payload).length
+        } catch {
+          return undefined
+        }
+      }, MAX_INFLATED_TRAILER),
+      [-2, -1, 0, 1, 2],
+      'blocks of 1 MiB and up to two bytes either side',
+    )
+  },
+)
