@@ -316,12 +316,13 @@ class Connection {
       return
     }
     this.bodyLeft = length === undefined ? -1 : Number(length)
-    this.socket.write(
-      length !== undefined
-        ? `${head}content-length: ${length}\r\n\r\n`
-        : `${head}transfer-encoding: chunked\r\n\r\n`,
-      'latin1',
-    )
+    this.heldBack = undefined
+    if (length === undefined) this.socket.write(`${head}transfer-encoding: chunked\r\n\r\n`, 'latin1')
+    else {
+      head += `content-length: ${length}\r\n\r\n`
+      if (this.bodyLeft === 0) this.heldBack = head
+      else this.socket.write(head, 'latin1')
+    }
     body.on('data', this.onBodyData)
     body.on('end', this.onBodyEnd)
     body.on('error', this.onBodyError)
@@ -337,6 +338,13 @@ class Connection {
    * as this one's body, or this body's rest as the next request
    */
   private bodyLeft = -1
+  /**
+   * The bytes that complete a Content-Length body (the head itself, for a length of 0), written once the body
+   * has ended: an HTTP/2 request ends with its stream, not with its length, and DATA past the length makes it
+   * malformed (RFC 9113 §8.1.1, the stream reset). Written with the last byte, the upstream would already
+   * have carried out a request its client never completed.
+   */
+  private heldBack: Buffer | string | undefined
 
   private writeBody(chunk: Buffer): void {
     if (chunk.length === 0) return
@@ -346,6 +354,10 @@ class Connection {
         return
       }
       this.bodyLeft -= chunk.length
+      if (this.bodyLeft === 0) {
+        this.heldBack = chunk
+        return
+      }
     }
     this.activeAt = this.pool.tick
     let flowing: boolean
@@ -370,6 +382,10 @@ class Connection {
     this.activeAt = this.pool.tick
     this.detachBody(ex)
     if (this.bodyLeft === -1) this.socket.write('0\r\n\r\n', 'latin1')
+    else if (this.heldBack !== undefined) {
+      this.socket.write(this.heldBack, 'latin1')
+      this.heldBack = undefined
+    }
   }
 
   private bodyMismatch(): void {

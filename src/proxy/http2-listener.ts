@@ -218,6 +218,8 @@ interface SessionState {
   lastControl: 'ping' | 'settings' | undefined
   /** the connection is being closed for rapid reset: the GOAWAY is out, the destroy a turn away */
   cut: boolean
+  /** the session's streams not yet closed */
+  streams: Set<ServerHttp2Stream>
 }
 
 export class Http2Front {
@@ -241,6 +243,7 @@ export class Http2Front {
   private sweeper: NodeJS.Timeout | undefined
   private readonly requestTimeout: number
   private readonly sweepEvery: number
+  private readonly idleTimeout: number
 
   constructor(
     private readonly handlers: Http2Handlers,
@@ -253,6 +256,7 @@ export class Http2Front {
       uploading.delete(this)
     }
     this.requestTimeout = timeouts.request
+    this.idleTimeout = timeouts.idle
     // the HTTP/1.1 listener's granularity (serverOptions' connectionsCheckingInterval)
     this.sweepEvery = Math.max(100, Math.min(30_000, Math.floor(timeouts.request / 4)))
     // maxOutstandingSettings is read by node:http2 but missing from its type definitions
@@ -313,7 +317,7 @@ export class Http2Front {
     this.server.on('sessionError', () => {})
     // an idle connection gets GOAWAY and closes once its streams are done (a silent long-lived stream is
     // not cut: close() waits for it)
-    this.server.on('timeout', (session: ServerHttp2Session) => session.close())
+    this.server.on('timeout', (session: ServerHttp2Session) => this.closeSession(session))
   }
 
   private onSession(session: ServerHttp2Session): void {
@@ -330,6 +334,10 @@ export class Http2Front {
       resets: 0,
       lastControl: undefined,
       cut: false,
+      streams: new Set(),
+    }
+    const forgetStream = function (this: ServerHttp2Stream) {
+      state.streams.delete(this)
     }
     this.sessions.set(session, state)
     session.once('close', () => this.sessions.delete(session))
@@ -345,6 +353,8 @@ export class Http2Front {
       this.handlers.abuse?.(state.lastControl === 'settings' ? 'settings_flood' : 'ping_flood')
     })
     session.on('stream', (stream: TimedStream, headers: IncomingHttpHeaders) => {
+      state.streams.add(stream)
+      stream.once('close', forgetStream)
       // node:http2 announces a stream on the next tick. Bytes it takes in one go outside an I/O callback (those
       // the plain listener read to find the preface, handed over with it) are all parsed before that tick:
       // a stream the client reset in them has already emitted its 'aborted', to no one. Its reset counts all
@@ -375,12 +385,40 @@ export class Http2Front {
         this.watchUpload(stream, isGrpc(headers) ? grpcAnswerType(headers['content-type']) : undefined)
       // GOAWAY naming the streams received so far: they are served, as an HTTP/1.1 request that comes during
       // the drain is answered with `Connection: close`
-      if (this.draining !== 'no') session.close()
+      if (this.draining !== 'no') this.closeSession(session)
     })
     // A connection opened during the drain delay is kept until its first stream: a GOAWAY now would name no
     // stream and refuse every request it brings, and a client sent here again (the endpoint is still
     // listed) would get nothing served for the whole delay.
-    if (this.draining === 'closing') session.close()
+    if (this.draining === 'closing') this.closeSession(session)
+  }
+
+  /**
+   * GOAWAY; the session closes once its streams are done (a silent long-lived stream is not cut). nghttp2
+   * itself ends a session on some connection errors of the peer's (DATA on a stream the peer had ended, say)
+   * with a GOAWAY node:http2 is not told of: from then on nothing is read or sent, no stream closes, and the
+   * session would wait for them for ever, holding its connection, its exchanges (answered, never recorded) and
+   * the drain. A session that stays silent for timeouts.idle after its GOAWAY while every response of its
+   * streams has been ended has nothing left to wait for, and is destroyed.
+   */
+  private closeSession(session: ServerHttp2Session): void {
+    if (session.closed || session.destroyed) return
+    session.close()
+    if (this.idleTimeout > 0) session.setTimeout(this.idleTimeout, () => this.afterGoaway(session))
+  }
+
+  private afterGoaway(session: ServerHttp2Session): void {
+    const state = this.sessions.get(session)
+    if (state === undefined || session.destroyed) return
+    for (const stream of state.streams) {
+      // a HEAD stream's writable side ends at once: its answer is not ended before it was sent
+      if (!stream.headersSent || !stream.writableEnded) {
+        // a response still to come: waited for, as before the GOAWAY
+        session.setTimeout(this.idleTimeout, () => this.afterGoaway(session))
+        return
+      }
+    }
+    session.destroy()
   }
 
   private watchUpload(stream: TimedStream, grpcType: string | undefined): void {
@@ -460,7 +498,7 @@ export class Http2Front {
    */
   drain(closing = false): void {
     if (closing || this.draining === 'no') this.draining = closing ? 'closing' : 'delay'
-    for (const session of this.sessions.keys()) session.close()
+    for (const session of this.sessions.keys()) this.closeSession(session)
   }
 
   destroyAll(): void {
