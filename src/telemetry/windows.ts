@@ -76,6 +76,12 @@ export const EXPIRY_BUCKET_MS = 5 * 60_000
 const NONE = Number.POSITIVE_INFINITY
 
 /**
+ * Distinct valid expiries kept per bucket: an identity's replicas present one credential each, a renewal a
+ * second; four cover a renewal on time hiding none of three others in use.
+ */
+const KEPT_PER_BUCKET = 4
+
+/**
  * The earliest expiry (unix seconds) among the credentials an identity presented in the last two buckets,
  * read at scrape time. One that was still valid at its last request and has expired since is left out: a
  * client that renewed it right before its expiry (an OAuth client library does so seconds before) no longer
@@ -85,10 +91,15 @@ const NONE = Number.POSITIVE_INFINITY
 export class EarliestExpiry {
   /** unix ms the current bucket started at */
   private start = 0
-  /** minima of credentials valid when presented, and of those presented expired, by bucket */
-  private validNow = NONE
+  /**
+   * the earliest KEPT_PER_BUCKET distinct expiries of credentials valid when presented, ascending (NONE past
+   * the last): the current bucket's at [0, KEPT), the one before at [KEPT, 2 KEPT). More than the one earliest,
+   * so that a credential renewed just before it expired does not hide the next-earliest in use for the rest of
+   * the window (the replica whose rotation broke, behind one whose client renewed on time)
+   */
+  private readonly valid = new Float64Array(2 * KEPT_PER_BUCKET).fill(NONE)
+  /** minima of credentials presented expired, by bucket */
   private expiredNow = NONE
-  private validBefore = NONE
   private expiredBefore = NONE
   /** the last request's credential, if it was valid then: in use whatever the buckets' minima hide */
   private latest = NONE
@@ -108,7 +119,7 @@ export class EarliestExpiry {
       if (expiresAt < this.expiredNow) this.expiredNow = expiresAt
       return
     }
-    if (expiresAt < this.validNow) this.validNow = expiresAt
+    this.keep(expiresAt)
     this.latest = expiresAt
   }
 
@@ -117,21 +128,40 @@ export class EarliestExpiry {
     const expired = Math.min(this.expiredNow, this.expiredBefore)
     if (expired !== NONE) return expired
     const nowSeconds = nowMs / 1000
-    let valid = NONE
-    if (this.latest > nowSeconds) valid = this.latest
-    if (this.validNow > nowSeconds && this.validNow < valid) valid = this.validNow
-    if (this.validBefore > nowSeconds && this.validBefore < valid) valid = this.validBefore
+    let valid = this.latest > nowSeconds ? this.latest : NONE
+    // each bucket's first expiry still ahead (its slots ascend)
+    for (let from = 0; from < this.valid.length; from += KEPT_PER_BUCKET) {
+      for (let i = from; i < from + KEPT_PER_BUCKET; i++) {
+        const expiry = this.valid[i]!
+        if (expiry > nowSeconds) {
+          if (expiry < valid) valid = expiry
+          break
+        }
+      }
+    }
     if (valid !== NONE) return valid
     // all of them expired after their last request: the identity stopped calling, and keeps the earliest
-    const last = Math.min(this.validNow, this.validBefore)
+    const last = Math.min(this.valid[0]!, this.valid[KEPT_PER_BUCKET]!)
     return last === NONE ? undefined : last
+  }
+
+  /** into the current bucket's ascending slots, once, if among the earliest */
+  private keep(expiresAt: number): void {
+    const slots = this.valid
+    if (expiresAt >= slots[KEPT_PER_BUCKET - 1]!) return
+    let i = 0
+    while (slots[i]! < expiresAt) i++
+    if (slots[i] === expiresAt) return
+    for (let j = KEPT_PER_BUCKET - 1; j > i; j--) slots[j] = slots[j - 1]!
+    slots[i] = expiresAt
   }
 
   private roll(nowMs: number): void {
     const adjacent = nowMs - this.start < 2 * EXPIRY_BUCKET_MS
-    this.validBefore = adjacent ? this.validNow : NONE
+    if (adjacent) this.valid.copyWithin(KEPT_PER_BUCKET, 0, KEPT_PER_BUCKET)
+    else this.valid.fill(NONE, KEPT_PER_BUCKET)
+    this.valid.fill(NONE, 0, KEPT_PER_BUCKET)
     this.expiredBefore = adjacent ? this.expiredNow : NONE
-    this.validNow = NONE
     this.expiredNow = NONE
     this.start = nowMs
   }

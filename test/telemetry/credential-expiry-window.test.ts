@@ -1,13 +1,16 @@
 // The credential-expiry gauge is the earliest expiry among the credentials an identity presented in the
 // last 5 to 10 minutes, not the last request's: replicas that share an identity alternate, and the one whose
 // rotation broke must stay visible however often its healthy siblings call. Driven by the table's clock.
+import fc from 'fast-check'
 import t from 'tap'
 import { configSchema } from '../../src/config/schema.ts'
 import { IdentityTable, OVERFLOW_IDENTITY } from '../../src/telemetry/identity-table.ts'
 import { Telemetry } from '../../src/telemetry/index.ts'
+import { EarliestExpiry } from '../../src/telemetry/windows.ts'
 import type { Identity } from '../../src/types.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { metricValue, parseMetrics } from '../helpers/metrics.ts'
+import { checkProperty } from '../helpers/property.ts'
 
 const T0 = 1_800_000_000_000
 const HOUR = 3600
@@ -37,6 +40,29 @@ t.test('two credentials of one identity alternating: the earlier, whichever call
   sparse.admitEntry(broken, T0 + 4 * 60_000)
   t.equal(call(sparse, renewed, T0 + 8 * 60_000), broken.expiresAt)
   t.equal(call(sparse, renewed, T0 + 12 * 60_000), broken.expiresAt, 'a bucket later')
+})
+
+t.test('a credential renewed on time does not hide the next-earliest in use in its bucket', async (t) => {
+  const ids = table()
+  // the broken replica's credential, then the other replica's short one and its renewal, all in one bucket
+  const shortOld = identity('shop/cart', { source: 'jwt', expiresAt: start + 120 })
+  const shortRenewed = identity('shop/cart', { source: 'jwt', expiresAt: start + 120 + 3 * HOUR })
+  ids.admitEntry(broken, T0)
+  ids.admitEntry(shortOld, T0 + 10_000)
+  t.equal(call(ids, shortRenewed, T0 + 100_000), shortOld.expiresAt, 'before the short one expires: it')
+  // the short one expired after its last request (renewed): left out, and the broken one is next
+  t.equal(read(ids, shortRenewed, T0 + 130_000), broken.expiresAt, 'after: the broken one, not the renewal')
+  t.equal(call(ids, shortRenewed, T0 + 200_000), broken.expiresAt, 'also after another request')
+  // a bucket later (the broken replica silent since): still in the window
+  t.equal(call(ids, shortRenewed, T0 + EXPIRY_BUCKET_MS + 10_000), broken.expiresAt, 'in the bucket before')
+  // five distinct credentials in a bucket: the earliest kept, whatever the order they came in
+  const many = table()
+  const expiries = [9, 3, 7, 1, 5].map((h) => start + h * HOUR)
+  for (const [i, e] of expiries.entries())
+    many.admitEntry(identity('batch/job', { source: 'jwt', expiresAt: e }), T0 + i * 1000)
+  const job = identity('batch/job', { source: 'jwt', expiresAt: start + 9 * HOUR })
+  t.equal(read(many, job, T0 + 10_000), start + HOUR, 'the earliest of five')
+  t.equal(read(many, job, (start + HOUR) * 1000 + 1000), start + 3 * HOUR, 'once it expired unseen: the next')
 })
 
 t.test('the earlier credential no longer presented: the later one once the window has passed', async (t) => {
@@ -200,3 +226,82 @@ t.test('a clock set back (NTP correcting a clock that ran ahead) still rolls the
   }
   t.equal(expiry, renewed.expiresAt, 'the credential no longer presented is gone after the window')
 })
+
+/**
+ * The window's rules over every credential presented, kept whole (a set per bucket): what the gauge must read
+ * while a bucket holds no more distinct valid credentials than the window keeps.
+ */
+class WholeWindow {
+  private start = 0
+  private validNow = new Set<number>()
+  private validBefore = new Set<number>()
+  private expiredNow = Number.POSITIVE_INFINITY
+  private expiredBefore = Number.POSITIVE_INFINITY
+  private latest: number | undefined
+
+  present(expiresAt: number, nowMs: number, presentedAtMs: number): void {
+    if (nowMs - this.start >= EXPIRY_BUCKET_MS || nowMs < this.start) {
+      const adjacent = nowMs - this.start < 2 * EXPIRY_BUCKET_MS
+      this.validBefore = adjacent ? this.validNow : new Set()
+      this.expiredBefore = adjacent ? this.expiredNow : Number.POSITIVE_INFINITY
+      this.validNow = new Set()
+      this.expiredNow = Number.POSITIVE_INFINITY
+      this.start = nowMs
+    }
+    this.latest = undefined
+    if (expiresAt <= presentedAtMs / 1000) this.expiredNow = Math.min(this.expiredNow, expiresAt)
+    else {
+      this.validNow.add(expiresAt)
+      this.latest = expiresAt
+    }
+  }
+
+  earliest(nowMs: number): number | undefined {
+    const expired = Math.min(this.expiredNow, this.expiredBefore)
+    if (expired !== Number.POSITIVE_INFINITY) return expired
+    const all = [...this.validNow, ...this.validBefore]
+    const ahead = [...all, ...(this.latest === undefined ? [] : [this.latest])].filter(
+      (e) => e > nowMs / 1000,
+    )
+    if (ahead.length > 0) return Math.min(...ahead)
+    return all.length > 0 ? Math.min(...all) : undefined
+  }
+}
+
+t.test(
+  'the window reads as one that keeps every credential, up to four distinct ones a bucket',
+  async (t) => {
+    // four credentials at most (so never more than four distinct in a bucket), expiring during the run
+    const step = fc.record({
+      credential: fc.nat({ max: 3 }),
+      advanceMs: fc.oneof(fc.nat({ max: 20_000 }), fc.nat({ max: 4 * 60_000 }), fc.constant(11 * 60_000)),
+      startedMsAgo: fc.oneof(fc.constant(0), fc.nat({ max: 10 * 60_000 })),
+    })
+    const run = fc.record({
+      lifetimes: fc.array(fc.integer({ min: 1, max: 40 * 60 }), { minLength: 4, maxLength: 4 }),
+      steps: fc.array(step, { maxLength: 80 }),
+    })
+    checkProperty(
+      t,
+      'gauge = whole-window model',
+      fc.property(run, ({ lifetimes, steps }) => {
+        const window = new EarliestExpiry()
+        const whole = new WholeWindow()
+        let now = T0
+        for (const s of steps) {
+          now += s.advanceMs
+          const expiresAt = start + lifetimes[s.credential]!
+          window.present(expiresAt, now, now - s.startedMsAgo)
+          whole.present(expiresAt, now, now - s.startedMsAgo)
+          // read as a scrape would, right after and a little later
+          for (const readAt of [now, now + 45_000])
+            if (window.earliest(readAt) !== whole.earliest(readAt))
+              throw new Error(
+                `at +${readAt - T0} ms: ${window.earliest(readAt)}, not ${whole.earliest(readAt)}`,
+              )
+        }
+      }),
+      500,
+    )
+  },
+)
