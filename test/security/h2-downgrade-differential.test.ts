@@ -20,18 +20,17 @@
 // Below the generated cases, hand-written ones for each disagreement that was a bug.
 import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { connect, type Socket } from 'node:net'
+import { connect } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import fc from 'fast-check'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { FLAG, FRAME, frame, headerBlock, PREFACE, responseStatus } from '../helpers/h2-frames.ts'
 import { mapLimit } from '../helpers/limit.ts'
-import { listenUntilTeardown } from '../helpers/net.ts'
 import { skipWithoutNginx, startNginx } from '../helpers/nginx.ts'
 import { createServerPki, mtlsListen } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
+import { type Arrival, recordingUpstream } from '../helpers/recording-upstream.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -539,105 +538,6 @@ function wireOf(specs: StreamSpec[], id: number): Wire {
 // ---- the recording upstream -------------------------------------------------------------------------------
 
 /** one request node:http parsed at an upstream */
-interface Arrival {
-  method: string
-  url: string
-  headers: [string, string][]
-  body: string
-  trailers: [string, string][]
-  /** its body arrived to its end */
-  complete: boolean
-}
-
-interface RecordingUpstream {
-  port: number
-  arrivals: Arrival[]
-  /** byte streams from a front that node:http could not parse: the front sent what it did not mean */
-  unparsed: { code: string; bytes: string }[]
-  /** requests begun whose body is still arriving */
-  open: () => number
-  /** connections from the front: accepted, and closed since */
-  connections: () => { accepted: number; closed: number }
-}
-
-const pairs = (raw: string[]) => raw.flatMap((v, i, a): [string, string][] => (i % 2 ? [] : [[v, a[i + 1]!]]))
-
-async function recordingUpstream(t: Test): Promise<RecordingUpstream> {
-  const arrivals: Arrival[] = []
-  const unparsed: RecordingUpstream['unparsed'] = []
-  const received = new WeakMap<Socket, { bytes: string }>()
-  let open = 0
-  const connections = { accepted: 0, closed: 0 }
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
-    const arrival: Arrival = {
-      method: req.method ?? '',
-      url: req.url ?? '',
-      headers: pairs(req.rawHeaders),
-      body: '',
-      trailers: [],
-      complete: false,
-    }
-    arrivals.push(arrival)
-    open++
-    req.setEncoding('latin1')
-    req.on('data', (c: string) => {
-      arrival.body += c
-    })
-    req.on('close', () => {
-      if (!arrival.complete) open--
-    })
-    req.on('end', () => {
-      arrival.complete = true
-      arrival.trailers = pairs(req.rawTrailers)
-      open--
-      res.writeHead(200, { 'content-type': 'text/plain' })
-      res.end(`ok ${arrival.url}`)
-    })
-  }
-  const server = createServer({ insecureHTTPParser: false, keepAliveTimeout: 30_000 }, onRequest)
-  server.on('checkExpectation', onRequest)
-  server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
-    arrivals.push({
-      method: req.method ?? '',
-      url: req.url ?? '',
-      headers: pairs(req.rawHeaders),
-      body: '',
-      trailers: [],
-      complete: true,
-    })
-    socket.destroy()
-  })
-  server.on('connect', (req: IncomingMessage, socket: Socket) => {
-    arrivals.push({
-      method: req.method ?? '',
-      url: req.url ?? '',
-      headers: pairs(req.rawHeaders),
-      body: '',
-      trailers: [],
-      complete: true,
-    })
-    socket.destroy()
-  })
-  server.on('connection', (socket: Socket) => {
-    const record = { bytes: '' }
-    received.set(socket, record)
-    connections.accepted++
-    socket.on('close', () => {
-      connections.closed++
-    })
-    socket.on('data', (c: Buffer) => {
-      if (record.bytes.length < 4096) record.bytes += c.toString('latin1')
-    })
-  })
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (err.code !== 'ECONNRESET' && err.code !== 'HPE_INVALID_EOF_STATE')
-      unparsed.push({ code: err.code ?? String(err), bytes: received.get(socket)?.bytes ?? '' })
-    socket.destroy()
-  })
-  const port = await listenUntilTeardown(t, server)
-  return { port, arrivals, unparsed, open: () => open, connections: () => ({ ...connections }) }
-}
-
 // ---- one exchange -----------------------------------------------------------------------------------------
 
 /** what answered one stream: `status N` (`status ?` for one not in the static table), `reset N`, `goaway N`, `none` */

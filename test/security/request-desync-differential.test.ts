@@ -20,16 +20,17 @@
 // above held), and the count is reported. Below the generated cases, hand-written ones for each disagreement
 // that was a bug.
 import { once } from 'node:events'
-import { createServer, type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
+import { STATUS_CODES } from 'node:http'
 import { connect as h2connect } from 'node:http2'
-import { connect, type Socket } from 'node:net'
+import { connect } from 'node:net'
 import fc from 'fast-check'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { mapLimit } from '../helpers/limit.ts'
-import { listenUntilTeardown, rawExchange } from '../helpers/net.ts'
+import { rawExchange } from '../helpers/net.ts'
 import { skipWithoutNginx, startNginx } from '../helpers/nginx.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
+import { type Arrival, recordingUpstream } from '../helpers/recording-upstream.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
@@ -545,94 +546,6 @@ function wireOf(c: DesyncCase, id: number): Wire {
 // ---- the recording upstream -------------------------------------------------------------------------------
 
 /** one request node:http parsed at an upstream */
-interface Arrival {
-  conn: number
-  method: string
-  url: string
-  headers: [string, string][]
-  body: string
-  /** its body arrived to its end */
-  complete: boolean
-}
-
-interface RecordingUpstream {
-  port: number
-  arrivals: Arrival[]
-  /** byte streams from a front that node:http could not parse: the front sent what it did not mean */
-  unparsed: { conn: number; code: string; bytes: string }[]
-  /** requests begun whose body is still arriving */
-  open: () => number
-}
-
-const pairs = (raw: string[]) => raw.flatMap((v, i, a): [string, string][] => (i % 2 ? [] : [[v, a[i + 1]!]]))
-
-async function recordingUpstream(t: Test): Promise<RecordingUpstream> {
-  const arrivals: Arrival[] = []
-  const unparsed: RecordingUpstream['unparsed'] = []
-  const received = new WeakMap<Socket, { conn: number; bytes: string }>()
-  let connections = 0
-  let open = 0
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
-    const arrival: Arrival = {
-      conn: received.get(req.socket)?.conn ?? 0,
-      method: req.method ?? '',
-      url: req.url ?? '',
-      headers: pairs(req.rawHeaders),
-      body: '',
-      complete: false,
-    }
-    arrivals.push(arrival)
-    open++
-    req.setEncoding('latin1')
-    req.on('data', (c: string) => {
-      arrival.body += c
-    })
-    req.on('close', () => {
-      if (!arrival.complete) open--
-    })
-    req.on('end', () => {
-      arrival.complete = true
-      open--
-      res.writeHead(200, { 'content-type': 'text/plain' })
-      res.end(`ok ${arrival.url}`)
-    })
-  }
-  // strict: llhttp as node:http runs it by default, insecureHTTPParser off
-  const server = createServer({ insecureHTTPParser: false, keepAliveTimeout: 30_000 }, onRequest)
-  // an Expect the front passed on is the request's, not the upstream's to refuse
-  server.on('checkExpectation', onRequest)
-  // an upgrade request (none is generated): recorded, and its connection closed
-  server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
-    arrivals.push({
-      conn: 0,
-      method: req.method ?? '',
-      url: req.url ?? '',
-      headers: pairs(req.rawHeaders),
-      body: '',
-      complete: true,
-    })
-    socket.destroy()
-  })
-  server.on('connection', (socket: Socket) => {
-    const record = { conn: ++connections, bytes: '' }
-    received.set(socket, record)
-    socket.on('data', (c: Buffer) => {
-      // for the report of what could not be parsed: the first bytes are enough
-      if (record.bytes.length < 4096) record.bytes += c.toString('latin1')
-    })
-  })
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    // a front that closes its pooled connection: not a parse failure
-    if (err.code !== 'ECONNRESET' && err.code !== 'HPE_INVALID_EOF_STATE') {
-      const record = received.get(socket)
-      unparsed.push({ conn: record?.conn ?? 0, code: err.code ?? String(err), bytes: record?.bytes ?? '' })
-    }
-    socket.destroy()
-  })
-  const port = await listenUntilTeardown(t, server)
-  return { port, arrivals, unparsed, open: () => open }
-}
-
 // ---- one exchange -----------------------------------------------------------------------------------------
 
 interface Answer {
