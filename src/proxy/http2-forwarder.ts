@@ -157,6 +157,15 @@ function notEstablished(session: ClientHttp2Session): Error {
   return Object.assign(new Error(message), { code: 'ETIMEDOUT' })
 }
 
+/**
+ * The proxy's SETTINGS to its upstreams. node:http2 clients take server pushes by default, and the proxy
+ * passes none on: each pushed stream stayed open with no listener, and when its session ended with an error
+ * (an upstream's GOAWAY with an error code, its connection reset) the stream was handed that error with no
+ * one to hear it, which ended the process. Refused, a PUSH_PROMISE from an upstream that acknowledged this
+ * is a connection error (RFC 9113 §8.4); one sent before is refused by nghttp2 alone, no stream ever made.
+ */
+const NO_PUSH = { enablePush: false } as const
+
 /** why a gRPC call still open at the end of the drain is ended: its client may retry it elsewhere */
 const SHUTDOWN_MESSAGE = 'proxy shutting down'
 
@@ -199,7 +208,7 @@ export class Http2Forwarder {
     if (session !== undefined && !session.closed && !session.destroyed && !this.goaways.has(session))
       return session
     const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
-    const s = connect(url, tls ? this.connectOptions(url) : {})
+    const s = connect(url, { ...(tls ? this.connectOptions(url) : {}), settings: NO_PUSH })
     s.on('error', () => {})
     s.on('goaway', (_code: number, lastStreamID: number) => this.goaways.set(s, lastStreamID))
     // an idle upstream session must not keep the process alive

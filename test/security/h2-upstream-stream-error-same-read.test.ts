@@ -1,0 +1,279 @@
+// The upstream side of h2-stream-error-same-read.test.ts: an h2c upstream (a compromised or buggy backend) that
+// answers several requests sharing its one session with a malformed response on one stream and, in the same
+// read, the frames of the others: DATA past a content-length (which Node 22.23 reads as an nghttp2 error of
+// the whole session), a field HTTP/2 forbids, a :status an HTTP/2 client cannot be given (the forwarder's own
+// reset, from its 'response' handler), a GOAWAY with an error code (node:http2 destroys the session from
+// inside the parse on every Node). None of them ever took the proxy down.
+// What did: a server push. node:http2 clients accept pushes by default and keep each pushed stream, with no
+// listener, until the session goes: destroyed with an error (a GOAWAY with an error code, the upstream's
+// connection reset), the session hands the error to every stream, and the pushed one, unheard, threw it out
+// of the process. Held on every Node: the proxy outlives the upstream, every request of the session gets an
+// answer (its response, a 502, or its stream cut), and the next request opens a new session and is served.
+import { type ClientHttp2Session, connect as h2Connect } from 'node:http2'
+import { createServer as createNetServer, type Socket } from 'node:net'
+import t, { type Test } from 'tap'
+import { type BinSidecar, startBin } from '../helpers/bin.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { FLAG, FRAME, frame, headerBlock } from '../helpers/h2-frames.ts'
+import { listenUntilTeardown } from '../helpers/net.ts'
+
+t.setTimeout(120_000)
+
+/** the requests in flight on the upstream's session when it answers them all in one write */
+const STREAMS = 3
+const BODY = Buffer.from('well-formed')
+const PUSH_PROMISE = 5
+const PROTOCOL_ERROR = 1
+
+const head = (id: number, fields: [string, string][] = [[':status', '200']]) =>
+  frame(FRAME.HEADERS, FLAG.END_HEADERS, id, headerBlock(fields))
+const data = (id: number, body = BODY, end = true) => frame(FRAME.DATA, end ? FLAG.END_STREAM : 0, id, body)
+/** a well-formed answer: a head with the length of its body, and the body */
+const answer = (id: number) => [
+  head(id, [
+    [':status', '200'],
+    ['content-length', String(BODY.length)],
+  ]),
+  data(id),
+]
+
+function goaway(lastStreamId: number, code: number): Buffer {
+  const payload = Buffer.alloc(8)
+  payload.writeUInt32BE(lastStreamId, 0)
+  payload.writeUInt32BE(code, 4)
+  return frame(FRAME.GOAWAY, 0, 0, payload)
+}
+
+/** PUSH_PROMISE on stream `on` of stream `promised`, then the pushed response's head and a first DATA */
+function pushOpen(on: number, promised: number): Buffer[] {
+  const id = Buffer.alloc(4)
+  id.writeUInt32BE(promised)
+  const request = headerBlock([
+    [':method', 'GET'],
+    [':scheme', 'http'],
+    [':authority', 'app.example'],
+    [':path', '/pushed'],
+  ])
+  return [
+    frame(PUSH_PROMISE, FLAG.END_HEADERS, on, Buffer.concat([id, request])),
+    head(promised),
+    data(promised, BODY, false),
+  ]
+}
+
+/** every request answered, the first with a push promised and left open on it before its body */
+const pushThenAnswers = ([first, ...rest]: number[]) => [
+  head(first!),
+  ...pushOpen(first!, 2),
+  data(first!),
+  ...rest.flatMap(answer),
+]
+
+interface Script {
+  /** written in one write once the STREAMS requests have arrived; `ids` in the order they came */
+  now: (ids: number[]) => Buffer[]
+  /** what the upstream does once every request has its answer: reset its connection */
+  afterwards?: 'reset'
+  /** the upstream never acknowledges the proxy's SETTINGS: the proxy's own are not in force yet */
+  unacknowledged?: true
+}
+
+const CASES: [string, Script][] = [
+  [
+    'DATA past its content-length, then the other streams’ heads and DATA',
+    {
+      now: ([first, ...rest]) => [
+        head(first!, [
+          [':status', '200'],
+          ['content-length', '1'],
+        ]),
+        data(first!),
+        ...rest.flatMap(answer),
+      ],
+    },
+  ],
+  [
+    'every head, then DATA past a content-length and the other streams’ DATA',
+    {
+      now: ([first, ...rest]) => [
+        head(first!, [
+          [':status', '200'],
+          ['content-length', '1'],
+        ]),
+        ...rest.map((id) =>
+          head(id, [
+            [':status', '200'],
+            ['content-length', String(BODY.length)],
+          ]),
+        ),
+        data(first!),
+        ...rest.map((id) => data(id)),
+      ],
+    },
+  ],
+  [
+    'a field HTTP/2 forbids (connection), then the other streams’ heads and DATA',
+    {
+      now: ([first, ...rest]) => [
+        head(first!, [
+          [':status', '200'],
+          ['connection', 'close'],
+        ]),
+        data(first!),
+        ...rest.flatMap(answer),
+      ],
+    },
+  ],
+  [
+    'a :status an HTTP/2 client cannot be given, then the other streams’ heads and DATA',
+    {
+      now: ([first, ...rest]) => [head(first!, [[':status', '600']]), data(first!), ...rest.flatMap(answer)],
+    },
+  ],
+  [
+    'every head, GOAWAY PROTOCOL_ERROR, then every stream’s DATA',
+    {
+      now: (ids) => [
+        ...ids.map((id) => head(id)),
+        goaway(ids[ids.length - 1]!, PROTOCOL_ERROR),
+        ...ids.map((id) => data(id)),
+      ],
+    },
+  ],
+  [
+    'a server push, GOAWAY PROTOCOL_ERROR, then the streams’ DATA',
+    {
+      now: ([first, ...rest]) => [
+        head(first!),
+        ...pushOpen(first!, 2),
+        goaway(rest[rest.length - 1]!, PROTOCOL_ERROR),
+        data(first!),
+        ...rest.flatMap(answer),
+      ],
+    },
+  ],
+  [
+    'a server push left open, then the upstream’s connection reset',
+    {
+      now: pushThenAnswers,
+      afterwards: 'reset',
+    },
+  ],
+  [
+    'a server push before the upstream acknowledged the proxy’s SETTINGS, then its connection reset',
+    {
+      now: pushThenAnswers,
+      afterwards: 'reset',
+      unacknowledged: true,
+    },
+  ],
+]
+
+/**
+ * A raw h2c upstream: the first STREAMS requests of its first connection get `script` in one write, every
+ * later request (on that connection or a new one) a well-formed answer. `settled()` runs `script.afterwards`.
+ */
+async function scriptedH2Upstream(t: Test, script: Script) {
+  let scripted: Socket | undefined
+  const server = createNetServer((socket: Socket) => {
+    socket.on('error', () => {})
+    let buffered = Buffer.alloc(0)
+    let prefaceSeen = false
+    const ids: number[] = []
+    socket.write(frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)))
+    socket.on('data', (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk])
+      if (!prefaceSeen) {
+        if (buffered.length < 24) return
+        buffered = buffered.subarray(24)
+        prefaceSeen = true
+      }
+      while (buffered.length >= 9) {
+        const length = buffered.readUIntBE(0, 3)
+        if (buffered.length < 9 + length) return
+        const type = buffered[3]
+        const flags = buffered[4]!
+        const id = buffered.readUInt32BE(5) & 0x7fffffff
+        buffered = buffered.subarray(9 + length)
+        if (type === FRAME.SETTINGS && !(flags & FLAG.ACK) && script.unacknowledged !== true)
+          socket.write(frame(FRAME.SETTINGS, FLAG.ACK, 0, Buffer.alloc(0)))
+        if (type !== FRAME.HEADERS) continue
+        if (scripted !== undefined) {
+          socket.write(Buffer.concat(answer(id)))
+          continue
+        }
+        ids.push(id)
+        if (ids.length < STREAMS) continue
+        scripted = socket
+        socket.write(Buffer.concat(script.now(ids)))
+      }
+    })
+  })
+  const port = await listenUntilTeardown(t, server)
+  return {
+    url: `h2c://127.0.0.1:${port}`,
+    settled: () => {
+      if (script.afterwards === 'reset') scripted?.resetAndDestroy()
+    },
+  }
+}
+
+/** a GET over `session`: `200 <body>`, another status, or `reset` for a stream cut or refused */
+async function get(session: ClientHttp2Session, path: string): Promise<string> {
+  const stream = session.request({ ':path': path }, { endStream: true })
+  // an error ends the stream too: what it says is in rstCode and the missing response
+  const closed = new Promise((resolve) => stream.once('close', resolve))
+  stream.on('error', () => {})
+  let status = 0
+  let body = ''
+  stream.on('response', (headers) => {
+    status = Number(headers[':status'])
+  })
+  stream.setEncoding('utf8')
+  stream.on('data', (chunk: string) => {
+    body += chunk
+  })
+  await closed
+  if (stream.rstCode !== 0 || status === 0) return 'reset'
+  return status === 200 ? `200 ${body}` : String(status)
+}
+
+function assertAlive(t: Test, sidecar: BinSidecar, name: string): void {
+  t.equal(sidecar.child.exitCode, null, `${name}: the proxy is still running`)
+  t.equal(sidecar.child.signalCode, null, `${name}: not killed by a signal`)
+  t.notMatch(sidecar.stderr(), /Assertion failed|internal_error/, `${name}: no abort, no uncaught error`)
+}
+
+for (const [name, script] of CASES) {
+  t.test(name, async (t) => {
+    const upstream = await scriptedH2Upstream(t, script)
+    const sidecar = await startBin(t, { upstream: upstream.url, timeouts: { upstream: '10s' } })
+    const client = h2Connect(sidecar.proxyUrl)
+    client.on('error', () => {})
+    t.teardown(() => client.destroy())
+    // concurrent, so that the proxy sends them all on its one session to the upstream
+    const answers = await Promise.all(
+      Array.from({ length: STREAMS }, (_, i) => get(client, `/concurrent/${i}`)),
+    )
+    for (const [i, got] of answers.entries())
+      t.match(got, /^(200 well-formed|502|reset)$/, `request ${i}: its response, a 502 or its stream cut`)
+    upstream.settled()
+    // the next request needs a new session to the upstream: the proxy has let go of the broken one
+    const next = await eventually(
+      async () => {
+        if (sidecar.child.exitCode !== null || sidecar.child.signalCode !== null) return 'the proxy exited'
+        const fresh = h2Connect(sidecar.proxyUrl)
+        fresh.on('error', () => {})
+        try {
+          const got = await get(fresh, '/next')
+          return got === 'reset' ? undefined : got
+        } finally {
+          fresh.destroy()
+        }
+      },
+      { what: 'the next request answered', timeoutMs: 20_000 },
+    )
+    t.equal(next, `200 ${BODY}`, 'the next request is served')
+    assertAlive(t, sidecar, name)
+  })
+}
