@@ -53,7 +53,7 @@ import { toLiveEvent } from './telemetry/live.ts'
 import { tableLimits } from './telemetry/metrics-recorder.ts'
 import { PodExport, type PodSnapshot } from './telemetry/pod-export.ts'
 import { PodMetrics } from './telemetry/pod-metrics.ts'
-import { mergeAuditRecords, mergeIdentitiesViews } from './telemetry/pod-views.ts'
+import { mergeAuditRecords, mergeIdentitiesViews, type WorkerIdentitiesView } from './telemetry/pod-views.ts'
 import {
   logUpstreamFailure,
   type UpstreamFailureLine,
@@ -429,6 +429,7 @@ export async function runWorker(wlog: Logger): Promise<void> {
                 m.since,
                 sidecar.telemetry.metrics.requestNamed(),
                 sidecar.telemetry.metrics.issued(),
+                sidecar.telemetry.metrics.presentedExpired(),
               ),
             ),
           () => reply(m.id, undefined),
@@ -446,9 +447,12 @@ export async function runWorker(wlog: Logger): Promise<void> {
           () => reply(m.id, undefined),
         )
         return
-      case 'identities':
-        reply(m.id, sidecar.telemetry.identities(m.sort))
+      case 'identities': {
+        const view: WorkerIdentitiesView = sidecar.telemetry.identities(m.sort)
+        view.presentedExpired = sidecar.telemetry.metrics.presentedExpired()
+        reply(m.id, view)
         return
+      }
       case 'auditQuery':
         reply(m.id, sidecar.telemetry.auditQuery(m.query))
         return
@@ -998,7 +1002,7 @@ export async function startPod(opts: PodOptions): Promise<Pod> {
       (v): v is T => v !== undefined && v !== null,
     )
   const identities = async (sort: IdentitySort | undefined): Promise<IdentitiesView> =>
-    mergeIdentitiesViews(await askAll<IdentitiesView>((id) => ({ nhi: 'identities', id, sort })), {
+    mergeIdentitiesViews(await askAll<WorkerIdentitiesView>((id) => ({ nhi: 'identities', id, sort })), {
       now: Date.now(),
       sort,
       maxIdentities: config.metrics.maxIdentities,

@@ -234,6 +234,17 @@ export class MetricsRecorder implements Recorder {
   }
 
   /**
+   * the tracked identities whose credential expiry is of a credential presented after its expiry
+   * (podIdentityKey): a pod's merge keeps those in use once they have passed, and leaves out the others
+   */
+  presentedExpired(): string[] {
+    const out: string[] = []
+    for (const e of this.table.values())
+      if (!e.overflow && e.expiry.presentedExpired()) out.push(podIdentityKey(e.source, e.name))
+    return out
+  }
+
+  /**
    * Under `workers: N`: the identities the pod admitted, which this worker's table makes room for, and those
    * among them that the pod had folded into `__overflow__` until now. What those counted stays there; their
    * series start again here, as one process starts the series of an identity it admits.

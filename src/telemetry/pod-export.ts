@@ -44,6 +44,13 @@ export interface PodSnapshot {
    * as many as the worker's issuer caps add up to at most.
    */
   issued: [identity: string, issuer: string][]
+  /**
+   * the identities (podIdentityKey) whose credential expiry line is of a credential presented after its
+   * expiry (a Kubernetes token past `warnafter`): once passed, it stays in the pod's merge, where one that
+   * was valid when presented is left out. Its lines cannot tell: a long request presented its credential
+   * valid and is recorded after it expired. All of them at every snapshot; usually none.
+   */
+  presentedExpired: string[]
 }
 
 /** An identity as the pod's merge keys it: `source\0name`, the name escaped as in its label. */
@@ -116,6 +123,7 @@ export class PodExport {
     since: number,
     requestNamed: string[] = [],
     issued: [identity: string, issuer: string][] = [],
+    presentedExpired: string[] = [],
   ): PodSnapshot {
     const scrape = ++this.scrapes
     const full = since !== this.seq
@@ -219,6 +227,7 @@ export class PodExport {
         removed,
         requestNamed,
         issued,
+        presentedExpired,
       }
     }
     const all: PodSnapshot = {
@@ -233,6 +242,7 @@ export class PodExport {
       removed: [],
       requestNamed,
       issued,
+      presentedExpired,
     }
     const ids: number[] = []
     const values: number[] = []

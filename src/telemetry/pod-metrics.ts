@@ -15,7 +15,7 @@ import { flattened } from '../util/flat.ts'
 import { escapeLabelValue, type FamilyInfo, formatValue, writeHeader } from './exposition.ts'
 import { type IdentityTableLimits, madeUpName, OVERFLOW_IDENTITY, Shares } from './identity-table.ts'
 import { PodExport, type PodFamilyDef, type PodSnapshot } from './pod-export.ts'
-import { expiredSinceLastSeen } from './windows.ts'
+import { expiredSincePresented } from './windows.ts'
 
 /** the labels every per-identity series starts with */
 const IDENTITY = /^service="((?:[^"\\]|\\.)*)",identity="((?:[^"\\]|\\.)*)",source="([^"]*)"/
@@ -55,6 +55,8 @@ export interface ProcessExposition {
   /** the `worker` label of this process's runtime series: "1"…"N", or "primary" */
   worker: string
   body: string
+  /** the identities whose credential expiry in `body` was presented expired (PodSnapshot.presentedExpired) */
+  presentedExpired?: string[]
 }
 
 export interface PodState {
@@ -217,6 +219,8 @@ interface Slot {
   requestNamed: string[]
   /** the identities its last snapshot said a capped token issuer named, with that issuer */
   issued: [identity: string, issuer: string][]
+  /** the identities its last snapshot said had their credential expiry presented expired */
+  presentedExpired: ReadonlySet<string>
   /**
    * requests this process counted on nhi_requests lines it no longer renders (an identity it dropped after
    * metrics.idleTtl): still its own, so that its nhi_worker_requests_total never goes down while it lives
@@ -339,6 +343,8 @@ export class PodMetrics {
     }
     slot.requestNamed = snapshot.requestNamed
     slot.issued = snapshot.issued
+    slot.presentedExpired =
+      snapshot.presentedExpired.length === 0 ? NONE_PRESENTED_EXPIRED : new Set(snapshot.presentedExpired)
     slot.seq = snapshot.seq
     return true
   }
@@ -379,7 +385,7 @@ export class PodMetrics {
         exporter = new PodExport()
         this.exporters.set(p.worker, exporter)
       }
-      this.apply(p.worker, exporter.snapshot([p.body], this.since(p.worker)))
+      this.apply(p.worker, exporter.snapshot([p.body], this.since(p.worker), [], [], p.presentedExpired))
     }
     for (const label of this.slots.keys()) {
       if (given.has(label)) continue
@@ -409,7 +415,8 @@ export class PodMetrics {
     if (this.waiting.size > 0) this.stopWaiting()
     const out: string[] = []
     const folding = this.folded.size > 0
-    const lastSeen = this.families.has(EXPIRY) ? this.lastSeenBySlot() : undefined
+    const presentedExpired: ReadonlySet<string>[] = []
+    for (const s of this.slots.values()) presentedExpired[s.index] = s.presentedExpired
     const nowSeconds = (state.now ?? Date.now()) / 1000
     for (const f of this.families.values()) {
       out.push(f.headers[format])
@@ -428,11 +435,7 @@ export class PodMetrics {
         }
         if (folding && line.identity !== undefined && this.folded.has(line.identity)) continue
         if (this.waiting.size > 0 && line.identity !== undefined && this.waiting.has(line.identity)) continue
-        out.push(
-          lastSeen === undefined || f.base !== EXPIRY
-            ? line.render()
-            : line.render(inUse(line, lastSeen, nowSeconds)),
-        )
+        out.push(f.earliest ? line.render(inUse(line, presentedExpired, nowSeconds)) : line.render())
       }
     }
     const service = `service="${escapeLabelValue(state.service)}"`
@@ -476,6 +479,7 @@ export class PodMetrics {
         active: true,
         requestNamed: [],
         issued: [],
+        presentedExpired: NONE_PRESENTED_EXPIRED,
         retiredRequests: 0,
       }
       this.slots.set(process, slot)
@@ -489,6 +493,7 @@ export class PodMetrics {
     slot.families = []
     slot.requestNamed = []
     slot.issued = []
+    slot.presentedExpired = NONE_PRESENTED_EXPIRED
     slot.seq = -1
   }
 
@@ -712,27 +717,6 @@ export class PodMetrics {
     this.carried.set(key, { family, value: carried })
   }
 
-  /** `service\0source\0name` → by process slot, the identity's last request there (unix seconds) */
-  private lastSeenBySlot(): Map<string, number[]> {
-    const bySlot = new Map<string, number[]>()
-    for (const line of this.families.get(LAST_SEEN)?.lines.values() ?? []) {
-      if (line.identity === undefined || line.processes === 0) continue
-      const key = `${line.service}\u0000${line.identity}`
-      let seen = bySlot.get(key)
-      if (seen === undefined) {
-        seen = []
-        bySlot.set(key, seen)
-      }
-      // one line per kind the identity had there: the latest
-      for (let i = 0; i < line.values.length; i++) {
-        const x = line.values[i]
-        const was = seen[i]
-        if (x !== undefined && (was === undefined || x > was)) seen[i] = x
-      }
-    }
-    return bySlot
-  }
-
   private writeIdentities(out: string[], present: Map<string, Present>): void {
     const byKind = new Map<string, number>()
     for (const key of this.admitted.keys()) {
@@ -746,6 +730,7 @@ export class PodMetrics {
 }
 
 const PRIMARY = 'primary'
+const NONE_PRESENTED_EXPIRED: ReadonlySet<string> = new Set()
 
 function withWorker(key: string, worker: string): string {
   const brace = key.indexOf('{')
@@ -754,20 +739,19 @@ function withWorker(key: string, worker: string): string {
 
 /**
  * The pod's credential expiry of an identity: the earliest of its workers', leaving out a worker's that was
- * valid at that worker's last request of the identity and has expired since. The identity's requests went to
- * other workers since (its connections moved): a credential presented after its expiry is counted by the
- * worker that saw it (then it is not later than that worker's last request), and one renewed seconds before
- * it expired is no longer in use, as one process leaves it out. All of them left out: the identity stopped
- * calling, and keeps the value of its last requests, as in one process.
+ * valid when presented there and has expired since. The identity's requests went to other workers since (its
+ * connections moved), or a long request there outlived it: its client renewed it, and one process leaves it
+ * out. One presented after its expiry stays in. All of them left out: the identity stopped calling, and keeps
+ * the value of its last requests, as in one process.
  */
-function inUse(line: Line, lastSeen: Map<string, number[]>, nowSeconds: number): number {
-  const seen = lastSeen.get(`${line.service}\u0000${line.identity}`)
+function inUse(line: Line, presentedExpired: readonly ReadonlySet<string>[], nowSeconds: number): number {
   let earliest: number | undefined
   for (let i = 0; i < line.values.length; i++) {
     const x = line.values[i]
     if (x === undefined) continue
-    const at = seen?.[i]
-    if (at !== undefined && expiredSinceLastSeen(x, at, nowSeconds)) continue
+    const presentedAfterExpiry =
+      line.identity !== undefined && presentedExpired[i]?.has(line.identity) === true
+    if (expiredSincePresented(x, presentedAfterExpiry, nowSeconds)) continue
     if (earliest === undefined || x < earliest) earliest = x
   }
   return earliest ?? line.value()

@@ -2,7 +2,16 @@
 // view's table and its click-through show the whole pod (docs/reference.md "Workers").
 import { type AuditQuery, type AuditRecord, DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT } from './audit-ring.ts'
 import type { EdgeRow, IdentitiesView, IdentityRow, IdentitySort } from './identities.ts'
-import { expiredSinceLastSeen } from './windows.ts'
+import { podIdentityKey } from './pod-export.ts'
+import { expiredSincePresented } from './windows.ts'
+
+/**
+ * A worker's answer for the pod's /identities: its view, and the identities (podIdentityKey) whose
+ * `credentialExpiry` in it is of a credential presented after its expiry (PodSnapshot.presentedExpired)
+ */
+export interface WorkerIdentitiesView extends IdentitiesView {
+  presentedExpired?: readonly string[]
+}
 
 const later = (a: string | undefined, b: string | undefined) =>
   a === undefined || (b !== undefined && b > a) ? b : a
@@ -52,11 +61,20 @@ const comparators: Record<IdentitySort, (a: IdentityRow, b: IdentityRow) => numb
 
 /**
  * Whether a worker's credential expiry (its earliest credential in use) still counts for the pod: not when it
- * was valid at that worker's last request of the identity and has expired since, as pod-metrics.ts inUse()
- * judges the gauge.
+ * was valid when presented there and has expired since, as pod-metrics.ts inUse() judges the gauge.
  */
-function expiryInUse(row: IdentityRow, now: number): boolean {
-  return !expiredSinceLastSeen(Date.parse(row.credentialExpiry!), Date.parse(row.lastSeen), now)
+function expiryInUse(
+  row: IdentityRow,
+  presentedExpired: ReadonlySet<string> | undefined,
+  now: number,
+): boolean {
+  const expiry = Date.parse(row.credentialExpiry!)
+  // looked up only for an expiry that has passed, in the few identities a worker saw present one expired
+  const presentedAfterExpiry =
+    presentedExpired !== undefined &&
+    expiry <= now &&
+    presentedExpired.has(podIdentityKey(row.source, row.name))
+  return !expiredSincePresented(expiry, presentedAfterExpiry, now)
 }
 
 /**
@@ -65,7 +83,7 @@ function expiryInUse(row: IdentityRow, now: number): boolean {
  * that saw it last. Lists every identity some worker tracks.
  */
 export function mergeIdentitiesViews(
-  views: readonly IdentitiesView[],
+  views: readonly WorkerIdentitiesView[],
   opts: { now: number; sort?: IdentitySort; maxIdentities: number; currency?: string },
 ): IdentitiesView {
   const rows = new Map<string, IdentityRow>()
@@ -73,13 +91,14 @@ export function mergeIdentitiesViews(
   /** by identity: the earliest credential expiry of the workers where it is in use, and of all of them */
   const expiries = new Map<string, { inUse: string | undefined; any: string }>()
   for (const view of views) {
+    const presentedExpired = view.presentedExpired?.length ? new Set(view.presentedExpired) : undefined
     for (const row of view.identities) {
       const key = `${row.source}\u0000${row.name}`
       const was = rows.get(key)
       rows.set(key, was ? mergeRow(was, row) : row)
       const expiry = row.credentialExpiry
       if (expiry === undefined) continue
-      const inUse = expiryInUse(row, opts.now) ? expiry : undefined
+      const inUse = expiryInUse(row, presentedExpired, opts.now) ? expiry : undefined
       const earliest = expiries.get(key)
       if (earliest === undefined) expiries.set(key, { inUse, any: expiry })
       else {

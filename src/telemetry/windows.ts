@@ -145,6 +145,14 @@ export class EarliestExpiry {
     return last === NONE ? undefined : last
   }
 
+  /**
+   * whether earliest() is of a credential presented after its expiry, which stays in use while in the window;
+   * otherwise it was valid when presented, and once it has expired, its client renewed it or stopped calling
+   */
+  presentedExpired(): boolean {
+    return this.expiredNow !== NONE || this.expiredBefore !== NONE
+  }
+
   /** into the current bucket's ascending slots, once, if among the earliest */
   private keep(expiresAt: number): void {
     const slots = this.valid
@@ -168,10 +176,13 @@ export class EarliestExpiry {
 }
 
 /**
- * A credential that was valid at its identity's last request there (`lastSeen`) and has expired since (`now`;
- * the same unit for all three): its client renewed it or moved on, so a pod's merge leaves it out of the
- * identity's credential expiry (pod-metrics.ts, pod-views.ts).
+ * A worker's credential expiry of an identity (its EarliestExpiry.earliest()) that was valid when presented
+ * and has expired by `now` (the same unit as `expiry`): its client renewed it or moved on, so a pod's merge
+ * leaves it out of the identity's credential expiry (pod-metrics.ts, pod-views.ts), as one process does.
+ * `presentedExpired` is the worker's EarliestExpiry.presentedExpired() for the identity: the worker's time of
+ * its last request cannot tell, since a long request or stream ends, and is recorded, after the credential it
+ * presented valid has expired.
  */
-export function expiredSinceLastSeen(expiry: number, lastSeen: number, now: number): boolean {
-  return expiry > lastSeen && expiry <= now
+export function expiredSincePresented(expiry: number, presentedExpired: boolean, now: number): boolean {
+  return !presentedExpired && expiry <= now
 }

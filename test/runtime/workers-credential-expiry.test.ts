@@ -1,6 +1,8 @@
 // `workers: 2`: two replicas of one workload keep a connection each, so each worker sees one of their tokens
 // of the same identity: the broken replica's (expiring in 2 h) on one, the renewed one's (24 h) on the other.
 // The pod's /metrics and /identities show the earlier expiry: the largest of the workers' hid the broken one.
+// And a long request that outlived its short-lived token on one worker, while the renewed token's requests
+// went to the other: the pod shows the renewed token's expiry, as one process does, not the expired one.
 import { Agent } from 'node:http'
 import t from 'tap'
 import { exchange } from '../helpers/http.ts'
@@ -69,4 +71,63 @@ t.test("the pod's credential expiry is the earliest of its workers'", async (t) 
   const row = view.identities.find((r) => r.source === 'jwt')
   t.equal(row?.requests, 2 * rounds, 'one row for the pod')
   t.equal(row?.credentialExpiry, new Date(expOf(broken) * 1000).toISOString(), '/identities: the same')
+})
+
+t.test('a long request that outlived its token on one worker: the pod shows the renewed one', async (t) => {
+  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
+  const sidecar = await startTestSidecar(t, {
+    upstream: upstream.url,
+    workers: 2,
+    jwt: { issuers: [{ issuer: jwks.url, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
+  })
+  const token = (expiresIn: number) =>
+    mintToken(key, {}, { issuer: jwks.url, audience: 'orders', subject: 'shop-stream', expiresIn })
+  // expires 2 to 3 s from now (exp is in whole seconds): what the test has to wait for
+  const shortLived = await token(3)
+  const renewed = await token(24 * 3600)
+  const expOf = (jwt: string) =>
+    (JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp
+
+  // one kept-alive connection per replica: the cluster hands the second to the other worker
+  const agents = [0, 1].map(() => new Agent({ keepAlive: true, maxSockets: 1 }))
+  t.teardown(() => {
+    for (const agent of agents) agent.destroy()
+  })
+  const { port } = new URL(sidecar.proxyUrl)
+  const call = (agent: Agent, path: string, jwt: string) =>
+    exchange({ host: '127.0.0.1', port, path, agent, headers: { authorization: `Bearer ${jwt}` } })
+  // the upstream answers half a second after the short-lived token expired: the request presented it valid
+  const heldMs = Math.max(0, expOf(shortLived) * 1000 - Date.now()) + 500
+  const long = call(agents[0]!, `/slow/${heldMs}`, shortLived)
+  // its client renewed the token meanwhile and calls with the new one, on its other connection
+  t.equal((await call(agents[1]!, '/orders/1', renewed)).status, 200)
+  t.equal((await long).status, 200)
+  t.ok(Date.now() > expOf(shortLived) * 1000, 'precondition: the long request ended after its token expired')
+
+  const m = await scrapeUntil(
+    sidecar.adminUrl,
+    (s) => metricValue(s, 'nhi_requests_total', { source: 'jwt', verified: 'true' }) >= 2,
+    'the requests to be recorded',
+  )
+  t.equal(metricValue(m, 'nhi_requests_total', { source: 'jwt', verified: 'true' }), 2)
+  for (const worker of ['1', '2'])
+    t.equal(
+      metricValue(m, 'nhi_worker_requests_total', { worker }),
+      1,
+      `precondition: worker ${worker} served one connection`,
+    )
+  const series = m.filter((s) => s.name === EXPIRY)
+  t.equal(series.length, 1, 'one identity')
+  t.equal(
+    series[0]?.value,
+    expOf(renewed),
+    "the renewed token's expiry, not the one the long request outlived",
+  )
+
+  const view = (await (await fetch(`${sidecar.adminUrl}/identities`)).json()) as {
+    identities: { source: string; name: string; requests: number; credentialExpiry?: string }[]
+  }
+  const row = view.identities.find((r) => r.source === 'jwt')
+  t.equal(row?.requests, 2, 'one row for the pod')
+  t.equal(row?.credentialExpiry, new Date(expOf(renewed) * 1000).toISOString(), '/identities: the same')
 })

@@ -266,6 +266,11 @@ class WholeWindow {
     if (ahead.length > 0) return Math.min(...ahead)
     return all.length > 0 ? Math.min(...all) : undefined
   }
+
+  /** whether earliest() is of a credential presented after its expiry (what a worker tells its pod) */
+  presentedExpired(): boolean {
+    return Math.min(this.expiredNow, this.expiredBefore) !== Number.POSITIVE_INFINITY
+  }
 }
 
 t.test(
@@ -299,6 +304,8 @@ t.test(
               throw new Error(
                 `at +${readAt - T0} ms: ${window.earliest(readAt)}, not ${whole.earliest(readAt)}`,
               )
+          if (window.presentedExpired() !== whole.presentedExpired())
+            throw new Error(`at +${now - T0} ms: presented expired ${window.presentedExpired()}`)
         }
       }),
       500,

@@ -3,10 +3,13 @@
 // and still counted there after they go idle), runtime families kept apart by a worker label.
 import fc from 'fast-check'
 import t from 'tap'
+import { configSchema } from '../../src/config/schema.ts'
 import { IdentityTable } from '../../src/telemetry/identity-table.ts'
+import { Telemetry } from '../../src/telemetry/index.ts'
 import { Metrics } from '../../src/telemetry/metrics.ts'
 import { PodExport } from '../../src/telemetry/pod-export.ts'
 import { PodMetrics } from '../../src/telemetry/pod-metrics.ts'
+import { mergeIdentitiesViews } from '../../src/telemetry/pod-views.ts'
 import { identity, requestEvent } from '../helpers/events.ts'
 import { parseExposition } from '../helpers/exposition.ts'
 import { checkProperty } from '../helpers/property.ts'
@@ -109,25 +112,98 @@ t.test("the credential expiry is the earliest of the workers', not the largest",
   )
 })
 
-t.test('a worker whose credential expired after its last request there no longer counts', async (t) => {
-  /** the pod's expiry of `a` at `now`, each worker given as [its last request of `a`, its expiry] */
-  const merge = (now: number, ...workers: [lastSeen: number, expiry: number][]) =>
-    value(
-      new PodMetrics().merge(
-        workers.map(([lastSeen, expiry], i) => ({ worker: String(i + 1), body: expiring(lastSeen, expiry) })),
-        primary,
-        { ...state(10), now: now * 1000 },
-        false,
-      ),
-      EXPIRY_A,
+t.test(
+  'a worker whose credential was valid when presented and has expired since no longer counts',
+  async (t) => {
+    /**
+     * the pod's expiry of `a` at `now`, each worker given as its last request of `a`, its expiry, and whether it
+     * said that expiry's credential was presented after it expired
+     */
+    const merge = (
+      now: number,
+      ...workers: [lastSeen: number, expiry: number, presentedExpired?: boolean][]
+    ) =>
+      value(
+        new PodMetrics().merge(
+          workers.map(([lastSeen, expiry, presentedExpired], i) => ({
+            worker: String(i + 1),
+            body: expiring(lastSeen, expiry),
+            presentedExpired: presentedExpired ? ['apikey\u0000a'] : [],
+          })),
+          primary,
+          { ...state(10), now: now * 1000 },
+          false,
+        ),
+        EXPIRY_A,
+      )
+    // renewed seconds before its expiry (at 600): its later requests went to worker 2
+    t.equal(merge(590, [500, 600], [550, 4_200]), 600, 'not expired yet: still the earliest')
+    t.equal(merge(1_000, [599, 600], [900, 4_200]), 4_200, 'expired since its last request there: left out')
+    // a stream opened at 570 with the credential expiring at 600 ended at 700, after it: its client renewed it
+    // and calls with the renewed one on worker 2, as one process sees it
+    t.equal(merge(1_000, [700, 600], [900, 4_200]), 4_200, 'a long request that outlived it: left out')
+    // presented after its expiry (a Kubernetes token past warnafter): in use, whatever the others say
+    t.equal(merge(1_000, [900, 600, true], [950, 4_200]), 600)
+    t.equal(merge(1_000, [599, 600, true], [950, 4_200]), 600, 'also when its worker saw it last before then')
+    // every worker's expired after it was presented: the identity stopped calling, and keeps its last value
+    t.equal(merge(1_000, [599, 600], [650, 700]), 600)
+  },
+)
+
+t.test("workers' telemetry through the pod's merges: a stream that outlived its credential", async (t) => {
+  const T0 = 1_800_000_000_000
+  const start = T0 / 1000
+  const old = identity('shop/stream', { source: 'jwt', expiresAt: start + 600 })
+  const next = identity('shop/stream', { source: 'jwt', expiresAt: start + 600 + 3600 })
+  /** a worker process's telemetry on a shared clock */
+  let now = T0
+  const telemetryOf = () => {
+    const telemetry = new Telemetry(configSchema.parse({ service: 's', audit: { output: 'off' } }), {
+      version: '1',
+      now: () => now,
+    })
+    t.teardown(() => telemetry.close())
+    return telemetry
+  }
+  const workers = [telemetryOf(), telemetryOf()]
+  // worker 1: a stream opened with the old token 30 s before it expired, recorded when it ends a minute later
+  now = T0 + 630_000
+  workers[0]!.record(requestEvent({ identity: old, durationMs: 60_000 }))
+  // worker 2: the client renewed its token before the old one expired and calls with the new one
+  now = T0 + 640_000
+  workers[1]!.record(requestEvent({ identity: next }))
+  // worker 1 again: a request that started after the old token expired presented it expired
+  const late = identity('shop/late', { source: 'jwt', expiresAt: start + 600 })
+  const renewedLate = identity('shop/late', { source: 'jwt', expiresAt: start + 600 + 3600 })
+  workers[0]!.record(requestEvent({ identity: late, durationMs: 5_000 }))
+  workers[1]!.record(requestEvent({ identity: renewedLate }))
+  now = T0 + 650_000
+
+  const pod = new PodMetrics()
+  for (const [i, w] of workers.entries()) {
+    const label = String(i + 1)
+    const snapshot = new PodExport().snapshot(
+      await w.metrics.pieces(),
+      pod.since(label),
+      w.metrics.requestNamed(),
+      w.metrics.issued(),
+      w.metrics.presentedExpired(),
     )
-  // renewed seconds before its expiry (at 600): its later requests went to worker 2
-  t.equal(merge(590, [500, 600], [550, 4_200]), 600, 'not expired yet: still the earliest')
-  t.equal(merge(1_000, [599, 600], [900, 4_200]), 4_200, 'expired since its last request there: left out')
-  // presented after its expiry (a Kubernetes token past warnafter): in use, whatever the others say
-  t.equal(merge(1_000, [900, 600], [950, 4_200]), 600)
-  // every worker's expired after its last request: the identity stopped calling, and keeps its last value
-  t.equal(merge(1_000, [599, 600], [650, 700]), 600)
+    t.ok(pod.apply(label, snapshot))
+  }
+  const body = pod.render({ ...state(10), now }, false)
+  const expiry = (name: string) =>
+    value(body, `nhi_credential_expiry_timestamp_seconds{service="s",identity="${name}",source="jwt"}`)
+  t.equal(expiry('shop/stream'), next.expiresAt, "the renewed one: worker 1's was valid when presented")
+  t.equal(expiry('shop/late'), late.expiresAt, 'presented after its expiry: still in use')
+
+  const view = mergeIdentitiesViews(
+    workers.map((w) => ({ ...w.identities(), presentedExpired: w.metrics.presentedExpired() })),
+    { now, maxIdentities: 10 },
+  )
+  const credentialExpiry = (name: string) => view.identities.find((r) => r.name === name)?.credentialExpiry
+  t.equal(credentialExpiry('shop/stream'), new Date(next.expiresAt! * 1000).toISOString(), '/identities')
+  t.equal(credentialExpiry('shop/late'), new Date(late.expiresAt! * 1000).toISOString(), '/identities')
 })
 
 t.test('the identity cap holds for the pod and the overflow counter stays monotonic', async (t) => {
