@@ -88,6 +88,12 @@ function describeReceived(message: string): string {
   return message.replace(/^Invalid input: /, '').replace(/^Invalid option: /, '')
 }
 
+/**
+ * the tags of YAML 1.2's core schema, which resolve plain values: one whose value does not fit is unresolved.
+ * (YAML 1.1's !!binary, !!timestamp, !!set… resolve, to values no config key takes: the schema says so.)
+ */
+const CORE_TAGS = new Set(['!!str', '!!int', '!!float', '!!bool', '!!null', '!!map', '!!seq'])
+
 export function parseYamlWith<S extends z.ZodMiniType>(
   text: string,
   file: string,
@@ -139,6 +145,24 @@ export function parseYamlWith<S extends z.ZodMiniType>(
 
   const errors: Diagnostic[] = []
   for (const e of doc.errors) errors.push(diag(e.pos[0], `YAML syntax error: ${e.message.split('\n')[0]}`))
+  if (errors.length) return { errors, locate }
+
+  // The yaml library only warns of a tag it cannot resolve and reads its value as a string: `!env TOKEN`
+  // would be the text "TOKEN" as a secret, `!!int 127.0.0.1:0` an address typed as a number. Refused.
+  for (const w of doc.warnings) {
+    const tag = /^Unresolved tag: (\S+)/.exec(w.message)?.[1]?.replace(/^tag:yaml\.org,2002:/, '!!')
+    if (tag === undefined) errors.push(diag(w.pos[0], `YAML error: ${w.message.split('\n')[0]}`))
+    else
+      errors.push(
+        diag(
+          w.pos[0],
+          CORE_TAGS.has(tag)
+            ? `YAML tag ${tag} does not fit its value`
+            : `YAML tag ${tag} is not supported: the config is plain YAML, which gives a tag no meaning`,
+          'remove the tag, and quote the value if it is text',
+        ),
+      )
+  }
   if (errors.length) return { errors, locate }
 
   const alias = unresolvedAlias(doc)

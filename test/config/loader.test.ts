@@ -77,6 +77,23 @@ t.test('bad types, enums and durations', async (t) => {
   )
 })
 
+// the yaml library only warns of a tag it cannot resolve, and reads the value as a string: accepted, `!env TOKEN`
+// was the text "TOKEN" where a secret was meant
+t.test('a YAML tag the config cannot resolve is an error at the tag', async (t) => {
+  t.same(lines(errorsOf('service: x\napiKeys:\n  header: !env API_KEY_HEADER\n')), [
+    'c.yaml:3:11 YAML tag !env is not supported: the config is plain YAML, which gives a tag no meaning (hint: remove the tag, and quote the value if it is text)',
+  ])
+  t.same(lines(errorsOf('listen:\n  http: !!int 127.0.0.1:0\nmetrics: { maxIdentities: !!bool 10 }\n')), [
+    'c.yaml:2:9 YAML tag !!int does not fit its value (hint: remove the tag, and quote the value if it is text)',
+    'c.yaml:3:27 YAML tag !!bool does not fit its value (hint: remove the tag, and quote the value if it is text)',
+  ])
+  const r = parseConfigText('service: !!str x\nmetrics: { maxIdentities: !!int 100 }\n', 'c.yaml')
+  t.ok(
+    r.ok && r.config.service === 'x' && r.config.metrics.maxIdentities === 100,
+    'a core tag that fits: its value',
+  )
+})
+
 t.test('YAML syntax errors carry their position', async (t) => {
   const e = errorsOf('service: x\nidentities: [ a, b\nmetrics: {}\n')
   t.ok(e.length > 0)
