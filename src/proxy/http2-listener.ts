@@ -34,17 +34,24 @@ const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
 const NGHTTP2_ERR_FLOODED = -904
 
 /**
- * Moves node:http2's own destroy of a session for an nghttp2 error (ERR_HTTP2_ERROR) out of the read that
- * found it. Node 22.23 destroys the session from inside nghttp2's parse when one stream is malformed (DATA past
- * its content-length, a stream error of RFC 9113 §8.1.1); the parse goes on, a later stream's HEADERS in the
- * same read get no JS side (the session is gone), and that stream's DATA then aborts the process on an internal
- * assertion (`onread->IsFunction()`, nodejs/node#64850): one packet from any client. A turn later the session
- * ends as Node decided; Node 20, 24 and 26 reset the one stream and never call this.
+ * The errors node:http2 destroys a session with from inside nghttp2's parse: ERR_HTTP2_ERROR for an nghttp2
+ * error, ERR_HTTP2_SESSION_ERROR for the peer's GOAWAY with an error code (the only place it raises that one)
+ */
+const DESTROYED_INSIDE_THE_READ = new Set(['ERR_HTTP2_ERROR', 'ERR_HTTP2_SESSION_ERROR'])
+
+/**
+ * Moves node:http2's own destroy of a session from inside nghttp2's parse out of the read that found it. Node
+ * 22.23 destroys the session there when one stream is malformed (DATA past its content-length, a stream error
+ * of RFC 9113 §8.1.1) or when the client sends GOAWAY with an error code; the parse goes on, a later stream's
+ * HEADERS in the same read get no JS side (the session is gone), and that stream's DATA then aborts the
+ * process on an internal assertion (`onread->IsFunction()`, nodejs/node#64850): one packet from any client.
+ * A turn later the session ends as Node decided; Node 20, 24 and 26 survive the destroy inside the parse.
  */
 function destroyOutsideTheRead(session: ServerHttp2Session): void {
   const destroy = session.destroy
   session.destroy = (error?: Error, code?: number) => {
-    if ((error as NodeJS.ErrnoException | undefined)?.code !== 'ERR_HTTP2_ERROR')
+    const errorCode = (error as NodeJS.ErrnoException | undefined)?.code
+    if (errorCode === undefined || !DESTROYED_INSIDE_THE_READ.has(errorCode))
       destroy.call(session, error, code)
     else setImmediate(() => destroy.call(session, error, code))
   }
