@@ -175,6 +175,8 @@ export class Http2Forwarder {
   private readonly goaways = new WeakMap<ClientHttp2Session, number>()
   /** the sessions whose upstream sent its SETTINGS: before that, a failure is a connect failure */
   private readonly established = new WeakSet<ClientHttp2Session>()
+  /** the sessions asked whether they still work (check): no new stream goes on them until their PING returns */
+  private readonly checking = new WeakSet<ClientHttp2Session>()
   /** the gRPC calls in flight, each with what ends it at shutdown (see endCalls) */
   private readonly calls = new Set<() => Promise<void>>()
   private tls: Http2ForwarderOptions['tls']
@@ -204,8 +206,15 @@ export class Http2Forwarder {
    */
   private session(origin: string, tls: boolean): ClientHttp2Session {
     const session = this.sessions.get(origin)
-    // a session told to go away takes no new stream (node:http2 closes it, after the 'goaway' event)
-    if (session !== undefined && !session.closed && !session.destroyed && !this.goaways.has(session))
+    // a session told to go away takes no new stream (node:http2 closes it, after the 'goaway' event), nor one
+    // being checked
+    if (
+      session !== undefined &&
+      !session.closed &&
+      !session.destroyed &&
+      !this.goaways.has(session) &&
+      !this.checking.has(session)
+    )
       return session
     const url = origin.replace(/^h2c:/, 'http:').replace(/^h2:/, 'https:')
     const s = connect(url, { ...(tls ? this.connectOptions(url) : {}), settings: NO_PUSH })
@@ -226,6 +235,43 @@ export class Http2Forwarder {
     })
     this.sessions.set(origin, s)
     return s
+  }
+
+  /**
+   * A stream on `session` met the upstream's silence until a deadline (no response head by timeouts.upstream, an
+   * answered stream idle for timeouts.tunnelIdle): the upstream's doing, or the session's. nghttp2 1.61 (Node 20)
+   * ends a session on some connection errors of the upstream (DATA before a response's HEADERS, a padding length
+   * past its frame) with its own GOAWAY without telling node:http2, which neither closes nor destroys it: it
+   * reads and writes nothing more, and every stream on it, the next requests' too, waits for its deadline until
+   * the upstream closes the connection. Nothing node:http2 shows tells such a session apart (its state looks
+   * like any other's, a PING on it is taken and queued), so it is asked: no new stream goes on it (the next
+   * request opens a new session) until its PING comes back, within the connect deadline, which bounds the
+   * upstream's SETTINGS too. One whose PING does not come back is destroyed, failing the streams still on it; one
+   * whose PING does is used again, or, when a new session has taken its place, closed once its streams are done.
+   * Later Node versions destroy such a session themselves. A stream that ends with an error asks for no check:
+   * the error came in through its session, which still reads.
+   */
+  private check(origin: string, session: ClientHttp2Session): void {
+    if (session.closed || session.destroyed || this.checking.has(session)) return
+    this.checking.add(session)
+    const timer = setTimeout(
+      () => session.destroy(new UpstreamError('no answer to a PING from the upstream in time', 'ETIMEDOUT')),
+      connectTimeoutMs(this.options),
+    )
+    timer.unref()
+    const answered = (err: Error | null) => {
+      clearTimeout(timer)
+      // a PING cancelled: the session closed or was destroyed, and has left the map
+      if (err !== null) return
+      this.checking.delete(session)
+      if (this.sessions.get(origin) !== session) session.close()
+    }
+    try {
+      session.ping(answered)
+    } catch {
+      // destroyed already
+      clearTimeout(timer)
+    }
   }
 
   /**
@@ -368,6 +414,7 @@ export class Http2Forwarder {
       /** both sides are reset with CANCEL: each peer learns the proxy no longer needs the stream */
       const idleCut = (idle: TunnelIdle) => {
         if (settled) return
+        this.check(target.origin, current)
         if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL)
         // what a gRPC client makes of RST_STREAM CANCEL
         if (grpc) grpcStatus = GRPC.CANCELLED
@@ -560,9 +607,10 @@ export class Http2Forwarder {
           // deadline below is the client's, and is not). A session still without the upstream's SETTINGS
           // never came up: a connect failure (its own deadline, which is no later, destroys it)
           if (status !== 0) return
-          if (this.established.has(current))
+          if (this.established.has(current)) {
+            this.check(target.origin, current)
             fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
-          else fail('connect', notEstablished(current))
+          } else fail('connect', notEstablished(current))
         }, this.options.headersTimeout),
       )
       if (deadline !== undefined) {

@@ -9,7 +9,7 @@ import { eventually } from './eventually.ts'
 export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
 
 export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7 } as const
-export const FLAG = { END_STREAM: 1, ACK: 1, END_HEADERS: 4 } as const
+export const FLAG = { END_STREAM: 1, ACK: 1, END_HEADERS: 4, PADDED: 8 } as const
 
 /** one frame: the 9-byte header, then the payload */
 export function frame(type: number, flags: number, streamId: number, payload: Buffer): Buffer {

@@ -15,7 +15,7 @@ import { createServer as createTlsServer, Server as TlsServer } from 'node:tls'
 import t, { type Test } from 'tap'
 import { defaultConfig } from '../../src/config/schema.ts'
 import type { UpstreamFailed } from '../../src/proxy/forwarder.ts'
-import { stillTrueFor } from '../helpers/eventually.ts'
+import { eventually, stillTrueFor } from '../helpers/eventually.ts'
 import { listenUntilTeardown } from '../helpers/net.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { startProxy } from '../helpers/proxy-fixture.ts'
@@ -150,3 +150,46 @@ for (const secure of [false, true]) {
     },
   )
 }
+
+// A request the upstream leaves unanswered until timeouts.upstream has its session checked with a PING (nghttp2
+// 1.61 can stop a session without node:http2 knowing, see Http2Forwarder.check): a session that answers it is
+// not given up on, and the response it is still streaming arrives whole.
+t.test('h2c: a session that answers its PING after a headers timeout keeps its streams', async (t) => {
+  const server = createH2cServer()
+  const sessions = new Set<ServerHttp2Session>()
+  let opened = 0
+  server.on('session', (s) => {
+    opened++
+    sessions.add(s)
+    s.once('close', () => sessions.delete(s))
+  })
+  let release: (() => void) | undefined
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {})
+    if (headers[':path'] === '/stall') return
+    stream.respond({ ':status': 200 })
+    if (headers[':path'] !== '/hold') {
+      stream.end('served')
+      return
+    }
+    stream.write('part ')
+    release = () => stream.end('rest')
+  })
+  const port = await listenUntilTeardown(t, server)
+  t.teardown(() => {
+    for (const s of sessions) s.destroy()
+  })
+  const p = await startProxy(t, { upstream: `h2c://127.0.0.1:${port}`, timeouts })
+
+  const held = await fetch(`${p.url}/hold`)
+  t.equal(held.status, 200, 'the held response has started')
+  const stalled = await fetch(`${p.url}/stall`)
+  t.equal(stalled.status, 504, 'the unanswered request gets 504 at timeouts.upstream')
+  await stalled.text()
+  release?.()
+  t.equal(await held.text(), 'part rest', 'the response on the checked session arrives whole')
+  t.equal(await (await fetch(`${p.url}/after`)).text(), 'served', 'the next request is served')
+  // the checked session was used again, or closed once its streams were done if a new one took its place
+  await eventually(() => sessions.size === 1, { what: 'one session left to the upstream' })
+  t.ok(opened <= 2, `no session opened but for the one that may have replaced it (${opened})`)
+})

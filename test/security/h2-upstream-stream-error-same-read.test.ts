@@ -9,6 +9,8 @@
 // connection reset), the session hands the error to every stream, and the pushed one, unheard, threw it out
 // of the process. Held on every Node: the proxy outlives the upstream, every request of the session gets an
 // answer (its response, a 502, or its stream cut), and the next request opens a new session and is served.
+// Also (STOPPING) the two frames nghttp2 1.61 (Node 20) stops the session over without node:http2 knowing: the
+// next request is served on a new session, not sent on the stopped one to wait for its 504.
 import { type ClientHttp2Session, connect as h2Connect } from 'node:http2'
 import { createServer as createNetServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
@@ -70,8 +72,9 @@ const pushThenAnswers = ([first, ...rest]: number[]) => [
 ]
 
 interface Script {
-  /** written in one write once the STREAMS requests have arrived; `ids` in the order they came */
+  /** written in one write once the `streams` (default STREAMS) requests have arrived; `ids` in the order they came */
   now: (ids: number[]) => Buffer[]
+  streams?: number
   /** what the upstream does once every request has its answer: reset its connection */
   afterwards?: 'reset'
   /** the upstream never acknowledges the proxy's SETTINGS: the proxy's own are not in force yet */
@@ -172,10 +175,14 @@ const CASES: [string, Script][] = [
 /**
  * A raw h2c upstream: the first STREAMS requests of its first connection get `script` in one write, every
  * later request (on that connection or a new one) a well-formed answer. `settled()` runs `script.afterwards`.
+ * `laterOn`: the connection (numbered from 1) each later request came on.
  */
 async function scriptedH2Upstream(t: Test, script: Script) {
   let scripted: Socket | undefined
+  let connections = 0
+  const laterOn: number[] = []
   const server = createNetServer((socket: Socket) => {
+    const connection = ++connections
     socket.on('error', () => {})
     let buffered = Buffer.alloc(0)
     let prefaceSeen = false
@@ -199,11 +206,12 @@ async function scriptedH2Upstream(t: Test, script: Script) {
           socket.write(frame(FRAME.SETTINGS, FLAG.ACK, 0, Buffer.alloc(0)))
         if (type !== FRAME.HEADERS) continue
         if (scripted !== undefined) {
+          laterOn.push(connection)
           socket.write(Buffer.concat(answer(id)))
           continue
         }
         ids.push(id)
-        if (ids.length < STREAMS) continue
+        if (ids.length < (script.streams ?? STREAMS)) continue
         scripted = socket
         socket.write(Buffer.concat(script.now(ids)))
       }
@@ -215,6 +223,9 @@ async function scriptedH2Upstream(t: Test, script: Script) {
     settled: () => {
       if (script.afterwards === 'reset') scripted?.resetAndDestroy()
     },
+    laterOn,
+    /** the proxy closed the connection the script was written on */
+    scriptedClosed: () => scripted?.closed === true,
   }
 }
 
@@ -274,6 +285,50 @@ for (const [name, script] of CASES) {
       { what: 'the next request answered', timeoutMs: 20_000 },
     )
     t.equal(next, `200 ${BODY}`, 'the next request is served')
+    assertAlive(t, sidecar, name)
+  })
+}
+
+/** DATA on `id` that ends it, whose padding length (200) runs past the payload of the frame */
+const overPadded = (id: number) =>
+  frame(FRAME.DATA, FLAG.PADDED | FLAG.END_STREAM, id, Buffer.concat([Buffer.from([200]), BODY]))
+
+/**
+ * Connection errors nghttp2 1.61 (Node 20) ends the session over with its own GOAWAY without telling
+ * node:http2: the session was neither closed nor destroyed, and the proxy kept giving it the next requests, each
+ * answered 504 at timeouts.upstream, until the upstream closed its connection. Later Node versions destroy
+ * the session themselves (the request is answered 502, or its response cut).
+ */
+const STOPPING: [string, Script][] = [
+  ['DATA before the response’s HEADERS', { now: ([id]) => [data(id!)], streams: 1 }],
+  [
+    'DATA whose padding length runs past its payload',
+    { now: ([id]) => [head(id!), overPadded(id!)], streams: 1 },
+  ],
+]
+
+for (const [name, script] of STOPPING) {
+  t.test(`${name}: the next request goes on a new session`, async (t) => {
+    const upstream = await scriptedH2Upstream(t, script)
+    // a request with no answer ends at timeouts.upstream, an answered one silent for timeouts.tunnelIdle is cut
+    const sidecar = await startBin(t, {
+      upstream: upstream.url,
+      timeouts: { upstream: '2s', tunnelIdle: '2s' },
+    })
+    const client = h2Connect(sidecar.proxyUrl)
+    client.on('error', () => {})
+    t.teardown(() => client.destroy())
+    t.match(
+      await get(client, '/first'),
+      /^(502|504|reset)$/,
+      'the request in flight: 502, 504 or its response cut',
+    )
+    // sent once: on the stopped session it would have waited timeouts.upstream for its 504
+    t.equal(await get(client, '/next'), `200 ${BODY}`, 'the next request is served')
+    t.same(upstream.laterOn, [2], 'on a new connection to the upstream')
+    await eventually(upstream.scriptedClosed, {
+      what: 'the stopped session’s connection closed by the proxy',
+    })
     assertAlive(t, sidecar, name)
   })
 }
