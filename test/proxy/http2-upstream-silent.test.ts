@@ -193,3 +193,28 @@ t.test('h2c: a session that answers its PING after a headers timeout keeps its s
   await eventually(() => sessions.size === 1, { what: 'one session left to the upstream' })
   t.ok(opened <= 2, `no session opened but for the one that may have replaced it (${opened})`)
 })
+
+// timeouts.upstream: 0 is no deadline (as on the HTTP/1.1 engine, upstream-framing.test.ts), for the connect
+// deadline it also sets and the PING check it bounds: not one that has passed before the upstream's SETTINGS
+t.test('h2c: timeouts.upstream 0 is no deadline, not an immediate one', async (t) => {
+  const server = createH2cServer()
+  server.on('stream', (stream) => {
+    stream.on('error', () => {})
+    // the head after a pause, longer than a timer of 0 takes
+    setTimeout(() => {
+      if (stream.closed) return
+      stream.respond({ ':status': 200 })
+      stream.end('slow')
+    }, 300)
+  })
+  const port = await listenUntilTeardown(t, server)
+  const p = await startProxy(t, {
+    upstream: `h2c://127.0.0.1:${port}`,
+    timeouts: { ...timeouts, upstream: 0 },
+  })
+  const r = await fetch(`${p.url}/slow`)
+  t.equal(r.status, 200, 'a slow answer still arrives')
+  t.equal(await r.text(), 'slow')
+  const [event] = await p.pipeline.waitForEvents(1)
+  t.equal(event?.upstreamError, undefined, 'recorded without an upstream error')
+})
