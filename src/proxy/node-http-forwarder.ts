@@ -258,7 +258,8 @@ export class NodeHttpForwarder {
         }
         fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
       }
-      headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
+      // timeouts.upstream 0 is no deadline, as undici reads it (a 0 ms timer answered every request at once)
+      if (o.headersTimeout > 0) headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
 
       let upSocket: Socket | undefined
       upReq.on('socket', (socket: Socket) => {
@@ -268,9 +269,11 @@ export class NodeHttpForwarder {
           connected = true
           return
         }
-        connectTimer = setTimeout(() => {
-          if (!connected) upReq.destroy(new ConnectTimeoutError('connect timeout'))
-        }, connectTimeoutMs(o))
+        const connectMs = connectTimeoutMs(o)
+        if (connectMs > 0)
+          connectTimer = setTimeout(() => {
+            if (!connected) upReq.destroy(new ConnectTimeoutError('connect timeout'))
+          }, connectMs)
         socket.once(upstream?.tls ? 'secureConnect' : 'connect', () => {
           connected = true
           clearTimeout(connectTimer)

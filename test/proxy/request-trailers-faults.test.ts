@@ -67,6 +67,23 @@ t.test('upstream failures on this path: 504 on a silent upstream, 502 when unrea
   )
 })
 
+// timeouts.upstream 0 is no deadline, as on undici's path; this path armed 0 ms timers and answered at once
+t.test('timeouts.upstream 0: no deadline on this path either', async (t) => {
+  const up = upstreamHandler({})
+  const server = createServer(up.handler)
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  const { port } = await sidecarFor(t, `http://127.0.0.1:${await listenTcp(server)}`, {
+    timeouts: { upstream: 0 },
+  })
+  const res = await upload(port, '/no-deadline', { bytes: 256 * 1024, trailers: { 'x-digest': 'none' } })
+  t.equal(res.status, 200)
+  t.same(up.seen[0]?.trailers, { 'x-digest': 'none' }, 'the request went through the trailer path')
+  t.equal(up.seen[0]?.sha256, res.sentSha256, 'the whole body arrived')
+})
+
 t.test(
   'the headers deadline: an upstream that stops reading the body trips it, a pausing client does not',
   async (t) => {
