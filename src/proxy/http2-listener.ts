@@ -32,6 +32,8 @@ const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1')
  * GOAWAY INTERNAL_ERROR (not nghttp2's ENHANCE_YOUR_CALM) and emits this errno on the session's 'error'.
  */
 const NGHTTP2_ERR_FLOODED = -904
+/** nghttp2's NGHTTP2_ERR_FATAL: an error code at or below it ends the nghttp2 session (nghttp2_is_fatal) */
+const NGHTTP2_ERR_FATAL = -900
 
 /**
  * The errors node:http2 destroys a session with from inside nghttp2's parse: ERR_HTTP2_ERROR for an nghttp2
@@ -45,13 +47,20 @@ const DESTROYED_INSIDE_THE_READ = new Set(['ERR_HTTP2_ERROR', 'ERR_HTTP2_SESSION
  * of RFC 9113 §8.1.1) or when the client sends GOAWAY with an error code; the parse goes on, a later stream's
  * HEADERS in the same read get no JS side (the session is gone), and that stream's DATA then aborts the
  * process on an internal assertion (`onread->IsFunction()`, nodejs/node#64850): one packet from any client.
- * A turn later the session ends as Node decided; Node 20, 24 and 26 survive the destroy inside the parse.
+ * A turn later the session ends as Node decided. Node 24 and 26 destroy it there too and survive, but the
+ * streams of that read and the stream's own RST_STREAM go with it; a turn later they are answered.
  */
 function destroyOutsideTheRead(session: ServerHttp2Session): void {
   const destroy = session.destroy
   session.destroy = (error?: Error, code?: number) => {
-    const errorCode = (error as NodeJS.ErrnoException | undefined)?.code
-    if (errorCode === undefined || !DESTROYED_INSIDE_THE_READ.has(errorCode))
+    const { code: errorCode, errno } = (error ?? {}) as NodeJS.ErrnoException
+    // a fatal nghttp2 error (NGHTTP2_ERR_FATAL and below: a callback's failure, flooding) is raised once the
+    // parse has stopped, and nghttp2 takes no more input on that session: destroyed at once, as Node does
+    if (
+      errorCode === undefined ||
+      !DESTROYED_INSIDE_THE_READ.has(errorCode) ||
+      (errno !== undefined && errno <= NGHTTP2_ERR_FATAL)
+    )
       destroy.call(session, error, code)
     else setImmediate(() => destroy.call(session, error, code))
   }
