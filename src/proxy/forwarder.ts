@@ -305,6 +305,15 @@ export function connectTimeoutMs(o: { connectTimeout?: number | undefined; heade
 }
 
 /**
+ * The timer of an upstream deadline of `ms` (connecting, a response head, a session's PING), or none: a
+ * deadline of 0 is no deadline (`timeouts.upstream: 0`), as undici and the HTTP/1.1 engine read it, not an
+ * immediate one.
+ */
+export function upstreamDeadline(ms: number, expired: () => void): NodeJS.Timeout | undefined {
+  return ms > 0 ? setTimeout(expired, ms) : undefined
+}
+
+/**
  * An upstream exchange failed (`reason` as counted in nhi_upstream_errors_total; never for a client that
  * left): the error, so that the operator's log can say why (a TLS certificate refused, a connection refused).
  */

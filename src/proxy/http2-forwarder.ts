@@ -34,6 +34,7 @@ import {
   type TunnelIdle,
   UPSTREAM_RESET_MESSAGE,
   type UpstreamFailed,
+  upstreamDeadline,
 } from './forwarder.ts'
 import {
   endGrpcWithStatus,
@@ -225,14 +226,9 @@ export class Http2Forwarder {
     s.once('close', () => {
       if (this.sessions.get(origin) === s) this.sessions.delete(origin)
     })
-    // a deadline of 0 is none (timeouts.upstream: 0), as on the HTTP/1.1 engine, not an immediate one
-    const connectMs = connectTimeoutMs(this.options)
-    const timer =
-      connectMs > 0
-        ? setTimeout(() => {
-            if (!this.established.has(s)) s.destroy(notEstablished(s))
-          }, connectMs).unref()
-        : undefined
+    const timer = upstreamDeadline(connectTimeoutMs(this.options), () => {
+      if (!this.established.has(s)) s.destroy(notEstablished(s))
+    })?.unref()
     s.once('remoteSettings', () => {
       this.established.add(s)
       clearTimeout(timer)
@@ -260,17 +256,9 @@ export class Http2Forwarder {
     this.checking.add(session)
     // without a connect deadline (timeouts.upstream: 0) the PING has none either: the session takes no new
     // stream until it answers
-    const connectMs = connectTimeoutMs(this.options)
-    const timer =
-      connectMs > 0
-        ? setTimeout(
-            () =>
-              session.destroy(
-                new UpstreamError('no answer to a PING from the upstream in time', 'ETIMEDOUT'),
-              ),
-            connectMs,
-          ).unref()
-        : undefined
+    const timer = upstreamDeadline(connectTimeoutMs(this.options), () =>
+      session.destroy(new UpstreamError('no answer to a PING from the upstream in time', 'ETIMEDOUT')),
+    )?.unref()
     const answered = (err: Error | null) => {
       clearTimeout(timer)
       // a PING cancelled: the session closed or was destroyed, and has left the map
@@ -613,19 +601,17 @@ export class Http2Forwarder {
         return
       }
       res.on('close', onClientClose)
-      if (this.options.headersTimeout > 0)
-        timers.push(
-          setTimeout(() => {
-            // the upstream's silence is the operator's to know, as on the HTTP/1.1 path (a gRPC call's own
-            // deadline below is the client's, and is not). A session still without the upstream's SETTINGS
-            // never came up: a connect failure (its own deadline, which is no later, destroys it)
-            if (status !== 0) return
-            if (this.established.has(current)) {
-              this.check(target.origin, current)
-              fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
-            } else fail('connect', notEstablished(current))
-          }, this.options.headersTimeout),
-        )
+      const headersTimer = upstreamDeadline(this.options.headersTimeout, () => {
+        // the upstream's silence is the operator's to know, as on the HTTP/1.1 path (a gRPC call's own
+        // deadline below is the client's, and is not). A session still without the upstream's SETTINGS
+        // never came up: a connect failure (its own deadline, which is no later, destroys it)
+        if (status !== 0) return
+        if (this.established.has(current)) {
+          this.check(target.origin, current)
+          fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
+        } else fail('connect', notEstablished(current))
+      })
+      if (headersTimer !== undefined) timers.push(headersTimer)
       if (deadline !== undefined) {
         const timer = callDeadlineTimer(deadline, deadlineFrom, deadlinePassed, undefined)
         if (timer !== undefined) timers.push(timer)

@@ -27,6 +27,7 @@ import {
   responseDrained,
   UPSTREAM_RESET_MESSAGE,
   type UpstreamFailed,
+  upstreamDeadline,
   webCallDeadline,
 } from './forwarder.ts'
 import { GRPC, sendGrpcStatus } from './grpc.ts'
@@ -258,8 +259,7 @@ export class NodeHttpForwarder {
         }
         fail('timeout', new UpstreamError('headers timeout', 'UND_ERR_HEADERS_TIMEOUT'))
       }
-      // timeouts.upstream 0 is no deadline, as undici reads it (a 0 ms timer answered every request at once)
-      if (o.headersTimeout > 0) headersTimer = setTimeout(onHeadersTimeout, o.headersTimeout)
+      headersTimer = upstreamDeadline(o.headersTimeout, onHeadersTimeout)
 
       let upSocket: Socket | undefined
       upReq.on('socket', (socket: Socket) => {
@@ -269,11 +269,9 @@ export class NodeHttpForwarder {
           connected = true
           return
         }
-        const connectMs = connectTimeoutMs(o)
-        if (connectMs > 0)
-          connectTimer = setTimeout(() => {
-            if (!connected) upReq.destroy(new ConnectTimeoutError('connect timeout'))
-          }, connectMs)
+        connectTimer = upstreamDeadline(connectTimeoutMs(o), () => {
+          if (!connected) upReq.destroy(new ConnectTimeoutError('connect timeout'))
+        })
         socket.once(upstream?.tls ? 'secureConnect' : 'connect', () => {
           connected = true
           clearTimeout(connectTimer)
