@@ -184,6 +184,8 @@ async function scriptedH2Upstream(t: Test, script: Script) {
   const server = createNetServer((socket: Socket) => {
     const connection = ++connections
     socket.on('error', () => {})
+    // as the test's clients: the proxy, a child process, keeps the test alive while a case runs
+    socket.unref()
     let buffered = Buffer.alloc(0)
     let prefaceSeen = false
     const ids: number[] = []
@@ -218,6 +220,7 @@ async function scriptedH2Upstream(t: Test, script: Script) {
     })
   })
   const port = await listenUntilTeardown(t, server)
+  server.unref()
   return {
     url: `h2c://127.0.0.1:${port}`,
     settled: () => {
