@@ -56,8 +56,9 @@ t.test('a reader that closes the pipe early: no stack trace, the exit code of th
     new Promise<{ code: number | null; stderr: string }>((resolve) => {
       const c = spawn(process.execPath, [`${ROOT}/dist/nhi-proxy.mjs`, 'test', ...files], { cwd: ROOT })
       let stderr = ''
-      c.stderr.on('data', (d: Buffer) => {
-        stderr += d.toString()
+      c.stderr.setEncoding('utf8')
+      c.stderr.on('data', (d: string) => {
+        stderr += d
       })
       // more output than a pipe buffers: the writes after the first chunk meet a closed pipe
       c.stdout.once('data', () => c.stdout.destroy())

@@ -100,8 +100,9 @@ async function spawnLoading(
     detached,
   })
   let stderr = ''
-  child.stderr!.on('data', (c: Buffer) => {
-    stderr += c.toString()
+  child.stderr!.setEncoding('utf8')
+  child.stderr!.on('data', (c: string) => {
+    stderr += c
   })
   const exited = outputComplete(child)
   // opening the write end waits for the reader: from then on the process is loading the CLI

@@ -586,8 +586,9 @@ t.test(
     ]
     const server = createServer((req, res) => {
       let body = ''
-      req.on('data', (c: Buffer) => {
-        body += c.toString()
+      req.setEncoding('utf8')
+      req.on('data', (c: string) => {
+        body += c
       })
       req.on('end', () => {
         const query =

@@ -213,11 +213,13 @@ t.test('the README commands work against the built bundle', async (t) => {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'pipe'],
     })
-    child.stdout!.on('data', (c: Buffer) => {
-      output += c.toString()
+    child.stdout!.setEncoding('utf8')
+    child.stdout!.on('data', (c: string) => {
+      output += c
     })
-    child.stderr!.on('data', (c: Buffer) => {
-      output += c.toString()
+    child.stderr!.setEncoding('utf8')
+    child.stderr!.on('data', (c: string) => {
+      output += c
     })
     background.set(sub, { child, output: () => output })
     const ready =

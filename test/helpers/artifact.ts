@@ -38,11 +38,13 @@ export interface Proc {
 export function startProcess(t: Test, cmd: string, args: string[], opts: SpawnOptions = {}): Proc {
   const child = spawn(cmd, args, { ...opts, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
-  child.stdout?.on('data', (c: Buffer) => {
-    out += c.toString()
+  child.stdout?.setEncoding('utf8')
+  child.stdout?.on('data', (c: string) => {
+    out += c
   })
-  child.stderr?.on('data', (c: Buffer) => {
-    out += c.toString()
+  child.stderr?.setEncoding('utf8')
+  child.stderr?.on('data', (c: string) => {
+    out += c
   })
   const exited = once(child, 'exit').then(([code]) => code as number | null)
   const signal = (sig: NodeJS.Signals) => {

@@ -39,8 +39,9 @@ export async function startBin(t: Test, config: Record<string, unknown>): Promis
     stdio: ['ignore', 'ignore', 'pipe'],
   })
   let err = ''
-  child.stderr!.on('data', (c: Buffer) => {
-    err += c.toString()
+  child.stderr!.setEncoding('utf8')
+  child.stderr!.on('data', (c: string) => {
+    err += c
   })
   const exited = outputComplete(child)
   t.teardown(async () => {

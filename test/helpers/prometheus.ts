@@ -41,8 +41,9 @@ export async function startPrometheus(
     { stdio: ['ignore', 'ignore', 'pipe'] },
   )
   let log = ''
-  prom.stderr.on('data', (c: Buffer) => {
-    log = (log + c.toString()).slice(-4000)
+  prom.stderr.setEncoding('utf8')
+  prom.stderr.on('data', (c: string) => {
+    log = (log + c).slice(-4000)
   })
   const exited = once(prom, 'exit')
   t.teardown(async () => {

@@ -128,11 +128,13 @@ export function spawnCli(
   })
   let out = ''
   let err = ''
-  child.stdout!.on('data', (c: Buffer) => {
-    out += c.toString()
+  child.stdout!.setEncoding('utf8')
+  child.stdout!.on('data', (c: string) => {
+    out += c
   })
-  child.stderr!.on('data', (c: Buffer) => {
-    err += c.toString()
+  child.stderr!.setEncoding('utf8')
+  child.stderr!.on('data', (c: string) => {
+    err += c
   })
   let closed = false
   const exited = outputComplete(child).then((code) => {

@@ -81,8 +81,9 @@ t.test('an agent acting on behalf of a person, over the wire', async (t) => {
   const live = await request(`${admin}/events`)
   t.teardown(() => live.body.destroy())
   let stream = ''
-  live.body.on('data', (c: Buffer) => {
-    stream += c.toString()
+  live.body.setEncoding('utf8')
+  live.body.on('data', (c: string) => {
+    stream += c
   })
 
   const res = await request(`${proxy}/echo`, {

@@ -113,8 +113,9 @@ t.test('from an untrusted peer no header makes a client look like Google', async
       },
       (res) => {
         let text = ''
-        res.on('data', (c: Buffer) => {
-          text += c.toString()
+        res.setEncoding('utf8')
+        res.on('data', (c: string) => {
+          text += c
         })
         res.on('end', () => {
           const h = (JSON.parse(text) as { headers: Record<string, string> }).headers

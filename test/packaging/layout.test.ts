@@ -280,8 +280,9 @@ t.test('the runtime stage, staged read-only and started as the image starts it',
     t.match(status, /^Gid:\s+65532\s+65532\s+65532\s+65532$/m, 'runs as gid 65532')
   }
   let stdout = ''
-  proc.child.stdout?.on('data', (c: Buffer) => {
-    stdout += c.toString()
+  proc.child.stdout?.setEncoding('utf8')
+  proc.child.stdout?.on('data', (c: string) => {
+    stdout += c
   })
   await assertProxiedVerified(t, proc, s)
   const started = JSON.parse((await proc.waitFor(/^\{.*"event":"started".*\}$/m))[0]) as {

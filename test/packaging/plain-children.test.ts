@@ -40,8 +40,9 @@ t.test('spawn with an env of its own (the tracking hook used to add itself to it
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   let out = ''
-  child.stdout.on('data', (c: Buffer) => {
-    out += c.toString()
+  child.stdout.setEncoding('utf8')
+  child.stdout.on('data', (c: string) => {
+    out += c
   })
   await once(child, 'close')
   assertPlain(t, JSON.parse(out) as Report, 'spawn')

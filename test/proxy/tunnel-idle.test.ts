@@ -211,8 +211,9 @@ async function openH2(t: Test, url: string, upload = false) {
   stream.on('error', () => {})
   let body = ''
   let closed = false
-  stream.on('data', (c: Buffer) => {
-    body += c.toString()
+  stream.setEncoding('utf8')
+  stream.on('data', (c: string) => {
+    body += c
   })
   stream.once('close', () => {
     closed = true

@@ -134,16 +134,17 @@ function asUtf8Text(text: string, max: number): string {
 
 /**
  * Text as a test message or diagnostic shows it: JSON with every character outside printable ASCII escaped,
- * cut at 120 characters. As they are, a line separator or a bidi control in a message breaks the TAP
- * stream the runner reads (it ended the test without a word).
+ * cut at `max` characters (a disagreement's diagnostic shows more, so that two long names show where they
+ * differ). As they are, a line separator or a bidi control in a message breaks the TAP stream the runner
+ * reads (it ended the test without a word).
  */
-function shown(text: unknown): string {
+function shown(text: unknown, max = 120): string {
   const json = JSON.stringify(text) ?? String(text)
   const ascii = json.replace(/[^\x20-\x7e]/gu, (c) => {
     const code = c.codePointAt(0)!
     return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, '0')}`
   })
-  return ascii.length > 120 ? `${ascii.slice(0, 120)}…` : ascii
+  return ascii.length > max ? `${ascii.slice(0, max)}…` : ascii
 }
 
 /** the label value the reference documents for a name: a lone surrogate written as its escape */
@@ -519,7 +520,7 @@ t.test(
     let disagreements = 0
     const agree = (ok: boolean, message: string, extra: Record<string, unknown>) => {
       if (ok) return true
-      const diagnostic = Object.fromEntries(Object.entries(extra).map(([k, v]) => [k, shown(v)]))
+      const diagnostic = Object.fromEntries(Object.entries(extra).map(([k, v]) => [k, shown(v, 4000)]))
       if (++disagreements <= 20) t.fail(message, diagnostic)
       return false
     }

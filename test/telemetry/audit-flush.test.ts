@@ -109,8 +109,9 @@ t.test('a stalled output drops and counts lines instead of buffering without bou
   })
   let stderr = ''
   await new Promise<void>((resolve, reject) => {
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString()
+    child.stderr.setEncoding('utf8')
+    child.stderr.on('data', (c: string) => {
+      stderr += c
       if (stderr.includes('"dropped"')) resolve()
     })
     child.once('exit', (code) => reject(new Error(`child exited (${code}) before reporting: ${stderr}`)))
