@@ -75,6 +75,13 @@ export async function runCli(
         maxBuffer: 16 * 1024 * 1024,
       },
       (err, stdout, stderr) => {
+        // killed at the deadline: the exit code is -1 and stderr says so, even when the process handled the
+        // signal and exited with a code of its own (a test reading only the code took that for the product's)
+        if (err?.killed === true && err.code !== 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') {
+          const timeoutMs = opts.timeoutMs ?? 20_000
+          resolve({ code: -1, stdout, stderr: `${stderr}\n[killed after ${timeoutMs} ms: still running]` })
+          return
+        }
         const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0
         resolve({ code, stdout, stderr })
       },
