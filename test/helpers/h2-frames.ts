@@ -2,7 +2,7 @@
 // send what node:http2 refuses to: a second `host`, a reset right behind a request, a `:status` of 600.
 
 import { once } from 'node:events'
-import { connect } from 'node:net'
+import { connect, type Socket } from 'node:net'
 import { eventually } from './eventually.ts'
 
 /** what a prior-knowledge h2c client sends first */
@@ -45,6 +45,52 @@ export function headerBlock(fields: readonly (readonly [string, string])[]): Buf
   return Buffer.concat(
     fields.flatMap(([name, value]) => [Buffer.from([0]), hpackString(name), hpackString(value)]),
   )
+}
+
+/** a frame as a scripted server reads it: its header, the payload left out */
+export interface ClientFrame {
+  type: number
+  flags: number
+  streamId: number
+}
+
+/**
+ * The server side of a prior-knowledge h2c connection, frame by frame, for an upstream that must send what
+ * node:http2 refuses to: sends an empty SETTINGS, skips the client's preface, and hands each whole frame the
+ * client sends to `onFrame`, in order, a SETTINGS once it is acknowledged. `acknowledgeSettings: false`: the
+ * client's SETTINGS are never acknowledged, so that they are never in force.
+ */
+export function serveClientFrames(
+  socket: Socket,
+  onFrame: (frame: ClientFrame) => void,
+  { acknowledgeSettings = true }: { acknowledgeSettings?: boolean } = {},
+): void {
+  // a scripted peer is often one the proxy resets or cuts off: that is no failure of the test's
+  socket.on('error', () => {})
+  let buffered = Buffer.alloc(0)
+  let prefaceSeen = false
+  socket.write(frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)))
+  socket.on('data', (chunk: Buffer) => {
+    buffered = Buffer.concat([buffered, chunk])
+    if (!prefaceSeen) {
+      if (buffered.length < PREFACE.length) return
+      buffered = buffered.subarray(PREFACE.length)
+      prefaceSeen = true
+    }
+    while (buffered.length >= 9) {
+      const length = buffered.readUIntBE(0, 3)
+      if (buffered.length < 9 + length) return
+      const read = {
+        type: buffered[3]!,
+        flags: buffered[4]!,
+        streamId: buffered.readUInt32BE(5) & 0x7fffffff,
+      }
+      buffered = buffered.subarray(9 + length)
+      if (read.type === FRAME.SETTINGS && !(read.flags & FLAG.ACK) && acknowledgeSettings)
+        socket.write(frame(FRAME.SETTINGS, FLAG.ACK, 0, Buffer.alloc(0)))
+      onFrame(read)
+    }
+  })
 }
 
 /** the error code of the first GOAWAY frame in what the server sent, if any */

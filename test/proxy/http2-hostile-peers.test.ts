@@ -14,7 +14,7 @@ import { type AddressInfo, createServer as createNetServer, connect as tcpConnec
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { type BinSidecar, startBin } from '../helpers/bin.ts'
-import { FLAG, FRAME, frame, headerBlock, PREFACE } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, headerBlock, PREFACE, serveClientFrames } from '../helpers/h2-frames.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { rapidReset } from '../helpers/rapid-reset.ts'
 import { startUpstream } from '../helpers/upstream.ts'
@@ -33,50 +33,30 @@ interface RawAnswer {
  */
 async function rawH2cUpstream(t: Test, answer: RawAnswer) {
   let streams = 0
-  const server = createNetServer((socket) => {
-    socket.on('error', () => {})
-    let buffered = Buffer.alloc(0)
-    let prefaceSeen = false
-    socket.write(frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)))
-    socket.on('data', (chunk: Buffer) => {
-      buffered = Buffer.concat([buffered, chunk])
-      if (!prefaceSeen) {
-        if (buffered.length < 24) return
-        buffered = buffered.subarray(24)
-        prefaceSeen = true
-      }
-      while (buffered.length >= 9) {
-        const length = buffered.readUIntBE(0, 3)
-        if (buffered.length < 9 + length) return
-        const type = buffered[3]
-        const flags = buffered[4]!
-        const streamId = buffered.readUInt32BE(5) & 0x7fffffff
-        buffered = buffered.subarray(9 + length)
-        if (type === FRAME.SETTINGS && !(flags & FLAG.ACK))
-          socket.write(frame(FRAME.SETTINGS, FLAG.ACK, 0, Buffer.alloc(0)))
-        if (type !== FRAME.HEADERS) continue
-        streams++
-        const last = answer.body === undefined && answer.trailers === undefined
+  const server = createNetServer((socket) =>
+    serveClientFrames(socket, ({ type, streamId }) => {
+      if (type !== FRAME.HEADERS) return
+      streams++
+      const last = answer.body === undefined && answer.trailers === undefined
+      socket.write(
+        frame(
+          FRAME.HEADERS,
+          FLAG.END_HEADERS | (last ? FLAG.END_STREAM : 0),
+          streamId,
+          headerBlock(answer.headers),
+        ),
+      )
+      if (last) return
+      const bodyEnds = answer.trailers === undefined
+      socket.write(
+        frame(FRAME.DATA, bodyEnds ? FLAG.END_STREAM : 0, streamId, Buffer.from(answer.body ?? '')),
+      )
+      if (answer.trailers)
         socket.write(
-          frame(
-            FRAME.HEADERS,
-            FLAG.END_HEADERS | (last ? FLAG.END_STREAM : 0),
-            streamId,
-            headerBlock(answer.headers),
-          ),
+          frame(FRAME.HEADERS, FLAG.END_HEADERS | FLAG.END_STREAM, streamId, headerBlock(answer.trailers)),
         )
-        if (last) continue
-        const bodyEnds = answer.trailers === undefined
-        socket.write(
-          frame(FRAME.DATA, bodyEnds ? FLAG.END_STREAM : 0, streamId, Buffer.from(answer.body ?? '')),
-        )
-        if (answer.trailers)
-          socket.write(
-            frame(FRAME.HEADERS, FLAG.END_HEADERS | FLAG.END_STREAM, streamId, headerBlock(answer.trailers)),
-          )
-      }
-    })
-  })
+    }),
+  )
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
   t.teardown(() => server.close())

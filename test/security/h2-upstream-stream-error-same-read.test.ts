@@ -16,7 +16,7 @@ import { createServer as createNetServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { type BinSidecar, startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { FLAG, FRAME, frame, headerBlock } from '../helpers/h2-frames.ts'
+import { FLAG, FRAME, frame, headerBlock, serveClientFrames } from '../helpers/h2-frames.ts'
 import { listenUntilTeardown } from '../helpers/net.ts'
 
 t.setTimeout(120_000)
@@ -183,41 +183,25 @@ async function scriptedH2Upstream(t: Test, script: Script) {
   const laterOn: number[] = []
   const server = createNetServer((socket: Socket) => {
     const connection = ++connections
-    socket.on('error', () => {})
     // as the test's clients: the proxy, a child process, keeps the test alive while a case runs
     socket.unref()
-    let buffered = Buffer.alloc(0)
-    let prefaceSeen = false
     const ids: number[] = []
-    socket.write(frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)))
-    socket.on('data', (chunk: Buffer) => {
-      buffered = Buffer.concat([buffered, chunk])
-      if (!prefaceSeen) {
-        if (buffered.length < 24) return
-        buffered = buffered.subarray(24)
-        prefaceSeen = true
-      }
-      while (buffered.length >= 9) {
-        const length = buffered.readUIntBE(0, 3)
-        if (buffered.length < 9 + length) return
-        const type = buffered[3]
-        const flags = buffered[4]!
-        const id = buffered.readUInt32BE(5) & 0x7fffffff
-        buffered = buffered.subarray(9 + length)
-        if (type === FRAME.SETTINGS && !(flags & FLAG.ACK) && script.unacknowledged !== true)
-          socket.write(frame(FRAME.SETTINGS, FLAG.ACK, 0, Buffer.alloc(0)))
-        if (type !== FRAME.HEADERS) continue
+    serveClientFrames(
+      socket,
+      ({ type, streamId: id }) => {
+        if (type !== FRAME.HEADERS) return
         if (scripted !== undefined) {
           laterOn.push(connection)
           socket.write(Buffer.concat(answer(id)))
-          continue
+          return
         }
         ids.push(id)
-        if (ids.length < (script.streams ?? STREAMS)) continue
+        if (ids.length < (script.streams ?? STREAMS)) return
         scripted = socket
         socket.write(Buffer.concat(script.now(ids)))
-      }
-    })
+      },
+      { acknowledgeSettings: script.unacknowledged !== true },
+    )
   })
   const port = await listenUntilTeardown(t, server)
   server.unref()
