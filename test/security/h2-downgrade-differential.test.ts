@@ -27,11 +27,10 @@ import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { FLAG, FRAME, frame, headerBlock, PREFACE, responseStatus } from '../helpers/h2-frames.ts'
 import { mapLimit } from '../helpers/limit.ts'
-import { skipWithoutNginx, startNginx } from '../helpers/nginx.ts'
+import { FrontComparison, skipWithoutNginx, startFronts } from '../helpers/nginx.ts'
 import { createServerPki, mtlsListen } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { type Arrival, recordingUpstream } from '../helpers/recording-upstream.ts'
-import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 /** generated cases (connections), each sent to both fronts */
@@ -752,29 +751,10 @@ t.test(
   { skip: skipWithoutNginx },
   async (t) => {
     const started = Date.now()
-    const behindProxy = await recordingUpstream(t)
-    const behindNginx = await recordingUpstream(t)
-    const nginx = await startNginx(
-      t,
-      await scratchDir('nginx'),
-      (port) => `    listen 127.0.0.1:${port} http2;
-    client_header_timeout ${DEADLINE_S}s;
-    client_body_timeout ${DEADLINE_S}s;
-    keepalive_timeout ${DEADLINE_S}s;
-    location / {
-      proxy_pass http://downgrade_upstream;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }`,
-      `  upstream downgrade_upstream {
-    server 127.0.0.1:${behindNginx.port};
-    keepalive 4;
-  }`,
-    )
-    const sidecar = await startTestSidecar(t, {
-      upstream: `http://127.0.0.1:${behindProxy.port}`,
-      timeouts: { headers: `${DEADLINE_S}s`, request: `${DEADLINE_S}s`, idle: `${DEADLINE_S}s` },
-      audit: { output: 'off', ringSize: 4 * CASES },
+    const { sidecar, nginx, behindProxy, behindNginx, requestsEnded } = await startFronts(t, {
+      http2: true,
+      deadlineS: DEADLINE_S,
+      auditRing: 4 * CASES,
     })
     const proxyPort = sidecar.proxyAddress.port
 
@@ -783,27 +763,18 @@ t.test(
     const outcomes = await mapLimit(wires, CONCURRENCY, (w) =>
       Promise.all([exchange(proxyPort, w), exchange(nginx.port, w)]),
     )
-    await eventually(() => behindProxy.open() === 0 && behindNginx.open() === 0, {
-      what: 'every upstream request to end',
-    })
+    await requestsEnded()
 
     t.same(behindProxy.unparsed, [], 'the upstream parsed every byte nhi-proxy sent')
 
     const failures: string[] = []
-    const documented = new Map<Difference, string[]>()
-    const nginxStricter = new Map<string, number>()
-    const nginxLenient = new Map<string, number>()
-    const undocumented: string[] = []
-    const differ: string[] = []
-    const tally = { streams: 0, forwardedBoth: 0, refusedBoth: 0, proxyOnly: 0, nginxOnly: 0, malformed: 0 }
+    const compared = new FrontComparison<Difference>('malformed')
     /** per case, the streams the proxy answered with a status or forwarded */
     const answeredByProxy = new Map<string, number>()
     let unanswered = 0
     for (const [id, w] of wires.entries()) {
       const [proxyOutcomes, nginxOutcomes] = outcomes[id]!
       for (const s of w.streams) {
-        tally.streams++
-        if (s.verdict === 'malformed') tally.malformed++
         const proxy = seenBy(behindProxy.arrivals, id, s, proxyOutcomes.get(s.id)!)
         const ref = seenBy(behindNginx.arrivals, id, s, nginxOutcomes.get(s.id)!)
         if (mayBeRecorded(proxy)) unanswered++
@@ -814,73 +785,47 @@ t.test(
           failures.push(
             `case ${id} stream ${s.id} [${describe(s)}]: ${wrong} (${proxy.outcome}); sent ${shown(w)}`,
           )
-        const proxyForwarded = proxy.handling === 'forwarded'
-        const nginxForwarded = ref.handling === 'forwarded'
-        if (proxyForwarded && nginxForwarded) {
-          tally.forwardedBoth++
-          const a = proxy.arrivals[0]!
-          const b = ref.arrivals[0]!
-          if (a.method !== b.method || a.url !== b.url || a.body !== b.body)
-            differ.push(
-              `case ${id} stream ${s.id} [${describe(s)}]: nhi-proxy ${a.method} ${a.url} ${JSON.stringify(a.body)}, nginx ${b.method} ${b.url} ${JSON.stringify(b.body)}`,
-            )
-        } else if (!proxyForwarded && !nginxForwarded) tally.refusedBoth++
-        else if (proxyForwarded) {
-          tally.proxyOnly++
-          for (const f of s.features.filter((f) => f.verdict !== 'valid'))
-            nginxStricter.set(f.name, (nginxStricter.get(f.name) ?? 0) + 1)
-        } else if (s.verdict === 'malformed') {
-          tally.nginxOnly++
-          for (const f of s.features.filter((f) => f.verdict === 'malformed'))
-            nginxLenient.set(f.name, (nginxLenient.get(f.name) ?? 0) + 1)
-        } else {
-          tally.nginxOnly++
-          const reasons = s.features.filter((f) => f.difference !== undefined && f.verdict !== 'valid')
-          if (wentWithConnection(proxy.outcome) && endsConnection(w))
-            reasons.push({
-              name: 'a stream error on the connection',
-              verdict: 'lenient',
-              difference: 'streamErrorAsConnectionError',
-            })
-          if (reasons.length === 0)
-            undocumented.push(
-              `case ${id} stream ${s.id} [${describe(s)}]: nhi-proxy ${proxy.outcome}, nginx forwarded it; sent ${shown(w)}`,
-            )
-          for (const f of reasons)
-            documented.set(f.difference!, [...(documented.get(f.difference!) ?? []), f.name])
-        }
+        compared.add({
+          label: `case ${id} stream ${s.id} [${describe(s)}]`,
+          sent: shown(w),
+          features: s.features,
+          verdict: s.verdict,
+          proxyAnswered: proxy.outcome,
+          forwardedByProxy: proxy.handling === 'forwarded' ? proxy.arrivals[0] : undefined,
+          forwardedByNginx: ref.handling === 'forwarded' ? ref.arrivals[0] : undefined,
+          alsoDocumented:
+            wentWithConnection(proxy.outcome) && endsConnection(w)
+              ? [
+                  {
+                    name: 'a stream error on the connection',
+                    verdict: 'lenient',
+                    difference: 'streamErrorAsConnectionError',
+                  },
+                ]
+              : [],
+        })
       }
     }
     if (process.env['DESYNC_REPORT'])
-      for (const f of [...failures, ...differ, ...undocumented]) t.comment(f.slice(0, 1500))
+      for (const f of [...failures, ...compared.differ, ...compared.undocumented]) t.comment(f.slice(0, 1500))
     t.same(failures.slice(0, 5), [], `nhi-proxy kept every invariant (${failures.length} streams did not)`)
-    t.same(differ.slice(0, 5), [], 'where both forward, the upstream gets the same method, target and body')
-    t.same(
-      undocumented.slice(0, 5),
-      [],
-      'every request nhi-proxy refuses and nginx forwards is a documented difference',
-    )
+    compared.assertAgreement(t)
 
     // one audit line per stream nhi-proxy answered with a status or forwarded
     const unaudited = await auditFaults(sidecar.adminUrl, answeredByProxy, unanswered)
     if (process.env['DESYNC_REPORT']) for (const u of unaudited) t.comment(u)
     t.same(unaudited.slice(0, 5), [], 'one audit line per stream nhi-proxy answered or forwarded')
 
-    t.ok(tally.forwardedBoth > tally.streams / 6, `both fronts forwarded ${tally.forwardedBoth} streams`)
-    t.ok(tally.malformed > tally.streams / 10, `${tally.malformed} malformed streams`)
+    const { requests: streams, forwardedBoth, mustRefuse: malformed } = compared.counts
+    t.ok(forwardedBoth > streams / 6, `both fronts forwarded ${forwardedBoth} streams`)
+    t.ok(malformed > streams / 10, `${malformed} malformed streams`)
+    const report = compared.report()
     t.comment(
-      `${CASES} connections, ${tally.streams} streams (seed ${PROPERTY_SEED}) in ${Date.now() - started} ms: both forwarded ${tally.forwardedBoth}, ` +
-        `both refused ${tally.refusedBoth}, nhi-proxy alone forwarded ${tally.proxyOnly}, nginx alone ${tally.nginxOnly}`,
+      `${CASES} connections, ${streams} streams (seed ${PROPERTY_SEED}) in ${Date.now() - started} ms: ${report.handled}`,
     )
-    t.comment(
-      `nhi-proxy refused, nginx forwarded: ${[...documented].map(([d, names]) => `${d} (${names.length}: ${[...new Set(names)].join(', ')})`).join('; ') || 'none'}`,
-    )
-    t.comment(
-      `nginx forwarded what RFC 9113 calls malformed, nhi-proxy did not: ${[...nginxLenient].map(([n, k]) => `${n} ${k}`).join(', ') || 'none'}`,
-    )
-    t.comment(
-      `nginx refused, nhi-proxy forwarded: ${[...nginxStricter].map(([n, k]) => `${n} ${k}`).join(', ') || 'none'}`,
-    )
+    t.comment(`nhi-proxy refused, nginx forwarded: ${report.documented}`)
+    t.comment(`nginx forwarded what RFC 9113 calls malformed, nhi-proxy did not: ${report.nginxLenient}`)
+    t.comment(`nginx refused, nhi-proxy forwarded: ${report.nginxStricter}`)
   },
 )
 

@@ -28,10 +28,9 @@ import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { mapLimit } from '../helpers/limit.ts'
 import { rawExchange } from '../helpers/net.ts'
-import { skipWithoutNginx, startNginx } from '../helpers/nginx.ts'
+import { FrontComparison, skipWithoutNginx, startFronts } from '../helpers/nginx.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
 import { type Arrival, recordingUpstream } from '../helpers/recording-upstream.ts'
-import { scratchDir } from '../helpers/scratch.ts'
 import { startTestSidecar } from '../helpers/sidecar.ts'
 
 /** generated cases, each sent to both fronts: a few seconds, some more where fronts wait out DEADLINE_S */
@@ -684,29 +683,10 @@ t.test(
   { skip: skipWithoutNginx },
   async (t) => {
     const started = Date.now()
-    const behindProxy = await recordingUpstream(t)
-    const behindNginx = await recordingUpstream(t)
-    const nginx = await startNginx(
-      t,
-      await scratchDir('nginx'),
-      (port) => `    listen 127.0.0.1:${port};
-    client_header_timeout ${DEADLINE_S}s;
-    client_body_timeout ${DEADLINE_S}s;
-    keepalive_timeout ${DEADLINE_S}s;
-    location / {
-      proxy_pass http://desync_upstream;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }`,
-      `  upstream desync_upstream {
-    server 127.0.0.1:${behindNginx.port};
-    keepalive 4;
-  }`,
-    )
-    const sidecar = await startTestSidecar(t, {
-      upstream: `http://127.0.0.1:${behindProxy.port}`,
-      timeouts: { headers: `${DEADLINE_S}s`, request: `${DEADLINE_S}s`, idle: `${DEADLINE_S}s` },
-      audit: { output: 'off', ringSize: 4 * CASES },
+    const { sidecar, nginx, behindProxy, behindNginx, requestsEnded } = await startFronts(t, {
+      http2: false,
+      deadlineS: DEADLINE_S,
+      auditRing: 4 * CASES,
     })
     const proxyPort = sidecar.proxyAddress.port
 
@@ -716,73 +696,33 @@ t.test(
       Promise.all([exchange(proxyPort, w.bytes), exchange(nginx.port, w.bytes)]),
     )
     // a body cut by the close is over once its upstream request closes
-    await eventually(() => behindProxy.open() === 0 && behindNginx.open() === 0, {
-      what: 'every upstream request to end',
-    })
+    await requestsEnded()
 
     t.same(behindProxy.unparsed, [], 'the upstream parsed every byte nhi-proxy sent')
 
     const failures: string[] = []
-    const documented = new Map<Difference, string[]>()
-    const nginxStricter = new Map<string, number>()
-    const nginxLenient = new Map<string, number>()
-    const undocumented: string[] = []
-    const bodiesDiffer: string[] = []
-    const tally = { forwardedBoth: 0, refusedBoth: 0, proxyOnly: 0, nginxOnly: 0, invalid: 0 }
+    const compared = new FrontComparison<Difference>('invalid')
     const answeredByProxy = new Map<number, Answer[]>()
     for (const [id, w] of wires.entries()) {
       const [proxyOutcome, nginxOutcome] = outcomes[id]!
       const proxy = seenBy(behindProxy.arrivals, id, proxyOutcome)
       const ref = seenBy(behindNginx.arrivals, id, nginxOutcome)
       answeredByProxy.set(id, proxyOutcome.answers)
-      if (w.verdict === 'invalid') tally.invalid++
+      const sent = JSON.stringify(w.bytes.toString('latin1'))
       const wrong = judgeProxy(w, proxy, id)
-      if (wrong !== undefined)
-        failures.push(
-          `case ${id} [${describe(w)}]: ${wrong}; sent ${JSON.stringify(w.bytes.toString('latin1'))}`,
-        )
-      const proxyForwarded = proxy.handling === 'forwarded'
-      const nginxForwarded = ref.handling === 'forwarded'
-      if (proxyForwarded && nginxForwarded) {
-        tally.forwardedBoth++
-        const a = proxy.first!
-        const b = ref.first!
-        if (a.method !== b.method || a.url !== b.url || a.body !== b.body)
-          bodiesDiffer.push(
-            `case ${id} [${describe(w)}]: nhi-proxy ${a.method} ${a.url} ${JSON.stringify(a.body)}, nginx ${b.method} ${b.url} ${JSON.stringify(b.body)}`,
-          )
-      } else if (!proxyForwarded && !nginxForwarded) tally.refusedBoth++
-      else if (proxyForwarded) {
-        tally.proxyOnly++
-        for (const f of w.features.filter((f) => f.verdict !== 'valid'))
-          nginxStricter.set(f.name, (nginxStricter.get(f.name) ?? 0) + 1)
-      } else if (w.verdict === 'invalid') {
-        // nginx's leniency, not nhi-proxy's strictness
-        tally.nginxOnly++
-        for (const f of w.features.filter((f) => f.verdict === 'invalid'))
-          nginxLenient.set(f.name, (nginxLenient.get(f.name) ?? 0) + 1)
-      } else {
-        tally.nginxOnly++
-        const reasons = w.features.filter((f) => f.difference !== undefined && f.verdict !== 'valid')
-        if (reasons.length === 0)
-          undocumented.push(
-            `case ${id} [${describe(w)}]: nhi-proxy answered ${JSON.stringify(proxyOutcome.answers)}, nginx forwarded it; sent ${JSON.stringify(w.bytes.toString('latin1'))}`,
-          )
-        for (const f of reasons)
-          documented.set(f.difference!, [...(documented.get(f.difference!) ?? []), f.name])
-      }
+      if (wrong !== undefined) failures.push(`case ${id} [${describe(w)}]: ${wrong}; sent ${sent}`)
+      compared.add({
+        label: `case ${id} [${describe(w)}]`,
+        sent,
+        features: w.features,
+        verdict: w.verdict,
+        proxyAnswered: `answered ${JSON.stringify(proxyOutcome.answers)}`,
+        forwardedByProxy: proxy.handling === 'forwarded' ? proxy.first : undefined,
+        forwardedByNginx: ref.handling === 'forwarded' ? ref.first : undefined,
+      })
     }
     t.same(failures.slice(0, 5), [], `nhi-proxy kept every invariant (${failures.length} cases did not)`)
-    t.same(
-      bodiesDiffer.slice(0, 5),
-      [],
-      'where both forward, the upstream gets the same method, target and body',
-    )
-    t.same(
-      undocumented.slice(0, 5),
-      [],
-      'every request nhi-proxy refuses and nginx forwards is a documented difference',
-    )
+    compared.assertAgreement(t)
 
     // one audit line per request nhi-proxy answered or forwarded; the listener's own answer to bytes it could
     // not parse has no request to record, unless it took the place of one whose head was read
@@ -816,23 +756,20 @@ t.test(
         )
     }
     if (process.env['DESYNC_REPORT'])
-      for (const f of [...failures, ...undocumented, ...unaudited]) t.comment(f.slice(0, 1500))
+      for (const f of [...failures, ...compared.undocumented, ...unaudited]) t.comment(f.slice(0, 1500))
     t.same(unaudited.slice(0, 5), [], 'one audit line per request nhi-proxy answered or forwarded')
 
-    t.ok(tally.forwardedBoth > CASES / 5, `both fronts forwarded ${tally.forwardedBoth} cases`)
-    t.ok(tally.invalid > CASES / 10, `${tally.invalid} cases a server must refuse`)
+    const { forwardedBoth, mustRefuse: invalid } = compared.counts
+    t.ok(forwardedBoth > CASES / 5, `both fronts forwarded ${forwardedBoth} cases`)
+    t.ok(invalid > CASES / 10, `${invalid} cases a server must refuse`)
+    const report = compared.report()
+    t.comment(`${CASES} cases (seed ${PROPERTY_SEED}) in ${Date.now() - started} ms: ${report.handled}`)
+    t.comment(`nhi-proxy refused, nginx forwarded: ${report.documented}`)
     t.comment(
-      `${CASES} cases (seed ${PROPERTY_SEED}) in ${Date.now() - started} ms: both forwarded ${tally.forwardedBoth}, ` +
-        `both refused ${tally.refusedBoth}, nhi-proxy alone forwarded ${tally.proxyOnly}, nginx alone ${tally.nginxOnly}`,
+      `nginx forwarded what RFC 9112 has a server refuse, nhi-proxy refused it: ${report.nginxLenient}`,
     )
     t.comment(
-      `nhi-proxy refused, nginx forwarded: ${[...documented].map(([d, names]) => `${d} (${names.length}: ${[...new Set(names)].join(', ')})`).join('; ') || 'none'}`,
-    )
-    t.comment(
-      `nginx forwarded what RFC 9112 has a server refuse, nhi-proxy refused it: ${[...nginxLenient].map(([n, k]) => `${n} ${k}`).join(', ') || 'none'}`,
-    )
-    t.comment(
-      `nginx refused, nhi-proxy forwarded (RFC 9112 lets a server take them): ${[...nginxStricter].map(([n, k]) => `${n} ${k}`).join(', ') || 'none'}`,
+      `nginx refused, nhi-proxy forwarded (RFC 9112 lets a server take them): ${report.nginxStricter}`,
     )
   },
 )
