@@ -30,7 +30,16 @@ import * as grpc from '@grpc/grpc-js'
 import fc from 'fast-check'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import {
+  ASCII,
+  auditLines,
+  callAuditFaults,
+  metadataOf,
+  oneLineEach,
+  PROXY_REQUEST_KEYS,
+  STATUS_DETAILS,
+  startCallers,
+} from '../helpers/grpc-differential.ts'
 import { inParallel } from '../helpers/limit.ts'
 import { createServerPki } from '../helpers/pki.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
@@ -82,7 +91,6 @@ const MESSAGE_SIZES = fc.oneof(
 /** one message of about 1 MiB in a few calls: more would make a seed slow, not the check stronger */
 const HUGE = 1024 * 1024 + 7
 
-const ASCII = [...' abcdefghijXYZ0123456789-_.:;/=+*()[]{}?!@#$%&~"\'`^|<>']
 const asciiValue = fc
   .oneof(
     { arbitrary: fc.string({ unit: fc.constantFrom(...ASCII), maxLength: 24 }), weight: 6 },
@@ -92,17 +100,7 @@ const asciiValue = fc
   )
   // HTTP/2 field values carry no whitespace at either end (RFC 9113 §8.2.1); grpc-js trims none
   .map((v) => v.trim())
-const binaryValue = fc.uint8Array({ maxLength: 40 }).map((a) => Buffer.from(a).toString('base64'))
-const ASCII_KEYS = ['x-a', 'x-b', 'x-long-metadata-name-for-the-differential']
-const BINARY_KEYS = ['x-trace-bin', 'x-blob-bin']
-/** [key, values]: a key with two or three values is sent as repeated entries */
-const metadata = fc.uniqueArray(
-  fc.oneof(
-    fc.tuple(fc.constantFrom(...ASCII_KEYS), fc.array(asciiValue, { minLength: 1, maxLength: 3 })),
-    fc.tuple(fc.constantFrom(...BINARY_KEYS), fc.array(binaryValue, { minLength: 1, maxLength: 3 })),
-  ),
-  { maxLength: 4, selector: ([key]) => key },
-)
+const metadata = metadataOf(asciiValue)
 
 /**
  * The client's own metadata, within what the proxy takes of a request's header list (`limits.maxHeaderBytes`,
@@ -116,15 +114,7 @@ const requestMetadata = metadata.filter(
     8192,
 )
 
-const DETAILS = [
-  'plain details',
-  'café ✓ — non-ASCII details',
-  '100% sure: percent signs %41 and %',
-  'line one\nline two\ttabbed',
-  '',
-  '日本語のエラー',
-  '  spaces at both ends  ',
-]
+const DETAILS = [...STATUS_DETAILS, '  spaces at both ends  ']
 
 const callCase = fc
   .record({
@@ -424,25 +414,6 @@ function makeCall(
 }
 
 /**
- * What the proxy adds to a call's request metadata (docs/reference.md "Headers"), and what it rightly sends
- * otherwise: the request id is each leg's own, and `grpc-timeout` is what is left of the deadline at the
- * forward ("HTTP/2 and gRPC").
- */
-const PROXY_REQUEST_KEYS = new Set([
-  'x-nhi-identity',
-  'x-nhi-kind',
-  'x-nhi-source',
-  'x-nhi-verified',
-  'traceparent',
-  'tracestate',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-request-id',
-  'grpc-timeout',
-])
-
-/**
  * undefined when the server read the same request metadata through the proxy as directly. A deliberate
  * difference (docs/reference.md "Headers"): a field the client sent in several lines reaches the upstream as
  * one value, its lines joined with `, ` (which a grpc-js server reads as it reads the lines: node:http2 joins
@@ -516,9 +487,7 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
   const server = startServer(cases)
   const port = await server.port
   t.teardown(() => server.close())
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
+  const callers = await startCallers(t, { issuer: ISSUER, audience: 'diff', apiKey: API_KEY })
   const { ca, server: serverCert } = await createServerPki()
   const auditFile = join(await scratchDir('grpc-differential'), 'audit.log')
   const sidecar = await startTestSidecar(t, {
@@ -528,22 +497,10 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
       http: '127.0.0.1:0',
       https: { address: '127.0.0.1:0', cert: serverCert.certFile, key: serverCert.keyFile },
     },
-    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['diff'] }] },
-    identities: [
-      {
-        name: 'svc/{client}',
-        kind: 'service',
-        match: { jwt: { issuer: ISSUER, claims: { azp: '{client}' } } },
-      },
-    ],
-    apiKeys: {
-      keys: [
-        { name: 'ci-runner', kind: 'service', sha256: createHash('sha256').update(API_KEY).digest('hex') },
-      ],
-    },
+    ...callers.config,
     audit: { output: auditFile },
   })
-  const token = await mintToken(key, { azp: 'billing' }, { issuer: ISSUER, audience: 'diff' })
+  const { token } = callers
   const credentials = {
     jwt: toMetadata([['authorization', [`Bearer ${token}`]]]),
     apikey: toMetadata([['x-api-key', [API_KEY]]]),
@@ -630,29 +587,12 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
   )
 
   // the audit trail: one line per proxied call, with the status its client saw and its identity
-  const lines = await eventually(
-    async () => {
-      const text = await readFile(auditFile, 'utf8').catch(() => '')
-      const all = text
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
-      return all.length >= proxied.size ? { text, all } : undefined
-    },
-    { what: 'every proxied call audited', timeoutMs: 20_000 },
-  )
+  const lines = await auditLines(auditFile, proxied.size, 'every proxied call audited')
   t.equal(lines.all.length, proxied.size, 'one audit line per proxied call, and no other')
-  const byId = new Map<string, Record<string, unknown>[]>()
-  for (const l of lines.all)
-    byId.set(String(l['request_id']), [...(byId.get(String(l['request_id'])) ?? []), l])
-  const auditDisagreements: string[] = []
+  const { lineOf, faults: auditDisagreements } = oneLineEach(lines.all, proxied.keys())
   for (const [id, { p, observed }] of proxied) {
-    const found = byId.get(id) ?? []
-    if (found.length !== 1) {
-      auditDisagreements.push(`${id}: ${found.length} lines`)
-      continue
-    }
-    const l = found[0]!
+    const l = lineOf.get(id)
+    if (l === undefined) continue
     const expected =
       p.c.timing === 'cancel'
         ? // docs "HTTP/2 and gRPC": client cancelled (recorded only), 1 CANCELLED
@@ -668,9 +608,6 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
             [observed.code > 16 ? 2 : observed.code]
     if (!expected.includes(Number(l['grpc_status'])))
       auditDisagreements.push(`${id}: grpc_status ${l['grpc_status']}, the client saw ${observed.code}`)
-    if (l['path'] !== path(p.c.kind)) auditDisagreements.push(`${id}: path ${l['path']}`)
-    if (l['upstream_error'] !== undefined)
-      auditDisagreements.push(`${id}: upstream_error ${l['upstream_error']}`)
     // docs "Audit events": a gRPC call's status is 200 once its answer started; 499 when none reached the
     // client, which a call held without an answer, then cancelled by its client, is
     const answered = observed.headers !== undefined
@@ -688,15 +625,7 @@ t.test('gRPC calls through the proxy observe what the same calls observe directl
       if (!p.c.compress && !p.c.early && l['bytes_in'] !== framed(p.requests))
         auditDisagreements.push(`${id}: bytes_in ${l['bytes_in']}, the client sent ${framed(p.requests)}`)
     }
-    const identity =
-      p.c.credential === 'jwt'
-        ? ['svc/billing', 'jwt', true]
-        : p.c.credential === 'apikey'
-          ? ['ci-runner', 'apikey', true]
-          : [l['identity'], 'useragent', false]
-    const got = [l['identity'], l['source'], l['verified']]
-    if (JSON.stringify(got) !== JSON.stringify(identity))
-      auditDisagreements.push(`${id}: identity ${JSON.stringify(got)}, expected ${JSON.stringify(identity)}`)
+    auditDisagreements.push(...callAuditFaults(id, l, path(p.c.kind), p.c.credential))
   }
   t.same(
     auditDisagreements.slice(0, 8),

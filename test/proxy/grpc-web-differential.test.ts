@@ -19,8 +19,6 @@
 // Then what Connect cannot show: `application/grpc-web-text` answers (Connect neither sends nor reads them)
 // from a raw upstream, against what the gRPC-Web protocol says a client reads; and a browser's CORS preflight
 // for a gRPC-Web call, whose answer the proxy passes on as the upstream gave it (docs "Errors", CORS).
-import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import * as http from 'node:http'
 import * as http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
@@ -39,7 +37,16 @@ import { compressionGzip, connectNodeAdapter, createGrpcWebTransport } from '@co
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { createSigningKey, mintToken, startJwksServer } from '../helpers/jwks.ts'
+import {
+  ASCII,
+  auditLines,
+  callAuditFaults,
+  metadataOf,
+  oneLineEach,
+  PROXY_REQUEST_KEYS,
+  STATUS_DETAILS,
+  startCallers,
+} from '../helpers/grpc-differential.ts'
 import { inParallel } from '../helpers/limit.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
 import { PROPERTY_SEED } from '../helpers/property.ts'
@@ -84,7 +91,6 @@ const MESSAGE_SIZES = fc.oneof(
   { arbitrary: fc.integer({ min: 64 * 1024, max: 256 * 1024 }), weight: 1 },
 )
 
-const ASCII = [...' abcdefghijXYZ0123456789-_.:;/=+*()[]{}?!@#$%&~"\'`^|<>']
 // Headers (the Fetch API's, which Connect reads and writes metadata with) trims a value at both ends
 const asciiValue = fc
   .oneof(
@@ -93,26 +99,7 @@ const asciiValue = fc
     { arbitrary: fc.integer({ min: 1000, max: 3000 }).map((n) => 'v'.repeat(n)), weight: 1 },
   )
   .map((v) => v.trim())
-const binaryValue = fc.uint8Array({ maxLength: 40 }).map((a) => Buffer.from(a).toString('base64'))
-const ASCII_KEYS = ['x-a', 'x-b', 'x-long-metadata-name-for-the-differential']
-const BINARY_KEYS = ['x-trace-bin', 'x-blob-bin']
-/** [key, values]: a key with two or three values is appended as repeated entries */
-const metadata = fc.uniqueArray(
-  fc.oneof(
-    fc.tuple(fc.constantFrom(...ASCII_KEYS), fc.array(asciiValue, { minLength: 1, maxLength: 3 })),
-    fc.tuple(fc.constantFrom(...BINARY_KEYS), fc.array(binaryValue, { minLength: 1, maxLength: 3 })),
-  ),
-  { maxLength: 4, selector: ([key]) => key },
-)
-
-const DETAILS = [
-  'plain details',
-  'café ✓ — non-ASCII details',
-  '100% sure: percent signs %41 and %',
-  'line one\nline two\ttabbed',
-  '',
-  '日本語のエラー',
-]
+const metadata = metadataOf(asciiValue)
 
 const callCase = fc
   .record({
@@ -125,7 +112,7 @@ const callCase = fc
     code: weighted(['ok', 3], ['error', 2]).chain((c) =>
       c === 'ok' ? fc.constant(0) : fc.integer({ min: 1, max: 16 }),
     ),
-    details: fc.constantFrom(...DETAILS),
+    details: fc.constantFrom(...STATUS_DETAILS),
     /** an error's details as a protobuf message (`grpc-status-details-bin`), besides its message */
     statusDetails: fc.boolean(),
     /** the request message gzip-compressed (Connect compresses those of 1 KiB and more) */
@@ -328,25 +315,11 @@ async function makeCall(
 }
 
 /**
- * What the proxy adds to a call's request metadata (docs/reference.md "Headers"), and what it rightly sends
- * otherwise: the request id is each leg's own, `grpc-timeout` is what is left of the deadline at the forward
- * ("HTTP/2 and gRPC"), `host` names the proxy, and `content-length` is how one HTTP/1.1 hop framed the body.
+ * What the proxy adds to a call's request metadata and what it rightly sends otherwise (PROXY_REQUEST_KEYS),
+ * and over HTTP/1.1 besides: `host` names the proxy, and `content-length` is how one HTTP/1.1 hop framed the
+ * body.
  */
-const PROXY_REQUEST_KEYS = new Set([
-  'x-nhi-identity',
-  'x-nhi-kind',
-  'x-nhi-source',
-  'x-nhi-verified',
-  'traceparent',
-  'tracestate',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-request-id',
-  'grpc-timeout',
-  'host',
-  'content-length',
-])
+const PROXY_WEB_REQUEST_KEYS = new Set([...PROXY_REQUEST_KEYS, 'host', 'content-length'])
 
 function judgeRequest(direct: Received | undefined, via: Received | undefined): string | undefined {
   if (direct === undefined || via === undefined)
@@ -354,7 +327,7 @@ function judgeRequest(direct: Received | undefined, via: Received | undefined): 
   if (via.path !== direct.path) return `path ${via.path}, directly ${direct.path}`
   if (via.request !== direct.request) return 'the server received another request message'
   const view = (m: Record<string, string>) =>
-    JSON.stringify(Object.entries(m).filter(([key]) => !PROXY_REQUEST_KEYS.has(key)))
+    JSON.stringify(Object.entries(m).filter(([key]) => !PROXY_WEB_REQUEST_KEYS.has(key)))
   const [d, v] = [view(direct.metadata), view(via.metadata)]
   return d === v ? undefined : `request metadata ${v}, directly ${d}`
 }
@@ -420,21 +393,6 @@ async function proxiesFor(
   return proxies
 }
 
-/** the audit trail's lines once it has `n` of them */
-function auditLines(file: string, n: number, what: string) {
-  return eventually(
-    async () => {
-      const text = await readFile(file, 'utf8').catch(() => '')
-      const all = text
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
-      return all.length >= n ? { text, all } : undefined
-    },
-    { what: `every call proxied to ${what} audited`, timeoutMs: 20_000 },
-  )
-}
-
 /** a node:http and a node:http2 (h2c) server on loopback with one handler, closed with their connections */
 async function serveBoth(
   t: Test,
@@ -472,25 +430,8 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
 
   const { received, handler } = serve(cases)
   const ports = await serveBoth(t, handler)
-  const key = await createSigningKey('k1')
-  const jwks = await startJwksServer([key])
-  t.teardown(() => jwks.close())
-  const sidecars = await proxiesFor(t, ports, {
-    jwt: { issuers: [{ issuer: ISSUER, jwksUri: jwks.jwksUri, audiences: ['webdiff'] }] },
-    identities: [
-      {
-        name: 'svc/{client}',
-        kind: 'service',
-        match: { jwt: { issuer: ISSUER, claims: { azp: '{client}' } } },
-      },
-    ],
-    apiKeys: {
-      keys: [
-        { name: 'ci-runner', kind: 'service', sha256: createHash('sha256').update(API_KEY).digest('hex') },
-      ],
-    },
-  })
-  const token = await mintToken(key, { azp: 'billing' }, { issuer: ISSUER, audience: 'webdiff' })
+  const { config, token } = await startCallers(t, { issuer: ISSUER, audience: 'webdiff', apiKey: API_KEY })
+  const sidecars = await proxiesFor(t, ports, config)
   const credentials: Record<CallCase['credential'], [string, string][]> = {
     jwt: [['authorization', `Bearer ${token}`]],
     apikey: [['x-api-key', API_KEY]],
@@ -575,19 +516,16 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
   // the audit trail: one line per proxied call, with the status its client saw and its identity
   for (const upstream of UPSTREAMS) {
     const calls = proxied[upstream]
-    const lines = await auditLines(sidecars[upstream].auditFile, calls.size, upstream)
+    const lines = await auditLines(
+      sidecars[upstream].auditFile,
+      calls.size,
+      `every call proxied to ${upstream} audited`,
+    )
     t.equal(lines.all.length, calls.size, `${upstream}: one audit line per proxied call, and no other`)
-    const byId = new Map<string, Record<string, unknown>[]>()
-    for (const l of lines.all)
-      byId.set(String(l['request_id']), [...(byId.get(String(l['request_id'])) ?? []), l])
-    const auditDisagreements: string[] = []
+    const { lineOf, faults: auditDisagreements } = oneLineEach(lines.all, calls.keys())
     for (const [id, { p, observed }] of calls) {
-      const found = byId.get(id) ?? []
-      if (found.length !== 1) {
-        auditDisagreements.push(`${id}: ${found.length} lines`)
-        continue
-      }
-      const l = found[0]!
+      const l = lineOf.get(id)
+      if (l === undefined) continue
       // docs "HTTP/2 and gRPC": a call its client cancelled is recorded 1 CANCELLED, which is what the client
       // saw; one past its timeout 4, whether the proxy's timer, the upstream's or the client's cancel at that
       // deadline ends it first, but for a client timer that fired before the proxy's last tenth of the
@@ -598,24 +536,11 @@ t.test('gRPC-Web calls through the proxy observe what the same calls observe dir
         auditDisagreements.push(
           `${id}: grpc_status ${l['grpc_status']}, the client saw ${observed.code} (${p.c.kind}, ${p.c.timing}, ${p.c.responses.length} messages)`,
         )
-      if (l['path'] !== path(p.c.kind)) auditDisagreements.push(`${id}: path ${l['path']}`)
-      if (l['upstream_error'] !== undefined)
-        auditDisagreements.push(`${id}: upstream_error ${l['upstream_error']}`)
       // docs "Audit events": a gRPC call's status is 200 once its answer started; 499 when none reached the
       // client, as for a call held without an answer, then aborted by its client
       const statuses = p.c.timing === 'prompt' || observed.headers !== undefined ? [200] : [200, 499]
       if (!statuses.includes(Number(l['status']))) auditDisagreements.push(`${id}: status ${l['status']}`)
-      const identity =
-        p.c.credential === 'jwt'
-          ? ['svc/billing', 'jwt', true]
-          : p.c.credential === 'apikey'
-            ? ['ci-runner', 'apikey', true]
-            : [l['identity'], 'useragent', false]
-      const got = [l['identity'], l['source'], l['verified']]
-      if (JSON.stringify(got) !== JSON.stringify(identity))
-        auditDisagreements.push(
-          `${id}: identity ${JSON.stringify(got)}, expected ${JSON.stringify(identity)}`,
-        )
+      auditDisagreements.push(...callAuditFaults(id, l, path(p.c.kind), p.c.credential))
     }
     t.same(
       auditDisagreements.slice(0, 8),
