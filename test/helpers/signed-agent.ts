@@ -1,12 +1,16 @@
 // A Web Bot Auth agent for tests: an Ed25519 key pair, its key directory served over HTTP
 // (`/.well-known/http-message-signatures-directory`), and request signing with the `web-bot-auth` package's
-// own signer, so the proxy's verification is checked against an independent implementation.
+// own signer, so the proxy's verification is checked against an independent implementation; and a sidecar
+// that trusts it.
 import { createPrivateKey, generateKeyPairSync, sign } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import type { Test } from 'tap'
 import { signatureHeaders } from 'web-bot-auth'
 import { Ed25519Signer } from 'web-bot-auth/crypto'
+import { startTestSidecar, type TestSidecar } from './sidecar.ts'
+import { startUpstream, type TestUpstream } from './upstream.ts'
 
 export const DIRECTORY_PATH = '/.well-known/http-message-signatures-directory'
 
@@ -85,6 +89,40 @@ export async function startKeyDirectory(keys: PublishedKey[]): Promise<KeyDirect
   state.origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   state.url = `${state.origin}${DIRECTORY_PATH}`
   return state
+}
+
+export interface SignedAgentSidecar {
+  upstream: TestUpstream
+  key: AgentKey
+  directory: KeyDirectoryServer
+  /** the sidecar's config with other signedAgents settings (by default, its own): for a reload or another sidecar */
+  config: (signedAgents?: Record<string, unknown>) => Record<string, unknown>
+  sidecar: TestSidecar
+}
+
+/**
+ * A sidecar of service `shop` in front of an echoing upstream, trusting one agent key's directory as
+ * `agent.example`: `signedAgents` its other signedAgents settings, `more` the rest of its config. The
+ * upstream and the directory are closed at the end of the test.
+ */
+export async function startSignedAgentSidecar(
+  t: Test,
+  signedAgents: Record<string, unknown> = {},
+  more: Record<string, unknown> = {},
+): Promise<SignedAgentSidecar> {
+  const upstream = await startUpstream()
+  t.teardown(() => upstream.close())
+  const key = await createAgentKey()
+  const directory = await startKeyDirectory([key])
+  t.teardown(() => directory.close())
+  const config = (settings: Record<string, unknown> = signedAgents) => ({
+    service: 'shop',
+    upstream: upstream.url,
+    ...more,
+    signedAgents: { directories: [{ url: directory.url, name: 'agent.example' }], ...settings },
+  })
+  const sidecar = await startTestSidecar(t, config())
+  return { upstream, key, directory, config, sidecar }
 }
 
 export interface SignOptions {

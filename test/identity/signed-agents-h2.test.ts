@@ -3,24 +3,25 @@
 // check reads the Host header only, so a correctly signed agent over h2c is refused as signature_invalid
 // ("no Host to check") and attributed as an unverified user agent, and counted as an auth failure.
 import { once } from 'node:events'
-import { connect } from 'node:http2'
+import { type ClientHttp2Session, connect, type OutgoingHttpHeaders } from 'node:http2'
 import t from 'tap'
 import { request } from 'undici'
-import { startTestSidecar } from '../helpers/sidecar.ts'
-import { createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
-import { startUpstream } from '../helpers/upstream.ts'
+import { signRequest, startSignedAgentSidecar } from '../helpers/signed-agent.ts'
+
+/** a GET of /echo over `session`: the request headers the upstream echoed */
+async function echoedOverH2(session: ClientHttp2Session, headers: OutgoingHttpHeaders) {
+  const stream = session.request({ ':path': '/echo', 'user-agent': 'ExampleAgent/1.0', ...headers })
+  let body = ''
+  stream.setEncoding('utf8')
+  stream.on('data', (c: string) => {
+    body += c
+  })
+  await once(stream, 'end')
+  return JSON.parse(body).headers as Record<string, string>
+}
 
 t.test('a signed agent is verified over HTTP/2 as over HTTP/1.1', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createAgentKey()
-  const directory = await startKeyDirectory([key])
-  t.teardown(() => directory.close())
-  const sidecar = await startTestSidecar(t, {
-    service: 'shop',
-    upstream: upstream.url,
-    signedAgents: { directories: [{ url: directory.url, name: 'agent.example' }] },
-  })
+  const { key, directory, sidecar } = await startSignedAgentSidecar(t)
   const proxy = `http://127.0.0.1:${sidecar.proxyAddress.port}`
   const agent = JSON.stringify(directory.origin)
 
@@ -34,53 +35,21 @@ t.test('a signed agent is verified over HTTP/2 as over HTTP/1.1', async (t) => {
   const session = connect(proxy)
   session.on('error', () => {})
   t.teardown(() => session.destroy())
-  const signed = await signRequest(key, `${proxy}/echo`, { agent })
-  const stream = session.request({ ':path': '/echo', 'user-agent': 'ExampleAgent/1.0', ...signed })
-  let body = ''
-  stream.setEncoding('utf8')
-  stream.on('data', (c: string) => {
-    body += c
-  })
-  await once(stream, 'end')
-  const seen = JSON.parse(body).headers as Record<string, string>
+  const seen = await echoedOverH2(session, await signRequest(key, `${proxy}/echo`, { agent }))
   t.equal(seen['x-nhi-identity'], 'agent.example', 'verified over h2c')
   t.equal(seen['x-nhi-source'], 'signature')
   t.equal(seen['x-nhi-verified'], 'true')
 })
 
 t.test('signedAgents.authorities holds for the HTTP/2 :authority', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createAgentKey()
-  const directory = await startKeyDirectory([key])
-  t.teardown(() => directory.close())
-  const sidecar = await startTestSidecar(t, {
-    service: 'shop',
-    upstream: upstream.url,
-    signedAgents: {
-      directories: [{ url: directory.url, name: 'agent.example' }],
-      authorities: ['shop.example'],
-    },
-  })
+  const { key, directory, sidecar } = await startSignedAgentSidecar(t, { authorities: ['shop.example'] })
   const session = connect(sidecar.proxyUrl)
   session.on('error', () => {})
   t.teardown(() => session.destroy())
   const agent = JSON.stringify(directory.origin)
   const get = async (authority: string) => {
     const signed = await signRequest(key, `http://${authority}/echo`, { agent })
-    const stream = session.request({
-      ':path': '/echo',
-      ':authority': authority,
-      'user-agent': 'ExampleAgent/1.0',
-      ...signed,
-    })
-    let body = ''
-    stream.setEncoding('utf8')
-    stream.on('data', (c: string) => {
-      body += c
-    })
-    await once(stream, 'end')
-    const seen = JSON.parse(body).headers as Record<string, string>
+    const seen = await echoedOverH2(session, { ':authority': authority, ...signed })
     return { identity: seen['x-nhi-identity'], verified: seen['x-nhi-verified'] }
   }
   t.same(await get('shop.example'), { identity: 'agent.example', verified: 'true' }, 'a listed :authority')

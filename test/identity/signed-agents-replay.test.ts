@@ -6,9 +6,8 @@ import t, { type Test } from 'tap'
 import { Client } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
-import { startTestSidecar, type TestSidecar } from '../helpers/sidecar.ts'
-import { type AgentKey, createAgentKey, signRequest, startKeyDirectory } from '../helpers/signed-agent.ts'
-import { startUpstream } from '../helpers/upstream.ts'
+import type { TestSidecar } from '../helpers/sidecar.ts'
+import { type AgentKey, signRequest, startSignedAgentSidecar } from '../helpers/signed-agent.ts'
 
 /** GET `url` on a connection of its own; whether the proxy forwarded it as a verified identity */
 function sendFresh(url: string, headers: Record<string, string>): Promise<boolean> {
@@ -47,18 +46,7 @@ interface Setup {
 }
 
 async function setup(t: Test, workers: number): Promise<Setup> {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createAgentKey()
-  const directory = await startKeyDirectory([key])
-  t.teardown(() => directory.close())
-  const config = (signedAgents: Record<string, unknown> = {}) => ({
-    service: 'shop',
-    upstream: upstream.url,
-    workers,
-    signedAgents: { directories: [{ url: directory.url, name: 'agent.example' }], ...signedAgents },
-  })
-  const sidecar = await startTestSidecar(t, config())
+  const { sidecar, key, config } = await startSignedAgentSidecar(t, {}, { workers })
   const url = `${sidecar.proxyUrl}/echo`
   let n = 0
   return {

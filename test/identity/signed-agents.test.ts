@@ -13,7 +13,13 @@ import { metricValue, scrape } from '../helpers/metrics.ts'
 import { rawExchange } from '../helpers/net.ts'
 import { scratchDir } from '../helpers/scratch.ts'
 import { runCli, startTestSidecar } from '../helpers/sidecar.ts'
-import { createAgentKey, signRequest, signWithParams, startKeyDirectory } from '../helpers/signed-agent.ts'
+import {
+  createAgentKey,
+  signRequest,
+  signWithParams,
+  startKeyDirectory,
+  startSignedAgentSidecar,
+} from '../helpers/signed-agent.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 // the tests share nothing (each its own sidecar, upstream and key directory) and the last spends most of its
@@ -275,19 +281,7 @@ t.test('Web Bot Auth signatures are verified against the configured key director
 // Found by signed-agents-differential.test.ts: signatures the reference verifier accepts on the request as its
 // agent built and sent it, which the proxy checked against the request as it had rewritten it.
 t.test('a signature is checked against the request as its agent sent it', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createAgentKey()
-  const directory = await startKeyDirectory([key])
-  t.teardown(() => directory.close())
-  const sidecar = await startTestSidecar(t, {
-    service: 'shop',
-    upstream: upstream.url,
-    signedAgents: {
-      directories: [{ url: directory.url, name: 'agent.example' }],
-      authorities: ['shop.example'],
-    },
-  })
+  const { key, sidecar } = await startSignedAgentSidecar(t, { authorities: ['shop.example'] })
   const signer = createSigner(createPrivateKey({ key: key.privateJwk, format: 'jwk' }), 'ed25519', key.keyid)
   let n = 0
   /** `lines` and `target` signed (`@authority` and `fields`) by http-message-signatures, sent as raw HTTP/1.1 */
@@ -422,21 +416,12 @@ t.test('explain verifies a signed request against the directory and shows the ev
 })
 
 t.test('signedAgents.authorities: a signature made for another site is refused', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createAgentKey()
-  const directory = await startKeyDirectory([key])
-  t.teardown(() => directory.close())
-  const directories = [{ url: directory.url, name: 'agent.example' }]
-  const [open, bound] = await Promise.all([
-    // today's default: the signature's @authority is checked against the request's own Host only
-    startTestSidecar(t, { service: 'shop', upstream: upstream.url, signedAgents: { directories } }),
-    startTestSidecar(t, {
-      service: 'shop',
-      upstream: upstream.url,
-      signedAgents: { directories, authorities: ['shop.example', '*.shops.test', 'api.example:8443'] },
-    }),
-  ])
+  // today's default: the signature's @authority is checked against the request's own Host only
+  const { key, directory, config, sidecar: open } = await startSignedAgentSidecar(t)
+  const bound = await startTestSidecar(
+    t,
+    config({ authorities: ['shop.example', '*.shops.test', 'api.example:8443'] }),
+  )
   let n = 0
   /** a request to `sidecar` with Host `authority`, signed for `http://<signedFor>/echo` */
   const send = async (
@@ -516,25 +501,15 @@ t.test('signedAgents.authorities: a signature made for another site is refused',
 })
 
 t.test('the nonce cache never lets a replay through, even when it is full', async (t) => {
-  const upstream = await startUpstream()
-  t.teardown(() => upstream.close())
-  const key = await createAgentKey()
-  const directory = await startKeyDirectory([key])
-  t.teardown(() => directory.close())
   // created and expires are whole seconds: a signature verifies for maxAge to maxAge + 1 s after it is made.
   // Long enough for the eight requests of a step on a loaded machine (up to 3.2 s seen at a load of 16); the
   // three waits run beside the other tests of this file
   const maxAgeMs = 6000
   const nonceCacheSize = 3
-  const sidecar = await startTestSidecar(t, {
-    service: 'shop',
-    upstream: upstream.url,
-    signedAgents: {
-      directories: [{ url: directory.url, name: 'agent.example' }],
-      nonceCacheSize,
-      maxAge: `${maxAgeMs}ms`,
-      clockSkew: '0s',
-    },
+  const { key, sidecar } = await startSignedAgentSidecar(t, {
+    nonceCacheSize,
+    maxAge: `${maxAgeMs}ms`,
+    clockSkew: '0s',
   })
   const url = `${sidecar.proxyUrl}/echo`
   let n = 0
