@@ -7,6 +7,8 @@ import { once } from 'node:events'
 import {
   createServer as createH2cServer,
   createSecureServer,
+  type Http2SecureServer,
+  type Http2Server,
   connect as h2connect,
   type ServerHttp2Session,
 } from 'node:http2'
@@ -56,9 +58,11 @@ async function grpcStatusOf(t: Test, url: string): Promise<string | undefined> {
   return status
 }
 
-/** answers every request on `port` of 127.0.0.1 with 200 `served` */
-async function answerOn(t: Test, port: number, secure?: { key: string; cert: string }) {
-  const server = secure ? createSecureServer({ ...secure, allowHTTP1: false }) : createH2cServer()
+/**
+ * The sessions `server` has open, and how many it has opened: the tests count the sessions the proxy keeps to
+ * an upstream. Those still open are destroyed at the end of the test, which a server's close waits for.
+ */
+function trackSessions(t: Test, server: Http2Server | Http2SecureServer) {
   const sessions = new Set<ServerHttp2Session>()
   let opened = 0
   server.on('session', (s) => {
@@ -66,6 +70,15 @@ async function answerOn(t: Test, port: number, secure?: { key: string; cert: str
     sessions.add(s)
     s.once('close', () => sessions.delete(s))
   })
+  t.teardown(() => {
+    for (const s of sessions) s.destroy()
+  })
+  return { sessions, opened: () => opened }
+}
+
+/** answers every request on `port` of 127.0.0.1 with 200 `served` */
+async function answerOn(t: Test, port: number, secure?: { key: string; cert: string }) {
+  const server = secure ? createSecureServer({ ...secure, allowHTTP1: false }) : createH2cServer()
   server.on('stream', (stream) => {
     stream.on('error', () => {})
     stream.respond({ ':status': 200 })
@@ -73,11 +86,8 @@ async function answerOn(t: Test, port: number, secure?: { key: string; cert: str
   })
   server.listen(port, '127.0.0.1')
   await once(server, 'listening')
-  t.teardown(() => {
-    for (const s of sessions) s.destroy()
-    server.close()
-  })
-  return { sessions, opened: () => opened }
+  t.teardown(() => server.close())
+  return trackSessions(t, server)
 }
 
 for (const secure of [false, true]) {
@@ -156,13 +166,7 @@ for (const secure of [false, true]) {
 // not given up on, and the response it is still streaming arrives whole.
 t.test('h2c: a session that answers its PING after a headers timeout keeps its streams', async (t) => {
   const server = createH2cServer()
-  const sessions = new Set<ServerHttp2Session>()
-  let opened = 0
-  server.on('session', (s) => {
-    opened++
-    sessions.add(s)
-    s.once('close', () => sessions.delete(s))
-  })
+  const { sessions, opened } = trackSessions(t, server)
   let release: (() => void) | undefined
   server.on('stream', (stream, headers) => {
     stream.on('error', () => {})
@@ -176,9 +180,6 @@ t.test('h2c: a session that answers its PING after a headers timeout keeps its s
     release = () => stream.end('rest')
   })
   const port = await listenUntilTeardown(t, server)
-  t.teardown(() => {
-    for (const s of sessions) s.destroy()
-  })
   const p = await startProxy(t, { upstream: `h2c://127.0.0.1:${port}`, timeouts })
 
   const held = await fetch(`${p.url}/hold`)
@@ -191,7 +192,7 @@ t.test('h2c: a session that answers its PING after a headers timeout keeps its s
   t.equal(await (await fetch(`${p.url}/after`)).text(), 'served', 'the next request is served')
   // the checked session was used again, or closed once its streams were done if a new one took its place
   await eventually(() => sessions.size === 1, { what: 'one session left to the upstream' })
-  t.ok(opened <= 2, `no session opened but for the one that may have replaced it (${opened})`)
+  t.ok(opened() <= 2, `no session opened but for the one that may have replaced it (${opened()})`)
 })
 
 // timeouts.upstream: 0 is no deadline (as on the HTTP/1.1 engine, upstream-framing.test.ts), for the connect

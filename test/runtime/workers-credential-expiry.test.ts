@@ -4,7 +4,7 @@
 // And a long request that outlived its short-lived token on one worker, while the renewed token's requests
 // went to the other: the pod shows the renewed token's expiry, as one process does, not the expired one.
 import { Agent } from 'node:http'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { exchange } from '../helpers/http.ts'
 import { mintToken, startUpstreamAndJwks } from '../helpers/jwks.ts'
 import { metricValue, scrapeUntil } from '../helpers/metrics.ts'
@@ -12,7 +12,14 @@ import { startTestSidecar } from '../helpers/sidecar.ts'
 
 const EXPIRY = 'nhi_credential_expiry_timestamp_seconds'
 
-t.test("the pod's credential expiry is the earliest of its workers'", async (t) => {
+const expOf = (jwt: string) =>
+  (JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp
+
+/**
+ * A `workers: 2` sidecar that verifies the JWTs of a JWKS served here; `token(expiresIn)`: one of `subject`'s
+ * tokens; `agents`: one kept-alive connection per replica, which the cluster hands to one worker each.
+ */
+async function twoWorkers(t: Test, subject: string) {
   const { upstream, key, jwks } = await startUpstreamAndJwks(t)
   const sidecar = await startTestSidecar(t, {
     upstream: upstream.url,
@@ -20,21 +27,19 @@ t.test("the pod's credential expiry is the earliest of its workers'", async (t) 
     jwt: { issuers: [{ issuer: jwks.url, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
   })
   const token = (expiresIn: number) =>
-    mintToken(key, {}, { issuer: jwks.url, audience: 'orders', subject: 'shop-cart', expiresIn })
+    mintToken(key, {}, { issuer: jwks.url, audience: 'orders', subject, expiresIn })
+  const agents = [0, 1].map(() => new Agent({ keepAlive: true, maxSockets: 1 }))
+  t.teardown(() => {
+    for (const agent of agents) agent.destroy()
+  })
+  return { sidecar, token, agents, port: new URL(sidecar.proxyUrl).port }
+}
+
+t.test("the pod's credential expiry is the earliest of its workers'", async (t) => {
+  const { sidecar, token, agents, port } = await twoWorkers(t, 'shop-cart')
   const broken = await token(2 * 3600)
   const renewed = await token(24 * 3600)
-  const expOf = (jwt: string) =>
-    (JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp
-
-  // one kept-alive connection per replica: the cluster hands the second to the other worker
-  const replicas = [broken, renewed].map((jwt) => ({
-    jwt,
-    agent: new Agent({ keepAlive: true, maxSockets: 1 }),
-  }))
-  t.teardown(() => {
-    for (const r of replicas) r.agent.destroy()
-  })
-  const { port } = new URL(sidecar.proxyUrl)
+  const replicas = [broken, renewed].map((jwt, i) => ({ jwt, agent: agents[i]! }))
   const rounds = 3
   for (let i = 0; i < rounds; i++) {
     // the renewed replica calls last
@@ -74,26 +79,11 @@ t.test("the pod's credential expiry is the earliest of its workers'", async (t) 
 })
 
 t.test('a long request that outlived its token on one worker: the pod shows the renewed one', async (t) => {
-  const { upstream, key, jwks } = await startUpstreamAndJwks(t)
-  const sidecar = await startTestSidecar(t, {
-    upstream: upstream.url,
-    workers: 2,
-    jwt: { issuers: [{ issuer: jwks.url, jwksUri: jwks.jwksUri, audiences: ['orders'] }] },
-  })
-  const token = (expiresIn: number) =>
-    mintToken(key, {}, { issuer: jwks.url, audience: 'orders', subject: 'shop-stream', expiresIn })
+  const { sidecar, token, agents, port } = await twoWorkers(t, 'shop-stream')
   // expires 2 to 3 s from now (exp is in whole seconds): what the test has to wait for
   const shortLived = await token(3)
   const renewed = await token(24 * 3600)
-  const expOf = (jwt: string) =>
-    (JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp
 
-  // one kept-alive connection per replica: the cluster hands the second to the other worker
-  const agents = [0, 1].map(() => new Agent({ keepAlive: true, maxSockets: 1 }))
-  t.teardown(() => {
-    for (const agent of agents) agent.destroy()
-  })
-  const { port } = new URL(sidecar.proxyUrl)
   const call = (agent: Agent, path: string, jwt: string) =>
     exchange({ host: '127.0.0.1', port, path, agent, headers: { authorization: `Bearer ${jwt}` } })
   // the upstream answers half a second after the short-lived token expired: the request presented it valid
