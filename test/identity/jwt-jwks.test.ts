@@ -653,80 +653,85 @@ t.test('jwksUri + secretFile: an unreadable secret file does not stop the key se
   t.equal(keys.hasKeysFor('HS256'), true, 'the last good secret keeps serving')
 })
 
-// An IdP that re-keys under the kid it already used: tokens signed with the new key failed as bad_signature
-// until the next refreshInterval (10 min by default), since only an unknown kid made the keys be refetched.
-for (const verifyWorkers of [0, 1]) {
-  t.test(
-    `same kid, new key: the first token signed with it verifies (verifyWorkers ${verifyWorkers})`,
-    async (t) => {
-      const oldKey = await createSigningKey('k1')
-      const newKey = await createSigningKey('k1')
-      const forger = await createSigningKey('k1')
-      const idp = await serve(t, [oldKey])
-      const clock = manualClock()
-      const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { verifyWorkers }), {
-        unknownKidCooldownMs: 1000,
-        now: clock.now,
-      })
-      await x.start()
-      t.match(await verified(x, await mintToken(oldKey, {}, { issuer: idp.url })), {
-        verified: true,
-        kid: 'k1',
-      })
-      t.equal(idp.hits, 1)
-      // with a worker, what it answers is what is retried: wait until new tokens go to it
-      if (verifyWorkers > 0) await eventually(() => x.verifyPool().workers === 1, { what: 'a ready worker' })
-      const byWorkers = x.verifyPool().verified
+/**
+ * An IdP about to re-key, serving its old key, and a started extractor on it whose refetch cooldown (1 s)
+ * runs on a manual clock. `kids`: those of the old key, the new key it rotates to and a forger's key.
+ * `mint(key, n)`: a token signed with `key` (claim `n` where given), without a kid where `withoutKid`.
+ * `kid`: what a token of the new key verifies as.
+ */
+async function rekeying(
+  t: Test,
+  kids: readonly [string, string, string],
+  { withoutKid = false, verifyWorkers }: { withoutKid?: boolean; verifyWorkers?: number } = {},
+) {
+  const oldKey = await createSigningKey(kids[0])
+  const newKey = await createSigningKey(kids[1])
+  const forger = await createSigningKey(kids[2])
+  const idp = await serve(t, [oldKey])
+  const clock = manualClock()
+  const x = extractor(
+    t,
+    jwtConfig(
+      [{ issuer: idp.url, jwksUri: idp.jwksUri }],
+      verifyWorkers === undefined ? {} : { verifyWorkers },
+    ),
+    { unknownKidCooldownMs: 1000, now: clock.now },
+  )
+  await x.start()
+  const header = withoutKid ? { kid: undefined } : undefined
+  const mint = (key: SigningKey, n?: number) =>
+    mintToken(key, n === undefined ? {} : { n }, { issuer: idp.url, header })
+  return { oldKey, newKey, forger, idp, clock, x, mint, kid: withoutKid ? undefined : kids[1] }
+}
+type Rekeying = Awaited<ReturnType<typeof rekeying>>
 
-      idp.setKeys([newKey])
-      clock.advance(1001)
-      const fresh = await mintToken(newKey, { n: 1 }, { issuer: idp.url })
-      t.match(
-        await verified(x, fresh),
-        { verified: true, kid: 'k1' },
-        'the first token signed with the new key verifies',
-      )
-      t.equal(idp.hits, 2, 'after one refetch')
-      t.equal(
-        x.verifyPool().verified - byWorkers,
-        verifyWorkers * 2,
-        verifyWorkers ? 'failed, then verified, by the worker' : 'no worker here',
-      )
-      t.match(
-        await verified(x, await mintToken(oldKey, { n: 2 }, { issuer: idp.url })),
-        { failed: true, reason: 'bad_signature' },
-        'the replaced key no longer verifies',
-      )
+/**
+ * The IdP publishes `published`, its new key among them, and signs with the new key at once: the first token
+ * so signed verifies, after one refetch of the keys (made by the worker where there is one).
+ */
+async function firstTokenOfTheNewKeyVerifies(
+  t: Test,
+  { newKey, idp, clock, x, mint, kid }: Rekeying,
+  verifyWorkers: number,
+  published: SigningKey[],
+): Promise<void> {
+  // with a worker, what it answers is what is retried: wait until new tokens go to it
+  if (verifyWorkers > 0) await eventually(() => x.verifyPool().workers === 1, { what: 'a ready worker' })
+  const byWorkers = x.verifyPool().verified
 
-      const forged = (n: number) => mintToken(forger, { n }, { issuer: idp.url })
-      await forgedRoundsRefetchOncePerCooldown(t, x, idp, clock, forged, 'under k1')
-    },
+  idp.setKeys(published)
+  clock.advance(1001)
+  t.match(
+    await verified(x, await mint(newKey, 1)),
+    { verified: true, kid },
+    'the first token signed with the new key verifies',
+  )
+  t.equal(idp.hits, 2, 'after one refetch')
+  t.equal(
+    x.verifyPool().verified - byWorkers,
+    verifyWorkers * 2,
+    verifyWorkers ? 'failed, then verified, by the worker' : 'no worker here',
   )
 }
 
-// A token signed with the new key that arrives while a refetch is not allowed fails, and from its second
-// request on its failure is cached: held for a minute, it kept the token failing after the cooldown ended.
-t.test('same kid, new key: a cached bad_signature lasts no longer than the cooldown', async (t) => {
-  const oldKey = await createSigningKey('k1')
-  const newKey = await createSigningKey('k1')
-  const forger = await createSigningKey('k1')
-  const idp = await serve(t, [oldKey])
-  const clock = manualClock()
-  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
-    unknownKidCooldownMs: 1000,
-    now: clock.now,
-  })
-  await x.start()
+/**
+ * The cached bad_signature of a token of the new key that came while no refetch was allowed: it holds through
+ * the cooldown, and once that is over the token is verified again against the refetched keys.
+ */
+async function cachedBadSignatureEndsWithTheCooldown(
+  t: Test,
+  { newKey, forger, idp, clock, x, mint, kid }: Rekeying,
+): Promise<void> {
   clock.advance(1001)
   t.match(
-    await verified(x, await mintToken(forger, {}, { issuer: idp.url })),
+    await verified(x, await mint(forger)),
     { failed: true, reason: 'bad_signature' },
     'a forged token makes the keys be refetched',
   )
   t.equal(idp.hits, 2, 'refetched once')
 
   idp.setKeys([newKey])
-  const fresh = await mintToken(newKey, {}, { issuer: idp.url })
+  const fresh = await mint(newKey)
   for (const n of [1, 2])
     t.match(
       await verified(x, fresh),
@@ -737,22 +742,56 @@ t.test('same kid, new key: a cached bad_signature lasts no longer than the coold
   clock.advance(1001)
   t.match(
     await verified(x, fresh),
-    { verified: true, kid: 'k1' },
+    { verified: true, kid },
     'once the cooldown is over the token makes the keys be refetched, its cached failure gone',
   )
   t.equal(idp.hits, 3, 'refetched once more')
+}
+
+// An IdP that re-keys under the kid it already used: tokens signed with the new key failed as bad_signature
+// until the next refreshInterval (10 min by default), since only an unknown kid made the keys be refetched.
+for (const verifyWorkers of [0, 1]) {
+  t.test(
+    `same kid, new key: the first token signed with it verifies (verifyWorkers ${verifyWorkers})`,
+    async (t) => {
+      const r = await rekeying(t, ['k1', 'k1', 'k1'], { verifyWorkers })
+      const { oldKey, newKey, forger, idp, clock, x, mint } = r
+      t.match(await verified(x, await mint(oldKey)), { verified: true, kid: 'k1' })
+      t.equal(idp.hits, 1)
+      await firstTokenOfTheNewKeyVerifies(t, r, verifyWorkers, [newKey])
+      t.match(
+        await verified(x, await mint(oldKey, 2)),
+        { failed: true, reason: 'bad_signature' },
+        'the replaced key no longer verifies',
+      )
+
+      await forgedRoundsRefetchOncePerCooldown(t, x, idp, clock, (n) => mint(forger, n), 'under k1')
+    },
+  )
+}
+
+// A token signed with the new key that arrives while a refetch is not allowed fails, and from its second
+// request on its failure is cached: held for a minute, it kept the token failing after the cooldown ended.
+t.test('same kid, new key: a cached bad_signature lasts no longer than the cooldown', async (t) => {
+  await cachedBadSignatureEndsWithTheCooldown(t, await rekeying(t, ['k1', 'k1', 'k1']))
 })
+
+/** a started key set of an IdP serving keyA, refreshed every ten minutes, its refetch cooldown `cooldownMs` */
+async function tenMinuteKeySet(t: Test, cooldownMs: number) {
+  const idp = await serve(t, [keyA])
+  const keys = new IssuerKeySet(
+    issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri, refreshInterval: '10m' }),
+    { unknownKidCooldownMs: cooldownMs },
+  )
+  t.teardown(() => keys.close())
+  await keys.start()
+  return { idp, keys }
+}
 
 // An IdP that says how long its key set stays fresh (a short max-age ahead of a rotation) is asked again then,
 // not only at refreshInterval; never sooner than the cooldown, so max-age=0 or no-store is no polling loop.
 t.test('Cache-Control max-age brings the next refresh forward, down to the cooldown', async (t) => {
-  const idp = await serve(t, [keyA])
-  const keys = new IssuerKeySet(
-    issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri, refreshInterval: '10m' }),
-    { unknownKidCooldownMs: 1500 },
-  )
-  t.teardown(() => keys.close())
-  await keys.start()
+  const { idp, keys } = await tenMinuteKeySet(t, 1500)
   t.equal(keys.nextRefreshInMs, 600_000, 'no Cache-Control: refreshInterval')
   const cases: [Record<string, string>, number, string][] = [
     [{ 'cache-control': 'public, max-age=120' }, 120_000, 'a max-age shorter than refreshInterval'],
@@ -791,13 +830,7 @@ t.test('Cache-Control max-age brings the next refresh forward, down to the coold
 })
 
 t.test('unknownKidCooldown: 0 never turns a failing key set into a fetch loop', async (t) => {
-  const idp = await serve(t, [keyA])
-  const keys = new IssuerKeySet(
-    issuerConfig({ issuer: idp.url, jwksUri: idp.jwksUri, refreshInterval: '10m' }),
-    { unknownKidCooldownMs: 0 },
-  )
-  t.teardown(() => keys.close())
-  await keys.start()
+  const { idp, keys } = await tenMinuteKeySet(t, 0)
   idp.fault = 503
   t.equal(await keys.refresh(), false)
   t.equal(keys.nextRefreshInMs, 1000, 'a failed fetch is retried after a second at the soonest')
@@ -813,37 +846,12 @@ for (const verifyWorkers of [0, 1]) {
   t.test(
     `no kid, new key: the first token signed with it verifies (verifyWorkers ${verifyWorkers})`,
     async (t) => {
-      const oldKey = await createSigningKey('k1')
-      const newKey = await createSigningKey('k2')
-      const forger = await createSigningKey('k3')
-      const idp = await serve(t, [oldKey])
-      const clock = manualClock()
-      const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }], { verifyWorkers }), {
-        unknownKidCooldownMs: 1000,
-        now: clock.now,
-      })
-      const noKid = { kid: undefined }
-      const mint = (key: SigningKey, n: number) => mintToken(key, { n }, { issuer: idp.url, header: noKid })
-      await x.start()
+      const r = await rekeying(t, ['k1', 'k2', 'k3'], { withoutKid: true, verifyWorkers })
+      const { oldKey, newKey, forger, idp, clock, x, mint } = r
       t.match(await verified(x, await mint(oldKey, 0)), { verified: true, kid: undefined })
       t.equal(idp.hits, 1)
-      if (verifyWorkers > 0) await eventually(() => x.verifyPool().workers === 1, { what: 'a ready worker' })
-      const byWorkers = x.verifyPool().verified
-
       // the IdP publishes its new key next to the old one and signs with it at once
-      idp.setKeys([oldKey, newKey])
-      clock.advance(1001)
-      t.match(
-        await verified(x, await mint(newKey, 1)),
-        { verified: true, kid: undefined },
-        'the first token signed with the new key verifies',
-      )
-      t.equal(idp.hits, 2, 'after one refetch')
-      t.equal(
-        x.verifyPool().verified - byWorkers,
-        verifyWorkers * 2,
-        verifyWorkers ? 'failed, then verified, by the worker' : 'no worker here',
-      )
+      await firstTokenOfTheNewKeyVerifies(t, r, verifyWorkers, [oldKey, newKey])
       t.match(await verified(x, await mint(oldKey, 2)), { verified: true }, 'the old key still verifies')
 
       // forged tokens without kid fail against both keys of the set (jose's several candidates)
@@ -868,41 +876,7 @@ for (const verifyWorkers of [0, 1]) {
 // A token without kid signed with the new key that arrives while a refetch is not allowed fails, and from its
 // second request on its failure is cached: held for a minute, it kept the token failing after the cooldown.
 t.test('no kid, new key: a cached bad_signature lasts no longer than the cooldown', async (t) => {
-  const oldKey = await createSigningKey('k1')
-  const newKey = await createSigningKey('k2')
-  const forger = await createSigningKey('k3')
-  const idp = await serve(t, [oldKey])
-  const clock = manualClock()
-  const x = extractor(t, jwtConfig([{ issuer: idp.url, jwksUri: idp.jwksUri }]), {
-    unknownKidCooldownMs: 1000,
-    now: clock.now,
-  })
-  const noKid = { kid: undefined }
-  await x.start()
-  clock.advance(1001)
-  t.match(
-    await verified(x, await mintToken(forger, {}, { issuer: idp.url, header: noKid })),
-    { failed: true, reason: 'bad_signature' },
-    'a forged token makes the keys be refetched',
-  )
-  t.equal(idp.hits, 2, 'refetched once')
-
-  idp.setKeys([newKey])
-  const fresh = await mintToken(newKey, {}, { issuer: idp.url, header: noKid })
-  for (const n of [1, 2])
-    t.match(
-      await verified(x, fresh),
-      { failed: true, reason: 'bad_signature' },
-      `request ${n} within the cooldown: no refetch, the new key is not known yet`,
-    )
-  t.equal(idp.hits, 2, 'no refetch within the cooldown')
-  clock.advance(1001)
-  t.match(
-    await verified(x, fresh),
-    { verified: true, kid: undefined },
-    'once the cooldown is over the token makes the keys be refetched, its cached failure gone',
-  )
-  t.equal(idp.hits, 3, 'refetched once more')
+  await cachedBadSignatureEndsWithTheCooldown(t, await rekeying(t, ['k1', 'k2', 'k3'], { withoutKid: true }))
 })
 
 function hs256(claims: Record<string, unknown>, secret: string): string {
