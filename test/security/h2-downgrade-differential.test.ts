@@ -534,9 +534,6 @@ function wireOf(specs: StreamSpec[], id: number): Wire {
   return { frames, streams }
 }
 
-// ---- the recording upstream -------------------------------------------------------------------------------
-
-/** one request node:http parsed at an upstream */
 // ---- one exchange -----------------------------------------------------------------------------------------
 
 /** what answered one stream: `status N` (`status ?` for one not in the static table), `reset N`, `goaway N`, `none` */

@@ -542,9 +542,6 @@ function wireOf(c: DesyncCase, id: number): Wire {
   }
 }
 
-// ---- the recording upstream -------------------------------------------------------------------------------
-
-/** one request node:http parsed at an upstream */
 // ---- one exchange -----------------------------------------------------------------------------------------
 
 interface Answer {
