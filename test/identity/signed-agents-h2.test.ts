@@ -1,7 +1,7 @@
 // docs/reference.md "HTTP/2 and gRPC": identity works per HTTP/2 stream exactly as per HTTP/1.1 request. An
-// HTTP/2 request names its host in :authority (RFC 9113 §8.3.1; clients send no Host), but the Web Bot Auth
-// check reads the Host header only, so a correctly signed agent over h2c is refused as signature_invalid
-// ("no Host to check") and attributed as an unverified user agent, and counted as an auth failure.
+// HTTP/2 request names its host in :authority (RFC 9113 §8.3.1; clients send no Host): the Web Bot Auth check
+// reads it as the host a signature covers, so a correctly signed agent over h2c is verified as over HTTP/1.1,
+// and signedAgents.authorities holds for the :authority as for Host.
 import { once } from 'node:events'
 import { type ClientHttp2Session, connect, type OutgoingHttpHeaders } from 'node:http2'
 import t from 'tap'
