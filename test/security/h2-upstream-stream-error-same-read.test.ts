@@ -16,8 +16,11 @@ import { createServer as createNetServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { type BinSidecar, startBin } from '../helpers/bin.ts'
 import { eventually } from '../helpers/eventually.ts'
+import { exitOnceResultsArePrinted } from '../helpers/exit.ts'
 import { FLAG, FRAME, frame, headerBlock, serveClientFrames } from '../helpers/h2-frames.ts'
 import { listenUntilTeardown } from '../helpers/net.ts'
+
+exitOnceResultsArePrinted()
 
 t.setTimeout(120_000)
 
