@@ -102,7 +102,9 @@ export function auditLines(file: string, n: number, what: string) {
         .split('\n')
         .filter(Boolean)
         .map((l) => JSON.parse(l) as AuditLine)
-      return all.length >= n ? { text, all } : undefined
+      // thrown, not undefined: a wait that times out then says how far it got
+      if (all.length < n) throw new Error(`${all.length} of ${n} lines`)
+      return { text, all }
     },
     { what, timeoutMs: 20_000 },
   )
