@@ -15,7 +15,7 @@ import { parse } from 'yaml'
 import { eventually } from '../helpers/eventually.ts'
 import { freePort } from '../helpers/net.ts'
 import { scratchDir } from '../helpers/scratch.ts'
-import { assertFreshBundle, BUNDLE, ROOT } from '../helpers/sidecar.ts'
+import { assertFreshBundle, BUNDLE, combinedOutput, ROOT } from '../helpers/sidecar.ts'
 import { startUpstream } from '../helpers/upstream.ts'
 
 /** Sections whose commands run; `setup` is what the section's prose tells the reader to have running. */
@@ -208,25 +208,17 @@ t.test('the README commands work against the built bundle', async (t) => {
     // a `run` the reader starts on the config's own addresses listens on the test ports instead
     if (sub === 'run' && !/--listen\b/.test(line)) line += ' --listen 127.0.0.1:8080'
     if (sub === 'run' && !/--admin\b/.test(line)) line += ' --admin 127.0.0.1:9464'
-    let output = ''
     const child = spawn('sh', ['-c', `exec ${substitute(line)}`], {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'pipe'],
     })
-    child.stdout!.setEncoding('utf8')
-    child.stdout!.on('data', (c: string) => {
-      output += c
-    })
-    child.stderr!.setEncoding('utf8')
-    child.stderr!.on('data', (c: string) => {
-      output += c
-    })
-    background.set(sub, { child, output: () => output })
+    const output = combinedOutput(child)
+    background.set(sub, { child, output })
     const ready =
       sub === 'demo-idp' ? `http://127.0.0.1:${ports['9400']}/openid/v1/jwks` : `${adminUrl}/healthz`
     await eventually(
       async () => {
-        if (child.exitCode !== null) throw new Error(`exited ${child.exitCode}: ${output}`)
+        if (child.exitCode !== null) throw new Error(`exited ${child.exitCode}: ${output()}`)
         return (await fetch(ready)).ok
       },
       { timeoutMs: 20_000, what: `${where}: \`${command}\` to be up` },

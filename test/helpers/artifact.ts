@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import type { Test } from 'tap'
 import { eventually, GiveUp } from './eventually.ts'
 import { createSigningKey, type JwksServer, mintToken, startJwksServer } from './jwks.ts'
+import { combinedOutput } from './sidecar.ts'
 import { REPO_ROOT } from './tools.ts'
 import { startUpstream, type TestUpstream } from './upstream.ts'
 
@@ -37,15 +38,7 @@ export interface Proc {
 /** Starts a long-running command in its own process group; stopped at the end of the test. */
 export function startProcess(t: Test, cmd: string, args: string[], opts: SpawnOptions = {}): Proc {
   const child = spawn(cmd, args, { ...opts, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  child.stdout?.setEncoding('utf8')
-  child.stdout?.on('data', (c: string) => {
-    out += c
-  })
-  child.stderr?.setEncoding('utf8')
-  child.stderr?.on('data', (c: string) => {
-    out += c
-  })
+  const out = combinedOutput(child)
   const exited = once(child, 'exit').then(([code]) => code as number | null)
   const signal = (sig: NodeJS.Signals) => {
     try {
@@ -64,20 +57,20 @@ export function startProcess(t: Test, cmd: string, args: string[], opts: SpawnOp
   t.teardown(stop)
   return {
     child,
-    output: () => out,
+    output: out,
     exited,
     stop,
     waitFor: (re, timeoutMs = 30_000) =>
       eventually(
         () => {
-          const m = out.match(re)
+          const m = out().match(re)
           if (m) return m
           if (child.exitCode !== null) throw new GiveUp(`exited ${child.exitCode} before ${re}`)
           return undefined
         },
         { timeoutMs, intervalMs: 50, what: `${re} in the output of ${cmd} ${args.join(' ')}` },
       ).catch((err: Error) => {
-        throw new Error(`${err.message}\n--- output ---\n${out}`)
+        throw new Error(`${err.message}\n--- output ---\n${out()}`)
       }),
   }
 }

@@ -119,6 +119,21 @@ export function outputComplete(child: ChildProcess, boundMs = 5_000): Promise<nu
   })
 }
 
+/**
+ * A child's stdout and stderr as one text, as they arrive: each stream decoded across its reads, so a character
+ * whose UTF-8 bytes a pipe delivers in two reads stays one character.
+ */
+export function combinedOutput(child: ChildProcess): () => string {
+  let text = ''
+  for (const stream of [child.stdout, child.stderr]) {
+    stream?.setEncoding('utf8')
+    stream?.on('data', (c: string) => {
+      text += c
+    })
+  }
+  return () => text
+}
+
 /** Starts `node dist/nhi-proxy.mjs ARGS…` in the background. */
 export function spawnCli(
   args: string[],
