@@ -6,9 +6,9 @@ import t from 'tap'
  * On Node 22.23 (seen there only, ~1 run in 5 with three copies of the file at once) a test file whose scripted
  * upstream the proxy connects to as the file ends printed every result and then never exited: the main thread
  * spun in Node's environment cleanup (FreeEnvironment → CleanupHandles, JavaScript already done) over one TCP
- * handle created natively for a connection the test's server accepted (most likely as it closed), a handle no JavaScript
- * socket ever owned. process.exit skips that cleanup; tap's exit code (set when its results complete) is kept.
- * Called at the top of such a file.
+ * handle created natively for a connection the test's server accepted (most likely as it closed), a handle no
+ * JavaScript socket ever owned. process.exit skips that cleanup; tap's exit code (set when its results
+ * complete) is kept. Called at the top of such a file.
  */
 export function exitOnceResultsArePrinted(): void {
   const exitIfPrinted = () => {
