@@ -21,7 +21,8 @@ export function nextRunFits(usedSeconds, longestRunSeconds, budgetSeconds = DEFA
   const expected = Math.ceil(longestRunSeconds * MARGIN)
   const endsAt = usedSeconds + expected
   return {
-    fits: endsAt <= budgetSeconds,
+    // strictly inside: a budget of 0 admits no run, however short the runs so far (seconds are whole)
+    fits: endsAt < budgetSeconds,
     reason:
       `${minutes(usedSeconds)} used, the longest run took ${minutes(longestRunSeconds)}: another would end ` +
       `after ≈ ${minutes(endsAt)}, past the ${minutes(budgetSeconds)} budget`,

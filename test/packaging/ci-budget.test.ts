@@ -24,8 +24,8 @@ async function budget(...args: string[]): Promise<{ code: number; stdout: string
 t.test('a run that ends inside the budget fits, silently', async (t) => {
   // 20 min used, runs of 17 min (20.4 with the margin): ends at 40.4 of 84
   t.same(await budget('1200', '1020'), { code: 0, stdout: '', stderr: '' })
-  // exactly at the budget still fits: 5040 − 1200 = 3840 = 3200 × 1.2
-  t.equal((await budget('1200', '3200', '5040')).code, 0)
+  // one second inside the budget fits: 1199 + 3200 × 1.2 = 5039
+  t.equal((await budget('1199', '3200', '5040')).code, 0)
 })
 
 t.test('a run that would pass the budget does not fit, and the line says why', async (t) => {
@@ -37,13 +37,15 @@ t.test('a run that would pass the budget does not fit, and the line says why', a
     out.stdout,
     /^51\.0 min used, the longest run took 17\.0 min: another would end after ≈ 71\.4 min, past the 60\.0 min budget\n$/,
   )
-  // one second over
-  t.equal((await budget('1201', '3200', '5040')).code, 3)
+  // ending at the budget itself is past it: 1200 + 3840 = 5040
+  t.equal((await budget('1200', '3200', '5040')).code, 3)
+  // a budget of 0 admits nothing, not even after runs that took no time (whole seconds)
+  t.equal((await budget('0', '0', '0')).code, 3)
 })
 
 t.test('the default budget leaves 6 of the 90 minutes', async (t) => {
-  t.equal((await budget('0', '4200')).code, 0, '70 min × 1.2 = 84 min')
-  t.equal((await budget('1', '4200')).code, 3)
+  t.equal((await budget('0', '4199')).code, 0, '69.98 min × 1.2 ends just inside 84 min')
+  t.equal((await budget('0', '4200')).code, 3, '70 min × 1.2 ends at 84 min')
 })
 
 t.test('arguments that are not whole seconds are a usage error', async (t) => {
