@@ -12,6 +12,7 @@ import { StartupError, StoppedWhileStarting, splitAddress } from '../startup.ts'
 import { MAX_TIMER_MS, parseDuration } from '../util/duration.ts'
 import { listenProblem } from '../util/listen-problem.ts'
 import { VERSION } from '../version.ts'
+import { exitFlushed } from './exit-flushed.ts'
 import { claimStopSignals, exitOnSecondSignal, stopSignalsDispatched } from './stop-signals.ts'
 
 // Subcommands other than `run` are imported when chosen: the sidecar's cold start loads only what it runs.
@@ -131,13 +132,17 @@ function exitOnInternalError(
   log: ReturnType<typeof operationalLogger>,
 ): (worker: ReturnType<typeof operationalLogger>) => void {
   let logger = log
+  let dying = false
   const die = (err: unknown) => {
+    // while the line goes out (exitFlushed), a further error says nothing more
+    if (dying) return
+    dying = true
     try {
       logger.fatal({ event: 'internal_error', err }, 'internal error: nhi-proxy exits')
     } catch {
       process.stderr.write(`nhi-proxy: internal error: ${String(err)}\n`)
     }
-    process.exit(3)
+    exitFlushed(3)
   }
   process.on('uncaughtException', die)
   process.on('unhandledRejection', die)
@@ -194,8 +199,8 @@ function holdSignals(opts: { reloads: boolean }): {
     process.stderr.write(`nhi-proxy: ${signal}, draining\n`)
     const stopped = target.shutdown ? target.shutdown() : target.close()
     stopped.then(
-      () => process.exit(0),
-      () => process.exit(2),
+      () => exitFlushed(0),
+      () => exitFlushed(2),
     )
   }
   claimStopSignals(stop)
@@ -211,13 +216,15 @@ function holdSignals(opts: { reloads: boolean }): {
   }
 }
 
-function fail(err: unknown): never {
+/** A start that failed: why, on stderr, then exit 1 or 2. Nothing may follow a call. */
+function fail(err: unknown): void {
   if (err instanceof StartupError) {
     process.stderr.write(`nhi-proxy: ${err.message}\n`)
-    process.exit(err.exitCode)
+    exitFlushed(err.exitCode)
+    return
   }
   process.stderr.write(`nhi-proxy: ${(err as Error).message ?? String(err)}\n`)
-  process.exit(2)
+  exitFlushed(2)
 }
 
 /**
@@ -351,7 +358,7 @@ Examples:
           )
           signals.serving(pod)
           // workers that crash-loop: exit non-zero, so the container is restarted (workers_crash_loop says why)
-          void pod.failed.then((err) => process.exit(err.exitCode))
+          void pod.failed.then((err) => exitFlushed(err.exitCode))
           return
         }
         const { startSidecar } = await runtime
@@ -547,8 +554,8 @@ Examples:
         if (o.duration) {
           setTimeout(() => {
             demo.close().then(
-              () => process.exit(0),
-              () => process.exit(2),
+              () => exitFlushed(0),
+              () => exitFlushed(2),
             )
           }, o.duration).unref()
         }
