@@ -8,16 +8,15 @@
 // USED_SECONDS: what the job has used so far; LONGEST_RUN_SECONDS: the longest `npm test` run so far; the
 // next run is taken to last that long plus a fifth (runs on one machine differ by less). BUDGET_SECONDS
 // (default NHI_CI_BUDGET_SECONDS, else 5,040 = 84 minutes) leaves 6 of CI's 90 minutes for the clone before
-// .ci/run starts and the closing summary. Exit 0 and no output: it fits. Exit 3 and one line saying why: it does not.
-// Exit 2: the arguments are not whole numbers of seconds.
+// .ci/run starts and the closing summary. Exit 0 and no output: it fits. Exit 3 and one line saying why: it
+// does not. Exit 2: the arguments are not whole numbers of seconds.
 
-export const DEFAULT_BUDGET_SECONDS = /^\d+$/.test(process.env.NHI_CI_BUDGET_SECONDS ?? '')
+const DEFAULT_BUDGET_SECONDS = /^\d+$/.test(process.env.NHI_CI_BUDGET_SECONDS ?? '')
   ? Number(process.env.NHI_CI_BUDGET_SECONDS)
   : 84 * 60
 const MARGIN = 1.2
 
-/** the decision, without the process around it (the test calls this) */
-export function nextRunFits(usedSeconds, longestRunSeconds, budgetSeconds = DEFAULT_BUDGET_SECONDS) {
+function nextRunFits(usedSeconds, longestRunSeconds, budgetSeconds = DEFAULT_BUDGET_SECONDS) {
   const expected = Math.ceil(longestRunSeconds * MARGIN)
   const endsAt = usedSeconds + expected
   return {
@@ -33,17 +32,15 @@ function minutes(seconds) {
   return `${(seconds / 60).toFixed(1)} min`
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  const args = process.argv.slice(2)
-  const numbers = args.map((a) => (/^\d+$/.test(a) ? Number(a) : Number.NaN))
-  if (args.length < 2 || args.length > 3 || numbers.some(Number.isNaN)) {
-    console.error('usage: node scripts/ci-budget.mjs USED_SECONDS LONGEST_RUN_SECONDS [BUDGET_SECONDS]')
-    process.exit(2)
-  }
-  const [used, longest, budget] = numbers
-  const { fits, reason } = nextRunFits(used, longest, budget)
-  if (!fits) {
-    console.log(reason)
-    process.exit(3)
-  }
+const args = process.argv.slice(2)
+const numbers = args.map((a) => (/^\d+$/.test(a) ? Number(a) : Number.NaN))
+if (args.length < 2 || args.length > 3 || numbers.some(Number.isNaN)) {
+  console.error('usage: node scripts/ci-budget.mjs USED_SECONDS LONGEST_RUN_SECONDS [BUDGET_SECONDS]')
+  process.exit(2)
+}
+const [used, longest, budget] = numbers
+const { fits, reason } = nextRunFits(used, longest, budget)
+if (!fits) {
+  console.log(reason)
+  process.exit(3)
 }

@@ -11,7 +11,7 @@ import { transform } from 'esbuild'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { scratchDir } from '../helpers/scratch.ts'
-import { ROOT } from '../helpers/sidecar.ts'
+import { combinedOutput, ROOT } from '../helpers/sidecar.ts'
 
 /** a FIFO whose buffer is full: `writer` for the child's stderr, `drain()` reads what is there now */
 async function fullPipe(): Promise<{ writer: number; drain(): string; close(): void }> {
@@ -55,12 +55,8 @@ async function fullPipe(): Promise<{ writer: number; drain(): string; close(): v
 function spawnInto(pipe: { writer: number }, args: string[]): ChildProcess & { stdoutText: () => string } {
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', pipe.writer] })
   closeSync(pipe.writer)
-  let out = ''
-  child.stdout?.setEncoding('utf8')
-  child.stdout?.on('data', (s: string) => {
-    out += s
-  })
-  return Object.assign(child, { stdoutText: () => out })
+  // stderr is the FIFO, not a pipe of ours: this is stdout alone
+  return Object.assign(child, { stdoutText: combinedOutput(child) })
 }
 
 const EXITER = `

@@ -1,25 +1,15 @@
 // .ci/run leaves out an extra Node version whose whole `npm test` would not end inside CI's 90 minutes (a job
 // the limit cuts off reports nothing), and says so. The decision is scripts/ci-budget.mjs, run as .ci/run runs it.
-import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import t from 'tap'
 import { scratchDir } from '../helpers/scratch.ts'
-import { REPO_ROOT } from '../helpers/tools.ts'
+import { REPO_ROOT, run } from '../helpers/tools.ts'
 
 const SCRIPT = join(REPO_ROOT, 'scripts', 'ci-budget.mjs')
 
-async function budget(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [SCRIPT, ...args])
-    return { code: 0, stdout, stderr }
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
+const budget = (...args: string[]) => run(process.execPath, [SCRIPT, ...args])
 
 t.test('a run that ends inside the budget fits, silently', async (t) => {
   // 20 min used, runs of 17 min (20.4 with the margin): ends at 40.4 of 84
@@ -97,22 +87,9 @@ async function ciRun(budgetSeconds: number): Promise<{ code: number; out: string
 echo "\${PATH%%:*}" >> "${join(dir, 'runs.log')}"
 echo "# { total: 10, pass: 10, fail: 0 }"`,
   )
-  let code = 0
-  let out = ''
-  try {
-    const r = await promisify(execFile)('bash', [join(dir, '.ci', 'run')], {
-      env: {
-        ...process.env,
-        PATH: `${bin}:${process.env.PATH}`,
-        NHI_CI_BUDGET_SECONDS: String(budgetSeconds),
-      },
-    })
-    out = r.stdout
-  } catch (err) {
-    const e = err as { code: number; stdout: string }
-    code = e.code
-    out = e.stdout
-  }
+  const { code, stdout: out } = await run('bash', [join(dir, '.ci', 'run')], {
+    env: { PATH: `${bin}:${process.env.PATH}`, NHI_CI_BUDGET_SECONDS: String(budgetSeconds) },
+  })
   const runs = (await readFile(join(dir, 'runs.log'), 'utf8').catch(() => '')).split('\n').filter(Boolean)
   return {
     code,
